@@ -1,0 +1,8 @@
+"""ocs: a real-time Online Charging System and AAA server.
+
+Switches, gateways and calling-card IVRs ask ocs, per call, whether the call
+may go through and for how long; ocs holds the funds while the call runs,
+charges it exactly when it ends and keeps every balance change in a ledger.
+"""
+
+__version__ = "0.1.0"

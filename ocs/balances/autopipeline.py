@@ -1,0 +1,114 @@
+"""Auto-pipelining: every Redis command issued in one event-loop tick goes out as one pipeline.
+
+One ``await redis.evalsha(...)`` per request through a connection pool
+collapses under hundreds of concurrent requests (DESIGN.md, measured facts);
+collecting the commands of a tick and sending them together keeps one round
+trip per decision while serving thousands of decisions a second.
+
+Commands in one pipeline are independent (no MULTI): each caller gets its own
+result or exception. A NOSCRIPT answer means that script did not run, so the
+scripts are loaded and those commands alone are sent again.
+"""
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from ocs.balances.scripts import ALL_SCRIPTS, Script
+
+_Pending = tuple[tuple[Any, ...], asyncio.Future[Any]]
+
+
+class AutoPipeline:
+    """Queues commands and flushes them as one pipeline at the end of the loop tick."""
+
+    def __init__(self, redis: Redis, *, max_batch: int = 1024) -> None:
+        self._redis = redis
+        self._max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._flush_scheduled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    @property
+    def redis(self) -> Redis:
+        return self._redis
+
+    async def load_scripts(self) -> None:
+        """Register every script with Redis (SCRIPT LOAD is idempotent)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for script in ALL_SCRIPTS:
+            pipe.script_load(script.source)
+        await pipe.execute()
+
+    def execute(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command; the future resolves with its reply."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((args, future))
+        if len(self._queue) >= self._max_batch:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def run_script(
+        self, script: Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
+        return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            replies = await self._run(batch)
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        retry: list[_Pending] = []
+        for (args, future), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                retry.append((args, future))
+            elif future.done():
+                continue  # the caller gave up (cancelled); the command still ran
+            elif isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+        if retry:
+            try:
+                await self.load_scripts()
+                replies = await self._run(retry)
+            except Exception as exc:
+                replies = [exc] * len(retry)
+            for (_, future), reply in zip(retry, replies, strict=True):
+                if future.done():
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    async def _run(self, batch: list[_Pending]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for args, _ in batch:
+            pipe.execute_command(*args)
+        return await pipe.execute(raise_on_error=False)
+
+    async def drain(self) -> None:
+        """Wait for every pipeline already sent (staged shutdown)."""
+        self._flush()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)

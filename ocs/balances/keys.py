@@ -1,0 +1,73 @@
+"""Every Redis key ocs uses, built in one place.
+
+All keys of one account carry the same hash tag, a *bucket* of accounts
+``{b:N}`` with ``N = crc32(account) % BUCKETS``, so that each Lua script
+touches one hash slot and the same code runs on a standalone Redis and on
+Redis Cluster. The ledger stream of a bucket shares that tag, so a script can
+change a balance and append its ledger entry atomically.
+
+Changing ``BUCKETS`` moves every key: it is fixed for the life of a deployment.
+"""
+
+from binascii import crc32
+
+BUCKETS = 1024
+
+LEDGER_GROUP = "ledger-writer"
+
+
+def bucket_of(name: str) -> int:
+    """The bucket an account (or a call id, for call references) belongs to."""
+    return crc32(name.encode()) % BUCKETS
+
+
+def _tag(bucket: int) -> str:
+    return f"{{b:{bucket}}}"
+
+
+def account(account_id: str) -> str:
+    """Hash: balance, credit_limit, reserved, max_lines, status, plan, currency."""
+    return f"acct:{_tag(bucket_of(account_id))}:{account_id}"
+
+
+def live_calls(account_id: str) -> str:
+    """Hash: call id -> msgpack live-call record; its length is the lines in use."""
+    return f"calls:{_tag(bucket_of(account_id))}:{account_id}"
+
+
+def stopped_call(account_id: str, call_id: str) -> str:
+    """String: msgpack result of a stopped call, kept to answer a repeated stop."""
+    return f"stopped:{_tag(bucket_of(account_id))}:{account_id}:{call_id}"
+
+
+def topup_done(account_id: str, topup_id: str) -> str:
+    """String: msgpack result of a top-up, kept to answer a repeated top-up."""
+    return f"topup:{_tag(bucket_of(account_id))}:{account_id}:{topup_id}"
+
+
+def call_expiry(bucket: int) -> str:
+    """Sorted set: ``account\\x00call id`` scored by the live call's expiry (epoch s)."""
+    return f"expiry:{_tag(bucket)}"
+
+
+def ledger(bucket: int) -> str:
+    """Stream: every balance change and CDR of the bucket's accounts."""
+    return f"ledger:{_tag(bucket)}"
+
+
+def all_ledgers() -> list[str]:
+    return [ledger(bucket) for bucket in range(BUCKETS)]
+
+
+def call_ref(call_id: str) -> str:
+    """String: msgpack reference (account, rate) of a live call, found by call id alone."""
+    return f"callref:{_tag(bucket_of(call_id))}:{call_id}"
+
+
+def expiry_member(account_id: str, call_id: str) -> str:
+    return f"{account_id}\x00{call_id}"
+
+
+def bucket_of_ledger_key(key: str) -> int:
+    """Inverse of ``ledger``: the bucket number in ``ledger:{b:N}``."""
+    return int(key[key.index("{b:") + 3 : key.index("}")])

@@ -1,0 +1,203 @@
+"""The ledger writer: moves ledger stream entries from Redis into PostgreSQL, losing none.
+
+Each stop and top-up script appends one entry to its bucket's stream in the
+same atomic step as the balance change. This writer reads the streams through
+a consumer group, inserts ``ledger`` (and, for calls, ``cdrs``) rows keyed by
+the entry id with ``ON CONFLICT DO NOTHING``, and acknowledges (XACK + XDEL)
+only after PostgreSQL committed. Delivery is at least once, the insert is
+idempotent, so every entry lands exactly once; several processes may run a
+writer at once, and entries a dead writer held are claimed after
+``claim_idle_ms``.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgpack
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from ocs.balances import keys
+
+log = logging.getLogger("ocs.ledger")
+
+_LEDGER_SQL = (
+    "INSERT INTO ledger (entry_id, account_id, kind, amount, balance_after, reference,"
+    " occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (entry_id) DO NOTHING"
+)
+_CDR_SQL = (
+    "INSERT INTO cdrs (entry_id, call_id, account_id, plan_id, zone, destination, caller,"
+    " currency, authorized_at, stopped_at, duration, billed_seconds, connect_fee, first_block,"
+    " increment, price_per_minute, rated_cost, charged)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    " ON CONFLICT (entry_id) DO NOTHING"
+)
+_Entry = tuple[str, bytes | str, dict[bytes, bytes] | None]  # (stream key, id, fields)
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[tuple, tuple | None]:
+    """The ledger row and (for a call) the CDR row of one stream entry."""
+    f = {_s(k): v for k, v in fields.items()}
+    key = f"{keys.bucket_of_ledger_key(stream)}-{entry_id}"
+    kind = _s(f["kind"])
+    occurred = _ts(int(f["ts"]))
+    account = _s(f["account"])
+    reference = _s(f["reference"]) if "reference" in f else None
+    ledger_row = (key, account, kind, int(f["amount"]), int(f["balance"]), reference, occurred)
+    if kind != "call":
+        return ledger_row, None
+    cdr = msgpack.unpackb(f["cdr"])
+    fee, block, step, price = cdr["rate"]
+    cdr_row = (
+        key,
+        reference,
+        account,
+        cdr["plan"],
+        cdr["zone"],
+        cdr["destination"],
+        cdr["caller"],
+        cdr["currency"],
+        _ts(cdr["authorized_at_ms"]),
+        occurred,
+        int(f["duration"]),
+        cdr["billed"],
+        fee,
+        block,
+        step,
+        price,
+        int(f["rated"]),
+        int(f["charged"]),
+    )
+    return ledger_row, cdr_row
+
+
+class LedgerWriter:
+    """One consumer of every bucket's ledger stream."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        *,
+        batch_size: int = 1000,
+        claim_idle_ms: int = 30_000,
+        block_ms: int = 500,
+    ) -> None:
+        self._redis = redis
+        self._pool = pool
+        self._batch_size = batch_size
+        self._claim_idle_ms = claim_idle_ms
+        self._block_ms = block_ms
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._streams = keys.all_ledgers()
+        self.written = 0
+
+    async def ensure_groups(self) -> None:
+        """Create the consumer group on every bucket stream (idempotent)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for stream in self._streams:
+            pipe.xgroup_create(stream, keys.LEDGER_GROUP, id="0", mkstream=True)
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
+                raise reply
+
+    async def read_new(self, block_ms: int | None = None) -> int:
+        """Write and acknowledge new entries; returns how many were written."""
+        replies = await self._redis.xreadgroup(
+            keys.LEDGER_GROUP,
+            self.consumer,
+            {stream: ">" for stream in self._streams},
+            count=self._batch_size,
+            block=block_ms,
+        )
+        entries: list[_Entry] = []
+        for stream, messages in replies or []:
+            name = _s(stream)
+            entries.extend((name, entry_id, fields) for entry_id, fields in messages)
+        return await self._write(entries)
+
+    async def claim_stale(self) -> int:
+        """Take over entries another consumer read but never acknowledged."""
+        pipe = self._redis.pipeline(transaction=False)
+        for stream in self._streams:
+            pipe.xautoclaim(
+                stream,
+                keys.LEDGER_GROUP,
+                self.consumer,
+                min_idle_time=self._claim_idle_ms,
+                count=self._batch_size,
+            )
+        entries: list[_Entry] = []
+        for stream, reply in zip(self._streams, await pipe.execute(), strict=True):
+            messages = reply[1] if reply else []
+            entries.extend((stream, entry_id, fields) for entry_id, fields in messages)
+        return await self._write(entries)
+
+    async def _write(self, entries: Sequence[_Entry]) -> int:
+        if not entries:
+            return 0
+        ledger_rows = []
+        cdr_rows = []
+        for stream, entry_id, fields in entries:
+            if fields is None:
+                continue  # deleted while pending: it was written and acknowledged before
+            ledger_row, cdr_row = rows_for(stream, _s(entry_id), fields)
+            ledger_rows.append(ledger_row)
+            if cdr_row is not None:
+                cdr_rows.append(cdr_row)
+        async with self._pool.acquire() as conn, conn.transaction():
+            if ledger_rows:
+                await conn.executemany(_LEDGER_SQL, ledger_rows)
+            if cdr_rows:
+                await conn.executemany(_CDR_SQL, cdr_rows)
+        # Acknowledge only after the commit: a crash before this line re-delivers
+        # the entries, and the inserts above ignore what is already there.
+        by_stream: dict[str, list[Any]] = {}
+        for stream, entry_id, _ in entries:
+            by_stream.setdefault(stream, []).append(entry_id)
+        pipe = self._redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, keys.LEDGER_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+        await pipe.execute()
+        self.written += len(ledger_rows)
+        return len(ledger_rows)
+
+    async def run(self, stopping: asyncio.Event, claim_every: float = 5.0) -> None:
+        """Write until ``stopping`` is set; errors are logged and retried, never fatal."""
+        await self.ensure_groups()
+        last_claim = 0.0
+        while not stopping.is_set():
+            try:
+                if time.monotonic() - last_claim >= claim_every:
+                    last_claim = time.monotonic()
+                    await self.claim_stale()
+                await self.read_new(block_ms=self._block_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ledger write failed; retrying")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=1.0)
+                # Groups vanish if Redis lost its data; recreate before retrying.
+                try:
+                    await self.ensure_groups()
+                except Exception:
+                    log.warning("could not recreate ledger consumer groups")

@@ -1,0 +1,66 @@
+-- authorize: take a line and reserve funds for a new call, atomically on one account.
+--
+-- KEYS[1] account hash          acct:{b:N}:<account>
+-- KEYS[2] live-calls hash       calls:{b:N}:<account>   (its length = lines in use)
+-- KEYS[3] expiry sorted set     expiry:{b:N}
+-- KEYS[4] stopped-call key      stopped:{b:N}:<account>:<call id>
+-- ARGV[1] call id
+-- ARGV[2] plan id the caller rated against; must equal the account's plan
+-- ARGV[3] cost of the first block (micro-units): the least a call can cost
+-- ARGV[4] minimum available funds the plan requires to start a call
+-- ARGV[5] cost of the plan's longest allowed call: the most a reservation holds
+-- ARGV[6] live-call record (msgpack, opaque to this script)
+-- ARGV[7] expiry (epoch seconds) of the live call
+-- ARGV[8] expiry set member ("<account>\0<call id>")
+--
+-- Returns one of
+--   {"OK", reserved, available_before, balance}
+--   {"DUP", "<reserved>|<record>"}   the call id is already live: its grant
+--   {"DONE"}                          the call id was already stopped
+--   {"PLAN", actual_plan}             rate again with the account's real plan
+--   {"REJ", reason}
+-- A reservation is min(available, ARGV[5]); the caller turns it into the
+-- longest duration it pays for with the shared rating function.
+
+-- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
+local function int(x) return string.format('%d', x) end
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'REJ', 'account_not_found'}
+end
+local a = redis.call('HMGET', KEYS[1], 'status', 'plan', 'balance', 'credit_limit', 'reserved', 'max_lines')
+if a[2] ~= ARGV[2] then
+  return {'PLAN', a[2]}
+end
+if a[1] ~= 'active' then
+  return {'REJ', 'account_' .. a[1]}
+end
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if existing then
+  return {'DUP', existing}
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return {'DONE'}
+end
+if redis.call('HLEN', KEYS[2]) >= tonumber(a[6]) then
+  return {'REJ', 'no_free_line'}
+end
+local balance = tonumber(a[3])
+local available = balance + tonumber(a[4]) - tonumber(a[5])
+if available <= 0 then
+  return {'REJ', 'zero_balance'}
+end
+if available < tonumber(ARGV[4]) then
+  return {'REJ', 'below_minimum_balance'}
+end
+if available < tonumber(ARGV[3]) then
+  return {'REJ', 'insufficient_funds'}
+end
+local reserve = tonumber(ARGV[5])
+if available < reserve then
+  reserve = available
+end
+redis.call('HINCRBY', KEYS[1], 'reserved', int(reserve))
+redis.call('HSET', KEYS[2], ARGV[1], int(reserve) .. '|' .. ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[8])
+return {'OK', reserve, available, balance}

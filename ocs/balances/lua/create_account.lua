@@ -1,0 +1,26 @@
+-- create_account: the real-time state of a new account, with its opening balance.
+--
+-- KEYS[1] account hash          acct:{b:N}:<account>
+-- KEYS[2] ledger stream         ledger:{b:N}
+-- ARGV[1] plan id   ARGV[2] currency   ARGV[3] credit limit (micro-units)
+-- ARGV[4] max lines ARGV[5] status     ARGV[6] opening balance (micro-units, >= 0)
+-- ARGV[7] time (epoch milliseconds)    ARGV[8] account id
+--
+-- Returns {"OK", balance} or {"EXISTS"}. A non-zero opening balance is a ledger
+-- entry of kind "opening", so the ledger always sums to the balance.
+
+-- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
+local function int(x) return string.format('%d', x) end
+
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'EXISTS'}
+end
+redis.call('HSET', KEYS[1], 'plan', ARGV[1], 'currency', ARGV[2], 'credit_limit', ARGV[3],
+  'max_lines', ARGV[4], 'status', ARGV[5], 'balance', 0, 'reserved', 0)
+local balance = 0
+if tonumber(ARGV[6]) > 0 then
+  balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[6])
+  redis.call('XADD', KEYS[2], '*', 'kind', 'opening', 'account', ARGV[8], 'amount', ARGV[6],
+    'balance', int(balance), 'reference', 'opening', 'ts', ARGV[7])
+end
+return {'OK', balance}

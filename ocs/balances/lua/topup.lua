@@ -1,0 +1,32 @@
+-- topup: credit an account and append the ledger entry, once per top-up id.
+--
+-- KEYS[1] account hash          acct:{b:N}:<account>
+-- KEYS[2] ledger stream         ledger:{b:N}
+-- KEYS[3] top-up result key     topup:{b:N}:<account>:<top-up id>
+-- ARGV[1] amount (micro-units, > 0)
+-- ARGV[2] top-up id (the ledger reference)
+-- ARGV[3] seconds to keep the result for repeated top-ups
+-- ARGV[4] time (epoch milliseconds)
+-- ARGV[5] account id
+-- ARGV[6] ledger kind ("topup")
+--
+-- Returns {"OK", result} or {"DONE", result} (a repeat: nothing credited),
+-- result = msgpack {amount, balance, entry}; {"NOACCT"} for an unknown account.
+
+-- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
+local function int(x) return string.format('%d', x) end
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'NOACCT'}
+end
+local done = redis.call('GET', KEYS[3])
+if done then
+  return {'DONE', done}
+end
+local balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])
+local entry = redis.call('XADD', KEYS[2], '*',
+  'kind', ARGV[6], 'account', ARGV[5], 'amount', ARGV[1], 'balance', int(balance),
+  'reference', ARGV[2], 'ts', ARGV[4])
+local result = cmsgpack.pack({amount = tonumber(ARGV[1]), balance = balance, entry = entry})
+redis.call('SET', KEYS[3], result, 'EX', ARGV[3])
+return {'OK', result}

@@ -1,0 +1,30 @@
+"""The Lua scripts that change real-time state, loaded once per process.
+
+Each script's KEYS/ARGV contract is written at the top of its file in
+``lua/``. Scripts run by SHA (EVALSHA); ``AutoPipeline`` loads them again
+when Redis answers NOSCRIPT (after a restart or a SCRIPT FLUSH).
+"""
+
+from dataclasses import dataclass
+from hashlib import sha1
+from importlib import resources
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+
+def _load(name: str) -> Script:
+    source = resources.files("ocs.balances").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return Script(name=name, source=source, sha=sha1(source.encode()).hexdigest())
+
+
+AUTHORIZE = _load("authorize")
+STOP = _load("stop")
+TOPUP = _load("topup")
+CREATE_ACCOUNT = _load("create_account")
+
+ALL_SCRIPTS: tuple[Script, ...] = (AUTHORIZE, STOP, TOPUP, CREATE_ACCOUNT)

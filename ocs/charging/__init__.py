@@ -1,0 +1,1 @@
+"""Charging: the catalog snapshot, rating and the protocol-independent call lifecycle."""

@@ -1,0 +1,308 @@
+"""The call lifecycle, independent of protocol: authorize, then stop.
+
+RADIUS and HTTP are thin adapters over ``CallService``. Authorization rates
+the destination from the catalog snapshot, reserves funds and a line in one
+Redis round trip, and turns the reservation into the longest duration it pays
+for; stop rates the real duration with the same function, at the rate that
+was authorized (kept in the live-call record), and charges it once.
+"""
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import msgpack
+
+from ocs.balances.store import (
+    AlreadyLive,
+    AlreadyStopped,
+    BalanceStore,
+    PlanMismatch,
+    Refused,
+    Reserved,
+)
+from ocs.charging.catalog import CatalogHolder
+from ocs.charging.prefixes import normalize_number
+from ocs.charging.rating import Rate, billed_seconds, cost, max_duration
+from ocs.config import Settings
+from ocs.errors import OcsError, Reason, invalid
+
+MAX_CALL_ID = 128
+MAX_DURATION = 7 * 24 * 3600
+_PLAN_CACHE_LIMIT = 200_000
+
+_REFUSAL_MESSAGES = {
+    "account_not_found": "account does not exist",
+    "account_locked": "account is locked",
+    "account_suspended": "account is suspended",
+    "no_free_line": "all lines of the account are in use",
+    "zero_balance": "no funds available",
+    "below_minimum_balance": "available funds are below the plan's minimum balance to call",
+    "insufficient_funds": "available funds do not cover the first block of this destination",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What a live call was authorized with; stop charges by exactly this."""
+
+    account_id: str
+    call_id: str
+    plan_id: str
+    zone: str
+    prefix: str
+    destination: str
+    caller: str | None
+    currency: str
+    rate: Rate
+    cap: int
+    authorized_at_ms: int
+
+    def pack(self) -> bytes:
+        r = self.rate
+        return msgpack.packb(
+            {
+                "a": self.account_id,
+                "c": self.call_id,
+                "p": self.plan_id,
+                "z": self.zone,
+                "x": self.prefix,
+                "d": self.destination,
+                "o": self.caller,
+                "cur": self.currency,
+                "r": [r.connect_fee, r.first_block, r.increment, r.price_per_minute],
+                "cap": self.cap,
+                "t": self.authorized_at_ms,
+            }
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "CallRecord":
+        m = msgpack.unpackb(data)
+        fee, block, step, price = m["r"]
+        return cls(
+            account_id=m["a"],
+            call_id=m["c"],
+            plan_id=m["p"],
+            zone=m["z"],
+            prefix=m["x"],
+            destination=m["d"],
+            caller=m["o"],
+            currency=m["cur"],
+            rate=Rate(fee, block, step, price),
+            cap=m["cap"],
+            authorized_at_ms=m["t"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An authorized call: it may last ``max_duration`` seconds; ``reserved`` is held."""
+
+    call_id: str
+    account_id: str
+    zone: str
+    destination: str
+    max_duration: int
+    reserved: int
+    currency: str
+    rate: Rate
+    repeated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallCharge:
+    """A stopped call: ``charged`` left the balance; ``rated`` is what the tariff asked."""
+
+    call_id: str
+    account_id: str
+    zone: str
+    duration: int
+    billed_seconds: int
+    rated: int
+    charged: int
+    balance: int
+    currency: str
+    repeated: bool
+
+
+def validate_call_id(call_id: object, field: str = "call_id") -> str:
+    if not isinstance(call_id, str) or not 1 <= len(call_id) <= MAX_CALL_ID:
+        raise invalid(field, f"expected a string of 1 to {MAX_CALL_ID} characters")
+    if not call_id.isprintable() or "|" in call_id or "\x00" in call_id:
+        raise invalid(field, "must be printable and must not contain '|'")
+    return call_id
+
+
+def validate_duration(duration: object, field: str = "duration") -> int:
+    if isinstance(duration, bool) or not isinstance(duration, int):
+        raise invalid(field, "expected whole seconds as an integer")
+    if not 0 <= duration <= MAX_DURATION:
+        raise invalid(field, f"expected 0 to {MAX_DURATION} seconds")
+    return duration
+
+
+class CallService:
+    """Authorize and stop calls; the one place protocols come to for money decisions."""
+
+    def __init__(self, catalog: CatalogHolder, store: BalanceStore, settings: Settings) -> None:
+        self._catalog = catalog
+        self._store = store
+        self._settings = settings
+        # account -> plan, so authorization needs one Redis round trip; the script
+        # checks the plan and answers PLAN when this cache is stale.
+        self._plans: dict[str, str] = {}
+
+    async def _plan_of(self, account_id: str) -> str:
+        plan_id = self._plans.get(account_id)
+        if plan_id is None:
+            plan_id = await self._store.account_plan(account_id)
+            if plan_id is None:
+                raise OcsError(
+                    Reason.ACCOUNT_NOT_FOUND,
+                    f"account {account_id!r} does not exist",
+                    field="account",
+                )
+            if len(self._plans) >= _PLAN_CACHE_LIMIT:
+                self._plans.clear()
+            self._plans[account_id] = plan_id
+        return plan_id
+
+    async def authorize(
+        self,
+        account_id: str,
+        destination: str,
+        caller: str | None = None,
+        call_id: str | None = None,
+    ) -> Grant:
+        digits = normalize_number(destination, "destination")
+        call_id = uuid.uuid4().hex if call_id is None else validate_call_id(call_id)
+        plan_id = await self._plan_of(account_id)
+        for _ in range(3):
+            snapshot = self._catalog.snapshot
+            plan = snapshot.plan(plan_id)
+            if plan is None:
+                raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
+            match = snapshot.tariff_for(plan_id, digits)
+            if match is None:
+                raise OcsError(
+                    Reason.DESTINATION_NOT_ALLOWED,
+                    f"no tariff for destination {digits} in plan {plan_id!r}",
+                    field="destination",
+                )
+            prefix, tariff = match
+            now = time.time()
+            record = CallRecord(
+                account_id=account_id,
+                call_id=call_id,
+                plan_id=plan_id,
+                zone=tariff.zone,
+                prefix=prefix,
+                destination=digits,
+                caller=caller,
+                currency=plan.currency,
+                rate=tariff.rate,
+                cap=plan.max_call_duration,
+                authorized_at_ms=int(now * 1000),
+            )
+            live_for = plan.max_call_duration + self._settings.call_expiry_grace
+            outcome = await self._store.authorize(
+                account_id=account_id,
+                call_id=call_id,
+                plan_id=plan_id,
+                first_block_cost=cost(tariff.rate, 1),
+                min_balance=plan.min_balance,
+                cap_cost=cost(tariff.rate, plan.max_call_duration),
+                record=record.pack(),
+                expires_at=int(now) + live_for,
+                ref_ttl=live_for + self._settings.stop_dedupe_ttl,
+            )
+            match outcome:
+                case Reserved(reserved=reserved):
+                    return Grant(
+                        call_id=call_id,
+                        account_id=account_id,
+                        zone=tariff.zone,
+                        destination=digits,
+                        max_duration=max_duration(tariff.rate, reserved, plan.max_call_duration),
+                        reserved=reserved,
+                        currency=plan.currency,
+                        rate=tariff.rate,
+                        repeated=False,
+                    )
+                case AlreadyLive(reserved=reserved, record=stored):
+                    live = CallRecord.unpack(stored)
+                    return Grant(
+                        call_id=call_id,
+                        account_id=account_id,
+                        zone=live.zone,
+                        destination=live.destination,
+                        max_duration=max_duration(live.rate, reserved, live.cap),
+                        reserved=reserved,
+                        currency=live.currency,
+                        rate=live.rate,
+                        repeated=True,
+                    )
+                case AlreadyStopped():
+                    raise OcsError(
+                        Reason.CALL_ALREADY_STOPPED,
+                        f"call {call_id!r} has already been stopped",
+                        field="call_id",
+                    )
+                case PlanMismatch(actual_plan=actual):
+                    self._plans[account_id] = actual
+                    plan_id = actual
+                case Refused(reason=reason):
+                    if reason == "account_not_found":
+                        self._plans.pop(account_id, None)
+                    raise OcsError(
+                        Reason(reason),
+                        _REFUSAL_MESSAGES.get(reason, reason),
+                        field="account" if reason == "account_not_found" else None,
+                    )
+        raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
+
+    async def stop(self, call_id: str, duration: int, account_id: str | None = None) -> CallCharge:
+        validate_call_id(call_id)
+        validate_duration(duration)
+        reference = await self._store.call_reference(call_id)
+        if reference is None:
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r}")
+        record = CallRecord.unpack(reference)
+        if account_id is not None and record.account_id != account_id:
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} on account {account_id!r}")
+        rate = record.rate
+        cdr = msgpack.packb(
+            {
+                "plan": record.plan_id,
+                "zone": record.zone,
+                "destination": record.destination,
+                "caller": record.caller,
+                "currency": record.currency,
+                "authorized_at_ms": record.authorized_at_ms,
+                "billed": billed_seconds(rate, duration),
+                "rate": [rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute],
+            }
+        )
+        result = await self._store.stop(
+            account_id=record.account_id,
+            call_id=call_id,
+            rated_cost=cost(rate, duration),
+            duration=duration,
+            cdr=cdr,
+            result_ttl=self._settings.stop_dedupe_ttl,
+        )
+        if result is None:
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
+        return CallCharge(
+            call_id=call_id,
+            account_id=record.account_id,
+            zone=record.zone,
+            duration=result.duration,
+            billed_seconds=billed_seconds(rate, result.duration),
+            rated=result.rated,
+            charged=result.charged,
+            balance=result.balance,
+            currency=record.currency,
+            repeated=result.repeated,
+        )

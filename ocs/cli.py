@@ -1,0 +1,265 @@
+"""The `ocs` command line: serve, demo, migrations, plans, tariffs and accounts.
+
+Exit codes: 0 success, 1 a refused operation (the message says why),
+2 bad configuration or usage (the message names the key or flag).
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from ocs.config import ConfigError, Settings, load_settings
+from ocs.errors import OcsError
+from ocs.logs import configure_logging
+from ocs.money import MoneyError, format_amount, parse_amount
+
+EXIT_REFUSED = 1
+EXIT_CONFIG = 2
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("configuration (overrides OCS_* and --config)")
+    s = argparse.SUPPRESS
+    group.add_argument("--config", default=s, help="TOML settings file")
+    group.add_argument("--data-dir", default=s, help="where embedded servers keep data (./var)")
+    group.add_argument("--redis-url", default=s, help="external Redis (default: embedded)")
+    group.add_argument("--database-url", default=s, help="external PostgreSQL (default: embedded)")
+    group.add_argument("--log-level", default=s, help="DEBUG, INFO, WARNING or ERROR")
+    group.add_argument("--log-format", default=s, help="json or text")
+    return common
+
+
+def _server_options() -> argparse.ArgumentParser:
+    server = argparse.ArgumentParser(add_help=False)
+    s = argparse.SUPPRESS
+    server.add_argument("--http-host", default=s, help="address to listen on (0.0.0.0)")
+    server.add_argument("--http-port", default=s, help="HTTP port (8080)")
+    return server
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    server = _server_options()
+    parser = argparse.ArgumentParser(prog="ocs", description="ocs: online charging system")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("serve", parents=[common, server], help="run the charging server")
+    commands.add_parser(
+        "demo",
+        parents=[common, server],
+        help="run the server with a demo catalog and funded accounts",
+    )
+
+    db = commands.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION"
+    )
+    db.add_parser("migrate", parents=[common], help="apply pending schema migrations")
+
+    plans = commands.add_parser("plans", help="subscription plans").add_subparsers(
+        dest="plans_command", required=True, metavar="ACTION"
+    )
+    create = plans.add_parser("create", parents=[common], help="create a plan")
+    create.add_argument("id")
+    create.add_argument("--currency", required=True, help="ISO 4217 code, e.g. EUR")
+    create.add_argument("--name")
+    create.add_argument("--credit-limit", default="0", help="default credit limit, e.g. 5.00")
+    create.add_argument(
+        "--min-balance", default="0", help="minimum available funds to start a call"
+    )
+    create.add_argument("--max-lines", type=int, default=1, help="default simultaneous calls")
+    create.add_argument(
+        "--max-call-duration", type=int, default=14_400, help="longest call in seconds"
+    )
+    plans.add_parser("list", parents=[common], help="list plans")
+
+    tariffs = commands.add_parser("tariffs", help="rate decks").add_subparsers(
+        dest="tariffs_command", required=True, metavar="ACTION"
+    )
+    imp = tariffs.add_parser(
+        "import", parents=[common], help="replace a plan's rate deck with a CSV file"
+    )
+    imp.add_argument("--plan", required=True)
+    imp.add_argument("file", type=Path)
+
+    accounts = commands.add_parser("accounts", help="accounts").add_subparsers(
+        dest="accounts_command", required=True, metavar="ACTION"
+    )
+    acreate = accounts.add_parser("create", parents=[common], help="create an account")
+    acreate.add_argument("id")
+    acreate.add_argument("--plan", required=True)
+    acreate.add_argument("--balance", default="0", help="opening balance, e.g. 10.00")
+    acreate.add_argument("--credit-limit", help="default: the plan's")
+    acreate.add_argument("--max-lines", type=int, help="default: the plan's")
+    acreate.add_argument("--status", default="active", choices=["active", "locked", "suspended"])
+    ashow = accounts.add_parser("show", parents=[common], help="show an account")
+    ashow.add_argument("id")
+    topup = accounts.add_parser("topup", parents=[common], help="credit an account")
+    topup.add_argument("id")
+    topup.add_argument("amount", help="e.g. 5.00")
+    topup.add_argument("--topup-id", help="idempotency key: a repeated id credits once")
+    return parser
+
+
+_SETTING_FLAGS = (
+    "data_dir",
+    "redis_url",
+    "database_url",
+    "log_level",
+    "log_format",
+    "http_host",
+    "http_port",
+)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name) for name in _SETTING_FLAGS if hasattr(args, name)}
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+def _amount(text: str, flag: str) -> int:
+    try:
+        return parse_amount(text)
+    except MoneyError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+async def _with_services(settings: Settings, action: Callable[[Any], Awaitable[Any]]) -> Any:
+    from ocs.runtime import open_runtime
+
+    async with open_runtime(settings, listen_catalog=False) as services:
+        return await action(services)
+
+
+def _run_command(args: argparse.Namespace, settings: Settings) -> int:
+    from ocs.charging import catalog_store
+    from ocs.charging.catalog import Plan
+    from ocs.charging.deck import parse_deck
+    from ocs.http.handlers import account_json, plan_json
+
+    command = args.command
+    if command in ("serve", "demo"):
+        if command == "serve":
+            from ocs.server import serve
+
+            uvloop.run(serve(settings))
+        else:
+            from ocs.demo import run_demo
+
+            uvloop.run(run_demo(settings))
+        return 0
+    if command == "db":
+        from ocs.db.migrate import migrate
+
+        applied = uvloop.run(_with_services(settings, lambda s: migrate(s.pool)))
+        _print({"applied_now": applied})
+        return 0
+    if command == "plans" and args.plans_command == "create":
+        plan = Plan(
+            id=catalog_store.validate_plan_id(args.id),
+            name=args.name or args.id,
+            currency=catalog_store.validate_currency(args.currency),
+            credit_limit=_amount(args.credit_limit, "--credit-limit"),
+            min_balance=_amount(args.min_balance, "--min-balance"),
+            max_lines=args.max_lines,
+            max_call_duration=args.max_call_duration,
+        )
+        created = uvloop.run(
+            _with_services(settings, lambda s: catalog_store.create_plan(s.pool, plan))
+        )
+        _print(plan_json(created))
+        return 0
+    if command == "plans":
+        plans = uvloop.run(_with_services(settings, lambda s: catalog_store.list_plans(s.pool)))
+        _print({"plans": [plan_json(p) for p in plans]})
+        return 0
+    if command == "tariffs":
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"file: cannot read {args.file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"file: {args.file} is not UTF-8 text") from None
+        rows = parse_deck(text)
+        result = uvloop.run(
+            _with_services(settings, lambda s: catalog_store.import_deck(s.pool, args.plan, rows))
+        )
+        _print({"plan": result.plan_id, "prefixes": result.prefixes, "zones": result.zones})
+        return 0
+    if command == "accounts":
+        action = args.accounts_command
+        if action == "create":
+            opening = _amount(args.balance, "--balance")
+            limit = (
+                None if args.credit_limit is None else _amount(args.credit_limit, "--credit-limit")
+            )
+            view = uvloop.run(
+                _with_services(
+                    settings,
+                    lambda s: s.accounts.create(
+                        args.id,
+                        plan_id=args.plan,
+                        opening_balance=opening,
+                        credit_limit=limit,
+                        max_lines=args.max_lines,
+                        status=args.status,
+                    ),
+                )
+            )
+            _print(account_json(view))
+        elif action == "show":
+            view = uvloop.run(_with_services(settings, lambda s: s.accounts.show(args.id)))
+            _print(account_json(view))
+        else:
+            amount = _amount(args.amount, "amount")
+            result = uvloop.run(
+                _with_services(settings, lambda s: s.accounts.topup(args.id, amount, args.topup_id))
+            )
+            _print(
+                {
+                    "account": args.id,
+                    "amount": format_amount(result.amount),
+                    "balance": format_amount(result.balance),
+                    "repeated": result.repeated,
+                }
+            )
+        return 0
+    raise ConfigError(f"unknown command {command!r}")  # pragma: no cover - argparse guards
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ocs.embedded import EmbeddedServerError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"ocs: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return _run_command(args, settings)
+    except ConfigError as exc:
+        print(f"ocs: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OcsError as exc:
+        print(f"ocs: {exc.reason.value}: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except EmbeddedServerError as exc:
+        print(f"ocs: embedded server: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"ocs: cannot reach a backend: {exc}", file=sys.stderr)
+        return EXIT_REFUSED

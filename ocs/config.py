@@ -1,0 +1,194 @@
+"""The one settings object of an ocs process and where its values come from.
+
+Priority, lowest to highest: the defaults below, a TOML file (``--config``),
+``OCS_*`` environment variables, command-line flags. Every key is declared
+once in ``_FIELDS`` with its type; a bad value raises ``ConfigError`` whose
+message names the key and where it came from, and the CLI exits with code 2.
+"""
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything an ocs process is configured with."""
+
+    # None means: start an embedded server under data_dir.
+    redis_url: str | None = None
+    database_url: str | None = None
+    data_dir: Path = Path("var")
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    log_level: str = "INFO"
+    log_format: str = "json"
+    # A live call's record expires this long after its granted duration ends.
+    call_expiry_grace: int = 300
+    # How long a stopped call's result is kept to answer a repeated stop.
+    stop_dedupe_ttl: int = 7 * 24 * 3600
+    shutdown_timeout: float = 10.0
+    ledger_batch_size: int = 1000
+    # A ledger entry left unacknowledged this long by a dead writer is taken over.
+    ledger_claim_idle_ms: int = 30_000
+    redis_max_connections: int = 64
+    database_pool_size: int = 10
+    run_ledger_writer: bool = True
+    config_file: Path | None = field(default=None)
+
+
+def _parse_int(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected an integer, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _parse_float(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"must not be negative, got {number}")
+    return number
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _parse_optional_url(schemes: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def parse(value: Any) -> str | None:
+        if value is None or value == "":
+            return None
+        text = str(value)
+        if not text.startswith(schemes):
+            raise ValueError(f"expected a URL starting with {' or '.join(schemes)}")
+        return text
+
+    return parse
+
+
+def _parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip()
+        normalized = text.upper() if choices[0].isupper() else text.lower()
+        if normalized not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return normalized
+
+    return parse
+
+
+def _parse_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "redis_url": _parse_optional_url(("redis://", "rediss://", "unix://")),
+    "database_url": _parse_optional_url(("postgresql://", "postgres://")),
+    "data_dir": lambda value: Path(_parse_str(str(value))),
+    "http_host": _parse_str,
+    "http_port": _parse_int(0, 65535),
+    "log_level": _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"),
+    "log_format": _parse_choice("json", "text"),
+    "call_expiry_grace": _parse_int(1, 7 * 24 * 3600),
+    "stop_dedupe_ttl": _parse_int(60, 365 * 24 * 3600),
+    "shutdown_timeout": _parse_float,
+    "ledger_batch_size": _parse_int(1, 100_000),
+    "ledger_claim_idle_ms": _parse_int(100, 3_600_000),
+    "redis_max_connections": _parse_int(2, 10_000),
+    "database_pool_size": _parse_int(1, 1000),
+    "run_ledger_writer": _parse_bool,
+}
+
+ENV_PREFIX = "OCS_"
+
+
+def _apply(values: dict[str, Any], source: Mapping[str, Any], origin: str, env: bool) -> None:
+    for key, raw in source.items():
+        name = key[len(ENV_PREFIX) :].lower() if env else key
+        parser = _FIELDS.get(name)
+        if parser is None:
+            if env:
+                continue  # other OCS_* variables (test URLs, tooling) are not ours
+            raise ConfigError(f"{origin}: unknown setting {key!r}")
+        label = key if env else f"{origin}: {key}"
+        try:
+            values[name] = parser(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: defaults < TOML file < OCS_* environment < overrides (CLI flags)."""
+    values: dict[str, Any] = {}
+    path = Path(config_file) if config_file else None
+    if path is None and environ is not None and environ.get("OCS_CONFIG"):
+        path = Path(environ["OCS_CONFIG"])
+    if path is not None:
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"--config: file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
+        # Accept either top-level keys or an [ocs] table.
+        section = document.get("ocs", document)
+        _apply(values, section, str(path), env=False)
+    env = os.environ if environ is None else environ
+    _apply(
+        values,
+        {k: v for k, v in env.items() if k.startswith(ENV_PREFIX) and k != "OCS_CONFIG"},
+        "environment",
+        env=True,
+    )
+    if overrides:
+        for key, raw in overrides.items():
+            if raw is None:
+                continue
+            try:
+                values[key] = _FIELDS[key](raw)
+            except ValueError as exc:
+                raise ConfigError(f"--{key.replace('_', '-')}: {exc}") from None
+    settings = Settings(**values, config_file=path)
+    return settings
+
+
+def setting_names() -> list[str]:
+    """All configurable keys, for documentation and the CLI."""
+    return [f.name for f in fields(Settings) if f.name in _FIELDS]
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    """A copy of ``settings`` with some values changed (tests, demo)."""
+    return replace(settings, **changes)

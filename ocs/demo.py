@@ -1,0 +1,96 @@
+"""`ocs demo`: the server with a small catalog and funded accounts, and commands to try.
+
+The demo data is loaded once per data directory; running the demo again keeps
+the balances and calls of the previous run.
+"""
+
+import asyncio
+import secrets
+import sys
+
+from ocs.charging import catalog_store
+from ocs.charging.catalog import Plan
+from ocs.charging.deck import parse_deck
+from ocs.config import Settings
+from ocs.errors import OcsError, Reason
+from ocs.server import serve
+from ocs.services import Services
+
+DEMO_PLAN = Plan(
+    id="demo",
+    name="Demo prepaid (EUR)",
+    currency="EUR",
+    credit_limit=0,
+    min_balance=0,
+    max_lines=2,
+    max_call_duration=3600,
+)
+
+# Real-looking destinations, each with a different billing shape.
+DEMO_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
+44,United Kingdom Fixed,0.010,0.000,60,60
+447,United Kingdom Mobile,0.060,0.150,30,6
+49,Germany Fixed,0.012,0.000,1,1
+4915,Germany Mobile,0.080,0.000,30,6
+4916,Germany Mobile,0.080,0.000,30,6
+4917,Germany Mobile,0.080,0.000,30,6
+33,France Fixed,0.011,0.000,60,60
+336,France Mobile,0.070,0.000,30,6
+337,France Mobile,0.070,0.000,30,6
+1,USA and Canada,0.005,0.000,6,6
+"""
+
+# (account, opening balance in micro-units, max lines)
+DEMO_ACCOUNTS = (("1001", 10_000_000, 2), ("1002", 500_000, 1))
+
+
+async def load_demo_data(services: Services) -> None:
+    """Create the demo plan, deck and accounts unless this data dir has them already."""
+    try:
+        await catalog_store.create_plan(services.pool, DEMO_PLAN)
+    except OcsError as exc:
+        if exc.reason is not Reason.PLAN_EXISTS:
+            raise
+        return
+    await catalog_store.import_deck(services.pool, DEMO_PLAN.id, parse_deck(DEMO_DECK))
+    await services.catalog.reload()
+    for account_id, balance, lines in DEMO_ACCOUNTS:
+        await services.accounts.create(
+            account_id, plan_id=DEMO_PLAN.id, opening_balance=balance, max_lines=lines
+        )
+
+
+def demo_instructions(port: int) -> str:
+    base = f"http://127.0.0.1:{port}"
+    call_id = f"demo-{secrets.token_hex(3)}"
+    json_header = "-H 'Content-Type: application/json'"
+    return "\n".join(
+        [
+            "",
+            f"ocs demo is running on {base} (Ctrl-C stops it). Try:",
+            "",
+            "  # account 1001 (EUR 10.00 to start) and its balance",
+            f"  curl -s {base}/v1/accounts/1001",
+            "  # authorize a call to a UK mobile: 0.06/min, 0.15 connect fee, 30/6 billing",
+            f"  curl -s -X POST {base}/v1/calls {json_header} "
+            f'-d \'{{"account": "1001", "destination": "+447700900123", '
+            f'"call_id": "{call_id}"}}\'',
+            "  # stop it after 45 s: billed 48 s, cost 0.198000",
+            f"  curl -s -X POST {base}/v1/calls/{call_id}/stop {json_header} "
+            "-d '{\"duration\": 45}'",
+            "  # top up 5.00",
+            f"  curl -s -X POST {base}/v1/accounts/1001/topups {json_header} "
+            '-d \'{"amount": "5.00"}\'',
+            "  # metrics and health",
+            f"  curl -s {base}/metrics | grep ^ocs_",
+            f"  curl -s {base}/healthz",
+            "",
+        ]
+    )
+
+
+async def run_demo(settings: Settings, stopping: asyncio.Event | None = None) -> None:
+    async def ready(_: Services, port: int) -> None:
+        print(demo_instructions(port), file=sys.stdout, flush=True)
+
+    await serve(settings, before_listen=load_demo_data, on_ready=ready, stopping=stopping)

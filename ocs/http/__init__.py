@@ -1,0 +1,1 @@
+"""The HTTP JSON adapter (aiohttp): call lifecycle, accounts, catalog admin, health, metrics."""

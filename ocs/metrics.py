@@ -1,0 +1,53 @@
+"""Prometheus metrics of an ocs process; every name starts with ``ocs_``.
+
+Metrics are defined once here, at import, on the default registry, and the
+HTTP adapter exposes them at ``/metrics``. Labels are bounded sets (endpoint
+route names, reason codes), never account or call ids.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+HTTP_REQUESTS = Counter(
+    "ocs_http_requests_total",
+    "HTTP API requests by endpoint and result (ok or the rejection reason code).",
+    ["endpoint", "method", "result"],
+)
+HTTP_LATENCY = Histogram(
+    "ocs_http_request_duration_seconds",
+    "HTTP API request latency by endpoint.",
+    ["endpoint", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+CALL_DECISIONS = Counter(
+    "ocs_call_authorizations_total",
+    "Call authorizations by result (granted or the rejection reason code).",
+    ["result"],
+)
+CALL_STOPS = Counter(
+    "ocs_call_stops_total",
+    "Call stops by result (charged, repeated, or the rejection reason code).",
+    ["result"],
+)
+LEDGER_WRITTEN = Counter(
+    "ocs_ledger_entries_written_total",
+    "Ledger stream entries committed to PostgreSQL by this process.",
+)
+CATALOG_VERSION = Gauge(
+    "ocs_catalog_reloads",
+    "Number of catalog snapshots this process has loaded.",
+)

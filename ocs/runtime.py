@@ -1,0 +1,118 @@
+"""Opening and closing everything an ocs process needs, in order, as one context.
+
+``open_runtime`` resolves Redis and PostgreSQL (external URLs, or embedded
+servers started under the data directory), applies migrations, loads the Lua
+scripts and the catalog, and wires the services; on exit it closes them in
+reverse order. ``ocs serve``, ``ocs demo``, the CLI commands and the tests all
+use it, so they run the same code.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+from redis.asyncio import Redis
+
+from ocs.balances.accounts import AccountService
+from ocs.balances.autopipeline import AutoPipeline
+from ocs.balances.store import BalanceStore
+from ocs.charging.catalog import CatalogHolder
+from ocs.charging.lifecycle import CallService
+from ocs.config import Settings
+from ocs.db.migrate import migrate
+from ocs.services import Services
+
+log = logging.getLogger("ocs.runtime")
+
+
+class Backends:
+    """The Redis and PostgreSQL URLs in use, and any embedded servers this process started."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.redis_url = settings.redis_url
+        self.database_url = settings.database_url
+        self._stops: list = []
+
+    def start(self) -> None:
+        """Start embedded servers for whatever has no URL (blocking: call off the loop)."""
+        from ocs import embedded  # imported lazily: only embedded mode needs psutil/pgserver
+
+        data_dir = Path(self._settings.data_dir)
+        if self.redis_url is None:
+            running = embedded.running_embedded_redis_url(data_dir)
+            if running is not None:
+                self.redis_url = running
+                log.info(
+                    "using the embedded Redis another ocs process runs",
+                    extra={"data_dir": str(data_dir)},
+                )
+            else:
+                server = embedded.start_embedded_redis(data_dir)
+                self._stops.append(server.stop)
+                self.redis_url = server.url
+                log.info(
+                    "started embedded Redis (AOF on); set OCS_REDIS_URL for an external one",
+                    extra={"data_dir": str(data_dir)},
+                )
+        if self.database_url is None:
+            pg = embedded.start_embedded_postgres(data_dir)
+            self._stops.append(pg.stop)
+            self.database_url = pg.url
+            log.info(
+                "started embedded PostgreSQL; set OCS_DATABASE_URL for an external one",
+                extra={"data_dir": str(data_dir)},
+            )
+
+    def stop(self) -> None:
+        for stop in reversed(self._stops):
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping an embedded server failed")
+        self._stops.clear()
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, listen_catalog: bool = True
+) -> AsyncIterator[Services]:
+    backends = Backends(settings)
+    await asyncio.to_thread(backends.start)
+    try:
+        assert backends.redis_url is not None and backends.database_url is not None
+        redis = Redis.from_url(backends.redis_url, max_connections=settings.redis_max_connections)
+        try:
+            async with asyncpg.create_pool(
+                backends.database_url, min_size=1, max_size=settings.database_pool_size
+            ) as pool:
+                await migrate(pool)
+                pipeline = AutoPipeline(redis)
+                await pipeline.load_scripts()
+                catalog = CatalogHolder(pool)
+                if listen_catalog:
+                    await catalog.start()
+                else:
+                    await catalog.reload()
+                store = BalanceStore(pipeline)
+                try:
+                    yield Services(
+                        settings=settings,
+                        redis=redis,
+                        pool=pool,
+                        pipeline=pipeline,
+                        store=store,
+                        catalog=catalog,
+                        accounts=AccountService(pool, store),
+                        calls=CallService(catalog, store, settings),
+                    )
+                finally:
+                    await pipeline.drain()
+                    await catalog.stop()
+        finally:
+            await redis.aclose()
+    finally:
+        await asyncio.to_thread(backends.stop)

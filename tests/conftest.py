@@ -1,0 +1,194 @@
+"""Fixtures: real Redis and PostgreSQL, flushed per test, and a running ocs app.
+
+``OCS_TEST_REDIS_URL`` / ``OCS_TEST_DATABASE_URL`` name external servers; when
+unset, embedded ones are started for the session (the product's own embedded
+mode). Each session works in a fresh PostgreSQL database it drops at the end.
+"""
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import uvloop
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+
+from ocs.balances.ledger_writer import LedgerWriter
+from ocs.charging import catalog_store
+from ocs.charging.catalog import Plan
+from ocs.charging.deck import parse_deck
+from ocs.config import Settings
+from ocs.http.app import create_app
+from ocs.runtime import open_runtime
+from ocs.services import Services
+
+RETAIL_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
+44,UK Fixed,0.010,0,60,60
+447,UK Mobile,0.060,0.150,30,6
+49,Germany,0.012,0,1,1
+1,USA,0.005,0,6,6
+"""
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    # Tests run on the event loop production runs on.
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+def backend_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(redis URL, PostgreSQL admin URL) for the session."""
+    redis_url = os.environ.get("OCS_TEST_REDIS_URL")
+    database_url = os.environ.get("OCS_TEST_DATABASE_URL")
+    stops = []
+    if redis_url is None or database_url is None:
+        from ocs import embedded
+
+        data_dir = Path(tmp_path_factory.mktemp("embedded"))
+        if redis_url is None:
+            server = embedded.start_embedded_redis(data_dir)
+            stops.append(server.stop)
+            redis_url = server.url
+        if database_url is None:
+            pg = embedded.start_embedded_postgres(data_dir)
+            stops.append(pg.stop)
+            database_url = pg.url
+    yield redis_url, database_url
+    for stop in reversed(stops):
+        stop()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def database_url(backend_urls: tuple[str, str]) -> Iterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    admin_url = backend_urls[1]
+    name = f"ocs_test_{uuid.uuid4().hex[:10]}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    yield _with_database(admin_url, name)
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url(backend_urls: tuple[str, str]) -> str:
+    return backend_urls[0]
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        data_dir=tmp_path / "var",
+        http_host="127.0.0.1",
+        http_port=0,
+        log_format="text",
+    )
+
+
+async def reset_state(redis_url: str, database_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+    conn = await asyncpg.connect(database_url)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('public.plans') IS NOT NULL")
+        if exists:
+            await conn.execute(
+                "TRUNCATE plans, zones, prefixes, tariffs, accounts, ledger, cdrs CASCADE"
+            )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    await reset_state(settings.redis_url or "", settings.database_url or "")
+    async with open_runtime(settings) as opened:
+        yield opened
+
+
+@dataclass
+class RunningApp:
+    services: Services
+    client: TestClient
+    writer: LedgerWriter
+
+    async def post(self, path: str, payload: object) -> tuple[int, dict]:
+        response = await self.client.post(path, json=payload)
+        return response.status, await response.json()
+
+    async def get(self, path: str) -> tuple[int, dict]:
+        response = await self.client.get(path)
+        return response.status, await response.json()
+
+
+@pytest.fixture
+async def app(services: Services) -> AsyncIterator[RunningApp]:
+    """The HTTP app on a real port, with a ledger writer running beside it."""
+    client = TestClient(TestServer(create_app(services)))
+    await client.start_server()
+    writer = LedgerWriter(services.redis, services.pool, block_ms=50)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(writer.run(stopping))
+    try:
+        yield RunningApp(services=services, client=client, writer=writer)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=10)
+        await client.close()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``check`` until it is true; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def add_plan(
+    services: Services,
+    plan_id: str = "retail",
+    deck: str = RETAIL_DECK,
+    **overrides: object,
+) -> Plan:
+    fields: dict = {
+        "id": plan_id,
+        "name": plan_id,
+        "currency": "EUR",
+        "credit_limit": 0,
+        "min_balance": 0,
+        "max_lines": 1,
+        "max_call_duration": 14_400,
+    }
+    fields.update(overrides)
+    plan = Plan(**fields)
+    await catalog_store.create_plan(services.pool, plan)
+    await catalog_store.import_deck(services.pool, plan_id, parse_deck(deck))
+    await services.catalog.reload()
+    return plan
