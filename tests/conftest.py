@@ -160,11 +160,11 @@ async def app(services: Services) -> AsyncIterator[RunningApp]:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool]], within: float = 10.0, what: str = "condition"
 ) -> None:
-    """Poll ``check`` until it is true; fail after ``timeout`` seconds."""
+    """Poll ``check`` until it is true; fail after ``within`` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not await check():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
