@@ -7,6 +7,8 @@ mode). Each session works in a fresh PostgreSQL database it drops at the end.
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 
 @pytest.fixture(scope="session")
-def backend_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def backend_urls() -> Iterator[tuple[str, str]]:
     """(redis URL, PostgreSQL admin URL) for the session."""
     redis_url = os.environ.get("OCS_TEST_REDIS_URL")
     database_url = os.environ.get("OCS_TEST_DATABASE_URL")
@@ -50,7 +52,10 @@ def backend_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     if redis_url is None or database_url is None:
         from ocs import embedded
 
-        data_dir = Path(tmp_path_factory.mktemp("embedded"))
+        # Not under pytest's tmp dir: as root, pgserver runs PostgreSQL as user
+        # "pgserver", and a concurrent pytest session resets /tmp/pytest-of-root to 0700.
+        data_dir = Path(tempfile.mkdtemp(prefix="ocs-test-"))
+        stops.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))
         if redis_url is None:
             server = embedded.start_embedded_redis(data_dir)
             stops.append(server.stop)

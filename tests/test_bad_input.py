@@ -1,0 +1,309 @@
+"""Bad HTTP input is answered with a 4xx JSON error naming the field, and changes nothing.
+
+Each case sends one bad request to a system holding a funded account with a
+live call, then compares the whole state (the account as the API shows it,
+every Redis key, every catalog/account/ledger/CDR row in PostgreSQL) with the
+state before: a refused request must leave no trace anywhere.
+"""
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningApp, add_plan, eventually
+
+ACCOUNT = "1001"
+LIVE_CALL = "live-1"
+UK_MOBILE = "447700900123"
+TABLES = ("plans", "zones", "prefixes", "tariffs", "accounts", "ledger", "cdrs")
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A request body sent as is (not JSON-encoded by the test)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class State:
+    account: dict[str, Any]
+    redis: dict[bytes, Any]
+    postgres: dict[str, list[tuple[Any, ...]]]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _keys(app: RunningApp, match: str = "*") -> list[bytes]:
+    return [key async for key in app.services.redis.scan_iter(match=match, count=5000)]
+
+
+async def _ledger_drained(app: RunningApp) -> bool:
+    pipe = app.services.redis.pipeline(transaction=False)
+    for key in await _keys(app, "ledger:*"):
+        pipe.xlen(key)
+    return not any(await pipe.execute())
+
+
+_READ_BY_TYPE = {
+    "hash": lambda pipe, key: pipe.hgetall(key),
+    "string": lambda pipe, key: pipe.get(key),
+    "zset": lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True),
+    "set": lambda pipe, key: pipe.smembers(key),
+    "list": lambda pipe, key: pipe.lrange(key, 0, -1),
+    "stream": lambda pipe, key: pipe.xrange(key),
+}
+
+
+async def _redis_state(app: RunningApp) -> dict[bytes, Any]:
+    """Every key and its value (TTLs aside); empty streams (drained ledgers) left out."""
+    redis = app.services.redis
+    keys = await _keys(app)
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.type(key)
+    kinds = [_text(kind) for kind in await pipe.execute()]
+    pipe = redis.pipeline(transaction=False)
+    for key, kind in zip(keys, kinds, strict=True):
+        _READ_BY_TYPE.get(kind, lambda pipe, key: pipe.exists(key))(pipe, key)
+    values = await pipe.execute()
+    return {
+        key: sorted(value) if isinstance(value, set) else value
+        for key, value in zip(keys, values, strict=True)
+        if value != []
+    }
+
+
+async def _postgres_state(app: RunningApp) -> dict[str, list[tuple[Any, ...]]]:
+    state: dict[str, list[tuple[Any, ...]]] = {}
+    async with app.services.pool.acquire() as conn:
+        for table in TABLES:
+            rows = await conn.fetch(f"SELECT * FROM {table}")
+            state[table] = sorted((tuple(r.values()) for r in rows), key=repr)
+    return state
+
+
+async def settled_state(app: RunningApp) -> State:
+    """Everything a request could change, once the ledger writer has caught up."""
+    await eventually(lambda: _ledger_drained(app), what="the ledger streams to drain")
+    status, account = await app.get(f"/v1/accounts/{ACCOUNT}")
+    assert status == 200, account
+    return State(
+        account=account, redis=await _redis_state(app), postgres=await _postgres_state(app)
+    )
+
+
+@pytest.fixture
+async def funded(app: RunningApp) -> RunningApp:
+    """Plan 'retail', account 1001 with 10.00 of which part is held by live call 'live-1'."""
+    await add_plan(app.services, max_lines=2)
+    status, body = await app.post(
+        "/v1/accounts", {"id": ACCOUNT, "plan": "retail", "balance": "10.00"}
+    )
+    assert status == 201, body
+    status, body = await app.post(
+        "/v1/calls", {"account": ACCOUNT, "destination": UK_MOBILE, "call_id": LIVE_CALL}
+    )
+    assert status == 201, body
+    return app
+
+
+async def send(app: RunningApp, method: str, path: str, payload: object) -> tuple[int, dict]:
+    if method == "GET":
+        response = await app.client.get(path)
+    elif isinstance(payload, Raw):
+        response = await app.client.post(
+            path, data=payload.text, headers={"Content-Type": "application/json"}
+        )
+    else:
+        response = await app.client.post(path, json=payload)
+    assert response.content_type == "application/json", await response.text()
+    return response.status, await response.json()
+
+
+LONG_CALL_ID = "c" * 129
+TOPUP = f"/v1/accounts/{ACCOUNT}/topups"
+STOP = f"/v1/calls/{LIVE_CALL}/stop"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    method: str
+    path: str
+    payload: object
+    code: int
+    reason: str
+    field: str
+
+
+def bad(name: str, path: str, payload: object, field: str) -> Case:
+    """A POST with a bad field: 400 invalid_field naming ``field``."""
+    return Case(name, "POST", path, payload, 400, "invalid_field", field)
+
+
+# Grouped by endpoint: one running app per group keeps the suite fast, and every case
+# of a group is checked (failures are collected, not stopped at the first).
+CASES: dict[str, list[Case]] = {
+    "body": [
+        bad("malformed JSON", "/v1/calls", Raw('{"account": "1001",'), "body"),
+        bad("JSON array", "/v1/calls", Raw('[{"account": "1001", "destination": "44"}]'), "body"),
+        bad("JSON string", TOPUP, Raw('"5.00"'), "body"),
+        bad("JSON null", "/v1/calls", Raw("null"), "body"),
+        bad("not UTF-8 JSON", "/v1/calls", Raw("\x00\x01"), "body"),
+        bad("integer of 5000 digits", "/v1/calls", Raw("1" * 5000), "body"),
+    ],
+    "authorize": [
+        bad("missing account", "/v1/calls", {"destination": UK_MOBILE}, "account"),
+        bad("account not a string", "/v1/calls", {"account": 1001, "destination": UK_MOBILE},
+            "account"),
+        bad("account an object", "/v1/calls", {"account": {"id": 1}, "destination": UK_MOBILE},
+            "account"),
+        bad("missing destination", "/v1/calls", {"account": ACCOUNT}, "destination"),
+        bad("destination with letters", "/v1/calls",
+            {"account": ACCOUNT, "destination": "44abc7700"}, "destination"),
+        bad("destination all letters", "/v1/calls", {"account": ACCOUNT, "destination": "UK"},
+            "destination"),
+        bad("call_id too long", "/v1/calls",
+            {"account": ACCOUNT, "destination": UK_MOBILE, "call_id": LONG_CALL_ID}, "call_id"),
+        Case("unknown account", "POST", "/v1/calls",
+             {"account": "nobody", "destination": UK_MOBILE}, 404, "account_not_found",
+             "account"),
+    ],
+    "stop": [
+        bad("negative duration", STOP, {"duration": -1}, "duration"),
+        bad("duration as a string", STOP, {"duration": "45"}, "duration"),
+        bad("fractional duration", STOP, Raw('{"duration": 45.5}'), "duration"),
+        bad("boolean duration", STOP, {"duration": True}, "duration"),
+        bad("missing duration", STOP, {}, "duration"),
+        bad("call_id too long", f"/v1/calls/{LONG_CALL_ID}/stop", {"duration": 10}, "call_id"),
+    ],
+    "topup": [
+        bad("float amount", TOPUP, Raw('{"amount": 1.5}'), "amount"),
+        bad("exponent amount", TOPUP, Raw('{"amount": 1e2}'), "amount"),
+        bad("7 decimals", TOPUP, {"amount": "0.0000001"}, "amount"),
+        bad("negative", TOPUP, {"amount": "-5.00"}, "amount"),
+        bad("zero", TOPUP, {"amount": "0"}, "amount"),
+        bad("zero with decimals", TOPUP, {"amount": "0.000000"}, "amount"),
+        bad("not a number", TOPUP, {"amount": "five"}, "amount"),
+        bad("missing amount", TOPUP, {}, "amount"),
+        Case("unknown account", "POST", "/v1/accounts/nobody/topups", {"amount": "1.00"}, 404,
+             "account_not_found", "account_id"),
+    ],
+    "show": [
+        Case("unknown account", "GET", "/v1/accounts/nobody", None, 404, "account_not_found",
+             "account_id"),
+        Case("bad account id", "GET", "/v1/accounts/bad%20id", None, 400, "invalid_field",
+             "account_id"),
+    ],
+    "create account": [
+        Case("unknown plan", "POST", "/v1/accounts", {"id": "2002", "plan": "no-such-plan"}, 404,
+             "plan_not_found", "plan"),
+        Case("duplicate", "POST", "/v1/accounts",
+             {"id": ACCOUNT, "plan": "retail", "balance": "3.00"}, 409, "account_exists", "id"),
+        bad("bad status", "/v1/accounts", {"id": "2002", "plan": "retail", "status": "closed"},
+            "status"),
+        bad("status not a string", "/v1/accounts",
+            {"id": "2002", "plan": "retail", "status": 1}, "status"),
+        bad("7 decimals", "/v1/accounts",
+            {"id": "2002", "plan": "retail", "balance": "1.0000001"}, "balance"),
+        bad("float balance", "/v1/accounts",
+            Raw('{"id": "2002", "plan": "retail", "balance": 2.5}'), "balance"),
+        bad("negative balance", "/v1/accounts",
+            {"id": "2002", "plan": "retail", "balance": "-1"}, "balance"),
+        bad("missing id", "/v1/accounts", {"plan": "retail"}, "id"),
+    ],
+    "create plan": [
+        bad("4-letter currency", "/v1/plans", {"id": "gold", "currency": "EURO"}, "currency"),
+        bad("currency with a digit", "/v1/plans", {"id": "gold", "currency": "E1R"}, "currency"),
+        bad("numeric currency", "/v1/plans", {"id": "gold", "currency": 978}, "currency"),
+        bad("missing currency", "/v1/plans", {"id": "gold"}, "currency"),
+        Case("duplicate", "POST", "/v1/plans", {"id": "retail", "currency": "EUR"}, 409,
+             "plan_exists", "id"),
+    ],
+}  # fmt: skip
+
+
+async def check_case(app: RunningApp, case: Case) -> list[str]:
+    """What is wrong with the answer to ``case`` and with the state after it."""
+    before = await settled_state(app)
+    status, body = await send(app, case.method, case.path, case.payload)
+    problems = []
+    error = body.get("error") or {}
+    got = (status, error.get("code"), error.get("reason"), error.get("field"))
+    want = (case.code, case.code, case.reason, case.field)
+    if got != want:
+        problems.append(f"(status, code, reason, field) is {got}, expected {want}: {body}")
+    if not (isinstance(error.get("message"), str) and error["message"]):
+        problems.append(f"no message: {body}")
+    elif case.reason == "invalid_field" and not error["message"].startswith(f"{case.field}:"):
+        problems.append(f"message does not name {case.field!r}: {error['message']!r}")
+    after = await settled_state(app)
+    for part in ("account", "redis", "postgres"):
+        if getattr(after, part) != getattr(before, part):
+            problems.append(f"{part} state changed")
+    return [f"{case.name}: {problem}" for problem in problems]
+
+
+@pytest.mark.parametrize("group", list(CASES))
+async def test_bad_input_is_refused_naming_the_field_and_changes_nothing(
+    funded: RunningApp, group: str
+) -> None:
+    problems = []
+    for case in CASES[group]:
+        problems += await check_case(funded, case)
+    assert not problems, "\n".join(problems)
+
+
+async def test_the_live_call_survives_bad_stops_and_is_charged_once_by_a_good_one(
+    funded: RunningApp,
+) -> None:
+    app = funded
+    for payload in ({"duration": -45}, {"duration": "45"}, {"duration": None}, {}):
+        status, body = await send(app, "POST", f"/v1/calls/{LIVE_CALL}/stop", payload)
+        assert (status, body["error"]["field"]) == (400, "duration"), body
+    status, shown = await app.get(f"/v1/accounts/{ACCOUNT}")
+    assert shown["lines_in_use"] == 1 and shown["reserved"] != "0.000000"
+
+    status, stopped = await app.post(f"/v1/calls/{LIVE_CALL}/stop", {"duration": 45})
+    assert status == 200, stopped
+    # UK Mobile: 0.15 connect + 48 s (30/6) at 0.06/min.
+    assert (stopped["cost"], stopped["balance"], stopped["repeated"]) == (
+        "0.198000",
+        "9.802000",
+        False,
+    )
+
+
+async def test_a_string_amount_with_six_decimals_is_accepted_where_seven_are_refused(
+    funded: RunningApp,
+) -> None:
+    app = funded
+    status, body = await app.post(f"/v1/accounts/{ACCOUNT}/topups", {"amount": "0.0000001"})
+    assert status == 400 and body["error"]["field"] == "amount"
+    status, body = await app.post(f"/v1/accounts/{ACCOUNT}/topups", {"amount": "0.000001"})
+    assert status == 201, body
+    assert body["amount"] == "0.000001"
+    assert body["balance"] == "10.000001"
+
+
+async def test_the_server_keeps_serving_through_a_burst_of_bad_requests(
+    funded: RunningApp,
+) -> None:
+    app = funded
+    every_case = [case for cases in CASES.values() for case in cases]
+    answers = await asyncio.gather(
+        *[send(app, case.method, case.path, case.payload) for case in every_case * 3]
+    )
+    assert all(400 <= status < 500 for status, _ in answers)
+    response = await app.client.get("/healthz")
+    assert response.status == 200
+    status, grant = await app.post("/v1/calls", {"account": ACCOUNT, "destination": "4930123"})
+    assert status == 201, grant
+    assert grant["zone"] == "Germany"
+    _, shown = await app.get(f"/v1/accounts/{ACCOUNT}")
+    assert (shown["balance"], shown["lines_in_use"]) == ("10.000000", 2)

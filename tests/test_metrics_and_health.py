@@ -1,0 +1,71 @@
+"""NOC view: /metrics counts requests by endpoint and result; /healthz checks the backends."""
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import RunningApp, add_plan
+
+
+def _samples(text: str, name: str) -> dict[tuple, float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+async def _metrics(app: RunningApp) -> str:
+    response = await app.client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return await response.text()
+
+
+async def test_requests_are_counted_by_endpoint_and_result(app: RunningApp) -> None:
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "m1", "plan": "retail"})
+    before = _samples(await _metrics(app), "ocs_http_requests_total")
+    key_refused = (("endpoint", "/v1/calls"), ("method", "POST"), ("result", "zero_balance"))
+    key_unknown = (("endpoint", "/v1/calls"), ("method", "POST"),
+                   ("result", "account_not_found"))
+    await app.post("/v1/calls", {"account": "m1", "destination": "447700900123"})
+    await app.post("/v1/calls", {"account": "m1", "destination": "447700900123"})
+    await app.post("/v1/calls", {"account": "zz", "destination": "447700900123"})
+    after = _samples(await _metrics(app), "ocs_http_requests_total")
+    assert after[key_refused] - before.get(key_refused, 0) == 2
+    assert after[key_unknown] - before.get(key_unknown, 0) == 1
+    # Labels hold route patterns, never ids.
+    assert all("m1" not in dict(k)["endpoint"] for k in after)
+    latency = _samples(await _metrics(app), "ocs_http_request_duration_seconds_count")
+    assert latency[(("endpoint", "/v1/calls"), ("method", "POST"))] >= 3
+    decisions = _samples(await _metrics(app), "ocs_call_authorizations_total")
+    assert decisions[(("result", "zero_balance"),)] >= 2
+
+
+async def test_healthz_reports_both_backends(app: RunningApp) -> None:
+    status, body = await app.get("/healthz")
+    assert status == 200
+    assert body["checks"] == {"redis": "ok", "postgres": "ok"}
+
+
+async def test_catalog_changes_reach_the_running_snapshot(app: RunningApp) -> None:
+    from ocs.charging import catalog_store
+    from ocs.charging.deck import parse_deck
+    from tests.conftest import eventually
+
+    await add_plan(app.services)
+    version = app.services.catalog.version
+    # A deck imported elsewhere (another process, the CLI) commits and NOTIFYs.
+    await catalog_store.import_deck(
+        app.services.pool,
+        "retail",
+        parse_deck("prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
+                   "33,France,0.011,0,60,60\n"),
+    )
+
+    async def reloaded() -> bool:
+        return app.services.catalog.version > version
+
+    await eventually(reloaded, what="the catalog snapshot to reload")
+    assert app.services.catalog.snapshot.tariff_for("retail", "33123") is not None
+    assert app.services.catalog.snapshot.tariff_for("retail", "447700900123") is None
