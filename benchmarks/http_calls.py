@@ -1,16 +1,19 @@
 """Full calls over HTTP (authorize + stop) against a real `ocs serve` process.
 
 Starts `ocs serve` (embedded Redis/PostgreSQL in a temporary data dir, or the
-servers named by --redis-url/--database-url), loads a plan and accounts, then
-runs --concurrency clients that each authorize and stop calls in a loop.
-Prints calls/s and latency percentiles, and the machine it ran on.
+servers named by --redis-url/--database-url) and loads a plan and accounts.
+Load comes from wrk (Debian package wrk, script wrk_full_call.lua: each
+connection authorizes a call, then stops it) or, with --client aiohttp, from
+Python clients. Prints full calls/s, latency, and the machine it ran on.
 
-    python benchmarks/http_calls.py --calls 20000 --concurrency 128
+    python benchmarks/http_calls.py --seconds 20 --concurrency 64
+    python benchmarks/http_calls.py --client aiohttp --calls 20000 --concurrency 128
 """
 
 import argparse
 import asyncio
 import os
+import re
 import signal
 import socket
 import statistics
@@ -24,7 +27,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.machine import describe  # noqa: E402
+from benchmarks.machine import describe
 
 DECK = (
     "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
@@ -98,13 +101,26 @@ async def run_load(base: str, calls: int, concurrency: int, accounts: int
     return elapsed, auth_latency, stop_latency
 
 
+def run_wrk(base: str, seconds: int, concurrency: int, accounts: int) -> str:
+    script = Path(__file__).resolve().parent / "wrk_full_call.lua"
+    result = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--latency",
+         "-s", str(script), base],
+        env={**os.environ, "ACCOUNTS": str(accounts)},
+        capture_output=True, text=True, check=True,
+    )
+    return result.stdout
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--client", choices=["wrk", "aiohttp"], default="wrk")
+    parser.add_argument("--seconds", type=int, default=20, help="wrk run length")
+    parser.add_argument("--calls", type=int, default=20_000, help="aiohttp client calls")
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--accounts", type=int, default=100)
     parser.add_argument("--redis-url")
@@ -119,7 +135,7 @@ async def main() -> None:
             env["OCS_REDIS_URL"] = args.redis_url
         if args.database_url:
             env["OCS_DATABASE_URL"] = args.database_url
-        server = subprocess.Popen(
+        server = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
             [sys.executable, "-m", "ocs", "serve", "--data-dir", data_dir,
              "--http-host", "127.0.0.1", "--http-port", str(port)],
             env=env,
@@ -128,12 +144,26 @@ async def main() -> None:
             async with aiohttp.ClientSession() as session:
                 await wait_healthy(session, base, 120)
                 await setup(session, base, args.accounts)
-            await run_load(base, min(2000, args.calls), args.concurrency, args.accounts)  # warm
-            elapsed, auth, stop = await run_load(base, args.calls, args.concurrency,
-                                                 args.accounts)
+            await run_load(base, 2000, args.concurrency, args.accounts)  # warm up
+            if args.client == "wrk":
+                report = run_wrk(base, args.seconds, args.concurrency, args.accounts)
+            else:
+                elapsed, auth, stop = await run_load(base, args.calls, args.concurrency,
+                                                     args.accounts)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
+    if args.client == "wrk":
+        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", report)[1])
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", report)
+        print(f"full calls (authorize + stop over HTTP, wrk -c {args.concurrency}): "
+              f"{rate / 2:,.0f} calls/s ({rate:,.0f} requests/s, one ocs process, "
+              f"load generator on the same machine)")
+        print("non-2xx responses:", errors[1] if errors else 0)
+        print("\n".join(line for line in report.splitlines()
+                        if line.strip().startswith(("50%", "90%", "99%"))))
+        print(f"machine: {describe()}")
+        return
     print(f"full calls (authorize + stop over HTTP): {args.calls / elapsed:,.0f} calls/s "
           f"({args.calls} calls, {args.concurrency} concurrent, one ocs process, "
           f"client on the same machine)")

@@ -14,4 +14,5 @@ def describe() -> str:
                     break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {platform.system()}"
+    python = platform.python_version()
+    return f"{os.cpu_count()} cores, {model}, Python {python}, {platform.system()}"

@@ -195,3 +195,20 @@ async def test_a_call_running_past_its_grant_never_overdraws(app: RunningApp) ->
 async def test_stopping_an_unknown_call_is_404(app: RunningApp) -> None:
     status, body = await app.post("/v1/calls/nope/stop", {"duration": 10})
     assert status == 404 and body["error"]["reason"] == "call_not_found"
+
+
+async def test_a_call_can_be_stopped_by_another_process(app: RunningApp) -> None:
+    """A stop that reaches a process which did not authorize the call finds it in Redis."""
+    from ocs.charging.lifecycle import CallService
+
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "moved", "plan": "retail", "balance": "1.00"})
+    await app.post("/v1/calls", {"account": "moved", "destination": "447700900123",
+                                 "call_id": "elsewhere"})
+    other_process = CallService(app.services.catalog, app.services.store,
+                                app.services.settings)
+    charge = await other_process.stop("elsewhere", 45)
+    assert (charge.charged, charge.balance, charge.repeated) == (198_000, 802_000, False)
+    # The process that authorized it answers a repeated stop with the first result.
+    status, body = await app.post("/v1/calls/elsewhere/stop", {"duration": 45})
+    assert status == 200 and body["repeated"] is True and body["cost"] == "0.198000"
