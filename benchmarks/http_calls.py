@@ -56,39 +56,53 @@ async def wait_healthy(session: aiohttp.ClientSession, base: str, within: float)
 
 
 async def setup(session: aiohttp.ClientSession, base: str, accounts: int) -> None:
-    async with session.post(f"{base}/v1/plans", json={"id": "bench", "currency": "EUR",
-                                                      "max_lines": 1000}) as r:
+    async with session.post(
+        f"{base}/v1/plans", json={"id": "bench", "currency": "EUR", "max_lines": 1000}
+    ) as r:
         assert r.status in (201, 409), await r.text()
     async with session.post(f"{base}/v1/plans/bench/tariffs", data=DECK) as r:
         assert r.status == 200, await r.text()
     for n in range(accounts):
-        async with session.post(f"{base}/v1/accounts", json={
-            "id": f"b{n}", "plan": "bench", "balance": "1000000.00", "max_lines": 1000,
-        }) as r:
+        async with session.post(
+            f"{base}/v1/accounts",
+            json={
+                "id": f"b{n}",
+                "plan": "bench",
+                "balance": "1000000.00",
+                "max_lines": 1000,
+            },
+        ) as r:
             assert r.status in (201, 409), await r.text()
 
 
-async def run_load(base: str, calls: int, concurrency: int, accounts: int
-                   ) -> tuple[float, list[float], list[float]]:
+async def run_load(
+    base: str, calls: int, concurrency: int, accounts: int
+) -> tuple[float, list[float], list[float]]:
     connector = aiohttp.TCPConnector(limit=concurrency)
     auth_latency: list[float] = []
     stop_latency: list[float] = []
     counter = iter(range(calls))
     run = uuid.uuid4().hex[:8]
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def worker() -> None:
             for n in counter:
                 call_id = f"bench-{run}-{n}"
                 t0 = time.perf_counter()
-                async with session.post(f"{base}/v1/calls", json={
-                    "account": f"b{n % accounts}", "destination": "447700900123",
-                    "call_id": call_id,
-                }) as r:
+                async with session.post(
+                    f"{base}/v1/calls",
+                    json={
+                        "account": f"b{n % accounts}",
+                        "destination": "447700900123",
+                        "call_id": call_id,
+                    },
+                ) as r:
                     await r.read()
                     assert r.status == 201, r.status
                 t1 = time.perf_counter()
-                async with session.post(f"{base}/v1/calls/{call_id}/stop",
-                                        json={"duration": 45}) as r:
+                async with session.post(
+                    f"{base}/v1/calls/{call_id}/stop", json={"duration": 45}
+                ) as r:
                     await r.read()
                     assert r.status == 200, r.status
                 t2 = time.perf_counter()
@@ -104,10 +118,23 @@ async def run_load(base: str, calls: int, concurrency: int, accounts: int
 def run_wrk(base: str, seconds: int, concurrency: int, accounts: int) -> str:
     script = Path(__file__).resolve().parent / "wrk_full_call.lua"
     result = subprocess.run(
-        ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--latency",
-         "-s", str(script), base],
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(concurrency),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            base,
+        ],
         env={**os.environ, "ACCOUNTS": str(accounts)},
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return result.stdout
 
@@ -136,8 +163,18 @@ async def main() -> None:
         if args.database_url:
             env["OCS_DATABASE_URL"] = args.database_url
         server = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
-            [sys.executable, "-m", "ocs", "serve", "--data-dir", data_dir,
-             "--http-host", "127.0.0.1", "--http-port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "ocs",
+                "serve",
+                "--data-dir",
+                data_dir,
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                str(port),
+            ],
             env=env,
         )
         try:
@@ -148,25 +185,35 @@ async def main() -> None:
             if args.client == "wrk":
                 report = run_wrk(base, args.seconds, args.concurrency, args.accounts)
             else:
-                elapsed, auth, stop = await run_load(base, args.calls, args.concurrency,
-                                                     args.accounts)
+                elapsed, auth, stop = await run_load(
+                    base, args.calls, args.concurrency, args.accounts
+                )
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
     if args.client == "wrk":
         rate = float(re.search(r"Requests/sec:\s+([\d.]+)", report)[1])
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", report)
-        print(f"full calls (authorize + stop over HTTP, wrk -c {args.concurrency}): "
-              f"{rate / 2:,.0f} calls/s ({rate:,.0f} requests/s, one ocs process, "
-              f"load generator on the same machine)")
+        print(
+            f"full calls (authorize + stop over HTTP, wrk -c {args.concurrency}): "
+            f"{rate / 2:,.0f} calls/s ({rate:,.0f} requests/s, one ocs process, "
+            f"load generator on the same machine)"
+        )
         print("non-2xx responses:", errors[1] if errors else 0)
-        print("\n".join(line for line in report.splitlines()
-                        if line.strip().startswith(("50%", "90%", "99%"))))
+        print(
+            "\n".join(
+                line
+                for line in report.splitlines()
+                if line.strip().startswith(("50%", "90%", "99%"))
+            )
+        )
         print(f"machine: {describe()}")
         return
-    print(f"full calls (authorize + stop over HTTP): {args.calls / elapsed:,.0f} calls/s "
-          f"({args.calls} calls, {args.concurrency} concurrent, one ocs process, "
-          f"client on the same machine)")
+    print(
+        f"full calls (authorize + stop over HTTP): {args.calls / elapsed:,.0f} calls/s "
+        f"({args.calls} calls, {args.concurrency} concurrent, one ocs process, "
+        f"client on the same machine)"
+    )
     print(f"authorize latency ms: p50 {pct(auth, 50):.2f}  p99 {pct(auth, 99):.2f}")
     print(f"stop latency ms:      p50 {pct(stop, 50):.2f}  p99 {pct(stop, 99):.2f}")
     print(f"machine: {describe()}")

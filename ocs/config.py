@@ -6,6 +6,7 @@ once in ``_FIELDS`` with its type; a bad value raises ``ConfigError`` whose
 message names the key and where it came from, and the CLI exits with code 2.
 """
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -46,8 +47,8 @@ class Settings:
 
 def _parse_int(low: int, high: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError("expected an integer")
+        if isinstance(value, bool | float):
+            raise ValueError(f"expected an integer, got {value!r}")
         try:
             number = int(value)
         except (TypeError, ValueError):
@@ -64,6 +65,8 @@ def _parse_float(value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
     if number < 0:
         raise ValueError(f"must not be negative, got {number}")
     return number
@@ -162,8 +165,14 @@ def load_settings(
             raise ConfigError(f"--config: file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
-        # Accept either top-level keys or an [ocs] table.
-        section = document.get("ocs", document)
+        # Accept either top-level keys or an [ocs] table, not both: a key outside the
+        # table would otherwise be silently ignored.
+        section = document
+        if isinstance(document.get("ocs"), dict):
+            outside = sorted(k for k in document if k != "ocs")
+            if outside:
+                raise ConfigError(f"{path}: key(s) {', '.join(outside)} outside the [ocs] table")
+            section = document["ocs"]
         _apply(values, section, str(path), env=False)
     env = os.environ if environ is None else environ
     _apply(

@@ -60,9 +60,13 @@ _READ_BY_TYPE = {
 
 
 async def _redis_state(app: RunningApp) -> dict[bytes, Any]:
-    """Every key and its value (TTLs aside); empty streams (drained ledgers) left out."""
+    """Every key and its value (TTLs aside), but the ledger streams.
+
+    Those are drained to PostgreSQL before each snapshot, so an entry a bad request
+    wrongly appended shows up in the ledger table instead.
+    """
     redis = app.services.redis
-    keys = await _keys(app)
+    keys = [key for key in await _keys(app) if not key.startswith(b"ledger:")]
     pipe = redis.pipeline(transaction=False)
     for key in keys:
         pipe.type(key)
@@ -74,7 +78,6 @@ async def _redis_state(app: RunningApp) -> dict[bytes, Any]:
     return {
         key: sorted(value) if isinstance(value, set) else value
         for key, value in zip(keys, values, strict=True)
-        if value != []
     }
 
 
@@ -99,7 +102,7 @@ async def settled_state(app: RunningApp) -> State:
 
 @pytest.fixture
 async def funded(app: RunningApp) -> RunningApp:
-    """Plan 'retail', account 1001 with 10.00 of which part is held by live call 'live-1'."""
+    """Plan 'retail' and account 1001 with 10.00, held by the live call 'live-1'."""
     await add_plan(app.services, max_lines=2)
     status, body = await app.post(
         "/v1/accounts", {"id": ACCOUNT, "plan": "retail", "balance": "10.00"}
@@ -295,6 +298,7 @@ async def test_the_server_keeps_serving_through_a_burst_of_bad_requests(
     funded: RunningApp,
 ) -> None:
     app = funded
+    before = await settled_state(app)
     every_case = [case for cases in CASES.values() for case in cases]
     answers = await asyncio.gather(
         *[send(app, case.method, case.path, case.payload) for case in every_case * 3]
@@ -302,8 +306,5 @@ async def test_the_server_keeps_serving_through_a_burst_of_bad_requests(
     assert all(400 <= status < 500 for status, _ in answers)
     response = await app.client.get("/healthz")
     assert response.status == 200
-    status, grant = await app.post("/v1/calls", {"account": ACCOUNT, "destination": "4930123"})
-    assert status == 201, grant
-    assert grant["zone"] == "Germany"
-    _, shown = await app.get(f"/v1/accounts/{ACCOUNT}")
-    assert (shown["balance"], shown["lines_in_use"]) == ("10.000000", 2)
+    after = await settled_state(app)
+    assert after == before

@@ -203,10 +203,10 @@ async def test_a_call_can_be_stopped_by_another_process(app: RunningApp) -> None
 
     await add_plan(app.services)
     await app.post("/v1/accounts", {"id": "moved", "plan": "retail", "balance": "1.00"})
-    await app.post("/v1/calls", {"account": "moved", "destination": "447700900123",
-                                 "call_id": "elsewhere"})
-    other_process = CallService(app.services.catalog, app.services.store,
-                                app.services.settings)
+    await app.post(
+        "/v1/calls", {"account": "moved", "destination": "447700900123", "call_id": "elsewhere"}
+    )
+    other_process = CallService(app.services.catalog, app.services.store, app.services.settings)
     charge = await other_process.stop("elsewhere", 45)
     assert (charge.charged, charge.balance, charge.repeated) == (198_000, 802_000, False)
     # The process that authorized it answers a repeated stop with the first result.

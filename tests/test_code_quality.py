@@ -12,6 +12,9 @@ def test_ruff_check_is_clean() -> None:
     ruff = shutil.which("ruff") or f"{sys.executable} -m ruff"
     result = subprocess.run(
         [*ruff.split(), "check", "ocs", "tests", "benchmarks"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -14,9 +14,9 @@ async def _make_entries(services: Services, accounts: int, topups: int) -> None:
     await add_plan(services)
     for n in range(accounts):
         await services.accounts.create(f"w{n}", plan_id="retail", opening_balance=1_000_000)
-        await asyncio.gather(*[
-            services.accounts.topup(f"w{n}", 10_000, f"w{n}-{t}") for t in range(topups)
-        ])
+        await asyncio.gather(
+            *[services.accounts.topup(f"w{n}", 10_000, f"w{n}-{t}") for t in range(topups)]
+        )
 
 
 async def _ledger_count(services: Services) -> int:

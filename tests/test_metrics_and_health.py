@@ -26,8 +26,7 @@ async def test_requests_are_counted_by_endpoint_and_result(app: RunningApp) -> N
     await app.post("/v1/accounts", {"id": "m1", "plan": "retail"})
     before = _samples(await _metrics(app), "ocs_http_requests_total")
     key_refused = (("endpoint", "/v1/calls"), ("method", "POST"), ("result", "zero_balance"))
-    key_unknown = (("endpoint", "/v1/calls"), ("method", "POST"),
-                   ("result", "account_not_found"))
+    key_unknown = (("endpoint", "/v1/calls"), ("method", "POST"), ("result", "account_not_found"))
     await app.post("/v1/calls", {"account": "m1", "destination": "447700900123"})
     await app.post("/v1/calls", {"account": "m1", "destination": "447700900123"})
     await app.post("/v1/calls", {"account": "zz", "destination": "447700900123"})
@@ -59,8 +58,10 @@ async def test_catalog_changes_reach_the_running_snapshot(app: RunningApp) -> No
     await catalog_store.import_deck(
         app.services.pool,
         "retail",
-        parse_deck("prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
-                   "33,France,0.011,0,60,60\n"),
+        parse_deck(
+            "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
+            "33,France,0.011,0,60,60\n"
+        ),
     )
 
     async def reloaded() -> bool:

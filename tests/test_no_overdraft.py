@@ -13,13 +13,17 @@ FLAT_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 async def test_200_concurrent_calls_grant_exactly_the_affordable_number(app: RunningApp) -> None:
     await add_plan(app.services, deck=FLAT_DECK, max_call_duration=600, max_lines=500)
     # 1.05 buys ten full 10-minute grants (0.10 each) and one of 5 minutes; 12 lines.
-    await app.post("/v1/accounts", {"id": "busy", "plan": "retail", "balance": "1.05",
-                                    "max_lines": 12})
-    results = await asyncio.gather(*[
-        app.post("/v1/calls", {"account": "busy", "destination": "4930123456",
-                               "call_id": f"c{n}"})
-        for n in range(200)
-    ])
+    await app.post(
+        "/v1/accounts", {"id": "busy", "plan": "retail", "balance": "1.05", "max_lines": 12}
+    )
+    results = await asyncio.gather(
+        *[
+            app.post(
+                "/v1/calls", {"account": "busy", "destination": "4930123456", "call_id": f"c{n}"}
+            )
+            for n in range(200)
+        ]
+    )
     granted = [body for status, body in results if status == 201]
     refused = [body["error"]["reason"] for status, body in results if status != 201]
     assert len(granted) == 11
@@ -31,9 +35,9 @@ async def test_200_concurrent_calls_grant_exactly_the_affordable_number(app: Run
     assert shown["lines_in_use"] == 11
 
     # Every call runs far past its grant: charges stop at what the account holds.
-    stops = await asyncio.gather(*[
-        app.post(f"/v1/calls/{g['call_id']}/stop", {"duration": 7200}) for g in granted
-    ])
+    stops = await asyncio.gather(
+        *[app.post(f"/v1/calls/{g['call_id']}/stop", {"duration": 7200}) for g in granted]
+    )
     assert all(status == 200 for status, _ in stops)
     _, shown = await app.get("/v1/accounts/busy")
     assert shown["balance"] == "0.000000"
@@ -44,10 +48,12 @@ async def test_200_concurrent_calls_grant_exactly_the_affordable_number(app: Run
 async def test_lines_limit_holds_under_concurrency(app: RunningApp) -> None:
     await add_plan(app.services, deck=FLAT_DECK, max_call_duration=600, max_lines=3)
     await app.post("/v1/accounts", {"id": "lines", "plan": "retail", "balance": "100.00"})
-    results = await asyncio.gather(*[
-        app.post("/v1/calls", {"account": "lines", "destination": "4930123456"})
-        for _ in range(200)
-    ])
+    results = await asyncio.gather(
+        *[
+            app.post("/v1/calls", {"account": "lines", "destination": "4930123456"})
+            for _ in range(200)
+        ]
+    )
     statuses = [status for status, _ in results]
     assert statuses.count(201) == 3
     assert {body["error"]["reason"] for status, body in results if status != 201} == {
@@ -57,16 +63,20 @@ async def test_lines_limit_holds_under_concurrency(app: RunningApp) -> None:
 
 async def test_credit_limit_is_the_floor(app: RunningApp) -> None:
     await add_plan(app.services, deck=FLAT_DECK, max_call_duration=600, max_lines=100)
-    await app.post("/v1/accounts", {"id": "post", "plan": "retail", "balance": "0",
-                                    "credit_limit": "0.50", "max_lines": 100})
-    results = await asyncio.gather(*[
-        app.post("/v1/calls", {"account": "post", "destination": "4930123456"})
-        for _ in range(50)
-    ])
+    await app.post(
+        "/v1/accounts",
+        {"id": "post", "plan": "retail", "balance": "0", "credit_limit": "0.50", "max_lines": 100},
+    )
+    results = await asyncio.gather(
+        *[
+            app.post("/v1/calls", {"account": "post", "destination": "4930123456"})
+            for _ in range(50)
+        ]
+    )
     granted = [body for status, body in results if status == 201]
     assert len(granted) == 5
-    await asyncio.gather(*[
-        app.post(f"/v1/calls/{g['call_id']}/stop", {"duration": 86_400}) for g in granted
-    ])
+    await asyncio.gather(
+        *[app.post(f"/v1/calls/{g['call_id']}/stop", {"duration": 86_400}) for g in granted]
+    )
     _, shown = await app.get("/v1/accounts/post")
     assert shown["balance"] == "-0.500000"

@@ -119,7 +119,11 @@ class AccountService:
     async def show(self, account_id: str) -> AccountView:
         state = await self._store.get_account(account_id)
         if state is None:
-            raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
+            raise OcsError(
+                Reason.ACCOUNT_NOT_FOUND,
+                f"account {account_id!r} does not exist",
+                field="account_id",
+            )
         return AccountView(
             id=account_id,
             plan_id=state.plan_id,
@@ -141,5 +145,9 @@ class AccountService:
             account_id, amount, topup_id or uuid.uuid4().hex, TOPUP_DEDUPE_TTL
         )
         if result is None:
-            raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
+            raise OcsError(
+                Reason.ACCOUNT_NOT_FOUND,
+                f"account {account_id!r} does not exist",
+                field="account_id",
+            )
         return result

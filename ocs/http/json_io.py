@@ -19,11 +19,7 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     if not text.strip():
         return {}
     try:
-        value = json.loads(text, parse_float=_refuse_float)
-    except _FloatInBody as exc:
-        raise invalid(
-            str(exc) or "body", 'amounts must be decimal strings such as "1.50"'
-        ) from None
+        value = json.loads(text, parse_float=Fraction)
     except ValueError as exc:
         raise invalid("body", f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -31,14 +27,18 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     return value
 
 
-class _FloatInBody(ValueError):
-    pass
+class Fraction:
+    """A JSON number with a fraction or exponent, kept as its text.
 
+    Parsed as a float it would have lost the value the caller meant; no float
+    may carry money or a duration into ocs, so the field readers refuse it by name.
+    Not a str: no reader may take it for an id either.
+    """
 
-def _refuse_float(text: str) -> Any:
-    # JSON numbers with a fraction would be parsed as floats; no float may carry money
-    # or a duration into ocs, so they are refused before anything reads them.
-    raise _FloatInBody("body")
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 def string_field(
@@ -70,7 +70,7 @@ def int_field(
             raise invalid(name, "is required")
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(name, "expected an integer")
+        raise invalid(name, "expected an integer, without a fraction")
     if not minimum <= value <= maximum:
         raise invalid(name, f"expected {minimum} to {maximum}")
     return value
@@ -82,6 +82,8 @@ def amount_field(body: dict[str, Any], name: str, *, required: bool = True) -> i
         if required:
             raise invalid(name, "is required")
         return None
+    if isinstance(value, Fraction):
+        raise invalid(name, 'amounts must be decimal strings such as "1.50", not JSON numbers')
     try:
         return parse_amount(value)
     except MoneyError as exc:

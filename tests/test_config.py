@@ -1,0 +1,276 @@
+"""Where settings come from, which source wins, and how a bad value is reported.
+
+Priority, lowest first: defaults, the TOML file (--config or OCS_CONFIG), OCS_*
+environment variables, command-line flags. A bad value stops the process with
+exit code 2 and one line that names the key, the variable or the flag.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocs.config import ConfigError, Settings, load_settings
+
+
+def write_toml(tmp_path: Path, text: str, name: str = "ocs.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+FILE = """
+http_port = 1111
+http_host = "10.0.0.1"
+log_level = "debug"
+ledger_batch_size = 50
+"""
+
+
+# --- priority ------------------------------------------------------------------------
+
+
+def test_defaults_apply_when_nothing_is_configured() -> None:
+    settings = load_settings(environ={})
+    assert settings == Settings()
+    assert (settings.http_port, settings.log_level, settings.log_format) == (8080, "INFO", "json")
+    assert settings.redis_url is None and settings.database_url is None  # embedded servers
+    assert settings.config_file is None
+
+
+def test_the_file_overrides_the_defaults(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, FILE)
+    settings = load_settings(path, environ={})
+    assert settings.http_port == 1111
+    assert settings.http_host == "10.0.0.1"
+    assert settings.log_level == "DEBUG"
+    assert settings.ledger_batch_size == 50
+    assert settings.log_format == "json"  # not in the file: the default
+    assert settings.config_file == path
+
+
+def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, FILE)
+    settings = load_settings(path, environ={"OCS_HTTP_PORT": "2222", "OCS_LOG_LEVEL": "warning"})
+    assert settings.http_port == 2222
+    assert settings.log_level == "WARNING"
+    assert settings.http_host == "10.0.0.1"  # only in the file
+    assert settings.ledger_batch_size == 50
+
+
+def test_flags_override_the_environment_and_the_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, FILE)
+    settings = load_settings(
+        path,
+        environ={"OCS_HTTP_PORT": "2222", "OCS_LOG_LEVEL": "warning"},
+        overrides={"http_port": "3333", "log_level": None, "log_format": "text"},
+    )
+    assert settings.http_port == 3333
+    assert settings.log_level == "WARNING"  # a flag not given (None) leaves the value alone
+    assert settings.log_format == "text"
+    assert settings.http_host == "10.0.0.1"
+
+
+def test_an_ocs_table_in_the_file_is_read_too(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, '[ocs]\nhttp_port = 4444\nlog_format = "text"\n')
+    settings = load_settings(path, environ={})
+    assert (settings.http_port, settings.log_format) == (4444, "text")
+
+
+def test_ocs_config_names_the_file_and_an_explicit_file_wins(tmp_path: Path) -> None:
+    from_env = write_toml(tmp_path, "http_port = 5555\n", "env.toml")
+    explicit = write_toml(tmp_path, "http_port = 6666\n", "explicit.toml")
+    assert load_settings(environ={"OCS_CONFIG": str(from_env)}).http_port == 5555
+    assert load_settings(explicit, environ={"OCS_CONFIG": str(from_env)}).http_port == 6666
+
+
+def test_environment_values_are_parsed_to_their_types() -> None:
+    settings = load_settings(
+        environ={
+            "OCS_RUN_LEDGER_WRITER": "no",
+            "OCS_SHUTDOWN_TIMEOUT": "2.5",
+            "OCS_DATA_DIR": "/srv/ocs",
+            "OCS_REDIS_URL": "redis://cache:6379/0",
+            "OCS_DATABASE_URL": "postgresql://ocs@db/ocs",
+            "OCS_LOG_FORMAT": "TEXT",
+        }
+    )
+    assert settings.run_ledger_writer is False
+    assert settings.shutdown_timeout == 2.5
+    assert settings.data_dir == Path("/srv/ocs")
+    assert settings.redis_url == "redis://cache:6379/0"
+    assert settings.database_url == "postgresql://ocs@db/ocs"
+    assert settings.log_format == "text"
+
+
+def test_other_ocs_variables_are_not_taken_for_settings() -> None:
+    settings = load_settings(
+        environ={"OCS_TEST_REDIS_URL": "redis://x", "OCS_SOMETHING_ELSE": "1", "HTTP_PORT": "1"}
+    )
+    assert settings == Settings()
+
+
+# --- bad values ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OCS_HTTP_PORT", "abc"),
+        ("OCS_HTTP_PORT", "70000"),
+        ("OCS_HTTP_PORT", "-1"),
+        ("OCS_HTTP_PORT", "8080.5"),
+        ("OCS_LOG_LEVEL", "verbose"),
+        ("OCS_LOG_FORMAT", "xml"),
+        ("OCS_REDIS_URL", "http://cache:6379"),
+        ("OCS_DATABASE_URL", "mysql://db/ocs"),
+        ("OCS_RUN_LEDGER_WRITER", "maybe"),
+        ("OCS_SHUTDOWN_TIMEOUT", "-1"),
+        ("OCS_SHUTDOWN_TIMEOUT", "soon"),
+        ("OCS_SHUTDOWN_TIMEOUT", "nan"),
+        ("OCS_LEDGER_BATCH_SIZE", "0"),
+        ("OCS_DATABASE_POOL_SIZE", "many"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={variable: value})
+    assert variable in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'http_port = "abc"',
+        "http_port = 70000",
+        "http_port = true",
+        "http_port = 8080.5",
+        'log_level = "loud"',
+        "log_format = 1",
+        'data_dir = ""',
+        "ledger_batch_size = 1.9",
+        "shutdown_timeout = -0.5",
+    ],
+)
+def test_a_bad_value_in_the_file_names_the_key_and_the_file(tmp_path: Path, line: str) -> None:
+    path = write_toml(tmp_path, line + "\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={})
+    message = str(raised.value)
+    assert line.split(" = ")[0] in message
+    assert str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("http_prot = 8080\n", "http_prot"),
+        ("[ocs]\nhttp-port = 8080\n", "http-port"),
+        ("[server]\nport = 8080\n", "server"),
+    ],
+)
+def test_an_unknown_key_in_the_file_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    path = write_toml(tmp_path, text)
+    with pytest.raises(ConfigError, match="unknown setting") as raised:
+        load_settings(path, environ={})
+    assert key in str(raised.value)
+
+
+def test_a_key_beside_the_ocs_table_is_not_silently_ignored(tmp_path: Path) -> None:
+    # Top-level keys must come before the first table in TOML, so this is an easy file
+    # to write; its http_port must either be applied or refused, never dropped.
+    path = write_toml(tmp_path, 'http_port = 1111\n[ocs]\nlog_level = "debug"\n')
+    try:
+        settings = load_settings(path, environ={})
+    except ConfigError as exc:
+        assert "http_port" in str(exc)
+    else:
+        assert (settings.http_port, settings.log_level) == (1111, "DEBUG")
+
+
+def test_a_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "http_port = = 8080\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as raised:
+        load_settings(path, environ={})
+    assert str(path) in str(raised.value)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found") as raised:
+        load_settings(tmp_path / "absent.toml", environ={})
+    assert "absent.toml" in str(raised.value)
+
+
+def test_a_bad_flag_value_names_the_flag() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={}, overrides={"http_port": "abc"})
+    assert str(raised.value).startswith("--http-port:")
+
+
+# --- the command line ----------------------------------------------------------------
+
+
+def run_ocs(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``python -m ocs ARGS`` in an empty directory, with only the given OCS_* variables."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
+    environ.update(env or {})
+    done = subprocess.run(
+        [sys.executable, "-m", "ocs", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def assert_one_line_naming(err: str, name: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert name in lines[0], err
+    return lines[0]
+
+
+def test_serve_with_a_bad_port_flag_exits_2_naming_the_flag(tmp_path: Path) -> None:
+    code, out, err = run_ocs(tmp_path, "serve", "--http-port", "abc")
+    assert code == 2
+    assert out == ""
+    line = assert_one_line_naming(err, "--http-port")
+    assert "abc" in line
+    assert not (tmp_path / "var").exists()  # nothing was started
+
+
+def test_serve_with_a_bad_port_variable_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    code, out, err = run_ocs(tmp_path, "serve", env={"OCS_HTTP_PORT": "70000"})
+    assert code == 2
+    assert out == ""
+    line = assert_one_line_naming(err, "OCS_HTTP_PORT")
+    assert "70000" in line
+    assert not (tmp_path / "var").exists()
+
+
+def test_serve_with_a_missing_config_file_exits_2_naming_the_file(tmp_path: Path) -> None:
+    code, out, err = run_ocs(tmp_path, "serve", "--config", "missing.toml")
+    assert code == 2
+    assert out == ""
+    assert_one_line_naming(err, "missing.toml")
+
+
+def test_serve_with_an_unknown_key_in_the_config_file_exits_2_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    write_toml(tmp_path, "http_port = 8080\nredis_host = 'cache'\n")
+    code, out, err = run_ocs(tmp_path, "serve", "--config", "ocs.toml")
+    assert code == 2
+    assert out == ""
+    assert_one_line_naming(err, "redis_host")
+
+
+def test_a_bad_log_level_flag_exits_2_naming_the_flag(tmp_path: Path) -> None:
+    code, _, err = run_ocs(tmp_path, "plans", "list", "--log-level", "chatty")
+    assert code == 2
+    assert_one_line_naming(err, "--log-level")
