@@ -42,7 +42,39 @@ class Settings:
     redis_max_connections: int = 64
     database_pool_size: int = 10
     run_ledger_writer: bool = True
+    # An Access-Accept's reservation is released if no Accounting-Start binds it in time.
+    start_timeout: int = 60
+    # Interim-Updates debit what a call has used so far (else they only record it).
+    debit_on_interim: bool = False
+    # How the janitor charges a started call the switch never stopped.
+    stale_call_policy: str = "last_reported"
+    janitor_interval: float = 1.0
+    run_janitor: bool = True
+    radius_enabled: bool = True
+    radius_host: str = "0.0.0.0"
+    radius_auth_port: int = 1812
+    radius_acct_port: int = 1813
+    # Require a valid Message-Authenticator on every Access-Request (BlastRADIUS,
+    # CVE-2024-3596); a client entry may relax it for itself, on purpose only.
+    radius_require_message_authenticator: bool = True
+    # RFC 5080 duplicate detection: a retransmission within this window gets the
+    # cached reply.
+    radius_dedupe_window: float = 30.0
+    # Where the call id comes from, first present wins.
+    radius_call_id_order: tuple[str, ...] = ("h323-conf-id", "Acct-Session-Id", "call-id")
+    # RADIUS clients from the config file: address or CIDR, secret, name, policy.
+    radius_clients: tuple["RadiusClientConfig", ...] = ()
     config_file: Path | None = field(default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class RadiusClientConfig:
+    """A NAS allowed to send RADIUS requests, as written in the configuration."""
+
+    name: str
+    network: str
+    secret: str = field(repr=False)
+    require_message_authenticator: bool | None = None
 
 
 def _parse_int(low: int, high: int) -> Callable[[Any], int]:
@@ -112,6 +144,53 @@ def _parse_str(value: Any) -> str:
     return value
 
 
+_CALL_ID_SOURCES = ("h323-conf-id", "Acct-Session-Id", "call-id")
+
+
+def _parse_call_id_order(value: Any) -> tuple[str, ...]:
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    if not items or any(item not in _CALL_ID_SOURCES for item in items):
+        raise ValueError(f"expected a list of {', '.join(_CALL_ID_SOURCES)}")
+    return tuple(items)
+
+
+def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
+    import ipaddress
+    import json
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("expected a JSON list of {name, address, secret}") from None
+    if not isinstance(value, list):
+        raise ValueError("expected a list of {name, address, secret} tables")
+    clients = []
+    for n, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ValueError(f"entry {n}: expected a table with name, address and secret")
+        unknown = set(item) - {"name", "address", "secret", "require_message_authenticator"}
+        if unknown:
+            raise ValueError(f"entry {n}: unknown key(s) {', '.join(sorted(unknown))}")
+        address = item.get("address")
+        secret = item.get("secret")
+        if not isinstance(address, str):
+            raise ValueError(f"entry {n}: address is required (an IP address or CIDR)")
+        try:
+            network = str(ipaddress.ip_network(address, strict=False))
+        except ValueError:
+            raise ValueError(f"entry {n}: address {address!r} is not an IP address or CIDR"
+                             ) from None
+        if not isinstance(secret, str) or not secret:
+            raise ValueError(f"entry {n}: secret is required")
+        require = item.get("require_message_authenticator")
+        if require is not None and not isinstance(require, bool):
+            raise ValueError(f"entry {n}: require_message_authenticator must be true or false")
+        clients.append(RadiusClientConfig(name=str(item.get("name") or network), network=network,
+                                          secret=secret, require_message_authenticator=require))
+    return tuple(clients)
+
+
 _FIELDS: dict[str, Callable[[Any], Any]] = {
     "redis_url": _parse_optional_url(("redis://", "rediss://", "unix://")),
     "database_url": _parse_optional_url(("postgresql://", "postgres://")),
@@ -128,6 +207,19 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "redis_max_connections": _parse_int(2, 10_000),
     "database_pool_size": _parse_int(1, 1000),
     "run_ledger_writer": _parse_bool,
+    "start_timeout": _parse_int(1, 24 * 3600),
+    "debit_on_interim": _parse_bool,
+    "stale_call_policy": _parse_choice("last_reported", "full_grant"),
+    "janitor_interval": _parse_float,
+    "run_janitor": _parse_bool,
+    "radius_enabled": _parse_bool,
+    "radius_host": _parse_str,
+    "radius_auth_port": _parse_int(0, 65535),
+    "radius_acct_port": _parse_int(0, 65535),
+    "radius_require_message_authenticator": _parse_bool,
+    "radius_dedupe_window": _parse_float,
+    "radius_call_id_order": _parse_call_id_order,
+    "radius_clients": _parse_radius_clients,
 }
 
 ENV_PREFIX = "OCS_"

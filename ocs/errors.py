@@ -29,6 +29,9 @@ class Reason(Enum):
     ACCOUNT_LOCKED = "account_locked"
     ACCOUNT_SUSPENDED = "account_suspended"
     NO_FREE_LINE = "no_free_line"
+    INVALID_PASSWORD = "invalid_password"
+    ACCOUNT_EXPIRED = "account_expired"
+    CREDIT_LIMIT_REACHED = "credit_limit_reached"
     ZERO_BALANCE = "zero_balance"
     INSUFFICIENT_FUNDS = "insufficient_funds"
     BELOW_MINIMUM_BALANCE = "below_minimum_balance"
@@ -58,6 +61,9 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.ACCOUNT_LOCKED: _ReasonInfo(403, 7),
     Reason.ACCOUNT_SUSPENDED: _ReasonInfo(403, 7),
     Reason.NO_FREE_LINE: _ReasonInfo(409, 3),
+    Reason.INVALID_PASSWORD: _ReasonInfo(403, 2),
+    Reason.ACCOUNT_EXPIRED: _ReasonInfo(403, 5),
+    Reason.CREDIT_LIMIT_REACHED: _ReasonInfo(402, 6),
     Reason.ZERO_BALANCE: _ReasonInfo(402, 4),
     Reason.INSUFFICIENT_FUNDS: _ReasonInfo(402, 12),
     Reason.BELOW_MINIMUM_BALANCE: _ReasonInfo(402, 12),

@@ -51,3 +51,34 @@ CATALOG_VERSION = Gauge(
     "ocs_catalog_reloads",
     "Number of catalog snapshots this process has loaded.",
 )
+STALE_CALLS_CLOSED = Counter(
+    "ocs_stale_calls_closed_total",
+    "Live calls closed by the janitor or a NAS restart, by termination cause.",
+    ["cause"],
+)
+RADIUS_PACKETS = Counter(
+    "ocs_radius_packets_total",
+    "RADIUS requests answered, by packet type and result (accept, reject, ok, error).",
+    ["type", "result"],
+)
+RADIUS_REJECTS = Counter(
+    "ocs_radius_rejects_total",
+    "Access-Rejects by h323-return-code and reason.",
+    ["return_code", "reason"],
+)
+RADIUS_DROPS = Counter(
+    "ocs_radius_dropped_total",
+    "RADIUS packets dropped without an answer, by reason.",
+    ["reason"],
+)
+RADIUS_DUPLICATES = Counter(
+    "ocs_radius_duplicates_total",
+    "Retransmitted RADIUS requests answered from the reply cache (RFC 5080).",
+    ["type"],
+)
+RADIUS_LATENCY = Histogram(
+    "ocs_radius_request_duration_seconds",
+    "Time from a RADIUS request's arrival to its answer, by packet type.",
+    ["type"],
+    buckets=_LATENCY_BUCKETS,
+)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ocs import metrics
 from ocs.balances.ledger_writer import LedgerWriter
+from ocs.charging.janitor import Janitor
 from ocs.config import Settings
 from ocs.http.app import create_app
 from ocs.runtime import open_runtime
@@ -60,6 +61,10 @@ async def serve(
         port = _bound_port(runner, settings.http_port)
         writer_task: asyncio.Task[None] | None = None
         writer_stopping = asyncio.Event()
+        background: list[asyncio.Task[None]] = []
+        if settings.run_janitor:
+            janitor = Janitor(services.calls, services.store, settings.janitor_interval)
+            background.append(asyncio.create_task(janitor.run(writer_stopping)))
         if settings.run_ledger_writer:
             writer = LedgerWriter(
                 services.redis,
@@ -82,6 +87,7 @@ async def serve(
             # handlers in flight up to shutdown_timeout, then cancels the rest.
             await runner.cleanup()
             writer_stopping.set()
+            await asyncio.gather(*background, return_exceptions=True)
             if writer_task is not None:
                 try:
                     await asyncio.wait_for(writer_task, timeout=settings.shutdown_timeout)

@@ -53,7 +53,6 @@ async def test_catalog_changes_reach_the_running_snapshot(app: RunningApp) -> No
     from tests.conftest import eventually
 
     await add_plan(app.services)
-    version = app.services.catalog.version
     # A deck imported elsewhere (another process, the CLI) commits and NOTIFYs.
     await catalog_store.import_deck(
         app.services.pool,
@@ -65,7 +64,8 @@ async def test_catalog_changes_reach_the_running_snapshot(app: RunningApp) -> No
     )
 
     async def reloaded() -> bool:
-        return app.services.catalog.version > version
+        # Earlier NOTIFYs (from add_plan) may reload first: wait for this deck's content.
+        return app.services.catalog.snapshot.tariff_for("retail", "33123") is not None
 
     await eventually(reloaded, what="the catalog snapshot to reload")
     assert app.services.catalog.snapshot.tariff_for("retail", "33123") is not None

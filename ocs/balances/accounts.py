@@ -6,8 +6,11 @@ every top-up are ledger entries, so the PostgreSQL ledger always sums to the
 Redis balance.
 """
 
+import hashlib
+import hmac
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -37,6 +40,15 @@ class AccountView:
         return self.balance + self.credit_limit - self.reserved
 
 
+def password_digest(account_id: str, password: str) -> str:
+    """The stored form of an account's password (or card PIN password).
+
+    HMAC-SHA256 keyed by the account id, so equal passwords on two accounts
+    differ; Redis and PostgreSQL never hold the password itself.
+    """
+    return hmac.new(account_id.encode(), password.encode(), hashlib.sha256).hexdigest()
+
+
 def validate_account_id(account_id: object, field: str = "id") -> str:
     if account_id is None:
         raise invalid(field, "is required")
@@ -63,8 +75,15 @@ class AccountService:
         credit_limit: int | None = None,
         max_lines: int | None = None,
         status: str = "active",
+        password: str | None = None,
+        expires_at: datetime | None = None,
     ) -> AccountView:
         validate_account_id(account_id)
+        if password is not None and not 1 <= len(password) <= 128:
+            raise invalid("password", "expected 1 to 128 characters")
+        if expires_at is not None and expires_at.tzinfo is None:
+            raise invalid("expires_at", "needs a time zone, e.g. 2027-01-31T23:59:59Z")
+        digest = None if password is None else password_digest(account_id, password)
         if status not in STATUSES:
             raise invalid("status", f"expected one of {', '.join(STATUSES)}")
         if opening_balance < 0:
@@ -84,14 +103,17 @@ class AccountService:
             limit = plan["credit_limit"] if credit_limit is None else credit_limit
             lines = plan["max_lines"] if max_lines is None else max_lines
             inserted = await conn.fetchval(
-                "INSERT INTO accounts (id, plan_id, currency, credit_limit, max_lines, status)"
-                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING 1",
+                "INSERT INTO accounts (id, plan_id, currency, credit_limit, max_lines, status,"
+                " password_digest, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING RETURNING 1",
                 account_id,
                 plan_id,
                 plan["currency"],
                 limit,
                 lines,
                 status,
+                digest,
+                expires_at,
             )
             if inserted is None:
                 raise OcsError(
@@ -107,6 +129,8 @@ class AccountService:
                 max_lines=lines,
                 status=status,
                 opening_balance=opening_balance,
+                password_digest=digest or "",
+                expires_at=0 if expires_at is None else int(expires_at.timestamp()),
             )
             if not created:
                 raise OcsError(
@@ -115,6 +139,24 @@ class AccountService:
                     field="id",
                 )
         return await self.show(account_id)
+
+    async def add_caller(self, account_id: str, caller: str) -> None:
+        """Let calls from ``caller`` (Calling-Station-Id) identify the account (pinless)."""
+        digits = caller.strip().removeprefix("+")
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 32:
+            raise invalid("caller", "expected 1 to 32 digits, optionally with a leading '+'")
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id) is None:
+                raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist",
+                               field="account_id")
+            owner = await conn.fetchval(
+                "INSERT INTO account_callers (caller, account_id) VALUES ($1, $2)"
+                " ON CONFLICT (caller) DO UPDATE SET caller = EXCLUDED.caller"
+                " RETURNING account_id", digits, account_id)
+            if owner != account_id:
+                raise OcsError(Reason.ACCOUNT_EXISTS,
+                               f"caller {digits} belongs to another account", field="caller")
+            await self._store.set_caller(digits, account_id)
 
     async def show(self, account_id: str) -> AccountView:
         state = await self._store.get_account(account_id)

@@ -64,8 +64,19 @@ def call_ref(call_id: str) -> str:
     return f"callref:{_tag(bucket_of(call_id))}:{call_id}"
 
 
+def caller_ref(caller: str) -> str:
+    """String: the account a caller id (Calling-Station-Id) identifies, for pinless calls."""
+    return f"caller:{_tag(bucket_of(caller))}:{caller}"
+
+
 def expiry_member(account_id: str, call_id: str) -> str:
     return f"{account_id}\x00{call_id}"
+
+
+def split_expiry_member(member: bytes | str) -> tuple[str, str]:
+    text = member.decode() if isinstance(member, bytes) else member
+    account_id, _, call_id = text.partition("\x00")
+    return account_id, call_id
 
 
 def bucket_of_ledger_key(key: str) -> int:

@@ -37,8 +37,9 @@ _LEDGER_SQL = (
 _CDR_SQL = (
     "INSERT INTO cdrs (entry_id, call_id, account_id, plan_id, zone, destination, caller,"
     " currency, authorized_at, stopped_at, duration, billed_seconds, connect_fee, first_block,"
-    " increment, price_per_minute, rated_cost, charged)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    " increment, price_per_minute, rated_cost, charged, termination_cause, nas)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
+    " $19, $20)"
     " ON CONFLICT (entry_id) DO NOTHING"
 )
 _Entry = tuple[str, bytes | str, dict[bytes, bytes] | None]  # (stream key, id, fields)
@@ -84,6 +85,8 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[tu
         price,
         int(f["rated"]),
         int(f["charged"]),
+        _s(f["cause"]) if "cause" in f else "normal",
+        cdr.get("nas"),
     )
     return ledger_row, cdr_row
 

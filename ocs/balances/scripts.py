@@ -26,5 +26,7 @@ AUTHORIZE = _load("authorize")
 STOP = _load("stop")
 TOPUP = _load("topup")
 CREATE_ACCOUNT = _load("create_account")
+START = _load("start")
+UPDATE = _load("update")
 
-ALL_SCRIPTS: tuple[Script, ...] = (AUTHORIZE, STOP, TOPUP, CREATE_ACCOUNT)
+ALL_SCRIPTS: tuple[Script, ...] = (AUTHORIZE, STOP, TOPUP, CREATE_ACCOUNT, START, UPDATE)

@@ -50,11 +50,26 @@ class Reserved:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveEntry:
+    """A live call as Redis holds it: ``<held>|<started>|<used>|<debited>|<record>``."""
+
+    held: int
+    started: int  # epoch seconds; 0 while the Accounting-Start is still to come
+    used: int
+    debited: int
+    record: bytes
+
+
+def parse_live_entry(entry: bytes) -> LiveEntry:
+    held, started, used, debited, record = entry.split(b"|", 4)
+    return LiveEntry(int(held), int(started), int(used), int(debited), record)
+
+
+@dataclass(frozen=True, slots=True)
 class AlreadyLive:
     """The call id is live already; this is its existing grant."""
 
-    reserved: int
-    record: bytes
+    entry: LiveEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +97,15 @@ class StopResult:
     balance: int
     duration: int
     ledger_entry: str
+    cause: str
     repeated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    used: int
+    debited: int
+    held: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +114,6 @@ class TopupResult:
     balance: int
     ledger_entry: str
     repeated: bool
-
-
-def split_live_entry(entry: bytes) -> tuple[int, bytes]:
-    """A live-calls hash value is ``<reserved>|<record>``."""
-    held, _, record = entry.partition(b"|")
-    return int(held), record
 
 
 class BalanceStore:
@@ -115,6 +132,8 @@ class BalanceStore:
         max_lines: int,
         status: str,
         opening_balance: int,
+        password_digest: str = "",
+        expires_at: int = 0,
     ) -> bool:
         """Create the account's real-time state; False if it exists already."""
         bucket = keys.bucket_of(account_id)
@@ -130,6 +149,8 @@ class BalanceStore:
                 opening_balance,
                 now_ms(),
                 account_id,
+                password_digest,
+                expires_at,
             ],
         )
         return _text(reply[0]) == "OK"
@@ -169,6 +190,9 @@ class BalanceStore:
         record: bytes,
         expires_at: int,
         ref_ttl: int,
+        password_digest: str = "",
+        now: int = 0,
+        started_at: int = 0,
     ) -> AuthorizeOutcome:
         """Reserve a line and funds; the call reference is written in the same round trip."""
         bucket = keys.bucket_of(account_id)
@@ -189,6 +213,9 @@ class BalanceStore:
                 record,
                 expires_at,
                 keys.expiry_member(account_id, call_id),
+                password_digest,
+                now,
+                started_at,
             ],
         )
         # The reference lets a stop that names only the call id find the account.
@@ -201,8 +228,7 @@ class BalanceStore:
         if status == "OK":
             return Reserved(int(reply[1]), int(reply[2]), int(reply[3]))
         if status == "DUP":
-            held, stored = split_live_entry(reply[1])
-            return AlreadyLive(held, stored)
+            return AlreadyLive(parse_live_entry(reply[1]))
         if status == "DONE":
             return AlreadyStopped()
         if status == "PLAN":
@@ -221,8 +247,14 @@ class BalanceStore:
         duration: int,
         cdr: bytes,
         result_ttl: int,
+        cause: str = "normal",
+        expired_by: int | None = None,
     ) -> StopResult | None:
-        """Charge and close a live call; None if no such call is live or was stopped."""
+        """Charge and close a live call; None if no such call is live.
+
+        ``expired_by`` (the janitor's guard): close only if the call's expiry is
+        not later than this epoch second; None is returned if it was extended.
+        """
         bucket = keys.bucket_of(account_id)
         reply = await self._pipe.run_script(
             scripts.STOP,
@@ -242,10 +274,12 @@ class BalanceStore:
                 now_ms(),
                 duration,
                 account_id,
+                cause,
+                "" if expired_by is None else expired_by,
             ],
         )
         status = _text(reply[0])
-        if status == "NOCALL":
+        if status in ("NOCALL", "LIVE"):
             return None
         result = msgpack.unpackb(reply[1])
         return StopResult(
@@ -254,8 +288,87 @@ class BalanceStore:
             balance=int(result["balance"]),
             duration=int(result["duration"]),
             ledger_entry=_text(result["entry"]),
+            cause=_text(result["cause"]),
             repeated=status == "DONE",
         )
+
+    async def live_entry(self, account_id: str, call_id: str) -> LiveEntry | None:
+        entry = await self._pipe.execute("HGET", keys.live_calls(account_id), call_id)
+        return None if entry is None else parse_live_entry(entry)
+
+    async def start(
+        self, *, account_id: str, call_id: str, started_at: int, expires_at: int
+    ) -> int | bool | None:
+        """Mark a live call started; its start time, None if not live, False if stopped."""
+        bucket = keys.bucket_of(account_id)
+        reply = await self._pipe.run_script(
+            scripts.START,
+            [keys.live_calls(account_id), keys.call_expiry(bucket),
+             keys.stopped_call(account_id, call_id)],
+            [call_id, started_at, expires_at, keys.expiry_member(account_id, call_id)],
+        )
+        status = _text(reply[0])
+        if status == "OK":
+            return int(reply[1])
+        return False if status == "DONE" else None
+
+    async def update(
+        self,
+        *,
+        account_id: str,
+        call_id: str,
+        used: int,
+        used_cost: int,
+        debit: bool,
+        expires_at: int,
+    ) -> UpdateResult | bool | None:
+        """Record progress (and debit it when asked); None if not live, False if stopped."""
+        bucket = keys.bucket_of(account_id)
+        reply = await self._pipe.run_script(
+            scripts.UPDATE,
+            [keys.account(account_id), keys.live_calls(account_id), keys.call_expiry(bucket),
+             keys.stopped_call(account_id, call_id), keys.ledger(bucket)],
+            [call_id, used, used_cost, "1" if debit else "0", now_ms(), account_id, expires_at,
+             keys.expiry_member(account_id, call_id)],
+        )
+        status = _text(reply[0])
+        if status == "OK":
+            return UpdateResult(int(reply[1]), int(reply[2]), int(reply[3]))
+        return False if status == "DONE" else None
+
+    async def expired_calls(self, now: int, per_bucket: int = 100) -> list[tuple[str, str]]:
+        """(account, call id) of live calls whose expiry has passed, across all buckets."""
+        futures = [
+            self._pipe.execute("ZRANGEBYSCORE", keys.call_expiry(bucket), "-inf", now,
+                               "LIMIT", 0, per_bucket)
+            for bucket in range(keys.BUCKETS)
+        ]
+        found: list[tuple[str, str]] = []
+        for future in futures:
+            found.extend(keys.split_expiry_member(m) for m in await future)
+        return found
+
+    async def live_calls_of(self, account_id: str) -> dict[str, LiveEntry]:
+        raw = await self._pipe.execute("HGETALL", keys.live_calls(account_id))
+        return {_text(k): parse_live_entry(v) for k, v in raw.items()}
+
+    async def caller_account(self, caller: str) -> str | None:
+        account = await self._pipe.execute("GET", keys.caller_ref(caller))
+        return None if account is None else _text(account)
+
+    async def set_caller(self, caller: str, account_id: str | None) -> None:
+        if account_id is None:
+            await self._pipe.execute("DEL", keys.caller_ref(caller))
+        else:
+            await self._pipe.execute("SET", keys.caller_ref(caller), account_id)
+
+    async def account_secrets(self, account_id: str) -> tuple[str, int] | None:
+        """(password digest, expiry epoch) of an account, for balance queries."""
+        pw, expires = await self._pipe.execute("HMGET", keys.account(account_id), "pw",
+                                               "expires")
+        if pw is None and expires is None:
+            return None
+        return (_text(pw) if pw else ""), int(expires or 0)
 
     async def topup(
         self, account_id: str, amount: int, topup_id: str, result_ttl: int, kind: str = "topup"

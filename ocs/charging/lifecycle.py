@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import msgpack
 
+from ocs.balances.accounts import password_digest
 from ocs.balances.store import (
     AlreadyLive,
     AlreadyStopped,
@@ -20,6 +21,7 @@ from ocs.balances.store import (
     PlanMismatch,
     Refused,
     Reserved,
+    StopResult,
 )
 from ocs.charging.catalog import CatalogHolder
 from ocs.charging.prefixes import normalize_number
@@ -40,6 +42,9 @@ _REFUSAL_MESSAGES = {
     "zero_balance": "no funds available",
     "below_minimum_balance": "available funds are below the plan's minimum balance to call",
     "insufficient_funds": "available funds do not cover the first block of this destination",
+    "invalid_password": "wrong password",
+    "account_expired": "the account (card) has expired",
+    "credit_limit_reached": "the account has reached its credit limit",
 }
 
 
@@ -58,6 +63,7 @@ class CallRecord:
     rate: Rate
     cap: int
     authorized_at_ms: int
+    nas: str | None = None
 
     def pack(self) -> bytes:
         r = self.rate
@@ -74,6 +80,7 @@ class CallRecord:
                 "r": [r.connect_fee, r.first_block, r.increment, r.price_per_minute],
                 "cap": self.cap,
                 "t": self.authorized_at_ms,
+                "n": self.nas,
             }
         )
 
@@ -93,6 +100,7 @@ class CallRecord:
             rate=Rate(fee, block, step, price),
             cap=m["cap"],
             authorized_at_ms=m["t"],
+            nas=m.get("n"),
         )
 
 
@@ -124,7 +132,29 @@ class CallCharge:
     charged: int
     balance: int
     currency: str
+    cause: str
     repeated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallProgress:
+    """A live call's state after a Start or an Interim-Update."""
+
+    call_id: str
+    account_id: str
+    started_at: int
+    used: int
+    debited: int
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceAnswer:
+    """An IVR's "your balance is" answer: nothing reserved."""
+
+    account_id: str
+    currency: str
+    balance: int
+    available: int
 
 
 def validate_call_id(call_id: object, field: str = "call_id") -> str:
@@ -144,7 +174,7 @@ def validate_duration(duration: object, field: str = "duration") -> int:
 
 
 class CallService:
-    """Authorize and stop calls; the one place protocols come to for money decisions."""
+    """Authorize, start, update and stop calls; the one place protocols come to for money."""
 
     def __init__(self, catalog: CatalogHolder, store: BalanceStore, settings: Settings) -> None:
         self._catalog = catalog
@@ -163,15 +193,19 @@ class CallService:
         if plan_id is None:
             plan_id = await self._store.account_plan(account_id)
             if plan_id is None:
-                raise OcsError(
-                    Reason.ACCOUNT_NOT_FOUND,
-                    f"account {account_id!r} does not exist",
-                    field="account",
-                )
+                raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist",
+                               field="account")
             if len(self._plans) >= _PLAN_CACHE_LIMIT:
                 self._plans.clear()
             self._plans[account_id] = plan_id
         return plan_id
+
+    async def account_for_caller(self, caller: str) -> str | None:
+        """The account a caller id identifies (pinless), if any."""
+        digits = caller.strip().removeprefix("+")
+        if not digits.isascii() or not digits.isdigit():
+            return None
+        return await self._store.caller_account(digits)
 
     async def authorize(
         self,
@@ -179,9 +213,27 @@ class CallService:
         destination: str,
         caller: str | None = None,
         call_id: str | None = None,
+        *,
+        password: str | None = None,
+        check_password: bool = False,
+        wait_for_start: bool = False,
+        nas: str | None = None,
     ) -> Grant:
+        """Reserve a line and funds for a call and grant the longest duration they pay for.
+
+        ``check_password``: the request comes from an untrusted identity (a RADIUS
+        PIN): an account with a password must be given it. ``wait_for_start``: the
+        reservation is released unless an Accounting-Start binds it within
+        ``start_timeout`` seconds.
+        """
         digits = normalize_number(destination, "destination")
         call_id = uuid.uuid4().hex if call_id is None else validate_call_id(call_id)
+        if not check_password:
+            digest = ""
+        elif password is None:
+            digest = "-"  # never equals a digest: an account with a password refuses
+        else:
+            digest = password_digest(account_id, password)
         plan_id = await self._plan_of(account_id)
         for _ in range(3):
             snapshot = self._catalog.snapshot
@@ -190,11 +242,9 @@ class CallService:
                 raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
             match = snapshot.tariff_for(plan_id, digits)
             if match is None:
-                raise OcsError(
-                    Reason.DESTINATION_NOT_ALLOWED,
-                    f"no tariff for destination {digits} in plan {plan_id!r}",
-                    field="destination",
-                )
+                raise OcsError(Reason.DESTINATION_NOT_ALLOWED,
+                               f"no tariff for destination {digits} in plan {plan_id!r}",
+                               field="destination")
             prefix, tariff = match
             now = time.time()
             record = CallRecord(
@@ -209,8 +259,10 @@ class CallService:
                 rate=tariff.rate,
                 cap=plan.max_call_duration,
                 authorized_at_ms=int(now * 1000),
+                nas=nas,
             )
             live_for = plan.max_call_duration + self._settings.call_expiry_grace
+            expires_in = self._settings.start_timeout if wait_for_start else live_for
             outcome = await self._store.authorize(
                 account_id=account_id,
                 call_id=call_id,
@@ -219,8 +271,11 @@ class CallService:
                 min_balance=plan.min_balance,
                 cap_cost=cost(tariff.rate, plan.max_call_duration),
                 record=record.pack(),
-                expires_at=int(now) + live_for,
-                ref_ttl=live_for + self._settings.stop_dedupe_ttl,
+                expires_at=int(now) + expires_in,
+                ref_ttl=live_for + self._settings.start_timeout + self._settings.stop_dedupe_ttl,
+                password_digest=digest,
+                now=int(now),
+                started_at=0 if wait_for_start else int(now),
             )
             match outcome:
                 case Reserved(reserved=reserved):
@@ -238,42 +293,57 @@ class CallService:
                         rate=tariff.rate,
                         repeated=False,
                     )
-                case AlreadyLive(reserved=reserved, record=stored):
-                    live = CallRecord.unpack(stored)
+                case AlreadyLive(entry=entry):
+                    live = CallRecord.unpack(entry.record)
                     return Grant(
                         call_id=call_id,
                         account_id=account_id,
                         zone=live.zone,
                         destination=live.destination,
-                        max_duration=max_duration(live.rate, reserved, live.cap),
-                        reserved=reserved,
+                        max_duration=max_duration(live.rate, entry.held + entry.debited,
+                                                  live.cap),
+                        reserved=entry.held,
                         currency=live.currency,
                         rate=live.rate,
                         repeated=True,
                     )
                 case AlreadyStopped():
-                    raise OcsError(
-                        Reason.CALL_ALREADY_STOPPED,
-                        f"call {call_id!r} has already been stopped",
-                        field="call_id",
-                    )
+                    raise OcsError(Reason.CALL_ALREADY_STOPPED,
+                                   f"call {call_id!r} has already been stopped", field="call_id")
                 case PlanMismatch(actual_plan=actual):
                     self._plans[account_id] = actual
                     plan_id = actual
                 case Refused(reason=reason):
                     if reason == "account_not_found":
                         self._plans.pop(account_id, None)
-                    raise OcsError(
-                        Reason(reason),
-                        _REFUSAL_MESSAGES.get(reason, reason),
-                        field="account" if reason == "account_not_found" else None,
-                    )
+                    raise OcsError(Reason(reason), _REFUSAL_MESSAGES.get(reason, reason),
+                                   field="account" if reason == "account_not_found" else None)
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
 
-    async def stop(self, call_id: str, duration: int, account_id: str | None = None) -> CallCharge:
-        validate_call_id(call_id)
-        validate_duration(duration)
-        record = self._live.pop(call_id, None)
+    async def balance(
+        self, account_id: str, *, password: str | None = None, check_password: bool = False
+    ) -> BalanceAnswer:
+        """What an IVR tells a caller before dialling: balance, nothing reserved."""
+        state = await self._store.get_account(account_id)
+        secrets = await self._store.account_secrets(account_id)
+        if state is None or secrets is None:
+            raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist",
+                           field="account")
+        stored_digest, expires = secrets
+        if check_password and stored_digest and (
+            password is None or password_digest(account_id, password) != stored_digest
+        ):
+            raise OcsError(Reason.INVALID_PASSWORD, _REFUSAL_MESSAGES["invalid_password"])
+        if state.status != "active":
+            reason = Reason(f"account_{state.status}")
+            raise OcsError(reason, _REFUSAL_MESSAGES[reason.value])
+        if expires and time.time() >= expires:
+            raise OcsError(Reason.ACCOUNT_EXPIRED, _REFUSAL_MESSAGES["account_expired"])
+        return BalanceAnswer(account_id=account_id, currency=state.currency,
+                             balance=state.balance, available=state.available)
+
+    async def _record(self, call_id: str, account_id: str | None, *, keep: bool) -> CallRecord:
+        record = self._live.get(call_id) if keep else self._live.pop(call_id, None)
         if record is None:
             reference = await self._store.call_reference(call_id)
             if reference is None:
@@ -281,6 +351,67 @@ class CallService:
             record = CallRecord.unpack(reference)
         if account_id is not None and record.account_id != account_id:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} on account {account_id!r}")
+        return record
+
+    async def start(self, call_id: str, account_id: str | None = None) -> CallProgress:
+        """Bind an authorized call to its start (Accounting-Start); idempotent."""
+        validate_call_id(call_id)
+        record = await self._record(call_id, account_id, keep=True)
+        now = int(time.time())
+        started = await self._store.start(
+            account_id=record.account_id,
+            call_id=call_id,
+            started_at=now,
+            expires_at=now + record.cap + self._settings.call_expiry_grace,
+        )
+        if started is None:
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
+        if started is False:
+            raise OcsError(Reason.CALL_ALREADY_STOPPED, f"call {call_id!r} has already stopped")
+        return CallProgress(call_id, record.account_id, int(started), 0, 0)
+
+    async def update(
+        self, call_id: str, used: int, account_id: str | None = None
+    ) -> CallProgress:
+        """Record progress (Interim-Update); debits it when ``debit_on_interim`` is set."""
+        validate_call_id(call_id)
+        validate_duration(used, "used")
+        record = await self._record(call_id, account_id, keep=True)
+        now = int(time.time())
+        result = await self._store.update(
+            account_id=record.account_id,
+            call_id=call_id,
+            used=used,
+            used_cost=cost(record.rate, used),
+            debit=self._settings.debit_on_interim,
+            expires_at=now + max(record.cap - used, 0) + self._settings.call_expiry_grace,
+        )
+        if result is None:
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
+        if result is False:
+            raise OcsError(Reason.CALL_ALREADY_STOPPED, f"call {call_id!r} has already stopped")
+        return CallProgress(call_id, record.account_id, now - used, result.used, result.debited)
+
+    async def stop(
+        self,
+        call_id: str,
+        duration: int,
+        account_id: str | None = None,
+        *,
+        cause: str = "normal",
+    ) -> CallCharge:
+        """Charge a call's real duration at its authorized rate, once."""
+        validate_call_id(call_id)
+        validate_duration(duration)
+        record = await self._record(call_id, account_id, keep=False)
+        result = await self._close(record, duration, cause, expired_by=None)
+        if result is None:
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
+        return self._charge(record, result)
+
+    async def _close(
+        self, record: CallRecord, duration: int, cause: str, expired_by: int | None
+    ) -> StopResult | None:
         rate = record.rate
         cdr = msgpack.packb(
             {
@@ -291,28 +422,57 @@ class CallService:
                 "currency": record.currency,
                 "authorized_at_ms": record.authorized_at_ms,
                 "billed": billed_seconds(rate, duration),
-                "rate": [rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute],
+                "rate": [rate.connect_fee, rate.first_block, rate.increment,
+                         rate.price_per_minute],
+                "nas": record.nas,
             }
         )
-        result = await self._store.stop(
+        return await self._store.stop(
             account_id=record.account_id,
-            call_id=call_id,
+            call_id=record.call_id,
             rated_cost=cost(rate, duration),
             duration=duration,
             cdr=cdr,
             result_ttl=self._settings.stop_dedupe_ttl,
+            cause=cause,
+            expired_by=expired_by,
         )
-        if result is None:
-            raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
+
+    @staticmethod
+    def _charge(record: CallRecord, result: StopResult) -> CallCharge:
         return CallCharge(
-            call_id=call_id,
+            call_id=record.call_id,
             account_id=record.account_id,
             zone=record.zone,
             duration=result.duration,
-            billed_seconds=billed_seconds(rate, result.duration),
+            billed_seconds=billed_seconds(record.rate, result.duration),
             rated=result.rated,
             charged=result.charged,
             balance=result.balance,
             currency=record.currency,
+            cause=result.cause,
             repeated=result.repeated,
         )
+
+    async def close_live_call(
+        self, account_id: str, call_id: str, cause: str, *, expired_by: int | None
+    ) -> CallCharge | None:
+        """Close a call the switch will never stop (expired, NAS rebooted), by policy.
+
+        A call never started is released free of charge; a started one is charged
+        for its last reported usage (``stale_call_policy = "last_reported"``) or for
+        its whole grant (``"full_grant"``). None if it is gone or was extended.
+        """
+        entry = await self._store.live_entry(account_id, call_id)
+        if entry is None:
+            return None
+        record = CallRecord.unpack(entry.record)
+        if entry.started == 0:
+            duration, cause = 0, "start-timeout" if cause == "expired" else cause
+        elif self._settings.stale_call_policy == "full_grant":
+            duration = max_duration(record.rate, entry.held + entry.debited, record.cap)
+        else:
+            duration = entry.used
+        result = await self._close(record, duration, cause, expired_by=expired_by)
+        self._live.pop(call_id, None)
+        return None if result is None or result.repeated else self._charge(record, result)

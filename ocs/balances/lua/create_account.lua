@@ -5,6 +5,7 @@
 -- ARGV[1] plan id   ARGV[2] currency   ARGV[3] credit limit (micro-units)
 -- ARGV[4] max lines ARGV[5] status     ARGV[6] opening balance (micro-units, >= 0)
 -- ARGV[7] time (epoch milliseconds)    ARGV[8] account id
+-- ARGV[9] password digest ("" = none)  ARGV[10] expiry (epoch seconds, 0 = never)
 --
 -- Returns {"OK", balance} or {"EXISTS"}. A non-zero opening balance is a ledger
 -- entry of kind "opening", so the ledger always sums to the balance.
@@ -16,7 +17,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'EXISTS'}
 end
 redis.call('HSET', KEYS[1], 'plan', ARGV[1], 'currency', ARGV[2], 'credit_limit', ARGV[3],
-  'max_lines', ARGV[4], 'status', ARGV[5], 'balance', 0, 'reserved', 0)
+  'max_lines', ARGV[4], 'status', ARGV[5], 'balance', 0, 'reserved', 0, 'pw', ARGV[9],
+  'expires', ARGV[10])
 local balance = 0
 if tonumber(ARGV[6]) > 0 then
   balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[6])

@@ -6,20 +6,25 @@
 -- KEYS[3] expiry sorted set     expiry:{b:N}
 -- KEYS[4] stopped-call key      stopped:{b:N}:<account>:<call id>
 -- KEYS[5] ledger stream         ledger:{b:N}
--- ARGV[1] call id
--- ARGV[2] rated cost (micro-units), from the shared rating function
--- ARGV[3] expiry set member
--- ARGV[4] seconds to keep the result for repeated stops
--- ARGV[5] CDR (msgpack, opaque to this script)
--- ARGV[6] time of the stop (epoch milliseconds)
--- ARGV[7] duration (seconds)
--- ARGV[8] account id
+-- ARGV[1]  call id
+-- ARGV[2]  rated cost of the whole call (micro-units), from the shared rating function
+-- ARGV[3]  expiry set member
+-- ARGV[4]  seconds to keep the result for repeated stops
+-- ARGV[5]  CDR (msgpack, opaque to this script)
+-- ARGV[6]  time of the stop (epoch milliseconds)
+-- ARGV[7]  duration (seconds)
+-- ARGV[8]  account id
+-- ARGV[9]  termination cause ("normal", "start-timeout", "expired", "nas-reboot", ...)
+-- ARGV[10] "" for a stop reported by the switch; for the janitor, an epoch second:
+--          the call is closed only if its expiry is not later than that (a Start or
+--          an Interim-Update that extended it meanwhile wins)
 --
 -- Returns {"OK", result} on the first stop, {"DONE", result} on a repeated one,
--- where result is msgpack {charged, rated, balance, duration, entry};
--- {"NOCALL"} when no such call is live.
--- The charge never takes the balance below -credit_limit: a call that ran past
--- its grant is charged at most what the account can still pay (charged < rated).
+-- where result is msgpack {charged, rated, balance, duration, entry, cause};
+-- {"NOCALL"} when no such call is live; {"LIVE"} when the janitor's guard failed.
+-- Interim debits already taken count towards the charge. The charge never takes
+-- the balance below -credit_limit: a call that ran past its grant is charged at
+-- most what the account can still pay (charged < rated).
 
 -- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
 local function int(x) return string.format('%d', x) end
@@ -32,24 +37,35 @@ local live = redis.call('HGET', KEYS[2], ARGV[1])
 if not live then
   return {'NOCALL'}
 end
-local sep = string.find(live, '|', 1, true)
-local held = tonumber(string.sub(live, 1, sep - 1))
+if ARGV[10] ~= '' then
+  local score = redis.call('ZSCORE', KEYS[3], ARGV[3])
+  if score and tonumber(score) > tonumber(ARGV[10]) then
+    return {'LIVE'}
+  end
+end
+local held, started, used, debited = string.match(live, '^(%d+)|(%d+)|(%d+)|(%d+)|')
+held = tonumber(held)
+debited = tonumber(debited)
 local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
 local headroom = tonumber(a[1]) + tonumber(a[2]) - (tonumber(a[3]) - held)
 local rated = tonumber(ARGV[2])
-local charged = rated
-if charged > headroom then
-  charged = math.max(headroom, 0)
+local charge = rated - debited
+if charge < 0 then
+  charge = 0
+end
+if charge > headroom then
+  charge = math.max(headroom, 0)
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', int(-held))
-local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charged))
+local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charge))
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[3])
+local charged = debited + charge
 local entry = redis.call('XADD', KEYS[5], '*',
-  'kind', 'call', 'account', ARGV[8], 'amount', int(-charged), 'balance', int(balance),
+  'kind', 'call', 'account', ARGV[8], 'amount', int(-charge), 'balance', int(balance),
   'reference', ARGV[1], 'ts', ARGV[6], 'rated', int(rated), 'charged', int(charged),
-  'duration', ARGV[7], 'cdr', ARGV[5])
+  'duration', ARGV[7], 'cause', ARGV[9], 'cdr', ARGV[5])
 local result = cmsgpack.pack({charged = charged, rated = rated, balance = balance,
-  duration = tonumber(ARGV[7]), entry = entry})
+  duration = tonumber(ARGV[7]), entry = entry, cause = ARGV[9]})
 redis.call('SET', KEYS[4], result, 'EX', ARGV[4])
 return {'OK', result}

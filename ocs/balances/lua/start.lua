@@ -1,0 +1,27 @@
+-- start: bind an authorized call to its Accounting-Start; idempotent.
+--
+-- KEYS[1] live-calls hash       calls:{b:N}:<account>
+-- KEYS[2] expiry sorted set     expiry:{b:N}
+-- KEYS[3] stopped-call key      stopped:{b:N}:<account>:<call id>
+-- ARGV[1] call id
+-- ARGV[2] start time (epoch seconds)
+-- ARGV[3] new expiry (epoch seconds): the grant plus grace, from the start
+-- ARGV[4] expiry set member
+--
+-- Returns {"OK", started} (the first start time is kept), {"DONE"} for a call
+-- already stopped, {"NOCALL"} for no such live call.
+
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {'DONE'}
+end
+local live = redis.call('HGET', KEYS[1], ARGV[1])
+if not live then
+  return {'NOCALL'}
+end
+local held, started, rest = string.match(live, '^(%d+)|(%d+)|(.*)$')
+if started ~= '0' then
+  return {'OK', tonumber(started)}
+end
+redis.call('HSET', KEYS[1], ARGV[1], held .. '|' .. ARGV[2] .. '|' .. rest)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return {'OK', tonumber(ARGV[2])}

@@ -1,0 +1,57 @@
+-- update: record a live call's progress (Interim-Update) and, when asked, debit
+-- what it has used so far, with its ledger entry; idempotent for a repeated report.
+--
+-- KEYS[1] account hash          acct:{b:N}:<account>
+-- KEYS[2] live-calls hash       calls:{b:N}:<account>
+-- KEYS[3] expiry sorted set     expiry:{b:N}
+-- KEYS[4] stopped-call key      stopped:{b:N}:<account>:<call id>
+-- KEYS[5] ledger stream         ledger:{b:N}
+-- ARGV[1] call id
+-- ARGV[2] seconds used so far
+-- ARGV[3] rated cost of those seconds (micro-units), from the shared rating function
+-- ARGV[4] "1" to debit the used amount now, "0" to only record progress
+-- ARGV[5] time (epoch milliseconds)
+-- ARGV[6] account id
+-- ARGV[7] new expiry (epoch seconds)
+-- ARGV[8] expiry set member
+--
+-- Returns {"OK", used, debited, held}, {"DONE"} or {"NOCALL"}.
+-- Money moves from the call's reservation to the debit: the funds held for the
+-- call shrink by what is debited, so available funds never count it twice.
+
+-- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
+local function int(x) return string.format('%d', x) end
+
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return {'DONE'}
+end
+local live = redis.call('HGET', KEYS[2], ARGV[1])
+if not live then
+  return {'NOCALL'}
+end
+local held, started, used, debited, record = string.match(live,
+  '^(%d+)|(%d+)|(%d+)|(%d+)|(.*)$')
+held = tonumber(held)
+used = math.max(tonumber(used), tonumber(ARGV[2]))
+debited = tonumber(debited)
+if started == '0' then
+  started = int(math.floor(tonumber(ARGV[5]) / 1000) - tonumber(ARGV[2]))
+end
+if ARGV[4] == '1' and tonumber(ARGV[3]) > debited then
+  local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
+  local headroom = tonumber(a[1]) + tonumber(a[2]) - (tonumber(a[3]) - held)
+  local delta = math.min(tonumber(ARGV[3]) - debited, math.max(headroom, 0))
+  if delta > 0 then
+    local take = math.min(delta, held)
+    redis.call('HINCRBY', KEYS[1], 'reserved', int(-take))
+    held = held - take
+    local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-delta))
+    debited = debited + delta
+    redis.call('XADD', KEYS[5], '*', 'kind', 'interim', 'account', ARGV[6],
+      'amount', int(-delta), 'balance', int(balance), 'reference', ARGV[1], 'ts', ARGV[5])
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1],
+  int(held) .. '|' .. started .. '|' .. int(used) .. '|' .. int(debited) .. '|' .. record)
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[8])
+return {'OK', used, debited, held}

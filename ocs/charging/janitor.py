@@ -1,0 +1,53 @@
+"""The janitor: closes live calls whose switch will never report their end.
+
+Every ``janitor_interval`` it looks up calls past their expiry in every
+bucket and closes each by the stated policy (``CallService.close_live_call``):
+an Access-Accept never followed by an Accounting-Start is released free of
+charge; a started call is charged its last reported usage (or its whole
+grant). Safe to run in every process at once: the stop script closes a call
+once, and only if nothing extended its expiry meanwhile.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from ocs import metrics
+from ocs.balances.store import BalanceStore
+from ocs.charging.lifecycle import CallService
+
+log = logging.getLogger("ocs.janitor")
+
+
+class Janitor:
+    def __init__(self, calls: CallService, store: BalanceStore, interval: float = 1.0) -> None:
+        self._calls = calls
+        self._store = store
+        self._interval = interval
+
+    async def sweep(self, now: int | None = None) -> int:
+        """Close every expired call once; returns how many this sweep closed."""
+        now = int(time.time()) if now is None else now
+        closed = 0
+        for account_id, call_id in await self._store.expired_calls(now):
+            charge = await self._calls.close_live_call(account_id, call_id, "expired",
+                                                       expired_by=now)
+            if charge is not None:
+                closed += 1
+                metrics.STALE_CALLS_CLOSED.labels(charge.cause).inc()
+                log.info("closed a stale call", extra={"account": account_id, "call_id": call_id,
+                                                       "cause": charge.cause,
+                                                       "charged": charge.charged})
+        return closed
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("janitor sweep failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=self._interval)
