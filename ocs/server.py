@@ -1,9 +1,9 @@
-"""`ocs serve`: the HTTP listener and the ledger writer in one process, with staged shutdown.
+"""`ocs serve`: HTTP and RADIUS listeners, ledger writer and janitor in one process.
 
 Shutdown on SIGTERM or SIGINT, in stages: stop accepting connections, let
 requests in flight finish within ``shutdown_timeout`` (then cancel them),
 let the ledger writer finish its batch, flush pending Redis commands, close
-pools, stop embedded servers. Later listeners (RADIUS) join the same stages.
+pools, stop embedded servers. RADIUS listeners close with the HTTP one.
 """
 
 import asyncio
@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -19,12 +20,25 @@ from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging.janitor import Janitor
 from ocs.config import Settings
 from ocs.http.app import create_app
+from ocs.radius.clients import load_client_table
+from ocs.radius.server import RadiusServer
 from ocs.runtime import open_runtime
 from ocs.services import Services
 
 log = logging.getLogger("ocs.server")
 
-Hook = Callable[[Services, int], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """Where a running server listens (ports are the bound ones, also when 0 was asked)."""
+
+    http_port: int
+    radius_auth_port: int | None
+    radius_acct_port: int | None
+
+
+Hook = Callable[[Services, Listening], Awaitable[None]]
 
 
 async def _run_ledger_writer(writer: LedgerWriter, stopping: asyncio.Event) -> None:
@@ -59,6 +73,13 @@ async def serve(
         site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=True)
         await site.start()
         port = _bound_port(runner, settings.http_port)
+        radius: RadiusServer | None = None
+        if settings.radius_enabled:
+            radius = RadiusServer(
+                services.calls, settings, await load_client_table(services.pool, settings)
+            )
+            await radius.start()
+            await radius.watch_clients(services.pool)
         writer_task: asyncio.Task[None] | None = None
         writer_stopping = asyncio.Event()
         background: list[asyncio.Task[None]] = []
@@ -75,7 +96,14 @@ async def serve(
             writer_task = asyncio.create_task(_run_ledger_writer(writer, writer_stopping))
         log.info("ocs serving", extra={"http_host": settings.http_host, "http_port": port})
         if on_ready is not None:
-            await on_ready(services, port)
+            await on_ready(
+                services,
+                Listening(
+                    http_port=port,
+                    radius_auth_port=radius.auth_port if radius else None,
+                    radius_acct_port=radius.acct_port if radius else None,
+                ),
+            )
         try:
             await stopping.wait()
         finally:
@@ -83,9 +111,15 @@ async def serve(
                 "shutting down: closing listeners, draining requests",
                 extra={"timeout_s": settings.shutdown_timeout},
             )
-            # AppRunner.cleanup closes the listening sockets first, then waits for
-            # handlers in flight up to shutdown_timeout, then cancels the rest.
+            # Stage 1: no new requests. Stage 2: those in flight finish (their answers
+            # go out) within shutdown_timeout; the rest are cancelled. AppRunner.cleanup
+            # does both for HTTP.
+            if radius is not None:
+                radius.close_listeners()
             await runner.cleanup()
+            if radius is not None:
+                await radius.drain(settings.shutdown_timeout)
+                await radius.stop_watching()
             writer_stopping.set()
             await asyncio.gather(*background, return_exceptions=True)
             if writer_task is not None:

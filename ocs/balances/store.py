@@ -47,6 +47,7 @@ class Reserved:
     reserved: int
     available_before: int
     balance: int
+    credit_limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +227,7 @@ class BalanceStore:
         await ref
         status = _text(reply[0])
         if status == "OK":
-            return Reserved(int(reply[1]), int(reply[2]), int(reply[3]))
+            return Reserved(int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]))
         if status == "DUP":
             return AlreadyLive(parse_live_entry(reply[1]))
         if status == "DONE":
@@ -346,6 +347,19 @@ class BalanceStore:
         found: list[tuple[str, str]] = []
         for future in futures:
             found.extend(keys.split_expiry_member(m) for m in await future)
+        return found
+
+    async def all_live_calls(self) -> list[tuple[str, str, LiveEntry]]:
+        """(account, call id, entry) of every live call, from the expiry sets of all buckets."""
+        futures = [self._pipe.execute("ZRANGE", keys.call_expiry(b), 0, -1)
+                   for b in range(keys.BUCKETS)]
+        members = [keys.split_expiry_member(m) for f in futures for m in await f]
+        entries = [self._pipe.execute("HGET", keys.live_calls(a), c) for a, c in members]
+        found = []
+        for (account_id, call_id), future in zip(members, entries, strict=True):
+            entry = await future
+            if entry is not None:
+                found.append((account_id, call_id, parse_live_entry(entry)))
         return found
 
     async def live_calls_of(self, account_id: str) -> dict[str, LiveEntry]:

@@ -117,6 +117,10 @@ class Grant:
     currency: str
     rate: Rate
     repeated: bool
+    # Funds available before this call's reservation, and the account's credit limit
+    # (0: prepaid); None when answering a repeated request.
+    available: int | None = None
+    credit_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +282,8 @@ class CallService:
                 started_at=0 if wait_for_start else int(now),
             )
             match outcome:
-                case Reserved(reserved=reserved):
+                case Reserved(reserved=reserved, available_before=available,
+                              credit_limit=credit_limit):
                     if len(self._live) >= _LIVE_CACHE_LIMIT:
                         self._live.clear()
                     self._live[call_id] = record
@@ -292,6 +297,8 @@ class CallService:
                         currency=plan.currency,
                         rate=tariff.rate,
                         repeated=False,
+                        available=available,
+                        credit_limit=credit_limit,
                     )
                 case AlreadyLive(entry=entry):
                     live = CallRecord.unpack(entry.record)
@@ -453,6 +460,16 @@ class CallService:
             cause=result.cause,
             repeated=result.repeated,
         )
+
+    async def close_calls_of_nas(self, nas: str, cause: str) -> int:
+        """Close every live call a NAS carried (Accounting-On/Off: it restarted)."""
+        closed = 0
+        for account_id, call_id, entry in await self._store.all_live_calls():
+            if CallRecord.unpack(entry.record).nas != nas:
+                continue
+            if await self.close_live_call(account_id, call_id, cause, expired_by=None):
+                closed += 1
+        return closed
 
     async def close_live_call(
         self, account_id: str, call_id: str, cause: str, *, expired_by: int | None

@@ -18,7 +18,7 @@
 -- ARGV[11] start time (epoch seconds) of the call, 0 when a Start is still to come
 --
 -- Returns one of
---   {"OK", reserved, available_before, balance}
+--   {"OK", reserved, available_before, balance, credit_limit}
 --   {"DUP", "<entry>"}        the call id is already live: its entry (see below)
 --   {"DONE"}                  the call id was already stopped
 --   {"PLAN", actual_plan}     rate again with the account's real plan
@@ -81,4 +81,4 @@ end
 redis.call('HINCRBY', KEYS[1], 'reserved', int(reserve))
 redis.call('HSET', KEYS[2], ARGV[1], int(reserve) .. '|' .. ARGV[11] .. '|0|0|' .. ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[8])
-return {'OK', reserve, available, balance}
+return {'OK', reserve, available, balance, credit_limit}

@@ -1,0 +1,1 @@
+"""The RADIUS front end: a hardened UDP server over the protocol-independent call lifecycle."""

@@ -1,0 +1,128 @@
+"""Access-Request -> authorize: who is calling, where to, for how long.
+
+Identity: User-Name is the account (with User-Password checked when the
+account has a password), or, when User-Name is absent, the caller id
+(Calling-Station-Id) of a "pinless" account. Destination: Called-Station-Id;
+without one the request is a balance query (an IVR's "your balance is")
+and nothing is reserved. The answer carries Session-Timeout and the Cisco
+h323 VSAs a prepaid IVR expects; a refusal carries h323-return-code and a
+Reply-Message.
+"""
+
+from dataclasses import dataclass
+
+from pyrad.packet import AuthPacket
+
+from ocs.charging.lifecycle import CallService
+from ocs.config import Settings
+from ocs.errors import OcsError, Reason
+from ocs.money import format_amount
+from ocs.radius.attributes import avpair, cisco, cisco_value, first
+from ocs.radius.clients import NasClient
+
+Attribute = tuple[str, str | int]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessAnswer:
+    accept: bool
+    attributes: list[Attribute]
+    reason: str  # "granted", "balance" or the refusal reason code
+    return_code: int
+
+
+def call_id_of(packet: AuthPacket, order: tuple[str, ...]) -> str | None:
+    """The call id from the first source present, in the configured order."""
+    for source in order:
+        if source == "h323-conf-id":
+            value = cisco_value(packet, "h323-conf-id")
+        elif source == "call-id":
+            value = avpair(packet, "call-id")
+        else:
+            value = first(packet, source)
+        if value:
+            return value.strip()
+    return None
+
+
+def _money(micro: int) -> str:
+    # Cisco IVRs read h323-credit-amount as a plain decimal; two places are what they say.
+    return format_amount(micro)
+
+
+def refusal(error: OcsError) -> AccessAnswer:
+    reason = error.reason
+    code = reason.h323_return_code
+    if reason is Reason.INVALID_FIELD and error.field == "destination":
+        code = Reason.DESTINATION_NOT_ALLOWED.h323_return_code
+    return AccessAnswer(
+        accept=False,
+        attributes=[cisco("h323-return-code", code), ("Reply-Message", error.message[:250])],
+        reason=reason.value,
+        return_code=code,
+    )
+
+
+async def answer_access_request(
+    packet: AuthPacket, client: NasClient, calls: CallService, settings: Settings
+) -> AccessAnswer:
+    user = first(packet, "User-Name")
+    caller = first(packet, "Calling-Station-Id")
+    destination = first(packet, "Called-Station-Id")
+    password: str | None = None
+    if "User-Password" in packet:
+        try:
+            password = packet.PwDecrypt(packet["User-Password"][0])
+        except (UnicodeDecodeError, ValueError):
+            password = "\x00"  # undecodable: cannot match any stored password
+    try:
+        if user:
+            account_id, check_password = user.strip(), True
+        else:
+            found = await calls.account_for_caller(caller) if caller else None
+            if found is None:
+                raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no User-Name and no known caller id")
+            account_id, check_password = found, False
+        if not destination:
+            answer = await calls.balance(account_id, password=password,
+                                         check_password=check_password)
+            return AccessAnswer(
+                accept=True,
+                attributes=[
+                    cisco("h323-return-code", 0),
+                    cisco("h323-credit-amount", _money(answer.available)),
+                    cisco("h323-currency", answer.currency),
+                    cisco("h323-billing-model", 1),
+                ],
+                reason="balance",
+                return_code=0,
+            )
+        grant = await calls.authorize(
+            account_id,
+            destination,
+            caller,
+            call_id_of(packet, settings.radius_call_id_order),
+            password=password,
+            check_password=check_password,
+            wait_for_start=True,
+            nas=client.name,
+        )
+    except OcsError as error:
+        if error.reason is Reason.UNAVAILABLE:
+            raise
+        return refusal(error)
+    available = grant.available if grant.available is not None else grant.reserved
+    postpaid = bool(grant.credit_limit)
+    return AccessAnswer(
+        accept=True,
+        attributes=[
+            ("Session-Timeout", grant.max_duration),
+            cisco("h323-credit-time", grant.max_duration),
+            cisco("h323-credit-amount", _money(available)),
+            cisco("h323-return-code", 0),
+            cisco("h323-billing-model", 0 if postpaid else 1),
+            cisco("h323-currency", grant.currency),
+        ],
+        reason="granted",
+        return_code=0,
+    )

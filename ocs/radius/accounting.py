@@ -1,0 +1,86 @@
+"""Accounting-Request -> start, update, stop; Accounting-On/Off -> close the NAS's calls.
+
+The Accounting-Response is sent only after the change is committed in Redis.
+A request for a call ocs does not know (a call authorized elsewhere, or
+already closed by the janitor) is acknowledged and counted, so the NAS stops
+retransmitting it; a backend failure sends no response, so the NAS retries.
+"""
+
+from dataclasses import dataclass
+
+from pyrad.packet import AcctPacket
+
+from ocs.charging.lifecycle import CallService
+from ocs.config import Settings
+from ocs.errors import OcsError, Reason
+from ocs.radius.access import call_id_of
+from ocs.radius.attributes import first
+from ocs.radius.clients import NasClient
+
+STATUS_TYPES = {
+    1: "start",
+    2: "stop",
+    3: "interim",
+    7: "accounting-on",
+    8: "accounting-off",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingOutcome:
+    kind: str  # start, stop, interim, accounting-on, accounting-off, other
+    result: str  # ok, repeated, unknown_call, already_stopped, no_call_id, ...
+
+
+def _status_type(packet: AcctPacket) -> int | None:
+    try:
+        values = packet.get(40)  # Acct-Status-Type, by number: immune to VALUE names
+    except (KeyError, ValueError):
+        return None
+    if not values:
+        return None
+    value = values[0]
+    if isinstance(value, bytes):
+        return int.from_bytes(value, "big") if len(value) == 4 else None
+    return int(value) if isinstance(value, int) else None
+
+
+def _session_time(packet: AcctPacket) -> int:
+    value = first(packet, "Acct-Session-Time")
+    try:
+        return max(int(value), 0) if value is not None else 0
+    except ValueError:
+        return 0
+
+
+async def handle_accounting(
+    packet: AcctPacket, client: NasClient, calls: CallService, settings: Settings
+) -> AccountingOutcome:
+    """Apply one accounting request; raises only when a backend is unavailable."""
+    status = _status_type(packet)
+    kind = STATUS_TYPES.get(status or 0, "other")
+    if kind in ("accounting-on", "accounting-off"):
+        await calls.close_calls_of_nas(client.name, cause="nas-reboot")
+        return AccountingOutcome(kind, "ok")
+    if kind == "other":
+        return AccountingOutcome(kind, "ignored")
+    call_id = call_id_of(packet, settings.radius_call_id_order)
+    if not call_id:
+        return AccountingOutcome(kind, "no_call_id")
+    try:
+        if kind == "start":
+            await calls.start(call_id)
+        elif kind == "interim":
+            await calls.update(call_id, _session_time(packet))
+        else:
+            charge = await calls.stop(call_id, _session_time(packet))
+            return AccountingOutcome(kind, "repeated" if charge.repeated else "ok")
+    except OcsError as error:
+        if error.reason is Reason.UNAVAILABLE:
+            raise
+        if error.reason is Reason.CALL_ALREADY_STOPPED:
+            return AccountingOutcome(kind, "already_stopped")
+        if error.reason is Reason.CALL_NOT_FOUND:
+            return AccountingOutcome(kind, "unknown_call")
+        return AccountingOutcome(kind, error.reason.value)
+    return AccountingOutcome(kind, "ok")

@@ -1,0 +1,106 @@
+"""RADIUS clients (NAS): who may talk to ocs, with which shared secret and policy.
+
+Clients come from the configuration file (``radius_clients``) and from the
+``nas_clients`` table (admin API). A packet's source address is matched to
+the most specific network; a packet from no known client is dropped.
+"""
+
+import ipaddress
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from ocs.config import Settings
+
+NAS_CHANNEL = "ocs_nas"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class NasClient:
+    name: str
+    network: IPNetwork
+    secret: bytes = field(repr=False)
+    require_message_authenticator: bool
+
+
+class ClientTable:
+    """Address -> client, most specific network first; immutable once built."""
+
+    def __init__(self, clients: list[NasClient]) -> None:
+        self._clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
+        self._cache: dict[str, NasClient | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def lookup(self, address: str) -> NasClient | None:
+        if address in self._cache:
+            return self._cache[address]
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        found = next((c for c in self._clients if ip in c.network), None)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[address] = found
+        return found
+
+
+def clients_from_settings(settings: Settings) -> list[NasClient]:
+    return [
+        NasClient(
+            name=c.name,
+            network=ipaddress.ip_network(c.network, strict=False),
+            secret=c.secret.encode(),
+            require_message_authenticator=(
+                settings.radius_require_message_authenticator
+                if c.require_message_authenticator is None
+                else c.require_message_authenticator
+            ),
+        )
+        for c in settings.radius_clients
+    ]
+
+
+async def load_client_table(pool: asyncpg.Pool, settings: Settings) -> ClientTable:
+    """Configured clients plus those in PostgreSQL (a configured network wins)."""
+    clients = clients_from_settings(settings)
+    known = {c.network for c in clients}
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT name, network, secret, require_message_authenticator FROM nas_clients"
+        )
+    for row in rows:
+        network = ipaddress.ip_network(row["network"], strict=False)
+        if network not in known:
+            clients.append(NasClient(row["name"], network, row["secret"].encode(),
+                                     row["require_message_authenticator"]))
+    return ClientTable(clients)
+
+
+async def add_client(
+    pool: asyncpg.Pool, name: str, network: str, secret: str, require_message_authenticator: bool
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO nas_clients (name, network, secret, require_message_authenticator)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET network = $2,"
+            " secret = $3, require_message_authenticator = $4",
+            name, network, secret, require_message_authenticator,
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", NAS_CHANNEL, name)
+
+
+async def list_clients(pool: asyncpg.Pool) -> list[dict[str, object]]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT name, network, require_message_authenticator FROM nas_clients ORDER BY name"
+        )
+    return [
+        {"name": r["name"], "address": str(r["network"]),
+         "require_message_authenticator": r["require_message_authenticator"]}
+        for r in rows
+    ]
