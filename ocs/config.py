@@ -179,15 +179,22 @@ def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
         try:
             network = str(ipaddress.ip_network(address, strict=False))
         except ValueError:
-            raise ValueError(f"entry {n}: address {address!r} is not an IP address or CIDR"
-                             ) from None
+            raise ValueError(
+                f"entry {n}: address {address!r} is not an IP address or CIDR"
+            ) from None
         if not isinstance(secret, str) or not secret:
             raise ValueError(f"entry {n}: secret is required")
         require = item.get("require_message_authenticator")
         if require is not None and not isinstance(require, bool):
             raise ValueError(f"entry {n}: require_message_authenticator must be true or false")
-        clients.append(RadiusClientConfig(name=str(item.get("name") or network), network=network,
-                                          secret=secret, require_message_authenticator=require))
+        clients.append(
+            RadiusClientConfig(
+                name=str(item.get("name") or network),
+                network=network,
+                secret=secret,
+                require_message_authenticator=require,
+            )
+        )
     return tuple(clients)
 
 

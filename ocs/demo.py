@@ -96,10 +96,17 @@ def demo_instructions(port: int) -> str:
 def radius_instructions(auth_port: int, acct_port: int) -> str:
     """radclient commands (FreeRADIUS's freeradius-utils) that work as printed."""
     call_id = f"demo-radius-{secrets.token_hex(3)}"
-    call = [("User-Name", "1001"), ("Calling-Station-Id", "4930123456"),
-            ("Called-Station-Id", "447700900123"), ("h323-conf-id", f"h323-conf-id={call_id}")]
-    accounting = [("User-Name", "1001"), ("Acct-Session-Id", call_id),
-                  ("h323-conf-id", f"h323-conf-id={call_id}")]
+    call = [
+        ("User-Name", "1001"),
+        ("Calling-Station-Id", "4930123456"),
+        ("Called-Station-Id", "447700900123"),
+        ("h323-conf-id", f"h323-conf-id={call_id}"),
+    ]
+    accounting = [
+        ("User-Name", "1001"),
+        ("Acct-Session-Id", call_id),
+        ("h323-conf-id", f"h323-conf-id={call_id}"),
+    ]
     return "\n".join(
         [
             f"RADIUS: auth on udp/{auth_port}, accounting on udp/{acct_port}; client "
@@ -108,14 +115,20 @@ def radius_instructions(auth_port: int, acct_port: int) -> str:
             "  # Access-Request: Access-Accept with Session-Timeout and h323-credit-time",
             "  " + radclient_command("auth", auth_port, DEMO_RADIUS_SECRET, call),
             "  # Accounting Start, then Stop after 45 s (cost 0.198000)",
-            "  " + radclient_command("acct", acct_port, DEMO_RADIUS_SECRET,
-                                     [("Acct-Status-Type", "Start"), *accounting]),
-            "  " + radclient_command("acct", acct_port, DEMO_RADIUS_SECRET,
-                                     [("Acct-Status-Type", "Stop"), *accounting,
-                                      ("Acct-Session-Time", "45")]),
+            "  "
+            + radclient_command(
+                "acct", acct_port, DEMO_RADIUS_SECRET, [("Acct-Status-Type", "Start"), *accounting]
+            ),
+            "  "
+            + radclient_command(
+                "acct",
+                acct_port,
+                DEMO_RADIUS_SECRET,
+                [("Acct-Status-Type", "Stop"), *accounting, ("Acct-Session-Time", "45")],
+            ),
             "  # balance query of a calling card (no Called-Station-Id): nothing reserved",
-            "  " + radclient_command("auth", auth_port, DEMO_RADIUS_SECRET,
-                                     [("User-Name", "1002")]),
+            "  "
+            + radclient_command("auth", auth_port, DEMO_RADIUS_SECRET, [("User-Name", "1002")]),
             "",
         ]
     )
@@ -125,11 +138,13 @@ async def run_demo(settings: Settings, stopping: asyncio.Event | None = None) ->
     async def ready(_: Services, listening: Listening) -> None:
         text = demo_instructions(listening.http_port)
         if listening.radius_auth_port and listening.radius_acct_port:
-            text += "\n" + radius_instructions(listening.radius_auth_port,
-                                               listening.radius_acct_port)
+            text += "\n" + radius_instructions(
+                listening.radius_auth_port, listening.radius_acct_port
+            )
         print(text, file=sys.stdout, flush=True)
 
-    demo_client = RadiusClientConfig(name="demo-localhost", network="127.0.0.1/32",
-                                     secret=DEMO_RADIUS_SECRET)
+    demo_client = RadiusClientConfig(
+        name="demo-localhost", network="127.0.0.1/32", secret=DEMO_RADIUS_SECRET
+    )
     settings = with_overrides(settings, radius_clients=(*settings.radius_clients, demo_client))
     await serve(settings, before_listen=load_demo_data, on_ready=ready, stopping=stopping)

@@ -28,7 +28,6 @@ from ocs.services import Services
 log = logging.getLogger("ocs.server")
 
 
-
 @dataclass(frozen=True, slots=True)
 class Listening:
     """Where a running server listens (ports are the bound ones, also when 0 was asked)."""

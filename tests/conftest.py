@@ -27,6 +27,7 @@ from ocs.charging.catalog import Plan
 from ocs.charging.deck import parse_deck
 from ocs.config import Settings
 from ocs.http.app import create_app
+from ocs.radius.server import RadiusServer
 from ocs.runtime import open_runtime
 from ocs.services import Services
 
@@ -197,3 +198,47 @@ async def add_plan(
     await catalog_store.import_deck(services.pool, plan_id, parse_deck(deck))
     await services.catalog.reload()
     return plan
+
+
+RADIUS_SECRET = "testing123"
+
+
+@dataclass
+class RunningRadius:
+    """A RADIUS server on free ports beside the HTTP app, trusting 127.0.0.1."""
+
+    app: RunningApp
+    server: RadiusServer
+
+    @property
+    def auth_port(self) -> int:
+        return self.server.auth_port
+
+    @property
+    def acct_port(self) -> int:
+        return self.server.acct_port
+
+
+@pytest.fixture
+async def radius(app: RunningApp) -> AsyncIterator[RunningRadius]:
+    from ocs.config import RadiusClientConfig, with_overrides
+    from ocs.radius.clients import load_client_table
+
+    settings = with_overrides(
+        app.services.settings,
+        radius_host="127.0.0.1",
+        radius_auth_port=0,
+        radius_acct_port=0,
+        radius_clients=(
+            RadiusClientConfig(name="test-nas", network="127.0.0.1/32", secret=RADIUS_SECRET),
+        ),
+    )
+    server = RadiusServer(
+        app.services.calls, settings, await load_client_table(app.services.pool, settings)
+    )
+    await server.start()
+    try:
+        yield RunningRadius(app=app, server=server)
+    finally:
+        server.close_listeners()
+        await server.drain(5)

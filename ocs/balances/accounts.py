@@ -147,15 +147,24 @@ class AccountService:
             raise invalid("caller", "expected 1 to 32 digits, optionally with a leading '+'")
         async with self._pool.acquire() as conn, conn.transaction():
             if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id) is None:
-                raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist",
-                               field="account_id")
+                raise OcsError(
+                    Reason.ACCOUNT_NOT_FOUND,
+                    f"account {account_id!r} does not exist",
+                    field="account_id",
+                )
             owner = await conn.fetchval(
                 "INSERT INTO account_callers (caller, account_id) VALUES ($1, $2)"
                 " ON CONFLICT (caller) DO UPDATE SET caller = EXCLUDED.caller"
-                " RETURNING account_id", digits, account_id)
+                " RETURNING account_id",
+                digits,
+                account_id,
+            )
             if owner != account_id:
-                raise OcsError(Reason.ACCOUNT_EXISTS,
-                               f"caller {digits} belongs to another account", field="caller")
+                raise OcsError(
+                    Reason.ACCOUNT_EXISTS,
+                    f"caller {digits} belongs to another account",
+                    field="caller",
+                )
             await self._store.set_caller(digits, account_id)
 
     async def show(self, account_id: str) -> AccountView:

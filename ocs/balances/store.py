@@ -304,8 +304,11 @@ class BalanceStore:
         bucket = keys.bucket_of(account_id)
         reply = await self._pipe.run_script(
             scripts.START,
-            [keys.live_calls(account_id), keys.call_expiry(bucket),
-             keys.stopped_call(account_id, call_id)],
+            [
+                keys.live_calls(account_id),
+                keys.call_expiry(bucket),
+                keys.stopped_call(account_id, call_id),
+            ],
             [call_id, started_at, expires_at, keys.expiry_member(account_id, call_id)],
         )
         status = _text(reply[0])
@@ -327,10 +330,23 @@ class BalanceStore:
         bucket = keys.bucket_of(account_id)
         reply = await self._pipe.run_script(
             scripts.UPDATE,
-            [keys.account(account_id), keys.live_calls(account_id), keys.call_expiry(bucket),
-             keys.stopped_call(account_id, call_id), keys.ledger(bucket)],
-            [call_id, used, used_cost, "1" if debit else "0", now_ms(), account_id, expires_at,
-             keys.expiry_member(account_id, call_id)],
+            [
+                keys.account(account_id),
+                keys.live_calls(account_id),
+                keys.call_expiry(bucket),
+                keys.stopped_call(account_id, call_id),
+                keys.ledger(bucket),
+            ],
+            [
+                call_id,
+                used,
+                used_cost,
+                "1" if debit else "0",
+                now_ms(),
+                account_id,
+                expires_at,
+                keys.expiry_member(account_id, call_id),
+            ],
         )
         status = _text(reply[0])
         if status == "OK":
@@ -340,8 +356,9 @@ class BalanceStore:
     async def expired_calls(self, now: int, per_bucket: int = 100) -> list[tuple[str, str]]:
         """(account, call id) of live calls whose expiry has passed, across all buckets."""
         futures = [
-            self._pipe.execute("ZRANGEBYSCORE", keys.call_expiry(bucket), "-inf", now,
-                               "LIMIT", 0, per_bucket)
+            self._pipe.execute(
+                "ZRANGEBYSCORE", keys.call_expiry(bucket), "-inf", now, "LIMIT", 0, per_bucket
+            )
             for bucket in range(keys.BUCKETS)
         ]
         found: list[tuple[str, str]] = []
@@ -351,8 +368,9 @@ class BalanceStore:
 
     async def all_live_calls(self) -> list[tuple[str, str, LiveEntry]]:
         """(account, call id, entry) of every live call, from the expiry sets of all buckets."""
-        futures = [self._pipe.execute("ZRANGE", keys.call_expiry(b), 0, -1)
-                   for b in range(keys.BUCKETS)]
+        futures = [
+            self._pipe.execute("ZRANGE", keys.call_expiry(b), 0, -1) for b in range(keys.BUCKETS)
+        ]
         members = [keys.split_expiry_member(m) for f in futures for m in await f]
         entries = [self._pipe.execute("HGET", keys.live_calls(a), c) for a, c in members]
         found = []
@@ -378,8 +396,7 @@ class BalanceStore:
 
     async def account_secrets(self, account_id: str) -> tuple[str, int] | None:
         """(password digest, expiry epoch) of an account, for balance queries."""
-        pw, expires = await self._pipe.execute("HMGET", keys.account(account_id), "pw",
-                                               "expires")
+        pw, expires = await self._pipe.execute("HMGET", keys.account(account_id), "pw", "expires")
         if pw is None and expires is None:
             return None
         return (_text(pw) if pw else ""), int(expires or 0)

@@ -31,14 +31,21 @@ class Janitor:
         now = int(time.time()) if now is None else now
         closed = 0
         for account_id, call_id in await self._store.expired_calls(now):
-            charge = await self._calls.close_live_call(account_id, call_id, "expired",
-                                                       expired_by=now)
+            charge = await self._calls.close_live_call(
+                account_id, call_id, "expired", expired_by=now
+            )
             if charge is not None:
                 closed += 1
                 metrics.STALE_CALLS_CLOSED.labels(charge.cause).inc()
-                log.info("closed a stale call", extra={"account": account_id, "call_id": call_id,
-                                                       "cause": charge.cause,
-                                                       "charged": charge.charged})
+                log.info(
+                    "closed a stale call",
+                    extra={
+                        "account": account_id,
+                        "call_id": call_id,
+                        "cause": charge.cause,
+                        "charged": charge.charged,
+                    },
+                )
         return closed
 
     async def run(self, stopping: asyncio.Event) -> None:

@@ -197,8 +197,11 @@ class CallService:
         if plan_id is None:
             plan_id = await self._store.account_plan(account_id)
             if plan_id is None:
-                raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist",
-                               field="account")
+                raise OcsError(
+                    Reason.ACCOUNT_NOT_FOUND,
+                    f"account {account_id!r} does not exist",
+                    field="account",
+                )
             if len(self._plans) >= _PLAN_CACHE_LIMIT:
                 self._plans.clear()
             self._plans[account_id] = plan_id
@@ -246,9 +249,11 @@ class CallService:
                 raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
             match = snapshot.tariff_for(plan_id, digits)
             if match is None:
-                raise OcsError(Reason.DESTINATION_NOT_ALLOWED,
-                               f"no tariff for destination {digits} in plan {plan_id!r}",
-                               field="destination")
+                raise OcsError(
+                    Reason.DESTINATION_NOT_ALLOWED,
+                    f"no tariff for destination {digits} in plan {plan_id!r}",
+                    field="destination",
+                )
             prefix, tariff = match
             now = time.time()
             record = CallRecord(
@@ -282,8 +287,9 @@ class CallService:
                 started_at=0 if wait_for_start else int(now),
             )
             match outcome:
-                case Reserved(reserved=reserved, available_before=available,
-                              credit_limit=credit_limit):
+                case Reserved(
+                    reserved=reserved, available_before=available, credit_limit=credit_limit
+                ):
                     if len(self._live) >= _LIVE_CACHE_LIMIT:
                         self._live.clear()
                     self._live[call_id] = record
@@ -307,24 +313,29 @@ class CallService:
                         account_id=account_id,
                         zone=live.zone,
                         destination=live.destination,
-                        max_duration=max_duration(live.rate, entry.held + entry.debited,
-                                                  live.cap),
+                        max_duration=max_duration(live.rate, entry.held + entry.debited, live.cap),
                         reserved=entry.held,
                         currency=live.currency,
                         rate=live.rate,
                         repeated=True,
                     )
                 case AlreadyStopped():
-                    raise OcsError(Reason.CALL_ALREADY_STOPPED,
-                                   f"call {call_id!r} has already been stopped", field="call_id")
+                    raise OcsError(
+                        Reason.CALL_ALREADY_STOPPED,
+                        f"call {call_id!r} has already been stopped",
+                        field="call_id",
+                    )
                 case PlanMismatch(actual_plan=actual):
                     self._plans[account_id] = actual
                     plan_id = actual
                 case Refused(reason=reason):
                     if reason == "account_not_found":
                         self._plans.pop(account_id, None)
-                    raise OcsError(Reason(reason), _REFUSAL_MESSAGES.get(reason, reason),
-                                   field="account" if reason == "account_not_found" else None)
+                    raise OcsError(
+                        Reason(reason),
+                        _REFUSAL_MESSAGES.get(reason, reason),
+                        field="account" if reason == "account_not_found" else None,
+                    )
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
 
     async def balance(
@@ -334,11 +345,14 @@ class CallService:
         state = await self._store.get_account(account_id)
         secrets = await self._store.account_secrets(account_id)
         if state is None or secrets is None:
-            raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist",
-                           field="account")
+            raise OcsError(
+                Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist", field="account"
+            )
         stored_digest, expires = secrets
-        if check_password and stored_digest and (
-            password is None or password_digest(account_id, password) != stored_digest
+        if (
+            check_password
+            and stored_digest
+            and (password is None or password_digest(account_id, password) != stored_digest)
         ):
             raise OcsError(Reason.INVALID_PASSWORD, _REFUSAL_MESSAGES["invalid_password"])
         if state.status != "active":
@@ -346,8 +360,12 @@ class CallService:
             raise OcsError(reason, _REFUSAL_MESSAGES[reason.value])
         if expires and time.time() >= expires:
             raise OcsError(Reason.ACCOUNT_EXPIRED, _REFUSAL_MESSAGES["account_expired"])
-        return BalanceAnswer(account_id=account_id, currency=state.currency,
-                             balance=state.balance, available=state.available)
+        return BalanceAnswer(
+            account_id=account_id,
+            currency=state.currency,
+            balance=state.balance,
+            available=state.available,
+        )
 
     async def _record(self, call_id: str, account_id: str | None, *, keep: bool) -> CallRecord:
         record = self._live.get(call_id) if keep else self._live.pop(call_id, None)
@@ -377,9 +395,7 @@ class CallService:
             raise OcsError(Reason.CALL_ALREADY_STOPPED, f"call {call_id!r} has already stopped")
         return CallProgress(call_id, record.account_id, int(started), 0, 0)
 
-    async def update(
-        self, call_id: str, used: int, account_id: str | None = None
-    ) -> CallProgress:
+    async def update(self, call_id: str, used: int, account_id: str | None = None) -> CallProgress:
         """Record progress (Interim-Update); debits it when ``debit_on_interim`` is set."""
         validate_call_id(call_id)
         validate_duration(used, "used")
@@ -429,8 +445,7 @@ class CallService:
                 "currency": record.currency,
                 "authorized_at_ms": record.authorized_at_ms,
                 "billed": billed_seconds(rate, duration),
-                "rate": [rate.connect_fee, rate.first_block, rate.increment,
-                         rate.price_per_minute],
+                "rate": [rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute],
                 "nas": record.nas,
             }
         )

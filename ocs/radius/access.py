@@ -84,8 +84,9 @@ async def answer_access_request(
                 raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no User-Name and no known caller id")
             account_id, check_password = found, False
         if not destination:
-            answer = await calls.balance(account_id, password=password,
-                                         check_password=check_password)
+            answer = await calls.balance(
+                account_id, password=password, check_password=check_password
+            )
             return AccessAnswer(
                 accept=True,
                 attributes=[

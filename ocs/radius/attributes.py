@@ -26,7 +26,7 @@ def cisco_value(packet: Packet, name: str) -> str | None:
     if raw is None:
         return None
     prefix = f"{name}="
-    return raw[len(prefix):] if raw.startswith(prefix) else raw
+    return raw[len(prefix) :] if raw.startswith(prefix) else raw
 
 
 def avpair(packet: Packet, key: str) -> str | None:

@@ -76,8 +76,14 @@ async def load_client_table(pool: asyncpg.Pool, settings: Settings) -> ClientTab
     for row in rows:
         network = ipaddress.ip_network(row["network"], strict=False)
         if network not in known:
-            clients.append(NasClient(row["name"], network, row["secret"].encode(),
-                                     row["require_message_authenticator"]))
+            clients.append(
+                NasClient(
+                    row["name"],
+                    network,
+                    row["secret"].encode(),
+                    row["require_message_authenticator"],
+                )
+            )
     return ClientTable(clients)
 
 
@@ -89,7 +95,10 @@ async def add_client(
             "INSERT INTO nas_clients (name, network, secret, require_message_authenticator)"
             " VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET network = $2,"
             " secret = $3, require_message_authenticator = $4",
-            name, network, secret, require_message_authenticator,
+            name,
+            network,
+            secret,
+            require_message_authenticator,
         )
         await conn.execute("SELECT pg_notify($1, $2)", NAS_CHANNEL, name)
 
@@ -100,7 +109,10 @@ async def list_clients(pool: asyncpg.Pool) -> list[dict[str, object]]:
             "SELECT name, network, require_message_authenticator FROM nas_clients ORDER BY name"
         )
     return [
-        {"name": r["name"], "address": str(r["network"]),
-         "require_message_authenticator": r["require_message_authenticator"]}
+        {
+            "name": r["name"],
+            "address": str(r["network"]),
+            "require_message_authenticator": r["require_message_authenticator"],
+        }
         for r in rows
     ]

@@ -111,8 +111,10 @@ class RadiusServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         host = self._settings.radius_host
-        for port, number in ((AUTH, self._settings.radius_auth_port),
-                             (ACCT, self._settings.radius_acct_port)):
+        for port, number in (
+            (AUTH, self._settings.radius_auth_port),
+            (ACCT, self._settings.radius_acct_port),
+        ):
             transport, protocol = await loop.create_datagram_endpoint(
                 self._factory(port), local_addr=(host, number), reuse_port=True
             )
@@ -122,9 +124,15 @@ class RadiusServer:
                 self.auth_port = bound
             else:
                 self.acct_port = bound
-        log.info("radius listening", extra={"host": host, "auth_port": self.auth_port,
-                                            "acct_port": self.acct_port,
-                                            "clients": len(self.clients)})
+        log.info(
+            "radius listening",
+            extra={
+                "host": host,
+                "auth_port": self.auth_port,
+                "acct_port": self.acct_port,
+                "clients": len(self.clients),
+            },
+        )
 
     async def watch_clients(self, pool: asyncpg.Pool) -> None:
         """Reload the client table whenever the admin API changes it (LISTEN/NOTIFY)."""
@@ -245,8 +253,7 @@ class RadiusServer:
         kind = protocol._port.kind
         try:
             if kind == "auth":
-                answer = await answer_access_request(request, client, self._calls,
-                                                     self._settings)
+                answer = await answer_access_request(request, client, self._calls, self._settings)
                 reply = request.CreateReply()
                 reply.code = rp.AccessAccept if answer.accept else rp.AccessReject
                 for name, value in answer.attributes:
@@ -268,8 +275,10 @@ class RadiusServer:
             # handled anew rather than from the cache.
             self._cache.forget(key)
             metrics.RADIUS_DROPS.labels("backend_unavailable").inc()
-            log.error("radius request not answered: backend unavailable",
-                      extra={"client": client.name, "error": str(exc)})
+            log.error(
+                "radius request not answered: backend unavailable",
+                extra={"client": client.name, "error": str(exc)},
+            )
             return
         except Exception:
             self._cache.forget(key)
