@@ -3,6 +3,7 @@
 Handlers hold no business logic; every decision is made by the services.
 """
 
+import ipaddress
 from typing import Any
 
 from aiohttp import web
@@ -13,9 +14,17 @@ from ocs.balances.accounts import AccountView, validate_account_id
 from ocs.charging import catalog_store
 from ocs.charging.catalog import Plan
 from ocs.charging.deck import parse_deck
-from ocs.charging.lifecycle import validate_call_id
+from ocs.charging.lifecycle import CallProgress, validate_call_id
 from ocs.errors import OcsError, invalid
-from ocs.http.json_io import amount_field, int_field, money, read_object, string_field
+from ocs.http.json_io import (
+    amount_field,
+    int_field,
+    money,
+    read_object,
+    string_field,
+    timestamp_field,
+)
+from ocs.radius import clients as radius_clients
 from ocs.services import Services
 
 SERVICES = web.AppKey("services", Services)
@@ -65,8 +74,71 @@ async def create_account(request: web.Request) -> web.Response:
         credit_limit=amount_field(body, "credit_limit", required=False),
         max_lines=int_field(body, "max_lines", required=False, minimum=1, maximum=10_000),
         status=status,
+        password=string_field(body, "password", required=False, max_len=128),
+        expires_at=timestamp_field(body, "expires_at"),
     )
     return web.json_response(account_json(view), status=201)
+
+
+async def add_caller(request: web.Request) -> web.Response:
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    body = await read_object(request)
+    caller = string_field(body, "caller", max_len=33)
+    assert caller is not None
+    await _services(request).accounts.add_caller(account_id, caller)
+    return web.json_response({"account": account_id, "caller": caller.lstrip("+")}, status=201)
+
+
+async def start_call(request: web.Request) -> web.Response:
+    call_id = validate_call_id(request.match_info["call_id"], "call_id")
+    progress = await _services(request).calls.start(call_id)
+    return web.json_response(progress_json(progress))
+
+
+async def update_call(request: web.Request) -> web.Response:
+    call_id = validate_call_id(request.match_info["call_id"], "call_id")
+    body = await read_object(request)
+    used = int_field(body, "used", maximum=7 * 24 * 3600)
+    assert used is not None
+    progress = await _services(request).calls.update(call_id, used)
+    return web.json_response(progress_json(progress))
+
+
+def progress_json(progress: CallProgress) -> dict[str, Any]:
+    return {
+        "call_id": progress.call_id,
+        "account": progress.account_id,
+        "started_at": progress.started_at,
+        "used": progress.used,
+        "debited": money(progress.debited),
+    }
+
+
+async def add_nas_client(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    name = string_field(body, "name", max_len=64)
+    address = string_field(body, "address", max_len=64)
+    secret = string_field(body, "secret", max_len=128)
+    assert name is not None and address is not None and secret is not None
+    try:
+        network = str(ipaddress.ip_network(address, strict=False))
+    except ValueError:
+        raise invalid("address", f"not an IP address or CIDR: {address!r}") from None
+    require = body.get("require_message_authenticator", True)
+    if not isinstance(require, bool):
+        raise invalid("require_message_authenticator", "expected true or false")
+    await radius_clients.add_client(_services(request).pool, name, network, secret, require)
+    # The secret is never echoed back.
+    return web.json_response(
+        {"name": name, "address": network, "require_message_authenticator": require},
+        status=201,
+    )
+
+
+async def list_nas_clients(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"clients": await radius_clients.list_clients(_services(request).pool)}
+    )
 
 
 async def show_account(request: web.Request) -> web.Response:

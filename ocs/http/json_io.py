@@ -1,6 +1,7 @@
 """Reading JSON request bodies and fields with errors that name the field."""
 
 import json
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -88,6 +89,22 @@ def amount_field(body: dict[str, Any], name: str, *, required: bool = True) -> i
         return parse_amount(value)
     except MoneyError as exc:
         raise invalid(name, str(exc)) from None
+
+
+def timestamp_field(body: dict[str, Any], name: str) -> datetime | None:
+    """An optional ISO 8601 time with a zone, e.g. ``2027-01-31T23:59:59Z``."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise invalid(name, "expected an ISO 8601 time such as 2027-01-31T23:59:59Z")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(name, "expected an ISO 8601 time such as 2027-01-31T23:59:59Z") from None
+    if parsed.tzinfo is None:
+        raise invalid(name, "needs a time zone, e.g. 2027-01-31T23:59:59Z")
+    return parsed
 
 
 def money(micro: int) -> str:

@@ -138,13 +138,12 @@ class RadiusServer:
         """Reload the client table whenever the admin API changes it (LISTEN/NOTIFY)."""
         self._listener = await pool.acquire()
         self._pool = pool
+        await self._listener.add_listener(NAS_CHANNEL, self._clients_changed)
 
-        def changed(*_: object) -> None:
-            task = asyncio.get_running_loop().create_task(self._reload_clients())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-        await self._listener.add_listener(NAS_CHANNEL, changed)
+    def _clients_changed(self, *_: object) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_clients())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _reload_clients(self) -> None:
         try:
@@ -154,7 +153,8 @@ class RadiusServer:
             log.exception("radius client reload failed; the previous table stays")
 
     async def stop_watching(self) -> None:
-        if self._listener is not None:
+        if self._listener is not None and self._pool is not None:
+            await self._listener.remove_listener(NAS_CHANNEL, self._clients_changed)
             await self._pool.release(self._listener)
             self._listener = None
 
