@@ -40,6 +40,9 @@ def _server_options() -> argparse.ArgumentParser:
     s = argparse.SUPPRESS
     server.add_argument("--http-host", default=s, help="address to listen on (0.0.0.0)")
     server.add_argument("--http-port", default=s, help="HTTP port (8080)")
+    server.add_argument("--radius-host", default=s, help="RADIUS address (0.0.0.0)")
+    server.add_argument("--radius-auth-port", default=s, help="RADIUS authentication port (1812)")
+    server.add_argument("--radius-acct-port", default=s, help="RADIUS accounting port (1813)")
     return server
 
 
@@ -114,6 +117,9 @@ _SETTING_FLAGS = (
     "log_format",
     "http_host",
     "http_port",
+    "radius_host",
+    "radius_auth_port",
+    "radius_acct_port",
 )
 
 

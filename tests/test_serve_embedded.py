@@ -142,6 +142,13 @@ class OcsProcess:
             str(self.port),
             "--http-host",
             "127.0.0.1",
+            # Free RADIUS ports: tests may run beside another ocs on 1812/1813.
+            "--radius-host",
+            "127.0.0.1",
+            "--radius-auth-port",
+            "0",
+            "--radius-acct-port",
+            "0",
             "--log-format",
             "text",
         ]
@@ -386,8 +393,7 @@ def _curl_commands(text: str) -> list[str]:
 
 
 def test_demo_prints_curl_commands_that_work(data_root: Path, launch: Launch) -> None:
-    if not CURL.exists():
-        pytest.skip(f"{CURL} is not installed")
+    assert CURL.exists(), f"{CURL} is needed to run the demo's commands as printed"
     data_dir = data_root / "demo-var"
     demo = launch("demo", data_dir)
     demo.wait_healthy()
@@ -432,5 +438,39 @@ def test_demo_prints_curl_commands_that_work(data_root: Path, launch: Launch) ->
     assert json.loads(by_command[health_command])["status"] == "ok"
     (metrics_command,) = [c for c in commands if "/metrics" in c]
     assert "ocs_" in by_command[metrics_command]
+
+    # The same call over RADIUS, with the radclient commands exactly as printed.
+    radius_commands = [
+        line.strip() for line in demo.stdout().splitlines() if "| radclient -x" in line
+    ]
+    assert len(radius_commands) == 4, demo.stdout()
+    radius_outputs = []
+    for command in radius_commands:
+        done = subprocess.run(
+            ["bash", "-c", command],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=_child_env(),
+            timeout=30,
+        )
+        assert done.returncode == 0, f"{command}\nexit {done.returncode}\n{done.stderr}"
+        radius_outputs.append(done.stdout)
+    access, start, stop_acct, balance_query = radius_outputs
+    assert "Received Access-Accept" in access and "Session-Timeout = 3600" in access, access
+    assert "h323-credit-time" in access
+    assert "Received Accounting-Response" in start and "Received Accounting-Response" in stop_acct
+    assert "h323-credit-amount=0.500000" in balance_query, balance_query
+    account = json.loads(
+        subprocess.run(
+            [str(CURL), "-s", f"{demo.base}/v1/accounts/1001"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=_child_env(),
+            timeout=30,
+        ).stdout
+    )
+    assert account["balance"] == "14.604000", account
 
     _assert_stopped_cleanly(demo)
