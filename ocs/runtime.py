@@ -90,7 +90,7 @@ async def open_runtime(
                 backends.database_url, min_size=1, max_size=settings.database_pool_size
             ) as pool:
                 await migrate(pool)
-                pipeline = AutoPipeline(redis)
+                pipeline = AutoPipeline(redis, backends.redis_url)
                 await pipeline.load_scripts()
                 catalog = CatalogHolder(pool)
                 if listen_catalog:

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
 
 from ocs.balances.scripts import ALL_SCRIPTS, Script
+from ocs.balances.wire import RedisWire
 
 _Pending = tuple[tuple[Any, ...], asyncio.Future[Any]]
 
@@ -25,8 +26,9 @@ _Pending = tuple[tuple[Any, ...], asyncio.Future[Any]]
 class AutoPipeline:
     """Queues commands and flushes them as one pipeline at the end of the loop tick."""
 
-    def __init__(self, redis: Redis, *, max_batch: int = 1024) -> None:
+    def __init__(self, redis: Redis, url: str, *, max_batch: int = 1024) -> None:
         self._redis = redis
+        self._wire = RedisWire(url)
         self._max_batch = max_batch
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
@@ -79,7 +81,7 @@ class AutoPipeline:
             return
         retry: list[_Pending] = []
         for (args, future), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError):
+            if _is_noscript(reply):
                 retry.append((args, future))
             elif future.done():
                 continue  # the caller gave up (cancelled); the command still ran
@@ -102,13 +104,15 @@ class AutoPipeline:
                     future.set_result(reply)
 
     async def _run(self, batch: list[_Pending]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for args, _ in batch:
-            pipe.execute_command(*args)
-        return await pipe.execute(raise_on_error=False)
+        return await self._wire.execute_many([args for args, _ in batch])
 
     async def drain(self) -> None:
-        """Wait for every pipeline already sent (staged shutdown)."""
+        """Wait for every pipeline already sent (staged shutdown), then close the connection."""
         self._flush()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._wire.close()
+
+
+def _is_noscript(reply: object) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")

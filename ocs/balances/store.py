@@ -162,7 +162,8 @@ class BalanceStore:
         raw, lines = await fields_future, await lines_future
         if not raw:
             return None
-        data = {_text(k): _text(v) for k, v in raw.items()}
+        # HGETALL arrives as a flat [field, value, ...] list on the lean wire.
+        data = {_text(k): _text(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
         return AccountState(
             account_id=account_id,
             plan_id=data["plan"],
@@ -382,7 +383,7 @@ class BalanceStore:
 
     async def live_calls_of(self, account_id: str) -> dict[str, LiveEntry]:
         raw = await self._pipe.execute("HGETALL", keys.live_calls(account_id))
-        return {_text(k): parse_live_entry(v) for k, v in raw.items()}
+        return {_text(k): parse_live_entry(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
 
     async def caller_account(self, caller: str) -> str | None:
         account = await self._pipe.execute("GET", keys.caller_ref(caller))
