@@ -40,6 +40,7 @@ def _server_options() -> argparse.ArgumentParser:
     s = argparse.SUPPRESS
     server.add_argument("--http-host", default=s, help="address to listen on (0.0.0.0)")
     server.add_argument("--http-port", default=s, help="HTTP port (8080)")
+    server.add_argument("--workers", default=s, help="server processes sharing the ports (1)")
     server.add_argument("--radius-host", default=s, help="RADIUS address (0.0.0.0)")
     server.add_argument("--radius-auth-port", default=s, help="RADIUS authentication port (1812)")
     server.add_argument("--radius-acct-port", default=s, help="RADIUS accounting port (1813)")
@@ -117,6 +118,7 @@ _SETTING_FLAGS = (
     "log_format",
     "http_host",
     "http_port",
+    "workers",
     "radius_host",
     "radius_auth_port",
     "radius_acct_port",
@@ -146,7 +148,9 @@ async def _with_services(settings: Settings, action: Callable[[Any], Awaitable[A
         return await action(services)
 
 
-def _run_command(args: argparse.Namespace, settings: Settings) -> int:
+def _run_command(
+    args: argparse.Namespace, settings: Settings, argv: Sequence[str] | None = None
+) -> int:
     from ocs.charging import catalog_store
     from ocs.charging.catalog import Plan
     from ocs.charging.deck import parse_deck
@@ -154,6 +158,10 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
 
     command = args.command
     if command in ("serve", "demo"):
+        if command == "serve" and settings.workers > 1:
+            from ocs.workers import run_workers
+
+            return run_workers(settings, sys.argv[1:] if argv is None else argv)
         if command == "serve":
             from ocs.server import serve
 
@@ -254,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     try:
-        return _run_command(args, settings)
+        return _run_command(args, settings, argv)
     except ConfigError as exc:
         print(f"ocs: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -29,6 +29,8 @@ class Settings:
     data_dir: Path = Path("var")
     http_host: str = "0.0.0.0"
     http_port: int = 8080
+    # Server processes sharing the listening ports (SO_REUSEPORT); see ocs/workers.py.
+    workers: int = 1
     log_level: str = "INFO"
     log_format: str = "json"
     # A live call's record expires this long after its granted duration ends.
@@ -204,6 +206,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "data_dir": lambda value: Path(_parse_str(str(value))),
     "http_host": _parse_str,
     "http_port": _parse_int(0, 65535),
+    "workers": _parse_int(1, 256),
     "log_level": _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"),
     "log_format": _parse_choice("json", "text"),
     "call_expiry_grace": _parse_int(1, 7 * 24 * 3600),

@@ -4,6 +4,7 @@ Handlers hold no business logic; every decision is made by the services.
 """
 
 import ipaddress
+import os
 from typing import Any
 
 from aiohttp import web
@@ -277,6 +278,7 @@ async def healthz(request: web.Request) -> web.Response:
     healthy = all(v == "ok" for v in checks.values())
     return web.json_response(
         {
+            "pid": os.getpid(),
             "status": "ok" if healthy else "unavailable",
             "checks": checks,
             "catalog_version": services.catalog.version,

@@ -1,0 +1,91 @@
+"""`ocs serve --workers N`: N server processes sharing the listening ports (SO_REUSEPORT).
+
+The parent starts no listener itself. It resolves Redis and PostgreSQL once
+(starting the embedded servers if no URL is configured, so every worker uses
+the same ones), then runs N copies of `ocs serve` with those URLs, restarts a
+worker that dies, and on SIGTERM/SIGINT passes the signal on, waits for every
+worker's staged shutdown, and stops the embedded servers last. The kernel
+spreads HTTP connections and RADIUS datagrams over the workers; all state is
+in Redis, so any worker can answer any request.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from ocs.config import Settings
+from ocs.runtime import Backends
+
+log = logging.getLogger("ocs.workers")
+
+RESTART_DELAY = 1.0
+
+
+def _worker_argv(argv: Sequence[str]) -> list[str]:
+    """The parent's own arguments, with the worker count forced to 1."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        out.append(arg)
+    return [sys.executable, "-m", "ocs", *out, "--workers", "1"]
+
+
+def run_workers(settings: Settings, argv: Sequence[str]) -> int:
+    backends = Backends(settings)
+    backends.start()
+    env = dict(os.environ)
+    env["OCS_REDIS_URL"] = backends.redis_url or ""
+    env["OCS_DATABASE_URL"] = backends.database_url or ""
+    command = _worker_argv(argv)
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in workers:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    workers: list[subprocess.Popen[bytes]] = []
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for _ in range(settings.workers):
+            workers.append(subprocess.Popen(command, env=env))
+        log.info(
+            "workers started", extra={"workers": settings.workers, "pids": [p.pid for p in workers]}
+        )
+        while not stopping:
+            time.sleep(0.2)
+            for index, proc in enumerate(workers):
+                code = proc.poll()
+                if code is not None and not stopping:
+                    log.error(
+                        "worker exited; restarting it", extra={"pid": proc.pid, "exit_code": code}
+                    )
+                    time.sleep(RESTART_DELAY)
+                    workers[index] = subprocess.Popen(command, env=env)
+        deadline = time.monotonic() + settings.shutdown_timeout + 10
+        for proc in workers:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning("worker did not stop in time; killing it", extra={"pid": proc.pid})
+                proc.kill()
+                proc.wait()
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        backends.stop()

@@ -1,0 +1,104 @@
+"""`ocs serve --workers N`: several processes share the ports and stop together."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from ocs.config import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _health(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+            return json.loads(reply.read())
+    except OSError:
+        return None
+
+
+def _pids_answering(port: int, want: int, within: float) -> set[int]:
+    seen: set[int] = set()
+    deadline = time.monotonic() + within
+    while len(seen) < want and time.monotonic() < deadline:
+        health = _health(port)  # a new connection each time: the kernel spreads them
+        if health is not None:
+            seen.add(health["pid"])
+    return seen
+
+
+def test_two_workers_answer_and_stop_on_sigterm(settings: Settings, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
+    env.update(
+        {"OCS_REDIS_URL": settings.redis_url or "", "OCS_DATABASE_URL": settings.database_url or ""}
+    )
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ocs",
+            "serve",
+            "--workers",
+            "2",
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            str(port),
+            "--radius-host",
+            "127.0.0.1",
+            "--radius-auth-port",
+            str(_free_port()),
+            "--radius-acct-port",
+            str(_free_port()),
+            "--data-dir",
+            str(tmp_path / "var"),
+            "--log-format",
+            "text",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "serve.log").open("wb"),
+    )
+    try:
+        pids = _pids_answering(port, want=2, within=60)
+        assert len(pids) == 2, (tmp_path / "serve.log").read_text()[-3000:]
+        assert parent.pid not in pids
+
+        # A worker that dies is replaced.
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        newcomers: set[int] = set()
+        while not newcomers and time.monotonic() < deadline:
+            health = _health(port)
+            if health is not None and health["pid"] not in pids:
+                newcomers.add(health["pid"])
+        assert newcomers, "the killed worker was not replaced"
+        replaced = pids | newcomers
+
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 0
+        for pid in replaced - {victim}:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            # A zombie of a reaped child is gone for our purposes; a live one is not.
+            status = Path(f"/proc/{pid}/status").read_text()
+            assert "zombie" in status.lower(), f"worker {pid} still running"
+        assert _health(port) is None
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
