@@ -71,6 +71,8 @@ class AlreadyLive:
     """The call id is live already; this is its existing grant."""
 
     entry: LiveEntry
+    available: int  # the account's available funds now
+    credit_limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +232,7 @@ class BalanceStore:
         if status == "OK":
             return Reserved(int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]))
         if status == "DUP":
-            return AlreadyLive(parse_live_entry(reply[1]))
+            return AlreadyLive(parse_live_entry(reply[1]), int(reply[2]), int(reply[3]))
         if status == "DONE":
             return AlreadyStopped()
         if status == "PLAN":

@@ -117,10 +117,10 @@ class Grant:
     currency: str
     rate: Rate
     repeated: bool
-    # Funds available before this call's reservation, and the account's credit limit
-    # (0: prepaid); None when answering a repeated request.
-    available: int | None = None
-    credit_limit: int | None = None
+    # Funds available before this call's reservation (for a repeated request: now,
+    # plus what this call holds), and the account's credit limit (0: prepaid).
+    available: int = 0
+    credit_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +159,7 @@ class BalanceAnswer:
     currency: str
     balance: int
     available: int
+    credit_limit: int
 
 
 def validate_call_id(call_id: object, field: str = "call_id") -> str:
@@ -306,7 +307,7 @@ class CallService:
                         available=available,
                         credit_limit=credit_limit,
                     )
-                case AlreadyLive(entry=entry):
+                case AlreadyLive(entry=entry, available=available_now, credit_limit=credit_limit):
                     live = CallRecord.unpack(entry.record)
                     return Grant(
                         call_id=call_id,
@@ -318,6 +319,8 @@ class CallService:
                         currency=live.currency,
                         rate=live.rate,
                         repeated=True,
+                        available=available_now + entry.held,
+                        credit_limit=credit_limit,
                     )
                 case AlreadyStopped():
                     raise OcsError(
@@ -365,6 +368,7 @@ class CallService:
             currency=state.currency,
             balance=state.balance,
             available=state.available,
+            credit_limit=state.credit_limit,
         )
 
     async def _record(self, call_id: str, account_id: str | None, *, keep: bool) -> CallRecord:

@@ -11,7 +11,7 @@ Reply-Message.
 
 from dataclasses import dataclass
 
-from pyrad.packet import AuthPacket
+from pyrad.packet import AuthPacket, PacketError
 
 from ocs.charging.lifecycle import CallService
 from ocs.config import Settings
@@ -73,8 +73,10 @@ async def answer_access_request(
     if "User-Password" in packet:
         try:
             password = packet.PwDecrypt(packet["User-Password"][0])
-        except (UnicodeDecodeError, ValueError):
-            password = "\x00"  # undecodable: cannot match any stored password
+        except (UnicodeDecodeError, ValueError, PacketError):
+            # Undecodable or of a size RFC 2865 does not allow: it can match no stored
+            # password, so an account with one refuses it (code 2).
+            password = "\x00"
     try:
         if user:
             account_id, check_password = user.strip(), True
@@ -93,7 +95,7 @@ async def answer_access_request(
                     cisco("h323-return-code", 0),
                     cisco("h323-credit-amount", _money(answer.available)),
                     cisco("h323-currency", answer.currency),
-                    cisco("h323-billing-model", 1),
+                    cisco("h323-billing-model", 0 if answer.credit_limit else 1),
                 ],
                 reason="balance",
                 return_code=0,
@@ -112,8 +114,8 @@ async def answer_access_request(
         if error.reason is Reason.UNAVAILABLE:
             raise
         return refusal(error)
-    available = grant.available if grant.available is not None else grant.reserved
-    postpaid = bool(grant.credit_limit)
+    available = grant.available
+    postpaid = grant.credit_limit > 0
     return AccessAnswer(
         accept=True,
         attributes=[

@@ -265,7 +265,11 @@ class RadiusServer:
             else:
                 outcome = await handle_accounting(request, client, self._calls, self._settings)
                 reply = request.CreateReply()
-                label = f"accounting-{outcome.kind}"
+                label = (
+                    outcome.kind
+                    if outcome.kind.startswith("accounting")
+                    else f"accounting-{outcome.kind}"
+                )
                 result = outcome.result
             if _MESSAGE_AUTHENTICATOR not in reply:
                 reply.add_message_authenticator()

@@ -19,7 +19,8 @@
 --
 -- Returns one of
 --   {"OK", reserved, available_before, balance, credit_limit}
---   {"DUP", "<entry>"}        the call id is already live: its entry (see below)
+--   {"DUP", "<entry>", available_now, credit_limit}
+--                             the call id is already live: its entry (see below)
 --   {"DONE"}                  the call id was already stopped
 --   {"PLAN", actual_plan}     rate again with the account's real plan
 --   {"REJ", reason}
@@ -51,7 +52,8 @@ if a[8] and tonumber(a[8]) > 0 and tonumber(ARGV[10]) >= tonumber(a[8]) then
 end
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if existing then
-  return {'DUP', existing}
+  local available_now = tonumber(a[3]) + tonumber(a[4]) - tonumber(a[5])
+  return {'DUP', existing, available_now, tonumber(a[4])}
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return {'DONE'}
