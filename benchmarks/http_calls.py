@@ -150,6 +150,7 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=20_000, help="aiohttp client calls")
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--accounts", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="ocs serve processes")
     parser.add_argument("--redis-url")
     parser.add_argument("--database-url")
     args = parser.parse_args()
@@ -196,7 +197,7 @@ async def main() -> None:
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", report)
         print(
             f"full calls (authorize + stop over HTTP, wrk -c {args.concurrency}): "
-            f"{rate / 2:,.0f} calls/s ({rate:,.0f} requests/s, one ocs process, "
+            f"{rate / 2:,.0f} calls/s ({rate:,.0f} requests/s, {args.workers} ocs process(es), "
             f"load generator on the same machine)"
         )
         print("non-2xx responses:", errors[1] if errors else 0)
@@ -211,7 +212,7 @@ async def main() -> None:
         return
     print(
         f"full calls (authorize + stop over HTTP): {args.calls / elapsed:,.0f} calls/s "
-        f"({args.calls} calls, {args.concurrency} concurrent, one ocs process, "
+        f"({args.calls} calls, {args.concurrency} concurrent, {args.workers} ocs process(es), "
         f"client on the same machine)"
     )
     print(f"authorize latency ms: p50 {pct(auth, 50):.2f}  p99 {pct(auth, 99):.2f}")

@@ -35,12 +35,16 @@ def write_requests(path: Path, count: int, accounts: int) -> None:
     run = uuid.uuid4().hex[:8]
     with path.open("w") as out:
         for n in range(count):
-            out.write(radclient_input([
-                ("User-Name", f"b{n % accounts}"),
-                ("Called-Station-Id", "447700900123"),
-                ("Calling-Station-Id", "4930123456"),
-                ("h323-conf-id", f"h323-conf-id={run}-{n}"),
-            ]))
+            out.write(
+                radclient_input(
+                    [
+                        ("User-Name", f"b{n % accounts}"),
+                        ("Called-Station-Id", "447700900123"),
+                        ("Calling-Station-Id", "4930123456"),
+                        ("h323-conf-id", f"h323-conf-id={run}-{n}"),
+                    ]
+                )
+            )
             out.write("\n")
 
 
@@ -49,6 +53,7 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--parallel", type=int, default=256)
     parser.add_argument("--accounts", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="ocs serve processes")
     parser.add_argument("--redis-url")
     parser.add_argument("--database-url")
     args = parser.parse_args()
@@ -58,21 +63,35 @@ async def main() -> None:
         requests_file = Path(tmp) / "requests.txt"
         write_requests(requests_file, args.requests, args.accounts)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
-        env.update({
-            "OCS_LOG_LEVEL": "WARNING",
-            "OCS_RADIUS_AUTH_PORT": str(auth_port),
-            "OCS_RADIUS_ACCT_PORT": str(acct_port),
-            "OCS_RADIUS_CLIENTS": f'[{{"address": "127.0.0.1", "secret": "{SECRET}"}}]',
-            # Unstarted accepts are released by the janitor after this long.
-            "OCS_START_TIMEOUT": "3600",
-        })
+        env.update(
+            {
+                "OCS_LOG_LEVEL": "WARNING",
+                "OCS_RADIUS_AUTH_PORT": str(auth_port),
+                "OCS_RADIUS_ACCT_PORT": str(acct_port),
+                "OCS_RADIUS_CLIENTS": f'[{{"address": "127.0.0.1", "secret": "{SECRET}"}}]',
+                # Unstarted accepts are released by the janitor after this long.
+                "OCS_START_TIMEOUT": "3600",
+            }
+        )
         if args.redis_url:
             env["OCS_REDIS_URL"] = args.redis_url
         if args.database_url:
             env["OCS_DATABASE_URL"] = args.database_url
         server = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
-            [sys.executable, "-m", "ocs", "serve", "--data-dir", str(Path(tmp) / "var"),
-             "--http-host", "127.0.0.1", "--http-port", str(http_port)],
+            [
+                sys.executable,
+                "-m",
+                "ocs",
+                "serve",
+                "--data-dir",
+                str(Path(tmp) / "var"),
+                "--workers",
+                str(args.workers),
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                str(http_port),
+            ],
             env=env,
         )
         try:
@@ -81,25 +100,44 @@ async def main() -> None:
                 await setup(session, base, args.accounts)
             started = time.perf_counter()
             result = subprocess.run(  # noqa: ASYNC221 - the load generator itself
-                ["radclient", "-q", "-p", str(args.parallel), "-r", "1", "-t", "5",
-                 "-f", str(requests_file), f"127.0.0.1:{auth_port}", "auth", SECRET],
-                capture_output=True, text=True, check=False,
+                [
+                    "radclient",
+                    "-q",
+                    "-p",
+                    str(args.parallel),
+                    "-r",
+                    "1",
+                    "-t",
+                    "5",
+                    "-f",
+                    str(requests_file),
+                    f"127.0.0.1:{auth_port}",
+                    "auth",
+                    SECRET,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             elapsed = time.perf_counter() - started
-            async with aiohttp.ClientSession() as session, session.get(
-                f"{base}/metrics"
-            ) as response:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{base}/metrics") as response,
+            ):
                 text = await response.text()
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
     accepted = sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
         if line.startswith('ocs_radius_packets_total{result="accept",type="access"}')
     )
-    print(f"RADIUS Access-Request -> Access-Accept: {args.requests / elapsed:,.0f} requests/s "
-          f"({int(accepted)} of {args.requests} accepted in {elapsed:.2f} s, radclient "
-          f"-p {args.parallel}, one ocs process, load generator on the same machine)")
+    print(
+        f"RADIUS Access-Request -> Access-Accept: {args.requests / elapsed:,.0f} requests/s "
+        f"({int(accepted)} of {args.requests} accepted in {elapsed:.2f} s, radclient "
+        f"-p {args.parallel}, {args.workers} ocs process(es), load generator on the same machine)"
+    )
     if result.returncode != 0:
         print("radclient reported failures:", result.stderr.strip()[:500])
     print(f"machine: {describe()}")

@@ -5,7 +5,30 @@ HTTP adapter exposes them at ``/metrics``. Labels are bounded sets (endpoint
 route names, reason codes), never account or call ids.
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Set by `ocs serve --workers N` for its workers: each writes its samples to files
+# there, and whichever worker a scrape reaches answers for all of them.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def exposition() -> bytes:
+    """The Prometheus text of this process, or of every worker when there are several."""
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -50,6 +73,7 @@ LEDGER_WRITTEN = Counter(
 CATALOG_VERSION = Gauge(
     "ocs_catalog_reloads",
     "Number of catalog snapshots this process has loaded.",
+    multiprocess_mode="max",
 )
 STALE_CALLS_CLOSED = Counter(
     "ocs_stale_calls_closed_total",

@@ -11,13 +11,19 @@ in Redis, so any worker can answer any request.
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client import multiprocess
 
 from ocs.config import Settings
+from ocs.metrics import MULTIPROCESS_DIR_ENV
 from ocs.runtime import Backends
 
 log = logging.getLogger("ocs.workers")
@@ -48,6 +54,10 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
     env = dict(os.environ)
     env["OCS_REDIS_URL"] = backends.redis_url or ""
     env["OCS_DATABASE_URL"] = backends.database_url or ""
+    # Metrics of all workers, whichever one a scrape reaches (prometheus-client's
+    # multiprocess mode); emptied at start so counters begin at zero.
+    metrics_dir = Path(tempfile.mkdtemp(prefix="ocs-metrics-"))
+    env[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
     command = _worker_argv(argv)
     stopping = False
 
@@ -74,6 +84,7 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
                     log.error(
                         "worker exited; restarting it", extra={"pid": proc.pid, "exit_code": code}
                     )
+                    multiprocess.mark_process_dead(proc.pid, str(metrics_dir))
                     time.sleep(RESTART_DELAY)
                     workers[index] = subprocess.Popen(command, env=env)
         deadline = time.monotonic() + settings.shutdown_timeout + 10
@@ -89,3 +100,4 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         backends.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)

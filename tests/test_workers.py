@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from ocs.config import Settings
 
 
@@ -19,12 +21,28 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+ANSWERED = {"healthz": 0}
+
+
 def _health(port: int) -> dict | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
-            return json.loads(reply.read())
+            body = json.loads(reply.read())
     except OSError:
         return None
+    ANSWERED["healthz"] += 1
+    return body
+
+
+def _healthz_count(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+        text = reply.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ocs_http_requests_total" and sample.labels.get("endpoint") == "/healthz"
+    )
 
 
 def _pids_answering(port: int, want: int, within: float) -> set[int]:
@@ -74,6 +92,10 @@ def test_two_workers_answer_and_stop_on_sigterm(settings: Settings, tmp_path: Pa
         pids = _pids_answering(port, want=2, within=60)
         assert len(pids) == 2, (tmp_path / "serve.log").read_text()[-3000:]
         assert parent.pid not in pids
+        # Whichever worker a scrape reaches, /metrics counts the requests of all of them.
+        for _ in range(10):
+            _health(port)
+        assert _healthz_count(port) == ANSWERED["healthz"]
 
         # A worker that dies is replaced.
         victim = min(pids)
