@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.add_parser("migrate", parents=[common], help="apply pending schema migrations")
 
+    commands.add_parser(
+        "reconcile",
+        parents=[common],
+        help="check that every Redis balance equals its ledger (exit 1 if not)",
+    )
+
     plans = commands.add_parser("plans", help="subscription plans").add_subparsers(
         dest="plans_command", required=True, metavar="ACTION"
     )
@@ -171,6 +177,28 @@ def _run_command(
 
             uvloop.run(run_demo(settings))
         return 0
+    if command == "reconcile":
+        from ocs.balances.reconcile import reconcile
+
+        result = uvloop.run(_with_services(settings, lambda s: reconcile(s.redis, s.pool)))
+        _print(
+            {
+                "ok": result.ok,
+                "accounts": result.accounts,
+                "pending_ledger_entries": result.pending_entries,
+                "mismatches": [
+                    {
+                        "account": m.account_id,
+                        "redis_balance": None
+                        if m.redis_balance is None
+                        else format_amount(m.redis_balance),
+                        "ledger_total": format_amount(m.ledger_total),
+                    }
+                    for m in result.mismatches
+                ],
+            }
+        )
+        return 0 if result.ok else EXIT_REFUSED
     if command == "db":
         from ocs.db.migrate import migrate
 

@@ -1,0 +1,56 @@
+"""`ocs reconcile`: Redis balances equal the ledger, and a balance changed behind its back shows."""
+
+import asyncio
+import json
+import sys
+
+from ocs.balances import keys
+from ocs.balances.reconcile import reconcile
+from tests.conftest import RunningApp, add_plan
+
+
+async def test_balances_reconcile_with_entries_in_flight_and_written(app: RunningApp) -> None:
+    await add_plan(app.services)
+    for n in range(5):
+        await app.post("/v1/accounts", {"id": f"r{n}", "plan": "retail", "balance": "2.00"})
+        await app.post(f"/v1/accounts/r{n}/topups", {"amount": "1.25"})
+        await app.post(
+            "/v1/calls", {"account": f"r{n}", "destination": "447700900123", "call_id": f"rc{n}"}
+        )
+        await app.post(f"/v1/calls/rc{n}/stop", {"duration": 45 + n})
+    result = await reconcile(app.services.redis, app.services.pool)
+    assert result.ok and result.accounts == 5
+
+
+async def test_a_balance_changed_without_its_record_is_reported(app: RunningApp) -> None:
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "honest", "plan": "retail", "balance": "2.00"})
+    await app.post("/v1/accounts", {"id": "tampered", "plan": "retail", "balance": "2.00"})
+    # A change that bypasses the scripts has no ledger entry.
+    await app.services.redis.hincrby(keys.account("tampered"), "balance", 500_000)
+    result = await reconcile(app.services.redis, app.services.pool)
+    assert not result.ok
+    assert [(m.account_id, m.redis_balance, m.ledger_total) for m in result.mismatches] == [
+        ("tampered", 2_500_000, 2_000_000)
+    ]
+    settings = app.services.settings
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocs",
+        "reconcile",
+        "--redis-url",
+        settings.redis_url or "",
+        "--database-url",
+        settings.database_url or "",
+        "--log-format",
+        "text",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode == 1, stderr.decode()
+    report = json.loads(stdout)
+    assert report["mismatches"] == [
+        {"account": "tampered", "redis_balance": "2.500000", "ledger_total": "2.000000"}
+    ]
