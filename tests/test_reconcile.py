@@ -54,3 +54,30 @@ async def test_a_balance_changed_without_its_record_is_reported(app: RunningApp)
     assert report["mismatches"] == [
         {"account": "tampered", "redis_balance": "2.500000", "ledger_total": "2.000000"}
     ]
+
+
+async def test_reconcile_is_exact_while_calls_and_the_writer_run(app: RunningApp) -> None:
+    await add_plan(app.services, max_lines=50)
+    accounts = [f"busy{n}" for n in range(8)]
+    for account in accounts:
+        await app.post(
+            "/v1/accounts", {"id": account, "plan": "retail", "balance": "50.00", "max_lines": 50}
+        )
+
+    async def traffic(account: str) -> None:
+        for n in range(15):
+            call_id = f"{account}-{n}"
+            await app.post(
+                "/v1/calls", {"account": account, "destination": "447700900123", "call_id": call_id}
+            )
+            await app.post(f"/v1/calls/{call_id}/stop", {"duration": 10 + n})
+            await app.post(f"/v1/accounts/{account}/topups", {"amount": "0.01"})
+
+    running = asyncio.gather(*(traffic(a) for a in accounts))
+    checks = []
+    while not running.done():
+        checks.append(await reconcile(app.services.redis, app.services.pool))
+    await running
+    checks.append(await reconcile(app.services.redis, app.services.pool))
+    assert len(checks) >= 2
+    assert all(c.ok for c in checks), [c.mismatches for c in checks if not c.ok][:1]

@@ -28,5 +28,14 @@ TOPUP = _load("topup")
 CREATE_ACCOUNT = _load("create_account")
 START = _load("start")
 UPDATE = _load("update")
+SNAPSHOT_BUCKET = _load("snapshot_bucket")
 
-ALL_SCRIPTS: tuple[Script, ...] = (AUTHORIZE, STOP, TOPUP, CREATE_ACCOUNT, START, UPDATE)
+ALL_SCRIPTS: tuple[Script, ...] = (
+    AUTHORIZE,
+    STOP,
+    TOPUP,
+    CREATE_ACCOUNT,
+    START,
+    UPDATE,
+    SNAPSHOT_BUCKET,
+)
