@@ -25,7 +25,7 @@ from ocs.balances.store import (
 )
 from ocs.charging.catalog import CatalogHolder
 from ocs.charging.prefixes import normalize_number
-from ocs.charging.rating import Rate, billed_seconds, cost, max_duration
+from ocs.charging.rating import Rate, Tier, billed_seconds, cost, max_duration
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason, invalid
 
@@ -46,6 +46,41 @@ _REFUSAL_MESSAGES = {
     "account_expired": "the account (card) has expired",
     "credit_limit_reached": "the account has reached its credit limit",
 }
+
+
+def pack_rate(rate: Rate) -> list[object]:
+    """A rate as a compact msgpack-able list; the simple shape stays four numbers."""
+    packed: list[object] = [
+        rate.connect_fee,
+        rate.first_block,
+        rate.increment,
+        rate.price_per_minute,
+    ]
+    if not rate.simple or rate.per != 60:
+        packed += [
+            [[t.start, t.price_per_minute, t.increment, t.flat] for t in rate.tiers],
+            rate.max_cost,
+            rate.cut_at_max_cost,
+            rate.per,
+        ]
+    return packed
+
+
+def unpack_rate(packed: list) -> Rate:
+    fee, block, step, price = packed[:4]
+    if len(packed) == 4:
+        return Rate(fee, block, step, price)
+    tiers, max_cost, cut, per = packed[4:]
+    return Rate(
+        fee,
+        block,
+        step,
+        price,
+        tiers=tuple(Tier(*t) for t in tiers),
+        max_cost=max_cost,
+        cut_at_max_cost=cut,
+        per=per,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +112,7 @@ class CallRecord:
                 "d": self.destination,
                 "o": self.caller,
                 "cur": self.currency,
-                "r": [r.connect_fee, r.first_block, r.increment, r.price_per_minute],
+                "r": pack_rate(r),
                 "cap": self.cap,
                 "t": self.authorized_at_ms,
                 "n": self.nas,
@@ -87,7 +122,6 @@ class CallRecord:
     @classmethod
     def unpack(cls, data: bytes) -> "CallRecord":
         m = msgpack.unpackb(data)
-        fee, block, step, price = m["r"]
         return cls(
             account_id=m["a"],
             call_id=m["c"],
@@ -97,7 +131,7 @@ class CallRecord:
             destination=m["d"],
             caller=m["o"],
             currency=m["cur"],
-            rate=Rate(fee, block, step, price),
+            rate=unpack_rate(m["r"]),
             cap=m["cap"],
             authorized_at_ms=m["t"],
             nas=m.get("n"),

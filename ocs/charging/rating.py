@@ -6,11 +6,18 @@ Authorization, stop, the CDR and (later) billing's re-rating all call
 Rules, stated once:
 
 * A call of 0 seconds (not answered) costs nothing, not even the connect fee.
-* Billed seconds: at least the first block, then whole increments:
-  ``billed = first_block + ceil((d - first_block) / increment) * increment``
-  for ``d > first_block``; ``first_block`` for ``0 < d <= first_block``.
-* Cost = connect fee + price_per_minute * billed / 60, rounded *up* to the
-  micro-unit (the rounding happens once per call, on the total).
+* The call's time is cut into tiers: the base tier from second 0, then each
+  ``Tier`` from its ``start``. A tier bills the seconds of the call inside it
+  rounded up to its increment, never beyond the tier's end; the base tier
+  bills at least the first block. A tier's flat amount is charged once when
+  the call goes past its start.
+* Cost = connect fee + flat amounts + sum(price x billed) / ``per``, rounded
+  *up* to the micro-unit once per call, on that total. ``per`` is 60 for
+  prices per minute; 1 for prices per unit (MB, kWh, messages), whose
+  quantities are rated exactly like seconds.
+* A max cost caps the total: beyond it the call is free (``cut_at_max_cost``
+  False), or the call is cut where its cost would pass the cap (True: the
+  granted duration stops there).
 * ``max_duration(funds)`` is the longest duration whose cost fits the funds,
   capped: ``cost(m) <= funds < cost(m + increment)`` unless the cap binds.
 """
@@ -19,53 +26,154 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class Tier:
+    """From second ``start`` of the call on: a flat amount once, then a price."""
+
+    start: int
+    price_per_minute: int
+    increment: int = 1
+    flat: int = 0
+
+    def __post_init__(self) -> None:
+        if self.start < 1:
+            raise ValueError("a tier starts after second 0 (the base tier covers 0)")
+        if self.price_per_minute < 0 or self.flat < 0:
+            raise ValueError("tier amounts must not be negative")
+        if self.increment < 1:
+            raise ValueError("a tier's increment must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
 class Rate:
-    """One tariff's price shape. Amounts are micro-units, durations seconds."""
+    """One tariff's price shape. Amounts are micro-units, durations seconds (or units)."""
 
     connect_fee: int
     first_block: int
     increment: int
-    price_per_minute: int
+    price_per_minute: int  # per ``per`` seconds or units
+    tiers: tuple[Tier, ...] = ()
+    max_cost: int = 0  # 0: no cap
+    cut_at_max_cost: bool = False
+    per: int = 60
 
     def __post_init__(self) -> None:
-        if self.connect_fee < 0 or self.price_per_minute < 0:
+        if self.connect_fee < 0 or self.price_per_minute < 0 or self.max_cost < 0:
             raise ValueError("rate amounts must not be negative")
         if self.first_block < 0:
             raise ValueError("first_block must not be negative")
         if self.increment < 1:
             raise ValueError("increment must be at least 1 second")
+        if self.per < 1:
+            raise ValueError("per must be at least 1")
+        starts = [t.start for t in self.tiers]
+        if starts != sorted(set(starts)):
+            raise ValueError("tiers must start at distinct seconds, in order")
+
+    @property
+    def simple(self) -> bool:
+        return not self.tiers and not self.max_cost
+
+
+def _base_billed(rate: Rate, duration: int) -> int:
+    if duration <= rate.first_block:
+        return rate.first_block
+    over = duration - rate.first_block
+    return rate.first_block + -(-over // rate.increment) * rate.increment
 
 
 def billed_seconds(rate: Rate, duration: int) -> int:
-    """Seconds the call is billed for after first block and increments."""
+    """Seconds (or units) the call is billed for, over all tiers."""
     if duration < 0:
         raise ValueError("duration must not be negative")
     if duration == 0:
         return 0
-    if duration <= rate.first_block:
-        return rate.first_block
-    over = duration - rate.first_block
-    steps = -(-over // rate.increment)
-    return rate.first_block + steps * rate.increment
+    if not rate.tiers:
+        return _base_billed(rate, duration)
+    return sum(billed for billed, _, _ in _tier_parts(rate, duration))
+
+
+def _tier_parts(rate: Rate, duration: int) -> list[tuple[int, int, int]]:
+    """(billed, price, flat) of each tier the call reaches."""
+    ends = [t.start for t in rate.tiers] + [None]
+    parts = []
+    base_end = ends[0]
+    base = _base_billed(rate, duration if base_end is None else min(duration, base_end))
+    if base_end is not None:
+        base = min(base, base_end)
+    parts.append((base, rate.price_per_minute, 0))
+    for tier, end in zip(rate.tiers, ends[1:], strict=True):
+        if duration <= tier.start:
+            break
+        used = (duration if end is None else min(duration, end)) - tier.start
+        billed = -(-used // tier.increment) * tier.increment
+        if end is not None:
+            billed = min(billed, end - tier.start)
+        parts.append((billed, tier.price_per_minute, tier.flat))
+    return parts
+
+
+def _uncapped_cost(rate: Rate, duration: int) -> int:
+    if duration == 0:
+        return 0
+    if not rate.tiers:
+        return rate.connect_fee + -(
+            -(rate.price_per_minute * _base_billed(rate, duration)) // rate.per
+        )
+    parts = _tier_parts(rate, duration)
+    amount = sum(price * billed for billed, price, _ in parts)
+    flats = sum(flat for _, _, flat in parts)
+    return rate.connect_fee + flats + -(-amount // rate.per)
 
 
 def cost(rate: Rate, duration: int) -> int:
-    """Cost in micro-units of a call lasting ``duration`` seconds."""
-    billed = billed_seconds(rate, duration)
-    if billed == 0:
+    """Cost in micro-units of a call lasting ``duration`` seconds (or units)."""
+    if duration < 0:
+        raise ValueError("duration must not be negative")
+    total = _uncapped_cost(rate, duration)
+    if rate.max_cost and total > rate.max_cost:
+        return rate.max_cost
+    return total
+
+
+def increment_at(rate: Rate, duration: int) -> int:
+    """The billing step that applies just after ``duration``."""
+    step = rate.increment
+    for tier in rate.tiers:
+        if duration >= tier.start:
+            step = tier.increment
+    return step
+
+
+def _longest_within(rate: Rate, budget: int, cap: int, capped: bool) -> int:
+    """Largest d in [0, cap] with cost(d) <= budget, by bisection (cost never decreases)."""
+    price = cost if capped else _uncapped_cost
+    if price(rate, 1) > budget:
         return 0
-    return rate.connect_fee + -(-(rate.price_per_minute * billed) // 60)
+    low, high = 1, cap
+    while low < high:
+        middle = (low + high + 1) // 2
+        if price(rate, middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def max_duration(rate: Rate, funds: int, cap: int) -> int:
     """Longest duration (≤ cap) whose cost is within ``funds``; 0 if not even one second."""
     if cap < 1 or funds < cost(rate, 1):
         return 0
+    if not rate.simple:
+        longest = _longest_within(rate, funds, cap, capped=True)
+        if rate.max_cost and rate.cut_at_max_cost:
+            # The call is cut where its uncapped cost would pass the cap.
+            longest = min(longest, _longest_within(rate, rate.max_cost, cap, capped=False))
+        return longest
     if rate.price_per_minute == 0:
         return cap
     budget = funds - rate.connect_fee
-    # ceil(p * b / 60) <= budget  <=>  p * b <= 60 * budget, for integer budget.
-    most_billed = (60 * budget) // rate.price_per_minute
+    # ceil(p * b / per) <= budget  <=>  p * b <= per * budget, for integer budget.
+    most_billed = (rate.per * budget) // rate.price_per_minute
     if most_billed <= rate.first_block:
         # cost(1) <= funds means the first block fits: the call may last exactly it.
         return min(max(rate.first_block, 1), cap)
