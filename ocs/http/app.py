@@ -25,4 +25,5 @@ def create_app(services: Services) -> web.Application:
     app.router.add_post("/v1/plans/{plan_id}/tariffs", handlers.import_tariffs)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics_text)
+    app.router.add_get("/openapi.json", handlers.openapi_json)
     return app

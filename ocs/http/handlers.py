@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ocs import metrics
+from ocs import __version__, metrics
 from ocs.balances.accounts import AccountView, validate_account_id
 from ocs.charging import catalog_store
 from ocs.charging.catalog import Plan
@@ -25,6 +25,7 @@ from ocs.http.json_io import (
     string_field,
     timestamp_field,
 )
+from ocs.http.openapi import openapi_document
 from ocs.radius import clients as radius_clients
 from ocs.services import Services
 
@@ -285,6 +286,10 @@ async def healthz(request: web.Request) -> web.Response:
         },
         status=200 if healthy else 503,
     )
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(__version__))
 
 
 async def metrics_text(request: web.Request) -> web.Response:
