@@ -150,7 +150,8 @@ def _print(data: Any) -> None:
 async def _with_services(settings: Settings, action: Callable[[Any], Awaitable[Any]]) -> Any:
     from ocs.runtime import open_runtime
 
-    async with open_runtime(settings, listen_catalog=False) as services:
+    # Commands write or read single records: they need no catalog snapshot.
+    async with open_runtime(settings, listen_catalog=False, load_catalog=False) as services:
         return await action(services)
 
 

@@ -30,6 +30,7 @@ def exposition() -> bytes:
         return generate_latest(registry)
     return generate_latest(REGISTRY)
 
+
 _LATENCY_BUCKETS = (
     0.0005,
     0.001,

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from ocs.balances.accounts import AccountService
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.store import BalanceStore
+from ocs.charging import matcher
 from ocs.charging.catalog import CatalogHolder
 from ocs.charging.lifecycle import CallService
 from ocs.config import Settings
@@ -78,7 +79,7 @@ class Backends:
 
 @contextlib.asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, listen_catalog: bool = True
+    settings: Settings, *, listen_catalog: bool = True, load_catalog: bool = True
 ) -> AsyncIterator[Services]:
     backends = Backends(settings)
     await asyncio.to_thread(backends.start)
@@ -94,8 +95,11 @@ async def open_runtime(
                 await pipeline.load_scripts()
                 catalog = CatalogHolder(pool)
                 if listen_catalog:
+                    # Compile (or load from numba's cache) the matcher before the first
+                    # request, so no request ever waits for a compile.
+                    await asyncio.to_thread(matcher.warm_up)
                     await catalog.start()
-                else:
+                elif load_catalog:
                     await catalog.reload()
                 store = BalanceStore(pipeline)
                 try:

@@ -1,0 +1,150 @@
+"""Large decks go live by difference, and a reload rebuilds only the deck that changed.
+
+An import writes PostgreSQL only what changed against the plan's current deck
+(or everything, when most of it changed), and leaves exactly the new deck
+behind either way. A catalog NOTIFY names the plan; every serving process
+rebuilds that plan's deck beside the old snapshot, keeps the others, and on a
+failed reload goes on serving the old snapshot.
+"""
+
+import logging
+
+import numpy as np
+import pytest
+
+from ocs.charging import catalog, catalog_store
+from ocs.charging.deck import parse_deck
+from ocs.services import Services
+from tests.conftest import add_plan, eventually
+from tests.test_deck_import import HEADER
+
+
+def deck_text(prefixes: list[str], zone_of: dict[str, str]) -> str:
+    rates = {"Fixed": "0.010,0,60,60", "Mobile": "0.060,0.150,30,6", "Other": "0.5,0,1,1"}
+    return HEADER + "".join(f"{p},{zone_of[p]},{rates[zone_of[p]]}\n" for p in prefixes)
+
+
+async def stored(services: Services, plan_id: str) -> dict[str, str]:
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT p.prefix, z.name FROM prefixes p JOIN zones z ON z.id = p.zone_id"
+            " WHERE p.plan_id = $1",
+            plan_id,
+        )
+    return {r["prefix"]: r["name"] for r in rows}
+
+
+async def served(services: Services, plan_id: str, number: str, zone: str | None) -> None:
+    async def check() -> bool:
+        match = services.catalog.snapshot.tariff_for(plan_id, number)
+        return (None if match is None else match[1].zone) == zone
+
+    await eventually(check, what=f"{number} rated in {zone!r} on {plan_id}")
+
+
+def a_deck(size: int, seed: int) -> tuple[list[str], dict[str, str]]:
+    rng = np.random.default_rng(seed)
+    prefixes = sorted({str(p) for p in rng.integers(10**5, 10**8, size)})
+    return prefixes, {p: ("Mobile" if p[2] in "789" else "Fixed") for p in prefixes}
+
+
+async def test_a_reimport_writes_only_the_difference_and_leaves_the_new_deck(
+    services: Services,
+) -> None:
+    await add_plan(services, "big", deck=HEADER + "1,Other,0.5,0,1,1\n")
+    prefixes, zones = a_deck(5_000, seed=1)
+    first = await catalog_store.import_deck(
+        services.pool, "big", parse_deck(deck_text(prefixes, zones))
+    )
+    # The plan's one-row deck is replaced: more than a quarter of it changes.
+    assert (first.prefixes, first.added, first.removed) == (len(prefixes), len(prefixes), 1)
+    assert await stored(services, "big") == zones
+
+    # The daily reload: a few prefixes gone, a few new, a few moved to another zone.
+    gone, moved = prefixes[:10], prefixes[10:15]
+    new = [f"9{i:07d}" for i in range(7)]
+    kept = [p for p in prefixes if p not in gone] + new
+    zones2 = {p: zones.get(p, "Other") for p in kept} | {p: "Other" for p in moved}
+    result = await catalog_store.import_deck(
+        services.pool, "big", parse_deck(deck_text(kept, zones2))
+    )
+    assert (result.added, result.changed, result.removed) == (7, 5, 10)
+    assert (result.prefixes, result.zones) == (len(kept), 3)
+    assert await stored(services, "big") == zones2
+    await served(services, "big", moved[0] + "55", "Other")
+    await served(services, "big", gone[0] + "55", None)
+    await served(services, "big", new[0] + "55", "Other")
+
+    # Most rows change: everything is written anew.
+    prefixes3, zones3 = a_deck(3_000, seed=2)
+    result = await catalog_store.import_deck(
+        services.pool, "big", parse_deck(deck_text(prefixes3, zones3))
+    )
+    assert result.added == len(prefixes3) and result.removed == len(kept)
+    assert await stored(services, "big") == zones3
+    await served(services, "big", prefixes3[0] + "1", zones3[prefixes3[0]])
+
+
+async def test_a_deck_change_rebuilds_that_plan_only(services: Services) -> None:
+    await add_plan(services, "a")
+    await add_plan(services, "b")
+    before = services.catalog.snapshot
+    deck_a = before.decks["a"]
+    deck_b = before.decks["b"]
+    await catalog_store.import_deck(
+        services.pool, "b", parse_deck(HEADER + "33,France,0.03,0,60,60\n")
+    )
+    await served(services, "b", "33123456", "France")
+    after = services.catalog.snapshot
+    assert after.decks["a"] is deck_a  # untouched: not rebuilt
+    assert after.decks["b"] is not deck_b
+    assert after.tariff_for("a", "447700900123") == before.tariff_for("a", "447700900123")
+
+
+async def test_a_failed_reload_keeps_the_old_snapshot_serving(
+    services: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await add_plan(services, "a")
+    holder = services.catalog
+    serving = holder.snapshot
+    version = holder.version
+
+    def broken(data: bytes, tariffs: catalog.PlanTariffs) -> None:
+        raise ValueError("prefix 'x': expected 1 to 32 digits")
+
+    monkeypatch.setattr(catalog, "build_deck", broken)
+    with caplog.at_level(logging.ERROR, logger="ocs.catalog"):
+        await catalog_store.import_deck(
+            services.pool, "a", parse_deck(HEADER + "33,France,0.03,0,60,60\n")
+        )
+
+        async def reported() -> bool:
+            return "catalog reload failed" in caplog.text
+
+        await eventually(reported, what="the failed reload to be logged")
+    assert "expected 1 to 32 digits" in caplog.text
+    assert holder.snapshot is serving and holder.version == version
+    assert holder.snapshot.tariff_for("a", "447700900123") is not None  # the old deck
+
+    monkeypatch.undo()
+    await catalog_store.create_plan(services.pool, catalog.Plan("c", "c", "EUR", 0, 0, 1, 14_400))
+    # After a failure the next change rebuilds everything, the missed deck included.
+    await served(services, "a", "33123456", "France")
+    await served(services, "a", "447700900123", None)
+
+
+async def test_prefixes_longer_than_a_key_are_compared_as_text(services: Services) -> None:
+    long_a, long_b, long_c = "4477" + "1" * 18, "4477" + "1" * 17 + "2", "4477" + "2" * 18
+    others = [str(4400 + i) for i in range(40)]
+    zones = {p: "Fixed" for p in others} | {long_a: "Mobile", long_b: "Mobile", long_c: "Fixed"}
+    await add_plan(services, "long", deck=deck_text([*others, long_a, long_b, long_c], zones))
+    # long_a stays, long_b moves zone, long_c goes: a small difference, written row-wise.
+    zones2 = {p: "Fixed" for p in others} | {long_a: "Mobile", long_b: "Other"}
+    result = await catalog_store.import_deck(
+        services.pool, "long", parse_deck(deck_text([*others, long_a, long_b], zones2))
+    )
+    assert (result.added, result.changed, result.removed) == (0, 1, 1)
+    assert await stored(services, "long") == zones2
+    await served(services, "long", long_b + "9", "Other")
+    await served(services, "long", long_a + "9", "Mobile")
+    await served(services, "long", long_c + "9", None)
