@@ -279,3 +279,42 @@ def test_a_crowded_corner_of_a_table_is_searched_not_scanned() -> None:
     for number, slot, length in zip(numbers, slots.tolist(), lengths.tolist(), strict=True):
         best = next(number[:n] for n in range(len(number), 0, -1) if number[:n] in prefixes)
         assert (number[:length], table.values[slot]) == (best, prefixes[best])
+
+
+def test_many_tables_answer_the_same_encoded_numbers_at_once() -> None:
+    """Standard area codes, a plan's custom code list, a carrier's cost deck and access
+    numbers are separate indexes; billing encodes a day's numbers once and asks each."""
+    from ocs.charging.matcher import LENGTH_BITS, NO_MATCH, PrefixIndex, encode_numbers
+
+    tables = {
+        "standard": {"44": 0, "4420": 1, "447": 2, "49": 3, "1": 4},
+        "custom": {"44": 0, "447700": 1},
+        "carrier": {"4": 0, "44": 1, "4477": 2, "491": 3},
+        "access": {"448001234567": 0, "448009876543": 1},
+    }
+    numbers = [
+        "442079460000",
+        "447700900123",
+        "4915112345678",
+        "12125550100",
+        "448001234567",
+        "33123456789",
+    ]
+    keys = encode_numbers(numbers)
+    for name, prefixes in tables.items():
+        index = PrefixIndex.from_strings(list(prefixes), list(prefixes.values()))
+        got = index.lookup_keys(keys).tolist()
+        # A code is (slot << LENGTH_BITS) | length of the matched prefix.
+        want = [
+            (prefixes[match] << LENGTH_BITS) | len(match)
+            if (match := longest_key(prefixes, n)) is not None
+            else NO_MATCH
+            for n in numbers
+        ]
+        assert got == want, name
+        assert [index.lookup(n) for n in numbers] == want, name
+
+
+def longest_key(prefixes: dict[str, int], number: str) -> str | None:
+    found = [p for p in prefixes if number.startswith(p)]
+    return max(found, key=len) if found else None
