@@ -212,3 +212,25 @@ async def test_a_call_can_be_stopped_by_another_process(app: RunningApp) -> None
     # The process that authorized it answers a repeated stop with the first result.
     status, body = await app.post("/v1/calls/elsewhere/stop", {"duration": 45})
     assert status == 200 and body["repeated"] is True and body["cost"] == "0.198000"
+
+
+async def test_a_refused_call_with_a_live_call_id_does_not_hijack_its_stop(
+    app: RunningApp,
+) -> None:
+    from ocs.charging.lifecycle import CallService
+
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "owner", "plan": "retail", "balance": "1.00"})
+    await app.post("/v1/accounts", {"id": "other", "plan": "retail"})
+    await app.post(
+        "/v1/calls", {"account": "owner", "destination": "447700900123", "call_id": "shared-id"}
+    )
+    status, body = await app.post(
+        "/v1/calls", {"account": "other", "destination": "447700900123", "call_id": "shared-id"}
+    )
+    assert (status, body["error"]["reason"]) == (402, "zero_balance")
+    # The stop reaches a process that did not authorize the call: it must still find
+    # the owner's call through the call reference.
+    other_process = CallService(app.services.catalog, app.services.store, app.services.settings)
+    charge = await other_process.stop("shared-id", 45)
+    assert (charge.account_id, charge.charged, charge.repeated) == ("owner", 198_000, False)

@@ -222,14 +222,18 @@ class BalanceStore:
                 started_at,
             ],
         )
-        # The reference lets a stop that names only the call id find the account.
-        # Written unconditionally: a refused call's reference points at no live
-        # call and expires on its own.
-        ref = self._pipe.execute("SET", keys.call_ref(call_id), record, "EX", ref_ttl)
+        # The reference lets a stop that names only the call id find the account. It
+        # lives in the call id's slot, so it cannot be written by the script; NX in
+        # the same round trip never replaces the reference of another live call (a
+        # refused or repeated request with the same id leaves it alone), and a
+        # granted call whose NX lost to a stale reference writes its own after.
+        ref = self._pipe.execute("SET", keys.call_ref(call_id), record, "EX", ref_ttl, "NX")
         reply = await outcome
-        await ref
+        ref_written = await ref is not None
         status = _text(reply[0])
         if status == "OK":
+            if not ref_written:
+                await self._pipe.execute("SET", keys.call_ref(call_id), record, "EX", ref_ttl)
             return Reserved(int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]))
         if status == "DUP":
             return AlreadyLive(parse_live_entry(reply[1]), int(reply[2]), int(reply[3]))

@@ -464,8 +464,18 @@ class CallService:
         """Charge a call's real duration at its authorized rate, once."""
         validate_call_id(call_id)
         validate_duration(duration)
-        record = await self._record(call_id, account_id, keep=False)
+        cached = self._live.pop(call_id, None)
+        record = cached or await self._record(call_id, account_id, keep=False)
+        if account_id is not None and record.account_id != account_id:
+            record = await self._record(call_id, account_id, keep=False)
         result = await self._close(record, duration, cause, expired_by=None)
+        if cached is not None and (result is None or result.repeated):
+            # The cached record may be of an earlier call with the same id that another
+            # process or the janitor closed; the call reference names the current one.
+            current = await self._record(call_id, account_id, keep=False)
+            if current != cached:
+                record = current
+                result = await self._close(record, duration, cause, expired_by=None)
         if result is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         return self._charge(record, result)
