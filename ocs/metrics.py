@@ -71,6 +71,10 @@ LEDGER_WRITTEN = Counter(
     "ocs_ledger_entries_written_total",
     "Ledger stream entries committed to PostgreSQL by this process.",
 )
+LEDGER_DEAD_LETTERS = Counter(
+    "ocs_ledger_dead_letters_total",
+    "Ledger entries PostgreSQL refused, set aside in a dead-letter stream (alert on any).",
+)
 CATALOG_VERSION = Gauge(
     "ocs_catalog_reloads",
     "Number of catalog snapshots this process has loaded.",

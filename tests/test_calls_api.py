@@ -234,3 +234,29 @@ async def test_a_refused_call_with_a_live_call_id_does_not_hijack_its_stop(
     other_process = CallService(app.services.catalog, app.services.store, app.services.settings)
     charge = await other_process.stop("shared-id", 45)
     assert (charge.account_id, charge.charged, charge.repeated) == ("owner", 198_000, False)
+
+
+async def test_a_caller_id_with_control_characters_is_cleaned_not_stored_raw(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "nul", "plan": "retail", "balance": "1.00"})
+    status, _ = await app.post(
+        "/v1/calls",
+        {
+            "account": "nul",
+            "destination": "447700900123",
+            "caller": "4930\x00123",
+            "call_id": "nul-1",
+        },
+    )
+    assert status == 201
+    await app.post("/v1/calls/nul-1/stop", {"duration": 45})
+
+    async def stored() -> bool:
+        async with app.services.pool.acquire() as conn:
+            return await conn.fetchval("SELECT caller FROM cdrs WHERE call_id = 'nul-1'") == (
+                "4930123"
+            )
+
+    await eventually(stored, what="the CDR with a cleaned caller id")

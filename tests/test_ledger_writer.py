@@ -89,3 +89,32 @@ async def test_a_redelivered_entry_is_not_written_twice(services: Services) -> N
     await writer.read_new()
     await writer._write(entries)  # replay exactly what a redelivery carries
     assert await _ledger_count(services) == 3
+
+
+async def test_an_entry_postgresql_refuses_is_set_aside_and_the_rest_written(
+    services: Services,
+) -> None:
+    await _make_entries(services, accounts=3, topups=2)  # 9 entries
+    bucket = keys.bucket_of("w0")
+    # An entry no script would write (a NUL in a text column), as a bug or a
+    # corrupted record might: PostgreSQL refuses it.
+    await services.redis.xadd(
+        keys.ledger(bucket),
+        {
+            "kind": "topup",
+            "account": "w0",
+            "amount": "1",
+            "balance": "1",
+            "reference": "bad\x00ref",
+            "ts": "1700000000000",
+        },
+    )
+    writer = LedgerWriter(services.redis, services.pool)
+    await writer.ensure_groups()
+    while await writer.read_new():
+        pass
+    assert await _ledger_count(services) == 9
+    assert await _stream_backlog(services.redis) == 0
+    dead = await services.redis.xrange(keys.dead_letters(bucket))
+    assert len(dead) == 1 and dead[0][1][b"reference"] == b"bad\x00ref"
+    assert b"error" in dead[0][1]

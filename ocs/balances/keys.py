@@ -55,6 +55,11 @@ def ledger(bucket: int) -> str:
     return f"ledger:{_tag(bucket)}"
 
 
+def dead_letters(bucket: int) -> str:
+    """Stream: ledger entries PostgreSQL refused, kept whole with the error, for an operator."""
+    return f"ledger-dead:{_tag(bucket)}"
+
+
 def all_ledgers() -> list[str]:
     return [ledger(bucket) for bucket in range(BUCKETS)]
 

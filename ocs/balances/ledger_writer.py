@@ -26,6 +26,7 @@ import msgpack
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ocs import metrics
 from ocs.balances import keys
 
 log = logging.getLogger("ocs.ledger")
@@ -158,20 +159,30 @@ class LedgerWriter:
     async def _write(self, entries: Sequence[_Entry]) -> int:
         if not entries:
             return 0
-        ledger_rows = []
-        cdr_rows = []
+        rows: list[tuple[str, bytes | str, dict[bytes, bytes], tuple, tuple | None]] = []
+        poison: list[tuple[str, bytes | str, dict[bytes, bytes], str]] = []
         for stream, entry_id, fields in entries:
             if fields is None:
                 continue  # deleted while pending: it was written and acknowledged before
-            ledger_row, cdr_row = rows_for(stream, _s(entry_id), fields)
-            ledger_rows.append(ledger_row)
-            if cdr_row is not None:
-                cdr_rows.append(cdr_row)
-        async with self._pool.acquire() as conn, conn.transaction():
-            if ledger_rows:
-                await conn.executemany(_LEDGER_SQL, ledger_rows)
-            if cdr_rows:
-                await conn.executemany(_CDR_SQL, cdr_rows)
+            try:
+                ledger_row, cdr_row = rows_for(stream, _s(entry_id), fields)
+            except (KeyError, ValueError, TypeError) as exc:
+                poison.append((stream, entry_id, fields, f"unreadable entry: {exc!r}"))
+                continue
+            rows.append((stream, entry_id, fields, ledger_row, cdr_row))
+        try:
+            await self._insert([(r[3], r[4]) for r in rows])
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
+            # One row PostgreSQL cannot store must not hold back the batch: insert row
+            # by row and set the refused ones aside in the dead-letter stream.
+            for stream, entry_id, fields, ledger_row, cdr_row in rows:
+                try:
+                    await self._insert([(ledger_row, cdr_row)])
+                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                    poison.append((stream, entry_id, fields, str(exc)))
+        if poison:
+            await self._set_aside(poison)
+        written = len(rows) - len(poison)
         # Acknowledge only after the commit: a crash before this line re-delivers
         # the entries, and the inserts above ignore what is already there.
         by_stream: dict[str, list[Any]] = {}
@@ -182,8 +193,33 @@ class LedgerWriter:
             pipe.xack(stream, keys.LEDGER_GROUP, *ids)
             pipe.xdel(stream, *ids)
         await pipe.execute()
-        self.written += len(ledger_rows)
-        return len(ledger_rows)
+        self.written += written
+        return written
+
+    async def _insert(self, rows: Sequence[tuple[tuple, tuple | None]]) -> None:
+        ledger_rows = [ledger for ledger, _ in rows]
+        cdr_rows = [cdr for _, cdr in rows if cdr is not None]
+        async with self._pool.acquire() as conn, conn.transaction():
+            if ledger_rows:
+                await conn.executemany(_LEDGER_SQL, ledger_rows)
+            if cdr_rows:
+                await conn.executemany(_CDR_SQL, cdr_rows)
+
+    async def _set_aside(self, poison: Sequence[tuple[str, bytes | str, dict, str]]) -> None:
+        """Keep entries PostgreSQL refused, whole, in the bucket's dead-letter stream."""
+        pipe = self._redis.pipeline(transaction=False)
+        for stream, entry_id, fields, reason in poison:
+            bucket = keys.bucket_of_ledger_key(stream)
+            pipe.xadd(
+                keys.dead_letters(bucket),
+                {**fields, b"original_id": entry_id, b"error": reason[:500]},
+            )
+            metrics.LEDGER_DEAD_LETTERS.inc()
+            log.error(
+                "ledger entry set aside: PostgreSQL refused it",
+                extra={"stream": stream, "entry": _s(entry_id), "error": reason[:200]},
+            )
+        await pipe.execute()
 
     async def run(self, stopping: asyncio.Event, claim_every: float = 5.0) -> None:
         """Write until ``stopping`` is set; errors are logged and retried, never fatal."""

@@ -196,6 +196,19 @@ class BalanceAnswer:
     credit_limit: int
 
 
+def clean_caller(caller: str | None) -> str | None:
+    """The caller id as the CDR keeps it: printable, at most 64 characters.
+
+    Switches send what they got from the network; a control character (a NUL
+    cannot be stored in PostgreSQL text) must neither refuse the call nor
+    reach the ledger.
+    """
+    if caller is None:
+        return None
+    kept = "".join(c for c in caller if c.isprintable()).strip()[:64]
+    return kept or None
+
+
 def validate_call_id(call_id: object, field: str = "call_id") -> str:
     if not isinstance(call_id, str) or not 1 <= len(call_id) <= MAX_CALL_ID:
         raise invalid(field, f"expected a string of 1 to {MAX_CALL_ID} characters")
@@ -270,6 +283,7 @@ class CallService:
         """
         digits = normalize_number(destination, "destination")
         call_id = uuid.uuid4().hex if call_id is None else validate_call_id(call_id)
+        caller = clean_caller(caller)
         if not check_password:
             digest = ""
         elif password is None:

@@ -123,6 +123,8 @@ async def add_nas_client(request: web.Request) -> web.Response:
     address = string_field(body, "address", max_len=64)
     secret = string_field(body, "secret", max_len=128)
     assert name is not None and address is not None and secret is not None
+    if not name.isprintable():
+        raise invalid("name", "expected printable characters")
     try:
         network = str(ipaddress.ip_network(address, strict=False))
     except ValueError:
