@@ -45,7 +45,9 @@ class Settings:
     database_pool_size: int = 10
     run_ledger_writer: bool = True
     # An Access-Accept's reservation is released if no Accounting-Start binds it in time.
-    start_timeout: int = 60
+    # Long enough for a call to ring out: a stop that still comes later is charged
+    # ("late-stop"), but its funds were free for other calls meanwhile.
+    start_timeout: int = 300
     # Interim-Updates debit what a call has used so far (else they only record it).
     debit_on_interim: bool = False
     # How the janitor charges a started call the switch never stopped.

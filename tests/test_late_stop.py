@@ -1,0 +1,30 @@
+"""A call the janitor released as never started is still charged when its Stop comes."""
+
+from ocs.charging.janitor import Janitor
+from tests.conftest import RunningApp, add_plan
+
+
+async def test_a_stop_after_the_start_timeout_is_charged_once(app: RunningApp) -> None:
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "ringer", "plan": "retail", "balance": "1.00"})
+    calls = app.services.calls
+    grant = await calls.authorize(
+        "ringer", "447700900123", call_id="long-ring", wait_for_start=True
+    )
+    assert grant.max_duration == 846
+    # It rang past start_timeout: the janitor releases the reservation free of charge.
+    later = 2_000_000_000  # an epoch second far past the accept
+    assert await Janitor(calls, app.services.store).sweep(now=later) == 1
+    _, account = await app.get("/v1/accounts/ringer")
+    assert (account["balance"], account["reserved"], account["lines_in_use"]) == (
+        "1.000000",
+        "0.000000",
+        0,
+    )
+    # The switch reports the answered call after all: charged now, once.
+    charge = await calls.stop("long-ring", 45)
+    assert (charge.charged, charge.cause, charge.repeated) == (198_000, "late-stop", False)
+    again = await calls.stop("long-ring", 45)
+    assert (again.charged, again.repeated) == (198_000, True)
+    _, account = await app.get("/v1/accounts/ringer")
+    assert account["balance"] == "0.802000"
