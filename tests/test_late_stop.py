@@ -28,3 +28,23 @@ async def test_a_stop_after_the_start_timeout_is_charged_once(app: RunningApp) -
     assert (again.charged, again.repeated) == (198_000, True)
     _, account = await app.get("/v1/accounts/ringer")
     assert account["balance"] == "0.802000"
+
+
+async def test_a_nas_restart_closes_only_calls_from_before_it(app: RunningApp) -> None:
+    import time
+
+    await add_plan(app.services, max_lines=5)
+    await app.post(
+        "/v1/accounts", {"id": "gw", "plan": "retail", "balance": "5.00", "max_lines": 5}
+    )
+    calls = app.services.calls
+    await calls.authorize("gw", "447700900123", call_id="before", nas="sbc-1")
+    rebooted_ms = int(time.time() * 1000) + 1
+    while int(time.time() * 1000) <= rebooted_ms:
+        pass  # authorizations after this instant belong to the NAS's new life
+    await calls.authorize("gw", "447700900123", call_id="after", nas="sbc-1")
+    await calls.authorize("gw", "447700900123", call_id="elsewhere", nas="sbc-2")
+    closed = await calls.close_calls_of_nas("sbc-1", cause="nas-reboot", before_ms=rebooted_ms)
+    assert closed == 1
+    live = await app.services.store.live_calls_of("gw")
+    assert sorted(live) == ["after", "elsewhere"]

@@ -190,9 +190,7 @@ class AccountService:
     async def topup(self, account_id: str, amount: int, topup_id: str | None = None) -> TopupResult:
         if amount <= 0:
             raise invalid("amount", "a top-up must be greater than zero")
-        if topup_id is not None and (
-            not 1 <= len(topup_id) <= 128 or not topup_id.isprintable()
-        ):
+        if topup_id is not None and (not 1 <= len(topup_id) <= 128 or not topup_id.isprintable()):
             raise invalid("topup_id", "expected 1 to 128 printable characters")
         result = await self._store.topup(
             account_id, amount, topup_id or uuid.uuid4().hex, TOPUP_DEDUPE_TTL

@@ -76,7 +76,9 @@ async def reconcile(redis: Redis, pool: asyncpg.Pool) -> Reconciliation:
             entry_key = f"{bucket}-{_text(flat[i])}"
             pending[entry_key] = (_text(flat[i + 1]), int(flat[i + 2]))
 
-    async with pool.acquire() as conn:
+    # One snapshot of PostgreSQL for both reads: a row the writer commits between
+    # them would otherwise be counted in neither.
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         totals = {
             r["account_id"]: int(r["total"])
             for r in await conn.fetch(

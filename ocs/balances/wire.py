@@ -59,7 +59,8 @@ class _Protocol(asyncio.Protocol):
 class RedisWire:
     """Sends batches of commands and returns each reply (or the error Redis answered)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self._timeout = timeout
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self._scheme = parts.scheme
@@ -84,24 +85,32 @@ class RedisWire:
                 return self._protocol
             loop = asyncio.get_running_loop()
             try:
-                if self._path is not None:
-                    _, protocol = await loop.create_unix_connection(_Protocol, self._path)
-                else:
-                    context = ssl.create_default_context() if self._scheme == "rediss" else None
-                    _, protocol = await loop.create_connection(
-                        _Protocol, self._host, self._port, ssl=context
-                    )
-            except OSError as exc:
-                raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+                async with asyncio.timeout(self._timeout):
+                    if self._path is not None:
+                        _, protocol = await loop.create_unix_connection(_Protocol, self._path)
+                    else:
+                        context = ssl.create_default_context() if self._scheme == "rediss" else None
+                        _, protocol = await loop.create_connection(
+                            _Protocol, self._host, self._port, ssl=context
+                        )
+            except (OSError, TimeoutError) as exc:
+                raise RedisConnectionError(f"cannot connect to Redis: {exc!r}") from exc
             setup: list[tuple[Any, ...]] = []
             if self._password is not None:
                 setup.append(("AUTH", self._username or "default", self._password))
             if self._db:
                 setup.append(("SELECT", self._db))
             if setup:
-                for reply in await self._send(protocol, setup):
-                    if isinstance(reply, Exception):
-                        raise reply
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        replies = await self._send(protocol, setup)
+                    for reply in replies:
+                        if isinstance(reply, Exception):
+                            raise reply
+                except BaseException:
+                    assert protocol.transport is not None
+                    protocol.transport.close()
+                    raise
             self._protocol = protocol
             return protocol
 
@@ -120,9 +129,22 @@ class RedisWire:
         return asyncio.gather(*futures, return_exceptions=True)
 
     async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Replies in order; a command Redis refused has its ``ResponseError`` in its place."""
+        """Replies in order; a command Redis refused has its ``ResponseError`` in its place.
+
+        A batch unanswered within the timeout closes the connection: every command
+        in flight then fails with ``ConnectionError`` (its caller answers
+        "unavailable") and the next batch reconnects, so a stalled Redis never
+        holds requests forever.
+        """
         protocol = await self._connection()
-        return await self._send(protocol, commands)
+        replies = self._send(protocol, commands)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await asyncio.shield(replies)
+        except TimeoutError:
+            if protocol.transport is not None:
+                protocol.transport.close()
+            raise RedisConnectionError(f"Redis did not answer within {self._timeout} s") from None
 
     async def close(self) -> None:
         protocol = self._protocol

@@ -31,9 +31,17 @@ class Janitor:
         now = int(time.time()) if now is None else now
         closed = 0
         for account_id, call_id in await self._store.expired_calls(now):
-            charge = await self._calls.close_live_call(
-                account_id, call_id, "expired", expired_by=now
-            )
+            try:
+                charge = await self._calls.close_live_call(
+                    account_id, call_id, "expired", expired_by=now
+                )
+            except Exception:
+                # One call that cannot be closed must not hold back the others.
+                log.exception(
+                    "could not close a stale call",
+                    extra={"account": account_id, "call_id": call_id},
+                )
+                continue
             if charge is not None:
                 closed += 1
                 metrics.STALE_CALLS_CLOSED.labels(charge.cause).inc()

@@ -538,11 +538,16 @@ class CallService:
             repeated=result.repeated,
         )
 
-    async def close_calls_of_nas(self, nas: str, cause: str) -> int:
-        """Close every live call a NAS carried (Accounting-On/Off: it restarted)."""
+    async def close_calls_of_nas(self, nas: str, cause: str, before_ms: int) -> int:
+        """Close the live calls a NAS carried when it restarted (Accounting-On/Off).
+
+        Only calls authorized before ``before_ms`` (the NAS's event time): those
+        authorized since belong to the NAS's new life.
+        """
         closed = 0
         for account_id, call_id, entry in await self._store.all_live_calls():
-            if CallRecord.unpack(entry.record).nas != nas:
+            record = CallRecord.unpack(entry.record)
+            if record.nas != nas or record.authorized_at_ms >= before_ms:
                 continue
             if await self.close_live_call(account_id, call_id, cause, expired_by=None):
                 closed += 1

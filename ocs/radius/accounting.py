@@ -6,6 +6,7 @@ already closed by the janitor) is acknowledged and counted, so the NAS stops
 retransmitting it; a backend failure sends no response, so the NAS retries.
 """
 
+import time
 from dataclasses import dataclass
 
 from pyrad.packet import AcctPacket
@@ -45,6 +46,32 @@ def _status_type(packet: AcctPacket) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+def _event_time_ms(packet: AcctPacket) -> int:
+    """When the NAS says the event happened: Event-Timestamp, else now less Acct-Delay-Time.
+
+    A retransmitted Accounting-On carries the same time, so it never closes calls
+    authorized after the NAS came back.
+    """
+    try:
+        stamp = packet.get(55)  # Event-Timestamp
+        if stamp:
+            value = stamp[0]
+            seconds = (
+                int.from_bytes(value, "big")
+                if isinstance(value, bytes)
+                else int(value.timestamp() if hasattr(value, "timestamp") else value)
+            )
+            return seconds * 1000
+    except (KeyError, ValueError, TypeError, OverflowError):
+        pass
+    delay = first(packet, "Acct-Delay-Time")
+    try:
+        delay_s = max(int(delay), 0) if delay is not None else 0
+    except ValueError:
+        delay_s = 0
+    return int((time.time() - delay_s) * 1000)
+
+
 def _session_time(packet: AcctPacket) -> int:
     value = first(packet, "Acct-Session-Time")
     try:
@@ -60,7 +87,9 @@ async def handle_accounting(
     status = _status_type(packet)
     kind = STATUS_TYPES.get(status or 0, "other")
     if kind in ("accounting-on", "accounting-off"):
-        await calls.close_calls_of_nas(client.name, cause="nas-reboot")
+        await calls.close_calls_of_nas(
+            client.name, cause="nas-reboot", before_ms=_event_time_ms(packet)
+        )
         return AccountingOutcome(kind, "ok")
     if kind == "other":
         return AccountingOutcome(kind, "ignored")
