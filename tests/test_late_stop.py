@@ -33,7 +33,7 @@ async def test_a_stop_after_the_start_timeout_is_charged_once(app: RunningApp) -
 async def test_a_nas_restart_closes_only_calls_from_before_it(app: RunningApp) -> None:
     import time
 
-    await add_plan(app.services, max_lines=5)
+    await add_plan(app.services, max_lines=5, max_call_duration=600)
     await app.post(
         "/v1/accounts", {"id": "gw", "plan": "retail", "balance": "5.00", "max_lines": 5}
     )
