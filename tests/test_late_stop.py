@@ -48,3 +48,42 @@ async def test_a_nas_restart_closes_only_calls_from_before_it(app: RunningApp) -
     assert closed == 1
     live = await app.services.store.live_calls_of("gw")
     assert sorted(live) == ["after", "elsewhere"]
+
+
+async def test_a_stop_after_the_janitor_closed_a_started_call_charges_the_rest(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "slow", "plan": "retail", "balance": "2.00"})
+    calls = app.services.calls
+    await calls.authorize("slow", "447700900123", call_id="slow-1")
+    await calls.update("slow-1", 30)  # an interim: 30 s used so far
+    closed = await Janitor(calls, app.services.store).sweep(now=2_000_000_000)
+    assert closed == 1  # charged its last reported usage: 30 s = 0.18
+    _, account = await app.get("/v1/accounts/slow")
+    assert account["balance"] == "1.820000"
+    charge = await calls.stop("slow-1", 45)  # the real stop: 48 s billed = 0.198
+    assert (charge.charged, charge.cause) == (198_000, "late-stop")
+    _, account = await app.get("/v1/accounts/slow")
+    assert account["balance"] == "1.802000"
+    repeated = await calls.stop("slow-1", 45)
+    assert repeated.repeated and repeated.charged == 198_000
+
+
+async def test_a_stop_without_a_duration_charges_the_time_since_start(
+    app: RunningApp,
+) -> None:
+    import time
+
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "mute", "plan": "retail", "balance": "2.00"})
+    calls = app.services.calls
+    await calls.authorize("mute", "447700900123", call_id="mute-1", wait_for_start=True)
+    # The Accounting-Start said the call was answered 100 s ago.
+    now = int(time.time())
+    await app.services.store.start(
+        account_id="mute", call_id="mute-1", started_at=now - 100, expires_at=now + 3600
+    )
+    charge = await calls.stop("mute-1", None)
+    assert 100 <= charge.duration <= 102
+    assert charge.charged == 150_000 + charge.billed_seconds * 1_000

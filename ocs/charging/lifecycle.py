@@ -470,18 +470,27 @@ class CallService:
     async def stop(
         self,
         call_id: str,
-        duration: int,
+        duration: int | None,
         account_id: str | None = None,
         *,
         cause: str = "normal",
     ) -> CallCharge:
-        """Charge a call's real duration at its authorized rate, once."""
+        """Charge a call's real duration at its authorized rate, once.
+
+        ``duration`` None (a switch that did not report it): the time since the
+        call's start, as ocs recorded it; 0 for a call never started.
+        """
         validate_call_id(call_id)
-        validate_duration(duration)
+        if duration is not None:
+            validate_duration(duration)
         cached = self._live.pop(call_id, None)
         record = cached or await self._record(call_id, account_id, keep=False)
         if account_id is not None and record.account_id != account_id:
             record = await self._record(call_id, account_id, keep=False)
+        if duration is None:
+            entry = await self._store.live_entry(record.account_id, call_id)
+            started = entry.started if entry is not None else 0
+            duration = min(max(int(time.time()) - started, 0), MAX_DURATION) if started else 0
         result = await self._close(record, duration, cause, expired_by=None)
         if cached is not None and (result is None or result.repeated):
             # The cached record may be of an earlier call with the same id that another

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pyrad.packet import AcctPacket
 
-from ocs.charging.lifecycle import CallService
+from ocs.charging.lifecycle import MAX_DURATION, CallService
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.radius.access import call_id_of
@@ -72,12 +72,13 @@ def _event_time_ms(packet: AcctPacket) -> int:
     return int((time.time() - delay_s) * 1000)
 
 
-def _session_time(packet: AcctPacket) -> int:
+def _session_time(packet: AcctPacket) -> int | None:
+    """Acct-Session-Time, or None when the NAS did not send a usable one."""
     value = first(packet, "Acct-Session-Time")
     try:
-        return max(int(value), 0) if value is not None else 0
+        return min(max(int(value), 0), MAX_DURATION) if value is not None else None
     except ValueError:
-        return 0
+        return None
 
 
 async def handle_accounting(
@@ -100,7 +101,9 @@ async def handle_accounting(
         if kind == "start":
             await calls.start(call_id)
         elif kind == "interim":
-            await calls.update(call_id, _session_time(packet))
+            used = _session_time(packet)
+            if used is not None:
+                await calls.update(call_id, used)
         else:
             charge = await calls.stop(call_id, _session_time(packet))
             return AccountingOutcome(kind, "repeated" if charge.repeated else "ok")

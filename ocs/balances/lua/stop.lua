@@ -19,8 +19,8 @@
 --          the call is closed only if its expiry is not later than that (a Start or
 --          an Interim-Update that extended it meanwhile wins)
 --
--- A stop reported for a call the janitor released as never started ("start-timeout")
--- is charged then, once, with cause "late-stop".
+-- A stop reported for a call ocs closed by policy ("start-timeout", "expired",
+-- "nas-reboot") is charged what it adds to that close, once, with cause "late-stop".
 -- Returns {"OK", result} on the first stop, {"DONE", result} on a repeated one,
 -- where result is msgpack {charged, rated, balance, duration, entry, cause};
 -- {"NOCALL"} when no such call is live; {"LIVE"} when the janitor's guard failed.
@@ -34,22 +34,25 @@ local function int(x) return string.format('%d', x) end
 local done = redis.call('GET', KEYS[4])
 if done then
   local first = cmsgpack.unpack(done)
-  if first.cause ~= 'start-timeout' or ARGV[10] ~= '' or tonumber(ARGV[2]) == 0 then
+  local closed_by_us = first.cause == 'start-timeout' or first.cause == 'expired'
+    or first.cause == 'nas-reboot'
+  local rated = tonumber(ARGV[2])
+  if not closed_by_us or ARGV[10] ~= '' or rated <= first.charged then
     return {'DONE', done}
   end
-  -- The janitor released this call as never started, yet its switch reports it
-  -- (it rang longer than start_timeout): charge the stop now, once, as far as
-  -- the account can pay. Its reservation is gone, so the headroom is what is free.
+  -- ocs closed this call by policy (never started, expired, NAS restart), yet its
+  -- switch reports it after all: charge what the report adds, now, once, as far
+  -- as the account can pay. Its reservation is gone: the headroom is what is free.
   local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
   local headroom = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3])
-  local rated = tonumber(ARGV[2])
-  local charge = math.min(rated, math.max(headroom, 0))
+  local charge = math.min(rated - first.charged, math.max(headroom, 0))
   local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charge))
   local entry = redis.call('XADD', KEYS[5], '*',
     'kind', 'call', 'account', ARGV[8], 'amount', int(-charge), 'balance', int(balance),
     'reference', ARGV[1], 'ts', ARGV[6], 'rated', int(rated), 'charged', int(charge),
     'duration', ARGV[7], 'cause', 'late-stop', 'cdr', ARGV[5])
-  local result = cmsgpack.pack({charged = charge, rated = rated, balance = balance,
+  local result = cmsgpack.pack({charged = first.charged + charge, rated = rated,
+    balance = balance,
     duration = tonumber(ARGV[7]), entry = entry, cause = 'late-stop'})
   redis.call('SET', KEYS[4], result, 'EX', ARGV[4])
   return {'OK', result}
