@@ -260,3 +260,14 @@ async def test_a_caller_id_with_control_characters_is_cleaned_not_stored_raw(
             )
 
     await eventually(stored, what="the CDR with a cleaned caller id")
+
+
+async def test_a_balance_never_grows_past_exact_lua_arithmetic(app: RunningApp) -> None:
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "rich", "plan": "retail", "balance": "999999999.000000"})
+    status, body = await app.post("/v1/accounts/rich/topups", {"amount": "1.000000"})
+    assert status == 201 and body["balance"] == "1000000000.000000"
+    status, body = await app.post("/v1/accounts/rich/topups", {"amount": "0.000001"})
+    assert (status, body["error"]["field"]) == (400, "amount")
+    _, shown = await app.get("/v1/accounts/rich")
+    assert shown["balance"] == "1000000000.000000"

@@ -12,6 +12,7 @@ import msgpack
 
 from ocs.balances import keys, scripts
 from ocs.balances.autopipeline import AutoPipeline
+from ocs.errors import invalid
 
 
 def _text(value: Any) -> str:
@@ -421,6 +422,8 @@ class BalanceStore:
         status = _text(reply[0])
         if status == "NOACCT":
             return None
+        if status == "LIMIT":
+            raise invalid("amount", "the balance would exceed 1000000000.000000")
         result = msgpack.unpackb(reply[1])
         return TopupResult(
             amount=int(result["amount"]),

@@ -11,7 +11,8 @@
 -- ARGV[6] ledger kind ("topup")
 --
 -- Returns {"OK", result} or {"DONE", result} (a repeat: nothing credited),
--- result = msgpack {amount, balance, entry}; {"NOACCT"} for an unknown account.
+-- result = msgpack {amount, balance, entry}; {"NOACCT"} for an unknown account;
+-- {"LIMIT"} when the balance would pass 10^15 micro-units.
 
 -- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
 local function int(x) return string.format('%d', x) end
@@ -22,6 +23,11 @@ end
 local done = redis.call('GET', KEYS[3])
 if done then
   return {'DONE', done}
+end
+-- Lua numbers are doubles: keep every balance far below 2^53 so the scripts'
+-- arithmetic stays exact (10^15 micro-units = one thousand million units).
+if tonumber(redis.call('HGET', KEYS[1], 'balance')) + tonumber(ARGV[1]) > 1e15 then
+  return {'LIMIT'}
 end
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])
 local entry = redis.call('XADD', KEYS[2], '*',
