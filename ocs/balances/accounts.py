@@ -9,35 +9,17 @@ Redis balance.
 import hashlib
 import hmac
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from ocs.balances.store import BalanceStore, TopupResult
+from ocs.balances.store import AccountState, BalanceStore, TopupResult
 from ocs.errors import OcsError, Reason, invalid
 
 STATUSES = ("active", "locked", "suspended")
 MAX_LINES = 10_000
 # Top-up results are kept this long to answer a repeated top-up with the same id.
 TOPUP_DEDUPE_TTL = 30 * 24 * 3600
-
-
-@dataclass(frozen=True, slots=True)
-class AccountView:
-    id: str
-    plan_id: str
-    currency: str
-    status: str
-    balance: int
-    credit_limit: int
-    reserved: int
-    max_lines: int
-    lines_in_use: int
-
-    @property
-    def available(self) -> int:
-        return self.balance + self.credit_limit - self.reserved
 
 
 def password_digest(account_id: str, password: str) -> str:
@@ -77,7 +59,7 @@ class AccountService:
         status: str = "active",
         password: str | None = None,
         expires_at: datetime | None = None,
-    ) -> AccountView:
+    ) -> AccountState:
         validate_account_id(account_id)
         if password is not None and not 1 <= len(password) <= 128:
             raise invalid("password", "expected 1 to 128 characters")
@@ -167,7 +149,7 @@ class AccountService:
                 )
             await self._store.set_caller(digits, account_id)
 
-    async def show(self, account_id: str) -> AccountView:
+    async def show(self, account_id: str) -> AccountState:
         state = await self._store.get_account(account_id)
         if state is None:
             raise OcsError(
@@ -175,17 +157,7 @@ class AccountService:
                 f"account {account_id!r} does not exist",
                 field="account_id",
             )
-        return AccountView(
-            id=account_id,
-            plan_id=state.plan_id,
-            currency=state.currency,
-            status=state.status,
-            balance=state.balance,
-            credit_limit=state.credit_limit,
-            reserved=state.reserved,
-            max_lines=state.max_lines,
-            lines_in_use=state.lines_in_use,
-        )
+        return state
 
     async def topup(self, account_id: str, amount: int, topup_id: str | None = None) -> TopupResult:
         if amount <= 0:

@@ -137,19 +137,20 @@ def build_deck(data: bytes, tariffs: PlanTariffs) -> PrefixTable[Tariff]:
     return PrefixTable.from_index(PrefixIndex.from_buffer(buf, at, length, slot), tariffs.tariffs)
 
 
+def plan_from_row(row: asyncpg.Record) -> Plan:
+    return Plan(
+        id=row["id"],
+        name=row["name"],
+        currency=row["currency"],
+        credit_limit=row["credit_limit"],
+        min_balance=row["min_balance"],
+        max_lines=row["max_lines"],
+        max_call_duration=row["max_call_duration"],
+    )
+
+
 def _plans(rows: Iterable[asyncpg.Record]) -> dict[str, Plan]:
-    return {
-        r["id"]: Plan(
-            id=r["id"],
-            name=r["name"],
-            currency=r["currency"],
-            credit_limit=r["credit_limit"],
-            min_balance=r["min_balance"],
-            max_lines=r["max_lines"],
-            max_call_duration=r["max_call_duration"],
-        )
-        for r in rows
-    }
+    return {r["id"]: plan_from_row(r) for r in rows}
 
 
 def _tariffs(rows: Iterable[asyncpg.Record]) -> dict[str, PlanTariffs]:

@@ -13,7 +13,13 @@ import asyncpg
 import numba
 import numpy as np
 
-from ocs.charging.catalog import CATALOG_CHANNEL, Plan, _copy_columns, copy_prefixes
+from ocs.charging.catalog import (
+    CATALOG_CHANNEL,
+    Plan,
+    _copy_columns,
+    copy_prefixes,
+    plan_from_row,
+)
 from ocs.charging.deck import Deck, DeckRow
 from ocs.charging.matcher import KEY_DIGITS, _prefix_keys
 from ocs.errors import OcsError, Reason, invalid
@@ -69,18 +75,7 @@ async def create_plan(pool: asyncpg.Pool, plan: Plan) -> Plan:
 async def list_plans(pool: asyncpg.Pool) -> list[Plan]:
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT * FROM plans ORDER BY id")
-    return [
-        Plan(
-            id=r["id"],
-            name=r["name"],
-            currency=r["currency"],
-            credit_limit=r["credit_limit"],
-            min_balance=r["min_balance"],
-            max_lines=r["max_lines"],
-            max_call_duration=r["max_call_duration"],
-        )
-        for r in rows
-    ]
+    return [plan_from_row(r) for r in rows]
 
 
 async def import_deck(

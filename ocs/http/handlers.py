@@ -12,7 +12,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ocs import __version__, metrics
-from ocs.balances.accounts import AccountView, validate_account_id
+from ocs.balances.accounts import validate_account_id
+from ocs.balances.store import AccountState
 from ocs.charging import catalog_store
 from ocs.charging.catalog import Plan
 from ocs.charging.deck import parse_deck
@@ -37,9 +38,9 @@ def _services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
-def account_json(view: AccountView) -> dict[str, Any]:
+def account_json(view: AccountState) -> dict[str, Any]:
     return {
-        "id": view.id,
+        "id": view.account_id,
         "plan": view.plan_id,
         "currency": view.currency,
         "status": view.status,
