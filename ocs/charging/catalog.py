@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -29,7 +30,7 @@ import numpy as np
 
 from ocs.charging.matcher import PrefixIndex
 from ocs.charging.prefixes import PrefixTable
-from ocs.charging.rating import Rate
+from ocs.charging.rating import Rate, Tier
 
 log = logging.getLogger("ocs.catalog")
 
@@ -153,6 +154,35 @@ def _plans(rows: Iterable[asyncpg.Record]) -> dict[str, Plan]:
     return {r["id"]: plan_from_row(r) for r in rows}
 
 
+def tiers_from_json(text: str | None) -> tuple[Tier, ...]:
+    """The ``tariffs.tiers`` column: a JSON list of tier objects."""
+    if not text:
+        return ()
+    return tuple(
+        Tier(
+            start=int(t["start"]),
+            price_per_minute=int(t["price_per_minute"]),
+            increment=int(t.get("increment", 1)),
+            flat=int(t.get("flat", 0)),
+        )
+        for t in json.loads(text)
+    )
+
+
+def tiers_to_json(tiers: Iterable[Tier]) -> str:
+    return json.dumps(
+        [
+            {
+                "start": t.start,
+                "price_per_minute": t.price_per_minute,
+                "increment": t.increment,
+                "flat": t.flat,
+            }
+            for t in tiers
+        ]
+    )
+
+
 def _tariffs(rows: Iterable[asyncpg.Record]) -> dict[str, PlanTariffs]:
     grouped: dict[str, tuple[list[int], list[Tariff]]] = {}
     for r in rows:  # ordered by plan, then zone id
@@ -166,6 +196,9 @@ def _tariffs(rows: Iterable[asyncpg.Record]) -> dict[str, PlanTariffs]:
                     first_block=r["first_block"],
                     increment=r["increment"],
                     price_per_minute=r["price_per_minute"],
+                    tiers=tiers_from_json(r["tiers"]),
+                    max_cost=r["max_cost"],
+                    cut_at_max_cost=r["cut_at_max_cost"],
                 ),
             )
         )
@@ -188,7 +221,7 @@ async def load_snapshot(
         tariffs = _tariffs(
             await conn.fetch(
                 "SELECT t.plan_id, t.zone_id, z.name AS zone, t.connect_fee, t.first_block,"
-                " t.increment, t.price_per_minute"
+                " t.increment, t.price_per_minute, t.tiers, t.max_cost, t.cut_at_max_cost"
                 " FROM tariffs t JOIN zones z ON z.id = t.zone_id WHERE t.direction = 'outbound'"
                 " ORDER BY t.plan_id, t.zone_id"
             )

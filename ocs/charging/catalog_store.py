@@ -19,9 +19,11 @@ from ocs.charging.catalog import (
     _copy_columns,
     copy_prefixes,
     plan_from_row,
+    tiers_to_json,
 )
 from ocs.charging.deck import Deck, DeckRow
 from ocs.charging.matcher import KEY_DIGITS, _prefix_keys
+from ocs.charging.rating import Rate, Tier
 from ocs.errors import OcsError, Reason, invalid
 
 CURRENCY_LEN = 3
@@ -78,6 +80,38 @@ async def list_plans(pool: asyncpg.Pool) -> list[Plan]:
     return [plan_from_row(r) for r in rows]
 
 
+async def set_tariff_shape(
+    pool: asyncpg.Pool,
+    plan_id: str,
+    zone: str,
+    tiers: tuple[Tier, ...],
+    max_cost: int,
+    cut_at_max_cost: bool,
+) -> None:
+    """Give a zone's tariff graduated tiers and a max cost (the base rate stays)."""
+    # The whole shape must make a valid rate before it is stored.
+    try:
+        Rate(0, 0, 1, 0, tiers=tiers, max_cost=max_cost, cut_at_max_cost=cut_at_max_cost)
+    except ValueError as exc:
+        raise invalid("tiers", str(exc)) from None
+    async with pool.acquire() as conn, conn.transaction():
+        updated = await conn.fetchval(
+            "UPDATE tariffs t SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5"
+            " FROM zones z WHERE z.id = t.zone_id AND t.plan_id = $1 AND z.name = $2"
+            " RETURNING t.plan_id",
+            plan_id,
+            zone,
+            tiers_to_json(tiers),
+            max_cost,
+            cut_at_max_cost,
+        )
+        if updated is None:
+            raise OcsError(
+                Reason.NOT_FOUND, f"plan {plan_id!r} has no tariff for zone {zone!r}", field="zone"
+            )
+        await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"deck:{plan_id}")
+
+
 async def import_deck(
     pool: asyncpg.Pool, plan_id: str, deck: Deck | Sequence[DeckRow]
 ) -> DeckImport:
@@ -104,6 +138,13 @@ async def import_deck(
             for r in await conn.fetch("SELECT id, name FROM zones WHERE name = ANY($1)", zone_names)
         }
         zone_ids = np.array([ids[name] for name in zone_names], np.int64)
+        # Shapes set through the API (tiers, max cost) outlive a deck re-import for
+        # the zones the new deck still rates: the CSV carries only the base rate.
+        shapes = await conn.fetch(
+            "SELECT zone_id, tiers, max_cost, cut_at_max_cost FROM tariffs"
+            " WHERE plan_id = $1 AND (tiers <> '[]' OR max_cost > 0)",
+            plan_id,
+        )
         await conn.execute("DELETE FROM tariffs WHERE plan_id = $1", plan_id)
         await conn.copy_records_to_table(
             "tariffs",
@@ -129,6 +170,15 @@ async def import_deck(
                 "price_per_minute",
             ],
         )
+        if shapes:
+            await conn.executemany(
+                "UPDATE tariffs SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5"
+                " WHERE plan_id = $1 AND zone_id = $2",
+                [
+                    (plan_id, r["zone_id"], r["tiers"], r["max_cost"], r["cut_at_max_cost"])
+                    for r in shapes
+                ],
+            )
         current = await copy_prefixes(conn, plan_id)
         writes = await asyncio.to_thread(_plan_rows, deck, zone_ids[deck.zone_of], current)
         if writes.replace_all:

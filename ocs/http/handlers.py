@@ -18,6 +18,7 @@ from ocs.charging import catalog_store
 from ocs.charging.catalog import Plan
 from ocs.charging.deck import parse_deck
 from ocs.charging.lifecycle import CallProgress, validate_call_id
+from ocs.charging.rating import Tier
 from ocs.errors import OcsError, invalid
 from ocs.http.json_io import (
     amount_field,
@@ -264,6 +265,52 @@ async def import_tariffs(request: web.Request) -> web.Response:
     result = await catalog_store.import_deck(_services(request).pool, plan_id, rows)
     return web.json_response(
         {"plan": result.plan_id, "prefixes": result.prefixes, "zones": result.zones}
+    )
+
+
+async def set_tariff_shape(request: web.Request) -> web.Response:
+    plan_id = catalog_store.validate_plan_id(request.match_info["plan_id"], "plan_id")
+    zone = request.match_info["zone"]
+    body = await read_object(request)
+    raw_tiers = body.get("tiers", [])
+    if not isinstance(raw_tiers, list) or len(raw_tiers) > 32:
+        raise invalid("tiers", "expected a list of at most 32 tiers")
+    tiers = []
+    for n, raw in enumerate(raw_tiers):
+        if not isinstance(raw, dict):
+            raise invalid(f"tiers[{n}]", "expected an object")
+        tiers.append(
+            Tier(
+                start=int_field(raw, "from_second", minimum=1, maximum=7 * 24 * 3600) or 1,
+                price_per_minute=amount_field(raw, "price_per_minute", required=False) or 0,
+                increment=int_field(raw, "increment", required=False, minimum=1, maximum=86_400)
+                or 1,
+                flat=amount_field(raw, "flat", required=False) or 0,
+            )
+        )
+    mode = string_field(body, "max_cost_mode", required=False, max_len=8) or "free"
+    if mode not in ("free", "cut"):
+        raise invalid("max_cost_mode", "expected free (the rest of the call is free) or cut")
+    max_cost = amount_field(body, "max_cost", required=False) or 0
+    await catalog_store.set_tariff_shape(
+        _services(request).pool, plan_id, zone, tuple(tiers), max_cost, mode == "cut"
+    )
+    return web.json_response(
+        {
+            "plan": plan_id,
+            "zone": zone,
+            "tiers": [
+                {
+                    "from_second": t.start,
+                    "price_per_minute": money(t.price_per_minute),
+                    "increment": t.increment,
+                    "flat": money(t.flat),
+                }
+                for t in tiers
+            ],
+            "max_cost": money(max_cost) if max_cost else None,
+            "max_cost_mode": mode,
+        }
     )
 
 

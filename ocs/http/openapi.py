@@ -170,6 +170,33 @@ PATHS: dict[str, dict[str, Any]] = {
             body={"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
         ),
     },
+    "/v1/plans/{plan_id}/tariffs/{zone}/shape": {
+        "put": _op(
+            "Give a zone's tariff graduated tiers and a max cost",
+            "the shape",
+            400,
+            404,
+            body=_body(
+                {
+                    "tiers": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "from_second": {"type": "integer", "minimum": 1},
+                                "price_per_minute": _AMOUNT,
+                                "increment": {"type": "integer"},
+                                "flat": _AMOUNT,
+                            },
+                        },
+                    },
+                    "max_cost": _AMOUNT,
+                    "max_cost_mode": {"enum": ["free", "cut"]},
+                },
+                [],
+            ),
+        ),
+    },
     "/v1/nas-clients": {
         "post": _op(
             "Add a RADIUS client",
