@@ -1,4 +1,4 @@
-"""RADIUS Access-Request -> Access-Accept throughput of one `ocs serve` process.
+"""RADIUS throughput of `ocs serve`: Access-Requests, and full calls (accept, start, stop).
 
 The load is FreeRADIUS's radclient (freeradius-utils) with -p parallel
 requests, as in DESIGN.md's measured facts for FreeRADIUS itself: N distinct
@@ -8,6 +8,10 @@ every call, so each request is a full authorization: tariff match, funds and
 line reserved in Redis, call registered.
 
     python benchmarks/radius_auth.py --requests 50000 --parallel 256
+
+With --full-calls, the same calls are then started and stopped (Accounting
+Start, then Stop of 45 s), each phase a radclient run: full calls/s is the
+number of calls over the three phases' total time.
 """
 
 import argparse
@@ -31,8 +35,23 @@ from ocs.radius.radclient_hint import radclient_input
 SECRET = "bench-secret"
 
 
-def write_requests(path: Path, count: int, accounts: int) -> None:
-    run = uuid.uuid4().hex[:8]
+def write_accounting(path: Path, count: int, accounts: int, run: str, status: str) -> None:
+    with path.open("w") as out:
+        for n in range(count):
+            attributes = [
+                ("Acct-Status-Type", status),
+                ("User-Name", f"b{n % accounts}"),
+                ("Acct-Session-Id", f"{run}-{n}"),
+                ("h323-conf-id", f"h323-conf-id={run}-{n}"),
+            ]
+            if status == "Stop":
+                attributes.append(("Acct-Session-Time", "45"))
+            out.write(radclient_input(attributes))
+            out.write("\n")
+
+
+def write_requests(path: Path, count: int, accounts: int, run: str = "") -> None:
+    run = run or uuid.uuid4().hex[:8]
     with path.open("w") as out:
         for n in range(count):
             out.write(
@@ -53,6 +72,11 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--parallel", type=int, default=256)
     parser.add_argument("--accounts", type=int, default=100)
+    parser.add_argument(
+        "--full-calls",
+        action="store_true",
+        help="also start and stop every call (Accounting Start, Stop)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="ocs serve processes")
     parser.add_argument("--redis-url")
     parser.add_argument("--database-url")
@@ -61,7 +85,12 @@ async def main() -> None:
     base = f"http://127.0.0.1:{http_port}"
     with tempfile.TemporaryDirectory(prefix="ocs-bench-", dir="/tmp") as tmp:
         requests_file = Path(tmp) / "requests.txt"
-        write_requests(requests_file, args.requests, args.accounts)
+        run = uuid.uuid4().hex[:8]
+        write_requests(requests_file, args.requests, args.accounts, run)
+        starts_file, stops_file = Path(tmp) / "starts.txt", Path(tmp) / "stops.txt"
+        if args.full_calls:
+            write_accounting(starts_file, args.requests, args.accounts, run, "Start")
+            write_accounting(stops_file, args.requests, args.accounts, run, "Stop")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
         env.update(
             {
@@ -120,6 +149,31 @@ async def main() -> None:
                 check=False,
             )
             elapsed = time.perf_counter() - started
+            accounting_elapsed = 0.0
+            if args.full_calls:
+                mark = time.perf_counter()
+                for phase in (starts_file, stops_file):
+                    subprocess.run(  # noqa: ASYNC221 - the load generator itself
+                        [
+                            "radclient",
+                            "-q",
+                            "-p",
+                            str(args.parallel),
+                            "-r",
+                            "1",
+                            "-t",
+                            "5",
+                            "-f",
+                            str(phase),
+                            f"127.0.0.1:{acct_port}",
+                            "acct",
+                            SECRET,
+                        ],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    )
+                accounting_elapsed = time.perf_counter() - mark
             async with (
                 aiohttp.ClientSession() as session,
                 session.get(f"{base}/metrics") as response,
@@ -138,6 +192,18 @@ async def main() -> None:
         f"({int(accepted)} of {args.requests} accepted in {elapsed:.2f} s, radclient "
         f"-p {args.parallel}, {args.workers} ocs process(es), load generator on the same machine)"
     )
+    if args.full_calls:
+        stopped = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('ocs_radius_packets_total{result="ok",type="accounting-stop"}')
+        )
+        total = elapsed + accounting_elapsed
+        print(
+            f"RADIUS full calls (Access-Request, Accounting Start, Stop): "
+            f"{args.requests / total:,.0f} calls/s ({int(stopped)} of {args.requests} "
+            f"stopped and charged in {total:.2f} s)"
+        )
     if result.returncode != 0:
         print("radclient reported failures:", result.stderr.strip()[:500])
     print(f"machine: {describe()}")
