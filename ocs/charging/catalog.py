@@ -31,6 +31,7 @@ import numpy as np
 from ocs.charging.matcher import PrefixIndex
 from ocs.charging.prefixes import PrefixTable
 from ocs.charging.rating import Rate, Tier
+from ocs.charging.translation import TranslationSet, translation_from_json
 
 log = logging.getLogger("ocs.catalog")
 
@@ -46,6 +47,7 @@ class Plan:
     min_balance: int
     max_lines: int
     max_call_duration: int
+    translation: TranslationSet = field(default_factory=TranslationSet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,7 @@ def plan_from_row(row: asyncpg.Record) -> Plan:
         min_balance=row["min_balance"],
         max_lines=row["max_lines"],
         max_call_duration=row["max_call_duration"],
+        translation=translation_from_json(row.get("translation")),
     )
 
 

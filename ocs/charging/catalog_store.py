@@ -24,6 +24,7 @@ from ocs.charging.catalog import (
 from ocs.charging.deck import Deck, DeckRow
 from ocs.charging.matcher import KEY_DIGITS, _prefix_keys
 from ocs.charging.rating import Rate, Tier
+from ocs.charging.translation import TranslationSet
 from ocs.errors import OcsError, Reason, invalid
 
 CURRENCY_LEN = 3
@@ -78,6 +79,20 @@ async def list_plans(pool: asyncpg.Pool) -> list[Plan]:
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT * FROM plans ORDER BY id")
     return [plan_from_row(r) for r in rows]
+
+
+async def set_translation(pool: asyncpg.Pool, plan_id: str, rules: TranslationSet) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        updated = await conn.fetchval(
+            "UPDATE plans SET translation = $2::jsonb WHERE id = $1 RETURNING id",
+            plan_id,
+            rules.to_json(),
+        )
+        if updated is None:
+            raise OcsError(
+                Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan_id"
+            )
+        await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"plan:{plan_id}")
 
 
 async def set_tariff_shape(

@@ -281,7 +281,6 @@ class CallService:
         reservation is released unless an Accounting-Start binds it within
         ``start_timeout`` seconds.
         """
-        digits = normalize_number(destination, "destination")
         call_id = uuid.uuid4().hex if call_id is None else validate_call_id(call_id)
         caller = clean_caller(caller)
         if not check_password:
@@ -296,6 +295,7 @@ class CallService:
             plan = snapshot.plan(plan_id)
             if plan is None:
                 raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
+            digits = normalize_number(plan.translation.apply(destination), "destination")
             match = snapshot.tariff_for(plan_id, digits)
             if match is None:
                 raise OcsError(

@@ -19,6 +19,7 @@ from ocs.charging.catalog import Plan
 from ocs.charging.deck import parse_deck
 from ocs.charging.lifecycle import CallProgress, validate_call_id
 from ocs.charging.rating import Tier
+from ocs.charging.translation import validate_rules
 from ocs.errors import OcsError, invalid
 from ocs.http.json_io import (
     amount_field,
@@ -265,6 +266,19 @@ async def import_tariffs(request: web.Request) -> web.Response:
     result = await catalog_store.import_deck(_services(request).pool, plan_id, rows)
     return web.json_response(
         {"plan": result.plan_id, "prefixes": result.prefixes, "zones": result.zones}
+    )
+
+
+async def set_translation(request: web.Request) -> web.Response:
+    plan_id = catalog_store.validate_plan_id(request.match_info["plan_id"], "plan_id")
+    body = await read_object(request)
+    rules = validate_rules(body.get("rules"))
+    await catalog_store.set_translation(_services(request).pool, plan_id, rules)
+    return web.json_response(
+        {
+            "plan": plan_id,
+            "rules": [{"match": r.match, "replace": r.replace} for r in rules.rules],
+        }
     )
 
 

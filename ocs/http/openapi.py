@@ -197,6 +197,29 @@ PATHS: dict[str, dict[str, Any]] = {
             ),
         ),
     },
+    "/v1/plans/{plan_id}/translation": {
+        "put": _op(
+            "Set a plan's translation set (ordered regex rules to E.164)",
+            "the rules",
+            400,
+            404,
+            body=_body(
+                {
+                    "rules": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "match": {"type": "string"},
+                                "replace": {"type": "string"},
+                            },
+                        },
+                    }
+                },
+                ["rules"],
+            ),
+        ),
+    },
     "/v1/nas-clients": {
         "post": _op(
             "Add a RADIUS client",
