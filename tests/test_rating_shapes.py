@@ -138,3 +138,29 @@ def test_a_live_call_keeps_its_whole_rate_shape() -> None:
         Rate(0, 1, 1, 60_000, max_cost=1_000_000, cut_at_max_cost=True),
     ):
         assert unpack_rate(pack_rate(rate)) == rate
+
+
+def test_surcharges_are_part_of_the_cost_and_rounded_once() -> None:
+    # 0.01/min 1/1, 2.5% surcharge and 0.02 per answered call: 61 s.
+    rate = Rate(0, 1, 1, 10_000, surcharge_percent_bp=250, surcharge_flat=20_000)
+    # 61 s at 0.01/min = 10166.67 micro; +2.5% = 10420.83 -> 10421; + 20000.
+    assert cost(rate, 61) == 30_421
+    assert cost(rate, 0) == 0
+    assert max_duration(rate, 30_421, 14_400) == 61
+
+
+@given(
+    rate=shaped_rates,
+    percent=st.integers(0, 5000),
+    flat=st.integers(0, 100_000),
+    funds=st.integers(0, 50_000_000),
+)
+def test_the_inverse_holds_with_surcharges(rate: Rate, percent: int, flat: int, funds: int) -> None:
+    rate = replace(rate, surcharge_percent_bp=percent, surcharge_flat=flat, max_cost=0)
+    longest = max_duration(rate, funds, 14_400)
+    if longest == 0:
+        assert cost(rate, 1) > funds
+        return
+    assert cost(rate, longest) <= funds
+    if longest < 14_400:
+        assert cost(rate, longest + 1) > funds

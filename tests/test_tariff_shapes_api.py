@@ -88,3 +88,22 @@ async def test_bad_shapes_name_their_field(app: RunningApp) -> None:
         },
     )
     assert (status, body["error"]["field"]) == (400, "tiers")
+
+
+async def test_a_surcharge_is_reserved_and_charged(app: RunningApp) -> None:
+    await add_plan(app.services, deck=DECK)
+    status, body = await _shape(app, "UK", {"surcharge_percent": "10", "surcharge_flat": "0.01"})
+    assert status == 200 and body["surcharge_percent"] == "10", body
+
+    async def surcharged() -> bool:
+        found = app.services.catalog.snapshot.tariff_for("retail", "4420")
+        return found is not None and found[1].rate.surcharge_percent_bp == 1000
+
+    await eventually(surcharged, what="the surcharged tariff in the snapshot")
+    await app.post("/v1/accounts", {"id": "sur", "plan": "retail", "balance": "1.00"})
+    await app.post("/v1/calls", {"account": "sur", "destination": "4420", "call_id": "sur-1"})
+    _, stopped = await app.post("/v1/calls/sur-1/stop", {"duration": 120})
+    # Two minutes at 0.01 = 0.02, +10% = 0.022, + 0.01 per call.
+    assert stopped["cost"] == "0.032000"
+    status, body = await _shape(app, "UK", {"surcharge_percent": "2.555"})
+    assert (status, body["error"]["field"]) == (400, "surcharge_percent")

@@ -202,6 +202,8 @@ def _tariffs(rows: Iterable[asyncpg.Record]) -> dict[str, PlanTariffs]:
                     tiers=tiers_from_json(r["tiers"]),
                     max_cost=r["max_cost"],
                     cut_at_max_cost=r["cut_at_max_cost"],
+                    surcharge_percent_bp=r["surcharge_percent_bp"],
+                    surcharge_flat=r["surcharge_flat"],
                 ),
             )
         )
@@ -224,7 +226,8 @@ async def load_snapshot(
         tariffs = _tariffs(
             await conn.fetch(
                 "SELECT t.plan_id, t.zone_id, z.name AS zone, t.connect_fee, t.first_block,"
-                " t.increment, t.price_per_minute, t.tiers, t.max_cost, t.cut_at_max_cost"
+                " t.increment, t.price_per_minute, t.tiers, t.max_cost, t.cut_at_max_cost,"
+                " t.surcharge_percent_bp, t.surcharge_flat"
                 " FROM tariffs t JOIN zones z ON z.id = t.zone_id WHERE t.direction = 'outbound'"
                 " ORDER BY t.plan_id, t.zone_id"
             )

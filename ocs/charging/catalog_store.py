@@ -102,16 +102,29 @@ async def set_tariff_shape(
     tiers: tuple[Tier, ...],
     max_cost: int,
     cut_at_max_cost: bool,
+    surcharge_percent_bp: int = 0,
+    surcharge_flat: int = 0,
 ) -> None:
     """Give a zone's tariff graduated tiers and a max cost (the base rate stays)."""
     # The whole shape must make a valid rate before it is stored.
     try:
-        Rate(0, 0, 1, 0, tiers=tiers, max_cost=max_cost, cut_at_max_cost=cut_at_max_cost)
+        Rate(
+            0,
+            0,
+            1,
+            0,
+            tiers=tiers,
+            max_cost=max_cost,
+            cut_at_max_cost=cut_at_max_cost,
+            surcharge_percent_bp=surcharge_percent_bp,
+            surcharge_flat=surcharge_flat,
+        )
     except ValueError as exc:
         raise invalid("tiers", str(exc)) from None
     async with pool.acquire() as conn, conn.transaction():
         updated = await conn.fetchval(
-            "UPDATE tariffs t SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5"
+            "UPDATE tariffs t SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5,"
+            " surcharge_percent_bp = $6, surcharge_flat = $7"
             " FROM zones z WHERE z.id = t.zone_id AND t.plan_id = $1 AND z.name = $2"
             " RETURNING t.plan_id",
             plan_id,
@@ -119,6 +132,8 @@ async def set_tariff_shape(
             tiers_to_json(tiers),
             max_cost,
             cut_at_max_cost,
+            surcharge_percent_bp,
+            surcharge_flat,
         )
         if updated is None:
             raise OcsError(
@@ -156,8 +171,9 @@ async def import_deck(
         # Shapes set through the API (tiers, max cost) outlive a deck re-import for
         # the zones the new deck still rates: the CSV carries only the base rate.
         shapes = await conn.fetch(
-            "SELECT zone_id, tiers, max_cost, cut_at_max_cost FROM tariffs"
-            " WHERE plan_id = $1 AND (tiers <> '[]' OR max_cost > 0)",
+            "SELECT zone_id, tiers, max_cost, cut_at_max_cost, surcharge_percent_bp,"
+            " surcharge_flat FROM tariffs WHERE plan_id = $1 AND (tiers <> '[]'"
+            " OR max_cost > 0 OR surcharge_percent_bp > 0 OR surcharge_flat > 0)",
             plan_id,
         )
         await conn.execute("DELETE FROM tariffs WHERE plan_id = $1", plan_id)
@@ -187,10 +203,19 @@ async def import_deck(
         )
         if shapes:
             await conn.executemany(
-                "UPDATE tariffs SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5"
+                "UPDATE tariffs SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5,"
+                " surcharge_percent_bp = $6, surcharge_flat = $7"
                 " WHERE plan_id = $1 AND zone_id = $2",
                 [
-                    (plan_id, r["zone_id"], r["tiers"], r["max_cost"], r["cut_at_max_cost"])
+                    (
+                        plan_id,
+                        r["zone_id"],
+                        r["tiers"],
+                        r["max_cost"],
+                        r["cut_at_max_cost"],
+                        r["surcharge_percent_bp"],
+                        r["surcharge_flat"],
+                    )
                     for r in shapes
                 ],
             )

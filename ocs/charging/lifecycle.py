@@ -62,6 +62,8 @@ def pack_rate(rate: Rate) -> list[object]:
             rate.max_cost,
             rate.cut_at_max_cost,
             rate.per,
+            rate.surcharge_percent_bp,
+            rate.surcharge_flat,
         ]
     return packed
 
@@ -70,7 +72,8 @@ def unpack_rate(packed: list) -> Rate:
     fee, block, step, price = packed[:4]
     if len(packed) == 4:
         return Rate(fee, block, step, price)
-    tiers, max_cost, cut, per = packed[4:]
+    tiers, max_cost, cut, per = packed[4:8]
+    percent, flat = packed[8:10] if len(packed) >= 10 else (0, 0)
     return Rate(
         fee,
         block,
@@ -80,6 +83,8 @@ def unpack_rate(packed: list) -> Rate:
         max_cost=max_cost,
         cut_at_max_cost=cut,
         per=per,
+        surcharge_percent_bp=percent,
+        surcharge_flat=flat,
     )
 
 

@@ -15,6 +15,8 @@ Rules, stated once:
   *up* to the micro-unit once per call, on that total. ``per`` is 60 for
   prices per minute; 1 for prices per unit (MB, kWh, messages), whose
   quantities are rated exactly like seconds.
+* Surcharges: a percentage of that usage cost (computed before the rounding,
+  so the total is still rounded once) plus a flat amount per answered call.
 * A max cost caps the total: beyond it the call is free (``cut_at_max_cost``
   False), or the call is cut where its cost would pass the cap (True: the
   granted duration stops there).
@@ -55,10 +57,16 @@ class Rate:
     max_cost: int = 0  # 0: no cap
     cut_at_max_cost: bool = False
     per: int = 60
+    # Usage surcharges, part of the real-time cost (so reservations cover them):
+    # a percentage in basis points (2.5% = 250) and a flat amount per answered call.
+    surcharge_percent_bp: int = 0
+    surcharge_flat: int = 0
 
     def __post_init__(self) -> None:
         if self.connect_fee < 0 or self.price_per_minute < 0 or self.max_cost < 0:
             raise ValueError("rate amounts must not be negative")
+        if self.surcharge_percent_bp < 0 or self.surcharge_flat < 0:
+            raise ValueError("surcharges must not be negative")
         if self.first_block < 0:
             raise ValueError("first_block must not be negative")
         if self.increment < 1:
@@ -71,7 +79,12 @@ class Rate:
 
     @property
     def simple(self) -> bool:
-        return not self.tiers and not self.max_cost
+        return (
+            not self.tiers
+            and not self.max_cost
+            and not self.surcharge_percent_bp
+            and not self.surcharge_flat
+        )
 
 
 def _base_billed(rate: Rate, duration: int) -> int:
@@ -116,13 +129,17 @@ def _uncapped_cost(rate: Rate, duration: int) -> int:
     if duration == 0:
         return 0
     if not rate.tiers:
-        return rate.connect_fee + -(
-            -(rate.price_per_minute * _base_billed(rate, duration)) // rate.per
-        )
-    parts = _tier_parts(rate, duration)
-    amount = sum(price * billed for billed, price, _ in parts)
-    flats = sum(flat for _, _, flat in parts)
-    return rate.connect_fee + flats + -(-amount // rate.per)
+        amount = rate.price_per_minute * _base_billed(rate, duration)
+        fixed = rate.connect_fee
+    else:
+        parts = _tier_parts(rate, duration)
+        amount = sum(price * billed for billed, price, _ in parts)
+        fixed = rate.connect_fee + sum(flat for _, _, flat in parts)
+    if not rate.surcharge_percent_bp:
+        return fixed + -(-amount // rate.per) + rate.surcharge_flat
+    # The percentage applies to the whole usage cost, and the total is rounded once.
+    numerator = (fixed * rate.per + amount) * (10_000 + rate.surcharge_percent_bp)
+    return -(-numerator // (rate.per * 10_000)) + rate.surcharge_flat
 
 
 def cost(rate: Rate, duration: int) -> int:

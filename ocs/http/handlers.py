@@ -30,6 +30,7 @@ from ocs.http.json_io import (
     timestamp_field,
 )
 from ocs.http.openapi import openapi_document
+from ocs.money import MoneyError, parse_amount
 from ocs.radius import clients as radius_clients
 from ocs.services import Services
 
@@ -306,8 +307,25 @@ async def set_tariff_shape(request: web.Request) -> web.Response:
     if mode not in ("free", "cut"):
         raise invalid("max_cost_mode", "expected free (the rest of the call is free) or cut")
     max_cost = amount_field(body, "max_cost", required=False) or 0
+    percent = body.get("surcharge_percent")
+    try:
+        # "2.5" (percent) is 2.5e6 micro-units of a percent, 250 basis points.
+        micro = 0 if percent is None else parse_amount(percent)
+        if micro % 10_000:
+            raise MoneyError("at most two decimal places")
+        percent_bp = micro // 10_000
+    except MoneyError as exc:
+        raise invalid("surcharge_percent", f'a percentage such as "2.5": {exc}') from None
+    surcharge_flat = amount_field(body, "surcharge_flat", required=False) or 0
     await catalog_store.set_tariff_shape(
-        _services(request).pool, plan_id, zone, tuple(tiers), max_cost, mode == "cut"
+        _services(request).pool,
+        plan_id,
+        zone,
+        tuple(tiers),
+        max_cost,
+        mode == "cut",
+        percent_bp,
+        surcharge_flat,
     )
     return web.json_response(
         {
@@ -324,6 +342,8 @@ async def set_tariff_shape(request: web.Request) -> web.Response:
             ],
             "max_cost": money(max_cost) if max_cost else None,
             "max_cost_mode": mode,
+            "surcharge_percent": f"{percent_bp / 100:g}",
+            "surcharge_flat": money(surcharge_flat),
         }
     )
 

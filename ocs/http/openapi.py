@@ -192,6 +192,8 @@ PATHS: dict[str, dict[str, Any]] = {
                     },
                     "max_cost": _AMOUNT,
                     "max_cost_mode": {"enum": ["free", "cut"]},
+                    "surcharge_percent": {"type": "string", "examples": ["2.5"]},
+                    "surcharge_flat": _AMOUNT,
                 },
                 [],
             ),
