@@ -28,6 +28,7 @@ import asyncpg
 import numba
 import numpy as np
 
+from ocs.charging.bands import BandSchedule, schedule_from_json
 from ocs.charging.matcher import PrefixIndex
 from ocs.charging.prefixes import PrefixTable
 from ocs.charging.rating import Rate, Tier
@@ -48,6 +49,7 @@ class Plan:
     max_lines: int
     max_call_duration: int
     translation: TranslationSet = field(default_factory=TranslationSet)
+    bands: BandSchedule | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,7 @@ def plan_from_row(row: asyncpg.Record) -> Plan:
         max_lines=row["max_lines"],
         max_call_duration=row["max_call_duration"],
         translation=translation_from_json(row.get("translation")),
+        bands=schedule_from_json(row.get("bands")),
     )
 
 
@@ -204,6 +207,7 @@ def _tariffs(rows: Iterable[asyncpg.Record]) -> dict[str, PlanTariffs]:
                     cut_at_max_cost=r["cut_at_max_cost"],
                     surcharge_percent_bp=r["surcharge_percent_bp"],
                     surcharge_flat=r["surcharge_flat"],
+                    band_prices=tuple(sorted(json.loads(r["band_prices"] or "{}").items())),
                 ),
             )
         )
@@ -227,7 +231,7 @@ async def load_snapshot(
             await conn.fetch(
                 "SELECT t.plan_id, t.zone_id, z.name AS zone, t.connect_fee, t.first_block,"
                 " t.increment, t.price_per_minute, t.tiers, t.max_cost, t.cut_at_max_cost,"
-                " t.surcharge_percent_bp, t.surcharge_flat"
+                " t.surcharge_percent_bp, t.surcharge_flat, t.band_prices"
                 " FROM tariffs t JOIN zones z ON z.id = t.zone_id WHERE t.direction = 'outbound'"
                 " ORDER BY t.plan_id, t.zone_id"
             )

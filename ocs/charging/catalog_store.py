@@ -6,6 +6,7 @@ that every ``ocs serve`` process swaps in a new snapshot.
 
 import asyncio
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import asyncpg
 import numba
 import numpy as np
 
+from ocs.charging.bands import BandSchedule
 from ocs.charging.catalog import (
     CATALOG_CHANNEL,
     Plan,
@@ -95,6 +97,20 @@ async def set_translation(pool: asyncpg.Pool, plan_id: str, rules: TranslationSe
         await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"plan:{plan_id}")
 
 
+async def set_bands(pool: asyncpg.Pool, plan_id: str, schedule: BandSchedule) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        updated = await conn.fetchval(
+            "UPDATE plans SET bands = $2::jsonb WHERE id = $1 RETURNING id",
+            plan_id,
+            schedule.to_json(),
+        )
+        if updated is None:
+            raise OcsError(
+                Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan_id"
+            )
+        await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"plan:{plan_id}")
+
+
 async def set_tariff_shape(
     pool: asyncpg.Pool,
     plan_id: str,
@@ -104,6 +120,7 @@ async def set_tariff_shape(
     cut_at_max_cost: bool,
     surcharge_percent_bp: int = 0,
     surcharge_flat: int = 0,
+    band_prices: tuple[tuple[str, int], ...] = (),
 ) -> None:
     """Give a zone's tariff graduated tiers and a max cost (the base rate stays)."""
     # The whole shape must make a valid rate before it is stored.
@@ -124,7 +141,7 @@ async def set_tariff_shape(
     async with pool.acquire() as conn, conn.transaction():
         updated = await conn.fetchval(
             "UPDATE tariffs t SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5,"
-            " surcharge_percent_bp = $6, surcharge_flat = $7"
+            " surcharge_percent_bp = $6, surcharge_flat = $7, band_prices = $8::jsonb"
             " FROM zones z WHERE z.id = t.zone_id AND t.plan_id = $1 AND z.name = $2"
             " RETURNING t.plan_id",
             plan_id,
@@ -134,6 +151,7 @@ async def set_tariff_shape(
             cut_at_max_cost,
             surcharge_percent_bp,
             surcharge_flat,
+            json.dumps(dict(band_prices)),
         )
         if updated is None:
             raise OcsError(
@@ -172,8 +190,9 @@ async def import_deck(
         # the zones the new deck still rates: the CSV carries only the base rate.
         shapes = await conn.fetch(
             "SELECT zone_id, tiers, max_cost, cut_at_max_cost, surcharge_percent_bp,"
-            " surcharge_flat FROM tariffs WHERE plan_id = $1 AND (tiers <> '[]'"
-            " OR max_cost > 0 OR surcharge_percent_bp > 0 OR surcharge_flat > 0)",
+            " surcharge_flat, band_prices FROM tariffs WHERE plan_id = $1 AND (tiers <> '[]'"
+            " OR max_cost > 0 OR surcharge_percent_bp > 0 OR surcharge_flat > 0"
+            " OR band_prices <> '{}')",
             plan_id,
         )
         await conn.execute("DELETE FROM tariffs WHERE plan_id = $1", plan_id)
@@ -204,7 +223,7 @@ async def import_deck(
         if shapes:
             await conn.executemany(
                 "UPDATE tariffs SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5,"
-                " surcharge_percent_bp = $6, surcharge_flat = $7"
+                " surcharge_percent_bp = $6, surcharge_flat = $7, band_prices = $8::jsonb"
                 " WHERE plan_id = $1 AND zone_id = $2",
                 [
                     (
@@ -215,6 +234,7 @@ async def import_deck(
                         r["cut_at_max_cost"],
                         r["surcharge_percent_bp"],
                         r["surcharge_flat"],
+                        r["band_prices"],
                     )
                     for r in shapes
                 ],

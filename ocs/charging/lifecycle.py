@@ -9,6 +9,7 @@ was authorized (kept in the live-call record), and charges it once.
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
@@ -25,7 +26,7 @@ from ocs.balances.store import (
 )
 from ocs.charging.catalog import CatalogHolder
 from ocs.charging.prefixes import normalize_number
-from ocs.charging.rating import Rate, Tier, billed_seconds, cost, max_duration
+from ocs.charging.rating import Rate, Segments, Tier, billed_seconds, cost, max_duration
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason, invalid
 
@@ -64,6 +65,7 @@ def pack_rate(rate: Rate) -> list[object]:
             rate.per,
             rate.surcharge_percent_bp,
             rate.surcharge_flat,
+            [list(pair) for pair in rate.band_prices],
         ]
     return packed
 
@@ -74,6 +76,7 @@ def unpack_rate(packed: list) -> Rate:
         return Rate(fee, block, step, price)
     tiers, max_cost, cut, per = packed[4:8]
     percent, flat = packed[8:10] if len(packed) >= 10 else (0, 0)
+    band_prices = tuple((band, price) for band, price in packed[10]) if len(packed) > 10 else ()
     return Rate(
         fee,
         block,
@@ -85,6 +88,7 @@ def unpack_rate(packed: list) -> Rate:
         per=per,
         surcharge_percent_bp=percent,
         surcharge_flat=flat,
+        band_prices=band_prices,
     )
 
 
@@ -233,7 +237,15 @@ def validate_duration(duration: object, field: str = "duration") -> int:
 class CallService:
     """Authorize, start, update and stop calls; the one place protocols come to for money."""
 
-    def __init__(self, catalog: CatalogHolder, store: BalanceStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        catalog: CatalogHolder,
+        store: BalanceStore,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # The clock places a call on the time bands; tests pass a fixed one.
+        self._clock = clock
         self._catalog = catalog
         self._store = store
         self._settings = settings
@@ -244,6 +256,21 @@ class CallService:
         # to fetch the record. A stop arriving at another process reads the call
         # reference from Redis instead; the record is immutable either way.
         self._live: dict[str, CallRecord] = {}
+
+    def _bands(self, plan_id: str, rate: Rate, start: int, length: int) -> Segments | None:
+        """The time bands from ``start`` for a rate priced by band, else None."""
+        if not rate.band_prices:
+            return None
+        plan = self._catalog.snapshot.plan(plan_id)
+        if plan is None or plan.bands is None:
+            return None
+        # Rounding may bill past the last second: cover the largest step too.
+        slack = max([rate.first_block, rate.increment, *(t.increment for t in rate.tiers)])
+        return plan.bands.segments(start, length + slack + 60)
+
+    def _bands_of(self, record: "CallRecord", length: int) -> Segments | None:
+        """Bands from the call's authorization, where its quote placed it."""
+        return self._bands(record.plan_id, record.rate, record.authorized_at_ms // 1000, length)
 
     async def _plan_of(self, account_id: str) -> str:
         plan_id = self._plans.get(account_id)
@@ -309,7 +336,8 @@ class CallService:
                     field="destination",
                 )
             prefix, tariff = match
-            now = time.time()
+            now = self._clock()
+            bands = self._bands(plan_id, tariff.rate, int(now), plan.max_call_duration)
             record = CallRecord(
                 account_id=account_id,
                 call_id=call_id,
@@ -330,9 +358,9 @@ class CallService:
                 account_id=account_id,
                 call_id=call_id,
                 plan_id=plan_id,
-                first_block_cost=cost(tariff.rate, 1),
+                first_block_cost=cost(tariff.rate, 1, bands),
                 min_balance=plan.min_balance,
-                cap_cost=cost(tariff.rate, plan.max_call_duration),
+                cap_cost=cost(tariff.rate, plan.max_call_duration, bands),
                 record=record.pack(),
                 expires_at=int(now) + expires_in,
                 ref_ttl=live_for + self._settings.start_timeout + self._settings.stop_dedupe_ttl,
@@ -352,7 +380,9 @@ class CallService:
                         account_id=account_id,
                         zone=tariff.zone,
                         destination=digits,
-                        max_duration=max_duration(tariff.rate, reserved, plan.max_call_duration),
+                        max_duration=max_duration(
+                            tariff.rate, reserved, plan.max_call_duration, bands
+                        ),
                         reserved=reserved,
                         currency=plan.currency,
                         rate=tariff.rate,
@@ -367,7 +397,12 @@ class CallService:
                         account_id=account_id,
                         zone=live.zone,
                         destination=live.destination,
-                        max_duration=max_duration(live.rate, entry.held + entry.debited, live.cap),
+                        max_duration=max_duration(
+                            live.rate,
+                            entry.held + entry.debited,
+                            live.cap,
+                            self._bands_of(live, live.cap),
+                        ),
                         reserved=entry.held,
                         currency=live.currency,
                         rate=live.rate,
@@ -462,7 +497,7 @@ class CallService:
             account_id=record.account_id,
             call_id=call_id,
             used=used,
-            used_cost=cost(record.rate, used),
+            used_cost=cost(record.rate, used, self._bands_of(record, used)),
             debit=self._settings.debit_on_interim,
             expires_at=now + max(record.cap - used, 0) + self._settings.call_expiry_grace,
         )
@@ -528,7 +563,7 @@ class CallService:
         return await self._store.stop(
             account_id=record.account_id,
             call_id=record.call_id,
-            rated_cost=cost(rate, duration),
+            rated_cost=cost(rate, duration, self._bands_of(record, duration)),
             duration=duration,
             cdr=cdr,
             result_ttl=self._settings.stop_dedupe_ttl,
@@ -583,7 +618,12 @@ class CallService:
         if entry.started == 0:
             duration, cause = 0, "start-timeout" if cause == "expired" else cause
         elif self._settings.stale_call_policy == "full_grant":
-            duration = max_duration(record.rate, entry.held + entry.debited, record.cap)
+            duration = max_duration(
+                record.rate,
+                entry.held + entry.debited,
+                record.cap,
+                self._bands_of(record, record.cap),
+            )
         else:
             duration = entry.used
         result = await self._close(record, duration, cause, expired_by=expired_by)

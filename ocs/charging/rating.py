@@ -17,6 +17,11 @@ Rules, stated once:
   quantities are rated exactly like seconds.
 * Surcharges: a percentage of that usage cost (computed before the rounding,
   so the total is still rounded once) plus a flat amount per answered call.
+* Time bands: increments, the first block and tiers count from the call's
+  start whatever the band; each billed second of the base tier is priced at
+  the band its moment falls in (seconds billed past the real end by rounding
+  at the band they would fall in). A call crossing a band edge is thus split
+  at the edge; tiers keep their own prices in every band.
 * A max cost caps the total: beyond it the call is free (``cut_at_max_cost``
   False), or the call is cut where its cost would pass the cap (True: the
   granted duration stops there).
@@ -25,6 +30,9 @@ Rules, stated once:
 """
 
 from dataclasses import dataclass
+
+# (offset in seconds from the call's start, band or None) at each band change.
+Segments = tuple[tuple[int, str | None], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,9 @@ class Rate:
     # a percentage in basis points (2.5% = 250) and a flat amount per answered call.
     surcharge_percent_bp: int = 0
     surcharge_flat: int = 0
+    # The base tier's price per band (time bands); a band not listed, or a time in
+    # no band, pays ``price_per_minute``.
+    band_prices: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.connect_fee < 0 or self.price_per_minute < 0 or self.max_cost < 0:
@@ -84,6 +95,7 @@ class Rate:
             and not self.max_cost
             and not self.surcharge_percent_bp
             and not self.surcharge_flat
+            and not self.band_prices
         )
 
 
@@ -125,15 +137,38 @@ def _tier_parts(rate: Rate, duration: int) -> list[tuple[int, int, int]]:
     return parts
 
 
-def _uncapped_cost(rate: Rate, duration: int) -> int:
+def _banded_amount(rate: Rate, billed: int, bands: Segments) -> int:
+    """price x seconds of the base tier's first ``billed`` seconds, each at its band's price."""
+    prices = dict(rate.band_prices)
+    amount = 0
+    for n, (offset, band) in enumerate(bands):
+        if offset >= billed:
+            break
+        end = bands[n + 1][0] if n + 1 < len(bands) else billed
+        price = prices.get(band, rate.price_per_minute) if band else rate.price_per_minute
+        amount += price * (min(end, billed) - offset)
+    return amount
+
+
+def _uncapped_cost(rate: Rate, duration: int, bands: Segments | None = None) -> int:
     if duration == 0:
         return 0
+    banded = bool(rate.band_prices and bands)
     if not rate.tiers:
-        amount = rate.price_per_minute * _base_billed(rate, duration)
+        billed = _base_billed(rate, duration)
+        amount = (
+            _banded_amount(rate, billed, bands)
+            if banded and bands
+            else rate.price_per_minute * billed
+        )
         fixed = rate.connect_fee
     else:
         parts = _tier_parts(rate, duration)
-        amount = sum(price * billed for billed, price, _ in parts)
+        if banded and bands:
+            base, *rest = parts
+            amount = _banded_amount(rate, base[0], bands) + sum(p * b for b, p, _ in rest)
+        else:
+            amount = sum(price * billed for billed, price, _ in parts)
         fixed = rate.connect_fee + sum(flat for _, _, flat in parts)
     if not rate.surcharge_percent_bp:
         return fixed + -(-amount // rate.per) + rate.surcharge_flat
@@ -142,11 +177,15 @@ def _uncapped_cost(rate: Rate, duration: int) -> int:
     return -(-numerator // (rate.per * 10_000)) + rate.surcharge_flat
 
 
-def cost(rate: Rate, duration: int) -> int:
-    """Cost in micro-units of a call lasting ``duration`` seconds (or units)."""
+def cost(rate: Rate, duration: int, bands: Segments | None = None) -> int:
+    """Cost in micro-units of a call lasting ``duration`` seconds (or units).
+
+    ``bands``: the time bands from the call's start (``BandSchedule.segments``),
+    for a rate with band prices.
+    """
     if duration < 0:
         raise ValueError("duration must not be negative")
-    total = _uncapped_cost(rate, duration)
+    total = _uncapped_cost(rate, duration, bands)
     if rate.max_cost and total > rate.max_cost:
         return rate.max_cost
     return total
@@ -161,30 +200,34 @@ def increment_at(rate: Rate, duration: int) -> int:
     return step
 
 
-def _longest_within(rate: Rate, budget: int, cap: int, capped: bool) -> int:
+def _longest_within(
+    rate: Rate, budget: int, cap: int, capped: bool, bands: Segments | None = None
+) -> int:
     """Largest d in [0, cap] with cost(d) <= budget, by bisection (cost never decreases)."""
     price = cost if capped else _uncapped_cost
-    if price(rate, 1) > budget:
+    if price(rate, 1, bands) > budget:
         return 0
     low, high = 1, cap
     while low < high:
         middle = (low + high + 1) // 2
-        if price(rate, middle) <= budget:
+        if price(rate, middle, bands) <= budget:
             low = middle
         else:
             high = middle - 1
     return low
 
 
-def max_duration(rate: Rate, funds: int, cap: int) -> int:
+def max_duration(rate: Rate, funds: int, cap: int, bands: Segments | None = None) -> int:
     """Longest duration (≤ cap) whose cost is within ``funds``; 0 if not even one second."""
-    if cap < 1 or funds < cost(rate, 1):
+    if cap < 1 or funds < cost(rate, 1, bands):
         return 0
     if not rate.simple:
-        longest = _longest_within(rate, funds, cap, capped=True)
+        longest = _longest_within(rate, funds, cap, capped=True, bands=bands)
         if rate.max_cost and rate.cut_at_max_cost:
             # The call is cut where its uncapped cost would pass the cap.
-            longest = min(longest, _longest_within(rate, rate.max_cost, cap, capped=False))
+            longest = min(
+                longest, _longest_within(rate, rate.max_cost, cap, capped=False, bands=bands)
+            )
         return longest
     if rate.price_per_minute == 0:
         return cap

@@ -25,6 +25,7 @@ def create_app(services: Services) -> web.Application:
     app.router.add_post("/v1/plans/{plan_id}/tariffs", handlers.import_tariffs)
     app.router.add_put("/v1/plans/{plan_id}/tariffs/{zone}/shape", handlers.set_tariff_shape)
     app.router.add_put("/v1/plans/{plan_id}/translation", handlers.set_translation)
+    app.router.add_put("/v1/plans/{plan_id}/bands", handlers.set_bands)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics_text)
     app.router.add_get("/openapi.json", handlers.openapi_json)

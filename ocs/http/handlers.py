@@ -5,6 +5,7 @@ Handlers hold no business logic; every decision is made by the services.
 
 import asyncio
 import ipaddress
+import json
 import os
 from typing import Any
 
@@ -15,6 +16,7 @@ from ocs import __version__, metrics
 from ocs.balances.accounts import validate_account_id
 from ocs.balances.store import AccountState
 from ocs.charging import catalog_store
+from ocs.charging.bands import validate_schedule
 from ocs.charging.catalog import Plan
 from ocs.charging.deck import parse_deck
 from ocs.charging.lifecycle import CallProgress, validate_call_id
@@ -270,6 +272,13 @@ async def import_tariffs(request: web.Request) -> web.Response:
     )
 
 
+async def set_bands(request: web.Request) -> web.Response:
+    plan_id = catalog_store.validate_plan_id(request.match_info["plan_id"], "plan_id")
+    schedule = validate_schedule(await read_object(request))
+    await catalog_store.set_bands(_services(request).pool, plan_id, schedule)
+    return web.json_response({"plan": plan_id, **json.loads(schedule.to_json())})
+
+
 async def set_translation(request: web.Request) -> web.Response:
     plan_id = catalog_store.validate_plan_id(request.match_info["plan_id"], "plan_id")
     body = await read_object(request)
@@ -317,6 +326,12 @@ async def set_tariff_shape(request: web.Request) -> web.Response:
     except MoneyError as exc:
         raise invalid("surcharge_percent", f'a percentage such as "2.5": {exc}') from None
     surcharge_flat = amount_field(body, "surcharge_flat", required=False) or 0
+    raw_bands = body.get("band_prices", {})
+    if not isinstance(raw_bands, dict) or len(raw_bands) > 16:
+        raise invalid("band_prices", 'expected {"<band>": "<price per minute>", ...}')
+    band_prices = tuple(
+        sorted((str(band), amount_field(raw_bands, band) or 0) for band in raw_bands)
+    )
     await catalog_store.set_tariff_shape(
         _services(request).pool,
         plan_id,
@@ -326,6 +341,7 @@ async def set_tariff_shape(request: web.Request) -> web.Response:
         mode == "cut",
         percent_bp,
         surcharge_flat,
+        band_prices,
     )
     return web.json_response(
         {
@@ -344,6 +360,7 @@ async def set_tariff_shape(request: web.Request) -> web.Response:
             "max_cost_mode": mode,
             "surcharge_percent": f"{percent_bp / 100:g}",
             "surcharge_flat": money(surcharge_flat),
+            "band_prices": {band: money(price) for band, price in band_prices},
         }
     )
 

@@ -194,8 +194,36 @@ PATHS: dict[str, dict[str, Any]] = {
                     "max_cost_mode": {"enum": ["free", "cut"]},
                     "surcharge_percent": {"type": "string", "examples": ["2.5"]},
                     "surcharge_flat": _AMOUNT,
+                    "band_prices": {"type": "object", "additionalProperties": _AMOUNT},
                 },
                 [],
+            ),
+        ),
+    },
+    "/v1/plans/{plan_id}/bands": {
+        "put": _op(
+            "Set a plan's time bands (weekly rules and holidays in its time zone)",
+            "the schedule",
+            400,
+            404,
+            body=_body(
+                {
+                    "time_zone": {"type": "string", "examples": ["Europe/London"]},
+                    "rules": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "band": {"type": "string"},
+                                "days": {"type": "array", "items": {"type": "integer"}},
+                                "start": {"type": "string", "examples": ["08:00"]},
+                                "end": {"type": "string", "examples": ["18:00"]},
+                            },
+                        },
+                    },
+                    "holidays": {"type": "array", "items": {"type": "string", "format": "date"}},
+                },
+                ["rules"],
             ),
         ),
     },

@@ -1,0 +1,164 @@
+"""Time bands: calls split at band edges in the plan's time zone, DST nights included."""
+
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ocs.charging.bands import BandRule, BandSchedule
+from ocs.charging.rating import Rate, cost, max_duration
+from tests.conftest import RunningApp
+
+LONDON = ZoneInfo("Europe/London")
+WEEKDAYS = frozenset(range(5))
+SCHEDULE = BandSchedule(
+    "Europe/London",
+    (
+        BandRule("peak", WEEKDAYS, 8 * 60, 18 * 60),
+        BandRule("weekend", frozenset({5, 6}), 0, 24 * 60),
+    ),
+    frozenset({date(2026, 12, 25)}),
+)
+# Off-peak (no band) 0.01/min, peak 0.05/min, weekend 0.005/min, holidays free; 1/1.
+RATE = Rate(0, 1, 1, 10_000, band_prices=(("peak", 50_000), ("weekend", 5_000), ("holiday", 0)))
+
+
+def at(year: int, month: int, day: int, hour: int, minute: int, fold: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=LONDON, fold=fold).timestamp())
+
+
+def priced(start: int, seconds: int, rate: Rate = RATE) -> int:
+    return cost(rate, seconds, SCHEDULE.segments(start, seconds + 60))
+
+
+def test_a_call_starting_ten_minutes_before_peak() -> None:
+    # Monday 07:50: 10 minutes off-peak at 0.01, then 10 minutes peak at 0.05.
+    assert priced(at(2026, 11, 23, 7, 50), 20 * 60) == 100_000 + 500_000
+
+
+def test_a_call_over_midnight_into_the_weekend() -> None:
+    # Friday 23:50: 10 minutes off-peak, then Saturday at the weekend rate.
+    assert priced(at(2026, 11, 27, 23, 50), 20 * 60) == 100_000 + 50_000
+
+
+def test_a_holiday_takes_the_whole_day() -> None:
+    assert priced(at(2026, 12, 25, 9, 0), 20 * 60) == 0  # a Friday, peak hours
+
+
+def test_the_spring_forward_night_bills_real_seconds() -> None:
+    night = BandSchedule("Europe/London", (BandRule("night", frozenset(range(7)), 0, 6 * 60),))
+    rate = Rate(0, 1, 1, 60_000, band_prices=(("night", 6_000),))
+    # 29 March 2026: 01:00 GMT becomes 02:00 BST. A call from 00:50 for 20 real minutes
+    # ends at 02:10 on the wall clock: 20 minutes at the night rate, not 80.
+    start = at(2026, 3, 29, 0, 50)
+    assert cost(rate, 20 * 60, night.segments(start, 21 * 60)) == 20 * 6_000
+
+
+def test_the_autumn_night_counts_the_repeated_hour_twice() -> None:
+    late = BandSchedule("Europe/London", (BandRule("late", frozenset(range(7)), 60, 120),))
+    rate = Rate(0, 1, 1, 60_000, band_prices=(("late", 0),))
+    # 25 October 2026: 02:00 BST becomes 01:00 GMT; 01:00-02:00 happens twice.
+    # From 00:30 BST for 120 real minutes: 30 minutes before 01:00, then 90 "late".
+    start = at(2026, 10, 25, 0, 30)
+    assert cost(rate, 120 * 60, late.segments(start, 121 * 60)) == 30 * 60_000
+
+
+def test_max_duration_counts_the_dearer_band_ahead() -> None:
+    # 0.60 from Monday 07:50: 10 min off-peak (0.10) leaves 0.50 = 10 min of peak.
+    start = at(2026, 11, 23, 7, 50)
+    assert max_duration(RATE, 600_000, 3600, SCHEDULE.segments(start, 3660)) == 20 * 60
+
+
+@given(
+    start=st.integers(
+        int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()),
+        int(datetime(2027, 1, 1, tzinfo=UTC).timestamp()),
+    ),
+    seconds=st.integers(1, 4 * 3600),
+    cut=st.integers(1, 4 * 3600),
+)
+def test_splitting_a_call_at_any_second_sums_to_the_whole(
+    start: int, seconds: int, cut: int
+) -> None:
+    """Per-second rating (1/1, no fees): the two parts of a call cost the whole."""
+    cut = min(cut, seconds)
+    rate = Rate(0, 0, 1, 60_000, band_prices=(("peak", 120_000), ("weekend", 30_000)))
+    whole = cost(rate, seconds, SCHEDULE.segments(start, seconds + 60))
+    first = cost(rate, cut, SCHEDULE.segments(start, cut + 60))
+    second = cost(rate, seconds - cut, SCHEDULE.segments(start + cut, seconds - cut + 60))
+    assert first + second == whole
+
+
+@given(
+    start=st.integers(1_767_225_600, 1_798_761_600), a=st.integers(0, 7200), b=st.integers(0, 7200)
+)
+def test_banded_cost_never_decreases(start: int, a: int, b: int) -> None:
+    low, high = sorted((a, b))
+    bands = SCHEDULE.segments(start, 7300)
+    assert cost(RATE, low, bands) <= cost(RATE, high, bands)
+
+
+async def test_bands_reach_authorize_and_stop_through_the_catalog(app: RunningApp) -> None:
+    from urllib.parse import quote
+
+    from ocs.charging.lifecycle import CallService
+    from tests.conftest import add_plan, eventually
+
+    await add_plan(
+        app.services,
+        deck=(
+            "prefix,zone,price_per_minute,connect_fee,first_block,increment\n44,UK,0.010,0,1,1\n"
+        ),
+    )
+    response = await app.client.put(
+        "/v1/plans/retail/bands",
+        json={
+            "time_zone": "Europe/London",
+            "rules": [{"band": "peak", "days": [0, 1, 2, 3, 4], "start": "08:00", "end": "18:00"}],
+            "holidays": ["2026-12-25"],
+        },
+    )
+    assert response.status == 200, await response.text()
+    response = await app.client.put(
+        f"/v1/plans/retail/tariffs/{quote('UK')}/shape", json={"band_prices": {"peak": "0.05"}}
+    )
+    assert response.status == 200, await response.text()
+
+    async def loaded() -> bool:
+        plan = app.services.catalog.snapshot.plan("retail")
+        found = app.services.catalog.snapshot.tariff_for("retail", "4420")
+        return bool(plan and plan.bands and found and found[1].rate.band_prices)
+
+    await eventually(loaded, what="bands and band prices in the snapshot")
+    await app.post("/v1/accounts", {"id": "band", "plan": "retail", "balance": "0.60"})
+    # Monday 07:50 in London: 0.60 buys 10 minutes off-peak and 10 minutes of peak.
+    monday_0750 = float(at(2026, 11, 23, 7, 50))
+    calls = CallService(
+        app.services.catalog, app.services.store, app.services.settings, clock=lambda: monday_0750
+    )
+    grant = await calls.authorize("band", "442079460000", call_id="band-1")
+    assert grant.max_duration == 20 * 60
+    charge = await calls.stop("band-1", 20 * 60)
+    assert charge.charged == 600_000
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.000000"
+
+
+async def test_bad_schedules_name_the_field(app: RunningApp) -> None:
+    from tests.conftest import add_plan
+
+    await add_plan(app.services)
+    for body, field in (
+        ({"time_zone": "Mars/Olympus", "rules": []}, "time_zone"),
+        ({"rules": [{"band": "peak", "start": "18:00", "end": "08:00"}]}, "rules[0].end"),
+        ({"rules": [{"band": "peak", "start": "8am", "end": "18:00"}]}, "rules[0].start"),
+        (
+            {"rules": [{"band": "peak", "days": [7], "start": "08:00", "end": "18:00"}]},
+            "rules[0].days",
+        ),
+        ({"rules": [], "holidays": ["Christmas"]}, "holidays[0]"),
+    ):
+        response = await app.client.put("/v1/plans/retail/bands", json=body)
+        assert response.status == 400, body
+        assert (await response.json())["error"]["field"] == field
