@@ -63,7 +63,7 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[tu
     account = _s(f["account"])
     reference = _s(f["reference"]) if "reference" in f else None
     ledger_row = (key, account, kind, int(f["amount"]), int(f["balance"]), reference, occurred)
-    if kind != "call":
+    if "cdr" not in f:
         return ledger_row, None
     cdr = msgpack.unpackb(f["cdr"])
     fee, block, step, price = cdr["rate"]

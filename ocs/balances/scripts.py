@@ -29,6 +29,7 @@ CREATE_ACCOUNT = _load("create_account")
 START = _load("start")
 UPDATE = _load("update")
 SNAPSHOT_BUCKET = _load("snapshot_bucket")
+CHARGE = _load("charge")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -38,4 +39,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     START,
     UPDATE,
     SNAPSHOT_BUCKET,
+    CHARGE,
 )

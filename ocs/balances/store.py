@@ -301,6 +301,41 @@ class BalanceStore:
             repeated=status == "DONE",
         )
 
+    async def charge(
+        self,
+        *,
+        account_id: str,
+        event_id: str,
+        rated_cost: int,
+        quantity: int,
+        cdr: bytes,
+        result_ttl: int,
+    ) -> StopResult | str:
+        """Debit a usage event once; its result, or the refusal reason."""
+        bucket = keys.bucket_of(account_id)
+        reply = await self._pipe.run_script(
+            scripts.CHARGE,
+            [
+                keys.account(account_id),
+                keys.stopped_call(account_id, event_id),
+                keys.ledger(bucket),
+            ],
+            [event_id, rated_cost, result_ttl, cdr, now_ms(), quantity, account_id],
+        )
+        status = _text(reply[0])
+        if status == "REJ":
+            return _text(reply[1])
+        result = msgpack.unpackb(reply[1])
+        return StopResult(
+            charged=int(result["charged"]),
+            rated=int(result["rated"]),
+            balance=int(result["balance"]),
+            duration=int(result["duration"]),
+            ledger_entry=_text(result["entry"]),
+            cause=_text(result["cause"]),
+            repeated=status == "DONE",
+        )
+
     async def live_entry(self, account_id: str, call_id: str) -> LiveEntry | None:
         entry = await self._pipe.execute("HGET", keys.live_calls(account_id), call_id)
         return None if entry is None else parse_live_entry(entry)

@@ -77,6 +77,13 @@ class CatalogSnapshot:
     def plan(self, plan_id: str) -> Plan | None:
         return self.plans.get(plan_id)
 
+    def tariff_named(self, plan_id: str, zone: str) -> Tariff | None:
+        """A plan's tariff by zone name (usage services are zones without prefixes)."""
+        for tariff in self.tariffs.get(plan_id, PlanTariffs()).tariffs:
+            if tariff.zone == zone:
+                return tariff
+        return None
+
     def tariff_for(self, plan_id: str, digits: str) -> tuple[str, Tariff] | None:
         """(matched prefix, tariff) of a normalised number in a plan's deck."""
         deck = self.decks.get(plan_id)
@@ -208,6 +215,7 @@ def _tariffs(rows: Iterable[asyncpg.Record]) -> dict[str, PlanTariffs]:
                     surcharge_percent_bp=r["surcharge_percent_bp"],
                     surcharge_flat=r["surcharge_flat"],
                     band_prices=tuple(sorted(json.loads(r["band_prices"] or "{}").items())),
+                    per=r["per"],
                 ),
             )
         )
@@ -231,7 +239,7 @@ async def load_snapshot(
             await conn.fetch(
                 "SELECT t.plan_id, t.zone_id, z.name AS zone, t.connect_fee, t.first_block,"
                 " t.increment, t.price_per_minute, t.tiers, t.max_cost, t.cut_at_max_cost,"
-                " t.surcharge_percent_bp, t.surcharge_flat, t.band_prices"
+                " t.surcharge_percent_bp, t.surcharge_flat, t.band_prices, t.per"
                 " FROM tariffs t JOIN zones z ON z.id = t.zone_id WHERE t.direction = 'outbound'"
                 " ORDER BY t.plan_id, t.zone_id"
             )

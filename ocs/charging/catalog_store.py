@@ -121,6 +121,7 @@ async def set_tariff_shape(
     surcharge_percent_bp: int = 0,
     surcharge_flat: int = 0,
     band_prices: tuple[tuple[str, int], ...] = (),
+    per: int = 60,
 ) -> None:
     """Give a zone's tariff graduated tiers and a max cost (the base rate stays)."""
     # The whole shape must make a valid rate before it is stored.
@@ -135,13 +136,14 @@ async def set_tariff_shape(
             cut_at_max_cost=cut_at_max_cost,
             surcharge_percent_bp=surcharge_percent_bp,
             surcharge_flat=surcharge_flat,
+            per=per,
         )
     except ValueError as exc:
         raise invalid("tiers", str(exc)) from None
     async with pool.acquire() as conn, conn.transaction():
         updated = await conn.fetchval(
             "UPDATE tariffs t SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5,"
-            " surcharge_percent_bp = $6, surcharge_flat = $7, band_prices = $8::jsonb"
+            " surcharge_percent_bp = $6, surcharge_flat = $7, band_prices = $8::jsonb, per = $9"
             " FROM zones z WHERE z.id = t.zone_id AND t.plan_id = $1 AND z.name = $2"
             " RETURNING t.plan_id",
             plan_id,
@@ -152,6 +154,7 @@ async def set_tariff_shape(
             surcharge_percent_bp,
             surcharge_flat,
             json.dumps(dict(band_prices)),
+            per,
         )
         if updated is None:
             raise OcsError(
@@ -190,9 +193,9 @@ async def import_deck(
         # the zones the new deck still rates: the CSV carries only the base rate.
         shapes = await conn.fetch(
             "SELECT zone_id, tiers, max_cost, cut_at_max_cost, surcharge_percent_bp,"
-            " surcharge_flat, band_prices FROM tariffs WHERE plan_id = $1 AND (tiers <> '[]'"
+            " surcharge_flat, band_prices, per FROM tariffs WHERE plan_id = $1 AND (tiers <> '[]'"
             " OR max_cost > 0 OR surcharge_percent_bp > 0 OR surcharge_flat > 0"
-            " OR band_prices <> '{}')",
+            " OR band_prices <> '{}' OR per <> 60)",
             plan_id,
         )
         await conn.execute("DELETE FROM tariffs WHERE plan_id = $1", plan_id)
@@ -223,8 +226,8 @@ async def import_deck(
         if shapes:
             await conn.executemany(
                 "UPDATE tariffs SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5,"
-                " surcharge_percent_bp = $6, surcharge_flat = $7, band_prices = $8::jsonb"
-                " WHERE plan_id = $1 AND zone_id = $2",
+                " surcharge_percent_bp = $6, surcharge_flat = $7, band_prices = $8::jsonb,"
+                " per = $9 WHERE plan_id = $1 AND zone_id = $2",
                 [
                     (
                         plan_id,
@@ -235,6 +238,7 @@ async def import_deck(
                         r["surcharge_percent_bp"],
                         r["surcharge_flat"],
                         r["band_prices"],
+                        r["per"],
                     )
                     for r in shapes
                 ],

@@ -587,6 +587,65 @@ class CallService:
             repeated=result.repeated,
         )
 
+    async def charge_usage(
+        self, account_id: str, event_id: str, service: str, quantity: int
+    ) -> CallCharge:
+        """Rate and debit a usage event (MB, kWh, messages) at once, once per event id.
+
+        ``service`` names a zone of the account's plan whose tariff is priced per
+        unit (its ``per``); the same rating function rates the quantity, and the
+        debit and its CDR go through the same ledger as calls.
+        """
+        plan_id = await self._plan_of(account_id)
+        snapshot = self._catalog.snapshot
+        plan = snapshot.plan(plan_id)
+        tariff = snapshot.tariff_named(plan_id, service)
+        if plan is None or tariff is None:
+            raise OcsError(
+                Reason.DESTINATION_NOT_ALLOWED,
+                f"plan {plan_id!r} has no tariff for service {service!r}",
+                field="service",
+            )
+        rate = tariff.rate
+        now_ms = int(self._clock() * 1000)
+        cdr = msgpack.packb(
+            {
+                "plan": plan_id,
+                "zone": tariff.zone,
+                "destination": service,
+                "caller": None,
+                "currency": plan.currency,
+                "authorized_at_ms": now_ms,
+                "billed": billed_seconds(rate, quantity),
+                "rate": [rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute],
+                "nas": None,
+            }
+        )
+        result = await self._store.charge(
+            account_id=account_id,
+            event_id=event_id,
+            rated_cost=cost(rate, quantity),
+            quantity=quantity,
+            cdr=cdr,
+            result_ttl=self._settings.stop_dedupe_ttl,
+        )
+        if isinstance(result, str):
+            field = "account" if result == "account_not_found" else None
+            raise OcsError(Reason(result), _REFUSAL_MESSAGES.get(result, result), field=field)
+        return CallCharge(
+            call_id=event_id,
+            account_id=account_id,
+            zone=tariff.zone,
+            duration=result.duration,
+            billed_seconds=billed_seconds(rate, result.duration),
+            rated=result.rated,
+            charged=result.charged,
+            balance=result.balance,
+            currency=plan.currency,
+            cause=result.cause,
+            repeated=result.repeated,
+        )
+
     async def close_calls_of_nas(self, nas: str, cause: str, before_ms: int) -> int:
         """Close the live calls a NAS carried when it restarted (Accounting-On/Off).
 

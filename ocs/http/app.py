@@ -14,6 +14,7 @@ def create_app(services: Services) -> web.Application:
     app.router.add_get("/v1/accounts/{account_id}", handlers.show_account)
     app.router.add_post("/v1/accounts/{account_id}/topups", handlers.topup_account)
     app.router.add_post("/v1/calls", handlers.authorize_call)
+    app.router.add_post("/v1/usage", handlers.charge_usage)
     app.router.add_post("/v1/calls/{call_id}/start", handlers.start_call)
     app.router.add_post("/v1/calls/{call_id}/update", handlers.update_call)
     app.router.add_post("/v1/calls/{call_id}/stop", handlers.stop_call)

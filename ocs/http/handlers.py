@@ -233,6 +233,30 @@ async def stop_call(request: web.Request) -> web.Response:
     )
 
 
+async def charge_usage(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    account_id = validate_account_id(body.get("account"), "account")
+    event_id = validate_call_id(body.get("event_id"), "event_id")
+    service = string_field(body, "service", max_len=200)
+    quantity = int_field(body, "quantity", minimum=0, maximum=10**12)
+    assert service is not None and quantity is not None
+    charge = await _services(request).calls.charge_usage(account_id, event_id, service, quantity)
+    return web.json_response(
+        {
+            "event_id": event_id,
+            "account": account_id,
+            "service": service,
+            "quantity": quantity,
+            "billed_quantity": charge.billed_seconds,
+            "cost": money(charge.charged),
+            "balance": money(charge.balance),
+            "currency": charge.currency,
+            "repeated": charge.repeated,
+        },
+        status=200 if charge.repeated else 201,
+    )
+
+
 async def create_plan(request: web.Request) -> web.Response:
     body = await read_object(request)
     plan_id = catalog_store.validate_plan_id(string_field(body, "id", max_len=64) or "")
@@ -326,6 +350,7 @@ async def set_tariff_shape(request: web.Request) -> web.Response:
     except MoneyError as exc:
         raise invalid("surcharge_percent", f'a percentage such as "2.5": {exc}') from None
     surcharge_flat = amount_field(body, "surcharge_flat", required=False) or 0
+    per = int_field(body, "per", required=False, minimum=1, maximum=1_000_000) or 60
     raw_bands = body.get("band_prices", {})
     if not isinstance(raw_bands, dict) or len(raw_bands) > 16:
         raise invalid("band_prices", 'expected {"<band>": "<price per minute>", ...}')
@@ -342,6 +367,7 @@ async def set_tariff_shape(request: web.Request) -> web.Response:
         percent_bp,
         surcharge_flat,
         band_prices,
+        per,
     )
     return web.json_response(
         {
@@ -361,6 +387,7 @@ async def set_tariff_shape(request: web.Request) -> web.Response:
             "surcharge_percent": f"{percent_bp / 100:g}",
             "surcharge_flat": money(surcharge_flat),
             "band_prices": {band: money(price) for band, price in band_prices},
+            "per": per,
         }
     )
 

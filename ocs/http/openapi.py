@@ -120,6 +120,25 @@ PATHS: dict[str, dict[str, Any]] = {
             ),
         ),
     },
+    "/v1/usage": {
+        "post": _op(
+            "Rate and debit a usage event (MB, kWh, messages), once per event_id",
+            "cost, balance",
+            400,
+            402,
+            403,
+            404,
+            body=_body(
+                {
+                    "account": _ID,
+                    "event_id": _CALL,
+                    "service": {"type": "string"},
+                    "quantity": {"type": "integer", "minimum": 0},
+                },
+                ["account", "event_id", "service", "quantity"],
+            ),
+        ),
+    },
     "/v1/calls/{call_id}/start": {"post": _op("Start a call", "progress", 404, 409)},
     "/v1/calls/{call_id}/update": {
         "post": _op(
@@ -195,6 +214,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "surcharge_percent": {"type": "string", "examples": ["2.5"]},
                     "surcharge_flat": _AMOUNT,
                     "band_prices": {"type": "object", "additionalProperties": _AMOUNT},
+                    "per": {"type": "integer", "minimum": 1},
                 },
                 [],
             ),

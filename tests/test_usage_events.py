@@ -1,0 +1,82 @@
+"""Usage events: MB of data and kWh rated by quantity, debited once per event id."""
+
+from urllib.parse import quote
+
+from tests.conftest import RunningApp, add_plan, eventually
+
+DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
+44,UK,0.010,0,60,60
+990001,Data,0.010,0,0,10
+990002,Charging,0.390,0,0,100
+"""
+
+
+async def _per_unit(app: RunningApp, zone: str, per: int) -> None:
+    response = await app.client.put(
+        f"/v1/plans/retail/tariffs/{quote(zone)}/shape", json={"per": per}
+    )
+    assert response.status == 200, await response.text()
+
+
+async def test_data_and_energy_are_rated_by_quantity_and_charged_once(app: RunningApp) -> None:
+    await add_plan(app.services, deck=DECK)
+    await _per_unit(app, "Data", 1)  # 0.01 per MB, in 10 MB steps
+    await _per_unit(app, "Charging", 1000)  # 0.39 per kWh, metered in Wh, 100 Wh steps
+
+    async def loaded() -> bool:
+        data = app.services.catalog.snapshot.tariff_named("retail", "Data")
+        energy = app.services.catalog.snapshot.tariff_named("retail", "Charging")
+        return bool(data and energy and data.rate.per == 1 and energy.rate.per == 1000)
+
+    await eventually(loaded, what="per-unit tariffs in the snapshot")
+    await app.post("/v1/accounts", {"id": "ev", "plan": "retail", "balance": "20.00"})
+    status, data = await app.post(
+        "/v1/usage", {"account": "ev", "event_id": "mb-1", "service": "Data", "quantity": 350}
+    )
+    assert status == 201, data
+    assert (data["cost"], data["billed_quantity"]) == ("3.500000", 350)
+    again = await app.post(
+        "/v1/usage", {"account": "ev", "event_id": "mb-1", "service": "Data", "quantity": 350}
+    )
+    assert again[0] == 200 and again[1]["repeated"] is True
+    status, energy = await app.post(
+        "/v1/usage",
+        {"account": "ev", "event_id": "kwh-1", "service": "Charging", "quantity": 23_400},
+    )
+    assert (status, energy["cost"]) == (201, "9.126000")
+    assert energy["balance"] == "7.374000"
+
+    async def cdrs_written() -> bool:
+        async with app.services.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT call_id, charged, termination_cause FROM cdrs"
+                " WHERE account_id = 'ev' ORDER BY call_id"
+            )
+        return [(r["call_id"], r["charged"], r["termination_cause"]) for r in rows] == [
+            ("kwh-1", 9_126_000, "usage"),
+            ("mb-1", 3_500_000, "usage"),
+        ]
+
+    await eventually(cdrs_written, what="usage CDRs in PostgreSQL")
+
+
+async def test_usage_the_account_cannot_pay_is_refused(app: RunningApp) -> None:
+    await add_plan(app.services, deck=DECK)
+    await _per_unit(app, "Data", 1)
+
+    async def loaded() -> bool:
+        found = app.services.catalog.snapshot.tariff_named("retail", "Data")
+        return bool(found and found.rate.per == 1)
+
+    await eventually(loaded, what="the per-unit tariff")
+    await app.post("/v1/accounts", {"id": "thin", "plan": "retail", "balance": "1.00"})
+    status, body = await app.post(
+        "/v1/usage", {"account": "thin", "event_id": "big", "service": "Data", "quantity": 1000}
+    )
+    assert (status, body["error"]["reason"]) == (402, "insufficient_funds")
+    status, body = await app.post(
+        "/v1/usage", {"account": "thin", "event_id": "x", "service": "Nope", "quantity": 1}
+    )
+    assert (status, body["error"]["field"]) == (403, "service")
+    _, shown = await app.get("/v1/accounts/thin")
+    assert shown["balance"] == "1.000000"
