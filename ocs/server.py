@@ -69,7 +69,10 @@ async def serve(
             access_log=None,
         )
         await runner.setup()
-        site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=True)
+        # Workers share a fixed port; with port 0 (tests) each listener gets its own.
+        site = web.TCPSite(
+            runner, settings.http_host, settings.http_port, reuse_port=settings.http_port != 0
+        )
         await site.start()
         port = _bound_port(runner, settings.http_port)
         radius: RadiusServer | None = None

@@ -116,7 +116,11 @@ class RadiusServer:
             (ACCT, self._settings.radius_acct_port),
         ):
             transport, protocol = await loop.create_datagram_endpoint(
-                self._factory(port), local_addr=(host, number), reuse_port=True
+                self._factory(port),
+                local_addr=(host, number),
+                # Workers share a fixed port. With port 0, SO_REUSEPORT would let the
+                # kernel hand out a port another listener already shares.
+                reuse_port=number != 0,
             )
             self._protocols.append(protocol)
             bound = transport.get_extra_info("sockname")[1]
