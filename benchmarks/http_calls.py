@@ -35,6 +35,40 @@ DECK = (
 )
 
 
+def start_server(
+    data_dir: str,
+    http_port: int,
+    workers: int,
+    redis_url: str | None,
+    database_url: str | None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`ocs serve` in a child process, configured only by what is passed here."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
+    env.update({"OCS_LOG_LEVEL": "WARNING", **(extra_env or {})})
+    if redis_url:
+        env["OCS_REDIS_URL"] = redis_url
+    if database_url:
+        env["OCS_DATABASE_URL"] = database_url
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ocs",
+            "serve",
+            "--data-dir",
+            data_dir,
+            "--workers",
+            str(workers),
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            str(http_port),
+        ],
+        env=env,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -157,27 +191,7 @@ async def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="ocs-bench-", dir="/tmp") as data_dir:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
-        env.update({"OCS_LOG_LEVEL": "WARNING"})
-        if args.redis_url:
-            env["OCS_REDIS_URL"] = args.redis_url
-        if args.database_url:
-            env["OCS_DATABASE_URL"] = args.database_url
-        server = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
-            [
-                sys.executable,
-                "-m",
-                "ocs",
-                "serve",
-                "--data-dir",
-                data_dir,
-                "--http-host",
-                "127.0.0.1",
-                "--http-port",
-                str(port),
-            ],
-            env=env,
-        )
+        server = start_server(data_dir, port, args.workers, args.redis_url, args.database_url)
         try:
             async with aiohttp.ClientSession() as session:
                 await wait_healthy(session, base, 120)

@@ -16,7 +16,6 @@ number of calls over the three phases' total time.
 
 import argparse
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -28,11 +27,37 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.http_calls import free_port, setup, wait_healthy
+from benchmarks.http_calls import free_port, setup, start_server, wait_healthy
 from benchmarks.machine import describe
 from ocs.radius.radclient_hint import radclient_input
 
 SECRET = "bench-secret"
+
+
+def run_radclient(
+    path: Path, port: int, kind: str, parallel: int
+) -> subprocess.CompletedProcess[str]:
+    """Send every request in ``path`` with radclient, ``parallel`` at a time, once each."""
+    return subprocess.run(
+        [
+            "radclient",
+            "-q",
+            "-p",
+            str(parallel),
+            "-r",
+            "1",
+            "-t",
+            "5",
+            "-f",
+            str(path),
+            f"127.0.0.1:{port}",
+            kind,
+            SECRET,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def write_accounting(path: Path, count: int, accounts: int, run: str, status: str) -> None:
@@ -91,88 +116,32 @@ async def main() -> None:
         if args.full_calls:
             write_accounting(starts_file, args.requests, args.accounts, run, "Start")
             write_accounting(stops_file, args.requests, args.accounts, run, "Stop")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
-        env.update(
-            {
-                "OCS_LOG_LEVEL": "WARNING",
+        server = start_server(
+            str(Path(tmp) / "var"),
+            http_port,
+            args.workers,
+            args.redis_url,
+            args.database_url,
+            extra_env={
                 "OCS_RADIUS_AUTH_PORT": str(auth_port),
                 "OCS_RADIUS_ACCT_PORT": str(acct_port),
                 "OCS_RADIUS_CLIENTS": f'[{{"address": "127.0.0.1", "secret": "{SECRET}"}}]',
                 # Unstarted accepts are released by the janitor after this long.
                 "OCS_START_TIMEOUT": "3600",
-            }
-        )
-        if args.redis_url:
-            env["OCS_REDIS_URL"] = args.redis_url
-        if args.database_url:
-            env["OCS_DATABASE_URL"] = args.database_url
-        server = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
-            [
-                sys.executable,
-                "-m",
-                "ocs",
-                "serve",
-                "--data-dir",
-                str(Path(tmp) / "var"),
-                "--workers",
-                str(args.workers),
-                "--http-host",
-                "127.0.0.1",
-                "--http-port",
-                str(http_port),
-            ],
-            env=env,
+            },
         )
         try:
             async with aiohttp.ClientSession() as session:
                 await wait_healthy(session, base, 120)
                 await setup(session, base, args.accounts)
             started = time.perf_counter()
-            result = subprocess.run(  # noqa: ASYNC221 - the load generator itself
-                [
-                    "radclient",
-                    "-q",
-                    "-p",
-                    str(args.parallel),
-                    "-r",
-                    "1",
-                    "-t",
-                    "5",
-                    "-f",
-                    str(requests_file),
-                    f"127.0.0.1:{auth_port}",
-                    "auth",
-                    SECRET,
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            result = run_radclient(requests_file, auth_port, "auth", args.parallel)
             elapsed = time.perf_counter() - started
             accounting_elapsed = 0.0
             if args.full_calls:
                 mark = time.perf_counter()
                 for phase in (starts_file, stops_file):
-                    subprocess.run(  # noqa: ASYNC221 - the load generator itself
-                        [
-                            "radclient",
-                            "-q",
-                            "-p",
-                            str(args.parallel),
-                            "-r",
-                            "1",
-                            "-t",
-                            "5",
-                            "-f",
-                            str(phase),
-                            f"127.0.0.1:{acct_port}",
-                            "acct",
-                            SECRET,
-                        ],
-                        capture_output=True,
-                        text=True,
-                        check=False,
-                    )
+                    run_radclient(phase, acct_port, "acct", args.parallel)
                 accounting_elapsed = time.perf_counter() - mark
             async with (
                 aiohttp.ClientSession() as session,

@@ -120,6 +120,20 @@ class TopupResult:
     repeated: bool
 
 
+def _stop_result(packed: bytes, *, repeated: bool) -> StopResult:
+    """The msgpack result the stop and charge scripts keep for repeats."""
+    result = msgpack.unpackb(packed)
+    return StopResult(
+        charged=int(result["charged"]),
+        rated=int(result["rated"]),
+        balance=int(result["balance"]),
+        duration=int(result["duration"]),
+        ledger_entry=_text(result["entry"]),
+        cause=_text(result["cause"]),
+        repeated=repeated,
+    )
+
+
 class BalanceStore:
     """Runs the balance scripts through the auto-pipeline and decodes their replies."""
 
@@ -290,16 +304,7 @@ class BalanceStore:
         status = _text(reply[0])
         if status in ("NOCALL", "LIVE"):
             return None
-        result = msgpack.unpackb(reply[1])
-        return StopResult(
-            charged=int(result["charged"]),
-            rated=int(result["rated"]),
-            balance=int(result["balance"]),
-            duration=int(result["duration"]),
-            ledger_entry=_text(result["entry"]),
-            cause=_text(result["cause"]),
-            repeated=status == "DONE",
-        )
+        return _stop_result(reply[1], repeated=status == "DONE")
 
     async def charge(
         self,
@@ -325,16 +330,7 @@ class BalanceStore:
         status = _text(reply[0])
         if status == "REJ":
             return _text(reply[1])
-        result = msgpack.unpackb(reply[1])
-        return StopResult(
-            charged=int(result["charged"]),
-            rated=int(result["rated"]),
-            balance=int(result["balance"]),
-            duration=int(result["duration"]),
-            ledger_entry=_text(result["entry"]),
-            cause=_text(result["cause"]),
-            repeated=status == "DONE",
-        )
+        return _stop_result(reply[1], repeated=status == "DONE")
 
     async def live_entry(self, account_id: str, call_id: str) -> LiveEntry | None:
         entry = await self._pipe.execute("HGET", keys.live_calls(account_id), call_id)

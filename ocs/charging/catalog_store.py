@@ -83,32 +83,26 @@ async def list_plans(pool: asyncpg.Pool) -> list[Plan]:
     return [plan_from_row(r) for r in rows]
 
 
-async def set_translation(pool: asyncpg.Pool, plan_id: str, rules: TranslationSet) -> None:
+async def _set_plan_json(pool: asyncpg.Pool, plan_id: str, column: str, value: str) -> None:
+    """Store one of a plan's JSON settings and tell every process to reload the plan."""
     async with pool.acquire() as conn, conn.transaction():
+        # ``column`` is one of this module's own names, never caller input.
         updated = await conn.fetchval(
-            "UPDATE plans SET translation = $2::jsonb WHERE id = $1 RETURNING id",
-            plan_id,
-            rules.to_json(),
+            f"UPDATE plans SET {column} = $2::jsonb WHERE id = $1 RETURNING id", plan_id, value
         )
         if updated is None:
             raise OcsError(
                 Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan_id"
             )
         await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"plan:{plan_id}")
+
+
+async def set_translation(pool: asyncpg.Pool, plan_id: str, rules: TranslationSet) -> None:
+    await _set_plan_json(pool, plan_id, "translation", rules.to_json())
 
 
 async def set_bands(pool: asyncpg.Pool, plan_id: str, schedule: BandSchedule) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        updated = await conn.fetchval(
-            "UPDATE plans SET bands = $2::jsonb WHERE id = $1 RETURNING id",
-            plan_id,
-            schedule.to_json(),
-        )
-        if updated is None:
-            raise OcsError(
-                Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan_id"
-            )
-        await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"plan:{plan_id}")
+    await _set_plan_json(pool, plan_id, "bands", schedule.to_json())
 
 
 async def set_tariff_shape(
