@@ -120,6 +120,18 @@ class TopupResult:
     repeated: bool
 
 
+def _call_keys(account_id: str, call_id: str) -> list[str]:
+    """KEYS of the stop and update scripts: account, live calls, expiry, result, ledger."""
+    bucket = keys.bucket_of(account_id)
+    return [
+        keys.account(account_id),
+        keys.live_calls(account_id),
+        keys.call_expiry(bucket),
+        keys.stopped_call(account_id, call_id),
+        keys.ledger(bucket),
+    ]
+
+
 def _stop_result(packed: bytes, *, repeated: bool) -> StopResult:
     """The msgpack result the stop and charge scripts keep for repeats."""
     result = msgpack.unpackb(packed)
@@ -278,16 +290,9 @@ class BalanceStore:
         ``expired_by`` (the janitor's guard): close only if the call's expiry is
         not later than this epoch second; None is returned if it was extended.
         """
-        bucket = keys.bucket_of(account_id)
         reply = await self._pipe.run_script(
             scripts.STOP,
-            [
-                keys.account(account_id),
-                keys.live_calls(account_id),
-                keys.call_expiry(bucket),
-                keys.stopped_call(account_id, call_id),
-                keys.ledger(bucket),
-            ],
+            _call_keys(account_id, call_id),
             [
                 call_id,
                 rated_cost,
@@ -366,16 +371,9 @@ class BalanceStore:
         expires_at: int,
     ) -> UpdateResult | bool | None:
         """Record progress (and debit it when asked); None if not live, False if stopped."""
-        bucket = keys.bucket_of(account_id)
         reply = await self._pipe.run_script(
             scripts.UPDATE,
-            [
-                keys.account(account_id),
-                keys.live_calls(account_id),
-                keys.call_expiry(bucket),
-                keys.stopped_call(account_id, call_id),
-                keys.ledger(bucket),
-            ],
+            _call_keys(account_id, call_id),
             [
                 call_id,
                 used,
