@@ -54,6 +54,13 @@ class Settings:
     stale_call_policy: str = "last_reported"
     janitor_interval: float = 1.0
     run_janitor: bool = True
+    # PIN guessing: after this many failed PINs within the window a caller id (or a
+    # NAS, for the larger limit) is refused with return code 10 until the window ends.
+    pin_guess_limit_caller: int = 5
+    pin_guess_limit_nas: int = 100
+    pin_guess_window: int = 900
+    # Disconnect-Request (RFC 5176): seconds to wait for a NAS's answer, per attempt.
+    disconnect_timeout: float = 1.0
     radius_enabled: bool = True
     radius_host: str = "0.0.0.0"
     radius_auth_port: int = 1812
@@ -79,6 +86,7 @@ class RadiusClientConfig:
     network: str
     secret: str = field(repr=False)
     require_message_authenticator: bool | None = None
+    coa_port: int | None = None  # RFC 5176 dynamic-authorization port, for Disconnect
 
 
 def _parse_int(low: int, high: int) -> Callable[[Any], int]:
@@ -173,7 +181,13 @@ def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
     for n, item in enumerate(value):
         if not isinstance(item, dict):
             raise ValueError(f"entry {n}: expected a table with name, address and secret")
-        unknown = set(item) - {"name", "address", "secret", "require_message_authenticator"}
+        unknown = set(item) - {
+            "name",
+            "address",
+            "secret",
+            "require_message_authenticator",
+            "coa_port",
+        }
         if unknown:
             raise ValueError(f"entry {n}: unknown key(s) {', '.join(sorted(unknown))}")
         address = item.get("address")
@@ -191,12 +205,20 @@ def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
         require = item.get("require_message_authenticator")
         if require is not None and not isinstance(require, bool):
             raise ValueError(f"entry {n}: require_message_authenticator must be true or false")
+        coa_port = item.get("coa_port")
+        if coa_port is not None and (
+            isinstance(coa_port, bool)
+            or not isinstance(coa_port, int)
+            or not 1 <= coa_port <= 65535
+        ):
+            raise ValueError(f"entry {n}: coa_port must be a port number from 1 to 65535")
         clients.append(
             RadiusClientConfig(
                 name=str(item.get("name") or network),
                 network=network,
                 secret=secret,
                 require_message_authenticator=require,
+                coa_port=coa_port,
             )
         )
     return tuple(clients)
@@ -224,6 +246,10 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "stale_call_policy": _parse_choice("last_reported", "full_grant"),
     "janitor_interval": _parse_float,
     "run_janitor": _parse_bool,
+    "pin_guess_limit_caller": _parse_int(1, 1_000_000),
+    "pin_guess_limit_nas": _parse_int(1, 10_000_000),
+    "pin_guess_window": _parse_int(1, 30 * 24 * 3600),
+    "disconnect_timeout": _parse_float,
     "radius_enabled": _parse_bool,
     "radius_host": _parse_str,
     "radius_auth_port": _parse_int(0, 65535),

@@ -39,6 +39,10 @@ class Reason(Enum):
     INVALID_DECK = "invalid_deck"
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
+    COUNTER_EXHAUSTED = "counter_exhausted"
+    NO_PROFITABLE_ROUTE = "no_profitable_route"
+    PIN_BLOCKED = "pin_blocked"
+    TOO_MANY_MEMBERS = "too_many_members"
 
     @property
     def http_status(self) -> int:
@@ -71,6 +75,10 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.INVALID_DECK: _ReasonInfo(400, 1),
     Reason.NOT_FOUND: _ReasonInfo(404, 1),
     Reason.UNAVAILABLE: _ReasonInfo(503, 1),
+    Reason.COUNTER_EXHAUSTED: _ReasonInfo(403, 9),
+    Reason.NO_PROFITABLE_ROUTE: _ReasonInfo(403, 9),
+    Reason.PIN_BLOCKED: _ReasonInfo(403, 10),
+    Reason.TOO_MANY_MEMBERS: _ReasonInfo(409, 1),
 }
 
 

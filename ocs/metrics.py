@@ -111,3 +111,18 @@ RADIUS_LATENCY = Histogram(
     ["type"],
     buckets=_LATENCY_BUCKETS,
 )
+PIN_FAILURES = Counter(
+    "ocs_pin_failures_total",
+    "Wrong or unknown PINs presented, by channel (radius, http).",
+    ["channel"],
+)
+PIN_GUESSES_BLOCKED = Counter(
+    "ocs_pin_guesses_blocked_total",
+    "PIN attempts refused (return code 10) because their caller id or NAS guessed too often.",
+    ["scope"],
+)
+DISCONNECTS = Counter(
+    "ocs_disconnect_requests_total",
+    "Disconnect-Requests (RFC 5176) sent to cut a call, by outcome (ack, nak, timeout, ...).",
+    ["outcome"],
+)

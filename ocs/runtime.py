@@ -18,11 +18,14 @@ from redis.asyncio import Redis
 
 from ocs.balances.accounts import AccountService
 from ocs.balances.autopipeline import AutoPipeline
+from ocs.balances.cards import CardService
+from ocs.balances.pin_guard import PinGuard
 from ocs.balances.store import BalanceStore
 from ocs.charging import matcher
 from ocs.charging.catalog import CatalogHolder
 from ocs.charging.lifecycle import CallService
 from ocs.config import Settings
+from ocs.counters.service import CounterService
 from ocs.db.migrate import migrate
 from ocs.services import Services
 
@@ -112,6 +115,9 @@ async def open_runtime(
                         catalog=catalog,
                         accounts=AccountService(pool, store),
                         calls=CallService(catalog, store, settings),
+                        counters=CounterService(pool, store),
+                        cards=CardService(pool, store),
+                        pin_guard=PinGuard(pipeline, settings),
                     )
                 finally:
                     await pipeline.drain()

@@ -78,10 +78,14 @@ async def serve(
         radius: RadiusServer | None = None
         if settings.radius_enabled:
             radius = RadiusServer(
-                services.calls, settings, await load_client_table(services.pool, settings)
+                services.calls,
+                settings,
+                await load_client_table(services.pool, settings),
+                services.pin_guard,
             )
             await radius.start()
             await radius.watch_clients(services.pool)
+            services.disconnect = radius.disconnect
         writer_task: asyncio.Task[None] | None = None
         writer_stopping = asyncio.Event()
         background: list[asyncio.Task[None]] = []

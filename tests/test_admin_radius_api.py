@@ -69,7 +69,12 @@ async def test_a_nas_added_through_the_api_is_answered_without_restart(app: Runn
         assert await _ask(server.auth_port, "127.0.0.3", b"gw-secret", "card7") is None
         _, listed = await app.get("/v1/nas-clients")
         assert listed["clients"] == [
-            {"name": "gw-2", "address": "127.0.0.2/32", "require_message_authenticator": True}
+            {
+                "name": "gw-2",
+                "address": "127.0.0.2/32",
+                "require_message_authenticator": True,
+                "coa_port": None,
+            }
         ]
     finally:
         server.close_listeners()

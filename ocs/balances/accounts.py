@@ -31,6 +31,38 @@ def password_digest(account_id: str, password: str) -> str:
     return hmac.new(account_id.encode(), password.encode(), hashlib.sha256).hexdigest()
 
 
+class Unset:
+    """Marks a keyword left out, where None means "no limit"."""
+
+
+UNSET = Unset()
+
+
+def validate_member(member: object, field: str = "member") -> str:
+    if not isinstance(member, str) or not 1 <= len(member) <= 64:
+        raise invalid(field, "expected a string of 1 to 64 characters")
+    if not member.isprintable() or any(c.isspace() for c in member):
+        raise invalid(field, "must be printable, without spaces")
+    return member
+
+
+def validate_policy(
+    *,
+    min_balance: int | None = None,
+    member_max_lines: int | None = None,
+    max_members: int | None = None,
+    expire_days: int = 0,
+) -> None:
+    if min_balance is not None and min_balance < 0:
+        raise invalid("min_balance", "must not be negative")
+    if member_max_lines is not None and not 0 <= member_max_lines <= MAX_LINES:
+        raise invalid("member_max_lines", f"expected 0 (no limit) to {MAX_LINES}")
+    if max_members is not None and not 0 <= max_members <= 1_000_000:
+        raise invalid("max_members", "expected 0 to 1000000")
+    if not 0 <= expire_days <= 36_600:
+        raise invalid("expire_days", "expected 0 to 36600 days")
+
+
 def validate_account_id(account_id: object, field: str = "id") -> str:
     if account_id is None:
         raise invalid(field, "is required")
@@ -59,7 +91,14 @@ class AccountService:
         status: str = "active",
         password: str | None = None,
         expires_at: datetime | None = None,
+        min_balance: int | None = None,
+        critical_balance: int | None = None,
+        member_max_lines: int | None = None,
+        max_members: int | None = None,
+        expire_days: int = 0,
+        language: str | None = None,
     ) -> AccountState:
+        """Create an account; every limit left out is the plan's default, copied."""
         validate_account_id(account_id)
         if password is not None and not 1 <= len(password) <= 128:
             raise invalid("password", "expected 1 to 128 characters")
@@ -74,20 +113,39 @@ class AccountService:
             raise invalid("credit_limit", "must not be negative")
         if max_lines is not None and not 1 <= max_lines <= MAX_LINES:
             raise invalid("max_lines", f"expected 1 to {MAX_LINES}")
+        validate_policy(
+            min_balance=min_balance,
+            member_max_lines=member_max_lines,
+            max_members=max_members,
+            expire_days=expire_days,
+        )
         async with self._pool.acquire() as conn, conn.transaction():
-            plan = await conn.fetchrow(
-                "SELECT currency, credit_limit, max_lines FROM plans WHERE id = $1", plan_id
-            )
+            plan = await conn.fetchrow("SELECT * FROM plans WHERE id = $1", plan_id)
             if plan is None:
                 raise OcsError(
                     Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
                 )
             limit = plan["credit_limit"] if credit_limit is None else credit_limit
             lines = plan["max_lines"] if max_lines is None else max_lines
+            policy = {
+                "min_balance": plan["min_balance"] if min_balance is None else min_balance,
+                "critical_balance": (
+                    plan["critical_balance"] if critical_balance is None else critical_balance
+                ),
+                # Lock on prorated charges: the plan's next recurring charge stays put.
+                "committed": plan["recurring_fee"] if plan["lock_prorated"] else 0,
+                "member_max_lines": (
+                    plan["member_max_lines"] if member_max_lines is None else member_max_lines
+                ),
+                "max_members": plan["max_members"] if max_members is None else max_members,
+                "language": language or plan["language"],
+            }
             inserted = await conn.fetchval(
                 "INSERT INTO accounts (id, plan_id, currency, credit_limit, max_lines, status,"
-                " password_digest, expires_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING RETURNING 1",
+                " password_digest, expires_at, min_balance, critical_balance, committed,"
+                " member_max_lines, max_members, expire_days, language)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                " ON CONFLICT (id) DO NOTHING RETURNING 1",
                 account_id,
                 plan_id,
                 plan["currency"],
@@ -96,6 +154,13 @@ class AccountService:
                 status,
                 digest,
                 expires_at,
+                policy["min_balance"],
+                policy["critical_balance"],
+                policy["committed"],
+                policy["member_max_lines"],
+                policy["max_members"],
+                expire_days,
+                policy["language"],
             )
             if inserted is None:
                 raise OcsError(
@@ -113,6 +178,11 @@ class AccountService:
                 opening_balance=opening_balance,
                 password_digest=digest or "",
                 expires_at=0 if expires_at is None else int(expires_at.timestamp()),
+                min_balance=policy["min_balance"],
+                critical_balance=policy["critical_balance"],
+                committed=policy["committed"],
+                member_lines=policy["member_max_lines"],
+                expire_days=expire_days,
             )
             if not created:
                 raise OcsError(
@@ -121,6 +191,138 @@ class AccountService:
                     field="id",
                 )
         return await self.show(account_id)
+
+    async def update_policy(
+        self,
+        account_id: str,
+        *,
+        credit_limit: int | None = None,
+        max_lines: int | None = None,
+        min_balance: int | None = None,
+        critical_balance: int | Unset | None = UNSET,
+        member_max_lines: int | None = None,
+        max_members: int | Unset | None = UNSET,
+        status: str | None = None,
+    ) -> AccountState:
+        """Override an account's limits; what is left out keeps its value.
+
+        ``critical_balance`` and ``max_members`` take None to remove the limit.
+        A status set here is an operator's decision: it clears a critical-balance lock.
+        """
+        if credit_limit is not None and credit_limit < 0:
+            raise invalid("credit_limit", "must not be negative")
+        if max_lines is not None and not 1 <= max_lines <= MAX_LINES:
+            raise invalid("max_lines", f"expected 1 to {MAX_LINES}")
+        if status is not None and status not in STATUSES:
+            raise invalid("status", f"expected one of {', '.join(STATUSES)}")
+        validate_policy(
+            min_balance=min_balance,
+            member_max_lines=member_max_lines,
+            max_members=None if isinstance(max_members, Unset) else max_members,
+        )
+        columns: dict[str, object] = {}
+        redis_fields: dict[str, str | int] = {}
+        for column, field, value in (
+            ("credit_limit", "credit_limit", credit_limit),
+            ("max_lines", "max_lines", max_lines),
+            ("min_balance", "min_balance", min_balance),
+            ("member_max_lines", "member_lines", member_max_lines),
+            ("status", "status", status),
+        ):
+            if value is not None:
+                columns[column] = value
+                redis_fields[field] = value
+        if status is not None:
+            redis_fields["lock"] = ""
+        if not isinstance(critical_balance, Unset):
+            columns["critical_balance"] = critical_balance
+            redis_fields["critical"] = "" if critical_balance is None else critical_balance
+        if not isinstance(max_members, Unset):
+            columns["max_members"] = max_members
+        if not columns:
+            return await self.show(account_id)
+        assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
+        async with self._pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchval(
+                f"UPDATE accounts SET {assignments} WHERE id = $1 RETURNING 1",
+                account_id,
+                *columns.values(),
+            )
+            if found is None or not await self._store.set_policy(account_id, redis_fields):
+                raise OcsError(
+                    Reason.ACCOUNT_NOT_FOUND,
+                    f"account {account_id!r} does not exist",
+                    field="account_id",
+                )
+        return await self.show(account_id)
+
+    async def add_member(self, account_id: str, member: str, max_lines: int | None = None) -> None:
+        """Add a member (SIP user, extension, caller id); at most the account's max members."""
+        validate_member(member)
+        if max_lines is not None and not 1 <= max_lines <= MAX_LINES:
+            raise invalid("max_lines", f"expected 1 to {MAX_LINES}")
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The row lock serialises concurrent additions to one account.
+            limit = await conn.fetchrow(
+                "SELECT max_members FROM accounts WHERE id = $1 FOR UPDATE", account_id
+            )
+            if limit is None:
+                raise OcsError(
+                    Reason.ACCOUNT_NOT_FOUND,
+                    f"account {account_id!r} does not exist",
+                    field="account_id",
+                )
+            owner = await conn.fetchval(
+                "SELECT account_id FROM account_members WHERE member = $1", member
+            )
+            if owner is not None and owner != account_id:
+                raise OcsError(
+                    Reason.ACCOUNT_EXISTS,
+                    f"member {member!r} belongs to another account",
+                    field="member",
+                )
+            if owner is None and limit["max_members"] is not None:
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM account_members WHERE account_id = $1", account_id
+                )
+                if count >= limit["max_members"]:
+                    raise OcsError(
+                        Reason.TOO_MANY_MEMBERS,
+                        f"account {account_id!r} has its {limit['max_members']} members already",
+                        field="member",
+                    )
+            await conn.execute(
+                "INSERT INTO account_members (member, account_id, max_lines) VALUES ($1, $2, $3)"
+                " ON CONFLICT (member) DO UPDATE SET max_lines = EXCLUDED.max_lines",
+                member,
+                account_id,
+                max_lines,
+            )
+            await self._store.set_member(member, account_id, max_lines)
+
+    async def remove_member(self, account_id: str, member: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            deleted = await conn.fetchval(
+                "DELETE FROM account_members WHERE member = $1 AND account_id = $2 RETURNING 1",
+                member,
+                account_id,
+            )
+            if deleted is None:
+                raise OcsError(
+                    Reason.NOT_FOUND,
+                    f"account {account_id!r} has no member {member!r}",
+                    field="member",
+                )
+            await self._store.remove_member(member, account_id)
+
+    async def members(self, account_id: str) -> list[dict[str, object]]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT member, max_lines FROM account_members WHERE account_id = $1"
+                " ORDER BY member",
+                account_id,
+            )
+        return [{"member": r["member"], "max_lines": r["max_lines"]} for r in rows]
 
     async def add_caller(self, account_id: str, caller: str) -> None:
         """Let calls from ``caller`` (Calling-Station-Id) identify the account (pinless)."""

@@ -26,7 +26,9 @@ def _tag(bucket: int) -> str:
 
 
 def account(account_id: str) -> str:
-    """Hash: balance, credit_limit, reserved, max_lines, status, plan, currency."""
+    """Hash: balance, credit_limit, reserved, max_lines, status, plan, currency, and the
+    policy fields min_balance, critical, lock, committed, member_lines, ml:<member>,
+    expire_days, pw, expires."""
     return f"acct:{_tag(bucket_of(account_id))}:{account_id}"
 
 
@@ -72,6 +74,31 @@ def call_ref(call_id: str) -> str:
 def caller_ref(caller: str) -> str:
     """String: the account a caller id (Calling-Station-Id) identifies, for pinless calls."""
     return f"caller:{_tag(bucket_of(caller))}:{caller}"
+
+
+def member_lines(account_id: str) -> str:
+    """Hash: member -> its calls live now (for the per-member line limit)."""
+    return f"mlines:{_tag(bucket_of(account_id))}:{account_id}"
+
+
+def counters(account_id: str) -> str:
+    """Hash: ``<counter>:limit``, ``<counter>:used``, ``<counter>:held`` seconds this cycle."""
+    return f"counters:{_tag(bucket_of(account_id))}:{account_id}"
+
+
+def member_ref(member: str) -> str:
+    """String: the account a member (SIP user, extension, caller id) belongs to."""
+    return f"member:{_tag(bucket_of(member))}:{member}"
+
+
+def pin_ref(pin_digest: str) -> str:
+    """String: the account (card) a PIN opens, keyed by the PIN's digest, never the PIN."""
+    return f"pin:{_tag(bucket_of(pin_digest))}:{pin_digest}"
+
+
+def pin_failures(scope: str, who: str) -> str:
+    """String counter: failed PIN attempts from one caller or one NAS in the window."""
+    return f"pinfail:{_tag(bucket_of(who))}:{scope}:{who}"
 
 
 def expiry_member(account_id: str, call_id: str) -> str:

@@ -17,8 +17,13 @@ class Script:
     sha: str
 
 
+def _read(name: str) -> str:
+    return resources.files("ocs.balances").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
 def _load(name: str) -> Script:
-    source = resources.files("ocs.balances").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    # lib.lua's helpers come first in every script, so a rule is written once.
+    source = _read("lib") + _read(name)
     return Script(name=name, source=source, sha=sha1(source.encode()).hexdigest())
 
 
@@ -30,6 +35,7 @@ START = _load("start")
 UPDATE = _load("update")
 SNAPSHOT_BUCKET = _load("snapshot_bucket")
 CHARGE = _load("charge")
+COUNTER_RESET = _load("counter_reset")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -40,4 +46,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     UPDATE,
     SNAPSHOT_BUCKET,
     CHARGE,
+    COUNTER_RESET,
 )

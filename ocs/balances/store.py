@@ -36,11 +36,18 @@ class AccountState:
     reserved: int
     max_lines: int
     lines_in_use: int
+    min_balance: int = 0
+    critical_balance: int | None = None
+    committed: int = 0
+    lock: str = ""  # "critical": locked by its critical balance; a top-up back unlocks it
+    member_lines: int = 0
+    expires_at: int = 0  # epoch seconds; 0 = never
+    expire_days: int = 0
 
     @property
     def available(self) -> int:
-        """Funds a new call may use: balance + credit limit - reservations."""
-        return self.balance + self.credit_limit - self.reserved
+        """Funds a new call may use: balance + credit limit - reservations - committed."""
+        return self.balance + self.credit_limit - self.reserved - self.committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +98,34 @@ class Refused:
     reason: str
 
 
-AuthorizeOutcome = Reserved | AlreadyLive | AlreadyStopped | PlanMismatch | Refused
+@dataclass(frozen=True, slots=True)
+class CounterChanged:
+    """The counter holds another number of free seconds than the caller priced with."""
+
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class CounterUse:
+    """A usage counter as one call uses it: ``held`` seconds reserved, ``used`` of them used."""
+
+    counter_id: str
+    held: int
+    used: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CounterQuote:
+    """The counter an authorization prices with: ``seconds`` free, at most ``cap`` per call."""
+
+    counter_id: str
+    seconds: int
+    cap: int
+    reject_on_threshold: bool
+    mandatory_seconds: int | None  # a mandatory counter's cycle, started on first use
+
+
+AuthorizeOutcome = Reserved | AlreadyLive | AlreadyStopped | PlanMismatch | Refused | CounterChanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +155,8 @@ class TopupResult:
 
 
 def _call_keys(account_id: str, call_id: str) -> list[str]:
-    """KEYS of the stop and update scripts: account, live calls, expiry, result, ledger."""
+    """KEYS of the stop and update scripts: account, live calls, expiry, result, ledger,
+    member lines, counters."""
     bucket = keys.bucket_of(account_id)
     return [
         keys.account(account_id),
@@ -129,6 +164,8 @@ def _call_keys(account_id: str, call_id: str) -> list[str]:
         keys.call_expiry(bucket),
         keys.stopped_call(account_id, call_id),
         keys.ledger(bucket),
+        keys.member_lines(account_id),
+        keys.counters(account_id),
     ]
 
 
@@ -164,6 +201,11 @@ class BalanceStore:
         opening_balance: int,
         password_digest: str = "",
         expires_at: int = 0,
+        min_balance: int = 0,
+        critical_balance: int | None = None,
+        committed: int = 0,
+        member_lines: int = 0,
+        expire_days: int = 0,
     ) -> bool:
         """Create the account's real-time state; False if it exists already."""
         bucket = keys.bucket_of(account_id)
@@ -181,6 +223,11 @@ class BalanceStore:
                 account_id,
                 password_digest,
                 expires_at,
+                min_balance,
+                "" if critical_balance is None else critical_balance,
+                committed,
+                member_lines,
+                expire_days,
             ],
         )
         return _text(reply[0]) == "OK"
@@ -203,6 +250,13 @@ class BalanceStore:
             reserved=int(data["reserved"]),
             max_lines=int(data["max_lines"]),
             lines_in_use=int(lines),
+            min_balance=int(data.get("min_balance") or 0),
+            critical_balance=int(data["critical"]) if data.get("critical") else None,
+            committed=int(data.get("committed") or 0),
+            lock=data.get("lock", ""),
+            member_lines=int(data.get("member_lines") or 0),
+            expires_at=int(data.get("expires") or 0),
+            expire_days=int(data.get("expire_days") or 0),
         )
 
     async def account_plan(self, account_id: str) -> str | None:
@@ -224,9 +278,22 @@ class BalanceStore:
         password_digest: str = "",
         now: int = 0,
         started_at: int = 0,
+        member: str | None = None,
+        counter: CounterQuote | None = None,
     ) -> AuthorizeOutcome:
         """Reserve a line and funds; the call reference is written in the same round trip."""
         bucket = keys.bucket_of(account_id)
+        counter_args: list[object] = (
+            ["", 0, 0, "0", ""]
+            if counter is None
+            else [
+                counter.counter_id,
+                counter.seconds,
+                counter.cap,
+                "1" if counter.reject_on_threshold else "0",
+                "" if counter.mandatory_seconds is None else counter.mandatory_seconds,
+            ]
+        )
         outcome = self._pipe.run_script(
             scripts.AUTHORIZE,
             [
@@ -234,6 +301,8 @@ class BalanceStore:
                 keys.live_calls(account_id),
                 keys.call_expiry(bucket),
                 keys.stopped_call(account_id, call_id),
+                keys.member_lines(account_id),
+                keys.counters(account_id),
             ],
             [
                 call_id,
@@ -247,6 +316,8 @@ class BalanceStore:
                 password_digest,
                 now,
                 started_at,
+                member or "",
+                *counter_args,
             ],
         )
         # The reference lets a stop that names only the call id find the account. It
@@ -268,6 +339,8 @@ class BalanceStore:
             return AlreadyStopped()
         if status == "PLAN":
             return PlanMismatch(_text(reply[1]))
+        if status == "CNT":
+            return CounterChanged(int(reply[1]))
         return Refused(_text(reply[1]))
 
     async def call_reference(self, call_id: str) -> bytes | None:
@@ -284,6 +357,8 @@ class BalanceStore:
         result_ttl: int,
         cause: str = "normal",
         expired_by: int | None = None,
+        member: str | None = None,
+        counter: CounterUse | None = None,
     ) -> StopResult | None:
         """Charge and close a live call; None if no such call is live.
 
@@ -304,6 +379,10 @@ class BalanceStore:
                 account_id,
                 cause,
                 "" if expired_by is None else expired_by,
+                member or "",
+                "" if counter is None else counter.counter_id,
+                0 if counter is None else counter.held,
+                0 if counter is None else counter.used,
             ],
         )
         status = _text(reply[0])
@@ -369,6 +448,7 @@ class BalanceStore:
         used_cost: int,
         debit: bool,
         expires_at: int,
+        cover_cost: int | None = None,
     ) -> UpdateResult | bool | None:
         """Record progress (and debit it when asked); None if not live, False if stopped."""
         reply = await self._pipe.run_script(
@@ -383,6 +463,7 @@ class BalanceStore:
                 account_id,
                 expires_at,
                 keys.expiry_member(account_id, call_id),
+                "" if cover_cost is None else cover_cost,
             ],
         )
         status = _text(reply[0])
@@ -430,6 +511,77 @@ class BalanceStore:
             await self._pipe.execute("DEL", keys.caller_ref(caller))
         else:
             await self._pipe.execute("SET", keys.caller_ref(caller), account_id)
+
+    async def member_account(self, member: str) -> str | None:
+        account = await self._pipe.execute("GET", keys.member_ref(member))
+        return None if account is None else _text(account)
+
+    async def set_member(self, member: str, account_id: str, max_lines: int | None) -> None:
+        """Let ``member`` identify the account, with its own line limit (None: the account's)."""
+        await self._pipe.execute("SET", keys.member_ref(member), account_id)
+        field = f"ml:{member}"
+        if max_lines is None:
+            await self._pipe.execute("HDEL", keys.account(account_id), field)
+        else:
+            await self._pipe.execute("HSET", keys.account(account_id), field, max_lines)
+
+    async def remove_member(self, member: str, account_id: str) -> None:
+        await self._pipe.execute("DEL", keys.member_ref(member))
+        await self._pipe.execute("HDEL", keys.account(account_id), f"ml:{member}")
+
+    async def set_policy(self, account_id: str, fields: dict[str, str | int]) -> bool:
+        """Change policy fields of an account's real-time state; False for an unknown one."""
+        key = keys.account(account_id)
+        if not await self._pipe.execute("EXISTS", key):
+            return False
+        flat: list[object] = [x for pair in fields.items() for x in pair]
+        await self._pipe.execute("HSET", key, *flat)
+        return True
+
+    async def identities(self, name: str, pin_digest: str | None) -> tuple[str | None, str | None]:
+        """(account of member ``name``, account of the PIN digest), in one round trip."""
+        member = self._pipe.execute("GET", keys.member_ref(name))
+        pin = None if pin_digest is None else self._pipe.execute("GET", keys.pin_ref(pin_digest))
+        member_account = await member
+        pin_account = None if pin is None else await pin
+        return (
+            None if member_account is None else _text(member_account),
+            None if pin_account is None else _text(pin_account),
+        )
+
+    async def pin_account(self, pin_digest: str) -> str | None:
+        account = await self._pipe.execute("GET", keys.pin_ref(pin_digest))
+        return None if account is None else _text(account)
+
+    async def set_pin(self, pin_digest: str, account_id: str) -> None:
+        await self._pipe.execute("SET", keys.pin_ref(pin_digest), account_id)
+
+    async def counter_state(self, account_id: str) -> dict[str, dict[str, int]]:
+        """counter id -> {limit, used, held} seconds of the current cycle."""
+        raw = await self._pipe.execute("HGETALL", keys.counters(account_id))
+        state: dict[str, dict[str, int]] = {}
+        for field, value in zip(raw[::2], raw[1::2], strict=True):
+            counter_id, _, part = _text(field).rpartition(":")
+            state.setdefault(counter_id, {"limit": 0, "used": 0, "held": 0})[part] = int(value)
+        return {k: v for k, v in state.items() if "limit" in v}
+
+    async def start_counter(self, account_id: str, counter_id: str, seconds: int) -> bool:
+        """Give the account a counter's first cycle; False if it has the counter already."""
+        key = keys.counters(account_id)
+        fresh = await self._pipe.execute("HSETNX", key, f"{counter_id}:limit", seconds)
+        if fresh:
+            await self._pipe.execute("HSET", key, f"{counter_id}:used", 0)
+        return bool(fresh)
+
+    async def reset_counters(self, account_id: str, cycle: list[tuple[str, int, bool]]) -> int:
+        """Start a new cycle: (counter id, seconds, carryover) of each counter that goes on."""
+        args: list[object] = []
+        for counter_id, seconds, carryover in cycle:
+            args += [counter_id, seconds, "1" if carryover else "0"]
+        reply = await self._pipe.run_script(
+            scripts.COUNTER_RESET, [keys.counters(account_id)], args
+        )
+        return int(reply)
 
     async def account_secrets(self, account_id: str) -> tuple[str, int] | None:
         """(password digest, expiry epoch) of an account, for balance queries."""

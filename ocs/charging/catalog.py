@@ -11,7 +11,10 @@ Python object per row, and the compiled index is built in a worker thread (its
 kernels release the GIL), so a million-prefix deck reloads in about a second
 while the event loop keeps answering. A change NOTIFYs which plan it touched
 (``deck:<plan>``, ``plan:<plan>``); the holder then rebuilds that plan's deck
-only and keeps every other deck whose tariffs did not change.
+only and keeps every other deck whose tariffs did not change. Carriers' cost
+decks and route sets (ocs.charging.routes) load into the same snapshot: a
+``carrier:<id>`` notification rebuilds that carrier's deck only, a
+``routes:<id>`` one rereads the route sets and rebuilds no deck.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from ocs.charging.bands import BandSchedule, schedule_from_json
 from ocs.charging.matcher import PrefixIndex
 from ocs.charging.prefixes import PrefixTable
 from ocs.charging.rating import Rate, Tier
+from ocs.charging.routes import RouteBook, RouteDecision, build_route_book, read_routes
+from ocs.charging.routes import warm_up as warm_up_routes
 from ocs.charging.translation import TranslationSet, translation_from_json
+from ocs.counters.definitions import CounterDef, read_counters
 
 log = logging.getLogger("ocs.catalog")
 
@@ -50,6 +56,8 @@ class Plan:
     max_call_duration: int
     translation: TranslationSet = field(default_factory=TranslationSet)
     bands: BandSchedule | None = None
+    route_set_id: str | None = None
+    allow_negative_margin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +81,15 @@ class CatalogSnapshot:
     plans: dict[str, Plan]
     decks: dict[str, PrefixTable[Tariff]]
     tariffs: dict[str, PlanTariffs] = field(default_factory=dict)
+    routes: RouteBook = field(default_factory=RouteBook)
+    counters: dict[str, tuple[CounterDef, ...]] = field(default_factory=dict)
 
     def plan(self, plan_id: str) -> Plan | None:
         return self.plans.get(plan_id)
+
+    def counters_for(self, plan_id: str) -> tuple[CounterDef, ...]:
+        """The plan's usage counters, ordered by id."""
+        return self.counters.get(plan_id, ())
 
     def tariff_named(self, plan_id: str, zone: str) -> Tariff | None:
         """A plan's tariff by zone name (usage services are zones without prefixes)."""
@@ -84,10 +98,25 @@ class CatalogSnapshot:
                 return tariff
         return None
 
-    def tariff_for(self, plan_id: str, digits: str) -> tuple[str, Tariff] | None:
-        """(matched prefix, tariff) of a normalised number in a plan's deck."""
+    def tariff_for(
+        self, plan_id: str, digits: str, direction: str = "outbound"
+    ) -> tuple[str, Tariff] | None:
+        """(matched prefix, tariff) of a normalised number in a plan's deck.
+
+        Only outbound decks are loaded: an inbound call finds no tariff (it is free).
+        """
+        if direction != "outbound":
+            return None
         deck = self.decks.get(plan_id)
         return None if deck is None else deck.match(digits)
+
+    def routes_for(self, plan_id: str, digits: str, sell_rate: Rate) -> RouteDecision | None:
+        """The plan's route set's carriers for a normalised number sold at ``sell_rate``
+        (``RouteBook.routes_for``); None when the plan has no route set."""
+        plan = self.plans.get(plan_id)
+        if plan is None or plan.route_set_id is None:
+            return None
+        return self.routes.routes_for(plan.route_set_id, digits, sell_rate)
 
 
 # --- prefixes out of PostgreSQL ------------------------------------------------------
@@ -160,6 +189,8 @@ def plan_from_row(row: asyncpg.Record) -> Plan:
         max_call_duration=row["max_call_duration"],
         translation=translation_from_json(row.get("translation")),
         bands=schedule_from_json(row.get("bands")),
+        route_set_id=row.get("route_set_id"),
+        allow_negative_margin=bool(row.get("allow_negative_margin", False)),
     )
 
 
@@ -226,15 +257,18 @@ async def load_snapshot(
     pool: asyncpg.Pool,
     previous: CatalogSnapshot | None = None,
     changed: set[str] | None = None,
+    carriers: set[str] | None = None,
 ) -> CatalogSnapshot:
     """Read the catalog in one repeatable-read transaction and build a snapshot.
 
     With ``previous`` and ``changed`` (plan ids whose decks may have changed),
     every other plan keeps its deck from ``previous`` as long as its tariffs are
-    the same; ``changed=None`` rebuilds every deck.
+    the same, and every carrier not in ``carriers`` (ids whose cost decks may
+    have changed) keeps its cost deck; ``changed=None`` rebuilds every deck.
     """
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         plans = _plans(await conn.fetch("SELECT * FROM plans"))
+        counters = await read_counters(conn)
         tariffs = _tariffs(
             await conn.fetch(
                 "SELECT t.plan_id, t.zone_id, z.name AS zone, t.connect_fee, t.first_block,"
@@ -258,12 +292,20 @@ async def load_snapshot(
                 decks[plan_id] = previous.decks[plan_id]
             elif plan_tariffs.tariffs:
                 load[plan_id] = await copy_prefixes(conn, plan_id)
+        route_rows = await read_routes(
+            conn,
+            None if previous is None else previous.routes,
+            None if changed is None else (carriers or set()),
+        )
     empty: PrefixTable[Tariff] = PrefixTable()
     for plan_id, data in load.items():
         decks[plan_id] = await asyncio.to_thread(build_deck, data, tariffs[plan_id])
     for plan_id in plans:
         decks.setdefault(plan_id, empty)
-    return CatalogSnapshot(plans=plans, decks=decks, tariffs=tariffs)
+    routes = await build_route_book(route_rows)
+    return CatalogSnapshot(
+        plans=plans, decks=decks, tariffs=tariffs, routes=routes, counters=counters
+    )
 
 
 def _plan_named(payload: str | None) -> str | None:
@@ -283,6 +325,9 @@ class CatalogHolder:
         # Plans named by notifications not yet reloaded; a full reload when unsure.
         self._pending: set[str] = set()
         self._pending_full = False
+        # Carriers whose cost decks changed; route sets changed (reread whole, no deck).
+        self._pending_carriers: set[str] = set()
+        self._pending_routes = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.version = 0
 
@@ -290,25 +335,31 @@ class CatalogHolder:
     def snapshot(self) -> CatalogSnapshot:
         return self._snapshot
 
-    async def reload(self, plans: set[str] | None = None) -> None:
+    async def reload(self, plans: set[str] | None = None, carriers: set[str] | None = None) -> None:
         """Build a new snapshot and swap it in; on failure the old one keeps serving.
 
-        ``plans``: only these plans' decks may have changed (None: any).
+        ``plans``: only these plans' decks may have changed (None: any, and every
+        carrier's cost deck too); ``carriers``: these carriers' cost decks may
+        have changed as well.
         """
         async with self._reload_lock:
-            await self._reload_locked(plans)
+            await self._reload_locked(plans, carriers)
 
-    async def _reload_locked(self, plans: set[str] | None) -> None:
+    async def _reload_locked(
+        self, plans: set[str] | None, carriers: set[str] | None = None
+    ) -> None:
         started = time.perf_counter()
-        snapshot = await load_snapshot(self._pool, self._snapshot, plans)
+        snapshot = await load_snapshot(self._pool, self._snapshot, plans, carriers)
         self._snapshot = snapshot
         self.version += 1
+        reloaded = [*sorted(plans or ()), *(f"carrier:{c}" for c in sorted(carriers or ()))]
         log.info(
             "catalog loaded",
             extra={
                 "plans": len(snapshot.plans),
                 "prefixes": sum(len(d) for d in snapshot.decks.values()),
-                "reloaded": "all" if plans is None else ",".join(sorted(plans)),
+                "carriers": len(snapshot.routes.decks),
+                "reloaded": "all" if plans is None else ",".join(reloaded),
                 "seconds": round(time.perf_counter() - started, 3),
                 "catalog_version": self.version,
             },
@@ -321,22 +372,34 @@ class CatalogHolder:
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         plan_id = _plan_named(payload)
-        if plan_id is None:
-            self._pending_full = True
-        else:
+        kind, _, name = (payload or "").partition(":")
+        if plan_id is not None:
             self._pending.add(plan_id)
+        elif kind == "carrier" and name:
+            self._pending_carriers.add(name)
+        elif kind == "routes" and name:
+            self._pending_routes = True
+        else:
+            self._pending_full = True
         task = asyncio.get_running_loop().create_task(self._reload_pending())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _reload_pending(self) -> None:
         async with self._reload_lock:
-            if not (self._pending_full or self._pending):
+            if not (
+                self._pending_full
+                or self._pending
+                or self._pending_carriers
+                or self._pending_routes
+            ):
                 return  # an earlier task reloaded these changes already
             plans = None if self._pending_full else self._pending
+            carriers = self._pending_carriers
             self._pending, self._pending_full = set(), False
+            self._pending_carriers, self._pending_routes = set(), False
             try:
-                await self._reload_locked(plans)
+                await self._reload_locked(plans, carriers)
             except Exception:
                 self._pending_full = True  # rebuild everything on the next change
                 log.exception("catalog reload failed; the previous snapshot keeps serving")
@@ -356,3 +419,4 @@ def warm_up() -> None:
     tariff = Tariff("x", Rate(connect_fee=0, first_block=1, increment=1, price_per_minute=1))
     deck = build_deck(b"44\t7\n447\t9\n", PlanTariffs((7,), (tariff,)))
     assert deck.match("4477") == ("44", tariff)
+    warm_up_routes()

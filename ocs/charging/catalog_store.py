@@ -23,7 +23,7 @@ from ocs.charging.catalog import (
     plan_from_row,
     tiers_to_json,
 )
-from ocs.charging.deck import Deck, DeckRow
+from ocs.charging.deck import RATE_FIELDS, Deck, DeckRow
 from ocs.charging.matcher import KEY_DIGITS, _prefix_keys
 from ocs.charging.rating import Rate, Tier
 from ocs.charging.translation import TranslationSet
@@ -116,8 +116,10 @@ async def set_tariff_shape(
     surcharge_flat: int = 0,
     band_prices: tuple[tuple[str, int], ...] = (),
     per: int = 60,
+    direction: str = "outbound",
 ) -> None:
-    """Give a zone's tariff graduated tiers and a max cost (the base rate stays)."""
+    """Give a zone's tariff in one direction graduated tiers and a max cost (the base
+    rate stays)."""
     # The whole shape must make a valid rate before it is stored.
     try:
         Rate(
@@ -139,7 +141,7 @@ async def set_tariff_shape(
             "UPDATE tariffs t SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5,"
             " surcharge_percent_bp = $6, surcharge_flat = $7, band_prices = $8::jsonb, per = $9"
             " FROM zones z WHERE z.id = t.zone_id AND t.plan_id = $1 AND z.name = $2"
-            " RETURNING t.plan_id",
+            " AND t.direction = $10 RETURNING t.plan_id",
             plan_id,
             zone,
             tiers_to_json(tiers),
@@ -149,12 +151,59 @@ async def set_tariff_shape(
             surcharge_flat,
             json.dumps(dict(band_prices)),
             per,
+            direction,
         )
         if updated is None:
             raise OcsError(
                 Reason.NOT_FOUND, f"plan {plan_id!r} has no tariff for zone {zone!r}", field="zone"
             )
         await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"deck:{plan_id}")
+
+
+# The tariffs table's shape columns, by the deck column that sets each one, and what
+# a stored value other than the default (a shape set through the API) looks like.
+_SHAPE_COLUMNS = {
+    "per": ("per", "per <> 60"),
+    "max_cost": ("max_cost", "max_cost > 0"),
+    "max_cost_mode": ("cut_at_max_cost", "cut_at_max_cost"),
+    "surcharge_percent": ("surcharge_percent_bp", "surcharge_percent_bp > 0"),
+    "surcharge_flat": ("surcharge_flat", "surcharge_flat > 0"),
+    "tiers": ("tiers", "tiers <> '[]'"),
+    "band_prices": ("band_prices", "band_prices <> '{}'"),
+}
+_JSON_COLUMNS = ("tiers", "band_prices")
+_TARIFF_COLUMNS = [
+    "plan_id",
+    "zone_id",
+    "direction",
+    "connect_fee",
+    "first_block",
+    "increment",
+    "price_per_minute",
+    *(db for db, _ in _SHAPE_COLUMNS.values()),
+]
+
+
+def _tariff_record(plan_id: str, zone_id: int, direction: str, rate: Rate) -> tuple:
+    """A tariffs row (``_TARIFF_COLUMNS``) of a deck's rate."""
+    shape = []
+    for column in _SHAPE_COLUMNS:
+        value = getattr(rate, RATE_FIELDS[column])
+        if column == "tiers":
+            value = tiers_to_json(value)
+        elif column == "band_prices":
+            value = json.dumps(dict(value))
+        shape.append(value)
+    return (
+        plan_id,
+        zone_id,
+        direction,
+        rate.connect_fee,
+        rate.first_block,
+        rate.increment,
+        rate.price_per_minute,
+        *shape,
+    )
 
 
 async def import_deck(
@@ -167,10 +216,16 @@ async def import_deck(
     difference is written: the current deck is read with COPY, compared in
     numpy, and rows are deleted, updated and COPYed in as needed. A first
     import, or one that changes most rows, replaces the rows wholesale.
+
+    Tariffs (one per zone and direction) are few and written whole. A shape
+    field whose column the deck has takes the deck's value; one whose column it
+    lacks keeps the value stored (set through the shape API) for every zone and
+    direction the new deck still rates.
     """
     if not isinstance(deck, Deck):
         deck = Deck.from_rows(deck)
-    zone_names = list(deck.zones)
+    zone_names = list(dict.fromkeys(deck.zones))
+    kept = [(db, shaped) for c, (db, shaped) in _SHAPE_COLUMNS.items() if c not in deck.columns]
     async with pool.acquire() as conn, conn.transaction():
         if await conn.fetchval("SELECT 1 FROM plans WHERE id = $1 FOR UPDATE", plan_id) is None:
             raise OcsError(Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan")
@@ -182,63 +237,45 @@ async def import_deck(
             r["name"]: r["id"]
             for r in await conn.fetch("SELECT id, name FROM zones WHERE name = ANY($1)", zone_names)
         }
-        zone_ids = np.array([ids[name] for name in zone_names], np.int64)
-        # Shapes set through the API (tiers, max cost) outlive a deck re-import for
-        # the zones the new deck still rates: the CSV carries only the base rate.
-        shapes = await conn.fetch(
-            "SELECT zone_id, tiers, max_cost, cut_at_max_cost, surcharge_percent_bp,"
-            " surcharge_flat, band_prices, per FROM tariffs WHERE plan_id = $1 AND (tiers <> '[]'"
-            " OR max_cost > 0 OR surcharge_percent_bp > 0 OR surcharge_flat > 0"
-            " OR band_prices <> '{}' OR per <> 60)",
-            plan_id,
-        )
+        # Zone id of each tariff slot (a zone in one direction).
+        zone_ids = np.array([ids[name] for name in deck.zones], np.int64)
+        shapes = []
+        if kept:
+            # The values of shape fields the deck has no column for, where not the default.
+            shapes = await conn.fetch(
+                f"SELECT zone_id, direction, {', '.join(db for db, _ in kept)} FROM tariffs"
+                f" WHERE plan_id = $1 AND ({' OR '.join(shaped for _, shaped in kept)})",
+                plan_id,
+            )
         await conn.execute("DELETE FROM tariffs WHERE plan_id = $1", plan_id)
         await conn.copy_records_to_table(
             "tariffs",
             records=[
-                (
-                    plan_id,
-                    int(zone_id),
-                    "outbound",
-                    r.connect_fee,
-                    r.first_block,
-                    r.increment,
-                    r.price_per_minute,
+                _tariff_record(plan_id, zone_id, direction, rate)
+                for zone_id, direction, rate in zip(
+                    zone_ids.tolist(), deck.directions, deck.rates, strict=True
                 )
-                for zone_id, r in zip(zone_ids.tolist(), deck.rates, strict=True)
             ],
-            columns=[
-                "plan_id",
-                "zone_id",
-                "direction",
-                "connect_fee",
-                "first_block",
-                "increment",
-                "price_per_minute",
-            ],
+            columns=_TARIFF_COLUMNS,
         )
         if shapes:
+            # ``kept`` holds this module's own column names, never caller input.
+            sets = ", ".join(
+                f"{db} = ${n}{'::jsonb' if db in _JSON_COLUMNS else ''}"
+                for n, (db, _) in enumerate(kept, 4)
+            )
             await conn.executemany(
-                "UPDATE tariffs SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5,"
-                " surcharge_percent_bp = $6, surcharge_flat = $7, band_prices = $8::jsonb,"
-                " per = $9 WHERE plan_id = $1 AND zone_id = $2",
+                f"UPDATE tariffs SET {sets} WHERE plan_id = $1 AND zone_id = $2 AND direction = $3",
                 [
-                    (
-                        plan_id,
-                        r["zone_id"],
-                        r["tiers"],
-                        r["max_cost"],
-                        r["cut_at_max_cost"],
-                        r["surcharge_percent_bp"],
-                        r["surcharge_flat"],
-                        r["band_prices"],
-                        r["per"],
-                    )
+                    (plan_id, r["zone_id"], r["direction"], *(r[db] for db, _ in kept))
                     for r in shapes
                 ],
             )
+        # The prefixes table holds a prefix once, whatever the directions it is rated in.
+        prefixes = deck.by_prefix()
+        zone_of_row = zone_ids[prefixes.zone_of]
         current = await copy_prefixes(conn, plan_id)
-        writes = await asyncio.to_thread(_plan_rows, deck, zone_ids[deck.zone_of], current)
+        writes = await asyncio.to_thread(_plan_rows, prefixes, zone_of_row, current)
         if writes.replace_all:
             await conn.execute("DELETE FROM prefixes WHERE plan_id = $1", plan_id)
         else:
@@ -259,7 +296,7 @@ async def import_deck(
                 )
         if len(writes.added):
             payload = await asyncio.to_thread(
-                _copy_text, _copy_field(plan_id), deck, zone_ids[deck.zone_of], writes.added
+                _copy_text, _copy_field(plan_id), prefixes, zone_of_row, writes.added
             )
             await conn.copy_to_table(
                 "prefixes",
@@ -270,7 +307,7 @@ async def import_deck(
         await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"deck:{plan_id}")
     return DeckImport(
         plan_id=plan_id,
-        prefixes=len(deck),
+        prefixes=len(prefixes),
         zones=len(zone_names),
         added=len(writes.added),
         changed=len(writes.changed),

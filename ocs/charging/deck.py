@@ -1,9 +1,17 @@
 """Rate deck CSV parsing and validation: all rows good, or nothing applied.
 
 Header: ``prefix,zone,price_per_minute,connect_fee,first_block,increment``
-(any column order). Amounts are decimal strings, durations whole seconds.
+(any column order), and optionally any of ``direction`` and the tariff shape
+columns ``per,max_cost,max_cost_mode,surcharge_percent,surcharge_flat,tiers,
+band_prices`` (``OPTIONAL_COLUMNS``; one-cell syntax in ``parse_tiers`` and
+``parse_band_prices``, README "Rate decks"). Amounts are decimal strings,
+durations whole seconds; an empty optional cell is that field's default.
 Every error names its line number and column; up to ``MAX_REPORTED`` errors
 are reported at once so an operator can fix a deck in one pass.
+
+A tariff is keyed by (zone, direction): all rows of one zone and direction
+carry one rate, shape included. The ``prefixes`` table keys a prefix by plan
+only, so a prefix may appear once per direction, in the same zone.
 
 Carrier decks have a million rows, so the parse is compiled: one numba pass
 over the bytes splits the lines and fields and reads every plain row
@@ -14,7 +22,9 @@ zones with two rates are found by one more compiled pass in file order.
 Rules and messages are those of the row-by-row reference, ``parse_deck_rows``,
 which the tests hold the fast parse to; a deck whose quoting the fast parse
 does not follow (a quoted field spanning lines, a bare carriage return) is
-parsed by the reference outright.
+parsed by the reference outright. Optional columns ride the same scan: it
+notes where each of their cells is, and every distinct cell text is read once
+by the reference's own rules.
 """
 
 from __future__ import annotations
@@ -29,15 +39,34 @@ import numba
 import numpy as np
 
 from ocs.charging.matcher import KEY_DIGITS, _prefix_keys
-from ocs.charging.rating import Rate
+from ocs.charging.rating import Rate, Tier
 from ocs.errors import OcsError, Reason
-from ocs.money import MoneyError, parse_amount
+from ocs.money import MoneyError, format_amount, parse_amount
 
 COLUMNS = ("prefix", "zone", "price_per_minute", "connect_fee", "first_block", "increment")
+# Tariff shape columns, each one field of the shape API (PUT .../tariffs/{zone}/shape).
+SHAPE_COLUMNS = (
+    "per",
+    "max_cost",
+    "max_cost_mode",
+    "surcharge_percent",
+    "surcharge_flat",
+    "tiers",
+    "band_prices",
+)
+OPTIONAL_COLUMNS = ("direction", *SHAPE_COLUMNS)
+DIRECTIONS = ("outbound", "inbound")
 MAX_REPORTED = 20
 MAX_BLOCK_SECONDS = 86_400
 MAX_ZONE_CHARS = 200
 MAX_PREFIX_DIGITS = 32
+# Shape limits, the shape API's: tiers from second 1 to a week, up to 32 of them;
+# a price per 1 to 1,000,000 seconds or units; up to 16 band prices.
+MAX_TIERS = 32
+MAX_TIER_START = 7 * 24 * 3600
+MAX_PER = 1_000_000
+MAX_BANDS = 16
+MAX_SURCHARGE_PERCENT = 1_000  # tariffs.surcharge_percent_bp is a 32-bit INTEGER
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +75,7 @@ class DeckRow:
     prefix: str
     zone: str
     rate: Rate
+    direction: str = "outbound"
 
 
 class DeckError(OcsError):
@@ -69,13 +99,28 @@ class DeckError(OcsError):
 class Deck(Sequence[DeckRow]):
     """A parsed, valid deck, column-wise: no Python object per row.
 
-    Rows keep file order. Each zone has one rate (the deck rules make it so);
-    ``zone_of[i]`` is row i's position in ``zones``/``rates``. Row i's prefix is
-    ``buf[prefix_at[i]:prefix_at[i] + prefix_len[i]]`` (digits, no '+'). It is
-    a sequence of ``DeckRow`` too, built on access, for small decks and tests.
+    Rows keep file order. A tariff slot is a zone in one direction, with one
+    rate (the deck rules make it so): ``zone_of[i]`` is row i's slot, its
+    position in ``zones``/``directions``/``rates`` (without a direction column
+    every slot is outbound and a zone has one slot). Row i's prefix is
+    ``buf[prefix_at[i]:prefix_at[i] + prefix_len[i]]`` (digits, no '+').
+    ``columns``: the optional columns the header named; a shape column not
+    named leaves the stored value of that field alone on import. It is a
+    sequence of ``DeckRow`` too, built on access, for small decks and tests.
     """
 
-    __slots__ = ("buf", "lines", "prefix_at", "prefix_len", "rates", "zone_of", "zones")
+    __slots__ = (
+        "buf",
+        "columns",
+        "directions",
+        "first_of_prefix",
+        "lines",
+        "prefix_at",
+        "prefix_len",
+        "rates",
+        "zone_of",
+        "zones",
+    )
 
     def __init__(
         self,
@@ -87,6 +132,9 @@ class Deck(Sequence[DeckRow]):
         zone_of: np.ndarray,
         zones: list[str],
         rates: list[Rate],
+        directions: list[str] | None = None,
+        columns: frozenset[str] = frozenset(),
+        first_of_prefix: np.ndarray | None = None,
     ) -> None:
         self.buf = buf
         self.lines = lines
@@ -95,27 +143,63 @@ class Deck(Sequence[DeckRow]):
         self.zone_of = zone_of
         self.zones = zones
         self.rates = rates
+        self.directions = ["outbound"] * len(zones) if directions is None else directions
+        self.columns = columns
+        # Rows that give their prefix first, when a prefix repeats (once per direction).
+        self.first_of_prefix = first_of_prefix
 
     @classmethod
-    def from_rows(cls, rows: Sequence[DeckRow]) -> Deck:
+    def from_rows(cls, rows: Sequence[DeckRow], columns: frozenset[str] = frozenset()) -> Deck:
         """The column form of rows from ``parse_deck_rows`` (already validated)."""
-        zone_index: dict[str, int] = {}
+        slot_index: dict[tuple[str, str], int] = {}
         rates: list[Rate] = []
-        for row in rows:
-            if zone_index.setdefault(row.zone, len(rates)) == len(rates):
+        first_row: dict[str, int] = {}
+        for n, row in enumerate(rows):
+            if slot_index.setdefault((row.zone, row.direction), len(rates)) == len(rates):
                 rates.append(row.rate)
+            first_row.setdefault(row.prefix, n)
         encoded = [row.prefix.encode() for row in rows]
         prefix_len = np.fromiter(map(len, encoded), np.int64, len(encoded))
         prefix_at = np.zeros(len(encoded), np.int64)
         np.cumsum(prefix_len[:-1], out=prefix_at[1:])
+        slots = np.fromiter(
+            (slot_index[row.zone, row.direction] for row in rows), np.int64, len(rows)
+        )
         return cls(
             buf=np.frombuffer(b"".join(encoded), np.uint8),
             lines=np.fromiter((row.line for row in rows), np.int64, len(rows)),
             prefix_at=prefix_at,
             prefix_len=prefix_len,
-            zone_of=np.fromiter((zone_index[row.zone] for row in rows), np.int64, len(rows)),
-            zones=list(zone_index),
+            zone_of=slots,
+            zones=[zone for zone, _ in slot_index],
             rates=rates,
+            directions=[direction for _, direction in slot_index],
+            columns=columns,
+            first_of_prefix=(
+                None
+                if len(first_row) == len(rows)
+                else np.fromiter(first_row.values(), np.int64, len(first_row))
+            ),
+        )
+
+    def by_prefix(self) -> Deck:
+        """One row per prefix (its first), as the plan's ``prefixes`` table holds them.
+
+        The deck itself unless a prefix repeats, which only a direction column allows.
+        """
+        rows = self.first_of_prefix
+        if rows is None:
+            return self
+        return Deck(
+            buf=self.buf,
+            lines=self.lines[rows],
+            prefix_at=self.prefix_at[rows],
+            prefix_len=self.prefix_len[rows],
+            zone_of=self.zone_of[rows],
+            zones=self.zones,
+            rates=self.rates,
+            directions=self.directions,
+            columns=self.columns,
         )
 
     def __len__(self) -> int:
@@ -138,16 +222,227 @@ class Deck(Sequence[DeckRow]):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        zone = int(self.zone_of[i])
+        slot = int(self.zone_of[i])
         return DeckRow(
             line=int(self.lines[i]),
             prefix=self.prefix(i),
-            zone=self.zones[zone],
-            rate=self.rates[zone],
+            zone=self.zones[slot],
+            rate=self.rates[slot],
+            direction=self.directions[slot],
         )
 
     def __iter__(self) -> Iterator[DeckRow]:
         return (self[i] for i in range(len(self)))
+
+
+# --- tariff shape fields, one cell each (the shape API's rules) ----------------------
+
+
+def parse_direction(text: str) -> str:
+    """``outbound`` (also for an empty cell) or ``inbound``, in any letter case."""
+    value = text.strip().lower()
+    if not value:
+        return "outbound"
+    if value not in DIRECTIONS:
+        raise ValueError(f"expected outbound or inbound, got {text!r}")
+    return value
+
+
+def _whole(text: str, minimum: int, maximum: int, what: str) -> int:
+    value = text.strip()
+    if (
+        not (value.isascii() and value.isdigit())
+        or len(value) > 12
+        or not minimum <= int(value) <= maximum
+    ):
+        raise ValueError(f"expected {what} from {minimum} to {maximum}, got {text!r}")
+    return int(value)
+
+
+def _optional_amount(text: str) -> int:
+    """An amount in micro-units; an empty cell is 0."""
+    return parse_amount(text) if text.strip() else 0
+
+
+def parse_per(text: str) -> int:
+    """Seconds or units the price is for: 60 (per minute; also an empty cell), 1 (per unit)..."""
+    if not text.strip():
+        return 60
+    return _whole(text, 1, MAX_PER, "a whole number of seconds or units")
+
+
+def parse_max_cost_mode(text: str) -> bool:
+    """True to cut the call at the max cost (``cut``), False for ``free`` (or an empty cell)."""
+    value = text.strip().lower()
+    if value not in ("", "free", "cut"):
+        raise ValueError(f"expected free (the rest of the call is free) or cut, got {text!r}")
+    return value == "cut"
+
+
+def parse_surcharge_percent(text: str) -> int:
+    """A percentage such as ``2.5`` in basis points (250); an empty cell is 0."""
+    try:
+        # "2.5" (percent) is 2.5e6 micro-units of a percent, 250 basis points.
+        micro = _optional_amount(text)
+        if micro % 10_000:
+            raise MoneyError("at most two decimal places")
+        if micro > MAX_SURCHARGE_PERCENT * 1_000_000:
+            raise MoneyError(f"at most {MAX_SURCHARGE_PERCENT}")
+    except MoneyError as exc:
+        raise ValueError(f'a percentage such as "2.5": {exc}') from None
+    return micro // 10_000
+
+
+TIER_SYNTAX = "from_second:price_per_minute[:increment[:flat]]"
+
+
+def parse_tiers(text: str) -> tuple[Tier, ...]:
+    """Graduated tiers in one cell: ``from_second:price_per_minute[:increment[:flat]]``
+    entries separated by ``|``, starts in increasing order; increment 1 and flat 0 when
+    left out; an empty cell is no tiers. ``900:0.10:60`` is "from second 900, 0.10 per
+    minute (per ``per``) in 60-second steps"; ``900:0.10:60:1.00|3600:0.05:60`` adds
+    1.00 once when the call passes second 900 and a cheaper tier from the hour.
+    """
+    cell = text.strip()
+    if not cell:
+        return ()
+    entries = cell.split("|")
+    if len(entries) > MAX_TIERS:
+        raise ValueError(f"at most {MAX_TIERS} tiers, found {len(entries)}")
+    tiers: list[Tier] = []
+    for n, entry in enumerate(entries, 1):
+        parts = [part.strip() for part in entry.split(":")]
+        where = f"tier {n} {entry.strip()!r}"
+        if not 2 <= len(parts) <= 4:
+            raise ValueError(f"{where}: expected {TIER_SYNTAX}, e.g. 900:0.10:60")
+        try:
+            start = _whole(parts[0], 1, MAX_TIER_START, "the second it starts at")
+        except ValueError as exc:
+            raise ValueError(f"{where}: from_second: {exc}") from None
+        try:
+            price = parse_amount(parts[1])
+        except MoneyError as exc:
+            raise ValueError(f"{where}: price_per_minute: {exc}") from None
+        try:
+            increment = 1 if len(parts) < 3 else _whole(parts[2], 1, MAX_BLOCK_SECONDS, "seconds")
+        except ValueError as exc:
+            raise ValueError(f"{where}: increment: {exc}") from None
+        try:
+            flat = 0 if len(parts) < 4 else parse_amount(parts[3])
+        except MoneyError as exc:
+            raise ValueError(f"{where}: flat: {exc}") from None
+        if tiers and start <= tiers[-1].start:
+            raise ValueError(
+                f"{where}: tiers must start at distinct seconds, in order"
+                f" ({start} is not after {tiers[-1].start})"
+            )
+        tiers.append(Tier(start=start, price_per_minute=price, increment=increment, flat=flat))
+    return tuple(tiers)
+
+
+def parse_band_prices(text: str) -> tuple[tuple[str, int], ...]:
+    """The base price per time band: ``band=price`` entries separated by ``|``
+    (``peak=0.10|offpeak=0.05``), sorted by band as the catalog holds them; an empty
+    cell is none. A band the plan's schedule names but the cell does not pays the
+    base ``price_per_minute``.
+    """
+    cell = text.strip()
+    if not cell:
+        return ()
+    entries = cell.split("|")
+    if len(entries) > MAX_BANDS:
+        raise ValueError(f"at most {MAX_BANDS} band prices, found {len(entries)}")
+    prices: dict[str, int] = {}
+    for n, entry in enumerate(entries, 1):
+        band, equals, price = entry.partition("=")
+        band = band.strip()
+        where = f"band price {n} {entry.strip()!r}"
+        if not equals or not band:
+            raise ValueError(f"{where}: expected band=price, e.g. peak=0.10|offpeak=0.05")
+        if band in prices:
+            raise ValueError(f"{where}: band {band!r} is priced twice")
+        try:
+            prices[band] = parse_amount(price)
+        except MoneyError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    return tuple(sorted(prices.items()))
+
+
+# Each optional column: its reader, and the Rate field it sets (direction sets none).
+_READERS = {
+    "direction": parse_direction,
+    "per": parse_per,
+    "max_cost": _optional_amount,
+    "max_cost_mode": parse_max_cost_mode,
+    "surcharge_percent": parse_surcharge_percent,
+    "surcharge_flat": _optional_amount,
+    "tiers": parse_tiers,
+    "band_prices": parse_band_prices,
+}
+RATE_FIELDS = {
+    "per": "per",
+    "max_cost": "max_cost",
+    "max_cost_mode": "cut_at_max_cost",
+    "surcharge_percent": "surcharge_percent_bp",
+    "surcharge_flat": "surcharge_flat",
+    "tiers": "tiers",
+    "band_prices": "band_prices",
+}
+
+
+def _read_optional(column: str, text: str) -> object:
+    """One optional cell's value; ValueError names the column."""
+    try:
+        return _READERS[column](text)
+    except ValueError as exc:  # MoneyError included
+        raise ValueError(f"{column}: {exc}") from None
+
+
+def _compact(micro: int) -> str:
+    """An amount as the shortest decimal string that reads back the same."""
+    text = format_amount(micro)
+    return text.rstrip("0").rstrip(".")
+
+
+def format_tiers(tiers: Sequence[Tier]) -> str:
+    """The ``tiers`` cell for ``tiers``: ``parse_tiers(format_tiers(t)) == tuple(t)``."""
+    return "|".join(
+        f"{t.start}:{_compact(t.price_per_minute)}:{t.increment}:{_compact(t.flat)}" for t in tiers
+    )
+
+
+def format_band_prices(band_prices: Sequence[tuple[str, int]]) -> str:
+    """The ``band_prices`` cell; ValueError for a band name a cell cannot carry."""
+    for band, _ in band_prices:
+        if not band or band != band.strip() or "|" in band or "=" in band:
+            raise ValueError(f"band {band!r} cannot be written in a deck cell")
+    return "|".join(f"{band}={_compact(price)}" for band, price in band_prices)
+
+
+def shape_cells(rate: Rate, direction: str = "outbound") -> dict[str, str]:
+    """The optional columns' cells for a tariff: a deck row with them reads back ``rate``."""
+    percent = rate.surcharge_percent_bp
+    return {
+        "direction": direction,
+        "per": str(rate.per),
+        "max_cost": _compact(rate.max_cost),
+        "max_cost_mode": "cut" if rate.cut_at_max_cost else "free",
+        "surcharge_percent": f"{percent // 100}.{percent % 100:02d}".rstrip("0").rstrip("."),
+        "surcharge_flat": _compact(rate.surcharge_flat),
+        "tiers": format_tiers(rate.tiers),
+        "band_prices": format_band_prices(rate.band_prices),
+    }
+
+
+def differing_column(a: Rate, b: Rate) -> str:
+    """The first deck column in which two rates differ ("" when they are equal)."""
+    for column in ("price_per_minute", "connect_fee", "first_block", "increment"):
+        if getattr(a, column) != getattr(b, column):
+            return column
+    for column, field in RATE_FIELDS.items():
+        if getattr(a, field) != getattr(b, field):
+            return column
+    return ""
 
 
 # --- per-row rules (the reference) ---------------------------------------------------
@@ -171,21 +466,40 @@ def _amount(text: str, column: str) -> int:
 
 
 def _read_header(header: list[str]) -> dict[str, int]:
+    """Each column's position: the six base ones and the optional ones named."""
     names = [h.strip().lower() for h in header]
     missing = [c for c in COLUMNS if c not in names]
-    unknown = [n for n in names if n not in COLUMNS]
-    if missing or unknown:
+    unknown = [n for n in names if n not in COLUMNS and n not in OPTIONAL_COLUMNS]
+    twice = sorted({n for n in names if names.count(n) > 1 and n not in unknown})
+    if missing or unknown or twice:
         detail = []
         if missing:
             detail.append("missing column(s) " + ", ".join(missing))
         if unknown:
             detail.append("unknown column(s) " + ", ".join(unknown))
-        raise DeckError([(1, "; ".join(detail) + "; expected " + ",".join(COLUMNS))])
-    return {name: names.index(name) for name in COLUMNS}
+        if twice:
+            detail.append("column(s) given twice " + ", ".join(twice))
+        raise DeckError(
+            [
+                (
+                    1,
+                    "; ".join(detail)
+                    + "; expected "
+                    + ",".join(COLUMNS)
+                    + " and optionally "
+                    + ",".join(OPTIONAL_COLUMNS),
+                )
+            ]
+        )
+    return {name: names.index(name) for name in (*COLUMNS, *OPTIONAL_COLUMNS) if name in names}
 
 
-def _row_values(fields: list[str], index: dict[str, int]) -> tuple[str, str, Rate]:
-    """(prefix, zone, rate) of one row's fields; ValueError says what is wrong."""
+def _optional_present(index: dict[str, int]) -> list[str]:
+    return [c for c in OPTIONAL_COLUMNS if c in index]
+
+
+def _row_values(fields: list[str], index: dict[str, int]) -> tuple[str, str, Rate, str]:
+    """(prefix, zone, rate, direction) of one row's fields; ValueError says what is wrong."""
     prefix = fields[index["prefix"]].strip().removeprefix("+")
     if not (prefix.isascii() and prefix.isdigit()) or len(prefix) > MAX_PREFIX_DIGITS:
         raise ValueError(f"prefix: expected 1 to 32 digits, got {fields[index['prefix']]!r}")
@@ -194,13 +508,22 @@ def _row_values(fields: list[str], index: dict[str, int]) -> tuple[str, str, Rat
         raise ValueError("zone: must not be empty")
     if len(zone) > MAX_ZONE_CHARS:
         raise ValueError("zone: longer than 200 characters")
-    rate = Rate(
-        connect_fee=_amount(fields[index["connect_fee"]], "connect_fee"),
-        first_block=_seconds(fields[index["first_block"]], "first_block", 0),
-        increment=_seconds(fields[index["increment"]], "increment", 1),
-        price_per_minute=_amount(fields[index["price_per_minute"]], "price_per_minute"),
-    )
-    return prefix, zone, rate
+    connect_fee = _amount(fields[index["connect_fee"]], "connect_fee")
+    first_block = _seconds(fields[index["first_block"]], "first_block", 0)
+    increment = _seconds(fields[index["increment"]], "increment", 1)
+    price = _amount(fields[index["price_per_minute"]], "price_per_minute")
+    direction = "outbound"
+    shape: dict[str, object] = {}
+    for column in OPTIONAL_COLUMNS:
+        at = index.get(column)
+        if at is not None:
+            value = _read_optional(column, fields[at])
+            if column == "direction":
+                direction = value  # type: ignore[assignment]
+            else:
+                shape[RATE_FIELDS[column]] = value
+    rate = Rate(connect_fee, first_block, increment, price, **shape)  # type: ignore[arg-type]
+    return prefix, zone, rate, direction
 
 
 def _is_blank(fields: list[str]) -> bool:
@@ -211,8 +534,30 @@ def _without_bom(text: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text  # spreadsheets write a BOM
 
 
+def _duplicate(prefix: str, direction: str, line: int) -> str:
+    also = "" if direction == "outbound" else f" for {direction}"
+    return f"prefix: {prefix} already given{also} at line {line}"
+
+
+def _zone_of_prefix(prefix: str, zone: str, line: int) -> str:
+    return (
+        f"zone: prefix {prefix} is in zone {zone!r} at line {line};"
+        " a prefix has one zone in every direction"
+    )
+
+
+def _other_rate(zone: str, direction: str, line: int, column: str) -> str:
+    which = "" if direction == "outbound" else f" {direction}"
+    return f"zone: {zone!r} has a different{which} rate at line {line} ({column} differs)"
+
+
 def parse_deck_rows(text: str) -> list[DeckRow]:
     """The row-by-row reference parse: the rules ``parse_deck`` follows, one row at a time."""
+    return _parse_reference(text)[0]
+
+
+def _parse_reference(text: str) -> tuple[list[DeckRow], frozenset[str]]:
+    """The reference's rows, and the optional columns the header named."""
     reader = csv.reader(io.StringIO(_without_bom(text)))
     try:
         header = next(reader)
@@ -222,8 +567,9 @@ def parse_deck_rows(text: str) -> list[DeckRow]:
     ncols = len(header)
     rows: list[DeckRow] = []
     problems: list[tuple[int, str]] = []
-    seen_prefix: dict[str, int] = {}
-    zone_rate: dict[str, tuple[Rate, int]] = {}
+    seen_prefix: dict[tuple[str, str], int] = {}
+    prefix_zone: dict[str, tuple[str, int]] = {}
+    slot_rate: dict[tuple[str, str], tuple[Rate, int]] = {}
     for fields in reader:
         line = reader.line_num
         if _is_blank(fields):
@@ -232,17 +578,20 @@ def parse_deck_rows(text: str) -> list[DeckRow]:
             problems.append((line, f"expected {ncols} fields, found {len(fields)}"))
         else:
             try:
-                prefix, zone, rate = _row_values(fields, index)
-                if prefix in seen_prefix:
-                    raise ValueError(
-                        f"prefix: {prefix} already given at line {seen_prefix[prefix]}"
-                    )
-                known = zone_rate.get(zone)
+                prefix, zone, rate, direction = _row_values(fields, index)
+                if (prefix, direction) in seen_prefix:
+                    raise ValueError(_duplicate(prefix, direction, seen_prefix[prefix, direction]))
+                zoned = prefix_zone.get(prefix)
+                if zoned is not None and zoned[0] != zone:
+                    raise ValueError(_zone_of_prefix(prefix, *zoned))
+                known = slot_rate.get((zone, direction))
                 if known is not None and known[0] != rate:
-                    raise ValueError(f"zone: {zone!r} has a different rate at line {known[1]}")
-                seen_prefix[prefix] = line
-                zone_rate.setdefault(zone, (rate, line))
-                rows.append(DeckRow(line=line, prefix=prefix, zone=zone, rate=rate))
+                    column = differing_column(rate, known[0])
+                    raise ValueError(_other_rate(zone, direction, known[1], column))
+                seen_prefix[prefix, direction] = line
+                prefix_zone.setdefault(prefix, (zone, line))
+                slot_rate.setdefault((zone, direction), (rate, line))
+                rows.append(DeckRow(line, prefix, zone, rate, direction))
             except ValueError as exc:
                 problems.append((line, str(exc)))
         if len(problems) >= MAX_REPORTED:
@@ -251,7 +600,7 @@ def parse_deck_rows(text: str) -> list[DeckRow]:
         raise DeckError(problems)
     if not rows:
         raise DeckError([(2, "no rows: a deck needs at least one prefix")])
-    return rows
+    return rows, frozenset(_optional_present(index))
 
 
 # --- the compiled scan ---------------------------------------------------------------
@@ -339,7 +688,8 @@ def _scan(data: np.ndarray, body: int, ncols: int, columns: np.ndarray, out: np.
 
     Returns the number of lines, or -1 to leave the whole deck to the reference.
     ``out[n]`` for line n: [outcome, fields found, prefix at, prefix length,
-    zone at, zone length, connect fee, first block, increment, price]. Plain
+    zone at, zone length, connect fee, first block, increment, price, then
+    (at, length) of each optional column's cell, ``columns[6:]``]. Plain
     means what the reference reads the same way without the csv module: fields
     split on ',', optionally in double quotes without quotes inside, ASCII
     whitespace around values, values of the simple forms. _SLOW lines go to the
@@ -454,6 +804,9 @@ def _read_row(
     row[9] = _amount_micro(data, starts[columns[_PRICE]], ends[columns[_PRICE]])
     if row[6] < 0 or row[7] < 0 or row[8] < 0 or row[9] < 0:
         return _SLOW
+    for k in range(6, len(columns)):  # optional cells: read later, once per distinct text
+        row[2 * k - 2] = starts[columns[k]]
+        row[2 * k - 1] = ends[columns[k]] - starts[columns[k]]
     return _OK
 
 
@@ -532,48 +885,71 @@ def _intern(buf: np.ndarray, at: np.ndarray, length: np.ndarray, keys: np.ndarra
 
 @numba.njit(cache=True, nogil=True)
 def _cross_check(
-    lines: np.ndarray, prefix_id: np.ndarray, zone_id: np.ndarray, rates: np.ndarray, most: int
+    lines: np.ndarray,
+    prefix_id: np.ndarray,
+    prefixes: int,
+    zone_id: np.ndarray,
+    zones: int,
+    direction: np.ndarray,
+    directions: int,
+    rates: np.ndarray,
+    most: int,
 ) -> np.ndarray:
-    """Rows in file order: a prefix given again, or a zone at another rate than its
-    first good row. Returns (row, kind, line referred to) for the first ``most``
-    problems; kind 0 is a duplicate prefix, 1 a zone rate. Only good rows claim a
-    prefix or a zone's rate.
+    """Rows in file order: a prefix given again in its direction, a prefix in another
+    zone than in the other direction, or a zone at another rate in its direction than
+    its first good row there. Returns (row, kind, line referred to) for the first
+    ``most`` problems; kind 0 is a duplicate prefix, 1 a zone rate, 2 a prefix's zone.
+    ``rates`` holds each row's rate as integers (equal rates, equal rows). Only good
+    rows claim a prefix or a zone's rate.
     """
     n = len(lines)
-    prefix_line = np.full(n, -1, np.int64)
-    zone_row = np.full(n, -1, np.int64)
-    problems = np.empty((n, 3), np.int64)
+    prefix_line = np.full((prefixes, directions), -1, np.int64)
+    both = directions > 1
+    prefix_zone = np.full(prefixes if both else 0, -1, np.int64)
+    prefix_zone_line = np.full(prefixes if both else 0, -1, np.int64)
+    zone_row = np.full((zones, directions), -1, np.int64)
+    problems = np.empty((most, 3), np.int64)
+    width = rates.shape[1]
     found = 0
     for r in range(n):
         if found == most:
             break
         p = prefix_id[r]
         z = zone_id[r]
-        if prefix_line[p] >= 0:
+        d = direction[r]
+        kind = -1
+        other = 0
+        first = zone_row[z, d]
+        if prefix_line[p, d] >= 0:
+            kind = 0
+            other = prefix_line[p, d]
+        elif both and prefix_zone[p] >= 0 and prefix_zone[p] != z:
+            kind = 2
+            other = prefix_zone_line[p]
+        elif first >= 0:
+            for c in range(width):
+                if rates[first, c] != rates[r, c]:
+                    kind = 1
+                    other = lines[first]
+                    break
+        if kind >= 0:
             problems[found, 0] = r
-            problems[found, 1] = 0
-            problems[found, 2] = prefix_line[p]
+            problems[found, 1] = kind
+            problems[found, 2] = other
             found += 1
             continue
-        first = zone_row[z]
-        if first >= 0:
-            differs = False
-            for c in range(4):
-                if rates[first, c] != rates[r, c]:
-                    differs = True
-            if differs:
-                problems[found, 0] = r
-                problems[found, 1] = 1
-                problems[found, 2] = lines[first]
-                found += 1
-                continue
-        prefix_line[p] = lines[r]
+        prefix_line[p, d] = lines[r]
+        if both and prefix_zone[p] < 0:
+            prefix_zone[p] = z
+            prefix_zone_line[p] = lines[r]
         if first < 0:
-            zone_row[z] = r
+            zone_row[z, d] = r
     return problems[:found].copy()
 
 
 # --- the parse -----------------------------------------------------------------------
+
+_BAD = 4  # an outcome set after the scan: a plain row with a bad optional cell
 
 
 def parse_deck(text: str | bytes) -> Deck:
@@ -590,26 +966,115 @@ def parse_deck(text: str | bytes) -> Deck:
     header_text = data_bytes[:header_end].decode("utf-8", "surrogatepass")
     core = header_text.removesuffix("\n").removesuffix("\r")
     if not data_bytes or '"' in header_text or "\r" in core:
-        return Deck.from_rows(parse_deck_rows(text))
+        return Deck.from_rows(*_parse_reference(text))
     header = next(csv.reader([header_text]), [])
     index = _read_header(header)
     ncols = len(header)
+    optional = _optional_present(index)
     data = np.frombuffer(data_bytes, np.uint8)
-    out = np.empty((_count_lines(data, header_end), 10), np.int64)
-    columns = np.array([index[c] for c in COLUMNS], np.int64)
+    out = np.empty((_count_lines(data, header_end), 10 + 2 * len(optional)), np.int64)
+    columns = np.array([index[c] for c in (*COLUMNS, *optional)], np.int64)
     scanned = _scan(data, header_end, ncols, columns, out) if header_end < len(data) else 0
     if scanned < 0:
-        return Deck.from_rows(parse_deck_rows(text))
-    return _collect(data, out[:scanned], index, ncols)
+        return Deck.from_rows(*_parse_reference(text))
+    return _collect(data, out[:scanned], index, ncols, optional)
 
 
-def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: int) -> Deck:
+class _Shapes:
+    """The optional columns' values as int64 codes, one column each, for the compiled
+    cross-check (equal values, equal codes): a direction by its place in DIRECTIONS,
+    numbers as themselves, tiers and band prices by the order they first appear."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = columns
+        self.ids: dict[str, dict[object, int]] = {"tiers": {}, "band_prices": {}}
+        self.values: dict[str, list[object]] = {"tiers": [], "band_prices": []}
+
+    def code(self, column: str, value: object) -> int:
+        if column == "direction":
+            return DIRECTIONS.index(value)  # type: ignore[arg-type]
+        if column in self.ids:
+            ids = self.ids[column]
+            if value not in ids:
+                ids[value] = len(ids)
+                self.values[column].append(value)
+            return ids[value]
+        return int(value)  # type: ignore[call-overload]
+
+    def codes(self, rate: Rate, direction: str) -> list[int]:
+        return [
+            self.code(c, direction if c == "direction" else getattr(rate, RATE_FIELDS[c]))
+            for c in self.columns
+        ]
+
+    def value(self, column: str, code: int) -> object:
+        if column in self.ids:
+            return self.values[column][code]
+        return bool(code) if column == "max_cost_mode" else code
+
+    def rate(self, base: list[int], codes: list[int]) -> Rate:
+        """The rate of [connect fee, first block, increment, price] and the codes."""
+        shape = {
+            RATE_FIELDS[c]: self.value(c, code)
+            for c, code in zip(self.columns, codes, strict=True)
+            if c != "direction"
+        }
+        return Rate(*base, **shape)  # type: ignore[arg-type]
+
+
+def _read_optional_cells(
+    data: np.ndarray,
+    out: np.ndarray,
+    shapes: _Shapes,
+    codes: np.ndarray,
+    line_of: np.ndarray,
+    problems: _Problems,
+) -> None:
+    """Codes of the plain rows' optional cells, each distinct cell text read once by the
+    reference's rules; a row with a bad cell becomes _BAD, its first bad cell reported."""
+    plain = np.flatnonzero(out[:, 0] == _OK)
+    first_bad = np.full(len(plain), -1, np.int64)
+    text_ids: list[np.ndarray] = []
+    errors: list[list[str]] = []
+    for k, column in enumerate(shapes.columns):
+        at = out[plain, 10 + 2 * k]
+        length = out[plain, 11 + 2 * k]
+        ids, firsts = _intern(data, at, length, np.full(len(plain), -1, np.int64))
+        code_of = np.zeros(len(firsts), np.int64)
+        bad_text = np.zeros(len(firsts), np.bool_)
+        messages = [""] * len(firsts)
+        for t, r in enumerate(firsts.tolist()):
+            try:
+                value = _read_optional(column, _text(data, at[r], length[r]))
+            except ValueError as exc:
+                bad_text[t] = True
+                messages[t] = str(exc)
+                continue
+            code_of[t] = shapes.code(column, value)
+        codes[plain, k] = code_of[ids]
+        first_bad[bad_text[ids] & (first_bad < 0)] = k
+        text_ids.append(ids)
+        errors.append(messages)
+    bad = np.flatnonzero(first_bad >= 0)
+    out[plain[bad], 0] = _BAD
+    for b in bad[:MAX_REPORTED].tolist():
+        k = int(first_bad[b])
+        problems.add(int(line_of[plain[b]]), errors[k][int(text_ids[k][b])])
+
+
+def _collect(
+    data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: int, optional: list[str]
+) -> Deck:
     """Rows and problems from the scan's outcomes, then the cross-row checks."""
     outcome = out[:, 0]
     line_of = np.arange(2, len(out) + 2, dtype=np.int64)  # the header is line 1
     problems = _Problems()
     for n in np.flatnonzero(outcome == _COUNT)[:MAX_REPORTED].tolist():
         problems.add(int(line_of[n]), f"expected {ncols} fields, found {int(out[n, 1])}")
+    shapes = _Shapes(optional)
+    codes = np.zeros((len(out), len(optional)), np.int64)
+    if optional:
+        _read_optional_cells(data, out, shapes, codes, line_of, problems)
     slow_rows = _read_slow_lines(data, out, index, ncols, problems)
     good = np.flatnonzero(outcome == _OK)
     if slow_rows:
@@ -623,7 +1088,7 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
         extra = bytearray()
         for at, n in enumerate(good.tolist()):
             if n in slow_rows:
-                prefix, zone, rate = slow_rows[n]
+                prefix, zone, rate, direction = slow_rows[n]
                 p = prefix.encode()
                 z = zone.encode("utf-8", "surrogatepass")
                 rows[at, 2:10] = (
@@ -631,37 +1096,79 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
                     rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute,
                 )  # fmt: skip
                 extra += p + z
+                if optional:
+                    codes[n] = shapes.codes(rate, direction)
         buf = np.concatenate((data, np.frombuffer(bytes(extra), np.uint8)))
     prefix_keys = _prefix_keys(buf, rows[:, 2], rows[:, 3])
     prefix_keys[rows[:, 3] > KEY_DIGITS] = -1  # a key holds 18 digits: longer ones by bytes
-    prefix_id, _ = _intern(buf, rows[:, 2], rows[:, 3], prefix_keys)
+    prefix_id, prefix_first = _intern(buf, rows[:, 2], rows[:, 3], prefix_keys)
     zone_id, zone_first = _intern(buf, rows[:, 4], rows[:, 5], np.full(len(rows), -1, np.int64))
     lines = line_of[good]
-    crossed = _cross_check(lines, prefix_id, zone_id, rows[:, 6:10], MAX_REPORTED)
+    has_direction = "direction" in optional
+    direction = codes[good, 0] if has_direction else np.zeros(len(rows), np.int64)
+    shape_at = 1 if has_direction else 0  # the shape columns' codes: codes[:, shape_at:]
+    rates = (
+        np.concatenate((rows[:, 6:10], codes[good, shape_at:]), axis=1)
+        if len(optional) > shape_at
+        else rows[:, 6:10]
+    )
+    crossed = _cross_check(
+        lines,
+        prefix_id,
+        len(prefix_first),
+        zone_id,
+        len(zone_first),
+        direction,
+        2 if has_direction else 1,
+        rates,
+        MAX_REPORTED,
+    )
+
+    def rate_of(r: int) -> Rate:
+        return shapes.rate(rows[r, 6:10].tolist(), codes[good[r]].tolist())
+
     for r, kind, other in crossed.tolist():
+        way = DIRECTIONS[int(direction[r])]
+        prefix = bytes(buf[rows[r, 2] : rows[r, 2] + rows[r, 3]]).decode("ascii")
         if kind == 0:
-            prefix = bytes(buf[rows[r, 2] : rows[r, 2] + rows[r, 3]]).decode("ascii")
-            problems.add(int(lines[r]), f"prefix: {prefix} already given at line {other}")
+            problems.add(int(lines[r]), _duplicate(prefix, way, other))
+            continue
+        first = int(np.searchsorted(lines, other))  # the row at that line
+        if kind == 2:
+            zone = _text(buf, rows[first, 4], rows[first, 5])
+            problems.add(int(lines[r]), _zone_of_prefix(prefix, zone, other))
         else:
             zone = _text(buf, rows[r, 4], rows[r, 5])
-            problems.add(int(lines[r]), f"zone: {zone!r} has a different rate at line {other}")
+            column = differing_column(rate_of(r), rate_of(first))
+            problems.add(int(lines[r]), _other_rate(zone, way, other, column))
     if problems.found:
         raise DeckError(problems.first())
     if not len(rows):
         raise DeckError([(2, "no rows: a deck needs at least one prefix")])
-    zones = [_text(buf, rows[r, 4], rows[r, 5]) for r in zone_first.tolist()]
-    rates = [
-        Rate(connect_fee=fee, first_block=block, increment=increment, price_per_minute=price)
-        for fee, block, increment, price in rows[zone_first, 6:10].tolist()
-    ]
+    if has_direction:
+        # A tariff slot is a zone in one direction, in order of first appearance.
+        slot_of, slot_first = _intern(buf, rows[:, 4], rows[:, 5], zone_id * 2 + direction)
+    else:
+        slot_of, slot_first = zone_id, zone_first
+    zones = [_text(buf, rows[r, 4], rows[r, 5]) for r in slot_first.tolist()]
+    if optional:
+        rates_of_slots = [rate_of(r) for r in slot_first.tolist()]
+    else:
+        rates_of_slots = [
+            Rate(connect_fee=fee, first_block=block, increment=increment, price_per_minute=price)
+            for fee, block, increment, price in rows[slot_first, 6:10].tolist()
+        ]
     return Deck(
         buf=buf,
         lines=lines,
         prefix_at=rows[:, 2].copy(),
         prefix_len=rows[:, 3].copy(),
-        zone_of=zone_id,
+        zone_of=slot_of,
         zones=zones,
-        rates=rates,
+        rates=rates_of_slots,
+        directions=[DIRECTIONS[int(d)] for d in direction[slot_first].tolist()],
+        columns=frozenset(optional),
+        first_of_prefix=prefix_first if len(prefix_first) < len(rows) else None,
     )
 
 
@@ -684,11 +1191,11 @@ class _Problems:
 
 def _read_slow_lines(
     data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: int, problems: _Problems
-) -> dict[int, tuple[str, str, Rate]]:
+) -> dict[int, tuple[str, str, Rate, str]]:
     """Lines the scan left to the reference, read as the csv module reads them, in order,
     until no later line can be among the problems reported."""
     slow = np.flatnonzero(out[:, 0] == _SLOW).tolist()
-    rows: dict[int, tuple[str, str, Rate]] = {}
+    rows: dict[int, tuple[str, str, Rate, str]] = {}
     if not slow:
         return rows
     cuts = np.flatnonzero(data == 10)  # line n of the body ends at cuts[n + 1]
@@ -718,10 +1225,18 @@ def _text(buf: np.ndarray, at: int, length: int) -> str:
 def warm_up() -> None:
     """Compile, or load from the on-disk cache, the kernels a deck import runs.
 
-    Two decks: a plain one (its buffer is the text's, read-only) and one with a
-    row left to the reference (its buffer is a copy with that row appended).
+    Three decks: a plain one (its buffer is the text's, read-only), one with a
+    row left to the reference (its buffer is a copy with that row appended), and
+    one with optional columns (their cells read and compared as well).
     """
-    header = "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
+    header = "prefix,zone,price_per_minute,connect_fee,first_block,increment"
     plain = '44,"UK, Fixed",0.01,0,60,60\n+447, UK Mobile ,0.06,0,30,6\n'
     with_slow_row = '49,"Ger""many",.012,0,1,1\n' + "4" * 20 + ",X,1,0,1,1\n"
-    assert len(parse_deck(header + plain)) == len(parse_deck(header + with_slow_row)) == 2
+    shaped = (
+        f"{header},direction,max_cost,tiers\n"
+        "44,UK,0.01,0,60,60,outbound,1.00,900:0.1:60\n"
+        "44,UK,0.01,0,60,60,inbound,,\n"
+        '49,"Ger""many",.012,0,1,1,,,\n'
+    )
+    assert len(parse_deck(f"{header}\n{plain}")) == len(parse_deck(f"{header}\n{with_slow_row}"))
+    assert len(parse_deck(shaped).by_prefix()) == 2

@@ -15,19 +15,34 @@ from dataclasses import dataclass
 import msgpack
 
 from ocs.balances.accounts import password_digest
+from ocs.balances.cards import pin_digest
 from ocs.balances.store import (
     AlreadyLive,
     AlreadyStopped,
     BalanceStore,
+    CounterChanged,
+    CounterQuote,
+    CounterUse,
     PlanMismatch,
     Refused,
     Reserved,
     StopResult,
 )
-from ocs.charging.catalog import CatalogHolder
+from ocs.charging.catalog import CatalogHolder, Tariff
 from ocs.charging.prefixes import normalize_number
-from ocs.charging.rating import Rate, Segments, Tier, billed_seconds, cost, max_duration
+from ocs.charging.rating import (
+    CounterSplit,
+    Rate,
+    Segments,
+    Tier,
+    billed_seconds,
+    cost,
+    cost_with_counter,
+    counter_seconds_used,
+    max_duration_with_counter,
+)
 from ocs.config import Settings
+from ocs.counters.definitions import counter_for_zone
 from ocs.errors import OcsError, Reason, invalid
 
 MAX_CALL_ID = 128
@@ -46,7 +61,12 @@ _REFUSAL_MESSAGES = {
     "invalid_password": "wrong password",
     "account_expired": "the account (card) has expired",
     "credit_limit_reached": "the account has reached its credit limit",
+    "counter_exhausted": "the plan's bundle for this destination is used up for this cycle",
 }
+
+DIRECTIONS = ("outbound", "inbound")
+# An inbound call with no inbound tariff for it costs nothing, yet takes a line.
+FREE_INBOUND = Rate(0, 0, 1, 0)
 
 
 def pack_rate(rate: Rate) -> list[object]:
@@ -108,11 +128,51 @@ class CallRecord:
     cap: int
     authorized_at_ms: int
     nas: str | None = None
+    member: str | None = None
+    direction: str = "outbound"
+    # The usage counter the call holds seconds of, and its rate (price, increment).
+    counter_id: str | None = None
+    counter_seconds: int = 0
+    counter_rate: tuple[int, int] = (0, 1)
+    quota: int = 0  # quota mode: seconds per slice; 0 grants the whole call at once
+    carriers: tuple[str, ...] = ()
+    nas_address: str | None = None  # where a Disconnect-Request for the call goes
+
+    @property
+    def split(self) -> CounterSplit | None:
+        """The part of the call its counter pays for, as the rating function takes it."""
+        if self.counter_id is None or self.counter_seconds <= 0:
+            return None
+        price, step = self.counter_rate
+        return CounterSplit(Rate(0, 0, step, price), self.counter_seconds)
+
+    def counter_use(self, duration: int) -> CounterUse | None:
+        if self.counter_id is None or self.counter_seconds <= 0:
+            return None
+        return CounterUse(
+            self.counter_id, self.counter_seconds, min(duration, self.counter_seconds)
+        )
 
     def pack(self) -> bytes:
         r = self.rate
+        extra: dict[str, object] = {}
+        if self.member is not None:
+            extra["m"] = self.member
+        if self.direction != "outbound":
+            extra["dir"] = self.direction
+        if self.counter_id is not None:
+            extra["ci"] = self.counter_id
+            extra["cs"] = self.counter_seconds
+            extra["cr"] = list(self.counter_rate)
+        if self.quota:
+            extra["q"] = self.quota
+        if self.carriers:
+            extra["rt"] = list(self.carriers)
+        if self.nas_address is not None:
+            extra["na"] = self.nas_address
         return msgpack.packb(
             {
+                **extra,
                 "a": self.account_id,
                 "c": self.call_id,
                 "p": self.plan_id,
@@ -144,6 +204,14 @@ class CallRecord:
             cap=m["cap"],
             authorized_at_ms=m["t"],
             nas=m.get("n"),
+            member=m.get("m"),
+            direction=m.get("dir", "outbound"),
+            counter_id=m.get("ci"),
+            counter_seconds=m.get("cs", 0),
+            counter_rate=tuple(m.get("cr", (0, 1))),
+            quota=m.get("q", 0),
+            carriers=tuple(m.get("rt", ())),
+            nas_address=m.get("na"),
         )
 
 
@@ -164,6 +232,11 @@ class Grant:
     # plus what this call holds), and the account's credit limit (0: prepaid).
     available: int = 0
     credit_limit: int = 0
+    # Carriers to route the call through, best first (the plan's route set, margin kept).
+    carriers: tuple[str, ...] = ()
+    counter_seconds: int = 0  # seconds of the grant a usage counter pays for
+    final: bool = True  # quota mode: False while more slices may follow
+    direction: str = "outbound"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +265,18 @@ class CallProgress:
     started_at: int
     used: int
     debited: int
+    granted: int = 0  # quota mode: the call may run to this many seconds in all
+    final: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a request's user name names: a member of an account, a card's PIN, or an account."""
+
+    account_id: str
+    member: str | None = None
+    check_password: bool = True
+    pin: bool = False  # a PIN was presented: a failure counts against guessing limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,12 +372,31 @@ class CallService:
             self._plans[account_id] = plan_id
         return plan_id
 
+    async def identify(self, name: str) -> Identity:
+        """What a user name (RADIUS User-Name) names.
+
+        A member (SIP user, extension) is trusted as the NAS authenticated it; a
+        card's PIN opens its card, whose password (if any) must follow; any other
+        name is an account id, checked against the account's password.
+        """
+        name = name.strip()
+        maybe_pin = name.isascii() and name.isdigit() and 6 <= len(name) <= 20
+        member_of, card = await self._store.identities(
+            name, pin_digest(name) if maybe_pin else None
+        )
+        if member_of is not None:
+            return Identity(member_of, member=name, check_password=False)
+        if card is not None:
+            return Identity(card, pin=True)
+        return Identity(name, pin=maybe_pin)
+
     async def account_for_caller(self, caller: str) -> str | None:
         """The account a caller id identifies (pinless), if any."""
         digits = caller.strip().removeprefix("+")
         if not digits.isascii() or not digits.isdigit():
             return None
-        return await self._store.caller_account(digits)
+        member_of, _ = await self._store.identities(digits, None)
+        return member_of or await self._store.caller_account(digits)
 
     async def authorize(
         self,
@@ -305,16 +409,30 @@ class CallService:
         check_password: bool = False,
         wait_for_start: bool = False,
         nas: str | None = None,
+        member: str | None = None,
+        direction: str = "outbound",
+        quota: int | None = None,
+        nas_address: str | None = None,
     ) -> Grant:
         """Reserve a line and funds for a call and grant the longest duration they pay for.
 
         ``check_password``: the request comes from an untrusted identity (a RADIUS
         PIN): an account with a password must be given it. ``wait_for_start``: the
         reservation is released unless an Accounting-Start binds it within
-        ``start_timeout`` seconds.
+        ``start_timeout`` seconds. ``member``: the member placing or taking the
+        call, whose own line limit applies too. ``direction``: inbound calls take
+        a line like outbound ones and are rated by the plan's inbound tariffs (free
+        when it has none). ``quota``: grant slices of this many seconds (quota mode)
+        instead of the whole call; ``update`` grants the next.
         """
         call_id = uuid.uuid4().hex if call_id is None else validate_call_id(call_id)
         caller = clean_caller(caller)
+        if direction not in DIRECTIONS:
+            raise invalid("direction", f"expected one of {', '.join(DIRECTIONS)}")
+        if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int)):
+            raise invalid("quota", "expected whole seconds as an integer")
+        if quota is not None and not 1 <= quota <= MAX_DURATION:
+            raise invalid("quota", f"expected 1 to {MAX_DURATION} seconds")
         if not check_password:
             digest = ""
         elif password is None:
@@ -322,22 +440,63 @@ class CallService:
         else:
             digest = password_digest(account_id, password)
         plan_id = await self._plan_of(account_id)
-        for _ in range(3):
+        counter_guess: int | None = None
+        for _ in range(4):
             snapshot = self._catalog.snapshot
             plan = snapshot.plan(plan_id)
             if plan is None:
                 raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
             digits = normalize_number(plan.translation.apply(destination), "destination")
-            match = snapshot.tariff_for(plan_id, digits)
-            if match is None:
-                raise OcsError(
-                    Reason.DESTINATION_NOT_ALLOWED,
-                    f"no tariff for destination {digits} in plan {plan_id!r}",
-                    field="destination",
+            if direction == "inbound":
+                match = snapshot.tariff_for(plan_id, digits, direction="inbound")
+                prefix, tariff = (
+                    match if match is not None else ("", Tariff("inbound", FREE_INBOUND))
                 )
-            prefix, tariff = match
+            else:
+                match = snapshot.tariff_for(plan_id, digits)
+                if match is None:
+                    raise OcsError(
+                        Reason.DESTINATION_NOT_ALLOWED,
+                        f"no tariff for destination {digits} in plan {plan_id!r}",
+                        field="destination",
+                    )
+                prefix, tariff = match
+            rate = tariff.rate
+            carriers: tuple[str, ...] = ()
+            if direction == "outbound":
+                routing = snapshot.routes_for(plan_id, digits, rate)
+                if routing is not None:
+                    carriers = routing.carriers
+                    if not carriers and not plan.allow_negative_margin:
+                        raise OcsError(
+                            Reason.NO_PROFITABLE_ROUTE,
+                            f"no carrier reaches {digits} for less than its price",
+                            field="destination",
+                        )
+            cap = plan.max_call_duration
+            counter = (
+                counter_for_zone(snapshot.counters_for(plan_id), tariff.zone)
+                if direction == "outbound"
+                else None
+            )
+            counter_quote: CounterQuote | None = None
+            split: CounterSplit | None = None
+            if counter is not None:
+                held = min(counter.seconds, cap) if counter_guess is None else counter_guess
+                counter_quote = CounterQuote(
+                    counter_id=counter.id,
+                    seconds=held,
+                    cap=cap,
+                    reject_on_threshold=counter.reject_on_threshold,
+                    mandatory_seconds=counter.seconds if counter.mandatory else None,
+                )
+                if held > 0:
+                    split = CounterSplit(counter.rate, held)
+                    if counter.reject_on_threshold:
+                        cap = held  # the bundle is all the call may use
+            granting = cap if quota is None else min(cap, quota)
             now = self._clock()
-            bands = self._bands(plan_id, tariff.rate, int(now), plan.max_call_duration)
+            bands = self._bands(plan_id, rate, int(now), cap)
             record = CallRecord(
                 account_id=account_id,
                 call_id=call_id,
@@ -347,10 +506,20 @@ class CallService:
                 destination=digits,
                 caller=caller,
                 currency=plan.currency,
-                rate=tariff.rate,
-                cap=plan.max_call_duration,
+                rate=rate,
+                cap=cap,
                 authorized_at_ms=int(now * 1000),
                 nas=nas,
+                member=member,
+                direction=direction,
+                counter_id=None if counter is None else counter.id,
+                counter_seconds=0 if split is None else split.seconds,
+                counter_rate=(0, 1)
+                if counter is None
+                else (counter.price_per_minute, counter.increment),
+                quota=quota or 0,
+                carriers=carriers,
+                nas_address=nas_address,
             )
             live_for = plan.max_call_duration + self._settings.call_expiry_grace
             expires_in = self._settings.start_timeout if wait_for_start else live_for
@@ -358,15 +527,17 @@ class CallService:
                 account_id=account_id,
                 call_id=call_id,
                 plan_id=plan_id,
-                first_block_cost=cost(tariff.rate, 1, bands),
+                first_block_cost=cost_with_counter(rate, 1, split, bands),
                 min_balance=plan.min_balance,
-                cap_cost=cost(tariff.rate, plan.max_call_duration, bands),
+                cap_cost=cost_with_counter(rate, granting, split, bands),
                 record=record.pack(),
                 expires_at=int(now) + expires_in,
                 ref_ttl=live_for + self._settings.start_timeout + self._settings.stop_dedupe_ttl,
                 password_digest=digest,
                 now=int(now),
                 started_at=0 if wait_for_start else int(now),
+                member=member,
+                counter=counter_quote,
             )
             match outcome:
                 case Reserved(
@@ -375,40 +546,49 @@ class CallService:
                     if len(self._live) >= _LIVE_CACHE_LIMIT:
                         self._live.clear()
                     self._live[call_id] = record
+                    granted = max_duration_with_counter(rate, reserved, granting, split, bands)
                     return Grant(
                         call_id=call_id,
                         account_id=account_id,
                         zone=tariff.zone,
                         destination=digits,
-                        max_duration=max_duration(
-                            tariff.rate, reserved, plan.max_call_duration, bands
-                        ),
+                        max_duration=granted,
                         reserved=reserved,
                         currency=plan.currency,
-                        rate=tariff.rate,
+                        rate=rate,
                         repeated=False,
                         available=available,
                         credit_limit=credit_limit,
+                        carriers=carriers,
+                        counter_seconds=min(granted, record.counter_seconds),
+                        final=quota is None or granting >= cap or granted < granting,
+                        direction=direction,
                     )
                 case AlreadyLive(entry=entry, available=available_now, credit_limit=credit_limit):
                     live = CallRecord.unpack(entry.record)
+                    granted = max_duration_with_counter(
+                        live.rate,
+                        entry.held + entry.debited,
+                        live.cap if not live.quota else min(live.cap, entry.used + live.quota),
+                        live.split,
+                        self._bands_of(live, live.cap),
+                    )
                     return Grant(
                         call_id=call_id,
                         account_id=account_id,
                         zone=live.zone,
                         destination=live.destination,
-                        max_duration=max_duration(
-                            live.rate,
-                            entry.held + entry.debited,
-                            live.cap,
-                            self._bands_of(live, live.cap),
-                        ),
+                        max_duration=granted,
                         reserved=entry.held,
                         currency=live.currency,
                         rate=live.rate,
                         repeated=True,
                         available=available_now + entry.held,
                         credit_limit=credit_limit,
+                        carriers=live.carriers,
+                        counter_seconds=min(granted, live.counter_seconds),
+                        final=not live.quota or granted >= live.cap,
+                        direction=live.direction,
                     )
                 case AlreadyStopped():
                     raise OcsError(
@@ -419,6 +599,8 @@ class CallService:
                 case PlanMismatch(actual_plan=actual):
                     self._plans[account_id] = actual
                     plan_id = actual
+                case CounterChanged(seconds=seconds):
+                    counter_guess = seconds
                 case Refused(reason=reason):
                     if reason == "account_not_found":
                         self._plans.pop(account_id, None)
@@ -459,6 +641,47 @@ class CallService:
             credit_limit=state.credit_limit,
         )
 
+    async def quote(self, account_id: str, destination: str) -> tuple[int, str, str]:
+        """(seconds the account's funds buy to ``destination``, zone, digits): an IVR's
+        "you have N minutes", reserving nothing. Counters count first, as at authorize."""
+        plan_id = await self._plan_of(account_id)
+        snapshot = self._catalog.snapshot
+        plan = snapshot.plan(plan_id)
+        if plan is None:
+            raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
+        digits = normalize_number(plan.translation.apply(destination), "destination")
+        match = snapshot.tariff_for(plan_id, digits)
+        if match is None:
+            raise OcsError(
+                Reason.DESTINATION_NOT_ALLOWED,
+                f"no tariff for destination {digits} in plan {plan_id!r}",
+                field="destination",
+            )
+        _, tariff = match
+        state = await self._store.get_account(account_id)
+        if state is None:
+            raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
+        cap = plan.max_call_duration
+        split = None
+        counter = counter_for_zone(snapshot.counters_for(plan_id), tariff.zone)
+        if counter is not None:
+            cycle = (await self._store.counter_state(account_id)).get(counter.id)
+            if cycle is not None:
+                free = cycle["limit"] - cycle["used"] - cycle["held"]
+            else:
+                free = counter.seconds if counter.mandatory else 0
+            free = max(min(free, cap), 0)
+            if free:
+                split = CounterSplit(counter.rate, free)
+                if counter.reject_on_threshold:
+                    cap = free
+            elif counter.reject_on_threshold and (cycle is not None or counter.mandatory):
+                return 0, tariff.zone, digits
+        funds = state.available if state.available >= state.min_balance else 0
+        bands = self._bands(plan_id, tariff.rate, int(self._clock()), cap)
+        seconds = max_duration_with_counter(tariff.rate, max(funds, 0), cap, split, bands)
+        return seconds, tariff.zone, digits
+
     async def _record(self, call_id: str, account_id: str | None, *, keep: bool) -> CallRecord:
         record = self._live.get(call_id) if keep else self._live.pop(call_id, None)
         if record is None:
@@ -493,19 +716,39 @@ class CallService:
         validate_duration(used, "used")
         record = await self._record(call_id, account_id, keep=True)
         now = int(time.time())
+        bands = self._bands_of(record, record.cap)
+        # Quota mode: the report is debited and the next slice reserved, in one step.
+        reach = min(record.cap, used + record.quota) if record.quota else 0
         result = await self._store.update(
             account_id=record.account_id,
             call_id=call_id,
             used=used,
-            used_cost=cost(record.rate, used, self._bands_of(record, used)),
-            debit=self._settings.debit_on_interim,
+            used_cost=cost_with_counter(record.rate, used, record.split, bands),
+            debit=self._settings.debit_on_interim or bool(record.quota),
             expires_at=now + max(record.cap - used, 0) + self._settings.call_expiry_grace,
+            cover_cost=(
+                cost_with_counter(record.rate, reach, record.split, bands) if record.quota else None
+            ),
         )
         if result is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         if result is False:
             raise OcsError(Reason.CALL_ALREADY_STOPPED, f"call {call_id!r} has already stopped")
-        return CallProgress(call_id, record.account_id, now - used, result.used, result.debited)
+        if not record.quota:
+            return CallProgress(call_id, record.account_id, now - used, result.used, result.debited)
+        granted = max_duration_with_counter(
+            record.rate, result.debited + result.held, reach, record.split, bands
+        )
+        granted = max(granted, result.used)
+        return CallProgress(
+            call_id,
+            record.account_id,
+            now - used,
+            result.used,
+            result.debited,
+            granted=granted,
+            final=granted >= record.cap or granted < reach,
+        )
 
     async def stop(
         self,
@@ -543,6 +786,24 @@ class CallService:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         return self._charge(record, result)
 
+    async def cut(self, call_id: str) -> tuple[CallCharge, CallRecord]:
+        """Cut a live call now (an operator's order): charge the time since its start.
+
+        The switch still has to end the call (a RADIUS NAS gets a Disconnect-Request);
+        if its Stop then reports more, that difference is charged as a late stop.
+        """
+        validate_call_id(call_id)
+        record = await self._record(call_id, None, keep=False)
+        entry = await self._store.live_entry(record.account_id, call_id)
+        if entry is None:
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
+        now = int(self._clock())
+        duration = min(max(now - entry.started, 0), MAX_DURATION) if entry.started else 0
+        result = await self._close(record, duration, "cut", expired_by=None)
+        if result is None or result.repeated:
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
+        return self._charge(record, result), record
+
     async def _close(
         self, record: CallRecord, duration: int, cause: str, expired_by: int | None
     ) -> StopResult | None:
@@ -558,17 +819,25 @@ class CallService:
                 "billed": billed_seconds(rate, duration),
                 "rate": [rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute],
                 "nas": record.nas,
+                "member": record.member,
+                "direction": record.direction,
+                "counter": record.counter_id,
+                "counter_seconds": counter_seconds_used(record.split, duration),
             }
         )
         return await self._store.stop(
             account_id=record.account_id,
             call_id=record.call_id,
-            rated_cost=cost(rate, duration, self._bands_of(record, duration)),
+            rated_cost=cost_with_counter(
+                rate, duration, record.split, self._bands_of(record, duration)
+            ),
             duration=duration,
             cdr=cdr,
             result_ttl=self._settings.stop_dedupe_ttl,
             cause=cause,
             expired_by=expired_by,
+            member=record.member,
+            counter=record.counter_use(duration),
         )
 
     @staticmethod
@@ -677,10 +946,11 @@ class CallService:
         if entry.started == 0:
             duration, cause = 0, "start-timeout" if cause == "expired" else cause
         elif self._settings.stale_call_policy == "full_grant":
-            duration = max_duration(
+            duration = max_duration_with_counter(
                 record.rate,
                 entry.held + entry.debited,
                 record.cap,
+                record.split,
                 self._bands_of(record, record.cap),
             )
         else:

@@ -27,6 +27,11 @@ Rules, stated once:
   granted duration stops there).
 * ``max_duration(funds)`` is the longest duration whose cost fits the funds,
   capped: ``cost(m) <= funds < cost(m + increment)`` unless the cap binds.
+* Usage counters (bundles of seconds): a call the counter covers for ``c``
+  seconds pays the counter's rate for its first min(d, c) seconds, and the
+  zone's rate for the rest as that part of the whole call:
+  ``cost(rate, d) - cost(rate, c)``. So a call the counter covers in part pays
+  no connect fee, and increments and tiers still count from the call's start.
 """
 
 from dataclasses import dataclass
@@ -239,3 +244,47 @@ def max_duration(rate: Rate, funds: int, cap: int, bands: Segments | None = None
         return min(max(rate.first_block, 1), cap)
     steps = (most_billed - rate.first_block) // rate.increment
     return min(rate.first_block + steps * rate.increment, cap)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterSplit:
+    """A usage counter covering a call's first ``seconds`` at its own ``rate``."""
+
+    rate: Rate
+    seconds: int
+
+
+def counter_seconds_used(split: CounterSplit | None, duration: int) -> int:
+    """Seconds of a call of ``duration`` the counter pays for."""
+    return 0 if split is None else min(duration, split.seconds)
+
+
+def cost_with_counter(
+    rate: Rate, duration: int, split: CounterSplit | None, bands: Segments | None = None
+) -> int:
+    """``cost`` of a call whose first seconds a usage counter covers (module rules)."""
+    if split is None or split.seconds <= 0:
+        return cost(rate, duration, bands)
+    covered = min(duration, split.seconds)
+    counted = cost(split.rate, covered)
+    if duration <= covered:
+        return counted
+    return counted + cost(rate, duration, bands) - cost(rate, covered, bands)
+
+
+def max_duration_with_counter(
+    rate: Rate, funds: int, cap: int, split: CounterSplit | None, bands: Segments | None = None
+) -> int:
+    """Longest duration (≤ cap) whose ``cost_with_counter`` fits the funds."""
+    if split is None or split.seconds <= 0:
+        return max_duration(rate, funds, cap, bands)
+    if cap < 1 or cost_with_counter(rate, 1, split, bands) > funds:
+        return 0
+    low, high = 1, cap
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost_with_counter(rate, middle, split, bands) <= funds:
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from ocs.http import handlers
+from ocs.http import handlers, policy_handlers
 from ocs.http.middleware import errors_and_metrics
 from ocs.services import Services
 
@@ -27,6 +27,24 @@ def create_app(services: Services) -> web.Application:
     app.router.add_put("/v1/plans/{plan_id}/tariffs/{zone}/shape", handlers.set_tariff_shape)
     app.router.add_put("/v1/plans/{plan_id}/translation", handlers.set_translation)
     app.router.add_put("/v1/plans/{plan_id}/bands", handlers.set_bands)
+    app.router.add_patch("/v1/accounts/{account_id}", policy_handlers.update_account)
+    app.router.add_get("/v1/accounts/{account_id}/members", policy_handlers.list_members)
+    app.router.add_post("/v1/accounts/{account_id}/members", policy_handlers.add_member)
+    app.router.add_delete(
+        "/v1/accounts/{account_id}/members/{member}", policy_handlers.remove_member
+    )
+    app.router.add_get("/v1/accounts/{account_id}/counters", policy_handlers.account_counters)
+    app.router.add_post("/v1/accounts/{account_id}/counters", policy_handlers.buy_counter)
+    app.router.add_delete(
+        "/v1/accounts/{account_id}/counters/{counter_id}", policy_handlers.cancel_counter
+    )
+    app.router.add_post("/v1/counters/reset", policy_handlers.reset_counters)
+    app.router.add_post("/v1/plans/{plan_id}/counters", policy_handlers.define_counter)
+    app.router.add_put("/v1/plans/{plan_id}/policy", policy_handlers.set_policy_of_plan)
+    app.router.add_post("/v1/pin-batches", policy_handlers.generate_pins)
+    app.router.add_get("/v1/pins/{pin}", policy_handlers.pin_info)
+    app.router.add_get("/v1/pins/{pin}/time", policy_handlers.pin_time)
+    app.router.add_delete("/v1/calls/{call_id}", policy_handlers.cut_call)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics_text)
     app.router.add_get("/openapi.json", handlers.openapi_json)

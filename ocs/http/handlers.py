@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ocs import __version__, metrics
-from ocs.balances.accounts import validate_account_id
+from ocs.balances.accounts import validate_account_id, validate_member
 from ocs.balances.store import AccountState
 from ocs.charging import catalog_store
 from ocs.charging.bands import validate_schedule
@@ -22,7 +22,7 @@ from ocs.charging.deck import parse_deck
 from ocs.charging.lifecycle import CallProgress, validate_call_id
 from ocs.charging.rating import Tier
 from ocs.charging.translation import validate_rules
-from ocs.errors import OcsError, invalid
+from ocs.errors import OcsError, Reason, invalid
 from ocs.http.json_io import (
     amount_field,
     int_field,
@@ -55,6 +55,14 @@ def account_json(view: AccountState) -> dict[str, Any]:
         "available": money(view.available),
         "max_lines": view.max_lines,
         "lines_in_use": view.lines_in_use,
+        "min_balance": money(view.min_balance),
+        "critical_balance": (
+            None if view.critical_balance is None else money(view.critical_balance)
+        ),
+        "committed": money(view.committed),
+        "locked_by": view.lock or None,
+        "member_max_lines": view.member_lines,
+        "expires_at": view.expires_at or None,
     }
 
 
@@ -120,6 +128,8 @@ def progress_json(progress: CallProgress) -> dict[str, Any]:
         "started_at": progress.started_at,
         "used": progress.used,
         "debited": money(progress.debited),
+        "granted": progress.granted or None,
+        "final": progress.final,
     }
 
 
@@ -138,10 +148,18 @@ async def add_nas_client(request: web.Request) -> web.Response:
     require = body.get("require_message_authenticator", True)
     if not isinstance(require, bool):
         raise invalid("require_message_authenticator", "expected true or false")
-    await radius_clients.add_client(_services(request).pool, name, network, secret, require)
+    coa_port = int_field(body, "coa_port", required=False, minimum=1, maximum=65535)
+    await radius_clients.add_client(
+        _services(request).pool, name, network, secret, require, coa_port
+    )
     # The secret is never echoed back.
     return web.json_response(
-        {"name": name, "address": network, "require_message_authenticator": require},
+        {
+            "name": name,
+            "address": network,
+            "require_message_authenticator": require,
+            "coa_port": coa_port,
+        },
         status=201,
     )
 
@@ -179,6 +197,14 @@ async def topup_account(request: web.Request) -> web.Response:
 async def authorize_call(request: web.Request) -> web.Response:
     body = await read_object(request)
     try:
+        if body.get("account") is None and body.get("member") is not None:
+            # A member alone names its account (a SIP user, an extension).
+            identity = await _services(request).calls.identify(validate_member(body["member"]))
+            if identity.member is None:
+                raise OcsError(
+                    Reason.ACCOUNT_NOT_FOUND, "no account has this member", field="member"
+                )
+            body["account"] = identity.account_id
         account_id = validate_account_id(body.get("account"), "account")
         destination = string_field(body, "destination", max_len=64)
         assert destination is not None
@@ -186,7 +212,20 @@ async def authorize_call(request: web.Request) -> web.Response:
         call_id = body.get("call_id")
         if call_id is not None:
             validate_call_id(call_id)
-        grant = await _services(request).calls.authorize(account_id, destination, caller, call_id)
+        member = body.get("member")
+        if member is not None:
+            validate_member(member)
+        direction = string_field(body, "direction", required=False, max_len=16) or "outbound"
+        quota = int_field(body, "quota", required=False, minimum=1, maximum=7 * 24 * 3600)
+        grant = await _services(request).calls.authorize(
+            account_id,
+            destination,
+            caller,
+            call_id,
+            member=member,
+            direction=direction,
+            quota=quota,
+        )
     except OcsError as exc:
         metrics.CALL_DECISIONS.labels(exc.reason.value).inc()
         raise
@@ -201,6 +240,10 @@ async def authorize_call(request: web.Request) -> web.Response:
             "reserved": money(grant.reserved),
             "currency": grant.currency,
             "repeated": grant.repeated,
+            "carriers": list(grant.carriers),
+            "counter_seconds": grant.counter_seconds,
+            "final": grant.final,
+            "direction": grant.direction,
         },
         status=200 if grant.repeated else 201,
     )

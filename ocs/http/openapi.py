@@ -80,7 +80,141 @@ PATHS: dict[str, dict[str, Any]] = {
             ),
         ),
     },
-    "/v1/accounts/{account_id}": {"get": _op("Show an account", "balance, reserved, lines", 404)},
+    "/v1/accounts/{account_id}": {
+        "get": _op("Show an account", "balance, reserved, lines", 404),
+        "patch": _op(
+            "Override an account's limits (null removes critical_balance / max_members)",
+            "the account",
+            400,
+            404,
+            body=_body(
+                {
+                    "credit_limit": _AMOUNT,
+                    "max_lines": {"type": "integer"},
+                    "min_balance": _AMOUNT,
+                    "critical_balance": {"oneOf": [_AMOUNT, {"type": "null"}]},
+                    "member_max_lines": {"type": "integer"},
+                    "max_members": {"type": ["integer", "null"]},
+                    "status": {"enum": ["active", "locked", "suspended"]},
+                },
+                [],
+            ),
+        ),
+    },
+    "/v1/accounts/{account_id}/members": {
+        "get": _op("List an account's members", "the members", 404),
+        "post": _op(
+            "Add a member (SIP user, extension, caller id), within the plan's max members",
+            "added",
+            400,
+            404,
+            409,
+            body=_body(
+                {"member": {"type": "string"}, "max_lines": {"type": "integer"}}, ["member"]
+            ),
+        ),
+    },
+    "/v1/accounts/{account_id}/members/{member}": {
+        "delete": _op("Remove a member", "removed", 404),
+    },
+    "/v1/accounts/{account_id}/counters": {
+        "get": _op("An account's usage counters this cycle", "limit, used, held, left", 404),
+        "post": _op(
+            "Buy an optional counter of the account's plan",
+            "the counter",
+            400,
+            404,
+            body=_body({"counter": {"type": "string"}}, ["counter"]),
+        ),
+    },
+    "/v1/accounts/{account_id}/counters/{counter_id}": {
+        "delete": _op("Cancel an optional counter", "cancelled", 404),
+    },
+    "/v1/counters/reset": {
+        "post": _op(
+            "Start a new counter cycle (all accounts, a plan's, or one account's)",
+            "accounts and counters reset",
+            400,
+            body=_body({"plan": _ID, "account": _ID}, []),
+        ),
+    },
+    "/v1/plans/{plan_id}/counters": {
+        "post": _op(
+            "Define a usage counter (bundle of seconds) of a plan",
+            "the counter",
+            400,
+            404,
+            body=_body(
+                {
+                    "id": {"type": "string"},
+                    "seconds": {"type": "integer"},
+                    "zones": {"type": "array", "items": {"type": "string"}},
+                    "price_per_minute": _AMOUNT,
+                    "increment": {"type": "integer"},
+                    "reject_on_threshold": {"type": "boolean"},
+                    "carryover": {"type": "boolean"},
+                    "mandatory": {"type": "boolean"},
+                    "recurring_fee": _AMOUNT,
+                    "active": {"type": "boolean"},
+                    "taxes_follow_counter": {"type": "boolean"},
+                },
+                ["id", "seconds", "zones"],
+            ),
+        ),
+    },
+    "/v1/plans/{plan_id}/policy": {
+        "put": _op(
+            "Set a plan's account defaults (copied to new accounts)",
+            "the policy",
+            400,
+            404,
+            body=_body(
+                {
+                    "max_members": {"type": ["integer", "null"]},
+                    "member_max_lines": {"type": "integer"},
+                    "critical_balance": _AMOUNT,
+                    "recurring_fee": _AMOUNT,
+                    "lock_prorated": {"type": "boolean"},
+                    "language": {"type": "string"},
+                },
+                [],
+            ),
+        ),
+    },
+    "/v1/pin-batches": {
+        "post": _op(
+            "Generate a batch of calling cards; the answer is its CSV (the PINs appear only here)",
+            "text/csv: pin, password, account, value, currency, expires",
+            400,
+            404,
+            409,
+            body=_body(
+                {
+                    "batch": {"type": "string"},
+                    "plan": _ID,
+                    "count": {"type": "integer"},
+                    "length": {"type": "integer"},
+                    "value": _AMOUNT,
+                    "password_length": {"type": "integer"},
+                    "expires_at": {"type": "string", "format": "date-time"},
+                    "expire_days": {"type": "integer"},
+                },
+                ["batch", "plan", "count", "value"],
+            ),
+        ),
+    },
+    "/v1/pins/{pin}": {
+        "get": _op("A card's balance, currency, language, expiry (IVR)", "the card", 403, 404),
+    },
+    "/v1/pins/{pin}/time": {
+        "get": _op(
+            "Seconds a card buys to a destination (query: destination, access_number)",
+            "seconds",
+            400,
+            403,
+            404,
+        ),
+    },
     "/v1/accounts/{account_id}/topups": {
         "post": _op(
             "Top up",
@@ -115,8 +249,11 @@ PATHS: dict[str, dict[str, Any]] = {
                     "destination": {"type": "string"},
                     "caller": {"type": "string"},
                     "call_id": _CALL,
+                    "member": {"type": "string"},
+                    "direction": {"enum": ["outbound", "inbound"]},
+                    "quota": {"type": "integer", "minimum": 1},
                 },
-                ["account", "destination"],
+                ["destination"],
             ),
         ),
     },
@@ -137,6 +274,13 @@ PATHS: dict[str, dict[str, Any]] = {
                 },
                 ["account", "event_id", "service", "quantity"],
             ),
+        ),
+    },
+    "/v1/calls/{call_id}": {
+        "delete": _op(
+            "Cut a live call: charge it to now; its NAS gets a Disconnect-Request (RFC 5176)",
+            "duration, cost, balance, disconnect outcome",
+            404,
         ),
     },
     "/v1/calls/{call_id}/start": {"post": _op("Start a call", "progress", 404, 409)},
@@ -281,6 +425,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "address": {"type": "string"},
                     "secret": {"type": "string"},
                     "require_message_authenticator": {"type": "boolean"},
+                    "coa_port": {"type": "integer"},
                 },
                 ["name", "address", "secret"],
             ),

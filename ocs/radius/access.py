@@ -13,14 +13,18 @@ from dataclasses import dataclass
 
 from pyrad.packet import AuthPacket, PacketError
 
-from ocs.charging.lifecycle import CallService
+from ocs.balances.pin_guard import PinGuard
+from ocs.charging.lifecycle import CallService, Identity
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
+from ocs.metrics import PIN_FAILURES
 from ocs.money import format_amount
 from ocs.radius.attributes import avpair, cisco, cisco_value, first
 from ocs.radius.clients import NasClient
 
 Attribute = tuple[str, str | int]
+# Refusals that say a presented PIN (or its password) was wrong: they count as guesses.
+_WRONG_PIN = (Reason.ACCOUNT_NOT_FOUND, Reason.INVALID_PASSWORD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,11 @@ def refusal(error: OcsError) -> AccessAnswer:
 
 
 async def answer_access_request(
-    packet: AuthPacket, client: NasClient, calls: CallService, settings: Settings
+    packet: AuthPacket,
+    client: NasClient,
+    calls: CallService,
+    settings: Settings,
+    pin_guard: PinGuard | None = None,
 ) -> AccessAnswer:
     user = first(packet, "User-Name")
     caller = first(packet, "Calling-Station-Id")
@@ -77,14 +85,18 @@ async def answer_access_request(
             # Undecodable or of a size RFC 2865 does not allow: it can match no stored
             # password, so an account with one refuses it (code 2).
             password = "\x00"
+    identity: Identity | None = None
     try:
         if user:
-            account_id, check_password = user.strip(), True
+            identity = await calls.identify(user)
+            if identity.pin and pin_guard is not None:
+                await pin_guard.check(caller, client.name)
         else:
             found = await calls.account_for_caller(caller) if caller else None
             if found is None:
                 raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no User-Name and no known caller id")
-            account_id, check_password = found, False
+            identity = Identity(found, check_password=False)
+        account_id, check_password = identity.account_id, identity.check_password
         if not destination:
             answer = await calls.balance(
                 account_id, password=password, check_password=check_password
@@ -109,10 +121,16 @@ async def answer_access_request(
             check_password=check_password,
             wait_for_start=True,
             nas=client.name,
+            member=identity.member,
+            nas_address=first(packet, "NAS-IP-Address") or getattr(packet, "source", (None,))[0],
         )
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:
             raise
+        if identity is not None and identity.pin and error.reason in _WRONG_PIN:
+            PIN_FAILURES.labels("radius").inc()
+            if pin_guard is not None:
+                await pin_guard.failed(caller, client.name)
         return refusal(error)
     available = grant.available
     postpaid = grant.credit_limit > 0

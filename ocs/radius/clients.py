@@ -23,6 +23,7 @@ class NasClient:
     network: IPNetwork
     secret: bytes = field(repr=False)
     require_message_authenticator: bool
+    coa_port: int | None = None  # RFC 5176 port for Disconnect-Requests; None: none
 
 
 class ClientTable:
@@ -34,6 +35,9 @@ class ClientTable:
 
     def __len__(self) -> int:
         return len(self._clients)
+
+    def named(self, name: str) -> NasClient | None:
+        return next((c for c in self._clients if c.name == name), None)
 
     def lookup(self, address: str) -> NasClient | None:
         if address in self._cache:
@@ -60,6 +64,7 @@ def clients_from_settings(settings: Settings) -> list[NasClient]:
                 if c.require_message_authenticator is None
                 else c.require_message_authenticator
             ),
+            coa_port=c.coa_port,
         )
         for c in settings.radius_clients
     ]
@@ -71,7 +76,7 @@ async def load_client_table(pool: asyncpg.Pool, settings: Settings) -> ClientTab
     known = {c.network for c in clients}
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT name, network, secret, require_message_authenticator FROM nas_clients"
+            "SELECT name, network, secret, require_message_authenticator, coa_port FROM nas_clients"
         )
     for row in rows:
         network = ipaddress.ip_network(row["network"], strict=False)
@@ -82,23 +87,30 @@ async def load_client_table(pool: asyncpg.Pool, settings: Settings) -> ClientTab
                     network,
                     row["secret"].encode(),
                     row["require_message_authenticator"],
+                    row["coa_port"],
                 )
             )
     return ClientTable(clients)
 
 
 async def add_client(
-    pool: asyncpg.Pool, name: str, network: str, secret: str, require_message_authenticator: bool
+    pool: asyncpg.Pool,
+    name: str,
+    network: str,
+    secret: str,
+    require_message_authenticator: bool,
+    coa_port: int | None = None,
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
-            "INSERT INTO nas_clients (name, network, secret, require_message_authenticator)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET network = $2,"
-            " secret = $3, require_message_authenticator = $4",
+            "INSERT INTO nas_clients (name, network, secret, require_message_authenticator,"
+            " coa_port) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET"
+            " network = $2, secret = $3, require_message_authenticator = $4, coa_port = $5",
             name,
             network,
             secret,
             require_message_authenticator,
+            coa_port,
         )
         await conn.execute("SELECT pg_notify($1, $2)", NAS_CHANNEL, name)
 
@@ -106,13 +118,15 @@ async def add_client(
 async def list_clients(pool: asyncpg.Pool) -> list[dict[str, object]]:
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT name, network, require_message_authenticator FROM nas_clients ORDER BY name"
+            "SELECT name, network, require_message_authenticator, coa_port FROM nas_clients"
+            " ORDER BY name"
         )
     return [
         {
             "name": r["name"],
             "address": str(r["network"]),
             "require_message_authenticator": r["require_message_authenticator"],
+            "coa_port": r["coa_port"],
         }
         for r in rows
     ]

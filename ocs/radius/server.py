@@ -19,7 +19,8 @@ from pyrad import packet as rp
 from redis.exceptions import RedisError
 
 from ocs import metrics
-from ocs.charging.lifecycle import CallService
+from ocs.balances.pin_guard import PinGuard
+from ocs.charging.lifecycle import CallRecord, CallService
 from ocs.config import Settings
 from ocs.errors import OcsError
 from ocs.radius.access import answer_access_request
@@ -27,6 +28,7 @@ from ocs.radius.accounting import handle_accounting
 from ocs.radius.clients import NAS_CHANNEL, ClientTable, NasClient, load_client_table
 from ocs.radius.dedupe import ReplyCache
 from ocs.radius.dictionary import radius_dictionary
+from ocs.radius.disconnect import DisconnectOutcome, send_disconnect
 
 log = logging.getLogger("ocs.radius")
 
@@ -95,8 +97,15 @@ class RadiusProtocol(asyncio.DatagramProtocol):
 class RadiusServer:
     """Owns both listeners, the reply cache and the tasks answering requests."""
 
-    def __init__(self, calls: CallService, settings: Settings, clients: ClientTable) -> None:
+    def __init__(
+        self,
+        calls: CallService,
+        settings: Settings,
+        clients: ClientTable,
+        pin_guard: PinGuard | None = None,
+    ) -> None:
         self._calls = calls
+        self._pin_guard = pin_guard
         self._settings = settings
         self.clients = clients
         self._dictionary = radius_dictionary()
@@ -107,6 +116,23 @@ class RadiusServer:
         self.acct_port = 0
         self._listener: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
+
+    async def disconnect(self, record: CallRecord) -> DisconnectOutcome | None:
+        """Ask the NAS that carries a call to end it (RFC 5176); None if it takes no such
+        request (no dynamic-authorization port configured, or not a RADIUS call)."""
+        client = None if record.nas is None else self.clients.named(record.nas)
+        if client is None or client.coa_port is None or record.nas_address is None:
+            return None
+        outcome = await send_disconnect(
+            record.nas_address,
+            client.coa_port,
+            client.secret,
+            user_name=None,  # for a card it would be the PIN: never sent back out
+            session_id=record.call_id,
+            timeout=self._settings.disconnect_timeout,
+        )
+        metrics.DISCONNECTS.labels(outcome.reason.partition(":")[0]).inc()
+        return outcome
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -257,7 +283,10 @@ class RadiusServer:
         kind = protocol._port.kind
         try:
             if kind == "auth":
-                answer = await answer_access_request(request, client, self._calls, self._settings)
+                request.source = addr  # where a later Disconnect-Request may go
+                answer = await answer_access_request(
+                    request, client, self._calls, self._settings, self._pin_guard
+                )
                 reply = request.CreateReply()
                 reply.code = rp.AccessAccept if answer.accept else rp.AccessReject
                 for name, value in answer.attributes:

@@ -16,6 +16,21 @@
 --          value must equal the account's digest when the account has one
 -- ARGV[10] now (epoch seconds), for the account's expiry date
 -- ARGV[11] start time (epoch seconds) of the call, 0 when a Start is still to come
+-- ARGV[12] member placing or taking the call ("" none): its own line limit applies
+-- ARGV[13] usage counter covering the destination ("" none)
+-- ARGV[14] counter seconds the caller priced the reservation with
+-- ARGV[15] longest call (seconds): the most counter seconds one call may hold
+-- ARGV[16] "1": refuse once the counter is used up (reject on threshold)
+-- ARGV[17] seconds of a mandatory counter's cycle, to start it on first use; "" for
+--          an optional one, which applies only once bought (its fields exist)
+-- KEYS[5] member-lines hash     mlines:{b:N}:<account>
+-- KEYS[6] counters hash         counters:{b:N}:<account>
+--
+-- Available funds are balance + credit_limit - reserved - committed (funds kept for
+-- the plan's upcoming recurring charges). A call whose longest duration costs
+-- nothing (a free destination, or one a counter covers whole) needs no funds.
+-- A card with expire_days and no expiry yet is activated: its expiry is set from
+-- this first use.
 --
 -- Returns one of
 --   {"OK", reserved, available_before, balance, credit_limit}
@@ -24,6 +39,8 @@
 --   {"DONE"}                  the call id was already stopped
 --   {"PLAN", actual_plan}     rate again with the account's real plan
 --   {"REJ", reason}
+--   {"CNT", seconds}          the counter holds this many free seconds now, not
+--                             ARGV[14]: price again with them
 -- A live-calls entry is "<held>|<started>|<used>|<debited>|<record>": funds still
 -- held, start time (0 = not started), last reported seconds, amount debited so far.
 -- A reservation is min(available, ARGV[5]); the caller turns it into the longest
@@ -36,7 +53,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'REJ', 'account_not_found'}
 end
 local a = redis.call('HMGET', KEYS[1], 'status', 'plan', 'balance', 'credit_limit', 'reserved',
-  'max_lines', 'pw', 'expires')
+  'max_lines', 'pw', 'expires', 'min_balance', 'committed', 'member_lines', 'expire_days')
 if a[2] ~= ARGV[2] then
   return {'PLAN', a[2]}
 end
@@ -52,7 +69,7 @@ if a[8] and tonumber(a[8]) > 0 and tonumber(ARGV[10]) >= tonumber(a[8]) then
 end
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if existing then
-  local available_now = tonumber(a[3]) + tonumber(a[4]) - tonumber(a[5])
+  local available_now = tonumber(a[3]) + tonumber(a[4]) - tonumber(a[5]) - tonumber(a[10] or 0)
   return {'DUP', existing, available_now, tonumber(a[4])}
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then
@@ -61,24 +78,65 @@ end
 if redis.call('HLEN', KEYS[2]) >= tonumber(a[6]) then
   return {'REJ', 'no_free_line'}
 end
+local member = ARGV[12]
+if member ~= '' then
+  local limit = tonumber(redis.call('HGET', KEYS[1], 'ml:' .. member) or a[11] or 0)
+  if limit > 0 and tonumber(redis.call('HGET', KEYS[5], member) or 0) >= limit then
+    return {'REJ', 'no_free_line'}
+  end
+end
+local counter = ARGV[13]
+local counter_seconds = 0
+if counter ~= '' then
+  local c = redis.call('HMGET', KEYS[6], counter .. ':limit', counter .. ':used',
+    counter .. ':held')
+  if not c[1] and ARGV[17] ~= '' then
+    -- A mandatory counter the account has not used yet: its first cycle starts now.
+    redis.call('HSET', KEYS[6], counter .. ':limit', ARGV[17], counter .. ':used', 0)
+    c = {ARGV[17], 0, 0}
+  end
+  if c[1] then
+    local free = tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0)
+    counter_seconds = math.max(math.min(free, tonumber(ARGV[15])), 0)
+    if counter_seconds == 0 and ARGV[16] == '1' then
+      return {'REJ', 'counter_exhausted'}
+    end
+  end
+  if counter_seconds ~= tonumber(ARGV[14]) then
+    return {'CNT', counter_seconds}
+  end
+end
 local balance = tonumber(a[3])
 local credit_limit = tonumber(a[4])
-local available = balance + credit_limit - tonumber(a[5])
-if available <= 0 then
-  if credit_limit > 0 then
-    return {'REJ', 'credit_limit_reached'}
-  end
-  return {'REJ', 'zero_balance'}
-end
-if available < tonumber(ARGV[4]) then
-  return {'REJ', 'below_minimum_balance'}
-end
-if available < tonumber(ARGV[3]) then
-  return {'REJ', 'insufficient_funds'}
-end
+local available = balance + credit_limit - tonumber(a[5]) - tonumber(a[10] or 0)
 local reserve = tonumber(ARGV[5])
-if available < reserve then
-  reserve = available
+local first_block = tonumber(ARGV[3])
+if reserve > 0 then
+  -- A first block the counter covers costs nothing: such a call needs no funds to
+  -- start, only the minimum balance, and what it holds pays for what follows.
+  if first_block > 0 and available <= 0 then
+    if credit_limit > 0 then
+      return {'REJ', 'credit_limit_reached'}
+    end
+    return {'REJ', 'zero_balance'}
+  end
+  if available < tonumber(a[9] or ARGV[4]) then
+    return {'REJ', 'below_minimum_balance'}
+  end
+  if available < first_block then
+    return {'REJ', 'insufficient_funds'}
+  end
+  reserve = math.max(math.min(reserve, available), 0)
+end
+if tonumber(a[12] or 0) > 0 and tonumber(a[8] or 0) == 0 then
+  redis.call('HSET', KEYS[1], 'expires', int(tonumber(ARGV[10]) + tonumber(a[12]) * 86400),
+    'first_use', ARGV[10])
+end
+if member ~= '' then
+  redis.call('HINCRBY', KEYS[5], member, 1)
+end
+if counter_seconds > 0 then
+  redis.call('HINCRBY', KEYS[6], counter .. ':held', counter_seconds)
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', int(reserve))
 redis.call('HSET', KEYS[2], ARGV[1], int(reserve) .. '|' .. ARGV[11] .. '|0|0|' .. ARGV[6])

@@ -35,6 +35,7 @@ if rated > available then
   return {'REJ', 'insufficient_funds'}
 end
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-rated))
+lock_below_critical(KEYS[1], balance)
 local entry = redis.call('XADD', KEYS[3], '*',
   'kind', 'usage', 'account', ARGV[7], 'amount', int(-rated), 'balance', int(balance),
   'reference', ARGV[1], 'ts', ARGV[5], 'rated', int(rated), 'charged', int(rated),

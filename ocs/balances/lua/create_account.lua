@@ -6,6 +6,10 @@
 -- ARGV[4] max lines ARGV[5] status     ARGV[6] opening balance (micro-units, >= 0)
 -- ARGV[7] time (epoch milliseconds)    ARGV[8] account id
 -- ARGV[9] password digest ("" = none)  ARGV[10] expiry (epoch seconds, 0 = never)
+-- ARGV[11] minimum balance to call     ARGV[12] critical balance ("" = none)
+-- ARGV[13] funds committed to recurring charges
+-- ARGV[14] lines per member (0 = no limit of its own)
+-- ARGV[15] days a card lasts after its first use (0 = no such expiry)
 --
 -- Returns {"OK", balance} or {"EXISTS"}. A non-zero opening balance is a ledger
 -- entry of kind "opening", so the ledger always sums to the balance.
@@ -18,7 +22,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 redis.call('HSET', KEYS[1], 'plan', ARGV[1], 'currency', ARGV[2], 'credit_limit', ARGV[3],
   'max_lines', ARGV[4], 'status', ARGV[5], 'balance', 0, 'reserved', 0, 'pw', ARGV[9],
-  'expires', ARGV[10])
+  'expires', ARGV[10], 'min_balance', ARGV[11], 'critical', ARGV[12], 'committed', ARGV[13],
+  'member_lines', ARGV[14], 'expire_days', ARGV[15], 'lock', '')
 local balance = 0
 if tonumber(ARGV[6]) > 0 then
   balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[6])

@@ -18,9 +18,15 @@
 -- ARGV[10] "" for a stop reported by the switch; for the janitor, an epoch second:
 --          the call is closed only if its expiry is not later than that (a Start or
 --          an Interim-Update that extended it meanwhile wins)
+-- ARGV[11] member of the call ("" none): its line is released
+-- ARGV[12] usage counter of the call ("" none)
+-- ARGV[13] counter seconds the call holds
+-- ARGV[14] counter seconds the call used (<= ARGV[13]): they count as used
+-- KEYS[6] member-lines hash     mlines:{b:N}:<account>
+-- KEYS[7] counters hash         counters:{b:N}:<account>
 --
 -- A stop reported for a call ocs closed by policy ("start-timeout", "expired",
--- "nas-reboot") is charged what it adds to that close, once, with cause "late-stop".
+-- "nas-reboot", "cut") is charged what it adds to that close, once, with cause "late-stop".
 -- Returns {"OK", result} on the first stop, {"DONE", result} on a repeated one,
 -- where result is msgpack {charged, rated, balance, duration, entry, cause};
 -- {"NOCALL"} when no such call is live; {"LIVE"} when the janitor's guard failed.
@@ -35,7 +41,7 @@ local done = redis.call('GET', KEYS[4])
 if done then
   local first = cmsgpack.unpack(done)
   local closed_by_us = first.cause == 'start-timeout' or first.cause == 'expired'
-    or first.cause == 'nas-reboot'
+    or first.cause == 'nas-reboot' or first.cause == 'cut'
   local rated = tonumber(ARGV[2])
   if not closed_by_us or ARGV[10] ~= '' or rated <= first.charged then
     return {'DONE', done}
@@ -47,6 +53,7 @@ if done then
   local headroom = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3])
   local charge = math.min(rated - first.charged, math.max(headroom, 0))
   local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charge))
+  lock_below_critical(KEYS[1], balance)
   local entry = redis.call('XADD', KEYS[5], '*',
     'kind', 'call', 'account', ARGV[8], 'amount', int(-charge), 'balance', int(balance),
     'reference', ARGV[1], 'ts', ARGV[6], 'rated', int(rated), 'charged', int(charge),
@@ -82,8 +89,19 @@ if charge > headroom then
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', int(-held))
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charge))
+lock_below_critical(KEYS[1], balance)
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[3])
+if ARGV[11] ~= '' and redis.call('HINCRBY', KEYS[6], ARGV[11], -1) <= 0 then
+  redis.call('HDEL', KEYS[6], ARGV[11])
+end
+if ARGV[12] ~= '' and tonumber(ARGV[13]) > 0 then
+  -- A counter reset may have removed the counter meanwhile: only touch a live one.
+  if redis.call('HEXISTS', KEYS[7], ARGV[12] .. ':limit') == 1 then
+    redis.call('HINCRBY', KEYS[7], ARGV[12] .. ':held', -tonumber(ARGV[13]))
+    redis.call('HINCRBY', KEYS[7], ARGV[12] .. ':used', tonumber(ARGV[14]))
+  end
+end
 local charged = debited + charge
 local entry = redis.call('XADD', KEYS[5], '*',
   'kind', 'call', 'account', ARGV[8], 'amount', int(-charge), 'balance', int(balance),

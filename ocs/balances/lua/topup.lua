@@ -30,6 +30,11 @@ if tonumber(redis.call('HGET', KEYS[1], 'balance')) + tonumber(ARGV[1]) > 1e15 t
   return {'LIMIT'}
 end
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])
+local lock = redis.call('HMGET', KEYS[1], 'lock', 'critical')
+if lock[1] == 'critical' and (not lock[2] or lock[2] == '' or balance >= tonumber(lock[2])) then
+  -- Locked by its critical balance, now back to it: calls may go on.
+  redis.call('HSET', KEYS[1], 'status', 'active', 'lock', '')
+end
 local entry = redis.call('XADD', KEYS[2], '*',
   'kind', ARGV[6], 'account', ARGV[5], 'amount', ARGV[1], 'balance', int(balance),
   'reference', ARGV[2], 'ts', ARGV[4])

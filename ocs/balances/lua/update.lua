@@ -14,6 +14,9 @@
 -- ARGV[6] account id
 -- ARGV[7] new expiry (epoch seconds)
 -- ARGV[8] expiry set member
+-- ARGV[9] quota mode: the cost (micro-units) the call's funds must cover after this
+--         report, i.e. of the used seconds plus the next slice; "" for no new slice.
+--         The call's hold grows towards it as far as the free funds allow.
 --
 -- Returns {"OK", used, debited, held}, {"DONE"} or {"NOCALL"}.
 -- Money moves from the call's reservation to the debit: the funds held for the
@@ -46,9 +49,19 @@ if ARGV[4] == '1' and tonumber(ARGV[3]) > debited then
     redis.call('HINCRBY', KEYS[1], 'reserved', int(-take))
     held = held - take
     local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-delta))
+    lock_below_critical(KEYS[1], balance)
     debited = debited + delta
     redis.call('XADD', KEYS[5], '*', 'kind', 'interim', 'account', ARGV[6],
       'amount', int(-delta), 'balance', int(balance), 'reference', ARGV[1], 'ts', ARGV[5])
+  end
+end
+if ARGV[9] ~= '' and tonumber(ARGV[9]) > held + debited then
+  local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved', 'committed')
+  local free = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3]) - tonumber(a[4] or 0)
+  local extra = math.min(tonumber(ARGV[9]) - held - debited, math.max(free, 0))
+  if extra > 0 then
+    redis.call('HINCRBY', KEYS[1], 'reserved', int(extra))
+    held = held + extra
   end
 end
 redis.call('HSET', KEYS[2], ARGV[1],

@@ -1,0 +1,305 @@
+"""Route sets and carrier cost decks: which carriers may take a call, and at a margin.
+
+A *carrier* publishes a cost deck: prefix -> rate (connect fee, first block,
+increment, price per minute), matched like a plan's deck, longest prefix
+first, by the same compiled matcher (a ``PrefixTable`` per carrier). A *route
+set* is an ordered list of carriers; a plan may name one. ``RouteBook`` holds
+them all, immutable, inside the catalog snapshot (``CatalogSnapshot.routes``)
+and is rebuilt beside it when a carrier or route set changes.
+
+The margin rule, stated once (``RouteBook.routes_for``):
+
+* Both sides are priced by the one rating function, ``rating.cost``, for a
+  *reference call* of ``reference_seconds`` (60 s) with everything that
+  function counts: connect fee, first block, increment rounding. The sell side
+  is the plan's tariff for the number, the buy side the carrier's rate for the
+  number (its own longest prefix).
+* A carrier with no prefix for the number is not a route: it is left out, and
+  is not counted as dropped.
+* A carrier whose reference cost is at most the sell cost is kept (zero margin
+  is kept); one whose cost is higher is *dropped* (negative margin).
+* Kept and dropped carriers keep the route set's order.
+
+What a plan does with that (``RouteDecision.usable``): the kept carriers are
+offered, in order; when none is kept, a plan that allows negative margin is
+offered the dropped ones (in order) and any other plan's call is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
+
+import asyncpg
+import numba
+import numpy as np
+
+from ocs.charging.matcher import PrefixIndex
+from ocs.charging.prefixes import PrefixTable
+from ocs.charging.rating import Rate, cost
+
+REFERENCE_SECONDS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """The carriers for one call, each in the route set's order.
+
+    ``carriers``: those with a prefix for the number and a cost at most the sell
+    price; ``dropped``: those with a prefix but a higher cost (negative margin).
+    ``sell_cost`` and ``costs`` (carrier -> cost, for every carrier that matched)
+    are the reference-call costs the comparison used, in micro-units.
+    """
+
+    carriers: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    sell_cost: int = 0
+    costs: tuple[tuple[str, int], ...] = ()
+
+    def usable(self, allow_negative_margin: bool) -> tuple[str, ...]:
+        """The carriers to offer: the kept ones; when none is kept and the plan allows
+        negative margin, the dropped ones; else none (the call is refused)."""
+        if self.carriers or not allow_negative_margin:
+            return self.carriers
+        return self.dropped
+
+    def refused(self, allow_negative_margin: bool) -> bool:
+        """No carrier to offer: the call is refused."""
+        return not self.usable(allow_negative_margin)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteBook:
+    """Carriers' cost decks and route sets, immutable; one per catalog snapshot.
+
+    ``decks``: carrier id -> its cost deck (every carrier has one, maybe empty);
+    ``names``: carrier id -> name; ``route_sets``: route set id -> carrier ids in order.
+    """
+
+    decks: Mapping[str, PrefixTable[Rate]] = field(default_factory=dict)
+    names: Mapping[str, str] = field(default_factory=dict)
+    route_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def carrier_rate(self, carrier_id: str, digits: str) -> tuple[str, Rate] | None:
+        """(matched prefix, rate) of a normalised number in a carrier's cost deck."""
+        deck = self.decks.get(carrier_id)
+        return None if deck is None else deck.match(digits)
+
+    def routes_for(
+        self,
+        route_set_id: str,
+        digits: str,
+        sell_rate: Rate,
+        reference_seconds: int = REFERENCE_SECONDS,
+    ) -> RouteDecision:
+        """The route set's carriers for a normalised number sold at ``sell_rate``.
+
+        Margin is compared on the cost of a reference call of ``reference_seconds``
+        (60 s) computed by ``rating.cost`` on both sides, connect fees, first
+        blocks and increments included: a carrier is kept when its cost is at most
+        the sell cost and dropped when it is higher. A carrier with no prefix for
+        the number is not a route: neither kept nor dropped. Both lists keep the
+        route set's order. An unknown route set has no carriers.
+        """
+        sell_cost = cost(sell_rate, reference_seconds)
+        kept: list[str] = []
+        dropped: list[str] = []
+        costs: list[tuple[str, int]] = []
+        decks = self.decks
+        for carrier_id in self.route_sets.get(route_set_id, ()):
+            deck = decks.get(carrier_id)
+            match = None if deck is None else deck.match(digits)
+            if match is None:
+                continue
+            buy = cost(match[1], reference_seconds)
+            costs.append((carrier_id, buy))
+            (kept if buy <= sell_cost else dropped).append(carrier_id)
+        return RouteDecision(tuple(kept), tuple(dropped), sell_cost, tuple(costs))
+
+
+EMPTY_DECK: PrefixTable[Rate] = PrefixTable()
+
+
+# --- loading from PostgreSQL -----------------------------------------------------------
+
+RATE_FIELDS = 4  # connect_fee, first_block, increment, price_per_minute: a rate's columns
+
+_MIX = (
+    np.uint64(0x9E3779B97F4A7C15),
+    np.uint64(0xC2B2AE3D27D4EB4F),
+    np.uint64(0x165667B19E3779F9),
+    np.uint64(0x27D4EB2F165667C5),
+)
+
+
+@numba.njit(cache=True, nogil=True)
+def intern_rates(values: np.ndarray) -> tuple:
+    """Distinct rows of an (n, 4) int64 array of rate fields, without a Python object per row.
+
+    Returns (ids, first): row r is distinct rate ``ids[r]``, and distinct rate k is
+    first found at row ``first[k]`` (ids in order of first appearance).
+    """
+    n = len(values)
+    bits = 4
+    while (1 << bits) < 2 * n:
+        bits += 1
+    mask = (1 << bits) - 1
+    table = np.full(1 << bits, -1, np.int64)
+    ids = np.empty(n, np.int64)
+    first = np.empty(n, np.int64)
+    count = 0
+    for r in range(n):
+        h = np.uint64(0)
+        for c in range(RATE_FIELDS):
+            h = (h ^ np.uint64(values[r, c])) * _MIX[c]
+        slot = np.int64(h >> np.uint64(64 - bits))
+        while True:
+            other = table[slot]
+            if other < 0:
+                table[slot] = r
+                ids[r] = count
+                first[count] = r
+                count += 1
+                break
+            same = True
+            for c in range(RATE_FIELDS):
+                if values[other, c] != values[r, c]:
+                    same = False
+            if same:
+                ids[r] = ids[other]
+                break
+            slot = (slot + 1) & mask
+    return ids, first[:count].copy()
+
+
+def rates_of(values: np.ndarray, rows: np.ndarray) -> tuple[Rate, ...]:
+    """The ``Rate`` of each of ``rows`` (positions in ``values``, an (n, 4) array)."""
+    return tuple(
+        Rate(connect_fee=fee, first_block=block, increment=increment, price_per_minute=price)
+        for fee, block, increment, price in values[rows].tolist()
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _rate_columns(data: np.ndarray) -> tuple:
+    """Rows of COPY text ``prefix<TAB>fee<TAB>block<TAB>increment<TAB>price<LF>``:
+    (prefix at, prefix length, (n, 4) rate fields)."""
+    rows = 0
+    for c in data:
+        rows += c == 10
+    at = np.empty(rows, np.int64)
+    length = np.empty(rows, np.int64)
+    values = np.empty((rows, RATE_FIELDS), np.int64)
+    i = 0
+    for r in range(rows):
+        start = i
+        while data[i] != 9:
+            i += 1
+        at[r] = start
+        length[r] = i - start
+        for c in range(RATE_FIELDS):
+            i += 1
+            value = 0
+            while data[i] != 9 and data[i] != 10:
+                value = value * 10 + (np.int64(data[i]) - 48)
+                i += 1
+            values[r, c] = value
+        i += 1
+    return at, length, values
+
+
+async def copy_carrier_rates(conn: asyncpg.Connection, carrier_id: str) -> bytes:
+    """A carrier's cost deck as COPY text, one round trip and no row objects."""
+    chunks: list[bytes] = []
+
+    async def sink(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    await conn.copy_from_query(
+        "SELECT prefix, connect_fee, first_block, increment, price_per_minute"
+        " FROM carrier_rates WHERE carrier_id = $1",
+        carrier_id,
+        output=sink,
+    )
+    return b"".join(chunks)
+
+
+def build_carrier_deck(data: bytes) -> PrefixTable[Rate]:
+    """A carrier's cost deck from ``copy_carrier_rates``. Runs in a worker thread.
+
+    Cost decks repeat a few prices over many prefixes: each distinct rate is one
+    ``Rate`` and one slot of the index.
+    """
+    if not data:
+        return EMPTY_DECK
+    buf = np.frombuffer(data, np.uint8)
+    at, length, values = _rate_columns(buf)
+    slots, first = intern_rates(values)
+    return PrefixTable.from_index(
+        PrefixIndex.from_buffer(buf, at, length, slots), rates_of(values, first)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRows:
+    """What one catalog read found: everything but the carrier decks still to build."""
+
+    names: dict[str, str]
+    route_sets: dict[str, tuple[str, ...]]
+    kept: dict[str, PrefixTable[Rate]]  # decks reused from the previous book
+    load: dict[str, bytes]  # carrier -> its deck as COPY text, to build
+
+
+async def read_routes(
+    conn: asyncpg.Connection,
+    previous: RouteBook | None = None,
+    changed: Set[str] | None = None,
+) -> RouteRows:
+    """Read carriers and route sets (inside the catalog's read transaction).
+
+    With ``previous`` and ``changed`` (carrier ids whose decks may have changed),
+    every other carrier keeps its deck from ``previous``; ``changed=None``
+    reads every deck anew. Names and route sets are small and always read.
+    """
+    names = {r["id"]: r["name"] for r in await conn.fetch("SELECT id, name FROM carriers")}
+    route_sets: dict[str, list[str]] = {
+        r["id"]: [] for r in await conn.fetch("SELECT id FROM route_sets")
+    }
+    for r in await conn.fetch(
+        "SELECT route_set_id, carrier_id FROM route_set_carriers ORDER BY route_set_id, position"
+    ):
+        route_sets[r["route_set_id"]].append(r["carrier_id"])
+    kept: dict[str, PrefixTable[Rate]] = {}
+    load: dict[str, bytes] = {}
+    for carrier_id in names:
+        if (
+            previous is not None
+            and changed is not None
+            and carrier_id not in changed
+            and carrier_id in previous.decks
+        ):
+            kept[carrier_id] = previous.decks[carrier_id]
+        else:
+            load[carrier_id] = await copy_carrier_rates(conn, carrier_id)
+    return RouteRows(
+        names=names,
+        route_sets={k: tuple(v) for k, v in route_sets.items()},
+        kept=kept,
+        load=load,
+    )
+
+
+async def build_route_book(rows: RouteRows) -> RouteBook:
+    """The book from ``read_routes``: new decks are built in worker threads."""
+    decks = dict(rows.kept)
+    for carrier_id, data in rows.load.items():
+        decks[carrier_id] = await asyncio.to_thread(build_carrier_deck, data)
+    return RouteBook(decks=decks, names=rows.names, route_sets=rows.route_sets)
+
+
+def warm_up() -> None:
+    """Compile, or load from the on-disk cache, the kernels a route book build runs."""
+    deck = build_carrier_deck(b"44\t0\t1\t1\t5\n447\t150000\t30\t6\t60000\n4\t0\t1\t1\t5\n")
+    assert deck.match("4477") == ("447", Rate(150_000, 30, 6, 60_000))
+    assert len(deck.values) == 2

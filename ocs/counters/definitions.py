@@ -1,0 +1,69 @@
+"""Counter definitions as the catalog holds them, and the choice of a call's counter.
+
+A counter belongs to a plan: ``seconds`` per cycle for calls to its ``zones``,
+rated at its own price (often 0.00) until used up; then the zone's tariff
+applies, or, with ``reject_on_threshold``, calls to those zones are refused.
+Mandatory counters apply to every account of the plan; optional ones only to
+accounts that bought them.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import asyncpg
+
+from ocs.charging.rating import Rate
+
+
+@dataclass(frozen=True, slots=True)
+class CounterDef:
+    id: str
+    plan_id: str
+    seconds: int
+    zones: frozenset[str]
+    price_per_minute: int = 0
+    increment: int = 1
+    reject_on_threshold: bool = False
+    carryover: bool = False
+    mandatory: bool = True
+    recurring_fee: int = 0
+    active: bool = True
+    taxes_follow_counter: bool = False
+
+    @property
+    def rate(self) -> Rate:
+        """The counter's own tariff: no connect fee, no first block."""
+        return Rate(0, 0, self.increment, self.price_per_minute)
+
+
+def counter_for_zone(counters: Iterable[CounterDef], zone: str) -> CounterDef | None:
+    """The counter a call to ``zone`` uses: the first active one covering it, by id."""
+    for counter in counters:
+        if counter.active and zone in counter.zones:
+            return counter
+    return None
+
+
+def counter_from_row(row: asyncpg.Record) -> CounterDef:
+    return CounterDef(
+        id=row["id"],
+        plan_id=row["plan_id"],
+        seconds=row["seconds"],
+        zones=frozenset(row["zones"]),
+        price_per_minute=row["price_per_minute"],
+        increment=row["increment"],
+        reject_on_threshold=row["reject_on_threshold"],
+        carryover=row["carryover"],
+        mandatory=row["mandatory"],
+        recurring_fee=row["recurring_fee"],
+        active=row["active"],
+        taxes_follow_counter=row["taxes_follow_counter"],
+    )
+
+
+async def read_counters(conn: asyncpg.Connection) -> dict[str, tuple[CounterDef, ...]]:
+    """Every plan's counters, ordered by id (the order ``counter_for_zone`` picks in)."""
+    by_plan: dict[str, list[CounterDef]] = {}
+    for row in await conn.fetch("SELECT * FROM counters ORDER BY plan_id, id"):
+        by_plan.setdefault(row["plan_id"], []).append(counter_from_row(row))
+    return {plan: tuple(found) for plan, found in by_plan.items()}

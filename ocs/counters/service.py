@@ -1,0 +1,185 @@
+"""Usage counters as the admin API and ``ocs counters`` see them: define, buy, cancel, reset.
+
+PostgreSQL holds the definitions and who bought an optional counter; Redis
+holds each account's seconds of the current cycle (limit, used, held), which
+the authorize and stop scripts change atomically with the money.
+"""
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from ocs.balances.store import BalanceStore
+from ocs.charging.catalog import CATALOG_CHANNEL
+from ocs.counters.definitions import CounterDef, counter_from_row
+from ocs.errors import OcsError, Reason, invalid
+
+MAX_SECONDS = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ResetReport:
+    accounts: int
+    counters: int
+
+
+def validate_counter(counter: CounterDef) -> CounterDef:
+    if not counter.id or len(counter.id) > 64 or not counter.id.isascii():
+        raise invalid("id", "expected 1 to 64 ASCII characters")
+    if ":" in counter.id or not counter.id.isprintable():
+        raise invalid("id", "must be printable and must not contain ':'")
+    if not 1 <= counter.seconds <= MAX_SECONDS:
+        raise invalid("seconds", f"expected 1 to {MAX_SECONDS}")
+    if not counter.zones:
+        raise invalid("zones", "expected at least one zone")
+    if counter.price_per_minute < 0:
+        raise invalid("price_per_minute", "must not be negative")
+    if not 1 <= counter.increment <= 3600:
+        raise invalid("increment", "expected 1 to 3600 seconds")
+    if counter.recurring_fee < 0:
+        raise invalid("recurring_fee", "must not be negative")
+    return counter
+
+
+class CounterService:
+    def __init__(self, pool: asyncpg.Pool, store: BalanceStore) -> None:
+        self._pool = pool
+        self._store = store
+
+    async def create(self, counter: CounterDef) -> CounterDef:
+        """Define (or redefine) a counter of a plan; serving processes reload it."""
+        validate_counter(counter)
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("SELECT 1 FROM plans WHERE id = $1", counter.plan_id) is None:
+                raise OcsError(
+                    Reason.PLAN_NOT_FOUND, f"plan {counter.plan_id!r} does not exist", field="plan"
+                )
+            row = await conn.fetchrow(
+                "INSERT INTO counters (id, plan_id, seconds, zones, price_per_minute, increment,"
+                " reject_on_threshold, carryover, mandatory, recurring_fee, active,"
+                " taxes_follow_counter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                " ON CONFLICT (id) DO UPDATE SET seconds = EXCLUDED.seconds,"
+                " zones = EXCLUDED.zones, price_per_minute = EXCLUDED.price_per_minute,"
+                " increment = EXCLUDED.increment,"
+                " reject_on_threshold = EXCLUDED.reject_on_threshold,"
+                " carryover = EXCLUDED.carryover, mandatory = EXCLUDED.mandatory,"
+                " recurring_fee = EXCLUDED.recurring_fee, active = EXCLUDED.active,"
+                " taxes_follow_counter = EXCLUDED.taxes_follow_counter"
+                " WHERE counters.plan_id = EXCLUDED.plan_id RETURNING *",
+                counter.id,
+                counter.plan_id,
+                counter.seconds,
+                sorted(counter.zones),
+                counter.price_per_minute,
+                counter.increment,
+                counter.reject_on_threshold,
+                counter.carryover,
+                counter.mandatory,
+                counter.recurring_fee,
+                counter.active,
+                counter.taxes_follow_counter,
+            )
+            if row is None:
+                raise OcsError(
+                    Reason.PLAN_EXISTS,
+                    f"counter {counter.id!r} belongs to another plan",
+                    field="id",
+                )
+            await conn.execute(
+                "SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"plan:{counter.plan_id}"
+            )
+        return counter_from_row(row)
+
+    async def _definition(self, conn: asyncpg.Connection, counter_id: str) -> CounterDef:
+        row = await conn.fetchrow("SELECT * FROM counters WHERE id = $1", counter_id)
+        if row is None:
+            raise OcsError(
+                Reason.NOT_FOUND, f"counter {counter_id!r} does not exist", field="counter"
+            )
+        return counter_from_row(row)
+
+    async def buy(self, account_id: str, counter_id: str) -> CounterDef:
+        """An account takes an optional counter of its plan; its first cycle starts now."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            counter = await self._definition(conn, counter_id)
+            plan_id = await conn.fetchval("SELECT plan_id FROM accounts WHERE id = $1", account_id)
+            if plan_id is None:
+                raise OcsError(
+                    Reason.ACCOUNT_NOT_FOUND,
+                    f"account {account_id!r} does not exist",
+                    field="account_id",
+                )
+            if plan_id != counter.plan_id:
+                raise invalid("counter", f"counter {counter_id!r} is not of plan {plan_id!r}")
+            await conn.execute(
+                "INSERT INTO account_counters (account_id, counter_id) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING",
+                account_id,
+                counter_id,
+            )
+            await self._store.start_counter(account_id, counter_id, counter.seconds)
+        return counter
+
+    async def cancel(self, account_id: str, counter_id: str) -> None:
+        """An account gives an optional counter up; it stops applying at once."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            deleted = await conn.fetchval(
+                "DELETE FROM account_counters WHERE account_id = $1 AND counter_id = $2"
+                " RETURNING 1",
+                account_id,
+                counter_id,
+            )
+            if deleted is None:
+                raise OcsError(
+                    Reason.NOT_FOUND,
+                    f"account {account_id!r} has not bought counter {counter_id!r}",
+                    field="counter",
+                )
+            await self._reset_account(conn, account_id)
+
+    async def state(self, account_id: str) -> dict[str, dict[str, int]]:
+        return await self._store.counter_state(account_id)
+
+    async def _cycle_of(
+        self, conn: asyncpg.Connection, account_id: str
+    ) -> list[tuple[str, int, bool]]:
+        rows = await conn.fetch(
+            "SELECT c.id, c.seconds, c.carryover FROM counters c"
+            " JOIN accounts a ON a.plan_id = c.plan_id"
+            " WHERE a.id = $1 AND c.active AND (c.mandatory OR EXISTS ("
+            "   SELECT 1 FROM account_counters ac"
+            "   WHERE ac.account_id = a.id AND ac.counter_id = c.id))",
+            account_id,
+        )
+        return [(r["id"], r["seconds"], r["carryover"]) for r in rows]
+
+    async def _reset_account(self, conn: asyncpg.Connection, account_id: str) -> int:
+        return await self._store.reset_counters(account_id, await self._cycle_of(conn, account_id))
+
+    async def reset(self, plan_id: str | None = None, account_id: str | None = None) -> ResetReport:
+        """Start a new cycle for every account (of a plan, or one account).
+
+        Unused seconds move on where the counter carries over; cancelled and
+        inactive counters are dropped. The billing worker calls this at each cycle.
+        """
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT a.id, c.id AS counter, c.seconds, c.carryover FROM accounts a"
+                " LEFT JOIN counters c ON c.plan_id = a.plan_id AND c.active AND (c.mandatory"
+                "   OR EXISTS (SELECT 1 FROM account_counters ac"
+                "              WHERE ac.account_id = a.id AND ac.counter_id = c.id))"
+                " WHERE ($1::text IS NULL OR a.plan_id = $1)"
+                "   AND ($2::text IS NULL OR a.id = $2)"
+                " ORDER BY a.id",
+                plan_id,
+                account_id,
+            )
+        cycles: dict[str, list[tuple[str, int, bool]]] = {}
+        for r in rows:
+            cycle = cycles.setdefault(r["id"], [])
+            if r["counter"] is not None:
+                cycle.append((r["counter"], r["seconds"], r["carryover"]))
+        counters = 0
+        for account, cycle in cycles.items():
+            counters += await self._store.reset_counters(account, cycle)
+        return ResetReport(accounts=len(cycles), counters=counters)
