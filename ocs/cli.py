@@ -113,6 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
     topup.add_argument("id")
     topup.add_argument("amount", help="e.g. 5.00")
     topup.add_argument("--topup-id", help="idempotency key: a repeated id credits once")
+
+    counters = commands.add_parser("counters", help="usage counters").add_subparsers(
+        dest="counters_command", required=True, metavar="ACTION"
+    )
+    reset = counters.add_parser(
+        "reset", parents=[common], help="start a new counter cycle (unused seconds carry over)"
+    )
+    reset.add_argument("--plan", help="only accounts of this plan")
+    reset.add_argument("--account", help="only this account")
+
+    pins = commands.add_parser("pins", help="calling cards").add_subparsers(
+        dest="pins_command", required=True, metavar="ACTION"
+    )
+    generate = pins.add_parser(
+        "generate", parents=[common], help="generate a PIN batch and write it as CSV"
+    )
+    generate.add_argument("--batch", required=True, help="batch id, e.g. 2026-11-A")
+    generate.add_argument("--plan", required=True)
+    generate.add_argument("--count", type=int, required=True)
+    generate.add_argument("--length", type=int, default=12, help="PIN digits (default 12)")
+    generate.add_argument("--value", required=True, help="each card's value, e.g. 5.00")
+    generate.add_argument("--password-length", type=int, help="also give each card a password")
+    expiry = generate.add_mutually_exclusive_group()
+    expiry.add_argument("--expires", help="fixed expiry, e.g. 2027-06-30T23:59:59Z")
+    expiry.add_argument("--expire-days", type=int, default=0, help="days after first use")
+    generate.add_argument(
+        "--out", type=Path, required=True, help="CSV file to write (holds the PINs: keep it safe)"
+    )
     return parser
 
 
@@ -275,6 +303,42 @@ def _run_command(
                     "repeated": result.repeated,
                 }
             )
+        return 0
+    if command == "counters":
+        report = uvloop.run(
+            _with_services(settings, lambda s: s.counters.reset(args.plan, args.account))
+        )
+        _print({"accounts": report.accounts, "counters": report.counters})
+        return 0
+    if command == "pins":
+        from datetime import datetime
+
+        value = _amount(args.value, "--value")
+        try:
+            expires = None if args.expires is None else datetime.fromisoformat(args.expires)
+        except ValueError:
+            raise ConfigError(f"--expires: not an ISO 8601 time: {args.expires!r}") from None
+        if args.out.exists():
+            raise ConfigError(f"--out: {args.out} exists; PIN files are never overwritten")
+        batch = uvloop.run(
+            _with_services(
+                settings,
+                lambda s: s.cards.generate(
+                    batch_id=args.batch,
+                    plan_id=args.plan,
+                    count=args.count,
+                    length=args.length,
+                    value=value,
+                    password_length=args.password_length,
+                    expires_at=expires,
+                    expire_days=args.expire_days,
+                ),
+            )
+        )
+        # Only the owner may read the file: it holds every PIN of the batch.
+        args.out.touch(mode=0o600)
+        args.out.write_text(batch.csv(), encoding="utf-8")
+        _print({"batch": batch.id, "cards": len(batch.cards), "file": str(args.out)})
         return 0
     raise ConfigError(f"unknown command {command!r}")  # pragma: no cover - argparse guards
 

@@ -1,0 +1,82 @@
+"""`ocs counters reset` and `ocs pins generate` from the command line, against real stores."""
+
+import asyncio
+import csv
+import stat
+import sys
+from pathlib import Path
+
+from ocs.counters.definitions import CounterDef
+from ocs.services import Services
+from tests.conftest import add_plan, eventually
+
+
+async def _ocs(services: Services, *args: str) -> tuple[int, str, str]:
+    settings = services.settings
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocs",
+        *args,
+        "--redis-url",
+        settings.redis_url or "",
+        "--database-url",
+        settings.database_url or "",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_counters_reset_starts_a_cycle_carrying_unused_seconds(services: Services) -> None:
+    await add_plan(services, max_lines=2)
+    await services.counters.create(
+        CounterDef(id="uk-600", plan_id="retail", seconds=600, zones=frozenset({"UK Fixed"}),
+                   carryover=True)
+    )  # fmt: skip
+
+    async def loaded() -> bool:
+        await services.catalog.reload()
+        return bool(services.catalog.snapshot.counters_for("retail"))
+
+    await eventually(loaded, what="the counter in the catalog")
+    await services.accounts.create("alice", plan_id="retail", opening_balance=1_000_000)
+    grant = await services.calls.authorize("alice", "442071234567")
+    assert grant.counter_seconds == 600
+    await services.calls.stop(grant.call_id, 420)
+    assert (await services.counters.state("alice"))["uk-600"]["used"] == 420
+
+    code, out, err = await _ocs(services, "counters", "reset", "--plan", "retail")
+    assert code == 0, err
+    assert '"accounts": 1' in out
+    # 180 s unused carry over onto the next cycle's 600.
+    assert await services.counters.state("alice") == {
+        "uk-600": {"limit": 780, "used": 0, "held": 0}
+    }
+
+
+async def test_pins_generate_writes_a_private_csv_once(services: Services, tmp_path: Path) -> None:
+    await add_plan(services)
+    out_file = tmp_path / "batch.csv"
+    code, out, err = await _ocs(
+        services, "pins", "generate", "--batch", "b1", "--plan", "retail", "--count", "50",
+        "--length", "10", "--value", "2.50", "--expire-days", "30", "--out", str(out_file),
+    )  # fmt: skip
+    assert code == 0, err
+    assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
+    rows = list(csv.DictReader(out_file.read_text().splitlines()))
+    assert len(rows) == 50 and len({r["pin"] for r in rows}) == 50
+    assert all(len(r["pin"]) == 10 and r["value"] == "2.500000" for r in rows)
+    card = rows[0]
+    assert await services.cards.account_for_pin(card["pin"]) == card["account"]
+    state = await services.accounts.show(card["account"])
+    assert state.balance == 2_500_000 and state.expire_days == 30 and state.expires_at == 0
+    # The PINs are in the file and nowhere in the output or the log.
+    assert card["pin"] not in out + err
+
+    again, _, err = await _ocs(
+        services, "pins", "generate", "--batch", "b2", "--plan", "retail", "--count", "5",
+        "--value", "1", "--out", str(out_file),
+    )  # fmt: skip
+    assert again == 2 and "exists" in err
