@@ -87,6 +87,8 @@ class RadiusClientConfig:
     secret: str = field(repr=False)
     require_message_authenticator: bool | None = None
     coa_port: int | None = None  # RFC 5176 dynamic-authorization port, for Disconnect
+    # The NAS's own translation rules ({match, replace} tables), instead of the plan's.
+    translation: tuple[dict[str, str], ...] | None = None
 
 
 def _parse_int(low: int, high: int) -> Callable[[Any], int]:
@@ -166,6 +168,19 @@ def _parse_call_id_order(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _parse_translation(n: int, rules: Any) -> tuple[dict[str, str], ...] | None:
+    if rules is None:
+        return None
+    from ocs.charging.translation import validate_rules
+    from ocs.errors import OcsError
+
+    try:
+        validate_rules(rules)
+    except OcsError as exc:
+        raise ValueError(f"entry {n}: translation {exc.message}") from None
+    return tuple(dict(rule) for rule in rules)
+
+
 def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
     import ipaddress
     import json
@@ -187,6 +202,7 @@ def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
             "secret",
             "require_message_authenticator",
             "coa_port",
+            "translation",
         }
         if unknown:
             raise ValueError(f"entry {n}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -219,6 +235,7 @@ def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
                 secret=secret,
                 require_message_authenticator=require,
                 coa_port=coa_port,
+                translation=_parse_translation(n, item.get("translation")),
             )
         )
     return tuple(clients)

@@ -74,6 +74,7 @@ async def test_a_nas_added_through_the_api_is_answered_without_restart(app: Runn
                 "address": "127.0.0.2/32",
                 "require_message_authenticator": True,
                 "coa_port": None,
+                "translation": None,
             }
         ]
     finally:

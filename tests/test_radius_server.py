@@ -14,6 +14,7 @@ fee 0.150.
 """
 
 import hashlib
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,8 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
+from ocs.charging.translation import validate_rules
 from ocs.config import RadiusClientConfig, with_overrides
-from ocs.radius.clients import ClientTable, clients_from_settings
+from ocs.radius.clients import ClientTable, NasClient, clients_from_settings
 from ocs.radius.server import RadiusServer
 from tests.conftest import RADIUS_SECRET, RunningRadius, add_plan, eventually
 from tests.radclient import RadiusReply, radclient
@@ -1023,3 +1025,25 @@ async def test_metrics_count_packets_by_type_and_result_and_rejects_by_code(
     )
     assert scraped[accept_key] == after["accept"]
     assert scraped[reject_key] == after["code1"]
+
+
+async def test_a_nas_translation_set_replaces_the_plans_for_its_calls(
+    nas: RunningRadius,
+) -> None:
+    # This gateway sends UK national numbers ("020 ..."); the plan has no rules.
+    await new_account(nas, "2301", balance="1.00")
+    national = [{"match": "^0", "replace": "44"}]
+    gateway = NasClient(
+        "uk-gw",
+        ipaddress.ip_network("127.0.0.1/32"),
+        RADIUS_SECRET.encode(),
+        True,
+        translation=validate_rules(national),
+    )
+    async with extra_server(nas, clients=ClientTable([gateway])) as uk:
+        reply = await accepted(nas, call_request("2301", "02079460000", "NAS-TR-1"), uk.auth_port)
+        # UK Fixed at 0.010 a minute, 60/60: 1.00 buys 100 minutes.
+        assert reply.attributes["Session-Timeout"] == ["6000"]
+    # Through the plain NAS the same digits are not a UK number: no tariff starts with 0.
+    refused = await auth(nas, call_request("2301", "02079460000", "NAS-TR-2"))
+    assert refused.code == "Access-Reject" and return_code(refused) == "h323-return-code=9"

@@ -41,6 +41,7 @@ from ocs.charging.rating import (
     counter_seconds_used,
     max_duration_with_counter,
 )
+from ocs.charging.translation import TranslationSet
 from ocs.config import Settings
 from ocs.counters.definitions import counter_for_zone
 from ocs.errors import OcsError, Reason, invalid
@@ -413,6 +414,7 @@ class CallService:
         direction: str = "outbound",
         quota: int | None = None,
         nas_address: str | None = None,
+        translation: TranslationSet | None = None,
     ) -> Grant:
         """Reserve a line and funds for a call and grant the longest duration they pay for.
 
@@ -446,7 +448,9 @@ class CallService:
             plan = snapshot.plan(plan_id)
             if plan is None:
                 raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
-            digits = normalize_number(plan.translation.apply(destination), "destination")
+            # A NAS's own translation set replaces the plan's for the calls it sends.
+            rules = plan.translation if translation is None else translation
+            digits = normalize_number(rules.apply(destination), "destination")
             if direction == "inbound":
                 match = snapshot.tariff_for(plan_id, digits, direction="inbound")
                 prefix, tariff = (

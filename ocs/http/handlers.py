@@ -149,8 +149,10 @@ async def add_nas_client(request: web.Request) -> web.Response:
     if not isinstance(require, bool):
         raise invalid("require_message_authenticator", "expected true or false")
     coa_port = int_field(body, "coa_port", required=False, minimum=1, maximum=65535)
+    rules = body.get("translation")
+    translation = None if rules is None else validate_rules(rules)
     await radius_clients.add_client(
-        _services(request).pool, name, network, secret, require, coa_port
+        _services(request).pool, name, network, secret, require, coa_port, translation
     )
     # The secret is never echoed back.
     return web.json_response(
@@ -159,6 +161,7 @@ async def add_nas_client(request: web.Request) -> web.Response:
             "address": network,
             "require_message_authenticator": require,
             "coa_port": coa_port,
+            "translation": rules,
         },
         status=201,
     )

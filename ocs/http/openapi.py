@@ -426,6 +426,16 @@ PATHS: dict[str, dict[str, Any]] = {
                     "secret": {"type": "string"},
                     "require_message_authenticator": {"type": "boolean"},
                     "coa_port": {"type": "integer"},
+                    "translation": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "match": {"type": "string"},
+                                "replace": {"type": "string"},
+                            },
+                        },
+                    },
                 },
                 ["name", "address", "secret"],
             ),

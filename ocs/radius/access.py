@@ -122,6 +122,7 @@ async def answer_access_request(
             wait_for_start=True,
             nas=client.name,
             member=identity.member,
+            translation=client.translation,
             nas_address=first(packet, "NAS-IP-Address") or getattr(packet, "source", (None,))[0],
         )
     except OcsError as error:
@@ -134,16 +135,18 @@ async def answer_access_request(
         return refusal(error)
     available = grant.available
     postpaid = grant.credit_limit > 0
-    return AccessAnswer(
-        accept=True,
-        attributes=[
-            ("Session-Timeout", grant.max_duration),
-            cisco("h323-credit-time", grant.max_duration),
-            cisco("h323-credit-amount", _money(available)),
-            cisco("h323-return-code", 0),
-            cisco("h323-billing-model", 0 if postpaid else 1),
-            cisco("h323-currency", grant.currency),
-        ],
-        reason="granted",
-        return_code=0,
-    )
+    attributes: list[Attribute] = [
+        ("Session-Timeout", grant.max_duration),
+        cisco("h323-credit-time", grant.max_duration),
+        cisco("h323-credit-amount", _money(available)),
+        cisco("h323-return-code", 0),
+        cisco("h323-billing-model", 0 if postpaid else 1),
+        cisco("h323-currency", grant.currency),
+    ]
+    # The route set's carriers, best first, for the switch's LCR: one Cisco-AVPair
+    # "ocs-route=<position>:<carrier>" each.
+    attributes += [
+        ("Cisco-AVPair", f"ocs-route={n}:{carrier}")
+        for n, carrier in enumerate(grant.carriers, start=1)
+    ]
+    return AccessAnswer(accept=True, attributes=attributes, reason="granted", return_code=0)

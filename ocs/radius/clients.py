@@ -6,10 +6,12 @@ the most specific network; a packet from no known client is dropped.
 """
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 
 import asyncpg
 
+from ocs.charging.translation import TranslationSet, translation_from_json, validate_rules
 from ocs.config import Settings
 
 NAS_CHANNEL = "ocs_nas"
@@ -24,6 +26,8 @@ class NasClient:
     secret: bytes = field(repr=False)
     require_message_authenticator: bool
     coa_port: int | None = None  # RFC 5176 port for Disconnect-Requests; None: none
+    # The NAS's own number translation, used instead of the plan's (None: the plan's).
+    translation: TranslationSet | None = None
 
 
 class ClientTable:
@@ -65,6 +69,7 @@ def clients_from_settings(settings: Settings) -> list[NasClient]:
                 else c.require_message_authenticator
             ),
             coa_port=c.coa_port,
+            translation=None if c.translation is None else validate_rules(list(c.translation)),
         )
         for c in settings.radius_clients
     ]
@@ -76,7 +81,8 @@ async def load_client_table(pool: asyncpg.Pool, settings: Settings) -> ClientTab
     known = {c.network for c in clients}
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT name, network, secret, require_message_authenticator, coa_port FROM nas_clients"
+            "SELECT name, network, secret, require_message_authenticator, coa_port, translation"
+            " FROM nas_clients"
         )
     for row in rows:
         network = ipaddress.ip_network(row["network"], strict=False)
@@ -88,6 +94,7 @@ async def load_client_table(pool: asyncpg.Pool, settings: Settings) -> ClientTab
                     row["secret"].encode(),
                     row["require_message_authenticator"],
                     row["coa_port"],
+                    translation_from_json(row["translation"]) if row["translation"] else None,
                 )
             )
     return ClientTable(clients)
@@ -100,17 +107,20 @@ async def add_client(
     secret: str,
     require_message_authenticator: bool,
     coa_port: int | None = None,
+    translation: TranslationSet | None = None,
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO nas_clients (name, network, secret, require_message_authenticator,"
-            " coa_port) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET"
-            " network = $2, secret = $3, require_message_authenticator = $4, coa_port = $5",
+            " coa_port, translation) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO"
+            " UPDATE SET network = $2, secret = $3, require_message_authenticator = $4,"
+            " coa_port = $5, translation = $6",
             name,
             network,
             secret,
             require_message_authenticator,
             coa_port,
+            None if translation is None else translation.to_json(),
         )
         await conn.execute("SELECT pg_notify($1, $2)", NAS_CHANNEL, name)
 
@@ -118,8 +128,8 @@ async def add_client(
 async def list_clients(pool: asyncpg.Pool) -> list[dict[str, object]]:
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT name, network, require_message_authenticator, coa_port FROM nas_clients"
-            " ORDER BY name"
+            "SELECT name, network, require_message_authenticator, coa_port, translation"
+            " FROM nas_clients ORDER BY name"
         )
     return [
         {
@@ -127,6 +137,7 @@ async def list_clients(pool: asyncpg.Pool) -> list[dict[str, object]]:
             "address": str(r["network"]),
             "require_message_authenticator": r["require_message_authenticator"],
             "coa_port": r["coa_port"],
+            "translation": json.loads(r["translation"]) if r["translation"] else None,
         }
         for r in rows
     ]

@@ -72,3 +72,6 @@ CREATE TABLE pins (
 -- A NAS's dynamic-authorization port (RFC 5176): where ocs sends a Disconnect-Request
 -- to cut a call. NULL: the NAS takes none.
 ALTER TABLE nas_clients ADD COLUMN coa_port INTEGER CHECK (coa_port BETWEEN 1 AND 65535);
+
+-- A NAS's own translation set (JSON rules), used instead of the plan's for its calls.
+ALTER TABLE nas_clients ADD COLUMN translation TEXT;
