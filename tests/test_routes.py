@@ -7,13 +7,14 @@ others keep the route set's order, and a carrier with no prefix for the number
 is no route at all.
 """
 
+import random
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from ocs.charging import catalog_store, routes_store
-from ocs.charging.catalog import CatalogSnapshot, Plan
+from ocs.charging.catalog import CatalogSnapshot, Plan, load_snapshot
 from ocs.charging.deck import DeckError
 from ocs.charging.prefixes import PrefixTable
 from ocs.charging.rating import Rate
@@ -190,6 +191,57 @@ def test_a_cost_deck_parses_in_any_column_order_with_bom_crlf_and_plus_signs() -
     assert list(routes_store.parse_carrier_deck_rows(text)) == list(deck)
 
 
+def test_a_plain_cost_deck_takes_the_compiled_path_and_reads_as_the_reference() -> None:
+    text = HEADER + "+44,0,60,60,0.010\r\n 447 , 0.150 ,30,6,0.06\n\n , ,,,\n49,0,60,60,.01\n"
+    deck = routes_store.parse_carrier_deck(text)
+    fixed = per_minute(10_000, block=60, increment=60)
+    mobile = per_minute(60_000, connect_fee=150_000, block=30, increment=6)
+    assert list(deck) == [("44", fixed), ("447", mobile), ("49", fixed)]
+    assert deck.lines.tolist() == [2, 3, 6]
+    assert len(deck.rates) == 2
+    assert list(routes_store.parse_carrier_deck_rows(text)) == list(deck)
+
+
+def _outcome(parse: object, text: str) -> tuple[str, object]:
+    try:
+        deck = parse(text)  # type: ignore[operator]
+    except DeckError as exc:
+        return "refused", exc.problems
+    return "parsed", (list(deck), deck.lines.tolist())
+
+
+def test_the_compiled_parse_follows_the_reference_on_odd_decks() -> None:
+    rng = random.Random(7)
+    prefixes = ["44", "+44", " 447 ", "4" * 18, "4" * 19, "4" * 19 + "1", "4" * 33, "0",
+                "44A", "+", "", " ", "٤٤", "4 4", "++4", "1"]  # fmt: skip
+    amounts = ["0", "0.01", " 0.010 ", "1", "5.", ".5", "+1", "-1", "abc", "", "0.0000001",
+               "0.1234560", "999999999.999999", "1000000000", "1e3", "\xa00.02", "０"]  # fmt: skip
+    seconds = ["1", "60", "0", " 6 ", "0060", "1.5", "86400", "86401", "", "x", "٣", "0000000060"]
+    for _ in range(400):
+        lines = [HEADER.strip()]
+        for _ in range(rng.randrange(0, 12) if rng.random() < 0.8 else rng.randrange(20, 60)):
+            kind = rng.random()
+            if kind < 0.08:
+                lines.append(rng.choice(["", "   ", ",,,,", " , ,,", "\t"]))
+            elif kind < 0.14:
+                lines.append(",".join(rng.choice(amounts) for _ in range(rng.choice([4, 6]))))
+            else:
+                fields = [
+                    rng.choice(prefixes),
+                    rng.choice(amounts[:6] * 4 + amounts),
+                    rng.choice(seconds[:5] * 4 + seconds),
+                    rng.choice(seconds[:5] * 4 + seconds),
+                    rng.choice(amounts[:6] * 4 + amounts),
+                ]
+                lines.append(",".join(fields))
+        text = "\r\n".join(lines) if rng.random() < 0.3 else "\n".join(lines)
+        if rng.random() < 0.5:
+            text += "\n"
+        assert _outcome(routes_store.parse_carrier_deck, text) == _outcome(
+            routes_store.parse_carrier_deck_rows, text
+        ), text
+
+
 # (deck, line numbers reported, words the first message has)
 BAD_COST_DECKS: dict[str, tuple[str, list[int], tuple[str, ...]]] = {
     "bad price": (HEADER + "33,0,1,1,0.01\n" + "44,0,1,1,abc\n", [3], ("price_per_minute",)),
@@ -314,23 +366,35 @@ async def test_route_sets_load_into_the_snapshot_and_decide_by_the_plans_tariff(
     await eventually(unrouted, what="the plan to lose its route set")
 
 
+def decide(snapshot: CatalogSnapshot, plan_id: str, number: str) -> tuple[tuple, tuple]:
+    match = snapshot.tariff_for(plan_id, number)
+    assert match is not None
+    decision = snapshot.routes_for(plan_id, number, match[1].rate)
+    assert decision is not None
+    return decision.carriers, decision.dropped
+
+
 async def test_a_cost_deck_reimport_replaces_it_wholly_and_rebuilds_that_carrier_only(
     routing: Services,
 ) -> None:
     await add_plan(routing, "retail")
     await two_carriers(routing)
     await routes_store.set_plan_routing(routing.pool, "retail", "rs", False)
-    await served(routing, "retail", GERMANY, ("A",), ())
-    before = routing.catalog.snapshot
+    before = await load_snapshot(routing.pool)
+    assert decide(before, "retail", GERMANY) == (("A",), ())
     result = await routes_store.import_carrier_rates(
         routing.pool, "A", HEADER + "4420,0,1,1,0.005\n4,0,1,1,0.5\n"
     )
     assert (result.carrier_id, result.prefixes, result.rates) == ("A", 2, 2)
-    await served(routing, "retail", GERMANY, (), ("A",))  # 49 is gone: 4 costs 0.5
-    await served(routing, "retail", UK_FIXED, ("A", "B"), ())
-    after = routing.catalog.snapshot
+    # What a carrier:A notification reloads: that carrier's deck, nothing else.
+    after = await load_snapshot(routing.pool, before, set(), {"A"})
     assert after.routes.decks["B"] is before.routes.decks["B"]
     assert after.decks["retail"] is before.decks["retail"]
+    assert decide(after, "retail", GERMANY) == ((), ("A",))  # 49 is gone: 4 costs 0.5
+    assert decide(after, "retail", UK_FIXED) == (("A", "B"), ())
+    # And every serving process gets there by the NOTIFY.
+    await served(routing, "retail", GERMANY, (), ("A",))
+    await served(routing, "retail", UK_FIXED, ("A", "B"), ())
     async with routing.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT prefix, price_per_minute FROM carrier_rates WHERE carrier_id = 'A'"
@@ -343,20 +407,20 @@ async def test_a_route_set_change_reorders_without_rebuilding_a_deck(routing: Se
     await add_plan(routing, "retail")
     await two_carriers(routing)
     await routes_store.set_plan_routing(routing.pool, "retail", "rs", False)
-    await served(routing, "retail", UK_MOBILE, ("A", "B"), ())
-    before = routing.catalog.snapshot
+    before = await load_snapshot(routing.pool)
+    assert decide(before, "retail", UK_MOBILE) == (("A", "B"), ())
     await routes_store.create_carrier(routing.pool, "C", "Carrier C")  # no deck: no route
     assert await routes_store.set_route_set(routing.pool, "rs", ["B", "C", "A"]) == ("B", "C", "A")
-    await served(routing, "retail", UK_MOBILE, ("B", "A"), ())
-    after = routing.catalog.snapshot
+    after = await load_snapshot(routing.pool, before, set(), {"C"})
     assert after.routes.route_sets["rs"] == ("B", "C", "A")
     assert after.routes.decks["A"] is before.routes.decks["A"]
     assert after.routes.decks["B"] is before.routes.decks["B"]
     assert len(after.routes.decks["C"]) == 0
     assert after.decks["retail"] is before.decks["retail"]
+    assert decide(after, "retail", UK_MOBILE) == (("B", "A"), ())
+    await served(routing, "retail", UK_MOBILE, ("B", "A"), ())
     # A full reload (a process starting) reads the same book.
-    await routing.catalog.reload()
-    full = routing.catalog.snapshot
+    full = await load_snapshot(routing.pool)
     assert full.routes.route_sets == after.routes.route_sets
     assert full.routes.decks["A"] is not after.routes.decks["A"]
     assert full.routes.carrier_rate("A", UK_MOBILE) == after.routes.carrier_rate("A", UK_MOBILE)

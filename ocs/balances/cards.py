@@ -113,7 +113,7 @@ class CardService:
         if value < 0:
             raise invalid("value", "must not be negative")
         if expires_at is not None and expires_at.tzinfo is None:
-            raise invalid("expires", "needs a time zone, e.g. 2027-01-31T23:59:59Z")
+            raise invalid("expires_at", "needs a time zone, e.g. 2027-01-31T23:59:59Z")
         if expires_at is not None and expire_days:
             raise invalid("expire_days", "give a fixed expiry or days after first use, not both")
         if not 0 <= expire_days <= 36_600:

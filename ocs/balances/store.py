@@ -100,9 +100,10 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class CounterChanged:
-    """The counter holds another number of free seconds than the caller priced with."""
+    """Another counter applies, or it holds other free seconds, than the caller priced with."""
 
     seconds: int
+    counter_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,14 +116,23 @@ class CounterUse:
 
 
 @dataclass(frozen=True, slots=True)
-class CounterQuote:
-    """The counter an authorization prices with: ``seconds`` free, at most ``cap`` per call."""
+class CounterCandidate:
+    """A counter that may pay for a call, as the authorize script weighs it."""
 
     counter_id: str
-    seconds: int
-    cap: int
     reject_on_threshold: bool
     mandatory_seconds: int | None  # a mandatory counter's cycle, started on first use
+
+
+@dataclass(frozen=True, slots=True)
+class CounterQuote:
+    """Counters covering a call's zone, in order, and the one the caller priced with:
+    ``counter_id`` (None: none) with ``seconds`` free, at most ``cap`` per call."""
+
+    candidates: tuple[CounterCandidate, ...]
+    counter_id: str | None
+    seconds: int
+    cap: int
 
 
 AuthorizeOutcome = Reserved | AlreadyLive | AlreadyStopped | PlanMismatch | Refused | CounterChanged
@@ -284,14 +294,15 @@ class BalanceStore:
         """Reserve a line and funds; the call reference is written in the same round trip."""
         bucket = keys.bucket_of(account_id)
         counter_args: list[object] = (
-            ["", 0, 0, "0", ""]
+            ["", 0, 0, "", "", ""]
             if counter is None
             else [
-                counter.counter_id,
+                ",".join(c.counter_id for c in counter.candidates),
                 counter.seconds,
                 counter.cap,
-                "1" if counter.reject_on_threshold else "0",
-                "" if counter.mandatory_seconds is None else counter.mandatory_seconds,
+                ",".join("1" if c.reject_on_threshold else "0" for c in counter.candidates),
+                ",".join(str(c.mandatory_seconds or 0) for c in counter.candidates),
+                counter.counter_id or "",
             ]
         )
         outcome = self._pipe.run_script(
@@ -340,7 +351,7 @@ class BalanceStore:
         if status == "PLAN":
             return PlanMismatch(_text(reply[1]))
         if status == "CNT":
-            return CounterChanged(int(reply[1]))
+            return CounterChanged(int(reply[1]), _text(reply[2]) or None)
         return Refused(_text(reply[1]))
 
     async def call_reference(self, call_id: str) -> bytes | None:
@@ -560,18 +571,29 @@ class BalanceStore:
         """counter id -> {limit, used, held} seconds of the current cycle."""
         raw = await self._pipe.execute("HGETALL", keys.counters(account_id))
         state: dict[str, dict[str, int]] = {}
+        gone: set[str] = set()
         for field, value in zip(raw[::2], raw[1::2], strict=True):
             counter_id, _, part = _text(field).rpartition(":")
-            state.setdefault(counter_id, {"limit": 0, "used": 0, "held": 0})[part] = int(value)
-        return {k: v for k, v in state.items() if "limit" in v}
+            if part == "gone":
+                gone.add(counter_id)
+                continue
+            state.setdefault(counter_id, {"used": 0, "held": 0})[part] = int(value)
+        return {k: v for k, v in state.items() if "limit" in v and k not in gone}
 
     async def start_counter(self, account_id: str, counter_id: str, seconds: int) -> bool:
         """Give the account a counter's first cycle; False if it has the counter already."""
         key = keys.counters(account_id)
+        await self._pipe.execute("HDEL", key, f"{counter_id}:gone")
         fresh = await self._pipe.execute("HSETNX", key, f"{counter_id}:limit", seconds)
         if fresh:
             await self._pipe.execute("HSET", key, f"{counter_id}:used", 0)
         return bool(fresh)
+
+    async def cancel_counter(self, account_id: str, counter_id: str) -> None:
+        """Stop a counter applying; calls holding some of it finish with it."""
+        await self._pipe.run_script(
+            scripts.COUNTER_RESET, [keys.counters(account_id)], ["-cancel", counter_id]
+        )
 
     async def reset_counters(self, account_id: str, cycle: list[tuple[str, int, bool]]) -> int:
         """Start a new cycle: (counter id, seconds, carryover) of each counter that goes on."""

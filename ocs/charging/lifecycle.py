@@ -20,6 +20,7 @@ from ocs.balances.store import (
     AlreadyLive,
     AlreadyStopped,
     BalanceStore,
+    CounterCandidate,
     CounterChanged,
     CounterQuote,
     CounterUse,
@@ -43,7 +44,7 @@ from ocs.charging.rating import (
 )
 from ocs.charging.translation import TranslationSet
 from ocs.config import Settings
-from ocs.counters.definitions import counter_for_zone
+from ocs.counters.definitions import counters_for_zone
 from ocs.errors import OcsError, Reason, invalid
 
 MAX_CALL_ID = 128
@@ -442,7 +443,8 @@ class CallService:
         else:
             digest = password_digest(account_id, password)
         plan_id = await self._plan_of(account_id)
-        counter_guess: int | None = None
+        # The counter (and its free seconds) the script said applies, once it has said.
+        counter_guess: tuple[str | None, int] | None = None
         for _ in range(4):
             snapshot = self._catalog.snapshot
             plan = snapshot.plan(plan_id)
@@ -478,23 +480,34 @@ class CallService:
                             field="destination",
                         )
             cap = plan.max_call_duration
-            counter = (
-                counter_for_zone(snapshot.counters_for(plan_id), tariff.zone)
+            candidates = (
+                counters_for_zone(snapshot.counters_for(plan_id), tariff.zone)
                 if direction == "outbound"
-                else None
+                else ()
             )
+            counter = None
             counter_quote: CounterQuote | None = None
             split: CounterSplit | None = None
-            if counter is not None:
-                held = min(counter.seconds, cap) if counter_guess is None else counter_guess
+            if candidates:
+                if counter_guess is None:
+                    # First guess: the first mandatory counter, in a fresh cycle.
+                    counter = next((c for c in candidates if c.mandatory), None)
+                    held = 0 if counter is None else min(counter.seconds, cap)
+                else:
+                    guess_id, held = counter_guess
+                    counter = next((c for c in candidates if c.id == guess_id), None)
                 counter_quote = CounterQuote(
-                    counter_id=counter.id,
+                    candidates=tuple(
+                        CounterCandidate(
+                            c.id, c.reject_on_threshold, c.seconds if c.mandatory else None
+                        )
+                        for c in candidates
+                    ),
+                    counter_id=None if counter is None else counter.id,
                     seconds=held,
                     cap=cap,
-                    reject_on_threshold=counter.reject_on_threshold,
-                    mandatory_seconds=counter.seconds if counter.mandatory else None,
                 )
-                if held > 0:
+                if counter is not None and held > 0:
                     split = CounterSplit(counter.rate, held)
                     if counter.reject_on_threshold:
                         cap = held  # the bundle is all the call may use
@@ -603,8 +616,8 @@ class CallService:
                 case PlanMismatch(actual_plan=actual):
                     self._plans[account_id] = actual
                     plan_id = actual
-                case CounterChanged(seconds=seconds):
-                    counter_guess = seconds
+                case CounterChanged(seconds=seconds, counter_id=counter_id):
+                    counter_guess = (counter_id, seconds)
                 case Refused(reason=reason):
                     if reason == "account_not_found":
                         self._plans.pop(account_id, None)
@@ -665,21 +678,30 @@ class CallService:
         state = await self._store.get_account(account_id)
         if state is None:
             raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
+        # What authorize would refuse buys no time.
+        if state.status != "active":
+            reason = Reason(f"account_{state.status}")
+            raise OcsError(reason, _REFUSAL_MESSAGES[reason.value])
+        if state.expires_at and self._clock() >= state.expires_at:
+            raise OcsError(Reason.ACCOUNT_EXPIRED, _REFUSAL_MESSAGES["account_expired"])
         cap = plan.max_call_duration
         split = None
-        counter = counter_for_zone(snapshot.counters_for(plan_id), tariff.zone)
+        candidates = counters_for_zone(snapshot.counters_for(plan_id), tariff.zone)
+        cycles = await self._store.counter_state(account_id) if candidates else {}
+        # The first counter that applies, as the authorize script chooses it.
+        counter = next((c for c in candidates if c.id in cycles or c.mandatory), None)
         if counter is not None:
-            cycle = (await self._store.counter_state(account_id)).get(counter.id)
+            cycle = cycles.get(counter.id)
             if cycle is not None:
                 free = cycle["limit"] - cycle["used"] - cycle["held"]
             else:
-                free = counter.seconds if counter.mandatory else 0
+                free = counter.seconds
             free = max(min(free, cap), 0)
             if free:
                 split = CounterSplit(counter.rate, free)
                 if counter.reject_on_threshold:
                     cap = free
-            elif counter.reject_on_threshold and (cycle is not None or counter.mandatory):
+            elif counter.reject_on_threshold:
                 return 0, tariff.zone, digits
         funds = state.available if state.available >= state.min_balance else 0
         bands = self._bands(plan_id, tariff.rate, int(self._clock()), cap)

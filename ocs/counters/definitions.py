@@ -36,12 +36,10 @@ class CounterDef:
         return Rate(0, 0, self.increment, self.price_per_minute)
 
 
-def counter_for_zone(counters: Iterable[CounterDef], zone: str) -> CounterDef | None:
-    """The counter a call to ``zone`` uses: the first active one covering it, by id."""
-    for counter in counters:
-        if counter.active and zone in counter.zones:
-            return counter
-    return None
+def counters_for_zone(counters: Iterable[CounterDef], zone: str) -> tuple[CounterDef, ...]:
+    """The active counters covering ``zone``, by id: a call uses the first of them that
+    applies to its account (a mandatory one, or an optional one the account bought)."""
+    return tuple(c for c in counters if c.active and zone in c.zones)
 
 
 def counter_from_row(row: asyncpg.Record) -> CounterDef:

@@ -26,8 +26,8 @@ class ResetReport:
 def validate_counter(counter: CounterDef) -> CounterDef:
     if not counter.id or len(counter.id) > 64 or not counter.id.isascii():
         raise invalid("id", "expected 1 to 64 ASCII characters")
-    if ":" in counter.id or not counter.id.isprintable():
-        raise invalid("id", "must be printable and must not contain ':'")
+    if ":" in counter.id or "," in counter.id or not counter.id.isprintable():
+        raise invalid("id", "must be printable and must not contain ':' or ','")
     if not 1 <= counter.seconds <= MAX_SECONDS:
         raise invalid("seconds", f"expected 1 to {MAX_SECONDS}")
     if not counter.zones:
@@ -135,26 +135,10 @@ class CounterService:
                     f"account {account_id!r} has not bought counter {counter_id!r}",
                     field="counter",
                 )
-            await self._reset_account(conn, account_id)
+            await self._store.cancel_counter(account_id, counter_id)
 
     async def state(self, account_id: str) -> dict[str, dict[str, int]]:
         return await self._store.counter_state(account_id)
-
-    async def _cycle_of(
-        self, conn: asyncpg.Connection, account_id: str
-    ) -> list[tuple[str, int, bool]]:
-        rows = await conn.fetch(
-            "SELECT c.id, c.seconds, c.carryover FROM counters c"
-            " JOIN accounts a ON a.plan_id = c.plan_id"
-            " WHERE a.id = $1 AND c.active AND (c.mandatory OR EXISTS ("
-            "   SELECT 1 FROM account_counters ac"
-            "   WHERE ac.account_id = a.id AND ac.counter_id = c.id))",
-            account_id,
-        )
-        return [(r["id"], r["seconds"], r["carryover"]) for r in rows]
-
-    async def _reset_account(self, conn: asyncpg.Connection, account_id: str) -> int:
-        return await self._store.reset_counters(account_id, await self._cycle_of(conn, account_id))
 
     async def reset(self, plan_id: str | None = None, account_id: str | None = None) -> ResetReport:
         """Start a new cycle for every account (of a plan, or one account).

@@ -257,7 +257,7 @@ async def pin_info(request: web.Request) -> web.Response:
             "currency": state.currency,
             "language": await services.cards.language(account_id),
             "expires_at": expires or None,
-            "expires_days_after_first_use": state.expire_days if not expires else None,
+            "expires_days_after_first_use": (state.expire_days or None) if not expires else None,
         }
     )
 

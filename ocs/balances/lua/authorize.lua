@@ -17,12 +17,16 @@
 -- ARGV[10] now (epoch seconds), for the account's expiry date
 -- ARGV[11] start time (epoch seconds) of the call, 0 when a Start is still to come
 -- ARGV[12] member placing or taking the call ("" none): its own line limit applies
--- ARGV[13] usage counter covering the destination ("" none)
+-- ARGV[13] usage counters covering the destination, comma-separated, in order of
+--          preference ("" none); the first that applies to the account is used
 -- ARGV[14] counter seconds the caller priced the reservation with
 -- ARGV[15] longest call (seconds): the most counter seconds one call may hold
--- ARGV[16] "1": refuse once the counter is used up (reject on threshold)
--- ARGV[17] seconds of a mandatory counter's cycle, to start it on first use; "" for
---          an optional one, which applies only once bought (its fields exist)
+-- ARGV[16] per candidate, comma-separated: "1" to refuse once it is used up
+--          (reject on threshold), else "0"
+-- ARGV[17] per candidate, comma-separated: the seconds of a mandatory counter's cycle,
+--          to start it on first use; "0" for an optional one, which applies only
+--          once bought (its fields exist) and not after it was cancelled ("gone")
+-- ARGV[18] the counter the caller priced with ("" none)
 -- KEYS[5] member-lines hash     mlines:{b:N}:<account>
 -- KEYS[6] counters hash         counters:{b:N}:<account>
 --
@@ -39,8 +43,8 @@
 --   {"DONE"}                  the call id was already stopped
 --   {"PLAN", actual_plan}     rate again with the account's real plan
 --   {"REJ", reason}
---   {"CNT", seconds}          the counter holds this many free seconds now, not
---                             ARGV[14]: price again with them
+--   {"CNT", seconds, counter} the counter that applies and its free seconds are not
+--                             ARGV[18] and ARGV[14]: price again with them
 -- A live-calls entry is "<held>|<started>|<used>|<debited>|<record>": funds still
 -- held, start time (0 = not started), last reported seconds, amount debited so far.
 -- A reservation is min(available, ARGV[5]); the caller turns it into the longest
@@ -85,26 +89,35 @@ if member ~= '' then
     return {'REJ', 'no_free_line'}
   end
 end
-local counter = ARGV[13]
+local counter = ''
 local counter_seconds = 0
-if counter ~= '' then
-  local c = redis.call('HMGET', KEYS[6], counter .. ':limit', counter .. ':used',
-    counter .. ':held')
-  if not c[1] and ARGV[17] ~= '' then
-    -- A mandatory counter the account has not used yet: its first cycle starts now.
-    redis.call('HSET', KEYS[6], counter .. ':limit', ARGV[17], counter .. ':used', 0)
-    c = {ARGV[17], 0, 0}
-  end
-  if c[1] then
-    local free = tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0)
-    counter_seconds = math.max(math.min(free, tonumber(ARGV[15])), 0)
-    if counter_seconds == 0 and ARGV[16] == '1' then
-      return {'REJ', 'counter_exhausted'}
+if ARGV[13] ~= '' then
+  local rejects, mandatory = {}, {}
+  for flag in string.gmatch(ARGV[16], '[^,]+') do rejects[#rejects + 1] = flag end
+  for seconds in string.gmatch(ARGV[17], '[^,]+') do mandatory[#mandatory + 1] = seconds end
+  local n = 0
+  for candidate in string.gmatch(ARGV[13], '[^,]+') do
+    n = n + 1
+    local c = redis.call('HMGET', KEYS[6], candidate .. ':limit', candidate .. ':used',
+      candidate .. ':held', candidate .. ':gone')
+    if not c[1] and mandatory[n] ~= '0' then
+      -- A mandatory counter the account has not used yet: its first cycle starts now.
+      redis.call('HSET', KEYS[6], candidate .. ':limit', mandatory[n], candidate .. ':used', 0)
+      c = {mandatory[n], 0, 0, false}
+    end
+    if c[1] and not c[4] then
+      counter = candidate
+      local free = tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0)
+      counter_seconds = math.max(math.min(free, tonumber(ARGV[15])), 0)
+      if counter_seconds == 0 and rejects[n] == '1' then
+        return {'REJ', 'counter_exhausted'}
+      end
+      break
     end
   end
-  if counter_seconds ~= tonumber(ARGV[14]) then
-    return {'CNT', counter_seconds}
-  end
+end
+if counter ~= ARGV[18] or counter_seconds ~= tonumber(ARGV[14]) then
+  return {'CNT', counter_seconds, counter}
 end
 local balance = tonumber(a[3])
 local credit_limit = tonumber(a[4])

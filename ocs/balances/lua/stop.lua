@@ -98,8 +98,13 @@ end
 if ARGV[12] ~= '' and tonumber(ARGV[13]) > 0 then
   -- A counter reset may have removed the counter meanwhile: only touch a live one.
   if redis.call('HEXISTS', KEYS[7], ARGV[12] .. ':limit') == 1 then
-    redis.call('HINCRBY', KEYS[7], ARGV[12] .. ':held', -tonumber(ARGV[13]))
-    redis.call('HINCRBY', KEYS[7], ARGV[12] .. ':used', tonumber(ARGV[14]))
+    local c = ARGV[12]
+    local held = redis.call('HINCRBY', KEYS[7], c .. ':held', -tonumber(ARGV[13]))
+    redis.call('HINCRBY', KEYS[7], c .. ':used', tonumber(ARGV[14]))
+    if held <= 0 and redis.call('HEXISTS', KEYS[7], c .. ':gone') == 1 then
+      -- Cancelled while this call held some of it: the last holder removes it.
+      redis.call('HDEL', KEYS[7], c .. ':limit', c .. ':used', c .. ':held', c .. ':gone')
+    end
   end
 end
 local charged = debited + charge

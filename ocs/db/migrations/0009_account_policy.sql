@@ -75,3 +75,10 @@ ALTER TABLE nas_clients ADD COLUMN coa_port INTEGER CHECK (coa_port BETWEEN 1 AN
 
 -- A NAS's own translation set (JSON rules), used instead of the plan's for its calls.
 ALTER TABLE nas_clients ADD COLUMN translation TEXT;
+
+-- What a CDR's call used of the account: member, direction, the counter that paid
+-- part of it and for how many seconds, and the carriers it was offered.
+ALTER TABLE cdrs ADD COLUMN member TEXT;
+ALTER TABLE cdrs ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound';
+ALTER TABLE cdrs ADD COLUMN counter_id TEXT;
+ALTER TABLE cdrs ADD COLUMN counter_seconds INTEGER NOT NULL DEFAULT 0;

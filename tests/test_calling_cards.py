@@ -1,0 +1,404 @@
+"""Calling cards: a PIN batch generated, used over RADIUS and HTTP, expired and guessed.
+
+A card is an account (``card-<batch>-<n>``) that a PIN opens through a digest:
+the PIN is in the batch's CSV and nowhere else. FreeRADIUS's ``radclient`` is
+the calling-card IVR: User-Name = PIN, Called-Station-Id = destination,
+Calling-Station-Id = the caller, whose wrong PINs count against a guessing
+limit (h323-return-code 10 once reached).
+
+Rates used (tests/conftest.py RETAIL_DECK, EUR): Germany (49) 0.012 a minute,
+1/1 seconds, no connect fee: 1.00 buys 5000 s.
+"""
+
+import csv
+import io
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ocs.balances.cards import pin_digest
+from ocs.balances.pin_guard import PinGuard
+from ocs.charging.lifecycle import CallService
+from ocs.config import RadiusClientConfig, with_overrides
+from ocs.radius.clients import ClientTable, clients_from_settings
+from ocs.radius.server import RadiusServer
+from tests.conftest import RADIUS_SECRET, RunningApp, add_plan, eventually
+from tests.radclient import RadiusReply, radclient
+
+GERMANY = "4930901820"
+BATCH_SIZE = 10_000
+PIN_LENGTH = 12
+GENERATION_BUDGET_S = 10.0
+SETUP_TIME = "h323-setup-time=*10:15:00.000 UTC Mon Mar 2 2026"
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def card_nas(
+    app: RunningApp, calls: CallService | None = None, **overrides: Any
+) -> AsyncIterator[RadiusServer]:
+    """A RADIUS server as ``ocs serve`` wires it: with the PIN guard, trusting 127.0.0.1."""
+    services = app.services
+    settings = with_overrides(
+        services.settings,
+        radius_host="127.0.0.1",
+        radius_auth_port=0,
+        radius_acct_port=0,
+        radius_clients=(
+            RadiusClientConfig(name="ivr-1", network="127.0.0.1/32", secret=RADIUS_SECRET),
+        ),
+        **overrides,
+    )
+    server = RadiusServer(
+        calls or services.calls,
+        settings,
+        ClientTable(clients_from_settings(settings)),
+        PinGuard(services.pipeline, settings) if overrides else services.pin_guard,
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.close_listeners()
+        await server.drain(5)
+
+
+def card_call(pin: str, conf_id: str, caller: str, destination: str = GERMANY) -> list:
+    return [
+        ("NAS-IP-Address", "127.0.0.1"),
+        ("User-Name", pin),
+        ("Called-Station-Id", destination),
+        ("Calling-Station-Id", caller),
+        ("h323-conf-id", f"h323-conf-id={conf_id}"),
+        ("h323-call-origin", "h323-call-origin=answer"),
+        ("h323-setup-time", SETUP_TIME),
+    ]
+
+
+async def auth(server: RadiusServer, pairs: list) -> RadiusReply:
+    reply = await radclient("auth", server.auth_port, RADIUS_SECRET, pairs)
+    assert reply.code in ("Access-Accept", "Access-Reject"), reply.output
+    return reply
+
+
+async def acct(server: RadiusServer, status: str, pairs: list) -> None:
+    reply = await radclient(
+        "acct", server.acct_port, RADIUS_SECRET, [("Acct-Status-Type", status), *pairs]
+    )
+    assert reply.code == "Accounting-Response", reply.output
+
+
+def return_code(reply: RadiusReply) -> str | None:
+    return reply.first("h323-return-code")
+
+
+async def generate(app: RunningApp, **fields: Any) -> list[dict[str, str]]:
+    """POST a PIN batch; the CSV's rows."""
+    response = await app.client.post("/v1/pin-batches", json={"plan": "retail", **fields})
+    text = await response.text()
+    assert response.status == 201, text
+    assert response.content_type == "text/csv"
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+async def scrape(app: RunningApp) -> dict[tuple[str, tuple], float]:
+    response = await app.client.get("/metrics")
+    assert response.status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(await response.text())
+        for s in family.samples
+    }
+
+
+def blocked_samples(scraped: dict[tuple[str, tuple], float], scope: str) -> float:
+    return scraped.get(("ocs_pin_guesses_blocked_total", (("scope", scope),)), 0.0)
+
+
+def wrong_pin(pins: set[str]) -> str:
+    while True:
+        guess = f"{secrets.randbelow(10**PIN_LENGTH):0{PIN_LENGTH}d}"
+        if guess not in pins:
+            return guess
+
+
+def pins_inside(text: str, pins: set[str]) -> set[str]:
+    """PINs that appear anywhere in ``text`` (inside longer digit runs too)."""
+    found = set()
+    for run in re.findall(rf"\d{{{PIN_LENGTH},}}", text):
+        for start in range(len(run) - PIN_LENGTH + 1):
+            if run[start : start + PIN_LENGTH] in pins:
+                found.add(run[start : start + PIN_LENGTH])
+    return found
+
+
+# -- the issue's scenario ------------------------------------------------------------------
+
+
+async def test_pin_batch_of_10000_generated_used_expired_guessed(app: RunningApp) -> None:
+    await add_plan(app.services, max_lines=2)
+    services = app.services
+
+    # -- generated -------------------------------------------------------------------
+    started = time.perf_counter()
+    rows = await generate(app, batch="b10k", count=BATCH_SIZE, length=PIN_LENGTH, value="1.00")
+    elapsed = time.perf_counter() - started
+    assert elapsed < GENERATION_BUDGET_S, f"10,000 cards took {elapsed:.1f} s"
+    assert len(rows) == BATCH_SIZE
+    assert list(rows[0]) == ["pin", "password", "account", "value", "currency", "expires"]
+    pins = {row["pin"] for row in rows}
+    assert len(pins) == BATCH_SIZE, "PINs are not unique"
+    assert all(len(p) == PIN_LENGTH and p.isdigit() for p in pins)
+    accounts = {row["account"] for row in rows}
+    assert accounts == {f"card-b10k-{n:07d}" for n in range(1, BATCH_SIZE + 1)}
+    assert {(r["password"], r["value"], r["currency"], r["expires"]) for r in rows} == {
+        ("", "1.000000", "EUR", "never")
+    }
+    by_pin = {row["pin"]: row["account"] for row in rows}
+
+    async with services.pool.acquire() as conn:
+        assert (
+            await conn.fetchval("SELECT count(*) FROM accounts WHERE id LIKE 'card-b10k-%'")
+            == BATCH_SIZE
+        )
+        stored = {
+            r["pin_digest"]: r["account_id"]
+            for r in await conn.fetch(
+                "SELECT pin_digest, account_id FROM pins WHERE batch_id = 'b10k'"
+            )
+        }
+        # Every column of every row, as text: no PIN in cleartext anywhere.
+        dumped = [
+            r["t"]
+            for table in ("pins", "accounts", "pin_batches")
+            for r in await conn.fetch(f"SELECT {table}::text AS t FROM {table}")
+        ]
+    assert stored == {pin_digest(pin): account for pin, account in by_pin.items()}
+    assert not pins_inside("\n".join(dumped), pins)
+
+    pin_keys = [key async for key in services.redis.scan_iter(match="pin:*", count=5_000)]
+    assert len(pin_keys) == BATCH_SIZE
+    all_keys = [key.decode() async for key in services.redis.scan_iter(count=5_000)]
+    assert not pins_inside("\n".join(all_keys), pins)
+    values = await services.redis.mget(pin_keys)
+    assert {v.decode() for v in values} == accounts
+    assert not pins_inside("\n".join(v.decode() for v in values), pins)
+
+    rows_iter = iter(rows)
+    over_radius, over_http, blocked_pin = (next(rows_iter)["pin"] for _ in range(3))
+
+    async with card_nas(app) as nas:
+        # -- used over RADIUS, as a calling-card IVR does ------------------------------
+        reply = await auth(nas, card_call(over_radius, "CARD-1", "4930111000"))
+        assert reply.code == "Access-Accept", reply.output
+        assert reply.attributes["h323-credit-time"] == ["h323-credit-time=5000"]
+        assert reply.attributes["Session-Timeout"] == ["5000"]
+        assert return_code(reply) == "h323-return-code=0"
+        used = [("User-Name", over_radius), ("h323-conf-id", "h323-conf-id=CARD-1")]
+        await acct(nas, "Start", used)
+        await acct(nas, "Stop", [*used, ("Acct-Session-Time", "125")])
+        account = by_pin[over_radius]
+        _, shown = await app.get(f"/v1/accounts/{account}")
+        # 125 s at 0.012 a minute.
+        assert shown["balance"] == "0.975000"
+
+        async def cdr_written() -> bool:
+            async with services.pool.acquire() as conn:
+                return (
+                    await conn.fetchval(
+                        "SELECT charged FROM cdrs WHERE call_id = 'CARD-1' AND account_id = $1",
+                        account,
+                    )
+                    == 25_000
+                )
+
+        await eventually(cdr_written, what="the card call's CDR in PostgreSQL")
+
+        # -- used over HTTP (an IVR's "you have N minutes") -----------------------------
+        status, info = await app.get(f"/v1/pins/{over_http}")
+        assert status == 200, info
+        assert info["account"] == by_pin[over_http]
+        assert info["balance"] == "1.000000"
+        assert info["currency"] == "EUR"
+        assert info["language"] == "en"
+        assert info["expires_at"] is None
+        assert not info["expires_days_after_first_use"]
+        status, quote = await app.get(f"/v1/pins/{over_http}/time?destination={GERMANY}")
+        assert status == 200, quote
+        assert quote["seconds"] == 5000
+        assert quote["zone"] == "Germany"
+        status, refused = await app.get(f"/v1/pins/{wrong_pin(pins)}")
+        assert status == 404, refused
+
+        # -- expired: a batch whose fixed expiry has passed ------------------------------
+        old = await generate(
+            app, batch="old", count=3, length=PIN_LENGTH, value="1.00",
+            expires_at="2020-01-01T00:00:00Z",
+        )  # fmt: skip
+        assert {row["expires"] for row in old} == {"2020-01-01T00:00:00+00:00"}
+        expired = old[0]["pin"]
+        reply = await auth(nas, card_call(expired, "CARD-OLD", "4930111001"))
+        assert reply.code == "Access-Reject", reply.output
+        assert return_code(reply) == "h323-return-code=5"
+        status, info = await app.get(f"/v1/pins/{expired}")
+        assert status == 200, info
+        assert info["expires_at"] == int(datetime(2020, 1, 1, tzinfo=UTC).timestamp())
+
+        # -- guessed: wrong PINs from one caller id until it is blocked -------------------
+        before = await scrape(app)
+        guesser, honest = "4930999000", "4930999111"
+        limit = services.settings.pin_guess_limit_caller
+        for n in range(limit):
+            reply = await auth(nas, card_call(wrong_pin(pins), f"GUESS-{n}", guesser))
+            assert reply.code == "Access-Reject", reply.output
+            assert return_code(reply) == "h323-return-code=1"
+        # Blocked now, even with a right PIN.
+        reply = await auth(nas, card_call(blocked_pin, "GUESS-BLOCKED", guesser))
+        assert reply.code == "Access-Reject", reply.output
+        assert return_code(reply) == "h323-return-code=10"
+        reply = await auth(nas, card_call(wrong_pin(pins), "GUESS-MORE", guesser))
+        assert return_code(reply) == "h323-return-code=10"
+        # Another caller id on the same NAS still gets through.
+        reply = await auth(nas, card_call(blocked_pin, "HONEST-1", honest))
+        assert reply.code == "Access-Accept", reply.output
+        assert reply.attributes["h323-credit-time"] == ["h323-credit-time=5000"]
+
+        after = await scrape(app)
+        assert blocked_samples(after, "caller") - blocked_samples(before, "caller") == 2
+        failures = ("ocs_pin_failures_total", (("channel", "radius"),))
+        assert after[failures] - before.get(failures, 0.0) == limit
+        _, shown = await app.get(f"/v1/accounts/{by_pin[blocked_pin]}")
+        assert shown["lines_in_use"] == 1  # only the honest caller's call
+
+
+async def test_a_card_with_expire_days_starts_its_life_at_first_use(app: RunningApp) -> None:
+    await add_plan(app.services, max_lines=2)
+    rows = await generate(
+        app, batch="days", count=2, length=PIN_LENGTH, value="1.00", expire_days=30
+    )
+    assert {row["expires"] for row in rows} == {"30 days after first use"}
+    pin = rows[0]["pin"]
+    status, info = await app.get(f"/v1/pins/{pin}")
+    assert status == 200, info
+    assert info["expires_at"] is None
+    assert info["expires_days_after_first_use"] == 30
+
+    now = [float(datetime(2026, 3, 2, 10, 15, tzinfo=UTC).timestamp())]
+    first_use = int(now[0])
+    calls = CallService(
+        app.services.catalog, app.services.store, app.services.settings, clock=lambda: now[0]
+    )
+    async with card_nas(app, calls) as nas:
+        reply = await auth(nas, card_call(pin, "DAYS-1", "4930222000"))
+        assert reply.code == "Access-Accept", reply.output
+        status, info = await app.get(f"/v1/pins/{pin}")
+        assert info["expires_at"] == first_use + 30 * 86_400
+        assert info["expires_days_after_first_use"] is None
+        await acct(
+            nas, "Stop", [("h323-conf-id", "h323-conf-id=DAYS-1"), ("Acct-Session-Time", "0")]
+        )
+
+        now[0] = first_use + 30 * 86_400 - 1.0
+        reply = await auth(nas, card_call(pin, "DAYS-2", "4930222000"))
+        assert reply.code == "Access-Accept", reply.output
+        await acct(
+            nas, "Stop", [("h323-conf-id", "h323-conf-id=DAYS-2"), ("Acct-Session-Time", "0")]
+        )
+
+        now[0] = first_use + 30 * 86_400
+        reply = await auth(nas, card_call(pin, "DAYS-3", "4930222000"))
+        assert reply.code == "Access-Reject", reply.output
+        assert return_code(reply) == "h323-return-code=5"
+        # The other card of the batch has not been used: its 30 days have not started.
+        reply = await auth(nas, card_call(rows[1]["pin"], "DAYS-4", "4930222000"))
+        assert reply.code == "Access-Accept", reply.output
+        status, info = await app.get(f"/v1/pins/{rows[1]['pin']}")
+        assert info["expires_at"] == int(now[0]) + 30 * 86_400
+
+
+async def test_an_expired_card_is_quoted_no_time(app: RunningApp) -> None:
+    await add_plan(app.services)
+    rows = await generate(
+        app, batch="gone", count=1, length=PIN_LENGTH, value="1.00",
+        expires_at="2020-01-01T00:00:00Z",
+    )  # fmt: skip
+    status, quote = await app.get(f"/v1/pins/{rows[0]['pin']}/time?destination={GERMANY}")
+    # The switch refuses this card (account_expired): the IVR must not promise minutes.
+    assert (status == 200 and quote["seconds"] == 0) or (
+        status == 403 and quote["error"]["reason"] == "account_expired"
+    ), (status, quote)
+
+
+async def test_wrong_pins_over_http_block_the_caller_and_count(app: RunningApp) -> None:
+    await add_plan(app.services)
+    rows = await generate(app, batch="web", count=5, length=PIN_LENGTH, value="2.00")
+    pins = {row["pin"] for row in rows}
+    good = rows[0]["pin"]
+    before = await scrape(app)
+    limit = app.services.settings.pin_guess_limit_caller
+    for _ in range(limit):
+        status, body = await app.get(f"/v1/pins/{wrong_pin(pins)}?caller=4930555000")
+        assert status == 404, body
+    status, body = await app.get(f"/v1/pins/{good}?caller=4930555000")
+    assert status == 403, body
+    assert body["error"]["reason"] == "pin_blocked"
+    status, body = await app.get(f"/v1/pins/{good}/time?destination={GERMANY}&caller=4930555000")
+    assert status == 403, body
+    status, body = await app.get(f"/v1/pins/{good}?caller=4930555111")
+    assert status == 200, body
+    assert body["balance"] == "2.000000"
+    after = await scrape(app)
+    assert blocked_samples(after, "caller") - blocked_samples(before, "caller") == 2
+    failures = ("ocs_pin_failures_total", (("channel", "http"),))
+    assert after[failures] - before.get(failures, 0.0) == limit
+
+
+async def test_wrong_pins_from_many_callers_block_the_nas(app: RunningApp) -> None:
+    await add_plan(app.services)
+    rows = await generate(app, batch="nas", count=5, length=PIN_LENGTH, value="1.00")
+    pins = {row["pin"] for row in rows}
+    before = await scrape(app)
+    # Callers hiding behind fresh numbers: each stays under its own limit of 5.
+    async with card_nas(app, pin_guess_limit_caller=5, pin_guess_limit_nas=6) as nas:
+        for n in range(6):
+            reply = await auth(nas, card_call(wrong_pin(pins), f"NAS-{n}", f"49301000{n:02d}"))
+            assert return_code(reply) == "h323-return-code=1", reply.output
+        reply = await auth(nas, card_call(rows[0]["pin"], "NAS-NEXT", "4930100099"))
+        assert reply.code == "Access-Reject", reply.output
+        assert return_code(reply) == "h323-return-code=10"
+    after = await scrape(app)
+    assert blocked_samples(after, "nas") - blocked_samples(before, "nas") == 1
+
+
+async def test_pin_batches_refuse_bad_requests(app: RunningApp) -> None:
+    await add_plan(app.services)
+    for body, status in (
+        ({"batch": "x", "plan": "retail", "count": 10_000, "length": 6, "value": "1"}, 400),
+        ({"batch": "x y", "plan": "retail", "count": 1, "value": "1"}, 400),
+        ({"batch": "x", "plan": "nope", "count": 1, "value": "1"}, 404),
+        (
+            {
+                "batch": "x", "plan": "retail", "count": 1, "value": "1",
+                "expires_at": "2030-01-01T00:00:00Z", "expire_days": 3,
+            },
+            400,
+        ),
+    ):  # fmt: skip
+        response = await app.client.post("/v1/pin-batches", json=body)
+        assert response.status == status, (body, await response.text())
+    await generate(app, batch="once", count=1, value="1")
+    response = await app.client.post(
+        "/v1/pin-batches", json={"batch": "once", "plan": "retail", "count": 1, "value": "1"}
+    )
+    assert response.status == 409, await response.text()
+    async with app.services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM pins") == 1
+        assert await conn.fetchval("SELECT count(*) FROM accounts") == 1

@@ -1,0 +1,575 @@
+"""Usage counters (bundles of seconds) end to end: defined over HTTP, held and used
+atomically by authorize and stop in Redis, reset per cycle, charged in the CDR.
+
+Rates used (tests/conftest.py RETAIL_DECK, EUR): Germany (49) 0.012 a minute,
+1/1 seconds, no connect fee: 200 micro-units a second, so ``cost(d) = 200 * d``;
+UK Mobile (447) 0.060 a minute, 30/6, connect fee 0.150; UK Fixed (44) 0.010 a
+minute, 60/60.
+"""
+
+import asyncio
+from typing import Any
+
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from ocs.charging.rating import (
+    CounterSplit,
+    Rate,
+    Tier,
+    cost,
+    cost_with_counter,
+    max_duration_with_counter,
+)
+from tests.conftest import RunningApp, add_plan, eventually
+
+GERMANY = "4930901820"
+UK_MOBILE = "447700900123"
+UK_FIXED = "442079460000"
+PER_SECOND_DE = 200  # micro-units a second to Germany
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+async def define_counter(app: RunningApp, plan: str = "retail", **fields: Any) -> dict[str, Any]:
+    """Define a counter over HTTP and wait until the catalog snapshot has it as defined."""
+    body = {"price_per_minute": "0.00", **fields}
+    status, counter = await app.post(f"/v1/plans/{plan}/counters", body)
+    assert status == 201, counter
+
+    async def loaded() -> bool:
+        for found in app.services.catalog.snapshot.counters_for(plan):
+            if found.id == counter["id"]:
+                return (
+                    found.seconds == counter["seconds"]
+                    and sorted(found.zones) == counter["zones"]
+                    and found.reject_on_threshold == counter["reject_on_threshold"]
+                    and found.carryover == counter["carryover"]
+                    and found.mandatory == counter["mandatory"]
+                    and found.active == counter["active"]
+                )
+        return False
+
+    await eventually(loaded, what=f"counter {counter['id']} in the catalog snapshot")
+    return counter
+
+
+async def new_account(app: RunningApp, account_id: str, balance: str, plan: str = "retail") -> None:
+    status, body = await app.post(
+        "/v1/accounts", {"id": account_id, "plan": plan, "balance": balance}
+    )
+    assert status == 201, body
+
+
+async def authorize(
+    app: RunningApp, account_id: str, destination: str, call_id: str
+) -> tuple[int, dict[str, Any]]:
+    return await app.post(
+        "/v1/calls", {"account": account_id, "destination": destination, "call_id": call_id}
+    )
+
+
+async def granted(
+    app: RunningApp, account_id: str, destination: str, call_id: str
+) -> dict[str, Any]:
+    status, grant = await authorize(app, account_id, destination, call_id)
+    assert status == 201, grant
+    return grant
+
+
+async def stop(app: RunningApp, call_id: str, duration: int) -> dict[str, Any]:
+    status, stopped = await app.post(f"/v1/calls/{call_id}/stop", {"duration": duration})
+    assert status == 200, stopped
+    assert stopped["repeated"] is False
+    return stopped
+
+
+async def counters_of(app: RunningApp, account_id: str) -> dict[str, dict[str, int]]:
+    """counter id -> {limit, used, held, left} as GET /v1/accounts/{id}/counters shows it."""
+    status, body = await app.get(f"/v1/accounts/{account_id}/counters")
+    assert status == 200, body
+    return {
+        c["counter"]: {k: c[k] for k in ("limit", "used", "held", "left")} for c in body["counters"]
+    }
+
+
+async def balance_of(app: RunningApp, account_id: str) -> str:
+    status, body = await app.get(f"/v1/accounts/{account_id}")
+    assert status == 200, body
+    return body["balance"]
+
+
+async def cdrs_of(app: RunningApp, account_id: str, count: int) -> dict[str, dict[str, Any]]:
+    """The account's CDRs once the ledger writer has put ``count`` of them in PostgreSQL."""
+    found: list[dict[str, Any]] = []
+
+    async def written() -> bool:
+        async with app.services.pool.acquire() as conn:
+            found[:] = [
+                dict(r)
+                for r in await conn.fetch("SELECT * FROM cdrs WHERE account_id = $1", account_id)
+            ]
+        return len(found) >= count
+
+    await eventually(written, what=f"{count} CDRs of {account_id} in PostgreSQL")
+    assert len(found) == count, found
+    return {row["call_id"]: row for row in found}
+
+
+# -- the issue's scenario -----------------------------------------------------------------
+
+
+async def test_600_free_seconds_cover_400_then_200_of_400_and_the_rest_pays_the_zone(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
+    await new_account(app, "c1", "1.00")
+
+    first = await granted(app, "c1", GERMANY, "c1-1")
+    # 600 counter seconds first, then 1.00 at 0.012/min buys 5000 s more.
+    assert first["counter_seconds"] == 600
+    assert first["max_duration"] == 600 + 5000
+    assert (await counters_of(app, "c1"))["de-600"] == {
+        "limit": 600,
+        "used": 0,
+        "held": 600,
+        "left": 0,
+    }
+    stopped = await stop(app, "c1-1", 400)
+    assert stopped["cost"] == "0.000000"
+    assert stopped["balance"] == "1.000000"
+    assert (await counters_of(app, "c1"))["de-600"] == {
+        "limit": 600,
+        "used": 400,
+        "held": 0,
+        "left": 200,
+    }
+
+    second = await granted(app, "c1", GERMANY, "c1-2")
+    assert second["counter_seconds"] == 200
+    assert second["max_duration"] == 200 + 5000
+    stopped = await stop(app, "c1-2", 400)
+    # 200 s free, the other 200 s at the zone's tariff: cost(400) - cost(200).
+    assert stopped["cost"] == "0.040000"
+    assert stopped["rated_cost"] == "0.040000"
+    assert stopped["balance"] == "0.960000"
+    assert (await counters_of(app, "c1"))["de-600"] == {
+        "limit": 600,
+        "used": 600,
+        "held": 0,
+        "left": 0,
+    }
+
+    # Used up, and no reject on threshold: calls go on at the zone's tariff.
+    third = await granted(app, "c1", GERMANY, "c1-3")
+    assert third["counter_seconds"] == 0
+    assert third["max_duration"] == 4800
+    stopped = await stop(app, "c1-3", 100)
+    assert stopped["cost"] == "0.020000"
+    assert stopped["balance"] == "0.940000"
+    assert (await counters_of(app, "c1"))["de-600"]["used"] == 600
+
+    # A zone the counter does not cover never touches it.
+    other = await granted(app, "c1", UK_MOBILE, "c1-4")
+    assert other["counter_seconds"] == 0
+    assert (await stop(app, "c1-4", 45))["cost"] == "0.198000"
+
+    cdrs = await cdrs_of(app, "c1", 4)
+    assert {call: (c["duration"], c["rated_cost"], c["charged"]) for call, c in cdrs.items()} == {
+        "c1-1": (400, 0, 0),
+        "c1-2": (400, 200 * PER_SECOND_DE, 200 * PER_SECOND_DE),
+        "c1-3": (100, 100 * PER_SECOND_DE, 100 * PER_SECOND_DE),
+        "c1-4": (45, 198_000, 198_000),
+    }
+    assert {c["zone"] for call, c in cdrs.items() if call != "c1-4"} == {"Germany"}
+    async with app.services.pool.acquire() as conn:
+        ledger = await conn.fetchval("SELECT SUM(amount) FROM ledger WHERE account_id = 'c1'")
+    assert ledger == 940_000 - 198_000
+    assert await balance_of(app, "c1") == "0.742000"
+
+
+async def test_reject_on_threshold_caps_calls_at_the_bundle_and_refuses_the_third(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await define_counter(app, id="de-rej", seconds=600, zones=["Germany"], reject_on_threshold=True)
+    await new_account(app, "r1", "1.00")
+
+    first = await granted(app, "r1", GERMANY, "r1-1")
+    # The bundle is all a call may use: funds do not extend it.
+    assert first["max_duration"] == 600
+    assert first["counter_seconds"] == 600
+    assert (await stop(app, "r1-1", 400))["cost"] == "0.000000"
+
+    second = await granted(app, "r1", GERMANY, "r1-2")
+    assert second["max_duration"] == 200
+    assert second["counter_seconds"] == 200
+    assert (await stop(app, "r1-2", 200))["cost"] == "0.000000"
+    assert (await counters_of(app, "r1"))["de-rej"] == {
+        "limit": 600,
+        "used": 600,
+        "held": 0,
+        "left": 0,
+    }
+
+    status, refused = await authorize(app, "r1", GERMANY, "r1-3")
+    assert status == 403, refused
+    assert refused["error"]["reason"] == "counter_exhausted"
+    shown = (await app.get("/v1/accounts/r1"))[1]
+    assert shown["balance"] == "1.000000"
+    assert shown["reserved"] == "0.000000"
+    assert shown["lines_in_use"] == 0
+    # Other zones are not behind the threshold.
+    assert (await granted(app, "r1", UK_MOBILE, "r1-4"))["counter_seconds"] == 0
+
+
+async def test_carryover_moves_unused_seconds_to_the_next_cycle_and_reset_zeroes_used(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await define_counter(app, id="de-carry", seconds=600, zones=["Germany"], carryover=True)
+    await define_counter(app, id="uk-fixed", seconds=600, zones=["UK Fixed"])
+    await new_account(app, "k1", "1.00")
+
+    await granted(app, "k1", GERMANY, "k1-1")
+    await stop(app, "k1-1", 400)
+    await granted(app, "k1", UK_FIXED, "k1-2")
+    await stop(app, "k1-2", 100)
+    assert await counters_of(app, "k1") == {
+        "de-carry": {"limit": 600, "used": 400, "held": 0, "left": 200},
+        "uk-fixed": {"limit": 600, "used": 100, "held": 0, "left": 500},
+    }
+
+    status, report = await app.post("/v1/counters/reset", {"plan": "retail"})
+    assert status == 200, report
+    assert report == {"accounts": 1, "counters": 2}
+    # Carryover: 600 new + 200 unused; without carryover: a fresh 600, used 0.
+    assert await counters_of(app, "k1") == {
+        "de-carry": {"limit": 800, "used": 0, "held": 0, "left": 800},
+        "uk-fixed": {"limit": 600, "used": 0, "held": 0, "left": 600},
+    }
+
+    grant = await granted(app, "k1", GERMANY, "k1-3")
+    assert grant["counter_seconds"] == 800
+    assert grant["max_duration"] == 800 + 5000
+    stopped = await stop(app, "k1-3", 900)
+    assert stopped["cost"] == f"0.{100 * PER_SECOND_DE:06d}"
+    assert (await counters_of(app, "k1"))["de-carry"] == {
+        "limit": 800,
+        "used": 800,
+        "held": 0,
+        "left": 0,
+    }
+
+
+async def test_reset_of_one_account_leaves_the_others_and_keeps_seconds_live_calls_hold(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services, max_lines=2)
+    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
+    await new_account(app, "s1", "1.00")
+    await new_account(app, "s2", "1.00")
+    for account in ("s1", "s2"):
+        await granted(app, account, GERMANY, f"{account}-1")
+        await stop(app, f"{account}-1", 250)
+
+    live = await granted(app, "s1", GERMANY, "s1-live")
+    assert live["counter_seconds"] == 350
+    status, report = await app.post("/v1/counters/reset", {"account": "s1"})
+    assert status == 200, report
+    assert report == {"accounts": 1, "counters": 1}
+    # A new cycle: used back to 0; the live call's seconds stay held.
+    assert (await counters_of(app, "s1"))["de-600"] == {
+        "limit": 600,
+        "used": 0,
+        "held": 350,
+        "left": 250,
+    }
+    assert (await counters_of(app, "s2"))["de-600"]["used"] == 250
+    # The live call counts what it used against the new cycle.
+    assert (await stop(app, "s1-live", 100))["cost"] == "0.000000"
+    assert (await counters_of(app, "s1"))["de-600"] == {
+        "limit": 600,
+        "used": 100,
+        "held": 0,
+        "left": 500,
+    }
+
+
+# -- authorize: counter seconds first, then funds --------------------------------------------
+
+
+async def test_max_duration_counts_counter_seconds_first_even_at_zero_balance(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
+    await new_account(app, "z0", "0")
+    await new_account(app, "z12", "0.12")
+
+    # No funds: the bundle alone lets the call through, for exactly its seconds.
+    grant = await granted(app, "z0", GERMANY, "z0-1")
+    assert grant["max_duration"] == 600
+    assert grant["counter_seconds"] == 600
+    assert grant["reserved"] == "0.000000"
+    stopped = await stop(app, "z0-1", 600)
+    assert stopped["cost"] == "0.000000"
+    assert stopped["balance"] == "0.000000"
+    # A zone without a counter still needs money.
+    status, refused = await authorize(app, "z0", UK_FIXED, "z0-2")
+    assert status == 402, refused
+    assert refused["error"]["reason"] == "zero_balance"
+    # Bundle used up and no funds: refused like any zero balance.
+    status, refused = await authorize(app, "z0", GERMANY, "z0-3")
+    assert status == 402, refused
+    assert refused["error"]["reason"] == "zero_balance"
+
+    # 0.12 buys 600 s at 200 micro-units a second: 600 + 600.
+    grant = await granted(app, "z12", GERMANY, "z12-1")
+    assert grant["max_duration"] == 1200
+    assert grant["counter_seconds"] == 600
+    assert grant["reserved"] == "0.120000"
+    stopped = await stop(app, "z12-1", 1200)
+    assert stopped["cost"] == "0.120000"
+    assert stopped["balance"] == "0.000000"
+
+
+async def test_concurrent_calls_never_share_the_same_counter_seconds(app: RunningApp) -> None:
+    # Each call may hold at most 300 s (the plan's longest call) of the 1000 s bundle.
+    await add_plan(app.services, max_lines=10, max_call_duration=300)
+    await define_counter(app, id="de-1000", seconds=1000, zones=["Germany"])
+    await new_account(app, "cc", "10.00")
+
+    results = await asyncio.gather(*(authorize(app, "cc", GERMANY, f"cc-{n}") for n in range(8)))
+    assert all(status == 201 for status, _ in results), results
+    held = sorted((grant["counter_seconds"] for _, grant in results), reverse=True)
+    assert held == [300, 300, 300, 100, 0, 0, 0, 0]
+    state = (await counters_of(app, "cc"))["de-1000"]
+    assert state == {"limit": 1000, "used": 0, "held": 1000, "left": 0}
+
+    stops = await asyncio.gather(*(stop(app, f"cc-{n}", 300) for n in range(8)))
+    charged = sum(int(s["cost"].replace(".", "")) for s in stops)
+    # 8 calls of 300 s, of which 1000 s were free.
+    assert charged == (8 * 300 - 1000) * PER_SECOND_DE
+    assert (await counters_of(app, "cc"))["de-1000"] == {
+        "limit": 1000,
+        "used": 1000,
+        "held": 0,
+        "left": 0,
+    }
+    assert await balance_of(app, "cc") == "9.720000"
+
+
+async def test_concurrent_zero_balance_calls_get_the_bundle_once(app: RunningApp) -> None:
+    await add_plan(app.services, max_lines=10)
+    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
+    await new_account(app, "zc", "0")
+    results = await asyncio.gather(*(authorize(app, "zc", GERMANY, f"zc-{n}") for n in range(10)))
+    accepted = [grant for status, grant in results if status == 201]
+    assert len(accepted) == 1, results
+    assert accepted[0]["counter_seconds"] == accepted[0]["max_duration"] == 600
+    assert {grant["error"]["reason"] for status, grant in results if status != 201} == {
+        "zero_balance"
+    }
+
+
+# -- optional counters ---------------------------------------------------------------------
+
+
+async def test_an_optional_counter_applies_only_once_bought_and_stops_after_cancel(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await define_counter(app, id="uk-opt", seconds=600, zones=["UK Mobile"], mandatory=False)
+    await new_account(app, "o1", "1.00")
+
+    before = await granted(app, "o1", UK_MOBILE, "o1-1")
+    assert before["counter_seconds"] == 0
+    assert (await stop(app, "o1-1", 45))["cost"] == "0.198000"
+    assert await counters_of(app, "o1") == {}
+
+    status, bought = await app.post("/v1/accounts/o1/counters", {"counter": "uk-opt"})
+    assert status == 201, bought
+    assert bought["id"] == "uk-opt" and bought["mandatory"] is False
+    assert await counters_of(app, "o1") == {
+        "uk-opt": {"limit": 600, "used": 0, "held": 0, "left": 600}
+    }
+    during = await granted(app, "o1", UK_MOBILE, "o1-2")
+    assert during["counter_seconds"] == 600
+    assert (await stop(app, "o1-2", 45))["cost"] == "0.000000"
+    assert (await counters_of(app, "o1"))["uk-opt"]["used"] == 45
+
+    response = await app.client.delete("/v1/accounts/o1/counters/uk-opt")
+    assert response.status == 200, await response.text()
+    assert (await response.json())["cancelled"] is True
+    assert await counters_of(app, "o1") == {}
+    after = await granted(app, "o1", UK_MOBILE, "o1-3")
+    assert after["counter_seconds"] == 0
+    assert (await stop(app, "o1-3", 45))["cost"] == "0.198000"
+    assert await balance_of(app, "o1") == "0.604000"
+
+    response = await app.client.delete("/v1/accounts/o1/counters/uk-opt")
+    assert response.status == 404, await response.text()
+
+
+async def test_buying_a_counter_checks_it_exists_and_belongs_to_the_plan(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await add_plan(app.services, "other")
+    await define_counter(app, "other", id="other-opt", seconds=60, zones=["Germany"])
+    await new_account(app, "b1", "1.00")
+    status, body = await app.post("/v1/accounts/b1/counters", {"counter": "nope"})
+    assert status == 404, body
+    status, body = await app.post("/v1/accounts/b1/counters", {"counter": "other-opt"})
+    assert status == 400, body
+    assert body["error"]["field"] == "counter"
+    assert await counters_of(app, "b1") == {}
+
+
+async def test_cancelling_an_optional_counter_does_not_renew_the_other_counters(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
+    await define_counter(app, id="uk-opt", seconds=600, zones=["UK Mobile"], mandatory=False)
+    await new_account(app, "x1", "1.00")
+    await granted(app, "x1", GERMANY, "x1-1")
+    await stop(app, "x1-1", 400)
+    status, body = await app.post("/v1/accounts/x1/counters", {"counter": "uk-opt"})
+    assert status == 201, body
+
+    response = await app.client.delete("/v1/accounts/x1/counters/uk-opt")
+    assert response.status == 200, await response.text()
+    # Giving up one counter is no new cycle for the account's mandatory counter.
+    assert await counters_of(app, "x1") == {
+        "de-600": {"limit": 600, "used": 400, "held": 0, "left": 200}
+    }
+
+
+async def test_a_counter_cancelled_during_a_call_does_not_apply_after_it(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await define_counter(app, id="uk-opt", seconds=600, zones=["UK Mobile"], mandatory=False)
+    await new_account(app, "y1", "1.00")
+    status, body = await app.post("/v1/accounts/y1/counters", {"counter": "uk-opt"})
+    assert status == 201, body
+    live = await granted(app, "y1", UK_MOBILE, "y1-1")
+    assert live["counter_seconds"] == 600
+
+    response = await app.client.delete("/v1/accounts/y1/counters/uk-opt")
+    assert response.status == 200, await response.text()
+    # The call authorized under the counter ends at its authorized terms.
+    assert (await stop(app, "y1-1", 45))["cost"] == "0.000000"
+
+    after = await granted(app, "y1", UK_MOBILE, "y1-2")
+    assert after["counter_seconds"] == 0
+    assert (await stop(app, "y1-2", 45))["cost"] == "0.198000"
+    assert await counters_of(app, "y1") == {}
+
+
+async def test_an_optional_counter_not_bought_does_not_hide_a_mandatory_one(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    # Both cover Germany; "a-opt" sorts first.
+    await define_counter(app, id="a-opt", seconds=300, zones=["Germany"], mandatory=False)
+    await define_counter(app, id="b-mand", seconds=600, zones=["Germany"])
+    await new_account(app, "m1", "1.00")
+    grant = await granted(app, "m1", GERMANY, "m1-1")
+    # Mandatory counters apply to every account of the plan.
+    assert grant["counter_seconds"] == 600
+    assert (await stop(app, "m1-1", 100))["cost"] == "0.000000"
+
+
+# -- the rating function with a counter --------------------------------------------------------
+
+_rates = st.one_of(
+    st.builds(
+        Rate,
+        connect_fee=st.integers(0, 500_000),
+        first_block=st.integers(0, 90),
+        increment=st.integers(1, 90),
+        price_per_minute=st.integers(0, 2_000_000),
+    ),
+    st.builds(
+        Rate,
+        connect_fee=st.integers(0, 500_000),
+        first_block=st.integers(0, 90),
+        increment=st.integers(1, 90),
+        price_per_minute=st.integers(0, 2_000_000),
+        tiers=st.tuples(
+            st.builds(
+                Tier,
+                start=st.integers(1, 900),
+                price_per_minute=st.integers(0, 2_000_000),
+                increment=st.integers(1, 60),
+                flat=st.integers(0, 300_000),
+            )
+        ),
+        max_cost=st.integers(0, 5_000_000),
+        cut_at_max_cost=st.booleans(),
+    ),
+)
+_splits = st.builds(
+    CounterSplit,
+    rate=st.builds(
+        Rate,
+        connect_fee=st.just(0),
+        first_block=st.just(0),
+        increment=st.integers(1, 60),
+        price_per_minute=st.sampled_from([0, 0, 6_000, 100_000]),
+    ),
+    seconds=st.integers(1, 3_600),
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    rate=_rates,
+    split=_splits,
+    duration=st.integers(0, 7_200),
+    step=st.integers(1, 600),
+)
+def test_cost_with_counter_never_decreases_with_the_duration(
+    rate: Rate, split: CounterSplit, duration: int, step: int
+) -> None:
+    shorter = cost_with_counter(rate, duration, split)
+    assert cost_with_counter(rate, duration + 1, split) >= shorter
+    assert cost_with_counter(rate, duration + step, split) >= shorter
+    covered = min(duration, split.seconds)
+    if duration <= split.seconds:
+        assert shorter == cost(split.rate, duration)
+    else:
+        # The counter's part, then the zone's rate for the rest of the whole call.
+        assert shorter == cost(split.rate, covered) + cost(rate, duration) - cost(rate, covered)
+    if split.rate.price_per_minute == 0:
+        assert cost_with_counter(rate, covered, split) == 0
+        assert shorter <= cost(rate, duration)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    rate=_rates,
+    split=_splits,
+    funds=st.integers(0, 3_000_000),
+    cap=st.integers(1, 7_200),
+)
+def test_max_duration_with_counter_inverts_cost_with_counter(
+    rate: Rate, split: CounterSplit, funds: int, cap: int
+) -> None:
+    longest = max_duration_with_counter(rate, funds, cap, split)
+    assert 0 <= longest <= cap
+    if longest == 0:
+        assert cost_with_counter(rate, 1, split) > funds
+        return
+    assert cost_with_counter(rate, longest, split) <= funds
+    if longest < cap:
+        assert cost_with_counter(rate, longest + 1, split) > funds
+    if split.rate.price_per_minute == 0:
+        # A free bundle is always granted whole (up to the cap).
+        assert longest >= min(split.seconds, cap)
