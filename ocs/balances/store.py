@@ -546,7 +546,8 @@ class BalanceStore:
         if not await self._pipe.execute("EXISTS", key):
             return False
         flat: list[object] = [x for pair in fields.items() for x in pair]
-        await self._pipe.execute("HSET", key, *flat)
+        if flat:
+            await self._pipe.execute("HSET", key, *flat)
         return True
 
     async def identities(self, name: str, pin_digest: str | None) -> tuple[str | None, str | None]:

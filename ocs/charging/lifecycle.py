@@ -139,6 +139,7 @@ class CallRecord:
     quota: int = 0  # quota mode: seconds per slice; 0 grants the whole call at once
     carriers: tuple[str, ...] = ()
     nas_address: str | None = None  # where a Disconnect-Request for the call goes
+    nas_session: str | None = None  # the NAS's own Acct-Session-Id, which it knows the call by
 
     @property
     def split(self) -> CounterSplit | None:
@@ -172,6 +173,8 @@ class CallRecord:
             extra["rt"] = list(self.carriers)
         if self.nas_address is not None:
             extra["na"] = self.nas_address
+        if self.nas_session is not None:
+            extra["ns"] = self.nas_session
         return msgpack.packb(
             {
                 **extra,
@@ -214,6 +217,7 @@ class CallRecord:
             quota=m.get("q", 0),
             carriers=tuple(m.get("rt", ())),
             nas_address=m.get("na"),
+            nas_session=m.get("ns"),
         )
 
 
@@ -416,6 +420,7 @@ class CallService:
         quota: int | None = None,
         nas_address: str | None = None,
         translation: TranslationSet | None = None,
+        nas_session: str | None = None,
     ) -> Grant:
         """Reserve a line and funds for a call and grant the longest duration they pay for.
 
@@ -472,8 +477,9 @@ class CallService:
             if direction == "outbound":
                 routing = snapshot.routes_for(plan_id, digits, rate)
                 if routing is not None:
-                    carriers = routing.carriers
-                    if not carriers and not plan.allow_negative_margin:
+                    # A plan that allows negative margin still gets the losing carriers.
+                    carriers = routing.usable(plan.allow_negative_margin)
+                    if routing.refused(plan.allow_negative_margin):
                         raise OcsError(
                             Reason.NO_PROFITABLE_ROUTE,
                             f"no carrier reaches {digits} for less than its price",
@@ -537,6 +543,7 @@ class CallService:
                 quota=quota or 0,
                 carriers=carriers,
                 nas_address=nas_address,
+                nas_session=nas_session,
             )
             live_for = plan.max_call_duration + self._settings.call_expiry_grace
             expires_in = self._settings.start_timeout if wait_for_start else live_for

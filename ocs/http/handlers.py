@@ -200,13 +200,16 @@ async def topup_account(request: web.Request) -> web.Response:
 async def authorize_call(request: web.Request) -> web.Response:
     body = await read_object(request)
     try:
-        if body.get("account") is None and body.get("member") is not None:
-            # A member alone names its account (a SIP user, an extension).
+        if body.get("member") is not None:
+            # A member names its account (a SIP user, an extension); it must be one of
+            # the account's members, or its line limit would mean nothing.
             identity = await _services(request).calls.identify(validate_member(body["member"]))
-            if identity.member is None:
+            if identity.member is None and body.get("account") is None:
                 raise OcsError(
                     Reason.ACCOUNT_NOT_FOUND, "no account has this member", field="member"
                 )
+            if identity.member is None or body.get("account") not in (None, identity.account_id):
+                raise OcsError(Reason.NOT_FOUND, "the account has no such member", field="member")
             body["account"] = identity.account_id
         account_id = validate_account_id(body.get("account"), "account")
         destination = string_field(body, "destination", max_len=64)

@@ -442,6 +442,48 @@ PATHS: dict[str, dict[str, Any]] = {
         ),
         "get": _op("List RADIUS clients", "the clients, without secrets"),
     },
+    "/v1/plans/{plan_id}/routing": {
+        "put": _op(
+            "Set a plan's route set and negative-margin policy (route_set null: no routing)",
+            "the routing",
+            400,
+            404,
+            body=_body(
+                {
+                    "route_set": {"type": ["string", "null"], "maxLength": 64},
+                    "allow_negative_margin": {"type": "boolean", "default": False},
+                },
+                [],
+            ),
+        ),
+    },
+    "/v1/carriers": {
+        "post": _op(
+            "Create a carrier (or rename an existing one: 200)",
+            "the carrier",
+            400,
+            body=_body({"id": _ID, "name": {"type": "string", "maxLength": 200}}, ["id"]),
+        ),
+    },
+    "/v1/carriers/{carrier_id}/rates": {
+        "put": _op(
+            "Replace a carrier's cost deck (CSV body: prefix,connect_fee,first_block,"
+            "increment,price_per_minute)",
+            "prefixes and distinct rates",
+            400,
+            404,
+            body={"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
+        ),
+    },
+    "/v1/route-sets/{route_set_id}": {
+        "put": _op(
+            "Create or replace a route set: its carriers in the order to try them",
+            "the route set",
+            400,
+            404,
+            body=_body({"carriers": {"type": "array", "items": _ID, "maxItems": 64}}, ["carriers"]),
+        ),
+    },
     "/healthz": {"get": _op("Health of the backends", "ok", 503)},
     "/metrics": {"get": _op("Prometheus metrics", "text exposition")},
     "/openapi.json": {"get": _op("This document", "OpenAPI 3.1")},

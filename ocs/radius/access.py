@@ -123,6 +123,7 @@ async def answer_access_request(
             nas=client.name,
             member=identity.member,
             translation=client.translation,
+            nas_session=first(packet, "Acct-Session-Id"),
             nas_address=first(packet, "NAS-IP-Address") or getattr(packet, "source", (None,))[0],
         )
     except OcsError as error:

@@ -128,7 +128,9 @@ class RadiusServer:
             client.coa_port,
             client.secret,
             user_name=None,  # for a card it would be the PIN: never sent back out
-            session_id=record.call_id,
+            # The NAS knows the call by its own Acct-Session-Id, which may not be the
+            # call id ocs chose (h323-conf-id comes first by default).
+            session_id=record.nas_session or record.call_id,
             timeout=self._settings.disconnect_timeout,
         )
         metrics.DISCONNECTS.labels(outcome.reason.partition(":")[0]).inc()

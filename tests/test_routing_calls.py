@@ -1,0 +1,96 @@
+"""Least-cost routing at authorize: carriers dearer than the price are dropped, a call
+with no carrier left is refused unless the plan allows negative margin, and the answer
+lists the carriers (HTTP ``carriers``, RADIUS Cisco-AVPair ``ocs-route``)."""
+
+from aiohttp import ClientResponse
+
+from tests.conftest import RADIUS_SECRET, RunningApp, RunningRadius, eventually
+from tests.radclient import radclient
+
+GERMANY = "4930123456"
+SELL_DECK = (
+    "prefix,zone,price_per_minute,connect_fee,first_block,increment\n49,Germany,0.020,0,1,1\n"
+)
+COSTS = "prefix,connect_fee,first_block,increment,price_per_minute\n"
+
+
+async def _put(app: RunningApp, path: str, payload: object) -> ClientResponse:
+    if isinstance(payload, str):
+        response = await app.client.put(path, data=payload, headers={"Content-Type": "text/csv"})
+    else:
+        response = await app.client.put(path, json=payload)
+    assert response.status in (200, 201), await response.text()
+    return response
+
+
+async def _routed_plan(app: RunningApp, route_set: list[str], allow: bool = False) -> None:
+    status, body = await app.post("/v1/plans", {"id": "lcr", "currency": "EUR", "max_lines": 5})
+    assert status == 201, body
+    response = await app.client.post(
+        "/v1/plans/lcr/tariffs", data=SELL_DECK, headers={"Content-Type": "text/csv"}
+    )
+    assert response.status == 200, await response.text()
+    for carrier, price in (("A", "0.030"), ("B", "0.010")):
+        status, body = await app.post("/v1/carriers", {"id": carrier, "name": f"Carrier {carrier}"})
+        assert status in (200, 201), body
+        await _put(app, f"/v1/carriers/{carrier}/rates", f"{COSTS}49,0,1,1,{price}\n")
+    await _put(app, "/v1/route-sets/rs", {"carriers": route_set})
+    await _put(app, "/v1/plans/lcr/routing", {"route_set": "rs", "allow_negative_margin": allow})
+    status, body = await app.post("/v1/accounts", {"id": "acme", "plan": "lcr", "balance": "5.00"})
+    assert status == 201, body
+
+    async def routed() -> bool:
+        snapshot = app.services.catalog.snapshot
+        plan = snapshot.plan("lcr")
+        return (
+            plan is not None
+            and plan.route_set_id == "rs"
+            and plan.allow_negative_margin == allow
+            and snapshot.routes.route_sets.get("rs") == tuple(route_set)
+            and snapshot.tariff_for("lcr", GERMANY) is not None
+        )
+
+    await eventually(routed, what="the plan's routing in the catalog")
+
+
+async def test_the_carrier_dearer_than_the_price_is_dropped(app: RunningApp) -> None:
+    # Sell 0.02 a minute; carrier A costs 0.03 (a loss), B 0.01.
+    await _routed_plan(app, ["A", "B"])
+    status, body = await app.post("/v1/calls", {"account": "acme", "destination": GERMANY})
+    assert status == 201, body
+    assert body["carriers"] == ["B"]
+
+
+async def test_only_a_losing_carrier_refuses_the_call(app: RunningApp) -> None:
+    await _routed_plan(app, ["A"])
+    status, body = await app.post("/v1/calls", {"account": "acme", "destination": GERMANY})
+    assert (status, body["error"]["reason"]) == (403, "no_profitable_route")
+    _, account = await app.get("/v1/accounts/acme")
+    assert account["reserved"] == "0.000000" and account["lines_in_use"] == 0
+
+
+async def test_a_plan_allowing_negative_margin_routes_through_the_losing_carrier(
+    app: RunningApp,
+) -> None:
+    await _routed_plan(app, ["A"], allow=True)
+    status, body = await app.post("/v1/calls", {"account": "acme", "destination": GERMANY})
+    assert status == 201, body
+    assert body["carriers"] == ["A"]
+
+
+async def test_radius_accept_lists_the_carriers_best_first(radius: RunningRadius) -> None:
+    app = radius.app
+    await _routed_plan(app, ["B", "A"], allow=True)
+    reply = await radclient(
+        "auth",
+        radius.auth_port,
+        RADIUS_SECRET,
+        [
+            ("User-Name", "acme"),
+            ("Called-Station-Id", GERMANY),
+            ("Cisco-AVPair", "h323-conf-id=LCR-1"),
+        ],
+    )
+    assert reply.code == "Access-Accept", reply.output
+    # A loses money, so only B is offered: margin first, then the route set's order.
+    assert reply.attributes["Cisco-AVPair"] == ["ocs-route=1:B"]
