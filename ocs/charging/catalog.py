@@ -43,6 +43,8 @@ from ocs.counters.definitions import CounterDef, read_counters
 log = logging.getLogger("ocs.catalog")
 
 CATALOG_CHANNEL = "ocs_catalog"
+# The zone a destination in the operator's own ranges (onnet_prefixes) is rated in.
+ON_NET = "On-net"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +85,22 @@ class CatalogSnapshot:
     tariffs: dict[str, PlanTariffs] = field(default_factory=dict)
     routes: RouteBook = field(default_factory=RouteBook)
     counters: dict[str, tuple[CounterDef, ...]] = field(default_factory=dict)
+    # Inbound tariffs, over the same prefixes and zones as the outbound deck.
+    inbound_decks: dict[str, PrefixTable[Tariff]] = field(default_factory=dict)
+    inbound_tariffs: dict[str, PlanTariffs] = field(default_factory=dict)
+    # (plan, access number) -> the plan whose deck rates calls through that number.
+    access_numbers: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The operator's own ranges: a destination in them is rated in zone ON_NET.
+    onnet: PrefixTable[bool] = field(default_factory=PrefixTable)
 
     def plan(self, plan_id: str) -> Plan | None:
         return self.plans.get(plan_id)
+
+    def rating_plan(self, plan_id: str, access_number: str | None) -> str:
+        """The plan whose deck rates a call that came in through ``access_number``."""
+        if not access_number:
+            return plan_id
+        return self.access_numbers.get((plan_id, access_number), plan_id)
 
     def counters_for(self, plan_id: str) -> tuple[CounterDef, ...]:
         """The plan's usage counters, ordered by id."""
@@ -103,10 +118,17 @@ class CatalogSnapshot:
     ) -> tuple[str, Tariff] | None:
         """(matched prefix, tariff) of a normalised number in a plan's deck.
 
-        Only outbound decks are loaded: an inbound call finds no tariff (it is free).
+        Outbound: a number in the operator's own ranges is rated in the plan's
+        ``On-net`` zone when it has one; any other by the plan's deck. Inbound: by
+        the plan's inbound tariffs (None when it has none for the number).
         """
-        if direction != "outbound":
-            return None
+        if direction == "inbound":
+            inbound = self.inbound_decks.get(plan_id)
+            return None if inbound is None else inbound.match(digits)
+        if self.onnet.match(digits) is not None:
+            on_net = self.tariff_named(plan_id, ON_NET)
+            if on_net is not None:
+                return "", on_net
         deck = self.decks.get(plan_id)
         return None if deck is None else deck.match(digits)
 
@@ -269,29 +291,47 @@ async def load_snapshot(
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         plans = _plans(await conn.fetch("SELECT * FROM plans"))
         counters = await read_counters(conn)
-        tariffs = _tariffs(
-            await conn.fetch(
-                "SELECT t.plan_id, t.zone_id, z.name AS zone, t.connect_fee, t.first_block,"
-                " t.increment, t.price_per_minute, t.tiers, t.max_cost, t.cut_at_max_cost,"
-                " t.surcharge_percent_bp, t.surcharge_flat, t.band_prices, t.per"
-                " FROM tariffs t JOIN zones z ON z.id = t.zone_id WHERE t.direction = 'outbound'"
-                " ORDER BY t.plan_id, t.zone_id"
-            )
+        rows = await conn.fetch(
+            "SELECT t.plan_id, t.zone_id, z.name AS zone, t.connect_fee, t.first_block,"
+            " t.increment, t.price_per_minute, t.tiers, t.max_cost, t.cut_at_max_cost,"
+            " t.surcharge_percent_bp, t.surcharge_flat, t.band_prices, t.per, t.direction"
+            " FROM tariffs t JOIN zones z ON z.id = t.zone_id"
+            " ORDER BY t.plan_id, t.zone_id"
+        )
+        tariffs = _tariffs(r for r in rows if r["direction"] == "outbound")
+        inbound_tariffs = _tariffs(r for r in rows if r["direction"] == "inbound")
+        access_numbers = {
+            (r["plan_id"], r["number"]): r["rating_plan"]
+            for r in await conn.fetch("SELECT plan_id, number, rating_plan FROM access_numbers")
+        }
+        onnet = PrefixTable(
+            {r["prefix"]: True for r in await conn.fetch("SELECT prefix FROM onnet_prefixes")}
         )
         decks: dict[str, PrefixTable[Tariff]] = {}
+        inbound_decks: dict[str, PrefixTable[Tariff]] = {}
         load: dict[str, bytes] = {}
         for plan_id in plans:
-            plan_tariffs = tariffs.get(plan_id, PlanTariffs())
-            if (
-                previous is not None
-                and changed is not None
-                and plan_id not in changed
-                and plan_id in previous.decks
-                and previous.tariffs.get(plan_id, PlanTariffs()) == plan_tariffs
+            unchanged = previous is not None and changed is not None and plan_id not in changed
+            for own, built, old_decks, old_tariffs in (
+                (tariffs, decks, previous and previous.decks, previous and previous.tariffs),
+                (
+                    inbound_tariffs,
+                    inbound_decks,
+                    previous and previous.inbound_decks,
+                    previous and previous.inbound_tariffs,
+                ),
             ):
-                decks[plan_id] = previous.decks[plan_id]
-            elif plan_tariffs.tariffs:
-                load[plan_id] = await copy_prefixes(conn, plan_id)
+                plan_tariffs = own.get(plan_id, PlanTariffs())
+                if (
+                    unchanged
+                    and old_decks is not None
+                    and old_tariffs is not None
+                    and plan_id in old_decks
+                    and old_tariffs.get(plan_id, PlanTariffs()) == plan_tariffs
+                ):
+                    built[plan_id] = old_decks[plan_id]
+                elif plan_tariffs.tariffs and plan_id not in load:
+                    load[plan_id] = await copy_prefixes(conn, plan_id)
         route_rows = await read_routes(
             conn,
             None if previous is None else previous.routes,
@@ -299,12 +339,27 @@ async def load_snapshot(
         )
     empty: PrefixTable[Tariff] = PrefixTable()
     for plan_id, data in load.items():
-        decks[plan_id] = await asyncio.to_thread(build_deck, data, tariffs[plan_id])
+        # The prefixes were read for whichever direction needed a rebuild; one kept
+        # from the previous snapshot is not built again.
+        if plan_id not in decks and plan_id in tariffs:
+            decks[plan_id] = await asyncio.to_thread(build_deck, data, tariffs[plan_id])
+        if plan_id not in inbound_decks and plan_id in inbound_tariffs:
+            inbound_decks[plan_id] = await asyncio.to_thread(
+                build_deck, data, inbound_tariffs[plan_id]
+            )
     for plan_id in plans:
         decks.setdefault(plan_id, empty)
     routes = await build_route_book(route_rows)
     return CatalogSnapshot(
-        plans=plans, decks=decks, tariffs=tariffs, routes=routes, counters=counters
+        plans=plans,
+        decks=decks,
+        tariffs=tariffs,
+        routes=routes,
+        counters=counters,
+        inbound_decks=inbound_decks,
+        inbound_tariffs=inbound_tariffs,
+        access_numbers=access_numbers,
+        onnet=onnet,
     )
 
 

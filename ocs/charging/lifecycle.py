@@ -140,6 +140,7 @@ class CallRecord:
     carriers: tuple[str, ...] = ()
     nas_address: str | None = None  # where a Disconnect-Request for the call goes
     nas_session: str | None = None  # the NAS's own Acct-Session-Id, which it knows the call by
+    rating_plan: str | None = None  # the plan whose deck rated it (an access number's)
 
     @property
     def split(self) -> CounterSplit | None:
@@ -175,6 +176,8 @@ class CallRecord:
             extra["na"] = self.nas_address
         if self.nas_session is not None:
             extra["ns"] = self.nas_session
+        if self.rating_plan is not None:
+            extra["rp"] = self.rating_plan
         return msgpack.packb(
             {
                 **extra,
@@ -218,6 +221,7 @@ class CallRecord:
             carriers=tuple(m.get("rt", ())),
             nas_address=m.get("na"),
             nas_session=m.get("ns"),
+            rating_plan=m.get("rp"),
         )
 
 
@@ -361,7 +365,12 @@ class CallService:
 
     def _bands_of(self, record: "CallRecord", length: int) -> Segments | None:
         """Bands from the call's authorization, where its quote placed it."""
-        return self._bands(record.plan_id, record.rate, record.authorized_at_ms // 1000, length)
+        return self._bands(
+            record.rating_plan or record.plan_id,
+            record.rate,
+            record.authorized_at_ms // 1000,
+            length,
+        )
 
     async def _plan_of(self, account_id: str) -> str:
         plan_id = self._plans.get(account_id)
@@ -421,6 +430,7 @@ class CallService:
         nas_address: str | None = None,
         translation: TranslationSet | None = None,
         nas_session: str | None = None,
+        access_number: str | None = None,
     ) -> Grant:
         """Reserve a line and funds for a call and grant the longest duration they pay for.
 
@@ -458,17 +468,19 @@ class CallService:
             # A NAS's own translation set replaces the plan's for the calls it sends.
             rules = plan.translation if translation is None else translation
             digits = normalize_number(rules.apply(destination), "destination")
+            # A call through one of the plan's access numbers is rated by its own deck.
+            rating_plan = snapshot.rating_plan(plan_id, access_number)
             if direction == "inbound":
-                match = snapshot.tariff_for(plan_id, digits, direction="inbound")
+                match = snapshot.tariff_for(rating_plan, digits, direction="inbound")
                 prefix, tariff = (
                     match if match is not None else ("", Tariff("inbound", FREE_INBOUND))
                 )
             else:
-                match = snapshot.tariff_for(plan_id, digits)
+                match = snapshot.tariff_for(rating_plan, digits)
                 if match is None:
                     raise OcsError(
                         Reason.DESTINATION_NOT_ALLOWED,
-                        f"no tariff for destination {digits} in plan {plan_id!r}",
+                        f"no tariff for destination {digits} in plan {rating_plan!r}",
                         field="destination",
                     )
                 prefix, tariff = match
@@ -519,7 +531,7 @@ class CallService:
                         cap = held  # the bundle is all the call may use
             granting = cap if quota is None else min(cap, quota)
             now = self._clock()
-            bands = self._bands(plan_id, rate, int(now), cap)
+            bands = self._bands(rating_plan, rate, int(now), cap)
             record = CallRecord(
                 account_id=account_id,
                 call_id=call_id,
@@ -544,6 +556,7 @@ class CallService:
                 carriers=carriers,
                 nas_address=nas_address,
                 nas_session=nas_session,
+                rating_plan=None if rating_plan == plan_id else rating_plan,
             )
             live_for = plan.max_call_duration + self._settings.call_expiry_grace
             expires_in = self._settings.start_timeout if wait_for_start else live_for
@@ -665,7 +678,9 @@ class CallService:
             credit_limit=state.credit_limit,
         )
 
-    async def quote(self, account_id: str, destination: str) -> tuple[int, str, str]:
+    async def quote(
+        self, account_id: str, destination: str, access_number: str | None = None
+    ) -> tuple[int, str, str]:
         """(seconds the account's funds buy to ``destination``, zone, digits): an IVR's
         "you have N minutes", reserving nothing. Counters count first, as at authorize."""
         plan_id = await self._plan_of(account_id)
@@ -674,11 +689,12 @@ class CallService:
         if plan is None:
             raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
         digits = normalize_number(plan.translation.apply(destination), "destination")
-        match = snapshot.tariff_for(plan_id, digits)
+        rating_plan = snapshot.rating_plan(plan_id, access_number)
+        match = snapshot.tariff_for(rating_plan, digits)
         if match is None:
             raise OcsError(
                 Reason.DESTINATION_NOT_ALLOWED,
-                f"no tariff for destination {digits} in plan {plan_id!r}",
+                f"no tariff for destination {digits} in plan {rating_plan!r}",
                 field="destination",
             )
         _, tariff = match
@@ -711,7 +727,7 @@ class CallService:
             elif counter.reject_on_threshold:
                 return 0, tariff.zone, digits
         funds = state.available if state.available >= state.min_balance else 0
-        bands = self._bands(plan_id, tariff.rate, int(self._clock()), cap)
+        bands = self._bands(rating_plan, tariff.rate, int(self._clock()), cap)
         seconds = max_duration_with_counter(tariff.rate, max(funds, 0), cap, split, bands)
         return seconds, tariff.zone, digits
 

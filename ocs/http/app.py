@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from ocs.http import handlers, policy_handlers, routes_handlers
+from ocs.http import handlers, number_handlers, policy_handlers, routes_handlers
 from ocs.http.middleware import errors_and_metrics
 from ocs.services import Services
 
@@ -49,6 +49,8 @@ def create_app(services: Services) -> web.Application:
     app.router.add_post("/v1/carriers", routes_handlers.create_carrier)
     app.router.add_put("/v1/carriers/{carrier_id}/rates", routes_handlers.import_carrier_rates)
     app.router.add_put("/v1/route-sets/{route_set_id}", routes_handlers.set_route_set)
+    app.router.add_put("/v1/plans/{plan_id}/access-numbers", number_handlers.set_access_numbers)
+    app.router.add_put("/v1/on-net", number_handlers.set_onnet)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics_text)
     app.router.add_get("/openapi.json", handlers.openapi_json)

@@ -223,6 +223,7 @@ async def authorize_call(request: web.Request) -> web.Response:
             validate_member(member)
         direction = string_field(body, "direction", required=False, max_len=16) or "outbound"
         quota = int_field(body, "quota", required=False, minimum=1, maximum=7 * 24 * 3600)
+        access_number = string_field(body, "access_number", required=False, max_len=33)
         grant = await _services(request).calls.authorize(
             account_id,
             destination,
@@ -231,6 +232,7 @@ async def authorize_call(request: web.Request) -> web.Response:
             member=member,
             direction=direction,
             quota=quota,
+            access_number=None if access_number is None else access_number.lstrip("+"),
         )
     except OcsError as exc:
         metrics.CALL_DECISIONS.labels(exc.reason.value).inc()

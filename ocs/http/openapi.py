@@ -252,6 +252,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "member": {"type": "string"},
                     "direction": {"enum": ["outbound", "inbound"]},
                     "quota": {"type": "integer", "minimum": 1},
+                    "access_number": {"type": "string"},
                 },
                 ["destination"],
             ),
@@ -482,6 +483,26 @@ PATHS: dict[str, dict[str, Any]] = {
             400,
             404,
             body=_body({"carriers": {"type": "array", "items": _ID, "maxItems": 64}}, ["carriers"]),
+        ),
+    },
+    "/v1/plans/{plan_id}/access-numbers": {
+        "put": _op(
+            "Replace a plan's access numbers (DNIS): calls through each are rated by its plan",
+            "the numbers",
+            400,
+            404,
+            body=_body(
+                {"numbers": {"type": "object", "additionalProperties": {"type": "string"}}},
+                ["numbers"],
+            ),
+        ),
+    },
+    "/v1/on-net": {
+        "put": _op(
+            "Replace the operator's own ranges: destinations in them rate in zone On-net",
+            "how many prefixes",
+            400,
+            body=_body({"prefixes": {"type": "array", "items": {"type": "string"}}}, ["prefixes"]),
         ),
     },
     "/healthz": {"get": _op("Health of the backends", "ok", 503)},

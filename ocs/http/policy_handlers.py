@@ -267,7 +267,8 @@ async def pin_time(request: web.Request) -> web.Response:
     destination = request.query.get("destination")
     if not destination:
         raise invalid("destination", "is required")
-    seconds, zone, digits = await services.calls.quote(account_id, destination)
+    access_number = (request.query.get("access_number") or "").lstrip("+") or None
+    seconds, zone, digits = await services.calls.quote(account_id, destination, access_number)
     return web.json_response(
         {"account": account_id, "destination": digits, "zone": zone, "seconds": seconds}
     )
