@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("--plan", help="only accounts of this plan")
     reset.add_argument("--account", help="only this account")
+    reset.add_argument(
+        "--cycle", help="cycle label: its recurring fees are charged once (default: today, UTC)"
+    )
 
     pins = commands.add_parser("pins", help="calling cards").add_subparsers(
         dest="pins_command", required=True, metavar="ACTION"
@@ -306,9 +309,11 @@ def _run_command(
         return 0
     if command == "counters":
         report = uvloop.run(
-            _with_services(settings, lambda s: s.counters.reset(args.plan, args.account))
+            _with_services(
+                settings, lambda s: s.counters.reset(args.plan, args.account, args.cycle)
+            )
         )
-        _print({"accounts": report.accounts, "counters": report.counters})
+        _print({"accounts": report.accounts, "counters": report.counters, "fees": report.fees})
         return 0
     if command == "pins":
         from datetime import datetime

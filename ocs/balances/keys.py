@@ -47,6 +47,11 @@ def topup_done(account_id: str, topup_id: str) -> str:
     return f"topup:{_tag(bucket_of(account_id))}:{account_id}:{topup_id}"
 
 
+def fee_done(account_id: str, reference: str) -> str:
+    """String: msgpack result of a fee, kept to answer a repeated one."""
+    return f"fee:{_tag(bucket_of(account_id))}:{account_id}:{reference}"
+
+
 def call_expiry(bucket: int) -> str:
     """Sorted set: ``account\\x00call id`` scored by the live call's expiry (epoch s)."""
     return f"expiry:{_tag(bucket)}"

@@ -36,6 +36,7 @@ UPDATE = _load("update")
 SNAPSHOT_BUCKET = _load("snapshot_bucket")
 CHARGE = _load("charge")
 COUNTER_RESET = _load("counter_reset")
+FEE = _load("fee")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -47,4 +48,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     SNAPSHOT_BUCKET,
     CHARGE,
     COUNTER_RESET,
+    FEE,
 )

@@ -164,6 +164,10 @@ class TopupResult:
     repeated: bool
 
 
+# A fee's result is kept this long: a cycle's recurring charges are never taken twice.
+FEE_DEDUPE_TTL = 400 * 24 * 3600
+
+
 def _call_keys(account_id: str, call_id: str) -> list[str]:
     """KEYS of the stop and update scripts: account, live calls, expiry, result, ledger,
     member lines, counters."""
@@ -589,6 +593,36 @@ class BalanceStore:
         if fresh:
             await self._pipe.execute("HSET", key, f"{counter_id}:used", 0)
         return bool(fresh)
+
+    async def fee(
+        self, account_id: str, amount: int, reference: str, *, require_funds: bool
+    ) -> TopupResult | str | None:
+        """Debit a fee once per reference: its result, a refusal reason, None if no account."""
+        bucket = keys.bucket_of(account_id)
+        reply = await self._pipe.run_script(
+            scripts.FEE,
+            [keys.account(account_id), keys.ledger(bucket), keys.fee_done(account_id, reference)],
+            [
+                amount,
+                reference,
+                FEE_DEDUPE_TTL,
+                now_ms(),
+                account_id,
+                "1" if require_funds else "0",
+            ],
+        )
+        status = _text(reply[0])
+        if status == "NOACCT":
+            return None
+        if status == "REJ":
+            return _text(reply[1])
+        result = msgpack.unpackb(reply[1])
+        return TopupResult(
+            amount=-int(result["amount"]),
+            balance=int(result["balance"]),
+            ledger_entry=_text(result["entry"]),
+            repeated=status == "DONE",
+        )
 
     async def cancel_counter(self, account_id: str, counter_id: str) -> None:
         """Stop a counter applying; calls holding some of it finish with it."""

@@ -6,6 +6,7 @@ the authorize and stop scripts change atomically with the money.
 """
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -21,6 +22,7 @@ MAX_SECONDS = 10_000_000
 class ResetReport:
     accounts: int
     counters: int
+    fees: int = 0  # recurring fees charged for the new cycle
 
 
 def validate_counter(counter: CounterDef) -> CounterDef:
@@ -111,14 +113,32 @@ class CounterService:
                 )
             if plan_id != counter.plan_id:
                 raise invalid("counter", f"counter {counter_id!r} is not of plan {plan_id!r}")
-            await conn.execute(
+            bought = await conn.fetchval(
                 "INSERT INTO account_counters (account_id, counter_id) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT DO NOTHING RETURNING extract(epoch FROM bought_at)::bigint",
                 account_id,
                 counter_id,
             )
+            if bought is not None and counter.recurring_fee > 0:
+                # The purchase pays the first cycle; refused, nothing is bought.
+                await self._charge_fee(
+                    account_id, counter, f"counter:{counter.id}:bought:{bought}", True
+                )
             await self._store.start_counter(account_id, counter_id, counter.seconds)
         return counter
+
+    async def _charge_fee(
+        self, account_id: str, counter: CounterDef, reference: str, require_funds: bool
+    ) -> None:
+        result = await self._store.fee(
+            account_id, counter.recurring_fee, reference, require_funds=require_funds
+        )
+        if isinstance(result, str):
+            raise OcsError(
+                Reason(result),
+                f"the account cannot pay counter {counter.id!r}'s fee",
+                field="counter",
+            )
 
     async def cancel(self, account_id: str, counter_id: str) -> None:
         """An account gives an optional counter up; it stops applying at once."""
@@ -140,15 +160,25 @@ class CounterService:
     async def state(self, account_id: str) -> dict[str, dict[str, int]]:
         return await self._store.counter_state(account_id)
 
-    async def reset(self, plan_id: str | None = None, account_id: str | None = None) -> ResetReport:
+    async def reset(
+        self,
+        plan_id: str | None = None,
+        account_id: str | None = None,
+        cycle_label: str | None = None,
+    ) -> ResetReport:
         """Start a new cycle for every account (of a plan, or one account).
 
         Unused seconds move on where the counter carries over; cancelled and
-        inactive counters are dropped. The billing worker calls this at each cycle.
+        inactive counters are dropped; each counter with a recurring fee charges
+        it for the new cycle, once per ``cycle_label`` (default: today, UTC), so
+        running the reset again for the same cycle charges nothing more. The
+        billing worker calls this at each cycle.
         """
+        label = cycle_label or datetime.now(UTC).strftime("%Y-%m-%d")
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT a.id, c.id AS counter, c.seconds, c.carryover FROM accounts a"
+                "SELECT a.id, c.id AS counter, c.seconds, c.carryover, c.recurring_fee"
+                " FROM accounts a"
                 " LEFT JOIN counters c ON c.plan_id = a.plan_id AND c.active AND (c.mandatory"
                 "   OR EXISTS (SELECT 1 FROM account_counters ac"
                 "              WHERE ac.account_id = a.id AND ac.counter_id = c.id))"
@@ -159,11 +189,19 @@ class CounterService:
                 account_id,
             )
         cycles: dict[str, list[tuple[str, int, bool]]] = {}
+        fees: list[tuple[str, str, int]] = []
         for r in rows:
             cycle = cycles.setdefault(r["id"], [])
             if r["counter"] is not None:
                 cycle.append((r["counter"], r["seconds"], r["carryover"]))
+                if r["recurring_fee"]:
+                    fees.append((r["id"], r["counter"], r["recurring_fee"]))
         counters = 0
         for account, cycle in cycles.items():
             counters += await self._store.reset_counters(account, cycle)
-        return ResetReport(accounts=len(cycles), counters=counters)
+        for account, counter_id, fee in fees:
+            # A recurring charge is owed whatever the balance: it may go negative.
+            await self._store.fee(
+                account, fee, f"counter:{counter_id}:cycle:{label}", require_funds=False
+            )
+        return ResetReport(accounts=len(cycles), counters=counters, fees=len(fees))

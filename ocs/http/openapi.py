@@ -135,7 +135,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "Start a new counter cycle (all accounts, a plan's, or one account's)",
             "accounts and counters reset",
             400,
-            body=_body({"plan": _ID, "account": _ID}, []),
+            body=_body({"plan": _ID, "account": _ID, "cycle": {"type": "string"}}, []),
         ),
     },
     "/v1/plans/{plan_id}/counters": {

@@ -198,8 +198,11 @@ async def reset_counters(request: web.Request) -> web.Response:
     account_id = body.get("account")
     if account_id is not None:
         validate_account_id(account_id, "account")
-    report = await _services(request).counters.reset(plan_id, account_id)
-    return web.json_response({"accounts": report.accounts, "counters": report.counters})
+    cycle = string_field(body, "cycle", required=False, max_len=64)
+    report = await _services(request).counters.reset(plan_id, account_id, cycle)
+    return web.json_response(
+        {"accounts": report.accounts, "counters": report.counters, "fees": report.fees}
+    )
 
 
 async def generate_pins(request: web.Request) -> web.Response:

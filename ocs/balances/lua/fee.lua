@@ -1,0 +1,41 @@
+-- fee: debit a fee (a counter's recurring charge) with its ledger entry, once per reference.
+--
+-- KEYS[1] account hash          acct:{b:N}:<account>
+-- KEYS[2] ledger stream         ledger:{b:N}
+-- KEYS[3] fee result key        fee:{b:N}:<account>:<reference>
+-- ARGV[1] amount (micro-units, > 0)
+-- ARGV[2] reference (the ledger reference, e.g. "counter:<id>:<cycle>")
+-- ARGV[3] seconds to keep the result for a repeated fee
+-- ARGV[4] time (epoch milliseconds)
+-- ARGV[5] account id
+-- ARGV[6] "1": refuse when the available funds do not cover it (a purchase);
+--         "0": debit it whatever the balance (a recurring charge becomes debt)
+--
+-- Returns {"OK", result} or {"DONE", result} (a repeat: nothing debited), result =
+-- msgpack {amount, balance, entry}; {"NOACCT"}; {"REJ", reason}.
+
+local function int(x) return string.format('%d', x) end
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'NOACCT'}
+end
+local done = redis.call('GET', KEYS[3])
+if done then
+  return {'DONE', done}
+end
+local amount = tonumber(ARGV[1])
+if ARGV[6] == '1' then
+  local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved', 'committed')
+  local available = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3]) - tonumber(a[4] or 0)
+  if available < amount then
+    return {'REJ', 'insufficient_funds'}
+  end
+end
+local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-amount))
+lock_below_critical(KEYS[1], balance)
+local entry = redis.call('XADD', KEYS[2], '*',
+  'kind', 'fee', 'account', ARGV[5], 'amount', int(-amount), 'balance', int(balance),
+  'reference', ARGV[2], 'ts', ARGV[4])
+local result = cmsgpack.pack({amount = amount, balance = balance, entry = entry})
+redis.call('SET', KEYS[3], result, 'EX', ARGV[3])
+return {'OK', result}

@@ -1,0 +1,66 @@
+"""A counter's recurring charge: paid when an optional counter is bought, and at each
+new cycle, once per cycle, through the ledger."""
+
+from tests.conftest import RunningApp, add_plan, eventually
+
+
+async def _ledger_fees(app: RunningApp, account: str) -> list[tuple[int, str]]:
+    async with app.services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT amount, reference FROM ledger WHERE account_id = $1 AND kind = 'fee'"
+            " ORDER BY occurred_at, reference",
+            account,
+        )
+    return [(r["amount"], r["reference"]) for r in rows]
+
+
+async def test_a_counter_fee_is_paid_on_purchase_and_once_per_cycle(app: RunningApp) -> None:
+    await add_plan(app.services)
+    status, body = await app.post(
+        "/v1/plans/retail/counters",
+        {"id": "de-100", "seconds": 6000, "zones": ["Germany"], "mandatory": False,
+         "recurring_fee": "2.00"},
+    )  # fmt: skip
+    assert status == 201, body
+
+    async def loaded() -> bool:
+        return bool(app.services.catalog.snapshot.counters_for("retail"))
+
+    await eventually(loaded, what="the counter in the catalog")
+    status, body = await app.post(
+        "/v1/accounts", {"id": "ann", "plan": "retail", "balance": "1.00"}
+    )
+    assert status == 201, body
+
+    # 1.00 cannot pay a 2.00 bundle: refused, and nothing is bought.
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-100"})
+    assert (status, body["error"]["reason"]) == (402, "insufficient_funds")
+    _, counters = await app.get("/v1/accounts/ann/counters")
+    assert counters["counters"] == []
+
+    await app.post("/v1/accounts/ann/topups", {"amount": "4.00", "topup_id": "t1"})
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-100"})
+    assert status == 201, body
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "3.000000"
+
+    for _ in range(2):  # the same cycle twice charges once
+        status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+        assert (status, body["fees"]) == (200, 1)
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "1.000000"
+    # A recurring charge is owed even when the balance cannot cover it.
+    await app.post("/v1/counters/reset", {"cycle": "2027-01"})
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "-1.000000"
+
+    async def recorded() -> bool:
+        return len(await _ledger_fees(app, "ann")) == 3
+
+    await eventually(recorded, what="three fee rows in the ledger")
+    fees = await _ledger_fees(app, "ann")
+    assert [amount for amount, _ in fees] == [-2_000_000] * 3
+    assert {ref for _, ref in fees} >= {
+        "counter:de-100:cycle:2026-12",
+        "counter:de-100:cycle:2027-01",
+    }
