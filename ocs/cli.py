@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--cycle", help="cycle label: its recurring fees are charged once (default: today, UTC)"
     )
 
+    rerate = commands.add_parser(
+        "rerate",
+        parents=[common],
+        help="rate a plan's CDRs again with today's catalog and report the differences",
+    )
+    rerate.add_argument("--plan", required=True)
+    rerate.add_argument("--since", help="CDRs stopped from, e.g. 2026-11-01T00:00:00Z")
+    rerate.add_argument("--until", help="CDRs stopped before")
+
     pins = commands.add_parser("pins", help="calling cards").add_subparsers(
         dest="pins_command", required=True, metavar="ACTION"
     )
@@ -178,12 +187,28 @@ def _print(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
-async def _with_services(settings: Settings, action: Callable[[Any], Awaitable[Any]]) -> Any:
+async def _with_services(
+    settings: Settings, action: Callable[[Any], Awaitable[Any]], *, catalog: bool = False
+) -> Any:
     from ocs.runtime import open_runtime
 
-    # Commands write or read single records: they need no catalog snapshot.
-    async with open_runtime(settings, listen_catalog=False, load_catalog=False) as services:
+    # Most commands write or read single records: they need no catalog snapshot.
+    async with open_runtime(settings, listen_catalog=False, load_catalog=catalog) as services:
         return await action(services)
+
+
+def _time(text: str | None, flag: str) -> Any:
+    from datetime import datetime
+
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise ConfigError(f"{flag}: needs a time zone, e.g. 2026-11-01T00:00:00Z")
+    return value
 
 
 def _run_command(
@@ -314,6 +339,43 @@ def _run_command(
             )
         )
         _print({"accounts": report.accounts, "counters": report.counters, "fees": report.fees})
+        return 0
+    if command == "rerate":
+        from ocs.billing.rerate import rerate
+
+        since, until = _time(args.since, "--since"), _time(args.until, "--until")
+        report = uvloop.run(
+            _with_services(
+                settings,
+                lambda s: rerate(s.pool, s.catalog.snapshot, args.plan, since, until),
+                catalog=True,
+            )
+        )
+        _print(
+            {
+                "plan": report.plan_id,
+                "cdrs": report.cdrs,
+                "changed": report.changed,
+                "unrated": report.unrated,
+                "total_then": format_amount(report.total_then),
+                "total_now": format_amount(report.total_now),
+                "changes": [
+                    {
+                        "call_id": line.call_id,
+                        "account": line.account_id,
+                        "destination": line.destination,
+                        "duration": line.duration,
+                        "zone_then": line.zone_then,
+                        "zone_now": line.zone_now,
+                        "rated_then": format_amount(line.rated_then),
+                        "rated_now": None
+                        if line.rated_now is None
+                        else format_amount(line.rated_now),
+                    }
+                    for line in report.lines
+                ],
+            }
+        )
         return 0
     if command == "pins":
         from datetime import datetime

@@ -29,7 +29,7 @@ from ocs.balances.store import (
     Reserved,
     StopResult,
 )
-from ocs.charging.catalog import CatalogHolder, Tariff
+from ocs.charging.catalog import CatalogHolder, Plan, Tariff
 from ocs.charging.prefixes import normalize_number
 from ocs.charging.rating import (
     CounterSplit,
@@ -300,6 +300,15 @@ class BalanceAnswer:
     credit_limit: int
 
 
+def call_bands(plan: Plan | None, rate: Rate, start: int, length: int) -> Segments | None:
+    """The time bands from ``start`` (epoch s) for a rate priced by band, else None."""
+    if not rate.band_prices or plan is None or plan.bands is None:
+        return None
+    # Rounding may bill past the last second: cover the largest step too.
+    slack = max([rate.first_block, rate.increment, *(t.increment for t in rate.tiers)])
+    return plan.bands.segments(start, length + slack + 60)
+
+
 def clean_caller(caller: str | None) -> str | None:
     """The caller id as the CDR keeps it: printable, at most 64 characters.
 
@@ -353,15 +362,7 @@ class CallService:
         self._live: dict[str, CallRecord] = {}
 
     def _bands(self, plan_id: str, rate: Rate, start: int, length: int) -> Segments | None:
-        """The time bands from ``start`` for a rate priced by band, else None."""
-        if not rate.band_prices:
-            return None
-        plan = self._catalog.snapshot.plan(plan_id)
-        if plan is None or plan.bands is None:
-            return None
-        # Rounding may bill past the last second: cover the largest step too.
-        slack = max([rate.first_block, rate.increment, *(t.increment for t in rate.tiers)])
-        return plan.bands.segments(start, length + slack + 60)
+        return call_bands(self._catalog.snapshot.plan(plan_id), rate, start, length)
 
     def _bands_of(self, record: "CallRecord", length: int) -> Segments | None:
         """Bands from the call's authorization, where its quote placed it."""

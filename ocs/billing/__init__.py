@@ -1,0 +1,1 @@
+"""Billing: what happens to calls after they are charged (re-rating; invoices later)."""
