@@ -29,7 +29,7 @@ from ocs.balances.store import (
     Reserved,
     StopResult,
 )
-from ocs.charging.catalog import CatalogHolder, Plan, Tariff
+from ocs.charging.catalog import CatalogHolder, CatalogSnapshot, Plan, Tariff
 from ocs.charging.prefixes import normalize_number
 from ocs.charging.rating import (
     CounterSplit,
@@ -309,6 +309,32 @@ def call_bands(plan: Plan | None, rate: Rate, start: int, length: int) -> Segmen
     return plan.bands.segments(start, length + slack + 60)
 
 
+def _tariff_of(
+    snapshot: CatalogSnapshot,
+    plan_id: str,
+    translated: str,
+    access_number: str | None,
+    direction: str,
+) -> tuple[str, str, str, Tariff]:
+    """(digits, rating plan, matched prefix, tariff) of a translated destination.
+
+    A call through one of the plan's access numbers is rated by that number's plan;
+    an inbound call with no inbound tariff is free; an outbound one is refused.
+    """
+    digits = normalize_number(translated, "destination")
+    rating_plan = snapshot.rating_plan(plan_id, access_number)
+    match = snapshot.tariff_for(rating_plan, digits, direction)
+    if match is None:
+        if direction == "inbound":
+            return digits, rating_plan, "", Tariff("inbound", FREE_INBOUND)
+        raise OcsError(
+            Reason.DESTINATION_NOT_ALLOWED,
+            f"no tariff for destination {digits} in plan {rating_plan!r}",
+            field="destination",
+        )
+    return digits, rating_plan, match[0], match[1]
+
+
 def clean_caller(caller: str | None) -> str | None:
     """The caller id as the CDR keeps it: printable, at most 64 characters.
 
@@ -468,23 +494,9 @@ class CallService:
                 raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
             # A NAS's own translation set replaces the plan's for the calls it sends.
             rules = plan.translation if translation is None else translation
-            digits = normalize_number(rules.apply(destination), "destination")
-            # A call through one of the plan's access numbers is rated by its own deck.
-            rating_plan = snapshot.rating_plan(plan_id, access_number)
-            if direction == "inbound":
-                match = snapshot.tariff_for(rating_plan, digits, direction="inbound")
-                prefix, tariff = (
-                    match if match is not None else ("", Tariff("inbound", FREE_INBOUND))
-                )
-            else:
-                match = snapshot.tariff_for(rating_plan, digits)
-                if match is None:
-                    raise OcsError(
-                        Reason.DESTINATION_NOT_ALLOWED,
-                        f"no tariff for destination {digits} in plan {rating_plan!r}",
-                        field="destination",
-                    )
-                prefix, tariff = match
+            digits, rating_plan, prefix, tariff = _tariff_of(
+                snapshot, plan_id, rules.apply(destination), access_number, direction
+            )
             rate = tariff.rate
             carriers: tuple[str, ...] = ()
             if direction == "outbound":
@@ -689,16 +701,9 @@ class CallService:
         plan = snapshot.plan(plan_id)
         if plan is None:
             raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
-        digits = normalize_number(plan.translation.apply(destination), "destination")
-        rating_plan = snapshot.rating_plan(plan_id, access_number)
-        match = snapshot.tariff_for(rating_plan, digits)
-        if match is None:
-            raise OcsError(
-                Reason.DESTINATION_NOT_ALLOWED,
-                f"no tariff for destination {digits} in plan {rating_plan!r}",
-                field="destination",
-            )
-        _, tariff = match
+        digits, rating_plan, _, tariff = _tariff_of(
+            snapshot, plan_id, plan.translation.apply(destination), access_number, "outbound"
+        )
         state = await self._store.get_account(account_id)
         if state is None:
             raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
