@@ -3,7 +3,8 @@
 from aiohttp import ClientResponse
 
 from ocs.charging.rating import cost
-from tests.conftest import RunningApp, eventually
+from tests.conftest import RADIUS_SECRET, RunningApp, RunningRadius, eventually
+from tests.radclient import radclient
 
 HEADER = "prefix,zone,price_per_minute,connect_fee,first_block,increment"
 
@@ -125,3 +126,32 @@ async def test_on_net_ranges_rate_in_the_on_net_zone_before_the_deck(app: Runnin
     bad = await app.client.put("/v1/on-net", json={"prefixes": ["44x"]})
     assert bad.status == 400
     assert (await bad.json())["error"]["field"] == "prefixes[0]"
+
+
+async def test_a_radius_ivr_names_the_access_number_in_an_avpair(radius: RunningRadius) -> None:
+    app = radius.app
+    await _plan(app, "cards", f"{HEADER}\n44,UK,0.010,0,1,1\n")
+    await _plan(app, "tollfree", f"{HEADER}\n44,UK,0.050,0.100,1,1\n")
+    await _account(app, "card-9", "cards", balance="1.00")
+    response = await app.client.put(
+        "/v1/plans/cards/access-numbers", json={"numbers": {"18005550100": "tollfree"}}
+    )
+    assert response.status == 200, await response.text()
+
+    async def loaded() -> bool:
+        return app.services.catalog.snapshot.rating_plan("cards", "18005550100") == "tollfree"
+
+    await eventually(loaded, what="the access number in the catalog")
+    reply = await radclient(
+        "auth",
+        radius.auth_port,
+        RADIUS_SECRET,
+        [
+            ("User-Name", "card-9"),
+            ("Called-Station-Id", "442071234567"),
+            ("Cisco-AVPair", "h323-conf-id=DNIS-1"),
+            ("Cisco-AVPair", "access-number=+18005550100"),
+        ],
+    )
+    assert reply.code == "Access-Accept", reply.output
+    assert reply.attributes["Session-Timeout"] == ["1080"]
