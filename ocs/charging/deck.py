@@ -25,15 +25,19 @@ does not follow (a quoted field spanning lines, a bare carriage return) is
 parsed by the reference outright. Optional columns ride the same scan: it
 notes where each of their cells is, and every distinct cell text is read once
 by the reference's own rules.
+
+A carrier's cost deck (ocs.charging.routes_store) is a deck without zone,
+direction and shape columns: it is parsed by the same scan, per-row rules,
+duplicate check and error collection, with its own header and row type.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import TypeVar, overload
 
 import numba
 import numpy as np
@@ -96,7 +100,54 @@ class DeckError(OcsError):
         return body
 
 
-class Deck(Sequence[DeckRow]):
+_Item = TypeVar("_Item")
+
+
+class _PrefixRows(Sequence[_Item]):
+    """Rows of a parsed deck, column-wise, in file order: row i is line ``lines[i]``
+    of the file, its prefix ``buf[prefix_at[i]:prefix_at[i] + prefix_len[i]]``
+    (digits, no '+'). A plan's ``Deck`` and a carrier's ``CarrierDeck``
+    (ocs.charging.routes_store) add what else a row has."""
+
+    __slots__ = ("buf", "lines", "prefix_at", "prefix_len")
+
+    def __init__(
+        self, buf: np.ndarray, lines: np.ndarray, prefix_at: np.ndarray, prefix_len: np.ndarray
+    ) -> None:
+        self.buf = buf
+        self.lines = lines
+        self.prefix_at = prefix_at
+        self.prefix_len = prefix_len
+
+    @staticmethod
+    def _packed(prefixes: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(buf, prefix_at, prefix_len) of ``prefixes`` laid end to end."""
+        encoded = [prefix.encode() for prefix in prefixes]
+        prefix_len = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        prefix_at = np.zeros(len(encoded), np.int64)
+        np.cumsum(prefix_len[:-1], out=prefix_at[1:])
+        return np.frombuffer(b"".join(encoded), np.uint8), prefix_at, prefix_len
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def prefix(self, i: int) -> str:
+        at = int(self.prefix_at[i])
+        return bytes(self.buf[at : at + int(self.prefix_len[i])]).decode("ascii")
+
+    def _position(self, i: int) -> int:
+        """Row ``i``, counted from the end when negative; IndexError when there is none."""
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return i
+
+    def __iter__(self) -> Iterator[_Item]:
+        return (self[i] for i in range(len(self)))
+
+
+class Deck(_PrefixRows[DeckRow]):
     """A parsed, valid deck, column-wise: no Python object per row.
 
     Rows keep file order. A tariff slot is a zone in one direction, with one
@@ -109,18 +160,7 @@ class Deck(Sequence[DeckRow]):
     sequence of ``DeckRow`` too, built on access, for small decks and tests.
     """
 
-    __slots__ = (
-        "buf",
-        "columns",
-        "directions",
-        "first_of_prefix",
-        "lines",
-        "prefix_at",
-        "prefix_len",
-        "rates",
-        "zone_of",
-        "zones",
-    )
+    __slots__ = ("columns", "directions", "first_of_prefix", "rates", "zone_of", "zones")
 
     def __init__(
         self,
@@ -136,10 +176,7 @@ class Deck(Sequence[DeckRow]):
         columns: frozenset[str] = frozenset(),
         first_of_prefix: np.ndarray | None = None,
     ) -> None:
-        self.buf = buf
-        self.lines = lines
-        self.prefix_at = prefix_at
-        self.prefix_len = prefix_len
+        super().__init__(buf, lines, prefix_at, prefix_len)
         self.zone_of = zone_of
         self.zones = zones
         self.rates = rates
@@ -158,15 +195,12 @@ class Deck(Sequence[DeckRow]):
             if slot_index.setdefault((row.zone, row.direction), len(rates)) == len(rates):
                 rates.append(row.rate)
             first_row.setdefault(row.prefix, n)
-        encoded = [row.prefix.encode() for row in rows]
-        prefix_len = np.fromiter(map(len, encoded), np.int64, len(encoded))
-        prefix_at = np.zeros(len(encoded), np.int64)
-        np.cumsum(prefix_len[:-1], out=prefix_at[1:])
+        buf, prefix_at, prefix_len = cls._packed([row.prefix for row in rows])
         slots = np.fromiter(
             (slot_index[row.zone, row.direction] for row in rows), np.int64, len(rows)
         )
         return cls(
-            buf=np.frombuffer(b"".join(encoded), np.uint8),
+            buf=buf,
             lines=np.fromiter((row.line for row in rows), np.int64, len(rows)),
             prefix_at=prefix_at,
             prefix_len=prefix_len,
@@ -202,13 +236,6 @@ class Deck(Sequence[DeckRow]):
             columns=self.columns,
         )
 
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    def prefix(self, i: int) -> str:
-        at = int(self.prefix_at[i])
-        return bytes(self.buf[at : at + int(self.prefix_len[i])]).decode("ascii")
-
     @overload
     def __getitem__(self, i: int) -> DeckRow: ...
 
@@ -218,10 +245,7 @@ class Deck(Sequence[DeckRow]):
     def __getitem__(self, i: int | slice) -> DeckRow | list[DeckRow]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+        i = self._position(i)
         slot = int(self.zone_of[i])
         return DeckRow(
             line=int(self.lines[i]),
@@ -230,9 +254,6 @@ class Deck(Sequence[DeckRow]):
             rate=self.rates[slot],
             direction=self.directions[slot],
         )
-
-    def __iter__(self) -> Iterator[DeckRow]:
-        return (self[i] for i in range(len(self)))
 
 
 # --- tariff shape fields, one cell each (the shape API's rules) ----------------------
@@ -448,9 +469,11 @@ def differing_column(a: Rate, b: Rate) -> str:
 # --- per-row rules (the reference) ---------------------------------------------------
 
 
-def _seconds(text: str, column: str, minimum: int) -> int:
+def _seconds(text: str, column: str, minimum: int, *, ascii_digits: bool = False) -> int:
+    """Whole seconds in [minimum, MAX_BLOCK_SECONDS]. A plan's deck takes any digits
+    ``str.isdigit`` does, a cost deck (``ascii_digits``) ASCII ones only."""
     value = text.strip()
-    if not value.isdigit():
+    if not value.isdigit() or (ascii_digits and not value.isascii()):
         raise ValueError(f"{column}: expected whole seconds, got {text!r}")
     number = int(value)
     if not minimum <= number <= MAX_BLOCK_SECONDS:
@@ -465,20 +488,29 @@ def _amount(text: str, column: str) -> int:
         raise ValueError(f"{column}: {exc}") from None
 
 
+def _missing_or_unknown(
+    names: list[str], columns: Sequence[str], optional: Sequence[str] = ()
+) -> list[str]:
+    """What a header lacks and what it has that no column is, in words (empty: neither)."""
+    missing = [c for c in columns if c not in names]
+    unknown = [n for n in names if n not in columns and n not in optional]
+    detail = []
+    if missing:
+        detail.append("missing column(s) " + ", ".join(missing))
+    if unknown:
+        detail.append("unknown column(s) " + ", ".join(unknown))
+    return detail
+
+
 def _read_header(header: list[str]) -> dict[str, int]:
     """Each column's position: the six base ones and the optional ones named."""
     names = [h.strip().lower() for h in header]
-    missing = [c for c in COLUMNS if c not in names]
-    unknown = [n for n in names if n not in COLUMNS and n not in OPTIONAL_COLUMNS]
-    twice = sorted({n for n in names if names.count(n) > 1 and n not in unknown})
-    if missing or unknown or twice:
-        detail = []
-        if missing:
-            detail.append("missing column(s) " + ", ".join(missing))
-        if unknown:
-            detail.append("unknown column(s) " + ", ".join(unknown))
-        if twice:
-            detail.append("column(s) given twice " + ", ".join(twice))
+    detail = _missing_or_unknown(names, COLUMNS, OPTIONAL_COLUMNS)
+    known = (*COLUMNS, *OPTIONAL_COLUMNS)
+    twice = sorted({n for n in names if names.count(n) > 1 and n in known})
+    if twice:
+        detail.append("column(s) given twice " + ", ".join(twice))
+    if detail:
         raise DeckError(
             [
                 (
@@ -491,26 +523,35 @@ def _read_header(header: list[str]) -> dict[str, int]:
                 )
             ]
         )
-    return {name: names.index(name) for name in (*COLUMNS, *OPTIONAL_COLUMNS) if name in names}
+    return {name: names.index(name) for name in known if name in names}
 
 
 def _optional_present(index: dict[str, int]) -> list[str]:
     return [c for c in OPTIONAL_COLUMNS if c in index]
 
 
-def _row_values(fields: list[str], index: dict[str, int]) -> tuple[str, str, Rate, str]:
-    """(prefix, zone, rate, direction) of one row's fields; ValueError says what is wrong."""
+def _row_values(
+    fields: list[str], index: dict[str, int], *, ascii_digits: bool = False
+) -> tuple[str, str, Rate, str]:
+    """(prefix, zone, rate, direction) of one row's fields; ValueError says what is wrong.
+
+    A deck without a zone column (a carrier's cost deck) has zone "" on every row.
+    """
     prefix = fields[index["prefix"]].strip().removeprefix("+")
     if not (prefix.isascii() and prefix.isdigit()) or len(prefix) > MAX_PREFIX_DIGITS:
         raise ValueError(f"prefix: expected 1 to 32 digits, got {fields[index['prefix']]!r}")
-    zone = fields[index["zone"]].strip()
-    if not zone:
-        raise ValueError("zone: must not be empty")
-    if len(zone) > MAX_ZONE_CHARS:
-        raise ValueError("zone: longer than 200 characters")
+    zone = ""
+    if "zone" in index:
+        zone = fields[index["zone"]].strip()
+        if not zone:
+            raise ValueError("zone: must not be empty")
+        if len(zone) > MAX_ZONE_CHARS:
+            raise ValueError("zone: longer than 200 characters")
     connect_fee = _amount(fields[index["connect_fee"]], "connect_fee")
-    first_block = _seconds(fields[index["first_block"]], "first_block", 0)
-    increment = _seconds(fields[index["increment"]], "increment", 1)
+    first_block = _seconds(
+        fields[index["first_block"]], "first_block", 0, ascii_digits=ascii_digits
+    )
+    increment = _seconds(fields[index["increment"]], "increment", 1, ascii_digits=ascii_digits)
     price = _amount(fields[index["price_per_minute"]], "price_per_minute")
     direction = "outbound"
     shape: dict[str, object] = {}
@@ -551,47 +592,48 @@ def _other_rate(zone: str, direction: str, line: int, column: str) -> str:
     return f"zone: {zone!r} has a different{which} rate at line {line} ({column} differs)"
 
 
-def parse_deck_rows(text: str) -> list[DeckRow]:
-    """The row-by-row reference parse: the rules ``parse_deck`` follows, one row at a time."""
-    return _parse_reference(text)[0]
+def _empty_file(columns: Sequence[str]) -> DeckError:
+    return DeckError([(1, "empty file: expected the header " + ",".join(columns))])
 
 
-def _parse_reference(text: str) -> tuple[list[DeckRow], frozenset[str]]:
-    """The reference's rows, and the optional columns the header named."""
+def _no_rows(what: str) -> DeckError:
+    return DeckError([(2, f"no rows: a {what} needs at least one prefix")])
+
+
+_Row = TypeVar("_Row")
+
+
+def _reference_rows(
+    text: str,
+    columns: Sequence[str],
+    read_header: Callable[[list[str]], dict[str, int]],
+    read_row: Callable[[list[str], dict[str, int], int], _Row],
+    what: str = "deck",
+) -> tuple[list[_Row], dict[str, int]]:
+    """The row-by-row reference: the csv module's rows of ``text`` after the header,
+    blank ones skipped, each of the header's width read by ``read_row(fields, index,
+    line)`` (ValueError: that line's problem), and the column positions. Raises
+    DeckError at the first MAX_REPORTED problems, or when no row is left. ``columns``
+    name the header an empty file lacks; ``what`` is the kind of deck, for "no rows".
+    """
     reader = csv.reader(io.StringIO(_without_bom(text)))
     try:
         header = next(reader)
     except StopIteration:
-        raise DeckError([(1, "empty file: expected the header " + ",".join(COLUMNS))]) from None
-    index = _read_header(header)
+        raise _empty_file(columns) from None
+    index = read_header(header)
     ncols = len(header)
-    rows: list[DeckRow] = []
+    rows: list[_Row] = []
     problems: list[tuple[int, str]] = []
-    seen_prefix: dict[tuple[str, str], int] = {}
-    prefix_zone: dict[str, tuple[str, int]] = {}
-    slot_rate: dict[tuple[str, str], tuple[Rate, int]] = {}
     for fields in reader:
         line = reader.line_num
         if _is_blank(fields):
             continue
         if len(fields) != ncols:
-            problems.append((line, f"expected {ncols} fields, found {len(fields)}"))
+            problems.append((line, _field_count(ncols, len(fields))))
         else:
             try:
-                prefix, zone, rate, direction = _row_values(fields, index)
-                if (prefix, direction) in seen_prefix:
-                    raise ValueError(_duplicate(prefix, direction, seen_prefix[prefix, direction]))
-                zoned = prefix_zone.get(prefix)
-                if zoned is not None and zoned[0] != zone:
-                    raise ValueError(_zone_of_prefix(prefix, *zoned))
-                known = slot_rate.get((zone, direction))
-                if known is not None and known[0] != rate:
-                    column = differing_column(rate, known[0])
-                    raise ValueError(_other_rate(zone, direction, known[1], column))
-                seen_prefix[prefix, direction] = line
-                prefix_zone.setdefault(prefix, (zone, line))
-                slot_rate.setdefault((zone, direction), (rate, line))
-                rows.append(DeckRow(line, prefix, zone, rate, direction))
+                rows.append(read_row(fields, index, line))
             except ValueError as exc:
                 problems.append((line, str(exc)))
         if len(problems) >= MAX_REPORTED:
@@ -599,7 +641,42 @@ def _parse_reference(text: str) -> tuple[list[DeckRow], frozenset[str]]:
     if problems:
         raise DeckError(problems)
     if not rows:
-        raise DeckError([(2, "no rows: a deck needs at least one prefix")])
+        raise _no_rows(what)
+    return rows, index
+
+
+def _field_count(ncols: int, found: int) -> str:
+    return f"expected {ncols} fields, found {found}"
+
+
+def parse_deck_rows(text: str) -> list[DeckRow]:
+    """The row-by-row reference parse: the rules ``parse_deck`` follows, one row at a time."""
+    return _parse_reference(text)[0]
+
+
+def _parse_reference(text: str) -> tuple[list[DeckRow], frozenset[str]]:
+    """The reference's rows, and the optional columns the header named."""
+    seen_prefix: dict[tuple[str, str], int] = {}
+    prefix_zone: dict[str, tuple[str, int]] = {}
+    slot_rate: dict[tuple[str, str], tuple[Rate, int]] = {}
+
+    def read_row(fields: list[str], index: dict[str, int], line: int) -> DeckRow:
+        prefix, zone, rate, direction = _row_values(fields, index)
+        if (prefix, direction) in seen_prefix:
+            raise ValueError(_duplicate(prefix, direction, seen_prefix[prefix, direction]))
+        zoned = prefix_zone.get(prefix)
+        if zoned is not None and zoned[0] != zone:
+            raise ValueError(_zone_of_prefix(prefix, *zoned))
+        known = slot_rate.get((zone, direction))
+        if known is not None and known[0] != rate:
+            column = differing_column(rate, known[0])
+            raise ValueError(_other_rate(zone, direction, known[1], column))
+        seen_prefix[prefix, direction] = line
+        prefix_zone.setdefault(prefix, (zone, line))
+        slot_rate.setdefault((zone, direction), (rate, line))
+        return DeckRow(line, prefix, zone, rate, direction)
+
+    rows, index = _reference_rows(text, COLUMNS, _read_header, read_row)
     return rows, frozenset(_optional_present(index))
 
 
@@ -688,7 +765,8 @@ def _scan(data: np.ndarray, body: int, ncols: int, columns: np.ndarray, out: np.
 
     Returns the number of lines, or -1 to leave the whole deck to the reference.
     ``out[n]`` for line n: [outcome, fields found, prefix at, prefix length,
-    zone at, zone length, connect fee, first block, increment, price, then
+    zone at, zone length (0, 0 when ``columns[_ZONE]`` is -1: a deck without
+    zones), connect fee, first block, increment, price, then
     (at, length) of each optional column's cell, ``columns[6:]``]. Plain
     means what the reference reads the same way without the csv module: fields
     split on ',', optionally in double quotes without quotes inside, ASCII
@@ -788,16 +866,20 @@ def _read_row(
             return _SLOW
     row[2] = s
     row[3] = e - s
-    s = starts[columns[_ZONE]]
-    e = ends[columns[_ZONE]]
-    chars = 0
-    for i in range(s, e):
-        if data[i] & 0xC0 != 0x80:  # not a UTF-8 continuation byte
-            chars += 1
-    if chars == 0 or chars > MAX_ZONE_CHARS:
-        return _SLOW
-    row[4] = s
-    row[5] = e - s
+    if columns[_ZONE] < 0:  # a deck without zones: a carrier's cost deck
+        row[4] = 0
+        row[5] = 0
+    else:
+        s = starts[columns[_ZONE]]
+        e = ends[columns[_ZONE]]
+        chars = 0
+        for i in range(s, e):
+            if data[i] & 0xC0 != 0x80:  # not a UTF-8 continuation byte
+                chars += 1
+        if chars == 0 or chars > MAX_ZONE_CHARS:
+            return _SLOW
+        row[4] = s
+        row[5] = e - s
     row[6] = _amount_micro(data, starts[columns[_FEE]], ends[columns[_FEE]])
     row[7] = _whole_seconds(data, starts[columns[_BLOCK]], ends[columns[_BLOCK]], 0)
     row[8] = _whole_seconds(data, starts[columns[_INCREMENT]], ends[columns[_INCREMENT]], 1)
@@ -950,6 +1032,7 @@ def _cross_check(
 # --- the parse -----------------------------------------------------------------------
 
 _BAD = 4  # an outcome set after the scan: a plain row with a bad optional cell
+_FIRST_LINE = 2  # out[n] is line n + 2 of the file: the header is line 1
 
 
 def parse_deck(text: str | bytes) -> Deck:
@@ -959,25 +1042,42 @@ def parse_deck(text: str | bytes) -> Deck:
         text = text.decode("utf-8")
     else:
         data_bytes = text.encode("utf-8", "surrogatepass")
-    if data_bytes.startswith(b"\xef\xbb\xbf"):
-        data_bytes = data_bytes[3:]
+    scanned = _scan_deck(data_bytes, _read_header)
+    if scanned is None:
+        return Deck.from_rows(*_parse_reference(text))
+    return _collect(*scanned)
+
+
+def _scan_deck(
+    data_bytes: bytes, read_header: Callable[[list[str]], dict[str, int]]
+) -> tuple[np.ndarray, np.ndarray, dict[str, int], int] | None:
+    """The compiled scan of a deck's bytes: (data, out, column positions, header width),
+    or None to leave the whole deck to the reference (an empty file, quotes or a CR
+    in the header, a quoted field going on past its line, a bare CR).
+
+    ``read_header`` reads the header's fields (DeckError when they are wrong) into
+    positions of the base columns, ``COLUMNS`` (a deck without ``zone``, a carrier's,
+    is scanned without one), and of any ``OPTIONAL_COLUMNS``, whose cells ``out``
+    locates in their order. ``out[n]`` holds line ``n + 2``, as ``_scan`` says.
+    """
+    data_bytes = data_bytes.removeprefix(b"\xef\xbb\xbf")  # spreadsheets write a BOM
     newline = data_bytes.find(b"\n")
     header_end = len(data_bytes) if newline < 0 else newline + 1
     header_text = data_bytes[:header_end].decode("utf-8", "surrogatepass")
     core = header_text.removesuffix("\n").removesuffix("\r")
     if not data_bytes or '"' in header_text or "\r" in core:
-        return Deck.from_rows(*_parse_reference(text))
+        return None
     header = next(csv.reader([header_text]), [])
-    index = _read_header(header)
+    index = read_header(header)
     ncols = len(header)
-    optional = _optional_present(index)
+    columns = [index.get(c, -1) for c in COLUMNS] + [index[c] for c in _optional_present(index)]
     data = np.frombuffer(data_bytes, np.uint8)
-    out = np.empty((_count_lines(data, header_end), 10 + 2 * len(optional)), np.int64)
-    columns = np.array([index[c] for c in (*COLUMNS, *optional)], np.int64)
-    scanned = _scan(data, header_end, ncols, columns, out) if header_end < len(data) else 0
+    out = np.empty((_count_lines(data, header_end), 2 * len(columns) - 2), np.int64)
+    positions = np.array(columns, np.int64)
+    scanned = _scan(data, header_end, ncols, positions, out) if header_end < len(data) else 0
     if scanned < 0:
-        return Deck.from_rows(*_parse_reference(text))
-    return _collect(data, out[:scanned], index, ncols, optional)
+        return None
+    return data, out[:scanned], index, ncols
 
 
 class _Shapes:
@@ -1027,7 +1127,6 @@ def _read_optional_cells(
     out: np.ndarray,
     shapes: _Shapes,
     codes: np.ndarray,
-    line_of: np.ndarray,
     problems: _Problems,
 ) -> None:
     """Codes of the plain rows' optional cells, each distinct cell text read once by the
@@ -1059,51 +1158,26 @@ def _read_optional_cells(
     out[plain[bad], 0] = _BAD
     for b in bad[:MAX_REPORTED].tolist():
         k = int(first_bad[b])
-        problems.add(int(line_of[plain[b]]), errors[k][int(text_ids[k][b])])
+        problems.add(int(plain[b]) + _FIRST_LINE, errors[k][int(text_ids[k][b])])
 
 
-def _collect(
-    data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: int, optional: list[str]
-) -> Deck:
+def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: int) -> Deck:
     """Rows and problems from the scan's outcomes, then the cross-row checks."""
-    outcome = out[:, 0]
-    line_of = np.arange(2, len(out) + 2, dtype=np.int64)  # the header is line 1
+    optional = _optional_present(index)
     problems = _Problems()
-    for n in np.flatnonzero(outcome == _COUNT)[:MAX_REPORTED].tolist():
-        problems.add(int(line_of[n]), f"expected {ncols} fields, found {int(out[n, 1])}")
     shapes = _Shapes(optional)
     codes = np.zeros((len(out), len(optional)), np.int64)
     if optional:
-        _read_optional_cells(data, out, shapes, codes, line_of, problems)
-    slow_rows = _read_slow_lines(data, out, index, ncols, problems)
-    good = np.flatnonzero(outcome == _OK)
-    if slow_rows:
-        good = np.sort(np.concatenate((good, np.fromiter(slow_rows, np.int64, len(slow_rows)))))
-    # Rows past the last problem reported cannot change what is reported.
-    good = good[line_of[good] < problems.horizon]
-    rows = out[good]
-    buf = data
-    if slow_rows:
-        # Their prefixes and zones as the reference read them, appended to the buffer.
-        extra = bytearray()
-        for at, n in enumerate(good.tolist()):
-            if n in slow_rows:
-                prefix, zone, rate, direction = slow_rows[n]
-                p = prefix.encode()
-                z = zone.encode("utf-8", "surrogatepass")
-                rows[at, 2:10] = (
-                    len(data) + len(extra), len(p), len(data) + len(extra) + len(p), len(z),
-                    rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute,
-                )  # fmt: skip
-                extra += p + z
-                if optional:
-                    codes[n] = shapes.codes(rate, direction)
-        buf = np.concatenate((data, np.frombuffer(bytes(extra), np.uint8)))
-    prefix_keys = _prefix_keys(buf, rows[:, 2], rows[:, 3])
-    prefix_keys[rows[:, 3] > KEY_DIGITS] = -1  # a key holds 18 digits: longer ones by bytes
-    prefix_id, prefix_first = _intern(buf, rows[:, 2], rows[:, 3], prefix_keys)
+        _read_optional_cells(data, out, shapes, codes, problems)
+    slow_rows = _read_lines(data, out, ncols, problems, lambda fields: _row_values(fields, index))
+    good, rows, buf = _good_rows(data, out, slow_rows, problems.horizon)
+    if optional:
+        for n, (_, _, rate, direction) in slow_rows.items():
+            if n + _FIRST_LINE < problems.horizon:
+                codes[n] = shapes.codes(rate, direction)
+    prefix_id, prefix_first = _prefix_ids(buf, rows)
     zone_id, zone_first = _intern(buf, rows[:, 4], rows[:, 5], np.full(len(rows), -1, np.int64))
-    lines = line_of[good]
+    lines = good + _FIRST_LINE
     has_direction = "direction" in optional
     direction = codes[good, 0] if has_direction else np.zeros(len(rows), np.int64)
     shape_at = 1 if has_direction else 0  # the shape columns' codes: codes[:, shape_at:]
@@ -1129,7 +1203,7 @@ def _collect(
 
     for r, kind, other in crossed.tolist():
         way = DIRECTIONS[int(direction[r])]
-        prefix = bytes(buf[rows[r, 2] : rows[r, 2] + rows[r, 3]]).decode("ascii")
+        prefix = _prefix_text(buf, rows, r)
         if kind == 0:
             problems.add(int(lines[r]), _duplicate(prefix, way, other))
             continue
@@ -1144,7 +1218,7 @@ def _collect(
     if problems.found:
         raise DeckError(problems.first())
     if not len(rows):
-        raise DeckError([(2, "no rows: a deck needs at least one prefix")])
+        raise _no_rows("deck")
     if has_direction:
         # A tariff slot is a zone in one direction, in order of first appearance.
         slot_of, slot_first = _intern(buf, rows[:, 4], rows[:, 5], zone_id * 2 + direction)
@@ -1189,18 +1263,27 @@ class _Problems:
         return sorted(self.found, key=lambda problem: problem[0])[:MAX_REPORTED]
 
 
-def _read_slow_lines(
-    data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: int, problems: _Problems
+def _read_lines(
+    data: np.ndarray,
+    out: np.ndarray,
+    ncols: int,
+    problems: _Problems,
+    row_values: Callable[[list[str]], tuple[str, str, Rate, str]],
 ) -> dict[int, tuple[str, str, Rate, str]]:
-    """Lines the scan left to the reference, read as the csv module reads them, in order,
-    until no later line can be among the problems reported."""
+    """The problems of lines the scan found with another number of fields than the
+    header's, and the lines it left to the reference: read as the csv module reads
+    them, in order, until no later line can be among the problems reported, each by
+    ``row_values`` (its (prefix, zone, rate, direction); ValueError: its problem).
+    Returns the good ones' values by ``out`` row."""
+    for n in np.flatnonzero(out[:, 0] == _COUNT)[:MAX_REPORTED].tolist():
+        problems.add(n + _FIRST_LINE, _field_count(ncols, int(out[n, 1])))
     slow = np.flatnonzero(out[:, 0] == _SLOW).tolist()
     rows: dict[int, tuple[str, str, Rate, str]] = {}
     if not slow:
         return rows
     cuts = np.flatnonzero(data == 10)  # line n of the body ends at cuts[n + 1]
     for n in slow:
-        line = n + 2
+        line = n + _FIRST_LINE
         if line >= problems.horizon:
             break
         start = int(cuts[n]) + 1
@@ -1209,13 +1292,73 @@ def _read_slow_lines(
         if _is_blank(fields):
             continue
         if len(fields) != ncols:
-            problems.add(line, f"expected {ncols} fields, found {len(fields)}")
+            problems.add(line, _field_count(ncols, len(fields)))
             continue
         try:
-            rows[n] = _row_values(fields, index)
+            rows[n] = row_values(fields)
         except ValueError as exc:
             problems.add(line, str(exc))
     return rows
+
+
+def _good_rows(
+    data: np.ndarray,
+    out: np.ndarray,
+    slow_rows: dict[int, tuple[str, str, Rate, str]],
+    horizon: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(good, rows, buf): the ``out`` rows of good lines before ``horizon`` in file
+    order, those rows, the ones the reference read (``slow_rows``) filled in with
+    their prefix and zone appended to the bytes, and those bytes (``data`` itself
+    when no line went to the reference)."""
+    good = np.flatnonzero(out[:, 0] == _OK)
+    slow = np.fromiter(slow_rows, np.int64, len(slow_rows))  # in file order
+    if len(slow):
+        good = np.sort(np.concatenate((good, slow)))
+    # Rows past the last problem reported cannot change what is reported.
+    good = good[good + _FIRST_LINE < horizon]
+    rows = out[good]
+    if not len(slow):
+        return good, rows, data
+    slow = slow[slow + _FIRST_LINE < horizon]
+    extra = bytearray()
+    for at, n in zip(np.searchsorted(good, slow).tolist(), slow.tolist(), strict=True):
+        prefix, zone, rate, _ = slow_rows[n]
+        p = prefix.encode()
+        z = zone.encode("utf-8", "surrogatepass")
+        rows[at, 2:10] = (
+            len(data) + len(extra), len(p), len(data) + len(extra) + len(p), len(z),
+            rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute,
+        )  # fmt: skip
+        extra += p + z
+    return good, rows, np.concatenate((data, np.frombuffer(bytes(extra), np.uint8)))
+
+
+def _prefix_ids(buf: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_intern`` of the rows' prefixes: up to KEY_DIGITS digits by key, longer by bytes."""
+    prefix_keys = _prefix_keys(buf, rows[:, 2], rows[:, 3])
+    prefix_keys[rows[:, 3] > KEY_DIGITS] = -1
+    return _intern(buf, rows[:, 2], rows[:, 3], prefix_keys)
+
+
+def _prefix_text(buf: np.ndarray, rows: np.ndarray, r: int) -> str:
+    return bytes(buf[rows[r, 2] : rows[r, 2] + rows[r, 3]]).decode("ascii")
+
+
+def _duplicate_prefixes(
+    buf: np.ndarray, rows: np.ndarray, lines: np.ndarray, problems: _Problems
+) -> None:
+    """The cross-row check of a deck without zones or directions (a carrier's cost
+    deck): each prefix given again, naming the line that gave it first."""
+    n = len(rows)
+    prefix_id, prefix_first = _prefix_ids(buf, rows)
+    one = np.zeros(n, np.int64)  # one zone and one direction, with no rate to compare
+    no_rate = np.empty((n, 0), np.int64)
+    crossed = _cross_check(
+        lines, prefix_id, len(prefix_first), one, 1, one, 1, no_rate, MAX_REPORTED
+    )
+    for r, _, other in crossed.tolist():
+        problems.add(int(lines[r]), _duplicate(_prefix_text(buf, rows, r), "outbound", other))
 
 
 def _text(buf: np.ndarray, at: int, length: int) -> str:

@@ -182,15 +182,17 @@ def rates_of(values: np.ndarray, rows: np.ndarray) -> tuple[Rate, ...]:
 
 
 @numba.njit(cache=True, nogil=True)
-def _rate_columns(data: np.ndarray) -> tuple:
-    """Rows of COPY text ``prefix<TAB>fee<TAB>block<TAB>increment<TAB>price<LF>``:
-    (prefix at, prefix length, (n, 4) rate fields)."""
+def copy_columns(data: np.ndarray, width: int) -> tuple:
+    """Rows of COPY text ``prefix<TAB>n<TAB>...<LF>`` with ``width`` whole numbers after
+    the prefix: (prefix at, prefix length, (rows, width) int64 numbers). A carrier's
+    cost deck has the 4 fields of a rate; a plan's prefixes (ocs.charging.catalog)
+    have 1, the zone id."""
     rows = 0
     for c in data:
         rows += c == 10
     at = np.empty(rows, np.int64)
     length = np.empty(rows, np.int64)
-    values = np.empty((rows, RATE_FIELDS), np.int64)
+    values = np.empty((rows, width), np.int64)
     i = 0
     for r in range(rows):
         start = i
@@ -198,7 +200,7 @@ def _rate_columns(data: np.ndarray) -> tuple:
             i += 1
         at[r] = start
         length[r] = i - start
-        for c in range(RATE_FIELDS):
+        for c in range(width):
             i += 1
             value = 0
             while data[i] != 9 and data[i] != 10:
@@ -234,7 +236,7 @@ def build_carrier_deck(data: bytes) -> PrefixTable[Rate]:
     if not data:
         return EMPTY_DECK
     buf = np.frombuffer(data, np.uint8)
-    at, length, values = _rate_columns(buf)
+    at, length, values = copy_columns(buf, RATE_FIELDS)
     slots, first = intern_rates(values)
     return PrefixTable.from_index(
         PrefixIndex.from_buffer(buf, at, length, slots), rates_of(values, first)

@@ -15,9 +15,8 @@ good deck replaces the carrier's whole deck in one transaction.
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -26,12 +25,25 @@ import numpy as np
 
 from ocs.charging.catalog import CATALOG_CHANNEL
 from ocs.charging.catalog_store import validate_plan_id
-from ocs.charging.deck import MAX_BLOCK_SECONDS, MAX_PREFIX_DIGITS, MAX_REPORTED, DeckError
-from ocs.charging.matcher import KEY_DIGITS, _prefix_keys
+from ocs.charging.deck import (
+    _FIRST_LINE,
+    DeckError,
+    _duplicate,
+    _duplicate_prefixes,
+    _good_rows,
+    _missing_or_unknown,
+    _no_rows,
+    _PrefixRows,
+    _Problems,
+    _read_lines,
+    _reference_rows,
+    _row_values,
+    _scan_deck,
+)
+from ocs.charging.matcher import _prefix_keys
 from ocs.charging.rating import Rate
 from ocs.charging.routes import RATE_FIELDS, intern_rates, rates_of
 from ocs.errors import OcsError, Reason, invalid
-from ocs.money import MoneyError, parse_amount
 
 CARRIER_COLUMNS = ("prefix", "connect_fee", "first_block", "increment", "price_per_minute")
 MAX_NAME_CHARS = 200
@@ -51,7 +63,7 @@ class Carrier:
     name: str
 
 
-class CarrierDeck(Sequence[tuple[str, Rate]]):
+class CarrierDeck(_PrefixRows[tuple[str, Rate]]):
     """A parsed, valid cost deck, column-wise: no Python object per row.
 
     Row i (file order) is the prefix ``buf[prefix_at[i]:prefix_at[i] + prefix_len[i]]``
@@ -60,7 +72,7 @@ class CarrierDeck(Sequence[tuple[str, Rate]]):
     it is (prefix, rate) pairs, built on access, for small decks and tests.
     """
 
-    __slots__ = ("buf", "lines", "prefix_at", "prefix_len", "rate_of", "rates", "values")
+    __slots__ = ("rate_of", "rates", "values")
 
     def __init__(
         self,
@@ -72,10 +84,7 @@ class CarrierDeck(Sequence[tuple[str, Rate]]):
         rate_of: np.ndarray,
         values: np.ndarray,
     ) -> None:
-        self.buf = buf
-        self.lines = lines
-        self.prefix_at = prefix_at
-        self.prefix_len = prefix_len
+        super().__init__(buf, lines, prefix_at, prefix_len)
         self.rate_of = rate_of
         self.values = values
         self.rates = rates_of(values, np.arange(len(values)))
@@ -87,13 +96,10 @@ class CarrierDeck(Sequence[tuple[str, Rate]]):
             [(r.connect_fee, r.first_block, r.increment, r.price_per_minute) for _, _, r in rows],
             np.int64,
         ).reshape(len(rows), RATE_FIELDS)
-        encoded = [prefix.encode() for _, prefix, _ in rows]
-        prefix_len = np.fromiter(map(len, encoded), np.int64, len(encoded))
-        prefix_at = np.zeros(len(encoded), np.int64)
-        np.cumsum(prefix_len[:-1], out=prefix_at[1:])
+        buf, prefix_at, prefix_len = cls._packed([prefix for _, prefix, _ in rows])
         rate_of, first = intern_rates(fields)
         return cls(
-            buf=np.frombuffer(b"".join(encoded), np.uint8),
+            buf=buf,
             lines=np.fromiter((line for line, _, _ in rows), np.int64, len(rows)),
             prefix_at=prefix_at,
             prefix_len=prefix_len,
@@ -101,22 +107,9 @@ class CarrierDeck(Sequence[tuple[str, Rate]]):
             values=fields[first],
         )
 
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    def prefix(self, i: int) -> str:
-        at = int(self.prefix_at[i])
-        return bytes(self.buf[at : at + int(self.prefix_len[i])]).decode("ascii")
-
     def __getitem__(self, i: int) -> tuple[str, Rate]:  # type: ignore[override]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+        i = self._position(i)
         return self.prefix(i), self.rates[int(self.rate_of[i])]
-
-    def __iter__(self) -> Iterator[tuple[str, Rate]]:
-        return (self[i] for i in range(len(self)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,236 +119,41 @@ class CarrierDeckImport:
     rates: int  # distinct rates
 
 
-# --- the cost deck CSV: per-row rules (the reference) --------------------------------
+# --- the cost deck CSV ---------------------------------------------------------------
+#
+# A plan's rate deck without zone, direction or shape columns: the scan, the per-row
+# rules and the messages are ocs.charging.deck's, with durations in ASCII digits only.
 
 
 def _read_header(header: list[str]) -> dict[str, int]:
     names = [h.strip().lower() for h in header]
-    missing = [c for c in CARRIER_COLUMNS if c not in names]
-    unknown = [n for n in names if n not in CARRIER_COLUMNS]
-    if missing or unknown:
-        detail = []
-        if missing:
-            detail.append("missing column(s) " + ", ".join(missing))
-        if unknown:
-            detail.append("unknown column(s) " + ", ".join(unknown))
-        raise DeckError([(1, "; ".join(detail) + "; expected " + ",".join(CARRIER_COLUMNS))])
+    expected = "expected " + ",".join(CARRIER_COLUMNS)
+    detail = _missing_or_unknown(names, CARRIER_COLUMNS)
+    if detail:
+        raise DeckError([(1, "; ".join(detail) + "; " + expected)])
     if len(set(names)) != len(names):
-        raise DeckError([(1, "a column is given twice; expected " + ",".join(CARRIER_COLUMNS))])
+        raise DeckError([(1, "a column is given twice; " + expected)])
     return {name: names.index(name) for name in CARRIER_COLUMNS}
 
 
-def _seconds(text: str, column: str, minimum: int) -> int:
-    value = text.strip()
-    if not (value.isascii() and value.isdigit()):
-        raise ValueError(f"{column}: expected whole seconds, got {text!r}")
-    number = int(value)
-    if not minimum <= number <= MAX_BLOCK_SECONDS:
-        raise ValueError(f"{column}: expected {minimum} to {MAX_BLOCK_SECONDS} seconds")
-    return number
-
-
-def _amount(text: str, column: str) -> int:
-    try:
-        return parse_amount(text)
-    except MoneyError as exc:
-        raise ValueError(f"{column}: {exc}") from None
-
-
-def _is_blank(fields: list[str]) -> bool:
-    return all(not f.strip() for f in fields)
-
-
-def _row_values(fields: list[str], index: dict[str, int]) -> tuple[str, Rate]:
-    """(prefix, rate) of one row's fields; ValueError names the column at fault."""
-    raw = fields[index["prefix"]]
-    prefix = raw.strip().removeprefix("+")
-    if not (prefix.isascii() and prefix.isdigit()) or len(prefix) > MAX_PREFIX_DIGITS:
-        raise ValueError(f"prefix: expected 1 to 32 digits, got {raw!r}")
-    rate = Rate(
-        connect_fee=_amount(fields[index["connect_fee"]], "connect_fee"),
-        first_block=_seconds(fields[index["first_block"]], "first_block", 0),
-        increment=_seconds(fields[index["increment"]], "increment", 1),
-        price_per_minute=_amount(fields[index["price_per_minute"]], "price_per_minute"),
-    )
-    return prefix, rate
+def _carrier_row(fields: list[str], index: dict[str, int]) -> tuple[str, str, Rate, str]:
+    """(prefix, "", rate, "outbound") of one row's fields; ValueError names the column."""
+    return _row_values(fields, index, ascii_digits=True)
 
 
 def parse_carrier_deck_rows(text: str) -> CarrierDeck:
     """The row-by-row reference parse: the rules ``parse_carrier_deck`` follows."""
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DeckError(
-            [(1, "empty file: expected the header " + ",".join(CARRIER_COLUMNS))]
-        ) from None
-    index = _read_header(header)
-    ncols = len(header)
-    rows: list[tuple[int, str, Rate]] = []
-    problems: list[tuple[int, str]] = []
     seen: dict[str, int] = {}
-    for fields in reader:
-        line = reader.line_num
-        if _is_blank(fields):
-            continue
-        if len(fields) != ncols:
-            problems.append((line, f"expected {ncols} fields, found {len(fields)}"))
-        else:
-            try:
-                prefix, rate = _row_values(fields, index)
-                if prefix in seen:
-                    raise ValueError(f"prefix: {prefix} already given at line {seen[prefix]}")
-                seen[prefix] = line
-                rows.append((line, prefix, rate))
-            except ValueError as exc:
-                problems.append((line, str(exc)))
-        if len(problems) >= MAX_REPORTED:
-            break
-    if problems:
-        raise DeckError(problems)
-    if not rows:
-        raise DeckError([(2, "no rows: a cost deck needs at least one prefix")])
+
+    def read_row(fields: list[str], index: dict[str, int], line: int) -> tuple[int, str, Rate]:
+        prefix, _, rate, _ = _carrier_row(fields, index)
+        if prefix in seen:
+            raise ValueError(_duplicate(prefix, "outbound", seen[prefix]))
+        seen[prefix] = line
+        return line, prefix, rate
+
+    rows, _ = _reference_rows(text, CARRIER_COLUMNS, _read_header, read_row, "cost deck")
     return CarrierDeck.from_rows(rows)
-
-
-# --- the compiled scan -----------------------------------------------------------------
-
-# Line outcomes of _scan; out[n] = [outcome, fields, prefix at, prefix length, 4 rate fields].
-_OK, _BLANK, _SLOW, _COUNT = 0, 1, 2, 3
-_OUT = 4 + RATE_FIELDS
-_MAX_WHOLE_DIGITS = 9  # amounts up to 999,999,999.999999: below money.MAX_AMOUNT
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _is_space(c: int) -> bool:
-    # The ASCII characters str.strip() removes.
-    return c == 32 or 9 <= c <= 13 or 28 <= c <= 31
-
-
-@numba.njit(cache=True, nogil=True)
-def _micro(data: np.ndarray, start: int, end: int) -> int:
-    """Micro-units of a plain amount (digits[.digits], at most 6 places that count), or -1."""
-    whole = 0
-    i = start
-    while i < end and 48 <= data[i] <= 57:
-        whole = whole * 10 + (np.int64(data[i]) - 48)
-        i += 1
-    if i == start or i - start > _MAX_WHOLE_DIGITS:
-        return -1
-    fraction = 0
-    places = 0
-    if i < end and data[i] == 46:  # '.'
-        i += 1
-        while i < end and 48 <= data[i] <= 57:
-            digit = np.int64(data[i]) - 48
-            if places < 6:
-                fraction = fraction * 10 + digit
-            elif digit != 0:
-                return -1  # beyond micro-units: the reference words the error
-            places += 1
-            i += 1
-    if i != end:
-        return -1
-    while places < 6:
-        fraction *= 10
-        places += 1
-    return whole * 1_000_000 + fraction
-
-
-@numba.njit(cache=True, nogil=True)
-def _whole_seconds(data: np.ndarray, start: int, end: int, minimum: int) -> int:
-    """A plain count of seconds in [minimum, MAX_BLOCK_SECONDS], or -1."""
-    if end == start or end - start > 9:
-        return -1
-    value = 0
-    for i in range(start, end):
-        if not 48 <= data[i] <= 57:
-            return -1
-        value = value * 10 + (np.int64(data[i]) - 48)
-    return value if minimum <= value <= MAX_BLOCK_SECONDS else -1
-
-
-@numba.njit(cache=True, nogil=True)
-def _read_row(
-    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, columns: np.ndarray, row: np.ndarray
-) -> int:
-    """A row of plain fields into ``row``; _SLOW for anything else (the reference words it)."""
-    for c in range(5):
-        s = starts[columns[c]]
-        e = ends[columns[c]]
-        while s < e and _is_space(data[s]):
-            s += 1
-        while e > s and _is_space(data[e - 1]):
-            e -= 1
-        if c == 0:  # the prefix
-            if s < e and data[s] == 43:  # '+'
-                s += 1
-            if not 1 <= e - s <= MAX_PREFIX_DIGITS:
-                return _SLOW
-            for i in range(s, e):
-                if not 48 <= data[i] <= 57:
-                    return _SLOW
-            row[2] = s
-            row[3] = e - s
-        elif c == 1 or c == 4:  # connect fee, price per minute
-            value = _micro(data, s, e)
-            if value < 0:
-                return _SLOW
-            row[3 + c] = value
-        else:  # first block (from 0), increment (from 1)
-            value = _whole_seconds(data, s, e, c - 2)
-            if value < 0:
-                return _SLOW
-            row[3 + c] = value
-    return _OK
-
-
-@numba.njit(cache=True, nogil=True)
-def _scan(data: np.ndarray, body: int, ncols: int, columns: np.ndarray, out: np.ndarray) -> int:
-    """Split the body (no quotes, CR only before LF) into lines and fields and read every
-    plain row, in one pass; returns the number of lines. ``columns``: the position of
-    prefix, connect fee, first block, increment and price in a row."""
-    size = len(data)
-    starts = np.empty(ncols, np.int64)
-    ends = np.empty(ncols, np.int64)
-    n = 0
-    i = body
-    while i < size:
-        j = i
-        while j < size and data[j] != 10:
-            j += 1
-        end = j - 1 if j > i and data[j - 1] == 13 else j
-        fields = 0
-        blank = True
-        slow = False
-        s = i
-        for k in range(i, end + 1):
-            if k == end or data[k] == 44:
-                if fields < ncols:
-                    starts[fields] = s
-                    ends[fields] = k
-                fields += 1
-                s = k + 1
-            else:
-                c = data[k]
-                if c >= 128 or c == 0:
-                    slow = True  # maybe Unicode whitespace: str.strip() decides
-                elif not _is_space(c):
-                    blank = False
-        row = out[n]
-        row[1] = fields
-        if slow:
-            row[0] = _SLOW
-        elif blank:
-            row[0] = _BLANK
-        elif fields != ncols:
-            row[0] = _COUNT
-        else:
-            row[0] = _read_row(data, starts, ends, columns, row)
-        n += 1
-        i = j + 1
-    return n
 
 
 def parse_carrier_deck(text: str | bytes) -> CarrierDeck:
@@ -364,10 +162,9 @@ def parse_carrier_deck(text: str | bytes) -> CarrierDeck:
     Rules as for a plan's deck (ocs.charging.deck): a leading '+' on a prefix is
     dropped, blank lines are skipped, a prefix may be given once, a spreadsheet's
     BOM and CRLF line ends are fine; ``parse_carrier_deck_rows`` states them row
-    by row. A million-row deck is read by one compiled pass (``_scan``); a line
+    by row. A million-row deck is read by the plan deck's compiled pass; a line
     it cannot vouch for is read by the reference's rules, which word every
-    error, and a deck with quotes or bare carriage returns by the reference
-    outright.
+    error, and a deck whose quoting it does not follow by the reference outright.
     """
     if isinstance(text, str):
         data_bytes = text.encode("utf-8", "surrogatepass")
@@ -377,84 +174,20 @@ def parse_carrier_deck(text: str | bytes) -> CarrierDeck:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
             raise invalid("deck", "the CSV must be UTF-8 text") from None
-    data_bytes = data_bytes.removeprefix(b"\xef\xbb\xbf")
-    if b'"' in data_bytes or b"\r" in data_bytes.replace(b"\r\n", b""):
+    scanned = _scan_deck(data_bytes, _read_header)
+    if scanned is None:
         return parse_carrier_deck_rows(text)
-    if not data_bytes:
-        raise DeckError([(1, "empty file: expected the header " + ",".join(CARRIER_COLUMNS))])
-    newline = data_bytes.find(b"\n")
-    header_end = len(data_bytes) if newline < 0 else newline + 1
-    header_text = data_bytes[:header_end].decode("utf-8", "surrogatepass")
-    header_text = header_text.removesuffix("\n").removesuffix("\r")
-    header = header_text.split(",") if header_text else []
-    index = _read_header(header)
-    ncols = len(header)
-    data = np.frombuffer(data_bytes, np.uint8)
-    out = np.empty((data_bytes.count(b"\n", header_end) + 1, _OUT), np.int64)
-    columns = np.array([index[c] for c in CARRIER_COLUMNS], np.int64)
-    out = out[: _scan(data, header_end, ncols, columns, out)]
-    return _collect(data, out, index, ncols)
-
-
-def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: int) -> CarrierDeck:
-    """Rows and problems from the scan's outcomes, then the duplicate prefixes."""
-    outcome = out[:, 0]
-    line_of = np.arange(2, len(out) + 2, dtype=np.int64)  # the header is line 1
-    problems: list[tuple[int, str]] = [
-        (int(line_of[n]), f"expected {ncols} fields, found {int(out[n, 1])}")
-        for n in np.flatnonzero(outcome == _COUNT)[:MAX_REPORTED].tolist()
-    ]
-
-    def horizon() -> int:
-        """Lines past this one cannot be among the problems reported."""
-        if len(problems) < MAX_REPORTED:
-            return 1 << 62
-        return sorted(line for line, _ in problems)[MAX_REPORTED - 1]
-
-    # Lines the scan left to the reference: with no quotes in the deck, csv fields are
-    # the line split on commas.
-    slow: dict[int, tuple[str, Rate]] = {}
-    cuts = np.flatnonzero(data == 10)  # line n of the body ends at cuts[n + 1]
-    for n in np.flatnonzero(outcome == _SLOW).tolist():
-        line = n + 2
-        if line > horizon():
-            break
-        stop = int(cuts[n + 1]) if n + 1 < len(cuts) else len(data)
-        text = bytes(data[int(cuts[n]) + 1 : stop]).decode("utf-8", "surrogatepass")
-        fields = text.removesuffix("\r").split(",") if text.removesuffix("\r") else []
-        if _is_blank(fields):
-            continue
-        if len(fields) != ncols:
-            problems.append((line, f"expected {ncols} fields, found {len(fields)}"))
-            continue
-        try:
-            slow[n] = _row_values(fields, index)
-        except ValueError as exc:
-            problems.append((line, str(exc)))
-    good = np.flatnonzero(outcome == _OK)
-    if slow:
-        good = np.sort(np.concatenate((good, np.fromiter(slow, np.int64, len(slow)))))
-    good = good[line_of[good] <= horizon()]
-    rows = out[good]
-    buf = data
-    if slow:
-        extra = bytearray()
-        for at, n in enumerate(good.tolist()):
-            if n in slow:
-                prefix, rate = slow[n]
-                rows[at, 2:_OUT] = (
-                    len(data) + len(extra), len(prefix),
-                    rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute,
-                )  # fmt: skip
-                extra += prefix.encode("ascii")
-        buf = np.concatenate((data, np.frombuffer(bytes(extra), np.uint8)))
-    lines = line_of[good]
-    problems += _duplicates(buf, rows[:, 2], rows[:, 3], lines)
-    if problems:
-        raise DeckError(sorted(problems)[:MAX_REPORTED])
+    data, out, index, ncols = scanned
+    problems = _Problems()
+    slow = _read_lines(data, out, ncols, problems, lambda fields: _carrier_row(fields, index))
+    good, rows, buf = _good_rows(data, out, slow, problems.horizon)
+    lines = good + _FIRST_LINE
+    _duplicate_prefixes(buf, rows, lines, problems)
+    if problems.found:
+        raise DeckError(problems.first())
     if not len(rows):
-        raise DeckError([(2, "no rows: a cost deck needs at least one prefix")])
-    values = np.ascontiguousarray(rows[:, 4:_OUT])
+        raise _no_rows("cost deck")
+    values = np.ascontiguousarray(rows[:, 6:10])  # connect fee, first block, increment, price
     rate_of, first = intern_rates(values)
     return CarrierDeck(
         buf=buf,
@@ -464,37 +197,6 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
         rate_of=rate_of,
         values=values[first],
     )
-
-
-def _duplicates(
-    buf: np.ndarray, at: np.ndarray, length: np.ndarray, lines: np.ndarray
-) -> list[tuple[int, str]]:
-    """A prefix given again, naming the line that gave it first (rows in file order)."""
-
-    def text(r: int) -> str:
-        return bytes(buf[at[r] : at[r] + length[r]]).decode("ascii")
-
-    found: list[tuple[int, str]] = []
-    keys = _prefix_keys(buf, at, length)
-    short = np.flatnonzero(length <= KEY_DIGITS)
-    order = short[np.argsort(keys[short], kind="stable")]  # ties keep file order
-    sorted_keys = keys[order]
-    again = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]) + 1
-    if len(again):
-        group_start = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        repeated = order[again]
-        first = order[group_start[np.searchsorted(group_start, again, side="right") - 1]]
-        earliest = np.argsort(lines[repeated], kind="stable")[:MAX_REPORTED]
-        for r, f in zip(repeated[earliest].tolist(), first[earliest].tolist(), strict=True):
-            found.append((int(lines[r]), f"prefix: {text(r)} already given at line {lines[f]}"))
-    seen: dict[str, int] = {}
-    for r in np.flatnonzero(length > KEY_DIGITS).tolist():  # longer than a key: as text
-        prefix = text(r)
-        if prefix in seen:
-            found.append((int(lines[r]), f"prefix: {prefix} already given at line {seen[prefix]}"))
-        else:
-            seen[prefix] = int(lines[r])
-    return found
 
 
 # --- writes ------------------------------------------------------------------------------
