@@ -554,16 +554,17 @@ class BalanceStore:
             await self._pipe.execute("HSET", key, *flat)
         return True
 
-    async def identities(self, name: str, pin_digest: str | None) -> tuple[str | None, str | None]:
-        """(account of member ``name``, account of the PIN digest), in one round trip."""
+    async def identities(
+        self, name: str, pin_digest: str | None
+    ) -> tuple[str | None, str | None, str | None]:
+        """(plan of account ``name``, account of member ``name``, account of the PIN
+        digest), in one round trip."""
+        plan = self._pipe.execute("HGET", keys.account(name), "plan")
         member = self._pipe.execute("GET", keys.member_ref(name))
         pin = None if pin_digest is None else self._pipe.execute("GET", keys.pin_ref(pin_digest))
-        member_account = await member
-        pin_account = None if pin is None else await pin
-        return (
-            None if member_account is None else _text(member_account),
-            None if pin_account is None else _text(pin_account),
-        )
+        found = [await plan, await member, None if pin is None else await pin]
+        plan_id, member_account, pin_account = (None if f is None else _text(f) for f in found)
+        return plan_id, member_account, pin_account
 
     async def pin_account(self, pin_digest: str) -> str | None:
         account = await self._pipe.execute("GET", keys.pin_ref(pin_digest))

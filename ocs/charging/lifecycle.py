@@ -409,23 +409,32 @@ class CallService:
                     f"account {account_id!r} does not exist",
                     field="account",
                 )
-            if len(self._plans) >= _PLAN_CACHE_LIMIT:
-                self._plans.clear()
-            self._plans[account_id] = plan_id
+            self._remember_plan(account_id, plan_id)
         return plan_id
+
+    def _remember_plan(self, account_id: str, plan_id: str) -> None:
+        if len(self._plans) >= _PLAN_CACHE_LIMIT:
+            self._plans.clear()
+        self._plans[account_id] = plan_id
 
     async def identify(self, name: str) -> Identity:
         """What a user name (RADIUS User-Name) names.
 
-        A member (SIP user, extension) is trusted as the NAS authenticated it; a
-        card's PIN opens its card, whose password (if any) must follow; any other
-        name is an account id, checked against the account's password.
+        An account id names the account (its password checked when it has one); a
+        member (SIP user, extension) is trusted as the NAS authenticated it; a
+        card's PIN opens its card, whose password (if any) must follow. A name this
+        process already knows as an account costs no round trip.
         """
         name = name.strip()
+        if name in self._plans:
+            return Identity(name)
         maybe_pin = name.isascii() and name.isdigit() and 6 <= len(name) <= 20
-        member_of, card = await self._store.identities(
+        plan_id, member_of, card = await self._store.identities(
             name, pin_digest(name) if maybe_pin else None
         )
+        if plan_id is not None:
+            self._remember_plan(name, plan_id)
+            return Identity(name)
         if member_of is not None:
             return Identity(member_of, member=name, check_password=False)
         if card is not None:
@@ -437,7 +446,7 @@ class CallService:
         digits = caller.strip().removeprefix("+")
         if not digits.isascii() or not digits.isdigit():
             return None
-        member_of, _ = await self._store.identities(digits, None)
+        _, member_of, _ = await self._store.identities(digits, None)
         return member_of or await self._store.caller_account(digits)
 
     async def authorize(
