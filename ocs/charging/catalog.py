@@ -126,7 +126,8 @@ class CatalogSnapshot:
         if direction == "inbound":
             inbound = self.inbound_decks.get(plan_id)
             return None if inbound is None else inbound.match(digits)
-        if self.onnet.match(digits) is not None:
+        # Most operators have no on-net ranges: no lookup on the hot path then.
+        if len(self.onnet) and self.onnet.match(digits) is not None:
             on_net = self.tariff_named(plan_id, ON_NET)
             if on_net is not None:
                 return "", on_net

@@ -520,9 +520,10 @@ class CallService:
                             field="destination",
                         )
             cap = plan.max_call_duration
+            plan_counters = snapshot.counters_for(plan_id)
             candidates = (
-                counters_for_zone(snapshot.counters_for(plan_id), tariff.zone)
-                if direction == "outbound"
+                counters_for_zone(plan_counters, tariff.zone)
+                if plan_counters and direction == "outbound"
                 else ()
             )
             counter = None

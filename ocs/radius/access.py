@@ -126,7 +126,8 @@ async def answer_access_request(
             nas_session=first(packet, "Acct-Session-Id"),
             # The access number (DNIS) a card holder dialled in on, when the IVR says.
             access_number=(avpair(packet, "access-number") or "").strip().lstrip("+") or None,
-            nas_address=first(packet, "NAS-IP-Address") or getattr(packet, "source", (None,))[0],
+            # A Disconnect-Request goes back where the request came from.
+            nas_address=getattr(packet, "source", (None,))[0],
         )
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:
