@@ -169,8 +169,7 @@ FEE_DEDUPE_TTL = 400 * 24 * 3600
 
 
 def _call_keys(account_id: str, call_id: str) -> list[str]:
-    """KEYS of the stop and update scripts: account, live calls, expiry, result, ledger,
-    member lines, counters."""
+    """KEYS of the stop and update scripts: account, live calls, expiry, result, ledger."""
     bucket = keys.bucket_of(account_id)
     return [
         keys.account(account_id),
@@ -178,8 +177,6 @@ def _call_keys(account_id: str, call_id: str) -> list[str]:
         keys.call_expiry(bucket),
         keys.stopped_call(account_id, call_id),
         keys.ledger(bucket),
-        keys.member_lines(account_id),
-        keys.counters(account_id),
     ]
 
 
@@ -297,44 +294,39 @@ class BalanceStore:
     ) -> AuthorizeOutcome:
         """Reserve a line and funds; the call reference is written in the same round trip."""
         bucket = keys.bucket_of(account_id)
-        counter_args: list[object] = (
-            ["", 0, 0, "", "", ""]
-            if counter is None
-            else [
-                ",".join(c.counter_id for c in counter.candidates),
-                counter.seconds,
-                counter.cap,
-                ",".join("1" if c.reject_on_threshold else "0" for c in counter.candidates),
-                ",".join(str(c.mandatory_seconds or 0) for c in counter.candidates),
-                counter.counter_id or "",
-            ]
-        )
-        outcome = self._pipe.run_script(
-            scripts.AUTHORIZE,
-            [
-                keys.account(account_id),
-                keys.live_calls(account_id),
-                keys.call_expiry(bucket),
-                keys.stopped_call(account_id, call_id),
-                keys.member_lines(account_id),
-                keys.counters(account_id),
-            ],
-            [
-                call_id,
-                plan_id,
-                first_block_cost,
-                min_balance,
-                cap_cost,
-                record,
-                expires_at,
-                keys.expiry_member(account_id, call_id),
-                password_digest,
-                now,
-                started_at,
-                member or "",
-                *counter_args,
-            ],
-        )
+        script_keys = [
+            keys.account(account_id),
+            keys.live_calls(account_id),
+            keys.call_expiry(bucket),
+            keys.stopped_call(account_id, call_id),
+        ]
+        args: list[object] = [
+            call_id,
+            plan_id,
+            first_block_cost,
+            min_balance,
+            cap_cost,
+            record,
+            expires_at,
+            keys.expiry_member(account_id, call_id),
+            password_digest,
+            now,
+            started_at,
+        ]
+        # Member and counter arguments only when the call has them: most have neither.
+        if member or counter is not None:
+            script_keys += [keys.member_lines(account_id), keys.counters(account_id)]
+            args.append(member or "")
+            if counter is not None:
+                args += [
+                    ",".join(c.counter_id for c in counter.candidates),
+                    counter.seconds,
+                    counter.cap,
+                    ",".join("1" if c.reject_on_threshold else "0" for c in counter.candidates),
+                    ",".join(str(c.mandatory_seconds or 0) for c in counter.candidates),
+                    counter.counter_id or "",
+                ]
+        outcome = self._pipe.run_script(scripts.AUTHORIZE, script_keys, args)
         # The reference lets a stop that names only the call id find the account. It
         # lives in the call id's slot, so it cannot be written by the script; NX in
         # the same round trip never replaces the reference of another live call (a
@@ -380,26 +372,28 @@ class BalanceStore:
         ``expired_by`` (the janitor's guard): close only if the call's expiry is
         not later than this epoch second; None is returned if it was extended.
         """
-        reply = await self._pipe.run_script(
-            scripts.STOP,
-            _call_keys(account_id, call_id),
-            [
-                call_id,
-                rated_cost,
-                keys.expiry_member(account_id, call_id),
-                result_ttl,
-                cdr,
-                now_ms(),
-                duration,
-                account_id,
-                cause,
-                "" if expired_by is None else expired_by,
+        script_keys = _call_keys(account_id, call_id)
+        args: list[object] = [
+            call_id,
+            rated_cost,
+            keys.expiry_member(account_id, call_id),
+            result_ttl,
+            cdr,
+            now_ms(),
+            duration,
+            account_id,
+            cause,
+            "" if expired_by is None else expired_by,
+        ]
+        if member or counter is not None:
+            script_keys += [keys.member_lines(account_id), keys.counters(account_id)]
+            args += [
                 member or "",
                 "" if counter is None else counter.counter_id,
                 0 if counter is None else counter.held,
                 0 if counter is None else counter.used,
-            ],
-        )
+            ]
+        reply = await self._pipe.run_script(scripts.STOP, script_keys, args)
         status = _text(reply[0])
         if status in ("NOCALL", "LIVE"):
             return None

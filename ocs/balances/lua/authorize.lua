@@ -29,6 +29,8 @@
 -- ARGV[18] the counter the caller priced with ("" none)
 -- KEYS[5] member-lines hash     mlines:{b:N}:<account>
 -- KEYS[6] counters hash         counters:{b:N}:<account>
+-- ARGV[12..18] and KEYS[5..6] may be left out, together, for a call with no member and
+-- no counter (most calls): fewer bytes on the hot path.
 --
 -- Available funds are balance + credit_limit - reserved - committed (funds kept for
 -- the plan's upcoming recurring charges). A call whose longest duration costs
@@ -82,7 +84,7 @@ end
 if redis.call('HLEN', KEYS[2]) >= tonumber(a[6]) then
   return {'REJ', 'no_free_line'}
 end
-local member = ARGV[12]
+local member = ARGV[12] or ''
 if member ~= '' then
   local limit = tonumber(redis.call('HGET', KEYS[1], 'ml:' .. member) or a[11] or 0)
   if limit > 0 and tonumber(redis.call('HGET', KEYS[5], member) or 0) >= limit then
@@ -91,7 +93,7 @@ if member ~= '' then
 end
 local counter = ''
 local counter_seconds = 0
-if ARGV[13] ~= '' then
+if (ARGV[13] or '') ~= '' then
   local rejects, mandatory = {}, {}
   for flag in string.gmatch(ARGV[16], '[^,]+') do rejects[#rejects + 1] = flag end
   for seconds in string.gmatch(ARGV[17], '[^,]+') do mandatory[#mandatory + 1] = seconds end
@@ -116,7 +118,7 @@ if ARGV[13] ~= '' then
     end
   end
 end
-if counter ~= ARGV[18] or counter_seconds ~= tonumber(ARGV[14]) then
+if counter ~= (ARGV[18] or '') or counter_seconds ~= tonumber(ARGV[14] or 0) then
   return {'CNT', counter_seconds, counter}
 end
 local balance = tonumber(a[3])

@@ -24,6 +24,8 @@
 -- ARGV[14] counter seconds the call used (<= ARGV[13]): they count as used
 -- KEYS[6] member-lines hash     mlines:{b:N}:<account>
 -- KEYS[7] counters hash         counters:{b:N}:<account>
+-- ARGV[11..14] and KEYS[6..7] may be left out, together, for a call with no member and
+-- no counter.
 --
 -- A stop reported for a call ocs closed by policy ("start-timeout", "expired",
 -- "nas-reboot", "cut") is charged what it adds to that close, once, with cause "late-stop".
@@ -92,10 +94,10 @@ local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charge))
 lock_below_critical(KEYS[1], balance)
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[3])
-if ARGV[11] ~= '' and redis.call('HINCRBY', KEYS[6], ARGV[11], -1) <= 0 then
+if (ARGV[11] or '') ~= '' and redis.call('HINCRBY', KEYS[6], ARGV[11], -1) <= 0 then
   redis.call('HDEL', KEYS[6], ARGV[11])
 end
-if ARGV[12] ~= '' and tonumber(ARGV[13]) > 0 then
+if (ARGV[12] or '') ~= '' and tonumber(ARGV[13]) > 0 then
   -- A counter reset may have removed the counter meanwhile: only touch a live one.
   if redis.call('HEXISTS', KEYS[7], ARGV[12] .. ':limit') == 1 then
     local c = ARGV[12]
