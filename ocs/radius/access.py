@@ -86,6 +86,7 @@ async def answer_access_request(
             # password, so an account with one refuses it (code 2).
             password = "\x00"
     identity: Identity | None = None
+    disconnectable = client.coa_port is not None
     try:
         if user:
             identity = await calls.identify(user)
@@ -123,11 +124,12 @@ async def answer_access_request(
             nas=client.name,
             member=identity.member,
             translation=client.translation,
-            nas_session=first(packet, "Acct-Session-Id"),
             # The access number (DNIS) a card holder dialled in on, when the IVR says.
             access_number=(avpair(packet, "access-number") or "").strip().lstrip("+") or None,
-            # A Disconnect-Request goes back where the request came from.
-            nas_address=getattr(packet, "source", (None,))[0],
+            # Only a NAS that takes Disconnect-Requests needs to be found again: where
+            # the request came from, and the session id it knows the call by.
+            nas_session=first(packet, "Acct-Session-Id") if disconnectable else None,
+            nas_address=getattr(packet, "source", (None,))[0] if disconnectable else None,
         )
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:
