@@ -125,7 +125,11 @@ async def answer_access_request(
             member=identity.member,
             translation=client.translation,
             # The access number (DNIS) a card holder dialled in on, when the IVR says.
-            access_number=(avpair(packet, "access-number") or "").strip().lstrip("+") or None,
+            access_number=(
+                (avpair(packet, "access-number") or "").strip().lstrip("+") or None
+                if calls.access_numbers_in_use
+                else None
+            ),
             # Only a NAS that takes Disconnect-Requests needs to be found again: where
             # the request came from, and the session id it knows the call by.
             nas_session=first(packet, "Acct-Session-Id") if disconnectable else None,
