@@ -29,14 +29,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
-import numba
 import numpy as np
 
 from ocs.charging.bands import BandSchedule, schedule_from_json
 from ocs.charging.matcher import PrefixIndex
 from ocs.charging.prefixes import PrefixTable
 from ocs.charging.rating import Rate, Tier
-from ocs.charging.routes import RouteBook, RouteDecision, build_route_book, read_routes
+from ocs.charging.routes import (
+    RouteBook,
+    RouteDecision,
+    build_route_book,
+    copy_columns,
+    read_routes,
+)
 from ocs.charging.routes import warm_up as warm_up_routes
 from ocs.charging.translation import TranslationSet, translation_from_json
 from ocs.counters.definitions import CounterDef, read_counters
@@ -146,30 +151,10 @@ class CatalogSnapshot:
 # --- prefixes out of PostgreSQL ------------------------------------------------------
 
 
-@numba.njit(cache=True, nogil=True)
 def _copy_columns(data: np.ndarray) -> tuple:
     """Rows of COPY text ``prefix<TAB>zone_id<LF>``: (prefix at, prefix length, zone id)."""
-    rows = 0
-    for c in data:
-        rows += c == 10
-    at = np.empty(rows, np.int64)
-    length = np.empty(rows, np.int64)
-    zone = np.empty(rows, np.int64)
-    i = 0
-    for r in range(rows):
-        start = i
-        while data[i] != 9:
-            i += 1
-        at[r] = start
-        length[r] = i - start
-        i += 1
-        value = 0
-        while data[i] != 10:
-            value = value * 10 + (np.int64(data[i]) - 48)
-            i += 1
-        zone[r] = value
-        i += 1
-    return at, length, zone
+    at, length, values = copy_columns(data, 1)
+    return at, length, np.ascontiguousarray(values[:, 0])
 
 
 def prefix_table(plan_id: str) -> str:
