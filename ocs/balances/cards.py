@@ -197,13 +197,16 @@ class CardService:
             )
             clash = {r["pin_digest"] for r in taken}
             pins |= {p for p in fresh if pin_digest(p) not in clash}
+        # Serial numbers say nothing about PINs: the PINs are dealt in random order.
+        dealt = list(pins)
+        secrets.SystemRandom().shuffle(dealt)
         return [
             Card(
                 pin=pin,
                 password=None if password_length is None else _digits(password_length),
                 account_id=f"card-{batch_id}-{n:07d}",
             )
-            for n, pin in enumerate(sorted(pins, key=lambda _: secrets.randbits(32)), start=1)
+            for n, pin in enumerate(dealt, start=1)
         ]
 
     async def _create_card(

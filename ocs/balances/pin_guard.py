@@ -28,8 +28,11 @@ class PinGuard:
 
     async def check(self, caller: str | None, nas: str | None) -> None:
         """Refuse (return code 10) a caller or NAS that has guessed too often."""
-        for scope, who, limit in self._scopes(caller, nas):
-            failures = await self._pipe.execute("GET", keys.pin_failures(scope, who))
+        scopes = self._scopes(caller, nas)
+        # Both counters in one round trip: this is on the path of every PIN request.
+        pending = [self._pipe.execute("GET", keys.pin_failures(s, who)) for s, who, _ in scopes]
+        for (scope, _, limit), future in zip(scopes, pending, strict=True):
+            failures = await future
             if failures is not None and int(failures) >= limit:
                 PIN_GUESSES_BLOCKED.labels(scope).inc()
                 raise OcsError(

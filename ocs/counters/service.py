@@ -5,6 +5,7 @@ holds each account's seconds of the current cycle (limit, used, held), which
 the authorize and stop scripts change atomically with the money.
 """
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,6 +17,7 @@ from ocs.counters.definitions import CounterDef, counter_from_row
 from ocs.errors import OcsError, Reason, invalid
 
 MAX_SECONDS = 10_000_000
+_RESET_CHUNK = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,12 +198,23 @@ class CounterService:
                 cycle.append((r["counter"], r["seconds"], r["carryover"]))
                 if r["recurring_fee"]:
                     fees.append((r["id"], r["counter"], r["recurring_fee"]))
+        # Accounts are independent: a chunk at a time shares the round trips.
         counters = 0
-        for account, cycle in cycles.items():
-            counters += await self._store.reset_counters(account, cycle)
-        for account, counter_id, fee in fees:
+        accounts = list(cycles.items())
+        for start in range(0, len(accounts), _RESET_CHUNK):
+            chunk = accounts[start : start + _RESET_CHUNK]
+            done = await asyncio.gather(
+                *(self._store.reset_counters(account, cycle) for account, cycle in chunk)
+            )
+            counters += sum(done)
+        for start in range(0, len(fees), _RESET_CHUNK):
             # A recurring charge is owed whatever the balance: it may go negative.
-            await self._store.fee(
-                account, fee, f"counter:{counter_id}:cycle:{label}", require_funds=False
+            await asyncio.gather(
+                *(
+                    self._store.fee(
+                        account, fee, f"counter:{counter_id}:cycle:{label}", require_funds=False
+                    )
+                    for account, counter_id, fee in fees[start : start + _RESET_CHUNK]
+                )
             )
         return ResetReport(accounts=len(cycles), counters=counters, fees=len(fees))
