@@ -8,7 +8,7 @@ mobile operator blocks, premium ranges; zone names with commas quoted, a few
   NOTIFY-driven reload until the catalog snapshot rates by the new deck; for
   a first import (into a plan with no deck yet) and for a daily re-import with
   1% of the rows changed; the import's own steps (``DeckImport.stages``) and
-  the reload's COPY out and build, timed apart; ``--imports N`` runs N rounds,
+  the reload's read of the stored deck and build, timed apart; ``--imports N`` runs N rounds,
   each into a new plan, and prints the best;
 * build time and memory of the compiled table (numpy bytes and RSS growth);
 * batch lookups/s (numbers as a numpy bytes array, and pre-encoded keys);
@@ -58,7 +58,7 @@ from ocs.charging.catalog import (
     Plan,
     Tariff,
     build_deck,
-    copy_prefixes,
+    read_deck_lines,
 )
 from ocs.charging.deck import parse_deck
 from ocs.charging.matcher import PrefixIndex, encode_numbers
@@ -310,10 +310,10 @@ async def go_live(
 
 
 async def reload_parts(pool: asyncpg.Pool, holder: CatalogHolder, plan: str) -> dict[str, float]:
-    """The reload's two big steps for ``plan``'s deck, timed apart: COPY out and build."""
+    """The reload's two big steps for ``plan``'s deck, timed apart: read and build."""
     started = time.perf_counter()
     async with pool.acquire() as conn:
-        data = await copy_prefixes(conn, plan)
+        data = await read_deck_lines(conn, plan)
     read = time.perf_counter() - started
     started = time.perf_counter()
     await asyncio.to_thread(build_deck, data, holder.snapshot.tariffs[plan])
@@ -532,8 +532,8 @@ def database(
         print(
             f"CSV -> live, {name} ({where} PostgreSQL): {t['total']:.2f} s ="
             f" parse {t['parse']:.2f} + import {t['import']:.2f}"
-            f" ({int(t['written']):,} rows written; {stages}) + reload {t['reload']:.2f}"
-            + (f" (apart: {parts})" if parts else "")
+            f" ({int(t['written']):,} prefixes new, moved or gone; {stages})"
+            f" + reload {t['reload']:.2f}" + (f" (apart: {parts})" if parts else "")
         )
         if name not in best or t["total"] < best[name]["total"]:
             best[name] = t

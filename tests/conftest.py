@@ -121,7 +121,7 @@ async def reset_state(redis_url: str, database_url: str) -> None:
         exists = await conn.fetchval("SELECT to_regclass('public.plans') IS NOT NULL")
         if exists:
             await conn.execute(
-                "TRUNCATE plans, zones, prefixes, tariffs, accounts, ledger, cdrs, carriers,"
+                "TRUNCATE plans, zones, decks, tariffs, accounts, ledger, cdrs, carriers,"
                 " carrier_rates, route_sets, route_set_carriers CASCADE"
             )
     finally:

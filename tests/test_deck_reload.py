@@ -1,10 +1,10 @@
-"""Large decks go live by difference, and a reload rebuilds only the deck that changed.
+"""Large decks replace the old whole, and a reload rebuilds only the deck that changed.
 
-An import writes PostgreSQL only what changed against the plan's current deck
-(or everything, when most of it changed), and leaves exactly the new deck
-behind either way. A catalog NOTIFY names the plan; every serving process
-rebuilds that plan's deck beside the old snapshot, keeps the others, and on a
-failed reload goes on serving the old snapshot.
+An import counts what changed against the plan's current deck (prefixes new,
+moved to another zone, gone) and leaves exactly the new deck behind. A catalog
+NOTIFY names the plan; every serving process rebuilds that plan's deck beside
+the old snapshot, keeps the others, and on a failed reload goes on serving the
+old snapshot.
 """
 
 import logging
@@ -48,7 +48,7 @@ def a_deck(size: int, seed: int) -> tuple[list[str], dict[str, str]]:
     return prefixes, {p: ("Mobile" if p[2] in "789" else "Fixed") for p in prefixes}
 
 
-async def test_a_reimport_writes_only_the_difference_and_leaves_the_new_deck(
+async def test_a_reimport_counts_the_difference_and_leaves_the_new_deck(
     services: Services,
 ) -> None:
     await add_plan(services, "big", deck=HEADER + "1,Other,0.5,0,1,1\n")
@@ -56,7 +56,7 @@ async def test_a_reimport_writes_only_the_difference_and_leaves_the_new_deck(
     first = await catalog_store.import_deck(
         services.pool, "big", parse_deck(deck_text(prefixes, zones))
     )
-    # The plan's one-row deck is replaced: more than a quarter of it changes.
+    # The plan's one-row deck is replaced: its one prefix is gone.
     assert (first.prefixes, first.added, first.removed) == (len(prefixes), len(prefixes), 1)
     assert await stored(services, "big") == zones
 

@@ -236,9 +236,12 @@ for parsed in (plain, quoted):
     table.match_many(["4401", "+4402"]), table.match_many(np.array([b"4401" * 8]))
     index.lookup_many(np.array(["4401"])), index.lookup_many(np.array([b"4401"], dtype="S48"))
     zone_of_row = np.arange(len(parsed), dtype=np.int64)
-    catalog_store._plan_rows(parsed, zone_of_row, b"")
-    catalog_store._plan_rows(parsed, zone_of_row, b"4400\\t1\\n" + b"9" * 25 + b"\\t2\\n")
-    catalog_store._copy_text(b"p", parsed, zone_of_row, np.arange(len(parsed)))
+    ordered = catalog_store._prefix_order(parsed)
+    catalog_store._difference(parsed, ordered, zone_of_row, b"")
+    catalog_store._difference(
+        parsed, ordered, zone_of_row, b"4400\\t1\\n" + b"9" * 25 + b"\\t2\\n"
+    )
+    catalog_store._deck_lines(parsed, ordered, zone_of_row)
 plain_index = matcher.PrefixIndex.from_buffer(
     plain.buf, plain.prefix_at, plain.prefix_len, plain.zone_of
 )

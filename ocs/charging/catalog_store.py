@@ -5,10 +5,9 @@ that every ``ocs serve`` process swaps in a new snapshot.
 """
 
 import asyncio
-import io
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -18,12 +17,10 @@ import numpy as np
 from ocs.charging.bands import BandSchedule
 from ocs.charging.catalog import (
     CATALOG_CHANNEL,
-    HAS_PREFIX_TABLE,
     Plan,
     _copy_columns,
-    copy_prefixes,
     plan_from_row,
-    prefix_table,
+    read_deck_lines,
     tiers_to_json,
 )
 from ocs.charging.deck import RATE_FIELDS, Deck, DeckRow
@@ -40,11 +37,11 @@ class DeckImport:
     plan_id: str
     prefixes: int
     zones: int
-    added: int = 0  # rows written: new prefixes (or all of them, replacing)
+    added: int = 0  # prefixes new to the plan
     changed: int = 0  # prefixes moved to another zone
-    removed: int = 0  # prefixes deleted
-    # Seconds each step took: tariffs, then read, plan, write (by difference) or copy,
-    # index, analyze, attach (a first deck), then commit.
+    removed: int = 0  # prefixes gone
+    # Seconds each step took: tariffs, lines (sorted and written out), read (the
+    # stored deck), write (the new one, while the changes are counted), commit.
     stages: dict[str, float] = field(default_factory=dict, compare=False)
 
 
@@ -213,18 +210,6 @@ def _tariff_record(plan_id: str, zone_id: int, direction: str, rate: Rate) -> tu
 
 
 @dataclass(frozen=True, slots=True)
-class _Writes:
-    """What an import writes: rows of the deck to COPY in (by row number), rows to
-    re-zone, prefixes to delete; or everything anew."""
-
-    added: np.ndarray
-    changed: list[tuple[str, int]]
-    removed: list[str]
-    removed_count: int
-    replace_all: bool
-
-
-@dataclass(frozen=True, slots=True)
 class _Ordered:
     """Rows of a deck sorted by prefix: their numbers, keys and prefixes in that order."""
 
@@ -233,13 +218,13 @@ class _Ordered:
     prefix_at: np.ndarray
     prefix_len: np.ndarray
 
-    def part(self, start: int, stop: int) -> "_Ordered":
-        return _Ordered(
-            self.rows[start:stop],
-            self.keys[start:stop],
-            self.prefix_at[start:stop],
-            self.prefix_len[start:stop],
-        )
+
+# A plan's deck, replaced whole: the document of migration 0013.
+_WRITE_DECK = (
+    "INSERT INTO decks (plan_id, prefixes, lines) VALUES ($1, $2, $3)"
+    " ON CONFLICT (plan_id) DO UPDATE"
+    " SET prefixes = EXCLUDED.prefixes, lines = EXCLUDED.lines, imported_at = now()"
+)
 
 
 async def import_deck(
@@ -247,14 +232,14 @@ async def import_deck(
 ) -> DeckImport:
     """Replace a plan's whole rate deck with ``deck`` in one transaction.
 
-    Operators reload decks daily with few changes, so only the difference is
-    written: the current deck is read with COPY, compared in numpy, and rows
-    are deleted, updated and COPYed in as needed; one that changes most rows
-    replaces them wholesale. A plan's first deck goes into a partition of its
-    own (migration 0012): COPYed into a fresh table, its primary key built
-    once over the filled table (several times faster than keeping the index
-    up to date row by row) and attached to ``prefixes``, all in the same
-    transaction, so the deck is there whole or not at all.
+    A plan's prefixes are one value, ``decks.lines`` (migration 0013, decision
+    0009): the deck's ``prefix<TAB>zone_id`` lines in prefix order, written whole
+    in place of the old ones, so a million-prefix deck is one value to write and,
+    for every serving process, one value to read; readers see the old deck or the
+    new one, never a mix. The prefixes are sorted in a thread while the tariffs
+    are written, and what changed against the stored deck (prefixes new to the
+    plan, moved to another zone, gone) is counted in a thread while the new lines
+    are written.
 
     Tariffs (one per zone and direction) are few and written whole. A shape
     field whose column the deck has takes the deck's value; one whose column it
@@ -265,7 +250,7 @@ async def import_deck(
         deck = Deck.from_rows(deck)
     zone_names = list(dict.fromkeys(deck.zones))
     kept = [(db, shaped) for c, (db, shaped) in _SHAPE_COLUMNS.items() if c not in deck.columns]
-    # The prefixes table holds a prefix once, whatever the directions it is rated in.
+    # The deck stores a prefix once, whatever the directions it is rated in.
     prefixes = deck.by_prefix()
     stages: dict[str, float] = {}
     mark = time.perf_counter()
@@ -276,44 +261,49 @@ async def import_deck(
         stages[stage] = round(now - mark, 4)
         mark = now
 
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            if await conn.fetchval("SELECT 1 FROM plans WHERE id = $1 FOR UPDATE", plan_id) is None:
-                raise OcsError(
-                    Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
-                )
-            table = prefix_table(plan_id)
-            everything = np.arange(len(prefixes), dtype=np.int64)
-            ordering = None
-            if not await conn.fetchval(HAS_PREFIX_TABLE, table):
-                # A first deck is written whole, in prefix order; sorting needs no zone
-                # ids, so it runs in a thread while the tariffs are written.
-                ordering = asyncio.create_task(
-                    asyncio.to_thread(_prefix_order, prefixes, everything)
-                )
-            try:
+    # Sorting needs no zone ids: it runs while the plan is locked and the tariffs written.
+    ordering = asyncio.create_task(asyncio.to_thread(_prefix_order, prefixes))
+    counting: asyncio.Task[tuple[int, int, int]] | None = None
+    try:
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                if (
+                    await conn.fetchval("SELECT 1 FROM plans WHERE id = $1 FOR UPDATE", plan_id)
+                    is None
+                ):
+                    raise OcsError(
+                        Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
+                    )
                 zone_ids = await _write_tariffs(conn, plan_id, deck, zone_names, kept)
                 lap("tariffs")
-                if ordering is None:
-                    writes = await _write_difference(conn, plan_id, table, prefixes, zone_ids, lap)
+                ordered = await ordering
+                zone_of_row = zone_ids[prefixes.zone_of]
+                lines = await asyncio.to_thread(_deck_lines, prefixes, ordered, zone_of_row)
+                lap("lines")
+                stored = await read_deck_lines(conn, plan_id)
+                lap("read")
+                counting = asyncio.create_task(
+                    asyncio.to_thread(_difference, prefixes, ordered, zone_of_row, stored)
+                )
+                if len(prefixes):
+                    await conn.execute(_WRITE_DECK, plan_id, len(prefixes), lines)
                 else:
-                    writes = _Writes(everything, [], [], 0, replace_all=False)
-                    ordered = await ordering
-                    await _new_partition(
-                        conn, plan_id, table, prefixes, ordered, zone_ids[prefixes.zone_of], lap
-                    )
-            finally:
-                if ordering is not None and not ordering.done():
-                    ordering.cancel()
-            await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"deck:{plan_id}")
-        lap("commit")
+                    await conn.execute("DELETE FROM decks WHERE plan_id = $1", plan_id)
+                lap("write")
+                added, changed, removed = await counting
+                await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"deck:{plan_id}")
+            lap("commit")
+    finally:  # a failure: no thread's result is waited for
+        for task in (ordering, counting):
+            if task is not None and not task.done():
+                task.cancel()
     return DeckImport(
         plan_id=plan_id,
         prefixes=len(prefixes),
         zones=len(zone_names),
-        added=len(writes.added),
-        changed=len(writes.changed),
-        removed=writes.removed_count,
+        added=added,
+        changed=changed,
+        removed=removed,
         stages=stages,
     )
 
@@ -368,227 +358,77 @@ async def _write_tariffs(
     return zone_ids
 
 
-_PREFIX_COLUMNS = ["plan_id", "prefix", "zone_id"]
-_PLAN_DEFAULT = (
-    "SELECT format('ALTER TABLE %I ALTER COLUMN plan_id SET DEFAULT %L', $1::text, $2::text)"
-)
-# The statement that makes a filled table (with its primary key) the plan's partition.
-_ATTACH = (
-    "SELECT format('ALTER TABLE prefixes ATTACH PARTITION %I FOR VALUES IN (%L)',"
-    " $1::text, $2::text)"
-)
-# Rows a chunk of COPY text holds: each is written in a thread while the one
-# before it is sent, so the text costs next to nothing beside PostgreSQL's COPY.
-_COPY_CHUNK = 1 << 16
-
-
-async def _new_partition(
-    conn: asyncpg.Connection,
-    plan_id: str,
-    table: str,
-    deck: Deck,
-    ordered: _Ordered,
-    zone_of_row: np.ndarray,
-    lap: Callable[[str], None],
-) -> None:
-    """A plan's first deck: a fresh table filled by COPY, then indexed, then attached.
-
-    The table is new in this transaction: no other session sees it before the
-    commit, and a failure anywhere drops it with the rest. Rows go in sorted by
-    prefix, so building the primary key sorts presorted input.
-    """
-    await conn.execute(f'CREATE TABLE "{table}" (LIKE prefixes)')
-    # Every row's plan_id is the plan's: the column's default, not a field of each
-    # COPY line (~10% less for PostgreSQL to parse).
-    await conn.execute(await conn.fetchval(_PLAN_DEFAULT, table, plan_id))
-    await conn.copy_to_table(
-        table,
-        source=_copy_chunks(deck, ordered, zone_of_row),
-        columns=["prefix", "zone_id"],
-        format="text",
-    )
-    await conn.execute(f'ALTER TABLE "{table}" ALTER COLUMN plan_id DROP DEFAULT')
-    lap("copy")
-    # The sort in memory (the default 64 MB spills a million-row deck to disk when no
-    # parallel worker is free to help); SET LOCAL settings end with the transaction.
-    await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-    await conn.execute(f'ALTER TABLE "{table}" ADD PRIMARY KEY (plan_id, prefix)')
-    lap("index")
-    # Statistics now, not when autovacuum comes by: without them the planner takes
-    # plan_id = $1 for a rare value, and a re-import's row-wise writes scan the
-    # whole deck. A small sample does for two columns, one constant, one unique.
-    await conn.execute("SET LOCAL default_statistics_target = 10")
-    await conn.execute(f'ANALYZE "{table}"')
-    lap("analyze")
-    # Scans the table once, checking its rows are the plan's.
-    await conn.execute(await conn.fetchval(_ATTACH, table, plan_id))
-    lap("attach")
-
-
-async def _copy_chunks(
-    deck: Deck, ordered: _Ordered, zone_of_row: np.ndarray
-) -> AsyncIterator[bytes]:
-    """COPY text (prefix, zone id) of ordered rows in chunks, each written in a thread
-    while the one before it is sent."""
-    tasks: list[asyncio.Task[bytes]] = []
-    try:
-        for start in range(0, len(ordered.keys), _COPY_CHUNK):
-            chunk = ordered.part(start, start + _COPY_CHUNK)
-            tasks.append(
-                asyncio.create_task(asyncio.to_thread(_ordered_text, b"", deck, chunk, zone_of_row))
-            )
-            if len(tasks) > 1:
-                yield await tasks.pop(0)
-        while tasks:
-            yield await tasks.pop(0)
-    finally:  # the COPY failed: nobody waits for the chunk being written
-        for task in tasks:
-            task.cancel()
-
-
-async def _write_difference(
-    conn: asyncpg.Connection,
-    plan_id: str,
-    table: str,
-    deck: Deck,
-    zone_ids: np.ndarray,
-    lap: Callable[[str], None],
-) -> _Writes:
-    """Write what changed between the plan's stored prefixes and ``deck``."""
-    zone_of_row = zone_ids[deck.zone_of]
-    current = await copy_prefixes(conn, plan_id)
-    lap("read")
-    writes = await asyncio.to_thread(_plan_rows, deck, zone_of_row, current)
-    lap("plan")
-    if writes.replace_all:
-        await conn.execute("DELETE FROM prefixes WHERE plan_id = $1", plan_id)
-    else:
-        if writes.removed:
-            await conn.execute(
-                "DELETE FROM prefixes WHERE plan_id = $1 AND prefix = ANY($2::text[])",
-                plan_id,
-                writes.removed,
-            )
-        if writes.changed:
-            await conn.execute(
-                "UPDATE prefixes p SET zone_id = u.zone_id"
-                " FROM unnest($2::text[], $3::bigint[]) AS u (prefix, zone_id)"
-                " WHERE p.plan_id = $1 AND p.prefix = u.prefix",
-                plan_id,
-                [prefix for prefix, _ in writes.changed],
-                [zone for _, zone in writes.changed],
-            )
-    if len(writes.added):
-        payload = await asyncio.to_thread(
-            _copy_text, _copy_field(plan_id), deck, zone_of_row, writes.added
-        )
-        await conn.copy_to_table(
-            table, source=io.BytesIO(payload), columns=_PREFIX_COLUMNS, format="text"
-        )
-    lap("write")
-    return writes
-
-
-# Past this share of changed rows, DELETE + COPY of everything beats row-wise writes.
-_REPLACE_SHARE = 0.25
-
-
-def _plan_rows(deck: Deck, zone_of_row: np.ndarray, current: bytes) -> _Writes:
-    """Compare the new deck with the plan's current rows (COPY text) by prefix."""
-    everything = np.arange(len(deck), dtype=np.int64)
-    if not current:
-        return _Writes(everything, [], [], 0, replace_all=False)
-    old_buf = np.frombuffer(current, np.uint8)
+def _difference(
+    deck: Deck, ordered: _Ordered, zone_of_row: np.ndarray, stored: bytes
+) -> tuple[int, int, int]:
+    """(added, changed, removed) between the stored deck's lines and the new deck:
+    prefixes new to the plan, moved to another zone, gone."""
+    if not stored:
+        return len(deck), 0, 0
+    old_buf = np.frombuffer(stored, np.uint8)
     old_at, old_len, old_zone = _copy_columns(old_buf)
     old_keys = _prefix_keys(old_buf, old_at, old_len)
-    new_keys = _prefix_keys(deck.buf, deck.prefix_at, deck.prefix_len)
+    new_keys = ordered.keys.copy()
+    new_zone = zone_of_row[ordered.rows]
     # Keys hold 18 digits; longer prefixes (never seen in practice) are compared as text.
     old_long = old_len > KEY_DIGITS
-    new_long = deck.prefix_len > KEY_DIGITS
+    new_long = ordered.prefix_len > KEY_DIGITS
     old_keys[old_long] = -1 - np.arange(int(old_long.sum()))
     new_keys[new_long] = -(1 << 62) - np.arange(int(new_long.sum()))
-    common, new_at, old_at_common = np.intersect1d(
+    _, new_at, old_at_common = np.intersect1d(
         new_keys, old_keys, assume_unique=True, return_indices=True
     )
-    del common
-    rezoned = zone_of_row[new_at] != old_zone[old_at_common]
-    added_mask = np.ones(len(deck), bool)
-    added_mask[new_at] = False
-    removed_mask = np.ones(len(old_keys), bool)
-    removed_mask[old_at_common] = False
-    if old_long.any() or new_long.any():
+    changed = int(np.count_nonzero(new_zone[new_at] != old_zone[old_at_common]))
+    common = len(new_at)
+    if old_long.any() and new_long.any():
         old_text = {
-            bytes(old_buf[a : a + n]).decode(): (i, z)
-            for i, (a, n, z) in enumerate(
-                zip(old_at.tolist(), old_len.tolist(), old_zone.tolist(), strict=True)
+            bytes(old_buf[a : a + n]): z
+            for a, n, z in zip(
+                old_at[old_long].tolist(),
+                old_len[old_long].tolist(),
+                old_zone[old_long].tolist(),
+                strict=True,
             )
-            if n > KEY_DIGITS
         }
         for i in np.flatnonzero(new_long).tolist():
-            hit = old_text.get(deck.prefix(i))
-            if hit is not None:
-                added_mask[i] = False
-                removed_mask[hit[0]] = False
-                if hit[1] != zone_of_row[i]:
-                    new_at = np.append(new_at, i)
-                    rezoned = np.append(rezoned, True)
-    writes = int(added_mask.sum()) + int(rezoned.sum()) + int(removed_mask.sum())
-    if writes > _REPLACE_SHARE * max(len(deck), len(old_keys)):
-        return _Writes(everything, [], [], len(old_keys), replace_all=True)
-    changed = [(deck.prefix(i), int(zone_of_row[i])) for i in new_at[rezoned].tolist()]
-    removed = [
-        bytes(old_buf[a : a + n]).decode()
-        for a, n in zip(old_at[removed_mask].tolist(), old_len[removed_mask].tolist(), strict=True)
-    ]
-    return _Writes(np.flatnonzero(added_mask), changed, removed, len(removed), replace_all=False)
+            at = int(ordered.prefix_at[i])
+            zone = old_text.get(bytes(deck.buf[at : at + int(ordered.prefix_len[i])]))
+            if zone is not None:
+                common += 1
+                changed += zone != int(new_zone[i])
+    return len(new_keys) - common, changed, len(old_keys) - common
 
 
-def _copy_field(text: str) -> bytes:
-    """``text`` as a COPY text-format field."""
-    escaped = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-    return escaped.replace("\r", "\\r").encode()
+def _prefix_order(deck: Deck) -> _Ordered:
+    """The deck's rows in prefix order, their columns gathered in that order."""
+    keys = _prefix_keys(deck.buf, deck.prefix_at, deck.prefix_len)
+    long = np.flatnonzero(deck.prefix_len > KEY_DIGITS)
+    if len(long):
+        # A key holds 18 digits; the rest of a longer prefix (32 at most) breaks the tie.
+        rest = np.zeros(len(keys), np.int64)
+        rest[long] = _prefix_keys(
+            deck.buf, deck.prefix_at[long] + KEY_DIGITS, deck.prefix_len[long] - KEY_DIGITS
+        )
+        order = np.lexsort((rest, keys))
+    else:
+        order = np.argsort(keys)
+    return _Ordered(order, keys[order], deck.prefix_at[order], deck.prefix_len[order])
 
 
-def _prefix_order(deck: Deck, rows: np.ndarray) -> _Ordered:
-    """``rows`` of the deck in prefix order, their columns gathered in that order.
-
-    Sorted rows insert into the primary-key index leaf after leaf, not all over
-    it, and make building the index a sort of presorted input.
-    """
-    at = deck.prefix_at[rows]
-    length = deck.prefix_len[rows]
-    keys = _prefix_keys(deck.buf, at, length)
-    order = np.argsort(keys)
-    return _Ordered(rows[order], keys[order], at[order], length[order])
-
-
-def _copy_text(plan: bytes, deck: Deck, zone_of_row: np.ndarray, rows: np.ndarray) -> bytes:
-    """COPY text of (plan, prefix, zone id) for ``rows`` of the deck, in prefix order."""
-    return _ordered_text(plan, deck, _prefix_order(deck, rows), zone_of_row)
-
-
-def _ordered_text(plan: bytes, deck: Deck, ordered: _Ordered, zone_of_row: np.ndarray) -> bytes:
-    """COPY text of (plan, prefix, zone id) of ordered rows; of (prefix, zone id)
-    when ``plan`` is empty (it never is a plan id: those are 1 to 64 characters).
+def _deck_lines(deck: Deck, ordered: _Ordered, zone_of_row: np.ndarray) -> bytes:
+    """The ``decks.lines`` of ordered rows: ``prefix<TAB>zone_id<LF>`` each.
 
     One sequential pass over the gathered columns; prefixes of up to KEY_DIGITS
     digits are written from their keys (reading the deck's buffer and columns in
     sorted, that is random, order cost ~0.5 µs a row).
     """
-    out = _copy_lines(
-        np.frombuffer(plan, np.uint8),
-        deck.buf,
-        ordered.keys,
-        ordered.prefix_at,
-        ordered.prefix_len,
-        zone_of_row[ordered.rows],
-    )
-    return out.tobytes()
+    return _copy_lines(
+        deck.buf, ordered.keys, ordered.prefix_at, ordered.prefix_len, zone_of_row[ordered.rows]
+    ).tobytes()
 
 
 @numba.njit(cache=True, nogil=True)
 def _copy_lines(
-    plan: np.ndarray,
     buf: np.ndarray,
     keys: np.ndarray,
     prefix_at: np.ndarray,
@@ -597,17 +437,11 @@ def _copy_lines(
 ) -> np.ndarray:
     size = 0
     for r in range(len(keys)):
-        size += len(plan) + prefix_len[r] + 22  # two tabs, a newline, 19 digits at most
+        size += prefix_len[r] + 21  # a tab, a newline, 19 digits at most
     out = np.empty(size, np.uint8)
     digits = np.empty(20, np.uint8)
     n = 0
     for r in range(len(keys)):
-        if len(plan):
-            for i in range(len(plan)):
-                out[n + i] = plan[i]
-            n += len(plan)
-            out[n] = 9
-            n += 1
         length = prefix_len[r]
         if length <= KEY_DIGITS:
             # The key's base-11 digits are the prefix's digits plus one, then zeros.
@@ -646,5 +480,5 @@ def warm_up() -> None:
     for text in (header + "44,A,1,0,1,1\n", header + '447,"B""",1,0,1,1\n'):
         deck = parse_deck(text)
         zone_of_row = np.zeros(len(deck), np.int64)
-        _plan_rows(deck, zone_of_row, b"44\t1\n4\t2\n")
-        _copy_text(b"plan", deck, zone_of_row, np.arange(len(deck), dtype=np.int64))
+        ordered = _prefix_order(deck)
+        _difference(deck, ordered, zone_of_row, _deck_lines(deck, ordered, zone_of_row))
