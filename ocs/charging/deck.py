@@ -694,7 +694,7 @@ def _is_space(c: int) -> bool:
     return c == 32 or 9 <= c <= 13 or 28 <= c <= 31
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _amount_micro(data: np.ndarray, start: int, end: int) -> int:
     """Micro-units of a plain amount (digits[.digits]), or -1 for anything else."""
     whole = 0
@@ -724,7 +724,7 @@ def _amount_micro(data: np.ndarray, start: int, end: int) -> int:
     return whole * 1_000_000 + fraction
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _whole_seconds(data: np.ndarray, start: int, end: int, minimum: int) -> int:
     """Seconds of a plain count in [minimum, MAX_BLOCK_SECONDS], or -1."""
     if end == start or end - start > 9:
@@ -851,7 +851,7 @@ def _scan(data: np.ndarray, body: int, ncols: int, columns: np.ndarray, out: np.
     return n
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _read_row(
     data: np.ndarray, starts: np.ndarray, ends: np.ndarray, columns: np.ndarray, row: np.ndarray
 ) -> int:
@@ -899,10 +899,43 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _word(buf: np.ndarray, i: int) -> np.uint64:
+    """The 8 bytes at ``i`` as one little-endian word."""
+    word = np.uint64(0)
+    for k in range(8):
+        word |= np.uint64(buf[i + k]) << np.uint64(8 * k)
+    return word
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _hash(buf: np.ndarray, at: int, length: int) -> np.uint64:
+    h = np.uint64(length)
+    i = at
+    end = at + length
+    while i + 8 <= end:  # a word at a time, then the bytes left
+        h = (h ^ _word(buf, i)) * _GOLDEN
+        h ^= h >> np.uint64(29)
+        i += 8
+    tail = np.uint64(0)
+    shift = np.uint64(0)
+    while i < end:
+        tail |= np.uint64(buf[i]) << shift
+        shift += np.uint64(8)
+        i += 1
+    return (h ^ tail) * _GOLDEN
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _same(buf: np.ndarray, a: int, b: int, length: int) -> bool:
-    for i in range(length):  # noqa: SIM110 - numba compiles loops, not generators
+    i = 0
+    while i + 8 <= length:
+        if _word(buf, a + i) != _word(buf, b + i):
+            return False
+        i += 8
+    while i < length:
         if buf[a + i] != buf[b + i]:
             return False
+        i += 1
     return True
 
 
@@ -912,56 +945,106 @@ def _intern(buf: np.ndarray, at: np.ndarray, length: np.ndarray, keys: np.ndarra
 
     A string is its bytes, or its key where ``keys[r] >= 0`` (an int64 standing
     for the whole string: a prefix of up to 18 digits). The table starts small
-    and doubles, so a few thousand zone names stay in cache.
+    and doubles, so a few thousand zone names stay in cache; a slot holds all a
+    lookup compares (id, hash, where the string is or its key, length or -1 for
+    a key), so a lookup reads one slot and the bytes of the string it finds.
     """
     n = len(at)
     bits = 10
-    table = np.full(1 << bits, -1, np.int64)
-    hashes = np.empty(n, np.uint64)
+    table = np.full((1 << bits, 4), -1, np.int64)
     ids = np.empty(n, np.int64)
     first = np.empty(n, np.int64)
     count = 0
     for r in range(n):
-        if keys[r] >= 0:
-            h = np.uint64(keys[r]) * _GOLDEN
+        key = keys[r]
+        if key >= 0:
+            h = np.uint64(key) * _GOLDEN
+            where = key
+            size = -1
         else:
-            h = np.uint64(length[r])
-            for i in range(at[r], at[r] + length[r]):
-                h = ((h << np.uint64(5)) | (h >> np.uint64(59))) ^ np.uint64(buf[i])
-            h *= _GOLDEN
-        hashes[r] = h
+            where = at[r]
+            size = length[r]
+            h = _hash(buf, where, size)
+        signed = np.int64(h)
         mask = (1 << bits) - 1
         slot = np.int64(h >> np.uint64(64 - bits))
         while True:
-            other = table[slot]
-            if other < 0:
-                table[slot] = r
+            if table[slot, 0] < 0:
+                table[slot, 0] = count
+                table[slot, 1] = signed
+                table[slot, 2] = where
+                table[slot, 3] = size
                 ids[r] = count
                 first[count] = r
                 count += 1
                 break
-            if keys[r] >= 0:
-                same = keys[other] == keys[r]
-            else:
-                same = (
-                    hashes[other] == h
-                    and keys[other] < 0
-                    and length[other] == length[r]
-                    and _same(buf, at[other], at[r], length[r])
+            if (
+                table[slot, 1] == signed
+                and table[slot, 3] == size
+                and (
+                    table[slot, 2] == where if size < 0 else _same(buf, table[slot, 2], where, size)
                 )
-            if same:
-                ids[r] = ids[other]
+            ):
+                ids[r] = table[slot, 0]
                 break
             slot = (slot + 1) & mask
-        if 2 * count > (1 << bits):  # grow: rehash the representatives
+        if 2 * count > (1 << bits):  # grow: move the slots in use
             bits += 1
             mask = (1 << bits) - 1
-            table = np.full(1 << bits, -1, np.int64)
-            for c in range(count):
-                slot = np.int64(hashes[first[c]] >> np.uint64(64 - bits))
-                while table[slot] >= 0:
-                    slot = (slot + 1) & mask
-                table[slot] = first[c]
+            old = table
+            table = np.full((1 << bits, 4), -1, np.int64)
+            for s in range(len(old)):
+                if old[s, 0] >= 0:
+                    slot = np.int64(np.uint64(old[s, 1]) >> np.uint64(64 - bits))
+                    while table[slot, 0] >= 0:
+                        slot = (slot + 1) & mask
+                    table[slot] = old[s]
+    return ids, first[:count].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _intern_keys(keys: np.ndarray, ordered: np.ndarray) -> tuple:
+    """``_intern`` of strings that all have keys (``keys >= 0``), ``ordered`` being
+    ``np.sort(keys)``: only keys that repeat go in a hash table, sized once for them,
+    so a deck whose prefixes are all distinct needs none.
+    """
+    n = len(keys)
+    repeats = 0  # keys found more than once
+    for i in range(1, n):
+        if ordered[i] == ordered[i - 1] and (i == 1 or ordered[i - 1] != ordered[i - 2]):
+            repeats += 1
+    ids = np.empty(n, np.int64)
+    first = np.empty(n, np.int64)
+    if repeats == 0:
+        for r in range(n):
+            ids[r] = r
+            first[r] = r
+        return ids, first
+    bits = 4
+    while (1 << bits) < 2 * repeats:
+        bits += 1
+    mask = (1 << bits) - 1
+    table = np.full((1 << bits, 2), -1, np.int64)  # [key, its id once it has one]
+    for i in range(1, n):
+        if ordered[i] == ordered[i - 1] and (i == 1 or ordered[i - 1] != ordered[i - 2]):
+            slot = np.int64((np.uint64(ordered[i]) * _GOLDEN) >> np.uint64(64 - bits))
+            while table[slot, 0] >= 0:
+                slot = (slot + 1) & mask
+            table[slot, 0] = ordered[i]
+    count = 0
+    for r in range(n):
+        key = keys[r]
+        slot = np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(64 - bits))
+        while table[slot, 0] >= 0 and table[slot, 0] != key:
+            slot = (slot + 1) & mask
+        if table[slot, 0] == key:
+            if table[slot, 1] >= 0:
+                ids[r] = table[slot, 1]
+                continue
+            table[slot, 1] = count
+        ids[r] = count
+        first[count] = r
+        count += 1
     return ids, first[:count].copy()
 
 
@@ -1310,14 +1393,17 @@ def _good_rows(
     """(good, rows, buf): the ``out`` rows of good lines before ``horizon`` in file
     order, those rows, the ones the reference read (``slow_rows``) filled in with
     their prefix and zone appended to the bytes, and those bytes (``data`` itself
-    when no line went to the reference)."""
+    when no line went to the reference). ``rows`` is a view of ``out`` when the good
+    lines are its first rows (those the reference read filled in in ``out``), else a
+    copy."""
     good = np.flatnonzero(out[:, 0] == _OK)
     slow = np.fromiter(slow_rows, np.int64, len(slow_rows))  # in file order
     if len(slow):
         good = np.sort(np.concatenate((good, slow)))
     # Rows past the last problem reported cannot change what is reported.
     good = good[good + _FIRST_LINE < horizon]
-    rows = out[good]
+    # The first rows of ``out`` (every row, as a rule) are a view, not a copy.
+    rows = out[: len(good)] if not len(good) or good[-1] == len(good) - 1 else out[good]
     if not len(slow):
         return good, rows, data
     slow = slow[slow + _FIRST_LINE < horizon]
@@ -1335,9 +1421,12 @@ def _good_rows(
 
 
 def _prefix_ids(buf: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``_intern`` of the rows' prefixes: up to KEY_DIGITS digits by key, longer by bytes."""
+    """``_intern`` of the rows' prefixes: up to KEY_DIGITS digits by key, longer by bytes
+    (``_intern_keys`` when none is longer)."""
     prefix_keys = _prefix_keys(buf, rows[:, 2], rows[:, 3])
     prefix_keys[rows[:, 3] > KEY_DIGITS] = -1
+    if not (prefix_keys < 0).any():
+        return _intern_keys(prefix_keys, np.sort(prefix_keys))
     return _intern(buf, rows[:, 2], rows[:, 3], prefix_keys)
 
 
