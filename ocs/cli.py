@@ -1,4 +1,4 @@
-"""The `ocs` command line: serve, demo, migrations, plans, tariffs and accounts.
+"""The `ocs` command line: serve, demo, migrations, plans, tariffs, area codes and accounts.
 
 Exit codes: 0 success, 1 a refused operation (the message says why),
 2 bad configuration or usage (the message names the key or flag).
@@ -96,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--plan", required=True)
     imp.add_argument("file", type=Path)
+
+    codes = commands.add_parser(
+        "codes", help="area-code tables: destination names for CDRs and IVRs"
+    ).add_subparsers(dest="codes_command", required=True, metavar="ACTION")
+    cimp = codes.add_parser(
+        "import",
+        parents=[common],
+        help="replace the standard area-code table, or a plan's custom code list, with a CSV"
+        " file (prefix,name)",
+    )
+    cimp.add_argument("--plan", help="the plan whose custom list it is: it replaces the standard")
+    cimp.add_argument("file", type=Path)
+    cremove = codes.add_parser(
+        "remove", parents=[common], help="drop a plan's custom code list, or the standard table"
+    )
+    cremove.add_argument("--plan", help="the plan, which goes back to the standard table")
 
     accounts = commands.add_parser("accounts", help="accounts").add_subparsers(
         dest="accounts_command", required=True, metavar="ACTION"
@@ -197,6 +213,15 @@ async def _with_services(
         return await action(services)
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"file: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"file: {path} is not UTF-8 text") from None
+
+
 def _time(text: str | None, flag: str) -> Any:
     from datetime import datetime
 
@@ -282,18 +307,30 @@ def _run_command(
         _print({"plans": [plan_json(p) for p in plans]})
         return 0
     if command == "tariffs":
-        try:
-            text = args.file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"file: cannot read {args.file}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"file: {args.file} is not UTF-8 text") from None
-        rows = parse_deck(text)
+        rows = parse_deck(_read_text(args.file))
         result = uvloop.run(
             _with_services(settings, lambda s: catalog_store.import_deck(s.pool, args.plan, rows))
         )
         _print({"plan": result.plan_id, "prefixes": result.prefixes, "zones": result.zones})
         return 0
+    if command == "codes":
+        from ocs.charging.code_lists import STANDARD, parse_code_list
+
+        list_id = STANDARD if args.plan is None else args.plan
+        if args.codes_command == "import":
+            entries = parse_code_list(_read_text(args.file))
+            count = uvloop.run(
+                _with_services(
+                    settings, lambda s: catalog_store.import_code_list(s.pool, entries, list_id)
+                )
+            )
+            _print({"plan": args.plan, "codes": count})
+            return 0
+        removed = uvloop.run(
+            _with_services(settings, lambda s: catalog_store.remove_code_list(s.pool, list_id))
+        )
+        _print({"plan": args.plan, "removed": removed})
+        return 0 if removed else EXIT_REFUSED
     if command == "accounts":
         action = args.accounts_command
         if action == "create":

@@ -300,7 +300,7 @@ async def _migrate_with_decks(pool: asyncpg.Pool) -> None:
                 columns=["plan_id", "prefix", "zone_id"],
             )
 
-    assert await migrate(pool) == [13]
+    assert await migrate(pool) == [m[0] for m in shipped if m[0] >= 13]
 
     async with pool.acquire() as conn:
         assert (

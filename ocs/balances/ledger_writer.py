@@ -39,9 +39,9 @@ _CDR_SQL = (
     "INSERT INTO cdrs (entry_id, call_id, account_id, plan_id, zone, destination, caller,"
     " currency, authorized_at, stopped_at, duration, billed_seconds, connect_fee, first_block,"
     " increment, price_per_minute, rated_cost, charged, termination_cause, nas, member,"
-    " direction, counter_id, counter_seconds)"
+    " direction, counter_id, counter_seconds, destination_name)"
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
-    " $19, $20, $21, $22, $23, $24)"
+    " $19, $20, $21, $22, $23, $24, $25)"
     " ON CONFLICT (entry_id) DO NOTHING"
 )
 _Entry = tuple[str, bytes | str, dict[bytes, bytes] | None]  # (stream key, id, fields)
@@ -93,6 +93,7 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[tu
         cdr.get("direction", "outbound"),
         cdr.get("counter"),
         cdr.get("counter_seconds", 0),
+        cdr.get("area"),
     )
     return ledger_row, cdr_row
 

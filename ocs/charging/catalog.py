@@ -32,6 +32,7 @@ import asyncpg
 import numpy as np
 
 from ocs.charging.bands import BandSchedule, schedule_from_json
+from ocs.charging.code_lists import STANDARD, build_code_table, read_code_lists
 from ocs.charging.matcher import PrefixIndex
 from ocs.charging.prefixes import PrefixTable
 from ocs.charging.rating import Rate, Tier
@@ -98,6 +99,8 @@ class CatalogSnapshot:
     access_numbers: dict[tuple[str, str], str] = field(default_factory=dict)
     # The operator's own ranges: a destination in them is rated in zone ON_NET.
     onnet: PrefixTable[bool] = field(default_factory=PrefixTable)
+    # Area-code tables by list id: STANDARD, and plans' custom code lists.
+    code_lists: dict[str, PrefixTable[str]] = field(default_factory=dict)
 
     def plan(self, plan_id: str) -> Plan | None:
         return self.plans.get(plan_id)
@@ -107,6 +110,15 @@ class CatalogSnapshot:
         if not access_number:
             return plan_id
         return self.access_numbers.get((plan_id, access_number), plan_id)
+
+    def destination_name(self, plan_id: str, digits: str) -> str | None:
+        """The place a normalised number calls, by the plan's custom code list when it
+        has one (then only by it), else by the standard table; None if unnamed."""
+        table = self.code_lists.get(plan_id) or self.code_lists.get(STANDARD)
+        if table is None:
+            return None
+        match = table.match(digits)
+        return None if match is None else match[1]
 
     def counters_for(self, plan_id: str) -> tuple[CounterDef, ...]:
         """The plan's usage counters, ordered by id."""
@@ -264,6 +276,7 @@ async def load_snapshot(
     previous: CatalogSnapshot | None = None,
     changed: set[str] | None = None,
     carriers: set[str] | None = None,
+    code_lists: bool = False,
 ) -> CatalogSnapshot:
     """Read the catalog in one repeatable-read transaction and build a snapshot.
 
@@ -271,7 +284,11 @@ async def load_snapshot(
     every other plan keeps its deck from ``previous`` as long as its tariffs are
     the same, and every carrier not in ``carriers`` (ids whose cost decks may
     have changed) keeps its cost deck; ``changed=None`` rebuilds every deck.
+    Area-code tables are kept from ``previous`` too unless ``code_lists`` (one
+    changed) or ``changed`` is None.
     """
+    reread_codes = previous is None or changed is None or code_lists
+    code_documents: dict[str, bytes] = {}
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         plans = _plans(await conn.fetch("SELECT * FROM plans"))
         counters = await read_counters(conn)
@@ -316,6 +333,8 @@ async def load_snapshot(
                     built[plan_id] = old_decks[plan_id]
                 elif plan_tariffs.tariffs and plan_id not in load:
                     load[plan_id] = await read_deck_lines(conn, plan_id)
+        if reread_codes:
+            code_documents = await read_code_lists(conn)
         route_rows = await read_routes(
             conn,
             None if previous is None else previous.routes,
@@ -334,6 +353,14 @@ async def load_snapshot(
     for plan_id in plans:
         decks.setdefault(plan_id, empty)
     routes = await build_route_book(route_rows)
+    if reread_codes:
+        built_codes = {
+            list_id: await asyncio.to_thread(build_code_table, lines)
+            for list_id, lines in code_documents.items()
+        }
+    else:
+        assert previous is not None
+        built_codes = previous.code_lists
     return CatalogSnapshot(
         plans=plans,
         decks=decks,
@@ -344,6 +371,7 @@ async def load_snapshot(
         inbound_tariffs=inbound_tariffs,
         access_numbers=access_numbers,
         onnet=onnet,
+        code_lists=built_codes,
     )
 
 
@@ -367,6 +395,7 @@ class CatalogHolder:
         # Carriers whose cost decks changed; route sets changed (reread whole, no deck).
         self._pending_carriers: set[str] = set()
         self._pending_routes = False
+        self._pending_codes = False  # an area-code table changed (all are reread)
         self._tasks: set[asyncio.Task[None]] = set()
         self.version = 0
 
@@ -374,21 +403,27 @@ class CatalogHolder:
     def snapshot(self) -> CatalogSnapshot:
         return self._snapshot
 
-    async def reload(self, plans: set[str] | None = None, carriers: set[str] | None = None) -> None:
+    async def reload(
+        self,
+        plans: set[str] | None = None,
+        carriers: set[str] | None = None,
+        code_lists: bool = False,
+    ) -> None:
         """Build a new snapshot and swap it in; on failure the old one keeps serving.
 
         ``plans``: only these plans' decks may have changed (None: any, and every
-        carrier's cost deck too); ``carriers``: these carriers' cost decks may
-        have changed as well.
+        carrier's cost deck and area-code table too); ``carriers``: these
+        carriers' cost decks may have changed as well; ``code_lists``: an
+        area-code table may have changed.
         """
         async with self._reload_lock:
-            await self._reload_locked(plans, carriers)
+            await self._reload_locked(plans, carriers, code_lists)
 
     async def _reload_locked(
-        self, plans: set[str] | None, carriers: set[str] | None = None
+        self, plans: set[str] | None, carriers: set[str] | None = None, code_lists: bool = False
     ) -> None:
         started = time.perf_counter()
-        snapshot = await load_snapshot(self._pool, self._snapshot, plans, carriers)
+        snapshot = await load_snapshot(self._pool, self._snapshot, plans, carriers, code_lists)
         self._snapshot = snapshot
         self.version += 1
         reloaded = [*sorted(plans or ()), *(f"carrier:{c}" for c in sorted(carriers or ()))]
@@ -418,6 +453,8 @@ class CatalogHolder:
             self._pending_carriers.add(name)
         elif kind == "routes" and name:
             self._pending_routes = True
+        elif kind == "codes":  # codes: (the standard table) or codes:<plan>
+            self._pending_codes = True
         else:
             self._pending_full = True
         task = asyncio.get_running_loop().create_task(self._reload_pending())
@@ -431,14 +468,16 @@ class CatalogHolder:
                 or self._pending
                 or self._pending_carriers
                 or self._pending_routes
+                or self._pending_codes
             ):
                 return  # an earlier task reloaded these changes already
             plans = None if self._pending_full else self._pending
-            carriers = self._pending_carriers
+            carriers, code_lists = self._pending_carriers, self._pending_codes
             self._pending, self._pending_full = set(), False
             self._pending_carriers, self._pending_routes = set(), False
+            self._pending_codes = False
             try:
-                await self._reload_locked(plans, carriers)
+                await self._reload_locked(plans, carriers, code_lists)
             except Exception:
                 self._pending_full = True  # rebuild everything on the next change
                 log.exception("catalog reload failed; the previous snapshot keeps serving")

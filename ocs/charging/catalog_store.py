@@ -1,4 +1,4 @@
-"""Catalog writes and reads in PostgreSQL: plans and rate decks.
+"""Catalog writes and reads in PostgreSQL: plans, rate decks and area-code tables.
 
 Every change commits in one transaction and then NOTIFYs ``ocs_catalog`` so
 that every ``ocs serve`` process swaps in a new snapshot.
@@ -23,6 +23,7 @@ from ocs.charging.catalog import (
     read_deck_lines,
     tiers_to_json,
 )
+from ocs.charging.code_lists import STANDARD, code_list_lines
 from ocs.charging.deck import RATE_FIELDS, Deck, DeckRow
 from ocs.charging.matcher import KEY_DIGITS, POW11, _prefix_keys
 from ocs.charging.rating import Rate, Tier
@@ -470,6 +471,45 @@ def _copy_lines(
         out[n] = 10
         n += 1
     return out[:n]
+
+
+# --- area-code tables (ocs.charging.code_lists) ---------------------------------------
+
+
+async def import_code_list(
+    pool: asyncpg.Pool, entries: list[tuple[str, str]], plan_id: str = STANDARD
+) -> int:
+    """Replace the standard table (``plan_id`` STANDARD) or a plan's custom list whole;
+    returns how many prefixes it names. PLAN_NOT_FOUND for an unknown plan."""
+    async with pool.acquire() as conn, conn.transaction():
+        if plan_id != STANDARD:
+            await _lock_plan(conn, plan_id)
+        await conn.execute(
+            "INSERT INTO code_lists (plan_id, codes, lines) VALUES ($1, $2, $3)"
+            " ON CONFLICT (plan_id) DO UPDATE SET codes = EXCLUDED.codes,"
+            " lines = EXCLUDED.lines, imported_at = now()",
+            plan_id,
+            len(entries),
+            code_list_lines(entries),
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"codes:{plan_id}")
+    return len(entries)
+
+
+async def remove_code_list(pool: asyncpg.Pool, plan_id: str = STANDARD) -> bool:
+    """Drop a list (a plan's: the plan goes back to the standard table); False if none."""
+    async with pool.acquire() as conn, conn.transaction():
+        if plan_id != STANDARD:
+            await _lock_plan(conn, plan_id)
+        gone = await conn.fetchval("DELETE FROM code_lists WHERE plan_id = $1 RETURNING 1", plan_id)
+        if gone:
+            await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"codes:{plan_id}")
+    return bool(gone)
+
+
+async def _lock_plan(conn: asyncpg.Connection, plan_id: str) -> None:
+    if await conn.fetchval("SELECT 1 FROM plans WHERE id = $1 FOR UPDATE", plan_id) is None:
+        raise OcsError(Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan")
 
 
 def warm_up() -> None:

@@ -83,13 +83,16 @@ class DeckRow:
 
 
 class DeckError(OcsError):
-    """A deck with bad rows; ``problems`` lists (line, message)."""
+    """A deck (or another CSV file of prefixes: ``what``) with bad rows; ``problems``
+    lists (line, message)."""
 
-    def __init__(self, problems: list[tuple[int, str]]) -> None:
+    def __init__(
+        self, problems: list[tuple[int, str]], *, what: str = "rate deck", field: str = "deck"
+    ) -> None:
         self.problems = problems
         shown = "; ".join(f"line {line}: {message}" for line, message in problems)
         super().__init__(
-            Reason.INVALID_DECK, f"rate deck rejected, nothing applied: {shown}", field="deck"
+            Reason.INVALID_DECK, f"{what} rejected, nothing applied: {shown}", field=field
         )
 
     def to_json(self) -> dict[str, object]:

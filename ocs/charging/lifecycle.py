@@ -280,6 +280,16 @@ class CallProgress:
     final: bool = True
 
 
+class Quote(NamedTuple):
+    """What an IVR announces: the seconds the funds buy, the zone, the normalised
+    number, and the area-code table's name of it (None when no table names it)."""
+
+    seconds: int
+    zone: str
+    destination: str
+    destination_name: str | None
+
+
 class Identity(NamedTuple):
     """Who a request's user name names: a member of an account, a card's PIN, or an account.
 
@@ -710,9 +720,9 @@ class CallService:
 
     async def quote(
         self, account_id: str, destination: str, access_number: str | None = None
-    ) -> tuple[int, str, str]:
-        """(seconds the account's funds buy to ``destination``, zone, digits): an IVR's
-        "you have N minutes", reserving nothing. Counters count first, as at authorize."""
+    ) -> Quote:
+        """The seconds the account's funds buy to ``destination``: an IVR's "you have
+        N minutes", reserving nothing. Counters count first, as at authorize."""
         plan_id = await self._plan_of(account_id)
         snapshot = self._catalog.snapshot
         plan = snapshot.plan(plan_id)
@@ -748,11 +758,11 @@ class CallService:
                 if counter.reject_on_threshold:
                     cap = free
             elif counter.reject_on_threshold:
-                return 0, tariff.zone, digits
+                return Quote(0, tariff.zone, digits, snapshot.destination_name(plan_id, digits))
         funds = state.available if state.available >= state.min_balance else 0
         bands = self._bands(rating_plan, tariff.rate, int(self._clock()), cap)
         seconds = max_duration_with_counter(tariff.rate, max(funds, 0), cap, split, bands)
-        return seconds, tariff.zone, digits
+        return Quote(seconds, tariff.zone, digits, snapshot.destination_name(plan_id, digits))
 
     async def _record(self, call_id: str, account_id: str | None, *, keep: bool) -> CallRecord:
         record = self._live.get(call_id) if keep else self._live.pop(call_id, None)
@@ -895,6 +905,8 @@ class CallService:
                 "direction": record.direction,
                 "counter": record.counter_id,
                 "counter_seconds": counter_seconds_used(record.split, duration),
+                # The area-code table's name of the destination (cdrs.destination_name).
+                "area": self._catalog.snapshot.destination_name(record.plan_id, record.destination),
             }
         )
         return await self._store.stop(

@@ -1,9 +1,14 @@
-"""HTTP handlers for number handling: a plan's access numbers, the on-net ranges."""
+"""HTTP handlers for number handling: a plan's access numbers, the on-net ranges,
+the area-code tables (the standard one and plans' custom code lists)."""
+
+import asyncio
 
 from aiohttp import web
 
-from ocs.charging import number_plan
+from ocs.charging import catalog_store, number_plan
 from ocs.charging.catalog_store import validate_plan_id
+from ocs.charging.code_lists import STANDARD, parse_code_list
+from ocs.errors import OcsError, Reason, invalid
 from ocs.http.handlers import SERVICES
 from ocs.http.json_io import read_object
 
@@ -21,3 +26,29 @@ async def set_onnet(request: web.Request) -> web.Response:
     prefixes = number_plan.validate_onnet(body.get("prefixes"))
     await number_plan.set_onnet_prefixes(request.app[SERVICES].pool, prefixes)
     return web.json_response({"prefixes": len(prefixes)})
+
+
+def _list_of(request: web.Request) -> str:
+    """The list a request names: a plan's custom code list, or the standard table."""
+    plan_id = request.match_info.get("plan_id")
+    return STANDARD if plan_id is None else validate_plan_id(plan_id, "plan_id")
+
+
+async def import_code_list(request: web.Request) -> web.Response:
+    """Replace the standard area-code table or a plan's custom code list (CSV body)."""
+    list_id = _list_of(request)
+    try:
+        text = await request.text()
+    except UnicodeDecodeError:
+        raise invalid("codes", "the CSV must be UTF-8 text") from None
+    entries = await asyncio.to_thread(parse_code_list, text)
+    count = await catalog_store.import_code_list(request.app[SERVICES].pool, entries, list_id)
+    return web.json_response({"plan": list_id or None, "codes": count})
+
+
+async def remove_code_list(request: web.Request) -> web.Response:
+    list_id = _list_of(request)
+    if not await catalog_store.remove_code_list(request.app[SERVICES].pool, list_id):
+        what = f"plan {list_id!r} has no custom code list" if list_id else "no standard table"
+        raise OcsError(Reason.NOT_FOUND, what)
+    return web.json_response({"plan": list_id or None, "removed": True})

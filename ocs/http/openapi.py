@@ -57,6 +57,8 @@ def _op(
 _ID = {"type": "string", "maxLength": 64}
 _CALL = {"type": "string", "maxLength": 128}
 
+_CSV_BODY = {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+
 PATHS: dict[str, dict[str, Any]] = {
     "/v1/accounts": {
         "post": _op(
@@ -331,7 +333,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "prefixes and zones",
             400,
             404,
-            body={"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
+            body=_CSV_BODY,
         ),
     },
     "/v1/plans/{plan_id}/tariffs/{zone}/shape": {
@@ -473,7 +475,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "prefixes and distinct rates",
             400,
             404,
-            body={"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
+            body=_CSV_BODY,
         ),
     },
     "/v1/route-sets/{route_set_id}": {
@@ -503,6 +505,31 @@ PATHS: dict[str, dict[str, Any]] = {
             "how many prefixes",
             400,
             body=_body({"prefixes": {"type": "array", "items": {"type": "string"}}}, ["prefixes"]),
+        ),
+    },
+    "/v1/area-codes": {
+        "put": _op(
+            "Replace the standard area-code table (CSV body: prefix,name): destination"
+            " names for CDRs and IVRs, never rates",
+            "how many prefixes it names",
+            400,
+            body=_CSV_BODY,
+        ),
+        "delete": _op("Drop the standard area-code table", "removed", 404),
+    },
+    "/v1/plans/{plan_id}/area-codes": {
+        "put": _op(
+            "Replace a plan's custom code list (CSV body: prefix,name): it replaces the"
+            " standard area-code table for the plan whole",
+            "how many prefixes it names",
+            400,
+            404,
+            body=_CSV_BODY,
+        ),
+        "delete": _op(
+            "Drop a plan's custom code list: the plan goes back to the standard table",
+            "removed",
+            404,
         ),
     },
     "/healthz": {"get": _op("Health of the backends", "ok", 503)},

@@ -271,9 +271,15 @@ async def pin_time(request: web.Request) -> web.Response:
     if not destination:
         raise invalid("destination", "is required")
     access_number = (request.query.get("access_number") or "").lstrip("+") or None
-    seconds, zone, digits = await services.calls.quote(account_id, destination, access_number)
+    quote = await services.calls.quote(account_id, destination, access_number)
     return web.json_response(
-        {"account": account_id, "destination": digits, "zone": zone, "seconds": seconds}
+        {
+            "account": account_id,
+            "destination": quote.destination,
+            "destination_name": quote.destination_name,
+            "zone": quote.zone,
+            "seconds": quote.seconds,
+        }
     )
 
 
