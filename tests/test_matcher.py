@@ -189,16 +189,18 @@ def test_a_plan_deck_from_copy_text_keeps_only_prefixes_with_a_tariff() -> None:
 
 
 def test_batches_of_every_length_around_the_pipelines_edges_answer_as_single_lookups() -> None:
-    # A batch lookup works LOOKAHEAD numbers apart in three stages and parses BLOCK
-    # numbers at a time into a ring of RING: lengths around those edges, invalid
+    # A batch lookup works LOOKAHEAD numbers apart in four stages, in rings of RING,
+    # and parses CHUNK numbers at a time: lengths around those edges, invalid
     # numbers among valid ones, must each answer as the single lookup does.
     rng = np.random.default_rng(3)
     prefixes = sorted({str(p) for p in rng.integers(10**3, 10**7, 5_000)})
     index = PrefixTable({p: i for i, p in enumerate(prefixes)}).index
-    edges = {matcher.LOOKAHEAD, 2 * matcher.LOOKAHEAD, 3 * matcher.LOOKAHEAD, matcher.BLOCK}
-    edges |= {matcher.RING, 2 * matcher.RING}
-    lengths = sorted({0, 1, 1_000} | {e + d for e in edges for d in (-1, 0, 1)})
-    pool = [prefixes[i] + "5" * int(rng.integers(0, 8)) for i in rng.integers(0, 5_000, 1_000)]
+    edges = {matcher.LOOKAHEAD, 2 * matcher.LOOKAHEAD, 3 * matcher.LOOKAHEAD}
+    edges |= {matcher.RING, 2 * matcher.RING, matcher.CHUNK, 2 * matcher.CHUNK}
+    lengths = sorted({0, 1} | {e + d for e in edges for d in (-1, 0, 1)})
+    pool = [
+        prefixes[i] + "5" * int(rng.integers(0, 8)) for i in rng.integers(0, len(prefixes), 3_000)
+    ]
     pool[::9] = ["44x"] * len(pool[::9])  # invalid: not digits
     pool[::13] = ["9" * 33] * len(pool[::13])  # invalid: too long
     for n in lengths:

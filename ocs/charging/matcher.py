@@ -24,7 +24,7 @@ tables find it without a search in most cases:
 
 So a lookup costs one or two memory misses whatever the table size, and a
 batch prefetches the lines of the numbers a few places ahead, so that their
-misses overlap while the core parses and resolves (``_lookup_pipelined``). Prefixes longer
+misses overlap while the core resolves (``_lookup_pipelined``). Prefixes longer
 than ``KEY_DIGITS`` (no real deck has them; the schema allows 32 digits) sit
 in a small dict consulted only for numbers that long.
 
@@ -72,11 +72,9 @@ MAX_L1_DIGITS = 5
 MAX_L2_DIGITS = 6
 MAX_SEGMENTS = (1 << 30) - 1
 LOOKAHEAD = 8  # numbers between one stage of a batch lookup and the next
-BLOCK = 8  # numbers a batch lookup parses at a time
-RING = 64  # a power of two above 3 * LOOKAHEAD + BLOCK: the batch lookup's rings
-CHUNK = 1024  # numbers encoded at a time by encode_numbers
-assert RING & (RING - 1) == 0 and RING > 3 * LOOKAHEAD + BLOCK and RING % BLOCK == 0
-_NO_WORDS = np.zeros(1, np.uint64)  # the rows argument of a lookup of keys
+RING = 32  # a power of two above 3 * LOOKAHEAD: the batch lookup's rings
+CHUNK = 1024  # numbers parsed at a time, ahead of their batch lookup
+assert RING & (RING - 1) == 0 and RING > 3 * LOOKAHEAD
 
 # SWAR constants: batch numbers are validated and read eight bytes at a time.
 _U = np.uint64
@@ -172,35 +170,27 @@ def _lookup_bytes(packed: np.ndarray, digits: bytes) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _lookup_pipelined(
-    packed: np.ndarray, keys: np.ndarray, words: np.ndarray, row_words: int, out: np.ndarray
-) -> None:
-    """Codes for a batch (INVALID where a key is negative): of ``keys`` when
-    ``row_words`` is 0, else of the rows of an 'S' array seen as uint64 ``words``,
-    their keys made BLOCK at a time, ahead of need, into ``keys`` (a ring of RING).
+def _lookup_pipelined(packed: np.ndarray, keys: np.ndarray, out: np.ndarray) -> None:
+    """Codes for a batch of keys (INVALID where a key is negative).
 
-    A number goes through four stages, LOOKAHEAD numbers apart: prefetch its
-    level-1 entry; read it and prefetch its level-2 entry; read that and prefetch
-    its segments' first line; resolve. So some 3 * LOOKAHEAD loads are in flight
-    while the core parses and resolves, where a plain loop stalls on each DRAM miss
-    in turn (~0.1 µs). Every array below but ``out`` is a ring indexed ``& mask``.
+    A key goes through four stages, LOOKAHEAD keys apart: prefetch its level-1
+    entry; read it and prefetch its level-2 entry; read that and prefetch its
+    segments' first line; resolve. So some 3 * LOOKAHEAD loads are in flight
+    while the core resolves, where a plain loop stalls on each DRAM miss in turn
+    (~0.1 µs). ``bucket``, ``where`` and ``entry`` are rings indexed ``& mask``.
     """
-    count = len(out)
+    count = len(keys)
     level2 = _level2_table(packed)
     pairs = packed[H_PAIRS_AT]
     divisor = packed[H_L1_DIVISOR]
     l1_digits = packed[H_L1_DIGITS]
     mask = RING - 1
-    ring = mask if row_words else -1  # keys from rows: a ring; given keys: the array
     bucket = np.empty(RING, np.int64)
     where = np.empty(RING, np.int64)
     entry = np.empty(RING, np.int64)
     for i in range(count + 3 * LOOKAHEAD):
         if i < count:
-            if row_words and i % BLOCK == 0:
-                at = i & mask
-                _row_keys(words, row_words, i, keys[at : at + min(BLOCK, count - i)])
-            b = max(keys[i & ring], 0) // divisor
+            b = max(keys[i], 0) // divisor
             bucket[i & mask] = b
             prefetch(packed, HEADER + b)
         j = i - LOOKAHEAD
@@ -208,7 +198,7 @@ def _lookup_pipelined(
             b = bucket[j & mask]
             level1 = packed[HEADER + b]
             width = POW11[KEY_DIGITS - l1_digits - (level1 & 15)]
-            w = (level1 >> 4) + (max(keys[j & ring], 0) - b * divisor) // width
+            w = (level1 >> 4) + (max(keys[j], 0) - b * divisor) // width
             where[j & mask] = w
             prefetch(level2, w)
         j = i - 2 * LOOKAHEAD
@@ -219,7 +209,7 @@ def _lookup_pipelined(
                 prefetch(packed, pairs + 2 * (e >> 1))
         j = i - 3 * LOOKAHEAD
         if 0 <= j < count:
-            key = keys[j & ring]
+            key = keys[j]
             out[j] = INVALID if key < 0 else _resolve(packed, entry[j & mask], key)
 
 
@@ -237,9 +227,10 @@ def _digit_bytes(w: np.uint64) -> np.uint64:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _symbols(w: np.uint64, nibbles: int) -> np.uint64:
-    """Base-11 value of the first ``nibbles`` (2 or 8) bytes of ``w``: digit d -> d + 1, NUL 0."""
-    s = ((w & _LO_NIBBLES) + _ONES) & ((_digit_bytes(w) >> _SHIFT[0]) * _BYTE)
+def _symbols(w: np.uint64, digits: np.uint64, nibbles: int) -> np.uint64:
+    """Base-11 value of the first ``nibbles`` (2 or 8) bytes of ``w``: digit d -> d + 1,
+    NUL 0; ``digits`` is ``_digit_bytes(w)``."""
+    s = ((w & _LO_NIBBLES) + _ONES) & ((digits >> _SHIFT[0]) * _BYTE)
     s = ((s * _PAIRS[0]) >> _SHIFT[1]) & _LANES[0]  # pairs of symbols
     if nibbles == 2:
         return s & _BYTE
@@ -263,10 +254,17 @@ def _row_keys(words: np.ndarray, row_words: int, first: int, keys: np.ndarray) -
             w0 = (w0 & ~_BYTE) | _THREES & _BYTE  # validate the '+' as a digit
         digit_bits = _ZERO
         other = _ZERO
+        d0 = d1 = d2 = _ZERO  # the digit masks of the three words a key reads
         for k in range(row_words):
             w = w0 if k == 0 else words[at + k]
             if k < ROW_WORDS:
                 d = _digit_bytes(w)
+                if k == 0:
+                    d0 = d
+                elif k == 1:
+                    d1 = d
+                elif k == 2:
+                    d2 = d
                 other |= _HIGH & ~_zero_bytes(w) & ~d
                 digit_bits |= (((d >> _SHIFT[0]) * _GATHER) >> _SHIFT[4]) << _U(8 * k)
             else:
@@ -285,11 +283,23 @@ def _row_keys(words: np.ndarray, row_words: int, first: int, keys: np.ndarray) -
             c = c >> _SHIFT[1]
             if row_words > 3:
                 c |= words[at + 3] << _SHIFT[4]
+            d0, d1, d2 = _digit_bytes(a), _digit_bytes(b), _digit_bytes(c)
         keys[i] = (
-            np.int64(_symbols(a, 8)) * POW11[10]
-            + np.int64(_symbols(b, 8)) * POW11[2]
-            + np.int64(_symbols(c, 2))
+            np.int64(_symbols(a, d0, 8)) * POW11[10]
+            + np.int64(_symbols(b, d1, 8)) * POW11[2]
+            + np.int64(_symbols(c, d2, 2))
         )
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup_rows(packed: np.ndarray, words: np.ndarray, row_words: int, out: np.ndarray) -> None:
+    """Codes for every row of an 'S' array (as words): parse a chunk, then look it up."""
+    count = len(out)
+    keys = np.empty(CHUNK, np.int64)
+    for first in range(0, count, CHUNK):
+        n = min(CHUNK, count - first)
+        _row_keys(words, row_words, first, keys[:n])
+        _lookup_pipelined(packed, keys[:n], out[first : first + n])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -564,8 +574,7 @@ class PrefixIndex:
         rows = number_rows(numbers)
         out = np.empty(len(rows), np.int64)
         if len(rows):
-            keys = np.empty(RING, np.int64)
-            _lookup_pipelined(self.packed, keys, rows.view(np.uint64), rows.itemsize // 8, out)
+            _lookup_rows(self.packed, rows.view(np.uint64), rows.itemsize // 8, out)
             self._fix_long(rows, out)
         return out
 
@@ -576,7 +585,7 @@ class PrefixIndex:
             raise ValueError("this index has prefixes over 18 digits: use lookup_many")
         keys = np.ascontiguousarray(keys, np.int64)
         out = np.empty(len(keys), np.int64)
-        _lookup_pipelined(self.packed, keys, _NO_WORDS, 0, out)
+        _lookup_pipelined(self.packed, keys, out)
         return out
 
     def _fix_long(self, rows: np.ndarray, out: np.ndarray) -> None:
