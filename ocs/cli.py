@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cremove.add_argument("--plan", help="the plan, which goes back to the standard table")
 
+    tokens = commands.add_parser("tokens", help="admin API tokens").add_subparsers(
+        dest="tokens_command", required=True, metavar="ACTION"
+    )
+    tcreate = tokens.add_parser(
+        "create", parents=[common], help="make a token (printed this once, stored as a digest)"
+    )
+    tcreate.add_argument("--name", required=True)
+    tcreate.add_argument("--role", required=True, choices=("admin", "operator", "viewer"))
+    tokens.add_parser("list", parents=[common], help="list tokens (names and roles)")
+    trevoke = tokens.add_parser("revoke", parents=[common], help="revoke a token by name")
+    trevoke.add_argument("name")
+
     accounts = commands.add_parser("accounts", help="accounts").add_subparsers(
         dest="accounts_command", required=True, metavar="ACTION"
     )
@@ -313,6 +325,32 @@ def _run_command(
         )
         _print({"plan": result.plan_id, "prefixes": result.prefixes, "zones": result.zones})
         return 0
+    if command == "tokens":
+        from ocs import api_tokens
+
+        action = args.tokens_command
+        if action == "create":
+            token = uvloop.run(
+                _with_services(settings, lambda s: api_tokens.create(s.pool, args.name, args.role))
+            )
+            _print({"name": args.name, "role": args.role, "token": token})
+            return 0
+        if action == "list":
+            found = uvloop.run(_with_services(settings, lambda s: api_tokens.listed(s.pool)))
+            _print(
+                {
+                    "tokens": [
+                        {"name": t.name, "role": t.role, "created_at": t.created_at.isoformat()}
+                        for t in found
+                    ]
+                }
+            )
+            return 0
+        revoked = uvloop.run(
+            _with_services(settings, lambda s: api_tokens.revoke(s.pool, args.name))
+        )
+        _print({"name": args.name, "revoked": revoked})
+        return 0 if revoked else EXIT_REFUSED
     if command == "codes":
         from ocs.charging.code_lists import STANDARD, parse_code_list
 

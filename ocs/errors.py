@@ -43,6 +43,8 @@ class Reason(Enum):
     NO_PROFITABLE_ROUTE = "no_profitable_route"
     PIN_BLOCKED = "pin_blocked"
     TOO_MANY_MEMBERS = "too_many_members"
+    UNAUTHORIZED = "unauthorized"  # the admin API: no token, or not one of ours
+    FORBIDDEN = "forbidden"  # the admin API: the token's role may not do this
 
     @property
     def http_status(self) -> int:
@@ -79,6 +81,8 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.NO_PROFITABLE_ROUTE: _ReasonInfo(403, 9),
     Reason.PIN_BLOCKED: _ReasonInfo(403, 10),
     Reason.TOO_MANY_MEMBERS: _ReasonInfo(409, 1),
+    Reason.UNAUTHORIZED: _ReasonInfo(401, 1),
+    Reason.FORBIDDEN: _ReasonInfo(403, 1),
 }
 
 

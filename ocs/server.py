@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ocs import metrics
+from ocs import api_tokens, metrics
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging.janitor import Janitor
 from ocs.config import Settings
@@ -101,6 +101,11 @@ async def serve(
             )
             writer_task = asyncio.create_task(_run_ledger_writer(writer, writer_stopping))
         log.info("ocs serving", extra={"http_host": settings.http_host, "http_port": port})
+        if not settings.admin_token_required and not await api_tokens.any_token(services.pool):
+            log.warning(
+                "admin API open: no API token exists; `ocs tokens create --name NAME --role"
+                " admin` closes it (or set admin_token_required)"
+            )
         if on_ready is not None:
             await on_ready(
                 services,

@@ -122,7 +122,7 @@ async def reset_state(redis_url: str, database_url: str) -> None:
         if exists:
             await conn.execute(
                 "TRUNCATE plans, zones, decks, tariffs, accounts, ledger, cdrs, carriers,"
-                " carrier_rates, route_sets, route_set_carriers CASCADE"
+                " carrier_rates, route_sets, route_set_carriers, api_tokens CASCADE"
             )
     finally:
         await conn.close()

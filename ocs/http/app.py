@@ -3,12 +3,17 @@
 from aiohttp import web
 
 from ocs.http import handlers, number_handlers, policy_handlers, routes_handlers
+from ocs.http.admin_auth import admin_auth
 from ocs.http.middleware import errors_and_metrics
 from ocs.services import Services
 
 
 def create_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=64 << 20)
+    # Errors and metrics outermost: a refused token is answered and counted like any error.
+    app = web.Application(
+        middlewares=[errors_and_metrics, admin_auth(services.settings.admin_token_required)],
+        client_max_size=64 << 20,
+    )
     app[handlers.SERVICES] = services
     app.router.add_post("/v1/accounts", handlers.create_account)
     app.router.add_get("/v1/accounts/{account_id}", handlers.show_account)

@@ -16,10 +16,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(error: OcsError) -> web.Response:
-    return web.json_response(error.to_json(), status=error.reason.http_status)
+    # RFC 6750: a 401 names the scheme the endpoint takes.
+    headers = {"WWW-Authenticate": 'Bearer realm="ocs"'}
+    return web.json_response(
+        error.to_json(),
+        status=error.reason.http_status,
+        headers=headers if error.reason is Reason.UNAUTHORIZED else None,
+    )
 
 
-def _endpoint(request: web.Request) -> str:
+def endpoint_of(request: web.Request) -> str:
     # The route pattern ("/v1/calls/{call_id}/stop"), never the raw path: ids in a
     # label would make the metric's cardinality unbounded.
     info = request.match_info
@@ -30,7 +36,7 @@ def _endpoint(request: web.Request) -> str:
 
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    endpoint = _endpoint(request)
+    endpoint = endpoint_of(request)
     started = time.perf_counter()
     result = "ok"
     try:

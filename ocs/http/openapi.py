@@ -538,6 +538,29 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 
+def _secured(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The paths with each operation's security (ocs.http.admin_auth): none for the
+    switches' and IVRs' endpoints, a bearer token (and its 401 and 403) for the rest."""
+    from ocs.http.admin_auth import needed_role
+
+    secured: dict[str, dict[str, Any]] = {}
+    for path, operations in paths.items():
+        secured[path] = {}
+        for method, operation in operations.items():
+            needed = needed_role(method.upper(), path)
+            if needed is None:
+                secured[path][method] = {**operation, "security": []}
+                continue
+            responses = {**_answer("", 401, 403), **operation["responses"]}
+            secured[path][method] = {
+                **operation,
+                "security": [{"bearer": []}],
+                "responses": responses,
+                "description": f"Needs a {needed} token (or better).",
+            }
+    return secured
+
+
 def openapi_document(version: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -547,6 +570,9 @@ def openapi_document(version: str) -> dict[str, Any]:
             "description": "Online charging: amounts are decimal strings of the account's "
             "currency, durations whole seconds; every refusal has a reason code.",
         },
-        "paths": PATHS,
-        "components": {"schemas": {"Error": _ERROR}},
+        "paths": _secured(PATHS),
+        "components": {
+            "schemas": {"Error": _ERROR},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }

@@ -1,0 +1,90 @@
+"""Who may call which endpoint of the HTTP API: bearer tokens and their roles.
+
+The call lifecycle and the IVR's PIN queries are for switches and IVRs and take
+no token; nor do ``/healthz``, ``/metrics`` and ``/openapi.json``. Every other
+endpoint is the admin API and needs ``Authorization: Bearer <token>`` whose role
+(ocs.api_tokens) may do it: a read (GET) needs ``viewer``, the work on accounts
+(``OPERATOR_WORK``) ``operator``, anything else ``admin``.
+
+Until the first token exists the admin API is open, so that a fresh install and
+``ocs demo`` work at once; ``ocs serve`` says so in its log at start, and the
+``admin_token_required`` setting closes the API even then.
+"""
+
+from aiohttp import web
+
+from ocs import api_tokens
+from ocs.errors import OcsError, Reason
+from ocs.http.handlers import SERVICES
+from ocs.http.middleware import Handler, endpoint_of
+
+# (method, route) of endpoints that need no token.
+PUBLIC = frozenset(
+    {
+        ("POST", "/v1/calls"),
+        ("POST", "/v1/calls/{call_id}/start"),
+        ("POST", "/v1/calls/{call_id}/update"),
+        ("POST", "/v1/calls/{call_id}/stop"),
+        ("POST", "/v1/usage"),
+        ("GET", "/v1/pins/{pin}"),
+        ("GET", "/v1/pins/{pin}/time"),
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+    }
+)
+# (method, route) of the changes an operator token may make.
+OPERATOR_WORK = frozenset(
+    {
+        ("POST", "/v1/accounts"),
+        ("PATCH", "/v1/accounts/{account_id}"),
+        ("POST", "/v1/accounts/{account_id}/topups"),
+        ("POST", "/v1/accounts/{account_id}/callers"),
+        ("POST", "/v1/accounts/{account_id}/members"),
+        ("DELETE", "/v1/accounts/{account_id}/members/{member}"),
+        ("POST", "/v1/accounts/{account_id}/counters"),
+        ("DELETE", "/v1/accounts/{account_id}/counters/{counter_id}"),
+        ("POST", "/v1/pin-batches"),
+        ("DELETE", "/v1/calls/{call_id}"),
+    }
+)
+
+
+def needed_role(method: str, route: str) -> str | None:
+    """The least role that may call ``route`` with ``method``; None: no token needed."""
+    if (method, route) in PUBLIC or (method == "HEAD" and ("GET", route) in PUBLIC):
+        return None
+    if method in ("GET", "HEAD"):
+        return "viewer"
+    if (method, route) in OPERATOR_WORK:
+        return "operator"
+    return "admin"
+
+
+def admin_auth(required: bool) -> web.middleware:
+    """The middleware; ``required``: refuse tokenless admin requests even before any
+    token exists."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = endpoint_of(request)
+        needed = None if route == "unmatched" else needed_role(request.method, route)
+        if needed is None:
+            return await handler(request)
+        pool = request.app[SERVICES].pool
+        header = request.headers.get("Authorization")
+        if header is None:
+            if not required and not await api_tokens.any_token(pool):
+                return await handler(request)
+            raise OcsError(Reason.UNAUTHORIZED, "this endpoint needs Authorization: Bearer <token>")
+        scheme, _, token = header.partition(" ")
+        role = None
+        if scheme.lower() == "bearer" and token.strip():
+            role = await api_tokens.role_of(pool, token.strip())
+        if role is None:
+            raise OcsError(Reason.UNAUTHORIZED, "unknown or revoked token")
+        if not api_tokens.may(role, needed):
+            raise OcsError(Reason.FORBIDDEN, f"a {role} token may not do this: it needs {needed}")
+        return await handler(request)
+
+    return check

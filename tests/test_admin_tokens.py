@@ -1,0 +1,154 @@
+"""The admin HTTP API needs a bearer token with a role once the first token exists.
+
+Switches and IVRs (the call lifecycle, PIN queries) and the probes (/healthz,
+/metrics) never need one. A viewer reads, an operator also works on accounts,
+an admin does everything. Tokens are stored as digests, shown once, revoked at
+once; ``admin_token_required`` closes the API before any token exists.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from ocs import api_tokens
+from ocs.config import Settings
+from ocs.http.app import create_app
+from ocs.services import Services
+from tests.conftest import RETAIL_DECK, RunningApp, add_plan
+from tests.test_deck_import import ocs_cli
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def call(
+    app: RunningApp, method: str, path: str, token: str | None = None, **kwargs: object
+) -> tuple[int, dict]:
+    headers = bearer(token) if token is not None else {}
+    response = await app.client.request(method, path, headers=headers, **kwargs)
+    body = await response.json() if response.content_type == "application/json" else {}
+    if response.status == 401:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    return response.status, body
+
+
+async def test_without_any_token_the_admin_api_is_open(app: RunningApp) -> None:
+    status, _ = await call(app, "POST", "/v1/plans", json={"id": "open", "currency": "EUR"})
+    assert status == 201
+
+
+async def test_roles_decide_what_a_token_may_do_and_switches_need_none(
+    app: RunningApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    pool = app.services.pool
+    admin = await api_tokens.create(pool, "noc-admin", "admin")
+    operator = await api_tokens.create(pool, "care", "operator")
+    viewer = await api_tokens.create(pool, "report", "viewer")
+
+    # No token, a wrong one, another scheme: 401, and nothing changes.
+    plan = {"id": "retail", "currency": "EUR", "max_lines": 2}
+    for token, header in ((None, None), ("ocs_" + "x" * 43, None), (None, "Basic YTpi")):
+        headers = {"Authorization": header} if header else {}
+        if token is not None:
+            headers = bearer(token)
+        response = await app.client.post("/v1/plans", json=plan, headers=headers)
+        assert response.status == 401, await response.text()
+        assert (await response.json())["error"]["reason"] == "unauthorized"
+    status, body = await call(app, "GET", "/v1/plans", viewer)
+    assert (status, body["plans"]) == (200, [])
+
+    # Only an admin changes the catalog.
+    for token in (viewer, operator):
+        status, body = await call(app, "POST", "/v1/plans", token, json=plan)
+        assert (status, body["error"]["reason"]) == (403, "forbidden"), body
+    assert (await call(app, "POST", "/v1/plans", admin, json=plan))[0] == 201
+    status, _ = await call(
+        app, "POST", "/v1/plans/retail/tariffs", operator, data=RETAIL_DECK.encode()
+    )
+    assert status == 403
+    assert (await call(app, "POST", "/v1/plans/retail/tariffs", admin, data=RETAIL_DECK))[0] == 200
+
+    # An operator works on accounts; a viewer only reads them.
+    account = {"id": "a1", "plan": "retail", "balance": "2.00"}
+    assert (await call(app, "POST", "/v1/accounts", viewer, json=account))[0] == 403
+    assert (await call(app, "POST", "/v1/accounts", operator, json=account))[0] == 201
+    topup = {"amount": "1.00", "topup_id": "t1"}
+    assert (await call(app, "POST", "/v1/accounts/a1/topups", operator, json=topup))[0] == 201
+    status, shown = await call(app, "GET", "/v1/accounts/a1", viewer)
+    assert (status, shown["balance"]) == (200, "3.000000")
+
+    # The switch authorizes and stops calls with no token; the probes answer.
+    status, grant = await call(
+        app, "POST", "/v1/calls", json={"account": "a1", "destination": "447700900123"}
+    )
+    assert status == 201, grant
+    status, charge = await call(
+        app, "POST", f"/v1/calls/{grant['call_id']}/stop", json={"duration": 45}
+    )
+    assert (status, charge["cost"]) == (200, "0.198000")
+    for path in ("/healthz", "/metrics", "/openapi.json"):
+        assert (await app.client.get(path)).status == 200, path
+
+    # Revoked: refused at once.
+    assert await api_tokens.revoke(pool, "care")
+    assert (await call(app, "POST", "/v1/accounts/a1/topups", operator, json=topup))[0] == 401
+    # Neither the store nor the log holds a token.
+    async with pool.acquire() as conn:
+        stored = await conn.fetch("SELECT name, role, digest FROM api_tokens")
+    assert all(len(r["digest"]) == 32 for r in stored)
+    for token in (admin, operator, viewer):
+        assert token not in caplog.text
+        assert all(token.encode() not in bytes(r["digest"]) for r in stored)
+
+
+async def test_admin_token_required_closes_the_api_before_any_token(
+    services: Services, settings: Settings
+) -> None:
+    from dataclasses import replace
+
+    closed = replace(services, settings=replace(settings, admin_token_required=True))
+    client = TestClient(TestServer(create_app(closed)))
+    await client.start_server()
+    try:
+        response = await client.get("/v1/plans")
+        assert response.status == 401
+        assert (await client.get("/healthz")).status == 200
+        token = await api_tokens.create(services.pool, "first", "viewer")
+        response = await client.get("/v1/plans", headers=bearer(token))
+        assert response.status == 200
+    finally:
+        await client.close()
+
+
+async def test_the_cli_makes_lists_and_revokes_tokens(
+    app: RunningApp, settings: Settings, tmp_path: Path
+) -> None:
+    await add_plan(app.services)
+    code, out, err = await ocs_cli(settings, tmp_path, "tokens", "create", "--name", "noc",
+                                   "--role", "admin")  # fmt: skip
+    assert code == 0, err
+    made = json.loads(out)
+    assert (made["name"], made["role"]) == ("noc", "admin")
+    assert made["token"].startswith("ocs_") and made["token"] not in err
+    status, body = await call(app, "GET", "/v1/plans", made["token"])
+    assert status == 200 and [p["id"] for p in body["plans"]] == ["retail"]
+    assert (await call(app, "GET", "/v1/plans"))[0] == 401  # a token exists now
+
+    code, out, _ = await ocs_cli(settings, tmp_path, "tokens", "create", "--name", "noc",
+                                 "--role", "viewer")  # fmt: skip
+    assert code == 1 and out == ""
+    code, out, _ = await ocs_cli(settings, tmp_path, "tokens", "list")
+    listed = json.loads(out)["tokens"]
+    assert [(t["name"], t["role"]) for t in listed] == [("noc", "admin")]
+    assert made["token"] not in out
+    code, out, _ = await ocs_cli(settings, tmp_path, "tokens", "revoke", "noc")
+    assert (code, json.loads(out)) == (0, {"name": "noc", "revoked": True})
+    assert (await call(app, "GET", "/v1/plans", made["token"]))[0] == 401
+    assert (await call(app, "GET", "/v1/plans"))[0] == 200  # open again: no token left
+    code, _, _ = await ocs_cli(settings, tmp_path, "tokens", "revoke", "noc")
+    assert code == 1
