@@ -24,18 +24,21 @@ import asyncpg
 from ocs.errors import OcsError, Reason, invalid
 
 ROLES = ("viewer", "operator", "admin")  # each can do what the ones before it can
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no trailing newline slips by
 _PREFIX = "ocs_"
 
 
 @dataclass(frozen=True, slots=True)
 class TokenInfo:
+    """A token as listed: never the token itself, which nobody can see again."""
+
     name: str
     role: str
     created_at: datetime
 
 
 def digest(token: str) -> bytes:
+    """What the database keeps of a token."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
@@ -46,7 +49,7 @@ def may(role: str, needed: str) -> bool:
 
 async def create(pool: asyncpg.Pool, name: str, role: str) -> str:
     """A new token named ``name`` with ``role``; returns the token, shown this once."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise invalid("name", "expected 1 to 64 letters, digits, '.', '_' or '-'")
     if role not in ROLES:
         raise invalid("role", f"expected one of {', '.join(ROLES)}, got {role!r}")
@@ -73,6 +76,7 @@ async def revoke(pool: asyncpg.Pool, name: str) -> bool:
 
 
 async def listed(pool: asyncpg.Pool) -> list[TokenInfo]:
+    """Every token's name, role and creation time, by name."""
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT name, role, created_at FROM api_tokens ORDER BY name")
     return [TokenInfo(r["name"], r["role"], r["created_at"]) for r in rows]
@@ -92,5 +96,6 @@ async def role_of(pool: asyncpg.Pool, token: str) -> str | None:
 
 
 async def any_token(pool: asyncpg.Pool) -> bool:
+    """Whether a token exists: until one does, the admin API is open (admin_auth)."""
     async with pool.acquire() as conn:
         return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_tokens)"))

@@ -354,7 +354,9 @@ def _run_command(
     if command == "codes":
         from ocs.charging.code_lists import STANDARD, parse_code_list
 
-        list_id = STANDARD if args.plan is None else args.plan
+        list_id = (
+            STANDARD if args.plan is None else catalog_store.validate_plan_id(args.plan, "--plan")
+        )
         if args.codes_command == "import":
             entries = parse_code_list(_read_text(args.file))
             count = uvloop.run(

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ocs import api_tokens
 from ocs.config import Settings
+from ocs.errors import OcsError
 from ocs.http.app import create_app
 from ocs.services import Services
 from tests.conftest import RETAIL_DECK, RunningApp, add_plan
@@ -39,6 +40,13 @@ async def call(
 async def test_without_any_token_the_admin_api_is_open(app: RunningApp) -> None:
     status, _ = await call(app, "POST", "/v1/plans", json={"id": "open", "currency": "EUR"})
     assert status == 201
+    # A bad name or role is refused naming the field, and makes no token.
+    for name, role, field in (("noc\n", "admin", "name"), ("", "admin", "name"),
+                              ("noc", "root", "role")):  # fmt: skip
+        with pytest.raises(OcsError) as refused:
+            await api_tokens.create(app.services.pool, name, role)
+        assert refused.value.field == field
+    assert await api_tokens.listed(app.services.pool) == []
 
 
 async def test_roles_decide_what_a_token_may_do_and_switches_need_none(

@@ -209,6 +209,9 @@ def test_batches_of_every_length_around_the_pipelines_edges_answer_as_single_loo
         assert index.lookup_many(numbers).tolist() == expected, n
         assert index.lookup_many(np.array(numbers, dtype="S")).tolist() == expected, n
         assert index.lookup_keys(encode_numbers(numbers)).tolist() == expected, n
+    # A key no number has would read past the table: refused, not looked up.
+    with pytest.raises(ValueError, match="out of range"):
+        index.lookup_keys(np.array([5, 11**18], np.int64))
 
 
 def test_a_large_table_matches_its_own_prefixes() -> None:

@@ -508,6 +508,7 @@ async def remove_code_list(pool: asyncpg.Pool, plan_id: str = STANDARD) -> bool:
 
 
 async def _lock_plan(conn: asyncpg.Connection, plan_id: str) -> None:
+    """Lock a plan's row for the transaction: PLAN_NOT_FOUND when there is none."""
     if await conn.fetchval("SELECT 1 FROM plans WHERE id = $1 FOR UPDATE", plan_id) is None:
         raise OcsError(Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan")
 

@@ -718,6 +718,16 @@ class CallService:
             credit_limit=state.credit_limit,
         )
 
+    def _area_name(self, record: CallRecord) -> str | None:
+        """The name of a call's destination for its CDR, by the account's plan's table.
+
+        A name only describes: nothing about it may keep a call from being charged.
+        """
+        try:
+            return self._catalog.snapshot.destination_name(record.plan_id, record.destination)
+        except ValueError:  # not digits: normalize_number lets none through today
+            return None
+
     async def quote(
         self, account_id: str, destination: str, access_number: str | None = None
     ) -> Quote:
@@ -906,7 +916,7 @@ class CallService:
                 "counter": record.counter_id,
                 "counter_seconds": counter_seconds_used(record.split, duration),
                 # The area-code table's name of the destination (cdrs.destination_name).
-                "area": self._catalog.snapshot.destination_name(record.plan_id, record.destination),
+                "area": self._area_name(record),
             }
         )
         return await self._store.stop(

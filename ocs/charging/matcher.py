@@ -72,9 +72,9 @@ MAX_L1_DIGITS = 5
 MAX_L2_DIGITS = 6
 MAX_SEGMENTS = (1 << 30) - 1
 LOOKAHEAD = 8  # numbers between one stage of a batch lookup and the next
-RING = 32  # a power of two above 3 * LOOKAHEAD: the batch lookup's rings
+RING = 32  # a power of two above LOOKAHEAD (a ring slot lives that long): the rings
 CHUNK = 1024  # numbers parsed at a time, ahead of their batch lookup
-assert RING & (RING - 1) == 0 and RING > 3 * LOOKAHEAD
+assert RING & (RING - 1) == 0 and RING > LOOKAHEAD
 
 # SWAR constants: batch numbers are validated and read eight bytes at a time.
 _U = np.uint64
@@ -584,6 +584,9 @@ class PrefixIndex:
             # A key holds 18 digits: longer numbers need their digits (lookup_many).
             raise ValueError("this index has prefixes over 18 digits: use lookup_many")
         keys = np.ascontiguousarray(keys, np.int64)
+        # A key past every number's would index past level 1: no encode_numbers output.
+        if len(keys) and int(keys.max()) >= POW11[KEY_DIGITS]:
+            raise ValueError("keys must come from encode_numbers (one is out of range)")
         out = np.empty(len(keys), np.int64)
         _lookup_pipelined(self.packed, keys, out)
         return out

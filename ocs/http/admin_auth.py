@@ -11,6 +11,8 @@ Until the first token exists the admin API is open, so that a fresh install and
 ``admin_token_required`` setting closes the API even then.
 """
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from ocs import api_tokens
@@ -61,7 +63,9 @@ def needed_role(method: str, route: str) -> str | None:
     return "admin"
 
 
-def admin_auth(required: bool) -> web.middleware:
+def admin_auth(
+    required: bool,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """The middleware; ``required``: refuse tokenless admin requests even before any
     token exists."""
 

@@ -47,6 +47,7 @@ async def import_code_list(request: web.Request) -> web.Response:
 
 
 async def remove_code_list(request: web.Request) -> web.Response:
+    """Drop the standard table or a plan's custom code list; 404 when there is none."""
     list_id = _list_of(request)
     if not await catalog_store.remove_code_list(request.app[SERVICES].pool, list_id):
         what = f"plan {list_id!r} has no custom code list" if list_id else "no standard table"
