@@ -254,7 +254,7 @@ def _run_command(
     from ocs.charging import catalog_store
     from ocs.charging.catalog import Plan
     from ocs.charging.deck import parse_deck
-    from ocs.http.handlers import account_json, plan_json
+    from ocs.http.handlers import account_json, deck_import_json, plan_json
 
     command = args.command
     if command in ("serve", "demo"):
@@ -323,7 +323,7 @@ def _run_command(
         result = uvloop.run(
             _with_services(settings, lambda s: catalog_store.import_deck(s.pool, args.plan, rows))
         )
-        _print({"plan": result.plan_id, "prefixes": result.prefixes, "zones": result.zones})
+        _print(deck_import_json(result))
         return 0
     if command == "tokens":
         from ocs import api_tokens

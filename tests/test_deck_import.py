@@ -24,6 +24,9 @@ DECK_A = (
 )
 # Replaces DECK_A wholly: 447 and 49 are gone, 44 changes zone and rate, 33 is new.
 DECK_B = HEADER + "44,UK All,0.020,0,1,1\n" + "33,France,0.030,0.010,60,1\n"
+# What an import answers it did, for DECK_A into a plan with no deck, then DECK_B.
+NEW_DECK_A = {"added": 3, "changed": 0, "removed": 0}
+A_TO_B = {"added": 1, "changed": 1, "removed": 2}
 
 UK_FIXED = "442071234567"
 UK_MOBILE = "447700900123"
@@ -329,7 +332,7 @@ async def test_a_deck_imported_over_http_rates_calls_as_written(app: RunningApp)
     assert status == 201, body
     status, body = await import_over_http(app, "retail", DECK_A)
     assert status == 200, body
-    assert body == {"plan": "retail", "prefixes": 3, "zones": 3}
+    assert body == {"plan": "retail", "prefixes": 3, "zones": 3, **NEW_DECK_A}
     assert await deck_rows(app, "retail") == DECK_A_ROWS
     await app.post("/v1/accounts", {"id": "a1", "plan": "retail", "balance": "10.00"})
     await wait_until_served(app, "retail", UK_MOBILE, "UK Mobile")
@@ -364,7 +367,11 @@ async def test_a_spreadsheet_export_with_bom_crlf_and_plus_signs_imports(app: Ru
     )
     status, body = await import_over_http(app, "retail", deck.encode())
     assert status == 200, body
-    assert body == {"plan": "retail", "prefixes": 2, "zones": 1}
+    assert body == {"plan": "retail", "prefixes": 2, "zones": 1} | {
+        "added": 2,
+        "changed": 0,
+        "removed": 0,
+    }
     assert [row[:2] for row in await deck_rows(app, "retail")] == [("44", "UK"), ("447", "UK")]
 
 
@@ -372,7 +379,7 @@ async def test_a_second_http_import_replaces_the_first_wholly(app: RunningApp) -
     await plan_with_deck_a(app)
     status, body = await import_over_http(app, "retail", DECK_B)
     assert status == 200, body
-    assert body == {"plan": "retail", "prefixes": 2, "zones": 2}
+    assert body == {"plan": "retail", "prefixes": 2, "zones": 2, **A_TO_B}
     assert await deck_rows(app, "retail") == [
         ("33", "France", 30_000, 10_000, 60, 1),
         ("44", "UK All", 20_000, 0, 1, 1),
@@ -404,7 +411,7 @@ async def test_the_cli_import_replaces_the_deck_the_running_server_rates_by(
         settings, tmp_path, "tariffs", "import", "--plan", "retail", str(deck_a)
     )
     assert code == 0, err
-    assert json.loads(out) == {"plan": "retail", "prefixes": 3, "zones": 3}
+    assert json.loads(out) == {"plan": "retail", "prefixes": 3, "zones": 3, **NEW_DECK_A}
     await wait_until_served(app, "retail", UK_MOBILE, "UK Mobile")
     status, body = await app.post(
         "/v1/accounts", {"id": "c1", "plan": "retail", "balance": "10.00"}
@@ -419,7 +426,7 @@ async def test_the_cli_import_replaces_the_deck_the_running_server_rates_by(
         settings, tmp_path, "tariffs", "import", "--plan", "retail", str(deck_b)
     )
     assert code == 0, err
-    assert json.loads(out) == {"plan": "retail", "prefixes": 2, "zones": 2}
+    assert json.loads(out) == {"plan": "retail", "prefixes": 2, "zones": 2, **A_TO_B}
     await wait_until_served(app, "retail", GERMANY, None)
 
     assert await refusal(app, "c1", GERMANY) == (403, "destination_not_allowed")

@@ -546,7 +546,11 @@ async def test_inbound_rows_are_stored_beside_the_outbound_ones(app: RunningApp)
         "49,Germany,0.012,0,1,1,inbound,\n"
     )
     status, body = await _plan_and_answer(app, "retail", deck)
-    assert body == {"plan": "retail", "prefixes": 3, "zones": 2}, (status, body)
+    assert body == {"plan": "retail", "prefixes": 3, "zones": 2} | {
+        "added": 3,
+        "changed": 0,
+        "removed": 0,
+    }, (status, body)
     assert await _tariffs(app.services.pool, "retail") == [
         ("Germany", "inbound", 12_000, 0, "[]"),
         ("UK", "inbound", 5_000, 1_000_000, "[]"),

@@ -342,9 +342,20 @@ async def import_tariffs(request: web.Request) -> web.Response:
     # A million-row deck is most of a second of CPU: off the event loop.
     rows = await asyncio.to_thread(parse_deck, text)
     result = await catalog_store.import_deck(_services(request).pool, plan_id, rows)
-    return web.json_response(
-        {"plan": result.plan_id, "prefixes": result.prefixes, "zones": result.zones}
-    )
+    return web.json_response(deck_import_json(result))
+
+
+def deck_import_json(result: catalog_store.DeckImport) -> dict[str, object]:
+    """What an import did: the deck's size, and its prefixes new to the plan, moved
+    to another zone and gone, against the deck it replaced."""
+    return {
+        "plan": result.plan_id,
+        "prefixes": result.prefixes,
+        "zones": result.zones,
+        "added": result.added,
+        "changed": result.changed,
+        "removed": result.removed,
+    }
 
 
 async def set_bands(request: web.Request) -> web.Response:
