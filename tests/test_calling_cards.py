@@ -361,6 +361,24 @@ async def test_wrong_pins_over_http_block_the_caller_and_count(app: RunningApp) 
     assert after[failures] - before.get(failures, 0.0) == limit
 
 
+async def test_wrong_pins_over_http_from_ever_new_callers_block_the_ivr(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    rows = await generate(app, batch="ivr", count=5, length=PIN_LENGTH, value="1.00")
+    pins = {row["pin"] for row in rows}
+    before = await scrape(app)
+    # Each guess names a fresh caller, staying under the caller limit: the IVR's
+    # address (the NAS limit) stops them.
+    for n in range(app.services.settings.pin_guess_limit_nas):
+        status, body = await app.get(f"/v1/pins/{wrong_pin(pins)}?caller=4930{n:07d}")
+        assert status == 404, body
+    status, body = await app.get(f"/v1/pins/{rows[0]['pin']}?caller=4930999999")
+    assert (status, body["error"]["reason"]) == (403, "pin_blocked")
+    after = await scrape(app)
+    assert blocked_samples(after, "nas") - blocked_samples(before, "nas") == 1
+
+
 async def test_wrong_pins_from_many_callers_block_the_nas(app: RunningApp) -> None:
     await add_plan(app.services)
     rows = await generate(app, batch="nas", count=5, length=PIN_LENGTH, value="1.00")

@@ -234,15 +234,18 @@ async def generate_pins(request: web.Request) -> web.Response:
 
 
 async def _card(request: web.Request) -> tuple[Services, str]:
-    """The card a PIN in the path opens; wrong PINs count against the caller's guesses."""
+    """The card a PIN in the path opens; wrong PINs count against the caller's guesses
+    and, as a NAS's do over RADIUS, against the IVR asking (its address): a client
+    that names a new ``caller`` for every guess is still stopped."""
     services = _services(request)
     pin = request.match_info["pin"]
-    caller = request.query.get("caller") or request.remote
-    await services.pin_guard.check(caller, None)
+    ivr = request.remote
+    caller = request.query.get("caller") or ivr
+    await services.pin_guard.check(caller, ivr)
     account_id = await services.cards.account_for_pin(pin)
     if account_id is None:
         PIN_FAILURES.labels("http").inc()
-        await services.pin_guard.failed(caller, None)
+        await services.pin_guard.failed(caller, ivr)
         raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no card has this PIN", field="pin")
     return services, account_id
 
