@@ -183,3 +183,33 @@ async def test_the_cli_imports_and_removes_lists(
     code, out, err = await ocs_cli(settings, tmp_path, "codes", "remove", "--plan", "retail")
     assert (code, json.loads(out)) == (0, {"plan": "retail", "removed": True}), err
     await named(app, "retail", "4420", "United Kingdom - London")
+
+
+async def test_a_plans_lookup_answers_how_a_number_is_rated_and_named(app: RunningApp) -> None:
+    await add_plan(app.services)
+    await put_list(app, "/v1/area-codes", STANDARD)
+    await named(app, "retail", "447700900123", "United Kingdom - Mobile")
+    status, body = await app.get("/v1/plans/retail/lookup?number=%2B447700900123")
+    assert (status, body) == (
+        200,
+        {
+            "plan": "retail",
+            "number": "447700900123",
+            "rating_plan": "retail",
+            "prefix": "447",
+            "zone": "UK Mobile",
+            "connect_fee": "0.150000",
+            "first_block": 30,
+            "increment": 6,
+            "price_per_minute": "0.060000",
+            "destination_name": "United Kingdom - Mobile",
+        },
+    )
+    status, body = await app.get("/v1/plans/retail/lookup?number=33123456789")
+    assert (status, body["error"]["reason"]) == (403, "destination_not_allowed")
+    status, body = await app.get("/v1/plans/retail/lookup")
+    assert (status, body["error"]["field"]) == (400, "number")
+    status, body = await app.get("/v1/plans/retail/lookup?number=44&direction=sideways")
+    assert (status, body["error"]["field"]) == (400, "direction")
+    status, body = await app.get("/v1/plans/nobody/lookup?number=44")
+    assert (status, body["error"]["reason"]) == (404, "plan_not_found")

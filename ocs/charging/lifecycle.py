@@ -321,7 +321,7 @@ def call_bands(plan: Plan | None, rate: Rate, start: int, length: int) -> Segmen
     return plan.bands.segments(start, length + slack + 60)
 
 
-def _tariff_of(
+def tariff_of(
     snapshot: CatalogSnapshot,
     plan_id: str,
     translated: str,
@@ -520,7 +520,7 @@ class CallService:
                 raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
             # A NAS's own translation set replaces the plan's for the calls it sends.
             rules = plan.translation if translation is None else translation
-            digits, rating_plan, prefix, tariff = _tariff_of(
+            digits, rating_plan, prefix, tariff = tariff_of(
                 snapshot, plan_id, rules.apply(destination), access_number, direction
             )
             rate = tariff.rate
@@ -738,7 +738,7 @@ class CallService:
         plan = snapshot.plan(plan_id)
         if plan is None:
             raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
-        digits, rating_plan, _, tariff = _tariff_of(
+        digits, rating_plan, _, tariff = tariff_of(
             snapshot, plan_id, plan.translation.apply(destination), access_number, "outbound"
         )
         state = await self._store.get_account(account_id)

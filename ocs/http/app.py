@@ -56,6 +56,7 @@ def create_app(services: Services) -> web.Application:
     app.router.add_put("/v1/route-sets/{route_set_id}", routes_handlers.set_route_set)
     app.router.add_put("/v1/plans/{plan_id}/access-numbers", number_handlers.set_access_numbers)
     app.router.add_put("/v1/on-net", number_handlers.set_onnet)
+    app.router.add_get("/v1/plans/{plan_id}/lookup", number_handlers.lookup_number)
     app.router.add_put("/v1/area-codes", number_handlers.import_code_list)
     app.router.add_delete("/v1/area-codes", number_handlers.remove_code_list)
     app.router.add_put("/v1/plans/{plan_id}/area-codes", number_handlers.import_code_list)

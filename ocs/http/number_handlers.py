@@ -1,5 +1,6 @@
 """HTTP handlers for number handling: a plan's access numbers, the on-net ranges,
-the area-code tables (the standard one and plans' custom code lists)."""
+the area-code tables (the standard one and plans' custom code lists), and what
+the serving catalog makes of a number."""
 
 import asyncio
 
@@ -8,9 +9,11 @@ from aiohttp import web
 from ocs.charging import catalog_store, number_plan
 from ocs.charging.catalog_store import validate_plan_id
 from ocs.charging.code_lists import STANDARD, parse_code_list
+from ocs.charging.deck import DIRECTIONS
+from ocs.charging.lifecycle import tariff_of
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.handlers import SERVICES
-from ocs.http.json_io import read_object
+from ocs.http.json_io import money, read_object
 
 
 async def set_access_numbers(request: web.Request) -> web.Response:
@@ -53,3 +56,39 @@ async def remove_code_list(request: web.Request) -> web.Response:
         what = f"plan {list_id!r} has no custom code list" if list_id else "no standard table"
         raise OcsError(Reason.NOT_FOUND, what)
     return web.json_response({"plan": list_id or None, "removed": True})
+
+
+async def lookup_number(request: web.Request) -> web.Response:
+    """How a plan rates a number, from the serving snapshot, as authorize would find
+    it (translation, access number, on-net, longest prefix), and its area-code name:
+    the operator's "which zone is this?" without reading a deck."""
+    plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
+    number = request.query.get("number")
+    if not number:
+        raise invalid("number", "is required")
+    direction = request.query.get("direction", "outbound")
+    if direction not in DIRECTIONS:
+        raise invalid("direction", f"expected one of {', '.join(DIRECTIONS)}")
+    access_number = (request.query.get("access_number") or "").lstrip("+") or None
+    snapshot = request.app[SERVICES].catalog.snapshot
+    plan = snapshot.plan(plan_id)
+    if plan is None:
+        raise OcsError(Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan")
+    digits, rating_plan, prefix, tariff = tariff_of(
+        snapshot, plan_id, plan.translation.apply(number), access_number, direction
+    )
+    rate = tariff.rate
+    return web.json_response(
+        {
+            "plan": plan_id,
+            "number": digits,
+            "rating_plan": rating_plan,
+            "prefix": prefix,
+            "zone": tariff.zone,
+            "connect_fee": money(rate.connect_fee),
+            "first_block": rate.first_block,
+            "increment": rate.increment,
+            "price_per_minute": money(rate.price_per_minute),
+            "destination_name": snapshot.destination_name(plan_id, digits),
+        }
+    )

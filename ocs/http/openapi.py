@@ -507,6 +507,16 @@ PATHS: dict[str, dict[str, Any]] = {
             body=_body({"prefixes": {"type": "array", "items": {"type": "string"}}}, ["prefixes"]),
         ),
     },
+    "/v1/plans/{plan_id}/lookup": {
+        "get": _op(
+            "How the plan rates a number (query: number, direction, access_number): the"
+            " matched prefix, zone and rate, and the area-code name, from the serving catalog",
+            "the match",
+            400,
+            403,
+            404,
+        ),
+    },
     "/v1/area-codes": {
         "put": _op(
             "Replace the standard area-code table (CSV body: prefix,name): destination"
