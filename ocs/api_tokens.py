@@ -9,7 +9,10 @@ log line ever holds a usable token. Each token has a role:
   changing accounts, top-ups, members, caller ids, counters, PIN batches,
   cutting a live call;
 * ``admin``: everything, the catalog included (plans, decks, area codes,
-  carriers, route sets, NAS clients, number handling).
+  carriers, route sets, NAS clients, number handling);
+* ``switch``: the call lifecycle and the PIN queries only, for a switch or an
+  IVR where ``switch_token_required`` asks them for a token (an admin token
+  does too); nothing of the admin API.
 """
 
 import hashlib
@@ -23,7 +26,8 @@ import asyncpg
 
 from ocs.errors import OcsError, Reason, invalid
 
-ROLES = ("viewer", "operator", "admin")  # each can do what the ones before it can
+ADMIN_ROLES = ("viewer", "operator", "admin")  # each can do what the ones before it can
+ROLES = (*ADMIN_ROLES, "switch")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no trailing newline slips by
 _PREFIX = "ocs_"
 
@@ -44,7 +48,11 @@ def digest(token: str) -> bytes:
 
 def may(role: str, needed: str) -> bool:
     """Whether a token of ``role`` may do what needs ``needed``."""
-    return ROLES.index(role) >= ROLES.index(needed)
+    if needed == "switch":
+        return role in ("switch", "admin")
+    if role == "switch":
+        return False
+    return ADMIN_ROLES.index(role) >= ADMIN_ROLES.index(needed)
 
 
 async def create(pool: asyncpg.Pool, name: str, role: str) -> str:

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "create", parents=[common], help="make a token (printed this once, stored as a digest)"
     )
     tcreate.add_argument("--name", required=True)
-    tcreate.add_argument("--role", required=True, choices=("admin", "operator", "viewer"))
+    tcreate.add_argument("--role", required=True, choices=("admin", "operator", "viewer", "switch"))
     tokens.add_parser("list", parents=[common], help="list tokens (names and roles)")
     trevoke = tokens.add_parser("revoke", parents=[common], help="revoke a token by name")
     trevoke.add_argument("name")

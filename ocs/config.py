@@ -62,6 +62,8 @@ class Settings:
     # Refuse admin API requests without a valid token even before the first token
     # exists (ocs.http.admin_auth); once one exists they are refused anyway.
     admin_token_required: bool = False
+    # The call lifecycle and PIN queries over HTTP need a `switch` (or admin) token.
+    switch_token_required: bool = False
     # Disconnect-Request (RFC 5176): seconds to wait for a NAS's answer, per attempt.
     disconnect_timeout: float = 1.0
     radius_enabled: bool = True
@@ -267,6 +269,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "janitor_interval": _parse_float,
     "run_janitor": _parse_bool,
     "admin_token_required": _parse_bool,
+    "switch_token_required": _parse_bool,
     "pin_guess_limit_caller": _parse_int(1, 1_000_000),
     "pin_guess_limit_nas": _parse_int(1, 10_000_000),
     "pin_guess_window": _parse_int(1, 30 * 24 * 3600),

@@ -160,3 +160,39 @@ async def test_the_cli_makes_lists_and_revokes_tokens(
     assert (await call(app, "GET", "/v1/plans"))[0] == 200  # open again: no token left
     code, _, _ = await ocs_cli(settings, tmp_path, "tokens", "revoke", "noc")
     assert code == 1
+
+
+async def test_switch_tokens_when_required_guard_the_call_lifecycle_and_nothing_else(
+    services: Services, settings: Settings
+) -> None:
+    from dataclasses import replace
+
+    await add_plan(services)
+    guarded = replace(services, settings=replace(settings, switch_token_required=True))
+    client = TestClient(TestServer(create_app(guarded)))
+    await client.start_server()
+    try:
+        switch = await api_tokens.create(services.pool, "kamailio-1", "switch")
+        admin = await api_tokens.create(services.pool, "noc", "admin")
+        viewer = await api_tokens.create(services.pool, "report", "viewer")
+        account = {"id": "s1", "plan": "retail", "balance": "1.00"}
+        response = await client.post("/v1/accounts", json=account, headers=bearer(admin))
+        assert response.status == 201
+        call = {"account": "s1", "destination": "447700900123", "call_id": "sw-1"}
+        # No token, or a reader's: refused; the switch's and the admin's: served.
+        response = await client.post("/v1/calls", json=call)
+        assert response.status == 401
+        response = await client.post("/v1/calls", json=call, headers=bearer(viewer))
+        assert (response.status, (await response.json())["error"]["reason"]) == (403, "forbidden")
+        response = await client.post("/v1/calls", json=call, headers=bearer(switch))
+        assert response.status == 201, await response.text()
+        response = await client.post(
+            "/v1/calls/sw-1/stop", json={"duration": 45}, headers=bearer(admin)
+        )
+        assert (await response.json())["cost"] == "0.198000"
+        # A switch token opens nothing of the admin API; the probes need no token.
+        response = await client.get("/v1/accounts/s1", headers=bearer(switch))
+        assert response.status == 403
+        assert (await client.get("/healthz")).status == 200
+    finally:
+        await client.close()

@@ -1,10 +1,12 @@
 """Who may call which endpoint of the HTTP API: bearer tokens and their roles.
 
-The call lifecycle and the IVR's PIN queries are for switches and IVRs and take
-no token; nor do ``/healthz``, ``/metrics`` and ``/openapi.json``. Every other
-endpoint is the admin API and needs ``Authorization: Bearer <token>`` whose role
-(ocs.api_tokens) may do it: a read (GET) needs ``viewer``, the work on accounts
-(``OPERATOR_WORK``) ``operator``, anything else ``admin``.
+The call lifecycle and the IVR's PIN queries (``SWITCH_WORK``) are for switches
+and IVRs: they take no token, unless the ``switch_token_required`` setting asks
+for one with the ``switch`` (or ``admin``) role. ``/healthz``, ``/metrics`` and
+``/openapi.json`` never take one. Every other endpoint is the admin API and
+needs ``Authorization: Bearer <token>`` whose role (ocs.api_tokens) may do it: a
+read (GET) needs ``viewer``, the work on accounts (``OPERATOR_WORK``)
+``operator``, anything else ``admin``.
 
 Until the first token exists the admin API is open, so that a fresh install and
 ``ocs demo`` work at once; ``ocs serve`` says so in its log at start, and the
@@ -20,8 +22,8 @@ from ocs.errors import OcsError, Reason
 from ocs.http.handlers import SERVICES
 from ocs.http.middleware import Handler, endpoint_of
 
-# (method, route) of endpoints that need no token.
-PUBLIC = frozenset(
+# (method, route) of what switches and IVRs call: a switch token's work.
+SWITCH_WORK = frozenset(
     {
         ("POST", "/v1/calls"),
         ("POST", "/v1/calls/{call_id}/start"),
@@ -30,11 +32,10 @@ PUBLIC = frozenset(
         ("POST", "/v1/usage"),
         ("GET", "/v1/pins/{pin}"),
         ("GET", "/v1/pins/{pin}/time"),
-        ("GET", "/healthz"),
-        ("GET", "/metrics"),
-        ("GET", "/openapi.json"),
     }
 )
+# (method, route) of the probes and the API's description: never a token.
+OPEN = frozenset({("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/openapi.json")})
 # (method, route) of the changes an operator token may make.
 OPERATOR_WORK = frozenset(
     {
@@ -52,11 +53,16 @@ OPERATOR_WORK = frozenset(
 )
 
 
-def needed_role(method: str, route: str) -> str | None:
-    """The least role that may call ``route`` with ``method``; None: no token needed."""
-    if (method, route) in PUBLIC or (method == "HEAD" and ("GET", route) in PUBLIC):
+def needed_role(method: str, route: str, switch_token: bool = False) -> str | None:
+    """The least role that may call ``route`` with ``method``; None: no token needed.
+    ``switch_token``: the switches' endpoints need a switch token."""
+    if method == "HEAD":
+        method = "GET"
+    if (method, route) in OPEN:
         return None
-    if method in ("GET", "HEAD"):
+    if (method, route) in SWITCH_WORK:
+        return "switch" if switch_token else None
+    if method == "GET":
         return "viewer"
     if (method, route) in OPERATOR_WORK:
         return "operator"
@@ -64,21 +70,24 @@ def needed_role(method: str, route: str) -> str | None:
 
 
 def admin_auth(
-    required: bool,
+    required: bool, switch_token: bool = False
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """The middleware; ``required``: refuse tokenless admin requests even before any
-    token exists."""
+    token exists; ``switch_token``: the switches' endpoints need a switch token."""
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = endpoint_of(request)
-        needed = None if route == "unmatched" else needed_role(request.method, route)
+        needed = None
+        if route != "unmatched":
+            needed = needed_role(request.method, route, switch_token)
         if needed is None:
             return await handler(request)
         pool = request.app[SERVICES].pool
         header = request.headers.get("Authorization")
         if header is None:
-            if not required and not await api_tokens.any_token(pool):
+            # Only the admin API is open before the first token; switch_token is a choice.
+            if needed != "switch" and not required and not await api_tokens.any_token(pool):
                 return await handler(request)
             raise OcsError(Reason.UNAUTHORIZED, "this endpoint needs Authorization: Bearer <token>")
         scheme, _, token = header.partition(" ")

@@ -11,7 +11,12 @@ from ocs.services import Services
 def create_app(services: Services) -> web.Application:
     # Errors and metrics outermost: a refused token is answered and counted like any error.
     app = web.Application(
-        middlewares=[errors_and_metrics, admin_auth(services.settings.admin_token_required)],
+        middlewares=[
+            errors_and_metrics,
+            admin_auth(
+                services.settings.admin_token_required, services.settings.switch_token_required
+            ),
+        ],
         client_max_size=64 << 20,
     )
     app[handlers.SERVICES] = services

@@ -550,7 +550,8 @@ PATHS: dict[str, dict[str, Any]] = {
 
 def _secured(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The paths with each operation's security (ocs.http.admin_auth): none for the
-    switches' and IVRs' endpoints, a bearer token (and its 401 and 403) for the rest."""
+    probes, an optional bearer token for the switches' and IVRs' endpoints (needed
+    with switch_token_required), a bearer token (and its 401 and 403) for the rest."""
     from ocs.http.admin_auth import needed_role
 
     secured: dict[str, dict[str, Any]] = {}
@@ -558,6 +559,13 @@ def _secured(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         secured[path] = {}
         for method, operation in operations.items():
             needed = needed_role(method.upper(), path)
+            if needed is None and needed_role(method.upper(), path, switch_token=True):
+                secured[path][method] = {
+                    **operation,
+                    "security": [{}, {"bearer": []}],
+                    "description": "Needs a switch token where switch_token_required is set.",
+                }
+                continue
             if needed is None:
                 secured[path][method] = {**operation, "security": []}
                 continue
