@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -164,6 +165,13 @@ async def app(services: Services) -> AsyncIterator[RunningApp]:
         stopping.set()
         await asyncio.wait_for(task, timeout=10)
         await client.close()
+
+
+async def account(app: RunningApp, account_id: str) -> dict[str, Any]:
+    """``GET /v1/accounts/{id}``, which must answer 200: the account's view."""
+    status, body = await app.get(f"/v1/accounts/{account_id}")
+    assert status == 200, body
+    return body
 
 
 async def eventually(

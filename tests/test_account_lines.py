@@ -19,7 +19,7 @@ import pytest
 from ocs.balances import keys
 from ocs.charging.lifecycle import CallRecord
 from ocs.errors import OcsError
-from tests.conftest import RADIUS_SECRET, RunningApp, RunningRadius, add_plan, eventually
+from tests.conftest import RADIUS_SECRET, RunningApp, RunningRadius, account, add_plan, eventually
 from tests.radclient import RadiusReply, radclient
 
 FLAT_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
@@ -39,12 +39,6 @@ async def send(app: RunningApp, method: str, path: str, payload: object = None) 
 async def set_plan_policy(app: RunningApp, plan: str = "retail", **policy: object) -> None:
     status, body = await send(app, "PUT", f"/v1/plans/{plan}/policy", policy)
     assert status == 200, body
-
-
-async def account(app: RunningApp, account_id: str) -> dict[str, Any]:
-    status, body = await app.get(f"/v1/accounts/{account_id}")
-    assert status == 200, body
-    return body
 
 
 async def add_member(

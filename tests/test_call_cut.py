@@ -29,7 +29,7 @@ from ocs.config import with_overrides
 from ocs.radius.clients import load_client_table
 from ocs.radius.dictionary import radius_dictionary
 from ocs.radius.server import RadiusServer
-from tests.conftest import RunningApp, add_plan, eventually
+from tests.conftest import RunningApp, account, add_plan, eventually
 from tests.radclient import radclient
 
 UK_MOBILE = "447700900123"
@@ -60,12 +60,6 @@ def rate_of(app: RunningApp, destination: str) -> Rate:
     match = app.services.catalog.snapshot.tariff_for("retail", destination)
     assert match is not None
     return match[1].rate
-
-
-async def account(app: RunningApp, account_id: str) -> dict[str, Any]:
-    status, body = await app.get(f"/v1/accounts/{account_id}")
-    assert status == 200, body
-    return body
 
 
 async def cut(app: RunningApp, call_id: str) -> tuple[int, dict[str, Any]]:

@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 from ocs.charging.lifecycle import CallService
-from tests.conftest import RunningApp, add_plan, eventually
+from tests.conftest import RunningApp, account, add_plan, eventually
 
 PER_SECOND_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 49,Germany,0.600,0,1,1
@@ -34,12 +34,6 @@ async def set_plan_policy(app: RunningApp, **policy: object) -> dict[str, Any]:
 async def new_account(app: RunningApp, account_id: str, **fields: object) -> dict[str, Any]:
     status, body = await app.post("/v1/accounts", {"id": account_id, "plan": "retail", **fields})
     assert status == 201, body
-    return body
-
-
-async def account(app: RunningApp, account_id: str) -> dict[str, Any]:
-    status, body = await app.get(f"/v1/accounts/{account_id}")
-    assert status == 200, body
     return body
 
 

@@ -7,11 +7,10 @@ Rates (tests/conftest.py RETAIL_DECK): UK Mobile 0.06 a minute, 0.15 connect fee
 """
 
 import asyncio
-from typing import Any
 
 from ocs.charging.lifecycle import CallService
 from ocs.charging.rating import Rate, cost
-from tests.conftest import RunningApp, add_plan, eventually
+from tests.conftest import RunningApp, account, add_plan, eventually
 
 UK_MOBILE = "447700900123"
 
@@ -20,12 +19,6 @@ def uk_mobile_rate(app: RunningApp) -> Rate:
     match = app.services.catalog.snapshot.tariff_for("retail", UK_MOBILE)
     assert match is not None
     return match[1].rate
-
-
-async def account(app: RunningApp, account_id: str) -> dict[str, Any]:
-    status, body = await app.get(f"/v1/accounts/{account_id}")
-    assert status == 200, body
-    return body
 
 
 def micro(amount: str) -> int:

@@ -52,9 +52,6 @@
 -- A reservation is min(available, ARGV[5]); the caller turns it into the longest
 -- duration it pays for with the shared rating function.
 
--- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
-local function int(x) return string.format('%d', x) end
-
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'REJ', 'account_not_found'}
 end

@@ -12,9 +12,6 @@
 -- msgpack {charged, rated, balance, duration, entry, cause}; {"REJ", reason} when the
 -- account is unknown, not active, or cannot pay it (balance never below -credit_limit).
 
--- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
-local function int(x) return string.format('%d', x) end
-
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'REJ', 'account_not_found'}
 end

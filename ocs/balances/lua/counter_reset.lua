@@ -12,8 +12,6 @@
 -- calls count what they use against the new cycle when they stop.
 -- Returns the number of counters set.
 
-local function int(x) return string.format('%d', x) end
-
 local named = {}
 local only = nil
 local args = ARGV

@@ -14,9 +14,6 @@
 -- Returns {"OK", balance} or {"EXISTS"}. A non-zero opening balance is a ledger
 -- entry of kind "opening", so the ledger always sums to the balance.
 
--- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
-local function int(x) return string.format('%d', x) end
-
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'EXISTS'}
 end

@@ -14,8 +14,6 @@
 -- Returns {"OK", result} or {"DONE", result} (a repeat: nothing debited), result =
 -- msgpack {amount, balance, entry}; {"NOACCT"}; {"REJ", reason}.
 
-local function int(x) return string.format('%d', x) end
-
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'NOACCT'}
 end

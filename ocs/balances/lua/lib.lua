@@ -1,5 +1,8 @@
 -- lib: helpers prepended to every script (scripts.py), so each rule lives once.
 
+-- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
+local function int(x) return string.format('%d', x) end
+
 -- Critical balance: a charge that takes an active account's balance below its
 -- critical balance locks it (new calls refused, live calls go on); only a top-up
 -- back to it or above unlocks it ("lock" = "critical" tells it from an operator's lock).

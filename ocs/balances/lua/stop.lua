@@ -36,9 +36,6 @@
 -- the balance below -credit_limit: a call that ran past its grant is charged at
 -- most what the account can still pay (charged < rated).
 
--- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
-local function int(x) return string.format('%d', x) end
-
 local done = redis.call('GET', KEYS[4])
 if done then
   local first = cmsgpack.unpack(done)

@@ -14,9 +14,6 @@
 -- result = msgpack {amount, balance, entry}; {"NOACCT"} for an unknown account;
 -- {"LIMIT"} when the balance would pass 10^15 micro-units.
 
--- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
-local function int(x) return string.format('%d', x) end
-
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'NOACCT'}
 end

@@ -22,9 +22,6 @@
 -- Money moves from the call's reservation to the debit: the funds held for the
 -- call shrink by what is debited, so available funds never count it twice.
 
--- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
-local function int(x) return string.format('%d', x) end
-
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return {'DONE'}
 end
