@@ -8,6 +8,7 @@ message names the key and where it came from, and the CLI exits with code 2.
 
 import math
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -19,6 +20,23 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 
 
+def default_data_dir() -> Path:
+    """Where embedded servers keep their data unless told: one stable place per user.
+
+    ``$XDG_DATA_HOME/ocs`` (else ``~/.local/share/ocs``), never the current
+    directory: a command run from another folder must find the same store.
+    """
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ocs"
+
+
+def resolved_log_format(fmt: str) -> str:
+    """``json`` or ``text``: ``auto`` means text on a terminal, JSON otherwise."""
+    if fmt != "auto":
+        return fmt
+    return "text" if sys.stderr.isatty() else "json"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything an ocs process is configured with."""
@@ -26,13 +44,14 @@ class Settings:
     # None means: start an embedded server under data_dir.
     redis_url: str | None = None
     database_url: str | None = None
-    data_dir: Path = Path("var")
+    data_dir: Path = field(default_factory=default_data_dir)
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     # Server processes sharing the listening ports (SO_REUSEPORT); see ocs/workers.py.
     workers: int = 1
     log_level: str = "INFO"
-    log_format: str = "json"
+    # "auto": text on a terminal, JSON lines otherwise (see resolved_log_format).
+    log_format: str = "auto"
     # A live call's record expires this long after its granted duration ends.
     call_expiry_grace: int = 300
     # How long a stopped call's result is kept to answer a repeated stop.
@@ -51,7 +70,7 @@ class Settings:
     # Interim-Updates debit what a call has used so far (else they only record it).
     debit_on_interim: bool = False
     # How the janitor charges a started call the switch never stopped.
-    stale_call_policy: str = "last_reported"
+    stale_call_policy: str = "full_grant"
     janitor_interval: float = 1.0
     run_janitor: bool = True
     # PIN guessing: after this many failed PINs within the window a caller id (or a
@@ -61,9 +80,20 @@ class Settings:
     pin_guess_window: int = 900
     # Refuse admin API requests without a valid token even before the first token
     # exists (ocs.http.admin_auth); once one exists they are refused anyway.
-    admin_token_required: bool = False
+    # Secure by default: without a token the admin API refuses everything. False
+    # restores the trial behaviour (open until the first token exists).
+    admin_token_required: bool = True
+    # Printed once and stored at the first start when no admin token exists yet;
+    # set it (OCS_ADMIN_BOOTSTRAP_TOKEN) to choose the token instead of printing one.
+    admin_bootstrap_token: str | None = field(default=None, repr=False)
     # The call lifecycle and PIN queries over HTTP need a `switch` (or admin) token.
     switch_token_required: bool = False
+    # HTTP call-lifecycle clients without a token are accepted only from these
+    # networks (like RADIUS NAS clients); switch_open accepts anyone (trials only).
+    switch_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    switch_open: bool = False
+    # While Redis or PostgreSQL stays unreachable, repeat one reminder line this often.
+    backend_down_reminder: float = 60.0
     # Disconnect-Request (RFC 5176): seconds to wait for a NAS's answer, per attempt.
     disconnect_timeout: float = 1.0
     radius_enabled: bool = True
@@ -163,6 +193,30 @@ def _parse_str(value: Any) -> str:
     return value
 
 
+def _parse_optional_token(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if len(text) < 16 or not text.isascii() or not text.isprintable() or " " in text:
+        raise ValueError("expected a token of at least 16 printable ASCII characters")
+    return text
+
+
+def _parse_networks(value: Any) -> tuple[str, ...]:
+    import ipaddress
+
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    networks = []
+    for item in items:
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
 _CALL_ID_SOURCES = ("h323-conf-id", "Acct-Session-Id", "call-id")
 
 
@@ -254,7 +308,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "http_port": _parse_int(0, 65535),
     "workers": _parse_int(1, 256),
     "log_level": _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"),
-    "log_format": _parse_choice("json", "text"),
+    "log_format": _parse_choice("auto", "json", "text"),
     "call_expiry_grace": _parse_int(1, 7 * 24 * 3600),
     "stop_dedupe_ttl": _parse_int(60, 365 * 24 * 3600),
     "shutdown_timeout": _parse_float,
@@ -269,7 +323,11 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "janitor_interval": _parse_float,
     "run_janitor": _parse_bool,
     "admin_token_required": _parse_bool,
+    "admin_bootstrap_token": _parse_optional_token,
     "switch_token_required": _parse_bool,
+    "switch_networks": _parse_networks,
+    "switch_open": _parse_bool,
+    "backend_down_reminder": _parse_float,
     "pin_guess_limit_caller": _parse_int(1, 1_000_000),
     "pin_guess_limit_nas": _parse_int(1, 10_000_000),
     "pin_guess_window": _parse_int(1, 30 * 24 * 3600),

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any
 
+from ocs.config import resolved_log_format
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {
     "message",
     "asctime",
@@ -53,10 +55,11 @@ class TextFormatter(logging.Formatter):
         return base
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Send ocs logs to stderr in the chosen format; idempotent."""
+def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Send ocs logs to stderr in the chosen format (``auto``: text on a terminal); idempotent."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    json_lines = resolved_log_format(fmt) == "json"
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

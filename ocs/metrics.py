@@ -126,3 +126,14 @@ DISCONNECTS = Counter(
     "Disconnect-Requests (RFC 5176) sent to cut a call, by outcome (ack, nak, timeout, ...).",
     ["outcome"],
 )
+BACKEND_UP = Gauge(
+    "ocs_backend_up",
+    "1 while this process reaches the backend (redis, postgresql), 0 while it does not.",
+    ["backend"],
+    multiprocess_mode="min",
+)
+BACKEND_OUTAGES = Counter(
+    "ocs_backend_outages_total",
+    "Times this process lost its backend (redis, postgresql).",
+    ["backend"],
+)

@@ -108,6 +108,7 @@ def settings(redis_url: str, database_url: str, tmp_path: Path) -> Settings:
         http_host="127.0.0.1",
         http_port=0,
         log_format="text",
+        admin_token_required=False,
     )
 
 
