@@ -4,7 +4,9 @@
 knows nothing of rating or protocols. Amounts are micro-units.
 """
 
+import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,20 @@ from ocs.errors import invalid
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _all_or_first_error(futures: Sequence[asyncio.Future[Any]]) -> list[Any]:
+    """Every future's answer, or the first error once all have settled.
+
+    Awaiting a batch one by one would leave the rest unretrieved when the first
+    fails (Redis down): asyncio then logs each of them, a thousand tracebacks a
+    sweep. Gathering retrieves every outcome.
+    """
+    answers = await asyncio.gather(*futures, return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    return list(answers)
 
 
 def now_ms() -> int:
@@ -482,30 +498,30 @@ class BalanceStore:
 
     async def expired_calls(self, now: int, per_bucket: int = 100) -> list[tuple[str, str]]:
         """(account, call id) of live calls whose expiry has passed, across all buckets."""
-        futures = [
-            self._pipe.execute(
-                "ZRANGEBYSCORE", keys.call_expiry(bucket), "-inf", now, "LIMIT", 0, per_bucket
-            )
-            for bucket in range(keys.BUCKETS)
-        ]
-        found: list[tuple[str, str]] = []
-        for future in futures:
-            found.extend(keys.split_expiry_member(m) for m in await future)
-        return found
+        answers = await _all_or_first_error(
+            [
+                self._pipe.execute(
+                    "ZRANGEBYSCORE", keys.call_expiry(bucket), "-inf", now, "LIMIT", 0, per_bucket
+                )
+                for bucket in range(keys.BUCKETS)
+            ]
+        )
+        return [keys.split_expiry_member(m) for members in answers for m in members]
 
     async def all_live_calls(self) -> list[tuple[str, str, LiveEntry]]:
         """(account, call id, entry) of every live call, from the expiry sets of all buckets."""
-        futures = [
-            self._pipe.execute("ZRANGE", keys.call_expiry(b), 0, -1) for b in range(keys.BUCKETS)
+        answers = await _all_or_first_error(
+            [self._pipe.execute("ZRANGE", keys.call_expiry(b), 0, -1) for b in range(keys.BUCKETS)]
+        )
+        members = [keys.split_expiry_member(m) for found in answers for m in found]
+        entries = await _all_or_first_error(
+            [self._pipe.execute("HGET", keys.live_calls(a), c) for a, c in members]
+        )
+        return [
+            (account_id, call_id, parse_live_entry(entry))
+            for (account_id, call_id), entry in zip(members, entries, strict=True)
+            if entry is not None
         ]
-        members = [keys.split_expiry_member(m) for f in futures for m in await f]
-        entries = [self._pipe.execute("HGET", keys.live_calls(a), c) for a, c in members]
-        found = []
-        for (account_id, call_id), future in zip(members, entries, strict=True):
-            entry = await future
-            if entry is not None:
-                found.append((account_id, call_id, parse_live_entry(entry)))
-        return found
 
     async def live_calls_of(self, account_id: str) -> dict[str, LiveEntry]:
         raw = await self._pipe.execute("HGETALL", keys.live_calls(account_id))
