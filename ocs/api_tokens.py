@@ -13,10 +13,15 @@ log line ever holds a usable token. Each token has a role:
 * ``switch``: the call lifecycle and the PIN queries only, for a switch or an
   IVR where ``switch_token_required`` asks them for a token (an admin token
   does too); nothing of the admin API.
+
+The first start makes a ``bootstrap`` admin token when no admin token exists
+(``ensure_bootstrap_admin_token``), so that the admin API, closed by default,
+has a key from the first minute.
 """
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -24,12 +29,19 @@ from datetime import datetime
 
 import asyncpg
 
+from ocs.config import Settings
 from ocs.errors import OcsError, Reason, invalid
+
+log = logging.getLogger("ocs.api_tokens")
 
 ADMIN_ROLES = ("viewer", "operator", "admin")  # each can do what the ones before it can
 ROLES = (*ADMIN_ROLES, "switch")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no trailing newline slips by
 _PREFIX = "ocs_"
+BOOTSTRAP_NAME = "bootstrap"
+# pg_advisory_xact_lock key ("ocs_boot"): workers and processes starting at once
+# bootstrap one token between them.
+_BOOTSTRAP_LOCK = 0x6F63735F626F6F74
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +56,11 @@ class TokenInfo:
 def digest(token: str) -> bytes:
     """What the database keeps of a token."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def new_token() -> str:
+    """A fresh token: ``ocs_`` and 256 random bits."""
+    return _PREFIX + secrets.token_urlsafe(32)
 
 
 def may(role: str, needed: str) -> bool:
@@ -61,7 +78,7 @@ async def create(pool: asyncpg.Pool, name: str, role: str) -> str:
         raise invalid("name", "expected 1 to 64 letters, digits, '.', '_' or '-'")
     if role not in ROLES:
         raise invalid("role", f"expected one of {', '.join(ROLES)}, got {role!r}")
-    token = _PREFIX + secrets.token_urlsafe(32)
+    token = new_token()
     try:
         async with pool.acquire() as conn:
             await conn.execute(
@@ -92,8 +109,8 @@ async def listed(pool: asyncpg.Pool) -> list[TokenInfo]:
 
 async def role_of(pool: asyncpg.Pool, token: str) -> str | None:
     """The role of a presented token, or None when it is no token of ours."""
-    if not token.startswith(_PREFIX):
-        return None
+    # No check of the ``ocs_`` prefix: a bootstrap token chosen by the operator
+    # (admin_bootstrap_token) may look like anything.
     wanted = digest(token)
     async with pool.acquire() as conn:
         row = await conn.fetchrow("SELECT role, digest FROM api_tokens WHERE digest = $1", wanted)
@@ -104,6 +121,58 @@ async def role_of(pool: asyncpg.Pool, token: str) -> str | None:
 
 
 async def any_token(pool: asyncpg.Pool) -> bool:
-    """Whether a token exists: until one does, the admin API is open (admin_auth)."""
+    """Whether a token exists: with ``admin_token_required = false``, until one does,
+    the admin API is open (admin_auth)."""
     async with pool.acquire() as conn:
         return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_tokens)"))
+
+
+async def ensure_bootstrap_admin_token(pool: asyncpg.Pool, settings: Settings) -> str | None:
+    """Make the first admin token when none exists; the token to show, or None.
+
+    The token is ``settings.admin_bootstrap_token`` when set, else a fresh one.
+    Only a fresh token is returned, for the caller to show this once: one the
+    operator chose is theirs already and is never shown or logged. None also when
+    an admin token exists. Only the digest is stored. An advisory lock makes
+    processes starting at once (``--workers``, two hosts on one database) create
+    one token between them.
+    """
+    given = settings.admin_bootstrap_token
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_LOCK)
+        admins = await conn.fetchval("SELECT count(*) FROM api_tokens WHERE role = 'admin'")
+        if admins:
+            if given is not None:
+                stored = await conn.fetchval(
+                    "SELECT role FROM api_tokens WHERE digest = $1", digest(given)
+                )
+                if stored != "admin":
+                    # The operator expects this token to work: say why it does not.
+                    log.warning(
+                        "admin_bootstrap_token not stored: an admin token exists already;"
+                        " `ocs tokens create --name NAME --role admin` makes another",
+                        extra={"admin_tokens": admins},
+                    )
+            return None
+        token = given if given is not None else new_token()
+        if await conn.fetchval("SELECT role FROM api_tokens WHERE digest = $1", digest(token)):
+            # The chosen token is another role's already: it cannot be an admin's too.
+            log.warning(
+                "admin_bootstrap_token not stored: it is already a token of another role;"
+                " choose another or use `ocs tokens create --name NAME --role admin`"
+            )
+            return None
+        # Another role's token may hold the name already.
+        name = BOOTSTRAP_NAME
+        if await conn.fetchval("SELECT 1 FROM api_tokens WHERE name = $1", name):
+            name = f"{BOOTSTRAP_NAME}-{secrets.token_hex(4)}"
+        await conn.execute(
+            "INSERT INTO api_tokens (name, role, digest) VALUES ($1, 'admin', $2)",
+            name,
+            digest(token),
+        )
+    log.info(
+        "bootstrap admin token created",
+        extra={"token_name": name, "source": "setting" if given is not None else "generated"},
+    )
+    return None if given is not None else token

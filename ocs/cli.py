@@ -1,7 +1,8 @@
 """The `ocs` command line: serve, demo, migrations, plans, tariffs, area codes and accounts.
 
 Exit codes: 0 success, 1 a refused operation (the message says why),
-2 bad configuration or usage (the message names the key or flag).
+2 bad configuration or usage (the message names the key, flag or argument), or an
+embedded store that would be started beside another one (the message names both).
 """
 
 import argparse
@@ -14,12 +15,17 @@ from typing import Any
 import uvloop
 
 from ocs.config import ConfigError, Settings, load_settings
-from ocs.errors import OcsError
+from ocs.errors import OcsError, Reason
 from ocs.logs import configure_logging
 from ocs.money import MoneyError, format_amount, parse_amount
 
 EXIT_REFUSED = 1
 EXIT_CONFIG = 2
+EXIT_USAGE = 2  # as argparse's own usage errors
+
+
+class UsageError(ValueError):
+    """A command-line argument with a value the command cannot use; the message names it."""
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -27,7 +33,11 @@ def _common_options() -> argparse.ArgumentParser:
     group = common.add_argument_group("configuration (overrides OCS_* and --config)")
     s = argparse.SUPPRESS
     group.add_argument("--config", default=s, help="TOML settings file")
-    group.add_argument("--data-dir", default=s, help="where embedded servers keep data (./var)")
+    group.add_argument(
+        "--data-dir",
+        default=s,
+        help="where embedded servers keep data ($XDG_DATA_HOME/ocs, else ~/.local/share/ocs)",
+    )
     group.add_argument("--redis-url", default=s, help="external Redis (default: embedded)")
     group.add_argument("--database-url", default=s, help="external PostgreSQL (default: embedded)")
     group.add_argument("--log-level", default=s, help="DEBUG, INFO, WARNING or ERROR")
@@ -58,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         parents=[common, server],
         help="run the server with a demo catalog and funded accounts",
+    )
+
+    commands.add_parser(
+        "warm-up",
+        parents=[common],
+        help="compile the prefix matcher now (once per install) so the first start is quick",
     )
 
     db = commands.add_parser("db", help="database maintenance").add_subparsers(
@@ -208,7 +224,17 @@ def _amount(text: str, flag: str) -> int:
     try:
         return parse_amount(text)
     except MoneyError as exc:
-        raise ConfigError(f"{flag}: {exc}") from None
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def _checked(check: Callable[[], Any]) -> Any:
+    """Run an argument check that raises OcsError(invalid_field) as a usage error."""
+    try:
+        return check()
+    except OcsError as exc:
+        if exc.reason is Reason.INVALID_FIELD:
+            raise UsageError(exc.message) from None
+        raise
 
 
 def _print(data: Any) -> None:
@@ -229,9 +255,9 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"file: cannot read {path}: {exc.strerror}") from None
+        raise UsageError(f"file: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"file: {path} is not UTF-8 text") from None
+        raise UsageError(f"file: {path} is not UTF-8 text") from None
 
 
 def _time(text: str | None, flag: str) -> Any:
@@ -242,10 +268,22 @@ def _time(text: str | None, flag: str) -> Any:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigError(f"{flag}: not an ISO 8601 time: {text!r}") from None
+        raise UsageError(f"{flag}: not an ISO 8601 time: {text!r}") from None
     if value.tzinfo is None:
-        raise ConfigError(f"{flag}: needs a time zone, e.g. 2026-11-01T00:00:00Z")
+        raise UsageError(f"{flag}: needs a time zone, e.g. 2026-11-01T00:00:00Z")
     return value
+
+
+def _compile_if_cold() -> None:
+    """Compile the matcher's kernels now, saying so, when numba's cache lacks them.
+
+    For the commands that run them (deck and code-list imports, rerating): on a cold
+    cache they would otherwise stall silently for half a minute inside the command.
+    """
+    from ocs.charging import matcher
+
+    if matcher.cache_is_cold():
+        matcher.warm_up()
 
 
 def _run_command(
@@ -257,6 +295,12 @@ def _run_command(
     from ocs.http.handlers import account_json, deck_import_json, plan_json
 
     command = args.command
+    if command == "warm-up":
+        from ocs.charging import matcher
+
+        compiled = matcher.cache_is_cold()
+        _print({"compiled": compiled, "seconds": round(matcher.warm_up(), 3)})
+        return 0
     if command in ("serve", "demo"):
         if command == "serve" and settings.workers > 1:
             from ocs.workers import run_workers
@@ -301,9 +345,9 @@ def _run_command(
         return 0
     if command == "plans" and args.plans_command == "create":
         plan = Plan(
-            id=catalog_store.validate_plan_id(args.id),
+            id=_checked(lambda: catalog_store.validate_plan_id(args.id)),
             name=args.name or args.id,
-            currency=catalog_store.validate_currency(args.currency),
+            currency=_checked(lambda: catalog_store.validate_currency(args.currency)),
             credit_limit=_amount(args.credit_limit, "--credit-limit"),
             min_balance=_amount(args.min_balance, "--min-balance"),
             max_lines=args.max_lines,
@@ -319,7 +363,9 @@ def _run_command(
         _print({"plans": [plan_json(p) for p in plans]})
         return 0
     if command == "tariffs":
-        rows = parse_deck(_read_text(args.file))
+        text = _read_text(args.file)
+        _compile_if_cold()
+        rows = parse_deck(text)
         result = uvloop.run(
             _with_services(settings, lambda s: catalog_store.import_deck(s.pool, args.plan, rows))
         )
@@ -355,10 +401,14 @@ def _run_command(
         from ocs.charging.code_lists import STANDARD, parse_code_list
 
         list_id = (
-            STANDARD if args.plan is None else catalog_store.validate_plan_id(args.plan, "--plan")
+            STANDARD
+            if args.plan is None
+            else _checked(lambda: catalog_store.validate_plan_id(args.plan, "--plan"))
         )
         if args.codes_command == "import":
-            entries = parse_code_list(_read_text(args.file))
+            text = _read_text(args.file)
+            _compile_if_cold()
+            entries = parse_code_list(text)
             count = uvloop.run(
                 _with_services(
                     settings, lambda s: catalog_store.import_code_list(s.pool, entries, list_id)
@@ -421,6 +471,7 @@ def _run_command(
         from ocs.billing.rerate import rerate
 
         since, until = _time(args.since, "--since"), _time(args.until, "--until")
+        _compile_if_cold()
         report = uvloop.run(
             _with_services(
                 settings,
@@ -461,9 +512,9 @@ def _run_command(
         try:
             expires = None if args.expires is None else datetime.fromisoformat(args.expires)
         except ValueError:
-            raise ConfigError(f"--expires: not an ISO 8601 time: {args.expires!r}") from None
+            raise UsageError(f"--expires: not an ISO 8601 time: {args.expires!r}") from None
         if args.out.exists():
-            raise ConfigError(f"--out: {args.out} exists; PIN files are never overwritten")
+            raise UsageError(f"--out: {args.out} exists; PIN files are never overwritten")
         batch = uvloop.run(
             _with_services(
                 settings,
@@ -488,7 +539,8 @@ def _run_command(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ocs.embedded import EmbeddedServerError
+    """Run one ``ocs`` command line; returns the exit code."""
+    from ocs.embedded import EmbeddedServerError, StoreConflictError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -500,12 +552,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         return _run_command(args, settings, argv)
+    except UsageError as exc:
+        print(f"ocs: usage error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"ocs: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except OcsError as exc:
+        if exc.reason is Reason.INVALID_FIELD:
+            # A value given on the command line that the service refused.
+            print(f"ocs: usage error: {exc.message}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"ocs: {exc.reason.value}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED
+    except StoreConflictError as exc:
+        print(f"ocs: embedded store: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except EmbeddedServerError as exc:
         print(f"ocs: embedded server: {exc}", file=sys.stderr)
         return EXIT_REFUSED

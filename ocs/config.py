@@ -2,8 +2,9 @@
 
 Priority, lowest to highest: the defaults below, a TOML file (``--config``),
 ``OCS_*`` environment variables, command-line flags. Every key is declared
-once in ``_FIELDS`` with its type; a bad value raises ``ConfigError`` whose
-message names the key and where it came from, and the CLI exits with code 2.
+once, as a field of ``Settings`` with its default, parser and help; a bad
+value raises ``ConfigError`` whose message names the key and where it came
+from, and the CLI exits with code 2.
 """
 
 import math
@@ -23,11 +24,16 @@ class ConfigError(ValueError):
 def default_data_dir() -> Path:
     """Where embedded servers keep their data unless told: one stable place per user.
 
-    ``$XDG_DATA_HOME/ocs`` (else ``~/.local/share/ocs``), never the current
-    directory: a command run from another folder must find the same store.
+    ``$XDG_DATA_HOME/ocs``, else ``/var/lib/ocs`` for root and
+    ``~/.local/share/ocs`` for anyone else; never the current directory: a
+    command run from another folder must find the same store.
     """
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "ocs"
+    base = os.environ.get("XDG_DATA_HOME")
+    if not base and os.geteuid() == 0:
+        # The service's own place. Not /root/.local/share: pgserver runs PostgreSQL as
+        # another user and would open every parent directory of the data to all users.
+        return Path("/var/lib/ocs")
+    return Path(base or Path.home() / ".local" / "share") / "ocs"
 
 
 def resolved_log_format(fmt: str) -> str:
@@ -35,82 +41,6 @@ def resolved_log_format(fmt: str) -> str:
     if fmt != "auto":
         return fmt
     return "text" if sys.stderr.isatty() else "json"
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything an ocs process is configured with."""
-
-    # None means: start an embedded server under data_dir.
-    redis_url: str | None = None
-    database_url: str | None = None
-    data_dir: Path = field(default_factory=default_data_dir)
-    http_host: str = "0.0.0.0"
-    http_port: int = 8080
-    # Server processes sharing the listening ports (SO_REUSEPORT); see ocs/workers.py.
-    workers: int = 1
-    log_level: str = "INFO"
-    # "auto": text on a terminal, JSON lines otherwise (see resolved_log_format).
-    log_format: str = "auto"
-    # A live call's record expires this long after its granted duration ends.
-    call_expiry_grace: int = 300
-    # How long a stopped call's result is kept to answer a repeated stop.
-    stop_dedupe_ttl: int = 7 * 24 * 3600
-    shutdown_timeout: float = 10.0
-    ledger_batch_size: int = 1000
-    # A ledger entry left unacknowledged this long by a dead writer is taken over.
-    ledger_claim_idle_ms: int = 30_000
-    redis_max_connections: int = 64
-    database_pool_size: int = 10
-    run_ledger_writer: bool = True
-    # An Access-Accept's reservation is released if no Accounting-Start binds it in time.
-    # Long enough for a call to ring out: a stop that still comes later is charged
-    # ("late-stop"), but its funds were free for other calls meanwhile.
-    start_timeout: int = 300
-    # Interim-Updates debit what a call has used so far (else they only record it).
-    debit_on_interim: bool = False
-    # How the janitor charges a started call the switch never stopped.
-    stale_call_policy: str = "full_grant"
-    janitor_interval: float = 1.0
-    run_janitor: bool = True
-    # PIN guessing: after this many failed PINs within the window a caller id (or a
-    # NAS, for the larger limit) is refused with return code 10 until the window ends.
-    pin_guess_limit_caller: int = 5
-    pin_guess_limit_nas: int = 100
-    pin_guess_window: int = 900
-    # Refuse admin API requests without a valid token even before the first token
-    # exists (ocs.http.admin_auth); once one exists they are refused anyway.
-    # Secure by default: without a token the admin API refuses everything. False
-    # restores the trial behaviour (open until the first token exists).
-    admin_token_required: bool = True
-    # Printed once and stored at the first start when no admin token exists yet;
-    # set it (OCS_ADMIN_BOOTSTRAP_TOKEN) to choose the token instead of printing one.
-    admin_bootstrap_token: str | None = field(default=None, repr=False)
-    # The call lifecycle and PIN queries over HTTP need a `switch` (or admin) token.
-    switch_token_required: bool = False
-    # HTTP call-lifecycle clients without a token are accepted only from these
-    # networks (like RADIUS NAS clients); switch_open accepts anyone (trials only).
-    switch_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    switch_open: bool = False
-    # While Redis or PostgreSQL stays unreachable, repeat one reminder line this often.
-    backend_down_reminder: float = 60.0
-    # Disconnect-Request (RFC 5176): seconds to wait for a NAS's answer, per attempt.
-    disconnect_timeout: float = 1.0
-    radius_enabled: bool = True
-    radius_host: str = "0.0.0.0"
-    radius_auth_port: int = 1812
-    radius_acct_port: int = 1813
-    # Require a valid Message-Authenticator on every Access-Request (BlastRADIUS,
-    # CVE-2024-3596); a client entry may relax it for itself, on purpose only.
-    radius_require_message_authenticator: bool = True
-    # RFC 5080 duplicate detection: a retransmission within this window gets the
-    # cached reply.
-    radius_dedupe_window: float = 30.0
-    # Where the call id comes from, first present wins.
-    radius_call_id_order: tuple[str, ...] = ("h323-conf-id", "Acct-Session-Id", "call-id")
-    # RADIUS clients from the config file: address or CIDR, secret, name, policy.
-    radius_clients: tuple["RadiusClientConfig", ...] = ()
-    config_file: Path | None = field(default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,49 +230,180 @@ def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
     return tuple(clients)
 
 
+def _setting(default: Any, parse: Callable[[Any], Any], help: str, **options: Any) -> Any:
+    """Declare one setting: its default, how a configured value is parsed, and what it does.
+
+    The TOML, environment and CLI layers all read this one declaration.
+    """
+    metadata = {"parse": parse, "help": help}
+    if callable(default) and not isinstance(default, type):
+        return field(default_factory=default, metadata=metadata, **options)
+    return field(default=default, metadata=metadata, **options)
+
+
+_DAY = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything an ocs process is configured with; each field is one setting."""
+
+    redis_url: str | None = _setting(
+        None,
+        _parse_optional_url(("redis://", "rediss://", "unix://")),
+        "Redis URL; none starts an embedded Redis under data_dir",
+    )
+    database_url: str | None = _setting(
+        None,
+        _parse_optional_url(("postgresql://", "postgres://")),
+        "PostgreSQL DSN; none starts an embedded PostgreSQL under data_dir",
+    )
+    data_dir: Path = _setting(
+        default_data_dir,
+        lambda value: Path(_parse_str(str(value))),
+        "where embedded servers keep their data (default: one place per user)",
+    )
+    http_host: str = _setting("0.0.0.0", _parse_str, "HTTP listen address")
+    http_port: int = _setting(8080, _parse_int(0, 65535), "HTTP listen port (0: any free port)")
+    workers: int = _setting(
+        1, _parse_int(1, 256), "server processes sharing the listening sockets (ocs/workers.py)"
+    )
+    log_level: str = _setting("INFO", _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "")
+    log_format: str = _setting(
+        "auto",
+        _parse_choice("auto", "json", "text"),
+        "auto: text on a terminal, JSON lines otherwise",
+    )
+    call_expiry_grace: int = _setting(
+        300,
+        _parse_int(1, 7 * _DAY),
+        "a live call's record expires this long after its granted duration ends",
+    )
+    stop_dedupe_ttl: int = _setting(
+        7 * _DAY,
+        _parse_int(60, 365 * _DAY),
+        "how long a stopped call's result is kept to answer a repeated stop",
+    )
+    shutdown_timeout: float = _setting(
+        10.0, _parse_float, "seconds requests in flight may take at shutdown"
+    )
+    ledger_batch_size: int = _setting(1000, _parse_int(1, 100_000), "ledger entries per batch")
+    ledger_claim_idle_ms: int = _setting(
+        30_000,
+        _parse_int(100, 3_600_000),
+        "a ledger entry left unacknowledged this long by a dead writer is taken over",
+    )
+    redis_max_connections: int = _setting(64, _parse_int(2, 10_000), "Redis connection pool size")
+    database_pool_size: int = _setting(10, _parse_int(1, 1000), "PostgreSQL pool size")
+    run_ledger_writer: bool = _setting(True, _parse_bool, "run the ledger writer in this process")
+    # Long enough for a call to ring out: a stop that still comes later is charged
+    # ("late-stop"), but its funds were free for other calls meanwhile.
+    start_timeout: int = _setting(
+        300,
+        _parse_int(1, _DAY),
+        "an Access-Accept's reservation is released if no Accounting-Start binds it in time",
+    )
+    debit_on_interim: bool = _setting(
+        False, _parse_bool, "Interim-Updates debit what a call has used so far"
+    )
+    stale_call_policy: str = _setting(
+        "full_grant",
+        _parse_choice("last_reported", "full_grant"),
+        "how a started call the switch never stopped is charged: its granted duration"
+        " (full_grant) or its last reported usage",
+    )
+    janitor_interval: float = _setting(1.0, _parse_float, "seconds between janitor sweeps")
+    run_janitor: bool = _setting(True, _parse_bool, "run the janitor in this process")
+    # PIN guessing: after this many failed PINs within the window a caller id (or a
+    # NAS, for the larger limit) is refused with return code 10 until the window ends.
+    pin_guess_limit_caller: int = _setting(
+        5, _parse_int(1, 1_000_000), "wrong PINs a caller id may try within the window"
+    )
+    pin_guess_limit_nas: int = _setting(
+        100, _parse_int(1, 10_000_000), "wrong PINs a NAS or HTTP client may try within the window"
+    )
+    pin_guess_window: int = _setting(
+        900, _parse_int(1, 30 * _DAY), "seconds over which wrong PINs are counted"
+    )
+    # Secure by default: without a token the admin API refuses everything. False
+    # restores the trial behaviour (open until the first token exists).
+    admin_token_required: bool = _setting(
+        True, _parse_bool, "the admin API needs a token even before the first one exists"
+    )
+    # Printed once and stored at the first start when no admin token exists yet.
+    admin_bootstrap_token: str | None = _setting(
+        None,
+        _parse_optional_token,
+        "the first admin token, instead of a generated one printed once",
+        repr=False,
+    )
+    switch_token_required: bool = _setting(
+        False,
+        _parse_bool,
+        "the HTTP call lifecycle and PIN queries need a switch (or admin) token",
+    )
+    # Like RADIUS NAS clients: identified by their network, or by a token.
+    switch_networks: tuple[str, ...] = _setting(
+        ("127.0.0.0/8", "::1/128"),
+        _parse_networks,
+        "networks whose HTTP switches and IVRs need no token",
+    )
+    switch_open: bool = _setting(
+        False, _parse_bool, "accept the HTTP call lifecycle from anywhere with no token (trials)"
+    )
+    backend_down_reminder: float = _setting(
+        60.0,
+        _parse_float,
+        "while Redis or PostgreSQL stays unreachable, one reminder line this often (seconds)",
+    )
+    disconnect_timeout: float = _setting(
+        1.0, _parse_float, "seconds to wait for a NAS's Disconnect answer, per attempt"
+    )
+    radius_enabled: bool = _setting(True, _parse_bool, "listen for RADIUS")
+    radius_host: str = _setting("0.0.0.0", _parse_str, "RADIUS listen address")
+    radius_auth_port: int = _setting(1812, _parse_int(0, 65535), "RADIUS authentication port")
+    radius_acct_port: int = _setting(1813, _parse_int(0, 65535), "RADIUS accounting port")
+    # BlastRADIUS, CVE-2024-3596: a client entry may relax it for itself, on purpose only.
+    radius_require_message_authenticator: bool = _setting(
+        True, _parse_bool, "require a valid Message-Authenticator on every Access-Request"
+    )
+    radius_dedupe_window: float = _setting(
+        30.0,
+        _parse_float,
+        "RFC 5080: a retransmission within this many seconds gets the cached reply",
+    )
+    radius_call_id_order: tuple[str, ...] = _setting(
+        ("h323-conf-id", "Acct-Session-Id", "call-id"),
+        _parse_call_id_order,
+        "where a RADIUS call id comes from, first present wins",
+    )
+    radius_clients: "tuple[RadiusClientConfig, ...]" = _setting(
+        (), _parse_radius_clients, "RADIUS clients: address or CIDR, secret, name, policy"
+    )
+    # Not a setting: where the settings were read from.
+    config_file: Path | None = field(default=None)
+
+
+# Every setting's parser, read from its one declaration above.
 _FIELDS: dict[str, Callable[[Any], Any]] = {
-    "redis_url": _parse_optional_url(("redis://", "rediss://", "unix://")),
-    "database_url": _parse_optional_url(("postgresql://", "postgres://")),
-    "data_dir": lambda value: Path(_parse_str(str(value))),
-    "http_host": _parse_str,
-    "http_port": _parse_int(0, 65535),
-    "workers": _parse_int(1, 256),
-    "log_level": _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"),
-    "log_format": _parse_choice("auto", "json", "text"),
-    "call_expiry_grace": _parse_int(1, 7 * 24 * 3600),
-    "stop_dedupe_ttl": _parse_int(60, 365 * 24 * 3600),
-    "shutdown_timeout": _parse_float,
-    "ledger_batch_size": _parse_int(1, 100_000),
-    "ledger_claim_idle_ms": _parse_int(100, 3_600_000),
-    "redis_max_connections": _parse_int(2, 10_000),
-    "database_pool_size": _parse_int(1, 1000),
-    "run_ledger_writer": _parse_bool,
-    "start_timeout": _parse_int(1, 24 * 3600),
-    "debit_on_interim": _parse_bool,
-    "stale_call_policy": _parse_choice("last_reported", "full_grant"),
-    "janitor_interval": _parse_float,
-    "run_janitor": _parse_bool,
-    "admin_token_required": _parse_bool,
-    "admin_bootstrap_token": _parse_optional_token,
-    "switch_token_required": _parse_bool,
-    "switch_networks": _parse_networks,
-    "switch_open": _parse_bool,
-    "backend_down_reminder": _parse_float,
-    "pin_guess_limit_caller": _parse_int(1, 1_000_000),
-    "pin_guess_limit_nas": _parse_int(1, 10_000_000),
-    "pin_guess_window": _parse_int(1, 30 * 24 * 3600),
-    "disconnect_timeout": _parse_float,
-    "radius_enabled": _parse_bool,
-    "radius_host": _parse_str,
-    "radius_auth_port": _parse_int(0, 65535),
-    "radius_acct_port": _parse_int(0, 65535),
-    "radius_require_message_authenticator": _parse_bool,
-    "radius_dedupe_window": _parse_float,
-    "radius_call_id_order": _parse_call_id_order,
-    "radius_clients": _parse_radius_clients,
+    f.name: f.metadata["parse"] for f in fields(Settings) if "parse" in f.metadata
 }
 
 ENV_PREFIX = "OCS_"
+# OCS_* variables that are not settings: the config file's path, the sockets a
+# `--workers` parent hands its workers (ocs.listen_sockets), and the test suite's own.
+NOT_SETTINGS = frozenset({"OCS_CONFIG", "OCS_LISTEN_FDS"})
+TEST_PREFIX = "OCS_TEST_"
+
+
+def _closest(name: str, env: bool) -> str:
+    """ ", did you mean X?" for the known setting nearest to an unknown name, else ""."""
+    import difflib
+
+    match = difflib.get_close_matches(name, list(_FIELDS), n=1, cutoff=0.6)
+    if not match:
+        return ""
+    return f"; did you mean {ENV_PREFIX + match[0].upper() if env else match[0]!r}?"
 
 
 def _apply(values: dict[str, Any], source: Mapping[str, Any], origin: str, env: bool) -> None:
@@ -350,9 +411,12 @@ def _apply(values: dict[str, Any], source: Mapping[str, Any], origin: str, env: 
         name = key[len(ENV_PREFIX) :].lower() if env else key
         parser = _FIELDS.get(name)
         if parser is None:
-            if env:
-                continue  # other OCS_* variables (test URLs, tooling) are not ours
-            raise ConfigError(f"{origin}: unknown setting {key!r}")
+            if env and (key in NOT_SETTINGS or key.startswith(TEST_PREFIX)):
+                continue
+            # A typo must not fall back to a default: OCS_REDIS_ULR would otherwise
+            # start a private embedded Redis and charge calls against it.
+            where = "environment" if env else origin
+            raise ConfigError(f"{where}: unknown setting {key!r}{_closest(name, env)}")
         label = key if env else f"{origin}: {key}"
         try:
             values[name] = parser(raw)
@@ -389,7 +453,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     _apply(
         values,
-        {k: v for k, v in env.items() if k.startswith(ENV_PREFIX) and k != "OCS_CONFIG"},
+        {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)},
         "environment",
         env=True,
     )
@@ -407,7 +471,12 @@ def load_settings(
 
 def setting_names() -> list[str]:
     """All configurable keys, for documentation and the CLI."""
-    return [f.name for f in fields(Settings) if f.name in _FIELDS]
+    return list(_FIELDS)
+
+
+def setting_help(name: str) -> str:
+    """The one-line help text declared with a setting."""
+    return str(next(f.metadata["help"] for f in fields(Settings) if f.name == name))
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:

@@ -2,12 +2,22 @@
 
 The demo data is loaded once per data directory; running the demo again keeps
 the balances and calls of the previous run.
+
+The admin API is closed as in production: the demo prints an admin token and
+puts it in the commands it prints. The first run prints the bootstrap token;
+a later one (whose earlier token was shown once and kept only as a digest)
+replaces its own ``demo`` token. A token set in ``OCS_ADMIN_BOOTSTRAP_TOKEN`` is
+never printed: the commands name the variable instead.
 """
 
 import asyncio
+import os
 import secrets
 import sys
 
+import asyncpg
+
+from ocs import api_tokens
 from ocs.charging import catalog_store
 from ocs.charging.catalog import Plan
 from ocs.charging.deck import parse_deck
@@ -44,6 +54,10 @@ DEMO_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 # The RADIUS secret of the demo client 127.0.0.1: for trying ocs on one machine only.
 DEMO_RADIUS_SECRET = "ocs-demo-secret"
 
+# The admin token a later demo run makes when the first run's is gone from view.
+DEMO_TOKEN_NAME = "demo"
+BOOTSTRAP_ENV = "OCS_ADMIN_BOOTSTRAP_TOKEN"
+
 # (account, opening balance in micro-units, max lines)
 DEMO_ACCOUNTS = (("1001", 10_000_000, 2), ("1002", 500_000, 1))
 
@@ -64,18 +78,55 @@ async def load_demo_data(services: Services) -> None:
         )
 
 
-def demo_instructions(port: int) -> str:
+async def demo_admin_token(pool: asyncpg.Pool, settings: Settings) -> tuple[str, bool]:
+    """The admin token for the printed commands, and whether it may be printed.
+
+    (token, True): a token made now, printed this once. ("$OCS_ADMIN_BOOTSTRAP_TOKEN",
+    False): the operator's own token from the environment, named, never printed.
+    """
+    made = await api_tokens.ensure_bootstrap_admin_token(pool, settings)
+    if made is not None:
+        return made, True
+    given = settings.admin_bootstrap_token
+    if (
+        given is not None
+        and os.environ.get(BOOTSTRAP_ENV) == given
+        and await api_tokens.role_of(pool, given) == "admin"
+    ):
+        return f"${BOOTSTRAP_ENV}", False
+    # A later run: the token shown before is kept only as a digest. The demo's own
+    # token is replaced, never another admin's.
+    await api_tokens.revoke(pool, DEMO_TOKEN_NAME)
+    return await api_tokens.create(pool, DEMO_TOKEN_NAME, "admin"), True
+
+
+def demo_instructions(port: int, token: str = "", shown: bool = True) -> str:
+    """curl commands that work as printed; admin calls send ``token`` (a value or a
+    ``$VARIABLE`` the shell expands)."""
     base = f"http://127.0.0.1:{port}"
     call_id = f"demo-{secrets.token_hex(3)}"
     json_header = "-H 'Content-Type: application/json'"
+    auth = f'-H "Authorization: Bearer {token}" ' if token else ""
+    if not token:
+        token_lines: list[str] = []
+    elif shown:
+        token_lines = [
+            f"Admin API token (shown once; only its digest is kept): {token}",
+            "",
+        ]
+    else:
+        token_lines = [f"Admin API token: the one in {token[1:]} (not shown).", ""]
     return "\n".join(
         [
             "",
-            f"ocs demo is running on {base} (Ctrl-C stops it). Try:",
+            f"ocs demo is running on {base} (Ctrl-C stops it).",
+            *token_lines,
+            "Try:",
             "",
-            "  # account 1001 (EUR 10.00 to start) and its balance",
-            f"  curl -s {base}/v1/accounts/1001",
+            "  # account 1001 (EUR 10.00 to start) and its balance: the admin API takes a token",
+            f"  curl -s {auth}{base}/v1/accounts/1001",
             "  # authorize a call to a UK mobile: 0.06/min, 0.15 connect fee, 30/6 billing",
+            "  # (a switch on 127.0.0.1 needs no token: switch_networks)",
             f"  curl -s -X POST {base}/v1/calls {json_header} "
             f'-d \'{{"account": "1001", "destination": "+447700900123", '
             f'"call_id": "{call_id}"}}\'',
@@ -83,7 +134,7 @@ def demo_instructions(port: int) -> str:
             f"  curl -s -X POST {base}/v1/calls/{call_id}/stop {json_header} "
             "-d '{\"duration\": 45}'",
             "  # top up 5.00",
-            f"  curl -s -X POST {base}/v1/accounts/1001/topups {json_header} "
+            f"  curl -s -X POST {auth}{base}/v1/accounts/1001/topups {json_header} "
             '-d \'{"amount": "5.00"}\'',
             "  # metrics and health",
             f"  curl -s {base}/metrics | grep ^ocs_",
@@ -134,9 +185,22 @@ def radius_instructions(auth_port: int, acct_port: int) -> str:
     )
 
 
+def _loopback_unless_asked(host: str) -> str:
+    """127.0.0.1 where the setting is still the serving default (every interface)."""
+    return "127.0.0.1" if host == "0.0.0.0" else host
+
+
 async def run_demo(settings: Settings, stopping: asyncio.Event | None = None) -> None:
+    """Serve with the demo data, and print the commands to try once listening."""
+    token: tuple[str, bool] = ("", True)
+
+    async def prepare(services: Services) -> None:
+        nonlocal token
+        await load_demo_data(services)
+        token = await demo_admin_token(services.pool, settings)
+
     async def ready(_: Services, listening: Listening) -> None:
-        text = demo_instructions(listening.http_port)
+        text = demo_instructions(listening.http_port, *token)
         if listening.radius_auth_port and listening.radius_acct_port:
             text += "\n" + radius_instructions(
                 listening.radius_auth_port, listening.radius_acct_port
@@ -146,5 +210,12 @@ async def run_demo(settings: Settings, stopping: asyncio.Event | None = None) ->
     demo_client = RadiusClientConfig(
         name="demo-localhost", network="127.0.0.1/32", secret=DEMO_RADIUS_SECRET
     )
-    settings = with_overrides(settings, radius_clients=(*settings.radius_clients, demo_client))
-    await serve(settings, before_listen=load_demo_data, on_ready=ready, stopping=stopping)
+    settings = with_overrides(
+        settings,
+        radius_clients=(*settings.radius_clients, demo_client),
+        # The demo's funded accounts and its known RADIUS secret are for this machine
+        # only: listen on the loopback unless an address was asked for.
+        http_host=_loopback_unless_asked(settings.http_host),
+        radius_host=_loopback_unless_asked(settings.radius_host),
+    )
+    await serve(settings, before_listen=prepare, on_ready=ready, stopping=stopping)

@@ -20,13 +20,21 @@ Reuse rules:
 * PostgreSQL: pgserver reuses a postmaster already running on the same PGDATA and keeps
   a list of the processes using it; the server is stopped when the last of them stops.
   Handles within one process are reference-counted here.
+
+Every process using an embedded store also holds a shared flock on an entry for its data
+dir in a per-user registry (``$XDG_DATA_HOME/ocs/running``, see :func:`register_store`),
+so a command about to start a store under the default data dir can tell that another
+one is in use elsewhere and refuse (:func:`check_no_other_store`) instead of working on a
+second, empty store.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
@@ -522,10 +530,173 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     return EmbeddedPostgres(url=url, data_dir=pgdata, log_path=log_path, server=server)
 
 
+# ---------------------------------------------------------------------------------------
+# Which embedded stores this user's ocs processes are using now
+# ---------------------------------------------------------------------------------------
+
+REGISTRY_DIR_NAME = "running"
+
+
+class StoreConflictError(EmbeddedServerError):
+    """A command would start a second embedded store while another one is in use."""
+
+    def __init__(self, wanted: Path, running: Path, pid: int | None) -> None:
+        self.wanted = wanted
+        self.running = running
+        self.pid = pid
+        owner = f" (process {pid})" if pid else ""
+        super().__init__(
+            f"an embedded store is running in {running}{owner}; this command would start a "
+            f"second, separate one in {wanted}. Pass --data-dir {running} (or set "
+            f"OCS_DATA_DIR) to use the running store, or stop it first"
+        )
+
+
+def registry_dir() -> Path:
+    """Where this user's ocs processes record the embedded stores they use.
+
+    Beside the default data directory (``$XDG_DATA_HOME/ocs/running``): per user, so one
+    user's processes see each other whatever directory each was started from.
+    """
+    from ocs.config import default_data_dir  # the one definition of the per-user location
+
+    return default_data_dir() / REGISTRY_DIR_NAME
+
+
+def _entry_path(data_dir: Path) -> Path:
+    digest = hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]
+    return registry_dir() / f"{digest}.json"
+
+
+class StoreRegistration:
+    """A shared lock on this data dir's registry entry, held while a process uses its store.
+
+    Any number of processes (``ocs serve`` and the CLI commands beside it) hold the entry at
+    once; the kernel drops the lock of a process that dies, so a stale entry is simply one
+    nobody holds.
+    """
+
+    def __init__(self, data_dir: Path, file: IO[str] | None) -> None:
+        self.data_dir = data_dir
+        self._file = file
+
+    def release(self) -> None:
+        """Stop holding the entry (the store may still be in use by other processes)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def register_store(data_dir: Path) -> StoreRegistration:
+    """Record that this process uses the embedded store in ``data_dir`` until release()."""
+    data_dir = Path(data_dir).resolve()
+    path = _entry_path(data_dir)
+    record = json.dumps({"data_dir": str(data_dir), "pid": os.getpid()}) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            file = path.open("a+", encoding="utf-8")
+            fcntl.flock(file.fileno(), fcntl.LOCK_SH)
+            # A checker may have removed a stale entry between our open and our lock; a lock
+            # on that unlinked file would be invisible, so take the file now at the path.
+            try:
+                same = os.stat(path).st_ino == os.fstat(file.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            file.close()
+        file.seek(0)
+        if not file.read().strip():
+            file.write(record)
+            file.flush()
+    except OSError as exc:
+        # The registry only guards against a mistake; a store must still start without it.
+        logger.warning(
+            "cannot record the embedded store in the registry",
+            extra={"registry": str(path.parent), "error": _one_line(exc)},
+        )
+        return StoreRegistration(data_dir, None)
+    return StoreRegistration(data_dir, file)
+
+
+def running_stores() -> dict[Path, int | None]:
+    """The embedded stores some live ocs process of this user is using: data dir -> a pid."""
+    found: dict[Path, int | None] = {}
+    directory = registry_dir()
+    try:
+        entries = sorted(directory.glob("*.json"))
+    except OSError:
+        return found
+    for path in entries:
+        try:
+            file = path.open("r", encoding="utf-8")
+        except OSError:
+            continue
+        with file:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    continue
+                try:
+                    record = json.loads(file.read())
+                    pid = record.get("pid")
+                    # The entry names the process that made it, which may have gone while
+                    # others still use the store.
+                    alive = isinstance(pid, int) and psutil.pid_exists(pid)
+                    found[Path(record["data_dir"])] = pid if alive else None
+                except (ValueError, KeyError, TypeError):
+                    continue
+            else:
+                # Nobody holds it: left by a process that died. Removed while locked, so a
+                # registrant that opened it meanwhile notices (register_store) and retries.
+                with contextlib.suppress(OSError):
+                    path.unlink()
+    return found
+
+
+def check_no_other_store(data_dir: Path) -> None:
+    """Refuse to start a store in ``data_dir`` while another one of this user runs elsewhere.
+
+    Nothing to refuse when a store already runs in ``data_dir`` (the command attaches to it).
+    Raises :class:`StoreConflictError` naming both directories.
+    """
+    wanted = Path(data_dir).resolve()
+    running = running_stores()
+    if wanted in running:
+        return
+    for other, pid in running.items():
+        raise StoreConflictError(wanted, other, pid)
+
+
+def describe_url(url: str) -> str:
+    """``url`` without its password (userinfo or ``password=`` query parameter), for logs."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hostinfo}"
+    query = "&".join(
+        "password=***" if item.split("=", 1)[0].lower() == "password" else item
+        for item in parts.query.split("&")
+        if item
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 __all__ = [
     "EmbeddedPostgres",
     "EmbeddedRedis",
     "EmbeddedServerError",
+    "StoreConflictError",
+    "StoreRegistration",
+    "check_no_other_store",
+    "describe_url",
+    "register_store",
+    "registry_dir",
+    "running_stores",
     "start_embedded_postgres",
     "start_embedded_redis",
 ]

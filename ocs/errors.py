@@ -1,9 +1,16 @@
 """The errors ocs answers with: a stable reason code, an HTTP status and a message.
 
 Every rejection a caller can see has a ``reason`` (machine-readable, stable),
-an HTTP status for the JSON API and, where RADIUS needs it, the Cisco
-``h323-return-code`` an IVR expects. Protocol adapters translate these; the
-core only raises them.
+an HTTP status for the JSON API, the SIP final response a switch should give
+its caller (``sip_status``, in every JSON error body) and, where RADIUS needs
+it, the Cisco ``h323-return-code`` an IVR expects. Protocol adapters translate
+these; the core only raises them.
+
+``sip_status``, so that a switch needs no mapping table of its own: the caller's
+money 402, what the caller or account may not do 403, what does not exist 404,
+no free line 486 (Busy Here), a call already ended 481, a fault that is not the
+caller's (ocs or its backends down, the switch's own token refused) 503, a
+request the switch built wrong 400, anything else 500.
 """
 
 from dataclasses import dataclass
@@ -14,6 +21,7 @@ from enum import Enum
 class _ReasonInfo:
     http_status: int
     h323_return_code: int
+    sip_status: int
 
 
 class Reason(Enum):
@@ -45,6 +53,7 @@ class Reason(Enum):
     TOO_MANY_MEMBERS = "too_many_members"
     UNAUTHORIZED = "unauthorized"  # the admin API: no token, or not one of ours
     FORBIDDEN = "forbidden"  # the admin API: the token's role may not do this
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # a body in a charset other than UTF-8
 
     @property
     def http_status(self) -> int:
@@ -54,36 +63,60 @@ class Reason(Enum):
     def h323_return_code(self) -> int:
         return _REASONS[self].h323_return_code
 
+    @property
+    def sip_status(self) -> int:
+        """The SIP final response a switch should answer its caller with."""
+        return _REASONS[self].sip_status
 
-# h323-return-code values follow the Cisco prepaid IVR convention (DESIGN.md).
+
+# h323-return-code values follow the Cisco prepaid IVR convention (DESIGN.md); sip_status the
+# table in the module docstring. A switch token refused (401/403) is the deployment's fault, not
+# the caller's: 503, so that the switch fails over or announces "unavailable", never "forbidden".
 _REASONS: dict[Reason, _ReasonInfo] = {
-    Reason.INVALID_FIELD: _ReasonInfo(400, 1),
-    Reason.ACCOUNT_NOT_FOUND: _ReasonInfo(404, 1),
-    Reason.ACCOUNT_EXISTS: _ReasonInfo(409, 1),
-    Reason.PLAN_NOT_FOUND: _ReasonInfo(404, 1),
-    Reason.PLAN_EXISTS: _ReasonInfo(409, 1),
-    Reason.CALL_NOT_FOUND: _ReasonInfo(404, 1),
-    Reason.CALL_ALREADY_STOPPED: _ReasonInfo(409, 3),
-    Reason.ACCOUNT_LOCKED: _ReasonInfo(403, 7),
-    Reason.ACCOUNT_SUSPENDED: _ReasonInfo(403, 7),
-    Reason.NO_FREE_LINE: _ReasonInfo(409, 3),
-    Reason.INVALID_PASSWORD: _ReasonInfo(403, 2),
-    Reason.ACCOUNT_EXPIRED: _ReasonInfo(403, 5),
-    Reason.CREDIT_LIMIT_REACHED: _ReasonInfo(402, 6),
-    Reason.ZERO_BALANCE: _ReasonInfo(402, 4),
-    Reason.INSUFFICIENT_FUNDS: _ReasonInfo(402, 12),
-    Reason.BELOW_MINIMUM_BALANCE: _ReasonInfo(402, 12),
-    Reason.DESTINATION_NOT_ALLOWED: _ReasonInfo(403, 9),
-    Reason.INVALID_DECK: _ReasonInfo(400, 1),
-    Reason.NOT_FOUND: _ReasonInfo(404, 1),
-    Reason.UNAVAILABLE: _ReasonInfo(503, 1),
-    Reason.COUNTER_EXHAUSTED: _ReasonInfo(403, 9),
-    Reason.NO_PROFITABLE_ROUTE: _ReasonInfo(403, 9),
-    Reason.PIN_BLOCKED: _ReasonInfo(403, 10),
-    Reason.TOO_MANY_MEMBERS: _ReasonInfo(409, 1),
-    Reason.UNAUTHORIZED: _ReasonInfo(401, 1),
-    Reason.FORBIDDEN: _ReasonInfo(403, 1),
+    Reason.INVALID_FIELD: _ReasonInfo(400, 1, 400),
+    Reason.ACCOUNT_NOT_FOUND: _ReasonInfo(404, 1, 404),
+    Reason.ACCOUNT_EXISTS: _ReasonInfo(409, 1, 403),
+    Reason.PLAN_NOT_FOUND: _ReasonInfo(404, 1, 404),
+    Reason.PLAN_EXISTS: _ReasonInfo(409, 1, 403),
+    Reason.CALL_NOT_FOUND: _ReasonInfo(404, 1, 404),
+    Reason.CALL_ALREADY_STOPPED: _ReasonInfo(409, 3, 481),
+    Reason.ACCOUNT_LOCKED: _ReasonInfo(403, 7, 403),
+    Reason.ACCOUNT_SUSPENDED: _ReasonInfo(403, 7, 403),
+    Reason.NO_FREE_LINE: _ReasonInfo(409, 3, 486),
+    Reason.INVALID_PASSWORD: _ReasonInfo(403, 2, 403),
+    Reason.ACCOUNT_EXPIRED: _ReasonInfo(403, 5, 403),
+    Reason.CREDIT_LIMIT_REACHED: _ReasonInfo(402, 6, 402),
+    Reason.ZERO_BALANCE: _ReasonInfo(402, 4, 402),
+    Reason.INSUFFICIENT_FUNDS: _ReasonInfo(402, 12, 402),
+    Reason.BELOW_MINIMUM_BALANCE: _ReasonInfo(402, 12, 402),
+    Reason.DESTINATION_NOT_ALLOWED: _ReasonInfo(403, 9, 403),
+    Reason.INVALID_DECK: _ReasonInfo(400, 1, 400),
+    Reason.NOT_FOUND: _ReasonInfo(404, 1, 404),
+    Reason.UNAVAILABLE: _ReasonInfo(503, 1, 503),
+    Reason.COUNTER_EXHAUSTED: _ReasonInfo(403, 9, 402),
+    Reason.NO_PROFITABLE_ROUTE: _ReasonInfo(403, 9, 403),
+    Reason.PIN_BLOCKED: _ReasonInfo(403, 10, 403),
+    Reason.TOO_MANY_MEMBERS: _ReasonInfo(409, 1, 403),
+    Reason.UNAUTHORIZED: _ReasonInfo(401, 1, 503),
+    Reason.FORBIDDEN: _ReasonInfo(403, 1, 503),
+    Reason.UNSUPPORTED_MEDIA_TYPE: _ReasonInfo(415, 1, 400),
 }
+
+
+def sip_status_of_http(status: int) -> int:
+    """The ``sip_status`` of an HTTP error no reason code names (an unknown route, a
+    method not allowed, a body too large, an internal error): the switch built a
+    wrong request (400), asked for nothing that exists (404), or ocs failed (500, 503)."""
+    if status == 404:
+        return 404
+    if status == 503:
+        return 503
+    return 400 if 400 <= status < 500 else 500
+
+
+def sip_status_table() -> dict[str, int]:
+    """Every reason code and its ``sip_status``, for the API's documentation."""
+    return {reason.value: reason.sip_status for reason in Reason}
 
 
 class OcsError(Exception):
@@ -100,6 +133,7 @@ class OcsError(Exception):
             "code": self.reason.http_status,
             "reason": self.reason.value,
             "message": self.message,
+            "sip_status": self.reason.sip_status,
         }
         if self.field is not None:
             body["field"] = self.field

@@ -10,7 +10,7 @@ use it, so they run the same code.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
@@ -39,13 +39,66 @@ class Backends:
         self._settings = settings
         self.redis_url = settings.redis_url
         self.database_url = settings.database_url
-        self._stops: list = []
+        self._stops: list[Callable[[], None]] = []
+
+    def describe(self) -> str:
+        """Which store this process uses, in words: embedded under a path, or the URLs."""
+        from ocs.embedded import describe_url
+
+        data_dir = Path(self._settings.data_dir).resolve()
+        redis_url, database_url = self._settings.redis_url, self._settings.database_url
+        if redis_url is None and database_url is None:
+            return f"embedded Redis and PostgreSQL in {data_dir}"
+        redis = f"Redis {describe_url(redis_url)}" if redis_url else f"embedded Redis in {data_dir}"
+        postgres = (
+            f"PostgreSQL {describe_url(database_url)}"
+            if database_url
+            else f"embedded PostgreSQL in {data_dir}"
+        )
+        return f"{redis}, {postgres}"
 
     def start(self) -> None:
-        """Start embedded servers for whatever has no URL (blocking: call off the loop)."""
+        """Start embedded servers for whatever has no URL (blocking: call off the loop).
+
+        Logs which store the process uses first. When a server must be started under the
+        default data dir while another ocs process of this user runs an embedded store in a
+        different one, raises :class:`ocs.embedded.StoreConflictError` and starts nothing:
+        such a command would otherwise work on a second, empty store.
+        """
+        from ocs.config import default_data_dir
+        from ocs.embedded import describe_url
+
+        data_dir = Path(self._settings.data_dir).resolve()
+        embedded_needed = self.redis_url is None or self.database_url is None
+        log.info(
+            f"store: {self.describe()}",
+            extra={
+                "data_dir": str(data_dir) if embedded_needed else None,
+                "redis_url": describe_url(self.redis_url) if self.redis_url else "embedded",
+                "database_url": (
+                    describe_url(self.database_url) if self.database_url else "embedded"
+                ),
+            },
+        )
+        if not embedded_needed:
+            return
         from ocs import embedded  # imported lazily: only embedded mode needs psutil/pgserver
 
-        data_dir = Path(self._settings.data_dir)
+        if data_dir == default_data_dir().resolve():
+            # Only the default is guessed; a data dir named by flag, variable or file is the
+            # operator's choice, and several servers on different ones are legitimate.
+            embedded.check_no_other_store(data_dir)
+        registration = embedded.register_store(data_dir)
+        self._stops.append(registration.release)
+        try:
+            self._start_embedded(data_dir)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_embedded(self, data_dir: Path) -> None:
+        from ocs import embedded
+
         if self.redis_url is None:
             running = embedded.running_embedded_redis_url(data_dir)
             if running is not None:
@@ -72,6 +125,7 @@ class Backends:
             )
 
     def stop(self) -> None:
+        """Stop the embedded servers this process started, last started first."""
         for stop in reversed(self._stops):
             try:
                 stop()

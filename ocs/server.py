@@ -4,6 +4,11 @@ Shutdown on SIGTERM or SIGINT, in stages: stop accepting connections, let
 requests in flight finish within ``shutdown_timeout`` (then cancel them),
 let the ledger writer finish its batch, flush pending Redis commands, close
 pools, stop embedded servers. RADIUS listeners close with the HTTP one.
+
+The ports are bound first, before any embedded server starts, and never shared:
+a taken port ends the start at once with "address in use" (exit code 2). A worker
+of `ocs serve --workers N` binds nothing: it serves on the sockets its parent
+bound and handed down (ocs.listen_sockets), and stops when that parent dies.
 """
 
 import asyncio
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ocs import api_tokens, metrics
+from ocs import api_tokens, listen_sockets, metrics
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging.janitor import Janitor
 from ocs.config import Settings
@@ -53,12 +58,38 @@ async def serve(
     on_ready: Hook | None = None,
     stopping: asyncio.Event | None = None,
 ) -> None:
-    """Run until a signal (or ``stopping``) asks to stop."""
+    """Run until a signal (or ``stopping``) asks to stop.
+
+    Raises ``listen_sockets.AddressInUse`` (a ``ConfigError``) when a port is taken,
+    before anything else is started.
+    """
     stopping = stopping or asyncio.Event()
+    inherited = listen_sockets.take_inherited()
+    if inherited is not None:
+        listen_sockets.ask_sigterm_on_parent_death()
+        sockets = inherited.sockets
+    else:
+        sockets = listen_sockets.bind_all(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stopping.set)
+    if inherited is not None:
+        listen_sockets.watch_parent(inherited, stopping)
+    try:
+        await _serve(settings, sockets, before_listen, on_ready, stopping)
+    finally:
+        # Whatever a listener did not take over (a start that failed half-way).
+        sockets.close()
+
+
+async def _serve(
+    settings: Settings,
+    sockets: listen_sockets.ListenSockets,
+    before_listen: Callable[[Services], Awaitable[None]] | None,
+    on_ready: Hook | None,
+    stopping: asyncio.Event,
+) -> None:
     async with open_runtime(settings) as services:
         if before_listen is not None:
             await before_listen(services)
@@ -69,10 +100,7 @@ async def serve(
             access_log=None,
         )
         await runner.setup()
-        # Workers share a fixed port; with port 0 (tests) each listener gets its own.
-        site = web.TCPSite(
-            runner, settings.http_host, settings.http_port, reuse_port=settings.http_port != 0
-        )
+        site = web.SockSite(runner, sockets.http)
         await site.start()
         port = _bound_port(runner, settings.http_port)
         radius: RadiusServer | None = None
@@ -83,7 +111,7 @@ async def serve(
                 await load_client_table(services.pool, settings),
                 services.pin_guard,
             )
-            await radius.start()
+            await radius.start(sockets.radius_auth, sockets.radius_acct)
             await radius.watch_clients(services.pool)
             services.disconnect = radius.disconnect
         writer_task: asyncio.Task[None] | None = None

@@ -1,11 +1,13 @@
 """The services one ocs process runs, wired together once and shared by every adapter."""
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from redis.asyncio import Redis
 
+from ocs import backend_health
+from ocs.backend_health import BackendHealth
 from ocs.balances.accounts import AccountService
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.cards import CardService
@@ -19,6 +21,8 @@ from ocs.counters.service import CounterService
 
 @dataclass(slots=True)
 class Services:
+    """Every service of one process, built once by ``open_runtime`` and shared by the adapters."""
+
     settings: Settings
     redis: Redis
     pool: asyncpg.Pool
@@ -32,3 +36,10 @@ class Services:
     pin_guard: PinGuard
     # Set by `ocs serve` when RADIUS runs: asks a call's NAS to end it (RFC 5176).
     disconnect: Callable[[CallRecord], Awaitable[object]] | None = None
+    # The process's backend tracker (one per process: the auto-pipeline, janitor and
+    # ledger writer report to the same one), for /readyz.
+    health: BackendHealth = field(default_factory=backend_health.default)
+
+    def __post_init__(self) -> None:
+        # The tracker exists before the settings are read; this is where they reach it.
+        self.health.reminder = self.settings.backend_down_reminder

@@ -3,6 +3,10 @@
 ``OCS_TEST_REDIS_URL`` / ``OCS_TEST_DATABASE_URL`` name external servers; when
 unset, embedded ones are started for the session (the product's own embedded
 mode). Each session works in a fresh PostgreSQL database it drops at the end.
+
+The settings are the product's secure defaults: the ``app`` fixture makes an
+admin token and its client sends it with every request; ``RunningApp.anonymous``
+sends a request without it.
 """
 
 import asyncio
@@ -16,12 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import pytest
 import uvloop
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from ocs import api_tokens
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging import catalog_store
 from ocs.charging.catalog import Plan
@@ -108,7 +114,6 @@ def settings(redis_url: str, database_url: str, tmp_path: Path) -> Settings:
         http_host="127.0.0.1",
         http_port=0,
         log_format="text",
-        admin_token_required=False,
     )
 
 
@@ -137,11 +142,23 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
         yield opened
 
 
+# The name of the admin token the ``app`` fixture's client sends.
+TEST_TOKEN_NAME = "tests"
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The header that presents ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 @dataclass
 class RunningApp:
+    """The app under test: its client sends ``admin_token`` with every request."""
+
     services: Services
     client: TestClient
     writer: LedgerWriter
+    admin_token: str = ""
 
     async def post(self, path: str, payload: object) -> tuple[int, dict]:
         response = await self.client.post(path, json=payload)
@@ -151,17 +168,31 @@ class RunningApp:
         response = await self.client.get(path)
         return response.status, await response.json()
 
+    async def anonymous(
+        self, method: str, path: str, **kwargs: Any
+    ) -> tuple[int, dict, dict[str, str]]:
+        """A request without the admin token (or with the ``headers`` given only):
+        (status, JSON body or {}, response headers)."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self.client.make_url(path), **kwargs) as response,
+        ):
+            body = await response.json() if response.content_type == "application/json" else {}
+            return response.status, body, dict(response.headers)
+
 
 @pytest.fixture
 async def app(services: Services) -> AsyncIterator[RunningApp]:
-    """The HTTP app on a real port, with a ledger writer running beside it."""
-    client = TestClient(TestServer(create_app(services)))
+    """The HTTP app on a real port, with a ledger writer running beside it; its client
+    sends an admin token, as an operator's tools do."""
+    token = await api_tokens.create(services.pool, TEST_TOKEN_NAME, "admin")
+    client = TestClient(TestServer(create_app(services)), headers=bearer(token))
     await client.start_server()
     writer = LedgerWriter(services.redis, services.pool, block_ms=50)
     stopping = asyncio.Event()
     task = asyncio.create_task(writer.run(stopping))
     try:
-        yield RunningApp(services=services, client=client, writer=writer)
+        yield RunningApp(services=services, client=client, writer=writer, admin_token=token)
     finally:
         stopping.set()
         await asyncio.wait_for(task, timeout=10)

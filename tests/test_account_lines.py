@@ -97,7 +97,7 @@ SCENARIOS = {
         "1.00",
         "0.55",
         16,
-        {"no_free_line", "credit_limit_reached"},
+        {"no_free_line", "funds_held_by_live_calls"},
         "-0.550000",
     ),
 }
@@ -132,7 +132,7 @@ async def test_500_concurrent_calls_across_members_respect_every_limit(
     assert {status for status, reason in refused if reason == "no_free_line"} <= {409}
     assert {status for status, reason in refused if reason != "no_free_line"} <= {402}
     if scenario == "funds-bind":
-        assert "credit_limit_reached" in {reason for _, reason in refused}
+        assert "funds_held_by_live_calls" in {reason for _, reason in refused}
         assert sorted(g["max_duration"] for g in granted) == [300] + [600] * 15
 
     # Redis: live calls per account and per member within their limits.

@@ -1,14 +1,16 @@
-"""The admin HTTP API needs a bearer token with a role once the first token exists.
+"""The admin HTTP API needs a bearer token with a role, even before any token exists.
 
-Switches and IVRs (the call lifecycle, PIN queries) and the probes (/healthz,
-/metrics) never need one. A viewer reads, an operator also works on accounts,
-an admin does everything. Tokens are stored as digests, shown once, revoked at
-once; ``admin_token_required`` closes the API before any token exists.
+Switches and IVRs (the call lifecycle, PIN queries) from switch_networks (the
+loopback by default) and the probes (/healthz, /metrics) need none. A viewer
+reads, an operator also works on accounts, an admin does everything. Tokens are
+stored as digests, shown once, revoked at once; ``admin_token_required = false``
+(trials) leaves the API open until the first token exists.
 """
 
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -18,35 +20,45 @@ from ocs.config import Settings
 from ocs.errors import OcsError
 from ocs.http.app import create_app
 from ocs.services import Services
-from tests.conftest import RETAIL_DECK, RunningApp, add_plan
+from tests.conftest import RETAIL_DECK, TEST_TOKEN_NAME, RunningApp, add_plan, bearer
 from tests.test_deck_import import ocs_cli
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 async def call(
-    app: RunningApp, method: str, path: str, token: str | None = None, **kwargs: object
+    app: RunningApp, method: str, path: str, token: str | None = None, **kwargs: Any
 ) -> tuple[int, dict]:
+    """A request with ``token`` only (none: no Authorization), not the app's own."""
     headers = bearer(token) if token is not None else {}
-    response = await app.client.request(method, path, headers=headers, **kwargs)
-    body = await response.json() if response.content_type == "application/json" else {}
-    if response.status == 401:
-        assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    return response.status, body
+    status, body, answered = await app.anonymous(method, path, headers=headers, **kwargs)
+    if status == 401:
+        assert answered["WWW-Authenticate"].startswith("Bearer")
+    return status, body
 
 
-async def test_without_any_token_the_admin_api_is_open(app: RunningApp) -> None:
-    status, _ = await call(app, "POST", "/v1/plans", json={"id": "open", "currency": "EUR"})
-    assert status == 201
-    # A bad name or role is refused naming the field, and makes no token.
-    for name, role, field in (("noc\n", "admin", "name"), ("", "admin", "name"),
-                              ("noc", "root", "role")):  # fmt: skip
-        with pytest.raises(OcsError) as refused:
-            await api_tokens.create(app.services.pool, name, role)
-        assert refused.value.field == field
-    assert await api_tokens.listed(app.services.pool) == []
+async def test_only_with_admin_token_required_off_is_the_api_open_before_any_token(
+    services: Services, settings: Settings
+) -> None:
+    from dataclasses import replace
+
+    trial = replace(services, settings=replace(settings, admin_token_required=False))
+    client = TestClient(TestServer(create_app(trial)))
+    await client.start_server()
+    try:
+        response = await client.post("/v1/plans", json={"id": "open", "currency": "EUR"})
+        assert response.status == 201
+        # A bad name or role is refused naming the field, and makes no token.
+        for name, role, field in (("noc\n", "admin", "name"), ("", "admin", "name"),
+                                  ("noc", "root", "role")):  # fmt: skip
+            with pytest.raises(OcsError) as refused:
+                await api_tokens.create(services.pool, name, role)
+            assert refused.value.field == field
+        assert await api_tokens.listed(services.pool) == []
+        # The first token closes it.
+        await api_tokens.create(services.pool, "first", "viewer")
+        response = await client.post("/v1/plans", json={"id": "late", "currency": "EUR"})
+        assert response.status == 401
+    finally:
+        await client.close()
 
 
 async def test_roles_decide_what_a_token_may_do_and_switches_need_none(
@@ -64,9 +76,8 @@ async def test_roles_decide_what_a_token_may_do_and_switches_need_none(
         headers = {"Authorization": header} if header else {}
         if token is not None:
             headers = bearer(token)
-        response = await app.client.post("/v1/plans", json=plan, headers=headers)
-        assert response.status == 401, await response.text()
-        assert (await response.json())["error"]["reason"] == "unauthorized"
+        status, body, _ = await app.anonymous("POST", "/v1/plans", json=plan, headers=headers)
+        assert (status, body["error"]["reason"]) == (401, "unauthorized"), body
     status, body = await call(app, "GET", "/v1/plans", viewer)
     assert (status, body["plans"]) == (200, [])
 
@@ -90,7 +101,8 @@ async def test_roles_decide_what_a_token_may_do_and_switches_need_none(
     status, shown = await call(app, "GET", "/v1/accounts/a1", viewer)
     assert (status, shown["balance"]) == (200, "3.000000")
 
-    # The switch authorizes and stops calls with no token; the probes answer.
+    # The switch on the loopback (switch_networks) authorizes and stops calls with no
+    # token; the probes answer anyone.
     status, grant = await call(
         app, "POST", "/v1/calls", json={"account": "a1", "destination": "447700900123"}
     )
@@ -100,7 +112,7 @@ async def test_roles_decide_what_a_token_may_do_and_switches_need_none(
     )
     assert (status, charge["cost"]) == (200, "0.198000")
     for path in ("/healthz", "/metrics", "/openapi.json"):
-        assert (await app.client.get(path)).status == 200, path
+        assert (await app.anonymous("GET", path))[0] == 200, path
 
     # Revoked: refused at once.
     assert await api_tokens.revoke(pool, "care")
@@ -114,13 +126,11 @@ async def test_roles_decide_what_a_token_may_do_and_switches_need_none(
         assert all(token.encode() not in bytes(r["digest"]) for r in stored)
 
 
-async def test_admin_token_required_closes_the_api_before_any_token(
+async def test_by_default_the_api_is_closed_before_any_token(
     services: Services, settings: Settings
 ) -> None:
-    from dataclasses import replace
-
-    closed = replace(services, settings=replace(settings, admin_token_required=True))
-    client = TestClient(TestServer(create_app(closed)))
+    assert settings.admin_token_required  # the product's default, as the tests run it
+    client = TestClient(TestServer(create_app(services)))
     await client.start_server()
     try:
         response = await client.get("/v1/plans")
@@ -147,17 +157,21 @@ async def test_the_cli_makes_lists_and_revokes_tokens(
     assert status == 200 and [p["id"] for p in body["plans"]] == ["retail"]
     assert (await call(app, "GET", "/v1/plans"))[0] == 401  # a token exists now
 
-    code, out, _ = await ocs_cli(settings, tmp_path, "tokens", "create", "--name", "noc",
-                                 "--role", "viewer")  # fmt: skip
-    assert code == 1 and out == ""
+    code, out, err = await ocs_cli(settings, tmp_path, "tokens", "create", "--name", "noc",
+                                   "--role", "viewer")  # fmt: skip
+    # Refused (the exit code's meaning is ocs.cli's: a usage error, 2, for a name in use).
+    assert code != 0 and out == "" and "exists" in err, (code, err)
     code, out, _ = await ocs_cli(settings, tmp_path, "tokens", "list")
     listed = json.loads(out)["tokens"]
-    assert [(t["name"], t["role"]) for t in listed] == [("noc", "admin")]
+    assert [(t["name"], t["role"]) for t in listed] == [
+        ("noc", "admin"),
+        (TEST_TOKEN_NAME, "admin"),
+    ]
     assert made["token"] not in out
     code, out, _ = await ocs_cli(settings, tmp_path, "tokens", "revoke", "noc")
     assert (code, json.loads(out)) == (0, {"name": "noc", "revoked": True})
     assert (await call(app, "GET", "/v1/plans", made["token"]))[0] == 401
-    assert (await call(app, "GET", "/v1/plans"))[0] == 200  # open again: no token left
+    assert (await call(app, "GET", "/v1/plans"))[0] == 401  # closed still: secure default
     code, _, _ = await ocs_cli(settings, tmp_path, "tokens", "revoke", "noc")
     assert code == 1
 

@@ -246,7 +246,7 @@ async def test_a_caller_id_with_control_characters_is_cleaned_not_stored_raw(
         {
             "account": "nul",
             "destination": "447700900123",
-            "caller": "4930\x00123",
+            "caller": "4930\x07123",
             "call_id": "nul-1",
         },
     )
@@ -260,6 +260,12 @@ async def test_a_caller_id_with_control_characters_is_cleaned_not_stored_raw(
             )
 
     await eventually(stored, what="the CDR with a cleaned caller id")
+    # A NUL cannot be stored at all: refused by name before anything is reserved.
+    status, body = await app.post(
+        "/v1/calls",
+        {"account": "nul", "destination": "447700900123", "caller": "49\x00", "call_id": "n2"},
+    )
+    assert (status, body["error"]["field"]) == (400, "caller")
 
 
 async def test_a_balance_never_grows_past_exact_lua_arithmetic(app: RunningApp) -> None:

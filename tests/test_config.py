@@ -35,7 +35,7 @@ ledger_batch_size = 50
 def test_defaults_apply_when_nothing_is_configured() -> None:
     settings = load_settings(environ={})
     assert settings == Settings()
-    assert (settings.http_port, settings.log_level, settings.log_format) == (8080, "INFO", "json")
+    assert (settings.http_port, settings.log_level, settings.log_format) == (8080, "INFO", "auto")
     assert settings.redis_url is None and settings.database_url is None  # embedded servers
     assert settings.config_file is None
 
@@ -47,7 +47,7 @@ def test_the_file_overrides_the_defaults(tmp_path: Path) -> None:
     assert settings.http_host == "10.0.0.1"
     assert settings.log_level == "DEBUG"
     assert settings.ledger_batch_size == 50
-    assert settings.log_format == "json"  # not in the file: the default
+    assert settings.log_format == "auto"  # not in the file: the default
     assert settings.config_file == path
 
 
@@ -105,11 +105,58 @@ def test_environment_values_are_parsed_to_their_types() -> None:
     assert settings.log_format == "text"
 
 
-def test_other_ocs_variables_are_not_taken_for_settings() -> None:
+def test_the_default_data_dir_is_per_user_whatever_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert load_settings(environ={}).data_dir == tmp_path / "data" / "ocs"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert load_settings(environ={}).data_dir == tmp_path / "home" / ".local" / "share" / "ocs"
+    # Root gets the service's own place, never /root opened to pgserver's user.
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert load_settings(environ={}).data_dir == Path("/var/lib/ocs")
+
+
+def test_the_suite_and_handoff_variables_are_not_taken_for_settings() -> None:
     settings = load_settings(
-        environ={"OCS_TEST_REDIS_URL": "redis://x", "OCS_SOMETHING_ELSE": "1", "HTTP_PORT": "1"}
+        environ={"OCS_TEST_REDIS_URL": "redis://x", "OCS_LISTEN_FDS": "3,4,5", "HTTP_PORT": "1"}
     )
     assert settings == Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "suggestion"),
+    [("OCS_REDIS_ULR", "OCS_REDIS_URL"), ("OCS_DATABSE_URL", "OCS_DATABASE_URL")],
+)
+def test_an_unknown_ocs_variable_stops_with_the_closest_key(variable: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={variable: "redis://127.0.0.1:6399/0"})
+    assert variable in str(raised.value)
+    assert f"did you mean {suggestion!r}" in str(raised.value)
+
+
+def test_an_unknown_key_in_the_file_names_the_closest_key(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'redis_ulr = "redis://127.0.0.1:6399/0"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={})
+    assert "redis_ulr" in str(raised.value) and "did you mean 'redis_url'" in str(raised.value)
+
+
+def test_serve_with_a_misspelt_variable_exits_2_and_starts_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "OCS_REDIS_ULR": "redis://x:1/0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ocs", "serve", "--data-dir", str(tmp_path / "var")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "OCS_REDIS_ULR" in done.stderr and "OCS_REDIS_URL" in done.stderr
+    assert not (tmp_path / "var").exists()  # no private embedded store was started
 
 
 # --- bad values ----------------------------------------------------------------------
@@ -213,8 +260,12 @@ def test_a_bad_flag_value_names_the_flag() -> None:
 
 
 def run_ocs(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """``python -m ocs ARGS`` in an empty directory, with only the given OCS_* variables."""
+    """``python -m ocs ARGS`` in an empty directory, with only the given OCS_* variables.
+
+    Its per-user data location (default data dir) is ``tmp_path/xdg``, never the real one.
+    """
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
+    environ["XDG_DATA_HOME"] = str(tmp_path / "xdg")
     environ.update(env or {})
     done = subprocess.run(
         [sys.executable, "-m", "ocs", *args],
@@ -241,7 +292,8 @@ def test_serve_with_a_bad_port_flag_exits_2_naming_the_flag(tmp_path: Path) -> N
     assert out == ""
     line = assert_one_line_naming(err, "--http-port")
     assert "abc" in line
-    assert not (tmp_path / "var").exists()  # nothing was started
+    assert "configuration error" in line  # a setting given as a flag: still configuration
+    assert not (tmp_path / "xdg").exists()  # nothing was started
 
 
 def test_serve_with_a_bad_port_variable_exits_2_naming_the_variable(tmp_path: Path) -> None:
@@ -250,7 +302,7 @@ def test_serve_with_a_bad_port_variable_exits_2_naming_the_variable(tmp_path: Pa
     assert out == ""
     line = assert_one_line_naming(err, "OCS_HTTP_PORT")
     assert "70000" in line
-    assert not (tmp_path / "var").exists()
+    assert not (tmp_path / "xdg").exists()
 
 
 def test_serve_with_a_missing_config_file_exits_2_naming_the_file(tmp_path: Path) -> None:

@@ -230,8 +230,9 @@ async def test_minimum_balance_to_call(app: RunningApp) -> None:
     await new_account(app, "busy", balance="1.00", max_lines=50)
     results = await asyncio.gather(*[call(app, "busy") for _ in range(20)])
     assert sum(1 for status, _ in results if status == 201) == 6  # at 1.00, 0.90 ... 0.50
+    # The live calls' holds keep the available funds below the minimum: said so.
     assert {body["error"]["reason"] for status, body in results if status != 201} == {
-        "below_minimum_balance"
+        "funds_held_by_live_calls"
     }
     assert (await account(app, "busy"))["available"] == "0.400000"
 
@@ -256,7 +257,8 @@ async def test_funds_committed_to_the_recurring_fee_are_not_available(app: Runni
     status, grant = await call(app, "subscriber", "s-1")
     assert status == 201, grant
     assert (grant["reserved"], grant["max_duration"]) == ("2.000000", 200)
-    assert refusal(await call(app, "subscriber")) == (402, "zero_balance")
+    # The live call holds the available funds: the refusal says so.
+    assert refusal(await call(app, "subscriber")) == (402, "funds_held_by_live_calls")
     stopped = await stop(app, "s-1", 200)
     assert stopped["balance"] == "3.000000"
     view = await account(app, "subscriber")
@@ -289,7 +291,7 @@ async def test_concurrent_postpaid_calls_never_pass_the_credit_limit(app: Runnin
     granted = [body for status, body in results if status == 201]
     assert len(granted) == 10  # 0.10 each
     assert {body["error"]["reason"] for status, body in results if status != 201} == {
-        "credit_limit_reached"
+        "funds_held_by_live_calls"
     }
     # Every call runs a day: charges stop at the credit limit.
     await asyncio.gather(*[stop(app, g["call_id"], 86_400) for g in granted])

@@ -9,24 +9,24 @@ Unicode spaces, CRLF, blank lines, wrong field counts, bad amounts,
 duplicates and zones with two rates.
 """
 
-import csv
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ocs.charging import deck
 from ocs.charging.deck import MAX_REPORTED, Deck, DeckError, parse_deck, parse_deck_rows
 from tests.test_deck_import import BAD_DECKS, DECK_A, DECK_B, HEADER
 
 
 def outcome(parse, text: str) -> tuple[str, object]:  # type: ignore[no-untyped-def]
+    """Rows, or the problems listed and the count of the rest; a csv.Error fails the test."""
     try:
         return "rows", list(parse(text))
     except DeckError as exc:
-        return "refused", exc.problems
-    except csv.Error as exc:
-        return "csv error", str(exc)
+        return "refused", (exc.problems, exc.more)
 
 
 def same_as_reference(text: str) -> None:
@@ -48,7 +48,8 @@ PREFIXES = [
     '"4""4"',
 ]
 ZONES = ["UK", "UK Mobile", '"UK, Fixed"', " UK ", "\u00a0UK", "C\u00f4te d'Ivoire", '""']
-ZONES += ["x" * 201, "\u00e9" * 200, '"A"B', 'A"B', "\x00", "\t7\t"]
+ZONES += ["x" * 201, "\u00e9" * 200, '"A"B', 'A"B', "\x00", "\t7\t", "A\tB", '"U\rK"', "\x85"]
+ZONES += ['"A"\rB', "U\rK", "A\x7fB"]
 AMOUNTS = ["0.01", "0.0100000", "0.0100001", "-0.01", ".5", "5.", "1e3", "9999999999", "0", " 1 "]
 AMOUNTS += ["999999999.999999", "0.150", '"0.06"', "abc"]
 SECONDS = ["0", "00", "1", "60", " 6 ", "86400", "86401", "-1", "abc", "\u0661", ""]
@@ -99,6 +100,14 @@ def decks(draw: st.DrawFn) -> str:
 @given(decks())
 def test_the_compiled_parse_agrees_with_the_reference(text: str) -> None:
     same_as_reference(text)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(decks())
+def test_with_a_small_cap_both_parses_list_and_count_the_same_problems(text: str) -> None:
+    # A cap of 3 puts the cut, and the count of the rest, inside Hypothesis's small decks.
+    with mock.patch.object(deck, "MAX_REPORTED", 3):
+        same_as_reference(text)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_DECKS))
@@ -168,7 +177,8 @@ def test_a_parsed_deck_is_a_sequence_of_rows() -> None:
 def test_only_the_first_problems_are_reported_in_line_order() -> None:
     lines = [f"4{i},UK,0.01,0,60,60" for i in range(5)]
     lines += ["41,UK,0.01,0,60,60"]  # a duplicate found by the cross-row pass
-    lines += [f"x{i},UK,0.01,0,60,60" for i in range(40)]  # bad rows found by the scan
+    # Bad rows found by the scan, past the cap.
+    lines += [f"x{i},UK,0.01,0,60,60" for i in range(MAX_REPORTED + 40)]
     text = HEADER + "\n".join(lines) + "\n"
     with pytest.raises(DeckError) as refused:
         parse_deck(text)
@@ -176,4 +186,5 @@ def test_only_the_first_problems_are_reported_in_line_order() -> None:
     assert len(problems) == MAX_REPORTED
     assert problems[0] == (7, "prefix: 41 already given at line 3")
     assert [line for line, _ in problems] == list(range(7, 7 + MAX_REPORTED))
+    assert refused.value.more == 41  # 1 + 140 problems in all, 100 listed
     same_as_reference(text)

@@ -82,23 +82,21 @@ BASE_DECK = HEADER + "33,France,0,1.00,0,1\n" + "336,France,0,1.00,0,1\n" + "44,
 
 
 def problems(text: str) -> list[tuple[int, str]]:
-    """The problems both parses report (they must agree)."""
+    """The problems both parses list (they must agree, and on the count of the rest)."""
     found = []
     for parse in (parse_deck, parse_deck_rows):
         with pytest.raises(DeckError) as refused:
             parse(text)
-        found.append(refused.value.problems)
+        found.append((refused.value.problems, refused.value.more))
     assert found[0] == found[1]
-    return found[0]
+    return found[0][0]
 
 
 def outcome(parse, text: str) -> tuple[str, object]:  # type: ignore[no-untyped-def]
     try:
         deck = parse(text)
     except DeckError as exc:
-        return "refused", exc.problems
-    except csv.Error as exc:
-        return "csv error", str(exc)
+        return "refused", (exc.problems, exc.more)
     return "rows", list(deck)
 
 
@@ -190,20 +188,29 @@ def test_each_bad_cell_is_reported_with_its_line_and_column(
     assert found[0][1].startswith(f"{column}: ") and message in found[0][1], found
 
 
-def test_every_bad_row_is_reported_each_with_its_first_bad_cell() -> None:
+def test_every_bad_row_is_reported_with_every_bad_cell() -> None:
+    tiers = "tiers: tier 1 '900:x': price_per_minute: not a decimal amount: 'x'"
+    per = "per: expected a whole number of seconds or units from 1 to 1000000, got '0'"
     text = (
         BASE + ",tiers,per,band_prices\n"
         "44,UK,0.010,0,60,60,900:0.1,60,\n"
-        "45,UK,0.010,0,60,60,900:x,0,\n"  # two bad cells: the first column in order, per
+        "45,UK,0.010,0,60,60,900:x,0,\n"  # two bad cells: in column order, per first
         "46,UK,0.010,0,60,60,900:0.1,0,peak=1\n"
         "4x,UK,0.010,0,60,60,900:x,60,\n"  # a bad prefix comes first
-        "47,UK,0.010,0,60,60,900:x,60,\n"
+        "47,UK,0.010,0,60,60,900:x,60,pe\x00ak=1\n"  # a NUL in a band's name
     )
     assert problems(text) == [
-        (3, "per: expected a whole number of seconds or units from 1 to 1000000, got '0'"),
-        (4, "per: expected a whole number of seconds or units from 1 to 1000000, got '0'"),
+        (3, per),
+        (3, tiers),
+        (4, per),
         (5, "prefix: expected 1 to 32 digits, got '4x'"),
-        (6, "tiers: tier 1 '900:x': price_per_minute: not a decimal amount: 'x'"),
+        (5, tiers),
+        (6, tiers),
+        (
+            6,
+            "band_prices: band price 1 'pe\\x00ak=1': band holds the control character"
+            " U+0000; names are printable text",
+        ),
     ]
 
 
@@ -224,11 +231,14 @@ def test_rows_of_one_zone_must_agree_on_its_shape() -> None:
 
 
 def test_only_the_first_problems_are_reported_with_shape_columns() -> None:
-    lines = [f"4{i},UK,0.01,0,60,60,{i % 3 + 1}" for i in range(50)]
+    lines = [f"4{i},UK,0.01,0,60,60,{i % 3 + 1}" for i in range(300)]
     text = BASE + ",per\n" + "\n".join(lines) + "\n"
     found = problems(text)
     assert len(found) == MAX_REPORTED
     assert found[0] == (3, "zone: 'UK' has a different rate at line 2 (per differs)")
+    with pytest.raises(DeckError) as refused:
+        parse_deck(text)
+    assert refused.value.more == 200 - MAX_REPORTED  # two lines in three differ from line 2
 
 
 def test_a_header_naming_a_column_twice_or_an_unknown_one_is_refused() -> None:

@@ -1,6 +1,8 @@
 """A call the janitor released as never started is still charged when its Stop comes."""
 
 from ocs.charging.janitor import Janitor
+from ocs.charging.lifecycle import CallService
+from ocs.config import with_overrides
 from tests.conftest import RunningApp, add_plan
 
 
@@ -55,7 +57,9 @@ async def test_a_stop_after_the_janitor_closed_a_started_call_charges_the_rest(
 ) -> None:
     await add_plan(app.services)
     await app.post("/v1/accounts", {"id": "slow", "plan": "retail", "balance": "2.00"})
-    calls = app.services.calls
+    # Charged its last report at the close (the default charges the whole grant).
+    settings = with_overrides(app.services.settings, stale_call_policy="last_reported")
+    calls = CallService(app.services.catalog, app.services.store, settings)
     await calls.authorize("slow", "447700900123", call_id="slow-1")
     await calls.update("slow-1", 30)  # an interim: 30 s used so far
     closed = await Janitor(calls, app.services.store).sweep(now=2_000_000_000)

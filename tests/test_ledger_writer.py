@@ -1,13 +1,20 @@
 """The ledger writer: every stream entry lands in PostgreSQL exactly once, whatever happens."""
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
+import asyncpg
+import pytest
 from redis.asyncio import Redis
 
+from ocs.backend_health import POSTGRESQL, BackendHealth
 from ocs.balances import keys
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.services import Services
-from tests.conftest import add_plan
+from tests.conftest import add_plan, eventually
 
 
 async def _make_entries(services: Services, accounts: int, topups: int) -> None:
@@ -118,3 +125,66 @@ async def test_an_entry_postgresql_refuses_is_set_aside_and_the_rest_written(
     dead = await services.redis.xrange(keys.dead_letters(bucket))
     assert len(dead) == 1 and dead[0][1][b"reference"] == b"bad\x00ref"
     assert b"error" in dead[0][1]
+
+
+class FlakyPool:
+    """A PostgreSQL pool that refuses connections while ``down``, as a stopped server does."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.down = False
+        self.refused = 0
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        if self.down:
+            self.refused += 1
+            # What asyncpg raises when nothing listens on the server's port.
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+        async with self._pool.acquire() as conn:
+            yield conn
+
+
+async def test_a_postgresql_outage_is_logged_once_and_nothing_is_lost(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _make_entries(services, accounts=2, topups=2)  # 6 entries
+    pool = FlakyPool(services.pool)
+    pool.down = True
+    health = BackendHealth()
+    writer = LedgerWriter(
+        services.redis,
+        pool,  # type: ignore[arg-type]
+        claim_idle_ms=100,
+        block_ms=50,
+        health=health,
+    )
+    caplog.set_level(logging.INFO)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(writer.run(stopping, claim_every=0.2))
+    try:
+
+        async def retried() -> bool:
+            # The first write failed, then two probes (a retry each second) were refused.
+            return pool.refused >= 3
+
+        await eventually(retried, within=20, what="the writer to retry PostgreSQL")
+        assert not health.is_up(POSTGRESQL)
+        assert await _ledger_count(services) == 0
+        pool.down = False
+
+        async def all_written() -> bool:
+            return await _ledger_count(services) == 6
+
+        await eventually(all_written, within=20, what="the pending entries to be written")
+        assert health.is_up(POSTGRESQL)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=10)
+    lines = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("ocs.backends", "ERROR", "postgresql unreachable"),
+        ("ocs.backends", "WARNING", "postgresql reachable again"),
+    ]
+    assert not [r for r in caplog.records if r.exc_info]
+    assert await _stream_backlog(services.redis) == 0

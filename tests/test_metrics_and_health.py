@@ -1,8 +1,13 @@
-"""NOC view: /metrics counts requests by endpoint and result; /healthz checks the backends."""
+"""NOC view: /metrics counts requests by endpoint and result; /healthz, /readyz check backends."""
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ocs.backend_health import BackendHealth
+from ocs.services import Services
 from tests.conftest import RunningApp, add_plan
+from tests.test_ledger_writer import FlakyPool
+from tests.test_redis_outage_logs import client_with_readyz
 
 
 def _samples(text: str, name: str) -> dict[tuple, float]:
@@ -45,6 +50,41 @@ async def test_healthz_reports_both_backends(app: RunningApp) -> None:
     status, body = await app.get("/healthz")
     assert status == 200
     assert body["checks"] == {"redis": "ok", "postgres": "ok"}
+
+
+async def test_readyz_answers_ready_when_both_backends_answer(services: Services) -> None:
+    client = await client_with_readyz(services)
+    try:
+        response = await client.get("/readyz")
+        body = await response.json()
+    finally:
+        await client.close()
+    assert response.status == 200
+    assert body == {"ready": True, "backends": {"redis": {"up": True}, "postgresql": {"up": True}}}
+
+
+async def test_readyz_answers_503_while_postgresql_is_unreachable(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(services, "health", BackendHealth())  # this test's outage alone
+    pool = FlakyPool(services.pool)
+    monkeypatch.setattr(services, "pool", pool)
+    client = await client_with_readyz(services)
+    try:
+        pool.down = True
+        down = await client.get("/readyz")
+        down_body = await down.json()
+        pool.down = False
+        back = await client.get("/readyz")
+    finally:
+        await client.close()
+    assert down.status == 503
+    assert down_body["ready"] is False
+    assert down_body["backends"]["redis"] == {"up": True}
+    postgresql = down_body["backends"]["postgresql"]
+    assert postgresql["up"] is False and postgresql["error"] == "ConnectionRefusedError"
+    assert back.status == 200
+    assert services.health.is_up("postgresql")
 
 
 async def test_catalog_changes_reach_the_running_snapshot(app: RunningApp) -> None:

@@ -28,7 +28,8 @@ async def test_200_concurrent_calls_grant_exactly_the_affordable_number(app: Run
     refused = [body["error"]["reason"] for status, body in results if status != 201]
     assert len(granted) == 11
     assert sorted(g["max_duration"] for g in granted) == [300] + [600] * 10
-    assert set(refused) == {"zero_balance"}
+    # The 12th line is free, but the 11 live calls hold every cent: the refusal says so.
+    assert set(refused) == {"funds_held_by_live_calls"}
 
     _, shown = await app.get("/v1/accounts/busy")
     assert shown["available"] == "0.000000"

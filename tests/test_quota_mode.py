@@ -140,7 +140,12 @@ async def test_two_quota_calls_share_one_balance(app: RunningApp) -> None:
     hog = await calls.authorize("whole", UK_MOBILE, call_id="hog")
     assert (hog.max_duration, hog.reserved) == (846, 1_000_000)
     status, body = await app.post("/v1/calls", {"account": "whole", "destination": UK_MOBILE})
-    assert (status, body["error"]["reason"]) == (402, "zero_balance")
+    # Refused for the funds the live call holds, not for "no funds": it says so.
+    assert (status, body["error"]["reason"], body["error"]["live_calls"]) == (
+        402,
+        "funds_held_by_live_calls",
+        1,
+    )
 
     # With a quota, each call holds a slice: both go through.
     a, b = await asyncio.gather(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from ocs import api_tokens
 from ocs.charging import catalog_store, routes_store
 from ocs.charging.catalog import CatalogSnapshot, Plan, load_snapshot
 from ocs.charging.deck import DeckError
@@ -23,7 +24,7 @@ from ocs.errors import OcsError, Reason
 from ocs.http import routes_handlers
 from ocs.http.app import create_app
 from ocs.services import Services
-from tests.conftest import add_plan, eventually
+from tests.conftest import add_plan, bearer, eventually
 
 
 def per_minute(price: int, connect_fee: int = 0, block: int = 1, increment: int = 1) -> Rate:
@@ -253,8 +254,8 @@ BAD_COST_DECKS: dict[str, tuple[str, list[int], tuple[str, ...]]] = {
     "non-digit prefix": (HEADER + "44A,0,1,1,0.01\n", [2], ("prefix", "44A")),
     "prefix twice": (HEADER + "44,0,1,1,0.01\n33,0,1,1,0.01\n44,0,1,1,0.02\n", [4], ("line 2",)),
     "many bad rows": (
-        HEADER + "".join(f"{n},0,1,1,x\n" for n in range(100, 130)),
-        list(range(2, 22)),
+        HEADER + "".join(f"{n},0,1,1,x\n" for n in range(100, 230)),
+        list(range(2, 102)),
         ("price_per_minute",),
     ),
     "missing column": ("prefix,connect_fee,first_block,increment\n44,0,1,1\n", [1], ("missing",)),
@@ -499,7 +500,9 @@ async def client(routing: Services) -> AsyncIterator[TestClient]:
         app.router.add_post("/v1/carriers", routes_handlers.create_carrier)
         app.router.add_put("/v1/carriers/{carrier_id}/rates", routes_handlers.import_carrier_rates)
         app.router.add_put("/v1/route-sets/{route_set_id}", routes_handlers.set_route_set)
-    test_client = TestClient(TestServer(app))
+    # The admin API needs a token (admin_token_required is on by default).
+    token = await api_tokens.create(routing.pool, "routes-tests", "admin")
+    test_client = TestClient(TestServer(app), headers=bearer(token))
     await test_client.start_server()
     try:
         yield test_client
@@ -583,8 +586,13 @@ async def test_bad_routing_requests_are_answered_naming_the_field(
     assert answer["error"]["field"] == field
     if field == "deck":
         assert answer["error"]["problems"] == [
-            {"line": 2, "message": "price_per_minute: not a decimal amount: 'x'"}
+            {
+                "line": 2,
+                "column": "price_per_minute",
+                "message": "price_per_minute: not a decimal amount: 'x'",
+            }
         ]
+        assert answer["error"]["more_problems"] == 0
 
 
 async def test_a_cost_deck_that_is_not_utf8_is_refused(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -38,14 +39,29 @@ DECK = (
     "447,UK Mobile,0.060,0.150,30,6\n"
 )
 
+# The first start stores it as the admin token (admin_bootstrap_token): the admin API
+# needs one by default.
+ADMIN_TOKEN = "serve-embedded-test-admin-token"
+AUTH_HEADER = f"Authorization: Bearer {ADMIN_TOKEN}"
+OCS = (sys.executable, "-m", "ocs")
+
 # No proxy may sit between the tests and 127.0.0.1.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(xdg_data_home: Path | None = None) -> dict[str, str]:
+    """The test's environment: no OCS_* variable but the admin token, and its own XDG data.
+
+    ``XDG_DATA_HOME`` is where the default data dir and the registry of running embedded
+    stores live: a test's own keeps its children away from the real ~/.local/share/ocs and
+    from the stores of tests running beside it.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env["PYTHONUNBUFFERED"] = "1"
+    env["OCS_ADMIN_BOOTSTRAP_TOKEN"] = ADMIN_TOKEN
+    if xdg_data_home is not None:
+        env["XDG_DATA_HOME"] = str(xdg_data_home)
     return env
 
 
@@ -56,9 +72,9 @@ def _free_port() -> int:
 
 
 def _request(
-    method: str, url: str, payload: Any = None, *, body: bytes | None = None
+    method: str, url: str, payload: Any = None, *, body: bytes | None = None, token: str = ""
 ) -> tuple[int, Any]:
-    headers = {}
+    headers = {"Authorization": f"Bearer {token or ADMIN_TOKEN}"}
     if payload is not None:
         body = json.dumps(payload).encode()
         headers["Content-Type"] = "application/json"
@@ -125,7 +141,19 @@ def _reap_embedded(data_dir: Path) -> None:
 class OcsProcess:
     """One `python -m ocs serve|demo` child with its stdout and stderr in files."""
 
-    def __init__(self, command: str, data_dir: Path, logs: Path, tag: str) -> None:
+    def __init__(
+        self,
+        command: str,
+        data_dir: Path,
+        logs: Path,
+        tag: str,
+        *,
+        env: dict[str, str],
+        pass_data_dir: bool = True,
+        cwd: Path | None = None,
+    ) -> None:
+        """Start it; with ``pass_data_dir`` False it runs on the default data dir, which
+        must then be ``data_dir`` ($XDG_DATA_HOME/ocs of ``env``)."""
         self.data_dir = data_dir
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -136,8 +164,7 @@ class OcsProcess:
             "-m",
             "ocs",
             command,
-            "--data-dir",
-            str(data_dir),
+            *(["--data-dir", str(data_dir)] if pass_data_dir else []),
             "--http-port",
             str(self.port),
             "--http-host",
@@ -154,7 +181,7 @@ class OcsProcess:
         ]
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=_child_env()
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd
             )
 
     def stdout(self) -> str:
@@ -202,7 +229,7 @@ class OcsProcess:
         _reap_embedded(self.data_dir)
 
 
-Launch = Callable[[str, Path], OcsProcess]
+Launch = Callable[..., OcsProcess]
 
 
 @pytest.fixture
@@ -232,8 +259,23 @@ def launch(tmp_path: Path, data_root: Path) -> Iterator[Launch]:
     logs = tmp_path / "logs"
     logs.mkdir()
 
-    def start(command: str, data_dir: Path) -> OcsProcess:
-        child = OcsProcess(command, data_dir, logs, f"{command}-{len(started)}")
+    def start(
+        command: str,
+        data_dir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        pass_data_dir: bool = True,
+        cwd: Path | None = None,
+    ) -> OcsProcess:
+        child = OcsProcess(
+            command,
+            data_dir,
+            logs,
+            f"{command}-{len(started)}",
+            env=env or _child_env(data_root / "xdg"),
+            pass_data_dir=pass_data_dir,
+            cwd=cwd,
+        )
         started.append(child)
         return child
 
@@ -287,8 +329,21 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
     data_root: Path, launch: Launch
 ) -> None:
     data_dir = data_root / "var"
+    # An admin token made with the CLI first, as an operator would (it starts the
+    # embedded servers and stops them again).
+    made = subprocess.run(
+        [*OCS, "tokens", "create", "--name", "t", "--role", "admin", "--data-dir", str(data_dir)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=_child_env(data_root / "xdg"),
+        timeout=CLI_TIMEOUT_S,
+    )
+    assert made.returncode == 0, made.stderr
+    request = functools.partial(_request, token=json.loads(made.stdout)["token"])
+    assert _embedded_pids(data_dir) == {}
 
-    # --- first run: empty data dir, embedded servers are created --------------------
+    # --- first run: embedded servers are started --------------------------------------
     first = launch("serve", data_dir)
     health = first.wait_healthy()
     assert health["checks"] == {"redis": "ok", "postgres": "ok"}
@@ -298,13 +353,13 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
     assert set(_embedded_pids(data_dir)) == {"redis", "postgres"}
 
     base = first.base
-    status, plan = _request("POST", f"{base}/v1/plans", {"id": "p", "currency": "EUR"})
+    status, plan = request("POST", f"{base}/v1/plans", {"id": "p", "currency": "EUR"})
     assert status == 201, plan
-    status, imported = _request("POST", f"{base}/v1/plans/p/tariffs", body=DECK.encode())
+    status, imported = request("POST", f"{base}/v1/plans/p/tariffs", body=DECK.encode())
     assert status == 200, imported
     assert imported["prefixes"] == 1 and imported["zones"] == 1
 
-    status, account = _request(
+    status, account = request(
         "POST", f"{base}/v1/accounts", {"id": "1001", "plan": "p", "balance": "1.00"}
     )
     assert status == 201, account
@@ -313,7 +368,7 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
     # The catalog snapshot is swapped in on change (LISTEN/NOTIFY): retry until it knows p.
     deadline = time.monotonic() + 10
     while True:
-        status, grant = _request(
+        status, grant = request(
             "POST",
             f"{base}/v1/calls",
             {"account": "1001", "destination": "+447700900123", "call_id": "x1"},
@@ -325,7 +380,7 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
     assert grant["zone"] == "UK Mobile"
     assert grant["call_id"] == "x1"
 
-    status, stopped = _request("POST", f"{base}/v1/calls/x1/stop", {"duration": 45})
+    status, stopped = request("POST", f"{base}/v1/calls/x1/stop", {"duration": 45})
     assert status == 200, stopped
     assert stopped["billed_seconds"] == 48
     assert stopped["cost"] == "0.198000"
@@ -340,13 +395,13 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
     err = second.stderr()
     assert "started embedded Redis" in err and "started embedded PostgreSQL" in err, err
 
-    status, shown = _request("GET", f"{second.base}/v1/accounts/1001")
+    status, shown = request("GET", f"{second.base}/v1/accounts/1001")
     assert status == 200, shown
     assert shown["balance"] == "0.802000"  # from the AOF
     assert shown["reserved"] == "0.000000"
     assert shown["lines_in_use"] == 0
 
-    status, again = _request("POST", f"{second.base}/v1/calls/x1/stop", {"duration": 45})
+    status, again = request("POST", f"{second.base}/v1/calls/x1/stop", {"duration": 45})
     assert status == 200, again
     assert again["repeated"] is True
     assert again["cost"] == "0.198000"
@@ -370,7 +425,7 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        env=_child_env(),
+        env=_child_env(data_root / "xdg"),
         timeout=CLI_TIMEOUT_S,
     )
     assert cli.returncode == 0, cli.stderr
@@ -381,7 +436,7 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
     assert "using the embedded Redis another ocs process runs" in cli.stderr, cli.stderr
 
     # The CLI left the shared servers running for `ocs serve`.
-    status, health = _request("GET", f"{second.base}/healthz")
+    status, health = request("GET", f"{second.base}/healthz")
     assert status == 200, health
     assert set(_embedded_pids(data_dir)) == {"redis", "postgres"}
 
@@ -463,7 +518,7 @@ def test_demo_prints_curl_commands_that_work(data_root: Path, launch: Launch) ->
     assert "h323-credit-amount=0.500000" in balance_query, balance_query
     account = json.loads(
         subprocess.run(
-            [str(CURL), "-s", f"{demo.base}/v1/accounts/1001"],
+            [str(CURL), "-s", "-H", AUTH_HEADER, f"{demo.base}/v1/accounts/1001"],
             capture_output=True,
             text=True,
             check=True,

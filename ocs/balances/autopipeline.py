@@ -8,6 +8,10 @@ trip per decision while serving thousands of decisions a second.
 Commands in one pipeline are independent (no MULTI): each caller gets its own
 result or exception. A NOSCRIPT answer means that script did not run, so the
 scripts are loaded and those commands alone are sent again.
+
+A batch that cannot be sent fails each of its callers (who answer
+"unavailable") and is reported to the process's backend tracker, which logs the
+outage once; nothing is logged here per batch or per command.
 """
 
 import asyncio
@@ -17,6 +21,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ocs import backend_health
+from ocs.backend_health import BackendHealth
 from ocs.balances.scripts import ALL_SCRIPTS, Script
 from ocs.balances.wire import RedisWire
 
@@ -26,8 +32,16 @@ _Pending = tuple[tuple[Any, ...], asyncio.Future[Any]]
 class AutoPipeline:
     """Queues commands and flushes them as one pipeline at the end of the loop tick."""
 
-    def __init__(self, redis: Redis, url: str, *, max_batch: int = 1024) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        url: str,
+        *,
+        max_batch: int = 1024,
+        health: BackendHealth | None = None,
+    ) -> None:
         self._redis = redis
+        self._health = health if health is not None else backend_health.default()
         self._wire = RedisWire(url)
         self._max_batch = max_batch
         self._queue: list[_Pending] = []
@@ -75,26 +89,40 @@ class AutoPipeline:
         try:
             replies = await self._run(batch)
         except Exception as exc:
+            # A lost or refused connection means Redis is unreachable: the callers answer
+            # "unavailable" and the tracker logs the outage once, not once per batch.
+            self._health.report(exc, default=backend_health.REDIS)
             for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+                _fail_quietly(future, exc)
             return
         retry: list[_Pending] = []
+        loading: Exception | None = None
         for (args, future), reply in zip(batch, replies, strict=True):
             if _is_noscript(reply):
                 retry.append((args, future))
             elif future.done():
                 continue  # the caller gave up (cancelled); the command still ran
             elif isinstance(reply, Exception):
-                future.set_exception(reply)
+                if backend_health.backend_of(reply) is None:
+                    future.set_exception(reply)
+                else:  # LOADING: a restarted Redis reads its data; not serving yet
+                    loading = reply
+                    _fail_quietly(future, reply)
             else:
                 future.set_result(reply)
+        if loading is None:
+            self._health.report_success(backend_health.REDIS)
+        else:
+            self._health.report_failure(backend_health.REDIS, loading)
         if retry:
             try:
                 await self.load_scripts()
                 replies = await self._run(retry)
             except Exception as exc:
-                replies = [exc] * len(retry)
+                self._health.report(exc, default=backend_health.REDIS)
+                for _, future in retry:
+                    _fail_quietly(future, exc)
+                return
             for (_, future), reply in zip(retry, replies, strict=True):
                 if future.done():
                     continue
@@ -112,6 +140,21 @@ class AutoPipeline:
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         await self._wire.close()
+
+
+def _fail_quietly(future: asyncio.Future[Any], exc: BaseException) -> None:
+    """Fail a caller's future with an outage error, without asyncio's GC-time report.
+
+    A caller that awaits several futures one by one stops at the first error and
+    never retrieves the rest; asyncio would log each of those ("Future exception
+    was never retrieved", with a traceback) when collected: thousands per second
+    while Redis is down. The outage is logged once by the backend tracker instead;
+    the caller that awaits still gets the exception.
+    """
+    if future.done():
+        return  # the caller gave up (cancelled)
+    future.set_exception(exc)
+    future.exception()  # marks it retrieved
 
 
 def _is_noscript(reply: object) -> bool:

@@ -8,6 +8,11 @@ only after PostgreSQL committed. Delivery is at least once, the insert is
 idempotent, so every entry lands exactly once; several processes may run a
 writer at once, and entries a dead writer held are claimed after
 ``claim_idle_ms``.
+
+While Redis or PostgreSQL is unreachable the writer retries every second and
+reports each failure to the process's backend tracker, which logs the outage
+once (and a reminder while it lasts); it probes PostgreSQL while that is down,
+so the "back" line comes as soon as it answers.
 """
 
 import asyncio
@@ -26,7 +31,8 @@ import msgpack
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from ocs import metrics
+from ocs import backend_health, metrics
+from ocs.backend_health import POSTGRESQL, REDIS, BackendHealth
 from ocs.balances import keys
 
 log = logging.getLogger("ocs.ledger")
@@ -44,6 +50,7 @@ _CDR_SQL = (
     " $19, $20, $21, $22, $23, $24, $25)"
     " ON CONFLICT (entry_id) DO NOTHING"
 )
+_PROBE_TIMEOUT_S = 5.0
 _Entry = tuple[str, bytes | str, dict[bytes, bytes] | None]  # (stream key, id, fields)
 
 
@@ -110,8 +117,10 @@ class LedgerWriter:
         claim_idle_ms: int = 30_000,
         block_ms: int = 500,
         linger: float = 0.1,
+        health: BackendHealth | None = None,
     ) -> None:
         self._redis = redis
+        self._health = health if health is not None else backend_health.default()
         self._pool = pool
         self._batch_size = batch_size
         self._claim_idle_ms = claim_idle_ms
@@ -178,6 +187,7 @@ class LedgerWriter:
             rows.append((stream, entry_id, fields, ledger_row, cdr_row))
         try:
             await self._insert([(r[3], r[4]) for r in rows])
+            self._health.report_success(POSTGRESQL)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
             # One row PostgreSQL cannot store must not hold back the batch: insert row
             # by row and set the refused ones aside in the dead-letter stream.
@@ -229,14 +239,21 @@ class LedgerWriter:
 
     async def run(self, stopping: asyncio.Event, claim_every: float = 5.0) -> None:
         """Write until ``stopping`` is set; errors are logged and retried, never fatal."""
-        await self.ensure_groups()
+        groups_ready = False
         last_claim = 0.0
         while not stopping.is_set():
             try:
+                if not groups_ready:
+                    # Also after a failure: groups vanish if Redis lost its data.
+                    await self.ensure_groups()
+                    groups_ready = True
+                if not self._health.is_up(POSTGRESQL):
+                    await self._probe_postgresql()
                 if time.monotonic() - last_claim >= claim_every:
                     last_claim = time.monotonic()
                     await self.claim_stale()
                 written = await self.read_new(block_ms=self._block_ms)
+                self._health.report_success(REDIS)
                 if 0 < written < self._batch_size and self._linger > 0:
                     # Under steady traffic, let entries gather for a moment: one read of
                     # 1024 streams and one transaction per batch instead of per entry.
@@ -244,12 +261,27 @@ class LedgerWriter:
                         await asyncio.wait_for(stopping.wait(), timeout=self._linger)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("ledger write failed; retrying")
+            except Exception as exc:
+                groups_ready = False
+                self._log_failure(exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=1.0)
-                # Groups vanish if Redis lost its data; recreate before retrying.
-                try:
-                    await self.ensure_groups()
-                except Exception:
-                    log.warning("could not recreate ledger consumer groups")
+
+    def _log_failure(self, exc: Exception) -> None:
+        # asyncpg raises a bare OSError when it cannot connect; redis-py wraps its own.
+        if self._health.report(exc, default=POSTGRESQL):
+            return  # an unreachable backend: the tracker logs it once per outage
+        if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+            log.warning(
+                "ledger consumer groups missing (Redis lost its data?); recreating them",
+                extra={"error": backend_health.describe(exc)},
+            )
+            return
+        log.exception("ledger write failed; retrying")
+
+    async def _probe_postgresql(self) -> None:
+        """One ``SELECT 1``: ends a PostgreSQL outage as soon as it answers (raises if not)."""
+        # Bounded: an unanswering host must not hold the writer (or its shutdown) for long.
+        async with asyncio.timeout(_PROBE_TIMEOUT_S), self._pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        self._health.report_success(POSTGRESQL)

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from ocs.charging.catalog import CATALOG_CHANNEL
+from ocs.charging.catalog_store import validate_reservation_policy
 from ocs.errors import OcsError, Reason, invalid
 
 LANGUAGE_MAX = 16
@@ -17,6 +19,9 @@ class PlanPolicy:
     recurring_fee: int = 0
     lock_prorated: bool = False  # the next recurring fee is not available for calls
     language: str = "en"
+    # How the plan's calls reserve funds (ocs.charging.catalog.Plan): whole, slice, share.
+    reservation_policy: str = "whole"
+    slice_seconds: int = 60
 
 
 def validate_plan_policy(policy: PlanPolicy) -> PlanPolicy:
@@ -28,16 +33,22 @@ def validate_plan_policy(policy: PlanPolicy) -> PlanPolicy:
         raise invalid("recurring_fee", "must not be negative")
     if not 1 <= len(policy.language) <= LANGUAGE_MAX or not policy.language.isprintable():
         raise invalid("language", f"expected a language tag of 1 to {LANGUAGE_MAX} characters")
+    validate_reservation_policy(policy.reservation_policy, policy.slice_seconds)
     return policy
 
 
 async def set_plan_policy(pool: asyncpg.Pool, plan_id: str, policy: PlanPolicy) -> PlanPolicy:
-    """Set a plan's defaults; accounts created later copy them, existing ones keep theirs."""
+    """Set a plan's defaults; accounts created later copy them, existing ones keep theirs.
+
+    The reservation policy is the plan's own (not copied): every process reloads the
+    plan and applies it to the calls authorized from then on.
+    """
     validate_plan_policy(policy)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         found = await conn.fetchval(
             "UPDATE plans SET max_members = $2, member_max_lines = $3, critical_balance = $4,"
-            " recurring_fee = $5, lock_prorated = $6, language = $7 WHERE id = $1 RETURNING 1",
+            " recurring_fee = $5, lock_prorated = $6, language = $7, reservation_policy = $8,"
+            " slice_seconds = $9 WHERE id = $1 RETURNING 1",
             plan_id,
             policy.max_members,
             policy.member_max_lines,
@@ -45,7 +56,11 @@ async def set_plan_policy(pool: asyncpg.Pool, plan_id: str, policy: PlanPolicy) 
             policy.recurring_fee,
             policy.lock_prorated,
             policy.language,
+            policy.reservation_policy,
+            policy.slice_seconds,
         )
+        if found is not None:
+            await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"plan:{plan_id}")
     if found is None:
         raise OcsError(Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan_id")
     return policy
@@ -63,4 +78,6 @@ async def plan_policy(pool: asyncpg.Pool, plan_id: str) -> PlanPolicy:
         recurring_fee=row["recurring_fee"],
         lock_prorated=row["lock_prorated"],
         language=row["language"],
+        reservation_policy=row["reservation_policy"],
+        slice_seconds=row["slice_seconds"],
     )

@@ -6,7 +6,7 @@ knows nothing of rating or protocols. Amounts are micro-units.
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +111,11 @@ class PlanMismatch:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
+    """The script refused the call; ``live_calls``: the account's live calls whose
+    holds stand in the way (reason ``funds_held_by_live_calls``), else 0."""
+
     reason: str
+    live_calls: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +171,12 @@ class StopResult:
 
 @dataclass(frozen=True, slots=True)
 class UpdateResult:
+    """A live call after an interim report: seconds used, funds debited and still held."""
+
     used: int
     debited: int
     held: int
+    started_now: bool = False  # the report was the first sign the call started
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +186,10 @@ class TopupResult:
     ledger_entry: str
     repeated: bool
 
+
+# A refused authorization's call reference lasts this long (seconds): enough for the
+# request's retransmissions, and nothing a loop of refused calls could pile up.
+REF_WINDOW = 60
 
 # A fee's result is kept this long: a cycle's recurring charges are never taken twice.
 FEE_DEDUPE_TTL = 400 * 24 * 3600
@@ -307,8 +318,16 @@ class BalanceStore:
         started_at: int = 0,
         member: str | None = None,
         counter: CounterQuote | None = None,
+        grant_expiry: Callable[[int], int | None] | None = None,
+        share: bool = False,
     ) -> AuthorizeOutcome:
-        """Reserve a line and funds; the call reference is written in the same round trip."""
+        """Reserve a line and funds; the call reference is written in the same round trip.
+
+        ``expires_at`` is the expiry of a call granted all it asked for;
+        ``grant_expiry`` turns the funds actually reserved into the expiry of the
+        shorter grant they pay for (None: keep ``expires_at``). ``share``: hold at most
+        the available funds divided by the account's free lines.
+        """
         bucket = keys.bucket_of(account_id)
         script_keys = [
             keys.account(account_id),
@@ -329,8 +348,8 @@ class BalanceStore:
             now,
             started_at,
         ]
-        # Member and counter arguments only when the call has them: most have neither.
-        if member or counter is not None:
+        # Member, counter and share arguments only when the call has them: most have none.
+        if member or counter is not None or share:
             script_keys += [keys.member_lines(account_id), keys.counters(account_id)]
             args.append(member or "")
             if counter is not None:
@@ -342,20 +361,42 @@ class BalanceStore:
                     ",".join(str(c.mandatory_seconds or 0) for c in counter.candidates),
                     counter.counter_id or "",
                 ]
+            elif share:
+                args += ["", 0, 0, "", "", ""]  # no counter
+            if share:
+                args.append("1")
         outcome = self._pipe.run_script(scripts.AUTHORIZE, script_keys, args)
         # The reference lets a stop that names only the call id find the account. It
-        # lives in the call id's slot, so it cannot be written by the script; NX in
-        # the same round trip never replaces the reference of another live call (a
-        # refused or repeated request with the same id leaves it alone), and a
-        # granted call whose NX lost to a stale reference writes its own after.
-        ref = self._pipe.execute("SET", keys.call_ref(call_id), record, "EX", ref_ttl, "NX")
-        reply = await outcome
-        ref_written = await ref is not None
+        # lives in the call id's slot, so it cannot be written by the script. It is
+        # written in the same round trip, NX (never replacing the reference of another
+        # live call) and for a short window only: a refused attempt must leave nothing
+        # behind that outlives its retransmissions, so a client looping on refused
+        # calls cannot grow Redis. A granted call then keeps it for its whole life.
+        ref_key = keys.call_ref(call_id)
+        ref = self._pipe.execute("SET", ref_key, record, "EX", REF_WINDOW, "NX")
+        reply, _ = await _all_or_first_error([outcome, ref])
         status = _text(reply[0])
         if status == "OK":
-            if not ref_written:
-                await self._pipe.execute("SET", keys.call_ref(call_id), record, "EX", ref_ttl)
-            return Reserved(int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]))
+            reserved = int(reply[1])
+            pending = [self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)]
+            # Funds that cover the whole grant asked for need no second look.
+            expiry = None
+            if grant_expiry is not None and reserved < cap_cost:
+                expiry = grant_expiry(reserved)
+            if expiry is not None and expiry < expires_at:
+                # Funds cover less than the grant the script was told of: the call
+                # expires at what it was granted. XX: a call stopped meanwhile stays gone.
+                pending.append(
+                    self._pipe.execute(
+                        "ZADD",
+                        keys.call_expiry(bucket),
+                        "XX",
+                        expiry,
+                        keys.expiry_member(account_id, call_id),
+                    )
+                )
+            await _all_or_first_error(pending)
+            return Reserved(reserved, int(reply[2]), int(reply[3]), int(reply[4]))
         if status == "DUP":
             return AlreadyLive(parse_live_entry(reply[1]), int(reply[2]), int(reply[3]))
         if status == "DONE":
@@ -364,7 +405,7 @@ class BalanceStore:
             return PlanMismatch(_text(reply[1]))
         if status == "CNT":
             return CounterChanged(int(reply[1]), _text(reply[2]) or None)
-        return Refused(_text(reply[1]))
+        return Refused(_text(reply[1]), int(reply[2]) if len(reply) > 2 else 0)
 
     async def call_reference(self, call_id: str) -> bytes | None:
         return await self._pipe.execute("GET", keys.call_ref(call_id))
@@ -474,8 +515,13 @@ class BalanceStore:
         debit: bool,
         expires_at: int,
         cover_cost: int | None = None,
+        keep_expiry: bool = False,
     ) -> UpdateResult | bool | None:
-        """Record progress (and debit it when asked); None if not live, False if stopped."""
+        """Record progress (and debit it when asked); None if not live, False if stopped.
+
+        ``keep_expiry``: a started call keeps its expiry; ``expires_at`` applies only
+        to a call this report shows started.
+        """
         reply = await self._pipe.run_script(
             scripts.UPDATE,
             _call_keys(account_id, call_id),
@@ -489,12 +535,25 @@ class BalanceStore:
                 expires_at,
                 keys.expiry_member(account_id, call_id),
                 "" if cover_cost is None else cover_cost,
+                "1" if keep_expiry else "0",
             ],
         )
         status = _text(reply[0])
         if status == "OK":
-            return UpdateResult(int(reply[1]), int(reply[2]), int(reply[3]))
+            return UpdateResult(
+                int(reply[1]), int(reply[2]), int(reply[3]), len(reply) > 4 and int(reply[4]) == 1
+            )
         return False if status == "DONE" else None
+
+    async def set_expiry(self, account_id: str, call_id: str, expires_at: int) -> None:
+        """Move a live call's expiry; a call no longer live is left alone (XX)."""
+        await self._pipe.execute(
+            "ZADD",
+            keys.call_expiry(keys.bucket_of(account_id)),
+            "XX",
+            expires_at,
+            keys.expiry_member(account_id, call_id),
+        )
 
     async def expired_calls(self, now: int, per_bucket: int = 100) -> list[tuple[str, str]]:
         """(account, call id) of live calls whose expiry has passed, across all buckets."""

@@ -67,6 +67,11 @@ class Plan:
     bands: BandSchedule | None = None
     route_set_id: str | None = None
     allow_negative_margin: bool = False
+    # How a call reserves funds: "whole" (its longest call, as far as the funds go),
+    # "slice" (slice_seconds at a time, extended by updates) or "share" (at most the
+    # available funds divided by the free lines).
+    reservation_policy: str = "whole"
+    slice_seconds: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +214,8 @@ def plan_from_row(row: asyncpg.Record) -> Plan:
         bands=schedule_from_json(row.get("bands")),
         route_set_id=row.get("route_set_id"),
         allow_negative_margin=bool(row.get("allow_negative_margin", False)),
+        reservation_policy=row.get("reservation_policy") or "whole",
+        slice_seconds=row.get("slice_seconds") or 60,
     )
 
 

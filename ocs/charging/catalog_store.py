@@ -52,6 +52,23 @@ def validate_plan_id(plan_id: str, field: str = "id") -> str:
     return plan_id
 
 
+RESERVATION_POLICIES = ("whole", "slice", "share")
+SLICE_SECONDS_MAX = 86_400
+
+
+def validate_reservation_policy(policy: object, slice_seconds: object) -> tuple[str, int]:
+    """A plan's reservation policy and slice length, or a 400 naming the field."""
+    if policy not in RESERVATION_POLICIES:
+        raise invalid("reservation_policy", f"expected one of {', '.join(RESERVATION_POLICIES)}")
+    if (
+        isinstance(slice_seconds, bool)
+        or not isinstance(slice_seconds, int)
+        or not 1 <= slice_seconds <= SLICE_SECONDS_MAX
+    ):
+        raise invalid("slice_seconds", f"expected whole seconds, 1 to {SLICE_SECONDS_MAX}")
+    return str(policy), slice_seconds
+
+
 def validate_currency(currency: str) -> str:
     code = currency.strip().upper()
     if len(code) != CURRENCY_LEN or not code.isalpha() or not code.isascii():
@@ -60,11 +77,13 @@ def validate_currency(currency: str) -> str:
 
 
 async def create_plan(pool: asyncpg.Pool, plan: Plan) -> Plan:
+    validate_reservation_policy(plan.reservation_policy, plan.slice_seconds)
     async with pool.acquire() as conn, conn.transaction():
         try:
             await conn.execute(
                 "INSERT INTO plans (id, name, currency, credit_limit, min_balance, max_lines,"
-                " max_call_duration) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                " max_call_duration, reservation_policy, slice_seconds)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 plan.id,
                 plan.name,
                 plan.currency,
@@ -72,6 +91,8 @@ async def create_plan(pool: asyncpg.Pool, plan: Plan) -> Plan:
                 plan.min_balance,
                 plan.max_lines,
                 plan.max_call_duration,
+                plan.reservation_policy,
+                plan.slice_seconds,
             )
         except asyncpg.UniqueViolationError:
             raise OcsError(

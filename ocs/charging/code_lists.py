@@ -23,68 +23,98 @@ import io
 import asyncpg
 import numpy as np
 
-from ocs.charging.deck import DeckError
+from ocs.charging.deck import (
+    DeckError,
+    _csv_problem,
+    _Problems,
+    control_character,
+    decode_utf8,
+)
 from ocs.charging.matcher import PrefixIndex
 from ocs.charging.prefixes import PrefixTable
 
 STANDARD = ""  # the list id of the standard table; any other is a plan's id
 MAX_NAME_CHARS = 120
 MAX_PREFIX_DIGITS = 32
-MAX_REPORTED = 20  # problems reported at once, as for decks
 
 
 class CodeListError(DeckError):
-    """A code list with bad rows; ``problems`` lists (line, message)."""
+    """A code list with bad rows; ``problems`` lists (line, message), ``more`` counts
+    the problems past those."""
 
-    def __init__(self, problems: list[tuple[int, str]]) -> None:
-        super().__init__(problems, what="code list", field="codes")
+    def __init__(self, problems: list[tuple[int, str]], *, more: int = 0) -> None:
+        super().__init__(problems, more=more, what="code list", field="codes")
 
 
 def parse_code_list(text: str | bytes) -> list[tuple[str, str]]:
-    """(prefix, name) of every row, in prefix order; CodeListError naming each bad line.
+    """(prefix, name) of every row, in prefix order; CodeListError listing every problem
+    of every bad line (the first ``deck.MAX_REPORTED``, the rest counted).
 
     Lists have thousands to a few hundred thousand rows, read here by the csv
     module with a check per row: 1.3-1.5 s for 200,000 rows on the dev machine.
     """
     if isinstance(text, bytes):
         try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CodeListError([(1, f"not UTF-8 text (byte {exc.start})")]) from None
+            text = decode_utf8(text, "code list", "codes")
+        except DeckError as exc:
+            raise CodeListError(exc.problems, more=exc.more) from None
     rows = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
-    header = [cell.strip().lower() for cell in next(rows, [])]
+    try:
+        header = [cell.strip().lower() for cell in next(rows, [])]
+    except csv.Error as exc:
+        raise CodeListError([(1, _csv_problem(exc))]) from None
     missing = [c for c in ("prefix", "name") if c not in header]
     if missing:
         raise CodeListError([(1, f"header: no column {' or '.join(missing)}")])
     at_prefix, at_name = header.index("prefix"), header.index("name")
-    problems: list[tuple[int, str]] = []
+    problems = _Problems()
     first_line: dict[str, int] = {}
     entries: list[tuple[str, str]] = []
-    for line, row in enumerate(rows, start=2):
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # the reader goes on at the next line
+            problems.add(rows.line_num, _csv_problem(exc))
+            continue
+        line = rows.line_num
         if not any(cell.strip() for cell in row):
             continue
-        problem = None
-        prefix = row[at_prefix].strip().removeprefix("+") if at_prefix < len(row) else ""
-        name = " ".join(row[at_name].split()) if at_name < len(row) else ""
-        if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= MAX_PREFIX_DIGITS):
-            problem = f"prefix: expected 1 to {MAX_PREFIX_DIGITS} digits, got {prefix!r}"
-        elif not name or len(name) > MAX_NAME_CHARS:
-            problem = f"name: expected 1 to {MAX_NAME_CHARS} characters, got {len(name)}"
-        elif prefix in first_line:
-            problem = f"prefix: {prefix} already given at line {first_line[prefix]}"
-        if problem is not None:
-            problems.append((line, problem))
-            if len(problems) == MAX_REPORTED:
-                break
+        found = _row_problems(row, at_prefix, at_name, first_line)
+        if isinstance(found, list):
+            for message in found:
+                problems.add(line, message)
             continue
-        first_line[prefix] = line
-        entries.append((prefix, name))
-    if problems:
-        raise CodeListError(problems)
+        first_line[found[0]] = line
+        entries.append(found)
+    if problems.found:
+        error = problems.error()
+        raise CodeListError(error.problems, more=error.more)
     if not entries:
         raise CodeListError([(2, "no rows: a list names at least one prefix")])
     entries.sort()
     return entries
+
+
+def _row_problems(
+    row: list[str], at_prefix: int, at_name: int, first_line: dict[str, int]
+) -> tuple[str, str] | list[str]:
+    """A row's (prefix, name), or every problem it has, prefix first."""
+    problems = []
+    prefix = row[at_prefix].strip().removeprefix("+") if at_prefix < len(row) else ""
+    raw_name = row[at_name].strip() if at_name < len(row) else ""
+    name = " ".join(raw_name.split())
+    if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= MAX_PREFIX_DIGITS):
+        problems.append(f"prefix: expected 1 to {MAX_PREFIX_DIGITS} digits, got {prefix!r}")
+    elif prefix in first_line:
+        problems.append(f"prefix: {prefix} already given at line {first_line[prefix]}")
+    if not name or len(name) > MAX_NAME_CHARS:
+        problems.append(f"name: expected 1 to {MAX_NAME_CHARS} characters, got {len(name)}")
+    elif (control := control_character(raw_name)) is not None:
+        # Checked before split() turns a CR or a line feed into a space.
+        problems.append(f"name: {control}")
+    return problems or (prefix, name)
 
 
 def code_list_lines(entries: list[tuple[str, str]]) -> bytes:

@@ -6,8 +6,14 @@ columns ``per,max_cost,max_cost_mode,surcharge_percent,surcharge_flat,tiers,
 band_prices`` (``OPTIONAL_COLUMNS``; one-cell syntax in ``parse_tiers`` and
 ``parse_band_prices``, README "Rate decks"). Amounts are decimal strings,
 durations whole seconds; an empty optional cell is that field's default.
-Every error names its line number and column; up to ``MAX_REPORTED`` errors
-are reported at once so an operator can fix a deck in one pass.
+A zone name holds no control character but tab (no NUL, CR or line feed).
+Every problem of every bad line is reported, each naming its line number and
+column, so an operator can fix a deck in one pass: the first ``MAX_REPORTED``
+in the file are listed and the rest counted (``DeckError.more``). A line whose
+cells are good is then checked against the good lines before it, and every
+conflict it has is reported. A CSV line the csv module cannot read (a CR inside
+an unquoted field, a field past its size limit) and a line that is not UTF-8
+are problems of that line like any other.
 
 A tariff is keyed by (zone, direction): all rows of one zone and direction
 carry one rate, shape included. The ``prefixes`` table keys a prefix by plan
@@ -24,7 +30,10 @@ which the tests hold the fast parse to; a deck whose quoting the fast parse
 does not follow (a quoted field spanning lines, a bare carriage return) is
 parsed by the reference outright. Optional columns ride the same scan: it
 notes where each of their cells is, and every distinct cell text is read once
-by the reference's own rules.
+by the reference's own rules. A valid deck pays nothing for the error report:
+problems are worded only for lines found bad, and past the first
+``MAX_REPORTED`` only counted; a bad deck costs at most what a valid deck of the
+same size whose lines all go to the per-row checks costs.
 
 A carrier's cost deck (ocs.charging.routes_store) is a deck without zone,
 direction and shape columns: it is parsed by the same scan, per-row rules,
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, overload
@@ -60,7 +70,7 @@ SHAPE_COLUMNS = (
 )
 OPTIONAL_COLUMNS = ("direction", *SHAPE_COLUMNS)
 DIRECTIONS = ("outbound", "inbound")
-MAX_REPORTED = 20
+MAX_REPORTED = 100  # problems listed at once; the rest are counted
 MAX_BLOCK_SECONDS = 86_400
 MAX_ZONE_CHARS = 200
 MAX_PREFIX_DIGITS = 32
@@ -83,24 +93,63 @@ class DeckRow:
 
 
 class DeckError(OcsError):
-    """A deck (or another CSV file of prefixes: ``what``) with bad rows; ``problems``
-    lists (line, message)."""
+    """A deck (or another CSV file of prefixes: ``what``) with bad rows.
+
+    ``problems`` lists (line, message), in line order, every problem of each line
+    up to MAX_REPORTED in all; ``more`` counts the problems found past those. A
+    message about one column starts with its name and a colon (``problem_column``).
+    """
 
     def __init__(
-        self, problems: list[tuple[int, str]], *, what: str = "rate deck", field: str = "deck"
+        self,
+        problems: list[tuple[int, str]],
+        *,
+        more: int = 0,
+        what: str = "rate deck",
+        field: str = "deck",
     ) -> None:
         self.problems = problems
+        self.more = more
         shown = "; ".join(f"line {line}: {message}" for line, message in problems)
+        if more:
+            shown += f"; and {more} more problem{'s' if more > 1 else ''}"
+            shown += f" (only the first {len(problems)} are listed)"
         super().__init__(
             Reason.INVALID_DECK, f"{what} rejected, nothing applied: {shown}", field=field
         )
 
     def to_json(self) -> dict[str, object]:
         body = super().to_json()
-        body["error"]["problems"] = [  # type: ignore[index]
-            {"line": line, "message": message} for line, message in self.problems
+        error = body["error"]
+        assert isinstance(error, dict)
+        error["problems"] = [
+            {"line": line, "column": problem_column(message), "message": message}
+            for line, message in self.problems
         ]
+        error["more_problems"] = self.more
         return body
+
+
+_COLUMN_NAME = re.compile(r"[a-z_]+")
+
+
+def problem_column(message: str) -> str | None:
+    """The column a problem's message is about (the word before its first colon), or
+    None for a problem of the whole line (a field count, a byte that is not UTF-8)."""
+    name, colon, _ = message.partition(":")
+    return name if colon and _COLUMN_NAME.fullmatch(name) else None
+
+
+class _LineProblems(ValueError):
+    """Every problem of one line, each its own message (str(): all of them)."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+def _messages(exc: ValueError) -> list[str]:
+    return exc.messages if isinstance(exc, _LineProblems) else [str(exc)]
 
 
 _Item = TypeVar("_Item")
@@ -385,6 +434,8 @@ def parse_band_prices(text: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"{where}: expected band=price, e.g. peak=0.10|offpeak=0.05")
         if band in prices:
             raise ValueError(f"{where}: band {band!r} is priced twice")
+        if (control := control_character(band)) is not None:
+            raise ValueError(f"{where}: band {control}")
         try:
             prices[band] = parse_amount(price)
         except MoneyError as exc:
@@ -533,41 +584,72 @@ def _optional_present(index: dict[str, int]) -> list[str]:
     return [c for c in OPTIONAL_COLUMNS if c in index]
 
 
+# The base columns after prefix and zone, in the order their problems are reported:
+# (column, minimum seconds), -1 for an amount.
+_BASE_VALUES = (("connect_fee", -1), ("first_block", 0), ("increment", 1), ("price_per_minute", -1))
+
+
 def _row_values(
     fields: list[str], index: dict[str, int], *, ascii_digits: bool = False
 ) -> tuple[str, str, Rate, str]:
-    """(prefix, zone, rate, direction) of one row's fields; ValueError says what is wrong.
+    """(prefix, zone, rate, direction) of one row's fields; ValueError (``_LineProblems``)
+    names every column that is wrong, in column order.
 
     A deck without a zone column (a carrier's cost deck) has zone "" on every row.
     """
-    prefix = fields[index["prefix"]].strip().removeprefix("+")
+    problems: list[str] = []
+    raw_prefix = fields[index["prefix"]]
+    prefix = raw_prefix.strip().removeprefix("+")
     if not (prefix.isascii() and prefix.isdigit()) or len(prefix) > MAX_PREFIX_DIGITS:
-        raise ValueError(f"prefix: expected 1 to 32 digits, got {fields[index['prefix']]!r}")
+        problems.append(f"prefix: expected 1 to 32 digits, got {raw_prefix!r}")
     zone = ""
     if "zone" in index:
         zone = fields[index["zone"]].strip()
         if not zone:
-            raise ValueError("zone: must not be empty")
-        if len(zone) > MAX_ZONE_CHARS:
-            raise ValueError("zone: longer than 200 characters")
-    connect_fee = _amount(fields[index["connect_fee"]], "connect_fee")
-    first_block = _seconds(
-        fields[index["first_block"]], "first_block", 0, ascii_digits=ascii_digits
-    )
-    increment = _seconds(fields[index["increment"]], "increment", 1, ascii_digits=ascii_digits)
-    price = _amount(fields[index["price_per_minute"]], "price_per_minute")
+            problems.append("zone: must not be empty")
+        elif len(zone) > MAX_ZONE_CHARS:
+            problems.append("zone: longer than 200 characters")
+        elif (control := control_character(zone)) is not None:
+            problems.append(f"zone: {control}")
+    values: list[int] = []  # connect fee, first block, increment, price: Rate's order
+    for column, minimum in _BASE_VALUES:
+        text = fields[index[column]]
+        try:
+            if minimum < 0:
+                values.append(_amount(text, column))
+            else:
+                values.append(_seconds(text, column, minimum, ascii_digits=ascii_digits))
+        except ValueError as exc:
+            problems.append(str(exc))
     direction = "outbound"
     shape: dict[str, object] = {}
     for column in OPTIONAL_COLUMNS:
         at = index.get(column)
         if at is not None:
-            value = _read_optional(column, fields[at])
+            try:
+                value = _read_optional(column, fields[at])
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
             if column == "direction":
                 direction = value  # type: ignore[assignment]
             else:
                 shape[RATE_FIELDS[column]] = value
-    rate = Rate(connect_fee, first_block, increment, price, **shape)  # type: ignore[arg-type]
+    if problems:
+        raise _LineProblems(problems)
+    rate = Rate(*values, **shape)  # type: ignore[arg-type]
     return prefix, zone, rate, direction
+
+
+def control_character(text: str) -> str | None:
+    """What is wrong with a name holding a control character (a NUL, a line break, a
+    C1 control; a tab is allowed), or None. PostgreSQL cannot store a NUL in text, and
+    a line break in a name is a CSV export gone wrong."""
+    for char in text:
+        code = ord(char)
+        if (code < 32 and code != 9) or 127 <= code < 160:
+            return f"holds the control character U+{code:04X}; names are printable text"
+    return None
 
 
 def _is_blank(fields: list[str]) -> bool:
@@ -615,37 +697,81 @@ def _reference_rows(
 ) -> tuple[list[_Row], dict[str, int]]:
     """The row-by-row reference: the csv module's rows of ``text`` after the header,
     blank ones skipped, each of the header's width read by ``read_row(fields, index,
-    line)`` (ValueError: that line's problem), and the column positions. Raises
-    DeckError at the first MAX_REPORTED problems, or when no row is left. ``columns``
-    name the header an empty file lacks; ``what`` is the kind of deck, for "no rows".
+    line)`` (ValueError: that line's problems, ``_LineProblems`` for several), and the
+    column positions. Raises DeckError listing the first MAX_REPORTED problems and
+    counting the rest, or when no row is left. ``columns`` name the header an empty
+    file lacks; ``what`` is the kind of deck, for "no rows".
     """
     reader = csv.reader(io.StringIO(_without_bom(text)))
     try:
         header = next(reader)
     except StopIteration:
         raise _empty_file(columns) from None
+    except csv.Error as exc:
+        raise DeckError([(1, _csv_problem(exc))]) from None
     index = read_header(header)
     ncols = len(header)
     rows: list[_Row] = []
-    problems: list[tuple[int, str]] = []
-    for fields in reader:
+    problems = _Problems()
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # the reader goes on at the next line
+            problems.add(reader.line_num, _csv_problem(exc))
+            continue
         line = reader.line_num
         if _is_blank(fields):
             continue
         if len(fields) != ncols:
-            problems.append((line, _field_count(ncols, len(fields))))
-        else:
-            try:
-                rows.append(read_row(fields, index, line))
-            except ValueError as exc:
-                problems.append((line, str(exc)))
-        if len(problems) >= MAX_REPORTED:
-            break
-    if problems:
-        raise DeckError(problems)
+            problems.add(line, _field_count(ncols, len(fields)))
+            continue
+        try:
+            rows.append(read_row(fields, index, line))
+        except ValueError as exc:
+            for message in _messages(exc):
+                problems.add(line, message)
+    if problems.found:
+        raise problems.error()
     if not rows:
         raise _no_rows(what)
     return rows, index
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    """A csv module error in words an operator can act on."""
+    text = str(exc)
+    if text.startswith("new-line character seen in unquoted field"):
+        return (
+            "a carriage return (CR) inside an unquoted field: quote the field,"
+            " or save the file with one kind of line end"
+        )
+    if text.startswith("field larger than field limit"):
+        return f"a field longer than {csv.field_size_limit()} characters (a quote left open?)"
+    return f"cannot read this CSV line: {text}"
+
+
+def decode_utf8(
+    data: bytes, what: str = "rate deck", field: str = "deck", first_line: int = 1
+) -> str:
+    """``data`` as text; DeckError naming each line that is not UTF-8 (``first_line``:
+    the number of the first line in ``data``)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    problems = _Problems()
+    for line, raw in enumerate(data.split(b"\n"), first_line):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.add(
+                line,
+                f"not UTF-8 text: byte {exc.start + 1} of the line is 0x{raw[exc.start]:02X};"
+                " save the file as UTF-8",
+            )
+    raise problems.error(what, field)
 
 
 def _field_count(ncols: int, found: int) -> str:
@@ -665,15 +791,18 @@ def _parse_reference(text: str) -> tuple[list[DeckRow], frozenset[str]]:
 
     def read_row(fields: list[str], index: dict[str, int], line: int) -> DeckRow:
         prefix, zone, rate, direction = _row_values(fields, index)
+        # Checked against the good lines before it: every conflict is reported.
+        problems = []
         if (prefix, direction) in seen_prefix:
-            raise ValueError(_duplicate(prefix, direction, seen_prefix[prefix, direction]))
-        zoned = prefix_zone.get(prefix)
-        if zoned is not None and zoned[0] != zone:
-            raise ValueError(_zone_of_prefix(prefix, *zoned))
+            problems.append(_duplicate(prefix, direction, seen_prefix[prefix, direction]))
+        elif (zoned := prefix_zone.get(prefix)) is not None and zoned[0] != zone:
+            problems.append(_zone_of_prefix(prefix, *zoned))
         known = slot_rate.get((zone, direction))
         if known is not None and known[0] != rate:
             column = differing_column(rate, known[0])
-            raise ValueError(_other_rate(zone, direction, known[1], column))
+            problems.append(_other_rate(zone, direction, known[1], column))
+        if problems:
+            raise _LineProblems(problems)
         seen_prefix[prefix, direction] = line
         prefix_zone.setdefault(prefix, (zone, line))
         slot_rate.setdefault((zone, direction), (rate, line))
@@ -877,7 +1006,10 @@ def _read_row(
         e = ends[columns[_ZONE]]
         chars = 0
         for i in range(s, e):
-            if data[i] & 0xC0 != 0x80:  # not a UTF-8 continuation byte
+            c = data[i]
+            if (c < 32 and c != 9) or c == 127 or (c == 0xC2 and data[i + 1] < 0xA0):
+                return _SLOW  # a control character (U+0080 to U+009F are C2 80 to C2 9F)
+            if c & 0xC0 != 0x80:  # not a UTF-8 continuation byte
                 chars += 1
         if chars == 0 or chars > MAX_ZONE_CHARS:
             return _SLOW
@@ -1062,13 +1194,14 @@ def _cross_check(
     directions: int,
     rates: np.ndarray,
     most: int,
-) -> np.ndarray:
-    """Rows in file order: a prefix given again in its direction, a prefix in another
-    zone than in the other direction, or a zone at another rate in its direction than
-    its first good row there. Returns (row, kind, line referred to) for the first
-    ``most`` problems; kind 0 is a duplicate prefix, 1 a zone rate, 2 a prefix's zone.
-    ``rates`` holds each row's rate as integers (equal rates, equal rows). Only good
-    rows claim a prefix or a zone's rate.
+) -> tuple:
+    """Rows in file order: a prefix given again in its direction, else a prefix in
+    another zone than in the other direction; and a zone at another rate in its
+    direction than its first good row there. Returns ((row, kind, line referred to)
+    for the first ``most`` problems, the number of problems in all); kind 0 is a
+    duplicate prefix, 1 a zone rate, 2 a prefix's zone; a row's come in kind order
+    0 or 2, then 1. ``rates`` holds each row's rate as integers (equal rates, equal
+    rows). Only good rows claim a prefix or a zone's rate.
     """
     n = len(lines)
     prefix_line = np.full((prefixes, directions), -1, np.int64)
@@ -1080,8 +1213,6 @@ def _cross_check(
     width = rates.shape[1]
     found = 0
     for r in range(n):
-        if found == most:
-            break
         p = prefix_id[r]
         z = zone_id[r]
         d = direction[r]
@@ -1094,17 +1225,26 @@ def _cross_check(
         elif both and prefix_zone[p] >= 0 and prefix_zone[p] != z:
             kind = 2
             other = prefix_zone_line[p]
-        elif first >= 0:
+        if kind >= 0:
+            if found < most:
+                problems[found, 0] = r
+                problems[found, 1] = kind
+                problems[found, 2] = other
+            found += 1
+        rate_differs = False
+        if first >= 0:
             for c in range(width):
                 if rates[first, c] != rates[r, c]:
-                    kind = 1
-                    other = lines[first]
+                    rate_differs = True
                     break
-        if kind >= 0:
-            problems[found, 0] = r
-            problems[found, 1] = kind
-            problems[found, 2] = other
+        if rate_differs:
+            if found < most:
+                problems[found, 0] = r
+                problems[found, 1] = 1
+                problems[found, 2] = lines[first]
             found += 1
+            continue
+        if kind >= 0:
             continue
         prefix_line[p, d] = lines[r]
         if both and prefix_zone[p] < 0:
@@ -1112,7 +1252,7 @@ def _cross_check(
             prefix_zone_line[p] = lines[r]
         if first < 0:
             zone_row[z, d] = r
-    return problems[:found].copy()
+    return problems[: min(found, most)].copy(), found
 
 
 # --- the parse -----------------------------------------------------------------------
@@ -1122,10 +1262,12 @@ _FIRST_LINE = 2  # out[n] is line n + 2 of the file: the header is line 1
 
 
 def parse_deck(text: str | bytes) -> Deck:
-    """Parse a whole deck; raises DeckError naming every bad line (up to MAX_REPORTED)."""
+    """Parse a whole deck; raises DeckError listing every problem of every bad line (the
+    first MAX_REPORTED, the rest counted). Bytes must be UTF-8: a line that is not is
+    refused by number."""
     if isinstance(text, bytes):
         data_bytes = text
-        text = text.decode("utf-8")
+        text = decode_utf8(text)
     else:
         data_bytes = text.encode("utf-8", "surrogatepass")
     scanned = _scan_deck(data_bytes, _read_header)
@@ -1153,7 +1295,10 @@ def _scan_deck(
     core = header_text.removesuffix("\n").removesuffix("\r")
     if not data_bytes or '"' in header_text or "\r" in core:
         return None
-    header = next(csv.reader([header_text]), [])
+    try:
+        header = next(csv.reader([header_text]), [])
+    except csv.Error as exc:  # a header field over the csv module's size limit
+        raise DeckError([(1, _csv_problem(exc))]) from None
     index = read_header(header)
     ncols = len(header)
     columns = [index.get(c, -1) for c in COLUMNS] + [index[c] for c in _optional_present(index)]
@@ -1216,9 +1361,10 @@ def _read_optional_cells(
     problems: _Problems,
 ) -> None:
     """Codes of the plain rows' optional cells, each distinct cell text read once by the
-    reference's rules; a row with a bad cell becomes _BAD, its first bad cell reported."""
+    reference's rules; a row with a bad cell becomes _BAD, every bad cell reported."""
     plain = np.flatnonzero(out[:, 0] == _OK)
-    first_bad = np.full(len(plain), -1, np.int64)
+    bad_cells = np.zeros(len(plain), np.int64)
+    bad_of: list[np.ndarray] = []  # per column: whether each plain row's cell is bad
     text_ids: list[np.ndarray] = []
     errors: list[list[str]] = []
     for k, column in enumerate(shapes.columns):
@@ -1237,14 +1383,18 @@ def _read_optional_cells(
                 continue
             code_of[t] = shapes.code(column, value)
         codes[plain, k] = code_of[ids]
-        first_bad[bad_text[ids] & (first_bad < 0)] = k
+        bad_of.append(bad_text[ids])
+        bad_cells += bad_of[-1]
         text_ids.append(ids)
         errors.append(messages)
-    bad = np.flatnonzero(first_bad >= 0)
+    bad = np.flatnonzero(bad_cells)
     out[plain[bad], 0] = _BAD
+    # Rows past the first MAX_REPORTED bad ones cannot be listed: they are counted.
+    problems.skip(int(bad_cells[bad[MAX_REPORTED:]].sum()))
     for b in bad[:MAX_REPORTED].tolist():
-        k = int(first_bad[b])
-        problems.add(int(plain[b]) + _FIRST_LINE, errors[k][int(text_ids[k][b])])
+        for k in range(len(shapes.columns)):
+            if bad_of[k][b]:
+                problems.add(int(plain[b]) + _FIRST_LINE, errors[k][int(text_ids[k][b])])
 
 
 def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: int) -> Deck:
@@ -1256,11 +1406,10 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
     if optional:
         _read_optional_cells(data, out, shapes, codes, problems)
     slow_rows = _read_lines(data, out, ncols, problems, lambda fields: _row_values(fields, index))
-    good, rows, buf = _good_rows(data, out, slow_rows, problems.horizon)
+    good, rows, buf = _good_rows(data, out, slow_rows)
     if optional:
         for n, (_, _, rate, direction) in slow_rows.items():
-            if n + _FIRST_LINE < problems.horizon:
-                codes[n] = shapes.codes(rate, direction)
+            codes[n] = shapes.codes(rate, direction)
     prefix_id, prefix_first = _prefix_ids(buf, rows)
     zone_id, zone_first = _intern(buf, rows[:, 4], rows[:, 5], np.full(len(rows), -1, np.int64))
     lines = good + _FIRST_LINE
@@ -1272,7 +1421,7 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
         if len(optional) > shape_at
         else rows[:, 6:10]
     )
-    crossed = _cross_check(
+    crossed, crossed_count = _cross_check(
         lines,
         prefix_id,
         len(prefix_first),
@@ -1283,6 +1432,7 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
         rates,
         MAX_REPORTED,
     )
+    problems.skip(crossed_count - len(crossed))
 
     def rate_of(r: int) -> Rate:
         return shapes.rate(rows[r, 6:10].tolist(), codes[good[r]].tolist())
@@ -1302,7 +1452,7 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
             column = differing_column(rate_of(r), rate_of(first))
             problems.add(int(lines[r]), _other_rate(zone, way, other, column))
     if problems.found:
-        raise DeckError(problems.first())
+        raise problems.error()
     if not len(rows):
         raise _no_rows("deck")
     if has_direction:
@@ -1333,20 +1483,31 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
 
 
 class _Problems:
-    """Problems found so far, and the line past which none can be among those reported."""
+    """Problems found so far: the first MAX_REPORTED by line, kept, and a count of the
+    rest. Problems of one line keep the order they were added in."""
 
     def __init__(self) -> None:
         self.found: list[tuple[int, str]] = []
-        self.horizon = 1 << 62
+        self.cut = 0  # problems found that are not among the first MAX_REPORTED
 
     def add(self, line: int, message: str) -> None:
         self.found.append((line, message))
-        if len(self.found) >= MAX_REPORTED:
-            self.found = self.first()
-            self.horizon = self.found[-1][0]
+        if len(self.found) >= 4 * MAX_REPORTED:
+            self._trim()
 
-    def first(self) -> list[tuple[int, str]]:
-        return sorted(self.found, key=lambda problem: problem[0])[:MAX_REPORTED]
+    def skip(self, count: int) -> None:
+        """Count problems known to lie past MAX_REPORTED others, without their words."""
+        self.cut += count
+
+    def _trim(self) -> None:
+        self.found.sort(key=lambda problem: problem[0])  # stable: a line's order stays
+        self.cut += max(0, len(self.found) - MAX_REPORTED)
+        del self.found[MAX_REPORTED:]
+
+    def error(self, what: str = "rate deck", field: str = "deck") -> DeckError:
+        """The DeckError listing the first problems and counting the rest."""
+        self._trim()
+        return DeckError(self.found, more=self.cut, what=what, field=field)
 
 
 def _read_lines(
@@ -1358,11 +1519,12 @@ def _read_lines(
 ) -> dict[int, tuple[str, str, Rate, str]]:
     """The problems of lines the scan found with another number of fields than the
     header's, and the lines it left to the reference: read as the csv module reads
-    them, in order, until no later line can be among the problems reported, each by
-    ``row_values`` (its (prefix, zone, rate, direction); ValueError: its problem).
-    Returns the good ones' values by ``out`` row."""
-    for n in np.flatnonzero(out[:, 0] == _COUNT)[:MAX_REPORTED].tolist():
+    them, each by ``row_values`` (its (prefix, zone, rate, direction); ValueError: its
+    problems). Returns the good ones' values by ``out`` row."""
+    counts = np.flatnonzero(out[:, 0] == _COUNT)
+    for n in counts[:MAX_REPORTED].tolist():
         problems.add(n + _FIRST_LINE, _field_count(ncols, int(out[n, 1])))
+    problems.skip(max(0, len(counts) - MAX_REPORTED))
     slow = np.flatnonzero(out[:, 0] == _SLOW).tolist()
     rows: dict[int, tuple[str, str, Rate, str]] = {}
     if not slow:
@@ -1370,11 +1532,14 @@ def _read_lines(
     cuts = np.flatnonzero(data == 10)  # line n of the body ends at cuts[n + 1]
     for n in slow:
         line = n + _FIRST_LINE
-        if line >= problems.horizon:
-            break
         start = int(cuts[n]) + 1
         stop = int(cuts[n + 1]) if n + 1 < len(cuts) else len(data)
-        fields = next(csv.reader([bytes(data[start:stop]).decode("utf-8", "surrogatepass")]), [])
+        text = bytes(data[start:stop]).decode("utf-8", "surrogatepass")
+        try:
+            fields = next(csv.reader([text]), [])
+        except csv.Error as exc:  # a field over the csv module's size limit
+            problems.add(line, _csv_problem(exc))
+            continue
         if _is_blank(fields):
             continue
         if len(fields) != ncols:
@@ -1383,33 +1548,27 @@ def _read_lines(
         try:
             rows[n] = row_values(fields)
         except ValueError as exc:
-            problems.add(line, str(exc))
+            for message in _messages(exc):
+                problems.add(line, message)
     return rows
 
 
 def _good_rows(
-    data: np.ndarray,
-    out: np.ndarray,
-    slow_rows: dict[int, tuple[str, str, Rate, str]],
-    horizon: int,
+    data: np.ndarray, out: np.ndarray, slow_rows: dict[int, tuple[str, str, Rate, str]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(good, rows, buf): the ``out`` rows of good lines before ``horizon`` in file
-    order, those rows, the ones the reference read (``slow_rows``) filled in with
-    their prefix and zone appended to the bytes, and those bytes (``data`` itself
-    when no line went to the reference). ``rows`` is a view of ``out`` when the good
-    lines are its first rows (those the reference read filled in in ``out``), else a
-    copy."""
+    """(good, rows, buf): the ``out`` rows of good lines in file order, those rows, the
+    ones the reference read (``slow_rows``) filled in with their prefix and zone
+    appended to the bytes, and those bytes (``data`` itself when no line went to the
+    reference). ``rows`` is a view of ``out`` when the good lines are its first rows
+    (those the reference read filled in in ``out``), else a copy."""
     good = np.flatnonzero(out[:, 0] == _OK)
     slow = np.fromiter(slow_rows, np.int64, len(slow_rows))  # in file order
     if len(slow):
         good = np.sort(np.concatenate((good, slow)))
-    # Rows past the last problem reported cannot change what is reported.
-    good = good[good + _FIRST_LINE < horizon]
     # The first rows of ``out`` (every row, as a rule) are a view, not a copy.
     rows = out[: len(good)] if not len(good) or good[-1] == len(good) - 1 else out[good]
     if not len(slow):
         return good, rows, data
-    slow = slow[slow + _FIRST_LINE < horizon]
     extra = bytearray()
     for at, n in zip(np.searchsorted(good, slow).tolist(), slow.tolist(), strict=True):
         prefix, zone, rate, _ = slow_rows[n]
@@ -1446,9 +1605,10 @@ def _duplicate_prefixes(
     prefix_id, prefix_first = _prefix_ids(buf, rows)
     one = np.zeros(n, np.int64)  # one zone and one direction, with no rate to compare
     no_rate = np.empty((n, 0), np.int64)
-    crossed = _cross_check(
+    crossed, crossed_count = _cross_check(
         lines, prefix_id, len(prefix_first), one, 1, one, 1, no_rate, MAX_REPORTED
     )
+    problems.skip(crossed_count - len(crossed))
     for r, _, other in crossed.tolist():
         problems.add(int(lines[r]), _duplicate(_prefix_text(buf, rows, r), "outbound", other))
 

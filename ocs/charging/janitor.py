@@ -6,6 +6,10 @@ an Access-Accept never followed by an Accounting-Start is released free of
 charge; a started call is charged its last reported usage (or its whole
 grant). Safe to run in every process at once: the stop script closes a call
 once, and only if nothing extended its expiry meanwhile.
+
+While Redis is unreachable a sweep fails at once; the failure goes to the
+process's backend tracker (one line per outage, a reminder while it lasts),
+never one traceback per sweep.
 """
 
 import asyncio
@@ -13,7 +17,8 @@ import contextlib
 import logging
 import time
 
-from ocs import metrics
+from ocs import backend_health, metrics
+from ocs.backend_health import BackendHealth
 from ocs.balances.store import BalanceStore
 from ocs.charging.lifecycle import CallService
 
@@ -21,10 +26,19 @@ log = logging.getLogger("ocs.janitor")
 
 
 class Janitor:
-    def __init__(self, calls: CallService, store: BalanceStore, interval: float = 1.0) -> None:
+    """Sweeps expired calls every ``interval`` seconds until asked to stop."""
+
+    def __init__(
+        self,
+        calls: CallService,
+        store: BalanceStore,
+        interval: float = 1.0,
+        health: BackendHealth | None = None,
+    ) -> None:
         self._calls = calls
         self._store = store
         self._interval = interval
+        self._health = health if health is not None else backend_health.default()
 
     async def sweep(self, now: int | None = None) -> int:
         """Close every expired call once; returns how many this sweep closed."""
@@ -35,7 +49,9 @@ class Janitor:
                 charge = await self._calls.close_live_call(
                     account_id, call_id, "expired", expired_by=now
                 )
-            except Exception:
+            except Exception as exc:
+                if backend_health.backend_of(exc, backend_health.REDIS) is not None:
+                    raise  # Redis is gone: the other calls would fail alike; end the sweep
                 # One call that cannot be closed must not hold back the others.
                 log.exception(
                     "could not close a stale call",
@@ -57,12 +73,18 @@ class Janitor:
         return closed
 
     async def run(self, stopping: asyncio.Event) -> None:
+        """Sweep every ``interval`` until ``stopping`` is set; failures are retried, never fatal."""
         while not stopping.is_set():
             try:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("janitor sweep failed; retrying")
+            except Exception as exc:
+                # An unreachable Redis (the only backend a sweep uses) is the tracker's to
+                # log, once per outage; anything else is a fault worth its traceback.
+                if not self._health.report(exc, default=backend_health.REDIS):
+                    log.exception("janitor sweep failed; retrying")
+            else:
+                self._health.report_success(backend_health.REDIS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=self._interval)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import msgpack
 
+from ocs import metrics
 from ocs.balances.accounts import password_digest
 from ocs.balances.cards import pin_digest
 from ocs.balances.store import (
@@ -25,6 +26,7 @@ from ocs.balances.store import (
     CounterChanged,
     CounterQuote,
     CounterUse,
+    LiveEntry,
     PlanMismatch,
     Refused,
     Reserved,
@@ -66,6 +68,36 @@ _REFUSAL_MESSAGES = {
     "credit_limit_reached": "the account has reached its credit limit",
     "counter_exhausted": "the plan's bundle for this destination is used up for this cycle",
 }
+
+# The reason code of a refusal for want of funds that live calls hold. Until the
+# Reason enum has it, the refusal travels as zero_balance (same HTTP and SIP status)
+# and its JSON names this code.
+FUNDS_HELD = "funds_held_by_live_calls"
+_FUNDS_HELD_REASON: Reason = getattr(Reason, "FUNDS_HELD_BY_LIVE_CALLS", Reason.ZERO_BALANCE)
+
+
+class FundsHeldByLiveCalls(OcsError):
+    """Refused: the account's available funds are held by its live calls; without
+    their holds the call would have been granted. Says how many calls hold them."""
+
+    code = FUNDS_HELD
+
+    def __init__(self, live_calls: int) -> None:
+        super().__init__(
+            _FUNDS_HELD_REASON,
+            f"the account's funds are held by its {live_calls} live call(s); retry when one"
+            " ends, or top up",
+        )
+        self.live_calls = live_calls
+
+    def to_json(self) -> dict[str, object]:
+        body = super().to_json()
+        error = body["error"]
+        assert isinstance(error, dict)
+        error["reason"] = FUNDS_HELD
+        error["live_calls"] = self.live_calls
+        return body
+
 
 DIRECTIONS = ("outbound", "inbound")
 # An inbound call with no inbound tariff for it costs nothing, yet takes a line.
@@ -248,6 +280,11 @@ class Grant:
     counter_seconds: int = 0  # seconds of the grant a usage counter pays for
     final: bool = True  # quota mode: False while more slices may follow
     direction: str = "outbound"
+    # Slices: the longest the funds available at authorize could pay for (at most the
+    # plan's longest call), what a switch that cannot follow slices may be told; 0
+    # for a call granted whole.
+    ceiling: int = 0
+    slice_seconds: int = 0  # the slice (quota) the call is granted by; 0: whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +315,9 @@ class CallProgress:
     debited: int
     granted: int = 0  # quota mode: the call may run to this many seconds in all
     final: bool = True
+    # Quota mode: the funds could not cover the next slice; the call must end at
+    # ``granted`` (a RADIUS NAS is sent a Disconnect-Request then).
+    exhausted: bool = False
 
 
 class Quote(NamedTuple):
@@ -411,6 +451,23 @@ class CallService:
             length,
         )
 
+    def _expiry_of_grant(
+        self,
+        started: int,
+        rate: Rate,
+        limit: int,
+        split: CounterSplit | None,
+        bands: Segments | None,
+    ) -> Callable[[int], int]:
+        """The expiry of a call started at ``started``, from the funds it holds: the
+        longest duration they pay for (at most ``limit``), plus grace."""
+        grace = self._settings.call_expiry_grace
+
+        def expiry(funds: int) -> int:
+            return started + max_duration_with_counter(rate, funds, limit, split, bands) + grace
+
+        return expiry
+
     async def _plan_of(self, account_id: str) -> str:
         plan_id = self._plans.get(account_id)
         if plan_id is None:
@@ -484,6 +541,7 @@ class CallService:
         translation: TranslationSet | None = None,
         nas_session: str | None = None,
         access_number: str | None = None,
+        slices: bool = True,
     ) -> Grant:
         """Reserve a line and funds for a call and grant the longest duration they pay for.
 
@@ -495,6 +553,12 @@ class CallService:
         a line like outbound ones and are rated by the plan's inbound tariffs (free
         when it has none). ``quota``: grant slices of this many seconds (quota mode)
         instead of the whole call; ``update`` grants the next.
+
+        The plan's ``reservation_policy`` decides what a call holds: ``whole`` its
+        longest call (as far as the funds go), ``slice`` one ``slice_seconds`` slice at
+        a time (quota mode; ``slices=False``, a switch that cannot be told to cut a
+        call, gets the whole instead), ``share`` at most the available funds divided
+        by the free lines.
         """
         call_id = uuid.uuid4().hex if call_id is None else validate_call_id(call_id)
         caller = clean_caller(caller)
@@ -569,7 +633,11 @@ class CallService:
                     split = CounterSplit(counter.rate, held)
                     if counter.reject_on_threshold:
                         cap = held  # the bundle is all the call may use
-            granting = cap if quota is None else min(cap, quota)
+            policy = plan.reservation_policy
+            sliced = quota
+            if sliced is None and policy == "slice" and slices:
+                sliced = plan.slice_seconds
+            granting = cap if sliced is None else min(cap, sliced)
             now = self._clock()
             bands = self._bands(rating_plan, rate, int(now), cap)
             record = CallRecord(
@@ -592,14 +660,22 @@ class CallService:
                 counter_rate=(0, 1)
                 if counter is None
                 else (counter.price_per_minute, counter.increment),
-                quota=quota or 0,
+                quota=sliced or 0,
                 carriers=carriers,
                 nas_address=nas_address,
                 nas_session=nas_session,
                 rating_plan=None if rating_plan == plan_id else rating_plan,
             )
-            live_for = plan.max_call_duration + self._settings.call_expiry_grace
-            expires_in = self._settings.start_timeout if wait_for_start else live_for
+            grace = self._settings.call_expiry_grace
+            live_for = plan.max_call_duration + grace
+            # A call started now expires at its grant plus grace (the switch was told to
+            # cut it there), one still to start at the start timeout.
+            expires_in = self._settings.start_timeout if wait_for_start else granting + grace
+            grant_expiry = (
+                None
+                if wait_for_start
+                else self._expiry_of_grant(int(now), rate, granting, split, bands)
+            )
             outcome = await self._store.authorize(
                 account_id=account_id,
                 call_id=call_id,
@@ -615,6 +691,8 @@ class CallService:
                 started_at=0 if wait_for_start else int(now),
                 member=member,
                 counter=counter_quote,
+                grant_expiry=grant_expiry,
+                share=policy == "share",
             )
             match outcome:
                 case Reserved(
@@ -638,8 +716,17 @@ class CallService:
                         credit_limit=credit_limit,
                         carriers=carriers,
                         counter_seconds=min(granted, record.counter_seconds),
-                        final=quota is None or granting >= cap or granted < granting,
+                        final=sliced is None or granting >= cap or granted < granting,
                         direction=direction,
+                        ceiling=(
+                            max(
+                                granted,
+                                max_duration_with_counter(rate, available, cap, split, bands),
+                            )
+                            if sliced is not None
+                            else 0
+                        ),
+                        slice_seconds=sliced or 0,
                     )
                 case AlreadyLive(entry=entry, available=available_now, credit_limit=credit_limit):
                     live = CallRecord.unpack(entry.record)
@@ -678,6 +765,8 @@ class CallService:
                     plan_id = actual
                 case CounterChanged(seconds=seconds, counter_id=counter_id):
                     counter_guess = (counter_id, seconds)
+                case Refused(reason="funds_held_by_live_calls", live_calls=live_calls):
+                    raise FundsHeldByLiveCalls(live_calls)
                 case Refused(reason=reason):
                     if reason == "account_not_found":
                         self._plans.pop(account_id, None)
@@ -774,6 +863,27 @@ class CallService:
         seconds = max_duration_with_counter(tariff.rate, max(funds, 0), cap, split, bands)
         return Quote(seconds, tariff.zone, digits, snapshot.destination_name(plan_id, digits))
 
+    def granted_seconds(self, record: CallRecord, entry: LiveEntry) -> int:
+        """How long a live call may run: what the funds it holds and has been debited
+        pay for, at most the plan's longest call (quota mode: the slice reached)."""
+        limit = record.cap if not record.quota else min(record.cap, entry.used + record.quota)
+        return max_duration_with_counter(
+            record.rate,
+            entry.held + entry.debited,
+            limit,
+            record.split,
+            self._bands_of(record, record.cap),
+        )
+
+    async def record_of(self, call_id: str) -> CallRecord | None:
+        """What a live call was authorized with (where its NAS is), None if unknown."""
+        try:
+            return await self._record(call_id, None, keep=True)
+        except OcsError as error:
+            if error.reason is Reason.CALL_NOT_FOUND:
+                return None
+            raise
+
     async def _record(self, call_id: str, account_id: str | None, *, keep: bool) -> CallRecord:
         record = self._live.get(call_id) if keep else self._live.pop(call_id, None)
         if record is None:
@@ -790,11 +900,15 @@ class CallService:
         validate_call_id(call_id)
         record = await self._record(call_id, account_id, keep=True)
         now = int(time.time())
+        # The call expires at its grant plus grace from now: the grant is what its
+        # funds pay for, so the live entry is read first (the record cannot know it).
+        entry = await self._store.live_entry(record.account_id, call_id)
+        granted = record.cap if entry is None else self.granted_seconds(record, entry)
         started = await self._store.start(
             account_id=record.account_id,
             call_id=call_id,
             started_at=now,
-            expires_at=now + record.cap + self._settings.call_expiry_grace,
+            expires_at=now + granted + self._settings.call_expiry_grace,
         )
         if started is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
@@ -811,27 +925,46 @@ class CallService:
         bands = self._bands_of(record, record.cap)
         # Quota mode: the report is debited and the next slice reserved, in one step.
         reach = min(record.cap, used + record.quota) if record.quota else 0
+        grace = self._settings.call_expiry_grace
+        # A started call expires at its grant plus grace. Outside quota mode an interim
+        # does not change the grant, so the expiry stays, unless this report is the
+        # first sign the call started; in quota mode it moves to the slice reached.
         result = await self._store.update(
             account_id=record.account_id,
             call_id=call_id,
             used=used,
             used_cost=cost_with_counter(record.rate, used, record.split, bands),
             debit=self._settings.debit_on_interim or bool(record.quota),
-            expires_at=now + max(record.cap - used, 0) + self._settings.call_expiry_grace,
+            expires_at=now + max((reach or record.cap) - used, 0) + grace,
             cover_cost=(
                 cost_with_counter(record.rate, reach, record.split, bands) if record.quota else None
             ),
+            keep_expiry=not record.quota,
         )
         if result is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         if result is False:
             raise OcsError(Reason.CALL_ALREADY_STOPPED, f"call {call_id!r} has already stopped")
         if not record.quota:
+            if result.started_now:
+                # No Start came: the expiry follows the grant the funds held pay for.
+                granted = max_duration_with_counter(
+                    record.rate, result.debited + result.held, record.cap, record.split, bands
+                )
+                expiry = now + max(granted - used, 0) + grace
+                if granted < record.cap:
+                    await self._store.set_expiry(record.account_id, call_id, expiry)
             return CallProgress(call_id, record.account_id, now - used, result.used, result.debited)
         granted = max_duration_with_counter(
             record.rate, result.debited + result.held, reach, record.split, bands
         )
         granted = max(granted, result.used)
+        exhausted = granted < reach
+        if exhausted:
+            # The funds reach less than the slice asked for: the call expires there.
+            await self._store.set_expiry(
+                record.account_id, call_id, now + max(granted - used, 0) + grace
+            )
         return CallProgress(
             call_id,
             record.account_id,
@@ -839,7 +972,8 @@ class CallService:
             result.used,
             result.debited,
             granted=granted,
-            final=granted >= record.cap or granted < reach,
+            final=granted >= record.cap or exhausted,
+            exhausted=exhausted,
         )
 
     async def stop(
@@ -1020,8 +1154,10 @@ class CallService:
             record = CallRecord.unpack(entry.record)
             if record.nas != nas or record.authorized_at_ms >= before_ms:
                 continue
-            if await self.close_live_call(account_id, call_id, cause, expired_by=None):
+            charge = await self.close_live_call(account_id, call_id, cause, expired_by=None)
+            if charge is not None:
                 closed += 1
+                metrics.STALE_CALLS_CLOSED.labels(charge.cause).inc()
         return closed
 
     async def close_live_call(
@@ -1040,13 +1176,8 @@ class CallService:
         if entry.started == 0:
             duration, cause = 0, "start-timeout" if cause == "expired" else cause
         elif self._settings.stale_call_policy == "full_grant":
-            duration = max_duration_with_counter(
-                record.rate,
-                entry.held + entry.debited,
-                record.cap,
-                record.split,
-                self._bands_of(record, record.cap),
-            )
+            # What the switch was told it may run: it should have cut the call there.
+            duration = max(self.granted_seconds(record, entry), entry.used)
         else:
             duration = entry.used
         result = await self._close(record, duration, cause, expired_by=expired_by)

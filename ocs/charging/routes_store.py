@@ -7,9 +7,10 @@ the route sets, ``plan:<id>`` the plan's routing settings (ocs.charging.catalog)
 
 A cost deck is CSV with the header ``prefix,connect_fee,first_block,increment,
 price_per_minute`` (any column order), amounts as decimal strings like a plan's
-rate deck, durations whole seconds. It is all or nothing: a bad row is reported
-with its line number and column (up to 20 at once) and nothing is applied; a
-good deck replaces the carrier's whole deck in one transaction.
+rate deck, durations whole seconds. It is all or nothing: every problem of a bad
+row is reported with its line number and column (the first 100 in the file, the
+rest counted) and nothing is applied; a good deck replaces the carrier's whole
+deck in one transaction.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ocs.charging.deck import (
     _reference_rows,
     _row_values,
     _scan_deck,
+    decode_utf8,
 )
 from ocs.charging.matcher import _prefix_keys
 from ocs.charging.rating import Rate
@@ -157,7 +159,8 @@ def parse_carrier_deck_rows(text: str) -> CarrierDeck:
 
 
 def parse_carrier_deck(text: str | bytes) -> CarrierDeck:
-    """Parse a whole cost deck; raises DeckError naming every bad line (up to 20).
+    """Parse a whole cost deck; raises DeckError listing every problem of every bad line
+    (the first ``MAX_REPORTED``, the rest counted).
 
     Rules as for a plan's deck (ocs.charging.deck): a leading '+' on a prefix is
     dropped, blank lines are skipped, a prefix may be given once, a spreadsheet's
@@ -170,21 +173,18 @@ def parse_carrier_deck(text: str | bytes) -> CarrierDeck:
         data_bytes = text.encode("utf-8", "surrogatepass")
     else:
         data_bytes = text
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise invalid("deck", "the CSV must be UTF-8 text") from None
+        text = decode_utf8(text)
     scanned = _scan_deck(data_bytes, _read_header)
     if scanned is None:
         return parse_carrier_deck_rows(text)
     data, out, index, ncols = scanned
     problems = _Problems()
     slow = _read_lines(data, out, ncols, problems, lambda fields: _carrier_row(fields, index))
-    good, rows, buf = _good_rows(data, out, slow, problems.horizon)
+    good, rows, buf = _good_rows(data, out, slow)
     lines = good + _FIRST_LINE
     _duplicate_prefixes(buf, rows, lines, problems)
     if problems.found:
-        raise DeckError(problems.first())
+        raise problems.error()
     if not len(rows):
         raise _no_rows("cost deck")
     values = np.ascontiguousarray(rows[:, 6:10])  # connect fee, first block, increment, price

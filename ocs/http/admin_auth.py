@@ -1,23 +1,29 @@
-"""Who may call which endpoint of the HTTP API: bearer tokens and their roles.
+"""Who may call which endpoint of the HTTP API: bearer tokens, roles and networks.
 
-The call lifecycle and the IVR's PIN queries (``SWITCH_WORK``) are for switches
-and IVRs: they take no token, unless the ``switch_token_required`` setting asks
-for one with the ``switch`` (or ``admin``) role. ``/healthz``, ``/metrics`` and
-``/openapi.json`` never take one. Every other endpoint is the admin API and
-needs ``Authorization: Bearer <token>`` whose role (ocs.api_tokens) may do it: a
-read (GET) needs ``viewer``, the work on accounts (``OPERATOR_WORK``)
-``operator``, anything else ``admin``.
+Secure by default (docs/decisions/0011-secure-defaults.md):
 
-Until the first token exists the admin API is open, so that a fresh install and
-``ocs demo`` work at once; ``ocs serve`` says so in its log at start, and the
-``admin_token_required`` setting closes the API even then.
+* The admin API (everything but what follows) needs ``Authorization: Bearer
+  <token>`` whose role (ocs.api_tokens) may do it: a read (GET) needs
+  ``viewer``, the work on accounts (``OPERATOR_WORK``) ``operator``, anything
+  else ``admin``. With no token at all it refuses everything; the first start
+  makes a bootstrap admin token (``ensure_bootstrap_admin_token``). Only
+  ``admin_token_required = false`` restores the trial behaviour: open until the
+  first token exists.
+* The call lifecycle and the IVR's PIN queries (``SWITCH_WORK``) are for
+  switches and IVRs, which are known like RADIUS NAS clients: by a ``switch``
+  (or ``admin``) token, or by a source address in ``switch_networks`` (by
+  default the loopback only) unless ``switch_token_required``.
+  ``switch_open`` accepts anyone, for trials.
+* ``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` never take a token.
 """
 
-from collections.abc import Awaitable, Callable
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
 from ocs import api_tokens
+from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.http.handlers import SERVICES
 from ocs.http.middleware import Handler, endpoint_of
@@ -35,7 +41,9 @@ SWITCH_WORK = frozenset(
     }
 )
 # (method, route) of the probes and the API's description: never a token.
-OPEN = frozenset({("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/openapi.json")})
+OPEN = frozenset(
+    {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json")}
+)
 # (method, route) of the changes an operator token may make.
 OPERATOR_WORK = frozenset(
     {
@@ -55,7 +63,10 @@ OPERATOR_WORK = frozenset(
 
 def needed_role(method: str, route: str, switch_token: bool = False) -> str | None:
     """The least role that may call ``route`` with ``method``; None: no token needed.
-    ``switch_token``: the switches' endpoints need a switch token."""
+
+    The switches' endpoints give ``switch`` with ``switch_token``, else None: the
+    middleware asks for ``switch`` and also accepts a source in switch_networks.
+    """
     if method == "HEAD":
         method = "GET"
     if (method, route) in OPEN:
@@ -69,33 +80,101 @@ def needed_role(method: str, route: str, switch_token: bool = False) -> str | No
     return "admin"
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Said by every refusal of a switch's request: how to let it in.
+SWITCH_HINT = (
+    "give the switch a token (`ocs tokens create --name NAME --role switch`, sent as"
+    " Authorization: Bearer <token>) or add its network to switch_networks"
+)
+ADMIN_HINT = (
+    "the first start printed a bootstrap admin token (or set admin_bootstrap_token);"
+    " `ocs tokens create --name NAME --role admin` makes more"
+)
+
+
+def source_allowed(remote: str | None, networks: Iterable[Network]) -> bool:
+    """Whether a peer address (``request.remote``) lies in one of ``networks``.
+
+    The TCP peer only, never X-Forwarded-For: a header is the client's to write.
+    """
+    if not remote:
+        return False  # a Unix socket, or an unknown peer
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # A dual-stack listener shows IPv4 peers as ::ffff:a.b.c.d.
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
 def admin_auth(
-    required: bool, switch_token: bool = False
+    settings: Settings,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """The middleware; ``required``: refuse tokenless admin requests even before any
-    token exists; ``switch_token``: the switches' endpoints need a switch token."""
+    """The middleware, from the settings ``admin_token_required``,
+    ``switch_token_required``, ``switch_networks`` and ``switch_open``."""
+    required = settings.admin_token_required
+    switch_token = settings.switch_token_required
+    switch_open = settings.switch_open
+    networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.switch_networks)
+
+    async def role_from(request: web.Request, header: str) -> str:
+        scheme, _, token = header.partition(" ")
+        role = None
+        if scheme.lower() == "bearer" and token.strip():
+            role = await api_tokens.role_of(request.app[SERVICES].pool, token.strip())
+        if role is None:
+            raise OcsError(Reason.UNAUTHORIZED, "unknown or revoked token")
+        return role
+
+    async def switch_check(request: web.Request) -> None:
+        if switch_open:
+            return  # trials: anyone who reaches the port
+        header = request.headers.get("Authorization")
+        # A switch in a trusted network needs no token; one it sends anyway is not
+        # looked up, which keeps PostgreSQL off the calls' path.
+        if not switch_token and source_allowed(request.remote, networks):
+            return
+        if header is None:
+            if switch_token:
+                raise OcsError(
+                    Reason.UNAUTHORIZED,
+                    "this endpoint needs a switch token (switch_token_required):"
+                    " Authorization: Bearer <token>",
+                )
+            raise OcsError(
+                Reason.UNAUTHORIZED,
+                f"calls from {request.remote or 'this address'} are not accepted: {SWITCH_HINT}",
+            )
+        role = await role_from(request, header)
+        if not api_tokens.may(role, "switch"):
+            raise OcsError(
+                Reason.FORBIDDEN, f"a {role} token may not do this: it needs switch; {SWITCH_HINT}"
+            )
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = endpoint_of(request)
         needed = None
         if route != "unmatched":
-            needed = needed_role(request.method, route, switch_token)
+            needed = needed_role(request.method, route, switch_token=True)
         if needed is None:
             return await handler(request)
-        pool = request.app[SERVICES].pool
+        if needed == "switch":
+            await switch_check(request)
+            return await handler(request)
         header = request.headers.get("Authorization")
         if header is None:
-            # Only the admin API is open before the first token; switch_token is a choice.
-            if needed != "switch" and not required and not await api_tokens.any_token(pool):
+            # The trial behaviour, only when asked for: open until the first token.
+            if not required and not await api_tokens.any_token(request.app[SERVICES].pool):
                 return await handler(request)
-            raise OcsError(Reason.UNAUTHORIZED, "this endpoint needs Authorization: Bearer <token>")
-        scheme, _, token = header.partition(" ")
-        role = None
-        if scheme.lower() == "bearer" and token.strip():
-            role = await api_tokens.role_of(pool, token.strip())
-        if role is None:
-            raise OcsError(Reason.UNAUTHORIZED, "unknown or revoked token")
+            raise OcsError(
+                Reason.UNAUTHORIZED,
+                f"the admin API needs Authorization: Bearer <token>; {ADMIN_HINT}",
+            )
+        role = await role_from(request, header)
         if not api_tokens.may(role, needed):
             raise OcsError(Reason.FORBIDDEN, f"a {role} token may not do this: it needs {needed}")
         return await handler(request)

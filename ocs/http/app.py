@@ -2,7 +2,13 @@
 
 from aiohttp import web
 
-from ocs.http import handlers, number_handlers, policy_handlers, routes_handlers
+from ocs.http import (
+    handlers,
+    health_handlers,
+    number_handlers,
+    policy_handlers,
+    routes_handlers,
+)
 from ocs.http.admin_auth import admin_auth
 from ocs.http.middleware import errors_and_metrics
 from ocs.services import Services
@@ -13,9 +19,7 @@ def create_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[
             errors_and_metrics,
-            admin_auth(
-                services.settings.admin_token_required, services.settings.switch_token_required
-            ),
+            admin_auth(services.settings),
         ],
         client_max_size=64 << 20,
     )
@@ -67,6 +71,7 @@ def create_app(services: Services) -> web.Application:
     app.router.add_put("/v1/plans/{plan_id}/area-codes", number_handlers.import_code_list)
     app.router.add_delete("/v1/plans/{plan_id}/area-codes", number_handlers.remove_code_list)
     app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", health_handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics_text)
     app.router.add_get("/openapi.json", handlers.openapi_json)
     return app

@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import json
 import os
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import web
@@ -19,11 +20,12 @@ from ocs.charging import catalog_store
 from ocs.charging.bands import validate_schedule
 from ocs.charging.catalog import Plan
 from ocs.charging.deck import parse_deck
-from ocs.charging.lifecycle import CallProgress, validate_call_id
+from ocs.charging.lifecycle import MAX_DURATION, CallProgress, validate_call_id
 from ocs.charging.rating import Tier
 from ocs.charging.translation import validate_rules
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.json_io import (
+    Fraction,
     amount_field,
     int_field,
     money,
@@ -75,6 +77,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "min_balance": money(plan.min_balance),
         "max_lines": plan.max_lines,
         "max_call_duration": plan.max_call_duration,
+        "reservation_policy": plan.reservation_policy,
+        "slice_seconds": plan.slice_seconds,
     }
 
 
@@ -129,6 +133,9 @@ def progress_json(progress: CallProgress) -> dict[str, Any]:
         "used": progress.used,
         "debited": money(progress.debited),
         "granted": progress.granted or None,
+        # Slices (quota mode): the seconds the call may still run from this report;
+        # with "final" the switch cuts it then, for the funds cover no more.
+        "remaining": max(progress.granted - progress.used, 0) if progress.granted else None,
         "final": progress.final,
     }
 
@@ -235,7 +242,8 @@ async def authorize_call(request: web.Request) -> web.Response:
             access_number=None if access_number is None else access_number.lstrip("+"),
         )
     except OcsError as exc:
-        metrics.CALL_DECISIONS.labels(exc.reason.value).inc()
+        # A refusal may carry a finer code than its enum member (funds held by live calls).
+        metrics.CALL_DECISIONS.labels(getattr(exc, "code", exc.reason.value)).inc()
         raise
     metrics.CALL_DECISIONS.labels("granted").inc()
     return web.json_response(
@@ -257,12 +265,40 @@ async def authorize_call(request: web.Request) -> web.Response:
     )
 
 
+def stop_duration(body: dict[str, Any]) -> int | None:
+    """The ``duration`` of a stop in whole seconds; None when the switch sent none.
+
+    Switches report what they measured: whole seconds, or a decimal number of them
+    (``12.34``). Any started second counts: a fraction rounds up (``12.01`` is 13),
+    computed exactly in Decimal, never in float.
+    """
+    value = body.get("duration")
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise invalid("duration", "expected a number of seconds")
+    if isinstance(value, int):
+        seconds = Decimal(value)
+    elif isinstance(value, Fraction):
+        try:
+            seconds = Decimal(value.text)
+        except InvalidOperation:
+            raise invalid("duration", "expected a number of seconds") from None
+    else:
+        raise invalid("duration", "expected a number of seconds, such as 42 or 41.5")
+    if not seconds.is_finite() or not 0 <= seconds <= MAX_DURATION:
+        raise invalid("duration", f"expected 0 to {MAX_DURATION} seconds")
+    return int(seconds.to_integral_value(rounding=ROUND_CEILING))
+
+
 async def stop_call(request: web.Request) -> web.Response:
+    """Charge a call once. ``duration`` is optional: without it, the time since the
+    call's start is charged. A repeated stop answers the first charge, and says when
+    it reported another duration than the one charged."""
     call_id = validate_call_id(request.match_info["call_id"], "call_id")
     body = await read_object(request)
     try:
-        duration = int_field(body, "duration", maximum=7 * 24 * 3600)
-        assert duration is not None
+        duration = stop_duration(body)
         charge = await _services(request).calls.stop(call_id, duration)
     except OcsError as exc:
         metrics.CALL_STOPS.labels(exc.reason.value).inc()
@@ -280,6 +316,12 @@ async def stop_call(request: web.Request) -> web.Response:
             "balance": money(charge.balance),
             "currency": charge.currency,
             "repeated": charge.repeated,
+            # The duration charged is the first stop's; a repeat that reports another
+            # one is not charged again, and is told so.
+            "charged_duration": charge.duration,
+            "duration_differs": (
+                charge.repeated and duration is not None and duration != charge.duration
+            ),
         }
     )
 
@@ -323,6 +365,8 @@ async def create_plan(request: web.Request) -> web.Response:
             body, "max_call_duration", required=False, minimum=1, maximum=7 * 24 * 3600
         )
         or 14_400,
+        reservation_policy=body.get("reservation_policy", "whole"),
+        slice_seconds=body.get("slice_seconds", 60),
     )
     await catalog_store.create_plan(_services(request).pool, plan)
     return web.json_response(plan_json(plan), status=201)

@@ -1,21 +1,40 @@
-"""Request middleware: OcsError -> JSON error responses, and per-endpoint metrics."""
+"""Request middleware: OcsError -> JSON error responses, and per-endpoint metrics.
 
+Every error body has the same shape (``code``, ``reason``, ``message``,
+``sip_status``, ``field`` where one is to blame). Bad input is a 4xx here even
+where a handler let it through: the path and query parameters are checked for
+what no backend can store, and a body's decoding, CSV or PostgreSQL data errors
+that escape a handler are the caller's input, answered 400, not 500.
+"""
+
+import csv
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from ocs import metrics
-from ocs.errors import OcsError, Reason
+from ocs.errors import OcsError, Reason, invalid, sip_status_of_http
+from ocs.http.json_io import text_problem
 
 log = logging.getLogger("ocs.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# PostgreSQL could not reach or keep the connection: a backend outage, retryable.
+_POSTGRES_DOWN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
 def error_response(error: OcsError) -> web.Response:
+    """The JSON answer to a refusal (a 401 also names the scheme it takes)."""
     # RFC 6750: a 401 names the scheme the endpoint takes.
     headers = {"WWW-Authenticate": 'Bearer realm="ocs"'}
     return web.json_response(
@@ -23,6 +42,53 @@ def error_response(error: OcsError) -> web.Response:
         status=error.reason.http_status,
         headers=headers if error.reason is Reason.UNAUTHORIZED else None,
     )
+
+
+def http_error_response(status: int, reason: str, message: str) -> web.Response:
+    """The JSON answer to an error that no reason code names (routing, server faults)."""
+    return web.json_response(
+        {
+            "error": {
+                "code": status,
+                "reason": reason,
+                "message": message,
+                "sip_status": sip_status_of_http(status),
+            }
+        },
+        status=status,
+    )
+
+
+def check_parameters(request: web.Request) -> None:
+    """400 naming the path or query parameter that holds a NUL character or a lone
+    surrogate: no handler need think of it, and none reaches Redis or PostgreSQL."""
+    for name, value in request.match_info.items():
+        problem = text_problem(value)
+        if problem is not None:
+            raise invalid(name, problem)
+    for name, value in request.query.items():
+        problem = text_problem(name)
+        if problem is not None:
+            raise invalid("query", f"a parameter name {problem}")
+        problem = text_problem(value)
+        if problem is not None:
+            raise invalid(name, problem)
+
+
+def input_error(exc: Exception) -> OcsError | None:
+    """The 400 for an exception that escaped a handler but comes from the caller's
+    input (a body that is not UTF-8 or not CSV, a value PostgreSQL cannot store); None
+    for any other exception."""
+    if isinstance(exc, UnicodeDecodeError):
+        return invalid("body", f"not UTF-8 text (byte {exc.start} of the body)")
+    if isinstance(exc, UnicodeEncodeError):
+        return invalid("body", "contains a lone surrogate (such as \\ud800): not valid Unicode")
+    if isinstance(exc, csv.Error):
+        return invalid("body", f"not valid CSV: {exc}")
+    if isinstance(exc, asyncpg.DataError):
+        # SQLSTATE class 22: the data, not the server (NUL, a number out of range).
+        return invalid("body", f"a value ocs cannot store: {exc.sqlstate} {exc}")
+    return None
 
 
 def endpoint_of(request: web.Request) -> str:
@@ -36,10 +102,12 @@ def endpoint_of(request: web.Request) -> str:
 
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers every error as JSON with its reason code, and counts every request."""
     endpoint = endpoint_of(request)
     started = time.perf_counter()
     result = "ok"
     try:
+        check_parameters(request)
         response = await handler(request)
         if response.status >= 400:
             result = str(response.status)
@@ -50,28 +118,28 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         result = str(exc.status)
         if exc.status >= 400:
-            return web.json_response(
-                {
-                    "error": {
-                        "code": exc.status,
-                        "reason": "not_found" if exc.status == 404 else "http_error",
-                        "message": exc.reason,
-                    }
-                },
-                status=exc.status,
+            return http_error_response(
+                exc.status, "not_found" if exc.status == 404 else "http_error", exc.reason
             )
         raise
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, *_POSTGRES_DOWN) as exc:
         result = Reason.UNAVAILABLE.value
         log.error("backend unavailable", extra={"endpoint": endpoint, "error": str(exc)})
         return error_response(OcsError(Reason.UNAVAILABLE, "a backend is unavailable; retry"))
-    except Exception:
+    except Exception as exc:
+        refusal = input_error(exc)
+        if refusal is not None:
+            # A handler let bad input through: the caller still gets its 400, and the
+            # log says where to check it earlier.
+            result = refusal.reason.value
+            log.warning(
+                "bad input caught late",
+                extra={"endpoint": endpoint, "error": type(exc).__name__},
+            )
+            return error_response(refusal)
         result = "internal_error"
         log.exception("unhandled error", extra={"endpoint": endpoint})
-        return web.json_response(
-            {"error": {"code": 500, "reason": "internal_error", "message": "internal error"}},
-            status=500,
-        )
+        return http_error_response(500, "internal_error", "internal error")
     finally:
         metrics.HTTP_REQUESTS.labels(endpoint, request.method, result).inc()
         metrics.HTTP_LATENCY.labels(endpoint, request.method).observe(time.perf_counter() - started)

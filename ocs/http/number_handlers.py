@@ -3,6 +3,7 @@ the area-code tables (the standard one and plans' custom code lists), and what
 the serving catalog makes of a number."""
 
 import asyncio
+import csv
 
 from aiohttp import web
 
@@ -13,7 +14,7 @@ from ocs.charging.deck import DIRECTIONS
 from ocs.charging.lifecycle import tariff_of
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.handlers import SERVICES
-from ocs.http.json_io import money, read_object
+from ocs.http.json_io import money, read_object, read_text
 
 
 async def set_access_numbers(request: web.Request) -> web.Response:
@@ -40,11 +41,13 @@ def _list_of(request: web.Request) -> str:
 async def import_code_list(request: web.Request) -> web.Response:
     """Replace the standard area-code table or a plan's custom code list (CSV body)."""
     list_id = _list_of(request)
+    text = await read_text(request, "codes")
     try:
-        text = await request.text()
-    except UnicodeDecodeError:
-        raise invalid("codes", "the CSV must be UTF-8 text") from None
-    entries = await asyncio.to_thread(parse_code_list, text)
+        entries = await asyncio.to_thread(parse_code_list, text)
+    except csv.Error as exc:
+        # What the parser itself does not word (a CR inside a field): still the
+        # caller's CSV, a 400, never a 500.
+        raise invalid("codes", f"not valid CSV: {exc}") from None
     count = await catalog_store.import_code_list(request.app[SERVICES].pool, entries, list_id)
     return web.json_response({"plan": list_id or None, "codes": count})
 

@@ -4,29 +4,90 @@ Written by hand next to the routes; a test checks that every route of the app
 is documented here and nothing else, so the two cannot drift apart.
 """
 
+import re
 from typing import Any
 
+from ocs.errors import sip_status_table
+
 _AMOUNT = {"type": "string", "pattern": r"^-?\d+(\.\d{1,6})?$", "examples": ["1.50"]}
+
+
+def _sip_description() -> str:
+    table = ", ".join(f"{reason} {status}" for reason, status in sip_status_table().items())
+    return (
+        "The SIP final response a switch should give its caller for this refusal, so that"
+        " it needs no mapping table of its own: 402 no funds, 403 not allowed, 404 unknown,"
+        " 481 call already ended, 486 no free line (Busy Here), 503 ocs or a backend"
+        " unavailable (or the switch's own token refused), 400 a request the switch built"
+        f" wrong, 500 anything else. By reason: {table}."
+    )
+
+
 _ERROR = {
     "type": "object",
+    "required": ["error"],
     "properties": {
         "error": {
             "type": "object",
-            "required": ["code", "reason", "message"],
+            "required": ["code", "reason", "message", "sip_status"],
             "properties": {
-                "code": {"type": "integer"},
-                "reason": {"type": "string", "examples": ["insufficient_funds"]},
+                "code": {"type": "integer", "description": "the HTTP status"},
+                "reason": {
+                    "type": "string",
+                    "examples": ["insufficient_funds"],
+                    "description": "stable, machine-readable reason code",
+                },
                 "message": {"type": "string"},
-                "field": {"type": "string"},
+                "sip_status": {
+                    "type": "integer",
+                    "minimum": 400,
+                    "maximum": 699,
+                    "examples": [402, 486],
+                    "description": _sip_description(),
+                },
+                "field": {
+                    "type": "string",
+                    "description": "the field, path or query parameter, or header to blame",
+                },
+                "problems": {
+                    "type": "array",
+                    "description": "a CSV import's bad lines",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "line": {"type": "integer"},
+                            "column": {"type": ["string", "null"]},
+                            "message": {"type": "string"},
+                        },
+                    },
+                },
+                "more_problems": {"type": "integer", "description": "bad lines not listed"},
             },
         }
     },
 }
 
+# What each error status means where an operation lists it.
+_ERROR_MEANING = {
+    400: "bad input: a field, path or query parameter, or a body that is not UTF-8 JSON"
+    " (or CSV) ocs can store; ``field`` names it",
+    401: "no token, or not one of ours",
+    402: "no funds",
+    403: "not allowed",
+    404: "unknown",
+    409: "conflicts with what exists",
+    413: "body larger than ocs takes",
+    415: "body in a charset other than UTF-8",
+    503: "a backend (Redis, PostgreSQL) is unavailable; retry",
+}
 
-def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+
+def _body(
+    properties: dict[str, Any], required: list[str], *, optional: bool = False
+) -> dict[str, Any]:
+    """A JSON object body; ``optional``: the body may be left out (it reads as {})."""
     return {
-        "required": True,
+        "required": not optional,
         "content": {
             "application/json": {
                 "schema": {"type": "object", "properties": properties, "required": required}
@@ -38,26 +99,140 @@ def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 def _answer(description: str, *errors: int) -> dict[str, Any]:
     responses: dict[str, Any] = {"2XX": {"description": description}}
     for code in errors:
-        responses[str(code)] = {
-            "description": "refused",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
+        responses[str(code)] = _refused(code)
     return responses
 
 
+def _refused(code: int) -> dict[str, Any]:
+    return {
+        "description": _ERROR_MEANING.get(code, "refused"),
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
 def _op(
-    summary: str, description: str, *errors: int, body: dict[str, Any] | None = None
+    summary: str,
+    description: str,
+    *errors: int,
+    body: dict[str, Any] | None = None,
+    query: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": summary, "responses": _answer(description, *errors)}
     if body is not None:
         operation["requestBody"] = body
+    if query:
+        operation["parameters"] = query
     return operation
 
 
-_ID = {"type": "string", "maxLength": 64}
-_CALL = {"type": "string", "maxLength": 128}
+def _query(name: str, description: str, *, required: bool = False, **schema: Any) -> dict[str, Any]:
+    """A query parameter."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string", "maxLength": 64, **schema},
+    }
 
-_CSV_BODY = {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+
+# The forms the handlers accept, as patterns: generated requests (schemathesis) then
+# get past validation to the work itself.
+_ID: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^[A-Za-z0-9._-]{1,64}$",
+    "examples": ["retail"],
+}
+_ACCOUNT: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^[A-Za-z0-9._@+-]{1,64}$",
+    "examples": ["1001"],
+}
+_CALL: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^[A-Za-z0-9._@:-]{1,128}$",
+    "examples": ["c-1"],
+}
+_MEMBER: dict[str, Any] = {"type": "string", "pattern": r"^[!-~]{1,64}$", "examples": ["sip:alice"]}
+_DIGITS: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^\+?[0-9]{1,32}$",
+    "examples": ["447700900123"],
+}
+_CURRENCY: dict[str, Any] = {"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["EUR"]}
+
+# Each path parameter's name: what it is and its form (what the handlers check).
+_PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "account_id": {
+        "description": "an account id: letters, digits and - _ . @ +",
+        "schema": _ACCOUNT,
+    },
+    "plan_id": {
+        "description": "a plan id: letters, digits, '-', '_' or '.'",
+        "schema": _ID,
+    },
+    "carrier_id": {
+        "description": "a carrier id: letters, digits, '-', '_' or '.'",
+        "schema": _ID,
+    },
+    "route_set_id": {
+        "description": "a route set id: letters, digits, '-', '_' or '.'",
+        "schema": _ID,
+    },
+    "call_id": {
+        "description": "a call id: printable, without '|'",
+        "schema": _CALL,
+    },
+    "member": {
+        "description": "a member (SIP user, extension, caller id): printable, no spaces",
+        "schema": _MEMBER,
+    },
+    "counter_id": {
+        "description": "a usage counter of the account's plan",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+    },
+    "zone": {
+        "description": "a zone of the plan's deck",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    },
+    "pin": {
+        "description": "a calling card's PIN",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 32},
+    },
+}
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    """The path template's parameters, each declared (OpenAPI requires it)."""
+    return [
+        {"name": name, "in": "path", "required": True, **_PATH_PARAMETERS[name]}
+        for name in re.findall(r"{(\w+)}", path)
+    ]
+
+
+# How a plan's calls hold funds (ocs.charging.catalog.Plan), on POST /v1/plans and the policy.
+_RESERVATION = {
+    "reservation_policy": {
+        "enum": ["whole", "slice", "share"],
+        "default": "whole",
+        "description": "what a call holds of the balance: its longest call's worth (whole),"
+        " slice_seconds at a time, extended by updates (slice), or at most the available"
+        " funds divided by the free lines (share)",
+    },
+    "slice_seconds": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 86_400,
+        "default": 60,
+        "description": "seconds per slice (reservation_policy slice)",
+    },
+}
+
+_CSV_BODY = {
+    "required": True,
+    "content": {"text/csv": {"schema": {"type": "string"}}},
+    "description": "UTF-8 CSV with a header line",
+}
 
 PATHS: dict[str, dict[str, Any]] = {
     "/v1/accounts": {
@@ -69,7 +244,7 @@ PATHS: dict[str, dict[str, Any]] = {
             409,
             body=_body(
                 {
-                    "id": _ID,
+                    "id": _ACCOUNT,
                     "plan": _ID,
                     "balance": _AMOUNT,
                     "credit_limit": _AMOUNT,
@@ -100,6 +275,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "status": {"enum": ["active", "locked", "suspended"]},
                 },
                 [],
+                optional=True,
             ),
         ),
     },
@@ -111,9 +287,7 @@ PATHS: dict[str, dict[str, Any]] = {
             400,
             404,
             409,
-            body=_body(
-                {"member": {"type": "string"}, "max_lines": {"type": "integer"}}, ["member"]
-            ),
+            body=_body({"member": _MEMBER, "max_lines": {"type": "integer"}}, ["member"]),
         ),
     },
     "/v1/accounts/{account_id}/members/{member}": {
@@ -134,10 +308,11 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/counters/reset": {
         "post": _op(
-            "Start a new counter cycle (all accounts, a plan's, or one account's)",
+            "Start a new counter cycle (all accounts, a plan's, or one account's); the body"
+            " is required: {} on purpose resets every account",
             "accounts and counters reset",
             400,
-            body=_body({"plan": _ID, "account": _ID, "cycle": {"type": "string"}}, []),
+            body=_body({"plan": _ID, "account": _ACCOUNT, "cycle": {"type": "string"}}, []),
         ),
     },
     "/v1/plans/{plan_id}/counters": {
@@ -146,6 +321,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "the counter",
             400,
             404,
+            409,
             body=_body(
                 {
                     "id": {"type": "string"},
@@ -178,8 +354,10 @@ PATHS: dict[str, dict[str, Any]] = {
                     "recurring_fee": _AMOUNT,
                     "lock_prorated": {"type": "boolean"},
                     "language": {"type": "string"},
+                    **_RESERVATION,
                 },
                 [],
+                optional=True,
             ),
         ),
     },
@@ -206,7 +384,13 @@ PATHS: dict[str, dict[str, Any]] = {
         ),
     },
     "/v1/pins/{pin}": {
-        "get": _op("A card's balance, currency, language, expiry (IVR)", "the card", 403, 404),
+        "get": _op(
+            "A card's balance, currency, language, expiry (IVR)",
+            "the card",
+            403,
+            404,
+            query=[_query("caller", "the caller asking (PIN guesses count per caller)")],
+        ),
     },
     "/v1/pins/{pin}/time": {
         "get": _op(
@@ -215,6 +399,11 @@ PATHS: dict[str, dict[str, Any]] = {
             400,
             403,
             404,
+            query=[
+                _query("destination", "the number dialled", required=True, **_DIGITS),
+                _query("access_number", "the access number (DNIS) called", **_DIGITS),
+                _query("caller", "the caller asking (PIN guesses count per caller)"),
+            ],
         ),
     },
     "/v1/accounts/{account_id}/topups": {
@@ -233,7 +422,7 @@ PATHS: dict[str, dict[str, Any]] = {
             400,
             404,
             409,
-            body=_body({"caller": {"type": "string"}}, ["caller"]),
+            body=_body({"caller": _DIGITS}, ["caller"]),
         ),
     },
     "/v1/calls": {
@@ -247,11 +436,11 @@ PATHS: dict[str, dict[str, Any]] = {
             409,
             body=_body(
                 {
-                    "account": _ID,
-                    "destination": {"type": "string"},
-                    "caller": {"type": "string"},
+                    "account": _ACCOUNT,
+                    "destination": _DIGITS,
+                    "caller": _DIGITS,
                     "call_id": _CALL,
-                    "member": {"type": "string"},
+                    "member": _MEMBER,
                     "direction": {"enum": ["outbound", "inbound"]},
                     "quota": {"type": "integer", "minimum": 1},
                     "access_number": {"type": "string"},
@@ -270,7 +459,7 @@ PATHS: dict[str, dict[str, Any]] = {
             404,
             body=_body(
                 {
-                    "account": _ID,
+                    "account": _ACCOUNT,
                     "event_id": _CALL,
                     "service": {"type": "string"},
                     "quantity": {"type": "integer", "minimum": 0},
@@ -286,7 +475,15 @@ PATHS: dict[str, dict[str, Any]] = {
             404,
         ),
     },
-    "/v1/calls/{call_id}/start": {"post": _op("Start a call", "progress", 404, 409)},
+    "/v1/calls/{call_id}/start": {
+        "post": _op(
+            "Start a call (answered): its time runs from now; the body may be empty",
+            "progress",
+            404,
+            409,
+            body=_body({}, [], optional=True),
+        )
+    },
     "/v1/calls/{call_id}/update": {
         "post": _op(
             "Report progress",
@@ -298,13 +495,56 @@ PATHS: dict[str, dict[str, Any]] = {
         ),
     },
     "/v1/calls/{call_id}/stop": {
-        "post": _op(
-            "Stop and charge a call",
-            "cost, balance",
-            400,
-            404,
-            body=_body({"duration": {"type": "integer", "minimum": 0}}, ["duration"]),
-        ),
+        "post": {
+            **_op(
+                "Stop and charge a call; a repeated stop is answered with the first charge",
+                "",
+                400,
+                404,
+                body=_body(
+                    {
+                        "duration": {
+                            "type": "number",
+                            "minimum": 0,
+                            "examples": [45, 45.5],
+                            "description": "seconds the call lasted, a decimal number;"
+                            " absent: the time since the call started",
+                        }
+                    },
+                    [],
+                    optional=True,
+                ),
+            ),
+            "responses": {
+                "2XX": {
+                    "description": "cost, balance; a repeated stop says whether its duration"
+                    " differs from the charged one",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "cost": _AMOUNT,
+                                    "balance": _AMOUNT,
+                                    "repeated": {"type": "boolean"},
+                                    "duration_differs": {
+                                        "type": "boolean",
+                                        "description": "a repeated stop: its duration is"
+                                        " not the one charged",
+                                    },
+                                    "charged_duration": {
+                                        "description": "a repeated stop: the duration the"
+                                        " first stop charged, in seconds"
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": _refused(400),
+                "404": _refused(404),
+            },
+        },
     },
     "/v1/plans": {
         "post": _op(
@@ -315,12 +555,13 @@ PATHS: dict[str, dict[str, Any]] = {
             body=_body(
                 {
                     "id": _ID,
-                    "currency": {"type": "string"},
+                    "currency": _CURRENCY,
                     "name": {"type": "string"},
                     "credit_limit": _AMOUNT,
                     "min_balance": _AMOUNT,
                     "max_lines": {"type": "integer"},
                     "max_call_duration": {"type": "integer"},
+                    **_RESERVATION,
                 },
                 ["id", "currency"],
             ),
@@ -364,6 +605,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "per": {"type": "integer", "minimum": 1},
                 },
                 [],
+                optional=True,
             ),
         ),
     },
@@ -457,6 +699,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "allow_negative_margin": {"type": "boolean", "default": False},
                 },
                 [],
+                optional=True,
             ),
         ),
     },
@@ -515,6 +758,11 @@ PATHS: dict[str, dict[str, Any]] = {
             400,
             403,
             404,
+            query=[
+                _query("number", "the number to rate", required=True, **_DIGITS),
+                _query("direction", "outbound (default) or inbound", enum=["outbound", "inbound"]),
+                _query("access_number", "the access number (DNIS) called", **_DIGITS),
+            ],
         ),
     },
     "/v1/area-codes": {
@@ -542,53 +790,99 @@ PATHS: dict[str, dict[str, Any]] = {
             404,
         ),
     },
-    "/healthz": {"get": _op("Health of the backends", "ok", 503)},
+    "/healthz": {"get": _op("Liveness, and each backend's check", "ok", 503)},
+    "/readyz": {
+        "get": _op(
+            "Readiness for traffic: 200 {ready: true} when Redis and PostgreSQL answer,"
+            " else 503 {ready: false, backends: {...}} (not an Error body)",
+            "ready",
+        )
+    },
     "/metrics": {"get": _op("Prometheus metrics", "text exposition")},
     "/openapi.json": {"get": _op("This document", "OpenAPI 3.1")},
 }
 
 
-def _secured(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The paths with each operation's security (ocs.http.admin_auth): none for the
-    probes, an optional bearer token for the switches' and IVRs' endpoints (needed
-    with switch_token_required), a bearer token (and its 401 and 403) for the rest."""
+# The probes answer 503 with their own body, not an Error; the two documents need no backend.
+_PROBES = {"/healthz", "/readyz"}
+_NO_BACKEND = {"/metrics", "/openapi.json"}
+
+
+def _probe_503(path: str) -> dict[str, Any]:
+    properties = (
+        {"ready": {"const": False}, "backends": {"type": "object"}}
+        if path == "/readyz"
+        else {"status": {"const": "unavailable"}, "checks": {"type": "object"}}
+    )
+    return {
+        "description": "a backend does not answer",
+        "content": {"application/json": {"schema": {"type": "object", "properties": properties}}},
+    }
+
+
+def _complete(path: str, method: str, operation: dict[str, Any]) -> dict[str, Any]:
+    """An operation with its path parameters declared and every error it can answer
+    documented: 400 (any parameter or body), 404 (an unknown resource in the path),
+    413 and 415 (a body), 503 (a backend down), 401 and 403 (a token needed: see
+    ``_security``). The operation's own responses win."""
     from ocs.http.admin_auth import needed_role
 
-    secured: dict[str, dict[str, Any]] = {}
-    for path, operations in paths.items():
-        secured[path] = {}
-        for method, operation in operations.items():
-            needed = needed_role(method.upper(), path)
-            if needed is None and needed_role(method.upper(), path, switch_token=True):
-                secured[path][method] = {
-                    **operation,
-                    "security": [{}, {"bearer": []}],
-                    "description": "Needs a switch token where switch_token_required is set.",
-                }
-                continue
-            if needed is None:
-                secured[path][method] = {**operation, "security": []}
-                continue
-            responses = {**_answer("", 401, 403), **operation["responses"]}
-            secured[path][method] = {
-                **operation,
-                "security": [{"bearer": []}],
-                "responses": responses,
-                "description": f"Needs a {needed} token (or better).",
-            }
-    return secured
+    parameters = _path_parameters(path) + operation.get("parameters", [])
+    errors = [400]
+    if _path_parameters(path):
+        errors.append(404)
+    if "requestBody" in operation:
+        errors += [413, 415]
+    if path not in _PROBES | _NO_BACKEND:
+        errors.append(503)
+    extra: dict[str, Any] = {}
+    needed = needed_role(method.upper(), path)
+    switch = needed is None and needed_role(method.upper(), path, switch_token=True)
+    if switch:
+        errors += [401, 403]
+        extra = {
+            "security": [{}, {"bearer": []}],
+            "description": "For switches and IVRs: a switch (or admin) token, or a source"
+            " address in switch_networks (a token always with switch_token_required).",
+        }
+    elif needed is None:
+        extra = {"security": []}
+    else:
+        errors += [401, 403]
+        extra = {
+            "security": [{"bearer": []}],
+            "description": f"Needs a {needed} token (or better).",
+        }
+    responses = {str(code): _refused(code) for code in sorted(errors)}
+    if path in _PROBES:
+        responses["503"] = _probe_503(path)
+    completed = {**operation, **extra, "responses": {**responses, **operation["responses"]}}
+    if parameters:
+        completed["parameters"] = parameters
+    return completed
+
+
+def _documented(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every operation of ``paths`` completed (``_complete``)."""
+    return {
+        path: {method: _complete(path, method, op) for method, op in operations.items()}
+        for path, operations in paths.items()
+    }
 
 
 def openapi_document(version: str) -> dict[str, Any]:
+    """The whole document, for /openapi.json."""
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "ocs",
             "version": version,
             "description": "Online charging: amounts are decimal strings of the account's "
-            "currency, durations whole seconds; every refusal has a reason code.",
+            "currency, durations whole seconds; every refusal has a reason code and a "
+            "sip_status for switches. Bodies are UTF-8; a NUL character is refused in any "
+            "string, path or query parameter (400 naming it).",
         },
-        "paths": _secured(PATHS),
+        "paths": _documented(PATHS),
         "components": {
             "schemas": {"Error": _ERROR},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

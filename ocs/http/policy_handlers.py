@@ -7,7 +7,7 @@ from aiohttp import web
 
 from ocs.balances.accounts import UNSET, validate_account_id, validate_member
 from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
-from ocs.charging.catalog_store import validate_plan_id
+from ocs.charging.catalog_store import SLICE_SECONDS_MAX, validate_plan_id
 from ocs.charging.lifecycle import validate_call_id
 from ocs.counters.definitions import CounterDef
 from ocs.errors import OcsError, Reason, invalid
@@ -61,6 +61,7 @@ async def update_account(request: web.Request) -> web.Response:
 
 
 async def set_policy_of_plan(request: web.Request) -> web.Response:
+    """PUT a plan's policy: the account defaults, and how its calls reserve funds."""
     plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
     body = await read_object(request)
     policy = PlanPolicy(
@@ -70,6 +71,14 @@ async def set_policy_of_plan(request: web.Request) -> web.Response:
         recurring_fee=amount_field(body, "recurring_fee", required=False) or 0,
         lock_prorated=_bool_field(body, "lock_prorated", False),
         language=string_field(body, "language", required=False, max_len=16) or "en",
+        # How the plan's calls hold funds (ocs.charging.catalog.Plan); checked by name
+        # in set_plan_policy.
+        reservation_policy=string_field(body, "reservation_policy", required=False, max_len=16)
+        or "whole",
+        slice_seconds=int_field(
+            body, "slice_seconds", required=False, minimum=1, maximum=SLICE_SECONDS_MAX
+        )
+        or 60,
     )
     await set_plan_policy(_services(request).pool, plan_id, policy)
     return web.json_response(
@@ -83,6 +92,8 @@ async def set_policy_of_plan(request: web.Request) -> web.Response:
             "recurring_fee": money(policy.recurring_fee),
             "lock_prorated": policy.lock_prorated,
             "language": policy.language,
+            "reservation_policy": policy.reservation_policy,
+            "slice_seconds": policy.slice_seconds,
         }
     )
 
@@ -193,7 +204,10 @@ async def cancel_counter(request: web.Request) -> web.Response:
 
 
 async def reset_counters(request: web.Request) -> web.Response:
-    body = await read_object(request)
+    """Start a new counter cycle; the body is required, as the schema says: an empty
+    request resetting every account's counters would be too easy to send by mistake,
+    so all accounts take an explicit ``{}``."""
+    body = await read_object(request, required=True)
     plan_id = string_field(body, "plan", required=False, max_len=64)
     account_id = body.get("account")
     if account_id is not None:

@@ -1,13 +1,14 @@
 """HTTP handlers for carriers, their cost decks, route sets and a plan's routing."""
 
 import asyncio
+import csv
 
 from aiohttp import web
 
 from ocs.charging import catalog_store, routes_store
 from ocs.errors import invalid
 from ocs.http.handlers import SERVICES
-from ocs.http.json_io import read_object, string_field
+from ocs.http.json_io import read_object, read_text, string_field
 
 
 async def create_carrier(request: web.Request) -> web.Response:
@@ -26,12 +27,14 @@ async def create_carrier(request: web.Request) -> web.Response:
 async def import_carrier_rates(request: web.Request) -> web.Response:
     """PUT /v1/carriers/{carrier_id}/rates, the cost deck CSV as the body."""
     carrier_id = routes_store.validate_id(request.match_info["carrier_id"], "carrier_id")
+    text = await read_text(request, "deck")
     try:
-        text = await request.text()
-    except UnicodeDecodeError:
-        raise invalid("deck", "the CSV must be UTF-8 text") from None
-    # A large deck is seconds of CPU: off the event loop.
-    deck = await asyncio.to_thread(routes_store.parse_carrier_deck, text)
+        # A large deck is seconds of CPU: off the event loop.
+        deck = await asyncio.to_thread(routes_store.parse_carrier_deck, text)
+    except csv.Error as exc:
+        # What the parser itself does not word (a CR inside a field): still the
+        # caller's CSV, a 400, never a 500.
+        raise invalid("deck", f"not valid CSV: {exc}") from None
     result = await routes_store.import_carrier_rates(request.app[SERVICES].pool, carrier_id, deck)
     return web.json_response(
         {"carrier": result.carrier_id, "prefixes": result.prefixes, "rates": result.rates}

@@ -62,7 +62,8 @@ def refusal(error: OcsError) -> AccessAnswer:
     return AccessAnswer(
         accept=False,
         attributes=[cisco("h323-return-code", code), ("Reply-Message", error.message[:250])],
-        reason=reason.value,
+        # A refusal may carry a finer code than its enum member (funds held by live calls).
+        reason=getattr(error, "code", reason.value),
         return_code=code,
     )
 
@@ -134,6 +135,8 @@ async def answer_access_request(
             # the request came from, and the session id it knows the call by.
             nas_session=first(packet, "Acct-Session-Id") if disconnectable else None,
             nas_address=getattr(packet, "source", (None,))[0] if disconnectable else None,
+            # A plan granting slices needs a NAS ocs can cut when the funds run out.
+            slices=disconnectable,
         )
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:
@@ -145,9 +148,13 @@ async def answer_access_request(
         return refusal(error)
     available = grant.available
     postpaid = grant.credit_limit > 0
+    # A call granted slice by slice: the NAS is told the longest the funds could pay for
+    # now and to report every slice; each interim extends the hold, and when the funds
+    # cannot, ocs cuts the call by a Disconnect-Request (accounting.py).
+    timeout = grant.ceiling if grant.slice_seconds else grant.max_duration
     attributes: list[Attribute] = [
-        ("Session-Timeout", grant.max_duration),
-        cisco("h323-credit-time", grant.max_duration),
+        ("Session-Timeout", timeout),
+        cisco("h323-credit-time", timeout),
         cisco("h323-credit-amount", _money(available)),
         cisco("h323-return-code", 0),
         cisco("h323-billing-model", 0 if postpaid else 1),
@@ -159,4 +166,6 @@ async def answer_access_request(
         ("Cisco-AVPair", f"ocs-route={n}:{carrier}")
         for n, carrier in enumerate(grant.carriers, start=1)
     ]
+    if grant.slice_seconds and not grant.final:
+        attributes.append(("Acct-Interim-Interval", grant.slice_seconds))
     return AccessAnswer(accept=True, attributes=attributes, reason="granted", return_code=0)

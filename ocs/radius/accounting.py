@@ -6,17 +6,27 @@ already closed by the janitor) is acknowledged and counted, so the NAS stops
 retransmitting it; a backend failure sends no response, so the NAS retries.
 """
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
 from pyrad.packet import AcctPacket
 
+from ocs import metrics
 from ocs.charging.lifecycle import MAX_DURATION, CallService
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.radius.access import call_id_of
 from ocs.radius.attributes import first
 from ocs.radius.clients import NasClient
+from ocs.radius.disconnect import send_disconnect
+
+log = logging.getLogger("ocs.radius")
+
+# Disconnect-Requests waiting for a sliced call's funds to run out, by call id: one
+# per call, however many interims report it exhausted. Kept so they are not collected.
+_CUTS: dict[str, asyncio.Task[None]] = {}
 
 STATUS_TYPES = {
     1: "start",
@@ -103,7 +113,18 @@ async def handle_accounting(
         elif kind == "interim":
             used = _session_time(packet)
             if used is not None:
-                await calls.update(call_id, used)
+                progress = await calls.update(call_id, used)
+                if progress.exhausted and client.coa_port is not None and call_id not in _CUTS:
+                    record = await calls.record_of(call_id)
+                    if record is not None and record.nas_address is not None:
+                        schedule_cut(
+                            record.nas_address,
+                            record.nas_session or call_id,
+                            client,
+                            settings,
+                            call_id,
+                            progress.granted - used,
+                        )
         else:
             charge = await calls.stop(call_id, _session_time(packet))
             return AccountingOutcome(kind, "repeated" if charge.repeated else "ok")
@@ -116,3 +137,47 @@ async def handle_accounting(
             return AccountingOutcome(kind, "unknown_call")
         return AccountingOutcome(kind, error.reason.value)
     return AccountingOutcome(kind, "ok")
+
+
+def schedule_cut(
+    address: str,
+    session_id: str,
+    client: NasClient,
+    settings: Settings,
+    call_id: str,
+    delay: int,
+) -> None:
+    """Cut a sliced call when its last slice runs out: a Disconnect-Request to the NAS
+    at ``address`` naming the session it knows, in ``delay`` seconds (now when nothing
+    is left).
+
+    The funds could not extend the call's hold; the NAS was told the longest the
+    funds could pay for at authorize, which concurrent calls have since used. Its
+    Stop then charges the call. A NAS without a Disconnect port got no slices.
+    """
+    coa_port = client.coa_port
+    if coa_port is None or call_id in _CUTS:
+        return
+
+    async def cut() -> None:
+        try:
+            await asyncio.sleep(max(delay, 0))
+            outcome = await send_disconnect(
+                address,
+                coa_port,
+                client.secret,
+                user_name=None,  # for a card it would be the PIN: never sent back out
+                session_id=session_id,
+                timeout=settings.disconnect_timeout,
+            )
+            metrics.DISCONNECTS.labels(outcome.reason.partition(":")[0]).inc()
+            log.info(
+                "cut a call whose funds ran out",
+                extra={"call_id": call_id, "nas": client.name, "outcome": outcome.reason},
+            )
+        except Exception:
+            log.exception("could not cut a call whose funds ran out", extra={"call_id": call_id})
+        finally:
+            _CUTS.pop(call_id, None)
+
+    _CUTS[call_id] = asyncio.get_running_loop().create_task(cut())

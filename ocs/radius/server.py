@@ -4,12 +4,18 @@ Each datagram is checked before any work is done for it: size and declared
 length, a known client, the expected packet code, the request authenticator
 (accounting) and the Message-Authenticator (required on Access-Request by
 default: the BlastRADIUS mitigation, CVE-2024-3596). Anything that fails is
-dropped silently and counted by reason. A retransmission is answered from
-the reply cache (RFC 5080). Every reply carries a Message-Authenticator.
+dropped silently and counted by reason. Only then is the reply cache asked: a
+retransmission, the identical packet from the same source, gets the cached
+reply (RFC 5080); a packet that only reuses an identifier and authenticator is
+not a retransmission. Every reply carries a Message-Authenticator. The ports
+are never shared with another process (no SO_REUSEPORT): a taken one raises
+``AddressInUse``.
 """
 
 import asyncio
+import hashlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +29,7 @@ from ocs.balances.pin_guard import PinGuard
 from ocs.charging.lifecycle import CallRecord, CallService
 from ocs.config import Settings
 from ocs.errors import OcsError
+from ocs.listen_sockets import bind_udp
 from ocs.radius.access import answer_access_request
 from ocs.radius.accounting import handle_accounting
 from ocs.radius.clients import NAS_CHANNEL, ClientTable, NasClient, load_client_table
@@ -74,6 +81,16 @@ def check_attribute_lengths(data: bytes, length: int) -> None:
         if attr_len < 2 or pos + attr_len > length:
             raise Drop("malformed")
         pos += attr_len
+
+
+def _request_key(data: bytes, length: int, addr: tuple) -> tuple[str, int, int, bytes]:
+    """The reply-cache key: source, identifier, and a digest of the whole packet.
+
+    RFC 5080 duplicates are identical packets. Identifier and authenticator alone
+    would let a packet with other attributes reuse an answered request's reply.
+    """
+    digest = hashlib.blake2b(data[:length], digest_size=16).digest()
+    return addr[0], addr[1], data[1], data[4:20] + digest
 
 
 class RadiusProtocol(asyncio.DatagramProtocol):
@@ -136,19 +153,24 @@ class RadiusServer:
         metrics.DISCONNECTS.labels(outcome.reason.partition(":")[0]).inc()
         return outcome
 
-    async def start(self) -> None:
+    async def start(
+        self, auth_sock: socket.socket | None = None, acct_sock: socket.socket | None = None
+    ) -> None:
+        """Listen on the given bound sockets, or bind the configured ports (never shared:
+        a taken port raises ``AddressInUse``)."""
         loop = asyncio.get_running_loop()
         host = self._settings.radius_host
-        for port, number in (
-            (AUTH, self._settings.radius_auth_port),
-            (ACCT, self._settings.radius_acct_port),
-        ):
+        if auth_sock is None:
+            auth_sock = bind_udp(host, self._settings.radius_auth_port, "radius_auth_port")
+        if acct_sock is None:
+            try:
+                acct_sock = bind_udp(host, self._settings.radius_acct_port, "radius_acct_port")
+            except BaseException:
+                auth_sock.close()
+                raise
+        for port, sock in ((AUTH, auth_sock), (ACCT, acct_sock)):
             transport, protocol = await loop.create_datagram_endpoint(
-                self._factory(port),
-                local_addr=(host, number),
-                # Workers share a fixed port. With port 0, SO_REUSEPORT would let the
-                # kernel hand out a port another listener already shares.
-                reuse_port=number != 0,
+                self._factory(port), sock=sock
             )
             self._protocols.append(protocol)
             bound = transport.get_extra_info("sockname")[1]
@@ -209,22 +231,21 @@ class RadiusServer:
 
     def receive(self, protocol: RadiusProtocol, data: bytes, addr: tuple) -> None:
         started = time.perf_counter()
+        # Verified first, the reply cache after: a packet that fails any check is dropped
+        # and counted even when it reuses an answered request's identifier and
+        # authenticator.
         try:
-            client, key = self._admit(protocol._port, data, addr)
+            client, length = self._admit(protocol._port, data, addr)
+            request = self._decode(protocol._port, data, client)
         except Drop as drop:
             metrics.RADIUS_DROPS.labels(str(drop)).inc()
             return
+        key = _request_key(data, length, addr)
         cached = self._cache.begin(key)
         if cached is not None:
             metrics.RADIUS_DUPLICATES.labels(protocol._port.kind).inc()
             if cached and protocol.transport is not None:
                 protocol.transport.sendto(cached, addr)
-            return
-        try:
-            request = self._decode(protocol._port, data, client)
-        except Drop as drop:
-            self._cache.forget(key)
-            metrics.RADIUS_DROPS.labels(str(drop)).inc()
             return
         task = asyncio.get_running_loop().create_task(
             self._answer(protocol, request, client, addr, key, started)
@@ -232,7 +253,8 @@ class RadiusServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _admit(self, port: _Port, data: bytes, addr: tuple) -> tuple[NasClient, tuple]:
+    def _admit(self, port: _Port, data: bytes, addr: tuple) -> tuple[NasClient, int]:
+        """The client and the declared length, after the checks that need no secret."""
         if len(data) < MIN_LENGTH:
             raise Drop("malformed")
         length = int.from_bytes(data[2:4], "big")
@@ -244,7 +266,7 @@ class RadiusServer:
         if data[0] != port.code:
             raise Drop("unexpected_code")
         check_attribute_lengths(data, length)
-        return client, (addr[0], addr[1], data[1], data[4:20])
+        return client, length
 
     def _decode(self, port: _Port, data: bytes, client: NasClient) -> rp.Packet:
         # Octets past the declared length are padding (RFC 2865 section 3): ignore them.

@@ -29,8 +29,11 @@
 -- ARGV[18] the counter the caller priced with ("" none)
 -- KEYS[5] member-lines hash     mlines:{b:N}:<account>
 -- KEYS[6] counters hash         counters:{b:N}:<account>
--- ARGV[12..18] and KEYS[5..6] may be left out, together, for a call with no member and
--- no counter (most calls): fewer bytes on the hot path.
+-- ARGV[19] "1": the plan's reservation policy is "share": a call holds at most the
+--          available funds divided by the account's free lines (this call's included),
+--          and never less than its first block
+-- ARGV[12..19] and KEYS[5..6] may be left out, together, for a call with no member, no
+-- counter and no share (most calls): fewer bytes on the hot path.
 --
 -- Available funds are balance + credit_limit - reserved - committed (funds kept for
 -- the plan's upcoming recurring charges). A call whose longest duration costs
@@ -45,12 +48,17 @@
 --   {"DONE"}                  the call id was already stopped
 --   {"PLAN", actual_plan}     rate again with the account's real plan
 --   {"REJ", reason}
+--   {"REJ", "funds_held_by_live_calls", live_calls}
+--                             refused for want of funds that live calls of the account
+--                             hold: without their holds it would have been granted
 --   {"CNT", seconds, counter} the counter that applies and its free seconds are not
 --                             ARGV[18] and ARGV[14]: price again with them
 -- A live-calls entry is "<held>|<started>|<used>|<debited>|<record>": funds still
 -- held, start time (0 = not started), last reported seconds, amount debited so far.
--- A reservation is min(available, ARGV[5]); the caller turns it into the longest
--- duration it pays for with the shared rating function.
+-- A reservation is min(available, ARGV[5]) (with share, also at most available / free
+-- lines, yet at least the first block); the caller turns it into the longest duration
+-- it pays for with the shared rating function. With the slice policy the caller passes
+-- the cost of one slice as ARGV[5] (quota mode).
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'REJ', 'account_not_found'}
@@ -123,20 +131,39 @@ local credit_limit = tonumber(a[4])
 local available = balance + credit_limit - tonumber(a[5]) - tonumber(a[10] or 0)
 local reserve = tonumber(ARGV[5])
 local first_block = tonumber(ARGV[3])
-if reserve > 0 then
+-- Why funds of `free` would not do for this call, or nil when they would.
+local function short_of(free)
   -- A first block the counter covers costs nothing: such a call needs no funds to
   -- start, only the minimum balance, and what it holds pays for what follows.
-  if first_block > 0 and available <= 0 then
+  if first_block > 0 and free <= 0 then
     if credit_limit > 0 then
-      return {'REJ', 'credit_limit_reached'}
+      return 'credit_limit_reached'
     end
-    return {'REJ', 'zero_balance'}
+    return 'zero_balance'
   end
-  if available < tonumber(a[9] or ARGV[4]) then
-    return {'REJ', 'below_minimum_balance'}
+  if free < tonumber(a[9] or ARGV[4]) then
+    return 'below_minimum_balance'
   end
-  if available < first_block then
-    return {'REJ', 'insufficient_funds'}
+  if free < first_block then
+    return 'insufficient_funds'
+  end
+  return nil
+end
+if reserve > 0 then
+  local reason = short_of(available)
+  if reason then
+    local held = tonumber(a[5])
+    local live = redis.call('HLEN', KEYS[2])
+    if held > 0 and live > 0 and not short_of(available + held) then
+      -- Only the live calls' holds stand in the way: say so, not "no funds".
+      return {'REJ', 'funds_held_by_live_calls', live}
+    end
+    return {'REJ', reason}
+  end
+  if (ARGV[19] or '') == '1' then
+    -- Share: leave the account's other free lines their part of what is available.
+    local free_lines = math.max(tonumber(a[6]) - redis.call('HLEN', KEYS[2]), 1)
+    reserve = math.min(reserve, math.max(math.floor(available / free_lines), first_block))
   end
   reserve = math.max(math.min(reserve, available), 0)
 end

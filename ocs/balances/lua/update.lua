@@ -17,8 +17,12 @@
 -- ARGV[9] quota mode: the cost (micro-units) the call's funds must cover after this
 --         report, i.e. of the used seconds plus the next slice; "" for no new slice.
 --         The call's hold grows towards it as far as the free funds allow.
+-- ARGV[10] "1": a call already started keeps its expiry (its grant does not change);
+--          ARGV[7] then applies only to a call this report shows started (no Start came).
+--          "" or "0": ARGV[7] applies.
 --
--- Returns {"OK", used, debited, held}, {"DONE"} or {"NOCALL"}.
+-- Returns {"OK", used, debited, held, started_now}, {"DONE"} or {"NOCALL"};
+-- started_now is 1 when this report is the first sign the call started.
 -- Money moves from the call's reservation to the debit: the funds held for the
 -- call shrink by what is debited, so available funds never count it twice.
 
@@ -34,8 +38,10 @@ local held, started, used, debited, record = string.match(live,
 held = tonumber(held)
 used = math.max(tonumber(used), tonumber(ARGV[2]))
 debited = tonumber(debited)
+local started_now = 0
 if started == '0' then
   started = int(math.floor(tonumber(ARGV[5]) / 1000) - tonumber(ARGV[2]))
+  started_now = 1
 end
 if ARGV[4] == '1' and tonumber(ARGV[3]) > debited then
   local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
@@ -63,5 +69,7 @@ if ARGV[9] ~= '' and tonumber(ARGV[9]) > held + debited then
 end
 redis.call('HSET', KEYS[2], ARGV[1],
   int(held) .. '|' .. started .. '|' .. int(used) .. '|' .. int(debited) .. '|' .. record)
-redis.call('ZADD', KEYS[3], ARGV[7], ARGV[8])
-return {'OK', used, debited, held}
+if (ARGV[10] or '') ~= '1' or started_now == 1 then
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[8])
+end
+return {'OK', used, debited, held, started_now}

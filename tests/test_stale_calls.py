@@ -1,0 +1,139 @@
+"""A call whose stop was lost expires at its grant plus grace and is charged its grant.
+
+Field trials: a Kamailio dialog whose BYE was lost held 0.10 and a line for ~65
+minutes (the plan's longest call) although ocs had granted 10 s, and was then
+charged 0 under ``last_reported``. France here costs 0.01 a second (1/1 billing):
+0.10 buys exactly 10 s on a plan whose longest call is four hours.
+"""
+
+import time
+
+import pytest
+
+from ocs.balances import keys
+from ocs.charging.janitor import Janitor
+from ocs.charging.lifecycle import CallService
+from ocs.config import with_overrides
+from tests.conftest import RETAIL_DECK, RunningApp, account, add_plan
+from tests.radius_udp import sample
+
+DECK = RETAIL_DECK + "33,France,0.600,0,1,1\n"
+FRANCE = "33123456789"
+GRACE = 30
+CLOSED = "ocs_stale_calls_closed_total"
+
+
+def service(app: RunningApp, clock: float | None = None, **overrides: object) -> CallService:
+    """A call service with a short grace (and a fixed clock, when given)."""
+    settings = with_overrides(app.services.settings, call_expiry_grace=GRACE, **overrides)
+    if clock is None:
+        return CallService(app.services.catalog, app.services.store, settings)
+    return CallService(app.services.catalog, app.services.store, settings, clock=lambda: clock)
+
+
+async def expiry_of(app: RunningApp, account_id: str, call_id: str) -> int | None:
+    score = await app.services.redis.zscore(
+        keys.call_expiry(keys.bucket_of(account_id)), keys.expiry_member(account_id, call_id)
+    )
+    return None if score is None else int(score)
+
+
+async def setup(app: RunningApp, account_id: str, balance: str = "0.10") -> None:
+    await add_plan(app.services, deck=DECK, max_call_duration=14_400)
+    status, body = await app.post(
+        "/v1/accounts", {"id": account_id, "plan": "retail", "balance": balance}
+    )
+    assert status == 201, body
+
+
+async def test_a_call_granted_10_s_expires_after_10_s_and_grace_and_is_charged_10_s(
+    app: RunningApp,
+) -> None:
+    await setup(app, "lost-bye")
+    now = int(time.time())
+    calls = service(app, clock=now)
+    grant = await calls.authorize("lost-bye", FRANCE, call_id="dialog-1")
+    assert grant.max_duration == 10
+    assert await expiry_of(app, "lost-bye", "dialog-1") == now + 10 + GRACE
+
+    janitor = Janitor(calls, app.services.store)
+    assert await janitor.sweep(now=now + 10 + GRACE - 1) == 0
+    closed_before = sample(CLOSED, cause="expired")
+    assert await janitor.sweep(now=now + 10 + GRACE) == 1
+    assert sample(CLOSED, cause="expired") == closed_before + 1
+    view = await account(app, "lost-bye")
+    # Charged the 10 s the switch was told to cut at: the whole 0.10, line released.
+    assert (view["balance"], view["reserved"], view["lines_in_use"]) == (
+        "0.000000",
+        "0.000000",
+        0,
+    )
+
+
+async def test_last_reported_charges_the_last_report(app: RunningApp) -> None:
+    await setup(app, "quiet")
+    now = int(time.time())
+    calls = service(app, clock=now, stale_call_policy="last_reported")
+    await calls.authorize("quiet", FRANCE, call_id="talked")
+    await calls.update("talked", 4)
+    # An interim does not move the expiry of a call outside quota mode: its grant stays.
+    assert await expiry_of(app, "quiet", "talked") == now + 10 + GRACE
+    assert await Janitor(calls, app.services.store).sweep(now=now + 10 + GRACE) == 1
+    view = await account(app, "quiet")
+    assert (view["balance"], view["reserved"]) == ("0.060000", "0.000000")
+
+
+async def test_a_call_that_waits_for_its_start_expires_at_its_grant_from_the_start(
+    app: RunningApp,
+) -> None:
+    await setup(app, "ringing")
+    calls = service(app, start_timeout=60)
+    before = int(time.time())
+    await calls.authorize("ringing", FRANCE, call_id="rings", wait_for_start=True)
+    unstarted = await expiry_of(app, "ringing", "rings")
+    assert unstarted is not None and before + 60 <= unstarted <= int(time.time()) + 60
+    started = await calls.start("rings")
+    expiry = await expiry_of(app, "ringing", "rings")
+    assert expiry == started.started_at + 10 + GRACE
+    assert await Janitor(calls, app.services.store).sweep(now=expiry) == 1
+    assert (await account(app, "ringing"))["balance"] == "0.000000"
+
+
+async def test_a_quota_update_moves_the_expiry_to_the_slice_reached(app: RunningApp) -> None:
+    await setup(app, "slices")
+    calls = service(app)
+    grant = await calls.authorize("slices", FRANCE, call_id="sliced", quota=4)
+    assert (grant.max_duration, grant.final) == (4, False)
+    progress = await calls.update("sliced", 4)
+    assert (progress.granted, progress.final) == (8, False)
+    assert await expiry_of(app, "slices", "sliced") == progress.started_at + 8 + GRACE
+    # The funds reach 10 s, not the 12 the next slice asks: the call expires at 10.
+    progress = await calls.update("sliced", 8)
+    assert (progress.granted, progress.final) == (10, True)
+    assert await expiry_of(app, "slices", "sliced") == progress.started_at + 10 + GRACE
+
+
+@pytest.mark.parametrize("policy", ["full_grant", "last_reported"])
+async def test_a_nas_restart_close_is_counted_by_cause(app: RunningApp, policy: str) -> None:
+    await setup(app, "rebooted")
+    calls = service(app, stale_call_policy=policy)
+    await calls.authorize("rebooted", FRANCE, call_id="on-nas", nas="sbc-9")
+    before = sample(CLOSED, cause="nas-reboot")
+    closed = await calls.close_calls_of_nas(
+        "sbc-9", cause="nas-reboot", before_ms=int(time.time() * 1000) + 1000
+    )
+    assert closed == 1
+    assert sample(CLOSED, cause="nas-reboot") == before + 1
+    expected = "0.000000" if policy == "full_grant" else "0.100000"
+    assert (await account(app, "rebooted"))["balance"] == expected
+
+
+async def test_an_interim_without_a_start_sets_the_expiry_from_the_grant(
+    app: RunningApp,
+) -> None:
+    await setup(app, "no-start")
+    calls = service(app, start_timeout=60)
+    await calls.authorize("no-start", FRANCE, call_id="lost-start", wait_for_start=True)
+    # The Start was lost; an interim says the call has run 3 s.
+    progress = await calls.update("lost-start", 3)
+    assert await expiry_of(app, "no-start", "lost-start") == progress.started_at + 10 + GRACE

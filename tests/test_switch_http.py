@@ -1,0 +1,163 @@
+"""The HTTP call lifecycle as switches drive it (Kamailio http_client, Asterisk CURL).
+
+France here costs 0.01 a second, billed per second, so cents count seconds.
+"""
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.conftest import RETAIL_DECK, RunningApp, account, add_plan
+
+DECK = RETAIL_DECK + "33,France,0.600,0,1,1\n"
+FRANCE = "33123456789"
+
+
+async def setup(app: RunningApp, account_id: str) -> None:
+    await add_plan(app.services, deck=DECK, max_lines=4)
+    status, body = await app.post(
+        "/v1/accounts", {"id": account_id, "plan": "retail", "balance": "10.00"}
+    )
+    assert status == 201, body
+
+
+async def authorize(app: RunningApp, account_id: str, call_id: str, **extra: object) -> dict:
+    status, body = await app.post(
+        "/v1/calls", {"account": account_id, "destination": FRANCE, "call_id": call_id, **extra}
+    )
+    assert status == 201, body
+    return body
+
+
+async def raw_post(app: RunningApp, path: str, headers: str = "") -> tuple[int, dict]:
+    """POST with no body (and no Content-Type unless ``headers`` has one), byte for
+    byte as a switch may send it."""
+    reader, writer = await asyncio.open_connection(app.client.host, app.client.port)
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: ocs\r\nContent-Length: 0\r\n{headers}"
+        f"Authorization: Bearer {app.admin_token}\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(request.encode())
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+async def test_start_takes_an_empty_body_without_a_content_type(app: RunningApp) -> None:
+    await setup(app, "kam")
+    await app.services.calls.authorize("kam", FRANCE, call_id="dlg-1", wait_for_start=True)
+    status, body = await raw_post(app, "/v1/calls/dlg-1/start")
+    assert status == 200, body
+    assert body["call_id"] == "dlg-1" and body["started_at"] > 0
+    # Kamailio's http_client_query sends "{}" as the POST data: the same answer.
+    status, again = await app.post("/v1/calls/dlg-1/start", {})
+    assert (status, again["started_at"]) == (200, body["started_at"])
+    # And the stop may come as bare: the time since the start is charged.
+    status, stopped = await raw_post(app, "/v1/calls/dlg-1/stop")
+    assert status == 200, stopped
+    assert stopped["duration"] <= int(time.time()) - body["started_at"] + 1
+
+
+async def test_an_empty_post_as_libcurl_sends_it_is_taken(app: RunningApp) -> None:
+    # Kamailio's http_client_request(url, "POST", "", ...) and Asterisk's CURL() with
+    # empty data: libcurl adds a form Content-Type to the empty body.
+    await setup(app, "curl")
+    await app.services.calls.authorize("curl", FRANCE, call_id="c-1", wait_for_start=True)
+    form = "Content-Type: application/x-www-form-urlencoded\r\n"
+    status, started = await raw_post(app, "/v1/calls/c-1/start", form)
+    assert status == 200, started
+    status, stopped = await raw_post(app, "/v1/calls/c-1/stop", form)
+    assert (status, stopped["repeated"]) == (200, False), stopped
+
+
+@pytest.mark.parametrize(
+    ("reported", "charged_seconds"),
+    [(12, 12), ("12.000", 12), ("12.01", 13), ("0.2", 1), ("1.2e1", 12), ("0", 0)],
+)
+async def test_a_decimal_duration_rounds_up_to_the_started_second(
+    app: RunningApp, reported: object, charged_seconds: int
+) -> None:
+    await setup(app, "ast")
+    await authorize(app, "ast", "cdr-1")
+    # A JSON number written as the switch wrote it (a decimal is never read as a float).
+    raw = f'{{"duration": {reported}}}'
+    response = await app.client.post(
+        "/v1/calls/cdr-1/stop", data=raw, headers={"Content-Type": "application/json"}
+    )
+    body = await response.json()
+    assert response.status == 200, body
+    assert (body["duration"], body["billed_seconds"]) == (charged_seconds, charged_seconds)
+    assert body["cost"] == f"0.{charged_seconds:02d}0000"
+    assert (await account(app, "ast"))["balance"] == (
+        f"9.{100 - charged_seconds:02d}0000" if charged_seconds else "10.000000"
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", ['"12"', "-1", "-0.5", "true", "604801", "1e400", "[12]", '{"s": 1}']
+)
+async def test_a_duration_that_is_not_seconds_is_a_400_naming_it(app: RunningApp, bad: str) -> None:
+    await setup(app, "bad")
+    await authorize(app, "bad", "bad-1")
+    response = await app.client.post(
+        "/v1/calls/bad-1/stop",
+        data=f'{{"duration": {bad}}}',
+        headers={"Content-Type": "application/json"},
+    )
+    body = await response.json()
+    assert response.status == 400, body
+    assert body["error"]["field"] == "duration"
+    assert (await account(app, "bad"))["lines_in_use"] == 1  # nothing was stopped
+
+
+async def test_a_stop_without_a_duration_charges_the_time_since_start(app: RunningApp) -> None:
+    await setup(app, "mute")
+    await app.services.calls.authorize("mute", FRANCE, call_id="mute-1", wait_for_start=True)
+    now = int(time.time())
+    # The switch's Start said the call was answered 20 s ago.
+    await app.services.store.start(
+        account_id="mute", call_id="mute-1", started_at=now - 20, expires_at=now + 3600
+    )
+    response = await app.client.post("/v1/calls/mute-1/stop")  # no body at all
+    body = await response.json()
+    assert response.status == 200, body
+    assert 20 <= body["duration"] <= int(time.time()) - now + 20
+    assert body["cost"] == f"0.{body['duration']:02d}0000"
+
+
+async def test_a_repeated_stop_with_another_duration_says_so(app: RunningApp) -> None:
+    await setup(app, "rep")
+    await authorize(app, "rep", "rep-1")
+    status, first = await app.post("/v1/calls/rep-1/stop", {"duration": 30})
+    assert status == 200
+    assert (first["repeated"], first["duration_differs"], first["charged_duration"]) == (
+        False,
+        False,
+        30,
+    )
+    status, same = await app.post("/v1/calls/rep-1/stop", {"duration": 30})
+    assert (status, same["repeated"], same["duration_differs"]) == (200, True, False)
+    status, other = await app.post("/v1/calls/rep-1/stop", {"duration": 45})
+    assert status == 200
+    assert (other["repeated"], other["duration_differs"], other["charged_duration"]) == (
+        True,
+        True,
+        30,
+    )
+    assert other["cost"] == first["cost"] == "0.300000"
+    assert (await account(app, "rep"))["balance"] == "9.700000"  # charged once
+
+
+async def test_a_repeated_authorize_answers_200_with_the_same_grant(app: RunningApp) -> None:
+    await setup(app, "again")
+    payload = {"account": "again", "destination": FRANCE, "call_id": "inv-1"}
+    status, first = await app.post("/v1/calls", payload)
+    assert (status, first["repeated"]) == (201, False)
+    status, again = await app.post("/v1/calls", payload)
+    assert (status, again["repeated"]) == (200, True)
+    assert (again["max_duration"], again["reserved"]) == (first["max_duration"], first["reserved"])
+    assert (await account(app, "again"))["lines_in_use"] == 1
