@@ -266,9 +266,11 @@ class Settings:
     http_host: str = _setting("0.0.0.0", _parse_str, "HTTP listen address")
     http_port: int = _setting(8080, _parse_int(0, 65535), "HTTP listen port (0: any free port)")
     workers: int = _setting(
-        1, _parse_int(1, 256), "server processes sharing the listening sockets (ocs/workers.py)"
+        1, _parse_int(1, 256), "server processes on the sockets the parent binds (ocs/workers.py)"
     )
-    log_level: str = _setting("INFO", _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "")
+    log_level: str = _setting(
+        "INFO", _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "least severe log level written"
+    )
     log_format: str = _setting(
         "auto",
         _parse_choice("auto", "json", "text"),

@@ -42,6 +42,8 @@ class Reason(Enum):
     CREDIT_LIMIT_REACHED = "credit_limit_reached"
     ZERO_BALANCE = "zero_balance"
     INSUFFICIENT_FUNDS = "insufficient_funds"
+    # The funds are there but held by the account's live calls: retry when one ends.
+    FUNDS_HELD_BY_LIVE_CALLS = "funds_held_by_live_calls"
     BELOW_MINIMUM_BALANCE = "below_minimum_balance"
     DESTINATION_NOT_ALLOWED = "destination_not_allowed"
     INVALID_DECK = "invalid_deck"
@@ -88,6 +90,7 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.CREDIT_LIMIT_REACHED: _ReasonInfo(402, 6, 402),
     Reason.ZERO_BALANCE: _ReasonInfo(402, 4, 402),
     Reason.INSUFFICIENT_FUNDS: _ReasonInfo(402, 12, 402),
+    Reason.FUNDS_HELD_BY_LIVE_CALLS: _ReasonInfo(402, 4, 402),
     Reason.BELOW_MINIMUM_BALANCE: _ReasonInfo(402, 12, 402),
     Reason.DESTINATION_NOT_ALLOWED: _ReasonInfo(403, 9, 403),
     Reason.INVALID_DECK: _ReasonInfo(400, 1, 400),

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -93,6 +94,15 @@ async def _serve(
     async with open_runtime(settings) as services:
         if before_listen is not None:
             await before_listen(services)
+        if settings.admin_token_required:
+            made = await api_tokens.ensure_bootstrap_admin_token(services.pool, settings)
+            if made is not None:
+                # Shown once, on the terminal only: never through the logger (logs are shipped).
+                print(
+                    f"ocs: bootstrap admin token (shown once; only its digest is kept): {made}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         runner = web.AppRunner(
             create_app(services),
             handle_signals=False,
@@ -118,7 +128,9 @@ async def _serve(
         writer_stopping = asyncio.Event()
         background: list[asyncio.Task[None]] = []
         if settings.run_janitor:
-            janitor = Janitor(services.calls, services.store, settings.janitor_interval)
+            janitor = Janitor(
+                services.calls, services.store, settings.janitor_interval, health=services.health
+            )
             background.append(asyncio.create_task(janitor.run(writer_stopping)))
         if settings.run_ledger_writer:
             writer = LedgerWriter(
@@ -126,6 +138,7 @@ async def _serve(
                 services.pool,
                 batch_size=settings.ledger_batch_size,
                 claim_idle_ms=settings.ledger_claim_idle_ms,
+                health=services.health,
             )
             writer_task = asyncio.create_task(_run_ledger_writer(writer, writer_stopping))
         log.info("ocs serving", extra={"http_host": settings.http_host, "http_port": port})
@@ -134,6 +147,8 @@ async def _serve(
                 "admin API open: no API token exists; `ocs tokens create --name NAME --role"
                 " admin` closes it (or set admin_token_required)"
             )
+        if settings.switch_open:
+            log.warning("switch_open: the HTTP call lifecycle is accepted from any address")
         if on_ready is not None:
             await on_ready(
                 services,

@@ -125,11 +125,15 @@ async def reset_state(redis_url: str, database_url: str) -> None:
         await redis.aclose()
     conn = await asyncpg.connect(database_url)
     try:
-        exists = await conn.fetchval("SELECT to_regclass('public.plans') IS NOT NULL")
-        if exists:
+        # Every table the migrations made, listed from the database itself, so a new
+        # table can never carry state from one test into the next.
+        tables = await conn.fetch(
+            "SELECT quote_ident(tablename) AS name FROM pg_tables"
+            " WHERE schemaname = 'public' AND tablename <> 'schema_migrations'"
+        )
+        if tables:
             await conn.execute(
-                "TRUNCATE plans, zones, decks, tariffs, accounts, ledger, cdrs, carriers,"
-                " carrier_rates, route_sets, route_set_carriers, api_tokens CASCADE"
+                f"TRUNCATE {', '.join(row['name'] for row in tables)} RESTART IDENTITY CASCADE"
             )
     finally:
         await conn.close()

@@ -17,6 +17,7 @@ EXPECTED = {
     "credit_limit_reached": 402,
     "below_minimum_balance": 402,
     "counter_exhausted": 402,
+    "funds_held_by_live_calls": 402,
     "account_suspended": 403,
     "account_locked": 403,
     "account_expired": 403,

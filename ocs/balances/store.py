@@ -374,11 +374,17 @@ class BalanceStore:
         # calls cannot grow Redis. A granted call then keeps it for its whole life.
         ref_key = keys.call_ref(call_id)
         ref = self._pipe.execute("SET", ref_key, record, "EX", REF_WINDOW, "NX")
-        reply, _ = await _all_or_first_error([outcome, ref])
+        reply, ref_written = await _all_or_first_error([outcome, ref])
         status = _text(reply[0])
         if status == "OK":
             reserved = int(reply[1])
-            pending = [self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)]
+            # Ours already: only its life changes. Else (a refused attempt's, a stale
+            # one's) it is replaced by this call's.
+            pending = [
+                self._pipe.execute("EXPIRE", ref_key, ref_ttl)
+                if ref_written is not None
+                else self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)
+            ]
             # Funds that cover the whole grant asked for need no second look.
             expiry = None
             if grant_expiry is not None and reserved < cap_cost:
@@ -395,7 +401,10 @@ class BalanceStore:
                         keys.expiry_member(account_id, call_id),
                     )
                 )
-            await _all_or_first_error(pending)
+            extended = (await _all_or_first_error(pending))[0]
+            if extended == 0:
+                # The window passed before the grant came back: write it whole.
+                await self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)
             return Reserved(reserved, int(reply[2]), int(reply[3]), int(reply[4]))
         if status == "DUP":
             return AlreadyLive(parse_live_entry(reply[1]), int(reply[2]), int(reply[3]))

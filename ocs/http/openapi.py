@@ -507,8 +507,9 @@ PATHS: dict[str, dict[str, Any]] = {
                             "type": "number",
                             "minimum": 0,
                             "examples": [45, 45.5],
-                            "description": "seconds the call lasted, a decimal number;"
-                            " absent: the time since the call started",
+                            "description": "seconds the call lasted, a decimal number"
+                            " (a started second counts whole: 12.01 is 13); absent: the time"
+                            " since the call started",
                         }
                     },
                     [],
@@ -533,8 +534,10 @@ PATHS: dict[str, dict[str, Any]] = {
                                         " not the one charged",
                                     },
                                     "charged_duration": {
-                                        "description": "a repeated stop: the duration the"
-                                        " first stop charged, in seconds"
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "the duration charged, in whole"
+                                        " seconds: a repeated stop's is the first stop's",
                                     },
                                 },
                             }

@@ -24,7 +24,7 @@ import asyncpg
 from pyrad import packet as rp
 from redis.exceptions import RedisError
 
-from ocs import metrics
+from ocs import backend_health, metrics
 from ocs.balances.pin_guard import PinGuard
 from ocs.charging.lifecycle import CallRecord, CallService
 from ocs.config import Settings
@@ -336,10 +336,14 @@ class RadiusServer:
             # handled anew rather than from the cache.
             self._cache.forget(key)
             metrics.RADIUS_DROPS.labels("backend_unavailable").inc()
-            log.error(
-                "radius request not answered: backend unavailable",
-                extra={"client": client.name, "error": str(exc)},
-            )
+            # A lost backend is logged once by the health tracker, not once per packet.
+            if isinstance(exc, OcsError) or not backend_health.default().report(
+                exc, default=backend_health.POSTGRESQL
+            ):
+                log.error(
+                    "radius request not answered: backend unavailable",
+                    extra={"client": client.name, "error": str(exc)},
+                )
             return
         except Exception:
             self._cache.forget(key)
