@@ -1154,20 +1154,31 @@ class CallService:
             record = CallRecord.unpack(entry.record)
             if record.nas != nas or record.authorized_at_ms >= before_ms:
                 continue
-            charge = await self.close_live_call(account_id, call_id, cause, expired_by=None)
+            charge = await self.close_live_call(
+                account_id, call_id, cause, expired_by=None, ended_at=before_ms // 1000
+            )
             if charge is not None:
                 closed += 1
                 metrics.STALE_CALLS_CLOSED.labels(charge.cause).inc()
         return closed
 
     async def close_live_call(
-        self, account_id: str, call_id: str, cause: str, *, expired_by: int | None
+        self,
+        account_id: str,
+        call_id: str,
+        cause: str,
+        *,
+        expired_by: int | None,
+        ended_at: int | None = None,
     ) -> CallCharge | None:
         """Close a call the switch will never stop (expired, NAS rebooted), by policy.
 
         A call never started is released free of charge; a started one is charged
         for its last reported usage (``stale_call_policy = "last_reported"``) or for
-        its whole grant (``"full_grant"``). None if it is gone or was extended.
+        its grant (``"full_grant"``). ``ended_at`` (epoch seconds) is when the call
+        is known to have ended at the latest, a NAS's restart: under ``full_grant``
+        it is then charged up to that moment, never more than its grant, never less
+        than its last report. None if it is gone or was extended.
         """
         entry = await self._store.live_entry(account_id, call_id)
         if entry is None:
@@ -1177,7 +1188,10 @@ class CallService:
             duration, cause = 0, "start-timeout" if cause == "expired" else cause
         elif self._settings.stale_call_policy == "full_grant":
             # What the switch was told it may run: it should have cut the call there.
-            duration = max(self.granted_seconds(record, entry), entry.used)
+            granted = self.granted_seconds(record, entry)
+            if ended_at is not None:
+                granted = min(granted, max(ended_at - entry.started, 0))
+            duration = max(granted, entry.used)
         else:
             duration = entry.used
         result = await self._close(record, duration, cause, expired_by=expired_by)
