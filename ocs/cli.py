@@ -251,13 +251,29 @@ async def _with_services(
         return await action(services)
 
 
-def _read_text(path: Path) -> str:
+def _print_deck_problems(exc: OcsError) -> None:
+    """A refused deck or code list, one problem a line: it may list a hundred."""
+    problems: list[tuple[int, str]] = getattr(exc, "problems", [])
+    what = getattr(exc, "what", "file")
+    print(f"ocs: {exc.reason.value}: {what} rejected, nothing applied", file=sys.stderr)
+    for line, message in problems:
+        print(f"  line {line}: {message}", file=sys.stderr)
+    more = int(getattr(exc, "more", 0))
+    if more:
+        print(
+            f"  and {more} more problems (only the first {len(problems)} are listed)",
+            file=sys.stderr,
+        )
+
+
+def _read_csv(path: Path) -> bytes:
+    """A CSV file's bytes, undecoded: the parser names each line that is not UTF-8,
+    and a carriage return inside a quoted field stays in its line (text mode would
+    turn it into a line break and shift every later line number)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes()
     except OSError as exc:
         raise UsageError(f"file: cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"file: {path} is not UTF-8 text") from None
 
 
 def _time(text: str | None, flag: str) -> Any:
@@ -363,7 +379,7 @@ def _run_command(
         _print({"plans": [plan_json(p) for p in plans]})
         return 0
     if command == "tariffs":
-        text = _read_text(args.file)
+        text = _read_csv(args.file)
         _compile_if_cold()
         rows = parse_deck(text)
         result = uvloop.run(
@@ -406,7 +422,7 @@ def _run_command(
             else _checked(lambda: catalog_store.validate_plan_id(args.plan, "--plan"))
         )
         if args.codes_command == "import":
-            text = _read_text(args.file)
+            text = _read_csv(args.file)
             _compile_if_cold()
             entries = parse_code_list(text)
             count = uvloop.run(
@@ -559,6 +575,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ocs: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except OcsError as exc:
+        if exc.reason is Reason.INVALID_DECK:
+            _print_deck_problems(exc)
+            return EXIT_REFUSED
         if exc.reason is Reason.INVALID_FIELD:
             # A value given on the command line that the service refused.
             print(f"ocs: usage error: {exc.message}", file=sys.stderr)

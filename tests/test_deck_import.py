@@ -480,7 +480,9 @@ async def test_a_deck_that_is_not_utf8_is_refused_over_http(app: RunningApp) -> 
     deck = (HEADER + "225,Côte d'Ivoire,0.200,0,60,60\n").encode("latin-1")
     status, body = await import_over_http(app, "retail", deck)
     assert status == 400, body
-    assert (body["error"]["reason"], body["error"]["field"]) == ("invalid_field", "deck")
+    assert (body["error"]["reason"], body["error"]["field"]) == ("invalid_deck", "deck")
+    # The line that is not UTF-8 is named (the header is line 1).
+    assert [problem["line"] for problem in body["error"]["problems"]] == [2]
     await assert_deck_a_still_serves(app)
 
 

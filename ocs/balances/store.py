@@ -273,7 +273,7 @@ class BalanceStore:
     async def get_account(self, account_id: str) -> AccountState | None:
         fields_future = self._pipe.execute("HGETALL", keys.account(account_id))
         lines_future = self._pipe.execute("HLEN", keys.live_calls(account_id))
-        raw, lines = await fields_future, await lines_future
+        raw, lines = await _all_or_first_error([fields_future, lines_future])
         if not raw:
             return None
         # HGETALL arrives as a flat [field, value, ...] list on the lean wire.

@@ -149,7 +149,12 @@ def validate_schedule(data: object) -> BandSchedule:
             raise invalid(f"{name}.end", "must be after start (split a rule at midnight)")
         rules.append(BandRule(raw["band"], frozenset(days), start, end))
     holidays = []
-    for n, raw in enumerate(data.get("holidays", [])):
+    raw_holidays = data.get("holidays")
+    if raw_holidays is None:
+        raw_holidays = []
+    if not isinstance(raw_holidays, list) or len(raw_holidays) > 366:
+        raise invalid("holidays", "expected a list of dates such as 2026-12-25")
+    for n, raw in enumerate(raw_holidays):
         try:
             holidays.append(date.fromisoformat(raw))
         except (TypeError, ValueError):

@@ -110,6 +110,7 @@ class DeckError(OcsError):
     ) -> None:
         self.problems = problems
         self.more = more
+        self.what = what
         shown = "; ".join(f"line {line}: {message}" for line, message in problems)
         if more:
             shown += f"; and {more} more problem{'s' if more > 1 else ''}"

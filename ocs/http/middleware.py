@@ -16,7 +16,7 @@ import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from ocs import metrics
+from ocs import backend_health, metrics
 from ocs.errors import OcsError, Reason, invalid, sip_status_of_http
 from ocs.http.json_io import UTF8_CHARSETS, text_problem
 
@@ -134,7 +134,9 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         raise
     except (RedisError, OSError, *_POSTGRES_DOWN) as exc:
         result = Reason.UNAVAILABLE.value
-        log.error("backend unavailable", extra={"endpoint": endpoint, "error": str(exc)})
+        # A lost backend is logged once by the process's health tracker, not per request.
+        if not backend_health.default().report(exc, default=backend_health.POSTGRESQL):
+            log.error("backend unavailable", extra={"endpoint": endpoint, "error": str(exc)})
         return error_response(OcsError(Reason.UNAVAILABLE, "a backend is unavailable; retry"))
     except Exception as exc:
         refusal = input_error(exc)
