@@ -45,7 +45,14 @@ def start_server(
 ) -> subprocess.Popen[bytes]:
     """`ocs serve` in a child process, configured only by what is passed here."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
-    env.update({"OCS_LOG_LEVEL": "WARNING", **(extra_env or {})})
+    env.update(
+        {
+            "OCS_LOG_LEVEL": "WARNING",
+            # The admin API needs a token from the first request: this one, for setup.
+            "OCS_ADMIN_BOOTSTRAP_TOKEN": BENCH_ADMIN_TOKEN,
+            **(extra_env or {}),
+        }
+    )
     if redis_url:
         env["OCS_REDIS_URL"] = redis_url
     if database_url:
@@ -67,6 +74,11 @@ def start_server(
         ],
         env=env,
     )
+
+
+# The admin token `setup` sends (the server takes it as its bootstrap token).
+BENCH_ADMIN_TOKEN = "ocs-benchmark-admin-token"
+ADMIN = {"Authorization": f"Bearer {BENCH_ADMIN_TOKEN}"}
 
 
 def free_port() -> int:
@@ -91,10 +103,12 @@ async def wait_healthy(session: aiohttp.ClientSession, base: str, within: float)
 
 async def setup(session: aiohttp.ClientSession, base: str, accounts: int) -> None:
     async with session.post(
-        f"{base}/v1/plans", json={"id": "bench", "currency": "EUR", "max_lines": 1000}
+        f"{base}/v1/plans",
+        json={"id": "bench", "currency": "EUR", "max_lines": 1000},
+        headers=ADMIN,
     ) as r:
         assert r.status in (201, 409), await r.text()
-    async with session.post(f"{base}/v1/plans/bench/tariffs", data=DECK) as r:
+    async with session.post(f"{base}/v1/plans/bench/tariffs", data=DECK, headers=ADMIN) as r:
         assert r.status == 200, await r.text()
     for n in range(accounts):
         async with session.post(
@@ -105,6 +119,7 @@ async def setup(session: aiohttp.ClientSession, base: str, accounts: int) -> Non
                 "balance": "1000000.00",
                 "max_lines": 1000,
             },
+            headers=ADMIN,
         ) as r:
             assert r.status in (201, 409), await r.text()
 
