@@ -230,12 +230,15 @@ def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
     return tuple(clients)
 
 
-def _setting(default: Any, parse: Callable[[Any], Any], help: str, **options: Any) -> Any:
+def _setting(
+    default: Any, parse: Callable[[Any], Any], help: str, *, flag: bool = False, **options: Any
+) -> Any:
     """Declare one setting: its default, how a configured value is parsed, and what it does.
 
-    The TOML, environment and CLI layers all read this one declaration.
+    The TOML, environment and CLI layers all read this one declaration; ``flag``
+    also makes it a command-line flag (``--http-port``) of every command.
     """
-    metadata = {"parse": parse, "help": help}
+    metadata = {"parse": parse, "help": help, "flag": flag}
     if callable(default) and not isinstance(default, type):
         return field(default_factory=default, metadata=metadata, **options)
     return field(default=default, metadata=metadata, **options)
@@ -252,29 +255,41 @@ class Settings:
         None,
         _parse_optional_url(("redis://", "rediss://", "unix://")),
         "Redis URL; none starts an embedded Redis under data_dir",
+        flag=True,
     )
     database_url: str | None = _setting(
         None,
         _parse_optional_url(("postgresql://", "postgres://")),
         "PostgreSQL DSN; none starts an embedded PostgreSQL under data_dir",
+        flag=True,
     )
     data_dir: Path = _setting(
         default_data_dir,
         lambda value: Path(_parse_str(str(value))),
         "where embedded servers keep their data (default: one place per user)",
+        flag=True,
     )
-    http_host: str = _setting("0.0.0.0", _parse_str, "HTTP listen address")
-    http_port: int = _setting(8080, _parse_int(0, 65535), "HTTP listen port (0: any free port)")
+    http_host: str = _setting("0.0.0.0", _parse_str, "HTTP listen address", flag=True)
+    http_port: int = _setting(
+        8080, _parse_int(0, 65535), "HTTP listen port (0: any free port)", flag=True
+    )
     workers: int = _setting(
-        1, _parse_int(1, 256), "server processes on the sockets the parent binds (ocs/workers.py)"
+        1,
+        _parse_int(1, 256),
+        "server processes on the sockets the parent binds (ocs/workers.py)",
+        flag=True,
     )
     log_level: str = _setting(
-        "INFO", _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "least severe log level written"
+        "INFO",
+        _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "least severe log level written",
+        flag=True,
     )
     log_format: str = _setting(
         "auto",
         _parse_choice("auto", "json", "text"),
         "auto: text on a terminal, JSON lines otherwise",
+        flag=True,
     )
     call_expiry_grace: int = _setting(
         300,
@@ -362,9 +377,13 @@ class Settings:
         1.0, _parse_float, "seconds to wait for a NAS's Disconnect answer, per attempt"
     )
     radius_enabled: bool = _setting(True, _parse_bool, "listen for RADIUS")
-    radius_host: str = _setting("0.0.0.0", _parse_str, "RADIUS listen address")
-    radius_auth_port: int = _setting(1812, _parse_int(0, 65535), "RADIUS authentication port")
-    radius_acct_port: int = _setting(1813, _parse_int(0, 65535), "RADIUS accounting port")
+    radius_host: str = _setting("0.0.0.0", _parse_str, "RADIUS listen address", flag=True)
+    radius_auth_port: int = _setting(
+        1812, _parse_int(0, 65535), "RADIUS authentication port", flag=True
+    )
+    radius_acct_port: int = _setting(
+        1813, _parse_int(0, 65535), "RADIUS accounting port", flag=True
+    )
     # BlastRADIUS, CVE-2024-3596: a client entry may relax it for itself, on purpose only.
     radius_require_message_authenticator: bool = _setting(
         True, _parse_bool, "require a valid Message-Authenticator on every Access-Request"
@@ -474,6 +493,11 @@ def load_settings(
 def setting_names() -> list[str]:
     """All configurable keys, for documentation and the CLI."""
     return list(_FIELDS)
+
+
+def setting_flags() -> list[str]:
+    """The settings every command also takes as a flag (``data_dir`` -> ``--data-dir``)."""
+    return [f.name for f in fields(Settings) if f.metadata.get("flag")]
 
 
 def setting_help(name: str) -> str:
