@@ -54,7 +54,7 @@ import psutil
 import redis
 
 if TYPE_CHECKING:
-    from pgserver import PostgresServer
+    from pgserver.postgres_server import PostgresServer
 
 logger = logging.getLogger("ocs.embedded")
 
@@ -109,6 +109,7 @@ class EmbeddedRedis:
 
     @property
     def pid(self) -> int:
+        """The process id of the redis-server."""
         return self._process.pid
 
     def stop(self) -> None:
@@ -211,7 +212,8 @@ def _exited(proc: psutil.Process) -> bool:
     # An orphan is reparented to init; a container's init may be slow to reap it, and
     # psutil's wait() counts a zombie as still running.
     try:
-        return proc.status() == psutil.STATUS_ZOMBIE
+        # bool(): psutil is untyped, so mypy sees the comparison as Any.
+        return bool(proc.status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 

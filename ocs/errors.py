@@ -59,10 +59,12 @@ class Reason(Enum):
 
     @property
     def http_status(self) -> int:
+        """The HTTP status an API answer with this reason carries."""
         return _REASONS[self].http_status
 
     @property
     def h323_return_code(self) -> int:
+        """The H.323 return code (the RADIUS h323-return-code) for this reason."""
         return _REASONS[self].h323_return_code
 
     @property
@@ -132,6 +134,7 @@ class OcsError(Exception):
         self.field = field
 
     def to_json(self) -> dict[str, object]:
+        """The JSON error body: code, reason, message, sip_status and the field, if any."""
         body: dict[str, object] = {
             "code": self.reason.http_status,
             "reason": self.reason.value,

@@ -22,8 +22,9 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 from ocs.config import ConfigError, Settings
 
@@ -61,6 +62,7 @@ class ListenSockets:
         """The bound ports (the real ones, also where port 0 was asked for)."""
 
         def port(sock: socket.socket | None) -> int | None:
+            """The bound port of ``sock``; None for a socket not held."""
             return None if sock is None else int(sock.getsockname()[1])
 
         return {
@@ -70,7 +72,9 @@ class ListenSockets:
         }
 
 
-def _address(host: str, port: int, kind: socket.SocketKind, setting: str) -> tuple:
+def _address(
+    host: str, port: int, kind: socket.SocketKind, setting: str
+) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
     """(family, sockaddr) of the first address ``host`` resolves to, for listening."""
     try:
         found = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
@@ -81,6 +85,7 @@ def _address(host: str, port: int, kind: socket.SocketKind, setting: str) -> tup
 
 
 def _refuse(exc: OSError, setting: str, host: str, port: int, what: str) -> ConfigError:
+    """The error for a failed bind: ``AddressInUse`` for a taken port, naming the setting."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if exc.errno == errno.EADDRINUSE:
         return AddressInUse(
@@ -192,6 +197,7 @@ def take_inherited(environ: MutableMapping[str, str] | None = None) -> Inherited
 
 
 def _parse(value: str) -> Mapping[str, int]:
+    """The name=descriptor pairs of ``HANDOFF_ENV``."""
     fields: dict[str, int] = {}
     for part in value.split(","):
         name, _, number = part.partition("=")
@@ -214,17 +220,28 @@ def ask_sigterm_on_parent_death() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
-def watch_parent(inherited: Inherited, stopping: asyncio.Event) -> None:
+def watch_parent(inherited: Inherited, stopping: asyncio.Event) -> Callable[[], None]:
     """Set ``stopping`` when the parent is gone: its pipe reads end-of-file.
 
     The pipe covers what the death signal cannot: a parent already dead before this
-    process asked for the signal, and systems without prctl.
+    process asked for the signal, and systems without prctl. Returns the stop of the
+    watch: it stops reading the pipe and closes it (nothing when the pipe already ended).
     """
     loop = asyncio.get_running_loop()
     fd = inherited.parent_fd
     os.set_blocking(fd, False)
+    watching = True
+
+    def unwatch() -> None:
+        """Stop reading the pipe and close it, once."""
+        nonlocal watching
+        if watching:
+            watching = False
+            loop.remove_reader(fd)
+            os.close(fd)
 
     def readable() -> None:
+        """End-of-file on the pipe: the parent is gone, so stop."""
         try:
             data = os.read(fd, 512)
         except BlockingIOError:
@@ -233,8 +250,7 @@ def watch_parent(inherited: Inherited, stopping: asyncio.Event) -> None:
             data = b""
         if data:
             return  # the parent never writes; nothing to do
-        loop.remove_reader(fd)
-        os.close(fd)
+        unwatch()
         log.warning(
             "parent process gone; stopping this worker", extra={"parent_pid": inherited.parent_pid}
         )
@@ -245,3 +261,4 @@ def watch_parent(inherited: Inherited, stopping: asyncio.Event) -> None:
         # Died before the death signal was asked for; the pipe says so too, but at once is
         # better than after the first loop turn.
         readable()
+    return unwatch

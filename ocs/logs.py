@@ -23,6 +23,7 @@ class JsonFormatter(logging.Formatter):
     """Formats a record as a single JSON line with its extras as fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line, its extra fields included."""
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -42,6 +43,7 @@ class TextFormatter(logging.Formatter):
     """Human-readable lines with extras appended as key=value."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one readable line, its extra fields as key=value."""
         base = f"{record.levelname:<7} {record.name}: {record.getMessage()}"
         extras = [
             f"{key}={value}"

@@ -138,6 +138,7 @@ class Backends:
 async def open_runtime(
     settings: Settings, *, listen_catalog: bool = True, load_catalog: bool = True
 ) -> AsyncIterator[Services]:
+    """The shared services of a process (backends started if embedded), closed on exit."""
     backends = Backends(settings)
     await asyncio.to_thread(backends.start)
     try:

@@ -5,6 +5,11 @@ requests in flight finish within ``shutdown_timeout`` (then cancel them),
 let the ledger writer finish its batch, flush pending Redis commands, close
 pools, stop embedded servers. RADIUS listeners close with the HTTP one.
 
+Each part registers its stop in the stage it belongs to as soon as it has
+started (``contextlib.AsyncExitStack``, one per stage), so the same stops run in
+the same order on every path: after a signal, and when starting a later part
+fails (then `serve` raises, with everything it had started stopped).
+
 The ports are bound first, before any embedded server starts, and never shared:
 a taken port ends the start at once with "address in use" (exit code 2). A worker
 of `ocs serve --workers N` binds nothing: it serves on the sockets its parent
@@ -18,6 +23,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import FrameType
+from typing import Any
 
 from aiohttp import web
 
@@ -44,9 +51,30 @@ class Listening:
 
 
 Hook = Callable[[Services, Listening], Awaitable[None]]
+# What signal.getsignal returns: a Python handler, SIG_DFL or SIG_IGN, or None.
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stages:
+    """The shutdown stages, in the order they run; each part pushes its stops onto one.
+
+    Within a stage the stops run last pushed first (an exit stack), and the stages
+    are entered so that they exit in this order, whatever the order of the starts.
+    """
+
+    # Stage 1: no new requests (RADIUS listeners close, then HTTP stops accepting and
+    # lets its requests in flight finish within shutdown_timeout: AppRunner.cleanup).
+    listeners: contextlib.AsyncExitStack
+    # Stage 2: RADIUS requests in flight finish within shutdown_timeout; the client
+    # table stops following changes.
+    draining: contextlib.AsyncExitStack
+    # Stage 3: the janitor stops and the ledger writer finishes its batch.
+    background: contextlib.AsyncExitStack
 
 
 async def _run_ledger_writer(writer: LedgerWriter, stopping: asyncio.Event) -> None:
+    """Run the ledger writer until ``stopping``; count what it wrote in the metrics."""
     written = writer.written
     await writer.run(stopping)
     metrics.LEDGER_WRITTEN.inc(writer.written - written)
@@ -62,7 +90,8 @@ async def serve(
     """Run until a signal (or ``stopping``) asks to stop.
 
     Raises ``listen_sockets.AddressInUse`` (a ``ConfigError``) when a port is taken,
-    before anything else is started.
+    before anything else is started. Any other failure to start raises too, once
+    every part already started has been stopped (in the order of the staged shutdown).
     """
     stopping = stopping or asyncio.Event()
     inherited = listen_sockets.take_inherited()
@@ -71,17 +100,34 @@ async def serve(
         sockets = inherited.sockets
     else:
         sockets = listen_sockets.bind_all(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        # Last of all: whatever a listener did not take over (a start that failed half-way).
+        stack.callback(sockets.close)
+        _stop_on_signals(stack, stopping)
+        if inherited is not None:
+            stack.callback(listen_sockets.watch_parent(inherited, stopping))
+        await _serve(settings, sockets, before_listen, on_ready, stopping)
+
+
+def _stop_on_signals(stack: contextlib.AsyncExitStack, stopping: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stopping`` until ``stack`` closes (where the loop allows)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stopping.set)
-    if inherited is not None:
-        listen_sockets.watch_parent(inherited, stopping)
-    try:
-        await _serve(settings, sockets, before_listen, on_ready, stopping)
-    finally:
-        # Whatever a listener did not take over (a start that failed half-way).
-        sockets.close()
+            # Undone once everything has stopped: a caller's loop (a test's, asyncio.run's
+            # SIGINT handler) goes on as it was, not with a handler setting a spent event.
+            stack.callback(_restore_signal, loop, sig, previous)
+
+
+def _restore_signal(
+    loop: asyncio.AbstractEventLoop, sig: signal.Signals, previous: _SignalHandler
+) -> None:
+    """Take ``stopping.set`` off ``sig`` and put back the handler it replaced."""
+    loop.remove_signal_handler(sig)
+    if previous is not None:  # None: a handler not set from Python; the default stays
+        signal.signal(sig, previous)
 
 
 async def _serve(
@@ -91,100 +137,161 @@ async def _serve(
     on_ready: Hook | None,
     stopping: asyncio.Event,
 ) -> None:
+    """Open the runtime, start every part, serve until ``stopping``, then stop in stages."""
+    # Pools and embedded servers close after every stage (open_runtime exits last).
     async with open_runtime(settings) as services:
         if before_listen is not None:
             await before_listen(services)
         if settings.admin_token_required:
-            made = await api_tokens.ensure_bootstrap_admin_token(services.pool, settings)
-            if made is not None:
-                # Shown once, on the terminal only: never through the logger (logs are shipped).
-                print(
-                    f"ocs: bootstrap admin token (shown once; only its digest is kept): {made}",
-                    file=sys.stderr,
-                    flush=True,
+            await _show_bootstrap_token(services, settings)
+        # Entered in reverse so that they exit in stage order.
+        async with (
+            contextlib.AsyncExitStack() as background,
+            contextlib.AsyncExitStack() as draining,
+            contextlib.AsyncExitStack() as listeners,
+        ):
+            background.callback(log.info, "stopped")  # pushed first: logged last
+            stages = _Stages(listeners=listeners, draining=draining, background=background)
+            port = await _start_http(settings, services, sockets, stages)
+            radius: RadiusServer | None = None
+            if settings.radius_enabled:
+                radius = await _start_radius(settings, services, sockets, stages)
+            _start_background(settings, services, stages)
+            log.info("ocs serving", extra={"http_host": settings.http_host, "http_port": port})
+            if not settings.admin_token_required and not await api_tokens.any_token(services.pool):
+                log.warning(
+                    "admin API open: no API token exists; `ocs tokens create --name NAME --role"
+                    " admin` closes it (or set admin_token_required)"
                 )
-        runner = web.AppRunner(
-            create_app(services),
-            handle_signals=False,
-            shutdown_timeout=settings.shutdown_timeout,
-            access_log=None,
-        )
-        await runner.setup()
-        site = web.SockSite(runner, sockets.http)
-        await site.start()
-        port = _bound_port(runner, settings.http_port)
-        radius: RadiusServer | None = None
-        if settings.radius_enabled:
-            radius = RadiusServer(
-                services.calls,
-                settings,
-                await load_client_table(services.pool, settings),
-                services.pin_guard,
-            )
-            await radius.start(sockets.radius_auth, sockets.radius_acct)
-            await radius.watch_clients(services.pool)
-            services.disconnect = radius.disconnect
-        writer_task: asyncio.Task[None] | None = None
-        writer_stopping = asyncio.Event()
-        background: list[asyncio.Task[None]] = []
-        if settings.run_janitor:
-            janitor = Janitor(
-                services.calls, services.store, settings.janitor_interval, health=services.health
-            )
-            background.append(asyncio.create_task(janitor.run(writer_stopping)))
-        if settings.run_ledger_writer:
-            writer = LedgerWriter(
-                services.redis,
-                services.pool,
-                batch_size=settings.ledger_batch_size,
-                claim_idle_ms=settings.ledger_claim_idle_ms,
-                health=services.health,
-            )
-            writer_task = asyncio.create_task(_run_ledger_writer(writer, writer_stopping))
-        log.info("ocs serving", extra={"http_host": settings.http_host, "http_port": port})
-        if not settings.admin_token_required and not await api_tokens.any_token(services.pool):
-            log.warning(
-                "admin API open: no API token exists; `ocs tokens create --name NAME --role"
-                " admin` closes it (or set admin_token_required)"
-            )
-        if settings.switch_open:
-            log.warning("switch_open: the HTTP call lifecycle is accepted from any address")
-        if on_ready is not None:
-            await on_ready(
-                services,
-                Listening(
-                    http_port=port,
-                    radius_auth_port=radius.auth_port if radius else None,
-                    radius_acct_port=radius.acct_port if radius else None,
-                ),
-            )
-        try:
-            await stopping.wait()
-        finally:
-            log.info(
+            if settings.switch_open:
+                log.warning("switch_open: the HTTP call lifecycle is accepted from any address")
+            if on_ready is not None:
+                await on_ready(
+                    services,
+                    Listening(
+                        http_port=port,
+                        radius_auth_port=radius.auth_port if radius else None,
+                        radius_acct_port=radius.acct_port if radius else None,
+                    ),
+                )
+            # Pushed last onto the first stage: logged before any stop runs.
+            listeners.callback(
+                log.info,
                 "shutting down: closing listeners, draining requests",
                 extra={"timeout_s": settings.shutdown_timeout},
             )
-            # Stage 1: no new requests. Stage 2: those in flight finish (their answers
-            # go out) within shutdown_timeout; the rest are cancelled. AppRunner.cleanup
-            # does both for HTTP.
-            if radius is not None:
-                radius.close_listeners()
-            await runner.cleanup()
-            if radius is not None:
-                await radius.drain(settings.shutdown_timeout)
-                await radius.stop_watching()
-            writer_stopping.set()
-            await asyncio.gather(*background, return_exceptions=True)
-            if writer_task is not None:
-                try:
-                    await asyncio.wait_for(writer_task, timeout=settings.shutdown_timeout)
-                except TimeoutError:
-                    log.warning("ledger writer did not finish in time; its entries stay pending")
-            log.info("stopped")
+            await stopping.wait()
+
+
+async def _show_bootstrap_token(services: Services, settings: Settings) -> None:
+    """Store the configured (or a new) bootstrap admin token; show a new one on stderr."""
+    made = await api_tokens.ensure_bootstrap_admin_token(services.pool, settings)
+    if made is not None:
+        # Shown once, on the terminal only: never through the logger (logs are shipped).
+        print(
+            f"ocs: bootstrap admin token (shown once; only its digest is kept): {made}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+async def _start_http(
+    settings: Settings,
+    services: Services,
+    sockets: listen_sockets.ListenSockets,
+    stages: _Stages,
+) -> int:
+    """Serve the HTTP API on the bound socket; the port it listens on."""
+    runner = web.AppRunner(
+        create_app(services),
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+    )
+    # Registered before setup: cleanup also undoes a setup or a site start that failed
+    # half-way (aiohttp allows it), and stops accepting, then lets requests in flight
+    # finish within shutdown_timeout and cancels the rest.
+    stages.listeners.push_async_callback(runner.cleanup)
+    await runner.setup()
+    await web.SockSite(runner, sockets.http).start()
+    return _bound_port(runner, settings.http_port)
+
+
+async def _start_radius(
+    settings: Settings,
+    services: Services,
+    sockets: listen_sockets.ListenSockets,
+    stages: _Stages,
+) -> RadiusServer:
+    """Listen for RADIUS on the bound sockets and follow changes of the client table."""
+    radius = RadiusServer(
+        services.calls,
+        settings,
+        await load_client_table(services.pool, settings),
+        services.pin_guard,
+    )
+    # Both registered before the start, which may fail half-way: each does nothing for
+    # what was not started. Pushed after the HTTP runner's cleanup, so the RADIUS
+    # listeners close first; the RADIUS requests then drain after the HTTP ones.
+    stages.draining.push_async_callback(_drain_radius, radius, settings.shutdown_timeout)
+    stages.listeners.callback(radius.close_listeners)
+    await radius.start(sockets.radius_auth, sockets.radius_acct)
+    await radius.watch_clients(services.pool)
+    services.disconnect = radius.disconnect
+    return radius
+
+
+async def _drain_radius(radius: RadiusServer, within: float) -> None:
+    """Let RADIUS requests in flight finish, then stop following the client table."""
+    await radius.drain(within)
+    await radius.stop_watching()
+
+
+def _start_background(settings: Settings, services: Services, stages: _Stages) -> None:
+    """Start the ledger writer and the janitor; both stop when the background stage runs."""
+    # One event stops both: each stop sets it, so both are told at once, whichever of
+    # them started and however the stage was reached.
+    stopping = asyncio.Event()
+    # The writer starts (and registers its stop) before the janitor, so that at shutdown
+    # the janitor is awaited first and the writer, which may take up to shutdown_timeout
+    # to finish its batch, after it.
+    if settings.run_ledger_writer:
+        writer = LedgerWriter(
+            services.redis,
+            services.pool,
+            batch_size=settings.ledger_batch_size,
+            claim_idle_ms=settings.ledger_claim_idle_ms,
+            health=services.health,
+        )
+        writer_task = asyncio.create_task(_run_ledger_writer(writer, stopping))
+        stages.background.push_async_callback(
+            _stop_writer, writer_task, stopping, settings.shutdown_timeout
+        )
+    if settings.run_janitor:
+        janitor = Janitor(
+            services.calls, services.store, settings.janitor_interval, health=services.health
+        )
+        janitor_task = asyncio.create_task(janitor.run(stopping))
+        stages.background.push_async_callback(_stop_janitor, janitor_task, stopping)
+
+
+async def _stop_janitor(task: "asyncio.Task[None]", stopping: asyncio.Event) -> None:
+    """Stop the janitor; a failure of its own is not the shutdown's."""
+    stopping.set()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _stop_writer(task: "asyncio.Task[None]", stopping: asyncio.Event, within: float) -> None:
+    """Let the ledger writer finish its batch within ``within``; else its entries stay pending."""
+    stopping.set()
+    try:
+        await asyncio.wait_for(task, timeout=within)
+    except TimeoutError:
+        log.warning("ledger writer did not finish in time; its entries stay pending")
 
 
 def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    """The port the HTTP runner listens on (``configured`` when it cannot tell)."""
     for address in runner.addresses:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])

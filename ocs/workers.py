@@ -11,8 +11,15 @@ waits for every worker's staged shutdown, and stops the embedded servers last.
 The workers accept from the same sockets; all state is in Redis, so any worker
 can answer any request. A worker whose parent dies, even by SIGKILL, stops:
 no orphan keeps a port.
+
+Each part the parent starts registers its stop on one ``contextlib.ExitStack``,
+so the same stops run in the same order on every path, also when something
+fails half-way: the workers are told to stop and waited for, the signal
+handlers are restored, the embedded servers stop, the metrics directory is
+removed, and the sockets and the pipe are closed.
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -21,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 from prometheus_client import multiprocess
 
@@ -34,6 +42,8 @@ from ocs.runtime import Backends
 log = logging.getLogger("ocs.workers")
 
 RESTART_DELAY = 1.0
+# Beyond shutdown_timeout, how long a worker's staged shutdown may take before it is killed.
+STOP_GRACE = 10.0
 
 
 def _worker_argv(argv: Sequence[str]) -> list[str]:
@@ -53,90 +63,142 @@ def _worker_argv(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "ocs", *out, "--workers", "1"]
 
 
-def run_workers(settings: Settings, argv: Sequence[str]) -> int:
-    """Run ``settings.workers`` workers until SIGTERM/SIGINT; 0 once all have stopped.
+class _Workers:
+    """The worker processes: started, restarted, told to stop and waited for."""
 
-    Raises ``listen_sockets.AddressInUse`` (a ``ConfigError``) when a port is taken.
-    """
-    sockets = listen_sockets.bind_all(settings)
-    log.info("listening", extra=sockets.ports())
-    # Only the parent holds the write end: when it dies, by any means, every worker
-    # reads end-of-file and stops.
-    parent_read, parent_write = os.pipe()
-    try:
-        return _supervise(settings, argv, sockets, parent_read)
-    finally:
-        sockets.close()
-        os.close(parent_read)
-        os.close(parent_write)
+    def __init__(self, command: list[str], env: dict[str, str], pass_fds: Sequence[int]) -> None:
+        """Workers run ``command`` with ``env``, inheriting the descriptors ``pass_fds``."""
+        self._command = command
+        self._env = env
+        self._pass_fds = pass_fds
+        self.procs: list[subprocess.Popen[bytes]] = []
+        # Set (from a signal handler) once the parent was asked to stop.
+        self.stopping = False
+        # Workers already sent a signal: stop() sends them no second one, which could
+        # reach a worker past its staged shutdown, with the default handlers back.
+        self._told: set[int] = set()
 
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """One worker process, inheriting the sockets and the parent's pipe."""
+        return subprocess.Popen(self._command, env=self._env, pass_fds=self._pass_fds)
 
-def _supervise(
-    settings: Settings,
-    argv: Sequence[str],
-    sockets: listen_sockets.ListenSockets,
-    parent_read: int,
-) -> int:
-    backends = Backends(settings)
-    backends.start()
-    env = dict(os.environ)
-    env["OCS_REDIS_URL"] = backends.redis_url or ""
-    env["OCS_DATABASE_URL"] = backends.database_url or ""
-    handoff, pass_fds = listen_sockets.handoff(sockets, parent_read)
-    env[listen_sockets.HANDOFF_ENV] = handoff
-    # Metrics of all workers, whichever one a scrape reaches (prometheus-client's
-    # multiprocess mode); emptied at start so counters begin at zero.
-    metrics_dir = Path(tempfile.mkdtemp(prefix="ocs-metrics-"))
-    env[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
-    command = _worker_argv(argv)
-    stopping = False
+    def start(self) -> None:
+        """Start one more worker."""
+        self.procs.append(self._spawn())
 
-    def spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, env=env, pass_fds=pass_fds)
+    def restart(self, index: int) -> None:
+        """Replace the worker at ``index`` (one that has exited) by a new one."""
+        self.procs[index] = self._spawn()
 
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in workers:
+    def signal(self, signum: int) -> None:
+        """Pass ``signum`` on to every running worker."""
+        for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
-        # The listening sockets stay open while any process holds them: the parent lets
-        # go of its copies so that the workers' stage 1 (no new requests) takes effect.
-        sockets.close()
+                self._told.add(proc.pid)
 
-    workers: list[subprocess.Popen[bytes]] = []
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        for _ in range(settings.workers):
-            if stopping:
-                break  # the sockets are closed already; none to hand out
-            workers.append(spawn())
-        log.info(
-            "workers started", extra={"workers": settings.workers, "pids": [p.pid for p in workers]}
-        )
-        while not stopping:
-            time.sleep(0.2)
-            for index, proc in enumerate(workers):
-                code = proc.poll()
-                if code is not None and not stopping:
-                    log.error(
-                        "worker exited; restarting it", extra={"pid": proc.pid, "exit_code": code}
-                    )
-                    multiprocess.mark_process_dead(proc.pid, str(metrics_dir))
-                    time.sleep(RESTART_DELAY)
-                    if not stopping:
-                        workers[index] = spawn()
-        deadline = time.monotonic() + settings.shutdown_timeout + 10
-        for proc in workers:
+    def stop(self, within: float) -> None:
+        """Wait up to ``within`` seconds for every worker to stop, then kill what is left.
+
+        A running worker not told to stop yet (the parent failed, or the worker was
+        started while the signal came) gets SIGTERM first.
+        """
+        for proc in self.procs:
+            if proc.pid not in self._told and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                self._told.add(proc.pid)
+        deadline = time.monotonic() + within
+        for proc in self.procs:
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 log.warning("worker did not stop in time; killing it", extra={"pid": proc.pid})
                 proc.kill()
                 proc.wait()
-        return 0
+
+
+@contextlib.contextmanager
+def _signals_handled_by(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT go to ``handler`` inside the block; the previous handlers after."""
+    previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+        yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        backends.stop()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def run_workers(settings: Settings, argv: Sequence[str]) -> int:
+    """Run ``settings.workers`` workers until SIGTERM/SIGINT; 0 once all have stopped.
+
+    Raises ``listen_sockets.AddressInUse`` (a ``ConfigError``) when a port is taken.
+    Any other failure raises too, once every part already started has been stopped.
+    """
+    # Stops run last registered first: the order of the registrations below is the
+    # reverse of the order of the shutdown.
+    with contextlib.ExitStack() as stack:
+        sockets = listen_sockets.bind_all(settings)
+        stack.callback(sockets.close)
+        log.info("listening", extra=sockets.ports())
+        # Only the parent holds the write end: when it dies, by any means, every worker
+        # reads end-of-file and stops.
+        parent_read, parent_write = os.pipe()
+        stack.callback(os.close, parent_write)
+        stack.callback(os.close, parent_read)
+        # Metrics of all workers, whichever one a scrape reaches (prometheus-client's
+        # multiprocess mode); a new, empty directory so counters begin at zero. Removed
+        # once the embedded servers have stopped.
+        metrics_dir = Path(tempfile.mkdtemp(prefix="ocs-metrics-"))
+        stack.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
+        backends = Backends(settings)
+        backends.start()  # stops what it started itself if it fails
+        stack.callback(backends.stop)
+        env = dict(os.environ)
+        env["OCS_REDIS_URL"] = backends.redis_url or ""
+        env["OCS_DATABASE_URL"] = backends.database_url or ""
+        env[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
+        handoff, pass_fds = listen_sockets.handoff(sockets, parent_read)
+        env[listen_sockets.HANDOFF_ENV] = handoff
+        workers = _Workers(_worker_argv(argv), env, pass_fds)
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            """SIGTERM/SIGINT: stop restarting, pass the signal on, let go of the sockets."""
+            workers.stopping = True
+            workers.signal(signum)
+            # The listening sockets stay open while any process holds them: the parent
+            # lets go of its copies so that the workers' stage 1 (no new requests) takes
+            # effect.
+            sockets.close()
+
+        stack.enter_context(_signals_handled_by(stop))
+        # The first stop: every worker's staged shutdown ends before the embedded
+        # servers under it stop.
+        stack.callback(workers.stop, settings.shutdown_timeout + STOP_GRACE)
+        _supervise(workers, settings.workers, metrics_dir)
+    return 0
+
+
+def _supervise(workers: _Workers, count: int, metrics_dir: Path) -> None:
+    """Start ``count`` workers, restart any that exits, until the parent is asked to stop."""
+    for _ in range(count):
+        if workers.stopping:
+            break  # the sockets are closed already; none to hand out
+        workers.start()
+    log.info("workers started", extra={"workers": count, "pids": [p.pid for p in workers.procs]})
+    while not workers.stopping:
+        time.sleep(0.2)
+        for index, proc in enumerate(workers.procs):
+            code = proc.poll()
+            if code is not None and not workers.stopping:
+                log.error(
+                    "worker exited; restarting it", extra={"pid": proc.pid, "exit_code": code}
+                )
+                # prometheus_client's multiprocess module has no type annotations.
+                multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                    proc.pid, str(metrics_dir)
+                )
+                time.sleep(RESTART_DELAY)
+                if not workers.stopping:
+                    workers.restart(index)

@@ -37,6 +37,7 @@ from ocs.http.app import create_app
 from ocs.radius.server import RadiusServer
 from ocs.runtime import open_runtime
 from ocs.services import Services
+from tests.radius_udp import UdpClient
 
 RETAIL_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 44,UK Fixed,0.010,0,60,60
@@ -47,6 +48,7 @@ RETAIL_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    """The event loops tests run on: uvloop only."""
     # Tests run on the event loop production runs on.
     return {"uvloop": uvloop.new_event_loop}
 
@@ -77,7 +79,8 @@ def backend_urls() -> Iterator[tuple[str, str]]:
         stop()
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
+    """``url`` (a PostgreSQL URL) naming database ``name`` instead."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
 
@@ -96,17 +99,19 @@ def database_url(backend_urls: tuple[str, str]) -> Iterator[str]:
             await conn.close()
 
     asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    yield _with_database(admin_url, name)
+    yield with_database(admin_url, name)
     asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
 def redis_url(backend_urls: tuple[str, str]) -> str:
+    """The session's Redis URL."""
     return backend_urls[0]
 
 
 @pytest.fixture
 def settings(redis_url: str, database_url: str, tmp_path: Path) -> Settings:
+    """The product's settings on the session's backends, HTTP on a free port."""
     return Settings(
         redis_url=redis_url,
         database_url=database_url,
@@ -118,6 +123,7 @@ def settings(redis_url: str, database_url: str, tmp_path: Path) -> Settings:
 
 
 async def reset_state(redis_url: str, database_url: str) -> None:
+    """Empty the Redis database and every migrated PostgreSQL table."""
     redis = Redis.from_url(redis_url)
     try:
         await redis.flushdb()
@@ -141,6 +147,7 @@ async def reset_state(redis_url: str, database_url: str) -> None:
 
 @pytest.fixture
 async def services(settings: Settings) -> AsyncIterator[Services]:
+    """The runtime on emptied backends (catalog holder started), closed after the test."""
     await reset_state(settings.redis_url or "", settings.database_url or "")
     async with open_runtime(settings) as opened:
         yield opened
@@ -165,10 +172,12 @@ class RunningApp:
     admin_token: str = ""
 
     async def post(self, path: str, payload: object) -> tuple[int, dict]:
+        """POST ``payload`` as JSON: (status, JSON body)."""
         response = await self.client.post(path, json=payload)
         return response.status, await response.json()
 
     async def get(self, path: str) -> tuple[int, dict]:
+        """GET: (status, JSON body)."""
         response = await self.client.get(path)
         return response.status, await response.json()
 
@@ -222,12 +231,20 @@ async def eventually(
         await asyncio.sleep(0.02)
 
 
+async def caught_up(services: Services, within: float = 10.0) -> int:
+    """Wait until every catalog change notified so far is in the services' snapshot (its
+    reload done or failed), instead of pausing; the catalog version then."""
+    async with asyncio.timeout(within):
+        return await services.catalog.caught_up()
+
+
 async def add_plan(
     services: Services,
     plan_id: str = "retail",
     deck: str = RETAIL_DECK,
     **overrides: object,
 ) -> Plan:
+    """A plan with ``deck`` created through the catalog store, and the catalog reloaded."""
     fields: dict = {
         "id": plan_id,
         "name": plan_id,
@@ -257,15 +274,18 @@ class RunningRadius:
 
     @property
     def auth_port(self) -> int:
+        """The UDP port of Access-Requests."""
         return self.server.auth_port
 
     @property
     def acct_port(self) -> int:
+        """The UDP port of Accounting-Requests."""
         return self.server.acct_port
 
 
 @pytest.fixture
 async def radius(app: RunningApp) -> AsyncIterator[RunningRadius]:
+    """A RADIUS server beside ``app`` on free ports, trusting 127.0.0.1 (RADIUS_SECRET)."""
     from ocs.config import RadiusClientConfig, with_overrides
     from ocs.radius.clients import load_client_table
 
@@ -287,3 +307,20 @@ async def radius(app: RunningApp) -> AsyncIterator[RunningRadius]:
     finally:
         server.close_listeners()
         await server.drain(5)
+
+
+@pytest.fixture
+async def nas(radius: RunningRadius) -> RunningRadius:
+    """The RADIUS server with the retail plan in the catalog."""
+    await add_plan(radius.app.services)
+    return radius
+
+
+@pytest.fixture
+async def udp() -> AsyncIterator[UdpClient]:
+    """A UDP socket of the test's own, to send exact RADIUS datagrams from."""
+    client = await UdpClient.open()
+    try:
+        yield client
+    finally:
+        client.close()

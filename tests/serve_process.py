@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,14 @@ from typing import Any
 
 from ocs.config import Settings
 
+# Re-exported: the tests that start ``ocs serve`` take their ports from here.
+from tests.helpers import free_port as free_port
+
 READY_TIMEOUT_S = 120.0  # a first start may compile the prefix matcher (numba)
 EXIT_TIMEOUT_S = 60.0
 
 # No proxy may sit between the tests and 127.0.0.1.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    """A port nothing listens on right now (TCP or UDP)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ocs.balances import keys
-from ocs.charging.lifecycle import CallRecord
+from ocs.charging.lifecycle import AuthorizeRequest, CallRecord
 from ocs.errors import OcsError
 from tests.conftest import RADIUS_SECRET, RunningApp, RunningRadius, account, add_plan, eventually
 from tests.radclient import RadiusReply, radclient
@@ -197,7 +197,9 @@ async def test_lines_come_back_as_calls_stop_under_concurrency(app: RunningApp) 
     async def one_call(n: int) -> None:
         try:
             grant = await calls.authorize(
-                "pbx", GERMANY, call_id=f"churn-{n}", member=MEMBERS[n % len(MEMBERS)]
+                AuthorizeRequest(
+                    "pbx", GERMANY, call_id=f"churn-{n}", member=MEMBERS[n % len(MEMBERS)]
+                )
             )
         except OcsError as error:
             refusals.append(error.reason.value)

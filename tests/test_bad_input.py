@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import RunningApp, add_plan, eventually
+from tests.helpers import Raw, send
 
 ACCOUNT = "1001"
 LIVE_CALL = "live-1"
@@ -30,15 +31,6 @@ TABLES = (
     "counters",
     "account_counters",
 )
-
-
-@dataclass(frozen=True)
-class Raw:
-    """A request body sent as is (not JSON-encoded by the test), as JSON unless
-    ``content_type`` says otherwise."""
-
-    text: str | bytes
-    content_type: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -130,19 +122,6 @@ async def funded(app: RunningApp) -> RunningApp:
     status, body = await app.post("/v1/carriers", {"id": "c1"})
     assert status == 201, body
     return app
-
-
-async def send(app: RunningApp, method: str, path: str, payload: object) -> tuple[int, dict]:
-    if payload is None:
-        response = await app.client.request(method, path)
-    elif isinstance(payload, Raw):
-        response = await app.client.request(
-            method, path, data=payload.text, headers={"Content-Type": payload.content_type}
-        )
-    else:
-        response = await app.client.request(method, path, json=payload)
-    assert response.content_type == "application/json", await response.text()
-    return response.status, await response.json()
 
 
 LONG_CALL_ID = "c" * 129

@@ -23,7 +23,7 @@ import pytest
 from pyrad import packet as rp
 
 from ocs.charging.janitor import Janitor
-from ocs.charging.lifecycle import CallService
+from ocs.charging.lifecycle import AuthorizeRequest, CallService, Origin
 from ocs.charging.rating import Rate, cost
 from ocs.config import with_overrides
 from ocs.radius.clients import load_client_table
@@ -158,7 +158,7 @@ async def test_a_stop_reporting_less_than_the_cut_charges_nothing_more(app: Runn
     await app.post("/v1/accounts", {"id": "cut2", "plan": "retail", "balance": "1.00"})
     clock = with_clock(app)
     calls = app.services.calls
-    await calls.authorize("cut2", UK_MOBILE, call_id="cut-2")
+    await calls.authorize(AuthorizeRequest("cut2", UK_MOBILE, call_id="cut-2"))
     clock.now += 60
     charge, _ = await calls.cut("cut-2")
     assert (charge.duration, charge.charged, charge.cause) == (60, 210_000, "cut")
@@ -174,7 +174,9 @@ async def test_a_cut_before_the_answer_is_free_and_the_answered_stop_is_charged(
     await app.post("/v1/accounts", {"id": "cut3", "plan": "retail", "balance": "1.00"})
     clock = with_clock(app)
     calls = app.services.calls
-    await calls.authorize("cut3", UK_MOBILE, call_id="cut-3", wait_for_start=True)
+    await calls.authorize(
+        AuthorizeRequest("cut3", UK_MOBILE, call_id="cut-3"), Origin(wait_for_start=True)
+    )
     clock.now += 40  # still ringing: no Start yet
     status, body = await cut(app, "cut-3")
     assert status == 200, body
@@ -381,11 +383,13 @@ async def test_the_janitor_closes_a_stale_call_once_by_policy(
     services = app.services
     settings = with_overrides(services.settings, stale_call_policy=policy)
     calls = CallService(services.catalog, services.store, settings)
-    grant = await calls.authorize("stale", UK_MOBILE, call_id="gone")
+    grant = await calls.authorize(AuthorizeRequest("stale", UK_MOBILE, call_id="gone"))
     assert grant.max_duration == 846
     await calls.update("gone", 30)
     # An accept never answered: released free under either policy.
-    await calls.authorize("ringing", UK_MOBILE, call_id="rang", wait_for_start=True)
+    await calls.authorize(
+        AuthorizeRequest("ringing", UK_MOBILE, call_id="rang"), Origin(wait_for_start=True)
+    )
 
     later = 2_000_000_000  # far past every expiry
     closed = await asyncio.gather(

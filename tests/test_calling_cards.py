@@ -29,7 +29,7 @@ from ocs.config import RadiusClientConfig, with_overrides
 from ocs.radius.clients import ClientTable, clients_from_settings
 from ocs.radius.server import RadiusServer
 from tests.conftest import RADIUS_SECRET, RunningApp, add_plan, eventually
-from tests.radclient import RadiusReply, radclient
+from tests.helpers import ANSWERED, acct, auth, return_code
 
 GERMANY = "4930901820"
 BATCH_SIZE = 10_000
@@ -81,23 +81,6 @@ def card_call(pin: str, conf_id: str, caller: str, destination: str = GERMANY) -
         ("h323-call-origin", "h323-call-origin=answer"),
         ("h323-setup-time", SETUP_TIME),
     ]
-
-
-async def auth(server: RadiusServer, pairs: list) -> RadiusReply:
-    reply = await radclient("auth", server.auth_port, RADIUS_SECRET, pairs)
-    assert reply.code in ("Access-Accept", "Access-Reject"), reply.output
-    return reply
-
-
-async def acct(server: RadiusServer, status: str, pairs: list) -> None:
-    reply = await radclient(
-        "acct", server.acct_port, RADIUS_SECRET, [("Acct-Status-Type", status), *pairs]
-    )
-    assert reply.code == "Accounting-Response", reply.output
-
-
-def return_code(reply: RadiusReply) -> str | None:
-    return reply.first("h323-return-code")
 
 
 async def generate(app: RunningApp, **fields: Any) -> list[dict[str, str]]:
@@ -197,7 +180,7 @@ async def test_pin_batch_of_10000_generated_used_expired_guessed(app: RunningApp
 
     async with card_nas(app) as nas:
         # -- used over RADIUS, as a calling-card IVR does ------------------------------
-        reply = await auth(nas, card_call(over_radius, "CARD-1", "4930111000"))
+        reply = await auth(nas, card_call(over_radius, "CARD-1", "4930111000"), expect=ANSWERED)
         assert reply.code == "Access-Accept", reply.output
         assert reply.attributes["h323-credit-time"] == ["h323-credit-time=5000"]
         assert reply.attributes["Session-Timeout"] == ["5000"]
@@ -245,7 +228,7 @@ async def test_pin_batch_of_10000_generated_used_expired_guessed(app: RunningApp
         )  # fmt: skip
         assert {row["expires"] for row in old} == {"2020-01-01T00:00:00+00:00"}
         expired = old[0]["pin"]
-        reply = await auth(nas, card_call(expired, "CARD-OLD", "4930111001"))
+        reply = await auth(nas, card_call(expired, "CARD-OLD", "4930111001"), expect=ANSWERED)
         assert reply.code == "Access-Reject", reply.output
         assert return_code(reply) == "h323-return-code=5"
         status, info = await app.get(f"/v1/pins/{expired}")
@@ -257,17 +240,19 @@ async def test_pin_batch_of_10000_generated_used_expired_guessed(app: RunningApp
         guesser, honest = "4930999000", "4930999111"
         limit = services.settings.pin_guess_limit_caller
         for n in range(limit):
-            reply = await auth(nas, card_call(wrong_pin(pins), f"GUESS-{n}", guesser))
+            reply = await auth(
+                nas, card_call(wrong_pin(pins), f"GUESS-{n}", guesser), expect=ANSWERED
+            )
             assert reply.code == "Access-Reject", reply.output
             assert return_code(reply) == "h323-return-code=1"
         # Blocked now, even with a right PIN.
-        reply = await auth(nas, card_call(blocked_pin, "GUESS-BLOCKED", guesser))
+        reply = await auth(nas, card_call(blocked_pin, "GUESS-BLOCKED", guesser), expect=ANSWERED)
         assert reply.code == "Access-Reject", reply.output
         assert return_code(reply) == "h323-return-code=10"
-        reply = await auth(nas, card_call(wrong_pin(pins), "GUESS-MORE", guesser))
+        reply = await auth(nas, card_call(wrong_pin(pins), "GUESS-MORE", guesser), expect=ANSWERED)
         assert return_code(reply) == "h323-return-code=10"
         # Another caller id on the same NAS still gets through.
-        reply = await auth(nas, card_call(blocked_pin, "HONEST-1", honest))
+        reply = await auth(nas, card_call(blocked_pin, "HONEST-1", honest), expect=ANSWERED)
         assert reply.code == "Access-Accept", reply.output
         assert reply.attributes["h323-credit-time"] == ["h323-credit-time=5000"]
 
@@ -297,7 +282,7 @@ async def test_a_card_with_expire_days_starts_its_life_at_first_use(app: Running
         app.services.catalog, app.services.store, app.services.settings, clock=lambda: now[0]
     )
     async with card_nas(app, calls) as nas:
-        reply = await auth(nas, card_call(pin, "DAYS-1", "4930222000"))
+        reply = await auth(nas, card_call(pin, "DAYS-1", "4930222000"), expect=ANSWERED)
         assert reply.code == "Access-Accept", reply.output
         status, info = await app.get(f"/v1/pins/{pin}")
         assert info["expires_at"] == first_use + 30 * 86_400
@@ -307,18 +292,18 @@ async def test_a_card_with_expire_days_starts_its_life_at_first_use(app: Running
         )
 
         now[0] = first_use + 30 * 86_400 - 1.0
-        reply = await auth(nas, card_call(pin, "DAYS-2", "4930222000"))
+        reply = await auth(nas, card_call(pin, "DAYS-2", "4930222000"), expect=ANSWERED)
         assert reply.code == "Access-Accept", reply.output
         await acct(
             nas, "Stop", [("h323-conf-id", "h323-conf-id=DAYS-2"), ("Acct-Session-Time", "0")]
         )
 
         now[0] = first_use + 30 * 86_400
-        reply = await auth(nas, card_call(pin, "DAYS-3", "4930222000"))
+        reply = await auth(nas, card_call(pin, "DAYS-3", "4930222000"), expect=ANSWERED)
         assert reply.code == "Access-Reject", reply.output
         assert return_code(reply) == "h323-return-code=5"
         # The other card of the batch has not been used: its 30 days have not started.
-        reply = await auth(nas, card_call(rows[1]["pin"], "DAYS-4", "4930222000"))
+        reply = await auth(nas, card_call(rows[1]["pin"], "DAYS-4", "4930222000"), expect=ANSWERED)
         assert reply.code == "Access-Accept", reply.output
         status, info = await app.get(f"/v1/pins/{rows[1]['pin']}")
         assert info["expires_at"] == int(now[0]) + 30 * 86_400
@@ -387,9 +372,13 @@ async def test_wrong_pins_from_many_callers_block_the_nas(app: RunningApp) -> No
     # Callers hiding behind fresh numbers: each stays under its own limit of 5.
     async with card_nas(app, pin_guess_limit_caller=5, pin_guess_limit_nas=6) as nas:
         for n in range(6):
-            reply = await auth(nas, card_call(wrong_pin(pins), f"NAS-{n}", f"49301000{n:02d}"))
+            reply = await auth(
+                nas, card_call(wrong_pin(pins), f"NAS-{n}", f"49301000{n:02d}"), expect=ANSWERED
+            )
             assert return_code(reply) == "h323-return-code=1", reply.output
-        reply = await auth(nas, card_call(rows[0]["pin"], "NAS-NEXT", "4930100099"))
+        reply = await auth(
+            nas, card_call(rows[0]["pin"], "NAS-NEXT", "4930100099"), expect=ANSWERED
+        )
         assert reply.code == "Access-Reject", reply.output
         assert return_code(reply) == "h323-return-code=10"
     after = await scrape(app)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_serve_embedded import _child_env
+from tests.test_serve_embedded import child_env
 
 
 def _ocs(tmp_path: Path, *args: str) -> tuple[int, str, str]:
@@ -22,7 +22,7 @@ def _ocs(tmp_path: Path, *args: str) -> tuple[int, str, str]:
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env=_child_env(tmp_path / "xdg"),
+        env=child_env(tmp_path / "xdg"),
         timeout=60,
         check=False,
     )

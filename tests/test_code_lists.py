@@ -6,7 +6,6 @@ CLI, all or nothing, go live in every process on NOTIFY, and the name lands
 in the CDR in PostgreSQL and in the IVR's time answer. They never change a rate.
 """
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from ocs.charging.code_lists import CodeListError, build_code_table, parse_code_list
 from ocs.config import Settings
-from tests.conftest import RunningApp, add_plan, eventually
+from tests.conftest import RunningApp, add_plan, caught_up, eventually
 from tests.test_deck_import import ocs_cli
 
 STANDARD = """prefix,name
@@ -104,7 +103,7 @@ async def test_the_standard_table_names_for_every_plan_and_a_custom_list_replace
     assert body["error"]["problems"][0]["line"] == 2
     status, body = await put_list(app, "/v1/plans/nobody/area-codes", CUSTOM)
     assert (status, body["error"]["reason"]) == (404, "plan_not_found")
-    await asyncio.sleep(0.2)
+    await caught_up(app.services)  # whatever was notified has been applied
     assert app.services.catalog.snapshot.destination_name("wholesale", "4930") == (
         "Berlin (our name)"
     )

@@ -8,7 +8,7 @@ Rates: PER_SECOND_DECK prices Germany at 0.60 a minute, billed by the second
 import asyncio
 from typing import Any
 
-from ocs.charging.lifecycle import CallService
+from ocs.charging.lifecycle import AuthorizeRequest, CallService
 from tests.conftest import RunningApp, account, add_plan, eventually
 
 PER_SECOND_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
@@ -332,7 +332,7 @@ async def test_quota_slices_never_pass_the_credit_limit(app: RunningApp) -> None
     await add_plan(app.services, deck=PER_SECOND_DECK, max_call_duration=600, max_lines=5)
     await new_account(app, "sliced", credit_limit="0.50")
     calls: CallService = app.services.calls
-    grant = await calls.authorize("sliced", GERMANY, call_id="sl-1", quota=30)
+    grant = await calls.authorize(AuthorizeRequest("sliced", GERMANY, call_id="sl-1", quota=30))
     assert (grant.max_duration, grant.reserved, grant.final) == (30, 300_000, False)
     progress = await calls.update("sl-1", 30)
     assert (progress.debited, progress.granted, progress.final) == (300_000, 50, True)

@@ -25,8 +25,8 @@ from tests.test_serve_embedded import (  # noqa: F401 - fixtures used by name
     CLI_TIMEOUT_S,
     DECK,
     Launch,
-    _child_env,
     _embedded_pids,
+    child_env,
     data_root,
     launch,
 )
@@ -59,7 +59,7 @@ def test_a_command_from_another_folder_uses_the_running_servers_store(
 ) -> None:
     xdg = data_root / "xdg"
     store = xdg / "ocs"  # the default data dir of this "user"
-    env = _child_env(xdg)
+    env = child_env(xdg)
     server_dir, admin_dir, other_dir = _folders(data_root, "server", "admin", "other")
     serve = launch("serve", store, env=env, pass_data_dir=False, cwd=server_dir)
     serve.wait_healthy()
@@ -85,7 +85,7 @@ def test_a_command_that_would_start_a_second_store_is_refused_naming_both(
     launch: Launch,  # noqa: F811
 ) -> None:
     xdg = data_root / "xdg"
-    env = _child_env(xdg)
+    env = child_env(xdg)
     running = data_root / "srv-ocs"
     (elsewhere,) = _folders(data_root, "elsewhere")
     serve = launch("serve", running, env=env)
@@ -115,7 +115,7 @@ def test_a_command_with_external_urls_names_them_without_the_password(
     secret = "s3cret-never-logged"
     joiner = "&" if "?" in database_url else "?"
     with_password = f"{database_url}{joiner}password={secret}"
-    env = _child_env(tmp_path / "xdg")
+    env = child_env(tmp_path / "xdg")
     done = _ocs_cli(
         tmp_path, env, "plans", "list", "--redis-url", redis_url, "--database-url", with_password
     )

@@ -22,7 +22,7 @@ from ocs.db import migrate as migrate_module
 from ocs.db.migrate import migrate
 from ocs.errors import OcsError
 from ocs.services import Services
-from tests.conftest import _with_database, add_plan, eventually
+from tests.conftest import add_plan, caught_up, eventually, with_database
 from tests.test_deck_reload import a_deck, deck_text, served, stored
 
 
@@ -53,7 +53,7 @@ async def settled(services: Services, plan_id: str) -> None:
         return services.catalog.snapshot.plan(plan_id) is not None
 
     await eventually(loaded, what=f"plan {plan_id} loaded")
-    await asyncio.sleep(0.3)
+    await caught_up(services)
 
 
 async def test_an_import_stores_one_sorted_document_and_later_ones_replace_it(
@@ -153,7 +153,8 @@ async def test_a_first_import_that_fails_on_the_way_leaves_nothing_behind(
         assert await document(services.pool, plan_id) is None
         assert await tariff_count(services.pool, plan_id) == 0
         assert await stored(services, plan_id) == {}
-        await asyncio.sleep(0.2)  # no NOTIFY went out: nothing reloads
+        # Any NOTIFY sent would have been applied by now: none went out, nothing reloads.
+        await caught_up(services)
     assert services.catalog.snapshot is before
     assert services.catalog.snapshot.tariff_for("serving", "447700900123") is not None
 
@@ -172,7 +173,7 @@ async def test_a_failed_reimport_leaves_the_old_deck_stored_and_serving(
     prefixes, zones = a_deck(2_000, seed=14)
     await catalog_store.import_deck(services.pool, plan_id, parse_deck(deck_text(prefixes, zones)))
     await served(services, plan_id, prefixes[0] + "1", zones[prefixes[0]])
-    await asyncio.sleep(0.3)  # reloads of earlier notifications are done
+    await caught_up(services)  # reloads of earlier notifications are done
     version = services.catalog.version
     serving = services.catalog.snapshot
     stored_before = await document(services.pool, plan_id)
@@ -191,7 +192,7 @@ async def test_a_failed_reimport_leaves_the_old_deck_stored_and_serving(
         )
     assert await document(services.pool, plan_id) == stored_before
     assert await stored(services, plan_id) == zones
-    await asyncio.sleep(0.2)
+    await caught_up(services)
     assert services.catalog.version == version and services.catalog.snapshot is serving
 
 
@@ -247,7 +248,7 @@ async def test_migration_0013_turns_each_plans_partition_into_its_document(
     admin = await asyncpg.connect(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        pool = await asyncpg.create_pool(_with_database(admin_url, name), min_size=1, max_size=4)
+        pool = await asyncpg.create_pool(with_database(admin_url, name), min_size=1, max_size=4)
         try:
             await _migrate_with_decks(pool)
         finally:

@@ -15,7 +15,7 @@ import pytest
 from ocs.charging import catalog, catalog_store
 from ocs.charging.deck import parse_deck
 from ocs.services import Services
-from tests.conftest import add_plan, eventually
+from tests.conftest import add_plan, caught_up, eventually
 from tests.test_deck_import import HEADER
 
 
@@ -88,6 +88,7 @@ async def test_a_reimport_counts_the_difference_and_leaves_the_new_deck(
 async def test_a_deck_change_rebuilds_that_plan_only(services: Services) -> None:
     await add_plan(services, "a")
     await add_plan(services, "b")
+    await caught_up(services)  # the plans' own notifications reload nothing after this
     before = services.catalog.snapshot
     deck_a = before.decks["a"]
     deck_b = before.decks["b"]
@@ -101,10 +102,26 @@ async def test_a_deck_change_rebuilds_that_plan_only(services: Services) -> None
     assert after.tariff_for("a", "447700900123") == before.tariff_for("a", "447700900123")
 
 
+async def test_caught_up_returns_once_every_notified_change_is_served(
+    services: Services,
+) -> None:
+    await add_plan(services, "a")
+    await catalog_store.import_deck(
+        services.pool, "a", parse_deck(HEADER + "33,France,0.03,0,60,60\n")
+    )
+    version = await caught_up(services)  # no polling: the import's NOTIFY is applied
+    match = services.catalog.snapshot.tariff_for("a", "33123456")
+    assert match is not None and match[1].zone == "France"
+    assert version == services.catalog.version
+    # Nothing changed since: the barrier's own marker reloads nothing.
+    assert await caught_up(services) == version
+
+
 async def test_a_failed_reload_keeps_the_old_snapshot_serving(
     services: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     await add_plan(services, "a")
+    await caught_up(services)  # the plan's own notifications reload nothing after this
     holder = services.catalog
     serving = holder.snapshot
     version = holder.version

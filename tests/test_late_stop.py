@@ -1,7 +1,7 @@
 """A call the janitor released as never started is still charged when its Stop comes."""
 
 from ocs.charging.janitor import Janitor
-from ocs.charging.lifecycle import CallService
+from ocs.charging.lifecycle import AuthorizeRequest, CallService, Origin
 from ocs.config import with_overrides
 from tests.conftest import RunningApp, add_plan
 
@@ -11,7 +11,7 @@ async def test_a_stop_after_the_start_timeout_is_charged_once(app: RunningApp) -
     await app.post("/v1/accounts", {"id": "ringer", "plan": "retail", "balance": "1.00"})
     calls = app.services.calls
     grant = await calls.authorize(
-        "ringer", "447700900123", call_id="long-ring", wait_for_start=True
+        AuthorizeRequest("ringer", "447700900123", call_id="long-ring"), Origin(wait_for_start=True)
     )
     assert grant.max_duration == 846
     # It rang past start_timeout: the janitor releases the reservation free of charge.
@@ -40,12 +40,18 @@ async def test_a_nas_restart_closes_only_calls_from_before_it(app: RunningApp) -
         "/v1/accounts", {"id": "gw", "plan": "retail", "balance": "5.00", "max_lines": 5}
     )
     calls = app.services.calls
-    await calls.authorize("gw", "447700900123", call_id="before", nas="sbc-1")
+    await calls.authorize(
+        AuthorizeRequest("gw", "447700900123", call_id="before"), Origin(nas="sbc-1")
+    )
     rebooted_ms = int(time.time() * 1000) + 1
     while int(time.time() * 1000) <= rebooted_ms:
         pass  # authorizations after this instant belong to the NAS's new life
-    await calls.authorize("gw", "447700900123", call_id="after", nas="sbc-1")
-    await calls.authorize("gw", "447700900123", call_id="elsewhere", nas="sbc-2")
+    await calls.authorize(
+        AuthorizeRequest("gw", "447700900123", call_id="after"), Origin(nas="sbc-1")
+    )
+    await calls.authorize(
+        AuthorizeRequest("gw", "447700900123", call_id="elsewhere"), Origin(nas="sbc-2")
+    )
     closed = await calls.close_calls_of_nas("sbc-1", cause="nas-reboot", before_ms=rebooted_ms)
     assert closed == 1
     live = await app.services.store.live_calls_of("gw")
@@ -60,7 +66,7 @@ async def test_a_stop_after_the_janitor_closed_a_started_call_charges_the_rest(
     # Charged its last report at the close (the default charges the whole grant).
     settings = with_overrides(app.services.settings, stale_call_policy="last_reported")
     calls = CallService(app.services.catalog, app.services.store, settings)
-    await calls.authorize("slow", "447700900123", call_id="slow-1")
+    await calls.authorize(AuthorizeRequest("slow", "447700900123", call_id="slow-1"))
     await calls.update("slow-1", 30)  # an interim: 30 s used so far
     closed = await Janitor(calls, app.services.store).sweep(now=2_000_000_000)
     assert closed == 1  # charged its last reported usage: 30 s = 0.18
@@ -82,7 +88,9 @@ async def test_a_stop_without_a_duration_charges_the_time_since_start(
     await add_plan(app.services)
     await app.post("/v1/accounts", {"id": "mute", "plan": "retail", "balance": "2.00"})
     calls = app.services.calls
-    await calls.authorize("mute", "447700900123", call_id="mute-1", wait_for_start=True)
+    await calls.authorize(
+        AuthorizeRequest("mute", "447700900123", call_id="mute-1"), Origin(wait_for_start=True)
+    )
     # The Accounting-Start said the call was answered 100 s ago.
     now = int(time.time())
     await app.services.store.start(

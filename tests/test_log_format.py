@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_serve_embedded import _child_env, _free_port
+from tests.helpers import free_port
+from tests.test_serve_embedded import child_env
 
 TIMEOUT_S = 120.0
 
@@ -109,7 +110,7 @@ def test_a_command_logs_text_on_a_terminal_and_json_otherwise(
     setting: tuple[str, str] | None,
     expected: str,
 ) -> None:
-    env = _child_env(tmp_path / "xdg")
+    env = child_env(tmp_path / "xdg")
     argv = [sys.executable, "-m", "ocs", "plans", "list"]
     argv += ["--redis-url", redis_url, "--database-url", database_url]
     if setting is not None and setting[0].startswith("--"):
@@ -129,9 +130,9 @@ def test_a_command_logs_text_on_a_terminal_and_json_otherwise(
 
 
 def test_the_demo_on_a_terminal_logs_text(tmp_path: Path) -> None:
-    env = _child_env(tmp_path / "xdg")
+    env = child_env(tmp_path / "xdg")
     argv = [sys.executable, "-m", "ocs", "demo", "--http-host", "127.0.0.1"]
-    argv += ["--http-port", str(_free_port()), "--radius-host", "127.0.0.1"]
+    argv += ["--http-port", str(free_port()), "--radius-host", "127.0.0.1"]
     argv += ["--radius-auth-port", "0", "--radius-acct-port", "0"]
     code, lines = _on_terminal(argv, env, tmp_path, stop_when="Ctrl-C stops it")
     text = "\n".join(lines)

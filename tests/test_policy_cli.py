@@ -6,12 +6,14 @@ import stat
 import sys
 from pathlib import Path
 
+from ocs.balances.accounts import AccountSpec
+from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.counters.definitions import CounterDef
 from ocs.services import Services
 from tests.conftest import add_plan, eventually
 
 
-async def _ocs(services: Services, *args: str) -> tuple[int, str, str]:
+async def ocs_cli(services: Services, *args: str) -> tuple[int, str, str]:
     settings = services.settings
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -41,13 +43,13 @@ async def test_counters_reset_starts_a_cycle_carrying_unused_seconds(services: S
         return bool(services.catalog.snapshot.counters_for("retail"))
 
     await eventually(loaded, what="the counter in the catalog")
-    await services.accounts.create("alice", plan_id="retail", opening_balance=1_000_000)
-    grant = await services.calls.authorize("alice", "442071234567")
+    await services.accounts.create(AccountSpec("alice", "retail", opening_balance=1_000_000))
+    grant = await services.calls.authorize(AuthorizeRequest("alice", "442071234567"))
     assert grant.counter_seconds == 600
     await services.calls.stop(grant.call_id, 420)
     assert (await services.counters.state("alice"))["uk-600"]["used"] == 420
 
-    code, out, err = await _ocs(services, "counters", "reset", "--plan", "retail")
+    code, out, err = await ocs_cli(services, "counters", "reset", "--plan", "retail")
     assert code == 0, err
     assert '"accounts": 1' in out
     # 180 s unused carry over onto the next cycle's 600.
@@ -59,7 +61,7 @@ async def test_counters_reset_starts_a_cycle_carrying_unused_seconds(services: S
 async def test_pins_generate_writes_a_private_csv_once(services: Services, tmp_path: Path) -> None:
     await add_plan(services)
     out_file = tmp_path / "batch.csv"
-    code, out, err = await _ocs(
+    code, out, err = await ocs_cli(
         services, "pins", "generate", "--batch", "b1", "--plan", "retail", "--count", "50",
         "--length", "10", "--value", "2.50", "--expire-days", "30", "--out", str(out_file),
     )  # fmt: skip
@@ -75,7 +77,7 @@ async def test_pins_generate_writes_a_private_csv_once(services: Services, tmp_p
     # The PINs are in the file and nowhere in the output or the log.
     assert card["pin"] not in out + err
 
-    again, _, err = await _ocs(
+    again, _, err = await ocs_cli(
         services, "pins", "generate", "--batch", "b2", "--plan", "retail", "--count", "5",
         "--value", "1", "--out", str(out_file),
     )  # fmt: skip

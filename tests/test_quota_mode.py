@@ -8,7 +8,7 @@ Rates (tests/conftest.py RETAIL_DECK): UK Mobile 0.06 a minute, 0.15 connect fee
 
 import asyncio
 
-from ocs.charging.lifecycle import CallService
+from ocs.charging.lifecycle import AuthorizeRequest, CallService
 from ocs.charging.rating import Rate, cost
 from tests.conftest import RunningApp, account, add_plan, eventually
 
@@ -103,7 +103,7 @@ async def test_the_slice_funds_cannot_cover_is_final(app: RunningApp) -> None:
     calls: CallService = app.services.calls
     rate = uk_mobile_rate(app)
 
-    grant = await calls.authorize("q2", UK_MOBILE, call_id="thin", quota=300)
+    grant = await calls.authorize(AuthorizeRequest("q2", UK_MOBILE, call_id="thin", quota=300))
     assert (grant.max_duration, grant.reserved, grant.final) == (300, 450_000, False)
     progress = await calls.update("thin", 300)
     assert (progress.debited, progress.granted, progress.final) == (450_000, 600, False)
@@ -126,7 +126,7 @@ async def test_a_quota_grant_smaller_than_the_funds_is_not_final(app: RunningApp
     await app.post("/v1/accounts", {"id": "q3", "plan": "retail", "balance": "0.40"})
     calls: CallService = app.services.calls
     # 0.40 cannot pay a 300 s slice (0.45): the first grant is already the last.
-    grant = await calls.authorize("q3", UK_MOBILE, call_id="short", quota=300)
+    grant = await calls.authorize(AuthorizeRequest("q3", UK_MOBILE, call_id="short", quota=300))
     assert (grant.max_duration, grant.reserved, grant.final) == (246, 400_000, True)
 
 
@@ -137,7 +137,7 @@ async def test_two_quota_calls_share_one_balance(app: RunningApp) -> None:
 
     # Without quota, one call holds the whole balance and leaves nothing to a second.
     await app.post("/v1/accounts", {"id": "whole", "plan": "retail", "balance": "1.00"})
-    hog = await calls.authorize("whole", UK_MOBILE, call_id="hog")
+    hog = await calls.authorize(AuthorizeRequest("whole", UK_MOBILE, call_id="hog"))
     assert (hog.max_duration, hog.reserved) == (846, 1_000_000)
     status, body = await app.post("/v1/calls", {"account": "whole", "destination": UK_MOBILE})
     # Refused for the funds the live call holds, not for "no funds": it says so.
@@ -149,8 +149,8 @@ async def test_two_quota_calls_share_one_balance(app: RunningApp) -> None:
 
     # With a quota, each call holds a slice: both go through.
     a, b = await asyncio.gather(
-        calls.authorize("q4", UK_MOBILE, call_id="qa", quota=300),
-        calls.authorize("q4", UK_MOBILE, call_id="qb", quota=300),
+        calls.authorize(AuthorizeRequest("q4", UK_MOBILE, call_id="qa", quota=300)),
+        calls.authorize(AuthorizeRequest("q4", UK_MOBILE, call_id="qb", quota=300)),
     )
     assert (a.max_duration, a.reserved) == (300, 450_000)
     assert (b.max_duration, b.reserved) == (300, 450_000)

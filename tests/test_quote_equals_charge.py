@@ -5,6 +5,7 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.charging.rating import cost
 from tests.conftest import RunningApp, add_plan
 
@@ -28,7 +29,7 @@ async def test_stop_charges_exactly_the_quote_for_any_duration_within_the_grant(
         "/v1/accounts", {"id": account, "plan": "retail", "balance": f"{balance_cents / 100:.2f}"}
     )
     calls = app.services.calls
-    grant = await calls.authorize(account, "442079460000")
+    grant = await calls.authorize(AuthorizeRequest(account, "442079460000"))
     duration = int(grant.max_duration * fraction)  # any duration the grant allows
     quoted = cost(grant.rate, duration)
     assert quoted <= grant.reserved

@@ -32,7 +32,7 @@ FAST = {"timeout": 0.2, "attempts": 3}
 
 # Reply = what the NAS answers to one request: (datagram, request) -> datagrams to send.
 Reply = Callable[[bytes, rp.Packet], list[bytes]]
-# StartNas = the ``nas`` fixture: start(reply, drop_first=0) -> a listening emulator.
+# StartNas = the ``start_nas`` fixture: start(reply, drop_first=0) -> a listening emulator.
 StartNas = Callable[..., Awaitable["Nas"]]
 
 
@@ -158,7 +158,7 @@ class _NasProtocol(asyncio.DatagramProtocol):
 
 
 @pytest.fixture
-async def nas() -> AsyncIterator[StartNas]:
+async def start_nas() -> AsyncIterator[StartNas]:
     """Starts NAS emulators on 127.0.0.1, port 0: ``start(reply, drop_first=0)``."""
     loop = asyncio.get_running_loop()
     transports: list[asyncio.BaseTransport] = []
@@ -218,8 +218,8 @@ def test_emulator_checks_accept_a_captured_disconnect_request() -> None:
 # --- the sender ----------------------------------------------------------------
 
 
-async def test_ack_is_acked_and_request_is_signed_per_rfc5176(nas: StartNas) -> None:
-    emulator = await nas(ack)
+async def test_ack_is_acked_and_request_is_signed_per_rfc5176(start_nas: StartNas) -> None:
+    emulator = await start_nas(ack)
     before = int(time.time())
     outcome = await disconnect(emulator, nas_ip="192.0.2.10")
     assert outcome == DisconnectOutcome(acked=True, reason="ack")
@@ -236,8 +236,8 @@ async def test_ack_is_acked_and_request_is_signed_per_rfc5176(nas: StartNas) -> 
     assert before <= cast(int, stamp) <= int(time.time())
 
 
-async def test_optional_attributes_are_left_out(nas: StartNas) -> None:
-    emulator = await nas(ack)
+async def test_optional_attributes_are_left_out(start_nas: StartNas) -> None:
+    emulator = await start_nas(ack)
     outcome = await disconnect(emulator, user_name=None)
     assert outcome.acked
     [got] = emulator.received
@@ -245,38 +245,38 @@ async def test_optional_attributes_are_left_out(nas: StartNas) -> None:
     assert set(got.attributes) == {"Acct-Session-Id", "Event-Timestamp"}
 
 
-async def test_nak_reports_error_cause(nas: StartNas) -> None:
-    emulator = await nas(nak_503)
+async def test_nak_reports_error_cause(start_nas: StartNas) -> None:
+    emulator = await start_nas(nak_503)
     outcome = await disconnect(emulator)
     assert outcome == DisconnectOutcome(acked=False, reason="nak:503")
     assert len(emulator.received) == 1  # a NAK is an answer: no retransmission
 
 
-async def test_nak_without_error_cause(nas: StartNas) -> None:
-    emulator = await nas(lambda data, _: [build_reply(42, data[1], data[4:20], SECRET)])
+async def test_nak_without_error_cause(start_nas: StartNas) -> None:
+    emulator = await start_nas(lambda data, _: [build_reply(42, data[1], data[4:20], SECRET)])
     assert await disconnect(emulator) == DisconnectOutcome(acked=False, reason="nak")
 
 
-async def test_ack_without_message_authenticator_is_accepted(nas: StartNas) -> None:
-    emulator = await nas(
+async def test_ack_without_message_authenticator_is_accepted(start_nas: StartNas) -> None:
+    emulator = await start_nas(
         lambda data, _: [build_reply(41, data[1], data[4:20], SECRET, message_authenticator=False)]
     )
     assert (await disconnect(emulator)).acked
 
 
-async def test_pyrad_built_ack_is_accepted(nas: StartNas) -> None:
+async def test_pyrad_built_ack_is_accepted(start_nas: StartNas) -> None:
     # Interoperability with a pyrad-based NAS / radclient-style peer.
     def pyrad_ack(data: bytes, request: rp.Packet) -> list[bytes]:
         reply = cast(rp.CoAPacket, request).CreateReply()
         reply.add_message_authenticator()
         return [reply.ReplyPacket()]
 
-    emulator = await nas(pyrad_ack)
+    emulator = await start_nas(pyrad_ack)
     assert await disconnect(emulator) == DisconnectOutcome(acked=True, reason="ack")
 
 
-async def test_reply_signed_with_wrong_secret_is_not_accepted(nas: StartNas) -> None:
-    emulator = await nas(signed_with_wrong_secret)
+async def test_reply_signed_with_wrong_secret_is_not_accepted(start_nas: StartNas) -> None:
+    emulator = await start_nas(signed_with_wrong_secret)
     outcome = await disconnect(emulator)
     assert outcome == DisconnectOutcome(acked=False, reason="bad-reply")
     # Ignored, so the request went out on every attempt.
@@ -330,17 +330,17 @@ def _forged_nak(code: int = 42, **kwargs: object) -> Callable[[bytes], bytes]:
     ],
 )
 async def test_invalid_reply_is_ignored_and_a_later_valid_one_wins(
-    nas: StartNas, forge: Callable[[bytes], bytes]
+    start_nas: StartNas, forge: Callable[[bytes], bytes]
 ) -> None:
     # Each request is answered with a forged NAK first, then the NAS's genuine ACK:
     # accepting the forgery would end the exchange with "nak:506".
-    emulator = await nas(lambda data, request: [forge(data), *ack(data, request)])
+    emulator = await start_nas(lambda data, request: [forge(data), *ack(data, request)])
     assert await disconnect(emulator) == DisconnectOutcome(acked=True, reason="ack")
     assert len(emulator.received) == 1
 
 
-async def test_silent_nas_times_out_after_all_attempts(nas: StartNas) -> None:
-    emulator = await nas(silent)
+async def test_silent_nas_times_out_after_all_attempts(start_nas: StartNas) -> None:
+    emulator = await start_nas(silent)
     started = time.monotonic()
     outcome = await disconnect(emulator, timeout=0.2, attempts=3)
     elapsed = time.monotonic() - started
@@ -349,8 +349,8 @@ async def test_silent_nas_times_out_after_all_attempts(nas: StartNas) -> None:
     assert elapsed < 2.0  # bounded by attempts x timeout, not by anything longer
 
 
-async def test_retransmission_resends_the_same_datagram(nas: StartNas) -> None:
-    emulator = await nas(ack, drop_first=2)
+async def test_retransmission_resends_the_same_datagram(start_nas: StartNas) -> None:
+    emulator = await start_nas(ack, drop_first=2)
     outcome = await disconnect(emulator, timeout=0.2, attempts=3)
     assert outcome == DisconnectOutcome(acked=True, reason="ack")
     assert len(emulator.received) == 3
@@ -361,8 +361,8 @@ async def test_retransmission_resends_the_same_datagram(nas: StartNas) -> None:
         assert got.request_authenticator_ok and got.message_authenticator_ok
 
 
-async def test_too_few_attempts_for_the_losses_times_out(nas: StartNas) -> None:
-    emulator = await nas(ack, drop_first=2)
+async def test_too_few_attempts_for_the_losses_times_out(start_nas: StartNas) -> None:
+    emulator = await start_nas(ack, drop_first=2)
     outcome = await disconnect(emulator, timeout=0.2, attempts=2)
     assert outcome == DisconnectOutcome(acked=False, reason="timeout")
     assert len(emulator.received) == 2
@@ -381,11 +381,11 @@ async def test_closed_port_is_unreachable_not_an_exception() -> None:
 
 
 async def test_secret_and_pin_are_never_logged(
-    nas: StartNas, caplog: pytest.LogCaptureFixture
+    start_nas: StartNas, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="ocs.radius.disconnect")
     for reply in (ack, nak_503, signed_with_wrong_secret, silent):
-        await disconnect(await nas(reply), timeout=0.1, attempts=1)
+        await disconnect(await start_nas(reply), timeout=0.1, attempts=1)
     records = [r for r in caplog.records if r.name == "ocs.radius.disconnect"]
     assert len(records) == 4
     for record in records:

@@ -11,11 +11,11 @@ second; UK Mobile 0.060 a minute, 30/6, connect fee 0.150.
 """
 
 import hashlib
-from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import RADIUS_SECRET, RunningRadius, add_plan, eventually
+from tests.conftest import RADIUS_SECRET, RunningRadius, eventually
+from tests.helpers import new_account
 from tests.radius_udp import (
     UdpClient,
     access_request,
@@ -33,23 +33,11 @@ DUPLICATES = "ocs_radius_duplicates_total"
 
 
 @pytest.fixture
-async def nas(radius: RunningRadius) -> RunningRadius:
-    """The RADIUS server with the retail plan and a funded account with two lines."""
-    await add_plan(radius.app.services)
-    status, body = await radius.app.post(
-        "/v1/accounts", {"id": "3001", "plan": "retail", "balance": "1.00", "max_lines": 2}
-    )
-    assert status == 201, body
-    return radius
-
-
-@pytest.fixture
-async def udp() -> AsyncIterator[UdpClient]:
-    client = await UdpClient.open()
-    try:
-        yield client
-    finally:
-        client.close()
+async def nas(nas: RunningRadius) -> RunningRadius:
+    """The RADIUS server with the retail plan (conftest's ``nas``) and a funded account
+    with two lines."""
+    await new_account(nas.app, "3001", balance="1.00", max_lines=2)
+    return nas
 
 
 def _offset(data: bytes, kind: int) -> int:

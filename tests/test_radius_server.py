@@ -31,7 +31,8 @@ from ocs.charging.translation import validate_rules
 from ocs.config import RadiusClientConfig, with_overrides
 from ocs.radius.clients import ClientTable, NasClient, clients_from_settings
 from ocs.radius.server import RadiusServer
-from tests.conftest import RADIUS_SECRET, RunningRadius, add_plan, eventually
+from tests.conftest import RADIUS_SECRET, RunningRadius, account, eventually
+from tests.helpers import Pairs, acct, auth, new_account, return_code
 from tests.radclient import RadiusReply, radclient
 from tests.radius_udp import (
     UdpClient,
@@ -48,33 +49,7 @@ UK_MOBILE = "447700900123"
 NO_TARIFF = "33142278000"  # France: not in the retail deck
 SETUP_TIME = "h323-setup-time=*10:15:00.000 UTC Mon Mar 2 2026"
 
-Pairs = list[tuple[str, str]]
-
-
 # -- helpers ----------------------------------------------------------------------
-
-
-@pytest.fixture
-async def nas(radius: RunningRadius) -> RunningRadius:
-    """The RADIUS server with the retail plan in the catalog."""
-    await add_plan(radius.app.services)
-    return radius
-
-
-async def new_account(
-    nas: RunningRadius, account_id: str, balance: str = "1.00", **fields: object
-) -> None:
-    """An account created as provisioning does: over the HTTP admin API."""
-    status, body = await nas.app.post(
-        "/v1/accounts", {"id": account_id, "plan": "retail", "balance": balance, **fields}
-    )
-    assert status == 201, body
-
-
-async def account(nas: RunningRadius, account_id: str) -> dict[str, Any]:
-    status, body = await nas.app.get(f"/v1/accounts/{account_id}")
-    assert status == 200, body
-    return body
 
 
 def cisco_call(conf_id: str) -> Pairs:
@@ -99,28 +74,10 @@ def call_request(
     return pairs + cisco_call(conf_id)
 
 
-async def auth(nas: RunningRadius, pairs: Pairs, port: int | None = None) -> RadiusReply:
-    return await radclient("auth", port or nas.auth_port, RADIUS_SECRET, pairs)
-
-
-async def acct(
-    nas: RunningRadius, status: str, pairs: Pairs, port: int | None = None
-) -> RadiusReply:
-    reply = await radclient(
-        "acct", port or nas.acct_port, RADIUS_SECRET, [("Acct-Status-Type", status), *pairs]
-    )
-    assert reply.code == "Accounting-Response", reply.output
-    return reply
-
-
 async def accepted(nas: RunningRadius, pairs: Pairs, port: int | None = None) -> RadiusReply:
     reply = await auth(nas, pairs, port)
     assert reply.code == "Access-Accept", reply.output
     return reply
-
-
-def return_code(reply: RadiusReply) -> str | None:
-    return reply.first("h323-return-code")
 
 
 async def rows(nas: RunningRadius, sql: str, *args: object) -> list[dict[str, Any]]:
@@ -214,15 +171,6 @@ async def extra_server(
         await server.drain(5)
 
 
-@pytest.fixture
-async def udp() -> AsyncIterator[UdpClient]:
-    client = await UdpClient.open()
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 async def dropped(reason: str, before: float, count: int = 1) -> None:
     """Wait until ``count`` more packets were dropped for ``reason``."""
 
@@ -238,7 +186,7 @@ async def dropped(reason: str, before: float, count: int = 1) -> None:
 async def test_access_accept_carries_the_credit_of_a_known_tariff_and_balance(
     nas: RunningRadius,
 ) -> None:
-    await new_account(nas, "2001", balance="1.00")
+    await new_account(nas.app, "2001", balance="1.00")
     reply = await accepted(nas, call_request("2001", GERMANY, "CONF-PREPAID"))
     # 1.00 EUR at 0.012 EUR a minute, billed by the second: 5000 seconds.
     assert reply.attributes["Session-Timeout"] == ["5000"]
@@ -248,12 +196,12 @@ async def test_access_accept_carries_the_credit_of_a_known_tariff_and_balance(
     assert reply.attributes["h323-billing-model"] == ["h323-billing-model=1"]
     assert reply.attributes["h323-currency"] == ["h323-currency=EUR"]
     assert reply.first("Message-Authenticator") not in (None, "0x00")
-    view = await account(nas, "2001")
+    view = await account(nas.app, "2001")
     assert view["lines_in_use"] == 1 and view["reserved"] == "1.000000"
 
 
 async def test_access_accept_for_a_credit_limit_account_is_postpaid(nas: RunningRadius) -> None:
-    await new_account(nas, "2002", balance="0", credit_limit="2.00")
+    await new_account(nas.app, "2002", balance="0", credit_limit="2.00")
     reply = await accepted(nas, call_request("2002", GERMANY, "CONF-POSTPAID"))
     assert reply.attributes["Session-Timeout"] == ["10000"]
     assert reply.attributes["h323-credit-time"] == ["h323-credit-time=10000"]
@@ -265,7 +213,7 @@ async def test_access_accept_for_a_credit_limit_account_is_postpaid(nas: Running
 async def test_every_reply_carries_a_valid_message_authenticator(
     nas: RunningRadius, udp: UdpClient
 ) -> None:
-    await new_account(nas, "2003")
+    await new_account(nas.app, "2003")
     cases = [
         (nas.auth_port, access_request(RADIUS_SECRET, call_request("2003", GERMANY, "MA-1"))),
         (nas.auth_port, access_request(RADIUS_SECRET, call_request("nobody", GERMANY, "MA-2"))),
@@ -297,11 +245,11 @@ async def test_access_request_sent_again_for_a_live_call_gets_the_same_answer(
 ) -> None:
     # A gateway that gave up waiting sends the call's Access-Request again as a new
     # request (new identifier): the call is the same, so must be the answer.
-    await new_account(nas, "2005", balance="0", credit_limit="5.00", max_lines=2)
+    await new_account(nas.app, "2005", balance="0", credit_limit="5.00", max_lines=2)
     call = call_request("2005", GERMANY, "AGAIN-1")
     first = await accepted(nas, call)
     again = await accepted(nas, call)
-    assert (await account(nas, "2005"))["lines_in_use"] == 1
+    assert (await account(nas.app, "2005"))["lines_in_use"] == 1
     assert first.attributes["Session-Timeout"] == ["14400"]
     assert first.attributes["h323-billing-model"] == ["h323-billing-model=0"]
     names = (
@@ -319,7 +267,7 @@ async def test_access_request_sent_again_for_a_live_call_gets_the_same_answer(
 
 async def test_replies_echo_proxy_state(nas: RunningRadius, udp: UdpClient) -> None:
     # A proxy in front of ocs (RFC 2865 section 5.33) finds its state in the reply.
-    await new_account(nas, "2006")
+    await new_account(nas.app, "2006")
     request = access_request(
         RADIUS_SECRET, [*call_request("2006", GERMANY, "PROXY-1"), ("Proxy-State", "hop-1")]
     )
@@ -331,14 +279,14 @@ async def test_replies_echo_proxy_state(nas: RunningRadius, udp: UdpClient) -> N
 async def test_start_and_stop_put_the_cdr_and_the_balance_in_postgresql(
     nas: RunningRadius,
 ) -> None:
-    await new_account(nas, "2010", balance="1.00")
+    await new_account(nas.app, "2010", balance="1.00")
     call = call_request("2010", GERMANY, "CDR-1", caller="4930111222")
     await accepted(nas, call)
     accounting = [("User-Name", "2010"), *cisco_call("CDR-1")]
     await acct(nas, "Start", accounting)
     await acct(nas, "Stop", [*accounting, ("Acct-Session-Time", "125")])
     # 125 s at 0.012 a minute = 0.025.
-    view = await account(nas, "2010")
+    view = await account(nas.app, "2010")
     assert view["balance"] == "0.975000"
     assert view["reserved"] == "0.000000" and view["lines_in_use"] == 0
     cdr = await cdr_of(nas, "CDR-1")
@@ -368,13 +316,13 @@ async def _wrong_password(nas: RunningRadius) -> tuple[Pairs, str | None]:
 
 
 async def _no_free_line(nas: RunningRadius) -> tuple[Pairs, str | None]:
-    await new_account(nas, "acct-3", balance="5.00", max_lines=1)
+    await new_account(nas.app, "acct-3", balance="5.00", max_lines=1)
     await accepted(nas, call_request("acct-3", GERMANY, "REJ-3-FIRST"))
     return call_request("acct-3", GERMANY, "REJ-3"), None
 
 
 async def _zero_balance(nas: RunningRadius) -> tuple[Pairs, str | None]:
-    await new_account(nas, "acct-4", balance="0")
+    await new_account(nas.app, "acct-4", balance="0")
     return call_request("acct-4", GERMANY, "REJ-4"), None
 
 
@@ -390,39 +338,39 @@ async def _card_expired(nas: RunningRadius) -> tuple[Pairs, str | None]:
 
 async def _credit_limit(nas: RunningRadius) -> tuple[Pairs, str | None]:
     # A postpaid account talks an hour on a 0.10 credit limit: the stop takes it to -0.10.
-    await new_account(nas, "acct-6", balance="0", credit_limit="0.10")
+    await new_account(nas.app, "acct-6", balance="0", credit_limit="0.10")
     await accepted(nas, call_request("acct-6", GERMANY, "REJ-6-FIRST"))
     used = [("User-Name", "acct-6"), *cisco_call("REJ-6-FIRST")]
     await acct(nas, "Start", used)
     await acct(nas, "Stop", [*used, ("Acct-Session-Time", "3600")])
-    view = await account(nas, "acct-6")
+    view = await account(nas.app, "acct-6")
     assert view["balance"] == "-0.100000" and view["available"] == "0.000000"
     return call_request("acct-6", GERMANY, "REJ-6"), None
 
 
 async def _suspended(nas: RunningRadius) -> tuple[Pairs, str | None]:
-    await new_account(nas, "acct-7s", balance="5.00", status="suspended")
+    await new_account(nas.app, "acct-7s", balance="5.00", status="suspended")
     return call_request("acct-7s", GERMANY, "REJ-7S"), None
 
 
 async def _locked(nas: RunningRadius) -> tuple[Pairs, str | None]:
-    await new_account(nas, "acct-7l", balance="5.00", status="locked")
+    await new_account(nas.app, "acct-7l", balance="5.00", status="locked")
     return call_request("acct-7l", GERMANY, "REJ-7L"), None
 
 
 async def _no_tariff(nas: RunningRadius) -> tuple[Pairs, str | None]:
-    await new_account(nas, "acct-9", balance="5.00")
+    await new_account(nas.app, "acct-9", balance="5.00")
     return call_request("acct-9", NO_TARIFF, "REJ-9"), None
 
 
 async def _letters_in_destination(nas: RunningRadius) -> tuple[Pairs, str | None]:
-    await new_account(nas, "acct-9l", balance="5.00")
+    await new_account(nas.app, "acct-9l", balance="5.00")
     return call_request("acct-9l", "4930abc1820", "REJ-9L"), None
 
 
 async def _insufficient_balance(nas: RunningRadius) -> tuple[Pairs, str | None]:
     # UK Mobile's first block costs 0.150 + 30 s at 0.060 a minute = 0.18.
-    await new_account(nas, "acct-12", balance="0.10")
+    await new_account(nas.app, "acct-12", balance="0.10")
     return call_request("acct-12", UK_MOBILE, "REJ-12"), None
 
 
@@ -488,10 +436,10 @@ async def test_each_refusal_carries_its_return_code_and_a_reply_message(
 
 
 async def test_a_refused_call_reserves_nothing(nas: RunningRadius) -> None:
-    await new_account(nas, "2020", balance="0.10")
+    await new_account(nas.app, "2020", balance="0.10")
     reply = await auth(nas, call_request("2020", UK_MOBILE, "REFUSED"))
     assert return_code(reply) == "h323-return-code=12"
-    view = await account(nas, "2020")
+    view = await account(nas.app, "2020")
     assert view["reserved"] == "0.000000" and view["lines_in_use"] == 0
 
 
@@ -511,7 +459,7 @@ async def test_card_only_request_answers_the_balance_and_reserves_nothing(
     assert reply.attributes["h323-currency"] == ["h323-currency=EUR"]
     assert reply.attributes["h323-billing-model"] == ["h323-billing-model=1"]
     assert "Session-Timeout" not in reply.attributes
-    view = await account(nas, "555000111")
+    view = await account(nas.app, "555000111")
     assert view["reserved"] == "0.000000" and view["lines_in_use"] == 0
     assert view["balance"] == "3.500000"
 
@@ -525,7 +473,7 @@ async def test_card_only_request_answers_the_balance_and_reserves_nothing(
 
 
 async def test_card_only_request_of_a_postpaid_account_says_postpaid(nas: RunningRadius) -> None:
-    await new_account(nas, "2030", balance="0.50", credit_limit="2.00")
+    await new_account(nas.app, "2030", balance="0.50", credit_limit="2.00")
     reply = await accepted(nas, [("User-Name", "2030")])
     assert reply.attributes["h323-credit-amount"] == ["h323-credit-amount=2.500000"]
     # Same account, same attribute as in its call authorization: 0 = postpaid.
@@ -560,7 +508,7 @@ async def test_a_user_password_of_a_wrong_size_is_refused_not_an_internal_error(
     if replies:
         assert verified(request, replies[0]) and replies[0][0] == 3  # Access-Reject
         assert decode_reply(request, replies[0])["h323-return-code"] == ["h323-return-code=2"]
-    assert (await account(nas, "card-pw"))["lines_in_use"] == 0
+    assert (await account(nas.app, "card-pw"))["lines_in_use"] == 0
 
 
 async def test_pin_with_the_right_password_places_the_call(nas: RunningRadius) -> None:
@@ -574,11 +522,11 @@ async def test_pin_with_the_right_password_places_the_call(nas: RunningRadius) -
 
 
 async def test_pinless_caller_id_identifies_the_account(nas: RunningRadius) -> None:
-    await new_account(nas, "2040", balance="1.00")
+    await new_account(nas.app, "2040", balance="1.00")
     await nas.app.services.accounts.add_caller("2040", "+4930555666")
     reply = await accepted(nas, call_request(None, GERMANY, "PINLESS-1", caller="4930555666"))
     assert reply.attributes["Session-Timeout"] == ["5000"]
-    view = await account(nas, "2040")
+    view = await account(nas.app, "2040")
     assert view["lines_in_use"] == 1
 
     stranger = await auth(nas, call_request(None, GERMANY, "PINLESS-2", caller="4930777888"))
@@ -592,7 +540,7 @@ async def test_pinless_caller_id_identifies_the_account(nas: RunningRadius) -> N
 async def test_call_id_prefers_conf_id_then_acct_session_id_then_avpair(
     nas: RunningRadius,
 ) -> None:
-    await new_account(nas, "2050", balance="10.00", max_lines=3)
+    await new_account(nas.app, "2050", balance="10.00", max_lines=3)
     base = [("User-Name", "2050"), ("Called-Station-Id", GERMANY)]
     conf = ("h323-conf-id", "h323-conf-id=3C5AEAB9 95C80008 0 58FB8B4")
     session = ("Acct-Session-Id", "SESSION-B")
@@ -606,7 +554,7 @@ async def test_call_id_prefers_conf_id_then_acct_session_id_then_avpair(
     await acct(nas, "Stop", [("User-Name", "2050"), session, ("Acct-Session-Time", "10")])
     await acct(nas, "Stop", [("User-Name", "2050"), avpair, ("Acct-Session-Time", "10")])
     await acct(nas, "Stop", [("User-Name", "2050"), conf, ("Acct-Session-Time", "10")])
-    view = await account(nas, "2050")
+    view = await account(nas.app, "2050")
     assert view["lines_in_use"] == 0
     assert view["balance"] == "9.994000"  # three calls of 10 s at 0.012 a minute
 
@@ -615,7 +563,7 @@ async def test_call_id_prefers_conf_id_then_acct_session_id_then_avpair(
 
 
 async def test_wrong_secret_gets_no_answer_from_radclient(nas: RunningRadius) -> None:
-    await new_account(nas, "2060")
+    await new_account(nas.app, "2060")
     before = sample("ocs_radius_dropped_total", reason="bad_message_authenticator")
     reply = await radclient(
         "auth", nas.auth_port, "wrong-secret", call_request("2060", GERMANY, "WS-1")
@@ -623,13 +571,13 @@ async def test_wrong_secret_gets_no_answer_from_radclient(nas: RunningRadius) ->
     assert reply.code is None, reply.output
     # The server itself stayed silent (radclient would also discard a reply it cannot verify).
     await dropped("bad_message_authenticator", before)
-    assert (await account(nas, "2060"))["lines_in_use"] == 0
+    assert (await account(nas.app, "2060"))["lines_in_use"] == 0
 
 
 async def test_wrong_secret_on_accounting_gets_no_answer_and_charges_nothing(
     nas: RunningRadius, udp: UdpClient
 ) -> None:
-    await new_account(nas, "2061")
+    await new_account(nas.app, "2061")
     await accepted(nas, call_request("2061", GERMANY, "WS-2"))
     used = [("User-Name", "2061"), *cisco_call("WS-2")]
     await acct(nas, "Start", used)
@@ -639,13 +587,13 @@ async def test_wrong_secret_on_accounting_gets_no_answer_and_charges_nothing(
     )
     udp.send(wire(stop), nas.acct_port)
     await dropped("bad_authenticator", before)
-    view = await account(nas, "2061")
+    view = await account(nas.app, "2061")
     assert view["balance"] == "1.000000" and view["lines_in_use"] == 1
     assert udp.unread() == []
 
 
 async def test_unknown_client_gets_no_answer(nas: RunningRadius, udp: UdpClient) -> None:
-    await new_account(nas, "2070")
+    await new_account(nas.app, "2070")
     async with extra_server(nas, clients=ClientTable([])) as other:
         before = sample("ocs_radius_dropped_total", reason="unknown_client")
         request = access_request(RADIUS_SECRET, call_request("2070", GERMANY, "UC-1"))
@@ -667,7 +615,7 @@ async def test_unknown_client_gets_no_answer(nas: RunningRadius, udp: UdpClient)
 async def test_access_request_without_message_authenticator_is_dropped(
     nas: RunningRadius,
 ) -> None:
-    await new_account(nas, "2080")
+    await new_account(nas.app, "2080")
     before = sample("ocs_radius_dropped_total", reason="missing_message_authenticator")
     reply = await radclient(
         "auth",
@@ -678,11 +626,11 @@ async def test_access_request_without_message_authenticator_is_dropped(
     )
     assert reply.code is None, reply.output
     await dropped("missing_message_authenticator", before)
-    assert (await account(nas, "2080"))["lines_in_use"] == 0
+    assert (await account(nas.app, "2080"))["lines_in_use"] == 0
 
 
 async def test_forged_message_authenticator_is_dropped(nas: RunningRadius, udp: UdpClient) -> None:
-    await new_account(nas, "2081")
+    await new_account(nas.app, "2081")
     request = access_request(RADIUS_SECRET, call_request("2081", GERMANY, "FORGED-1"))
     data = wire(request)
     at = _attribute_offset(data, 80)
@@ -690,7 +638,7 @@ async def test_forged_message_authenticator_is_dropped(nas: RunningRadius, udp: 
     before = sample("ocs_radius_dropped_total", reason="bad_message_authenticator")
     udp.send(forged, nas.auth_port)
     await dropped("bad_message_authenticator", before)
-    assert (await account(nas, "2081"))["lines_in_use"] == 0
+    assert (await account(nas.app, "2081"))["lines_in_use"] == 0
     # The genuine packet (another authenticator, so not a duplicate) is answered.
     genuine = access_request(RADIUS_SECRET, call_request("2081", GERMANY, "FORGED-1"))
     reply = await udp.exchange(wire(genuine), nas.auth_port)
@@ -701,7 +649,7 @@ async def test_forged_message_authenticator_is_dropped(nas: RunningRadius, udp: 
 async def test_message_authenticator_on_accounting_is_verified_when_present(
     nas: RunningRadius, udp: UdpClient
 ) -> None:
-    await new_account(nas, "2083")
+    await new_account(nas.app, "2083")
     await accepted(nas, call_request("2083", GERMANY, "ACCT-MA"))
     start = accounting_request(
         RADIUS_SECRET,
@@ -739,7 +687,7 @@ def _attribute_offset(data: bytes, kind: int) -> int:
 async def test_a_client_may_be_relaxed_on_purpose_but_forgeries_still_drop(
     nas: RunningRadius, udp: UdpClient
 ) -> None:
-    await new_account(nas, "2082", max_lines=2)
+    await new_account(nas.app, "2082", max_lines=2)
     async with extra_server(nas, require_message_authenticator=False) as relaxed:
         reply = await radclient(
             "auth",
@@ -759,7 +707,7 @@ async def test_a_client_may_be_relaxed_on_purpose_but_forgeries_still_drop(
         udp.send(forged, relaxed.auth_port)
         await dropped("bad_message_authenticator", before)
         assert udp.unread() == []
-    assert (await account(nas, "2082"))["lines_in_use"] == 1
+    assert (await account(nas.app, "2082"))["lines_in_use"] == 1
 
 
 # -- duplicates (RFC 5080) ----------------------------------------------------------------
@@ -768,7 +716,7 @@ async def test_a_client_may_be_relaxed_on_purpose_but_forgeries_still_drop(
 async def test_the_same_stop_three_times_charges_once_and_gets_the_same_reply(
     nas: RunningRadius, udp: UdpClient
 ) -> None:
-    await new_account(nas, "2090", balance="1.00")
+    await new_account(nas.app, "2090", balance="1.00")
     await accepted(nas, call_request("2090", GERMANY, "DUP-1"))
     used = [("User-Name", "2090"), *cisco_call("DUP-1")]
     await acct(nas, "Start", used)
@@ -783,7 +731,7 @@ async def test_the_same_stop_three_times_charges_once_and_gets_the_same_reply(
     assert verified(stop, replies[0] or b"")
     assert sample("ocs_radius_duplicates_total", type="acct") == before + 2
     # 300 s at 0.012 a minute = 0.06, once.
-    view = await account(nas, "2090")
+    view = await account(nas.app, "2090")
     assert view["balance"] == "0.940000" and view["lines_in_use"] == 0
     assert (await cdr_of(nas, "DUP-1"))["charged"] == 60_000
     await ledger_balance(nas, "2090", 940_000)
@@ -792,7 +740,7 @@ async def test_the_same_stop_three_times_charges_once_and_gets_the_same_reply(
 async def test_a_burst_of_copies_of_one_stop_charges_once(
     nas: RunningRadius, udp: UdpClient
 ) -> None:
-    await new_account(nas, "2091", balance="1.00")
+    await new_account(nas.app, "2091", balance="1.00")
     await accepted(nas, call_request("2091", GERMANY, "DUP-2"))
     used = [("User-Name", "2091"), *cisco_call("DUP-2")]
     await acct(nas, "Start", used)
@@ -806,12 +754,12 @@ async def test_a_burst_of_copies_of_one_stop_charges_once(
     first = await udp.receive()
     assert first is not None
     assert all(copy == first for copy in udp.unread())
-    view = await account(nas, "2091")
+    view = await account(nas.app, "2091")
     assert view["balance"] == "0.940000" and view["lines_in_use"] == 0
 
 
 async def test_a_stop_sent_again_as_a_new_request_charges_once(nas: RunningRadius) -> None:
-    await new_account(nas, "2092", balance="1.00")
+    await new_account(nas.app, "2092", balance="1.00")
     await accepted(nas, call_request("2092", GERMANY, "DUP-3"))
     used = [("User-Name", "2092"), *cisco_call("DUP-3")]
     await acct(nas, "Start", used)
@@ -821,13 +769,13 @@ async def test_a_stop_sent_again_as_a_new_request_charges_once(nas: RunningRadiu
     assert sample("ocs_radius_packets_total", type="accounting-stop", result="repeated") == (
         before + 2
     )
-    assert (await account(nas, "2092"))["balance"] == "0.940000"
+    assert (await account(nas.app, "2092"))["balance"] == "0.940000"
 
 
 async def test_a_retransmitted_access_request_takes_one_line(
     nas: RunningRadius, udp: UdpClient
 ) -> None:
-    await new_account(nas, "2093", balance="10.00", max_lines=3)
+    await new_account(nas.app, "2093", balance="10.00", max_lines=3)
     # No call id at all: only the reply cache can tell the copies apart from new calls.
     request = access_request(RADIUS_SECRET, [("User-Name", "2093"), ("Called-Station-Id", GERMANY)])
     data = wire(request)
@@ -837,7 +785,7 @@ async def test_a_retransmitted_access_request_takes_one_line(
     assert first is not None and first[0] == 2
     assert second == first
     assert sample("ocs_radius_duplicates_total", type="auth") == before + 1
-    view = await account(nas, "2093")
+    view = await account(nas.app, "2093")
     assert view["lines_in_use"] == 1 and view["reserved"] == "2.880000"
 
 
@@ -845,23 +793,23 @@ async def test_a_retransmitted_access_request_takes_one_line(
 
 
 async def test_interim_update_records_progress_without_debiting(nas: RunningRadius) -> None:
-    await new_account(nas, "2100", balance="1.00")
+    await new_account(nas.app, "2100", balance="1.00")
     await accepted(nas, call_request("2100", GERMANY, "INT-1"))
     used = [("User-Name", "2100"), *cisco_call("INT-1")]
     await acct(nas, "Start", used)
     await acct(nas, "Interim-Update", [*used, ("Acct-Session-Time", "30")])
     entry = await nas.app.services.store.live_entry("2100", "INT-1")
     assert entry is not None and entry.used == 30 and entry.debited == 0
-    view = await account(nas, "2100")
+    view = await account(nas.app, "2100")
     assert view["balance"] == "1.000000" and view["reserved"] == "1.000000"
     await acct(nas, "Stop", [*used, ("Acct-Session-Time", "45")])
-    assert (await account(nas, "2100"))["balance"] == "0.991000"
+    assert (await account(nas.app, "2100"))["balance"] == "0.991000"
 
 
 async def test_debit_on_interim_takes_the_used_part_and_stop_the_rest(
     nas: RunningRadius,
 ) -> None:
-    await new_account(nas, "2110", balance="5.00")
+    await new_account(nas.app, "2110", balance="5.00")
     async with extra_server(nas, debit_on_interim=True) as debiting:
         call = call_request("2110", GERMANY, "DEBIT-1")
         await accepted(nas, call, port=debiting.auth_port)
@@ -869,15 +817,15 @@ async def test_debit_on_interim_takes_the_used_part_and_stop_the_rest(
         port = debiting.acct_port
         await acct(nas, "Start", used, port=port)
         await acct(nas, "Interim-Update", [*used, ("Acct-Session-Time", "60")], port=port)
-        view = await account(nas, "2110")
+        view = await account(nas.app, "2110")
         # 60 s at 0.012 a minute, debited now, out of the call's reservation (2.88):
         # the funds available to other calls do not change.
         assert view["balance"] == "4.988000"
         assert view["reserved"] == "2.868000" and view["available"] == "2.120000"
         await acct(nas, "Interim-Update", [*used, ("Acct-Session-Time", "60")], port=port)
-        assert (await account(nas, "2110"))["balance"] == "4.988000"  # repeated: no debit
+        assert (await account(nas.app, "2110"))["balance"] == "4.988000"  # repeated: no debit
         await acct(nas, "Stop", [*used, ("Acct-Session-Time", "90")], port=port)
-    view = await account(nas, "2110")
+    view = await account(nas.app, "2110")
     assert view["balance"] == "4.982000" and view["reserved"] == "0.000000"
     cdr = await cdr_of(nas, "DEBIT-1")
     assert cdr["charged"] == cdr["rated_cost"] == 18_000
@@ -892,25 +840,25 @@ async def test_debit_on_interim_takes_the_used_part_and_stop_the_rest(
 
 
 async def test_a_prepaid_call_running_past_its_grant_never_overdraws(nas: RunningRadius) -> None:
-    await new_account(nas, "2114", balance="1.00")
+    await new_account(nas.app, "2114", balance="1.00")
     reply = await accepted(nas, call_request("2114", GERMANY, "OVERRUN"))
     assert reply.attributes["Session-Timeout"] == ["5000"]
     used = [("User-Name", "2114"), *cisco_call("OVERRUN")]
     await acct(nas, "Start", used)
     await acct(nas, "Stop", [*used, ("Acct-Session-Time", "10000")])  # twice the grant
-    view = await account(nas, "2114")
+    view = await account(nas.app, "2114")
     assert view["balance"] == "0.000000" and view["lines_in_use"] == 0
     cdr = await cdr_of(nas, "OVERRUN")
     assert (cdr["rated_cost"], cdr["charged"]) == (2_000_000, 1_000_000)
 
 
 async def test_an_unanswered_call_stopped_without_start_is_free(nas: RunningRadius) -> None:
-    await new_account(nas, "2115", balance="1.00")
+    await new_account(nas.app, "2115", balance="1.00")
     await accepted(nas, call_request("2115", UK_MOBILE, "UNANSWERED"))
     await acct(
         nas, "Stop", [("User-Name", "2115"), *cisco_call("UNANSWERED"), ("Acct-Session-Time", "0")]
     )
-    view = await account(nas, "2115")
+    view = await account(nas.app, "2115")
     assert view["balance"] == "1.000000"  # not even UK Mobile's connect fee
     assert view["reserved"] == "0.000000" and view["lines_in_use"] == 0
     assert (await cdr_of(nas, "UNANSWERED"))["charged"] == 0
@@ -919,19 +867,19 @@ async def test_an_unanswered_call_stopped_without_start_is_free(nas: RunningRadi
 async def test_an_accept_never_started_is_released_after_the_start_timeout(
     nas: RunningRadius,
 ) -> None:
-    await new_account(nas, "2120", balance="10.00", max_lines=2)
+    await new_account(nas.app, "2120", balance="10.00", max_lines=2)
     async with extra_server(nas, start_timeout=1) as short:
         await accepted(nas, call_request("2120", GERMANY, "NOSTART"), port=short.auth_port)
         await accepted(nas, call_request("2120", GERMANY, "STARTED"), port=short.auth_port)
         await acct(nas, "Start", [("User-Name", "2120"), *cisco_call("STARTED")])
-        view = await account(nas, "2120")
+        view = await account(nas.app, "2120")
         assert view["lines_in_use"] == 2
         janitor = Janitor(short.calls, nas.app.services.store)
         closed = await janitor.sweep(now=int(time.time()) + 30)
     assert closed == 1
     live = await nas.app.services.store.live_calls_of("2120")
     assert list(live) == ["STARTED"]
-    view = await account(nas, "2120")
+    view = await account(nas.app, "2120")
     assert view["lines_in_use"] == 1
     assert view["reserved"] == "2.880000"  # the started call's reservation only
     assert view["balance"] == "10.000000"
@@ -940,13 +888,13 @@ async def test_an_accept_never_started_is_released_after_the_start_timeout(
     assert cdr["charged"] == 0 and cdr["duration"] == 0
     # A Start arriving after the release is acknowledged and takes no line.
     await acct(nas, "Start", [("User-Name", "2120"), *cisco_call("NOSTART")])
-    assert (await account(nas, "2120"))["lines_in_use"] == 1
+    assert (await account(nas.app, "2120"))["lines_in_use"] == 1
 
 
 async def test_accounting_on_closes_the_calls_of_that_nas_by_their_last_report(
     nas: RunningRadius,
 ) -> None:
-    await new_account(nas, "2130", balance="10.00", max_lines=3)
+    await new_account(nas.app, "2130", balance="10.00", max_lines=3)
     await accepted(nas, call_request("2130", GERMANY, "REBOOT-TALKING"))
     talking = [("User-Name", "2130"), *cisco_call("REBOOT-TALKING")]
     await acct(nas, "Start", talking)
@@ -963,7 +911,7 @@ async def test_accounting_on_closes_the_calls_of_that_nas_by_their_last_report(
     assert talked["nas"] == "test-nas"
     rang = await cdr_of(nas, "REBOOT-RINGING")
     assert rang["termination_cause"] == "nas-reboot" and rang["charged"] == 0
-    view = await account(nas, "2130")
+    view = await account(nas.app, "2130")
     assert view["balance"] == "9.992000" and view["lines_in_use"] == 1
     assert view["reserved"] == "2.880000"
 
@@ -974,7 +922,7 @@ async def test_accounting_on_closes_the_calls_of_that_nas_by_their_last_report(
 async def test_metrics_count_packets_by_type_and_result_and_rejects_by_code(
     nas: RunningRadius,
 ) -> None:
-    await new_account(nas, "2140", balance="1.00")
+    await new_account(nas.app, "2140", balance="1.00")
 
     def counts() -> dict[str, float]:
         return {
@@ -1031,7 +979,7 @@ async def test_a_nas_translation_set_replaces_the_plans_for_its_calls(
     nas: RunningRadius,
 ) -> None:
     # This gateway sends UK national numbers ("020 ..."); the plan has no rules.
-    await new_account(nas, "2301", balance="1.00")
+    await new_account(nas.app, "2301", balance="1.00")
     national = [{"match": "^0", "replace": "44"}]
     gateway = NasClient(
         "uk-gw",

@@ -11,7 +11,6 @@ and ``ocs_backend_up`` follow the outage.
 import asyncio
 import gc
 import logging
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -35,12 +34,7 @@ from ocs.http.app import create_app
 from ocs.runtime import open_runtime
 from ocs.services import Services
 from tests.conftest import add_plan, eventually, reset_state
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.helpers import free_port
 
 
 class PrivateRedis:
@@ -48,7 +42,7 @@ class PrivateRedis:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -2,12 +2,14 @@
 
 import json
 
+from ocs.balances.accounts import AccountSpec
 from ocs.billing.rerate import rerate
 from ocs.charging import catalog_store
 from ocs.charging.deck import parse_deck
+from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.charging.rating import cost
 from tests.conftest import RETAIL_DECK, RunningApp, add_plan, eventually
-from tests.test_policy_cli import _ocs
+from tests.test_policy_cli import ocs_cli
 
 NEW_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 44,UK Fixed,0.010,0,60,60
@@ -19,10 +21,10 @@ NEW_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 async def test_cdrs_are_rated_again_with_the_new_deck(app: RunningApp) -> None:
     services = app.services
     await add_plan(services, deck=RETAIL_DECK, max_lines=3)
-    await services.accounts.create("rita", plan_id="retail", opening_balance=10_000_000)
+    await services.accounts.create(AccountSpec("rita", "retail", opening_balance=10_000_000))
     calls = {"4930123456": 100, "442071234567": 61, "12125550100": 30}
     for number, seconds in calls.items():
-        grant = await services.calls.authorize("rita", number)
+        grant = await services.calls.authorize(AuthorizeRequest("rita", number))
         await services.calls.stop(grant.call_id, seconds)
 
     async def written() -> bool:
@@ -50,7 +52,7 @@ async def test_cdrs_are_rated_again_with_the_new_deck(app: RunningApp) -> None:
     # Nothing moved: the balance is what the calls left.
     assert (await services.accounts.show("rita")).balance == 10_000_000 - same.total_then
 
-    code, out, err = await _ocs(services, "rerate", "--plan", "retail")
+    code, out, err = await ocs_cli(services, "rerate", "--plan", "retail")
     assert code == 0, err
     printed = json.loads(out)
     assert (printed["changed"], printed["unrated"], printed["total_now"]) == (2, 1, "0.060000")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ocs.balances.plan_policy import PlanPolicy, plan_policy, set_plan_policy
+from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.errors import OcsError
 from tests.conftest import RunningApp, account, add_plan, eventually
 from tests.radclient import radclient
@@ -244,7 +245,7 @@ async def test_a_radius_call_is_cut_when_its_slices_run_out(rig: CutRig) -> None
     assert rig.nas.received == []  # extended: 120 s are held
     # Another call takes what is left (0.01); the next interim cannot extend: the NAS
     # is told to end the call now.
-    other = await app.services.calls.authorize("3100", GERMANY, call_id="other")
+    other = await app.services.calls.authorize(AuthorizeRequest("3100", GERMANY, call_id="other"))
     assert (other.max_duration, other.reserved) == (60, 10_000)
     assert await radius(rig, "acct", [*interim, ("Acct-Session-Time", "120")]) == (
         "Accounting-Response"

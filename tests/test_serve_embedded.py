@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from typing import Any
 import asyncpg
 import psutil
 import pytest
+
+from tests.helpers import free_port
 
 READY_TIMEOUT_S = 60.0  # the first start of a data dir runs initdb
 EXIT_TIMEOUT_S = 30.0  # staged shutdown: drain (10 s at most) + ledger writer + servers
@@ -49,7 +50,7 @@ OCS = (sys.executable, "-m", "ocs")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _child_env(xdg_data_home: Path | None = None) -> dict[str, str]:
+def child_env(xdg_data_home: Path | None = None) -> dict[str, str]:
     """The test's environment: no OCS_* variable but the admin token, and its own XDG data.
 
     ``XDG_DATA_HOME`` is where the default data dir and the registry of running embedded
@@ -63,12 +64,6 @@ def _child_env(xdg_data_home: Path | None = None) -> dict[str, str]:
     if xdg_data_home is not None:
         env["XDG_DATA_HOME"] = str(xdg_data_home)
     return env
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _request(
@@ -155,7 +150,7 @@ class OcsProcess:
         """Start it; with ``pass_data_dir`` False it runs on the default data dir, which
         must then be ``data_dir`` ($XDG_DATA_HOME/ocs of ``env``)."""
         self.data_dir = data_dir
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.stdout_path = logs / f"{tag}.stdout"
         self.stderr_path = logs / f"{tag}.stderr"
@@ -272,7 +267,7 @@ def launch(tmp_path: Path, data_root: Path) -> Iterator[Launch]:
             data_dir,
             logs,
             f"{command}-{len(started)}",
-            env=env or _child_env(data_root / "xdg"),
+            env=env or child_env(data_root / "xdg"),
             pass_data_dir=pass_data_dir,
             cwd=cwd,
         )
@@ -336,7 +331,7 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        env=_child_env(data_root / "xdg"),
+        env=child_env(data_root / "xdg"),
         timeout=CLI_TIMEOUT_S,
     )
     assert made.returncode == 0, made.stderr
@@ -425,7 +420,7 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        env=_child_env(data_root / "xdg"),
+        env=child_env(data_root / "xdg"),
         timeout=CLI_TIMEOUT_S,
     )
     assert cli.returncode == 0, cli.stderr
@@ -468,7 +463,7 @@ def test_demo_prints_curl_commands_that_work(data_root: Path, launch: Launch) ->
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            env=_child_env(),
+            env=child_env(),
             timeout=30,
         )
         assert done.returncode == 0, f"{command}\nexit {done.returncode}\n{done.stderr}"
@@ -506,7 +501,7 @@ def test_demo_prints_curl_commands_that_work(data_root: Path, launch: Launch) ->
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            env=_child_env(),
+            env=child_env(),
             timeout=30,
         )
         assert done.returncode == 0, f"{command}\nexit {done.returncode}\n{done.stderr}"
@@ -522,7 +517,7 @@ def test_demo_prints_curl_commands_that_work(data_root: Path, launch: Launch) ->
             capture_output=True,
             text=True,
             check=True,
-            env=_child_env(),
+            env=child_env(),
             timeout=30,
         ).stdout
     )

@@ -12,7 +12,7 @@ import pytest
 
 from ocs.balances import keys
 from ocs.charging.janitor import Janitor
-from ocs.charging.lifecycle import CallService
+from ocs.charging.lifecycle import AuthorizeRequest, CallService, Origin
 from ocs.config import with_overrides
 from tests.conftest import RETAIL_DECK, RunningApp, account, add_plan
 from tests.radius_udp import sample
@@ -52,7 +52,7 @@ async def test_a_call_granted_10_s_expires_after_10_s_and_grace_and_is_charged_1
     await setup(app, "lost-bye")
     now = int(time.time())
     calls = service(app, clock=now)
-    grant = await calls.authorize("lost-bye", FRANCE, call_id="dialog-1")
+    grant = await calls.authorize(AuthorizeRequest("lost-bye", FRANCE, call_id="dialog-1"))
     assert grant.max_duration == 10
     assert await expiry_of(app, "lost-bye", "dialog-1") == now + 10 + GRACE
 
@@ -74,7 +74,7 @@ async def test_last_reported_charges_the_last_report(app: RunningApp) -> None:
     await setup(app, "quiet")
     now = int(time.time())
     calls = service(app, clock=now, stale_call_policy="last_reported")
-    await calls.authorize("quiet", FRANCE, call_id="talked")
+    await calls.authorize(AuthorizeRequest("quiet", FRANCE, call_id="talked"))
     await calls.update("talked", 4)
     # An interim does not move the expiry of a call outside quota mode: its grant stays.
     assert await expiry_of(app, "quiet", "talked") == now + 10 + GRACE
@@ -89,7 +89,9 @@ async def test_a_call_that_waits_for_its_start_expires_at_its_grant_from_the_sta
     await setup(app, "ringing")
     calls = service(app, start_timeout=60)
     before = int(time.time())
-    await calls.authorize("ringing", FRANCE, call_id="rings", wait_for_start=True)
+    await calls.authorize(
+        AuthorizeRequest("ringing", FRANCE, call_id="rings"), Origin(wait_for_start=True)
+    )
     unstarted = await expiry_of(app, "ringing", "rings")
     assert unstarted is not None and before + 60 <= unstarted <= int(time.time()) + 60
     started = await calls.start("rings")
@@ -102,7 +104,7 @@ async def test_a_call_that_waits_for_its_start_expires_at_its_grant_from_the_sta
 async def test_a_quota_update_moves_the_expiry_to_the_slice_reached(app: RunningApp) -> None:
     await setup(app, "slices")
     calls = service(app)
-    grant = await calls.authorize("slices", FRANCE, call_id="sliced", quota=4)
+    grant = await calls.authorize(AuthorizeRequest("slices", FRANCE, call_id="sliced", quota=4))
     assert (grant.max_duration, grant.final) == (4, False)
     progress = await calls.update("sliced", 4)
     assert (progress.granted, progress.final) == (8, False)
@@ -117,7 +119,9 @@ async def test_a_quota_update_moves_the_expiry_to_the_slice_reached(app: Running
 async def test_a_nas_restart_close_is_counted_by_cause(app: RunningApp, policy: str) -> None:
     await setup(app, "rebooted")
     calls = service(app, stale_call_policy=policy)
-    await calls.authorize("rebooted", FRANCE, call_id="on-nas", nas="sbc-9")
+    await calls.authorize(
+        AuthorizeRequest("rebooted", FRANCE, call_id="on-nas"), Origin(nas="sbc-9")
+    )
     before = sample(CLOSED, cause="nas-reboot")
     closed = await calls.close_calls_of_nas(
         "sbc-9", cause="nas-reboot", before_ms=int(time.time() * 1000) + 1000
@@ -138,7 +142,9 @@ async def test_an_interim_without_a_start_sets_the_expiry_from_the_grant(
 ) -> None:
     await setup(app, "no-start")
     calls = service(app, start_timeout=60)
-    await calls.authorize("no-start", FRANCE, call_id="lost-start", wait_for_start=True)
+    await calls.authorize(
+        AuthorizeRequest("no-start", FRANCE, call_id="lost-start"), Origin(wait_for_start=True)
+    )
     # The Start was lost; an interim says the call has run 3 s.
     progress = await calls.update("lost-start", 3)
     assert await expiry_of(app, "no-start", "lost-start") == progress.started_at + 10 + GRACE

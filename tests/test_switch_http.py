@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from ocs.charging.lifecycle import AuthorizeRequest, Origin
 from tests.conftest import RETAIL_DECK, RunningApp, account, add_plan
 
 DECK = RETAIL_DECK + "33,France,0.600,0,1,1\n"
@@ -49,7 +50,9 @@ async def raw_post(app: RunningApp, path: str, headers: str = "") -> tuple[int, 
 
 async def test_start_takes_an_empty_body_without_a_content_type(app: RunningApp) -> None:
     await setup(app, "kam")
-    await app.services.calls.authorize("kam", FRANCE, call_id="dlg-1", wait_for_start=True)
+    await app.services.calls.authorize(
+        AuthorizeRequest("kam", FRANCE, call_id="dlg-1"), Origin(wait_for_start=True)
+    )
     status, body = await raw_post(app, "/v1/calls/dlg-1/start")
     assert status == 200, body
     assert body["call_id"] == "dlg-1" and body["started_at"] > 0
@@ -66,7 +69,9 @@ async def test_an_empty_post_as_libcurl_sends_it_is_taken(app: RunningApp) -> No
     # Kamailio's http_client_request(url, "POST", "", ...) and Asterisk's CURL() with
     # empty data: libcurl adds a form Content-Type to the empty body.
     await setup(app, "curl")
-    await app.services.calls.authorize("curl", FRANCE, call_id="c-1", wait_for_start=True)
+    await app.services.calls.authorize(
+        AuthorizeRequest("curl", FRANCE, call_id="c-1"), Origin(wait_for_start=True)
+    )
     form = "Content-Type: application/x-www-form-urlencoded\r\n"
     status, started = await raw_post(app, "/v1/calls/c-1/start", form)
     assert status == 200, started
@@ -116,7 +121,9 @@ async def test_a_duration_that_is_not_seconds_is_a_400_naming_it(app: RunningApp
 
 async def test_a_stop_without_a_duration_charges_the_time_since_start(app: RunningApp) -> None:
     await setup(app, "mute")
-    await app.services.calls.authorize("mute", FRANCE, call_id="mute-1", wait_for_start=True)
+    await app.services.calls.authorize(
+        AuthorizeRequest("mute", FRANCE, call_id="mute-1"), Origin(wait_for_start=True)
+    )
     now = int(time.time())
     # The switch's Start said the call was answered 20 s ago.
     await app.services.store.start(

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ocs.charging.bands import BandRule, BandSchedule
+from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.charging.rating import Rate, cost, max_duration
 from tests.conftest import RunningApp
 
@@ -137,7 +138,7 @@ async def test_bands_reach_authorize_and_stop_through_the_catalog(app: RunningAp
     calls = CallService(
         app.services.catalog, app.services.store, app.services.settings, clock=lambda: monday_0750
     )
-    grant = await calls.authorize("band", "442079460000", call_id="band-1")
+    grant = await calls.authorize(AuthorizeRequest("band", "442079460000", call_id="band-1"))
     assert grant.max_duration == 20 * 60
     charge = await calls.stop("band-1", 20 * 60)
     assert charge.charged == 600_000

@@ -23,6 +23,7 @@ from ocs.charging.rating import (
     max_duration_with_counter,
 )
 from tests.conftest import RunningApp, add_plan, eventually
+from tests.helpers import new_account
 
 GERMANY = "4930901820"
 UK_MOBILE = "447700900123"
@@ -54,13 +55,6 @@ async def define_counter(app: RunningApp, plan: str = "retail", **fields: Any) -
 
     await eventually(loaded, what=f"counter {counter['id']} in the catalog snapshot")
     return counter
-
-
-async def new_account(app: RunningApp, account_id: str, balance: str, plan: str = "retail") -> None:
-    status, body = await app.post(
-        "/v1/accounts", {"id": account_id, "plan": plan, "balance": balance}
-    )
-    assert status == 201, body
 
 
 async def authorize(

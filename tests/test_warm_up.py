@@ -13,13 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_serve_embedded import _child_env
+from tests.test_serve_embedded import child_env
 
 COMPILE_TIMEOUT_S = 600.0  # a cold compile on a busy two-core machine
 
 
 def _warm_up(tmp_path: Path) -> tuple[dict[str, object], str]:
-    env = _child_env(tmp_path / "xdg")
+    env = child_env(tmp_path / "xdg")
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba")
     done = subprocess.run(
         [sys.executable, "-m", "ocs", "warm-up", "--log-format", "text"],

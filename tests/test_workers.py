@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocs.config import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from tests.helpers import free_port
 
 ANSWERED = {"healthz": 0}
 
@@ -56,7 +49,7 @@ def _pids_answering(port: int, want: int, within: float) -> set[int]:
 
 
 def test_two_workers_answer_and_stop_on_sigterm(settings: Settings, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
     env.update(
         {"OCS_REDIS_URL": settings.redis_url or "", "OCS_DATABASE_URL": settings.database_url or ""}
@@ -76,9 +69,9 @@ def test_two_workers_answer_and_stop_on_sigterm(settings: Settings, tmp_path: Pa
             "--radius-host",
             "127.0.0.1",
             "--radius-auth-port",
-            str(_free_port()),
+            str(free_port()),
             "--radius-acct-port",
-            str(_free_port()),
+            str(free_port()),
             "--data-dir",
             str(tmp_path / "var"),
             "--log-format",

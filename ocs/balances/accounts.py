@@ -9,7 +9,9 @@ Redis balance.
 import hashlib
 import hmac
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -39,6 +41,7 @@ UNSET = Unset()
 
 
 def validate_member(member: object, field: str = "member") -> str:
+    """A member name as given, or 400 naming ``field``: 1 to 64 printable characters, no spaces."""
     if not isinstance(member, str) or not 1 <= len(member) <= 64:
         raise invalid(field, "expected a string of 1 to 64 characters")
     if not member.isprintable() or any(c.isspace() for c in member):
@@ -53,6 +56,7 @@ def validate_policy(
     max_members: int | None = None,
     expire_days: int = 0,
 ) -> None:
+    """Refuse (400, naming the field) account policy values out of range."""
     if min_balance is not None and min_balance < 0:
         raise invalid("min_balance", "must not be negative")
     if member_max_lines is not None and not 0 <= member_max_lines <= MAX_LINES:
@@ -64,6 +68,7 @@ def validate_policy(
 
 
 def validate_account_id(account_id: object, field: str = "id") -> str:
+    """An account id as given, or 400 naming ``field``: 1 to 64 of letters, digits and - _ . @ +."""
     if account_id is None:
         raise invalid(field, "is required")
     if not isinstance(account_id, str):
@@ -75,71 +80,95 @@ def validate_account_id(account_id: object, field: str = "id") -> str:
     return account_id
 
 
+@dataclass(frozen=True, slots=True)
+class AccountSpec:
+    """A new account as an operator asks for it: every limit left out (None) is the
+    plan's default, copied onto the account when it is created.
+
+    Amounts are micro-units. ``password``: the account's (or card's) password, kept
+    only as its digest. ``expires_at``: when the account stops working (aware time).
+    ``expire_days``: days a card lasts after its first use (0: no such expiry).
+    """
+
+    account_id: str
+    plan_id: str
+    opening_balance: int = 0
+    credit_limit: int | None = None
+    max_lines: int | None = None
+    status: str = "active"
+    password: str | None = None
+    expires_at: datetime | None = None
+    min_balance: int | None = None
+    critical_balance: int | None = None
+    member_max_lines: int | None = None
+    max_members: int | None = None
+    expire_days: int = 0
+    language: str | None = None
+
+    def validate(self) -> None:
+        """Refuse (400, naming the field) what no plan could make valid."""
+        validate_account_id(self.account_id)
+        if self.password is not None and not 1 <= len(self.password) <= 128:
+            raise invalid("password", "expected 1 to 128 characters")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise invalid("expires_at", "needs a time zone, e.g. 2027-01-31T23:59:59Z")
+        if self.status not in STATUSES:
+            raise invalid("status", f"expected one of {', '.join(STATUSES)}")
+        if self.opening_balance < 0:
+            raise invalid("balance", "an opening balance must not be negative")
+        if self.credit_limit is not None and self.credit_limit < 0:
+            raise invalid("credit_limit", "must not be negative")
+        if self.max_lines is not None and not 1 <= self.max_lines <= MAX_LINES:
+            raise invalid("max_lines", f"expected 1 to {MAX_LINES}")
+        validate_policy(
+            min_balance=self.min_balance,
+            member_max_lines=self.member_max_lines,
+            max_members=self.max_members,
+            expire_days=self.expire_days,
+        )
+
+
 class AccountService:
+    """Accounts in PostgreSQL and Redis together: create, read, top up, change policy."""
+
     def __init__(self, pool: asyncpg.Pool, store: BalanceStore) -> None:
         self._pool = pool
         self._store = store
 
-    async def create(
-        self,
-        account_id: str,
-        *,
-        plan_id: str,
-        opening_balance: int = 0,
-        credit_limit: int | None = None,
-        max_lines: int | None = None,
-        status: str = "active",
-        password: str | None = None,
-        expires_at: datetime | None = None,
-        min_balance: int | None = None,
-        critical_balance: int | None = None,
-        member_max_lines: int | None = None,
-        max_members: int | None = None,
-        expire_days: int = 0,
-        language: str | None = None,
-    ) -> AccountState:
-        """Create an account; every limit left out is the plan's default, copied."""
-        validate_account_id(account_id)
-        if password is not None and not 1 <= len(password) <= 128:
-            raise invalid("password", "expected 1 to 128 characters")
-        if expires_at is not None and expires_at.tzinfo is None:
-            raise invalid("expires_at", "needs a time zone, e.g. 2027-01-31T23:59:59Z")
-        digest = None if password is None else password_digest(account_id, password)
-        if status not in STATUSES:
-            raise invalid("status", f"expected one of {', '.join(STATUSES)}")
-        if opening_balance < 0:
-            raise invalid("balance", "an opening balance must not be negative")
-        if credit_limit is not None and credit_limit < 0:
-            raise invalid("credit_limit", "must not be negative")
-        if max_lines is not None and not 1 <= max_lines <= MAX_LINES:
-            raise invalid("max_lines", f"expected 1 to {MAX_LINES}")
-        validate_policy(
-            min_balance=min_balance,
-            member_max_lines=member_max_lines,
-            max_members=max_members,
-            expire_days=expire_days,
-        )
+    async def create(self, spec: AccountSpec | str, /, **fields: Any) -> AccountState:
+        """Create an account; every limit left out is the plan's default, copied.
+
+        Takes an ``AccountSpec``. Compatibility path, until every caller passes one:
+        an account id and ``AccountSpec``'s other fields as keywords.
+        """
+        if isinstance(spec, str):
+            spec = AccountSpec(spec, **fields)
+        elif fields:
+            raise TypeError("create() takes an AccountSpec or an id with keywords, not both")
+        spec.validate()
+        account_id, plan_id = spec.account_id, spec.plan_id
+        digest = None if spec.password is None else password_digest(account_id, spec.password)
         async with self._pool.acquire() as conn, conn.transaction():
             plan = await conn.fetchrow("SELECT * FROM plans WHERE id = $1", plan_id)
             if plan is None:
                 raise OcsError(
                     Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
                 )
-            limit = plan["credit_limit"] if credit_limit is None else credit_limit
-            lines = plan["max_lines"] if max_lines is None else max_lines
-            policy = {
-                "min_balance": plan["min_balance"] if min_balance is None else min_balance,
-                "critical_balance": (
-                    plan["critical_balance"] if critical_balance is None else critical_balance
-                ),
-                # Lock on prorated charges: the plan's next recurring charge stays put.
-                "committed": plan["recurring_fee"] if plan["lock_prorated"] else 0,
-                "member_max_lines": (
-                    plan["member_max_lines"] if member_max_lines is None else member_max_lines
-                ),
-                "max_members": plan["max_members"] if max_members is None else max_members,
-                "language": language or plan["language"],
-            }
+            limit: int = plan["credit_limit"] if spec.credit_limit is None else spec.credit_limit
+            lines: int = plan["max_lines"] if spec.max_lines is None else spec.max_lines
+            min_balance: int = plan["min_balance"] if spec.min_balance is None else spec.min_balance
+            critical_balance: int | None = (
+                plan["critical_balance"] if spec.critical_balance is None else spec.critical_balance
+            )
+            # Lock on prorated charges: the plan's next recurring charge stays put.
+            committed: int = plan["recurring_fee"] if plan["lock_prorated"] else 0
+            member_max_lines: int = (
+                plan["member_max_lines"] if spec.member_max_lines is None else spec.member_max_lines
+            )
+            max_members: int | None = (
+                plan["max_members"] if spec.max_members is None else spec.max_members
+            )
+            language: str | None = spec.language or plan["language"]
             inserted = await conn.fetchval(
                 "INSERT INTO accounts (id, plan_id, currency, credit_limit, max_lines, status,"
                 " password_digest, expires_at, min_balance, critical_balance, committed,"
@@ -151,16 +180,16 @@ class AccountService:
                 plan["currency"],
                 limit,
                 lines,
-                status,
+                spec.status,
                 digest,
-                expires_at,
-                policy["min_balance"],
-                policy["critical_balance"],
-                policy["committed"],
-                policy["member_max_lines"],
-                policy["max_members"],
-                expire_days,
-                policy["language"],
+                spec.expires_at,
+                min_balance,
+                critical_balance,
+                committed,
+                member_max_lines,
+                max_members,
+                spec.expire_days,
+                language,
             )
             if inserted is None:
                 raise OcsError(
@@ -174,15 +203,15 @@ class AccountService:
                 currency=plan["currency"],
                 credit_limit=limit,
                 max_lines=lines,
-                status=status,
-                opening_balance=opening_balance,
+                status=spec.status,
+                opening_balance=spec.opening_balance,
                 password_digest=digest or "",
-                expires_at=0 if expires_at is None else int(expires_at.timestamp()),
-                min_balance=policy["min_balance"],
-                critical_balance=policy["critical_balance"],
-                committed=policy["committed"],
-                member_lines=policy["member_max_lines"],
-                expire_days=expire_days,
+                expires_at=0 if spec.expires_at is None else int(spec.expires_at.timestamp()),
+                min_balance=min_balance,
+                critical_balance=critical_balance,
+                committed=committed,
+                member_lines=member_max_lines,
+                expire_days=spec.expire_days,
             )
             if not created:
                 raise OcsError(
@@ -301,6 +330,7 @@ class AccountService:
             await self._store.set_member(member, account_id, max_lines)
 
     async def remove_member(self, account_id: str, member: str) -> None:
+        """Stop ``member`` identifying the account."""
         async with self._pool.acquire() as conn, conn.transaction():
             deleted = await conn.fetchval(
                 "DELETE FROM account_members WHERE member = $1 AND account_id = $2 RETURNING 1",
@@ -316,6 +346,7 @@ class AccountService:
             await self._store.remove_member(member, account_id)
 
     async def members(self, account_id: str) -> list[dict[str, object]]:
+        """The account's members and their own line limits."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT member, max_lines FROM account_members WHERE account_id = $1"
@@ -352,6 +383,7 @@ class AccountService:
             await self._store.set_caller(digits, account_id)
 
     async def show(self, account_id: str) -> AccountState:
+        """An account's real-time state; 404 for an unknown one."""
         state = await self._store.get_account(account_id)
         if state is None:
             raise OcsError(
@@ -362,6 +394,7 @@ class AccountService:
         return state
 
     async def topup(self, account_id: str, amount: int, topup_id: str | None = None) -> TopupResult:
+        """Credit an account once per ``topup_id`` (a new id is made when none is given)."""
         if amount <= 0:
             raise invalid("amount", "a top-up must be greater than zero")
         if topup_id is not None and (not 1 <= len(topup_id) <= 128 or not topup_id.isprintable()):

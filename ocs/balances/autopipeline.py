@@ -50,6 +50,7 @@ class AutoPipeline:
 
     @property
     def redis(self) -> Redis:
+        """The Redis client this pipeline was made with, for commands sent on their own."""
         return self._redis
 
     async def load_scripts(self) -> None:
@@ -74,6 +75,7 @@ class AutoPipeline:
     def run_script(
         self, script: Script, keys: Sequence[str], args: Sequence[Any]
     ) -> asyncio.Future[Any]:
+        """Queue one EVALSHA of ``script`` for this tick's pipeline; the future holds its result."""
         return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _flush(self) -> None:

@@ -33,6 +33,8 @@ def pin_digest(pin: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Card:
+    """One generated card: its PIN, optional password and the account it opens."""
+
     pin: str
     password: str | None
     account_id: str
@@ -40,6 +42,8 @@ class Card:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
+    """A generated batch of cards, as handed to the operator once (PINs are not kept)."""
+
     id: str
     plan_id: str
     currency: str
@@ -92,6 +96,8 @@ def _digits(length: int) -> str:
 
 
 class CardService:
+    """Generates card batches and finds the account a PIN opens."""
+
     def __init__(self, pool: asyncpg.Pool, store: BalanceStore) -> None:
         self._pool = pool
         self._store = store
@@ -247,6 +253,7 @@ class CardService:
         return await self._store.pin_account(pin_digest(pin))
 
     async def language(self, account_id: str) -> str:
+        """The language of a card's account prompts (``en`` when unset)."""
         async with self._pool.acquire() as conn:
             return (
                 await conn.fetchval("SELECT language FROM accounts WHERE id = $1", account_id)

@@ -68,6 +68,7 @@ def dead_letters(bucket: int) -> str:
 
 
 def all_ledgers() -> list[str]:
+    """Every bucket's ledger stream key, in bucket order."""
     return [ledger(bucket) for bucket in range(BUCKETS)]
 
 
@@ -107,10 +108,12 @@ def pin_failures(scope: str, who: str) -> str:
 
 
 def expiry_member(account_id: str, call_id: str) -> str:
+    """The member of the reservation-expiry set for one call of one account."""
     return f"{account_id}\x00{call_id}"
 
 
 def split_expiry_member(member: bytes | str) -> tuple[str, str]:
+    """(account id, call id) of an expiry-set member: the inverse of ``expiry_member``."""
     text = member.decode() if isinstance(member, bytes) else member
     account_id, _, call_id = text.partition("\x00")
     return account_id, call_id

@@ -24,12 +24,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import msgpack
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from ocs import backend_health, metrics
 from ocs.backend_health import POSTGRESQL, REDIS, BackendHealth
@@ -52,6 +53,9 @@ _CDR_SQL = (
 )
 _PROBE_TIMEOUT_S = 5.0
 _Entry = tuple[str, bytes | str, dict[bytes, bytes] | None]  # (stream key, id, fields)
+# XREADGROUP's RESP2 reply: [(stream, [(entry id, fields or None when deleted)])].
+_ReadReply = list[tuple[bytes | str, list[tuple[bytes | str, dict[bytes, bytes] | None]]]]
+_Row = tuple[Any, ...]  # one row of asyncpg arguments
 
 
 def _ts(ms: int) -> datetime:
@@ -62,7 +66,7 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[tuple, tuple | None]:
+def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_Row, _Row | None]:
     """The ledger row and (for a call) the CDR row of one stream entry."""
     f = {_s(k): v for k, v in fields.items()}
     key = f"{keys.bucket_of_ledger_key(stream)}-{entry_id}"
@@ -141,12 +145,17 @@ class LedgerWriter:
 
     async def read_new(self, block_ms: int | None = None) -> int:
         """Write and acknowledge new entries; returns how many were written."""
-        replies = await self._redis.xreadgroup(
-            keys.LEDGER_GROUP,
-            self.consumer,
-            {stream: ">" for stream in self._streams},
-            count=self._batch_size,
-            block=block_ms,
+        # redis-py types the reply as the union of every protocol's shape; this
+        # client speaks RESP2, whose shape _ReadReply spells out.
+        replies = cast(
+            _ReadReply | None,
+            await self._redis.xreadgroup(
+                keys.LEDGER_GROUP,
+                self.consumer,
+                {stream: ">" for stream in self._streams},
+                count=self._batch_size,
+                block=block_ms,
+            ),
         )
         entries: list[_Entry] = []
         for stream, messages in replies or []:
@@ -174,7 +183,7 @@ class LedgerWriter:
     async def _write(self, entries: Sequence[_Entry]) -> int:
         if not entries:
             return 0
-        rows: list[tuple[str, bytes | str, dict[bytes, bytes], tuple, tuple | None]] = []
+        rows: list[tuple[str, bytes | str, dict[bytes, bytes], _Row, _Row | None]] = []
         poison: list[tuple[str, bytes | str, dict[bytes, bytes], str]] = []
         for stream, entry_id, fields in entries:
             if fields is None:
@@ -212,7 +221,7 @@ class LedgerWriter:
         self.written += written
         return written
 
-    async def _insert(self, rows: Sequence[tuple[tuple, tuple | None]]) -> None:
+    async def _insert(self, rows: Sequence[tuple[_Row, _Row | None]]) -> None:
         ledger_rows = [ledger for ledger, _ in rows]
         cdr_rows = [cdr for _, cdr in rows if cdr is not None]
         async with self._pool.acquire() as conn, conn.transaction():
@@ -221,15 +230,19 @@ class LedgerWriter:
             if cdr_rows:
                 await conn.executemany(_CDR_SQL, cdr_rows)
 
-    async def _set_aside(self, poison: Sequence[tuple[str, bytes | str, dict, str]]) -> None:
+    async def _set_aside(
+        self, poison: Sequence[tuple[str, bytes | str, dict[bytes, bytes], str]]
+    ) -> None:
         """Keep entries PostgreSQL refused, whole, in the bucket's dead-letter stream."""
         pipe = self._redis.pipeline(transaction=False)
         for stream, entry_id, fields, reason in poison:
             bucket = keys.bucket_of_ledger_key(stream)
-            pipe.xadd(
-                keys.dead_letters(bucket),
-                {**fields, b"original_id": entry_id, b"error": reason[:500]},
-            )
+            # Copied key by key: redis-py's field types are wider than ours, and a
+            # dict's key type is invariant.
+            kept: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
+            kept[b"original_id"] = entry_id
+            kept[b"error"] = reason[:500]
+            pipe.xadd(keys.dead_letters(bucket), kept)
             metrics.LEDGER_DEAD_LETTERS.inc()
             log.error(
                 "ledger entry set aside: PostgreSQL refused it",

@@ -14,6 +14,8 @@ from ocs.metrics import PIN_GUESSES_BLOCKED
 
 
 class PinGuard:
+    """Counts failed PINs per caller id and per NAS and refuses those over the limit."""
+
     def __init__(self, pipeline: AutoPipeline, settings: Settings) -> None:
         self._pipe = pipeline
         self._settings = settings

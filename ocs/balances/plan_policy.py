@@ -13,6 +13,8 @@ LANGUAGE_MAX = 16
 
 @dataclass(frozen=True, slots=True)
 class PlanPolicy:
+    """A plan's account-policy defaults: limits, lock threshold, recurring fee, language."""
+
     max_members: int | None = None  # None: no limit
     member_max_lines: int = 0  # 0: no per-member limit
     critical_balance: int | None = None  # None: no lock
@@ -25,6 +27,7 @@ class PlanPolicy:
 
 
 def validate_plan_policy(policy: PlanPolicy) -> PlanPolicy:
+    """The policy itself when every field is in range; else the error names the field."""
     if policy.max_members is not None and not 0 <= policy.max_members <= 1_000_000:
         raise invalid("max_members", "expected 0 to 1000000, or null for no limit")
     if not 0 <= policy.member_max_lines <= 10_000:
@@ -67,6 +70,7 @@ async def set_plan_policy(pool: asyncpg.Pool, plan_id: str, policy: PlanPolicy) 
 
 
 async def plan_policy(pool: asyncpg.Pool, plan_id: str) -> PlanPolicy:
+    """The stored policy of a plan; PLAN_NOT_FOUND when there is no such plan."""
     async with pool.acquire() as conn:
         row = await conn.fetchrow("SELECT * FROM plans WHERE id = $1", plan_id)
     if row is None:

@@ -22,6 +22,8 @@ from ocs.balances import keys, scripts
 
 @dataclass(frozen=True, slots=True)
 class Mismatch:
+    """An account whose Redis balance differs from its ledger total."""
+
     account_id: str
     redis_balance: int | None  # None: the account is missing in Redis
     ledger_total: int
@@ -29,12 +31,15 @@ class Mismatch:
 
 @dataclass(frozen=True, slots=True)
 class Reconciliation:
+    """The outcome of ``reconcile``: accounts checked, ledger entries in flight, mismatches."""
+
     accounts: int
     pending_entries: int
     mismatches: list[Mismatch]
 
     @property
     def ok(self) -> bool:
+        """True when every balance equals its ledger."""
         return not self.mismatches
 
 
@@ -54,6 +59,7 @@ GROUP BY l.account_id
 
 
 async def reconcile(redis: Redis, pool: asyncpg.Pool) -> Reconciliation:
+    """Compare every account's Redis balance with its ledger total, while traffic runs."""
     async with pool.acquire() as conn:
         account_ids = [r["id"] for r in await conn.fetch("SELECT id FROM accounts ORDER BY id")]
     by_bucket: dict[int, list[str]] = {b: [] for b in range(keys.BUCKETS)}

@@ -12,6 +12,8 @@ from importlib import resources
 
 @dataclass(frozen=True, slots=True)
 class Script:
+    """A Lua script with lib.lua's helpers prepended, and the SHA it runs by."""
+
     name: str
     source: str
     sha: str

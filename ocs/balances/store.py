@@ -8,12 +8,26 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgpack
 
 from ocs.balances import keys, scripts
 from ocs.balances.autopipeline import AutoPipeline
+from ocs.balances.script_args import (
+    AuthorizeArgs,
+    ChargeArgs,
+    CounterCandidate,
+    CounterQuote,
+    CounterResetArgs,
+    CounterUse,
+    CreateAccountArgs,
+    FeeArgs,
+    StartArgs,
+    StopArgs,
+    TopupArgs,
+    UpdateArgs,
+)
 from ocs.errors import invalid
 
 
@@ -36,6 +50,7 @@ async def _all_or_first_error(futures: Sequence[asyncio.Future[Any]]) -> list[An
 
 
 def now_ms() -> int:
+    """The time now in epoch milliseconds, as the ledger stamps entries."""
     return int(time.time() * 1000)
 
 
@@ -68,6 +83,8 @@ class AccountState:
 
 @dataclass(frozen=True, slots=True)
 class Reserved:
+    """The authorize script reserved a line and ``reserved`` funds for the call."""
+
     reserved: int
     available_before: int
     balance: int
@@ -86,6 +103,7 @@ class LiveEntry:
 
 
 def parse_live_entry(entry: bytes) -> LiveEntry:
+    """A live-calls hash value, split into its fields."""
     held, started, used, debited, record = entry.split(b"|", 4)
     return LiveEntry(int(held), int(started), int(used), int(debited), record)
 
@@ -101,11 +119,15 @@ class AlreadyLive:
 
 @dataclass(frozen=True, slots=True)
 class AlreadyStopped:
+    """The call id was stopped already: it cannot be authorized again."""
+
     pass
 
 
 @dataclass(frozen=True, slots=True)
 class PlanMismatch:
+    """The account's plan is not the one the caller rated with: rate again."""
+
     actual_plan: str
 
 
@@ -126,33 +148,26 @@ class CounterChanged:
     counter_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class CounterUse:
-    """A usage counter as one call uses it: ``held`` seconds reserved, ``used`` of them used."""
-
-    counter_id: str
-    held: int
-    used: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class CounterCandidate:
-    """A counter that may pay for a call, as the authorize script weighs it."""
-
-    counter_id: str
-    reject_on_threshold: bool
-    mandatory_seconds: int | None  # a mandatory counter's cycle, started on first use
-
-
-@dataclass(frozen=True, slots=True)
-class CounterQuote:
-    """Counters covering a call's zone, in order, and the one the caller priced with:
-    ``counter_id`` (None: none) with ``seconds`` free, at most ``cap`` per call."""
-
-    candidates: tuple[CounterCandidate, ...]
-    counter_id: str | None
-    seconds: int
-    cap: int
+# Re-exported: the counter values travel in the scripts' arguments (script_args.py).
+__all__ = [
+    "AccountState",
+    "AlreadyLive",
+    "AlreadyStopped",
+    "AuthorizeArgs",
+    "AuthorizeOutcome",
+    "BalanceStore",
+    "CounterCandidate",
+    "CounterChanged",
+    "CounterQuote",
+    "CounterUse",
+    "LiveEntry",
+    "PlanMismatch",
+    "Refused",
+    "Reserved",
+    "StopResult",
+    "TopupResult",
+    "UpdateResult",
+]
 
 
 AuthorizeOutcome = Reserved | AlreadyLive | AlreadyStopped | PlanMismatch | Refused | CounterChanged
@@ -160,6 +175,8 @@ AuthorizeOutcome = Reserved | AlreadyLive | AlreadyStopped | PlanMismatch | Refu
 
 @dataclass(frozen=True, slots=True)
 class StopResult:
+    """A stopped (or charged) call as the script recorded it; ``repeated``: a repeat."""
+
     charged: int
     rated: int
     balance: int
@@ -181,6 +198,8 @@ class UpdateResult:
 
 @dataclass(frozen=True, slots=True)
 class TopupResult:
+    """A top-up or fee as the script recorded it; ``repeated``: a repeat, nothing moved."""
+
     amount: int
     balance: int
     ledger_entry: str
@@ -193,18 +212,6 @@ REF_WINDOW = 60
 
 # A fee's result is kept this long: a cycle's recurring charges are never taken twice.
 FEE_DEDUPE_TTL = 400 * 24 * 3600
-
-
-def _call_keys(account_id: str, call_id: str) -> list[str]:
-    """KEYS of the stop and update scripts: account, live calls, expiry, result, ledger."""
-    bucket = keys.bucket_of(account_id)
-    return [
-        keys.account(account_id),
-        keys.live_calls(account_id),
-        keys.call_expiry(bucket),
-        keys.stopped_call(account_id, call_id),
-        keys.ledger(bucket),
-    ]
 
 
 def _stop_result(packed: bytes, *, repeated: bool) -> StopResult:
@@ -246,31 +253,28 @@ class BalanceStore:
         expire_days: int = 0,
     ) -> bool:
         """Create the account's real-time state; False if it exists already."""
-        bucket = keys.bucket_of(account_id)
-        reply = await self._pipe.run_script(
-            scripts.CREATE_ACCOUNT,
-            [keys.account(account_id), keys.ledger(bucket)],
-            [
-                plan_id,
-                currency,
-                credit_limit,
-                max_lines,
-                status,
-                opening_balance,
-                now_ms(),
-                account_id,
-                password_digest,
-                expires_at,
-                min_balance,
-                "" if critical_balance is None else critical_balance,
-                committed,
-                member_lines,
-                expire_days,
-            ],
+        args = CreateAccountArgs(
+            account_id,
+            plan_id,
+            currency,
+            credit_limit,
+            max_lines,
+            status,
+            opening_balance,
+            now_ms(),
+            password_digest,
+            expires_at,
+            min_balance,
+            critical_balance,
+            committed,
+            member_lines,
+            expire_days,
         )
+        reply = await self._pipe.run_script(scripts.CREATE_ACCOUNT, args.keys(), args.argv())
         return _text(reply[0]) == "OK"
 
     async def get_account(self, account_id: str) -> AccountState | None:
+        """The account's real-time state, None for an unknown account (one round trip)."""
         fields_future = self._pipe.execute("HGETALL", keys.account(account_id))
         lines_future = self._pipe.execute("HLEN", keys.live_calls(account_id))
         raw, lines = await _all_or_first_error([fields_future, lines_future])
@@ -298,74 +302,27 @@ class BalanceStore:
         )
 
     async def account_plan(self, account_id: str) -> str | None:
+        """The plan of an account, None for an unknown account."""
         plan = await self._pipe.execute("HGET", keys.account(account_id), "plan")
         return None if plan is None else _text(plan)
 
     async def authorize(
         self,
+        args: AuthorizeArgs,
         *,
-        account_id: str,
-        call_id: str,
-        plan_id: str,
-        first_block_cost: int,
-        min_balance: int,
-        cap_cost: int,
-        record: bytes,
-        expires_at: int,
         ref_ttl: int,
-        password_digest: str = "",
-        now: int = 0,
-        started_at: int = 0,
-        member: str | None = None,
-        counter: CounterQuote | None = None,
         grant_expiry: Callable[[int], int | None] | None = None,
-        share: bool = False,
     ) -> AuthorizeOutcome:
         """Reserve a line and funds; the call reference is written in the same round trip.
 
-        ``expires_at`` is the expiry of a call granted all it asked for;
+        ``args.expires_at`` is the expiry of a call granted all it asked for;
         ``grant_expiry`` turns the funds actually reserved into the expiry of the
-        shorter grant they pay for (None: keep ``expires_at``). ``share``: hold at most
-        the available funds divided by the account's free lines.
+        shorter grant they pay for (None: keep ``expires_at``); ``ref_ttl`` is how
+        long a granted call's reference lives.
         """
-        bucket = keys.bucket_of(account_id)
-        script_keys = [
-            keys.account(account_id),
-            keys.live_calls(account_id),
-            keys.call_expiry(bucket),
-            keys.stopped_call(account_id, call_id),
-        ]
-        args: list[object] = [
-            call_id,
-            plan_id,
-            first_block_cost,
-            min_balance,
-            cap_cost,
-            record,
-            expires_at,
-            keys.expiry_member(account_id, call_id),
-            password_digest,
-            now,
-            started_at,
-        ]
-        # Member, counter and share arguments only when the call has them: most have none.
-        if member or counter is not None or share:
-            script_keys += [keys.member_lines(account_id), keys.counters(account_id)]
-            args.append(member or "")
-            if counter is not None:
-                args += [
-                    ",".join(c.counter_id for c in counter.candidates),
-                    counter.seconds,
-                    counter.cap,
-                    ",".join("1" if c.reject_on_threshold else "0" for c in counter.candidates),
-                    ",".join(str(c.mandatory_seconds or 0) for c in counter.candidates),
-                    counter.counter_id or "",
-                ]
-            elif share:
-                args += ["", 0, 0, "", "", ""]  # no counter
-            if share:
-                args.append("1")
-        outcome = self._pipe.run_script(scripts.AUTHORIZE, script_keys, args)
+        account_id, call_id, record = args.account_id, args.call_id, args.record
+        expires_at, cap_cost = args.expires_at, args.cap_cost
+        outcome = self._pipe.run_script(scripts.AUTHORIZE, args.keys(), args.argv())
         # The reference lets a stop that names only the call id find the account. It
         # lives in the call id's slot, so it cannot be written by the script. It is
         # written in the same round trip, NX (never replacing the reference of another
@@ -395,7 +352,7 @@ class BalanceStore:
                 pending.append(
                     self._pipe.execute(
                         "ZADD",
-                        keys.call_expiry(bucket),
+                        keys.call_expiry(keys.bucket_of(account_id)),
                         "XX",
                         expiry,
                         keys.expiry_member(account_id, call_id),
@@ -417,7 +374,9 @@ class BalanceStore:
         return Refused(_text(reply[1]), int(reply[2]) if len(reply) > 2 else 0)
 
     async def call_reference(self, call_id: str) -> bytes | None:
-        return await self._pipe.execute("GET", keys.call_ref(call_id))
+        """The record of the call ``call_id`` names (msgpack), None if none is known."""
+        reference: bytes | None = await self._pipe.execute("GET", keys.call_ref(call_id))
+        return reference
 
     async def stop(
         self,
@@ -438,28 +397,20 @@ class BalanceStore:
         ``expired_by`` (the janitor's guard): close only if the call's expiry is
         not later than this epoch second; None is returned if it was extended.
         """
-        script_keys = _call_keys(account_id, call_id)
-        args: list[object] = [
+        args = StopArgs(
+            account_id,
             call_id,
             rated_cost,
-            keys.expiry_member(account_id, call_id),
-            result_ttl,
-            cdr,
-            now_ms(),
             duration,
-            account_id,
+            cdr,
+            result_ttl,
+            now_ms(),
             cause,
-            "" if expired_by is None else expired_by,
-        ]
-        if member or counter is not None:
-            script_keys += [keys.member_lines(account_id), keys.counters(account_id)]
-            args += [
-                member or "",
-                "" if counter is None else counter.counter_id,
-                0 if counter is None else counter.held,
-                0 if counter is None else counter.used,
-            ]
-        reply = await self._pipe.run_script(scripts.STOP, script_keys, args)
+            expired_by,
+            member,
+            counter,
+        )
+        reply = await self._pipe.run_script(scripts.STOP, args.keys(), args.argv())
         status = _text(reply[0])
         if status in ("NOCALL", "LIVE"):
             return None
@@ -476,39 +427,24 @@ class BalanceStore:
         result_ttl: int,
     ) -> StopResult | str:
         """Debit a usage event once; its result, or the refusal reason."""
-        bucket = keys.bucket_of(account_id)
-        reply = await self._pipe.run_script(
-            scripts.CHARGE,
-            [
-                keys.account(account_id),
-                keys.stopped_call(account_id, event_id),
-                keys.ledger(bucket),
-            ],
-            [event_id, rated_cost, result_ttl, cdr, now_ms(), quantity, account_id],
-        )
+        args = ChargeArgs(account_id, event_id, rated_cost, quantity, cdr, result_ttl, now_ms())
+        reply = await self._pipe.run_script(scripts.CHARGE, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "REJ":
             return _text(reply[1])
         return _stop_result(reply[1], repeated=status == "DONE")
 
     async def live_entry(self, account_id: str, call_id: str) -> LiveEntry | None:
+        """A live call's entry, None if it is not live."""
         entry = await self._pipe.execute("HGET", keys.live_calls(account_id), call_id)
         return None if entry is None else parse_live_entry(entry)
 
     async def start(
         self, *, account_id: str, call_id: str, started_at: int, expires_at: int
-    ) -> int | bool | None:
+    ) -> int | Literal[False] | None:
         """Mark a live call started; its start time, None if not live, False if stopped."""
-        bucket = keys.bucket_of(account_id)
-        reply = await self._pipe.run_script(
-            scripts.START,
-            [
-                keys.live_calls(account_id),
-                keys.call_expiry(bucket),
-                keys.stopped_call(account_id, call_id),
-            ],
-            [call_id, started_at, expires_at, keys.expiry_member(account_id, call_id)],
-        )
+        args = StartArgs(account_id, call_id, started_at, expires_at)
+        reply = await self._pipe.run_script(scripts.START, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "OK":
             return int(reply[1])
@@ -525,28 +461,24 @@ class BalanceStore:
         expires_at: int,
         cover_cost: int | None = None,
         keep_expiry: bool = False,
-    ) -> UpdateResult | bool | None:
+    ) -> UpdateResult | Literal[False] | None:
         """Record progress (and debit it when asked); None if not live, False if stopped.
 
         ``keep_expiry``: a started call keeps its expiry; ``expires_at`` applies only
         to a call this report shows started.
         """
-        reply = await self._pipe.run_script(
-            scripts.UPDATE,
-            _call_keys(account_id, call_id),
-            [
-                call_id,
-                used,
-                used_cost,
-                "1" if debit else "0",
-                now_ms(),
-                account_id,
-                expires_at,
-                keys.expiry_member(account_id, call_id),
-                "" if cover_cost is None else cover_cost,
-                "1" if keep_expiry else "0",
-            ],
+        args = UpdateArgs(
+            account_id,
+            call_id,
+            used,
+            used_cost,
+            debit,
+            now_ms(),
+            expires_at,
+            cover_cost,
+            keep_expiry,
         )
+        reply = await self._pipe.run_script(scripts.UPDATE, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "OK":
             return UpdateResult(
@@ -592,20 +524,24 @@ class BalanceStore:
         ]
 
     async def live_calls_of(self, account_id: str) -> dict[str, LiveEntry]:
+        """Every live call of an account, by call id."""
         raw = await self._pipe.execute("HGETALL", keys.live_calls(account_id))
         return {_text(k): parse_live_entry(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
 
     async def caller_account(self, caller: str) -> str | None:
+        """The account a caller id identifies (pinless), if any."""
         account = await self._pipe.execute("GET", keys.caller_ref(caller))
         return None if account is None else _text(account)
 
     async def set_caller(self, caller: str, account_id: str | None) -> None:
+        """Let a caller id identify ``account_id`` (None: identify none)."""
         if account_id is None:
             await self._pipe.execute("DEL", keys.caller_ref(caller))
         else:
             await self._pipe.execute("SET", keys.caller_ref(caller), account_id)
 
     async def member_account(self, member: str) -> str | None:
+        """The account ``member`` belongs to, if any."""
         account = await self._pipe.execute("GET", keys.member_ref(member))
         return None if account is None else _text(account)
 
@@ -619,6 +555,7 @@ class BalanceStore:
             await self._pipe.execute("HSET", keys.account(account_id), field, max_lines)
 
     async def remove_member(self, member: str, account_id: str) -> None:
+        """Stop ``member`` identifying the account, and drop its line limit."""
         await self._pipe.execute("DEL", keys.member_ref(member))
         await self._pipe.execute("HDEL", keys.account(account_id), f"ml:{member}")
 
@@ -645,10 +582,12 @@ class BalanceStore:
         return plan_id, member_account, pin_account
 
     async def pin_account(self, pin_digest: str) -> str | None:
+        """The account (card) a PIN digest opens, if any."""
         account = await self._pipe.execute("GET", keys.pin_ref(pin_digest))
         return None if account is None else _text(account)
 
     async def set_pin(self, pin_digest: str, account_id: str) -> None:
+        """Let a PIN digest open the card ``account_id``."""
         await self._pipe.execute("SET", keys.pin_ref(pin_digest), account_id)
 
     async def counter_state(self, account_id: str) -> dict[str, dict[str, int]]:
@@ -677,19 +616,8 @@ class BalanceStore:
         self, account_id: str, amount: int, reference: str, *, require_funds: bool
     ) -> TopupResult | str | None:
         """Debit a fee once per reference: its result, a refusal reason, None if no account."""
-        bucket = keys.bucket_of(account_id)
-        reply = await self._pipe.run_script(
-            scripts.FEE,
-            [keys.account(account_id), keys.ledger(bucket), keys.fee_done(account_id, reference)],
-            [
-                amount,
-                reference,
-                FEE_DEDUPE_TTL,
-                now_ms(),
-                account_id,
-                "1" if require_funds else "0",
-            ],
-        )
+        args = FeeArgs(account_id, amount, reference, FEE_DEDUPE_TTL, now_ms(), require_funds)
+        reply = await self._pipe.run_script(scripts.FEE, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "NOACCT":
             return None
@@ -705,18 +633,13 @@ class BalanceStore:
 
     async def cancel_counter(self, account_id: str, counter_id: str) -> None:
         """Stop a counter applying; calls holding some of it finish with it."""
-        await self._pipe.run_script(
-            scripts.COUNTER_RESET, [keys.counters(account_id)], ["-cancel", counter_id]
-        )
+        args = CounterResetArgs(account_id, cancel=counter_id)
+        await self._pipe.run_script(scripts.COUNTER_RESET, args.keys(), args.argv())
 
     async def reset_counters(self, account_id: str, cycle: list[tuple[str, int, bool]]) -> int:
         """Start a new cycle: (counter id, seconds, carryover) of each counter that goes on."""
-        args: list[object] = []
-        for counter_id, seconds, carryover in cycle:
-            args += [counter_id, seconds, "1" if carryover else "0"]
-        reply = await self._pipe.run_script(
-            scripts.COUNTER_RESET, [keys.counters(account_id)], args
-        )
+        args = CounterResetArgs(account_id, cycle)
+        reply = await self._pipe.run_script(scripts.COUNTER_RESET, args.keys(), args.argv())
         return int(reply)
 
     async def account_secrets(self, account_id: str) -> tuple[str, int] | None:
@@ -730,12 +653,8 @@ class BalanceStore:
         self, account_id: str, amount: int, topup_id: str, result_ttl: int, kind: str = "topup"
     ) -> TopupResult | None:
         """Credit the account once per ``topup_id``; None for an unknown account."""
-        bucket = keys.bucket_of(account_id)
-        reply = await self._pipe.run_script(
-            scripts.TOPUP,
-            [keys.account(account_id), keys.ledger(bucket), keys.topup_done(account_id, topup_id)],
-            [amount, topup_id, result_ttl, now_ms(), account_id, kind],
-        )
+        args = TopupArgs(account_id, amount, topup_id, result_ttl, now_ms(), kind)
+        reply = await self._pipe.run_script(scripts.TOPUP, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "NOACCT":
             return None

@@ -17,7 +17,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -33,7 +33,8 @@ class _Protocol(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # create_connection's transport is a Transport; the base class's signature is wider.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -115,7 +116,9 @@ class RedisWire:
             return protocol
 
     @staticmethod
-    def _send(protocol: _Protocol, commands: Sequence[tuple[Any, ...]]) -> "asyncio.Future[list]":
+    def _send(
+        protocol: _Protocol, commands: Sequence[tuple[Any, ...]]
+    ) -> "asyncio.Future[list[Any]]":
         loop = asyncio.get_running_loop()
         futures = []
         chunks = []
@@ -147,6 +150,7 @@ class RedisWire:
             raise RedisConnectionError(f"Redis did not answer within {self._timeout} s") from None
 
     async def close(self) -> None:
+        """Close the connection, if open, and wait until it is closed."""
         protocol = self._protocol
         self._protocol = None
         if protocol is not None and protocol.transport is not None:

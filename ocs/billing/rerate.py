@@ -19,6 +19,8 @@ from ocs.charging.rating import CounterSplit, cost_with_counter
 
 @dataclass(frozen=True, slots=True)
 class RerateLine:
+    """One call whose cost changes under the plan's current deck: then and now."""
+
     call_id: str
     account_id: str
     destination: str
@@ -31,6 +33,8 @@ class RerateLine:
 
 @dataclass(frozen=True, slots=True)
 class RerateReport:
+    """The outcome of re-rating a plan's calls: counts, totals and the changed calls."""
+
     plan_id: str
     cdrs: int
     changed: int

@@ -24,6 +24,8 @@ Segments = tuple[tuple[int, str | None], ...]  # (offset in seconds, band) in or
 
 @dataclass(frozen=True, slots=True)
 class BandRule:
+    """One time band: the weekdays and the minutes of the local day it covers."""
+
     band: str
     days: frozenset[int]  # 0 = Monday ... 6 = Sunday
     start: int  # minute of the local day, inclusive
@@ -32,15 +34,20 @@ class BandRule:
 
 @dataclass(frozen=True)
 class BandSchedule:
+    """A plan's time bands in its time zone, with holidays that take the holiday band."""
+
     time_zone: str = "UTC"
     rules: tuple[BandRule, ...] = ()
     holidays: frozenset[date] = field(default_factory=frozenset)
     holiday_band: str = "holiday"
+    _zone: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_zone", ZoneInfo(self.time_zone))
 
     def band_at(self, local: datetime) -> str | None:
+        """The band of a local time: the holiday band on a holiday, else the first rule
+        covering it; None when no rule does."""
         if local.date() in self.holidays:
             return self.holiday_band
         minute = local.hour * 60 + local.minute
@@ -65,6 +72,7 @@ class BandSchedule:
         return tuple(out)
 
     def to_json(self) -> str:
+        """The schedule as the JSON stored in ``plans.bands``."""
         return json.dumps(
             {
                 "time_zone": self.time_zone,
@@ -84,7 +92,7 @@ class BandSchedule:
 
 @lru_cache(maxsize=4096)
 def _minute_segments(schedule: BandSchedule, first_minute: int, minutes: int) -> Segments:
-    zone = schedule._zone  # type: ignore[attr-defined]
+    zone = schedule._zone
     out: list[tuple[int, str | None]] = []
     for n in range(minutes):
         local = datetime.fromtimestamp((first_minute + n) * 60, zone)
@@ -111,6 +119,7 @@ def _minute_of(text: object, field_name: str) -> int:
 
 
 def schedule_from_json(text: str | None) -> BandSchedule | None:
+    """The schedule stored in ``plans.bands``; None when the plan has none."""
     if not text:
         return None
     data = json.loads(text)

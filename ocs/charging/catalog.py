@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -52,10 +53,15 @@ log = logging.getLogger("ocs.catalog")
 CATALOG_CHANNEL = "ocs_catalog"
 # The zone a destination in the operator's own ranges (onnet_prefixes) is rated in.
 ON_NET = "On-net"
+# A catalog notification ``sync:<token>`` changes nothing: it is the marker
+# ``CatalogHolder.caught_up`` sends to learn that the notifications before it were seen.
+SYNC = "sync"
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """A rating plan: its limits, number translation, time bands and how calls reserve."""
+
     id: str
     name: str
     currency: str
@@ -92,6 +98,9 @@ class PlanTariffs:
 
 @dataclass(frozen=True, slots=True)
 class CatalogSnapshot:
+    """One immutable catalog version: plans, their decks and tariffs, routes, counters,
+    access numbers, on-net ranges and area-code tables, all read in one transaction."""
+
     plans: dict[str, Plan]
     decks: dict[str, PrefixTable[Tariff]]
     tariffs: dict[str, PlanTariffs] = field(default_factory=dict)
@@ -108,6 +117,7 @@ class CatalogSnapshot:
     code_lists: dict[str, PrefixTable[str]] = field(default_factory=dict)
 
     def plan(self, plan_id: str) -> Plan | None:
+        """The plan by id; None if the catalog has no such plan."""
         return self.plans.get(plan_id)
 
     def rating_plan(self, plan_id: str, access_number: str | None) -> str:
@@ -168,7 +178,7 @@ class CatalogSnapshot:
 # --- prefixes out of PostgreSQL ------------------------------------------------------
 
 
-def _copy_columns(data: np.ndarray) -> tuple:
+def _copy_columns(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of COPY text ``prefix<TAB>zone_id<LF>``: (prefix at, prefix length, zone id)."""
     at, length, values = copy_columns(data, 1)
     return at, length, np.ascontiguousarray(values[:, 0])
@@ -202,6 +212,7 @@ def build_deck(data: bytes, tariffs: PlanTariffs) -> PrefixTable[Tariff]:
 
 
 def plan_from_row(row: asyncpg.Record) -> Plan:
+    """A ``plans`` row as a ``Plan``; columns a row lacks take the plan's defaults."""
     return Plan(
         id=row["id"],
         name=row["name"],
@@ -220,6 +231,7 @@ def plan_from_row(row: asyncpg.Record) -> Plan:
 
 
 def _plans(rows: Iterable[asyncpg.Record]) -> dict[str, Plan]:
+    """Plans by id."""
     return {r["id"]: plan_from_row(r) for r in rows}
 
 
@@ -239,6 +251,7 @@ def tiers_from_json(text: str | None) -> tuple[Tier, ...]:
 
 
 def tiers_to_json(tiers: Iterable[Tier]) -> str:
+    """Tiers as the ``tariffs.tiers`` column stores them (``tiers_from_json`` reads it)."""
     return json.dumps(
         [
             {
@@ -253,6 +266,7 @@ def tiers_to_json(tiers: Iterable[Tier]) -> str:
 
 
 def _tariffs(rows: Iterable[asyncpg.Record]) -> dict[str, PlanTariffs]:
+    """Tariff rows ordered by plan and zone id as each plan's ``PlanTariffs``."""
     grouped: dict[str, tuple[list[int], list[Tariff]]] = {}
     for r in rows:  # ordered by plan, then zone id
         ids, tariffs = grouped.setdefault(r["plan_id"], ([], []))
@@ -321,12 +335,17 @@ async def load_snapshot(
         for plan_id in plans:
             unchanged = previous is not None and changed is not None and plan_id not in changed
             for own, built, old_decks, old_tariffs in (
-                (tariffs, decks, previous and previous.decks, previous and previous.tariffs),
+                (
+                    tariffs,
+                    decks,
+                    None if previous is None else previous.decks,
+                    None if previous is None else previous.tariffs,
+                ),
                 (
                     inbound_tariffs,
                     inbound_decks,
-                    previous and previous.inbound_decks,
-                    previous and previous.inbound_tariffs,
+                    None if previous is None else previous.inbound_decks,
+                    None if previous is None else previous.inbound_tariffs,
                 ),
             ):
                 plan_tariffs = own.get(plan_id, PlanTariffs())
@@ -389,9 +408,14 @@ def _plan_named(payload: str | None) -> str | None:
 
 
 class CatalogHolder:
-    """Holds the current snapshot and replaces it when the catalog changes (LISTEN/NOTIFY)."""
+    """Holds the current snapshot and replaces it when the catalog changes (LISTEN/NOTIFY).
+
+    ``version`` counts the snapshots loaded; ``caught_up`` waits until every change
+    notified before it is in the snapshot, so a caller (a test) need not guess a pause.
+    """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
+        """An empty holder reading from ``pool``; ``start`` loads and begins listening."""
         self._pool = pool
         self._snapshot = CatalogSnapshot(plans={}, decks={})
         self._listener: asyncpg.Connection | None = None
@@ -404,10 +428,14 @@ class CatalogHolder:
         self._pending_routes = False
         self._pending_codes = False  # an area-code table changed (all are reread)
         self._tasks: set[asyncio.Task[None]] = set()
+        # caught_up's markers in flight, by token: each is given the reloads scheduled
+        # before its notification came back.
+        self._markers: dict[str, asyncio.Future[tuple[asyncio.Task[None], ...]]] = {}
         self.version = 0
 
     @property
     def snapshot(self) -> CatalogSnapshot:
+        """The current snapshot: a request takes it once and finishes on it."""
         return self._snapshot
 
     async def reload(
@@ -429,6 +457,7 @@ class CatalogHolder:
     async def _reload_locked(
         self, plans: set[str] | None, carriers: set[str] | None = None, code_lists: bool = False
     ) -> None:
+        """``reload`` with the lock held: build, swap, count the version, log."""
         started = time.perf_counter()
         snapshot = await load_snapshot(self._pool, self._snapshot, plans, carriers, code_lists)
         self._snapshot = snapshot
@@ -447,13 +476,53 @@ class CatalogHolder:
         )
 
     async def start(self) -> None:
+        """Load the whole catalog, then listen for changes on ``CATALOG_CHANNEL``."""
         await self.reload()
         self._listener = await self._pool.acquire()
         await self._listener.add_listener(CATALOG_CHANNEL, self._on_notify)
 
+    async def caught_up(self) -> int:
+        """Wait until every catalog change notified before this call is in the snapshot
+        (or its reload failed, the previous snapshot serving on); the version then.
+
+        It sends a ``sync:<token>`` marker on the catalog channel. PostgreSQL delivers a
+        listener the notifications of different transactions in commit order, so when
+        the marker comes back every change committed before the call has been seen; the
+        barrier then waits for the reloads those changes started, and for a reload
+        already running. Other processes' holders ignore the marker. A holder not
+        started (no listener) waits for a running reload only. Raises RuntimeError if
+        the holder stops meanwhile; a lost listener never answers, so a caller bounds
+        the wait (``asyncio.timeout``).
+        """
+        if self._listener is not None:
+            token = secrets.token_hex(8)
+            marker: asyncio.Future[tuple[asyncio.Task[None], ...]]
+            marker = asyncio.get_running_loop().create_future()
+            self._markers[token] = marker
+            try:
+                await self._pool.execute(
+                    "SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"{SYNC}:{token}"
+                )
+                reloads = await marker
+            finally:
+                self._markers.pop(token, None)
+            if reloads:
+                await asyncio.wait(reloads)
+        # A reload begun by reload() rather than a notification: let it land too.
+        async with self._reload_lock:
+            return self.version
+
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        """Note what a notification changed and schedule a reload (a marker: answer it)."""
         plan_id = _plan_named(payload)
         kind, _, name = (payload or "").partition(":")
+        if kind == SYNC:
+            # asyncpg runs listeners in arrival order: every notification before this
+            # one has scheduled its reload already.
+            marker = self._markers.get(name)
+            if marker is not None and not marker.done():
+                marker.set_result(tuple(self._tasks))
+            return
         if plan_id is not None:
             self._pending.add(plan_id)
         elif kind == "carrier" and name:
@@ -469,6 +538,7 @@ class CatalogHolder:
         task.add_done_callback(self._tasks.discard)
 
     async def _reload_pending(self) -> None:
+        """Reload what the notifications so far named, unless an earlier task did."""
         async with self._reload_lock:
             if not (
                 self._pending_full
@@ -490,6 +560,10 @@ class CatalogHolder:
                 log.exception("catalog reload failed; the previous snapshot keeps serving")
 
     async def stop(self) -> None:
+        """Stop listening and cancel reloads in progress; the last snapshot stays."""
+        for marker in self._markers.values():
+            if not marker.done():
+                marker.set_exception(RuntimeError("the catalog holder stopped"))
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.remove_listener(CATALOG_CHANNEL, self._on_notify)

@@ -25,7 +25,7 @@ from ocs.charging.catalog import (
 )
 from ocs.charging.code_lists import STANDARD, code_list_lines
 from ocs.charging.deck import RATE_FIELDS, Deck, DeckRow
-from ocs.charging.matcher import KEY_DIGITS, POW11, _prefix_keys
+from ocs.charging.matcher import KEY_DIGITS, POW11, prefix_keys
 from ocs.charging.rating import Rate, Tier
 from ocs.charging.translation import TranslationSet
 from ocs.errors import OcsError, Reason, invalid
@@ -35,6 +35,8 @@ CURRENCY_LEN = 3
 
 @dataclass(frozen=True, slots=True)
 class DeckImport:
+    """The outcome of a tariff deck import: sizes, what changed and how long each step took."""
+
     plan_id: str
     prefixes: int
     zones: int
@@ -47,6 +49,7 @@ class DeckImport:
 
 
 def validate_plan_id(plan_id: str, field: str = "id") -> str:
+    """The id itself when 1 to 64 letters, digits, '-', '_' or '.'; else a 400 naming ``field``."""
     if not plan_id or len(plan_id) > 64 or not all(c.isalnum() or c in "-_." for c in plan_id):
         raise invalid(field, "expected 1 to 64 letters, digits, '-', '_' or '.'")
     return plan_id
@@ -70,6 +73,7 @@ def validate_reservation_policy(policy: object, slice_seconds: object) -> tuple[
 
 
 def validate_currency(currency: str) -> str:
+    """The ISO 4217 code of ``currency``, upper-cased; refused unless three letters."""
     code = currency.strip().upper()
     if len(code) != CURRENCY_LEN or not code.isalpha() or not code.isascii():
         raise invalid("currency", f"expected an ISO 4217 code such as EUR, got {currency!r}")
@@ -77,6 +81,7 @@ def validate_currency(currency: str) -> str:
 
 
 async def create_plan(pool: asyncpg.Pool, plan: Plan) -> Plan:
+    """Store a new plan and tell every process to load it; PLAN_EXISTS if the id is taken."""
     validate_reservation_policy(plan.reservation_policy, plan.slice_seconds)
     async with pool.acquire() as conn, conn.transaction():
         try:
@@ -103,6 +108,7 @@ async def create_plan(pool: asyncpg.Pool, plan: Plan) -> Plan:
 
 
 async def list_plans(pool: asyncpg.Pool) -> list[Plan]:
+    """Every stored plan, by id."""
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT * FROM plans ORDER BY id")
     return [plan_from_row(r) for r in rows]
@@ -123,10 +129,12 @@ async def _set_plan_json(pool: asyncpg.Pool, plan_id: str, column: str, value: s
 
 
 async def set_translation(pool: asyncpg.Pool, plan_id: str, rules: TranslationSet) -> None:
+    """Replace a plan's number translation rules."""
     await _set_plan_json(pool, plan_id, "translation", rules.to_json())
 
 
 async def set_bands(pool: asyncpg.Pool, plan_id: str, schedule: BandSchedule) -> None:
+    """Replace a plan's time-band schedule."""
     await _set_plan_json(pool, plan_id, "bands", schedule.to_json())
 
 
@@ -209,7 +217,7 @@ _TARIFF_COLUMNS = [
 ]
 
 
-def _tariff_record(plan_id: str, zone_id: int, direction: str, rate: Rate) -> tuple:
+def _tariff_record(plan_id: str, zone_id: int, direction: str, rate: Rate) -> tuple[object, ...]:
     """A tariffs row (``_TARIFF_COLUMNS``) of a deck's rate."""
     shape = []
     for column in _SHAPE_COLUMNS:
@@ -389,7 +397,7 @@ def _difference(
         return len(deck), 0, 0
     old_buf = np.frombuffer(stored, np.uint8)
     old_at, old_len, old_zone = _copy_columns(old_buf)
-    old_keys = _prefix_keys(old_buf, old_at, old_len)
+    old_keys = prefix_keys(old_buf, old_at, old_len)
     new_keys = ordered.keys.copy()
     new_zone = zone_of_row[ordered.rows]
     # Keys hold 18 digits; longer prefixes (never seen in practice) are compared as text.
@@ -423,12 +431,12 @@ def _difference(
 
 def _prefix_order(deck: Deck) -> _Ordered:
     """The deck's rows in prefix order, their columns gathered in that order."""
-    keys = _prefix_keys(deck.buf, deck.prefix_at, deck.prefix_len)
+    keys = prefix_keys(deck.buf, deck.prefix_at, deck.prefix_len)
     long = np.flatnonzero(deck.prefix_len > KEY_DIGITS)
     if len(long):
         # A key holds 18 digits; the rest of a longer prefix (32 at most) breaks the tie.
         rest = np.zeros(len(keys), np.int64)
-        rest[long] = _prefix_keys(
+        rest[long] = prefix_keys(
             deck.buf, deck.prefix_at[long] + KEY_DIGITS, deck.prefix_len[long] - KEY_DIGITS
         )
         order = np.lexsort((rest, keys))

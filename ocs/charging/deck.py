@@ -47,12 +47,12 @@ import io
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, overload
+from typing import TypeVar, cast, overload
 
 import numba
 import numpy as np
 
-from ocs.charging.matcher import KEY_DIGITS, _prefix_keys
+from ocs.charging.matcher import KEY_DIGITS, Int, Int64Array, prefix_keys
 from ocs.charging.rating import Rate, Tier
 from ocs.errors import OcsError, Reason
 from ocs.money import MoneyError, format_amount, parse_amount
@@ -85,6 +85,8 @@ MAX_SURCHARGE_PERCENT = 1_000  # tariffs.surcharge_percent_bp is a 32-bit INTEGE
 
 @dataclass(frozen=True, slots=True)
 class DeckRow:
+    """One row of a tariff deck: its line, prefix, zone, rate and direction."""
+
     line: int
     prefix: str
     zone: str
@@ -120,6 +122,7 @@ class DeckError(OcsError):
         )
 
     def to_json(self) -> dict[str, object]:
+        """The error body, with every problem's line, column and message."""
         body = super().to_json()
         error = body["error"]
         assert isinstance(error, dict)
@@ -633,7 +636,7 @@ def _row_values(
                 problems.append(str(exc))
                 continue
             if column == "direction":
-                direction = value  # type: ignore[assignment]
+                direction = cast(str, value)  # _read_optional reads a direction as str
             else:
                 shape[RATE_FIELDS[column]] = value
     if problems:
@@ -828,16 +831,16 @@ def _is_space(c: int) -> bool:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _amount_micro(data: np.ndarray, start: int, end: int) -> int:
+def _amount_micro(data: np.ndarray, start: int, end: int) -> Int:
     """Micro-units of a plain amount (digits[.digits]), or -1 for anything else."""
-    whole = 0
+    whole: Int = 0
     i = start
     while i < end and 48 <= data[i] <= 57:
         whole = whole * 10 + (np.int64(data[i]) - 48)
         i += 1
     if i == start or i - start > 9:
         return -1
-    fraction = 0
+    fraction: Int = 0
     places = 0
     if i < end and data[i] == 46:  # '.'
         i += 1
@@ -858,11 +861,11 @@ def _amount_micro(data: np.ndarray, start: int, end: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _whole_seconds(data: np.ndarray, start: int, end: int, minimum: int) -> int:
+def _whole_seconds(data: np.ndarray, start: int, end: int, minimum: int) -> Int:
     """Seconds of a plain count in [minimum, MAX_BLOCK_SECONDS], or -1."""
     if end == start or end - start > 9:
         return -1
-    value = 0
+    value: Int = 0
     for i in range(start, end):
         if not 48 <= data[i] <= 57:
             return -1
@@ -1076,7 +1079,9 @@ def _same(buf: np.ndarray, a: int, b: int, length: int) -> bool:
 
 
 @numba.njit(cache=True, nogil=True)
-def _intern(buf: np.ndarray, at: np.ndarray, length: np.ndarray, keys: np.ndarray) -> tuple:
+def _intern(
+    buf: np.ndarray, at: np.ndarray, length: np.ndarray, keys: np.ndarray
+) -> tuple[Int64Array, Int64Array]:
     """Ids of strings (equal strings, equal id; ids in order of first appearance).
 
     A string is its bytes, or its key where ``keys[r] >= 0`` (an int64 standing
@@ -1139,7 +1144,7 @@ def _intern(buf: np.ndarray, at: np.ndarray, length: np.ndarray, keys: np.ndarra
 
 
 @numba.njit(cache=True, nogil=True)
-def _intern_keys(keys: np.ndarray, ordered: np.ndarray) -> tuple:
+def _intern_keys(keys: np.ndarray, ordered: np.ndarray) -> tuple[Int64Array, Int64Array]:
     """``_intern`` of strings that all have keys (``keys >= 0``), ``ordered`` being
     ``np.sort(keys)``: only keys that repeat go in a hash table, sized once for them,
     so a deck whose prefixes are all distinct needs none.
@@ -1195,7 +1200,7 @@ def _cross_check(
     directions: int,
     rates: np.ndarray,
     most: int,
-) -> tuple:
+) -> tuple[Int64Array, Int]:
     """Rows in file order: a prefix given again in its direction, else a prefix in
     another zone than in the other direction; and a zone at another rate in its
     direction than its first good row there. Returns ((row, kind, line referred to)
@@ -1324,14 +1329,16 @@ class _Shapes:
 
     def code(self, column: str, value: object) -> int:
         if column == "direction":
-            return DIRECTIONS.index(value)  # type: ignore[arg-type]
+            return DIRECTIONS.index(value)
         if column in self.ids:
             ids = self.ids[column]
             if value not in ids:
                 ids[value] = len(ids)
                 self.values[column].append(value)
             return ids[value]
-        return int(value)  # type: ignore[call-overload]
+        if isinstance(value, int):  # the numeric columns (max_cost_mode's bool is an int)
+            return int(value)
+        raise TypeError(f"{column}: expected a number, got {value!r}")
 
     def codes(self, rate: Rate, direction: str) -> list[int]:
         return [
@@ -1409,8 +1416,8 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
     slow_rows = _read_lines(data, out, ncols, problems, lambda fields: _row_values(fields, index))
     good, rows, buf = _good_rows(data, out, slow_rows)
     if optional:
-        for n, (_, _, rate, direction) in slow_rows.items():
-            codes[n] = shapes.codes(rate, direction)
+        for n, (_, _, rate, row_direction) in slow_rows.items():
+            codes[n] = shapes.codes(rate, row_direction)
     prefix_id, prefix_first = _prefix_ids(buf, rows)
     zone_id, zone_first = _intern(buf, rows[:, 4], rows[:, 5], np.full(len(rows), -1, np.int64))
     lines = good + _FIRST_LINE
@@ -1586,11 +1593,11 @@ def _good_rows(
 def _prefix_ids(buf: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``_intern`` of the rows' prefixes: up to KEY_DIGITS digits by key, longer by bytes
     (``_intern_keys`` when none is longer)."""
-    prefix_keys = _prefix_keys(buf, rows[:, 2], rows[:, 3])
-    prefix_keys[rows[:, 3] > KEY_DIGITS] = -1
-    if not (prefix_keys < 0).any():
-        return _intern_keys(prefix_keys, np.sort(prefix_keys))
-    return _intern(buf, rows[:, 2], rows[:, 3], prefix_keys)
+    keys = prefix_keys(buf, rows[:, 2], rows[:, 3])
+    keys[rows[:, 3] > KEY_DIGITS] = -1
+    if not (keys < 0).any():
+        return _intern_keys(keys, np.sort(keys))
+    return _intern(buf, rows[:, 2], rows[:, 3], keys)
 
 
 def _prefix_text(buf: np.ndarray, rows: np.ndarray, r: int) -> str:

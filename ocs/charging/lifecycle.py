@@ -11,21 +11,20 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
+import msgspec
 
 from ocs import metrics
 from ocs.balances.accounts import password_digest
 from ocs.balances.cards import pin_digest
+from ocs.balances.script_args import AuthorizeArgs, CounterCandidate, CounterQuote, CounterUse
 from ocs.balances.store import (
     AlreadyLive,
     AlreadyStopped,
     BalanceStore,
-    CounterCandidate,
     CounterChanged,
-    CounterQuote,
-    CounterUse,
     LiveEntry,
     PlanMismatch,
     Refused,
@@ -47,7 +46,7 @@ from ocs.charging.rating import (
 )
 from ocs.charging.translation import TranslationSet
 from ocs.config import Settings
-from ocs.counters.definitions import counters_for_zone
+from ocs.counters.definitions import CounterDef, counters_for_zone
 from ocs.errors import OcsError, Reason, invalid
 
 MAX_CALL_ID = 128
@@ -91,6 +90,7 @@ class FundsHeldByLiveCalls(OcsError):
         self.live_calls = live_calls
 
     def to_json(self) -> dict[str, object]:
+        """The error body, with the finer reason code and how many live calls hold the funds."""
         body = super().to_json()
         error = body["error"]
         assert isinstance(error, dict)
@@ -125,7 +125,8 @@ def pack_rate(rate: Rate) -> list[object]:
     return packed
 
 
-def unpack_rate(packed: list) -> Rate:
+def unpack_rate(packed: list[Any]) -> Rate:
+    """The rate ``pack_rate`` packed."""
     fee, block, step, price = packed[:4]
     if len(packed) == 4:
         return Rate(fee, block, step, price)
@@ -184,6 +185,7 @@ class CallRecord:
         return CounterSplit(Rate(0, 0, step, price), self.counter_seconds)
 
     def counter_use(self, duration: int) -> CounterUse | None:
+        """The counter seconds a call of ``duration`` held and used, None without a counter."""
         if self.counter_id is None or self.counter_seconds <= 0:
             return None
         return CounterUse(
@@ -191,6 +193,7 @@ class CallRecord:
         )
 
     def pack(self) -> bytes:
+        """The record as msgpack, as the live-call entry and the call reference keep it."""
         r = self.rate
         extra: dict[str, object] = {}
         if self.member is not None:
@@ -211,7 +214,7 @@ class CallRecord:
             extra["ns"] = self.nas_session
         if self.rating_plan is not None:
             extra["rp"] = self.rating_plan
-        return msgpack.packb(
+        packed: bytes = msgpack.packb(
             {
                 **extra,
                 "a": self.account_id,
@@ -228,9 +231,11 @@ class CallRecord:
                 "n": self.nas,
             }
         )
+        return packed
 
     @classmethod
     def unpack(cls, data: bytes) -> "CallRecord":
+        """The record ``pack`` made."""
         m = msgpack.unpackb(data)
         return cls(
             account_id=m["a"],
@@ -285,6 +290,44 @@ class Grant:
     # for a call granted whole.
     ceiling: int = 0
     slice_seconds: int = 0  # the slice (quota) the call is granted by; 0: whole
+
+    @classmethod
+    def of(
+        cls,
+        call_id: str,
+        account_id: str,
+        record: CallRecord,
+        *,
+        granted: int,
+        reserved: int,
+        repeated: bool,
+        available: int,
+        credit_limit: int,
+        final: bool,
+        ceiling: int = 0,
+        slice_seconds: int = 0,
+    ) -> "Grant":
+        """The grant of a call authorized with ``record``: the one place a Grant is built,
+        for a new call and for a repeated request of a live one alike."""
+        return cls(
+            call_id=call_id,
+            account_id=account_id,
+            zone=record.zone,
+            destination=record.destination,
+            max_duration=granted,
+            reserved=reserved,
+            currency=record.currency,
+            rate=record.rate,
+            repeated=repeated,
+            available=available,
+            credit_limit=credit_limit,
+            carriers=record.carriers,
+            counter_seconds=min(granted, record.counter_seconds),
+            final=final,
+            direction=record.direction,
+            ceiling=ceiling,
+            slice_seconds=slice_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +384,84 @@ class Identity(NamedTuple):
     pin: bool = False  # a PIN was presented: a failure counts against guessing limits
 
 
+# The request values below are frozen msgspec Structs, not frozen dataclasses: a few are
+# made for every authorization, and a Struct constructs several times faster (a frozen
+# dataclass sets each field through object.__setattr__). They hold only immutable
+# values, so they stay out of the cycle collector (gc=False).
+class AuthorizeRequest(msgspec.Struct, frozen=True, gc=False):
+    """What a caller asks for: a call from ``account_id`` to ``destination``.
+
+    ``caller``: the caller id, kept on the CDR. ``call_id``: the switch's id of the
+    call (None: ocs makes one). ``member``: the member placing or taking the call,
+    whose own line limit applies too. ``direction``: ``outbound`` or ``inbound``
+    (rated by the plan's inbound tariffs, free when it has none). ``quota``: grant
+    slices of this many seconds (quota mode) instead of the whole call.
+    ``access_number``: the number a card holder dialled in on (its plan rates the
+    call). ``password``: what the caller gave, checked when the origin asks.
+    """
+
+    account_id: str
+    destination: str
+    caller: str | None = None
+    call_id: str | None = None
+    member: str | None = None
+    direction: str = "outbound"
+    quota: int | None = None
+    access_number: str | None = None
+    password: str | None = None
+
+
+class Origin(msgspec.Struct, frozen=True, gc=False):
+    """Where an authorization comes from, and what that channel may be trusted with.
+
+    ``nas``: the NAS client's name (its calls are closed when it restarts).
+    ``nas_address``, ``nas_session``: where a Disconnect-Request for the call goes, and
+    the session id the NAS knows the call by. ``translation``: the NAS's own number
+    translation, replacing the plan's. ``check_password``: the identity is untrusted (a
+    RADIUS PIN): an account with a password must be given it. ``wait_for_start``: the
+    reservation is released unless a Start binds it within ``start_timeout`` seconds.
+    ``slices``: the switch can be told to cut a call, so the plan's ``slice`` policy
+    applies (else it is granted the whole call).
+    """
+
+    nas: str | None = None
+    nas_address: str | None = None
+    nas_session: str | None = None
+    translation: TranslationSet | None = None
+    check_password: bool = False
+    wait_for_start: bool = False
+    slices: bool = True
+
+
+# A trusted switch or operator (HTTP): no NAS, no password check, granted at once.
+TRUSTED = Origin()
+
+
+class Priced(msgspec.Struct, frozen=True, gc=False):
+    """A request priced against one catalog snapshot: what authorize reserves by and
+    what quote announces, computed in one place (``CallService.price``).
+
+    ``cap`` is the longest the call may last: the plan's, or the bundle's free seconds
+    when its counter refuses past them. ``counter``/``split``: the usage counter the
+    call is priced with and the seconds it pays; ``counter_quote``: the candidates and
+    that choice as the authorize script checks them (None: no counter covers the zone).
+    """
+
+    plan_id: str
+    plan: Plan
+    digits: str
+    rating_plan: str
+    prefix: str
+    tariff: Tariff
+    rate: Rate  # the tariff's: what the call is charged at
+    carriers: tuple[str, ...]
+    candidates: tuple[CounterDef, ...]
+    counter: CounterDef | None
+    split: CounterSplit | None
+    cap: int
+    counter_quote: CounterQuote | None
+
+
 @dataclass(frozen=True, slots=True)
 class BalanceAnswer:
     """An IVR's "your balance is" answer: nothing reserved."""
@@ -387,6 +508,42 @@ def tariff_of(
     return digits, rating_plan, match[0], match[1]
 
 
+def choose_counter(
+    candidates: tuple[CounterDef, ...], plan_cap: int, guess: tuple[str | None, int] | None
+) -> tuple[CounterDef | None, CounterSplit | None, int, CounterQuote | None]:
+    """(counter, split, cap, script quote) of a call whose zone ``candidates`` cover.
+
+    ``guess`` is the counter and its free seconds as last known: None before anyone
+    has said (the first mandatory counter, in a fresh cycle), then what the authorize
+    script answered or, for a quote, what the account's counters hold now. A counter
+    that refuses past its bundle caps the call at the bundle's free seconds.
+    """
+    if not candidates:
+        return None, None, plan_cap, None
+    if guess is None:
+        counter = next((c for c in candidates if c.mandatory), None)
+        held = 0 if counter is None else min(counter.seconds, plan_cap)
+    else:
+        guess_id, held = guess
+        counter = next((c for c in candidates if c.id == guess_id), None)
+    counter_quote = CounterQuote(
+        candidates=tuple(
+            CounterCandidate(c.id, c.reject_on_threshold, c.seconds if c.mandatory else None)
+            for c in candidates
+        ),
+        counter_id=None if counter is None else counter.id,
+        seconds=held,
+        cap=plan_cap,
+    )
+    cap = plan_cap
+    split = None
+    if counter is not None and held > 0:
+        split = CounterSplit(counter.rate, held)
+        if counter.reject_on_threshold:
+            cap = held  # the bundle is all the call may use
+    return counter, split, cap, counter_quote
+
+
 def clean_caller(caller: str | None) -> str | None:
     """The caller id as the CDR keeps it: printable, at most 64 characters.
 
@@ -401,6 +558,7 @@ def clean_caller(caller: str | None) -> str | None:
 
 
 def validate_call_id(call_id: object, field: str = "call_id") -> str:
+    """A call id as given, or 400 naming ``field``: 1 to 128 printable characters, no '|'."""
     if not isinstance(call_id, str) or not 1 <= len(call_id) <= MAX_CALL_ID:
         raise invalid(field, f"expected a string of 1 to {MAX_CALL_ID} characters")
     if not call_id.isprintable() or "|" in call_id or "\x00" in call_id:
@@ -409,6 +567,7 @@ def validate_call_id(call_id: object, field: str = "call_id") -> str:
 
 
 def validate_duration(duration: object, field: str = "duration") -> int:
+    """Whole seconds from 0 to ``MAX_DURATION``, or 400 naming ``field``."""
     if isinstance(duration, bool) or not isinstance(duration, int):
         raise invalid(field, "expected whole seconds as an integer")
     if not 0 <= duration <= MAX_DURATION:
@@ -464,6 +623,7 @@ class CallService:
         grace = self._settings.call_expiry_grace
 
         def expiry(funds: int) -> int:
+            """The epoch second a call holding ``funds`` expires at."""
             return started + max_duration_with_counter(rate, funds, limit, split, bands) + grace
 
         return expiry
@@ -523,176 +683,141 @@ class CallService:
         _, member_of, _ = await self._store.identities(digits, None)
         return member_of or await self._store.caller_account(digits)
 
-    async def authorize(
+    def price(
         self,
-        account_id: str,
-        destination: str,
-        caller: str | None = None,
-        call_id: str | None = None,
-        *,
-        password: str | None = None,
-        check_password: bool = False,
-        wait_for_start: bool = False,
-        nas: str | None = None,
-        member: str | None = None,
-        direction: str = "outbound",
-        quota: int | None = None,
-        nas_address: str | None = None,
+        request: AuthorizeRequest,
+        plan_id: str,
         translation: TranslationSet | None = None,
-        nas_session: str | None = None,
-        access_number: str | None = None,
-        slices: bool = True,
-    ) -> Grant:
+        counter_guess: tuple[str | None, int] | None = None,
+        *,
+        routed: bool = True,
+    ) -> Priced:
+        """Price a request against the current catalog snapshot: its tariff, its
+        carriers (``routed``: an outbound call's route set, refused when no carrier
+        keeps the margin), the usage counter that pays first and the longest it may
+        last. Authorize and quote both price here, so what an IVR announces is what a
+        call is granted. ``translation``: a NAS's own, replacing the plan's.
+        """
+        snapshot = self._catalog.snapshot
+        plan = snapshot.plan(plan_id)
+        if plan is None:
+            raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
+        direction = request.direction
+        rules = plan.translation if translation is None else translation
+        digits, rating_plan, prefix, tariff = tariff_of(
+            snapshot, plan_id, rules.apply(request.destination), request.access_number, direction
+        )
+        carriers: tuple[str, ...] = ()
+        if routed and direction == "outbound":
+            routing = snapshot.routes_for(plan_id, digits, tariff.rate)
+            if routing is not None:
+                # A plan that allows negative margin still gets the losing carriers.
+                carriers = routing.usable(plan.allow_negative_margin)
+                if routing.refused(plan.allow_negative_margin):
+                    raise OcsError(
+                        Reason.NO_PROFITABLE_ROUTE,
+                        f"no carrier reaches {digits} for less than its price",
+                        field="destination",
+                    )
+        plan_counters = snapshot.counters_for(plan_id)
+        candidates = (
+            counters_for_zone(plan_counters, tariff.zone)
+            if plan_counters and direction == "outbound"
+            else ()
+        )
+        if candidates:
+            counter, split, cap, counter_quote = choose_counter(
+                candidates, plan.max_call_duration, counter_guess
+            )
+        else:  # most calls: no counter covers the zone (and no call to choose one)
+            counter, split, cap, counter_quote = None, None, plan.max_call_duration, None
+        return Priced(
+            plan_id,
+            plan,
+            digits,
+            rating_plan,
+            prefix,
+            tariff,
+            tariff.rate,
+            carriers,
+            candidates,
+            counter,
+            split,
+            cap,
+            counter_quote,
+        )
+
+    async def authorize(self, request: AuthorizeRequest, origin: Origin = TRUSTED) -> Grant:
         """Reserve a line and funds for a call and grant the longest duration they pay for.
 
-        ``check_password``: the request comes from an untrusted identity (a RADIUS
-        PIN): an account with a password must be given it. ``wait_for_start``: the
-        reservation is released unless an Accounting-Start binds it within
-        ``start_timeout`` seconds. ``member``: the member placing or taking the
-        call, whose own line limit applies too. ``direction``: inbound calls take
-        a line like outbound ones and are rated by the plan's inbound tariffs (free
-        when it has none). ``quota``: grant slices of this many seconds (quota mode)
-        instead of the whole call; ``update`` grants the next.
+        ``request`` is what the caller asks (see ``AuthorizeRequest``); ``origin`` where
+        it comes from and what that channel is trusted with (see ``Origin``); a quota
+        grants slices, and ``update`` grants the next.
 
         The plan's ``reservation_policy`` decides what a call holds: ``whole`` its
         longest call (as far as the funds go), ``slice`` one ``slice_seconds`` slice at
-        a time (quota mode; ``slices=False``, a switch that cannot be told to cut a
-        call, gets the whole instead), ``share`` at most the available funds divided
-        by the free lines.
+        a time (quota mode; an origin without ``slices``, a switch that cannot be told
+        to cut a call, gets the whole instead), ``share`` at most the available funds
+        divided by the free lines.
         """
-        call_id = uuid.uuid4().hex if call_id is None else validate_call_id(call_id)
-        caller = clean_caller(caller)
-        if direction not in DIRECTIONS:
+        account_id = request.account_id
+        call_id = uuid.uuid4().hex if request.call_id is None else validate_call_id(request.call_id)
+        caller = clean_caller(request.caller)
+        if request.direction not in DIRECTIONS:
             raise invalid("direction", f"expected one of {', '.join(DIRECTIONS)}")
+        quota = request.quota
         if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int)):
             raise invalid("quota", "expected whole seconds as an integer")
         if quota is not None and not 1 <= quota <= MAX_DURATION:
             raise invalid("quota", f"expected 1 to {MAX_DURATION} seconds")
-        if not check_password:
+        if not origin.check_password:
             digest = ""
-        elif password is None:
+        elif request.password is None:
             digest = "-"  # never equals a digest: an account with a password refuses
         else:
-            digest = password_digest(account_id, password)
+            digest = password_digest(account_id, request.password)
         plan_id = await self._plan_of(account_id)
         # The counter (and its free seconds) the script said applies, once it has said.
         counter_guess: tuple[str | None, int] | None = None
         for _ in range(4):
-            snapshot = self._catalog.snapshot
-            plan = snapshot.plan(plan_id)
-            if plan is None:
-                raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
-            # A NAS's own translation set replaces the plan's for the calls it sends.
-            rules = plan.translation if translation is None else translation
-            digits, rating_plan, prefix, tariff = tariff_of(
-                snapshot, plan_id, rules.apply(destination), access_number, direction
-            )
-            rate = tariff.rate
-            carriers: tuple[str, ...] = ()
-            if direction == "outbound":
-                routing = snapshot.routes_for(plan_id, digits, rate)
-                if routing is not None:
-                    # A plan that allows negative margin still gets the losing carriers.
-                    carriers = routing.usable(plan.allow_negative_margin)
-                    if routing.refused(plan.allow_negative_margin):
-                        raise OcsError(
-                            Reason.NO_PROFITABLE_ROUTE,
-                            f"no carrier reaches {digits} for less than its price",
-                            field="destination",
-                        )
-            cap = plan.max_call_duration
-            plan_counters = snapshot.counters_for(plan_id)
-            candidates = (
-                counters_for_zone(plan_counters, tariff.zone)
-                if plan_counters and direction == "outbound"
-                else ()
-            )
-            counter = None
-            counter_quote: CounterQuote | None = None
-            split: CounterSplit | None = None
-            if candidates:
-                if counter_guess is None:
-                    # First guess: the first mandatory counter, in a fresh cycle.
-                    counter = next((c for c in candidates if c.mandatory), None)
-                    held = 0 if counter is None else min(counter.seconds, cap)
-                else:
-                    guess_id, held = counter_guess
-                    counter = next((c for c in candidates if c.id == guess_id), None)
-                counter_quote = CounterQuote(
-                    candidates=tuple(
-                        CounterCandidate(
-                            c.id, c.reject_on_threshold, c.seconds if c.mandatory else None
-                        )
-                        for c in candidates
-                    ),
-                    counter_id=None if counter is None else counter.id,
-                    seconds=held,
-                    cap=cap,
-                )
-                if counter is not None and held > 0:
-                    split = CounterSplit(counter.rate, held)
-                    if counter.reject_on_threshold:
-                        cap = held  # the bundle is all the call may use
-            policy = plan.reservation_policy
+            priced = self.price(request, plan_id, origin.translation, counter_guess)
+            plan, rate, cap, split = priced.plan, priced.rate, priced.cap, priced.split
             sliced = quota
-            if sliced is None and policy == "slice" and slices:
+            if sliced is None and plan.reservation_policy == "slice" and origin.slices:
                 sliced = plan.slice_seconds
             granting = cap if sliced is None else min(cap, sliced)
             now = self._clock()
-            bands = self._bands(rating_plan, rate, int(now), cap)
-            record = CallRecord(
-                account_id=account_id,
-                call_id=call_id,
-                plan_id=plan_id,
-                zone=tariff.zone,
-                prefix=prefix,
-                destination=digits,
-                caller=caller,
-                currency=plan.currency,
-                rate=rate,
-                cap=cap,
-                authorized_at_ms=int(now * 1000),
-                nas=nas,
-                member=member,
-                direction=direction,
-                counter_id=None if counter is None else counter.id,
-                counter_seconds=0 if split is None else split.seconds,
-                counter_rate=(0, 1)
-                if counter is None
-                else (counter.price_per_minute, counter.increment),
-                quota=sliced or 0,
-                carriers=carriers,
-                nas_address=nas_address,
-                nas_session=nas_session,
-                rating_plan=None if rating_plan == plan_id else rating_plan,
-            )
+            bands = self._bands(priced.rating_plan, rate, int(now), cap)
+            record = self._record_for(request, origin, priced, call_id, caller, now, sliced)
             grace = self._settings.call_expiry_grace
-            live_for = plan.max_call_duration + grace
             # A call started now expires at its grant plus grace (the switch was told to
             # cut it there), one still to start at the start timeout.
-            expires_in = self._settings.start_timeout if wait_for_start else granting + grace
-            grant_expiry = (
-                None
-                if wait_for_start
-                else self._expiry_of_grant(int(now), rate, granting, split, bands)
-            )
+            wait = origin.wait_for_start
+            expires_in = self._settings.start_timeout if wait else granting + grace
             outcome = await self._store.authorize(
-                account_id=account_id,
-                call_id=call_id,
-                plan_id=plan_id,
-                first_block_cost=cost_with_counter(rate, 1, split, bands),
-                min_balance=plan.min_balance,
-                cap_cost=cost_with_counter(rate, granting, split, bands),
-                record=record.pack(),
-                expires_at=int(now) + expires_in,
-                ref_ttl=live_for + self._settings.start_timeout + self._settings.stop_dedupe_ttl,
-                password_digest=digest,
-                now=int(now),
-                started_at=0 if wait_for_start else int(now),
-                member=member,
-                counter=counter_quote,
-                grant_expiry=grant_expiry,
-                share=policy == "share",
+                AuthorizeArgs(
+                    account_id=account_id,
+                    call_id=call_id,
+                    plan_id=plan_id,
+                    first_block_cost=cost_with_counter(rate, 1, split, bands),
+                    min_balance=plan.min_balance,
+                    cap_cost=cost_with_counter(rate, granting, split, bands),
+                    record=record.pack(),
+                    expires_at=int(now) + expires_in,
+                    password_digest=digest,
+                    now=int(now),
+                    started_at=0 if wait else int(now),
+                    member=request.member,
+                    counter=priced.counter_quote,
+                    share=plan.reservation_policy == "share",
+                ),
+                ref_ttl=plan.max_call_duration
+                + grace
+                + self._settings.start_timeout
+                + self._settings.stop_dedupe_ttl,
+                grant_expiry=(
+                    None if wait else self._expiry_of_grant(int(now), rate, granting, split, bands)
+                ),
             )
             match outcome:
                 case Reserved(
@@ -702,22 +827,16 @@ class CallService:
                         self._live.clear()
                     self._live[call_id] = record
                     granted = max_duration_with_counter(rate, reserved, granting, split, bands)
-                    return Grant(
-                        call_id=call_id,
-                        account_id=account_id,
-                        zone=tariff.zone,
-                        destination=digits,
-                        max_duration=granted,
+                    return Grant.of(
+                        call_id,
+                        account_id,
+                        record,
+                        granted=granted,
                         reserved=reserved,
-                        currency=plan.currency,
-                        rate=rate,
                         repeated=False,
                         available=available,
                         credit_limit=credit_limit,
-                        carriers=carriers,
-                        counter_seconds=min(granted, record.counter_seconds),
                         final=sliced is None or granting >= cap or granted < granting,
-                        direction=direction,
                         ceiling=(
                             max(
                                 granted,
@@ -730,29 +849,17 @@ class CallService:
                     )
                 case AlreadyLive(entry=entry, available=available_now, credit_limit=credit_limit):
                     live = CallRecord.unpack(entry.record)
-                    granted = max_duration_with_counter(
-                        live.rate,
-                        entry.held + entry.debited,
-                        live.cap if not live.quota else min(live.cap, entry.used + live.quota),
-                        live.split,
-                        self._bands_of(live, live.cap),
-                    )
-                    return Grant(
-                        call_id=call_id,
-                        account_id=account_id,
-                        zone=live.zone,
-                        destination=live.destination,
-                        max_duration=granted,
+                    granted = self.granted_seconds(live, entry)
+                    return Grant.of(
+                        call_id,
+                        account_id,
+                        live,
+                        granted=granted,
                         reserved=entry.held,
-                        currency=live.currency,
-                        rate=live.rate,
                         repeated=True,
                         available=available_now + entry.held,
                         credit_limit=credit_limit,
-                        carriers=live.carriers,
-                        counter_seconds=min(granted, live.counter_seconds),
                         final=not live.quota or granted >= live.cap,
-                        direction=live.direction,
                     )
                 case AlreadyStopped():
                     raise OcsError(
@@ -776,6 +883,45 @@ class CallService:
                         field="account" if reason == "account_not_found" else None,
                     )
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
+
+    @staticmethod
+    def _record_for(
+        request: AuthorizeRequest,
+        origin: Origin,
+        priced: Priced,
+        call_id: str,
+        caller: str | None,
+        now: float,
+        sliced: int | None,
+    ) -> CallRecord:
+        """The live-call record of a call priced now: what its stop charges by."""
+        counter, split, rating_plan = priced.counter, priced.split, priced.rating_plan
+        return CallRecord(
+            account_id=request.account_id,
+            call_id=call_id,
+            plan_id=priced.plan_id,
+            zone=priced.tariff.zone,
+            prefix=priced.prefix,
+            destination=priced.digits,
+            caller=caller,
+            currency=priced.plan.currency,
+            rate=priced.tariff.rate,
+            cap=priced.cap,
+            authorized_at_ms=int(now * 1000),
+            nas=origin.nas,
+            member=request.member,
+            direction=request.direction,
+            counter_id=None if counter is None else counter.id,
+            counter_seconds=0 if split is None else split.seconds,
+            counter_rate=(0, 1)
+            if counter is None
+            else (counter.price_per_minute, counter.increment),
+            quota=sliced or 0,
+            carriers=priced.carriers,
+            nas_address=origin.nas_address,
+            nas_session=origin.nas_session,
+            rating_plan=None if rating_plan == priced.plan_id else rating_plan,
+        )
 
     async def balance(
         self, account_id: str, *, password: str | None = None, check_password: bool = False
@@ -821,15 +967,12 @@ class CallService:
         self, account_id: str, destination: str, access_number: str | None = None
     ) -> Quote:
         """The seconds the account's funds buy to ``destination``: an IVR's "you have
-        N minutes", reserving nothing. Counters count first, as at authorize."""
+        N minutes", reserving nothing. Priced as authorize prices (``price``); counters
+        count first, with the free seconds the account's counters hold now."""
         plan_id = await self._plan_of(account_id)
-        snapshot = self._catalog.snapshot
-        plan = snapshot.plan(plan_id)
-        if plan is None:
-            raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
-        digits, rating_plan, _, tariff = tariff_of(
-            snapshot, plan_id, plan.translation.apply(destination), access_number, "outbound"
-        )
+        request = AuthorizeRequest(account_id, destination, access_number=access_number)
+        priced = self.price(request, plan_id, routed=False)
+        digits = priced.digits
         state = await self._store.get_account(account_id)
         if state is None:
             raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
@@ -839,29 +982,30 @@ class CallService:
             raise OcsError(reason, _REFUSAL_MESSAGES[reason.value])
         if state.expires_at and self._clock() >= state.expires_at:
             raise OcsError(Reason.ACCOUNT_EXPIRED, _REFUSAL_MESSAGES["account_expired"])
-        cap = plan.max_call_duration
-        split = None
-        candidates = counters_for_zone(snapshot.counters_for(plan_id), tariff.zone)
-        cycles = await self._store.counter_state(account_id) if candidates else {}
-        # The first counter that applies, as the authorize script chooses it.
-        counter = next((c for c in candidates if c.id in cycles or c.mandatory), None)
-        if counter is not None:
-            cycle = cycles.get(counter.id)
-            if cycle is not None:
-                free = cycle["limit"] - cycle["used"] - cycle["held"]
-            else:
-                free = counter.seconds
-            free = max(min(free, cap), 0)
-            if free:
-                split = CounterSplit(counter.rate, free)
-                if counter.reject_on_threshold:
-                    cap = free
-            elif counter.reject_on_threshold:
-                return Quote(0, tariff.zone, digits, snapshot.destination_name(plan_id, digits))
+        name = self._catalog.snapshot.destination_name(plan_id, digits)
+        split, cap = priced.split, priced.cap
+        if priced.candidates:
+            plan_cap = priced.plan.max_call_duration
+            cycles = await self._store.counter_state(account_id)
+            # The first counter that applies, as the authorize script chooses it, with
+            # the free seconds its cycle holds now (a mandatory one not yet started: all).
+            first = next((c for c in priced.candidates if c.id in cycles or c.mandatory), None)
+            guess: tuple[str | None, int] = (None, 0)
+            if first is not None:
+                cycle = cycles.get(first.id)
+                free = (
+                    first.seconds
+                    if cycle is None
+                    else cycle["limit"] - cycle["used"] - cycle["held"]
+                )
+                guess = (first.id, max(min(free, plan_cap), 0))
+            counter, split, cap, _ = choose_counter(priced.candidates, plan_cap, guess)
+            if counter is not None and split is None and counter.reject_on_threshold:
+                return Quote(0, priced.tariff.zone, digits, name)
         funds = state.available if state.available >= state.min_balance else 0
-        bands = self._bands(rating_plan, tariff.rate, int(self._clock()), cap)
-        seconds = max_duration_with_counter(tariff.rate, max(funds, 0), cap, split, bands)
-        return Quote(seconds, tariff.zone, digits, snapshot.destination_name(plan_id, digits))
+        bands = self._bands(priced.rating_plan, priced.rate, int(self._clock()), cap)
+        seconds = max_duration_with_counter(priced.rate, max(funds, 0), cap, split, bands)
+        return Quote(seconds, priced.tariff.zone, digits, name)
 
     def granted_seconds(self, record: CallRecord, entry: LiveEntry) -> int:
         """How long a live call may run: what the funds it holds and has been debited

@@ -46,10 +46,16 @@ from typing import Any
 
 import numba
 import numpy as np
+import numpy.typing as npt
 
 from ocs.charging.prefetch import prefetch
 
 log = logging.getLogger("ocs.matcher")
+
+# An integer as numba kernels compute it: a Python int, or a numpy scalar read
+# from an array (numba makes both int64).
+Int = int | np.integer[Any]
+Int64Array = npt.NDArray[np.int64]
 
 KEY_DIGITS = 18  # 11**18 < 2**63: the key of 18 digits fits an int64
 MAX_PREFIX_DIGITS = 32
@@ -106,17 +112,18 @@ def _level2_table(packed: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _level2_at(packed: np.ndarray, key: int) -> int:
+def _level2_at(packed: Int64Array, key: Int) -> Int:
     """Where in level 2 the entry covering ``key`` is."""
     divisor = packed[H_L1_DIVISOR]
     bucket = key // divisor
     entry = packed[HEADER + bucket]  # level 1: small, stays in cache
     sub = (key - bucket * divisor) // POW11[KEY_DIGITS - packed[H_L1_DIGITS] - (entry & 15)]
-    return (entry >> 4) + sub
+    at: Int = (entry >> 4) + sub  # typed here: numpy types an array element as Any
+    return at
 
 
 @numba.njit(cache=True, nogil=True)
-def _crowded(packed: np.ndarray, below: int, key: int) -> int:
+def _crowded(packed: Int64Array, below: Int, key: Int) -> Int:
     """The code for ``key`` from segment ``below`` on, where many start close together:
     gallop, then halve (a log, not a scan). Segment ``below`` starts at or before key."""
     pairs = packed[H_PAIRS_AT]
@@ -133,11 +140,12 @@ def _crowded(packed: np.ndarray, below: int, key: int) -> int:
             below = mid
         else:
             above = mid
-    return packed[pairs + 2 * below + 1]
+    code: Int = packed[pairs + 2 * below + 1]
+    return code
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _resolve(packed: np.ndarray, entry: int, key: int) -> int:
+def _resolve(packed: Int64Array, entry: Int, key: Int) -> Int:
     """The code a level-2 entry gives ``key``: its answer, or a scan of its few segments."""
     if entry & 1 == 0:
         return (entry >> 1) - 1
@@ -150,13 +158,14 @@ def _resolve(packed: np.ndarray, entry: int, key: int) -> int:
         at += 2
         if at == crowded:
             return _crowded(packed, (at - pairs) // 2 - 1, key)
-    return packed[at - 1]  # the code of the last segment starting at or before key
+    code: Int = packed[at - 1]  # the code of the last segment starting at or before key
+    return code
 
 
 @numba.njit(cache=True, nogil=True)
-def _lookup_bytes(packed: np.ndarray, digits: bytes) -> int:
+def _lookup_bytes(packed: Int64Array, digits: bytes) -> Int:
     """Code for one number given as ASCII digits (normalised: no '+')."""
-    key = 0
+    key: Int = 0
     n = len(digits)
     for i in range(n):
         c = np.int64(digits[i]) - 48
@@ -314,14 +323,14 @@ def _encode_rows(words: np.ndarray, row_words: int, out: np.ndarray) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
-def _prefix_keys(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def prefix_keys(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Key of each prefix (its first KEY_DIGITS digits), or -1 where it is not 1-32 digits."""
     n = len(offsets)
     keys = np.empty(n, np.int64)
     for i in range(n):
         length = lengths[i]
         start = offsets[i]
-        key = 0
+        key: Int = 0
         ok = 1 <= length <= MAX_PREFIX_DIGITS
         for j in range(length if ok else 0):
             c = np.int64(buf[start + j]) - 48
@@ -350,7 +359,9 @@ def _emit(starts: np.ndarray, labels: np.ndarray, count: int, at: int, label: in
 
 
 @numba.njit(cache=True, nogil=True)
-def _segments(keys: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> tuple:
+def _segments(
+    keys: np.ndarray, lengths: np.ndarray, codes: np.ndarray
+) -> tuple[Int64Array, Int64Array]:
     """Flatten nested prefix intervals (sorted by key, no duplicates) into labelled segments."""
     n = len(keys)
     starts = np.empty(2 * n + 1, np.int64)
@@ -479,10 +490,13 @@ class PrefixIndex:
 
     @property
     def nbytes(self) -> int:
+        """Approximate memory the index takes, in bytes."""
         return int(self.packed.nbytes) + 100 * len(self._long or ())
 
     @classmethod
-    def from_strings(cls, prefixes: Sequence[str], slots: Sequence[int]) -> PrefixIndex:
+    def from_strings(
+        cls, prefixes: Sequence[str], slots: Sequence[int] | Int64Array
+    ) -> PrefixIndex:
         """Index ``prefixes[i] -> slots[i]``; prefixes are 1 to 32 ASCII digits, all distinct."""
         if len(prefixes) != len(slots):
             raise ValueError("prefixes and slots differ in length")
@@ -514,7 +528,7 @@ class PrefixIndex:
         def text(i: int) -> str:
             return bytes(buf[offsets[i] : offsets[i] + lengths[i]]).decode("utf-8", "replace")
 
-        keys = _prefix_keys(buf, offsets, lengths)
+        keys = prefix_keys(buf, offsets, lengths)
         bad = np.flatnonzero(keys < 0)
         if len(bad):
             raise ValueError(f"prefix {text(int(bad[0]))!r}: expected 1 to 32 digits")
@@ -552,7 +566,8 @@ class PrefixIndex:
             code = self._lookup_long(digits)
             if code != NO_MATCH:
                 return code
-        return self._lookup(self.packed, digits.encode())
+        matched: int = self._lookup(self.packed, digits.encode())
+        return matched
 
     def _lookup_long(self, digits: str) -> int:
         assert self._long is not None
@@ -653,7 +668,8 @@ def _entry(dispatcher: Any, *example: Any) -> Callable[..., Any]:
     0.3 µs a call from Python costs. The first call compiles the kernel or
     loads it from the on-disk cache.
     """
-    signature = tuple(numba.typeof(arg) for arg in example)
+    # numba.typeof is unannotated.
+    signature = tuple(numba.typeof(arg) for arg in example)  # type: ignore[no-untyped-call]
     key = (dispatcher, signature)
     entry = _ENTRIES.get(key)
     if entry is None:

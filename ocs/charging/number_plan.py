@@ -36,6 +36,7 @@ def validate_access_numbers(raw: object) -> dict[str, str]:
 
 
 def validate_onnet(raw: object) -> list[str]:
+    """The on-net prefixes of an API body, sorted and distinct; refused unless a list of digits."""
     if not isinstance(raw, list) or len(raw) > MAX_ONNET_PREFIXES:
         raise invalid("prefixes", f"expected a list of at most {MAX_ONNET_PREFIXES} prefixes")
     return sorted({_digits(p, f"prefixes[{n}]") for n, p in enumerate(raw)})

@@ -6,8 +6,10 @@ places ahead lets those misses overlap while the core works on the current
 one, where an ordinary load would hold up the core until its line arrived.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -20,25 +22,36 @@ _PREFETCH_TYPE = ir.FunctionType(ir.VoidType(), [_BYTE_POINTER, _I32, _I32, _I32
 _READ, _KEEP, _DATA = (ir.Constant(_I32, v) for v in (0, 3, 1))
 
 
-@intrinsic
-def prefetch(typingctx: Any, array: types.Array, index: types.Integer) -> Any:
-    """``prefetch(array, i)`` in a numba kernel: start loading the line of ``array[i]``.
-
-    A hint, never a fault: no bounds check, and an index outside the array loads
-    nothing that matters. Returns nothing.
-    """
+def _prefetch_typing(typingctx: Any, array: types.Array, index: types.Integer) -> Any:
+    """numba's typing of ``prefetch(array, index)``: its signature and its code generator."""
     del typingctx
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         array_type = signature.args[0]
         view = context.make_array(array_type)(context, builder, args[0])
-        address = cgutils.get_item_pointer(
+        # numba's cgutils helpers are unannotated.
+        address = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
             context, builder, array_type, view, [args[1]], wraparound=False
         )
-        function = cgutils.get_or_insert_function(
+        function = cgutils.get_or_insert_function(  # type: ignore[no-untyped-call]
             builder.module, _PREFETCH_TYPE, "llvm.prefetch.p0"
         )
         builder.call(function, [builder.bitcast(address, _BYTE_POINTER), _READ, _KEEP, _DATA])
         return context.get_dummy_value()
 
     return types.void(array, index), codegen
+
+
+if TYPE_CHECKING:
+    # What a kernel calls. numba's stubs give an intrinsic the typing function's
+    # signature (typingctx first, which numba supplies itself), so mypy is shown
+    # the signature kernels actually use.
+    def prefetch(array: npt.NDArray[Any], index: int | np.integer[Any]) -> None:
+        """``prefetch(array, i)`` in a numba kernel: start loading the line of ``array[i]``.
+
+        A hint, never a fault: no bounds check, and an index outside the array loads
+        nothing that matters. Returns nothing.
+        """
+
+else:
+    prefetch = intrinsic(_prefetch_typing)

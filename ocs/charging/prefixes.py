@@ -83,10 +83,12 @@ class PrefixTable(Generic[T]):
 
     @property
     def index(self) -> PrefixIndex:
+        """The prefix index behind the table."""
         return self._index
 
     @property
     def values(self) -> Sequence[T]:
+        """The values, by slot: what a matched prefix stands for."""
         return self._values
 
     @property

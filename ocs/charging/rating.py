@@ -95,6 +95,7 @@ class Rate:
 
     @property
     def simple(self) -> bool:
+        """True for a plain per-minute rate: no tiers, cap, surcharges or band prices."""
         return (
             not self.tiers
             and not self.max_cost

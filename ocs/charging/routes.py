@@ -35,7 +35,7 @@ import asyncpg
 import numba
 import numpy as np
 
-from ocs.charging.matcher import PrefixIndex
+from ocs.charging.matcher import Int, Int64Array, PrefixIndex
 from ocs.charging.prefixes import PrefixTable
 from ocs.charging.rating import Rate, cost
 
@@ -134,7 +134,7 @@ _MIX = (
 
 
 @numba.njit(cache=True, nogil=True)
-def intern_rates(values: np.ndarray) -> tuple:
+def intern_rates(values: np.ndarray) -> tuple[Int64Array, Int64Array]:
     """Distinct rows of an (n, 4) int64 array of rate fields, without a Python object per row.
 
     Returns (ids, first): row r is distinct rate ``ids[r]``, and distinct rate k is
@@ -182,7 +182,7 @@ def rates_of(values: np.ndarray, rows: np.ndarray) -> tuple[Rate, ...]:
 
 
 @numba.njit(cache=True, nogil=True)
-def copy_columns(data: np.ndarray, width: int) -> tuple:
+def copy_columns(data: np.ndarray, width: int) -> tuple[Int64Array, Int64Array, Int64Array]:
     """Rows of COPY text ``prefix<TAB>n<TAB>...<LF>`` with ``width`` whole numbers after
     the prefix: (prefix at, prefix length, (rows, width) int64 numbers). A carrier's
     cost deck has the 4 fields of a rate; a plan's prefixes (ocs.charging.catalog)
@@ -202,7 +202,7 @@ def copy_columns(data: np.ndarray, width: int) -> tuple:
         length[r] = i - start
         for c in range(width):
             i += 1
-            value = 0
+            value: Int = 0
             while data[i] != 9 and data[i] != 10:
                 value = value * 10 + (np.int64(data[i]) - 48)
                 i += 1

@@ -42,7 +42,7 @@ from ocs.charging.deck import (
     _scan_deck,
     decode_utf8,
 )
-from ocs.charging.matcher import _prefix_keys
+from ocs.charging.matcher import prefix_keys
 from ocs.charging.rating import Rate
 from ocs.charging.routes import RATE_FIELDS, intern_rates, rates_of
 from ocs.errors import OcsError, Reason, invalid
@@ -61,6 +61,8 @@ def validate_id(value: object, field: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Carrier:
+    """A carrier calls may be routed to."""
+
     id: str
     name: str
 
@@ -116,6 +118,8 @@ class CarrierDeck(_PrefixRows[tuple[str, Rate]]):
 
 @dataclass(frozen=True, slots=True)
 class CarrierDeckImport:
+    """The outcome of a cost deck import: prefixes and distinct rates stored."""
+
     carrier_id: str
     prefixes: int
     rates: int  # distinct rates
@@ -224,6 +228,7 @@ async def create_carrier(pool: asyncpg.Pool, carrier_id: str, name: str) -> tupl
 
 
 async def list_carriers(pool: asyncpg.Pool) -> list[Carrier]:
+    """Every carrier, by id."""
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT id, name FROM carriers ORDER BY id")
     return [Carrier(r["id"], r["name"]) for r in rows]
@@ -261,7 +266,7 @@ async def import_carrier_rates(
 def _copy_text(carrier: bytes, deck: CarrierDeck) -> bytes:
     """COPY text of (carrier, prefix, connect fee, first block, increment, price) rows,
     in prefix order. ``carrier`` is a validated id: nothing in it needs escaping."""
-    keys = _prefix_keys(deck.buf, deck.prefix_at, deck.prefix_len)
+    keys = prefix_keys(deck.buf, deck.prefix_at, deck.prefix_len)
     rows = np.argsort(keys, kind="stable")
     out = _copy_lines(
         np.frombuffer(carrier, np.uint8),

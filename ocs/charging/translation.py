@@ -12,7 +12,7 @@ changes nothing. With no rules, a number is only stripped of a leading
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ocs.errors import invalid
 
@@ -22,13 +22,20 @@ MAX_PATTERN = 200
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """One translation rule: a regular expression and its replacement."""
+
     match: str
     replace: str
 
 
 @dataclass(frozen=True)
 class TranslationSet:
+    """Number translation rules, applied in order to a dialled number."""
+
     rules: tuple[Rule, ...] = ()
+    _compiled: tuple[tuple[re.Pattern[str], str], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         # Compiled once per snapshot; patterns are admin input, validated on the way in.
@@ -37,15 +44,18 @@ class TranslationSet:
         )
 
     def apply(self, number: str) -> str:
-        for pattern, replacement in self._compiled:  # type: ignore[attr-defined]
+        """The number after every rule, in order, has rewritten it."""
+        for pattern, replacement in self._compiled:
             number = pattern.sub(replacement, number)
         return number
 
     def to_json(self) -> str:
+        """The rules as the JSON stored with a plan or NAS client."""
         return json.dumps([{"match": r.match, "replace": r.replace} for r in self.rules])
 
 
 def translation_from_json(text: str | None) -> TranslationSet:
+    """The rules stored as JSON; no rules when nothing is stored."""
     if not text:
         return TranslationSet()
     return TranslationSet(tuple(Rule(r["match"], r["replace"]) for r in json.loads(text)))

@@ -17,6 +17,8 @@ from ocs.charging.rating import Rate
 
 @dataclass(frozen=True, slots=True)
 class CounterDef:
+    """A plan's counter: free (or discounted) seconds per cycle for calls to some zones."""
+
     id: str
     plan_id: str
     seconds: int
@@ -43,6 +45,7 @@ def counters_for_zone(counters: Iterable[CounterDef], zone: str) -> tuple[Counte
 
 
 def counter_from_row(row: asyncpg.Record) -> CounterDef:
+    """The counter of a ``counters`` table row."""
     return CounterDef(
         id=row["id"],
         plan_id=row["plan_id"],

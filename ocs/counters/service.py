@@ -22,12 +22,15 @@ _RESET_CHUNK = 1_000
 
 @dataclass(frozen=True, slots=True)
 class ResetReport:
+    """The outcome of a cycle reset: accounts and counters reset, fees charged."""
+
     accounts: int
     counters: int
     fees: int = 0  # recurring fees charged for the new cycle
 
 
 def validate_counter(counter: CounterDef) -> CounterDef:
+    """The counter itself when every field is usable; else the error names the field."""
     if not counter.id or len(counter.id) > 64 or not counter.id.isascii():
         raise invalid("id", "expected 1 to 64 ASCII characters")
     if ":" in counter.id or "," in counter.id or not counter.id.isprintable():
@@ -46,6 +49,8 @@ def validate_counter(counter: CounterDef) -> CounterDef:
 
 
 class CounterService:
+    """Defines counters, and buys, cancels, shows and resets them for accounts."""
+
     def __init__(self, pool: asyncpg.Pool, store: BalanceStore) -> None:
         self._pool = pool
         self._store = store
@@ -160,6 +165,7 @@ class CounterService:
             await self._store.cancel_counter(account_id, counter_id)
 
     async def state(self, account_id: str) -> dict[str, dict[str, int]]:
+        """An account's counters this cycle: counter id -> {limit, used, held} seconds."""
         return await self._store.counter_state(account_id)
 
     async def reset(

@@ -1,0 +1,1 @@
+"""The PostgreSQL schema: its migrations and the code that applies them."""

@@ -18,9 +18,10 @@ Secure by default (docs/decisions/0011-secure-defaults.md):
 """
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ocs import api_tokens
 from ocs.config import Settings
@@ -110,9 +111,7 @@ def source_allowed(remote: str | None, networks: Iterable[Network]) -> bool:
     return any(address in network for network in networks)
 
 
-def admin_auth(
-    settings: Settings,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def admin_auth(settings: Settings) -> Middleware:
     """The middleware, from the settings ``admin_token_required``,
     ``switch_token_required``, ``switch_networks`` and ``switch_open``."""
     required = settings.admin_token_required

@@ -15,6 +15,7 @@ from ocs.services import Services
 
 
 def create_app(services: Services) -> web.Application:
+    """The aiohttp application serving the JSON API, the health checks and ``/metrics``."""
     # Errors and metrics outermost: a refused token is answered and counted like any error.
     app = web.Application(
         middlewares=[

@@ -14,13 +14,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ocs import __version__, metrics
-from ocs.balances.accounts import validate_account_id, validate_member
+from ocs.balances.accounts import AccountSpec, validate_account_id, validate_member
 from ocs.balances.store import AccountState
 from ocs.charging import catalog_store
 from ocs.charging.bands import validate_schedule
 from ocs.charging.catalog import Plan
 from ocs.charging.deck import parse_deck
-from ocs.charging.lifecycle import MAX_DURATION, CallProgress, validate_call_id
+from ocs.charging.lifecycle import (
+    MAX_DURATION,
+    AuthorizeRequest,
+    CallProgress,
+    validate_call_id,
+)
 from ocs.charging.rating import Tier
 from ocs.charging.translation import validate_rules
 from ocs.errors import OcsError, Reason, invalid
@@ -46,6 +51,7 @@ def _services(request: web.Request) -> Services:
 
 
 def account_json(view: AccountState) -> dict[str, Any]:
+    """An account's state as the JSON API shows it (amounts as decimal strings)."""
     return {
         "id": view.account_id,
         "plan": view.plan_id,
@@ -69,6 +75,7 @@ def account_json(view: AccountState) -> dict[str, Any]:
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
+    """A plan as the JSON API shows it (amounts as decimal strings)."""
     return {
         "id": plan.id,
         "name": plan.name,
@@ -83,25 +90,29 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 
 async def create_account(request: web.Request) -> web.Response:
+    """POST /v1/accounts: create an account on a plan (201)."""
     body = await read_object(request)
     account_id = validate_account_id(body.get("id"), "id")
     plan_id = string_field(body, "plan", max_len=64)
     assert plan_id is not None
     status = string_field(body, "status", required=False, max_len=16) or "active"
     view = await _services(request).accounts.create(
-        account_id,
-        plan_id=plan_id,
-        opening_balance=amount_field(body, "balance", required=False) or 0,
-        credit_limit=amount_field(body, "credit_limit", required=False),
-        max_lines=int_field(body, "max_lines", required=False, minimum=1, maximum=10_000),
-        status=status,
-        password=string_field(body, "password", required=False, max_len=128),
-        expires_at=timestamp_field(body, "expires_at"),
+        AccountSpec(
+            account_id,
+            plan_id,
+            opening_balance=amount_field(body, "balance", required=False) or 0,
+            credit_limit=amount_field(body, "credit_limit", required=False),
+            max_lines=int_field(body, "max_lines", required=False, minimum=1, maximum=10_000),
+            status=status,
+            password=string_field(body, "password", required=False, max_len=128),
+            expires_at=timestamp_field(body, "expires_at"),
+        )
     )
     return web.json_response(account_json(view), status=201)
 
 
 async def add_caller(request: web.Request) -> web.Response:
+    """POST /v1/accounts/{id}/callers: let a caller id identify the account (pinless)."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     body = await read_object(request)
     caller = string_field(body, "caller", max_len=33)
@@ -111,12 +122,14 @@ async def add_caller(request: web.Request) -> web.Response:
 
 
 async def start_call(request: web.Request) -> web.Response:
+    """POST /v1/calls/{id}/start: the call was answered."""
     call_id = validate_call_id(request.match_info["call_id"], "call_id")
     progress = await _services(request).calls.start(call_id)
     return web.json_response(progress_json(progress))
 
 
 async def update_call(request: web.Request) -> web.Response:
+    """POST /v1/calls/{id}/update: a live call's progress (an interim)."""
     call_id = validate_call_id(request.match_info["call_id"], "call_id")
     body = await read_object(request)
     used = int_field(body, "used", maximum=7 * 24 * 3600)
@@ -126,6 +139,7 @@ async def update_call(request: web.Request) -> web.Response:
 
 
 def progress_json(progress: CallProgress) -> dict[str, Any]:
+    """A live call's progress as the JSON API shows it."""
     return {
         "call_id": progress.call_id,
         "account": progress.account_id,
@@ -141,6 +155,7 @@ def progress_json(progress: CallProgress) -> dict[str, Any]:
 
 
 async def add_nas_client(request: web.Request) -> web.Response:
+    """POST /v1/nas-clients: let a RADIUS NAS send requests."""
     body = await read_object(request)
     name = string_field(body, "name", max_len=64)
     address = string_field(body, "address", max_len=64)
@@ -175,18 +190,21 @@ async def add_nas_client(request: web.Request) -> web.Response:
 
 
 async def list_nas_clients(request: web.Request) -> web.Response:
+    """GET /v1/nas-clients: the RADIUS NAS clients, without their secrets."""
     return web.json_response(
         {"clients": await radius_clients.list_clients(_services(request).pool)}
     )
 
 
 async def show_account(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{id}: an account's state."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     view = await _services(request).accounts.show(account_id)
     return web.json_response(account_json(view))
 
 
 async def topup_account(request: web.Request) -> web.Response:
+    """POST /v1/accounts/{id}/topups: credit an account once per top-up id."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     body = await read_object(request)
     amount = amount_field(body, "amount")
@@ -205,6 +223,7 @@ async def topup_account(request: web.Request) -> web.Response:
 
 
 async def authorize_call(request: web.Request) -> web.Response:
+    """POST /v1/calls: authorize a call from a switch (201; 200 for a repeat)."""
     body = await read_object(request)
     try:
         if body.get("member") is not None:
@@ -232,14 +251,16 @@ async def authorize_call(request: web.Request) -> web.Response:
         quota = int_field(body, "quota", required=False, minimum=1, maximum=7 * 24 * 3600)
         access_number = string_field(body, "access_number", required=False, max_len=33)
         grant = await _services(request).calls.authorize(
-            account_id,
-            destination,
-            caller,
-            call_id,
-            member=member,
-            direction=direction,
-            quota=quota,
-            access_number=None if access_number is None else access_number.lstrip("+"),
+            AuthorizeRequest(
+                account_id,
+                destination,
+                caller,
+                call_id,
+                member=member,
+                direction=direction,
+                quota=quota,
+                access_number=None if access_number is None else access_number.lstrip("+"),
+            )
         )
     except OcsError as exc:
         # A refusal may carry a finer code than its enum member (funds held by live calls).
@@ -327,6 +348,7 @@ async def stop_call(request: web.Request) -> web.Response:
 
 
 async def charge_usage(request: web.Request) -> web.Response:
+    """POST /v1/usage: rate and debit a usage event once per event id."""
     body = await read_object(request)
     account_id = validate_account_id(body.get("account"), "account")
     event_id = validate_call_id(body.get("event_id"), "event_id")
@@ -351,6 +373,7 @@ async def charge_usage(request: web.Request) -> web.Response:
 
 
 async def create_plan(request: web.Request) -> web.Response:
+    """POST /v1/plans: create a plan."""
     body = await read_object(request)
     plan_id = catalog_store.validate_plan_id(string_field(body, "id", max_len=64) or "")
     currency = catalog_store.validate_currency(string_field(body, "currency", max_len=3) or "")
@@ -373,11 +396,13 @@ async def create_plan(request: web.Request) -> web.Response:
 
 
 async def list_plans(request: web.Request) -> web.Response:
+    """GET /v1/plans: every plan."""
     plans = await catalog_store.list_plans(_services(request).pool)
     return web.json_response({"plans": [plan_json(p) for p in plans]})
 
 
 async def import_tariffs(request: web.Request) -> web.Response:
+    """POST /v1/plans/{id}/tariffs: import a plan's tariff deck."""
     plan_id = catalog_store.validate_plan_id(request.match_info["plan_id"], "plan_id")
     # Bytes: the parser names each line that is not UTF-8.
     body = await request.read()
@@ -401,6 +426,7 @@ def deck_import_json(result: catalog_store.DeckImport) -> dict[str, object]:
 
 
 async def set_bands(request: web.Request) -> web.Response:
+    """PUT /v1/plans/{id}/bands: a plan's time bands."""
     plan_id = catalog_store.validate_plan_id(request.match_info["plan_id"], "plan_id")
     schedule = validate_schedule(await read_object(request))
     await catalog_store.set_bands(_services(request).pool, plan_id, schedule)
@@ -408,6 +434,7 @@ async def set_bands(request: web.Request) -> web.Response:
 
 
 async def set_translation(request: web.Request) -> web.Response:
+    """PUT /v1/plans/{id}/translation: a plan's number translation rules."""
     plan_id = catalog_store.validate_plan_id(request.match_info["plan_id"], "plan_id")
     body = await read_object(request)
     rules = validate_rules(body.get("rules"))
@@ -421,6 +448,7 @@ async def set_translation(request: web.Request) -> web.Response:
 
 
 async def set_tariff_shape(request: web.Request) -> web.Response:
+    """PUT /v1/plans/{id}/tariffs/{zone}/shape: a tariff's tiers, caps and surcharges."""
     plan_id = catalog_store.validate_plan_id(request.match_info["plan_id"], "plan_id")
     zone = request.match_info["zone"]
     body = await read_object(request)
@@ -497,6 +525,7 @@ async def set_tariff_shape(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the process is up."""
     services = _services(request)
     checks: dict[str, str] = {}
     try:
@@ -523,8 +552,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
+    """GET /openapi.json: the API's description."""
     return web.json_response(openapi_document(__version__))
 
 
 async def metrics_text(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus metrics."""
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

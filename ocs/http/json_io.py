@@ -122,6 +122,7 @@ class Fraction:
 def string_field(
     body: dict[str, Any], name: str, *, required: bool = True, max_len: int = 256
 ) -> str | None:
+    """A string field of a body, 1 to ``max_len`` characters; None when absent and not required."""
     value = body.get(name)
     if value is None:
         if required:
@@ -142,6 +143,7 @@ def int_field(
     minimum: int = 0,
     maximum: int = 2**31,
 ) -> int | None:
+    """An integer field of a body, in [minimum, maximum]; None when absent and not required."""
     value = body.get(name)
     if value is None:
         if required:
@@ -155,6 +157,7 @@ def int_field(
 
 
 def amount_field(body: dict[str, Any], name: str, *, required: bool = True) -> int | None:
+    """An amount field (a decimal string) in micro-units; None when absent and not required."""
     value = body.get(name)
     if value is None:
         if required:
@@ -185,4 +188,5 @@ def timestamp_field(body: dict[str, Any], name: str) -> datetime | None:
 
 
 def money(micro: int) -> str:
+    """An amount in micro-units as the API writes it (a decimal string)."""
     return format_amount(micro)

@@ -102,6 +102,7 @@ def input_error(exc: Exception) -> OcsError | None:
 
 
 def endpoint_of(request: web.Request) -> str:
+    """The route pattern a request matched, the metrics label; ``unmatched`` when none."""
     # The route pattern ("/v1/calls/{call_id}/stop"), never the raw path: ids in a
     # label would make the metric's cardinality unbounded.
     info = request.match_info

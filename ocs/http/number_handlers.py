@@ -18,6 +18,7 @@ from ocs.http.json_io import money, read_object, read_text
 
 
 async def set_access_numbers(request: web.Request) -> web.Response:
+    """PUT a plan's access numbers: each number's calls are rated by the plan it names."""
     plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
     body = await read_object(request)
     numbers = number_plan.validate_access_numbers(body.get("numbers"))
@@ -26,6 +27,7 @@ async def set_access_numbers(request: web.Request) -> web.Response:
 
 
 async def set_onnet(request: web.Request) -> web.Response:
+    """PUT the on-net prefixes: calls to them count as on-net."""
     body = await read_object(request)
     prefixes = number_plan.validate_onnet(body.get("prefixes"))
     await number_plan.set_onnet_prefixes(request.app[SERVICES].pool, prefixes)

@@ -99,6 +99,7 @@ async def set_policy_of_plan(request: web.Request) -> web.Response:
 
 
 async def add_member(request: web.Request) -> web.Response:
+    """POST /v1/accounts/{id}/members: add a member with its own line limit."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     body = await read_object(request)
     member = validate_member(body.get("member"))
@@ -110,12 +111,14 @@ async def add_member(request: web.Request) -> web.Response:
 
 
 async def list_members(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{id}/members: the account's members."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     members = await _services(request).accounts.members(account_id)
     return web.json_response({"account": account_id, "members": members})
 
 
 async def remove_member(request: web.Request) -> web.Response:
+    """DELETE /v1/accounts/{id}/members/{member}: remove a member."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     member = validate_member(request.match_info["member"])
     await _services(request).accounts.remove_member(account_id, member)
@@ -123,6 +126,7 @@ async def remove_member(request: web.Request) -> web.Response:
 
 
 def counter_json(counter: CounterDef) -> dict[str, Any]:
+    """A usage counter's definition as the JSON API shows it."""
     return {
         "id": counter.id,
         "plan": counter.plan_id,
@@ -140,6 +144,7 @@ def counter_json(counter: CounterDef) -> dict[str, Any]:
 
 
 async def define_counter(request: web.Request) -> web.Response:
+    """POST /v1/plans/{id}/counters: define a usage counter of a plan."""
     plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
     body = await read_object(request)
     zones = body.get("zones")
@@ -168,6 +173,7 @@ async def define_counter(request: web.Request) -> web.Response:
 
 
 async def account_counters(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{id}/counters: the account's counters in this cycle."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     state = await _services(request).counters.state(account_id)
     return web.json_response(
@@ -188,6 +194,7 @@ async def account_counters(request: web.Request) -> web.Response:
 
 
 async def buy_counter(request: web.Request) -> web.Response:
+    """POST /v1/accounts/{id}/counters: buy an optional counter."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     body = await read_object(request)
     counter_id = string_field(body, "counter", max_len=64)
@@ -197,6 +204,7 @@ async def buy_counter(request: web.Request) -> web.Response:
 
 
 async def cancel_counter(request: web.Request) -> web.Response:
+    """DELETE /v1/accounts/{id}/counters/{counter}: cancel a counter."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     counter_id = request.match_info["counter_id"]
     await _services(request).counters.cancel(account_id, counter_id)
@@ -265,6 +273,7 @@ async def _card(request: web.Request) -> tuple[Services, str]:
 
 
 async def pin_info(request: web.Request) -> web.Response:
+    """GET /v1/pins/{pin}: an IVR's card lookup by PIN: status, balance, language, expiry."""
     services, account_id = await _card(request)
     state = await services.accounts.show(account_id)
     expires = state.expires_at
@@ -283,6 +292,7 @@ async def pin_info(request: web.Request) -> web.Response:
 
 
 async def pin_time(request: web.Request) -> web.Response:
+    """GET /v1/pins/{pin}/time: an IVR's "you have N minutes" for a card and a destination."""
     services, account_id = await _card(request)
     destination = request.query.get("destination")
     if not destination:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pyrad.packet import AuthPacket, PacketError
 
 from ocs.balances.pin_guard import PinGuard
-from ocs.charging.lifecycle import CallService, Identity
+from ocs.charging.lifecycle import AuthorizeRequest, CallService, Identity, Origin
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.metrics import PIN_FAILURES
@@ -29,6 +29,8 @@ _WRONG_PIN = (Reason.ACCOUNT_NOT_FOUND, Reason.INVALID_PASSWORD)
 
 @dataclass(frozen=True, slots=True)
 class AccessAnswer:
+    """What an Access-Request is answered: accept or reject, with its attributes."""
+
     accept: bool
     attributes: list[Attribute]
     reason: str  # "granted", "balance" or the refusal reason code
@@ -55,6 +57,7 @@ def _money(micro: int) -> str:
 
 
 def refusal(error: OcsError) -> AccessAnswer:
+    """The Access-Reject for a refused request, with its h323-return-code and message."""
     reason = error.reason
     code = reason.h323_return_code
     if reason is Reason.INVALID_FIELD and error.field == "destination":
@@ -75,6 +78,7 @@ async def answer_access_request(
     settings: Settings,
     pin_guard: PinGuard | None = None,
 ) -> AccessAnswer:
+    """Answer an Access-Request: a balance query (no Called-Station-Id) or a call to authorize."""
     user = first(packet, "User-Name")
     caller = first(packet, "Calling-Station-Id")
     destination = first(packet, "Called-Station-Id")
@@ -115,28 +119,32 @@ async def answer_access_request(
                 return_code=0,
             )
         grant = await calls.authorize(
-            account_id,
-            destination,
-            caller,
-            call_id_of(packet, settings.radius_call_id_order),
-            password=password,
-            check_password=check_password,
-            wait_for_start=True,
-            nas=client.name,
-            member=identity.member,
-            translation=client.translation,
-            # The access number (DNIS) a card holder dialled in on, when the IVR says.
-            access_number=(
-                (avpair(packet, "access-number") or "").strip().lstrip("+") or None
-                if calls.access_numbers_in_use
-                else None
+            AuthorizeRequest(
+                account_id,
+                destination,
+                caller,
+                call_id_of(packet, settings.radius_call_id_order),
+                member=identity.member,
+                # The access number (DNIS) a card holder dialled in on, when the IVR says.
+                access_number=(
+                    (avpair(packet, "access-number") or "").strip().lstrip("+") or None
+                    if calls.access_numbers_in_use
+                    else None
+                ),
+                password=password,
             ),
-            # Only a NAS that takes Disconnect-Requests needs to be found again: where
-            # the request came from, and the session id it knows the call by.
-            nas_session=first(packet, "Acct-Session-Id") if disconnectable else None,
-            nas_address=getattr(packet, "source", (None,))[0] if disconnectable else None,
-            # A plan granting slices needs a NAS ocs can cut when the funds run out.
-            slices=disconnectable,
+            Origin(
+                nas=client.name,
+                # Only a NAS that takes Disconnect-Requests needs to be found again: where
+                # the request came from, and the session id it knows the call by.
+                nas_address=getattr(packet, "source", (None,))[0] if disconnectable else None,
+                nas_session=first(packet, "Acct-Session-Id") if disconnectable else None,
+                translation=client.translation,
+                check_password=check_password,
+                wait_for_start=True,
+                # A plan granting slices needs a NAS ocs can cut when the funds run out.
+                slices=disconnectable,
+            ),
         )
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:

@@ -39,6 +39,8 @@ STATUS_TYPES = {
 
 @dataclass(frozen=True, slots=True)
 class AccountingOutcome:
+    """What an Accounting-Request was: its kind and the result, for metrics and logs."""
+
     kind: str  # start, stop, interim, accounting-on, accounting-off, other
     result: str  # ok, repeated, unknown_call, already_stopped, no_call_id, ...
 
@@ -160,6 +162,7 @@ def schedule_cut(
         return
 
     async def cut() -> None:
+        """Wait ``delay`` seconds, then send the NAS a Disconnect-Request for the call."""
         try:
             await asyncio.sleep(max(delay, 0))
             outcome = await send_disconnect(

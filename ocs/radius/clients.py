@@ -21,6 +21,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True, slots=True)
 class NasClient:
+    """A NAS allowed to send RADIUS requests: its network, secret and options."""
+
     name: str
     network: IPNetwork
     secret: bytes = field(repr=False)
@@ -41,9 +43,11 @@ class ClientTable:
         return len(self._clients)
 
     def named(self, name: str) -> NasClient | None:
+        """The client of that name, or None."""
         return next((c for c in self._clients if c.name == name), None)
 
     def lookup(self, address: str) -> NasClient | None:
+        """The client a source address belongs to (most specific network), or None."""
         if address in self._cache:
             return self._cache[address]
         try:
@@ -58,6 +62,7 @@ class ClientTable:
 
 
 def clients_from_settings(settings: Settings) -> list[NasClient]:
+    """The NAS clients the settings declare."""
     return [
         NasClient(
             name=c.name,
@@ -109,6 +114,7 @@ async def add_client(
     coa_port: int | None = None,
     translation: TranslationSet | None = None,
 ) -> None:
+    """Add or replace a stored NAS client and tell every process to reload the table."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO nas_clients (name, network, secret, require_message_authenticator,"
@@ -126,6 +132,7 @@ async def add_client(
 
 
 async def list_clients(pool: asyncpg.Pool) -> list[dict[str, object]]:
+    """Every stored NAS client, without its secret."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT name, network, require_message_authenticator, coa_port, translation"

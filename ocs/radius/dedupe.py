@@ -15,6 +15,8 @@ _PENDING = b""
 
 
 class ReplyCache:
+    """Recent requests by key, each with its reply, or pending while it is being handled."""
+
     def __init__(self, window: float, max_entries: int = 200_000) -> None:
         self._window = window
         self._max = max_entries
@@ -40,6 +42,7 @@ class ReplyCache:
         return None
 
     def finish(self, key: RequestKey, reply: bytes) -> None:
+        """Keep the reply of an answered request, for its retransmissions."""
         if key in self._entries:
             self._entries[key] = (self._entries[key][0], reply)
 

@@ -8,6 +8,7 @@ from pyrad.dictionary import Dictionary
 
 @cache
 def radius_dictionary() -> Dictionary:
+    """The RADIUS attribute dictionary shipped with ocs."""
     root = resources.files("ocs.radius").joinpath("dictionaries")
     with resources.as_file(root) as path:
         return Dictionary(str(path / "dictionary"))

@@ -38,7 +38,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from pyrad import packet as rp
 
@@ -91,7 +91,7 @@ def _attributes(
     packet.AddAttribute("Event-Timestamp", event_time)
     # Only the attribute octets are taken from pyrad; the header and the
     # authenticators it computes with the empty secret are discarded.
-    encoded = packet.RequestPacket()[20:]
+    encoded: bytes = packet.RequestPacket()[20:]
     return bytes((_MESSAGE_AUTHENTICATOR, 18)) + _ZERO16 + encoded
 
 
@@ -172,7 +172,7 @@ class _Exchange(asyncio.DatagramProtocol):
         # uvloop's UDPTransport is not a subclass of asyncio.DatagramTransport
         self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if self.reply.done():
             return  # a duplicate answer to a retransmission
         reason = self._check(data)

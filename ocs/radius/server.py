@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import asyncpg
 from pyrad import packet as rp
@@ -33,11 +34,14 @@ from ocs.listen_sockets import bind_udp
 from ocs.radius.access import answer_access_request
 from ocs.radius.accounting import handle_accounting
 from ocs.radius.clients import NAS_CHANNEL, ClientTable, NasClient, load_client_table
-from ocs.radius.dedupe import ReplyCache
+from ocs.radius.dedupe import ReplyCache, RequestKey
 from ocs.radius.dictionary import radius_dictionary
 from ocs.radius.disconnect import DisconnectOutcome, send_disconnect
 
 log = logging.getLogger("ocs.radius")
+
+# A datagram's source as the socket gives it: (host, port), plus flow and scope for IPv6.
+Address = tuple[Any, ...]
 
 MIN_LENGTH = 20
 MAX_LENGTH = 4096
@@ -83,7 +87,7 @@ def check_attribute_lengths(data: bytes, length: int) -> None:
         pos += attr_len
 
 
-def _request_key(data: bytes, length: int, addr: tuple) -> tuple[str, int, int, bytes]:
+def _request_key(data: bytes, length: int, addr: Address) -> RequestKey:
     """The reply-cache key: source, identifier, and a digest of the whole packet.
 
     RFC 5080 duplicates are identical packets. Identifier and authenticator alone
@@ -102,12 +106,16 @@ class RadiusProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        """Keep the socket's transport, to send replies on."""
+        # uvloop's UDPTransport is not a subclass of asyncio.DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """Hand a received packet to the server."""
         self._server.receive(self, data, addr)
 
     def error_received(self, exc: Exception) -> None:
+        """Log a socket error; the socket keeps listening."""
         log.warning("radius socket error", extra={"error": str(exc)})
 
 
@@ -207,6 +215,7 @@ class RadiusServer:
             log.exception("radius client reload failed; the previous table stays")
 
     async def stop_watching(self) -> None:
+        """Stop listening for NAS client table changes."""
         if self._listener is not None and self._pool is not None:
             await self._listener.remove_listener(NAS_CHANNEL, self._clients_changed)
             await self._pool.release(self._listener)
@@ -216,6 +225,7 @@ class RadiusServer:
         return lambda: RadiusProtocol(self, port)
 
     def close_listeners(self) -> None:
+        """Close every listening socket; requests in flight still finish."""
         for protocol in self._protocols:
             if protocol.transport is not None:
                 protocol.transport.close()
@@ -229,7 +239,8 @@ class RadiusServer:
 
     # -- per packet ---------------------------------------------------------------
 
-    def receive(self, protocol: RadiusProtocol, data: bytes, addr: tuple) -> None:
+    def receive(self, protocol: RadiusProtocol, data: bytes, addr: Address) -> None:
+        """Admit, deduplicate and start answering one datagram; drops are counted, not raised."""
         started = time.perf_counter()
         # Verified first, the reply cache after: a packet that fails any check is dropped
         # and counted even when it reuses an answered request's identifier and
@@ -253,7 +264,7 @@ class RadiusServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _admit(self, port: _Port, data: bytes, addr: tuple) -> tuple[NasClient, int]:
+    def _admit(self, port: _Port, data: bytes, addr: Address) -> tuple[NasClient, int]:
         """The client and the declared length, after the checks that need no secret."""
         if len(data) < MIN_LENGTH:
             raise Drop("malformed")
@@ -300,8 +311,8 @@ class RadiusServer:
         protocol: RadiusProtocol,
         request: rp.Packet,
         client: NasClient,
-        addr: tuple,
-        key: tuple,
+        addr: Address,
+        key: RequestKey,
         started: float,
     ) -> None:
         kind = protocol._port.kind

@@ -1,0 +1,502 @@
+"""The KEYS and ARGV of each balance script, built in one place beside its contract.
+
+Every Lua script ``BalanceStore`` runs has its KEYS/ARGV contract written at
+the top of its file in ``lua/``; the builder for that script lives here, with
+the contract quoted in its docstring, so a change to the order of arguments is
+made once, next to the words that define it. Each builder is a frozen msgspec
+Struct (one is made per request; it constructs several times faster than a frozen
+dataclass, and holds only immutable values, so it is kept out of the cycle
+collector): ``keys()`` and ``argv()`` return the lists ``AutoPipeline.run_script``
+sends, exactly as ``BalanceStore`` assembled them by hand before.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from ocs.balances import keys as k
+
+
+@dataclass(frozen=True, slots=True)
+class CounterCandidate:
+    """A counter that may pay for a call, as the authorize script weighs it."""
+
+    counter_id: str
+    reject_on_threshold: bool
+    mandatory_seconds: int | None  # a mandatory counter's cycle, started on first use
+
+
+@dataclass(frozen=True, slots=True)
+class CounterQuote:
+    """Counters covering a call's zone, in order, and the one the caller priced with:
+    ``counter_id`` (None: none) with ``seconds`` free, at most ``cap`` per call."""
+
+    candidates: tuple[CounterCandidate, ...]
+    counter_id: str | None
+    seconds: int
+    cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class CounterUse:
+    """A usage counter as one call uses it: ``held`` seconds reserved, ``used`` of them used."""
+
+    counter_id: str
+    held: int
+    used: int = 0
+
+
+class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
+    """authorize.lua: take a line and reserve funds for a new call.
+
+    KEYS[1] account hash, KEYS[2] live-calls hash, KEYS[3] expiry sorted set,
+    KEYS[4] stopped-call key.
+    ARGV[1]  call id
+    ARGV[2]  plan id the caller rated against; must equal the account's plan
+    ARGV[3]  cost of the first block (micro-units): the least a call can cost
+    ARGV[4]  minimum available funds the plan requires to start a call
+    ARGV[5]  cost of the plan's longest allowed call: the most a reservation holds
+    ARGV[6]  live-call record (msgpack, opaque to this script)
+    ARGV[7]  expiry (epoch seconds) of the live call
+    ARGV[8]  expiry set member ("<account>\\0<call id>")
+    ARGV[9]  password digest to check: "" skips the check (trusted channel)
+    ARGV[10] now (epoch seconds), for the account's expiry date
+    ARGV[11] start time (epoch seconds) of the call, 0 when a Start is still to come
+    ARGV[12] member placing or taking the call ("" none)
+    ARGV[13] usage counters covering the destination, comma-separated ("" none)
+    ARGV[14] counter seconds the caller priced the reservation with
+    ARGV[15] longest call (seconds): the most counter seconds one call may hold
+    ARGV[16] per candidate, comma-separated: "1" to refuse once it is used up
+    ARGV[17] per candidate, comma-separated: a mandatory counter's cycle seconds, else "0"
+    ARGV[18] the counter the caller priced with ("" none)
+    KEYS[5] member-lines hash, KEYS[6] counters hash
+    ARGV[19] "1": the plan's reservation policy is "share"
+    ARGV[12..19] and KEYS[5..6] may be left out, together, for a call with no member,
+    no counter and no share (most calls): fewer bytes on the hot path.
+    """
+
+    account_id: str
+    call_id: str
+    plan_id: str
+    first_block_cost: int
+    min_balance: int
+    cap_cost: int
+    record: bytes
+    expires_at: int
+    password_digest: str = ""
+    now: int = 0
+    started_at: int = 0
+    member: str | None = None
+    counter: CounterQuote | None = None
+    share: bool = False
+
+    def keys(self) -> list[str]:
+        """KEYS[1..4], and KEYS[5..6] when the call has a member, a counter or shares."""
+        account_id = self.account_id
+        script_keys = [
+            k.account(account_id),
+            k.live_calls(account_id),
+            k.call_expiry(k.bucket_of(account_id)),
+            k.stopped_call(account_id, self.call_id),
+        ]
+        if self.member or self.counter is not None or self.share:
+            script_keys += [k.member_lines(account_id), k.counters(account_id)]
+        return script_keys
+
+    def argv(self) -> list[object]:
+        """ARGV[1..11], and ARGV[12..19] only as far as the call needs them."""
+        args: list[object] = [
+            self.call_id,
+            self.plan_id,
+            self.first_block_cost,
+            self.min_balance,
+            self.cap_cost,
+            self.record,
+            self.expires_at,
+            k.expiry_member(self.account_id, self.call_id),
+            self.password_digest,
+            self.now,
+            self.started_at,
+        ]
+        counter = self.counter
+        # Member, counter and share arguments only when the call has them: most have none.
+        if self.member or counter is not None or self.share:
+            args.append(self.member or "")
+            if counter is not None:
+                args += [
+                    ",".join(c.counter_id for c in counter.candidates),
+                    counter.seconds,
+                    counter.cap,
+                    ",".join("1" if c.reject_on_threshold else "0" for c in counter.candidates),
+                    ",".join(str(c.mandatory_seconds or 0) for c in counter.candidates),
+                    counter.counter_id or "",
+                ]
+            elif self.share:
+                args += ["", 0, 0, "", "", ""]  # no counter
+            if self.share:
+                args.append("1")
+        return args
+
+
+def call_keys(account_id: str, call_id: str) -> list[str]:
+    """KEYS[1..5] of stop.lua and update.lua: account hash, live-calls hash, expiry
+    sorted set, stopped-call key, ledger stream."""
+    bucket = k.bucket_of(account_id)
+    return [
+        k.account(account_id),
+        k.live_calls(account_id),
+        k.call_expiry(bucket),
+        k.stopped_call(account_id, call_id),
+        k.ledger(bucket),
+    ]
+
+
+class StopArgs(msgspec.Struct, frozen=True, gc=False):
+    """stop.lua: charge a live call, release its reservation and line, append its CDR.
+
+    KEYS[1] account hash, KEYS[2] live-calls hash, KEYS[3] expiry sorted set,
+    KEYS[4] stopped-call key, KEYS[5] ledger stream.
+    ARGV[1]  call id
+    ARGV[2]  rated cost of the whole call (micro-units), from the shared rating function
+    ARGV[3]  expiry set member
+    ARGV[4]  seconds to keep the result for repeated stops
+    ARGV[5]  CDR (msgpack, opaque to this script)
+    ARGV[6]  time of the stop (epoch milliseconds)
+    ARGV[7]  duration (seconds)
+    ARGV[8]  account id
+    ARGV[9]  termination cause ("normal", "start-timeout", "expired", "nas-reboot", ...)
+    ARGV[10] "" for a stop reported by the switch; for the janitor, an epoch second:
+             the call is closed only if its expiry is not later than that
+    ARGV[11] member of the call ("" none): its line is released
+    ARGV[12] usage counter of the call ("" none)
+    ARGV[13] counter seconds the call holds
+    ARGV[14] counter seconds the call used (<= ARGV[13]): they count as used
+    KEYS[6] member-lines hash, KEYS[7] counters hash
+    ARGV[11..14] and KEYS[6..7] may be left out, together, for a call with no member and
+    no counter.
+    """
+
+    account_id: str
+    call_id: str
+    rated_cost: int
+    duration: int
+    cdr: bytes
+    result_ttl: int
+    now_ms: int
+    cause: str = "normal"
+    expired_by: int | None = None
+    member: str | None = None
+    counter: CounterUse | None = None
+
+    def keys(self) -> list[str]:
+        """KEYS[1..5], and KEYS[6..7] for a call with a member or a counter."""
+        script_keys = call_keys(self.account_id, self.call_id)
+        if self.member or self.counter is not None:
+            script_keys += [k.member_lines(self.account_id), k.counters(self.account_id)]
+        return script_keys
+
+    def argv(self) -> list[object]:
+        """ARGV[1..10], and ARGV[11..14] for a call with a member or a counter."""
+        args: list[object] = [
+            self.call_id,
+            self.rated_cost,
+            k.expiry_member(self.account_id, self.call_id),
+            self.result_ttl,
+            self.cdr,
+            self.now_ms,
+            self.duration,
+            self.account_id,
+            self.cause,
+            "" if self.expired_by is None else self.expired_by,
+        ]
+        counter = self.counter
+        if self.member or counter is not None:
+            args += [
+                self.member or "",
+                "" if counter is None else counter.counter_id,
+                0 if counter is None else counter.held,
+                0 if counter is None else counter.used,
+            ]
+        return args
+
+
+class UpdateArgs(msgspec.Struct, frozen=True, gc=False):
+    """update.lua: record a live call's progress and, when asked, debit it.
+
+    KEYS[1] account hash, KEYS[2] live-calls hash, KEYS[3] expiry sorted set,
+    KEYS[4] stopped-call key, KEYS[5] ledger stream.
+    ARGV[1] call id
+    ARGV[2] seconds used so far
+    ARGV[3] rated cost of those seconds (micro-units), from the shared rating function
+    ARGV[4] "1" to debit the used amount now, "0" to only record progress
+    ARGV[5] time (epoch milliseconds)
+    ARGV[6] account id
+    ARGV[7] new expiry (epoch seconds)
+    ARGV[8] expiry set member
+    ARGV[9] quota mode: the cost the call's funds must cover after this report; ""
+            for no new slice
+    ARGV[10] "1": a call already started keeps its expiry; "" or "0": ARGV[7] applies.
+    """
+
+    account_id: str
+    call_id: str
+    used: int
+    used_cost: int
+    debit: bool
+    now_ms: int
+    expires_at: int
+    cover_cost: int | None = None
+    keep_expiry: bool = False
+
+    def keys(self) -> list[str]:
+        """KEYS[1..5]."""
+        return call_keys(self.account_id, self.call_id)
+
+    def argv(self) -> list[object]:
+        """ARGV[1..10]."""
+        return [
+            self.call_id,
+            self.used,
+            self.used_cost,
+            "1" if self.debit else "0",
+            self.now_ms,
+            self.account_id,
+            self.expires_at,
+            k.expiry_member(self.account_id, self.call_id),
+            "" if self.cover_cost is None else self.cover_cost,
+            "1" if self.keep_expiry else "0",
+        ]
+
+
+class StartArgs(msgspec.Struct, frozen=True, gc=False):
+    """start.lua: bind an authorized call to its Accounting-Start; idempotent.
+
+    KEYS[1] live-calls hash, KEYS[2] expiry sorted set, KEYS[3] stopped-call key.
+    ARGV[1] call id
+    ARGV[2] start time (epoch seconds)
+    ARGV[3] new expiry (epoch seconds): the grant plus grace, from the start
+    ARGV[4] expiry set member
+    """
+
+    account_id: str
+    call_id: str
+    started_at: int
+    expires_at: int
+
+    def keys(self) -> list[str]:
+        """KEYS[1..3]."""
+        return [
+            k.live_calls(self.account_id),
+            k.call_expiry(k.bucket_of(self.account_id)),
+            k.stopped_call(self.account_id, self.call_id),
+        ]
+
+    def argv(self) -> list[object]:
+        """ARGV[1..4]."""
+        return [
+            self.call_id,
+            self.started_at,
+            self.expires_at,
+            k.expiry_member(self.account_id, self.call_id),
+        ]
+
+
+class ChargeArgs(msgspec.Struct, frozen=True, gc=False):
+    """charge.lua: rate-and-debit a usage event at once, once per event id.
+
+    KEYS[1] account hash, KEYS[2] event result key, KEYS[3] ledger stream.
+    ARGV[1] event id              ARGV[2] cost (micro-units, from the shared rating function)
+    ARGV[3] seconds to keep the result for a repeated event
+    ARGV[4] CDR (msgpack, opaque)  ARGV[5] time (epoch milliseconds)
+    ARGV[6] quantity               ARGV[7] account id
+    """
+
+    account_id: str
+    event_id: str
+    rated_cost: int
+    quantity: int
+    cdr: bytes
+    result_ttl: int
+    now_ms: int
+
+    def keys(self) -> list[str]:
+        """KEYS[1..3]."""
+        return [
+            k.account(self.account_id),
+            k.stopped_call(self.account_id, self.event_id),
+            k.ledger(k.bucket_of(self.account_id)),
+        ]
+
+    def argv(self) -> list[object]:
+        """ARGV[1..7]."""
+        return [
+            self.event_id,
+            self.rated_cost,
+            self.result_ttl,
+            self.cdr,
+            self.now_ms,
+            self.quantity,
+            self.account_id,
+        ]
+
+
+class TopupArgs(msgspec.Struct, frozen=True, gc=False):
+    """topup.lua: credit an account and append the ledger entry, once per top-up id.
+
+    KEYS[1] account hash, KEYS[2] ledger stream, KEYS[3] top-up result key.
+    ARGV[1] amount (micro-units, > 0)
+    ARGV[2] top-up id (the ledger reference)
+    ARGV[3] seconds to keep the result for repeated top-ups
+    ARGV[4] time (epoch milliseconds)
+    ARGV[5] account id
+    ARGV[6] ledger kind ("topup")
+    """
+
+    account_id: str
+    amount: int
+    topup_id: str
+    result_ttl: int
+    now_ms: int
+    kind: str = "topup"
+
+    def keys(self) -> list[str]:
+        """KEYS[1..3]."""
+        return [
+            k.account(self.account_id),
+            k.ledger(k.bucket_of(self.account_id)),
+            k.topup_done(self.account_id, self.topup_id),
+        ]
+
+    def argv(self) -> list[object]:
+        """ARGV[1..6]."""
+        return [
+            self.amount,
+            self.topup_id,
+            self.result_ttl,
+            self.now_ms,
+            self.account_id,
+            self.kind,
+        ]
+
+
+class FeeArgs(msgspec.Struct, frozen=True, gc=False):
+    """fee.lua: debit a fee with its ledger entry, once per reference.
+
+    KEYS[1] account hash, KEYS[2] ledger stream, KEYS[3] fee result key.
+    ARGV[1] amount (micro-units, > 0)
+    ARGV[2] reference (the ledger reference, e.g. "counter:<id>:<cycle>")
+    ARGV[3] seconds to keep the result for a repeated fee
+    ARGV[4] time (epoch milliseconds)
+    ARGV[5] account id
+    ARGV[6] "1": refuse when the available funds do not cover it (a purchase);
+            "0": debit it whatever the balance (a recurring charge becomes debt)
+    """
+
+    account_id: str
+    amount: int
+    reference: str
+    result_ttl: int
+    now_ms: int
+    require_funds: bool
+
+    def keys(self) -> list[str]:
+        """KEYS[1..3]."""
+        return [
+            k.account(self.account_id),
+            k.ledger(k.bucket_of(self.account_id)),
+            k.fee_done(self.account_id, self.reference),
+        ]
+
+    def argv(self) -> list[object]:
+        """ARGV[1..6]."""
+        return [
+            self.amount,
+            self.reference,
+            self.result_ttl,
+            self.now_ms,
+            self.account_id,
+            "1" if self.require_funds else "0",
+        ]
+
+
+class CreateAccountArgs(msgspec.Struct, frozen=True, gc=False):
+    """create_account.lua: the real-time state of a new account, with its opening balance.
+
+    KEYS[1] account hash, KEYS[2] ledger stream.
+    ARGV[1] plan id   ARGV[2] currency   ARGV[3] credit limit (micro-units)
+    ARGV[4] max lines ARGV[5] status     ARGV[6] opening balance (micro-units, >= 0)
+    ARGV[7] time (epoch milliseconds)    ARGV[8] account id
+    ARGV[9] password digest ("" = none)  ARGV[10] expiry (epoch seconds, 0 = never)
+    ARGV[11] minimum balance to call     ARGV[12] critical balance ("" = none)
+    ARGV[13] funds committed to recurring charges
+    ARGV[14] lines per member (0 = no limit of its own)
+    ARGV[15] days a card lasts after its first use (0 = no such expiry)
+    """
+
+    account_id: str
+    plan_id: str
+    currency: str
+    credit_limit: int
+    max_lines: int
+    status: str
+    opening_balance: int
+    now_ms: int
+    password_digest: str = ""
+    expires_at: int = 0
+    min_balance: int = 0
+    critical_balance: int | None = None
+    committed: int = 0
+    member_lines: int = 0
+    expire_days: int = 0
+
+    def keys(self) -> list[str]:
+        """KEYS[1..2]."""
+        return [k.account(self.account_id), k.ledger(k.bucket_of(self.account_id))]
+
+    def argv(self) -> list[object]:
+        """ARGV[1..15]."""
+        return [
+            self.plan_id,
+            self.currency,
+            self.credit_limit,
+            self.max_lines,
+            self.status,
+            self.opening_balance,
+            self.now_ms,
+            self.account_id,
+            self.password_digest,
+            self.expires_at,
+            self.min_balance,
+            "" if self.critical_balance is None else self.critical_balance,
+            self.committed,
+            self.member_lines,
+            self.expire_days,
+        ]
+
+
+class CounterResetArgs(msgspec.Struct, frozen=True, gc=False):
+    """counter_reset.lua: start a new cycle of an account's usage counters.
+
+    KEYS[1] counters hash.
+    ARGV: triples of (counter id, seconds per cycle, "1" to carry unused seconds over),
+          or "-cancel", <counter id> to cancel that one counter only; a counter of
+          the hash that is not named is removed (or marked "gone" while calls hold it).
+    """
+
+    account_id: str
+    cycle: Sequence[tuple[str, int, bool]] = ()
+    cancel: str | None = None  # cancel this one counter instead of starting a cycle
+
+    def keys(self) -> list[str]:
+        """KEYS[1]."""
+        return [k.counters(self.account_id)]
+
+    def argv(self) -> list[object]:
+        """The triples of the new cycle, or "-cancel" and the counter to cancel."""
+        if self.cancel is not None:
+            return ["-cancel", self.cancel]
+        args: list[object] = []
+        for counter_id, seconds, carryover in self.cycle:
+            args += [counter_id, seconds, "1" if carryover else "0"]
+        return args
