@@ -685,6 +685,9 @@ def describe_url(url: str) -> str:
         for item in parts.query.split("&")
         if item
     )
+    if netloc == parts.netloc and query == parts.query:
+        # Nothing secret: as given (urlunsplit would turn unix:///path into unix:/path).
+        return url
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
