@@ -15,13 +15,8 @@ MAX_BODY = 1 << 20
 UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 
-async def read_text(request: web.Request, field: str = "body") -> str:
-    """The request body as UTF-8 text, whatever charset the client declares.
-
-    400 naming ``field`` when it is not UTF-8 or holds a NUL character (PostgreSQL
-    text cannot store one); 415 when the Content-Type declares another charset. The
-    JSON readers and the CSV imports (decks, code lists) all read their body here.
-    """
+def refuse_foreign_charset(request: web.Request) -> None:
+    """415 naming Content-Type when the body declares a charset other than UTF-8."""
     charset = request.charset
     if charset is not None and charset.strip().lower() not in UTF8_CHARSETS:
         raise OcsError(
@@ -29,6 +24,16 @@ async def read_text(request: web.Request, field: str = "body") -> str:
             f"Content-Type: ocs reads bodies as UTF-8 only, not {charset[:40]!r}",
             field="Content-Type",
         )
+
+
+async def read_text(request: web.Request, field: str = "body") -> str:
+    """The request body as UTF-8 text, whatever charset the client declares.
+
+    400 naming ``field`` when it is not UTF-8 or holds a NUL character (PostgreSQL
+    text cannot store one); 415 when the Content-Type declares another charset. The
+    JSON readers and the CSV imports (decks, code lists) all read their body here.
+    """
+    refuse_foreign_charset(request)
     data = await request.read()
     try:
         text = data.decode("utf-8")

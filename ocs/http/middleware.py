@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from ocs import backend_health, metrics
 from ocs.errors import OcsError, Reason, invalid, sip_status_of_http
-from ocs.http.json_io import UTF8_CHARSETS, text_problem
+from ocs.http.json_io import refuse_foreign_charset, text_problem
 
 log = logging.getLogger("ocs.http")
 
@@ -65,13 +65,7 @@ def check_parameters(request: web.Request) -> None:
     415 for a body in a charset other than UTF-8, which no handler reads (an unknown
     one would fail its decoding)."""
     if request.body_exists:
-        charset = request.charset
-        if charset is not None and charset.strip().lower() not in UTF8_CHARSETS:
-            raise OcsError(
-                Reason.UNSUPPORTED_MEDIA_TYPE,
-                f"Content-Type: ocs reads bodies as UTF-8 only, not {charset[:40]!r}",
-                field="Content-Type",
-            )
+        refuse_foreign_charset(request)
     for name, value in request.match_info.items():
         problem = text_problem(value)
         if problem is not None:
