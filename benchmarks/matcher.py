@@ -51,8 +51,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.machine import describe
-from ocs.charging import catalog_store, matcher
-from ocs.charging.catalog import (
+from ocs.catalog import store as catalog_store
+from ocs.catalog.snapshot import (
     CatalogHolder,
     CatalogSnapshot,
     Plan,
@@ -60,10 +60,11 @@ from ocs.charging.catalog import (
     build_deck,
     read_deck_lines,
 )
-from ocs.charging.deck import parse_deck
-from ocs.charging.matcher import PrefixIndex, encode_numbers
-from ocs.charging.prefixes import PrefixTable
 from ocs.db.migrate import migrate
+from ocs.decks.rate_deck import parse_deck
+from ocs.numbers.matcher import PrefixIndex, encode_numbers
+from ocs.numbers.prefixes import PrefixTable
+from ocs.warm_up import warm_up
 
 HEADER = "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
 
@@ -409,7 +410,7 @@ def main() -> None:
 
     print(f"machine: {describe()}")
     started = time.perf_counter()
-    warm = matcher.warm_up()
+    warm = warm_up()
     print(f"warm_up (numba kernels compiled or loaded from cache): {warm:.2f} s")
 
     prefixes, zones, rates = generate_deck(args.prefixes)

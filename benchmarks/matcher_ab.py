@@ -1,7 +1,7 @@
 """Batch lookups of two versions of the matcher, A/B in one process on the same arrays.
 
 On a shared machine, runs of the same program minutes apart differ by a third
-or more. This loads ``ocs/charging/matcher.py`` from two checkouts (say, a git
+or more. This loads ``ocs/numbers/matcher.py`` from two checkouts (say, a git
 worktree of the commit before a change, and the change), builds the
 benchmark's 1,000,000-prefix deck once with the second, and times both
 versions' batch kernels in turn on the same packed table and the same

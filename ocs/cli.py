@@ -340,10 +340,10 @@ def _compile_if_cold() -> None:
     For the commands that run them (deck and code-list imports, rerating): on a cold
     cache they would otherwise stall silently for half a minute inside the command.
     """
-    from ocs.charging import matcher
+    from ocs import warm_up
 
-    if matcher.cache_is_cold():
-        matcher.warm_up()
+    if warm_up.cache_is_cold():
+        warm_up.warm_up()
 
 
 # --- the commands -----------------------------------------------------------------------
@@ -351,10 +351,10 @@ def _compile_if_cold() -> None:
 
 def _warm_up(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs warm-up``: compile the matcher's kernels, saying whether it had to."""
-    from ocs.charging import matcher
+    from ocs import warm_up
 
-    compiled = matcher.cache_is_cold()
-    _print({"compiled": compiled, "seconds": round(matcher.warm_up(), 3)})
+    compiled = warm_up.cache_is_cold()
+    _print({"compiled": compiled, "seconds": round(warm_up.warm_up(), 3)})
     return 0
 
 
@@ -415,8 +415,8 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 def _plans_create(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs plans create``: a new plan, its arguments checked before any store opens."""
-    from ocs.charging import catalog_store
-    from ocs.charging.catalog import Plan
+    from ocs.catalog import store as catalog_store
+    from ocs.catalog.snapshot import Plan
     from ocs.http.handlers import plan_json
 
     plan = Plan(
@@ -435,7 +435,7 @@ def _plans_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def _plans_list(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs plans list``: every plan."""
-    from ocs.charging import catalog_store
+    from ocs.catalog import store as catalog_store
     from ocs.http.handlers import plan_json
 
     plans = _with_services(settings, lambda s: catalog_store.list_plans(s.pool))
@@ -445,8 +445,8 @@ def _plans_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _tariffs_import(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs tariffs import``: replace a plan's rate deck with a CSV file, all or nothing."""
-    from ocs.charging import catalog_store
-    from ocs.charging.deck import parse_deck
+    from ocs.catalog import store as catalog_store
+    from ocs.decks.rate_deck import parse_deck
     from ocs.http.handlers import deck_import_json
 
     text = _read_csv(args.file)
@@ -459,8 +459,8 @@ def _tariffs_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def _code_list_id(plan: str | None) -> str:
     """The code list ``--plan`` names: the plan's custom one, else the standard table."""
-    from ocs.charging import catalog_store
-    from ocs.charging.code_lists import STANDARD
+    from ocs.catalog import store as catalog_store
+    from ocs.decks.code_lists import STANDARD
 
     if plan is None:
         return STANDARD
@@ -469,8 +469,8 @@ def _code_list_id(plan: str | None) -> str:
 
 def _codes_import(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs codes import``: replace the standard table or a plan's code list with a CSV."""
-    from ocs.charging import catalog_store
-    from ocs.charging.code_lists import parse_code_list
+    from ocs.catalog import store as catalog_store
+    from ocs.decks.code_lists import parse_code_list
 
     list_id = _code_list_id(args.plan)
     text = _read_csv(args.file)
@@ -485,7 +485,7 @@ def _codes_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def _codes_remove(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs codes remove``: drop a code list; exit 1 when there was none."""
-    from ocs.charging import catalog_store
+    from ocs.catalog import store as catalog_store
 
     list_id = _code_list_id(args.plan)
     removed = _with_services(settings, lambda s: catalog_store.remove_code_list(s.pool, list_id))

@@ -160,8 +160,8 @@ def _parse_call_id_order(value: Any) -> tuple[str, ...]:
 def _parse_translation(n: int, rules: Any) -> tuple[dict[str, str], ...] | None:
     if rules is None:
         return None
-    from ocs.charging.translation import validate_rules
     from ocs.errors import OcsError
+    from ocs.rating.translation import validate_rules
 
     try:
         validate_rules(rules)

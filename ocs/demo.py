@@ -18,10 +18,10 @@ import sys
 import asyncpg
 
 from ocs import api_tokens
-from ocs.charging import catalog_store
-from ocs.charging.catalog import Plan
-from ocs.charging.deck import parse_deck
+from ocs.catalog import store as catalog_store
+from ocs.catalog.snapshot import Plan
 from ocs.config import RadiusClientConfig, Settings, with_overrides
+from ocs.decks.rate_deck import parse_deck
 from ocs.errors import OcsError, Reason
 from ocs.radius.radclient_hint import radclient_command
 from ocs.server import Listening, serve

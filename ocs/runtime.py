@@ -21,13 +21,13 @@ from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.cards import CardService
 from ocs.balances.pin_guard import PinGuard
 from ocs.balances.store import BalanceStore
-from ocs.charging import matcher
-from ocs.charging.catalog import CatalogHolder
+from ocs.catalog.snapshot import CatalogHolder
 from ocs.charging.lifecycle import CallService
 from ocs.config import Settings
 from ocs.counters.service import CounterService
 from ocs.db.migrate import migrate
 from ocs.services import Services
+from ocs.warm_up import warm_up
 
 log = logging.getLogger("ocs.runtime")
 
@@ -155,7 +155,7 @@ async def open_runtime(
                 if listen_catalog:
                     # Compile (or load from numba's cache) the matcher before the first
                     # request, so no request ever waits for a compile.
-                    await asyncio.to_thread(matcher.warm_up)
+                    await asyncio.to_thread(warm_up)
                     await catalog.start()
                 elif load_catalog:
                     await catalog.reload()

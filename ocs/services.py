@@ -13,7 +13,7 @@ from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.cards import CardService
 from ocs.balances.pin_guard import PinGuard
 from ocs.balances.store import BalanceStore
-from ocs.charging.catalog import CatalogHolder
+from ocs.catalog.snapshot import CatalogHolder
 from ocs.charging.lifecycle import CallRecord, CallService
 from ocs.config import Settings
 from ocs.counters.service import CounterService

@@ -29,10 +29,10 @@ from redis.asyncio import Redis
 
 from ocs import api_tokens
 from ocs.balances.ledger_writer import LedgerWriter
-from ocs.charging import catalog_store
-from ocs.charging.catalog import Plan
-from ocs.charging.deck import parse_deck
+from ocs.catalog import store as catalog_store
+from ocs.catalog.snapshot import Plan
 from ocs.config import Settings
+from ocs.decks.rate_deck import parse_deck
 from ocs.http.app import create_app
 from ocs.radius.server import RadiusServer
 from ocs.runtime import open_runtime

@@ -24,11 +24,11 @@ from pyrad import packet as rp
 
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import AuthorizeRequest, CallService, Origin
-from ocs.charging.rating import Rate, cost
 from ocs.config import with_overrides
 from ocs.radius.clients import load_client_table
 from ocs.radius.dictionary import radius_dictionary
 from ocs.radius.server import RadiusServer
+from ocs.rating.rates import Rate, cost
 from tests.conftest import RunningApp, account, add_plan, eventually
 from tests.radclient import radclient
 

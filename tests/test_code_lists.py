@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ocs.charging.code_lists import CodeListError, build_code_table, parse_code_list
 from ocs.config import Settings
+from ocs.decks.code_lists import CodeListError, build_code_table, parse_code_list
 from tests.conftest import RunningApp, add_plan, caught_up, eventually
 from tests.test_deck_import import ocs_cli
 

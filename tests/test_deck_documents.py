@@ -15,11 +15,11 @@ import asyncpg
 import numpy as np
 import pytest
 
-from ocs.charging import catalog_store
-from ocs.charging.catalog import CatalogHolder, Plan
-from ocs.charging.deck import parse_deck
+from ocs.catalog import store as catalog_store
+from ocs.catalog.snapshot import CatalogHolder, Plan
 from ocs.db import migrate as migrate_module
 from ocs.db.migrate import migrate
+from ocs.decks.rate_deck import parse_deck
 from ocs.errors import OcsError
 from ocs.services import Services
 from tests.conftest import add_plan, caught_up, eventually, with_database

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ocs.charging import routes_store
-from ocs.charging.code_lists import CodeListError, parse_code_list
-from ocs.charging.deck import MAX_REPORTED, DeckError, parse_deck, parse_deck_rows
+from ocs.catalog import routes_store
 from ocs.config import Settings
+from ocs.decks.code_lists import CodeListError, parse_code_list
+from ocs.decks.rate_deck import MAX_REPORTED, DeckError, parse_deck, parse_deck_rows
 from ocs.services import Services
 from tests.conftest import RunningApp
 from tests.test_deck_import import (

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocs.charging import deck
-from ocs.charging.deck import MAX_REPORTED, Deck, DeckError, parse_deck, parse_deck_rows
+from ocs.decks import rate_deck as deck
+from ocs.decks.rate_deck import MAX_REPORTED, Deck, DeckError, parse_deck, parse_deck_rows
 from tests.test_deck_import import BAD_DECKS, DECK_A, DECK_B, HEADER
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocs.charging.deck import (
+from ocs.decks.rate_deck import (
     _OK,
     _SLOW,
     _good_rows,

@@ -12,8 +12,9 @@ import logging
 import numpy as np
 import pytest
 
-from ocs.charging import catalog, catalog_store
-from ocs.charging.deck import parse_deck
+from ocs.catalog import snapshot as catalog
+from ocs.catalog import store as catalog_store
+from ocs.decks.rate_deck import parse_deck
 from ocs.services import Services
 from tests.conftest import add_plan, caught_up, eventually
 from tests.test_deck_import import HEADER

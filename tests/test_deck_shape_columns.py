@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocs.charging import catalog_store
-from ocs.charging.deck import (
+from ocs.catalog import store as catalog_store
+from ocs.decks.rate_deck import (
     MAX_REPORTED,
     OPTIONAL_COLUMNS,
     DeckError,
@@ -32,7 +32,7 @@ from ocs.charging.deck import (
     parse_tiers,
     shape_cells,
 )
-from ocs.charging.rating import Rate, Tier, cost
+from ocs.rating.rates import Rate, Tier, cost
 from tests.conftest import RunningApp
 from tests.test_deck_import import HEADER, import_over_http
 

@@ -16,19 +16,19 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ocs.charging import matcher
-from ocs.charging.catalog import CatalogSnapshot, PlanTariffs, Tariff, build_deck
-from ocs.charging.matcher import (
+from ocs.catalog.snapshot import CatalogSnapshot, PlanTariffs, Tariff, build_deck
+from ocs.errors import OcsError
+from ocs.numbers import matcher
+from ocs.numbers.matcher import (
     INVALID,
     LENGTH_BITS,
     NO_MATCH,
     PrefixIndex,
     encode_numbers,
-    warm_up,
 )
-from ocs.charging.prefixes import PrefixTable, normalize_number
-from ocs.charging.rating import Rate
-from ocs.errors import OcsError
+from ocs.numbers.prefixes import PrefixTable, normalize_number
+from ocs.rating.rates import Rate
+from ocs.warm_up import warm_up
 
 DIGITS = "0123456789"
 digit_strings = st.text(alphabet=DIGITS, min_size=1, max_size=8)
@@ -239,7 +239,12 @@ def test_warm_up_compiles_every_kernel_and_reports_its_time() -> None:
 
 WARM_UP_CHECK = """
 import numba, numpy as np
-from ocs.charging import catalog, catalog_store, deck, matcher, prefixes
+from ocs.catalog import snapshot as catalog
+from ocs.catalog import store as catalog_store
+from ocs.decks import rate_deck as deck
+from ocs.numbers import matcher
+from ocs.numbers import prefixes
+from ocs.warm_up import warm_up
 
 modules = (matcher, deck, catalog, catalog_store)
 kernels = {
@@ -248,7 +253,7 @@ kernels = {
     for name, obj in vars(m).items()
     if isinstance(obj, numba.core.registry.CPUDispatcher)
 }
-matcher.warm_up()
+warm_up()
 before = {name: len(k.signatures) for name, k in kernels.items()}
 
 header = "prefix,zone,price_per_minute,connect_fee,first_block,increment\\n"
@@ -314,7 +319,7 @@ def test_a_crowded_corner_of_a_table_is_searched_not_scanned() -> None:
 def test_many_tables_answer_the_same_encoded_numbers_at_once() -> None:
     """Standard area codes, a plan's custom code list, a carrier's cost deck and access
     numbers are separate indexes; billing encodes a day's numbers once and asks each."""
-    from ocs.charging.matcher import LENGTH_BITS, NO_MATCH, PrefixIndex, encode_numbers
+    from ocs.numbers.matcher import LENGTH_BITS, NO_MATCH, PrefixIndex, encode_numbers
 
     tables = {
         "standard": {"44": 0, "4420": 1, "447": 2, "49": 3, "1": 4},

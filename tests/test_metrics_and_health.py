@@ -88,8 +88,8 @@ async def test_readyz_answers_503_while_postgresql_is_unreachable(
 
 
 async def test_catalog_changes_reach_the_running_snapshot(app: RunningApp) -> None:
-    from ocs.charging import catalog_store
-    from ocs.charging.deck import parse_deck
+    from ocs.catalog import store as catalog_store
+    from ocs.decks.rate_deck import parse_deck
     from tests.conftest import eventually
 
     await add_plan(app.services)

@@ -2,7 +2,7 @@
 
 from aiohttp import ClientResponse
 
-from ocs.charging.rating import cost
+from ocs.rating.rates import cost
 from tests.conftest import RADIUS_SECRET, RunningApp, RunningRadius, eventually
 from tests.radclient import radclient
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ocs.balances.accounts import AccountSpec
 from ocs.charging.lifecycle import AuthorizeRequest
-from ocs.counters.definitions import CounterDef
+from ocs.rating.counter_rules import CounterDef
 from ocs.services import Services
 from tests.conftest import add_plan, eventually
 

@@ -9,7 +9,7 @@ Rates (tests/conftest.py RETAIL_DECK): UK Mobile 0.06 a minute, 0.15 connect fee
 import asyncio
 
 from ocs.charging.lifecycle import AuthorizeRequest, CallService
-from ocs.charging.rating import Rate, cost
+from ocs.rating.rates import Rate, cost
 from tests.conftest import RunningApp, account, add_plan, eventually
 
 UK_MOBILE = "447700900123"

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ocs.charging.lifecycle import AuthorizeRequest
-from ocs.charging.rating import cost
+from ocs.rating.rates import cost
 from tests.conftest import RunningApp, add_plan
 
 DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment

@@ -27,10 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
-from ocs.charging.translation import validate_rules
 from ocs.config import RadiusClientConfig, with_overrides
 from ocs.radius.clients import ClientTable, NasClient, clients_from_settings
 from ocs.radius.server import RadiusServer
+from ocs.rating.translation import validate_rules
 from tests.conftest import RADIUS_SECRET, RunningRadius, account, eventually
 from tests.helpers import Pairs, acct, auth, new_account, return_code
 from tests.radclient import RadiusReply, radclient

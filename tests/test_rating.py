@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocs.charging.rating import Rate, billed_seconds, cost, max_duration
+from ocs.rating.rates import Rate, billed_seconds, cost, max_duration
 
 UK_MOBILE = Rate(connect_fee=150_000, first_block=30, increment=6, price_per_minute=60_000)
 

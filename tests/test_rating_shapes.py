@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocs.charging.rating import Rate, Tier, billed_seconds, cost, increment_at, max_duration
+from ocs.rating.rates import Rate, Tier, billed_seconds, cost, increment_at, max_duration
 
 # "First 15 minutes 1.00 flat, then 0.10 a minute."
 FLAT_THEN_PER_MINUTE = Rate(

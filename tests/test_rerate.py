@@ -4,10 +4,10 @@ import json
 
 from ocs.balances.accounts import AccountSpec
 from ocs.billing.rerate import rerate
-from ocs.charging import catalog_store
-from ocs.charging.deck import parse_deck
+from ocs.catalog import store as catalog_store
 from ocs.charging.lifecycle import AuthorizeRequest
-from ocs.charging.rating import cost
+from ocs.decks.rate_deck import parse_deck
+from ocs.rating.rates import cost
 from tests.conftest import RETAIL_DECK, RunningApp, add_plan, eventually
 from tests.test_policy_cli import ocs_cli
 

@@ -14,15 +14,16 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from ocs import api_tokens
-from ocs.charging import catalog_store, routes_store
-from ocs.charging.catalog import CatalogSnapshot, Plan, load_snapshot
-from ocs.charging.deck import DeckError
-from ocs.charging.prefixes import PrefixTable
-from ocs.charging.rating import Rate
-from ocs.charging.routes import RouteBook, RouteDecision
+from ocs.catalog import routes_store
+from ocs.catalog import store as catalog_store
+from ocs.catalog.routes import RouteBook, RouteDecision
+from ocs.catalog.snapshot import CatalogSnapshot, Plan, load_snapshot
+from ocs.decks.rate_deck import DeckError
 from ocs.errors import OcsError, Reason
 from ocs.http import routes_handlers
 from ocs.http.app import create_app
+from ocs.numbers.prefixes import PrefixTable
+from ocs.rating.rates import Rate
 from ocs.services import Services
 from tests.conftest import add_plan, bearer, eventually
 

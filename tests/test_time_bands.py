@@ -6,9 +6,9 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocs.charging.bands import BandRule, BandSchedule
 from ocs.charging.lifecycle import AuthorizeRequest
-from ocs.charging.rating import Rate, cost, max_duration
+from ocs.rating.bands import BandRule, BandSchedule
+from ocs.rating.rates import Rate, cost, max_duration
 from tests.conftest import RunningApp
 
 LONDON = ZoneInfo("Europe/London")

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from ocs.charging.rating import (
+from ocs.rating.rates import (
     CounterSplit,
     Rate,
     Tier,

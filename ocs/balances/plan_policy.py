@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ocs.charging.catalog import CATALOG_CHANNEL
-from ocs.charging.catalog_store import validate_reservation_policy
+from ocs.catalog.snapshot import CATALOG_CHANNEL
+from ocs.catalog.store import validate_reservation_policy
 from ocs.errors import OcsError, Reason, invalid
 
 LANGUAGE_MAX = 16
@@ -21,7 +21,7 @@ class PlanPolicy:
     recurring_fee: int = 0
     lock_prorated: bool = False  # the next recurring fee is not available for calls
     language: str = "en"
-    # How the plan's calls reserve funds (ocs.charging.catalog.Plan): whole, slice, share.
+    # How the plan's calls reserve funds (ocs.catalog.snapshot.Plan): whole, slice, share.
     reservation_policy: str = "whole"
     slice_seconds: int = 60
 

@@ -12,9 +12,9 @@ from datetime import datetime
 import asyncpg
 import numpy as np
 
-from ocs.charging.catalog import CatalogSnapshot
+from ocs.catalog.snapshot import CatalogSnapshot
 from ocs.charging.lifecycle import call_bands
-from ocs.charging.rating import CounterSplit, cost_with_counter
+from ocs.rating.rates import CounterSplit, cost_with_counter
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,9 +31,12 @@ from ocs.balances.store import (
     Reserved,
     StopResult,
 )
-from ocs.charging.catalog import CatalogHolder, CatalogSnapshot, Plan, Tariff
-from ocs.charging.prefixes import normalize_number
-from ocs.charging.rating import (
+from ocs.catalog.snapshot import CatalogHolder, CatalogSnapshot, Plan, Tariff
+from ocs.config import Settings
+from ocs.errors import OcsError, Reason, invalid
+from ocs.numbers.prefixes import normalize_number
+from ocs.rating.counter_rules import CounterDef, counters_for_zone
+from ocs.rating.rates import (
     CounterSplit,
     Rate,
     Segments,
@@ -44,10 +47,7 @@ from ocs.charging.rating import (
     counter_seconds_used,
     max_duration_with_counter,
 )
-from ocs.charging.translation import TranslationSet
-from ocs.config import Settings
-from ocs.counters.definitions import CounterDef, counters_for_zone
-from ocs.errors import OcsError, Reason, invalid
+from ocs.rating.translation import TranslationSet
 
 MAX_CALL_ID = 128
 MAX_DURATION = 7 * 24 * 3600

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 import asyncpg
 
 from ocs.balances.store import BalanceStore
-from ocs.charging.catalog import CATALOG_CHANNEL
-from ocs.counters.definitions import CounterDef, counter_from_row
+from ocs.catalog.snapshot import CATALOG_CHANNEL
 from ocs.errors import OcsError, Reason, invalid
+from ocs.rating.counter_rules import CounterDef, counter_from_row
 
 MAX_SECONDS = 10_000_000
 _RESET_CHUNK = 1_000

@@ -16,18 +16,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ocs import __version__, metrics
 from ocs.balances.accounts import AccountSpec, validate_account_id, validate_member
 from ocs.balances.store import AccountState
-from ocs.charging import catalog_store
-from ocs.charging.bands import validate_schedule
-from ocs.charging.catalog import Plan
-from ocs.charging.deck import parse_deck
+from ocs.catalog import store as catalog_store
+from ocs.catalog.snapshot import Plan
 from ocs.charging.lifecycle import (
     MAX_DURATION,
     AuthorizeRequest,
     CallProgress,
     validate_call_id,
 )
-from ocs.charging.rating import Tier
-from ocs.charging.translation import validate_rules
+from ocs.decks.rate_deck import parse_deck
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.json_io import (
     Fraction,
@@ -41,6 +38,9 @@ from ocs.http.json_io import (
 from ocs.http.openapi import openapi_document
 from ocs.money import MoneyError, parse_amount
 from ocs.radius import clients as radius_clients
+from ocs.rating.bands import validate_schedule
+from ocs.rating.rates import Tier
+from ocs.rating.translation import validate_rules
 from ocs.services import Services
 
 SERVICES = web.AppKey("services", Services)

@@ -7,11 +7,12 @@ import csv
 
 from aiohttp import web
 
-from ocs.charging import catalog_store, number_plan
-from ocs.charging.catalog_store import validate_plan_id
-from ocs.charging.code_lists import STANDARD, parse_code_list
-from ocs.charging.deck import DIRECTIONS
+from ocs.catalog import number_plan
+from ocs.catalog import store as catalog_store
+from ocs.catalog.store import validate_plan_id
 from ocs.charging.lifecycle import tariff_of
+from ocs.decks.code_lists import STANDARD, parse_code_list
+from ocs.decks.rate_deck import DIRECTIONS
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.handlers import SERVICES
 from ocs.http.json_io import money, read_object, read_text

@@ -210,7 +210,7 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
     ]
 
 
-# How a plan's calls hold funds (ocs.charging.catalog.Plan), on POST /v1/plans and the policy.
+# How a plan's calls hold funds (ocs.catalog.snapshot.Plan), on POST /v1/plans and the policy.
 _RESERVATION = {
     "reservation_policy": {
         "enum": ["whole", "slice", "share"],

@@ -7,9 +7,8 @@ from aiohttp import web
 
 from ocs.balances.accounts import UNSET, validate_account_id, validate_member
 from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
-from ocs.charging.catalog_store import SLICE_SECONDS_MAX, validate_plan_id
+from ocs.catalog.store import SLICE_SECONDS_MAX, validate_plan_id
 from ocs.charging.lifecycle import validate_call_id
-from ocs.counters.definitions import CounterDef
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.handlers import SERVICES, account_json
 from ocs.http.json_io import (
@@ -21,6 +20,7 @@ from ocs.http.json_io import (
     timestamp_field,
 )
 from ocs.metrics import PIN_FAILURES
+from ocs.rating.counter_rules import CounterDef
 from ocs.services import Services
 
 
@@ -71,7 +71,7 @@ async def set_policy_of_plan(request: web.Request) -> web.Response:
         recurring_fee=amount_field(body, "recurring_fee", required=False) or 0,
         lock_prorated=_bool_field(body, "lock_prorated", False),
         language=string_field(body, "language", required=False, max_len=16) or "en",
-        # How the plan's calls hold funds (ocs.charging.catalog.Plan); checked by name
+        # How the plan's calls hold funds (ocs.catalog.snapshot.Plan); checked by name
         # in set_plan_policy.
         reservation_policy=string_field(body, "reservation_policy", required=False, max_len=16)
         or "whole",

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from ocs.charging.translation import TranslationSet, translation_from_json, validate_rules
 from ocs.config import Settings
+from ocs.rating.translation import TranslationSet, translation_from_json, validate_rules
 
 NAS_CHANNEL = "ocs_nas"
 

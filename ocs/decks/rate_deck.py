@@ -35,7 +35,7 @@ problems are worded only for lines found bad, and past the first
 ``MAX_REPORTED`` only counted; a bad deck costs at most what a valid deck of the
 same size whose lines all go to the per-row checks costs.
 
-A carrier's cost deck (ocs.charging.routes_store) is a deck without zone,
+A carrier's cost deck (ocs.catalog.routes_store) is a deck without zone,
 direction and shape columns: it is parsed by the same scan, per-row rules,
 duplicate check and error collection, with its own header and row type.
 """
@@ -52,10 +52,10 @@ from typing import TypeVar, cast, overload
 import numba
 import numpy as np
 
-from ocs.charging.matcher import KEY_DIGITS, Int, Int64Array, prefix_keys
-from ocs.charging.rating import Rate, Tier
 from ocs.errors import OcsError, Reason
 from ocs.money import MoneyError, format_amount, parse_amount
+from ocs.numbers.matcher import KEY_DIGITS, Int, Int64Array, prefix_keys
+from ocs.rating.rates import Rate, Tier
 
 COLUMNS = ("prefix", "zone", "price_per_minute", "connect_fee", "first_block", "increment")
 # Tariff shape columns, each one field of the shape API (PUT .../tariffs/{zone}/shape).
@@ -163,7 +163,7 @@ class _PrefixRows(Sequence[_Item]):
     """Rows of a parsed deck, column-wise, in file order: row i is line ``lines[i]``
     of the file, its prefix ``buf[prefix_at[i]:prefix_at[i] + prefix_len[i]]``
     (digits, no '+'). A plan's ``Deck`` and a carrier's ``CarrierDeck``
-    (ocs.charging.routes_store) add what else a row has."""
+    (ocs.catalog.routes_store) add what else a row has."""
 
     __slots__ = ("buf", "lines", "prefix_at", "prefix_len")
 

@@ -5,7 +5,7 @@ catalog version builds a new snapshot beside the old one and ``CatalogHolder``
 swaps the reference, so a request in flight finishes on the snapshot it began
 with and traffic never pauses.
 
-A plan's deck is a ``PrefixTable`` of its tariffs (ocs.charging.prefixes): the
+A plan's deck is a ``PrefixTable`` of its tariffs (ocs.numbers.prefixes): the
 prefixes come out of PostgreSQL as one value (``decks.lines``, migration 0013)
 and go into numpy arrays without a Python object per row, and the compiled index
 is built in a worker thread (its kernels release the GIL), so a million-prefix
@@ -13,7 +13,7 @@ deck reloads in a fraction of a second while the event loop keeps answering. A
 change NOTIFYs which plan it touched (``deck:<plan>``, ``plan:<plan>``); the
 holder then rebuilds that plan's deck only and keeps every other deck whose
 tariffs did not change. Carriers' cost
-decks and route sets (ocs.charging.routes) load into the same snapshot: a
+decks and route sets (ocs.catalog.routes) load into the same snapshot: a
 ``carrier:<id>`` notification rebuilds that carrier's deck only, a
 ``routes:<id>`` one rereads the route sets and rebuilds no deck.
 """
@@ -32,21 +32,21 @@ from dataclasses import dataclass, field
 import asyncpg
 import numpy as np
 
-from ocs.charging.bands import BandSchedule, schedule_from_json
-from ocs.charging.code_lists import STANDARD, build_code_table, read_code_lists
-from ocs.charging.matcher import PrefixIndex
-from ocs.charging.prefixes import PrefixTable
-from ocs.charging.rating import Rate, Tier
-from ocs.charging.routes import (
+from ocs.catalog.routes import (
     RouteBook,
     RouteDecision,
     build_route_book,
     copy_columns,
     read_routes,
 )
-from ocs.charging.routes import warm_up as warm_up_routes
-from ocs.charging.translation import TranslationSet, translation_from_json
-from ocs.counters.definitions import CounterDef, read_counters
+from ocs.catalog.routes import warm_up as warm_up_routes
+from ocs.decks.code_lists import STANDARD, build_code_table, read_code_lists
+from ocs.numbers.matcher import PrefixIndex
+from ocs.numbers.prefixes import PrefixTable
+from ocs.rating.bands import BandSchedule, schedule_from_json
+from ocs.rating.counter_rules import CounterDef, read_counters
+from ocs.rating.rates import Rate, Tier
+from ocs.rating.translation import TranslationSet, translation_from_json
 
 log = logging.getLogger("ocs.catalog")
 

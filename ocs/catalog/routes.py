@@ -35,9 +35,9 @@ import asyncpg
 import numba
 import numpy as np
 
-from ocs.charging.matcher import Int, Int64Array, PrefixIndex
-from ocs.charging.prefixes import PrefixTable
-from ocs.charging.rating import Rate, cost
+from ocs.numbers.matcher import Int, Int64Array, PrefixIndex
+from ocs.numbers.prefixes import PrefixTable
+from ocs.rating.rates import Rate, cost
 
 REFERENCE_SECONDS = 60
 
@@ -185,7 +185,7 @@ def rates_of(values: np.ndarray, rows: np.ndarray) -> tuple[Rate, ...]:
 def copy_columns(data: np.ndarray, width: int) -> tuple[Int64Array, Int64Array, Int64Array]:
     """Rows of COPY text ``prefix<TAB>n<TAB>...<LF>`` with ``width`` whole numbers after
     the prefix: (prefix at, prefix length, (rows, width) int64 numbers). A carrier's
-    cost deck has the 4 fields of a rate; a plan's prefixes (ocs.charging.catalog)
+    cost deck has the 4 fields of a rate; a plan's prefixes (ocs.catalog.snapshot)
     have 1, the zone id."""
     rows = 0
     for c in data:

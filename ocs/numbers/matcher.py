@@ -32,15 +32,12 @@ Arrays only, no Python object per prefix: a 1,000,000-prefix deck takes about
 60 MB and builds in a fifth of a second. Kernels are compiled with
 ``cache=True`` (machine code kept on disk beside this file and reused by the
 next process) and release the GIL, so builds can run in a thread beside the
-event loop. ``warm_up()`` compiles or loads every kernel a serving process
+event loop. ``ocs.warm_up`` compiles or loads every kernel a serving process
 runs, so no request waits for a compiler.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -48,9 +45,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from ocs.charging.prefetch import prefetch
-
-log = logging.getLogger("ocs.matcher")
+from ocs.numbers.prefetch import prefetch
 
 # An integer as numba kernels compute it: a Python int, or a numpy scalar read
 # from an array (numba makes both int64).
@@ -682,65 +677,12 @@ def _entry(dispatcher: Any, *example: Any) -> Callable[..., Any]:
     return entry
 
 
-def _cached_kernels() -> list[Any]:
-    """Every kernel ``warm_up`` compiles that numba keeps on disk on its own.
+def warm_up_lookups() -> None:
+    """Compile, or load from numba's on-disk cache, every lookup kernel of this module.
 
-    Kernels inlined into their callers never get an entry of their own, so they are left out.
+    ``ocs.warm_up`` calls it with the other modules' warm-ups before a process takes traffic.
     """
-    from numba.core.registry import CPUDispatcher
-
-    from ocs.charging import catalog, catalog_store, deck, routes
-
-    kernels = []
-    for module in (sys.modules[__name__], deck, catalog, catalog_store, routes):
-        for value in vars(module).values():
-            if isinstance(value, CPUDispatcher) and value.targetoptions.get("inline") != "always":
-                kernels.append(value)
-    return kernels
-
-
-def cache_is_cold() -> bool:
-    """True when some kernel has no machine code on disk for this source: warm_up compiles.
-
-    Reads numba's cache index (the same check numba makes before compiling: the index
-    names the source file's stamp, so an edited module counts as cold). When numba's
-    internals cannot be read, answers True: a wrong "compiling" line costs nothing.
-    """
-    try:
-        return any(not kernel._cache._cache_file._load_index() for kernel in _cached_kernels())
-    except Exception:
-        return True
-
-
-def warm_up() -> float:
-    """Compile, or load from numba's on-disk cache, every kernel a serving process runs.
-
-    Call it once at process start, before taking traffic: then neither the
-    first lookup, nor the first catalog reload, nor the first deck import waits
-    for a compiler. Returns the seconds it took (tens of seconds on a cold
-    cache, well under one second once the cache holds the machine code). On a
-    cold cache it says so first, since the process is silent meanwhile.
-    """
-    started = time.perf_counter()
-    cold = cache_is_cold()
-    if cold:
-        log.info(
-            "compiling the prefix matcher, first start only (tens of seconds; "
-            "`ocs warm-up` does it ahead of time)",
-            extra={"kernels": len(_cached_kernels())},
-        )
     index = PrefixIndex.from_strings(["1", "44", "447", "4477"], [0, 1, 2, 3])
     assert index.lookup("447700900123") == (3 << LENGTH_BITS) | 4
     index.lookup_many(np.array([b"+4420", b"1"]))
     index.lookup_keys(encode_numbers(["4420"]))
-    from ocs.charging import catalog, catalog_store, deck
-
-    deck.warm_up()
-    catalog.warm_up()
-    catalog_store.warm_up()
-    took = time.perf_counter() - started
-    log.info(
-        "prefix matcher compiled and cached" if cold else "matcher kernels ready",
-        extra={"seconds": round(took, 3), "compiled": cold},
-    )
-    return took

@@ -11,8 +11,8 @@ ignored), one prefix of 1 to 32 digits (an optional '+') a row, each prefix
 once. It is stored like a deck (migration 0014, decision 0009): one document
 per list, ``prefix<TAB>name`` lines in prefix order, replaced whole in one
 transaction that NOTIFYs ``codes:<plan>`` (``codes:`` for the standard table;
-ocs.charging.catalog_store writes them), and every ``ocs serve`` process
-rebuilds its lists beside the serving snapshot (ocs.charging.catalog).
+ocs.catalog.store writes them), and every ``ocs serve`` process
+rebuilds its lists beside the serving snapshot (ocs.catalog.snapshot).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ import io
 import asyncpg
 import numpy as np
 
-from ocs.charging.deck import (
+from ocs.decks.rate_deck import (
     DeckError,
     _csv_problem,
     _Problems,
     control_character,
     decode_utf8,
 )
-from ocs.charging.matcher import PrefixIndex
-from ocs.charging.prefixes import PrefixTable
+from ocs.numbers.matcher import PrefixIndex
+from ocs.numbers.prefixes import PrefixTable
 
 STANDARD = ""  # the list id of the standard table; any other is a plan's id
 MAX_NAME_CHARS = 120

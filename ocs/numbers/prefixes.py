@@ -2,7 +2,7 @@
 
 ``PrefixTable`` is the table the rest of ocs uses: prefix -> value, answering
 "the longest prefix of this number and its value". It keeps each distinct
-value once and the prefixes in a compiled ``PrefixIndex`` (ocs.charging.matcher),
+value once and the prefixes in a compiled ``PrefixIndex`` (ocs.numbers.matcher),
 so a million-prefix deck is a few numpy arrays and a short list of tariffs.
 Plan decks are tables today; the standard area-code table, per-carrier cost
 decks and access numbers are further tables of the same type.
@@ -15,7 +15,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from ocs.charging.matcher import (
+from ocs.errors import invalid
+from ocs.numbers.matcher import (
     INVALID,
     KEY_DIGITS,
     LENGTH_BITS,
@@ -23,7 +24,6 @@ from ocs.charging.matcher import (
     NO_MATCH,
     PrefixIndex,
 )
-from ocs.errors import invalid
 
 T = TypeVar("T")
 

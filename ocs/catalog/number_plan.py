@@ -6,7 +6,7 @@ rates with it at once.
 
 import asyncpg
 
-from ocs.charging.catalog import CATALOG_CHANNEL
+from ocs.catalog.snapshot import CATALOG_CHANNEL
 from ocs.errors import OcsError, Reason, invalid
 
 MAX_ACCESS_NUMBERS = 10_000

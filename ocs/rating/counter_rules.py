@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ocs.charging.rating import Rate
+from ocs.rating.rates import Rate
 
 
 @dataclass(frozen=True, slots=True)

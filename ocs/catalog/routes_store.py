@@ -3,7 +3,7 @@
 Every change commits in one transaction and then NOTIFYs the catalog channel
 (``ocs_catalog``) so that every ``ocs serve`` process swaps in a new snapshot:
 ``carrier:<id>`` rebuilds that carrier's cost deck only, ``routes:<id>`` rereads
-the route sets, ``plan:<id>`` the plan's routing settings (ocs.charging.catalog).
+the route sets, ``plan:<id>`` the plan's routing settings (ocs.catalog.snapshot).
 
 A cost deck is CSV with the header ``prefix,connect_fee,first_block,increment,
 price_per_minute`` (any column order), amounts as decimal strings like a plan's
@@ -24,9 +24,10 @@ import asyncpg
 import numba
 import numpy as np
 
-from ocs.charging.catalog import CATALOG_CHANNEL
-from ocs.charging.catalog_store import validate_plan_id
-from ocs.charging.deck import (
+from ocs.catalog.routes import RATE_FIELDS, intern_rates, rates_of
+from ocs.catalog.snapshot import CATALOG_CHANNEL
+from ocs.catalog.store import validate_plan_id
+from ocs.decks.rate_deck import (
     _FIRST_LINE,
     DeckError,
     _duplicate,
@@ -42,10 +43,9 @@ from ocs.charging.deck import (
     _scan_deck,
     decode_utf8,
 )
-from ocs.charging.matcher import prefix_keys
-from ocs.charging.rating import Rate
-from ocs.charging.routes import RATE_FIELDS, intern_rates, rates_of
 from ocs.errors import OcsError, Reason, invalid
+from ocs.numbers.matcher import prefix_keys
+from ocs.rating.rates import Rate
 
 CARRIER_COLUMNS = ("prefix", "connect_fee", "first_block", "increment", "price_per_minute")
 MAX_NAME_CHARS = 200
@@ -128,7 +128,7 @@ class CarrierDeckImport:
 # --- the cost deck CSV ---------------------------------------------------------------
 #
 # A plan's rate deck without zone, direction or shape columns: the scan, the per-row
-# rules and the messages are ocs.charging.deck's, with durations in ASCII digits only.
+# rules and the messages are ocs.decks.rate_deck's, with durations in ASCII digits only.
 
 
 def _read_header(header: list[str]) -> dict[str, int]:
@@ -166,7 +166,7 @@ def parse_carrier_deck(text: str | bytes) -> CarrierDeck:
     """Parse a whole cost deck; raises DeckError listing every problem of every bad line
     (the first ``MAX_REPORTED``, the rest counted).
 
-    Rules as for a plan's deck (ocs.charging.deck): a leading '+' on a prefix is
+    Rules as for a plan's deck (ocs.decks.rate_deck): a leading '+' on a prefix is
     dropped, blank lines are skipped, a prefix may be given once, a spreadsheet's
     BOM and CRLF line ends are fine; ``parse_carrier_deck_rows`` states them row
     by row. A million-row deck is read by the plan deck's compiled pass; a line

@@ -14,8 +14,7 @@ import asyncpg
 import numba
 import numpy as np
 
-from ocs.charging.bands import BandSchedule
-from ocs.charging.catalog import (
+from ocs.catalog.snapshot import (
     CATALOG_CHANNEL,
     Plan,
     _copy_columns,
@@ -23,12 +22,13 @@ from ocs.charging.catalog import (
     read_deck_lines,
     tiers_to_json,
 )
-from ocs.charging.code_lists import STANDARD, code_list_lines
-from ocs.charging.deck import RATE_FIELDS, Deck, DeckRow
-from ocs.charging.matcher import KEY_DIGITS, POW11, prefix_keys
-from ocs.charging.rating import Rate, Tier
-from ocs.charging.translation import TranslationSet
+from ocs.decks.code_lists import STANDARD, code_list_lines
+from ocs.decks.rate_deck import RATE_FIELDS, Deck, DeckRow
 from ocs.errors import OcsError, Reason, invalid
+from ocs.numbers.matcher import KEY_DIGITS, POW11, prefix_keys
+from ocs.rating.bands import BandSchedule
+from ocs.rating.rates import Rate, Tier
+from ocs.rating.translation import TranslationSet
 
 CURRENCY_LEN = 3
 
@@ -502,7 +502,7 @@ def _copy_lines(
     return out[:n]
 
 
-# --- area-code tables (ocs.charging.code_lists) ---------------------------------------
+# --- area-code tables (ocs.decks.code_lists) ---------------------------------------
 
 
 async def import_code_list(
@@ -544,7 +544,7 @@ async def _lock_plan(conn: asyncpg.Connection, plan_id: str) -> None:
 
 def warm_up() -> None:
     """Compile, or load from the on-disk cache, the kernels an import runs besides the parse."""
-    from ocs.charging.deck import parse_deck
+    from ocs.decks.rate_deck import parse_deck
 
     header = "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
     for text in (header + "44,A,1,0,1,1\n", header + '447,"B""",1,0,1,1\n'):

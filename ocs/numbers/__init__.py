@@ -1,0 +1,1 @@
+"""Numbers: the prefix matcher (numba), its prefetching lookups and prefix tables."""
