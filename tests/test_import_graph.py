@@ -16,7 +16,7 @@ PACKAGE = ROOT / "ocs"
 
 
 def module_name(path: Path) -> str:
-    """``ocs/catalog/store.py`` -> ``ocs.catalog.store``; a package's ``__init__`` is the package."""
+    """``ocs/catalog/store.py`` -> ``ocs.catalog.store``; an ``__init__`` is its package."""
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -30,7 +30,9 @@ def imports_of(path: Path) -> Iterator[tuple[str, list[str]]]:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "ocs" or node.module.startswith("ocs."):
                 names = [alias.name for alias in node.names]
-                submodules = [f"{node.module}.{n}" for n in names if f"{node.module}.{n}" in MODULES]
+                submodules = [
+                    f"{node.module}.{n}" for n in names if f"{node.module}.{n}" in MODULES
+                ]
                 if submodules:
                     for sub in submodules:
                         yield sub, []
@@ -46,8 +48,8 @@ def imports_of(path: Path) -> Iterator[tuple[str, list[str]]]:
 
 
 def module_graph() -> dict[str, set[str]]:
-    """Each ocs module -> the ocs modules it imports (a package's ``__init__`` is skipped as a target
-    when the import names a submodule)."""
+    """Each ocs module -> the ocs modules it imports (``from ocs.x import y`` of a
+    submodule ``y`` counts as an import of ``ocs.x.y``)."""
     graph: dict[str, set[str]] = defaultdict(set)
     for name, path in MODULES.items():
         for target, _names in imports_of(path):

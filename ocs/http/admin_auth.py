@@ -2,23 +2,23 @@
 
 Secure by default (docs/decisions/0011-secure-defaults.md):
 
-* The admin API (everything but what follows) needs ``Authorization: Bearer
-  <token>`` whose role (ocs.api_tokens) may do it: a read (GET) needs
-  ``viewer``, the work on accounts (``OPERATOR_WORK``) ``operator``, anything
-  else ``admin``. With no token at all it refuses everything; the first start
-  makes a bootstrap admin token (``ensure_bootstrap_admin_token``). Only
+* Each endpoint declares the least role that may call it (``Endpoint.role``,
+  ``ocs.http.endpoint``). The admin API (viewer, operator and admin endpoints)
+  needs ``Authorization: Bearer <token>`` whose role (ocs.api_tokens) may do
+  it. With no token at all it refuses everything; the first start makes a
+  bootstrap admin token (``ensure_bootstrap_admin_token``). Only
   ``admin_token_required = false`` restores the trial behaviour: open until the
   first token exists.
-* The call lifecycle and the IVR's PIN queries (``SWITCH_WORK``) are for
+* The call lifecycle and the IVR's PIN queries (role ``switch``) are for
   switches and IVRs, which are known like RADIUS NAS clients: by a ``switch``
   (or ``admin``) token, or by a source address in ``switch_networks`` (by
   default the loopback only) unless ``switch_token_required``.
   ``switch_open`` accepts anyone, for trials.
-* ``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` never take a token.
+* ``open`` endpoints (the probes, ``/metrics``, ``/openapi.json``) never take a token.
 """
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -26,59 +26,17 @@ from aiohttp.typedefs import Middleware
 from ocs import api_tokens
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
-from ocs.http.handlers import SERVICES
+from ocs.http.context import SERVICES
+from ocs.http.endpoint import Role
 from ocs.http.middleware import Handler, endpoint_of
 
-# (method, route) of what switches and IVRs call: a switch token's work.
-SWITCH_WORK = frozenset(
-    {
-        ("POST", "/v1/calls"),
-        ("POST", "/v1/calls/{call_id}/start"),
-        ("POST", "/v1/calls/{call_id}/update"),
-        ("POST", "/v1/calls/{call_id}/stop"),
-        ("POST", "/v1/usage"),
-        ("GET", "/v1/pins/{pin}"),
-        ("GET", "/v1/pins/{pin}/time"),
-    }
-)
-# (method, route) of the probes and the API's description: never a token.
-OPEN = frozenset(
-    {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json")}
-)
-# (method, route) of the changes an operator token may make.
-OPERATOR_WORK = frozenset(
-    {
-        ("POST", "/v1/accounts"),
-        ("PATCH", "/v1/accounts/{account_id}"),
-        ("POST", "/v1/accounts/{account_id}/topups"),
-        ("POST", "/v1/accounts/{account_id}/callers"),
-        ("POST", "/v1/accounts/{account_id}/members"),
-        ("DELETE", "/v1/accounts/{account_id}/members/{member}"),
-        ("POST", "/v1/accounts/{account_id}/counters"),
-        ("DELETE", "/v1/accounts/{account_id}/counters/{counter_id}"),
-        ("POST", "/v1/pin-batches"),
-        ("DELETE", "/v1/calls/{call_id}"),
-    }
-)
 
-
-def needed_role(method: str, route: str, switch_token: bool = False) -> str | None:
-    """The least role that may call ``route`` with ``method``; None: no token needed.
-
-    The switches' endpoints give ``switch`` with ``switch_token``, else None: the
-    middleware asks for ``switch`` and also accepts a source in switch_networks.
-    """
+def needed_role(roles: Mapping[tuple[str, str], Role], method: str, route: str) -> Role:
+    """The least role that may call ``route`` with ``method``, from the endpoints'
+    declarations (``Endpoint.role``); a route nobody declared needs admin."""
     if method == "HEAD":
         method = "GET"
-    if (method, route) in OPEN:
-        return None
-    if (method, route) in SWITCH_WORK:
-        return "switch" if switch_token else None
-    if method == "GET":
-        return "viewer"
-    if (method, route) in OPERATOR_WORK:
-        return "operator"
-    return "admin"
+    return roles.get((method, route), Role.ADMIN)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -111,8 +69,8 @@ def source_allowed(remote: str | None, networks: Iterable[Network]) -> bool:
     return any(address in network for network in networks)
 
 
-def admin_auth(settings: Settings) -> Middleware:
-    """The middleware, from the settings ``admin_token_required``,
+def admin_auth(settings: Settings, roles: Mapping[tuple[str, str], Role]) -> Middleware:
+    """The middleware, from the endpoints' roles and the settings ``admin_token_required``,
     ``switch_token_required``, ``switch_networks`` and ``switch_open``."""
     required = settings.admin_token_required
     switch_token = settings.switch_token_required
@@ -156,12 +114,12 @@ def admin_auth(settings: Settings) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = endpoint_of(request)
-        needed = None
-        if route != "unmatched":
-            needed = needed_role(request.method, route, switch_token=True)
-        if needed is None:
+        if route == "unmatched":
+            return await handler(request)  # answered 404 or 405 by the router
+        needed = needed_role(roles, request.method, route)
+        if needed is Role.OPEN:
             return await handler(request)
-        if needed == "switch":
+        if needed is Role.SWITCH:
             await switch_check(request)
             return await handler(request)
         header = request.headers.get("Authorization")

@@ -7,27 +7,20 @@ import asyncio
 import ipaddress
 import json
 import os
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ocs import __version__, metrics
-from ocs.balances.accounts import AccountSpec, validate_account_id, validate_member
+from ocs import metrics
+from ocs.balances.accounts import AccountSpec, validate_account_id
 from ocs.balances.store import AccountState
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
-from ocs.charging.lifecycle import (
-    MAX_DURATION,
-    AuthorizeRequest,
-    CallProgress,
-    validate_call_id,
-)
 from ocs.decks.rate_deck import parse_deck
-from ocs.errors import OcsError, Reason, invalid
+from ocs.errors import invalid
+from ocs.http.context import services_of as _services
 from ocs.http.json_io import (
-    Fraction,
     amount_field,
     int_field,
     money,
@@ -35,19 +28,11 @@ from ocs.http.json_io import (
     string_field,
     timestamp_field,
 )
-from ocs.http.openapi import openapi_document
 from ocs.money import MoneyError, parse_amount
 from ocs.radius import clients as radius_clients
 from ocs.rating.bands import validate_schedule
 from ocs.rating.rates import Tier
 from ocs.rating.translation import validate_rules
-from ocs.services import Services
-
-SERVICES = web.AppKey("services", Services)
-
-
-def _services(request: web.Request) -> Services:
-    return request.app[SERVICES]
 
 
 def account_json(view: AccountState) -> dict[str, Any]:
@@ -121,39 +106,6 @@ async def add_caller(request: web.Request) -> web.Response:
     return web.json_response({"account": account_id, "caller": caller.lstrip("+")}, status=201)
 
 
-async def start_call(request: web.Request) -> web.Response:
-    """POST /v1/calls/{id}/start: the call was answered."""
-    call_id = validate_call_id(request.match_info["call_id"], "call_id")
-    progress = await _services(request).calls.start(call_id)
-    return web.json_response(progress_json(progress))
-
-
-async def update_call(request: web.Request) -> web.Response:
-    """POST /v1/calls/{id}/update: a live call's progress (an interim)."""
-    call_id = validate_call_id(request.match_info["call_id"], "call_id")
-    body = await read_object(request)
-    used = int_field(body, "used", maximum=7 * 24 * 3600)
-    assert used is not None
-    progress = await _services(request).calls.update(call_id, used)
-    return web.json_response(progress_json(progress))
-
-
-def progress_json(progress: CallProgress) -> dict[str, Any]:
-    """A live call's progress as the JSON API shows it."""
-    return {
-        "call_id": progress.call_id,
-        "account": progress.account_id,
-        "started_at": progress.started_at,
-        "used": progress.used,
-        "debited": money(progress.debited),
-        "granted": progress.granted or None,
-        # Slices (quota mode): the seconds the call may still run from this report;
-        # with "final" the switch cuts it then, for the funds cover no more.
-        "remaining": max(progress.granted - progress.used, 0) if progress.granted else None,
-        "final": progress.final,
-    }
-
-
 async def add_nas_client(request: web.Request) -> web.Response:
     """POST /v1/nas-clients: let a RADIUS NAS send requests."""
     body = await read_object(request)
@@ -219,156 +171,6 @@ async def topup_account(request: web.Request) -> web.Response:
             "repeated": result.repeated,
         },
         status=200 if result.repeated else 201,
-    )
-
-
-async def authorize_call(request: web.Request) -> web.Response:
-    """POST /v1/calls: authorize a call from a switch (201; 200 for a repeat)."""
-    body = await read_object(request)
-    try:
-        if body.get("member") is not None:
-            # A member names its account (a SIP user, an extension); it must be one of
-            # the account's members, or its line limit would mean nothing.
-            identity = await _services(request).calls.identify(validate_member(body["member"]))
-            if identity.member is None and body.get("account") is None:
-                raise OcsError(
-                    Reason.ACCOUNT_NOT_FOUND, "no account has this member", field="member"
-                )
-            if identity.member is None or body.get("account") not in (None, identity.account_id):
-                raise OcsError(Reason.NOT_FOUND, "the account has no such member", field="member")
-            body["account"] = identity.account_id
-        account_id = validate_account_id(body.get("account"), "account")
-        destination = string_field(body, "destination", max_len=64)
-        assert destination is not None
-        caller = string_field(body, "caller", required=False, max_len=64)
-        call_id = body.get("call_id")
-        if call_id is not None:
-            validate_call_id(call_id)
-        member = body.get("member")
-        if member is not None:
-            validate_member(member)
-        direction = string_field(body, "direction", required=False, max_len=16) or "outbound"
-        quota = int_field(body, "quota", required=False, minimum=1, maximum=7 * 24 * 3600)
-        access_number = string_field(body, "access_number", required=False, max_len=33)
-        grant = await _services(request).calls.authorize(
-            AuthorizeRequest(
-                account_id,
-                destination,
-                caller,
-                call_id,
-                member=member,
-                direction=direction,
-                quota=quota,
-                access_number=None if access_number is None else access_number.lstrip("+"),
-            )
-        )
-    except OcsError as exc:
-        # A refusal may carry a finer code than its enum member (funds held by live calls).
-        metrics.CALL_DECISIONS.labels(getattr(exc, "code", exc.reason.value)).inc()
-        raise
-    metrics.CALL_DECISIONS.labels("granted").inc()
-    return web.json_response(
-        {
-            "call_id": grant.call_id,
-            "account": grant.account_id,
-            "destination": grant.destination,
-            "zone": grant.zone,
-            "max_duration": grant.max_duration,
-            "reserved": money(grant.reserved),
-            "currency": grant.currency,
-            "repeated": grant.repeated,
-            "carriers": list(grant.carriers),
-            "counter_seconds": grant.counter_seconds,
-            "final": grant.final,
-            "direction": grant.direction,
-        },
-        status=200 if grant.repeated else 201,
-    )
-
-
-def stop_duration(body: dict[str, Any]) -> int | None:
-    """The ``duration`` of a stop in whole seconds; None when the switch sent none.
-
-    Switches report what they measured: whole seconds, or a decimal number of them
-    (``12.34``). Any started second counts: a fraction rounds up (``12.01`` is 13),
-    computed exactly in Decimal, never in float.
-    """
-    value = body.get("duration")
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise invalid("duration", "expected a number of seconds")
-    if isinstance(value, int):
-        seconds = Decimal(value)
-    elif isinstance(value, Fraction):
-        try:
-            seconds = Decimal(value.text)
-        except InvalidOperation:
-            raise invalid("duration", "expected a number of seconds") from None
-    else:
-        raise invalid("duration", "expected a number of seconds, such as 42 or 41.5")
-    if not seconds.is_finite() or not 0 <= seconds <= MAX_DURATION:
-        raise invalid("duration", f"expected 0 to {MAX_DURATION} seconds")
-    return int(seconds.to_integral_value(rounding=ROUND_CEILING))
-
-
-async def stop_call(request: web.Request) -> web.Response:
-    """Charge a call once. ``duration`` is optional: without it, the time since the
-    call's start is charged. A repeated stop answers the first charge, and says when
-    it reported another duration than the one charged."""
-    call_id = validate_call_id(request.match_info["call_id"], "call_id")
-    body = await read_object(request)
-    try:
-        duration = stop_duration(body)
-        charge = await _services(request).calls.stop(call_id, duration)
-    except OcsError as exc:
-        metrics.CALL_STOPS.labels(exc.reason.value).inc()
-        raise
-    metrics.CALL_STOPS.labels("repeated" if charge.repeated else "charged").inc()
-    return web.json_response(
-        {
-            "call_id": charge.call_id,
-            "account": charge.account_id,
-            "zone": charge.zone,
-            "duration": charge.duration,
-            "billed_seconds": charge.billed_seconds,
-            "cost": money(charge.charged),
-            "rated_cost": money(charge.rated),
-            "balance": money(charge.balance),
-            "currency": charge.currency,
-            "repeated": charge.repeated,
-            # The duration charged is the first stop's; a repeat that reports another
-            # one is not charged again, and is told so.
-            "charged_duration": charge.duration,
-            "duration_differs": (
-                charge.repeated and duration is not None and duration != charge.duration
-            ),
-        }
-    )
-
-
-async def charge_usage(request: web.Request) -> web.Response:
-    """POST /v1/usage: rate and debit a usage event once per event id."""
-    body = await read_object(request)
-    account_id = validate_account_id(body.get("account"), "account")
-    event_id = validate_call_id(body.get("event_id"), "event_id")
-    service = string_field(body, "service", max_len=200)
-    quantity = int_field(body, "quantity", minimum=0, maximum=10**12)
-    assert service is not None and quantity is not None
-    charge = await _services(request).calls.charge_usage(account_id, event_id, service, quantity)
-    return web.json_response(
-        {
-            "event_id": event_id,
-            "account": account_id,
-            "service": service,
-            "quantity": quantity,
-            "billed_quantity": charge.billed_seconds,
-            "cost": money(charge.charged),
-            "balance": money(charge.balance),
-            "currency": charge.currency,
-            "repeated": charge.repeated,
-        },
-        status=200 if charge.repeated else 201,
     )
 
 
@@ -549,11 +351,6 @@ async def healthz(request: web.Request) -> web.Response:
         },
         status=200 if healthy else 503,
     )
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    """GET /openapi.json: the API's description."""
-    return web.json_response(openapi_document(__version__))
 
 
 async def metrics_text(request: web.Request) -> web.Response:

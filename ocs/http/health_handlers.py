@@ -15,7 +15,7 @@ import asyncio
 from aiohttp import web
 
 from ocs.backend_health import POSTGRESQL, REDIS
-from ocs.http.handlers import SERVICES
+from ocs.http.context import SERVICES
 from ocs.services import Services
 
 PROBE_TIMEOUT_S = 2.0  # well under the usual probe timeouts of load balancers (5 s and more)

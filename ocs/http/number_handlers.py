@@ -14,7 +14,7 @@ from ocs.charging.lifecycle import tariff_of
 from ocs.decks.code_lists import STANDARD, parse_code_list
 from ocs.decks.rate_deck import DIRECTIONS
 from ocs.errors import OcsError, Reason, invalid
-from ocs.http.handlers import SERVICES
+from ocs.http.context import SERVICES
 from ocs.http.json_io import money, read_object, read_text
 
 

@@ -10,7 +10,8 @@ from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
 from ocs.catalog.store import SLICE_SECONDS_MAX, validate_plan_id
 from ocs.charging.lifecycle import validate_call_id
 from ocs.errors import OcsError, Reason, invalid
-from ocs.http.handlers import SERVICES, account_json
+from ocs.http.context import SERVICES
+from ocs.http.handlers import account_json
 from ocs.http.json_io import (
     amount_field,
     int_field,

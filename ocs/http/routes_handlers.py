@@ -8,7 +8,7 @@ from aiohttp import web
 from ocs.catalog import routes_store
 from ocs.catalog import store as catalog_store
 from ocs.errors import invalid
-from ocs.http.handlers import SERVICES
+from ocs.http.context import SERVICES
 from ocs.http.json_io import read_object, read_text, string_field
 
 
