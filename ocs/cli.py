@@ -415,9 +415,11 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 def _plans_create(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs plans create``: a new plan, its arguments checked before any store opens."""
+    import msgspec
+
     from ocs.catalog import store as catalog_store
     from ocs.catalog.snapshot import Plan
-    from ocs.http.handlers import plan_json
+    from ocs.views import plan_view
 
     plan = Plan(
         id=_checked(lambda: catalog_store.validate_plan_id(args.id)),
@@ -429,31 +431,35 @@ def _plans_create(args: argparse.Namespace, settings: Settings) -> int:
         max_call_duration=args.max_call_duration,
     )
     created = _with_services(settings, lambda s: catalog_store.create_plan(s.pool, plan))
-    _print(plan_json(created))
+    _print(msgspec.to_builtins(plan_view(created)))
     return 0
 
 
 def _plans_list(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs plans list``: every plan."""
+    import msgspec
+
     from ocs.catalog import store as catalog_store
-    from ocs.http.handlers import plan_json
+    from ocs.views import plan_view
 
     plans = _with_services(settings, lambda s: catalog_store.list_plans(s.pool))
-    _print({"plans": [plan_json(p) for p in plans]})
+    _print({"plans": [msgspec.to_builtins(plan_view(p)) for p in plans]})
     return 0
 
 
 def _tariffs_import(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs tariffs import``: replace a plan's rate deck with a CSV file, all or nothing."""
+    import msgspec
+
     from ocs.catalog import store as catalog_store
     from ocs.decks.rate_deck import parse_deck
-    from ocs.http.handlers import deck_import_json
+    from ocs.views import deck_import_view
 
     text = _read_csv(args.file)
     _compile_if_cold()
     rows = parse_deck(text)
     result = _with_services(settings, lambda s: catalog_store.import_deck(s.pool, args.plan, rows))
-    _print(deck_import_json(result))
+    _print(msgspec.to_builtins(deck_import_view(result)))
     return 0
 
 
@@ -529,7 +535,9 @@ def _tokens_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs accounts create``: a new account with its opening balance."""
-    from ocs.http.handlers import account_json
+    import msgspec
+
+    from ocs.views import account_view
 
     opening = _amount(args.balance, "--balance")
     limit = None if args.credit_limit is None else _amount(args.credit_limit, "--credit-limit")
@@ -544,16 +552,18 @@ def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
             status=args.status,
         ),
     )
-    _print(account_json(view))
+    _print(msgspec.to_builtins(account_view(view)))
     return 0
 
 
 def _accounts_show(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs accounts show``: one account."""
-    from ocs.http.handlers import account_json
+    import msgspec
+
+    from ocs.views import account_view
 
     view = _with_services(settings, lambda s: s.accounts.show(args.id))
-    _print(account_json(view))
+    _print(msgspec.to_builtins(account_view(view)))
     return 0
 
 

@@ -360,8 +360,11 @@ def test_schedule_validation() -> None:
     stored = Schedule("months", 1, date(2027, 2, 28), "UTC", day_of_month=31)  # type: ignore[arg-type]
     assert stored.unit is Unit.MONTHS
     assert stored.period(1).first_day == date(2027, 3, 31)
-    with pytest.raises(ValueError):
-        Period(datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC))
+    berlin = ZoneInfo("Europe/Berlin")
+    with pytest.raises(ValueError, match="must end after it starts"):
+        Period(datetime(2026, 1, 2, tzinfo=berlin), datetime(2026, 1, 1, tzinfo=berlin))
+    with pytest.raises(ValueError, match="one ZoneInfo zone"):
+        Period(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC))
 
 
 # --- properties ----------------------------------------------------------------------

@@ -11,13 +11,13 @@ leaves the stored field alone, as decks without shape columns always did.
 
 import csv
 import io
-from dataclasses import replace
 from urllib.parse import quote
 
 import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from ocs.catalog import store as catalog_store
 from ocs.decks.rate_deck import (

@@ -1,10 +1,9 @@
 """Rating beyond the simple shape: graduated tiers, max cost, quantities other than time."""
 
-from dataclasses import replace
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from ocs.rating.rates import Rate, Tier, billed_seconds, cost, increment_at, max_duration
 
@@ -129,15 +128,36 @@ def test_max_duration_is_the_exact_inverse(rate: Rate, funds: int, cap: int) -> 
 
 
 def test_a_live_call_keeps_its_whole_rate_shape() -> None:
-    from ocs.charging.lifecycle import pack_rate, unpack_rate
+    from ocs.charging.lifecycle import CallRecord
 
     for rate in (
         FLAT_THEN_PER_MINUTE,
         Rate(1, 2, 3, 4),
         Rate(0, 0, 10, 10_000, per=1),
         Rate(0, 1, 1, 60_000, max_cost=1_000_000, cut_at_max_cost=True),
+        Rate(0, 60, 60, 10_000, surcharge_percent_bp=250, band_prices=(("peak", 20_000),)),
     ):
-        assert unpack_rate(pack_rate(rate)) == rate
+        record = CallRecord("a", "c", "p", "z", "44", "4420", None, "EUR", rate, 600, 1)
+        assert CallRecord.unpack(record.pack()).rate == rate
+
+
+def test_a_record_written_before_the_struct_still_reads() -> None:
+    # The map the hand-written packer kept in Redis (short keys, the rate as a list
+    # of 4, 8, 10 or 11 numbers): a live call across an upgrade is charged the same.
+    import msgpack
+
+    from ocs.charging.lifecycle import CallRecord
+
+    old = {
+        "a": "1001", "c": "c-1", "p": "retail", "z": "UK", "x": "44", "d": "4420",
+        "o": None, "cur": "EUR", "r": [0, 60, 60, 198_000, [[61, 100_000, 1, 0]], 0, False, 60],
+        "cap": 14_400, "t": 1_764_000_000_000, "n": None, "cr": [0, 1], "q": 30,
+    }  # fmt: skip
+    record = CallRecord.unpack(msgpack.packb(old))
+    assert record.rate == Rate(0, 60, 60, 198_000, tiers=(Tier(61, 100_000),))
+    assert (record.account_id, record.cap, record.quota, record.counter_rate) == (
+        "1001", 14_400, 30, (0, 1),
+    )  # fmt: skip
 
 
 def test_surcharges_are_part_of_the_cost_and_rounded_once() -> None:

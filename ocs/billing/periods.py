@@ -79,7 +79,7 @@ class Period:
         if not isinstance(zone, ZoneInfo) or self.end.tzinfo is not zone:
             raise ValueError("a period's start and end are datetimes in one ZoneInfo zone")
         if _utc(self.start) >= _utc(self.end):
-            raise ValueError(f"a period ends after it starts: {self.start} .. {self.end}")
+            raise ValueError(f"a period must end after it starts: {self.start} .. {self.end}")
 
     @property
     def zone(self) -> ZoneInfo:

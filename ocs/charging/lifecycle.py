@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgpack
 import msgspec
@@ -40,7 +40,6 @@ from ocs.rating.rates import (
     CounterSplit,
     Rate,
     Segments,
-    Tier,
     billed_seconds,
     cost,
     cost_with_counter,
@@ -104,53 +103,42 @@ DIRECTIONS = ("outbound", "inbound")
 FREE_INBOUND = Rate(0, 0, 1, 0)
 
 
-def pack_rate(rate: Rate) -> list[object]:
-    """A rate as a compact msgpack-able list; the simple shape stays four numbers."""
-    packed: list[object] = [
-        rate.connect_fee,
-        rate.first_block,
-        rate.increment,
-        rate.price_per_minute,
-    ]
-    if not rate.simple or rate.per != 60:
-        packed += [
-            [[t.start, t.price_per_minute, t.increment, t.flat] for t in rate.tiers],
-            rate.max_cost,
-            rate.cut_at_max_cost,
-            rate.per,
-            rate.surcharge_percent_bp,
-            rate.surcharge_flat,
-            [list(pair) for pair in rate.band_prices],
-        ]
-    return packed
+class CallRecord(
+    msgspec.Struct,
+    frozen=True,
+    gc=False,
+    omit_defaults=True,
+    # The short keys the record has had in Redis since the first release: a record
+    # written before this became a Struct reads the same.
+    rename={
+        "account_id": "a",
+        "call_id": "c",
+        "plan_id": "p",
+        "zone": "z",
+        "prefix": "x",
+        "destination": "d",
+        "caller": "o",
+        "currency": "cur",
+        "rate": "r",
+        "authorized_at_ms": "t",
+        "nas": "n",
+        "member": "m",
+        "direction": "dir",
+        "counter_id": "ci",
+        "counter_seconds": "cs",
+        "counter_rate": "cr",
+        "quota": "q",
+        "carriers": "rt",
+        "nas_address": "na",
+        "nas_session": "ns",
+        "rating_plan": "rp",
+    },
+):
+    """What a live call was authorized with; stop charges by exactly this.
 
-
-def unpack_rate(packed: list[Any]) -> Rate:
-    """The rate ``pack_rate`` packed."""
-    fee, block, step, price = packed[:4]
-    if len(packed) == 4:
-        return Rate(fee, block, step, price)
-    tiers, max_cost, cut, per = packed[4:8]
-    percent, flat = packed[8:10] if len(packed) >= 10 else (0, 0)
-    band_prices = tuple((band, price) for band, price in packed[10]) if len(packed) > 10 else ()
-    return Rate(
-        fee,
-        block,
-        step,
-        price,
-        tiers=tuple(Tier(*t) for t in tiers),
-        max_cost=max_cost,
-        cut_at_max_cost=cut,
-        per=per,
-        surcharge_percent_bp=percent,
-        surcharge_flat=flat,
-        band_prices=band_prices,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """What a live call was authorized with; stop charges by exactly this."""
+    A msgspec Struct, kept in Redis as msgpack (``pack``/``unpack``): about four times
+    faster than building the map by hand (benchmarks/call_record.py).
+    """
 
     account_id: str
     call_id: str
@@ -194,73 +182,17 @@ class CallRecord:
 
     def pack(self) -> bytes:
         """The record as msgpack, as the live-call entry and the call reference keep it."""
-        r = self.rate
-        extra: dict[str, object] = {}
-        if self.member is not None:
-            extra["m"] = self.member
-        if self.direction != "outbound":
-            extra["dir"] = self.direction
-        if self.counter_id is not None:
-            extra["ci"] = self.counter_id
-            extra["cs"] = self.counter_seconds
-            extra["cr"] = list(self.counter_rate)
-        if self.quota:
-            extra["q"] = self.quota
-        if self.carriers:
-            extra["rt"] = list(self.carriers)
-        if self.nas_address is not None:
-            extra["na"] = self.nas_address
-        if self.nas_session is not None:
-            extra["ns"] = self.nas_session
-        if self.rating_plan is not None:
-            extra["rp"] = self.rating_plan
-        packed: bytes = msgpack.packb(
-            {
-                **extra,
-                "a": self.account_id,
-                "c": self.call_id,
-                "p": self.plan_id,
-                "z": self.zone,
-                "x": self.prefix,
-                "d": self.destination,
-                "o": self.caller,
-                "cur": self.currency,
-                "r": pack_rate(r),
-                "cap": self.cap,
-                "t": self.authorized_at_ms,
-                "n": self.nas,
-            }
-        )
-        return packed
+        return _RECORD_ENCODER.encode(self)
 
     @classmethod
     def unpack(cls, data: bytes) -> "CallRecord":
         """The record ``pack`` made."""
-        m = msgpack.unpackb(data)
-        return cls(
-            account_id=m["a"],
-            call_id=m["c"],
-            plan_id=m["p"],
-            zone=m["z"],
-            prefix=m["x"],
-            destination=m["d"],
-            caller=m["o"],
-            currency=m["cur"],
-            rate=unpack_rate(m["r"]),
-            cap=m["cap"],
-            authorized_at_ms=m["t"],
-            nas=m.get("n"),
-            member=m.get("m"),
-            direction=m.get("dir", "outbound"),
-            counter_id=m.get("ci"),
-            counter_seconds=m.get("cs", 0),
-            counter_rate=tuple(m.get("cr", (0, 1))),
-            quota=m.get("q", 0),
-            carriers=tuple(m.get("rt", ())),
-            nas_address=m.get("na"),
-            nas_session=m.get("ns"),
-            rating_plan=m.get("rp"),
-        )
+        record: CallRecord = _RECORD_DECODER.decode(data)
+        return record
+
+
+_RECORD_ENCODER = msgspec.msgpack.Encoder()
+_RECORD_DECODER = msgspec.msgpack.Decoder(CallRecord)
 
 
 @dataclass(frozen=True, slots=True)

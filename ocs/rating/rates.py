@@ -36,13 +36,18 @@ Rules, stated once:
 
 from dataclasses import dataclass
 
+import msgspec
+
 # (offset in seconds from the call's start, band or None) at each band change.
 Segments = tuple[tuple[int, str | None], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Tier:
-    """From second ``start`` of the call on: a flat amount once, then a price."""
+class Tier(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True, gc=False):
+    """From second ``start`` of the call on: a flat amount once, then a price.
+
+    A msgspec Struct kept as an array (``[start, price, increment, flat]``, trailing
+    defaults left out): that is how a live call's record carries it in Redis.
+    """
 
     start: int
     price_per_minute: int
@@ -58,9 +63,12 @@ class Tier:
             raise ValueError("a tier's increment must be at least 1")
 
 
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """One tariff's price shape. Amounts are micro-units, durations seconds (or units)."""
+class Rate(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True, gc=False):
+    """One tariff's price shape. Amounts are micro-units, durations seconds (or units).
+
+    As msgpack (in a live call's record) it is an array of its fields in this order,
+    trailing defaults left out: a plain rate is four numbers. Do not reorder the fields.
+    """
 
     connect_fee: int
     first_block: int

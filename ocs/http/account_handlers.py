@@ -1,0 +1,326 @@
+"""The accounts' endpoints (create, show, top up, add a caller id) and the RADIUS NAS
+clients' (add, list).
+
+A thin adapter over the account service (``ocs.balances.accounts``) and the NAS
+client table (``ocs.radius.clients``): decode the request, call the service,
+answer its result. Every decision is the service's.
+"""
+
+import ipaddress
+from datetime import datetime
+from typing import Annotated, Any, Literal, get_args
+
+import msgspec
+from aiohttp import web
+
+from ocs.balances.accounts import MAX_LINES, STATUSES, AccountSpec, validate_account_id
+from ocs.errors import invalid
+from ocs.http.context import services_of
+from ocs.http.endpoint import (
+    AccountId,
+    Amount,
+    Answer,
+    Endpoint,
+    Params,
+    Reply,
+    Role,
+    amount_text,
+)
+from ocs.http.plan_handlers import TranslationRule, TranslationRules, rule_dicts
+from ocs.radius import clients as radius_clients
+from ocs.rating.translation import validate_rules
+from ocs.views import AccountView, account_view
+
+AccountStatus = Literal["active", "locked", "suspended"]
+if set(get_args(AccountStatus)) != set(STATUSES):  # one list of statuses, the accounts'
+    raise RuntimeError(f"AccountStatus is not {STATUSES}")
+
+
+# --- accounts ----------------------------------------------------------------------------
+
+
+class CreateAccount(Params):
+    """A new account on a plan; every limit left out is the plan's."""
+
+    id: AccountId
+    plan: Annotated[str, msgspec.Meta(min_length=1, max_length=64, examples=["retail"])]
+    balance: (
+        Annotated[Amount, msgspec.Meta(description="the opening balance (0 when left out)")] | None
+    ) = None
+    credit_limit: Amount | None = None
+    max_lines: (
+        Annotated[
+            int, msgspec.Meta(ge=1, le=MAX_LINES, description="calls the account may hold at once")
+        ]
+        | None
+    ) = None
+    status: AccountStatus | None = None
+    password: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1, max_length=128, description="the account's (or card's) password"
+            ),
+        ]
+        | None
+    ) = None
+    expires_at: (
+        Annotated[
+            datetime,
+            msgspec.Meta(
+                tz=True,
+                description="when the account stops working: ISO 8601 with a time zone",
+                examples=["2027-01-31T23:59:59Z"],
+            ),
+        ]
+        | None
+    ) = None
+
+
+async def create_account(request: web.Request, params: CreateAccount) -> AccountView:
+    """POST /v1/accounts: create an account on a plan (201)."""
+    state = await services_of(request).accounts.create(
+        AccountSpec(
+            params.id,
+            params.plan,
+            opening_balance=int(params.balance or 0),
+            credit_limit=None if params.credit_limit is None else int(params.credit_limit),
+            max_lines=params.max_lines,
+            status=params.status or "active",
+            password=params.password,
+            expires_at=params.expires_at,
+        )
+    )
+    return account_view(state)
+
+
+async def show_account(request: web.Request, params: None) -> AccountView:
+    """GET /v1/accounts/{id}: an account's state."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    return account_view(await services_of(request).accounts.show(account_id))
+
+
+class TopupAccount(Params):
+    """Credit an account once per ``topup_id``: a repeat with the same id changes nothing."""
+
+    amount: Annotated[Amount, msgspec.Meta(description="more than zero")]
+    topup_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=128,
+                description="printable; one is made when left out (no repeat is then known)",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class Topup(Answer):
+    """A top-up: ``amount`` credited, ``balance`` after it."""
+
+    account: str
+    amount: str
+    balance: str
+    repeated: bool
+
+
+async def topup_account(request: web.Request, params: TopupAccount) -> Reply[Topup]:
+    """POST /v1/accounts/{id}/topups: credit an account once per top-up id (201; 200 for
+    a repeat)."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    result = await services_of(request).accounts.topup(
+        account_id, int(params.amount), params.topup_id
+    )
+    answer = Topup(
+        account=account_id,
+        amount=amount_text(result.amount),
+        balance=amount_text(result.balance),
+        repeated=result.repeated,
+    )
+    return Reply(answer, 200 if result.repeated else 201)
+
+
+class AddCaller(Params):
+    """A caller id (Calling-Station-Id) that identifies the account: pinless calling."""
+
+    caller: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=33,
+            description="1 to 32 digits, optionally with a leading '+'",
+            examples=["447700900123"],
+        ),
+    ]
+
+
+class Caller(Answer):
+    """A caller id added to an account (its digits, without '+')."""
+
+    account: str
+    caller: str
+
+
+async def add_caller(request: web.Request, params: AddCaller) -> Caller:
+    """POST /v1/accounts/{id}/callers: let a caller id identify the account (pinless)."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    await services_of(request).accounts.add_caller(account_id, params.caller)
+    return Caller(account=account_id, caller=params.caller.lstrip("+"))
+
+
+# --- RADIUS NAS clients ------------------------------------------------------------------
+
+
+class AddNasClient(Params):
+    """A RADIUS NAS allowed to send requests, or a new version of one of that name."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="printable")]
+    address: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=64,
+            description="an IP address or a CIDR network",
+            examples=["192.0.2.10"],
+        ),
+    ]
+    secret: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=128, description="the RADIUS shared secret")
+    ]
+    require_message_authenticator: bool = True
+    coa_port: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1, le=65535, description="the NAS's port for Disconnect-Requests (RFC 5176)"
+            ),
+        ]
+        | None
+    ) = None
+    translation: (
+        Annotated[
+            TranslationRules,
+            msgspec.Meta(description="rules replacing the plan's for this NAS's calls"),
+        ]
+        | None
+    ) = None
+
+
+class NasClient(Answer):
+    """A RADIUS NAS client; its secret is never shown."""
+
+    name: str
+    address: str
+    require_message_authenticator: bool
+    coa_port: int | None
+    translation: list[TranslationRule] | None
+
+
+async def add_nas_client(request: web.Request, params: AddNasClient) -> NasClient:
+    """POST /v1/nas-clients: let a RADIUS NAS send requests (201)."""
+    if not params.name.isprintable():
+        raise invalid("name", "expected printable characters")
+    try:
+        network = str(ipaddress.ip_network(params.address, strict=False))
+    except ValueError:
+        raise invalid("address", f"not an IP address or CIDR: {params.address!r}") from None
+    rules = params.translation
+    translation = None if rules is None else validate_rules(rule_dicts(rules))
+    await radius_clients.add_client(
+        services_of(request).pool,
+        params.name,
+        network,
+        params.secret,
+        params.require_message_authenticator,
+        params.coa_port,
+        translation,
+    )
+    # The secret is never echoed back.
+    return NasClient(
+        name=params.name,
+        address=network,
+        require_message_authenticator=params.require_message_authenticator,
+        coa_port=params.coa_port,
+        translation=rules,
+    )
+
+
+class NasClients(Answer):
+    """Every RADIUS NAS client, by name."""
+
+    clients: list[NasClient]
+
+
+async def list_nas_clients(request: web.Request, params: None) -> NasClients:
+    """GET /v1/nas-clients: the RADIUS NAS clients, without their secrets."""
+    clients = await radius_clients.list_clients(services_of(request).pool)
+    return NasClients(clients=msgspec.convert(clients, list[NasClient]))
+
+
+ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
+    Endpoint(
+        "POST",
+        "/v1/accounts",
+        Role.OPERATOR,
+        "Create an account on a plan",
+        create_account,
+        CreateAccount,
+        AccountView,
+        status=201,
+        errors=(404, 409),
+        answer_description="the account created",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}",
+        Role.VIEWER,
+        "An account's state: balance, what live calls hold, limits",
+        show_account,
+        None,
+        AccountView,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/accounts/{account_id}/topups",
+        Role.OPERATOR,
+        "Credit an account once per top-up id",
+        topup_account,
+        TopupAccount,
+        Topup,
+        status=201,
+        answer_description="credited (200: a repeat of a top-up id, credited once)",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/accounts/{account_id}/callers",
+        Role.OPERATOR,
+        "Let a caller id identify the account (pinless calling)",
+        add_caller,
+        AddCaller,
+        Caller,
+        status=201,
+        errors=(409,),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/nas-clients",
+        Role.ADMIN,
+        "Let a RADIUS NAS send requests (replaces one of the same name)",
+        add_nas_client,
+        AddNasClient,
+        NasClient,
+        status=201,
+        answer_description="the NAS client, without its secret",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/nas-clients",
+        Role.VIEWER,
+        "The RADIUS NAS clients, without their secrets",
+        list_nas_clients,
+        None,
+        NasClients,
+    ),
+)
