@@ -1,7 +1,7 @@
 """RADIUS throughput of `ocs serve`: Access-Requests, and full calls (accept, start, stop).
 
 The load is FreeRADIUS's radclient (freeradius-utils) with -p parallel
-requests, as in DESIGN.md's measured facts for FreeRADIUS itself: N distinct
+requests, as in the design card's measured facts for FreeRADIUS itself: N distinct
 Access-Requests (each a new call with its own h323-conf-id, a Message-
 Authenticator on each) read from a file. Accounts have lines and funds for
 every call, so each request is a full authorization: tariff match, funds and

@@ -73,7 +73,7 @@ class Reason(Enum):
         return _REASONS[self].sip_status
 
 
-# h323-return-code values follow the Cisco prepaid IVR convention (DESIGN.md); sip_status the
+# h323-return-code values follow the Cisco prepaid IVR convention; sip_status the
 # table in the module docstring. A switch token refused (401/403) is the deployment's fault, not
 # the caller's: 503, so that the switch fails over or announces "unavailable", never "forbidden".
 _REASONS: dict[Reason, _ReasonInfo] = {

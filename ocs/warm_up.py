@@ -11,13 +11,13 @@ from types import ModuleType
 from typing import Any
 
 from ocs.catalog import routes, snapshot, store
-from ocs.decks import rate_deck
+from ocs.decks import cost_deck, rate_deck, scan
 from ocs.numbers import matcher
 
 log = logging.getLogger("ocs.matcher")
 
 # The modules that define numba kernels a serving process runs.
-KERNEL_MODULES: tuple[ModuleType, ...] = (matcher, rate_deck, snapshot, store, routes)
+KERNEL_MODULES: tuple[ModuleType, ...] = (matcher, scan, cost_deck, snapshot, store, routes)
 
 
 def cached_kernels() -> list[Any]:
@@ -67,6 +67,7 @@ def warm_up() -> float:
         )
     matcher.warm_up_lookups()
     rate_deck.warm_up()
+    cost_deck.warm_up()
     snapshot.warm_up()
     store.warm_up()
     took = time.perf_counter() - started

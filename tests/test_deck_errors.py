@@ -16,8 +16,10 @@ import pytest
 
 from ocs.catalog import routes_store
 from ocs.config import Settings
+from ocs.decks import cost_deck
 from ocs.decks.code_lists import CodeListError, parse_code_list
-from ocs.decks.rate_deck import MAX_REPORTED, DeckError, parse_deck, parse_deck_rows
+from ocs.decks.problems import MAX_REPORTED, DeckError
+from ocs.decks.rate_deck import parse_deck, parse_deck_rows
 from ocs.services import Services
 from tests.conftest import RunningApp
 from tests.test_deck_import import (
@@ -52,7 +54,7 @@ KINDS: dict[str, tuple[list[Callable[[str | bytes], object]], Callable[[str], st
         lambda cell: HEADER + "33,France,0.03,0,60,1\n" + f"44,{cell},0.01,0,60,60\n",
     ),
     "cost deck": (
-        [routes_store.parse_carrier_deck, routes_store.parse_carrier_deck_rows],  # type: ignore[list-item]
+        [cost_deck.parse_carrier_deck, cost_deck.parse_carrier_deck_rows],  # type: ignore[list-item]
         lambda cell: COST_HEADER + "33,0,60,1,0.03\n" + f"{cell},0,60,60,0.01\n",
     ),
     "code list": ([parse_code_list], lambda cell: CODES_HEADER + "33,France\n" + f"44,{cell}\n"),
@@ -84,7 +86,7 @@ def test_a_line_with_a_bad_prefix_and_a_bad_price_reports_both(
 
 
 def test_a_cost_deck_line_and_a_code_list_line_report_every_problem() -> None:
-    cost = refusal(routes_store.parse_carrier_deck, COST_HEADER + "44A,x,60,60,abc\n")
+    cost = refusal(cost_deck.parse_carrier_deck, COST_HEADER + "44A,x,60,60,abc\n")
     assert cost.problems == [
         (2, BAD_PREFIX),
         (2, "connect_fee: not a decimal amount: 'x'"),
@@ -127,7 +129,7 @@ def test_many_bad_lines_are_capped_with_a_count_of_the_rest() -> None:
 
 def test_a_bad_cost_deck_and_a_bad_code_list_are_capped_too() -> None:
     cost = refusal(
-        routes_store.parse_carrier_deck,
+        cost_deck.parse_carrier_deck,
         COST_HEADER + "".join(f"{n},0,60,60,x\n" for n in range(100, 350)),
     )
     assert [line for line, _ in cost.problems] == list(range(2, 102))

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocs.decks import rate_deck as deck
-from ocs.decks.rate_deck import MAX_REPORTED, Deck, DeckError, parse_deck, parse_deck_rows
+from ocs.decks import problems as deck_problems
+from ocs.decks.problems import MAX_REPORTED, DeckError
+from ocs.decks.rate_deck import Deck, parse_deck, parse_deck_rows
 from tests.test_deck_import import BAD_DECKS, DECK_A, DECK_B, HEADER
 
 
@@ -106,7 +107,7 @@ def test_the_compiled_parse_agrees_with_the_reference(text: str) -> None:
 @given(decks())
 def test_with_a_small_cap_both_parses_list_and_count_the_same_problems(text: str) -> None:
     # A cap of 3 puts the cut, and the count of the rest, inside Hypothesis's small decks.
-    with mock.patch.object(deck, "MAX_REPORTED", 3):
+    with mock.patch.object(deck_problems, "MAX_REPORTED", 3):
         same_as_reference(text)
 
 

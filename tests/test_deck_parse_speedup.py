@@ -1,8 +1,8 @@
 """The compiled deck parse's shortcuts give what the plain ways give.
 
-``_intern`` (slots holding all a lookup compares, strings hashed and compared a
-word at a time) and ``_intern_keys`` (prefix keys, only repeated ones hashed)
-against a dict; ``_good_rows`` handing back a view of the scan's rows when the
+``intern_strings`` (slots holding all a lookup compares, strings hashed and compared a
+word at a time) and ``intern_keys`` (prefix keys, only repeated ones hashed)
+against a dict; ``good_rows`` handing back a view of the scan's rows when the
 good lines are its first ones; and whole decks on those paths against the
 row-by-row reference.
 """
@@ -12,15 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocs.decks.rate_deck import (
-    _OK,
-    _SLOW,
-    _good_rows,
-    _intern,
-    _intern_keys,
-    parse_deck,
-    parse_deck_rows,
-)
+from ocs.decks.rate_deck import parse_deck, parse_deck_rows
+from ocs.decks.scan import LINE_OK, LINE_SLOW, good_rows, intern_keys, intern_strings
 from tests.test_deck_parse import outcome
 
 HEADER = "prefix,zone,price_per_minute,connect_fee,first_block,increment"
@@ -61,7 +54,7 @@ def test_intern_agrees_with_a_dict(items: list[object]) -> None:
     texts = [b"k" if isinstance(i, int) else i for i in items]
     keys = np.array([i if isinstance(i, int) else -1 for i in items], np.int64)
     buf, at, length = packed(texts)  # type: ignore[arg-type]
-    ids, first = _intern(buf, at, length, keys)
+    ids, first = intern_strings(buf, at, length, keys)
     want = reference_ids([("key", i) if isinstance(i, int) else i for i in items])
     assert (ids.tolist(), first.tolist()) == want
 
@@ -69,7 +62,7 @@ def test_intern_agrees_with_a_dict(items: list[object]) -> None:
 def test_intern_grows_past_its_first_table() -> None:
     texts = [f"zone {i % 3000}".encode() for i in range(9000)]
     buf, at, length = packed(texts)
-    ids, first = _intern(buf, at, length, np.full(len(texts), -1, np.int64))
+    ids, first = intern_strings(buf, at, length, np.full(len(texts), -1, np.int64))
     assert (ids.tolist(), first.tolist()) == reference_ids(texts)  # type: ignore[arg-type]
 
 
@@ -78,15 +71,15 @@ def test_intern_grows_past_its_first_table() -> None:
 def test_intern_keys_agrees_with_a_dict(distinct: list[int], rnd) -> None:  # type: ignore[no-untyped-def]
     keys = [rnd.choice(distinct) if distinct and rnd.random() < 0.3 else k for k in distinct]
     array = np.array(keys, np.int64)
-    ids, first = _intern_keys(array, np.sort(array))
+    ids, first = intern_keys(array, np.sort(array))
     assert (ids.tolist(), first.tolist()) == reference_ids(keys)  # type: ignore[arg-type]
 
 
 def test_intern_keys_of_many_repeats() -> None:
     keys = np.random.default_rng(7).integers(0, 5000, 100_000)
-    ids, first = _intern_keys(keys, np.sort(keys))
+    ids, first = intern_keys(keys, np.sort(keys))
     assert (ids.tolist(), first.tolist()) == reference_ids(keys.tolist())
-    plain = _intern(
+    plain = intern_strings(
         np.zeros(0, np.uint8), np.zeros(len(keys), np.int64), np.zeros(len(keys), np.int64), keys
     )
     assert (ids.tolist(), first.tolist()) == (plain[0].tolist(), plain[1].tolist())
@@ -100,8 +93,8 @@ def scan_rows(outcomes: list[int]) -> np.ndarray:
 
 def test_good_rows_are_a_view_when_they_are_the_first_rows() -> None:
     data = np.zeros(4, np.uint8)
-    out = scan_rows([_OK, _OK, _OK, 1])
-    good, rows, buf = _good_rows(data, out, {})
+    out = scan_rows([LINE_OK, LINE_OK, LINE_OK, 1])
+    good, rows, buf = good_rows(data, out, {})
     assert good.tolist() == [0, 1, 2]
     assert np.shares_memory(rows, out) and (rows == out[:3]).all()
     assert buf is data
@@ -109,8 +102,8 @@ def test_good_rows_are_a_view_when_they_are_the_first_rows() -> None:
 
 def test_good_rows_are_a_copy_when_a_line_between_is_not_good() -> None:
     data = np.zeros(4, np.uint8)
-    out = scan_rows([_OK, 1, _OK, _SLOW])
-    good, rows, _ = _good_rows(data, out, {})
+    out = scan_rows([LINE_OK, 1, LINE_OK, LINE_SLOW])
+    good, rows, _ = good_rows(data, out, {})
     assert good.tolist() == [0, 2]
     assert not np.shares_memory(rows, out) and (rows == out[[0, 2]]).all()
 

@@ -20,18 +20,16 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from ocs.catalog import store as catalog_store
-from ocs.decks.rate_deck import (
-    MAX_REPORTED,
+from ocs.decks.cells import (
     OPTIONAL_COLUMNS,
-    DeckError,
     format_band_prices,
     format_tiers,
     parse_band_prices,
-    parse_deck,
-    parse_deck_rows,
     parse_tiers,
     shape_cells,
 )
+from ocs.decks.problems import MAX_REPORTED, DeckError
+from ocs.decks.rate_deck import parse_deck, parse_deck_rows
 from ocs.rating.rates import Rate, Tier, cost
 from tests.conftest import RunningApp
 from tests.test_deck_import import HEADER, import_over_http

@@ -242,11 +242,13 @@ import numba, numpy as np
 from ocs.catalog import snapshot as catalog
 from ocs.catalog import store as catalog_store
 from ocs.decks import rate_deck as deck
+from ocs.decks import scan
+from ocs.decks.problems import DeckError
 from ocs.numbers import matcher
 from ocs.numbers import prefixes
 from ocs.warm_up import warm_up
 
-modules = (matcher, deck, catalog, catalog_store)
+modules = (matcher, scan, catalog, catalog_store)
 kernels = {
     f"{m.__name__}.{name}": obj
     for m in modules
@@ -281,7 +283,7 @@ plain_index.lookup_keys(matcher.encode_numbers(["4401", "44"]))
 catalog.build_deck(b"44\\t7\\n", catalog.PlanTariffs((7,), ("t",)))
 try:
     deck.parse_deck(header + "44,A,1,0,1,1\\n44,A,2,0,1,1\\nx,A,1,0,1,1\\n")
-except deck.DeckError:
+except DeckError:
     pass
 after = {name: len(k.signatures) for name, k in kernels.items()}
 print({name: (before[name], after[name]) for name in kernels if after[name] != before[name]})

@@ -18,7 +18,8 @@ from ocs.catalog import routes_store
 from ocs.catalog import store as catalog_store
 from ocs.catalog.routes import RouteBook, RouteDecision
 from ocs.catalog.snapshot import CatalogSnapshot, Plan, load_snapshot
-from ocs.decks.rate_deck import DeckError
+from ocs.decks import cost_deck
+from ocs.decks.problems import DeckError
 from ocs.errors import OcsError, Reason
 from ocs.http import routes_handlers
 from ocs.http.app import create_app
@@ -183,25 +184,25 @@ def test_a_cost_deck_parses_in_any_column_order_with_bom_crlf_and_plus_signs() -
         '"0.060",447,6,30,0.150\r\n'
         "0.010,49,60,60,0\r\n"
     )
-    deck = routes_store.parse_carrier_deck(text)
+    deck = cost_deck.parse_carrier_deck(text)
     fixed = per_minute(10_000, block=60, increment=60)
     mobile = per_minute(60_000, connect_fee=150_000, block=30, increment=6)
     assert list(deck) == [("44", fixed), ("447", mobile), ("49", fixed)]
     assert deck.lines.tolist() == [2, 4, 5]
     assert sorted(deck.rates, key=lambda r: r.price_per_minute) == [fixed, mobile]
     assert deck[0][1] is deck[2][1]  # one Rate per distinct rate
-    assert list(routes_store.parse_carrier_deck_rows(text)) == list(deck)
+    assert list(cost_deck.parse_carrier_deck_rows(text)) == list(deck)
 
 
 def test_a_plain_cost_deck_takes_the_compiled_path_and_reads_as_the_reference() -> None:
     text = HEADER + "+44,0,60,60,0.010\r\n 447 , 0.150 ,30,6,0.06\n\n , ,,,\n49,0,60,60,.01\n"
-    deck = routes_store.parse_carrier_deck(text)
+    deck = cost_deck.parse_carrier_deck(text)
     fixed = per_minute(10_000, block=60, increment=60)
     mobile = per_minute(60_000, connect_fee=150_000, block=30, increment=6)
     assert list(deck) == [("44", fixed), ("447", mobile), ("49", fixed)]
     assert deck.lines.tolist() == [2, 3, 6]
     assert len(deck.rates) == 2
-    assert list(routes_store.parse_carrier_deck_rows(text)) == list(deck)
+    assert list(cost_deck.parse_carrier_deck_rows(text)) == list(deck)
 
 
 def _outcome(parse: object, text: str) -> tuple[str, object]:
@@ -239,8 +240,8 @@ def test_the_compiled_parse_follows_the_reference_on_odd_decks() -> None:
         text = "\r\n".join(lines) if rng.random() < 0.3 else "\n".join(lines)
         if rng.random() < 0.5:
             text += "\n"
-        assert _outcome(routes_store.parse_carrier_deck, text) == _outcome(
-            routes_store.parse_carrier_deck_rows, text
+        assert _outcome(cost_deck.parse_carrier_deck, text) == _outcome(
+            cost_deck.parse_carrier_deck_rows, text
         ), text
 
 
@@ -274,7 +275,7 @@ BAD_COST_DECKS: dict[str, tuple[str, list[int], tuple[str, ...]]] = {
 def test_a_bad_cost_deck_names_each_line_and_field(name: str) -> None:
     text, lines, words = BAD_COST_DECKS[name]
     with pytest.raises(DeckError) as caught:
-        routes_store.parse_carrier_deck(text)
+        cost_deck.parse_carrier_deck(text)
     assert [line for line, _ in caught.value.problems] == lines
     first = caught.value.problems[0][1]
     for word in words:
@@ -326,7 +327,7 @@ async def two_carriers(services: Services) -> None:
     await routes_store.create_carrier(pool, "A", "Carrier A")
     await routes_store.create_carrier(pool, "B", "Carrier B")
     await routes_store.import_carrier_rates(pool, "A", DECK_A)
-    await routes_store.import_carrier_rates(pool, "B", routes_store.parse_carrier_deck(DECK_B))
+    await routes_store.import_carrier_rates(pool, "B", cost_deck.parse_carrier_deck(DECK_B))
     await routes_store.set_route_set(pool, "rs", ["A", "B"])
 
 

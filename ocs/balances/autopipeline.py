@@ -1,7 +1,7 @@
 """Auto-pipelining: every Redis command issued in one event-loop tick goes out as one pipeline.
 
 One ``await redis.evalsha(...)`` per request through a connection pool
-collapses under hundreds of concurrent requests (DESIGN.md, measured facts);
+collapses under hundreds of concurrent requests (measured, decision 0006);
 collecting the commands of a tick and sending them together keeps one round
 trip per decision while serving thousands of decisions a second.
 

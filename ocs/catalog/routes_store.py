@@ -5,12 +5,9 @@ Every change commits in one transaction and then NOTIFYs the catalog channel
 ``carrier:<id>`` rebuilds that carrier's cost deck only, ``routes:<id>`` rereads
 the route sets, ``plan:<id>`` the plan's routing settings (ocs.catalog.snapshot).
 
-A cost deck is CSV with the header ``prefix,connect_fee,first_block,increment,
-price_per_minute`` (any column order), amounts as decimal strings like a plan's
-rate deck, durations whole seconds. It is all or nothing: every problem of a bad
-row is reported with its line number and column (the first 100 in the file, the
-rest counted) and nothing is applied; a good deck replaces the carrier's whole
-deck in one transaction.
+A cost deck (its CSV and its rules: ocs.decks.cost_deck) is all or nothing: a
+bad deck is refused whole with every problem named, and a good deck replaces the
+carrier's whole deck in one transaction.
 """
 
 from __future__ import annotations
@@ -24,30 +21,12 @@ import asyncpg
 import numba
 import numpy as np
 
-from ocs.catalog.routes import RATE_FIELDS, intern_rates, rates_of
 from ocs.catalog.snapshot import CATALOG_CHANNEL
 from ocs.catalog.store import validate_plan_id
-from ocs.decks.rate_deck import (
-    _FIRST_LINE,
-    DeckError,
-    _duplicate,
-    _duplicate_prefixes,
-    _good_rows,
-    _missing_or_unknown,
-    _no_rows,
-    _PrefixRows,
-    _Problems,
-    _read_lines,
-    _reference_rows,
-    _row_values,
-    _scan_deck,
-    decode_utf8,
-)
+from ocs.decks.cost_deck import CARRIER_COLUMNS, RATE_FIELDS, CarrierDeck, parse_carrier_deck
 from ocs.errors import OcsError, Reason, invalid
 from ocs.numbers.matcher import prefix_keys
-from ocs.rating.rates import Rate
 
-CARRIER_COLUMNS = ("prefix", "connect_fee", "first_block", "increment", "price_per_minute")
 MAX_NAME_CHARS = 200
 MAX_ROUTE_SET_CARRIERS = 64
 
@@ -67,55 +46,6 @@ class Carrier:
     name: str
 
 
-class CarrierDeck(_PrefixRows[tuple[str, Rate]]):
-    """A parsed, valid cost deck, column-wise: no Python object per row.
-
-    Row i (file order) is the prefix ``buf[prefix_at[i]:prefix_at[i] + prefix_len[i]]``
-    (digits, no '+') costing ``rates[rate_of[i]]``; ``values[k]`` holds rate k's
-    fields (connect fee, first block, increment, price per minute). As a sequence
-    it is (prefix, rate) pairs, built on access, for small decks and tests.
-    """
-
-    __slots__ = ("rate_of", "rates", "values")
-
-    def __init__(
-        self,
-        *,
-        buf: np.ndarray,
-        lines: np.ndarray,
-        prefix_at: np.ndarray,
-        prefix_len: np.ndarray,
-        rate_of: np.ndarray,
-        values: np.ndarray,
-    ) -> None:
-        super().__init__(buf, lines, prefix_at, prefix_len)
-        self.rate_of = rate_of
-        self.values = values
-        self.rates = rates_of(values, np.arange(len(values)))
-
-    @classmethod
-    def from_rows(cls, rows: Sequence[tuple[int, str, Rate]]) -> CarrierDeck:
-        """The column form of valid (line, prefix, rate) rows."""
-        fields = np.array(
-            [(r.connect_fee, r.first_block, r.increment, r.price_per_minute) for _, _, r in rows],
-            np.int64,
-        ).reshape(len(rows), RATE_FIELDS)
-        buf, prefix_at, prefix_len = cls._packed([prefix for _, prefix, _ in rows])
-        rate_of, first = intern_rates(fields)
-        return cls(
-            buf=buf,
-            lines=np.fromiter((line for line, _, _ in rows), np.int64, len(rows)),
-            prefix_at=prefix_at,
-            prefix_len=prefix_len,
-            rate_of=rate_of,
-            values=fields[first],
-        )
-
-    def __getitem__(self, i: int) -> tuple[str, Rate]:  # type: ignore[override]
-        i = self._position(i)
-        return self.prefix(i), self.rates[int(self.rate_of[i])]
-
-
 @dataclass(frozen=True, slots=True)
 class CarrierDeckImport:
     """The outcome of a cost deck import: prefixes and distinct rates stored."""
@@ -123,84 +53,6 @@ class CarrierDeckImport:
     carrier_id: str
     prefixes: int
     rates: int  # distinct rates
-
-
-# --- the cost deck CSV ---------------------------------------------------------------
-#
-# A plan's rate deck without zone, direction or shape columns: the scan, the per-row
-# rules and the messages are ocs.decks.rate_deck's, with durations in ASCII digits only.
-
-
-def _read_header(header: list[str]) -> dict[str, int]:
-    names = [h.strip().lower() for h in header]
-    expected = "expected " + ",".join(CARRIER_COLUMNS)
-    detail = _missing_or_unknown(names, CARRIER_COLUMNS)
-    if detail:
-        raise DeckError([(1, "; ".join(detail) + "; " + expected)])
-    if len(set(names)) != len(names):
-        raise DeckError([(1, "a column is given twice; " + expected)])
-    return {name: names.index(name) for name in CARRIER_COLUMNS}
-
-
-def _carrier_row(fields: list[str], index: dict[str, int]) -> tuple[str, str, Rate, str]:
-    """(prefix, "", rate, "outbound") of one row's fields; ValueError names the column."""
-    return _row_values(fields, index, ascii_digits=True)
-
-
-def parse_carrier_deck_rows(text: str) -> CarrierDeck:
-    """The row-by-row reference parse: the rules ``parse_carrier_deck`` follows."""
-    seen: dict[str, int] = {}
-
-    def read_row(fields: list[str], index: dict[str, int], line: int) -> tuple[int, str, Rate]:
-        prefix, _, rate, _ = _carrier_row(fields, index)
-        if prefix in seen:
-            raise ValueError(_duplicate(prefix, "outbound", seen[prefix]))
-        seen[prefix] = line
-        return line, prefix, rate
-
-    rows, _ = _reference_rows(text, CARRIER_COLUMNS, _read_header, read_row, "cost deck")
-    return CarrierDeck.from_rows(rows)
-
-
-def parse_carrier_deck(text: str | bytes) -> CarrierDeck:
-    """Parse a whole cost deck; raises DeckError listing every problem of every bad line
-    (the first ``MAX_REPORTED``, the rest counted).
-
-    Rules as for a plan's deck (ocs.decks.rate_deck): a leading '+' on a prefix is
-    dropped, blank lines are skipped, a prefix may be given once, a spreadsheet's
-    BOM and CRLF line ends are fine; ``parse_carrier_deck_rows`` states them row
-    by row. A million-row deck is read by the plan deck's compiled pass; a line
-    it cannot vouch for is read by the reference's rules, which word every
-    error, and a deck whose quoting it does not follow by the reference outright.
-    """
-    if isinstance(text, str):
-        data_bytes = text.encode("utf-8", "surrogatepass")
-    else:
-        data_bytes = text
-        text = decode_utf8(text)
-    scanned = _scan_deck(data_bytes, _read_header)
-    if scanned is None:
-        return parse_carrier_deck_rows(text)
-    data, out, index, ncols = scanned
-    problems = _Problems()
-    slow = _read_lines(data, out, ncols, problems, lambda fields: _carrier_row(fields, index))
-    good, rows, buf = _good_rows(data, out, slow)
-    lines = good + _FIRST_LINE
-    _duplicate_prefixes(buf, rows, lines, problems)
-    if problems.found:
-        raise problems.error()
-    if not len(rows):
-        raise _no_rows("cost deck")
-    values = np.ascontiguousarray(rows[:, 6:10])  # connect fee, first block, increment, price
-    rate_of, first = intern_rates(values)
-    return CarrierDeck(
-        buf=buf,
-        lines=lines,
-        prefix_at=rows[:, 2].copy(),
-        prefix_len=rows[:, 3].copy(),
-        rate_of=rate_of,
-        values=values[first],
-    )
 
 
 # --- writes ------------------------------------------------------------------------------

@@ -178,8 +178,13 @@ class CatalogSnapshot:
 # --- prefixes out of PostgreSQL ------------------------------------------------------
 
 
-def _copy_columns(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of COPY text ``prefix<TAB>zone_id<LF>``: (prefix at, prefix length, zone id)."""
+def deck_line_columns(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A plan's stored deck lines (``read_deck_lines``: COPY text ``prefix<TAB>zone_id<LF>``)
+    as columns: (prefix at, prefix length, zone id), int64 arrays with one entry a line.
+
+    The import compares a new deck with the stored lines by these (ocs.catalog.store),
+    and a reload builds the plan's deck from them (``build_deck``).
+    """
     at, length, values = copy_columns(data, 1)
     return at, length, np.ascontiguousarray(values[:, 0])
 
@@ -201,7 +206,7 @@ def build_deck(data: bytes, tariffs: PlanTariffs) -> PrefixTable[Tariff]:
     Raises ValueError on a prefix that is not 1 to 32 digits.
     """
     buf = np.frombuffer(data, np.uint8)
-    at, length, zone = _copy_columns(buf)
+    at, length, zone = deck_line_columns(buf)
     zone_ids = np.asarray(tariffs.zone_ids, np.int64)  # sorted: ORDER BY zone_id
     slot = np.searchsorted(zone_ids, zone)
     rated = slot < len(zone_ids)

@@ -17,13 +17,14 @@ import numpy as np
 from ocs.catalog.snapshot import (
     CATALOG_CHANNEL,
     Plan,
-    _copy_columns,
+    deck_line_columns,
     plan_from_row,
     read_deck_lines,
     tiers_to_json,
 )
+from ocs.decks.cells import SHAPE_FIELDS
 from ocs.decks.code_lists import STANDARD, code_list_lines
-from ocs.decks.rate_deck import RATE_FIELDS, Deck, DeckRow
+from ocs.decks.rate_deck import Deck, DeckRow
 from ocs.errors import OcsError, Reason, invalid
 from ocs.numbers.matcher import KEY_DIGITS, POW11, prefix_keys
 from ocs.rating.bands import BandSchedule
@@ -221,7 +222,7 @@ def _tariff_record(plan_id: str, zone_id: int, direction: str, rate: Rate) -> tu
     """A tariffs row (``_TARIFF_COLUMNS``) of a deck's rate."""
     shape = []
     for column in _SHAPE_COLUMNS:
-        value = getattr(rate, RATE_FIELDS[column])
+        value = getattr(rate, SHAPE_FIELDS[column])
         if column == "tiers":
             value = tiers_to_json(value)
         elif column == "band_prices":
@@ -396,7 +397,7 @@ def _difference(
     if not stored:
         return len(deck), 0, 0
     old_buf = np.frombuffer(stored, np.uint8)
-    old_at, old_len, old_zone = _copy_columns(old_buf)
+    old_at, old_len, old_zone = deck_line_columns(old_buf)
     old_keys = prefix_keys(old_buf, old_at, old_len)
     new_keys = ordered.keys.copy()
     new_zone = zone_of_row[ordered.rows]

@@ -693,21 +693,8 @@ class CallService:
         divided by the free lines.
         """
         account_id = request.account_id
-        call_id = uuid.uuid4().hex if request.call_id is None else validate_call_id(request.call_id)
-        caller = clean_caller(request.caller)
-        if request.direction not in DIRECTIONS:
-            raise invalid("direction", f"expected one of {', '.join(DIRECTIONS)}")
+        call_id, caller, digest = self._checked(request, origin)
         quota = request.quota
-        if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int)):
-            raise invalid("quota", "expected whole seconds as an integer")
-        if quota is not None and not 1 <= quota <= MAX_DURATION:
-            raise invalid("quota", f"expected 1 to {MAX_DURATION} seconds")
-        if not origin.check_password:
-            digest = ""
-        elif request.password is None:
-            digest = "-"  # never equals a digest: an account with a password refuses
-        else:
-            digest = password_digest(account_id, request.password)
         plan_id = await self._plan_of(account_id)
         # The counter (and its free seconds) the script said applies, once it has said.
         counter_guess: tuple[str | None, int] | None = None
@@ -804,17 +791,42 @@ class CallService:
                     plan_id = actual
                 case CounterChanged(seconds=seconds, counter_id=counter_id):
                     counter_guess = (counter_id, seconds)
-                case Refused(reason="funds_held_by_live_calls", live_calls=live_calls):
-                    raise FundsHeldByLiveCalls(live_calls)
-                case Refused(reason=reason):
-                    if reason == "account_not_found":
-                        self._plans.pop(account_id, None)
-                    raise OcsError(
-                        Reason(reason),
-                        _REFUSAL_MESSAGES.get(reason, reason),
-                        field="account" if reason == "account_not_found" else None,
-                    )
+                case Refused():
+                    raise self._refusal(account_id, outcome)
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
+
+    @staticmethod
+    def _checked(request: AuthorizeRequest, origin: Origin) -> tuple[str, str | None, str]:
+        """The call id (one made when the switch gave none), the cleaned caller id and
+        the password digest to check (``""``: the origin checks none); 400 naming the
+        field the request got wrong."""
+        call_id = uuid.uuid4().hex if request.call_id is None else validate_call_id(request.call_id)
+        if request.direction not in DIRECTIONS:
+            raise invalid("direction", f"expected one of {', '.join(DIRECTIONS)}")
+        quota = request.quota
+        if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int)):
+            raise invalid("quota", "expected whole seconds as an integer")
+        if quota is not None and not 1 <= quota <= MAX_DURATION:
+            raise invalid("quota", f"expected 1 to {MAX_DURATION} seconds")
+        if not origin.check_password:
+            digest = ""
+        elif request.password is None:
+            digest = "-"  # never equals a digest: an account with a password refuses
+        else:
+            digest = password_digest(request.account_id, request.password)
+        return call_id, clean_caller(request.caller), digest
+
+    def _refusal(self, account_id: str, refused: Refused) -> OcsError:
+        """The error for the authorize script's refusal, with its reason code."""
+        if refused.reason == "funds_held_by_live_calls":
+            return FundsHeldByLiveCalls(refused.live_calls)
+        if refused.reason == "account_not_found":
+            self._plans.pop(account_id, None)  # the account may come back on another plan
+        return OcsError(
+            Reason(refused.reason),
+            _REFUSAL_MESSAGES.get(refused.reason, refused.reason),
+            field="account" if refused.reason == "account_not_found" else None,
+        )
 
     @staticmethod
     def _record_for(

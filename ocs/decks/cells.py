@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ocs.money import MoneyError, format_amount, parse_amount
 from ocs.rating.rates import Rate, Tier
 
+# The base columns, in the order the compiled scan takes their positions (ocs.decks.scan).
 COLUMNS = ("prefix", "zone", "price_per_minute", "connect_fee", "first_block", "increment")
 # Tariff shape columns, each one field of the shape API (PUT .../tariffs/{zone}/shape).
 SHAPE_COLUMNS = (
@@ -27,6 +28,7 @@ SHAPE_COLUMNS = (
     "band_prices",
 )
 OPTIONAL_COLUMNS = ("direction", *SHAPE_COLUMNS)
+# A tariff's directions; a row without a direction cell (or with an empty one) is outbound.
 DIRECTIONS = ("outbound", "inbound")
 MAX_BLOCK_SECONDS = 86_400  # a first block or an increment: at most a day
 MAX_ZONE_CHARS = 200
@@ -48,8 +50,6 @@ def control_character(text: str) -> str | None:
         if (code < 32 and code != 9) or 127 <= code < 160:
             return f"holds the control character U+{code:04X}; names are printable text"
     return None
-
-
 
 
 def parse_direction(text: str) -> str:

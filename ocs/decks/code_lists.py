@@ -23,19 +23,13 @@ import io
 import asyncpg
 import numpy as np
 
-from ocs.decks.rate_deck import (
-    DeckError,
-    _csv_problem,
-    _Problems,
-    control_character,
-    decode_utf8,
-)
-from ocs.numbers.matcher import PrefixIndex
+from ocs.decks.cells import control_character
+from ocs.decks.problems import DeckError, Problems, csv_problem, decode_utf8
+from ocs.numbers.matcher import MAX_PREFIX_DIGITS, PrefixIndex
 from ocs.numbers.prefixes import PrefixTable
 
 STANDARD = ""  # the list id of the standard table; any other is a plan's id
 MAX_NAME_CHARS = 120
-MAX_PREFIX_DIGITS = 32
 
 
 class CodeListError(DeckError):
@@ -48,7 +42,7 @@ class CodeListError(DeckError):
 
 def parse_code_list(text: str | bytes) -> list[tuple[str, str]]:
     """(prefix, name) of every row, in prefix order; CodeListError listing every problem
-    of every bad line (the first ``deck.MAX_REPORTED``, the rest counted).
+    of every bad line (the first ``MAX_REPORTED``, the rest counted).
 
     Lists have thousands to a few hundred thousand rows, read here by the csv
     module with a check per row: 1.3-1.5 s for 200,000 rows on the dev machine.
@@ -62,12 +56,12 @@ def parse_code_list(text: str | bytes) -> list[tuple[str, str]]:
     try:
         header = [cell.strip().lower() for cell in next(rows, [])]
     except csv.Error as exc:
-        raise CodeListError([(1, _csv_problem(exc))]) from None
+        raise CodeListError([(1, csv_problem(exc))]) from None
     missing = [c for c in ("prefix", "name") if c not in header]
     if missing:
         raise CodeListError([(1, f"header: no column {' or '.join(missing)}")])
     at_prefix, at_name = header.index("prefix"), header.index("name")
-    problems = _Problems()
+    problems = Problems()
     first_line: dict[str, int] = {}
     entries: list[tuple[str, str]] = []
     while True:
@@ -76,7 +70,7 @@ def parse_code_list(text: str | bytes) -> list[tuple[str, str]]:
         except StopIteration:
             break
         except csv.Error as exc:  # the reader goes on at the next line
-            problems.add(rows.line_num, _csv_problem(exc))
+            problems.add(rows.line_num, csv_problem(exc))
             continue
         line = rows.line_num
         if not any(cell.strip() for cell in row):

@@ -68,8 +68,6 @@ def missing_or_unknown(
     return detail
 
 
-
-
 # The base columns after prefix and zone, in the order their problems are reported:
 # (column, minimum seconds), -1 for an amount.
 _BASE_VALUES = (("connect_fee", -1), ("first_block", 0), ("increment", 1), ("price_per_minute", -1))
@@ -125,7 +123,6 @@ def row_values(
         raise LineProblems(problems)
     rate = Rate(*values, **shape)  # type: ignore[arg-type]
     return prefix, zone, rate, direction
-
 
 
 def is_blank(fields: list[str]) -> bool:
@@ -204,5 +201,3 @@ def reference_rows(
     if not rows:
         raise no_rows(what)
     return rows, index
-
-

@@ -156,17 +156,15 @@ class LookUpNumber(Params):
     direction: Annotated[
         Literal["outbound", "inbound"], msgspec.Meta(description="outbound (default) or inbound")
     ] = "outbound"
-    access_number: (
-        Annotated[
-            str,
-            msgspec.Meta(
-                max_length=33,
-                description="the access number (DNIS) called: its plan rates the call",
-                examples=["18005550100"],
-            ),
-        ]
-        | None
-    ) = None
+    # A query parameter is never null: empty (or left out) is no access number.
+    access_number: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=33,
+            description="the access number (DNIS) called: its plan rates the call",
+            examples=["18005550100"],
+        ),
+    ] = ""
 
 
 class NumberRated(Answer):
@@ -190,7 +188,7 @@ async def lookup_number(request: web.Request, params: LookUpNumber) -> NumberRat
     it (translation, access number, on-net, longest prefix), and its area-code name:
     the operator's "which zone is this?" without reading a deck."""
     plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
-    access_number = (params.access_number or "").lstrip("+") or None
+    access_number = params.access_number.lstrip("+") or None
     snapshot = services_of(request).catalog.snapshot
     plan = snapshot.plan(plan_id)
     if plan is None:

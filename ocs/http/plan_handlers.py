@@ -335,17 +335,16 @@ LocalTime = Annotated[
 ]
 
 
-class BandRuleParams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class BandRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A weekly rule: the band the given weekdays are in from ``start`` to ``end``."""
 
     band: Annotated[str, msgspec.Meta(min_length=1, examples=["peak"])]
     # The weekdays' range is the schedule validator's: an error names ``days`` itself.
     days: Annotated[
-        list[int],
+        list[Annotated[int, msgspec.Meta(extra_json_schema={"minimum": 0, "maximum": 6})]],
         msgspec.Meta(
             min_length=1,
             description="weekdays, 0 (Monday) to 6 (Sunday); every day when left out",
-            extra_json_schema={"items": {"type": "integer", "minimum": 0, "maximum": 6}},
         ),
     ] = msgspec.field(default_factory=lambda: list(range(7)))
     start: LocalTime
@@ -358,7 +357,7 @@ class SetBands(Params):
     time_zone: Annotated[
         str, msgspec.Meta(min_length=1, max_length=64, description="an IANA time zone")
     ] = "UTC"
-    rules: Annotated[list[BandRuleParams], msgspec.Meta(max_length=MAX_BAND_RULES)] = msgspec.field(
+    rules: Annotated[list[BandRule], msgspec.Meta(max_length=MAX_BAND_RULES)] = msgspec.field(
         default_factory=list
     )
     holidays: (

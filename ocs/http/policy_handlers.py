@@ -1,330 +1,572 @@
-"""HTTP handlers for account policy: limits, members, usage counters, calling cards
-(PIN batches and IVR queries) and cutting a live call."""
+"""The account-policy endpoints: an account's limits, its members, a plan's policy,
+calling cards (PIN batches and the IVRs' PIN queries) and cutting a live call.
 
-from typing import Any
+A thin adapter over the services (``ocs.balances``, ``ocs.charging.lifecycle``):
+each endpoint declares what it takes and answers (``ENDPOINTS``), the handler
+calls the service and shapes its result. The usage counters' endpoints are in
+``ocs.http.counter_handlers``.
+"""
 
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+import msgspec
 from aiohttp import web
 
-from ocs.balances.accounts import UNSET, validate_account_id, validate_member
-from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
-from ocs.catalog.store import SLICE_SECONDS_MAX, validate_plan_id
+from ocs.balances.accounts import STATUSES, UNSET, Unset, validate_account_id, validate_member
+from ocs.balances.cards import MAX_BATCH
+from ocs.balances.plan_policy import LANGUAGE_MAX, PlanPolicy, set_plan_policy
+from ocs.catalog.store import RESERVATION_POLICIES, SLICE_SECONDS_MAX, validate_plan_id
 from ocs.charging.lifecycle import validate_call_id
-from ocs.errors import OcsError, Reason, invalid
-from ocs.http.context import SERVICES
-from ocs.http.handlers import account_json
-from ocs.http.json_io import (
-    amount_field,
-    int_field,
-    money,
-    read_object,
-    string_field,
-    timestamp_field,
-)
+from ocs.errors import OcsError, Reason
+from ocs.http.context import services_of
+from ocs.http.counter_handlers import ENDPOINTS as COUNTER_ENDPOINTS
+from ocs.http.counter_handlers import ZERO_AMOUNT
+
+# Until ocs/http/app.py lists ocs.http.counter_handlers itself: its legacy route table
+# still names these handlers here, and the counter endpoints are served through this
+# module's ENDPOINTS (below). Then both go.
+from ocs.http.counter_handlers import account_counters as account_counters
+from ocs.http.counter_handlers import buy_counter as buy_counter
+from ocs.http.counter_handlers import cancel_counter as cancel_counter
+from ocs.http.counter_handlers import define_counter as define_counter
+from ocs.http.counter_handlers import reset_counters as reset_counters
+from ocs.http.endpoint import Amount, Answer, Endpoint, Member, ObjectId, Params, Role, amount_text
 from ocs.metrics import PIN_FAILURES
-from ocs.rating.counter_rules import CounterDef
 from ocs.services import Services
+from ocs.views import AccountView, account_view
+
+AccountStatus = Literal["active", "locked", "suspended"]
+ReservationPolicy = Literal["whole", "slice", "share"]
+# The Literals are the API's spelling of the services' own lists: they must not drift.
+if set(get_args(AccountStatus)) != set(STATUSES) or get_args(ReservationPolicy) != tuple(
+    RESERVATION_POLICIES
+):
+    raise RuntimeError("the API's account statuses or reservation policies differ from ocs's")
+
+LineLimit = Annotated[int, msgspec.Meta(ge=1, le=10_000, description="live calls at most")]
+MemberLineLimit = Annotated[
+    int, msgspec.Meta(ge=0, le=10_000, description="live calls per member; 0: no limit")
+]
+MemberLimit = Annotated[int, msgspec.Meta(ge=0, le=1_000_000, description="members at most")]
 
 
-def _services(request: web.Request) -> Services:
-    return request.app[SERVICES]
+# --- an account's limits ----------------------------------------------------------------
 
 
-def _bool_field(body: dict[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name, default)
-    if not isinstance(value, bool):
-        raise invalid(name, "expected true or false")
-    return value
+class ChangeAccount(Params):
+    """An account's limits to change; a field left out keeps its value. null removes
+    ``critical_balance`` (no lock) and ``max_members`` (no limit); no other limit can go."""
+
+    credit_limit: Amount | msgspec.UnsetType = msgspec.UNSET
+    max_lines: LineLimit | msgspec.UnsetType = msgspec.UNSET
+    min_balance: Amount | msgspec.UnsetType = msgspec.UNSET
+    critical_balance: (
+        Annotated[
+            Amount | None, msgspec.Meta(description="lock the account below this; null: never")
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    member_max_lines: MemberLineLimit | msgspec.UnsetType = msgspec.UNSET
+    max_members: (
+        Annotated[MemberLimit | None, msgspec.Meta(description="null: no limit")]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    status: (
+        Annotated[
+            AccountStatus,
+            msgspec.Meta(description="an operator's decision: it clears a critical-balance lock"),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
 
 
-async def update_account(request: web.Request) -> web.Response:
+T = TypeVar("T")
+
+
+def _given(value: T | msgspec.UnsetType) -> T | None:
+    """A field of a change as the service takes it: None when left out."""
+    return None if isinstance(value, msgspec.UnsetType) else value
+
+
+def _micro(value: int | None) -> int | None:
+    """An amount as a plain int (None kept): the Redis client packs exact ints only, and
+    a body's amount decodes to ``Amount``, an int subclass."""
+    return None if value is None else int(value)
+
+
+def _removable(value: T | msgspec.UnsetType | None) -> T | Unset | None:
+    """A removable limit as the service takes it: UNSET when left out, None to remove it."""
+    return UNSET if isinstance(value, msgspec.UnsetType) else value
+
+
+async def update_account(request: web.Request, params: ChangeAccount) -> AccountView:
     """PATCH an account's limits; a field set to null removes that limit where it may."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
-    body = await read_object(request)
-    view = await _services(request).accounts.update_policy(
+    critical = params.critical_balance
+    state = await services_of(request).accounts.update_policy(
         account_id,
-        credit_limit=amount_field(body, "credit_limit", required=False),
-        max_lines=int_field(body, "max_lines", required=False, minimum=1, maximum=10_000),
-        min_balance=amount_field(body, "min_balance", required=False),
-        critical_balance=(
-            amount_field(body, "critical_balance", required=False)
-            if "critical_balance" in body
-            else UNSET
-        ),
-        member_max_lines=int_field(body, "member_max_lines", required=False, maximum=10_000),
-        max_members=(
-            int_field(body, "max_members", required=False, maximum=1_000_000)
-            if "max_members" in body
-            else UNSET
-        ),
-        status=string_field(body, "status", required=False, max_len=16),
+        credit_limit=_micro(_given(params.credit_limit)),
+        max_lines=_given(params.max_lines),
+        min_balance=_micro(_given(params.min_balance)),
+        critical_balance=(UNSET if isinstance(critical, msgspec.UnsetType) else _micro(critical)),
+        member_max_lines=_given(params.member_max_lines),
+        max_members=_removable(params.max_members),
+        status=_given(params.status),
     )
-    return web.json_response(account_json(view))
+    return account_view(state)
 
 
-async def set_policy_of_plan(request: web.Request) -> web.Response:
-    """PUT a plan's policy: the account defaults, and how its calls reserve funds."""
-    plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
-    body = await read_object(request)
-    policy = PlanPolicy(
-        max_members=int_field(body, "max_members", required=False, maximum=1_000_000),
-        member_max_lines=int_field(body, "member_max_lines", required=False, maximum=10_000) or 0,
-        critical_balance=amount_field(body, "critical_balance", required=False),
-        recurring_fee=amount_field(body, "recurring_fee", required=False) or 0,
-        lock_prorated=_bool_field(body, "lock_prorated", False),
-        language=string_field(body, "language", required=False, max_len=16) or "en",
-        # How the plan's calls hold funds (ocs.catalog.snapshot.Plan); checked by name
-        # in set_plan_policy.
-        reservation_policy=string_field(body, "reservation_policy", required=False, max_len=16)
-        or "whole",
-        slice_seconds=int_field(
-            body, "slice_seconds", required=False, minimum=1, maximum=SLICE_SECONDS_MAX
-        )
-        or 60,
-    )
-    await set_plan_policy(_services(request).pool, plan_id, policy)
-    return web.json_response(
-        {
-            "plan": plan_id,
-            "max_members": policy.max_members,
-            "member_max_lines": policy.member_max_lines,
-            "critical_balance": (
-                None if policy.critical_balance is None else money(policy.critical_balance)
-            ),
-            "recurring_fee": money(policy.recurring_fee),
-            "lock_prorated": policy.lock_prorated,
-            "language": policy.language,
-            "reservation_policy": policy.reservation_policy,
-            "slice_seconds": policy.slice_seconds,
-        }
-    )
+# --- members ------------------------------------------------------------------------------
 
 
-async def add_member(request: web.Request) -> web.Response:
+class AddMember(Params):
+    """A member (SIP user, extension, caller id) of the account, with its own line limit;
+    adding one that exists changes its limit."""
+
+    member: Member
+    max_lines: (
+        Annotated[LineLimit, msgspec.Meta(description="its own limit; null: the account's")] | None
+    ) = None
+
+
+class MemberAdded(Answer):
+    """A member of an account and its own line limit (null: the account's member limit)."""
+
+    account: str
+    member: str
+    max_lines: int | None
+
+
+async def add_member(request: web.Request, params: AddMember) -> MemberAdded:
     """POST /v1/accounts/{id}/members: add a member with its own line limit."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
-    body = await read_object(request)
-    member = validate_member(body.get("member"))
-    max_lines = int_field(body, "max_lines", required=False, minimum=1, maximum=10_000)
-    await _services(request).accounts.add_member(account_id, member, max_lines)
-    return web.json_response(
-        {"account": account_id, "member": member, "max_lines": max_lines}, status=201
-    )
+    member = validate_member(params.member)
+    await services_of(request).accounts.add_member(account_id, member, params.max_lines)
+    return MemberAdded(account=account_id, member=member, max_lines=params.max_lines)
 
 
-async def list_members(request: web.Request) -> web.Response:
+class MemberLine(Answer):
+    """A member and its own line limit (null: the account's member limit)."""
+
+    member: str
+    max_lines: int | None
+
+
+class AccountMembers(Answer):
+    """An account's members, by name."""
+
+    account: str
+    members: list[MemberLine]
+
+
+async def list_members(request: web.Request, params: None) -> AccountMembers:
     """GET /v1/accounts/{id}/members: the account's members."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
-    members = await _services(request).accounts.members(account_id)
-    return web.json_response({"account": account_id, "members": members})
+    members = await services_of(request).accounts.members(account_id)
+    return AccountMembers(account=account_id, members=msgspec.convert(members, list[MemberLine]))
 
 
-async def remove_member(request: web.Request) -> web.Response:
+class MemberRemoved(Answer):
+    """A member removed from its account: it no longer names the account."""
+
+    account: str
+    member: str
+    removed: bool
+
+
+async def remove_member(request: web.Request, params: None) -> MemberRemoved:
     """DELETE /v1/accounts/{id}/members/{member}: remove a member."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     member = validate_member(request.match_info["member"])
-    await _services(request).accounts.remove_member(account_id, member)
-    return web.json_response({"account": account_id, "member": member, "removed": True})
+    await services_of(request).accounts.remove_member(account_id, member)
+    return MemberRemoved(account=account_id, member=member, removed=True)
 
 
-def counter_json(counter: CounterDef) -> dict[str, Any]:
-    """A usage counter's definition as the JSON API shows it."""
-    return {
-        "id": counter.id,
-        "plan": counter.plan_id,
-        "seconds": counter.seconds,
-        "zones": sorted(counter.zones),
-        "price_per_minute": money(counter.price_per_minute),
-        "increment": counter.increment,
-        "reject_on_threshold": counter.reject_on_threshold,
-        "carryover": counter.carryover,
-        "mandatory": counter.mandatory,
-        "recurring_fee": money(counter.recurring_fee),
-        "active": counter.active,
-        "taxes_follow_counter": counter.taxes_follow_counter,
-    }
+# --- a plan's policy ---------------------------------------------------------------------
 
 
-async def define_counter(request: web.Request) -> web.Response:
-    """POST /v1/plans/{id}/counters: define a usage counter of a plan."""
+class SetPlanPolicy(Params):
+    """A plan's whole policy (a field left out takes its default): the defaults its new
+    accounts copy, and how its calls reserve funds (applied to calls from then on)."""
+
+    max_members: Annotated[MemberLimit | None, msgspec.Meta(description="null: no limit")] = None
+    member_max_lines: MemberLineLimit = 0
+    critical_balance: Annotated[
+        Amount | None, msgspec.Meta(description="lock accounts below this; null: never")
+    ] = None
+    recurring_fee: Amount = ZERO_AMOUNT
+    lock_prorated: Annotated[
+        bool, msgspec.Meta(description="the next recurring fee is not available for calls")
+    ] = False
+    language: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, max_length=LANGUAGE_MAX, description="the card prompts' language tag"
+        ),
+    ] = "en"
+    reservation_policy: Annotated[
+        ReservationPolicy,
+        msgspec.Meta(
+            description="whole: the call's funds at once; slice: slice_seconds at a time;"
+            " share: a share of what the account has"
+        ),
+    ] = "whole"
+    slice_seconds: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=SLICE_SECONDS_MAX, description="seconds a slice reserves"),
+    ] = 60
+
+
+class PlanPolicyView(Answer):
+    """A plan's policy as set."""
+
+    plan: str
+    max_members: int | None
+    member_max_lines: int
+    critical_balance: str | None
+    recurring_fee: str
+    lock_prorated: bool
+    language: str
+    reservation_policy: str
+    slice_seconds: int
+
+
+async def set_policy_of_plan(request: web.Request, params: SetPlanPolicy) -> PlanPolicyView:
+    """PUT a plan's policy: the account defaults, and how its calls reserve funds."""
     plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
-    body = await read_object(request)
-    zones = body.get("zones")
-    if not isinstance(zones, list) or not zones or not all(isinstance(z, str) for z in zones):
-        raise invalid("zones", "expected a non-empty list of zone names")
-    counter_id = string_field(body, "id", max_len=64)
-    seconds = int_field(body, "seconds", minimum=1, maximum=10_000_000)
-    assert counter_id is not None and seconds is not None
-    counter = await _services(request).counters.create(
-        CounterDef(
-            id=counter_id,
-            plan_id=plan_id,
-            seconds=seconds,
-            zones=frozenset(zones),
-            price_per_minute=amount_field(body, "price_per_minute", required=False) or 0,
-            increment=int_field(body, "increment", required=False, minimum=1, maximum=3600) or 1,
-            reject_on_threshold=_bool_field(body, "reject_on_threshold", False),
-            carryover=_bool_field(body, "carryover", False),
-            mandatory=_bool_field(body, "mandatory", True),
-            recurring_fee=amount_field(body, "recurring_fee", required=False) or 0,
-            active=_bool_field(body, "active", True),
-            taxes_follow_counter=_bool_field(body, "taxes_follow_counter", False),
-        )
+    policy = PlanPolicy(
+        max_members=params.max_members,
+        member_max_lines=params.member_max_lines,
+        critical_balance=_micro(params.critical_balance),
+        recurring_fee=int(params.recurring_fee),
+        lock_prorated=params.lock_prorated,
+        language=params.language,
+        reservation_policy=params.reservation_policy,
+        slice_seconds=params.slice_seconds,
     )
-    return web.json_response(counter_json(counter), status=201)
-
-
-async def account_counters(request: web.Request) -> web.Response:
-    """GET /v1/accounts/{id}/counters: the account's counters in this cycle."""
-    account_id = validate_account_id(request.match_info["account_id"], "account_id")
-    state = await _services(request).counters.state(account_id)
-    return web.json_response(
-        {
-            "account": account_id,
-            "counters": [
-                {
-                    "counter": counter_id,
-                    "limit": cycle["limit"],
-                    "used": cycle["used"],
-                    "held": cycle["held"],
-                    "left": max(cycle["limit"] - cycle["used"] - cycle["held"], 0),
-                }
-                for counter_id, cycle in sorted(state.items())
-            ],
-        }
+    await set_plan_policy(services_of(request).pool, plan_id, policy)
+    return PlanPolicyView(
+        plan=plan_id,
+        max_members=policy.max_members,
+        member_max_lines=policy.member_max_lines,
+        critical_balance=(
+            None if policy.critical_balance is None else amount_text(policy.critical_balance)
+        ),
+        recurring_fee=amount_text(policy.recurring_fee),
+        lock_prorated=policy.lock_prorated,
+        language=policy.language,
+        reservation_policy=policy.reservation_policy,
+        slice_seconds=policy.slice_seconds,
     )
 
 
-async def buy_counter(request: web.Request) -> web.Response:
-    """POST /v1/accounts/{id}/counters: buy an optional counter."""
-    account_id = validate_account_id(request.match_info["account_id"], "account_id")
-    body = await read_object(request)
-    counter_id = string_field(body, "counter", max_len=64)
-    assert counter_id is not None
-    counter = await _services(request).counters.buy(account_id, counter_id)
-    return web.json_response({"account": account_id, **counter_json(counter)}, status=201)
+# --- calling cards -----------------------------------------------------------------------
 
 
-async def cancel_counter(request: web.Request) -> web.Response:
-    """DELETE /v1/accounts/{id}/counters/{counter}: cancel a counter."""
-    account_id = validate_account_id(request.match_info["account_id"], "account_id")
-    counter_id = request.match_info["counter_id"]
-    await _services(request).counters.cancel(account_id, counter_id)
-    return web.json_response({"account": account_id, "counter": counter_id, "cancelled": True})
+class GeneratePins(Params):
+    """A batch of calling cards of a plan, each worth ``value``."""
+
+    batch: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=r"^[A-Za-z0-9_-]{1,32}$",
+            description="the batch's id: 1 to 32 letters, digits, '-' or '_'",
+            examples=["ivr-2027-01"],
+        ),
+    ]
+    plan: ObjectId
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH, description="cards in the batch")]
+    value: Annotated[Amount, msgspec.Meta(description="each card's opening balance")]
+    length: Annotated[
+        int,
+        msgspec.Meta(
+            ge=6, le=20, description="digits of each PIN; at least 1000 times more PINs than cards"
+        ),
+    ] = 12
+    password_length: (
+        Annotated[int, msgspec.Meta(ge=4, le=32, description="digits of a password per card")]
+        | None
+    ) = None
+    expires_at: (
+        Annotated[
+            datetime,
+            msgspec.Meta(
+                tz=True,
+                description="when the cards expire, with a zone (2027-01-31T23:59:59Z)",
+            ),
+        ]
+        | None
+    ) = None
+    expire_days: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0, le=36_600, description="days after first use the card expires; 0: never"
+        ),
+    ] = 0
 
 
-async def reset_counters(request: web.Request) -> web.Response:
-    """Start a new counter cycle; the body is required, as the schema says: an empty
-    request resetting every account's counters would be too easy to send by mistake,
-    so all accounts take an explicit ``{}``."""
-    body = await read_object(request, required=True)
-    plan_id = string_field(body, "plan", required=False, max_len=64)
-    account_id = body.get("account")
-    if account_id is not None:
-        validate_account_id(account_id, "account")
-    cycle = string_field(body, "cycle", required=False, max_len=64)
-    report = await _services(request).counters.reset(plan_id, account_id, cycle)
-    return web.json_response(
-        {"accounts": report.accounts, "counters": report.counters, "fees": report.fees}
-    )
-
-
-async def generate_pins(request: web.Request) -> web.Response:
+async def generate_pins(request: web.Request, params: GeneratePins) -> web.Response:
     """Create a PIN batch; the answer is the batch's CSV, the only place PINs appear."""
-    body = await read_object(request)
-    batch_id = string_field(body, "batch", max_len=32)
-    plan_id = string_field(body, "plan", max_len=64)
-    count = int_field(body, "count", minimum=1, maximum=1_000_000)
-    length = int_field(body, "length", required=False, minimum=6, maximum=20) or 12
-    value = amount_field(body, "value")
-    assert batch_id is not None and plan_id is not None
-    assert count is not None and value is not None
-    batch = await _services(request).cards.generate(
-        batch_id=batch_id,
-        plan_id=plan_id,
-        count=count,
-        length=length,
-        value=value,
-        password_length=int_field(body, "password_length", required=False, minimum=4, maximum=32),
-        expires_at=timestamp_field(body, "expires_at"),
-        expire_days=int_field(body, "expire_days", required=False, maximum=36_600) or 0,
+    batch = await services_of(request).cards.generate(
+        batch_id=params.batch,
+        plan_id=params.plan,
+        count=params.count,
+        length=params.length,
+        value=int(params.value),
+        password_length=params.password_length,
+        expires_at=params.expires_at,
+        expire_days=params.expire_days,
     )
     return web.Response(
         text=batch.csv(),
         status=201,
         content_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{batch_id}.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="{params.batch}.csv"'},
     )
 
 
-async def _card(request: web.Request) -> tuple[Services, str]:
+Caller = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=64,
+        description="who is calling the IVR (its caller id): wrong PINs count against it;"
+        " left out, against the IVR only",
+    ),
+]
+
+
+class PinQuery(Params):
+    """An IVR's card lookup by PIN (the query string; an empty value is one left out)."""
+
+    caller: Caller = ""
+
+
+async def _card(request: web.Request, caller: str) -> tuple[Services, str]:
     """The card a PIN in the path opens; wrong PINs count against the caller's guesses
     and, as a NAS's do over RADIUS, against the IVR asking (its address): a client
     that names a new ``caller`` for every guess is still stopped."""
-    services = _services(request)
+    services = services_of(request)
     pin = request.match_info["pin"]
     ivr = request.remote
-    caller = request.query.get("caller") or ivr
-    await services.pin_guard.check(caller, ivr)
+    who = caller or ivr
+    await services.pin_guard.check(who, ivr)
     account_id = await services.cards.account_for_pin(pin)
     if account_id is None:
         PIN_FAILURES.labels("http").inc()
-        await services.pin_guard.failed(caller, ivr)
+        await services.pin_guard.failed(who, ivr)
         raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no card has this PIN", field="pin")
     return services, account_id
 
 
-async def pin_info(request: web.Request) -> web.Response:
+class PinInfo(Answer):
+    """A card's state for an IVR: status, balance, prompts' language, expiry."""
+
+    account: str
+    status: str
+    balance: str
+    available: str
+    currency: str
+    language: str
+    expires_at: int | None
+    expires_days_after_first_use: int | None
+
+
+async def pin_info(request: web.Request, params: PinQuery) -> PinInfo:
     """GET /v1/pins/{pin}: an IVR's card lookup by PIN: status, balance, language, expiry."""
-    services, account_id = await _card(request)
+    services, account_id = await _card(request, params.caller)
     state = await services.accounts.show(account_id)
     expires = state.expires_at
-    return web.json_response(
-        {
-            "account": account_id,
-            "status": state.status,
-            "balance": money(state.balance),
-            "available": money(state.available),
-            "currency": state.currency,
-            "language": await services.cards.language(account_id),
-            "expires_at": expires or None,
-            "expires_days_after_first_use": (state.expire_days or None) if not expires else None,
-        }
+    return PinInfo(
+        account=account_id,
+        status=state.status,
+        balance=amount_text(state.balance),
+        available=amount_text(state.available),
+        currency=state.currency,
+        language=await services.cards.language(account_id),
+        expires_at=expires or None,
+        expires_days_after_first_use=(state.expire_days or None) if not expires else None,
     )
 
 
-async def pin_time(request: web.Request) -> web.Response:
+class PinTimeQuery(Params):
+    """An IVR's "how long may this card call" (the query string; an empty value is one
+    left out)."""
+
+    destination: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=64, description="the number to call")
+    ]
+    access_number: Annotated[
+        str,
+        msgspec.Meta(max_length=33, description="the number the card holder dialled in on"),
+    ] = ""
+    caller: Caller = ""
+
+
+class PinTime(Answer):
+    """The seconds a card's funds buy to a destination (nothing is reserved)."""
+
+    account: str
+    destination: str
+    destination_name: str | None
+    zone: str
+    seconds: int
+
+
+async def pin_time(request: web.Request, params: PinTimeQuery) -> PinTime:
     """GET /v1/pins/{pin}/time: an IVR's "you have N minutes" for a card and a destination."""
-    services, account_id = await _card(request)
-    destination = request.query.get("destination")
-    if not destination:
-        raise invalid("destination", "is required")
-    access_number = (request.query.get("access_number") or "").lstrip("+") or None
-    quote = await services.calls.quote(account_id, destination, access_number)
-    return web.json_response(
-        {
-            "account": account_id,
-            "destination": quote.destination,
-            "destination_name": quote.destination_name,
-            "zone": quote.zone,
-            "seconds": quote.seconds,
-        }
+    services, account_id = await _card(request, params.caller)
+    access_number = params.access_number.lstrip("+") or None
+    quote = await services.calls.quote(account_id, params.destination, access_number)
+    return PinTime(
+        account=account_id,
+        destination=quote.destination,
+        destination_name=quote.destination_name,
+        zone=quote.zone,
+        seconds=quote.seconds,
     )
 
 
-async def cut_call(request: web.Request) -> web.Response:
+# --- cutting a live call -----------------------------------------------------------------
+
+
+class CallCut(Answer):
+    """A cut call: charged up to now, and what its NAS said to the Disconnect-Request."""
+
+    call_id: str
+    account: str
+    duration: int
+    cost: str
+    balance: str
+    cause: str
+    disconnect: Annotated[
+        str | None,
+        msgspec.Meta(
+            description='the NAS\'s answer: "ack", "nak", "nak:<cause>" or "unreachable";'
+            " null: not a RADIUS call, no NAS to tell"
+        ),
+    ]
+
+
+async def cut_call(request: web.Request, params: None) -> CallCut:
     """Cut a live call: charge it up to now and ask its NAS to end it (RFC 5176)."""
     call_id = validate_call_id(request.match_info["call_id"], "call_id")
-    services = _services(request)
+    services = services_of(request)
     charge, record = await services.calls.cut(call_id)
     outcome = None if services.disconnect is None else await services.disconnect(record)
-    return web.json_response(
-        {
-            "call_id": call_id,
-            "account": charge.account_id,
-            "duration": charge.duration,
-            "cost": money(charge.charged),
-            "balance": money(charge.balance),
-            "cause": charge.cause,
-            "disconnect": None if outcome is None else getattr(outcome, "reason", None),
-        }
+    reason = getattr(outcome, "reason", None)
+    return CallCut(
+        call_id=call_id,
+        account=charge.account_id,
+        duration=charge.duration,
+        cost=amount_text(charge.charged),
+        balance=amount_text(charge.balance),
+        cause=charge.cause,
+        disconnect=reason if isinstance(reason, str) else None,
     )
+
+
+ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
+    Endpoint(
+        "PATCH",
+        "/v1/accounts/{account_id}",
+        Role.OPERATOR,
+        "Change an account's limits (null removes critical_balance or max_members)",
+        update_account,
+        ChangeAccount,
+        AccountView,
+        description="A field left out keeps its value. A status set here is an operator's"
+        " decision: it clears a critical-balance lock.",
+        answer_description="the account as changed",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}/members",
+        Role.VIEWER,
+        "An account's members and their own line limits",
+        list_members,
+        None,
+        AccountMembers,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/accounts/{account_id}/members",
+        Role.OPERATOR,
+        "Add a member (SIP user, extension, caller id), or change its line limit",
+        add_member,
+        AddMember,
+        MemberAdded,
+        status=201,
+        body_required=True,
+        errors=(409,),
+        description="409: the account has its max_members, or the member is another account's.",
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/accounts/{account_id}/members/{member}",
+        Role.OPERATOR,
+        "Remove a member: it no longer names the account",
+        remove_member,
+        None,
+        MemberRemoved,
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/plans/{plan_id}/policy",
+        Role.ADMIN,
+        "Set a plan's policy: its accounts' defaults and how its calls reserve funds",
+        set_policy_of_plan,
+        SetPlanPolicy,
+        PlanPolicyView,
+        description="Accounts created later copy the defaults; existing ones keep theirs."
+        " The reservation policy applies to the plan's calls authorized from then on.",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/pin-batches",
+        Role.OPERATOR,
+        "Create a batch of calling cards; the answer is its CSV, the only place PINs appear",
+        generate_pins,
+        GeneratePins,
+        None,
+        status=201,
+        body_required=True,
+        errors=(404, 409),
+        answer_description="the batch as text/csv: pin, password, account, value, currency,"
+        " expires (one line per card)",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/pins/{pin}",
+        Role.SWITCH,
+        "An IVR's card lookup by PIN: status, balance, language, expiry",
+        pin_info,
+        PinQuery,
+        PinInfo,
+        errors=(403,),
+        description="Wrong PINs count against the caller and the IVR asking: past the"
+        " limit, 403 pin_blocked.",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/pins/{pin}/time",
+        Role.SWITCH,
+        'An IVR\'s "you have N minutes": the seconds a card buys to a destination',
+        pin_time,
+        PinTimeQuery,
+        PinTime,
+        errors=(403,),
+        description="Reserves nothing. Wrong PINs count as for the lookup.",
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/calls/{call_id}",
+        Role.OPERATOR,
+        "Cut a live call: charge it up to now and ask its NAS to end it (RFC 5176)",
+        cut_call,
+        None,
+        CallCut,
+        description="The switch's own stop that follows is charged only for what it adds.",
+    ),
+    *COUNTER_ENDPOINTS,  # until app.py lists ocs.http.counter_handlers (see the imports)
+)

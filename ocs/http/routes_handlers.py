@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ocs.catalog import routes_store
 from ocs.catalog import store as catalog_store
+from ocs.decks import cost_deck
 from ocs.errors import invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import Answer, Endpoint, ObjectId, Params, Reply, Role
@@ -67,7 +68,7 @@ async def import_carrier_rates(request: web.Request, params: None) -> CarrierRat
     text = await read_text(request, "deck")
     try:
         # A large deck is seconds of CPU: off the event loop.
-        deck = await asyncio.to_thread(routes_store.parse_carrier_deck, text)
+        deck = await asyncio.to_thread(cost_deck.parse_carrier_deck, text)
     except csv.Error as exc:
         # What the parser itself does not word (a CR inside a field): still the
         # caller's CSV, a 400, never a 500.

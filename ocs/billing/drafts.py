@@ -1,0 +1,293 @@
+"""Draft invoices: the lines a group of accounts should have for one period, written whole.
+
+Kill Bill style recomputation: a draft is never patched. A run (or a rerun)
+loads what the accounts have, with one query for their charge items and one
+set-based aggregation of their CDRs (GROUP BY account, zone, direction), asks
+``lines`` which lines follow, then in one transaction creates any missing
+invoice (the unique key on account and period makes that idempotent), locks
+the accounts' invoices, deletes the drafts' lines and writes them again.
+Posted and void invoices are left as they are. The same inputs give the same
+lines and totals, so repeating a run changes nothing.
+
+``preview`` computes one account's invoice for the period holding an instant
+without storing anything (a dry run).
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import asyncpg
+
+from ocs.billing.cycles import PlanBilling, schedule
+from ocs.billing.lines import Item, Line, Targets, Usage, invoice_lines, targets
+from ocs.billing.periods import Period, Schedule
+from ocs.errors import OcsError, Reason
+
+_ITEMS_SQL = """
+SELECT s.account_id, c.id AS charge_id, sc.id AS item_id, c.name, c.amount, sc.quantity,
+       c.kind, c.cadence, c.every_days, c.timing,
+       GREATEST(s.start_date, sc.start_date) AS start,
+       LEAST(sc.end_date, s.end_date, s.cancelled_on) AS "end"
+FROM subscriptions s
+JOIN subscription_charges sc ON sc.subscription_id = s.id
+JOIN charges c ON c.id = sc.charge_id
+WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
+  AND ($2::timestamptz IS NULL OR sc.created_at <= $2)
+UNION ALL
+SELECT s.account_id, c.id, NULL, c.name, c.amount, 1,
+       c.kind, c.cadence, c.every_days, c.timing,
+       s.start_date, LEAST(s.end_date, s.cancelled_on)
+FROM subscriptions s
+JOIN charges c ON c.plan_id = s.plan_id
+WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
+  AND ($2::timestamptz IS NULL OR c.created_at <= $2)
+"""
+
+# One pass over the accounts' CDRs of the window (index cdrs_account_idx).
+_USAGE_SQL = """
+SELECT account_id, zone, direction, count(*) AS calls, sum(duration) AS seconds,
+       sum(billed_seconds) AS billed_seconds, sum(charged) AS amount,
+       min(entry_id) AS first_cdr, max(entry_id) AS last_cdr
+FROM cdrs
+WHERE account_id = ANY($1::text[]) AND stopped_at >= $2 AND stopped_at < $3
+GROUP BY account_id, zone, direction
+"""
+
+_LINE_COLUMNS = (
+    "invoice_id",
+    "position",
+    "kind",
+    "description",
+    "period_start",
+    "period_end",
+    "quantity",
+    "amount",
+    "exact_amount",
+    "moves_money",
+    "charge_id",
+    "item_id",
+    "zone",
+    "direction",
+    "calls",
+    "seconds",
+    "billed_seconds",
+    "first_cdr",
+    "last_cdr",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Accounts of one plan sharing one invoice period (one chunk of a run)."""
+
+    billing: PlanBilling
+    anchor: date | None  # a subscription-date cycle's start date, else None
+    period: Period
+    account_ids: list[str]
+
+    @property
+    def cycle(self) -> Schedule:
+        """The plan's (or, for the subscription-date cycle, the accounts') schedule."""
+        return schedule(self.billing, self.anchor)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """A run's settings that shape a draft."""
+
+    invoice_date: date
+    charge_cutoff: datetime | None = None
+    usage_cutoff: datetime | None = None
+    calculate_taxes: bool = True
+    run_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What writing a group's drafts did: drafts (re)computed, invoices left as posted/void."""
+
+    drafts: int
+    final: int
+
+
+def usage_window(which: Targets, usage_cutoff: datetime | None) -> tuple[datetime, datetime]:
+    """[start, end) of the usage an invoice bills: its arrears period, up to the cut-off."""
+    start, end = which.arrears.start, which.arrears.end
+    if usage_cutoff is not None and usage_cutoff.astimezone(UTC) < end.astimezone(UTC):
+        end = max(usage_cutoff.astimezone(start.tzinfo), start)
+    return start, end
+
+
+async def compute(
+    conn: asyncpg.Connection, group: Group, options: Options
+) -> dict[str, tuple[str, list[Line]]]:
+    """Account -> (currency, lines) for every account of the group; reads only."""
+    which = targets(group.cycle, group.period, group.billing.invoice_timing)
+    window = usage_window(which, options.usage_cutoff)
+    ids = group.account_ids
+    currencies = {
+        r["id"]: r["currency"]
+        for r in await conn.fetch("SELECT id, currency FROM accounts WHERE id = ANY($1)", ids)
+    }
+    items: dict[str, list[Item]] = defaultdict(list)
+    for r in await conn.fetch(_ITEMS_SQL, ids, options.charge_cutoff):
+        items[r["account_id"]].append(
+            Item(
+                r["charge_id"],
+                r["item_id"],
+                r["name"],
+                r["amount"],
+                r["quantity"],
+                r["kind"],
+                r["cadence"],
+                r["every_days"],
+                r["timing"],
+                r["start"],
+                r["end"],
+            )
+        )
+    usage: dict[str, list[Usage]] = defaultdict(list)
+    if window[0] < window[1]:
+        for r in await conn.fetch(_USAGE_SQL, ids, window[0], window[1]):
+            usage[r["account_id"]].append(
+                Usage(
+                    r["zone"],
+                    r["direction"],
+                    r["calls"],
+                    r["seconds"],
+                    r["billed_seconds"],
+                    r["amount"],
+                    r["first_cdr"],
+                    r["last_cdr"],
+                )
+            )
+    return {
+        account: (
+            currency,
+            invoice_lines(items[account], usage[account], group.cycle, which, currency, window),
+        )
+        for account, currency in sorted(currencies.items())
+    }
+
+
+def _line_records(invoice_id: int, found: list[Line]) -> list[tuple[object, ...]]:
+    """COPY records of one invoice's lines, positions from 1."""
+    return [
+        (
+            invoice_id,
+            position,
+            line.kind,
+            line.description,
+            line.period_start,
+            line.period_end,
+            line.quantity,
+            line.amount,
+            line.exact,
+            line.moves_money,
+            line.charge_id,
+            line.item_id,
+            line.zone,
+            line.direction,
+            line.calls,
+            line.seconds,
+            line.billed_seconds,
+            line.first_cdr,
+            line.last_cdr,
+        )
+        for position, line in enumerate(found, start=1)
+    ]
+
+
+async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Written:
+    """Create or recompute the group's drafts; call inside a transaction."""
+    computed = await compute(conn, group, options)
+    accounts = list(computed)
+    period = group.period
+    await conn.execute(
+        "INSERT INTO invoices (account_id, plan_id, period_start, period_end, period_label,"
+        " currency, invoice_date, issuer, message, run_id, taxes_calculated)"
+        " SELECT a, $2, $3, $4, $5, c, $6, $7, $8, $9, $10"
+        " FROM unnest($1::text[], $11::text[]) AS t(a, c) ORDER BY a"
+        " ON CONFLICT (account_id, period_start) WHERE kind = 'invoice' DO NOTHING",
+        accounts,
+        group.billing.plan_id,
+        period.start,
+        period.end,
+        period.label,
+        options.invoice_date,
+        group.billing.issuer,
+        group.billing.invoice_message,
+        options.run_id,
+        False,  # taxes come with the tax issue: no draft is taxed yet
+        [computed[a][0] for a in accounts],
+    )
+    # Locked in account order, as inserted: two runs of one period wait, never deadlock.
+    rows = await conn.fetch(
+        "SELECT id, account_id, state FROM invoices WHERE kind = 'invoice'"
+        " AND account_id = ANY($1::text[]) AND period_start = $2 ORDER BY account_id FOR UPDATE",
+        accounts,
+        period.start,
+    )
+    drafts = {r["account_id"]: r["id"] for r in rows if r["state"] == "draft"}
+    draft_ids = list(drafts.values())
+    await conn.execute("DELETE FROM invoice_lines WHERE invoice_id = ANY($1::bigint[])", draft_ids)
+    records = [
+        record
+        for account, invoice_id in sorted(drafts.items())
+        for record in _line_records(invoice_id, computed[account][1])
+    ]
+    if records:
+        await conn.copy_records_to_table("invoice_lines", records=records, columns=_LINE_COLUMNS)
+    await conn.execute(
+        "UPDATE invoices i SET subtotal = COALESCE(t.sum, 0), tax_total = 0,"
+        " total = COALESCE(t.sum, 0), invoice_date = $2, run_id = $3"
+        " FROM unnest($1::bigint[]) AS d(id)"
+        " LEFT JOIN (SELECT invoice_id, sum(amount) AS sum FROM invoice_lines"
+        "   WHERE invoice_id = ANY($1::bigint[]) GROUP BY invoice_id) t ON t.invoice_id = d.id"
+        " WHERE i.id = d.id",
+        draft_ids,
+        options.invoice_date,
+        options.run_id,
+    )
+    return Written(drafts=len(drafts), final=len(rows) - len(drafts))
+
+
+async def account_group(
+    conn: asyncpg.Connection, account_id: str, at: datetime
+) -> tuple[Group, str]:
+    """The one-account group of the period holding ``at`` (and the account's plan)."""
+    row = await conn.fetchrow(
+        "SELECT a.plan_id, a.created_at, b.plan_id AS billed,"
+        " (SELECT min(start_date) FROM subscriptions s"
+        "   WHERE s.account_id = a.id AND s.plan_id = a.plan_id) AS start"
+        " FROM accounts a LEFT JOIN plan_billing b ON b.plan_id = a.plan_id WHERE a.id = $1",
+        account_id,
+    )
+    if row is None:
+        raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
+    if row["billed"] is None:
+        raise OcsError(Reason.NOT_FOUND, f"plan {row['plan_id']!r} has no billing settings")
+    billing = PlanBilling.from_row(
+        await conn.fetchrow("SELECT * FROM plan_billing WHERE plan_id = $1", row["plan_id"])
+    )
+    anchor = None
+    if billing.cycle == "subscription_date":
+        anchor = row["start"] or row["created_at"].astimezone(schedule(billing).zone).date()
+    try:
+        period = schedule(billing, anchor).period_containing(at)
+    except ValueError as error:
+        raise OcsError(Reason.INVALID_FIELD, str(error)) from None
+    return Group(billing, anchor, period, [account_id]), row["plan_id"]
+
+
+async def preview(
+    pool: asyncpg.Pool, account_id: str, at: datetime | None = None
+) -> tuple[Period, str, list[Line]]:
+    """A dry run: the period holding ``at`` (now), the currency and the lines; stores nothing."""
+    when = at or datetime.now(UTC)
+    async with pool.acquire() as conn:
+        group, _plan = await account_group(conn, account_id, when)
+        computed = await compute(conn, group, Options(invoice_date=when.date()))
+    currency, found = computed[account_id]
+    return group.period, currency, found

@@ -1,0 +1,172 @@
+"""Posting: a gapless number under the sequence's lock, then the money of each line once.
+
+``post`` numbers drafts in one transaction: it locks the drafts (by id), then
+the issuer's sequence row for the invoice date's year, numbers the drafts in
+id order (``INV-2026-000001``) and moves the sequence on by as many. The number
+is taken in the transaction that posts, so a rollback returns it: no gap.
+
+``move_money`` then debits (or credits) each line that moves money and has
+not moved yet, through the existing balance scripts with the line as the
+ledger reference ``inv:<line id>``: ``fee.lua`` debits a positive line,
+``topup.lua`` credits a negative one. Both keep their result under that
+reference and answer a repeat with it, moving nothing, so a retry after a
+crash (before the line was marked) records the same ledger entry and moves
+no money twice. Usage lines move nothing: the real-time path debited them.
+"""
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+
+import asyncpg
+
+from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
+from ocs.errors import OcsError, Reason
+
+# Lines whose money moves at once (the auto-pipeline sends them together).
+MOVE_BATCH = 1000
+CREDIT_KIND = "invoice_credit"
+
+
+def ledger_reference(line_id: int) -> str:
+    """The ledger reference of an invoice line's money: ``inv:<line id>``."""
+    return f"inv:{line_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """Invoices posted now (id -> number), and lines whose money moved now."""
+
+    numbers: dict[int, str]
+    lines_moved: int
+
+
+async def assign_numbers(conn: asyncpg.Connection, invoice_ids: list[int]) -> dict[int, str]:
+    """Number and post these drafts, gaplessly per issuer and year; call in a transaction.
+
+    Ids that are not drafts (any more) are left out of the answer.
+    """
+    rows = await conn.fetch(
+        "SELECT id, issuer, extract(year FROM invoice_date)::int AS year FROM invoices"
+        " WHERE id = ANY($1::bigint[]) AND state = 'draft' ORDER BY id FOR UPDATE",
+        invoice_ids,
+    )
+    by_sequence: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for row in rows:
+        by_sequence[row["issuer"], row["year"]].append(row["id"])
+    numbers: dict[int, str] = {}
+    for (issuer, year), ids in sorted(by_sequence.items()):
+        await conn.execute(
+            "INSERT INTO invoice_sequences (issuer, year) VALUES ($1, $2)"
+            " ON CONFLICT (issuer, year) DO NOTHING",
+            issuer,
+            year,
+        )
+        first = await conn.fetchval(
+            "SELECT next_number FROM invoice_sequences WHERE issuer = $1 AND year = $2 FOR UPDATE",
+            issuer,
+            year,
+        )
+        await conn.execute(
+            "UPDATE invoice_sequences SET next_number = next_number + $3"
+            " WHERE issuer = $1 AND year = $2",
+            issuer,
+            year,
+            len(ids),
+        )
+        for offset, invoice_id in enumerate(ids):
+            numbers[invoice_id] = f"{issuer}-{year}-{first + offset:06d}"
+    if numbers:
+        await conn.execute(
+            "UPDATE invoices i SET state = 'posted', number = n.number, posted_at = now()"
+            " FROM unnest($1::bigint[], $2::text[]) AS n(id, number) WHERE i.id = n.id",
+            list(numbers),
+            list(numbers.values()),
+        )
+    return numbers
+
+
+async def _move(store: BalanceStore, account_id: str, line_id: int, amount: int) -> str:
+    """Move one line's money once; its ledger stream entry."""
+    reference = ledger_reference(line_id)
+    result: TopupResult | str | None
+    if amount > 0:
+        # A posted charge becomes debt when the balance cannot pay it, as recurring fees do.
+        result = await store.fee(account_id, amount, reference, require_funds=False)
+    else:
+        result = await store.topup(account_id, -amount, reference, FEE_DEDUPE_TTL, CREDIT_KIND)
+    if not isinstance(result, TopupResult):
+        raise OcsError(
+            Reason.ACCOUNT_NOT_FOUND,
+            f"account {account_id!r} cannot be debited for invoice line {line_id}: {result}",
+        )
+    return result.ledger_entry
+
+
+async def move_money(pool: asyncpg.Pool, store: BalanceStore, invoice_ids: list[int]) -> int:
+    """Move the money of the posted invoices' lines not moved yet; lines moved now."""
+    async with pool.acquire() as conn:
+        pending = await conn.fetch(
+            "SELECT l.id, l.amount, i.account_id FROM invoice_lines l"
+            " JOIN invoices i ON i.id = l.invoice_id"
+            " WHERE l.invoice_id = ANY($1::bigint[]) AND i.state <> 'draft'"
+            "   AND l.moves_money AND l.moved_at IS NULL ORDER BY l.id",
+            invoice_ids,
+        )
+    moved = 0
+    for at in range(0, len(pending), MOVE_BATCH):
+        batch = pending[at : at + MOVE_BATCH]
+        entries = await asyncio.gather(
+            *(
+                _move(store, r["account_id"], r["id"], r["amount"])
+                if r["amount"]
+                else asyncio.sleep(0, result=None)
+                for r in batch
+            )
+        )
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE invoice_lines l SET ledger_entry = m.entry, moved_at = now()"
+                " FROM unnest($1::bigint[], $2::text[]) AS m(id, entry)"
+                " WHERE l.id = m.id AND l.moved_at IS NULL",
+                [r["id"] for r in batch],
+                entries,
+            )
+        moved += len(batch)
+    return moved
+
+
+async def post(
+    pool: asyncpg.Pool,
+    store: BalanceStore,
+    *,
+    invoice_ids: list[int] | None = None,
+    run_id: int | None = None,
+) -> Posted:
+    """Post drafts (given ones, or a run's), then move the money of every line not moved.
+
+    Given posted invoices are finished (their money moved) again, harmlessly;
+    a given void invoice is refused.
+    """
+    if (invoice_ids is None) == (run_id is None):
+        raise ValueError("post takes invoice ids or a run id")
+    async with pool.acquire() as conn, conn.transaction():
+        if invoice_ids is None:
+            invoice_ids = [
+                r["id"]
+                for r in await conn.fetch(
+                    "SELECT id FROM invoices WHERE run_id = $1 AND kind = 'invoice'"
+                    " AND state <> 'void' ORDER BY id",
+                    run_id,
+                )
+            ]
+        else:
+            void = await conn.fetchval(
+                "SELECT min(id) FROM invoices WHERE id = ANY($1::bigint[]) AND state = 'void'",
+                invoice_ids,
+            )
+            if void is not None:
+                raise OcsError(Reason.INVALID_FIELD, f"invoice {void} is void: it cannot be posted")
+        numbers = await assign_numbers(conn, invoice_ids)
+    moved = await move_money(pool, store, invoice_ids)
+    return Posted(numbers, moved)

@@ -1,0 +1,271 @@
+"""Invoice runs: a period of the plans' cycles, split into chunks that workers share.
+
+``create_run`` stores the run and its chunks: the accounts of each plan with a
+scheduled cycle, grouped by their invoice period (one period per plan; per
+start date for the subscription-date cycle), ``chunk_size`` accounts a chunk.
+``execute_run`` claims chunks one at a time (``SELECT ... FOR UPDATE SKIP
+LOCKED`` on chunks that are not done and not leased, or whose lease ran out:
+their worker died) and writes each chunk's drafts, marks it done and counts
+its accounts in the run's progress in one transaction. Several workers may
+execute one run at once, and two runs of one period may run at once: the
+invoices' unique key and row locks keep every invoice and line single.
+
+Decision (issue 12, to record): the chunk queue is these PostgreSQL rows with
+SKIP LOCKED and a lease, not a job-queue library: one table, claimed in the
+database the drafts are written to, so a chunk is done exactly when its
+drafts are committed.
+"""
+
+import os
+import socket
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import asyncpg
+
+from ocs.billing import drafts
+from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
+from ocs.billing.periods import Period
+from ocs.errors import OcsError, Reason, invalid
+
+DEFAULT_CHUNK = 500
+DEFAULT_LEASE_S = 300.0
+
+
+def worker_name() -> str:
+    """This worker's name in chunk leases: host, process and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunProgress:
+    """A run's state and its progress: accounts done of total."""
+
+    run_id: int
+    state: str
+    accounts_done: int
+    accounts_total: int
+    chunks_done: int
+    chunks_total: int
+
+
+async def create_run(
+    pool: asyncpg.Pool,
+    period: str,
+    *,
+    invoice_date: date,
+    plan_id: str | None = None,
+    charge_cutoff: datetime | None = None,
+    usage_cutoff: datetime | None = None,
+    calculate_taxes: bool = True,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> int:
+    """Store a run of ``period`` (``2026-12`` or a label) and its chunks; its id."""
+    if chunk_size < 1:
+        raise invalid("chunk_size", "must be at least 1")
+    for name, instant in (("charge_cutoff", charge_cutoff), ("usage_cutoff", usage_cutoff)):
+        if instant is not None and instant.tzinfo is None:
+            raise invalid(name, "needs a time zone")
+    async with pool.acquire() as conn, conn.transaction():
+        plans = [
+            PlanBilling.from_row(r)
+            for r in await conn.fetch(
+                "SELECT * FROM plan_billing WHERE cycle = ANY($1::text[])"
+                " AND ($2::text IS NULL OR plan_id = $2) ORDER BY plan_id",
+                list(SCHEDULED),
+                plan_id,
+            )
+        ]
+        if plan_id is not None and not plans:
+            raise OcsError(
+                Reason.NOT_FOUND, f"plan {plan_id!r} has no scheduled billing cycle", field="plan"
+            )
+        groups: dict[tuple[str, date | None, Period], list[str]] = defaultdict(list)
+        by_plan = {p.plan_id: p for p in plans}
+        rows = await conn.fetch(
+            "SELECT a.id, a.plan_id, a.created_at,"
+            " (SELECT min(start_date) FROM subscriptions s"
+            "   WHERE s.account_id = a.id AND s.plan_id = a.plan_id) AS start"
+            " FROM accounts a WHERE a.plan_id = ANY($1::text[]) ORDER BY a.id",
+            list(by_plan),
+        )
+        fixed: dict[str, Period] = {}
+        try:
+            for row in rows:
+                billing = by_plan[row["plan_id"]]
+                if billing.cycle != "subscription_date":
+                    if billing.plan_id not in fixed:
+                        fixed[billing.plan_id] = schedule(billing).period_named(period)
+                    groups[billing.plan_id, None, fixed[billing.plan_id]].append(row["id"])
+                    continue
+                zone = schedule(billing).zone
+                anchor = row["start"] or row["created_at"].astimezone(zone).date()
+                found = schedule(billing, anchor).period_named(period)
+                groups[billing.plan_id, anchor, found].append(row["id"])
+        except ValueError as error:
+            raise invalid("period", str(error)) from None
+        run_id = int(
+            await conn.fetchval(
+                "INSERT INTO invoice_runs (period, plan_id, invoice_date, charge_cutoff,"
+                " usage_cutoff, calculate_taxes, accounts_total)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                period,
+                plan_id,
+                invoice_date,
+                charge_cutoff,
+                usage_cutoff,
+                calculate_taxes,
+                len(rows),
+            )
+        )
+        chunks: list[tuple[object, ...]] = []
+        for (plan, anchor, found), accounts in sorted(
+            groups.items(), key=lambda g: (g[0][0], g[0][1] or date.min, g[0][2].start)
+        ):
+            for at in range(0, len(accounts), chunk_size):
+                chunks.append(
+                    (
+                        run_id,
+                        len(chunks),
+                        plan,
+                        anchor,
+                        found.start,
+                        found.end,
+                        accounts[at : at + chunk_size],
+                    )
+                )
+        await conn.executemany(
+            "INSERT INTO invoice_run_chunks (run_id, chunk, plan_id, cycle_anchor, period_start,"
+            " period_end, account_ids) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            chunks,
+        )
+        if not chunks:
+            await conn.execute(
+                "UPDATE invoice_runs SET state = 'done', finished_at = now() WHERE id = $1", run_id
+            )
+    return run_id
+
+
+async def claim_chunk(
+    pool: asyncpg.Pool, run_id: int, worker: str, lease_s: float = DEFAULT_LEASE_S
+) -> int | None:
+    """Lease one chunk of the run not done and not leased (or whose lease ran out)."""
+    async with pool.acquire() as conn:
+        found = await conn.fetchval(
+            "UPDATE invoice_run_chunks c SET lease_owner = $2,"
+            " lease_until = clock_timestamp() + make_interval(secs => $3),"
+            " attempts = c.attempts + 1"
+            " WHERE (c.run_id, c.chunk) = ("
+            "   SELECT run_id, chunk FROM invoice_run_chunks"
+            "   WHERE run_id = $1 AND done_at IS NULL"
+            "     AND (lease_until IS NULL OR lease_until <= clock_timestamp())"
+            "   ORDER BY chunk LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " RETURNING c.chunk",
+            run_id,
+            worker,
+            lease_s,
+        )
+    return None if found is None else int(found)
+
+
+async def run_chunk(pool: asyncpg.Pool, run_id: int, chunk: int) -> drafts.Written:
+    """Write one chunk's drafts, mark it done and count its accounts, in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT c.*, r.invoice_date, r.charge_cutoff, r.usage_cutoff, r.calculate_taxes"
+            " FROM invoice_run_chunks c JOIN invoice_runs r ON r.id = c.run_id"
+            " WHERE c.run_id = $1 AND c.chunk = $2",
+            run_id,
+            chunk,
+        )
+        if row is None:
+            raise OcsError(Reason.NOT_FOUND, f"run {run_id} has no chunk {chunk}")
+        billing = PlanBilling.from_row(
+            await conn.fetchrow("SELECT * FROM plan_billing WHERE plan_id = $1", row["plan_id"])
+        )
+        zone = schedule(billing, row["cycle_anchor"]).zone
+        group = drafts.Group(
+            billing,
+            row["cycle_anchor"],
+            Period(row["period_start"].astimezone(zone), row["period_end"].astimezone(zone)),
+            list(row["account_ids"]),
+        )
+        options = drafts.Options(
+            invoice_date=row["invoice_date"],
+            charge_cutoff=row["charge_cutoff"],
+            usage_cutoff=row["usage_cutoff"],
+            calculate_taxes=row["calculate_taxes"],
+            run_id=run_id,
+        )
+        written = await drafts.write(conn, group, options)
+        # Done once: a worker whose lease ran out and finished anyway counts nothing twice.
+        marked = await conn.fetchval(
+            "UPDATE invoice_run_chunks SET done_at = now()"
+            " WHERE run_id = $1 AND chunk = $2 AND done_at IS NULL"
+            " RETURNING cardinality(account_ids)",
+            run_id,
+            chunk,
+        )
+        if marked is not None:
+            await conn.execute(
+                "UPDATE invoice_runs SET accounts_done = accounts_done + $2 WHERE id = $1",
+                run_id,
+                marked,
+            )
+    return written
+
+
+async def progress(pool: asyncpg.Pool, run_id: int) -> RunProgress:
+    """A run's state and progress, as stored."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT r.state, r.accounts_done, r.accounts_total,"
+            " (SELECT count(*) FROM invoice_run_chunks WHERE run_id = r.id AND done_at IS NOT NULL)"
+            "   AS chunks_done,"
+            " (SELECT count(*) FROM invoice_run_chunks WHERE run_id = r.id) AS chunks_total"
+            " FROM invoice_runs r WHERE r.id = $1",
+            run_id,
+        )
+    if row is None:
+        raise OcsError(Reason.NOT_FOUND, f"no invoice run {run_id}")
+    return RunProgress(
+        run_id,
+        row["state"],
+        row["accounts_done"],
+        row["accounts_total"],
+        row["chunks_done"],
+        row["chunks_total"],
+    )
+
+
+async def execute_run(
+    pool: asyncpg.Pool,
+    run_id: int,
+    *,
+    worker: str | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
+    max_chunks: int | None = None,
+) -> RunProgress:
+    """Work on a run until no chunk is left to claim (or ``max_chunks`` are done).
+
+    Returns with chunks still leased by other workers left to them; the run
+    is ``done`` once every chunk is.
+    """
+    name = worker or worker_name()
+    taken = 0
+    while max_chunks is None or taken < max_chunks:
+        chunk = await claim_chunk(pool, run_id, name, lease_s)
+        if chunk is None:
+            break
+        await run_chunk(pool, run_id, chunk)
+        taken += 1
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE invoice_runs SET state = 'done', finished_at = now()"
+            " WHERE id = $1 AND state = 'running' AND NOT EXISTS ("
+            "   SELECT 1 FROM invoice_run_chunks WHERE run_id = $1 AND done_at IS NULL)",
+            run_id,
+        )
+    return await progress(pool, run_id)

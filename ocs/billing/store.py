@@ -1,0 +1,238 @@
+"""Charges, plan billing settings and subscriptions as PostgreSQL stores them.
+
+The database holds the rules that must never break (kinds, cadences, the
+advance-timing refusal for manual and on-demand plans, subscription state
+transitions, currency and timing fixed once a plan is used); this module
+checks what it can first, so an operator gets a message naming the field,
+and turns the database's refusals into the same kind of error.
+"""
+
+from dataclasses import dataclass, fields
+from datetime import date
+
+import asyncpg
+
+from ocs.billing.currency import CurrencyError, minor_unit_exponent
+from ocs.billing.cycles import CYCLES, TIMINGS, PlanBilling, schedule
+from ocs.errors import OcsError, Reason, invalid
+
+CHARGE_KINDS = ("recurring", "one_time", "triggered")
+CADENCES = ("weekly", "monthly", "quarterly", "yearly", "days")
+SUBSCRIPTION_STATUSES = ("pending", "active", "suspended", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A product's fee: ``amount`` micro-units of ``currency``, of one kind and timing.
+
+    ``plan_id``: a plan's custom charge, applying to every account subscribed to it.
+    """
+
+    id: str
+    name: str
+    product_code: str
+    currency: str
+    amount: int
+    kind: str
+    cadence: str | None = None
+    every_days: int | None = None
+    timing: str = "arrears"
+    tax_code: str = ""
+    gl_code: str = ""
+    plan_id: str | None = None
+
+    def validate(self) -> None:
+        """Refuse (400, naming the field) a charge the database would refuse."""
+        if self.kind not in CHARGE_KINDS:
+            raise invalid("kind", f"expected one of {', '.join(CHARGE_KINDS)}")
+        if self.kind == "recurring" and self.cadence not in CADENCES:
+            raise invalid("cadence", f"a recurring charge needs one of {', '.join(CADENCES)}")
+        if self.kind != "recurring" and self.cadence is not None:
+            raise invalid("cadence", "only a recurring charge has a cadence")
+        if (self.cadence == "days") != (self.every_days is not None):
+            raise invalid("every_days", "is given with cadence 'days', and only then")
+        if self.timing not in ("advance", "arrears"):
+            raise invalid("timing", "expected advance or arrears")
+        if self.amount < 0:
+            raise invalid("amount", "must not be negative")
+        try:
+            minor_unit_exponent(self.currency)
+        except CurrencyError as error:
+            raise invalid("currency", str(error)) from None
+
+
+async def create_charge(pool: asyncpg.Pool, charge: Charge) -> Charge:
+    """Store a new charge; a plan's custom charge must be in the plan's currency."""
+    charge.validate()
+    columns = [f.name for f in fields(Charge)]
+    async with pool.acquire() as conn, conn.transaction():
+        if charge.plan_id is not None:
+            currency = await conn.fetchval(
+                "SELECT currency FROM plans WHERE id = $1", charge.plan_id
+            )
+            if currency is None:
+                raise OcsError(Reason.PLAN_NOT_FOUND, f"plan {charge.plan_id!r} does not exist")
+            if currency != charge.currency:
+                raise invalid("currency", f"plan {charge.plan_id} bills in {currency}")
+        placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+        try:
+            await conn.execute(
+                f"INSERT INTO charges ({', '.join(columns)}) VALUES ({placeholders})",
+                *(getattr(charge, c) for c in columns),
+            )
+        except asyncpg.UniqueViolationError:
+            raise invalid("id", f"charge {charge.id!r} exists already") from None
+        except asyncpg.CheckViolationError as error:
+            raise invalid("charge", str(error)) from None
+    return charge
+
+
+async def set_plan_billing(pool: asyncpg.Pool, billing: PlanBilling) -> PlanBilling:
+    """Set a plan's billing settings (insert or replace).
+
+    Refused by the database: start-of-cycle timing on a manual or on-demand
+    plan, and a timing change once an account uses the plan.
+    """
+    if billing.cycle not in CYCLES:
+        raise invalid("cycle", f"expected one of {', '.join(CYCLES)}")
+    if billing.invoice_timing not in TIMINGS:
+        raise invalid("invoice_timing", f"expected one of {', '.join(TIMINGS)}")
+    if billing.invoice_timing == "start_of_cycle" and billing.cycle in ("manual", "on_demand"):
+        raise invalid("invoice_timing", f"a {billing.cycle} plan is invoiced at the end of cycle")
+    if billing.cycle not in ("manual", "on_demand"):
+        try:
+            schedule(billing)
+        except ValueError as error:
+            raise invalid("cycle", str(error)) from None
+    columns = [f.name for f in fields(PlanBilling)]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != "plan_id")
+    async with pool.acquire() as conn:
+        try:
+            await conn.execute(
+                f"INSERT INTO plan_billing ({', '.join(columns)}) VALUES ({placeholders})"
+                f" ON CONFLICT (plan_id) DO UPDATE SET {updates}",
+                *(getattr(billing, c) for c in columns),
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise OcsError(
+                Reason.PLAN_NOT_FOUND, f"plan {billing.plan_id!r} does not exist"
+            ) from None
+        except asyncpg.CheckViolationError as error:
+            raise invalid("invoice_timing", str(error)) from None
+    return billing
+
+
+async def plan_billing(pool: asyncpg.Pool, plan_id: str) -> PlanBilling | None:
+    """A plan's billing settings; None when it has none."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM plan_billing WHERE plan_id = $1", plan_id)
+    return None if row is None else PlanBilling.from_row(row)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """An account's subscription to its plan, with what it records about the service."""
+
+    account_id: str
+    plan_id: str
+    start_date: date
+    end_date: date | None = None
+    status: str = "active"
+    category: str = ""
+    service: str = ""
+    billing_address: str = ""
+    salesperson: str = ""
+
+
+async def subscribe(pool: asyncpg.Pool, sub: Subscription) -> int:
+    """Store a subscription (pending or active); its id."""
+    if sub.status not in ("pending", "active"):
+        raise invalid("status", "a new subscription is pending or active")
+    if sub.end_date is not None and sub.end_date < sub.start_date:
+        raise invalid("end_date", "must not be before start_date")
+    async with pool.acquire() as conn:
+        try:
+            return int(
+                await conn.fetchval(
+                    "INSERT INTO subscriptions (account_id, plan_id, start_date, end_date,"
+                    " status, category, service, billing_address, salesperson)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                    sub.account_id,
+                    sub.plan_id,
+                    sub.start_date,
+                    sub.end_date,
+                    sub.status,
+                    sub.category,
+                    sub.service,
+                    sub.billing_address,
+                    sub.salesperson,
+                )
+            )
+        except asyncpg.ForeignKeyViolationError as error:
+            raise OcsError(Reason.NOT_FOUND, str(error)) from None
+
+
+async def add_charge(
+    pool: asyncpg.Pool,
+    subscription_id: int,
+    charge_id: str,
+    *,
+    quantity: int = 1,
+    start_date: date | None = None,
+    end_date: date | None = None,
+) -> int:
+    """Add a charge to a subscription, from ``start_date`` (None: the subscription's)."""
+    if quantity < 1:
+        raise invalid("quantity", "must be at least 1")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT a.currency AS account_currency, c.currency AS charge_currency"
+            " FROM subscriptions s JOIN accounts a ON a.id = s.account_id, charges c"
+            " WHERE s.id = $1 AND c.id = $2",
+            subscription_id,
+            charge_id,
+        )
+        if row is None:
+            raise OcsError(
+                Reason.NOT_FOUND, f"no subscription {subscription_id} or charge {charge_id!r}"
+            )
+        if row["account_currency"] != row["charge_currency"]:
+            raise invalid("charge", f"charge {charge_id} is not in {row['account_currency']}")
+        return int(
+            await conn.fetchval(
+                "INSERT INTO subscription_charges (subscription_id, charge_id, quantity,"
+                " start_date, end_date) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                subscription_id,
+                charge_id,
+                quantity,
+                start_date,
+                end_date,
+            )
+        )
+
+
+async def set_status(
+    pool: asyncpg.Pool, subscription_id: int, status: str, *, on: date | None = None
+) -> None:
+    """Move a subscription through pending -> active -> suspended -> cancelled.
+
+    Cancelling needs ``on``, the first day without service: recurring charges
+    stop that day, prorated. The database refuses any other transition.
+    """
+    if status not in SUBSCRIPTION_STATUSES:
+        raise invalid("status", f"expected one of {', '.join(SUBSCRIPTION_STATUSES)}")
+    if (status == "cancelled") != (on is not None):
+        raise invalid("on", "a cancellation, and only a cancellation, needs its day")
+    async with pool.acquire() as conn:
+        try:
+            found = await conn.fetchval(
+                "UPDATE subscriptions SET status = $2, cancelled_on = $3 WHERE id = $1 RETURNING 1",
+                subscription_id,
+                status,
+                on,
+            )
+        except asyncpg.CheckViolationError as error:
+            raise invalid("status", str(error)) from None
+    if found is None:
+        raise OcsError(Reason.NOT_FOUND, f"no subscription {subscription_id}")

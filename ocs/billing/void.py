@@ -1,0 +1,77 @@
+"""Voiding a posted invoice: a credit note with its own number that reverses its money.
+
+The invoice's own money is finished first (a posting that crashed midway
+moved only part of it), so the credit note reverses exactly what moved. Then,
+in one transaction: the invoice is locked, a credit note is written with one
+``reversal`` line per line (amount negated, pointing at the line it reverses),
+numbered from the credit-note sequence (``CN-2026-000001``) and posted, and the
+invoice becomes ``void``. Last, the credit note's money moves like any posted
+invoice's, keyed by its own lines: a positive charge comes back as a credit.
+"""
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from ocs.balances.store import BalanceStore
+from ocs.billing.posting import assign_numbers, move_money
+from ocs.errors import OcsError, Reason
+
+CREDIT_NOTE_ISSUER = "CN"
+
+
+@dataclass(frozen=True, slots=True)
+class Voided:
+    """The credit note that voided an invoice: its id, number and total (negative)."""
+
+    credit_note_id: int
+    number: str
+    total: int
+
+
+async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Voided:
+    """Void a posted invoice with a credit note; refused for a draft, a void or a credit note."""
+    await move_money(pool, store, [invoice_id])
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT kind, state FROM invoices WHERE id = $1 FOR UPDATE", invoice_id
+        )
+        if row is None:
+            raise OcsError(Reason.NOT_FOUND, f"no invoice {invoice_id}")
+        if row["kind"] != "invoice" or row["state"] != "posted":
+            raise OcsError(
+                Reason.INVALID_FIELD,
+                f"invoice {invoice_id} is a {row['state']} {row['kind']}: only a posted"
+                " invoice can be voided",
+            )
+        note_id = int(
+            await conn.fetchval(
+                "INSERT INTO invoices (account_id, plan_id, kind, period_start, period_end,"
+                " period_label, currency, invoice_date, issuer, subtotal, tax_total, total,"
+                " taxes_calculated, message, voids_invoice_id)"
+                " SELECT account_id, plan_id, 'credit_note', period_start, period_end,"
+                " period_label, currency, current_date, $2, -subtotal, -tax_total, -total,"
+                " taxes_calculated, message, id FROM invoices WHERE id = $1 RETURNING id",
+                invoice_id,
+                CREDIT_NOTE_ISSUER,
+            )
+        )
+        await conn.execute(
+            "INSERT INTO invoice_lines (invoice_id, position, kind, description, period_start,"
+            " period_end, quantity, amount, exact_amount, moves_money, charge_id, item_id,"
+            " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr,"
+            " reverses_line)"
+            " SELECT $2, position, 'reversal', 'Reversal: ' || description, period_start,"
+            " period_end, quantity, -amount, -exact_amount, moves_money, charge_id, item_id,"
+            " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, id"
+            " FROM invoice_lines WHERE invoice_id = $1",
+            invoice_id,
+            note_id,
+        )
+        numbers = await assign_numbers(conn, [note_id])
+        await conn.execute(
+            "UPDATE invoices SET state = 'void', voided_at = now() WHERE id = $1", invoice_id
+        )
+        total = int(await conn.fetchval("SELECT total FROM invoices WHERE id = $1", note_id))
+    await move_money(pool, store, [note_id])
+    return Voided(note_id, numbers[note_id], total)
