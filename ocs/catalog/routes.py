@@ -35,6 +35,7 @@ import asyncpg
 import numba
 import numpy as np
 
+from ocs.decks.cost_deck import RATE_FIELDS, intern_rates, rates_of
 from ocs.numbers.matcher import Int, Int64Array, PrefixIndex
 from ocs.numbers.prefixes import PrefixTable
 from ocs.rating.rates import Rate, cost
@@ -122,63 +123,6 @@ EMPTY_DECK: PrefixTable[Rate] = PrefixTable()
 
 
 # --- loading from PostgreSQL -----------------------------------------------------------
-
-RATE_FIELDS = 4  # connect_fee, first_block, increment, price_per_minute: a rate's columns
-
-_MIX = (
-    np.uint64(0x9E3779B97F4A7C15),
-    np.uint64(0xC2B2AE3D27D4EB4F),
-    np.uint64(0x165667B19E3779F9),
-    np.uint64(0x27D4EB2F165667C5),
-)
-
-
-@numba.njit(cache=True, nogil=True)
-def intern_rates(values: np.ndarray) -> tuple[Int64Array, Int64Array]:
-    """Distinct rows of an (n, 4) int64 array of rate fields, without a Python object per row.
-
-    Returns (ids, first): row r is distinct rate ``ids[r]``, and distinct rate k is
-    first found at row ``first[k]`` (ids in order of first appearance).
-    """
-    n = len(values)
-    bits = 4
-    while (1 << bits) < 2 * n:
-        bits += 1
-    mask = (1 << bits) - 1
-    table = np.full(1 << bits, -1, np.int64)
-    ids = np.empty(n, np.int64)
-    first = np.empty(n, np.int64)
-    count = 0
-    for r in range(n):
-        h = np.uint64(0)
-        for c in range(RATE_FIELDS):
-            h = (h ^ np.uint64(values[r, c])) * _MIX[c]
-        slot = np.int64(h >> np.uint64(64 - bits))
-        while True:
-            other = table[slot]
-            if other < 0:
-                table[slot] = r
-                ids[r] = count
-                first[count] = r
-                count += 1
-                break
-            same = True
-            for c in range(RATE_FIELDS):
-                if values[other, c] != values[r, c]:
-                    same = False
-            if same:
-                ids[r] = ids[other]
-                break
-            slot = (slot + 1) & mask
-    return ids, first[:count].copy()
-
-
-def rates_of(values: np.ndarray, rows: np.ndarray) -> tuple[Rate, ...]:
-    """The ``Rate`` of each of ``rows`` (positions in ``values``, an (n, 4) array)."""
-    return tuple(
-        Rate(connect_fee=fee, first_block=block, increment=increment, price_per_minute=price)
-        for fee, block, increment, price in values[rows].tolist()
-    )
 
 
 @numba.njit(cache=True, nogil=True)

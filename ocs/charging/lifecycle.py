@@ -33,6 +33,7 @@ from ocs.balances.store import (
 )
 from ocs.catalog.snapshot import CatalogHolder, CatalogSnapshot, Plan, Tariff
 from ocs.config import Settings
+from ocs.decks.cells import DIRECTIONS
 from ocs.errors import OcsError, Reason, invalid
 from ocs.numbers.prefixes import normalize_number
 from ocs.rating.counter_rules import CounterDef, counters_for_zone
@@ -98,7 +99,6 @@ class FundsHeldByLiveCalls(OcsError):
         return body
 
 
-DIRECTIONS = ("outbound", "inbound")
 # An inbound call with no inbound tariff for it costs nothing, yet takes a line.
 FREE_INBOUND = Rate(0, 0, 1, 0)
 

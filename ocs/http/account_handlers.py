@@ -10,6 +10,7 @@ import ipaddress
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -228,15 +229,19 @@ async def add_nas_client(request: web.Request, params: AddNasClient) -> NasClien
         raise invalid("address", f"not an IP address or CIDR: {params.address!r}") from None
     rules = params.translation
     translation = None if rules is None else validate_rules(rule_dicts(rules))
-    await radius_clients.add_client(
-        services_of(request).pool,
-        params.name,
-        network,
-        params.secret,
-        params.require_message_authenticator,
-        params.coa_port,
-        translation,
-    )
+    try:
+        await radius_clients.add_client(
+            services_of(request).pool,
+            params.name,
+            network,
+            params.secret,
+            params.require_message_authenticator,
+            params.coa_port,
+            translation,
+        )
+    except asyncpg.UniqueViolationError:
+        # A name is replaced; a network is one client's only (the source says who sent).
+        raise invalid("address", f"another NAS client has the address {network}") from None
     # The secret is never echoed back.
     return NasClient(
         name=params.name,

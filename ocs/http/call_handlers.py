@@ -5,7 +5,7 @@ request, call the service, answer its result. Every decision is the service's.
 """
 
 from decimal import ROUND_CEILING, Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -24,6 +24,7 @@ from ocs.http.endpoint import (
     AccountId,
     Answer,
     CallId,
+    Direction,
     Endpoint,
     Member,
     Params,
@@ -33,7 +34,6 @@ from ocs.http.endpoint import (
 )
 
 Text64 = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Direction = Literal["outbound", "inbound"]
 
 
 class AuthorizeCall(Params):

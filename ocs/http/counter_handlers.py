@@ -288,6 +288,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         CounterView,
         status=201,
         body_required=True,
-        description="Serving processes reload it.",
+        errors=(409,),
+        description="Serving processes reload it. 409: the id is a counter of another plan.",
     ),
 )

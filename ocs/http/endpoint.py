@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -81,7 +81,7 @@ def amount_text(micro: int) -> str:
 AccountId = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9._@+-]{1,64}$",
+        pattern=r"^[A-Za-z0-9._@+-]{1,64}(?!\n)$",
         description="an account id: letters, digits and - _ . @ +",
         examples=["1001"],
     ),
@@ -89,7 +89,7 @@ AccountId = Annotated[
 ObjectId = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        pattern=r"^[A-Za-z0-9._-]{1,64}(?!\n)$",
         description="an id: letters, digits, '-', '_' or '.'",
         examples=["retail"],
     ),
@@ -97,7 +97,7 @@ ObjectId = Annotated[
 CallId = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9._@:-]{1,128}$",
+        pattern=r"^[^|\x00-\x1f\x7f]{1,128}(?!\n)$",
         description="a call id: printable, without '|'",
         examples=["c-1"],
     ),
@@ -105,7 +105,7 @@ CallId = Annotated[
 Member = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[!-~]{1,64}$",
+        pattern=r"^\S{1,64}(?!\n)$",
         description="a member (SIP user, extension, caller id): printable, no spaces",
         examples=["sip:alice"],
     ),
@@ -113,14 +113,15 @@ Member = Annotated[
 Digits = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^\+?[0-9]{1,32}$",
+        pattern=r"^\+?[0-9]{1,32}(?!\n)$",
         description="a number: digits, an optional +",
         examples=["447700900123"],
     ),
 ]
 Currency = Annotated[
-    str, msgspec.Meta(pattern="^[A-Z]{3}$", description="ISO 4217 code", examples=["EUR"])
+    str, msgspec.Meta(pattern=r"^[A-Z]{3}(?!\n)$", description="ISO 4217 code", examples=["EUR"])
 ]
+Direction = Literal["outbound", "inbound"]
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=7 * 24 * 3600, description="whole seconds")]
 
 
@@ -284,6 +285,11 @@ async def read_params(endpoint: "Endpoint[Any, Any]", request: web.Request) -> A
     try:
         params = _decoder(kind).decode(text)
     except msgspec.ValidationError as exc:
+        if "\\u" in text:
+            # A NUL or lone surrogate escaped in a name must not reach the error message.
+            value = json.loads(text)
+            if isinstance(value, dict):
+                check_strings(value)
         raise field_error(exc) from None
     except msgspec.DecodeError as exc:
         # The standard library names a lone surrogate's field, or says what is wrong.

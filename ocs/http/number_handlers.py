@@ -8,7 +8,7 @@ endpoint's parameters and answer are declared below (``ENDPOINTS``).
 
 import asyncio
 import csv
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -20,7 +20,16 @@ from ocs.charging.lifecycle import tariff_of
 from ocs.decks.code_lists import STANDARD, parse_code_list
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.context import services_of
-from ocs.http.endpoint import Answer, Digits, Endpoint, ObjectId, Params, Role, amount_text
+from ocs.http.endpoint import (
+    Answer,
+    Digits,
+    Direction,
+    Endpoint,
+    ObjectId,
+    Params,
+    Role,
+    amount_text,
+)
 from ocs.http.json_io import read_text
 
 
@@ -153,9 +162,9 @@ class LookUpNumber(Params):
             examples=["447700900123"],
         ),
     ]
-    direction: Annotated[
-        Literal["outbound", "inbound"], msgspec.Meta(description="outbound (default) or inbound")
-    ] = "outbound"
+    direction: Annotated[Direction, msgspec.Meta(description="outbound (default) or inbound")] = (
+        "outbound"
+    )
     # A query parameter is never null: empty (or left out) is no access number.
     access_number: Annotated[
         str,

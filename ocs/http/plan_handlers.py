@@ -15,8 +15,10 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 from aiohttp import web
 
+from ocs.balances.accounts import MAX_LINES
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
+from ocs.charging.lifecycle import MAX_DURATION
 from ocs.decks.rate_deck import parse_deck
 from ocs.errors import invalid
 from ocs.http.context import services_of
@@ -26,8 +28,6 @@ from ocs.rating.rates import Tier
 from ocs.rating.translation import MAX_PATTERN, MAX_RULES, validate_rules
 from ocs.views import DeckImportView, PlanView, deck_import_view, plan_view
 
-MAX_LINES = 10_000
-MAX_CALL_SECONDS = 7 * 24 * 3600
 MAX_TIERS = 32
 MAX_BAND_PRICES = 16
 MAX_BAND_RULES = 64
@@ -61,7 +61,7 @@ class CreatePlan(Params):
     min_balance: Amount | None = None
     max_lines: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINES)] | None = None
     max_call_duration: (
-        Annotated[int, msgspec.Meta(ge=1, le=MAX_CALL_SECONDS, description="seconds")] | None
+        Annotated[int, msgspec.Meta(ge=1, le=MAX_DURATION, description="seconds")] | None
     ) = None
     reservation_policy: ReservationPolicy = "whole"
     slice_seconds: Annotated[
@@ -128,7 +128,7 @@ class TariffTier(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         int,
         msgspec.Meta(
             description="the second of the call the tier starts at (1 is the first)",
-            extra_json_schema={"minimum": 1, "maximum": MAX_CALL_SECONDS},
+            extra_json_schema={"minimum": 1, "maximum": MAX_DURATION},
         ),
     ]
     price_per_minute: Amount | None = None
@@ -220,8 +220,8 @@ async def set_tariff_shape(request: web.Request, params: SetTariffShape) -> Tari
     zone = request.match_info["zone"]
     tiers = []
     for raw in params.tiers:
-        if not 1 <= raw.from_second <= MAX_CALL_SECONDS:
-            raise invalid("from_second", f"expected 1 to {MAX_CALL_SECONDS}")
+        if not 1 <= raw.from_second <= MAX_DURATION:
+            raise invalid("from_second", f"expected 1 to {MAX_DURATION}")
         tiers.append(
             Tier(
                 start=raw.from_second,

@@ -1,40 +1,38 @@
 """The account-policy endpoints: an account's limits, its members, a plan's policy,
-calling cards (PIN batches and the IVRs' PIN queries) and cutting a live call.
+and cutting a live call.
 
 A thin adapter over the services (``ocs.balances``, ``ocs.charging.lifecycle``):
 each endpoint declares what it takes and answers (``ENDPOINTS``), the handler
 calls the service and shapes its result. The usage counters' endpoints are in
-``ocs.http.counter_handlers``.
+``ocs.http.counter_handlers``, the calling cards' in ``ocs.http.card_handlers``.
 """
 
-from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import msgspec
 from aiohttp import web
 
 from ocs.balances.accounts import STATUSES, UNSET, Unset, validate_account_id, validate_member
-from ocs.balances.cards import MAX_BATCH
 from ocs.balances.plan_policy import LANGUAGE_MAX, PlanPolicy, set_plan_policy
 from ocs.catalog.store import RESERVATION_POLICIES, SLICE_SECONDS_MAX, validate_plan_id
 from ocs.charging.lifecycle import validate_call_id
-from ocs.errors import OcsError, Reason
+from ocs.http import card_handlers, counter_handlers
 from ocs.http.context import services_of
-from ocs.http.counter_handlers import ENDPOINTS as COUNTER_ENDPOINTS
 from ocs.http.counter_handlers import ZERO_AMOUNT
-
-# Until ocs/http/app.py lists ocs.http.counter_handlers itself: its legacy route table
-# still names these handlers here, and the counter endpoints are served through this
-# module's ENDPOINTS (below). Then both go.
-from ocs.http.counter_handlers import account_counters as account_counters
-from ocs.http.counter_handlers import buy_counter as buy_counter
-from ocs.http.counter_handlers import cancel_counter as cancel_counter
-from ocs.http.counter_handlers import define_counter as define_counter
-from ocs.http.counter_handlers import reset_counters as reset_counters
-from ocs.http.endpoint import Amount, Answer, Endpoint, Member, ObjectId, Params, Role, amount_text
-from ocs.metrics import PIN_FAILURES
-from ocs.services import Services
+from ocs.http.endpoint import Amount, Answer, Endpoint, Member, Params, Role, amount_text
 from ocs.views import AccountView, account_view
+
+# Until ocs/http/app.py lists ocs.http.card_handlers and ocs.http.counter_handlers
+# itself: its legacy route table still names these handlers here, and their endpoints
+# are served through this module's ENDPOINTS (at the end). Then both go.
+generate_pins = card_handlers.generate_pins
+pin_info = card_handlers.pin_info
+pin_time = card_handlers.pin_time
+account_counters = counter_handlers.account_counters
+buy_counter = counter_handlers.buy_counter
+cancel_counter = counter_handlers.cancel_counter
+define_counter = counter_handlers.define_counter
+reset_counters = counter_handlers.reset_counters
 
 AccountStatus = Literal["active", "locked", "suspended"]
 ReservationPolicy = Literal["whole", "slice", "share"]
@@ -208,8 +206,9 @@ class SetPlanPolicy(Params):
     reservation_policy: Annotated[
         ReservationPolicy,
         msgspec.Meta(
-            description="whole: the call's funds at once; slice: slice_seconds at a time;"
-            " share: a share of what the account has"
+            description="whole: a call holds its longest length, as far as the funds go;"
+            " slice: slice_seconds at a time, extended by updates; share: at most the"
+            " available funds divided by the free lines"
         ),
     ] = "whole"
     slice_seconds: Annotated[
@@ -258,172 +257,6 @@ async def set_policy_of_plan(request: web.Request, params: SetPlanPolicy) -> Pla
         language=policy.language,
         reservation_policy=policy.reservation_policy,
         slice_seconds=policy.slice_seconds,
-    )
-
-
-# --- calling cards -----------------------------------------------------------------------
-
-
-class GeneratePins(Params):
-    """A batch of calling cards of a plan, each worth ``value``."""
-
-    batch: Annotated[
-        str,
-        msgspec.Meta(
-            pattern=r"^[A-Za-z0-9_-]{1,32}$",
-            description="the batch's id: 1 to 32 letters, digits, '-' or '_'",
-            examples=["ivr-2027-01"],
-        ),
-    ]
-    plan: ObjectId
-    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH, description="cards in the batch")]
-    value: Annotated[Amount, msgspec.Meta(description="each card's opening balance")]
-    length: Annotated[
-        int,
-        msgspec.Meta(
-            ge=6, le=20, description="digits of each PIN; at least 1000 times more PINs than cards"
-        ),
-    ] = 12
-    password_length: (
-        Annotated[int, msgspec.Meta(ge=4, le=32, description="digits of a password per card")]
-        | None
-    ) = None
-    expires_at: (
-        Annotated[
-            datetime,
-            msgspec.Meta(
-                tz=True,
-                description="when the cards expire, with a zone (2027-01-31T23:59:59Z)",
-            ),
-        ]
-        | None
-    ) = None
-    expire_days: Annotated[
-        int,
-        msgspec.Meta(
-            ge=0, le=36_600, description="days after first use the card expires; 0: never"
-        ),
-    ] = 0
-
-
-async def generate_pins(request: web.Request, params: GeneratePins) -> web.Response:
-    """Create a PIN batch; the answer is the batch's CSV, the only place PINs appear."""
-    batch = await services_of(request).cards.generate(
-        batch_id=params.batch,
-        plan_id=params.plan,
-        count=params.count,
-        length=params.length,
-        value=int(params.value),
-        password_length=params.password_length,
-        expires_at=params.expires_at,
-        expire_days=params.expire_days,
-    )
-    return web.Response(
-        text=batch.csv(),
-        status=201,
-        content_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{params.batch}.csv"'},
-    )
-
-
-Caller = Annotated[
-    str,
-    msgspec.Meta(
-        max_length=64,
-        description="who is calling the IVR (its caller id): wrong PINs count against it;"
-        " left out, against the IVR only",
-    ),
-]
-
-
-class PinQuery(Params):
-    """An IVR's card lookup by PIN (the query string; an empty value is one left out)."""
-
-    caller: Caller = ""
-
-
-async def _card(request: web.Request, caller: str) -> tuple[Services, str]:
-    """The card a PIN in the path opens; wrong PINs count against the caller's guesses
-    and, as a NAS's do over RADIUS, against the IVR asking (its address): a client
-    that names a new ``caller`` for every guess is still stopped."""
-    services = services_of(request)
-    pin = request.match_info["pin"]
-    ivr = request.remote
-    who = caller or ivr
-    await services.pin_guard.check(who, ivr)
-    account_id = await services.cards.account_for_pin(pin)
-    if account_id is None:
-        PIN_FAILURES.labels("http").inc()
-        await services.pin_guard.failed(who, ivr)
-        raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no card has this PIN", field="pin")
-    return services, account_id
-
-
-class PinInfo(Answer):
-    """A card's state for an IVR: status, balance, prompts' language, expiry."""
-
-    account: str
-    status: str
-    balance: str
-    available: str
-    currency: str
-    language: str
-    expires_at: int | None
-    expires_days_after_first_use: int | None
-
-
-async def pin_info(request: web.Request, params: PinQuery) -> PinInfo:
-    """GET /v1/pins/{pin}: an IVR's card lookup by PIN: status, balance, language, expiry."""
-    services, account_id = await _card(request, params.caller)
-    state = await services.accounts.show(account_id)
-    expires = state.expires_at
-    return PinInfo(
-        account=account_id,
-        status=state.status,
-        balance=amount_text(state.balance),
-        available=amount_text(state.available),
-        currency=state.currency,
-        language=await services.cards.language(account_id),
-        expires_at=expires or None,
-        expires_days_after_first_use=(state.expire_days or None) if not expires else None,
-    )
-
-
-class PinTimeQuery(Params):
-    """An IVR's "how long may this card call" (the query string; an empty value is one
-    left out)."""
-
-    destination: Annotated[
-        str, msgspec.Meta(min_length=1, max_length=64, description="the number to call")
-    ]
-    access_number: Annotated[
-        str,
-        msgspec.Meta(max_length=33, description="the number the card holder dialled in on"),
-    ] = ""
-    caller: Caller = ""
-
-
-class PinTime(Answer):
-    """The seconds a card's funds buy to a destination (nothing is reserved)."""
-
-    account: str
-    destination: str
-    destination_name: str | None
-    zone: str
-    seconds: int
-
-
-async def pin_time(request: web.Request, params: PinTimeQuery) -> PinTime:
-    """GET /v1/pins/{pin}/time: an IVR's "you have N minutes" for a card and a destination."""
-    services, account_id = await _card(request, params.caller)
-    access_number = params.access_number.lstrip("+") or None
-    quote = await services.calls.quote(account_id, params.destination, access_number)
-    return PinTime(
-        account=account_id,
-        destination=quote.destination,
-        destination_name=quote.destination_name,
-        zone=quote.zone,
-        seconds=quote.seconds,
     )
 
 
@@ -522,43 +355,6 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         " The reservation policy applies to the plan's calls authorized from then on.",
     ),
     Endpoint(
-        "POST",
-        "/v1/pin-batches",
-        Role.OPERATOR,
-        "Create a batch of calling cards; the answer is its CSV, the only place PINs appear",
-        generate_pins,
-        GeneratePins,
-        None,
-        status=201,
-        body_required=True,
-        errors=(404, 409),
-        answer_description="the batch as text/csv: pin, password, account, value, currency,"
-        " expires (one line per card)",
-    ),
-    Endpoint(
-        "GET",
-        "/v1/pins/{pin}",
-        Role.SWITCH,
-        "An IVR's card lookup by PIN: status, balance, language, expiry",
-        pin_info,
-        PinQuery,
-        PinInfo,
-        errors=(403,),
-        description="Wrong PINs count against the caller and the IVR asking: past the"
-        " limit, 403 pin_blocked.",
-    ),
-    Endpoint(
-        "GET",
-        "/v1/pins/{pin}/time",
-        Role.SWITCH,
-        'An IVR\'s "you have N minutes": the seconds a card buys to a destination',
-        pin_time,
-        PinTimeQuery,
-        PinTime,
-        errors=(403,),
-        description="Reserves nothing. Wrong PINs count as for the lookup.",
-    ),
-    Endpoint(
         "DELETE",
         "/v1/calls/{call_id}",
         Role.OPERATOR,
@@ -568,5 +364,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         CallCut,
         description="The switch's own stop that follows is charged only for what it adds.",
     ),
-    *COUNTER_ENDPOINTS,  # until app.py lists ocs.http.counter_handlers (see the imports)
+    # Until app.py lists these modules itself (see the imports).
+    *card_handlers.ENDPOINTS,
+    *counter_handlers.ENDPOINTS,
 )

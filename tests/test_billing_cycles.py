@@ -1,0 +1,222 @@
+"""Invoice runs for the week and fixed-period cycles, cut-offs at their exact edges, a DST
+month and currencies with 0 and 3 decimals, on real PostgreSQL and Redis.
+
+Every amount is computed by hand in the comments; a line is rounded once to the
+currency's minor unit, half away from zero (decision 0019).
+"""
+
+from datetime import UTC, date, datetime, timedelta
+
+from ocs.billing.cycles import PlanBilling
+from ocs.billing.store import Charge, create_charge, set_plan_billing
+from ocs.services import Services
+from tests.conftest import add_plan
+from tests.test_billing_runs import EUR, billed_plan, customer, invoices, monthly, run
+
+ONE_US = timedelta(microseconds=1)
+
+
+async def insert_cdr(
+    services: Services,
+    account_id: str,
+    stopped_at: datetime,
+    charged: int,
+    *,
+    zone: str = "UK Fixed",
+    seconds: int = 60,
+    entry_id: str | None = None,
+    caller: str | None = None,
+    member: str | None = None,
+) -> None:
+    """A rated call of ``account_id`` as the ledger writer stores it, stopped at ``stopped_at``."""
+    async with services.pool.acquire() as conn:
+        plan, currency = await conn.fetchrow(
+            "SELECT plan_id, currency FROM accounts WHERE id = $1", account_id
+        )
+        count = await conn.fetchval("SELECT count(*) FROM cdrs")
+        await conn.execute(
+            "INSERT INTO cdrs (entry_id, call_id, account_id, plan_id, zone, destination, caller,"
+            " currency, authorized_at, stopped_at, duration, billed_seconds, connect_fee,"
+            " first_block, increment, price_per_minute, rated_cost, charged, member)"
+            " VALUES ($1, $2, $3, $4, $5, '441234567', $6, $7, $8, $9, $10, $10, 0, 1, 1, 0,"
+            " $11, $11, $12)",
+            entry_id or f"{count + 1:06d}-0",
+            f"call{count + 1}",
+            account_id,
+            plan,
+            zone,
+            caller,
+            currency,
+            stopped_at - timedelta(seconds=seconds),
+            stopped_at,
+            seconds,
+            charged,
+            member,
+        )
+
+
+async def test_a_week_cycle_bills_a_weekly_charge_from_monday_to_monday(
+    services: Services,
+) -> None:
+    await add_plan(services, "weekly")
+    # Week cycle on Mondays (weekday 0) from Monday 2026-03-02.
+    await set_plan_billing(
+        services.pool, PlanBilling("weekly", "week", date(2026, 3, 2), cycle_weekday=0)
+    )
+    await create_charge(
+        services.pool,
+        Charge("wk", "Weekly line", "LINE", "EUR", 7 * EUR, "recurring", cadence="weekly"),
+    )
+    await customer(services, "w1", "wk", date(2026, 3, 4), plan_id="weekly")
+
+    # Wed Mar 4 .. Mon Mar 9 is 5 of 7 days: 7.00 * 5 / 7 = 5.00.
+    await run(services, "2026-03-02..2026-03-09")
+    # The next week whole: 7.00.
+    await run(services, "2026-03-09..2026-03-16")
+
+    found = {i["label"]: i for i in await invoices(services)}
+    assert set(found) == {"2026-03-02..2026-03-09", "2026-03-09..2026-03-16"}
+    [first] = found["2026-03-02..2026-03-09"]["lines"]
+    assert (first["kind"], first["amount"]) == ("proration", 5 * EUR)
+    assert first["period_start"] == datetime(2026, 3, 4, tzinfo=UTC)
+    [second] = found["2026-03-09..2026-03-16"]["lines"]
+    assert (second["kind"], second["amount"]) == ("recurring", 7 * EUR)
+    assert (second["period_start"], second["period_end"]) == (
+        datetime(2026, 3, 9, tzinfo=UTC),
+        datetime(2026, 3, 16, tzinfo=UTC),
+    )
+
+
+async def test_a_fixed_period_cycle_counts_every_n_days_from_the_effective_date(
+    services: Services,
+) -> None:
+    await add_plan(services, "tens")
+    # Every 10 days from Jan 1: Jan 1, 11, 21, 31, Feb 10 ...
+    await set_plan_billing(
+        services.pool, PlanBilling("tens", "fixed_period", date(2026, 1, 1), every_days=10)
+    )
+    await create_charge(
+        services.pool,
+        Charge(
+            "ten", "Ten-day pass", "PASS", "EUR", 3 * EUR, "recurring", "days", every_days=10
+        ),
+    )
+    await customer(services, "f1", "ten", date(2026, 1, 14), plan_id="tens")
+
+    # Jan 14 .. Jan 21 is 7 of 10 days: 3.00 * 7 / 10 = 2.10.
+    await run(services, "2026-01-11..2026-01-21")
+    # Jan 31 .. Feb 10 is a whole period, across the month's end: 3.00.
+    await run(services, "2026-01-31..2026-02-10")
+
+    found = {i["label"]: i["total"] for i in await invoices(services)}
+    assert found == {"2026-01-11..2026-01-21": 2_100_000, "2026-01-31..2026-02-10": 3 * EUR}
+
+
+async def test_the_charge_cutoff_includes_a_charge_created_at_it_and_not_one_after(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await monthly(services, "late", 4 * EUR)
+    cutoff = datetime(2026, 3, 31, 18, tzinfo=UTC)
+    await customer(services, "c1", "rent", date(2026, 1, 1))
+    await customer(services, "c2", "late", date(2026, 1, 1))
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE subscription_charges sc SET created_at = $1 + CASE s.account_id"
+            " WHEN 'c1' THEN interval '0' ELSE interval '1 microsecond' END"
+            " FROM subscriptions s WHERE s.id = sc.subscription_id",
+            cutoff,
+        )
+
+    await run(services, "2026-03", charge_cutoff=cutoff)
+
+    found = {i["account"]: i["total"] for i in await invoices(services)}
+    # c1's charge was created exactly at the cut-off: billed. c2's one microsecond
+    # later: it waits for the next run.
+    assert found == {"c1": 10 * EUR, "c2": 0}
+
+    # A run without the cut-off recomputes the draft and bills it.
+    await run(services, "2026-03")
+    found = {i["account"]: i["total"] for i in await invoices(services)}
+    assert found == {"c1": 10 * EUR, "c2": 4 * EUR}
+
+
+async def test_the_usage_cutoff_includes_calls_stopped_before_it_and_not_at_it(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await customer(services, "u1", None, date(2026, 1, 1))
+    cutoff = datetime(2026, 3, 20, 12, tzinfo=UTC)
+    await insert_cdr(services, "u1", cutoff - ONE_US, 110_000)  # included: 0.11
+    await insert_cdr(services, "u1", cutoff, 220_000)  # at the cut-off: excluded
+    await insert_cdr(services, "u1", datetime(2026, 3, 1, tzinfo=UTC), 330_000)  # first instant
+
+    await run(services, "2026-03", usage_cutoff=cutoff)
+
+    [invoice] = await invoices(services)
+    [line] = invoice["lines"]
+    # 0.11 + 0.33 = 0.44 over 2 calls; the call stopped at the cut-off waits.
+    assert (line["calls"], line["amount"]) == (2, 440_000)
+    assert line["period_end"] == cutoff
+
+
+async def test_a_dst_month_is_cut_at_london_midnights_and_prorated_by_day(
+    services: Services,
+) -> None:
+    await billed_plan(services, tz="Europe/London")
+    await monthly(services, "rent", 31 * EUR)
+    # Clocks go forward on Sunday 2026-03-29 at 01:00: March has 743 hours, 31 days.
+    await customer(services, "d1", "rent", date(2026, 3, 29))
+    april = datetime(2026, 3, 31, 23, tzinfo=UTC)  # Apr 1 00:00 BST
+    await insert_cdr(services, "d1", april - ONE_US, 50_000)  # still March in London
+    await insert_cdr(services, "d1", april, 70_000)  # April in London
+    await insert_cdr(services, "d1", datetime(2026, 3, 1, tzinfo=UTC), 10_000)  # Mar 1 00:00 GMT
+
+    await run(services, "2026-03")
+
+    [invoice] = await invoices(services)
+    rent, usage = invoice["lines"]
+    # Mar 29, 30, 31: 3 of 31 days of 31.00 = 3.00, DST day counted as one day.
+    assert (rent["kind"], rent["amount"]) == ("proration", 3 * EUR)
+    assert rent["period_start"] == datetime(2026, 3, 29, tzinfo=UTC)  # GMT still
+    assert rent["period_end"] == april
+    # 0.05 + 0.01: the call at 23:00 UTC on Mar 31 is in April.
+    assert (usage["calls"], usage["amount"]) == (2, 60_000)
+    assert invoice["total"] == 3_060_000
+
+
+async def test_jpy_lines_round_to_whole_yen_and_bhd_lines_to_fils(services: Services) -> None:
+    for plan, currency in (("yen", "JPY"), ("dinar", "BHD")):
+        await add_plan(services, plan, currency=currency)
+        await set_plan_billing(
+            services.pool, PlanBilling(plan, "fixed_date", date(2026, 1, 1), cycle_day=1)
+        )
+    await create_charge(
+        services.pool,
+        Charge("jrent", "Line", "LINE", "JPY", 1000 * EUR, "recurring", cadence="monthly"),
+    )
+    await create_charge(
+        services.pool,
+        Charge("brent", "Line", "LINE", "BHD", 10 * EUR, "recurring", cadence="monthly"),
+    )
+    await customer(services, "jp", "jrent", date(2026, 3, 11), plan_id="yen")
+    await customer(services, "bh", "brent", date(2026, 3, 11), plan_id="dinar")
+    await insert_cdr(services, "jp", datetime(2026, 3, 12, tzinfo=UTC), 1_500_000)  # 1.5 yen
+    await insert_cdr(services, "bh", datetime(2026, 3, 12, tzinfo=UTC), 1_234_500)  # 1.2345
+
+    await run(services, "2026-03")
+
+    found = {i["account"]: i for i in await invoices(services)}
+    jp_rent, jp_usage = found["jp"]["lines"]
+    # 1000 yen * 21 / 31 = 677.419354.. -> exact 677_419_355 micro, line 677 yen.
+    assert (jp_rent["exact_amount"], jp_rent["amount"]) == (677_419_355, 677 * EUR)
+    # 1.5 yen -> 2 yen (half away from zero).
+    assert jp_usage["amount"] == 2 * EUR
+    assert found["jp"]["total"] == 679 * EUR
+    bh_rent, bh_usage = found["bh"]["lines"]
+    # 10 BHD * 21 / 31 = 6.774193.. -> 6_774_194 micro, line 6.774.
+    assert (bh_rent["exact_amount"], bh_rent["amount"]) == (6_774_194, 6_774_000)
+    # 1.2345 -> 1.235 (a half of a fils, away from zero).
+    assert bh_usage["amount"] == 1_235_000
+    assert found["bh"]["total"] == 8_009_000
