@@ -7,8 +7,12 @@ currency's minor unit, half away from zero (decision 0019).
 
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
+
+from ocs.billing import runs
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import Charge, create_charge, set_plan_billing
+from ocs.errors import OcsError
 from ocs.services import Services
 from tests.conftest import add_plan
 from tests.test_billing_runs import EUR, billed_plan, customer, invoices, monthly, run
@@ -97,9 +101,7 @@ async def test_a_fixed_period_cycle_counts_every_n_days_from_the_effective_date(
     )
     await create_charge(
         services.pool,
-        Charge(
-            "ten", "Ten-day pass", "PASS", "EUR", 3 * EUR, "recurring", "days", every_days=10
-        ),
+        Charge("ten", "Ten-day pass", "PASS", "EUR", 3 * EUR, "recurring", "days", every_days=10),
     )
     await customer(services, "f1", "ten", date(2026, 1, 14), plan_id="tens")
 
@@ -123,7 +125,7 @@ async def test_the_charge_cutoff_includes_a_charge_created_at_it_and_not_one_aft
     await customer(services, "c2", "late", date(2026, 1, 1))
     async with services.pool.acquire() as conn:
         await conn.execute(
-            "UPDATE subscription_charges sc SET created_at = $1 + CASE s.account_id"
+            "UPDATE subscription_charges sc SET created_at = $1::timestamptz + CASE s.account_id"
             " WHEN 'c1' THEN interval '0' ELSE interval '1 microsecond' END"
             " FROM subscriptions s WHERE s.id = sc.subscription_id",
             cutoff,
@@ -220,3 +222,36 @@ async def test_jpy_lines_round_to_whole_yen_and_bhd_lines_to_fils(services: Serv
     # 1.2345 -> 1.235 (a half of a fils, away from zero).
     assert bh_usage["amount"] == 1_235_000
     assert found["bh"]["total"] == 8_009_000
+
+
+async def test_a_manual_plan_invoices_a_named_past_period_once(services: Services) -> None:
+    await add_plan(services, "desk")
+    await set_plan_billing(services.pool, PlanBilling("desk", "manual", date(2026, 1, 1)))
+    await monthly(services, "rent", 10 * EUR)
+    await customer(services, "m1", "rent", date(2026, 2, 8), plan_id="desk")
+    await insert_cdr(services, "m1", datetime(2026, 2, 20, tzinfo=UTC), 120_000)
+    await insert_cdr(services, "m1", datetime(2026, 3, 1, tzinfo=UTC), 990_000)  # March
+
+    await run(services, "2026-02", plan_id="desk")
+    await run(services, "2026-02", plan_id="desk")  # a rerun recomputes the same draft
+
+    [invoice] = await invoices(services)
+    assert invoice["label"] == "2026-02"
+    rent, usage = invoice["lines"]
+    # Feb 8 .. Mar 1: 21 of 28 days of 10.00 = 7.50; the February call 0.12.
+    assert (rent["kind"], rent["amount"]) == ("proration", 7_500_000)
+    assert (usage["calls"], usage["amount"]) == (1, 120_000)
+    assert invoice["total"] == 7_620_000
+    # Not a past period, an overlap with an invoiced one, no cycle to compute: refused.
+    for period, problem in (
+        ("2099-01", "has not ended"),
+        ("2026-02-15..2026-03-15", "overlaps m1's invoice for 2026-02"),
+        ("2026-13", "not a month"),
+    ):
+        with pytest.raises(OcsError, match=problem):
+            await runs.create_run(
+                services.pool, period, invoice_date=date(2026, 4, 1), plan_id="desk"
+            )
+    # A run of every plan leaves the manual plan alone.
+    await run(services, "2026-03")
+    assert len(await invoices(services)) == 1

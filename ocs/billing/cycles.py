@@ -17,6 +17,8 @@ from ocs.billing.periods import Schedule, Unit
 CYCLES = ("fixed_period", "fixed_date", "week", "subscription_date", "manual", "on_demand")
 # The cycles an invoice run computes periods for by itself.
 SCHEDULED = ("fixed_period", "fixed_date", "week", "subscription_date")
+# The cycles whose periods an operator (manual) or a session (on demand) names.
+UNSCHEDULED = ("manual", "on_demand")
 TIMINGS = ("end_of_cycle", "start_of_cycle")
 
 

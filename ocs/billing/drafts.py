@@ -19,16 +19,25 @@ from datetime import UTC, date, datetime
 
 import asyncpg
 
-from ocs.billing.cycles import PlanBilling, schedule
-from ocs.billing.lines import Item, Line, Targets, Usage, invoice_lines, targets
-from ocs.billing.periods import Period, Schedule
+from ocs.billing.cycles import UNSCHEDULED, PlanBilling, schedule
+from ocs.billing.lines import (
+    Billed,
+    Item,
+    Line,
+    Targets,
+    Usage,
+    advance_window_start,
+    invoice_lines,
+    targets,
+)
+from ocs.billing.periods import Period, Schedule, Unit
 from ocs.errors import OcsError, Reason
 
 _ITEMS_SQL = """
 SELECT s.account_id, c.id AS charge_id, sc.id AS item_id, c.name, c.amount, sc.quantity,
        c.kind, c.cadence, c.every_days, c.timing,
        GREATEST(s.start_date, sc.start_date) AS start,
-       LEAST(sc.end_date, s.end_date, s.cancelled_on) AS "end"
+       LEAST(sc.end_date, s.end_date, s.cancelled_on) AS "end", NULL::text AS number
 FROM subscriptions s
 JOIN subscription_charges sc ON sc.subscription_id = s.id
 JOIN charges c ON c.id = sc.charge_id
@@ -37,11 +46,17 @@ WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
 UNION ALL
 SELECT s.account_id, c.id, NULL, c.name, c.amount, 1,
        c.kind, c.cadence, c.every_days, c.timing,
-       s.start_date, LEAST(s.end_date, s.cancelled_on)
+       s.start_date, LEAST(s.end_date, s.cancelled_on), NULL
 FROM subscriptions s
 JOIN charges c ON c.plan_id = s.plan_id
 WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
   AND ($2::timestamptz IS NULL OR c.created_at <= $2)
+UNION ALL
+SELECT n.account_id, c.id, NULL, c.name, c.amount, 1,
+       c.kind, c.cadence, c.every_days, c.timing, n.start_date, n.end_date, n.number
+FROM account_numbers n
+JOIN charges c ON c.id = n.charge_id
+WHERE n.account_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR n.created_at <= $2)
 """
 
 # One pass over the accounts' CDRs of the window (index cdrs_account_idx).
@@ -52,6 +67,22 @@ SELECT account_id, zone, direction, count(*) AS calls, sum(duration) AS seconds,
 FROM cdrs
 WHERE account_id = ANY($1::text[]) AND stopped_at >= $2 AND stopped_at < $3
 GROUP BY account_id, zone, direction
+"""
+
+# The accounts with an invoice before this one (their billing has begun).
+_EARLIER_SQL = """
+SELECT DISTINCT account_id FROM invoices
+WHERE account_id = ANY($1::text[]) AND kind = 'invoice' AND state <> 'void' AND period_start < $2
+"""
+
+# What earlier invoices billed of the charges, from the first charge period to reconcile.
+_BILLED_SQL = """
+SELECT i.account_id, l.charge_id, l.item_id, l.number, l.period_start, l.period_end,
+       l.exact_amount < 0 AS credit
+FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id
+WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.state <> 'void'
+  AND i.period_start < $2 AND l.charge_id IS NOT NULL AND l.moves_money
+  AND l.kind IN ('recurring', 'proration') AND l.period_start >= $3
 """
 
 _LINE_COLUMNS = (
@@ -74,6 +105,7 @@ _LINE_COLUMNS = (
     "billed_seconds",
     "first_cdr",
     "last_cdr",
+    "number",
 )
 
 
@@ -88,7 +120,16 @@ class Group:
 
     @property
     def cycle(self) -> Schedule:
-        """The plan's (or, for the subscription-date cycle, the accounts') schedule."""
+        """The plan's (or, for the subscription-date cycle, the accounts') schedule.
+
+        A manual or on-demand plan has none: its period is named by an operator
+        or a session, so the schedule is that period repeated (every as many
+        days from its first day), and its recurring charges count from there.
+        """
+        if self.billing.cycle in UNSCHEDULED:
+            return Schedule(
+                Unit.DAYS, max(1, self.period.days), self.period.first_day, self.billing.time_zone
+            )
         return schedule(self.billing, self.anchor)
 
 
@@ -119,6 +160,40 @@ def usage_window(which: Targets, usage_cutoff: datetime | None) -> tuple[datetim
     return start, end
 
 
+async def billed_spans(
+    conn: asyncpg.Connection, group: Group, which: Targets, items: dict[str, list[Item]]
+) -> dict[str, dict[tuple[str, int | None, str | None], list[Billed]]]:
+    """Account -> what its earlier invoices billed of each charge, for accounts that have one.
+
+    An account missing from the answer has no earlier invoice.
+    """
+    ids = group.account_ids
+    earlier = {r["account_id"] for r in await conn.fetch(_EARLIER_SQL, ids, group.period.start)}
+    found: dict[str, dict[tuple[str, int | None, str | None], list[Billed]]] = {
+        a: {} for a in earlier
+    }
+    starts = [
+        start
+        for account in earlier
+        if (start := advance_window_start(items.get(account, []), group.cycle, which))
+    ]
+    if not starts:
+        return found
+    zone = group.cycle.zone
+    since = min(starts, key=lambda start: start.timestamp())
+    for r in await conn.fetch(_BILLED_SQL, sorted(earlier), group.period.start, since):
+        key = (r["charge_id"], r["item_id"], r["number"])
+        spans = found[r["account_id"]].setdefault(key, [])
+        spans.append(
+            Billed(
+                r["period_start"].astimezone(zone).date(),
+                r["period_end"].astimezone(zone).date(),
+                r["credit"],
+            )
+        )
+    return found
+
+
 async def compute(
     conn: asyncpg.Connection, group: Group, options: Options
 ) -> dict[str, tuple[str, list[Line]]]:
@@ -145,8 +220,10 @@ async def compute(
                 r["timing"],
                 r["start"],
                 r["end"],
+                r["number"],
             )
         )
+    billed = await billed_spans(conn, group, which, items)
     usage: dict[str, list[Usage]] = defaultdict(list)
     if window[0] < window[1]:
         for r in await conn.fetch(_USAGE_SQL, ids, window[0], window[1]):
@@ -165,7 +242,15 @@ async def compute(
     return {
         account: (
             currency,
-            invoice_lines(items[account], usage[account], group.cycle, which, currency, window),
+            invoice_lines(
+                items[account],
+                usage[account],
+                group.cycle,
+                which,
+                currency,
+                window,
+                billed.get(account),
+            ),
         )
         for account, currency in sorted(currencies.items())
     }
@@ -194,6 +279,7 @@ def _line_records(invoice_id: int, found: list[Line]) -> list[tuple[object, ...]
             line.billed_seconds,
             line.first_cdr,
             line.last_cdr,
+            line.number,
         )
         for position, line in enumerate(found, start=1)
     ]

@@ -18,10 +18,25 @@ in it (days used / days in the charge period, ``proration.prorate``): a start,
 end or cancellation inside the period gives a ``proration`` line. A one-time
 charge is billed by the invoice whose target period holds its date. Every
 line is rounded once to the currency's minor unit (``currency.round_line``).
+
+Advance charges are then **reconciled** for the period an earlier invoice
+billed ahead (the arrears period: for an end-of-cycle plan the invoice's own
+period, billed ahead by the invoice before it). For each charge period that
+overlaps it, the local days the item should have been billed for (its dates
+now) are compared with the days earlier invoices billed (``Billed`` spans:
+their positive lines add days, their credits take them away). Days billed
+but no longer used give a credit line (an end, a cancellation, the old side
+of an upgrade or downgrade); days used but never billed give a charge line
+(an item started inside an already-invoiced period, the new side of a
+change). Each is ``prorate(amount, days, days in the charge period)``, a
+separate line, rounded once. An item is reconciled when the account has an
+earlier invoice, or when it starts inside the arrears period: an account's
+billing begins with its first invoice, as it does for arrears charges.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from ocs.billing.currency import round_line
 from ocs.billing.cycles import charge_schedule
@@ -48,6 +63,25 @@ class Item:
     timing: str
     start: date
     end: date | None
+    number: str | None = None  # a triggered charge: the assigned number that triggers it
+
+    @property
+    def key(self) -> tuple[str, int | None, str | None]:
+        """What an earlier invoice's lines name this item by: charge, item and number."""
+        return (self.charge_id, self.item_id, self.number)
+
+    @property
+    def label(self) -> str:
+        """The item's name on a line: the charge's, with the number it bills."""
+        return self.name if self.number is None else f"{self.name} {self.number}"
+
+    @property
+    def billed_as(self) -> str:
+        """How the item bills: ``recurring`` or ``one_time`` (a triggered charge per number
+        recurs when it has a cadence, else it is billed once, on assignment)."""
+        if self.kind == "triggered":
+            return "one_time" if self.cadence is None else "recurring"
+        return self.kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +119,7 @@ class Line:
     billed_seconds: int | None = None
     first_cdr: str | None = None
     last_cdr: str | None = None
+    number: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +155,14 @@ def charge_lines(item: Item, cycle: Schedule, which: Targets, currency: str) -> 
     """The lines one charge item gives on the invoice ``which`` describes."""
     target = which.advance if item.timing == "advance" else which.arrears
     total = item.amount * item.quantity
-    if item.kind == "one_time":
+    if item.billed_as == "one_time":
         if not target.first_day <= item.start < target.end_day:
             return []
         day = local_midnight(item.start, cycle.zone)
         return [
             Line(
                 "one_time",
-                item.name,
+                item.label,
                 day,
                 None,
                 item.quantity,
@@ -136,10 +171,11 @@ def charge_lines(item: Item, cycle: Schedule, which: Targets, currency: str) -> 
                 True,
                 item.charge_id,
                 item.item_id,
+                number=item.number,
             )
         ]
-    if item.kind != "recurring" or item.cadence is None:
-        return []  # triggered charges are billed when number sets assign numbers
+    if item.billed_as != "recurring" or item.cadence is None:
+        return []
     found = []
     for part in _periods_starting_in(charge_schedule(cycle, item.cadence, item.every_days), target):
         first = max(item.start, part.first_day)
@@ -152,7 +188,7 @@ def charge_lines(item: Item, cycle: Schedule, which: Targets, currency: str) -> 
         found.append(
             Line(
                 "recurring" if whole else "proration",
-                item.name if whole else f"{item.name} ({used}/{part.days} days)",
+                item.label if whole else f"{item.label} ({used}/{part.days} days)",
                 local_midnight(first, cycle.zone),
                 local_midnight(after, cycle.zone),
                 item.quantity,
@@ -161,9 +197,105 @@ def charge_lines(item: Item, cycle: Schedule, which: Targets, currency: str) -> 
                 True,
                 item.charge_id,
                 item.item_id,
+                number=item.number,
             )
         )
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Billed:
+    """Local days [first, end) an earlier invoice's line billed for an item (credit: taken)."""
+
+    first: date
+    end: date
+    credit: bool
+
+
+# (charge id, subscription charge id or None for a plan's charge, number or None)
+# -> its billed spans.
+BilledSpans = Mapping[tuple[str, int | None, str | None], list[Billed]]
+
+
+def _days(first: date, end: date) -> set[date]:
+    """The local dates of [first, end)."""
+    return {first + timedelta(days=n) for n in range((end - first).days)}
+
+
+def _span_line(
+    item: Item, part: Period, days: set[date], zone_of: Schedule, currency: str, credit: bool
+) -> Line:
+    """One reconciliation line over ``days`` of the charge period ``part``."""
+    first, after = min(days), max(days) + timedelta(days=1)
+    exact = prorate(item.amount * item.quantity, len(days), part.days)
+    if credit:
+        exact = -exact
+    share = f"{len(days)}/{part.days} days"
+    whole = not credit and len(days) == part.days
+    if credit:
+        description = f"Credit: {item.label} unused ({share})"
+    else:
+        description = item.label if whole else f"{item.label} ({share})"
+    return Line(
+        "recurring" if whole else "proration",
+        description,
+        local_midnight(first, zone_of.zone),
+        local_midnight(after, zone_of.zone),
+        item.quantity,
+        exact,
+        round_line(exact, currency),
+        True,
+        item.charge_id,
+        item.item_id,
+        number=item.number,
+    )
+
+
+def advance_adjustments(
+    item: Item, cycle: Schedule, which: Targets, currency: str, billed: list[Billed]
+) -> list[Line]:
+    """Credit and charge lines that bring an advance item's earlier billing up to date.
+
+    For each charge period overlapping the arrears period: days billed earlier
+    but not used now are credited, days used but not billed are charged.
+    """
+    if item.timing != "advance" or item.billed_as != "recurring" or item.cadence is None:
+        return []
+    own = charge_schedule(cycle, item.cadence, item.every_days)
+    target = which.arrears
+    found: list[Line] = []
+    for part in own.periods_overlapping(target.start, target.end):
+        first = max(item.start, part.first_day)
+        after = part.end_day if item.end is None else min(item.end, part.end_day)
+        should = _days(first, after) if first < after else set()
+        done: set[date] = set()
+        for span in sorted(billed, key=lambda b: (b.credit, b.first)):
+            if not part.first_day <= span.first < part.end_day:
+                continue
+            days = _days(span.first, min(span.end, part.end_day))
+            done = done - days if span.credit else done | days
+        if extra := done - should:
+            found.append(_span_line(item, part, extra, cycle, currency, credit=True))
+        if missing := should - done:
+            found.append(_span_line(item, part, missing, cycle, currency, credit=False))
+    return found
+
+
+def advance_window_start(items: list[Item], cycle: Schedule, which: Targets) -> datetime | None:
+    """From when earlier invoices' lines must be read to reconcile ``items``.
+
+    The start of the first charge period overlapping the arrears period (the
+    window ends with the arrears period); None when no item is billed in advance.
+    """
+    starts = [
+        part.start
+        for item in items
+        if item.timing == "advance" and item.billed_as == "recurring" and item.cadence is not None
+        for part in charge_schedule(cycle, item.cadence, item.every_days).periods_overlapping(
+            which.arrears.start, which.arrears.end
+        )[:1]
+    ]
+    return min(starts, key=lambda start: start.timestamp()) if starts else None
 
 
 def usage_line(usage: Usage, window: tuple[datetime, datetime], currency: str) -> Line:
@@ -195,10 +327,21 @@ def invoice_lines(
     which: Targets,
     currency: str,
     usage_window: tuple[datetime, datetime],
+    billed: BilledSpans | None = None,
 ) -> list[Line]:
-    """Every line of one account's invoice, charges (by charge, then date) before usage."""
-    ordered = sorted(items, key=lambda i: (i.charge_id, i.start, i.item_id or 0))
-    found = [line for item in ordered for line in charge_lines(item, cycle, which, currency)]
+    """Every line of one account's invoice, charges (by charge, then date) before usage.
+
+    ``billed``: what earlier invoices billed ahead, for the advance charges'
+    reconciliation; None when the account has no earlier invoice (then only
+    items starting inside the arrears period are reconciled).
+    """
+    ordered = sorted(items, key=lambda i: (i.charge_id, i.number or "", i.start, i.item_id or 0))
+    found: list[Line] = []
+    for item in ordered:
+        found += charge_lines(item, cycle, which, currency)
+        if billed is not None or item.start >= which.arrears.first_day:
+            spans = [] if billed is None else billed.get(item.key, [])
+            found += advance_adjustments(item, cycle, which, currency, spans)
     found += [
         usage_line(u, usage_window, currency)
         for u in sorted(usage, key=lambda u: (u.zone, u.direction))

@@ -17,17 +17,19 @@ drafts are committed.
 """
 
 import os
+import re
 import socket
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from ocs.billing import drafts
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
-from ocs.billing.periods import Period
+from ocs.billing.periods import Period, local_midnight
 from ocs.errors import OcsError, Reason, invalid
 
 DEFAULT_CHUNK = 500
@@ -79,9 +81,20 @@ async def create_run(
             )
         ]
         if plan_id is not None and not plans:
-            raise OcsError(
-                Reason.NOT_FOUND, f"plan {plan_id!r} has no scheduled billing cycle", field="plan"
+            manual = await conn.fetchrow(
+                "SELECT * FROM plan_billing WHERE plan_id = $1 AND cycle = 'manual'", plan_id
             )
+            if manual is None:
+                raise OcsError(
+                    Reason.NOT_FOUND,
+                    f"plan {plan_id!r} has no scheduled or manual billing cycle",
+                    field="plan",
+                )
+            billing = PlanBilling.from_row(manual)
+            plans = [billing]
+            fixed_periods = {plan_id: await manual_period(conn, billing, period)}
+        else:
+            fixed_periods = {}
         groups: dict[tuple[str, date | None, Period], list[str]] = defaultdict(list)
         by_plan = {p.plan_id: p for p in plans}
         rows = await conn.fetch(
@@ -91,7 +104,7 @@ async def create_run(
             " FROM accounts a WHERE a.plan_id = ANY($1::text[]) ORDER BY a.id",
             list(by_plan),
         )
-        fixed: dict[str, Period] = {}
+        fixed: dict[str, Period] = fixed_periods
         try:
             for row in rows:
                 billing = by_plan[row["plan_id"]]
@@ -148,6 +161,57 @@ async def create_run(
     return run_id
 
 
+def manual_period_named(billing: PlanBilling, name: str) -> Period:
+    """The period an operator names for a manual plan, cut at the plan's local midnights.
+
+    ``2026-12`` is that calendar month; ``2026-12-05..2027-01-05`` any days,
+    the end excluded.
+    """
+    zone = ZoneInfo(billing.time_zone)
+    if match := re.fullmatch(r"(\d{4})-(\d{2})", name):
+        year, month = int(match[1]), int(match[2])
+        if not 1 <= month <= 12:
+            raise invalid("period", f"not a month: {name!r}")
+        first, end = date(year, month, 1), date(year + month // 12, month % 12 + 1, 1)
+    elif match := re.fullmatch(r"(\d{4}-\d{2}-\d{2})\.\.(\d{4}-\d{2}-\d{2})", name):
+        try:
+            first, end = date.fromisoformat(match[1]), date.fromisoformat(match[2])
+        except ValueError:
+            raise invalid("period", f"not a date in {name!r}") from None
+    else:
+        raise invalid("period", f"{name!r}: expected YYYY-MM or YYYY-MM-DD..YYYY-MM-DD")
+    if end <= first:
+        raise invalid("period", f"{name!r} ends before it starts")
+    return Period(local_midnight(first, zone), local_midnight(end, zone))
+
+
+async def manual_period(conn: asyncpg.Connection, billing: PlanBilling, name: str) -> Period:
+    """A manual plan's named period, refused unless it is past and not invoiced yet.
+
+    Past: it ended (at the plan's local midnight) before now. Not invoiced: no
+    account of the plan has an invoice (not void) overlapping it, other than
+    one of exactly this period (which a rerun recomputes, or leaves posted).
+    """
+    period = manual_period_named(billing, name)
+    if period.end.astimezone(UTC) > datetime.now(UTC):
+        raise invalid("period", f"{period.label} has not ended: a manual run bills a past period")
+    clash = await conn.fetchrow(
+        "SELECT i.account_id, i.period_label FROM invoices i JOIN accounts a"
+        " ON a.id = i.account_id WHERE a.plan_id = $1 AND i.kind = 'invoice'"
+        " AND i.state <> 'void' AND i.period_start < $3 AND i.period_end > $2"
+        " AND (i.period_start, i.period_end) <> ($2, $3) ORDER BY i.period_start LIMIT 1",
+        billing.plan_id,
+        period.start,
+        period.end,
+    )
+    if clash is not None:
+        raise invalid(
+            "period",
+            f"{period.label} overlaps {clash['account_id']}'s invoice for {clash['period_label']}",
+        )
+    return period
+
+
 async def claim_chunk(
     pool: asyncpg.Pool, run_id: int, worker: str, lease_s: float = DEFAULT_LEASE_S
 ) -> int | None:
@@ -185,7 +249,7 @@ async def run_chunk(pool: asyncpg.Pool, run_id: int, chunk: int) -> drafts.Writt
         billing = PlanBilling.from_row(
             await conn.fetchrow("SELECT * FROM plan_billing WHERE plan_id = $1", row["plan_id"])
         )
-        zone = schedule(billing, row["cycle_anchor"]).zone
+        zone = ZoneInfo(billing.time_zone)
         group = drafts.Group(
             billing,
             row["cycle_anchor"],

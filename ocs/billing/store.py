@@ -47,8 +47,10 @@ class Charge:
             raise invalid("kind", f"expected one of {', '.join(CHARGE_KINDS)}")
         if self.kind == "recurring" and self.cadence not in CADENCES:
             raise invalid("cadence", f"a recurring charge needs one of {', '.join(CADENCES)}")
-        if self.kind != "recurring" and self.cadence is not None:
-            raise invalid("cadence", "only a recurring charge has a cadence")
+        if self.kind == "one_time" and self.cadence is not None:
+            raise invalid("cadence", "a one-time charge has no cadence")
+        if self.cadence is not None and self.cadence not in CADENCES:
+            raise invalid("cadence", f"expected one of {', '.join(CADENCES)}")
         if (self.cadence == "days") != (self.every_days is not None):
             raise invalid("every_days", "is given with cadence 'days', and only then")
         if self.timing not in ("advance", "arrears"):
@@ -236,3 +238,118 @@ async def set_status(
             raise invalid("status", str(error)) from None
     if found is None:
         raise OcsError(Reason.NOT_FOUND, f"no subscription {subscription_id}")
+
+
+async def end_charge(pool: asyncpg.Pool, item_id: int, on: date) -> None:
+    """Remove a subscription's charge from day ``on`` (the first day without it), prorated.
+
+    A charge billed in advance for a period holding ``on`` is credited for
+    [on, period end) on the next invoice; one in arrears is billed up to ``on``.
+    """
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "UPDATE subscription_charges SET end_date = $2 WHERE id = $1"
+            " AND (start_date IS NULL OR start_date <= $2)"
+            " AND (end_date IS NULL OR end_date >= $2) RETURNING id",
+            item_id,
+            on,
+        )
+    if row is None:
+        raise OcsError(
+            Reason.NOT_FOUND, f"no subscription charge {item_id} running on {on}", field="item"
+        )
+
+
+async def change_charge(
+    pool: asyncpg.Pool, item_id: int, charge_id: str, on: date, *, quantity: int | None = None
+) -> int:
+    """An upgrade, downgrade or quantity change from day ``on``: the new item's id.
+
+    The old subscription charge ends on ``on`` and a new one starts that day
+    (same subscription, its quantity unless given, the old end date). The
+    invoices follow from the dates (decision 0020): in arrears, each side is
+    billed for its own days; in advance, the next invoice credits the unused
+    old part and charges the new part, two lines.
+    """
+    if quantity is not None and quantity < 1:
+        raise invalid("quantity", "must be at least 1")
+    async with pool.acquire() as conn, conn.transaction():
+        old = await conn.fetchrow(
+            "SELECT sc.subscription_id, sc.quantity, sc.end_date, a.currency,"
+            " (SELECT currency FROM charges WHERE id = $2) AS charge_currency"
+            " FROM subscription_charges sc JOIN subscriptions s ON s.id = sc.subscription_id"
+            " JOIN accounts a ON a.id = s.account_id"
+            " WHERE sc.id = $1 AND (sc.start_date IS NULL OR sc.start_date <= $3)"
+            "   AND COALESCE(sc.start_date, s.start_date) <= $3"
+            "   AND (sc.end_date IS NULL OR sc.end_date > $3) FOR UPDATE OF sc",
+            item_id,
+            charge_id,
+            on,
+        )
+        if old is None:
+            raise OcsError(
+                Reason.NOT_FOUND, f"no subscription charge {item_id} running on {on}", field="item"
+            )
+        if old["charge_currency"] is None:
+            raise OcsError(Reason.NOT_FOUND, f"no charge {charge_id!r}", field="charge")
+        if old["charge_currency"] != old["currency"]:
+            raise invalid("charge", f"charge {charge_id} is not in {old['currency']}")
+        await conn.execute(
+            "UPDATE subscription_charges SET end_date = $2 WHERE id = $1", item_id, on
+        )
+        return int(
+            await conn.fetchval(
+                "INSERT INTO subscription_charges (subscription_id, charge_id, quantity,"
+                " start_date, end_date) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                old["subscription_id"],
+                charge_id,
+                quantity or old["quantity"],
+                on,
+                old["end_date"],
+            )
+        )
+
+
+async def assign_number(
+    pool: asyncpg.Pool, account_id: str, number: str, charge_id: str, start_date: date
+) -> int:
+    """Assign ``number`` to an account from ``start_date``; it triggers ``charge_id``.
+
+    The trigger: the charge applies once per number assigned, recurring by its
+    cadence (prorated by day like any recurring charge) or once on assignment.
+    Number sets call this in a later issue. Refused (400) for a number that
+    triggers this charge already, or a charge that is not a triggered charge
+    in the account's currency (the database checks both).
+    """
+    async with pool.acquire() as conn:
+        try:
+            return int(
+                await conn.fetchval(
+                    "INSERT INTO account_numbers (account_id, number, charge_id, start_date)"
+                    " VALUES ($1, $2, $3, $4) RETURNING id",
+                    account_id,
+                    number,
+                    charge_id,
+                    start_date,
+                )
+            )
+        except asyncpg.UniqueViolationError:
+            raise invalid("number", f"{number} triggers {charge_id} already") from None
+        except asyncpg.CheckViolationError as error:
+            raise invalid("charge", str(error)) from None
+        except asyncpg.ForeignKeyViolationError as error:
+            raise OcsError(Reason.NOT_FOUND, str(error)) from None
+
+
+async def release_number(pool: asyncpg.Pool, number: str, on: date) -> None:
+    """The number leaves its account on ``on`` (first day without it): its charges stop."""
+    async with pool.acquire() as conn:
+        found = await conn.fetchval(
+            "WITH r AS (UPDATE account_numbers SET end_date = $2"
+            " WHERE number = $1 AND end_date IS NULL AND start_date <= $2 RETURNING id)"
+            " SELECT min(id) FROM r",
+            number,
+            on,
+        )
+    if found is None:
+        raise OcsError(Reason.NOT_FOUND, f"number {number} is not assigned", field="number")

@@ -59,11 +59,11 @@ async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Void
         await conn.execute(
             "INSERT INTO invoice_lines (invoice_id, position, kind, description, period_start,"
             " period_end, quantity, amount, exact_amount, moves_money, charge_id, item_id,"
-            " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr,"
+            " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number,"
             " reverses_line)"
             " SELECT $2, position, 'reversal', 'Reversal: ' || description, period_start,"
             " period_end, quantity, -amount, -exact_amount, moves_money, charge_id, item_id,"
-            " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, id"
+            " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number, id"
             " FROM invoice_lines WHERE invoice_id = $1",
             invoice_id,
             note_id,

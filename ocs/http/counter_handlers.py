@@ -5,7 +5,7 @@ A thin adapter over ``ocs.counters``: each endpoint declares what it takes and
 answers (``ENDPOINTS``); every decision is the counter service's.
 """
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -14,12 +14,17 @@ from ocs.balances.accounts import validate_account_id
 from ocs.catalog.store import validate_plan_id
 from ocs.counters.service import MAX_SECONDS
 from ocs.http.context import services_of
-from ocs.http.endpoint import AccountId, Amount, Answer, Endpoint, Params, Role, amount_text
+from ocs.http.endpoint import (
+    ZERO_AMOUNT,
+    AccountId,
+    Amount,
+    Answer,
+    Endpoint,
+    Params,
+    Role,
+    amount_text,
+)
 from ocs.rating.counter_rules import CounterDef
-
-# No money, as a field's default: a plain 0, for an Amount instance would not encode as
-# the schema's "default" (msgspec knows the type only through the schema hook).
-ZERO_AMOUNT = cast(Amount, 0)
 
 CounterId = Annotated[
     str,

@@ -24,7 +24,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import (
+    Annotated,
+    Any,
+    Generic,
+    Literal,
+    TypeVar,
+    cast,
+    get_args,
+    get_type_hints,
+)
 
 import msgspec
 from aiohttp import web
@@ -68,6 +77,10 @@ class Amount(int):
 class SignedAmount(int):
     """An ``Amount`` that may be negative (an adjustment, a credit)."""
 
+
+# No money, as a field's default: a plain 0 typed as an amount (an Amount instance
+# would not encode into the schema's "default").
+ZERO_AMOUNT = cast(Amount, 0)
 
 AMOUNT_PATTERN = r"^[+-]?(\d+(\.\d{0,6})?|\.\d{1,6})$"
 AMOUNT_UNSIGNED = r"^[+]?(\d+(\.\d{0,6})?|\.\d{1,6})$"
@@ -134,6 +147,39 @@ def _decode_custom(kind: type, value: Any) -> Any:
             # msgspec adds "- at `$.field`": the field is named from it.
             raise ValueError(str(exc)) from None
     raise NotImplementedError(kind)
+
+
+def _holds_amounts(kind: Any, seen: frozenset[Any] = frozenset()) -> bool:
+    """Whether a params type has an amount anywhere (fields, lists, dicts, nested Structs)."""
+    if kind is Amount or kind is SignedAmount:
+        return True
+    if kind in seen:
+        return False
+    if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+        hints = get_type_hints(kind, include_extras=True)
+        return any(_holds_amounts(hint, seen | {kind}) for hint in hints.values())
+    return any(_holds_amounts(arg, seen) for arg in get_args(kind))
+
+
+def plain_ints(value: Any) -> Any:
+    """``value`` with every amount as a plain int: the Redis client packs exact ints only,
+    and an amount must be usable wherever micro-units are."""
+    if isinstance(value, Amount | SignedAmount):
+        return int(value)
+    if isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            item = getattr(value, name)
+            converted = plain_ints(item)
+            if converted is not item:
+                setattr(value, name, converted)
+        return value
+    if isinstance(value, list):
+        return [plain_ints(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(plain_ints(item) for item in value)
+    if isinstance(value, dict):
+        return {key: plain_ints(item) for key, item in value.items()}
+    return value
 
 
 def schema_of_custom(kind: type) -> dict[str, Any]:
@@ -209,10 +255,19 @@ class Endpoint(Generic[P, A]):
 # --- reading the parameters ------------------------------------------------------------
 
 _DECODERS: dict[type, msgspec.json.Decoder[Any]] = {}
+_WITH_AMOUNTS: dict[type, bool] = {}
 _ENCODER = msgspec.json.Encoder()
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _NAMED = re.compile(r"(unknown|required) field `(?P<name>[^`]*)`")
+
+
+def _with_amounts(kind: type) -> bool:
+    """Whether ``plain_ints`` has work to do on params of this type (cached)."""
+    flag = _WITH_AMOUNTS.get(kind)
+    if flag is None:
+        flag = _WITH_AMOUNTS[kind] = _holds_amounts(kind)
+    return flag
 
 
 def _decoder(kind: type) -> msgspec.json.Decoder[Any]:
@@ -259,9 +314,12 @@ async def read_params(endpoint: "Endpoint[Any, Any]", request: web.Request) -> A
         if kind is None:
             return None
         try:
-            return msgspec.convert(dict(request.query), kind, strict=False, dec_hook=_decode_custom)
+            query = msgspec.convert(
+                dict(request.query), kind, strict=False, dec_hook=_decode_custom
+            )
         except msgspec.ValidationError as exc:
             raise field_error(exc) from None
+        return plain_ints(query) if _with_amounts(kind) else query
     if endpoint.body != "json":
         return None
     if request.content_length is not None and request.content_length > MAX_BODY:
@@ -307,7 +365,9 @@ async def read_params(endpoint: "Endpoint[Any, Any]", request: web.Request) -> A
         value = json.loads(text)
         if isinstance(value, dict):
             check_strings(value)
-    return None if endpoint.params is None else params
+    if endpoint.params is None:
+        return None
+    return plain_ints(params) if _with_amounts(kind) else params
 
 
 def encode_answer(value: object, status: int) -> web.Response:

@@ -16,23 +16,18 @@ from ocs.balances.accounts import STATUSES, UNSET, Unset, validate_account_id, v
 from ocs.balances.plan_policy import LANGUAGE_MAX, PlanPolicy, set_plan_policy
 from ocs.catalog.store import RESERVATION_POLICIES, SLICE_SECONDS_MAX, validate_plan_id
 from ocs.charging.lifecycle import validate_call_id
-from ocs.http import card_handlers, counter_handlers
 from ocs.http.context import services_of
-from ocs.http.counter_handlers import ZERO_AMOUNT
-from ocs.http.endpoint import Amount, Answer, Endpoint, Member, Params, Role, amount_text
+from ocs.http.endpoint import (
+    ZERO_AMOUNT,
+    Amount,
+    Answer,
+    Endpoint,
+    Member,
+    Params,
+    Role,
+    amount_text,
+)
 from ocs.views import AccountView, account_view
-
-# Until ocs/http/app.py lists ocs.http.card_handlers and ocs.http.counter_handlers
-# itself: its legacy route table still names these handlers here, and their endpoints
-# are served through this module's ENDPOINTS (at the end). Then both go.
-generate_pins = card_handlers.generate_pins
-pin_info = card_handlers.pin_info
-pin_time = card_handlers.pin_time
-account_counters = counter_handlers.account_counters
-buy_counter = counter_handlers.buy_counter
-cancel_counter = counter_handlers.cancel_counter
-define_counter = counter_handlers.define_counter
-reset_counters = counter_handlers.reset_counters
 
 AccountStatus = Literal["active", "locked", "suspended"]
 ReservationPolicy = Literal["whole", "slice", "share"]
@@ -365,6 +360,4 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         description="The switch's own stop that follows is charged only for what it adds.",
     ),
     # Until app.py lists these modules itself (see the imports).
-    *card_handlers.ENDPOINTS,
-    *counter_handlers.ENDPOINTS,
 )
