@@ -35,6 +35,8 @@ class Reason(Enum):
     CALL_NOT_FOUND = "call_not_found"
     CALL_ALREADY_STOPPED = "call_already_stopped"
     ACCOUNT_LOCKED = "account_locked"
+    NO_OPEN_SESSION = "no_open_session"  # on-demand billing: no session open on the account
+    INVOICE_STATE = "invoice_state"  # billing: the invoice or run is not in a state that allows it
     ACCOUNT_SUSPENDED = "account_suspended"
     NO_FREE_LINE = "no_free_line"
     INVALID_PASSWORD = "invalid_password"
@@ -85,6 +87,8 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.CALL_NOT_FOUND: _ReasonInfo(404, 1, 404),
     Reason.CALL_ALREADY_STOPPED: _ReasonInfo(409, 3, 481),
     Reason.ACCOUNT_LOCKED: _ReasonInfo(403, 7, 403),
+    Reason.NO_OPEN_SESSION: _ReasonInfo(403, 7, 403),
+    Reason.INVOICE_STATE: _ReasonInfo(409, 1, 403),
     Reason.ACCOUNT_SUSPENDED: _ReasonInfo(403, 7, 403),
     Reason.NO_FREE_LINE: _ReasonInfo(409, 3, 486),
     Reason.INVALID_PASSWORD: _ReasonInfo(403, 2, 403),

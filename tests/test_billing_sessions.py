@@ -43,7 +43,7 @@ async def test_calls_only_in_an_open_session_and_closing_it_invoices_the_session
     await services.accounts.create("booth1", plan_id="shop", opening_balance=5 * EUR)
     await lock_without_session(services.pool, services.store, "booth1")
     # No session: the real-time path refuses (the account lock, reason "session").
-    assert await _refusal(services, "before") is Reason.ACCOUNT_LOCKED
+    assert await _refusal(services, "before") is Reason.NO_OPEN_SESSION
 
     session = await open_session(services.pool, services.store, "booth1")
     with pytest.raises(OcsError, match="open already"):
@@ -54,7 +54,7 @@ async def test_calls_only_in_an_open_session_and_closing_it_invoices_the_session
     await _cdrs_written(services, 2)
     closed = await close_session(services.pool, services.store, "booth1")
 
-    assert await _refusal(services, "after") is Reason.ACCOUNT_LOCKED
+    assert await _refusal(services, "after") is Reason.NO_OPEN_SESSION
     assert closed.id == session.id and closed.invoice_id is not None
     [invoice] = await invoices(services)
     [usage] = invoice["lines"]

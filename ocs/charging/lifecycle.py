@@ -57,6 +57,7 @@ _LIVE_CACHE_LIMIT = 500_000
 _REFUSAL_MESSAGES = {
     "account_not_found": "account does not exist",
     "account_locked": "account is locked",
+    "no_open_session": "no billing session is open on the account (on-demand plan)",
     "account_suspended": "account is suspended",
     "no_free_line": "all lines of the account are in use",
     "zero_balance": "no funds available",

@@ -73,6 +73,11 @@ if ARGV[9] ~= '' and a[7] and a[7] ~= '' and a[7] ~= ARGV[9] then
   return {'REJ', 'invalid_password'}
 end
 if a[1] ~= 'active' then
+  -- An on-demand account (call shops, hotels) is locked while no billing session is
+  -- open on it: its own reason, read only then, so the common path pays nothing for it.
+  if a[1] == 'locked' and redis.call('HGET', KEYS[1], 'lock') == 'session' then
+    return {'REJ', 'no_open_session'}
+  end
   return {'REJ', 'account_' .. a[1]}
 end
 if a[8] and tonumber(a[8]) > 0 and tonumber(ARGV[10]) >= tonumber(a[8]) then
