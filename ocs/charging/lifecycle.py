@@ -415,14 +415,24 @@ def call_bands(plan: Plan | None, rate: Rate, start: int, length: int) -> Segmen
     return plan.bands.segments(start, length + slack + 60)
 
 
+class TariffMatch(NamedTuple):
+    """A destination's tariff: the normalised digits, the plan whose deck rated it (an
+    access number's plan, or the account's), the prefix matched and the tariff."""
+
+    digits: str
+    rating_plan: str
+    prefix: str
+    tariff: Tariff
+
+
 def tariff_of(
     snapshot: CatalogSnapshot,
     plan_id: str,
     translated: str,
     access_number: str | None,
     direction: str,
-) -> tuple[str, str, str, Tariff]:
-    """(digits, rating plan, matched prefix, tariff) of a translated destination.
+) -> TariffMatch:
+    """The tariff of a translated destination (``TariffMatch``).
 
     A call through one of the plan's access numbers is rated by that number's plan;
     an inbound call with no inbound tariff is free; an outbound one is refused.
@@ -432,19 +442,30 @@ def tariff_of(
     match = snapshot.tariff_for(rating_plan, digits, direction)
     if match is None:
         if direction == "inbound":
-            return digits, rating_plan, "", Tariff("inbound", FREE_INBOUND)
+            return TariffMatch(digits, rating_plan, "", Tariff("inbound", FREE_INBOUND))
         raise OcsError(
             Reason.DESTINATION_NOT_ALLOWED,
             f"no tariff for destination {digits} in plan {rating_plan!r}",
             field="destination",
         )
-    return digits, rating_plan, match[0], match[1]
+    return TariffMatch(digits, rating_plan, match[0], match[1])
+
+
+class CounterChoice(NamedTuple):
+    """The usage counter a call draws on: the counter (None: none applies), the part of
+    the call it pays for as the rating function takes it, the call's cap in seconds, and
+    the quote the authorize script checks the counter's seconds against."""
+
+    counter: CounterDef | None
+    split: CounterSplit | None
+    cap: int
+    quote: CounterQuote | None
 
 
 def choose_counter(
     candidates: tuple[CounterDef, ...], plan_cap: int, guess: tuple[str | None, int] | None
-) -> tuple[CounterDef | None, CounterSplit | None, int, CounterQuote | None]:
-    """(counter, split, cap, script quote) of a call whose zone ``candidates`` cover.
+) -> CounterChoice:
+    """The counter of a call whose zone ``candidates`` cover (``CounterChoice``).
 
     ``guess`` is the counter and its free seconds as last known: None before anyone
     has said (the first mandatory counter, in a fresh cycle), then what the authorize
@@ -452,7 +473,7 @@ def choose_counter(
     that refuses past its bundle caps the call at the bundle's free seconds.
     """
     if not candidates:
-        return None, None, plan_cap, None
+        return CounterChoice(None, None, plan_cap, None)
     if guess is None:
         counter = next((c for c in candidates if c.mandatory), None)
         held = 0 if counter is None else min(counter.seconds, plan_cap)
@@ -474,7 +495,7 @@ def choose_counter(
         split = CounterSplit(counter.rate, held)
         if counter.reject_on_threshold:
             cap = held  # the bundle is all the call may use
-    return counter, split, cap, counter_quote
+    return CounterChoice(counter, split, cap, counter_quote)
 
 
 def clean_caller(caller: str | None) -> str | None:
