@@ -176,6 +176,11 @@ class RunningApp:
         response = await self.client.post(path, json=payload)
         return response.status, await response.json()
 
+    async def put(self, path: str, payload: object) -> tuple[int, dict]:
+        """PUT ``payload`` as JSON: (status, JSON body)."""
+        response = await self.client.put(path, json=payload)
+        return response.status, await response.json()
+
     async def get(self, path: str) -> tuple[int, dict]:
         """GET: (status, JSON body)."""
         response = await self.client.get(path)

@@ -80,3 +80,36 @@ async def test_usage_the_account_cannot_pay_is_refused(app: RunningApp) -> None:
     assert (status, body["error"]["field"]) == (403, "service")
     _, shown = await app.get("/v1/accounts/thin")
     assert shown["balance"] == "1.000000"
+
+
+async def test_a_usage_event_cannot_spend_funds_committed_to_the_plans_charges(
+    app: RunningApp,
+) -> None:
+    # Lock on prorated charges: 5.00 of the account's 6.00 is committed to the plan's
+    # fee, so 1.00 is available; 350 MB at 0.01 (3.50) is refused, 50 MB (0.50) is not.
+    await add_plan(app.services, deck=DECK)
+    await _per_unit(app, "Data", 1)
+    status, policy = await app.put(
+        "/v1/plans/retail/policy", {"recurring_fee": "5.00", "lock_prorated": True}
+    )
+    assert status == 200, policy
+
+    async def loaded() -> bool:
+        data = app.services.catalog.snapshot.tariff_named("retail", "Data")
+        return bool(data and data.rate.per == 1)
+
+    await eventually(loaded, what="the per-unit tariff in the snapshot")
+    status, created = await app.post(
+        "/v1/accounts", {"id": "ev2", "plan": "retail", "balance": "6.00"}
+    )
+    assert (status, created["committed"], created["available"]) == (
+        201, "5.000000", "1.000000",
+    ), created  # fmt: skip
+    status, refused = await app.post(
+        "/v1/usage", {"account": "ev2", "event_id": "mb-big", "service": "Data", "quantity": 350}
+    )
+    assert (status, refused["error"]["reason"]) == (402, "insufficient_funds"), refused
+    status, charged = await app.post(
+        "/v1/usage", {"account": "ev2", "event_id": "mb-small", "service": "Data", "quantity": 50}
+    )
+    assert (status, charged["cost"], charged["balance"]) == (201, "0.500000", "5.500000")

@@ -31,6 +31,8 @@ from ocs.billing.lines import (
     targets,
 )
 from ocs.billing.periods import Period, Schedule, Unit
+from ocs.billing.realtime import realtime_lines
+from ocs.billing.statement import write_statements
 from ocs.errors import OcsError, Reason
 
 _ITEMS_SQL = """
@@ -48,7 +50,7 @@ SELECT s.account_id, c.id, NULL, c.name, c.amount, 1,
        c.kind, c.cadence, c.every_days, c.timing,
        s.start_date, LEAST(s.end_date, s.cancelled_on), NULL
 FROM subscriptions s
-JOIN charges c ON c.plan_id = s.plan_id
+JOIN charges c ON c.plan_id = s.plan_id AND c.kind <> 'counter'
 WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
   AND ($2::timestamptz IS NULL OR c.created_at <= $2)
 UNION ALL
@@ -59,13 +61,15 @@ JOIN charges c ON c.id = n.charge_id
 WHERE n.account_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR n.created_at <= $2)
 """
 
-# One pass over the accounts' CDRs of the window (index cdrs_account_idx).
+# One pass over the accounts' call CDRs of the window (index cdrs_account_idx); usage
+# events (MB, kWh) are lines of their own (``realtime``).
 _USAGE_SQL = """
 SELECT account_id, zone, direction, count(*) AS calls, sum(duration) AS seconds,
        sum(billed_seconds) AS billed_seconds, sum(charged) AS amount,
        min(entry_id) AS first_cdr, max(entry_id) AS last_cdr
 FROM cdrs
 WHERE account_id = ANY($1::text[]) AND stopped_at >= $2 AND stopped_at < $3
+  AND termination_cause <> 'usage'
 GROUP BY account_id, zone, direction
 """
 
@@ -106,6 +110,11 @@ _LINE_COLUMNS = (
     "first_cdr",
     "last_cdr",
     "number",
+    "counter_id",
+    "bundle_seconds",
+    "paid_seconds",
+    "billed_quantity",
+    "source_entry",
 )
 
 
@@ -239,6 +248,7 @@ async def compute(
                     r["last_cdr"],
                 )
             )
+    reported = await realtime_lines(conn, currencies, window)
     return {
         account: (
             currency,
@@ -250,7 +260,8 @@ async def compute(
                 currency,
                 window,
                 billed.get(account),
-            ),
+            )
+            + reported.get(account, []),
         )
         for account, currency in sorted(currencies.items())
     }
@@ -280,6 +291,11 @@ def _line_records(invoice_id: int, found: list[Line]) -> list[tuple[object, ...]
             line.first_cdr,
             line.last_cdr,
             line.number,
+            line.counter_id,
+            line.bundle_seconds,
+            line.paid_seconds,
+            line.billed_quantity,
+            line.source_entry,
         )
         for position, line in enumerate(found, start=1)
     ]
@@ -336,6 +352,8 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
         options.invoice_date,
         options.run_id,
     )
+    which = targets(group.cycle, group.period, group.billing.invoice_timing)
+    await write_statements(conn, draft_ids, usage_window(which, options.usage_cutoff))
     return Written(drafts=len(drafts), final=len(rows) - len(drafts))
 
 

@@ -120,6 +120,13 @@ class Line:
     first_cdr: str | None = None
     last_cdr: str | None = None
     number: str | None = None
+    # Lines that report the real-time path (``realtime``): a counter, its seconds from
+    # the bundle and paid, a usage event's rated quantity, the ledger entry reported.
+    counter_id: str | None = None
+    bundle_seconds: int | None = None
+    paid_seconds: int | None = None
+    billed_quantity: int | None = None
+    source_entry: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

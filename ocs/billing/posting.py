@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
+from ocs.billing import commitments
 from ocs.errors import OcsError, Reason
 
 # Lines whose money moves at once (the auto-pipeline sends them together).
@@ -168,5 +169,15 @@ async def post(
             if void is not None:
                 raise OcsError(Reason.INVALID_FIELD, f"invoice {void} is void: it cannot be posted")
         numbers = await assign_numbers(conn, invoice_ids)
+        accounts = [
+            r["account_id"]
+            for r in await conn.fetch(
+                "SELECT DISTINCT account_id FROM invoices WHERE id = ANY($1::bigint[])",
+                list(numbers),
+            )
+        ]
     moved = await move_money(pool, store, invoice_ids)
+    if accounts:
+        # Their charges are paid: accounts locked on prorated charges commit the next ones.
+        await commitments.refresh(pool, store, account_ids=accounts)
     return Posted(numbers, moved)

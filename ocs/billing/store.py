@@ -17,6 +17,9 @@ from ocs.billing.cycles import CYCLES, TIMINGS, PlanBilling, schedule
 from ocs.errors import OcsError, Reason, invalid
 
 CHARGE_KINDS = ("recurring", "one_time", "triggered")
+# Ids of the charges the plan and counter fees make (migration 0022): kept in step with
+# the fees by the database, never created or subscribed to by hand.
+FEE_CHARGE_PREFIXES = ("plan-fee.", "counter.")
 CADENCES = ("weekly", "monthly", "quarterly", "yearly", "days")
 SUBSCRIPTION_STATUSES = ("pending", "active", "suspended", "cancelled")
 
@@ -43,6 +46,8 @@ class Charge:
 
     def validate(self) -> None:
         """Refuse (400, naming the field) a charge the database would refuse."""
+        if self.id.startswith(FEE_CHARGE_PREFIXES):
+            raise invalid("id", "plan-fee.* and counter.* are the plan and counter fees' charges")
         if self.kind not in CHARGE_KINDS:
             raise invalid("kind", f"expected one of {', '.join(CHARGE_KINDS)}")
         if self.kind == "recurring" and self.cadence not in CADENCES:
@@ -189,7 +194,7 @@ async def add_charge(
         raise invalid("quantity", "must be at least 1")
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            "SELECT a.currency AS account_currency, c.currency AS charge_currency"
+            "SELECT a.currency AS account_currency, c.currency AS charge_currency, c.origin"
             " FROM subscriptions s JOIN accounts a ON a.id = s.account_id, charges c"
             " WHERE s.id = $1 AND c.id = $2",
             subscription_id,
@@ -201,6 +206,9 @@ async def add_charge(
             )
         if row["account_currency"] != row["charge_currency"]:
             raise invalid("charge", f"charge {charge_id} is not in {row['account_currency']}")
+        if row["origin"] is not None:
+            # A plan's fee applies through the plan; a counter's is charged in real time.
+            raise invalid("charge", f"charge {charge_id} is a {row['origin']}: not subscribed to")
         return int(
             await conn.fetchval(
                 "INSERT INTO subscription_charges (subscription_id, charge_id, quantity,"

@@ -19,12 +19,14 @@ local done = redis.call('GET', KEYS[2])
 if done then
   return {'DONE', done}
 end
-local a = redis.call('HMGET', KEYS[1], 'status', 'balance', 'credit_limit', 'reserved')
+local a = redis.call('HMGET', KEYS[1], 'status', 'balance', 'credit_limit', 'reserved',
+  'committed')
 if a[1] ~= 'active' then
   return {'REJ', 'account_' .. a[1]}
 end
 local rated = tonumber(ARGV[2])
-local available = tonumber(a[2]) + tonumber(a[3]) - tonumber(a[4])
+-- Funds committed to the plan's prorated charges are not for usage (as in authorize).
+local available = tonumber(a[2]) + tonumber(a[3]) - tonumber(a[4]) - tonumber(a[5] or 0)
 if rated > available then
   if available <= 0 then
     return {'REJ', 'zero_balance'}

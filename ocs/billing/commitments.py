@@ -1,0 +1,91 @@
+"""Lock accounts on prorated charges: the cycle's custom charges are committed funds.
+
+A plan with ``lock_prorated`` (the plan setting of 0009, "Lock accounts based
+on prorated charges") has the charges its next invoice will bill for the
+plan's custom charges (its ``plan_id`` charges, the plan fee among them,
+prorated by day like on the invoice) set aside: the account's ``committed``
+amount, in PostgreSQL and in the Redis hash field ``committed``. Every
+real-time script already subtracts it from the available funds (balance +
+credit limit - reserved - committed), so the balance pays the charges before
+calls, and an account whose balance cannot cover them has nothing available:
+its calls are refused (``zero_balance``) until a top-up covers the charges.
+
+The amount is what a dry run (``drafts.compute``) of the period holding
+``at`` bills for those charges: the lines that move money, rounded, summed
+(never below 0). ``refresh`` recomputes it; posting calls it for the
+accounts it posted, whose charges have then been paid, so the next cycle's
+are committed instead.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from ocs.balances.store import BalanceStore
+from ocs.billing import drafts
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """An account's committed amount now, and whether its funds cover it."""
+
+    account_id: str
+    committed: int
+    covered: bool
+
+
+_ACCOUNTS_SQL = """
+SELECT a.id FROM accounts a JOIN plans p ON p.id = a.plan_id AND p.lock_prorated
+JOIN plan_billing b ON b.plan_id = a.plan_id
+WHERE ($1::text IS NULL OR a.plan_id = $1) AND ($2::text[] IS NULL OR a.id = ANY($2))
+  AND b.cycle NOT IN ('manual', 'on_demand')
+ORDER BY a.id
+"""
+
+
+async def prorated_commitment(conn: asyncpg.Connection, account_id: str, at: datetime) -> int:
+    """What the invoice of the period holding ``at`` bills the account for its plan's
+    custom charges: their money-moving lines, rounded, summed, at least 0."""
+    group, plan_id = await drafts.account_group(conn, account_id, at)
+    custom = {
+        r["id"] for r in await conn.fetch("SELECT id FROM charges WHERE plan_id = $1", plan_id)
+    }
+    computed = await drafts.compute(conn, group, drafts.Options(invoice_date=at.date()))
+    _currency, found = computed[account_id]
+    total = sum(
+        line.amount
+        for line in found
+        if line.moves_money
+        and line.charge_id in custom
+        and line.item_id is None
+        and line.number is None
+    )
+    return max(total, 0)
+
+
+async def refresh(
+    pool: asyncpg.Pool,
+    store: BalanceStore,
+    *,
+    plan_id: str | None = None,
+    account_ids: list[str] | None = None,
+    at: datetime | None = None,
+) -> list[Committed]:
+    """Commit the prorated custom charges of every account (of a plan, or these) whose
+    plan locks on them; the accounts and amounts set. Others are left as they are."""
+    when = at or datetime.now(UTC)
+    done: list[Committed] = []
+    async with pool.acquire() as conn:
+        ids = [r["id"] for r in await conn.fetch(_ACCOUNTS_SQL, plan_id, account_ids)]
+        for account_id in ids:
+            amount = await prorated_commitment(conn, account_id, when)
+            await conn.execute(
+                "UPDATE accounts SET committed = $2 WHERE id = $1", account_id, amount
+            )
+            if not await store.set_policy(account_id, {"committed": amount}):
+                continue  # not in Redis (yet): created with the plan's fee committed
+            state = await store.get_account(account_id)
+            covered = state is None or state.balance + state.credit_limit >= amount
+            done.append(Committed(account_id, amount, covered))
+    return done

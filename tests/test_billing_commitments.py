@@ -1,0 +1,69 @@
+"""Lock accounts on prorated charges: the plan's custom charges of the cycle are committed
+funds, so the balance pays them before calls (hand-computed, EUR)."""
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
+from ocs.billing import commitments
+from ocs.billing.store import Charge, create_charge
+from ocs.charging.lifecycle import AuthorizeRequest
+from ocs.errors import OcsError
+from ocs.services import Services
+from tests.test_billing_runs import EUR, billed_plan, customer
+
+MID_MARCH = datetime(2026, 3, 15, 12, tzinfo=UTC)
+
+
+async def test_prorated_plan_charges_are_committed_and_lock_calls_when_unpaid(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    # The plan fee (10.00 a month in advance) is the plan's charge; another custom charge of
+    # the plan, 3.10 a month in arrears, and a subscription's own charge, not committed.
+    await set_plan_policy(
+        services.pool, "retail", PlanPolicy(recurring_fee=10 * EUR, lock_prorated=True)
+    )
+    await create_charge(
+        services.pool,
+        Charge("support", "Support", "SUP", "EUR", 3_100_000, "recurring", cadence="monthly",
+               plan_id="retail"),
+    )  # fmt: skip
+    await create_charge(
+        services.pool,
+        Charge("tv", "TV", "TV", "EUR", 7 * EUR, "recurring", cadence="monthly"),
+    )
+    await customer(services, "rich", "tv", date(2026, 3, 11), balance=30 * EUR)
+    await customer(services, "poor", None, date(2026, 3, 11), balance=10 * EUR)
+
+    done = await commitments.refresh(services.pool, services.store, at=MID_MARCH)
+
+    # March's invoice (started March 11, 21 of 31 days): support 3.10 x 21/31 = 2.10;
+    # the plan fee for March's own days 10.00 x 21/31 = 6.774.. -> 6.77, and April's
+    # ahead 10.00. 2.10 + 6.77 + 10.00 = 18.87; TV is the subscription's, not the plan's.
+    assert done == [
+        commitments.Committed("poor", 18_870_000, False),
+        commitments.Committed("rich", 18_870_000, True),
+    ]
+    rich = await services.accounts.show("rich")
+    assert (rich.committed, rich.available) == (18_870_000, 30 * EUR - 18_870_000)
+    async with services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT committed FROM accounts WHERE id = 'poor'") == 18_870_000
+    # 10.00 cannot cover 18.87: nothing is available, its calls are refused.
+    with pytest.raises(OcsError) as refused:
+        await services.calls.authorize(AuthorizeRequest("poor", "441234567", call_id="p-1"))
+    assert refused.value.reason.value == "zero_balance"
+    # A top-up that covers the charges lets it call again.
+    await services.accounts.topup("poor", 9 * EUR, "t-1")
+    granted = await services.calls.authorize(AuthorizeRequest("poor", "441234567", call_id="p-2"))
+    assert granted.max_duration > 0
+
+
+async def test_a_plan_without_the_setting_commits_nothing(services: Services) -> None:
+    await billed_plan(services)
+    await set_plan_policy(services.pool, "retail", PlanPolicy(recurring_fee=10 * EUR))
+    await customer(services, "free", None, date(2026, 3, 11), balance=5 * EUR)
+
+    assert await commitments.refresh(services.pool, services.store, at=MID_MARCH) == []
+    assert (await services.accounts.show("free")).committed == 0
