@@ -10,10 +10,11 @@ embedded store that would be started beside another one (the message names both)
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,6 +26,8 @@ from ocs.logs import configure_logging
 from ocs.money import MoneyError, format_amount, parse_amount
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from ocs.services import Services
 
     # The object add_subparsers returns: where a command group's commands are added.
@@ -97,7 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole ``ocs`` command line: every command, its arguments and its handler."""
     parser = argparse.ArgumentParser(prog="ocs", description="ocs: online charging system")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_process_commands(commands)
+    _add_catalog_commands(commands)
+    _add_tokens(commands)
+    _add_accounts(commands)
+    _add_counters_and_cards(commands)
+    _add_billing(commands)
+    _add_invoices(commands)
+    _add_subscriptions(commands)
+    _add_charges(commands)
+    return parser
 
+
+def _add_process_commands(commands: "Commands") -> None:
+    """serve, demo, warm-up, db migrate, reconcile and the billing worker."""
     _command(commands, "serve", "run the charging server", _serve, serving=True)
     _command(
         commands,
@@ -112,17 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
         "compile the prefix matcher now (once per install) so the first start is quick",
         _warm_up,
     )
-
     db = _group(commands, "db", "database maintenance")
     _command(db, "migrate", "apply pending schema migrations", _db_migrate)
-
     _command(
         commands,
         "reconcile",
         "check that every Redis balance equals its ledger (exit 1 if not)",
         _reconcile,
     )
+    worker = _command(
+        commands,
+        "billing-worker",
+        "run due billing cycles from the plans' schedules and share invoice runs' chunks"
+        " (until SIGTERM)",
+        _billing_worker,
+    )
+    worker.add_argument(
+        "--once", action="store_true", help="one pass (due runs, unfinished chunks), then exit"
+    )
 
+
+def _add_catalog_commands(commands: "Commands") -> None:
+    """plans, tariffs and codes."""
     plans = _group(commands, "plans", "subscription plans")
     create = _command(plans, "create", "create a plan", _plans_create)
     create.add_argument("id")
@@ -137,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-call-duration", type=int, default=14_400, help="longest call in seconds"
     )
     _command(plans, "list", "list plans", _plans_list)
+    _add_plan_billing(plans)
 
     tariffs = _group(commands, "tariffs", "rate decks")
     imp = _command(tariffs, "import", "replace a plan's rate deck with a CSV file", _tariffs_import)
@@ -158,6 +186,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cremove.add_argument("--plan", help="the plan, which goes back to the standard table")
 
+
+def _add_plan_billing(plans: "Commands") -> None:
+    """``ocs plans billing PLAN``: a plan's billing settings."""
+    from ocs.billing.cycles import CYCLES, TIMINGS
+
+    billing = _command(plans, "billing", "set a plan's billing cycle and invoicing", _plans_billing)
+    billing.add_argument("plan")
+    billing.add_argument("--cycle", required=True, choices=CYCLES)
+    billing.add_argument("--effective-date", help="YYYY-MM-DD (default: today, UTC)")
+    billing.add_argument("--time-zone", default="UTC", help="IANA zone periods are cut in")
+    billing.add_argument("--cycle-day", type=int, help="fixed date: day of the month (1-31)")
+    billing.add_argument("--cycle-weekday", type=int, help="week: 0 Monday .. 6 Sunday")
+    billing.add_argument("--every-days", type=int, help="fixed period: its length in days")
+    billing.add_argument("--grace-days", type=int, default=0)
+    billing.add_argument("--message", default="", help="printed at the bottom of every invoice")
+    billing.add_argument("--timing", default="end_of_cycle", choices=TIMINGS)
+    billing.add_argument("--issuer", default="INV", help="invoice number prefix, e.g. INV")
+
+
+def _add_tokens(commands: "Commands") -> None:
+    """tokens create, list and revoke."""
     tokens = _group(commands, "tokens", "admin API tokens")
     tcreate = _command(
         tokens,
@@ -171,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     trevoke = _command(tokens, "revoke", "revoke a token by name", _tokens_revoke)
     trevoke.add_argument("name")
 
+
+def _add_accounts(commands: "Commands") -> None:
+    """accounts create, show and topup."""
     accounts = _group(commands, "accounts", "accounts")
     acreate = _command(accounts, "create", "create an account", _accounts_create)
     acreate.add_argument("id")
@@ -186,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     topup.add_argument("amount", help="e.g. 5.00")
     topup.add_argument("--topup-id", help="idempotency key: a repeated id credits once")
 
+
+def _add_counters_and_cards(commands: "Commands") -> None:
+    """counters reset, rerate and pins generate."""
     counters = _group(commands, "counters", "usage counters")
     reset = _command(
         counters,
@@ -225,7 +280,103 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--out", type=Path, required=True, help="CSV file to write (holds the PINs: keep it safe)"
     )
-    return parser
+
+
+def _add_billing(commands: "Commands") -> None:
+    """billing run, post and resume."""
+    billing = _group(commands, "billing", "invoice runs: draft, post")
+    brun = _command(
+        billing,
+        "run",
+        "draft the invoices of a billing period (a progress bar on a terminal)",
+        _billing_run,
+    )
+    brun.add_argument("--period", required=True, help="e.g. 2026-12, or 2026-12-05..2027-01-05")
+    brun.add_argument("--plan", help="only this plan (a manual plan must be named)")
+    brun.add_argument("--invoice-date", help="YYYY-MM-DD (default: today, UTC)")
+    brun.add_argument("--charge-cutoff", help="charges created after it wait for the next run")
+    brun.add_argument("--usage-cutoff", help="rated usage up to this instant is included")
+    brun.add_argument("--no-taxes", action="store_true", help="an untaxed draft")
+    post = _command(
+        billing, "post", "post drafts: gapless numbers, then the money moves", _billing_post
+    )
+    which = post.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", type=int, dest="run_id", help="every draft of this run")
+    which.add_argument("--invoice", type=int, action="append", help="this invoice (repeatable)")
+    resume = _command(billing, "resume", "finish an unfinished run's chunks", _billing_resume)
+    resume.add_argument("run_id", type=int, metavar="RUN")
+
+
+def _add_invoices(commands: "Commands") -> None:
+    """invoices list, show, void and preview."""
+    from ocs.billing.queries import INVOICE_STATES
+
+    invoices = _group(commands, "invoices", "invoices and credit notes")
+    ilist = _command(invoices, "list", "list invoices (newest period first)", _invoices_list)
+    ilist.add_argument("--account")
+    ilist.add_argument("--period", help="e.g. 2026-12")
+    ilist.add_argument("--state", choices=INVOICE_STATES)
+    ilist.add_argument("--run", type=int, dest="run_id")
+    ishow = _command(invoices, "show", "an invoice with its lines", _invoices_show)
+    ishow.add_argument("id", type=int)
+    ivoid = _command(invoices, "void", "void a posted invoice with a credit note", _invoices_void)
+    ivoid.add_argument("id", type=int)
+    preview = _command(
+        invoices,
+        "preview",
+        "an account's invoice for the current period, computed now and stored nowhere",
+        _invoices_preview,
+    )
+    preview.add_argument("account")
+    preview.add_argument("--at", help="the period holding this instant (default: now)")
+
+
+def _add_subscriptions(commands: "Commands") -> None:
+    """subscriptions create, list, status and add-charge."""
+    subs = _group(commands, "subscriptions", "accounts' subscriptions to plans and charges")
+    screate = _command(subs, "create", "subscribe an account to its plan", _subscriptions_create)
+    screate.add_argument("account")
+    screate.add_argument("--plan", required=True)
+    screate.add_argument("--start", required=True, help="service start date, YYYY-MM-DD")
+    screate.add_argument("--end", help="first day without service, YYYY-MM-DD")
+    screate.add_argument("--status", default="active", choices=("pending", "active"))
+    for name in ("category", "service", "billing-address", "salesperson"):
+        screate.add_argument(f"--{name}", default="")
+    screate.add_argument("--charge", action="append", default=[], help="add this charge")
+    slist = _command(subs, "list", "list subscriptions", _subscriptions_list)
+    slist.add_argument("--account")
+    status = _command(subs, "status", "move a subscription to a new status", _subscriptions_status)
+    status.add_argument("id", type=int)
+    status.add_argument("status", choices=("pending", "active", "suspended", "cancelled"))
+    status.add_argument("--on", help="a cancellation's first day without service, YYYY-MM-DD")
+    add = _command(subs, "add-charge", "add a charge to a subscription", _subscriptions_add_charge)
+    add.add_argument("id", type=int)
+    add.add_argument("charge")
+    add.add_argument("--quantity", type=int, default=1)
+    add.add_argument("--start", help="YYYY-MM-DD (default: the subscription's)")
+    add.add_argument("--end", help="first day without it, YYYY-MM-DD")
+
+
+def _add_charges(commands: "Commands") -> None:
+    """charges create and list."""
+    from ocs.billing.store import CADENCES, CHARGE_KINDS
+
+    charges = _group(commands, "charges", "products' fees: recurring, one-time, triggered")
+    ccreate = _command(charges, "create", "create a charge", _charges_create)
+    ccreate.add_argument("id")
+    ccreate.add_argument("--name", required=True)
+    ccreate.add_argument("--product", required=True, help="product code")
+    ccreate.add_argument("--currency", required=True)
+    ccreate.add_argument("--amount", required=True, help="e.g. 10.00")
+    ccreate.add_argument("--kind", required=True, choices=CHARGE_KINDS)
+    ccreate.add_argument("--cadence", choices=CADENCES)
+    ccreate.add_argument("--every-days", type=int)
+    ccreate.add_argument("--timing", default="arrears", choices=("arrears", "advance"))
+    ccreate.add_argument("--tax-code", default="")
+    ccreate.add_argument("--gl-code", default="")
+    ccreate.add_argument("--plan", help="a custom charge of this plan (every account on it)")
+    clist = _command(charges, "list", "list charges", _charges_list)
+    clist.add_argument("--plan")
 
 
 def command_parsers(
@@ -537,21 +688,20 @@ def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs accounts create``: a new account with its opening balance."""
     import msgspec
 
+    from ocs.balances.accounts import AccountSpec
     from ocs.views import account_view
 
     opening = _amount(args.balance, "--balance")
     limit = None if args.credit_limit is None else _amount(args.credit_limit, "--credit-limit")
-    view = _with_services(
-        settings,
-        lambda s: s.accounts.create(
-            args.id,
-            plan_id=args.plan,
-            opening_balance=opening,
-            credit_limit=limit,
-            max_lines=args.max_lines,
-            status=args.status,
-        ),
+    spec = AccountSpec(
+        args.id,
+        args.plan,
+        opening_balance=opening,
+        credit_limit=limit,
+        max_lines=args.max_lines,
+        status=args.status,
     )
+    view = _with_services(settings, lambda s: s.accounts.create(spec))
     _print(msgspec.to_builtins(account_view(view)))
     return 0
 
@@ -654,6 +804,357 @@ def _pins_generate(args: argparse.Namespace, settings: Settings) -> int:
     args.out.touch(mode=0o600)
     args.out.write_text(batch.csv(), encoding="utf-8")
     _print({"batch": batch.id, "cards": len(batch.cards), "file": str(args.out)})
+    return 0
+
+
+# --- billing ----------------------------------------------------------------------------
+
+
+def _date(text: str | None, flag: str) -> "date | None":
+    """An optional YYYY-MM-DD date; a bad one is a usage error naming ``flag``."""
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{flag}: not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _view(value: Any) -> Any:
+    """A view Struct (or a list of them) as JSON-ready builtins."""
+    import msgspec
+
+    return msgspec.to_builtins(value)
+
+
+def _billing_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs billing-worker``: run due cycles and share runs' chunks until SIGTERM."""
+    from ocs.billing.worker import serve_worker
+
+    _with_services(settings, lambda s: serve_worker(s.pool, settings, once=args.once))
+    return 0
+
+
+async def _execute_with_progress(pool: "asyncpg.Pool", run_id: int) -> Any:
+    """Execute a run chunk by chunk (sharing it with any worker) until it is done;
+    a progress bar on a terminal. The run as shown."""
+    import asyncio
+
+    from ocs import metrics
+    from ocs.billing import queries, runs
+
+    name = runs.worker_name()
+    bar = _progress_bar() if sys.stdout.isatty() else None
+    task = None
+    done_before = -1
+    try:
+        while True:
+            found = await runs.execute_run(pool, run_id, worker=name, max_chunks=1)
+            if bar is not None:
+                if task is None:
+                    task = bar.add_task(f"run {run_id}", total=found.accounts_total)
+                bar.update(task, completed=found.accounts_done)
+            if found.state == "done":
+                break
+            if found.accounts_done == done_before:
+                # Every chunk left is leased by another worker: wait for it (or its lease).
+                await asyncio.sleep(0.5)
+            done_before = found.accounts_done
+    finally:
+        if bar is not None:
+            bar.stop()
+    shown = await queries.run(pool, run_id)
+    if shown.state == "done":
+        metrics.BILLING_RUNS_FINISHED.inc()
+    return _view(queries.run_view(shown))
+
+
+def _progress_bar() -> Any:
+    """A started rich progress bar on stderr (stdout keeps the JSON answer)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "accounts",
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    bar.start()
+    return bar
+
+
+def _billing_run(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs billing run``: create a run of a period and draft it (progress on a terminal)."""
+    from ocs import metrics
+    from ocs.billing import runs
+
+    invoice_date = _date(args.invoice_date, "--invoice-date") or datetime.now(UTC).date()
+    charge_cutoff = _time(args.charge_cutoff, "--charge-cutoff")
+    usage_cutoff = _time(args.usage_cutoff, "--usage-cutoff")
+
+    async def run(services: "Services") -> Any:
+        run_id = await runs.create_run(
+            services.pool,
+            args.period,
+            invoice_date=invoice_date,
+            plan_id=args.plan,
+            charge_cutoff=charge_cutoff,
+            usage_cutoff=usage_cutoff,
+            calculate_taxes=not args.no_taxes,
+            chunk_size=settings.billing_chunk_size,
+        )
+        metrics.BILLING_RUNS_STARTED.labels("operator").inc()
+        return await _execute_with_progress(services.pool, run_id)
+
+    _print(_with_services(settings, run))
+    return 0
+
+
+def _billing_resume(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs billing resume``: finish a run's chunks (after a crash, or beside workers)."""
+    from ocs.billing import queries
+
+    async def resume(services: "Services") -> Any:
+        await queries.run(services.pool, args.run_id)  # 404 for an unknown run
+        return await _execute_with_progress(services.pool, args.run_id)
+
+    _print(_with_services(settings, resume))
+    return 0
+
+
+async def post_invoices(
+    services: "Services", *, run_id: int | None = None, invoice_ids: list[int] | None = None
+) -> dict[str, Any]:
+    """Post a run's drafts or the given invoices (refused 409 for a void one); what was
+    posted, as shown. Shared by the CLI and the demo."""
+    from ocs import metrics
+    from ocs.billing import posting, queries
+
+    if run_id is not None:
+        await queries.run(services.pool, run_id)
+    for invoice_id in invoice_ids or ():
+        await queries.require_state(services.pool, invoice_id, ("draft", "posted"), "posted")
+    posted = await posting.post(
+        services.pool, services.store, run_id=run_id, invoice_ids=invoice_ids
+    )
+    metrics.BILLING_POSTED.labels("invoices").inc(len(posted.numbers))
+    metrics.BILLING_POSTED.labels("lines").inc(posted.lines_moved)
+    return {
+        "posted": [{"id": i, "number": n} for i, n in sorted(posted.numbers.items())],
+        "lines_moved": posted.lines_moved,
+    }
+
+
+def _billing_post(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs billing post``: number a run's drafts (or given invoices) and move their money."""
+    _print(
+        _with_services(
+            settings, lambda s: post_invoices(s, run_id=args.run_id, invoice_ids=args.invoice)
+        )
+    )
+    return 0
+
+
+def _invoices_list(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs invoices list``: invoices and credit notes, filtered."""
+    from ocs.billing import queries
+
+    found = _with_services(
+        settings,
+        lambda s: queries.list_invoices(
+            s.pool,
+            account_id=args.account,
+            period=args.period,
+            state=args.state,
+            run_id=args.run_id,
+        ),
+    )
+    _print({"invoices": [_view(queries.invoice_view(i)) for i in found]})
+    return 0
+
+
+def _invoices_show(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs invoices show``: an invoice with its lines."""
+    from ocs.billing import queries
+
+    found, lines = _with_services(settings, lambda s: queries.invoice(s.pool, args.id))
+    _print(_view(queries.detail_view(found, lines)))
+    return 0
+
+
+async def void_invoice(services: "Services", invoice_id: int) -> dict[str, Any]:
+    """Void a posted invoice (refused 409 otherwise); its credit note, as shown."""
+    from ocs import metrics
+    from ocs.billing import queries, void
+
+    await queries.require_state(services.pool, invoice_id, ("posted",), "voided")
+    voided = await void.void(services.pool, services.store, invoice_id)
+    metrics.BILLING_VOIDED.inc()
+    return {
+        "invoice": invoice_id,
+        "credit_note": voided.credit_note_id,
+        "number": voided.number,
+        "total": format_amount(voided.total),
+    }
+
+
+def _invoices_void(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs invoices void``: void a posted invoice with a numbered credit note."""
+    _print(_with_services(settings, lambda s: void_invoice(s, args.id)))
+    return 0
+
+
+def _invoices_preview(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs invoices preview``: an account's invoice for the current period (a dry run)."""
+    from ocs.billing import drafts
+
+    at = _time(args.at, "--at")
+    period, currency, lines = _with_services(
+        settings, lambda s: drafts.preview(s.pool, args.account, at)
+    )
+    _print(
+        {
+            "account": args.account,
+            "period": period.label,
+            "currency": currency,
+            "total": format_amount(sum(line.amount for line in lines)),
+            "lines": [
+                {
+                    "kind": line.kind,
+                    "description": line.description,
+                    "amount": format_amount(line.amount),
+                }
+                for line in lines
+            ],
+        }
+    )
+    return 0
+
+
+def _subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs subscriptions create``: subscribe an account, with the charges named."""
+    from ocs.billing import queries, store
+
+    start = _date(args.start, "--start")
+    assert start is not None  # a required argument
+    sub = store.Subscription(
+        args.account,
+        args.plan,
+        start,
+        _date(args.end, "--end"),
+        args.status,
+        args.category,
+        args.service,
+        args.billing_address,
+        args.salesperson,
+    )
+
+    async def create(services: "Services") -> Any:
+        sub_id = await store.subscribe(services.pool, sub)
+        for charge_id in args.charge:
+            await store.add_charge(services.pool, sub_id, charge_id)
+        [found] = [
+            s
+            for s in await queries.list_subscriptions(services.pool, args.account)
+            if s.id == sub_id
+        ]
+        return _view(queries.subscription_view(found))
+
+    _print(_with_services(settings, create))
+    return 0
+
+
+def _subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs subscriptions list``: subscriptions with their charges."""
+    from ocs.billing import queries
+
+    found = _with_services(settings, lambda s: queries.list_subscriptions(s.pool, args.account))
+    _print({"subscriptions": [_view(queries.subscription_view(sub)) for sub in found]})
+    return 0
+
+
+def _subscriptions_status(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs subscriptions status``: pending -> active -> suspended -> cancelled."""
+    from ocs.billing import store
+
+    on = _date(args.on, "--on")
+    _with_services(settings, lambda s: store.set_status(s.pool, args.id, args.status, on=on))
+    _print({"subscription": args.id, "status": args.status})
+    return 0
+
+
+def _subscriptions_add_charge(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs subscriptions add-charge``: a charge added to a subscription from a day."""
+    from ocs.billing import store
+
+    start, end = _date(args.start, "--start"), _date(args.end, "--end")
+    item = _with_services(
+        settings,
+        lambda s: store.add_charge(
+            s.pool, args.id, args.charge, quantity=args.quantity, start_date=start, end_date=end
+        ),
+    )
+    _print({"subscription": args.id, "charge": args.charge, "item": item})
+    return 0
+
+
+def _charges_create(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs charges create``: a recurring, one-time or triggered charge."""
+    from ocs.billing import queries, store
+
+    charge = store.Charge(
+        args.id,
+        args.name,
+        args.product,
+        args.currency,
+        _amount(args.amount, "--amount"),
+        args.kind,
+        cadence=args.cadence,
+        every_days=args.every_days,
+        timing=args.timing,
+        tax_code=args.tax_code,
+        gl_code=args.gl_code,
+        plan_id=args.plan,
+    )
+    created = _with_services(settings, lambda s: store.create_charge(s.pool, charge))
+    _print(_view(queries.charge_view(created)))
+    return 0
+
+
+def _charges_list(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs charges list``: every charge, or a plan's custom charges."""
+    from ocs.billing import queries
+
+    found = _with_services(settings, lambda s: queries.list_charges(s.pool, args.plan))
+    _print({"charges": [_view(queries.charge_view(c)) for c in found]})
+    return 0
+
+
+def _plans_billing(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs plans billing``: a plan's cycle, time zone, timing, grace days and message."""
+    from ocs.billing import store
+    from ocs.billing.cycles import PlanBilling
+
+    effective = _date(args.effective_date, "--effective-date") or datetime.now(UTC).date()
+    billing = PlanBilling(
+        args.plan,
+        args.cycle,
+        effective,
+        time_zone=args.time_zone,
+        cycle_day=args.cycle_day,
+        cycle_weekday=args.cycle_weekday,
+        every_days=args.every_days,
+        grace_days=args.grace_days,
+        invoice_message=args.message,
+        invoice_timing=args.timing,
+        issuer=args.issuer,
+    )
+    saved = _with_services(settings, lambda s: store.set_plan_billing(s.pool, billing))
+    shown = {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)}
+    _print({**shown, "effective_date": saved.effective_date.isoformat()})
     return 0
 
 

@@ -331,6 +331,27 @@ class Settings:
     )
     janitor_interval: float = _setting(1.0, _parse_float, "seconds between janitor sweeps")
     run_janitor: bool = _setting(True, _parse_bool, "run the janitor in this process")
+    # The billing worker (`ocs billing-worker`, decision 0021).
+    billing_poll_interval: float = _setting(
+        30.0, _parse_float, "seconds between the billing worker's looks for due cycles and runs"
+    )
+    billing_chunk_size: int = _setting(
+        500, _parse_int(1, 100_000), "accounts per invoice-run chunk a billing worker claims"
+    )
+    billing_lease: float = _setting(
+        300.0,
+        _parse_float,
+        "seconds a billing worker holds a chunk; a dead worker's chunk is taken over after it",
+    )
+    billing_run_delay: float = _setting(
+        300.0,
+        _parse_float,
+        "seconds after a period ends (or starts) before its run is created: CDRs reach"
+        " PostgreSQL a moment after each call",
+    )
+    billing_metrics_port: int = _setting(
+        0, _parse_int(0, 65535), "port `ocs billing-worker` serves /metrics on (0: none)"
+    )
     # PIN guessing: after this many failed PINs within the window a caller id (or a
     # NAS, for the larger limit) is refused with return code 10 until the window ends.
     pin_guess_limit_caller: int = _setting(

@@ -11,16 +11,24 @@ never printed: the commands name the variable instead.
 """
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
+from datetime import UTC, date, datetime
 
 import asyncpg
 
 from ocs import api_tokens
+from ocs.balances.accounts import AccountSpec
+from ocs.billing import posting, runs
+from ocs.billing.cycles import PlanBilling
+from ocs.billing.store import Charge, Subscription, create_charge, set_plan_billing, subscribe
+from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
-from ocs.config import RadiusClientConfig, Settings, with_overrides
+from ocs.charging.lifecycle import AuthorizeRequest
+from ocs.config import RadiusClientConfig, Settings, default_data_dir, with_overrides
 from ocs.decks.rate_deck import parse_deck
 from ocs.errors import OcsError, Reason
 from ocs.radius.radclient_hint import radclient_command
@@ -74,8 +82,123 @@ async def load_demo_data(services: Services) -> None:
     await services.catalog.reload()
     for account_id, balance, lines in DEMO_ACCOUNTS:
         await services.accounts.create(
-            account_id, plan_id=DEMO_PLAN.id, opening_balance=balance, max_lines=lines
+            AccountSpec(account_id, DEMO_PLAN.id, opening_balance=balance, max_lines=lines)
         )
+
+
+# The billing demo: a monthly plan with a 5.00 line rent, and account 2001 on it.
+BILLING_PLAN = Plan(
+    id="demo-monthly",
+    name="Demo monthly (EUR)",
+    currency="EUR",
+    credit_limit=0,
+    min_balance=0,
+    max_lines=1,
+    max_call_duration=3600,
+)
+BILLING_ACCOUNT = "2001"
+BILLING_FEE = Charge(
+    "demo-line-rent",
+    "Line rent",
+    "LINE",
+    "EUR",
+    5_000_000,
+    "recurring",
+    cadence="monthly",
+    gl_code="4000",
+    plan_id=BILLING_PLAN.id,
+)
+# The demo's call: 45 s to a UK mobile, 0.15 + 0.06/min on 30/6: 48 s billed, 0.198.
+BILLING_CALL = ("447700900123", 45)
+CDR_WAIT_S = 30.0
+
+
+def _month_start(today: date) -> date:
+    """The first day of ``today``'s month."""
+    return today.replace(day=1)
+
+
+async def load_billing_demo(services: Services) -> None:
+    """The billing plan (cycle on the 1st, in arrears), its fee, and account 2001 on it."""
+    try:
+        await catalog_store.create_plan(services.pool, BILLING_PLAN)
+    except OcsError as exc:
+        if exc.reason is not Reason.PLAN_EXISTS:
+            raise
+        return
+    await catalog_store.import_deck(services.pool, BILLING_PLAN.id, parse_deck(DEMO_DECK))
+    await services.catalog.reload()
+    first = _month_start(datetime.now(UTC).date())
+    await set_plan_billing(
+        services.pool,
+        PlanBilling(BILLING_PLAN.id, "fixed_date", first, cycle_day=1, invoice_message="Thank you"),
+    )
+    await create_charge(services.pool, BILLING_FEE)
+    await services.accounts.create(
+        AccountSpec(BILLING_ACCOUNT, BILLING_PLAN.id, opening_balance=20_000_000)
+    )
+    await subscribe(services.pool, Subscription(BILLING_ACCOUNT, BILLING_PLAN.id, first))
+
+
+async def billing_cycle(services: Services) -> int:
+    """The demo's finished cycle: a call, a run of this month so far, its invoice posted.
+
+    Once per data directory: a later demo shows the invoice posted before. The
+    run's usage cut-off is now, so the call of a moment ago is on the invoice
+    (the CDR reaches PostgreSQL through the ledger writer: waited for, polled).
+    Returns the posted invoice's id.
+    """
+    async with services.pool.acquire() as conn:
+        posted = await conn.fetchval(
+            "SELECT max(id) FROM invoices WHERE account_id = $1 AND state = 'posted'",
+            BILLING_ACCOUNT,
+        )
+    if posted is not None:
+        return int(posted)
+    call_id = f"demo-bill-{secrets.token_hex(3)}"
+    destination, seconds = BILLING_CALL
+    await services.calls.authorize(AuthorizeRequest(BILLING_ACCOUNT, destination, call_id=call_id))
+    await services.calls.stop(call_id, seconds, BILLING_ACCOUNT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CDR_WAIT_S
+    while loop.time() < deadline:
+        async with services.pool.acquire() as conn:
+            if await conn.fetchval("SELECT 1 FROM cdrs WHERE call_id = $1", call_id):
+                break
+        await asyncio.sleep(0.05)
+    now = datetime.now(UTC)
+    run_id = await runs.create_run(
+        services.pool,
+        f"{now:%Y-%m}",
+        plan_id=BILLING_PLAN.id,
+        invoice_date=now.date(),
+        usage_cutoff=now,
+    )
+    # The billing worker beside the demo may take chunks too: they are shared.
+    await runs.execute_run(services.pool, run_id)
+    await posting.post(services.pool, services.store, run_id=run_id)
+    async with services.pool.acquire() as conn:
+        return int(
+            await conn.fetchval(
+                "SELECT id FROM invoices WHERE run_id = $1 AND account_id = $2",
+                run_id,
+                BILLING_ACCOUNT,
+            )
+        )
+
+
+def billing_instructions(invoice_id: int, settings: Settings) -> str:
+    """The command that shows the demo's posted invoice (on the demo's own stores)."""
+    where = "" if settings.data_dir == default_data_dir() else f" --data-dir {settings.data_dir}"
+    return "\n".join(
+        [
+            "Billing: account 2001 on plan demo-monthly (5.00 line rent a month, the call"
+            " above), invoiced and posted:",
+            "",
+            f"  ocs invoices show {invoice_id}{where}",
+            "",
+        ]
+    )
 
 
 async def demo_admin_token(pool: asyncpg.Pool, settings: Settings) -> tuple[str, bool]:
@@ -194,17 +317,26 @@ async def run_demo(settings: Settings, stopping: asyncio.Event | None = None) ->
     """Serve with the demo data, and print the commands to try once listening."""
     token: tuple[str, bool] = ("", True)
 
+    stopping = stopping or asyncio.Event()
+    worker_task: asyncio.Task[None] | None = None
+
     async def prepare(services: Services) -> None:
         nonlocal token
         await load_demo_data(services)
+        await load_billing_demo(services)
         token = await demo_admin_token(services.pool, settings)
 
-    async def ready(_: Services, listening: Listening) -> None:
+    async def ready(services: Services, listening: Listening) -> None:
+        nonlocal worker_task
+        # A billing worker in this process, as `ocs billing-worker` runs one on its own.
+        worker = BillingWorker(services.pool, WorkerSettings.of(settings))
+        worker_task = asyncio.create_task(worker.run(stopping))
         text = demo_instructions(listening.http_port, *token)
         if listening.radius_auth_port and listening.radius_acct_port:
             text += "\n" + radius_instructions(
                 listening.radius_auth_port, listening.radius_acct_port
             )
+        text += "\n" + billing_instructions(await billing_cycle(services), settings)
         print(text, file=sys.stdout, flush=True)
 
     demo_client = RadiusClientConfig(
@@ -218,4 +350,10 @@ async def run_demo(settings: Settings, stopping: asyncio.Event | None = None) ->
         http_host=_loopback_unless_asked(settings.http_host),
         radius_host=_loopback_unless_asked(settings.radius_host),
     )
-    await serve(settings, before_listen=prepare, on_ready=ready, stopping=stopping)
+    try:
+        await serve(settings, before_listen=prepare, on_ready=ready, stopping=stopping)
+    finally:
+        if worker_task is not None:
+            stopping.set()
+            with contextlib.suppress(Exception):
+                await worker_task

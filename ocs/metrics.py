@@ -138,3 +138,47 @@ BACKEND_OUTAGES = Counter(
     "Times this process lost its backend (redis, postgresql).",
     ["backend"],
 )
+# Billing (issue 12): runs, drafts, postings. Labelled by bounded sets only (run state,
+# stage, outcome); never by run, account or invoice id.
+BILLING_RUNS_STARTED = Counter(
+    "ocs_billing_runs_started_total",
+    "Invoice runs created, by who created them (worker: a due cycle; operator: CLI or API).",
+    ["source"],
+)
+BILLING_RUNS_FINISHED = Counter(
+    "ocs_billing_runs_finished_total",
+    "Invoice runs this process saw finish (every chunk done).",
+)
+BILLING_ACCOUNTS_DRAFTED = Counter(
+    "ocs_billing_accounts_drafted_total",
+    "Accounts whose draft invoice this process wrote (or recomputed) in a run's chunks.",
+)
+BILLING_RUN_ACCOUNTS = Gauge(
+    "ocs_billing_run_accounts",
+    "Accounts of the runs this process last looked at, by run state and progress"
+    " (done, total): the progress of a long run.",
+    ["state", "progress"],
+    multiprocess_mode="max",
+)
+BILLING_POSTED = Counter(
+    "ocs_billing_invoices_posted_total",
+    "Invoices posted (numbered) and invoice lines whose money moved, by what (invoices, lines).",
+    ["what"],
+)
+BILLING_VOIDED = Counter(
+    "ocs_billing_invoices_voided_total",
+    "Posted invoices voided with a credit note.",
+)
+BILLING_FAILURES = Counter(
+    "ocs_billing_failures_total",
+    "Billing worker steps that failed and will be retried, by stage (schedule, chunk).",
+    ["stage"],
+)
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
+    """Serve this process's metrics at ``http://host:port/metrics`` from a thread: for a
+    process with no HTTP API of its own (``ocs billing-worker``)."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=host)

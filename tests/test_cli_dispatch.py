@@ -37,6 +37,21 @@ COMMANDS = [
     ("counters", "reset"),
     ("rerate",),
     ("pins", "generate"),
+    ("billing-worker",),
+    ("plans", "billing"),
+    ("billing", "run"),
+    ("billing", "post"),
+    ("billing", "resume"),
+    ("invoices", "list"),
+    ("invoices", "show"),
+    ("invoices", "void"),
+    ("invoices", "preview"),
+    ("subscriptions", "create"),
+    ("subscriptions", "list"),
+    ("subscriptions", "status"),
+    ("subscriptions", "add-charge"),
+    ("charges", "create"),
+    ("charges", "list"),
 ]
 
 

@@ -58,6 +58,24 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     await add_plan(app.services, max_lines=4)
     status, body = await app.post("/v1/accounts", {"id": "1001", "plan": "retail", "balance": "5"})
     assert status == 201, body
+    # Billing: a billed plan, a charge, a subscription and run 1 with invoice 1, so that
+    # the invoice and run operations (ids 1) get past 404 to the work itself.
+    for path, payload in (
+        ("/v1/charges", {"id": "retail", "name": "Rent", "product_code": "LINE",
+                         "currency": "EUR", "amount": "1", "kind": "recurring",
+                         "cadence": "monthly"}),
+        ("/v1/subscriptions", {"account": "1001", "plan": "retail",
+                               "start_date": "2026-01-01", "charges": ["retail"]}),
+        ("/v1/invoice-runs", {"period": "2026-03", "plan": "retail", "execute": True}),
+    ):  # fmt: skip
+        if path == "/v1/charges":
+            response = await app.client.put(
+                "/v1/plans/retail/billing",
+                json={"cycle": "fixed_date", "cycle_day": 1, "effective_date": "2026-01-01"},
+            )
+            assert response.status == 200, await response.text()
+        status, body = await app.post(path, payload)
+        assert status == 201, body
     token = getattr(app, "admin_token", "") or await api_tokens.create(
         app.services.pool, "schemathesis", "admin"
     )

@@ -7,6 +7,7 @@ from aiohttp import web
 from ocs import __version__
 from ocs.http import (
     account_handlers,
+    billing_handlers,
     call_handlers,
     card_handlers,
     counter_handlers,
@@ -33,6 +34,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     *plan_handlers.ENDPOINTS,
     *routes_handlers.ENDPOINTS,
     *number_handlers.ENDPOINTS,
+    *billing_handlers.ENDPOINTS,
     *health_handlers.ENDPOINTS,
 )
 

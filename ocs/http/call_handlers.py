@@ -334,6 +334,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         None,
         CallProgressAnswer,
         body="none",
+        errors=(404, 409),
     ),
     Endpoint(
         "POST",
@@ -344,6 +345,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         UpdateCall,
         CallProgressAnswer,
         body_required=True,
+        errors=(404, 409),
     ),
     Endpoint(
         "POST",
@@ -353,6 +355,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         stop_call,
         StopCall,
         CallCharged,
+        errors=(404, 409),
     ),
     Endpoint(
         "POST",

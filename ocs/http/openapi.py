@@ -112,8 +112,19 @@ _DIGITS: dict[str, Any] = {
 }
 _CURRENCY: dict[str, Any] = {"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["EUR"]}
 
+# A database serial (bigint) id.
+_SERIAL: dict[str, Any] = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": 2**63 - 1,
+    "examples": [1],
+}
+
 # Each path parameter's name: what it is and its form (what the handlers check).
 _PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "run_id": {"description": "an invoice run's id", "schema": _SERIAL},
+    "invoice_id": {"description": "an invoice's (or credit note's) id", "schema": _SERIAL},
+    "subscription_id": {"description": "a subscription's id", "schema": _SERIAL},
     "account_id": {
         "description": "an account id: letters, digits and - _ . @ +",
         "schema": _ACCOUNT,

@@ -1,0 +1,308 @@
+"""The billing worker: runs each plan's due invoice cycle by itself, and shares runs' chunks.
+
+Every ``billing_poll_interval`` seconds a worker:
+
+1. creates the run of each scheduled plan's due period, once. Due: for an
+   end-of-cycle plan, the latest period that has ended; for a start-of-cycle
+   plan, the latest period that has started; ``billing_run_delay`` later, so
+   the CDRs of the last calls have reached PostgreSQL. A subscription-date
+   plan's accounts each have their own anniversary, so its run names a month
+   (the periods starting in it), due once every period starting in it has
+   ended (end of cycle: the month after next) or started (the next month).
+   "Once" holds across workers and restarts: the check for an existing run and
+   the creation happen under a PostgreSQL advisory lock of (plan, period), and
+   an existing run of the period (a worker's or an operator's, for the plan or
+   for every plan) means the period is taken;
+2. executes every run with a chunk not done, one chunk at a time, claiming
+   chunks from PostgreSQL (``runs.claim_chunk``: SKIP LOCKED and a lease), so
+   several workers share a run and a dead worker's chunk is claimed again
+   once its lease (``billing_lease``) runs out.
+
+A stop (SIGTERM) is noticed between chunks: the chunk in hand is finished and
+committed, none is claimed after it. The worker logs one line per state
+change (started, run created, run joined, run finished, a failed step,
+stopping, stopped), never one per account. It drafts; posting stays an
+operator's step (``ocs billing post``).
+"""
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+
+from ocs import metrics
+from ocs.billing import queries, runs
+from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
+from ocs.billing.periods import Period, local_midnight, month_day
+from ocs.config import Settings
+
+log = logging.getLogger("ocs.billing.worker")
+
+# Advisory-lock namespace of "the run of this plan and period is being created".
+RUN_LOCK_PREFIX = "ocs-billing-run:"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What a billing worker is configured with (from ``ocs.config.Settings``)."""
+
+    poll_interval: float = 30.0
+    chunk_size: int = runs.DEFAULT_CHUNK
+    lease_s: float = runs.DEFAULT_LEASE_S
+    run_delay: float = 300.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> "WorkerSettings":
+        """The worker's part of a process's settings."""
+        return cls(
+            poll_interval=settings.billing_poll_interval,
+            chunk_size=settings.billing_chunk_size,
+            lease_s=settings.billing_lease,
+            run_delay=settings.billing_run_delay,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A plan's period whose run is due: its name as ``create_run`` takes it, and its
+    first instant (to find a run of it created under another name)."""
+
+    plan_id: str
+    period: str
+    start: datetime
+    invoice_date: date
+
+
+def _month(day: date, months: int) -> tuple[int, int]:
+    """(year, month) ``months`` after (or before, negative) ``day``'s month."""
+    year, month0 = divmod(day.year * 12 + day.month - 1 + months, 12)
+    return year, month0 + 1
+
+
+def _anniversary_due(billing: PlanBilling, moment: datetime) -> Due | None:
+    """The month of a subscription-date plan whose periods have all ended (or started)."""
+    zone = schedule(billing).zone
+    today = moment.astimezone(zone).date()
+    advance = billing.invoice_timing == "start_of_cycle"
+    # A period starting in month M ends in M+1: all have ended once M+2 begins.
+    year, month = _month(today, -1 if advance else -2)
+    first = date(year, month, 1)
+    after = month_day(*_month(first, 1), 1)
+    if after <= billing.effective_date:
+        return None
+    start = local_midnight(first, zone)
+    invoice_day = after if advance else month_day(*_month(first, 2), 1)
+    return Due(billing.plan_id, f"{year:04d}-{month:02d}", start, invoice_day)
+
+
+def due_period(billing: PlanBilling, now: datetime, delay: float = 0.0) -> Due | None:
+    """The plan's latest period whose run is due at ``now`` (``delay`` seconds late); None
+    for a manual or on-demand plan, or one whose first period is not due yet."""
+    if billing.cycle not in SCHEDULED:
+        return None
+    moment = now.astimezone(UTC) - timedelta(seconds=delay)
+    if billing.cycle == "subscription_date":
+        return _anniversary_due(billing, moment)
+    cycle = schedule(billing)
+    n = cycle.index_containing(moment)
+    advance = billing.invoice_timing == "start_of_cycle"
+    period: Period = cycle.period(n if advance else n - 1)
+    if period.end_day <= billing.effective_date:
+        return None
+    invoice_day = period.first_day if advance else period.end_day
+    return Due(billing.plan_id, period.label, period.start, invoice_day)
+
+
+async def due_runs(pool: asyncpg.Pool, now: datetime, delay: float = 0.0) -> list[Due]:
+    """Every scheduled plan's due period at ``now``, by plan id."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT * FROM plan_billing WHERE cycle = ANY($1::text[]) ORDER BY plan_id",
+            list(SCHEDULED),
+        )
+    found = []
+    for row in rows:
+        due = due_period(PlanBilling.from_row(row), now, delay)
+        if due is not None:
+            found.append(due)
+    return found
+
+
+async def ensure_run(pool: asyncpg.Pool, due: Due, chunk_size: int) -> int | None:
+    """Create the run of a due period unless one exists; the new run's id, else None.
+
+    The check and the creation hold an advisory lock of (plan, period), so two
+    workers (or a restart) never create a second run of it. The lock is a
+    session lock on its own connection: ``create_run`` commits on another one
+    before the lock is let go, so the next holder sees the run.
+    """
+    key = RUN_LOCK_PREFIX + f"{due.plan_id}:{due.start.astimezone(UTC).isoformat()}"
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
+        try:
+            taken = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM invoice_runs"
+                "   WHERE period = $1 AND (plan_id = $2 OR plan_id IS NULL))"
+                " OR EXISTS (SELECT 1 FROM invoice_run_chunks"
+                "   WHERE plan_id = $2 AND period_start = $3)",
+                due.period,
+                due.plan_id,
+                due.start,
+            )
+            if taken:
+                return None
+            return await runs.create_run(
+                pool,
+                due.period,
+                invoice_date=due.invoice_date,
+                plan_id=due.plan_id,
+                chunk_size=chunk_size,
+            )
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+
+class BillingWorker:
+    """One billing worker over a PostgreSQL pool: ``run`` until stopped, or ``run_once``."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: WorkerSettings,
+        *,
+        name: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.name = name or runs.worker_name()
+        self.clock = clock
+        self._joined: set[int] = set()
+
+    async def create_due_runs(self) -> list[int]:
+        """Create the run of every plan's due period that has none; the new runs' ids."""
+        created = []
+        for due in await due_runs(self.pool, self.clock(), self.settings.run_delay):
+            run_id = await ensure_run(self.pool, due, self.settings.chunk_size)
+            if run_id is None:
+                continue
+            created.append(run_id)
+            metrics.BILLING_RUNS_STARTED.labels("worker").inc()
+            found = await runs.progress(self.pool, run_id)
+            log.info(
+                "billing run created",
+                extra={
+                    "worker": self.name,
+                    "run_id": run_id,
+                    "plan": due.plan_id,
+                    "period": due.period,
+                    "accounts_total": found.accounts_total,
+                },
+            )
+        return created
+
+    async def work_on(self, run_id: int, stopping: asyncio.Event) -> runs.RunProgress:
+        """Draft the run's chunks one at a time until none is left to claim, or a stop."""
+        while not stopping.is_set():
+            chunk = await runs.claim_chunk(self.pool, run_id, self.name, self.settings.lease_s)
+            if chunk is None:
+                break
+            if run_id not in self._joined:
+                self._joined.add(run_id)
+                log.info("billing run joined", extra={"worker": self.name, "run_id": run_id})
+            # Not cancelled by a stop: the chunk in hand commits, or rolls back whole.
+            written = await runs.run_chunk(self.pool, run_id, chunk)
+            metrics.BILLING_ACCOUNTS_DRAFTED.inc(written.drafts)
+        before = await runs.progress(self.pool, run_id)
+        # No chunk claimed: only marks the run done when every chunk is.
+        after = await runs.execute_run(self.pool, run_id, worker=self.name, max_chunks=0)
+        if before.state != "done" and after.state == "done":
+            metrics.BILLING_RUNS_FINISHED.inc()
+            log.info(
+                "billing run finished",
+                extra={
+                    "worker": self.name,
+                    "run_id": run_id,
+                    "accounts_done": after.accounts_done,
+                    "accounts_total": after.accounts_total,
+                },
+            )
+        return after
+
+    async def run_once(self, stopping: asyncio.Event | None = None) -> None:
+        """One pass: create the due runs, then work on every unfinished run."""
+        stopping = stopping or asyncio.Event()
+        try:
+            await self.create_due_runs()
+        except Exception as error:
+            # A long-lived worker outlives a failed pass: the next pass tries again.
+            metrics.BILLING_FAILURES.labels("schedule").inc()
+            log.error("billing schedule failed", extra={"worker": self.name, "error": str(error)})
+        for run_id in await queries.unfinished_runs(self.pool):
+            if stopping.is_set():
+                break
+            try:
+                await self.work_on(run_id, stopping)
+            except Exception as error:
+                # The chunk's lease runs out and it is claimed again (by any worker).
+                metrics.BILLING_FAILURES.labels("chunk").inc()
+                log.error(
+                    "billing chunk failed",
+                    extra={"worker": self.name, "run_id": run_id, "error": str(error)},
+                )
+        await self.report_progress()
+
+    async def report_progress(self) -> None:
+        """Set the run-progress gauge from the stored runs."""
+        for state, (done, total) in (await queries.run_totals(self.pool)).items():
+            metrics.BILLING_RUN_ACCOUNTS.labels(state, "done").set(done)
+            metrics.BILLING_RUN_ACCOUNTS.labels(state, "total").set(total)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Pass after pass, ``poll_interval`` apart, until ``stopping`` is set."""
+        log.info(
+            "billing worker started",
+            extra={"worker": self.name, "poll_interval_s": self.settings.poll_interval},
+        )
+        while not stopping.is_set():
+            await self.run_once(stopping)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=self.settings.poll_interval)
+        log.info("billing worker stopped", extra={"worker": self.name})
+
+
+async def serve_worker(pool: asyncpg.Pool, settings: Settings, *, once: bool = False) -> None:
+    """``ocs billing-worker``: run a worker until SIGTERM or SIGINT (or one pass, ``once``).
+
+    The signal sets the stop: the chunk in hand is finished, the worker then
+    exits without claiming another.
+    """
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    worker = BillingWorker(pool, WorkerSettings.of(settings))
+
+    def stop(signum: int) -> None:
+        if not stopping.is_set():
+            log.info(
+                "billing worker stopping",
+                extra={"worker": worker.name, "signal": signal.Signals(signum).name},
+            )
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
+    if settings.billing_metrics_port and not once:
+        metrics.serve_metrics(settings.billing_metrics_port)
+    try:
+        if once:
+            await worker.run_once(stopping)
+        else:
+            await worker.run(stopping)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

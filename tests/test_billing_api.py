@@ -1,0 +1,179 @@
+"""Billing in the admin API: runs, invoices, charges, subscriptions, with roles.
+
+Viewers read; billing staff are operators: they create runs, post and void. A
+request on an invoice in the wrong state is 409 invoice_state. Amounts by hand.
+"""
+
+from typing import Any
+
+from ocs import api_tokens
+from tests.conftest import RunningApp, add_plan, bearer
+
+
+async def _as(app: RunningApp, token: str, method: str, path: str, body: Any = None) -> Any:
+    """(status, JSON) of a request sent with ``token``."""
+    kwargs: dict[str, Any] = {"headers": bearer(token)}
+    if body is not None:
+        kwargs["json"] = body
+    status, answer, _ = await app.anonymous(method, path, **kwargs)
+    return status, answer
+
+
+async def test_operators_run_and_post_viewers_only_read(app: RunningApp) -> None:
+    pool = app.services.pool
+    viewer = await api_tokens.create(pool, "clerk", "viewer")
+    operator = await api_tokens.create(pool, "biller", "operator")
+    await add_plan(app.services)
+    status, body = await _as(
+        app,
+        operator,
+        "PUT",
+        "/v1/plans/retail/billing",
+        {"cycle": "fixed_date", "cycle_day": 1, "effective_date": "2026-01-01"},
+    )
+    assert (status, body["cycle"]) == (200, "fixed_date"), body
+    status, body = await _as(
+        app,
+        operator,
+        "POST",
+        "/v1/charges",
+        {
+            "id": "rent",
+            "name": "Line rent",
+            "product_code": "LINE",
+            "currency": "EUR",
+            "amount": "12.50",
+            "kind": "recurring",
+            "cadence": "monthly",
+        },
+    )
+    assert (status, body["amount"]) == (201, "12.500000"), body
+    for account in ("a1", "a2"):
+        status, body = await app.post(
+            "/v1/accounts", {"id": account, "plan": "retail", "balance": "30"}
+        )
+        assert status == 201, body
+        status, body = await _as(
+            app,
+            operator,
+            "POST",
+            "/v1/subscriptions",
+            {"account": account, "plan": "retail", "start_date": "2026-01-01", "charges": ["rent"]},
+        )
+        assert (status, body["charges"][0]["charge_id"]) == (201, "rent"), body
+
+    # A viewer may not create a run; an operator may.
+    run = {"period": "2026-03", "invoice_date": "2026-04-01", "execute": True}
+    assert (await _as(app, viewer, "POST", "/v1/invoice-runs", run))[0] == 403
+    status, created = await _as(app, operator, "POST", "/v1/invoice-runs", run)
+    assert status == 201, created
+    status, progress = await _as(app, viewer, "GET", f"/v1/invoice-runs/{created['id']}")
+    assert status == 200
+    assert (progress["state"], progress["accounts_done"], progress["accounts_total"]) == (
+        "done",
+        2,
+        2,
+    )
+
+    status, listed = await _as(app, viewer, "GET", "/v1/invoices?state=draft&period=2026-03")
+    assert status == 200
+    # March's fee, whole (subscribed from January): 12.50 each.
+    assert [(i["account"], i["total"]) for i in listed["invoices"]] == [
+        ("a1", "12.500000"),
+        ("a2", "12.500000"),
+    ]
+
+    post = f"/v1/invoice-runs/{created['id']}/post"
+    assert (await _as(app, viewer, "POST", post))[0] == 403
+    status, posted = await _as(app, operator, "POST", post)
+    assert status == 200, posted
+    assert [p["number"] for p in posted["posted"]] == ["INV-2026-000001", "INV-2026-000002"]
+    assert posted["lines_moved"] == 2
+    first = listed["invoices"][0]["id"]
+    status, shown = await _as(app, viewer, "GET", f"/v1/invoices/{first}")
+    assert (status, shown["state"], shown["number"]) == (200, "posted", "INV-2026-000001")
+    assert [(li["kind"], li["amount"], li["moved"]) for li in shown["lines"]] == [
+        ("recurring", "12.500000", True)
+    ]
+    status, account = await app.get("/v1/accounts/a1")
+    assert account["balance"] == "17.500000"  # 30.00 - 12.50
+
+    # Void: viewers may not; operators get a credit note; a second void is 409.
+    assert (await _as(app, viewer, "POST", f"/v1/invoices/{first}/void"))[0] == 403
+    status, voided = await _as(app, operator, "POST", f"/v1/invoices/{first}/void")
+    assert (status, voided["number"], voided["total"]) == (201, "CN-2026-000001", "-12.500000")
+    status, refused = await _as(app, operator, "POST", f"/v1/invoices/{first}/void")
+    assert (status, refused["error"]["reason"]) == (409, "invoice_state")
+    status, refused = await _as(app, operator, "POST", f"/v1/invoices/{first}/post")
+    assert (status, refused["error"]["reason"]) == (409, "invoice_state")
+    status, account = await app.get("/v1/accounts/a1")
+    assert account["balance"] == "30.000000"
+
+    status, calls = await _as(app, viewer, "GET", f"/v1/invoices/{first}/calls")
+    assert (status, calls) == (200, {"calls": []})
+    status, preview = await _as(
+        app, viewer, "GET", "/v1/accounts/a2/invoice-preview?at=2026-05-10T00:00:00Z"
+    )
+    assert (status, preview["period"], preview["total"]) == (200, "2026-05", "12.500000")
+    status, subs = await _as(app, viewer, "GET", "/v1/subscriptions?account=a2")
+    assert (status, [s["account"] for s in subs["subscriptions"]]) == (200, ["a2"])
+    assert (await _as(app, viewer, "GET", "/v1/invoices/999999"))[0] == 404
+    assert (await _as(app, viewer, "GET", "/v1/invoice-runs/0"))[0] == 400
+
+
+async def test_the_itemised_call_list_by_caller_in_json_and_csv(app: RunningApp) -> None:
+    # Two calls this month, from two caller ids: UK mobile 45 s (0.15 connect + 0.06/min
+    # on 30/6 = 0.198) and UK fixed 60 s (0.01/min on 60/60 = 0.01).
+    from datetime import UTC, datetime
+
+    from tests.conftest import eventually
+
+    await add_plan(app.services)
+    status, body = await app.put(
+        "/v1/plans/retail/billing",
+        {"cycle": "fixed_date", "cycle_day": 1, "effective_date": "2026-01-01"},
+    )
+    assert status == 200, body
+    status, body = await app.post(
+        "/v1/accounts", {"id": "it1", "plan": "retail", "balance": "5.00"}
+    )
+    assert status == 201, body
+    for call_id, destination, caller, seconds in (
+        ("it-1", "447700900123", "1001", 45),
+        ("it-2", "442079460000", "2002", 60),
+    ):
+        status, body = await app.post(
+            "/v1/calls",
+            {"account": "it1", "destination": destination, "caller": caller, "call_id": call_id},
+        )
+        assert status == 201, body
+        status, body = await app.post(f"/v1/calls/{call_id}/stop", {"duration": seconds})
+        assert status == 200, body
+
+    async def both_cdrs() -> bool:
+        async with app.services.pool.acquire() as conn:
+            return await conn.fetchval("SELECT count(*) FROM cdrs WHERE account_id = 'it1'") == 2
+
+    await eventually(both_cdrs, what="the two CDRs in PostgreSQL")
+    now = datetime.now(UTC)
+    status, run = await app.post(
+        "/v1/invoice-runs",
+        {"period": f"{now:%Y-%m}", "usage_cutoff": now.isoformat(), "execute": True},
+    )
+    assert status == 201, run
+    status, listed = await app.get("/v1/invoices?account=it1")
+    assert status == 200 and len(listed["invoices"]) == 1, listed
+    invoice = listed["invoices"][0]["id"]
+
+    status, every = await app.get(f"/v1/invoices/{invoice}/calls")
+    assert status == 200, every
+    assert [(c["caller"], c["zone"], c["duration"], c["amount"]) for c in every["calls"]] == [
+        ("1001", "UK Mobile", 45, "0.198000"),
+        ("2002", "UK Fixed", 60, "0.010000"),
+    ]
+    status, one = await app.get(f"/v1/invoices/{invoice}/calls?member=2002")
+    assert [c["destination"] for c in one["calls"]] == ["442079460000"], one
+    response = await app.client.get(f"/v1/invoices/{invoice}/calls?format=csv&member=1001")
+    assert response.status == 200 and response.content_type == "text/csv"
+    rows = (await response.text()).strip().splitlines()
+    assert len(rows) == 2 and "UK Mobile" in rows[1] and "0.198000" in rows[1], rows

@@ -1,0 +1,251 @@
+"""`ocs billing-worker`: due cycles run by themselves, once; chunks shared and taken over;
+a SIGTERM finishes the chunk in hand. And `ocs demo`'s finished billing cycle."""
+
+import asyncio
+import dataclasses
+import os
+import re
+import signal
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ocs.billing import runs
+from ocs.billing.cycles import PlanBilling
+from ocs.billing.worker import BillingWorker, WorkerSettings, due_period
+from ocs.config import Settings
+from ocs.demo import BILLING_ACCOUNT, run_demo
+from ocs.services import Services
+from tests.conftest import eventually
+from tests.test_billing_runs import EUR, billed_plan, customer, monthly
+
+APRIL = datetime(2026, 4, 1, 12, tzinfo=UTC)
+
+
+async def _accounts(services: Services, count: int, start: date = date(2026, 1, 1)) -> None:
+    """The retail plan (cycle on the 1st, arrears), a 10.00 monthly rent, ``count`` accounts."""
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    for n in range(count):
+        await customer(services, f"a{n}", "rent", start)
+
+
+async def _runs(services: Services) -> list[tuple[str | None, str, str]]:
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT plan_id, period, state FROM invoice_runs ORDER BY id")
+    return [(r["plan_id"], r["period"], r["state"]) for r in rows]
+
+
+async def _totals(services: Services) -> list[tuple[str, str, int]]:
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT account_id, period_label, total FROM invoices ORDER BY account_id"
+        )
+    return [(r["account_id"], r["period_label"], r["total"]) for r in rows]
+
+
+async def test_two_workers_at_once_create_the_due_run_once(
+    services: Services, settings: Settings
+) -> None:
+    await _accounts(services, 3)
+    config = WorkerSettings(poll_interval=0.05, chunk_size=1, run_delay=0)
+    pools = [await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)]
+    pools.append(await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3))
+    try:
+        workers = [BillingWorker(p, config, clock=lambda: APRIL) for p in pools]
+        await asyncio.gather(*(w.run_once() for w in workers))
+        # A restart (a third worker) finds the period taken.
+        await BillingWorker(services.pool, config, clock=lambda: APRIL).run_once()
+    finally:
+        for pool in pools:
+            await pool.close()
+    # At noon on April 1, March has ended: its run, once, drafted whole.
+    assert await _runs(services) == [("retail", "2026-03", "done")]
+    assert await _totals(services) == [(f"a{n}", "2026-03", 10 * EUR) for n in range(3)]
+
+
+def test_the_due_period_follows_the_timing_and_the_delay() -> None:
+    arrears = PlanBilling("p", "fixed_date", date(2026, 1, 1), cycle_day=1)
+    advance = dataclasses.replace(arrears, invoice_timing="start_of_cycle")
+    due = due_period(arrears, APRIL)
+    assert due is not None and (due.period, due.invoice_date) == ("2026-03", date(2026, 4, 1))
+    due = due_period(advance, APRIL)
+    assert due is not None and due.period == "2026-04"
+    # 13 hours late: on April 1 at noon, February is the last period due.
+    due = due_period(arrears, APRIL, delay=13 * 3600)
+    assert due is not None and due.period == "2026-02"
+    # Nothing before the plan's effective date.
+    assert due_period(dataclasses.replace(arrears, effective_date=date(2026, 4, 1)), APRIL) is None
+    assert due_period(dataclasses.replace(arrears, cycle="manual"), APRIL) is None
+
+
+async def test_a_dead_workers_chunk_is_taken_over_when_its_lease_runs_out(
+    services: Services,
+) -> None:
+    await _accounts(services, 2)
+    run_id = await runs.create_run(
+        services.pool, "2026-03", invoice_date=date(2026, 4, 1), chunk_size=1
+    )
+    # A worker that claimed chunk 0 and died (kill -9): its lease is short.
+    assert await runs.claim_chunk(services.pool, run_id, "dead", lease_s=0.2) == 0
+
+    async def lease_ran_out() -> bool:
+        async with services.pool.acquire() as conn:
+            return bool(
+                await conn.fetchval(
+                    "SELECT lease_until <= clock_timestamp() FROM invoice_run_chunks"
+                    " WHERE run_id = $1 AND chunk = 0",
+                    run_id,
+                )
+            )
+
+    await eventually(lease_ran_out, what="the dead worker's lease to run out")
+    worker = BillingWorker(services.pool, WorkerSettings(run_delay=0), clock=lambda: APRIL)
+    await worker.work_on(run_id, asyncio.Event())
+
+    found = await runs.progress(services.pool, run_id)
+    assert (found.state, found.accounts_done) == ("done", 2)
+    async with services.pool.acquire() as conn:
+        owners = await conn.fetch(
+            "SELECT chunk, lease_owner, attempts FROM invoice_run_chunks WHERE run_id = $1"
+            " ORDER BY chunk",
+            run_id,
+        )
+    assert [(r["lease_owner"], r["attempts"]) for r in owners] == [
+        (worker.name, 2),
+        (worker.name, 1),
+    ]
+    assert await _totals(services) == [("a0", "2026-03", 10 * EUR), ("a1", "2026-03", 10 * EUR)]
+
+
+def _worker_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
+    env.update(
+        {
+            "OCS_REDIS_URL": settings.redis_url or "",
+            "OCS_DATABASE_URL": settings.database_url or "",
+            "OCS_DATA_DIR": str(tmp_path / "var"),
+            "OCS_LOG_FORMAT": "json",
+            "OCS_BILLING_POLL_INTERVAL": "0.05",
+            "OCS_BILLING_RUN_DELAY": "0",
+            "OCS_BILLING_CHUNK_SIZE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+async def test_a_sigterm_finishes_the_chunk_in_hand_and_another_worker_takes_the_rest(
+    services: Services, settings: Settings, tmp_path: Path
+) -> None:
+    await _accounts(services, 4)
+    billing = PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1)
+    due = due_period(billing, datetime.now(UTC))
+    assert due is not None
+    # Hold account a0's invoice row (uncommitted): the worker's first chunk waits on it.
+    blocker = await asyncpg.connect(settings.database_url)
+    holding = blocker.transaction()
+    await holding.start()
+    await blocker.execute(
+        "INSERT INTO invoices (account_id, plan_id, period_start, period_end, period_label,"
+        " currency, invoice_date) VALUES ('a0', 'retail', $1, $1::timestamptz + interval '1 day',"
+        " 'x', 'EUR', $2)",
+        due.start,
+        due.invoice_date,
+    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ocs",
+            "billing-worker",
+            env=_worker_env(settings, tmp_path),
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    try:
+
+        async def in_chunk_0() -> bool:
+            assert process.returncode is None, log.read_text()
+            return "billing run joined" in log.read_text()
+
+        await eventually(in_chunk_0, within=60, what="the worker in its first chunk")
+        process.send_signal(signal.SIGTERM)
+
+        async def stopping() -> bool:
+            return "billing worker stopping" in log.read_text()
+
+        await eventually(stopping, within=30, what="the worker to take the signal")
+        await holding.rollback()  # the chunk in hand may go on now
+
+        await asyncio.wait_for(process.wait(), timeout=30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await blocker.close()
+    assert process.returncode == 0, log.read_text()
+    assert "billing worker stopped" in log.read_text()
+
+    async with services.pool.acquire() as conn:
+        chunks = await conn.fetch(
+            "SELECT chunk, done_at IS NOT NULL AS done, attempts FROM invoice_run_chunks"
+            " ORDER BY chunk"
+        )
+    # Chunk 0 finished and committed; no other claimed after the signal.
+    assert [(r["done"], r["attempts"]) for r in chunks] == [
+        (True, 1),
+        (False, 0),
+        (False, 0),
+        (False, 0),
+    ]
+    # Another worker finds the run (never a second one) and drafts the rest.
+    worker = BillingWorker(services.pool, WorkerSettings(run_delay=0, chunk_size=1))
+    await worker.run_once()
+    assert await _runs(services) == [("retail", due.period, "done")]
+    assert await _totals(services) == [(f"a{n}", due.period, 10 * EUR) for n in range(4)]
+
+
+async def test_the_demo_ends_with_a_posted_invoice_and_the_command_that_shows_it(
+    services: Services, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    demo_settings = dataclasses.replace(settings, radius_enabled=False, run_janitor=False)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(run_demo(demo_settings, stopping))
+    printed = ""
+
+    async def shown() -> bool:
+        nonlocal printed
+        printed += capsys.readouterr().out
+        assert not task.done(), task.exception() if task.done() else None
+        return "ocs invoices show" in printed
+
+    try:
+        await eventually(shown, within=90, what="the demo's billing command")
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=30)
+    found = re.search(r"ocs invoices show (\d+)", printed)
+    assert found is not None, printed
+    async with services.pool.acquire() as conn:
+        invoice = await conn.fetchrow("SELECT * FROM invoices WHERE id = $1", int(found[1]))
+        lines = await conn.fetch(
+            "SELECT kind, zone, amount, exact_amount, moved_at IS NOT NULL AS moved"
+            " FROM invoice_lines WHERE invoice_id = $1 ORDER BY position",
+            invoice["id"],
+        )
+    assert (invoice["account_id"], invoice["state"]) == (BILLING_ACCOUNT, "posted")
+    assert re.fullmatch(r"INV-\d{4}-000001", invoice["number"])
+    # The month's 5.00 rent, moved at posting; the call: 45 s to a UK mobile on 30/6,
+    # 48 s billed, 0.15 + 0.06 * 48 / 60 = 0.198 -> 0.20, already debited in real time.
+    assert sorted((li["kind"], li["amount"], li["exact_amount"], li["moved"]) for li in lines) == [
+        ("recurring", 5 * EUR, 5 * EUR, True),
+        ("usage", 200_000, 198_000, False),
+    ]
+    assert invoice["total"] == 5_200_000
+    # 20.00 - 0.198 (the call) - 5.00 (the rent).
+    assert (await services.accounts.show(BILLING_ACCOUNT)).balance == 14_802_000
