@@ -132,6 +132,26 @@ def _parse_optional_token(value: Any) -> str | None:
     return text
 
 
+def _parse_optional_secret(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = str(value)
+    # It goes into an HTTP header: printable ASCII, no spaces (no header injection).
+    if not text.isascii() or not text.isprintable() or " " in text:
+        raise ValueError("expected printable ASCII characters without spaces")
+    return text
+
+
+def _parse_seconds(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        number = _parse_float(value)
+        if not low <= number <= high:
+            raise ValueError(f"expected seconds from {low:g} to {high:g}, got {number:g}")
+        return number
+
+    return parse
+
+
 def _parse_networks(value: Any) -> tuple[str, ...]:
     import ipaddress
 
@@ -351,6 +371,34 @@ class Settings:
     )
     billing_metrics_port: int = _setting(
         0, _parse_int(0, 65535), "port `ocs billing-worker` serves /metrics on (0: none)"
+    )
+    # The external tax engine (ocs/billing/tax_engine.py, docs/tax-engine.md).
+    tax_engine_url: str | None = _setting(
+        None,
+        _parse_optional_url(("http://", "https://")),
+        "URL invoices' lines are POSTed to for their taxes (none: no external tax engine)",
+    )
+    tax_engine_timeout: float = _setting(
+        10.0,
+        _parse_seconds(0.001, 600.0),
+        "seconds one tax engine request may take in all (connect, send, answer)",
+    )
+    tax_engine_retries: int = _setting(
+        3,
+        _parse_int(0, 10),
+        "times a timed-out, unreachable, 5xx or 429 tax engine request is tried again",
+    )
+    tax_engine_backoff: float = _setting(
+        0.5,
+        _parse_seconds(0.0, 30.0),
+        "seconds before the first tax engine retry, doubled for each next one (30 s at most)",
+    )
+    # A secret: sent as a bearer token only, never logged or shown.
+    tax_engine_token: str | None = _setting(
+        None,
+        _parse_optional_secret,
+        "bearer token the tax engine requires (none: no Authorization header)",
+        repr=False,
     )
     # PIN guessing: after this many failed PINs within the window a caller id (or a
     # NAS, for the larger limit) is refused with return code 10 until the window ends.

@@ -7,6 +7,8 @@ from ISO 4217's own table as the ``iso4217`` package ships it. The one rule
 totals are sums of rounded lines. Integer arithmetic only.
 """
 
+import functools
+
 from iso4217 import Currency
 
 from ocs.money import MICRO, MICRO_DIGITS
@@ -34,8 +36,12 @@ def round_half_away(numerator: int, denominator: int) -> int:
     return quotient if numerator >= 0 else -quotient
 
 
+@functools.cache
 def minor_unit_exponent(code: str) -> int:
     """The ISO 4217 minor-unit exponent of ``code``: JPY 0, EUR 2, BHD 3, CLF 4.
+
+    Cached: an invoice run asks it for every line (the ISO table does not change while
+    a process runs; an unknown code raises each time, so nothing wrong is cached).
 
     Raises CurrencyError (a ValueError) for a code ISO 4217 does not list, and
     for the codes it lists without a minor unit ("N.A.": gold XAU, the SDR XDR,

@@ -1,0 +1,323 @@
+"""Bundles on real PostgreSQL: free minutes, discount tiers, commitments, fees, resiliation.
+
+CDRs are written straight into PostgreSQL (``billing_helpers.cdr``); ``bundle_lines``
+is called for the January 2026 invoice of an end-of-cycle monthly plan (UTC), whose
+arrears period and usage window is January and whose advance period is February.
+Every expected amount is computed by hand in the comments (decision 0023).
+"""
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from ocs.billing.bundles import BundleInvoice, add_months, bundle_lines, months_left
+from ocs.billing.lines import Line, targets
+from ocs.billing.periods import fixed_date
+from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, cdr, customer
+
+CYCLE = fixed_date(1, date(2026, 1, 1), tz="UTC")
+JANUARY = CYCLE.period_named("2026-01")
+WHICH = targets(CYCLE, JANUARY, "end_of_cycle")
+# (position, kind, description, indicator, allowance, amount, periodicity, timing)
+RuleRow = tuple[int, str, str, str | None, int | None, int | None, str | None, str | None]
+
+
+def at(day: int, hour: int = 12) -> datetime:
+    """An instant in January 2026 (UTC)."""
+    return datetime(2026, 1, day, hour, tzinfo=UTC)
+
+
+async def sql(services: Services, statement: str, *args: Any) -> None:
+    """One statement on the test database."""
+    async with services.pool.acquire() as conn:
+        await conn.execute(statement, *args)
+
+
+async def bundle(
+    services: Services,
+    indicators: Sequence[tuple[str, str, str, str | None]],
+    rules: Sequence[RuleRow],
+    *,
+    term: int | None = None,
+    resiliation: str = "none",
+    fee: int = 0,
+) -> None:
+    """Bundle ``b1`` (EUR): indicators (name, function, measure, zone) and rules
+    (position, kind, description, indicator, allowance, amount, periodicity, timing)."""
+    await sql(
+        services,
+        "INSERT INTO bundles (id, name, currency, commitment_months, resiliation,"
+        " resiliation_fee) VALUES ('b1', 'Business bundle', 'EUR', $1, $2, $3)",
+        term,
+        resiliation,
+        fee,
+    )
+    for name, function, measure, zone in indicators:
+        await sql(
+            services,
+            "INSERT INTO bundle_indicators (bundle_id, name, function, measure, zone)"
+            " VALUES ('b1', $1, $2, $3, $4)",
+            name,
+            function,
+            measure,
+            zone,
+        )
+    for rule in rules:
+        await sql(
+            services,
+            "INSERT INTO bundle_rules (bundle_id, position, kind, description, indicator,"
+            " allowance, amount, periodicity, timing)"
+            " VALUES ('b1', $1, $2, $3, $4, $5, $6, $7, $8)",
+            *rule,
+        )
+
+
+async def account(
+    services: Services, start: date, *, bundle_start: date | None = None, end: date | None = None
+) -> None:
+    """Account ``a1`` on the retail plan from ``start``, holding bundle ``b1``."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, start)
+    await sql(
+        services,
+        "INSERT INTO subscription_bundles (subscription_id, bundle_id, start_date, end_date)"
+        " VALUES ($1, 'b1', $2, $3)",
+        sub,
+        bundle_start,
+        end,
+    )
+
+
+async def lines(services: Services) -> list[Line]:
+    """a1's bundle lines on its January 2026 invoice."""
+    invoice = BundleInvoice("a1", "EUR", WHICH, (JANUARY.start, JANUARY.end))
+    async with services.pool.acquire() as conn:
+        found = await bundle_lines(conn, [invoice])
+    return found.get("a1", [])
+
+
+async def calls(services: Services, *spec: tuple[int, int, int], zone: str = "UK Mobile") -> None:
+    """Calls (day, seconds, charged micro-EUR) in January."""
+    for n, (day, seconds, charged) in enumerate(spec):
+        await cdr(
+            services, f"{zone}-{n}", "a1", at(day, 12), duration=seconds, charged=charged, zone=zone
+        )
+
+
+FREE_MINUTES: list[RuleRow] = [
+    (1, "free", "100 free minutes to UK Mobile", "uk", 6000, None, None, None)
+]
+
+
+async def test_bundle_free_minutes_credit_what_the_first_minutes_cost(services: Services) -> None:
+    """100 free minutes (6000 s): calls of 3000 s (3.00), 2400 s (2.40) and 1200 s (1.20)
+    in that order. Included: 3000 + 2400 + 600 of the third = 6000 s. Credit:
+    3.00 + 2.40 + 1.20 x 600/1200 = 6.00. Calls to Germany are not in the indicator."""
+    await bundle(services, [("uk", "sum", "duration", "UK Mobile")], FREE_MINUTES)
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 3000, 3 * EUR), (4, 2400, 2_400_000), (5, 1200, 1_200_000))
+    await calls(services, (6, 600, 700_000), zone="Germany")
+    [line] = await lines(services)
+    assert (line.kind, line.quantity, line.exact, line.amount) == (
+        "bundle_free",
+        6000,
+        -6 * EUR,
+        -6 * EUR,
+    )
+    assert line.moves_money
+    assert line.description == (
+        "Business bundle: 100 free minutes to UK Mobile: 100 min of 100 min included,"
+        " 6.00 credited (100%)"
+    )
+
+
+async def test_free_minutes_under_the_allowance_credit_every_call(services: Services) -> None:
+    """Two calls of 90 s at 0.123457 each: 180 s of 6000 included, credit 0.246914 -> 0.25."""
+    await bundle(services, [("uk", "sum", "duration", "UK Mobile")], FREE_MINUTES)
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 90, 123_457), (4, 90, 123_457))
+    [line] = await lines(services)
+    assert (line.quantity, line.exact, line.amount) == (180, -246_914, -250_000)
+    assert "3 min of 100 min included, 0.246914 credited" in line.description
+
+
+async def discount_bundle(services: Services) -> None:
+    """10% off UK Mobile usage once its minutes reach 1,000 (60,000 s)."""
+    await bundle(
+        services,
+        [("uk", "sum", "duration", "UK Mobile")],
+        [(1, "discount", "volume discount", "uk", None, None, None, None)],
+    )
+    await sql(
+        services,
+        "INSERT INTO bundle_discount_tiers (bundle_id, position, threshold, rate)"
+        " VALUES ('b1', 1, 60000, 10000000)",
+    )
+
+
+async def test_volume_discount_just_below_its_threshold_gives_nothing(services: Services) -> None:
+    """59,999 s (999 min 59 s) of calls: below 1,000 minutes, no discount line."""
+    await discount_bundle(services)
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 30000, 30 * EUR), (4, 29999, 29_999_000))
+    assert await lines(services) == []
+
+
+async def test_volume_discount_just_at_its_threshold(services: Services) -> None:
+    """60,000 s = 1,000 min exactly, usage 60.005 EUR: 10% off = -6.0005, rounded once to
+    cents: 0.05 of a cent is under half -> -6.00."""
+    await discount_bundle(services)
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 30000, 30 * EUR), (4, 30000, 30_005_000))
+    [line] = await lines(services)
+    # 60_005_000 x 10% = 6_000_500 micro; cents: 600.05 -> 600 -> -6.00
+    assert (line.kind, line.quantity, line.exact, line.amount) == (
+        "bundle_discount",
+        60000,
+        -6_000_500,
+        -6_000_000,
+    )
+    assert line.description == (
+        "Business bundle: volume discount: 10% off 60.005 (1000 min, tier from 1000 min)"
+    )
+
+
+async def test_tiered_discount_applies_the_highest_tier_reached_after_free_credits(
+    services: Services,
+) -> None:
+    """Tiers 5% from 1 call, 12.5% from 3 calls (count). Three calls of 1.00; the first
+    100 minutes free take the first call (60 s, 1.00) whole: base 3.00 - 1.00 = 2.00,
+    12.5% -> -0.25."""
+    await bundle(
+        services,
+        [("uk", "sum", "duration", "UK Mobile"), ("n", "count", "duration", "UK Mobile")],
+        [
+            (1, "free", "first minute free", "uk", 60, None, None, None),
+            (2, "discount", "loyalty", "n", None, None, None, None),
+        ],
+    )
+    for threshold, rate in ((1, 5_000_000), (3, 12_500_000)):
+        await sql(
+            services,
+            "INSERT INTO bundle_discount_tiers VALUES ('b1', 2, $1, $2)",
+            threshold,
+            rate,
+        )
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 60, EUR), (4, 60, EUR), (5, 60, EUR))
+    free, discount = await lines(services)
+    assert (free.kind, free.exact) == ("bundle_free", -EUR)
+    assert (discount.kind, discount.quantity, discount.exact) == ("bundle_discount", 3, -250_000)
+    assert "12.5% off 2.00 (3 calls, tier from 3 calls)" in discount.description
+
+
+COMMITMENT: list[RuleRow] = [
+    (1, "commitment", "minimum spend", "spend", None, 20 * EUR, None, None)
+]
+
+
+async def test_commitment_under_charges_the_shortfall(services: Services) -> None:
+    """Minimum 20.00 a month, 12.345678 spent: shortfall 7.654322 -> 7.65."""
+    await bundle(services, [("spend", "sum", "amount", None)], COMMITMENT)
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 600, 12_345_678))
+    [line] = await lines(services)
+    assert (line.kind, line.quantity, line.exact, line.amount) == (
+        "bundle_commitment",
+        12_345_678,
+        7_654_322,
+        7_650_000,
+    )
+    assert line.description == (
+        "Business bundle: minimum spend: minimum 20.00, used 12.345678, shortfall charged"
+    )
+
+
+async def test_commitment_over_charges_nothing(services: Services) -> None:
+    """20.000001 spent against a 20.00 minimum: no line."""
+    await bundle(services, [("spend", "sum", "amount", None)], COMMITMENT)
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 600, 20 * EUR + 1))
+    assert await lines(services) == []
+
+
+async def test_commitment_is_prorated_in_a_partial_first_cycle(services: Services) -> None:
+    """Subscribed Jan 22: 10 of 31 days. Minimum 20.00 x 10/31 = 6.451613 (6_451_612.9 up);
+    spent 5.00 (a call on Jan 10, before the start, does not count): shortfall 1.451613
+    -> 1.45."""
+    await bundle(services, [("spend", "sum", "amount", None)], COMMITMENT)
+    await account(services, date(2026, 1, 22))
+    await calls(services, (10, 60, 9 * EUR), (25, 600, 5 * EUR))
+    [line] = await lines(services)
+    assert (line.quantity, line.exact, line.amount) == (5 * EUR, 1_451_613, 1_450_000)
+    assert "minimum 6.451613 (10/31 days), used 5.00" in line.description
+
+
+async def test_flat_fees_upfront_and_on_the_due_date(services: Services) -> None:
+    """A monthly 5.00 due-date fee bills January on the January invoice; a yearly 120.00
+    upfront fee from Feb 1 bills Feb 2026..Feb 2027 on it (advance = February); a one-off
+    setup fee of 30.00 on the bundle's start day (Jan 1) is billed in arrears."""
+    await bundle(
+        services,
+        [],
+        [
+            (1, "flat_fee", "service fee", None, None, 5 * EUR, "monthly", "due_date"),
+            (2, "flat_fee", "setup", None, None, 30 * EUR, "one_shot", "due_date"),
+        ],
+    )
+    await account(services, date(2026, 1, 1))
+    await sql(
+        services,
+        "INSERT INTO bundles (id, name, currency) VALUES ('b2', 'Support', 'EUR');"
+        "INSERT INTO bundle_rules (bundle_id, position, kind, description, amount,"
+        " periodicity, timing) VALUES ('b2', 1, 'flat_fee', 'yearly support', 120000000,"
+        " 'yearly', 'upfront');"
+        "INSERT INTO subscription_bundles (subscription_id, bundle_id, start_date)"
+        " SELECT id, 'b2', '2026-02-01' FROM subscriptions WHERE account_id = 'a1'",
+    )
+    found = await lines(services)
+    assert [(line.kind, line.exact, line.amount) for line in found] == [
+        ("bundle_fee", 5 * EUR, 5 * EUR),
+        ("bundle_fee", 30 * EUR, 30 * EUR),
+        ("bundle_fee", 120 * EUR, 120 * EUR),
+    ]
+    assert found[0].description == "Business bundle: service fee 2026-01, 5.00 per monthly"
+    assert found[1].description == "Business bundle: setup (one-off)"
+    assert found[2].description.startswith("Support: yearly support 2026-02-01..2027-02-01")
+
+
+async def test_resiliation_fee_in_the_middle_of_the_term(services: Services) -> None:
+    """A 12-month term from 2025-09-10 (to 2026-09-10); cancelled with Jan 20, 2026 the first
+    day without service: served Sep 10 .. Jan 10 = 4 whole months, 8 left x 15.00 = 120.00,
+    on the January invoice."""
+    await bundle(services, [], [], term=12, resiliation="remaining_months", fee=15 * EUR)
+    await account(services, date(2025, 9, 10), end=date(2026, 1, 20))
+    [line] = await lines(services)
+    assert (line.kind, line.quantity, line.exact, line.amount) == (
+        "resiliation",
+        8,
+        120 * EUR,
+        120 * EUR,
+    )
+    assert line.description == "Business bundle: early termination, 8 of 12 months left x 15.00"
+
+
+async def test_fixed_resiliation_fee_and_none_after_the_term(services: Services) -> None:
+    """Fixed 50.00 when ending early; the term's own end (or later) costs nothing."""
+    await bundle(services, [], [], term=3, resiliation="fixed", fee=50 * EUR)
+    await account(services, date(2025, 11, 1), end=date(2026, 1, 15))
+    [line] = await lines(services)
+    assert (line.exact, line.amount) == (50 * EUR, 50 * EUR)
+    await sql(services, "UPDATE subscription_bundles SET end_date = '2026-02-01'")
+    # Term Nov 1 + 3 months = Feb 1: ending on Feb 1 is not early.
+    assert await lines(services) == []
+
+
+def test_months_left_counts_the_month_in_progress() -> None:
+    """Jan 31 + 1 month is Feb 28; a term ending on its last day has 0 left."""
+    assert add_months(date(2026, 1, 31), 1) == date(2026, 2, 28)
+    assert months_left(date(2025, 9, 10), 12, date(2026, 1, 20)) == 8
+    assert months_left(date(2025, 9, 10), 12, date(2026, 1, 10)) == 8
+    assert months_left(date(2025, 9, 10), 12, date(2026, 1, 9)) == 9
+    assert months_left(date(2025, 9, 10), 12, date(2026, 9, 10)) == 0
