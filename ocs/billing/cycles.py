@@ -7,6 +7,7 @@ charge's periods, anchored where the invoice cycle is anchored so that a
 monthly charge on a monthly cycle has exactly the invoice's periods.
 """
 
+import functools
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -83,8 +84,12 @@ def schedule(billing: PlanBilling, account_start: date | None = None) -> Schedul
 _MONTHS = {"monthly": 1, "quarterly": 3, "yearly": 12}
 
 
+@functools.lru_cache(maxsize=4096)
 def charge_schedule(cycle: Schedule, cadence: str, every_days: int | None = None) -> Schedule:
     """A recurring charge's periods, anchored at the invoice cycle's anchor.
+
+    Cached: a chunk asks it for every account and charge with the same few inputs
+    (``Schedule`` is a frozen value, so a cached answer is shared safely).
 
     A month cadence keeps the cycle's day of the month (day 31 stays 31 through
     February), so a monthly charge on a monthly cycle bills exactly the
