@@ -11,6 +11,13 @@ lines and totals, so repeating a run changes nothing.
 
 ``preview`` computes one account's invoice for the period holding an instant
 without storing anything (a dry run).
+
+After the charge, usage and reporting lines come the bundle lines
+(``bundles``: free units, discounts, commitments, fees), the plan's surcharges
+(``surcharges``) and, when the run calculates taxes, the tax lines
+(``taxes``: per tax code, rounded once). A run with taxes off writes untaxed
+drafts (``taxes_calculated`` false); ``tax_drafts`` adds their tax lines at
+posting, from the stored lines, by the same rule.
 """
 
 from collections import defaultdict
@@ -19,6 +26,7 @@ from datetime import UTC, date, datetime
 
 import asyncpg
 
+from ocs.billing.bundles import BundleInvoice, bundle_lines
 from ocs.billing.cycles import UNSCHEDULED, PlanBilling, schedule
 from ocs.billing.lines import (
     Billed,
@@ -33,6 +41,16 @@ from ocs.billing.lines import (
 from ocs.billing.periods import Period, Schedule, Unit
 from ocs.billing.realtime import realtime_lines
 from ocs.billing.statement import write_statements
+from ocs.billing.surcharges import load_surcharges, surcharge_lines
+from ocs.billing.taxes import (
+    Exemption,
+    TaxEngine,
+    TaxInvoice,
+    TaxRules,
+    exemptions,
+    load_rules,
+    tax_lines,
+)
 from ocs.errors import OcsError, Reason
 
 _ITEMS_SQL = """
@@ -64,13 +82,13 @@ WHERE n.account_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR n.created_a
 # One pass over the accounts' call CDRs of the window (index cdrs_account_idx); usage
 # events (MB, kWh) are lines of their own (``realtime``).
 _USAGE_SQL = """
-SELECT account_id, zone, direction, count(*) AS calls, sum(duration) AS seconds,
+SELECT account_id, zone, direction, rate_type, count(*) AS calls, sum(duration) AS seconds,
        sum(billed_seconds) AS billed_seconds, sum(charged) AS amount,
        min(entry_id) AS first_cdr, max(entry_id) AS last_cdr
 FROM cdrs
 WHERE account_id = ANY($1::text[]) AND stopped_at >= $2 AND stopped_at < $3
   AND termination_cause <> 'usage'
-GROUP BY account_id, zone, direction
+GROUP BY account_id, zone, direction, rate_type
 """
 
 # The accounts with an invoice before this one (their billing has begun).
@@ -89,7 +107,7 @@ WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.state <> 'void
   AND l.kind IN ('recurring', 'proration') AND l.period_start >= $3
 """
 
-_LINE_COLUMNS = (
+LINE_COLUMNS = (
     "invoice_id",
     "position",
     "kind",
@@ -115,6 +133,23 @@ _LINE_COLUMNS = (
     "paid_seconds",
     "billed_quantity",
     "source_entry",
+    "tax_code",
+    "basis",
+    "rate",
+    "rate_type",
+)
+
+
+# An invoice's subtotal (every line but taxes), tax total and total, from its lines.
+_TOTALS_SQL = (
+    "UPDATE invoices i SET subtotal = COALESCE(t.net, 0), tax_total = COALESCE(t.tax, 0),"
+    " total = COALESCE(t.net, 0) + COALESCE(t.tax, 0), tax_error = NULL"
+)
+_TOTALS_JOIN = (
+    " LEFT JOIN (SELECT invoice_id, sum(amount) FILTER (WHERE kind <> 'tax') AS net,"
+    "   sum(amount) FILTER (WHERE kind = 'tax') AS tax FROM invoice_lines"
+    "   WHERE invoice_id = ANY($1::bigint[]) GROUP BY invoice_id) t ON t.invoice_id = d.id"
+    " WHERE i.id = d.id"
 )
 
 
@@ -246,29 +281,38 @@ async def compute(
                     r["amount"],
                     r["first_cdr"],
                     r["last_cdr"],
+                    r["rate_type"],
                 )
             )
     reported = await realtime_lines(conn, currencies, window)
-    return {
-        account: (
+    bundled = await bundle_lines(
+        conn, [BundleInvoice(a, c, which, window) for a, c in sorted(currencies.items())]
+    )
+    surcharges = await load_surcharges(conn, group.billing.plan_id)
+    rules = await load_rules(conn, group.billing.plan_id) if options.calculate_taxes else None
+    exempt = await exemptions(conn, ids) if rules is not None else {}
+    found: dict[str, tuple[str, list[Line]]] = {}
+    for account, currency in sorted(currencies.items()):
+        lines = invoice_lines(
+            items[account],
+            usage[account],
+            group.cycle,
+            which,
             currency,
-            invoice_lines(
-                items[account],
-                usage[account],
-                group.cycle,
-                which,
-                currency,
-                window,
-                billed.get(account),
-            )
-            + reported.get(account, []),
-        )
-        for account, currency in sorted(currencies.items())
-    }
+            window,
+            billed.get(account),
+        ) + reported.get(account, [])
+        # Bundles, discounts and commitments come before taxes: taxes are net of them.
+        lines += bundled.get(account, [])
+        lines += surcharge_lines(lines, surcharges, currency)
+        if rules is not None:
+            lines += tax_lines(lines, rules, currency, options.invoice_date, exempt.get(account))
+        found[account] = (currency, lines)
+    return found
 
 
-def _line_records(invoice_id: int, found: list[Line]) -> list[tuple[object, ...]]:
-    """COPY records of one invoice's lines, positions from 1."""
+def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tuple[object, ...]]:
+    """COPY records (``LINE_COLUMNS``) of one invoice's lines, positions from ``first``."""
     return [
         (
             invoice_id,
@@ -296,8 +340,12 @@ def _line_records(invoice_id: int, found: list[Line]) -> list[tuple[object, ...]
             line.paid_seconds,
             line.billed_quantity,
             line.source_entry,
+            line.tax_code,
+            line.basis,
+            line.rate,
+            line.rate_type,
         )
-        for position, line in enumerate(found, start=1)
+        for position, line in enumerate(found, start=first)
     ]
 
 
@@ -321,7 +369,7 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
         group.billing.issuer,
         group.billing.invoice_message,
         options.run_id,
-        False,  # taxes come with the tax issue: no draft is taxed yet
+        options.calculate_taxes,
         [computed[a][0] for a in accounts],
     )
     # Locked in account order, as inserted: two runs of one period wait, never deadlock.
@@ -337,20 +385,17 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
     records = [
         record
         for account, invoice_id in sorted(drafts.items())
-        for record in _line_records(invoice_id, computed[account][1])
+        for record in line_records(invoice_id, computed[account][1])
     ]
     if records:
-        await conn.copy_records_to_table("invoice_lines", records=records, columns=_LINE_COLUMNS)
+        await conn.copy_records_to_table("invoice_lines", records=records, columns=LINE_COLUMNS)
     await conn.execute(
-        "UPDATE invoices i SET subtotal = COALESCE(t.sum, 0), tax_total = 0,"
-        " total = COALESCE(t.sum, 0), invoice_date = $2, run_id = $3"
-        " FROM unnest($1::bigint[]) AS d(id)"
-        " LEFT JOIN (SELECT invoice_id, sum(amount) AS sum FROM invoice_lines"
-        "   WHERE invoice_id = ANY($1::bigint[]) GROUP BY invoice_id) t ON t.invoice_id = d.id"
-        " WHERE i.id = d.id",
+        _TOTALS_SQL + ", invoice_date = $2, run_id = $3, taxes_calculated = $4"
+        " FROM unnest($1::bigint[]) AS d(id)" + _TOTALS_JOIN,
         draft_ids,
         options.invoice_date,
         options.run_id,
+        options.calculate_taxes,
     )
     which = targets(group.cycle, group.period, group.billing.invoice_timing)
     await write_statements(conn, draft_ids, usage_window(which, options.usage_cutoff))
@@ -395,3 +440,118 @@ async def preview(
         computed = await compute(conn, group, Options(invoice_date=when.date()))
     currency, found = computed[account_id]
     return group.period, currency, found
+
+
+_UNTAXED_SQL = """
+SELECT i.id, i.account_id, i.plan_id, i.currency, i.invoice_date,
+       l.kind, l.amount, l.exact_amount, l.charge_id, l.zone, l.counter_id, l.description,
+       l.tax_code, l.rate_type
+FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
+WHERE i.id = ANY($1::bigint[]) AND i.state = 'draft' AND i.kind = 'invoice'
+  AND NOT i.taxes_calculated
+ORDER BY i.id, l.position
+"""
+
+
+async def tax_drafts(
+    pool: asyncpg.Pool, invoice_ids: list[int], engine: TaxEngine | None = None
+) -> dict[int, str]:
+    """Add the tax lines of the untaxed drafts among ``invoice_ids``; those that failed.
+
+    Taxes come from the plan's rules (``taxes.tax_lines``, as at drafting) or,
+    when ``engine`` is given, from the external engine, called outside any
+    transaction. An invoice whose engine call fails keeps no tax lines, stays
+    untaxed with ``tax_error`` set to the reason (answered: id -> reason), so it
+    cannot be posted. Each invoice is written in its own transaction, under its
+    row lock, and only if it is still an untaxed draft.
+    """
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(_UNTAXED_SQL, invoice_ids)
+    invoices: dict[int, TaxInvoice] = {}
+    stored: dict[int, list[Line]] = defaultdict(list)
+    for r in rows:
+        invoices.setdefault(
+            r["id"],
+            TaxInvoice(r["id"], r["account_id"], r["plan_id"], r["currency"], r["invoice_date"]),
+        )
+        if r["kind"] is not None:
+            stored[r["id"]].append(
+                Line(
+                    r["kind"],
+                    r["description"],
+                    None,
+                    None,
+                    1,
+                    r["exact_amount"],
+                    r["amount"],
+                    False,
+                    charge_id=r["charge_id"],
+                    zone=r["zone"],
+                    counter_id=r["counter_id"],
+                    tax_code=r["tax_code"],
+                    rate_type=r["rate_type"],
+                )
+            )
+    failed: dict[int, str] = {}
+    computed: dict[int, list[Line]] = {}
+    rules: dict[str, TaxRules] = {}
+    exempt: dict[str, Exemption] = {}
+    if engine is None and invoices:
+        async with pool.acquire() as conn:
+            for plan in sorted({i.plan_id for i in invoices.values()}):
+                rules[plan] = await load_rules(conn, plan)
+            exempt = await exemptions(conn, sorted({i.account_id for i in invoices.values()}))
+    for invoice_id, invoice in invoices.items():
+        lines = [line for line in stored[invoice_id] if line.kind != "tax"]
+        if engine is None:
+            computed[invoice_id] = tax_lines(
+                lines,
+                rules[invoice.plan_id],
+                invoice.currency,
+                invoice.invoice_date,
+                exempt.get(invoice.account_id),
+            )
+            continue
+        try:
+            computed[invoice_id] = await engine(invoice, lines)
+        except Exception as error:  # any engine failure holds the invoice back, untaxed
+            failed[invoice_id] = f"tax engine: {error}" if str(error) else "tax engine failed"
+    async with pool.acquire() as conn:
+        for invoice_id, reason in failed.items():
+            await conn.execute(
+                "UPDATE invoices SET tax_error = $2 WHERE id = $1 AND state = 'draft'",
+                invoice_id,
+                reason,
+            )
+        for invoice_id, found in computed.items():
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT window_start, window_end FROM invoices WHERE id = $1"
+                    " AND state = 'draft' AND NOT taxes_calculated FOR UPDATE",
+                    invoice_id,
+                )
+                if row is None:  # posted, or recomputed, meanwhile
+                    continue
+                await conn.execute(
+                    "DELETE FROM invoice_lines WHERE invoice_id = $1 AND kind = 'tax'", invoice_id
+                )
+                last = await conn.fetchval(
+                    "SELECT COALESCE(max(position), 0) FROM invoice_lines WHERE invoice_id = $1",
+                    invoice_id,
+                )
+                if found:
+                    await conn.copy_records_to_table(
+                        "invoice_lines",
+                        records=line_records(invoice_id, found, last + 1),
+                        columns=LINE_COLUMNS,
+                    )
+                await conn.execute(
+                    _TOTALS_SQL + ", taxes_calculated = true"
+                    " FROM unnest($1::bigint[]) AS d(id)" + _TOTALS_JOIN,
+                    [invoice_id],
+                )
+                if row["window_start"] is not None:
+                    await write_statements(
+                        conn, [invoice_id], (row["window_start"], row["window_end"])
+                    )
+    return failed

@@ -96,6 +96,7 @@ class Usage:
     amount: int
     first_cdr: str
     last_cdr: str
+    rate_type: str | None = None  # the CDRs' rate type (a tax code may follow it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,12 @@ class Line:
     paid_seconds: int | None = None
     billed_quantity: int | None = None
     source_entry: str | None = None
+    # Tax and surcharge lines (``taxes``, ``surcharges``): the tax code, the amount the
+    # rate applied to, and the rate in millionths of a percent (20% = 20_000_000).
+    tax_code: str | None = None
+    basis: int | None = None
+    rate: int | None = None
+    rate_type: str | None = None  # a usage line's rate type
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,9 +315,10 @@ def advance_window_start(items: list[Item], cycle: Schedule, which: Targets) -> 
 def usage_line(usage: Usage, window: tuple[datetime, datetime], currency: str) -> Line:
     """A usage summary line: calls, seconds and what the real-time path debited for them."""
     direction = "" if usage.direction == "outbound" else f" ({usage.direction})"
+    rate_type = "" if usage.rate_type is None else f", {usage.rate_type}"
     return Line(
         "usage",
-        f"Calls to {usage.zone}{direction}",
+        f"Calls to {usage.zone}{direction}{rate_type}",
         window[0],
         window[1],
         usage.calls,
@@ -324,6 +332,7 @@ def usage_line(usage: Usage, window: tuple[datetime, datetime], currency: str) -
         billed_seconds=usage.billed_seconds,
         first_cdr=usage.first_cdr,
         last_cdr=usage.last_cdr,
+        rate_type=usage.rate_type,
     )
 
 
@@ -351,6 +360,6 @@ def invoice_lines(
             found += advance_adjustments(item, cycle, which, currency, spans)
     found += [
         usage_line(u, usage_window, currency)
-        for u in sorted(usage, key=lambda u: (u.zone, u.direction))
+        for u in sorted(usage, key=lambda u: (u.zone, u.direction, u.rate_type or ""))
     ]
     return found

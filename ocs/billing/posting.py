@@ -12,16 +12,23 @@ ledger reference ``inv:<line id>``: ``fee.lua`` debits a positive line,
 reference and answer a repeat with it, moving nothing, so a retry after a
 crash (before the line was marked) records the same ledger entry and moves
 no money twice. Usage lines move nothing: the real-time path debited them.
+
+Drafts of a run with taxes off are taxed first (``drafts.tax_drafts``); only
+drafts whose taxes are calculated are numbered, and the database refuses to
+post any other (migration 0023). A draft whose taxes failed (an external tax
+engine down) stays a draft with its ``tax_error``, listed in ``Posted.held``;
+posting it again once the engine answers posts it, once.
 """
 
 import asyncio
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
-from ocs.billing import commitments
+from ocs.billing import commitments, drafts
+from ocs.billing.taxes import TaxEngine
 from ocs.errors import OcsError, Reason
 
 # Lines whose money moves at once (the auto-pipeline sends them together).
@@ -36,20 +43,29 @@ def ledger_reference(line_id: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Posted:
-    """Invoices posted now (id -> number), and lines whose money moved now."""
+    """Invoices posted now (id -> number), lines whose money moved now, and drafts held.
+
+    ``held``: drafts left unposted because their taxes could not be calculated
+    (id -> reason, also stored as the invoice's ``tax_error``).
+    """
 
     numbers: dict[int, str]
     lines_moved: int
+    held: dict[int, str] = field(default_factory=dict)
 
 
 async def assign_numbers(conn: asyncpg.Connection, invoice_ids: list[int]) -> dict[int, str]:
     """Number and post these drafts, gaplessly per issuer and year; call in a transaction.
 
-    Ids that are not drafts (any more) are left out of the answer.
+    Ids that are not drafts (any more), or invoices whose taxes are not
+    calculated, are left out of the answer (a credit note mirrors a posted
+    invoice, taxes included).
     """
     rows = await conn.fetch(
         "SELECT id, issuer, extract(year FROM invoice_date)::int AS year FROM invoices"
-        " WHERE id = ANY($1::bigint[]) AND state = 'draft' ORDER BY id FOR UPDATE",
+        " WHERE id = ANY($1::bigint[]) AND state = 'draft'"
+        " AND (taxes_calculated OR kind = 'credit_note')"
+        " ORDER BY id FOR UPDATE",
         invoice_ids,
     )
     by_sequence: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -143,15 +159,18 @@ async def post(
     *,
     invoice_ids: list[int] | None = None,
     run_id: int | None = None,
+    tax_engine: TaxEngine | None = None,
 ) -> Posted:
     """Post drafts (given ones, or a run's), then move the money of every line not moved.
 
-    Given posted invoices are finished (their money moved) again, harmlessly;
-    a given void invoice is refused.
+    Untaxed drafts are taxed first (by the plan's rules, or ``tax_engine``);
+    those whose taxes fail stay drafts (``Posted.held``). Given posted invoices
+    are finished (their money moved) again, harmlessly; a given void invoice is
+    refused.
     """
     if (invoice_ids is None) == (run_id is None):
         raise ValueError("post takes invoice ids or a run id")
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn:
         if invoice_ids is None:
             invoice_ids = [
                 r["id"]
@@ -168,6 +187,8 @@ async def post(
             )
             if void is not None:
                 raise OcsError(Reason.INVALID_FIELD, f"invoice {void} is void: it cannot be posted")
+    held = await drafts.tax_drafts(pool, invoice_ids, tax_engine)
+    async with pool.acquire() as conn, conn.transaction():
         numbers = await assign_numbers(conn, invoice_ids)
         accounts = [
             r["account_id"]
@@ -180,4 +201,4 @@ async def post(
     if accounts:
         # Their charges are paid: accounts locked on prorated charges commit the next ones.
         await commitments.refresh(pool, store, account_ids=accounts)
-    return Posted(numbers, moved)
+    return Posted(numbers, moved, held)

@@ -14,7 +14,9 @@ import asyncpg
 import msgspec
 
 from ocs.billing.itemised import CallRow
+from ocs.billing.lines import Line
 from ocs.billing.store import Charge
+from ocs.billing.taxes import rate_text
 from ocs.errors import OcsError, Reason
 from ocs.money import format_amount
 
@@ -46,6 +48,7 @@ class Invoice:
     voids_invoice_id: int | None
     posted_at: datetime | None
     voided_at: datetime | None
+    tax_error: str | None  # why its taxes could not be calculated: it stays a draft
 
     @classmethod
     def from_row(cls, row: Any) -> "Invoice":
@@ -77,6 +80,10 @@ class InvoiceLine:
     number: str | None
     ledger_entry: str | None
     moved_at: datetime | None
+    tax_code: str | None  # tax and surcharge lines: the tax's code,
+    basis: int | None  # the amount the rate applied to,
+    rate: int | None  # and the rate in millionths of a percent
+    rate_type: str | None  # a usage line's rate type
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +318,7 @@ class InvoiceView(msgspec.Struct, kw_only=True):
     voids_invoice_id: int | None
     posted_at: datetime | None
     voided_at: datetime | None
+    tax_error: str | None = None
 
 
 class InvoiceLineView(msgspec.Struct, kw_only=True):
@@ -335,6 +343,10 @@ class InvoiceLineView(msgspec.Struct, kw_only=True):
     first_cdr: str | None
     last_cdr: str | None
     number: str | None
+    tax_code: str | None = None
+    basis: str | None = None  # tax and surcharge lines: the amount the rate applied to
+    rate: str | None = None  # and the rate in percent ("20", "8.875")
+    rate_type: str | None = None  # a usage line's rate type
 
 
 class InvoiceDetailView(InvoiceView, kw_only=True):
@@ -450,6 +462,7 @@ def _invoice_fields(found: Invoice) -> dict[str, Any]:
         "voids_invoice_id": found.voids_invoice_id,
         "posted_at": found.posted_at,
         "voided_at": found.voided_at,
+        "tax_error": found.tax_error,
     }
 
 
@@ -475,6 +488,39 @@ def line_view(line: InvoiceLine) -> InvoiceLineView:
         first_cdr=line.first_cdr,
         last_cdr=line.last_cdr,
         number=line.number,
+        tax_code=line.tax_code,
+        basis=None if line.basis is None else format_amount(line.basis),
+        rate=None if line.rate is None else rate_text(line.rate),
+        rate_type=line.rate_type,
+    )
+
+
+def draft_line_view(position: int, line: Line) -> InvoiceLineView:
+    """A computed line (a dry run's) as shown, with the fields of a stored line's view."""
+    return InvoiceLineView(
+        position=position,
+        kind=line.kind,
+        description=line.description,
+        period_start=line.period_start,
+        period_end=line.period_end,
+        quantity=line.quantity,
+        amount=format_amount(int(line.amount)),
+        exact_amount=format_amount(int(line.exact)),
+        moves_money=line.moves_money,
+        moved=False,
+        charge_id=line.charge_id,
+        zone=line.zone,
+        direction=line.direction,
+        calls=line.calls,
+        seconds=line.seconds,
+        billed_seconds=line.billed_seconds,
+        first_cdr=line.first_cdr,
+        last_cdr=line.last_cdr,
+        number=line.number,
+        tax_code=line.tax_code,
+        basis=None if line.basis is None else format_amount(line.basis),
+        rate=None if line.rate is None else rate_text(line.rate),
+        rate_type=line.rate_type,
     )
 
 

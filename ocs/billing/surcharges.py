@@ -1,0 +1,113 @@
+"""Surcharges on charges: a percentage of, or a flat amount on, a zone's or a charge's lines.
+
+The rule (decision 0022), stated here once: a surcharge of a plan targets a
+zone (its usage lines) or a charge (its charge lines, credits included).
+
+- **percent**: basis = the sum of the (already rounded) amounts of the
+  target's lines; the surcharge is ``basis x rate`` rounded **once** to the
+  currency's minor unit, half away from zero (as taxes, ``taxes.apply_rate``);
+- **flat**: its amount, once per invoice that has a non-zero line of the
+  target.
+
+Each surcharge is its own line (kind ``surcharge``) after the lines it
+surcharges and before taxes, showing its basis and rate; it names its target
+(``charge_id`` or ``zone``), so it is taxed as what it surcharges. It moves
+money at posting. Usage surcharges of the real-time path are unrelated: they
+are in the calls' rated amounts already.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from ocs.billing.currency import format_amount, round_line
+from ocs.billing.lines import Line
+from ocs.billing.taxes import apply_rate, rate_text
+
+CHARGE_KINDS = ("recurring", "proration", "one_time")
+
+
+@dataclass(frozen=True, slots=True)
+class Surcharge:
+    """One surcharge: ``rate`` (millionths of a percent) or ``amount`` (micro-units)."""
+
+    id: str
+    name: str
+    kind: str  # percent | flat
+    target_kind: str  # zone | charge
+    target: str
+    rate: int | None = None
+    amount: int | None = None
+
+    def covers(self, line: Line) -> bool:
+        """Whether ``line`` is one this surcharge applies to."""
+        if self.target_kind == "zone":
+            return line.kind == "usage" and line.zone == self.target
+        return line.kind in CHARGE_KINDS and line.charge_id == self.target
+
+
+def surcharge_lines(lines: Sequence[Line], found: Sequence[Surcharge], currency: str) -> list[Line]:
+    """The surcharge lines of an invoice made of ``lines``, in surcharge id order."""
+    result: list[Line] = []
+    for surcharge in sorted(found, key=lambda s: s.id):
+        covered = [line for line in lines if surcharge.covers(line) and line.amount]
+        if not covered:
+            continue
+        basis = sum(int(line.amount) for line in covered)  # usage sums come as Decimal
+        if surcharge.kind == "percent" and surcharge.rate is not None:
+            exact, amount = apply_rate(basis, surcharge.rate, currency)
+            shown = (
+                f"{surcharge.name} {rate_text(surcharge.rate)}%"
+                f" of {format_amount(basis, currency)} {currency}"
+            )
+        else:
+            exact = surcharge.amount or 0
+            amount = round_line(exact, currency)
+            shown = f"{surcharge.name} (flat)"
+        on_zone = surcharge.target_kind == "zone"
+        result.append(
+            Line(
+                "surcharge",
+                shown,
+                None,
+                None,
+                1,
+                exact,
+                amount,
+                True,
+                charge_id=None if on_zone else surcharge.target,
+                zone=surcharge.target if on_zone else None,
+                basis=basis,
+                rate=surcharge.rate,
+            )
+        )
+    return result
+
+
+async def load_surcharges(conn: asyncpg.Connection, plan_id: str) -> list[Surcharge]:
+    """A plan's surcharges."""
+    return [
+        Surcharge(
+            r["id"], r["name"], r["kind"], r["target_kind"], r["target"], r["rate"], r["amount"]
+        )
+        for r in await conn.fetch(
+            "SELECT * FROM surcharges WHERE plan_id = $1 ORDER BY id", plan_id
+        )
+    ]
+
+
+async def create_surcharge(pool: asyncpg.Pool, plan_id: str, surcharge: Surcharge) -> None:
+    """Add a surcharge to a plan."""
+    await pool.execute(
+        "INSERT INTO surcharges (id, plan_id, name, kind, rate, amount, target_kind, target)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        surcharge.id,
+        plan_id,
+        surcharge.name,
+        surcharge.kind,
+        surcharge.rate,
+        surcharge.amount,
+        surcharge.target_kind,
+        surcharge.target,
+    )
