@@ -945,6 +945,7 @@ async def post_invoices(
     return {
         "posted": [{"id": i, "number": n} for i, n in sorted(posted.numbers.items())],
         "lines_moved": posted.lines_moved,
+        "held": [{"id": i, "reason": r} for i, r in sorted(posted.held.items())],
     }
 
 
@@ -1009,7 +1010,9 @@ def _invoices_void(args: argparse.Namespace, settings: Settings) -> int:
 
 def _invoices_preview(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs invoices preview``: an account's invoice for the current period (a dry run)."""
-    from ocs.billing import drafts
+    import msgspec
+
+    from ocs.billing import drafts, queries
 
     at = _time(args.at, "--at")
     period, currency, lines = _with_services(
@@ -1021,13 +1024,10 @@ def _invoices_preview(args: argparse.Namespace, settings: Settings) -> int:
             "period": period.label,
             "currency": currency,
             "total": format_amount(sum(line.amount for line in lines)),
+            # The same line view as `ocs invoices show`: what posting would store.
             "lines": [
-                {
-                    "kind": line.kind,
-                    "description": line.description,
-                    "amount": format_amount(line.amount),
-                }
-                for line in lines
+                msgspec.to_builtins(queries.draft_line_view(n, line))
+                for n, line in enumerate(lines, 1)
             ],
         }
     )

@@ -7,6 +7,11 @@ mode). Each session works in a fresh PostgreSQL database it drops at the end.
 The settings are the product's secure defaults: the ``app`` fixture makes an
 admin token and its client sends it with every request; ``RunningApp.anonymous``
 sends a request without it.
+
+Fixtures several test files use live here too: ``rig`` (a NAS emulator that takes the
+Disconnect-Requests of cut RADIUS calls, tests/nas_emulator.py) and ``data_root`` /
+``launch`` (`ocs serve` and `ocs demo` as child processes on embedded servers,
+tests/embedded_helpers.py). This file imports no helper module that imports it back.
 """
 
 import asyncio
@@ -31,12 +36,15 @@ from ocs import api_tokens
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
-from ocs.config import Settings
+from ocs.config import Settings, with_overrides
 from ocs.decks.rate_deck import parse_deck
 from ocs.http.app import create_app
+from ocs.radius.clients import load_client_table
 from ocs.radius.server import RadiusServer
 from ocs.runtime import open_runtime
 from ocs.services import Services
+from tests.embedded_helpers import Launch, OcsProcess, child_env
+from tests.nas_emulator import NAS_SECRET, Nas, NasProtocol
 from tests.radius_udp import UdpClient
 
 RETAIL_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
@@ -329,3 +337,114 @@ async def udp() -> AsyncIterator[UdpClient]:
         yield client
     finally:
         client.close()
+
+
+# -- a NAS that takes Disconnect-Requests (cuts of RADIUS calls) ---------------------------
+
+
+@dataclass
+class CutRig:
+    """The ``rig`` fixture: the app, the NAS emulator it cuts calls on, and the RADIUS
+    server beside the app that sends the Disconnect-Requests."""
+
+    app: RunningApp
+    nas: Nas
+    server: RadiusServer
+
+
+@pytest.fixture
+async def rig(app: RunningApp) -> AsyncIterator[CutRig]:
+    """A NAS emulator, registered through the API with its coa_port, and a RADIUS server
+    beside the app that sends its Disconnect-Requests (as `ocs serve` wires it)."""
+    nas = Nas()
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: NasProtocol(nas), local_addr=("127.0.0.1", 0)
+    )
+    nas.port = transport.get_extra_info("sockname")[1]
+    server: RadiusServer | None = None
+    try:
+        status, body = await app.post(
+            "/v1/nas-clients",
+            {"name": "cut-nas", "address": "127.0.0.1", "secret": NAS_SECRET, "coa_port": nas.port},
+        )
+        assert status == 201, body
+        assert body["coa_port"] == nas.port
+        settings = with_overrides(
+            app.services.settings,
+            radius_host="127.0.0.1",
+            radius_auth_port=0,
+            radius_acct_port=0,
+            radius_clients=(),
+        )
+        server = RadiusServer(
+            app.services.calls, settings, await load_client_table(app.services.pool, settings)
+        )
+        await server.start()
+        app.services.disconnect = server.disconnect
+        await add_plan(app.services)
+        yield CutRig(app, nas, server)
+    finally:
+        app.services.disconnect = None
+        if server is not None:
+            server.close_listeners()
+            await server.drain(5)
+        transport.close()
+        async with app.services.pool.acquire() as conn:
+            await conn.execute("DELETE FROM nas_clients WHERE name = 'cut-nas'")
+
+
+# -- `ocs serve` / `ocs demo` as child processes on embedded servers -----------------------
+
+
+@pytest.fixture
+def data_root() -> Iterator[Path]:
+    """A unique directory for data dirs, outside pytest's basetemp.
+
+    Run as root, pgserver runs PostgreSQL as the user ``pgserver`` and opens every parent
+    of PGDATA to it (o+rx). Each pytest session resets /tmp/pytest-of-<user> to 0700, so a
+    pytest run beside this one would lock PostgreSQL out of a PGDATA under tmp_path
+    (initdb fails with "could not open file .../global/pg_control: Permission denied").
+    """
+    root = Path(tempfile.mkdtemp(prefix="ocs-serve-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def launch(tmp_path: Path, data_root: Path) -> Iterator[Launch]:
+    """launch(command, data_dir) starts an ocs child; all are cleaned up at the end.
+
+    Depends on data_root so that its directory is removed only after the children and
+    their embedded servers are gone.
+    """
+    started: list[OcsProcess] = []
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def start(
+        command: str,
+        data_dir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        pass_data_dir: bool = True,
+        cwd: Path | None = None,
+    ) -> OcsProcess:
+        child = OcsProcess(
+            command,
+            data_dir,
+            logs,
+            f"{command}-{len(started)}",
+            env=env or child_env(data_root / "xdg"),
+            pass_data_dir=pass_data_dir,
+            cwd=cwd,
+        )
+        started.append(child)
+        return child
+
+    try:
+        yield start
+    finally:
+        for child in reversed(started):
+            child.cleanup()

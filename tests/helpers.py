@@ -1,30 +1,31 @@
 """Helpers several test files share: requests to the admin API, accounts, RADIUS over
-FreeRADIUS's ``radclient``, and free ports for child processes.
+FreeRADIUS's ``radclient`` (also to the ``rig`` fixture's server), and the ``ocs`` CLI
+as a child process. Free ports are in tests/ports.py; topic helpers in
+tests/billing_helpers.py, tests/deck_helpers.py, tests/embedded_helpers.py and
+tests/outage_helpers.py.
 
 Not a test module. Fixtures live in tests/conftest.py; these are plain functions a
 test imports. Where the copies they replace differed, the difference is a
 parameter here, so each test still checks what it checked.
 """
 
-import socket
+import asyncio
+import os
+import sys
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-from tests.conftest import RADIUS_SECRET, RunningApp
+from ocs.config import Settings
+from tests.conftest import RADIUS_SECRET, CutRig, RunningApp
+from tests.nas_emulator import NAS_SECRET
 from tests.radclient import RadiusReply, radclient
 
 # RADIUS attributes as radclient takes them: (name, value) in order.
 Pairs = list[tuple[str, str]]
 # The replies an Access-Request must get when the server answers at all.
 ANSWERED = ("Access-Accept", "Access-Reject")
-
-
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    """A port on 127.0.0.1 nothing listens on right now (TCP, or UDP with SOCK_DGRAM)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the admin API ----------------------------------------------------------------
@@ -111,3 +112,45 @@ async def acct(nas: RadiusPorts, status: str, pairs: Pairs, port: int | None = N
 def return_code(reply: RadiusReply) -> str | None:
     """The reply's ``h323-return-code`` (why a call was refused), if any."""
     return reply.first("h323-return-code")
+
+
+async def radius(rig: CutRig, kind: str, pairs: Pairs) -> str | None:
+    """A RADIUS request (``kind`` "auth" or "acct") to the ``rig`` fixture's server, signed
+    with the emulated NAS's secret: the reply's code (None: no answer)."""
+    port = rig.server.auth_port if kind == "auth" else rig.server.acct_port
+    reply = await radclient(kind, port, NAS_SECRET, pairs)
+    return reply.code
+
+
+# -- the ocs CLI -------------------------------------------------------------------
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI run: the test's, less every OCS_* variable."""
+    # The CLI is configured by flags only here: no OCS_* variable of the caller leaks in.
+    return {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
+
+
+async def ocs_cli(settings: Settings, cwd: Path, *args: str) -> tuple[int, str, str]:
+    """Run ``python -m ocs ARGS`` from ``cwd`` against the session's Redis and PostgreSQL
+    (given as flags, the log as text): (exit code, stdout, stderr)."""
+    assert settings.redis_url and settings.database_url
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocs",
+        *args,
+        "--redis-url",
+        settings.redis_url,
+        "--database-url",
+        settings.database_url,
+        "--log-format",
+        "text",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+        cwd=cwd,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()

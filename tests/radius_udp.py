@@ -51,6 +51,7 @@ def access_request(
 
 
 def accounting_request(secret: str, pairs: Pairs) -> rp.AcctPacket:
+    """An Accounting-Request signed with ``secret``, carrying ``pairs``."""
     request = rp.AcctPacket(secret=secret.encode(), dict=radius_dictionary())
     for name, value in pairs:
         request.AddAttribute(name, value)
@@ -63,6 +64,7 @@ def wire(request: rp.Packet) -> bytes:
 
 
 def decode_reply(request: rp.Packet, data: bytes) -> rp.Packet:
+    """``data`` decoded as the reply to ``request``."""
     return request.CreateReply(packet=data)
 
 
@@ -87,6 +89,7 @@ class UdpClient(asyncio.DatagramProtocol):
 
     @classmethod
     async def open(cls) -> "UdpClient":
+        """A client on a fresh socket bound to a free port of 127.0.0.1."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
         sock.setblocking(False)
@@ -95,12 +98,15 @@ class UdpClient(asyncio.DatagramProtocol):
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport, to close it."""
         self._transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Queue each datagram received for ``receive``."""
         self._replies.put_nowait(data)
 
     def send(self, data: bytes, port: int) -> None:
+        """Send ``data`` as is (an empty datagram too) to ``port`` on 127.0.0.1."""
         self._sock.sendto(data, ("127.0.0.1", port))
 
     async def receive(self, within: float = 5.0) -> bytes | None:
@@ -111,10 +117,12 @@ class UdpClient(asyncio.DatagramProtocol):
             return None
 
     async def exchange(self, data: bytes, port: int, within: float = 5.0) -> bytes | None:
+        """Send ``data`` and wait for the next datagram (None: nothing within ``within`` s)."""
         self.send(data, port)
         return await self.receive(within)
 
     def unread_count(self) -> int:
+        """How many datagrams were received and not yet read."""
         return self._replies.qsize()
 
     def unread(self) -> list[bytes]:
@@ -125,5 +133,6 @@ class UdpClient(asyncio.DatagramProtocol):
         return found
 
     def close(self) -> None:
+        """Close the socket."""
         if self._transport is not None:
             self._transport.close()

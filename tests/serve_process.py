@@ -21,7 +21,7 @@ from typing import Any
 from ocs.config import Settings
 
 # Re-exported: the tests that start ``ocs serve`` take their ports from here.
-from tests.helpers import free_port as free_port
+from tests.ports import free_port as free_port
 
 READY_TIMEOUT_S = 120.0  # a first start may compile the prefix matcher (numba)
 EXIT_TIMEOUT_S = 60.0
@@ -98,9 +98,11 @@ class ServeProcess:
 
     @property
     def pid(self) -> int:
+        """The child's process id."""
         return self.proc.pid
 
     def log_tail(self, chars: int = 4000) -> str:
+        """The last ``chars`` characters of the child's log (empty when unreadable)."""
         try:
             return self.log.read_text(errors="replace")[-chars:]
         except OSError:
@@ -121,6 +123,7 @@ class ServeProcess:
         raise AssertionError(f"ocs serve not ready within {within} s:\n{self.log_tail()}")
 
     def wait_exit(self, within: float = EXIT_TIMEOUT_S) -> int:
+        """Wait for the child to exit: its exit code; fail if it still runs after ``within`` s."""
         try:
             return self.proc.wait(timeout=within)
         except subprocess.TimeoutExpired:

@@ -21,7 +21,7 @@ from ocs.errors import OcsError
 from ocs.http.app import create_app
 from ocs.services import Services
 from tests.conftest import RETAIL_DECK, TEST_TOKEN_NAME, RunningApp, add_plan, bearer
-from tests.test_deck_import import ocs_cli
+from tests.helpers import ocs_cli
 
 
 async def call(

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 from ocs.billing.store import add_charge, change_charge, set_status
 from ocs.services import Services
-from tests.test_billing_runs import EUR, billed_plan, customer, invoices, monthly, run
+from tests.billing_helpers import EUR, billed_plan, customer, invoices, monthly, run
 
 
 def _lines(invoice: dict) -> list[tuple[str, str, int]]:

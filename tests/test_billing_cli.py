@@ -65,6 +65,7 @@ def test_a_cycle_run_posted_shown_and_voided_from_the_command_line(ocs: Any) -> 
     assert posted == {
         "posted": [{"id": draft["id"], "number": "INV-2026-000001"}],
         "lines_moved": 1,
+        "held": [],
     }
     code, shown, _ = ocs("invoices", "show", str(draft["id"]))
     assert (shown["state"], shown["number"], shown["message"]) == (

@@ -11,7 +11,7 @@ from ocs.billing.store import Charge, create_charge
 from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.errors import OcsError
 from ocs.services import Services
-from tests.test_billing_runs import EUR, billed_plan, customer
+from tests.billing_helpers import EUR, billed_plan, customer
 
 MID_MARCH = datetime(2026, 3, 15, 12, tzinfo=UTC)
 

@@ -11,7 +11,7 @@ from datetime import date
 from ocs.billing import runs
 from ocs.config import Settings
 from ocs.services import Services
-from tests.test_billing_runs import EUR, billed_plan, customer, invoices, monthly
+from tests.billing_helpers import EUR, billed_plan, customer, invoices, monthly
 
 ACCOUNTS = 40
 

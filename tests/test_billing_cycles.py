@@ -14,8 +14,8 @@ from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import Charge, create_charge, set_plan_billing
 from ocs.errors import OcsError
 from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, customer, invoices, monthly, run
 from tests.conftest import add_plan
-from tests.test_billing_runs import EUR, billed_plan, customer, invoices, monthly, run
 
 ONE_US = timedelta(microseconds=1)
 

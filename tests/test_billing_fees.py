@@ -10,8 +10,7 @@ from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
 from ocs.billing.itemised import call_rows, calls_csv
 from ocs.rating.counter_rules import CounterDef
 from ocs.services import Services
-from tests.test_billing_runs import EUR, billed_plan, customer, invoices, run
-from tests.test_billing_statement import cdr, invoice_id
+from tests.billing_helpers import EUR, billed_plan, cdr, customer, invoice_id, invoices, run
 
 
 async def fee_charges(services: Services) -> list[tuple[str, str, int, str]]:

@@ -8,7 +8,7 @@ import pytest
 from ocs.billing.store import Charge, assign_number, create_charge, release_number
 from ocs.errors import OcsError
 from ocs.services import Services
-from tests.test_billing_runs import EUR, billed_plan, customer, invoices, run
+from tests.billing_helpers import EUR, billed_plan, customer, invoices, run
 
 
 async def test_each_assigned_number_triggers_its_charge(services: Services) -> None:

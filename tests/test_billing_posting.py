@@ -13,8 +13,8 @@ from ocs.billing.store import set_plan_billing
 from ocs.billing.void import void
 from ocs.errors import OcsError
 from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, customer, invoices, monthly, run
 from tests.conftest import add_plan
-from tests.test_billing_runs import EUR, billed_plan, customer, invoices, monthly, run
 
 
 async def _two_drafts(services: Services) -> int:

@@ -6,111 +6,14 @@ per line, half away from zero).
 
 import asyncio
 from datetime import UTC, date, datetime
-from typing import Any
 
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.billing import runs
-from ocs.billing.cycles import PlanBilling
 from ocs.billing.drafts import preview
-from ocs.billing.store import (
-    Charge,
-    Subscription,
-    add_charge,
-    create_charge,
-    set_plan_billing,
-    subscribe,
-)
+from ocs.billing.store import add_charge
 from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.services import Services
-from tests.conftest import add_plan
-
-EUR = 1_000_000
-
-
-async def billed_plan(
-    services: Services,
-    *,
-    plan_id: str = "retail",
-    cycle_day: int = 1,
-    effective: date = date(2026, 1, 1),
-    tz: str = "UTC",
-) -> None:
-    """The retail plan, invoiced on day ``cycle_day`` of each month, at the end of cycle."""
-    await add_plan(services, plan_id)
-    await set_plan_billing(
-        services.pool,
-        PlanBilling(plan_id, "fixed_date", effective, time_zone=tz, cycle_day=cycle_day),
-    )
-
-
-async def customer(
-    services: Services,
-    account_id: str,
-    charge_id: str | None,
-    start: date,
-    *,
-    plan_id: str = "retail",
-    balance: int = 0,
-) -> int:
-    """An account on the plan, subscribed from ``start``, with ``charge_id`` added."""
-    await services.accounts.create(account_id, plan_id=plan_id, opening_balance=balance)
-    sub = await subscribe(services.pool, Subscription(account_id, plan_id, start))
-    if charge_id is not None:
-        await add_charge(services.pool, sub, charge_id)
-    return sub
-
-
-async def monthly(services: Services, charge_id: str, amount: int, timing: str = "arrears") -> None:
-    """A monthly charge of ``amount`` micro-EUR."""
-    await create_charge(
-        services.pool,
-        Charge(
-            charge_id,
-            f"Line rent {charge_id}",
-            "LINE",
-            "EUR",
-            amount,
-            "recurring",
-            cadence="monthly",
-            timing=timing,
-            gl_code="4000",
-        ),
-    )
-
-
-async def run(services: Services, period: str, **options: Any) -> int:
-    """Create and execute a run; its id."""
-    options.setdefault("invoice_date", date(2026, 4, 1))
-    run_id = await runs.create_run(services.pool, period, **options)
-    done = await runs.execute_run(services.pool, run_id)
-    assert done.state == "done"
-    assert done.accounts_done == done.accounts_total
-    return run_id
-
-
-async def invoices(services: Services) -> list[dict[str, Any]]:
-    """Every invoice with its lines, in a comparable form."""
-    async with services.pool.acquire() as conn:
-        rows = await conn.fetch("SELECT * FROM invoices ORDER BY account_id, period_start, kind")
-        found = []
-        for row in rows:
-            lines = await conn.fetch(
-                "SELECT kind, description, period_start, period_end, quantity, amount,"
-                " exact_amount, zone, calls, seconds, billed_seconds"
-                " FROM invoice_lines WHERE invoice_id = $1 ORDER BY position",
-                row["id"],
-            )
-            found.append(
-                {
-                    "account": row["account_id"],
-                    "state": row["state"],
-                    "label": row["period_label"],
-                    "total": row["total"],
-                    "number": row["number"],
-                    "lines": [dict(line) for line in lines],
-                }
-            )
-    return found
+from tests.billing_helpers import EUR, billed_plan, customer, invoices, monthly, run
 
 
 async def test_monthly_fee_in_arrears_bills_the_period_just_ended(services: Services) -> None:

@@ -13,8 +13,8 @@ from ocs.billing.store import set_plan_billing
 from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
+from tests.billing_helpers import EUR, invoices
 from tests.conftest import add_plan
-from tests.test_billing_runs import EUR, invoices
 
 
 async def _cdrs_written(services: Services, count: int) -> None:

@@ -6,7 +6,6 @@ writer like any balance change. Amounts are hand-computed in micro-units.
 """
 
 from datetime import UTC, date, datetime
-from typing import Any
 
 import asyncpg
 import pytest
@@ -16,7 +15,16 @@ from ocs.billing import posting
 from ocs.billing.statement import Statement, statement
 from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.services import Services
-from tests.test_billing_runs import EUR, billed_plan, customer, invoices, monthly, run
+from tests.billing_helpers import (
+    EUR,
+    billed_plan,
+    cdr,
+    customer,
+    invoice_id,
+    invoices,
+    monthly,
+    run,
+)
 
 
 def at(month: int, day: int, hour: int = 12) -> datetime:
@@ -40,48 +48,6 @@ async def ledger_row(
             reference,
             when,
         )
-
-
-async def cdr(services: Services, entry: str, account: str, when: datetime, **fields: Any) -> None:
-    """One CDR (a call unless ``termination_cause`` says usage) stopped at ``when``."""
-    row: dict[str, Any] = {
-        "entry_id": entry,
-        "call_id": entry,
-        "account_id": account,
-        "plan_id": "retail",
-        "zone": "UK Mobile",
-        "destination": "447700900123",
-        "caller": None,
-        "currency": "EUR",
-        "authorized_at": when,
-        "stopped_at": when,
-        "duration": 45,
-        "billed_seconds": 48,
-        "connect_fee": 0,
-        "first_block": 30,
-        "increment": 6,
-        "price_per_minute": 60_000,
-        "rated_cost": 0,
-        "charged": 0,
-    }
-    row.update(fields)
-    columns = ", ".join(row)
-    marks = ", ".join(f"${n}" for n in range(1, len(row) + 1))
-    async with services.pool.acquire() as conn:
-        await conn.execute(f"INSERT INTO cdrs ({columns}) VALUES ({marks})", *row.values())
-
-
-async def invoice_id(services: Services, account: str, label: str) -> int:
-    """The id of the account's invoice of that period."""
-    async with services.pool.acquire() as conn:
-        found = await conn.fetchval(
-            "SELECT id FROM invoices WHERE account_id = $1 AND period_label = $2"
-            " AND kind = 'invoice'",
-            account,
-            label,
-        )
-    assert found is not None
-    return int(found)
 
 
 async def ledger_caught_up(services: Services, entries: int) -> None:

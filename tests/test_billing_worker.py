@@ -19,8 +19,8 @@ from ocs.billing.worker import BillingWorker, WorkerSettings, due_period
 from ocs.config import Settings
 from ocs.demo import BILLING_ACCOUNT, run_demo
 from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, customer, monthly
 from tests.conftest import eventually
-from tests.test_billing_runs import EUR, billed_plan, customer, monthly
 
 APRIL = datetime(2026, 4, 1, 12, tzinfo=UTC)
 

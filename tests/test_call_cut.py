@@ -3,8 +3,9 @@ RADIUS NAS, and the janitor's close of calls whose stop never came.
 
 A cut charges the time since the call's start with cause "cut"; the switch's own
 stop that follows is charged only for what it adds, as "late-stop". A NAS
-emulator on 127.0.0.1 (the approach of tests/test_radius_disconnect.py, its
-checks written here again) answers Disconnect-Requests with a signed ACK.
+emulator on 127.0.0.1 (tests/nas_emulator.py, the approach of
+tests/test_radius_disconnect.py, its checks written here again) answers
+Disconnect-Requests with a signed ACK; conftest's ``rig`` fixture wires it.
 
 Rates (tests/conftest.py RETAIL_DECK): UK Mobile 0.06 a minute, 0.15 connect fee,
 30/6 billing; Germany 0.012 a minute, 1/1 billing.
@@ -13,29 +14,21 @@ Rates (tests/conftest.py RETAIL_DECK): UK Mobile 0.06 a minute, 0.15 connect fee
 import asyncio
 import hashlib
 import hmac
-import struct
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from pyrad import packet as rp
 
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import AuthorizeRequest, CallService, Origin
 from ocs.config import with_overrides
-from ocs.radius.clients import load_client_table
-from ocs.radius.dictionary import radius_dictionary
-from ocs.radius.server import RadiusServer
 from ocs.rating.rates import Rate, cost
-from tests.conftest import RunningApp, account, add_plan, eventually
-from tests.radclient import radclient
+from tests.conftest import CutRig, RunningApp, account, add_plan, eventually
+from tests.helpers import radius
+from tests.nas_emulator import NAS_SECRET, ZERO16
 
 UK_MOBILE = "447700900123"
 GERMANY = "4930901820"
-SECRET = "cut-nas-s3cret"
-ZERO16 = bytes(16)
 
 
 class Clock:
@@ -218,95 +211,6 @@ def message_authenticator_ok(data: bytes, secret: bytes) -> bool:
     return False
 
 
-def signed_ack(request: bytes, secret: bytes) -> bytes:
-    """A Disconnect-ACK with a Message-Authenticator, signed as a NAS signs it."""
-    attrs = bytes((80, 18)) + ZERO16
-    header = struct.pack("!BBH", 41, request[1], 20 + len(attrs))
-    mac = hmac.new(secret, header + request[4:20] + attrs, "md5").digest()
-    attrs = attrs[:2] + mac
-    response = hashlib.md5(header + request[4:20] + attrs + secret).digest()
-    return header + response + attrs
-
-
-@dataclass
-class Nas:
-    port: int = 0
-    received: list[bytes] = field(default_factory=list)
-
-    def decoded(self, n: int) -> rp.Packet:
-        return rp.CoAPacket(
-            packet=self.received[n], secret=SECRET.encode(), dict=radius_dictionary()
-        )
-
-
-class _NasProtocol(asyncio.DatagramProtocol):
-    def __init__(self, nas: Nas) -> None:
-        self.nas = nas
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.nas.received.append(data)
-        if self.transport is not None:
-            self.transport.sendto(signed_ack(data, SECRET.encode()), addr)
-
-
-@dataclass
-class CutRig:
-    app: RunningApp
-    nas: Nas
-    server: RadiusServer
-
-
-@pytest.fixture
-async def rig(app: RunningApp) -> AsyncIterator[CutRig]:
-    """A NAS emulator, registered through the API with its coa_port, and a RADIUS server
-    beside the app that sends its Disconnect-Requests (as `ocs serve` wires it)."""
-    nas = Nas()
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: _NasProtocol(nas), local_addr=("127.0.0.1", 0)
-    )
-    nas.port = transport.get_extra_info("sockname")[1]
-    server: RadiusServer | None = None
-    try:
-        status, body = await app.post(
-            "/v1/nas-clients",
-            {"name": "cut-nas", "address": "127.0.0.1", "secret": SECRET, "coa_port": nas.port},
-        )
-        assert status == 201, body
-        assert body["coa_port"] == nas.port
-        settings = with_overrides(
-            app.services.settings,
-            radius_host="127.0.0.1",
-            radius_auth_port=0,
-            radius_acct_port=0,
-            radius_clients=(),
-        )
-        server = RadiusServer(
-            app.services.calls, settings, await load_client_table(app.services.pool, settings)
-        )
-        await server.start()
-        app.services.disconnect = server.disconnect
-        await add_plan(app.services)
-        yield CutRig(app, nas, server)
-    finally:
-        app.services.disconnect = None
-        if server is not None:
-            server.close_listeners()
-            await server.drain(5)
-        transport.close()
-        async with app.services.pool.acquire() as conn:
-            await conn.execute("DELETE FROM nas_clients WHERE name = 'cut-nas'")
-
-
-async def radius(rig: CutRig, kind: str, pairs: list[tuple[str, str]]) -> str | None:
-    port = rig.server.auth_port if kind == "auth" else rig.server.acct_port
-    reply = await radclient(kind, port, SECRET, pairs)
-    return reply.code
-
-
 async def test_cutting_a_radius_call_sends_a_disconnect_request_to_its_nas(rig: CutRig) -> None:
     app = rig.app
     await app.post("/v1/accounts", {"id": "2500", "plan": "retail", "balance": "1.00"})
@@ -324,8 +228,8 @@ async def test_cutting_a_radius_call_sends_a_disconnect_request_to_its_nas(rig: 
     assert len(rig.nas.received) == 1
     data = rig.nas.received[0]
     assert data[0] == 40  # Disconnect-Request
-    assert request_authenticator_ok(data, SECRET.encode())
-    assert message_authenticator_ok(data, SECRET.encode())
+    assert request_authenticator_ok(data, NAS_SECRET.encode())
+    assert message_authenticator_ok(data, NAS_SECRET.encode())
     request = rig.nas.decoded(0)
     assert request["Acct-Session-Id"] == ["SESS-2500-1"]
     assert "User-Name" not in request

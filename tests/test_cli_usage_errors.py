@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_serve_embedded import child_env
+from tests.embedded_helpers import child_env
 
 
 def _ocs(tmp_path: Path, *args: str) -> tuple[int, str, str]:

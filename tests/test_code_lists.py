@@ -14,7 +14,7 @@ import pytest
 from ocs.config import Settings
 from ocs.decks.code_lists import CodeListError, build_code_table, parse_code_list
 from tests.conftest import RunningApp, add_plan, caught_up, eventually
-from tests.test_deck_import import ocs_cli
+from tests.helpers import ocs_cli
 
 STANDARD = """prefix,name
 44,United Kingdom

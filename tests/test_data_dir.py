@@ -21,15 +21,7 @@ import pytest
 from ocs import embedded
 from ocs.config import Settings
 from ocs.runtime import Backends
-from tests.test_serve_embedded import (  # noqa: F401 - fixtures used by name
-    CLI_TIMEOUT_S,
-    DECK,
-    Launch,
-    _embedded_pids,
-    child_env,
-    data_root,
-    launch,
-)
+from tests.embedded_helpers import CLI_TIMEOUT_S, DECK, Launch, child_env, embedded_pids
 
 
 def _ocs_cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -54,8 +46,8 @@ def _folders(root: Path, *names: str) -> list[Path]:
 
 
 def test_a_command_from_another_folder_uses_the_running_servers_store(
-    data_root: Path,  # noqa: F811
-    launch: Launch,  # noqa: F811
+    data_root: Path,
+    launch: Launch,
 ) -> None:
     xdg = data_root / "xdg"
     store = xdg / "ocs"  # the default data dir of this "user"
@@ -77,12 +69,12 @@ def test_a_command_from_another_folder_uses_the_running_servers_store(
         assert "using the embedded Redis another ocs process runs" in cli.stderr, cli.stderr
     # No folder got a store of its own, and the server's store is still running.
     assert not any((folder / "var").exists() for folder in (server_dir, admin_dir, other_dir))
-    assert set(_embedded_pids(store)) == {"redis", "postgres"}
+    assert set(embedded_pids(store)) == {"redis", "postgres"}
 
 
 def test_a_command_that_would_start_a_second_store_is_refused_naming_both(
-    data_root: Path,  # noqa: F811
-    launch: Launch,  # noqa: F811
+    data_root: Path,
+    launch: Launch,
 ) -> None:
     xdg = data_root / "xdg"
     env = child_env(xdg)

@@ -23,7 +23,7 @@ from ocs.decks.rate_deck import parse_deck
 from ocs.errors import OcsError
 from ocs.services import Services
 from tests.conftest import add_plan, caught_up, eventually, with_database
-from tests.test_deck_reload import a_deck, deck_text, served, stored
+from tests.deck_helpers import a_deck, deck_text, served, stored
 
 
 async def create(services: Services, plan_id: str) -> None:

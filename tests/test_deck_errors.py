@@ -22,13 +22,13 @@ from ocs.decks.problems import MAX_REPORTED, DeckError
 from ocs.decks.rate_deck import parse_deck, parse_deck_rows
 from ocs.services import Services
 from tests.conftest import RunningApp
-from tests.test_deck_import import (
+from tests.deck_helpers import (
     HEADER,
     assert_deck_a_still_serves,
     import_over_http,
-    ocs_cli,
     plan_with_deck_a,
 )
+from tests.helpers import ocs_cli
 
 COST_HEADER = "prefix,connect_fee,first_block,increment,price_per_minute\n"
 CODES_HEADER = "prefix,name\n"

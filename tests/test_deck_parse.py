@@ -19,15 +19,7 @@ from hypothesis import strategies as st
 from ocs.decks import problems as deck_problems
 from ocs.decks.problems import MAX_REPORTED, DeckError
 from ocs.decks.rate_deck import Deck, parse_deck, parse_deck_rows
-from tests.test_deck_import import BAD_DECKS, DECK_A, DECK_B, HEADER
-
-
-def outcome(parse, text: str) -> tuple[str, object]:  # type: ignore[no-untyped-def]
-    """Rows, or the problems listed and the count of the rest; a csv.Error fails the test."""
-    try:
-        return "rows", list(parse(text))
-    except DeckError as exc:
-        return "refused", (exc.problems, exc.more)
+from tests.deck_helpers import BAD_DECKS, DECK_A, DECK_B, HEADER, outcome
 
 
 def same_as_reference(text: str) -> None:

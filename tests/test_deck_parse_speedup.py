@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ocs.decks.rate_deck import parse_deck, parse_deck_rows
 from ocs.decks.scan import LINE_OK, LINE_SLOW, good_rows, intern_keys, intern_strings
-from tests.test_deck_parse import outcome
+from tests.deck_helpers import outcome
 
 HEADER = "prefix,zone,price_per_minute,connect_fee,first_block,increment"
 

@@ -9,7 +9,6 @@ old snapshot.
 
 import logging
 
-import numpy as np
 import pytest
 
 from ocs.catalog import snapshot as catalog
@@ -17,36 +16,7 @@ from ocs.catalog import store as catalog_store
 from ocs.decks.rate_deck import parse_deck
 from ocs.services import Services
 from tests.conftest import add_plan, caught_up, eventually
-from tests.test_deck_import import HEADER
-
-
-def deck_text(prefixes: list[str], zone_of: dict[str, str]) -> str:
-    rates = {"Fixed": "0.010,0,60,60", "Mobile": "0.060,0.150,30,6", "Other": "0.5,0,1,1"}
-    return HEADER + "".join(f"{p},{zone_of[p]},{rates[zone_of[p]]}\n" for p in prefixes)
-
-
-async def stored(services: Services, plan_id: str) -> dict[str, str]:
-    async with services.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT p.prefix, z.name FROM prefixes p JOIN zones z ON z.id = p.zone_id"
-            " WHERE p.plan_id = $1",
-            plan_id,
-        )
-    return {r["prefix"]: r["name"] for r in rows}
-
-
-async def served(services: Services, plan_id: str, number: str, zone: str | None) -> None:
-    async def check() -> bool:
-        match = services.catalog.snapshot.tariff_for(plan_id, number)
-        return (None if match is None else match[1].zone) == zone
-
-    await eventually(check, what=f"{number} rated in {zone!r} on {plan_id}")
-
-
-def a_deck(size: int, seed: int) -> tuple[list[str], dict[str, str]]:
-    rng = np.random.default_rng(seed)
-    prefixes = sorted({str(p) for p in rng.integers(10**5, 10**8, size)})
-    return prefixes, {p: ("Mobile" if p[2] in "789" else "Fixed") for p in prefixes}
+from tests.deck_helpers import HEADER, a_deck, deck_text, served, stored
 
 
 async def test_a_reimport_counts_the_difference_and_leaves_the_new_deck(

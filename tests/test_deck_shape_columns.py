@@ -32,7 +32,7 @@ from ocs.decks.problems import MAX_REPORTED, DeckError
 from ocs.decks.rate_deck import parse_deck, parse_deck_rows
 from ocs.rating.rates import Rate, Tier, cost
 from tests.conftest import RunningApp
-from tests.test_deck_import import HEADER, import_over_http
+from tests.deck_helpers import HEADER, import_over_http, outcome
 
 BASE = HEADER.rstrip("\n")
 SHAPE_HEADER = (
@@ -88,14 +88,6 @@ def problems(text: str) -> list[tuple[int, str]]:
         found.append((refused.value.problems, refused.value.more))
     assert found[0] == found[1]
     return found[0][0]
-
-
-def outcome(parse, text: str) -> tuple[str, object]:  # type: ignore[no-untyped-def]
-    try:
-        deck = parse(text)
-    except DeckError as exc:
-        return "refused", (exc.problems, exc.more)
-    return "rows", list(deck)
 
 
 # --- parsing -------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 Read from the source with ``ast`` (imports inside functions count: a loop closed
 by a function-level import is still a loop), so the test needs no import of ocs.
+The tests keep the same rule: no test module imports another (what several share
+lives in tests/conftest.py or a helper module), and none imports a private name.
 """
 
 import ast
@@ -13,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ocs"
+TESTS = ROOT / "tests"
 
 
 def module_name(path: Path) -> str:
@@ -143,3 +146,103 @@ def test_the_lower_layers_know_nothing_of_the_layers_above(layer: str) -> None:
         if package_of(target) in above
     )
     assert reaching_up == []
+
+
+# -- the tests themselves ---------------------------------------------------------------
+
+
+def suite_imports_of(source: str) -> Iterator[tuple[str, list[str]]]:
+    """(tests module imported, names taken from it) for every import of the test suite in
+    ``source``, a file of tests/: absolute (``tests.x``) and relative (``.x``) alike."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = [alias.name for alias in node.names]
+            if node.level > 0:
+                if node.module:
+                    yield f"tests.{node.module}", names
+                else:
+                    for name in names:  # from . import test_x
+                        yield f"tests.{name}", []
+            elif node.module == "tests":
+                for name in names:  # from tests import test_x
+                    yield f"tests.{name}", []
+            elif node.module and node.module.startswith("tests."):
+                yield node.module, names
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("tests."):
+                    yield alias.name, []
+
+
+def is_test_module(module: str) -> bool:
+    """``tests.test_x`` (or a name inside one) is a test module of the suite."""
+    parts = module.split(".")
+    return len(parts) > 1 and parts[0] == "tests" and parts[1].startswith("test_")
+
+
+def imported_test_modules(source: str) -> list[str]:
+    """The test modules ``source`` imports from."""
+    return sorted({m for m, _names in suite_imports_of(source) if is_test_module(m)})
+
+
+def private_test_imports(source: str) -> list[str]:
+    """The private names ``source`` takes from a module of the test suite."""
+    return sorted(
+        f"{module}.{name}"
+        for module, names in suite_imports_of(source)
+        for name in names
+        if name.startswith("_") and not name.startswith("__")
+    )
+
+
+TEST_FILES = sorted(TESTS.rglob("*.py"))
+
+
+def test_the_test_files_are_found() -> None:
+    assert len(TEST_FILES) > 50
+    assert TESTS / "conftest.py" in TEST_FILES
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    found = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in TEST_FILES
+        for module in imported_test_modules(path.read_text())
+    ]
+    assert found == []
+
+
+def test_no_test_file_imports_another_files_private_names() -> None:
+    found = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in TEST_FILES
+        for name in private_test_imports(path.read_text())
+    ]
+    assert found == []
+
+
+def test_the_test_import_checker_finds_each_form() -> None:
+    # The checker itself, on sources with known imports: a test that cannot fail is a defect.
+    # Written with "suite" for "tests", so that grepping tests/ for such imports finds none.
+    source = """
+from suite.test_a import helper
+from suite import test_b, helpers
+from .test_c import fixture
+from . import test_d
+import suite.test_e
+from suite.helpers import send, _secret
+from suite.deck_helpers import HEADER
+
+def inside() -> None:
+    from suite.test_f import late
+""".replace("suite", "tests")
+    assert imported_test_modules(source) == [
+        "tests.test_a",
+        "tests.test_b",
+        "tests.test_c",
+        "tests.test_d",
+        "tests.test_e",
+        "tests.test_f",
+    ]
+    assert private_test_imports(source) == ["tests.helpers._secret"]
+    assert imported_test_modules("from tests.helpers import send\nimport os\n") == []

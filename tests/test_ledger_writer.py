@@ -2,11 +2,7 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
-import asyncpg
 import pytest
 from redis.asyncio import Redis
 
@@ -15,6 +11,7 @@ from ocs.balances import keys
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.services import Services
 from tests.conftest import add_plan, eventually
+from tests.outage_helpers import FlakyPool
 
 
 async def _make_entries(services: Services, accounts: int, topups: int) -> None:
@@ -125,24 +122,6 @@ async def test_an_entry_postgresql_refuses_is_set_aside_and_the_rest_written(
     dead = await services.redis.xrange(keys.dead_letters(bucket))
     assert len(dead) == 1 and dead[0][1][b"reference"] == b"bad\x00ref"
     assert b"error" in dead[0][1]
-
-
-class FlakyPool:
-    """A PostgreSQL pool that refuses connections while ``down``, as a stopped server does."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-        self.down = False
-        self.refused = 0
-
-    @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Any]:
-        if self.down:
-            self.refused += 1
-            # What asyncpg raises when nothing listens on the server's port.
-            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
-        async with self._pool.acquire() as conn:
-            yield conn
 
 
 async def test_a_postgresql_outage_is_logged_once_and_nothing_is_lost(

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
-from tests.test_serve_embedded import child_env
+from tests.embedded_helpers import child_env
+from tests.ports import free_port
 
 TIMEOUT_S = 120.0
 

@@ -6,8 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ocs.backend_health import BackendHealth
 from ocs.services import Services
 from tests.conftest import RunningApp, add_plan
-from tests.test_ledger_writer import FlakyPool
-from tests.test_redis_outage_logs import client_with_readyz
+from tests.outage_helpers import FlakyPool, client_with_readyz
 
 
 def _samples(text: str, name: str) -> dict[tuple, float]:

@@ -5,6 +5,7 @@ import re
 from typing import Any
 
 import jsonschema
+from jsonschema.protocols import Validator
 
 from tests.conftest import RunningApp, account, add_plan
 
@@ -15,7 +16,7 @@ async def document_of(app: RunningApp) -> dict[str, Any]:
     return document
 
 
-def validator(document: dict[str, Any], schema: dict[str, Any]) -> jsonschema.Validator:
+def validator(document: dict[str, Any], schema: dict[str, Any]) -> Validator:
     """A validator of ``schema`` that resolves the document's component references."""
     root = {**schema, "components": document["components"]}
     return jsonschema.Draft202012Validator(root)

@@ -1,9 +1,7 @@
 """`ocs counters reset` and `ocs pins generate` from the command line, against real stores."""
 
-import asyncio
 import csv
 import stat
-import sys
 from pathlib import Path
 
 from ocs.balances.accounts import AccountSpec
@@ -11,27 +9,12 @@ from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.rating.counter_rules import CounterDef
 from ocs.services import Services
 from tests.conftest import add_plan, eventually
+from tests.helpers import ocs_cli
 
 
-async def ocs_cli(services: Services, *args: str) -> tuple[int, str, str]:
-    settings = services.settings
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ocs",
-        *args,
-        "--redis-url",
-        settings.redis_url or "",
-        "--database-url",
-        settings.database_url or "",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
-async def test_counters_reset_starts_a_cycle_carrying_unused_seconds(services: Services) -> None:
+async def test_counters_reset_starts_a_cycle_carrying_unused_seconds(
+    services: Services, tmp_path: Path
+) -> None:
     await add_plan(services, max_lines=2)
     await services.counters.create(
         CounterDef(id="uk-600", plan_id="retail", seconds=600, zones=frozenset({"UK Fixed"}),
@@ -49,7 +32,9 @@ async def test_counters_reset_starts_a_cycle_carrying_unused_seconds(services: S
     await services.calls.stop(grant.call_id, 420)
     assert (await services.counters.state("alice"))["uk-600"]["used"] == 420
 
-    code, out, err = await ocs_cli(services, "counters", "reset", "--plan", "retail")
+    code, out, err = await ocs_cli(
+        services.settings, tmp_path, "counters", "reset", "--plan", "retail"
+    )
     assert code == 0, err
     assert '"accounts": 1' in out
     # 180 s unused carry over onto the next cycle's 600.
@@ -62,8 +47,9 @@ async def test_pins_generate_writes_a_private_csv_once(services: Services, tmp_p
     await add_plan(services)
     out_file = tmp_path / "batch.csv"
     code, out, err = await ocs_cli(
-        services, "pins", "generate", "--batch", "b1", "--plan", "retail", "--count", "50",
-        "--length", "10", "--value", "2.50", "--expire-days", "30", "--out", str(out_file),
+        services.settings, tmp_path,
+        "pins", "generate", "--batch", "b1", "--plan", "retail", "--count", "50", "--length", "10",
+        "--value", "2.50", "--expire-days", "30", "--out", str(out_file),
     )  # fmt: skip
     assert code == 0, err
     assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
@@ -78,7 +64,8 @@ async def test_pins_generate_writes_a_private_csv_once(services: Services, tmp_p
     assert card["pin"] not in out + err
 
     again, _, err = await ocs_cli(
-        services, "pins", "generate", "--batch", "b2", "--plan", "retail", "--count", "5",
-        "--value", "1", "--out", str(out_file),
+        services.settings, tmp_path,
+        "pins", "generate", "--batch", "b2", "--plan", "retail", "--count", "5", "--value", "1",
+        "--out", str(out_file),
     )  # fmt: skip
     assert again == 2 and "exists" in err

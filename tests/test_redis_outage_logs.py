@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -29,12 +29,11 @@ from ocs.backend_health import BackendHealth, backend_of
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging.janitor import Janitor
 from ocs.config import Settings
-from ocs.http import health_handlers
-from ocs.http.app import create_app
 from ocs.runtime import open_runtime
 from ocs.services import Services
 from tests.conftest import add_plan, eventually, reset_state
-from tests.helpers import free_port
+from tests.outage_helpers import client_with_readyz
+from tests.ports import free_port
 
 
 class PrivateRedis:
@@ -120,16 +119,6 @@ async def outage_services(
     await reset_state(private_redis.url, database_url)
     async with open_runtime(settings) as services:
         yield services
-
-
-async def client_with_readyz(services: Services) -> TestClient:
-    """The HTTP app on a real port, with /readyz whether or not app.py registers it yet."""
-    app = create_app(services)
-    if not any(r.resource and r.resource.canonical == "/readyz" for r in app.router.routes()):
-        app.router.add_get("/readyz", health_handlers.readyz)
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    return client
 
 
 async def _metric(client: TestClient, name: str, backend: str) -> float | None:

@@ -1,6 +1,7 @@
 """Re-rating CDRs with today's catalog: same rating function, batch matched, no money moved."""
 
 import json
+from pathlib import Path
 
 from ocs.balances.accounts import AccountSpec
 from ocs.billing.rerate import rerate
@@ -9,7 +10,7 @@ from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.decks.rate_deck import parse_deck
 from ocs.rating.rates import cost
 from tests.conftest import RETAIL_DECK, RunningApp, add_plan, eventually
-from tests.test_policy_cli import ocs_cli
+from tests.helpers import ocs_cli
 
 NEW_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 44,UK Fixed,0.010,0,60,60
@@ -18,7 +19,7 @@ NEW_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 """
 
 
-async def test_cdrs_are_rated_again_with_the_new_deck(app: RunningApp) -> None:
+async def test_cdrs_are_rated_again_with_the_new_deck(app: RunningApp, tmp_path: Path) -> None:
     services = app.services
     await add_plan(services, deck=RETAIL_DECK, max_lines=3)
     await services.accounts.create(AccountSpec("rita", "retail", opening_balance=10_000_000))
@@ -52,7 +53,7 @@ async def test_cdrs_are_rated_again_with_the_new_deck(app: RunningApp) -> None:
     # Nothing moved: the balance is what the calls left.
     assert (await services.accounts.show("rita")).balance == 10_000_000 - same.total_then
 
-    code, out, err = await ocs_cli(services, "rerate", "--plan", "retail")
+    code, out, err = await ocs_cli(services.settings, tmp_path, "rerate", "--plan", "retail")
     assert code == 0, err
     printed = json.loads(out)
     assert (printed["changed"], printed["unrated"], printed["total_now"]) == (2, 1, "0.060000")

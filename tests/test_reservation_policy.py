@@ -18,9 +18,10 @@ import pytest
 from ocs.balances.plan_policy import PlanPolicy, plan_policy, set_plan_policy
 from ocs.charging.lifecycle import AuthorizeRequest
 from ocs.errors import OcsError
-from tests.conftest import RunningApp, account, add_plan, eventually
+from tests.conftest import CutRig, RunningApp, account, add_plan, eventually
+from tests.helpers import radius
+from tests.nas_emulator import NAS_SECRET
 from tests.radclient import radclient
-from tests.test_call_cut import SECRET, CutRig, radius, rig  # noqa: F401 (fixture)
 
 FLAT_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 49,Germany,0.010,0,60,60
@@ -216,7 +217,7 @@ async def test_the_policy_is_set_with_the_plan_policy(app: RunningApp) -> None:
     assert (status, body["error"]["field"]) == (400, "reservation_policy")
 
 
-async def test_a_radius_call_is_cut_when_its_slices_run_out(rig: CutRig) -> None:  # noqa: F811
+async def test_a_radius_call_is_cut_when_its_slices_run_out(rig: CutRig) -> None:
     app = rig.app
     await add_plan(
         app.services,
@@ -230,7 +231,7 @@ async def test_a_radius_call_is_cut_when_its_slices_run_out(rig: CutRig) -> None
     await app.post("/v1/accounts", {"id": "3100", "plan": "sliced", "balance": "0.03"})
     session = [("User-Name", "3100"), ("Acct-Session-Id", "SLICE-1")]
     access = [("NAS-IP-Address", "127.0.0.1"), *session, ("Called-Station-Id", GERMANY)]
-    reply = await radclient("auth", rig.server.auth_port, SECRET, access)
+    reply = await radclient("auth", rig.server.auth_port, NAS_SECRET, access)
     assert reply.code == "Access-Accept", reply
     # The NAS is told what the funds could pay for now (180 s), and to report each slice.
     assert reply.attributes["Session-Timeout"] == ["180"]

@@ -8,277 +8,31 @@ Every child and every embedded server is stopped when a test ends, also when it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import psutil
-import pytest
 
-from tests.helpers import free_port
-
-READY_TIMEOUT_S = 60.0  # the first start of a data dir runs initdb
-EXIT_TIMEOUT_S = 30.0  # staged shutdown: drain (10 s at most) + ledger writer + servers
-CLI_TIMEOUT_S = 60.0
-CURL = Path("/usr/bin/curl")
-
-DECK = (
-    "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
-    "447,UK Mobile,0.060,0.150,30,6\n"
+from tests.embedded_helpers import (
+    ADMIN_TOKEN,
+    CLI_TIMEOUT_S,
+    DECK,
+    EXIT_TIMEOUT_S,
+    Launch,
+    OcsProcess,
+    api_request,
+    child_env,
+    embedded_pids,
 )
 
-# The first start stores it as the admin token (admin_bootstrap_token): the admin API
-# needs one by default.
-ADMIN_TOKEN = "serve-embedded-test-admin-token"
+CURL = Path("/usr/bin/curl")
 AUTH_HEADER = f"Authorization: Bearer {ADMIN_TOKEN}"
 OCS = (sys.executable, "-m", "ocs")
-
-# No proxy may sit between the tests and 127.0.0.1.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def child_env(xdg_data_home: Path | None = None) -> dict[str, str]:
-    """The test's environment: no OCS_* variable but the admin token, and its own XDG data.
-
-    ``XDG_DATA_HOME`` is where the default data dir and the registry of running embedded
-    stores live: a test's own keeps its children away from the real ~/.local/share/ocs and
-    from the stores of tests running beside it.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    env["PYTHONUNBUFFERED"] = "1"
-    env["OCS_ADMIN_BOOTSTRAP_TOKEN"] = ADMIN_TOKEN
-    if xdg_data_home is not None:
-        env["XDG_DATA_HOME"] = str(xdg_data_home)
-    return env
-
-
-def _request(
-    method: str, url: str, payload: Any = None, *, body: bytes | None = None, token: str = ""
-) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token or ADMIN_TOKEN}"}
-    if payload is not None:
-        body = json.dumps(payload).encode()
-        headers["Content-Type"] = "application/json"
-    elif body is not None:
-        headers["Content-Type"] = "text/csv"
-    req = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with _OPENER.open(req, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-def _pid_from(path: Path) -> int | None:
-    try:
-        pid = int(path.read_text().split("\n", 1)[0].strip())
-    except (OSError, ValueError):
-        return None
-    # A standalone backend (initdb) writes its pid negated into postmaster.pid.
-    return pid if pid > 0 else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _embedded_pids(data_dir: Path) -> dict[str, int]:
-    """Live embedded redis-server / postmaster processes of ``data_dir``, by name."""
-    found = {}
-    for name, pid_file in (
-        ("redis", data_dir / "redis" / "redis.pid"),
-        ("postgres", data_dir / "postgres" / "postmaster.pid"),
-    ):
-        pid = _pid_from(pid_file)
-        if pid is not None and _alive(pid):
-            found[name] = pid
-    return found
-
-
-def _stop_pid(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(psutil.NoSuchProcess):
-        proc = psutil.Process(pid)
-        proc.send_signal(sig)
-        try:
-            proc.wait(15)
-        except psutil.TimeoutExpired:
-            proc.kill()
-            with contextlib.suppress(psutil.TimeoutExpired):
-                proc.wait(5)
-
-
-def _reap_embedded(data_dir: Path) -> None:
-    """Stop embedded servers a dead or killed ocs left behind (failure paths only)."""
-    pids = _embedded_pids(data_dir)
-    if "redis" in pids:
-        _stop_pid(pids["redis"], signal.SIGTERM)  # redis flushes its AOF on SIGTERM
-    if "postgres" in pids:
-        _stop_pid(pids["postgres"], signal.SIGINT)  # postmaster "fast" shutdown
-
-
-class OcsProcess:
-    """One `python -m ocs serve|demo` child with its stdout and stderr in files."""
-
-    def __init__(
-        self,
-        command: str,
-        data_dir: Path,
-        logs: Path,
-        tag: str,
-        *,
-        env: dict[str, str],
-        pass_data_dir: bool = True,
-        cwd: Path | None = None,
-    ) -> None:
-        """Start it; with ``pass_data_dir`` False it runs on the default data dir, which
-        must then be ``data_dir`` ($XDG_DATA_HOME/ocs of ``env``)."""
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.stdout_path = logs / f"{tag}.stdout"
-        self.stderr_path = logs / f"{tag}.stderr"
-        argv = [
-            sys.executable,
-            "-m",
-            "ocs",
-            command,
-            *(["--data-dir", str(data_dir)] if pass_data_dir else []),
-            "--http-port",
-            str(self.port),
-            "--http-host",
-            "127.0.0.1",
-            # Free RADIUS ports: tests may run beside another ocs on 1812/1813.
-            "--radius-host",
-            "127.0.0.1",
-            "--radius-auth-port",
-            "0",
-            "--radius-acct-port",
-            "0",
-            "--log-format",
-            "text",
-        ]
-        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd
-            )
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def wait_healthy(self) -> dict[str, Any]:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        last: object = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"ocs exited with {self.proc.returncode} before /healthz:\n{self.stderr()}"
-                )
-            try:
-                status, body = _request("GET", f"{self.base}/healthz")
-                if status == 200:
-                    return body
-                last = (status, body)
-            except (OSError, ValueError) as exc:
-                last = exc
-            time.sleep(0.05)
-        pytest.fail(f"/healthz not 200 within {READY_TIMEOUT_S:.0f}s ({last!r}):\n{self.stderr()}")
-
-    def terminate(self) -> tuple[int, float]:
-        """SIGTERM; (exit code, seconds to exit). Fails if it does not exit in time."""
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(EXIT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"ocs did not exit {EXIT_TIMEOUT_S:.0f}s after SIGTERM:\n{self.stderr()}")
-        return code, time.monotonic() - started
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(EXIT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        _reap_embedded(self.data_dir)
-
-
-Launch = Callable[..., OcsProcess]
-
-
-@pytest.fixture
-def data_root() -> Iterator[Path]:
-    """A unique directory for data dirs, outside pytest's basetemp.
-
-    Run as root, pgserver runs PostgreSQL as the user ``pgserver`` and opens every parent
-    of PGDATA to it (o+rx). Each pytest session resets /tmp/pytest-of-<user> to 0700, so a
-    pytest run beside this one would lock PostgreSQL out of a PGDATA under tmp_path
-    (initdb fails with "could not open file .../global/pg_control: Permission denied").
-    """
-    root = Path(tempfile.mkdtemp(prefix="ocs-serve-"))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def launch(tmp_path: Path, data_root: Path) -> Iterator[Launch]:
-    """launch(command, data_dir) starts an ocs child; all are cleaned up at the end.
-
-    Depends on data_root so that its directory is removed only after the children and
-    their embedded servers are gone.
-    """
-    started: list[OcsProcess] = []
-    logs = tmp_path / "logs"
-    logs.mkdir()
-
-    def start(
-        command: str,
-        data_dir: Path,
-        *,
-        env: dict[str, str] | None = None,
-        pass_data_dir: bool = True,
-        cwd: Path | None = None,
-    ) -> OcsProcess:
-        child = OcsProcess(
-            command,
-            data_dir,
-            logs,
-            f"{command}-{len(started)}",
-            env=env or child_env(data_root / "xdg"),
-            pass_data_dir=pass_data_dir,
-            cwd=cwd,
-        )
-        started.append(child)
-        return child
-
-    try:
-        yield start
-    finally:
-        for child in reversed(started):
-            child.cleanup()
 
 
 def _assert_stopped_cleanly(child: OcsProcess) -> None:
@@ -288,7 +42,7 @@ def _assert_stopped_cleanly(child: OcsProcess) -> None:
     err = child.stderr()
     assert "shutting down" in err and "ocs.server: stopped" in err, err
     # Staged shutdown ends by stopping the embedded servers this process started.
-    assert _embedded_pids(child.data_dir) == {}, child.stderr()
+    assert embedded_pids(child.data_dir) == {}, child.stderr()
 
 
 def _postgres_dsn(data_dir: Path) -> str:
@@ -335,8 +89,8 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
         timeout=CLI_TIMEOUT_S,
     )
     assert made.returncode == 0, made.stderr
-    request = functools.partial(_request, token=json.loads(made.stdout)["token"])
-    assert _embedded_pids(data_dir) == {}
+    request = functools.partial(api_request, token=json.loads(made.stdout)["token"])
+    assert embedded_pids(data_dir) == {}
 
     # --- first run: embedded servers are started --------------------------------------
     first = launch("serve", data_dir)
@@ -345,7 +99,7 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
     err = first.stderr()
     assert "started embedded Redis" in err, err
     assert "started embedded PostgreSQL" in err, err
-    assert set(_embedded_pids(data_dir)) == {"redis", "postgres"}
+    assert set(embedded_pids(data_dir)) == {"redis", "postgres"}
 
     base = first.base
     status, plan = request("POST", f"{base}/v1/plans", {"id": "p", "currency": "EUR"})
@@ -433,7 +187,7 @@ def test_serve_embedded_charges_a_call_and_keeps_it_across_restart(
     # The CLI left the shared servers running for `ocs serve`.
     status, health = request("GET", f"{second.base}/healthz")
     assert status == 200, health
-    assert set(_embedded_pids(data_dir)) == {"redis", "postgres"}
+    assert set(embedded_pids(data_dir)) == {"redis", "postgres"}
 
     _assert_stopped_cleanly(second)
 

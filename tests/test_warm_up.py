@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_serve_embedded import child_env
+from tests.embedded_helpers import child_env
 
 COMPILE_TIMEOUT_S = 600.0  # a cold compile on a busy two-core machine
 

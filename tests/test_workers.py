@@ -12,7 +12,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocs.config import Settings
-from tests.helpers import free_port
+from tests.ports import free_port
 
 ANSWERED = {"healthz": 0}
 

@@ -23,6 +23,7 @@ from ocs.billing.queries import (
     ChargeView,
     InvoiceCallView,
     InvoiceDetailView,
+    InvoiceLineView,
     InvoiceView,
     RunView,
     SubscriptionView,
@@ -139,11 +140,20 @@ class PostedInvoice(Answer):
     number: str
 
 
+class HeldInvoice(Answer):
+    """A draft left unposted because its taxes could not be calculated, and why."""
+
+    id: int
+    reason: str
+
+
 class Posted(Answer):
-    """What a posting did: invoices numbered now, and lines whose money moved now."""
+    """What a posting did: invoices numbered now, lines whose money moved now, and
+    drafts held back (their taxes could not be calculated: retried by the next post)."""
 
     posted: list[PostedInvoice]
     lines_moved: int
+    held: list[HeldInvoice]
 
 
 async def _post(services: Services, *, run_id: int | None, invoice_id: int | None) -> Posted:
@@ -161,6 +171,7 @@ async def _post(services: Services, *, run_id: int | None, invoice_id: int | Non
     return Posted(
         posted=[PostedInvoice(id=i, number=n) for i, n in sorted(posted.numbers.items())],
         lines_moved=posted.lines_moved,
+        held=[HeldInvoice(id=i, reason=r) for i, r in sorted(posted.held.items())],
     )
 
 
@@ -284,19 +295,6 @@ class PreviewQuery(Params):
     at: datetime | None = None
 
 
-class PreviewLine(Answer):
-    """A line the invoice would have."""
-
-    kind: str
-    description: str
-    period_start: datetime | None
-    period_end: datetime | None
-    quantity: int
-    amount: str
-    exact_amount: str
-    moves_money: bool
-
-
 class Preview(Answer):
     """An account's invoice for a period, computed now and stored nowhere."""
 
@@ -306,7 +304,8 @@ class Preview(Answer):
     period_end: datetime
     currency: str
     total: str
-    lines: list[PreviewLine]
+    # The same view as a stored invoice's lines: the dry run shows what posting would.
+    lines: list[InvoiceLineView]
 
 
 async def invoice_preview(request: web.Request, params: PreviewQuery) -> Preview:
@@ -322,19 +321,7 @@ async def invoice_preview(request: web.Request, params: PreviewQuery) -> Preview
         period_end=period.end,
         currency=currency,
         total=amount_text(sum(line.amount for line in lines)),
-        lines=[
-            PreviewLine(
-                kind=line.kind,
-                description=line.description,
-                period_start=line.period_start,
-                period_end=line.period_end,
-                quantity=line.quantity,
-                amount=amount_text(line.amount),
-                exact_amount=amount_text(line.exact),
-                moves_money=line.moves_money,
-            )
-            for line in lines
-        ],
+        lines=[queries.draft_line_view(n, line) for n, line in enumerate(lines, 1)],
     )
 
 

@@ -1,0 +1,151 @@
+"""Helpers the billing tests share: a billed plan, customers subscribed to it, monthly
+charges, invoice runs, the invoices they leave, and CDRs written straight into PostgreSQL.
+
+Not a test module. Amounts are integer micro-units; ``EUR`` is one euro.
+"""
+
+from datetime import date, datetime
+from typing import Any
+
+from ocs.billing import runs
+from ocs.billing.cycles import PlanBilling
+from ocs.billing.store import (
+    Charge,
+    Subscription,
+    add_charge,
+    create_charge,
+    set_plan_billing,
+    subscribe,
+)
+from ocs.services import Services
+from tests.conftest import add_plan
+
+EUR = 1_000_000
+
+
+async def billed_plan(
+    services: Services,
+    *,
+    plan_id: str = "retail",
+    cycle_day: int = 1,
+    effective: date = date(2026, 1, 1),
+    tz: str = "UTC",
+) -> None:
+    """The retail plan, invoiced on day ``cycle_day`` of each month, at the end of cycle."""
+    await add_plan(services, plan_id)
+    await set_plan_billing(
+        services.pool,
+        PlanBilling(plan_id, "fixed_date", effective, time_zone=tz, cycle_day=cycle_day),
+    )
+
+
+async def customer(
+    services: Services,
+    account_id: str,
+    charge_id: str | None,
+    start: date,
+    *,
+    plan_id: str = "retail",
+    balance: int = 0,
+) -> int:
+    """An account on the plan, subscribed from ``start``, with ``charge_id`` added."""
+    await services.accounts.create(account_id, plan_id=plan_id, opening_balance=balance)
+    sub = await subscribe(services.pool, Subscription(account_id, plan_id, start))
+    if charge_id is not None:
+        await add_charge(services.pool, sub, charge_id)
+    return sub
+
+
+async def monthly(services: Services, charge_id: str, amount: int, timing: str = "arrears") -> None:
+    """A monthly charge of ``amount`` micro-EUR."""
+    await create_charge(
+        services.pool,
+        Charge(
+            charge_id,
+            f"Line rent {charge_id}",
+            "LINE",
+            "EUR",
+            amount,
+            "recurring",
+            cadence="monthly",
+            timing=timing,
+            gl_code="4000",
+        ),
+    )
+
+
+async def run(services: Services, period: str, **options: Any) -> int:
+    """Create and execute a run; its id."""
+    options.setdefault("invoice_date", date(2026, 4, 1))
+    run_id = await runs.create_run(services.pool, period, **options)
+    done = await runs.execute_run(services.pool, run_id)
+    assert done.state == "done"
+    assert done.accounts_done == done.accounts_total
+    return run_id
+
+
+async def invoices(services: Services) -> list[dict[str, Any]]:
+    """Every invoice with its lines, in a comparable form."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM invoices ORDER BY account_id, period_start, kind")
+        found = []
+        for row in rows:
+            lines = await conn.fetch(
+                "SELECT kind, description, period_start, period_end, quantity, amount,"
+                " exact_amount, zone, calls, seconds, billed_seconds"
+                " FROM invoice_lines WHERE invoice_id = $1 ORDER BY position",
+                row["id"],
+            )
+            found.append(
+                {
+                    "account": row["account_id"],
+                    "state": row["state"],
+                    "label": row["period_label"],
+                    "total": row["total"],
+                    "number": row["number"],
+                    "lines": [dict(line) for line in lines],
+                }
+            )
+    return found
+
+
+async def cdr(services: Services, entry: str, account: str, when: datetime, **fields: Any) -> None:
+    """One CDR (a call unless ``termination_cause`` says usage) stopped at ``when``."""
+    row: dict[str, Any] = {
+        "entry_id": entry,
+        "call_id": entry,
+        "account_id": account,
+        "plan_id": "retail",
+        "zone": "UK Mobile",
+        "destination": "447700900123",
+        "caller": None,
+        "currency": "EUR",
+        "authorized_at": when,
+        "stopped_at": when,
+        "duration": 45,
+        "billed_seconds": 48,
+        "connect_fee": 0,
+        "first_block": 30,
+        "increment": 6,
+        "price_per_minute": 60_000,
+        "rated_cost": 0,
+        "charged": 0,
+    }
+    row.update(fields)
+    columns = ", ".join(row)
+    marks = ", ".join(f"${n}" for n in range(1, len(row) + 1))
+    async with services.pool.acquire() as conn:
+        await conn.execute(f"INSERT INTO cdrs ({columns}) VALUES ({marks})", *row.values())
+
+
+async def invoice_id(services: Services, account: str, label: str) -> int:
+    """The id of the account's invoice of that period."""
+    async with services.pool.acquire() as conn:
+        found = await conn.fetchval(
+            "SELECT id FROM invoices WHERE account_id = $1 AND period_label = $2"
+            " AND kind = 'invoice'",
+            account,
+            label,
+        )
+    assert found is not None
+    return int(found)
