@@ -7,6 +7,7 @@ Not a test module. Amounts are integer micro-units; ``EUR`` is one euro.
 from datetime import date, datetime
 from typing import Any
 
+from ocs.balances.accounts import AccountSpec
 from ocs.billing import runs
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import (
@@ -49,7 +50,9 @@ async def customer(
     balance: int = 0,
 ) -> int:
     """An account on the plan, subscribed from ``start``, with ``charge_id`` added."""
-    await services.accounts.create(account_id, plan_id=plan_id, opening_balance=balance)
+    await services.accounts.create(
+        AccountSpec(account_id, plan_id=plan_id, opening_balance=balance)
+    )
     sub = await subscribe(services.pool, Subscription(account_id, plan_id, start))
     if charge_id is not None:
         await add_charge(services.pool, sub, charge_id)

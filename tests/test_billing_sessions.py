@@ -5,6 +5,7 @@ from datetime import date
 
 import pytest
 
+from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.billing import posting
 from ocs.billing.cycles import PlanBilling
@@ -40,7 +41,7 @@ async def test_calls_only_in_an_open_session_and_closing_it_invoices_the_session
 ) -> None:
     await add_plan(services, "shop")
     await set_plan_billing(services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
-    await services.accounts.create("booth1", plan_id="shop", opening_balance=5 * EUR)
+    await services.accounts.create(AccountSpec("booth1", plan_id="shop", opening_balance=5 * EUR))
     await lock_without_session(services.pool, services.store, "booth1")
     # No session: the real-time path refuses (the account lock, reason "session").
     assert await _refusal(services, "before") is Reason.NO_OPEN_SESSION

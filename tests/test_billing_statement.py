@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 import asyncpg
 import pytest
 
+from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.billing import posting
 from ocs.billing.statement import Statement, statement
@@ -118,7 +119,7 @@ async def test_a_postpaid_account_owes_what_its_balance_is_below_zero_after_post
 ) -> None:
     await billed_plan(services)
     await monthly(services, "rent", 10 * EUR)
-    await services.accounts.create("pp", plan_id="retail", credit_limit=100 * EUR)
+    await services.accounts.create(AccountSpec("pp", plan_id="retail", credit_limit=100 * EUR))
     sub = await subscribe(services.pool, Subscription("pp", "retail", date(2026, 1, 1)))
     await add_charge(services.pool, sub, "rent")
     await ledger_row(services, "0-1", "pp", "call", -30 * EUR, at(3, 9))

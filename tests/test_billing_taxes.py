@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 import asyncpg
 import pytest
 
+from ocs.balances.accounts import AccountSpec
 from ocs.billing import posting, queries, taxes
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.drafts import preview
@@ -56,7 +57,7 @@ async def charge(
 
 async def account(services: Services, account_id: str, plan_id: str, charges: list[str]) -> None:
     """An account on the plan from Jan 1, with these charges added."""
-    await services.accounts.create(account_id, plan_id=plan_id, opening_balance=0)
+    await services.accounts.create(AccountSpec(account_id, plan_id=plan_id, opening_balance=0))
     sub = await subscribe_to(services.pool, Subscription(account_id, plan_id, date(2026, 1, 1)))
     for charge_id in charges:
         await add_charge(services.pool, sub, charge_id)

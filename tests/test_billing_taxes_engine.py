@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from ocs.balances.accounts import AccountSpec
 from ocs.billing import posting, taxes
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import Charge, Subscription, add_charge, create_charge, set_plan_billing
@@ -116,7 +117,7 @@ async def us_account(services: Services) -> int:
         services.pool,
         Charge("svc", "Business line", "LINE", "USD", 100 * USD, "recurring", cadence="monthly"),
     )
-    await services.accounts.create("us1", plan_id="us", opening_balance=0)
+    await services.accounts.create(AccountSpec("us1", plan_id="us", opening_balance=0))
     sub = await subscribe_to(services.pool, Subscription("us1", "us", date(2026, 1, 1)))
     await add_charge(services.pool, sub, "svc")
     return await run(services, "2026-03", plan_id="us", calculate_taxes=False)

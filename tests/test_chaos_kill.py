@@ -31,6 +31,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from ocs.balances.accounts import AccountSpec
 from ocs.config import Settings
 from ocs.money import parse_amount
 from ocs.services import Services
@@ -149,7 +150,9 @@ async def test_sigkill_under_load_charges_every_acknowledged_stop_exactly_once(
     accounts = [f"chaos-{i}" for i in range(LINES)]
     for account_id in accounts:
         await services.accounts.create(
-            account_id, plan_id="retail", opening_balance=OPENING, max_lines=CALLS_PER_LINE
+            AccountSpec(
+                account_id, plan_id="retail", opening_balance=OPENING, max_lines=CALLS_PER_LINE
+            )
         )
     http = free_port()
     auth, acct = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)

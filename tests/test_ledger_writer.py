@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 
 from ocs.backend_health import POSTGRESQL, BackendHealth
 from ocs.balances import keys
+from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.services import Services
 from tests.conftest import add_plan, eventually
@@ -17,7 +18,9 @@ from tests.outage_helpers import FlakyPool
 async def _make_entries(services: Services, accounts: int, topups: int) -> None:
     await add_plan(services)
     for n in range(accounts):
-        await services.accounts.create(f"w{n}", plan_id="retail", opening_balance=1_000_000)
+        await services.accounts.create(
+            AccountSpec(f"w{n}", plan_id="retail", opening_balance=1_000_000)
+        )
         await asyncio.gather(
             *[services.accounts.topup(f"w{n}", 10_000, f"w{n}-{t}") for t in range(topups)]
         )

@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pyrad import packet as rp
 
+from ocs.balances.accounts import AccountSpec
 from ocs.radius.dictionary import radius_dictionary
 from tests.conftest import RADIUS_SECRET, RunningRadius, add_plan, eventually
 from tests.radclient import radclient
@@ -238,7 +239,9 @@ batches = st.lists(st.one_of(junk, mutated, requests, stops, padded), min_size=1
 @pytest.fixture
 async def card(radius: RunningRadius) -> AsyncIterator[RunningRadius]:
     await add_plan(radius.app.services)
-    await radius.app.services.accounts.create(CARD, plan_id="retail", opening_balance=7_250_000)
+    await radius.app.services.accounts.create(
+        AccountSpec(CARD, plan_id="retail", opening_balance=7_250_000)
+    )
     yield radius
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ocs.balances.accounts import AccountSpec
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
 from ocs.config import RadiusClientConfig, with_overrides
@@ -310,7 +311,7 @@ async def _unknown_account(nas: RunningRadius) -> tuple[Pairs, str | None]:
 
 async def _wrong_password(nas: RunningRadius) -> tuple[Pairs, str | None]:
     await nas.app.services.accounts.create(
-        "card-2", plan_id="retail", opening_balance=5_000_000, password="4321"
+        AccountSpec("card-2", plan_id="retail", opening_balance=5_000_000, password="4321")
     )
     return call_request("card-2", GERMANY, "REJ-2"), "1234"
 
@@ -328,10 +329,12 @@ async def _zero_balance(nas: RunningRadius) -> tuple[Pairs, str | None]:
 
 async def _card_expired(nas: RunningRadius) -> tuple[Pairs, str | None]:
     await nas.app.services.accounts.create(
-        "card-5",
-        plan_id="retail",
-        opening_balance=5_000_000,
-        expires_at=datetime.now(UTC) - timedelta(days=1),
+        AccountSpec(
+            "card-5",
+            plan_id="retail",
+            opening_balance=5_000_000,
+            expires_at=datetime.now(UTC) - timedelta(days=1),
+        ),
     )
     return call_request("card-5", GERMANY, "REJ-5"), None
 
@@ -450,7 +453,7 @@ async def test_card_only_request_answers_the_balance_and_reserves_nothing(
     nas: RunningRadius,
 ) -> None:
     await nas.app.services.accounts.create(
-        "555000111", plan_id="retail", opening_balance=3_500_000, password="4321"
+        AccountSpec("555000111", plan_id="retail", opening_balance=3_500_000, password="4321")
     )
     query = [("User-Name", "555000111"), ("Calling-Station-Id", "4930123456")]
     reply = await accepted(nas, [*query, ("User-Password", "4321")])
@@ -488,7 +491,7 @@ async def test_a_user_password_of_a_wrong_size_is_refused_not_an_internal_error(
     # malformed; it must not end in an internal error (an ERROR log and traceback per
     # packet, counted where the NOC looks for ocs's own failures).
     await nas.app.services.accounts.create(
-        "card-pw", plan_id="retail", opening_balance=1_000_000, password="4321"
+        AccountSpec("card-pw", plan_id="retail", opening_balance=1_000_000, password="4321")
     )
     request = access_request(RADIUS_SECRET, call_request("card-pw", GERMANY, "PW-SIZE"))
     request["User-Password"] = b"\x07"
@@ -513,7 +516,7 @@ async def test_a_user_password_of_a_wrong_size_is_refused_not_an_internal_error(
 
 async def test_pin_with_the_right_password_places_the_call(nas: RunningRadius) -> None:
     await nas.app.services.accounts.create(
-        "card-pin", plan_id="retail", opening_balance=1_000_000, password="4321"
+        AccountSpec("card-pin", plan_id="retail", opening_balance=1_000_000, password="4321")
     )
     reply = await accepted(
         nas, [*call_request("card-pin", GERMANY, "PIN-1"), ("User-Password", "4321")]

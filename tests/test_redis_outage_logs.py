@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from ocs import backend_health, embedded
 from ocs.backend_health import BackendHealth, backend_of
+from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging.janitor import Janitor
 from ocs.config import Settings
@@ -143,7 +144,7 @@ async def test_a_redis_outage_logs_a_handful_of_lines(
     services = outage_services
     health = services.health
     await add_plan(services)
-    await services.accounts.create("o1", plan_id="retail", opening_balance=5_000_000)
+    await services.accounts.create(AccountSpec("o1", plan_id="retail", opening_balance=5_000_000))
     client = await client_with_readyz(services)
     stopping = asyncio.Event()
     janitor = Janitor(services.calls, services.store, interval=0.05)

@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from ocs import api_tokens
+from ocs.balances.accounts import AccountSpec
 from ocs.config import Settings, load_settings
 from ocs.demo import DEMO_TOKEN_NAME, demo_admin_token, run_demo
 from ocs.http.admin_auth import source_allowed
@@ -46,7 +47,9 @@ async def started(services: Services, **changes: Any) -> TestClient:
 async def fresh(services: Services) -> AsyncIterator[TestClient]:
     """A fresh install: default settings, no token at all, a plan and account a1 (0.00)."""
     await add_plan(services, max_lines=5)
-    await services.accounts.create("a1", plan_id="retail", opening_balance=0, max_lines=5)
+    await services.accounts.create(
+        AccountSpec("a1", plan_id="retail", opening_balance=0, max_lines=5)
+    )
     client = await started(services)
     try:
         yield client
@@ -253,7 +256,9 @@ async def test_calls_are_refused_from_outside_switch_networks_and_say_how_to_all
     services: Services,
 ) -> None:
     await add_plan(services, max_lines=5)
-    await services.accounts.create("a1", plan_id="retail", opening_balance=10_000_000, max_lines=5)
+    await services.accounts.create(
+        AccountSpec("a1", plan_id="retail", opening_balance=10_000_000, max_lines=5)
+    )
     before = await redis_state(services.redis)
     # The test client is on 127.0.0.1; a switch network without it stands for elsewhere.
     client = await started(services, switch_networks=("10.0.0.0/8",))
@@ -303,7 +308,9 @@ async def test_calls_from_inside_switch_networks_or_with_switch_open_need_no_tok
     services: Services,
 ) -> None:
     await add_plan(services, max_lines=5)
-    await services.accounts.create("a1", plan_id="retail", opening_balance=10_000_000, max_lines=5)
+    await services.accounts.create(
+        AccountSpec("a1", plan_id="retail", opening_balance=10_000_000, max_lines=5)
+    )
     cases = [
         ("loopback", {}),  # the default: 127.0.0.0/8 and ::1
         ("listed", {"switch_networks": ("10.0.0.0/8", "127.0.0.1/32")}),

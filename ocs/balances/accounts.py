@@ -11,7 +11,6 @@ import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
@@ -135,16 +134,9 @@ class AccountService:
         self._pool = pool
         self._store = store
 
-    async def create(self, spec: AccountSpec | str, /, **fields: Any) -> AccountState:
-        """Create an account; every limit left out is the plan's default, copied.
-
-        Takes an ``AccountSpec``. Compatibility path, until every caller passes one:
-        an account id and ``AccountSpec``'s other fields as keywords.
-        """
-        if isinstance(spec, str):
-            spec = AccountSpec(spec, **fields)
-        elif fields:
-            raise TypeError("create() takes an AccountSpec or an id with keywords, not both")
+    async def create(self, spec: AccountSpec) -> AccountState:
+        """Create an account as ``spec`` asks; every limit left out is the plan's default,
+        copied onto the account."""
         spec.validate()
         account_id, plan_id = spec.account_id, spec.plan_id
         digest = None if spec.password is None else password_digest(account_id, spec.password)
