@@ -33,13 +33,12 @@ from ocs.billing.lines import (
     Item,
     Line,
     Targets,
-    Usage,
     advance_window_start,
     invoice_lines,
     targets,
 )
 from ocs.billing.periods import Period, Schedule, Unit
-from ocs.billing.realtime import realtime_lines
+from ocs.billing.realtime import cdr_totals, realtime_lines
 from ocs.billing.statement import write_statements
 from ocs.billing.surcharges import load_surcharges, surcharge_lines
 from ocs.billing.taxes import (
@@ -77,18 +76,6 @@ SELECT n.account_id, c.id, NULL, c.name, c.amount, 1,
 FROM account_numbers n
 JOIN charges c ON c.id = n.charge_id
 WHERE n.account_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR n.created_at <= $2)
-"""
-
-# One pass over the accounts' call CDRs of the window (index cdrs_account_idx); usage
-# events (MB, kWh) are lines of their own (``realtime``).
-_USAGE_SQL = """
-SELECT account_id, zone, direction, rate_type, count(*) AS calls, sum(duration) AS seconds,
-       sum(billed_seconds) AS billed_seconds, sum(charged) AS amount,
-       min(entry_id) AS first_cdr, max(entry_id) AS last_cdr
-FROM cdrs
-WHERE account_id = ANY($1::text[]) AND stopped_at >= $2 AND stopped_at < $3
-  AND termination_cause <> 'usage'
-GROUP BY account_id, zone, direction, rate_type
 """
 
 # The accounts with an invoice before this one (their billing has begun).
@@ -268,23 +255,9 @@ async def compute(
             )
         )
     billed = await billed_spans(conn, group, which, items)
-    usage: dict[str, list[Usage]] = defaultdict(list)
-    if window[0] < window[1]:
-        for r in await conn.fetch(_USAGE_SQL, ids, window[0], window[1]):
-            usage[r["account_id"]].append(
-                Usage(
-                    r["zone"],
-                    r["direction"],
-                    r["calls"],
-                    r["seconds"],
-                    r["billed_seconds"],
-                    r["amount"],
-                    r["first_cdr"],
-                    r["last_cdr"],
-                    r["rate_type"],
-                )
-            )
-    reported = await realtime_lines(conn, currencies, window)
+    # One read of the accounts' CDRs for the usage lines and the real-time path's lines.
+    totals = await cdr_totals(conn, ids, window)
+    reported = await realtime_lines(conn, currencies, window, totals)
     bundled = await bundle_lines(
         conn, [BundleInvoice(a, c, which, window) for a, c in sorted(currencies.items())]
     )
@@ -295,7 +268,7 @@ async def compute(
     for account, currency in sorted(currencies.items()):
         lines = invoice_lines(
             items[account],
-            usage[account],
+            totals.usage(account),
             group.cycle,
             which,
             currency,
@@ -350,16 +323,36 @@ def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tup
 
 
 async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Written:
-    """Create or recompute the group's drafts; call inside a transaction."""
+    """Create or recompute the group's drafts; call inside a transaction.
+
+    The totals are summed here from the lines about to be written (as
+    ``_TOTALS_SQL`` sums them from the stored lines): a new invoice is
+    inserted with them, an existing draft is updated with them, so a first
+    run writes each invoice row once instead of inserting then updating it.
+    """
     computed = await compute(conn, group, options)
     accounts = list(computed)
     period = group.period
-    await conn.execute(
+    nets: list[int] = []
+    taxes: list[int] = []
+    for account in accounts:
+        net = tax = 0
+        for line in computed[account][1]:
+            if line.kind == "tax":
+                tax += line.amount
+            else:
+                net += line.amount
+        nets.append(net)
+        taxes.append(tax)
+    inserted = await conn.fetch(
         "INSERT INTO invoices (account_id, plan_id, period_start, period_end, period_label,"
-        " currency, invoice_date, issuer, message, run_id, taxes_calculated)"
-        " SELECT a, $2, $3, $4, $5, c, $6, $7, $8, $9, $10"
-        " FROM unnest($1::text[], $11::text[]) AS t(a, c) ORDER BY a"
-        " ON CONFLICT (account_id, period_start) WHERE kind = 'invoice' DO NOTHING",
+        " currency, invoice_date, issuer, message, run_id, taxes_calculated,"
+        " subtotal, tax_total, total)"
+        " SELECT a, $2, $3, $4, $5, c, $6, $7, $8, $9, $10, n, t, n + t"
+        " FROM unnest($1::text[], $11::text[], $12::bigint[], $13::bigint[]) AS u(a, c, n, t)"
+        " ORDER BY a"
+        " ON CONFLICT (account_id, period_start) WHERE kind = 'invoice' DO NOTHING"
+        " RETURNING id",
         accounts,
         group.billing.plan_id,
         period.start,
@@ -371,7 +364,10 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
         options.run_id,
         options.calculate_taxes,
         [computed[a][0] for a in accounts],
+        nets,
+        taxes,
     )
+    new = {r["id"] for r in inserted}
     # Locked in account order, as inserted: two runs of one period wait, never deadlock.
     rows = await conn.fetch(
         "SELECT id, account_id, state FROM invoices WHERE kind = 'invoice'"
@@ -381,7 +377,14 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
     )
     drafts = {r["account_id"]: r["id"] for r in rows if r["state"] == "draft"}
     draft_ids = list(drafts.values())
-    await conn.execute("DELETE FROM invoice_lines WHERE invoice_id = ANY($1::bigint[])", draft_ids)
+    # Drafts of an earlier run: their lines are replaced, their totals and settings updated.
+    index = {account: n for n, account in enumerate(accounts)}
+    earlier = [(a, i) for a, i in sorted(drafts.items()) if i not in new]
+    if earlier:
+        await conn.execute(
+            "DELETE FROM invoice_lines WHERE invoice_id = ANY($1::bigint[])",
+            [i for _, i in earlier],
+        )
     records = [
         record
         for account, invoice_id in sorted(drafts.items())
@@ -389,14 +392,19 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
     ]
     if records:
         await conn.copy_records_to_table("invoice_lines", records=records, columns=LINE_COLUMNS)
-    await conn.execute(
-        _TOTALS_SQL + ", invoice_date = $2, run_id = $3, taxes_calculated = $4"
-        " FROM unnest($1::bigint[]) AS d(id)" + _TOTALS_JOIN,
-        draft_ids,
-        options.invoice_date,
-        options.run_id,
-        options.calculate_taxes,
-    )
+    if earlier:
+        await conn.execute(
+            "UPDATE invoices i SET subtotal = d.net, tax_total = d.tax, total = d.net + d.tax,"
+            " tax_error = NULL, invoice_date = $4, run_id = $5, taxes_calculated = $6"
+            " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d(id, net, tax)"
+            " WHERE i.id = d.id",
+            [i for _, i in earlier],
+            [nets[index[a]] for a, _ in earlier],
+            [taxes[index[a]] for a, _ in earlier],
+            options.invoice_date,
+            options.run_id,
+            options.calculate_taxes,
+        )
     which = targets(group.cycle, group.period, group.billing.invoice_timing)
     await write_statements(conn, draft_ids, usage_window(which, options.usage_cutoff))
     return Written(drafts=len(drafts), final=len(rows) - len(drafts))

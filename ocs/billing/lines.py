@@ -34,6 +34,7 @@ earlier invoice, or when it starts inside the arrears period: an account's
 billing begins with its first invoice, as it does for arrears charges.
 """
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -153,8 +154,13 @@ def targets(cycle: Schedule, invoice: Period, timing: str) -> Targets:
     return Targets(invoice, invoice, cycle.period(n + 1))
 
 
-def _periods_starting_in(schedule: Schedule, target: Period) -> list[Period]:
-    """The schedule's periods whose first day lies in the target period."""
+@functools.lru_cache(maxsize=1024)
+def _periods_starting_in(schedule: Schedule, target: Period) -> tuple[Period, ...]:
+    """The schedule's periods whose first day lies in the target period.
+
+    Cached: a run asks it for every account and charge with the same few
+    (frozen, hashable) schedules and periods; it was ~10% of a draft's Python.
+    """
     n = schedule.index_of_day(target.first_day)
     if schedule.start_day(n) < target.first_day:
         n += 1
@@ -162,7 +168,7 @@ def _periods_starting_in(schedule: Schedule, target: Period) -> list[Period]:
     while schedule.start_day(n) < target.end_day:
         found.append(schedule.period(n))
         n += 1
-    return found
+    return tuple(found)
 
 
 def charge_lines(item: Item, cycle: Schedule, which: Targets, currency: str) -> list[Line]:

@@ -21,7 +21,6 @@ posting it again once the engine answers posts it, once.
 """
 
 import asyncio
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -33,6 +32,8 @@ from ocs.errors import OcsError, Reason
 
 # Lines whose money moves at once (the auto-pipeline sends them together).
 MOVE_BATCH = 1000
+# Invoices whose pending lines are read at once by ``move_money``.
+INVOICE_PAGE = 500
 CREDIT_KIND = "invoice_credit"
 
 
@@ -54,53 +55,72 @@ class Posted:
     held: dict[int, str] = field(default_factory=dict)
 
 
+# The drafts among the ids that can be posted, locked in id order, counted per sequence.
+_LOCK_DRAFTS_SQL = """
+SELECT issuer, year, count(*) AS drafts
+FROM (SELECT id, issuer, extract(year FROM invoice_date)::int AS year FROM invoices
+      WHERE id = ANY($1::bigint[]) AND state = 'draft'
+        AND (taxes_calculated OR kind = 'credit_note')
+      ORDER BY id FOR UPDATE) AS d
+GROUP BY issuer, year ORDER BY issuer, year
+"""
+
+# Every locked draft numbered at once: the k-th of its sequence (in id order) takes that
+# sequence's first number + k. Numbers are zero-padded to 6 digits, wider when they grow.
+_NUMBER_SQL = """
+UPDATE invoices i SET state = 'posted', posted_at = now(),
+       number = d.issuer || '-' || d.year || '-'
+                || lpad((s.first + d.k)::text, GREATEST(6, length((s.first + d.k)::text)), '0')
+FROM (SELECT id, issuer, extract(year FROM invoice_date)::int AS year,
+             row_number() OVER (PARTITION BY issuer, extract(year FROM invoice_date)
+                                ORDER BY id) - 1 AS k
+      FROM invoices
+      WHERE id = ANY($1::bigint[]) AND state = 'draft'
+        AND (taxes_calculated OR kind = 'credit_note')) AS d
+JOIN unnest($2::text[], $3::int[], $4::bigint[]) AS s(issuer, year, first)
+  ON s.issuer = d.issuer AND s.year = d.year
+WHERE i.id = d.id
+RETURNING i.id, d.issuer, d.year, i.number
+"""
+
+
 async def assign_numbers(conn: asyncpg.Connection, invoice_ids: list[int]) -> dict[int, str]:
     """Number and post these drafts, gaplessly per issuer and year; call in a transaction.
 
     Ids that are not drafts (any more), or invoices whose taxes are not
     calculated, are left out of the answer (a credit note mirrors a posted
-    invoice, taxes included).
+    invoice, taxes included). The drafts are locked (id order), then each
+    sequence row (issuer, year order) moves on by as many, then one UPDATE
+    numbers them all: the numbers never leave the database but in the answer.
     """
-    rows = await conn.fetch(
-        "SELECT id, issuer, extract(year FROM invoice_date)::int AS year FROM invoices"
-        " WHERE id = ANY($1::bigint[]) AND state = 'draft'"
-        " AND (taxes_calculated OR kind = 'credit_note')"
-        " ORDER BY id FOR UPDATE",
-        invoice_ids,
-    )
-    by_sequence: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for row in rows:
-        by_sequence[row["issuer"], row["year"]].append(row["id"])
-    numbers: dict[int, str] = {}
-    for (issuer, year), ids in sorted(by_sequence.items()):
+    groups = await conn.fetch(_LOCK_DRAFTS_SQL, invoice_ids)
+    if not groups:
+        return {}
+    issuers: list[str] = []
+    years: list[int] = []
+    firsts: list[int] = []
+    for group in groups:
+        issuer, year, count = group["issuer"], group["year"], group["drafts"]
         await conn.execute(
             "INSERT INTO invoice_sequences (issuer, year) VALUES ($1, $2)"
             " ON CONFLICT (issuer, year) DO NOTHING",
             issuer,
             year,
         )
+        # The UPDATE takes the sequence's row lock until commit: numbers are gapless.
         first = await conn.fetchval(
-            "SELECT next_number FROM invoice_sequences WHERE issuer = $1 AND year = $2 FOR UPDATE",
-            issuer,
-            year,
-        )
-        await conn.execute(
             "UPDATE invoice_sequences SET next_number = next_number + $3"
-            " WHERE issuer = $1 AND year = $2",
+            " WHERE issuer = $1 AND year = $2 RETURNING next_number - $3",
             issuer,
             year,
-            len(ids),
+            count,
         )
-        for offset, invoice_id in enumerate(ids):
-            numbers[invoice_id] = f"{issuer}-{year}-{first + offset:06d}"
-    if numbers:
-        await conn.execute(
-            "UPDATE invoices i SET state = 'posted', number = n.number, posted_at = now()"
-            " FROM unnest($1::bigint[], $2::text[]) AS n(id, number) WHERE i.id = n.id",
-            list(numbers),
-            list(numbers.values()),
-        )
-    return numbers
+        issuers.append(issuer)
+        years.append(year)
+        firsts.append(first)
+    rows = await conn.fetch(_NUMBER_SQL, invoice_ids, issuers, years, firsts)
+    rows.sort(key=lambda r: (r["issuer"], r["year"], r["id"]))
+    return {r["id"]: r["number"] for r in rows}
 
 
 async def _move(store: BalanceStore, account_id: str, line_id: int, amount: int) -> str:
@@ -120,36 +140,60 @@ async def _move(store: BalanceStore, account_id: str, line_id: int, amount: int)
     return result.ledger_entry
 
 
-async def move_money(pool: asyncpg.Pool, store: BalanceStore, invoice_ids: list[int]) -> int:
-    """Move the money of the posted invoices' lines not moved yet; lines moved now."""
+async def _mark(pool: asyncpg.Pool, batch: list[asyncpg.Record], entries: list[str | None]) -> None:
+    """Record the ledger entries of lines whose money moved (each line once)."""
     async with pool.acquire() as conn:
-        pending = await conn.fetch(
-            "SELECT l.id, l.amount, i.account_id FROM invoice_lines l"
-            " JOIN invoices i ON i.id = l.invoice_id"
-            " WHERE l.invoice_id = ANY($1::bigint[]) AND i.state <> 'draft'"
-            "   AND l.moves_money AND l.moved_at IS NULL ORDER BY l.id",
-            invoice_ids,
+        await conn.execute(
+            "UPDATE invoice_lines l SET ledger_entry = m.entry, moved_at = now()"
+            " FROM unnest($1::bigint[], $2::text[]) AS m(id, entry)"
+            " WHERE l.id = m.id AND l.moved_at IS NULL",
+            [r["id"] for r in batch],
+            entries,
         )
+
+
+async def move_money(pool: asyncpg.Pool, store: BalanceStore, invoice_ids: list[int]) -> int:
+    """Move the money of the posted invoices' lines not moved yet; lines moved now.
+
+    The lines are read a page of invoices at a time (never the whole run at
+    once), and moved ``MOVE_BATCH`` at a time; a batch's lines are marked
+    moved while the next batch's money moves (the mark is idempotent and a
+    retry of an unmarked line moves nothing twice, so the overlap is safe).
+    """
+    # Each invoice once: its lines are read by one page only (a mark may still be running).
+    ids = sorted(set(invoice_ids))
     moved = 0
-    for at in range(0, len(pending), MOVE_BATCH):
-        batch = pending[at : at + MOVE_BATCH]
-        entries = await asyncio.gather(
-            *(
-                _move(store, r["account_id"], r["id"], r["amount"])
-                if r["amount"]
-                else asyncio.sleep(0, result=None)
-                for r in batch
-            )
-        )
-        async with pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE invoice_lines l SET ledger_entry = m.entry, moved_at = now()"
-                " FROM unnest($1::bigint[], $2::text[]) AS m(id, entry)"
-                " WHERE l.id = m.id AND l.moved_at IS NULL",
-                [r["id"] for r in batch],
-                entries,
-            )
-        moved += len(batch)
+    marking: asyncio.Task[None] | None = None
+    try:
+        for at in range(0, len(ids), INVOICE_PAGE):
+            async with pool.acquire() as conn:
+                pending = await conn.fetch(
+                    "SELECT l.id, l.amount, i.account_id FROM invoice_lines l"
+                    " JOIN invoices i ON i.id = l.invoice_id"
+                    " WHERE l.invoice_id = ANY($1::bigint[]) AND i.state <> 'draft'"
+                    "   AND l.moves_money AND l.moved_at IS NULL ORDER BY l.id",
+                    ids[at : at + INVOICE_PAGE],
+                )
+            for first in range(0, len(pending), MOVE_BATCH):
+                batch = pending[first : first + MOVE_BATCH]
+                entries: list[str | None] = await asyncio.gather(
+                    *(
+                        _move(store, r["account_id"], r["id"], r["amount"])
+                        if r["amount"]
+                        else asyncio.sleep(0, result=None)
+                        for r in batch
+                    )
+                )
+                if marking is not None:
+                    await marking
+                marking = asyncio.create_task(_mark(pool, batch, entries))
+                moved += len(batch)
+        if marking is not None:
+            await marking
+    finally:
+        if marking is not None and not marking.done():
+            # Money moved: its lines are marked even when a later batch failed.
+            await asyncio.gather(marking, return_exceptions=True)
     return moved
 
 

@@ -18,28 +18,42 @@ traces back to its rows:
   seconds paid from the balance (duration - bundle seconds). Amount 0: the
   calls' money is on the usage lines.
 
-Loaded set-based for a group of accounts (one query each, no round trip per
-account); lines come out in a fixed order, so a recomputed draft is equal.
+Loaded set-based for a group of accounts (no round trip per account): the
+CDRs are read once for the draft's usage lines and these (``cdr_totals``),
+the counter fees by one ledger query; lines come out in a fixed order, so a
+recomputed draft is equal.
 """
 
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
 from ocs.billing.currency import round_line
-from ocs.billing.lines import Line
+from ocs.billing.lines import Line, Usage
 
-_EVENTS_SQL = """
-SELECT account_id, destination AS service, zone, count(*) AS events,
-       sum(duration) AS quantity, sum(billed_seconds) AS billed, sum(charged) AS amount,
+# One pass over a group's CDRs of the window for every summary a draft shows: the
+# calls' usage lines (``lines.Usage``, by zone, direction and rate type), the usage
+# events (by service and zone) and the counters' seconds (by counter). Grouped by all
+# their keys at once, split and added up here: one read of the chunk's CDRs instead of
+# three (each ~0.4 s a chunk of 500 accounts at 10M CDRs, the CDRs of an account lying on
+# as many heap pages as it has calls), served by the covering index of migration 0026.
+_CDR_TOTALS_SQL = """
+SELECT account_id, termination_cause = 'usage' AS event, zone, direction, rate_type,
+       CASE WHEN termination_cause = 'usage' THEN destination END AS service, counter_id,
+       count(*) AS calls, sum(duration)::bigint AS seconds,
+       sum(billed_seconds)::bigint AS billed, sum(charged)::bigint AS amount,
+       sum(counter_seconds)::bigint AS bundle,
+       sum(GREATEST(duration - counter_seconds, 0))::bigint AS paid,
        min(entry_id) AS first_cdr, max(entry_id) AS last_cdr
 FROM cdrs
 WHERE account_id = ANY($1::text[]) AND stopped_at >= $2 AND stopped_at < $3
-  AND termination_cause = 'usage'
-GROUP BY account_id, destination, zone
+GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
+
+_COUNTER_CHARGES_SQL = "SELECT counter_id, id FROM charges WHERE counter_id = ANY($1::text[])"
 
 _COUNTER_FEES_SQL = """
 SELECT g.account_id, g.entry_id, g.amount, g.reference, g.occurred_at,
@@ -50,17 +64,114 @@ WHERE g.account_id = ANY($1::text[]) AND g.occurred_at >= $2 AND g.occurred_at <
   AND g.kind = 'fee' AND g.reference LIKE 'counter:%'
 """
 
-_COUNTER_USAGE_SQL = """
-SELECT u.*, c.id AS charge_id
-FROM (SELECT account_id, counter_id, count(*) AS calls, sum(counter_seconds) AS bundle,
-             sum(GREATEST(duration - counter_seconds, 0)) AS paid,
-             min(entry_id) AS first_cdr, max(entry_id) AS last_cdr
-      FROM cdrs
-      WHERE account_id = ANY($1::text[]) AND stopped_at >= $2 AND stopped_at < $3
-        AND counter_id IS NOT NULL AND termination_cause <> 'usage'
-      GROUP BY account_id, counter_id) u
-LEFT JOIN charges c ON c.counter_id = u.counter_id
-"""
+
+@dataclass(slots=True)
+class Total:
+    """Sums of one group of CDRs: count, seconds (quantity), billed, amount, first/last CDR."""
+
+    calls: int
+    seconds: int
+    billed: int
+    amount: int
+    first_cdr: str
+    last_cdr: str
+    bundle: int = 0  # counter seconds from the bundle
+    paid: int = 0  # counter seconds paid from the balance
+
+    def add(self, row: asyncpg.Record) -> None:
+        """Add another group's row (the same key once split)."""
+        self.calls += row["calls"]
+        self.seconds += row["seconds"]
+        self.billed += row["billed"]
+        self.amount += row["amount"]
+        self.bundle += row["bundle"]
+        self.paid += row["paid"]
+        self.first_cdr = min(self.first_cdr, row["first_cdr"])
+        self.last_cdr = max(self.last_cdr, row["last_cdr"])
+
+
+def _total(row: asyncpg.Record) -> Total:
+    return Total(
+        row["calls"],
+        row["seconds"],
+        row["billed"],
+        row["amount"],
+        row["first_cdr"],
+        row["last_cdr"],
+        row["bundle"],
+        row["paid"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CdrTotals:
+    """A group's CDRs of the window, summed: per account, its calls, events and counters.
+
+    ``calls``: (zone, direction, rate type) -> total; ``events``: (service, zone) ->
+    total; ``counters``: counter id -> (its counter charge or None, total).
+    """
+
+    calls: dict[str, dict[tuple[str, str, str | None], Total]]
+    events: dict[str, dict[tuple[str, str], Total]]
+    counters: dict[str, dict[str, tuple[str | None, Total]]]
+
+    def usage(self, account_id: str) -> list[Usage]:
+        """The account's call summaries (``lines.Usage``), in a fixed order."""
+        found = self.calls.get(account_id, {})
+        return [
+            Usage(
+                zone,
+                direction,
+                t.calls,
+                t.seconds,
+                t.billed,
+                t.amount,
+                t.first_cdr,
+                t.last_cdr,
+                rate_type,
+            )
+            for (zone, direction, rate_type), t in sorted(
+                found.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
+            )
+        ]
+
+
+async def cdr_totals(
+    conn: asyncpg.Connection, account_ids: list[str], window: tuple[datetime, datetime]
+) -> CdrTotals:
+    """Sum the accounts' CDRs of the window (one query): calls, usage events, counters."""
+    calls: dict[str, dict[tuple[str, str, str | None], Total]] = defaultdict(dict)
+    events: dict[str, dict[tuple[str, str], Total]] = defaultdict(dict)
+    counted: dict[str, dict[str, Total]] = defaultdict(dict)
+    if not window[0] < window[1]:
+        return CdrTotals(calls, events, {})
+    for row in await conn.fetch(_CDR_TOTALS_SQL, account_ids, window[0], window[1]):
+        account = row["account_id"]
+        if row["event"]:
+            key: tuple[str, ...] = (row["service"], row["zone"])
+            found: dict[Any, Total] = events[account]
+        else:
+            key = (row["zone"], row["direction"], row["rate_type"])
+            found = calls[account]
+            if row["counter_id"] is not None:
+                counter = counted[account]
+                if (seen := counter.get(row["counter_id"])) is None:
+                    counter[row["counter_id"]] = _total(row)
+                else:
+                    seen.add(row)
+        if (known := found.get(key)) is None:
+            found[key] = _total(row)
+        else:
+            known.add(row)
+    counters: dict[str, dict[str, tuple[str | None, Total]]] = {}
+    if counted:
+        ids = sorted({c for found_ in counted.values() for c in found_})
+        charges = dict(list(r) for r in await conn.fetch(_COUNTER_CHARGES_SQL, ids))
+        counters = {
+            account: {c: (charges.get(c), t) for c, t in found_.items()}
+            for account, found_ in counted.items()
+        }
+    return CdrTotals(calls, events, counters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +198,24 @@ class CounterFee:
         return f"{self.name} fee{when}"
 
 
-def event_line(row: asyncpg.Record, window: tuple[datetime, datetime], currency: str) -> Line:
+def event_line(
+    service: str, zone: str, total: Total, window: tuple[datetime, datetime], currency: str
+) -> Line:
     """A ``usage_event`` line: one service's events in the window."""
-    amount = int(row["amount"])
     return Line(
         "usage_event",
-        f"{row['service']} usage ({row['quantity']} units)",
+        f"{service} usage ({total.seconds} units)",
         window[0],
         window[1],
-        int(row["quantity"]),
-        amount,
-        round_line(amount, currency),
+        total.seconds,
+        total.amount,
+        round_line(total.amount, currency),
         False,
-        zone=row["zone"],
-        calls=int(row["events"]),
-        first_cdr=row["first_cdr"],
-        last_cdr=row["last_cdr"],
-        billed_quantity=int(row["billed"]),
+        zone=zone,
+        calls=total.calls,
+        first_cdr=total.first_cdr,
+        last_cdr=total.last_cdr,
+        billed_quantity=total.billed,
     )
 
 
@@ -124,24 +236,26 @@ def counter_fee_line(fee: CounterFee, currency: str) -> Line:
     )
 
 
-def counter_usage_line(row: asyncpg.Record, window: tuple[datetime, datetime]) -> Line:
+def counter_usage_line(
+    counter_id: str, charge_id: str | None, total: Total, window: tuple[datetime, datetime]
+) -> Line:
     """A ``counter_usage`` line: a counter's seconds from the bundle and paid, amount 0."""
-    bundle, paid = int(row["bundle"]), int(row["paid"])
+    bundle, paid = total.bundle, total.paid
     return Line(
         "counter_usage",
-        f"Bundle {row['counter_id']}: {bundle} s from the bundle, {paid} s paid",
+        f"Bundle {counter_id}: {bundle} s from the bundle, {paid} s paid",
         window[0],
         window[1],
-        int(row["calls"]),
+        total.calls,
         0,
         0,
         False,
-        charge_id=row["charge_id"],
-        calls=int(row["calls"]),
+        charge_id=charge_id,
+        calls=total.calls,
         seconds=bundle + paid,
-        first_cdr=row["first_cdr"],
-        last_cdr=row["last_cdr"],
-        counter_id=row["counter_id"],
+        first_cdr=total.first_cdr,
+        last_cdr=total.last_cdr,
+        counter_id=counter_id,
         bundle_seconds=bundle,
         paid_seconds=paid,
     )
@@ -151,15 +265,22 @@ async def realtime_lines(
     conn: asyncpg.Connection,
     currencies: dict[str, str],
     window: tuple[datetime, datetime],
+    totals: CdrTotals | None = None,
 ) -> dict[str, list[Line]]:
-    """Account -> its reporting lines in the window: events, counter fees, counter usage."""
+    """Account -> its reporting lines in the window: events, counter fees, counter usage.
+
+    ``totals``: the accounts' CDRs already summed (``cdr_totals``), else read here.
+    """
     found: dict[str, list[Line]] = defaultdict(list)
     if not window[0] < window[1]:
         return found
     ids = sorted(currencies)
-    events = await conn.fetch(_EVENTS_SQL, ids, window[0], window[1])
-    for row in sorted(events, key=lambda r: (r["account_id"], r["service"], r["zone"])):
-        found[row["account_id"]].append(event_line(row, window, currencies[row["account_id"]]))
+    if totals is None:
+        totals = await cdr_totals(conn, ids, window)
+    for account in sorted(totals.events):
+        currency = currencies[account]
+        for (service, zone), total in sorted(totals.events[account].items()):
+            found[account].append(event_line(service, zone, total, window, currency))
     fees = await conn.fetch(_COUNTER_FEES_SQL, ids, window[0], window[1])
     for row in sorted(fees, key=lambda r: (r["account_id"], r["occurred_at"], r["entry_id"])):
         fee = CounterFee(
@@ -172,7 +293,7 @@ async def realtime_lines(
             row["occurred_at"],
         )
         found[row["account_id"]].append(counter_fee_line(fee, currencies[row["account_id"]]))
-    usage = await conn.fetch(_COUNTER_USAGE_SQL, ids, window[0], window[1])
-    for row in sorted(usage, key=lambda r: (r["account_id"], r["counter_id"])):
-        found[row["account_id"]].append(counter_usage_line(row, window))
+    for account in sorted(totals.counters):
+        for counter_id, (charge_id, total) in sorted(totals.counters[account].items()):
+            found[account].append(counter_usage_line(counter_id, charge_id, total, window))
     return found
