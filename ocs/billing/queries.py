@@ -496,18 +496,17 @@ def line_view(line: InvoiceLine) -> InvoiceLineView:
 
 
 def draft_line_view(position: int, line: Line) -> InvoiceLineView:
-    """A computed line (a dry run's) as shown, with the fields of a stored line's view."""
-    return InvoiceLineView(
+    """A computed line (a dry run's) as shown: the stored line it would be, not yet moved."""
+    stored = InvoiceLine(
         position=position,
         kind=line.kind,
         description=line.description,
         period_start=line.period_start,
         period_end=line.period_end,
         quantity=line.quantity,
-        amount=format_amount(int(line.amount)),
-        exact_amount=format_amount(int(line.exact)),
+        amount=int(line.amount),
+        exact_amount=int(line.exact),
         moves_money=line.moves_money,
-        moved=False,
         charge_id=line.charge_id,
         zone=line.zone,
         direction=line.direction,
@@ -517,11 +516,14 @@ def draft_line_view(position: int, line: Line) -> InvoiceLineView:
         first_cdr=line.first_cdr,
         last_cdr=line.last_cdr,
         number=line.number,
+        ledger_entry=None,
+        moved_at=None,
         tax_code=line.tax_code,
-        basis=None if line.basis is None else format_amount(line.basis),
-        rate=None if line.rate is None else rate_text(line.rate),
+        basis=line.basis,
+        rate=line.rate,
         rate_type=line.rate_type,
     )
+    return line_view(stored)
 
 
 def detail_view(found: Invoice, lines: list[InvoiceLine]) -> InvoiceDetailView:
