@@ -22,6 +22,9 @@ SCHEDULED = ("fixed_period", "fixed_date", "week", "subscription_date")
 UNSCHEDULED = ("manual", "on_demand")
 TIMINGS = ("end_of_cycle", "start_of_cycle")
 
+# Who taxes a plan's invoices: its own tax rules, or the configured HTTP tax engine.
+TAX_ENGINES = ("internal", "external")
+
 
 @dataclass(frozen=True, slots=True)
 class PlanBilling:
@@ -38,6 +41,7 @@ class PlanBilling:
     invoice_message: str = ""
     invoice_timing: str = "end_of_cycle"
     issuer: str = "INV"
+    tax_engine: str = "internal"  # TAX_ENGINES: the plan's own tax rules, or the HTTP engine
 
     @classmethod
     def from_row(cls, row: Any) -> "PlanBilling":
@@ -54,6 +58,7 @@ class PlanBilling:
             invoice_message=row["invoice_message"],
             invoice_timing=row["invoice_timing"],
             issuer=row["issuer"],
+            tax_engine=row["tax_engine"],
         )
 
 

@@ -13,7 +13,7 @@ reference and answer a repeat with it, moving nothing, so a retry after a
 crash (before the line was marked) records the same ledger entry and moves
 no money twice. Usage lines move nothing: the real-time path debited them.
 
-Drafts of a run with taxes off are taxed first (``drafts.tax_drafts``); only
+Drafts of a run with taxes off are taxed first (``taxing.tax_drafts``); only
 drafts whose taxes are calculated are numbered, and the database refuses to
 post any other (migration 0023). A draft whose taxes failed (an external tax
 engine down) stays a draft with its ``tax_error``, listed in ``Posted.held``;
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
-from ocs.billing import commitments, drafts
+from ocs.billing import commitments, taxing
 from ocs.billing.taxes import TaxEngine
 from ocs.errors import OcsError, Reason
 
@@ -231,7 +231,7 @@ async def post(
             )
             if void is not None:
                 raise OcsError(Reason.INVALID_FIELD, f"invoice {void} is void: it cannot be posted")
-    held = await drafts.tax_drafts(pool, invoice_ids, tax_engine)
+    held = await taxing.tax_drafts(pool, invoice_ids, tax_engine)
     async with pool.acquire() as conn, conn.transaction():
         numbers = await assign_numbers(conn, invoice_ids)
         accounts = [

@@ -7,13 +7,14 @@ checks what it can first, so an operator gets a message naming the field,
 and turns the database's refusals into the same kind of error.
 """
 
+import re
 from dataclasses import dataclass, fields
 from datetime import date
 
 import asyncpg
 
 from ocs.billing.currency import CurrencyError, minor_unit_exponent
-from ocs.billing.cycles import CYCLES, TIMINGS, PlanBilling, schedule
+from ocs.billing.cycles import CYCLES, TAX_ENGINES, TIMINGS, PlanBilling, schedule
 from ocs.errors import OcsError, Reason, invalid
 
 CHARGE_KINDS = ("recurring", "one_time", "triggered")
@@ -22,6 +23,7 @@ CHARGE_KINDS = ("recurring", "one_time", "triggered")
 FEE_CHARGE_PREFIXES = ("plan-fee.", "counter.")
 CADENCES = ("weekly", "monthly", "quarterly", "yearly", "days")
 SUBSCRIPTION_STATUSES = ("pending", "active", "suspended", "cancelled")
+COUNTRY_CODE = re.compile(r"[A-Z]{2}")  # ISO 3166-1 alpha-2, as the database checks it
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,8 @@ async def set_plan_billing(pool: asyncpg.Pool, billing: PlanBilling) -> PlanBill
     """
     if billing.cycle not in CYCLES:
         raise invalid("cycle", f"expected one of {', '.join(CYCLES)}")
+    if billing.tax_engine not in TAX_ENGINES:
+        raise invalid("tax_engine", f"expected one of {', '.join(TAX_ENGINES)}")
     if billing.invoice_timing not in TIMINGS:
         raise invalid("invoice_timing", f"expected one of {', '.join(TIMINGS)}")
     if billing.invoice_timing == "start_of_cycle" and billing.cycle in ("manual", "on_demand"):
@@ -148,8 +152,14 @@ class Subscription:
     status: str = "active"
     category: str = ""
     service: str = ""
-    billing_address: str = ""
+    billing_address: str = ""  # the street lines, as printed
     salesperson: str = ""
+    # The billing address's parts, which an external tax engine sources taxes by.
+    billing_city: str = ""
+    billing_county: str = ""
+    billing_region: str = ""  # state or province: "TX"
+    billing_postal_code: str = ""
+    billing_country: str = ""  # ISO 3166-1 alpha-2: "US"
 
 
 async def subscribe(pool: asyncpg.Pool, sub: Subscription) -> int:
@@ -158,22 +168,17 @@ async def subscribe(pool: asyncpg.Pool, sub: Subscription) -> int:
         raise invalid("status", "a new subscription is pending or active")
     if sub.end_date is not None and sub.end_date < sub.start_date:
         raise invalid("end_date", "must not be before start_date")
+    if sub.billing_country and not COUNTRY_CODE.fullmatch(sub.billing_country):
+        raise invalid("billing_country", "an ISO 3166-1 alpha-2 code in capitals, e.g. US")
+    columns = [f.name for f in fields(Subscription)]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     async with pool.acquire() as conn:
         try:
             return int(
                 await conn.fetchval(
-                    "INSERT INTO subscriptions (account_id, plan_id, start_date, end_date,"
-                    " status, category, service, billing_address, salesperson)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-                    sub.account_id,
-                    sub.plan_id,
-                    sub.start_date,
-                    sub.end_date,
-                    sub.status,
-                    sub.category,
-                    sub.service,
-                    sub.billing_address,
-                    sub.salesperson,
+                    f"INSERT INTO subscriptions ({', '.join(columns)})"
+                    f" VALUES ({placeholders}) RETURNING id",
+                    *(getattr(sub, c) for c in columns),
                 )
             )
         except asyncpg.ForeignKeyViolationError as error:
