@@ -181,6 +181,24 @@ class PeakRss:
         self._thread.join()
 
 
+# What a worker process reports: name, seconds, peak RSS (MB), CPU seconds (its own, its
+# database backends'), and its statements' timings.
+WorkerReport = tuple[str, float, float, tuple[float, float], dict[str, tuple[float, int]]]
+
+
+def own_cpu_s() -> float:
+    """This process's CPU seconds so far (user + system)."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
+def process_cpu_s(pid: int) -> float:
+    """Another process's CPU seconds so far (user + system): a PostgreSQL backend on this
+    machine, read from /proc (the benchmark's database runs here)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def max_rss_mb() -> float:
     """This process's kernel peak RSS so far (ru_maxrss, KiB on Linux), in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -439,7 +457,7 @@ def worker_process(
     name: str,
     query_timings: bool,
     ready: multiprocessing.synchronize.Barrier,
-    results: multiprocessing.Queue[tuple[str, float, float, dict[str, tuple[float, int]]]],
+    results: multiprocessing.Queue[WorkerReport],
 ) -> None:
     """One billing worker: connect, wait for the others, execute the run; report."""
 
@@ -448,11 +466,18 @@ def worker_process(
         async with asyncpg.create_pool(
             database_url, min_size=2, max_size=2, connection_class=connection_class
         ) as pool:
+            async with pool.acquire() as first, pool.acquire() as second:
+                backends = [await c.fetchval("SELECT pg_backend_pid()") for c in (first, second)]
             await asyncio.to_thread(ready.wait)
             started = time.perf_counter()
+            cpu_before = own_cpu_s(), sum(process_cpu_s(pid) for pid in backends)
             await runs.execute_run(pool, run_id, worker=name)
             elapsed = time.perf_counter() - started
-        results.put((name, elapsed, max_rss_mb(), TIMES.as_dict()))
+            cpu = (
+                own_cpu_s() - cpu_before[0],
+                sum(process_cpu_s(pid) for pid in backends) - cpu_before[1],
+            )
+        results.put((name, elapsed, max_rss_mb(), cpu, TIMES.as_dict()))
 
     uvloop.run(main())
 
@@ -463,9 +488,7 @@ async def drafts_in_processes(
     """Every draft by ``workers`` processes started together: (wall seconds, per worker)."""
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(workers + 1)
-    results: multiprocessing.Queue[tuple[str, float, float, dict[str, tuple[float, int]]]] = (
-        context.Queue()
-    )
+    results: multiprocessing.Queue[WorkerReport] = context.Queue()
     processes = [
         context.Process(
             target=worker_process,
@@ -484,9 +507,15 @@ async def drafts_in_processes(
         process.join()
         if process.exitcode != 0:
             raise SystemExit(f"a worker failed (exit code {process.exitcode})")
-    for _name, _elapsed, _rss, times in reports:
+    for _name, _elapsed, _rss, _cpu, times in reports:
         TIMES.merge(times)
-    return elapsed, [(name, took, rss) for name, took, rss, _ in reports]
+    python_s = sum(cpu[0] for _, _, _, cpu, _ in reports)
+    database_s = sum(cpu[1] for _, _, _, cpu, _ in reports)
+    print(
+        f"  CPU: workers {python_s:.1f} s + their database backends {database_s:.1f} s"
+        f" = {python_s + database_s:.1f} s"
+    )
+    return elapsed, [(name, took, rss) for name, took, rss, _, _ in reports]
 
 
 async def drafts_in_tasks(

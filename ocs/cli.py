@@ -7,93 +7,51 @@ The settings' flags come from their one declaration in ``ocs.config``.
 Exit codes: 0 success, 1 a refused operation (the message says why),
 2 bad configuration or usage (the message names the key, flag or argument), or an
 embedded store that would be started beside another one (the message names both).
+
+The billing rules' commands (taxes, surcharges, bundles) live in ``ocs.cli_rules``;
+what every command module shares (registering, argument checks, JSON output) in
+``ocs.cli_support``.
 """
 
 import argparse
 import dataclasses
-import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
-from ocs.config import ConfigError, Settings, load_settings, setting_flags, setting_help
+from ocs import cli_rules
+from ocs.cli_support import (
+    EXIT_CONFIG,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Handler,
+    UsageError,
+    add_command,
+    add_group,
+    amount_arg,
+    checked,
+    date_arg,
+    print_json,
+    read_bytes,
+    time_arg,
+    to_builtins,
+    with_services,
+)
+from ocs.config import ConfigError, Settings, load_settings, setting_flags
 from ocs.errors import OcsError, Reason
 from ocs.logs import configure_logging
-from ocs.money import MoneyError, format_amount, parse_amount
+from ocs.money import format_amount
 
 if TYPE_CHECKING:
     import asyncpg
 
+    from ocs.billing.queries import SubscriptionRow
+    from ocs.cli_support import Commands
     from ocs.services import Services
-
-    # The object add_subparsers returns: where a command group's commands are added.
-    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
-
-EXIT_REFUSED = 1
-EXIT_CONFIG = 2
-EXIT_USAGE = 2  # as argparse's own usage errors
-
-T = TypeVar("T")
-
-Handler = Callable[[argparse.Namespace, Settings], int]
-"""What runs one command: its parsed arguments and settings in, its exit code out."""
-
-CONFIG_GROUP = "configuration (overrides OCS_* and --config)"
-
-# Only the commands that listen (serve, demo) take the listening settings as flags;
-# every other command opens the stores and logs, and would silently ignore them.
-SERVING_ONLY = frozenset(
-    {"http_host", "http_port", "workers", "radius_host", "radius_auth_port", "radius_acct_port"}
-)
-
-
-class UsageError(ValueError):
-    """A command-line argument with a value the command cannot use; the message names it."""
-
-
-def flag_name(setting: str) -> str:
-    """The command-line flag of a setting: ``data_dir`` -> ``--data-dir``."""
-    return "--" + setting.replace("_", "-")
-
-
-def _add_setting_flags(parser: argparse.ArgumentParser, *, serving: bool) -> None:
-    """Give a command ``--config`` and the settings' flags, each with its declared help.
-
-    Unset flags stay out of the namespace (SUPPRESS), so the TOML file and ``OCS_*``
-    variables keep their values; load_settings parses what is given.
-    """
-    group = parser.add_argument_group(CONFIG_GROUP)
-    group.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file")
-    for name in setting_flags():
-        if serving or name not in SERVING_ONLY:
-            group.add_argument(
-                flag_name(name),
-                dest=name,
-                default=argparse.SUPPRESS,
-                # argparse formats help with %: a literal one must be doubled.
-                help=setting_help(name).replace("%", "%%"),
-            )
-
-
-def _command(
-    commands: "Commands", name: str, help: str, run: Handler, *, serving: bool = False
-) -> argparse.ArgumentParser:
-    """Add one runnable command: its parser, the settings' flags, and its handler."""
-    parser = commands.add_parser(name, help=help)
-    _add_setting_flags(parser, serving=serving)
-    parser.set_defaults(run=run)
-    return parser
-
-
-def _group(commands: "Commands", name: str, help: str) -> "Commands":
-    """Add a command group (``ocs plans ACTION``): the object its actions are added to."""
-    return commands.add_parser(name, help=help).add_subparsers(
-        dest=f"{name}_command", required=True, metavar="ACTION"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,34 +67,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_invoices(commands)
     _add_subscriptions(commands)
     _add_charges(commands)
+    cli_rules.add_commands(commands)
     return parser
 
 
 def _add_process_commands(commands: "Commands") -> None:
     """serve, demo, warm-up, db migrate, reconcile and the billing worker."""
-    _command(commands, "serve", "run the charging server", _serve, serving=True)
-    _command(
+    add_command(commands, "serve", "run the charging server", _serve, serving=True)
+    add_command(
         commands,
         "demo",
         "run the server with a demo catalog and funded accounts",
         _demo,
         serving=True,
     )
-    _command(
+    add_command(
         commands,
         "warm-up",
         "compile the prefix matcher now (once per install) so the first start is quick",
         _warm_up,
     )
-    db = _group(commands, "db", "database maintenance")
-    _command(db, "migrate", "apply pending schema migrations", _db_migrate)
-    _command(
+    db = add_group(commands, "db", "database maintenance")
+    add_command(db, "migrate", "apply pending schema migrations", _db_migrate)
+    add_command(
         commands,
         "reconcile",
         "check that every Redis balance equals its ledger (exit 1 if not)",
         _reconcile,
     )
-    worker = _command(
+    worker = add_command(
         commands,
         "billing-worker",
         "run due billing cycles from the plans' schedules and share invoice runs' chunks"
@@ -150,8 +109,8 @@ def _add_process_commands(commands: "Commands") -> None:
 
 def _add_catalog_commands(commands: "Commands") -> None:
     """plans, tariffs and codes."""
-    plans = _group(commands, "plans", "subscription plans")
-    create = _command(plans, "create", "create a plan", _plans_create)
+    plans = add_group(commands, "plans", "subscription plans")
+    create = add_command(plans, "create", "create a plan", _plans_create)
     create.add_argument("id")
     create.add_argument("--currency", required=True, help="ISO 4217 code, e.g. EUR")
     create.add_argument("--name")
@@ -163,16 +122,18 @@ def _add_catalog_commands(commands: "Commands") -> None:
     create.add_argument(
         "--max-call-duration", type=int, default=14_400, help="longest call in seconds"
     )
-    _command(plans, "list", "list plans", _plans_list)
+    add_command(plans, "list", "list plans", _plans_list)
     _add_plan_billing(plans)
 
-    tariffs = _group(commands, "tariffs", "rate decks")
-    imp = _command(tariffs, "import", "replace a plan's rate deck with a CSV file", _tariffs_import)
+    tariffs = add_group(commands, "tariffs", "rate decks")
+    imp = add_command(
+        tariffs, "import", "replace a plan's rate deck with a CSV file", _tariffs_import
+    )
     imp.add_argument("--plan", required=True)
     imp.add_argument("file", type=Path)
 
-    codes = _group(commands, "codes", "area-code tables: destination names for CDRs and IVRs")
-    cimp = _command(
+    codes = add_group(commands, "codes", "area-code tables: destination names for CDRs and IVRs")
+    cimp = add_command(
         codes,
         "import",
         "replace the standard area-code table, or a plan's custom code list, with a CSV"
@@ -181,7 +142,7 @@ def _add_catalog_commands(commands: "Commands") -> None:
     )
     cimp.add_argument("--plan", help="the plan whose custom list it is: it replaces the standard")
     cimp.add_argument("file", type=Path)
-    cremove = _command(
+    cremove = add_command(
         codes, "remove", "drop a plan's custom code list, or the standard table", _codes_remove
     )
     cremove.add_argument("--plan", help="the plan, which goes back to the standard table")
@@ -189,9 +150,11 @@ def _add_catalog_commands(commands: "Commands") -> None:
 
 def _add_plan_billing(plans: "Commands") -> None:
     """``ocs plans billing PLAN``: a plan's billing settings."""
-    from ocs.billing.cycles import CYCLES, TIMINGS
+    from ocs.billing.cycles import CYCLES, TAX_ENGINES, TIMINGS
 
-    billing = _command(plans, "billing", "set a plan's billing cycle and invoicing", _plans_billing)
+    billing = add_command(
+        plans, "billing", "set a plan's billing cycle and invoicing", _plans_billing
+    )
     billing.add_argument("plan")
     billing.add_argument("--cycle", required=True, choices=CYCLES)
     billing.add_argument("--effective-date", help="YYYY-MM-DD (default: today, UTC)")
@@ -203,12 +166,18 @@ def _add_plan_billing(plans: "Commands") -> None:
     billing.add_argument("--message", default="", help="printed at the bottom of every invoice")
     billing.add_argument("--timing", default="end_of_cycle", choices=TIMINGS)
     billing.add_argument("--issuer", default="INV", help="invoice number prefix, e.g. INV")
+    billing.add_argument(
+        "--tax-engine",
+        default="internal",
+        choices=TAX_ENGINES,
+        help="who taxes its invoices: the plan's own tax rules, or the HTTP tax engine",
+    )
 
 
 def _add_tokens(commands: "Commands") -> None:
     """tokens create, list and revoke."""
-    tokens = _group(commands, "tokens", "admin API tokens")
-    tcreate = _command(
+    tokens = add_group(commands, "tokens", "admin API tokens")
+    tcreate = add_command(
         tokens,
         "create",
         "make a token (printed this once, stored as a digest)",
@@ -216,24 +185,24 @@ def _add_tokens(commands: "Commands") -> None:
     )
     tcreate.add_argument("--name", required=True)
     tcreate.add_argument("--role", required=True, choices=("admin", "operator", "viewer", "switch"))
-    _command(tokens, "list", "list tokens (names and roles)", _tokens_list)
-    trevoke = _command(tokens, "revoke", "revoke a token by name", _tokens_revoke)
+    add_command(tokens, "list", "list tokens (names and roles)", _tokens_list)
+    trevoke = add_command(tokens, "revoke", "revoke a token by name", _tokens_revoke)
     trevoke.add_argument("name")
 
 
 def _add_accounts(commands: "Commands") -> None:
     """accounts create, show and topup."""
-    accounts = _group(commands, "accounts", "accounts")
-    acreate = _command(accounts, "create", "create an account", _accounts_create)
+    accounts = add_group(commands, "accounts", "accounts")
+    acreate = add_command(accounts, "create", "create an account", _accounts_create)
     acreate.add_argument("id")
     acreate.add_argument("--plan", required=True)
     acreate.add_argument("--balance", default="0", help="opening balance, e.g. 10.00")
     acreate.add_argument("--credit-limit", help="default: the plan's")
     acreate.add_argument("--max-lines", type=int, help="default: the plan's")
     acreate.add_argument("--status", default="active", choices=["active", "locked", "suspended"])
-    ashow = _command(accounts, "show", "show an account", _accounts_show)
+    ashow = add_command(accounts, "show", "show an account", _accounts_show)
     ashow.add_argument("id")
-    topup = _command(accounts, "topup", "credit an account", _accounts_topup)
+    topup = add_command(accounts, "topup", "credit an account", _accounts_topup)
     topup.add_argument("id")
     topup.add_argument("amount", help="e.g. 5.00")
     topup.add_argument("--topup-id", help="idempotency key: a repeated id credits once")
@@ -241,8 +210,8 @@ def _add_accounts(commands: "Commands") -> None:
 
 def _add_counters_and_cards(commands: "Commands") -> None:
     """counters reset, rerate and pins generate."""
-    counters = _group(commands, "counters", "usage counters")
-    reset = _command(
+    counters = add_group(commands, "counters", "usage counters")
+    reset = add_command(
         counters,
         "reset",
         "start a new counter cycle (unused seconds carry over)",
@@ -254,7 +223,7 @@ def _add_counters_and_cards(commands: "Commands") -> None:
         "--cycle", help="cycle label: its recurring fees are charged once (default: today, UTC)"
     )
 
-    rerate = _command(
+    rerate = add_command(
         commands,
         "rerate",
         "rate a plan's CDRs again with today's catalog and report the differences",
@@ -264,8 +233,8 @@ def _add_counters_and_cards(commands: "Commands") -> None:
     rerate.add_argument("--since", help="CDRs stopped from, e.g. 2026-11-01T00:00:00Z")
     rerate.add_argument("--until", help="CDRs stopped before")
 
-    pins = _group(commands, "pins", "calling cards")
-    generate = _command(
+    pins = add_group(commands, "pins", "calling cards")
+    generate = add_command(
         pins, "generate", "generate a PIN batch and write it as CSV", _pins_generate
     )
     generate.add_argument("--batch", required=True, help="batch id, e.g. 2026-11-A")
@@ -284,8 +253,8 @@ def _add_counters_and_cards(commands: "Commands") -> None:
 
 def _add_billing(commands: "Commands") -> None:
     """billing run, post and resume."""
-    billing = _group(commands, "billing", "invoice runs: draft, post")
-    brun = _command(
+    billing = add_group(commands, "billing", "invoice runs: draft, post")
+    brun = add_command(
         billing,
         "run",
         "draft the invoices of a billing period (a progress bar on a terminal)",
@@ -297,13 +266,13 @@ def _add_billing(commands: "Commands") -> None:
     brun.add_argument("--charge-cutoff", help="charges created after it wait for the next run")
     brun.add_argument("--usage-cutoff", help="rated usage up to this instant is included")
     brun.add_argument("--no-taxes", action="store_true", help="an untaxed draft")
-    post = _command(
+    post = add_command(
         billing, "post", "post drafts: gapless numbers, then the money moves", _billing_post
     )
     which = post.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", type=int, dest="run_id", help="every draft of this run")
     which.add_argument("--invoice", type=int, action="append", help="this invoice (repeatable)")
-    resume = _command(billing, "resume", "finish an unfinished run's chunks", _billing_resume)
+    resume = add_command(billing, "resume", "finish an unfinished run's chunks", _billing_resume)
     resume.add_argument("run_id", type=int, metavar="RUN")
 
 
@@ -311,17 +280,19 @@ def _add_invoices(commands: "Commands") -> None:
     """invoices list, show, void and preview."""
     from ocs.billing.queries import INVOICE_STATES
 
-    invoices = _group(commands, "invoices", "invoices and credit notes")
-    ilist = _command(invoices, "list", "list invoices (newest period first)", _invoices_list)
+    invoices = add_group(commands, "invoices", "invoices and credit notes")
+    ilist = add_command(invoices, "list", "list invoices (newest period first)", _invoices_list)
     ilist.add_argument("--account")
     ilist.add_argument("--period", help="e.g. 2026-12")
     ilist.add_argument("--state", choices=INVOICE_STATES)
     ilist.add_argument("--run", type=int, dest="run_id")
-    ishow = _command(invoices, "show", "an invoice with its lines", _invoices_show)
+    ishow = add_command(invoices, "show", "an invoice with its lines", _invoices_show)
     ishow.add_argument("id", type=int)
-    ivoid = _command(invoices, "void", "void a posted invoice with a credit note", _invoices_void)
+    ivoid = add_command(
+        invoices, "void", "void a posted invoice with a credit note", _invoices_void
+    )
     ivoid.add_argument("id", type=int)
-    preview = _command(
+    preview = add_command(
         invoices,
         "preview",
         "an account's invoice for the current period, computed now and stored nowhere",
@@ -333,8 +304,8 @@ def _add_invoices(commands: "Commands") -> None:
 
 def _add_subscriptions(commands: "Commands") -> None:
     """subscriptions create, list, status and add-charge."""
-    subs = _group(commands, "subscriptions", "accounts' subscriptions to plans and charges")
-    screate = _command(subs, "create", "subscribe an account to its plan", _subscriptions_create)
+    subs = add_group(commands, "subscriptions", "accounts' subscriptions to plans and charges")
+    screate = add_command(subs, "create", "subscribe an account to its plan", _subscriptions_create)
     screate.add_argument("account")
     screate.add_argument("--plan", required=True)
     screate.add_argument("--start", required=True, help="service start date, YYYY-MM-DD")
@@ -342,14 +313,24 @@ def _add_subscriptions(commands: "Commands") -> None:
     screate.add_argument("--status", default="active", choices=("pending", "active"))
     for name in ("category", "service", "billing-address", "salesperson"):
         screate.add_argument(f"--{name}", default="")
+    # The billing address's parts, which an external tax engine sources taxes by.
+    for name in ("city", "county", "region", "postal-code"):
+        screate.add_argument(f"--billing-{name}", default="")
+    screate.add_argument(
+        "--billing-country", default="", help="ISO 3166-1 alpha-2 in capitals, e.g. US"
+    )
     screate.add_argument("--charge", action="append", default=[], help="add this charge")
-    slist = _command(subs, "list", "list subscriptions", _subscriptions_list)
+    slist = add_command(subs, "list", "list subscriptions", _subscriptions_list)
     slist.add_argument("--account")
-    status = _command(subs, "status", "move a subscription to a new status", _subscriptions_status)
+    status = add_command(
+        subs, "status", "move a subscription to a new status", _subscriptions_status
+    )
     status.add_argument("id", type=int)
     status.add_argument("status", choices=("pending", "active", "suspended", "cancelled"))
     status.add_argument("--on", help="a cancellation's first day without service, YYYY-MM-DD")
-    add = _command(subs, "add-charge", "add a charge to a subscription", _subscriptions_add_charge)
+    add = add_command(
+        subs, "add-charge", "add a charge to a subscription", _subscriptions_add_charge
+    )
     add.add_argument("id", type=int)
     add.add_argument("charge")
     add.add_argument("--quantity", type=int, default=1)
@@ -361,8 +342,8 @@ def _add_charges(commands: "Commands") -> None:
     """charges create and list."""
     from ocs.billing.store import CADENCES, CHARGE_KINDS
 
-    charges = _group(commands, "charges", "products' fees: recurring, one-time, triggered")
-    ccreate = _command(charges, "create", "create a charge", _charges_create)
+    charges = add_group(commands, "charges", "products' fees: recurring, one-time, triggered")
+    ccreate = add_command(charges, "create", "create a charge", _charges_create)
     ccreate.add_argument("id")
     ccreate.add_argument("--name", required=True)
     ccreate.add_argument("--product", required=True, help="product code")
@@ -375,7 +356,7 @@ def _add_charges(commands: "Commands") -> None:
     ccreate.add_argument("--tax-code", default="")
     ccreate.add_argument("--gl-code", default="")
     ccreate.add_argument("--plan", help="a custom charge of this plan (every account on it)")
-    clist = _command(charges, "list", "list charges", _charges_list)
+    clist = add_command(charges, "list", "list charges", _charges_list)
     clist.add_argument("--plan")
 
 
@@ -406,47 +387,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 # --- argument checks and output ---------------------------------------------------------
 
 
-def _amount(text: str, flag: str) -> int:
-    """An amount argument in minor units; a bad one is a usage error naming ``flag``."""
-    try:
-        return parse_amount(text)
-    except MoneyError as exc:
-        raise UsageError(f"{flag}: {exc}") from None
-
-
-def _checked(check: Callable[[], T]) -> T:
-    """Run an argument check that raises OcsError(invalid_field) as a usage error."""
-    try:
-        return check()
-    except OcsError as exc:
-        if exc.reason is Reason.INVALID_FIELD:
-            raise UsageError(exc.message) from None
-        raise
-
-
-def _print(data: Any) -> None:
-    """Write a command's result to stdout as indented JSON."""
-    print(json.dumps(data, indent=2))
-
-
-def _with_services(
-    settings: Settings,
-    action: "Callable[[Services], Awaitable[T]]",
-    *,
-    catalog: bool = False,
-) -> T:
-    """Open the stores, run ``action`` with the services, close them; its result."""
-    from ocs.runtime import open_runtime
-
-    async def run() -> T:
-        """The action inside one runtime, closed whatever the action raises."""
-        # Most commands write or read single records: they need no catalog snapshot.
-        async with open_runtime(settings, listen_catalog=False, load_catalog=catalog) as services:
-            return await action(services)
-
-    return uvloop.run(run())
-
-
 def _print_deck_problems(exc: OcsError) -> None:
     """A refused deck or code list, one problem a line: it may list a hundred."""
     problems: list[tuple[int, str]] = getattr(exc, "problems", [])
@@ -466,23 +406,7 @@ def _read_csv(path: Path) -> bytes:
     """A CSV file's bytes, undecoded: the parser names each line that is not UTF-8,
     and a carriage return inside a quoted field stays in its line (text mode would
     turn it into a line break and shift every later line number)."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"file: cannot read {path}: {exc.strerror}") from None
-
-
-def _time(text: str | None, flag: str) -> datetime | None:
-    """An optional ISO 8601 time with a zone; a bad one is a usage error naming ``flag``."""
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{flag}: not an ISO 8601 time: {text!r}") from None
-    if value.tzinfo is None:
-        raise UsageError(f"{flag}: needs a time zone, e.g. 2026-11-01T00:00:00Z")
-    return value
+    return read_bytes(path, "file")
 
 
 def _compile_if_cold() -> None:
@@ -505,7 +429,7 @@ def _warm_up(args: argparse.Namespace, settings: Settings) -> int:
     from ocs import warm_up
 
     compiled = warm_up.cache_is_cold()
-    _print({"compiled": compiled, "seconds": round(warm_up.warm_up(), 3)})
+    print_json({"compiled": compiled, "seconds": round(warm_up.warm_up(), 3)})
     return 0
 
 
@@ -534,8 +458,8 @@ def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs db migrate``: apply pending schema migrations, listing them."""
     from ocs.db.migrate import migrate
 
-    applied = _with_services(settings, lambda s: migrate(s.pool))
-    _print({"applied_now": applied})
+    applied = with_services(settings, lambda s: migrate(s.pool))
+    print_json({"applied_now": applied})
     return 0
 
 
@@ -543,8 +467,8 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs reconcile``: compare each Redis balance with its ledger; exit 1 on a mismatch."""
     from ocs.balances.reconcile import reconcile
 
-    result = _with_services(settings, lambda s: reconcile(s.redis, s.pool))
-    _print(
+    result = with_services(settings, lambda s: reconcile(s.redis, s.pool))
+    print_json(
         {
             "ok": result.ok,
             "accounts": result.accounts,
@@ -573,16 +497,16 @@ def _plans_create(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.views import plan_view
 
     plan = Plan(
-        id=_checked(lambda: catalog_store.validate_plan_id(args.id)),
+        id=checked(lambda: catalog_store.validate_plan_id(args.id)),
         name=args.name or args.id,
-        currency=_checked(lambda: catalog_store.validate_currency(args.currency)),
-        credit_limit=_amount(args.credit_limit, "--credit-limit"),
-        min_balance=_amount(args.min_balance, "--min-balance"),
+        currency=checked(lambda: catalog_store.validate_currency(args.currency)),
+        credit_limit=amount_arg(args.credit_limit, "--credit-limit"),
+        min_balance=amount_arg(args.min_balance, "--min-balance"),
         max_lines=args.max_lines,
         max_call_duration=args.max_call_duration,
     )
-    created = _with_services(settings, lambda s: catalog_store.create_plan(s.pool, plan))
-    _print(msgspec.to_builtins(plan_view(created)))
+    created = with_services(settings, lambda s: catalog_store.create_plan(s.pool, plan))
+    print_json(msgspec.to_builtins(plan_view(created)))
     return 0
 
 
@@ -593,8 +517,8 @@ def _plans_list(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.catalog import store as catalog_store
     from ocs.views import plan_view
 
-    plans = _with_services(settings, lambda s: catalog_store.list_plans(s.pool))
-    _print({"plans": [msgspec.to_builtins(plan_view(p)) for p in plans]})
+    plans = with_services(settings, lambda s: catalog_store.list_plans(s.pool))
+    print_json({"plans": [msgspec.to_builtins(plan_view(p)) for p in plans]})
     return 0
 
 
@@ -609,8 +533,8 @@ def _tariffs_import(args: argparse.Namespace, settings: Settings) -> int:
     text = _read_csv(args.file)
     _compile_if_cold()
     rows = parse_deck(text)
-    result = _with_services(settings, lambda s: catalog_store.import_deck(s.pool, args.plan, rows))
-    _print(msgspec.to_builtins(deck_import_view(result)))
+    result = with_services(settings, lambda s: catalog_store.import_deck(s.pool, args.plan, rows))
+    print_json(msgspec.to_builtins(deck_import_view(result)))
     return 0
 
 
@@ -621,7 +545,7 @@ def _code_list_id(plan: str | None) -> str:
 
     if plan is None:
         return STANDARD
-    return _checked(lambda: catalog_store.validate_plan_id(plan, "--plan"))
+    return checked(lambda: catalog_store.validate_plan_id(plan, "--plan"))
 
 
 def _codes_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -633,10 +557,10 @@ def _codes_import(args: argparse.Namespace, settings: Settings) -> int:
     text = _read_csv(args.file)
     _compile_if_cold()
     entries = parse_code_list(text)
-    count = _with_services(
+    count = with_services(
         settings, lambda s: catalog_store.import_code_list(s.pool, entries, list_id)
     )
-    _print({"plan": args.plan, "codes": count})
+    print_json({"plan": args.plan, "codes": count})
     return 0
 
 
@@ -645,8 +569,8 @@ def _codes_remove(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.catalog import store as catalog_store
 
     list_id = _code_list_id(args.plan)
-    removed = _with_services(settings, lambda s: catalog_store.remove_code_list(s.pool, list_id))
-    _print({"plan": args.plan, "removed": removed})
+    removed = with_services(settings, lambda s: catalog_store.remove_code_list(s.pool, list_id))
+    print_json({"plan": args.plan, "removed": removed})
     return 0 if removed else EXIT_REFUSED
 
 
@@ -654,8 +578,8 @@ def _tokens_create(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs tokens create``: a new admin API token, printed this once."""
     from ocs import api_tokens
 
-    token = _with_services(settings, lambda s: api_tokens.create(s.pool, args.name, args.role))
-    _print({"name": args.name, "role": args.role, "token": token})
+    token = with_services(settings, lambda s: api_tokens.create(s.pool, args.name, args.role))
+    print_json({"name": args.name, "role": args.role, "token": token})
     return 0
 
 
@@ -663,8 +587,8 @@ def _tokens_list(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs tokens list``: every token's name, role and creation time (never the token)."""
     from ocs import api_tokens
 
-    found = _with_services(settings, lambda s: api_tokens.listed(s.pool))
-    _print(
+    found = with_services(settings, lambda s: api_tokens.listed(s.pool))
+    print_json(
         {
             "tokens": [
                 {"name": t.name, "role": t.role, "created_at": t.created_at.isoformat()}
@@ -679,8 +603,8 @@ def _tokens_revoke(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs tokens revoke``: revoke a token by name; exit 1 when there was none."""
     from ocs import api_tokens
 
-    revoked = _with_services(settings, lambda s: api_tokens.revoke(s.pool, args.name))
-    _print({"name": args.name, "revoked": revoked})
+    revoked = with_services(settings, lambda s: api_tokens.revoke(s.pool, args.name))
+    print_json({"name": args.name, "revoked": revoked})
     return 0 if revoked else EXIT_REFUSED
 
 
@@ -691,8 +615,8 @@ def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.balances.accounts import AccountSpec
     from ocs.views import account_view
 
-    opening = _amount(args.balance, "--balance")
-    limit = None if args.credit_limit is None else _amount(args.credit_limit, "--credit-limit")
+    opening = amount_arg(args.balance, "--balance")
+    limit = None if args.credit_limit is None else amount_arg(args.credit_limit, "--credit-limit")
     spec = AccountSpec(
         args.id,
         args.plan,
@@ -701,8 +625,8 @@ def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
         max_lines=args.max_lines,
         status=args.status,
     )
-    view = _with_services(settings, lambda s: s.accounts.create(spec))
-    _print(msgspec.to_builtins(account_view(view)))
+    view = with_services(settings, lambda s: s.accounts.create(spec))
+    print_json(msgspec.to_builtins(account_view(view)))
     return 0
 
 
@@ -712,16 +636,16 @@ def _accounts_show(args: argparse.Namespace, settings: Settings) -> int:
 
     from ocs.views import account_view
 
-    view = _with_services(settings, lambda s: s.accounts.show(args.id))
-    _print(msgspec.to_builtins(account_view(view)))
+    view = with_services(settings, lambda s: s.accounts.show(args.id))
+    print_json(msgspec.to_builtins(account_view(view)))
     return 0
 
 
 def _accounts_topup(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs accounts topup``: credit an account, once per ``--topup-id``."""
-    amount = _amount(args.amount, "amount")
-    result = _with_services(settings, lambda s: s.accounts.topup(args.id, amount, args.topup_id))
-    _print(
+    amount = amount_arg(args.amount, "amount")
+    result = with_services(settings, lambda s: s.accounts.topup(args.id, amount, args.topup_id))
+    print_json(
         {
             "account": args.id,
             "amount": format_amount(result.amount),
@@ -734,10 +658,10 @@ def _accounts_topup(args: argparse.Namespace, settings: Settings) -> int:
 
 def _counters_reset(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs counters reset``: start a new counter cycle, charging its recurring fees."""
-    report = _with_services(
+    report = with_services(
         settings, lambda s: s.counters.reset(args.plan, args.account, args.cycle)
     )
-    _print({"accounts": report.accounts, "counters": report.counters, "fees": report.fees})
+    print_json({"accounts": report.accounts, "counters": report.counters, "fees": report.fees})
     return 0
 
 
@@ -745,14 +669,14 @@ def _rerate(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs rerate``: rate a plan's CDRs again with today's catalog; report the changes."""
     from ocs.billing.rerate import rerate
 
-    since, until = _time(args.since, "--since"), _time(args.until, "--until")
+    since, until = time_arg(args.since, "--since"), time_arg(args.until, "--until")
     _compile_if_cold()
-    report = _with_services(
+    report = with_services(
         settings,
         lambda s: rerate(s.pool, s.catalog.snapshot, args.plan, since, until),
         catalog=True,
     )
-    _print(
+    print_json(
         {
             "plan": report.plan_id,
             "cdrs": report.cdrs,
@@ -780,14 +704,14 @@ def _rerate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _pins_generate(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs pins generate``: a batch of calling cards, written to a new private CSV file."""
-    value = _amount(args.value, "--value")
+    value = amount_arg(args.value, "--value")
     try:
         expires = None if args.expires is None else datetime.fromisoformat(args.expires)
     except ValueError:
         raise UsageError(f"--expires: not an ISO 8601 time: {args.expires!r}") from None
     if args.out.exists():
         raise UsageError(f"--out: {args.out} exists; PIN files are never overwritten")
-    batch = _with_services(
+    batch = with_services(
         settings,
         lambda s: s.cards.generate(
             batch_id=args.batch,
@@ -803,35 +727,18 @@ def _pins_generate(args: argparse.Namespace, settings: Settings) -> int:
     # Only the owner may read the file: it holds every PIN of the batch.
     args.out.touch(mode=0o600)
     args.out.write_text(batch.csv(), encoding="utf-8")
-    _print({"batch": batch.id, "cards": len(batch.cards), "file": str(args.out)})
+    print_json({"batch": batch.id, "cards": len(batch.cards), "file": str(args.out)})
     return 0
 
 
 # --- billing ----------------------------------------------------------------------------
 
 
-def _date(text: str | None, flag: str) -> "date | None":
-    """An optional YYYY-MM-DD date; a bad one is a usage error naming ``flag``."""
-    if text is None:
-        return None
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{flag}: not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def _view(value: Any) -> Any:
-    """A view Struct (or a list of them) as JSON-ready builtins."""
-    import msgspec
-
-    return msgspec.to_builtins(value)
-
-
 def _billing_worker(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs billing-worker``: run due cycles and share runs' chunks until SIGTERM."""
     from ocs.billing.worker import serve_worker
 
-    _with_services(settings, lambda s: serve_worker(s.pool, settings, once=args.once))
+    with_services(settings, lambda s: serve_worker(s.pool, settings, once=args.once, store=s.store))
     return 0
 
 
@@ -866,7 +773,7 @@ async def _execute_with_progress(pool: "asyncpg.Pool", run_id: int) -> Any:
     shown = await queries.run(pool, run_id)
     if shown.state == "done":
         metrics.BILLING_RUNS_FINISHED.inc()
-    return _view(queries.run_view(shown))
+    return to_builtins(queries.run_view(shown))
 
 
 def _progress_bar() -> Any:
@@ -891,9 +798,9 @@ def _billing_run(args: argparse.Namespace, settings: Settings) -> int:
     from ocs import metrics
     from ocs.billing import runs
 
-    invoice_date = _date(args.invoice_date, "--invoice-date") or datetime.now(UTC).date()
-    charge_cutoff = _time(args.charge_cutoff, "--charge-cutoff")
-    usage_cutoff = _time(args.usage_cutoff, "--usage-cutoff")
+    invoice_date = date_arg(args.invoice_date, "--invoice-date") or datetime.now(UTC).date()
+    charge_cutoff = time_arg(args.charge_cutoff, "--charge-cutoff")
+    usage_cutoff = time_arg(args.usage_cutoff, "--usage-cutoff")
 
     async def run(services: "Services") -> Any:
         run_id = await runs.create_run(
@@ -909,7 +816,7 @@ def _billing_run(args: argparse.Namespace, settings: Settings) -> int:
         metrics.BILLING_RUNS_STARTED.labels("operator").inc()
         return await _execute_with_progress(services.pool, run_id)
 
-    _print(_with_services(settings, run))
+    print_json(with_services(settings, run))
     return 0
 
 
@@ -921,7 +828,7 @@ def _billing_resume(args: argparse.Namespace, settings: Settings) -> int:
         await queries.run(services.pool, args.run_id)  # 404 for an unknown run
         return await _execute_with_progress(services.pool, args.run_id)
 
-    _print(_with_services(settings, resume))
+    print_json(with_services(settings, resume))
     return 0
 
 
@@ -938,7 +845,11 @@ async def post_invoices(
     for invoice_id in invoice_ids or ():
         await queries.require_state(services.pool, invoice_id, ("draft", "posted"), "posted")
     posted = await posting.post(
-        services.pool, services.store, run_id=run_id, invoice_ids=invoice_ids
+        services.pool,
+        services.store,
+        run_id=run_id,
+        invoice_ids=invoice_ids,
+        settings=services.settings,
     )
     metrics.BILLING_POSTED.labels("invoices").inc(len(posted.numbers))
     metrics.BILLING_POSTED.labels("lines").inc(posted.lines_moved)
@@ -951,8 +862,8 @@ async def post_invoices(
 
 def _billing_post(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs billing post``: number a run's drafts (or given invoices) and move their money."""
-    _print(
-        _with_services(
+    print_json(
+        with_services(
             settings, lambda s: post_invoices(s, run_id=args.run_id, invoice_ids=args.invoice)
         )
     )
@@ -963,7 +874,7 @@ def _invoices_list(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs invoices list``: invoices and credit notes, filtered."""
     from ocs.billing import queries
 
-    found = _with_services(
+    found = with_services(
         settings,
         lambda s: queries.list_invoices(
             s.pool,
@@ -973,7 +884,7 @@ def _invoices_list(args: argparse.Namespace, settings: Settings) -> int:
             run_id=args.run_id,
         ),
     )
-    _print({"invoices": [_view(queries.invoice_view(i)) for i in found]})
+    print_json({"invoices": [to_builtins(queries.invoice_view(i)) for i in found]})
     return 0
 
 
@@ -981,8 +892,8 @@ def _invoices_show(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs invoices show``: an invoice with its lines."""
     from ocs.billing import queries
 
-    found, lines = _with_services(settings, lambda s: queries.invoice(s.pool, args.id))
-    _print(_view(queries.detail_view(found, lines)))
+    found, lines = with_services(settings, lambda s: queries.invoice(s.pool, args.id))
+    print_json(to_builtins(queries.detail_view(found, lines)))
     return 0
 
 
@@ -1004,7 +915,7 @@ async def void_invoice(services: "Services", invoice_id: int) -> dict[str, Any]:
 
 def _invoices_void(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs invoices void``: void a posted invoice with a numbered credit note."""
-    _print(_with_services(settings, lambda s: void_invoice(s, args.id)))
+    print_json(with_services(settings, lambda s: void_invoice(s, args.id)))
     return 0
 
 
@@ -1014,11 +925,11 @@ def _invoices_preview(args: argparse.Namespace, settings: Settings) -> int:
 
     from ocs.billing import drafts, queries
 
-    at = _time(args.at, "--at")
-    period, currency, lines = _with_services(
+    at = time_arg(args.at, "--at")
+    period, currency, lines = with_services(
         settings, lambda s: drafts.preview(s.pool, args.account, at)
     )
-    _print(
+    print_json(
         {
             "account": args.account,
             "period": period.label,
@@ -1038,32 +949,34 @@ def _subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs subscriptions create``: subscribe an account, with the charges named."""
     from ocs.billing import queries, store
 
-    start = _date(args.start, "--start")
+    start = date_arg(args.start, "--start")
     assert start is not None  # a required argument
     sub = store.Subscription(
         args.account,
         args.plan,
         start,
-        _date(args.end, "--end"),
+        date_arg(args.end, "--end"),
         args.status,
         args.category,
         args.service,
         args.billing_address,
         args.salesperson,
+        billing_city=args.billing_city,
+        billing_county=args.billing_county,
+        billing_region=args.billing_region,
+        billing_postal_code=args.billing_postal_code,
+        billing_country=args.billing_country,
     )
 
     async def create(services: "Services") -> Any:
         sub_id = await store.subscribe(services.pool, sub)
         for charge_id in args.charge:
             await store.add_charge(services.pool, sub_id, charge_id)
-        [found] = [
-            s
-            for s in await queries.list_subscriptions(services.pool, args.account)
-            if s.id == sub_id
-        ]
-        return _view(queries.subscription_view(found))
+        found = await queries.list_subscriptions(services.pool, args.account)
+        [shown] = await _subscriptions_shown(services, [s for s in found if s.id == sub_id])
+        return shown
 
-    _print(_with_services(settings, create))
+    print_json(with_services(settings, create))
     return 0
 
 
@@ -1071,18 +984,44 @@ def _subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs subscriptions list``: subscriptions with their charges."""
     from ocs.billing import queries
 
-    found = _with_services(settings, lambda s: queries.list_subscriptions(s.pool, args.account))
-    _print({"subscriptions": [_view(queries.subscription_view(sub)) for sub in found]})
+    async def listed(services: "Services") -> list[dict[str, Any]]:
+        found = await queries.list_subscriptions(services.pool, args.account)
+        return await _subscriptions_shown(services, found)
+
+    print_json({"subscriptions": with_services(settings, listed)})
     return 0
+
+
+async def _subscriptions_shown(
+    services: "Services", found: "list[SubscriptionRow]"
+) -> list[dict[str, Any]]:
+    """Subscriptions as shown, each with its billing address's parts."""
+    from ocs.billing import queries, rules_store
+
+    addresses = await rules_store.billing_addresses(services.pool, [s.id for s in found])
+    shown = []
+    for sub in found:
+        address = addresses[sub.id]
+        shown.append(
+            {
+                **to_builtins(queries.subscription_view(sub)),
+                "billing_city": address.city,
+                "billing_county": address.county,
+                "billing_region": address.region,
+                "billing_postal_code": address.postal_code,
+                "billing_country": address.country,
+            }
+        )
+    return shown
 
 
 def _subscriptions_status(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs subscriptions status``: pending -> active -> suspended -> cancelled."""
     from ocs.billing import store
 
-    on = _date(args.on, "--on")
-    _with_services(settings, lambda s: store.set_status(s.pool, args.id, args.status, on=on))
-    _print({"subscription": args.id, "status": args.status})
+    on = date_arg(args.on, "--on")
+    with_services(settings, lambda s: store.set_status(s.pool, args.id, args.status, on=on))
+    print_json({"subscription": args.id, "status": args.status})
     return 0
 
 
@@ -1090,14 +1029,14 @@ def _subscriptions_add_charge(args: argparse.Namespace, settings: Settings) -> i
     """``ocs subscriptions add-charge``: a charge added to a subscription from a day."""
     from ocs.billing import store
 
-    start, end = _date(args.start, "--start"), _date(args.end, "--end")
-    item = _with_services(
+    start, end = date_arg(args.start, "--start"), date_arg(args.end, "--end")
+    item = with_services(
         settings,
         lambda s: store.add_charge(
             s.pool, args.id, args.charge, quantity=args.quantity, start_date=start, end_date=end
         ),
     )
-    _print({"subscription": args.id, "charge": args.charge, "item": item})
+    print_json({"subscription": args.id, "charge": args.charge, "item": item})
     return 0
 
 
@@ -1110,7 +1049,7 @@ def _charges_create(args: argparse.Namespace, settings: Settings) -> int:
         args.name,
         args.product,
         args.currency,
-        _amount(args.amount, "--amount"),
+        amount_arg(args.amount, "--amount"),
         args.kind,
         cadence=args.cadence,
         every_days=args.every_days,
@@ -1119,8 +1058,8 @@ def _charges_create(args: argparse.Namespace, settings: Settings) -> int:
         gl_code=args.gl_code,
         plan_id=args.plan,
     )
-    created = _with_services(settings, lambda s: store.create_charge(s.pool, charge))
-    _print(_view(queries.charge_view(created)))
+    created = with_services(settings, lambda s: store.create_charge(s.pool, charge))
+    print_json(to_builtins(queries.charge_view(created)))
     return 0
 
 
@@ -1128,8 +1067,8 @@ def _charges_list(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs charges list``: every charge, or a plan's custom charges."""
     from ocs.billing import queries
 
-    found = _with_services(settings, lambda s: queries.list_charges(s.pool, args.plan))
-    _print({"charges": [_view(queries.charge_view(c)) for c in found]})
+    found = with_services(settings, lambda s: queries.list_charges(s.pool, args.plan))
+    print_json({"charges": [to_builtins(queries.charge_view(c)) for c in found]})
     return 0
 
 
@@ -1138,7 +1077,7 @@ def _plans_billing(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.billing import store
     from ocs.billing.cycles import PlanBilling
 
-    effective = _date(args.effective_date, "--effective-date") or datetime.now(UTC).date()
+    effective = date_arg(args.effective_date, "--effective-date") or datetime.now(UTC).date()
     billing = PlanBilling(
         args.plan,
         args.cycle,
@@ -1151,10 +1090,11 @@ def _plans_billing(args: argparse.Namespace, settings: Settings) -> int:
         invoice_message=args.message,
         invoice_timing=args.timing,
         issuer=args.issuer,
+        tax_engine=args.tax_engine,
     )
-    saved = _with_services(settings, lambda s: store.set_plan_billing(s.pool, billing))
+    saved = with_services(settings, lambda s: store.set_plan_billing(s.pool, billing))
     shown = {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)}
-    _print({**shown, "effective_date": saved.effective_date.isoformat()})
+    print_json({**shown, "effective_date": saved.effective_date.isoformat()})
     return 0
 
 

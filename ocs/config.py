@@ -369,6 +369,11 @@ class Settings:
         "seconds after a period ends (or starts) before its run is created: CDRs reach"
         " PostgreSQL a moment after each call",
     )
+    billing_auto_post: bool = _setting(
+        True,
+        _parse_bool,
+        "a billing worker posts the runs it creates once drafted (false: `ocs billing post`)",
+    )
     billing_metrics_port: int = _setting(
         0, _parse_int(0, 65535), "port `ocs billing-worker` serves /metrics on (0: none)"
     )

@@ -176,7 +176,7 @@ async def billing_cycle(services: Services) -> int:
     )
     # The billing worker beside the demo may take chunks too: they are shared.
     await runs.execute_run(services.pool, run_id)
-    await posting.post(services.pool, services.store, run_id=run_id)
+    await posting.post(services.pool, services.store, run_id=run_id, settings=services.settings)
     async with services.pool.acquire() as conn:
         return int(
             await conn.fetchval(
@@ -329,7 +329,9 @@ async def run_demo(settings: Settings, stopping: asyncio.Event | None = None) ->
     async def ready(services: Services, listening: Listening) -> None:
         nonlocal worker_task
         # A billing worker in this process, as `ocs billing-worker` runs one on its own.
-        worker = BillingWorker(services.pool, WorkerSettings.of(settings))
+        worker = BillingWorker(
+            services.pool, WorkerSettings.of(settings), store=services.store, tax_settings=settings
+        )
         worker_task = asyncio.create_task(worker.run(stopping))
         text = demo_instructions(listening.http_port, *token)
         if listening.radius_auth_port and listening.radius_acct_port:

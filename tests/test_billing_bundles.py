@@ -142,6 +142,31 @@ async def test_free_minutes_under_the_allowance_credit_every_call(services: Serv
     assert "3 min of 100 min included, 0.246914 credited" in line.description
 
 
+async def test_free_minutes_over_every_zone_credit_each_zone_on_its_own_line(
+    services: Services,
+) -> None:
+    """100 free minutes over all calls: UK Mobile 3000 s (3.00), then Germany 4000 s (4.00).
+    Included: 3000 s of UK Mobile, then 3000 of Germany's 4000 s: 4.00 x 3000/4000 = 3.00.
+    One line per zone (each taxed as that zone's usage), zones in order."""
+    await bundle(
+        services,
+        [("all", "sum", "duration", None)],
+        [(1, "free", "100 free minutes", "all", 6000, None, None, None)],
+    )
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 3000, 3 * EUR))
+    await calls(services, (4, 4000, 4 * EUR), zone="Germany")
+    found = await lines(services)
+    assert [(line.kind, line.zone, line.quantity, line.amount) for line in found] == [
+        ("bundle_free", "Germany", 3000, -3 * EUR),
+        ("bundle_free", "UK Mobile", 3000, -3 * EUR),
+    ]
+    assert found[0].description == (
+        "Business bundle: 100 free minutes (Germany): 50 min of 100 min included,"
+        " 3.00 credited (100%)"
+    )
+
+
 async def discount_bundle(services: Services) -> None:
     """10% off UK Mobile usage once its minutes reach 1,000 (60,000 s)."""
     await bundle(

@@ -297,6 +297,10 @@ async def test_a_failing_tax_engine_keeps_the_draft_and_posts_once_when_back(
     services: Services,
 ) -> None:
     await rounding_setup(services)
+    await set_plan_billing(  # taxed by an engine: here a stand-in passed to ``post``
+        services.pool,
+        PlanBilling("eu", "fixed_date", date(2026, 1, 1), cycle_day=1, tax_engine="external"),
+    )
     run_id = await run(services, "2026-03", plan_id="eu", calculate_taxes=False)
     calls: list[int] = []
 

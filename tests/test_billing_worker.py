@@ -7,7 +7,7 @@ import os
 import re
 import signal
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +15,7 @@ import pytest
 
 from ocs.billing import runs
 from ocs.billing.cycles import PlanBilling
-from ocs.billing.worker import BillingWorker, WorkerSettings, due_period
+from ocs.billing.worker import BillingWorker, WorkerSettings, due_period, due_periods
 from ocs.config import Settings
 from ocs.demo import BILLING_ACCOUNT, run_demo
 from ocs.services import Services
@@ -25,9 +25,15 @@ from tests.conftest import eventually
 APRIL = datetime(2026, 4, 1, 12, tzinfo=UTC)
 
 
-async def _accounts(services: Services, count: int, start: date = date(2026, 1, 1)) -> None:
-    """The retail plan (cycle on the 1st, arrears), a 10.00 monthly rent, ``count`` accounts."""
-    await billed_plan(services)
+async def _accounts(
+    services: Services,
+    count: int,
+    start: date = date(2026, 1, 1),
+    effective: date = date(2026, 3, 1),
+) -> None:
+    """The retail plan (cycle on the 1st, arrears, billed from ``effective``), a 10.00
+    monthly rent, ``count`` accounts."""
+    await billed_plan(services, effective=effective)
     await monthly(services, "rent", 10 * EUR)
     for n in range(count):
         await customer(services, f"a{n}", "rent", start)
@@ -141,8 +147,11 @@ def _worker_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
 async def test_a_sigterm_finishes_the_chunk_in_hand_and_another_worker_takes_the_rest(
     services: Services, settings: Settings, tmp_path: Path
 ) -> None:
-    await _accounts(services, 4)
-    billing = PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1)
+    # Billed from the start of last month: one period is due now.
+    today = datetime.now(UTC).date()
+    last_month = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+    await _accounts(services, 4, effective=last_month)
+    billing = PlanBilling("retail", "fixed_date", last_month, cycle_day=1)
     due = due_period(billing, datetime.now(UTC))
     assert due is not None
     # Hold account a0's invoice row (uncommitted): the worker's first chunk waits on it.
@@ -249,3 +258,66 @@ async def test_the_demo_ends_with_a_posted_invoice_and_the_command_that_shows_it
     assert invoice["total"] == 5_200_000
     # 20.00 - 0.198 (the call) - 5.00 (the rent).
     assert (await services.accounts.show(BILLING_ACCOUNT)).balance == 14_802_000
+
+
+def test_every_due_period_since_the_effective_date_is_due_oldest_first() -> None:
+    arrears = PlanBilling("p", "fixed_date", date(2026, 1, 15), cycle_day=1)
+    # January's period [Jan 1, Feb 1) ends after the effective date: it is billed too.
+    assert [d.period for d in due_periods(arrears, APRIL)] == ["2026-01", "2026-02", "2026-03"]
+    weekly = PlanBilling("w", "week", date(2026, 3, 9), cycle_weekday=0)
+    assert [d.invoice_date for d in due_periods(weekly, APRIL)] == [
+        date(2026, 3, 16),
+        date(2026, 3, 23),
+        date(2026, 3, 30),
+    ]
+    anniversary = PlanBilling("s", "subscription_date", date(2025, 12, 20))
+    # End of cycle: the periods starting in a month have all ended two months later.
+    assert [d.period for d in due_periods(anniversary, APRIL)] == ["2025-12", "2026-01", "2026-02"]
+
+
+async def test_a_worker_that_was_down_bills_every_missed_period_once_and_posts_it(
+    services: Services,
+) -> None:
+    await _accounts(services, 2, effective=date(2026, 1, 1))
+    worker = BillingWorker(
+        services.pool, WorkerSettings(run_delay=0), clock=lambda: APRIL, store=services.store
+    )
+    await worker.run_once()
+    await worker.run_once()  # a second pass finds every period taken and posted
+    assert await _runs(services) == [
+        ("retail", "2026-01", "done"),
+        ("retail", "2026-02", "done"),
+        ("retail", "2026-03", "done"),
+    ]
+    async with services.pool.acquire() as conn:
+        invoices = await conn.fetch(
+            "SELECT account_id, period_label, state, number, total FROM invoices ORDER BY id"
+        )
+        posted_runs = await conn.fetchval(
+            "SELECT count(*) FROM invoice_runs WHERE posted_at IS NOT NULL"
+        )
+        moved = await conn.fetchval("SELECT count(*) FROM invoice_lines WHERE moved_at IS NOT NULL")
+    # Three months of 10.00 rent, in arrears, for each account: numbered in run order.
+    assert [(r["account_id"], r["period_label"], r["state"], r["total"]) for r in invoices] == [
+        (account, month, "posted", 10 * EUR)
+        for month in ("2026-01", "2026-02", "2026-03")
+        for account in ("a0", "a1")
+    ]
+    assert [r["number"] for r in invoices] == [f"INV-2026-{n:06d}" for n in range(1, 7)]
+    assert posted_runs == 3
+    assert moved == 6
+    for account in ("a0", "a1"):
+        state = await services.store.get_account(account)
+        assert state is not None and state.balance == -30 * EUR
+
+
+async def test_an_operators_run_is_left_for_the_operator_to_post(services: Services) -> None:
+    await _accounts(services, 1)
+    run_id = await runs.create_run(services.pool, "2026-03", invoice_date=date(2026, 4, 1))
+    worker = BillingWorker(
+        services.pool, WorkerSettings(run_delay=0), clock=lambda: APRIL, store=services.store
+    )
+    await worker.run_once()
+    async with services.pool.acquire() as conn:
+        states = await conn.fetch("SELECT run_id, state FROM invoices ORDER BY id")
+    assert [(r["run_id"], r["state"]) for r in states] == [(run_id, "draft")]

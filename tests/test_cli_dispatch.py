@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import ocs.cli
-from ocs.cli import SERVING_ONLY, build_parser, command_parsers, flag_name
+from ocs.cli import build_parser, command_parsers
+from ocs.cli_support import SERVING_ONLY, flag_name
 from ocs.config import setting_flags, setting_help
 
 COMMANDS = [
@@ -52,6 +53,20 @@ COMMANDS = [
     ("subscriptions", "add-charge"),
     ("charges", "create"),
     ("charges", "list"),
+    ("taxes", "create"),
+    ("taxes", "list"),
+    ("taxes", "assign"),
+    ("taxes", "unassign"),
+    ("taxes", "exempt"),
+    ("taxes", "unexempt"),
+    ("taxes", "code"),
+    ("surcharges", "create"),
+    ("surcharges", "list"),
+    ("surcharges", "remove"),
+    ("bundles", "create"),
+    ("bundles", "list"),
+    ("bundles", "attach"),
+    ("bundles", "detach"),
 ]
 
 

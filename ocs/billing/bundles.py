@@ -32,6 +32,22 @@ subscription bundle and invoice:
 Every amount is net of tax (taxes apply after bundles), every line is rounded
 once (``currency.round_line``) and moves money at posting (credits through the
 ledger like any credit). Each line's description shows its basis and rate.
+
+**What a line is taxed as** (decision 0022: a bundle line by the zone, charge
+or tax code it names), so that taxes are net of bundles:
+
+- free and discount credits are split by the zone and rate type of the CDRs
+  they credit: one line per (zone, rate type), each computed from that part's
+  own figures and rounded once, naming the zone and rate type, so each part
+  is taxed as the usage it credits (the zone's taxes, the rate type's or
+  zone's tax code). A rule whose CDRs are all of one zone and rate type gives
+  one line, as before; a split line says which part it is;
+- a commitment names its indicator's zone and rate type (a minimum on that
+  usage is taxed as that usage); when its indicator names neither, the
+  bundle's tax code;
+- flat fees and the resiliation fee name the bundle's tax code: the product
+  code of the bundle's id (``product_tax_codes``, ``taxes.set_bundle_tax_code``);
+  none set, no tax.
 """
 
 from collections import defaultdict
@@ -56,16 +72,17 @@ _BUNDLES_SQL = """
 SELECT s.account_id, sb.id, b.id AS bundle_id, b.name, b.currency,
        GREATEST(s.start_date, COALESCE(sb.start_date, s.start_date)) AS start,
        LEAST(sb.end_date, s.end_date, s.cancelled_on) AS "end",
-       b.commitment_months, b.resiliation, b.resiliation_fee
+       b.commitment_months, b.resiliation, b.resiliation_fee, t.tax_code
 FROM subscriptions s
 JOIN subscription_bundles sb ON sb.subscription_id = s.id
 JOIN bundles b ON b.id = sb.bundle_id
+LEFT JOIN product_tax_codes t ON t.product_code = b.id
 WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
 """
 
 _RULES_SQL = """
 SELECT r.bundle_id, r.position, r.kind, r.description, r.indicator, r.allowance, r.amount,
-       r.periodicity, r.timing, i.function, i.measure, i.unit,
+       r.periodicity, r.timing, i.function, i.measure, i.unit, i.zone, i.rate_type,
        COALESCE((SELECT array_agg(t.threshold ORDER BY t.threshold) FROM bundle_discount_tiers t
                  WHERE (t.bundle_id, t.position) = (r.bundle_id, r.position)), '{}') AS thresholds,
        COALESCE((SELECT array_agg(t.rate ORDER BY t.threshold) FROM bundle_discount_tiers t
@@ -81,12 +98,15 @@ ORDER BY r.bundle_id, r.position
 # in stop order gives each CDR's included units and credit (CDRs stopped at the same
 # instant are ordered by entry id, so a recomputed draft is equal). Indicators sum
 # ``charged`` net of the free credits on the same CDRs (capped at what each debited).
+# Indicators come whole and in shares per (zone, rate type); free credits per
+# (zone, rate type): a bundle line is taxed as the usage it credits.
 _USAGE_SQL = """
 WITH sb AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
                          $5::timestamptz[]) AS t(sb_id, account_id, bundle_id, w_start, w_end)
 ), ev AS (
     SELECT sb.sb_id, sb.bundle_id, i.name AS indicator, c.entry_id, c.stopped_at, c.charged,
+           c.zone, c.rate_type,
            CASE WHEN i.function = 'count' THEN 1
                 WHEN i.measure = 'amount' THEN c.charged ELSE c.duration END AS u,
            CASE WHEN i.measure = 'amount' THEN c.charged ELSE c.duration END AS v
@@ -99,14 +119,14 @@ WITH sb AS (
       AND (i.rate_type IS NULL OR c.rate_type = i.rate_type)
       AND (i.service IS NULL OR (c.termination_cause = 'usage' AND c.destination = i.service))
 ), running AS (
-    SELECT e.sb_id, r.position, e.entry_id, e.charged, e.u, r.allowance,
+    SELECT e.sb_id, r.position, e.entry_id, e.charged, e.zone, e.rate_type, e.u, r.allowance,
            sum(e.u) OVER (PARTITION BY e.sb_id, r.position
                           ORDER BY e.stopped_at, e.entry_id) AS upto
     FROM ev e
     JOIN bundle_rules r ON (r.bundle_id, r.indicator) = (e.bundle_id, e.indicator)
                        AND r.kind = 'free'
 ), credited AS (
-    SELECT sb_id, position, entry_id, charged,
+    SELECT sb_id, position, entry_id, charged, zone, rate_type,
            LEAST(u, GREATEST(allowance - (upto - u), 0)) AS included,
            CASE WHEN u = 0 THEN CASE WHEN upto < allowance THEN charged ELSE 0 END
                 ELSE round(charged::numeric * LEAST(u, GREATEST(allowance - (upto - u), 0)) / u)
@@ -114,18 +134,28 @@ WITH sb AS (
     FROM running
 ), per_cdr AS (
     SELECT sb_id, entry_id, sum(credit) AS credit FROM credited GROUP BY sb_id, entry_id
+), net AS (
+    SELECT e.sb_id, e.indicator, e.zone, e.rate_type, e.v,
+           e.charged - LEAST(COALESCE(p.credit, 0), e.charged) AS net
+    FROM ev e LEFT JOIN per_cdr p ON (p.sb_id, p.entry_id) = (e.sb_id, e.entry_id)
 )
-SELECT 'indicator' AS what, e.sb_id, e.indicator, 0 AS position,
-       count(*)::bigint AS events, sum(e.v)::bigint AS total,
-       round(avg(e.v))::bigint AS average, min(e.v)::bigint AS low, max(e.v)::bigint AS high,
-       (sum(e.charged) - sum(LEAST(COALESCE(p.credit, 0), e.charged)))::bigint AS net
-FROM ev e LEFT JOIN per_cdr p ON (p.sb_id, p.entry_id) = (e.sb_id, e.entry_id)
-GROUP BY e.sb_id, e.indicator
+SELECT 'indicator' AS what, sb_id, indicator, 0 AS position, NULL::text AS zone,
+       NULL::text AS rate_type, count(*)::bigint AS events, sum(v)::bigint AS total,
+       round(avg(v))::bigint AS average, min(v)::bigint AS low, max(v)::bigint AS high,
+       sum(net)::bigint AS net
+FROM net
+GROUP BY sb_id, indicator
 UNION ALL
-SELECT 'free', sb_id, NULL, position, count(*) FILTER (WHERE included > 0)::bigint,
-       sum(included)::bigint, NULL, NULL, NULL, sum(credit)::bigint
+SELECT 'share', sb_id, indicator, 0, zone, rate_type, count(*)::bigint, sum(v)::bigint,
+       NULL, NULL, NULL, sum(net)::bigint
+FROM net
+GROUP BY sb_id, indicator, zone, rate_type
+UNION ALL
+SELECT 'free', sb_id, NULL, position, zone, rate_type,
+       count(*) FILTER (WHERE included > 0)::bigint, sum(included)::bigint, NULL, NULL, NULL,
+       sum(credit)::bigint
 FROM credited
-GROUP BY sb_id, position
+GROUP BY sb_id, position, zone, rate_type
 """
 
 
@@ -153,6 +183,7 @@ class Held:
     commitment_months: int | None
     resiliation: str
     resiliation_fee: int
+    tax_code: str | None = None  # the bundle's own tax code (its fees, resiliation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +203,8 @@ class Rule:
     measure: str | None
     unit: str
     tiers: tuple[tuple[int, int], ...]  # (threshold, rate), thresholds ascending
+    zone: str | None = None  # the indicator's zone filter
+    rate_type: str | None = None  # the indicator's rate type filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +230,21 @@ class Indicator:
 
 
 NO_EVENTS = Indicator(0, 0, None, None, None, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """An indicator's (or a free rule's) figures over its CDRs of one zone and rate type."""
+
+    zone: str | None
+    rate_type: str | None
+    figures: Indicator
+
+    @property
+    def label(self) -> str:
+        """The part as a split line names it: ``UK Mobile``, ``UK Mobile, peak``."""
+        where = self.zone or "other usage"
+        return f"{where}, {self.rate_type}" if self.rate_type else where
 
 
 def add_months(day: date, months: int) -> date:
@@ -247,9 +295,25 @@ def _line(
     quantity: int,
     exact: int,
     cur: str,
+    *,
+    zone: str | None = None,
+    rate_type: str | None = None,
+    tax_code: str | None = None,
 ) -> Line:
-    """A bundle line, rounded once; it moves money at posting."""
-    return Line(kind, description, span[0], span[1], quantity, exact, round_line(exact, cur), True)
+    """A bundle line, rounded once, naming what it is taxed as; it moves money at posting."""
+    return Line(
+        kind,
+        description,
+        span[0],
+        span[1],
+        quantity,
+        exact,
+        round_line(exact, cur),
+        True,
+        zone=zone,
+        tax_code=tax_code,
+        rate_type=rate_type,
+    )
 
 
 def _active_window(held: Held, invoice: BundleInvoice) -> tuple[datetime, datetime] | None:
@@ -269,6 +333,105 @@ def _active_days(held: Held, period: Period) -> int:
     return max((after - first).days, 0)
 
 
+def usage_rule_lines(
+    held: Held,
+    rule: Rule,
+    figures: Indicator,
+    parts: Sequence[Part],
+    invoice: BundleInvoice,
+    span: tuple[datetime, datetime],
+) -> list[Line]:
+    """The lines a free, discount or commitment rule gives over one cycle.
+
+    ``parts``: for a free rule, its credits per (zone, rate type); for a
+    discount, its indicator's shares per (zone, rate type). A free or discount
+    rule gives one line per part with something to credit, each computed from
+    the part's own figures and rounded once; the discount's tier is the one the
+    whole indicator reaches. A commitment gives at most one line.
+    """
+    cur = invoice.currency
+    label = f"{held.name}: {rule.description}"
+    if rule.kind == "free":
+        credited = sorted(
+            (p for p in parts if p.figures.total), key=lambda p: (p.zone or "", p.rate_type or "")
+        )
+        allowance = rule.allowance or 0
+        of = quantity_text(allowance, rule.measure, rule.function, rule.unit)
+        found = []
+        for part in credited:
+            named = label if len(credited) == 1 else f"{label} ({part.label})"
+            used = quantity_text(part.figures.total, rule.measure, rule.function, rule.unit)
+            found.append(
+                _line(
+                    "bundle_free",
+                    f"{named}: {used} of {of} included,"
+                    f" {money(part.figures.net, cur)} credited (100%)",
+                    span,
+                    part.figures.total,
+                    -part.figures.net,
+                    cur,
+                    zone=part.zone,
+                    rate_type=part.rate_type,
+                )
+            )
+        return found
+    value = figures.value(rule.function or "sum")
+    if rule.kind == "discount":
+        reached = [(t, r) for t, r in rule.tiers if value is not None and value >= t]
+        if value is None or not reached:
+            return []
+        threshold, rate = reached[-1]
+        shown = quantity_text(value, rule.measure, rule.function, rule.unit)
+        at = quantity_text(threshold, rule.measure, rule.function, rule.unit)
+        shares = sorted(parts, key=lambda p: (p.zone or "", p.rate_type or ""))
+        if len(shares) > 1:
+            shares = [p for p in shares if p.figures.net]
+        if not shares:  # no share known: the whole indicator, named by its filters
+            shares = [Part(rule.zone, rule.rate_type, figures)]
+        found = []
+        for part in shares:
+            named = label if len(shares) == 1 else f"{label} ({part.label})"
+            found.append(
+                _line(
+                    "bundle_discount",
+                    f"{named}: {percent(rate)} off {money(part.figures.net, cur)}"
+                    f" ({shown}, tier from {at})",
+                    span,
+                    value,
+                    -round_half_away(part.figures.net * rate, FULL_RATE),
+                    cur,
+                    zone=part.zone,
+                    rate_type=part.rate_type,
+                )
+            )
+        return found
+    if rule.kind == "commitment":
+        arrears = invoice.which.arrears
+        days = _active_days(held, arrears)
+        minimum = prorate(rule.amount or 0, days, arrears.days)
+        spent = value or 0
+        if spent >= minimum:
+            return []
+        share = "" if days == arrears.days else f" ({days}/{arrears.days} days)"
+        # A minimum on a zone's (or rate type's) usage is taxed as that usage.
+        on_usage = rule.zone is not None or rule.rate_type is not None
+        return [
+            _line(
+                "bundle_commitment",
+                f"{label}: minimum {money(minimum, cur)}{share}, used {money(spent, cur)},"
+                f" shortfall charged",
+                span,
+                spent,
+                minimum - spent,
+                cur,
+                zone=rule.zone,
+                rate_type=rule.rate_type,
+                tax_code=None if on_usage else held.tax_code,
+            )
+        ]
+    return []
+
+
 def usage_rule_line(
     held: Held,
     rule: Rule,
@@ -277,58 +440,10 @@ def usage_rule_line(
     invoice: BundleInvoice,
     span: tuple[datetime, datetime],
 ) -> Line | None:
-    """The line a free, discount or commitment rule gives over one cycle, if any."""
-    cur = invoice.currency
-    label = f"{held.name}: {rule.description}"
-    if rule.kind == "free":
-        if free is None or free.total == 0:
-            return None
-        allowance = rule.allowance or 0
-        used = quantity_text(free.total, rule.measure, rule.function, rule.unit)
-        of = quantity_text(allowance, rule.measure, rule.function, rule.unit)
-        return _line(
-            "bundle_free",
-            f"{label}: {used} of {of} included, {money(free.net, cur)} credited (100%)",
-            span,
-            free.total,
-            -free.net,
-            cur,
-        )
-    value = figures.value(rule.function or "sum")
-    if rule.kind == "discount":
-        reached = [(t, r) for t, r in rule.tiers if value is not None and value >= t]
-        if value is None or not reached:
-            return None
-        threshold, rate = reached[-1]
-        exact = -round_half_away(figures.net * rate, FULL_RATE)
-        shown = quantity_text(value, rule.measure, rule.function, rule.unit)
-        at = quantity_text(threshold, rule.measure, rule.function, rule.unit)
-        return _line(
-            "bundle_discount",
-            f"{label}: {percent(rate)} off {money(figures.net, cur)} ({shown}, tier from {at})",
-            span,
-            value,
-            exact,
-            cur,
-        )
-    if rule.kind == "commitment":
-        arrears = invoice.which.arrears
-        days = _active_days(held, arrears)
-        minimum = prorate(rule.amount or 0, days, arrears.days)
-        spent = value or 0
-        if spent >= minimum:
-            return None
-        share = "" if days == arrears.days else f" ({days}/{arrears.days} days)"
-        return _line(
-            "bundle_commitment",
-            f"{label}: minimum {money(minimum, cur)}{share}, used {money(spent, cur)},"
-            f" shortfall charged",
-            span,
-            spent,
-            minimum - spent,
-            cur,
-        )
-    return None
+    """The one line of a rule over its whole indicator (not split by zone), if any."""
+    whole = Part(rule.zone, rule.rate_type, free if rule.kind == "free" and free else figures)
+    found = usage_rule_lines(held, rule, figures, [whole], invoice, span)
+    return found[0] if found else None
 
 
 def _fee_periods(held: Held, rule: Rule, zone: str) -> PeriodSchedule | None:
@@ -353,7 +468,17 @@ def fee_lines(held: Held, rule: Rule, invoice: BundleInvoice) -> list[Line]:
         if not target.first_day <= day < target.end_day:
             return []
         when = local_midnight(day, zone)
-        return [_line("bundle_fee", f"{label} (one-off)", (when, None), 1, amount, cur)]
+        return [
+            _line(
+                "bundle_fee",
+                f"{label} (one-off)",
+                (when, None),
+                1,
+                amount,
+                cur,
+                tax_code=held.tax_code,
+            )
+        ]
     found = []
     n = max(schedule.index_of_day(target.first_day) - 1, 0)
     while schedule.start_day(n) < target.end_day:
@@ -375,6 +500,7 @@ def fee_lines(held: Held, rule: Rule, invoice: BundleInvoice) -> list[Line]:
                 1,
                 exact,
                 cur,
+                tax_code=held.tax_code,
             )
         )
     return found
@@ -400,6 +526,7 @@ def resiliation_line(held: Held, invoice: BundleInvoice) -> Line | None:
             1,
             fee,
             cur,
+            tax_code=held.tax_code,
         )
     left = months_left(held.start, held.commitment_months, held.end)
     return _line(
@@ -410,6 +537,7 @@ def resiliation_line(held: Held, invoice: BundleInvoice) -> Line | None:
         left,
         left * fee,
         cur,
+        tax_code=held.tax_code,
     )
 
 
@@ -434,6 +562,7 @@ async def bundle_lines(
             r["commitment_months"],
             r["resiliation"],
             r["resiliation_fee"],
+            r["tax_code"],
         )
         for r in await conn.fetch(_BUNDLES_SQL, sorted(by_account))
     ]
@@ -457,13 +586,16 @@ async def bundle_lines(
                 r["measure"],
                 r["unit"] or "",
                 tuple(zip(r["thresholds"], r["rates"], strict=True)),
+                r["zone"],
+                r["rate_type"],
             )
         )
     spans = {h.id: _active_window(h, by_account[h.account_id]) for h in held}
     active = [h for h in held if spans[h.id] is not None]
     windows = [w for h in active if (w := spans[h.id]) is not None]
     figures: dict[tuple[int, str], Indicator] = {}
-    free: dict[tuple[int, int], Indicator] = {}
+    shares: dict[tuple[int, str], list[Part]] = defaultdict(list)
+    free: dict[tuple[int, int], list[Part]] = defaultdict(list)
     if active:
         rows = await conn.fetch(
             _USAGE_SQL,
@@ -478,7 +610,9 @@ async def bundle_lines(
                 r["events"], r["total"] or 0, r["average"], r["low"], r["high"], r["net"] or 0
             )
             if r["what"] == "free":
-                free[r["sb_id"], r["position"]] = found
+                free[r["sb_id"], r["position"]].append(Part(r["zone"], r["rate_type"], found))
+            elif r["what"] == "share":
+                shares[r["sb_id"], r["indicator"]].append(Part(r["zone"], r["rate_type"], found))
             else:
                 figures[r["sb_id"], r["indicator"]] = found
     lines: dict[str, list[Line]] = defaultdict(list)
@@ -491,16 +625,19 @@ async def bundle_lines(
                 continue
             if span is None and rule.kind != "commitment":
                 continue
-            line = usage_rule_line(
+            parts = (
+                free.get((h.id, rule.position), [])
+                if rule.kind == "free"
+                else shares.get((h.id, rule.indicator or ""), [])
+            )
+            lines[h.account_id] += usage_rule_lines(
                 h,
                 rule,
                 figures.get((h.id, rule.indicator or ""), NO_EVENTS),
-                free.get((h.id, rule.position)),
+                parts,
                 invoice,
                 span or invoice.window,
             )
-            if line is not None:
-                lines[h.account_id].append(line)
         if (fee := resiliation_line(h, invoice)) is not None:
             lines[h.account_id].append(fee)
     return dict(lines)

@@ -15,9 +15,10 @@ without storing anything (a dry run).
 After the charge, usage and reporting lines come the bundle lines
 (``bundles``: free units, discounts, commitments, fees), the plan's surcharges
 (``surcharges``) and, when the run calculates taxes, the tax lines
-(``taxes``: per tax code, rounded once). A run with taxes off writes untaxed
-drafts (``taxes_calculated`` false); ``taxing.tax_drafts`` adds their tax lines
-at posting, from the stored lines, by the same rule.
+(``taxes``: per tax code, rounded once). A run with taxes off, and any run for
+a plan taxed by an external engine (``taxes.taxed_at_drafting``), writes
+untaxed drafts (``taxes_calculated`` false); ``taxing.tax_drafts`` adds their
+tax lines at posting, from the stored lines, by the plan's rules or its engine.
 """
 
 from collections import defaultdict
@@ -39,12 +40,13 @@ from ocs.billing.lines import (
 )
 from ocs.billing.periods import Period, Schedule, Unit
 from ocs.billing.realtime import cdr_totals, realtime_lines
-from ocs.billing.statement import write_statements
+from ocs.billing.statement import statement_figures, statement_of
 from ocs.billing.surcharges import load_surcharges, surcharge_lines
 from ocs.billing.taxes import (
     exemptions,
     load_rules,
     tax_lines,
+    taxed_at_drafting,
 )
 from ocs.errors import OcsError, Reason
 
@@ -136,6 +138,41 @@ TOTALS_JOIN = (
 )
 
 
+# A group's new drafts, whole: totals and statement with them (``write``). Column arrays
+# $1-$12 (account, currency, subtotal, tax total, then the statement's figures from
+# ``prepaid``), shared values from $13 (``_invoice_settings``). An invoice that exists is
+# left alone (ON CONFLICT): ``write`` locks and updates it if it is a draft.
+_INSERT_SQL = """
+INSERT INTO invoices (account_id, currency, subtotal, tax_total, total, prepaid,
+    previous_balance, payments, debited, posting_charges, new_charges, closing_balance,
+    amount_due, plan_id, period_start, period_end, period_label, issuer, message,
+    invoice_date, run_id, taxes_calculated, window_start, window_end)
+SELECT a, c, n, t, n + t, pp, pb, pay, deb, pc, nc, cb, due,
+       $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::boolean[],
+            $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
+            $11::bigint[], $12::bigint[])
+     AS u(a, c, n, t, pp, pb, pay, deb, pc, nc, cb, due)
+ORDER BY a
+ON CONFLICT (account_id, period_start) WHERE kind = 'invoice' DO NOTHING
+RETURNING id, account_id
+"""
+
+# Drafts of an earlier run, recomputed: ids $1, then the arrays of ``_INSERT_SQL`` from $3
+# (subtotal) to $12 as $2-$11, then invoice date, run, taxes switch and window ($12-$16).
+_UPDATE_SQL = """
+UPDATE invoices i SET subtotal = d.n, tax_total = d.t, total = d.n + d.t, tax_error = NULL,
+    prepaid = d.pp, previous_balance = d.pb, payments = d.pay, debited = d.deb,
+    posting_charges = d.pc, new_charges = d.nc, closing_balance = d.cb, amount_due = d.due,
+    invoice_date = $12, run_id = $13, taxes_calculated = $14, window_start = $15,
+    window_end = $16
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[], $5::bigint[],
+            $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
+            $11::bigint[]) AS d(id, n, t, pp, pb, pay, deb, pc, nc, cb, due)
+WHERE i.id = d.id
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Group:
     """Accounts of one plan sharing one invoice period (one chunk of a run)."""
@@ -199,14 +236,15 @@ async def billed_spans(
     found: dict[str, dict[tuple[str, int | None, str | None], list[Billed]]] = {
         a: {} for a in earlier
     }
+    cycle = group.cycle
     starts = [
         start
         for account in earlier
-        if (start := advance_window_start(items.get(account, []), group.cycle, which))
+        if (start := advance_window_start(items.get(account, []), cycle, which))
     ]
     if not starts:
         return found
-    zone = group.cycle.zone
+    zone = cycle.zone
     since = min(starts, key=lambda start: start.timestamp())
     for r in await conn.fetch(_BILLED_SQL, sorted(earlier), group.period.start, since):
         key = (r["charge_id"], r["item_id"], r["number"])
@@ -225,7 +263,8 @@ async def compute(
     conn: asyncpg.Connection, group: Group, options: Options
 ) -> dict[str, tuple[str, list[Line]]]:
     """Account -> (currency, lines) for every account of the group; reads only."""
-    which = targets(group.cycle, group.period, group.billing.invoice_timing)
+    cycle = group.cycle  # computed once: a schedule is made on each access
+    which = targets(cycle, group.period, group.billing.invoice_timing)
     window = usage_window(which, options.usage_cutoff)
     ids = group.account_ids
     currencies = {
@@ -258,14 +297,17 @@ async def compute(
         conn, [BundleInvoice(a, c, which, window) for a, c in sorted(currencies.items())]
     )
     surcharges = await load_surcharges(conn, group.billing.plan_id)
-    rules = await load_rules(conn, group.billing.plan_id) if options.calculate_taxes else None
+    taxed = taxed_at_drafting(group.billing, options.calculate_taxes)
+    rules = await load_rules(conn, group.billing.plan_id) if taxed else None
+    if rules is not None and not rules.assigned:
+        rules = None  # the plan assigns no tax: no line bears one
     exempt = await exemptions(conn, ids) if rules is not None else {}
     found: dict[str, tuple[str, list[Line]]] = {}
     for account, currency in sorted(currencies.items()):
         lines = invoice_lines(
             items[account],
             totals.usage(account),
-            group.cycle,
+            cycle,
             which,
             currency,
             window,
@@ -321,61 +363,55 @@ def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tup
 async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Written:
     """Create or recompute the group's drafts; call inside a transaction.
 
-    The totals are summed here from the lines about to be written (as
-    ``TOTALS_SQL`` sums them from the stored lines): a new invoice is
-    inserted with them, an existing draft is updated with them, so a first
-    run writes each invoice row once instead of inserting then updating it.
+    Each invoice row is written once: its totals are summed here from the
+    lines about to be written (as ``TOTALS_SQL`` sums them from the stored
+    lines) and its balance-forward statement is computed from the ledger
+    figures read first (``statement.statement_figures``) and those lines; a new
+    invoice is inserted with both, an existing draft updated with both.
     """
     computed = await compute(conn, group, options)
     accounts = list(computed)
     period = group.period
-    nets: list[int] = []
-    taxes: list[int] = []
+    which = targets(group.cycle, group.period, group.billing.invoice_timing)
+    window = usage_window(which, options.usage_cutoff)
+    figures = await statement_figures(conn, accounts, period.start, window)
+    rows_in: list[tuple[object, ...]] = []
     for account in accounts:
-        net = tax = 0
+        net = tax = posting = 0
         for line in computed[account][1]:
             if line.kind == "tax":
                 tax += line.amount
             else:
                 net += line.amount
-        nets.append(net)
-        taxes.append(tax)
-    inserted = await conn.fetch(
-        "INSERT INTO invoices (account_id, plan_id, period_start, period_end, period_label,"
-        " currency, invoice_date, issuer, message, run_id, taxes_calculated,"
-        " subtotal, tax_total, total)"
-        " SELECT a, $2, $3, $4, $5, c, $6, $7, $8, $9, $10, n, t, n + t"
-        " FROM unnest($1::text[], $11::text[], $12::bigint[], $13::bigint[]) AS u(a, c, n, t)"
-        " ORDER BY a"
-        " ON CONFLICT (account_id, period_start) WHERE kind = 'invoice' DO NOTHING"
-        " RETURNING id",
-        accounts,
-        group.billing.plan_id,
-        period.start,
-        period.end,
-        period.label,
-        options.invoice_date,
-        group.billing.issuer,
-        group.billing.invoice_message,
-        options.run_id,
-        options.calculate_taxes,
-        [computed[a][0] for a in accounts],
-        nets,
-        taxes,
+            if line.moves_money:
+                posting += line.amount
+        shown = statement_of(window, *figures[account], posting)
+        rows_in.append((account, computed[account][0], net, tax, *shown.figures()))
+    # Column arrays for unnest (12 of them, empty for an empty group).
+    columns: list[list[object]] = [list(c) for c in zip(*rows_in, strict=True)] or [
+        [] for _ in range(12)
+    ]
+    inserted = await conn.fetch(_INSERT_SQL, *columns, *_invoice_settings(group, options, window))
+    new = {r["account_id"]: r["id"] for r in inserted}
+    # An invoice made by an earlier run (or another worker) is locked in account order, as
+    # rows are inserted: two runs of one period wait for each other, never deadlock. The
+    # new ones are this transaction's own, uncommitted: nobody else can hold them.
+    rows = (
+        await conn.fetch(
+            "SELECT id, account_id, state FROM invoices WHERE kind = 'invoice'"
+            " AND account_id = ANY($1::text[]) AND period_start = $2 ORDER BY account_id"
+            " FOR UPDATE",
+            [a for a in accounts if a not in new],
+            period.start,
+        )
+        if len(new) < len(accounts)
+        else []
     )
-    new = {r["id"] for r in inserted}
-    # Locked in account order, as inserted: two runs of one period wait, never deadlock.
-    rows = await conn.fetch(
-        "SELECT id, account_id, state FROM invoices WHERE kind = 'invoice'"
-        " AND account_id = ANY($1::text[]) AND period_start = $2 ORDER BY account_id FOR UPDATE",
-        accounts,
-        period.start,
-    )
-    drafts = {r["account_id"]: r["id"] for r in rows if r["state"] == "draft"}
-    draft_ids = list(drafts.values())
+    drafts = dict(new)
+    drafts.update({r["account_id"]: r["id"] for r in rows if r["state"] == "draft"})
     # Drafts of an earlier run: their lines are replaced, their totals and settings updated.
     index = {account: n for n, account in enumerate(accounts)}
-    earlier = [(a, i) for a, i in sorted(drafts.items()) if i not in new]
+    earlier = [(a, i) for a, i in sorted(drafts.items()) if a not in new]
     if earlier:
         await conn.execute(
             "DELETE FROM invoice_lines WHERE invoice_id = ANY($1::bigint[])",
@@ -389,21 +425,34 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
     if records:
         await conn.copy_records_to_table("invoice_lines", records=records, columns=LINE_COLUMNS)
     if earlier:
+        picked = [rows_in[index[a]][2:] for a, _ in earlier]
         await conn.execute(
-            "UPDATE invoices i SET subtotal = d.net, tax_total = d.tax, total = d.net + d.tax,"
-            " tax_error = NULL, invoice_date = $4, run_id = $5, taxes_calculated = $6"
-            " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d(id, net, tax)"
-            " WHERE i.id = d.id",
+            _UPDATE_SQL,
             [i for _, i in earlier],
-            [nets[index[a]] for a, _ in earlier],
-            [taxes[index[a]] for a, _ in earlier],
-            options.invoice_date,
-            options.run_id,
-            options.calculate_taxes,
+            *(list(c) for c in zip(*picked, strict=True)),
+            *_invoice_settings(group, options, window)[6:],
         )
-    which = targets(group.cycle, group.period, group.billing.invoice_timing)
-    await write_statements(conn, draft_ids, usage_window(which, options.usage_cutoff))
-    return Written(drafts=len(drafts), final=len(rows) - len(drafts))
+    return Written(drafts=len(drafts), final=len(new) + len(rows) - len(drafts))
+
+
+def _invoice_settings(
+    group: Group, options: Options, window: tuple[datetime, datetime]
+) -> tuple[object, ...]:
+    """The values every invoice of a group shares, as ``_INSERT_SQL`` takes them from $13
+    (``_UPDATE_SQL`` takes the last five, from $12)."""
+    return (
+        group.billing.plan_id,
+        group.period.start,
+        group.period.end,
+        group.period.label,
+        group.billing.issuer,
+        group.billing.invoice_message,
+        options.invoice_date,
+        options.run_id,
+        taxed_at_drafting(group.billing, options.calculate_taxes),
+        window[0],
+        window[1],
+    )
 
 
 async def account_group(

@@ -39,14 +39,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
+import msgspec
+
 from ocs.billing.currency import round_line
 from ocs.billing.cycles import charge_schedule
 from ocs.billing.periods import Period, Schedule, local_midnight
 from ocs.billing.proration import prorate
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(msgspec.Struct, frozen=True):
     """A charge as one account has it: from ``start`` to ``end`` (excluded; None: open).
 
     ``item_id``: the subscription charge row (None for a plan's custom charge,
@@ -85,8 +86,7 @@ class Item:
         return self.kind
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(msgspec.Struct, frozen=True):
     """An account's rated calls of one zone and direction in the usage window."""
 
     zone: str
@@ -100,9 +100,13 @@ class Usage:
     rate_type: str | None = None  # the CDRs' rate type (a tax code may follow it)
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One invoice line: ``amount`` is ``exact`` rounded once to the minor unit."""
+class Line(msgspec.Struct, frozen=True):
+    """One invoice line: ``amount`` is ``exact`` rounded once to the minor unit.
+
+    A msgspec Struct, not a dataclass: a 100,000-account run builds ~800,000 of
+    them, and a frozen dataclass's ``__init__`` (a ``object.__setattr__`` per
+    field) cost ~8 us each against ~0.4 us.
+    """
 
     kind: str
     description: str

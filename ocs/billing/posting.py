@@ -13,11 +13,14 @@ reference and answer a repeat with it, moving nothing, so a retry after a
 crash (before the line was marked) records the same ledger entry and moves
 no money twice. Usage lines move nothing: the real-time path debited them.
 
-Drafts of a run with taxes off are taxed first (``taxing.tax_drafts``); only
-drafts whose taxes are calculated are numbered, and the database refuses to
-post any other (migration 0023). A draft whose taxes failed (an external tax
-engine down) stays a draft with its ``tax_error``, listed in ``Posted.held``;
-posting it again once the engine answers posts it, once.
+Untaxed drafts (a run with taxes off, or a plan taxed by an external engine)
+are taxed first (``taxing.tax_drafts``), each as its plan says: by the plan's
+own rules, or by the HTTP engine of the settings with its account's own billing
+location. Only drafts whose taxes are calculated are numbered, and the
+database refuses to post any other (migration 0023). A draft whose taxes
+failed (the engine down, or none configured for an external plan) stays a
+draft with its ``tax_error``, listed in ``Posted.held``; posting it again once
+the engine answers posts it, once.
 """
 
 import asyncio
@@ -28,6 +31,7 @@ import asyncpg
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
 from ocs.billing import commitments, taxing
 from ocs.billing.taxes import TaxEngine
+from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 
 # Lines whose money moves at once (the auto-pipeline sends them together).
@@ -204,13 +208,17 @@ async def post(
     invoice_ids: list[int] | None = None,
     run_id: int | None = None,
     tax_engine: TaxEngine | None = None,
+    settings: Settings | None = None,
 ) -> Posted:
     """Post drafts (given ones, or a run's), then move the money of every line not moved.
 
-    Untaxed drafts are taxed first (by the plan's rules, or ``tax_engine``);
-    those whose taxes fail stay drafts (``Posted.held``). Given posted invoices
-    are finished (their money moved) again, harmlessly; a given void invoice is
-    refused.
+    Untaxed drafts are taxed first, each by its plan's choice: its own rules,
+    or, for a plan taxed externally, ``tax_engine`` when given (a stand-in,
+    as tests use), else the HTTP engine of ``settings`` (``tax_engine_url``),
+    with each account's own billing location. Those whose taxes fail stay
+    drafts (``Posted.held``), "no tax engine configured" for an external plan
+    without one. Given posted invoices are finished (their money moved)
+    again, harmlessly; a given void invoice is refused.
     """
     if (invoice_ids is None) == (run_id is None):
         raise ValueError("post takes invoice ids or a run id")
@@ -231,7 +239,7 @@ async def post(
             )
             if void is not None:
                 raise OcsError(Reason.INVALID_FIELD, f"invoice {void} is void: it cannot be posted")
-    held = await taxing.tax_drafts(pool, invoice_ids, tax_engine)
+    held = await taxing.tax_drafts(pool, invoice_ids, tax_engine, settings=settings)
     async with pool.acquire() as conn, conn.transaction():
         numbers = await assign_numbers(conn, invoice_ids)
         accounts = [

@@ -40,14 +40,21 @@ from ocs.billing.lines import Line, Usage
 # their keys at once, split and added up here: one read of the chunk's CDRs instead of
 # three (each ~0.4 s a chunk of 500 accounts at 10M CDRs, the CDRs of an account lying on
 # as many heap pages as it has calls), served by the covering index of migration 0026.
+# The keys are grouped, and the CDR ids compared, byte-wise (COLLATE "C"): equality is the
+# same in any deterministic collation, and the database's own (C.UTF-8 here) compares
+# through the C library's strcoll, which made the sort-and-group of 50,000 CDRs a chunk
+# cost three times a hash of the same keys (benchmarks/RESULTS.md, "Billing drafts").
 _CDR_TOTALS_SQL = """
-SELECT account_id, termination_cause = 'usage' AS event, zone, direction, rate_type,
-       CASE WHEN termination_cause = 'usage' THEN destination END AS service, counter_id,
+SELECT account_id COLLATE "C" AS account_id, termination_cause = 'usage' AS event,
+       zone COLLATE "C" AS zone, direction COLLATE "C" AS direction,
+       rate_type COLLATE "C" AS rate_type,
+       CASE WHEN termination_cause = 'usage' THEN destination END COLLATE "C" AS service,
+       counter_id COLLATE "C" AS counter_id,
        count(*) AS calls, sum(duration)::bigint AS seconds,
        sum(billed_seconds)::bigint AS billed, sum(charged)::bigint AS amount,
        sum(counter_seconds)::bigint AS bundle,
        sum(GREATEST(duration - counter_seconds, 0))::bigint AS paid,
-       min(entry_id) AS first_cdr, max(entry_id) AS last_cdr
+       min(entry_id COLLATE "C") AS first_cdr, max(entry_id COLLATE "C") AS last_cdr
 FROM cdrs
 WHERE account_id = ANY($1::text[]) AND stopped_at >= $2 AND stopped_at < $3
 GROUP BY 1, 2, 3, 4, 5, 6, 7

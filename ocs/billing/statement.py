@@ -95,6 +95,100 @@ class Statement:
     closing_balance: int
     amount_due: int
 
+    def figures(self) -> tuple[bool, int, int, int, int, int, int, int]:
+        """Its figures as ``invoices`` stores them, prepaid to amount due (the window aside)."""
+        return (
+            self.prepaid,
+            self.previous_balance,
+            self.payments,
+            self.debited,
+            self.posting_charges,
+            self.new_charges,
+            self.closing_balance,
+            self.amount_due,
+        )
+
+
+# The ledger figures of a group of accounts' statements, before their drafts are written:
+# the same sums as _STATEMENT_SQL, by account. A draft's own lines never moved money
+# (only a posted invoice's do), so no invoice needs leaving out of "previous".
+_FIGURES_SQL = """
+WITH d AS (
+    SELECT a.id AS account_id, a.credit_limit = 0 AS prepaid
+    FROM accounts a WHERE a.id = ANY($1::text[])
+),
+g AS (
+    SELECT e.account_id, e.kind, e.amount, e.occurred_at,
+           CASE WHEN e.reference ~ '^inv:[0-9]{1,18}$'
+                THEN substr(e.reference, 5)::bigint END AS line_id
+    FROM ledger e
+    WHERE e.account_id = ANY($1::text[])
+      AND (e.occurred_at < $3 OR e.reference LIKE 'inv:%')
+),
+gi AS (
+    SELECT g.account_id, g.kind, g.amount, g.occurred_at, i.id AS invoice_id,
+           i.period_start AS invoice_start
+    FROM g LEFT JOIN invoice_lines l ON l.id = g.line_id
+    LEFT JOIN invoices i ON i.id = l.invoice_id
+)
+SELECT d.account_id, d.prepaid,
+       COALESCE(sum(gi.amount) FILTER (
+           WHERE (gi.invoice_id IS NULL AND gi.occurred_at < $2)
+              OR (gi.invoice_id IS NOT NULL AND gi.invoice_start < $5)), 0)::bigint AS previous,
+       COALESCE(sum(gi.amount) FILTER (
+           WHERE gi.invoice_id IS NULL AND gi.occurred_at >= $2 AND gi.occurred_at < $3
+             AND gi.kind = ANY($4::text[])), 0)::bigint AS payments,
+       COALESCE(-sum(gi.amount) FILTER (
+           WHERE gi.invoice_id IS NULL AND gi.occurred_at >= $2 AND gi.occurred_at < $3
+             AND gi.kind <> ALL($4::text[])), 0)::bigint AS debited
+FROM d LEFT JOIN gi ON gi.account_id = d.account_id
+GROUP BY d.account_id, d.prepaid
+"""
+
+
+def statement_of(
+    window: tuple[datetime, datetime],
+    prepaid: bool,
+    previous: int,
+    payments: int,
+    debited: int,
+    posting: int,
+) -> Statement:
+    """A statement from its ledger figures and what posting the invoice moves (the rule
+    of the module's docstring, as ``_STATEMENT_SQL`` writes it)."""
+    new_charges = debited + posting
+    closing = previous + payments - new_charges
+    return Statement(
+        window[0],
+        window[1],
+        prepaid,
+        previous,
+        payments,
+        debited,
+        posting,
+        new_charges,
+        closing,
+        max(-closing, 0),
+    )
+
+
+async def statement_figures(
+    conn: asyncpg.Connection,
+    account_ids: list[str],
+    period_start: datetime,
+    window: tuple[datetime, datetime],
+) -> dict[str, tuple[bool, int, int, int]]:
+    """Account -> (prepaid, previous balance, payments, debited) for drafts of the period
+    starting at ``period_start`` over ``window``, in one query: what a draft's statement
+    needs besides its own lines, read before the drafts are written (so a new draft is
+    inserted whole, not inserted and then updated)."""
+    rows = await conn.fetch(
+        _FIGURES_SQL, account_ids, window[0], window[1], list(PAYMENT_KINDS), period_start
+    )
+    return {
+        r["account_id"]: (r["prepaid"], r["previous"], r["payments"], r["debited"]) for r in rows
+    }
+
 
 async def write_statements(
     conn: asyncpg.Connection, draft_ids: list[int], window: tuple[datetime, datetime]

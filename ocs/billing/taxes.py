@@ -31,10 +31,15 @@ The rule (decision 0022), stated here once:
 
 Tax lines move money at posting (the real-time path debited usage net of tax).
 
-An external engine (``tax_engine``, the North America case) may tax an
-invoice instead: ``external_engine`` sends its lines as transactions and
-makes one tax line per engine tax code of what comes back, summing the
-engine's exact amounts and rounding once per code, by the same rule.
+A plan chooses who taxes its invoices (``plan_billing.tax_engine``): its own
+rules above (``internal``), or an external engine (``external``, the North
+America case, ``tax_engine``): ``external_engine`` sends an invoice's lines as
+transactions, each with its account's billing location (``TaxInvoice.billing``,
+from the subscription's address) and, for calls, where they started or ended
+(``transaction_locations``), and makes one tax line per engine tax of what
+comes back, summing the engine's exact amounts and rounding once per tax, by
+the same rule. An external plan's drafts are never taxed at drafting
+(``taxed_at_drafting``): they are taxed at posting.
 """
 
 from collections import defaultdict
@@ -44,8 +49,10 @@ from datetime import date
 
 import aiohttp
 import asyncpg
+import msgspec
 
 from ocs.billing.currency import format_amount, minor_unit_micro, round_half_away, round_line
+from ocs.billing.cycles import PlanBilling
 from ocs.billing.lines import Line
 from ocs.billing.tax_engine import (
     Location,
@@ -129,10 +136,11 @@ class TaxRules:
                 keys.append(("tax_code", code))
         if zone is not None:
             keys.append(("zone", zone))
-            # A rate type's tax code is more specific than its zone's: it replaces it.
-            by_type = self.rate_type_codes.get(line.rate_type or "")
-            if code := by_type or self.zone_codes.get(zone):
-                keys.append(("tax_code", code))
+        # A rate type's tax code is more specific than its zone's: it replaces it. (A
+        # bundle line may name a rate type without a zone.)
+        by_type = self.rate_type_codes.get(line.rate_type or "")
+        if code := by_type or (self.zone_codes.get(zone) if zone is not None else None):
+            keys.append(("tax_code", code))
         if line.kind != "tax" and line.tax_code:  # a line may name its tax code (bundles)
             keys.append(("tax_code", line.tax_code))
         return keys
@@ -327,15 +335,52 @@ async def exempt(
     )
 
 
+NO_LOCATION = Location()  # nothing known: an account without an address
+
+
 @dataclass(frozen=True, slots=True)
 class TaxInvoice:
-    """An untaxed draft as posting taxes it: who, in what currency, on which date."""
+    """An untaxed draft as posting taxes it: who, in what currency, on which date, where.
+
+    ``billing``: the account's billing location (its subscription's address,
+    ``billing_location``); ``number``: the account's member number when it has
+    exactly one on the invoice date (None: none, or several and a usage line
+    cannot say which placed its calls).
+    """
 
     id: int
     account_id: str
     plan_id: str
     currency: str
     invoice_date: date
+    billing: Location = NO_LOCATION
+    number: str | None = None
+
+
+EXTERNAL = "external"
+
+
+def taxed_at_drafting(billing: PlanBilling, calculate_taxes: bool) -> bool:
+    """Whether a run's drafts of this plan get their tax lines at drafting.
+
+    Only with taxes on, and only for a plan taxed by its own rules: an external
+    plan's drafts stay untaxed (``taxes_calculated`` false) and are taxed by the
+    engine at posting (``taxing.tax_drafts``), never by the internal rules.
+    """
+    return calculate_taxes and billing.tax_engine != EXTERNAL
+
+
+def billing_location(
+    country: str, region: str, county: str, city: str, postal_code: str
+) -> Location:
+    """A billing location from a subscription's address columns; an empty part is absent."""
+    return Location(
+        country=country or None,
+        region=region or None,
+        county=county or None,
+        city=city or None,
+        postal_code=postal_code or None,
+    )
 
 
 # A tax engine: the tax lines of one invoice's (untaxed) lines, or an exception when it
@@ -386,41 +431,94 @@ def engine_lines(answered: Sequence[TaxLine], currency: str) -> list[Line]:
     return found
 
 
+# Lines of calls: they have a direction, so the account's end of the call is known.
+CALL_KINDS = ("usage", "counter", "counter_usage")
+# Bundle credits on usage: the engine is told they are usage (a negative amount).
+USAGE_CREDIT_KINDS = ("bundle_free", "bundle_discount")
+
+
+def transaction_locations(line: Line, billing: Location, number: str | None = None) -> Locations:
+    """The locations of one line's transaction, as far as ocs knows them.
+
+    - billing: the account's billing address, always;
+    - service: the same address (ocs keeps no other address where the service
+      is used), when it is known at all;
+    - caller / called, for lines of calls only: the account's own end of the
+      calls, the service address with the account's member number when it has
+      exactly one. Outbound calls start there (caller), inbound calls end there
+      (called). The other end is left out: a usage line sums the calls of a
+      zone, direction and rate type to many numbers, and a zone names no place
+      an engine can source.
+    """
+    known = billing != NO_LOCATION
+    service = billing if known else None
+    caller = called = None
+    if line.kind in CALL_KINDS and (known or number is not None):
+        own = msgspec.structs.replace(billing, number=number)
+        if line.direction == "inbound":
+            called = own
+        else:
+            caller = own
+    return Locations(billing=billing, service=service, caller=caller, called=called)
+
+
+def tax_request(
+    invoice: TaxInvoice, lines: Sequence[Line], billing: Location | None = None
+) -> TaxRequest | None:
+    """The engine request of an invoice's lines (None: nothing to tax).
+
+    Every non-zero line but taxes is one transaction, numbered by its place on
+    the invoice: ``usage`` for lines of usage and the bundle credits on usage,
+    ``subscription`` for the rest; its product is the charge, zone or tax code
+    it names (else its kind). ``billing`` replaces the invoice's own location.
+    """
+    where = invoice.billing if billing is None else billing
+    transactions = tuple(
+        TaxTransaction(
+            id=str(index),
+            type=(
+                "usage"
+                if line.kind in USAGE_KINDS or line.kind in USAGE_CREDIT_KINDS
+                else "subscription"
+            ),
+            product=line.charge_id or line.zone or line.tax_code or line.kind,
+            description=line.description,
+            amount=int(line.amount),
+            locations=transaction_locations(line, where, invoice.number),
+            quantity=max(int(line.calls or line.quantity), 1),
+            seconds=line.billed_seconds,
+        )
+        for index, line in enumerate(lines, start=1)
+        if line.amount and line.kind != "tax"
+    )
+    if not transactions:
+        return None
+    return TaxRequest(
+        invoice_id=str(invoice.id),
+        account_id=invoice.account_id,
+        currency=invoice.currency,
+        tax_date=invoice.invoice_date,
+        transactions=transactions,
+    )
+
+
 def external_engine(
-    settings: Settings, billing: Location, *, session: aiohttp.ClientSession | None = None
+    settings: Settings,
+    billing: Location | None = None,
+    *,
+    session: aiohttp.ClientSession | None = None,
 ) -> TaxEngine:
     """A ``TaxEngine`` asking the configured HTTP engine (``tax_engine.engine_taxes``).
 
-    Every non-zero line is one transaction (``usage`` for usage and counter
-    lines, ``subscription`` for the rest), numbered by its place on the
-    invoice, with ``billing`` as its billing location.
+    Each invoice's lines go out as ``tax_request`` makes them, with the
+    invoice's own billing location, or ``billing`` for every invoice when given.
     """
 
     async def ask(invoice: TaxInvoice, lines: list[Line]) -> list[Line]:
         """The invoice's tax lines from the engine."""
-        transactions = tuple(
-            TaxTransaction(
-                id=str(index),
-                type="usage" if line.kind in USAGE_KINDS else "subscription",
-                product=line.charge_id or line.zone or line.kind,
-                description=line.description,
-                amount=int(line.amount),
-                locations=Locations(billing=billing),
-                quantity=max(int(line.quantity), 1),
-                seconds=line.billed_seconds,
-            )
-            for index, line in enumerate(lines, start=1)
-            if line.amount and line.kind != "tax"
-        )
-        if not transactions:
+        request = tax_request(invoice, lines, billing)
+        if request is None:
             return []
-        request = TaxRequest(
-            invoice_id=str(invoice.id),
-            account_id=invoice.account_id,
-            currency=invoice.currency,
-            tax_date=invoice.invoice_date,
-            transactions=transactions,
-        )
         return engine_lines(
             await engine_taxes(settings, request, session=session), invoice.currency
         )
@@ -446,3 +544,13 @@ async def set_rate_type_tax_code(pool: asyncpg.Pool, rate_type: str, tax_code: s
         rate_type,
         tax_code,
     )
+
+
+async def set_bundle_tax_code(pool: asyncpg.Pool, bundle_id: str, tax_code: str) -> None:
+    """The tax code of a bundle's own lines: its flat fees, its resiliation fee, and a
+    commitment whose indicator names no zone or rate type (decision 0023).
+
+    A bundle is a product sold: its code is kept as the product code ``bundle_id``
+    in ``product_tax_codes``, so no other table is needed.
+    """
+    await set_product_tax_code(pool, bundle_id, tax_code)

@@ -1,103 +1,231 @@
-"""Taxing untaxed drafts at posting: the tax lines a run with taxes off left out.
+"""Taxing untaxed drafts at posting: the tax lines a run left out.
 
 A run with ``calculate_taxes`` off writes drafts without tax lines
-(``taxes_calculated`` false). Before posting, ``tax_drafts`` adds them from the
-stored lines, by the plan's rules (``taxes.tax_lines``, the same rule as at
-drafting) or from an external engine; a failed engine call holds the invoice
-back, untaxed, with its reason.
+(``taxes_calculated`` false), and so does any run for a plan taxed by an
+external engine (``taxes.taxed_at_drafting``). Before posting, ``tax_drafts``
+adds them from the stored lines, per invoice by its plan's choice
+(``plan_billing.tax_engine``):
+
+- ``internal``: the plan's rules (``taxes.tax_lines``, the same rule as at
+  drafting);
+- ``external``: the HTTP engine of the settings (``tax_engine_url``), asked
+  with the invoice's account's own billing location (its subscription's
+  address) and member number; with no engine configured the invoice is held,
+  ``tax_error`` "no tax engine configured".
+
+A failed engine call holds the invoice back, untaxed, with its reason: it is
+never posted untaxed.
 """
 
 from collections import defaultdict
+from datetime import date
 
+import aiohttp
 import asyncpg
 
 from ocs.billing.drafts import LINE_COLUMNS, TOTALS_JOIN, TOTALS_SQL, line_records
 from ocs.billing.lines import Line
 from ocs.billing.statement import write_statements
 from ocs.billing.taxes import (
+    EXTERNAL,
     Exemption,
     TaxEngine,
     TaxInvoice,
     TaxRules,
+    billing_location,
     exemptions,
+    external_engine,
     load_rules,
     tax_lines,
 )
+from ocs.config import Settings
+
+NOT_CONFIGURED = "no tax engine configured"
 
 _UNTAXED_SQL = """
 SELECT i.id, i.account_id, i.plan_id, i.currency, i.invoice_date,
+       COALESCE(b.tax_engine, 'internal') AS tax_engine,
        l.kind, l.amount, l.exact_amount, l.charge_id, l.zone, l.counter_id, l.description,
-       l.tax_code, l.rate_type
-FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
+       l.tax_code, l.rate_type, l.direction, l.quantity, l.calls, l.billed_seconds
+FROM invoices i
+LEFT JOIN plan_billing b ON b.plan_id = i.plan_id
+LEFT JOIN invoice_lines l ON l.invoice_id = i.id
 WHERE i.id = ANY($1::bigint[]) AND i.state = 'draft' AND i.kind = 'invoice'
   AND NOT i.taxes_calculated
 ORDER BY i.id, l.position
 """
 
+# Each (account, plan, invoice date)'s billing address: its subscription to the plan
+# (else another), an active one first, then the latest started; and its member numbers
+# held on the date.
+_PLACES_SQL = """
+SELECT a.account_id, a.plan_id, a.day, s.billing_country, s.billing_region, s.billing_county,
+       s.billing_city, s.billing_postal_code,
+       (SELECT array_agg(DISTINCT n.number) FROM account_numbers n
+        WHERE n.account_id = a.account_id AND n.start_date <= a.day
+          AND (n.end_date IS NULL OR n.end_date > a.day)) AS numbers
+FROM unnest($1::text[], $2::text[], $3::date[]) AS a(account_id, plan_id, day)
+LEFT JOIN LATERAL (
+    SELECT * FROM subscriptions s WHERE s.account_id = a.account_id
+    ORDER BY s.plan_id = a.plan_id DESC, s.status = 'active' DESC, s.start_date DESC, s.id DESC
+    LIMIT 1
+) s ON true
+"""
+
+
+def _stored_line(r: asyncpg.Record) -> Line:
+    """An invoice line as stored, with what taxes and the engine need of it."""
+    return Line(
+        r["kind"],
+        r["description"],
+        None,
+        None,
+        r["quantity"],
+        r["exact_amount"],
+        r["amount"],
+        False,
+        charge_id=r["charge_id"],
+        zone=r["zone"],
+        direction=r["direction"],
+        calls=r["calls"],
+        billed_seconds=r["billed_seconds"],
+        counter_id=r["counter_id"],
+        tax_code=r["tax_code"],
+        rate_type=r["rate_type"],
+    )
+
+
+async def _places(
+    conn: asyncpg.Connection, invoices: list[TaxInvoice]
+) -> dict[tuple[str, str, date], TaxInvoice]:
+    """(account, plan, date) -> the invoice's billing location and member number, as a
+    ``TaxInvoice`` template (id and currency left to the caller)."""
+    keys = sorted({(i.account_id, i.plan_id, i.invoice_date) for i in invoices})
+    rows = await conn.fetch(
+        _PLACES_SQL, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+    )
+    found: dict[tuple[str, str, date], TaxInvoice] = {}
+    for r in rows:
+        numbers = r["numbers"] or []
+        found[r["account_id"], r["plan_id"], r["day"]] = TaxInvoice(
+            0,
+            r["account_id"],
+            r["plan_id"],
+            "",
+            r["day"],
+            billing_location(
+                r["billing_country"] or "",
+                r["billing_region"] or "",
+                r["billing_county"] or "",
+                r["billing_city"] or "",
+                r["billing_postal_code"] or "",
+            ),
+            numbers[0] if len(numbers) == 1 else None,
+        )
+    return found
+
+
+async def _ask_engine(
+    pool: asyncpg.Pool,
+    outside: list[TaxInvoice],
+    stored: dict[int, list[Line]],
+    engine: TaxEngine | None,
+    settings: Settings | None,
+) -> tuple[dict[int, list[Line]], dict[int, str]]:
+    """The external plans' invoices taxed by the engine: (id -> tax lines, id -> reason).
+
+    Each invoice is asked with its own account's billing location and member
+    number; one HTTP session serves the whole call, so connections are reused.
+    """
+    if engine is None and (settings is None or not settings.tax_engine_url):
+        return {}, {i.id: NOT_CONFIGURED for i in outside}
+    async with pool.acquire() as conn:
+        places = await _places(conn, outside)
+    computed: dict[int, list[Line]] = {}
+    failed: dict[int, str] = {}
+    async with aiohttp.ClientSession() as session:
+        if engine is not None:
+            ask = engine
+        elif settings is not None:
+            ask = external_engine(settings, session=session)
+        else:  # refused above: no engine is configured
+            return {}, {i.id: NOT_CONFIGURED for i in outside}
+        for invoice in outside:
+            place = places[invoice.account_id, invoice.plan_id, invoice.invoice_date]
+            located = TaxInvoice(
+                invoice.id,
+                invoice.account_id,
+                invoice.plan_id,
+                invoice.currency,
+                invoice.invoice_date,
+                place.billing,
+                place.number,
+            )
+            lines = [line for line in stored[invoice.id] if line.kind != "tax"]
+            try:
+                computed[invoice.id] = await ask(located, lines)
+            except Exception as error:  # any engine failure holds the invoice back, untaxed
+                failed[invoice.id] = f"tax engine: {error}" if str(error) else "tax engine failed"
+    return computed, failed
+
 
 async def tax_drafts(
-    pool: asyncpg.Pool, invoice_ids: list[int], engine: TaxEngine | None = None
+    pool: asyncpg.Pool,
+    invoice_ids: list[int],
+    engine: TaxEngine | None = None,
+    *,
+    settings: Settings | None = None,
 ) -> dict[int, str]:
     """Add the tax lines of the untaxed drafts among ``invoice_ids``; those that failed.
 
-    Taxes come from the plan's rules (``taxes.tax_lines``, as at drafting) or,
-    when ``engine`` is given, from the external engine, called outside any
-    transaction. An invoice whose engine call fails keeps no tax lines, stays
-    untaxed with ``tax_error`` set to the reason (answered: id -> reason), so it
-    cannot be posted. Each invoice is written in its own transaction, under its
-    row lock, and only if it is still an untaxed draft.
+    Each invoice is taxed as its plan says: by the plan's rules
+    (``taxes.tax_lines``, as at drafting), or, for a plan taxed externally, by
+    ``engine`` when given, else by the HTTP engine of ``settings``, called
+    outside any transaction with the invoice's own billing location. An
+    external plan without an engine, and an invoice whose engine call fails,
+    keep no tax lines and stay untaxed with ``tax_error`` set to the reason
+    (answered: id -> reason), so they cannot be posted. Each invoice is
+    written in its own transaction, under its row lock, and only if it is
+    still an untaxed draft.
     """
     async with pool.acquire() as conn:
         rows = await conn.fetch(_UNTAXED_SQL, invoice_ids)
     invoices: dict[int, TaxInvoice] = {}
+    external: set[int] = set()
     stored: dict[int, list[Line]] = defaultdict(list)
     for r in rows:
         invoices.setdefault(
             r["id"],
             TaxInvoice(r["id"], r["account_id"], r["plan_id"], r["currency"], r["invoice_date"]),
         )
+        if r["tax_engine"] == EXTERNAL:
+            external.add(r["id"])
         if r["kind"] is not None:
-            stored[r["id"]].append(
-                Line(
-                    r["kind"],
-                    r["description"],
-                    None,
-                    None,
-                    1,
-                    r["exact_amount"],
-                    r["amount"],
-                    False,
-                    charge_id=r["charge_id"],
-                    zone=r["zone"],
-                    counter_id=r["counter_id"],
-                    tax_code=r["tax_code"],
-                    rate_type=r["rate_type"],
-                )
-            )
+            stored[r["id"]].append(_stored_line(r))
     failed: dict[int, str] = {}
     computed: dict[int, list[Line]] = {}
     rules: dict[str, TaxRules] = {}
     exempt: dict[str, Exemption] = {}
-    if engine is None and invoices:
+    internal = [i for i in invoices.values() if i.id not in external]
+    outside = [i for i in invoices.values() if i.id in external]
+    if internal:
         async with pool.acquire() as conn:
-            for plan in sorted({i.plan_id for i in invoices.values()}):
+            for plan in sorted({i.plan_id for i in internal}):
                 rules[plan] = await load_rules(conn, plan)
-            exempt = await exemptions(conn, sorted({i.account_id for i in invoices.values()}))
-    for invoice_id, invoice in invoices.items():
-        lines = [line for line in stored[invoice_id] if line.kind != "tax"]
-        if engine is None:
-            computed[invoice_id] = tax_lines(
-                lines,
-                rules[invoice.plan_id],
-                invoice.currency,
-                invoice.invoice_date,
-                exempt.get(invoice.account_id),
-            )
-            continue
-        try:
-            computed[invoice_id] = await engine(invoice, lines)
-        except Exception as error:  # any engine failure holds the invoice back, untaxed
-            failed[invoice_id] = f"tax engine: {error}" if str(error) else "tax engine failed"
+            exempt = await exemptions(conn, sorted({i.account_id for i in internal}))
+    for invoice in internal:
+        lines = [line for line in stored[invoice.id] if line.kind != "tax"]
+        computed[invoice.id] = tax_lines(
+            lines,
+            rules[invoice.plan_id],
+            invoice.currency,
+            invoice.invoice_date,
+            exempt.get(invoice.account_id),
+        )
+    if outside:
+        asked, refused = await _ask_engine(pool, outside, stored, engine, settings)
+        computed.update(asked)
+        failed.update(refused)
     async with pool.acquire() as conn:
         for invoice_id, reason in failed.items():
             await conn.execute(

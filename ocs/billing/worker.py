@@ -21,8 +21,11 @@ Every ``billing_poll_interval`` seconds a worker:
 A stop (SIGTERM) is noticed between chunks: the chunk in hand is finished and
 committed, none is claimed after it. The worker logs one line per state
 change (started, run created, run joined, run finished, a failed step,
-stopping, stopped), never one per account. It drafts; posting stays an
-operator's step (``ocs billing post``).
+stopping, stopped), never one per account.
+
+3. posts the runs it created (``billing_auto_post``, on by default) once all
+   their chunks are drafted: numbers, then the money (``posting.post``). An
+   operator's runs (``ocs billing run``) wait for ``ocs billing post``.
 """
 
 import asyncio
@@ -36,7 +39,8 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 from ocs import metrics
-from ocs.billing import queries, runs
+from ocs.balances.store import BalanceStore
+from ocs.billing import posting, queries, runs
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
 from ocs.billing.periods import Period, local_midnight, month_day
 from ocs.config import Settings
@@ -55,6 +59,7 @@ class WorkerSettings:
     chunk_size: int = runs.DEFAULT_CHUNK
     lease_s: float = runs.DEFAULT_LEASE_S
     run_delay: float = 300.0
+    auto_post: bool = True
 
     @classmethod
     def of(cls, settings: Settings) -> "WorkerSettings":
@@ -64,6 +69,7 @@ class WorkerSettings:
             chunk_size=settings.billing_chunk_size,
             lease_s=settings.billing_lease,
             run_delay=settings.billing_run_delay,
+            auto_post=settings.billing_auto_post,
         )
 
 
@@ -84,57 +90,99 @@ def _month(day: date, months: int) -> tuple[int, int]:
     return year, month0 + 1
 
 
-def _anniversary_due(billing: PlanBilling, moment: datetime) -> Due | None:
-    """The month of a subscription-date plan whose periods have all ended (or started)."""
+def _anniversary_months(billing: PlanBilling, moment: datetime) -> list[Due]:
+    """The months of a subscription-date plan whose periods have all ended (or started),
+    from the plan's effective month to the latest, oldest first."""
     zone = schedule(billing).zone
     today = moment.astimezone(zone).date()
     advance = billing.invoice_timing == "start_of_cycle"
     # A period starting in month M ends in M+1: all have ended once M+2 begins.
-    year, month = _month(today, -1 if advance else -2)
-    first = date(year, month, 1)
-    after = month_day(*_month(first, 1), 1)
-    if after <= billing.effective_date:
-        return None
-    start = local_midnight(first, zone)
-    invoice_day = after if advance else month_day(*_month(first, 2), 1)
-    return Due(billing.plan_id, f"{year:04d}-{month:02d}", start, invoice_day)
+    last = _month(today, -1 if advance else -2)
+    month = (billing.effective_date.year, billing.effective_date.month)
+    found = []
+    while month <= last:
+        first = date(*month, 1)
+        after = month_day(*_month(first, 1), 1)
+        invoice_day = after if advance else month_day(*_month(first, 2), 1)
+        label = f"{month[0]:04d}-{month[1]:02d}"
+        found.append(Due(billing.plan_id, label, local_midnight(first, zone), invoice_day))
+        month = _month(first, 1)
+    return found
+
+
+def due_periods(billing: PlanBilling, now: datetime, delay: float = 0.0) -> list[Due]:
+    """Every period of the plan whose run is due at ``now`` (``delay`` seconds late), from
+    the first after the plan's effective date to the latest, oldest first; none for a
+    manual or on-demand plan.
+
+    A worker that was down, or a plan given billing settings with a past
+    effective date, leaves earlier periods due: they are run too (back-fill),
+    oldest first, so no period's usage is left uninvoiced.
+    """
+    if billing.cycle not in SCHEDULED:
+        return []
+    moment = now.astimezone(UTC) - timedelta(seconds=delay)
+    if billing.cycle == "subscription_date":
+        return _anniversary_months(billing, moment)
+    cycle = schedule(billing)
+    advance = billing.invoice_timing == "start_of_cycle"
+    last = cycle.index_containing(moment) - (0 if advance else 1)
+    first = cycle.index_containing(local_midnight(billing.effective_date, cycle.zone))
+    found = []
+    for n in range(first, last + 1):
+        period: Period = cycle.period(n)
+        if period.end_day <= billing.effective_date:
+            continue
+        invoice_day = period.first_day if advance else period.end_day
+        found.append(Due(billing.plan_id, period.label, period.start, invoice_day))
+    return found
 
 
 def due_period(billing: PlanBilling, now: datetime, delay: float = 0.0) -> Due | None:
     """The plan's latest period whose run is due at ``now`` (``delay`` seconds late); None
     for a manual or on-demand plan, or one whose first period is not due yet."""
-    if billing.cycle not in SCHEDULED:
-        return None
-    moment = now.astimezone(UTC) - timedelta(seconds=delay)
-    if billing.cycle == "subscription_date":
-        return _anniversary_due(billing, moment)
-    cycle = schedule(billing)
-    n = cycle.index_containing(moment)
-    advance = billing.invoice_timing == "start_of_cycle"
-    period: Period = cycle.period(n if advance else n - 1)
-    if period.end_day <= billing.effective_date:
-        return None
-    invoice_day = period.first_day if advance else period.end_day
-    return Due(billing.plan_id, period.label, period.start, invoice_day)
+    found = due_periods(billing, now, delay)
+    return found[-1] if found else None
 
 
 async def due_runs(pool: asyncpg.Pool, now: datetime, delay: float = 0.0) -> list[Due]:
-    """Every scheduled plan's due period at ``now``, by plan id."""
+    """Every scheduled plan's due periods at ``now`` that have no run yet, by plan id,
+    oldest period first.
+
+    A period is taken by a run of it under its name (the plan's or every plan's)
+    or by a chunk of the plan starting at its first instant; ``ensure_run``
+    checks again under its lock.
+    """
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT * FROM plan_billing WHERE cycle = ANY($1::text[]) ORDER BY plan_id",
             list(SCHEDULED),
         )
+        taken = await conn.fetch(
+            "SELECT r.plan_id, r.period, NULL::timestamptz AS start FROM invoice_runs r"
+            " UNION ALL SELECT DISTINCT plan_id, NULL, period_start FROM invoice_run_chunks"
+        )
+    named = {(r["plan_id"], r["period"]) for r in taken if r["period"] is not None}
+    started = {(r["plan_id"], r["start"]) for r in taken if r["start"] is not None}
     found = []
     for row in rows:
-        due = due_period(PlanBilling.from_row(row), now, delay)
-        if due is not None:
+        for due in due_periods(PlanBilling.from_row(row), now, delay):
+            if (
+                (due.plan_id, due.period) in named
+                or (None, due.period) in named
+                or (due.plan_id, due.start) in started
+            ):
+                continue
             found.append(due)
     return found
 
 
-async def ensure_run(pool: asyncpg.Pool, due: Due, chunk_size: int) -> int | None:
+async def ensure_run(
+    pool: asyncpg.Pool, due: Due, chunk_size: int, *, auto_post: bool = False
+) -> int | None:
     """Create the run of a due period unless one exists; the new run's id, else None.
+
+    ``auto_post``: the run is posted by a worker once drafted (``BillingWorker.post_runs``).
 
     The check and the creation hold an advisory lock of (plan, period), so two
     workers (or a restart) never create a second run of it. The lock is a
@@ -162,6 +210,7 @@ async def ensure_run(pool: asyncpg.Pool, due: Due, chunk_size: int) -> int | Non
                 invoice_date=due.invoice_date,
                 plan_id=due.plan_id,
                 chunk_size=chunk_size,
+                auto_post=auto_post,
             )
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
@@ -177,8 +226,15 @@ class BillingWorker:
         *,
         name: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        store: BalanceStore | None = None,
+        tax_settings: Settings | None = None,
     ) -> None:
+        """``store`` (the real-time balances) lets the worker post its runs: without it, it
+        only drafts. ``tax_settings`` configure the external tax engine at posting."""
         self.pool = pool
+        self.store = store
+        self.tax_settings = tax_settings
+        self._held: dict[int, int] = {}
         self.settings = settings
         self.name = name or runs.worker_name()
         self.clock = clock
@@ -188,7 +244,12 @@ class BillingWorker:
         """Create the run of every plan's due period that has none; the new runs' ids."""
         created = []
         for due in await due_runs(self.pool, self.clock(), self.settings.run_delay):
-            run_id = await ensure_run(self.pool, due, self.settings.chunk_size)
+            run_id = await ensure_run(
+                self.pool,
+                due,
+                self.settings.chunk_size,
+                auto_post=self.settings.auto_post and self.store is not None,
+            )
             if run_id is None:
                 continue
             created.append(run_id)
@@ -255,7 +316,65 @@ class BillingWorker:
                     "billing chunk failed",
                     extra={"worker": self.name, "run_id": run_id, "error": str(error)},
                 )
+        if not stopping.is_set():
+            try:
+                await self.post_runs()
+            except Exception as error:
+                # Posting is idempotent (numbers under a lock, money by line): the next
+                # pass finishes what this one left.
+                metrics.BILLING_FAILURES.labels("post").inc()
+                log.error(
+                    "billing posting failed", extra={"worker": self.name, "error": str(error)}
+                )
         await self.report_progress()
+
+    async def post_runs(self) -> list[int]:
+        """Post every drafted run marked ``auto_post`` whose drafts are not all posted; the
+        runs now fully posted.
+
+        A draft held back (its tax engine failed) keeps its run unposted: the
+        next pass tries it again, and posts it exactly once when the engine is
+        back. Posting a run twice at once (two workers) is harmless: numbers are
+        assigned under a lock to drafts only, and money moves once per line.
+        """
+        if self.store is None:
+            return []
+        async with self.pool.acquire() as conn:
+            to_post = [
+                int(r["id"])
+                for r in await conn.fetch(
+                    "SELECT id FROM invoice_runs WHERE auto_post AND posted_at IS NULL"
+                    " AND state = 'done' ORDER BY id"
+                )
+            ]
+        finished = []
+        for run_id in to_post:
+            posted = await posting.post(
+                self.pool, self.store, run_id=run_id, settings=self.tax_settings
+            )
+            metrics.BILLING_POSTED.labels("invoices").inc(len(posted.numbers))
+            metrics.BILLING_POSTED.labels("lines").inc(posted.lines_moved)
+            if posted.held:
+                # One line when the number held changes, not one per pass.
+                if self._held.get(run_id) != len(posted.held):
+                    self._held[run_id] = len(posted.held)
+                    log.warning(
+                        "billing run held",
+                        extra={"worker": self.name, "run_id": run_id, "held": len(posted.held)},
+                    )
+                continue
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE invoice_runs SET posted_at = now() WHERE id = $1 AND posted_at IS NULL",
+                    run_id,
+                )
+            self._held.pop(run_id, None)
+            finished.append(run_id)
+            log.info(
+                "billing run posted",
+                extra={"worker": self.name, "run_id": run_id, "invoices": len(posted.numbers)},
+            )
+        return finished
 
     async def report_progress(self) -> None:
         """Set the run-progress gauge from the stored runs."""
@@ -276,15 +395,23 @@ class BillingWorker:
         log.info("billing worker stopped", extra={"worker": self.name})
 
 
-async def serve_worker(pool: asyncpg.Pool, settings: Settings, *, once: bool = False) -> None:
+async def serve_worker(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    *,
+    once: bool = False,
+    store: BalanceStore | None = None,
+) -> None:
     """``ocs billing-worker``: run a worker until SIGTERM or SIGINT (or one pass, ``once``).
+
+    With ``store`` it posts the runs it creates (``billing_auto_post``).
 
     The signal sets the stop: the chunk in hand is finished, the worker then
     exits without claiming another.
     """
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    worker = BillingWorker(pool, WorkerSettings.of(settings))
+    worker = BillingWorker(pool, WorkerSettings.of(settings), store=store, tax_settings=settings)
 
     def stop(signum: int) -> None:
         if not stopping.is_set():

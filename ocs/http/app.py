@@ -8,6 +8,7 @@ from ocs import __version__
 from ocs.http import (
     account_handlers,
     billing_handlers,
+    bundle_handlers,
     call_handlers,
     card_handlers,
     counter_handlers,
@@ -16,6 +17,7 @@ from ocs.http import (
     plan_handlers,
     policy_handlers,
     routes_handlers,
+    tax_handlers,
 )
 from ocs.http.admin_auth import admin_auth
 from ocs.http.context import OPENAPI_DOCUMENT, SERVICES
@@ -35,6 +37,8 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     *routes_handlers.ENDPOINTS,
     *number_handlers.ENDPOINTS,
     *billing_handlers.ENDPOINTS,
+    *tax_handlers.ENDPOINTS,
+    *bundle_handlers.ENDPOINTS,
     *health_handlers.ENDPOINTS,
 )
 

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ocs import metrics
 from ocs.balances.accounts import validate_account_id
-from ocs.billing import drafts, itemised, posting, queries, runs, sessions, store
+from ocs.billing import drafts, itemised, posting, queries, rules_store, runs, sessions, store
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.queries import (
     ChargeView,
@@ -165,6 +165,7 @@ async def _post(services: Services, *, run_id: int | None, invoice_id: int | Non
         services.store,
         run_id=run_id,
         invoice_ids=None if invoice_id is None else [invoice_id],
+        settings=services.settings,
     )
     metrics.BILLING_POSTED.labels("invoices").inc(len(posted.numbers))
     metrics.BILLING_POSTED.labels("lines").inc(posted.lines_moved)
@@ -400,6 +401,13 @@ class SetPlanBilling(Params):
     invoice_message: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     invoice_timing: Literal["end_of_cycle", "start_of_cycle"] = "end_of_cycle"
     issuer: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}$")] = "INV"
+    tax_engine: Annotated[
+        Literal["internal", "external"],
+        msgspec.Meta(
+            description="who taxes its invoices: the plan's own tax rules, or the"
+            " configured HTTP tax engine"
+        ),
+    ] = "internal"
 
 
 class PlanBillingView(Answer):
@@ -416,6 +424,7 @@ class PlanBillingView(Answer):
     invoice_message: str
     invoice_timing: str
     issuer: str
+    tax_engine: str
 
 
 async def set_plan_billing(request: web.Request, params: SetPlanBilling) -> PlanBillingView:
@@ -439,6 +448,7 @@ async def set_plan_billing(request: web.Request, params: SetPlanBilling) -> Plan
             invoice_message=params.invoice_message,
             invoice_timing=params.invoice_timing,
             issuer=params.issuer,
+            tax_engine=params.tax_engine,
         ),
     )
     return PlanBillingView(
@@ -453,6 +463,7 @@ async def set_plan_billing(request: web.Request, params: SetPlanBilling) -> Plan
         invoice_message=saved.invoice_message,
         invoice_timing=saved.invoice_timing,
         issuer=saved.issuer,
+        tax_engine=saved.tax_engine,
     )
 
 
@@ -474,9 +485,53 @@ class CreateSubscription(Params):
     charges: Annotated[list[ObjectId], msgspec.Meta(max_length=50)] = msgspec.field(
         default_factory=list
     )
+    # The billing address's parts, which an external tax engine sources taxes by.
+    billing_city: Text200 = ""
+    billing_county: Text200 = ""
+    billing_region: Annotated[
+        str, msgspec.Meta(max_length=200, description="a state or province: TX")
+    ] = ""
+    billing_postal_code: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    billing_country: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=r"^([A-Z]{2})?(?!\n)$",
+            description="ISO 3166-1 alpha-2, in capitals: US",
+            examples=["US"],
+        ),
+    ] = ""
 
 
-async def _subscription(services: Services, subscription_id: int) -> SubscriptionView:
+class SubscriptionDetails(SubscriptionView, kw_only=True):
+    """A subscription, its charges and its billing address's parts."""
+
+    billing_city: str
+    billing_county: str
+    billing_region: str
+    billing_postal_code: str
+    billing_country: str
+
+
+async def _details(services: Services, found: list[SubscriptionView]) -> list[SubscriptionDetails]:
+    """Subscriptions as shown, each with its billing address's parts."""
+    addresses = await rules_store.billing_addresses(services.pool, [s.id for s in found])
+    shown = []
+    for view in found:
+        address = addresses.get(view.id) or rules_store.BillingAddress("", "", "", "", "")
+        shown.append(
+            SubscriptionDetails(
+                **msgspec.structs.asdict(view),
+                billing_city=address.city,
+                billing_county=address.county,
+                billing_region=address.region,
+                billing_postal_code=address.postal_code,
+                billing_country=address.country,
+            )
+        )
+    return shown
+
+
+async def _subscription(services: Services, subscription_id: int) -> SubscriptionDetails:
     """One subscription as shown; 404 when there is none."""
     from ocs.errors import OcsError, Reason
 
@@ -493,10 +548,13 @@ async def _subscription(services: Services, subscription_id: int) -> Subscriptio
         raise OcsError(
             Reason.NOT_FOUND, f"no subscription {subscription_id}", field="subscription_id"
         )
-    return queries.subscription_view(found[0])
+    [shown] = await _details(services, [queries.subscription_view(found[0])])
+    return shown
 
 
-async def create_subscription(request: web.Request, params: CreateSubscription) -> SubscriptionView:
+async def create_subscription(
+    request: web.Request, params: CreateSubscription
+) -> SubscriptionDetails:
     """POST /v1/subscriptions: subscribe an account (201), adding the charges named."""
     services = services_of(request)
     sub_id = await store.subscribe(
@@ -511,6 +569,11 @@ async def create_subscription(request: web.Request, params: CreateSubscription) 
             params.service,
             params.billing_address,
             params.salesperson,
+            billing_city=params.billing_city,
+            billing_county=params.billing_county,
+            billing_region=params.billing_region,
+            billing_postal_code=params.billing_postal_code,
+            billing_country=params.billing_country,
         ),
     )
     for charge_id in params.charges:
@@ -527,13 +590,15 @@ class SubscriptionQuery(Params):
 class SubscriptionList(Answer):
     """Subscriptions with their charges, oldest first."""
 
-    subscriptions: list[SubscriptionView]
+    subscriptions: list[SubscriptionDetails]
 
 
 async def list_subscriptions(request: web.Request, params: SubscriptionQuery) -> SubscriptionList:
     """GET /v1/subscriptions: subscriptions (of one account, or all)."""
-    found = await queries.list_subscriptions(services_of(request).pool, params.account)
-    return SubscriptionList(subscriptions=[queries.subscription_view(s) for s in found])
+    services = services_of(request)
+    found = await queries.list_subscriptions(services.pool, params.account)
+    shown = await _details(services, [queries.subscription_view(s) for s in found])
+    return SubscriptionList(subscriptions=shown)
 
 
 class AddCharge(Params):
@@ -545,7 +610,7 @@ class AddCharge(Params):
     end_date: date | None = None
 
 
-async def add_subscription_charge(request: web.Request, params: AddCharge) -> SubscriptionView:
+async def add_subscription_charge(request: web.Request, params: AddCharge) -> SubscriptionDetails:
     """POST /v1/subscriptions/{subscription_id}/charges: add a charge (201)."""
     services = services_of(request)
     sub_id = _id(request, "subscription_id")
@@ -570,7 +635,7 @@ class SetStatus(Params):
     on: date | None = None
 
 
-async def set_subscription_status(request: web.Request, params: SetStatus) -> SubscriptionView:
+async def set_subscription_status(request: web.Request, params: SetStatus) -> SubscriptionDetails:
     """POST /v1/subscriptions/{subscription_id}/status: pending -> active -> suspended ->
     cancelled."""
     services = services_of(request)
@@ -760,7 +825,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         "Subscribe an account to a plan, with the charges it adds",
         create_subscription,
         CreateSubscription,
-        SubscriptionView,
+        SubscriptionDetails,
         status=201,
         body_required=True,
         errors=(404,),
@@ -781,7 +846,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         "Add a charge to a subscription",
         add_subscription_charge,
         AddCharge,
-        SubscriptionView,
+        SubscriptionDetails,
         status=201,
         body_required=True,
         errors=(404,),
@@ -793,7 +858,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         "Move a subscription: pending -> active -> suspended -> cancelled",
         set_subscription_status,
         SetStatus,
-        SubscriptionView,
+        SubscriptionDetails,
         body_required=True,
         errors=(404,),
     ),
