@@ -71,9 +71,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.machine import describe
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.store import BalanceStore
-from ocs.billing import posting, runs
+from ocs.billing import posting, rules_store, runs, taxes
 from ocs.billing.cycles import PlanBilling
+from ocs.billing.rules_store import BundleSpec, IndicatorSpec, RuleSpec
 from ocs.billing.store import Charge, create_charge, set_plan_billing
+from ocs.billing.taxes import Tax
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
 from ocs.db.migrate import migrate
@@ -92,6 +94,10 @@ ZONES = (("UK Fixed", 10_000), ("UK Mobile", 60_000), ("Germany", 12_000), ("USA
 # A prime, coprime with any account count not divisible by it: g -> account is a
 # permutation of each block of N consecutive CDRs, so each account gets an equal share.
 SPREAD = 7919
+# --vat-and-bundle (issue 13's figure): 20% VAT on every line, 60 free minutes to UK Mobile.
+VAT_RATE = 20_000_000  # millionths of a percent
+FREE_SECONDS = 3_600
+BUNDLE = "free60"
 SAMPLE_EVERY = 0.05
 
 
@@ -414,6 +420,40 @@ async def generate(database_url: str, accounts: int, cdrs: int, width: int) -> d
     return steps
 
 
+async def set_vat_and_bundle(database_url: str, on: bool) -> None:
+    """Put on (or take off) issue 13's load: a 20% VAT on every line (tax code S on the
+    four zones and both products) and a bundle of 60 free minutes to UK Mobile a month
+    on every subscription, made through ocs's own store functions."""
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:
+        async with pool.acquire() as conn:
+            await conn.execute("DELETE FROM subscription_bundles")
+            await conn.execute("DELETE FROM plan_taxes WHERE plan_id = $1", PLAN)
+            made = await conn.fetchval("SELECT count(*) FROM bundles WHERE id = $1", BUNDLE)
+        if not on:
+            return
+        if not made:
+            await taxes.create_tax(
+                pool, Tax("VAT", "VAT", VAT_RATE, "federal", "EUR", date(2026, 1, 1))
+            )
+            for zone, _ in ZONES:
+                await taxes.set_zone_tax_code(pool, zone, "S")
+            for product in ("RENT", "SUPPORT"):
+                await taxes.set_product_tax_code(pool, product, "S")
+            uk = IndicatorSpec("uk", "sum", "duration", zone="UK Mobile")
+            free = RuleSpec("free", "60 free minutes to UK Mobile", "uk", FREE_SECONDS)
+            await rules_store.create_bundle(
+                pool, BundleSpec(BUNDLE, "Mobile bundle", "EUR", indicators=(uk,), rules=(free,))
+            )
+        await taxes.assign_tax(pool, PLAN, "VAT", "tax_code", "S")
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO subscription_bundles (subscription_id, bundle_id)"
+                " SELECT id, $1 FROM subscriptions",
+                BUNDLE,
+            )
+            await conn.execute("ANALYZE subscription_bundles")
+
+
 async def reset_billing(database_url: str) -> None:
     """Forget every invoice and run of an earlier round (TRUNCATE: no row triggers)."""
     conn = await asyncpg.connect(database_url)
@@ -537,11 +577,21 @@ async def drafts_in_tasks(
         return time.perf_counter() - started, list(done)
 
 
-async def check_drafts(pool: asyncpg.Pool, run_id: int, accounts: int) -> tuple[int, int]:
-    """Refuse a wrong outcome: (invoices, lines) of the run, after checking the sum."""
+async def check_drafts(
+    pool: asyncpg.Pool, run_id: int, accounts: int, vat_and_bundle: bool
+) -> tuple[int, int]:
+    """Refuse a wrong outcome: (invoices, lines) of the run, after checking the sums.
+
+    Without taxes and bundles, the drafts must sum to the charges plus the usage
+    rounded per account, zone and direction, computed apart from ocs. With VAT
+    and the bundle (every line bears the 20% VAT code), each invoice's VAT must
+    be 20% of its subtotal rounded once, every account gets one free-minutes
+    credit of at most 60 minutes at the UK Mobile price, and the subtotals must
+    sum to that same figure plus the credits.
+    """
     async with pool.acquire() as conn:
-        invoices, total, drafts = await conn.fetchrow(
-            "SELECT count(*), COALESCE(sum(total), 0), count(*) FILTER (WHERE state = 'draft')"
+        invoices, subtotal, drafts = await conn.fetchrow(
+            "SELECT count(*), COALESCE(sum(subtotal), 0), count(*) FILTER (WHERE state = 'draft')"
             " FROM invoices WHERE run_id = $1",
             run_id,
         )
@@ -552,15 +602,31 @@ async def check_drafts(pool: asyncpg.Pool, run_id: int, accounts: int) -> tuple[
         )
         expected = await conn.fetchval(EXPECTED_SQL, accounts, CHARGES_PER_ACCOUNT)
         state = await conn.fetchval("SELECT state FROM invoice_runs WHERE id = $1", run_id)
+        wrong_vat, credits, free_lines, free_beyond = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM invoices WHERE run_id = $1"
+            "        AND tax_total <> round(subtotal * $2::numeric / 1e12) * 10000),"
+            " COALESCE(sum(l.amount), 0), count(*),"
+            " count(*) FILTER (WHERE l.amount >= 0 OR l.amount < -$3::bigint)"
+            " FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id"
+            " WHERE i.run_id = $1 AND l.kind = 'bundle_free'",
+            run_id,
+            VAT_RATE if vat_and_bundle else 0,
+            FREE_SECONDS * dict(ZONES)["UK Mobile"] // 60,
+        )
+    per_account = 2 + USAGE_LINES + (2 if vat_and_bundle else 0)
     problems = []
     if state != "done":
         problems.append(f"run state {state}")
     if invoices != accounts or drafts != accounts:
         problems.append(f"{invoices} invoices ({drafts} drafts) for {accounts} accounts")
-    if lines != accounts * (2 + USAGE_LINES):
-        problems.append(f"{lines} lines, expected {accounts * (2 + USAGE_LINES)}")
-    if total != expected:
-        problems.append(f"drafts sum to {total}, expected {expected}")
+    if lines != accounts * per_account:
+        problems.append(f"{lines} lines, expected {accounts * per_account}")
+    if subtotal != expected + credits:
+        problems.append(f"subtotals sum to {subtotal}, expected {expected + credits}")
+    if wrong_vat:
+        problems.append(f"{wrong_vat} invoices whose VAT is not 20% of the subtotal")
+    if free_lines != (accounts if vat_and_bundle else 0) or free_beyond:
+        problems.append(f"{free_lines} free-minutes credits ({free_beyond} out of bounds)")
     if problems:
         raise SystemExit("drafts wrong: " + "; ".join(problems))
     return int(invoices), int(lines)
@@ -569,8 +635,14 @@ async def check_drafts(pool: asyncpg.Pool, run_id: int, accounts: int) -> tuple[
 async def check_posted(
     pool: asyncpg.Pool, store: BalanceStore, run_id: int, accounts: int, width: int
 ) -> None:
-    """Refuse a wrong posting: numbers 1..N, every charge line moved, balances debited."""
+    """Refuse a wrong posting: numbers 1..N, every line that moves money moved once, and
+    sampled balances debited by exactly those lines."""
     async with pool.acquire() as conn:
+        moving = await conn.fetchval(
+            "SELECT count(*) FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id"
+            " WHERE i.run_id = $1 AND l.moves_money",
+            run_id,
+        )
         posted, first, last, moved = await conn.fetchrow(
             "SELECT count(*), min(number), max(number),"
             " (SELECT count(*) FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id"
@@ -583,12 +655,20 @@ async def check_posted(
         problems.append(f"{posted} posted of {accounts}")
     if (first, last) != ("INV-2026-000001", f"INV-2026-{accounts:06d}"):
         problems.append(f"numbers {first}..{last}")
-    if moved != 2 * accounts:
-        problems.append(f"{moved} lines moved, expected {2 * accounts}")
+    if moved != moving or moving < 2 * accounts:
+        problems.append(f"{moved} lines moved of {moving}")
     for n in random.Random(12).sample(range(1, accounts + 1), min(100, accounts)):
-        state = await store.get_account(account_id(n, width))
-        if state is None or state.balance != OPENING - CHARGES_PER_ACCOUNT:
-            problems.append(f"{account_id(n, width)} balance {state and state.balance}")
+        account = account_id(n, width)
+        async with pool.acquire() as conn:
+            owed = await conn.fetchval(
+                "SELECT sum(l.amount) FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id"
+                " WHERE i.run_id = $1 AND i.account_id = $2 AND l.moves_money",
+                run_id,
+                account,
+            )
+        state = await store.get_account(account)
+        if state is None or state.balance != OPENING - owed:
+            problems.append(f"{account} balance {state and state.balance}, owed {owed}")
             break
     if problems:
         raise SystemExit("posting wrong: " + "; ".join(problems))
@@ -616,6 +696,8 @@ async def bench(args: argparse.Namespace) -> None:
         steps = await generate(args.database_url, accounts, cdrs, width)
         spent = ", ".join(f"{step} {seconds:.1f}" for step, seconds in steps.items())
         print(f"data: {time.perf_counter() - started:.1f} s ({spent})")
+    await set_vat_and_bundle(args.database_url, args.vat_and_bundle)
+    print(f"VAT and bundle: {'on' if args.vat_and_bundle else 'off'}")
     redis, store = await connect_redis(args.redis_url)
     print(f"Redis accounts: {await redis_accounts(store, redis, accounts, width):.1f} s")
     print(f"  peak RSS while generating: {rss.phase()[0]:.0f} MB")
@@ -645,7 +727,7 @@ async def bench(args: argparse.Namespace) -> None:
                     run_id,
                 )
             )
-        invoices, lines = await check_drafts(pool, run_id, accounts)
+        invoices, lines = await check_drafts(pool, run_id, accounts, args.vat_and_bundle)
         all_drafts = create_s + drafts_s
         print(
             f"drafts: {drafts_s:.2f} s ({accounts / drafts_s:,.0f} accounts/s);"
@@ -694,6 +776,11 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=runs.DEFAULT_CHUNK)
     parser.add_argument("--reuse", action="store_true", help="keep data of the same size")
     parser.add_argument("--query-timings", action="store_true")
+    parser.add_argument(
+        "--vat-and-bundle",
+        action="store_true",
+        help="issue 13's load: 20%% VAT on every line, a free-minutes bundle on every account",
+    )
     args = parser.parse_args()
     if args.accounts < 1 or args.cdrs < args.accounts or args.cdrs % args.accounts:
         parser.error("--cdrs must be a multiple of --accounts (an equal share each)")

@@ -132,12 +132,23 @@ WITH sb AS (
                 ELSE round(charged::numeric * LEAST(u, GREATEST(allowance - (upto - u), 0)) / u)
            END AS credit
     FROM running
-), per_cdr AS (
-    SELECT sb_id, entry_id, sum(credit) AS credit FROM credited GROUP BY sb_id, entry_id
 ), net AS (
-    SELECT e.sb_id, e.indicator, e.zone, e.rate_type, e.v,
-           e.charged - LEAST(COALESCE(p.credit, 0), e.charged) AS net
-    FROM ev e LEFT JOIN per_cdr p ON (p.sb_id, p.entry_id) = (e.sb_id, e.entry_id)
+    -- Each CDR's credits (over every free rule) beside its indicator rows, summed by a
+    -- window over both: no join of the two, which the planner, misjudging them as one
+    -- row each, made a nested loop re-aggregating the credits per CDR (quadratic).
+    SELECT sb_id, indicator, zone, rate_type, v, charged - LEAST(cdr_credit, charged) AS net
+    FROM (
+        SELECT x.*, sum(x.credit) OVER (PARTITION BY x.sb_id, x.entry_id) AS cdr_credit
+        FROM (
+            SELECT sb_id, entry_id, indicator, zone, rate_type, v, charged,
+                   0::numeric AS credit, true AS measured
+            FROM ev
+            UNION ALL
+            SELECT sb_id, entry_id, NULL, NULL, NULL, NULL, NULL, credit, false
+            FROM credited
+        ) AS x
+    ) AS y
+    WHERE measured
 )
 SELECT 'indicator' AS what, sb_id, indicator, 0 AS position, NULL::text AS zone,
        NULL::text AS rate_type, count(*)::bigint AS events, sum(v)::bigint AS total,
