@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import uvloop
 
-from ocs import cli_rules
+from ocs import (
+    cli_documents,
+    cli_dunning,
+    cli_events,
+    cli_numbers,
+    cli_payments,
+    cli_reports,
+    cli_rules,
+)
 from ocs.cli_support import (
     EXIT_CONFIG,
     EXIT_REFUSED,
@@ -68,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_subscriptions(commands)
     _add_charges(commands)
     cli_rules.add_commands(commands)
+    cli_documents.add_commands(commands)
+    cli_payments.add_commands(commands)
+    cli_dunning.add_commands(commands)
+    cli_events.add_commands(commands)
+    cli_numbers.add_commands(commands)
+    cli_reports.add_commands(commands)
     return parser
 
 
@@ -300,6 +314,7 @@ def _add_invoices(commands: "Commands") -> None:
     )
     preview.add_argument("account")
     preview.add_argument("--at", help="the period holding this instant (default: now)")
+    cli_documents.add_invoice_commands(invoices)  # ocs invoices pdf
 
 
 def _add_subscriptions(commands: "Commands") -> None:

@@ -1,0 +1,14 @@
+"""Command-line commands (issue 14): placeholder until its module is written.
+
+Registered by ``ocs.cli`` (``add_commands``); the shared helpers come from
+``ocs.cli_support``, never from ``ocs.cli``.
+"""
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ocs.cli_support import Commands
+
+
+def add_commands(commands: "Commands") -> None:
+    """Register this module's commands (none yet)."""

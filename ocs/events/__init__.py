@@ -1,0 +1,1 @@
+"""Notifications and provisioning events: the outbox, and their delivery."""
