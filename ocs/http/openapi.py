@@ -125,6 +125,20 @@ _PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "run_id": {"description": "an invoice run's id", "schema": _SERIAL},
     "invoice_id": {"description": "an invoice's (or credit note's) id", "schema": _SERIAL},
     "subscription_id": {"description": "a subscription's id", "schema": _SERIAL},
+    "payment_id": {"description": "a payment's id", "schema": _SERIAL},
+    "event_id": {"description": "a notification event's id", "schema": _SERIAL},
+    "webhook_id": {
+        "description": "a webhook endpoint's id: letters, digits, '-', '_' or '.'",
+        "schema": _ID,
+    },
+    "number_set_id": {
+        "description": "a number set's id: letters, digits, '-', '_' or '.'",
+        "schema": _ID,
+    },
+    "number": {
+        "description": "a telephone number (DID or toll-free), digits only",
+        "schema": {"type": "string", "pattern": "^[0-9]{1,32}$"},
+    },
     "account_id": {
         "description": "an account id: letters, digits and - _ . @ +",
         "schema": _ACCOUNT,
