@@ -123,6 +123,11 @@ def _parse_str(value: Any) -> str:
     return value
 
 
+def _parse_optional_text(value: Any) -> str | None:
+    """A text setting that may be unset: empty text is None."""
+    return None if value in ("", None) else _parse_str(value)
+
+
 def _parse_optional_token(value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -404,6 +409,66 @@ class Settings:
         _parse_optional_secret,
         "bearer token the tax engine requires (none: no Authorization header)",
         repr=False,
+    )
+    # Invoice documents (issue 14): PDFs and their issuer block.
+    invoice_documents_dir: str | None = _setting(
+        None,
+        _parse_optional_text,
+        "directory invoice PDFs are stored under (none: <data dir>/invoices)",
+    )
+    invoice_issuer_name: str = _setting(
+        "ocs", _parse_str, "the issuer's name printed on every invoice"
+    )
+    invoice_issuer_address: str | None = _setting(
+        None,
+        _parse_optional_text,
+        "the issuer's address printed on every invoice (lines split by '|')",
+    )
+    invoice_locale: str = _setting(
+        "en_GB", _parse_str, "the locale invoice amounts and dates are written in (babel)"
+    )
+    # Email (invoices and dunning notices) over SMTP.
+    smtp_host: str | None = _setting(
+        None,
+        _parse_optional_text,
+        "SMTP server invoices and notices are sent through (none: no email)",
+    )
+    smtp_port: int = _setting(25, _parse_int(1, 65535), "SMTP server port")
+    smtp_from: str = _setting("billing@localhost", _parse_str, "the From address of emails")
+    smtp_username: str | None = _setting(
+        None, _parse_optional_text, "SMTP user name (none: no authentication)"
+    )
+    smtp_password: str | None = _setting(None, _parse_optional_secret, "SMTP password", repr=False)
+    smtp_starttls: bool = _setting(False, _parse_bool, "upgrade the SMTP connection with STARTTLS")
+    # Payment gateway webhooks (Stripe's signature scheme).
+    stripe_webhook_secret: str | None = _setting(
+        None,
+        _parse_optional_secret,
+        "the signing secret of the payment gateway's webhooks (none: the webhook is refused)",
+        repr=False,
+    )
+    stripe_webhook_tolerance: float = _setting(
+        300.0,
+        _parse_seconds(1.0, 3600.0),
+        "seconds a signed gateway webhook stays acceptable (the replay window)",
+    )
+    # Outgoing webhooks (provisioning events).
+    webhook_max_attempts: int = _setting(
+        8, _parse_int(1, 100), "deliveries of an event tried before it is dead-lettered"
+    )
+    webhook_backoff: float = _setting(
+        1.0,
+        _parse_seconds(0.0, 3600.0),
+        "seconds before an event's first redelivery, doubled each time",
+    )
+    webhook_timeout: float = _setting(
+        10.0, _parse_seconds(0.001, 600.0), "seconds one webhook delivery may take"
+    )
+    # Dunning: what happens to live calls when an account is suspended for non-payment.
+    dunning_live_calls: str = _setting(
+        "finish",
+        _parse_choice("finish", "disconnect"),
+        "live calls of an account suspended by dunning: finish, or cut by Disconnect-Request",
     )
     # PIN guessing: after this many failed PINs within the window a caller id (or a
     # NAS, for the larger limit) is refused with return code 10 until the window ends.
