@@ -361,7 +361,7 @@ class Settings:
         30.0, _parse_float, "seconds between the billing worker's looks for due cycles and runs"
     )
     billing_chunk_size: int = _setting(
-        500, _parse_int(1, 100_000), "accounts per invoice-run chunk a billing worker claims"
+        1000, _parse_int(1, 100_000), "accounts per invoice-run chunk a billing worker claims"
     )
     billing_lease: float = _setting(
         300.0,
