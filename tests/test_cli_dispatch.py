@@ -67,6 +67,9 @@ COMMANDS = [
     ("bundles", "list"),
     ("bundles", "attach"),
     ("bundles", "detach"),
+    ("reports", "mrr"),
+    ("reports", "deferred"),
+    ("reports", "revenue"),
 ]
 
 
