@@ -334,6 +334,9 @@ def _add_subscriptions(commands: "Commands") -> None:
     screate.add_argument(
         "--billing-country", default="", help="ISO 3166-1 alpha-2 in capitals, e.g. US"
     )
+    screate.add_argument(
+        "--billing-email", default="", help="where invoices and dunning notices are emailed"
+    )
     screate.add_argument("--charge", action="append", default=[], help="add this charge")
     slist = add_command(subs, "list", "list subscriptions", _subscriptions_list)
     slist.add_argument("--account")
@@ -981,6 +984,7 @@ def _subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
         billing_region=args.billing_region,
         billing_postal_code=args.billing_postal_code,
         billing_country=args.billing_country,
+        billing_email=args.billing_email,
     )
 
     async def create(services: "Services") -> Any:
@@ -1025,6 +1029,7 @@ async def _subscriptions_shown(
                 "billing_region": address.region,
                 "billing_postal_code": address.postal_code,
                 "billing_country": address.country,
+                "billing_email": address.email,
             }
         )
     return shown

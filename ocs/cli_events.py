@@ -1,14 +1,152 @@
-"""Command-line commands (issue 14): placeholder until its module is written.
+"""Events and webhooks on the `ocs` command line (issue 14, decision 0029).
+
+``ocs webhooks add|list|remove`` configure the endpoints events are POSTed
+to (``add`` prints the secret, the only time it is shown); ``ocs events list``
+shows the outbox with each event's deliveries (``--state dead``: what was
+dead-lettered), ``ocs events replay EVENT_ID [--webhook ID]`` sends an event
+again, and ``ocs events deliver`` delivers what is due once (webhooks and
+emails), as the billing worker's deliverer does all the time. Each prints the
+admin API's own view of what it did.
 
 Registered by ``ocs.cli`` (``add_commands``); the shared helpers come from
 ``ocs.cli_support``, never from ``ocs.cli``.
 """
 
+import argparse
+import dataclasses
 from typing import TYPE_CHECKING
+
+from ocs.cli_support import (
+    UsageError,
+    add_command,
+    add_group,
+    checked,
+    print_json,
+    to_builtins,
+    with_services,
+)
+from ocs.config import Settings
 
 if TYPE_CHECKING:
     from ocs.cli_support import Commands
 
 
 def add_commands(commands: "Commands") -> None:
-    """Register this module's commands (none yet)."""
+    """Register ``ocs webhooks`` and ``ocs events``."""
+    from ocs.events.outbox import EVENT_KINDS
+    from ocs.events.queries import DELIVERY_STATES
+
+    hooks = add_group(commands, "webhooks", "webhook endpoints events are POSTed to")
+    add = add_command(hooks, "add", "add an endpoint (prints its secret, once)", _webhooks_add)
+    add.add_argument("url", help="where events are POSTed, http:// or https://")
+    add.add_argument("--id", help="its id (default: one is made)")
+    add.add_argument(
+        "--kind",
+        action="append",
+        default=[],
+        choices=EVENT_KINDS,
+        help="an event kind it takes (repeat; none: every kind)",
+    )
+    add.add_argument("--disabled", action="store_true", help="add it disabled")
+    add.add_argument("--description", default="", help="what it is for")
+    add_command(hooks, "list", "list the endpoints (no secrets)", _webhooks_list)
+    remove = add_command(hooks, "remove", "remove an endpoint", _webhooks_remove)
+    remove.add_argument("id", help="the endpoint's id")
+
+    events = add_group(commands, "events", "notification and provisioning events")
+    listed = add_command(events, "list", "events, newest first, with deliveries", _events_list)
+    listed.add_argument("--state", choices=DELIVERY_STATES, help="with a delivery in this state")
+    listed.add_argument("--kind", choices=EVENT_KINDS)
+    listed.add_argument("--subject", help="about this account (or invoice)")
+    listed.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
+    replay = add_command(events, "replay", "send an event again", _events_replay)
+    replay.add_argument("event_id", type=int, help="the event's id")
+    replay.add_argument("--webhook", help="only its delivery to this webhook")
+    add_command(events, "deliver", "deliver the due events once", _events_deliver)
+
+
+def _webhooks_add(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs webhooks add``: a new endpoint, checked before any store opens."""
+    from ocs.events import webhooks
+    from ocs.http.event_handlers import created_view
+
+    checked(lambda: webhooks.check_url(args.url))
+    if args.id is not None:
+        checked(lambda: webhooks.check_id(args.id, "--id"))
+    if len(args.description) > webhooks.MAX_DESCRIPTION:
+        raise UsageError(f"--description: at most {webhooks.MAX_DESCRIPTION} characters")
+    found = with_services(
+        settings,
+        lambda s: webhooks.create(
+            s.pool,
+            args.url,
+            webhook_id=args.id,
+            kinds=args.kind,
+            enabled=not args.disabled,
+            description=args.description,
+        ),
+    )
+    print_json(to_builtins(created_view(found)))
+    return 0
+
+
+def _webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs webhooks list``: the endpoints, without their secrets."""
+    from ocs.events import webhooks
+    from ocs.http.event_handlers import webhook_view
+
+    found = with_services(settings, lambda s: webhooks.list_webhooks(s.pool))
+    print_json({"webhooks": [to_builtins(webhook_view(w)) for w in found]})
+    return 0
+
+
+def _webhooks_remove(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs webhooks remove``: remove an endpoint (exit 1: there is none)."""
+    from ocs.events import webhooks
+    from ocs.http.event_handlers import webhook_view
+
+    checked(lambda: webhooks.check_id(args.id, "id"))
+    removed = with_services(settings, lambda s: webhooks.remove(s.pool, args.id))
+    print_json({"removed": to_builtins(webhook_view(removed))})
+    return 0
+
+
+def _events_list(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs events list``: events newest first, each with its deliveries."""
+    from ocs.events import queries
+    from ocs.http.event_handlers import event_view
+
+    if not 1 <= args.limit <= queries.MAX_EVENTS:
+        raise UsageError(f"--limit: from 1 to {queries.MAX_EVENTS}")
+    found = with_services(
+        settings,
+        lambda s: queries.list_events(
+            s.pool, state=args.state, kind=args.kind, subject=args.subject, limit=args.limit
+        ),
+    )
+    print_json({"events": [to_builtins(event_view(e)) for e in found]})
+    return 0
+
+
+def _events_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs events replay``: re-queue an event's deliveries (exit 1: no such event)."""
+    from ocs.events import queries, webhooks
+    from ocs.http.event_handlers import Replayed, delivery_view
+
+    checked(lambda: queries.check_event_id(args.event_id, "EVENT_ID"))
+    if args.webhook is not None:
+        checked(lambda: webhooks.check_id(args.webhook, "--webhook"))
+    found = with_services(settings, lambda s: queries.requeue(s.pool, args.event_id, args.webhook))
+    replayed = Replayed(event_id=args.event_id, deliveries=[delivery_view(d) for d in found])
+    print_json(to_builtins(replayed))
+    return 0
+
+
+def _events_deliver(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs events deliver``: one delivery pass (webhooks and emails); what it did."""
+    from ocs.billing.notify_email import SENDERS
+    from ocs.events.delivery import deliver_pending
+
+    report = with_services(settings, lambda s: deliver_pending(s.pool, settings, senders=SENDERS))
+    print_json(dataclasses.asdict(report))
+    return 0

@@ -106,13 +106,14 @@ async def test_a_vat_a_surcharge_and_an_exemption_made_through_the_api_are_on_th
     assert (made["rate"], made["amount"], made["plan"]) == ("2.5", None, "retail")
     sub = await subscriber(
         app, "a1", charges=["rent"], billing_city="London", billing_postal_code="SW1A 1AA",
-        billing_country="GB",
+        billing_country="GB", billing_email="ap@example.co.uk",
     )  # fmt: skip
-    assert (sub["billing_city"], sub["billing_postal_code"], sub["billing_country"]) == (
-        "London",
-        "SW1A 1AA",
-        "GB",
-    )
+    assert (
+        sub["billing_city"],
+        sub["billing_postal_code"],
+        sub["billing_country"],
+        sub["billing_email"],
+    ) == ("London", "SW1A 1AA", "GB", "ap@example.co.uk")
     await subscriber(app, "a2", charges=["rent"])
     exemption = {"reference": "CERT-7", "levels": ["other", "federal"]}
     shown = await ok(app, "PUT", "/v1/accounts/a2/tax-exemption", exemption)
@@ -301,6 +302,11 @@ async def test_bad_values_are_named_unknown_ids_are_404_and_other_currencies_ref
         {"account": "a1", "plan": "retail", "start_date": "2026-01-01", "billing_country": "usa"},
     )  # fmt: skip
     assert (status, error["field"]) == (400, "billing_country")
+    status, error = await refused(
+        app, "POST", "/v1/subscriptions",
+        {"account": "a1", "plan": "retail", "start_date": "2026-01-01", "billing_email": "nope"},
+    )  # fmt: skip
+    assert (status, error["field"]) == (400, "billing_email")
     status, error = await refused(
         app, "PUT", "/v1/plans/retail/billing", {**BILLING, "tax_engine": "bogus"}
     )

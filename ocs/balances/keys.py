@@ -82,6 +82,22 @@ def caller_ref(caller: str) -> str:
     return f"caller:{_tag(bucket_of(caller))}:{caller}"
 
 
+def did_ref(number: str) -> str:
+    """String: the account an assigned number (DID, toll-free) identifies: the callee of
+    an inbound call to it (decision 0030)."""
+    return f"did:{_tag(bucket_of(number))}:{number}"
+
+
+def plan_ivr(plan_id: str) -> str:
+    """String: a plan's IVR default, ``announce|language|voicemail enabled|server``."""
+    return f"ivrplan:{_tag(bucket_of(plan_id))}:{plan_id}"
+
+
+def account_ivr(account_id: str) -> str:
+    """String: an account's IVR override, ``announce|language`` (empty: the plan's)."""
+    return f"ivracct:{_tag(bucket_of(account_id))}:{account_id}"
+
+
 def member_lines(account_id: str) -> str:
     """Hash: member -> its calls live now (for the per-member line limit)."""
     return f"mlines:{_tag(bucket_of(account_id))}:{account_id}"

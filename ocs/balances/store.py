@@ -540,6 +540,36 @@ class BalanceStore:
         else:
             await self._pipe.execute("SET", keys.caller_ref(caller), account_id)
 
+    async def did_account(self, number: str) -> str | None:
+        """The account an assigned number (DID) identifies, if any."""
+        account = await self._pipe.execute("GET", keys.did_ref(number))
+        return None if account is None else _text(account)
+
+    async def set_did(self, number: str, account_id: str | None) -> None:
+        """Let an assigned number identify ``account_id`` (None: identify none)."""
+        if account_id is None:
+            await self._pipe.execute("DEL", keys.did_ref(number))
+        else:
+            await self._pipe.execute("SET", keys.did_ref(number), account_id)
+
+    async def ivr(self, account_id: str, plan_id: str) -> tuple[str | None, str | None]:
+        """(the plan's packed IVR default, the account's packed override), one round trip."""
+        plan = self._pipe.execute("GET", keys.plan_ivr(plan_id))
+        own = self._pipe.execute("GET", keys.account_ivr(account_id))
+        found = await _all_or_first_error([plan, own])
+        plan_ivr, account_ivr = (None if f is None else _text(f) for f in found)
+        return plan_ivr, account_ivr
+
+    async def set_ivr(
+        self, *, plan_id: str | None = None, account_id: str | None = None, packed: str | None
+    ) -> None:
+        """Store a plan's IVR default or an account's override (``packed`` None: none)."""
+        key = keys.plan_ivr(plan_id) if plan_id is not None else keys.account_ivr(str(account_id))
+        if packed is None:
+            await self._pipe.execute("DEL", key)
+        else:
+            await self._pipe.execute("SET", key, packed)
+
     async def member_account(self, member: str) -> str | None:
         """The account ``member`` belongs to, if any."""
         account = await self._pipe.execute("GET", keys.member_ref(member))

@@ -15,6 +15,11 @@ The amount is what a dry run (``drafts.compute``) of the period holding
 (never below 0). ``refresh`` recomputes it; posting calls it for the
 accounts it posted, whose charges have then been paid, so the next cycle's
 are committed instead.
+
+When an account's funds stop covering its committed charges it is locked
+(``accounts.prorated_locked``, migration 0037), and unlocked when they cover
+them again: each change is announced (``account.locked``, ``account.unlocked``)
+in the transaction that records it.
 """
 
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ import asyncpg
 
 from ocs.balances.store import BalanceStore
 from ocs.billing import drafts
+from ocs.events.outbox import emit
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,5 +93,27 @@ async def refresh(
                 continue  # not in Redis (yet): created with the plan's fee committed
             state = await store.get_account(account_id)
             covered = state is None or state.balance + state.credit_limit >= amount
+            await record_lock(conn, account_id, amount, locked=amount > 0 and not covered)
             done.append(Committed(account_id, amount, covered))
     return done
+
+
+async def record_lock(
+    conn: asyncpg.Connection, account_id: str, amount: int, *, locked: bool
+) -> None:
+    """Record whether the account is locked on its committed charges; a change is
+    announced (``account.locked`` / ``account.unlocked``) in the same transaction."""
+    async with conn.transaction():
+        changed = await conn.fetchval(
+            "UPDATE accounts SET prorated_locked = $2"
+            " WHERE id = $1 AND prorated_locked IS DISTINCT FROM $2 RETURNING 1",
+            account_id,
+            locked,
+        )
+        if changed is not None:
+            await emit(
+                conn,
+                "account.locked" if locked else "account.unlocked",
+                account_id,
+                {"account_id": account_id, "reason": "prorated_charges", "committed": amount},
+            )

@@ -65,7 +65,7 @@ SELECT s.account_id, c.id, NULL, c.name, c.amount, 1,
        c.kind, c.cadence, c.every_days, c.timing,
        s.start_date, LEAST(s.end_date, s.cancelled_on), NULL
 FROM subscriptions s
-JOIN charges c ON c.plan_id = s.plan_id AND c.kind <> 'counter'
+JOIN charges c ON c.plan_id = s.plan_id AND c.kind NOT IN ('counter', 'triggered')
 WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
   AND ($2::timestamptz IS NULL OR c.created_at <= $2)
 UNION ALL

@@ -33,6 +33,7 @@ from ocs.billing import commitments, taxing
 from ocs.billing.taxes import TaxEngine
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
+from ocs.events.outbox import emit_many
 
 # Lines whose money moves at once (the auto-pipeline sends them together).
 MOVE_BATCH = 1000
@@ -84,7 +85,8 @@ FROM (SELECT id, issuer, extract(year FROM invoice_date)::int AS year,
 JOIN unnest($2::text[], $3::int[], $4::bigint[]) AS s(issuer, year, first)
   ON s.issuer = d.issuer AND s.year = d.year
 WHERE i.id = d.id
-RETURNING i.id, d.issuer, d.year, i.number
+RETURNING i.id, d.issuer, d.year, i.number, i.account_id, i.kind, i.currency, i.total,
+          i.invoice_date
 """
 
 
@@ -96,6 +98,8 @@ async def assign_numbers(conn: asyncpg.Connection, invoice_ids: list[int]) -> di
     invoice, taxes included). The drafts are locked (id order), then each
     sequence row (issuer, year order) moves on by as many, then one UPDATE
     numbers them all: the numbers never leave the database but in the answer.
+    Each invoice (or credit note) posted is announced (``invoice.posted``, one
+    event each) in the same transaction.
     """
     groups = await conn.fetch(_LOCK_DRAFTS_SQL, invoice_ids)
     if not groups:
@@ -124,6 +128,25 @@ async def assign_numbers(conn: asyncpg.Connection, invoice_ids: list[int]) -> di
         firsts.append(first)
     rows = await conn.fetch(_NUMBER_SQL, invoice_ids, issuers, years, firsts)
     rows.sort(key=lambda r: (r["issuer"], r["year"], r["id"]))
+    await emit_many(
+        conn,
+        "invoice.posted",
+        [
+            (
+                r["account_id"],
+                {
+                    "invoice_id": r["id"],
+                    "number": r["number"],
+                    "account_id": r["account_id"],
+                    "kind": r["kind"],
+                    "currency": r["currency"],
+                    "total": r["total"],
+                    "invoice_date": r["invoice_date"].isoformat(),
+                },
+            )
+            for r in sorted(rows, key=lambda r: r["id"])
+        ],
+    )
     return {r["id"]: r["number"] for r in rows}
 
 

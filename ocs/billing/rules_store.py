@@ -856,6 +856,7 @@ class BillingAddress:
     region: str
     postal_code: str
     country: str
+    email: str  # where invoices and dunning notices are emailed ("": not emailed)
 
 
 async def billing_addresses(
@@ -864,7 +865,7 @@ async def billing_addresses(
     """Subscription id -> its billing address parts, for the ones that exist."""
     rows = await pool.fetch(
         "SELECT id, billing_city, billing_county, billing_region, billing_postal_code,"
-        " billing_country FROM subscriptions WHERE id = ANY($1::bigint[])",
+        " billing_country, billing_email FROM subscriptions WHERE id = ANY($1::bigint[])",
         list(subscription_ids),
     )
     return {
@@ -874,6 +875,7 @@ async def billing_addresses(
             r["billing_region"],
             r["billing_postal_code"],
             r["billing_country"],
+            r["billing_email"],
         )
         for r in rows
     }

@@ -16,6 +16,7 @@ import asyncpg
 from ocs.billing.currency import CurrencyError, minor_unit_exponent
 from ocs.billing.cycles import CYCLES, TAX_ENGINES, TIMINGS, PlanBilling, schedule
 from ocs.errors import OcsError, Reason, invalid
+from ocs.events.outbox import emit
 
 CHARGE_KINDS = ("recurring", "one_time", "triggered")
 # Ids of the charges the plan and counter fees make (migration 0022): kept in step with
@@ -23,7 +24,17 @@ CHARGE_KINDS = ("recurring", "one_time", "triggered")
 FEE_CHARGE_PREFIXES = ("plan-fee.", "counter.")
 CADENCES = ("weekly", "monthly", "quarterly", "yearly", "days")
 SUBSCRIPTION_STATUSES = ("pending", "active", "suspended", "cancelled")
+# The event a status change announces, by (old status, new status); a repeat has none.
+STATUS_EVENTS = {
+    ("pending", "active"): "subscription.activated",
+    ("active", "suspended"): "subscription.suspended",
+    ("suspended", "active"): "subscription.resumed",
+    ("pending", "cancelled"): "subscription.cancelled",
+    ("active", "cancelled"): "subscription.cancelled",
+    ("suspended", "cancelled"): "subscription.cancelled",
+}
 COUNTRY_CODE = re.compile(r"[A-Z]{2}")  # ISO 3166-1 alpha-2, as the database checks it
+EMAIL_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+")  # as the database checks it (migration 0037)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,21 +171,28 @@ class Subscription:
     billing_region: str = ""  # state or province: "TX"
     billing_postal_code: str = ""
     billing_country: str = ""  # ISO 3166-1 alpha-2: "US"
+    billing_email: str = ""  # where invoices and dunning notices are emailed (none: not)
 
 
 async def subscribe(pool: asyncpg.Pool, sub: Subscription) -> int:
-    """Store a subscription (pending or active); its id."""
+    """Store a subscription (pending or active); its id.
+
+    Announces ``subscription.created`` (and ``subscription.activated`` for one
+    created active) in the same transaction.
+    """
     if sub.status not in ("pending", "active"):
         raise invalid("status", "a new subscription is pending or active")
     if sub.end_date is not None and sub.end_date < sub.start_date:
         raise invalid("end_date", "must not be before start_date")
     if sub.billing_country and not COUNTRY_CODE.fullmatch(sub.billing_country):
         raise invalid("billing_country", "an ISO 3166-1 alpha-2 code in capitals, e.g. US")
+    if sub.billing_email and not EMAIL_ADDRESS.fullmatch(sub.billing_email):
+        raise invalid("billing_email", "an email address, e.g. billing@example.com")
     columns = [f.name for f in fields(Subscription)]
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         try:
-            return int(
+            sub_id = int(
                 await conn.fetchval(
                     f"INSERT INTO subscriptions ({', '.join(columns)})"
                     f" VALUES ({placeholders}) RETURNING id",
@@ -183,6 +201,30 @@ async def subscribe(pool: asyncpg.Pool, sub: Subscription) -> int:
             )
         except asyncpg.ForeignKeyViolationError as error:
             raise OcsError(Reason.NOT_FOUND, str(error)) from None
+        data = {
+            "subscription_id": sub_id,
+            "account_id": sub.account_id,
+            "plan_id": sub.plan_id,
+            "status": sub.status,
+            "start_date": sub.start_date.isoformat(),
+        }
+        await emit(conn, "subscription.created", sub.account_id, data)
+        if sub.status == "active":
+            await emit(conn, "subscription.activated", sub.account_id, data)
+        return sub_id
+
+
+async def _changed(
+    conn: asyncpg.Connection, subscription_id: int, change: str, **details: object
+) -> None:
+    """Announce ``subscription.changed`` (a charge added, ended or changed) in the
+    caller's transaction."""
+    account_id = await conn.fetchval(
+        "SELECT account_id FROM subscriptions WHERE id = $1", subscription_id
+    )
+    data = {"subscription_id": subscription_id, "account_id": account_id, "change": change}
+    data.update({k: v.isoformat() if isinstance(v, date) else v for k, v in details.items()})
+    await emit(conn, "subscription.changed", str(account_id), data)
 
 
 async def add_charge(
@@ -214,7 +256,7 @@ async def add_charge(
         if row["origin"] is not None:
             # A plan's fee applies through the plan; a counter's is charged in real time.
             raise invalid("charge", f"charge {charge_id} is a {row['origin']}: not subscribed to")
-        return int(
+        item_id = int(
             await conn.fetchval(
                 "INSERT INTO subscription_charges (subscription_id, charge_id, quantity,"
                 " start_date, end_date) VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -225,6 +267,17 @@ async def add_charge(
                 end_date,
             )
         )
+        await _changed(
+            conn,
+            subscription_id,
+            "charge_added",
+            item_id=item_id,
+            charge_id=charge_id,
+            quantity=quantity,
+            start_date=start_date,
+            end_date=end_date,
+        )
+        return item_id
 
 
 async def set_status(
@@ -233,24 +286,42 @@ async def set_status(
     """Move a subscription through pending -> active -> suspended -> cancelled.
 
     Cancelling needs ``on``, the first day without service: recurring charges
-    stop that day, prorated. The database refuses any other transition.
+    stop that day, prorated.
+    The database refuses any other transition. Each change is announced
+    (``STATUS_EVENTS``) in its transaction.
     """
     if status not in SUBSCRIPTION_STATUSES:
         raise invalid("status", f"expected one of {', '.join(SUBSCRIPTION_STATUSES)}")
     if (status == "cancelled") != (on is not None):
         raise invalid("on", "a cancellation, and only a cancellation, needs its day")
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        # The status before, under the row's lock: the event names the transition.
+        old = await conn.fetchrow(
+            "SELECT status, account_id FROM subscriptions WHERE id = $1 FOR UPDATE",
+            subscription_id,
+        )
+        if old is None:
+            raise OcsError(Reason.NOT_FOUND, f"no subscription {subscription_id}")
         try:
-            found = await conn.fetchval(
-                "UPDATE subscriptions SET status = $2, cancelled_on = $3 WHERE id = $1 RETURNING 1",
+            await conn.execute(
+                "UPDATE subscriptions SET status = $2, cancelled_on = $3 WHERE id = $1",
                 subscription_id,
                 status,
                 on,
             )
         except asyncpg.CheckViolationError as error:
             raise invalid("status", str(error)) from None
-    if found is None:
-        raise OcsError(Reason.NOT_FOUND, f"no subscription {subscription_id}")
+        kind = STATUS_EVENTS.get((old["status"], status))
+        if kind is not None:
+            data: dict[str, object] = {
+                "subscription_id": subscription_id,
+                "account_id": old["account_id"],
+                "from": old["status"],
+                "status": status,
+            }
+            if on is not None:
+                data["cancelled_on"] = on.isoformat()
+            await emit(conn, kind, old["account_id"], data)
 
 
 async def end_charge(pool: asyncpg.Pool, item_id: int, on: date) -> None:
@@ -259,17 +330,25 @@ async def end_charge(pool: asyncpg.Pool, item_id: int, on: date) -> None:
     A charge billed in advance for a period holding ``on`` is credited for
     [on, period end) on the next invoice; one in arrears is billed up to ``on``.
     """
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "UPDATE subscription_charges SET end_date = $2 WHERE id = $1"
             " AND (start_date IS NULL OR start_date <= $2)"
-            " AND (end_date IS NULL OR end_date >= $2) RETURNING id",
+            " AND (end_date IS NULL OR end_date >= $2) RETURNING subscription_id, charge_id",
             item_id,
             on,
         )
-    if row is None:
-        raise OcsError(
-            Reason.NOT_FOUND, f"no subscription charge {item_id} running on {on}", field="item"
+        if row is None:
+            raise OcsError(
+                Reason.NOT_FOUND, f"no subscription charge {item_id} running on {on}", field="item"
+            )
+        await _changed(
+            conn,
+            row["subscription_id"],
+            "charge_ended",
+            item_id=item_id,
+            charge_id=row["charge_id"],
+            end_date=on,
         )
 
 
@@ -310,7 +389,7 @@ async def change_charge(
         await conn.execute(
             "UPDATE subscription_charges SET end_date = $2 WHERE id = $1", item_id, on
         )
-        return int(
+        new_id = int(
             await conn.fetchval(
                 "INSERT INTO subscription_charges (subscription_id, charge_id, quantity,"
                 " start_date, end_date) VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -321,6 +400,17 @@ async def change_charge(
                 old["end_date"],
             )
         )
+        await _changed(
+            conn,
+            old["subscription_id"],
+            "charge_changed",
+            item_id=new_id,
+            replaces_item_id=item_id,
+            charge_id=charge_id,
+            quantity=quantity or old["quantity"],
+            start_date=on,
+        )
+        return new_id
 
 
 async def assign_number(

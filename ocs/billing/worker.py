@@ -25,7 +25,9 @@ stopping, stopped), never one per account.
 
 3. posts the runs it created (``billing_auto_post``, on by default) once all
    their chunks are drafted: numbers, then the money (``posting.post``). An
-   operator's runs (``ocs billing run``) wait for ``ocs billing post``.
+   operator's runs (``ocs billing run``) wait for ``ocs billing post``;
+4. runs dunning (``dunning.run_dunning``): notices, suspensions and
+   reactivations due by now, each once.
 """
 
 import asyncio
@@ -40,10 +42,11 @@ import asyncpg
 
 from ocs import metrics
 from ocs.balances.store import BalanceStore
-from ocs.billing import posting, queries, runs
+from ocs.billing import dunning, notify_email, posting, queries, runs
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
 from ocs.billing.periods import Period, local_midnight, month_day
 from ocs.config import Settings
+from ocs.events.delivery import deliver_pending, serve_deliveries
 
 log = logging.getLogger("ocs.billing.worker")
 
@@ -326,6 +329,15 @@ class BillingWorker:
                 log.error(
                     "billing posting failed", extra={"worker": self.name, "error": str(error)}
                 )
+        if not stopping.is_set() and self.store is not None and self.tax_settings is not None:
+            try:
+                # Notices, suspensions and reactivations due by now, each once (decision
+                # 0028). No call cutter here (no RADIUS server in this process): with
+                # dunning_live_calls "disconnect" the live calls are left to finish, logged.
+                await dunning.run_dunning(self.pool, self.store, self.tax_settings, self.clock())
+            except Exception as error:
+                metrics.BILLING_FAILURES.labels("dunning").inc()
+                log.error("dunning run failed", extra={"worker": self.name, "error": str(error)})
         await self.report_progress()
 
     async def post_runs(self) -> list[int]:
@@ -425,11 +437,23 @@ async def serve_worker(
         loop.add_signal_handler(signum, stop, signum)
     if settings.billing_metrics_port and not once:
         metrics.serve_metrics(settings.billing_metrics_port)
+    # Events (webhooks, invoice and dunning emails) go out beside the runs (decision 0029).
+    deliveries = (
+        None
+        if once
+        else asyncio.create_task(
+            serve_deliveries(pool, settings, stopping, senders=notify_email.SENDERS)
+        )
+    )
     try:
         if once:
             await worker.run_once(stopping)
+            await deliver_pending(pool, settings, senders=notify_email.SENDERS)
         else:
             await worker.run(stopping)
     finally:
+        if deliveries is not None:
+            stopping.set()
+            await deliveries
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -19,6 +19,7 @@ import msgspec
 from ocs import metrics
 from ocs.balances.accounts import password_digest
 from ocs.balances.cards import pin_digest
+from ocs.balances.ivr import Ivr, effective
 from ocs.balances.script_args import AuthorizeArgs, CounterCandidate, CounterQuote, CounterUse
 from ocs.balances.store import (
     AlreadyLive,
@@ -636,6 +637,20 @@ class CallService:
             return None
         _, member_of, _ = await self._store.identities(digits, None)
         return member_of or await self._store.caller_account(digits)
+
+    async def account_for_number(self, number: str) -> str | None:
+        """The account an assigned number (DID, toll-free) identifies, if any: the
+        callee of an inbound call to it (number sets, decision 0030)."""
+        digits = number.strip().removeprefix("+")
+        if not digits.isascii() or not digits.isdigit():
+            return None
+        return await self._store.did_account(digits)
+
+    async def ivr_of(self, account_id: str) -> Ivr:
+        """What the IVR is told for the account: its plan's IVR default under its own
+        override, and the plan's voicemail server (one Redis round trip)."""
+        plan_id = await self._plan_of(account_id)
+        return effective(*await self._store.ivr(account_id, plan_id))
 
     def price(
         self,

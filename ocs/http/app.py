@@ -1,5 +1,6 @@
 """The aiohttp application: the routes of every declared endpoint over the shared services."""
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +32,9 @@ from ocs.http.endpoint import Endpoint, route_handler
 from ocs.http.middleware import errors_and_metrics
 from ocs.http.openapi import openapi_document
 from ocs.services import Services
+
+# A path with text after its last parameter ("/v1/invoices/{invoice_id}.pdf").
+_SUFFIXED = re.compile(r"\}[^/{}]+$")
 
 # Every endpoint of the API, in the order /openapi.json lists them.
 ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
@@ -67,7 +71,9 @@ def create_app(services: Services) -> web.Application:
     )
     app[SERVICES] = services
     app[OPENAPI_DOCUMENT] = openapi_document(__version__, ENDPOINTS)
-    for endpoint in ENDPOINTS:
+    # A suffixed path is routed first: "/v1/invoices/{invoice_id}" would otherwise take
+    # "12.pdf" as the id (aiohttp tries the routes in the order they were added).
+    for endpoint in sorted(ENDPOINTS, key=lambda e: _SUFFIXED.search(e.path) is None):
         if endpoint.method == "GET":
             app.router.add_get(endpoint.path, route_handler(endpoint))  # and HEAD
         else:

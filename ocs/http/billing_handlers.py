@@ -500,6 +500,15 @@ class CreateSubscription(Params):
             examples=["US"],
         ),
     ] = ""
+    billing_email: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=254,
+            pattern=r"^([^@\s]+@[^@\s]+)?(?!\n)$",
+            description="where invoices and dunning notices are emailed (empty: not emailed)",
+            examples=["billing@example.com"],
+        ),
+    ] = ""
 
 
 class SubscriptionDetails(SubscriptionView, kw_only=True):
@@ -510,6 +519,7 @@ class SubscriptionDetails(SubscriptionView, kw_only=True):
     billing_region: str
     billing_postal_code: str
     billing_country: str
+    billing_email: str
 
 
 async def _details(services: Services, found: list[SubscriptionView]) -> list[SubscriptionDetails]:
@@ -517,7 +527,7 @@ async def _details(services: Services, found: list[SubscriptionView]) -> list[Su
     addresses = await rules_store.billing_addresses(services.pool, [s.id for s in found])
     shown = []
     for view in found:
-        address = addresses.get(view.id) or rules_store.BillingAddress("", "", "", "", "")
+        address = addresses.get(view.id) or rules_store.BillingAddress("", "", "", "", "", "")
         shown.append(
             SubscriptionDetails(
                 **msgspec.structs.asdict(view),
@@ -526,6 +536,7 @@ async def _details(services: Services, found: list[SubscriptionView]) -> list[Su
                 billing_region=address.region,
                 billing_postal_code=address.postal_code,
                 billing_country=address.country,
+                billing_email=address.email,
             )
         )
     return shown
@@ -574,6 +585,7 @@ async def create_subscription(
             billing_region=params.billing_region,
             billing_postal_code=params.billing_postal_code,
             billing_country=params.billing_country,
+            billing_email=params.billing_email,
         ),
     )
     for charge_id in params.charges:

@@ -84,6 +84,10 @@ class CallGranted(Answer):
     counter_seconds: int
     final: bool
     direction: str
+    # The plan's voicemail server (decision 0030): where the switch forwards the call
+    # when it is not answered; "" when the plan has none enabled.
+    voicemail_enabled: bool = False
+    voicemail_server: str = ""
 
 
 async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[CallGranted]:
@@ -103,6 +107,9 @@ async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[C
             if identity.member is None or account not in (None, identity.account_id):
                 raise OcsError(Reason.NOT_FOUND, "the account has no such member", field="member")
             account = identity.account_id
+        if account is None and params.direction == "inbound":
+            # An inbound call to a number the account holds (number sets): the callee.
+            account = await services.calls.account_for_number(params.destination)
         if account is None:
             raise invalid("account", "is required")
         if params.call_id is not None:
@@ -125,6 +132,7 @@ async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[C
         metrics.CALL_DECISIONS.labels(getattr(exc, "code", exc.reason.value)).inc()
         raise
     metrics.CALL_DECISIONS.labels("granted").inc()
+    settings = await services.calls.ivr_of(grant.account_id)
     answer = CallGranted(
         call_id=grant.call_id,
         account=grant.account_id,
@@ -138,6 +146,8 @@ async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[C
         counter_seconds=grant.counter_seconds,
         final=grant.final,
         direction=grant.direction,
+        voicemail_enabled=settings.voicemail_enabled,
+        voicemail_server=settings.voicemail_server,
     )
     return Reply(answer, 200 if grant.repeated else 201)
 

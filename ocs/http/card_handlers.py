@@ -1,17 +1,21 @@
-"""The calling cards' endpoints: creating a PIN batch, and an IVR's queries by PIN
-(the card's state, and the seconds it buys to a destination).
+"""The calling cards' endpoints: creating a PIN batch, an IVR's queries by PIN (the
+card's state, and the seconds it buys to a destination), and the IVR settings an IVR
+is told in those answers (a plan's default, an account's override: decision 0030).
 
 A thin adapter over ``ocs.balances.cards`` and the call lifecycle's quote: each
 endpoint declares what it takes and answers (``ENDPOINTS``).
 """
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
 
+from ocs.balances import ivr
+from ocs.balances.accounts import validate_account_id
 from ocs.balances.cards import MAX_BATCH
+from ocs.catalog.store import validate_plan_id
 from ocs.errors import OcsError, Reason
 from ocs.http.context import services_of
 from ocs.http.endpoint import Amount, Answer, Endpoint, ObjectId, Params, Role, amount_text
@@ -125,6 +129,10 @@ class PinInfo(Answer):
     language: str
     expires_at: int | None
     expires_days_after_first_use: int | None
+    # The IVR settings (decision 0030): what to announce; ``language`` above is theirs
+    # when they name one.
+    play_balance: bool = True
+    play_time: bool = False
 
 
 async def pin_info(request: web.Request, params: PinQuery) -> PinInfo:
@@ -132,15 +140,18 @@ async def pin_info(request: web.Request, params: PinQuery) -> PinInfo:
     services, account_id = await _card(request, params.caller)
     state = await services.accounts.show(account_id)
     expires = state.expires_at
+    settings = await services.calls.ivr_of(account_id)
     return PinInfo(
         account=account_id,
         status=state.status,
         balance=amount_text(state.balance),
         available=amount_text(state.available),
         currency=state.currency,
-        language=await services.cards.language(account_id),
+        language=settings.language or await services.cards.language(account_id),
         expires_at=expires or None,
         expires_days_after_first_use=(state.expire_days or None) if not expires else None,
+        play_balance=settings.play_balance,
+        play_time=settings.play_time,
     )
 
 
@@ -166,6 +177,10 @@ class PinTime(Answer):
     destination_name: str | None
     zone: str
     seconds: int
+    # The IVR settings (decision 0030): what to announce, in which language.
+    play_balance: bool = True
+    play_time: bool = False
+    language: str = "en"
 
 
 async def pin_time(request: web.Request, params: PinTimeQuery) -> PinTime:
@@ -173,13 +188,139 @@ async def pin_time(request: web.Request, params: PinTimeQuery) -> PinTime:
     services, account_id = await _card(request, params.caller)
     access_number = params.access_number.lstrip("+") or None
     quote = await services.calls.quote(account_id, params.destination, access_number)
+    settings = await services.calls.ivr_of(account_id)
     return PinTime(
         account=account_id,
         destination=quote.destination,
         destination_name=quote.destination_name,
         zone=quote.zone,
         seconds=quote.seconds,
+        play_balance=settings.play_balance,
+        play_time=settings.play_time,
+        language=settings.language or await services.cards.language(account_id),
     )
+
+
+Announce = Annotated[
+    Literal["none", "balance", "time", "both"],
+    msgspec.Meta(description="what the IVR announces: the balance, the time it buys, both"),
+]
+Language = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*(?!\n)$",
+        max_length=35,
+        description="the prompts' language tag",
+        examples=["en", "pt-BR"],
+    ),
+]
+
+
+class SetPlanIvr(Params):
+    """A plan's IVR default and voicemail server."""
+
+    announce: Announce = "balance"
+    language: Language | None = None
+    voicemail_enabled: bool = False
+    voicemail_server: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=ivr.VOICEMAIL_MAX,
+            description="where the switch forwards unanswered calls: a SIP URI or host[:port]",
+            examples=["sip:vm.example.net:5060"],
+        ),
+    ] = ""
+
+
+class PlanIvrView(Answer):
+    """A plan's IVR default and voicemail server (language null: each account's)."""
+
+    plan: str
+    announce: str
+    language: str | None
+    voicemail_enabled: bool
+    voicemail_server: str
+
+
+def plan_ivr_view(settings: ivr.PlanIvr) -> PlanIvrView:
+    """A plan's IVR settings as the API (and the CLI) shows them."""
+    return PlanIvrView(
+        plan=settings.plan_id,
+        announce=settings.announce,
+        language=settings.language,
+        voicemail_enabled=settings.voicemail_enabled,
+        voicemail_server=settings.voicemail_server,
+    )
+
+
+async def set_plan_ivr(request: web.Request, params: SetPlanIvr) -> PlanIvrView:
+    """PUT /v1/plans/{plan_id}/ivr."""
+    plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
+    services = services_of(request)
+    done = await ivr.set_plan_ivr(
+        services.pool,
+        services.store,
+        ivr.PlanIvr(
+            plan_id,
+            params.announce,
+            params.language,
+            params.voicemail_enabled,
+            params.voicemail_server,
+        ),
+    )
+    return plan_ivr_view(done)
+
+
+async def get_plan_ivr(request: web.Request, params: None) -> PlanIvrView:
+    """GET /v1/plans/{plan_id}/ivr."""
+    plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
+    return plan_ivr_view(await ivr.plan_ivr(services_of(request).pool, plan_id))
+
+
+class SetAccountIvr(Params):
+    """An account's override of its plan's IVR default (null or left out: the plan's)."""
+
+    announce: Announce | None = None
+    language: Language | None = None
+
+
+class AccountIvrView(Answer):
+    """An account's override and what its IVR is told with it."""
+
+    account: str
+    announce: str | None
+    language: str | None
+    effective_announce: str
+    effective_language: str | None
+
+
+async def _account_ivr_view(request: web.Request, settings: ivr.AccountIvr) -> AccountIvrView:
+    """The override with the settings in effect (the plan's default under it)."""
+    found = await services_of(request).calls.ivr_of(settings.account_id)
+    return AccountIvrView(
+        account=settings.account_id,
+        announce=settings.announce,
+        language=settings.language,
+        effective_announce=found.announce,
+        effective_language=found.language,
+    )
+
+
+async def set_account_ivr(request: web.Request, params: SetAccountIvr) -> AccountIvrView:
+    """PUT /v1/accounts/{account_id}/ivr."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    services = services_of(request)
+    done = await ivr.set_account_ivr(
+        services.pool, services.store, ivr.AccountIvr(account_id, params.announce, params.language)
+    )
+    return await _account_ivr_view(request, done)
+
+
+async def get_account_ivr(request: web.Request, params: None) -> AccountIvrView:
+    """GET /v1/accounts/{account_id}/ivr."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    found = await ivr.account_ivr(services_of(request).pool, account_id)
+    return await _account_ivr_view(request, found)
 
 
 ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
@@ -219,5 +360,49 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         PinTime,
         errors=(403,),
         description="Reserves nothing. Wrong PINs count as for the lookup.",
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/plans/{plan_id}/ivr",
+        Role.OPERATOR,
+        "Set a plan's IVR default (announce, language) and its voicemail server",
+        set_plan_ivr,
+        SetPlanIvr,
+        PlanIvrView,
+        body_required=True,
+        errors=(404,),
+        description="The IVR is told them in RADIUS answers (Cisco-AVPair ocs-ivr-*) and in"
+        " the PIN answers; an enabled voicemail server is returned in authorize answers.",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/plans/{plan_id}/ivr",
+        Role.VIEWER,
+        "A plan's IVR default and voicemail server",
+        get_plan_ivr,
+        None,
+        PlanIvrView,
+        errors=(404,),
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/accounts/{account_id}/ivr",
+        Role.OPERATOR,
+        "Override the plan's IVR default for one account (null fields: the plan's)",
+        set_account_ivr,
+        SetAccountIvr,
+        AccountIvrView,
+        body_required=True,
+        errors=(404,),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}/ivr",
+        Role.VIEWER,
+        "An account's IVR override and the settings in effect",
+        get_account_ivr,
+        None,
+        AccountIvrView,
+        errors=(404,),
     ),
 )

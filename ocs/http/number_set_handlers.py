@@ -1,7 +1,296 @@
-"""Admin API endpoints (issue 14): placeholder until its module is written."""
+"""The number sets' endpoints: create and list sets, import their numbers (CSV), assign
+them to plans with a priority, and the numbers an account takes and gives back.
 
-from typing import Any
+A thin adapter over ``ocs.billing.number_sets`` (decision 0030): each endpoint's
+parameters and answer are declared below (``ENDPOINTS``).
+"""
 
-from ocs.http.endpoint import Endpoint
+from datetime import date
+from typing import Annotated, Any, Literal
 
-ENDPOINTS: tuple[Endpoint[Any, Any], ...] = ()
+import msgspec
+from aiohttp import web
+
+from ocs.balances.accounts import validate_account_id
+from ocs.billing import number_sets
+from ocs.catalog.store import validate_plan_id
+from ocs.http.context import services_of
+from ocs.http.endpoint import Answer, Endpoint, ObjectId, Params, Reply, Role
+from ocs.http.json_io import read_text
+
+SetId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}(?!\n)$",
+        description="1 to 64 letters, digits, '.', '_' or '-'",
+        examples=["did-london"],
+    ),
+]
+Number = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^\+?[0-9]{1,32}(?!\n)$",
+        description="1 to 32 digits, an optional leading +",
+        examples=["442079460001"],
+    ),
+]
+
+
+class CreateNumberSet(Params):
+    """A new, empty number set of DIDs or toll-free numbers."""
+
+    id: SetId
+    kind: Literal["did", "toll_free"]
+    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class SetPlanView(Answer):
+    """A plan a set serves, its priority (highest first) and the charge it names."""
+
+    plan: str
+    priority: int
+    charge: str | None
+
+
+class NumberSetView(Answer):
+    """A number set: its kind, its numbers and how many are free, the plans it serves."""
+
+    id: str
+    kind: str
+    name: str
+    numbers: int
+    free: int
+    plans: list[SetPlanView]
+
+
+def set_view(found: number_sets.NumberSet) -> NumberSetView:
+    """A number set as the API (and the CLI) shows it."""
+    return NumberSetView(
+        id=found.id,
+        kind=found.kind,
+        name=found.name,
+        numbers=found.numbers,
+        free=found.free,
+        plans=[
+            SetPlanView(plan=p.plan_id, priority=p.priority, charge=p.charge_id)
+            for p in found.plans
+        ],
+    )
+
+
+async def create_number_set(request: web.Request, params: CreateNumberSet) -> NumberSetView:
+    """POST /v1/number-sets."""
+    made = await number_sets.create_set(
+        services_of(request).pool, params.id, params.kind, params.name
+    )
+    return set_view(made)
+
+
+class NumberSetList(Answer):
+    """Every number set, by id."""
+
+    number_sets: list[NumberSetView]
+
+
+async def list_number_sets(request: web.Request, params: None) -> NumberSetList:
+    """GET /v1/number-sets."""
+    found = await number_sets.list_sets(services_of(request).pool)
+    return NumberSetList(number_sets=[set_view(s) for s in found])
+
+
+class NumbersImported(Answer):
+    """How many numbers an import added to its set."""
+
+    number_set: str
+    added: int
+
+
+async def import_numbers(request: web.Request, params: None) -> NumbersImported:
+    """POST /v1/number-sets/{number_set_id}/numbers, the CSV as the body."""
+    set_id = number_sets.validate_set_id(request.match_info["number_set_id"], "number_set_id")
+    text = await read_text(request, "numbers")
+    added = await number_sets.import_numbers(services_of(request).pool, set_id, text)
+    return NumbersImported(number_set=set_id, added=added)
+
+
+class AssignNumberSet(Params):
+    """A plan the set serves, and its priority among the plan's sets."""
+
+    priority: Annotated[
+        int,
+        msgspec.Meta(ge=0, le=number_sets.MAX_PRIORITY, description="higher: drawn from first"),
+    ]
+    charge: ObjectId | None = msgspec.field(default=None)
+
+
+async def assign_number_set(request: web.Request, params: AssignNumberSet) -> SetPlanView:
+    """PUT /v1/number-sets/{number_set_id}/plans/{plan_id}."""
+    set_id = number_sets.validate_set_id(request.match_info["number_set_id"], "number_set_id")
+    plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
+    done = await number_sets.assign_to_plan(
+        services_of(request).pool, set_id, plan_id, params.priority, params.charge
+    )
+    return SetPlanView(plan=done.plan_id, priority=done.priority, charge=done.charge_id)
+
+
+class TakeNumber(Params):
+    """The number to take (left out: the next free one of the plan's sets), from a day."""
+
+    number: Number | None = None
+    on: Annotated[date, msgspec.Meta(description="from this day (default: today, UTC)")] | None = (
+        None
+    )
+
+
+class AccountNumberView(Answer):
+    """A number an account holds: its set, kind, since when, and the charge it triggers."""
+
+    account: str
+    number: str
+    number_set: str
+    kind: str
+    on_net: bool
+    assigned_on: date
+    charge: str | None
+
+
+def number_view(taken: number_sets.TakenNumber) -> AccountNumberView:
+    """An account's number as the API (and the CLI) shows it."""
+    return AccountNumberView(
+        account=taken.account_id,
+        number=taken.number,
+        number_set=taken.number_set_id,
+        kind=taken.kind,
+        on_net=taken.on_net,
+        assigned_on=taken.assigned_on,
+        charge=taken.charge_id,
+    )
+
+
+async def take_number(request: web.Request, params: TakeNumber) -> Reply[AccountNumberView]:
+    """POST /v1/accounts/{account_id}/numbers."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    services = services_of(request)
+    taken = await number_sets.take_number(
+        services.pool, services.store, account_id, params.number, params.on
+    )
+    return Reply(number_view(taken), 201)
+
+
+class AccountNumberList(Answer):
+    """The numbers an account holds."""
+
+    numbers: list[AccountNumberView]
+
+
+async def account_numbers(request: web.Request, params: None) -> AccountNumberList:
+    """GET /v1/accounts/{account_id}/numbers."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    found = await number_sets.numbers_of(services_of(request).pool, account_id)
+    return AccountNumberList(numbers=[number_view(t) for t in found])
+
+
+class ReleaseNumber(Params):
+    """The first day without the number (the query string; default today, UTC)."""
+
+    on: date | None = None
+
+
+class NumberReleased(Answer):
+    """A number an account gave back."""
+
+    account: str
+    number: str
+
+
+async def release_number(request: web.Request, params: ReleaseNumber) -> NumberReleased:
+    """DELETE /v1/accounts/{account_id}/numbers/{number}."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    number = number_sets.validate_number(request.match_info["number"], "number")
+    services = services_of(request)
+    await number_sets.release(services.pool, services.store, account_id, number, params.on)
+    return NumberReleased(account=account_id, number=number)
+
+
+ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
+    Endpoint(
+        "POST",
+        "/v1/number-sets",
+        Role.OPERATOR,
+        "Create a number set: a pool of DIDs or toll-free numbers",
+        create_number_set,
+        CreateNumberSet,
+        NumberSetView,
+        status=201,
+        body_required=True,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/number-sets",
+        Role.VIEWER,
+        "Every number set: its numbers, how many are free, the plans it serves",
+        list_number_sets,
+        None,
+        NumberSetList,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/number-sets/{number_set_id}/numbers",
+        Role.OPERATOR,
+        "Add numbers to a set (CSV body: number[,on_net])",
+        import_numbers,
+        None,
+        NumbersImported,
+        body="csv",
+        errors=(404,),
+        description="All or nothing: a file with a bad line (or a number in a set already)"
+        " adds nothing, and the 400 lists the bad lines (``problems``). On-net numbers join"
+        " the on-net ranges.",
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/number-sets/{number_set_id}/plans/{plan_id}",
+        Role.OPERATOR,
+        "Let a plan's accounts take the set's numbers, with a priority among its sets",
+        assign_number_set,
+        AssignNumberSet,
+        SetPlanView,
+        body_required=True,
+        errors=(404,),
+        description="charge: the triggered charge its numbers trigger; left out, the plan's"
+        " 'Number Recurring Charge' (did) or 'Toll-Free Number Recurring Charge' (toll_free).",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/accounts/{account_id}/numbers",
+        Role.OPERATOR,
+        "Give an account a number: the next free one of its plan's sets, or the one named",
+        take_number,
+        TakeNumber,
+        AccountNumberView,
+        status=201,
+        errors=(404, 409),
+        description="404 when the plan's sets have no free number left; 409 for a number"
+        " another account holds. The number triggers its charge and identifies the account"
+        " for inbound calls.",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}/numbers",
+        Role.VIEWER,
+        "The numbers an account holds",
+        account_numbers,
+        None,
+        AccountNumberList,
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/accounts/{account_id}/numbers/{number}",
+        Role.OPERATOR,
+        "An account gives a number back: its charge stops (prorated) and it is free again",
+        release_number,
+        ReleaseNumber,
+        NumberReleased,
+        errors=(404,),
+    ),
+)

@@ -6,13 +6,16 @@ account has a password), or, when User-Name is absent, the caller id
 without one the request is a balance query (an IVR's "your balance is")
 and nothing is reserved. The answer carries Session-Timeout and the Cisco
 h323 VSAs a prepaid IVR expects; a refusal carries h323-return-code and a
-Reply-Message.
+Reply-Message. An account whose plan (or itself) has IVR settings is also told what
+to announce and in which language, and an enabled voicemail server where to forward
+an unanswered call (``ivr_attributes``; docs/ivr-attributes.md, decision 0030).
 """
 
 from dataclasses import dataclass
 
 from pyrad.packet import AuthPacket, PacketError
 
+from ocs.balances.ivr import Ivr
 from ocs.balances.pin_guard import PinGuard
 from ocs.charging.lifecycle import AuthorizeRequest, CallService, Identity, Origin
 from ocs.config import Settings
@@ -54,6 +57,21 @@ def call_id_of(packet: AuthPacket, order: tuple[str, ...]) -> str | None:
 def _money(micro: int) -> str:
     # Cisco IVRs read h323-credit-amount as a plain decimal; two places are what they say.
     return format_amount(micro)
+
+
+def ivr_attributes(settings: Ivr, *, voicemail: bool) -> list[Attribute]:
+    """The IVR settings as Cisco attributes: ``Cisco-AVPair ocs-ivr-announce=<none|balance|
+    time|both>``, ``h323-preferred-lang`` when a language is set, and (``voicemail``: an
+    authorize answer) ``Cisco-AVPair ocs-voicemail=<server>`` when the plan's is enabled.
+    None for an account without IVR settings: its answers stay as they were."""
+    found: list[Attribute] = []
+    if settings.configured:
+        found.append(("Cisco-AVPair", f"ocs-ivr-announce={settings.announce}"))
+        if settings.language:
+            found.append(cisco("h323-preferred-lang", settings.language))
+    if voicemail and settings.voicemail_enabled:
+        found.append(("Cisco-AVPair", f"ocs-voicemail={settings.voicemail_server}"))
+    return found
 
 
 def refusal(error: OcsError) -> AccessAnswer:
@@ -114,6 +132,7 @@ async def answer_access_request(
                     cisco("h323-credit-amount", _money(answer.available)),
                     cisco("h323-currency", answer.currency),
                     cisco("h323-billing-model", 0 if answer.credit_limit else 1),
+                    *ivr_attributes(await calls.ivr_of(account_id), voicemail=False),
                 ],
                 reason="balance",
                 return_code=0,
@@ -176,4 +195,5 @@ async def answer_access_request(
     ]
     if grant.slice_seconds and not grant.final:
         attributes.append(("Acct-Interim-Interval", grant.slice_seconds))
+    attributes += ivr_attributes(await calls.ivr_of(grant.account_id), voicemail=True)
     return AccessAnswer(accept=True, attributes=attributes, reason="granted", return_code=0)

@@ -1,0 +1,418 @@
+"""Number sets: pools of DIDs and toll-free numbers that plans hand out (decision 0030).
+
+A set is imported from CSV (``number[,on_net]``) and assigned to plans with a
+priority; an account takes the next free number of the highest-priority set of its
+plan, or one it names. The number's row is the lock: a number is the primary key of
+``number_set_numbers`` and a free one is claimed with ``FOR UPDATE SKIP LOCKED``, so
+two accounts never take the same number and concurrent takers do not queue.
+
+A taken number triggers the plan's triggered charge for the set's kind (its
+"Number Recurring Charge" or "Toll-Free Number Recurring Charge", unless the
+assignment names another) through ``ocs.billing.store.assign_number``, so it lands
+on the next invoice; and it identifies its account in Redis (``BalanceStore.set_did``),
+so an inbound call to it is the account's. An on-net number is one of ocs's own: it
+joins the on-net ranges, so calls to it rate in the plan's On-net zone.
+"""
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+import asyncpg
+
+from ocs.balances.store import BalanceStore
+from ocs.billing.store import assign_number, release_number
+from ocs.catalog.snapshot import CATALOG_CHANNEL
+from ocs.decks.problems import DeckError
+from ocs.errors import OcsError, Reason, invalid
+
+KINDS = ("did", "toll_free")
+# The plan's triggered charge a set's numbers trigger when its assignment names none.
+KIND_CHARGES = {"did": "Number Recurring Charge", "toll_free": "Toll-Free Number Recurring Charge"}
+MAX_NUMBERS = 100_000  # numbers in one import
+MAX_PRIORITY = 1_000_000
+_TRUE = ("1", "true", "yes", "y")
+_FALSE = ("", "0", "false", "no", "n")
+
+
+def validate_set_id(value: object, field: str = "id") -> str:
+    """1 to 64 letters, digits, '.', '_' or '-'; 400 naming ``field`` otherwise."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 64
+        or not all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
+    ):
+        raise invalid(field, "expected 1 to 64 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def validate_number(value: object, field: str = "number") -> str:
+    """1 to 32 digits, an optional leading + dropped; 400 naming ``field`` otherwise."""
+    digits = value.strip().removeprefix("+") if isinstance(value, str) else ""
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 32:
+        raise invalid(field, "expected 1 to 32 digits, optionally with a leading '+'")
+    return digits
+
+
+@dataclass(frozen=True, slots=True)
+class SetPlan:
+    """A plan a set serves, its priority (highest first) and the charge it names."""
+
+    plan_id: str
+    priority: int
+    charge_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NumberSet:
+    """A number set: its kind, how many numbers it holds and how many are free."""
+
+    id: str
+    kind: str
+    name: str
+    numbers: int = 0
+    free: int = 0
+    plans: list[SetPlan] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TakenNumber:
+    """A number an account holds: from which set, since when, the charge it triggers."""
+
+    account_id: str
+    number: str
+    number_set_id: str
+    kind: str
+    on_net: bool
+    assigned_on: date
+    charge_id: str | None
+
+
+def parse_numbers(text: str) -> list[tuple[str, bool]]:
+    """(number, on_net) of each line of a CSV with a ``number`` column (and optionally
+    ``on_net``: true/false); every bad line is reported by its line number."""
+    problems: list[tuple[int, str]] = []
+    found: list[tuple[str, bool]] = []
+    seen: dict[str, int] = {}
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as error:
+        raise invalid("numbers", f"not valid CSV: {error}") from None
+    if not rows or "number" not in [c.strip().lower() for c in rows[0]]:
+        raise DeckError(
+            [(1, "number: the header needs a number column")], what="number list", field="numbers"
+        )
+    header = [c.strip().lower() for c in rows[0]]
+    at_number = header.index("number")
+    at_on_net = header.index("on_net") if "on_net" in header else None
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            problems.append((line, f"expected {len(header)} columns, found {len(row)}"))
+            continue
+        try:
+            number = validate_number(row[at_number])
+        except OcsError:
+            problems.append((line, f"number: {row[at_number]!r} is not 1 to 32 digits"))
+            continue
+        flag = "" if at_on_net is None else row[at_on_net].strip().lower()
+        if flag not in _TRUE + _FALSE:
+            problems.append((line, f"on_net: expected true or false, got {flag!r}"))
+            continue
+        if number in seen:
+            problems.append((line, f"number: {number} is on line {seen[number]} already"))
+            continue
+        seen[number] = line
+        found.append((number, flag in _TRUE))
+    if len(found) > MAX_NUMBERS:
+        problems.append((len(rows), f"number: at most {MAX_NUMBERS} numbers at once"))
+    if problems:
+        raise DeckError(
+            problems[:100], more=max(len(problems) - 100, 0), what="number list", field="numbers"
+        )
+    return found
+
+
+async def create_set(pool: asyncpg.Pool, set_id: str, kind: str, name: str = "") -> NumberSet:
+    """Create an empty number set of ``kind`` (did or toll_free)."""
+    validate_set_id(set_id)
+    if kind not in KINDS:
+        raise invalid("kind", f"expected one of {', '.join(KINDS)}")
+    if len(name) > 200:
+        raise invalid("name", "at most 200 characters")
+    async with pool.acquire() as conn:
+        try:
+            await conn.execute(
+                "INSERT INTO number_sets (id, kind, name) VALUES ($1, $2, $3)", set_id, kind, name
+            )
+        except asyncpg.UniqueViolationError:
+            raise invalid("id", f"number set {set_id!r} exists already") from None
+    return NumberSet(set_id, kind, name)
+
+
+async def list_sets(pool: asyncpg.Pool) -> list[NumberSet]:
+    """Every number set with its counts and the plans it serves, by id."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT s.id, s.kind, s.name,"
+            " (SELECT count(*) FROM number_set_numbers n WHERE n.number_set_id = s.id) AS total,"
+            " (SELECT count(*) FROM number_set_numbers n WHERE n.number_set_id = s.id"
+            "   AND n.account_id IS NULL) AS free"
+            " FROM number_sets s ORDER BY s.id"
+        )
+        plans = await conn.fetch(
+            "SELECT number_set_id, plan_id, priority, charge_id FROM number_set_plans"
+            " ORDER BY priority DESC, plan_id"
+        )
+    by_set: dict[str, list[SetPlan]] = {}
+    for p in plans:
+        by_set.setdefault(p["number_set_id"], []).append(
+            SetPlan(p["plan_id"], p["priority"], p["charge_id"])
+        )
+    return [
+        NumberSet(r["id"], r["kind"], r["name"], r["total"], r["free"], by_set.get(r["id"], []))
+        for r in rows
+    ]
+
+
+async def import_numbers(pool: asyncpg.Pool, set_id: str, text: str) -> int:
+    """Add the numbers of a CSV to a set, all or nothing; how many were added.
+
+    A number in any set already is a problem of its line. On-net numbers join the
+    on-net ranges (``onnet_prefixes``) and the catalog reloads them.
+    """
+    validate_set_id(set_id, "number_set_id")
+    numbers = parse_numbers(text)
+    lines = {number: line for line, (number, _) in enumerate(numbers, start=2)}
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval("SELECT 1 FROM number_sets WHERE id = $1", set_id) is None:
+            raise OcsError(Reason.NOT_FOUND, f"no number set {set_id!r}", field="number_set_id")
+        taken = await conn.fetch(
+            "SELECT number, number_set_id FROM number_set_numbers WHERE number = ANY($1::text[])",
+            list(lines),
+        )
+        if taken:
+            problems = sorted(
+                (
+                    lines[r["number"]],
+                    f"number: {r['number']} is in set {r['number_set_id']} already",
+                )
+                for r in taken
+            )
+            raise DeckError(
+                problems[:100],
+                more=max(len(problems) - 100, 0),
+                what="number list",
+                field="numbers",
+            )
+        await conn.copy_records_to_table(
+            "number_set_numbers",
+            columns=["number", "number_set_id", "on_net"],
+            records=[(number, set_id, on_net) for number, on_net in numbers],
+        )
+        on_net = [number for number, flag in numbers if flag]
+        if on_net:
+            await conn.execute(
+                "INSERT INTO onnet_prefixes (prefix) SELECT unnest($1::text[])"
+                " ON CONFLICT DO NOTHING",
+                on_net,
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, "onnet:")
+    return len(numbers)
+
+
+async def assign_to_plan(
+    pool: asyncpg.Pool, set_id: str, plan_id: str, priority: int, charge_id: str | None = None
+) -> SetPlan:
+    """Let a plan's accounts take the set's numbers, drawn from before sets of lower
+    ``priority``; ``charge_id``: the triggered charge they trigger (None: by kind)."""
+    validate_set_id(set_id, "number_set_id")
+    if isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
+        raise invalid("priority", f"expected 0 to {MAX_PRIORITY}")
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval("SELECT 1 FROM number_sets WHERE id = $1", set_id) is None:
+            raise OcsError(Reason.NOT_FOUND, f"no number set {set_id!r}", field="number_set_id")
+        if await conn.fetchval("SELECT 1 FROM plans WHERE id = $1", plan_id) is None:
+            raise OcsError(Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan")
+        if charge_id is not None:
+            kind = await conn.fetchval("SELECT kind FROM charges WHERE id = $1", charge_id)
+            if kind is None:
+                raise OcsError(Reason.NOT_FOUND, f"no charge {charge_id!r}", field="charge")
+            if kind != "triggered":
+                raise invalid("charge", f"charge {charge_id} is a {kind} charge, not triggered")
+        await conn.execute(
+            "INSERT INTO number_set_plans (number_set_id, plan_id, priority, charge_id)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (number_set_id, plan_id) DO UPDATE"
+            " SET priority = EXCLUDED.priority, charge_id = EXCLUDED.charge_id",
+            set_id,
+            plan_id,
+            priority,
+            charge_id,
+        )
+    return SetPlan(plan_id, priority, charge_id)
+
+
+# The next free number of the plan's sets, highest priority first; a number another
+# taker holds locked now is skipped, not waited for.
+_NEXT_FREE = (
+    "SELECT n.number, n.number_set_id, n.on_net, s.kind"
+    " FROM number_set_numbers n JOIN number_set_plans p ON p.number_set_id = n.number_set_id"
+    " JOIN number_sets s ON s.id = n.number_set_id"
+    " WHERE p.plan_id = $1 AND n.account_id IS NULL AND ($2::text IS NULL OR n.number = $2)"
+    " ORDER BY p.priority DESC, n.number_set_id, n.number LIMIT 1"
+)
+
+
+async def take_number(
+    pool: asyncpg.Pool,
+    store: BalanceStore,
+    account_id: str,
+    number: str | None = None,
+    on: date | None = None,
+) -> TakenNumber:
+    """Give the account the next free number of its plan's sets (or ``number``) from
+    day ``on`` (default today, UTC); it triggers its charge and identifies the account.
+
+    404 when the plan's sets have no free number (or no such number), 409 for a
+    number another account holds.
+    """
+    if number is not None:
+        number = validate_number(number)
+    day = on or datetime.now(UTC).date()
+    async with pool.acquire() as conn, conn.transaction():
+        plan_id = await conn.fetchval("SELECT plan_id FROM accounts WHERE id = $1", account_id)
+        if plan_id is None:
+            raise OcsError(
+                Reason.ACCOUNT_NOT_FOUND,
+                f"account {account_id!r} does not exist",
+                field="account_id",
+            )
+        # A named number is waited for (its holder may release it); the next free one
+        # skips any other taker's row.
+        lock = " FOR UPDATE OF n" if number is not None else " FOR UPDATE OF n SKIP LOCKED"
+        row = await conn.fetchrow(_NEXT_FREE + lock, plan_id, number)
+        if row is None:
+            raise await _why_none(conn, plan_id, number)
+        charge = await _kind_charge(conn, plan_id, row["number_set_id"], row["kind"])
+        await conn.execute(
+            "UPDATE number_set_numbers SET account_id = $2, assigned_on = $3 WHERE number = $1",
+            row["number"],
+            account_id,
+            day,
+        )
+        if charge is not None:
+            # Its own connection: refused (400) when the charge is not in the account's
+            # currency, and then this transaction rolls back the claim too.
+            await assign_number(pool, account_id, row["number"], charge, day)
+        await store.set_did(row["number"], account_id)
+    return TakenNumber(
+        account_id, row["number"], row["number_set_id"], row["kind"], row["on_net"], day, charge
+    )
+
+
+async def _kind_charge(
+    conn: asyncpg.Connection, plan_id: str, set_id: str, kind: str
+) -> str | None:
+    """The charge a set's numbers trigger on the plan: the one its assignment names,
+    else the triggered charge in the plan's currency named after the set's kind (the
+    plan's own first, then one of no plan)."""
+    found = await conn.fetchval(
+        "SELECT COALESCE(sp.charge_id, (SELECT c.id FROM charges c JOIN plans p ON p.id = $1"
+        "  WHERE c.kind = 'triggered' AND c.name = $3 AND c.currency = p.currency"
+        "  AND (c.plan_id = p.id OR c.plan_id IS NULL)"
+        "  ORDER BY c.plan_id IS NULL, c.id LIMIT 1))"
+        " FROM number_set_plans sp WHERE sp.plan_id = $1 AND sp.number_set_id = $2",
+        plan_id,
+        set_id,
+        KIND_CHARGES[kind],
+    )
+    return None if found is None else str(found)
+
+
+async def _why_none(conn: asyncpg.Connection, plan_id: str, number: str | None) -> OcsError:
+    """The refusal when no number could be taken: exhausted, taken, or not the plan's."""
+    if number is None:
+        return OcsError(
+            Reason.NOT_FOUND,
+            f"no free number left in the number sets of plan {plan_id!r}",
+            field="number",
+        )
+    row = await conn.fetchrow(
+        "SELECT n.account_id, EXISTS (SELECT 1 FROM number_set_plans p"
+        "  WHERE p.number_set_id = n.number_set_id AND p.plan_id = $2) AS plans"
+        " FROM number_set_numbers n WHERE n.number = $1",
+        number,
+        plan_id,
+    )
+    if row is None:
+        return OcsError(Reason.NOT_FOUND, f"number {number} is in no number set", field="number")
+    if row["account_id"] is not None:
+        return OcsError(
+            Reason.ACCOUNT_EXISTS, f"number {number} belongs to an account already", field="number"
+        )
+    return invalid("number", f"number {number} is not in a number set of plan {plan_id}")
+
+
+async def release(
+    pool: asyncpg.Pool, store: BalanceStore, account_id: str, number: str, on: date | None = None
+) -> None:
+    """The account gives the number back on day ``on`` (its first day without it,
+    default today, UTC): its charge stops there, prorated, and it is free again."""
+    number = validate_number(number)
+    day = on or datetime.now(UTC).date()
+    async with pool.acquire() as conn, conn.transaction():
+        assigned_on = await conn.fetchval(
+            "SELECT assigned_on FROM number_set_numbers WHERE number = $1 AND account_id = $2"
+            " FOR UPDATE",
+            number,
+            account_id,
+        )
+        if assigned_on is None:
+            raise OcsError(
+                Reason.NOT_FOUND,
+                f"account {account_id!r} holds no number {number}",
+                field="number",
+            )
+        if day < assigned_on:
+            raise invalid("on", f"the number was taken on {assigned_on}")
+        await conn.execute(
+            "UPDATE number_set_numbers SET account_id = NULL, assigned_on = NULL WHERE number = $1",
+            number,
+        )
+        charged = await conn.fetchval(
+            "SELECT 1 FROM account_numbers WHERE number = $1 AND account_id = $2"
+            " AND end_date IS NULL",
+            number,
+            account_id,
+        )
+        if charged:
+            await release_number(pool, number, day)
+        await store.set_did(number, None)
+
+
+async def numbers_of(pool: asyncpg.Pool, account_id: str) -> list[TakenNumber]:
+    """The numbers an account holds, by number."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT n.number, n.number_set_id, n.on_net, n.assigned_on, s.kind,"
+            " (SELECT an.charge_id FROM account_numbers an WHERE an.number = n.number"
+            "   AND an.account_id = n.account_id AND an.end_date IS NULL"
+            "   ORDER BY an.id LIMIT 1) AS charge"
+            " FROM number_set_numbers n JOIN number_sets s ON s.id = n.number_set_id"
+            " WHERE n.account_id = $1 ORDER BY n.number",
+            account_id,
+        )
+    return [
+        TakenNumber(
+            account_id,
+            r["number"],
+            r["number_set_id"],
+            r["kind"],
+            r["on_net"],
+            r["assigned_on"],
+            r["charge"],
+        )
+        for r in rows
+    ]

@@ -1,0 +1,374 @@
+"""Delivering the outbox: each (event, target) delivery claimed, sent, and marked once.
+
+A delivery row (migration 0037) is made with its event, in the change's
+transaction. ``deliver_pending`` claims the due ones with ``FOR UPDATE SKIP
+LOCKED`` and a lease (several deliverers share the work; a dead one's claims
+come back when their lease runs out), sends each through its channel's sender
+(a webhook's signed POST here; the email sender is given by ``ocs.billing``,
+which knows invoices), and marks it:
+
+* delivered (a 2xx, an email accepted by the SMTP server);
+* pending again ``webhook_backoff`` seconds later, doubled each attempt
+  (a refusal, a timeout, no answer);
+* dead after ``webhook_max_attempts`` attempts: kept, listed by
+  ``ocs events list --state dead``, sent again by a replay (``requeue``);
+* skipped: nothing to send (no SMTP server configured, no billing email).
+
+At least once, with an idempotency key: a deliverer killed after the
+receiver's 2xx and before the mark sends the event again once the lease runs
+out, with the same ``webhook-id`` (``message_id``), so a receiver that keeps
+the ids it has taken gets each event exactly once (decision 0029).
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from ocs.config import Settings
+from ocs.events import signing
+
+log = logging.getLogger("ocs.events.delivery")
+
+BATCH = 100  # deliveries claimed at once
+CONCURRENCY = 16  # sent at once
+EMAIL_LEASE_S = 300.0  # an email renders a PDF before it is sent
+POLL_S = 5.0  # the longest a serving deliverer waits without a notification
+NOTIFY_CHANNEL = "ocs_event_deliveries"  # the fan-out trigger's pg_notify
+MAX_ERROR = 500  # characters of an error kept on the row
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event of the outbox: its id, kind, subject, data and when it was stored."""
+
+    id: int
+    kind: str
+    subject: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery claimed for one attempt: its event and target (a webhook's URL and
+    secret, the secret out of the repr; or the email channel). ``attempts`` counts
+    this one."""
+
+    id: int
+    channel: str
+    attempts: int
+    event: Event
+    webhook_id: str | None = None
+    url: str | None = None
+    secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an attempt came to: delivered, failed (retried, then dead), or skipped."""
+
+    delivered: bool
+    status: int | None = None
+    error: str | None = None
+    skipped: bool = False
+
+    @classmethod
+    def ok(cls, status: int | None = None) -> "Outcome":
+        """Delivered."""
+        return cls(True, status)
+
+    @classmethod
+    def failed(cls, error: str, status: int | None = None) -> "Outcome":
+        """Not delivered: tried again after the backoff, until the attempts run out."""
+        return cls(False, status, error[:MAX_ERROR])
+
+    @classmethod
+    def skip(cls, reason: str) -> "Outcome":
+        """Nothing to send, and nothing to retry."""
+        return cls(False, None, reason[:MAX_ERROR], skipped=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a sender may use: the pool, the settings and the HTTP client session."""
+
+    pool: asyncpg.Pool
+    settings: Settings
+    session: aiohttp.ClientSession
+
+
+Sender = Callable[[Claimed, Context], Awaitable[Outcome]]
+
+
+@dataclass(slots=True)
+class DeliveryReport:
+    """What one ``deliver_pending`` call did: attempts, and how they ended."""
+
+    attempted: int = 0
+    delivered: int = 0
+    retrying: int = 0
+    dead: int = 0
+    skipped: int = 0
+
+
+def message_id(event_id: int) -> str:
+    """The ``webhook-id`` of an event: the same on every attempt and replay, so that a
+    receiver can take each event once (the idempotency key)."""
+    return f"evt_{event_id}"
+
+
+def payload(event: Event) -> bytes:
+    """The JSON body of an event's webhook: the same bytes on every attempt."""
+    body = {
+        "id": message_id(event.id),
+        "type": event.kind,
+        "timestamp": event.created_at.astimezone(UTC).isoformat(),
+        "subject": event.subject,
+        "data": event.data,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+async def send_webhook(delivery: Claimed, context: Context) -> Outcome:
+    """POST the event, signed (Standard Webhooks), within ``webhook_timeout``: a 2xx
+    delivers it. Redirects are not followed: a receiver answers where it is."""
+    assert delivery.url is not None and delivery.secret is not None
+    body = payload(delivery.event)
+    headers = signing.headers(
+        delivery.secret, message_id(delivery.event.id), int(time.time()), body
+    )
+    timeout = aiohttp.ClientTimeout(total=context.settings.webhook_timeout)
+    try:
+        async with context.session.post(
+            delivery.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+        ) as response:
+            if 200 <= response.status < 300:
+                return Outcome.ok(response.status)
+            return Outcome.failed(f"HTTP {response.status}", response.status)
+    except TimeoutError:
+        return Outcome.failed(f"no answer within {context.settings.webhook_timeout} s")
+    except aiohttp.ClientError as exc:
+        return Outcome.failed(f"{type(exc).__name__}: {exc}")
+
+
+WEBHOOK_SENDERS: Mapping[str, Sender] = {"webhook": send_webhook}
+
+# The due deliveries of the given channels, oldest first, each claimed by one deliverer
+# (SKIP LOCKED) with a lease; a disabled webhook's wait until it is enabled again.
+_CLAIM_SQL = """
+WITH due AS (
+    SELECT d.id, d.event_id, d.webhook_id FROM event_deliveries d
+    WHERE d.state = 'pending' AND d.next_attempt_at <= $1 AND d.channel = ANY ($2::text[])
+      AND (d.leased_until IS NULL OR d.leased_until <= $1)
+      AND (d.webhook_id IS NULL
+           OR EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.enabled))
+    ORDER BY d.next_attempt_at, d.id LIMIT $3
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE event_deliveries d SET attempts = d.attempts + 1,
+       leased_until = $1 + make_interval(secs => CASE WHEN d.channel = 'email' THEN $5::float8
+                                                     ELSE $4::float8 END)
+FROM due JOIN events e ON e.id = due.event_id LEFT JOIN webhooks w ON w.id = due.webhook_id
+WHERE d.id = due.id
+RETURNING d.id, d.channel, d.attempts, d.webhook_id, w.url, w.secret,
+          e.id AS event_id, e.kind, e.subject, e.data::text AS data, e.created_at
+"""
+
+# An attempt's end: only a row still pending (a replay or a removal may have passed it).
+_FINISH_SQL = """
+UPDATE event_deliveries SET state = $2, leased_until = NULL, last_status = $3,
+       last_error = $4, next_attempt_at = $5,
+       delivered_at = CASE WHEN $2 = 'delivered' THEN clock_timestamp() END
+WHERE id = $1 AND state = 'pending'
+"""
+
+
+def lease_s(settings: Settings) -> float:
+    """How long a claimed webhook delivery is held: twice the timeout, and a margin."""
+    return settings.webhook_timeout * 2 + 30.0
+
+
+def backoff_s(settings: Settings, attempts: int) -> float:
+    """Seconds before the next attempt after ``attempts`` failed ones: the backoff,
+    doubled each time (1, 2, 4, ... times ``webhook_backoff``); a day at most."""
+    return float(min(settings.webhook_backoff * 2 ** min(attempts - 1, 40), 86_400.0))
+
+
+async def claim(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    now: datetime,
+    channels: list[str],
+    limit: int = BATCH,
+) -> list[Claimed]:
+    """Claim up to ``limit`` due deliveries of these channels (one attempt each)."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(_CLAIM_SQL, now, channels, limit, lease_s(settings), EMAIL_LEASE_S)
+    return [
+        Claimed(
+            r["id"],
+            r["channel"],
+            r["attempts"],
+            Event(r["event_id"], r["kind"], r["subject"], json.loads(r["data"]), r["created_at"]),
+            r["webhook_id"],
+            r["url"],
+            r["secret"],
+        )
+        for r in sorted(rows, key=lambda r: r["id"])
+    ]
+
+
+async def finish(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    now: datetime,
+    done: list[tuple[Claimed, Outcome]],
+    report: DeliveryReport,
+) -> None:
+    """Mark each attempt's end (delivered, retried later, dead, skipped) and count it."""
+    marks = []
+    for delivery, outcome in done:
+        report.attempted += 1
+        if outcome.delivered:
+            state, due = "delivered", now
+            report.delivered += 1
+        elif outcome.skipped:
+            state, due = "skipped", now
+            report.skipped += 1
+        elif delivery.attempts >= settings.webhook_max_attempts:
+            state, due = "dead", now
+            report.dead += 1
+            log.warning(
+                "event delivery dead-lettered",
+                extra={
+                    "delivery": delivery.id,
+                    "event": delivery.event.id,
+                    "channel": delivery.channel,
+                    "webhook": delivery.webhook_id,
+                    "attempts": delivery.attempts,
+                    "error": outcome.error,
+                },
+            )
+        else:
+            state = "pending"
+            due = now + timedelta(seconds=backoff_s(settings, delivery.attempts))
+            report.retrying += 1
+        marks.append((delivery.id, state, outcome.status, outcome.error, due))
+    async with pool.acquire() as conn:
+        await conn.executemany(_FINISH_SQL, marks)
+
+
+async def attempt(sender: Sender, delivery: Claimed, context: Context) -> Outcome:
+    """One attempt; a sender's unexpected error is a failed attempt, never the loop's."""
+    try:
+        return await sender(delivery, context)
+    except Exception as exc:  # a bug or an outage in one sender must not stop the others
+        log.exception(
+            "event delivery failed unexpectedly",
+            extra={"delivery": delivery.id, "channel": delivery.channel},
+        )
+        return Outcome.failed(f"{type(exc).__name__}: {exc}")
+
+
+async def deliver_pending(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    senders: Mapping[str, Sender] | None = None,
+) -> DeliveryReport:
+    """Send every delivery due at ``now`` (default: the clock) of the channels that have
+    a sender (default: webhooks only), ``CONCURRENCY`` at a time; what happened.
+
+    Retries that fall due while it runs (a zero backoff) are sent in the same call,
+    until their attempts run out.
+    """
+    chosen = dict(senders if senders is not None else WEBHOOK_SENDERS)
+    report = DeliveryReport()
+    gate = asyncio.Semaphore(CONCURRENCY)
+    async with aiohttp.ClientSession() as session:
+        context = Context(pool, settings, session)
+
+        async def bounded(delivery: Claimed) -> tuple[Claimed, Outcome]:
+            async with gate:
+                return delivery, await attempt(chosen[delivery.channel], delivery, context)
+
+        while True:
+            moment = now or datetime.now(UTC)
+            claimed = await claim(pool, settings, moment, sorted(chosen))
+            if not claimed:
+                return report
+            done = await asyncio.gather(*(bounded(d) for d in claimed))
+            await finish(pool, settings, now or datetime.now(UTC), list(done), report)
+
+
+async def next_due(pool: asyncpg.Pool) -> datetime | None:
+    """When the earliest pending delivery falls due (None: none is pending)."""
+    async with pool.acquire() as conn:
+        found: datetime | None = await conn.fetchval(
+            "SELECT min(GREATEST(next_attempt_at, COALESCE(leased_until, next_attempt_at)))"
+            " FROM event_deliveries WHERE state = 'pending'"
+        )
+    return found
+
+
+async def serve_deliveries(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    stopping: asyncio.Event,
+    *,
+    senders: Mapping[str, Sender] | None = None,
+) -> None:
+    """Deliver until ``stopping`` is set: at once when an event commits (the fan-out
+    trigger's notification), when a retry falls due, and every ``POLL_S`` seconds.
+
+    An error (PostgreSQL away) is logged and the loop goes on after a pause.
+    """
+    woken = asyncio.Event()
+
+    def wake(*_args: object) -> None:
+        woken.set()
+
+    listener: asyncpg.Connection | None = None
+    log.info("event deliverer started", extra={"channels": sorted(senders or WEBHOOK_SENDERS)})
+    try:
+        while not stopping.is_set():
+            pause = POLL_S
+            try:
+                if listener is None or listener.is_closed():
+                    listener = await pool.acquire()
+                    await listener.add_listener(NOTIFY_CHANNEL, wake)
+                woken.clear()
+                await deliver_pending(pool, settings, senders=senders)
+                due = await next_due(pool)
+                if due is not None:
+                    pause = min(pause, max((due - datetime.now(UTC)).total_seconds(), 0.01))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("event delivery pass failed", extra={"error": str(exc)})
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        await pool.release(listener)
+                    listener = None
+            waiting = asyncio.ensure_future(woken.wait())
+            stopped = asyncio.ensure_future(stopping.wait())
+            try:
+                await asyncio.wait({waiting, stopped}, timeout=pause, return_when="FIRST_COMPLETED")
+            finally:
+                waiting.cancel()
+                stopped.cancel()
+    finally:
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.remove_listener(NOTIFY_CHANNEL, wake)
+            with contextlib.suppress(Exception):
+                await pool.release(listener)
+        log.info("event deliverer stopped")

@@ -1,0 +1,133 @@
+"""Webhook endpoints as PostgreSQL stores them (migration 0037): URL, secret, kinds, enabled.
+
+An endpoint takes the events of the kinds it names (none named: every kind)
+while it is enabled, from its creation on: the outbox's trigger makes its
+deliveries in the transaction that stores each event. Its secret is made
+here, answered once by ``create`` (``Created.secret``) and never again: the
+list shows no secret, and ``Webhook``'s repr hides it, so no log line holds it.
+"""
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+
+from ocs.errors import OcsError, Reason, invalid
+from ocs.events.outbox import EVENT_KINDS
+from ocs.events.signing import new_secret
+
+WEBHOOK_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+URL = re.compile(r"https?://[^\s/?#\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*")
+MAX_URL = 2000
+MAX_WEBHOOKS = 1000
+MAX_DESCRIPTION = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """An endpoint events are POSTed to (its secret kept out of the repr)."""
+
+    id: str
+    url: str
+    kinds: list[str]
+    enabled: bool
+    description: str
+    created_at: datetime
+    secret: str = field(repr=False, default="")
+
+
+def webhook_of(row: asyncpg.Record) -> Webhook:
+    """A stored webhook row as a ``Webhook``."""
+    return Webhook(
+        row["id"],
+        row["url"],
+        list(row["kinds"]),
+        row["enabled"],
+        row["description"],
+        row["created_at"],
+        row["secret"],
+    )
+
+
+def check_id(webhook_id: str, name: str = "webhook_id") -> str:
+    """A webhook id (letters, digits, ``-``, ``_``, ``.``; 64 at most), else 400."""
+    if not WEBHOOK_ID.fullmatch(webhook_id):
+        raise invalid(name, "an id: 1 to 64 letters, digits, '-', '_' or '.'")
+    return webhook_id
+
+
+def check_url(url: str) -> str:
+    """An http(s) URL without spaces, else 400 naming ``url``."""
+    if len(url) > MAX_URL or not URL.fullmatch(url):
+        raise invalid("url", "an http:// or https:// URL without spaces")
+    return url
+
+
+def check_kinds(kinds: list[str]) -> list[str]:
+    """Event kinds, each one ocs announces, without repeats (sorted); else 400."""
+    for at, kind in enumerate(kinds):
+        if kind not in EVENT_KINDS:
+            raise invalid(f"kinds[{at}]", f"expected one of {', '.join(EVENT_KINDS)}")
+    return sorted(set(kinds))
+
+
+async def create(
+    pool: asyncpg.Pool,
+    url: str,
+    *,
+    webhook_id: str | None = None,
+    kinds: list[str] | None = None,
+    enabled: bool = True,
+    description: str = "",
+) -> Webhook:
+    """Store a new endpoint with a fresh secret: the webhook, its secret included
+    (the only time it is answered). A given id in use is refused (400)."""
+    the_id = check_id(webhook_id, "id") if webhook_id is not None else f"wh_{secrets.token_hex(8)}"
+    wanted = check_kinds(kinds or [])
+    if len(description) > MAX_DESCRIPTION:
+        raise invalid("description", f"at most {MAX_DESCRIPTION} characters")
+    async with pool.acquire() as conn:
+        try:
+            row = await conn.fetchrow(
+                "INSERT INTO webhooks (id, url, secret, kinds, enabled, description)"
+                " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+                the_id,
+                check_url(url),
+                new_secret(),
+                wanted,
+                enabled,
+                description,
+            )
+        except asyncpg.UniqueViolationError:
+            raise invalid("id", f"webhook {the_id!r} exists already") from None
+    assert row is not None
+    return webhook_of(row)
+
+
+async def list_webhooks(pool: asyncpg.Pool) -> list[Webhook]:
+    """Every endpoint, by id."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM webhooks ORDER BY id LIMIT $1", MAX_WEBHOOKS)
+    return [webhook_of(r) for r in rows]
+
+
+async def get(pool: asyncpg.Pool, webhook_id: str) -> Webhook:
+    """One endpoint; NOT_FOUND naming ``webhook_id`` when there is none."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM webhooks WHERE id = $1", check_id(webhook_id))
+    if row is None:
+        raise OcsError(Reason.NOT_FOUND, f"no webhook {webhook_id!r}", field="webhook_id")
+    return webhook_of(row)
+
+
+async def remove(pool: asyncpg.Pool, webhook_id: str) -> Webhook:
+    """Delete an endpoint and its deliveries (none is sent after); the endpoint removed."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "DELETE FROM webhooks WHERE id = $1 RETURNING *", check_id(webhook_id)
+        )
+    if row is None:
+        raise OcsError(Reason.NOT_FOUND, f"no webhook {webhook_id!r}", field="webhook_id")
+    return webhook_of(row)

@@ -1,0 +1,203 @@
+"""The emails of events, received by an SMTP server in the test (aiosmtpd): a posted
+invoice's PDF (and its calls' CSV) to the account's billing email, a dunning notice, and
+nothing sent when no SMTP server is configured or the account has no address."""
+
+import asyncio
+import email
+import email.policy
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from ocs.billing import posting
+from ocs.billing.notify_email import NO_ADDRESS, NO_SMTP, SENDERS
+from ocs.config import Settings, with_overrides
+from ocs.events.delivery import deliver_pending
+from ocs.events.outbox import emit
+from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, cdr, customer, monthly, run
+
+
+class Inbox:
+    """An aiosmtpd handler keeping every message it is handed."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], EmailMessage]] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Keep the message and its recipients; accept it."""
+        content = envelope.original_content or b""
+        parsed = email.message_from_bytes(content, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        self.messages.append((list(envelope.rcpt_tos), parsed))
+        return "250 OK"
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[tuple[Inbox, int]]:
+    """An SMTP server on this event loop: (its inbox, its port)."""
+    inbox = Inbox()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(inbox), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield inbox, port
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def mailing(settings: Settings, port: int | None) -> Settings:
+    """Settings that send email through 127.0.0.1:``port`` (None: no SMTP server)."""
+    return with_overrides(
+        settings,
+        smtp_host=None if port is None else "127.0.0.1",
+        smtp_port=port or 25,
+        smtp_from="billing@ocs.test",
+        invoice_issuer_name="Example Telecom",
+        webhook_backoff=0.0,
+        webhook_max_attempts=2,
+    )
+
+
+async def billing_email(services: Services, account_id: str, address: str) -> None:
+    """Give the account's subscription a billing email."""
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE subscriptions SET billing_email = $2 WHERE account_id = $1",
+            account_id,
+            address,
+        )
+
+
+async def email_rows(services: Services) -> list[dict[str, Any]]:
+    """The email deliveries: (state, attempts, last error), oldest first."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT state, attempts, last_error FROM event_deliveries WHERE channel = 'email'"
+            " ORDER BY id"
+        )
+    return [dict(r) for r in rows]
+
+
+async def posted_invoices(services: Services) -> None:
+    """March's invoices of p1 (a call in March) and p2 (no calls), posted."""
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await customer(services, "p1", "rent", date(2026, 1, 1), balance=20 * EUR)
+    await customer(services, "p2", "rent", date(2026, 1, 1), balance=20 * EUR)
+    await cdr(services, "c-1", "p1", datetime(2026, 3, 10, 12, tzinfo=UTC), charged=60_000)
+    await billing_email(services, "p1", "ap@customer-one.test")
+    await billing_email(services, "p2", "billing@customer-two.test")
+    run_id = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=run_id)
+
+
+async def test_a_posted_invoice_is_emailed_with_its_pdf_and_call_listing(
+    services: Services, smtp: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp
+    await posted_invoices(services)
+
+    report = await deliver_pending(services.pool, mailing(services.settings, port), senders=SENDERS)
+
+    assert (report.attempted, report.delivered) == (2, 2)
+    assert [r["state"] for r in await email_rows(services)] == ["delivered", "delivered"]
+    by_to = {tuple(to): message for to, message in inbox.messages}
+    assert sorted(by_to) == [("ap@customer-one.test",), ("billing@customer-two.test",)]
+    one = by_to[("ap@customer-one.test",)]
+    assert one["From"] == "billing@ocs.test"
+    assert one["Subject"] == "Invoice INV-2026-000001 from Example Telecom"
+    body = one.get_body(preferencelist=("plain",))
+    # 10.00 of rent and the call's 0.06.
+    assert body is not None and "total 10.06 EUR" in body.get_content()
+    attachments = {str(a.get_filename()): a for a in one.iter_attachments()}
+    assert sorted(attachments) == ["INV-2026-000001-calls.csv", "INV-2026-000001.pdf"]
+    pdf = attachments["INV-2026-000001.pdf"]
+    assert pdf.get_content_type() == "application/pdf"
+    assert pdf.get_content()[:4] == b"%PDF"
+    listing = attachments["INV-2026-000001-calls.csv"].get_content()
+    assert isinstance(listing, str) and "447700900123" in listing
+    # No calls on p2's invoice: the PDF only.
+    two = by_to[("billing@customer-two.test",)]
+    assert [a.get_filename() for a in two.iter_attachments()] == ["INV-2026-000002.pdf"]
+    # Delivered ones are not sent again.
+    again = await deliver_pending(services.pool, mailing(services.settings, port), senders=SENDERS)
+    assert again.attempted == 0 and len(inbox.messages) == 2
+
+
+async def test_a_dunning_step_sends_a_notice(services: Services, smtp: tuple[Inbox, int]) -> None:
+    inbox, port = smtp
+    await billed_plan(services)
+    await customer(services, "late", None, date(2026, 1, 1))
+    await billing_email(services, "late", "owner@late.test")
+    async with services.pool.acquire() as conn, conn.transaction():
+        await emit(
+            conn,
+            "dunning.step",
+            "late",
+            {
+                "account": "late",
+                "step": "notice",
+                "notice": 1,
+                "of": 3,
+                "invoice_number": "INV-2026-000007",
+                "currency": "EUR",
+                "amount_outstanding": 12_500_000,
+                "due_date": "2026-04-15",
+            },
+        )
+
+    report = await deliver_pending(services.pool, mailing(services.settings, port), senders=SENDERS)
+
+    assert report.delivered == 1
+    [(to, message)] = inbox.messages
+    assert to == ["owner@late.test"]
+    assert message["Subject"] == "Payment reminder from Example Telecom"
+    text = message.get_content()
+    assert "Account late: payment reminder 1 of 3." in text
+    assert "Invoice INV-2026-000007: 12.50 EUR outstanding, due 2026-04-15." in text
+
+
+async def test_no_smtp_server_or_no_address_skips_and_a_refusing_server_is_retried(
+    services: Services, smtp: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp
+    await posted_invoices(services)
+
+    # No SMTP server configured: skipped, never retried.
+    report = await deliver_pending(services.pool, mailing(services.settings, None), senders=SENDERS)
+    assert report.skipped == 2
+    assert [(r["state"], r["last_error"]) for r in await email_rows(services)] == [
+        ("skipped", NO_SMTP)
+    ] * 2
+    assert inbox.messages == []
+
+    # No billing email for p2: its invoice is skipped; p1's goes.
+    await billing_email(services, "p2", "")
+    async with services.pool.acquire() as conn:
+        await conn.execute("UPDATE event_deliveries SET state = 'pending', attempts = 0")
+    report = await deliver_pending(services.pool, mailing(services.settings, port), senders=SENDERS)
+    assert (report.delivered, report.skipped) == (1, 1)
+    assert [(r["state"], r["last_error"]) for r in await email_rows(services)] == [
+        ("delivered", None),
+        ("skipped", NO_ADDRESS),
+    ]
+
+    # The SMTP server gone: a failed attempt, retried, then dead.
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE event_deliveries SET state = 'pending', attempts = 0, delivered_at = NULL"
+        )
+    await billing_email(services, "p2", "billing@customer-two.test")
+    gone = mailing(services.settings, port)
+    gone = with_overrides(gone, smtp_port=1)  # nothing listens on port 1
+    report = await deliver_pending(services.pool, gone, senders=SENDERS)
+    assert (report.attempted, report.dead) == (4, 2)  # 2 attempts each, no backoff
+    rows = await email_rows(services)
+    assert [(r["state"], r["attempts"]) for r in rows] == [("dead", 2)] * 2
+    assert all(r["last_error"] for r in rows)

@@ -1,0 +1,335 @@
+"""Number sets (decision 0030): pools of DIDs and toll-free numbers imported from CSV,
+handed out by the plan's priority or by name, never to two accounts, each number
+triggering its recurring charge on the next invoice and identifying its account for
+inbound calls, which are rated by the plan's inbound tariff (real Redis and PostgreSQL).
+"""
+
+import asyncio
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ocs.billing import number_sets
+from ocs.billing.store import Charge, create_charge
+from ocs.config import Settings
+from ocs.errors import OcsError, Reason
+from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, customer, invoices, run
+from tests.conftest import RunningApp, account, add_plan, caught_up
+from tests.helpers import Raw, new_account, ocs_cli, send
+
+
+def csv_body(text: str) -> Raw:
+    """A CSV request body."""
+    return Raw(text, "text/csv")
+
+
+async def make_set(app: RunningApp, set_id: str, kind: str, csv: str, priority: int) -> None:
+    """A set of ``kind`` with the numbers of ``csv``, serving the retail plan."""
+    status, body = await send(app, "POST", "/v1/number-sets", {"id": set_id, "kind": kind})
+    assert status == 201, body
+    status, body = await send(app, "POST", f"/v1/number-sets/{set_id}/numbers", csv_body(csv))
+    assert status == 200, body
+    status, body = await send(
+        app, "PUT", f"/v1/number-sets/{set_id}/plans/retail", {"priority": priority}
+    )
+    assert (status, body["priority"]) == (200, priority), body
+
+
+async def take(app: RunningApp, account_id: str, **fields: object) -> tuple[int, Any]:
+    """POST /v1/accounts/{account_id}/numbers."""
+    return await send(app, "POST", f"/v1/accounts/{account_id}/numbers", fields)
+
+
+async def test_numbers_go_by_priority_then_by_name_until_none_is_left(app: RunningApp) -> None:
+    await add_plan(app.services)
+    await make_set(app, "low", "did", "number\n4420100\n+4420101\n", 10)
+    await make_set(app, "high", "did", "number,on_net\n4420200,false\n4420201,no\n", 20)
+    for account_id in ("a1", "a2", "a3"):
+        await new_account(app, account_id)
+
+    # The set of priority 20 is drawn from first, in number order.
+    status, first = await take(app, "a1")
+    assert (status, first["number"], first["number_set"], first["kind"]) == (
+        201,
+        "4420200",
+        "high",
+        "did",
+    )
+    assert (await take(app, "a2"))[1]["number"] == "4420201"
+    # A named number, then the last free one (of the lower set).
+    status, named = await take(app, "a3", number="+4420101")
+    assert (status, named["number"], named["number_set"]) == (201, "4420101", "low")
+    assert (await take(app, "a3"))[1]["number"] == "4420100"
+
+    status, body = await take(app, "a1")
+    assert (status, body["error"]["reason"], body["error"]["field"]) == (404, "not_found", "number")
+    assert "no free number left" in body["error"]["message"]
+    status, body = await take(app, "a2", number="4420200")
+    assert (status, body["error"]["reason"]) == (409, "account_exists")
+    status, body = await take(app, "a2", number="4420999")
+    assert (status, body["error"]["reason"]) == (404, "not_found")
+
+    status, listed = await send(app, "GET", "/v1/number-sets")
+    assert status == 200
+    assert [(s["id"], s["numbers"], s["free"], s["plans"]) for s in listed["number_sets"]] == [
+        ("high", 2, 0, [{"plan": "retail", "priority": 20, "charge": None}]),
+        ("low", 2, 0, [{"plan": "retail", "priority": 10, "charge": None}]),
+    ]
+    status, held = await send(app, "GET", "/v1/accounts/a3/numbers")
+    assert [n["number"] for n in held["numbers"]] == ["4420100", "4420101"]
+
+    # Released, the number is the next free one again.
+    status, body = await send(app, "DELETE", "/v1/accounts/a1/numbers/4420200")
+    assert (status, body) == (200, {"account": "a1", "number": "4420200"})
+    status, body = await send(app, "DELETE", "/v1/accounts/a1/numbers/4420200")
+    assert (status, body["error"]["reason"]) == (404, "not_found")
+    assert (await take(app, "a2"))[1]["number"] == "4420200"
+
+
+async def test_a_bad_csv_is_refused_whole_naming_its_lines(app: RunningApp) -> None:
+    status, _ = await send(app, "POST", "/v1/number-sets", {"id": "s1", "kind": "toll_free"})
+    assert status == 201
+    status, body = await send(
+        app, "POST", "/v1/number-sets/s1/numbers", csv_body("number\n800\n12ab\n801\n800\n")
+    )
+    assert (status, body["error"]["reason"], body["error"]["field"]) == (
+        400,
+        "invalid_deck",
+        "numbers",
+    )
+    assert [p["line"] for p in body["error"]["problems"]] == [3, 5]
+    assert [p["column"] for p in body["error"]["problems"]] == ["number", "number"]
+    status, body = await send(app, "POST", "/v1/number-sets/s1/numbers", csv_body("number\n800\n"))
+    assert (status, body) == (200, {"number_set": "s1", "added": 1})
+    # A number already in a set is a problem of its line; nothing else is added.
+    status, body = await send(
+        app, "POST", "/v1/number-sets/s1/numbers", csv_body("number\n802\n800\n")
+    )
+    assert status == 400
+    assert [(p["line"], p["message"]) for p in body["error"]["problems"]] == [
+        (3, "number: 800 is in set s1 already")
+    ]
+    status, listed = await send(app, "GET", "/v1/number-sets")
+    assert listed["number_sets"][0]["numbers"] == 1
+    for method, path, payload, field in (
+        ("POST", "/v1/number-sets", {"id": "s2", "kind": "fax"}, "kind"),
+        ("POST", "/v1/number-sets", {"id": "s1", "kind": "did"}, "id"),
+        ("PUT", "/v1/number-sets/s1/plans/retail", {"priority": -1}, "priority"),
+    ):
+        status, body = await send(app, method, path, payload)
+        assert (status, body["error"]["field"]) == (400, field), body
+    status, body = await send(app, "POST", "/v1/number-sets/nope/numbers", csv_body("number\n1\n"))
+    assert (status, body["error"]["field"]) == (404, "number_set_id")
+
+
+async def test_concurrent_takers_never_share_a_number(services: Services) -> None:
+    await add_plan(services)
+    await number_sets.create_set(services.pool, "pool", "did")
+    await number_sets.import_numbers(
+        services.pool, "pool", "number\n" + "".join(f"44201{n:02d}\n" for n in range(10))
+    )
+    await number_sets.assign_to_plan(services.pool, "pool", "retail", 1)
+    from ocs.balances.accounts import AccountSpec
+
+    for n in range(16):
+        await services.accounts.create(AccountSpec(f"c{n}", plan_id="retail"))
+
+    async def one(n: int) -> str | None:
+        try:
+            taken = await number_sets.take_number(services.pool, services.store, f"c{n}")
+        except OcsError as error:
+            assert error.reason is Reason.NOT_FOUND
+            return None
+        return taken.number
+
+    got = await asyncio.gather(*(one(n) for n in range(16)))
+    numbers = [g for g in got if g is not None]
+    assert sorted(numbers) == [f"44201{n:02d}" for n in range(10)]
+    assert got.count(None) == 6
+
+
+async def test_each_number_triggers_its_kind_s_charge_on_the_next_invoice(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await create_charge(
+        services.pool,
+        Charge(
+            "did-rc",
+            "Number Recurring Charge",
+            "DID",
+            "EUR",
+            2 * EUR,
+            "triggered",
+            cadence="monthly",
+        ),
+    )
+    await create_charge(
+        services.pool,
+        Charge(
+            "tf-rc",
+            "Toll-Free Number Recurring Charge",
+            "TF",
+            "EUR",
+            3 * EUR,
+            "triggered",
+            cadence="monthly",
+        ),
+    )
+    for set_id, kind, number, priority in (
+        ("dids", "did", "4420100", 20),
+        ("free", "toll_free", "8005550100", 10),
+    ):
+        await number_sets.create_set(services.pool, set_id, kind)
+        await number_sets.import_numbers(services.pool, set_id, f"number\n{number}\n")
+        await number_sets.assign_to_plan(services.pool, set_id, "retail", priority)
+    await customer(services, "n1", None, date(2026, 1, 1))
+    on = date(2026, 3, 17)
+    did = await number_sets.take_number(services.pool, services.store, "n1", on=on)
+    toll_free = await number_sets.take_number(services.pool, services.store, "n1", on=on)
+    assert (did.number, did.charge_id) == ("4420100", "did-rc")
+    assert (toll_free.number, toll_free.charge_id) == ("8005550100", "tf-rc")
+
+    await run(services, "2026-03")
+
+    [invoice] = await invoices(services)
+    assert sorted((line["description"], line["amount"]) for line in invoice["lines"]) == [
+        # From Mar 17: 2.00 * 15 / 31 = 0.967741.. -> 0.97
+        ("Number Recurring Charge 4420100 (15/31 days)", 970_000),
+        # 3.00 * 15 / 31 = 1.451612.. -> 1.45
+        ("Toll-Free Number Recurring Charge 8005550100 (15/31 days)", 1_450_000),
+    ]
+    assert invoice["total"] == 2_420_000
+    # Released on Apr 11: April bills 10 of 30 days of the DID, 2.00 * 10 / 30 -> 0.67.
+    await number_sets.release(services.pool, services.store, "n1", "4420100", date(2026, 4, 11))
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    april = (await invoices(services))[1]
+    assert sorted((line["description"], line["amount"]) for line in april["lines"]) == [
+        ("Number Recurring Charge 4420100 (10/30 days)", 670_000),
+        ("Toll-Free Number Recurring Charge 8005550100", 3 * EUR),
+    ]
+
+
+INBOUND_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment,direction
+44,UK Fixed,0.010,0,60,60,outbound
+4420,London DID,0.020,0,60,60,inbound
+"""
+
+
+async def test_an_inbound_call_to_a_taken_did_is_its_account_s_at_the_inbound_tariff(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services, deck=INBOUND_DECK)
+    await make_set(app, "london", "did", "number\n442079460001\n", 10)
+    await new_account(app, "callee", balance="1.00")
+    status, body = await send(
+        app, "POST", "/v1/calls", {"destination": "442079460001", "direction": "inbound"}
+    )
+    # No account holds the number yet: the switch must name one.
+    assert (status, body["error"]["field"]) == (400, "account"), body
+    assert (await take(app, "callee"))[0] == 201
+
+    status, granted = await send(
+        app,
+        "POST",
+        "/v1/calls",
+        {"destination": "+442079460001", "direction": "inbound", "call_id": "in-1"},
+    )
+    assert status == 201, granted
+    assert (granted["account"], granted["zone"], granted["direction"]) == (
+        "callee",
+        "London DID",
+        "inbound",
+    )
+    status, _ = await send(app, "POST", "/v1/calls/in-1/start")
+    assert status == 200
+    status, stopped = await send(app, "POST", "/v1/calls/in-1/stop", {"duration": 90})
+    # 90 s in blocks of 60 at 0.02/min: 120 s = 0.04.
+    assert (status, stopped["account"], stopped["cost"]) == (200, "callee", "0.040000"), stopped
+    await caught_up(app.services)
+    assert (await account(app, "callee"))["balance"] == "0.960000"
+
+    # Released, the number identifies no one again.
+    assert (await send(app, "DELETE", "/v1/accounts/callee/numbers/442079460001"))[0] == 200
+    status, _ = await send(
+        app, "POST", "/v1/calls", {"destination": "442079460001", "direction": "inbound"}
+    )
+    assert status == 400
+
+
+async def test_a_call_to_an_on_net_number_rates_in_the_on_net_zone(app: RunningApp) -> None:
+    deck = INBOUND_DECK + "4479,On-net,0.001,0,60,60,outbound\n"
+    await add_plan(app.services, deck=deck)
+    await make_set(app, "own", "did", "number,on_net\n447911000001,true\n", 10)
+    await new_account(app, "caller", balance="1.00")
+
+    async def zone() -> str:
+        status, granted = await send(
+            app, "POST", "/v1/calls", {"account": "caller", "destination": "447911000001"}
+        )
+        assert status == 201, granted
+        return str(granted["zone"])
+
+    # The catalog reloads the on-net ranges it was told of.
+    await app.services.catalog.reload()
+    assert await zone() == "On-net"
+
+
+@pytest.mark.parametrize("number", ["12ab", "+", "1" * 33])
+async def test_a_bad_number_is_named(app: RunningApp, number: str) -> None:
+    await add_plan(app.services)
+    await new_account(app, "a1")
+    status, body = await take(app, "a1", number=number)
+    assert (status, body["error"]["field"]) == (400, "number"), body
+
+
+async def test_the_cli_creates_imports_assigns_and_takes(
+    services: Services, settings: Settings, tmp_path: Path
+) -> None:
+    await add_plan(services)
+    from ocs.balances.accounts import AccountSpec
+
+    await services.accounts.create(AccountSpec("k1", plan_id="retail"))
+    (tmp_path / "numbers.csv").write_text("number,on_net\n4420500,false\n4420501,false\n")
+    (tmp_path / "bad.csv").write_text("number\n44x\n")
+
+    async def cli(*args: str) -> Any:
+        code, out, err = await ocs_cli(settings, tmp_path, *args)
+        assert code == 0, err
+        return json.loads(out)
+
+    made = await cli("number-sets", "create", "tf", "--kind", "toll_free")
+    assert (made["id"], made["kind"], made["numbers"]) == ("tf", "toll_free", 0)
+    assert await cli("number-sets", "import", "tf", "numbers.csv") == {
+        "number_set": "tf",
+        "added": 2,
+    }
+    code, _, err = await ocs_cli(settings, tmp_path, "number-sets", "import", "tf", "bad.csv")
+    assert code != 0 and "line 2" in err, err
+    await cli("number-sets", "assign", "tf", "--plan", "retail", "--priority", "5")
+    taken = await cli("numbers", "take", "k1", "--number", "4420501", "--on", "2026-03-01")
+    assert (taken["number"], taken["kind"], taken["assigned_on"]) == (
+        "4420501",
+        "toll_free",
+        "2026-03-01",
+    )
+    assert [n["number"] for n in (await cli("numbers", "list", "k1"))["numbers"]] == ["4420501"]
+    [listed] = (await cli("number-sets", "list"))["number_sets"]
+    assert (listed["numbers"], listed["free"]) == (2, 1)
+    assert await cli("numbers", "release", "k1", "4420501", "--on", "2026-03-05") == {
+        "account": "k1",
+        "number": "4420501",
+    }
+    shown = await cli("ivr", "plan", "retail", "--announce", "both", "--language", "it")
+    assert (shown["announce"], shown["language"], shown["voicemail_enabled"]) == (
+        "both",
+        "it",
+        False,
+    )
+    own = await cli("ivr", "account", "k1", "--announce", "none")
+    assert own == {"account": "k1", "announce": "none", "language": None}
+    assert (await services.calls.ivr_of("k1")).announce == "none"

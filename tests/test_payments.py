@@ -1,0 +1,298 @@
+"""Payments by hand (issue 14, decision 0027): a payment pays the account's open invoices
+oldest first, what is left stays as credit, the real-time balance is credited at once,
+a refund gives back credit only, and a reference is recorded once.
+
+Invoices come from real runs: a postpaid account with a 10.00 monthly rent billed for
+January and February; each posted invoice asks 10.00 (its own new charges; the
+balance-forward amount due of February also carries January's debt).
+"""
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ocs import api_tokens
+from ocs.balances.accounts import AccountSpec
+from ocs.billing import payments, posting
+from ocs.billing.payments import NewPayment
+from ocs.billing.store import Subscription, add_charge, subscribe
+from ocs.errors import OcsError, Reason
+from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, invoice_id, monthly, run
+from tests.conftest import RunningApp, bearer
+from tests.helpers import ocs_cli
+
+
+async def postpaid_with_two_invoices(services: Services, account: str = "pp") -> tuple[int, int]:
+    """A postpaid account (credit limit 100.00) billed 10.00 rent for January and
+    February, both posted: (January's invoice id, February's)."""
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await services.accounts.create(AccountSpec(account, plan_id="retail", credit_limit=100 * EUR))
+    sub = await subscribe(services.pool, Subscription(account, "retail", date(2026, 1, 1)))
+    await add_charge(services.pool, sub, "rent")
+    for period in ("2026-01", "2026-02"):
+        run_id = await run(services, period)
+        await posting.post(services.pool, services.store, run_id=run_id)
+    return await invoice_id(services, account, "2026-01"), await invoice_id(
+        services, account, "2026-02"
+    )
+
+
+async def balance(services: Services, account: str) -> int:
+    """The account's real-time balance (Redis)."""
+    state = await services.store.get_account(account)
+    assert state is not None
+    return state.balance
+
+
+async def paid(services: Services, *invoice_ids: int) -> list[tuple[int, bool]]:
+    """(amount_paid, paid_at set) of each invoice."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, amount_paid, paid_at IS NOT NULL AS done FROM invoices"
+            " WHERE id = ANY($1::bigint[])",
+            list(invoice_ids),
+        )
+    found = {r["id"]: (r["amount_paid"], r["done"]) for r in rows}
+    return [found[i] for i in invoice_ids]
+
+
+async def events(services: Services) -> list[dict[str, Any]]:
+    """The payment.received events, oldest first."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT subject, data::text AS data FROM events WHERE kind = 'payment.received'"
+            " ORDER BY id"
+        )
+    return [{"subject": r["subject"], **json.loads(r["data"])} for r in rows]
+
+
+def manual(account: str, amount: int, reference: str) -> NewPayment:
+    """A payment by hand."""
+    return NewPayment(account, amount, "manual", reference, reference=reference)
+
+
+async def test_a_payment_pays_the_oldest_invoice_first_and_the_next_one_in_part(
+    services: Services,
+) -> None:
+    january, february = await postpaid_with_two_invoices(services)
+    async with services.pool.acquire() as conn:
+        asks = await conn.fetch(
+            f"SELECT {payments.ASKS_SQL} AS asks FROM invoices WHERE id = ANY($1::bigint[])"
+            " ORDER BY id",
+            [january, february],
+        )
+    assert [r["asks"] for r in asks] == [10 * EUR, 10 * EUR]
+    # Posting debited the two rents: -20.00.
+    assert await balance(services, "pp") == -20 * EUR
+
+    first = await payments.record_payment(
+        services.pool, services.store, manual("pp", 15 * EUR, "R1")
+    )
+
+    # 15.00: January's 10.00 in full, then 5.00 of February's.
+    assert first.created
+    assert [(a.invoice_id, a.amount) for a in first.payment.allocations] == [
+        (january, 10 * EUR),
+        (february, 5 * EUR),
+    ]
+    assert (first.payment.allocated, first.payment.credit) == (15 * EUR, 0)
+    assert await paid(services, january, february) == [(10 * EUR, True), (5 * EUR, False)]
+    assert first.balance == -5 * EUR == await balance(services, "pp")
+    assert first.settled_accounts == ()  # February still asks 5.00
+
+    second = await payments.record_payment(
+        services.pool, services.store, manual("pp", 8 * EUR, "R2")
+    )
+
+    # 8.00: February's last 5.00, and 3.00 left on the account as credit.
+    assert [(a.invoice_id, a.amount) for a in second.payment.allocations] == [(february, 5 * EUR)]
+    assert (second.payment.allocated, second.payment.credit) == (5 * EUR, 3 * EUR)
+    assert await paid(services, january, february) == [(10 * EUR, True), (10 * EUR, True)]
+    assert await balance(services, "pp") == 3 * EUR
+    assert second.settled_accounts == ("pp",)
+    assert [(e["subject"], e["amount"], e["allocated"]) for e in await events(services)] == [
+        ("pp", 15 * EUR, 15 * EUR),
+        ("pp", 8 * EUR, 5 * EUR),
+    ]
+
+
+async def test_the_same_reference_is_one_payment_and_credits_once(services: Services) -> None:
+    january, _ = await postpaid_with_two_invoices(services)
+    first = await payments.record_payment(
+        services.pool, services.store, manual("pp", 4 * EUR, "R1")
+    )
+    again = await payments.record_payment(
+        services.pool, services.store, manual("pp", 4 * EUR, "R1")
+    )
+
+    assert not again.created and again.payment.id == first.payment.id
+    assert await balance(services, "pp") == -16 * EUR  # -20.00 + 4.00, once
+    assert await paid(services, january) == [(4 * EUR, False)]
+    assert len(await events(services)) == 1
+    # The same reference for another amount is a mistake, named.
+    with pytest.raises(OcsError, match="payment 1 already") as refused:
+        await payments.record_payment(services.pool, services.store, manual("pp", 5 * EUR, "R1"))
+    assert refused.value.field == "reference"
+
+
+async def test_a_crash_before_the_credit_is_made_good_by_the_retry(services: Services) -> None:
+    await postpaid_with_two_invoices(services)
+    # A payment stored, its credit never made (the process died after the commit).
+    async with services.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO payments (account_id, source, external_id, amount, currency,"
+            " received_on) VALUES ('pp', 'manual', 'R9', $1, 'EUR', '2026-04-02')",
+            6 * EUR,
+        )
+    assert await balance(services, "pp") == -20 * EUR
+
+    assert await payments.credit_pending(services.pool, services.store) == 1
+    assert await payments.credit_pending(services.pool, services.store) == 0
+
+    assert await balance(services, "pp") == -14 * EUR
+    found = await payments.get_payment(services.pool, 1)
+    assert found.credited and found.ledger_entry
+
+
+async def test_an_over_payment_stays_as_credit_and_a_refund_gives_back_only_credit(
+    app: RunningApp,
+) -> None:
+    services = app.services
+    january, february = await postpaid_with_two_invoices(services)
+
+    status, body = await app.post(
+        "/v1/payments", {"account": "pp", "amount": "27.50", "reference": "CHQ-1"}
+    )
+
+    assert status == 201, body
+    assert body["payment"]["allocated"] == "20.000000"
+    assert body["payment"]["credit"] == "7.500000"
+    assert body["balance"] == "7.500000"
+    assert body["settled_accounts"] == ["pp"]
+    payment_id = body["payment"]["id"]
+
+    # More than the credit: refused, nothing moves.
+    status, body = await app.post(f"/v1/payments/{payment_id}/refund", {"amount": "8"})
+    assert status == 400 and body["error"]["field"] == "amount", body
+    assert "7.500000" in body["error"]["message"]
+
+    status, body = await app.post(
+        f"/v1/payments/{payment_id}/refund", {"amount": "5.00", "reference": "RF-1"}
+    )
+    assert status == 201, body
+    assert (body["amount"], body["reopened"], body["balance"]) == (
+        "5.000000",
+        "0.000000",
+        "2.500000",
+    )
+    assert body["payment"]["credit"] == "2.500000"
+    assert body["payment"]["refunded"] == "5.000000"
+    # The same refund again: 200, nothing moves.
+    status, body = await app.post(
+        f"/v1/payments/{payment_id}/refund", {"amount": "5.00", "reference": "RF-1"}
+    )
+    assert status == 200, body
+    assert await balance(services, "pp") == 2_500_000
+    # The invoices stay paid.
+    assert await paid(services, january, february) == [(10 * EUR, True), (10 * EUR, True)]
+    async with services.pool.acquire() as conn:
+        refunds = await conn.fetch(
+            "SELECT amount, reopened, ledger_entry IS NOT NULL AS debited FROM payment_refunds"
+        )
+    assert [tuple(r) for r in refunds] == [(5 * EUR, 0, True)]
+
+
+async def test_credit_spent_on_calls_cannot_be_refunded(services: Services) -> None:
+    await billed_plan(services)
+    await services.accounts.create(AccountSpec("c1", plan_id="retail"))
+    done = await payments.record_payment(services.pool, services.store, manual("c1", 5 * EUR, "R"))
+    # No invoice: all credit. Calls then spend 4.00 of it.
+    assert (done.payment.credit, done.balance) == (5 * EUR, 5 * EUR)
+    await services.store.fee("c1", 4 * EUR, "calls", require_funds=False)
+
+    with pytest.raises(OcsError) as refused:
+        await payments.refund_payment(services.pool, services.store, done.payment.id, 2 * EUR)
+    assert refused.value.reason is Reason.INSUFFICIENT_FUNDS
+    refunded = await payments.refund_payment(services.pool, services.store, done.payment.id, EUR)
+    assert refunded.balance == 0
+    assert refunded.payment.credit == 4 * EUR
+
+
+async def test_payments_api_checks_fields_roles_and_lists(app: RunningApp) -> None:
+    services = app.services
+    await billed_plan(services)
+    await services.accounts.create(AccountSpec("a1", plan_id="retail"))
+
+    status, body = await app.post(
+        "/v1/payments", {"account": "nobody", "amount": "1", "reference": "X"}
+    )
+    assert status == 404 and body["error"]["reason"] == "account_not_found", body
+    status, body = await app.post(
+        "/v1/payments", {"account": "a1", "amount": "1", "reference": "X", "currency": "USD"}
+    )
+    assert status == 400 and body["error"]["field"] == "currency", body
+    status, body = await app.post(
+        "/v1/payments", {"account": "a1", "amount": "0", "reference": "X"}
+    )
+    assert status == 400 and body["error"]["field"] == "amount", body
+    status, body = await app.post("/v1/payments", {"account": "a1", "amount": "2.5"})
+    assert status == 400 and body["error"]["field"] == "reference", body
+
+    status, created = await app.post(
+        "/v1/payments", {"account": "a1", "amount": "2.5", "reference": "X"}
+    )
+    assert status == 201, created
+    status, again = await app.post(
+        "/v1/payments", {"account": "a1", "amount": "2.5", "reference": "X"}
+    )
+    assert status == 200 and again["payment"]["id"] == created["payment"]["id"]
+    assert await balance(services, "a1") == 2_500_000
+
+    viewer = await api_tokens.create(services.pool, "clerk", "viewer")
+    status, listed, _ = await app.anonymous(
+        "GET", "/v1/payments?account=a1", headers=bearer(viewer)
+    )
+    assert status == 200
+    assert [(p["amount"], p["credit"]) for p in listed["payments"]] == [("2.500000", "2.500000")]
+    status, shown, _ = await app.anonymous(
+        "GET", f"/v1/payments/{created['payment']['id']}", headers=bearer(viewer)
+    )
+    assert status == 200 and shown["external_id"] == "X"
+    status, refused, _ = await app.anonymous(
+        "POST",
+        "/v1/payments",
+        json={"account": "a1", "amount": "1", "reference": "Y"},
+        headers=bearer(viewer),
+    )
+    assert status == 403, refused
+    assert (await app.get("/v1/payments/999"))[0] == 404
+    assert (await app.get("/v1/payments/abc"))[0] == 400
+
+
+async def test_the_cli_adds_lists_and_refunds(services: Services, tmp_path: Path) -> None:
+    january, february = await postpaid_with_two_invoices(services)
+    settings = services.settings
+
+    code, out, err = await ocs_cli(
+        settings, tmp_path, "payments", "add", "pp", "--amount", "12.00", "--reference", "B-7"
+    )
+    assert code == 0, err
+    assert '"allocated": "12.000000"' in out and '"created": true' in out
+    code, out, err = await ocs_cli(
+        settings, tmp_path, "payments", "add", "pp", "--amount", "12.00", "--reference", "B-7"
+    )
+    assert code == 0 and '"created": false' in out, err
+    code, out, err = await ocs_cli(settings, tmp_path, "payments", "list", "--account", "pp")
+    assert code == 0 and out.count('"external_id": "B-7"') == 1, err
+    code, out, err = await ocs_cli(settings, tmp_path, "payments", "refund", "1", "--amount", "1")
+    assert code != 0 and "amount" in err  # it left no credit
+    code, out, err = await ocs_cli(settings, tmp_path, "payments", "add", "pp", "--amount", "x")
+    assert code == 2 and "--reference" in err
+
+    assert await paid(services, january, february) == [(10 * EUR, True), (2 * EUR, False)]
+    assert await balance(services, "pp") == -8 * EUR
