@@ -151,6 +151,10 @@ async def test_each_invoice_posted_is_announced_once_and_a_rollback_announces_no
     await customer(services, "p2", "rent", date(2026, 1, 1), balance=20 * EUR)
     run_id = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
     async with services.pool.acquire() as conn:
+        # Only p1 has an address to email its invoices to.
+        await conn.execute(
+            "UPDATE subscriptions SET billing_email = 'ap@p1.test' WHERE account_id = 'p1'"
+        )
         before = await conn.fetchval("SELECT count(*) FROM events")
         ids = [r["id"] for r in await conn.fetch("SELECT id FROM invoices ORDER BY id")]
 
@@ -187,10 +191,16 @@ async def test_each_invoice_posted_is_announced_once_and_a_rollback_announces_no
         ]
     ]
     assert [e["subject"] for e in posted] == ["p1", "p2"]
-    # Each has its email delivery (sent by the billing worker's deliverer).
+    # p1's invoice has its email delivery (sent by the billing worker's deliverer); p2,
+    # with no billing email, has none (migration 0039).
     async with services.pool.acquire() as conn:
-        channels = await conn.fetch("SELECT channel, state FROM event_deliveries ORDER BY id")
-    assert [(r["channel"], r["state"]) for r in channels] == [("email", "pending")] * 2
+        channels = await conn.fetch(
+            "SELECT e.subject, d.channel, d.state FROM event_deliveries d"
+            " JOIN events e ON e.id = d.event_id ORDER BY d.id"
+        )
+    assert [(r["subject"], r["channel"], r["state"]) for r in channels] == [
+        ("p1", "email", "pending")
+    ]
 
 
 async def test_an_account_locked_on_prorated_charges_then_unlocked_is_announced(
