@@ -47,24 +47,21 @@ async def emit(conn: asyncpg.Connection, kind: str, subject: str, data: dict[str
     )
 
 
-async def emit_many(
-    conn: asyncpg.Connection, kind: str, items: list[tuple[str, dict[str, Any]]]
-) -> list[int]:
-    """Store events of one kind in the caller's transaction, in one statement; their ids.
+async def emit_from(conn: asyncpg.Connection, kind: str, query: str, *args: object) -> int:
+    """Store one event of ``kind`` per row of ``query``, in the caller's transaction, in
+    one statement; how many.
 
-    ``items`` are (subject, data) pairs, as ``emit`` takes them. Posting a run
-    announces thousands of invoices at once: one INSERT, not one per invoice.
+    ``query`` is a SELECT of ``subject`` (text) and ``data`` (jsonb) columns, in
+    the order the events are to be stored, whose parameters start at ``$2``
+    (``$1`` is the kind). For thousands of events from rows already in the
+    database (posting a run): the JSON is built there, not sent from here.
     """
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown event kind {kind!r}")
-    if not items:
-        return []
-    rows = await conn.fetch(
+    status = await conn.execute(
         "INSERT INTO events (kind, subject, data)"
-        " SELECT $1, s, d::jsonb FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS i(s, d, n)"
-        " ORDER BY n RETURNING id",
+        f" SELECT $1, q.subject, q.data FROM ({query}) AS q",
         kind,
-        [subject for subject, _data in items],
-        [json.dumps(data, sort_keys=True) for _subject, data in items],
+        *args,
     )
-    return sorted(int(r["id"]) for r in rows)
+    return int(status.split()[-1])
