@@ -153,12 +153,18 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     parser.add_argument("--locale", default="en_GB", help="the invoice locale (babel)")
     parser.add_argument("--keep", action="store_true", help="keep the PDFs and say where")
+    parser.add_argument(
+        "--limit", type=int, help="only the run's first N invoices (a sample; says so)"
+    )
     args = parser.parse_args()
     if args.processes < 1:
         parser.error("--processes: at least 1")
     run_id, ids = uvloop.run(run_invoices(args.database_url, args.run))
     if not ids:
         raise SystemExit(f"run {run_id} has no invoices")
+    of_run = len(ids)
+    if args.limit is not None:
+        ids = ids[: max(1, args.limit)]
     processes = min(args.processes, len(ids))
     out_dir = Path(tempfile.mkdtemp(prefix="ocs-invoice-pdfs-"))
     try:
@@ -170,7 +176,12 @@ def main() -> None:
     documents = sum(r[1] for r in reports)
     pages = sum(r[2] for r in reports)
     size = sum(r[3] for r in reports)
-    print(f"run {run_id}: {documents} invoices, {pages} pages, {written} files written")
+    print(
+        f"run {run_id}: {documents} invoices of its {of_run}, {pages} pages,"
+        f" {written} files written"
+    )
+    if documents < of_run:
+        print(f"  a sample: the whole run at this rate ~{of_run * elapsed / documents:.0f} s")
     print(f"  {elapsed:.2f} s with {processes} processes")
     print(f"  {pages / elapsed:.1f} pages/s, {documents / elapsed:.1f} documents/s")
     cpu = sum(r[5] for r in reports)
