@@ -122,6 +122,11 @@ class TaxRules:
     zone_codes: Mapping[str, str]
     counters: Mapping[str, tuple[bool, str]]
     rate_type_codes: Mapping[str, str] = field(default_factory=dict)
+    # What ``taxes_of`` found, by what it depends on: a run asks it for every line of
+    # every invoice, and a chunk's lines share a handful of charges, zones and codes.
+    found: dict[tuple[object, ...], tuple[Tax, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def targets(self, line: Line) -> list[tuple[str, str]]:
         """The (kind, target) keys a line is taxed by."""
@@ -147,12 +152,27 @@ class TaxRules:
 
     def taxes_of(self, line: Line, day: date) -> list[Tax]:
         """The taxes in force on ``day`` that ``line`` bears (each once)."""
-        found: dict[str, Tax] = {}
-        for key in self.targets(line):
-            for tax in self.assigned.get(key, ()):
-                if tax.valid_on(day):
-                    found.setdefault(tax.code, tax)
-        return list(found.values())
+        if not self.assigned:
+            return []
+        kind = line.kind
+        # Everything ``targets`` reads of the line, and the day.
+        key = (
+            kind == "counter" and line.counter_id,
+            line.charge_id,
+            line.zone,
+            line.rate_type,
+            kind != "tax" and line.tax_code,
+            day,
+        )
+        taxes = self.found.get(key)
+        if taxes is None:
+            borne: dict[str, Tax] = {}
+            for target in self.targets(line):
+                for tax in self.assigned.get(target, ()):
+                    if tax.valid_on(day):
+                        borne.setdefault(tax.code, tax)
+            taxes = self.found[key] = tuple(borne.values())
+        return list(taxes)
 
 
 NO_TAXES = TaxRules({}, {}, {}, {})
