@@ -18,8 +18,8 @@ from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer, invoices, run
-from tests.conftest import RunningApp, account, add_plan, caught_up
-from tests.helpers import Raw, new_account, ocs_cli, send
+from tests.conftest import RunningApp, RunningRadius, account, add_plan, caught_up
+from tests.helpers import Pairs, Raw, acct, auth, new_account, ocs_cli, send
 
 
 def csv_body(text: str) -> Raw:
@@ -333,3 +333,36 @@ async def test_the_cli_creates_imports_assigns_and_takes(
     own = await cli("ivr", "account", "k1", "--announce", "none")
     assert own == {"account": "k1", "announce": "none", "language": None}
     assert (await services.calls.ivr_of("k1")).announce == "none"
+
+
+async def test_an_inbound_radius_call_to_a_taken_did_is_its_account_s(
+    radius: RunningRadius,
+) -> None:
+    app = radius.app
+    await add_plan(app.services, deck=INBOUND_DECK)
+    await make_set(app, "london", "did", "number\n442079460001\n", 10)
+    await new_account(app, "callee", balance="1.00")
+    # The gateway answered a call to the DID (h323-call-origin=answer), no User-Name.
+    inbound: Pairs = [
+        ("NAS-IP-Address", "127.0.0.1"),
+        ("Called-Station-Id", "442079460001"),
+        ("h323-call-origin", "h323-call-origin=answer"),
+        ("h323-conf-id", "h323-conf-id=IN-R1"),
+    ]
+    # No account holds the number yet: refused, as an unknown account.
+    refused = await auth(radius, inbound)
+    assert refused.code == "Access-Reject", refused.output
+    assert (await take(app, "callee"))[0] == 201
+
+    granted = await auth(radius, inbound)
+    assert granted.code == "Access-Accept", granted.output
+    await acct(radius, "Start", inbound)
+    await acct(radius, "Stop", [*inbound, ("Acct-Session-Time", "90")])
+    await caught_up(app.services)
+    # 90 s in blocks of 60 at the inbound 0.02/min: 120 s = 0.04, from the callee.
+    assert (await account(app, "callee"))["balance"] == "0.960000"
+    async with app.services.pool.acquire() as conn:
+        cdr = await conn.fetchrow(
+            "SELECT account_id, zone, direction FROM cdrs WHERE call_id = 'IN-R1'"
+        )
+    assert tuple(cdr) == ("callee", "London DID", "inbound")

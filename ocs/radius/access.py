@@ -6,7 +6,10 @@ account has a password), or, when User-Name is absent, the caller id
 without one the request is a balance query (an IVR's "your balance is")
 and nothing is reserved. The answer carries Session-Timeout and the Cisco
 h323 VSAs a prepaid IVR expects; a refusal carries h323-return-code and a
-Reply-Message. An account whose plan (or itself) has IVR settings is also told what
+Reply-Message. An inbound call (Cisco ``h323-call-origin=answer``: the gateway
+answered it) is the callee's: the account that holds the number called (a DID
+of a number set), rated at the plan's inbound tariff, unless User-Name names
+the account. An account whose plan (or itself) has IVR settings is also told what
 to announce and in which language, and an enabled voicemail server where to forward
 an unanswered call (``ivr_attributes``; docs/ivr-attributes.md, decision 0030).
 """
@@ -110,11 +113,18 @@ async def answer_access_request(
             password = "\x00"
     identity: Identity | None = None
     disconnectable = client.coa_port is not None
+    # Cisco's call origin: "answer" is a leg the gateway answered, a call coming in.
+    inbound = (cisco_value(packet, "h323-call-origin") or "").strip().lower() == "answer"
     try:
         if user:
             identity = await calls.identify(user)
             if identity.pin and pin_guard is not None:
                 await pin_guard.check(caller, client.name)
+        elif inbound and destination:
+            held = await calls.account_for_number(destination)
+            if held is None:
+                raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no account holds the called number")
+            identity = Identity(held, check_password=False)
         else:
             found = await calls.account_for_caller(caller) if caller else None
             if found is None:
@@ -144,6 +154,7 @@ async def answer_access_request(
                 caller,
                 call_id_of(packet, settings.radius_call_id_order),
                 member=identity.member,
+                direction="inbound" if inbound else "outbound",
                 # The access number (DNIS) a card holder dialled in on, when the IVR says.
                 access_number=(
                     (avpair(packet, "access-number") or "").strip().lstrip("+") or None
