@@ -755,8 +755,19 @@ def _pins_generate(args: argparse.Namespace, settings: Settings) -> int:
 def _billing_worker(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs billing-worker``: run due cycles and share runs' chunks until SIGTERM."""
     from ocs.billing.worker import serve_worker
+    from ocs.call_cutting import call_cutter, nas_disconnect
 
-    with_services(settings, lambda s: serve_worker(s.pool, settings, once=args.once, store=s.store))
+    # No RADIUS server here: dunning's Disconnect-Requests go to the NAS from this process.
+    with_services(
+        settings,
+        lambda s: serve_worker(
+            s.pool,
+            settings,
+            once=args.once,
+            store=s.store,
+            cutter=call_cutter(s, nas_disconnect(s)),
+        ),
+    )
     return 0
 
 

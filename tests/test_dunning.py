@@ -19,6 +19,7 @@ from ocs.billing import dunning, posting
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.dunning_store import DunningSettings, OpenInvoice
 from ocs.billing.store import Subscription, add_charge, set_plan_billing, subscribe
+from ocs.call_cutting import call_cutter, nas_disconnect
 from ocs.config import with_overrides
 from ocs.services import Services
 from tests.billing_helpers import EUR, monthly, run
@@ -488,6 +489,35 @@ async def test_cli_sets_runs_and_shows(app: RunningApp, tmp_path: Any) -> None:
         services.settings, tmp_path, "dunning", "settings", "retail", "--max-notices", "1"
     )
     assert code != 0 and "--interval-days" in err
+
+
+async def test_a_process_without_radius_cuts_the_calls_at_their_nas_itself(rig: CutRig) -> None:
+    """`ocs billing-worker` runs no RADIUS server: its cutter finds the NAS in the client
+    table and sends the Disconnect-Request itself (``call_cutting.nas_disconnect``)."""
+    app, services = rig.app, rig.app.services
+    await dunned_plan(services, grace_days=0)
+    await postpaid(services, "d3")
+    status, body = await app.put(
+        "/v1/plans/retail/dunning", {"max_notices": 0, "notice_interval_days": 1}
+    )
+    assert status == 200, body
+    await post_march(services)
+    session = [("User-Name", "d3"), ("Acct-Session-Id", "SESS-D3")]
+    auth_pairs = [("NAS-IP-Address", "127.0.0.1"), *session, ("Called-Station-Id", GERMANY)]
+    assert await radius(rig, "auth", auth_pairs) == "Access-Accept"
+    assert await radius(rig, "acct", [("Acct-Status-Type", "Start"), *session]) == (
+        "Accounting-Response"
+    )
+    settings = with_overrides(services.settings, dunning_live_calls="disconnect")
+    cutter = call_cutter(services, nas_disconnect(services))
+    report = await dunning.run_dunning(
+        services.pool, services.store, settings, at(4, 2), cutter=cutter
+    )
+    assert (report.suspended, report.calls_cut, report.calls_left) == (["d3"], ["SESS-D3"], [])
+    assert await services.store.live_calls_of("d3") == {}
+    assert [(kind, rig.nas.decoded(0)["Acct-Session-Id"]) for kind, *_ in rig.nas.received] == [
+        (40, ["SESS-D3"])  # one Disconnect-Request, for the call the NAS knows
+    ]
 
 
 async def test_without_a_call_cutter_disconnect_leaves_the_live_calls_listed(

@@ -231,11 +231,15 @@ class BillingWorker:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         store: BalanceStore | None = None,
         tax_settings: Settings | None = None,
+        cutter: dunning.CallCutter | None = None,
     ) -> None:
-        """``store`` (the real-time balances) lets the worker post its runs: without it, it
-        only drafts. ``tax_settings`` configure the external tax engine at posting."""
+        """``store`` (the real-time balances) lets the worker post its runs and run
+        dunning: without it, it only drafts. ``tax_settings`` configure the external tax
+        engine at posting, and dunning. ``cutter`` cuts the live calls of an account
+        dunning suspends, when ``dunning_live_calls`` is "disconnect"."""
         self.pool = pool
         self.store = store
+        self.cutter = cutter
         self.tax_settings = tax_settings
         self._held: dict[int, int] = {}
         self.settings = settings
@@ -332,9 +336,11 @@ class BillingWorker:
         if not stopping.is_set() and self.store is not None and self.tax_settings is not None:
             try:
                 # Notices, suspensions and reactivations due by now, each once (decision
-                # 0028). No call cutter here (no RADIUS server in this process): with
-                # dunning_live_calls "disconnect" the live calls are left to finish, logged.
-                await dunning.run_dunning(self.pool, self.store, self.tax_settings, self.clock())
+                # 0028); with dunning_live_calls "disconnect", the cutter ends the live
+                # calls of the accounts suspended (without one they are left, logged).
+                await dunning.run_dunning(
+                    self.pool, self.store, self.tax_settings, self.clock(), cutter=self.cutter
+                )
             except Exception as error:
                 metrics.BILLING_FAILURES.labels("dunning").inc()
                 log.error("dunning run failed", extra={"worker": self.name, "error": str(error)})
@@ -413,6 +419,7 @@ async def serve_worker(
     *,
     once: bool = False,
     store: BalanceStore | None = None,
+    cutter: dunning.CallCutter | None = None,
 ) -> None:
     """``ocs billing-worker``: run a worker until SIGTERM or SIGINT (or one pass, ``once``).
 
@@ -423,7 +430,9 @@ async def serve_worker(
     """
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    worker = BillingWorker(pool, WorkerSettings.of(settings), store=store, tax_settings=settings)
+    worker = BillingWorker(
+        pool, WorkerSettings.of(settings), store=store, tax_settings=settings, cutter=cutter
+    )
 
     def stop(signum: int) -> None:
         if not stopping.is_set():

@@ -15,12 +15,12 @@ from aiohttp import web
 
 from ocs.balances.accounts import validate_account_id
 from ocs.billing import dunning, dunning_store
-from ocs.billing.dunning import CallCutter, DunningReport, DunningState, Step
+from ocs.billing.dunning import DunningReport, DunningState, Step
 from ocs.billing.dunning_store import DunningSettings
+from ocs.call_cutting import call_cutter
 from ocs.errors import invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import Answer, Endpoint, Params, Role, amount_text
-from ocs.services import Services
 
 FIRST_YEAR, LAST_YEAR = 2000, 2999
 
@@ -57,20 +57,6 @@ def instant(value: datetime | None, field: str = "at") -> datetime:
     if not FIRST_YEAR <= value.year <= LAST_YEAR:
         raise invalid(field, f"expected a year from {FIRST_YEAR} to {LAST_YEAR}")
     return value
-
-
-def call_cutter(services: Services) -> CallCutter:
-    """Cut a live call as ``DELETE /v1/calls/{call_id}`` does: charged up to now, its NAS
-    (when this process runs RADIUS) sent a Disconnect-Request; the NAS's answer."""
-
-    async def cut(account_id: str, call_id: str) -> str | None:
-        """Cut one call; what its NAS said (None: no NAS to tell)."""
-        _charge, record = await services.calls.cut(call_id)
-        outcome = None if services.disconnect is None else await services.disconnect(record)
-        reason = getattr(outcome, "reason", None)
-        return reason if isinstance(reason, str) else None
-
-    return cut
 
 
 # --- a plan's settings -------------------------------------------------------------------

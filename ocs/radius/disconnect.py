@@ -42,6 +42,9 @@ from typing import Any, cast
 
 from pyrad import packet as rp
 
+from ocs import metrics
+from ocs.charging.lifecycle import CallRecord
+from ocs.radius.clients import ClientTable
 from ocs.radius.dictionary import radius_dictionary
 
 log = logging.getLogger("ocs.radius.disconnect")
@@ -275,3 +278,27 @@ async def send_disconnect(
         extra["error"] = str(exchange.error)
     log.warning("disconnect not answered", extra=extra)
     return DisconnectOutcome(acked=False, reason=reason)
+
+
+async def disconnect_call(
+    clients: ClientTable, record: CallRecord, wait_s: float
+) -> DisconnectOutcome | None:
+    """Ask the NAS that carries a call to end it (RFC 5176), found in ``clients`` by the
+    name the call record keeps; None if it takes no such request (no
+    dynamic-authorization port configured, or not a RADIUS call). ``wait_s``: how long
+    to wait for the NAS's answer."""
+    client = None if record.nas is None else clients.named(record.nas)
+    if client is None or client.coa_port is None or record.nas_address is None:
+        return None
+    outcome = await send_disconnect(
+        record.nas_address,
+        client.coa_port,
+        client.secret,
+        user_name=None,  # for a card it would be the PIN: never sent back out
+        # The NAS knows the call by its own Acct-Session-Id, which may not be the
+        # call id ocs chose (h323-conf-id comes first by default).
+        session_id=record.nas_session or record.call_id,
+        timeout=wait_s,
+    )
+    metrics.DISCONNECTS.labels(outcome.reason.partition(":")[0]).inc()
+    return outcome

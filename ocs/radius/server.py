@@ -36,7 +36,7 @@ from ocs.radius.accounting import handle_accounting
 from ocs.radius.clients import NAS_CHANNEL, ClientTable, NasClient, load_client_table
 from ocs.radius.dedupe import ReplyCache, RequestKey
 from ocs.radius.dictionary import radius_dictionary
-from ocs.radius.disconnect import DisconnectOutcome, send_disconnect
+from ocs.radius.disconnect import DisconnectOutcome, disconnect_call
 
 log = logging.getLogger("ocs.radius")
 
@@ -145,21 +145,7 @@ class RadiusServer:
     async def disconnect(self, record: CallRecord) -> DisconnectOutcome | None:
         """Ask the NAS that carries a call to end it (RFC 5176); None if it takes no such
         request (no dynamic-authorization port configured, or not a RADIUS call)."""
-        client = None if record.nas is None else self.clients.named(record.nas)
-        if client is None or client.coa_port is None or record.nas_address is None:
-            return None
-        outcome = await send_disconnect(
-            record.nas_address,
-            client.coa_port,
-            client.secret,
-            user_name=None,  # for a card it would be the PIN: never sent back out
-            # The NAS knows the call by its own Acct-Session-Id, which may not be the
-            # call id ocs chose (h323-conf-id comes first by default).
-            session_id=record.nas_session or record.call_id,
-            timeout=self._settings.disconnect_timeout,
-        )
-        metrics.DISCONNECTS.labels(outcome.reason.partition(":")[0]).inc()
-        return outcome
+        return await disconnect_call(self.clients, record, self._settings.disconnect_timeout)
 
     async def start(
         self, auth_sock: socket.socket | None = None, acct_sock: socket.socket | None = None
