@@ -342,11 +342,11 @@ async def test_an_inbound_radius_call_to_a_taken_did_is_its_account_s(
     await add_plan(app.services, deck=INBOUND_DECK)
     await make_set(app, "london", "did", "number\n442079460001\n", 10)
     await new_account(app, "callee", balance="1.00")
-    # The gateway answered a call to the DID (h323-call-origin=answer), no User-Name.
+    # The switch says the call comes in to the DID; no User-Name.
     inbound: Pairs = [
         ("NAS-IP-Address", "127.0.0.1"),
         ("Called-Station-Id", "442079460001"),
-        ("h323-call-origin", "h323-call-origin=answer"),
+        ("Cisco-AVPair", "ocs-direction=inbound"),
         ("h323-conf-id", "h323-conf-id=IN-R1"),
     ]
     # No account holds the number yet: refused, as an unknown account.

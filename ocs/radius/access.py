@@ -6,8 +6,9 @@ account has a password), or, when User-Name is absent, the caller id
 without one the request is a balance query (an IVR's "your balance is")
 and nothing is reserved. The answer carries Session-Timeout and the Cisco
 h323 VSAs a prepaid IVR expects; a refusal carries h323-return-code and a
-Reply-Message. An inbound call (Cisco ``h323-call-origin=answer``: the gateway
-answered it) is the callee's: the account that holds the number called (a DID
+Reply-Message. An inbound call (``Cisco-AVPair = "ocs-direction=inbound"``; not
+``h323-call-origin``, whose "answer" a prepaid gateway sends for every call it
+authorizes) is the callee's: the account that holds the number called (a DID
 of a number set), rated at the plan's inbound tariff, unless User-Name names
 the account. An account whose plan (or itself) has IVR settings is also told what
 to announce and in which language, and an enabled voicemail server where to forward
@@ -113,8 +114,8 @@ async def answer_access_request(
             password = "\x00"
     identity: Identity | None = None
     disconnectable = client.coa_port is not None
-    # Cisco's call origin: "answer" is a leg the gateway answered, a call coming in.
-    inbound = (cisco_value(packet, "h323-call-origin") or "").strip().lower() == "answer"
+    # The switch says a call comes in to one of its numbers (docs/ivr-attributes.md).
+    inbound = (avpair(packet, "ocs-direction") or "").strip().lower() == "inbound"
     try:
         if user:
             identity = await calls.identify(user)
