@@ -27,10 +27,13 @@ from ocs import (
     cli_documents,
     cli_dunning,
     cli_events,
+    cli_mediation,
     cli_numbers,
     cli_payments,
+    cli_peer_decks,
     cli_reports,
     cli_rules,
+    cli_usage,
 )
 from ocs.cli_support import (
     EXIT_CONFIG,
@@ -82,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_events.add_commands(commands)
     cli_numbers.add_commands(commands)
     cli_reports.add_commands(commands)
+    cli_mediation.add_commands(commands)
+    cli_usage.add_commands(commands)
+    cli_peer_decks.add_commands(commands)
     return parser
 
 

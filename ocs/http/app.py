@@ -17,6 +17,7 @@ from ocs.http import (
     dunning_handlers,
     event_handlers,
     health_handlers,
+    mediation_handlers,
     number_handlers,
     number_set_handlers,
     payment_handlers,
@@ -55,6 +56,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     *event_handlers.ENDPOINTS,
     *number_set_handlers.ENDPOINTS,
     *report_handlers.ENDPOINTS,
+    *mediation_handlers.ENDPOINTS,
     *health_handlers.ENDPOINTS,
 )
 
