@@ -171,3 +171,20 @@ def with_services(
             return await action(services)
 
     return uvloop.run(run())
+
+
+def progress_bar(unit: str) -> Any:
+    """A started rich progress bar on stderr (stdout keeps the JSON answer), counting ``unit``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        unit,
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    bar.start()
+    return bar

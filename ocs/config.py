@@ -416,6 +416,13 @@ class Settings:
         _parse_optional_text,
         "directory invoice PDFs are stored under (none: <data dir>/invoices)",
     )
+    # Usage mediation (issue 15): files sent to the API, and their rejects files.
+    usage_imports_dir: str | None = _setting(
+        None,
+        _parse_optional_text,
+        "directory usage files sent to the API and their rejects are kept under"
+        " (none: <data dir>/usage-imports)",
+    )
     invoice_issuer_name: str = _setting(
         "ocs", _parse_str, "the issuer's name printed on every invoice"
     )

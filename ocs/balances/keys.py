@@ -32,6 +32,16 @@ def account(account_id: str) -> str:
     return f"acct:{_tag(bucket_of(account_id))}:{account_id}"
 
 
+def account_in(bucket: int, account_id: str) -> str:
+    """``account(account_id)`` when its bucket is known already (a batch of one bucket)."""
+    return f"acct:{_tag(bucket)}:{account_id}"
+
+
+def stopped_call_in(bucket: int, account_id: str, call_id: str) -> str:
+    """``stopped_call(account_id, call_id)`` when the account's bucket is known already."""
+    return f"stopped:{_tag(bucket)}:{account_id}:{call_id}"
+
+
 def live_calls(account_id: str) -> str:
     """Hash: call id -> msgpack live-call record; its length is the lines in use."""
     return f"calls:{_tag(bucket_of(account_id))}:{account_id}"
@@ -60,6 +70,11 @@ def call_expiry(bucket: int) -> str:
 def ledger(bucket: int) -> str:
     """Stream: every balance change and CDR of the bucket's accounts."""
     return f"ledger:{_tag(bucket)}"
+
+
+def import_refused(bucket: int, import_id: int) -> str:
+    """Set: accounts of the bucket a usage import could not charge; their later rows wait."""
+    return f"mediation:{_tag(bucket)}:{import_id}:refused"
 
 
 def dead_letters(bucket: int) -> str:

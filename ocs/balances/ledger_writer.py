@@ -46,9 +46,10 @@ _CDR_SQL = (
     "INSERT INTO cdrs (entry_id, call_id, account_id, plan_id, zone, destination, caller,"
     " currency, authorized_at, stopped_at, duration, billed_seconds, connect_fee, first_block,"
     " increment, price_per_minute, rated_cost, charged, termination_cause, nas, member,"
-    " direction, counter_id, counter_seconds, destination_name)"
+    " direction, counter_id, counter_seconds, destination_name, rate_type, supplier, record_id,"
+    " usage_template)"
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
-    " $19, $20, $21, $22, $23, $24, $25)"
+    " $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"
     " ON CONFLICT (entry_id) DO NOTHING"
 )
 _PROBE_TIMEOUT_S = 5.0
@@ -89,7 +90,8 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_R
         cdr["caller"],
         cdr["currency"],
         _ts(cdr["authorized_at_ms"]),
-        occurred,
+        # An imported record ended when the switch says, not when it was debited.
+        _ts(cdr["stopped_at_ms"]) if "stopped_at_ms" in cdr else occurred,
         int(f["duration"]),
         cdr["billed"],
         fee,
@@ -105,6 +107,10 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_R
         cdr.get("counter"),
         cdr.get("counter_seconds", 0),
         cdr.get("area"),
+        cdr.get("rate_type"),
+        cdr.get("supplier"),
+        cdr.get("record_id"),
+        cdr.get("template"),
     )
     return ledger_row, cdr_row
 

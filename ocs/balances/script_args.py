@@ -341,6 +341,48 @@ class ChargeArgs(msgspec.Struct, frozen=True, gc=False):
         ]
 
 
+class UsageEvent(msgspec.Struct, frozen=True, gc=False):
+    """One rated usage event of a batch (charge_batch.lua): who pays, what, once by id."""
+
+    account_id: str
+    event_id: str
+    rated_cost: int
+    quantity: int
+    cdr: bytes
+
+
+class ChargeBatchArgs(msgspec.Struct, frozen=True, gc=False):
+    """charge_batch.lua: a usage import's events of one bucket, each charged as charge.lua.
+
+    KEYS[1] ledger stream, KEYS[2] the import's refused accounts of the bucket, then for
+    each event its account hash and result key. ARGV[1] time (epoch ms), ARGV[2] seconds
+    to keep each result, ARGV[3] seconds to keep the refused accounts, then five a event:
+    event id, cost, quantity, account id, CDR.
+    """
+
+    bucket: int
+    import_id: int
+    events: list[UsageEvent]
+    result_ttl: int
+    now_ms: int
+
+    def keys(self) -> list[str]:
+        """KEYS[1..2 + 2n]."""
+        bucket = self.bucket
+        out = [k.ledger(bucket), k.import_refused(bucket, self.import_id)]
+        for event in self.events:
+            out.append(k.account_in(bucket, event.account_id))
+            out.append(k.stopped_call_in(bucket, event.account_id, event.event_id))
+        return out
+
+    def argv(self) -> list[object]:
+        """ARGV[1..3 + 5n]."""
+        out: list[object] = [self.now_ms, self.result_ttl, self.result_ttl]
+        for event in self.events:
+            out += (event.event_id, event.rated_cost, event.quantity, event.account_id, event.cdr)
+        return out
+
+
 class TopupArgs(msgspec.Struct, frozen=True, gc=False):
     """topup.lua: credit an account and append the ledger entry, once per top-up id.
 

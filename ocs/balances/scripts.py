@@ -37,6 +37,7 @@ START = _load("start")
 UPDATE = _load("update")
 SNAPSHOT_BUCKET = _load("snapshot_bucket")
 CHARGE = _load("charge")
+CHARGE_BATCH = _load("charge_batch")
 COUNTER_RESET = _load("counter_reset")
 FEE = _load("fee")
 
@@ -49,6 +50,7 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     UPDATE,
     SNAPSHOT_BUCKET,
     CHARGE,
+    CHARGE_BATCH,
     COUNTER_RESET,
     FEE,
 )

@@ -17,6 +17,7 @@ from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.script_args import (
     AuthorizeArgs,
     ChargeArgs,
+    ChargeBatchArgs,
     CounterCandidate,
     CounterQuote,
     CounterResetArgs,
@@ -27,6 +28,7 @@ from ocs.balances.script_args import (
     StopArgs,
     TopupArgs,
     UpdateArgs,
+    UsageEvent,
 )
 from ocs.errors import invalid
 
@@ -433,6 +435,21 @@ class BalanceStore:
         if status == "REJ":
             return _text(reply[1])
         return _stop_result(reply[1], repeated=status == "DONE")
+
+    async def charge_batch(
+        self, bucket: int, import_id: int, events: list[UsageEvent], result_ttl: int
+    ) -> list[str]:
+        """Debit a bucket's usage events of an import, in order, each once by event id.
+
+        One word an event: "OK" (charged), "DONE" (a repeat: nothing charged) or the
+        refusal reason; an account refused for funds has its later events refused too.
+        """
+        args = ChargeBatchArgs(bucket, import_id, events, result_ttl, now_ms())
+        reply = await self._pipe.run_script(scripts.CHARGE_BATCH, args.keys(), args.argv())
+        words = [_text(item) if i % 2 == 0 else item for i, item in enumerate(reply)]
+        return [
+            _text(words[i + 1]) if words[i] == "REJ" else words[i] for i in range(0, len(words), 2)
+        ]
 
     async def live_entry(self, account_id: str, call_id: str) -> LiveEntry | None:
         """A live call's entry, None if it is not live."""

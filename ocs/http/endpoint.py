@@ -224,7 +224,7 @@ class Endpoint(Generic[P, A]):
     ``params`` is the JSON body's type for POST, PUT and PATCH, the query string's for
     GET and DELETE; None: the endpoint takes none (its handler gets None). ``body`` says
     how a body is read: "json" (decoded into ``params``), "csv" (the handler reads the
-    text itself), or "none". ``answer`` is what a 2xx carries; ``status`` its usual code.
+    text itself; ``params`` then comes from the query string), or "none". ``answer`` is what a 2xx carries; ``status`` its usual code.
     """
 
     method: str
@@ -310,7 +310,8 @@ def is_json(content_type: str) -> bool:
 async def read_params(endpoint: "Endpoint[Any, Any]", request: web.Request) -> Any:
     """The endpoint's parameters from the request, decoded and validated; 4xx otherwise."""
     kind = endpoint.params
-    if not endpoint.takes_body:
+    # A CSV body leaves the query string to the parameters (``?format=astpp``).
+    if not endpoint.takes_body or endpoint.body == "csv":
         if kind is None:
             return None
         try:

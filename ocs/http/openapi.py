@@ -175,6 +175,23 @@ _PATH_PARAMETERS: dict[str, dict[str, Any]] = {
         "description": "a calling card's PIN",
         "schema": {"type": "string", "minLength": 1, "maxLength": 32},
     },
+    "import_id": {"description": "a usage import's id", "schema": _SERIAL},
+    "rate_type": {
+        "description": "a rate type's name (URL-encoded: it may hold spaces)",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+    },
+    "name": {
+        "description": "a rate type's or usage template's name (URL-encoded)",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+    },
+    "supplier": {
+        "description": "a supplier: letters, digits, '-', '_' or '.'",
+        "schema": _ID,
+    },
+    "version": {
+        "description": "a usage template's version",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+    },
 }
 
 
@@ -219,7 +236,7 @@ def _ref(kind: type) -> dict[str, Any]:
 
 def _query_parameters(endpoint: Endpoint[Any, Any], schemas: dict[str, Any]) -> list[Any]:
     """The query string's parameters, one per field of the endpoint's params type."""
-    if endpoint.takes_body or endpoint.params is None:
+    if (endpoint.takes_body and endpoint.body != "csv") or endpoint.params is None:
         return []
     component = schemas[endpoint.params.__name__]
     required = set(component.get("required", ()))

@@ -6,10 +6,60 @@ local function int(x) return string.format('%d', x) end
 -- Critical balance: a charge that takes an active account's balance below its
 -- critical balance locks it (new calls refused, live calls go on); only a top-up
 -- back to it or above unlocks it ("lock" = "critical" tells it from an operator's lock).
-local function lock_below_critical(account_key, balance)
-  local c = redis.call('HMGET', account_key, 'critical', 'status')
-  if c[1] and c[1] ~= '' and c[2] == 'active' and balance < tonumber(c[1]) then
+-- lock_if_below: the same rule when the caller has read 'critical' and 'status' already.
+local function lock_if_below(account_key, balance, critical, status)
+  if critical and critical ~= '' and status == 'active' and balance < tonumber(critical) then
     redis.call('HSET', account_key, 'status', 'locked', 'lock', 'critical')
   end
 end
 
+local function lock_below_critical(account_key, balance)
+  local c = redis.call('HMGET', account_key, 'critical', 'status')
+  lock_if_below(account_key, balance, c[1], c[2])
+end
+
+
+-- Rate-and-debit one usage event at once, once per event id: charge.lua runs it for
+-- one event, charge_batch.lua for each event of a usage import (issue 15), so a
+-- switch's file and the live API debit by the same rule.
+-- account_key acct:{b:N}:<account>; result_key stopped:{b:N}:<account>:<event id>;
+-- ledger_key ledger:{b:N}; rated: cost in micro-units (the shared rating function);
+-- ttl: seconds a result is kept to answer a repeat; cdr: msgpack, opaque; ts: epoch ms.
+-- Returns 'OK', result or 'DONE', result (a repeat: nothing charged), result = msgpack
+-- {charged, rated, balance, duration, entry, cause}; or 'REJ', reason when the account
+-- is unknown, not active, or cannot pay (the balance never goes below -credit_limit).
+local function charge_event(account_key, result_key, ledger_key, event_id, rated, ttl,
+                            cdr, ts, quantity, account_id)
+  -- One read of the account: every account hash has a status, so none means no account.
+  local a = redis.call('HMGET', account_key, 'status', 'balance', 'credit_limit', 'reserved',
+    'committed', 'critical')
+  if not a[1] then
+    return 'REJ', 'account_not_found'
+  end
+  local done = redis.call('GET', result_key)
+  if done then
+    return 'DONE', done
+  end
+  if a[1] ~= 'active' then
+    return 'REJ', 'account_' .. a[1]
+  end
+  rated = tonumber(rated)
+  -- Funds committed to the plan's prorated charges are not for usage (as in authorize).
+  local available = tonumber(a[2]) + tonumber(a[3]) - tonumber(a[4]) - tonumber(a[5] or 0)
+  if rated > available then
+    if available <= 0 then
+      return 'REJ', 'zero_balance'
+    end
+    return 'REJ', 'insufficient_funds'
+  end
+  local balance = redis.call('HINCRBY', account_key, 'balance', int(-rated))
+  lock_if_below(account_key, balance, a[6], a[1])
+  local entry = redis.call('XADD', ledger_key, '*',
+    'kind', 'usage', 'account', account_id, 'amount', int(-rated), 'balance', int(balance),
+    'reference', event_id, 'ts', ts, 'rated', int(rated), 'charged', int(rated),
+    'duration', quantity, 'cause', 'usage', 'cdr', cdr)
+  local result = cmsgpack.pack({charged = rated, rated = rated, balance = balance,
+    duration = tonumber(quantity), entry = entry, cause = 'usage'})
+  redis.call('SET', result_key, result, 'EX', ttl)
+  return 'OK', result
+end

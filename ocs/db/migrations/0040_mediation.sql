@@ -69,8 +69,9 @@ CREATE TABLE usage_imports (
     rows_charged    BIGINT NOT NULL DEFAULT 0,
     rows_repeated   BIGINT NOT NULL DEFAULT 0,
     rows_rejected   BIGINT NOT NULL DEFAULT 0,
-    amount          BIGINT NOT NULL DEFAULT 0,
+    amounts         JSONB NOT NULL DEFAULT '{}',  -- currency -> micro-units charged
     rejects_path    TEXT,
+    report_path     TEXT,
     error           TEXT,
     started_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     finished_at     TIMESTAMPTZ
