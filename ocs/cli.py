@@ -27,6 +27,7 @@ from ocs import (
     cli_documents,
     cli_dunning,
     cli_events,
+    cli_live,
     cli_mediation,
     cli_numbers,
     cli_payments,
@@ -47,6 +48,7 @@ from ocs.cli_support import (
     checked,
     date_arg,
     print_json,
+    progress_bar,
     read_bytes,
     time_arg,
     to_builtins,
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_reports.add_commands(commands)
     cli_mediation.add_commands(commands)
     cli_usage.add_commands(commands)
-    cli_peer_decks.add_commands(commands)
+    cli_live.add_commands(commands)
     return parser
 
 
@@ -151,6 +153,7 @@ def _add_catalog_commands(commands: "Commands") -> None:
     )
     imp.add_argument("--plan", required=True)
     imp.add_argument("file", type=Path)
+    cli_peer_decks.add_tariff_commands(tariffs)  # ocs tariffs import-peer
 
     codes = add_group(commands, "codes", "area-code tables: destination names for CDRs and IVRs")
     cimp = add_command(
@@ -786,7 +789,7 @@ async def _execute_with_progress(pool: "asyncpg.Pool", run_id: int) -> Any:
     from ocs.billing import queries, runs
 
     name = runs.worker_name()
-    bar = _progress_bar() if sys.stdout.isatty() else None
+    bar = progress_bar("accounts") if sys.stdout.isatty() else None
     task = None
     done_before = -1
     try:
@@ -809,23 +812,6 @@ async def _execute_with_progress(pool: "asyncpg.Pool", run_id: int) -> Any:
     if shown.state == "done":
         metrics.BILLING_RUNS_FINISHED.inc()
     return to_builtins(queries.run_view(shown))
-
-
-def _progress_bar() -> Any:
-    """A started rich progress bar on stderr (stdout keeps the JSON answer)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        "accounts",
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    bar.start()
-    return bar
 
 
 def _billing_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -15,7 +15,10 @@ holder then rebuilds that plan's deck only and keeps every other deck whose
 tariffs did not change. Carriers' cost
 decks and route sets (ocs.catalog.routes) load into the same snapshot: a
 ``carrier:<id>`` notification rebuilds that carrier's deck only, a
-``routes:<id>`` one rereads the route sets and rebuilds no deck.
+``routes:<id>`` one rereads the route sets and rebuilds no deck. A plan's rates by
+rate type (usage mediation, ``rate_type_rates``) are read whole on every load, a
+few rows a plan; a ``rate_types:<plan>`` notification reloads them and rebuilds
+no deck.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ ON_NET = "On-net"
 # A catalog notification ``sync:<token>`` changes nothing: it is the marker
 # ``CatalogHolder.caught_up`` sends to learn that the notifications before it were seen.
 SYNC = "sync"
+# A catalog notification ``rate_types:<plan>``: a plan's rates by rate type changed.
+# They are no deck's, so the reload it starts keeps every deck.
+RATE_TYPES = "rate_types"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +121,8 @@ class CatalogSnapshot:
     onnet: PrefixTable[bool] = field(default_factory=PrefixTable)
     # Area-code tables by list id: STANDARD, and plans' custom code lists.
     code_lists: dict[str, PrefixTable[str]] = field(default_factory=dict)
+    # (plan, rate type) -> the plan's rate for usage of that rate type (mediation).
+    rate_type_tariffs: dict[tuple[str, str], Tariff] = field(default_factory=dict)
 
     def plan(self, plan_id: str) -> Plan | None:
         """The plan by id; None if the catalog has no such plan."""
@@ -145,6 +153,11 @@ class CatalogSnapshot:
             if tariff.zone == zone:
                 return tariff
         return None
+
+    def rate_type_tariff(self, plan_id: str, rate_type: str) -> Tariff | None:
+        """A plan's rate for usage of ``rate_type`` (its zone is the rate type's name);
+        None when the plan has none, and the usage is rated by its zone instead."""
+        return self.rate_type_tariffs.get((plan_id, rate_type))
 
     def tariff_for(
         self, plan_id: str, digits: str, direction: str = "outbound"
@@ -270,31 +283,47 @@ def tiers_to_json(tiers: Iterable[Tier]) -> str:
     )
 
 
+# The price shape's columns, the same in ``tariffs`` and ``rate_type_rates``.
+RATE_COLUMNS = (
+    "connect_fee, first_block, increment, price_per_minute, tiers, max_cost,"
+    " cut_at_max_cost, surcharge_percent_bp, surcharge_flat, band_prices, per"
+)
+
+
+def rate_from_row(r: asyncpg.Record) -> Rate:
+    """The rate of a row holding ``RATE_COLUMNS`` (a tariff's or a rate-type rate's)."""
+    return Rate(
+        connect_fee=r["connect_fee"],
+        first_block=r["first_block"],
+        increment=r["increment"],
+        price_per_minute=r["price_per_minute"],
+        tiers=tiers_from_json(r["tiers"]),
+        max_cost=r["max_cost"],
+        cut_at_max_cost=r["cut_at_max_cost"],
+        surcharge_percent_bp=r["surcharge_percent_bp"],
+        surcharge_flat=r["surcharge_flat"],
+        band_prices=tuple(sorted(json.loads(r["band_prices"] or "{}").items())),
+        per=r["per"],
+    )
+
+
 def _tariffs(rows: Iterable[asyncpg.Record]) -> dict[str, PlanTariffs]:
     """Tariff rows ordered by plan and zone id as each plan's ``PlanTariffs``."""
     grouped: dict[str, tuple[list[int], list[Tariff]]] = {}
     for r in rows:  # ordered by plan, then zone id
         ids, tariffs = grouped.setdefault(r["plan_id"], ([], []))
         ids.append(r["zone_id"])
-        tariffs.append(
-            Tariff(
-                zone=r["zone"],
-                rate=Rate(
-                    connect_fee=r["connect_fee"],
-                    first_block=r["first_block"],
-                    increment=r["increment"],
-                    price_per_minute=r["price_per_minute"],
-                    tiers=tiers_from_json(r["tiers"]),
-                    max_cost=r["max_cost"],
-                    cut_at_max_cost=r["cut_at_max_cost"],
-                    surcharge_percent_bp=r["surcharge_percent_bp"],
-                    surcharge_flat=r["surcharge_flat"],
-                    band_prices=tuple(sorted(json.loads(r["band_prices"] or "{}").items())),
-                    per=r["per"],
-                ),
-            )
-        )
+        tariffs.append(Tariff(zone=r["zone"], rate=rate_from_row(r)))
     return {plan: PlanTariffs(tuple(ids), tuple(t)) for plan, (ids, t) in grouped.items()}
+
+
+async def read_rate_type_tariffs(conn: asyncpg.Connection) -> dict[tuple[str, str], Tariff]:
+    """Every plan's rates by rate type, as tariffs whose zone is the rate type: one query."""
+    rows = await conn.fetch(f"SELECT plan_id, rate_type, {RATE_COLUMNS} FROM rate_type_rates")
+    return {
+        (r["plan_id"], r["rate_type"]): Tariff(zone=r["rate_type"], rate=rate_from_row(r))
+        for r in rows
+    }
 
 
 async def load_snapshot(
@@ -327,6 +356,7 @@ async def load_snapshot(
         )
         tariffs = _tariffs(r for r in rows if r["direction"] == "outbound")
         inbound_tariffs = _tariffs(r for r in rows if r["direction"] == "inbound")
+        rate_type_tariffs = await read_rate_type_tariffs(conn)
         access_numbers = {
             (r["plan_id"], r["number"]): r["rating_plan"]
             for r in await conn.fetch("SELECT plan_id, number, rating_plan FROM access_numbers")
@@ -403,6 +433,7 @@ async def load_snapshot(
         access_numbers=access_numbers,
         onnet=onnet,
         code_lists=built_codes,
+        rate_type_tariffs=rate_type_tariffs,
     )
 
 
@@ -428,9 +459,10 @@ class CatalogHolder:
         # Plans named by notifications not yet reloaded; a full reload when unsure.
         self._pending: set[str] = set()
         self._pending_full = False
-        # Carriers whose cost decks changed; route sets changed (reread whole, no deck).
+        # Carriers whose cost decks changed; route sets or rate-type rates changed
+        # (reread whole, no deck rebuilt).
         self._pending_carriers: set[str] = set()
-        self._pending_routes = False
+        self._pending_rows = False
         self._pending_codes = False  # an area-code table changed (all are reread)
         self._tasks: set[asyncio.Task[None]] = set()
         # caught_up's markers in flight, by token: each is given the reloads scheduled
@@ -532,8 +564,9 @@ class CatalogHolder:
             self._pending.add(plan_id)
         elif kind == "carrier" and name:
             self._pending_carriers.add(name)
-        elif kind == "routes" and name:
-            self._pending_routes = True
+        elif kind in ("routes", RATE_TYPES) and name:
+            # Neither touches a deck: a reload that keeps them all rereads both.
+            self._pending_rows = True
         elif kind == "codes":  # codes: (the standard table) or codes:<plan>
             self._pending_codes = True
         else:
@@ -549,14 +582,14 @@ class CatalogHolder:
                 self._pending_full
                 or self._pending
                 or self._pending_carriers
-                or self._pending_routes
+                or self._pending_rows
                 or self._pending_codes
             ):
                 return  # an earlier task reloaded these changes already
             plans = None if self._pending_full else self._pending
             carriers, code_lists = self._pending_carriers, self._pending_codes
             self._pending, self._pending_full = set(), False
-            self._pending_carriers, self._pending_routes = set(), False
+            self._pending_carriers, self._pending_rows = set(), False
             self._pending_codes = False
             try:
                 await self._reload_locked(plans, carriers, code_lists)

@@ -26,6 +26,7 @@ from ocs.http import (
     report_handlers,
     routes_handlers,
     tax_handlers,
+    usage_import_handlers,
 )
 from ocs.http.admin_auth import admin_auth
 from ocs.http.context import OPENAPI_DOCUMENT, SERVICES
@@ -57,6 +58,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     *number_set_handlers.ENDPOINTS,
     *report_handlers.ENDPOINTS,
     *mediation_handlers.ENDPOINTS,
+    *usage_import_handlers.ENDPOINTS,
     *health_handlers.ENDPOINTS,
 )
 

@@ -224,7 +224,8 @@ class Endpoint(Generic[P, A]):
     ``params`` is the JSON body's type for POST, PUT and PATCH, the query string's for
     GET and DELETE; None: the endpoint takes none (its handler gets None). ``body`` says
     how a body is read: "json" (decoded into ``params``), "csv" (the handler reads the
-    text itself; ``params`` then comes from the query string), or "none". ``answer`` is what a 2xx carries; ``status`` its usual code.
+    text itself; ``params`` then comes from the query string), or "none". ``answer`` is
+    what a 2xx carries; ``status`` its usual code.
     """
 
     method: str

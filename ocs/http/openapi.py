@@ -176,22 +176,6 @@ _PATH_PARAMETERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "minLength": 1, "maxLength": 32},
     },
     "import_id": {"description": "a usage import's id", "schema": _SERIAL},
-    "rate_type": {
-        "description": "a rate type's name (URL-encoded: it may hold spaces)",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 100},
-    },
-    "name": {
-        "description": "a rate type's or usage template's name (URL-encoded)",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 100},
-    },
-    "supplier": {
-        "description": "a supplier: letters, digits, '-', '_' or '.'",
-        "schema": _ID,
-    },
-    "version": {
-        "description": "a usage template's version",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
-    },
 }
 
 

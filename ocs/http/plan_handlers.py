@@ -19,7 +19,8 @@ from ocs.balances.accounts import MAX_LINES
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
 from ocs.charging.lifecycle import MAX_DURATION
-from ocs.decks.rate_deck import parse_deck
+from ocs.decks.peers import PEER_FORMATS, read_peer_deck
+from ocs.decks.rate_deck import Deck, parse_deck
 from ocs.errors import invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import Amount, Answer, Endpoint, ObjectId, Params, Role, amount_text
@@ -104,15 +105,38 @@ async def list_plans(request: web.Request, params: None) -> PlanList:
     return PlanList(plans=[plan_view(plan) for plan in plans])
 
 
-async def import_tariffs(request: web.Request, params: None) -> DeckImportView:
+# What ``POST /v1/plans/{id}/tariffs?format=`` reads: ocs's own deck, or a peer's export.
+DECK_FORMATS = ("ocs", *PEER_FORMATS)
+
+
+class DeckFormat(Params):
+    """How a deck sent as the body is written (the query string)."""
+
+    format: Annotated[
+        Literal["ocs", "a2billing", "astpp", "magnusbilling"],
+        msgspec.Meta(description="ocs's own deck CSV, or another system's rate export"),
+    ] = "ocs"
+
+
+async def import_tariffs(request: web.Request, params: DeckFormat) -> DeckImportView:
     """POST /v1/plans/{id}/tariffs: replace a plan's tariff deck with a CSV, all or nothing."""
     plan_id = catalog_store.validate_plan_id(request.match_info["plan_id"], "plan_id")
+    deck_format = params.format
+    pool = services_of(request).pool
     # Bytes, not text: the parser names each line that is not UTF-8 (the middleware has
     # refused a charset other than UTF-8 already).
     body = await request.read()
-    # A million-row deck is most of a second of CPU: off the event loop.
-    rows = await asyncio.to_thread(parse_deck, body)
-    result = await catalog_store.import_deck(services_of(request).pool, plan_id, rows)
+    rows: Deck
+    if deck_format == "ocs":
+        # A million-row deck is most of a second of CPU: off the event loop.
+        rows = await asyncio.to_thread(parse_deck, body)
+    else:
+        # A peer's header may name its currency: it must be the plan's.
+        currency = next(
+            (p.currency for p in await catalog_store.list_plans(pool) if p.id == plan_id), None
+        )
+        rows = await asyncio.to_thread(read_peer_deck, deck_format, body, currency=currency)
+    result = await catalog_store.import_deck(pool, plan_id, rows)
     return deck_import_view(result)
 
 
@@ -423,11 +447,13 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         Role.ADMIN,
         "Replace a plan's tariff deck with a CSV, all or nothing",
         import_tariffs,
-        None,
+        DeckFormat,
         DeckImportView,
         body="csv",
         description="A bad deck is refused whole, naming each bad line (``problems``);"
-        " the deck it would have replaced keeps serving.",
+        " the deck it would have replaced keeps serving. ``?format=`` reads another"
+        " system's rate export instead of ocs's CSV: ``a2billing``, ``astpp`` or"
+        " ``magnusbilling`` (docs/peer-decks.md); ``ocs`` when left out.",
         answer_description="the deck's size, and its prefixes new to the plan, moved to"
         " another zone and gone",
     ),

@@ -1,0 +1,257 @@
+"""Usage imports in the admin API: send a usage file, read an import and its rejects.
+
+``POST /v1/usage/imports?template=T[&mode=all_or_nothing][&version=V][&file_name=N]``
+takes the file as the body, keeps it under ``usage_imports_dir`` and imports it as
+``ocs usage import`` does (``ocs.mediation.importer``), answering the summary.
+``GET /v1/usage/imports/{import_id}`` reads an import (its progress while it runs);
+``.../rejects`` answers its rejects file, to fix and send again. Operators import;
+viewers read.
+"""
+
+import asyncio
+import re
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from aiohttp import web
+
+from ocs.config import Settings
+from ocs.errors import OcsError, Reason, invalid
+from ocs.http.context import services_of
+from ocs.http.endpoint import Answer, Endpoint, ObjectId, Params, Role
+from ocs.mediation.importer import ImportRequest, ImportSummary, UsageImporter
+
+# The largest file the API takes; larger files go through ``ocs usage import``.
+MAX_FILE = 64 * 1024 * 1024
+MAX_ID = 2**63 - 1
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def imports_dir(settings: Settings) -> Path:
+    """Where files sent to the API and their rejects are kept."""
+    if settings.usage_imports_dir:
+        return Path(settings.usage_imports_dir)
+    return Path(settings.data_dir) / "usage-imports"
+
+
+class ImportParams(Params):
+    """A usage import's settings, in the query string (the body is the file)."""
+
+    template: ObjectId
+    mode: Literal["good_rows", "all_or_nothing"] = "good_rows"
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] | None = None
+    file_name: Annotated[
+        str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,100}(?!\n)$", description="kept as")
+    ] = "usage.csv"
+
+
+class ProblemView(Answer):
+    """A rejected row: its line and every problem on it."""
+
+    file: str
+    line: int
+    problems: list[str]
+
+
+class ImportView(Answer):
+    """A usage import: its state, counts, amounts charged by currency and problems."""
+
+    id: int
+    template: str
+    template_version: str
+    supplier: str
+    mode: str
+    state: str
+    rows_read: int
+    rows_filtered: int
+    rows_charged: int
+    rows_repeated: int
+    rows_rejected: int
+    amounts: dict[str, str]
+    has_rejects: bool
+    problems: list[ProblemView] = msgspec.field(default_factory=list)
+
+
+def import_view(summary: ImportSummary) -> ImportView:
+    """The API's view of an import summary (amounts as decimal strings)."""
+    from ocs.money import format_amount
+
+    return ImportView(
+        id=summary.id,
+        template=summary.template,
+        template_version=summary.template_version,
+        supplier=summary.supplier,
+        mode=summary.mode,
+        state=summary.state,
+        rows_read=summary.rows_read,
+        rows_filtered=summary.rows_filtered,
+        rows_charged=summary.rows_charged,
+        rows_repeated=summary.rows_repeated,
+        rows_rejected=summary.rows_rejected,
+        amounts={c: format_amount(a) for c, a in sorted(summary.amounts.items())},
+        has_rejects=summary.rejects_path is not None,
+        problems=[
+            ProblemView(file=p.file, line=p.line, problems=list(p.problems))
+            for p in summary.problems
+        ],
+    )
+
+
+def _importer(request: web.Request) -> UsageImporter:
+    services = services_of(request)
+    return UsageImporter(
+        services.pool,
+        services.store,
+        services.catalog,
+        result_ttl=services.settings.stop_dedupe_ttl,
+        # A serving process answers live calls between chunks: small ones (~2 ms each).
+        chunk_rows=200,
+    )
+
+
+async def _save_body(request: web.Request, folder: Path, name: str) -> Path:
+    """Stream the body to a file of its own folder; 413 past ``MAX_FILE``."""
+    if request.content_length is not None and request.content_length > MAX_FILE:
+        raise invalid("body", "larger than 64 MiB: import it with `ocs usage import`")
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    path = folder / name
+    size = 0
+    with path.open("wb") as out:
+        async for block in request.content.iter_chunked(1 << 16):
+            size += len(block)
+            if size > MAX_FILE:
+                raise invalid("body", "larger than 64 MiB: import it with `ocs usage import`")
+            out.write(block)
+    if size == 0:
+        raise invalid("body", "is required: the usage file")
+    return path
+
+
+async def create_import(request: web.Request, params: ImportParams) -> ImportView:
+    """POST /v1/usage/imports: import the body through a usage template."""
+    services = services_of(request)
+    folder = imports_dir(services.settings) / uuid.uuid4().hex
+    path = await _save_body(request, folder, _SAFE_NAME.sub("_", params.file_name))
+    if not await asyncio.to_thread(_is_utf8, path):
+        raise invalid("body", "is not UTF-8 text")
+    summary = await _importer(request).run(
+        ImportRequest(
+            template=params.template,
+            files=(str(path),),
+            mode=params.mode,
+            version=params.version,
+            rejects_dir=str(folder),
+        )
+    )
+    return import_view(summary)
+
+
+def _is_utf8(path: Path) -> bool:
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _rejects_of(path_text: str | None) -> bytes | None:
+    if path_text is None or not Path(path_text).is_file():
+        return None
+    return Path(path_text).read_bytes()
+
+
+def import_id_of(request: web.Request) -> int:
+    """The import id from the path: a positive whole number, else 400 naming it."""
+    text = request.match_info["import_id"]
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ID:
+        raise invalid("import_id", "expected a positive whole number")
+    return int(text)
+
+
+async def _stored(request: web.Request) -> Any:
+    row = await services_of(request).pool.fetchrow(
+        "SELECT * FROM usage_imports WHERE id = $1", import_id_of(request)
+    )
+    if row is None:
+        raise OcsError(Reason.NOT_FOUND, "no such usage import", field="import_id")
+    return row
+
+
+async def show_import(request: web.Request, params: None) -> ImportView:
+    """GET /v1/usage/imports/{import_id}: an import's state and counts."""
+    row = await _stored(request)
+    return import_view(
+        ImportSummary(
+            id=row["id"],
+            template=row["template"],
+            template_version=row["template_version"],
+            supplier=row["supplier"],
+            mode=row["mode"],
+            state=row["state"],
+            rows_read=row["rows_read"],
+            rows_filtered=row["rows_filtered"],
+            rows_charged=row["rows_charged"],
+            rows_repeated=row["rows_repeated"],
+            rows_rejected=row["rows_rejected"],
+            amounts=msgspec.json.decode(row["amounts"]),
+            rejects_path=row["rejects_path"],
+            report_path=row["report_path"],
+        )
+    )
+
+
+async def import_rejects(request: web.Request, params: None) -> web.Response:
+    """GET /v1/usage/imports/{import_id}/rejects: the rejected rows, as the file had them."""
+    row = await _stored(request)
+    data = await asyncio.to_thread(_rejects_of, row["rejects_path"])
+    if data is None:
+        raise OcsError(Reason.NOT_FOUND, "the import rejected no row", field="import_id")
+    path = Path(row["rejects_path"])
+    return web.Response(
+        body=data,
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{path.name}"'},
+    )
+
+
+ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
+    Endpoint(
+        "POST",
+        "/v1/usage/imports",
+        Role.OPERATOR,
+        "Import a usage file through a usage template: rate and debit each record once",
+        create_import,
+        ImportParams,
+        ImportView,
+        body="csv",
+        errors=(400, 404),
+        description="Each record is classified, overridden by the supplier's table, rated"
+        " at its own start time and debited once per (supplier, record id): sending the"
+        " same file again moves nothing. Bad rows are listed with their line and every"
+        " problem; mode all_or_nothing applies nothing when any row is bad.",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/usage/imports/{import_id}",
+        Role.VIEWER,
+        "A usage import: its state, counts and amounts",
+        show_import,
+        None,
+        ImportView,
+        errors=(404,),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/usage/imports/{import_id}/rejects",
+        Role.VIEWER,
+        "A usage import's rejected rows, in the file's own format, to fix and send again",
+        import_rejects,
+        None,
+        None,
+        errors=(404,),
+        answer_description="the rejected rows (text/csv)",
+    ),
+)

@@ -1,0 +1,613 @@
+"""A usage import: read files through a template, rate every record, debit each once.
+
+Each record is, in file order:
+
+1. read and classified by the template (``ocs.mediation.classify``), then its rate
+   type overridden by the supplier's table;
+2. given its account (the account column, else the account of its member, else of
+   its caller id) and rated by the account's plan at its own start time
+   (``ocs.mediation.rating``);
+3. skipped as a repeat when PostgreSQL already holds its supplier's record id;
+4. debited through the real-time Lua usage rule (``charge_batch.lua``, which runs
+   ``charge.lua``'s rule), once per (supplier, record id), its CDR written by the
+   ledger writer like a live call's, naming the supplier, rate type and template.
+
+A row the template refuses, or that cannot be given an account or a price, is
+reported with its line number and every problem found, and written back in the
+file's own format to the rejects file, which can be fixed and imported again.
+``good_rows`` applies the good rows; ``all_or_nothing`` first reads, classifies
+and rates the whole import, and applies nothing if any row is bad. A debit the
+balance refuses (decision 0032) is a rejected row in either mode: the account's
+later rows in the import are refused too, and none is ever charged past the
+account's credit limit.
+"""
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+import asyncpg
+import msgpack
+import msgspec
+
+from ocs.balances import keys
+from ocs.balances.script_args import UsageEvent
+from ocs.balances.store import BalanceStore
+from ocs.catalog.snapshot import CatalogHolder, CatalogSnapshot
+from ocs.errors import OcsError, Reason
+from ocs.mediation import store as mediation_store
+from ocs.mediation.classify import CompiledTemplate
+from ocs.mediation.rating import rate_record
+from ocs.mediation.reader import open_file
+from ocs.mediation.records import RowProblem, UsageRecord
+from ocs.mediation.shipped import shipped_template
+from ocs.mediation.template import Template
+
+log = logging.getLogger("ocs.mediation")
+
+ImportMode = Literal["good_rows", "all_or_nothing"]
+IMPORT_MODES: tuple[ImportMode, ...] = ("good_rows", "all_or_nothing")
+# Records read and rated together; a chunk's PostgreSQL look-ups are one query each.
+CHUNK = 2000
+# Events a charge_batch.lua call takes: one bucket's (a script's keys share a slot).
+# A bucket's events wait across chunks until they fill a batch, so at most
+# BATCH x 1024 buckets records wait in memory.
+BATCH = 64
+# Batches that may be in flight while the next chunk is read and rated.
+IN_FLIGHT = 64
+# Problems an import's answer lists; the report file has them all.
+SHOWN_PROBLEMS = 100
+
+
+class ImportRequest(msgspec.Struct, frozen=True):
+    """What to import: the template (by name; its latest version unless ``version``),
+    the files in order, the mode, and where the rejects go (beside the first file)."""
+
+    template: str
+    files: tuple[str, ...]
+    mode: ImportMode = "good_rows"
+    version: int | None = None
+    rejects_dir: str | None = None
+
+
+class ProblemRow(msgspec.Struct, frozen=True):
+    """A rejected row as the answer lists it: file, line and every problem."""
+
+    file: str
+    line: int
+    problems: tuple[str, ...]
+
+
+class ImportSummary(msgspec.Struct):
+    """An import's outcome, as stored in ``usage_imports`` and answered."""
+
+    id: int
+    template: str
+    template_version: str
+    supplier: str
+    mode: str
+    state: str
+    rows_read: int = 0
+    rows_filtered: int = 0
+    rows_charged: int = 0
+    rows_repeated: int = 0
+    rows_rejected: int = 0
+    amounts: dict[str, int] = msgspec.field(default_factory=dict)
+    rejects_path: str | None = None
+    report_path: str | None = None
+    problems: list[ProblemRow] = msgspec.field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A record with its account, price and event, ready to debit."""
+
+    record: UsageRecord
+    file: str
+    currency: str
+    cost: int
+    event: UsageEvent
+
+
+@dataclass(slots=True)
+class AccountPlan:
+    """The plan an account is rated by and the currency it pays in."""
+
+    plan_id: str
+    currency: str
+
+
+@dataclass(slots=True)
+class _Rejects:
+    """The rejects file (rows in the file's own format) and the problems report."""
+
+    compiled: CompiledTemplate
+    rows_path: Path
+    report_path: Path
+    rows: IO[str] | None = None
+    report: IO[str] | None = None
+    shown: list[ProblemRow] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, file: str, line: int, cells: tuple[str, ...], problems: tuple[str, ...]) -> None:
+        """Write one rejected row and its problems."""
+        if self.rows is None or self.report is None:
+            self.rows = self.rows_path.open("w", encoding="utf-8", newline="")
+            self.report = self.report_path.open("w", encoding="utf-8")
+            header = self.compiled.render_header()
+            if header is not None:
+                self.rows.write(header)
+        self.rows.write(self.compiled.render(cells))
+        self.report.write(f"{file}:{line}: {'; '.join(problems)}\n")
+        self.count += 1
+        if len(self.shown) < SHOWN_PROBLEMS:
+            self.shown.append(ProblemRow(file, line, problems))
+
+    def close(self) -> None:
+        """Close both files (nothing is written when no row was rejected)."""
+        for handle in (self.rows, self.report):
+            if handle is not None:
+                handle.close()
+
+
+class UsageImporter:
+    """Runs usage imports with one process's stores: PostgreSQL, the balance scripts and
+    the catalog snapshot the real-time path rates with."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        balances: BalanceStore,
+        catalog: CatalogHolder,
+        *,
+        result_ttl: int,
+        chunk_rows: int = CHUNK,
+    ) -> None:
+        """``chunk_rows``: records read and rated between two waits on PostgreSQL or
+        Redis; a serving process takes fewer, so live calls wait less for the loop."""
+        self._pool = pool
+        self.chunk_rows = chunk_rows
+        self._balances = balances
+        self._catalog = catalog
+        self._result_ttl = result_ttl
+
+    async def template_of(self, name: str, version: int | None) -> tuple[str, Template]:
+        """(version label, template): a stored template's, else a shipped one's."""
+        async with self._pool.acquire() as conn:
+            found = (
+                await mediation_store.latest_template(conn, name)
+                if version is None
+                else await mediation_store.template_version(conn, name, version)
+            )
+        if found is not None:
+            return f"{name}@{found[0]}", found[1]
+        shipped = shipped_template(name) if version is None else None
+        if shipped is None:
+            raise OcsError(
+                Reason.INVALID_FIELD,
+                f"no usage template {name!r}" + (f" version {version}" if version else ""),
+                field="template",
+            )
+        return f"{name}@shipped", shipped
+
+    async def run(
+        self, request: ImportRequest, progress: Callable[[int], None] | None = None
+    ) -> ImportSummary:
+        """Import the request's files; ``progress`` is told how many rows are done."""
+        if request.mode not in IMPORT_MODES:
+            raise OcsError(Reason.INVALID_FIELD, f"unknown mode {request.mode!r}", field="mode")
+        if not request.files:
+            raise OcsError(Reason.INVALID_FIELD, "no file to import", field="files")
+        paths = [Path(f) for f in request.files]
+        for path in paths:
+            if not path.is_file():
+                raise OcsError(Reason.INVALID_FIELD, f"no such file: {path}", field="files")
+        label, template = await self.template_of(request.template, request.version)
+        async with self._pool.acquire() as conn:
+            overrides = await mediation_store.overrides_of(conn, template.supplier)
+            import_id = await conn.fetchval(
+                "INSERT INTO usage_imports (template, template_version, supplier, files, mode)"
+                " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                request.template,
+                label,
+                template.supplier,
+                [str(p) for p in paths],
+                request.mode,
+            )
+        summary = ImportSummary(
+            import_id, request.template, label, template.supplier, request.mode, "running"
+        )
+        rejects_dir = Path(request.rejects_dir) if request.rejects_dir else paths[0].parent
+        stem = f"{paths[0].stem}.import-{import_id}"
+        compiled = CompiledTemplate(template)
+        rejects = _Rejects(
+            compiled,
+            rejects_dir / f"{stem}.rejects{paths[0].suffix or '.csv'}",
+            rejects_dir / f"{stem}.problems.txt",
+        )
+        run = _Run(self, summary, template, label, overrides, rejects, progress)
+        try:
+            if request.mode == "all_or_nothing":
+                await run.pass_over(paths, compiled, debit=False)
+                if rejects.count:
+                    summary.state = "refused"
+                    summary.rows_rejected = rejects.count
+                    summary.rows_read = run.rows_read
+                    summary.rows_filtered = run.rows_filtered
+                    return await self._finish(summary, rejects)
+                run.reset()
+                compiled = CompiledTemplate(template)
+                rejects.compiled = compiled
+            await run.pass_over(paths, compiled, debit=True)
+            summary.state = "done"
+        except BaseException as exc:
+            summary.state = "failed"
+            await asyncio.shield(self._finish(summary, rejects, error=str(exc)[:500]))
+            raise
+        summary.rows_read = run.rows_read
+        summary.rows_filtered = run.rows_filtered
+        summary.rows_rejected = rejects.count
+        return await self._finish(summary, rejects)
+
+    async def _finish(
+        self, summary: ImportSummary, rejects: _Rejects, error: str | None = None
+    ) -> ImportSummary:
+        rejects.close()
+        if rejects.count:
+            summary.rejects_path = str(rejects.rows_path)
+            summary.report_path = str(rejects.report_path)
+        summary.problems = rejects.shown
+        await self.save(summary, error=error, finished=True)
+        log.info(
+            "usage import finished",
+            extra={
+                "import": summary.id,
+                "template": summary.template_version,
+                "state": summary.state,
+                "charged": summary.rows_charged,
+                "repeated": summary.rows_repeated,
+                "rejected": summary.rows_rejected,
+            },
+        )
+        return summary
+
+    async def save(
+        self, summary: ImportSummary, *, error: str | None = None, finished: bool = False
+    ) -> None:
+        """Store the import's counts (its progress while it runs)."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE usage_imports SET state = $2, rows_read = $3, rows_filtered = $4,"
+                " rows_charged = $5, rows_repeated = $6, rows_rejected = $7, amounts = $8,"
+                " rejects_path = $9, report_path = $10, error = $11,"
+                " finished_at = CASE WHEN $12 THEN now() END WHERE id = $1",
+                summary.id,
+                summary.state,
+                summary.rows_read,
+                summary.rows_filtered,
+                summary.rows_charged,
+                summary.rows_repeated,
+                summary.rows_rejected,
+                json.dumps(summary.amounts),
+                summary.rejects_path,
+                summary.report_path,
+                error,
+                finished,
+            )
+
+    async def accounts_of(self, ids: set[str]) -> dict[str, AccountPlan]:
+        """Plan and currency of each of these accounts that exists."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, plan_id, currency FROM accounts WHERE id = ANY($1::text[])", list(ids)
+            )
+        return {r["id"]: AccountPlan(r["plan_id"], r["currency"]) for r in rows}
+
+    async def owners_of(self, table: str, column: str, values: set[str]) -> dict[str, str]:
+        """The account of each member or caller id that has one."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT {column} AS v, account_id FROM {table} WHERE {column} = ANY($1::text[])",
+                list(values),
+            )
+        return {r["v"]: r["account_id"] for r in rows}
+
+    async def imported(self, supplier: str, record_ids: list[str]) -> set[str]:
+        """Which of the supplier's record ids PostgreSQL already holds a CDR of."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT record_id FROM cdrs WHERE supplier = $1 AND record_id = ANY($2::text[])",
+                supplier,
+                record_ids,
+            )
+        return {r["record_id"] for r in rows}
+
+    async def debit(self, bucket: int, import_id: int, events: list[UsageEvent]) -> list[str]:
+        """One bucket's events through charge_batch.lua: a word an event."""
+        return await self._balances.charge_batch(bucket, import_id, events, self._result_ttl)
+
+    @property
+    def snapshot(self) -> CatalogSnapshot:
+        """The catalog as it is now; an import rates every record by the one it began with."""
+        return self._catalog.snapshot
+
+    @staticmethod
+    def snapshot_rate(
+        snapshot: CatalogSnapshot,
+        plan_id: str,
+        record: UsageRecord,
+        rate_type: str | None,
+        origin: dict[str, object],
+    ) -> tuple[int, bytes]:
+        """(cost, CDR fields as msgpack) of a record by ``snapshot``, its ``origin`` fields
+        (supplier, record id, template) added; OcsError when it has no price."""
+        rated = rate_record(snapshot, plan_id, record, rate_type)
+        rate = rated.tariff.rate
+        ends = record.start_ms + (record.quantity * 1000 if record.service is None else 0)
+        cdr = {
+            "plan": plan_id,
+            "zone": rated.zone,
+            "destination": rated.destination,
+            "caller": record.caller,
+            "currency": rated.plan.currency,
+            "authorized_at_ms": record.start_ms,
+            "stopped_at_ms": ends,
+            "billed": rated.billed,
+            "rate": [rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute],
+            "nas": None,
+            "member": record.member,
+            "direction": record.direction,
+            "rate_type": rate_type,
+            "record_id": record.record_id,
+            **origin,
+        }
+        return rated.cost, msgpack.packb(cdr)
+
+
+class _Run:
+    """One import's pass over its files: the counters, caches and rejects they share."""
+
+    def __init__(
+        self,
+        importer: UsageImporter,
+        summary: ImportSummary,
+        template: Template,
+        label: str,
+        overrides: dict[str, str],
+        rejects: _Rejects,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.importer = importer
+        self.summary = summary
+        self.supplier = template.supplier
+        self.label = label
+        self.overrides = overrides
+        self.rejects = rejects
+        self.progress = progress
+        # One catalog for the whole import: a reload midway does not split a file's prices.
+        self.snapshot = importer.snapshot
+        self.accounts: dict[str, AccountPlan | None] = {}
+        self.members: dict[str, str | None] = {}
+        self.callers: dict[str, str | None] = {}
+        self.rows_read = 0
+        self.rows_filtered = 0
+        self.done = 0
+        # Records waiting for their bucket's batch to fill, and the batches sent.
+        self.pending: dict[int, list[_Prepared]] = {}
+        self.in_flight: deque[asyncio.Task[None]] = deque()
+
+    def reset(self) -> None:
+        """Forget the counters of a checking pass (the caches stay)."""
+        self.rows_read = self.rows_filtered = self.done = 0
+
+    async def pass_over(
+        self, paths: list[Path], compiled: CompiledTemplate, *, debit: bool
+    ) -> None:
+        """Read, rate and (``debit``) charge every record of the files, chunk by chunk."""
+        looking_up: asyncio.Task[list[_Prepared]] | None = None
+        for path in paths:
+            with open_file(path, compiled.template.format) as stream:
+                for chunk in _chunks(compiled.read(stream), self.importer.chunk_rows):
+                    prepared = await self.prepare(path.name, chunk)
+                    # The previous chunk's repeats were looked up while this one was
+                    # read: it is queued first, so the debits keep the file's order.
+                    if looking_up is not None:
+                        self.queue(await looking_up)
+                        looking_up = None
+                    if debit and prepared:
+                        looking_up = asyncio.create_task(self.not_yet_imported(prepared))
+                        while len(self.in_flight) > IN_FLIGHT:
+                            await self.in_flight.popleft()
+                    self.tick(len(chunk))
+            self.rows_read += compiled.rows_read
+            self.rows_filtered += compiled.rows_filtered
+            compiled.rows_read = compiled.rows_filtered = 0
+        if looking_up is not None:
+            self.queue(await looking_up)
+        for bucket in list(self.pending):
+            self.send(bucket)
+        while self.in_flight:
+            await self.in_flight.popleft()
+
+    def tick(self, rows: int) -> None:
+        """Count rows done and tell the progress bar."""
+        self.done += rows
+        if self.progress is not None:
+            self.progress(self.done)
+
+    async def prepare(self, file: str, chunk: list[UsageRecord | RowProblem]) -> list[_Prepared]:
+        """The chunk's records given an account and a price; its bad rows rejected."""
+        await self.resolve(chunk)
+        prepared: list[_Prepared] = []
+        overrides = self.overrides
+        supplier = self.supplier
+        origin: dict[str, object] = {"supplier": supplier, "template": self.label}
+        snapshot = self.snapshot
+        rate = self.importer.snapshot_rate
+        for item in chunk:
+            if isinstance(item, RowProblem):
+                self.rejects.add(file, item.line, item.cells, item.problems)
+                continue
+            account_id = self.account_id(item)
+            if account_id is None:
+                self.rejects.add(file, item.line, item.cells, (self.no_account(item),))
+                continue
+            account = self.accounts.get(account_id)
+            if account is None:
+                self.rejects.add(
+                    file, item.line, item.cells, (f"account: no account {account_id!r}",)
+                )
+                continue
+            rate_type = item.rate_type
+            if rate_type is not None:
+                rate_type = overrides.get(rate_type, rate_type)
+            try:
+                cost, cdr = rate(snapshot, account.plan_id, item, rate_type, origin)
+            except OcsError as exc:
+                self.rejects.add(file, item.line, item.cells, (_problem(exc),))
+                continue
+            event = UsageEvent(
+                account_id, f"usage:{supplier}:{item.record_id}", cost, item.quantity, cdr
+            )
+            prepared.append(_Prepared(item, file, account.currency, cost, event))
+        return prepared
+
+    def account_id(self, record: UsageRecord) -> str | None:
+        """The record's account: its own column, else its member's, else its caller's."""
+        if record.account:
+            return record.account
+        if record.member:
+            return self.members.get(record.member)
+        if record.caller:
+            return self.callers.get(record.caller)
+        return None
+
+    @staticmethod
+    def no_account(record: UsageRecord) -> str:
+        """Why a record has no account, naming what it was looked up by."""
+        if record.member:
+            return f"member: no account has member {record.member!r}"
+        if record.caller:
+            return f"caller: no account has caller id {record.caller!r}"
+        return "account: the row names no account, member or caller"
+
+    async def resolve(self, chunk: list[UsageRecord | RowProblem]) -> None:
+        """Look up, once each, the members, caller ids and accounts the chunk names."""
+        members = {
+            r.member
+            for r in chunk
+            if isinstance(r, UsageRecord)
+            and not r.account
+            and r.member
+            and r.member not in self.members
+        }
+        if members:
+            found = await self.importer.owners_of("account_members", "member", members)
+            self.members.update({m: found.get(m) for m in members})
+        callers = {
+            r.caller
+            for r in chunk
+            if isinstance(r, UsageRecord)
+            and not r.account
+            and not r.member
+            and r.caller
+            and r.caller not in self.callers
+        }
+        if callers:
+            found = await self.importer.owners_of("account_callers", "caller", callers)
+            self.callers.update({c: found.get(c) for c in callers})
+        wanted = {
+            a
+            for a in (self.account_id(r) for r in chunk if isinstance(r, UsageRecord))
+            if a is not None and a not in self.accounts
+        }
+        if wanted:
+            found_accounts = await self.importer.accounts_of(wanted)
+            self.accounts.update({a: found_accounts.get(a) for a in wanted})
+
+    async def not_yet_imported(self, prepared: list[_Prepared]) -> list[_Prepared]:
+        """The records PostgreSQL holds no CDR of yet; the others counted as repeats.
+
+        Asked before the chunk's debits are queued, so the debits reach Redis in file
+        order (a task's first command is queued when it first runs, in creation order).
+        """
+        known = await self.importer.imported(self.supplier, [p.record.record_id for p in prepared])
+        if not known:
+            return prepared
+        self.summary.rows_repeated += sum(1 for p in prepared if p.record.record_id in known)
+        return [p for p in prepared if p.record.record_id not in known]
+
+    def queue(self, prepared: list[_Prepared]) -> None:
+        """Add records to their buckets' next batch; a full batch goes to Redis.
+
+        A bucket's batches are sent in file order (a task queues its script call when
+        it first runs, and tasks first run in the order they were made), so each
+        account's records are debited in file order.
+        """
+        pending = self.pending
+        for item in prepared:
+            bucket = keys.bucket_of(item.event.account_id)
+            batch = pending.get(bucket)
+            if batch is None:
+                batch = pending[bucket] = []
+            batch.append(item)
+            if len(batch) >= BATCH:
+                self.send(bucket)
+
+    def send(self, bucket: int) -> None:
+        """Send a bucket's batch through charge_batch.lua."""
+        batch = self.pending.pop(bucket)
+        self.in_flight.append(asyncio.create_task(self.charge(bucket, batch)))
+
+    async def charge(self, bucket: int, batch: list[_Prepared]) -> None:
+        """Debit one bucket's batch and count what each record came to."""
+        words = await self.importer.debit(bucket, self.summary.id, [p.event for p in batch])
+        summary = self.summary
+        amounts = summary.amounts
+        for item, word in zip(batch, words, strict=True):
+            if word == "OK":
+                summary.rows_charged += 1
+                amounts[item.currency] = amounts.get(item.currency, 0) + item.cost
+            elif word == "DONE":
+                summary.rows_repeated += 1
+            else:
+                record = item.record
+                self.rejects.add(item.file, record.line, record.cells, (_refusal(word),))
+
+
+def _problem(exc: OcsError) -> str:
+    """A rating refusal as a row problem, naming its field once."""
+    if exc.field and not exc.message.startswith(f"{exc.field}:"):
+        return f"{exc.field}: {exc.message}"
+    return exc.message
+
+
+def _refusal(reason: str) -> str:
+    """A debit refusal as a row problem."""
+    return (
+        f"{reason}: the balance refused the debit"
+        if reason
+        in (
+            "insufficient_funds",
+            "zero_balance",
+        )
+        else f"account: {reason}"
+    )
+
+
+def _chunks(
+    items: Iterator[UsageRecord | RowProblem], size: int
+) -> Iterator[list[UsageRecord | RowProblem]]:
+    chunk: list[UsageRecord | RowProblem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

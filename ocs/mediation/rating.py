@@ -1,0 +1,80 @@
+"""Rating an imported usage record exactly as a live call or usage event is rated.
+
+The same catalog snapshot, tariff lookup and rating function as the real-time
+path (``ocs.charging.lifecycle.tariff_of``, ``call_bands``, ``ocs.rating.rates.cost``):
+
+* a record whose rate type (after the supplier's overrides) has a rate in the
+  account's plan is rated by that rate, and its usage line is the rate type's;
+* else a record of a service (MB, kWh) by the plan's tariff of that service;
+* else a call by its called number, translated by the plan's rules and matched in
+  the plan's deck for its direction (an inbound call with no inbound tariff is free,
+  an outbound one to an unknown destination is refused).
+
+Time bands apply at the record's own start, so a call made at 17:59 is priced at
+the peak rate whenever it is imported.
+"""
+
+import msgspec
+
+from ocs.catalog.snapshot import CatalogSnapshot, Plan, Tariff
+from ocs.charging.lifecycle import call_bands, tariff_of
+from ocs.errors import OcsError, Reason
+from ocs.mediation.records import UsageRecord
+from ocs.rating.rates import billed_seconds, cost
+
+
+class RatedUsage(msgspec.Struct, frozen=True, gc=False):
+    """A record's price: the plan and zone (or rate type) it was rated in, its tariff,
+    the destination as rated, the billed quantity and the cost in micro-units."""
+
+    plan: Plan
+    zone: str
+    tariff: Tariff
+    destination: str
+    billed: int
+    cost: int
+
+
+def rate_record(
+    snapshot: CatalogSnapshot, plan_id: str, record: UsageRecord, rate_type: str | None
+) -> RatedUsage:
+    """Price one record for an account on ``plan_id``; OcsError when it cannot be rated."""
+    plan = snapshot.plan(plan_id)
+    if plan is None:
+        raise OcsError(Reason.UNAVAILABLE, f"plan {plan_id!r} is not in the catalog")
+    tariff = snapshot.rate_type_tariff(plan_id, rate_type) if rate_type is not None else None
+    destination = record.called or record.service or ""
+    is_call = record.service is None
+    if tariff is None and record.service is not None:
+        tariff = snapshot.tariff_named(plan_id, record.service)
+        if tariff is None:
+            raise OcsError(
+                Reason.DESTINATION_NOT_ALLOWED,
+                f"plan {plan_id!r} has no rate for service {record.service!r}"
+                + (f" or rate type {rate_type!r}" if rate_type else ""),
+                field="service",
+            )
+    elif tariff is None:
+        if not record.called:
+            raise OcsError(
+                Reason.DESTINATION_NOT_ALLOWED,
+                f"plan {plan_id!r} has no rate for rate type {rate_type!r}"
+                if rate_type
+                else "the record has no rate type, service or called number to rate it by",
+                field="called",
+            )
+        # As authorize rates it (``tariff_of``): translated, normalised, matched by direction.
+        match = tariff_of(
+            snapshot, plan_id, plan.translation.apply(record.called), None, record.direction
+        )
+        tariff, destination = match.tariff, match.digits
+    rate = tariff.rate
+    bands = call_bands(plan, rate, record.start_ms // 1000, record.quantity) if is_call else None
+    return RatedUsage(
+        plan,
+        tariff.zone,
+        tariff,
+        destination,
+        billed_seconds(rate, record.quantity),
+        cost(rate, record.quantity, bands),
+    )

@@ -1,0 +1,377 @@
+"""Usage imports (issue 15): a supplier's file classified, overridden, rated at each call's
+own start time and debited once per record through the real-time Lua path; costs by hand.
+
+Each test sets its rate types, rates, overrides and template in PostgreSQL, imports a
+file written here, and checks what an operator sees: balances, the import's counts and
+amounts, the rejects file and the CDR rows the ledger writer stores.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from ocs.balances import keys
+from ocs.errors import OcsError
+from ocs.mediation.importer import ImportRequest, ImportSummary, UsageImporter
+from tests.conftest import RunningApp, add_plan, eventually
+
+DECK = (
+    "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
+    "44,UK,0.02,0,60,60\n"
+    "1613,Canada,0.01,0,1,1\n"
+)
+HEADER = "id,account,called,start,duration,dir,country,type\n"
+TEMPLATE: dict[str, Any] = {
+    "name": "carrier-x",
+    "supplier": "carrier-x",
+    "format": {"kind": "csv", "delimiter": ",", "header": True},
+    "columns": {
+        "record_id": "id",
+        "account": "account",
+        "called": "called",
+        "start": "start",
+        "duration": "duration",
+        "direction": "dir",
+    },
+    "start": {"format": "%Y-%m-%d %H:%M:%S", "time_zone": "America/Toronto"},
+    "direction": {"map": {"O": "outbound", "I": "inbound"}},
+    "classify": [
+        {
+            "rate_type": "Inbound Toll-free Canada",
+            "when": {"direction": "inbound", "cells": [{"column": "country", "equals": "CA"}]},
+        },
+        {
+            "rate_type": "Inbound Toll-free USA",
+            "when": {"direction": "inbound", "cells": [{"column": "country", "equals": "US"}]},
+        },
+        {"rate_type": "Canada On-Net", "when": {"cells": [{"column": "type", "regex": "^onnet"}]}},
+    ],
+}
+
+
+async def setup_mediation(
+    app: RunningApp, template: dict[str, Any] = TEMPLATE, deck: str = DECK
+) -> None:
+    """The plan with its deck, two rate types with rates, the supplier's overrides and the
+    template, straight into PostgreSQL; the catalog reloaded."""
+    await add_plan(app.services, deck=deck)
+    async with app.services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO rate_types (name) VALUES ('Inbound Toll-free'), ('Canada On-Net')"
+        )
+        # Inbound toll-free 0.018/min, 30 s then 6 s; on-net 0.004/min, 6/6.
+        await conn.execute(
+            "INSERT INTO rate_type_rates (plan_id, rate_type, name, currency, first_block,"
+            " increment, price_per_minute) VALUES"
+            " ('retail', 'Inbound Toll-free', 'Toll-free in', 'EUR', 30, 6, 18000),"
+            " ('retail', 'Canada On-Net', 'On-net CA', 'EUR', 6, 6, 4000)"
+        )
+        await conn.execute(
+            "INSERT INTO rate_type_overrides VALUES"
+            " ('carrier-x', 'Inbound Toll-free Canada', 'Inbound Toll-free'),"
+            " ('carrier-x', 'Inbound Toll-free USA', 'Inbound Toll-free')"
+        )
+        await conn.execute(
+            "INSERT INTO usage_templates (name, version, supplier, definition)"
+            " VALUES ($1, 1, $2, $3)",
+            template["name"],
+            template["supplier"],
+            json.dumps(template),
+        )
+    await app.services.catalog.reload()
+
+
+def importer(app: RunningApp) -> UsageImporter:
+    """The importer over the app's services, as ``ocs usage import`` builds it."""
+    services = app.services
+    return UsageImporter(services.pool, services.store, services.catalog, result_ttl=3600)
+
+
+async def run_import(
+    app: RunningApp, path: Path, mode: str = "good_rows", template: str = "carrier-x"
+) -> ImportSummary:
+    """Import one file; the summary."""
+    request = ImportRequest(template=template, files=(str(path),), mode=mode)  # type: ignore[arg-type]
+    return await importer(app).run(request)
+
+
+def text_of(path: str | None) -> str:
+    """A file the import wrote (rejects, report)."""
+    assert path is not None
+    return Path(path).read_text()
+
+
+async def balance(app: RunningApp, account_id: str) -> int:
+    """The account's real-time balance (micro-units)."""
+    return int(await app.services.redis.hget(keys.account(account_id), "balance"))
+
+
+async def new_account(app: RunningApp, account_id: str, amount: str) -> None:
+    """An account on the plan with ``amount`` EUR."""
+    status, body = await app.post(
+        "/v1/accounts", {"id": account_id, "plan": "retail", "balance": amount}
+    )
+    assert status == 201, body
+
+
+async def stored_cdrs(app: RunningApp, supplier: str, count: int) -> list[Any]:
+    """The supplier's CDRs once the ledger writer has stored ``count`` of them."""
+
+    async def stored() -> bool:
+        found = await app.services.pool.fetchval(
+            "SELECT count(*) FROM cdrs WHERE supplier = $1", supplier
+        )
+        return bool(found == count)
+
+    await eventually(stored, what=f"{count} CDRs of {supplier}")
+    return list(
+        await app.services.pool.fetch(
+            "SELECT * FROM cdrs WHERE supplier = $1 ORDER BY record_id", supplier
+        )
+    )
+
+
+async def test_granular_rate_types_regrouped_by_the_override_and_rated_by_hand(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    await new_account(app, "acc2", "10.00")
+    path = tmp_path / "carrier.csv"
+    path.write_text(
+        HEADER
+        # Toll-free Canada -> Inbound Toll-free: 95 s billed 30 + 11 x 6 = 96 s at 0.018.
+        + "r1,acc1,18005550199,2026-03-02 10:00:00,95,I,CA,tollfree\n"
+        # Toll-free USA -> Inbound Toll-free: 10 s billed 30 s at 0.018.
+        + "r2,acc1,18885550199,2026-03-02 10:05:00,10,I,US,tollfree\n"
+        # Canada On-Net: 61 s billed 66 s at 0.004.
+        + "r3,acc1,16135550111,2026-03-02 11:00:00,61,O,CA,onnet-ca\n"
+        # No rate type: the deck by its number, UK 60/60 at 0.02: 61 s billed 120 s.
+        + "r4,acc2,442071234567,2026-03-03 09:00:00,61,O,,offnet\n"
+    )
+    summary = await run_import(app, path)
+    assert (summary.state, summary.rows_charged, summary.rows_rejected) == ("done", 4, 0)
+    assert summary.amounts == {"EUR": 28_800 + 9_000 + 4_400 + 40_000}
+    assert await balance(app, "acc1") == 10_000_000 - 42_200
+    assert await balance(app, "acc2") == 10_000_000 - 40_000
+
+    cdrs = await stored_cdrs(app, "carrier-x", 4)
+    assert [(c["record_id"], c["rate_type"], c["zone"], c["charged"]) for c in cdrs] == [
+        ("r1", "Inbound Toll-free", "Inbound Toll-free", 28_800),
+        ("r2", "Inbound Toll-free", "Inbound Toll-free", 9_000),
+        ("r3", "Canada On-Net", "Canada On-Net", 4_400),
+        ("r4", None, "UK", 40_000),
+    ]
+    first = cdrs[0]
+    assert first["usage_template"] == "carrier-x@1"
+    assert (first["duration"], first["billed_seconds"], first["direction"]) == (95, 96, "inbound")
+    # 10:00 in Toronto (EST, UTC-5) is 15:00 UTC; the call ended 95 s later.
+    assert first["authorized_at"].isoformat() == "2026-03-02T15:00:00+00:00"
+    assert first["stopped_at"].isoformat() == "2026-03-02T15:01:35+00:00"
+
+
+async def test_a_call_at_the_peak_edge_is_rated_by_its_own_start_time(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    template = {
+        **TEMPLATE,
+        "name": "london",
+        "supplier": "london-carrier",
+        "start": {"format": "%Y-%m-%d %H:%M:%S", "time_zone": "Europe/London"},
+        "classify": [],
+    }
+    # UK per second: 0.01 off-peak, and 0.05 at peak (below).
+    await setup_mediation(
+        app, template, deck=DECK.replace("44,UK,0.02,0,60,60", "44,UK,0.01,0,1,1")
+    )
+    response = await app.client.put(
+        "/v1/plans/retail/bands",
+        json={
+            "time_zone": "Europe/London",
+            "rules": [{"band": "peak", "days": [0, 1, 2, 3, 4], "start": "08:00", "end": "18:00"}],
+        },
+    )
+    assert response.status == 200, await response.text()
+    response = await app.client.put(
+        f"/v1/plans/retail/tariffs/{quote('UK')}/shape", json={"band_prices": {"peak": "0.05"}}
+    )
+    assert response.status == 200, await response.text()
+
+    async def loaded() -> bool:
+        found = app.services.catalog.snapshot.tariff_for("retail", "4420")
+        return bool(found and found[1].rate.band_prices)
+
+    await eventually(loaded, what="the band prices in the snapshot")
+    await new_account(app, "edge", "10.00")
+    path = tmp_path / "london.csv"
+    path.write_text(
+        HEADER
+        # Monday 23 Nov 2026, 07:59:00 for 120 s: 60 s off-peak + 60 s peak.
+        + "e1,edge,442071234567,2026-11-23 07:59:00,120,O,,\n"
+        # 17:59:59 for 1 s: one second of peak, 0.05/60 rounded up once.
+        + "e2,edge,442071234567,2026-11-23 17:59:59,1,O,,\n"
+        # 18:00:00 for 60 s: off-peak.
+        + "e3,edge,442071234567,2026-11-23 18:00:00,60,O,,\n"
+    )
+    summary = await run_import(app, path, template="london")
+    assert summary.rows_charged == 3, summary.problems
+    assert summary.amounts == {"EUR": (10_000 + 50_000) + 834 + 10_000}
+    assert await balance(app, "edge") == 10_000_000 - 70_834
+
+
+async def test_the_same_file_twice_debits_each_record_once(app: RunningApp, tmp_path: Path) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "carrier.csv"
+    path.write_text(
+        HEADER
+        + "d1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n"
+        + "d2,acc1,442071234567,2026-03-03 09:10:00,30,O,,\n"
+    )
+    first = await run_import(app, path)
+    assert (first.rows_charged, first.rows_repeated) == (2, 0)
+    after_first = await balance(app, "acc1")
+    assert after_first == 10_000_000 - 40_000 - 20_000
+
+    # Again at once: Redis still holds each record's result.
+    second = await run_import(app, path)
+    assert (second.rows_charged, second.rows_repeated, second.amounts) == (0, 2, {})
+    # And once the CDRs are stored and Redis has forgotten the results: PostgreSQL knows.
+    await stored_cdrs(app, "carrier-x", 2)
+    for record in ("d1", "d2"):
+        await app.services.redis.delete(keys.stopped_call("acc1", f"usage:carrier-x:{record}"))
+    third = await run_import(app, path)
+    assert (third.rows_charged, third.rows_repeated) == (0, 2)
+    assert await balance(app, "acc1") == after_first
+    ledger = await app.services.pool.fetchval(
+        "SELECT count(*) FROM ledger WHERE account_id = 'acc1' AND kind = 'usage'"
+    )
+    assert ledger == 2
+
+
+async def test_every_problem_of_every_bad_row_is_reported_and_all_or_nothing_applies_none(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "bad.csv"
+    rows = [
+        "b1,acc1,442071234567,2026-03-03 09:00:00,61,O,,",  # good
+        "b2,acc1,442071234567,2026-13-03 09:00:00,-5,O,,",  # bad month and duration
+        "b3,nobody,442071234567,2026-03-03 09:00:00,61,O,,",  # no such account
+        "b4,acc1,999,2026-03-03 09:00:00,61,O,,",  # no tariff for 999
+        "b5,acc1,442071234567,2026-03-03 09:00:00,61,X,,",  # unknown direction
+    ]
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    summary = await run_import(app, path, mode="all_or_nothing")
+    assert (summary.state, summary.rows_charged, summary.rows_rejected) == ("refused", 0, 4)
+    assert await balance(app, "acc1") == 10_000_000
+    by_line = {p.line: p.problems for p in summary.problems}
+    assert sorted(by_line) == [3, 4, 5, 6]
+    assert len(by_line[3]) == 2
+    assert any(p.startswith("start") for p in by_line[3])
+    assert any(p.startswith("duration") for p in by_line[3])
+    assert by_line[4] == ("account: no account 'nobody'",)
+    assert by_line[5][0].startswith("destination")
+    assert by_line[6][0].startswith("direction")
+    # The rejects file: the header, then the four bad rows as they were.
+    assert summary.rejects_path is not None
+    assert text_of(summary.rejects_path) == HEADER + "\n".join(rows[1:]) + "\n"
+    report = text_of(summary.report_path).splitlines()
+    assert [line.split(":")[1] for line in report] == ["3", "4", "5", "6"]
+
+    # Fixed, the rejects file imports like any other.
+    fixed = tmp_path / "fixed.csv"
+    fixed.write_text(
+        HEADER
+        + "b2,acc1,442071234567,2026-03-03 09:00:00,5,O,,\n"
+        + "b4,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n"
+    )
+    again = await run_import(app, fixed, mode="all_or_nothing")
+    assert (again.state, again.rows_charged) == ("done", 2)
+    assert await balance(app, "acc1") == 10_000_000 - 20_000 - 40_000
+
+
+async def test_good_rows_mode_applies_the_good_rows_and_rejects_the_rest(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        HEADER
+        + "g1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n"
+        + "g2,acc1,999,2026-03-03 09:00:00,61,O,,\n"
+    )
+    summary = await run_import(app, path)
+    assert (summary.state, summary.rows_charged, summary.rows_rejected) == ("done", 1, 1)
+    assert await balance(app, "acc1") == 10_000_000 - 40_000
+
+
+async def test_a_prepaid_account_that_runs_out_mid_file_is_never_overdrawn(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "pre", "0.10")
+    path = tmp_path / "prepaid.csv"
+    # Six UK minutes at 0.02: five fit in 0.10; the sixth and everything after it (even
+    # the cheap on-net call that would fit) are refused and go to the rejects file.
+    rows = [f"p{n},pre,442071234567,2026-03-03 09:0{n}:00,60,O,," for n in range(1, 7)]
+    rows.append("p7,pre,16135550111,2026-03-03 10:00:00,6,O,CA,onnet-ca")
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    summary = await run_import(app, path)
+    assert (summary.rows_charged, summary.rows_rejected) == (5, 2)
+    assert await balance(app, "pre") == 0
+    by_line = {p.line: p.problems for p in summary.problems}
+    assert sorted(by_line) == [7, 8]
+    assert by_line[7][0].startswith("zero_balance")
+    assert by_line[8][0].startswith("insufficient_funds")
+    assert text_of(summary.rejects_path) == HEADER + "\n".join(rows[5:]) + "\n"
+
+
+async def test_an_unknown_template_is_refused_naming_it(app: RunningApp, tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text(HEADER)
+    with pytest.raises(OcsError) as refused:
+        await run_import(app, path, template="nope")
+    assert refused.value.field == "template"
+
+
+async def test_the_api_imports_a_body_and_serves_the_import_and_its_rejects(
+    app: RunningApp,
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    body = (
+        HEADER
+        + "a1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n"
+        + "a2,acc1,999,2026-03-03 09:00:00,61,O,,\n"
+    )
+    response = await app.client.post(
+        "/v1/usage/imports?template=carrier-x&file_name=march.csv",
+        data=body.encode(),
+        headers={"Content-Type": "text/csv"},
+    )
+    answer = await response.json()
+    assert response.status == 200, answer
+    assert (answer["rows_charged"], answer["rows_rejected"]) == (1, 1)
+    assert answer["amounts"] == {"EUR": "0.040000"}
+    assert answer["problems"][0]["line"] == 3
+    status, shown = await app.get(f"/v1/usage/imports/{answer['id']}")
+    assert status == 200
+    assert (shown["state"], shown["rows_charged"], shown["has_rejects"]) == ("done", 1, True)
+    response = await app.client.get(f"/v1/usage/imports/{answer['id']}/rejects")
+    assert response.status == 200
+    assert await response.text() == HEADER + "a2,acc1,999,2026-03-03 09:00:00,61,O,,\n"
+
+    response = await app.client.post(
+        "/v1/usage/imports?template=carrier-x&mode=sometimes", data=body.encode()
+    )
+    refused = await response.json()
+    assert response.status == 400
+    assert refused["error"]["field"] == "mode"
+    status, _ = await app.get("/v1/usage/imports/999")
+    assert status == 404
