@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ocs import api_tokens, listen_sockets, metrics
+from ocs import api_tokens, listen_sockets, metrics, systemd_notify
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging.janitor import Janitor
 from ocs.config import Settings
@@ -180,7 +180,10 @@ async def _serve(
                 "shutting down: closing listeners, draining requests",
                 extra={"timeout_s": settings.shutdown_timeout},
             )
+            # Type=notify: started (catalog loaded, listening); a worker's parent relays it.
+            systemd_notify.ready(f"serving HTTP on port {port}")
             await stopping.wait()
+            systemd_notify.stopping("shutting down: draining requests")
 
 
 async def _show_bootstrap_token(services: Services, settings: Settings) -> None:

@@ -34,7 +34,7 @@ from types import FrameType
 
 from prometheus_client import multiprocess
 
-from ocs import listen_sockets
+from ocs import listen_sockets, systemd_notify
 from ocs.config import Settings
 from ocs.metrics import MULTIPROCESS_DIR_ENV
 from ocs.runtime import Backends
@@ -161,11 +161,19 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
         env[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
         handoff, pass_fds = listen_sockets.handoff(sockets, parent_read)
         env[listen_sockets.HANDOFF_ENV] = handoff
+        # systemd (Type=notify) takes READY=1 from the main process only: the workers
+        # tell this parent, which says it once all of them have (ocs.systemd_notify).
+        readiness = None
+        if systemd_notify.enabled():
+            readiness = systemd_notify.WorkerReadiness(settings.workers)
+            stack.callback(readiness.close)
+            env[systemd_notify.NOTIFY_SOCKET_ENV] = readiness.address
         workers = _Workers(_worker_argv(argv), env, pass_fds)
 
         def stop(signum: int, _frame: FrameType | None) -> None:
             """SIGTERM/SIGINT: stop restarting, pass the signal on, let go of the sockets."""
             workers.stopping = True
+            systemd_notify.stopping("shutting down: stopping the workers")
             workers.signal(signum)
             # The listening sockets stay open while any process holds them: the parent
             # lets go of its copies so that the workers' stage 1 (no new requests) takes
@@ -176,12 +184,18 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
         # The first stop: every worker's staged shutdown ends before the embedded
         # servers under it stop.
         stack.callback(workers.stop, settings.shutdown_timeout + STOP_GRACE)
-        _supervise(workers, settings.workers, metrics_dir)
+        _supervise(workers, settings.workers, metrics_dir, readiness)
     return 0
 
 
-def _supervise(workers: _Workers, count: int, metrics_dir: Path) -> None:
-    """Start ``count`` workers, restart any that exits, until the parent is asked to stop."""
+def _supervise(
+    workers: _Workers,
+    count: int,
+    metrics_dir: Path,
+    readiness: systemd_notify.WorkerReadiness | None = None,
+) -> None:
+    """Start ``count`` workers, restart any that exits, until the parent is asked to stop;
+    with ``readiness``, say READY=1 once every worker has."""
     for _ in range(count):
         if workers.stopping:
             break  # the sockets are closed already; none to hand out
@@ -189,6 +203,9 @@ def _supervise(workers: _Workers, count: int, metrics_dir: Path) -> None:
     log.info("workers started", extra={"workers": count, "pids": [p.pid for p in workers.procs]})
     while not workers.stopping:
         time.sleep(0.2)
+        if readiness is not None and readiness.all_ready():
+            readiness = None  # said once; a restarted worker's READY=1 changes nothing
+            systemd_notify.ready(f"serving with {count} workers")
         for index, proc in enumerate(workers.procs):
             code = proc.poll()
             if code is not None and not workers.stopping:

@@ -85,6 +85,8 @@ COMMANDS = [
     ("usage-templates", "add"),
     ("usage", "import"),
     ("tariffs", "import-peer"),
+    ("calls",),
+    ("top",),
     ("payments", "add"),
     ("payments", "list"),
     ("payments", "refund"),

@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
-from ocs import metrics
+from ocs import metrics, systemd_notify
 from ocs.balances.store import BalanceStore
 from ocs.billing import dunning, notify_email, posting, queries, runs
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
@@ -440,6 +440,7 @@ async def serve_worker(
                 "billing worker stopping",
                 extra={"worker": worker.name, "signal": signal.Signals(signum).name},
             )
+            systemd_notify.stopping("finishing the chunk in hand")
         stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -454,6 +455,9 @@ async def serve_worker(
             serve_deliveries(pool, settings, stopping, senders=notify_email.SENDERS)
         )
     )
+    if not once:
+        # Type=notify: stores open, signals handled, metrics served; passes begin now.
+        systemd_notify.ready(f"billing worker {worker.name}")
     try:
         if once:
             await worker.run_once(stopping)

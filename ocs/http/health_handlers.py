@@ -1,19 +1,25 @@
 """The open endpoints: the probes (``/healthz``, ``/readyz``), ``/metrics`` and
 ``/openapi.json``. None takes a token (``Role.OPEN``).
 
-``/healthz`` says the process is alive and shows each backend check (200, or
-503 ``"status": "unavailable"``). ``/readyz`` is what a load balancer or an
-orchestrator asks before sending traffic: 200 ``{"ready": true}`` when a Redis
-PING (through the auto-pipeline the requests use) and a PostgreSQL ``SELECT 1``
-both answer within ``PROBE_TIMEOUT_S``, else 503 ``{"ready": false, "backends":
-{...}}`` with, for each backend, whether it is up and, while down, for how long
-and the error's class. Each readiness probe is reported to the process's backend
-tracker, so a probe can start or end an outage (and its log line) like any other
-operation. The probes' 503 carries their own body, not an error body.
+Liveness and readiness are kept apart, as orchestrators use them: a failed
+liveness probe restarts the process, a failed readiness probe only routes traffic
+elsewhere. ``/healthz`` is liveness: 200 whenever the process answers, with each
+backend's check for a person to read (``"status": "degraded"`` while one does not
+answer): restarting ocs brings no backend back. ``/readyz`` is what a load
+balancer or an orchestrator asks before sending traffic: 200 ``{"ready": true}``
+when the catalog is loaded and a Redis PING (through the auto-pipeline the
+requests use) and a PostgreSQL ``SELECT 1`` both answer within
+``PROBE_TIMEOUT_S``, else 503 ``{"ready": false, "backends": {...}}`` with, for
+each backend, whether it is up and, while down, for how long and the error's
+class, and ``"catalog": "loading"`` before the first catalog snapshot. Each
+readiness probe is reported to the process's backend tracker, so a probe can
+start or end an outage (and its log line) like any other operation. The 503
+carries the probe's own body, not an error body.
 """
 
 import asyncio
 import os
+from collections.abc import Awaitable
 from typing import Any, Literal
 
 import msgspec
@@ -34,34 +40,40 @@ class Health(Answer):
     and the version of the catalog it serves."""
 
     pid: int
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "degraded"]
     checks: dict[str, str]
     catalog_version: int
 
 
+async def _check(probe: Awaitable[object]) -> str:
+    """``ok``, or ``error: <class>`` when ``probe`` fails or takes over ``PROBE_TIMEOUT_S``."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            await probe
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+async def _select_one(services: Services) -> None:
+    async with services.pool.acquire() as conn:
+        await conn.fetchval("SELECT 1")
+
+
 async def healthz(request: web.Request, params: None) -> Reply[Health]:
-    """GET /healthz: the process is up; 503 when a backend does not answer."""
+    """GET /healthz: 200 while the process answers; each backend's check in the body."""
     services = services_of(request)
-    checks: dict[str, str] = {}
-    try:
-        await services.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:
-        checks["redis"] = f"error: {type(exc).__name__}"
-    try:
-        async with services.pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
-        checks["postgres"] = "ok"
-    except Exception as exc:
-        checks["postgres"] = f"error: {type(exc).__name__}"
-    healthy = all(v == "ok" for v in checks.values())
+    redis, postgres = await asyncio.gather(
+        _check(services.redis.ping()), _check(_select_one(services))
+    )
+    checks = {"redis": redis, "postgres": postgres}
     answer = Health(
         pid=os.getpid(),
-        status="ok" if healthy else "unavailable",
+        status="ok" if redis == postgres == "ok" else "degraded",
         checks=checks,
         catalog_version=services.catalog.version,
     )
-    return Reply(answer, 200 if healthy else 503)
+    return Reply(answer, 200)
 
 
 class BackendState(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -73,11 +85,13 @@ class BackendState(msgspec.Struct, omit_defaults=True, kw_only=True):
     error: str | None = None  # the error's class, never its text (addresses)
 
 
-class Readiness(Answer):
-    """Whether this process can serve now, and each backend's state."""
+class Readiness(Answer, omit_defaults=True):
+    """Whether this process can serve now, each backend's state, and ``catalog:
+    loading`` until its first catalog snapshot is in."""
 
     ready: bool
     backends: dict[str, BackendState]
+    catalog: Literal["loading"] | None = None
 
 
 async def _probe_redis(services: Services) -> None:
@@ -91,7 +105,8 @@ async def _probe_postgresql(services: Services) -> None:
 
 
 async def readyz(request: web.Request, params: None) -> Reply[Readiness]:
-    """200 ``{"ready": true, ...}`` when Redis and PostgreSQL answer; 503 otherwise."""
+    """200 ``{"ready": true, ...}`` when the catalog is loaded and Redis and PostgreSQL
+    answer; 503 otherwise."""
     services = services_of(request)
     health = services.health
     results = await asyncio.gather(
@@ -111,8 +126,14 @@ async def readyz(request: web.Request, params: None) -> Reply[Readiness]:
         else:
             health.report_success(backend)
             backends[backend] = health.snapshot()[backend]
-    ready = all(backends[b]["up"] for b in (REDIS, POSTGRESQL))
-    answer = Readiness(ready=ready, backends=msgspec.convert(backends, dict[str, BackendState]))
+    # Version 0: no snapshot yet, every call would be refused as an unknown plan.
+    loading = services.catalog.version == 0
+    ready = not loading and all(backends[b]["up"] for b in (REDIS, POSTGRESQL))
+    answer = Readiness(
+        ready=ready,
+        backends=msgspec.convert(backends, dict[str, BackendState]),
+        catalog="loading" if loading else None,
+    )
     return Reply(answer, 200 if ready else 503)
 
 
@@ -135,15 +156,15 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         healthz,
         None,
         Health,
-        description="503 (this body, status unavailable) when a backend does not answer.",
-        answer_description="ok",
+        description="200 while the process answers; status degraded when a backend does not.",
+        answer_description="alive",
     ),
     Endpoint(
         "GET",
         "/readyz",
         Role.OPEN,
-        "Readiness for traffic: 200 {ready: true} when Redis and PostgreSQL answer,"
-        " else 503 {ready: false, backends: {...}} (not an Error body)",
+        "Readiness for traffic: 200 {ready: true} when the catalog is loaded and Redis and"
+        " PostgreSQL answer, else 503 {ready: false, backends: {...}} (not an Error body)",
         readyz,
         None,
         Readiness,

@@ -195,18 +195,20 @@ def _refused(code: int) -> dict[str, Any]:
 
 
 # The probes answer 503 with their own body, not an Error; the two documents need no backend.
-_PROBES = {"/healthz", "/readyz"}
-_NO_BACKEND = {"/metrics", "/openapi.json"}
+# /readyz answers 503 with its own body, not an Error; /healthz (liveness) never answers
+# 503, and neither it nor the two documents need a backend.
+_PROBES = {"/readyz"}
+_NO_BACKEND = {"/healthz", "/metrics", "/openapi.json"}
 
 
 def _probe_503(path: str) -> dict[str, Any]:
-    properties = (
-        {"ready": {"const": False}, "backends": {"type": "object"}}
-        if path == "/readyz"
-        else {"status": {"const": "unavailable"}, "checks": {"type": "object"}}
-    )
+    properties = {
+        "ready": {"const": False},
+        "backends": {"type": "object"},
+        "catalog": {"const": "loading"},
+    }
     return {
-        "description": "a backend does not answer",
+        "description": "not ready: a backend does not answer, or the catalog is still loading",
         "content": {"application/json": {"schema": {"type": "object", "properties": properties}}},
     }
 

@@ -1,0 +1,336 @@
+"""A real Kamailio 5.6 running deploy/kamailio/ocs.cfg in front of a real `ocs serve`.
+
+sipp places the calls and answers them (deploy/kamailio/sipp/). ocs runs with
+``switch_token_required``, so every call that goes through proves that Kamailio
+sent its switch token. The tariff (EUR):
+
+- France (33): 0.60 a minute, no connect fee, billed per second: 0.01 a second;
+- UK (44): 0.60 a minute, 0.10 connect fee, a first block of 2 s, then 3 s
+  increments: a call of 4 s bills 2 + 3 = 5 s, 0.10 + 0.05 = 0.15.
+
+The plan's longest call is 60 s, so a 5.00 account holds 0.60 per France call
+and could pay for eight at once: its line limit, not its funds, decides.
+
+Kamailio 5.6's dialog timer ticks once a second, so the switch cuts a call
+between one second before and one second after its lifetime; ocs.cfg charges at
+most the grant. Its BYE has been seen to be lost: ocs.cfg stops the call when
+the lifetime ends without waiting for the BYEs, a caller that gets none hangs up
+by itself, and a stop that is lost too leaves the call to ocs's janitor at the
+end of its grant plus call_expiry_grace. Either way the operator sees one CDR of
+the granted duration, and the tests assert that.
+"""
+
+import asyncio
+import contextlib
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from ocs import api_tokens
+from ocs.config import Settings
+from ocs.money import parse_amount
+from tests.conftest import bearer, eventually, reset_state
+from tests.kamailio_helpers import Kamailio, SippCallee, binary, place_calls
+from tests.serve_process import ServeProcess, free_port, serve_env
+
+UDP = socket.SOCK_DGRAM
+FRANCE = "33123456789"
+UK = "44123456"
+DECK = (
+    "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
+    "33,France,0.600,0,1,1\n"
+    "44,UK,0.600,0.100,2,3\n"
+)
+LONGEST_CALL = 60
+GRACE = 2
+SERVER_ENV = {
+    "OCS_SWITCH_TOKEN_REQUIRED": "true",
+    # A call whose stop is lost is closed by the janitor within seconds.
+    "OCS_CALL_EXPIRY_GRACE": str(GRACE),
+    "OCS_JANITOR_INTERVAL": "0.2",
+}
+
+
+@dataclass
+class Cdr:
+    """A CDR as PostgreSQL holds it."""
+
+    call_id: str
+    duration: int
+    billed_seconds: int
+    charged: int
+    cause: str
+
+
+@dataclass
+class Rig:
+    """ocs, the switch in front of it, and the callee behind it."""
+
+    http: aiohttp.ClientSession
+    http_port: int
+    pool: asyncpg.Pool
+    kamailio: Kamailio
+    callee: SippCallee
+    switch_token: str
+    workdir: Path
+
+    async def account(self, account_id: str, balance: str, **extra: object) -> None:
+        """Open an account on the plan through the admin API."""
+        payload = {"id": account_id, "plan": "switch", "balance": balance, **extra}
+        async with self.http.post("/v1/accounts", json=payload) as reply:
+            assert reply.status == 201, await reply.text()
+
+    async def view(self, account_id: str) -> dict[str, Any]:
+        """``GET /v1/accounts/{id}``."""
+        async with self.http.get(f"/v1/accounts/{account_id}") as reply:
+            assert reply.status == 200, await reply.text()
+            body: dict[str, Any] = await reply.json()
+            return body
+
+    async def cdrs(self, account_id: str) -> list[Cdr]:
+        """The account's CDRs in PostgreSQL."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT call_id, duration, billed_seconds, charged, termination_cause"
+                " FROM cdrs WHERE account_id = $1 ORDER BY call_id",
+                account_id,
+            )
+        return [Cdr(*row) for row in rows]
+
+    async def wait_cdrs(self, account_id: str, count: int, within: float = 15.0) -> list[Cdr]:
+        """Poll until the account has ``count`` CDRs (the ledger writer is asynchronous)."""
+        found: list[Cdr] = []
+
+        async def written() -> bool:
+            found[:] = await self.cdrs(account_id)
+            return len(found) >= count
+
+        await eventually(written, within=within, what=f"{count} CDR(s) of {account_id}")
+        return found
+
+    async def settled(self, account_id: str, within: float = 15.0) -> dict[str, Any]:
+        """Poll until the account holds no line and no reservation: its view then."""
+        view: dict[str, Any] = {}
+
+        async def released() -> bool:
+            view.update(await self.view(account_id))
+            return bool(view["lines_in_use"] == 0 and view["reserved"] == "0.000000")
+
+        await eventually(released, within=within, what=f"{account_id}'s lines to be released")
+        return view
+
+
+async def _catalog_rates(http: aiohttp.ClientSession, number: str, zone: str) -> bool:
+    async with http.get("/v1/plans/switch/lookup", params={"number": number}) as reply:
+        return reply.status == 200 and bool((await reply.json())["zone"] == zone)
+
+
+@pytest.fixture(scope="module")
+async def rig(
+    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Rig]:
+    """ocs serve, the plan, the callee, and Kamailio with ocs.cfg and a switch token."""
+    binary("kamailio")  # no binaries: fail before anything starts
+    binary("sipp")
+    await reset_state(redis_url, database_url)
+    workdir = tmp_path_factory.mktemp("kamailio-switch")
+    http_port = free_port()
+    env = serve_env(Settings(redis_url=redis_url, database_url=database_url), SERVER_ENV)
+    async with contextlib.AsyncExitStack() as stack:
+        ocs = ServeProcess(
+            http_port=http_port,
+            auth_port=0,
+            acct_port=0,
+            env=env,
+            data_dir=workdir / "var",
+            log=workdir / "ocs.log",
+        )
+        stack.callback(ocs.stop)
+        await asyncio.to_thread(ocs.wait_ready)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        stack.push_async_callback(pool.close)
+        admin = await api_tokens.create(pool, "tests-admin", "admin")
+        switch_token = await api_tokens.create(pool, "kamailio-1", "switch")
+        http = aiohttp.ClientSession(f"http://127.0.0.1:{http_port}", headers=bearer(admin))
+        stack.push_async_callback(http.close)
+        plan = {"id": "switch", "currency": "EUR", "max_lines": 2}
+        async with http.post("/v1/plans", json={**plan, "max_call_duration": LONGEST_CALL}) as r:
+            assert r.status == 201, await r.text()
+        headers = {"Content-Type": "text/csv"}
+        async with http.post("/v1/plans/switch/tariffs", data=DECK, headers=headers) as r:
+            assert r.status == 200, await r.text()
+        await eventually(lambda: _catalog_rates(http, UK, "UK"), what="the deck in the catalog")
+
+        callee = SippCallee(port=free_port(UDP), workdir=workdir / "callee")
+        stack.callback(callee.stop)
+        await asyncio.to_thread(callee.wait_ready)
+        kamailio = Kamailio(
+            port=free_port(UDP),
+            ocs_url=f"http://127.0.0.1:{http_port}",
+            token=switch_token,
+            gateway_port=callee.port,
+            workdir=workdir / "kamailio",
+        )
+        stack.callback(kamailio.stop)
+        await asyncio.to_thread(kamailio.wait_ready)
+        yield Rig(http, http_port, pool, kamailio, callee, switch_token, workdir)
+
+
+async def test_the_switch_cuts_a_call_at_ocs_max_duration_and_ocs_charges_it(rig: Rig) -> None:
+    grant = 5
+    await rig.account("cut", "0.05")  # 0.01 a second to France: 5 s
+    views = await asyncio.to_thread(
+        place_calls,
+        scenario="uac_until_cut.xml",
+        proxy_port=rig.kamailio.port,
+        caller="cut",
+        dialled=FRANCE,
+        workdir=rig.workdir / "callers",
+        # A caller whose BYE from the switch was lost gives up after this and hangs up.
+        recv_timeout_ms=(grant + 4) * 1000,
+    )
+    [(call_id, seen)] = views.items()
+    assert seen.final == 200, rig.kamailio.log_tail()
+    assert call_id in rig.callee.answered()
+    if seen.cut_at_ms is not None and seen.answered_at_ms is not None:
+        # The switch's BYE: at the grant, give or take the dialog timer's one-second tick.
+        held_ms = seen.cut_at_ms - seen.answered_at_ms
+        assert (grant - 1) * 1000 <= held_ms <= (grant + 1) * 1000 + 500, held_ms
+
+    # One CDR: the granted 5 s, 0.05, all the account had. Stopped by the switch
+    # ("normal"), or by the janitor ("expired") when the switch's stop was lost.
+    [cdr] = await rig.wait_cdrs("cut", 1, within=grant + GRACE + 10)
+    assert (cdr.call_id, cdr.duration, cdr.billed_seconds, cdr.charged) == (
+        call_id,
+        grant,
+        grant,
+        50_000,
+    )
+    assert cdr.cause in ("normal", "expired"), cdr.cause
+    assert f"ocs: {call_id} cut at its grant of {grant} s" in rig.kamailio.log_tail()
+    view = await rig.settled("cut")
+    assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
+
+
+async def test_a_caller_without_funds_is_refused_402_and_nothing_is_charged(rig: Rig) -> None:
+    await rig.account("broke", "0.00")
+    views = await asyncio.to_thread(
+        place_calls,
+        scenario="uac.xml",
+        proxy_port=rig.kamailio.port,
+        caller="broke",
+        dialled=FRANCE,
+        workdir=rig.workdir / "callers",
+        hold_ms=1000,
+    )
+    [(call_id, seen)] = views.items()
+    assert seen.final == 402, rig.kamailio.log_tail()
+    assert call_id not in rig.callee.answered()  # never relayed
+    assert f"from broke to {FRANCE} refused: 402 zero_balance" in rig.kamailio.log_tail()
+    view = await rig.view("broke")
+    assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("0.000000", "0.000000", 0)
+    assert await rig.cdrs("broke") == []
+
+
+async def test_a_caller_hang_up_is_charged_by_the_tariffs_increments(rig: Rig) -> None:
+    await rig.account("talk", "5.00")
+    views = await asyncio.to_thread(
+        place_calls,
+        scenario="uac.xml",
+        proxy_port=rig.kamailio.port,
+        caller="talk",
+        dialled=UK,
+        workdir=rig.workdir / "callers",
+        hold_ms=3500,  # from the ACK to the caller's BYE
+    )
+    [(call_id, seen)] = views.items()
+    assert seen.final == 200, rig.kamailio.log_tail()
+    [cdr] = await rig.wait_cdrs("talk", 1)
+    assert cdr.call_id == call_id
+    # 3.5 s and a little: 4 s (5 on a slow machine), which the UK tariff bills as
+    # its 2 s first block and one 3 s increment: 5 s, 0.10 + 5 x 0.01 = 0.15.
+    assert cdr.duration in (4, 5), cdr.duration
+    assert (cdr.billed_seconds, cdr.charged, cdr.cause) == (5, 150_000, "normal")
+    view = await rig.settled("talk")
+    assert view["balance"] == "4.850000"
+
+
+async def test_twenty_calls_at_once_on_a_two_line_account_put_exactly_two_through(
+    rig: Rig,
+) -> None:
+    await rig.account("busy", "5.00", max_lines=2)
+    views = await asyncio.to_thread(
+        place_calls,
+        scenario="uac.xml",
+        proxy_port=rig.kamailio.port,
+        caller="busy",
+        dialled=FRANCE,
+        workdir=rig.workdir / "callers",
+        calls=20,
+        hold_ms=2000,
+    )
+    assert len(views) == 20
+    # Two answered; the other eighteen told "486 Busy Here" (no_free_line).
+    assert Counter(seen.final for seen in views.values()) == {200: 2, 486: 18}
+    through = {call_id for call_id, seen in views.items() if seen.final == 200}
+    assert rig.callee.answered() & set(views) == through
+    cdrs = await rig.wait_cdrs("busy", 2)
+    assert {cdr.call_id for cdr in cdrs} == through
+    for cdr in cdrs:
+        assert cdr.charged == cdr.duration * 10_000 > 0, cdr  # France: 0.01 a second
+    view = await rig.settled("busy")
+    assert parse_amount(view["balance"]) == 5_000_000 - sum(cdr.charged for cdr in cdrs)
+
+
+@pytest.mark.parametrize(
+    ("case", "logged"),
+    [
+        # Nothing listens where this switch looks for ocs.
+        ("ocs unreachable", "failing closed"),
+        # ocs answers 401, whose sip_status is 503: the deployment's fault, not the caller's.
+        ("token refused", "refused: 503 unauthorized"),
+    ],
+)
+async def test_the_switch_fails_closed_with_503(
+    rig: Rig, tmp_path: Path, case: str, logged: str
+) -> None:
+    unreachable = case == "ocs unreachable"
+    account_id = "unreached" if unreachable else "untrusted"
+    switch = Kamailio(
+        port=free_port(UDP),
+        ocs_url=f"http://127.0.0.1:{free_port() if unreachable else rig.http_port}",
+        token=rig.switch_token if unreachable else "ocs_not-a-token-of-this-ocs",
+        gateway_port=rig.callee.port,
+        workdir=tmp_path / "kamailio",
+    )
+    try:
+        await asyncio.to_thread(switch.wait_ready)
+        await rig.account(account_id, "5.00")
+        views = await asyncio.to_thread(
+            place_calls,
+            scenario="uac.xml",
+            proxy_port=switch.port,
+            caller=account_id,
+            dialled=FRANCE,
+            workdir=tmp_path / "callers",
+            hold_ms=1000,
+        )
+        [(call_id, seen)] = views.items()
+        assert seen.final == 503, switch.log_tail()
+        assert call_id not in rig.callee.answered()
+        assert logged in switch.log_tail()
+        view = await rig.view(account_id)
+        assert (view["balance"], view["reserved"], view["lines_in_use"]) == (
+            "5.000000",
+            "0.000000",
+            0,
+        )
+    finally:
+        switch.stop()
