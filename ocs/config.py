@@ -336,6 +336,24 @@ class Settings:
         "a ledger entry left unacknowledged this long by a dead writer is taken over",
     )
     redis_max_connections: int = _setting(64, _parse_int(2, 10_000), "Redis connection pool size")
+    redis_cluster: bool = _setting(
+        False,
+        _parse_bool,
+        "redis_url names a node of a Redis Cluster: each command goes to the master of its"
+        " key's slot",
+    )
+    redis_wait_replicas: int = _setting(
+        0,
+        _parse_int(0, 16),
+        "answer a batch of Redis writes only once this many replicas of its master have it"
+        " (WAIT); 0: do not wait",
+    )
+    redis_wait_timeout_ms: int = _setting(
+        100,
+        _parse_int(1, 60_000),
+        "how long a batch waits for its replicas (ms); one not confirmed in time is answered"
+        " unavailable",
+    )
     database_pool_size: int = _setting(10, _parse_int(1, 1000), "PostgreSQL pool size")
     run_ledger_writer: bool = _setting(True, _parse_bool, "run the ledger writer in this process")
     # Long enough for a call to ring out: a stop that still comes later is charged
@@ -633,6 +651,9 @@ def load_settings(
             except ValueError as exc:
                 raise ConfigError(f"--{key.replace('_', '-')}: {exc}") from None
     settings = Settings(**values, config_file=path)
+    if settings.redis_cluster and not settings.redis_url:
+        # An embedded Redis is one standalone server: a cluster is always external.
+        raise ConfigError("redis_cluster: needs redis_url, a node of the cluster")
     return settings
 
 

@@ -1,11 +1,33 @@
 """Prometheus metrics of an ocs process; every name starts with ``ocs_``.
 
 Metrics are defined once here, at import, on the default registry, and the
-HTTP adapter exposes them at ``/metrics``. Labels are bounded sets (endpoint
-route names, reason codes), never account or call ids.
+HTTP adapter exposes them at ``/metrics`` (docs/operations.md lists each one).
+Labels are bounded sets (front ends, request kinds, route names, reason codes,
+causes, states), never account or call ids: the only series naming accounts
+are the ten hottest (``ocs_hot_account_live_calls``), which ocs itself bounds.
+
+Two kinds of series:
+
+- *events* (counters, histograms, a few gauges) updated where things happen.
+  Under ``ocs serve --workers N`` each worker writes them to files in
+  ``PROMETHEUS_MULTIPROC_DIR`` and the scrape adds up every worker's counters;
+  each gauge says how its workers' values combine (``multiprocess_mode``).
+- *state* (live calls, reserved funds, ledger lag, catalog, billing runs):
+  sampled from Redis, PostgreSQL and the process's catalog by
+  ``ocs.state_metrics`` every few seconds and published here as plain
+  numbers (``STATE``). Redis and PostgreSQL hold one truth for every worker,
+  so whichever worker answers a scrape reports its latest sample; nothing is
+  summed across workers (which would count every live call N times).
+
+The hot path pays a dictionary lookup and an increment: ``decision`` and
+``request_latency`` hand out label children made once per label values.
 """
 
 import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     REGISTRY,
@@ -13,13 +35,48 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Summary,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 # Set by `ocs serve --workers N` for its workers: each writes its samples to files
 # there, and whichever worker a scrape reaches answers for all of them.
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# No ``*_created`` series: one more line per label set, which Prometheus's text format
+# stores as a gauge of its own and no dashboard reads.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# The latency budget (docs/shared DESIGN: p99 <= 5 ms for an Access-Request): buckets
+# close together up to it, so that "answered within 5 ms" is one bucket exactly and
+# p50..p99 are read with a millisecond's precision; a few wide ones above it.
+LATENCY_BUDGET_S = 0.005
+REQUEST_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.1, 1.0)
+# A backend round trip: a batch of the auto-pipeline, a ledger transaction, a probe.
+ROUNDTRIP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
+
+
+class Children(Generic[_M]):
+    """A metric's label children, each made once: ``labels()`` validates and locks on
+    every call, a dictionary lookup does not."""
+
+    def __init__(self, metric: _M) -> None:
+        self._metric = metric
+        self._made: dict[tuple[str, ...], _M] = {}
+
+    def get(self, *values: str) -> _M:
+        """The child of these label values."""
+        child = self._made.get(values)
+        if child is None:
+            child = self._made[values] = self._metric.labels(*values)
+        return child
 
 
 def exposition() -> bytes:
@@ -28,46 +85,94 @@ def exposition() -> bytes:
         registry = CollectorRegistry()
         # prometheus_client leaves this constructor unannotated.
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(STATE)
         return generate_latest(registry)
     return generate_latest(REGISTRY)
 
 
-_LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
+# --- decisions and requests -------------------------------------------------------------
+
+DECISIONS = Counter(
+    "ocs_decisions_total",
+    "Call authorizations decided, by protocol (http, radius), result (granted, refused) and"
+    " the refusal's reason code (empty when granted).",
+    ["protocol", "result", "reason"],
 )
+_DECISIONS = Children(DECISIONS)
+
+
+def decision(protocol: str, reason: str | None) -> None:
+    """Count one authorization: granted when ``reason`` is None, else refused for it."""
+    if reason is None:
+        _DECISIONS.get(protocol, "granted", "").inc()
+    else:
+        _DECISIONS.get(protocol, "refused", reason).inc()
+
+
+REQUEST_LATENCY = Histogram(
+    "ocs_request_duration_seconds",
+    "Time to answer a request, by front end (http, radius) and kind (authorize, start,"
+    " update, stop, cut, usage, query, nas, admin, other).",
+    ["frontend", "kind"],
+    buckets=REQUEST_BUCKETS,
+)
+_REQUEST_LATENCY = Children(REQUEST_LATENCY)
+
+
+def request_latency(frontend: str, kind: str) -> Histogram:
+    """The latency histogram child of one front end and request kind."""
+    return _REQUEST_LATENCY.get(frontend, kind)
+
 
 HTTP_REQUESTS = Counter(
     "ocs_http_requests_total",
     "HTTP API requests by endpoint and result (ok or the rejection reason code).",
     ["endpoint", "method", "result"],
 )
-HTTP_LATENCY = Histogram(
+HTTP_REQUEST_CHILDREN = Children(HTTP_REQUESTS)
+# Count and sum only (a mean per endpoint); the distribution is ocs_request_duration_seconds
+# by kind, whose buckets do not multiply by every admin endpoint.
+HTTP_LATENCY = Summary(
     "ocs_http_request_duration_seconds",
-    "HTTP API request latency by endpoint.",
+    "HTTP API request time by endpoint: count and sum (the mean); the distribution is"
+    " ocs_request_duration_seconds.",
     ["endpoint", "method"],
-    buckets=_LATENCY_BUCKETS,
 )
+HTTP_LATENCY_CHILDREN = Children(HTTP_LATENCY)
 CALL_DECISIONS = Counter(
     "ocs_call_authorizations_total",
-    "Call authorizations by result (granted or the rejection reason code).",
+    "HTTP call authorizations by result (granted or the rejection reason code); every"
+    " protocol's are ocs_decisions_total.",
     ["result"],
 )
 CALL_STOPS = Counter(
     "ocs_call_stops_total",
-    "Call stops by result (charged, repeated, or the rejection reason code).",
+    "HTTP call stops by result (charged, repeated, or the rejection reason code).",
     ["result"],
 )
+LATE_STOPS = Counter(
+    "ocs_late_stops_total",
+    "Stops that came after their call was closed without one (by the janitor or a NAS"
+    " restart), by outcome: charged (the stop added to what the close charged) or covered"
+    " (the close had charged as much). Many say call_expiry_grace is too short.",
+    ["outcome"],
+)
+LATE_STOPS.labels("charged")
+LATE_STOPS.labels("covered")
+
+# --- live calls and the janitor ---------------------------------------------------------
+
+STALE_CALLS_CLOSED = Counter(
+    "ocs_stale_calls_closed_total",
+    "Live calls closed because no stop came, by cause: expired (a started call whose stop"
+    " was lost), start-timeout (never started), nas-reboot (its NAS restarted).",
+    ["cause"],
+)
+for _cause in ("expired", "start-timeout", "nas-reboot"):
+    STALE_CALLS_CLOSED.labels(_cause)
+
+# --- the ledger -------------------------------------------------------------------------
+
 LEDGER_WRITTEN = Counter(
     "ocs_ledger_entries_written_total",
     "Ledger stream entries committed to PostgreSQL by this process.",
@@ -76,21 +181,22 @@ LEDGER_DEAD_LETTERS = Counter(
     "ocs_ledger_dead_letters_total",
     "Ledger entries PostgreSQL refused, set aside in a dead-letter stream (alert on any).",
 )
-CATALOG_VERSION = Gauge(
-    "ocs_catalog_reloads",
-    "Number of catalog snapshots this process has loaded.",
-    multiprocess_mode="max",
+
+# --- the catalog ------------------------------------------------------------------------
+
+CATALOG_RELOAD_FAILURES = Counter(
+    "ocs_catalog_reload_failures_total",
+    "Catalog reloads that failed (the previous snapshot keeps serving).",
 )
-STALE_CALLS_CLOSED = Counter(
-    "ocs_stale_calls_closed_total",
-    "Live calls closed by the janitor or a NAS restart, by termination cause.",
-    ["cause"],
-)
+
+# --- RADIUS -----------------------------------------------------------------------------
+
 RADIUS_PACKETS = Counter(
     "ocs_radius_packets_total",
     "RADIUS requests answered, by packet type and result (accept, reject, ok, error).",
     ["type", "result"],
 )
+RADIUS_PACKET_CHILDREN = Children(RADIUS_PACKETS)
 RADIUS_REJECTS = Counter(
     "ocs_radius_rejects_total",
     "Access-Rejects by h323-return-code and reason.",
@@ -101,17 +207,29 @@ RADIUS_DROPS = Counter(
     "RADIUS packets dropped without an answer, by reason.",
     ["reason"],
 )
+for _drop in (
+    "malformed",
+    "unknown_client",
+    "unexpected_code",
+    "bad_authenticator",
+    "bad_message_authenticator",
+    "missing_message_authenticator",
+    "backend_unavailable",
+    "internal_error",
+):
+    RADIUS_DROPS.labels(_drop)
 RADIUS_DUPLICATES = Counter(
     "ocs_radius_duplicates_total",
     "Retransmitted RADIUS requests answered from the reply cache (RFC 5080).",
     ["type"],
 )
-RADIUS_LATENCY = Histogram(
+RADIUS_LATENCY = Summary(
     "ocs_radius_request_duration_seconds",
-    "Time from a RADIUS request's arrival to its answer, by packet type.",
+    "Time from a RADIUS request's arrival to its answer, by packet type: count and sum;"
+    " the distribution is ocs_request_duration_seconds.",
     ["type"],
-    buckets=_LATENCY_BUCKETS,
 )
+RADIUS_LATENCY_CHILDREN = Children(RADIUS_LATENCY)
 PIN_FAILURES = Counter(
     "ocs_pin_failures_total",
     "Wrong or unknown PINs presented, by channel (radius, http).",
@@ -124,22 +242,54 @@ PIN_GUESSES_BLOCKED = Counter(
 )
 DISCONNECTS = Counter(
     "ocs_disconnect_requests_total",
-    "Disconnect-Requests (RFC 5176) sent to cut a call, by outcome (ack, nak, timeout, ...).",
+    "Disconnect-Requests (RFC 5176) sent to cut a call, by outcome (ack, nak, timeout,"
+    " unreachable, bad-reply).",
     ["outcome"],
 )
+for _outcome in ("ack", "nak", "timeout", "unreachable", "bad-reply"):
+    DISCONNECTS.labels(_outcome)
+
+# --- backends ---------------------------------------------------------------------------
+
 BACKEND_UP = Gauge(
     "ocs_backend_up",
     "1 while this process reaches the backend (redis, postgresql), 0 while it does not.",
     ["backend"],
-    multiprocess_mode="min",
+    # The lowest of the running workers: a dead worker's last value is not kept.
+    multiprocess_mode="livemin",
 )
 BACKEND_OUTAGES = Counter(
     "ocs_backend_outages_total",
     "Times this process lost its backend (redis, postgresql).",
     ["backend"],
 )
-# Billing (issue 12): runs, drafts, postings. Labelled by bounded sets only (run state,
-# stage, outcome); never by run, account or invoice id.
+BACKEND_ROUNDTRIP = Histogram(
+    "ocs_backend_roundtrip_seconds",
+    "Round trips to a backend (redis, postgresql) by source: pipeline (a batch of the"
+    " hot path's Redis commands), ledger (a ledger writer transaction), probe (PING or"
+    " SELECT 1 every few seconds).",
+    ["backend", "source"],
+    buckets=ROUNDTRIP_BUCKETS,
+)
+BACKEND_ERRORS = Counter(
+    "ocs_backend_errors_total",
+    "Failed round trips to a backend, by backend and source (as ocs_backend_roundtrip_seconds).",
+    ["backend", "source"],
+)
+for _backend, _source in (
+    ("redis", "pipeline"),
+    ("redis", "probe"),
+    ("redis", "ledger"),
+    ("postgresql", "ledger"),
+    ("postgresql", "probe"),
+):
+    BACKEND_ERRORS.labels(_backend, _source)
+REDIS_PIPELINE_ROUNDTRIP = BACKEND_ROUNDTRIP.labels("redis", "pipeline")
+REDIS_PIPELINE_ERRORS = BACKEND_ERRORS.labels("redis", "pipeline")
+
+# --- billing (issue 12): runs, drafts, postings. Labelled by bounded sets only (run state,
+# stage, outcome); never by run, account or invoice id. ------------------------------------
+
 BILLING_RUNS_STARTED = Counter(
     "ocs_billing_runs_started_total",
     "Invoice runs created, by who created them (worker: a due cycle; operator: CLI or API).",
@@ -171,9 +321,364 @@ BILLING_VOIDED = Counter(
 )
 BILLING_FAILURES = Counter(
     "ocs_billing_failures_total",
-    "Billing worker steps that failed and will be retried, by stage (schedule, chunk).",
+    "Billing worker steps that failed and will be retried, by stage (schedule, chunk,"
+    " post, dunning).",
     ["stage"],
 )
+for _stage in ("schedule", "chunk", "post", "dunning"):
+    BILLING_FAILURES.labels(_stage)
+BILLING_CHUNK_DURATION = Histogram(
+    "ocs_billing_chunk_duration_seconds",
+    "Time to draft one chunk of an invoice run's accounts.",
+    buckets=(0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0),
+)
+BILLING_WORKER_PASS = Gauge(
+    "ocs_billing_worker_last_pass_timestamp_seconds",
+    "When the billing worker last finished a pass (Unix time): its heartbeat.",
+    multiprocess_mode="max",
+)
+
+# --- payments, dunning, events, usage imports ---------------------------------------------
+
+PAYMENTS = Counter(
+    "ocs_payments_total",
+    "Payments by source (manual, bank, stripe) and result: recorded, repeated (the same"
+    " external id again), unmatched (a bank file's entry not applied: it names no"
+    " account, or cannot be read or stored).",
+    ["source", "result"],
+)
+for _source in ("manual", "bank", "stripe"):
+    PAYMENTS.labels(_source, "recorded")
+    PAYMENTS.labels(_source, "repeated")
+PAYMENTS.labels("bank", "unmatched")
+PAYMENT_REFUNDS = Counter(
+    "ocs_payment_refunds_total",
+    "Refunds debited, by source (manual, stripe).",
+    ["source"],
+)
+DUNNING_STEPS = Counter(
+    "ocs_dunning_steps_total",
+    "Dunning steps taken, by step (notice, suspension, reactivation) and outcome (sent,"
+    " suspended, already_suspended, reactivated).",
+    ["step", "outcome"],
+)
+for _step, _outcome in (
+    ("notice", "sent"),
+    ("suspension", "suspended"),
+    ("suspension", "already_suspended"),
+    ("reactivation", "reactivated"),
+):
+    DUNNING_STEPS.labels(_step, _outcome)
+DUNNING_BACKLOG = Gauge(
+    "ocs_dunning_backlog",
+    "Dunning steps due that the latest dunning run has not taken (yet, or because it"
+    " failed): 0 after every run that finished.",
+    multiprocess_mode="mostrecent",
+)
+DUNNING_LAST_RUN = Gauge(
+    "ocs_dunning_last_run_timestamp_seconds",
+    "When a dunning run last finished (Unix time).",
+    multiprocess_mode="max",
+)
+EVENT_DELIVERIES = Counter(
+    "ocs_event_deliveries_total",
+    "Event delivery attempts by channel (webhook, email) and outcome: delivered, retrying"
+    " (failed, tried again later), dead (failed for the last time), skipped.",
+    ["channel", "outcome"],
+)
+for _channel in ("webhook", "email"):
+    for _outcome in ("delivered", "retrying", "dead", "skipped"):
+        EVENT_DELIVERIES.labels(_channel, _outcome)
+USAGE_IMPORTS = Counter(
+    "ocs_usage_imports_total",
+    "Usage (mediation) imports finished, by state (done, refused, failed).",
+    ["state"],
+)
+USAGE_IMPORT_ROWS = Counter(
+    "ocs_usage_import_rows_total",
+    "Rows of finished usage imports by outcome (charged, repeated, filtered, rejected).",
+    ["outcome"],
+)
+for _state in ("done", "refused", "failed"):
+    USAGE_IMPORTS.labels(_state)
+for _outcome in ("charged", "repeated", "filtered", "rejected"):
+    USAGE_IMPORT_ROWS.labels(_outcome)
+
+
+def usage_import_finished(state: str, rows: Mapping[str, int]) -> None:
+    """Count one finished usage import and its rows by outcome (charged, repeated, ...)."""
+    USAGE_IMPORTS.labels(state).inc()
+    for outcome, count in rows.items():
+        if count:
+            USAGE_IMPORT_ROWS.labels(outcome).inc(count)
+
+
+# --- sampled state ------------------------------------------------------------------------
+
+# How many accounts and zones ocs_hot_* name: the series naming accounts stay bounded.
+HOT_TOP = 10
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """What Redis holds now: live calls, their funds and lines, the ledger's lag."""
+
+    at: float  # when it was sampled (Unix time)
+    took: float  # seconds the sample took
+    calls: Mapping[str, int]  # live calls by state: started, not_started
+    reserved: Mapping[str, int]  # currency -> micro-units held by live calls
+    accounts_with_calls: int
+    accounts_at_line_limit: int  # their lines in use reached max_lines
+    hot_accounts: Sequence[tuple[str, int]]  # (account, live calls), busiest first
+    hot_zones: Sequence[tuple[str, int]]  # (zone, live calls), busiest first
+    ledger_pending: int  # ledger entries not yet in PostgreSQL
+    ledger_oldest_age: float  # seconds the oldest of them has waited (0: none)
+    dead_letters: int  # ledger entries PostgreSQL refused, waiting for an operator
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogState:
+    """The catalog snapshot this process serves."""
+
+    version: int  # snapshots this process has loaded
+    loaded_at: float  # when it first served this version (Unix time)
+    sizes: Mapping[str, int]  # plans, prefixes, carriers
+
+
+@dataclass(frozen=True, slots=True)
+class BillingState:
+    """Billing as PostgreSQL holds it: runs, the latest run's invoices, event deliveries."""
+
+    at: float
+    runs: Mapping[str, int]  # runs by state: running, done
+    oldest_running_age: float  # seconds since the oldest running run was created (0: none)
+    unposted_runs: int  # drafted runs marked auto_post whose drafts are not all posted
+    oldest_unposted_age: float  # seconds since the oldest of them was drafted (0: none)
+    last_finished_at: float | None  # when the latest finished run finished (Unix time)
+    last_duration: float | None  # how long that run took, creation to finish
+    latest_accounts: Mapping[str, int]  # the newest run's accounts: done, total
+    latest_invoices: Mapping[str, int]  # the newest run's invoices by state
+    deliveries: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (channel, state)
+
+
+def _gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+class StateCollector(Collector):
+    """Renders the latest sampled state at each scrape (nothing until the first sample)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.live: LiveState | None = None
+        self.catalog: CatalogState | None = None
+        self.billing: BillingState | None = None
+
+    def publish(
+        self,
+        live: LiveState | None = None,
+        catalog: CatalogState | None = None,
+        billing: BillingState | None = None,
+    ) -> None:
+        """Replace the parts given; the others stay as they were."""
+        with self._lock:
+            if live is not None:
+                self.live = live
+            if catalog is not None:
+                self.catalog = catalog
+            if billing is not None:
+                self.billing = billing
+
+    def forget(self, *parts: str) -> None:
+        """Stop exporting these parts ("live", "catalog", "billing"; none named: all), as
+        when their sampler stopped or a read failed."""
+        with self._lock:
+            for part in parts or ("live", "catalog", "billing"):
+                setattr(self, part, None)
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        """Every family this collector can export (for the registry's name checks)."""
+        return [
+            *_live_families(None),
+            *_catalog_families(None),
+            *_billing_families(None),
+        ]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """The families of the parts sampled so far."""
+        with self._lock:
+            live, catalog, billing = self.live, self.catalog, self.billing
+        found: list[GaugeMetricFamily] = []
+        if live is not None:
+            found += _live_families(live)
+        if catalog is not None:
+            found += _catalog_families(catalog)
+        if billing is not None:
+            found += _billing_families(billing)
+        return found
+
+
+def _live_families(state: LiveState | None) -> Iterator[GaugeMetricFamily]:
+    sampled = _gauge(
+        "ocs_state_sampled_timestamp_seconds",
+        "When the live state below was last read from Redis (Unix time).",
+    )
+    took = _gauge(
+        "ocs_state_sample_duration_seconds", "Seconds the last read of the live state took."
+    )
+    calls = _gauge(
+        "ocs_live_calls",
+        "Live calls by state: started, or not_started (granted over RADIUS, its"
+        " Accounting-Start still to come).",
+        ["state"],
+    )
+    lines = _gauge(
+        "ocs_lines_in_use",
+        "Lines in use over every account (each live call holds one line).",
+    )
+    reserved = _gauge(
+        "ocs_reserved_funds_micros",
+        "Funds held by live calls, in micro-units (1e-6) of each currency.",
+        ["currency"],
+    )
+    accounts = _gauge("ocs_accounts_with_live_calls", "Accounts with at least one live call.")
+    at_limit = _gauge(
+        "ocs_accounts_at_line_limit",
+        "Accounts whose lines in use reached their max_lines: their next call is refused"
+        " no_free_line.",
+    )
+    hot_accounts = _gauge(
+        "ocs_hot_account_live_calls",
+        f"Live calls of the {HOT_TOP} accounts with the most (the only series naming accounts).",
+        ["account"],
+    )
+    hot_zones = _gauge(
+        "ocs_hot_zone_live_calls",
+        f"Live calls to the {HOT_TOP} zones with the most.",
+        ["zone"],
+    )
+    pending = _gauge(
+        "ocs_ledger_pending_entries",
+        "Ledger entries in Redis not yet committed to PostgreSQL (the ledger writer's lag).",
+    )
+    oldest = _gauge(
+        "ocs_ledger_oldest_pending_age_seconds",
+        "How long the oldest ledger entry not yet in PostgreSQL has waited (0: none waits).",
+    )
+    dead = _gauge(
+        "ocs_ledger_dead_letter_entries",
+        "Ledger entries PostgreSQL refused, kept in the dead-letter streams for an operator.",
+    )
+    if state is not None:
+        sampled.add_metric([], state.at)
+        took.add_metric([], state.took)
+        for name in ("started", "not_started"):
+            calls.add_metric([name], state.calls.get(name, 0))
+        lines.add_metric([], sum(state.calls.values()))
+        for currency, amount in sorted(state.reserved.items()):
+            reserved.add_metric([currency], amount)
+        accounts.add_metric([], state.accounts_with_calls)
+        at_limit.add_metric([], state.accounts_at_line_limit)
+        for account, count in state.hot_accounts:
+            hot_accounts.add_metric([account], count)
+        for zone, count in state.hot_zones:
+            hot_zones.add_metric([zone], count)
+        pending.add_metric([], state.ledger_pending)
+        oldest.add_metric([], state.ledger_oldest_age)
+        dead.add_metric([], state.dead_letters)
+    yield from (sampled, took, calls, lines, reserved, accounts, at_limit)
+    yield from (hot_accounts, hot_zones, pending, oldest, dead)
+
+
+def _catalog_families(state: CatalogState | None) -> Iterator[GaugeMetricFamily]:
+    version = _gauge(
+        "ocs_catalog_version",
+        "Catalog snapshots this process has loaded since it started (each change is one).",
+    )
+    loaded = _gauge(
+        "ocs_catalog_loaded_timestamp_seconds",
+        "When the catalog snapshot this process serves was loaded (Unix time).",
+    )
+    size = _gauge(
+        "ocs_catalog_size",
+        "The catalog this process serves: plans, prefixes (of every plan's deck), carriers.",
+        ["what"],
+    )
+    if state is not None:
+        version.add_metric([], state.version)
+        loaded.add_metric([], state.loaded_at)
+        for what, count in sorted(state.sizes.items()):
+            size.add_metric([what], count)
+    yield from (version, loaded, size)
+
+
+def _billing_families(state: BillingState | None) -> Iterator[GaugeMetricFamily]:
+    sampled = _gauge(
+        "ocs_billing_sampled_timestamp_seconds",
+        "When the billing state below was last read from PostgreSQL (Unix time).",
+    )
+    runs = _gauge("ocs_billing_runs", "Invoice runs by state (running, done).", ["state"])
+    oldest = _gauge(
+        "ocs_billing_oldest_running_run_age_seconds",
+        "Seconds since the oldest run still drafting was created (0: none is running).",
+    )
+    unposted = _gauge(
+        "ocs_billing_unposted_runs",
+        "Drafted runs to be posted (auto_post) whose drafts are not all posted yet.",
+    )
+    unposted_age = _gauge(
+        "ocs_billing_oldest_unposted_run_age_seconds",
+        "Seconds since the oldest of those runs finished drafting (0: none waits).",
+    )
+    finished = _gauge(
+        "ocs_billing_last_run_finished_timestamp_seconds",
+        "When the latest finished run finished drafting (Unix time).",
+    )
+    duration = _gauge(
+        "ocs_billing_last_run_duration_seconds",
+        "How long the latest finished run took, from its creation to its last chunk.",
+    )
+    accounts = _gauge(
+        "ocs_billing_latest_run_accounts",
+        "The newest run's accounts: done and total.",
+        ["progress"],
+    )
+    invoices = _gauge(
+        "ocs_billing_latest_run_invoices",
+        "The newest run's invoices by state (draft, posted, void).",
+        ["state"],
+    )
+    deliveries = _gauge(
+        "ocs_event_deliveries_by_state",
+        "Event deliveries waiting (pending) or given up (dead), by channel (webhook, email).",
+        ["channel", "state"],
+    )
+    if state is not None:
+        sampled.add_metric([], state.at)
+        for name in ("running", "done"):
+            runs.add_metric([name], state.runs.get(name, 0))
+        oldest.add_metric([], state.oldest_running_age)
+        unposted.add_metric([], state.unposted_runs)
+        unposted_age.add_metric([], state.oldest_unposted_age)
+        if state.last_finished_at is not None:
+            finished.add_metric([], state.last_finished_at)
+        if state.last_duration is not None:
+            duration.add_metric([], state.last_duration)
+        for progress in ("done", "total"):
+            accounts.add_metric([progress], state.latest_accounts.get(progress, 0))
+        for name in ("draft", "posted", "void"):
+            invoices.add_metric([name], state.latest_invoices.get(name, 0))
+        for channel in ("webhook", "email"):
+            for name in ("pending", "dead"):
+                deliveries.add_metric([channel, name], state.deliveries.get((channel, name), 0))
+    yield from (sampled, runs, oldest, unposted, unposted_age, finished, duration)
+    yield from (accounts, invoices, deliveries)
+
+
+# The one state collector of this process: registered on the default registry, and added
+# to the workers' registry by ``exposition``.
+STATE = StateCollector()
+REGISTRY.register(STATE)
 
 
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:

@@ -2,7 +2,8 @@
 
 ``open_runtime`` resolves Redis and PostgreSQL (external URLs, or embedded
 servers started under the data directory), applies migrations, loads the Lua
-scripts and the catalog, and wires the services; on exit it closes them in
+scripts (on every master of a Redis Cluster) and the catalog, and wires the
+services; on exit it closes them in
 reverse order. ``ocs serve``, ``ocs demo``, the CLI commands and the tests all
 use it, so they run the same code.
 """
@@ -14,16 +15,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
-from redis.asyncio import Redis
 
 from ocs.balances.accounts import AccountService
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.cards import CardService
+from ocs.balances.cluster import redis_client
 from ocs.balances.pin_guard import PinGuard
 from ocs.balances.store import BalanceStore
 from ocs.catalog.snapshot import CatalogHolder
 from ocs.charging.lifecycle import CallService
-from ocs.config import Settings
+from ocs.config import ConfigError, Settings
 from ocs.counters.service import CounterService
 from ocs.db.migrate import migrate
 from ocs.services import Services
@@ -49,7 +50,10 @@ class Backends:
         redis_url, database_url = self._settings.redis_url, self._settings.database_url
         if redis_url is None and database_url is None:
             return f"embedded Redis and PostgreSQL in {data_dir}"
-        redis = f"Redis {describe_url(redis_url)}" if redis_url else f"embedded Redis in {data_dir}"
+        kind = "Redis Cluster" if self._settings.redis_cluster else "Redis"
+        redis = (
+            f"{kind} {describe_url(redis_url)}" if redis_url else f"embedded Redis in {data_dir}"
+        )
         postgres = (
             f"PostgreSQL {describe_url(database_url)}"
             if database_url
@@ -139,17 +143,30 @@ async def open_runtime(
     settings: Settings, *, listen_catalog: bool = True, load_catalog: bool = True
 ) -> AsyncIterator[Services]:
     """The shared services of a process (backends started if embedded), closed on exit."""
+    if settings.redis_cluster and settings.redis_url is None:
+        # An embedded Redis is one standalone server: a cluster is always external.
+        raise ConfigError("redis_cluster: needs redis_url, a node of the cluster")
     backends = Backends(settings)
     await asyncio.to_thread(backends.start)
     try:
         assert backends.redis_url is not None and backends.database_url is not None
-        redis = Redis.from_url(backends.redis_url, max_connections=settings.redis_max_connections)
+        redis = redis_client(
+            backends.redis_url,
+            cluster=settings.redis_cluster,
+            max_connections=settings.redis_max_connections,
+        )
         try:
             async with asyncpg.create_pool(
                 backends.database_url, min_size=1, max_size=settings.database_pool_size
             ) as pool:
                 await migrate(pool)
-                pipeline = AutoPipeline(redis, backends.redis_url)
+                pipeline = AutoPipeline(
+                    redis,
+                    backends.redis_url,
+                    cluster=settings.redis_cluster,
+                    wait_replicas=settings.redis_wait_replicas,
+                    wait_timeout_ms=settings.redis_wait_timeout_ms,
+                )
                 await pipeline.load_scripts()
                 catalog = CatalogHolder(pool)
                 if listen_catalog:

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ocs import api_tokens, listen_sockets, metrics, systemd_notify
+from ocs import api_tokens, listen_sockets, systemd_notify
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging.janitor import Janitor
 from ocs.config import Settings
@@ -37,6 +37,7 @@ from ocs.radius.clients import load_client_table
 from ocs.radius.server import RadiusServer
 from ocs.runtime import open_runtime
 from ocs.services import Services
+from ocs.state_metrics import StateSampler
 
 log = logging.getLogger("ocs.server")
 
@@ -74,10 +75,8 @@ class _Stages:
 
 
 async def _run_ledger_writer(writer: LedgerWriter, stopping: asyncio.Event) -> None:
-    """Run the ledger writer until ``stopping``; count what it wrote in the metrics."""
-    written = writer.written
+    """Run the ledger writer until ``stopping`` (it counts its batches in the metrics)."""
     await writer.run(stopping)
-    metrics.LEDGER_WRITTEN.inc(writer.written - written)
 
 
 async def serve(
@@ -265,6 +264,8 @@ def _start_background(settings: Settings, services: Services, stages: _Stages) -
             batch_size=settings.ledger_batch_size,
             claim_idle_ms=settings.ledger_claim_idle_ms,
             health=services.health,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
         writer_task = asyncio.create_task(_run_ledger_writer(writer, stopping))
         stages.background.push_async_callback(
@@ -276,6 +277,9 @@ def _start_background(settings: Settings, services: Services, stages: _Stages) -
         )
         janitor_task = asyncio.create_task(janitor.run(stopping))
         stages.background.push_async_callback(_stop_janitor, janitor_task, stopping)
+    # The NOC's gauges (live calls, reserved funds, ledger lag, catalog, billing), sampled.
+    sampler_task = asyncio.create_task(StateSampler.of(services).run(stopping))
+    stages.background.push_async_callback(_stop_janitor, sampler_task, stopping)
 
 
 async def _stop_janitor(task: "asyncio.Task[None]", stopping: asyncio.Event) -> None:

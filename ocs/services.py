@@ -4,13 +4,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
-from redis.asyncio import Redis
 
 from ocs import backend_health
 from ocs.backend_health import BackendHealth
 from ocs.balances.accounts import AccountService
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.cards import CardService
+from ocs.balances.cluster import RedisClient
 from ocs.balances.pin_guard import PinGuard
 from ocs.balances.store import BalanceStore
 from ocs.catalog.snapshot import CatalogHolder
@@ -24,7 +24,7 @@ class Services:
     """Every service of one process, built once by ``open_runtime`` and shared by the adapters."""
 
     settings: Settings
-    redis: Redis
+    redis: RedisClient
     pool: asyncpg.Pool
     pipeline: AutoPipeline
     store: BalanceStore

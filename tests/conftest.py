@@ -47,6 +47,9 @@ from tests.embedded_helpers import Launch, OcsProcess, child_env
 from tests.nas_emulator import NAS_SECRET, Nas, NasProtocol
 from tests.radius_udp import UdpClient
 
+# The Redis Cluster fixtures and the ``cluster`` marker (tests/redis_cluster.py).
+pytest_plugins = ("tests.redis_cluster",)
+
 RETAIL_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 44,UK Fixed,0.010,0,60,60
 447,UK Mobile,0.060,0.150,30,6

@@ -6,8 +6,11 @@ collecting the commands of a tick and sending them together keeps one round
 trip per decision while serving thousands of decisions a second.
 
 Commands in one pipeline are independent (no MULTI): each caller gets its own
-result or exception. A NOSCRIPT answer means that script did not run, so the
-scripts are loaded and those commands alone are sent again.
+result or exception. On Redis Cluster the wire splits a tick's pipeline into one
+write per master (ocs/balances/wire.py). The scripts are loaded on every
+connection the wire opens, so a master that took over a slot has them; a
+NOSCRIPT answer (after a SCRIPT FLUSH) means that script did not run, so the
+scripts are loaded on every master and those commands alone are sent again.
 
 A batch that cannot be sent fails each of its callers (who answer
 "unavailable") and is reported to the process's backend tracker, which logs the
@@ -15,18 +18,22 @@ outage once; nothing is logged here per batch or per command.
 """
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from ocs import backend_health
+from ocs import backend_health, metrics
 from ocs.backend_health import BackendHealth
+from ocs.balances.cluster import RedisClient
 from ocs.balances.scripts import ALL_SCRIPTS, Script
 from ocs.balances.wire import RedisWire
 
 _Pending = tuple[tuple[Any, ...], asyncio.Future[Any]]
+_LOAD_SCRIPTS: tuple[tuple[str, ...], ...] = tuple(
+    ("SCRIPT", "LOAD", script.source) for script in ALL_SCRIPTS
+)
 
 
 class AutoPipeline:
@@ -34,31 +41,37 @@ class AutoPipeline:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         url: str,
         *,
         max_batch: int = 1024,
         health: BackendHealth | None = None,
+        cluster: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         self._redis = redis
         self._health = health if health is not None else backend_health.default()
-        self._wire = RedisWire(url)
+        self._wire = RedisWire(
+            url,
+            cluster=cluster,
+            on_connect=_LOAD_SCRIPTS,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+        )
         self._max_batch = max_batch
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> RedisClient:
         """The Redis client this pipeline was made with, for commands sent on their own."""
         return self._redis
 
     async def load_scripts(self) -> None:
-        """Register every script with Redis (SCRIPT LOAD is idempotent)."""
-        pipe = self._redis.pipeline(transaction=False)
-        for script in ALL_SCRIPTS:
-            pipe.script_load(script.source)
-        await pipe.execute()
+        """Register every script with every master (SCRIPT LOAD is idempotent)."""
+        await self._wire.execute_on_every_master(_LOAD_SCRIPTS)
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command; the future resolves with its reply."""
@@ -88,15 +101,19 @@ class AutoPipeline:
         task.add_done_callback(self._in_flight.discard)
 
     async def _send(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         try:
             replies = await self._run(batch)
         except Exception as exc:
+            metrics.REDIS_PIPELINE_ERRORS.inc()
             # A lost or refused connection means Redis is unreachable: the callers answer
             # "unavailable" and the tracker logs the outage once, not once per batch.
             self._health.report(exc, default=backend_health.REDIS)
             for _, future in batch:
                 _fail_quietly(future, exc)
             return
+        # One observation per batch (one round trip), not per command.
+        metrics.REDIS_PIPELINE_ROUNDTRIP.observe(time.perf_counter() - started)
         retry: list[_Pending] = []
         loading: Exception | None = None
         for (args, future), reply in zip(batch, replies, strict=True):

@@ -9,6 +9,17 @@ idempotent, so every entry lands exactly once; several processes may run a
 writer at once, and entries a dead writer held are claimed after
 ``claim_idle_ms``.
 
+The writer speaks to Redis through a lean wire of its own (ocs/balances/wire.py),
+so the same code reads a standalone Redis and a Redis Cluster: on a standalone
+server one XREADGROUP names every stream and blocks until entries come; on a
+cluster, where one command may name keys of one slot only, each stream is read
+by its own XREADGROUP, sent in one write to each master, and an empty round
+waits ``block_ms`` before the next. A stream whose slot is being migrated is
+read where the cluster says (ASK, MOVED), and its consumer group and pending
+entries move with it. With ``wait_replicas``, what was read is on that many
+replicas before PostgreSQL gets it, so no row outlives a failover that loses
+its entry (decision 0033).
+
 While Redis or PostgreSQL is unreachable the writer retries every second and
 reports each failure to the process's backend tracker, which logs the outage
 once (and a reminder while it lasts); it probes PostgreSQL while that is down,
@@ -22,19 +33,19 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import msgpack
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from redis.typing import EncodableT, FieldT
 
 from ocs import backend_health, metrics
 from ocs.backend_health import POSTGRESQL, REDIS, BackendHealth
 from ocs.balances import keys
+from ocs.balances.cluster import RedisClient, wire_for
+from ocs.balances.wire import RedisWire
 
 log = logging.getLogger("ocs.ledger")
 
@@ -53,9 +64,9 @@ _CDR_SQL = (
     " ON CONFLICT (entry_id) DO NOTHING"
 )
 _PROBE_TIMEOUT_S = 5.0
+_PG_ROUNDTRIP = metrics.BACKEND_ROUNDTRIP.labels(POSTGRESQL, "ledger")
+_REDIS_ROUNDTRIP = metrics.BACKEND_ROUNDTRIP.labels(REDIS, "ledger")
 _Entry = tuple[str, bytes | str, dict[bytes, bytes] | None]  # (stream key, id, fields)
-# XREADGROUP's RESP2 reply: [(stream, [(entry id, fields or None when deleted)])].
-_ReadReply = list[tuple[bytes | str, list[tuple[bytes | str, dict[bytes, bytes] | None]]]]
 _Row = tuple[Any, ...]  # one row of asyncpg arguments
 
 
@@ -65,6 +76,29 @@ def _ts(ms: int) -> datetime:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
+    """A stream entry's fields, from RESP's flat [field, value, ...] (None: deleted)."""
+    if flat is None:
+        return None
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _messages(stream: str, messages: list[Any] | None) -> list[_Entry]:
+    """(stream, id, fields) of each entry of a stream reply; an entry deleted while
+    pending comes as ``[id, nil]`` (or, from XAUTOCLAIM on Redis 6.2, nil alone: left)."""
+    return [
+        (stream, message[0], _fields(message[1]))
+        for message in messages or []
+        if message is not None
+    ]
+
+
+def _raise_first_error(replies: Sequence[Any], tolerated: str = "") -> None:
+    for reply in replies:
+        if isinstance(reply, Exception) and not (tolerated and tolerated in str(reply)):
+            raise reply
 
 
 def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_Row, _Row | None]:
@@ -120,7 +154,7 @@ class LedgerWriter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         pool: asyncpg.Pool,
         *,
         batch_size: int = 1000,
@@ -128,8 +162,15 @@ class LedgerWriter:
         block_ms: int = 500,
         linger: float = 0.1,
         health: BackendHealth | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
-        self._redis = redis
+        # Its own connections to the Redis ``redis`` speaks to: a blocking read must not
+        # hold the hot path's, and WAIT confirms the writes of the connection it runs on.
+        self._wire: RedisWire = wire_for(
+            redis, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms
+        )
+        self._sessions = 0
         self._health = health if health is not None else backend_health.default()
         self._pool = pool
         self._batch_size = batch_size
@@ -140,51 +181,85 @@ class LedgerWriter:
         self._streams = keys.all_ledgers()
         self.written = 0
 
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[RedisWire]:
+        """The wire, closed again after a call made outside ``run`` (tests, tools)."""
+        self._sessions += 1
+        try:
+            yield self._wire
+        finally:
+            self._sessions -= 1
+            if self._sessions == 0:
+                await self._wire.close()
+
     async def ensure_groups(self) -> None:
         """Create the consumer group on every bucket stream (idempotent)."""
-        pipe = self._redis.pipeline(transaction=False)
-        for stream in self._streams:
-            pipe.xgroup_create(stream, keys.LEDGER_GROUP, id="0", mkstream=True)
-        for reply in await pipe.execute(raise_on_error=False):
-            if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
-                raise reply
+        async with self._session() as wire:
+            replies = await wire.execute_many(
+                [
+                    ("XGROUP", "CREATE", stream, keys.LEDGER_GROUP, "0", "MKSTREAM")
+                    for stream in self._streams
+                ]
+            )
+        _raise_first_error(replies, tolerated="BUSYGROUP")
 
     async def read_new(self, block_ms: int | None = None) -> int:
-        """Write and acknowledge new entries; returns how many were written."""
-        # redis-py types the reply as the union of every protocol's shape; this
-        # client speaks RESP2, whose shape _ReadReply spells out.
-        replies = cast(
-            _ReadReply | None,
-            await self._redis.xreadgroup(
-                keys.LEDGER_GROUP,
-                self.consumer,
-                {stream: ">" for stream in self._streams},
-                count=self._batch_size,
-                block=block_ms,
-            ),
-        )
-        entries: list[_Entry] = []
-        for stream, messages in replies or []:
-            name = _s(stream)
-            entries.extend((name, entry_id, fields) for entry_id, fields in messages)
-        return await self._write(entries)
+        """Write and acknowledge new entries; returns how many were written.
+
+        ``block_ms``: when none are there, wait up to this long for some (on a
+        cluster, which cannot block on many slots at once: wait, then return 0).
+        """
+        async with self._session() as wire:
+            groups = wire.multi_key_groups(self._streams)
+            block = ("BLOCK", block_ms) if block_ms and len(groups) == 1 else ()
+            commands = [
+                (
+                    "XREADGROUP",
+                    "GROUP",
+                    keys.LEDGER_GROUP,
+                    self.consumer,
+                    "COUNT",
+                    self._batch_size,
+                    *block,
+                    "STREAMS",
+                    *group,
+                    *(">" for _ in group),
+                )
+                for group in groups
+            ]
+            replies = await wire.execute_many(commands)
+            _raise_first_error(replies)
+            entries: list[_Entry] = []
+            for reply in replies:
+                for stream, messages in reply or []:
+                    entries.extend(_messages(_s(stream), messages))
+            if not entries and block_ms and not block:
+                await asyncio.sleep(block_ms / 1000)
+            return await self._write(entries)
 
     async def claim_stale(self) -> int:
         """Take over entries another consumer read but never acknowledged."""
-        pipe = self._redis.pipeline(transaction=False)
-        for stream in self._streams:
-            pipe.xautoclaim(
-                stream,
-                keys.LEDGER_GROUP,
-                self.consumer,
-                min_idle_time=self._claim_idle_ms,
-                count=self._batch_size,
+        async with self._session() as wire:
+            replies = await wire.execute_many(
+                [
+                    (
+                        "XAUTOCLAIM",
+                        stream,
+                        keys.LEDGER_GROUP,
+                        self.consumer,
+                        self._claim_idle_ms,
+                        "0-0",
+                        "COUNT",
+                        self._batch_size,
+                    )
+                    for stream in self._streams
+                ]
             )
-        entries: list[_Entry] = []
-        for stream, reply in zip(self._streams, await pipe.execute(), strict=True):
-            messages = reply[1] if reply else []
-            entries.extend((stream, entry_id, fields) for entry_id, fields in messages)
-        return await self._write(entries)
+            _raise_first_error(replies)
+            entries: list[_Entry] = []
+            for stream, reply in zip(self._streams, replies, strict=True):
+                entries.extend(_messages(stream, reply[1] if reply else None))
+            return await self._write(entries)
 
     async def _write(self, entries: Sequence[_Entry]) -> int:
         if not entries:
@@ -201,7 +276,9 @@ class LedgerWriter:
                 continue
             rows.append((stream, entry_id, fields, ledger_row, cdr_row))
         try:
+            started = time.perf_counter()
             await self._insert([(r[3], r[4]) for r in rows])
+            _PG_ROUNDTRIP.observe(time.perf_counter() - started)
             self._health.report_success(POSTGRESQL)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
             # One row PostgreSQL cannot store must not hold back the batch: insert row
@@ -219,12 +296,16 @@ class LedgerWriter:
         by_stream: dict[str, list[Any]] = {}
         for stream, entry_id, _ in entries:
             by_stream.setdefault(stream, []).append(entry_id)
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         for stream, ids in by_stream.items():
-            pipe.xack(stream, keys.LEDGER_GROUP, *ids)
-            pipe.xdel(stream, *ids)
-        await pipe.execute()
+            commands.append(("XACK", stream, keys.LEDGER_GROUP, *ids))
+            commands.append(("XDEL", stream, *ids))
+        started = time.perf_counter()
+        async with self._session() as wire:
+            _raise_first_error(await wire.execute_many(commands))
+        _REDIS_ROUNDTRIP.observe(time.perf_counter() - started)
         self.written += written
+        metrics.LEDGER_WRITTEN.inc(written)
         return written
 
     async def _insert(self, rows: Sequence[tuple[_Row, _Row | None]]) -> None:
@@ -240,24 +321,28 @@ class LedgerWriter:
         self, poison: Sequence[tuple[str, bytes | str, dict[bytes, bytes], str]]
     ) -> None:
         """Keep entries PostgreSQL refused, whole, in the bucket's dead-letter stream."""
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         for stream, entry_id, fields, reason in poison:
             bucket = keys.bucket_of_ledger_key(stream)
-            # Copied key by key: redis-py's field types are wider than ours, and a
-            # dict's key type is invariant.
-            kept: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
+            kept: dict[bytes, bytes | str] = dict(fields)
             kept[b"original_id"] = entry_id
             kept[b"error"] = reason[:500]
-            pipe.xadd(keys.dead_letters(bucket), kept)
+            flat = [part for pair in kept.items() for part in pair]
+            commands.append(("XADD", keys.dead_letters(bucket), "*", *flat))
             metrics.LEDGER_DEAD_LETTERS.inc()
             log.error(
                 "ledger entry set aside: PostgreSQL refused it",
                 extra={"stream": stream, "entry": _s(entry_id), "error": reason[:200]},
             )
-        await pipe.execute()
+        async with self._session() as wire:
+            _raise_first_error(await wire.execute_many(commands))
 
     async def run(self, stopping: asyncio.Event, claim_every: float = 5.0) -> None:
         """Write until ``stopping`` is set; errors are logged and retried, never fatal."""
+        async with self._session():  # one set of connections for the whole run
+            await self._run(stopping, claim_every)
+
+    async def _run(self, stopping: asyncio.Event, claim_every: float) -> None:
         groups_ready = False
         last_claim = 0.0
         while not stopping.is_set():
@@ -287,6 +372,9 @@ class LedgerWriter:
                     await asyncio.wait_for(stopping.wait(), timeout=1.0)
 
     def _log_failure(self, exc: Exception) -> None:
+        backend = backend_health.backend_of(exc, POSTGRESQL)
+        if backend is not None:
+            metrics.BACKEND_ERRORS.labels(backend, "ledger").inc()
         # asyncpg raises a bare OSError when it cannot connect; redis-py wraps its own.
         if self._health.report(exc, default=POSTGRESQL):
             return  # an unreachable backend: the tracker logs it once per outage

@@ -10,14 +10,18 @@ the snapshot does not show yet, and are left out. Traffic may run meanwhile.
 
 A difference means a balance changed without its record, or a record was
 lost: it is reported per account, and the command exits 1.
+
+The same code runs on Redis Cluster: a bucket's keys share one slot, so each
+snapshot runs on the master that holds the bucket.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 
 from ocs.balances import keys, scripts
+from ocs.balances.cluster import RedisClient, wire_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,32 @@ GROUP BY l.account_id
 """
 
 
-async def reconcile(redis: Redis, pool: asyncpg.Pool) -> Reconciliation:
+async def _snapshots(redis: RedisClient, by_bucket: dict[int, list[str]]) -> list[Any]:
+    """Each bucket's snapshot (last ledger id, balances, entries in the stream), in order.
+
+    One round of EVALSHA through a lean wire of its own: on Redis Cluster it sends each
+    bucket's script to the master of the bucket's slot (every key of a snapshot
+    carries the bucket's tag). The script is loaded on every master first: a master a
+    failover promoted may lack it.
+    """
+    script = scripts.SNAPSHOT_BUCKET
+    wire = wire_for(redis)
+    try:
+        await wire.execute_on_every_master([("SCRIPT", "LOAD", script.source)])
+        commands = []
+        for bucket, members in by_bucket.items():
+            names = [keys.ledger(bucket), *(keys.account(a) for a in members)]
+            commands.append(("EVALSHA", script.sha, len(names), *names))
+        replies = await wire.execute_many(commands)
+    finally:
+        await wire.close()
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+async def reconcile(redis: RedisClient, pool: asyncpg.Pool) -> Reconciliation:
     """Compare every account's Redis balance with its ledger total, while traffic runs."""
     async with pool.acquire() as conn:
         account_ids = [r["id"] for r in await conn.fetch("SELECT id FROM accounts ORDER BY id")]
@@ -66,14 +95,13 @@ async def reconcile(redis: Redis, pool: asyncpg.Pool) -> Reconciliation:
     for account_id in account_ids:
         by_bucket[keys.bucket_of(account_id)].append(account_id)
 
-    script = redis.register_script(scripts.SNAPSHOT_BUCKET.source)
+    snapshots = await _snapshots(redis, by_bucket)
     balances: dict[str, int | None] = {}
     pending: dict[str, tuple[str, int]] = {}  # ledger entry key -> (account, amount)
     last_ids: list[tuple[int, int, int]] = []
-    for bucket, members in by_bucket.items():
-        last_id, values, flat = await script(
-            keys=[keys.ledger(bucket), *(keys.account(a) for a in members)]
-        )
+    for (bucket, members), (last_id, values, flat) in zip(
+        by_bucket.items(), snapshots, strict=True
+    ):
         ms, seq = (int(part) for part in _text(last_id).split("-"))
         last_ids.append((bucket, ms, seq))
         for account_id, value in zip(members, values, strict=True):

@@ -1,20 +1,34 @@
-"""A lean Redis connection for the hot path: RESP over one socket, parsed by hiredis.
+"""A lean Redis connection for the hot path: RESP parsed by hiredis, routed by hash slot.
 
 The auto-pipeline sends every command of an event-loop tick in one write and
 matches replies to callers in order. redis-py's pipeline object spends most
 of its time per command (retry wrappers, per-reply timeouts, response
 callbacks): measured here at 75k commands/s against 510k/s for this path
 (docs/decisions/0006-lean-redis-path.md). redis-py stays in use for everything
-off the hot path (ledger writer, admin, scripts loading).
+off the hot path (admin reads, tests).
 
-One connection per process: Redis executes one command at a time anyway, and
-pipelining keeps that connection full. A lost connection fails the commands
-in flight (their callers get ``ConnectionError`` and answer "unavailable";
-nothing was acknowledged to them) and the next command reconnects.
+One connection per Redis master. A standalone server is the one-node case: it
+serves every slot, so a batch goes out whole on its one connection. On Redis
+Cluster (docs/decisions/0033-redis-cluster.md) each command goes to the master
+of its first key's slot, from a slot map read with ``CLUSTER SLOTS``; a batch
+becomes one write per master. The map is read again after a ``MOVED`` answer
+(the command is sent on to the new owner at once), after a lost connection, a
+``CLUSTERDOWN`` answer and every few seconds; an ``ASK`` answer (a slot being
+migrated) sends the command to the target once, after ``ASKING``; a
+``TRYAGAIN`` answer (the keys of a multi-key command split by a migration) is
+retried after a pause.
+
+A lost connection fails the commands in flight on it with ``ConnectionError``
+(their callers answer "unavailable"; nothing was acknowledged to them) and the
+next command reconnects. With ``wait_replicas``, each master's part of a batch
+ends with ``WAIT``: its callers get their replies only once that many replicas
+have the batch's writes, else "unavailable" (the writes may stand; every
+command the hot path sends is safe to repeat).
 """
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -22,7 +36,33 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
+
+from ocs.balances.slots import SLOTS, command_key, key_slot
+
+# A command redirected this many times in one batch is answered "unavailable": the
+# cluster is being reconfigured faster than it settles.
+MAX_REDIRECTS = 5
+# TRYAGAIN (a multi-key command whose keys a migration split): retried this many times,
+# this long apart, then answered "unavailable".
+TRYAGAIN_ATTEMPTS = 20
+TRYAGAIN_PAUSE_S = 0.025
+# The slot map is read again at most this often after an error, and at least this often
+# in any case (to follow replicas that come and go, for WAIT).
+REFRESH_MIN_INTERVAL_S = 0.1
+REFRESH_EVERY_S = 5.0
+# A server that could not be reached is not tried again for this long: the commands
+# meanwhile fail at once instead of each waiting for a connect that hangs.
+RECONNECT_PAUSE_S = 0.1
+
+
+class ClusterUnavailable(RedisConnectionError):
+    """The cluster cannot serve the command now (a master is down, the cluster is
+    reconfiguring): an outage, answered "unavailable", not a refused command."""
+
+
+class ReplicationUnconfirmed(RedisConnectionError):
+    """Fewer replicas than asked confirmed a batch's writes in time (WAIT)."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -57,54 +97,78 @@ class _Protocol(asyncio.Protocol):
             self.lost.set_result(None)
 
 
-class RedisWire:
-    """Sends batches of commands and returns each reply (or the error Redis answered)."""
+def _send(protocol: _Protocol, commands: Sequence[Sequence[Any]]) -> "asyncio.Future[list[Any]]":
+    """Write ``commands`` at once; the future holds every reply (or error) in order."""
+    loop = asyncio.get_running_loop()
+    futures = []
+    chunks = []
+    for command in commands:
+        future: asyncio.Future[Any] = loop.create_future()
+        protocol.waiting.append(future)
+        futures.append(future)
+        chunks.append(hiredis.pack_command(tuple(command)))
+    assert protocol.transport is not None
+    protocol.transport.write(b"".join(chunks))
+    return asyncio.gather(*futures, return_exceptions=True)
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+
+class _Link:
+    """The connection to one Redis server, opened on first use and again after a loss."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        path: str | None = None,
+        tls: bool,
+        setup: Sequence[tuple[Any, ...]],
+        timeout: float,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.replicas = 0  # live replicas, as the slot map says (cluster)
+        self.failed_at = 0.0  # when a connect last failed (monotonic clock); 0: never
+        self._failure = ""  # why it failed, while it has
+        self._path = path
+        self._tls = tls
+        self._setup = setup
         self._timeout = timeout
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        self._scheme = parts.scheme
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 6379
-        self._path = unquote(parts.path) if parts.scheme == "unix" else None
-        db_text = query.get("db", [""])[0] or (
-            parts.path.strip("/") if parts.scheme != "unix" else ""
-        )
-        self._db = int(db_text or 0)
-        self._username = unquote(parts.username) if parts.username else None
-        self._password = unquote(parts.password) if parts.password else None
         self._protocol: _Protocol | None = None
-        self._connecting: asyncio.Lock = asyncio.Lock()
+        self._connecting = asyncio.Lock()
 
-    async def _connection(self) -> _Protocol:
+    def __repr__(self) -> str:
+        return f"<Redis node {self._path or f'{self.host}:{self.port}'}>"
+
+    async def connection(self) -> _Protocol:
+        """The open connection, opened (with AUTH, SELECT, scripts) if need be."""
         protocol = self._protocol
         if protocol is not None and not protocol.lost.done():
             return protocol
         async with self._connecting:
             if self._protocol is not None and not self._protocol.lost.done():
                 return self._protocol
+            if self._failure and time.monotonic() - self.failed_at < RECONNECT_PAUSE_S:
+                raise RedisConnectionError(self._failure)
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(self._timeout):
                     if self._path is not None:
                         _, protocol = await loop.create_unix_connection(_Protocol, self._path)
                     else:
-                        context = ssl.create_default_context() if self._scheme == "rediss" else None
+                        context = ssl.create_default_context() if self._tls else None
                         _, protocol = await loop.create_connection(
-                            _Protocol, self._host, self._port, ssl=context
+                            _Protocol, self.host, self.port, ssl=context
                         )
             except (OSError, TimeoutError) as exc:
-                raise RedisConnectionError(f"cannot connect to Redis: {exc!r}") from exc
-            setup: list[tuple[Any, ...]] = []
-            if self._password is not None:
-                setup.append(("AUTH", self._username or "default", self._password))
-            if self._db:
-                setup.append(("SELECT", self._db))
-            if setup:
+                self.failed_at = time.monotonic()
+                self._failure = f"cannot connect to Redis {self!r}: {exc!r}"
+                raise RedisConnectionError(self._failure) from exc
+            self._failure, self.failed_at = "", 0.0
+            if self._setup:
                 try:
                     async with asyncio.timeout(self._timeout):
-                        replies = await self._send(protocol, setup)
+                        replies = await _send(protocol, self._setup)
                     for reply in replies:
                         if isinstance(reply, Exception):
                             raise reply
@@ -115,39 +179,25 @@ class RedisWire:
             self._protocol = protocol
             return protocol
 
-    @staticmethod
-    def _send(
-        protocol: _Protocol, commands: Sequence[tuple[Any, ...]]
-    ) -> "asyncio.Future[list[Any]]":
-        loop = asyncio.get_running_loop()
-        futures = []
-        chunks = []
-        for command in commands:
-            future: asyncio.Future[Any] = loop.create_future()
-            protocol.waiting.append(future)
-            futures.append(future)
-            chunks.append(hiredis.pack_command(command))
-        assert protocol.transport is not None
-        protocol.transport.write(b"".join(chunks))
-        return asyncio.gather(*futures, return_exceptions=True)
-
-    async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Replies in order; a command Redis refused has its ``ResponseError`` in its place.
-
-        A batch unanswered within the timeout closes the connection: every command
-        in flight then fails with ``ConnectionError`` (its caller answers
-        "unavailable") and the next batch reconnects, so a stalled Redis never
-        holds requests forever.
-        """
-        protocol = await self._connection()
-        replies = self._send(protocol, commands)
+    async def run(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Every command's reply or error, in order (a connection lost meanwhile: its
+        ``ConnectionError`` in each place); raises ``ConnectionError`` when the server
+        cannot be reached or does not answer within the timeout."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost.done():
+            protocol = await self.connection()
+        replies = _send(protocol, commands)
         try:
             async with asyncio.timeout(self._timeout):
                 return await asyncio.shield(replies)
         except TimeoutError:
+            # Closing fails every command in flight on this connection; the next
+            # batch reconnects, so a stalled Redis never holds requests forever.
             if protocol.transport is not None:
                 protocol.transport.close()
-            raise RedisConnectionError(f"Redis did not answer within {self._timeout} s") from None
+            raise RedisConnectionError(
+                f"Redis {self!r} did not answer within {self._timeout} s"
+            ) from None
 
     async def close(self) -> None:
         """Close the connection, if open, and wait until it is closed."""
@@ -156,3 +206,292 @@ class RedisWire:
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
             await protocol.lost
+
+
+class RedisWire:
+    """Sends batches of commands, each to the master of its key's slot, and returns each
+    reply (or the error Redis answered) in the batch's order."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 5.0,
+        *,
+        cluster: bool = False,
+        on_connect: Sequence[tuple[Any, ...]] = (),
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+    ) -> None:
+        self._timeout = timeout
+        self._cluster = cluster
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        self._tls = parts.scheme == "rediss"
+        path = unquote(parts.path) if parts.scheme == "unix" else None
+        db_text = query.get("db", [""])[0] or (
+            parts.path.strip("/") if parts.scheme != "unix" else ""
+        )
+        db = int(db_text or 0)
+        setup: list[tuple[Any, ...]] = []
+        if parts.password is not None:
+            username = unquote(parts.username) if parts.username else "default"
+            setup.append(("AUTH", username, unquote(parts.password)))
+        if db and not cluster:  # a cluster has database 0 only
+            setup.append(("SELECT", db))
+        setup.extend(on_connect)
+        self._setup: tuple[tuple[Any, ...], ...] = tuple(setup)
+        self._seed = self._link(parts.hostname or "127.0.0.1", parts.port or 6379, path)
+        self._seed.replicas = wait_replicas
+        self._links: dict[tuple[str, int], _Link] = {(self._seed.host, self._seed.port): self._seed}
+        # The master of each slot; None while one server serves them all (standalone).
+        self._slots: list[_Link] | None = None
+        self._masters: list[_Link] = [self._seed]
+        self._stale = cluster
+        self._refreshed_at = 0.0
+        self._refreshing = asyncio.Lock()
+
+    def _link(self, host: str, port: int, path: str | None = None) -> _Link:
+        return _Link(host, port, path=path, tls=self._tls, setup=self._setup, timeout=self._timeout)
+
+    def _link_to(self, host: str, port: int) -> _Link:
+        link = self._links.get((host, port))
+        if link is None:
+            link = self._links[(host, port)] = self._link(host, port)
+        return link
+
+    @property
+    def cluster(self) -> bool:
+        """Whether commands are routed by slot over a Redis Cluster's masters."""
+        return self._cluster
+
+    def multi_key_groups(self, keys: Sequence[str]) -> list[list[str]]:
+        """``keys`` in groups one multi-key command may name together: all of them on a
+        standalone server, those of one slot on a cluster."""
+        if not self._cluster:
+            return [list(keys)] if keys else []
+        groups: dict[int, list[str]] = {}
+        for key in keys:
+            groups.setdefault(key_slot(key), []).append(key)
+        return list(groups.values())
+
+    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Replies in order; a command Redis refused has its ``ResponseError`` in its place.
+
+        When the batch could not be sent at all (the only server is unreachable, or
+        did not answer in time), raises ``ConnectionError``; a batch that only part
+        of a cluster failed to answer has ``ConnectionError`` in those commands' places.
+        """
+        if not self._cluster and not self._wait_replicas:
+            # One server serves every slot and answers no redirection: the batch goes
+            # out whole, as it is (the hot path's common case, kept lean).
+            return await self._seed.run(commands)
+        if self._cluster and (
+            self._stale or time.monotonic() - self._refreshed_at > REFRESH_EVERY_S
+        ):
+            await self._refresh()
+        replies = await self._dispatch(commands, range(len(commands)))
+        if self._cluster:
+            retry = [i for i, reply in enumerate(replies) if isinstance(reply, ResponseError)]
+            if retry:
+                await self._follow_redirects(commands, replies, retry)
+        if replies and all(isinstance(r, RedisConnectionError) for r in replies):
+            first = replies[0]
+            if all(r is first for r in replies):
+                raise first
+        return replies
+
+    async def _dispatch(
+        self,
+        commands: Sequence[Sequence[Any]],
+        indexes: Sequence[int],
+        redirected: dict[int, tuple[_Link, bool]] | None = None,
+    ) -> list[Any]:
+        """Send the commands at ``indexes``, one write per master (or where ``redirected``
+        says: the node, and whether ASKING goes first); their replies (a list as long
+        as ``commands``, None where not sent)."""
+        slots = self._slots
+        if slots is None and redirected is None and len(indexes) == len(commands):
+            # One server serves every slot: the batch goes out whole, as it is.
+            return await self._run(self._seed, commands, None)
+        groups: dict[_Link, list[int]] = {}
+        asking = set()
+        for i in indexes:
+            if redirected is not None and i in redirected:
+                link, ask = redirected[i]
+                if ask:
+                    asking.add(i)
+            elif slots is None:
+                link = self._seed
+            else:
+                key = command_key(commands[i])
+                link = self._masters[0] if key is None else slots[key_slot(key)]
+            groups.setdefault(link, []).append(i)
+        parts = await asyncio.gather(
+            *(
+                self._run(
+                    link,
+                    [commands[i] for i in members],
+                    [i in asking for i in members] if asking else None,
+                )
+                for link, members in groups.items()
+            )
+        )
+        replies: list[Any] = [None] * len(commands)
+        for members, answers in zip(groups.values(), parts, strict=True):
+            for i, answer in zip(members, answers, strict=True):
+                replies[i] = answer
+        return replies
+
+    async def _run(
+        self, link: _Link, commands: Sequence[Sequence[Any]], asked: list[bool] | None
+    ) -> list[Any]:
+        """One master's part of a batch: ASKING before each command ``asked`` marks (sent
+        there by ASK), and WAIT after it all when replicas must confirm."""
+        batch: list[Sequence[Any]]
+        if asked is None:
+            batch = list(commands) if self._wait_replicas else cast(list[Any], commands)
+        else:
+            batch = []
+            for command, ask in zip(commands, asked, strict=True):
+                if ask:
+                    batch.append(("ASKING",))
+                batch.append(command)
+        wait = min(self._wait_replicas, link.replicas)
+        if wait:
+            batch.append(("WAIT", wait, self._wait_timeout_ms))
+        try:
+            answers = await link.run(batch)
+        except RedisError as exc:  # unreachable, no answer in time, or LOADING at connect
+            answers = [exc] * len(batch)
+        if wait:
+            confirmed = answers.pop()
+            if not isinstance(confirmed, int) or confirmed < wait:
+                error = ReplicationUnconfirmed(
+                    f"{confirmed} of {wait} replicas of {link!r} confirmed the writes in time"
+                )
+                answers = [a if isinstance(a, RedisConnectionError) else error for a in answers]
+        if asked is not None:
+            # Drop the ASKING replies: each sits right before its command's.
+            kept = []
+            flags = [flag for ask in asked for flag in ((True, False) if ask else (False,))]
+            for is_asking, answer in zip(flags, answers, strict=True):
+                if not is_asking:
+                    kept.append(answer)
+            answers = kept
+        if self._cluster and any(isinstance(a, RedisConnectionError) for a in answers):
+            self._stale = True  # a master may have failed over: read the map again
+        return answers
+
+    async def _follow_redirects(
+        self, commands: Sequence[Sequence[Any]], replies: list[Any], retry: list[int]
+    ) -> None:
+        """Send again what a cluster redirected (MOVED, ASK) or asked to retry (TRYAGAIN);
+        turn CLUSTERDOWN into an outage. Changes ``replies`` in place."""
+        tries = 0
+        pauses = 0
+        while retry:
+            redirected: dict[int, tuple[_Link, bool]] = {}
+            again: list[int] = []
+            for i in retry:
+                reply = replies[i]
+                if not isinstance(reply, ResponseError):
+                    continue
+                text = str(reply)
+                word = text.split(" ", 1)[0]
+                if word == "MOVED" or word == "ASK":
+                    _, slot_text, address = text.split(" ", 2)
+                    host, _, port = address.rpartition(":")
+                    target = self._link_to(host or self._seed.host, int(port))
+                    if word == "MOVED":
+                        if self._slots is not None:
+                            self._slots[int(slot_text)] = target
+                        self._stale = True
+                    redirected[i] = (target, word == "ASK")
+                    again.append(i)
+                elif word == "TRYAGAIN":
+                    again.append(i)
+                elif word in ("CLUSTERDOWN", "MASTERDOWN"):
+                    self._stale = True
+                    replies[i] = ClusterUnavailable(text)
+            if not again:
+                return
+            tries += 1
+            if tries > MAX_REDIRECTS + TRYAGAIN_ATTEMPTS:
+                for i in again:
+                    replies[i] = ClusterUnavailable(f"still redirected: {replies[i]}")
+                return
+            if not redirected and all(str(replies[i]).startswith("TRYAGAIN") for i in again):
+                pauses += 1
+                if pauses > TRYAGAIN_ATTEMPTS:
+                    for i in again:
+                        replies[i] = ClusterUnavailable(f"slot still migrating: {replies[i]}")
+                    return
+                await asyncio.sleep(TRYAGAIN_PAUSE_S)
+            answers = await self._dispatch(commands, again, redirected or None)
+            for i in again:
+                replies[i] = answers[i]
+            retry = [i for i in again if isinstance(replies[i], ResponseError)]
+
+    async def _refresh(self) -> None:
+        """Read the slot map from the first node that answers ``CLUSTER SLOTS``."""
+        async with self._refreshing:
+            now = time.monotonic()
+            if not self._stale and now - self._refreshed_at <= REFRESH_EVERY_S:
+                return  # another batch refreshed it meanwhile
+            if self._slots is not None and now - self._refreshed_at < REFRESH_MIN_INTERVAL_S:
+                return  # read moments ago: send on the map there is
+            self._refreshed_at = now
+            last: Exception | None = None
+            candidates = [self._seed, *(m for m in self._masters if m is not self._seed)]
+            candidates += [link for link in self._links.values() if link not in candidates]
+            # Nodes that answered last time first: a dead one may take a timeout to refuse.
+            candidates.sort(key=lambda link: link.failed_at)
+            for link in candidates:
+                try:
+                    (reply,) = await link.run([("CLUSTER", "SLOTS")])
+                except RedisError as exc:
+                    reply = exc
+                if isinstance(reply, Exception):
+                    last = reply
+                    continue
+                self._apply_map(link, reply)
+                self._stale = False
+                return
+            raise ClusterUnavailable(f"no node of the Redis Cluster answers: {last}")
+
+    def _apply_map(self, asked: _Link, reply: list[Any]) -> None:
+        slots: list[_Link | None] = [None] * SLOTS
+        masters: list[_Link] = []
+        for entry in reply:
+            start, end, master = int(entry[0]), int(entry[1]), entry[2]
+            host = _text(master[0]) or asked.host
+            link = self._link_to(host, int(master[1]))
+            link.replicas = len(entry) - 3
+            if link not in masters:
+                masters.append(link)
+            for slot in range(start, end + 1):
+                slots[slot] = link
+        # A slot no master serves (the cluster is down) goes to the node asked: it
+        # answers CLUSTERDOWN, an outage, until the map is read again.
+        self._slots = [link if link is not None else asked for link in slots]
+        self._masters = masters or [asked]
+
+    async def execute_on_every_master(self, commands: Sequence[Sequence[Any]]) -> None:
+        """Run ``commands`` on every master (the one server, standalone): script loads."""
+        if self._cluster and self._stale:
+            await self._refresh()
+        for answers in await asyncio.gather(*(m.run(commands) for m in self._masters)):
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer
+
+    async def close(self) -> None:
+        """Close every connection, and wait until each is closed."""
+        links = list(self._links.values())
+        await asyncio.gather(*(link.close() for link in links))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from ocs import metrics
 from ocs.balances.store import BalanceStore
 from ocs.billing import dunning_store
 from ocs.billing.dunning_store import OpenInvoice, Suspension
@@ -383,6 +384,7 @@ async def _reactivate_settled(
                 continue
             if await _reactivate(conn, store, suspension, now, by):
                 reactivated.append(account_id)
+    metrics.DUNNING_STEPS.labels("reactivation", "reactivated").inc(len(reactivated))
     return reactivated
 
 
@@ -425,6 +427,9 @@ async def run_dunning(
     not_after = now.astimezone(ZoneInfo("UTC")).date() + timedelta(days=1)
     async with pool.acquire() as conn:
         invoices = await dunning_store.dunned_invoices(conn, not_after)
+    # Steps due and not yet taken: what is left of it if this run fails half-way.
+    backlog = sum(1 for i in invoices if _due(next_step(i), now))
+    metrics.DUNNING_BACKLOG.set(backlog)
     for invoice in invoices:
         step = next_step(invoice)
         if step is None or step.due_at > now:
@@ -433,13 +438,21 @@ async def run_dunning(
             taken = await _take_notice(pool, invoice, step, now)
         else:
             taken = await _suspend(pool, store, invoice, step, now)
+        backlog -= 1
+        metrics.DUNNING_BACKLOG.set(backlog)
         if taken is None:
             continue
+        metrics.DUNNING_STEPS.labels(taken.step, taken.outcome).inc()
         report.steps.append(taken)
         if taken.outcome == "suspended":
             report.suspended.append(invoice.account_id)
             await _end_live_calls(store, settings, invoice.account_id, cutter, report)
+    metrics.DUNNING_LAST_RUN.set_to_current_time()
     return report
+
+
+def _due(step: Step | None, now: datetime) -> bool:
+    return step is not None and step.due_at <= now
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from datetime import UTC, date, datetime
 
 import asyncpg
 
+from ocs import metrics
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
 from ocs.billing import dunning
 from ocs.billing.bank_files import BankEntry, BankFile, BankProblem
@@ -474,6 +475,7 @@ async def _finish(
         payment = await _read_payment(conn, payment_id)
         assert payment is not None
         accounts = await settled(conn, [payment.account_id])
+    metrics.PAYMENTS.labels(payment.source, "recorded" if created else "repeated").inc()
     # Paid up: an account dunning suspended is active again at once (dunning checks that
     # nothing is overdue any more; an operator's suspension stays).
     await dunning.reactivate_paid(pool, store, [payment.account_id], datetime.now(UTC))
@@ -615,6 +617,7 @@ async def _debit(pool: asyncpg.Pool, store: BalanceStore, refund_id: int) -> Ref
                 field="account",
             )
         balance = result.balance
+        metrics.PAYMENT_REFUNDS.labels(row["source"]).inc()
         async with pool.acquire() as conn:
             await conn.execute(
                 "UPDATE payment_refunds SET ledger_entry = $2, debited_at = now()"
@@ -753,6 +756,7 @@ async def import_bank_file(
             unmatched.append(BankProblem(entry.position, exc.message))
             continue
         applied.append(ImportedEntry(entry.position, done))
+    metrics.PAYMENTS.labels("bank", "unmatched").inc(len(unmatched))
     unmatched.sort(key=lambda p: _position_key(p.position))
     settled_now = sorted({a for e in applied for a in e.applied.settled_accounts})
     return ImportReport(tuple(applied), tuple(unmatched), tuple(settled_now))

@@ -345,6 +345,8 @@ class BillingWorker:
                 metrics.BILLING_FAILURES.labels("dunning").inc()
                 log.error("dunning run failed", extra={"worker": self.name, "error": str(error)})
         await self.report_progress()
+        # A pass finished: the NOC's "billing worker stalled" alert watches this.
+        metrics.BILLING_WORKER_PASS.set_to_current_time()
 
     async def post_runs(self) -> list[int]:
         """Post every drafted run marked ``auto_post`` whose drafts are not all posted; the

@@ -5,12 +5,12 @@ that every ``ocs serve`` process swaps in a new snapshot.
 """
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+import msgspec
 import numba
 import numpy as np
 
@@ -20,11 +20,18 @@ from ocs.catalog.snapshot import (
     deck_line_columns,
     plan_from_row,
     read_deck_lines,
-    tiers_to_json,
 )
 from ocs.decks.cells import SHAPE_FIELDS
 from ocs.decks.code_lists import STANDARD, code_list_lines
 from ocs.decks.rate_deck import Deck, DeckRow
+from ocs.decks.tariff_sets import (
+    Direction,
+    StoredTariff,
+    read_tariff_sets,
+    read_tariffs,
+    stored_zones,
+    tariffs_document,
+)
 from ocs.errors import OcsError, Reason, invalid
 from ocs.numbers.matcher import KEY_DIGITS, POW11, prefix_keys
 from ocs.rating.bands import BandSchedule
@@ -171,73 +178,40 @@ async def set_tariff_shape(
     except ValueError as exc:
         raise invalid("tiers", str(exc)) from None
     async with pool.acquire() as conn, conn.transaction():
-        updated = await conn.fetchval(
-            "UPDATE tariffs t SET tiers = $3::jsonb, max_cost = $4, cut_at_max_cost = $5,"
-            " surcharge_percent_bp = $6, surcharge_flat = $7, band_prices = $8::jsonb, per = $9"
-            " FROM zones z WHERE z.id = t.zone_id AND t.plan_id = $1 AND z.name = $2"
-            " AND t.direction = $10 RETURNING t.plan_id",
-            plan_id,
-            zone,
-            tiers_to_json(tiers),
-            max_cost,
-            cut_at_max_cost,
-            surcharge_percent_bp,
-            surcharge_flat,
-            json.dumps(dict(band_prices)),
-            per,
-            direction,
+        # The plan row's lock orders this after, or before, an import of the plan's deck.
+        locked = await conn.fetchval("SELECT 1 FROM plans WHERE id = $1 FOR UPDATE", plan_id)
+        stored = (await read_tariff_sets(conn, [plan_id])).get(plan_id) if locked else None
+        tariffs = read_tariffs(stored) if stored is not None else []
+        at = next(
+            (n for n, t in enumerate(tariffs) if t.zone == zone and t.direction == direction),
+            None,
         )
-        if updated is None:
+        if at is None:
             raise OcsError(
                 Reason.NOT_FOUND, f"plan {plan_id!r} has no tariff for zone {zone!r}", field="zone"
             )
+        old = tariffs[at].rate
+        shaped = Rate(
+            old.connect_fee,
+            old.first_block,
+            old.increment,
+            old.price_per_minute,
+            tiers=tiers,
+            max_cost=max_cost,
+            cut_at_max_cost=cut_at_max_cost,
+            surcharge_percent_bp=surcharge_percent_bp,
+            surcharge_flat=surcharge_flat,
+            band_prices=band_prices,
+            per=per,
+        )
+        tariffs[at] = msgspec.structs.replace(tariffs[at], rate=shaped)
+        await _write_tariff_set(conn, plan_id, tariffs)
         await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"deck:{plan_id}")
 
 
-# The tariffs table's shape columns, by the deck column that sets each one, and what
-# a stored value other than the default (a shape set through the API) looks like.
-_SHAPE_COLUMNS = {
-    "per": ("per", "per <> 60"),
-    "max_cost": ("max_cost", "max_cost > 0"),
-    "max_cost_mode": ("cut_at_max_cost", "cut_at_max_cost"),
-    "surcharge_percent": ("surcharge_percent_bp", "surcharge_percent_bp > 0"),
-    "surcharge_flat": ("surcharge_flat", "surcharge_flat > 0"),
-    "tiers": ("tiers", "tiers <> '[]'"),
-    "band_prices": ("band_prices", "band_prices <> '{}'"),
-}
-_JSON_COLUMNS = ("tiers", "band_prices")
-_TARIFF_COLUMNS = [
-    "plan_id",
-    "zone_id",
-    "direction",
-    "connect_fee",
-    "first_block",
-    "increment",
-    "price_per_minute",
-    *(db for db, _ in _SHAPE_COLUMNS.values()),
-]
-
-
-def _tariff_record(plan_id: str, zone_id: int, direction: str, rate: Rate) -> tuple[object, ...]:
-    """A tariffs row (``_TARIFF_COLUMNS``) of a deck's rate."""
-    shape = []
-    for column in _SHAPE_COLUMNS:
-        value = getattr(rate, SHAPE_FIELDS[column])
-        if column == "tiers":
-            value = tiers_to_json(value)
-        elif column == "band_prices":
-            value = json.dumps(dict(value))
-        shape.append(value)
-    return (
-        plan_id,
-        zone_id,
-        direction,
-        rate.connect_fee,
-        rate.first_block,
-        rate.increment,
-        rate.price_per_minute,
-        *shape,
-    )
+# Each shape field's default, by its Rate field: a stored shape other than these was
+# set through the shape API (or by an earlier deck's shape column).
+_SHAPE_DEFAULTS = {field: getattr(Rate(0, 0, 1, 0), field) for field in SHAPE_FIELDS.values()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,15 +246,17 @@ async def import_deck(
     plan, moved to another zone, gone) is counted in a thread while the new lines
     are written.
 
-    Tariffs (one per zone and direction) are few and written whole. A shape
-    field whose column the deck has takes the deck's value; one whose column it
-    lacks keeps the value stored (set through the shape API) for every zone and
-    direction the new deck still rates.
+    Tariffs (one per zone and direction: ~41,000 in a real numbering deck) are one
+    value too, ``tariff_sets.document`` (migration 0041, ocs.decks.tariff_sets),
+    written whole; zones the plan's stored tariffs name need no lookup in
+    ``zones``. A shape field whose column the deck has takes the deck's value; one
+    whose column it lacks keeps the value stored (set through the shape API) for
+    every zone and direction the new deck still rates.
     """
     if not isinstance(deck, Deck):
         deck = Deck.from_rows(deck)
-    zone_names = list(dict.fromkeys(deck.zones))
-    kept = [(db, shaped) for c, (db, shaped) in _SHAPE_COLUMNS.items() if c not in deck.columns]
+    zones = len(set(deck.zones))
+    kept = [field for column, field in SHAPE_FIELDS.items() if column not in deck.columns]
     # The deck stores a prefix once, whatever the directions it is rated in.
     prefixes = deck.by_prefix()
     stages: dict[str, float] = {}
@@ -305,7 +281,7 @@ async def import_deck(
                     raise OcsError(
                         Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
                     )
-                zone_ids = await _write_tariffs(conn, plan_id, deck, zone_names, kept)
+                zone_ids = await _write_tariffs(conn, plan_id, deck, kept)
                 lap("tariffs")
                 ordered = await ordering
                 zone_of_row = zone_ids[prefixes.zone_of]
@@ -331,7 +307,7 @@ async def import_deck(
     return DeckImport(
         plan_id=plan_id,
         prefixes=len(prefixes),
-        zones=len(zone_names),
+        zones=zones,
         added=added,
         changed=changed,
         removed=removed,
@@ -340,53 +316,99 @@ async def import_deck(
 
 
 async def _write_tariffs(
-    conn: asyncpg.Connection,
-    plan_id: str,
-    deck: Deck,
-    zone_names: list[str],
-    kept: list[tuple[str, str]],
+    conn: asyncpg.Connection, plan_id: str, deck: Deck, kept: list[str]
 ) -> np.ndarray:
-    """Write the deck's zones and the plan's tariffs; the zone id of each tariff slot."""
-    await conn.execute(
-        "INSERT INTO zones (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING",
-        zone_names,
-    )
-    ids = {
-        r["name"]: r["id"]
-        for r in await conn.fetch("SELECT id, name FROM zones WHERE name = ANY($1)", zone_names)
-    }
-    # Zone id of each tariff slot (a zone in one direction).
-    zone_ids = np.array([ids[name] for name in deck.zones], np.int64)
-    shapes = []
-    if kept:
-        # The values of shape fields the deck has no column for, where not the default.
-        shapes = await conn.fetch(
-            f"SELECT zone_id, direction, {', '.join(db for db, _ in kept)} FROM tariffs"
-            f" WHERE plan_id = $1 AND ({' OR '.join(shaped for _, shaped in kept)})",
-            plan_id,
-        )
-    await conn.execute("DELETE FROM tariffs WHERE plan_id = $1", plan_id)
-    await conn.copy_records_to_table(
-        "tariffs",
-        records=[
-            _tariff_record(plan_id, zone_id, direction, rate)
-            for zone_id, direction, rate in zip(
-                zone_ids.tolist(), deck.directions, deck.rates, strict=True
-            )
+    """Write the plan's tariffs, one document (ocs.decks.tariff_sets), creating zones
+    new to the catalog; the zone id of each tariff slot.
+
+    Zones the plan's stored tariffs name take their ids from there; only the others
+    are looked up (and added) in ``zones``. ``kept``: the shape fields (Rate's names)
+    the deck has no column for; each takes its stored value where a tariff of the
+    same zone and direction has one other than the default.
+    """
+    stored = (await read_tariff_sets(conn, [plan_id])).get(plan_id)
+    ids, shaped = stored_zones(stored) if stored is not None else ({}, {})
+    missing = [zone for zone in dict.fromkeys(deck.zones) if zone not in ids]
+    if missing:
+        ids.update(await _zone_ids(conn, missing))
+    zone_ids = np.fromiter((ids[zone] for zone in deck.zones), np.int64, len(deck.zones))
+    slot_ids = zone_ids.tolist()
+    rates = list(deck.rates)
+    if kept and shaped:  # most decks: neither shape columns nor shapes set through the API
+        for slot, way in enumerate(deck.directions):
+            rate = shaped.get((slot_ids[slot], way))
+            if rate is not None and any(getattr(rate, f) != _SHAPE_DEFAULTS[f] for f in kept):
+                rates[slot] = msgspec.structs.replace(
+                    rates[slot], **{f: getattr(rate, f) for f in kept}
+                )
+    # Sorted by zone id, then direction, as the document is.
+    outbound = np.fromiter((way == "outbound" for way in deck.directions), np.bool_, len(rates))
+    await _write_tariff_set(
+        conn,
+        plan_id,
+        [
+            StoredTariff(slot_ids[n], deck.zones[n], _direction(deck.directions[n]), rates[n])
+            for n in np.lexsort((outbound, zone_ids)).tolist()
         ],
-        columns=_TARIFF_COLUMNS,
     )
-    if shapes:
-        # ``kept`` holds this module's own column names, never caller input.
-        sets = ", ".join(
-            f"{db} = ${n}{'::jsonb' if db in _JSON_COLUMNS else ''}"
-            for n, (db, _) in enumerate(kept, 4)
-        )
-        await conn.executemany(
-            f"UPDATE tariffs SET {sets} WHERE plan_id = $1 AND zone_id = $2 AND direction = $3",
-            [(plan_id, r["zone_id"], r["direction"], *(r[db] for db, _ in kept)) for r in shapes],
-        )
     return zone_ids
+
+
+def _direction(way: str) -> Direction:
+    """A deck's direction as the document types it (the deck rules allow no other)."""
+    return "inbound" if way == "inbound" else "outbound"
+
+
+async def _zone_ids(conn: asyncpg.Connection, names: list[str]) -> dict[str, int]:
+    """Ids of zone names, adding the ones the catalog does not have yet, in a few
+    statements whatever their number (a real numbering deck has ~41,000 zones)."""
+    found = await conn.fetchval(
+        "SELECT array_agg(z.id ORDER BY w.n) FROM unnest($1::text[]) WITH ORDINALITY"
+        " AS w (name, n) LEFT JOIN zones z USING (name)",
+        names,
+    )
+    ids = {name: zone_id for name, zone_id in zip(names, found, strict=True) if zone_id is not None}
+    new = [name for name in names if name not in ids]
+    if not new:
+        return ids
+    try:
+        # A plain insert: ON CONFLICT's speculative insertion costs twice as much a row.
+        # In a savepoint, so that a name another transaction added meanwhile fails it alone.
+        async with conn.transaction():
+            rows = await conn.fetch(
+                "INSERT INTO zones (name) SELECT unnest($1::text[]) RETURNING id, name", new
+            )
+    except asyncpg.UniqueViolationError:
+        rows = await conn.fetch(
+            "INSERT INTO zones (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING"
+            " RETURNING id, name",
+            new,
+        )
+    ids.update((r["name"], r["id"]) for r in rows)
+    if len(ids) < len(names):  # added meanwhile by another transaction, now committed
+        rows = await conn.fetch(
+            "SELECT id, name FROM zones WHERE name = ANY($1::text[])",
+            [name for name in names if name not in ids],
+        )
+        ids.update((r["name"], r["id"]) for r in rows)
+    return ids
+
+
+async def _write_tariff_set(
+    conn: asyncpg.Connection, plan_id: str, tariffs: list[StoredTariff]
+) -> None:
+    """Replace the plan's stored tariffs (sorted by zone id, then direction) whole."""
+    if not tariffs:
+        await conn.execute("DELETE FROM tariff_sets WHERE plan_id = $1", plan_id)
+        return
+    await conn.execute(
+        "INSERT INTO tariff_sets (plan_id, tariffs, document) VALUES ($1, $2, $3)"
+        " ON CONFLICT (plan_id) DO UPDATE SET tariffs = EXCLUDED.tariffs,"
+        " document = EXCLUDED.document, updated_at = now()",
+        plan_id,
+        len(tariffs),
+        tariffs_document(tariffs),
+    )
 
 
 def _difference(

@@ -1,7 +1,9 @@
 """The janitor: closes live calls whose switch will never report their end.
 
 Every ``janitor_interval`` it looks up calls past their expiry in every
-bucket and closes each by the stated policy (``CallService.close_live_call``):
+bucket (one round trip: on Redis Cluster the wire sends each bucket's lookup to
+the master holding it, one write per master) and closes each by the stated
+policy (``CallService.close_live_call``):
 an Access-Accept never followed by an Accounting-Start is released free of
 charge; a started call is charged its last reported usage (or its whole
 grant). Safe to run in every process at once: the stop script closes a call

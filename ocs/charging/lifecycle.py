@@ -101,6 +101,10 @@ class FundsHeldByLiveCalls(OcsError):
         return body
 
 
+# Causes of the closes made without the switch's stop: a stop that comes after one of
+# them was lost (or late), not repeated (ocs_late_stops_total).
+_CLOSED_WITHOUT_STOP = frozenset(("expired", "start-timeout", "nas-reboot"))
+
 # An inbound call with no inbound tariff for it costs nothing, yet takes a line.
 FREE_INBOUND = Rate(0, 0, 1, 0)
 
@@ -1135,6 +1139,10 @@ class CallService:
                 result = await self._close(record, duration, cause, expired_by=None)
         if result is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
+        if result.cause == "late-stop" and not result.repeated:
+            metrics.LATE_STOPS.labels("charged").inc()
+        elif result.repeated and result.cause in _CLOSED_WITHOUT_STOP:
+            metrics.LATE_STOPS.labels("covered").inc()
         return self._charge(record, result)
 
     async def cut(self, call_id: str) -> tuple[CallCharge, CallRecord]:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import overload
 
+import msgspec
 import numpy as np
 
 from ocs.decks.cells import (
@@ -65,6 +66,7 @@ from ocs.decks.scan import (
     read_lines,
     scan_deck,
     text_at,
+    texts_at,
 )
 from ocs.rating.rates import Rate
 
@@ -427,14 +429,13 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
         slot_of, slot_first = intern_strings(buf, rows[:, 4], rows[:, 5], zone_id * 2 + direction)
     else:
         slot_of, slot_first = zone_id, zone_first
-    zones = [text_at(buf, rows[r, 4], rows[r, 5]) for r in slot_first.tolist()]
+    zones = texts_at(buf, rows[slot_first, 4], rows[slot_first, 5])
     if optional:
         rates_of_slots = [rate_of(r) for r in slot_first.tolist()]
     else:
-        rates_of_slots = [
-            Rate(connect_fee=fee, first_block=block, increment=increment, price_per_minute=price)
-            for fee, block, increment, price in rows[slot_first, 6:10].tolist()
-        ]
+        # Rate's array form is [connect fee, first block, increment, price]: the columns'
+        # order. A real numbering deck has ~41,000 zones, each with a rate of its own.
+        rates_of_slots = msgspec.convert(rows[slot_first, 6:10].tolist(), list[Rate])
     return Deck(
         buf=buf,
         lines=lines,

@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from ocs import metrics
 from ocs.config import Settings
 from ocs.events import signing
 
@@ -265,6 +266,10 @@ async def finish(
         marks.append((delivery.id, state, outcome.status, outcome.error, due))
     async with pool.acquire() as conn:
         await conn.executemany(_FINISH_SQL, marks)
+    for (delivery, _), (_, state, *_) in zip(done, marks, strict=True):
+        metrics.EVENT_DELIVERIES.labels(
+            delivery.channel, "retrying" if state == "pending" else state
+        ).inc()
 
 
 async def attempt(sender: Sender, delivery: Claimed, context: Context) -> Outcome:

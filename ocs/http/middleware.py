@@ -1,5 +1,9 @@
 """Request middleware: OcsError -> JSON error responses, and per-endpoint metrics.
 
+Each request is counted by endpoint and result, timed by endpoint (count and sum)
+and by kind (``REQUEST_KINDS``: the call lifecycle's steps against the latency
+budget, everything else together), and an authorization is counted as a decision.
+
 Every error body has the same shape (``code``, ``reason``, ``message``,
 ``sip_status``, ``field`` where one is to blame). Bad input is a 4xx here even
 where a handler let it through: the path and query parameters are checked for
@@ -95,6 +99,26 @@ def input_error(exc: Exception) -> OcsError | None:
     return None
 
 
+# The call lifecycle's endpoints by the step they are, for the latency histogram and the
+# decisions; every other endpoint is "admin", an unrouted path "other".
+REQUEST_KINDS = {
+    ("POST", "/v1/calls"): "authorize",
+    ("POST", "/v1/calls/{call_id}/start"): "start",
+    ("POST", "/v1/calls/{call_id}/update"): "update",
+    ("POST", "/v1/calls/{call_id}/stop"): "stop",
+    ("DELETE", "/v1/calls/{call_id}"): "cut",
+    ("POST", "/v1/usage"): "usage",
+    ("GET", "/v1/pins/{pin}"): "query",
+    ("GET", "/v1/pins/{pin}/time"): "query",
+    ("GET", "/healthz"): "health",
+    ("GET", "/readyz"): "health",
+    ("GET", "/metrics"): "health",
+}
+# Methods a label may name; any other token a client sends is counted as "other" (a
+# label's values must stay a bounded set).
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+
 def endpoint_of(request: web.Request) -> str:
     """The route pattern a request matched, the metrics label; ``unmatched`` when none."""
     # The route pattern ("/v1/calls/{call_id}/stop"), never the raw path: ids in a
@@ -111,6 +135,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     endpoint = endpoint_of(request)
     started = time.perf_counter()
     result = "ok"
+    refused_for = ""  # the reason code a refusal counts under (finer than ``result``)
     try:
         check_parameters(request)
         response = await handler(request)
@@ -119,6 +144,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         return response
     except OcsError as exc:
         result = exc.reason.value
+        # A refusal may carry a finer code than its enum member (funds held by live calls).
+        refused_for = getattr(exc, "code", result)
         return error_response(exc)
     except web.HTTPException as exc:
         result = str(exc.status)
@@ -148,5 +175,13 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         log.exception("unhandled error", extra={"endpoint": endpoint})
         return http_error_response(500, "internal_error", "internal error")
     finally:
-        metrics.HTTP_REQUESTS.labels(endpoint, request.method, result).inc()
-        metrics.HTTP_LATENCY.labels(endpoint, request.method).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        method = request.method if request.method in _METHODS else "other"
+        metrics.HTTP_REQUEST_CHILDREN.get(endpoint, method, result).inc()
+        metrics.HTTP_LATENCY_CHILDREN.get(endpoint, method).observe(elapsed)
+        kind = REQUEST_KINDS.get((method, endpoint)) or (
+            "other" if endpoint == "unmatched" else "admin"
+        )
+        metrics.request_latency("http", kind).observe(elapsed)
+        if kind == "authorize":
+            metrics.decision("http", None if result == "ok" else refused_for or result)

@@ -35,6 +35,7 @@ import asyncpg
 import msgpack
 import msgspec
 
+from ocs import metrics
 from ocs.balances import keys
 from ocs.balances.script_args import UsageEvent
 from ocs.balances.store import BalanceStore
@@ -263,6 +264,15 @@ class UsageImporter:
             summary.report_path = str(rejects.report_path)
         summary.problems = rejects.shown
         await self.save(summary, error=error, finished=True)
+        metrics.usage_import_finished(
+            summary.state,
+            {
+                "charged": summary.rows_charged,
+                "repeated": summary.rows_repeated,
+                "filtered": summary.rows_filtered,
+                "rejected": summary.rows_rejected,
+            },
+        )
         log.info(
             "usage import finished",
             extra={

@@ -24,7 +24,7 @@ from ocs.balances.pin_guard import PinGuard
 from ocs.charging.lifecycle import AuthorizeRequest, CallService, Identity, Origin
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
-from ocs.metrics import PIN_FAILURES
+from ocs.metrics import PIN_FAILURES, decision
 from ocs.money import format_amount
 from ocs.radius.attributes import avpair, cisco, cisco_value, first
 from ocs.radius.clients import NasClient
@@ -184,7 +184,11 @@ async def answer_access_request(
             PIN_FAILURES.labels("radius").inc()
             if pin_guard is not None:
                 await pin_guard.failed(caller, client.name)
-        return refusal(error)
+        refused = refusal(error)
+        if destination:  # a call refused (not a balance query)
+            decision("radius", refused.reason)
+        return refused
+    decision("radius", None)
     available = grant.available
     postpaid = grant.credit_limit > 0
     # A call granted slice by slice: the NAS is told the longest the funds could pay for

@@ -1,0 +1,302 @@
+"""The state series of ``/metrics``: sampled from Redis, PostgreSQL and the catalog.
+
+Live calls, the funds and lines they hold, the hottest accounts and zones, the
+ledger's lag and its dead letters live in Redis; billing runs and event
+deliveries in PostgreSQL. No process sees all of them happen, so none can count
+them as they change: every ``interval`` seconds ``StateSampler`` reads them
+(pipelined, off the hot path's connection) and publishes plain numbers to
+``metrics.STATE``, which renders them at each scrape. PostgreSQL is read every
+``billing_every``-th time (its queries use indexes: the runs table, the newest
+run's invoices, the deliveries waiting or dead).
+
+Each pass also times a ``PING`` and a ``SELECT 1`` (``ocs_backend_roundtrip_seconds``
+with ``source="probe"``) and reports the outcome to the process's backend tracker,
+so ``ocs_backend_up`` falls when a backend goes away even while no traffic
+touches it. A part that cannot be read is not exported until it can again:
+a stale figure would say the ledger keeps up while Redis is gone.
+
+Cost, per pass and per process: three commands per bucket (1024 buckets), one
+per stream that holds entries, and two per account with live calls.
+"""
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from ocs import backend_health, metrics
+from ocs.backend_health import POSTGRESQL, REDIS, BackendHealth
+from ocs.balances import keys
+from ocs.balances.store import parse_live_entry
+from ocs.catalog.snapshot import CatalogHolder
+from ocs.charging.lifecycle import CallRecord
+from ocs.services import Services
+
+log = logging.getLogger("ocs.state_metrics")
+
+DEFAULT_INTERVAL_S = 10.0
+PROBE_TIMEOUT_S = 5.0
+
+_RUNS_SQL = (
+    "SELECT state, count(*) AS runs,"
+    " COALESCE(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest"
+    " FROM invoice_runs GROUP BY state"
+)
+_UNPOSTED_SQL = (
+    "SELECT count(*) AS runs,"
+    " COALESCE(extract(epoch FROM now() - min(finished_at)), 0)::float8 AS oldest"
+    " FROM invoice_runs WHERE auto_post AND posted_at IS NULL AND state = 'done'"
+)
+_LAST_FINISHED_SQL = (
+    "SELECT extract(epoch FROM finished_at)::float8 AS at,"
+    " extract(epoch FROM finished_at - created_at)::float8 AS took"
+    " FROM invoice_runs WHERE state = 'done' AND finished_at IS NOT NULL"
+    " ORDER BY finished_at DESC LIMIT 1"
+)
+_NEWEST_SQL = "SELECT id, accounts_done, accounts_total FROM invoice_runs ORDER BY id DESC LIMIT 1"
+_INVOICES_SQL = "SELECT state, count(*) AS n FROM invoices WHERE run_id = $1 GROUP BY state"
+_DELIVERIES_SQL = (
+    "SELECT channel, state, count(*) AS n FROM event_deliveries"
+    " WHERE state IN ('pending', 'dead') GROUP BY channel, state"
+)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def top(counts: Counter[str], n: int = metrics.HOT_TOP) -> list[tuple[str, int]]:
+    """The ``n`` largest counts, largest first (ties by name, so the answer is stable)."""
+    return heapq.nsmallest(n, counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _pipeline_results(replies: Sequence[Any]) -> list[Any]:
+    """A pipeline's replies; the first error among them raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return list(replies)
+
+
+async def sample_live(
+    redis: Redis | RedisCluster, now: Callable[[], float] = time.time
+) -> metrics.LiveState:
+    """Live calls, their funds and lines, and the ledger's lag, as Redis holds them now."""
+    started = time.perf_counter()
+    pipe = redis.pipeline(transaction=False)
+    for bucket in range(keys.BUCKETS):
+        pipe.zrange(keys.call_expiry(bucket), 0, -1)
+        pipe.xlen(keys.ledger(bucket))
+        pipe.xlen(keys.dead_letters(bucket))
+    replies = _pipeline_results(await pipe.execute(raise_on_error=False))
+    members = [m for found in replies[0::3] for m in found]
+    lengths: list[int] = replies[1::3]
+    dead_letters = sum(replies[2::3])
+    accounts = sorted({keys.split_expiry_member(m)[0] for m in members})
+
+    pipe = redis.pipeline(transaction=False)
+    waiting = [bucket for bucket, length in enumerate(lengths) if length]
+    for bucket in waiting:
+        pipe.xrange(keys.ledger(bucket), "-", "+", count=1)
+    for account in accounts:
+        pipe.hgetall(keys.live_calls(account))
+        pipe.hget(keys.account(account), "max_lines")
+    replies = _pipeline_results(await pipe.execute(raise_on_error=False))
+    firsts, per_account = replies[: len(waiting)], replies[len(waiting) :]
+
+    at = now()
+    oldest_ms = min(
+        (int(_text(entries[0][0]).partition("-")[0]) for entries in firsts if entries),
+        default=None,
+    )
+    calls: Counter[str] = Counter()
+    reserved: Counter[str] = Counter()
+    by_account: Counter[str] = Counter()
+    by_zone: Counter[str] = Counter()
+    at_limit = 0
+    for account, live, max_lines in zip(
+        accounts, per_account[0::2], per_account[1::2], strict=True
+    ):
+        if not live:
+            continue  # stopped between the two reads
+        by_account[account] = len(live)
+        if max_lines is not None and len(live) >= int(max_lines):
+            at_limit += 1
+        for raw in live.values():
+            entry = parse_live_entry(raw)
+            calls["started" if entry.started else "not_started"] += 1
+            try:
+                record = CallRecord.unpack(entry.record)
+            except Exception:  # an unreadable record still holds its line and funds
+                reserved["unknown"] += entry.held
+                by_zone["unknown"] += 1
+                continue
+            reserved[record.currency] += entry.held
+            by_zone[record.zone] += 1
+    return metrics.LiveState(
+        at=at,
+        took=time.perf_counter() - started,
+        calls=dict(calls),
+        reserved=dict(reserved),
+        accounts_with_calls=len(by_account),
+        accounts_at_line_limit=at_limit,
+        hot_accounts=top(by_account),
+        hot_zones=top(by_zone),
+        ledger_pending=sum(lengths),
+        ledger_oldest_age=0.0 if oldest_ms is None else max(at - oldest_ms / 1000, 0.0),
+        dead_letters=dead_letters,
+    )
+
+
+async def sample_billing(
+    pool: asyncpg.Pool, now: Callable[[], float] = time.time
+) -> metrics.BillingState:
+    """Invoice runs, the newest run's invoices and the event deliveries waiting or dead."""
+    async with pool.acquire() as conn:
+        runs = await conn.fetch(_RUNS_SQL)
+        unposted = await conn.fetchrow(_UNPOSTED_SQL)
+        finished = await conn.fetchrow(_LAST_FINISHED_SQL)
+        newest = await conn.fetchrow(_NEWEST_SQL)
+        invoices = [] if newest is None else await conn.fetch(_INVOICES_SQL, newest["id"])
+        deliveries = await conn.fetch(_DELIVERIES_SQL)
+    running = [r for r in runs if r["state"] == "running"]
+    return metrics.BillingState(
+        at=now(),
+        runs={r["state"]: int(r["runs"]) for r in runs},
+        oldest_running_age=float(running[0]["oldest"]) if running else 0.0,
+        unposted_runs=int(unposted["runs"]),
+        oldest_unposted_age=float(unposted["oldest"]),
+        last_finished_at=None if finished is None else float(finished["at"]),
+        last_duration=None if finished is None else float(finished["took"]),
+        latest_accounts=(
+            {}
+            if newest is None
+            else {"done": newest["accounts_done"], "total": newest["accounts_total"]}
+        ),
+        latest_invoices={r["state"]: int(r["n"]) for r in invoices},
+        deliveries={(r["channel"], r["state"]): int(r["n"]) for r in deliveries},
+    )
+
+
+class StateSampler:
+    """Samples the state series every ``interval`` seconds until asked to stop."""
+
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        pool: asyncpg.Pool,
+        catalog: CatalogHolder,
+        *,
+        interval: float = DEFAULT_INTERVAL_S,
+        billing_every: int = 3,
+        health: BackendHealth | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._pool = pool
+        self._catalog = catalog
+        self._interval = interval
+        self._billing_every = max(billing_every, 1)
+        self._health = health if health is not None else backend_health.default()
+        self._clock = clock
+        self._passes = 0
+        self._version = -1
+        self._loaded_at = 0.0
+
+    @classmethod
+    def of(cls, services: Services, interval: float = DEFAULT_INTERVAL_S) -> "StateSampler":
+        """A sampler over a process's services."""
+        return cls(
+            services.redis,
+            services.pool,
+            services.catalog,
+            interval=interval,
+            health=services.health,
+        )
+
+    def sample_catalog(self) -> metrics.CatalogState:
+        """The snapshot served now; its load time is when a pass first saw its version."""
+        version, snapshot = self._catalog.version, self._catalog.snapshot
+        if version != self._version:
+            self._version, self._loaded_at = version, self._clock()
+        return metrics.CatalogState(
+            version=version,
+            loaded_at=self._loaded_at,
+            sizes={
+                "plans": len(snapshot.plans),
+                "prefixes": sum(len(deck) for deck in snapshot.decks.values()),
+                "carriers": len(snapshot.routes.decks),
+            },
+        )
+
+    async def probe(self, backend: str) -> bool:
+        """One timed round trip to ``backend``, reported to the tracker; whether it answered."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                if backend == REDIS:
+                    await self._redis.ping()
+                else:
+                    async with self._pool.acquire() as conn:
+                        await conn.fetchval("SELECT 1")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            metrics.BACKEND_ERRORS.labels(backend, "probe").inc()
+            if not self._health.report(exc, default=backend):
+                log.warning(
+                    "backend probe failed",
+                    extra={"backend": backend, "error": backend_health.describe(exc)},
+                )
+            return False
+        metrics.BACKEND_ROUNDTRIP.labels(backend, "probe").observe(time.perf_counter() - started)
+        self._health.report_success(backend)
+        return True
+
+    async def sample(self) -> None:
+        """One pass: probe both backends, then publish what each reachable one holds."""
+        billing_due = self._passes % self._billing_every == 0
+        self._passes += 1
+        metrics.STATE.publish(catalog=self.sample_catalog())
+        if not await self.probe(REDIS):
+            metrics.STATE.forget("live")
+        else:
+            try:
+                live = await sample_live(self._redis, self._clock)
+            except Exception as exc:
+                self._failed("live", REDIS, exc)
+            else:
+                metrics.STATE.publish(live=live)
+        if not await self.probe(POSTGRESQL):
+            metrics.STATE.forget("billing")
+        elif billing_due:
+            try:
+                billing = await sample_billing(self._pool, self._clock)
+            except Exception as exc:
+                self._failed("billing", POSTGRESQL, exc)
+            else:
+                metrics.STATE.publish(billing=billing)
+
+    def _failed(self, part: str, backend: str, exc: Exception) -> None:
+        """A part could not be read: it is not exported until it can be again."""
+        metrics.STATE.forget(part)
+        if not self._health.report(exc, default=backend):
+            log.exception("state sample failed", extra={"part": part})
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Sample every ``interval`` until ``stopping`` is set; the series go with it."""
+        try:
+            while not stopping.is_set():
+                await self.sample()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=self._interval)
+        finally:
+            metrics.STATE.forget()

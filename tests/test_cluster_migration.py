@@ -1,0 +1,217 @@
+"""Slots that move while ocs runs: charges and ledger rows stay exactly once (issue 17).
+
+On the session's 3-master cluster (tests/redis_cluster.py):
+
+- ``redis-cli --cluster reshard`` moves a thousand slots, the keys of many accounts
+  among them, while switches keep charging those accounts and the ledger writer
+  keeps copying their streams to PostgreSQL. Every acknowledged top-up and call is
+  in the balance and in PostgreSQL exactly once, and ``ocs reconcile`` agrees.
+- One bucket's slot is moved step by step (``CLUSTER SETSLOT`` and ``MIGRATE``),
+  its ledger stream first, with entries a dead writer had read still pending. While
+  the bucket's keys are split between two masters a charge is answered 503
+  ``unavailable`` (never half done); the pending entries are taken over on the new
+  master (ASK) and written once; once the slot has moved the charge goes through.
+
+Rates (tests/conftest.py RETAIL_DECK, EUR): UK Mobile 0.060 a minute, 30/6, connect
+fee 0.150 (45 s: 0.198).
+"""
+
+import asyncio
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from ocs.balances import keys
+from ocs.balances.accounts import AccountSpec
+from ocs.balances.ledger_writer import LedgerWriter
+from ocs.balances.reconcile import reconcile
+from ocs.balances.slots import key_slot
+from ocs.services import Services
+from tests.conftest import RunningApp, add_plan, eventually
+from tests.redis_cluster import Node, RedisClusterProcess
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.parametrize("backend", ["cluster"], indirect=True),
+]
+
+UK_MOBILE = "447700900123"
+MOVED_SLOTS = 1000
+
+
+def slot_of(account_id: str) -> int:
+    return key_slot(keys.account(account_id))
+
+
+def first_slots(cluster: RedisClusterProcess, node: Node, count: int) -> set[int]:
+    """The ``count`` lowest slots ``node`` serves: those a reshard from it moves."""
+    with node.client() as client:
+        ranges = [
+            (int(start), int(end))
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS")
+            if int(master[1]) == node.port
+        ]
+    owned = sorted(slot for start, end in ranges for slot in range(start, end + 1))
+    return set(owned[:count])
+
+
+def accounts_where(wanted: int, test: Any, prefix: str) -> list[str]:
+    """``wanted`` account ids whose keys' slot passes ``test``."""
+    found: list[str] = []
+    n = 0
+    while len(found) < wanted:
+        candidate = f"{prefix}-{n}"
+        if test(slot_of(candidate)):
+            found.append(candidate)
+        n += 1
+    return found
+
+
+async def acknowledged(app: RunningApp, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """POST until ocs answers other than 503 (as a switch retransmits); that answer."""
+    for _ in range(500):
+        status, body = await app.post(path, payload)
+        if status != 503:
+            assert status in (200, 201), (path, status, body)
+            return body
+        assert body["error"]["reason"] == "unavailable", body
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{path} unavailable for too long")
+
+
+async def ledger_rows(services: Services) -> list[Any]:
+    async with services.pool.acquire() as conn:
+        return list(await conn.fetch("SELECT entry_id, account_id, kind, amount FROM ledger"))
+
+
+async def test_a_reshard_under_traffic_keeps_every_charge_and_row_exactly_once(
+    backend_app: RunningApp, redis_cluster: RedisClusterProcess
+) -> None:
+    app = backend_app
+    await add_plan(app.services, max_lines=3)
+    source = redis_cluster.masters()[0]
+    target = redis_cluster.masters()[1]
+    moving = first_slots(redis_cluster, source, MOVED_SLOTS)
+    # Accounts whose slot the reshard moves, and some it leaves where they are.
+    movers = accounts_where(12, lambda slot: slot in moving, "mv")
+    stayers = accounts_where(6, lambda slot: slot not in moving, "st")
+    for account_id in movers + stayers:
+        await acknowledged(
+            app, "/v1/accounts", {"id": account_id, "plan": "retail", "balance": "20.00"}
+        )
+    done = asyncio.Event()
+    counts: dict[str, int] = {a: 0 for a in movers + stayers}
+
+    async def switch(account_id: str) -> None:
+        n = 0
+        # Keep charging until the reshard is over, and a little after.
+        while not done.is_set() or n < 3:
+            await acknowledged(
+                app,
+                f"/v1/accounts/{account_id}/topups",
+                {"amount": "0.50", "topup_id": f"{account_id}-t{n}"},
+            )
+            call = {"account": account_id, "destination": UK_MOBILE, "call_id": f"{account_id}-{n}"}
+            await acknowledged(app, "/v1/calls", call)
+            stopped = await acknowledged(app, f"/v1/calls/{account_id}-{n}/stop", {"duration": 45})
+            assert stopped["cost"] == "0.198000"
+            n += 1
+            counts[account_id] = n
+
+    switches = asyncio.gather(*(switch(a) for a in movers + stayers))
+    try:
+        await eventually(
+            lambda: asyncio.sleep(0, min(counts.values()) > 0), what="every switch charging"
+        )
+        before = sum(counts.values())
+        await asyncio.to_thread(redis_cluster.reshard, source, target, MOVED_SLOTS)
+        during = sum(counts.values()) - before
+    finally:
+        done.set()
+        await switches
+    print(f"calls during the reshard: {during}; in all: {sum(counts.values())}")
+    assert during > 0  # the switches kept charging while the slots moved
+    assert all(redis_cluster.node_of_slot(slot_of(a)).port == target.port for a in movers)
+    assert min(counts.values()) >= 3
+
+    expected = {a: 20_000_000 + n * (500_000 - 198_000) for a, n in counts.items()}
+    for account_id, micro in expected.items():
+        _, shown = await app.get(f"/v1/accounts/{account_id}")
+        assert int(shown["balance"].replace(".", "")) == micro, (account_id, shown)
+
+    async def all_written() -> bool:
+        return len(await ledger_rows(app.services)) == sum(1 + 2 * n for n in counts.values())
+
+    await eventually(all_written, within=30, what="every ledger entry in PostgreSQL")
+    rows = await ledger_rows(app.services)
+    assert len({r["entry_id"] for r in rows}) == len(rows)
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row["account_id"]] = totals.get(row["account_id"], 0) + row["amount"]
+    assert totals == expected
+    async with app.services.pool.acquire() as conn:
+        cdrs = await conn.fetchval("SELECT count(*) FROM cdrs")
+    assert cdrs == sum(counts.values())
+    result = await reconcile(app.services.redis, app.services.pool)
+    assert result.ok and result.pending_entries == 0, result.mismatches
+
+
+async def test_one_slot_moved_step_by_step_with_entries_pending(
+    backend_services: Services, redis_cluster: RedisClusterProcess
+) -> None:
+    services = backend_services
+    await add_plan(services)
+    account_id = "moving"
+    slot = slot_of(account_id)
+    stream = keys.ledger(keys.bucket_of(account_id))
+    await services.accounts.create(
+        AccountSpec(account_id, plan_id="retail", opening_balance=1_000_000)
+    )
+    for n in range(4):
+        await services.accounts.topup(account_id, 10_000, f"before-{n}")
+    # A writer read the five entries and died before writing them: they are pending.
+    dead = LedgerWriter(services.redis, services.pool)
+    await dead.ensure_groups()
+    delivered: Any = await services.redis.xreadgroup(
+        keys.LEDGER_GROUP, dead.consumer, {stream: ">"}, count=100
+    )
+    assert sum(len(messages) for _, messages in delivered) == 5
+
+    source = redis_cluster.node_of_slot(slot)
+    target = next(m for m in redis_cluster.masters() if m.port != source.port)
+    redis_cluster.begin_migration(slot, target)
+    with source.client() as client:
+        client.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", stream)
+
+    # The account's hash is on one master, its ledger on the other: a top-up cannot run
+    # (TRYAGAIN until the slot settles) and is answered "unavailable", nothing moved.
+    with pytest.raises(RedisConnectionError):
+        await services.accounts.topup(account_id, 10_000, "during")
+
+    # The entries pending for the dead writer are taken over where the stream is now.
+    heir = LedgerWriter(services.redis, services.pool, claim_idle_ms=1)
+    assert await heir.claim_stale() == 5
+    assert await heir.claim_stale() == 0
+    with target.client() as client:
+        # The slot is still the source's: the target answers for it only after ASKING.
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.xlen(stream)
+        assert pipe.execute()[1] == 0
+
+    while redis_cluster.migrate_keys(slot, source, target):
+        pass
+    redis_cluster.end_migration(slot, target)
+    assert redis_cluster.node_of_slot(slot).port == target.port
+
+    # The hot path learns the new owner from MOVED and charges at once; a repeat is a repeat.
+    first = await services.accounts.topup(account_id, 10_000, "during")
+    again = await services.accounts.topup(account_id, 10_000, "during")
+    assert (first.repeated, again.repeated, first.balance) == (False, True, 1_050_000)
+    assert await heir.read_new() == 1
+    rows = await ledger_rows(services)
+    assert sorted(r["amount"] for r in rows) == [10_000] * 5 + [1_000_000]
+    assert len({r["entry_id"] for r in rows}) == 6
+    result = await reconcile(services.redis, services.pool)
+    assert result.ok and result.pending_entries == 0, result.mismatches

@@ -1,0 +1,454 @@
+"""The same ocs on a standalone Redis and on a 3-master Redis Cluster (issue 17).
+
+Each test runs twice, through the ``backend_app`` fixture (tests/redis_cluster.py):
+once on the session's standalone Redis, once on a real cluster of three masters,
+with the same service code. The accounts are spread over many buckets, so on the
+cluster their keys live on every master: the tests check that too, then what an
+operator sees (grants, charges, balances, CDR and ledger rows, reconcile, the
+janitor's closing of a lost call).
+
+Rates (tests/conftest.py RETAIL_DECK, EUR): UK Mobile 0.060 a minute, 30/6, connect
+fee 0.150 (45 s: 0.198); Germany 0.012 a minute, 1/1 s (200 micro-units a second).
+"""
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from ocs.balances import keys, slots
+from ocs.balances.reconcile import reconcile
+from ocs.balances.scripts import ALL_SCRIPTS, SNAPSHOT_BUCKET
+from ocs.balances.wire import RedisWire
+from ocs.charging.janitor import Janitor
+from ocs.charging.lifecycle import AuthorizeRequest, CallService
+from ocs.config import RadiusClientConfig, with_overrides
+from ocs.radius.clients import load_client_table
+from ocs.radius.server import RadiusServer
+from ocs.state_metrics import sample_live
+from tests.conftest import RADIUS_SECRET, RunningApp, add_plan, eventually
+from tests.radius_udp import UdpClient, access_request, accounting_request, decode_reply, wire
+from tests.redis_cluster import Backend, RedisClusterProcess
+
+pytestmark = pytest.mark.cluster
+
+UK_MOBILE = "447700900123"
+GERMANY = "4930901820"
+ACCOUNTS = [f"acct-{n}" for n in range(12)]
+
+# A supplier's usage file: one record a row, rated by the plan's deck.
+USAGE_HEADER = "id,account,called,start,duration\n"
+USAGE_TEMPLATE = {
+    "name": "carrier-y",
+    "supplier": "carrier-y",
+    "format": {"kind": "csv", "delimiter": ",", "header": True},
+    "columns": {
+        "record_id": "id",
+        "account": "account",
+        "called": "called",
+        "start": "start",
+        "duration": "duration",
+    },
+    "start": {"format": "%Y-%m-%d %H:%M:%S", "time_zone": "UTC"},
+}
+
+
+async def accounts_on_every_master(
+    app: RunningApp, backend: Backend, request: pytest.FixtureRequest, ids: list[str]
+) -> None:
+    """On the cluster, the accounts' keys are on more than one master (none on standalone)."""
+    if not backend.cluster:
+        return
+    cluster: RedisClusterProcess = request.getfixturevalue("redis_cluster")
+    owners = {cluster.node_of_slot(slots.key_slot(keys.account(a))).port for a in ids}
+    assert len(owners) == 3, owners
+    for account_id in ids:
+        node = cluster.node_of_slot(slots.key_slot(keys.account(account_id)))
+        with node.client() as client:
+            assert client.exists(keys.account(account_id)) == 1
+
+
+async def ledger_total(app: RunningApp, account_id: str) -> int:
+    async with app.services.pool.acquire() as conn:
+        total = await conn.fetchval(
+            "SELECT coalesce(sum(amount), 0) FROM ledger WHERE account_id = $1", account_id
+        )
+    return int(total)
+
+
+async def balance(app: RunningApp, account_id: str) -> str:
+    status, body = await app.get(f"/v1/accounts/{account_id}")
+    assert status == 200, body
+    return str(body["balance"])
+
+
+async def test_calls_authorized_started_updated_and_stopped_on_every_master(
+    backend_app: RunningApp, backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    app = backend_app
+    await add_plan(app.services, max_lines=2)
+    for account_id in ACCOUNTS:
+        status, body = await app.post(
+            "/v1/accounts", {"id": account_id, "plan": "retail", "balance": "2.00"}
+        )
+        assert status == 201, body
+    await accounts_on_every_master(app, backend, request, ACCOUNTS)
+
+    async def one_call(account_id: str) -> dict[str, Any]:
+        call_id = f"{account_id}-call"
+        status, grant = await app.post(
+            "/v1/calls", {"account": account_id, "destination": UK_MOBILE, "call_id": call_id}
+        )
+        assert status == 201, grant
+        status, started = await app.post(f"/v1/calls/{call_id}/start", {})
+        assert status == 200 and started["started_at"] > 0, started
+        status, progress = await app.post(f"/v1/calls/{call_id}/update", {"used": 40})
+        assert (status, progress["used"]) == (200, 40), progress
+        status, stopped = await app.post(f"/v1/calls/{call_id}/stop", {"duration": 45})
+        assert status == 200, stopped
+        again = await app.post(f"/v1/calls/{call_id}/stop", {"duration": 600})
+        assert again[0] == 200 and again[1]["repeated"] is True
+        return stopped
+
+    stops = await asyncio.gather(*(one_call(a) for a in ACCOUNTS))
+    assert {(s["cost"], s["balance"]) for s in stops} == {("0.198000", "1.802000")}
+    for account_id in ACCOUNTS:
+        status, shown = await app.get(f"/v1/accounts/{account_id}")
+        assert (shown["balance"], shown["reserved"], shown["lines_in_use"]) == (
+            "1.802000",
+            "0.000000",
+            0,
+        )
+
+    async def cdrs_written() -> bool:
+        async with app.services.pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM cdrs")) == len(ACCOUNTS)
+
+    await eventually(cdrs_written, what="one CDR per call in PostgreSQL")
+    async with app.services.pool.acquire() as conn:
+        charged = await conn.fetch("SELECT account_id, charged FROM cdrs ORDER BY account_id")
+    assert {(r["account_id"], r["charged"]) for r in charged} == {(a, 198_000) for a in ACCOUNTS}
+
+
+async def test_radius_calls_are_accepted_and_charged_on_either_backend(
+    backend_app: RunningApp,
+) -> None:
+    app = backend_app
+    await add_plan(app.services)
+    settings = with_overrides(
+        app.services.settings,
+        radius_host="127.0.0.1",
+        radius_auth_port=0,
+        radius_acct_port=0,
+        radius_clients=(
+            RadiusClientConfig(name="nas", network="127.0.0.1/32", secret=RADIUS_SECRET),
+        ),
+    )
+    server = RadiusServer(
+        app.services.calls, settings, await load_client_table(app.services.pool, settings)
+    )
+    await server.start()
+    udp = await UdpClient.open()
+    try:
+        ids = ACCOUNTS[:6]
+        for account_id in ids:
+            await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"})
+        for account_id in ids:
+            conf = f"h323-conf-id={account_id}-radius"
+            request = access_request(
+                RADIUS_SECRET,
+                [("User-Name", account_id), ("Called-Station-Id", GERMANY), ("h323-conf-id", conf)],
+            )
+            data = await udp.exchange(wire(request), server.auth_port)
+            assert data is not None
+            reply = decode_reply(request, data)
+            # 1.00 at 0.012 a minute, by the second: 5000 s.
+            assert (reply.code, reply["Session-Timeout"]) == (2, [5000])
+            for status, extra in (("Start", []), ("Stop", [("Acct-Session-Time", 45)])):
+                accounting = accounting_request(
+                    RADIUS_SECRET,
+                    [
+                        ("Acct-Status-Type", status),
+                        ("User-Name", account_id),
+                        ("Acct-Session-Id", f"{account_id}-radius"),
+                        ("h323-conf-id", conf),
+                        *extra,
+                    ],
+                )
+                answer = await udp.exchange(wire(accounting), server.acct_port)
+                assert answer is not None and decode_reply(accounting, answer).code == 5
+            # 45 s at 0.012 a minute: 0.009.
+            assert await balance(app, account_id) == "0.991000"
+    finally:
+        udp.close()
+        server.close_listeners()
+        await server.drain(5)
+
+
+async def test_a_refusal_answers_its_reason_on_either_backend(backend_app: RunningApp) -> None:
+    app = backend_app
+    await add_plan(app.services, max_lines=1)
+    await app.post("/v1/accounts", {"id": "poor", "plan": "retail", "balance": "0.10"})
+    await app.post("/v1/accounts", {"id": "busy", "plan": "retail", "balance": "5.00"})
+    status, body = await app.post(
+        "/v1/calls", {"account": "poor", "destination": UK_MOBILE, "call_id": "p-1"}
+    )
+    assert (status, body["error"]["reason"]) == (402, "insufficient_funds")
+    await app.post("/v1/calls", {"account": "busy", "destination": UK_MOBILE, "call_id": "b-1"})
+    status, body = await app.post(
+        "/v1/calls", {"account": "busy", "destination": UK_MOBILE, "call_id": "b-2"}
+    )
+    assert (status, body["error"]["reason"]) == (409, "no_free_line")
+
+
+async def test_topups_credit_once_per_id_and_reach_the_ledger(
+    backend_app: RunningApp, backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    app = backend_app
+    await add_plan(app.services)
+    for account_id in ACCOUNTS:
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"})
+    await accounts_on_every_master(app, backend, request, ACCOUNTS)
+    answers = await asyncio.gather(
+        *(
+            app.post(f"/v1/accounts/{a}/topups", {"amount": "2.50", "topup_id": f"{a}-t{n}"})
+            for a in ACCOUNTS
+            for n in (1, 1, 2)  # the first top-up twice
+        )
+    )
+    assert sorted(status for status, _ in answers).count(201) == 2 * len(ACCOUNTS), answers
+    for account_id in ACCOUNTS:
+        assert await balance(app, account_id) == "6.000000"
+
+    async def written() -> bool:
+        totals = [await ledger_total(app, a) for a in ACCOUNTS]
+        return totals == [6_000_000] * len(ACCOUNTS)
+
+    await eventually(written, what="each account's ledger at 6.00 in PostgreSQL")
+
+
+async def test_a_usage_import_charges_each_record_once(backend_app: RunningApp) -> None:
+    app = backend_app
+    await add_plan(app.services)
+    async with app.services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO usage_templates (name, version, supplier, definition)"
+            " VALUES ($1, 1, $2, $3)",
+            USAGE_TEMPLATE["name"],
+            USAGE_TEMPLATE["supplier"],
+            json.dumps(USAGE_TEMPLATE),
+        )
+    for account_id in ACCOUNTS:
+        status, body = await app.post(
+            "/v1/accounts", {"id": account_id, "plan": "retail", "balance": "10.00"}
+        )
+        assert status == 201, body
+    # One minute to Germany (0.012) per account, in one file imported twice: charged once.
+    records = USAGE_HEADER + "".join(
+        f"r{n},{a},{GERMANY},2026-03-03 09:00:00,60\n" for n, a in enumerate(ACCOUNTS)
+    )
+    for _ in range(2):
+        response = await app.client.post(
+            "/v1/usage/imports?template=carrier-y&file_name=day.csv",
+            data=records.encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        answer = await response.json()
+        assert response.status == 200, answer
+        assert answer["rows_rejected"] == 0, answer["problems"]
+    for account_id in ACCOUNTS:
+        assert await balance(app, account_id) == "9.988000"
+
+    async def cdrs_written() -> bool:
+        async with app.services.pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM cdrs")) == len(ACCOUNTS)
+
+    await eventually(cdrs_written, what="one CDR per imported record")
+
+
+async def test_usage_events_are_charged_once_on_either_backend(backend_app: RunningApp) -> None:
+    app = backend_app
+    deck = (
+        "prefix,zone,price_per_minute,connect_fee,first_block,increment\n990001,Data,0.010,0,0,10\n"
+    )
+    await add_plan(app.services, deck=deck)
+    response = await app.client.put("/v1/plans/retail/tariffs/Data/shape", json={"per": 1})
+    assert response.status == 200, await response.text()
+
+    async def per_unit() -> bool:
+        found = app.services.catalog.snapshot.tariff_named("retail", "Data")
+        return bool(found and found.rate.per == 1)
+
+    await eventually(per_unit, what="the per-unit tariff in the snapshot")
+    ids = ACCOUNTS[:6]
+    for account_id in ids:
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "20.00"})
+    for account_id in ids:
+        event = {"account": account_id, "event_id": "mb-1", "service": "Data", "quantity": 350}
+        status, first = await app.post("/v1/usage", event)
+        # 0.01 a MB in 10 MB steps: 350 MB cost 3.50.
+        assert (status, first["cost"], first["balance"]) == (201, "3.500000", "16.500000")
+        status, again = await app.post("/v1/usage", event)
+        assert (status, again["repeated"], again["balance"]) == (200, True, "16.500000")
+
+
+async def test_counters_give_free_seconds_on_either_backend(backend_app: RunningApp) -> None:
+    app = backend_app
+    await add_plan(app.services)
+    status, counter = await app.post(
+        "/v1/plans/retail/counters",
+        {"id": "de-600", "seconds": 600, "zones": ["Germany"], "price_per_minute": "0.00"},
+    )
+    assert status == 201, counter
+
+    async def loaded() -> bool:
+        return any(c.id == "de-600" for c in app.services.catalog.snapshot.counters_for("retail"))
+
+    await eventually(loaded, what="the counter in the snapshot")
+    ids = ACCOUNTS[:6]
+    for account_id in ids:
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"})
+    for account_id in ids:
+        call = {"account": account_id, "destination": GERMANY, "call_id": f"{account_id}-1"}
+        status, grant = await app.post("/v1/calls", call)
+        assert (status, grant["counter_seconds"], grant["max_duration"]) == (201, 600, 5600)
+        status, stopped = await app.post(f"/v1/calls/{account_id}-1/stop", {"duration": 800})
+        # 600 s free, 200 s at 0.012 a minute.
+        assert (status, stopped["cost"]) == (200, "0.040000"), stopped
+        status, shown = await app.get(f"/v1/accounts/{account_id}/counters")
+        assert status == 200
+        assert [(c["counter"], c["used"], c["left"]) for c in shown["counters"]] == [
+            ("de-600", 600, 0)
+        ]
+
+
+async def test_cards_answer_their_balance_and_time(backend_app: RunningApp) -> None:
+    app = backend_app
+    await add_plan(app.services, max_lines=2)
+    response = await app.client.post(
+        "/v1/pin-batches",
+        json={"plan": "retail", "batch": "b1", "count": 8, "length": 12, "value": "1.20"},
+    )
+    text = await response.text()
+    assert response.status == 201, text
+    pins = [line.split(",")[0] for line in text.splitlines()[1:]]
+    assert len(pins) == 8
+    for pin in pins:
+        status, info = await app.get(f"/v1/pins/{pin}")
+        assert (status, info["balance"]) == (200, "1.200000"), info
+        status, quote = await app.get(f"/v1/pins/{pin}/time?destination={GERMANY}")
+        # 1.20 at 0.012 a minute, 1/1 s: 6000 s.
+        assert (status, quote["seconds"]) == (200, 6000), quote
+
+
+async def test_live_calls_are_listed_and_sampled_from_every_master(
+    backend_app: RunningApp,
+) -> None:
+    app = backend_app
+    await add_plan(app.services, max_lines=2)
+    for account_id in ACCOUNTS:
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "2.00"})
+        status, grant = await app.post(
+            "/v1/calls",
+            {"account": account_id, "destination": UK_MOBILE, "call_id": f"{account_id}-live"},
+        )
+        assert status == 201, grant
+    live = await app.services.store.all_live_calls()
+    assert sorted((a, c) for a, c, _ in live) == sorted((a, f"{a}-live") for a in ACCOUNTS)
+    # What /metrics and `ocs top` show, read through redis-py's (cluster) client.
+    state = await sample_live(app.services.redis)
+    assert (sum(state.calls.values()), state.accounts_with_calls) == (12, 12)
+    assert state.reserved == {"EUR": 12 * 2_000_000}
+
+
+async def test_the_janitor_closes_a_lost_call_on_either_backend(backend_app: RunningApp) -> None:
+    app = backend_app
+    await add_plan(app.services, deck="prefix,zone,price_per_minute,connect_fee,first_block,"
+                   "increment\n33,France,0.600,0,1,1\n")  # fmt: skip
+    ids = ACCOUNTS[:6]
+    for account_id in ids:
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "0.10"})
+    now = int(time.time())
+    settings = with_overrides(app.services.settings, call_expiry_grace=30)
+    calls = CallService(app.services.catalog, app.services.store, settings, clock=lambda: now)
+    for account_id in ids:
+        grant = await calls.authorize(
+            AuthorizeRequest(account_id, "33123456789", call_id=f"{account_id}-lost")
+        )
+        assert grant.max_duration == 10
+    janitor = Janitor(calls, app.services.store)
+    assert await janitor.sweep(now=now + 39) == 0
+    assert await janitor.sweep(now=now + 40) == len(ids)
+    for account_id in ids:
+        _, shown = await app.get(f"/v1/accounts/{account_id}")
+        assert (shown["balance"], shown["reserved"], shown["lines_in_use"]) == (
+            "0.000000",
+            "0.000000",
+            0,
+        )
+    assert await janitor.sweep(now=now + 100) == 0
+
+
+async def test_reconcile_is_exact_while_the_writer_runs(backend_app: RunningApp) -> None:
+    app = backend_app
+    await add_plan(app.services, max_lines=5)
+    for account_id in ACCOUNTS:
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "3.00"})
+
+    async def traffic(account_id: str) -> None:
+        for n in range(3):
+            await app.post(f"/v1/accounts/{account_id}/topups", {"amount": "0.25"})
+            await app.post(
+                "/v1/calls",
+                {"account": account_id, "destination": UK_MOBILE, "call_id": f"{account_id}-{n}"},
+            )
+            await app.post(f"/v1/calls/{account_id}-{n}/stop", {"duration": 30 + n})
+
+    running = asyncio.gather(*(traffic(a) for a in ACCOUNTS))
+    checks = []
+    while not running.done():
+        checks.append(await reconcile(app.services.redis, app.services.pool))
+    await running
+    checks.append(await reconcile(app.services.redis, app.services.pool))
+    assert all(c.ok for c in checks), [c.mismatches for c in checks if not c.ok]
+    assert checks[-1].accounts == len(ACCOUNTS)
+    # A balance changed behind the scripts' back shows, on whichever master holds it.
+    await app.services.redis.hincrby(keys.account(ACCOUNTS[5]), "balance", 1)
+    found = await reconcile(app.services.redis, app.services.pool)
+    assert [m.account_id for m in found.mismatches] == [ACCOUNTS[5]]
+
+
+async def test_every_command_names_keys_of_one_slot(
+    backend_app: RunningApp, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every command the hot path sends, scripts included, stays in one slot: a cluster
+    runs it. The flows above run with a recorder on the wire."""
+    app = backend_app
+    sent: list[tuple[Any, ...]] = []
+    original = RedisWire.execute_many
+
+    async def recording(self: RedisWire, commands: Any) -> list[Any]:
+        sent.extend(tuple(c) for c in commands)
+        return await original(self, commands)
+
+    monkeypatch.setattr(RedisWire, "execute_many", recording)
+    await add_plan(app.services, max_lines=3)
+    await app.post("/v1/accounts", {"id": "one", "plan": "retail", "balance": "5.00"})
+    await app.post("/v1/accounts/one/topups", {"amount": "1.00", "topup_id": "t"})
+    await app.post("/v1/calls", {"account": "one", "destination": UK_MOBILE, "call_id": "s-1"})
+    await app.post("/v1/calls/s-1/start", {})
+    await app.post("/v1/calls/s-1/update", {"used": 10})
+    await app.post("/v1/calls/s-1/stop", {"duration": 12})
+    await Janitor(app.services.calls, app.services.store).sweep()
+    assert sent
+    # On a standalone server the ledger writer reads every stream in one command.
+    crossing = [
+        c for c in sent if not slots.one_slot(c) and (backend.cluster or c[0] != "XREADGROUP")
+    ]
+    assert crossing == []
+    shas = {c[1] for c in sent if c[0] == "EVALSHA"}
+    names = {s.name for s in ALL_SCRIPTS if s.sha in shas}
+    assert {"create_account", "topup", "authorize", "start", "update", "stop"} <= names
+    assert SNAPSHOT_BUCKET.name not in names  # reconcile's, sent by redis-py
