@@ -103,15 +103,15 @@ class PlanTariffs:
     zone_ids: tuple[int, ...] = ()
     tariffs: tuple[Tariff, ...] = ()
     # Zone name -> tariff, for the usage services (a deck of 41,000 zones is not scanned
-    # per usage event); built once with the tariffs, left out of equality.
+    # per usage event); built on first use, left out of equality.
     by_zone: dict[str, Tariff] = field(default_factory=dict, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
+    def named(self, zone: str) -> Tariff | None:
+        """The tariff of a zone by name (the first, if two carry the name)."""
         if not self.by_zone and self.tariffs:
-            named: dict[str, Tariff] = {}
             for tariff in self.tariffs:
-                named.setdefault(tariff.zone, tariff)  # the first, as the scan found it
-            object.__setattr__(self, "by_zone", named)
+                self.by_zone.setdefault(tariff.zone, tariff)
+        return self.by_zone.get(zone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +162,7 @@ class CatalogSnapshot:
     def tariff_named(self, plan_id: str, zone: str) -> Tariff | None:
         """A plan's tariff by zone name (usage services are zones without prefixes)."""
         found = self.tariffs.get(plan_id)
-        return None if found is None else found.by_zone.get(zone)
+        return None if found is None else found.named(zone)
 
     def rate_type_tariff(self, plan_id: str, rate_type: str) -> Tariff | None:
         """A plan's rate for usage of ``rate_type`` (its zone is the rate type's name);

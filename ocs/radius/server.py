@@ -10,18 +10,31 @@ reply (RFC 5080); a packet that only reuses an identifier and authenticator is
 not a retransmission. Every reply carries a Message-Authenticator. The ports
 are never shared with another process (no SO_REUSEPORT): a taken one raises
 ``AddressInUse``.
+
+Overload and loss are never silent. Each socket asks for a receive buffer of
+``radius_receive_buffer`` bytes (the kernel caps it at net.core.rmem_max; a
+smaller grant is logged once) and is read with ``recvmsg``, several datagrams
+per wake-up, each with the kernel's receive time (SO_TIMESTAMPNS) and the
+socket's count of datagrams the kernel dropped (SO_RXQ_OVFL, published as
+``ocs_radius_socket_drops``). Above saturation ocs sheds early rather than
+queueing into seconds: a request is dropped, counted as ``overload``, when
+``radius_max_in_flight`` decisions are already running, and as ``late`` when it
+waited (in the socket buffer and the loop) longer than ``radius_queue_budget``
+before its decision would start; the NAS retransmits or fails over.
 """
 
 import asyncio
 import hashlib
 import logging
 import socket
+import struct
+import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
+from prometheus_client import Gauge
 from pyrad import packet as rp
 from redis.exceptions import RedisError
 
@@ -59,6 +72,30 @@ _KINDS = {
 MIN_LENGTH = 20
 MAX_LENGTH = 4096
 _MESSAGE_AUTHENTICATOR = 80
+
+# Datagrams read per wake-up before the loop gets to run the decisions they started.
+_READ_BATCH = 64
+_DROP_LOG_EVERY_S = 10.0
+# Linux socket options Python's socket module does not name (asm-generic/socket.h).
+_SO_TIMESTAMPNS = 35
+_SO_RXQ_OVFL = 40
+_TIMESPEC = struct.Struct("@ll")
+_DROPCOUNT = struct.Struct("@I")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_DROPCOUNT.size)
+_LINUX = sys.platform.startswith("linux")
+
+# The kernel's count of datagrams it dropped on a socket (receive buffer full) since the
+# socket was bound, as the latest datagram read reports it (SO_RXQ_OVFL). A gauge: every
+# worker reads the same inherited socket, so the largest value seen is the socket's count.
+SOCKET_DROPS = Gauge(
+    "ocs_radius_socket_drops",
+    "Datagrams the kernel dropped on a RADIUS socket before ocs read them (receive"
+    " buffer full), since the socket was bound; by port (auth, acct).",
+    ["port"],
+    multiprocess_mode="max",
+)
+for _shed in ("overload", "late", "send_failed"):
+    metrics.RADIUS_DROPS.labels(_shed)
 
 
 class Drop(Exception):
@@ -110,26 +147,110 @@ def _request_key(data: bytes, length: int, addr: Address) -> RequestKey:
     return addr[0], addr[1], data[1], data[4:20] + digest
 
 
-class RadiusProtocol(asyncio.DatagramProtocol):
-    """One listening socket; decisions run as tasks so the socket never waits on Redis."""
+def size_receive_buffer(sock: socket.socket, wanted: int) -> int:
+    """Ask for a receive buffer of ``wanted`` bytes; the bytes the kernel granted.
 
-    def __init__(self, server: "RadiusServer", port: _Port) -> None:
+    Linux caps SO_RCVBUF at net.core.rmem_max (SO_RCVBUFFORCE, which needs
+    CAP_NET_ADMIN, does not) and reports twice the usable size, its bookkeeping
+    included: the grant is that report halved.
+    """
+    if wanted <= 0:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // 2
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, wanted)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+    granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    return granted // 2 if _LINUX else granted
+
+
+class RadiusListener:
+    """One listening UDP socket, read with ``recvmsg`` straight from the event loop.
+
+    Several datagrams per wake-up, each with the time the kernel received it (so
+    the time spent waiting in the socket buffer counts against the queue budget)
+    and the socket's drop count (so a full buffer shows in a metric).
+    """
+
+    def __init__(self, server: "RadiusServer", port: _Port, sock: socket.socket) -> None:
         self._server = server
-        self._port = port
-        self.transport: asyncio.DatagramTransport | None = None
+        self.port = port
+        self.sock = sock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drops = SOCKET_DROPS.labels(port.kind)
+        self._dropped = 0
+        self._logged_at = -_DROP_LOG_EVERY_S
+        self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the socket's transport, to send replies on."""
-        # uvloop's UDPTransport is not a subclass of asyncio.DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start reading the socket on ``loop``."""
+        self.sock.setblocking(False)
+        if _LINUX:
+            for option in (_SO_TIMESTAMPNS, _SO_RXQ_OVFL):
+                try:
+                    self.sock.setsockopt(socket.SOL_SOCKET, option, 1)
+                except OSError:
+                    log.warning("radius socket option unavailable", extra={"option": option})
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        """Hand a received packet to the server."""
-        self._server.receive(self, data, addr)
+    def _readable(self) -> None:
+        receive = self._server.receive
+        for _ in range(_READ_BATCH):
+            try:
+                data, ancillary, _flags, addr = self.sock.recvmsg(MAX_LENGTH, _ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # An ICMP error from an earlier reply, reported on this socket: not fatal.
+                log.warning("radius socket error", extra={"error": str(exc)})
+                return
+            waited = 0.0
+            for level, kind, value in ancillary:
+                if level != socket.SOL_SOCKET:
+                    continue
+                if kind == _SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    waited = max(0.0, time.time() - seconds - nanoseconds / 1e9)
+                elif kind == _SO_RXQ_OVFL and len(value) >= _DROPCOUNT.size:
+                    self._count_drops(_DROPCOUNT.unpack_from(value)[0])
+            receive(self, data, addr, waited)
 
-    def error_received(self, exc: Exception) -> None:
-        """Log a socket error; the socket keeps listening."""
-        log.warning("radius socket error", extra={"error": str(exc)})
+    def _count_drops(self, dropped: int) -> None:
+        if dropped == self._dropped:
+            return
+        # Logged at most every _DROP_LOG_EVERY_S: under overload the count moves with
+        # nearly every datagram read, and the metric carries the exact figure.
+        now = time.monotonic()
+        if dropped > self._dropped and now - self._logged_at >= _DROP_LOG_EVERY_S:
+            self._logged_at = now
+            log.warning(
+                "radius receive buffer overflowed: datagrams dropped by the kernel",
+                extra={"port": self.port.kind, "dropped_since_bound": dropped},
+            )
+        self._dropped = dropped
+        self._drops.set(dropped)
+
+    def sendto(self, wire: bytes, addr: Address) -> None:
+        """Send a reply; a full send buffer loses it, counted (the NAS retransmits)."""
+        if self.closed:
+            return
+        try:
+            self.sock.sendto(wire, addr)
+        except OSError:
+            metrics.RADIUS_DROPS.labels("send_failed").inc()
+
+    def close(self) -> None:
+        """Stop reading and close the socket."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 class RadiusServer:
@@ -150,7 +271,11 @@ class RadiusServer:
         self._lean = LeanCodec(self._dictionary)
         self._cache = ReplyCache(settings.radius_dedupe_window)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._protocols: list[RadiusProtocol] = []
+        self.listeners: list[RadiusListener] = []
+        # The shedding rule (module docstring), from the settings; plain attributes, so a
+        # test can narrow them.
+        self.max_in_flight = settings.radius_max_in_flight
+        self.queue_budget = settings.radius_queue_budget
         self.auth_port = 0
         self.acct_port = 0
         self._listener: asyncpg.Connection | None = None
@@ -176,12 +301,18 @@ class RadiusServer:
             except BaseException:
                 auth_sock.close()
                 raise
+        wanted = self._settings.radius_receive_buffer
         for port, sock in ((AUTH, auth_sock), (ACCT, acct_sock)):
-            transport, protocol = await loop.create_datagram_endpoint(
-                self._factory(port), sock=sock
-            )
-            self._protocols.append(protocol)
-            bound = transport.get_extra_info("sockname")[1]
+            granted = size_receive_buffer(sock, wanted)
+            if granted < wanted and port is AUTH:
+                log.warning(
+                    "radius receive buffer smaller than asked: raise net.core.rmem_max",
+                    extra={"wanted": wanted, "granted": granted},
+                )
+            listener = RadiusListener(self, port, sock)
+            listener.listen(loop)
+            self.listeners.append(listener)
+            bound = sock.getsockname()[1]
             if port is AUTH:
                 self.auth_port = bound
             else:
@@ -221,14 +352,10 @@ class RadiusServer:
             await self._pool.release(self._listener)
             self._listener = None
 
-    def _factory(self, port: _Port) -> Callable[[], RadiusProtocol]:
-        return lambda: RadiusProtocol(self, port)
-
     def close_listeners(self) -> None:
         """Close every listening socket; requests in flight still finish."""
-        for protocol in self._protocols:
-            if protocol.transport is not None:
-                protocol.transport.close()
+        for listener in self.listeners:
+            listener.close()
 
     async def drain(self, within: float) -> None:
         """Let requests in flight finish (their answers go out), then cancel the rest."""
@@ -239,27 +366,38 @@ class RadiusServer:
 
     # -- per packet ---------------------------------------------------------------
 
-    def receive(self, protocol: RadiusProtocol, data: bytes, addr: Address) -> None:
-        """Admit, deduplicate and start answering one datagram; drops are counted, not raised."""
-        started = time.perf_counter()
+    def receive(
+        self, listener: RadiusListener, data: bytes, addr: Address, waited: float = 0.0
+    ) -> None:
+        """Admit, deduplicate and start answering one datagram that waited ``waited``
+        seconds in the socket buffer; drops are counted, not raised."""
+        started = time.perf_counter() - waited
+        # Shed first, before any work: under overload every microsecond spent on a
+        # request that will be dropped delays the ones that can still be answered.
+        if waited > self.queue_budget:
+            metrics.RADIUS_DROPS.labels("late").inc()
+            return
+        if len(self._tasks) >= self.max_in_flight:
+            metrics.RADIUS_DROPS.labels("overload").inc()
+            return
         # Verified first, the reply cache after: a packet that fails any check is dropped
         # and counted even when it reuses an answered request's identifier and
         # authenticator.
         try:
-            client, length = self._admit(protocol._port, data, addr)
-            request = self._decode(protocol._port, data, client)
+            client, length = self._admit(listener.port, data, addr)
+            request = self._decode(listener.port, data, client)
         except Drop as drop:
             metrics.RADIUS_DROPS.labels(str(drop)).inc()
             return
         key = _request_key(data, length, addr)
         cached = self._cache.begin(key)
         if cached is not None:
-            metrics.RADIUS_DUPLICATES.labels(protocol._port.kind).inc()
-            if cached and protocol.transport is not None:
-                protocol.transport.sendto(cached, addr)
+            metrics.RADIUS_DUPLICATES.labels(listener.port.kind).inc()
+            if cached:
+                listener.sendto(cached, addr)
             return
         task = asyncio.get_running_loop().create_task(
-            self._answer(protocol, request, client, addr, key, started)
+            self._answer(listener, request, client, addr, key, started)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -320,14 +458,19 @@ class RadiusServer:
 
     async def _answer(
         self,
-        protocol: RadiusProtocol,
+        listener: RadiusListener,
         request: rp.Packet | LeanRequest,
         client: NasClient,
         addr: Address,
         key: RequestKey,
         started: float,
     ) -> None:
-        kind = protocol._port.kind
+        kind = listener.port.kind
+        # Waited in the loop behind other work past the budget: shed it, as at receipt.
+        if time.perf_counter() - started > self.queue_budget:
+            self._cache.forget(key)
+            metrics.RADIUS_DROPS.labels("late").inc()
+            return
         try:
             if kind == "auth":
                 request.source = addr  # where a later Disconnect-Request may go
@@ -374,8 +517,7 @@ class RadiusServer:
             log.exception("radius request failed", extra={"client": client.name})
             return
         self._cache.finish(key, wire)
-        if protocol.transport is not None and not protocol.transport.is_closing():
-            protocol.transport.sendto(wire, addr)
+        listener.sendto(wire, addr)
         elapsed = time.perf_counter() - started
         metrics.RADIUS_PACKET_CHILDREN.get(label, result).inc()
         metrics.RADIUS_LATENCY_CHILDREN.get(label).observe(elapsed)

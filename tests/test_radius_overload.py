@@ -1,0 +1,136 @@
+"""RADIUS under overload: the socket buffer, shedding by rule, and no silent loss.
+
+The server runs on the test's own event loop, so a test that sends datagrams
+without awaiting holds the server back exactly as a loop stall would: what
+the kernel holds then is read in one burst, and what it could not hold is
+dropped by the kernel and must show in ``ocs_radius_socket_drops``.
+"""
+
+import socket
+import time
+
+from ocs import loop_lag
+from ocs.radius.server import size_receive_buffer
+from tests.conftest import RADIUS_SECRET, RunningRadius, eventually
+from tests.radius_udp import UdpClient, access_request, sample, total_drops, wire
+
+DROPS = "ocs_radius_dropped_total"
+ANSWERED = "ocs_radius_packets_total"
+
+
+def requests(count: int) -> list[bytes]:
+    """``count`` distinct, valid Access-Requests (unknown users: each gets an answer)."""
+    return [
+        wire(access_request(RADIUS_SECRET, [("User-Name", f"nobody-{time.time_ns()}-{n}")]))
+        for n in range(count)
+    ]
+
+
+def stall(seconds: float) -> None:
+    """Hold the event loop busy, as a GC pass or a large synchronous batch would."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def answered() -> float:
+    return sample(ANSWERED, type="access", result="reject") + sample(
+        ANSWERED, type="access", result="accept"
+    )
+
+
+def test_the_receive_buffer_is_what_was_asked_or_what_the_kernel_granted() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        granted = size_receive_buffer(sock, 1024 * 1024)
+        reported = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    assert granted == reported // 2
+    # rmem_max caps it unless the process may force it (CAP_NET_ADMIN).
+    with open("/proc/sys/net/core/rmem_max") as limit:
+        assert granted >= min(1024 * 1024, int(limit.read()))
+
+
+async def test_the_listening_sockets_get_a_large_receive_buffer(radius: RunningRadius) -> None:
+    for listener in radius.server.listeners:
+        buffer = listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        assert buffer > 1024 * 1024  # the Linux default is 208 KiB
+
+
+async def test_above_the_in_flight_cap_requests_are_shed_and_counted(
+    radius: RunningRadius, udp: UdpClient
+) -> None:
+    radius.server.max_in_flight = 4
+    burst = requests(30)
+    overload, before = sample(DROPS, reason="overload"), answered()
+    for data in burst:  # no await: all 30 wait in the socket buffer, read in one wake-up
+        udp.send(data, radius.auth_port)
+
+    async def settled() -> bool:
+        return answered() - before == 4 and sample(DROPS, reason="overload") - overload == 26
+
+    await eventually(settled, what="4 answered, 26 shed as overload")
+
+
+async def test_a_request_that_waited_past_the_budget_is_dropped_as_late(
+    radius: RunningRadius, udp: UdpClient
+) -> None:
+    radius.server.queue_budget = 0.05
+    burst = requests(10)
+    late, before = sample(DROPS, reason="late"), answered()
+    for data in burst:
+        udp.send(data, radius.auth_port)
+    stall(0.1)  # longer than the budget
+
+    async def shed() -> bool:
+        return sample(DROPS, reason="late") - late == 10
+
+    await eventually(shed, what="10 requests dropped as late")
+    assert answered() == before
+    assert udp.unread_count() == 0
+
+
+async def test_kernel_drops_on_a_full_buffer_are_counted_so_nothing_is_lost_silently(
+    radius: RunningRadius, udp: UdpClient
+) -> None:
+    auth = radius.server.listeners[0]
+    size_receive_buffer(auth.sock, 4096)
+    sent = 400
+    for _ in range(sent):  # garbage: counted as malformed when read, by the kernel if not
+        udp.send(b"\x01" * 20, radius.auth_port)
+    counted_before = total_drops()
+    kernel_before = sample("ocs_radius_socket_drops", port="auth")
+    assert kernel_before == 0
+    probes = 0
+
+    async def all_counted() -> bool:
+        # Drops are reported with the next datagram read: a probe after each look.
+        nonlocal probes
+        counted = total_drops() - counted_before
+        kernel = sample("ocs_radius_socket_drops", port="auth")
+        if counted + kernel == sent + probes and kernel > 0:
+            return True
+        udp.send(b"\x01" * 20, radius.auth_port)
+        probes += 1
+        return False
+
+    await eventually(all_counted, what="every datagram counted by ocs or the kernel")
+
+
+async def test_loop_lag_measures_a_stall() -> None:
+    lag = loop_lag.LoopLag(interval=0.005)
+    lag.start()
+    try:
+
+        async def ticking() -> bool:
+            return lag.samples > 0
+
+        await eventually(ticking, what="a first lag sample")
+        stall(0.05)
+
+        async def seen() -> bool:
+            return lag.max_lag >= 0.04
+
+        await eventually(seen, what="the stall measured")
+    finally:
+        lag.stop()
+    assert lag.take_max() >= 0.04
+    assert lag.max_lag == 0.0
