@@ -8,13 +8,15 @@ The settings are the product's secure defaults: the ``app`` fixture makes an
 admin token and its client sends it with every request; ``RunningApp.anonymous``
 sends a request without it.
 
-Fixtures several test files use live here too: ``rig`` (a NAS emulator that takes the
+Fixtures several test files use live here too: ``ocs`` (one ``ocs`` command line on the
+test backends), ``rig`` (a NAS emulator that takes the
 Disconnect-Requests of cut RADIUS calls, tests/nas_emulator.py) and ``data_root`` /
 ``launch`` (`ocs serve` and `ocs demo` as child processes on embedded servers,
 tests/embedded_helpers.py). This file imports no helper module that imports it back.
 """
 
 import asyncio
+import json
 import os
 import shutil
 import tempfile
@@ -36,6 +38,7 @@ from ocs import api_tokens
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
+from ocs.cli import main
 from ocs.config import Settings, with_overrides
 from ocs.decks.rate_deck import parse_deck
 from ocs.http.app import create_app
@@ -226,6 +229,23 @@ async def app(services: Services) -> AsyncIterator[RunningApp]:
         stopping.set()
         await asyncio.wait_for(task, timeout=10)
         await client.close()
+
+
+@pytest.fixture
+def ocs(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Any:
+    """Run one ``ocs`` command line on the test backends: (exit code, JSON out, stderr)."""
+    asyncio.run(reset_state(settings.redis_url or "", settings.database_url or ""))
+    monkeypatch.setenv("OCS_REDIS_URL", settings.redis_url or "")
+    monkeypatch.setenv("OCS_DATABASE_URL", settings.database_url or "")
+    monkeypatch.setenv("OCS_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("OCS_LOG_LEVEL", "warning")
+
+    def run(*argv: str) -> tuple[int, Any, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, json.loads(out) if out.strip() else None, err
+
+    return run
 
 
 async def account(app: RunningApp, account_id: str) -> dict[str, Any]:

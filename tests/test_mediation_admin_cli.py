@@ -2,17 +2,10 @@
 line stores is what the API shows, amounts converted exactly; bad values are usage
 errors (exit 2) naming them, refusals exit 1 saying why."""
 
-import asyncio
 import copy
 import json
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-from ocs.cli import main
-from ocs.config import Settings
-from tests.conftest import reset_state
 
 TOLL_FREE = "Inbound Toll-free"
 ON_NET = "Canada On-Net"
@@ -30,23 +23,6 @@ TEMPLATE: dict[str, Any] = {
     "classify": [{"rate_type": "Inbound Toll-free Canada", "when": {"called_prefix": ["1800"]}}],
     "default_rate_type": ON_NET,
 }
-
-
-@pytest.fixture
-def ocs(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Any:
-    """Run one ``ocs`` command line on the test backends: (exit code, JSON out, stderr)."""
-    asyncio.run(reset_state(settings.redis_url or "", settings.database_url or ""))
-    monkeypatch.setenv("OCS_REDIS_URL", settings.redis_url or "")
-    monkeypatch.setenv("OCS_DATABASE_URL", settings.database_url or "")
-    monkeypatch.setenv("OCS_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("OCS_LOG_LEVEL", "warning")
-
-    def run(*argv: str) -> tuple[int, Any, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, json.loads(out) if out.strip() else None, err
-
-    return run
 
 
 def done(ocs: Any, *argv: str) -> Any:

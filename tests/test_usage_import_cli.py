@@ -5,16 +5,12 @@ file again moving nothing."""
 import asyncio
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
-from ocs.cli import main
 from ocs.config import Settings
-from tests.conftest import reset_state
 
 DECK = (
     "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
@@ -35,23 +31,6 @@ MASTER_CSV = (
     '"SIP/1003-05","SIP/trunk-06","Dial","SIP/trunk/14165550123,60","2026-03-01 11:00:00",'
     '"2026-03-01 11:00:03","2026-03-01 11:00:10",10,7,"ANSWERED","BILLING","1772362800.5",""\n'
 )
-
-
-@pytest.fixture
-def ocs(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Any:
-    """Run one ``ocs`` command line on the test backends: (exit code, JSON out, stderr)."""
-    asyncio.run(reset_state(settings.redis_url or "", settings.database_url or ""))
-    monkeypatch.setenv("OCS_REDIS_URL", settings.redis_url or "")
-    monkeypatch.setenv("OCS_DATABASE_URL", settings.database_url or "")
-    monkeypatch.setenv("OCS_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("OCS_LOG_LEVEL", "warning")
-
-    def run(*argv: str) -> tuple[int, Any, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, json.loads(out) if out.strip() else None, err
-
-    return run
 
 
 def done(ocs: Any, *argv: str) -> Any:
