@@ -8,16 +8,17 @@ destinations. The template classifies by called-number prefix and by column valu
 to six granular rate types, and the supplier's overrides regroup two of them; three
 of the rate types have a rate in the plan, the rest of the calls are rated by the
 plan's deck by their called number, all by the one rating function at the call's
-own start time.
+own start time. Calls to the UK draw on a mandatory usage counter first (an hour a
+cycle, free), as live calls do, so about one record in seven also uses bundle seconds.
 
 It times ``UsageImporter.run`` as ``ocs usage import`` runs it (the file read and
 classified, each record given its account and price, repeats looked up in
 PostgreSQL, every debit through ``charge_batch.lua`` into Redis and the ledger
-stream), then checks the outcome: every row charged once, and the Redis balances'
-total debit equal to the import's amount. ``--persist`` then runs the ledger writer
-until every CDR is in PostgreSQL and times that too (the CDRs of live calls are
-written the same way, after the debit). A second import of the same file is timed
-as well: it must move nothing.
+stream), then checks the outcome: every row charged once, the Redis balances'
+total debit equal to the import's amount, and no bundle used past its hour.
+``--persist`` then runs the ledger writer until every CDR is in PostgreSQL and times
+that too (the CDRs of live calls are written the same way, after the debit). A second
+import of the same file is timed as well: it must move nothing.
 
 The CPU figures are this process's and the Redis server's (``INFO cpu``), since the
 work is split between them.
@@ -60,6 +61,7 @@ from ocs.catalog.snapshot import CatalogHolder, Plan
 from ocs.db.migrate import migrate
 from ocs.decks.rate_deck import parse_deck
 from ocs.mediation.importer import ImportRequest, UsageImporter
+from ocs.rating.counter_rules import CounterDef
 
 PLAN = "med"
 OPENING = 1_000_000_000_000  # 1,000,000.00 EUR: no account runs out
@@ -115,6 +117,8 @@ TEMPLATE = {
     ],
     "filters": [{"column": "type", "equals": "test", "negate": True}],
 }
+# The mandatory bundle: free seconds a cycle for calls to the UK.
+BUNDLE = CounterDef("uk-hour", PLAN, 3_600, frozenset({"UK"}))
 CALLED = ("442071234567", "447700900123", "14165550123", "33142685300", "19005550100")
 
 
@@ -177,6 +181,13 @@ async def prepare(database_url: str, redis_url: str, accounts: int) -> None:
         await catalog_store.create_plan(pool, Plan(PLAN, PLAN, "EUR", 0, 0, 4, 14_400))
         await catalog_store.import_deck(pool, PLAN, parse_deck(DECK))
         async with pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO counters (id, plan_id, seconds, zones) VALUES ($1, $2, $3, $4)",
+                BUNDLE.id,
+                PLAN,
+                BUNDLE.seconds,
+                sorted(BUNDLE.zones),
+            )
             for rate_type in {*RATE_TYPE_RATES, *OVERRIDES.values()}:
                 await conn.execute(
                     "INSERT INTO rate_types (name) VALUES ($1) ON CONFLICT DO NOTHING", rate_type
@@ -270,6 +281,13 @@ async def total_debit(redis: Redis, accounts: int) -> int:
     return sum(OPENING - int(b) for b in balances)
 
 
+async def bundle_seconds(store: BalanceStore, accounts: int) -> tuple[int, int]:
+    """(seconds used of every account's bundle, the most one account used)."""
+    cycles = await store.counter_cycles(account_id(n) for n in range(1, accounts + 1))
+    used = [c[BUNDLE.id].used for c in cycles.values() if BUNDLE.id in c]
+    return sum(used), max(used, default=0)
+
+
 async def bench(args: argparse.Namespace) -> None:
     """Prepare, import, check, and print the figures."""
     print(f"machine: {describe()}")
@@ -306,9 +324,15 @@ async def bench(args: argparse.Namespace) -> None:
                 f"check failed: charged {summary.rows_charged} of {expected},"
                 f" rejected {summary.rows_rejected}, balances debited {debited} vs {amount}"
             )
+        bundle, most = await bundle_seconds(store, args.accounts)
+        if most > BUNDLE.seconds:
+            raise SystemExit(
+                f"check failed: an account used {most} s of a {BUNDLE.seconds} s bundle"
+            )
         print(
             f"  checked: {summary.rows_charged:,} rows charged once, balances debited"
-            f" {amount / 1e6:,.2f} EUR = the import's amount"
+            f" {amount / 1e6:,.2f} EUR = the import's amount; {bundle:,} bundle seconds used,"
+            f" at most {most:,} an account"
         )
         if args.persist:
             writer = LedgerWriter(redis, pool)
@@ -339,6 +363,8 @@ async def bench(args: argparse.Namespace) -> None:
         )
         if again.rows_charged or await total_debit(redis, args.accounts) != debited:
             raise SystemExit("check failed: the second import moved money")
+        if (await bundle_seconds(store, args.accounts))[0] != bundle:
+            raise SystemExit("check failed: the second import used bundle seconds")
     await redis.aclose()
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 

@@ -123,6 +123,11 @@ def counters(account_id: str) -> str:
     return f"counters:{_tag(bucket_of(account_id))}:{account_id}"
 
 
+def counters_in(bucket: int, account_id: str) -> str:
+    """``counters(account_id)`` when the account's bucket is known already."""
+    return f"counters:{_tag(bucket)}:{account_id}"
+
+
 def member_ref(member: str) -> str:
     """String: the account a member (SIP user, extension, caller id) belongs to."""
     return f"member:{_tag(bucket_of(member))}:{member}"

@@ -342,22 +342,32 @@ class ChargeArgs(msgspec.Struct, frozen=True, gc=False):
 
 
 class UsageEvent(msgspec.Struct, frozen=True, gc=False):
-    """One rated usage event of a batch (charge_batch.lua): who pays, what, once by id."""
+    """One rated usage event of a batch (charge_batch.lua): who pays, what, once by id.
+
+    ``counter_id``: the usage counter the event draws on ("" none), priced with the
+    counter holding ``counter_free`` seconds; ``counter_start``: the seconds a mandatory
+    counter starts its first cycle with when the account has not used it yet (0 for an
+    optional counter).
+    """
 
     account_id: str
     event_id: str
     rated_cost: int
     quantity: int
     cdr: bytes
+    counter_id: str = ""
+    counter_free: int = 0
+    counter_start: int = 0
 
 
 class ChargeBatchArgs(msgspec.Struct, frozen=True, gc=False):
     """charge_batch.lua: a usage import's events of one bucket, each charged as charge.lua.
 
     KEYS[1] ledger stream, KEYS[2] the import's refused accounts of the bucket, then for
-    each event its account hash and result key. ARGV[1] time (epoch ms), ARGV[2] seconds
-    to keep each result, ARGV[3] seconds to keep the refused accounts, then five a event:
-    event id, cost, quantity, account id, CDR.
+    each event its account hash and result key, then the counters hash of each event that
+    names a counter. ARGV[1] time (epoch ms), ARGV[2] seconds to keep each result, ARGV[3]
+    seconds to keep the refused accounts, then six an event: event id, cost, quantity,
+    account id, CDR, and "" or "<free seconds priced with>|<start seconds>|<counter id>".
     """
 
     bucket: int
@@ -373,13 +383,18 @@ class ChargeBatchArgs(msgspec.Struct, frozen=True, gc=False):
         for event in self.events:
             out.append(k.account_in(bucket, event.account_id))
             out.append(k.stopped_call_in(bucket, event.account_id, event.event_id))
+        out += (k.counters_in(bucket, e.account_id) for e in self.events if e.counter_id)
         return out
 
     def argv(self) -> list[object]:
-        """ARGV[1..3 + 5n]."""
+        """ARGV[1..3 + 6n]."""
         out: list[object] = [self.now_ms, self.result_ttl, self.result_ttl]
         for event in self.events:
+            counter = event.counter_id
+            if counter:
+                counter = f"{event.counter_free}|{event.counter_start}|{counter}"
             out += (event.event_id, event.rated_cost, event.quantity, event.account_id, event.cdr)
+            out.append(counter)
         return out
 
 

@@ -6,7 +6,7 @@ knows nothing of rating or protocols. Amounts are micro-units.
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,6 +54,27 @@ async def _all_or_first_error(futures: Sequence[asyncio.Future[Any]]) -> list[An
 def now_ms() -> int:
     """The time now in epoch milliseconds, as the ledger stamps entries."""
     return int(time.time() * 1000)
+
+
+# charge_batch's word for an event whose counter no longer holds the seconds it was
+# priced with: nothing was charged, and the importer prices it again.
+COUNTER_CHANGED = "counter_changed"
+
+
+@dataclass(slots=True)
+class CounterCycle:
+    """One usage counter of an account this cycle: its seconds, those used and those live
+    calls hold, and whether it was cancelled (it applies no more)."""
+
+    limit: int
+    used: int
+    held: int
+    gone: bool
+
+    @property
+    def free(self) -> int:
+        """Seconds a call or record may still draw, as authorize.lua counts them."""
+        return max(self.limit - self.used - self.held, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,14 +462,21 @@ class BalanceStore:
     ) -> list[str]:
         """Debit a bucket's usage events of an import, in order, each once by event id.
 
-        One word an event: "OK" (charged), "DONE" (a repeat: nothing charged) or the
-        refusal reason; an account refused for funds has its later events refused too.
+        One word an event: "OK" (charged), "DONE" (a repeat: nothing charged),
+        ``COUNTER_CHANGED`` (its counter no longer holds the seconds it was priced with:
+        nothing charged, price it again) or the refusal reason; an account refused for
+        funds has its later events refused too.
         """
         args = ChargeBatchArgs(bucket, import_id, events, result_ttl, now_ms())
         reply = await self._pipe.run_script(scripts.CHARGE_BATCH, args.keys(), args.argv())
         words = [_text(item) if i % 2 == 0 else item for i, item in enumerate(reply)]
         return [
-            _text(words[i + 1]) if words[i] == "REJ" else words[i] for i in range(0, len(words), 2)
+            _text(words[i + 1])
+            if words[i] == "REJ"
+            else COUNTER_CHANGED
+            if words[i] == "CNT"
+            else words[i]
+            for i in range(0, len(words), 2)
         ]
 
     async def live_entry(self, account_id: str, call_id: str) -> LiveEntry | None:
@@ -649,6 +677,27 @@ class BalanceStore:
                 continue
             state.setdefault(counter_id, {"used": 0, "held": 0})[part] = int(value)
         return {k: v for k, v in state.items() if "limit" in v and k not in gone}
+
+    async def counter_cycles(
+        self, account_ids: Iterable[str]
+    ) -> dict[str, dict[str, CounterCycle]]:
+        """Each account's counters as its counters hash holds them, cancelled ones too."""
+        ids = list(account_ids)
+        replies = await asyncio.gather(
+            *(self._pipe.execute("HGETALL", keys.counters(a)) for a in ids)
+        )
+        out: dict[str, dict[str, CounterCycle]] = {}
+        for account_id, raw in zip(ids, replies, strict=True):
+            fields: dict[str, dict[str, int]] = {}
+            for field, value in zip(raw[::2], raw[1::2], strict=True):
+                counter_id, _, part = _text(field).rpartition(":")
+                fields.setdefault(counter_id, {})[part] = int(value)
+            out[account_id] = {
+                c: CounterCycle(f.get("limit", 0), f.get("used", 0), f.get("held", 0), "gone" in f)
+                for c, f in fields.items()
+                if "limit" in f or "gone" in f
+            }
+        return out
 
     async def start_counter(self, account_id: str, counter_id: str, seconds: int) -> bool:
         """Give the account a counter's first cycle; False if it has the counter already."""

@@ -12,6 +12,17 @@ Each record is, in file order:
    ``charge.lua``'s rule), once per (supplier, record id), its CDR written by the
    ledger writer like a live call's, naming the supplier, rate type and template.
 
+An outbound call to a zone a usage counter covers draws on the account's counter
+(bundle of seconds) as a live call does: the importer reads the account's counters
+once, prices each record with the seconds the counter has left after the import's
+earlier records, and ``charge_batch.lua`` uses those seconds only if the counter still
+holds exactly what the record was priced with. When it does not (live calls held some
+meanwhile, a new cycle began, a repeat used none), nothing is charged: the importer
+waits for what it sent, reads the account's counters again and prices that account's
+waiting records anew, in file order. A counter that refuses calls once used up
+(``reject_on_threshold``) refuses a record that finds it empty; a record longer than
+what it has left pays the rest at the zone's tariff, since the call took place.
+
 A row the template refuses, or that cannot be given an account or a price, is
 reported with its line number and every problem found, and written back in the
 file's own format to the rejects file, which can be fixed and imported again.
@@ -38,12 +49,12 @@ import msgspec
 from ocs import metrics
 from ocs.balances import keys
 from ocs.balances.script_args import UsageEvent
-from ocs.balances.store import BalanceStore
+from ocs.balances.store import COUNTER_CHANGED, BalanceStore, CounterCycle
 from ocs.catalog.snapshot import CatalogHolder, CatalogSnapshot
 from ocs.errors import OcsError, Reason
 from ocs.mediation import store as mediation_store
 from ocs.mediation.classify import CompiledTemplate
-from ocs.mediation.rating import rate_record
+from ocs.mediation.rating import RatedUsage, priced_with_counter, rate_record
 from ocs.mediation.reader import open_file
 from ocs.mediation.records import RowProblem, UsageRecord
 from ocs.mediation.shipped import shipped_template
@@ -63,6 +74,10 @@ BATCH = 64
 IN_FLIGHT = 64
 # Problems an import's answer lists; the report file has them all.
 SHOWN_PROBLEMS = 100
+# Times a record is priced again because its counter changed under it before it is
+# refused: each time follows a fresh read, so only a counter live calls keep changing
+# gets there.
+COUNTER_TRIES = 5
 
 
 class ImportRequest(msgspec.Struct, frozen=True):
@@ -105,14 +120,27 @@ class ImportSummary(msgspec.Struct):
 
 
 @dataclass(slots=True)
+class _CounterDraw:
+    """What a record that may draw on a usage counter needs to be priced again: its
+    rating without the counter and its CDR fields."""
+
+    rated: RatedUsage
+    fields: dict[str, object]
+    tries: int = 0
+
+
+@dataclass(slots=True)
 class _Prepared:
-    """A record with its account, price and event, ready to debit."""
+    """A record with its account, price and event, ready to debit; ``seq`` is its place
+    in the import, ``draw`` set when a counter covers its zone."""
 
     record: UsageRecord
     file: str
     currency: str
     cost: int
     event: UsageEvent
+    seq: int = 0
+    draw: _CounterDraw | None = None
 
 
 @dataclass(slots=True)
@@ -346,6 +374,10 @@ class UsageImporter:
         """The catalog as it is now; an import rates every record by the one it began with."""
         return self._catalog.snapshot
 
+    async def counter_cycles(self, account_ids: set[str]) -> dict[str, dict[str, CounterCycle]]:
+        """Each account's usage counters as Redis holds them now."""
+        return await self._balances.counter_cycles(account_ids)
+
     @staticmethod
     def snapshot_rate(
         snapshot: CatalogSnapshot,
@@ -353,8 +385,8 @@ class UsageImporter:
         record: UsageRecord,
         rate_type: str | None,
         origin: dict[str, object],
-    ) -> tuple[int, bytes]:
-        """(cost, CDR fields as msgpack) of a record by ``snapshot``, its ``origin`` fields
+    ) -> tuple[RatedUsage, dict[str, object]]:
+        """(price, CDR fields) of a record by ``snapshot``, its ``origin`` fields
         (supplier, record id, template) added; OcsError when it has no price."""
         rated = rate_record(snapshot, plan_id, record, rate_type)
         rate = rated.tariff.rate
@@ -376,7 +408,7 @@ class UsageImporter:
             "record_id": record.record_id,
             **origin,
         }
-        return rated.cost, msgpack.packb(cdr)
+        return rated, cdr
 
 
 class _Run:
@@ -410,10 +442,16 @@ class _Run:
         # Records waiting for their bucket's batch to fill, and the batches sent.
         self.pending: dict[int, list[_Prepared]] = {}
         self.in_flight: deque[asyncio.Task[None]] = deque()
+        # Each account's usage counters as they will be once the records priced so far
+        # are debited; records whose counter had changed by then, to price again.
+        self.cycles: dict[str, dict[str, CounterCycle]] = {}
+        self.recount: list[_Prepared] = []
+        self.seq = 0
 
     def reset(self) -> None:
-        """Forget the counters of a checking pass (the caches stay)."""
+        """Forget the counts and counter seconds of a checking pass (the caches stay)."""
         self.rows_read = self.rows_filtered = self.done = 0
+        self.cycles.clear()
 
     async def pass_over(
         self, paths: list[Path], compiled: CompiledTemplate, *, debit: bool
@@ -433,16 +471,22 @@ class _Run:
                         looking_up = asyncio.create_task(self.not_yet_imported(prepared))
                         while len(self.in_flight) > IN_FLIGHT:
                             await self.in_flight.popleft()
+                    if self.recount:
+                        await self.price_again()
                     self.tick(len(chunk))
             self.rows_read += compiled.rows_read
             self.rows_filtered += compiled.rows_filtered
             compiled.rows_read = compiled.rows_filtered = 0
         if looking_up is not None:
             self.queue(await looking_up)
-        for bucket in list(self.pending):
-            self.send(bucket)
-        while self.in_flight:
-            await self.in_flight.popleft()
+        while True:
+            for bucket in list(self.pending):
+                self.send(bucket)
+            while self.in_flight:
+                await self.in_flight.popleft()
+            if not self.recount:
+                break
+            await self.price_again()
 
     def tick(self, rows: int) -> None:
         """Count rows done and tell the progress bar."""
@@ -459,6 +503,7 @@ class _Run:
         origin: dict[str, object] = {"supplier": supplier, "template": self.label}
         snapshot = self.snapshot
         rate = self.importer.snapshot_rate
+        drawing: list[_Prepared] = []
         for item in chunk:
             if isinstance(item, RowProblem):
                 self.rejects.add(file, item.line, item.cells, item.problems)
@@ -477,15 +522,127 @@ class _Run:
             if rate_type is not None:
                 rate_type = overrides.get(rate_type, rate_type)
             try:
-                cost, cdr = rate(snapshot, account.plan_id, item, rate_type, origin)
+                rated, fields = rate(snapshot, account.plan_id, item, rate_type, origin)
             except OcsError as exc:
                 self.rejects.add(file, item.line, item.cells, (_problem(exc),))
                 continue
+            self.seq += 1
             event = UsageEvent(
-                account_id, f"usage:{supplier}:{item.record_id}", cost, item.quantity, cdr
+                account_id,
+                f"usage:{supplier}:{item.record_id}",
+                rated.cost,
+                item.quantity,
+                msgpack.packb(fields),
             )
-            prepared.append(_Prepared(item, file, account.currency, cost, event))
+            ready = _Prepared(item, file, account.currency, rated.cost, event, self.seq)
+            if rated.counters:
+                ready.draw = _CounterDraw(rated, fields)
+                drawing.append(ready)
+            prepared.append(ready)
+        if drawing:
+            await self.load_cycles({p.event.account_id for p in drawing})
+            refused = {id(p) for p in drawing if not self.draw_on_counter(p)}
+            if refused:
+                prepared = [p for p in prepared if id(p) not in refused]
         return prepared
+
+    async def load_cycles(self, account_ids: set[str], *, again: bool = False) -> None:
+        """Read the usage counters of these accounts (``again``: even if read before)."""
+        wanted = account_ids if again else account_ids - self.cycles.keys()
+        if wanted:
+            self.cycles.update(await self.importer.counter_cycles(wanted))
+
+    def draw_on_counter(self, item: _Prepared) -> bool:
+        """Price a record with the counter that applies to its account now, as authorize
+        chooses it, and count its seconds used; False (and the row rejected) when the
+        counter refuses calls once used up and has nothing left."""
+        draw = item.draw
+        assert draw is not None
+        account_id = item.event.account_id
+        cycles = self.cycles.setdefault(account_id, {})
+        for counter in draw.rated.counters:
+            cycle = cycles.get(counter.id)
+            if cycle is None and counter.mandatory:
+                # Not used yet this cycle: charge_batch starts it, as authorize would.
+                cycle = cycles[counter.id] = CounterCycle(counter.seconds, 0, 0, False)
+                start = counter.seconds
+            elif cycle is None or cycle.gone:
+                continue  # an optional counter the account has not bought, or cancelled
+            else:
+                start = counter.seconds if counter.mandatory else 0
+            free = cycle.free
+            record = item.record
+            if free == 0 and counter.reject_on_threshold:
+                self.rejects.add(
+                    item.file,
+                    record.line,
+                    record.cells,
+                    (f"counter_exhausted: the bundle {counter.id!r} is used up for this cycle",),
+                )
+                return False
+            cost, used = priced_with_counter(draw.rated, record, counter, free)
+            cycle.used += used
+            fields = {**draw.fields, "counter": counter.id, "counter_seconds": used}
+            item.cost = cost
+            item.event = UsageEvent(
+                account_id,
+                item.event.event_id,
+                cost,
+                record.quantity,
+                msgpack.packb(fields),
+                counter.id,
+                free,
+                start,
+            )
+            return True
+        # No counter applies to this account: the zone's tariff, as rated.
+        item.cost = draw.rated.cost
+        item.event = UsageEvent(
+            account_id, item.event.event_id, item.cost, item.record.quantity, item.event.cdr
+        )
+        return True
+
+    async def price_again(self) -> None:
+        """Price anew the records whose counter changed before they were debited.
+
+        What was sent is waited for first, so the counters read next hold every debit
+        made; the same accounts' records still waiting for a batch were priced on the
+        same stale seconds and are priced again with them, all in file order.
+        """
+        while self.in_flight:
+            await self.in_flight.popleft()
+        stale, self.recount = self.recount, []
+        accounts = {p.event.account_id for p in stale}
+        for bucket, batch in list(self.pending.items()):
+            waiting = [p for p in batch if p.draw is not None and p.event.account_id in accounts]
+            if waiting:
+                stale += waiting
+                kept = [p for p in batch if p.draw is None or p.event.account_id not in accounts]
+                if kept:
+                    self.pending[bucket] = kept
+                else:
+                    del self.pending[bucket]
+        stale.sort(key=lambda p: p.seq)
+        await self.load_cycles(accounts, again=True)
+        ready: list[_Prepared] = []
+        for item in stale:
+            assert item.draw is not None
+            item.draw.tries += 1
+            if item.draw.tries > COUNTER_TRIES:
+                record = item.record
+                self.rejects.add(
+                    item.file,
+                    record.line,
+                    record.cells,
+                    ("counter: its bundle kept changing during the import; import it again",),
+                )
+            elif self.draw_on_counter(item):
+                ready.append(item)
+        log.info(
+            "usage import priced records again: their counter changed",
+            extra={"import": self.summary.id, "records": len(stale), "accounts": len(accounts)},
+        )
+        self.queue(ready)
 
     def account_id(self, record: UsageRecord) -> str | None:
         """The record's account: its own column, else its member's, else its caller's."""
@@ -585,6 +742,8 @@ class _Run:
                 amounts[item.currency] = amounts.get(item.currency, 0) + item.cost
             elif word == "DONE":
                 summary.rows_repeated += 1
+            elif word == COUNTER_CHANGED:
+                self.recount.append(item)
             else:
                 record = item.record
                 self.rejects.add(item.file, record.line, record.cells, (_refusal(word),))

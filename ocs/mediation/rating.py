@@ -12,6 +12,12 @@ path (``ocs.charging.lifecycle.tariff_of``, ``call_bands``, ``ocs.rating.rates.c
 
 Time bands apply at the record's own start, so a call made at 17:59 is priced at
 the peak rate whenever it is imported.
+
+An outbound call to a zone a plan's usage counters cover draws on the account's
+counter as a live call does (``ocs.charging.lifecycle.choose_counter``): its first
+seconds, up to the counter's free seconds, at the counter's rate, the rest at the
+zone's tariff (``cost_with_counter``). The importer says which counter applies and
+what it holds (``priced_with_counter``).
 """
 
 import msgspec
@@ -20,12 +26,22 @@ from ocs.catalog.snapshot import CatalogSnapshot, Plan, Tariff
 from ocs.charging.lifecycle import call_bands, tariff_of
 from ocs.errors import OcsError, Reason
 from ocs.mediation.records import UsageRecord
-from ocs.rating.rates import billed_seconds, cost
+from ocs.rating.counter_rules import CounterDef, counters_for_zone
+from ocs.rating.rates import (
+    CounterSplit,
+    Segments,
+    billed_seconds,
+    cost,
+    cost_with_counter,
+    counter_seconds_used,
+)
 
 
 class RatedUsage(msgspec.Struct, frozen=True, gc=False):
     """A record's price: the plan and zone (or rate type) it was rated in, its tariff,
-    the destination as rated, the billed quantity and the cost in micro-units."""
+    the destination as rated, the billed quantity and the cost in micro-units with no
+    counter; the time bands it was priced in, and the usage counters covering its zone
+    (empty: none, and ``cost`` is its price)."""
 
     plan: Plan
     zone: str
@@ -33,6 +49,8 @@ class RatedUsage(msgspec.Struct, frozen=True, gc=False):
     destination: str
     billed: int
     cost: int
+    bands: Segments | None = None
+    counters: tuple[CounterDef, ...] = ()
 
 
 def rate_record(
@@ -70,6 +88,7 @@ def rate_record(
         tariff, destination = match.tariff, match.digits
     rate = tariff.rate
     bands = call_bands(plan, rate, record.start_ms // 1000, record.quantity) if is_call else None
+    plan_counters = snapshot.counters_for(plan_id) if is_call else ()
     return RatedUsage(
         plan,
         tariff.zone,
@@ -77,4 +96,20 @@ def rate_record(
         destination,
         billed_seconds(rate, record.quantity),
         cost(rate, record.quantity, bands),
+        bands,
+        counters_for_zone(plan_counters, tariff.zone)
+        if plan_counters and record.direction == "outbound"
+        else (),
+    )
+
+
+def priced_with_counter(
+    rated: RatedUsage, record: UsageRecord, counter: CounterDef, free: int
+) -> tuple[int, int]:
+    """(cost, counter seconds used) of a rated call whose first seconds ``counter``
+    pays, while it has ``free`` seconds left, as a live call's stop prices it."""
+    split = CounterSplit(counter.rate, free) if free > 0 else None
+    return (
+        cost_with_counter(rated.tariff.rate, record.quantity, split, rated.bands),
+        counter_seconds_used(split, record.quantity),
     )

@@ -1,41 +1,83 @@
 -- charge_batch: the usage events of one bucket from a usage import, each rated and
--- debited by charge_event (lib.lua) exactly as charge.lua does it, in order.
+-- debited by charge_event (lib.lua) exactly as charge.lua does it, in order; an event
+-- that draws on a usage counter (a bundle of seconds) also uses the counter's seconds,
+-- as a live call's stop does, once the counter is seen to hold what it was priced with.
 --
 -- KEYS[1] ledger stream          ledger:{b:N}
 -- KEYS[2] the import's refused accounts (a set; kept ARGV[3] seconds)
 --                                mediation:{b:N}:<import id>:refused
 -- KEYS[1 + 2i], KEYS[2 + 2i] for event i = 1..n: its account hash acct:{b:N}:<account>
 --                                and its result key stopped:{b:N}:<account>:<event id>
+-- KEYS[2 + 2n + j] for the j-th event that names a counter: its account's counters
+--                                hash counters:{b:N}:<account>
 -- ARGV[1] time (epoch milliseconds)   ARGV[2] seconds to keep each result
 -- ARGV[3] seconds to keep the refused accounts
--- ARGV[4 + 5(i-1)] .. ARGV[8 + 5(i-1)] for event i: event id, cost (micro-units),
---                                quantity, account id, CDR (msgpack, opaque)
+-- ARGV[4 + 6(i-1)] .. ARGV[9 + 6(i-1)] for event i: event id, cost (micro-units),
+--                                quantity (seconds for a call), account id, CDR (msgpack,
+--                                opaque), and "" or the counter it draws on as
+--                                "<free>|<start>|<counter id>": the counter's free seconds
+--                                the cost was priced with, the seconds a mandatory counter
+--                                starts its first cycle with ("0" optional: it applies
+--                                only once bought, as authorize.lua has it), and its id
 --
--- Returns a flat list, two items an event: status ("OK", "DONE", "REJ") and the result
--- (charge_event's msgpack) or the refusal reason. Once an account cannot pay an event,
--- its later events in the same import are refused too ("insufficient_funds"), so an
--- account that ran out mid-file is never charged for a later, cheaper row out of order.
+-- Returns a flat list, two items an event: status ("OK", "DONE", "REJ", "CNT") and the
+-- result (charge_event's msgpack), the refusal reason, or for "CNT" the counter's free
+-- seconds now (-1: it no longer applies): nothing was charged, price it again. Once an
+-- account cannot pay an event, its later events in the same import are refused too
+-- ("insufficient_funds"), so an account that ran out mid-file is never charged for a
+-- later, cheaper row out of order.
 
 local out = {}
-local n = (#KEYS - 2) / 2
+local n = (#ARGV - 3) / 6
+local counter_key = 2 + 2 * n
 -- Whether each account of the batch was refused earlier in the import: asked once.
 local refused = {}
 for i = 1, n do
-  local at = 3 + 5 * (i - 1)
+  local at = 3 + 6 * (i - 1)
   local account_id = ARGV[at + 4]
+  local counter = ARGV[at + 6]
   local status, value
   if refused[account_id] == nil then
     refused[account_id] = redis.call('SISMEMBER', KEYS[2], account_id) == 1
+  end
+  local counters, admit, used, c, priced, start = nil, nil, 0, nil, nil, nil
+  if counter ~= '' then
+    counter_key = counter_key + 1
+    counters = KEYS[counter_key]
+    priced, start, counter = string.match(counter, '^(%d+)|(%d+)|(.*)$')
+    priced, start = tonumber(priced), tonumber(start)
+    -- The counter's free seconds as authorize.lua reads them; -1 when it does not apply.
+    admit = function()
+      c = redis.call('HMGET', counters, counter .. ':limit', counter .. ':used',
+        counter .. ':held', counter .. ':gone')
+      local free = -1
+      if not c[1] then
+        if start > 0 then free = start end
+      elseif not c[4] then
+        free = math.max(tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0), 0)
+      end
+      if free ~= priced then
+        return 'CNT', free
+      end
+      used = math.min(free, tonumber(ARGV[at + 3]))
+      return nil
+    end
   end
   if refused[account_id] then
     status, value = 'REJ', 'insufficient_funds'
   else
     status, value = charge_event(KEYS[1 + 2 * i], KEYS[2 + 2 * i], KEYS[1], ARGV[at + 1],
-      ARGV[at + 2], ARGV[2], ARGV[at + 5], ARGV[1], ARGV[at + 3], account_id)
+      ARGV[at + 2], ARGV[2], ARGV[at + 5], ARGV[1], ARGV[at + 3], account_id, admit)
     if status == 'REJ' and (value == 'insufficient_funds' or value == 'zero_balance') then
       refused[account_id] = true
       redis.call('SADD', KEYS[2], account_id)
       redis.call('EXPIRE', KEYS[2], ARGV[3])
+    elseif status == 'OK' and used > 0 then
+      if not c[1] then
+        -- A mandatory counter the account had not used yet: its first cycle starts now.
+        redis.call('HSET', counters, counter .. ':limit', start, counter .. ':used', 0)
+      end
+      redis.call('HINCRBY', counters, counter .. ':used', used)
     end
   end
   out[2 * i - 1] = status

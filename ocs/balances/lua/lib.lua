@@ -25,11 +25,14 @@ end
 -- account_key acct:{b:N}:<account>; result_key stopped:{b:N}:<account>:<event id>;
 -- ledger_key ledger:{b:N}; rated: cost in micro-units (the shared rating function);
 -- ttl: seconds a result is kept to answer a repeat; cdr: msgpack, opaque; ts: epoch ms.
+-- admit: nil, or a function the event must pass once it is known to be new and its
+-- account active, before any funds are looked at: it returns nil to go on, or a status
+-- and a value to answer instead (charge_batch.lua checks a usage counter with it).
 -- Returns 'OK', result or 'DONE', result (a repeat: nothing charged), result = msgpack
 -- {charged, rated, balance, duration, entry, cause}; or 'REJ', reason when the account
 -- is unknown, not active, or cannot pay (the balance never goes below -credit_limit).
 local function charge_event(account_key, result_key, ledger_key, event_id, rated, ttl,
-                            cdr, ts, quantity, account_id)
+                            cdr, ts, quantity, account_id, admit)
   -- One read of the account: every account hash has a status, so none means no account.
   local a = redis.call('HMGET', account_key, 'status', 'balance', 'credit_limit', 'reserved',
     'committed', 'critical')
@@ -42,6 +45,12 @@ local function charge_event(account_key, result_key, ledger_key, event_id, rated
   end
   if a[1] ~= 'active' then
     return 'REJ', 'account_' .. a[1]
+  end
+  if admit then
+    local status, value = admit()
+    if status then
+      return status, value
+    end
   end
   rated = tonumber(rated)
   -- Funds committed to the plan's prorated charges are not for usage (as in authorize).
