@@ -332,6 +332,39 @@ async def test_a_prepaid_account_that_runs_out_mid_file_is_never_overdrawn(
     assert text_of(summary.rejects_path) == HEADER + "\n".join(rows[5:]) + "\n"
 
 
+async def test_rejected_rows_of_files_with_other_column_orders_keep_their_columns(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    first = tmp_path / "a.csv"
+    first.write_text(HEADER + "a1,acc1,999,2026-03-03 09:00:00,61,O,,\n")
+    # The same columns in another order: its bad row goes to the same rejects file, in
+    # the first file's order, so the fixed file imports again through the template.
+    swapped = tmp_path / "b.csv"
+    swapped.write_text(
+        "account,id,start,called,duration,dir,country,type\n"
+        "acc1,b1,2026-03-03 09:00:00,998,61,O,,\n"
+        "acc1,b2,2026-03-03 09:10:00,442071234567,61,O,,\n"
+    )
+    # Another column too: its bad row gets a rejects file of its own, with its header.
+    wider = tmp_path / "c.csv"
+    wider.write_text(HEADER.replace("\n", ",note\n") + "c1,acc1,997,2026-03-03 09:00:00,61,O,,,x\n")
+    request = ImportRequest(template="carrier-x", files=(str(first), str(swapped), str(wider)))
+    summary = await importer(app).run(request)
+    assert (summary.rows_charged, summary.rows_rejected) == (1, 3), summary.problems
+    assert text_of(summary.rejects_path) == (
+        HEADER
+        + "a1,acc1,999,2026-03-03 09:00:00,61,O,,\n"
+        + "b1,acc1,998,2026-03-03 09:00:00,61,O,,\n"
+    )
+    own = tmp_path / f"c.import-{summary.id}.rejects.csv"
+    assert own.read_text() == wider.read_text()
+    assert f"c.csv: its columns differ; its rejected rows are in {own}" in text_of(
+        summary.report_path
+    )
+
+
 async def test_an_unknown_template_is_refused_naming_it(app: RunningApp, tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text(HEADER)
