@@ -583,6 +583,12 @@ class Settings:
         _parse_bool,
         "after start-up, keep start-up objects out of the garbage collector's passes",
     )
+    stall_report_ms: int = _setting(
+        100,
+        _parse_int(0, 60_000),
+        "log an event-loop stall longer than this many milliseconds, naming where the loop"
+        " was (0: off)",
+    )
     radius_call_id_order: tuple[str, ...] = _setting(
         ("h323-conf-id", "Acct-Session-Id", "call-id"),
         _parse_call_id_order,

@@ -10,11 +10,23 @@ collector's full passes over every object loaded at start-up (catalog, tariff
 decks, dictionaries). It moves what exists after start-up into the permanent
 generation (``gc.freeze``), where no collection looks at it, and collects the
 young generation less often, so a pass is rarer and only walks recent objects.
+
+``StallWatch`` names the cause of a stall: a thread beside the loop looks at the
+loop thread's stack while the loop is late, and logs one line per stall longer
+than its threshold with the ocs function (or the GC generation) it found most,
+at most once a minute for the same place, so that a stall shows where to look
+instead of only that it happened.
 """
 
 import asyncio
 import gc
+import logging
+import sys
+import threading
 import time
+from collections import Counter
+from types import FrameType
+from typing import Any
 
 from prometheus_client import Gauge, Histogram
 
@@ -29,6 +41,10 @@ LOOP_LAG = Histogram(
     "How late the event loop ran a periodic timer: time it spent on other work first.",
     buckets=LAG_BUCKETS,
 )
+log = logging.getLogger("ocs.loop")
+# A stall at the same place is logged at most once in this many seconds.
+STALL_QUIET_S = 60.0
+
 LOOP_LAG_MAX = Gauge(
     "ocs_event_loop_lag_max_seconds",
     "The longest event-loop stall seen since start-up (or since LoopLag.take_max).",
@@ -82,3 +98,101 @@ class LoopLag:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+class StallWatch:
+    """Names what the loop was running while it stalled (module docstring).
+
+    ``start`` on the loop's thread; the watching thread polls every ``poll`` seconds,
+    and a loop later than ``threshold`` is sampled until it runs again. ``stalls``
+    keeps every stall found as (seconds, where), for tests and benchmarks.
+    """
+
+    def __init__(self, threshold: float, poll: float = 0.002, beat: float = 0.005) -> None:
+        self.threshold = threshold
+        self.poll = poll
+        self.beat = beat
+        self.stalls: list[tuple[float, str]] = []
+        self._last_beat = time.perf_counter()
+        self._loop_thread = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._gc_generation: int | None = None
+        self._logged: dict[str, float] = {}
+
+    def start(self) -> None:
+        """Start the heartbeat on the running loop and the watching thread."""
+        loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._last_beat = time.perf_counter()
+        self._handle = loop.call_later(self.beat, self._heartbeat, loop)
+        gc.callbacks.append(self._on_gc)
+        self._thread = threading.Thread(target=self._watch, name="ocs-stall-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _heartbeat(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._last_beat = time.perf_counter()
+        self._handle = loop.call_later(self.beat, self._heartbeat, loop)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        # Only the loop thread's collections stall the loop; a pass shows as its generation.
+        if threading.get_ident() == self._loop_thread:
+            self._gc_generation = info["generation"] if phase == "start" else None
+
+    def _watch(self) -> None:
+        seen: Counter[str] = Counter()
+        longest = 0.0
+        while not self._stop.wait(self.poll):
+            late = time.perf_counter() - self._last_beat - self.beat
+            if late > self.threshold:
+                longest = max(longest, late)
+                seen[self._where()] += 1
+            elif seen:
+                self._report(longest, seen.most_common(1)[0][0])
+                seen.clear()
+                longest = 0.0
+
+    def _where(self) -> str:
+        """What the loop thread runs now: the GC, else its innermost ocs frame."""
+        generation = self._gc_generation
+        if generation is not None:
+            return f"gc generation {generation}"
+        frame = sys._current_frames().get(self._loop_thread)
+        innermost = frame
+        while frame is not None:
+            if "/ocs/" in frame.f_code.co_filename:
+                return _describe(frame, innermost)
+            frame = frame.f_back
+        return "outside ocs" if innermost is None else _describe(innermost, None)
+
+    def _report(self, seconds: float, where: str) -> None:
+        self.stalls.append((seconds, where))
+        now = time.monotonic()
+        if now - self._logged.get(where, -STALL_QUIET_S) >= STALL_QUIET_S:
+            self._logged[where] = now
+            log.warning(
+                "event loop stalled", extra={"stalled_ms": round(seconds * 1000, 1), "at": where}
+            )
+
+
+def _describe(frame: FrameType, innermost: FrameType | None) -> str:
+    """``path:line function``, and the innermost frame when it is another one."""
+    path = frame.f_code.co_filename
+    cut = path.rfind("/ocs/")
+    text = f"{path[cut + 1 :] if cut >= 0 else path}:{frame.f_lineno} {frame.f_code.co_name}"
+    if innermost is not None and innermost is not frame:
+        text += f" (in {innermost.f_code.co_name})"
+    return text

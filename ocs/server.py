@@ -186,6 +186,10 @@ async def _serve(
             lag = loop_lag.LoopLag()
             lag.start()
             background.callback(lag.stop)
+            if settings.stall_report_ms:
+                watch = loop_lag.StallWatch(settings.stall_report_ms / 1000)
+                watch.start()
+                background.callback(watch.stop)
             # Type=notify: started (catalog loaded, listening); a worker's parent relays it.
             systemd_notify.ready(f"serving HTTP on port {port}")
             await stopping.wait()

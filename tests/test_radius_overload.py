@@ -6,8 +6,11 @@ the kernel holds then is read in one burst, and what it could not hold is
 dropped by the kernel and must show in ``ocs_radius_socket_drops``.
 """
 
+import logging
 import socket
 import time
+
+import pytest
 
 from ocs import loop_lag
 from ocs.radius.server import size_receive_buffer
@@ -134,3 +137,39 @@ async def test_loop_lag_measures_a_stall() -> None:
         lag.stop()
     assert lag.take_max() >= 0.04
     assert lag.max_lag == 0.0
+
+
+def busy_settling_accounts(seconds: float) -> None:
+    """Stand-in for a long synchronous step on the loop (a big batch, a reload)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def test_a_stall_is_logged_once_naming_where_the_loop_was(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch = loop_lag.StallWatch(threshold=0.02)
+    watch.start()
+    try:
+        busy_settling_accounts(0.1)
+
+        async def reported() -> bool:
+            return bool(watch.stalls)
+
+        with caplog.at_level(logging.WARNING, logger="ocs.loop"):
+            await eventually(reported, what="the stall reported")
+            busy_settling_accounts(0.1)  # the same place again: counted, not logged
+
+            async def twice() -> bool:
+                return len(watch.stalls) == 2
+
+            await eventually(twice, what="the second stall reported")
+    finally:
+        watch.stop()
+    seconds, where = watch.stalls[0]
+    assert seconds >= 0.05
+    assert "busy_settling_accounts" in where
+    lines = [r for r in caplog.records if r.getMessage() == "event loop stalled"]
+    assert len(lines) == 1
+    assert "busy_settling_accounts" in lines[0].at  # type: ignore[attr-defined]
