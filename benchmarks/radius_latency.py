@@ -15,6 +15,9 @@ server and 1 for the "after" one; the two alternate for --rounds rounds,
 each a fresh server, so that both sides see the same machine in one run:
 
     python benchmarks/radius_latency.py --ab OCS_GC_FREEZE --rounds 2
+
+``--set OCS_STALL_REPORT_MS=5`` has each server log its event-loop stalls longer
+than 5 ms, naming where the loop was (once a minute per place).
 """
 
 import argparse
@@ -152,18 +155,26 @@ async def main() -> None:
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--ab", metavar="NAME", help="alternate NAME=0 (before), NAME=1 (after)")
     parser.add_argument("--rounds", type=int, default=1, help="with --ab: A/B pairs")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OCS_NAME=VALUE",
+        help="a setting for every server (e.g. OCS_STALL_REPORT_MS=5: its stalls logged)",
+    )
     parser.add_argument("--client", type=Path, default=CLIENT, help="rad_latency.py")
     parser.add_argument("--redis-url")
     parser.add_argument("--database-url")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
+    settings = dict(item.split("=", 1) for item in args.set)
     if args.ab is None:
-        for result in await one_server(args, rates, {}):
+        for result in await one_server(args, rates, settings):
             print(line("ocs", result), flush=True)
     else:
         for round_ in range(args.rounds):
             for label, value in (("before", "0"), ("after", "1")):
-                for result in await one_server(args, rates, {args.ab: value}):
+                for result in await one_server(args, rates, {**settings, args.ab: value}):
                     print(line(f"{label}{round_ + 1}", result), flush=True)
     print(f"machine: {describe()}")
 

@@ -64,6 +64,8 @@ _CDR_SQL = (
     " ON CONFLICT (entry_id) DO NOTHING"
 )
 _PROBE_TIMEOUT_S = 5.0
+# Entries turned into rows between two turns of the event loop (about 2-4 ms of work).
+ROWS_BETWEEN_TURNS = 200
 _PG_ROUNDTRIP = metrics.BACKEND_ROUNDTRIP.labels(POSTGRESQL, "ledger")
 _REDIS_ROUNDTRIP = metrics.BACKEND_ROUNDTRIP.labels(REDIS, "ledger")
 _Entry = tuple[str, bytes | str, dict[bytes, bytes] | None]  # (stream key, id, fields)
@@ -266,7 +268,11 @@ class LedgerWriter:
             return 0
         rows: list[tuple[str, bytes | str, dict[bytes, bytes], _Row, _Row | None]] = []
         poison: list[tuple[str, bytes | str, dict[bytes, bytes], str]] = []
-        for stream, entry_id, fields in entries:
+        for done, (stream, entry_id, fields) in enumerate(entries, 1):
+            if done % ROWS_BETWEEN_TURNS == 0:
+                # A batch of thousands read in one go is turned into rows a slice at a
+                # time: calls served by the same loop wait a slice, not the batch.
+                await asyncio.sleep(0)
             if fields is None:
                 continue  # deleted while pending: it was written and acknowledged before
             try:
