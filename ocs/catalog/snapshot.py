@@ -49,7 +49,7 @@ from ocs.decks.tariff_sets import read_tariff_sets, read_tariffs
 from ocs.numbers.matcher import PrefixIndex
 from ocs.numbers.prefixes import PrefixTable
 from ocs.rating.bands import BandSchedule, schedule_from_json
-from ocs.rating.counter_rules import CounterDef, read_counters
+from ocs.rating.counter_rules import CounterDef, counters_for_zone, read_counters
 from ocs.rating.rates import Rate, Tier
 from ocs.rating.translation import TranslationSet, translation_from_json
 
@@ -135,6 +135,8 @@ class CatalogSnapshot:
     code_lists: dict[str, PrefixTable[str]] = field(default_factory=dict)
     # (plan, rate type) -> the plan's rate for usage of that rate type (mediation).
     rate_type_tariffs: dict[tuple[str, str], Tariff] = field(default_factory=dict)
+    # (plan, zone) -> the plan's counters covering that zone, filled as zones are asked.
+    zone_counters: dict[tuple[str, str], tuple[CounterDef, ...]] = field(default_factory=dict)
 
     def plan(self, plan_id: str) -> Plan | None:
         """The plan by id; None if the catalog has no such plan."""
@@ -154,6 +156,16 @@ class CatalogSnapshot:
             return None
         match = table.match(digits)
         return None if match is None else match[1]
+
+    def counters_for_zone(self, plan_id: str, zone: str) -> tuple[CounterDef, ...]:
+        """The plan's active counters covering ``zone``, in the order a call tries them
+        (``counters_for_zone``); found once per zone, since every call asks."""
+        key = (plan_id, zone)
+        found = self.zone_counters.get(key)
+        if found is None:
+            found = counters_for_zone(self.counters.get(plan_id, ()), zone)
+            self.zone_counters[key] = found
+        return found
 
     def counters_for(self, plan_id: str) -> tuple[CounterDef, ...]:
         """The plan's usage counters, ordered by id."""

@@ -37,7 +37,7 @@ from ocs.config import Settings
 from ocs.decks.cells import DIRECTIONS
 from ocs.errors import OcsError, Reason, invalid
 from ocs.numbers.prefixes import normalize_number
-from ocs.rating.counter_rules import CounterDef, counters_for_zone
+from ocs.rating.counter_rules import CounterDef
 from ocs.rating.rates import (
     CounterSplit,
     Rate,
@@ -692,11 +692,8 @@ class CallService:
                         f"no carrier reaches {digits} for less than its price",
                         field="destination",
                     )
-        plan_counters = snapshot.counters_for(plan_id)
         candidates = (
-            counters_for_zone(plan_counters, tariff.zone)
-            if plan_counters and direction == "outbound"
-            else ()
+            snapshot.counters_for_zone(plan_id, tariff.zone) if direction == "outbound" else ()
         )
         if candidates:
             counter, split, cap, counter_quote = choose_counter(

@@ -26,7 +26,7 @@ from ocs.catalog.snapshot import CatalogSnapshot, Plan, Tariff
 from ocs.charging.lifecycle import call_bands, tariff_of
 from ocs.errors import OcsError, Reason
 from ocs.mediation.records import UsageRecord
-from ocs.rating.counter_rules import CounterDef, counters_for_zone
+from ocs.rating.counter_rules import CounterDef
 from ocs.rating.rates import (
     CounterSplit,
     Segments,
@@ -88,7 +88,6 @@ def rate_record(
         tariff, destination = match.tariff, match.digits
     rate = tariff.rate
     bands = call_bands(plan, rate, record.start_ms // 1000, record.quantity) if is_call else None
-    plan_counters = snapshot.counters_for(plan_id) if is_call else ()
     return RatedUsage(
         plan,
         tariff.zone,
@@ -97,8 +96,8 @@ def rate_record(
         billed_seconds(rate, record.quantity),
         cost(rate, record.quantity, bands),
         bands,
-        counters_for_zone(plan_counters, tariff.zone)
-        if plan_counters and record.direction == "outbound"
+        snapshot.counters_for_zone(plan_id, tariff.zone)
+        if is_call and record.direction == "outbound"
         else (),
     )
 
