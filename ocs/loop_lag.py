@@ -108,10 +108,12 @@ class StallWatch:
     keeps every stall found as (seconds, where), for tests and benchmarks.
     """
 
-    def __init__(self, threshold: float, poll: float = 0.002, beat: float = 0.005) -> None:
+    def __init__(self, threshold: float, poll: float | None = None) -> None:
+        """``poll``: how often the thread looks and the loop beats, by default a quarter
+        of the threshold (at least 1 ms): each look takes the GIL from the loop a moment."""
         self.threshold = threshold
-        self.poll = poll
-        self.beat = beat
+        self.poll = poll if poll is not None else max(threshold / 4, 0.001)
+        self.beat = self.poll
         self.stalls: list[tuple[float, str]] = []
         self._last_beat = time.perf_counter()
         self._loop_thread = 0
