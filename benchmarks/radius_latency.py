@@ -2,11 +2,12 @@
 
 Starts `ocs serve` (embedded Redis and PostgreSQL in a temporary data dir, or
 the servers named by --redis-url/--database-url) with accounts u1..u1000
-(password pw) and the NAS 127.0.0.1 (secret testing123), then runs the shared
-fixed-rate client ``rad_latency.py`` (../shared/peers) at each rate, so the
-figures compare with the FreeRADIUS peers' on the same packets. Per rate it
-prints p50/p99/max, the packets lost, and ocs's own account of them: drops by
-reason and the kernel's receive-buffer drops (``ocs_radius_socket_drops``).
+(password pw) and the NAS 127.0.0.1 (secret testing123), then runs the
+fixed-rate client ``benchmarks/peers/rad_latency.py`` at each rate, so the
+figures compare with the FreeRADIUS peers' (benchmarks/peers) on the same
+packets. Per rate it prints p50/p99/max, the packets lost, and ocs's own
+account of them: drops by reason and the kernel's receive-buffer drops
+(``ocs_radius_socket_drops``).
 
     python benchmarks/radius_latency.py --rates 2000,3000,4000 --seconds 10
 
@@ -35,7 +36,7 @@ from benchmarks.http_calls import ADMIN, DECK, free_port, start_server, wait_hea
 from benchmarks.machine import describe
 
 SECRET = "testing123"
-CLIENT = Path(__file__).resolve().parent.parent.parent / "shared" / "peers" / "rad_latency.py"
+CLIENT = Path(__file__).resolve().parent / "peers" / "rad_latency.py"
 
 
 async def setup(session: aiohttp.ClientSession, base: str, accounts: int) -> None:

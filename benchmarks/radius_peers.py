@@ -1,0 +1,299 @@
+"""RADIUS side by side: one `ocs serve` against the FreeRADIUS peers, in one run.
+
+Starts one `ocs serve` process (embedded Redis and PostgreSQL in a temporary
+data dir, or the servers named by --redis-url/--database-url) with accounts
+u1..u1000 (password pw) and the NAS 127.0.0.1 (secret testing123), and the
+FreeRADIUS + Redis peer (benchmarks/peers/freeradius_redis_peer.sh, auth port
+18120; with --sql also the FreeRADIUS + SQL peer, port 18121). Then, for
+--rounds rounds, the targets take turns (ocs first in odd rounds, last in even
+ones, so that neither always runs first), after --warmup requests to each
+(not counted):
+
+- throughput: radclient -p 128 sends --requests distinct Access-Requests (each
+  a new call: its own h323-conf-id, a Message-Authenticator, User-Password pw;
+  one file per round, the same for every target) and the Access-Requests/s
+  of each target is printed, with the ratio ocs/peer. For ocs each request is
+  a full authorization: password, tariff match, funds and a line reserved in
+  Redis, call registered. radclient loses packets of its own at -p 256 against
+  FreeRADIUS, hence 128 for every target.
+- latency, with --rates: the fixed-rate client benchmarks/peers/rad_latency.py
+  at each rate for --seconds, p50/p99/max and packets lost per target.
+
+The peers need Debian's freeradius, freeradius-redis (and freeradius-postgresql
+for --sql) and freeradius-utils: see benchmarks/peers/README.md.
+
+    python benchmarks/radius_peers.py --rounds 3 --requests 20000 --rates 2000,4000
+    python benchmarks/radius_peers.py --sql --rounds 1 --requests 5000
+"""
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.http_calls import free_port, start_server, wait_healthy
+from benchmarks.machine import describe
+from benchmarks.radius_latency import CLIENT, SECRET, drops, metrics_text, setup
+from ocs.radius.radclient_hint import radclient_input
+
+PEERS = Path(__file__).resolve().parent / "peers"
+# The peers' users are u1..u1000: ocs gets the same accounts.
+ACCOUNTS = 1000
+
+
+@dataclass(frozen=True)
+class Target:
+    """A RADIUS server under load: its name in the output and its auth port."""
+
+    name: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One radclient run against one target."""
+
+    requests: int
+    seconds: float
+    accepted: int
+    rejected: int
+    lost: int
+
+    @property
+    def per_second(self) -> float:
+        """Access-Requests answered per second, over radclient's whole run."""
+        return self.requests / self.seconds
+
+
+def write_requests(path: Path, count: int, run: str) -> None:
+    """``count`` distinct Access-Requests for radclient, as rad_latency.py builds them."""
+    with path.open("w") as out:
+        for n in range(count):
+            out.write(
+                radclient_input(
+                    [
+                        ("User-Name", f"u{n % ACCOUNTS + 1}"),
+                        ("User-Password", "pw"),
+                        ("Called-Station-Id", "447700900123"),
+                        ("Calling-Station-Id", "4930123456"),
+                        ("h323-conf-id", f"h323-conf-id={run}-{n}"),
+                    ]
+                )
+            )
+            out.write("\n")
+
+
+def summary_count(text: str, name: str) -> int:
+    """A count from radclient's -s packet summary (``Accepted      : 123``)."""
+    found = re.search(rf"^\s*{name}\s*:\s*(\d+)", text, re.MULTILINE)
+    return int(found[1]) if found else 0
+
+
+def throughput(path: Path, target: Target, requests: int, parallel: int) -> Throughput:
+    """Send every request in ``path`` to ``target`` with radclient, ``parallel`` at a time."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [
+            "radclient",
+            "-q",
+            "-s",
+            "-p",
+            str(parallel),
+            "-r",
+            "1",
+            "-t",
+            "5",
+            "-f",
+            str(path),
+            f"127.0.0.1:{target.port}",
+            "auth",
+            SECRET,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    return Throughput(
+        requests=requests,
+        seconds=elapsed,
+        accepted=summary_count(result.stdout, "Accepted"),
+        rejected=summary_count(result.stdout, "Rejected"),
+        lost=summary_count(result.stdout, "Lost"),
+    )
+
+
+async def latency(
+    client: Path, target: Target, rate: int, seconds: float, ocs_base: str | None
+) -> dict[str, object]:
+    """rad_latency.py at ``rate`` against ``target``; for ocs, also its own drop counts."""
+    before = drops(await metrics_text(ocs_base)) if ocs_base else {}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(client),
+        str(target.port),
+        str(rate),
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await process.communicate()
+    result: dict[str, object] = json.loads(stdout)
+    if ocs_base:
+        after = drops(await metrics_text(ocs_base))
+        result["ocs_drops"] = {
+            k: after[k] - before.get(k, 0.0)
+            for k in after
+            if k != "loop_lag_max_s" and after[k] != before.get(k, 0.0)
+        }
+    return result
+
+
+def peer(script: str, action: str) -> None:
+    """Start or stop one of the FreeRADIUS peers (benchmarks/peers/*.sh)."""
+    result = subprocess.run(
+        ["bash", str(PEERS / script), action], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{script} {action} failed:\n{result.stdout}{result.stderr}")
+
+
+def throughput_line(round_: int, target: Target, result: Throughput) -> str:
+    failed = ""
+    if result.rejected or result.lost or result.accepted != result.requests:
+        failed = f"  ({result.rejected} rejected, {result.lost} lost)"
+    return (
+        f"round {round_} {target.name:>16}: {result.per_second:>7,.0f} Access-Requests/s  "
+        f"({result.accepted}/{result.requests} accepted in {result.seconds:.2f} s){failed}"
+    )
+
+
+def latency_line(round_: int, target: Target, result: dict[str, object]) -> str:
+    extra = f"  ocs drops {result['ocs_drops']}" if result.get("ocs_drops") else ""
+    return (
+        f"round {round_} {target.name:>16} {result['rate']:>6}/s: p50 {result['p50_ms']:>6} ms  "
+        f"p99 {result['p99_ms']:>7} ms  max {result['max_ms']:>7} ms  "
+        f"lost {result['lost']}/{result['sent']}{extra}"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--requests", type=int, default=20_000, help="per target and round")
+    parser.add_argument("--parallel", type=int, default=128, help="radclient -p")
+    parser.add_argument(
+        "--warmup", type=int, default=2000, help="requests to each target first, not counted"
+    )
+    parser.add_argument(
+        "--rates", default="", help="comma-separated fixed rates per second (none by default)"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="per rate and target")
+    parser.add_argument("--sql", action="store_true", help="also the FreeRADIUS + SQL peer")
+    parser.add_argument("--client", type=Path, default=CLIENT, help="rad_latency.py")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    rates = [int(rate) for rate in args.rates.split(",") if rate.strip()]
+
+    http_port, auth_port, acct_port = free_port(), free_port(), free_port()
+    base = f"http://127.0.0.1:{http_port}"
+    ocs = Target("ocs", auth_port)
+    peers = [Target("FreeRADIUS+Redis", 18120)]
+    scripts = ["freeradius_redis_peer.sh"]
+    if args.sql:
+        peers.append(Target("FreeRADIUS+SQL", 18121))
+        scripts.append("freeradius_sql_peer.sh")
+    rps: dict[str, list[float]] = {target.name: [] for target in (ocs, *peers)}
+    with tempfile.TemporaryDirectory(prefix="ocs-bench-", dir="/tmp") as tmp:
+        server = start_server(
+            str(Path(tmp) / "var"),
+            http_port,
+            1,
+            args.redis_url,
+            args.database_url,
+            extra_env={
+                "OCS_RADIUS_AUTH_PORT": str(auth_port),
+                "OCS_RADIUS_ACCT_PORT": str(acct_port),
+                "OCS_RADIUS_CLIENTS": f'[{{"address": "127.0.0.1", "secret": "{SECRET}"}}]',
+                # Unstarted accepts are released by the janitor after this long:
+                # not while a peer is measured.
+                "OCS_START_TIMEOUT": "3600",
+            },
+        )
+        started: list[str] = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                await wait_healthy(session, base, 120)
+                await setup(session, base, ACCOUNTS)
+            for script in scripts:
+                peer(script, "start")
+                started.append(script)
+            if args.warmup:
+                # Connections, caches and code paths warmed on every target alike.
+                warmup_file = Path(tmp) / "warmup.txt"
+                write_requests(warmup_file, args.warmup, uuid.uuid4().hex[:8])
+                for target in (ocs, *peers):
+                    throughput(warmup_file, target, args.warmup, args.parallel)
+            for round_ in range(1, args.rounds + 1):
+                order = [ocs, *peers] if round_ % 2 else [*peers, ocs]
+                requests_file = Path(tmp) / f"requests-{round_}.txt"
+                # A new run id each round: ocs sees new calls, never a retransmission.
+                write_requests(requests_file, args.requests, uuid.uuid4().hex[:8])
+                for target in order:
+                    result = throughput(requests_file, target, args.requests, args.parallel)
+                    rps[target.name].append(result.per_second)
+                    print(throughput_line(round_, target, result), flush=True)
+                for target in peers:
+                    ratio = rps[ocs.name][-1] / rps[target.name][-1]
+                    print(f"round {round_} ocs/{target.name}: {ratio:.2f}", flush=True)
+                for rate in rates:
+                    for target in order:
+                        measured = await latency(
+                            args.client,
+                            target,
+                            rate,
+                            args.seconds,
+                            base if target is ocs else None,
+                        )
+                        print(latency_line(round_, target, measured), flush=True)
+        finally:
+            for script in reversed(started):
+                peer(script, "stop")
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+    print(
+        f"Access-Requests/s over {args.rounds} round(s), radclient -p {args.parallel}, "
+        f"{args.requests} requests a round, one ocs process, load generator on the same machine:"
+    )
+    for name, values in rps.items():
+        if values:
+            print(
+                f"  {name:>16}: {min(values):,.0f}-{max(values):,.0f} "
+                f"(median {statistics.median(values):,.0f})"
+            )
+    for target in peers:
+        ratios = [o / p for o, p in zip(rps[ocs.name], rps[target.name], strict=True)]
+        if ratios:
+            print(
+                f"  ocs/{target.name}: {', '.join(f'{r:.2f}' for r in ratios)} "
+                f"(median {statistics.median(ratios):.2f})"
+            )
+    print(f"machine: {describe()}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
