@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from ocs.billing.csv_cells import safe_row
 from ocs.errors import OcsError, Reason
 from ocs.money import format_amount
 
@@ -98,24 +99,27 @@ async def call_rows(
 
 
 def calls_csv(rows: list[CallRow]) -> str:
-    """The rows as a CSV attachment (header first; times in ISO 8601 UTC, amounts exact)."""
+    """The rows as a CSV attachment (header first; times in ISO 8601 UTC, amounts exact;
+    a caller id or zone a spreadsheet would run as a formula written as text)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for row in rows:
         writer.writerow(
-            (
-                row.time.isoformat(),
-                row.caller or "",
-                row.member or "",
-                row.destination,
-                row.zone,
-                row.direction,
-                row.duration,
-                row.billed_seconds,
-                format_amount(row.amount),
-                row.currency,
-                row.cdr,
+            safe_row(
+                (
+                    row.time.isoformat(),
+                    row.caller or "",
+                    row.member or "",
+                    row.destination,
+                    row.zone,
+                    row.direction,
+                    row.duration,
+                    row.billed_seconds,
+                    format_amount(row.amount),
+                    row.currency,
+                    row.cdr,
+                )
             )
         )
     return out.getvalue()

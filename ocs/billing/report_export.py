@@ -11,6 +11,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ocs.billing.csv_cells import safe_row
 from ocs.billing.currency import format_amount
 from ocs.billing.reports import DeferredRow, MrrRow, RevenueRow
 
@@ -111,9 +112,10 @@ def revenue_table(period: str, by: str, rows: Sequence[RevenueRow]) -> Table:
 
 
 def to_csv(table: Table) -> str:
-    """The table as CSV text: a header row, then its rows (CRLF line ends)."""
+    """The table as CSV text: a header row, then its rows (CRLF line ends); a cell a
+    spreadsheet would run as a formula is written as text (``csv_cells``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(table.columns)
-    writer.writerows(table.rows)
+    writer.writerows(safe_row(row) for row in table.rows)
     return out.getvalue()
