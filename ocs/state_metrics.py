@@ -46,7 +46,7 @@ DEFAULT_INTERVAL_S = 10.0
 # A live-state pass reads this many buckets, then this many accounts' calls, a round
 # trip at a time, and counts this many calls between two turns of the loop: each
 # slice a millisecond or two of the serving loop's time.
-SAMPLE_BUCKETS = 128
+SAMPLE_BUCKETS = 64
 SAMPLE_ACCOUNTS = 64
 SAMPLE_CALLS = 1_000
 PROBE_TIMEOUT_S = 5.0
@@ -101,7 +101,7 @@ async def sample_live(
     thousands of live calls, one pass in one go held a serving loop for 20-50 ms.
     """
     started = time.perf_counter()
-    members: list[bytes] = []
+    with_calls: set[str] = set()
     lengths: list[int] = []
     dead_letters = 0
     for first in range(0, keys.BUCKETS, SAMPLE_BUCKETS):
@@ -111,10 +111,10 @@ async def sample_live(
             pipe.xlen(keys.ledger(bucket))
             pipe.xlen(keys.dead_letters(bucket))
         replies = _pipeline_results(await pipe.execute(raise_on_error=False))
-        members += (m for found in replies[0::3] for m in found)
+        with_calls.update(keys.split_expiry_member(m)[0] for found in replies[0::3] for m in found)
         lengths += replies[1::3]
         dead_letters += sum(replies[2::3])
-    accounts = sorted({keys.split_expiry_member(m)[0] for m in members})
+    accounts = sorted(with_calls)
 
     pipe = redis.pipeline(transaction=False)
     waiting = [bucket for bucket, length in enumerate(lengths) if length]
