@@ -148,12 +148,29 @@ async def reset_state(redis_url: str, database_url: str) -> None:
         # Every table the migrations made, listed from the database itself, so a new
         # table can never carry state from one test into the next.
         tables = await conn.fetch(
-            "SELECT quote_ident(tablename) AS name FROM pg_tables"
-            " WHERE schemaname = 'public' AND tablename <> 'schema_migrations'"
+            "SELECT quote_ident(tablename) AS name, quote_literal(quote_ident(tablename)) AS text"
+            " FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_migrations'"
         )
         if tables:
+            # Only the tables holding rows are truncated: a TRUNCATE of every table
+            # re-creates each one's files and took 0.4 s a test; most tables are empty.
+            filled = await conn.fetch(
+                " UNION ALL ".join(
+                    f"SELECT {row['text']}::text AS name WHERE EXISTS (SELECT FROM {row['name']})"
+                    for row in tables
+                )
+            )
+            if filled:
+                await conn.execute(f"TRUNCATE {', '.join(row['name'] for row in filled)} CASCADE")
+            # Every used sequence a column owns back to its start, as RESTART IDENTITY
+            # did (setval is not transactional and touches no file).
             await conn.execute(
-                f"TRUNCATE {', '.join(row['name'] for row in tables)} RESTART IDENTITY CASCADE"
+                "SELECT setval(c.oid, s.start_value, false) FROM pg_depend d"
+                " JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'"
+                " JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname"
+                " WHERE d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')"
+                " AND s.last_value IS NOT NULL"
             )
     finally:
         await conn.close()
