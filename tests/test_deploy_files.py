@@ -141,8 +141,16 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         copies.append(str(copy))
     assert len(copies) == 2
     done = subprocess.run([analyze, "verify", *copies], capture_output=True, text=True)
-    # A bad value or an unknown key is only a warning ("ignoring"): none may be printed.
-    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    # A bad value or an unknown key is only a warning ("ignoring"): none may be printed
+    # about our units. Warnings about the machine's own units (verify loads them too,
+    # e.g. a packaged freeradius.service) are not ours to fix.
+    system_units = ("/lib/systemd/", "/usr/lib/systemd/", "/etc/systemd/", "/run/systemd/")
+    ours = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if not line.startswith(system_units)
+    ]
+    assert (done.returncode, ours) == (0, [])
 
 
 # --- deploy/compose.yaml and deploy/prometheus -----------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 from ocs.balances.store import CounterCycle
 from ocs.mediation.importer import ImportRequest, UsageImporter
 from tests.conftest import RunningApp, eventually
-from tests.test_usage_import import (
+from tests.usage_import_helpers import (
     HEADER,
     balance,
     new_account,
