@@ -20,7 +20,9 @@ ones, so that neither always runs first), after --warmup requests to each
   at each rate for --seconds, p50/p99/max and packets lost per target.
 
 The peers need Debian's freeradius, freeradius-redis (and freeradius-postgresql
-for --sql) and freeradius-utils: see benchmarks/peers/README.md.
+for --sql) and freeradius-utils: see benchmarks/peers/README.md. A --database-url
+must name a fresh database: in one another run used, the accounts exist with their
+earlier state and ocs may refuse every request (the rows then say "rejected").
 
     python benchmarks/radius_peers.py --rounds 3 --requests 20000 --rates 2000,4000
     python benchmarks/radius_peers.py --sql --rounds 1 --requests 5000
