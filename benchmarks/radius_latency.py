@@ -39,6 +39,17 @@ SECRET = "testing123"
 CLIENT = Path(__file__).resolve().parent / "peers" / "rad_latency.py"
 
 
+def radius_env(auth_port: int, acct_port: int) -> dict[str, str]:
+    """The settings of a benchmark's `ocs serve`: its RADIUS ports, the NAS 127.0.0.1, and
+    accepts left unstarted kept live (not released by the janitor while measured)."""
+    return {
+        "OCS_RADIUS_AUTH_PORT": str(auth_port),
+        "OCS_RADIUS_ACCT_PORT": str(acct_port),
+        "OCS_RADIUS_CLIENTS": f'[{{"address": "127.0.0.1", "secret": "{SECRET}"}}]',
+        "OCS_START_TIMEOUT": "3600",
+    }
+
+
 async def setup(session: aiohttp.ClientSession, base: str, accounts: int) -> None:
     """A plan with the benchmark deck, and accounts u1..uN with password pw."""
     async with session.post(
@@ -98,14 +109,7 @@ async def one_server(
             1,
             args.redis_url,
             args.database_url,
-            extra_env={
-                "OCS_RADIUS_AUTH_PORT": str(auth_port),
-                "OCS_RADIUS_ACCT_PORT": str(acct_port),
-                "OCS_RADIUS_CLIENTS": f'[{{"address": "127.0.0.1", "secret": "{SECRET}"}}]',
-                # Unstarted accepts are released by the janitor after this long.
-                "OCS_START_TIMEOUT": "3600",
-                **env,
-            },
+            extra_env={**radius_env(auth_port, acct_port), **env},
         )
         try:
             async with aiohttp.ClientSession() as session:

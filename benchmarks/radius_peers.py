@@ -47,7 +47,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.http_calls import free_port, start_server, wait_healthy
 from benchmarks.machine import describe
-from benchmarks.radius_latency import CLIENT, SECRET, drops, metrics_text, setup
+from benchmarks.radius_latency import CLIENT, SECRET, drops, metrics_text, radius_env, setup
 from ocs.radius.radclient_hint import radclient_input
 
 PEERS = Path(__file__).resolve().parent / "peers"
@@ -227,14 +227,7 @@ async def main() -> None:
             1,
             args.redis_url,
             args.database_url,
-            extra_env={
-                "OCS_RADIUS_AUTH_PORT": str(auth_port),
-                "OCS_RADIUS_ACCT_PORT": str(acct_port),
-                "OCS_RADIUS_CLIENTS": f'[{{"address": "127.0.0.1", "secret": "{SECRET}"}}]',
-                # Unstarted accepts are released by the janitor after this long:
-                # not while a peer is measured.
-                "OCS_START_TIMEOUT": "3600",
-            },
+            extra_env=radius_env(auth_port, acct_port),
         )
         started: list[str] = []
         try:

@@ -659,10 +659,15 @@ class _Run:
                 start,
             )
             return True
-        # No counter applies to this account: the zone's tariff, as rated.
+        # No counter applies to this account (any more): the zone's tariff, as rated, and
+        # the CDR without the counter an earlier pricing may have named.
         item.cost = draw.rated.cost
         item.event = UsageEvent(
-            account_id, item.event.event_id, item.cost, item.record.quantity, item.event.cdr
+            account_id,
+            item.event.event_id,
+            item.cost,
+            item.record.quantity,
+            msgpack.packb(draw.fields),
         )
         return True
 
