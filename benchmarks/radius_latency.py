@@ -17,6 +17,9 @@ each a fresh server, so that both sides see the same machine in one run:
 
     python benchmarks/radius_latency.py --ab OCS_GC_FREEZE --rounds 2
 
+``--live N`` first leaves about N calls live (Access-Requests at 2,500/s, not
+measured), as a busy switch does, before the rates are measured.
+
 ``--set OCS_STALL_REPORT_MS=5`` has each server log its event-loop stalls longer
 than 5 ms, naming where the loop was (once a minute per place).
 """
@@ -95,6 +98,28 @@ async def metrics_text(base: str) -> str:
         return await response.text()
 
 
+async def run_client(args: argparse.Namespace, auth_port: int, rate: int, seconds: float) -> dict:
+    """One run of the fixed-rate client against ``auth_port``: its JSON result."""
+    client = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(args.client),
+        str(auth_port),
+        str(rate),
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await client.communicate()
+    result: dict = json.loads(stdout)
+    return result
+
+
+async def fill_live_calls(args: argparse.Namespace, auth_port: int) -> None:
+    """About ``args.live`` calls left live (every accepted request is a call kept live)."""
+    rate = 2500
+    result = await run_client(args, auth_port, rate, args.live / rate)
+    print(f"live calls: {result['replies']} requests answered before measuring", flush=True)
+
+
 async def one_server(
     args: argparse.Namespace, rates: list[int], env: dict[str, str]
 ) -> list[dict[str, object]]:
@@ -115,18 +140,11 @@ async def one_server(
             async with aiohttp.ClientSession() as session:
                 await wait_healthy(session, base, 120)
                 await setup(session, base, args.accounts)
+            if args.live:
+                await fill_live_calls(args, auth_port)
             for rate in rates:
                 before = drops(await metrics_text(base))
-                client = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    str(args.client),
-                    str(auth_port),
-                    str(rate),
-                    str(args.seconds),
-                    stdout=asyncio.subprocess.PIPE,
-                )
-                stdout, _ = await client.communicate()
-                result = json.loads(stdout)
+                result = await run_client(args, auth_port, rate, args.seconds)
                 after = drops(await metrics_text(base))
                 result["ocs_drops"] = {
                     k: after[k] - before.get(k, 0.0)
@@ -158,6 +176,7 @@ async def main() -> None:
     parser.add_argument("--rates", default="2000,3000,4000", help="comma-separated, per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="per rate")
     parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--live", type=int, default=0, help="calls left live before measuring")
     parser.add_argument("--ab", metavar="NAME", help="alternate NAME=0 (before), NAME=1 (after)")
     parser.add_argument("--rounds", type=int, default=1, help="with --ab: A/B pairs")
     parser.add_argument(
