@@ -12,6 +12,14 @@ line reserved in Redis, call registered.
 With --full-calls, the same calls are then started and stopped (Accounting
 Start, then Stop of 45 s), each phase a radclient run: full calls/s is the
 number of calls over the three phases' total time.
+
+Each phase also prints the CPU time ocs spent per request (its processes' user +
+system time over the phase, divided by the requests): on a machine shared with the
+load generator and Redis it moves far less than the throughput does, so it is the
+figure to compare two trees by. Run from another checkout's root, the server is
+that checkout's ocs (``python -m ocs`` imports from the working directory):
+
+    (cd /tmp/before && python /path/to/benchmarks/radius_auth.py --requests 30000)
 """
 
 import argparse
@@ -25,6 +33,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.http_calls import free_port, setup, start_server, wait_healthy
@@ -92,6 +101,19 @@ def write_requests(path: Path, count: int, accounts: int, run: str = "") -> None
             out.write("\n")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its children (the workers) so far."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for one in [process, *process.children(recursive=True)]:
+        try:
+            times = one.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=50_000)
@@ -134,14 +156,18 @@ async def main() -> None:
             async with aiohttp.ClientSession() as session:
                 await wait_healthy(session, base, 120)
                 await setup(session, base, args.accounts)
+            cpu = cpu_seconds(server.pid)
             started = time.perf_counter()
             result = run_radclient(requests_file, auth_port, "auth", args.parallel)
             elapsed = time.perf_counter() - started
+            cpu_per = {"Access-Request": cpu_seconds(server.pid) - cpu}
             accounting_elapsed = 0.0
             if args.full_calls:
                 mark = time.perf_counter()
-                for phase in (starts_file, stops_file):
+                for name, phase in (("Start", starts_file), ("Stop", stops_file)):
+                    cpu = cpu_seconds(server.pid)
                     run_radclient(phase, acct_port, "acct", args.parallel)
+                    cpu_per[f"Accounting {name}"] = cpu_seconds(server.pid) - cpu
                 accounting_elapsed = time.perf_counter() - mark
             async with (
                 aiohttp.ClientSession() as session,
@@ -173,6 +199,10 @@ async def main() -> None:
             f"{args.requests / total:,.0f} calls/s ({int(stopped)} of {args.requests} "
             f"stopped and charged in {total:.2f} s)"
         )
+    print(
+        "ocs CPU per request: "
+        + ", ".join(f"{name} {1e6 * cpu / args.requests:.0f} us" for name, cpu in cpu_per.items())
+    )
     if result.returncode != 0:
         print("radclient reported failures:", result.stderr.strip()[:500])
     print(f"machine: {describe()}")

@@ -65,10 +65,26 @@ class ReplicationUnconfirmed(RedisConnectionError):
     """Fewer replicas than asked confirmed a batch's writes in time (WAIT)."""
 
 
+class _Batch:
+    """The replies to one write, in order; ``done`` holds them all once the last is in.
+
+    One future per batch, not one per command: the callers' own futures are the
+    auto-pipeline's, and a future (and a gather over them) per command cost more
+    than parsing the replies did.
+    """
+
+    __slots__ = ("done", "expected", "replies")
+
+    def __init__(self, expected: int, done: "asyncio.Future[list[Any]]") -> None:
+        self.expected = expected
+        self.done = done
+        self.replies: list[Any] = []
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader(replyError=ResponseError)
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[_Batch] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -79,37 +95,42 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         waiting = self.waiting
+        gets = self.reader.gets
         while True:
-            reply = self.reader.gets()
+            reply = gets()
             if reply is False:
                 return
-            future = waiting.popleft()
-            if not future.done():
-                future.set_result(reply)
+            batch = waiting[0]
+            replies = batch.replies
+            replies.append(reply)
+            if len(replies) == batch.expected:
+                waiting.popleft()
+                if not batch.done.done():  # else its caller gave up (timed out)
+                    batch.done.set_result(replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         error = RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}")
+        # The replies already in stand; each command still unanswered gets the error.
         while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(error)
+            batch = self.waiting.popleft()
+            batch.replies += [error] * (batch.expected - len(batch.replies))
+            if not batch.done.done():
+                batch.done.set_result(batch.replies)
         if not self.lost.done():
             self.lost.set_result(None)
 
 
 def _send(protocol: _Protocol, commands: Sequence[Sequence[Any]]) -> "asyncio.Future[list[Any]]":
     """Write ``commands`` at once; the future holds every reply (or error) in order."""
-    loop = asyncio.get_running_loop()
-    futures = []
-    chunks = []
-    for command in commands:
-        future: asyncio.Future[Any] = loop.create_future()
-        protocol.waiting.append(future)
-        futures.append(future)
-        chunks.append(hiredis.pack_command(tuple(command)))
+    done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    if not commands:
+        done.set_result([])
+        return done
+    pack = hiredis.pack_command
     assert protocol.transport is not None
-    protocol.transport.write(b"".join(chunks))
-    return asyncio.gather(*futures, return_exceptions=True)
+    protocol.waiting.append(_Batch(len(commands), done))
+    protocol.transport.write(b"".join([pack(tuple(command)) for command in commands]))
+    return done
 
 
 class _Link:
@@ -189,7 +210,7 @@ class _Link:
         replies = _send(protocol, commands)
         try:
             async with asyncio.timeout(self._timeout):
-                return await asyncio.shield(replies)
+                return await replies
         except TimeoutError:
             # Closing fails every command in flight on this connection; the next
             # batch reconnects, so a stalled Redis never holds requests forever.
