@@ -31,6 +31,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -98,7 +99,9 @@ async def metrics_text(base: str) -> str:
         return await response.text()
 
 
-async def run_client(args: argparse.Namespace, auth_port: int, rate: int, seconds: float) -> dict:
+async def run_client(
+    args: argparse.Namespace, auth_port: int, rate: int, seconds: float
+) -> dict[str, Any]:
     """One run of the fixed-rate client against ``auth_port``: its JSON result."""
     client = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -109,7 +112,7 @@ async def run_client(args: argparse.Namespace, auth_port: int, rate: int, second
         stdout=asyncio.subprocess.PIPE,
     )
     stdout, _ = await client.communicate()
-    result: dict = json.loads(stdout)
+    result: dict[str, Any] = json.loads(stdout)
     return result
 
 

@@ -142,6 +142,20 @@ def parse_live_entry(entry: bytes) -> LiveEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class IvrReads:
+    """The two IVR reads of an account, sent: its plan's packed default, its override."""
+
+    plan: "asyncio.Future[Any]"
+    account: "asyncio.Future[Any]"
+
+    async def result(self) -> tuple[str | None, str | None]:
+        """(the plan's packed IVR default, the account's packed override)."""
+        found = await _all_or_first_error([self.plan, self.account])
+        plan_ivr, account_ivr = (None if f is None else _text(f) for f in found)
+        return plan_ivr, account_ivr
+
+
+@dataclass(frozen=True, slots=True)
 class AlreadyLive:
     """The call id is live already; this is its existing grant."""
 
@@ -359,22 +373,26 @@ class BalanceStore:
         # The reference lets a stop that names only the call id find the account. It
         # lives in the call id's slot, so it cannot be written by the script. It is
         # written in the same round trip, NX (never replacing the reference of another
-        # live call) and for a short window only: a refused attempt must leave nothing
-        # behind that outlives its retransmissions, so a client looping on refused
-        # calls cannot grow Redis. A granted call then keeps it for its whole life.
+        # live call), for a granted call's whole life: a grant, the common case, then
+        # answers after this one round trip. A refused attempt's reference is cut to a
+        # short window at once: it must leave nothing behind that outlives its
+        # retransmissions, so a client looping on refused calls cannot grow Redis.
         ref_key = keys.call_ref(call_id)
-        ref = self._pipe.execute("SET", ref_key, record, "EX", REF_WINDOW, "NX")
+        ref = self._pipe.execute("SET", ref_key, record, "EX", ref_ttl, "NX")
         reply, ref_written = await _all_or_first_error([outcome, ref])
         status = _text(reply[0])
-        if status == "OK":
+        if status != "OK":
+            if ref_written is not None:
+                await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
+        else:
             reserved = int(reply[1])
-            # Ours already: only its life changes. Else (a refused attempt's, a stale
-            # one's) it is replaced by this call's.
-            pending = [
-                self._pipe.execute("EXPIRE", ref_key, ref_ttl)
+            # Not written: another one's (a refused attempt's, a stale one's) is replaced
+            # by this call's.
+            pending = (
+                []
                 if ref_written is not None
-                else self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)
-            ]
+                else [self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)]
+            )
             # Funds that cover the whole grant asked for need no second look.
             expiry = None
             if grant_expiry is not None and reserved < cap_cost:
@@ -391,10 +409,8 @@ class BalanceStore:
                         keys.expiry_member(account_id, call_id),
                     )
                 )
-            extended = (await _all_or_first_error(pending))[0]
-            if extended == 0:
-                # The window passed before the grant came back: write it whole.
-                await self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)
+            if pending:
+                await _all_or_first_error(pending)
             return Reserved(reserved, int(reply[2]), int(reply[3]), int(reply[4]))
         if status == "DUP":
             return AlreadyLive(parse_live_entry(reply[1]), int(reply[2]), int(reply[3]))
@@ -617,11 +633,15 @@ class BalanceStore:
 
     async def ivr(self, account_id: str, plan_id: str) -> tuple[str | None, str | None]:
         """(the plan's packed IVR default, the account's packed override), one round trip."""
-        plan = self._pipe.execute("GET", keys.plan_ivr(plan_id))
-        own = self._pipe.execute("GET", keys.account_ivr(account_id))
-        found = await _all_or_first_error([plan, own])
-        plan_ivr, account_ivr = (None if f is None else _text(f) for f in found)
-        return plan_ivr, account_ivr
+        return await self.ivr_sent(account_id, plan_id).result()
+
+    def ivr_sent(self, account_id: str, plan_id: str) -> "IvrReads":
+        """The reads of ``ivr``, queued now (in this tick's pipeline, beside whatever
+        else this tick sends): ``result()`` awaits their answers."""
+        return IvrReads(
+            self._pipe.execute("GET", keys.plan_ivr(plan_id)),
+            self._pipe.execute("GET", keys.account_ivr(account_id)),
+        )
 
     async def set_ivr(
         self, *, plan_id: str | None = None, account_id: str | None = None, packed: str | None

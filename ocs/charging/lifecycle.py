@@ -26,6 +26,7 @@ from ocs.balances.store import (
     AlreadyStopped,
     BalanceStore,
     CounterChanged,
+    IvrReads,
     LiveEntry,
     PlanMismatch,
     Refused,
@@ -672,6 +673,19 @@ class CallService:
         override, and the plan's voicemail server (one Redis round trip)."""
         plan_id = await self._plan_of(account_id)
         return effective(*await self._store.ivr(account_id, plan_id))
+
+    def ivr_sent(self, account_id: str) -> IvrReads | None:
+        """``ivr_of``'s reads, sent now, so that they share a round trip with what this
+        tick sends next (an authorize); None when the account's plan is not known here
+        yet (then ``ivr_of`` after it)."""
+        plan_id = self._plans.get(account_id)
+        return None if plan_id is None else self._store.ivr_sent(account_id, plan_id)
+
+    async def ivr_from(self, sent: IvrReads | None, account_id: str) -> Ivr:
+        """What ``ivr_of`` answers, from the reads ``ivr_sent`` sent (read now if none)."""
+        if sent is None:
+            return await self.ivr_of(account_id)
+        return effective(*await sent.result())
 
     def price(
         self,

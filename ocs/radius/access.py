@@ -148,6 +148,9 @@ async def answer_access_request(
                 reason="balance",
                 return_code=0,
             )
+        # The account's IVR settings, read in the authorize's round trip rather than one
+        # of their own after it (a refused call reads them for nothing).
+        ivr = calls.ivr_sent(account_id)
         grant = await calls.authorize(
             AuthorizeRequest(
                 account_id,
@@ -211,5 +214,5 @@ async def answer_access_request(
     ]
     if grant.slice_seconds and not grant.final:
         attributes.append(("Acct-Interim-Interval", grant.slice_seconds))
-    attributes += ivr_attributes(await calls.ivr_of(grant.account_id), voicemail=True)
+    attributes += ivr_attributes(await calls.ivr_from(ivr, account_id), voicemail=True)
     return AccessAnswer(accept=True, attributes=attributes, reason="granted", return_code=0)

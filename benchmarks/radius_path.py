@@ -1,0 +1,203 @@
+"""The CPU one Access-Request costs ocs, measured in-process: trees compared A/B.
+
+radclient and the UDP sockets share the machine with the server, so throughput
+and even the server's CPU time move with whatever else runs. This drives the
+server's own request path in one process instead: ``RadiusServer.receive`` is
+handed the datagrams a socket read would hand it (64 per wake-up, at most
+--window in flight, as radclient -p keeps them), and each reply is taken where it
+would be sent. Everything else is real: the lean codec, the lifecycle, the Lua
+scripts on a real Redis, the catalog from PostgreSQL. The figure is this
+process's CPU time (user + system) per Access-Request: its ceiling is 1 s / that
+figure on one core.
+
+    python benchmarks/radius_path.py --redis-url redis://127.0.0.1:6379/5 \\
+        --database-url postgresql://postgres@127.0.0.1:5432/path_bench
+
+With ``--trees A,B`` each round measures checkout A's ``ocs`` and then checkout B's
+(``git worktree add /tmp/before HEAD~1``), alternating for --rounds rounds, each
+on a fresh Redis database and PostgreSQL schema state made by that tree's own
+``ocs serve``. The accounts are u1..u1000 with password pw and the benchmark deck.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SECRET = "testing123"
+READ_BATCH = 64  # datagrams one socket read hands over (ocs.radius.server's batch)
+
+
+class Replies:
+    """Stands where a RADIUS listener sends from: counts replies by code."""
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+        self.closed = False
+        self.codes: dict[int, int] = {}
+        self.count = 0
+        self._wanted = 0
+        self._reached = asyncio.Event()
+
+    def sendto(self, wire: bytes, addr: Any) -> None:
+        """A reply the server would send."""
+        self.codes[wire[0]] = self.codes.get(wire[0], 0) + 1
+        self.count += 1
+        if self.count >= self._wanted:
+            self._reached.set()
+
+    async def until(self, count: int) -> None:
+        """Return once ``count`` replies have been sent."""
+        if self.count >= count:
+            return
+        self._wanted = count
+        self._reached.clear()
+        await self._reached.wait()
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """In this process (ocs imported from the tree on sys.path): CPU per Access-Request."""
+    sys.path.insert(0, str(HERE / "peers"))
+    from rad_latency import build  # type: ignore[import-not-found]  # the peers' packets
+
+    from ocs.config import load_settings
+    from ocs.radius.clients import load_client_table
+    from ocs.radius.server import AUTH, RadiusServer
+    from ocs.runtime import open_runtime
+
+    settings = load_settings(
+        environ={
+            "OCS_REDIS_URL": args.redis_url,
+            "OCS_DATABASE_URL": args.database_url,
+            "OCS_RADIUS_CLIENTS": f'[{{"address": "127.0.0.1", "secret": "{SECRET}"}}]',
+            "OCS_START_TIMEOUT": "3600",
+            "OCS_LOG_LEVEL": "WARNING",
+        }
+    )
+    run = uuid.uuid4().hex[:8]
+    packets = [build((n // 32) % 256, n, run) for n in range(args.requests + args.warm_up)]
+    async with open_runtime(settings) as services:
+        server = RadiusServer(
+            services.calls, settings, await load_client_table(services.pool, settings)
+        )
+        listener = Replies(AUTH)
+        results: dict[str, Any] = {}
+        for phase, chunk in (
+            ("warm-up", packets[: args.warm_up]),
+            ("measured", packets[args.warm_up :]),
+        ):
+            listener.count = 0
+            wall, cpu = time.perf_counter(), time.process_time()
+            for start in range(0, len(chunk), READ_BATCH):
+                # A socket lets no more in than the client keeps in flight.
+                await listener.until(start - args.window)
+                for n in range(start, min(start + READ_BATCH, len(chunk))):
+                    # A distinct source port per 256 identifiers, as radclient's sockets.
+                    server.receive(listener, chunk[n], ("127.0.0.1", 40000 + n // 256))  # type: ignore[arg-type]
+                await asyncio.sleep(0)
+            await listener.until(len(chunk))
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            results[phase] = {
+                "requests": len(chunk),
+                "cpu_us_per_request": round(cpu / len(chunk) * 1e6, 1),
+                "per_second": round(len(chunk) / wall),
+                "codes": dict(listener.codes),
+            }
+        await server.drain(5)
+    measured: dict[str, Any] = results["measured"]
+    return measured
+
+
+def prepare(tree: Path, args: argparse.Namespace) -> None:
+    """Fresh state made by ``tree``'s own ``ocs serve``: plan, deck, accounts."""
+    sys.path.insert(0, str(HERE.parent))
+    import aiohttp
+
+    from benchmarks.http_calls import free_port, start_server, wait_healthy
+    from benchmarks.radius_latency import setup
+
+    subprocess.run(["redis-cli", "-u", args.redis_url, "flushdb"], check=True, capture_output=True)
+    database = args.database_url.rsplit("/", 1)
+    admin = f"{database[0]}/postgres"
+    for statement in (
+        f'DROP DATABASE IF EXISTS "{database[1]}"',
+        f'CREATE DATABASE "{database[1]}"',
+    ):
+        subprocess.run(["psql", admin, "-qc", statement], check=True, capture_output=True)
+
+    async def made() -> None:
+        http_port = free_port()
+        base = f"http://127.0.0.1:{http_port}"
+        with tempfile.TemporaryDirectory(prefix="ocs-bench-", dir="/tmp") as tmp:
+            old = Path.cwd()
+            os.chdir(tree)  # `python -m ocs` imports the tree's ocs
+            try:
+                server = start_server(
+                    str(Path(tmp) / "var"),
+                    http_port,
+                    1,
+                    args.redis_url,
+                    args.database_url,
+                    extra_env={"OCS_RADIUS_AUTH_PORT": "0", "OCS_RADIUS_ACCT_PORT": "0"},
+                )
+            finally:
+                os.chdir(old)
+            try:
+                async with aiohttp.ClientSession() as session:
+                    await wait_healthy(session, base, 120)
+                    await setup(session, base, 1000)
+            finally:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=60)
+
+    asyncio.run(made())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--redis-url", required=True, help="a database this may flush")
+    parser.add_argument("--database-url", required=True, help="a database this may recreate")
+    parser.add_argument("--requests", type=int, default=30_000)
+    parser.add_argument("--warm-up", type=int, default=3_000)
+    parser.add_argument("--window", type=int, default=256, help="requests in flight at most")
+    parser.add_argument("--trees", help="A,B: checkouts whose ocs to compare")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        import uvloop
+
+        print(json.dumps(uvloop.run(measure(args))))
+        return
+    trees = [Path(t).resolve() for t in args.trees.split(",")] if args.trees else [HERE.parent]
+    for round_ in range(1, args.rounds + 1):
+        for tree in trees:
+            prepare(tree, args)
+            argv = [sys.executable, __file__, "--one", *sys.argv[1:]]
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            out = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{tree}: {out.stderr[-2000:]}")
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            print(
+                f"round {round_} {tree}: {result['cpu_us_per_request']} us CPU per "
+                f"Access-Request, {result['per_second']:,}/s, replies {result['codes']}",
+                flush=True,
+            )
+    sys.path.insert(0, str(HERE.parent))
+    from benchmarks.machine import describe
+
+    print(f"machine: {describe()}")
+
+
+if __name__ == "__main__":
+    main()
