@@ -44,7 +44,13 @@ radclient, wrk, redis-server and redis-cli are taken from PATH (the Redis ones a
     python benchmarks/scale.py --backends cluster --database-url postgresql://...
 
 The load generators run on the same machine: on a small machine they take cores
-the workers would use.
+the workers would use. With ``--pin`` each part gets cores of its own, so that the
+curve measures ocs's own growth rather than its fight with the load for cores: the
+ocs workers the first W cores (W: the largest worker count, whatever a run's count),
+the Redis servers the next 3, and this script, radclient, wrk and PostgreSQL the
+rest (at least 2). On a 16-core machine, 8 workers leave 5 cores to the load:
+
+    python benchmarks/scale.py --pin --workers-list 1,2,4,8 --load-processes 4 ...
 """
 
 import argparse
@@ -66,6 +72,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.http_calls import free_port, run_load, setup, start_server, wait_healthy
@@ -93,8 +100,43 @@ class Row:
     http_errors: int
 
 
-def start_standalone(directory: Path) -> tuple[str, Callable[[], None]]:
-    """One redis-server with AOF (everysec) in ``directory``: its URL and how to stop it."""
+@dataclass(frozen=True)
+class Cores:
+    """Which cores each part runs on (``--pin``); None everywhere: wherever the OS puts it."""
+
+    ocs: list[int] | None = None
+    redis: list[int] | None = None
+    load: list[int] | None = None
+
+    @classmethod
+    def split(cls, workers: int) -> "Cores":
+        """The first ``workers`` cores to ocs, the next 3 to Redis, the rest to the load."""
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) < workers + 3 + 2:
+            raise SystemExit(
+                f"--pin: {workers} workers, 3 Redis servers and the load need at least "
+                f"{workers + 5} cores; this process may use {len(available)}"
+            )
+        return cls(available[:workers], available[workers : workers + 3], available[workers + 3 :])
+
+    @staticmethod
+    def pin(pid: int, cores: list[int] | None) -> None:
+        """Keep process ``pid`` and every process under it on ``cores`` (None: leave it)."""
+        if cores is None:
+            return
+        parent = psutil.Process(pid)
+        for process in [parent, *parent.children(recursive=True)]:
+            try:
+                process.cpu_affinity(cores)
+            except psutil.NoSuchProcess:
+                continue
+
+
+def start_standalone(
+    directory: Path, cores: list[int] | None = None
+) -> tuple[str, Callable[[], None]]:
+    """One redis-server with AOF (everysec) in ``directory`` (on ``cores``, when given):
+    its URL and how to stop it."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -105,6 +147,7 @@ def start_standalone(directory: Path) -> tuple[str, Callable[[], None]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    Cores.pin(process.pid, cores)
     deadline = time.monotonic() + 30
     while True:
         probe = subprocess.run(
@@ -409,7 +452,12 @@ async def radius_counts(base: str) -> RadiusCounts:
 
 
 async def measure(
-    args: argparse.Namespace, backend: str, workers: int, admin_url: str, tmp: Path
+    args: argparse.Namespace,
+    backend: str,
+    workers: int,
+    admin_url: str,
+    tmp: Path,
+    cores: Cores,
 ) -> Row:
     """One run: a fresh Redis (or cluster) and database, ocs with ``workers`` workers."""
     run_dir = tmp / f"{backend}-{workers}"
@@ -420,8 +468,11 @@ async def measure(
         cluster = RedisClusterProcess(masters=3, appendfsync="everysec")
         cluster.start()
         redis_url, stop_redis = cluster.url, cluster.stop
+        for node in cluster.nodes:
+            if node.process is not None:
+                cores.pin(node.process.pid, cores.redis)
     else:
-        redis_url, stop_redis = start_standalone(run_dir)
+        redis_url, stop_redis = start_standalone(run_dir, cores.redis)
     database_url, drop_database = await fresh_database(admin_url)
     http_port, auth_port, acct_port = free_port(), free_port(), free_port()
     base = f"http://127.0.0.1:{http_port}"
@@ -452,6 +503,8 @@ async def measure(
     try:
         async with aiohttp.ClientSession() as session:
             await wait_healthy(session, base, 180)
+            # Healthy: every worker runs; a worker restarted later inherits its parent's.
+            cores.pin(server.pid, cores.ocs)
             await setup(session, base, args.accounts)
         rounds = await wait_radius_ready(auth_port, workers, args.accounts, 60)
         if rounds > 1:
@@ -537,6 +590,7 @@ def print_rows(rows: list[Row], args: argparse.Namespace) -> None:
         f"Access-Requests a run after {args.radius_warm_up} not timed; HTTP: "
         f"{args.client}{wrk_threads} -c {args.concurrency}, full calls (authorize + stop); "
         f"{args.accounts} accounts; cluster: 3 masters, no replicas; load on the same machine"
+        f"{', each part on cores of its own (--pin)' if args.pin else ''}"
     )
     print(f"machine: {describe()}")
 
@@ -574,6 +628,11 @@ async def main() -> None:
     parser.add_argument(
         "--radius-limit", type=float, help="seconds after which the radclients are stopped"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="cores of their own for ocs, Redis and the load (see the module's text)",
+    )
     parser.add_argument("--client", choices=["wrk", "aiohttp"], default="wrk")
     parser.add_argument("--seconds", type=int, default=15, help="wrk run length")
     parser.add_argument("--calls", type=int, default=20_000, help="aiohttp client calls")
@@ -593,6 +652,11 @@ async def main() -> None:
         raise SystemExit("--chunk: 0 (no chunks) or more")
     if args.client == "wrk" and args.concurrency < args.load_processes:
         raise SystemExit("--concurrency: at least one connection for each wrk thread")
+    cores = Cores.split(max(workers_list)) if args.pin else Cores()
+    if cores.load is not None:
+        # This process first: radclient, wrk and PostgreSQL inherit it.
+        os.sched_setaffinity(0, cores.load)
+        print(f"cores: ocs {cores.ocs}, Redis {cores.redis}, load {cores.load}", flush=True)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ocs-scale-", dir="/tmp") as tmp:
         stop_postgres: Callable[[], None] | None = None
@@ -605,7 +669,7 @@ async def main() -> None:
         try:
             for backend in backends:
                 for workers in workers_list:
-                    row = await measure(args, backend, workers, admin_url, Path(tmp))
+                    row = await measure(args, backend, workers, admin_url, Path(tmp), cores)
                     print(
                         f"  {backend}, {workers} worker(s): {row.radius_per_s:,.0f} "
                         f"Access-Requests/s, {row.http_calls_per_s:,.0f} calls/s",

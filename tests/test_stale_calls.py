@@ -11,6 +11,7 @@ import time
 import pytest
 
 from ocs.balances import keys
+from ocs.balances.store import LiveEntry
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import AuthorizeRequest, CallService, Origin
 from ocs.config import with_overrides
@@ -148,3 +149,69 @@ async def test_an_interim_without_a_start_sets_the_expiry_from_the_grant(
     # The Start was lost; an interim says the call has run 3 s.
     progress = await calls.update("lost-start", 3)
     assert await expiry_of(app, "no-start", "lost-start") == progress.started_at + 10 + GRACE
+
+
+async def test_a_start_where_the_call_was_authorized_takes_one_round_trip_and_the_same_expiry(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await setup(app, "node-a", balance="0.05")
+    status, body = await app.post(
+        "/v1/accounts", {"id": "node-b", "plan": "retail", "balance": "0.07"}
+    )
+    assert status == 201, body
+    here, there = service(app, start_timeout=60), service(app, start_timeout=60)
+    for account_id in ("node-a", "node-b"):
+        await here.authorize(
+            AuthorizeRequest(account_id, FRANCE, call_id=f"call-{account_id}"),
+            Origin(wait_for_start=True),
+        )
+    # Started at another process: the entry is read first.
+    theirs = await there.start("call-node-b")
+    assert await expiry_of(app, "node-b", "call-node-b") == theirs.started_at + 7 + GRACE
+
+    # Started where it was authorized: the entry is known, one script run and no read.
+    store = app.services.store
+    started = store.start
+    runs: list[object] = []
+
+    async def no_read(*_: object) -> None:
+        raise AssertionError("the live entry was read")
+
+    async def counted(**kwargs: object) -> object:
+        runs.append(kwargs)
+        return await started(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "live_entry", no_read)
+    monkeypatch.setattr(store, "start", counted)
+    mine = await here.start("call-node-a")
+    assert len(runs) == 1
+    assert await expiry_of(app, "node-a", "call-node-a") == mine.started_at + 5 + GRACE
+
+
+async def test_a_start_that_expects_another_entry_changes_nothing_and_gets_the_entry(
+    app: RunningApp,
+) -> None:
+    await setup(app, "moved-on")
+    calls = service(app, start_timeout=60)
+    await calls.authorize(
+        AuthorizeRequest("moved-on", FRANCE, call_id="c1"), Origin(wait_for_start=True)
+    )
+    store = app.services.store
+    entry = await store.live_entry("moved-on", "c1")
+    assert entry is not None and (entry.held, entry.started) == (100_000, 0)
+    unstarted = await expiry_of(app, "moved-on", "c1")
+    now = int(time.time())
+
+    stale = LiveEntry(entry.held - 1, 0, 0, 0, b"")
+    answer = await store.start(
+        account_id="moved-on", call_id="c1", started_at=now, expires_at=now + 1, expected=stale
+    )
+    assert answer == entry  # not started, the expiry untouched
+    assert await expiry_of(app, "moved-on", "c1") == unstarted
+    assert (await store.live_entry("moved-on", "c1")) == entry
+
+    answer = await store.start(
+        account_id="moved-on", call_id="c1", started_at=now, expires_at=now + 7, expected=entry
+    )
+    assert answer == now
+    assert await expiry_of(app, "moved-on", "c1") == now + 7

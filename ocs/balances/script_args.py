@@ -277,12 +277,15 @@ class StartArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[2] start time (epoch seconds)
     ARGV[3] new expiry (epoch seconds): the grant plus grace, from the start
     ARGV[4] expiry set member
+    ARGV[5] (optional) the entry's "<held>|<started>|<used>|<debited>" the expiry was
+            computed from; another entry is answered {"ENTRY", entry}, nothing changed
     """
 
     account_id: str
     call_id: str
     started_at: int
     expires_at: int
+    expected: str | None = None
 
     def keys(self) -> list[str]:
         """KEYS[1..3]."""
@@ -293,12 +296,13 @@ class StartArgs(msgspec.Struct, frozen=True, gc=False):
         ]
 
     def argv(self) -> list[object]:
-        """ARGV[1..4]."""
+        """ARGV[1..4], and ARGV[5] when an entry is expected."""
         return [
             self.call_id,
             self.started_at,
             self.expires_at,
             k.expiry_member(self.account_id, self.call_id),
+            *(() if self.expected is None else (self.expected,)),
         ]
 
 

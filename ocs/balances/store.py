@@ -511,14 +511,32 @@ class BalanceStore:
         return None if entry is None else parse_live_entry(entry)
 
     async def start(
-        self, *, account_id: str, call_id: str, started_at: int, expires_at: int
-    ) -> int | Literal[False] | None:
-        """Mark a live call started; its start time, None if not live, False if stopped."""
-        args = StartArgs(account_id, call_id, started_at, expires_at)
+        self,
+        *,
+        account_id: str,
+        call_id: str,
+        started_at: int,
+        expires_at: int,
+        expected: LiveEntry | None = None,
+    ) -> int | Literal[False] | LiveEntry | None:
+        """Mark a live call started; its start time, None if not live, False if stopped.
+
+        ``expected``: the entry ``expires_at`` was computed from, unread (as its
+        authorize wrote it); when the call's entry is another, nothing changes and the
+        entry is returned, to compute the expiry from.
+        """
+        fields = (
+            None
+            if expected is None
+            else f"{expected.held}|{expected.started}|{expected.used}|{expected.debited}"
+        )
+        args = StartArgs(account_id, call_id, started_at, expires_at, fields)
         reply = await self._pipe.run_script(scripts.START, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "OK":
             return int(reply[1])
+        if status == "ENTRY":
+            return parse_live_entry(reply[1])
         return False if status == "DONE" else None
 
     async def update(

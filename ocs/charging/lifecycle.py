@@ -55,6 +55,8 @@ MAX_CALL_ID = 128
 MAX_DURATION = 7 * 24 * 3600
 _PLAN_CACHE_LIMIT = 200_000
 _LIVE_CACHE_LIMIT = 500_000
+# A start whose expected entry changed under it computes its expiry again this often.
+_START_TRIES = 3
 
 _REFUSAL_MESSAGES = {
     "account_not_found": "account does not exist",
@@ -574,6 +576,10 @@ class CallService:
         # to fetch the record. A stop arriving at another process reads the call
         # reference from Redis instead; the record is immutable either way.
         self._live: dict[str, CallRecord] = {}
+        # What calls authorized here to wait for their start hold: their live entry as
+        # the authorize wrote it, so that the start computes the expiry without reading
+        # it first (start.lua checks the entry is still that one).
+        self._unstarted: dict[str, int] = {}
 
     def _bands(self, plan_id: str, rate: Rate, start: int, length: int) -> Segments | None:
         return call_bands(self._catalog.snapshot.plan(plan_id), rate, start, length)
@@ -813,7 +819,10 @@ class CallService:
                 ):
                     if len(self._live) >= _LIVE_CACHE_LIMIT:
                         self._live.clear()
+                        self._unstarted.clear()
                     self._live[call_id] = record
+                    if wait:
+                        self._unstarted[call_id] = reserved
                     granted = max_duration_with_counter(rate, reserved, granting, split, bands)
                     return Grant.of(
                         call_id,
@@ -1058,15 +1067,28 @@ class CallService:
         record = await self._record(call_id, account_id, keep=True)
         now = int(time.time())
         # The call expires at its grant plus grace from now: the grant is what its
-        # funds pay for, so the live entry is read first (the record cannot know it).
-        entry = await self._store.live_entry(record.account_id, call_id)
-        granted = record.cap if entry is None else self.granted_seconds(record, entry)
-        started = await self._store.start(
-            account_id=record.account_id,
-            call_id=call_id,
-            started_at=now,
-            expires_at=now + granted + self._settings.call_expiry_grace,
-        )
+        # funds pay for. Authorized here, its entry is known (what it holds, nothing
+        # used); else, or when the script finds another, the entry is read.
+        held = self._unstarted.pop(call_id, None)
+        entry = None if held is None else LiveEntry(held, 0, 0, 0, b"")
+        if entry is None:
+            entry = await self._store.live_entry(record.account_id, call_id)
+        grace = self._settings.call_expiry_grace
+        for attempt in range(_START_TRIES):
+            granted = record.cap if entry is None else self.granted_seconds(record, entry)
+            started = await self._store.start(
+                account_id=record.account_id,
+                call_id=call_id,
+                started_at=now,
+                expires_at=now + granted + grace,
+                # The last try takes the entry as it comes: a call whose entry changes
+                # under every try still starts.
+                expected=entry if attempt < _START_TRIES - 1 else None,
+            )
+            if not isinstance(started, LiveEntry):
+                break
+            entry = started
+        assert not isinstance(started, LiveEntry)  # the last try expects no entry
         if started is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         if started is False:
@@ -1077,6 +1099,7 @@ class CallService:
         """Record progress (Interim-Update); debits it when ``debit_on_interim`` is set."""
         validate_call_id(call_id)
         validate_duration(used, "used")
+        self._unstarted.pop(call_id, None)  # its entry moves on: a start must read it
         record = await self._record(call_id, account_id, keep=True)
         now = int(time.time())
         bands = self._bands_of(record, record.cap)
@@ -1150,6 +1173,7 @@ class CallService:
         if duration is not None:
             validate_duration(duration)
         cached = self._live.pop(call_id, None)
+        self._unstarted.pop(call_id, None)
         record = cached or await self._record(call_id, account_id, keep=False)
         if account_id is not None and record.account_id != account_id:
             record = await self._record(call_id, account_id, keep=False)
@@ -1357,4 +1381,5 @@ class CallService:
             duration = entry.used
         result = await self._close(record, duration, cause, expired_by=expired_by)
         self._live.pop(call_id, None)
+        self._unstarted.pop(call_id, None)
         return None if result is None or result.repeated else self._charge(record, result)

@@ -115,6 +115,8 @@ async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[C
         if params.call_id is not None:
             validate_call_id(params.call_id)
         access_number = params.access_number
+        # The account's IVR settings, read in the authorize's round trip.
+        ivr = services.calls.ivr_sent(account)
         grant = await services.calls.authorize(
             AuthorizeRequest(
                 account,
@@ -132,7 +134,7 @@ async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[C
         metrics.CALL_DECISIONS.labels(getattr(exc, "code", exc.reason.value)).inc()
         raise
     metrics.CALL_DECISIONS.labels("granted").inc()
-    settings = await services.calls.ivr_of(grant.account_id)
+    settings = await services.calls.ivr_from(ivr, grant.account_id)
     answer = CallGranted(
         call_id=grant.call_id,
         account=grant.account_id,

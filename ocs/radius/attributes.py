@@ -5,13 +5,18 @@ from pyrad.packet import Packet
 
 def first(packet: Packet, name: str) -> str | None:
     """The first value of an attribute as text, or None when absent or undecodable."""
+    # The lean codec's requests decode the first value alone; pyrad's decode them all.
+    first_value = getattr(packet, "first_value", None)
     try:
-        values = packet.get(name)
+        if first_value is not None:
+            value = first_value(name)
+        else:
+            values = packet.get(name)
+            value = values[0] if values else None
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
-    if not values:
+    if value is None:
         return None
-    value = values[0]
     if isinstance(value, bytes):
         try:
             return value.decode()

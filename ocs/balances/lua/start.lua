@@ -7,9 +7,12 @@
 -- ARGV[2] start time (epoch seconds)
 -- ARGV[3] new expiry (epoch seconds): the grant plus grace, from the start
 -- ARGV[4] expiry set member
+-- ARGV[5] (optional) "<held>|<started>|<used>|<debited>": the entry the expiry was
+--         computed from (as its authorize wrote it), so that no read comes first
 --
 -- Returns {"OK", started} (the first start time is kept), {"DONE"} for a call
--- already stopped, {"NOCALL"} for no such live call.
+-- already stopped, {"NOCALL"} for no such live call, {"ENTRY", entry} when the
+-- entry is not the one ARGV[5] names (nothing changed: compute again from it).
 
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {'DONE'}
@@ -21,6 +24,9 @@ end
 local held, started, rest = string.match(live, '^(%d+)|(%d+)|(.*)$')
 if started ~= '0' then
   return {'OK', tonumber(started)}
+end
+if ARGV[5] and string.sub(live, 1, #ARGV[5] + 1) ~= ARGV[5] .. '|' then
+  return {'ENTRY', live}
 end
 redis.call('HSET', KEYS[1], ARGV[1], held .. '|' .. ARGV[2] .. '|' .. rest)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])

@@ -124,6 +124,16 @@ class LeanRequest:
             return self._attrs.get(key, failobj)
         return self.pyrad_packet().get(key, failobj)
 
+    def first_value(self, name: str) -> Any:
+        """``get(name)[0]``, or None without the attribute, decoding only that value:
+        the request path reads most attributes once, and most have one value."""
+        field = self._fields.get(name)
+        if field is None:
+            values = self.get(name)
+            return values[0] if values else None
+        raw = self._attrs.get(field.key)
+        return None if not raw else field.decode(raw[0])
+
     def __getitem__(self, key: object) -> Any:
         """As ``get``, with ``KeyError`` for an attribute the packet does not have."""
         values = self.get(key, _ABSENT)
