@@ -167,3 +167,46 @@ async def test_a_bundle_live_calls_took_meanwhile_is_never_used_twice(
     assert (status, stopped["cost"]) == (200, "0.000000"), stopped
     assert await counters_of(app, "racer") == [("uk-600", 100, 500)]
     assert await balance(app, "racer") == 10_000_000 - 40_000
+
+
+class _CancelledMeanwhile(UsageImporter):
+    """An importer whose first read of the counters is overtaken by the account
+    cancelling its optional bundle before the import's debits reach Redis."""
+
+    def __init__(self, app: RunningApp) -> None:
+        services = app.services
+        super().__init__(services.pool, services.store, services.catalog, result_ttl=3600)
+        self.app = app
+        self.reads = 0
+
+    async def counter_cycles(self, account_ids: set[str]) -> dict[str, dict[str, CounterCycle]]:
+        """The first read's answer, given after the bundle was cancelled meanwhile."""
+        self.reads += 1
+        seen = await super().counter_cycles(account_ids)
+        if self.reads == 1:
+            response = await self.app.client.delete("/v1/accounts/quitter/counters/uk-opt")
+            assert response.status == 200, await response.text()
+        return seen
+
+
+async def test_a_bundle_cancelled_meanwhile_leaves_the_row_at_the_tariff_naming_no_bundle(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await add_counter(
+        app, id="uk-opt", seconds=600, zones=["UK"], price_per_minute="0.00", mandatory=False
+    )
+    await new_account(app, "quitter", "10.00")
+    status, body = await app.post("/v1/accounts/quitter/counters", {"counter": "uk-opt"})
+    assert status == 201, body
+    path = tmp_path / "cancelled.csv"
+    path.write_text(HEADER + f"q1,quitter,{UK},2026-11-03 09:00:00,120,O,,\n")
+    importer = _CancelledMeanwhile(app)
+    summary = await importer.run(ImportRequest(template="carrier-x", files=(str(path),)))
+    # Priced with the bundle's 600 free seconds, refused by the script (the bundle is
+    # gone), read again: no counter applies, so the tariff, two blocks, 0.04.
+    assert importer.reads == 2
+    assert (summary.rows_charged, summary.amounts) == (1, {"EUR": 40_000}), summary.problems
+    rows = await stored_cdrs(app, "carrier-x", 1)
+    assert (rows[0]["counter_id"], rows[0]["counter_seconds"]) == (None, 0)
+    assert await balance(app, "quitter") == 10_000_000 - 40_000
