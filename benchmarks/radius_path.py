@@ -14,6 +14,12 @@ figure on one core.
     python benchmarks/radius_path.py --redis-url redis://127.0.0.1:6379/5 \\
         --database-url postgresql://postgres@127.0.0.1:5432/path_bench
 
+With ``--full-calls`` each call is then started and stopped (an Accounting-Request
+Start, then a Stop of 45 s, each phase after the last), and the CPU of each phase is
+printed, and of a whole call: the ceiling of full calls a second on one core. The
+ledger writer runs in this process as it runs in ``ocs serve``'s, and the Stop phase
+ends once it has written every stop's entries to PostgreSQL.
+
 With ``--trees A,B`` each round measures checkout A's ``ocs`` and then checkout B's
 (``git worktree add /tmp/before HEAD~1``), alternating for --rounds rounds, each
 on a fresh Redis database and PostgreSQL schema state made by that tree's own
@@ -22,6 +28,7 @@ on a fresh Redis database and PostgreSQL schema state made by that tree's own
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -65,14 +72,55 @@ class Replies:
         await self._reached.wait()
 
 
+def accounting(n: int, run: str, status: int) -> bytes:
+    """Accounting-Request ``status`` (1 Start, 2 Stop) of Access-Request ``n``'s call, as
+    radclient sends them (benchmarks/radius_auth.py): the same h323-conf-id, signed with
+    the Request Authenticator (RFC 2866)."""
+
+    def attribute(kind: int, value: bytes) -> bytes:
+        return bytes([kind, len(value) + 2]) + value
+
+    conf_id = f"h323-conf-id={run}-{n}".encode()
+    vsa = bytes([24, len(conf_id) + 2]) + conf_id
+    body = (
+        attribute(40, status.to_bytes(4, "big"))
+        + attribute(1, f"u{n % 1000 + 1}".encode())
+        + attribute(44, f"{run}-{n}".encode())
+        + bytes([26, len(vsa) + 6])
+        + (9).to_bytes(4, "big")
+        + vsa
+    )
+    if status == 2:
+        body += attribute(46, (45).to_bytes(4, "big"))
+    header = bytes([4, (n // 32) % 256]) + (20 + len(body)).to_bytes(2, "big")
+    authenticator = hashlib.md5(header + bytes(16) + body + SECRET.encode()).digest()
+    return header + authenticator + body
+
+
+async def ledger_written(redis: Any, within: float = 120.0) -> None:
+    """Return once no ledger stream holds an entry (the writer has written them all)."""
+    from ocs.balances import keys
+
+    for _ in range(int(within / 0.05)):
+        pipe = redis.pipeline(transaction=False)
+        for bucket in range(keys.BUCKETS):
+            pipe.xlen(keys.ledger(bucket))
+        if not any(await pipe.execute()):
+            return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"the ledger writer did not catch up within {within} s")
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """In this process (ocs imported from the tree on sys.path): CPU per Access-Request."""
+    """In this process (ocs imported from the tree on sys.path): the CPU per request of
+    each phase, by phase."""
     sys.path.insert(0, str(HERE / "peers"))
     from rad_latency import build  # type: ignore[import-not-found]  # the peers' packets
 
+    from ocs.balances.ledger_writer import LedgerWriter
     from ocs.config import load_settings
     from ocs.radius.clients import load_client_table
-    from ocs.radius.server import AUTH, RadiusServer
+    from ocs.radius.server import ACCT, AUTH, RadiusServer
     from ocs.runtime import open_runtime
 
     settings = load_settings(
@@ -85,22 +133,42 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         }
     )
     run = uuid.uuid4().hex[:8]
-    packets = [build((n // 32) % 256, n, run) for n in range(args.requests + args.warm_up)]
+    total = args.requests + args.warm_up
+    packets = [build((n // 32) % 256, n, run) for n in range(total)]
+    phases: list[tuple[str, Any, list[bytes]]] = [
+        ("warm-up", AUTH, packets[: args.warm_up]),
+        ("Access-Request", AUTH, packets[args.warm_up :]),
+    ]
+    if args.full_calls:
+        for name, status in (("Accounting Start", 1), ("Accounting Stop", 2)):
+            phases.append(
+                (name, ACCT, [accounting(n, run, status) for n in range(args.warm_up, total)])
+            )
     async with open_runtime(settings) as services:
         server = RadiusServer(
             services.calls, settings, await load_client_table(services.pool, settings)
         )
-        listener = Replies(AUTH)
+        listeners = {AUTH: Replies(AUTH), ACCT: Replies(ACCT)}
         if settings.gc_freeze:
             from ocs import loop_lag
 
             loop_lag.settle_gc()  # as `ocs serve` does once started
+        stopping = asyncio.Event()
+        writer_task: asyncio.Task[None] | None = None
+        if args.full_calls:
+            writer = LedgerWriter(
+                services.redis,
+                services.pool,
+                batch_size=settings.ledger_batch_size,
+                claim_idle_ms=settings.ledger_claim_idle_ms,
+                health=services.health,
+            )
+            writer_task = asyncio.create_task(writer.run(stopping))
         results: dict[str, Any] = {}
-        for phase, chunk in (
-            ("warm-up", packets[: args.warm_up]),
-            ("measured", packets[args.warm_up :]),
-        ):
+        for phase, port, chunk in phases:
+            listener = listeners[port]
             listener.count = 0
+            listener.codes = {}
             wall, cpu = time.perf_counter(), time.process_time()
             for start in range(0, len(chunk), READ_BATCH):
                 # A socket lets no more in than the client keeps in flight.
@@ -110,6 +178,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     server.receive(listener, chunk[n], ("127.0.0.1", 40000 + n // 256))  # type: ignore[arg-type]
                 await asyncio.sleep(0)
             await listener.until(len(chunk))
+            if phase == "Accounting Stop":
+                await ledger_written(services.redis)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             results[phase] = {
                 "requests": len(chunk),
@@ -118,8 +188,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "codes": dict(listener.codes),
             }
         await server.drain(5)
-    measured: dict[str, Any] = results["measured"]
-    return measured
+        stopping.set()
+        if writer_task is not None:
+            await writer_task
+    del results["warm-up"]
+    return results
 
 
 def prepare(tree: Path, args: argparse.Namespace) -> None:
@@ -174,6 +247,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--warm-up", type=int, default=3_000)
     parser.add_argument("--window", type=int, default=256, help="requests in flight at most")
+    parser.add_argument("--full-calls", action="store_true", help="also start and stop every call")
     parser.add_argument("--trees", help="A,B: checkouts whose ocs to compare")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -192,12 +266,16 @@ def main() -> None:
             out = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{tree}: {out.stderr[-2000:]}")
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            print(
-                f"round {round_} {tree}: {result['cpu_us_per_request']} us CPU per "
-                f"Access-Request, {result['per_second']:,}/s, replies {result['codes']}",
-                flush=True,
-            )
+            results = json.loads(out.stdout.strip().splitlines()[-1])
+            parts = [
+                f"{phase} {result['cpu_us_per_request']} us CPU, {result['per_second']:,}/s "
+                f"(replies {result['codes']})"
+                for phase, result in results.items()
+            ]
+            if args.full_calls:
+                call = sum(result["cpu_us_per_request"] for result in results.values())
+                parts.append(f"a full call {call:.1f} us CPU: {1e6 / call:,.0f} calls/s a core")
+            print(f"round {round_} {tree}: " + "; ".join(parts), flush=True)
     sys.path.insert(0, str(HERE.parent))
     from benchmarks.machine import describe
 
