@@ -28,28 +28,15 @@ from collections import Counter
 from types import FrameType
 from typing import Any
 
-from prometheus_client import Gauge, Histogram
+from ocs import metrics
 
-# Lag buckets: the RADIUS latency budget (5 ms) is one bucket edge; a few wide ones above.
-LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # Allocations between young-generation collections: CPython's default is 700, a pass
 # every few requests; 50,000 makes it one per ~100 ms of RADIUS load.
 GC_THRESHOLD0 = 50_000
 
-LOOP_LAG = Histogram(
-    "ocs_event_loop_lag_seconds",
-    "How late the event loop ran a periodic timer: time it spent on other work first.",
-    buckets=LAG_BUCKETS,
-)
 log = logging.getLogger("ocs.loop")
 # A stall at the same place is logged at most once in this many seconds.
 STALL_QUIET_S = 60.0
-
-LOOP_LAG_MAX = Gauge(
-    "ocs_event_loop_lag_max_seconds",
-    "The longest event-loop stall seen since start-up (or since LoopLag.take_max).",
-    multiprocess_mode="max",
-)
 
 
 def settle_gc(threshold0: int = GC_THRESHOLD0) -> None:
@@ -81,16 +68,16 @@ class LoopLag:
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         lag = max(0.0, time.perf_counter() - self._due)
         self.samples += 1
-        LOOP_LAG.observe(lag)
+        metrics.LOOP_LAG.observe(lag)
         if lag > self.max_lag:
             self.max_lag = lag
-            LOOP_LAG_MAX.set(lag)
+            metrics.LOOP_LAG_MAX.set(lag)
         self._schedule(loop)
 
     def take_max(self) -> float:
         """The longest lag since the previous call, and start a new maximum."""
         found, self.max_lag = self.max_lag, 0.0
-        LOOP_LAG_MAX.set(0.0)
+        metrics.LOOP_LAG_MAX.set(0.0)
         return found
 
     def stop(self) -> None:

@@ -216,8 +216,36 @@ for _drop in (
     "missing_message_authenticator",
     "backend_unavailable",
     "internal_error",
+    # Shed before any work (ocs.radius.server): too many in flight, waited too long, or
+    # the reply could not be sent.
+    "overload",
+    "late",
+    "send_failed",
 ):
     RADIUS_DROPS.labels(_drop)
+# The kernel's count of datagrams it dropped on a socket (receive buffer full) since the
+# socket was bound, as the latest datagram read reports it (SO_RXQ_OVFL). A gauge: every
+# worker reads the same inherited socket, so the largest value seen is the socket's count.
+RADIUS_SOCKET_DROPS = Gauge(
+    "ocs_radius_socket_drops",
+    "Datagrams the kernel dropped on a RADIUS socket before ocs read them (receive"
+    " buffer full), since the socket was bound; by port (auth, acct).",
+    ["port"],
+    multiprocess_mode="max",
+)
+# Event-loop lag (ocs.loop_lag) buckets: the RADIUS latency budget (5 ms) is one bucket
+# edge; a few wide ones above.
+LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+LOOP_LAG = Histogram(
+    "ocs_event_loop_lag_seconds",
+    "How late the event loop ran a periodic timer: time it spent on other work first.",
+    buckets=LOOP_LAG_BUCKETS,
+)
+LOOP_LAG_MAX = Gauge(
+    "ocs_event_loop_lag_max_seconds",
+    "The longest event-loop stall seen since start-up (or since LoopLag.take_max).",
+    multiprocess_mode="max",
+)
 RADIUS_DUPLICATES = Counter(
     "ocs_radius_duplicates_total",
     "Retransmitted RADIUS requests answered from the reply cache (RFC 5080).",

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from prometheus_client import Gauge
 from pyrad import packet as rp
 from redis.exceptions import RedisError
 
@@ -83,19 +82,6 @@ _TIMESPEC = struct.Struct("@ll")
 _DROPCOUNT = struct.Struct("@I")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_DROPCOUNT.size)
 _LINUX = sys.platform.startswith("linux")
-
-# The kernel's count of datagrams it dropped on a socket (receive buffer full) since the
-# socket was bound, as the latest datagram read reports it (SO_RXQ_OVFL). A gauge: every
-# worker reads the same inherited socket, so the largest value seen is the socket's count.
-SOCKET_DROPS = Gauge(
-    "ocs_radius_socket_drops",
-    "Datagrams the kernel dropped on a RADIUS socket before ocs read them (receive"
-    " buffer full), since the socket was bound; by port (auth, acct).",
-    ["port"],
-    multiprocess_mode="max",
-)
-for _shed in ("overload", "late", "send_failed"):
-    metrics.RADIUS_DROPS.labels(_shed)
 
 
 class Drop(Exception):
@@ -180,7 +166,7 @@ class RadiusListener:
         self.port = port
         self.sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._drops = SOCKET_DROPS.labels(port.kind)
+        self._drops = metrics.RADIUS_SOCKET_DROPS.labels(port.kind)
         self._dropped = 0
         self._logged_at = -_DROP_LOG_EVERY_S
         self.closed = False
