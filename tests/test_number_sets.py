@@ -262,21 +262,30 @@ async def test_an_inbound_call_to_a_taken_did_is_its_account_s_at_the_inbound_ta
 
 
 async def test_a_call_to_an_on_net_number_rates_in_the_on_net_zone(app: RunningApp) -> None:
-    deck = INBOUND_DECK + "4479,On-net,0.001,0,60,60,outbound\n"
+    # The On-net tariff's own prefix covers neither number: only the on-net ranges do.
+    deck = INBOUND_DECK + "999,On-net,0.001,0,60,60,outbound\n"
     await add_plan(app.services, deck=deck)
     await make_set(app, "own", "did", "number,on_net\n447911000001,true\n", 10)
-    await new_account(app, "caller", balance="1.00")
+    await new_account(app, "caller", balance="1000.00", max_lines=5)
 
-    async def zone() -> str:
+    async def zone(destination: str) -> str:
         status, granted = await send(
-            app, "POST", "/v1/calls", {"account": "caller", "destination": "447911000001"}
+            app, "POST", "/v1/calls", {"account": "caller", "destination": destination}
         )
         assert status == 201, granted
         return str(granted["zone"])
 
     # The catalog reloads the on-net ranges it was told of.
     await app.services.catalog.reload()
-    assert await zone() == "On-net"
+    assert await zone("447911000001") == "On-net"
+    assert await zone("442012345678") == "UK Fixed"
+
+    # The operator's own ranges, replaced, leave the sets' on-net numbers on-net.
+    status, saved = await send(app, "PUT", "/v1/on-net", {"prefixes": ["4420"]})
+    assert (status, saved["prefixes"]) == (200, 1), saved
+    await app.services.catalog.reload()
+    assert await zone("442012345678") == "On-net"
+    assert await zone("447911000001") == "On-net"
 
 
 @pytest.mark.parametrize("number", ["12ab", "+", "1" * 33])

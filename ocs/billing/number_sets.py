@@ -180,8 +180,9 @@ async def list_sets(pool: asyncpg.Pool) -> list[NumberSet]:
 async def import_numbers(pool: asyncpg.Pool, set_id: str, text: str) -> int:
     """Add the numbers of a CSV to a set, all or nothing; how many were added.
 
-    A number in any set already is a problem of its line. On-net numbers join the
-    on-net ranges (``onnet_prefixes``) and the catalog reloads them.
+    A number in any set already is a problem of its line. On-net numbers count as
+    on-net ranges (the catalog reads them beside the operator's ``onnet_prefixes``,
+    which ``PUT /v1/onnet`` replaces) and the catalog reloads them.
     """
     validate_set_id(set_id, "number_set_id")
     numbers = parse_numbers(text)
@@ -212,13 +213,7 @@ async def import_numbers(pool: asyncpg.Pool, set_id: str, text: str) -> int:
             columns=["number", "number_set_id", "on_net"],
             records=[(number, set_id, on_net) for number, on_net in numbers],
         )
-        on_net = [number for number, flag in numbers if flag]
-        if on_net:
-            await conn.execute(
-                "INSERT INTO onnet_prefixes (prefix) SELECT unnest($1::text[])"
-                " ON CONFLICT DO NOTHING",
-                on_net,
-            )
+        if any(on_net for _, on_net in numbers):
             await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, "onnet:")
     return len(numbers)
 

@@ -114,6 +114,12 @@ class PlanTariffs:
         return self.by_zone.get(zone)
 
 
+# The on-net ranges: the operator's own prefixes and its number sets' on-net numbers.
+_ONNET_SQL = (
+    "SELECT prefix FROM onnet_prefixes UNION SELECT number FROM number_set_numbers WHERE on_net"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogSnapshot:
     """One immutable catalog version: plans, their decks and tariffs, routes, counters,
@@ -414,9 +420,9 @@ async def load_snapshot(
             (r["plan_id"], r["number"]): r["rating_plan"]
             for r in await conn.fetch("SELECT plan_id, number, rating_plan FROM access_numbers")
         }
-        onnet = PrefixTable(
-            {r["prefix"]: True for r in await conn.fetch("SELECT prefix FROM onnet_prefixes")}
-        )
+        # The operator's own ranges (PUT /v1/onnet) and the on-net numbers of its number
+        # sets: kept apart, so that replacing the one leaves the other.
+        onnet = PrefixTable({r["prefix"]: True for r in await conn.fetch(_ONNET_SQL)})
         decks: dict[str, PrefixTable[Tariff]] = {}
         inbound_decks: dict[str, PrefixTable[Tariff]] = {}
         load: dict[str, bytes] = {}
