@@ -19,7 +19,7 @@ from aiohttp import web
 
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
-from ocs.billing import commitments, posting
+from ocs.billing import commitments, number_sets, payments, posting
 from ocs.billing.posting import assign_numbers
 from ocs.billing.store import (
     Subscription,
@@ -35,7 +35,7 @@ from ocs.events import queries, signing, webhooks
 from ocs.events.delivery import deliver_pending, lease_s
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer, monthly, run
-from tests.conftest import eventually
+from tests.conftest import add_plan, eventually
 from tests.helpers import ocs_cli
 from tests.ports import free_port
 
@@ -200,6 +200,65 @@ async def test_each_invoice_posted_is_announced_once_and_a_rollback_announces_no
         )
     assert [(r["subject"], r["channel"], r["state"]) for r in channels] == [
         ("p1", "email", "pending")
+    ]
+
+
+async def test_a_number_taken_and_released_and_a_refund_are_announced(
+    services: Services,
+) -> None:
+    await add_plan(services)
+    await services.accounts.create(AccountSpec("holder", plan_id="retail"))
+    await number_sets.create_set(services.pool, "dids", "did")
+    await number_sets.import_numbers(services.pool, "dids", "number,on_net\n442070000001,true\n")
+    await number_sets.assign_to_plan(services.pool, "dids", "retail", 1)
+    await number_sets.take_number(services.pool, services.store, "holder", on=date(2026, 3, 2))
+    await number_sets.release(
+        services.pool, services.store, "holder", "442070000001", on=date(2026, 3, 20)
+    )
+    paid = await payments.record_payment(
+        services.pool,
+        services.store,
+        payments.NewPayment("holder", 5 * EUR, "manual", "P1", reference="P1"),
+    )
+    refunded = await payments.refund_payment(
+        services.pool, services.store, paid.payment.id, 2 * EUR, "RF1"
+    )
+    # The same refund asked again changes nothing and announces nothing.
+    await payments.refund_payment(services.pool, services.store, paid.payment.id, 2 * EUR, "RF1")
+
+    announced = [e for e in await events(services) if e["kind"] != "payment.received"]
+    assert announced == [
+        {
+            "kind": "number.assigned",
+            "subject": "holder",
+            "data": {
+                "account_id": "holder",
+                "number": "442070000001",
+                "number_set": "dids",
+                "kind": "did",
+                "on_net": True,
+                "on": "2026-03-02",
+                "charge_id": None,
+            },
+        },
+        {
+            "kind": "number.released",
+            "subject": "holder",
+            "data": {"account_id": "holder", "number": "442070000001", "on": "2026-03-20"},
+        },
+        {
+            "kind": "payment.refunded",
+            "subject": "holder",
+            "data": {
+                "refund_id": refunded.refund.id,
+                "payment_id": paid.payment.id,
+                "account_id": "holder",
+                "source": "manual",
+                "amount": 2 * EUR,
+                "currency": "EUR",
+                "reopened": 0,
+            },
+        },
     ]
 
 

@@ -26,6 +26,7 @@ from ocs.billing.store import assign_number, release_number
 from ocs.catalog.snapshot import CATALOG_CHANNEL
 from ocs.decks.problems import DeckError
 from ocs.errors import OcsError, Reason, invalid
+from ocs.events.outbox import emit
 
 KINDS = ("did", "toll_free")
 # The plan's triggered charge a set's numbers trigger when its assignment names none.
@@ -301,6 +302,20 @@ async def take_number(
             # Its own connection: refused (400) when the charge is not in the account's
             # currency, and then this transaction rolls back the claim too.
             await assign_number(pool, account_id, row["number"], charge, day)
+        await emit(
+            conn,
+            "number.assigned",
+            account_id,
+            {
+                "account_id": account_id,
+                "number": row["number"],
+                "number_set": row["number_set_id"],
+                "kind": row["kind"],
+                "on_net": row["on_net"],
+                "on": day.isoformat(),
+                "charge_id": charge,
+            },
+        )
         await store.set_did(row["number"], account_id)
     return TakenNumber(
         account_id, row["number"], row["number_set_id"], row["kind"], row["on_net"], day, charge
@@ -384,6 +399,12 @@ async def release(
         )
         if charged:
             await release_number(pool, number, day)
+        await emit(
+            conn,
+            "number.released",
+            account_id,
+            {"account_id": account_id, "number": number, "on": day.isoformat()},
+        )
         await store.set_did(number, None)
 
 

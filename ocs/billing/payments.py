@@ -549,7 +549,9 @@ async def _insert_refund(
     if amount <= 0:
         raise invalid("amount", "a refund must be greater than zero")
     payment = await conn.fetchrow(
-        "SELECT amount, allocated, refunded FROM payments WHERE id = $1 FOR UPDATE", payment_id
+        "SELECT account_id, currency, amount, allocated, refunded FROM payments"
+        " WHERE id = $1 FOR UPDATE",
+        payment_id,
     )
     if payment is None:
         raise OcsError(Reason.NOT_FOUND, f"no payment {payment_id}", field="payment_id")
@@ -590,6 +592,20 @@ async def _insert_refund(
         payment_id,
         amount,
         reopened,
+    )
+    await emit(
+        conn,
+        "payment.refunded",
+        payment["account_id"],
+        {
+            "refund_id": int(refund_id),
+            "payment_id": payment_id,
+            "account_id": payment["account_id"],
+            "source": source,
+            "amount": amount,
+            "currency": payment["currency"].strip(),
+            "reopened": reopened,
+        },
     )
     return int(refund_id), True
 

@@ -22,9 +22,12 @@ EVENT_KINDS = (
     "subscription.cancelled",
     "invoice.posted",
     "payment.received",
+    "payment.refunded",
     "dunning.step",
     "account.locked",
     "account.unlocked",
+    "number.assigned",
+    "number.released",
 )
 
 
