@@ -8,7 +8,8 @@ import csv
 import io
 from typing import Any
 
-from tests.conftest import RunningApp, RunningRadius
+from ocs.balances import keys
+from tests.conftest import RunningApp, RunningRadius, add_plan
 from tests.helpers import Pairs, auth, new_account, send
 from tests.radclient import RadiusReply
 
@@ -110,6 +111,38 @@ async def test_the_voicemail_server_is_in_the_http_authorize_answer(nas: Running
         True,
         VOICEMAIL,
     )
+
+
+async def test_an_account_now_on_another_plan_gets_that_plan_s_voicemail_at_once(
+    nas: RunningRadius,
+) -> None:
+    app = nas.app
+    await add_plan(app.services, "gold")
+    status, body = await send(
+        app,
+        "PUT",
+        "/v1/plans/gold/ivr",
+        {"voicemail_enabled": True, "voicemail_server": VOICEMAIL},
+    )
+    assert status == 200, body
+    await new_account(app, "2101", balance="5.00", max_lines=10)
+    # A first call: this process now knows the account as on retail (no voicemail).
+    status, granted = await send(
+        app, "POST", "/v1/calls", {"account": "2101", "destination": GERMANY}
+    )
+    assert (status, granted["voicemail_enabled"]) == (201, False), granted
+    # The account is moved to gold where this process does not see it (another node).
+    await app.services.redis.hset(keys.account("2101"), "plan", "gold")
+    # Its IVR reads went out for retail beside the authorize, which answered "gold":
+    # the answer carries gold's voicemail, not retail's none.
+    status, granted = await send(
+        app, "POST", "/v1/calls", {"account": "2101", "destination": GERMANY}
+    )
+    assert (status, granted["voicemail_enabled"], granted["voicemail_server"]) == (
+        201,
+        True,
+        VOICEMAIL,
+    ), granted
 
 
 async def test_the_pin_answers_carry_the_ivr_settings(nas: RunningRadius) -> None:

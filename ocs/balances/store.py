@@ -143,8 +143,10 @@ def parse_live_entry(entry: bytes) -> LiveEntry:
 
 @dataclass(frozen=True, slots=True)
 class IvrReads:
-    """The two IVR reads of an account, sent: its plan's packed default, its override."""
+    """The two IVR reads of an account, sent: its plan's packed default, its override;
+    ``plan_id`` the plan they were sent for."""
 
+    plan_id: str
     plan: "asyncio.Future[Any]"
     account: "asyncio.Future[Any]"
 
@@ -657,6 +659,7 @@ class BalanceStore:
         """The reads of ``ivr``, queued now (in this tick's pipeline, beside whatever
         else this tick sends): ``result()`` awaits their answers."""
         return IvrReads(
+            plan_id,
             self._pipe.execute("GET", keys.plan_ivr(plan_id)),
             self._pipe.execute("GET", keys.account_ivr(account_id)),
         )

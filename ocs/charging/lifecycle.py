@@ -688,8 +688,12 @@ class CallService:
         return None if plan_id is None else self._store.ivr_sent(account_id, plan_id)
 
     async def ivr_from(self, sent: IvrReads | None, account_id: str) -> Ivr:
-        """What ``ivr_of`` answers, from the reads ``ivr_sent`` sent (read now if none)."""
-        if sent is None:
+        """What ``ivr_of`` answers, from the reads ``ivr_sent`` sent; read now if it sent
+        none, or sent them for a plan the account turned out not to be on (an authorize
+        answered PLAN: the account changed plans since this process last saw it)."""
+        if sent is None or self._plans.get(account_id) != sent.plan_id:
+            if sent is not None:
+                await sent.result()  # retrieved, so that nothing is left unanswered
             return await self.ivr_of(account_id)
         return effective(*await sent.result())
 
