@@ -170,3 +170,28 @@ async def test_a_postgresql_outage_is_logged_once_and_nothing_is_lost(
     ]
     assert not [r for r in caplog.records if r.exc_info]
     assert await _stream_backlog(services.redis) == 0
+
+
+async def test_a_backlog_in_many_buckets_is_read_a_batch_at_a_time(services: Services) -> None:
+    # 40 accounts: 40 opening credits and 200 top-ups, spread over up to 40 buckets.
+    await _make_entries(services, accounts=40, topups=5)
+    busy = len({keys.bucket_of(f"w{n}") for n in range(40)})  # one stream per bucket
+    writer = LedgerWriter(services.redis, services.pool, batch_size=10)
+    await writer.ensure_groups()
+    # Asked for a whole batch each, the busy streams would give all 240 at once; asked
+    # for their share of one (at least one entry each), one entry per busy bucket.
+    assert await writer.read_new() == busy
+    while await writer.read_new():
+        pass
+    assert await _ledger_count(services) == 240
+    assert await _stream_backlog(services.redis) == 0
+
+
+async def test_a_busy_accounts_bucket_still_gives_a_whole_batch_a_read(services: Services) -> None:
+    # The other half of the rule: one stream holding more than its share is not read an
+    # entry at a time.
+    await _make_entries(services, accounts=1, topups=60)  # 61 entries in one bucket
+    writer = LedgerWriter(services.redis, services.pool, batch_size=25)
+    await writer.ensure_groups()
+    assert [await writer.read_new() for _ in range(4)] == [25, 25, 11, 0]
+    assert await _ledger_count(services) == 61

@@ -210,34 +210,60 @@ class LedgerWriter:
 
         ``block_ms``: when none are there, wait up to this long for some (on a
         cluster, which cannot block on many slots at once: wait, then return 0).
+
+        Two reads, so that one batch stays about ``batch_size`` entries: XREADGROUP's
+        COUNT applies to each stream, and asking every one of the 1,024 streams for a
+        whole batch could return a million entries at once after a PostgreSQL outage
+        left a backlog in every bucket. First every stream is asked for its share of a
+        batch (at least one entry); then the streams that gave all they were asked,
+        which may hold more (a busy account's bucket), share what is left of it.
         """
         async with self._session() as wire:
             groups = wire.multi_key_groups(self._streams)
             block = ("BLOCK", block_ms) if block_ms and len(groups) == 1 else ()
-            commands = [
-                (
-                    "XREADGROUP",
-                    "GROUP",
-                    keys.LEDGER_GROUP,
-                    self.consumer,
-                    "COUNT",
-                    self._batch_size,
-                    *block,
-                    "STREAMS",
-                    *group,
-                    *(">" for _ in group),
+            share = max(1, self._batch_size // len(self._streams))
+            entries, full = await self._read(wire, groups, share, block)
+            room = self._batch_size - len(entries)
+            if full and room > 0:
+                more, _ = await self._read(
+                    wire, wire.multi_key_groups(full), max(1, room // len(full)), ()
                 )
-                for group in groups
-            ]
-            replies = await wire.execute_many(commands)
-            _raise_first_error(replies)
-            entries: list[_Entry] = []
-            for reply in replies:
-                for stream, messages in reply or []:
-                    entries.extend(_messages(_s(stream), messages))
+                entries += more
             if not entries and block_ms and not block:
                 await asyncio.sleep(block_ms / 1000)
             return await self._write(entries)
+
+    async def _read(
+        self, wire: RedisWire, groups: list[list[str]], count: int, block: tuple[Any, ...]
+    ) -> tuple[list[_Entry], list[str]]:
+        """New entries of the streams in ``groups``, at most ``count`` from each, and the
+        streams that gave ``count`` (they may hold more)."""
+        commands = [
+            (
+                "XREADGROUP",
+                "GROUP",
+                keys.LEDGER_GROUP,
+                self.consumer,
+                "COUNT",
+                count,
+                *block,
+                "STREAMS",
+                *group,
+                *(">" for _ in group),
+            )
+            for group in groups
+        ]
+        replies = await wire.execute_many(commands)
+        _raise_first_error(replies)
+        entries: list[_Entry] = []
+        full: list[str] = []
+        for reply in replies:
+            for stream, messages in reply or []:
+                name = _s(stream)
+                if len(messages) >= count:
+                    full.append(name)
+                entries.extend(_messages(name, messages))
+        return entries, full
 
     async def claim_stale(self) -> int:
         """Take over entries another consumer read but never acknowledged."""
