@@ -15,13 +15,18 @@ so ``ocs_backend_up`` falls when a backend goes away even while no traffic
 touches it. A part that cannot be read is not exported until it can again:
 a stale figure would say the ledger keeps up while Redis is gone.
 
-Cost, per pass and per process: three commands per bucket (1024 buckets), one
-per stream that holds entries, and two per account with live calls.
+Cost, per pass: three commands per bucket (1024 buckets), one per stream that
+holds entries, and two per account with live calls. Redis holds one truth for
+every worker, so the workers of ``ocs serve --workers N`` share one pass: the
+process holding a short lease (``keys.live_state_lease``) reads the live state and
+stores it (``keys.live_state_sample``), and the others publish that sample while
+it is younger than the interval, instead of N passes over every live call.
 """
 
 import asyncio
 import contextlib
 import heapq
+import json
 import logging
 import time
 from collections import Counter
@@ -52,6 +57,9 @@ SAMPLE_CALLS = 250
 # The share of the serving loop's time a live-state pass may take while it runs: its
 # slices are spread out (ocs.pacing), so that calls never queue behind a burst of them.
 SAMPLE_SHARE = 0.1
+# The lease of the process taking a shared sample outlives the longest pass it expects
+# (a paced pass over 100,000 calls takes seconds), so that no other starts one meanwhile.
+LEASE_MIN_S = 60.0
 PROBE_TIMEOUT_S = 5.0
 
 _RUNS_SQL = (
@@ -190,6 +198,43 @@ async def sample_live(
     )
 
 
+def encode_live(state: metrics.LiveState) -> str:
+    """A live-state sample as the JSON other processes read (``decode_live``)."""
+    return json.dumps(
+        {
+            "at": state.at,
+            "took": state.took,
+            "calls": dict(state.calls),
+            "reserved": dict(state.reserved),
+            "accounts_with_calls": state.accounts_with_calls,
+            "accounts_at_line_limit": state.accounts_at_line_limit,
+            "hot_accounts": [list(pair) for pair in state.hot_accounts],
+            "hot_zones": [list(pair) for pair in state.hot_zones],
+            "ledger_pending": state.ledger_pending,
+            "ledger_oldest_age": state.ledger_oldest_age,
+            "dead_letters": state.dead_letters,
+        }
+    )
+
+
+def decode_live(text: str | bytes) -> metrics.LiveState:
+    """The sample ``encode_live`` stored."""
+    found = json.loads(text)
+    return metrics.LiveState(
+        at=float(found["at"]),
+        took=float(found["took"]),
+        calls={str(k): int(v) for k, v in found["calls"].items()},
+        reserved={str(k): int(v) for k, v in found["reserved"].items()},
+        accounts_with_calls=int(found["accounts_with_calls"]),
+        accounts_at_line_limit=int(found["accounts_at_line_limit"]),
+        hot_accounts=[(str(name), int(n)) for name, n in found["hot_accounts"]],
+        hot_zones=[(str(name), int(n)) for name, n in found["hot_zones"]],
+        ledger_pending=int(found["ledger_pending"]),
+        ledger_oldest_age=float(found["ledger_oldest_age"]),
+        dead_letters=int(found["dead_letters"]),
+    )
+
+
 async def sample_billing(
     pool: asyncpg.Pool, now: Callable[[], float] = time.time
 ) -> metrics.BillingState:
@@ -296,8 +341,30 @@ class StateSampler:
         self._health.report_success(backend)
         return True
 
-    async def sample(self) -> None:
-        """One pass: probe both backends, then publish what each reachable one holds."""
+    async def shared_live(self) -> metrics.LiveState | None:
+        """The live state as one process sampled it for all: the stored sample while it
+        is younger than the interval; else a new one, taken and stored by this process
+        when it gets the lease; else (another is taking one) the stored one, or None."""
+        stored = await self._redis.get(keys.live_state_sample())
+        found = None if stored is None else decode_live(stored)
+        if found is not None and self._clock() - found.at < self._interval:
+            return found
+        lease_ms = int(max(LEASE_MIN_S, 6 * self._interval) * 1000)
+        if not await self._redis.set(keys.live_state_lease(), "1", nx=True, px=lease_ms):
+            return found
+        try:
+            live = await sample_live(self._redis, self._clock, self._pacer)
+            keep_ms = int(max(LEASE_MIN_S, 3 * self._interval) * 1000)
+            await self._redis.set(keys.live_state_sample(), encode_live(live), px=keep_ms)
+        finally:
+            await self._redis.delete(keys.live_state_lease())
+        return live
+
+    async def sample(self, *, shared: bool = False) -> None:
+        """One pass: probe both backends, then publish what each reachable one holds.
+
+        ``shared``: the live state as one process sampled it for all (``shared_live``);
+        else read by this process now."""
         billing_due = self._passes % self._billing_every == 0
         self._passes += 1
         metrics.STATE.publish(catalog=self.sample_catalog())
@@ -305,11 +372,16 @@ class StateSampler:
             metrics.STATE.forget("live")
         else:
             try:
-                live = await sample_live(self._redis, self._clock, self._pacer)
+                live = (
+                    await self.shared_live()
+                    if shared
+                    else await sample_live(self._redis, self._clock, self._pacer)
+                )
             except Exception as exc:
                 self._failed("live", REDIS, exc)
             else:
-                metrics.STATE.publish(live=live)
+                if live is not None:
+                    metrics.STATE.publish(live=live)
         if not await self.probe(POSTGRESQL):
             metrics.STATE.forget("billing")
         elif billing_due:
@@ -330,7 +402,7 @@ class StateSampler:
         """Sample every ``interval`` until ``stopping`` is set; the series go with it."""
         try:
             while not stopping.is_set():
-                await self.sample()
+                await self.sample(shared=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=self._interval)
         finally:

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from ocs import metrics
+from ocs import metrics, state_metrics
 from ocs.backend_health import POSTGRESQL, BackendHealth
 from ocs.balances import keys
 from ocs.balances.accounts import AccountSpec
@@ -269,6 +269,42 @@ async def test_ledger_lag_is_what_redis_holds_not_yet_in_postgresql(services: Se
     await sampler.sample()
     assert sample("ocs_ledger_pending_entries") == 0
     assert sample("ocs_ledger_oldest_pending_age_seconds") == 0
+
+
+async def test_workers_share_one_pass_over_the_live_state(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(services)
+    for n in range(3):
+        await services.accounts.create(
+            AccountSpec(f"share{n}", plan_id="retail", opening_balance=EUR)
+        )
+    passes: list[float] = []
+    read = state_metrics.sample_live
+
+    async def counted(*args: object, **kwargs: object) -> metrics.LiveState:
+        passes.append(time.time())
+        return await read(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(state_metrics, "sample_live", counted)
+    now = [time.time()]
+    workers = [
+        StateSampler(services.redis, services.pool, services.catalog, clock=lambda: now[0])
+        for _ in range(3)
+    ]
+    for worker in workers:
+        await worker.sample(shared=True)
+    # One pass for the three; each publishes it.
+    assert len(passes) == 1
+    assert sample("ocs_ledger_pending_entries") == 3
+
+    # Once the sample is as old as the interval, the next worker to look takes a new one.
+    await services.accounts.create(AccountSpec("share3", plan_id="retail", opening_balance=EUR))
+    now[0] += state_metrics.DEFAULT_INTERVAL_S
+    await workers[2].sample(shared=True)
+    await workers[0].sample(shared=True)
+    assert len(passes) == 2
+    assert sample("ocs_ledger_pending_entries") == 4
 
 
 async def test_the_catalog_version_age_and_size_follow_its_reloads(services: Services) -> None:

@@ -155,6 +155,17 @@ def split_expiry_member(member: bytes | str) -> tuple[str, str]:
     return account_id, call_id
 
 
+def live_state_sample() -> str:
+    """String (JSON, with its own expiry): the latest live-state sample, taken by one
+    process for every process (ocs.state_metrics)."""
+    return "state:live"
+
+
+def live_state_lease() -> str:
+    """String (SET NX PX): held by the process taking the next live-state sample."""
+    return "state:live:lease"
+
+
 def bucket_of_ledger_key(key: str) -> int:
     """Inverse of ``ledger``: the bucket number in ``ledger:{b:N}``."""
     return int(key[key.index("{b:") + 3 : key.index("}")])
