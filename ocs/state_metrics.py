@@ -26,7 +26,6 @@ it is younger than the interval, instead of N passes over every live call.
 import asyncio
 import contextlib
 import heapq
-import json
 import logging
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
+import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
@@ -198,41 +198,8 @@ async def sample_live(
     )
 
 
-def encode_live(state: metrics.LiveState) -> str:
-    """A live-state sample as the JSON other processes read (``decode_live``)."""
-    return json.dumps(
-        {
-            "at": state.at,
-            "took": state.took,
-            "calls": dict(state.calls),
-            "reserved": dict(state.reserved),
-            "accounts_with_calls": state.accounts_with_calls,
-            "accounts_at_line_limit": state.accounts_at_line_limit,
-            "hot_accounts": [list(pair) for pair in state.hot_accounts],
-            "hot_zones": [list(pair) for pair in state.hot_zones],
-            "ledger_pending": state.ledger_pending,
-            "ledger_oldest_age": state.ledger_oldest_age,
-            "dead_letters": state.dead_letters,
-        }
-    )
-
-
-def decode_live(text: str | bytes) -> metrics.LiveState:
-    """The sample ``encode_live`` stored."""
-    found = json.loads(text)
-    return metrics.LiveState(
-        at=float(found["at"]),
-        took=float(found["took"]),
-        calls={str(k): int(v) for k, v in found["calls"].items()},
-        reserved={str(k): int(v) for k, v in found["reserved"].items()},
-        accounts_with_calls=int(found["accounts_with_calls"]),
-        accounts_at_line_limit=int(found["accounts_at_line_limit"]),
-        hot_accounts=[(str(name), int(n)) for name, n in found["hot_accounts"]],
-        hot_zones=[(str(name), int(n)) for name, n in found["hot_zones"]],
-        ledger_pending=int(found["ledger_pending"]),
-        ledger_oldest_age=float(found["ledger_oldest_age"]),
-        dead_letters=int(found["dead_letters"]),
-    )
+# The shared live-state sample as Redis keeps it: LiveState as JSON, read back whole.
+_LIVE_DECODER = msgspec.json.Decoder(metrics.LiveState)
 
 
 async def sample_billing(
@@ -346,7 +313,7 @@ class StateSampler:
         is younger than the interval; else a new one, taken and stored by this process
         when it gets the lease; else (another is taking one) the stored one, or None."""
         stored = await self._redis.get(keys.live_state_sample())
-        found = None if stored is None else decode_live(stored)
+        found = None if stored is None else _LIVE_DECODER.decode(stored)
         if found is not None and self._clock() - found.at < self._interval:
             return found
         lease_ms = int(max(LEASE_MIN_S, 6 * self._interval) * 1000)
@@ -355,7 +322,7 @@ class StateSampler:
         try:
             live = await sample_live(self._redis, self._clock, self._pacer)
             keep_ms = int(max(LEASE_MIN_S, 3 * self._interval) * 1000)
-            await self._redis.set(keys.live_state_sample(), encode_live(live), px=keep_ms)
+            await self._redis.set(keys.live_state_sample(), msgspec.json.encode(live), px=keep_ms)
         finally:
             await self._redis.delete(keys.live_state_lease())
         return live

@@ -38,6 +38,14 @@ def ivr_of(reply: RadiusReply) -> tuple[list[str], str | None]:
     return pairs, reply.first("h323-preferred-lang")
 
 
+async def voicemail_of(app: RunningApp, account_id: str) -> tuple[int, bool, str]:
+    """(status, voicemail_enabled, voicemail_server) of an HTTP authorize of a call."""
+    status, granted = await send(
+        app, "POST", "/v1/calls", {"account": account_id, "destination": GERMANY}
+    )
+    return status, granted.get("voicemail_enabled", False), granted.get("voicemail_server", "")
+
+
 async def set_plan(app: RunningApp, **fields: object) -> dict[str, Any]:
     """PUT /v1/plans/retail/ivr, which must answer 200."""
     status, body = await send(app, "PUT", "/v1/plans/retail/ivr", fields)
@@ -98,19 +106,9 @@ async def test_the_plan_default_and_the_account_override_reach_the_radius_answer
 async def test_the_voicemail_server_is_in_the_http_authorize_answer(nas: RunningRadius) -> None:
     app = nas.app
     await new_account(app, "2001", balance="5.00", max_lines=10)
-    status, granted = await send(
-        app, "POST", "/v1/calls", {"account": "2001", "destination": GERMANY}
-    )
-    assert (status, granted["voicemail_enabled"], granted["voicemail_server"]) == (201, False, "")
+    assert await voicemail_of(app, "2001") == (201, False, "")
     await set_plan(app, voicemail_enabled=True, voicemail_server=VOICEMAIL)
-    status, granted = await send(
-        app, "POST", "/v1/calls", {"account": "2001", "destination": GERMANY}
-    )
-    assert (status, granted["voicemail_enabled"], granted["voicemail_server"]) == (
-        201,
-        True,
-        VOICEMAIL,
-    )
+    assert await voicemail_of(app, "2001") == (201, True, VOICEMAIL)
 
 
 async def test_an_account_now_on_another_plan_gets_that_plan_s_voicemail_at_once(
@@ -127,22 +125,12 @@ async def test_an_account_now_on_another_plan_gets_that_plan_s_voicemail_at_once
     assert status == 200, body
     await new_account(app, "2101", balance="5.00", max_lines=10)
     # A first call: this process now knows the account as on retail (no voicemail).
-    status, granted = await send(
-        app, "POST", "/v1/calls", {"account": "2101", "destination": GERMANY}
-    )
-    assert (status, granted["voicemail_enabled"]) == (201, False), granted
+    assert await voicemail_of(app, "2101") == (201, False, "")
     # The account is moved to gold where this process does not see it (another node).
     await app.services.redis.hset(keys.account("2101"), "plan", "gold")
     # Its IVR reads went out for retail beside the authorize, which answered "gold":
     # the answer carries gold's voicemail, not retail's none.
-    status, granted = await send(
-        app, "POST", "/v1/calls", {"account": "2101", "destination": GERMANY}
-    )
-    assert (status, granted["voicemail_enabled"], granted["voicemail_server"]) == (
-        201,
-        True,
-        VOICEMAIL,
-    ), granted
+    assert await voicemail_of(app, "2101") == (201, True, VOICEMAIL)
 
 
 async def test_the_pin_answers_carry_the_ivr_settings(nas: RunningRadius) -> None:

@@ -6,6 +6,7 @@ Costs by hand, from tests/test_usage_import.py's deck: UK 0.02 a minute in 60 s
 blocks, Canada (1613) 0.01 a minute per second.
 """
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,24 +125,22 @@ async def test_a_bundle_that_refuses_once_used_up_refuses_the_rows_past_it(
     assert await counters_of(app, "buyer") == [("uk-300", 300, 0)]
 
 
-class _StaleRead(UsageImporter):
-    """An importer whose first read of the counters is overtaken by a live call that
-    takes the whole bundle before the import's debits reach Redis."""
+class _OvertakenRead(UsageImporter):
+    """An importer whose first read of the counters is overtaken by ``meanwhile`` (a
+    change to the bundle) before the import's debits reach Redis."""
 
-    def __init__(self, app: RunningApp) -> None:
+    def __init__(self, app: RunningApp, meanwhile: Callable[[], Awaitable[None]]) -> None:
         services = app.services
         super().__init__(services.pool, services.store, services.catalog, result_ttl=3600)
-        self.app = app
+        self.meanwhile = meanwhile
         self.reads = 0
 
     async def counter_cycles(self, account_ids: set[str]) -> dict[str, dict[str, CounterCycle]]:
-        """The first read's answer, given after a live call took the bundle meanwhile."""
+        """The first read's answer, given after ``meanwhile`` changed the bundle."""
         self.reads += 1
         seen = await super().counter_cycles(account_ids)
         if self.reads == 1:
-            call = {"account": "racer", "destination": UK, "call_id": "live-1"}
-            status, grant = await self.app.post("/v1/calls", call)
-            assert (status, grant["counter_seconds"]) == (201, 600), grant
+            await self.meanwhile()
         return seen
 
 
@@ -153,7 +152,13 @@ async def test_a_bundle_live_calls_took_meanwhile_is_never_used_twice(
     await new_account(app, "racer", "10.00")
     path = tmp_path / "race.csv"
     path.write_text(HEADER + f"r1,racer,{UK},2026-11-03 09:00:00,120,O,,\n")
-    racing = _StaleRead(app)
+
+    async def live_call_takes_the_bundle() -> None:
+        call = {"account": "racer", "destination": UK, "call_id": "live-1"}
+        status, grant = await app.post("/v1/calls", call)
+        assert (status, grant["counter_seconds"]) == (201, 600), grant
+
+    racing = _OvertakenRead(app, live_call_takes_the_bundle)
     request = ImportRequest(template="carrier-x", files=(str(path),))
     summary = await racing.run(request)
     # Priced with 600 free seconds, refused by the script (the live call holds them),
@@ -169,26 +174,6 @@ async def test_a_bundle_live_calls_took_meanwhile_is_never_used_twice(
     assert await balance(app, "racer") == 10_000_000 - 40_000
 
 
-class _CancelledMeanwhile(UsageImporter):
-    """An importer whose first read of the counters is overtaken by the account
-    cancelling its optional bundle before the import's debits reach Redis."""
-
-    def __init__(self, app: RunningApp) -> None:
-        services = app.services
-        super().__init__(services.pool, services.store, services.catalog, result_ttl=3600)
-        self.app = app
-        self.reads = 0
-
-    async def counter_cycles(self, account_ids: set[str]) -> dict[str, dict[str, CounterCycle]]:
-        """The first read's answer, given after the bundle was cancelled meanwhile."""
-        self.reads += 1
-        seen = await super().counter_cycles(account_ids)
-        if self.reads == 1:
-            response = await self.app.client.delete("/v1/accounts/quitter/counters/uk-opt")
-            assert response.status == 200, await response.text()
-        return seen
-
-
 async def test_a_bundle_cancelled_meanwhile_leaves_the_row_at_the_tariff_naming_no_bundle(
     app: RunningApp, tmp_path: Path
 ) -> None:
@@ -201,7 +186,12 @@ async def test_a_bundle_cancelled_meanwhile_leaves_the_row_at_the_tariff_naming_
     assert status == 201, body
     path = tmp_path / "cancelled.csv"
     path.write_text(HEADER + f"q1,quitter,{UK},2026-11-03 09:00:00,120,O,,\n")
-    importer = _CancelledMeanwhile(app)
+
+    async def cancelled() -> None:
+        response = await app.client.delete("/v1/accounts/quitter/counters/uk-opt")
+        assert response.status == 200, await response.text()
+
+    importer = _OvertakenRead(app, cancelled)
     summary = await importer.run(ImportRequest(template="carrier-x", files=(str(path),)))
     # Priced with the bundle's 600 free seconds, refused by the script (the bundle is
     # gone), read again: no counter applies, so the tariff, two blocks, 0.04.

@@ -21,7 +21,7 @@ from pyrad.packet import AuthPacket, PacketError
 
 from ocs.balances.ivr import Ivr
 from ocs.balances.pin_guard import PinGuard
-from ocs.charging.lifecycle import AuthorizeRequest, CallService, Identity, Origin
+from ocs.charging.lifecycle import AuthorizeRequest, CallService, Grant, Identity, Origin
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.metrics import PIN_FAILURES, decision
@@ -192,6 +192,12 @@ async def answer_access_request(
             decision("radius", refused.reason)
         return refused
     decision("radius", None)
+    return granted(grant, await calls.ivr_from(ivr, account_id))
+
+
+def granted(grant: Grant, ivr: Ivr) -> AccessAnswer:
+    """The Access-Accept of a granted call: how long it may last, the funds, the route
+    set's carriers, the slice to report (quota mode) and the IVR settings."""
     available = grant.available
     postpaid = grant.credit_limit > 0
     # A call granted slice by slice: the NAS is told the longest the funds could pay for
@@ -214,5 +220,5 @@ async def answer_access_request(
     ]
     if grant.slice_seconds and not grant.final:
         attributes.append(("Acct-Interim-Interval", grant.slice_seconds))
-    attributes += ivr_attributes(await calls.ivr_from(ivr, account_id), voicemail=True)
+    attributes += ivr_attributes(ivr, voicemail=True)
     return AccessAnswer(accept=True, attributes=attributes, reason="granted", return_code=0)
