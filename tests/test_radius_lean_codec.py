@@ -378,6 +378,17 @@ def test_the_servers_readers_answer_the_same(built: Built, keys: list[str]) -> N
     assert call_id_of(lean, order[::-1]) == call_id_of(pyrad, order[::-1])
 
 
+def test_a_first_value_beside_a_malformed_one_reads_as_pyrad_reads_it() -> None:
+    # NAS-Port (5) twice: a good value, then one of 3 octets. pyrad decodes every value
+    # and fails, so the server reads no NAS-Port; the lean request must not read "7".
+    data = _request(ACCESS_REQUEST, attribute(5, (7).to_bytes(4, "big")) + attribute(5, b"abc"))
+    lean, pyrad = lean_decoded(data, b"s3cret"), pyrad_decoded(data, b"s3cret")
+    assert first(pyrad, "NAS-Port") is None
+    assert first(lean, "NAS-Port") is None
+    one = _request(ACCESS_REQUEST, attribute(5, (7).to_bytes(4, "big")))
+    assert first(lean_decoded(one, b"s3cret"), "NAS-Port") == "7"
+
+
 # -- verification and refusals -----------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ every top-up are ledger entries, so the PostgreSQL ledger always sums to the
 Redis balance.
 """
 
-import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ def password_digest(account_id: str, password: str) -> str:
     HMAC-SHA256 keyed by the account id, so equal passwords on two accounts
     differ; Redis and PostgreSQL never hold the password itself.
     """
-    return hmac.new(account_id.encode(), password.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(account_id.encode(), password.encode(), "sha256").hex()
 
 
 class Unset:

@@ -63,6 +63,7 @@ class AutoPipeline:
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def redis(self) -> RedisClient:
@@ -75,7 +76,11 @@ class AutoPipeline:
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command; the future resolves with its reply."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Bound to the loop of its first command: its connections are that loop's
+            # anyway. Asked once, since asyncio's get_running_loop is a getpid() call.
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((args, future))
         if len(self._queue) >= self._max_batch:
@@ -96,7 +101,8 @@ class AutoPipeline:
         if not self._queue:
             return
         batch, self._queue = self._queue, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        assert self._loop is not None  # set by the first command queued
+        task = self._loop.create_task(self._send(batch))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 

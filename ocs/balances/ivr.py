@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 import asyncpg
+import msgspec
 
 from ocs.balances.store import BalanceStore
 from ocs.errors import OcsError, Reason, invalid
@@ -88,8 +89,7 @@ class AccountIvr:
         return f"{self.announce or ''}|{self.language or ''}"
 
 
-@dataclass(frozen=True, slots=True)
-class Ivr:
+class Ivr(msgspec.Struct, frozen=True, gc=False):
     """What an IVR is told for one account: the plan's default under its override.
 
     ``configured``: the plan or the account has IVR settings (else a RADIUS answer

@@ -47,6 +47,11 @@ def live_calls(account_id: str) -> str:
     return f"calls:{_tag(bucket_of(account_id))}:{account_id}"
 
 
+def live_calls_in(bucket: int, account_id: str) -> str:
+    """``live_calls(account_id)`` when the account's bucket is known already."""
+    return f"calls:{_tag(bucket)}:{account_id}"
+
+
 def stopped_call(account_id: str, call_id: str) -> str:
     """String: msgpack result of a stopped call, kept to answer a repeated stop."""
     return f"stopped:{_tag(bucket_of(account_id))}:{account_id}:{call_id}"
@@ -116,6 +121,11 @@ def account_ivr(account_id: str) -> str:
 def member_lines(account_id: str) -> str:
     """Hash: member -> its calls live now (for the per-member line limit)."""
     return f"mlines:{_tag(bucket_of(account_id))}:{account_id}"
+
+
+def member_lines_in(bucket: int, account_id: str) -> str:
+    """``member_lines(account_id)`` when the account's bucket is known already."""
+    return f"mlines:{_tag(bucket)}:{account_id}"
 
 
 def counters(account_id: str) -> str:

@@ -94,14 +94,18 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
     def keys(self) -> list[str]:
         """KEYS[1..4], and KEYS[5..6] when the call has a member, a counter or shares."""
         account_id = self.account_id
+        bucket = k.bucket_of(account_id)  # once: every key of the account carries it
         script_keys = [
-            k.account(account_id),
-            k.live_calls(account_id),
-            k.call_expiry(k.bucket_of(account_id)),
-            k.stopped_call(account_id, self.call_id),
+            k.account_in(bucket, account_id),
+            k.live_calls_in(bucket, account_id),
+            k.call_expiry(bucket),
+            k.stopped_call_in(bucket, account_id, self.call_id),
         ]
         if self.member or self.counter is not None or self.share:
-            script_keys += [k.member_lines(account_id), k.counters(account_id)]
+            script_keys += [
+                k.member_lines_in(bucket, account_id),
+                k.counters_in(bucket, account_id),
+            ]
         return script_keys
 
     def argv(self) -> list[object]:

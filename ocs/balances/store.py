@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgpack
+import msgspec
 
 from ocs.balances import keys, scripts
 from ocs.balances.autopipeline import AutoPipeline
@@ -114,8 +115,7 @@ class AccountState:
         return self.balance + self.credit_limit - self.reserved - self.committed
 
 
-@dataclass(frozen=True, slots=True)
-class Reserved:
+class Reserved(msgspec.Struct, frozen=True, gc=False):
     """The authorize script reserved a line and ``reserved`` funds for the call."""
 
     reserved: int

@@ -221,8 +221,7 @@ _RECORD_DECODER = msgspec.msgpack.Decoder(CallRecord)
 _SUMMARY_DECODER = msgspec.msgpack.Decoder(CallRecordSummary)
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(msgspec.Struct, frozen=True, gc=False):
     """An authorized call: it may last ``max_duration`` seconds; ``reserved`` is held."""
 
     call_id: str
@@ -532,6 +531,8 @@ def clean_caller(caller: str | None) -> str | None:
     """
     if caller is None:
         return None
+    if len(caller) <= 64 and caller.isprintable() and caller == caller.strip():
+        return caller or None  # the usual caller id: kept as is, not rebuilt
     kept = "".join(c for c in caller if c.isprintable()).strip()[:64]
     return kept or None
 

@@ -15,8 +15,7 @@ to announce and in which language, and an enabled voicemail server where to forw
 an unanswered call (``ivr_attributes``; docs/ivr-attributes.md, decision 0030).
 """
 
-from dataclasses import dataclass
-
+import msgspec
 from pyrad.packet import AuthPacket, PacketError
 
 from ocs.balances.ivr import Ivr
@@ -34,8 +33,7 @@ Attribute = tuple[str, str | int]
 _WRONG_PIN = (Reason.ACCOUNT_NOT_FOUND, Reason.INVALID_PASSWORD)
 
 
-@dataclass(frozen=True, slots=True)
-class AccessAnswer:
+class AccessAnswer(msgspec.Struct, frozen=True, gc=False):
     """What an Access-Request is answered: accept or reject, with its attributes."""
 
     accept: bool

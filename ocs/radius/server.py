@@ -266,6 +266,9 @@ class RadiusServer:
         self.acct_port = 0
         self._listener: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
+        # The loop the listeners read on, kept: asyncio's get_running_loop is a getpid()
+        # call, once per datagram otherwise.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def disconnect(self, record: CallRecord) -> DisconnectOutcome | None:
         """Ask the NAS that carries a call to end it (RFC 5176); None if it takes no such
@@ -277,7 +280,7 @@ class RadiusServer:
     ) -> None:
         """Listen on the given bound sockets, or bind the configured ports (never shared:
         a taken port raises ``AddressInUse``)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         host = self._settings.radius_host
         if auth_sock is None:
             auth_sock = bind_udp(host, self._settings.radius_auth_port, "radius_auth_port")
@@ -382,9 +385,10 @@ class RadiusServer:
             if cached:
                 listener.sendto(cached, addr)
             return
-        task = asyncio.get_running_loop().create_task(
-            self._answer(listener, request, client, addr, key, started)
-        )
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = loop.create_task(self._answer(listener, request, client, addr, key, started))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

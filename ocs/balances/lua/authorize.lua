@@ -60,11 +60,12 @@
 -- it pays for with the shared rating function. With the slice policy the caller passes
 -- the cost of one slice as ARGV[5] (quota mode).
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'REJ', 'account_not_found'}
-end
+-- One read of the account: every account hash has a status, so none means no account.
 local a = redis.call('HMGET', KEYS[1], 'status', 'plan', 'balance', 'credit_limit', 'reserved',
   'max_lines', 'pw', 'expires', 'min_balance', 'committed', 'member_lines', 'expire_days')
+if not a[1] then
+  return {'REJ', 'account_not_found'}
+end
 if a[2] ~= ARGV[2] then
   return {'PLAN', a[2]}
 end

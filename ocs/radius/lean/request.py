@@ -125,14 +125,21 @@ class LeanRequest:
         return self.pyrad_packet().get(key, failobj)
 
     def first_value(self, name: str) -> Any:
-        """``get(name)[0]``, or None without the attribute, decoding only that value:
-        the request path reads most attributes once, and most have one value."""
+        """``get(name)[0]``, or None without the attribute: the request path reads most
+        attributes once, and most have one value, decoded alone. Several are all
+        decoded, so that one of the wrong size raises ``ValueError`` as ``get`` does."""
         field = self._fields.get(name)
         if field is None:
             values = self.get(name)
             return values[0] if values else None
         raw = self._attrs.get(field.key)
-        return None if not raw else field.decode(raw[0])
+        if not raw:
+            return None
+        decode = field.decode
+        first = decode(raw[0])
+        for value in raw[1:]:
+            decode(value)
+        return first
 
     def __getitem__(self, key: object) -> Any:
         """As ``get``, with ``KeyError`` for an attribute the packet does not have."""
