@@ -8,8 +8,8 @@ of any cause (a GC pass, a large batch, a synchronous reload) shows as lag.
 ``settle_gc`` removes the largest stall found under load: the cyclic garbage
 collector's full passes over every object loaded at start-up (catalog, tariff
 decks, dictionaries). It moves what exists after start-up into the permanent
-generation (``gc.freeze``), where no collection looks at it, and collects the
-young generation less often, so a pass is rarer and only walks recent objects.
+generation (``gc.freeze``), where no collection looks at it, so a pass only walks
+recent objects, and keeps the young generation small, so that each pass is short.
 
 ``StallWatch`` names the cause of a stall: a thread beside the loop looks at the
 loop thread's stack while the loop is late, and logs one line per stall longer
@@ -30,9 +30,12 @@ from typing import Any
 
 from ocs import metrics
 
-# Allocations between young-generation collections: CPython's default is 700, a pass
-# every few requests; 50,000 makes it one per ~100 ms of RADIUS load.
-GC_THRESHOLD0 = 50_000
+# Allocations between young-generation collections. A pass walks every young object,
+# so its length grows with this: under RADIUS load 50,000 made passes of up to 16 ms,
+# 5,000 of 3.5 ms, 1,000 of 0.9 ms. Shorter passes cost CPU at full load, where more
+# requests are in flight at each pass and their objects get promoted: about 1% at
+# 5,000 and 5% at 1,000 (benchmarks/RESULTS.md, decision 0034).
+GC_THRESHOLD0 = 5_000
 
 log = logging.getLogger("ocs.loop")
 # A stall at the same place is logged at most once in this many seconds.
@@ -40,7 +43,7 @@ STALL_QUIET_S = 60.0
 
 
 def settle_gc(threshold0: int = GC_THRESHOLD0) -> None:
-    """Call once start-up is done: freeze what exists, collect the young generation rarely."""
+    """Call once start-up is done: freeze what exists, keep young-generation passes short."""
     gc.collect()
     gc.freeze()
     _, threshold1, threshold2 = gc.get_threshold()
