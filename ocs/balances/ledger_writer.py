@@ -105,16 +105,20 @@ def _raise_first_error(replies: Sequence[Any], tolerated: str = "") -> None:
 
 def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_Row, _Row | None]:
     """The ledger row and (for a call) the CDR row of one stream entry."""
-    f = {_s(k): v for k, v in fields.items()}
+    # The fields are read by their raw names, as the stream holds them: decoding every
+    # name first was a third of the writer's time per entry.
+    f = fields
     key = f"{keys.bucket_of_ledger_key(stream)}-{entry_id}"
-    kind = _s(f["kind"])
-    occurred = _ts(int(f["ts"]))
-    account = _s(f["account"])
-    reference = _s(f["reference"]) if "reference" in f else None
-    ledger_row = (key, account, kind, int(f["amount"]), int(f["balance"]), reference, occurred)
-    if "cdr" not in f:
+    kind = f[b"kind"].decode()
+    occurred = _ts(int(f[b"ts"]))
+    account = f[b"account"].decode()
+    raw_reference = f.get(b"reference")
+    reference = None if raw_reference is None else raw_reference.decode()
+    ledger_row = (key, account, kind, int(f[b"amount"]), int(f[b"balance"]), reference, occurred)
+    packed_cdr = f.get(b"cdr")
+    if packed_cdr is None:
         return ledger_row, None
-    cdr = msgpack.unpackb(f["cdr"])
+    cdr = msgpack.unpackb(packed_cdr)
     fee, block, step, price = cdr["rate"]
     cdr_row = (
         key,
@@ -128,15 +132,15 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_R
         _ts(cdr["authorized_at_ms"]),
         # An imported record ended when the switch says, not when it was debited.
         _ts(cdr["stopped_at_ms"]) if "stopped_at_ms" in cdr else occurred,
-        int(f["duration"]),
+        int(f[b"duration"]),
         cdr["billed"],
         fee,
         block,
         step,
         price,
-        int(f["rated"]),
-        int(f["charged"]),
-        _s(f["cause"]) if "cause" in f else "normal",
+        int(f[b"rated"]),
+        int(f[b"charged"]),
+        f[b"cause"].decode() if b"cause" in f else "normal",
         cdr.get("nas"),
         cdr.get("member"),
         cdr.get("direction", "outbound"),

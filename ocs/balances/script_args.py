@@ -148,10 +148,10 @@ def call_keys(account_id: str, call_id: str) -> list[str]:
     sorted set, stopped-call key, ledger stream."""
     bucket = k.bucket_of(account_id)
     return [
-        k.account(account_id),
-        k.live_calls(account_id),
+        k.account_in(bucket, account_id),
+        k.live_calls_in(bucket, account_id),
         k.call_expiry(bucket),
-        k.stopped_call(account_id, call_id),
+        k.stopped_call_in(bucket, account_id, call_id),
         k.ledger(bucket),
     ]
 

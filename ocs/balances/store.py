@@ -124,8 +124,7 @@ class Reserved(msgspec.Struct, frozen=True, gc=False):
     credit_limit: int
 
 
-@dataclass(frozen=True, slots=True)
-class LiveEntry:
+class LiveEntry(msgspec.Struct, frozen=True, gc=False):
     """A live call as Redis holds it: ``<held>|<started>|<used>|<debited>|<record>``."""
 
     held: int
@@ -222,8 +221,7 @@ __all__ = [
 AuthorizeOutcome = Reserved | AlreadyLive | AlreadyStopped | PlanMismatch | Refused | CounterChanged
 
 
-@dataclass(frozen=True, slots=True)
-class StopResult:
+class StopResult(msgspec.Struct, frozen=True, gc=False):
     """A stopped (or charged) call as the script recorded it; ``repeated``: a repeat."""
 
     charged: int
@@ -235,8 +233,7 @@ class StopResult:
     repeated: bool
 
 
-@dataclass(frozen=True, slots=True)
-class UpdateResult:
+class UpdateResult(msgspec.Struct, frozen=True, gc=False):
     """A live call after an interim report: seconds used, funds debited and still held."""
 
     used: int

@@ -287,8 +287,7 @@ class Grant(msgspec.Struct, frozen=True, gc=False):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class CallCharge:
+class CallCharge(msgspec.Struct, frozen=True, gc=False):
     """A stopped call: ``charged`` left the balance; ``rated`` is what the tariff asked."""
 
     call_id: str
@@ -304,8 +303,7 @@ class CallCharge:
     repeated: bool
 
 
-@dataclass(frozen=True, slots=True)
-class CallProgress:
+class CallProgress(msgspec.Struct, frozen=True, gc=False):
     """A live call's state after a Start or an Interim-Update."""
 
     call_id: str
