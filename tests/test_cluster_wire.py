@@ -109,3 +109,24 @@ def test_a_cluster_is_named_by_a_node_url_never_embedded() -> None:
         load_settings(environ={"OCS_REDIS_CLUSTER": "true"})
     with pytest.raises(ConfigError, match="OCS_REDIS_WAIT_REPLICAS"):
         load_settings(environ={"OCS_REDIS_WAIT_REPLICAS": "-1"})
+
+
+async def test_a_batch_unanswered_within_the_timeout_fails_and_the_next_reconnects(
+    redis_url: str,
+) -> None:
+    import redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    wire = RedisWire(redis_url, timeout=0.2)
+    assert await wire.execute_many([("PING",)]) == [b"PONG"]  # connected: sent at once
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.execute_command("CLIENT", "PAUSE", 700, "ALL")  # Redis answers nobody
+        sent = wire.send_now([("PING",)])
+        assert sent is not None
+        with pytest.raises(RedisConnectionError, match="did not answer within 0.2 s"):
+            await sent
+        # The connection was closed: nothing more is written on it.
+        assert wire.send_now([("PING",)]) is None
+        assert admin.ping()  # answered once the pause is over
+    assert await wire.execute_many([("PING",)]) == [b"PONG"]  # on a new connection
+    await wire.close()

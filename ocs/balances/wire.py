@@ -86,7 +86,8 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.waiting: deque[_Batch] = deque()
         self.transport: asyncio.Transport | None = None
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # create_connection's transport is a Transport; the base class's signature is wider.
@@ -118,6 +119,14 @@ class _Protocol(asyncio.Protocol):
                 batch.done.set_result(batch.replies)
         if not self.lost.done():
             self.lost.set_result(None)
+
+
+def _usable(protocol: _Protocol | None) -> bool:
+    """Whether a connection can take commands: open, and not closing (a connection closed
+    after a timeout has its loss reported a moment later)."""
+    if protocol is None or protocol.lost.done() or protocol.transport is None:
+        return False
+    return not protocol.transport.is_closing()
 
 
 def _send(protocol: _Protocol, commands: Sequence[Sequence[Any]]) -> "asyncio.Future[list[Any]]":
@@ -164,10 +173,10 @@ class _Link:
     async def connection(self) -> _Protocol:
         """The open connection, opened (with AUTH, SELECT, scripts) if need be."""
         protocol = self._protocol
-        if protocol is not None and not protocol.lost.done():
+        if protocol is not None and _usable(protocol):
             return protocol
         async with self._connecting:
-            if self._protocol is not None and not self._protocol.lost.done():
+            if self._protocol is not None and _usable(self._protocol):
                 return self._protocol
             if self._failure and time.monotonic() - self.failed_at < RECONNECT_PAUSE_S:
                 raise RedisConnectionError(self._failure)
@@ -205,7 +214,7 @@ class _Link:
         ``ConnectionError`` in each place); raises ``ConnectionError`` when the server
         cannot be reached or does not answer within the timeout."""
         protocol = self._protocol
-        if protocol is None or protocol.lost.done():
+        if protocol is None or not _usable(protocol):
             protocol = await self.connection()
         replies = _send(protocol, commands)
         try:
@@ -219,6 +228,30 @@ class _Link:
             raise RedisConnectionError(
                 f"Redis {self!r} did not answer within {self._timeout} s"
             ) from None
+
+    def send_now(self, commands: Sequence[Sequence[Any]]) -> "asyncio.Future[list[Any]] | None":
+        """``run`` without a coroutine: the commands written now on the open connection,
+        and the future of their replies (``ConnectionError`` in it when the server does
+        not answer within the timeout); None when no connection is open (``run`` then
+        opens one)."""
+        protocol = self._protocol
+        if protocol is None or not _usable(protocol):
+            return None
+        replies = _send(protocol, commands)
+        timer = protocol.loop.call_later(self._timeout, self._expire, protocol, replies)
+        replies.add_done_callback(lambda _: timer.cancel())
+        return replies
+
+    def _expire(self, protocol: _Protocol, replies: "asyncio.Future[list[Any]]") -> None:
+        """A batch unanswered within the timeout: as in ``run``, an error for its callers
+        and the connection closed (failing every batch in flight on it)."""
+        if replies.done():
+            return
+        replies.set_exception(
+            RedisConnectionError(f"Redis {self!r} did not answer within {self._timeout} s")
+        )
+        if protocol.transport is not None:
+            protocol.transport.close()
 
     async def close(self) -> None:
         """Close the connection, if open, and wait until it is closed."""
@@ -296,6 +329,14 @@ class RedisWire:
         for key in keys:
             groups.setdefault(key_slot(key), []).append(key)
         return list(groups.values())
+
+    def send_now(self, commands: Sequence[Sequence[Any]]) -> "asyncio.Future[list[Any]] | None":
+        """The batch written at once, when one connected server serves it all as it is
+        (standalone, no WAIT): the future of its replies, as ``execute_many`` returns
+        them. None otherwise: ``execute_many`` then routes, connects and waits."""
+        if self._cluster or self._wait_replicas:
+            return None
+        return self._seed.send_now(commands)
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Replies in order; a command Redis refused has its ``ResponseError`` in its place.
