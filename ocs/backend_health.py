@@ -86,6 +86,12 @@ class BackendState:
     error: str = ""  # the latest failure, described
 
 
+class RepeatedFailure(Exception):
+    """Mixed into an error that repeats a failure already reported, without trying again
+    (a server that refused a connection moments ago is not dialled again at once): it
+    keeps a backend down, and never takes one down that has answered since."""
+
+
 class BackendHealth:
     """Tracks each backend's reachability and logs only its changes (and rare reminders)."""
 
@@ -121,6 +127,10 @@ class BackendHealth:
     def report_failure(self, backend: str, exc: BaseException) -> None:
         """An operation on ``backend`` failed because it could not be reached."""
         state = self._state(backend)
+        if state.up and isinstance(exc, RepeatedFailure):
+            # Stale: the failure it repeats was reported when it happened, and another
+            # connection has reached the backend since (a second outage logged otherwise).
+            return
         now = self._clock()
         state.failures += 1
         state.error = describe(exc)

@@ -28,6 +28,7 @@ from ocs import backend_health, embedded
 from ocs.backend_health import BackendHealth, backend_of
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
+from ocs.balances.wire import ReconnectPaused
 from ocs.charging.janitor import Janitor
 from ocs.config import Settings
 from ocs.runtime import open_runtime
@@ -256,6 +257,24 @@ def test_a_long_outage_is_reminded_at_the_configured_pace(
     assert caplog.records[-1].down_for_s == 180.0  # type: ignore[attr-defined]
     assert caplog.records[-1].failures == 180  # type: ignore[attr-defined]
     assert health.is_up("redis") and health.down_for("redis") is None
+
+
+def test_a_repeated_failure_keeps_a_backend_down_but_never_takes_it_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A connection that was refused moments ago fails again without dialling (the
+    # wire's ReconnectPaused), possibly after another connection reached the server.
+    health = BackendHealth(clock=FakeClock())
+    caplog.set_level(logging.INFO, logger="ocs.backends")
+    repeated = ReconnectPaused("cannot connect to Redis: refused")
+    health.report_failure("redis", RedisConnectionError("cannot connect to Redis: refused"))
+    health.report_failure("redis", repeated)
+    assert health.snapshot()["redis"]["failures"] == 2
+    health.report_success("redis")
+    health.report(repeated)
+    assert health.is_up("redis")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["redis unreachable", "redis reachable again"]
 
 
 def test_only_unreachable_backends_count_as_outages() -> None:

@@ -38,6 +38,7 @@ import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from ocs.backend_health import RepeatedFailure
 from ocs.balances.slots import SLOTS, command_key, key_slot
 
 # A command redirected this many times in one batch is answered "unavailable": the
@@ -59,6 +60,11 @@ RECONNECT_PAUSE_S = 0.1
 class ClusterUnavailable(RedisConnectionError):
     """The cluster cannot serve the command now (a master is down, the cluster is
     reconfiguring): an outage, answered "unavailable", not a refused command."""
+
+
+class ReconnectPaused(RedisConnectionError, RepeatedFailure):
+    """A server that could not be reached moments ago, not tried again yet: the same
+    failure again, not new evidence of an outage."""
 
 
 class ReplicationUnconfirmed(RedisConnectionError):
@@ -179,7 +185,7 @@ class _Link:
             if self._protocol is not None and _usable(self._protocol):
                 return self._protocol
             if self._failure and time.monotonic() - self.failed_at < RECONNECT_PAUSE_S:
-                raise RedisConnectionError(self._failure)
+                raise ReconnectPaused(self._failure)
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(self._timeout):
