@@ -12,6 +12,10 @@ connection the wire opens, so a master that took over a slot has them; a
 NOSCRIPT answer (after a SCRIPT FLUSH) means that script did not run, so the
 scripts are loaded on every master and those commands alone are sent again.
 
+A batch for one connected server is written at the end of its tick and its replies
+handed out by a callback; only connecting, a cluster's routing, WAIT and the NOSCRIPT
+retry run as a task (decision 0006).
+
 A batch that cannot be sent fails each of its callers (who answer
 "unavailable") and is reported to the process's backend tracker, which logs the
 outage once; nothing is logged here per batch or per command.
