@@ -428,12 +428,21 @@ async def test_every_command_names_keys_of_one_slot(
     app = backend_app
     sent: list[tuple[Any, ...]] = []
     original = RedisWire.execute_many
+    original_now = RedisWire.send_now
 
     async def recording(self: RedisWire, commands: Any) -> list[Any]:
         sent.extend(tuple(c) for c in commands)
         return await original(self, commands)
 
+    def recording_now(self: RedisWire, commands: Any) -> Any:
+        written = original_now(self, commands)
+        if written is not None:  # else execute_many sends (and records) them
+            sent.extend(tuple(c) for c in commands)
+        return written
+
+    # A batch goes out by either way: written at once, or awaited through execute_many.
     monkeypatch.setattr(RedisWire, "execute_many", recording)
+    monkeypatch.setattr(RedisWire, "send_now", recording_now)
     await add_plan(app.services, max_lines=3)
     await app.post("/v1/accounts", {"id": "one", "plan": "retail", "balance": "5.00"})
     await app.post("/v1/accounts/one/topups", {"amount": "1.00", "topup_id": "t"})
