@@ -21,7 +21,8 @@ so the difference from 64 is what a batch costs whatever its size.
 With ``--full-calls`` each call is then started and stopped (an Accounting-Request
 Start, then a Stop of 45 s, each phase after the last), and the CPU of each phase is
 printed, and of a whole call: the ceiling of full calls a second on one core. The
-ledger writer runs in this process as it runs in ``ocs serve``'s, and the Stop phase
+ledger writer runs in this process as ``ocs serve`` makes it (``ocs.server.ledger_writer``,
+so ``--trees`` takes checkouts that have it), and the Stop phase
 ends once it has written every stop's entries to PostgreSQL.
 
 With ``--trees A,B`` each round measures checkout A's ``ocs`` and then checkout B's
@@ -136,6 +137,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from ocs.radius.clients import load_client_table
     from ocs.radius.server import ACCT, AUTH, RadiusServer
     from ocs.runtime import open_runtime
+    from ocs.server import ledger_writer
 
     settings = load_settings(
         environ={
@@ -171,13 +173,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         writer_task: asyncio.Task[None] | None = None
         writer: LedgerWriter | None = None
         if args.full_calls:
-            writer = LedgerWriter(
-                services.redis,
-                services.pool,
-                batch_size=settings.ledger_batch_size,
-                claim_idle_ms=settings.ledger_claim_idle_ms,
-                health=services.health,
-            )
+            writer = ledger_writer(settings, services)
             writer_task = asyncio.create_task(writer.run(stopping))
         results: dict[str, Any] = {}
         for phase, port, chunk in phases:

@@ -260,6 +260,19 @@ async def _drain_radius(radius: RadiusServer, within: float) -> None:
     await radius.stop_watching()
 
 
+def ledger_writer(settings: Settings, services: Services) -> LedgerWriter:
+    """The ledger writer as ``ocs serve`` runs it, configured by ``settings``."""
+    return LedgerWriter(
+        services.redis,
+        services.pool,
+        batch_size=settings.ledger_batch_size,
+        claim_idle_ms=settings.ledger_claim_idle_ms,
+        health=services.health,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
+    )
+
+
 def _start_background(settings: Settings, services: Services, stages: _Stages) -> None:
     """Start the ledger writer and the janitor; both stop when the background stage runs."""
     # One event stops both: each stop sets it, so both are told at once, whichever of
@@ -269,15 +282,7 @@ def _start_background(settings: Settings, services: Services, stages: _Stages) -
     # the janitor is awaited first and the writer, which may take up to shutdown_timeout
     # to finish its batch, after it.
     if settings.run_ledger_writer:
-        writer = LedgerWriter(
-            services.redis,
-            services.pool,
-            batch_size=settings.ledger_batch_size,
-            claim_idle_ms=settings.ledger_claim_idle_ms,
-            health=services.health,
-            wait_replicas=settings.redis_wait_replicas,
-            wait_timeout_ms=settings.redis_wait_timeout_ms,
-        )
+        writer = ledger_writer(settings, services)
         writer_task = asyncio.create_task(_run_ledger_writer(writer, stopping))
         stages.background.push_async_callback(
             _stop_writer, writer_task, stopping, settings.shutdown_timeout
