@@ -140,10 +140,12 @@ def parse_live_entry(entry: bytes) -> LiveEntry:
     return LiveEntry(int(held), int(started), int(used), int(debited), record)
 
 
-@dataclass(frozen=True, slots=True)
-class IvrReads:
+class IvrReads(msgspec.Struct, frozen=True):
     """The two IVR reads of an account, sent: its plan's packed default, its override;
     ``plan_id`` the plan they were sent for."""
+
+    # Made for every authorization, a Struct as those above; it holds futures, so it
+    # stays in the cycle collector's view (no gc=False).
 
     plan_id: str
     plan: "asyncio.Future[Any]"
