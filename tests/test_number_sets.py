@@ -18,7 +18,7 @@ from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer, invoices, run
-from tests.conftest import RunningApp, RunningRadius, account, add_plan, caught_up
+from tests.conftest import RunningApp, RunningRadius, account, add_plan, caught_up, eventually
 from tests.helpers import Pairs, Raw, acct, auth, new_account, ocs_cli, send
 
 
@@ -370,8 +370,16 @@ async def test_an_inbound_radius_call_to_a_taken_did_is_its_account_s(
     await caught_up(app.services)
     # 90 s in blocks of 60 at the inbound 0.02/min: 120 s = 0.04, from the callee.
     assert (await account(app, "callee"))["balance"] == "0.960000"
-    async with app.services.pool.acquire() as conn:
-        cdr = await conn.fetchrow(
-            "SELECT account_id, zone, direction FROM cdrs WHERE call_id = 'IN-R1'"
-        )
-    assert tuple(cdr) == ("callee", "London DID", "inbound")
+
+    async def cdr_of_call() -> Any:
+        async with app.services.pool.acquire() as conn:
+            return await conn.fetchrow(
+                "SELECT account_id, zone, direction FROM cdrs WHERE call_id = 'IN-R1'"
+            )
+
+    async def cdr_written() -> bool:
+        # The ledger writer stores the CDR after the stop is answered: wait for the row.
+        return await cdr_of_call() is not None
+
+    await eventually(cdr_written, what="the call's CDR in PostgreSQL")
+    assert tuple(await cdr_of_call()) == ("callee", "London DID", "inbound")
