@@ -72,7 +72,7 @@ def _add_numbers(commands: "Commands") -> None:
 
 def _add_ivr(commands: "Commands") -> None:
     """ivr plan and account."""
-    from ocs.balances.ivr import ANNOUNCE
+    from ocs.catalog.plan_ivr import ANNOUNCE
 
     ivr = add_group(commands, "ivr", "what IVRs announce, their language, plans' voicemail")
     plan = add_command(ivr, "plan", "show or set a plan's IVR default and voicemail", _ivr_plan)
@@ -197,7 +197,7 @@ def _ivr_plan(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs ivr plan``: without flags, show; with any, change those and keep the rest."""
     from dataclasses import replace
 
-    from ocs.balances import ivr
+    from ocs.catalog import plan_ivr, plan_ivr_store
     from ocs.http.card_handlers import plan_ivr_view
 
     changes: dict[str, object] = {}
@@ -210,13 +210,13 @@ def _ivr_plan(args: argparse.Namespace, settings: Settings) -> int:
     if args.voicemail is not None:
         changes["voicemail_enabled"] = args.voicemail == "on"
 
-    async def run(services: "Services") -> ivr.PlanIvr:
+    async def run(services: "Services") -> plan_ivr.PlanIvr:
         """Read, change what the flags say, store."""
-        current = await ivr.plan_ivr(services.pool, args.plan)
+        current = await plan_ivr_store.plan_ivr(services.pool, args.plan)
         if not changes:
             return current
         wanted = replace(current, **changes)  # type: ignore[arg-type]
-        return await ivr.set_plan_ivr(services.pool, services.store, wanted)
+        return await plan_ivr_store.set_plan_ivr(services.pool, wanted)
 
     print_json(to_builtins(plan_ivr_view(with_services(settings, run))))
     return 0

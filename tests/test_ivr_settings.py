@@ -9,7 +9,7 @@ import io
 from typing import Any
 
 from ocs.balances import keys
-from tests.conftest import RunningApp, RunningRadius, add_plan
+from tests.conftest import RunningApp, RunningRadius, add_plan, caught_up
 from tests.helpers import Pairs, auth, new_account, send
 from tests.radclient import RadiusReply
 
@@ -38,18 +38,23 @@ def ivr_of(reply: RadiusReply) -> tuple[list[str], str | None]:
     return pairs, reply.first("h323-preferred-lang")
 
 
-async def voicemail_of(app: RunningApp, account_id: str) -> tuple[int, bool, str]:
+async def voicemail_of(
+    app: RunningApp, account_id: str, call_id: str | None = None
+) -> tuple[int, bool, str]:
     """(status, voicemail_enabled, voicemail_server) of an HTTP authorize of a call."""
-    status, granted = await send(
-        app, "POST", "/v1/calls", {"account": account_id, "destination": GERMANY}
-    )
+    call: dict[str, str] = {"account": account_id, "destination": GERMANY}
+    if call_id is not None:
+        call["call_id"] = call_id
+    status, granted = await send(app, "POST", "/v1/calls", call)
     return status, granted.get("voicemail_enabled", False), granted.get("voicemail_server", "")
 
 
-async def set_plan(app: RunningApp, **fields: object) -> dict[str, Any]:
-    """PUT /v1/plans/retail/ivr, which must answer 200."""
-    status, body = await send(app, "PUT", "/v1/plans/retail/ivr", fields)
+async def set_plan(app: RunningApp, plan: str = "retail", **fields: object) -> dict[str, Any]:
+    """PUT /v1/plans/<plan>/ivr, which must answer 200; then wait until the catalog
+    snapshot holds it (a plan's IVR default is catalog, decision 0035)."""
+    status, body = await send(app, "PUT", f"/v1/plans/{plan}/ivr", fields)
     assert status == 200, body
+    await caught_up(app.services)
     return dict(body)
 
 
@@ -108,7 +113,9 @@ async def test_the_voicemail_server_is_in_the_http_authorize_answer(nas: Running
     await new_account(app, "2001", balance="5.00", max_lines=10)
     assert await voicemail_of(app, "2001") == (201, False, "")
     await set_plan(app, voicemail_enabled=True, voicemail_server=VOICEMAIL)
-    assert await voicemail_of(app, "2001") == (201, True, VOICEMAIL)
+    assert await voicemail_of(app, "2001", "VM-1") == (201, True, VOICEMAIL)
+    # The same call asked again: the grant repeated, with the same settings.
+    assert await voicemail_of(app, "2001", "VM-1") == (200, True, VOICEMAIL)
 
 
 async def test_an_account_now_on_another_plan_gets_that_plan_s_voicemail_at_once(
@@ -116,13 +123,7 @@ async def test_an_account_now_on_another_plan_gets_that_plan_s_voicemail_at_once
 ) -> None:
     app = nas.app
     await add_plan(app.services, "gold")
-    status, body = await send(
-        app,
-        "PUT",
-        "/v1/plans/gold/ivr",
-        {"voicemail_enabled": True, "voicemail_server": VOICEMAIL},
-    )
-    assert status == 200, body
+    await set_plan(app, "gold", voicemail_enabled=True, voicemail_server=VOICEMAIL)
     await new_account(app, "2101", balance="5.00", max_lines=10)
     # A first call: this process now knows the account as on retail (no voicemail).
     assert await voicemail_of(app, "2101") == (201, False, "")

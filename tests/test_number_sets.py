@@ -341,7 +341,11 @@ async def test_the_cli_creates_imports_assigns_and_takes(
     )
     own = await cli("ivr", "account", "k1", "--announce", "none")
     assert own == {"account": "k1", "announce": "none", "language": None}
-    assert (await services.calls.ivr_of("k1")).announce == "none"
+    # The plan's default came through the catalog (the CLI is another process): its
+    # language, under the account's own announcement.
+    await caught_up(services)
+    found = await services.calls.ivr_of("k1")
+    assert (found.announce, found.language) == ("none", "it")
 
 
 async def test_an_inbound_radius_call_to_a_taken_did_is_its_account_s(

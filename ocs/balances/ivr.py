@@ -1,70 +1,21 @@
-"""IVR settings: what a prepaid IVR announces (the balance, the time the funds buy,
-both or nothing) and in which language, a plan's default and an account's override,
-and the plan's voicemail server (decision 0030).
+"""IVR settings of an account: its override of its plan's IVR default (what to
+announce, in which language), and the settings an IVR is told, the plan's default
+(ocs.catalog.plan_ivr) under the override (decision 0030).
 
-PostgreSQL keeps them (``plan_ivr``, ``account_ivr``, migration 0038); Redis keeps a
-packed copy beside the account's real-time state, so a RADIUS answer reads them in
-the round trip it already makes, never from PostgreSQL (as members and callers are
-kept). This layer (balances) owns both writes, like ``accounts.py`` does.
+PostgreSQL keeps the override (``account_ivr``, migration 0038); Redis keeps a
+packed copy beside the account's real-time state, in its slot, so the authorize
+script returns it with the grant and a RADIUS answer needs no read of its own
+(decision 0035). This layer (balances) owns both writes, like ``accounts.py`` does.
 """
 
-import re
 from dataclasses import dataclass
 
 import asyncpg
 import msgspec
 
 from ocs.balances.store import BalanceStore
-from ocs.errors import OcsError, Reason, invalid
-
-ANNOUNCE = ("none", "balance", "time", "both")
-LANGUAGE = re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*")  # a BCP 47 tag: en, pt-BR
-VOICEMAIL_MAX = 200
-# What a voicemail server address may hold: a SIP URI or host[:port], never a separator
-# of the packed form (|) or of a Cisco AVPair's text.
-_SERVER = re.compile(r"[A-Za-z0-9@:;=._+\-/\[\]]{1,200}")
-
-
-def validate_announce(value: object, field: str = "announce") -> str:
-    """One of ``ANNOUNCE``; 400 naming ``field`` otherwise."""
-    if value not in ANNOUNCE:
-        raise invalid(field, f"expected one of {', '.join(ANNOUNCE)}")
-    return str(value)
-
-
-def validate_language(value: object, field: str = "language") -> str:
-    """A language tag (``en``, ``pt-BR``); 400 naming ``field`` otherwise."""
-    if not isinstance(value, str) or len(value) > 35 or not LANGUAGE.fullmatch(value):
-        raise invalid(field, "expected a language tag such as en or pt-BR")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class PlanIvr:
-    """A plan's IVR default. ``language`` None: each account's prompt language."""
-
-    plan_id: str
-    announce: str = "balance"
-    language: str | None = None
-    voicemail_enabled: bool = False
-    voicemail_server: str = ""
-
-    def validate(self) -> None:
-        """Refuse (400, naming the field) what the database would refuse."""
-        validate_announce(self.announce)
-        if self.language is not None:
-            validate_language(self.language)
-        if self.voicemail_server and not _SERVER.fullmatch(self.voicemail_server):
-            raise invalid(
-                "voicemail_server", "expected a SIP URI or host[:port] of up to 200 characters"
-            )
-        if self.voicemail_enabled and not self.voicemail_server:
-            raise invalid("voicemail_server", "an enabled voicemail needs its server")
-
-    def pack(self) -> str:
-        """The Redis copy: ``announce|language|0 or 1|server``."""
-        enabled = "1" if self.voicemail_enabled else "0"
-        return f"{self.announce}|{self.language or ''}|{enabled}|{self.voicemail_server}"
+from ocs.catalog.plan_ivr import ANNOUNCE, PlanIvr, validate_announce, validate_language
+from ocs.errors import OcsError, Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,68 +60,35 @@ class Ivr(msgspec.Struct, frozen=True, gc=False):
         return ANNOUNCE[self.play_balance + 2 * self.play_time]
 
 
-def effective(plan_packed: str | None, account_packed: str | None) -> Ivr:
-    """The IVR settings of an account from the packed copies (``store.ivr``)."""
-    announce, language, enabled, server = (plan_packed or "balance|||").split("|", 3)
+# An account with no IVR settings at all: its answers carry none.
+NO_IVR = Ivr(
+    play_balance=True,
+    play_time=False,
+    language=None,
+    voicemail_enabled=False,
+    voicemail_server="",
+    configured=False,
+)
+
+
+def effective(plan_default: PlanIvr | None, account_packed: str | None) -> Ivr:
+    """The IVR settings of an account: its plan's default (None: none set) under its
+    packed override (``AccountIvr.pack``; None: none)."""
+    announce = "balance" if plan_default is None else plan_default.announce
+    language = None if plan_default is None else plan_default.language
     if account_packed:
         own_announce, own_language = account_packed.split("|", 1)
         announce = own_announce or announce
         language = own_language or language
     index = ANNOUNCE.index(announce) if announce in ANNOUNCE else 1
+    enabled = plan_default is not None and plan_default.voicemail_enabled
     return Ivr(
         play_balance=bool(index & 1),
         play_time=bool(index & 2),
         language=language or None,
-        voicemail_enabled=enabled == "1",
-        voicemail_server=server if enabled == "1" else "",
-        configured=bool(plan_packed or account_packed),
-    )
-
-
-async def set_plan_ivr(pool: asyncpg.Pool, store: BalanceStore, settings: PlanIvr) -> PlanIvr:
-    """Set a plan's IVR default (insert or replace); 404 for an unknown plan."""
-    settings.validate()
-    async with pool.acquire() as conn, conn.transaction():
-        try:
-            await conn.execute(
-                "INSERT INTO plan_ivr (plan_id, announce, language, voicemail_enabled,"
-                " voicemail_server) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (plan_id) DO UPDATE"
-                " SET announce = EXCLUDED.announce, language = EXCLUDED.language,"
-                " voicemail_enabled = EXCLUDED.voicemail_enabled,"
-                " voicemail_server = EXCLUDED.voicemail_server",
-                settings.plan_id,
-                settings.announce,
-                settings.language,
-                settings.voicemail_enabled,
-                settings.voicemail_server,
-            )
-        except asyncpg.ForeignKeyViolationError:
-            raise OcsError(
-                Reason.PLAN_NOT_FOUND, f"plan {settings.plan_id!r} does not exist", field="plan_id"
-            ) from None
-        # Inside the transaction: a Redis failure leaves PostgreSQL as it was.
-        await store.set_ivr(plan_id=settings.plan_id, packed=settings.pack())
-    return settings
-
-
-async def plan_ivr(pool: asyncpg.Pool, plan_id: str) -> PlanIvr:
-    """A plan's IVR default (the defaults when it has none set); 404 for an unknown plan."""
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT p.id, i.announce, i.language, i.voicemail_enabled, i.voicemail_server"
-            " FROM plans p LEFT JOIN plan_ivr i ON i.plan_id = p.id WHERE p.id = $1",
-            plan_id,
-        )
-    if row is None:
-        raise OcsError(Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan_id")
-    if row["announce"] is None:
-        return PlanIvr(plan_id)
-    return PlanIvr(
-        plan_id,
-        row["announce"],
-        row["language"],
-        row["voicemail_enabled"],
-        row["voicemail_server"],
+        voicemail_enabled=enabled,
+        voicemail_server=plan_default.voicemail_server if plan_default and enabled else "",
+        configured=plan_default is not None or bool(account_packed),
     )
 
 
@@ -197,7 +115,7 @@ async def set_account_ivr(
                 settings.announce,
                 settings.language,
             )
-        await store.set_ivr(account_id=settings.account_id, packed=settings.pack())
+        await store.set_account_ivr(settings.account_id, settings.pack())
     return settings
 
 

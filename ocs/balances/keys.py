@@ -108,14 +108,14 @@ def did_ref(number: str) -> str:
     return f"did:{_tag(bucket_of(number))}:{number}"
 
 
-def plan_ivr(plan_id: str) -> str:
-    """String: a plan's IVR default, ``announce|language|voicemail enabled|server``."""
-    return f"ivrplan:{_tag(bucket_of(plan_id))}:{plan_id}"
-
-
 def account_ivr(account_id: str) -> str:
     """String: an account's IVR override, ``announce|language`` (empty: the plan's)."""
-    return f"ivracct:{_tag(bucket_of(account_id))}:{account_id}"
+    return account_ivr_in(bucket_of(account_id), account_id)
+
+
+def account_ivr_in(bucket: int, account_id: str) -> str:
+    """``account_ivr`` of an account whose bucket is known already."""
+    return f"ivracct:{_tag(bucket)}:{account_id}"
 
 
 def member_lines(account_id: str) -> str:

@@ -51,7 +51,7 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
     """authorize.lua: take a line and reserve funds for a new call.
 
     KEYS[1] account hash, KEYS[2] live-calls hash, KEYS[3] expiry sorted set,
-    KEYS[4] stopped-call key.
+    KEYS[4] stopped-call key, KEYS[5] the account's IVR override.
     ARGV[1]  call id
     ARGV[2]  plan id the caller rated against; must equal the account's plan
     ARGV[3]  cost of the first block (micro-units): the least a call can cost
@@ -70,9 +70,9 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[16] per candidate, comma-separated: "1" to refuse once it is used up
     ARGV[17] per candidate, comma-separated: a mandatory counter's cycle seconds, else "0"
     ARGV[18] the counter the caller priced with ("" none)
-    KEYS[5] member-lines hash, KEYS[6] counters hash
+    KEYS[6] member-lines hash, KEYS[7] counters hash
     ARGV[19] "1": the plan's reservation policy is "share"
-    ARGV[12..19] and KEYS[5..6] may be left out, together, for a call with no member,
+    ARGV[12..19] and KEYS[6..7] may be left out, together, for a call with no member,
     no counter and no share (most calls): fewer bytes on the hot path.
     """
 
@@ -92,7 +92,7 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
     share: bool = False
 
     def keys(self) -> list[str]:
-        """KEYS[1..4], and KEYS[5..6] when the call has a member, a counter or shares."""
+        """KEYS[1..5], and KEYS[6..7] when the call has a member, a counter or shares."""
         account_id = self.account_id
         bucket = k.bucket_of(account_id)  # once: every key of the account carries it
         script_keys = [
@@ -100,6 +100,7 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
             k.live_calls_in(bucket, account_id),
             k.call_expiry(bucket),
             k.stopped_call_in(bucket, account_id, self.call_id),
+            k.account_ivr_in(bucket, account_id),
         ]
         if self.member or self.counter is not None or self.share:
             script_keys += [

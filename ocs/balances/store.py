@@ -38,6 +38,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
 async def _all_or_first_error(futures: Sequence[asyncio.Future[Any]]) -> list[Any]:
     """Every future's answer, or the first error once all have settled.
 
@@ -116,12 +120,14 @@ class AccountState:
 
 
 class Reserved(msgspec.Struct, frozen=True, gc=False):
-    """The authorize script reserved a line and ``reserved`` funds for the call."""
+    """The authorize script reserved a line and ``reserved`` funds for the call;
+    ``ivr_override`` is the account's packed IVR override (None: none)."""
 
     reserved: int
     available_before: int
     balance: int
     credit_limit: int
+    ivr_override: str | None = None
 
 
 class LiveEntry(msgspec.Struct, frozen=True, gc=False):
@@ -140,24 +146,6 @@ def parse_live_entry(entry: bytes) -> LiveEntry:
     return LiveEntry(int(held), int(started), int(used), int(debited), record)
 
 
-class IvrReads(msgspec.Struct, frozen=True):
-    """The two IVR reads of an account, sent: its plan's packed default, its override;
-    ``plan_id`` the plan they were sent for."""
-
-    # Made for every authorization, a Struct as those above; it holds futures, so it
-    # stays in the cycle collector's view (no gc=False).
-
-    plan_id: str
-    plan: "asyncio.Future[Any]"
-    account: "asyncio.Future[Any]"
-
-    async def result(self) -> tuple[str | None, str | None]:
-        """(the plan's packed IVR default, the account's packed override)."""
-        found = await _all_or_first_error([self.plan, self.account])
-        plan_ivr, account_ivr = (None if f is None else _text(f) for f in found)
-        return plan_ivr, account_ivr
-
-
 @dataclass(frozen=True, slots=True)
 class AlreadyLive:
     """The call id is live already; this is its existing grant."""
@@ -165,6 +153,7 @@ class AlreadyLive:
     entry: LiveEntry
     available: int  # the account's available funds now
     credit_limit: int
+    ivr_override: str | None = None  # the account's packed IVR override
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,9 +401,13 @@ class BalanceStore:
                 )
             if pending:
                 await _all_or_first_error(pending)
-            return Reserved(reserved, int(reply[2]), int(reply[3]), int(reply[4]))
+            return Reserved(
+                reserved, int(reply[2]), int(reply[3]), int(reply[4]), _text_or_none(reply[5])
+            )
         if status == "DUP":
-            return AlreadyLive(parse_live_entry(reply[1]), int(reply[2]), int(reply[3]))
+            return AlreadyLive(
+                parse_live_entry(reply[1]), int(reply[2]), int(reply[3]), _text_or_none(reply[4])
+            )
         if status == "DONE":
             return AlreadyStopped()
         if status == "PLAN":
@@ -650,24 +643,14 @@ class BalanceStore:
         else:
             await self._pipe.execute("SET", keys.did_ref(number), account_id)
 
-    async def ivr(self, account_id: str, plan_id: str) -> tuple[str | None, str | None]:
-        """(the plan's packed IVR default, the account's packed override), one round trip."""
-        return await self.ivr_sent(account_id, plan_id).result()
+    async def account_ivr(self, account_id: str) -> str | None:
+        """The account's packed IVR override (``AccountIvr.pack``), None when it has none."""
+        packed = await self._pipe.execute("GET", keys.account_ivr(account_id))
+        return None if packed is None else _text(packed)
 
-    def ivr_sent(self, account_id: str, plan_id: str) -> "IvrReads":
-        """The reads of ``ivr``, queued now (in this tick's pipeline, beside whatever
-        else this tick sends): ``result()`` awaits their answers."""
-        return IvrReads(
-            plan_id,
-            self._pipe.execute("GET", keys.plan_ivr(plan_id)),
-            self._pipe.execute("GET", keys.account_ivr(account_id)),
-        )
-
-    async def set_ivr(
-        self, *, plan_id: str | None = None, account_id: str | None = None, packed: str | None
-    ) -> None:
-        """Store a plan's IVR default or an account's override (``packed`` None: none)."""
-        key = keys.plan_ivr(plan_id) if plan_id is not None else keys.account_ivr(str(account_id))
+    async def set_account_ivr(self, account_id: str, packed: str | None) -> None:
+        """Store an account's packed IVR override (None: none)."""
+        key = keys.account_ivr(account_id)
         if packed is None:
             await self._pipe.execute("DEL", key)
         else:

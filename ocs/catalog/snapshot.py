@@ -18,7 +18,7 @@ decks and route sets (ocs.catalog.routes) load into the same snapshot: a
 ``routes:<id>`` one rereads the route sets and rebuilds no deck. A plan's rates by
 rate type (usage mediation, ``rate_type_rates``) are read whole on every load, a
 few rows a plan; a ``rate_types:<plan>`` notification reloads them and rebuilds
-no deck.
+no deck. So are the plans' IVR defaults (ocs.catalog.plan_ivr), on ``ivr:<plan>``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import asyncpg
 import numpy as np
 
 from ocs import metrics
+from ocs.catalog.plan_ivr import IVR_CHANGED, PlanIvr, read_plan_ivrs
 from ocs.catalog.routes import (
     RouteBook,
     RouteDecision,
@@ -143,10 +144,16 @@ class CatalogSnapshot:
     rate_type_tariffs: dict[tuple[str, str], Tariff] = field(default_factory=dict)
     # (plan, zone) -> the plan's counters covering that zone, filled as zones are asked.
     zone_counters: dict[tuple[str, str], tuple[CounterDef, ...]] = field(default_factory=dict)
+    # Plans' IVR defaults, by plan: only the plans that have one set.
+    ivr_defaults: dict[str, PlanIvr] = field(default_factory=dict)
 
     def plan(self, plan_id: str) -> Plan | None:
         """The plan by id; None if the catalog has no such plan."""
         return self.plans.get(plan_id)
+
+    def ivr_default(self, plan_id: str) -> PlanIvr | None:
+        """The plan's IVR default; None when it has none set (its answers carry none)."""
+        return self.ivr_defaults.get(plan_id)
 
     def rating_plan(self, plan_id: str, access_number: str | None) -> str:
         """The plan whose deck rates a call that came in through ``access_number``."""
@@ -416,6 +423,7 @@ async def load_snapshot(
         counters = await read_counters(conn)
         tariffs, inbound_tariffs = await _read_tariffs(conn, plans, previous, changed)
         rate_type_tariffs = await read_rate_type_tariffs(conn)
+        ivr_defaults = await read_plan_ivrs(conn)
         access_numbers = {
             (r["plan_id"], r["number"]): r["rating_plan"]
             for r in await conn.fetch("SELECT plan_id, number, rating_plan FROM access_numbers")
@@ -493,6 +501,7 @@ async def load_snapshot(
         onnet=onnet,
         code_lists=built_codes,
         rate_type_tariffs=rate_type_tariffs,
+        ivr_defaults=ivr_defaults,
     )
 
 
@@ -623,8 +632,8 @@ class CatalogHolder:
             self._pending.add(plan_id)
         elif kind == "carrier" and name:
             self._pending_carriers.add(name)
-        elif kind in ("routes", RATE_TYPES) and name:
-            # Neither touches a deck: a reload that keeps them all rereads both.
+        elif kind in ("routes", RATE_TYPES, IVR_CHANGED) and name:
+            # None touches a deck: a reload that keeps them all rereads them.
             self._pending_rows = True
         elif kind == "codes":  # codes: (the standard table) or codes:<plan>
             self._pending_codes = True

@@ -19,14 +19,13 @@ import msgspec
 from ocs import metrics
 from ocs.balances.accounts import password_digest
 from ocs.balances.cards import pin_digest
-from ocs.balances.ivr import Ivr, effective
+from ocs.balances.ivr import NO_IVR, Ivr, effective
 from ocs.balances.script_args import AuthorizeArgs, CounterCandidate, CounterQuote, CounterUse
 from ocs.balances.store import (
     AlreadyLive,
     AlreadyStopped,
     BalanceStore,
     CounterChanged,
-    IvrReads,
     LiveEntry,
     PlanMismatch,
     Refused,
@@ -247,6 +246,8 @@ class Grant(msgspec.Struct, frozen=True, gc=False):
     # for a call granted whole.
     ceiling: int = 0
     slice_seconds: int = 0  # the slice (quota) the call is granted by; 0: whole
+    # What the account's IVR is told (its plan's default under its override).
+    ivr: Ivr = NO_IVR
 
     @classmethod
     def of(
@@ -261,6 +262,7 @@ class Grant(msgspec.Struct, frozen=True, gc=False):
         available: int,
         credit_limit: int,
         final: bool,
+        ivr: Ivr,
         ceiling: int = 0,
         slice_seconds: int = 0,
     ) -> "Grant":
@@ -284,6 +286,7 @@ class Grant(msgspec.Struct, frozen=True, gc=False):
             direction=record.direction,
             ceiling=ceiling,
             slice_seconds=slice_seconds,
+            ivr=ivr,
         )
 
 
@@ -675,26 +678,10 @@ class CallService:
 
     async def ivr_of(self, account_id: str) -> Ivr:
         """What the IVR is told for the account: its plan's IVR default under its own
-        override, and the plan's voicemail server (one Redis round trip)."""
+        override, and the plan's voicemail server (a grant carries these already)."""
         plan_id = await self._plan_of(account_id)
-        return effective(*await self._store.ivr(account_id, plan_id))
-
-    def ivr_sent(self, account_id: str) -> IvrReads | None:
-        """``ivr_of``'s reads, sent now, so that they share a round trip with what this
-        tick sends next (an authorize); None when the account's plan is not known here
-        yet (then ``ivr_of`` after it)."""
-        plan_id = self._plans.get(account_id)
-        return None if plan_id is None else self._store.ivr_sent(account_id, plan_id)
-
-    async def ivr_from(self, sent: IvrReads | None, account_id: str) -> Ivr:
-        """What ``ivr_of`` answers, from the reads ``ivr_sent`` sent; read now if it sent
-        none, or sent them for a plan the account turned out not to be on (an authorize
-        answered PLAN: the account changed plans since this process last saw it)."""
-        if sent is None or self._plans.get(account_id) != sent.plan_id:
-            if sent is not None:
-                await sent.result()  # retrieved, so that nothing is left unanswered
-            return await self.ivr_of(account_id)
-        return effective(*await sent.result())
+        default = self._catalog.snapshot.ivr_default(plan_id)
+        return effective(default, await self._store.account_ivr(account_id))
 
     def price(
         self,
@@ -818,7 +805,10 @@ class CallService:
             )
             match outcome:
                 case Reserved(
-                    reserved=reserved, available_before=available, credit_limit=credit_limit
+                    reserved=reserved,
+                    available_before=available,
+                    credit_limit=credit_limit,
+                    ivr_override=ivr_override,
                 ):
                     if len(self._live) >= _LIVE_CACHE_LIMIT:
                         self._live.clear()
@@ -837,6 +827,7 @@ class CallService:
                         available=available,
                         credit_limit=credit_limit,
                         final=sliced is None or granting >= cap or granted < granting,
+                        ivr=effective(self._catalog.snapshot.ivr_default(plan_id), ivr_override),
                         ceiling=(
                             max(
                                 granted,
@@ -847,7 +838,12 @@ class CallService:
                         ),
                         slice_seconds=sliced or 0,
                     )
-                case AlreadyLive(entry=entry, available=available_now, credit_limit=credit_limit):
+                case AlreadyLive(
+                    entry=entry,
+                    available=available_now,
+                    credit_limit=credit_limit,
+                    ivr_override=ivr_override,
+                ):
                     live = CallRecord.unpack(entry.record)
                     granted = self.granted_seconds(live, entry)
                     return Grant.of(
@@ -860,6 +856,7 @@ class CallService:
                         available=available_now + entry.held,
                         credit_limit=credit_limit,
                         final=not live.quota or granted >= live.cap,
+                        ivr=effective(self._catalog.snapshot.ivr_default(plan_id), ivr_override),
                     )
                 case AlreadyStopped():
                     raise OcsError(

@@ -115,8 +115,6 @@ async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[C
         if params.call_id is not None:
             validate_call_id(params.call_id)
         access_number = params.access_number
-        # The account's IVR settings, read in the authorize's round trip.
-        ivr = services.calls.ivr_sent(account)
         grant = await services.calls.authorize(
             AuthorizeRequest(
                 account,
@@ -134,7 +132,6 @@ async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[C
         metrics.CALL_DECISIONS.labels(getattr(exc, "code", exc.reason.value)).inc()
         raise
     metrics.CALL_DECISIONS.labels("granted").inc()
-    settings = await services.calls.ivr_from(ivr, grant.account_id)
     answer = CallGranted(
         call_id=grant.call_id,
         account=grant.account_id,
@@ -148,8 +145,8 @@ async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[C
         counter_seconds=grant.counter_seconds,
         final=grant.final,
         direction=grant.direction,
-        voicemail_enabled=settings.voicemail_enabled,
-        voicemail_server=settings.voicemail_server,
+        voicemail_enabled=grant.ivr.voicemail_enabled,
+        voicemail_server=grant.ivr.voicemail_server,
     )
     return Reply(answer, 200 if grant.repeated else 201)
 

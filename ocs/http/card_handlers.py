@@ -15,6 +15,7 @@ from aiohttp import web
 from ocs.balances import ivr
 from ocs.balances.accounts import validate_account_id
 from ocs.balances.cards import MAX_BATCH
+from ocs.catalog import plan_ivr, plan_ivr_store
 from ocs.catalog.store import validate_plan_id
 from ocs.errors import OcsError, Reason
 from ocs.http.context import services_of
@@ -225,7 +226,7 @@ class SetPlanIvr(Params):
     voicemail_server: Annotated[
         str,
         msgspec.Meta(
-            max_length=ivr.VOICEMAIL_MAX,
+            max_length=plan_ivr.VOICEMAIL_MAX,
             description="where the switch forwards unanswered calls: a SIP URI or host[:port]",
             examples=["sip:vm.example.net:5060"],
         ),
@@ -242,7 +243,7 @@ class PlanIvrView(Answer):
     voicemail_server: str
 
 
-def plan_ivr_view(settings: ivr.PlanIvr) -> PlanIvrView:
+def plan_ivr_view(settings: plan_ivr.PlanIvr) -> PlanIvrView:
     """A plan's IVR settings as the API (and the CLI) shows them."""
     return PlanIvrView(
         plan=settings.plan_id,
@@ -257,10 +258,9 @@ async def set_plan_ivr(request: web.Request, params: SetPlanIvr) -> PlanIvrView:
     """PUT /v1/plans/{plan_id}/ivr."""
     plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
     services = services_of(request)
-    done = await ivr.set_plan_ivr(
+    done = await plan_ivr_store.set_plan_ivr(
         services.pool,
-        services.store,
-        ivr.PlanIvr(
+        plan_ivr.PlanIvr(
             plan_id,
             params.announce,
             params.language,
@@ -274,7 +274,7 @@ async def set_plan_ivr(request: web.Request, params: SetPlanIvr) -> PlanIvrView:
 async def get_plan_ivr(request: web.Request, params: None) -> PlanIvrView:
     """GET /v1/plans/{plan_id}/ivr."""
     plan_id = validate_plan_id(request.match_info["plan_id"], "plan_id")
-    return plan_ivr_view(await ivr.plan_ivr(services_of(request).pool, plan_id))
+    return plan_ivr_view(await plan_ivr_store.plan_ivr(services_of(request).pool, plan_id))
 
 
 class SetAccountIvr(Params):

@@ -146,9 +146,6 @@ async def answer_access_request(
                 reason="balance",
                 return_code=0,
             )
-        # The account's IVR settings, read in the authorize's round trip rather than one
-        # of their own after it (a refused call reads them for nothing).
-        ivr = calls.ivr_sent(account_id)
         grant = await calls.authorize(
             AuthorizeRequest(
                 account_id,
@@ -190,10 +187,10 @@ async def answer_access_request(
             decision("radius", refused.reason)
         return refused
     decision("radius", None)
-    return granted(grant, await calls.ivr_from(ivr, account_id))
+    return granted(grant)
 
 
-def granted(grant: Grant, ivr: Ivr) -> AccessAnswer:
+def granted(grant: Grant) -> AccessAnswer:
     """The Access-Accept of a granted call: how long it may last, the funds, the route
     set's carriers, the slice to report (quota mode) and the IVR settings."""
     available = grant.available
@@ -218,5 +215,5 @@ def granted(grant: Grant, ivr: Ivr) -> AccessAnswer:
     ]
     if grant.slice_seconds and not grant.final:
         attributes.append(("Acct-Interim-Interval", grant.slice_seconds))
-    attributes += ivr_attributes(ivr, voicemail=True)
+    attributes += ivr_attributes(grant.ivr, voicemail=True)
     return AccessAnswer(accept=True, attributes=attributes, reason="granted", return_code=0)

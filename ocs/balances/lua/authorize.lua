@@ -4,6 +4,7 @@
 -- KEYS[2] live-calls hash       calls:{b:N}:<account>   (its length = lines in use)
 -- KEYS[3] expiry sorted set     expiry:{b:N}
 -- KEYS[4] stopped-call key      stopped:{b:N}:<account>:<call id>
+-- KEYS[5] IVR override          ivracct:{b:N}:<account>  (returned with a grant)
 -- ARGV[1]  call id
 -- ARGV[2]  plan id the caller rated against; must equal the account's plan
 -- ARGV[3]  cost of the first block (micro-units): the least a call can cost
@@ -27,12 +28,12 @@
 --          to start it on first use; "0" for an optional one, which applies only
 --          once bought (its fields exist) and not after it was cancelled ("gone")
 -- ARGV[18] the counter the caller priced with ("" none)
--- KEYS[5] member-lines hash     mlines:{b:N}:<account>
--- KEYS[6] counters hash         counters:{b:N}:<account>
+-- KEYS[6] member-lines hash     mlines:{b:N}:<account>
+-- KEYS[7] counters hash         counters:{b:N}:<account>
 -- ARGV[19] "1": the plan's reservation policy is "share": a call holds at most the
 --          available funds divided by the account's free lines (this call's included),
 --          and never less than its first block
--- ARGV[12..19] and KEYS[5..6] may be left out, together, for a call with no member, no
+-- ARGV[12..19] and KEYS[6..7] may be left out, together, for a call with no member, no
 -- counter and no share (most calls): fewer bytes on the hot path.
 --
 -- Available funds are balance + credit_limit - reserved - committed (funds kept for
@@ -42,8 +43,8 @@
 -- this first use.
 --
 -- Returns one of
---   {"OK", reserved, available_before, balance, credit_limit}
---   {"DUP", "<entry>", available_now, credit_limit}
+--   {"OK", reserved, available_before, balance, credit_limit, ivr_override}
+--   {"DUP", "<entry>", available_now, credit_limit, ivr_override}
 --                             the call id is already live: its entry (see below)
 --   {"DONE"}                  the call id was already stopped
 --   {"PLAN", actual_plan}     rate again with the account's real plan
@@ -53,6 +54,8 @@
 --                             hold: without their holds it would have been granted
 --   {"CNT", seconds, counter} the counter that applies and its free seconds are not
 --                             ARGV[18] and ARGV[14]: price again with them
+-- ivr_override is the account's packed IVR override (nil: none), for the answer's IVR
+-- attributes: read here, it costs the answer no command of its own.
 -- A live-calls entry is "<held>|<started>|<used>|<debited>|<record>": funds still
 -- held, start time (0 = not started), last reported seconds, amount debited so far.
 -- A reservation is min(available, ARGV[5]) (with share, also at most available / free
@@ -87,7 +90,7 @@ end
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if existing then
   local available_now = tonumber(a[3]) + tonumber(a[4]) - tonumber(a[5]) - tonumber(a[10] or 0)
-  return {'DUP', existing, available_now, tonumber(a[4])}
+  return {'DUP', existing, available_now, tonumber(a[4]), redis.call('GET', KEYS[5])}
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return {'DONE'}
@@ -98,7 +101,7 @@ end
 local member = ARGV[12] or ''
 if member ~= '' then
   local limit = tonumber(redis.call('HGET', KEYS[1], 'ml:' .. member) or a[11] or 0)
-  if limit > 0 and tonumber(redis.call('HGET', KEYS[5], member) or 0) >= limit then
+  if limit > 0 and tonumber(redis.call('HGET', KEYS[6], member) or 0) >= limit then
     return {'REJ', 'no_free_line'}
   end
 end
@@ -111,11 +114,11 @@ if (ARGV[13] or '') ~= '' then
   local n = 0
   for candidate in string.gmatch(ARGV[13], '[^,]+') do
     n = n + 1
-    local c = redis.call('HMGET', KEYS[6], candidate .. ':limit', candidate .. ':used',
+    local c = redis.call('HMGET', KEYS[7], candidate .. ':limit', candidate .. ':used',
       candidate .. ':held', candidate .. ':gone')
     if not c[1] and mandatory[n] ~= '0' then
       -- A mandatory counter the account has not used yet: its first cycle starts now.
-      redis.call('HSET', KEYS[6], candidate .. ':limit', mandatory[n], candidate .. ':used', 0)
+      redis.call('HSET', KEYS[7], candidate .. ':limit', mandatory[n], candidate .. ':used', 0)
       c = {mandatory[n], 0, 0, false}
     end
     if c[1] and not c[4] then
@@ -178,12 +181,12 @@ if tonumber(a[12] or 0) > 0 and tonumber(a[8] or 0) == 0 then
     'first_use', ARGV[10])
 end
 if member ~= '' then
-  redis.call('HINCRBY', KEYS[5], member, 1)
+  redis.call('HINCRBY', KEYS[6], member, 1)
 end
 if counter_seconds > 0 then
-  redis.call('HINCRBY', KEYS[6], counter .. ':held', counter_seconds)
+  redis.call('HINCRBY', KEYS[7], counter .. ':held', counter_seconds)
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', int(reserve))
 redis.call('HSET', KEYS[2], ARGV[1], int(reserve) .. '|' .. ARGV[11] .. '|0|0|' .. ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[8])
-return {'OK', reserve, available, balance, credit_limit}
+return {'OK', reserve, available, balance, credit_limit, redis.call('GET', KEYS[5])}
