@@ -15,7 +15,10 @@ ones, so that neither always runs first), after --warmup requests to each
   of each target is printed, with the ratio ocs/peer. For ocs each request is
   a full authorization: password, tariff match, funds and a line reserved in
   Redis, call registered. radclient loses packets of its own at -p 256 against
-  FreeRADIUS, hence 128 for every target.
+  FreeRADIUS, hence 128 for every target. ocs's CPU per Access-Request in each
+  run is printed too (the serving process and its children: the embedded Redis
+  and PostgreSQL without --redis-url): on a machine shared with the load
+  generator it moves less than the rate does.
 - latency, with --rates: the fixed-rate client benchmarks/peers/rad_latency.py
   at each rate for --seconds, p50/p99/max and packets lost per target.
 
@@ -47,6 +50,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.http_calls import free_port, start_server, wait_healthy
 from benchmarks.machine import describe
+from benchmarks.radius_auth import cpu_seconds
 from benchmarks.radius_latency import CLIENT, SECRET, drops, metrics_text, radius_env, setup
 from ocs.radius.radclient_hint import radclient_input
 
@@ -220,6 +224,7 @@ async def main() -> None:
         peers.append(Target("FreeRADIUS+SQL", 18121))
         scripts.append("freeradius_sql_peer.sh")
     rps: dict[str, list[float]] = {target.name: [] for target in (ocs, *peers)}
+    cpu: dict[str, list[float]] = {ocs.name: []}
     with tempfile.TemporaryDirectory(prefix="ocs-bench-", dir="/tmp") as tmp:
         server = start_server(
             str(Path(tmp) / "var"),
@@ -249,9 +254,15 @@ async def main() -> None:
                 # A new run id each round: ocs sees new calls, never a retransmission.
                 write_requests(requests_file, args.requests, uuid.uuid4().hex[:8])
                 for target in order:
+                    before = cpu_seconds(server.pid)
                     result = throughput(requests_file, target, args.requests, args.parallel)
                     rps[target.name].append(result.per_second)
                     print(throughput_line(round_, target, result), flush=True)
+                    if target is ocs:
+                        # Steadier than the rate, which moves with the load generator.
+                        used = (cpu_seconds(server.pid) - before) / args.requests * 1e6
+                        cpu[ocs.name].append(used)
+                        print(f"round {round_} ocs CPU: {used:.0f} us a request", flush=True)
                 for target in peers:
                     ratio = rps[ocs.name][-1] / rps[target.name][-1]
                     print(f"round {round_} ocs/{target.name}: {ratio:.2f}", flush=True)
@@ -280,6 +291,13 @@ async def main() -> None:
                 f"  {name:>16}: {min(values):,.0f}-{max(values):,.0f} "
                 f"(median {statistics.median(values):,.0f})"
             )
+    if cpu[ocs.name]:
+        used = cpu[ocs.name]
+        own = "" if args.redis_url else ", its embedded Redis and PostgreSQL included"
+        print(
+            f"  ocs CPU per Access-Request (the serving process{own}): "
+            f"{min(used):.0f}-{max(used):.0f} us (median {statistics.median(used):.0f})"
+        )
     for target in peers:
         ratios = [o / p for o, p in zip(rps[ocs.name], rps[target.name], strict=True)]
         if ratios:
