@@ -165,6 +165,12 @@ def split_expiry_member(member: bytes | str) -> tuple[str, str]:
     return account_id, call_id
 
 
+def expiry_member_account(member: bytes) -> bytes:
+    """The account id, undecoded, of an expiry-set member as Redis returns it: a pass
+    over every live call keeps the distinct ones and decodes those alone."""
+    return member.partition(b"\x00")[0]
+
+
 def live_state_sample() -> str:
     """String (JSON, with its own expiry): the latest live-state sample, taken by one
     process for every process (ocs.state_metrics)."""
