@@ -11,7 +11,7 @@ as ``ocs usage-templates add`` names it (``columns.start``).
 """
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -32,8 +32,10 @@ from ocs.http.endpoint import (
 )
 from ocs.http.plan_handlers import (
     MAX_BAND_PRICES,
-    MAX_TIERS,
+    MaxCostMode,
+    SurchargePercent,
     TariffTier,
+    TariffTiers,
     TariffTierShown,
     percent_text,
     surcharge_basis_points,
@@ -149,24 +151,10 @@ class SetRateTypeRate(Params):
     connect_fee: Amount = ZERO_AMOUNT
     first_block: Annotated[Count, msgspec.Meta(description="the least billed")] = 0
     increment: Annotated[int, msgspec.Meta(ge=1, le=store.MAX_INT)] = 1
-    tiers: Annotated[list[TariffTier], msgspec.Meta(max_length=MAX_TIERS)] = msgspec.field(
-        default_factory=list
-    )
+    tiers: TariffTiers = msgspec.field(default_factory=list)
     max_cost: Amount | None = None
-    max_cost_mode: (
-        Annotated[
-            Literal["free", "cut"],
-            msgspec.Meta(description="past max_cost: free (the rest is free) or cut"),
-        ]
-        | None
-    ) = None
-    surcharge_percent: (
-        Annotated[
-            Amount,
-            msgspec.Meta(description='a percentage with up to two decimal places, such as "2.5"'),
-        ]
-        | None
-    ) = None
+    max_cost_mode: MaxCostMode | None = None
+    surcharge_percent: SurchargePercent | None = None
     surcharge_flat: Amount | None = None
     band_prices: Annotated[
         dict[str, Amount],

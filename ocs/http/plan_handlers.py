@@ -160,27 +160,26 @@ class TariffTier(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     flat: Amount | None = None
 
 
+# The fields of a rate's shape that a zone's tariff (below) and a rate type's rate
+# (mediation_handlers) take alike.
+TariffTiers = Annotated[list[TariffTier], msgspec.Meta(max_length=MAX_TIERS)]
+MaxCostMode = Annotated[
+    Literal["free", "cut"],
+    msgspec.Meta(description="past max_cost: free (the rest of the call is free) or cut"),
+]
+SurchargePercent = Annotated[
+    Amount,
+    msgspec.Meta(description='a percentage with up to two decimal places, such as "2.5"'),
+]
+
+
 class SetTariffShape(Params):
     """A zone's tiers, max cost, surcharges and band prices (its base rate stays the deck's)."""
 
-    tiers: Annotated[list[TariffTier], msgspec.Meta(max_length=MAX_TIERS)] = msgspec.field(
-        default_factory=list
-    )
+    tiers: TariffTiers = msgspec.field(default_factory=list)
     max_cost: Amount | None = None
-    max_cost_mode: (
-        Annotated[
-            Literal["free", "cut"],
-            msgspec.Meta(description="past max_cost: free (the rest of the call is free) or cut"),
-        ]
-        | None
-    ) = None
-    surcharge_percent: (
-        Annotated[
-            Amount,
-            msgspec.Meta(description='a percentage with up to two decimal places, such as "2.5"'),
-        ]
-        | None
-    ) = None
+    max_cost_mode: MaxCostMode | None = None
+    surcharge_percent: SurchargePercent | None = None
     surcharge_flat: Amount | None = None
     per: (
         Annotated[
