@@ -714,6 +714,20 @@ def test_a_reply_with_a_too_long_vendor_value_raises_as_pyrads() -> None:
     assert outcome(lambda: build_reply(request, 2, [("h323-currency", "x" * 247)]))[0] == "value"
 
 
+def test_a_value_encoded_before_is_reused_only_for_the_same_type_and_value() -> None:
+    # Whole attributes are remembered per field (fields.py): 1, True and 1.0 are equal
+    # (one hash), yet pyrad encodes 1 as a date and refuses 1.0; each must still encode,
+    # or fail, as pyrad has it.
+    request = lean_decoded(_request(1, WITH_MA), b"s3cret")
+    pyrad = pyrad_decoded(_request(1, WITH_MA), b"s3cret")
+    for value in (1, True, "1", 1.0, 1, [1, 2], 2, 1):
+        for name in ("Event-Timestamp", "Session-Timeout", "Reply-Message"):
+            attributes: list[tuple[str, object]] = [(name, value)]
+            assert outcome(partial(build_reply, request, 2, attributes)) == outcome(
+                partial(build_reply, pyrad, 2, attributes)
+            ), (name, value)
+
+
 # -- what the lean codec leaves to pyrad ---------------------------------------------------------
 
 SPECIAL = """

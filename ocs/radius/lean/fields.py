@@ -22,12 +22,22 @@ PROXY_STATE = 33
 MESSAGE_AUTHENTICATOR = 80
 _MAX_VALUE = 253  # an attribute's Length octet counts its two header octets (RFC 2865 s. 5)
 _MAX_VENDOR_VALUE = _MAX_VALUE - 6  # less the vendor id and the sub-attribute header
+_MEMO_LIMIT = 1024  # whole attributes remembered per field
 
 
 class Field:
     """One dictionary attribute: its key, and its values' decoding and encoding."""
 
-    __slots__ = ("_headers", "_table", "backward", "datatype", "forward", "key", "name")
+    __slots__ = (
+        "_encoded",
+        "_headers",
+        "_table",
+        "backward",
+        "datatype",
+        "forward",
+        "key",
+        "name",
+    )
 
     def __init__(
         self,
@@ -45,6 +55,10 @@ class Field:
         self.backward = backward  # encoded value -> VALUE name
         self._table = table
         self._headers: tuple[bytes, ...] | None = None
+        # Whole attributes by (type, value): most values a reply carries recur (return
+        # codes, currencies, billing models, routes). Keyed by type too, so that True,
+        # 1 and 1.0 stay apart, as pyrad's encoding keeps them.
+        self._encoded: dict[tuple[type, object], bytes] = {}
 
     def decode(self, raw: bytes) -> Any:
         """The value pyrad returns for ``raw``: a named value, else by data type (a string
@@ -88,6 +102,14 @@ class Field:
     def attribute(self, value: object) -> bytes:
         """The whole attribute for ``value``, header included (a Vendor-Specific one for a
         vendor attribute); pyrad's ``ValueError`` for a value too long to fit."""
+        encoded = self._encoded
+        memo: tuple[type, object] | None = (type(value), value)
+        try:
+            found = encoded.get(memo)  # type: ignore[arg-type]
+        except TypeError:  # unhashable: not remembered (pyrad refuses such values anyway)
+            found = memo = None
+        if found is not None:
+            return found
         raw = self.encode(value)
         headers = self._headers
         if headers is None:
@@ -95,7 +117,12 @@ class Field:
         size = len(raw)
         if size >= len(headers):
             raise too_long(self.key, size)
-        return headers[size] + raw
+        whole = headers[size] + raw
+        if memo is not None:
+            if len(encoded) >= _MEMO_LIMIT:
+                encoded.clear()  # values that vary per call (amounts) come and go
+            encoded[memo] = whole
+        return whole
 
 
 def too_long(key: Key, size: int) -> ValueError:
