@@ -21,70 +21,70 @@ def bucket_of(name: str) -> int:
     return crc32(name.encode()) % BUCKETS
 
 
-def _tag(bucket: int) -> str:
-    return f"{{b:{bucket}}}"
+# Every bucket's hash tag ``{b:N}``, made once: a request builds half a dozen keys.
+_TAGS = tuple(f"{{b:{bucket}}}" for bucket in range(BUCKETS))
 
 
 def account(account_id: str) -> str:
     """Hash: balance, credit_limit, reserved, max_lines, status, plan, currency, and the
     policy fields min_balance, critical, lock, committed, member_lines, ml:<member>,
     expire_days, pw, expires."""
-    return f"acct:{_tag(bucket_of(account_id))}:{account_id}"
+    return f"acct:{_TAGS[bucket_of(account_id)]}:{account_id}"
 
 
 def account_in(bucket: int, account_id: str) -> str:
     """``account(account_id)`` when its bucket is known already (a batch of one bucket)."""
-    return f"acct:{_tag(bucket)}:{account_id}"
+    return f"acct:{_TAGS[bucket]}:{account_id}"
 
 
 def stopped_call_in(bucket: int, account_id: str, call_id: str) -> str:
     """``stopped_call(account_id, call_id)`` when the account's bucket is known already."""
-    return f"stopped:{_tag(bucket)}:{account_id}:{call_id}"
+    return f"stopped:{_TAGS[bucket]}:{account_id}:{call_id}"
 
 
 def live_calls(account_id: str) -> str:
     """Hash: call id -> msgpack live-call record; its length is the lines in use."""
-    return f"calls:{_tag(bucket_of(account_id))}:{account_id}"
+    return f"calls:{_TAGS[bucket_of(account_id)]}:{account_id}"
 
 
 def live_calls_in(bucket: int, account_id: str) -> str:
     """``live_calls(account_id)`` when the account's bucket is known already."""
-    return f"calls:{_tag(bucket)}:{account_id}"
+    return f"calls:{_TAGS[bucket]}:{account_id}"
 
 
 def stopped_call(account_id: str, call_id: str) -> str:
     """String: msgpack result of a stopped call, kept to answer a repeated stop."""
-    return f"stopped:{_tag(bucket_of(account_id))}:{account_id}:{call_id}"
+    return f"stopped:{_TAGS[bucket_of(account_id)]}:{account_id}:{call_id}"
 
 
 def topup_done(account_id: str, topup_id: str) -> str:
     """String: msgpack result of a top-up, kept to answer a repeated top-up."""
-    return f"topup:{_tag(bucket_of(account_id))}:{account_id}:{topup_id}"
+    return f"topup:{_TAGS[bucket_of(account_id)]}:{account_id}:{topup_id}"
 
 
 def fee_done(account_id: str, reference: str) -> str:
     """String: msgpack result of a fee, kept to answer a repeated one."""
-    return f"fee:{_tag(bucket_of(account_id))}:{account_id}:{reference}"
+    return f"fee:{_TAGS[bucket_of(account_id)]}:{account_id}:{reference}"
 
 
 def call_expiry(bucket: int) -> str:
     """Sorted set: ``account\\x00call id`` scored by the live call's expiry (epoch s)."""
-    return f"expiry:{_tag(bucket)}"
+    return f"expiry:{_TAGS[bucket]}"
 
 
 def ledger(bucket: int) -> str:
     """Stream: every balance change and CDR of the bucket's accounts."""
-    return f"ledger:{_tag(bucket)}"
+    return f"ledger:{_TAGS[bucket]}"
 
 
 def import_refused(bucket: int, import_id: int) -> str:
     """Set: accounts of the bucket a usage import could not charge; their later rows wait."""
-    return f"mediation:{_tag(bucket)}:{import_id}:refused"
+    return f"mediation:{_TAGS[bucket]}:{import_id}:refused"
 
 
 def dead_letters(bucket: int) -> str:
     """Stream: ledger entries PostgreSQL refused, kept whole with the error, for an operator."""
-    return f"ledger-dead:{_tag(bucket)}"
+    return f"ledger-dead:{_TAGS[bucket]}"
 
 
 def all_ledgers() -> list[str]:
@@ -94,18 +94,18 @@ def all_ledgers() -> list[str]:
 
 def call_ref(call_id: str) -> str:
     """String: msgpack reference (account, rate) of a live call, found by call id alone."""
-    return f"callref:{_tag(bucket_of(call_id))}:{call_id}"
+    return f"callref:{_TAGS[bucket_of(call_id)]}:{call_id}"
 
 
 def caller_ref(caller: str) -> str:
     """String: the account a caller id (Calling-Station-Id) identifies, for pinless calls."""
-    return f"caller:{_tag(bucket_of(caller))}:{caller}"
+    return f"caller:{_TAGS[bucket_of(caller)]}:{caller}"
 
 
 def did_ref(number: str) -> str:
     """String: the account an assigned number (DID, toll-free) identifies: the callee of
     an inbound call to it (decision 0030)."""
-    return f"did:{_tag(bucket_of(number))}:{number}"
+    return f"did:{_TAGS[bucket_of(number)]}:{number}"
 
 
 def account_ivr(account_id: str) -> str:
@@ -115,42 +115,42 @@ def account_ivr(account_id: str) -> str:
 
 def account_ivr_in(bucket: int, account_id: str) -> str:
     """``account_ivr`` of an account whose bucket is known already."""
-    return f"ivracct:{_tag(bucket)}:{account_id}"
+    return f"ivracct:{_TAGS[bucket]}:{account_id}"
 
 
 def member_lines(account_id: str) -> str:
     """Hash: member -> its calls live now (for the per-member line limit)."""
-    return f"mlines:{_tag(bucket_of(account_id))}:{account_id}"
+    return f"mlines:{_TAGS[bucket_of(account_id)]}:{account_id}"
 
 
 def member_lines_in(bucket: int, account_id: str) -> str:
     """``member_lines(account_id)`` when the account's bucket is known already."""
-    return f"mlines:{_tag(bucket)}:{account_id}"
+    return f"mlines:{_TAGS[bucket]}:{account_id}"
 
 
 def counters(account_id: str) -> str:
     """Hash: ``<counter>:limit``, ``<counter>:used``, ``<counter>:held`` seconds this cycle."""
-    return f"counters:{_tag(bucket_of(account_id))}:{account_id}"
+    return f"counters:{_TAGS[bucket_of(account_id)]}:{account_id}"
 
 
 def counters_in(bucket: int, account_id: str) -> str:
     """``counters(account_id)`` when the account's bucket is known already."""
-    return f"counters:{_tag(bucket)}:{account_id}"
+    return f"counters:{_TAGS[bucket]}:{account_id}"
 
 
 def member_ref(member: str) -> str:
     """String: the account a member (SIP user, extension, caller id) belongs to."""
-    return f"member:{_tag(bucket_of(member))}:{member}"
+    return f"member:{_TAGS[bucket_of(member)]}:{member}"
 
 
 def pin_ref(pin_digest: str) -> str:
     """String: the account (card) a PIN opens, keyed by the PIN's digest, never the PIN."""
-    return f"pin:{_tag(bucket_of(pin_digest))}:{pin_digest}"
+    return f"pin:{_TAGS[bucket_of(pin_digest)]}:{pin_digest}"
 
 
 def pin_failures(scope: str, who: str) -> str:
     """String counter: failed PIN attempts from one caller or one NAS in the window."""
-    return f"pinfail:{_tag(bucket_of(who))}:{scope}:{who}"
+    return f"pinfail:{_TAGS[bucket_of(who)]}:{scope}:{who}"
 
 
 def expiry_member(account_id: str, call_id: str) -> str:
