@@ -22,6 +22,11 @@ ones, so that neither always runs first), after --warmup requests to each
 - latency, with --rates: the fixed-rate client benchmarks/peers/rad_latency.py
   at each rate for --seconds, p50/p99/max and packets lost per target.
 
+With ``--trees A,B`` two ocs servers run, checkout A's and checkout B's (``git
+worktree add /tmp/before HEAD~1``), each with its own embedded Redis and PostgreSQL,
+and take their turns beside the peers in every round: a change's effect on the ratio,
+measured in one run (ratios of "ocs A" and "ocs B" to each peer).
+
 The peers need Debian's freeradius, freeradius-redis (and freeradius-postgresql
 for --sql) and freeradius-utils: see benchmarks/peers/README.md. A --database-url
 must name a fresh database: in one another run used, the accounts exist with their
@@ -29,11 +34,13 @@ earlier state and ocs may refuse every request (the rows then say "rejected").
 
     python benchmarks/radius_peers.py --rounds 3 --requests 20000 --rates 2000,4000
     python benchmarks/radius_peers.py --sql --rounds 1 --requests 5000
+    python benchmarks/radius_peers.py --trees /tmp/before,. --rounds 4
 """
 
 import argparse
 import asyncio
 import json
+import os
 import re
 import signal
 import statistics
@@ -42,7 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -194,7 +201,74 @@ def latency_line(round_: int, target: Target, result: dict[str, object]) -> str:
     )
 
 
-async def main() -> None:
+@dataclass
+class OcsServer:
+    """One `ocs serve` under test: its RADIUS target, HTTP base and process."""
+
+    target: Target
+    base: str
+    process: subprocess.Popen[bytes]
+    cpu: list[float] = field(default_factory=list)  # us per Access-Request, by round
+
+
+def start_ocs(name: str, tree: Path | None, tmp: Path, args: argparse.Namespace) -> OcsServer:
+    """`ocs serve` of ``tree``'s own ocs (None: this checkout's), in its own data dir."""
+    http_port, auth_port, acct_port = free_port(), free_port(), free_port()
+    old = Path.cwd()
+    if tree is not None:
+        os.chdir(tree)  # `python -m ocs` imports the ocs of its working directory
+    try:
+        process = start_server(
+            str(tmp / f"var-{name.replace(' ', '-')}"),
+            http_port,
+            1,
+            args.redis_url,
+            args.database_url,
+            extra_env=radius_env(auth_port, acct_port),
+        )
+    finally:
+        os.chdir(old)
+    return OcsServer(Target(name, auth_port), f"http://127.0.0.1:{http_port}", process)
+
+
+def print_summary(
+    args: argparse.Namespace,
+    servers: list[OcsServer],
+    peers: list[Target],
+    rps: dict[str, list[float]],
+) -> None:
+    """Each target's rate, each ocs's CPU, and each ocs's ratio to each peer."""
+    print(
+        f"Access-Requests/s over {args.rounds} round(s), radclient -p {args.parallel}, "
+        f"{args.requests} requests a round, one ocs process, load generator on the same machine:"
+    )
+    for name, values in rps.items():
+        if values:
+            print(
+                f"  {name:>16}: {min(values):,.0f}-{max(values):,.0f} "
+                f"(median {statistics.median(values):,.0f})"
+            )
+    own = "" if args.redis_url else ", its embedded Redis and PostgreSQL included"
+    for server in servers:
+        if server.cpu:
+            used = server.cpu
+            print(
+                f"  {server.target.name} CPU per Access-Request (the serving process{own}): "
+                f"{min(used):.0f}-{max(used):.0f} us (median {statistics.median(used):.0f})"
+            )
+    for server in servers:
+        name = server.target.name
+        for target in peers:
+            ratios = [o / p for o, p in zip(rps[name], rps[target.name], strict=True)]
+            if ratios:
+                print(
+                    f"  {name}/{target.name}: {', '.join(f'{r:.2f}' for r in ratios)} "
+                    f"(median {statistics.median(ratios):.2f})"
+                )
+
+
+def options() -> tuple[argparse.Namespace, list[int], list[Path | None]]:
+    """The command line: the arguments, the fixed rates, the trees (None: this checkout)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -210,102 +284,100 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per rate and target")
     parser.add_argument("--sql", action="store_true", help="also the FreeRADIUS + SQL peer")
     parser.add_argument("--client", type=Path, default=CLIENT, help="rad_latency.py")
+    parser.add_argument("--trees", help="A,B: checkouts whose ocs to run, each beside the peers")
     parser.add_argument("--redis-url")
     parser.add_argument("--database-url")
     args = parser.parse_args()
     rates = [int(rate) for rate in args.rates.split(",") if rate.strip()]
+    trees: list[Path | None] = (
+        [Path(t).resolve() for t in args.trees.split(",")] if args.trees else [None]
+    )
+    if len(trees) > 1 and (args.redis_url or args.database_url):
+        raise SystemExit("--trees: each ocs needs its own embedded Redis and PostgreSQL")
+    return args, rates, trees
 
-    http_port, auth_port, acct_port = free_port(), free_port(), free_port()
-    base = f"http://127.0.0.1:{http_port}"
-    ocs = Target("ocs", auth_port)
+
+async def main() -> None:
+    args, rates, trees = options()
+
     peers = [Target("FreeRADIUS+Redis", 18120)]
     scripts = ["freeradius_redis_peer.sh"]
     if args.sql:
         peers.append(Target("FreeRADIUS+SQL", 18121))
         scripts.append("freeradius_sql_peer.sh")
-    rps: dict[str, list[float]] = {target.name: [] for target in (ocs, *peers)}
-    cpu: dict[str, list[float]] = {ocs.name: []}
     with tempfile.TemporaryDirectory(prefix="ocs-bench-", dir="/tmp") as tmp:
-        server = start_server(
-            str(Path(tmp) / "var"),
-            http_port,
-            1,
-            args.redis_url,
-            args.database_url,
-            extra_env=radius_env(auth_port, acct_port),
-        )
+        servers: list[OcsServer] = []
         started: list[str] = []
         try:
+            for n, tree in enumerate(trees):
+                name = "ocs" if tree is None else f"ocs {'AB'[n] if n < 2 else n + 1}"
+                if tree is not None:
+                    print(f"{name}: {tree}", flush=True)
+                servers.append(start_ocs(name, tree, Path(tmp), args))
             async with aiohttp.ClientSession() as session:
-                await wait_healthy(session, base, 120)
-                await setup(session, base, ACCOUNTS)
+                for server in servers:
+                    await wait_healthy(session, server.base, 120)
+                    await setup(session, server.base, ACCOUNTS)
             for script in scripts:
                 peer(script, "start")
                 started.append(script)
-            if args.warmup:
-                # Connections, caches and code paths warmed on every target alike.
-                warmup_file = Path(tmp) / "warmup.txt"
-                write_requests(warmup_file, args.warmup, uuid.uuid4().hex[:8])
-                for target in (ocs, *peers):
-                    throughput(warmup_file, target, args.warmup, args.parallel)
-            for round_ in range(1, args.rounds + 1):
-                order = [ocs, *peers] if round_ % 2 else [*peers, ocs]
-                requests_file = Path(tmp) / f"requests-{round_}.txt"
-                # A new run id each round: ocs sees new calls, never a retransmission.
-                write_requests(requests_file, args.requests, uuid.uuid4().hex[:8])
-                for target in order:
-                    before = cpu_seconds(server.pid)
-                    result = throughput(requests_file, target, args.requests, args.parallel)
-                    rps[target.name].append(result.per_second)
-                    print(throughput_line(round_, target, result), flush=True)
-                    if target is ocs:
-                        # Steadier than the rate, which moves with the load generator.
-                        used = (cpu_seconds(server.pid) - before) / args.requests * 1e6
-                        cpu[ocs.name].append(used)
-                        print(f"round {round_} ocs CPU: {used:.0f} us a request", flush=True)
-                for target in peers:
-                    ratio = rps[ocs.name][-1] / rps[target.name][-1]
-                    print(f"round {round_} ocs/{target.name}: {ratio:.2f}", flush=True)
-                for rate in rates:
-                    for target in order:
-                        measured = await latency(
-                            args.client,
-                            target,
-                            rate,
-                            args.seconds,
-                            base if target is ocs else None,
-                        )
-                        print(latency_line(round_, target, measured), flush=True)
+            await measure(args, rates, servers, peers, Path(tmp))
         finally:
             for script in reversed(started):
                 peer(script, "stop")
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
-    print(
-        f"Access-Requests/s over {args.rounds} round(s), radclient -p {args.parallel}, "
-        f"{args.requests} requests a round, one ocs process, load generator on the same machine:"
-    )
-    for name, values in rps.items():
-        if values:
-            print(
-                f"  {name:>16}: {min(values):,.0f}-{max(values):,.0f} "
-                f"(median {statistics.median(values):,.0f})"
-            )
-    if cpu[ocs.name]:
-        used = cpu[ocs.name]
-        own = "" if args.redis_url else ", its embedded Redis and PostgreSQL included"
-        print(
-            f"  ocs CPU per Access-Request (the serving process{own}): "
-            f"{min(used):.0f}-{max(used):.0f} us (median {statistics.median(used):.0f})"
-        )
-    for target in peers:
-        ratios = [o / p for o, p in zip(rps[ocs.name], rps[target.name], strict=True)]
-        if ratios:
-            print(
-                f"  ocs/{target.name}: {', '.join(f'{r:.2f}' for r in ratios)} "
-                f"(median {statistics.median(ratios):.2f})"
-            )
+            for server in servers:
+                server.process.send_signal(signal.SIGTERM)
+            for server in servers:
+                server.process.wait(timeout=60)
     print(f"machine: {describe()}")
+
+
+async def measure(
+    args: argparse.Namespace,
+    rates: list[int],
+    servers: list[OcsServer],
+    peers: list[Target],
+    tmp: Path,
+) -> None:
+    """The rounds: every target in turn (the order reversed every other round), then
+    the fixed rates; the summary at the end."""
+    by_target = {server.target.name: server for server in servers}
+    targets = [*(server.target for server in servers), *peers]
+    rps: dict[str, list[float]] = {target.name: [] for target in targets}
+    if args.warmup:
+        # Connections, caches and code paths warmed on every target alike.
+        warmup_file = tmp / "warmup.txt"
+        write_requests(warmup_file, args.warmup, uuid.uuid4().hex[:8])
+        for target in targets:
+            throughput(warmup_file, target, args.warmup, args.parallel)
+    for round_ in range(1, args.rounds + 1):
+        order = targets if round_ % 2 else targets[::-1]
+        requests_file = tmp / f"requests-{round_}.txt"
+        # A new run id each round: ocs sees new calls, never a retransmission.
+        write_requests(requests_file, args.requests, uuid.uuid4().hex[:8])
+        for target in order:
+            server = by_target.get(target.name)
+            before = cpu_seconds(server.process.pid) if server else 0.0
+            result = throughput(requests_file, target, args.requests, args.parallel)
+            rps[target.name].append(result.per_second)
+            print(throughput_line(round_, target, result), flush=True)
+            if server is not None:
+                # Steadier than the rate, which moves with the load generator.
+                used = (cpu_seconds(server.process.pid) - before) / args.requests * 1e6
+                server.cpu.append(used)
+                print(f"round {round_} {target.name} CPU: {used:.0f} us a request", flush=True)
+        for server in servers:
+            for target in peers:
+                ratio = rps[server.target.name][-1] / rps[target.name][-1]
+                print(f"round {round_} {server.target.name}/{target.name}: {ratio:.2f}", flush=True)
+        for rate in rates:
+            for target in order:
+                server = by_target.get(target.name)
+                measured = await latency(
+                    args.client, target, rate, args.seconds, server.base if server else None
+                )
+                print(latency_line(round_, target, measured), flush=True)
+    print_summary(args, servers, peers, rps)
 
 
 if __name__ == "__main__":
