@@ -507,6 +507,13 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     base = Path(data_dir).resolve()
     pgdata = base / "postgres"
     log_path = pgdata / "log"
+    if any(character.isspace() for character in str(pgdata)):
+        # pgserver hands the directory to pg_ctl's server options unquoted: postgres
+        # would read the rest of the path as an argument and refuse to start.
+        raise EmbeddedServerError(
+            f"embedded PostgreSQL cannot run in {pgdata}: its path has a space; choose a"
+            " data directory without one, or set database_url"
+        )
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -181,6 +181,15 @@ def test_postgres_data_survives_restart(tmp_path: Path) -> None:
     assert not (pgdata / "postmaster.pid").exists()
 
 
+def test_postgres_in_a_path_with_a_space_is_refused_by_name(tmp_path: Path) -> None:
+    # pgserver passes the directory to pg_ctl unquoted: postgres would fail with
+    # "invalid argument" in its log. The refusal names the path and what to do.
+    with pytest.raises(EmbeddedServerError, match="has a space") as refused:
+        start_embedded_postgres(tmp_path / "my data")
+    assert str(tmp_path / "my data") in str(refused.value)
+    assert not (tmp_path / "my data" / "postgres").exists()
+
+
 def test_postgres_left_by_dead_process_is_reused_then_stopped(tmp_path: Path) -> None:
     pgdata = tmp_path / "postgres"
     script = textwrap.dedent(
