@@ -25,7 +25,9 @@ ones, so that neither always runs first), after --warmup requests to each
 With ``--trees A,B`` two ocs servers run, checkout A's and checkout B's (``git
 worktree add /tmp/before HEAD~1``), each with its own embedded Redis and PostgreSQL,
 and take their turns beside the peers in every round: a change's effect on the ratio,
-measured in one run (ratios of "ocs A" and "ocs B" to each peer).
+measured in one run (ratios of "ocs A" and "ocs B" to each peer). Both run throughout,
+so each one's background work (its live-state sampler over the calls left live) also
+runs during the other targets' turns: compare A with B, not with a run of one tree.
 
 The peers need Debian's freeradius, freeradius-redis (and freeradius-postgresql
 for --sql) and freeradius-utils: see benchmarks/peers/README.md. A --database-url
