@@ -838,26 +838,8 @@ class CallService:
                         ),
                         slice_seconds=sliced or 0,
                     )
-                case AlreadyLive(
-                    entry=entry,
-                    available=available_now,
-                    credit_limit=credit_limit,
-                    ivr_override=ivr_override,
-                ):
-                    live = CallRecord.unpack(entry.record)
-                    granted = self.granted_seconds(live, entry)
-                    return Grant.of(
-                        call_id,
-                        account_id,
-                        live,
-                        granted=granted,
-                        reserved=entry.held,
-                        repeated=True,
-                        available=available_now + entry.held,
-                        credit_limit=credit_limit,
-                        final=not live.quota or granted >= live.cap,
-                        ivr=effective(self._catalog.snapshot.ivr_default(plan_id), ivr_override),
-                    )
+                case AlreadyLive():
+                    return self._repeated(outcome, call_id, account_id, plan_id)
                 case AlreadyStopped():
                     raise OcsError(
                         Reason.CALL_ALREADY_STOPPED,
@@ -872,6 +854,23 @@ class CallService:
                 case Refused():
                     raise self._refusal(account_id, outcome)
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
+
+    def _repeated(self, live: AlreadyLive, call_id: str, account_id: str, plan_id: str) -> Grant:
+        """The grant of a call authorized again while live: what it holds and was granted."""
+        record = CallRecord.unpack(live.entry.record)
+        granted = self.granted_seconds(record, live.entry)
+        return Grant.of(
+            call_id,
+            account_id,
+            record,
+            granted=granted,
+            reserved=live.entry.held,
+            repeated=True,
+            available=live.available + live.entry.held,
+            credit_limit=live.credit_limit,
+            final=not record.quota or granted >= record.cap,
+            ivr=effective(self._catalog.snapshot.ivr_default(plan_id), live.ivr_override),
+        )
 
     @staticmethod
     def _checked(request: AuthorizeRequest, origin: Origin) -> tuple[str, str | None, str]:
