@@ -2,6 +2,8 @@
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -10,6 +12,7 @@ from ocs.backend_health import POSTGRESQL, BackendHealth
 from ocs.balances import keys
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
+from ocs.balances.wire import RedisWire
 from ocs.services import Services
 from tests.conftest import add_plan, eventually
 from tests.outage_helpers import FlakyPool
@@ -185,6 +188,31 @@ async def test_a_backlog_in_many_buckets_is_read_a_batch_at_a_time(services: Ser
         pass
     assert await _ledger_count(services) == 240
     assert await _stream_backlog(services.redis) == 0
+
+
+async def test_a_read_names_a_slice_of_the_streams_a_round_trip(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis runs one command at a time: a read of all 1,024 streams, each holding
+    # entries, held every other client (the call path) for milliseconds.
+    await _make_entries(services, accounts=40, topups=5)
+    sent: list[list[int]] = []  # per round trip: the streams each read named
+    execute_many = RedisWire.execute_many
+
+    async def recorded(self: RedisWire, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        reads = [list(c) for c in commands if c and c[0] == "XREADGROUP"]
+        if reads:
+            sent.append([(len(c) - c.index("STREAMS") - 1) // 2 for c in reads])
+        return await execute_many(self, commands)
+
+    monkeypatch.setattr(RedisWire, "execute_many", recorded)
+    writer = LedgerWriter(services.redis, services.pool, batch_size=1000)
+    await writer.ensure_groups()
+    assert await writer.read_new() == 240
+    assert sent and max(sum(trip) for trip in sent) <= 128
+    # Every stream was asked, once: none left out by the slicing.
+    assert sum(sum(trip) for trip in sent[: keys.BUCKETS // 128]) == keys.BUCKETS
+    assert await _ledger_count(services) == 240
 
 
 async def test_a_busy_accounts_bucket_still_gives_a_whole_batch_a_read(services: Services) -> None:
