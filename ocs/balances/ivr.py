@@ -74,6 +74,8 @@ NO_IVR = Ivr(
 def effective(plan_default: PlanIvr | None, account_packed: str | None) -> Ivr:
     """The IVR settings of an account: its plan's default (None: none set) under its
     packed override (``AccountIvr.pack``; None: none)."""
+    if plan_default is None and not account_packed:
+        return NO_IVR  # most accounts: nothing to work out, on every grant
     announce = "balance" if plan_default is None else plan_default.announce
     language = None if plan_default is None else plan_default.language
     if account_packed:

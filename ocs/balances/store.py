@@ -645,8 +645,7 @@ class BalanceStore:
 
     async def account_ivr(self, account_id: str) -> str | None:
         """The account's packed IVR override (``AccountIvr.pack``), None when it has none."""
-        packed = await self._pipe.execute("GET", keys.account_ivr(account_id))
-        return None if packed is None else _text(packed)
+        return _text_or_none(await self._pipe.execute("GET", keys.account_ivr(account_id)))
 
     async def set_account_ivr(self, account_id: str, packed: str | None) -> None:
         """Store an account's packed IVR override (None: none)."""

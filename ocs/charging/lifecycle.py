@@ -678,7 +678,8 @@ class CallService:
 
     async def ivr_of(self, account_id: str) -> Ivr:
         """What the IVR is told for the account: its plan's IVR default under its own
-        override, and the plan's voicemail server (a grant carries these already)."""
+        override, and the plan's voicemail server. For answers that grant nothing (a
+        balance query, a PIN look-up): a grant carries its own (``Grant.ivr``)."""
         plan_id = await self._plan_of(account_id)
         default = self._catalog.snapshot.ivr_default(plan_id)
         return effective(default, await self._store.account_ivr(account_id))

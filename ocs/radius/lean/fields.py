@@ -103,13 +103,20 @@ class Field:
         """The whole attribute for ``value``, header included (a Vendor-Specific one for a
         vendor attribute); pyrad's ``ValueError`` for a value too long to fit."""
         encoded = self._encoded
-        memo: tuple[type, object] | None = (type(value), value)
+        memo = (type(value), value)
         try:
-            found = encoded.get(memo)  # type: ignore[arg-type]
+            found = encoded.get(memo)
         except TypeError:  # unhashable: not remembered (pyrad refuses such values anyway)
-            found = memo = None
-        if found is not None:
-            return found
+            return self._whole(value)
+        if found is None:
+            found = self._whole(value)
+            if len(encoded) >= _MEMO_LIMIT:
+                encoded.clear()  # values that vary per call (amounts) come and go
+            encoded[memo] = found
+        return found
+
+    def _whole(self, value: object) -> bytes:
+        """``attribute`` worked out: the encoded value behind its header."""
         raw = self.encode(value)
         headers = self._headers
         if headers is None:
@@ -117,12 +124,7 @@ class Field:
         size = len(raw)
         if size >= len(headers):
             raise too_long(self.key, size)
-        whole = headers[size] + raw
-        if memo is not None:
-            if len(encoded) >= _MEMO_LIMIT:
-                encoded.clear()  # values that vary per call (amounts) come and go
-            encoded[memo] = whole
-        return whole
+        return headers[size] + raw
 
 
 def too_long(key: Key, size: int) -> ValueError:
