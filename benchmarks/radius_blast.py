@@ -1,0 +1,249 @@
+"""RADIUS throughput with a load generator that leaves the machine to the server.
+
+radclient costs 90-130 us of CPU per request: on a 2-core machine it takes one
+core and bounds what any server beside it can show (RESULTS.md, issue 19). Here
+the packets are built beforehand and sent by ``benchmarks/peers/radblast.c``
+(compiled on first use with the machine's C compiler), a batch per system call,
+PARALLEL in flight, each answered one matched by its identifier; an unanswered
+one is sent again after 2 s, twice at most, and then its call counts as failed.
+
+Two loads, on one `ocs serve` (embedded Redis and PostgreSQL, or the servers of
+--redis-url/--database-url; accounts u1..u1000, password pw, NAS 127.0.0.1):
+
+- ``--calls`` (the default): full calls as a switch makes them, each an
+  Access-Request, then, once accepted, an Accounting Start, then a Stop of 45 s:
+  full calls/s is calls stopped and charged over the wall time;
+- ``--access``: distinct Access-Requests, each a new call. With ``--peer`` the
+  FreeRADIUS + Redis peer (benchmarks/peers/) takes its turn beside ocs in every
+  round, on the same packets: the ratio of the two without radclient's cost.
+
+Each round uses new call ids. The server's CPU per call (its processes: the
+workers of ``--workers N`` and the embedded Redis and PostgreSQL) is printed with
+each round.
+
+    python benchmarks/radius_blast.py --rounds 3 --calls 30000
+    python benchmarks/radius_blast.py --access --peer --rounds 3 --calls 30000
+"""
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.http_calls import free_port, start_server, wait_healthy
+from benchmarks.machine import describe
+from benchmarks.radius_auth import cpu_seconds
+from benchmarks.radius_latency import SECRET, radius_env, setup
+
+PEERS = Path(__file__).resolve().parent / "peers"
+SOURCE = PEERS / "radblast.c"
+ACCOUNTS = 1000
+PEER_AUTH_PORT = 18120
+_SECRET = SECRET.encode()
+
+
+def attribute(kind: int, value: bytes) -> bytes:
+    """One RADIUS attribute: type, length, value."""
+    return bytes([kind, len(value) + 2]) + value
+
+
+def cisco(kind: int, value: bytes) -> bytes:
+    """One Cisco (vendor 9) attribute inside a Vendor-Specific attribute."""
+    inner = bytes([kind, len(value) + 2]) + value
+    return bytes([26, len(inner) + 6]) + struct.pack("!I", 9) + inner
+
+
+def access_request(identifier: int, user: str, call: str) -> bytes:
+    """An Access-Request for a new call, with a Message-Authenticator (RFC 3579)."""
+    authenticator = os.urandom(16)
+    key = hashlib.md5(_SECRET + authenticator).digest()
+    hidden = bytes(a ^ b for a, b in zip(b"pw".ljust(16, b"\0"), key, strict=True))
+    body = (
+        attribute(80, b"\0" * 16)
+        + attribute(1, user.encode())
+        + attribute(2, hidden)
+        + attribute(30, b"447700900123")
+        + attribute(31, b"4930123456")
+        + cisco(24, f"h323-conf-id={call}".encode())
+    )
+    packet = bytearray(struct.pack("!BBH", 1, identifier, 20 + len(body)) + authenticator + body)
+    packet[22:38] = hmac.new(_SECRET, bytes(packet), hashlib.md5).digest()
+    return bytes(packet)
+
+
+def accounting_request(identifier: int, user: str, call: str, stop: bool) -> bytes:
+    """An Accounting-Request Start, or Stop after 45 s, signed as RFC 2866 says."""
+    body = (
+        attribute(40, struct.pack("!I", 2 if stop else 1))
+        + attribute(1, user.encode())
+        + attribute(44, call.encode())
+        + cisco(24, f"h323-conf-id={call}".encode())
+    )
+    if stop:
+        body += attribute(46, struct.pack("!I", 45))
+    header = struct.pack("!BBH", 4, identifier, 20 + len(body))
+    authenticator = hashlib.md5(header + b"\0" * 16 + body + _SECRET).digest()
+    return header + authenticator + body
+
+
+def write_chains(
+    path: Path, count: int, parallel: int, auth_port: int, acct_port: int, full: bool
+) -> None:
+    """``count`` chains for radblast: a call (Access, Start, Stop) or one Access-Request.
+    Chain c runs in slot c % parallel, and each of its packets carries that identifier."""
+    run = uuid.uuid4().hex[:8]
+    with path.open("wb") as out:
+        out.write(b"RBL1" + struct.pack("<I", count))
+        for n in range(count):
+            identifier, user, call = n % parallel, f"u{n % ACCOUNTS + 1}", f"{run}-{n}"
+            packets = [(auth_port, access_request(identifier, user, call))]
+            if full:
+                packets += [
+                    (acct_port, accounting_request(identifier, user, call, stop=False)),
+                    (acct_port, accounting_request(identifier, user, call, stop=True)),
+                ]
+            out.write(bytes([len(packets)]))
+            for port, packet in packets:
+                out.write(struct.pack("<HH", port, len(packet)) + packet)
+
+
+def compiled(directory: Path) -> Path:
+    """radblast, compiled from its source into ``directory``."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SystemExit("radblast needs a C compiler (cc or gcc)")
+    binary = directory / "radblast"
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(SOURCE)], check=True)
+    return binary
+
+
+def blast(binary: Path, chains: Path, parallel: int) -> dict[str, object]:
+    """Run radblast over ``chains``; its JSON result."""
+    out = subprocess.run(
+        [str(binary), str(chains), "127.0.0.1", str(parallel), "2000", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def options() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--calls-load", dest="full", action="store_true", default=True)
+    load.add_argument("--access", dest="full", action="store_false", help="Access-Requests")
+    parser.add_argument("--calls", type=int, default=30_000, help="calls (chains) a round")
+    parser.add_argument("--parallel", type=int, default=128, help="in flight, at most 256")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3_000, help="calls first, not counted")
+    parser.add_argument("--peer", action="store_true", help="with --access: the FreeRADIUS peer")
+    parser.add_argument("--workers", type=int, default=1, help="ocs serve processes")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    if not 1 <= args.parallel <= 256:
+        parser.error("--parallel must be 1..256 (one RADIUS identifier per slot)")
+    if args.peer and args.full:
+        parser.error("--peer compares Access-Requests: add --access")
+    return args
+
+
+def peer(action: str) -> None:
+    """Start or stop the FreeRADIUS + Redis peer (benchmarks/peers/)."""
+    script = PEERS / "freeradius_redis_peer.sh"
+    result = subprocess.run(["bash", str(script), action], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{script.name} {action} failed:\n{result.stdout}{result.stderr}")
+
+
+def report(name: str, round_: int, result: dict[str, object], full: bool, cpu: float) -> float:
+    """Print one run's line; its rate (calls/s with full calls, else requests/s)."""
+    elapsed = float(str(result["elapsed"]))
+    done = int(str(result["done"]))
+    rate = done / elapsed
+    unit = "full calls/s" if full else "Access-Requests/s"
+    cpu_part = f", server CPU {cpu * 1e6 / max(done, 1):.0f} us a call" if cpu else ""
+    print(
+        f"round {round_} {name}: {rate:,.0f} {unit} ({done} done, {result['failed']} failed,"
+        f" {result['retransmits']} sent again, in {elapsed:.2f} s; replies by code"
+        f" {result['codes']}; latency p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms"
+        f"{cpu_part})",
+        flush=True,
+    )
+    return rate
+
+
+async def main() -> None:
+    args = options()
+    http_port, auth_port, acct_port = free_port(), free_port(), free_port()
+    base = f"http://127.0.0.1:{http_port}"
+    with tempfile.TemporaryDirectory(prefix="ocs-blast-", dir="/tmp") as tmp_name:
+        tmp = Path(tmp_name)
+        binary = compiled(tmp)
+        server = start_server(
+            str(tmp / "var"),
+            http_port,
+            args.workers,
+            args.redis_url,
+            args.database_url,
+            extra_env=radius_env(auth_port, acct_port),
+        )
+        peer_started = False
+        rates: dict[str, list[float]] = {"ocs": []}
+        try:
+            async with aiohttp.ClientSession() as session:
+                await wait_healthy(session, base, 120)
+                await setup(session, base, ACCOUNTS)
+            if args.peer:
+                peer("start")
+                peer_started = True
+                rates["FreeRADIUS+Redis"] = []
+            chains = tmp / "chains.bin"
+            targets = [("ocs", auth_port)] + ([("FreeRADIUS+Redis", PEER_AUTH_PORT)] * args.peer)
+            for _, port in targets:
+                write_chains(chains, args.warmup, args.parallel, port, acct_port, args.full)
+                blast(binary, chains, args.parallel)
+            for round_ in range(1, args.rounds + 1):
+                # Each target first in turn, so that neither always runs first.
+                order = targets if round_ % 2 else list(reversed(targets))
+                for name, port in order:
+                    write_chains(chains, args.calls, args.parallel, port, acct_port, args.full)
+                    before = cpu_seconds(server.pid) if name == "ocs" else 0.0
+                    result = blast(binary, chains, args.parallel)
+                    cpu = cpu_seconds(server.pid) - before if name == "ocs" else 0.0
+                    rates[name].append(report(name, round_, result, args.full, cpu))
+        finally:
+            if peer_started:
+                peer("stop")
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+    unit = "full calls/s" if args.full else "Access-Requests/s"
+    for name, values in rates.items():
+        print(
+            f"{name}: {min(values):,.0f}-{max(values):,.0f} {unit} "
+            f"(median {statistics.median(values):,.0f}), radblast -p {args.parallel}"
+        )
+    if args.peer:
+        ratios = [a / b for a, b in zip(rates["ocs"], rates["FreeRADIUS+Redis"], strict=True)]
+        print("ocs/FreeRADIUS+Redis: " + ", ".join(f"{r:.2f}" for r in ratios))
+    print(f"ocs serve --workers {args.workers}; machine: {describe()}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
