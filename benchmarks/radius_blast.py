@@ -17,12 +17,21 @@ Two loads, on one `ocs serve` (embedded Redis and PostgreSQL, or the servers of
   FreeRADIUS + Redis peer (benchmarks/peers/) takes its turn beside ocs in every
   round, on the same packets: the ratio of the two without radclient's cost.
 
+With ``--rates R1,R2`` each round ends with fixed-rate runs of --seconds each, every
+target in turn: Access-Requests sent at their times whether or not earlier ones were
+answered, over --sockets client sockets; p50/p99/p99.9/max latency and losses, the
+tenths of a second that held a reply slower than 5 ms (when the tail happened), and
+ocs's CPU per request at that rate. The client costs a few microseconds a request,
+so the latency is the server's, not the client's own (rad_latency.py's Python loop
+adds its own delays).
+
 Each round uses new call ids. The server's CPU per call (its processes: the
 workers of ``--workers N`` and the embedded Redis and PostgreSQL) is printed with
 each round.
 
     python benchmarks/radius_blast.py --rounds 3 --calls 30000
     python benchmarks/radius_blast.py --access --peer --rounds 3 --calls 30000
+    python benchmarks/radius_blast.py --access --peer --rounds 2 --rates 2000,4000
 """
 
 import argparse
@@ -101,15 +110,23 @@ def accounting_request(identifier: int, user: str, call: str, stop: bool) -> byt
 
 
 def write_chains(
-    path: Path, count: int, parallel: int, auth_port: int, acct_port: int, full: bool
+    path: Path,
+    count: int,
+    parallel: int,
+    auth_port: int,
+    acct_port: int,
+    full: bool,
+    fixed_rate: bool = False,
 ) -> None:
     """``count`` chains for radblast: a call (Access, Start, Stop) or one Access-Request.
-    Chain c runs in slot c % parallel, and each of its packets carries that identifier."""
+    Chain c runs in slot c % parallel, and each of its packets carries that identifier;
+    at a fixed rate chain c goes out on socket c % parallel with (c / parallel) % 256."""
     run = uuid.uuid4().hex[:8]
     with path.open("wb") as out:
         out.write(b"RBL1" + struct.pack("<I", count))
         for n in range(count):
-            identifier, user, call = n % parallel, f"u{n % ACCOUNTS + 1}", f"{run}-{n}"
+            identifier = (n // parallel) % 256 if fixed_rate else n % parallel
+            user, call = f"u{n % ACCOUNTS + 1}", f"{run}-{n}"
             packets = [(auth_port, access_request(identifier, user, call))]
             if full:
                 packets += [
@@ -131,10 +148,11 @@ def compiled(directory: Path) -> Path:
     return binary
 
 
-def blast(binary: Path, chains: Path, parallel: int) -> dict[str, object]:
-    """Run radblast over ``chains``; its JSON result."""
+def blast(binary: Path, chains: Path, parallel: int, rate: int = 0) -> dict[str, object]:
+    """Run radblast over ``chains`` (at ``rate`` a second when not 0); its JSON result."""
+    at_rate = [str(rate)] if rate else []
     out = subprocess.run(
-        [str(binary), str(chains), "127.0.0.1", str(parallel), "2000", "2"],
+        [str(binary), str(chains), "127.0.0.1", str(parallel), "2000", "2", *at_rate],
         capture_output=True,
         text=True,
         check=True,
@@ -154,6 +172,18 @@ def options() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3_000, help="calls first, not counted")
     parser.add_argument("--peer", action="store_true", help="with --access: the FreeRADIUS peer")
     parser.add_argument("--workers", type=int, default=1, help="ocs serve processes")
+    parser.add_argument(
+        "--rates", default="", help="comma-separated fixed rates a second, after each round"
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="per fixed rate")
+    parser.add_argument("--sockets", type=int, default=16, help="client sockets at a rate")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OCS_NAME=VALUE",
+        help="a setting for the server (e.g. OCS_STALL_REPORT_MS=5: its stalls logged)",
+    )
     parser.add_argument("--redis-url")
     parser.add_argument("--database-url")
     args = parser.parse_args()
@@ -161,6 +191,8 @@ def options() -> argparse.Namespace:
         parser.error("--parallel must be 1..256 (one RADIUS identifier per slot)")
     if args.peer and args.full:
         parser.error("--peer compares Access-Requests: add --access")
+    if not 1 <= args.sockets <= 256:
+        parser.error("--sockets must be 1..256")
     return args
 
 
@@ -202,7 +234,10 @@ async def main() -> None:
             args.workers,
             args.redis_url,
             args.database_url,
-            extra_env=radius_env(auth_port, acct_port),
+            extra_env={
+                **radius_env(auth_port, acct_port),
+                **dict(item.split("=", 1) for item in args.set),
+            },
         )
         peer_started = False
         rates: dict[str, list[float]] = {"ocs": []}
@@ -228,6 +263,25 @@ async def main() -> None:
                     result = blast(binary, chains, args.parallel)
                     cpu = cpu_seconds(server.pid) - before if name == "ocs" else 0.0
                     rates[name].append(report(name, round_, result, args.full, cpu))
+                for rate in [int(r) for r in args.rates.split(",") if r]:
+                    for name, port in order:
+                        count = int(rate * args.seconds)
+                        write_chains(chains, count, args.sockets, port, acct_port, False, True)
+                        before = cpu_seconds(server.pid) if name == "ocs" else 0.0
+                        result = blast(binary, chains, args.sockets, rate)
+                        cpu = cpu_seconds(server.pid) - before if name == "ocs" else 0.0
+                        cpu_part = (
+                            f" server CPU {cpu * 1e6 / count:.0f} us a request," if cpu else ""
+                        )
+                        print(
+                            f"round {round_} {name} at {rate}/s:{cpu_part}"
+                            f" p50 {result['p50_ms']} ms,"
+                            f" p99 {result['p99_ms']} ms, p99.9 {result['p999_ms']} ms,"
+                            f" max {result['max_ms']} ms, lost {result['lost']} of {count}"
+                            f" (replies by code {result['codes']}); tenths of a second with"
+                            f" a reply over 5 ms (s, ms): {result['slow_windows']}",
+                            flush=True,
+                        )
         finally:
             if peer_started:
                 peer("stop")

@@ -17,13 +17,22 @@
  * RETRIES times at most; then its chain counts as failed and the slot moves on.
  *
  *   cc -O2 -o radblast radblast.c
- *   radblast FILE HOST PARALLEL TIMEOUT_MS RETRIES
+ *   radblast FILE HOST PARALLEL TIMEOUT_MS RETRIES [RATE]
+ *
+ * With RATE (packets a second), a fixed-rate run instead: every chain is one packet,
+ * sent at its time whether or not earlier ones were answered (no waiting on a slow
+ * server, which would hide its delays), packet i on socket i % PARALLEL; the builder
+ * gives it identifier (i / PARALLEL) % 256, so an identifier comes back to a socket
+ * after 256 * PARALLEL packets. A packet not answered within TIMEOUT_MS of the last
+ * send counts as lost; nothing is sent again.
  *
  * File format (little-endian): "RBL1", u32 chains; then per chain: u8 packets; then
  * per packet: u16 destination port, u16 length, the packet's bytes.
  *
  * Prints one JSON object: elapsed seconds, chains done and failed, packets sent,
- * retransmissions, replies by RADIUS code, and reply latency p50/p99/max (ms).
+ * retransmissions, replies by RADIUS code, and reply latency p50/p99/max (ms); at a
+ * fixed rate, packets sent, answered and lost, latency p50/p99/p99.9/max (ms), and each
+ * tenth of a second whose slowest reply took over 5 ms (when the tail happened).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -40,6 +49,8 @@
 
 #define BATCH 64
 #define MAX_REPLY 4096
+#define WINDOWS 600
+#define SLOW_WINDOW_MS 5.0
 
 struct packet {
     uint16_t port;
@@ -89,9 +100,117 @@ static uint8_t *read_file(const char *path, size_t *size) {
     return data;
 }
 
+static double percentile(const double *sorted, long count, double q) {
+    return count ? sorted[(long)(count * q) < count ? (long)(count * q) : count - 1] : 0;
+}
+
+/* The fixed-rate run: chains[i]'s one packet sent at started + i / rate. */
+static int fixed_rate(struct chain *chains, uint32_t count, struct sockaddr_in server,
+                      int sockets, double timeout, double rate) {
+    int fds[256];
+    struct pollfd pfds[256];
+    int buffer = 4 << 20;
+    for (int k = 0; k < sockets; k++) {
+        fds[k] = socket(AF_INET, SOCK_DGRAM, 0);
+        setsockopt(fds[k], SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
+        pfds[k].fd = fds[k];
+        pfds[k].events = POLLIN;
+    }
+    /* The slowest reply to the packets sent in each tenth of a second (the first 60 s). */
+    static double slowest[WINDOWS];
+    /* The packet last sent on each socket with each identifier. */
+    static long last[256][256];
+    double *sent_at = calloc(count, sizeof(double));
+    uint8_t *answered = calloc(count, 1);
+    double *latencies = malloc(sizeof(double) * (count + 1));
+    long replies_by_code[256] = {0};
+    long latency_count = 0, sent = 0, send_errors = 0;
+    uint8_t reply[MAX_REPLY];
+    struct sockaddr_in address = server;
+    double started = now();
+    uint32_t next = 0;
+    for (;;) {
+        double t = now();
+        while (next < count && started + next / rate <= t) {
+            struct packet *p = &chains[next].packets[0];
+            int k = next % sockets;
+            address.sin_port = htons(p->port);
+            if (sendto(fds[k], p->bytes, p->length, 0, (struct sockaddr *)&address,
+                       sizeof address) < 0) {
+                send_errors++;
+            } else {
+                sent++;
+            }
+            sent_at[next] = t;
+            last[k][p->bytes[1]] = next;
+            next++;
+        }
+        if (next >= count && t - (started + (count - 1) / rate) > timeout)
+            break;
+        double wait = next < count ? started + next / rate - now() : 0.001;
+        struct timespec ts = {0, 0};
+        if (wait > 0) {
+            ts.tv_sec = (time_t)wait;
+            ts.tv_nsec = (long)((wait - ts.tv_sec) * 1e9);
+        }
+        if (ppoll(pfds, sockets, &ts, NULL) <= 0)
+            continue;
+        t = now();
+        for (int k = 0; k < sockets; k++) {
+            if (!(pfds[k].revents & POLLIN))
+                continue;
+            for (;;) {
+                ssize_t got = recv(fds[k], reply, sizeof reply, MSG_DONTWAIT);
+                if (got < 20)
+                    break;
+                long i = last[k][reply[1]];
+                if (answered[i] || t - sent_at[i] > timeout)
+                    continue;
+                answered[i] = 1;
+                replies_by_code[reply[0]]++;
+                {
+                    long window = (long)((sent_at[i] - started) * 10);
+                    if (window >= 0 && window < WINDOWS && t - sent_at[i] > slowest[window])
+                        slowest[window] = t - sent_at[i];
+                }
+                latencies[latency_count++] = (t - sent_at[i]) * 1000.0;
+            }
+        }
+    }
+    double elapsed = now() - started;
+    qsort(latencies, latency_count, sizeof(double), compare_doubles);
+    printf("{\"rate\": %.0f, \"elapsed\": %.6f, \"sent\": %ld, \"send_errors\": %ld, "
+           "\"answered\": %ld, \"lost\": %ld, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
+           "\"p999_ms\": %.3f, \"max_ms\": %.3f, ",
+           rate, elapsed, sent, send_errors, latency_count, (long)count - latency_count,
+           percentile(latencies, latency_count, 0.5), percentile(latencies, latency_count, 0.99),
+           percentile(latencies, latency_count, 0.999),
+           latency_count ? latencies[latency_count - 1] : 0);
+    int first = 1;
+    /* Each tenth of a second whose slowest reply took longer than SLOW_WINDOW_MS: when
+       the tail happened (seconds from the start, ms). */
+    printf("\"slow_windows\": [");
+    for (int w = 0; w < WINDOWS; w++) {
+        if (slowest[w] * 1000.0 > SLOW_WINDOW_MS) {
+            printf("%s[%.1f, %.1f]", first ? "" : ", ", w / 10.0, slowest[w] * 1000.0);
+            first = 0;
+        }
+    }
+    printf("], \"codes\": {");
+    first = 1;
+    for (int c = 0; c < 256; c++) {
+        if (replies_by_code[c]) {
+            printf("%s\"%d\": %ld", first ? "" : ", ", c, replies_by_code[c]);
+            first = 0;
+        }
+    }
+    printf("}}\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: radblast FILE HOST PARALLEL TIMEOUT_MS RETRIES\n");
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: radblast FILE HOST PARALLEL TIMEOUT_MS RETRIES [RATE]\n");
         return 2;
     }
     size_t size;
@@ -121,15 +240,18 @@ int main(int argc, char **argv) {
         }
     }
 
-    int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    int buffer = 4 << 20;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof buffer);
     struct sockaddr_in server = {.sin_family = AF_INET};
     if (inet_pton(AF_INET, argv[2], &server.sin_addr) != 1) {
         fprintf(stderr, "bad host %s\n", argv[2]);
         return 2;
     }
+    if (argc == 7)
+        return fixed_rate(chains, chains_total, server, parallel, timeout, atof(argv[6]));
+
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    int buffer = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof buffer);
 
     struct slot *slots = calloc(parallel, sizeof *slots);
     double *latencies = malloc(sizeof(double) * (packets_total + 1));
