@@ -137,7 +137,9 @@ def _usable(protocol: _Protocol | None) -> bool:
 
 def _send(protocol: _Protocol, commands: Sequence[Sequence[Any]]) -> "asyncio.Future[list[Any]]":
     """Write ``commands`` at once; the future holds every reply (or error) in order."""
-    done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    # The connection's own loop: asyncio's get_running_loop is a getpid() system call, and
+    # this runs once per batch.
+    done: asyncio.Future[list[Any]] = protocol.loop.create_future()
     if not commands:
         done.set_result([])
         return done
