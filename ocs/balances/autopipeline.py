@@ -157,6 +157,10 @@ class AutoPipeline:
     def _failed(self, batch: list[_Pending], exc: BaseException) -> None:
         """A batch that could not be sent or was not answered: every caller fails."""
         metrics.REDIS_PIPELINE_ERRORS.inc()
+        self._fail_all(batch, exc)
+
+    def _fail_all(self, batch: list[_Pending], exc: BaseException) -> None:
+        """Every caller of ``batch`` fails with ``exc``, reported to the health tracker."""
         # A lost or refused connection means Redis is unreachable: the callers answer
         # "unavailable" and the tracker logs the outage once, not once per batch.
         self._health.report(exc, default=backend_health.REDIS)
@@ -195,9 +199,7 @@ class AutoPipeline:
             await self.load_scripts()
             replies = await self._run(retry)
         except Exception as exc:
-            self._health.report(exc, default=backend_health.REDIS)
-            for _, future in retry:
-                _fail_quietly(future, exc)
+            self._fail_all(retry, exc)
             return
         for (_, future), reply in zip(retry, replies, strict=True):
             if future.done():
