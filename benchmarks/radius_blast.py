@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.http_calls import free_port, start_server, wait_healthy
 from benchmarks.machine import describe
 from benchmarks.radius_auth import cpu_seconds
-from benchmarks.radius_latency import SECRET, radius_env, setup
+from benchmarks.radius_latency import SECRET, drops, metrics_text, radius_env, setup
 
 PEERS = Path(__file__).resolve().parent / "peers"
 SOURCE = PEERS / "radblast.c"
@@ -267,12 +267,23 @@ async def main() -> None:
                     for name, port in order:
                         count = int(rate * args.seconds)
                         write_chains(chains, count, args.sockets, port, acct_port, False, True)
-                        before = cpu_seconds(server.pid) if name == "ocs" else 0.0
+                        ours = name == "ocs"
+                        shed = drops(await metrics_text(base)) if ours else {}
+                        before = cpu_seconds(server.pid) if ours else 0.0
                         result = blast(binary, chains, args.sockets, rate)
-                        cpu = cpu_seconds(server.pid) - before if name == "ocs" else 0.0
+                        cpu = cpu_seconds(server.pid) - before if ours else 0.0
                         cpu_part = (
                             f" server CPU {cpu * 1e6 / count:.0f} us a request," if cpu else ""
                         )
+                        if ours:
+                            # What ocs shed during this run, by its counted reason.
+                            after = drops(await metrics_text(base))
+                            counted = {
+                                reason: int(value - shed.get(reason, 0.0))
+                                for reason, value in after.items()
+                                if reason != "loop_lag_max_s" and value > shed.get(reason, 0.0)
+                            }
+                            cpu_part += f" shed by ocs {counted or 'none'},"
                         print(
                             f"round {round_} {name} at {rate}/s:{cpu_part}"
                             f" p50 {result['p50_ms']} ms,"

@@ -578,6 +578,14 @@ class Settings:
         "seconds a RADIUS request may wait before its decision starts; older ones are dropped"
         " (late)",
     )
+    # Past this wait a queue that stays long is overload, and its oldest are dropped
+    # (ocs/radius/queue_delay.py): answered requests then wait about this, not the budget.
+    radius_queue_target: float = _setting(
+        0.02,
+        _parse_float,
+        "seconds of waiting a RADIUS queue may keep for 100 ms before requests that waited"
+        " longer are dropped (late); 0: only the budget applies",
+    )
     gc_freeze: bool = _setting(
         True,
         _parse_bool,

@@ -76,7 +76,7 @@ async def test_above_the_in_flight_cap_requests_are_shed_and_counted(
 async def test_a_request_that_waited_past_the_budget_is_dropped_as_late(
     radius: RunningRadius, udp: UdpClient
 ) -> None:
-    radius.server.queue_budget = 0.05
+    radius.server.queue_delay.budget = 0.05
     burst = requests(10)
     late, before = sample(DROPS, reason="late"), answered()
     for data in burst:
@@ -89,6 +89,35 @@ async def test_a_request_that_waited_past_the_budget_is_dropped_as_late(
     await eventually(shed, what="10 requests dropped as late")
     assert answered() == before
     assert udp.unread_count() == 0
+
+
+async def test_a_queue_that_stays_above_the_target_is_cut_back_and_counted_as_late(
+    radius: RunningRadius, udp: UdpClient
+) -> None:
+    delay = radius.server.queue_delay
+    delay.target, delay.interval = 0.01, 0.02
+    late, before = sample(DROPS, reason="late"), answered()
+    first, second = requests(5), requests(5)
+    for data in first:
+        udp.send(data, radius.auth_port)
+    stall(0.03)  # each waits past the target: a delay, not yet a standing queue
+
+    async def first_answered() -> bool:
+        return answered() - before == 5
+
+    await eventually(first_answered, what="the first burst answered")
+    for data in second:
+        udp.send(data, radius.auth_port)
+    # Read 30 ms or more after the first burst, with no request between that waited
+    # less than the target: the queue has stood above it for longer than the interval.
+    stall(0.03)
+
+    async def second_shed() -> bool:
+        return sample(DROPS, reason="late") - late == 5
+
+    await eventually(second_shed, what="the second burst shed as late")
+    assert answered() - before == 5
+    assert udp.unread_count() == 5
 
 
 async def test_kernel_drops_on_a_full_buffer_are_counted_so_nothing_is_lost_silently(

@@ -39,6 +39,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,14 +109,16 @@ static double percentile(const double *sorted, long count, double q) {
 static int fixed_rate(struct chain *chains, uint32_t count, struct sockaddr_in server,
                       int sockets, double timeout, double rate) {
     int fds[256];
-    struct pollfd pfds[256];
     int buffer = 4 << 20;
+    /* epoll, not poll: a wake-up costs the same with 256 sockets as with one. */
+    int ep = epoll_create1(0);
     for (int k = 0; k < sockets; k++) {
         fds[k] = socket(AF_INET, SOCK_DGRAM, 0);
         setsockopt(fds[k], SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
-        pfds[k].fd = fds[k];
-        pfds[k].events = POLLIN;
+        struct epoll_event event = {.events = EPOLLIN, .data.u32 = (uint32_t)k};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fds[k], &event);
     }
+    struct epoll_event ready[256];
     /* The slowest reply to the packets sent in each tenth of a second (the first 60 s). */
     static double slowest[WINDOWS];
     /* The packet last sent on each socket with each identifier. */
@@ -153,12 +156,12 @@ static int fixed_rate(struct chain *chains, uint32_t count, struct sockaddr_in s
             ts.tv_sec = (time_t)wait;
             ts.tv_nsec = (long)((wait - ts.tv_sec) * 1e9);
         }
-        if (ppoll(pfds, sockets, &ts, NULL) <= 0)
+        int count_ready = epoll_pwait2(ep, ready, 256, &ts, NULL);
+        if (count_ready <= 0)
             continue;
         t = now();
-        for (int k = 0; k < sockets; k++) {
-            if (!(pfds[k].revents & POLLIN))
-                continue;
+        for (int r = 0; r < count_ready; r++) {
+            int k = (int)ready[r].data.u32;
             for (;;) {
                 ssize_t got = recv(fds[k], reply, sizeof reply, MSG_DONTWAIT);
                 if (got < 20)

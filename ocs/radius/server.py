@@ -20,7 +20,8 @@ socket's count of datagrams the kernel dropped (SO_RXQ_OVFL, published as
 queueing into seconds: a request is dropped, counted as ``overload``, when
 ``radius_max_in_flight`` decisions are already running, and as ``late`` when it
 waited (in the socket buffer and the loop) longer than ``radius_queue_budget``
-before its decision would start; the NAS retransmits or fails over.
+before its decision would start, or longer than ``radius_queue_target`` while the
+queue stays that long (ocs/radius/queue_delay.py); the NAS retransmits or fails over.
 """
 
 import asyncio
@@ -50,6 +51,7 @@ from ocs.radius.dedupe import ReplyCache, RequestKey
 from ocs.radius.dictionary import radius_dictionary
 from ocs.radius.disconnect import DisconnectOutcome, disconnect_call
 from ocs.radius.lean.request import LeanCodec, LeanRequest, Refused
+from ocs.radius.queue_delay import QueueDelay
 
 log = logging.getLogger("ocs.radius")
 
@@ -261,7 +263,7 @@ class RadiusServer:
         # The shedding rule (module docstring), from the settings; plain attributes, so a
         # test can narrow them.
         self.max_in_flight = settings.radius_max_in_flight
-        self.queue_budget = settings.radius_queue_budget
+        self.queue_delay = QueueDelay(settings.radius_queue_budget, settings.radius_queue_target)
         self.auth_port = 0
         self.acct_port = 0
         self._listener: asyncpg.Connection | None = None
@@ -360,10 +362,11 @@ class RadiusServer:
     ) -> None:
         """Admit, deduplicate and start answering one datagram that waited ``waited``
         seconds in the socket buffer; drops are counted, not raised."""
-        started = time.perf_counter() - waited
+        now = time.perf_counter()
+        started = now - waited
         # Shed first, before any work: under overload every microsecond spent on a
         # request that will be dropped delays the ones that can still be answered.
-        if waited > self.queue_budget:
+        if not self.queue_delay.admit(waited, now):
             metrics.RADIUS_DROPS.labels("late").inc()
             return
         if len(self._tasks) >= self.max_in_flight:
@@ -456,8 +459,10 @@ class RadiusServer:
         started: float,
     ) -> None:
         kind = listener.port.kind
-        # Waited in the loop behind other work past the budget: shed it, as at receipt.
-        if time.perf_counter() - started > self.queue_budget:
+        # Waited in the loop behind other work: shed by the same rule as at receipt, since
+        # the decisions already running (up to radius_max_in_flight) are a queue too.
+        now = time.perf_counter()
+        if not self.queue_delay.admit(now - started, now):
             self._cache.forget(key)
             metrics.RADIUS_DROPS.labels("late").inc()
             return
