@@ -39,6 +39,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import math
 import os
 import shutil
 import signal
@@ -176,7 +177,9 @@ def options() -> argparse.Namespace:
         "--rates", default="", help="comma-separated fixed rates a second, after each round"
     )
     parser.add_argument("--seconds", type=float, default=8.0, help="per fixed rate")
-    parser.add_argument("--sockets", type=int, default=16, help="client sockets at a rate")
+    parser.add_argument(
+        "--sockets", type=int, default=16, help="client sockets at a rate (more at high rates)"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -264,13 +267,17 @@ async def main() -> None:
                     cpu = cpu_seconds(server.pid) - before if name == "ocs" else 0.0
                     rates[name].append(report(name, round_, result, args.full, cpu))
                 for rate in [int(r) for r in args.rates.split(",") if r]:
+                    # An identifier comes back to a socket after 256 * sockets packets: only
+                    # after the 2 s a reply is awaited, or a late reply would be taken for
+                    # a newer packet's.
+                    sockets = min(256, max(args.sockets, math.ceil(rate * 2.5 / 256)))
                     for name, port in order:
                         count = int(rate * args.seconds)
-                        write_chains(chains, count, args.sockets, port, acct_port, False, True)
+                        write_chains(chains, count, sockets, port, acct_port, False, True)
                         ours = name == "ocs"
                         shed = drops(await metrics_text(base)) if ours else {}
                         before = cpu_seconds(server.pid) if ours else 0.0
-                        result = blast(binary, chains, args.sockets, rate)
+                        result = blast(binary, chains, sockets, rate)
                         cpu = cpu_seconds(server.pid) - before if ours else 0.0
                         cpu_part = (
                             f" server CPU {cpu * 1e6 / count:.0f} us a request," if cpu else ""
