@@ -72,6 +72,17 @@ struct slot {
     int queued;     /* waiting in the send batch */
 };
 
+/* Move a slot on to its next chain; 0 when it has none left (it is done). */
+static int next_chain(struct slot *s, int parallel, uint32_t chains_total) {
+    s->step = 0;
+    s->chain += parallel;
+    if (s->chain >= (long)chains_total) {
+        s->chain = -1;
+        return 0;
+    }
+    return 1;
+}
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -99,6 +110,19 @@ static uint8_t *read_file(const char *path, size_t *size) {
     }
     fclose(f);
     return data;
+}
+
+/* The end of the JSON result: replies by RADIUS code, and the closing brace. */
+static void print_codes(const long *replies_by_code) {
+    printf("\"codes\": {");
+    int first = 1;
+    for (int c = 0; c < 256; c++) {
+        if (replies_by_code[c]) {
+            printf("%s\"%d\": %ld", first ? "" : ", ", c, replies_by_code[c]);
+            first = 0;
+        }
+    }
+    printf("}}\n");
 }
 
 static double percentile(const double *sorted, long count, double q) {
@@ -199,15 +223,8 @@ static int fixed_rate(struct chain *chains, uint32_t count, struct sockaddr_in s
             first = 0;
         }
     }
-    printf("], \"codes\": {");
-    first = 1;
-    for (int c = 0; c < 256; c++) {
-        if (replies_by_code[c]) {
-            printf("%s\"%d\": %ld", first ? "" : ", ", c, replies_by_code[c]);
-            first = 0;
-        }
-    }
-    printf("}}\n");
+    printf("], ");
+    print_codes(replies_by_code);
     return 0;
 }
 
@@ -350,10 +367,7 @@ int main(int argc, char **argv) {
                 s->tries = 0;
                 if (++s->step >= chains[s->chain].count) {
                     done++;
-                    s->step = 0;
-                    s->chain += parallel;
-                    if (s->chain >= (long)chains_total) {
-                        s->chain = -1;
+                    if (!next_chain(s, parallel, chains_total)) {
                         active--;
                         continue;
                     }
@@ -375,10 +389,7 @@ int main(int argc, char **argv) {
                 if (s->tries > retries) {
                     failed++;
                     s->tries = 0;
-                    s->step = 0;
-                    s->chain += parallel;
-                    if (s->chain >= (long)chains_total) {
-                        s->chain = -1;
+                    if (!next_chain(s, parallel, chains_total)) {
                         active--;
                         continue;
                     }
@@ -392,20 +403,13 @@ int main(int argc, char **argv) {
     }
     double elapsed = now() - started;
     qsort(latencies, latency_count, sizeof(double), compare_doubles);
-    double p50 = latency_count ? latencies[latency_count / 2] : 0;
-    double p99 = latency_count ? latencies[(long)(latency_count * 0.99)] : 0;
+    double p50 = percentile(latencies, latency_count, 0.5);
+    double p99 = percentile(latencies, latency_count, 0.99);
     double max = latency_count ? latencies[latency_count - 1] : 0;
     printf("{\"elapsed\": %.6f, \"chains\": %u, \"done\": %ld, \"failed\": %ld, "
            "\"sent\": %ld, \"retransmits\": %ld, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
-           "\"max_ms\": %.3f, \"codes\": {",
+           "\"max_ms\": %.3f, ",
            elapsed, chains_total, done, failed, sent, retransmits, p50, p99, max);
-    int first = 1;
-    for (int c = 0; c < 256; c++) {
-        if (replies_by_code[c]) {
-            printf("%s\"%d\": %ld", first ? "" : ", ", c, replies_by_code[c]);
-            first = 0;
-        }
-    }
-    printf("}}\n");
+    print_codes(replies_by_code);
     return 0;
 }
