@@ -228,46 +228,81 @@ static int fixed_rate(struct chain *chains, uint32_t count, struct sockaddr_in s
     return 0;
 }
 
-int main(int argc, char **argv) {
-    if (argc != 6 && argc != 7) {
-        fprintf(stderr, "usage: radblast FILE HOST PARALLEL TIMEOUT_MS RETRIES [RATE]\n");
-        return 2;
+/* Send the packet each queued slot is at, BATCH per system call; the packets sent, or
+   -1 on an error other than a full buffer (what a full buffer leaves is sent again). */
+static long send_queued(int fd, struct slot *slots, struct chain *chains, const int *queue,
+                        int queued, struct sockaddr_in server) {
+    struct mmsghdr messages[BATCH];
+    struct iovec vectors[BATCH];
+    struct sockaddr_in addresses[BATCH];
+    long sent = 0;
+    int from = 0;
+    while (from < queued) {
+        int n = queued - from < BATCH ? queued - from : BATCH;
+        double t = now();
+        for (int i = 0; i < n; i++) {
+            struct slot *s = &slots[queue[from + i]];
+            struct packet *p = &chains[s->chain].packets[s->step];
+            addresses[i] = server;
+            addresses[i].sin_port = htons(p->port);
+            vectors[i].iov_base = (void *)p->bytes;
+            vectors[i].iov_len = p->length;
+            memset(&messages[i], 0, sizeof messages[i]);
+            messages[i].msg_hdr.msg_name = &addresses[i];
+            messages[i].msg_hdr.msg_namelen = sizeof addresses[i];
+            messages[i].msg_hdr.msg_iov = &vectors[i];
+            messages[i].msg_hdr.msg_iovlen = 1;
+            s->sent_at = t;
+            s->tries++;
+            s->queued = 0;
+        }
+        int written = sendmmsg(fd, messages, n, 0);
+        if (written < 0) {
+            if (errno != EAGAIN && errno != ENOBUFS) {
+                perror("sendmmsg");
+                return -1;
+            }
+            written = 0; /* left for the retransmission sweep */
+        }
+        sent += written;
+        from += n;
     }
-    size_t size;
-    uint8_t *data = read_file(argv[1], &size);
-    int parallel = atoi(argv[3]);
-    double timeout = atoi(argv[4]) / 1000.0;
-    int retries = atoi(argv[5]);
-    if (parallel < 1 || parallel > 256 || size < 8 || memcmp(data, "RBL1", 4) != 0) {
-        fprintf(stderr, "bad arguments or file\n");
-        return 2;
-    }
-    uint32_t chains_total;
-    memcpy(&chains_total, data + 4, 4);
-    struct chain *chains = calloc(chains_total, sizeof *chains);
+    return sent;
+}
+
+/* The chains of a radblast file (format in the header comment); NULL if malformed. */
+static struct chain *read_chains(const uint8_t *data, size_t size, uint32_t *count,
+                                 long *packets) {
+    if (size < 8 || memcmp(data, "RBL1", 4) != 0)
+        return NULL;
+    memcpy(count, data + 4, 4);
+    struct chain *chains = calloc(*count, sizeof *chains);
     size_t at = 8;
-    long packets_total = 0;
-    for (uint32_t c = 0; c < chains_total; c++) {
+    *packets = 0;
+    for (uint32_t c = 0; c < *count; c++) {
+        if (at >= size)
+            return NULL;
         chains[c].count = data[at++];
         chains[c].packets = calloc(chains[c].count, sizeof(struct packet));
         for (int p = 0; p < chains[c].count; p++) {
             struct packet *packet = &chains[c].packets[p];
+            if (at + 4 > size)
+                return NULL;
             memcpy(&packet->port, data + at, 2);
             memcpy(&packet->length, data + at + 2, 2);
             packet->bytes = data + at + 4;
             at += 4 + packet->length;
-            packets_total++;
+            if (at > size)
+                return NULL;
+            (*packets)++;
         }
     }
+    return chains;
+}
 
-    struct sockaddr_in server = {.sin_family = AF_INET};
-    if (inet_pton(AF_INET, argv[2], &server.sin_addr) != 1) {
-        fprintf(stderr, "bad host %s\n", argv[2]);
-        return 2;
-    }
-    if (argc == 7)
-        return fixed_rate(chains, chains_total, server, parallel, timeout, atof(argv[6]));
-
+/* The chained run: PARALLEL slots, each sending its chains' packets one after another. */
+static int chained(struct chain *chains, uint32_t chains_total, long packets_total,
+                   struct sockaddr_in server, int parallel, double timeout, int retries) {
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     int buffer = 4 << 20;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
@@ -291,47 +326,16 @@ int main(int argc, char **argv) {
 
     struct mmsghdr messages[BATCH];
     struct iovec vectors[BATCH];
-    struct sockaddr_in addresses[BATCH];
     static uint8_t replies[BATCH][MAX_REPLY];
     struct sockaddr_in sources[BATCH];
     double started = now();
     double last_sweep = started;
 
     while (active > 0) {
-        /* Send every queued packet, BATCH per system call. */
-        int from = 0;
-        while (from < queued) {
-            int n = queued - from < BATCH ? queued - from : BATCH;
-            double t = now();
-            for (int i = 0; i < n; i++) {
-                struct slot *s = &slots[queue[from + i]];
-                struct packet *p = &chains[s->chain].packets[s->step];
-                addresses[i] = server;
-                addresses[i].sin_port = htons(p->port);
-                vectors[i].iov_base = (void *)p->bytes;
-                vectors[i].iov_len = p->length;
-                memset(&messages[i], 0, sizeof messages[i]);
-                messages[i].msg_hdr.msg_name = &addresses[i];
-                messages[i].msg_hdr.msg_namelen = sizeof addresses[i];
-                messages[i].msg_hdr.msg_iov = &vectors[i];
-                messages[i].msg_hdr.msg_iovlen = 1;
-                s->sent_at = t;
-                s->tries++;
-                s->queued = 0;
-            }
-            int written = sendmmsg(fd, messages, n, 0);
-            if (written < 0) {
-                if (errno == EAGAIN || errno == ENOBUFS) {
-                    /* Left for the retransmission sweep. */
-                    written = 0;
-                } else {
-                    perror("sendmmsg");
-                    return 1;
-                }
-            }
-            sent += written;
-            from += n;
-        }
+        long written = send_queued(fd, slots, chains, queue, queued, server);
+        if (written < 0)
+            return 1;
+        sent += written;
         queued = 0;
 
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
@@ -412,4 +416,31 @@ int main(int argc, char **argv) {
            elapsed, chains_total, done, failed, sent, retransmits, p50, p99, max);
     print_codes(replies_by_code);
     return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: radblast FILE HOST PARALLEL TIMEOUT_MS RETRIES [RATE]\n");
+        return 2;
+    }
+    size_t size;
+    uint8_t *data = read_file(argv[1], &size);
+    int parallel = atoi(argv[3]);
+    double timeout = atoi(argv[4]) / 1000.0;
+    int retries = atoi(argv[5]);
+    uint32_t chains_total;
+    long packets_total;
+    struct chain *chains = read_chains(data, size, &chains_total, &packets_total);
+    if (parallel < 1 || parallel > 256 || chains == NULL) {
+        fprintf(stderr, "bad arguments or file\n");
+        return 2;
+    }
+    struct sockaddr_in server = {.sin_family = AF_INET};
+    if (inet_pton(AF_INET, argv[2], &server.sin_addr) != 1) {
+        fprintf(stderr, "bad host %s\n", argv[2]);
+        return 2;
+    }
+    if (argc == 7)
+        return fixed_rate(chains, chains_total, server, parallel, timeout, atof(argv[6]));
+    return chained(chains, chains_total, packets_total, server, parallel, timeout, retries);
 }
