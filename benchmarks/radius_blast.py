@@ -37,10 +37,8 @@ each round.
 import argparse
 import asyncio
 import hashlib
-import hmac
 import json
 import math
-import os
 import shutil
 import signal
 import statistics
@@ -56,43 +54,15 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.http_calls import free_port, start_server, wait_healthy
 from benchmarks.machine import describe
+from benchmarks.peers.rad_latency import SECRET, attribute, build, vendor_attribute
 from benchmarks.radius_auth import cpu_seconds
-from benchmarks.radius_latency import SECRET, drops, metrics_text, radius_env, setup
+from benchmarks.radius_latency import drops, metrics_text, radius_env, setup
+from benchmarks.radius_peers import ACCOUNTS, peer
 
 PEERS = Path(__file__).resolve().parent / "peers"
 SOURCE = PEERS / "radblast.c"
-ACCOUNTS = 1000
 PEER_AUTH_PORT = 18120
-_SECRET = SECRET.encode()
-
-
-def attribute(kind: int, value: bytes) -> bytes:
-    """One RADIUS attribute: type, length, value."""
-    return bytes([kind, len(value) + 2]) + value
-
-
-def cisco(kind: int, value: bytes) -> bytes:
-    """One Cisco (vendor 9) attribute inside a Vendor-Specific attribute."""
-    inner = bytes([kind, len(value) + 2]) + value
-    return bytes([26, len(inner) + 6]) + struct.pack("!I", 9) + inner
-
-
-def access_request(identifier: int, user: str, call: str) -> bytes:
-    """An Access-Request for a new call, with a Message-Authenticator (RFC 3579)."""
-    authenticator = os.urandom(16)
-    key = hashlib.md5(_SECRET + authenticator).digest()
-    hidden = bytes(a ^ b for a, b in zip(b"pw".ljust(16, b"\0"), key, strict=True))
-    body = (
-        attribute(80, b"\0" * 16)
-        + attribute(1, user.encode())
-        + attribute(2, hidden)
-        + attribute(30, b"447700900123")
-        + attribute(31, b"4930123456")
-        + cisco(24, f"h323-conf-id={call}".encode())
-    )
-    packet = bytearray(struct.pack("!BBH", 1, identifier, 20 + len(body)) + authenticator + body)
-    packet[22:38] = hmac.new(_SECRET, bytes(packet), hashlib.md5).digest()
-    return bytes(packet)
+PEER_SCRIPT = "freeradius_redis_peer.sh"
 
 
 def accounting_request(identifier: int, user: str, call: str, stop: bool) -> bytes:
@@ -101,12 +71,12 @@ def accounting_request(identifier: int, user: str, call: str, stop: bool) -> byt
         attribute(40, struct.pack("!I", 2 if stop else 1))
         + attribute(1, user.encode())
         + attribute(44, call.encode())
-        + cisco(24, f"h323-conf-id={call}".encode())
+        + vendor_attribute(9, 24, f"h323-conf-id={call}".encode())
     )
     if stop:
         body += attribute(46, struct.pack("!I", 45))
     header = struct.pack("!BBH", 4, identifier, 20 + len(body))
-    authenticator = hashlib.md5(header + b"\0" * 16 + body + _SECRET).digest()
+    authenticator = hashlib.md5(header + b"\0" * 16 + body + SECRET).digest()
     return header + authenticator + body
 
 
@@ -127,8 +97,9 @@ def write_chains(
         out.write(b"RBL1" + struct.pack("<I", count))
         for n in range(count):
             identifier = (n // parallel) % 256 if fixed_rate else n % parallel
+            # rad_latency's Access-Request n: user u{n % 1000 + 1}, call id {run}-{n}.
             user, call = f"u{n % ACCOUNTS + 1}", f"{run}-{n}"
-            packets = [(auth_port, access_request(identifier, user, call))]
+            packets = [(auth_port, build(identifier, n, run))]
             if full:
                 packets += [
                     (acct_port, accounting_request(identifier, user, call, stop=False)),
@@ -199,14 +170,6 @@ def options() -> argparse.Namespace:
     return args
 
 
-def peer(action: str) -> None:
-    """Start or stop the FreeRADIUS + Redis peer (benchmarks/peers/)."""
-    script = PEERS / "freeradius_redis_peer.sh"
-    result = subprocess.run(["bash", str(script), action], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{script.name} {action} failed:\n{result.stdout}{result.stderr}")
-
-
 def report(name: str, round_: int, result: dict[str, object], full: bool, cpu: float) -> float:
     """Print one run's line; its rate (calls/s with full calls, else requests/s)."""
     elapsed = float(str(result["elapsed"]))
@@ -249,7 +212,7 @@ async def main() -> None:
                 await wait_healthy(session, base, 120)
                 await setup(session, base, ACCOUNTS)
             if args.peer:
-                peer("start")
+                peer(PEER_SCRIPT, "start")
                 peer_started = True
                 rates["FreeRADIUS+Redis"] = []
             chains = tmp / "chains.bin"
@@ -302,7 +265,7 @@ async def main() -> None:
                         )
         finally:
             if peer_started:
-                peer("stop")
+                peer(PEER_SCRIPT, "stop")
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
     unit = "full calls/s" if args.full else "Access-Requests/s"
