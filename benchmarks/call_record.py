@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 
 from benchmarks.machine import describe
-from ocs.charging.lifecycle import CallRecord
+from ocs.charging.values import CallRecord
 from ocs.rating.rates import Rate, Tier
 
 

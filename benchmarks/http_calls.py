@@ -42,8 +42,10 @@ def start_server(
     redis_url: str | None,
     database_url: str | None,
     extra_env: dict[str, str] | None = None,
+    cwd: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`ocs serve` in a child process, configured only by what is passed here."""
+    """`ocs serve` in a child process, configured only by what is passed here; with
+    ``cwd``, the ocs of that checkout (``python -m`` imports from the directory it runs in)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
     env.update(
         {
@@ -73,6 +75,7 @@ def start_server(
             str(http_port),
         ],
         env=env,
+        cwd=cwd,
     )
 
 

@@ -25,6 +25,12 @@ ocs's CPU per request at that rate. The client costs a few microseconds a reques
 so the latency is the server's, not the client's own (rad_latency.py's Python loop
 adds its own delays).
 
+With ``--trees A,B`` one `ocs serve` runs from each checkout (its own embedded Redis and
+PostgreSQL), and they take their turns in every round like the peer: an A/B of two
+builds in one run. A checkout built with mypyc (decision 0038) is made with
+``git worktree add /tmp/ocs-compiled HEAD`` and, in it, ``OCS_MYPYC=1 python setup.py
+build_ext --inplace``; each server's line says how many hot modules it runs compiled.
+
 Each round uses new call ids. The server's CPU per call (its processes: the
 workers of ``--workers N`` and the embedded Redis and PostgreSQL) is printed with
 each round.
@@ -32,6 +38,7 @@ each round.
     python benchmarks/radius_blast.py --rounds 3 --calls 30000
     python benchmarks/radius_blast.py --access --peer --rounds 3 --calls 30000
     python benchmarks/radius_blast.py --access --peer --rounds 2 --rates 2000,4000
+    python benchmarks/radius_blast.py --access --peer --trees .,/tmp/ocs-compiled
 """
 
 import argparse
@@ -47,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -158,6 +166,11 @@ def options() -> argparse.Namespace:
         metavar="OCS_NAME=VALUE",
         help="a setting for the server (e.g. OCS_STALL_REPORT_MS=5: its stalls logged)",
     )
+    parser.add_argument(
+        "--trees",
+        default="",
+        help="comma-separated checkouts, one ocs serve from each (default: this interpreter's)",
+    )
     parser.add_argument("--redis-url")
     parser.add_argument("--database-url")
     args = parser.parse_args()
@@ -167,6 +180,8 @@ def options() -> argparse.Namespace:
         parser.error("--peer compares Access-Requests: add --access")
     if not 1 <= args.sockets <= 256:
         parser.error("--sockets must be 1..256")
+    if len(args.trees.split(",")) > 1 and (args.redis_url or args.database_url):
+        parser.error("--trees runs each server on its own embedded Redis and PostgreSQL")
     return args
 
 
@@ -187,15 +202,25 @@ def report(name: str, round_: int, result: dict[str, object], full: bool, cpu: f
     return rate
 
 
-async def main() -> None:
-    args = options()
-    http_port, auth_port, acct_port = free_port(), free_port(), free_port()
-    base = f"http://127.0.0.1:{http_port}"
-    with tempfile.TemporaryDirectory(prefix="ocs-blast-", dir="/tmp") as tmp_name:
-        tmp = Path(tmp_name)
-        binary = compiled(tmp)
+@dataclass
+class Target:
+    """A server the load goes to: an ``ocs serve`` (process and HTTP base) or the peer."""
+
+    name: str
+    auth_port: int
+    acct_port: int
+    server: subprocess.Popen[bytes] | None = None
+    base: str = ""
+
+
+def start_targets(args: argparse.Namespace, tmp: Path) -> list[Target]:
+    """One ``ocs serve`` per checkout of --trees (or from this interpreter's ocs)."""
+    trees = [tree for tree in args.trees.split(",") if tree] or [""]
+    targets = []
+    for n, tree in enumerate(trees):
+        http_port, auth_port, acct_port = free_port(), free_port(), free_port()
         server = start_server(
-            str(tmp / "var"),
+            str(tmp / f"var{n}"),
             http_port,
             args.workers,
             args.redis_url,
@@ -204,70 +229,82 @@ async def main() -> None:
                 **radius_env(auth_port, acct_port),
                 **dict(item.split("=", 1) for item in args.set),
             },
+            cwd=tree or None,
         )
-        peer_started = False
-        rates: dict[str, list[float]] = {"ocs": []}
-        try:
-            async with aiohttp.ClientSession() as session:
-                await wait_healthy(session, base, 120)
-                await setup(session, base, ACCOUNTS)
-            if args.peer:
-                peer(PEER_SCRIPT, "start")
-                peer_started = True
-                rates["FreeRADIUS+Redis"] = []
-            chains = tmp / "chains.bin"
-            targets = [("ocs", auth_port)] + ([("FreeRADIUS+Redis", PEER_AUTH_PORT)] * args.peer)
-            for _, port in targets:
-                write_chains(chains, args.warmup, args.parallel, port, acct_port, args.full)
-                blast(binary, chains, args.parallel)
-            for round_ in range(1, args.rounds + 1):
-                # Each target first in turn, so that neither always runs first.
-                order = targets if round_ % 2 else list(reversed(targets))
-                for name, port in order:
-                    write_chains(chains, args.calls, args.parallel, port, acct_port, args.full)
-                    before = cpu_seconds(server.pid) if name == "ocs" else 0.0
-                    result = blast(binary, chains, args.parallel)
-                    cpu = cpu_seconds(server.pid) - before if name == "ocs" else 0.0
-                    rates[name].append(report(name, round_, result, args.full, cpu))
-                for rate in [int(r) for r in args.rates.split(",") if r]:
-                    # An identifier comes back to a socket after 256 * sockets packets: only
-                    # after the 2 s a reply is awaited, or a late reply would be taken for
-                    # a newer packet's.
-                    sockets = min(256, max(args.sockets, math.ceil(rate * 2.5 / 256)))
-                    for name, port in order:
-                        count = int(rate * args.seconds)
-                        write_chains(chains, count, sockets, port, acct_port, False, True)
-                        ours = name == "ocs"
-                        shed = drops(await metrics_text(base)) if ours else {}
-                        before = cpu_seconds(server.pid) if ours else 0.0
-                        result = blast(binary, chains, sockets, rate)
-                        cpu = cpu_seconds(server.pid) - before if ours else 0.0
-                        cpu_part = (
-                            f" server CPU {cpu * 1e6 / count:.0f} us a request," if cpu else ""
-                        )
-                        if ours:
-                            # What ocs shed during this run, by its counted reason.
-                            after = drops(await metrics_text(base))
-                            counted = {
-                                reason: int(value - shed.get(reason, 0.0))
-                                for reason, value in after.items()
-                                if reason != "loop_lag_max_s" and value > shed.get(reason, 0.0)
-                            }
-                            cpu_part += f" shed by ocs {counted or 'none'},"
-                        print(
-                            f"round {round_} {name} at {rate}/s:{cpu_part}"
-                            f" p50 {result['p50_ms']} ms,"
-                            f" p99 {result['p99_ms']} ms, p99.9 {result['p999_ms']} ms,"
-                            f" max {result['max_ms']} ms, lost {result['lost']} of {count}"
-                            f" (replies by code {result['codes']}); tenths of a second with"
-                            f" a reply over 5 ms (s, ms): {result['slow_windows']}",
-                            flush=True,
-                        )
-        finally:
-            if peer_started:
-                peer(PEER_SCRIPT, "stop")
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
+        name = f"ocs@{Path(tree).resolve().name}" if tree else "ocs"
+        base = f"http://127.0.0.1:{http_port}"
+        targets.append(Target(name, auth_port, acct_port, server, base))
+    return targets
+
+
+async def at_rate(
+    binary: Path, chains: Path, args: argparse.Namespace, target: Target, rate: int, round_: int
+) -> None:
+    """One fixed-rate run on ``target``: its latency, losses and (ocs) CPU and sheds."""
+    # An identifier comes back to a socket after 256 * sockets packets: only after the
+    # 2 s a reply is awaited, or a late reply would be taken for a newer packet's.
+    sockets = min(256, max(args.sockets, math.ceil(rate * 2.5 / 256)))
+    count = int(rate * args.seconds)
+    write_chains(chains, count, sockets, target.auth_port, target.acct_port, False, True)
+    server = target.server
+    shed = drops(await metrics_text(target.base)) if server else {}
+    before = cpu_seconds(server.pid) if server else 0.0
+    result = blast(binary, chains, sockets, rate)
+    cpu = cpu_seconds(server.pid) - before if server else 0.0
+    cpu_part = f" server CPU {cpu * 1e6 / count:.0f} us a request," if cpu else ""
+    if server:
+        # What ocs shed during this run, by its counted reason.
+        after = drops(await metrics_text(target.base))
+        counted = {
+            reason: int(value - shed.get(reason, 0.0))
+            for reason, value in after.items()
+            if reason != "loop_lag_max_s" and value > shed.get(reason, 0.0)
+        }
+        cpu_part += f" shed by ocs {counted or 'none'},"
+    print(
+        f"round {round_} {target.name} at {rate}/s:{cpu_part}"
+        f" p50 {result['p50_ms']} ms,"
+        f" p99 {result['p99_ms']} ms, p99.9 {result['p999_ms']} ms,"
+        f" max {result['max_ms']} ms, lost {result['lost']} of {count}"
+        f" (replies by code {result['codes']}); tenths of a second with"
+        f" a reply over 5 ms (s, ms): {result['slow_windows']}",
+        flush=True,
+    )
+
+
+async def compiled_modules(base: str) -> str:
+    """The server's ``ocs_compiled_modules`` gauge, as text ("?" from a build without it)."""
+    for line in (await metrics_text(base)).splitlines():
+        if line.startswith("ocs_compiled_modules "):
+            return str(int(float(line.split()[1])))
+    return "?"
+
+
+async def run_rounds(args: argparse.Namespace, tmp: Path, targets: list[Target]) -> None:
+    """Warm every target up, then the rounds: each target's throughput, then its rates."""
+    binary = compiled(tmp)
+    rates: dict[str, list[float]] = {target.name: [] for target in targets}
+    chains = tmp / "chains.bin"
+    for target in targets:
+        write_chains(
+            chains, args.warmup, args.parallel, target.auth_port, target.acct_port, args.full
+        )
+        blast(binary, chains, args.parallel)
+    for round_ in range(1, args.rounds + 1):
+        # Each target first in turn, so that none always runs first.
+        order = targets if round_ % 2 else list(reversed(targets))
+        for target in order:
+            write_chains(
+                chains, args.calls, args.parallel, target.auth_port, target.acct_port, args.full
+            )
+            server = target.server
+            before = cpu_seconds(server.pid) if server else 0.0
+            result = blast(binary, chains, args.parallel)
+            cpu = cpu_seconds(server.pid) - before if server else 0.0
+            rates[target.name].append(report(target.name, round_, result, args.full, cpu))
+        for rate in [int(r) for r in args.rates.split(",") if r]:
+            for target in order:
+                await at_rate(binary, chains, args, target, rate, round_)
     unit = "full calls/s" if args.full else "Access-Requests/s"
     for name, values in rates.items():
         print(
@@ -275,8 +312,38 @@ async def main() -> None:
             f"(median {statistics.median(values):,.0f}), radblast -p {args.parallel}"
         )
     if args.peer:
-        ratios = [a / b for a, b in zip(rates["ocs"], rates["FreeRADIUS+Redis"], strict=True)]
-        print("ocs/FreeRADIUS+Redis: " + ", ".join(f"{r:.2f}" for r in ratios))
+        peer_rates = rates["FreeRADIUS+Redis"]
+        for target in targets[:-1]:
+            ratios = [a / b for a, b in zip(rates[target.name], peer_rates, strict=True)]
+            print(f"{target.name}/FreeRADIUS+Redis: " + ", ".join(f"{r:.2f}" for r in ratios))
+    for target in targets:
+        if target.server:
+            print(f"{target.name}: {await compiled_modules(target.base)} modules compiled")
+
+
+async def main() -> None:
+    args = options()
+    with tempfile.TemporaryDirectory(prefix="ocs-blast-", dir="/tmp") as tmp_name:
+        tmp = Path(tmp_name)
+        targets = start_targets(args, tmp)
+        peer_started = False
+        try:
+            async with aiohttp.ClientSession() as session:
+                for target in targets:
+                    await wait_healthy(session, target.base, 120)
+                    await setup(session, target.base, ACCOUNTS)
+            if args.peer:
+                peer(PEER_SCRIPT, "start")
+                peer_started = True
+                targets.append(Target("FreeRADIUS+Redis", PEER_AUTH_PORT, 0))
+            await run_rounds(args, tmp, targets)
+        finally:
+            if peer_started:
+                peer(PEER_SCRIPT, "stop")
+            for target in targets:
+                if target.server:
+                    target.server.send_signal(signal.SIGTERM)
+                    target.server.wait(timeout=60)
     print(f"ocs serve --workers {args.workers}; machine: {describe()}")
 
 

@@ -5,4 +5,9 @@ may go through and for how long; ocs holds the funds while the call runs,
 charges it exactly when it ends and keeps every balance change in a ledger.
 """
 
+from ocs.compiled import check_compiled_sources
+
 __version__ = "0.1.0"
+
+# A build with compiled modules (decision 0038) must run the sources it was built from.
+check_compiled_sources()

@@ -10,7 +10,7 @@ table in PostgreSQL and sends the request itself.
 
 from collections.abc import Awaitable, Callable
 
-from ocs.charging.lifecycle import CallRecord
+from ocs.charging.values import CallRecord
 from ocs.radius.clients import load_client_table
 from ocs.radius.disconnect import disconnect_call
 from ocs.services import Services

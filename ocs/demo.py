@@ -27,7 +27,7 @@ from ocs.billing.store import Charge, Subscription, create_charge, set_plan_bill
 from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
-from ocs.charging.lifecycle import AuthorizeRequest
+from ocs.charging.values import AuthorizeRequest
 from ocs.config import RadiusClientConfig, Settings, default_data_dir, with_overrides
 from ocs.decks.rate_deck import parse_deck
 from ocs.errors import OcsError, Reason

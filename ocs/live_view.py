@@ -27,7 +27,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ocs.charging.lifecycle import CallRecord
+from ocs.charging.values import CallRecord
 from ocs.money import format_amount
 from ocs.services import Services
 

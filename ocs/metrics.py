@@ -233,6 +233,14 @@ RADIUS_SOCKET_DROPS = Gauge(
     ["port"],
     multiprocess_mode="max",
 )
+# How many of the hot modules (ocs.compiled.HOT_MODULES) the process runs compiled with
+# mypyc (decision 0038): 0 for a pure-Python build. The least over the workers: one
+# started from another build shows.
+COMPILED_MODULES = Gauge(
+    "ocs_compiled_modules",
+    "Hot modules of the request path this process runs compiled with mypyc; 0: pure Python.",
+    multiprocess_mode="min",
+)
 # Event-loop lag (ocs.loop_lag) buckets: the RADIUS latency budget (5 ms) is one bucket
 # edge; a few wide ones above.
 LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)

@@ -28,9 +28,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ocs import api_tokens, listen_sockets, loop_lag, systemd_notify
+from ocs import api_tokens, listen_sockets, loop_lag, metrics, systemd_notify
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging.janitor import Janitor
+from ocs.compiled import HOT_MODULES, running_compiled
 from ocs.config import Settings
 from ocs.http.app import create_app
 from ocs.radius.clients import load_client_table
@@ -156,7 +157,16 @@ async def _serve(
             if settings.radius_enabled:
                 radius = await _start_radius(settings, services, sockets, stages)
             _start_background(settings, services, stages)
-            log.info("ocs serving", extra={"http_host": settings.http_host, "http_port": port})
+            compiled = len(running_compiled())
+            metrics.COMPILED_MODULES.set(compiled)
+            log.info(
+                "ocs serving",
+                extra={
+                    "http_host": settings.http_host,
+                    "http_port": port,
+                    "compiled_modules": f"{compiled} of {len(HOT_MODULES)}",
+                },
+            )
             if not settings.admin_token_required and not await api_tokens.any_token(services.pool):
                 log.warning(
                     "admin API open: no API token exists; `ocs tokens create --name NAME --role"

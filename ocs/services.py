@@ -14,7 +14,8 @@ from ocs.balances.cluster import RedisClient
 from ocs.balances.pin_guard import PinGuard
 from ocs.balances.store import BalanceStore
 from ocs.catalog.snapshot import CatalogHolder
-from ocs.charging.lifecycle import CallRecord, CallService
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import CallRecord
 from ocs.config import Settings
 from ocs.counters.service import CounterService
 

@@ -41,7 +41,7 @@ from ocs import backend_health, metrics
 from ocs.backend_health import POSTGRESQL, REDIS, BackendHealth
 from ocs.balances import keys
 from ocs.catalog.snapshot import CatalogHolder
-from ocs.charging.lifecycle import CallRecordSummary
+from ocs.charging.values import CallRecordSummary
 from ocs.pacing import Pacer
 from ocs.services import Services
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ocs.balances import keys
-from ocs.charging.lifecycle import AuthorizeRequest, CallRecord
+from ocs.charging.values import AuthorizeRequest, CallRecord
 from ocs.errors import OcsError
 from tests.conftest import RADIUS_SECRET, RunningApp, RunningRadius, account, add_plan, eventually
 from tests.radclient import RadiusReply, radclient

@@ -8,7 +8,7 @@ import pytest
 from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
 from ocs.billing import commitments
 from ocs.billing.store import Charge, create_charge
-from ocs.charging.lifecycle import AuthorizeRequest
+from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer

@@ -11,7 +11,7 @@ from ocs.balances.ledger_writer import LedgerWriter
 from ocs.billing import runs
 from ocs.billing.drafts import preview
 from ocs.billing.store import add_charge
-from ocs.charging.lifecycle import AuthorizeRequest
+from ocs.charging.values import AuthorizeRequest
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer, invoices, monthly, run
 

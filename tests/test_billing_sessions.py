@@ -11,7 +11,7 @@ from ocs.billing import posting
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.sessions import close_session, lock_without_session, open_session
 from ocs.billing.store import set_plan_billing
-from ocs.charging.lifecycle import AuthorizeRequest
+from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
 from tests.billing_helpers import EUR, invoices

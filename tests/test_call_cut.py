@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from ocs.charging.janitor import Janitor
-from ocs.charging.lifecycle import AuthorizeRequest, CallService, Origin
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import AuthorizeRequest, Origin
 from ocs.config import with_overrides
 from ocs.rating.rates import Rate, cost
 from tests.conftest import CutRig, RunningApp, account, add_plan, eventually

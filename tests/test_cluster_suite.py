@@ -23,7 +23,8 @@ from ocs.balances.reconcile import reconcile
 from ocs.balances.scripts import ALL_SCRIPTS, SNAPSHOT_BUCKET
 from ocs.balances.wire import RedisWire
 from ocs.charging.janitor import Janitor
-from ocs.charging.lifecycle import AuthorizeRequest, CallService
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import AuthorizeRequest
 from ocs.config import RadiusClientConfig, with_overrides
 from ocs.radius.clients import load_client_table
 from ocs.radius.server import RadiusServer

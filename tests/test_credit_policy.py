@@ -8,7 +8,8 @@ Rates: PER_SECOND_DECK prices Germany at 0.60 a minute, billed by the second
 import asyncio
 from typing import Any
 
-from ocs.charging.lifecycle import AuthorizeRequest, CallService
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import AuthorizeRequest
 from tests.conftest import RunningApp, account, add_plan, eventually
 
 PER_SECOND_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment

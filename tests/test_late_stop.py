@@ -1,7 +1,8 @@
 """A call the janitor released as never started is still charged when its Stop comes."""
 
 from ocs.charging.janitor import Janitor
-from ocs.charging.lifecycle import AuthorizeRequest, CallService, Origin
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import AuthorizeRequest, Origin
 from ocs.config import with_overrides
 from tests.conftest import RunningApp, add_plan
 

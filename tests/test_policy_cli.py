@@ -5,7 +5,7 @@ import stat
 from pathlib import Path
 
 from ocs.balances.accounts import AccountSpec
-from ocs.charging.lifecycle import AuthorizeRequest
+from ocs.charging.values import AuthorizeRequest
 from ocs.rating.counter_rules import CounterDef
 from ocs.services import Services
 from tests.conftest import add_plan, eventually

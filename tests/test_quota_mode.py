@@ -8,7 +8,8 @@ Rates (tests/conftest.py RETAIL_DECK): UK Mobile 0.06 a minute, 0.15 connect fee
 
 import asyncio
 
-from ocs.charging.lifecycle import AuthorizeRequest, CallService
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import AuthorizeRequest
 from ocs.rating.rates import Rate, cost
 from tests.conftest import RunningApp, account, add_plan, eventually
 

@@ -128,7 +128,7 @@ def test_max_duration_is_the_exact_inverse(rate: Rate, funds: int, cap: int) -> 
 
 
 def test_a_live_call_keeps_its_whole_rate_shape() -> None:
-    from ocs.charging.lifecycle import CallRecord
+    from ocs.charging.values import CallRecord
 
     for rate in (
         FLAT_THEN_PER_MINUTE,
@@ -146,7 +146,7 @@ def test_a_record_written_before_the_struct_still_reads() -> None:
     # of 4, 8, 10 or 11 numbers): a live call across an upgrade is charged the same.
     import msgpack
 
-    from ocs.charging.lifecycle import CallRecord
+    from ocs.charging.values import CallRecord
 
     old = {
         "a": "1001", "c": "c-1", "p": "retail", "z": "UK", "x": "44", "d": "4420",

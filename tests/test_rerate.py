@@ -6,7 +6,7 @@ from pathlib import Path
 from ocs.balances.accounts import AccountSpec
 from ocs.billing.rerate import rerate
 from ocs.catalog import store as catalog_store
-from ocs.charging.lifecycle import AuthorizeRequest
+from ocs.charging.values import AuthorizeRequest
 from ocs.decks.rate_deck import parse_deck
 from ocs.rating.rates import cost
 from tests.conftest import RETAIL_DECK, RunningApp, add_plan, eventually

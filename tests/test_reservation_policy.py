@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ocs.balances.plan_policy import PlanPolicy, plan_policy, set_plan_policy
-from ocs.charging.lifecycle import AuthorizeRequest
+from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError
 from tests.conftest import CutRig, RunningApp, account, add_plan, eventually
 from tests.helpers import radius

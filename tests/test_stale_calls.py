@@ -13,7 +13,8 @@ import pytest
 from ocs.balances import keys
 from ocs.balances.store import LiveEntry
 from ocs.charging.janitor import Janitor
-from ocs.charging.lifecycle import AuthorizeRequest, CallService, Origin
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import AuthorizeRequest, Origin
 from ocs.config import with_overrides
 from tests.conftest import RETAIL_DECK, RunningApp, account, add_plan
 from tests.radius_udp import sample

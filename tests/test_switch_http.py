@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ocs.charging.lifecycle import AuthorizeRequest, Origin
+from ocs.charging.values import AuthorizeRequest, Origin
 from tests.conftest import RETAIL_DECK, RunningApp, account, add_plan
 
 DECK = RETAIL_DECK + "33,France,0.600,0,1,1\n"

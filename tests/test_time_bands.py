@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocs.charging.lifecycle import AuthorizeRequest
+from ocs.charging.values import AuthorizeRequest
 from ocs.rating.bands import BandRule, BandSchedule
 from ocs.rating.rates import Rate, cost, max_duration
 from tests.conftest import RunningApp

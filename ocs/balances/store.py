@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgpack
-import msgspec
 
 from ocs.balances import keys, scripts
 from ocs.balances.autopipeline import AutoPipeline
+from ocs.balances.results import LiveEntry, Reserved, StopResult, UpdateResult, parse_live_entry
 from ocs.balances.script_args import (
     AuthorizeArgs,
     ChargeArgs,
@@ -119,33 +119,6 @@ class AccountState:
         return self.balance + self.credit_limit - self.reserved - self.committed
 
 
-class Reserved(msgspec.Struct, frozen=True, gc=False):
-    """The authorize script reserved a line and ``reserved`` funds for the call;
-    ``ivr_override`` is the account's packed IVR override (None: none)."""
-
-    reserved: int
-    available_before: int
-    balance: int
-    credit_limit: int
-    ivr_override: str | None = None
-
-
-class LiveEntry(msgspec.Struct, frozen=True, gc=False):
-    """A live call as Redis holds it: ``<held>|<started>|<used>|<debited>|<record>``."""
-
-    held: int
-    started: int  # epoch seconds; 0 while the Accounting-Start is still to come
-    used: int
-    debited: int
-    record: bytes
-
-
-def parse_live_entry(entry: bytes) -> LiveEntry:
-    """A live-calls hash value, split into its fields."""
-    held, started, used, debited, record = entry.split(b"|", 4)
-    return LiveEntry(int(held), int(started), int(used), int(debited), record)
-
-
 @dataclass(frozen=True, slots=True)
 class AlreadyLive:
     """The call id is live already; this is its existing grant."""
@@ -210,27 +183,6 @@ __all__ = [
 
 
 AuthorizeOutcome = Reserved | AlreadyLive | AlreadyStopped | PlanMismatch | Refused | CounterChanged
-
-
-class StopResult(msgspec.Struct, frozen=True, gc=False):
-    """A stopped (or charged) call as the script recorded it; ``repeated``: a repeat."""
-
-    charged: int
-    rated: int
-    balance: int
-    duration: int
-    ledger_entry: str
-    cause: str
-    repeated: bool
-
-
-class UpdateResult(msgspec.Struct, frozen=True, gc=False):
-    """A live call after an interim report: seconds used, funds debited and still held."""
-
-    used: int
-    debited: int
-    held: int
-    started_now: bool = False  # the report was the first sign the call started
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,8 @@ from aiohttp import web
 
 from ocs import metrics
 from ocs.balances.accounts import validate_member
-from ocs.charging.lifecycle import (
-    MAX_DURATION,
-    AuthorizeRequest,
-    CallProgress,
-    validate_call_id,
-)
+from ocs.charging.lifecycle import MAX_DURATION, validate_call_id
+from ocs.charging.values import AuthorizeRequest, CallProgress
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import (

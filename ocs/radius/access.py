@@ -15,12 +15,14 @@ to announce and in which language, and an enabled voicemail server where to forw
 an unanswered call (``ivr_attributes``; docs/ivr-attributes.md, decision 0030).
 """
 
-import msgspec
+from typing import NamedTuple
+
 from pyrad.packet import AuthPacket, PacketError
 
 from ocs.balances.ivr import Ivr
 from ocs.balances.pin_guard import PinGuard
-from ocs.charging.lifecycle import AuthorizeRequest, CallService, Grant, Identity, Origin
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import AuthorizeRequest, Grant, Identity, Origin
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.metrics import PIN_FAILURES, decision
@@ -33,8 +35,11 @@ Attribute = tuple[str, str | int]
 _WRONG_PIN = (Reason.ACCOUNT_NOT_FOUND, Reason.INVALID_PASSWORD)
 
 
-class AccessAnswer(msgspec.Struct, frozen=True, gc=False):
-    """What an Access-Request is answered: accept or reject, with its attributes."""
+class AccessAnswer(NamedTuple):
+    """What an Access-Request is answered: accept or reject, with its attributes.
+
+    A named tuple rather than a msgspec Struct: this module may be compiled with mypyc
+    (decision 0038), which drops a class statement's keywords such as ``frozen``."""
 
     accept: bool
     attributes: list[Attribute]

@@ -43,7 +43,7 @@ from typing import Any, cast
 from pyrad import packet as rp
 
 from ocs import metrics
-from ocs.charging.lifecycle import CallRecord
+from ocs.charging.values import CallRecord
 from ocs.radius.clients import ClientTable
 from ocs.radius.dictionary import radius_dictionary
 

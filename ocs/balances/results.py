@@ -1,0 +1,57 @@
+"""What the balance scripts answer, as values: a reservation, a live call's entry, a
+stop's and an interim report's results.
+
+msgspec Structs, defined apart from ``ocs.balances.store`` so that a build which compiles
+the store with mypyc (decision 0038) keeps their class options (mypyc drops a class
+statement's keywords: ``frozen``, ``gc``).
+"""
+
+import msgspec
+
+
+class Reserved(msgspec.Struct, frozen=True, gc=False):
+    """The authorize script reserved a line and ``reserved`` funds for the call;
+    ``ivr_override`` is the account's packed IVR override (None: none)."""
+
+    reserved: int
+    available_before: int
+    balance: int
+    credit_limit: int
+    ivr_override: str | None = None
+
+
+class LiveEntry(msgspec.Struct, frozen=True, gc=False):
+    """A live call as Redis holds it: ``<held>|<started>|<used>|<debited>|<record>``."""
+
+    held: int
+    started: int  # epoch seconds; 0 while the Accounting-Start is still to come
+    used: int
+    debited: int
+    record: bytes
+
+
+def parse_live_entry(entry: bytes) -> LiveEntry:
+    """A live-calls hash value, split into its fields."""
+    held, started, used, debited, record = entry.split(b"|", 4)
+    return LiveEntry(int(held), int(started), int(used), int(debited), record)
+
+
+class StopResult(msgspec.Struct, frozen=True, gc=False):
+    """A stopped (or charged) call as the script recorded it; ``repeated``: a repeat."""
+
+    charged: int
+    rated: int
+    balance: int
+    duration: int
+    ledger_entry: str
+    cause: str
+    repeated: bool
+
+
+class UpdateResult(msgspec.Struct, frozen=True, gc=False):
+    """A live call after an interim report: seconds used, funds debited and still held."""
+
+    used: int
+    debited: int
+    held: int
+    started_now: bool = False  # the report was the first sign the call started
