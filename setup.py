@@ -3,7 +3,7 @@
 With ``OCS_MYPYC=1`` the modules of ``ocs.compiled.HOT_MODULES`` are compiled with mypyc
 (decision 0038), which needs mypy and a C compiler where the build runs:
 
-    pip install mypy && OCS_MYPYC=1 pip install --no-build-isolation -e .
+    pip install mypy wheel && OCS_MYPYC=1 pip install --no-build-isolation -e .
 
 Every build first removes the compiled files an earlier build left beside the sources,
 so a pure build is pure, and records the SHA-256 of each source it compiles, so that
@@ -40,7 +40,7 @@ def compiled_extensions() -> list[Any]:
         from mypyc.build import mypycify
     except ImportError as exc:
         raise SystemExit(
-            "OCS_MYPYC=1 needs mypy in the build environment: pip install mypy, then "
+            "OCS_MYPYC=1 needs mypy in the build environment: pip install mypy wheel, then "
             "OCS_MYPYC=1 pip install --no-build-isolation ."
         ) from exc
     sources = {

@@ -64,11 +64,10 @@ def source_digest(path: Path) -> str:
 def compiled_files(module: str, package_root: Path = _PACKAGE_ROOT) -> list[Path]:
     """The extension files built for ``module``, if any (one per interpreter ABI)."""
     source = source_path(module, package_root)
-    return [
-        source.with_name(source.stem + suffix)
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES
-        if source.with_name(source.stem + suffix).exists()
+    candidates = [
+        source.with_name(source.stem + suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES
     ]
+    return [path for path in candidates if path.exists()]
 
 
 def stale_modules(package_root: Path = _PACKAGE_ROOT) -> list[str]:
@@ -90,7 +89,8 @@ def check_compiled_sources(package_root: Path = _PACKAGE_ROOT) -> None:
     stale = stale_modules(package_root)
     if stale:
         raise StaleCompiledModule(
-            f"compiled modules older than their sources: {', '.join(stale)}; rebuild with "
+            f"compiled modules whose sources changed since the build: {', '.join(stale)}; "
+            "rebuild with "
             "`OCS_MYPYC=1 pip install --no-build-isolation -e .`, or go back to pure "
             "Python with `pip install -e .` (which removes the compiled files)"
         )
