@@ -167,6 +167,14 @@ def options() -> argparse.Namespace:
         help="a setting for the server (e.g. OCS_STALL_REPORT_MS=5: its stalls logged)",
     )
     parser.add_argument(
+        "--set-b",
+        action="append",
+        default=[],
+        metavar="OCS_NAME=VALUE",
+        help="a setting for the second server of --trees only: --trees T,T --set-b X=1 is an"
+        " A/B of one setting on one checkout",
+    )
+    parser.add_argument(
         "--trees",
         default="",
         help="comma-separated checkouts, one ocs serve from each (default: this interpreter's)",
@@ -219,6 +227,7 @@ def start_targets(args: argparse.Namespace, tmp: Path) -> list[Target]:
     targets = []
     for n, tree in enumerate(trees):
         http_port, auth_port, acct_port = free_port(), free_port(), free_port()
+        settings = [*args.set, *(args.set_b if n == 1 else [])]
         server = start_server(
             str(tmp / f"var{n}"),
             http_port,
@@ -227,11 +236,13 @@ def start_targets(args: argparse.Namespace, tmp: Path) -> list[Target]:
             args.database_url,
             extra_env={
                 **radius_env(auth_port, acct_port),
-                **dict(item.split("=", 1) for item in args.set),
+                **dict(item.split("=", 1) for item in settings),
             },
             cwd=tree or None,
         )
         name = f"ocs@{Path(tree).resolve().name}" if tree else "ocs"
+        if n == 1 and args.set_b:
+            name += "+" + ",".join(args.set_b)
         base = f"http://127.0.0.1:{http_port}"
         targets.append(Target(name, auth_port, acct_port, server, base))
     return targets

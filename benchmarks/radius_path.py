@@ -21,9 +21,9 @@ so the difference from 64 is what a batch costs whatever its size.
 With ``--full-calls`` each call is then started and stopped (an Accounting-Request
 Start, then a Stop of 45 s, each phase after the last), and the CPU of each phase is
 printed, and of a whole call: the ceiling of full calls a second on one core. The
-ledger writer runs in this process as ``ocs serve`` makes it (``ocs.server.ledger_writer``,
-so ``--trees`` takes checkouts that have it), and the Stop phase
-ends once it has written every stop's entries to PostgreSQL.
+ledger writer runs in this process as ``ocs serve`` makes it
+(``ocs.housekeeping.ledger_writer``, ``ocs.server.ledger_writer`` in older trees),
+and the Stop phase ends once it has written every stop's entries to PostgreSQL.
 
 With ``--trees A,B`` each round measures checkout A's ``ocs`` and then checkout B's
 (``git worktree add /tmp/before HEAD~1``), alternating for --rounds rounds, each
@@ -147,7 +147,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         from ocs.radius.server import RadiusListener
     except ImportError:  # a tree from before the listener class
         RadiusListener = None  # type: ignore[assignment,misc]
-    from ocs.server import ledger_writer
+    try:
+        from ocs.housekeeping import ledger_writer
+    except ImportError:  # a tree from before ocs.housekeeping (decision 0039)
+        from ocs.server import ledger_writer  # type: ignore[attr-defined,no-redef]
 
     settings = load_settings(
         environ={

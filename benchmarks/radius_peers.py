@@ -44,6 +44,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -85,6 +86,7 @@ class Throughput:
     accepted: int
     rejected: int
     lost: int
+    client_cpu_us: float  # radclient's own CPU (user + system) per request
 
     @property
     def per_second(self) -> float:
@@ -119,6 +121,7 @@ def summary_count(text: str, name: str) -> int:
 def throughput(path: Path, target: Target, requests: int, parallel: int) -> Throughput:
     """Send every request in ``path`` to ``target`` with radclient, ``parallel`` at a time."""
     started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
         [
             "radclient",
@@ -141,12 +144,15 @@ def throughput(path: Path, target: Target, requests: int, parallel: int) -> Thro
         check=False,
     )
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return Throughput(
         requests=requests,
         seconds=elapsed,
         accepted=summary_count(result.stdout, "Accepted"),
         rejected=summary_count(result.stdout, "Rejected"),
         lost=summary_count(result.stdout, "Lost"),
+        client_cpu_us=client_cpu / requests * 1e6,
     )
 
 
@@ -190,7 +196,8 @@ def throughput_line(round_: int, target: Target, result: Throughput) -> str:
         failed = f"  ({result.rejected} rejected, {result.lost} lost)"
     return (
         f"round {round_} {target.name:>16}: {result.per_second:>7,.0f} Access-Requests/s  "
-        f"({result.accepted}/{result.requests} accepted in {result.seconds:.2f} s){failed}"
+        f"({result.accepted}/{result.requests} accepted in {result.seconds:.2f} s; "
+        f"radclient CPU {result.client_cpu_us:.0f} us a request){failed}"
     )
 
 

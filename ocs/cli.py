@@ -461,8 +461,16 @@ def _warm_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    """``ocs serve``: the charging server, in this process or in ``--workers`` children."""
-    if settings.workers > 1:
+    """``ocs serve``: the charging server, in this process or in ``--workers`` children
+    (and, with ``background_process``, a background process beside them)."""
+    from ocs.background import is_background_process
+
+    if is_background_process():
+        from ocs.background import run_background
+
+        uvloop.run(run_background(settings))
+        return 0
+    if settings.workers > 1 or settings.background_process:
         from ocs.workers import run_workers
 
         # Each worker runs this same command line (main puts it in args.argv).

@@ -374,6 +374,20 @@ class Settings:
     )
     janitor_interval: float = _setting(1.0, _parse_float, "seconds between janitor sweeps")
     run_janitor: bool = _setting(True, _parse_bool, "run the janitor in this process")
+    # Decision 0039: the ledger writer's batches, the janitor's sweeps and the pass over
+    # every live call leave the serving loop for a process of their own.
+    background_process: bool = _setting(
+        False,
+        _parse_bool,
+        "`ocs serve` runs the ledger writer, the janitor and the live-state pass in a"
+        " process of its own, beside the serving process(es)",
+    )
+    run_live_state_pass: bool = _setting(
+        True,
+        _parse_bool,
+        "this process may take the pass over every live call for the gauges (false: it"
+        " only publishes the one another process took)",
+    )
     # The billing worker (`ocs billing-worker`, decision 0021).
     billing_poll_interval: float = _setting(
         30.0, _parse_float, "seconds between the billing worker's looks for due cycles and runs"
@@ -617,7 +631,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
 ENV_PREFIX = "OCS_"
 # OCS_* variables that are not settings: the config file's path, the sockets a
 # `--workers` parent hands its workers (ocs.listen_sockets), and the test suite's own.
-NOT_SETTINGS = frozenset({"OCS_CONFIG", "OCS_LISTEN_FDS"})
+NOT_SETTINGS = frozenset({"OCS_CONFIG", "OCS_LISTEN_FDS", "OCS_SERVE_PART"})
 TEST_PREFIX = "OCS_TEST_"
 
 

@@ -164,13 +164,26 @@ def handoff(sockets: ListenSockets, parent_fd: int) -> tuple[str, list[int]]:
     return ",".join(parts), fds
 
 
+def parent_handoff(parent_fd: int) -> tuple[str, list[int]]:
+    """(value of ``HANDOFF_ENV``, descriptors to pass) for a child that listens on
+    nothing (the background process): only the parent's pipe and pid."""
+    return f"parent={parent_fd},ppid={os.getpid()}", [parent_fd]
+
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """The parent a child watches: the read end of its pipe, and its pid."""
+
+    fd: int
+    pid: int
+
+
 @dataclass(slots=True)
 class Inherited:
     """What a worker received from its parent."""
 
     sockets: ListenSockets
-    parent_fd: int
-    parent_pid: int
+    parent: Parent
 
 
 def take_inherited(environ: MutableMapping[str, str] | None = None) -> Inherited | None:
@@ -187,13 +200,27 @@ def take_inherited(environ: MutableMapping[str, str] | None = None) -> Inherited
         http = socket.socket(fileno=fields["http"])
         auth = socket.socket(fileno=fields["auth"]) if "auth" in fields else None
         acct = socket.socket(fileno=fields["acct"]) if "acct" in fields else None
-        parent_fd, parent_pid = fields["parent"], fields["ppid"]
+        parent = Parent(fields["parent"], fields["ppid"])
     except (KeyError, OSError) as exc:
         raise ConfigError(f"{HANDOFF_ENV}: unusable inherited sockets {value!r}: {exc}") from None
     for sock in (http, auth, acct):
         if sock is not None:
             sock.setblocking(False)
-    return Inherited(ListenSockets(http, auth, acct), parent_fd, parent_pid)
+    return Inherited(ListenSockets(http, auth, acct), parent)
+
+
+def take_parent(environ: MutableMapping[str, str] | None = None) -> Parent | None:
+    """The parent that handed this process only its pipe (``parent_handoff``), or None
+    when it was not started so. The variable is removed, as ``take_inherited`` does."""
+    env = os.environ if environ is None else environ
+    value = env.pop(HANDOFF_ENV, None)
+    if not value:
+        return None
+    fields = _parse(value)
+    try:
+        return Parent(fields["parent"], fields["ppid"])
+    except KeyError as exc:
+        raise ConfigError(f"{HANDOFF_ENV}: no parent pipe in {value!r}: {exc}") from None
 
 
 def _parse(value: str) -> Mapping[str, int]:
@@ -220,7 +247,7 @@ def ask_sigterm_on_parent_death() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
-def watch_parent(inherited: Inherited, stopping: asyncio.Event) -> Callable[[], None]:
+def watch_parent(parent: Parent, stopping: asyncio.Event) -> Callable[[], None]:
     """Set ``stopping`` when the parent is gone: its pipe reads end-of-file.
 
     The pipe covers what the death signal cannot: a parent already dead before this
@@ -228,7 +255,7 @@ def watch_parent(inherited: Inherited, stopping: asyncio.Event) -> Callable[[], 
     watch: it stops reading the pipe and closes it (nothing when the pipe already ended).
     """
     loop = asyncio.get_running_loop()
-    fd = inherited.parent_fd
+    fd = parent.fd
     os.set_blocking(fd, False)
     watching = True
 
@@ -251,13 +278,11 @@ def watch_parent(inherited: Inherited, stopping: asyncio.Event) -> Callable[[], 
         if data:
             return  # the parent never writes; nothing to do
         unwatch()
-        log.warning(
-            "parent process gone; stopping this worker", extra={"parent_pid": inherited.parent_pid}
-        )
+        log.warning("parent process gone; stopping this process", extra={"parent_pid": parent.pid})
         stopping.set()
 
     loop.add_reader(fd, readable)
-    if os.getppid() != inherited.parent_pid:
+    if os.getppid() != parent.pid:
         # Died before the death signal was asked for; the pipe says so too, but at once is
         # better than after the first loop turn.
         readable()

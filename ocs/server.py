@@ -1,4 +1,4 @@
-"""`ocs serve`: HTTP and RADIUS listeners, ledger writer and janitor in one process.
+"""`ocs serve`: the HTTP and RADIUS listeners, and the housekeeping unless its own process runs it.
 
 Shutdown on SIGTERM or SIGINT, in stages: stop accepting connections, let
 requests in flight finish within ``shutdown_timeout`` (then cancel them),
@@ -14,6 +14,9 @@ The ports are bound first, before any embedded server starts, and never shared:
 a taken port ends the start at once with "address in use" (exit code 2). A worker
 of `ocs serve --workers N` binds nothing: it serves on the sockets its parent
 bound and handed down (ocs.listen_sockets), and stops when that parent dies.
+The housekeeping (ledger writer, janitor, gauges: ocs.housekeeping) runs in this
+process unless the parent runs it in a process of its own (``background_process``,
+ocs.background); then its settings turn it off here.
 """
 
 import asyncio
@@ -29,16 +32,14 @@ from typing import Any
 from aiohttp import web
 
 from ocs import api_tokens, listen_sockets, loop_lag, metrics, systemd_notify
-from ocs.balances.ledger_writer import LedgerWriter
-from ocs.charging.janitor import Janitor
 from ocs.compiled import HOT_MODULES, running_compiled
 from ocs.config import Settings
+from ocs.housekeeping import start_housekeeping
 from ocs.http.app import create_app
 from ocs.radius.clients import load_client_table
 from ocs.radius.server import RadiusServer
 from ocs.runtime import open_runtime
 from ocs.services import Services
-from ocs.state_metrics import StateSampler
 
 log = logging.getLogger("ocs.server")
 
@@ -75,11 +76,6 @@ class _Stages:
     background: contextlib.AsyncExitStack
 
 
-async def _run_ledger_writer(writer: LedgerWriter, stopping: asyncio.Event) -> None:
-    """Run the ledger writer until ``stopping`` (it counts its batches in the metrics)."""
-    await writer.run(stopping)
-
-
 async def serve(
     settings: Settings,
     *,
@@ -105,7 +101,7 @@ async def serve(
         stack.callback(sockets.close)
         _stop_on_signals(stack, stopping)
         if inherited is not None:
-            stack.callback(listen_sockets.watch_parent(inherited, stopping))
+            stack.callback(listen_sockets.watch_parent(inherited.parent, stopping))
         await _serve(settings, sockets, before_listen, on_ready, stopping)
 
 
@@ -156,7 +152,7 @@ async def _serve(
             radius: RadiusServer | None = None
             if settings.radius_enabled:
                 radius = await _start_radius(settings, services, sockets, stages)
-            _start_background(settings, services, stages)
+            start_housekeeping(settings, services, stages.background)
             compiled = len(running_compiled())
             metrics.COMPILED_MODULES.set(compiled)
             log.info(
@@ -268,59 +264,6 @@ async def _drain_radius(radius: RadiusServer, within: float) -> None:
     """Let RADIUS requests in flight finish, then stop following the client table."""
     await radius.drain(within)
     await radius.stop_watching()
-
-
-def ledger_writer(settings: Settings, services: Services) -> LedgerWriter:
-    """The ledger writer as ``ocs serve`` runs it, configured by ``settings``."""
-    return LedgerWriter(
-        services.redis,
-        services.pool,
-        batch_size=settings.ledger_batch_size,
-        claim_idle_ms=settings.ledger_claim_idle_ms,
-        health=services.health,
-        wait_replicas=settings.redis_wait_replicas,
-        wait_timeout_ms=settings.redis_wait_timeout_ms,
-    )
-
-
-def _start_background(settings: Settings, services: Services, stages: _Stages) -> None:
-    """Start the ledger writer and the janitor; both stop when the background stage runs."""
-    # One event stops both: each stop sets it, so both are told at once, whichever of
-    # them started and however the stage was reached.
-    stopping = asyncio.Event()
-    # The writer starts (and registers its stop) before the janitor, so that at shutdown
-    # the janitor is awaited first and the writer, which may take up to shutdown_timeout
-    # to finish its batch, after it.
-    if settings.run_ledger_writer:
-        writer = ledger_writer(settings, services)
-        writer_task = asyncio.create_task(_run_ledger_writer(writer, stopping))
-        stages.background.push_async_callback(
-            _stop_writer, writer_task, stopping, settings.shutdown_timeout
-        )
-    if settings.run_janitor:
-        janitor = Janitor(
-            services.calls, services.store, settings.janitor_interval, health=services.health
-        )
-        janitor_task = asyncio.create_task(janitor.run(stopping))
-        stages.background.push_async_callback(_stop_janitor, janitor_task, stopping)
-    # The NOC's gauges (live calls, reserved funds, ledger lag, catalog, billing), sampled.
-    sampler_task = asyncio.create_task(StateSampler.of(services).run(stopping))
-    stages.background.push_async_callback(_stop_janitor, sampler_task, stopping)
-
-
-async def _stop_janitor(task: "asyncio.Task[None]", stopping: asyncio.Event) -> None:
-    """Stop the janitor; a failure of its own is not the shutdown's."""
-    stopping.set()
-    await asyncio.gather(task, return_exceptions=True)
-
-
-async def _stop_writer(task: "asyncio.Task[None]", stopping: asyncio.Event, within: float) -> None:
-    """Let the ledger writer finish its batch within ``within``; else its entries stay pending."""
-    stopping.set()
-    try:
-        await asyncio.wait_for(task, timeout=within)
-    except TimeoutError:
-        log.warning("ledger writer did not finish in time; its entries stay pending")
 
 
 def _bound_port(runner: web.AppRunner, configured: int) -> int:

@@ -248,6 +248,7 @@ class StateSampler:
         billing_every: int = 3,
         health: BackendHealth | None = None,
         clock: Callable[[], float] = time.time,
+        take_live_pass: bool = True,
     ) -> None:
         self._redis = redis
         self._pool = pool
@@ -260,16 +261,26 @@ class StateSampler:
         self._pacer = Pacer(SAMPLE_SHARE)
         self._version = -1
         self._loaded_at = 0.0
+        # False: the pass over every live call is another process's (ocs.background);
+        # this one only publishes the sample that process stored.
+        self._take_live_pass = take_live_pass
 
     @classmethod
-    def of(cls, services: Services, interval: float = DEFAULT_INTERVAL_S) -> "StateSampler":
-        """A sampler over a process's services."""
+    def of(
+        cls,
+        services: Services,
+        interval: float = DEFAULT_INTERVAL_S,
+        *,
+        take_live_pass: bool = True,
+    ) -> "StateSampler":
+        """A sampler over a process's services (``take_live_pass``: see ``shared_live``)."""
         return cls(
             services.redis,
             services.pool,
             services.catalog,
             interval=interval,
             health=services.health,
+            take_live_pass=take_live_pass,
         )
 
     def sample_catalog(self) -> metrics.CatalogState:
@@ -314,10 +325,15 @@ class StateSampler:
     async def shared_live(self) -> metrics.LiveState | None:
         """The live state as one process sampled it for all: the stored sample while it
         is younger than the interval; else a new one, taken and stored by this process
-        when it gets the lease; else (another is taking one) the stored one, or None."""
+        when it gets the lease; else (another is taking one) the stored one, or None.
+
+        A sampler that does not take the pass (``take_live_pass`` false) answers the
+        stored sample, or None while there is none."""
         stored = await self._redis.get(keys.live_state_sample())
         found = None if stored is None else _LIVE_DECODER.decode(stored)
-        if found is not None and self._clock() - found.at < self._interval:
+        if not self._take_live_pass or (
+            found is not None and self._clock() - found.at < self._interval
+        ):
             return found
         lease_ms = int(max(LEASE_MIN_S, 6 * self._interval) * 1000)
         if not await self._redis.set(keys.live_state_lease(), "1", nx=True, px=lease_ms):
@@ -352,6 +368,10 @@ class StateSampler:
             else:
                 if live is not None:
                     metrics.STATE.publish(live=live)
+                elif not self._take_live_pass:
+                    # No process has stored a sample for a while (the one that takes the
+                    # pass is down): no figure rather than an old one.
+                    metrics.STATE.forget("live")
         if not await self.probe(POSTGRESQL):
             metrics.STATE.forget("billing")
         elif billing_due:

@@ -12,6 +12,11 @@ The workers accept from the same sockets; all state is in Redis, so any worker
 can answer any request. A worker whose parent dies, even by SIGKILL, stops:
 no orphan keeps a port.
 
+With ``background_process`` (decision 0039; then also for one worker) the parent
+also runs the background process (ocs.background): the ledger writer, the janitor
+and the live-state pass, which the serving workers are then told not to run. It
+listens on nothing, is restarted like a worker, and is stopped after the workers.
+
 Each part the parent starts registers its stop on one ``contextlib.ExitStack``,
 so the same stops run in the same order on every path, also when something
 fails half-way: the workers are told to stop and waited for, the signal
@@ -35,6 +40,7 @@ from types import FrameType
 from prometheus_client import multiprocess
 
 from ocs import listen_sockets, systemd_notify
+from ocs.background import BACKGROUND, PART_ENV
 from ocs.config import Settings
 from ocs.metrics import MULTIPROCESS_DIR_ENV
 from ocs.runtime import Backends
@@ -66,8 +72,17 @@ def _worker_argv(argv: Sequence[str]) -> list[str]:
 class _Workers:
     """The worker processes: started, restarted, told to stop and waited for."""
 
-    def __init__(self, command: list[str], env: dict[str, str], pass_fds: Sequence[int]) -> None:
-        """Workers run ``command`` with ``env``, inheriting the descriptors ``pass_fds``."""
+    def __init__(
+        self,
+        command: list[str],
+        env: dict[str, str],
+        pass_fds: Sequence[int],
+        *,
+        name: str = "worker",
+    ) -> None:
+        """Workers run ``command`` with ``env``, inheriting the descriptors ``pass_fds``;
+        ``name`` is what the log calls one of them."""
+        self.name = name
         self._command = command
         self._env = env
         self._pass_fds = pass_fds
@@ -112,7 +127,10 @@ class _Workers:
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                log.warning("worker did not stop in time; killing it", extra={"pid": proc.pid})
+                log.warning(
+                    "process did not stop in time; killing it",
+                    extra={"role": self.name, "pid": proc.pid},
+                )
                 proc.kill()
                 proc.wait()
 
@@ -159,6 +177,11 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
         env["OCS_REDIS_URL"] = backends.redis_url or ""
         env["OCS_DATABASE_URL"] = backends.database_url or ""
         env[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
+        # Each child runs `ocs serve` itself: none is a parent of children of its own.
+        env["OCS_BACKGROUND_PROCESS"] = "false"
+        background = _background_process(settings, argv, env, parent_read)
+        if background is not None:
+            env.update(SERVING_WITHOUT_HOUSEKEEPING)
         handoff, pass_fds = listen_sockets.handoff(sockets, parent_read)
         env[listen_sockets.HANDOFF_ENV] = handoff
         # systemd (Type=notify) takes READY=1 from the main process only: the workers
@@ -171,8 +194,13 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
         workers = _Workers(_worker_argv(argv), env, pass_fds)
 
         def stop(signum: int, _frame: FrameType | None) -> None:
-            """SIGTERM/SIGINT: stop restarting, pass the signal on, let go of the sockets."""
+            """SIGTERM/SIGINT: stop restarting, pass the signal on, let go of the sockets.
+
+            The background process is told last, once the serving workers have stopped
+            (``_Workers.stop``): its ledger writer moves what their last requests wrote."""
             workers.stopping = True
+            if background is not None:
+                background.stopping = True
             systemd_notify.stopping("shutting down: stopping the workers")
             workers.signal(signum)
             # The listening sockets stay open while any process holds them: the parent
@@ -181,11 +209,35 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
             sockets.close()
 
         stack.enter_context(_signals_handled_by(stop))
-        # The first stop: every worker's staged shutdown ends before the embedded
-        # servers under it stop.
+        # The first stops: every worker's staged shutdown ends, then the background
+        # process's, before the embedded servers under them stop.
+        if background is not None:
+            stack.callback(background.stop, settings.shutdown_timeout + STOP_GRACE)
         stack.callback(workers.stop, settings.shutdown_timeout + STOP_GRACE)
-        _supervise(workers, settings.workers, metrics_dir, readiness)
+        _supervise(workers, settings.workers, metrics_dir, readiness, background)
     return 0
+
+
+# What a serving worker is told when a background process runs the housekeeping.
+SERVING_WITHOUT_HOUSEKEEPING = {
+    "OCS_RUN_LEDGER_WRITER": "false",
+    "OCS_RUN_JANITOR": "false",
+    "OCS_RUN_LIVE_STATE_PASS": "false",
+}
+
+
+def _background_process(
+    settings: Settings, argv: Sequence[str], env: dict[str, str], parent_read: int
+) -> "_Workers | None":
+    """The background process (decision 0039) when ``background_process`` asks for one: the
+    same command line, handed only the parent's pipe (it listens on nothing)."""
+    if not settings.background_process:
+        return None
+    own_env = {k: v for k, v in env.items() if k != systemd_notify.NOTIFY_SOCKET_ENV}
+    value, pass_fds = listen_sockets.parent_handoff(parent_read)
+    own_env[listen_sockets.HANDOFF_ENV] = value
+    own_env[PART_ENV] = BACKGROUND
+    return _Workers(_worker_argv(argv), own_env, pass_fds, name="background process")
 
 
 def _supervise(
@@ -193,29 +245,48 @@ def _supervise(
     count: int,
     metrics_dir: Path,
     readiness: systemd_notify.WorkerReadiness | None = None,
+    background: _Workers | None = None,
 ) -> None:
-    """Start ``count`` workers, restart any that exits, until the parent is asked to stop;
-    with ``readiness``, say READY=1 once every worker has."""
+    """Start ``count`` workers (and the ``background`` process), restart any that exits,
+    until the parent is asked to stop; with ``readiness``, say READY=1 once every worker
+    has."""
+    if background is not None and not background.stopping:
+        background.start()
     for _ in range(count):
         if workers.stopping:
             break  # the sockets are closed already; none to hand out
         workers.start()
-    log.info("workers started", extra={"workers": count, "pids": [p.pid for p in workers.procs]})
+    log.info(
+        "workers started",
+        extra={
+            "workers": count,
+            "pids": [p.pid for p in workers.procs],
+            "background_pid": background.procs[0].pid if background and background.procs else None,
+        },
+    )
+    groups = [workers] if background is None else [workers, background]
     while not workers.stopping:
         time.sleep(0.2)
         if readiness is not None and readiness.all_ready():
             readiness = None  # said once; a restarted worker's READY=1 changes nothing
             systemd_notify.ready(f"serving with {count} workers")
-        for index, proc in enumerate(workers.procs):
-            code = proc.poll()
-            if code is not None and not workers.stopping:
-                log.error(
-                    "worker exited; restarting it", extra={"pid": proc.pid, "exit_code": code}
-                )
-                # prometheus_client's multiprocess module has no type annotations.
-                multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
-                    proc.pid, str(metrics_dir)
-                )
-                time.sleep(RESTART_DELAY)
-                if not workers.stopping:
-                    workers.restart(index)
+        for group in groups:
+            _restart_exited(group, metrics_dir)
+
+
+def _restart_exited(workers: _Workers, metrics_dir: Path) -> None:
+    """Replace each process of ``workers`` that has exited (unless told to stop)."""
+    for index, proc in enumerate(workers.procs):
+        code = proc.poll()
+        if code is not None and not workers.stopping:
+            log.error(
+                "process exited; restarting it",
+                extra={"role": workers.name, "pid": proc.pid, "exit_code": code},
+            )
+            # prometheus_client's multiprocess module has no type annotations.
+            multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                proc.pid, str(metrics_dir)
+            )
+            time.sleep(RESTART_DELAY)
+            if not workers.stopping:
+                workers.restart(index)

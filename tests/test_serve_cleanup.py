@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from ocs import listen_sockets, server, workers
+from ocs import housekeeping, listen_sockets, server, workers
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging.janitor import Janitor
 from ocs.config import Settings, with_overrides
@@ -217,13 +217,13 @@ FAILURES = {
         ("radius listeners closed", "http cleaned up", "radius drained", "radius unwatched"),
     ),
     "ledger writer": Failure(
-        server,
+        housekeeping,
         "LedgerWriter",
         _fail,
         ("radius listeners closed", "http cleaned up", "radius drained", "radius unwatched"),
     ),
     "janitor": Failure(
-        server,
+        housekeeping,
         "Janitor",
         _fail,
         ("radius listeners closed", "http cleaned up", "radius drained", "radius unwatched"),
@@ -263,8 +263,8 @@ async def test_a_janitor_failing_to_start_stops_the_ledger_writer_started_before
         written.append(made)
         return made
 
-    monkeypatch.setattr(server, "LedgerWriter", writer)
-    monkeypatch.setattr(server, "Janitor", _fail)
+    monkeypatch.setattr(housekeeping, "LedgerWriter", writer)
+    monkeypatch.setattr(housekeeping, "Janitor", _fail)
     before = set(asyncio.all_tasks())
     with pytest.raises(Boom):
         await asyncio.wait_for(server.serve(serve_settings), SERVE_S)
