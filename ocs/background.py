@@ -13,12 +13,13 @@ through the workers' shared metrics directory, as a worker's do.
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
 
 from ocs import listen_sockets, metrics
-from ocs.compiled import running_compiled
+from ocs.compiled import HOT_MODULES, running_compiled
 from ocs.config import Settings
 from ocs.housekeeping import start_housekeeping
 from ocs.runtime import open_runtime
@@ -51,7 +52,10 @@ async def run_background(settings: Settings, stopping: asyncio.Event | None = No
         async with open_runtime(settings) as services, contextlib.AsyncExitStack() as work:
             work.callback(log.info, "background process stopped")
             start_housekeeping(settings, services, work)
-            # Gauges combined over processes by their minimum must hear from this one too.
+            # The gauge takes the least over the processes, this one included: it loads
+            # the request path's modules too, so that it reports the build, not 0.
+            for name in HOT_MODULES:
+                importlib.import_module(name)
             metrics.COMPILED_MODULES.set(len(running_compiled()))
             log.info(
                 "background process running",

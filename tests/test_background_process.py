@@ -9,6 +9,7 @@ call of 30 s costs 0.006000.
 """
 
 import asyncio
+import importlib
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ import pytest
 
 from ocs import listen_sockets
 from ocs.balances.accounts import AccountSpec
+from ocs.compiled import HOT_MODULES, running_compiled
 from ocs.config import ConfigError, Settings
 from ocs.services import Services
 from tests.conftest import add_plan, eventually
@@ -63,6 +65,13 @@ def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     pairs = (item.decode().partition("=") for item in raw.split(b"\0") if item)
     return {name: value for name, _, value in pairs}
+
+
+def compiled_build() -> int:
+    """How many hot modules this checkout's build runs compiled (0: pure Python)."""
+    for name in HOT_MODULES:
+        importlib.import_module(name)
+    return len(running_compiled())
 
 
 async def cdr_charged(services: Services, call_id: str) -> int | None:
@@ -159,6 +168,12 @@ async def test_background_process_writes_the_ledger_and_closes_stale_calls(
                 return await cdr_charged(services, "bg-call-2") == 600
 
             await eventually(second_written, within=30, what="the CDR after the restart")
+
+            # The build the gauge reports is the serving one's, the background's included
+            # (the least over both): every hot module, when this build is compiled.
+            async with session.get(f"{base}/metrics") as reply:
+                text = await reply.text()
+            assert f"ocs_compiled_modules {float(compiled_build())}" in text.splitlines()
 
         server.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(server.wait_exit) == 0, server.log_tail()
