@@ -8,6 +8,7 @@ Python clients. Prints full calls/s, latency, and the machine it ran on.
 
     python benchmarks/http_calls.py --seconds 20 --concurrency 64
     python benchmarks/http_calls.py --client aiohttp --calls 20000 --concurrency 128
+    python benchmarks/http_calls.py --seconds 10 --set OCS_BACKGROUND_PROCESS=true
 """
 
 import argparse
@@ -203,13 +204,27 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--accounts", type=int, default=100)
     parser.add_argument("--workers", type=int, default=1, help="ocs serve processes")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OCS_NAME=VALUE",
+        help="a setting for the server (e.g. OCS_BACKGROUND_PROCESS=true)",
+    )
     parser.add_argument("--redis-url")
     parser.add_argument("--database-url")
     args = parser.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="ocs-bench-", dir="/tmp") as data_dir:
-        server = start_server(data_dir, port, args.workers, args.redis_url, args.database_url)
+        server = start_server(
+            data_dir,
+            port,
+            args.workers,
+            args.redis_url,
+            args.database_url,
+            extra_env=dict(item.split("=", 1) for item in args.set),
+        )
         try:
             async with aiohttp.ClientSession() as session:
                 await wait_healthy(session, base, 120)

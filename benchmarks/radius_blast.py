@@ -18,10 +18,12 @@ Two loads, on one `ocs serve` (embedded Redis and PostgreSQL, or the servers of
   round, on the same packets: the ratio of the two without radclient's cost.
 
 With ``--rates R1,R2`` each round ends with fixed-rate runs of --seconds each, every
-target in turn: Access-Requests sent at their times whether or not earlier ones were
-answered, over --sockets client sockets; p50/p99/p99.9/max latency and losses, the
-tenths of a second that held a reply slower than 5 ms (when the tail happened), and
-ocs's CPU per request at that rate. The client costs a few microseconds a request,
+target in turn: packets a second, sent at their times whether or not earlier ones were
+answered (with ``--access`` Access-Requests; with the full-calls load each call's
+Access-Request, Start and Stop as packets of their own, a third of the rate each),
+over --sockets client sockets; p50/p99/p99.9/max latency and losses, the tenths of a
+second that held a reply slower than 5 ms (when the tail happened), and ocs's CPU per
+request at that rate. The client costs a few microseconds a request,
 so the latency is the server's, not the client's own (rad_latency.py's Python loop
 adds its own delays).
 
@@ -71,6 +73,9 @@ PEERS = Path(__file__).resolve().parent / "peers"
 SOURCE = PEERS / "radblast.c"
 PEER_AUTH_PORT = 18120
 PEER_SCRIPT = "freeradius_redis_peer.sh"
+# Full calls at a fixed rate: calls between a call's Access-Request and its Start, and
+# between its Start and its Stop (at 1,000 calls/s, 64 ms).
+RATE_LAG = 64
 
 
 def accounting_request(identifier: int, user: str, call: str, stop: bool) -> bytes:
@@ -99,8 +104,16 @@ def write_chains(
 ) -> None:
     """``count`` chains for radblast: a call (Access, Start, Stop) or one Access-Request.
     Chain c runs in slot c % parallel, and each of its packets carries that identifier;
-    at a fixed rate chain c goes out on socket c % parallel with (c / parallel) % 256."""
+    at a fixed rate chain c goes out on socket c % parallel with (c / parallel) % 256.
+
+    Full calls at a fixed rate: every chain is one packet, ``count`` packets in all, a
+    third of them Access-Requests; a call's Start goes RATE_LAG calls after its
+    Access-Request and its Stop RATE_LAG calls after that, so that the server has
+    answered the one before the next is sent."""
     run = uuid.uuid4().hex[:8]
+    if full and fixed_rate:
+        write_rate_calls(path, count // 3, parallel, auth_port, acct_port, run)
+        return
     with path.open("wb") as out:
         out.write(b"RBL1" + struct.pack("<I", count))
         for n in range(count):
@@ -116,6 +129,30 @@ def write_chains(
             out.write(bytes([len(packets)]))
             for port, packet in packets:
                 out.write(struct.pack("<HH", port, len(packet)) + packet)
+
+
+def write_rate_calls(
+    path: Path, calls: int, sockets: int, auth_port: int, acct_port: int, run: str
+) -> None:
+    """Full calls as single packets for a fixed-rate run (``write_chains``): Access-Requests,
+    Starts and Stops interleaved, each call's next packet RATE_LAG calls later."""
+    packets: list[tuple[int, int, str]] = []  # (kind 0 access / 1 start / 2 stop, call)
+    for slot in range(calls + 2 * RATE_LAG):
+        for kind in (0, 1, 2):
+            n = slot - kind * RATE_LAG
+            if 0 <= n < calls:
+                packets.append((kind, n, f"u{n % ACCOUNTS + 1}"))
+    with path.open("wb") as out:
+        out.write(b"RBL1" + struct.pack("<I", len(packets)))
+        for c, (kind, n, user) in enumerate(packets):
+            identifier = (c // sockets) % 256
+            if kind == 0:
+                port, packet = auth_port, build(identifier, n, run)
+            else:
+                call = f"{run}-{n}"
+                port = acct_port
+                packet = accounting_request(identifier, user, call, stop=kind == 2)
+            out.write(bytes([1]) + struct.pack("<HH", port, len(packet)) + packet)
 
 
 def compiled(directory: Path) -> Path:
@@ -256,7 +293,7 @@ async def at_rate(
     # 2 s a reply is awaited, or a late reply would be taken for a newer packet's.
     sockets = min(256, max(args.sockets, math.ceil(rate * 2.5 / 256)))
     count = int(rate * args.seconds)
-    write_chains(chains, count, sockets, target.auth_port, target.acct_port, False, True)
+    write_chains(chains, count, sockets, target.auth_port, target.acct_port, args.full, True)
     server = target.server
     shed = drops(await metrics_text(target.base)) if server else {}
     before = cpu_seconds(server.pid) if server else 0.0
