@@ -18,7 +18,10 @@ ones, so that neither always runs first), after --warmup requests to each
   FreeRADIUS, hence 128 for every target. ocs's CPU per Access-Request in each
   run is printed too (the serving process and its children: the embedded Redis
   and PostgreSQL without --redis-url): on a machine shared with the load
-  generator it moves less than the rate does.
+  generator it moves less than the rate does. So are radclient's own CPU per
+  request and how often it slept: it polls its socket without sleeping (a few
+  dozen sleeps a run), so it takes a whole core whatever the server, and the
+  server, its Redis and PostgreSQL share the rest.
 - latency, with --rates: the fixed-rate client benchmarks/peers/rad_latency.py
   at each rate for --seconds, p50/p99/max and packets lost per target.
 
@@ -87,6 +90,9 @@ class Throughput:
     rejected: int
     lost: int
     client_cpu_us: float  # radclient's own CPU (user + system) per request
+    # radclient's voluntary context switches over the run: it polls its socket without
+    # sleeping, so its CPU is its wall time, and the server has the other cores.
+    client_sleeps: int
 
     @property
     def per_second(self) -> float:
@@ -153,6 +159,7 @@ def throughput(path: Path, target: Target, requests: int, parallel: int) -> Thro
         rejected=summary_count(result.stdout, "Rejected"),
         lost=summary_count(result.stdout, "Lost"),
         client_cpu_us=client_cpu / requests * 1e6,
+        client_sleeps=after.ru_nvcsw - before.ru_nvcsw,
     )
 
 
@@ -197,7 +204,8 @@ def throughput_line(round_: int, target: Target, result: Throughput) -> str:
     return (
         f"round {round_} {target.name:>16}: {result.per_second:>7,.0f} Access-Requests/s  "
         f"({result.accepted}/{result.requests} accepted in {result.seconds:.2f} s; "
-        f"radclient CPU {result.client_cpu_us:.0f} us a request){failed}"
+        f"radclient CPU {result.client_cpu_us:.0f} us a request, slept {result.client_sleeps}"
+        f" times){failed}"
     )
 
 
