@@ -44,6 +44,7 @@ earlier state and ocs may refuse every request (the rows then say "rejected").
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -59,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.http_calls import free_port, start_server, wait_healthy
@@ -68,6 +70,10 @@ from benchmarks.radius_latency import CLIENT, SECRET, drops, metrics_text, radiu
 from ocs.radius.radclient_hint import radclient_input
 
 PEERS = Path(__file__).resolve().parent / "peers"
+# The FreeRADIUS + Redis peer's processes (freeradius_redis_peer.sh): its pid file, and
+# the port its own Redis listens on.
+REDIS_PEER_PID = Path("/tmp/fr-peer-redis/pid")
+REDIS_PEER_REDIS_PORT = "6390"
 # The peers' users are u1..u1000: ocs gets the same accounts.
 ACCOUNTS = 1000
 
@@ -116,6 +122,22 @@ def write_requests(path: Path, count: int, run: str) -> None:
                 )
             )
             out.write("\n")
+
+
+def redis_peer_cpu_seconds() -> float:
+    """CPU (user + system) of the FreeRADIUS + Redis peer so far: FreeRADIUS and its Redis."""
+    pids = [int(REDIS_PEER_PID.read_text())] if REDIS_PEER_PID.exists() else []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info["name"] == "redis-server" and any(
+            part.endswith(":" + REDIS_PEER_REDIS_PORT) for part in process.info["cmdline"] or []
+        ):
+            pids.append(process.pid)
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def summary_count(text: str, name: str) -> int:
@@ -374,10 +396,20 @@ async def measure(
         write_requests(requests_file, args.requests, uuid.uuid4().hex[:8])
         for target in order:
             server = by_target.get(target.name)
-            before = cpu_seconds(server.process.pid) if server else 0.0
+            redis_peer = target.name == "FreeRADIUS+Redis"
+            before = (
+                cpu_seconds(server.process.pid)
+                if server
+                else redis_peer_cpu_seconds()
+                if redis_peer
+                else 0.0
+            )
             result = throughput(requests_file, target, args.requests, args.parallel)
             rps[target.name].append(result.per_second)
             print(throughput_line(round_, target, result), flush=True)
+            if redis_peer:
+                used = (redis_peer_cpu_seconds() - before) / args.requests * 1e6
+                print(f"round {round_} {target.name} CPU: {used:.0f} us a request", flush=True)
             if server is not None:
                 # Steadier than the rate, which moves with the load generator.
                 used = (cpu_seconds(server.process.pid) - before) / args.requests * 1e6
