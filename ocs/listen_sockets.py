@@ -191,11 +191,10 @@ def take_inherited(environ: MutableMapping[str, str] | None = None) -> Inherited
 
     The variable is removed, so that nothing this process starts inherits it.
     """
-    env = os.environ if environ is None else environ
-    value = env.pop(HANDOFF_ENV, None)
-    if not value:
+    taken = _take_handoff(environ)
+    if taken is None:
         return None
-    fields = _parse(value)
+    value, fields = taken
     try:
         http = socket.socket(fileno=fields["http"])
         auth = socket.socket(fileno=fields["auth"]) if "auth" in fields else None
@@ -212,15 +211,25 @@ def take_inherited(environ: MutableMapping[str, str] | None = None) -> Inherited
 def take_parent(environ: MutableMapping[str, str] | None = None) -> Parent | None:
     """The parent that handed this process only its pipe (``parent_handoff``), or None
     when it was not started so. The variable is removed, as ``take_inherited`` does."""
-    env = os.environ if environ is None else environ
-    value = env.pop(HANDOFF_ENV, None)
-    if not value:
+    taken = _take_handoff(environ)
+    if taken is None:
         return None
-    fields = _parse(value)
+    value, fields = taken
     try:
         return Parent(fields["parent"], fields["ppid"])
     except KeyError as exc:
         raise ConfigError(f"{HANDOFF_ENV}: no parent pipe in {value!r}: {exc}") from None
+
+
+def _take_handoff(
+    environ: MutableMapping[str, str] | None,
+) -> tuple[str, Mapping[str, int]] | None:
+    """``HANDOFF_ENV``, removed from the environment, and its fields; None when unset."""
+    env = os.environ if environ is None else environ
+    value = env.pop(HANDOFF_ENV, None)
+    if not value:
+        return None
+    return value, _parse(value)
 
 
 def _parse(value: str) -> Mapping[str, int]:
@@ -278,7 +287,7 @@ def watch_parent(parent: Parent, stopping: asyncio.Event) -> Callable[[], None]:
         if data:
             return  # the parent never writes; nothing to do
         unwatch()
-        log.warning("parent process gone; stopping this process", extra={"parent_pid": parent.pid})
+        log.warning("parent process gone; stopping this worker", extra={"parent_pid": parent.pid})
         stopping.set()
 
     loop.add_reader(fd, readable)

@@ -198,3 +198,38 @@ def test_a_background_process_is_handed_only_its_parents_pipe() -> None:
     finally:
         os.close(read)
         os.close(write)
+
+
+async def test_the_background_process_stops_when_its_parent_is_killed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    server = ServeProcess(
+        http_port=free_port(),
+        auth_port=free_port(socket.SOCK_DGRAM),
+        acct_port=free_port(socket.SOCK_DGRAM),
+        env=serve_env(settings, SERVER_ENV),
+        data_dir=tmp_path / "var",
+        log=tmp_path / "serve.log",
+    )
+    children: set[int] = set()
+    try:
+        await asyncio.to_thread(server.wait_ready)
+
+        async def two_children() -> bool:
+            return len(children_of(server.pid)) == 2
+
+        await eventually(two_children, within=30, what="a worker and the background process")
+        children = children_of(server.pid)
+        os.kill(server.pid, signal.SIGKILL)
+        server.proc.wait()
+
+        async def orphans_gone() -> bool:
+            return all(gone(pid) for pid in children)
+
+        # No orphan is left: the worker and the background process both stop.
+        await eventually(orphans_gone, within=30, what="the children to stop")
+        assert "parent process gone" in server.log_tail(20_000)
+    finally:
+        server.stop()
+        for pid in children:
+            kill_if_running(pid)
