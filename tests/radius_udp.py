@@ -9,8 +9,11 @@ the drop counter instead of sleeping).
 """
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Iterable
+import struct
+import time
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import REGISTRY
 from pyrad import packet as rp
@@ -18,6 +21,9 @@ from pyrad import packet as rp
 from ocs.radius.dictionary import radius_dictionary
 
 DROPS = "ocs_radius_dropped_total"
+# Linux's SO_TIMESTAMPNS (the server asks for it by number too) and its struct timespec.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@ll")
 
 Pairs = Iterable[tuple[str, str | int]]
 
@@ -136,3 +142,40 @@ class UdpClient(asyncio.DatagramProtocol):
         """Close the socket."""
         if self._transport is not None:
             self._transport.close()
+
+
+@contextlib.contextmanager
+def arrival_timestamps(within: float = 5.0) -> Iterator[None]:
+    """Hold the kernel's receive timestamps on, once they stamp datagrams on arrival.
+
+    The server measures how long a datagram waited from its kernel timestamp. Linux
+    turns timestamping on for the first socket that asks, through deferred work;
+    until that has run, a datagram is stamped when it is read, so it seems not to have
+    waited at all. Every server socket of a test closes at its end, so each test's first
+    one asks again. A test of the wait first holds a socket of its own that asks, and
+    polls until a datagram that sat 2 ms is stamped as having waited.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        probe.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        deadline = time.monotonic() + within
+        while True:
+            probe.sendto(b"?", probe.getsockname())
+            sat_until = time.perf_counter() + 0.002
+            while time.perf_counter() < sat_until:
+                pass
+            _, ancillary, _, _ = probe.recvmsg(16, socket.CMSG_SPACE(_TIMESPEC.size))
+            stamped = next(
+                (
+                    seconds + nanoseconds / 1e9
+                    for level, kind, value in ancillary
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS
+                    for seconds, nanoseconds in [_TIMESPEC.unpack_from(value)]
+                ),
+                None,
+            )
+            if stamped is not None and time.time() - stamped >= 0.0015:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError("the kernel does not stamp datagrams on arrival")
+        yield

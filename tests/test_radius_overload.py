@@ -9,16 +9,32 @@ dropped by the kernel and must show in ``ocs_radius_socket_drops``.
 import logging
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from ocs import loop_lag
 from ocs.radius.server import size_receive_buffer
 from tests.conftest import RADIUS_SECRET, RunningRadius, eventually
-from tests.radius_udp import UdpClient, access_request, sample, total_drops, wire
+from tests.radius_udp import (
+    UdpClient,
+    access_request,
+    arrival_timestamps,
+    sample,
+    total_drops,
+    wire,
+)
 
 DROPS = "ocs_radius_dropped_total"
 ANSWERED = "ocs_radius_packets_total"
+
+
+@pytest.fixture(autouse=True)
+def stamped_on_arrival() -> Iterator[None]:
+    """Datagrams stamped when they arrive, not when read: the tests of how long a
+    request waited depend on it (``arrival_timestamps``)."""
+    with arrival_timestamps():
+        yield
 
 
 def requests(count: int) -> list[bytes]:
