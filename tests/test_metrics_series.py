@@ -307,6 +307,45 @@ async def test_workers_share_one_pass_over_the_live_state(
     assert sample("ocs_ledger_pending_entries") == 4
 
 
+async def test_a_worker_beside_a_background_process_publishes_its_sample_and_never_takes_one(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(services)
+    await services.accounts.create(AccountSpec("bgs1", plan_id="retail", opening_balance=EUR))
+    passes: list[float] = []
+    read = state_metrics.sample_live
+
+    async def counted(*args: object, **kwargs: object) -> metrics.LiveState:
+        passes.append(time.time())
+        return await read(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(state_metrics, "sample_live", counted)
+    now = [time.time()]
+    worker = StateSampler(
+        services.redis, services.pool, services.catalog, clock=lambda: now[0], take_live_pass=False
+    )
+    background = StateSampler(services.redis, services.pool, services.catalog, clock=lambda: now[0])
+    # No sample stored yet: the worker exports no live state, and takes no pass itself.
+    await worker.sample(shared=True)
+    assert passes == []
+    assert sample("ocs_state_sampled_timestamp_seconds") == 0
+    assert await services.redis.get(keys.live_state_lease()) is None
+    # The background process's pass is what the worker publishes, also once it is older
+    # than the interval (a pass-taking sampler would take a new one then).
+    await background.sample(shared=True)
+    assert len(passes) == 1
+    now[0] += 3 * state_metrics.DEFAULT_INTERVAL_S
+    await worker.sample(shared=True)
+    assert len(passes) == 1
+    assert sample("ocs_ledger_pending_entries") == 1  # the account's opening balance
+    # Gone (the background process down for longer than the sample is kept): no figure.
+    await services.redis.delete(keys.live_state_sample())
+    await worker.sample(shared=True)
+    assert len(passes) == 1
+    assert sample("ocs_ledger_pending_entries") == 0
+    assert sample("ocs_state_sampled_timestamp_seconds") == 0
+
+
 async def test_the_catalog_version_age_and_size_follow_its_reloads(services: Services) -> None:
     clock = [1_000.0]
     sampler = StateSampler(services.redis, services.pool, services.catalog, clock=lambda: clock[0])
