@@ -271,14 +271,8 @@ async def test_ledger_lag_is_what_redis_holds_not_yet_in_postgresql(services: Se
     assert sample("ocs_ledger_oldest_pending_age_seconds") == 0
 
 
-async def test_workers_share_one_pass_over_the_live_state(
-    services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await add_plan(services)
-    for n in range(3):
-        await services.accounts.create(
-            AccountSpec(f"share{n}", plan_id="retail", opening_balance=EUR)
-        )
+def count_passes(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The times of every pass over the live state from now on (``sample_live`` counted)."""
     passes: list[float] = []
     read = state_metrics.sample_live
 
@@ -287,6 +281,18 @@ async def test_workers_share_one_pass_over_the_live_state(
         return await read(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(state_metrics, "sample_live", counted)
+    return passes
+
+
+async def test_workers_share_one_pass_over_the_live_state(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(services)
+    for n in range(3):
+        await services.accounts.create(
+            AccountSpec(f"share{n}", plan_id="retail", opening_balance=EUR)
+        )
+    passes = count_passes(monkeypatch)
     now = [time.time()]
     workers = [
         StateSampler(services.redis, services.pool, services.catalog, clock=lambda: now[0])
@@ -312,14 +318,7 @@ async def test_a_worker_beside_a_background_process_publishes_its_sample_and_nev
 ) -> None:
     await add_plan(services)
     await services.accounts.create(AccountSpec("bgs1", plan_id="retail", opening_balance=EUR))
-    passes: list[float] = []
-    read = state_metrics.sample_live
-
-    async def counted(*args: object, **kwargs: object) -> metrics.LiveState:
-        passes.append(time.time())
-        return await read(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(state_metrics, "sample_live", counted)
+    passes = count_passes(monkeypatch)
     now = [time.time()]
     worker = StateSampler(
         services.redis, services.pool, services.catalog, clock=lambda: now[0], take_live_pass=False
