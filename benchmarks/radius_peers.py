@@ -140,6 +140,16 @@ def redis_peer_cpu_seconds() -> float:
     return total
 
 
+def target_cpu_seconds(target: Target, server: "OcsServer | None") -> float | None:
+    """CPU so far of an ocs server (with its children) or of the FreeRADIUS + Redis peer;
+    None for a target whose processes are not known here (the SQL peer)."""
+    if server is not None:
+        return cpu_seconds(server.process.pid)
+    if target.name == "FreeRADIUS+Redis":
+        return redis_peer_cpu_seconds()
+    return None
+
+
 def summary_count(text: str, name: str) -> int:
     """A count from radclient's -s packet summary (``Accepted      : 123``)."""
     found = re.search(rf"^\s*{name}\s*:\s*(\d+)", text, re.MULTILINE)
@@ -396,24 +406,16 @@ async def measure(
         write_requests(requests_file, args.requests, uuid.uuid4().hex[:8])
         for target in order:
             server = by_target.get(target.name)
-            redis_peer = target.name == "FreeRADIUS+Redis"
-            before = (
-                cpu_seconds(server.process.pid)
-                if server
-                else redis_peer_cpu_seconds()
-                if redis_peer
-                else 0.0
-            )
+            before = target_cpu_seconds(target, server)
             result = throughput(requests_file, target, args.requests, args.parallel)
             rps[target.name].append(result.per_second)
             print(throughput_line(round_, target, result), flush=True)
-            if redis_peer:
-                used = (redis_peer_cpu_seconds() - before) / args.requests * 1e6
-                print(f"round {round_} {target.name} CPU: {used:.0f} us a request", flush=True)
-            if server is not None:
+            after = target_cpu_seconds(target, server)
+            if before is not None and after is not None:
                 # Steadier than the rate, which moves with the load generator.
-                used = (cpu_seconds(server.process.pid) - before) / args.requests * 1e6
-                server.cpu.append(used)
+                used = (after - before) / args.requests * 1e6
+                if server is not None:
+                    server.cpu.append(used)
                 print(f"round {round_} {target.name} CPU: {used:.0f} us a request", flush=True)
         for server in servers:
             for target in peers:

@@ -158,10 +158,9 @@ def handoff(sockets: ListenSockets, parent_fd: int) -> tuple[str, list[int]]:
         parts.append(f"auth={sockets.radius_auth.fileno()}")
     if sockets.radius_acct is not None:
         parts.append(f"acct={sockets.radius_acct.fileno()}")
-    parts.append(f"parent={parent_fd}")
-    parts.append(f"ppid={os.getpid()}")
-    fds = [s.fileno() for s in sockets.all()] + [parent_fd]
-    return ",".join(parts), fds
+    parent, parent_fds = parent_handoff(parent_fd)
+    parts.append(parent)
+    return ",".join(parts), [s.fileno() for s in sockets.all()] + parent_fds
 
 
 def parent_handoff(parent_fd: int) -> tuple[str, list[int]]:
