@@ -22,6 +22,15 @@ ones, so that neither always runs first), after --warmup requests to each
   request and how often it slept: it polls its socket without sleeping (a few
   dozen sleeps a run), so it takes a whole core whatever the server, and the
   server, its Redis and PostgreSQL share the rest.
+- what the rate measures: radclient works in passes over the requests not yet
+  answered. A pass sends new requests only among the first -p of them, and
+  walks the rest with one zero-timeout select() each, taking in at most one
+  reply per step. So a pass sends as many new requests as the previous one
+  saw answered, and lasts as long as the list still to answer. Early in a run
+  the passes are long and radclient bounds every server alike. Once a pass is
+  shorter than the server needs to answer -p requests, the server bounds the
+  rate. The more --requests, the later that comes: the ratio moves with
+  --requests (RESULTS.md, session 15), so compare only runs of one size.
 - latency, with --rates: the fixed-rate client benchmarks/peers/rad_latency.py
   at each rate for --seconds, p50/p99/max and packets lost per target.
 
@@ -31,6 +40,8 @@ and take their turns beside the peers in every round: a change's effect on the r
 measured in one run (ratios of "ocs A" and "ocs B" to each peer). Both run throughout,
 so each one's background work (its live-state sampler over the calls left live) also
 runs during the other targets' turns: compare A with B, not with a run of one tree.
+``--workers N`` runs each ocs with N workers (the goal is for one process), and
+``--set OCS_NAME=VALUE`` gives every ocs a setting.
 
 The peers need Debian's freeradius, freeradius-redis (and freeradius-postgresql
 for --sql) and freeradius-utils: see benchmarks/peers/README.md. A --database-url
@@ -270,10 +281,13 @@ def start_ocs(name: str, tree: Path | None, tmp: Path, args: argparse.Namespace)
         process = start_server(
             str(tmp / f"var-{name.replace(' ', '-')}"),
             http_port,
-            1,
+            args.workers,
             args.redis_url,
             args.database_url,
-            extra_env=radius_env(auth_port, acct_port),
+            extra_env={
+                **radius_env(auth_port, acct_port),
+                **dict(item.split("=", 1) for item in args.set),
+            },
         )
     finally:
         os.chdir(old)
@@ -287,9 +301,10 @@ def print_summary(
     rps: dict[str, list[float]],
 ) -> None:
     """Each target's rate, each ocs's CPU, and each ocs's ratio to each peer."""
+    processes = "one ocs process" if args.workers == 1 else f"ocs --workers {args.workers}"
     print(
         f"Access-Requests/s over {args.rounds} round(s), radclient -p {args.parallel}, "
-        f"{args.requests} requests a round, one ocs process, load generator on the same machine:"
+        f"{args.requests} requests a round, {processes}, load generator on the same machine:"
     )
     for name, values in rps.items():
         if values:
@@ -332,6 +347,16 @@ def options() -> tuple[argparse.Namespace, list[int], list[Path | None]]:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="per rate and target")
     parser.add_argument("--sql", action="store_true", help="also the FreeRADIUS + SQL peer")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="ocs serve --workers (the goal is for one)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OCS_NAME=VALUE",
+        help="a setting for every ocs server (e.g. OCS_BACKGROUND_PROCESS=true)",
+    )
     parser.add_argument("--client", type=Path, default=CLIENT, help="rad_latency.py")
     parser.add_argument("--trees", help="A,B: checkouts whose ocs to run, each beside the peers")
     parser.add_argument("--redis-url")
