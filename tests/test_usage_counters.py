@@ -259,6 +259,33 @@ async def test_carryover_moves_unused_seconds_to_the_next_cycle_and_reset_zeroes
     }
 
 
+async def test_carryover_while_a_call_holds_seconds_counts_them_once(app: RunningApp) -> None:
+    await add_plan(app.services)
+    await define_counter(app, id="de-carry", seconds=600, zones=["Germany"], carryover=True)
+    await new_account(app, "h1", "1.00")
+
+    live = await granted(app, "h1", GERMANY, "h1-live")
+    assert live["counter_seconds"] == 600
+    status, report = await app.post("/v1/counters/reset", {"account": "h1"})
+    assert status == 200, report
+    # Nothing of the first cycle was used: all 600 carry over. The 600 the live call
+    # holds stay held, and count once, when it stops.
+    assert (await counters_of(app, "h1"))["de-carry"] == {
+        "limit": 1200,
+        "used": 0,
+        "held": 600,
+        "left": 600,
+    }
+    assert (await stop(app, "h1-live", 300))["cost"] == "0.000000"
+    # Two cycles of 600 seconds, 300 used: 900 left.
+    assert (await counters_of(app, "h1"))["de-carry"] == {
+        "limit": 1200,
+        "used": 300,
+        "held": 0,
+        "left": 900,
+    }
+
+
 async def test_reset_of_one_account_leaves_the_others_and_keeps_seconds_live_calls_hold(
     app: RunningApp,
 ) -> None:
@@ -464,6 +491,38 @@ async def test_a_counter_cancelled_during_a_call_does_not_apply_after_it(
     assert after["counter_seconds"] == 0
     assert (await stop(app, "y1-2", 45))["cost"] == "0.198000"
     assert await counters_of(app, "y1") == {}
+
+
+async def test_a_counter_bought_again_while_a_call_holds_it_starts_a_fresh_cycle(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services, max_lines=2)
+    await define_counter(app, id="uk-opt", seconds=600, zones=["UK Mobile"], mandatory=False)
+    await new_account(app, "z1", "1.00")
+    status, body = await app.post("/v1/accounts/z1/counters", {"counter": "uk-opt"})
+    assert status == 201, body
+    await granted(app, "z1", UK_MOBILE, "z1-1")
+    await stop(app, "z1-1", 550)
+    live = await granted(app, "z1", UK_MOBILE, "z1-2")
+    assert live["counter_seconds"] == 50
+    response = await app.client.delete("/v1/accounts/z1/counters/uk-opt")
+    assert response.status == 200, await response.text()
+
+    status, body = await app.post("/v1/accounts/z1/counters", {"counter": "uk-opt"})
+    assert status == 201, body
+    # Taken again, it is a new cycle of 600, not the old one's 50 left; the live call
+    # keeps its 50 held and counts its use against the new cycle.
+    assert await counters_of(app, "z1") == {
+        "uk-opt": {"limit": 600, "used": 0, "held": 50, "left": 550}
+    }
+    assert (await stop(app, "z1-2", 30))["cost"] == "0.000000"
+    assert await counters_of(app, "z1") == {
+        "uk-opt": {"limit": 600, "used": 30, "held": 0, "left": 570}
+    }
+    # Bought while it is held already: nothing changes.
+    status, body = await app.post("/v1/accounts/z1/counters", {"counter": "uk-opt"})
+    assert status == 201, body
+    assert (await counters_of(app, "z1"))["uk-opt"]["used"] == 30
 
 
 async def test_an_optional_counter_not_bought_does_not_hide_a_mandatory_one(

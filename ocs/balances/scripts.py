@@ -39,6 +39,7 @@ SNAPSHOT_BUCKET = _load("snapshot_bucket")
 CHARGE = _load("charge")
 CHARGE_BATCH = _load("charge_batch")
 COUNTER_RESET = _load("counter_reset")
+START_COUNTER = _load("start_counter")
 FEE = _load("fee")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
@@ -52,5 +53,6 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     CHARGE,
     CHARGE_BATCH,
     COUNTER_RESET,
+    START_COUNTER,
     FEE,
 )

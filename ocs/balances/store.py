@@ -692,13 +692,14 @@ class BalanceStore:
         return out
 
     async def start_counter(self, account_id: str, counter_id: str, seconds: int) -> bool:
-        """Give the account a counter's first cycle; False if it has the counter already."""
-        key = keys.counters(account_id)
-        await self._pipe.execute("HDEL", key, f"{counter_id}:gone")
-        fresh = await self._pipe.execute("HSETNX", key, f"{counter_id}:limit", seconds)
-        if fresh:
-            await self._pipe.execute("HSET", key, f"{counter_id}:used", 0)
-        return bool(fresh)
+        """Give the account a counter's first cycle; False if it has the counter already.
+
+        A counter cancelled while calls still hold some of it starts a fresh cycle.
+        """
+        started = await self._pipe.run_script(
+            scripts.START_COUNTER, [keys.counters(account_id)], [counter_id, seconds]
+        )
+        return bool(int(started))
 
     async def fee(
         self, account_id: str, amount: int, reference: str, *, require_funds: bool

@@ -8,8 +8,9 @@
 --       new call, and the last of those calls removes it (stop.lua).
 --
 -- A counter's new limit is its seconds plus, with carryover, what the last cycle
--- left unused (limit - used - held). Seconds held by live calls stay held: those
--- calls count what they use against the new cycle when they stop.
+-- left unused (limit - used). Seconds held by live calls stay held: those calls
+-- count what they use against the new cycle when they stop, so the held seconds are
+-- carried over with the rest (taken off here as well, they would count twice).
 -- Returns the number of counters set.
 
 local named = {}
@@ -23,10 +24,10 @@ end
 for i = 1, #args, 3 do
   local id = args[i]
   named[id] = true
-  local c = redis.call('HMGET', KEYS[1], id .. ':limit', id .. ':used', id .. ':held')
+  local c = redis.call('HMGET', KEYS[1], id .. ':limit', id .. ':used')
   local limit = tonumber(args[i + 1])
   if args[i + 2] == '1' and c[1] then
-    limit = limit + math.max(tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0), 0)
+    limit = limit + math.max(tonumber(c[1]) - tonumber(c[2] or 0), 0)
   end
   redis.call('HSET', KEYS[1], id .. ':limit', int(limit), id .. ':used', 0)
   redis.call('HDEL', KEYS[1], id .. ':gone')
