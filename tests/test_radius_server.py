@@ -438,6 +438,20 @@ async def test_each_refusal_carries_its_return_code_and_a_reply_message(
     assert conf_id not in await nas.app.services.store.live_calls_of(fields["User-Name"])
 
 
+async def test_a_refusal_echoing_a_long_non_ascii_user_name_is_still_answered(
+    nas: RunningRadius,
+) -> None:
+    # 120 characters, 240 octets: the refusal's message quotes the name, and cut by
+    # characters it would no longer fit in one attribute.
+    user = "\u00e9" * 120
+    reply = await auth(nas, call_request(user, "4930901820", "long-name-1"))
+    assert reply.code == "Access-Reject", reply.output
+    assert reply.attributes["h323-return-code"] == ["h323-return-code=1"]
+    message = reply.first("Reply-Message")
+    assert message is not None and message.startswith("account '\u00e9"), reply.output
+    assert 200 < len(message.encode()) <= 253
+
+
 async def test_a_refused_call_reserves_nothing(nas: RunningRadius) -> None:
     await new_account(nas.app, "2020", balance="0.10")
     reply = await auth(nas, call_request("2020", UK_MOBILE, "REFUSED"))

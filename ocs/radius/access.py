@@ -81,6 +81,17 @@ def ivr_attributes(settings: Ivr, *, voicemail: bool) -> list[Attribute]:
     return found
 
 
+# An attribute holds at most 253 octets (RFC 2865, section 5). A message cut by characters
+# can be longer once encoded (it may echo a User-Name), and a reply that cannot be encoded
+# is never sent: the NAS would time out instead of hearing the refusal.
+REPLY_MESSAGE_OCTETS = 253
+
+
+def reply_message(text: str) -> str:
+    """``text`` cut to what one Reply-Message holds, never inside a character."""
+    return text.encode()[:REPLY_MESSAGE_OCTETS].decode("utf-8", "ignore")
+
+
 def refusal(error: OcsError) -> AccessAnswer:
     """The Access-Reject for a refused request, with its h323-return-code and message."""
     reason = error.reason
@@ -89,7 +100,7 @@ def refusal(error: OcsError) -> AccessAnswer:
         code = Reason.DESTINATION_NOT_ALLOWED.h323_return_code
     return AccessAnswer(
         accept=False,
-        attributes=[cisco("h323-return-code", code), ("Reply-Message", error.message[:250])],
+        attributes=[cisco("h323-return-code", code), ("Reply-Message", reply_message(error.message))],
         # A refusal may carry a finer code than its enum member (funds held by live calls).
         reason=getattr(error, "code", reason.value),
         return_code=code,
