@@ -174,6 +174,13 @@ async def test_a_bad_signature_or_a_replay_is_refused(app: RunningApp) -> None:
     status, answer = await deliver(app, body, at=time.time() - 301)
     assert status == 400 and "window" in answer["error"]["message"], answer
 
+    # A signature that is not even hex (non-ASCII): refused like any other forgery.
+    header = f"t={int(time.time())},v1=\u00e9\u00e9"
+    status, answer, _ = await app.anonymous(
+        "POST", PATH, data=body, headers={"Stripe-Signature": header}
+    )
+    assert status == 400 and answer["error"]["field"] == "Stripe-Signature", answer
+
     # The body changed after signing.
     header = gateway.signature_header(SECRET, int(time.time()), body)
     tampered = body.replace(b"1000", b"9000")

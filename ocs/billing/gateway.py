@@ -70,7 +70,9 @@ def verify(header: str | None, payload: bytes, secret: str, tolerance: float, no
     if not candidates:
         raise SignatureError(f"the Stripe-Signature header has no {SCHEME} signature")
     expected = signature(secret, timestamp, payload)
-    if not any(hmac.compare_digest(expected, c) for c in candidates):
+    # A signature is hex: a candidate with other characters cannot match, and
+    # compare_digest refuses non-ASCII text (a TypeError, not a refusal).
+    if not any(c.isascii() and hmac.compare_digest(expected, c) for c in candidates):
         raise SignatureError("the signature does not match the payload")
     # Checked after the signature: only a genuine timestamp is worth judging.
     if abs(now - timestamp) > tolerance:
