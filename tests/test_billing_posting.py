@@ -1,7 +1,9 @@
 """Posting and voiding on real PostgreSQL and Redis: gapless numbers, money moved once,
 credit notes, and the refusals the database itself enforces."""
 
+from collections.abc import Awaitable, Callable
 from datetime import date
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -65,6 +67,57 @@ async def test_posting_numbers_gaplessly_and_debits_each_line_once(services: Ser
     await run(services, "2026-03", invoice_date=date(2026, 4, 2))
     assert await invoices(services) == found
     assert (await services.accounts.show("p1")).balance == 10 * EUR
+
+
+class TaxedMeanwhile:
+    """A connection on which, just before the drafts are numbered, another transaction
+    commits a change (as a second billing worker taxing a held draft would)."""
+
+    def __init__(self, conn: asyncpg.Connection, meanwhile: Callable[[], Awaitable[None]]):
+        self._conn = conn
+        self._meanwhile = meanwhile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        if query.lstrip().startswith("UPDATE invoices i SET state = 'posted'"):
+            await self._meanwhile()
+        return cast(list[asyncpg.Record], await self._conn.fetch(query, *args))
+
+
+async def test_a_draft_taxed_while_others_are_numbered_waits_for_its_own_number(
+    services: Services,
+) -> None:
+    await _two_drafts(services)
+    await customer(services, "p3", "rent", date(2026, 1, 1), balance=20 * EUR)
+    await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    pool = services.pool
+    async with pool.acquire() as conn:
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM invoices ORDER BY id")]
+        assert len(ids) == 3
+        # The first two are taxed; the third is held (its tax engine failed, say).
+        await conn.execute(
+            "UPDATE invoices SET taxes_calculated = (id <> $1) WHERE id = ANY($2::bigint[])",
+            ids[2],
+            ids,
+        )
+
+    async def taxed_by_another_worker() -> None:
+        async with pool.acquire() as other:
+            await other.execute("UPDATE invoices SET taxes_calculated = true WHERE id = $1", ids[2])
+
+    async with pool.acquire() as conn, conn.transaction():
+        racing = cast(asyncpg.Connection, TaxedMeanwhile(conn, taxed_by_another_worker))
+        numbers = await posting.assign_numbers(racing, ids)
+    # Only the drafts counted when the sequence moved are numbered.
+    assert numbers == {ids[0]: "INV-2026-000001", ids[1]: "INV-2026-000002"}
+    async with pool.acquire() as conn:
+        third = await conn.fetchrow("SELECT state, number FROM invoices WHERE id = $1", ids[2])
+        assert (third["state"], third["number"]) == ("draft", None)
+        # The next posting numbers it next: the sequence and the numbers agree.
+        async with conn.transaction():
+            assert await posting.assign_numbers(conn, ids) == {ids[2]: "INV-2026-000003"}
 
 
 async def test_a_money_move_retried_after_a_crash_moves_nothing_twice(

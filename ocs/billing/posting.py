@@ -24,6 +24,7 @@ the engine answers posts it, once.
 """
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -60,18 +61,18 @@ class Posted:
     held: dict[int, str] = field(default_factory=dict)
 
 
-# The drafts among the ids that can be posted, locked in id order, counted per sequence.
+# The drafts among the ids that can be posted, locked in id order. Only these are
+# numbered: a draft whose taxes are calculated after this lock (by another worker) is
+# neither counted nor numbered by this transaction.
 _LOCK_DRAFTS_SQL = """
-SELECT issuer, year, count(*) AS drafts
-FROM (SELECT id, issuer, extract(year FROM invoice_date)::int AS year FROM invoices
-      WHERE id = ANY($1::bigint[]) AND state = 'draft'
-        AND (taxes_calculated OR kind = 'credit_note')
-      ORDER BY id FOR UPDATE) AS d
-GROUP BY issuer, year ORDER BY issuer, year
+SELECT id, issuer, extract(year FROM invoice_date)::int AS year FROM invoices
+WHERE id = ANY($1::bigint[]) AND state = 'draft' AND (taxes_calculated OR kind = 'credit_note')
+ORDER BY id FOR UPDATE
 """
 
-# Every locked draft numbered at once: the k-th of its sequence (in id order) takes that
-# sequence's first number + k. Numbers are zero-padded to 6 digits, wider when they grow.
+# Every locked draft ($1: their ids) numbered at once: the k-th of its sequence (in id
+# order) takes that sequence's first number + k. Numbers are zero-padded to 6 digits,
+# wider when they grow.
 _NUMBER_SQL = """
 UPDATE invoices i SET state = 'posted', posted_at = now(),
        number = d.issuer || '-' || d.year || '-'
@@ -80,8 +81,7 @@ FROM (SELECT id, issuer, extract(year FROM invoice_date)::int AS year,
              row_number() OVER (PARTITION BY issuer, extract(year FROM invoice_date)
                                 ORDER BY id) - 1 AS k
       FROM invoices
-      WHERE id = ANY($1::bigint[]) AND state = 'draft'
-        AND (taxes_calculated OR kind = 'credit_note')) AS d
+      WHERE id = ANY($1::bigint[])) AS d
 JOIN unnest($2::text[], $3::int[], $4::bigint[]) AS s(issuer, year, first)
   ON s.issuer = d.issuer AND s.year = d.year
 WHERE i.id = d.id
@@ -112,14 +112,14 @@ async def assign_numbers(conn: asyncpg.Connection, invoice_ids: list[int]) -> di
     Each invoice (or credit note) posted is announced (``invoice.posted``, one
     event each) in the same transaction.
     """
-    groups = await conn.fetch(_LOCK_DRAFTS_SQL, invoice_ids)
-    if not groups:
+    locked = await conn.fetch(_LOCK_DRAFTS_SQL, invoice_ids)
+    if not locked:
         return {}
+    drafts = Counter((row["issuer"], row["year"]) for row in locked)
     issuers: list[str] = []
     years: list[int] = []
     firsts: list[int] = []
-    for group in groups:
-        issuer, year, count = group["issuer"], group["year"], group["drafts"]
+    for (issuer, year), count in sorted(drafts.items()):
         await conn.execute(
             "INSERT INTO invoice_sequences (issuer, year) VALUES ($1, $2)"
             " ON CONFLICT (issuer, year) DO NOTHING",
@@ -137,7 +137,8 @@ async def assign_numbers(conn: asyncpg.Connection, invoice_ids: list[int]) -> di
         issuers.append(issuer)
         years.append(year)
         firsts.append(first)
-    rows = await conn.fetch(_NUMBER_SQL, invoice_ids, issuers, years, firsts)
+    locked_ids = [row["id"] for row in locked]
+    rows = await conn.fetch(_NUMBER_SQL, locked_ids, issuers, years, firsts)
     rows.sort(key=lambda r: (r["issuer"], r["year"], r["id"]))
     await emit_from(conn, "invoice.posted", _POSTED_EVENTS_SQL, sorted(r["id"] for r in rows))
     return {r["id"]: r["number"] for r in rows}

@@ -100,7 +100,10 @@ def refusal(error: OcsError) -> AccessAnswer:
         code = Reason.DESTINATION_NOT_ALLOWED.h323_return_code
     return AccessAnswer(
         accept=False,
-        attributes=[cisco("h323-return-code", code), ("Reply-Message", reply_message(error.message))],
+        attributes=[
+            cisco("h323-return-code", code),
+            ("Reply-Message", reply_message(error.message)),
+        ],
         # A refusal may carry a finer code than its enum member (funds held by live calls).
         reason=getattr(error, "code", reason.value),
         return_code=code,
