@@ -10,6 +10,7 @@ Rates used (tests/conftest.py RETAIL_DECK, EUR): Germany (49) 0.012 a minute,
 1/1 seconds, no connect fee: 1.00 buys 5000 s.
 """
 
+import asyncio
 import csv
 import io
 import re
@@ -344,6 +345,29 @@ async def test_wrong_pins_over_http_block_the_caller_and_count(app: RunningApp) 
     assert blocked_samples(after, "caller") - blocked_samples(before, "caller") == 2
     failures = ("ocs_pin_failures_total", (("channel", "http"),))
     assert after[failures] - before.get(failures, 0.0) == limit
+
+
+async def test_wrong_pins_sent_in_parallel_are_all_counted_before_any_is_answered(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    rows = await generate(app, batch="par", count=5, length=PIN_LENGTH, value="2.00")
+    pins = {row["pin"] for row in rows}
+    limit = app.services.settings.pin_guess_limit_caller
+    # Four times the limit at once, as a client guessing in parallel sends them.
+    guesses = [wrong_pin(pins) for _ in range(4 * limit)]
+    answers = await asyncio.gather(
+        *(app.get(f"/v1/pins/{guess}?caller=4930777000") for guess in guesses)
+    )
+    statuses = sorted(status for status, _ in answers)
+    # Only `limit` of them were looked up; the rest were refused unseen.
+    assert statuses == [403] * (3 * limit) + [404] * limit, statuses
+    status, body = await app.get(f"/v1/pins/{rows[0]['pin']}?caller=4930777000")
+    assert (status, body["error"]["reason"]) == (403, "pin_blocked")
+    # Right PINs are not guesses: another caller's many lookups block nothing.
+    for _ in range(2 * limit):
+        status, body = await app.get(f"/v1/pins/{rows[0]['pin']}?caller=4930777111")
+        assert status == 200, body
 
 
 async def test_wrong_pins_over_http_from_ever_new_callers_block_the_ivr(

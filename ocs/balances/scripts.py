@@ -40,6 +40,7 @@ CHARGE = _load("charge")
 CHARGE_BATCH = _load("charge_batch")
 COUNTER_RESET = _load("counter_reset")
 START_COUNTER = _load("start_counter")
+PIN_ATTEMPT = _load("pin_attempt")
 FEE = _load("fee")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
@@ -54,5 +55,6 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     CHARGE_BATCH,
     COUNTER_RESET,
     START_COUNTER,
+    PIN_ATTEMPT,
     FEE,
 )

@@ -110,12 +110,17 @@ async def _card(request: web.Request, caller: str) -> tuple[Services, str]:
     pin = request.match_info["pin"]
     ivr = request.remote
     who = caller or ivr
-    await services.pin_guard.check(who, ivr)
-    account_id = await services.cards.account_for_pin(pin)
+    # Counted before the lookup, so that guesses sent in parallel are all counted.
+    attempt = await services.pin_guard.attempt(who, ivr)
+    try:
+        account_id = await services.cards.account_for_pin(pin)
+    except BaseException:
+        await attempt.take_back()
+        raise
     if account_id is None:
-        PIN_FAILURES.labels("http").inc()
-        await services.pin_guard.failed(who, ivr)
+        PIN_FAILURES.labels("http").inc()  # the attempt stays counted
         raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no card has this PIN", field="pin")
+    await attempt.take_back()
     return services, account_id
 
 

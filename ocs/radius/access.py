@@ -20,7 +20,7 @@ from typing import NamedTuple
 from pyrad.packet import AuthPacket, PacketError
 
 from ocs.balances.ivr import Ivr
-from ocs.balances.pin_guard import PinGuard
+from ocs.balances.pin_guard import PinAttempt, PinGuard
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest, Grant, Identity, Origin
 from ocs.config import Settings
@@ -130,6 +130,9 @@ async def answer_access_request(
             # password, so an account with one refuses it (code 2).
             password = "\x00"
     identity: Identity | None = None
+    # A PIN's attempt is counted before the PIN is judged; only a wrong one stays counted.
+    attempt: PinAttempt | None = None
+    wrong_pin = False
     disconnectable = client.coa_port is not None
     # The switch says a call comes in to one of its numbers (docs/ivr-attributes.md).
     inbound = (avpair(packet, "ocs-direction") or "").strip().lower() == "inbound"
@@ -137,7 +140,7 @@ async def answer_access_request(
         if user:
             identity = await calls.identify(user)
             if identity.pin and pin_guard is not None:
-                await pin_guard.check(caller, client.name)
+                attempt = await pin_guard.attempt(caller, client.name)
         elif inbound and destination:
             held = await calls.account_for_number(destination)
             if held is None:
@@ -199,12 +202,14 @@ async def answer_access_request(
             raise
         if identity is not None and identity.pin and error.reason in _WRONG_PIN:
             PIN_FAILURES.labels("radius").inc()
-            if pin_guard is not None:
-                await pin_guard.failed(caller, client.name)
+            wrong_pin = True
         refused = refusal(error)
         if destination:  # a call refused (not a balance query)
             decision("radius", refused.reason)
         return refused
+    finally:
+        if attempt is not None and not wrong_pin:
+            await attempt.take_back()
     decision("radius", None)
     return granted(grant)
 
