@@ -2,6 +2,7 @@
 
 from urllib.parse import quote
 
+from ocs.balances import keys
 from tests.conftest import RunningApp, add_plan, eventually
 
 DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
@@ -113,3 +114,61 @@ async def test_a_usage_event_cannot_spend_funds_committed_to_the_plans_charges(
         "/v1/usage", {"account": "ev2", "event_id": "mb-small", "service": "Data", "quantity": 50}
     )
     assert (status, charged["cost"], charged["balance"]) == (201, "0.500000", "5.500000")
+
+
+async def test_a_usage_event_named_like_a_live_call_leaves_the_call_to_its_own_stop(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services, deck=DECK)
+    await _per_unit(app, "Data", 1)
+
+    async def loaded() -> bool:
+        data = app.services.catalog.snapshot.tariff_named("retail", "Data")
+        return bool(data and data.rate.per == 1)
+
+    await eventually(loaded, what="the per-unit tariff in the snapshot")
+    await app.post("/v1/accounts", {"id": "same", "plan": "retail", "balance": "20.00"})
+    status, call = await app.post(
+        "/v1/calls", {"account": "same", "destination": "441234567", "call_id": "x1"}
+    )
+    assert status == 201, call
+    status, used = await app.post(
+        "/v1/usage", {"account": "same", "event_id": "x1", "service": "Data", "quantity": 10}
+    )
+    assert (status, used["cost"]) == (201, "0.100000"), used
+    # The call's stop is the call's: charged its 120 s (0.02), its hold released.
+    status, stopped = await app.post("/v1/calls/x1/stop", {"duration": 120})
+    assert status == 200, stopped
+    assert stopped["cost"] == "0.020000", stopped
+    account = (await app.get("/v1/accounts/same"))[1]
+    assert (account["balance"], account["reserved"]) == ("19.880000", "0.000000")
+    # And the event's repeat is still a repeat.
+    again = await app.post(
+        "/v1/usage", {"account": "same", "event_id": "x1", "service": "Data", "quantity": 10}
+    )
+    assert again[0] == 200 and again[1]["repeated"] is True, again
+
+
+async def test_an_event_charged_before_its_key_moved_is_still_charged_once(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services, deck=DECK)
+    await _per_unit(app, "Data", 1)
+
+    async def loaded() -> bool:
+        data = app.services.catalog.snapshot.tariff_named("retail", "Data")
+        return bool(data and data.rate.per == 1)
+
+    await eventually(loaded, what="the per-unit tariff in the snapshot")
+    await app.post("/v1/accounts", {"id": "old", "plan": "retail", "balance": "20.00"})
+    event = {"account": "old", "event_id": "mb-9", "service": "Data", "quantity": 10}
+    status, first = await app.post("/v1/usage", event)
+    assert status == 201, first
+    # As an earlier version kept it: the result under the stopped-call key only.
+    redis = app.services.redis
+    result = await redis.get(keys.usage_done("old", "mb-9"))
+    await redis.set(keys.stopped_call("old", "mb-9"), result)
+    await redis.delete(keys.usage_done("old", "mb-9"))
+    again = await app.post("/v1/usage", event)
+    assert again[0] == 200 and again[1]["repeated"] is True, again
+    assert (await app.get("/v1/accounts/old"))[1]["balance"] == "19.900000"

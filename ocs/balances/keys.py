@@ -57,6 +57,17 @@ def stopped_call(account_id: str, call_id: str) -> str:
     return f"stopped:{_TAGS[bucket_of(account_id)]}:{account_id}:{call_id}"
 
 
+def usage_done(account_id: str, event_id: str) -> str:
+    """String: msgpack result of a usage event, kept to answer a repeated one. Not the
+    stopped-call key: an event id may equal a live call's id."""
+    return f"usage:{_TAGS[bucket_of(account_id)]}:{account_id}:{event_id}"
+
+
+def usage_done_in(bucket: int, account_id: str, event_id: str) -> str:
+    """``usage_done(account_id, event_id)`` when the account's bucket is known already."""
+    return f"usage:{_TAGS[bucket]}:{account_id}:{event_id}"
+
+
 def topup_done(account_id: str, topup_id: str) -> str:
     """String: msgpack result of a top-up, kept to answer a repeated top-up."""
     return f"topup:{_TAGS[bucket_of(account_id)]}:{account_id}:{topup_id}"

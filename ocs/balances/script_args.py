@@ -314,7 +314,8 @@ class StartArgs(msgspec.Struct, frozen=True, gc=False):
 class ChargeArgs(msgspec.Struct, frozen=True, gc=False):
     """charge.lua: rate-and-debit a usage event at once, once per event id.
 
-    KEYS[1] account hash, KEYS[2] event result key, KEYS[3] ledger stream.
+    KEYS[1] account hash, KEYS[2] event result key, KEYS[3] ledger stream, KEYS[4] the
+    key earlier versions kept the result under (a stopped call's).
     ARGV[1] event id              ARGV[2] cost (micro-units, from the shared rating function)
     ARGV[3] seconds to keep the result for a repeated event
     ARGV[4] CDR (msgpack, opaque)  ARGV[5] time (epoch milliseconds)
@@ -330,11 +331,12 @@ class ChargeArgs(msgspec.Struct, frozen=True, gc=False):
     now_ms: int
 
     def keys(self) -> list[str]:
-        """KEYS[1..3]."""
+        """KEYS[1..4]."""
         return [
             k.account(self.account_id),
-            k.stopped_call(self.account_id, self.event_id),
+            k.usage_done(self.account_id, self.event_id),
             k.ledger(k.bucket_of(self.account_id)),
+            k.stopped_call(self.account_id, self.event_id),
         ]
 
     def argv(self) -> list[object]:
@@ -373,10 +375,11 @@ class ChargeBatchArgs(msgspec.Struct, frozen=True, gc=False):
     """charge_batch.lua: a usage import's events of one bucket, each charged as charge.lua.
 
     KEYS[1] ledger stream, KEYS[2] the import's refused accounts of the bucket, then for
-    each event its account hash and result key, then the counters hash of each event that
-    names a counter. ARGV[1] time (epoch ms), ARGV[2] seconds to keep each result, ARGV[3]
-    seconds to keep the refused accounts, then six an event: event id, cost, quantity,
-    account id, CDR, and "" or "<free seconds priced with>|<start seconds>|<counter id>".
+    each event its account hash, result key and the key earlier versions kept the result
+    under, then the counters hash of each event that names a counter. ARGV[1] time
+    (epoch ms), ARGV[2] seconds to keep each result, ARGV[3] seconds to keep the refused
+    accounts, then six an event: event id, cost, quantity, account id, CDR, and "" or
+    "<free seconds priced with>|<start seconds>|<counter id>".
     """
 
     bucket: int
@@ -386,11 +389,12 @@ class ChargeBatchArgs(msgspec.Struct, frozen=True, gc=False):
     now_ms: int
 
     def keys(self) -> list[str]:
-        """KEYS[1..2 + 2n]."""
+        """KEYS[1..2 + 3n], then a counters hash for each event that names a counter."""
         bucket = self.bucket
         out = [k.ledger(bucket), k.import_refused(bucket, self.import_id)]
         for event in self.events:
             out.append(k.account_in(bucket, event.account_id))
+            out.append(k.usage_done_in(bucket, event.account_id, event.event_id))
             out.append(k.stopped_call_in(bucket, event.account_id, event.event_id))
         out += (k.counters_in(bucket, e.account_id) for e in self.events if e.counter_id)
         return out

@@ -1,8 +1,9 @@
 -- charge: rate-and-debit a usage event (MB, kWh, messages) at once, once per event id.
 --
 -- KEYS[1] account hash          acct:{b:N}:<account>
--- KEYS[2] event result key      stopped:{b:N}:<account>:<event id>
+-- KEYS[2] event result key      usage:{b:N}:<account>:<event id>
 -- KEYS[3] ledger stream         ledger:{b:N}
+-- KEYS[4] earlier result key    stopped:{b:N}:<account>:<event id> (lib.lua's legacy_key)
 -- ARGV[1] event id              ARGV[2] cost (micro-units, from the shared rating function)
 -- ARGV[3] seconds to keep the result for a repeated event
 -- ARGV[4] CDR (msgpack, opaque)  ARGV[5] time (epoch milliseconds)
@@ -13,6 +14,6 @@
 -- account is unknown, not active, or cannot pay it (balance never below -credit_limit).
 -- The rule itself is lib.lua's charge_event, shared with charge_batch.lua.
 
-local status, value = charge_event(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3],
-  ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+local status, value = charge_event(KEYS[1], KEYS[2], KEYS[4], KEYS[3], ARGV[1], ARGV[2],
+  ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 return {status, value}

@@ -6,9 +6,11 @@
 -- KEYS[1] ledger stream          ledger:{b:N}
 -- KEYS[2] the import's refused accounts (a set; kept ARGV[3] seconds)
 --                                mediation:{b:N}:<import id>:refused
--- KEYS[1 + 2i], KEYS[2 + 2i] for event i = 1..n: its account hash acct:{b:N}:<account>
---                                and its result key stopped:{b:N}:<account>:<event id>
--- KEYS[2 + 2n + j] for the j-th event that names a counter: its account's counters
+-- KEYS[3i], KEYS[3i + 1], KEYS[3i + 2] for event i = 1..n: its account hash
+--                                acct:{b:N}:<account>, its result key
+--                                usage:{b:N}:<account>:<event id> and the key earlier
+--                                versions kept it under, stopped:{b:N}:<account>:<event id>
+-- KEYS[2 + 3n + j] for the j-th event that names a counter: its account's counters
 --                                hash counters:{b:N}:<account>
 -- ARGV[1] time (epoch milliseconds)   ARGV[2] seconds to keep each result
 -- ARGV[3] seconds to keep the refused accounts
@@ -29,7 +31,7 @@
 
 local out = {}
 local n = (#ARGV - 3) / 6
-local counter_key = 2 + 2 * n
+local counter_key = 2 + 3 * n
 -- Whether each account of the batch was refused earlier in the import: asked once.
 local refused = {}
 for i = 1, n do
@@ -66,8 +68,9 @@ for i = 1, n do
   if refused[account_id] then
     status, value = 'REJ', 'insufficient_funds'
   else
-    status, value = charge_event(KEYS[1 + 2 * i], KEYS[2 + 2 * i], KEYS[1], ARGV[at + 1],
-      ARGV[at + 2], ARGV[2], ARGV[at + 5], ARGV[1], ARGV[at + 3], account_id, admit)
+    status, value = charge_event(KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[1],
+      ARGV[at + 1], ARGV[at + 2], ARGV[2], ARGV[at + 5], ARGV[1], ARGV[at + 3], account_id,
+      admit)
     if status == 'REJ' and (value == 'insufficient_funds' or value == 'zero_balance') then
       refused[account_id] = true
       redis.call('SADD', KEYS[2], account_id)

@@ -22,7 +22,9 @@ end
 -- Rate-and-debit one usage event at once, once per event id: charge.lua runs it for
 -- one event, charge_batch.lua for each event of a usage import (issue 15), so a
 -- switch's file and the live API debit by the same rule.
--- account_key acct:{b:N}:<account>; result_key stopped:{b:N}:<account>:<event id>;
+-- account_key acct:{b:N}:<account>; result_key usage:{b:N}:<account>:<event id>;
+-- legacy_key stopped:{b:N}:<account>:<event id>, where earlier versions kept
+-- the result (the key a call's stop uses: an event id equal to a call's id mixed them);
 -- ledger_key ledger:{b:N}; rated: cost in micro-units (the shared rating function);
 -- ttl: seconds a result is kept to answer a repeat; cdr: msgpack, opaque; ts: epoch ms.
 -- admit: nil, or a function the event must pass once it is known to be new and its
@@ -31,8 +33,8 @@ end
 -- Returns 'OK', result or 'DONE', result (a repeat: nothing charged), result = msgpack
 -- {charged, rated, balance, duration, entry, cause}; or 'REJ', reason when the account
 -- is unknown, not active, or cannot pay (the balance never goes below -credit_limit).
-local function charge_event(account_key, result_key, ledger_key, event_id, rated, ttl,
-                            cdr, ts, quantity, account_id, admit)
+local function charge_event(account_key, result_key, legacy_key, ledger_key, event_id,
+                            rated, ttl, cdr, ts, quantity, account_id, admit)
   -- One read of the account: every account hash has a status, so none means no account.
   local a = redis.call('HMGET', account_key, 'status', 'balance', 'credit_limit', 'reserved',
     'committed', 'critical')
@@ -42,6 +44,12 @@ local function charge_event(account_key, result_key, ledger_key, event_id, rated
   local done = redis.call('GET', result_key)
   if done then
     return 'DONE', done
+  end
+  -- A result an earlier version kept (for at most stop_dedupe_ttl) still answers its
+  -- repeat; a call's stop result under that key is not this event's.
+  local legacy = redis.call('GET', legacy_key)
+  if legacy and cmsgpack.unpack(legacy).cause == 'usage' then
+    return 'DONE', legacy
   end
   if a[1] ~= 'active' then
     return 'REJ', 'account_' .. a[1]
