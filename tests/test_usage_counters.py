@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from ocs.charging.janitor import Janitor
+from ocs.charging.values import AuthorizeRequest, Origin
 from ocs.rating.rates import (
     CounterSplit,
     Rate,
@@ -284,6 +286,36 @@ async def test_carryover_while_a_call_holds_seconds_counts_them_once(app: Runnin
         "held": 0,
         "left": 900,
     }
+
+
+async def test_a_stop_after_the_janitor_released_a_call_counts_its_counter_seconds(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
+    await new_account(app, "late", "1.00")
+    calls = app.services.calls
+    grant = await calls.authorize(
+        AuthorizeRequest("late", GERMANY, call_id="late-1"), Origin(wait_for_start=True)
+    )
+    assert grant.counter_seconds == 600
+    # No Start came in time: the janitor releases the call, and its 600 held seconds.
+    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 1
+    assert (await counters_of(app, "late"))["de-600"] == {
+        "limit": 600, "used": 0, "held": 0, "left": 600,
+    }  # fmt: skip
+    # The switch's Stop comes after all: 600 s, all on the counter, nothing to pay.
+    charge = await calls.stop("late-1", 600)
+    assert (charge.charged, charge.cause, charge.repeated) == (0, "late-stop", False)
+    assert (await counters_of(app, "late"))["de-600"] == {
+        "limit": 600, "used": 600, "held": 0, "left": 0,
+    }  # fmt: skip
+    again = await calls.stop("late-1", 600)
+    assert again.repeated is True
+    assert (await counters_of(app, "late"))["de-600"]["used"] == 600
+    # The bundle is spent: the next call pays the zone rate.
+    assert (await granted(app, "late", GERMANY, "late-2"))["counter_seconds"] == 0
+    assert await balance_of(app, "late") == "1.000000"
 
 
 async def test_reset_of_one_account_leaves_the_others_and_keeps_seconds_live_calls_hold(

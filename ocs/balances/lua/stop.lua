@@ -28,7 +28,9 @@
 -- no counter.
 --
 -- A stop reported for a call ocs closed by policy ("start-timeout", "expired",
--- "nas-reboot", "cut") is charged what it adds to that close, once, with cause "late-stop".
+-- "nas-reboot", "cut") is charged what it adds to that close, once, with cause "late-stop";
+-- the counter seconds it used beyond those the close counted are counted then too (the
+-- close released the call's hold, and its price took them as free).
 -- Returns {"OK", result} on the first stop, {"DONE", result} on a repeated one,
 -- where result is msgpack {charged, rated, balance, duration, entry, cause};
 -- {"NOCALL"} when no such call is live; {"LIVE"} when the janitor's guard failed.
@@ -42,7 +44,12 @@ if done then
   local closed_by_us = first.cause == 'start-timeout' or first.cause == 'expired'
     or first.cause == 'nas-reboot' or first.cause == 'cut'
   local rated = tonumber(ARGV[2])
-  if not closed_by_us or ARGV[10] ~= '' or rated <= first.charged then
+  -- Counter seconds this report used beyond those the close counted.
+  local more_seconds = 0
+  if (ARGV[12] or '') ~= '' and tonumber(ARGV[13]) > 0 then
+    more_seconds = tonumber(ARGV[14]) - math.min(tonumber(first.duration), tonumber(ARGV[13]))
+  end
+  if not closed_by_us or ARGV[10] ~= '' or (rated <= first.charged and more_seconds <= 0) then
     return {'DONE', done}
   end
   -- ocs closed this call by policy (never started, expired, NAS restart), yet its
@@ -50,7 +57,10 @@ if done then
   -- as the account can pay. Its reservation is gone: the headroom is what is free.
   local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
   local headroom = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3])
-  local charge = math.min(rated - first.charged, math.max(headroom, 0))
+  local charge = math.max(math.min(rated - first.charged, headroom), 0)
+  if more_seconds > 0 and redis.call('HEXISTS', KEYS[7], ARGV[12] .. ':limit') == 1 then
+    redis.call('HINCRBY', KEYS[7], ARGV[12] .. ':used', more_seconds)
+  end
   local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charge))
   lock_below_critical(KEYS[1], balance)
   local entry = redis.call('XADD', KEYS[5], '*',
