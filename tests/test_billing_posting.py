@@ -2,17 +2,21 @@
 credit notes, and the refusals the database itself enforces."""
 
 from collections.abc import Awaitable, Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 import asyncpg
 import pytest
 
 from ocs.balances import keys
+from ocs.balances.store import BalanceStore
 from ocs.billing import posting, runs
+from ocs.billing import void as void_module
+from ocs.billing import worker as worker_module
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import set_plan_billing
 from ocs.billing.void import void
+from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.errors import OcsError
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer, invoices, monthly, run
@@ -158,6 +162,49 @@ async def test_void_issues_a_numbered_credit_note_that_gives_the_money_back(
     async with services.pool.acquire() as conn:
         with pytest.raises(asyncpg.CheckViolationError, match="void -> posted"):
             await conn.execute("UPDATE invoices SET state = 'posted' WHERE id = $1", first)
+
+
+async def test_a_void_cut_short_before_its_credit_note_moved_money_is_finished_by_the_worker(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = await _two_drafts(services)
+    posted = await posting.post(services.pool, services.store, run_id=run_id)
+    first = min(posted.numbers)
+    moves: list[list[int]] = []
+    move_money = posting.move_money
+
+    async def dies_before_the_credit_note_moves(
+        pool: asyncpg.Pool, store: BalanceStore, ids: list[int]
+    ) -> int:
+        moves.append(ids)
+        if len(moves) == 2:  # the credit note's, after its number committed
+            raise RuntimeError("the process was killed")
+        return await move_money(pool, store, ids)
+
+    monkeypatch.setattr(void_module, "move_money", dies_before_the_credit_note_moves)
+    with pytest.raises(RuntimeError):
+        await void(services.pool, services.store, first)
+    # Void and numbered, yet the 10.00 has not come back.
+    states = {(i["account"], i["state"], i["total"]) for i in await invoices(services)}
+    assert ("p1", "void", 10 * EUR) in states and ("p1", "posted", -10 * EUR) in states
+    assert (await services.accounts.show("p1")).balance == 10 * EUR
+
+    monkeypatch.setattr(worker_module, "UNMOVED_AFTER_S", 0.0)
+    # The worker's clock inside the accounts' first month: no period of theirs is due, so
+    # its pass creates no run.
+    worker = BillingWorker(
+        services.pool,
+        WorkerSettings(run_delay=0),
+        store=services.store,
+        clock=lambda: datetime(2026, 1, 15, 12, tzinfo=UTC),
+    )
+    await worker.run_once()
+    assert (await services.accounts.show("p1")).balance == 20 * EUR
+    # Once: another pass, or another worker, moves nothing more.
+    await worker.run_once()
+    assert await posting.finish_unmoved(services.pool, services.store, 0.0) == 0
+    assert (await services.accounts.show("p1")).balance == 20 * EUR
+    assert (await services.accounts.show("p2")).balance == 10 * EUR
 
 
 async def test_the_database_freezes_posted_invoices_and_their_lines(services: Services) -> None:

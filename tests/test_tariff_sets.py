@@ -130,7 +130,8 @@ async def _migrate_with_tariffs(pool: asyncpg.Pool) -> None:
                 " JOIN zones z ON z.id = t.zone_id"
             )
         }
-    assert await migrate(pool) == [41]
+    # 0041 first (later migrations follow it).
+    assert (await migrate(pool))[0] == 41
     async with pool.acquire() as conn:
         assert (
             await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'tariffs'")

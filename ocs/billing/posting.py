@@ -218,6 +218,38 @@ async def move_money(pool: asyncpg.Pool, store: BalanceStore, invoice_ids: list[
     return moved
 
 
+# Posted invoices and credit notes with lines whose money has not moved, posted over
+# $1 seconds ago (a posting still under way moves its own): a page of them.
+_UNMOVED_SQL = """
+SELECT DISTINCT l.invoice_id FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
+WHERE l.moves_money AND l.moved_at IS NULL AND i.state = 'posted'
+  AND i.posted_at < now() - make_interval(secs => $1)
+ORDER BY l.invoice_id LIMIT $2
+"""
+
+
+async def finish_unmoved(pool: asyncpg.Pool, store: BalanceStore, older_than: float) -> int:
+    """Move the money a crash left unmoved: lines of invoices and credit notes posted
+    more than ``older_than`` seconds ago; the lines moved now.
+
+    The money of a posting moves after its numbers commit. A void's credit note has
+    no run whose next posting pass would finish it, so the billing worker calls this
+    every pass. Each line moves once whoever moves it (its ledger reference), so a
+    posting that is only slow is harmless to finish as well.
+    """
+    moved = 0
+    while True:
+        async with pool.acquire() as conn:
+            ids = [
+                int(r["invoice_id"])
+                for r in await conn.fetch(_UNMOVED_SQL, older_than, INVOICE_PAGE)
+            ]
+        now = await move_money(pool, store, ids) if ids else 0
+        if not now:
+            return moved
+        moved += now
+
+
 async def post(
     pool: asyncpg.Pool,
     store: BalanceStore,

@@ -52,6 +52,9 @@ log = logging.getLogger("ocs.billing.worker")
 
 # Advisory-lock namespace of "the run of this plan and period is being created".
 RUN_LOCK_PREFIX = "ocs-billing-run:"
+# A posted invoice's lines still unmoved after this long were left by a crash (a
+# posting moves its money within seconds of its numbers): the pass moves them.
+UNMOVED_AFTER_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +332,16 @@ class BillingWorker:
             except Exception as error:
                 # Posting is idempotent (numbers under a lock, money by line): the next
                 # pass finishes what this one left.
+                metrics.BILLING_FAILURES.labels("post").inc()
+                log.error(
+                    "billing posting failed", extra={"worker": self.name, "error": str(error)}
+                )
+        if not stopping.is_set() and self.store is not None:
+            try:
+                # Money a crash left unmoved after its numbers committed (a void's credit
+                # note has no run to post it again).
+                await posting.finish_unmoved(self.pool, self.store, UNMOVED_AFTER_S)
+            except Exception as error:
                 metrics.BILLING_FAILURES.labels("post").inc()
                 log.error(
                     "billing posting failed", extra={"worker": self.name, "error": str(error)}
