@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from ocs.balances.accounts import AccountSpec
-from ocs.billing import posting, queries, taxes
+from ocs.billing import posting, queries, taxes, taxing
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.drafts import preview
 from ocs.billing.lines import Line
@@ -291,6 +291,47 @@ async def test_untaxed_drafts_are_taxed_at_posting(services: Services) -> None:
         "SELECT * FROM invoices WHERE id = $1", voided.credit_note_id
     )
     assert (note["tax_total"], note["total"], voided.total) == (-620_000, -3_710_000, -3_710_000)
+
+
+async def test_a_draft_whose_lines_change_while_it_is_taxed_is_taxed_on_its_new_lines(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await rounding_setup(services)
+    run_id = await run(services, "2026-03", plan_id="eu", calculate_taxes=False)
+    load_rules = taxing.load_rules
+
+    async def lines_rewritten_meanwhile(conn: asyncpg.Connection, plan_id: str) -> object:
+        # A rerun replaces the draft's lines after they were read for the tax: one charge
+        # is now 2.06, not 1.03.
+        async with services.pool.acquire() as other:
+            await other.execute(
+                "UPDATE invoice_lines l SET amount = 2060000, exact_amount = 2060000"
+                " FROM invoices i WHERE i.id = l.invoice_id AND i.account_id = 'e1'"
+                " AND l.position = 1"
+            )
+            await other.execute(
+                "UPDATE invoices SET subtotal = 4120000, total = 4120000 WHERE account_id = 'e1'"
+            )
+        monkeypatch.setattr(taxing, "load_rules", load_rules)
+        return await load_rules(conn, plan_id)
+
+    monkeypatch.setattr(taxing, "load_rules", lines_rewritten_meanwhile)
+    posted = await posting.post(services.pool, services.store, run_id=run_id)
+    # The tax computed on the old lines is not attached to the new ones: held.
+    assert posted.numbers == {} and list(posted.held.values()) == [
+        "its lines changed while its taxes were computed"
+    ]
+    assert not (await invoice_row(services, "e1"))["taxes_calculated"]
+
+    posted = await posting.post(services.pool, services.store, run_id=run_id)
+    assert len(posted.numbers) == 1 and posted.held == {}
+    invoice = await invoice_row(services, "e1")
+    # 20% of 4.12 = 0.824 -> 0.82, on the lines as they are now.
+    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == (
+        4_120_000,
+        820_000,
+        4_940_000,
+    )
 
 
 async def test_a_failing_tax_engine_keeps_the_draft_and_posts_once_when_back(

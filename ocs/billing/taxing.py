@@ -45,7 +45,8 @@ NOT_CONFIGURED = "no tax engine configured"
 _UNTAXED_SQL = """
 SELECT i.id, i.account_id, i.plan_id, i.currency, i.invoice_date,
        COALESCE(b.tax_engine, 'internal') AS tax_engine,
-       l.kind, l.amount, l.exact_amount, l.charge_id, l.zone, l.counter_id, l.description,
+       l.id AS line_id, l.kind, l.amount, l.exact_amount, l.charge_id, l.zone, l.counter_id,
+       l.description,
        l.tax_code, l.rate_type, l.direction, l.quantity, l.calls, l.billed_seconds
 FROM invoices i
 LEFT JOIN plan_billing b ON b.plan_id = i.plan_id
@@ -193,6 +194,9 @@ async def tax_drafts(
     invoices: dict[int, TaxInvoice] = {}
     external: set[int] = set()
     stored: dict[int, list[Line]] = defaultdict(list)
+    # What the tax is computed on: each draft's taxable lines as read, checked again under
+    # the draft's lock (a rerun may have replaced them meanwhile).
+    read: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for r in rows:
         invoices.setdefault(
             r["id"],
@@ -202,6 +206,8 @@ async def tax_drafts(
             external.add(r["id"])
         if r["kind"] is not None:
             stored[r["id"]].append(_stored_line(r))
+            if r["kind"] != "tax":
+                read[r["id"]].append((r["line_id"], r["exact_amount"]))
     failed: dict[int, str] = {}
     computed: dict[int, list[Line]] = {}
     rules: dict[str, TaxRules] = {}
@@ -242,6 +248,16 @@ async def tax_drafts(
                 )
                 if row is None:  # posted, or recomputed, meanwhile
                     continue
+                now = await conn.fetch(
+                    "SELECT id, exact_amount FROM invoice_lines WHERE invoice_id = $1"
+                    " AND kind <> 'tax' ORDER BY id",
+                    invoice_id,
+                )
+                if [(r["id"], r["exact_amount"]) for r in now] != sorted(read[invoice_id]):
+                    # Its lines changed since they were read: held, and taxed next time.
+                    failed[invoice_id] = "its lines changed while its taxes were computed"
+                    continue
+
                 await conn.execute(
                     "DELETE FROM invoice_lines WHERE invoice_id = $1 AND kind = 'tax'", invoice_id
                 )
