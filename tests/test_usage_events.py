@@ -19,6 +19,18 @@ async def _per_unit(app: RunningApp, zone: str, per: int) -> None:
     assert response.status == 200, await response.text()
 
 
+async def _data_plan(app: RunningApp) -> None:
+    """The retail plan with DECK, its Data zone priced per MB, in the catalog snapshot."""
+    await add_plan(app.services, deck=DECK)
+    await _per_unit(app, "Data", 1)
+
+    async def loaded() -> bool:
+        data = app.services.catalog.snapshot.tariff_named("retail", "Data")
+        return bool(data and data.rate.per == 1)
+
+    await eventually(loaded, what="the per-unit tariff in the snapshot")
+
+
 async def test_data_and_energy_are_rated_by_quantity_and_charged_once(app: RunningApp) -> None:
     await add_plan(app.services, deck=DECK)
     await _per_unit(app, "Data", 1)  # 0.01 per MB, in 10 MB steps
@@ -119,14 +131,7 @@ async def test_a_usage_event_cannot_spend_funds_committed_to_the_plans_charges(
 async def test_a_usage_event_named_like_a_live_call_leaves_the_call_to_its_own_stop(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services, deck=DECK)
-    await _per_unit(app, "Data", 1)
-
-    async def loaded() -> bool:
-        data = app.services.catalog.snapshot.tariff_named("retail", "Data")
-        return bool(data and data.rate.per == 1)
-
-    await eventually(loaded, what="the per-unit tariff in the snapshot")
+    await _data_plan(app)
     await app.post("/v1/accounts", {"id": "same", "plan": "retail", "balance": "20.00"})
     status, call = await app.post(
         "/v1/calls", {"account": "same", "destination": "441234567", "call_id": "x1"}
@@ -152,14 +157,7 @@ async def test_a_usage_event_named_like_a_live_call_leaves_the_call_to_its_own_s
 async def test_an_event_charged_before_its_key_moved_is_still_charged_once(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services, deck=DECK)
-    await _per_unit(app, "Data", 1)
-
-    async def loaded() -> bool:
-        data = app.services.catalog.snapshot.tariff_named("retail", "Data")
-        return bool(data and data.rate.per == 1)
-
-    await eventually(loaded, what="the per-unit tariff in the snapshot")
+    await _data_plan(app)
     await app.post("/v1/accounts", {"id": "old", "plan": "retail", "balance": "20.00"})
     event = {"account": "old", "event_id": "mb-9", "service": "Data", "quantity": 10}
     status, first = await app.post("/v1/usage", event)
