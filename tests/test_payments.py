@@ -296,3 +296,66 @@ async def test_the_cli_adds_lists_and_refunds(services: Services, tmp_path: Path
 
     assert await paid(services, january, february) == [(10 * EUR, True), (2 * EUR, False)]
     assert await balance(services, "pp") == -8 * EUR
+
+
+async def _march_after_paying(services: Services, amount: int) -> tuple[int, int]:
+    """January and February posted and then paid ``amount`` (above their 20.00: credit),
+    March drafted: (the payment's id, March's draft run)."""
+    await postpaid_with_two_invoices(services)
+    done = await payments.record_payment(
+        services.pool, services.store, manual("pp", amount, "R-early")
+    )
+    assert done.payment.credit == amount - 20 * EUR
+    return done.payment.id, await run(services, "2026-03")
+
+
+async def test_credit_a_later_invoices_statement_did_not_count_pays_it_at_posting(
+    services: Services,
+) -> None:
+    # Paid after March's statement window (its ledger row is later than April 1, or not
+    # in PostgreSQL yet): March's statement does not count it, so March asks its 10.00.
+    payment_id, march_run = await _march_after_paying(services, 23 * EUR)
+    await posting.post(services.pool, services.store, run_id=march_run)
+    march = await invoice_id(services, "pp", "2026-03")
+    # The 3.00 left over pays 3.00 of it: dunning asks the 7.00 really owed, not 10.00.
+    assert await paid(services, march) == [(3 * EUR, False)]
+    shown = await payments.get_payment(services.pool, payment_id)
+    assert (shown.allocated, shown.credit) == (23 * EUR, 0)
+    assert [a.amount for a in shown.allocations if a.invoice_id == march] == [3 * EUR]
+    async with services.pool.acquire() as conn:
+        assert await payments.open_amount(conn, "pp") == 7 * EUR
+    # Posting again moves and pays nothing more.
+    await posting.post(services.pool, services.store, run_id=march_run)
+    assert await paid(services, march) == [(3 * EUR, False)]
+
+
+async def test_credit_a_statement_counted_already_does_not_pay_the_invoice_again(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await services.accounts.create(AccountSpec("pq", plan_id="retail", credit_limit=100 * EUR))
+    sub = await subscribe(services.pool, Subscription("pq", "retail", date(2026, 3, 1)))
+    await add_charge(services.pool, sub, "rent")
+    # 3.00 paid before any invoice: all credit.
+    done = await payments.record_payment(services.pool, services.store, manual("pq", 3 * EUR, "P"))
+    assert done.payment.credit == 3 * EUR
+    # Its ledger row as the ledger writer stores it, dated inside March's statement
+    # window: March's statement counts it among its payments.
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO ledger (entry_id, account_id, kind, amount, balance_after, reference,"
+            " occurred_at) SELECT ledger_entry, 'pq', 'topup', amount, amount, 'pay:' || id,"
+            " '2026-03-15T12:00:00Z' FROM payments WHERE id = $1",
+            done.payment.id,
+        )
+    march_run = await run(services, "2026-03")
+    await posting.post(services.pool, services.store, run_id=march_run)
+    march = await invoice_id(services, "pq", "2026-03")
+    async with services.pool.acquire() as conn:
+        asks = await conn.fetchval(f"SELECT {payments.ASKS_SQL} FROM invoices WHERE id = $1", march)
+    # 10.00 of rent less the 3.00 the statement counted: it asks 7.00, and the credit,
+    # counted there already, pays nothing of it a second time.
+    assert asks == 7 * EUR
+    assert await paid(services, march) == [(0, False)]
+    assert (await payments.get_payment(services.pool, done.payment.id)).credit == 3 * EUR

@@ -45,6 +45,7 @@ from ocs import metrics
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
 from ocs.billing import dunning
 from ocs.billing.bank_files import BankEntry, BankFile, BankProblem
+from ocs.billing.credit import record_allocations
 from ocs.billing.gateway import GatewayEvent
 from ocs.billing.owed import asks_sql
 from ocs.errors import OcsError, Reason, invalid
@@ -348,26 +349,7 @@ async def _allocate(
         takes.append(take)
         left -= take
     if ids:
-        await conn.execute(
-            "UPDATE invoices i SET amount_paid = i.amount_paid + t.take,"
-            f" paid_at = CASE WHEN i.amount_paid + t.take >= {asks_sql('i')}"
-            " THEN COALESCE(i.paid_at, now()) ELSE i.paid_at END"
-            " FROM unnest($1::bigint[], $2::bigint[]) AS t(id, take) WHERE i.id = t.id",
-            ids,
-            takes,
-        )
-        await conn.execute(
-            "INSERT INTO payment_allocations (payment_id, invoice_id, amount)"
-            " SELECT $1, t.id, t.take FROM unnest($2::bigint[], $3::bigint[]) AS t(id, take)",
-            payment_id,
-            ids,
-            takes,
-        )
-        await conn.execute(
-            "UPDATE payments SET allocated = allocated + $2 WHERE id = $1",
-            payment_id,
-            amount - left,
-        )
+        await record_allocations(conn, [payment_id] * len(ids), ids, takes)
     return amount - left
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
-from ocs.billing import commitments, taxing
+from ocs.billing import commitments, credit, taxing
 from ocs.billing.taxes import TaxEngine
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
@@ -291,6 +291,8 @@ async def post(
     held = await taxing.tax_drafts(pool, invoice_ids, tax_engine, settings=settings)
     async with pool.acquire() as conn, conn.transaction():
         numbers = await assign_numbers(conn, invoice_ids)
+        # Payments made after these invoices' statements were paid by nothing yet.
+        await credit.apply_credit(conn, list(numbers))
         accounts = [
             r["account_id"]
             for r in await conn.fetch(
