@@ -14,25 +14,24 @@ import asyncpg
 
 from ocs.billing.owed import asks_sql
 
-# Posted invoices among the ids that a statement window bounds and that ask more than
-# they were paid, in the order credit pays them (each account's oldest first).
-_OPEN_SQL = f"""
-SELECT id, account_id, currency, window_end, {asks_sql()} - amount_paid AS open
-FROM invoices
-WHERE id = ANY($1::bigint[]) AND kind = 'invoice' AND state = 'posted'
-  AND window_end IS NOT NULL AND amount_paid < {asks_sql()}
-ORDER BY account_id, period_start, id
-"""
-
-# An account's payments with credit that the statement ending at $3 did not count: not
-# credited yet, or credited at or after the window's end (ledger_entry names the
-# ledger row of the credit). Locked in id order: concurrent postings queue here.
-_CREDIT_SQL = """
-SELECT p.id, p.amount - p.allocated - p.refunded AS credit FROM payments p
-WHERE p.account_id = $1 AND p.currency = $2 AND p.allocated + p.refunded < p.amount
+# Each posted invoice among the ids ($1) that asks more than it was paid, beside each
+# payment of its account with credit that the invoice's statement did not count: not
+# credited yet, or credited at or after the window's end (ledger_entry names the ledger
+# row of the credit). In the order credit pays them: each account's oldest invoice
+# first, each invoice by the oldest payment first. The payments are locked: concurrent
+# postings of an account queue here. Payments with credit are few, so are these pairs.
+_CREDIT_SQL = f"""
+SELECT i.id AS invoice_id, {asks_sql("i")} - i.amount_paid AS open,
+       p.id AS payment_id, p.amount - p.allocated - p.refunded AS credit
+FROM invoices i
+JOIN payments p ON p.account_id = i.account_id AND p.currency = i.currency
+WHERE i.id = ANY($1::bigint[]) AND i.kind = 'invoice' AND i.state = 'posted'
+  AND i.window_end IS NOT NULL AND i.amount_paid < {asks_sql("i")}
+  AND p.allocated + p.refunded < p.amount
   AND NOT EXISTS (SELECT 1 FROM ledger e
-                  WHERE e.entry_id = p.ledger_entry AND e.occurred_at < $3)
-ORDER BY p.id FOR UPDATE OF p
+                  WHERE e.entry_id = p.ledger_entry AND e.occurred_at < i.window_end)
+ORDER BY i.account_id, i.period_start, i.id, p.id
+FOR UPDATE OF p
 """
 
 
@@ -69,22 +68,26 @@ async def record_allocations(
 
 async def apply_credit(conn: asyncpg.Connection, invoice_ids: list[int]) -> int:
     """Pay these just-posted invoices from credit their statements did not count; what
-    was paid (micro-units). Runs in the posting's transaction."""
-    paid = 0
-    for invoice in await conn.fetch(_OPEN_SQL, invoice_ids):
-        left = int(invoice["open"])
-        payments: list[int] = []
-        takes: list[int] = []
-        for payment in await conn.fetch(
-            _CREDIT_SQL, invoice["account_id"], invoice["currency"], invoice["window_end"]
-        ):
-            if left == 0:
-                break
-            take = min(left, int(payment["credit"]))
-            payments.append(payment["id"])
-            takes.append(take)
-            left -= take
-        if payments:
-            await record_allocations(conn, payments, [invoice["id"]] * len(payments), takes)
-            paid += sum(takes)
-    return paid
+    was paid (micro-units). Runs in the posting's transaction, in one query."""
+    open_of: dict[int, int] = {}
+    credit_of: dict[int, int] = {}
+    payments: list[int] = []
+    invoices: list[int] = []
+    takes: list[int] = []
+    for pair in await conn.fetch(_CREDIT_SQL, invoice_ids):
+        invoice, payment = pair["invoice_id"], pair["payment_id"]
+        # A payment may stand beside several invoices, and an invoice beside several
+        # payments: each takes what the ones before it left.
+        left = open_of.setdefault(invoice, int(pair["open"]))
+        credit = credit_of.setdefault(payment, int(pair["credit"]))
+        take = min(left, credit)
+        if take <= 0:
+            continue
+        open_of[invoice] = left - take
+        credit_of[payment] = credit - take
+        payments.append(payment)
+        invoices.append(invoice)
+        takes.append(take)
+    if takes:
+        await record_allocations(conn, payments, invoices, takes)
+    return sum(takes)

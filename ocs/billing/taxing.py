@@ -257,7 +257,6 @@ async def tax_drafts(
                     # Its lines changed since they were read: held, and taxed next time.
                     failed[invoice_id] = "its lines changed while its taxes were computed"
                     continue
-
                 await conn.execute(
                     "DELETE FROM invoice_lines WHERE invoice_id = $1 AND kind = 'tax'", invoice_id
                 )
