@@ -31,6 +31,7 @@ from ocs.billing.bundles import BundleInvoice, bundle_lines
 from ocs.billing.cycles import UNSCHEDULED, PlanBilling, schedule
 from ocs.billing.lines import (
     Billed,
+    BilledKey,
     Item,
     Line,
     Targets,
@@ -50,11 +51,14 @@ from ocs.billing.taxes import (
 )
 from ocs.errors import OcsError, Reason
 
+# Each item with its source, the instance it bills (``lines.Item``): the subscription, or
+# the number's assignment.
 _ITEMS_SQL = """
 SELECT s.account_id, c.id AS charge_id, sc.id AS item_id, c.name, c.amount, sc.quantity,
        c.kind, c.cadence, c.every_days, c.timing,
        GREATEST(s.start_date, sc.start_date) AS start,
-       LEAST(sc.end_date, s.end_date, s.cancelled_on) AS "end", NULL::text AS number
+       LEAST(sc.end_date, s.end_date, s.cancelled_on) AS "end", NULL::text AS number,
+       s.id AS subscription_id, NULL::bigint AS account_number_id
 FROM subscriptions s
 JOIN subscription_charges sc ON sc.subscription_id = s.id
 JOIN charges c ON c.id = sc.charge_id
@@ -63,14 +67,15 @@ WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
 UNION ALL
 SELECT s.account_id, c.id, NULL, c.name, c.amount, 1,
        c.kind, c.cadence, c.every_days, c.timing,
-       s.start_date, LEAST(s.end_date, s.cancelled_on), NULL
+       s.start_date, LEAST(s.end_date, s.cancelled_on), NULL, s.id, NULL
 FROM subscriptions s
 JOIN charges c ON c.plan_id = s.plan_id AND c.kind NOT IN ('counter', 'triggered')
 WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
   AND ($2::timestamptz IS NULL OR c.created_at <= $2)
 UNION ALL
 SELECT n.account_id, c.id, NULL, c.name, c.amount, 1,
-       c.kind, c.cadence, c.every_days, c.timing, n.start_date, n.end_date, n.number
+       c.kind, c.cadence, c.every_days, c.timing, n.start_date, n.end_date, n.number,
+       NULL, n.id
 FROM account_numbers n
 JOIN charges c ON c.id = n.charge_id
 WHERE n.account_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR n.created_at <= $2)
@@ -82,10 +87,11 @@ SELECT DISTINCT account_id FROM invoices
 WHERE account_id = ANY($1::text[]) AND kind = 'invoice' AND state <> 'void' AND period_start < $2
 """
 
-# What earlier invoices billed of the charges, from the first charge period to reconcile.
+# What earlier invoices billed of the charges, from the first charge period to reconcile;
+# each line with its source (none for a line written before migration 0043).
 _BILLED_SQL = """
-SELECT i.account_id, l.charge_id, l.item_id, l.number, l.period_start, l.period_end,
-       l.exact_amount < 0 AS credit
+SELECT i.account_id, l.charge_id, l.item_id, l.number, l.subscription_id,
+       l.account_number_id, l.period_start, l.period_end, l.exact_amount < 0 AS credit
 FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id
 WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.state <> 'void'
   AND i.period_start < $2 AND l.charge_id IS NOT NULL AND l.moves_money
@@ -122,6 +128,8 @@ LINE_COLUMNS = (
     "basis",
     "rate",
     "rate_type",
+    "subscription_id",
+    "account_number_id",
 )
 
 
@@ -226,16 +234,14 @@ def usage_window(which: Targets, usage_cutoff: datetime | None) -> tuple[datetim
 
 async def billed_spans(
     conn: asyncpg.Connection, group: Group, which: Targets, items: dict[str, list[Item]]
-) -> dict[str, dict[tuple[str, int | None, str | None], list[Billed]]]:
+) -> dict[str, dict[BilledKey, list[Billed]]]:
     """Account -> what its earlier invoices billed of each charge, for accounts that have one.
 
     An account missing from the answer has no earlier invoice.
     """
     ids = group.account_ids
     earlier = {r["account_id"] for r in await conn.fetch(_EARLIER_SQL, ids, group.period.start)}
-    found: dict[str, dict[tuple[str, int | None, str | None], list[Billed]]] = {
-        a: {} for a in earlier
-    }
+    found: dict[str, dict[BilledKey, list[Billed]]] = {a: {} for a in earlier}
     cycle = group.cycle
     starts = [
         start
@@ -247,7 +253,13 @@ async def billed_spans(
     zone = cycle.zone
     since = min(starts, key=lambda start: start.timestamp())
     for r in await conn.fetch(_BILLED_SQL, sorted(earlier), group.period.start, since):
-        key = (r["charge_id"], r["item_id"], r["number"])
+        key = (
+            r["charge_id"],
+            r["item_id"],
+            r["number"],
+            r["subscription_id"],
+            r["account_number_id"],
+        )
         spans = found[r["account_id"]].setdefault(key, [])
         spans.append(
             Billed(
@@ -287,6 +299,8 @@ async def compute(
                 r["start"],
                 r["end"],
                 r["number"],
+                r["subscription_id"],
+                r["account_number_id"],
             )
         )
     billed = await billed_spans(conn, group, which, items)
@@ -355,6 +369,8 @@ def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tup
             line.basis,
             line.rate,
             line.rate_type,
+            line.subscription_id,
+            line.account_number_id,
         )
         for position, line in enumerate(found, start=first)
     ]

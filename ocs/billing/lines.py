@@ -32,6 +32,15 @@ change). Each is ``prorate(amount, days, days in the charge period)``, a
 separate line, rounded once. An item is reconciled when the account has an
 earlier invoice, or when it starts inside the arrears period: an account's
 billing begins with its first invoice, as it does for arrears charges.
+
+An item is matched with what was billed for it by ``Item.key``: its charge,
+subscription charge and number, and its **source**, the instance it bills (the
+subscription, or the number's assignment) that every charge line records
+(decision 0041). Without the source, two subscriptions to one plan on one
+account, or one number assigned twice, shared a key, and each took the other's
+billing for its own (a second credit). A line written before the lines named
+their source (migration 0043) has none: it matches every instance of its
+charge, subscription charge and number (``Item.legacy_key``), as it did then.
 """
 
 import functools
@@ -46,12 +55,18 @@ from ocs.billing.cycles import charge_schedule
 from ocs.billing.periods import Period, Schedule, local_midnight
 from ocs.billing.proration import prorate
 
+# (charge id, subscription charge id or None for a plan's or a number's charge, number or
+# None, subscription id, account_numbers id: both None for a line written before 0043).
+BilledKey = tuple[str, int | None, str | None, int | None, int | None]
+
 
 class Item(msgspec.Struct, frozen=True):
     """A charge as one account has it: from ``start`` to ``end`` (excluded; None: open).
 
     ``item_id``: the subscription charge row (None for a plan's custom charge,
-    which comes with the subscription to the plan).
+    which comes with the subscription to the plan). Its source, the instance it
+    bills: ``subscription_id`` (a plan's or a subscription's charge) or
+    ``account_number_id`` (a number's charge: the ``account_numbers`` row).
     """
 
     charge_id: str
@@ -66,11 +81,24 @@ class Item(msgspec.Struct, frozen=True):
     start: date
     end: date | None
     number: str | None = None  # a triggered charge: the assigned number that triggers it
+    subscription_id: int | None = None
+    account_number_id: int | None = None
 
     @property
-    def key(self) -> tuple[str, int | None, str | None]:
-        """What an earlier invoice's lines name this item by: charge, item and number."""
-        return (self.charge_id, self.item_id, self.number)
+    def key(self) -> BilledKey:
+        """What an earlier invoice's lines name this item by: charge, item, number, source."""
+        return (
+            self.charge_id,
+            self.item_id,
+            self.number,
+            self.subscription_id,
+            self.account_number_id,
+        )
+
+    @property
+    def legacy_key(self) -> BilledKey:
+        """The key of the lines billed for it before lines named their source (0043)."""
+        return (self.charge_id, self.item_id, self.number, None, None)
 
     @property
     def label(self) -> str:
@@ -139,6 +167,9 @@ class Line(msgspec.Struct, frozen=True):
     basis: int | None = None
     rate: int | None = None
     rate_type: str | None = None  # a usage line's rate type
+    # A charge line's source (``Item``): the subscription or the number's assignment.
+    subscription_id: int | None = None
+    account_number_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +227,8 @@ def charge_lines(item: Item, cycle: Schedule, which: Targets, currency: str) -> 
                 item.charge_id,
                 item.item_id,
                 number=item.number,
+                subscription_id=item.subscription_id,
+                account_number_id=item.account_number_id,
             )
         ]
     if item.billed_as != "recurring" or item.cadence is None:
@@ -222,6 +255,8 @@ def charge_lines(item: Item, cycle: Schedule, which: Targets, currency: str) -> 
                 item.charge_id,
                 item.item_id,
                 number=item.number,
+                subscription_id=item.subscription_id,
+                account_number_id=item.account_number_id,
             )
         )
     return found
@@ -236,9 +271,20 @@ class Billed:
     credit: bool
 
 
-# (charge id, subscription charge id or None for a plan's charge, number or None)
-# -> its billed spans.
-BilledSpans = Mapping[tuple[str, int | None, str | None], list[Billed]]
+# An item's key (``BilledKey``) -> its billed spans.
+BilledSpans = Mapping[BilledKey, list[Billed]]
+
+
+def spans_of(item: Item, billed: BilledSpans) -> list[Billed]:
+    """What earlier invoices billed for ``item``: its own lines, and those without a source.
+
+    A line written before lines named their source (migration 0043) cannot say
+    which instance it billed: it counts for each, as it did before.
+    """
+    spans = billed.get(item.key, [])
+    if item.key != item.legacy_key:
+        spans = spans + billed.get(item.legacy_key, [])
+    return spans
 
 
 def _days(first: date, end: date) -> set[date]:
@@ -272,6 +318,8 @@ def _span_line(
         item.charge_id,
         item.item_id,
         number=item.number,
+        subscription_id=item.subscription_id,
+        account_number_id=item.account_number_id,
     )
 
 
@@ -361,12 +409,26 @@ def invoice_lines(
     reconciliation; None when the account has no earlier invoice (then only
     items starting inside the arrears period are reconciled).
     """
-    ordered = sorted(items, key=lambda i: (i.charge_id, i.number or "", i.start, i.item_id or 0))
+    ordered = sorted(
+        items,
+        key=lambda i: (
+            i.charge_id,
+            i.number or "",
+            i.start,
+            i.item_id or 0,
+            i.subscription_id or 0,
+            i.account_number_id or 0,
+        ),
+    )
     found: list[Line] = []
     for item in ordered:
         found += charge_lines(item, cycle, which, currency)
-        if billed is not None or item.start >= which.arrears.first_day:
-            spans = [] if billed is None else billed.get(item.key, [])
+        # Only an advance charge is reconciled (``advance_adjustments``): no spans looked up
+        # for the others.
+        if item.timing == "advance" and (
+            billed is not None or item.start >= which.arrears.first_day
+        ):
+            spans = [] if billed is None else spans_of(item, billed)
             found += advance_adjustments(item, cycle, which, currency, spans)
     found += [
         usage_line(u, usage_window, currency)

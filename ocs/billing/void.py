@@ -61,12 +61,13 @@ async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Void
             " period_end, quantity, amount, exact_amount, moves_money, charge_id, item_id,"
             " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number,"
             " counter_id, bundle_seconds, paid_seconds, billed_quantity, source_entry,"
-            " reverses_line, tax_code, basis, rate, rate_type)"
+            " reverses_line, tax_code, basis, rate, rate_type, subscription_id,"
+            " account_number_id)"
             " SELECT $2, position, 'reversal', 'Reversal: ' || description, period_start,"
             " period_end, quantity, -amount, -exact_amount, moves_money, charge_id, item_id,"
             " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number,"
             " counter_id, bundle_seconds, paid_seconds, billed_quantity, source_entry, id,"
-            " tax_code, -basis, rate, rate_type"
+            " tax_code, -basis, rate, rate_type, subscription_id, account_number_id"
             " FROM invoice_lines WHERE invoice_id = $1",
             invoice_id,
             note_id,
