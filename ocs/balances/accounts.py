@@ -13,6 +13,7 @@ from datetime import datetime
 
 import asyncpg
 
+from ocs.balances.card_ids import is_card_account
 from ocs.balances.store import AccountState, BalanceStore, TopupResult
 from ocs.errors import OcsError, Reason, invalid
 
@@ -106,6 +107,10 @@ class AccountSpec:
     def validate(self) -> None:
         """Refuse (400, naming the field) what no plan could make valid."""
         validate_account_id(self.account_id)
+        if is_card_account(self.account_id):
+            # Such an id would name no account over RADIUS (decision 0042), and would
+            # clash with the cards of a later batch.
+            raise invalid("id", "card-<batch>-<seven digits> is kept for calling cards")
         if self.password is not None and not 1 <= len(self.password) <= 128:
             raise invalid("password", "expected 1 to 128 characters")
         if self.expires_at is not None and self.expires_at.tzinfo is None:

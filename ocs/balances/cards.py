@@ -4,7 +4,8 @@ A card is an account whose id (``card-<batch>-<n>``) says nothing about its
 PIN; the PIN reaches the account through a digest, so neither PostgreSQL,
 Redis nor the logs ever hold a PIN. A batch is all or nothing: its accounts,
 PIN digests and opening balances are written in one PostgreSQL transaction,
-with Redis written inside it.
+with Redis written inside it. A card opens by its PIN only: its id, sequential
+and printed beside the PIN, names no account to an end user (decision 0042).
 """
 
 import asyncio
@@ -18,6 +19,7 @@ from datetime import datetime
 import asyncpg
 
 from ocs.balances.accounts import password_digest
+from ocs.balances.card_ids import card_account_id
 from ocs.balances.store import BalanceStore
 from ocs.errors import OcsError, Reason, invalid
 from ocs.money import format_amount
@@ -210,7 +212,7 @@ class CardService:
             Card(
                 pin=pin,
                 password=None if password_length is None else _digits(password_length),
-                account_id=f"card-{batch_id}-{n:07d}",
+                account_id=card_account_id(batch_id, n),
             )
             for n, pin in enumerate(dealt, start=1)
         ]

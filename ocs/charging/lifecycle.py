@@ -16,6 +16,7 @@ import msgpack
 
 from ocs import metrics
 from ocs.balances.accounts import password_digest
+from ocs.balances.card_ids import CARD_PREFIX, is_card_account
 from ocs.balances.cards import pin_digest
 from ocs.balances.ivr import Ivr, effective
 from ocs.balances.script_args import AuthorizeArgs, CounterCandidate, CounterQuote
@@ -327,23 +328,36 @@ class CallService:
 
         An account id names the account (its password checked when it has one); a
         member (SIP user, extension) is trusted as the NAS authenticated it; a
-        card's PIN opens its card, whose password (if any) must follow. A name this
-        process already knows as an account costs no round trip.
+        card's PIN opens its card, whose password (if any) must follow. A card's
+        account id names no account: refused ``account_not_found`` as an unknown
+        account is (decision 0042). A name this process already knows as an account
+        costs no round trip.
         """
         name = name.strip()
-        if name in self._plans:
+        # A card opens by its PIN only. Its id (card-<batch>-<serial>) is sequential and
+        # no secret, and a card seldom has a password: taken as an account id, it would
+        # spend any card for whoever can make an IVR pass free text. Known by its form,
+        # so no look-up; checked before the cache, which holds cards a PIN opened.
+        card_id = name.startswith(CARD_PREFIX) and is_card_account(name)
+        if name in self._plans and not card_id:
             return Identity(name)
         maybe_pin = name.isascii() and name.isdigit() and 6 <= len(name) <= 20
         plan_id, member_of, card = await self._store.identities(
             name, pin_digest(name) if maybe_pin else None
         )
-        if plan_id is not None:
+        if plan_id is not None and not card_id:
             self._remember_plan(name, plan_id)
             return Identity(name)
         if member_of is not None:
             return Identity(member_of, member=name, check_password=False)
         if card is not None:
             return Identity(card, pin=True)
+        if card_id:
+            # The answer an unknown account gets (``_plan_of``, ``balance``): it tells a
+            # guesser nothing, not even that the card exists.
+            raise OcsError(
+                Reason.ACCOUNT_NOT_FOUND, f"account {name!r} does not exist", field="account"
+            )
         return Identity(name, pin=maybe_pin)
 
     @property
