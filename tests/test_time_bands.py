@@ -146,6 +146,68 @@ async def test_bands_reach_authorize_and_stop_through_the_catalog(app: RunningAp
     assert body["balance"] == "0.000000"
 
 
+async def test_a_schedule_changed_during_a_call_does_not_reprice_it(app: RunningApp) -> None:
+    """Stop charges by the bands the call was authorized in, not by an edit made since."""
+    from urllib.parse import quote
+
+    from ocs.charging.lifecycle import CallService
+    from tests.conftest import add_plan, eventually
+
+    await add_plan(
+        app.services,
+        deck=(
+            "prefix,zone,price_per_minute,connect_fee,first_block,increment\n44,UK,0.010,0,1,1\n"
+        ),
+    )
+
+    async def put_peak(start: str) -> None:
+        response = await app.client.put(
+            "/v1/plans/retail/bands",
+            json={
+                "time_zone": "Europe/London",
+                "rules": [
+                    {"band": "peak", "days": [0, 1, 2, 3, 4], "start": start, "end": "18:00"}
+                ],
+            },
+        )
+        assert response.status == 200, await response.text()
+
+    def peak_starts_at(minute: int) -> bool:
+        plan = app.services.catalog.snapshot.plan("retail")
+        return bool(plan and plan.bands and plan.bands.rules[0].start == minute)
+
+    await put_peak("08:00")
+    response = await app.client.put(
+        f"/v1/plans/retail/tariffs/{quote('UK')}/shape", json={"band_prices": {"peak": "0.05"}}
+    )
+    assert response.status == 200, await response.text()
+
+    async def loaded() -> bool:
+        found = app.services.catalog.snapshot.tariff_for("retail", "4420")
+        return peak_starts_at(8 * 60) and bool(found and found[1].rate.band_prices)
+
+    await eventually(loaded, what="bands and band prices in the snapshot")
+    await app.post("/v1/accounts", {"id": "band", "plan": "retail", "balance": "0.60"})
+    monday_0750 = float(at(2026, 11, 23, 7, 50))
+    calls = CallService(
+        app.services.catalog, app.services.store, app.services.settings, clock=lambda: monday_0750
+    )
+    grant = await calls.authorize(AuthorizeRequest("band", "442079460000", call_id="band-2"))
+    assert grant.max_duration == 20 * 60
+    # During the call peak moves to 09:00: by the new schedule the call was all off-peak
+    # (0.20). It was authorized as 10 minutes off-peak and 10 of peak: 0.60.
+    await put_peak("09:00")
+
+    async def moved() -> bool:
+        return peak_starts_at(9 * 60)
+
+    await eventually(moved, what="the new schedule in the snapshot")
+    charge = await calls.stop("band-2", 20 * 60)
+    assert charge.charged == 600_000
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.000000"
+
+
 async def test_bad_schedules_name_the_field(app: RunningApp) -> None:
     from tests.conftest import add_plan
 

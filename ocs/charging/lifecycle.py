@@ -279,7 +279,11 @@ class CallService:
         return call_bands(self._catalog.snapshot.plan(plan_id), rate, start, length)
 
     def _bands_of(self, record: "CallRecord", length: int) -> Segments | None:
-        """Bands from the call's authorization, where its quote placed it."""
+        """Bands from the call's authorization, where its quote placed it: those its
+        record kept, for a call no longer than its cap (they cover that far); else as
+        the plan's schedule places them now (a record from before records kept them)."""
+        if record.bands is not None and length <= record.cap:
+            return record.bands
         return self._bands(
             record.rating_plan or record.plan_id,
             record.rate,
@@ -478,7 +482,7 @@ class CallService:
             granting = cap if sliced is None else min(cap, sliced)
             now = self._clock()
             bands = self._bands(priced.rating_plan, rate, int(now), cap)
-            record = self._record_for(request, origin, priced, call_id, caller, now, sliced)
+            record = self._record_for(request, origin, priced, call_id, caller, now, sliced, bands)
             grace = self._settings.call_expiry_grace
             # A call started now expires at its grant plus grace (the switch was told to
             # cut it there), one still to start at the start timeout.
@@ -620,8 +624,10 @@ class CallService:
         caller: str | None,
         now: float,
         sliced: int | None,
+        bands: Segments | None,
     ) -> CallRecord:
-        """The live-call record of a call priced now: what its stop charges by."""
+        """The live-call record of a call priced now: what its stop charges by, the time
+        bands ``bands`` placed it in included."""
         counter, split, rating_plan = priced.counter, priced.split, priced.rating_plan
         return CallRecord(
             account_id=request.account_id,
@@ -648,6 +654,7 @@ class CallService:
             nas_address=origin.nas_address,
             nas_session=origin.nas_session,
             rating_plan=None if rating_plan == priced.plan_id else rating_plan,
+            bands=bands,
         )
 
     async def balance(

@@ -16,7 +16,7 @@ from ocs.balances.ivr import NO_IVR, Ivr
 from ocs.balances.script_args import CounterQuote, CounterUse
 from ocs.catalog.snapshot import Plan, Tariff
 from ocs.rating.counter_rules import CounterDef
-from ocs.rating.rates import CounterSplit, Rate
+from ocs.rating.rates import CounterSplit, Rate, Segments
 from ocs.rating.translation import TranslationSet
 
 
@@ -49,6 +49,7 @@ class CallRecord(
         "nas_address": "na",
         "nas_session": "ns",
         "rating_plan": "rp",
+        "bands": "b",
     },
 ):
     """What a live call was authorized with; stop charges by exactly this.
@@ -80,6 +81,10 @@ class CallRecord(
     nas_address: str | None = None  # where a Disconnect-Request for the call goes
     nas_session: str | None = None  # the NAS's own Acct-Session-Id, which it knows the call by
     rating_plan: str | None = None  # the plan whose deck rated it (an access number's)
+    # A rate priced by time band: the bands from authorization over the call's cap, as
+    # the plan's schedule placed them then. Stop charges by these, not by the schedule
+    # it finds: an operator's edit during the call does not reprice it.
+    bands: Segments | None = None
 
     @property
     def split(self) -> CounterSplit | None:
