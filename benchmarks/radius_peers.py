@@ -17,8 +17,9 @@ ones, so that neither always runs first), after --warmup requests to each
   Redis, call registered. radclient loses packets of its own at -p 256 against
   FreeRADIUS, hence 128 for every target. ocs's CPU per Access-Request in each
   run is printed too (the serving process and its children: the embedded Redis
-  and PostgreSQL without --redis-url): on a machine shared with the load
-  generator it moves less than the rate does. So are radclient's own CPU per
+  and PostgreSQL without --redis-url), and its split by program (``ocs``, the
+  serving process; ``redis-server``; ``postgres``): on a machine shared with the
+  load generator it moves less than the rate does. So are radclient's own CPU per
   request and how often it slept: it polls its socket without sleeping (a few
   dozen sleeps a run), so it takes a whole core whatever the server, and the
   server, its Redis and PostgreSQL share the rest.
@@ -159,6 +160,29 @@ def target_cpu_seconds(target: Target, server: "OcsServer | None") -> float | No
     if target.name == "FreeRADIUS+Redis":
         return redis_peer_cpu_seconds()
     return None
+
+
+def cpu_by_program(pid: int) -> dict[str, float]:
+    """CPU (user + system) so far of ``pid`` and its children, by program: the serving
+    process ("ocs"), its embedded Redis ("redis-server"), PostgreSQL ("postgres")."""
+    root = psutil.Process(pid)
+    found: dict[str, float] = {}
+    for one in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = one.cpu_times()
+            name = "ocs" if one.pid == pid else one.name()
+            found[name] = found.get(name, 0.0) + times.user + times.system
+    return found
+
+
+def split_line(before: dict[str, float], after: dict[str, float], requests: int) -> str:
+    """Each program's CPU a request between two ``cpu_by_program`` readings."""
+    parts = [
+        f"{name} {(seconds - before.get(name, 0.0)) / requests * 1e6:.0f}"
+        for name, seconds in sorted(after.items(), key=lambda item: -item[1])
+        if seconds - before.get(name, 0.0) > 0
+    ]
+    return ", ".join(parts)
 
 
 def summary_count(text: str, name: str) -> int:
@@ -432,16 +456,23 @@ async def measure(
         for target in order:
             server = by_target.get(target.name)
             before = target_cpu_seconds(target, server)
+            split_before = cpu_by_program(server.process.pid) if server else {}
             result = throughput(requests_file, target, args.requests, args.parallel)
             rps[target.name].append(result.per_second)
             print(throughput_line(round_, target, result), flush=True)
             after = target_cpu_seconds(target, server)
+            split_after = cpu_by_program(server.process.pid) if server else {}
             if before is not None and after is not None:
                 # Steadier than the rate, which moves with the load generator.
                 used = (after - before) / args.requests * 1e6
                 if server is not None:
                     server.cpu.append(used)
-                print(f"round {round_} {target.name} CPU: {used:.0f} us a request", flush=True)
+                split = split_line(split_before, split_after, args.requests)
+                print(
+                    f"round {round_} {target.name} CPU: {used:.0f} us a request"
+                    + (f" ({split})" if split else ""),
+                    flush=True,
+                )
         for server in servers:
             for target in peers:
                 ratio = rps[server.target.name][-1] / rps[target.name][-1]
