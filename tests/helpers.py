@@ -12,12 +12,17 @@ parameter here, so each test still checks what it checked.
 import asyncio
 import os
 import sys
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ocs.config import Settings
+from ocs.balances.pin_guard import PinGuard
+from ocs.charging.lifecycle import CallService
+from ocs.config import RadiusClientConfig, Settings, with_overrides
+from ocs.radius.clients import ClientTable, clients_from_settings
+from ocs.radius.server import RadiusServer
 from tests.conftest import RADIUS_SECRET, CutRig, RunningApp
 from tests.nas_emulator import NAS_SECRET
 from tests.radclient import RadiusReply, radclient
@@ -154,3 +159,36 @@ async def ocs_cli(settings: Settings, cwd: Path, *args: str) -> tuple[int, str, 
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
+
+
+# -- calling cards -----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def card_nas(
+    app: RunningApp, calls: CallService | None = None, **overrides: Any
+) -> AsyncIterator[RadiusServer]:
+    """A RADIUS server as ``ocs serve`` wires it: with the PIN guard, trusting 127.0.0.1."""
+    services = app.services
+    settings = with_overrides(
+        services.settings,
+        radius_host="127.0.0.1",
+        radius_auth_port=0,
+        radius_acct_port=0,
+        radius_clients=(
+            RadiusClientConfig(name="ivr-1", network="127.0.0.1/32", secret=RADIUS_SECRET),
+        ),
+        **overrides,
+    )
+    server = RadiusServer(
+        calls or services.calls,
+        settings,
+        ClientTable(clients_from_settings(settings)),
+        PinGuard(services.pipeline, settings) if overrides else services.pin_guard,
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.close_listeners()
+        await server.drain(5)

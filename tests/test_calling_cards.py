@@ -16,21 +16,15 @@ import io
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocs.balances.cards import pin_digest
-from ocs.balances.pin_guard import PinGuard
 from ocs.charging.lifecycle import CallService
-from ocs.config import RadiusClientConfig, with_overrides
-from ocs.radius.clients import ClientTable, clients_from_settings
-from ocs.radius.server import RadiusServer
-from tests.conftest import RADIUS_SECRET, RunningApp, add_plan, eventually
-from tests.helpers import ANSWERED, acct, auth, return_code
+from tests.conftest import RunningApp, add_plan, eventually
+from tests.helpers import ANSWERED, acct, auth, card_nas, return_code
 
 GERMANY = "4930901820"
 BATCH_SIZE = 10_000
@@ -40,36 +34,6 @@ SETUP_TIME = "h323-setup-time=*10:15:00.000 UTC Mon Mar 2 2026"
 
 
 # -- helpers ----------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def card_nas(
-    app: RunningApp, calls: CallService | None = None, **overrides: Any
-) -> AsyncIterator[RadiusServer]:
-    """A RADIUS server as ``ocs serve`` wires it: with the PIN guard, trusting 127.0.0.1."""
-    services = app.services
-    settings = with_overrides(
-        services.settings,
-        radius_host="127.0.0.1",
-        radius_auth_port=0,
-        radius_acct_port=0,
-        radius_clients=(
-            RadiusClientConfig(name="ivr-1", network="127.0.0.1/32", secret=RADIUS_SECRET),
-        ),
-        **overrides,
-    )
-    server = RadiusServer(
-        calls or services.calls,
-        settings,
-        ClientTable(clients_from_settings(settings)),
-        PinGuard(services.pipeline, settings) if overrides else services.pin_guard,
-    )
-    await server.start()
-    try:
-        yield server
-    finally:
-        server.close_listeners()
-        await server.drain(5)
 
 
 def card_call(pin: str, conf_id: str, caller: str, destination: str = GERMANY) -> list:

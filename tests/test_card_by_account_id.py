@@ -15,18 +15,13 @@ Rates used (tests/conftest.py RETAIL_DECK, EUR): Germany (49) 0.012 a minute,
 
 import csv
 import io
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from ocs.balances.card_ids import card_account_id, is_card_account
-from ocs.config import RadiusClientConfig, with_overrides
-from ocs.radius.clients import ClientTable, clients_from_settings
-from ocs.radius.server import RadiusServer
-from tests.conftest import RADIUS_SECRET, RunningApp, account, add_plan
-from tests.helpers import ANSWERED, Pairs, auth, return_code
+from tests.conftest import RunningApp, account, add_plan
+from tests.helpers import ANSWERED, Pairs, auth, card_nas, return_code
 from tests.radclient import RadiusReply
 from tests.radius_udp import sample
 
@@ -35,33 +30,6 @@ CALLER = "4930111222"
 SETUP_TIME = "h323-setup-time=*10:15:00.000 UTC Mon Mar 2 2026"
 # What an account's view shows of the money and lines a request may take.
 HELD = ("balance", "reserved", "available", "lines_in_use")
-
-
-@asynccontextmanager
-async def card_nas(app: RunningApp) -> AsyncIterator[RadiusServer]:
-    """A RADIUS server as ``ocs serve`` wires it: with the PIN guard, trusting 127.0.0.1."""
-    services = app.services
-    settings = with_overrides(
-        services.settings,
-        radius_host="127.0.0.1",
-        radius_auth_port=0,
-        radius_acct_port=0,
-        radius_clients=(
-            RadiusClientConfig(name="ivr-1", network="127.0.0.1/32", secret=RADIUS_SECRET),
-        ),
-    )
-    server = RadiusServer(
-        services.calls,
-        settings,
-        ClientTable(clients_from_settings(settings)),
-        services.pin_guard,
-    )
-    await server.start()
-    try:
-        yield server
-    finally:
-        server.close_listeners()
-        await server.drain(5)
 
 
 def ivr_request(

@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest
 from ocs.rating.bands import BandRule, BandSchedule
 from ocs.rating.rates import Rate, cost, max_duration
@@ -100,10 +101,36 @@ def test_banded_cost_never_decreases(start: int, a: int, b: int) -> None:
     assert cost(RATE, low, bands) <= cost(RATE, high, bands)
 
 
-async def test_bands_reach_authorize_and_stop_through_the_catalog(app: RunningApp) -> None:
+async def put_peak(app: RunningApp, start: str) -> None:
+    """Retail's schedule: peak on weekdays from ``start`` to 18:00 in London, Christmas a
+    holiday; waits until the serving catalog has it."""
+    from tests.conftest import eventually
+
+    response = await app.client.put(
+        "/v1/plans/retail/bands",
+        json={
+            "time_zone": "Europe/London",
+            "rules": [{"band": "peak", "days": [0, 1, 2, 3, 4], "start": start, "end": "18:00"}],
+            "holidays": ["2026-12-25"],
+        },
+    )
+    assert response.status == 200, await response.text()
+    hours, minutes = start.split(":")
+
+    async def loaded() -> bool:
+        plan = app.services.catalog.snapshot.plan("retail")
+        rules = plan.bands.rules if plan and plan.bands else ()
+        return bool(rules) and rules[0].start == int(hours) * 60 + int(minutes)
+
+    await eventually(loaded, what=f"peak from {start} in the snapshot")
+
+
+async def monday_0750_calls(app: RunningApp) -> CallService:
+    """Retail with UK at 0.01/min off-peak and 0.05/min in peak (from 08:00), an account
+    "band" with 0.60, and a call service whose clock says Monday 07:50 in London: 0.60
+    buys 10 minutes off-peak and 10 of peak."""
     from urllib.parse import quote
 
-    from ocs.charging.lifecycle import CallService
     from tests.conftest import add_plan, eventually
 
     await add_plan(
@@ -112,32 +139,26 @@ async def test_bands_reach_authorize_and_stop_through_the_catalog(app: RunningAp
             "prefix,zone,price_per_minute,connect_fee,first_block,increment\n44,UK,0.010,0,1,1\n"
         ),
     )
-    response = await app.client.put(
-        "/v1/plans/retail/bands",
-        json={
-            "time_zone": "Europe/London",
-            "rules": [{"band": "peak", "days": [0, 1, 2, 3, 4], "start": "08:00", "end": "18:00"}],
-            "holidays": ["2026-12-25"],
-        },
-    )
-    assert response.status == 200, await response.text()
+    await put_peak(app, "08:00")
     response = await app.client.put(
         f"/v1/plans/retail/tariffs/{quote('UK')}/shape", json={"band_prices": {"peak": "0.05"}}
     )
     assert response.status == 200, await response.text()
 
-    async def loaded() -> bool:
-        plan = app.services.catalog.snapshot.plan("retail")
+    async def priced() -> bool:
         found = app.services.catalog.snapshot.tariff_for("retail", "4420")
-        return bool(plan and plan.bands and found and found[1].rate.band_prices)
+        return bool(found and found[1].rate.band_prices)
 
-    await eventually(loaded, what="bands and band prices in the snapshot")
+    await eventually(priced, what="band prices in the snapshot")
     await app.post("/v1/accounts", {"id": "band", "plan": "retail", "balance": "0.60"})
-    # Monday 07:50 in London: 0.60 buys 10 minutes off-peak and 10 minutes of peak.
     monday_0750 = float(at(2026, 11, 23, 7, 50))
-    calls = CallService(
+    return CallService(
         app.services.catalog, app.services.store, app.services.settings, clock=lambda: monday_0750
     )
+
+
+async def test_bands_reach_authorize_and_stop_through_the_catalog(app: RunningApp) -> None:
+    calls = await monday_0750_calls(app)
     grant = await calls.authorize(AuthorizeRequest("band", "442079460000", call_id="band-1"))
     assert grant.max_duration == 20 * 60
     charge = await calls.stop("band-1", 20 * 60)
@@ -148,60 +169,12 @@ async def test_bands_reach_authorize_and_stop_through_the_catalog(app: RunningAp
 
 async def test_a_schedule_changed_during_a_call_does_not_reprice_it(app: RunningApp) -> None:
     """Stop charges by the bands the call was authorized in, not by an edit made since."""
-    from urllib.parse import quote
-
-    from ocs.charging.lifecycle import CallService
-    from tests.conftest import add_plan, eventually
-
-    await add_plan(
-        app.services,
-        deck=(
-            "prefix,zone,price_per_minute,connect_fee,first_block,increment\n44,UK,0.010,0,1,1\n"
-        ),
-    )
-
-    async def put_peak(start: str) -> None:
-        response = await app.client.put(
-            "/v1/plans/retail/bands",
-            json={
-                "time_zone": "Europe/London",
-                "rules": [
-                    {"band": "peak", "days": [0, 1, 2, 3, 4], "start": start, "end": "18:00"}
-                ],
-            },
-        )
-        assert response.status == 200, await response.text()
-
-    def peak_starts_at(minute: int) -> bool:
-        plan = app.services.catalog.snapshot.plan("retail")
-        return bool(plan and plan.bands and plan.bands.rules[0].start == minute)
-
-    await put_peak("08:00")
-    response = await app.client.put(
-        f"/v1/plans/retail/tariffs/{quote('UK')}/shape", json={"band_prices": {"peak": "0.05"}}
-    )
-    assert response.status == 200, await response.text()
-
-    async def loaded() -> bool:
-        found = app.services.catalog.snapshot.tariff_for("retail", "4420")
-        return peak_starts_at(8 * 60) and bool(found and found[1].rate.band_prices)
-
-    await eventually(loaded, what="bands and band prices in the snapshot")
-    await app.post("/v1/accounts", {"id": "band", "plan": "retail", "balance": "0.60"})
-    monday_0750 = float(at(2026, 11, 23, 7, 50))
-    calls = CallService(
-        app.services.catalog, app.services.store, app.services.settings, clock=lambda: monday_0750
-    )
+    calls = await monday_0750_calls(app)
     grant = await calls.authorize(AuthorizeRequest("band", "442079460000", call_id="band-2"))
     assert grant.max_duration == 20 * 60
     # During the call peak moves to 09:00: by the new schedule the call was all off-peak
     # (0.20). It was authorized as 10 minutes off-peak and 10 of peak: 0.60.
-    await put_peak("09:00")
-
-    async def moved() -> bool:
-        return peak_starts_at(9 * 60)
-
-    await eventually(moved, what="the new schedule in the snapshot")
+    await put_peak(app, "09:00")
     charge = await calls.stop("band-2", 20 * 60)
     assert charge.charged == 600_000
     _, body = await app.get("/v1/accounts/band")
