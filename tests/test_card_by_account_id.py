@@ -208,3 +208,23 @@ async def test_an_account_cannot_take_a_cards_form_of_id(app: RunningApp) -> Non
         "/v1/accounts", json={"id": "card-b1", "plan": "retail", "balance": "1.00"}
     )
     assert taken.status == 201, await taken.text()
+
+
+async def test_a_member_cannot_take_a_cards_form_of_id(app: RunningApp) -> None:
+    """A member of that form would answer for the card's id as a User-Name: refused when
+    added, and a switch naming one as a call's member is told the member is unknown."""
+    await add_plan(app.services)
+    status, body = await app.post("/v1/accounts", {"id": "pbx", "plan": "retail"})
+    assert status == 201, body
+    status, body = await app.post("/v1/accounts/pbx/members", {"member": "card-b1-0000001"})
+    assert (status, body["error"]["field"]) == (400, "member"), body
+    for payload, reason in (
+        ({"member": "card-b1-0000001"}, "account_not_found"),
+        ({"account": "pbx", "member": "card-b1-0000001"}, "not_found"),
+    ):
+        status, body = await app.post("/v1/calls", {**payload, "destination": GERMANY})
+        assert (status, body["error"]["reason"], body["error"]["field"]) == (
+            404,
+            reason,
+            "member",
+        ), body

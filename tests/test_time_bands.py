@@ -151,6 +151,12 @@ async def monday_0750_calls(app: RunningApp) -> CallService:
 
     await eventually(priced, what="band prices in the snapshot")
     await app.post("/v1/accounts", {"id": "band", "plan": "retail", "balance": "0.60"})
+    return monday_0750_service(app)
+
+
+def monday_0750_service(app: RunningApp) -> CallService:
+    """A call service of ``app``'s catalog and store whose clock says Monday 07:50 in
+    London; each one its own, as another ocs process's would be."""
     monday_0750 = float(at(2026, 11, 23, 7, 50))
     return CallService(
         app.services.catalog, app.services.store, app.services.settings, clock=lambda: monday_0750
@@ -175,10 +181,48 @@ async def test_a_schedule_changed_during_a_call_does_not_reprice_it(app: Running
     # During the call peak moves to 09:00: by the new schedule the call was all off-peak
     # (0.20). It was authorized as 10 minutes off-peak and 10 of peak: 0.60.
     await put_peak(app, "09:00")
-    charge = await calls.stop("band-2", 20 * 60)
+    # Stopped by another process's service: the record comes from Redis, not a cache.
+    charge = await monday_0750_service(app).stop("band-2", 20 * 60)
     assert charge.charged == 600_000
     _, body = await app.get("/v1/accounts/band")
     assert body["balance"] == "0.000000"
+
+
+async def test_a_schedule_added_during_a_call_does_not_reprice_it(app: RunningApp) -> None:
+    """A banded tariff of a plan with no schedule yet prices the call unbanded; the
+    schedule added during the call does not reach it."""
+    from urllib.parse import quote
+
+    from tests.conftest import add_plan, eventually
+
+    await add_plan(
+        app.services,
+        deck=(
+            "prefix,zone,price_per_minute,connect_fee,first_block,increment\n44,UK,0.010,0,1,1\n"
+        ),
+    )
+    response = await app.client.put(
+        f"/v1/plans/retail/tariffs/{quote('UK')}/shape", json={"band_prices": {"peak": "0.05"}}
+    )
+    assert response.status == 200, await response.text()
+
+    async def priced() -> bool:
+        found = app.services.catalog.snapshot.tariff_for("retail", "4420")
+        return bool(found and found[1].rate.band_prices)
+
+    await eventually(priced, what="band prices in the snapshot")
+    await app.post("/v1/accounts", {"id": "band", "plan": "retail", "balance": "0.60"})
+    grant = await monday_0750_service(app).authorize(
+        AuthorizeRequest("band", "442079460000", call_id="band-3")
+    )
+    assert grant.max_duration == 60 * 60  # 0.60 at 0.01 a minute: no bands, no peak
+    # Peak from 08:00 is added during the call: by it, 10 of its 20 minutes were peak
+    # (0.60). The call was authorized at 0.01 a minute throughout: 0.20.
+    await put_peak(app, "08:00")
+    charge = await monday_0750_service(app).stop("band-3", 20 * 60)
+    assert charge.charged == 200_000
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.400000"
 
 
 async def test_bad_schedules_name_the_field(app: RunningApp) -> None:

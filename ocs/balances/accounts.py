@@ -284,6 +284,10 @@ class AccountService:
     async def add_member(self, account_id: str, member: str, max_lines: int | None = None) -> None:
         """Add a member (SIP user, extension, caller id); at most the account's max members."""
         validate_member(member)
+        if is_card_account(member):
+            # A User-Name of this form is taken for a card, never an account (decision
+            # 0042): such a member would answer for a card's id. One made before stays.
+            raise invalid("member", "card-<batch>-<seven digits> is kept for calling cards")
         if max_lines is not None and not 1 <= max_lines <= MAX_LINES:
             raise invalid("max_lines", f"expected 1 to {MAX_LINES}")
         async with self._pool.acquire() as conn, conn.transaction():

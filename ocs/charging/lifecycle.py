@@ -280,9 +280,12 @@ class CallService:
 
     def _bands_of(self, record: "CallRecord", length: int) -> Segments | None:
         """Bands from the call's authorization, where its quote placed it: those its
-        record kept, for a call no longer than its cap (they cover that far); else as
-        the plan's schedule places them now (a record from before records kept them)."""
-        if record.bands is not None and length <= record.cap:
+        record kept, for a call no longer than its cap and a minute (they cover that
+        far); else as the plan's schedule places them now (a record from before records
+        kept them)."""
+        # The kept bands reach past the cap (``call_bands`` adds the largest rounding
+        # step and a minute): a stop a little past it still charges by them.
+        if record.bands is not None and length <= record.cap + 60:
             return record.bands
         return self._bands(
             record.rating_plan or record.plan_id,
@@ -654,7 +657,9 @@ class CallService:
             nas_address=origin.nas_address,
             nas_session=origin.nas_session,
             rating_plan=None if rating_plan == priced.plan_id else rating_plan,
-            bands=bands,
+            # A banded rate of a plan with no schedule yet is unbanded for this call: kept
+            # as no bands, so a schedule added during the call does not reprice it.
+            bands=() if bands is None and priced.tariff.rate.band_prices else bands,
         )
 
     async def balance(

@@ -13,7 +13,7 @@ from aiohttp import web
 from ocs import metrics
 from ocs.balances.accounts import validate_member
 from ocs.charging.lifecycle import MAX_DURATION, validate_call_id
-from ocs.charging.values import AuthorizeRequest, CallProgress
+from ocs.charging.values import AuthorizeRequest, CallProgress, Identity
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import (
@@ -95,12 +95,23 @@ async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[C
             validate_member(params.member)
             # A member names its account (a SIP user, an extension); it must be one of
             # the account's members, or its line limit would mean nothing.
-            identity = await services.calls.identify(params.member)
-            if identity.member is None and account is None:
+            try:
+                identity: Identity | None = await services.calls.identify(params.member)
+            except OcsError as error:
+                # A card's form of id names no account (decision 0042): here it is a
+                # member name that no account has, refused as such below.
+                if error.reason is not Reason.ACCOUNT_NOT_FOUND:
+                    raise
+                identity = None
+            if (identity is None or identity.member is None) and account is None:
                 raise OcsError(
                     Reason.ACCOUNT_NOT_FOUND, "no account has this member", field="member"
                 )
-            if identity.member is None or account not in (None, identity.account_id):
+            if (
+                identity is None
+                or identity.member is None
+                or account not in (None, identity.account_id)
+            ):
                 raise OcsError(Reason.NOT_FOUND, "the account has no such member", field="member")
             account = identity.account_id
         if account is None and params.direction == "inbound":
