@@ -132,3 +132,32 @@ async def test_lines_billed_before_they_named_their_source_still_reconcile(
         ("proration", "Credit: Line rent unused (14/28 days)", -15 * EUR),
     ]
     assert february["total"] == -15 * EUR
+
+
+async def test_a_line_billed_before_it_named_its_source_is_not_a_later_subscriptions(
+    services: Services,
+) -> None:
+    """February billed ahead before lines named their source, then the first
+    subscription ends and a second begins: the old line is the first one's alone."""
+    await billed_plan(services)
+    await _plan_rent(services)
+    first = await customer(services, "s1", None, date(2026, 1, 1))
+    await run(services, "2026-01")  # January (its first) and February ahead
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE invoice_lines SET subscription_id = NULL, account_number_id = NULL"
+        )
+
+    await set_status(services.pool, first, "cancelled", on=date(2026, 2, 10))
+    await subscribe(services.pool, Subscription("s1", "retail", date(2026, 2, 20)))
+    await run(services, "2026-02")
+    february = (await invoices(services))[1]
+
+    # As when the line names its source: one credit of the first's 19 unused days, and
+    # the second's 9 days of February charged (not a second credit of -20.36).
+    assert _lines(february) == [
+        ("proration", "Credit: Line rent unused (19/28 days)", -20_360_000),
+        ("recurring", "Line rent", 30 * EUR),
+        ("proration", "Line rent (9/28 days)", 9_640_000),
+    ]
+    assert february["total"] == 19_280_000

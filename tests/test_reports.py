@@ -16,9 +16,10 @@ adv [Apr 1, May 1) 30.00, usage 0.20, VAT 40.00 x 20% = 8.00; a2 year
 10.00, VAT 2.00. Then a3 is cancelled on Apr 16. The April run (invoice date
 2026-05-01), posted: a1 rent [Apr 1, May 1) 10.00, adv [May 1, Jun 1) 30.00,
 VAT 8.00; a3 a credit for Apr 16 - 30 (15/30 x 30.00) -15.00, VAT -3.00; a4 rent
-10.00, VAT 2.00; a5 its first weekly period starting in April, Apr 28 - May 5, for
-the day from its start, [May 4, May 5): 1/7 x 7.00 = 1.00. Last, a2's March invoice
-is voided: its credit note (-120.00) is dated the day the test runs.
+10.00, VAT 2.00; a5 nothing: its first week, Apr 28 - May 5 (from its start, May 4),
+is billed in arrears by May's invoice, where the week ends (decision 0043), and May
+is not run. Last, a2's March invoice is voided: its credit note (-120.00) is dated
+the day the test runs.
 """
 
 import asyncio
@@ -130,7 +131,6 @@ async def test_the_book_is_what_the_reports_are_computed_from(services: Services
         ("a4", "2026-03", "invoice", "posted", "tax", 2 * EUR),
         ("a4", "2026-04", "invoice", "posted", "recurring", 10 * EUR),
         ("a4", "2026-04", "invoice", "posted", "tax", 2 * EUR),
-        ("a5", "2026-04", "invoice", "posted", "proration", 1 * EUR),
     ]
 
 
@@ -194,12 +194,12 @@ async def test_deferred_revenue_is_recognised_by_day_and_rounded_once_per_line(
         DeferredRow("EUR", "4200", 1, 120 * EUR, 986 * CENT, 11014 * CENT),
     ]
     # End of May 1, April's invoices (May 1) too: a1's adv [May 1, Jun 1), 1 of 31 days:
-    # 0.9677 -> 0.97; a5's 1.00 for [May 4, May 5), nothing yet; year 31 days: 10.1918
-    # -> 10.19. a3's credit [Apr 16, May 1) is over. a2's credit note is dated later.
+    # 0.9677 -> 0.97; year 31 days: 10.1918 -> 10.19. a3's credit [Apr 16, May 1) is
+    # over. a2's credit note is dated later. (a5's week is billed in arrears when it
+    # ends, decision 0043: no line of April's invoices lies after their date.)
     assert await reports.deferred(services.pool, date(2026, 5, 1)) == [
         DeferredRow("EUR", "4100", 1, 30 * EUR, 97 * CENT, 2903 * CENT),
         DeferredRow("EUR", "4200", 1, 120 * EUR, 1019 * CENT, 10981 * CENT),
-        DeferredRow("EUR", "4300", 1, 1 * EUR, 0, 1 * EUR),
     ]
     # From the void's day the credit note (-120.00 over the same year) nets a2 out.
     today = await reports.deferred(services.pool, date.today())
@@ -278,12 +278,11 @@ async def test_revenue_by_zone_gl_and_tax_code_counts_posted_documents(
     assert await reports.revenue(services.pool, "tax", april) == [
         RevenueRow("EUR", "VAT20", 3, 16 * EUR, 80 * EUR),
     ]
-    # May: April's invoices: rent 10.00 twice; adv 30.00 and a3's credit -15.00; a5 1.00;
+    # May: April's invoices: rent 10.00 twice; adv 30.00 and a3's credit -15.00;
     # VAT20 on 40.00, -15.00 and 10.00: basis 35.00, tax 8.00 - 3.00 + 2.00 = 7.00.
     assert await reports.revenue(services.pool, "gl", may) == [
         RevenueRow("EUR", "4000", 2, 20 * EUR, None),
         RevenueRow("EUR", "4100", 2, 15 * EUR, None),
-        RevenueRow("EUR", "4300", 1, 1 * EUR, None),
     ]
     assert await reports.revenue(services.pool, "tax", may) == [
         RevenueRow("EUR", "VAT20", 3, 7 * EUR, 35 * EUR),
@@ -403,7 +402,6 @@ def test_the_cli_prints_the_reports_as_tables_and_as_csv(ocs: Any) -> None:
         "at,currency,gl_code,lines,billed,recognised,deferred\r\n"
         "2026-05-01,EUR,4100,1,30.00,0.97,29.03\r\n"
         "2026-05-01,EUR,4200,1,120.00,10.19,109.81\r\n"
-        "2026-05-01,EUR,4300,1,1.00,0.00,1.00\r\n"
     )
     code, out, err = ocs("reports", "deferred", "--at", "2025-01-31")
     assert (code, _text(out)) == (0, ["Deferred revenue at 2025-01-31: nothing to report"])
@@ -467,7 +465,6 @@ async def test_the_api_answers_json_and_csv_to_viewers(app: RunningApp) -> None:
         "period,currency,gl_code,lines,revenue\r\n"
         "2026-05,EUR,4000,2,20.00\r\n"
         "2026-05,EUR,4100,2,15.00\r\n"
-        "2026-05,EUR,4300,1,1.00\r\n"
     )
     status, body, _ = await app.anonymous("GET", "/v1/reports/mrr?period=2026-04")
     assert status == 401

@@ -191,6 +191,12 @@ class Group:
     account_ids: list[str]
 
     @property
+    def named(self) -> bool:
+        """Whether an operator or a session named the period (a manual or on-demand
+        plan): no later invoice continues its charge periods (``lines.Targets``)."""
+        return self.billing.cycle in UNSCHEDULED
+
+    @property
     def cycle(self) -> Schedule:
         """The plan's (or, for the subscription-date cycle, the accounts') schedule.
 
@@ -198,7 +204,7 @@ class Group:
         or a session, so the schedule is that period repeated (every as many
         days from its first day), and its recurring charges count from there.
         """
-        if self.billing.cycle in UNSCHEDULED:
+        if self.named:
             return Schedule(
                 Unit.DAYS, max(1, self.period.days), self.period.first_day, self.billing.time_zone
             )
@@ -276,7 +282,7 @@ async def compute(
 ) -> dict[str, tuple[str, list[Line]]]:
     """Account -> (currency, lines) for every account of the group; reads only."""
     cycle = group.cycle  # computed once: a schedule is made on each access
-    which = targets(cycle, group.period, group.billing.invoice_timing)
+    which = targets(cycle, group.period, group.billing.invoice_timing, group.named)
     window = usage_window(which, options.usage_cutoff)
     ids = group.account_ids
     currencies = {
@@ -388,7 +394,7 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
     computed = await compute(conn, group, options)
     accounts = list(computed)
     period = group.period
-    which = targets(group.cycle, group.period, group.billing.invoice_timing)
+    which = targets(group.cycle, group.period, group.billing.invoice_timing, group.named)
     window = usage_window(which, options.usage_cutoff)
     figures = await statement_figures(conn, accounts, period.start, window)
     rows_in: list[tuple[object, ...]] = []

@@ -12,12 +12,28 @@ Which period a charge is billed for (decision to record with 0019):
 - the invoice for P of a ``start_of_cycle`` plan (run at P's start) bills
   advance charges of P, and usage and arrears charges of the period before P.
 
-A recurring charge bills each of its own periods (``cycles.charge_schedule``)
-that **starts** in the target period, prorated by the days its item is active
-in it (days used / days in the charge period, ``proration.prorate``): a start,
-end or cancellation inside the period gives a ``proration`` line. A one-time
-charge is billed by the invoice whose target period holds its date. Every
-line is rounded once to the currency's minor unit (``currency.round_line``).
+A recurring charge's own periods (``cycles.charge_schedule``) are prorated by
+the days its item is active in them (days used / days in the charge period,
+``proration.prorate``): a start, end or cancellation inside a period gives a
+``proration`` line. In **advance**, the invoice bills each of them that
+**starts** in its advance target. In **arrears** (decision 0043), it bills each
+whose **last day of service** lies in its arrears target: the charge period's
+last day, or the item's last day when it ends inside the charge period. A
+charge period as long as the invoice period (a monthly charge on a monthly
+cycle) is billed by the invoice of its own period either way; a longer one (a
+quarter on a monthly cycle, a week across a month's end) after it was used,
+never ahead. A one-time charge is billed by the invoice whose target period
+holds its date. Every line is rounded once to the currency's minor unit
+(``currency.round_line``).
+
+An arrears charge period that began before the arrears period is billed net
+of what earlier invoices billed of it (``Billed``, as advance charges are
+reconciled below): a period an invoice billed whole when it began (before
+0043) is not billed twice, and days it billed but the item did not use are
+credited. So that nothing is lost when an item's end is recorded late, such a
+period is also settled by the invoice holding its own last day. On an
+account's first invoice it bills only days inside the arrears period: an
+account's billing begins with its first invoice.
 
 Advance charges are then **reconciled** for the period an earlier invoice
 billed ahead (the arrears period: for an end-of-cycle plan the invoice's own
@@ -174,19 +190,25 @@ class Line(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True, slots=True)
 class Targets:
-    """The invoice period and the periods it bills: arrears and usage, and advance."""
+    """The invoice period and the periods it bills: arrears and usage, and advance.
+
+    ``named``: the period was named by an operator or a session (a manual or
+    on-demand plan): no later invoice continues its charge periods, so an arrears
+    charge period longer than it is billed for its days inside it, there.
+    """
 
     invoice: Period
     arrears: Period
     advance: Period
+    named: bool = False
 
 
-def targets(cycle: Schedule, invoice: Period, timing: str) -> Targets:
+def targets(cycle: Schedule, invoice: Period, timing: str, named: bool = False) -> Targets:
     """Which period an invoice bills arrears (and usage) for, and which advance."""
     n = cycle.index_of_day(invoice.first_day)
     if timing == "start_of_cycle":
-        return Targets(invoice, cycle.period(n - 1), invoice)
-    return Targets(invoice, invoice, cycle.period(n + 1))
+        return Targets(invoice, cycle.period(n - 1), invoice, named)
+    return Targets(invoice, invoice, cycle.period(n + 1), named)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -206,60 +228,19 @@ def _periods_starting_in(schedule: Schedule, target: Period) -> tuple[Period, ..
     return tuple(found)
 
 
-def charge_lines(item: Item, cycle: Schedule, which: Targets, currency: str) -> list[Line]:
-    """The lines one charge item gives on the invoice ``which`` describes."""
-    target = which.advance if item.timing == "advance" else which.arrears
-    total = item.amount * item.quantity
-    if item.billed_as == "one_time":
-        if not target.first_day <= item.start < target.end_day:
-            return []
-        day = local_midnight(item.start, cycle.zone)
-        return [
-            Line(
-                "one_time",
-                item.label,
-                day,
-                None,
-                item.quantity,
-                total,
-                round_line(total, currency),
-                True,
-                item.charge_id,
-                item.item_id,
-                number=item.number,
-                subscription_id=item.subscription_id,
-                account_number_id=item.account_number_id,
-            )
-        ]
-    if item.billed_as != "recurring" or item.cadence is None:
-        return []
+@functools.lru_cache(maxsize=1024)
+def _periods_overlapping(schedule: Schedule, target: Period) -> tuple[Period, ...]:
+    """The schedule's periods that share at least one local day with the target period.
+
+    Cached for the reason ``_periods_starting_in`` is. The first may begin
+    before the target, the last may end after it.
+    """
+    n = schedule.index_of_day(target.first_day)
     found = []
-    for part in _periods_starting_in(charge_schedule(cycle, item.cadence, item.every_days), target):
-        first = max(item.start, part.first_day)
-        after = part.end_day if item.end is None else min(item.end, part.end_day)
-        used = (after - first).days
-        if used <= 0:
-            continue
-        exact = prorate(total, used, part.days)
-        whole = used == part.days
-        found.append(
-            Line(
-                "recurring" if whole else "proration",
-                item.label if whole else f"{item.label} ({used}/{part.days} days)",
-                local_midnight(first, cycle.zone),
-                local_midnight(after, cycle.zone),
-                item.quantity,
-                exact,
-                round_line(exact, currency),
-                True,
-                item.charge_id,
-                item.item_id,
-                number=item.number,
-                subscription_id=item.subscription_id,
-                account_number_id=item.account_number_id,
-            )
-        )
-    return found
+    while schedule.start_day(n) < target.end_day:
+        found.append(schedule.period(n))
+        n += 1
+    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,17 +260,63 @@ def spans_of(item: Item, billed: BilledSpans) -> list[Billed]:
     """What earlier invoices billed for ``item``: its own lines, and those without a source.
 
     A line written before lines named their source (migration 0043) cannot say
-    which instance it billed: it counts for each, as it did before.
+    which instance it billed: it counts for each that had begun by its first day, as
+    it did before. A line billed for an instance never begins before that instance
+    does, so one begun later (a second subscription to the plan, a number assigned
+    again) does not take an earlier one's line for its own.
     """
     spans = billed.get(item.key, [])
     if item.key != item.legacy_key:
-        spans = spans + billed.get(item.legacy_key, [])
+        spans = spans + [
+            span for span in billed.get(item.legacy_key, []) if span.first >= item.start
+        ]
     return spans
 
 
 def _days(first: date, end: date) -> set[date]:
     """The local dates of [first, end)."""
     return {first + timedelta(days=n) for n in range((end - first).days)}
+
+
+def _billed_days(part: Period, spans: list[Billed]) -> set[date]:
+    """The days of the charge period ``part`` that earlier invoices billed, net.
+
+    A line counts for the charge period its first day lies in; charges add
+    their days before credits take theirs away, so the order the lines were
+    written in does not matter.
+    """
+    done: set[date] = set()
+    for span in sorted(spans, key=lambda b: (b.credit, b.first)):
+        if not part.first_day <= span.first < part.end_day:
+            continue
+        days = _days(span.first, min(span.end, part.end_day))
+        done = done - days if span.credit else done | days
+    return done
+
+
+def _period_line(
+    item: Item, part: Period, first: date, after: date, zone_of: Schedule, currency: str
+) -> Line:
+    """The line billing the item's days [first, after) of its charge period ``part``."""
+    total = item.amount * item.quantity
+    used = (after - first).days
+    exact = prorate(total, used, part.days)
+    whole = used == part.days
+    return Line(
+        "recurring" if whole else "proration",
+        item.label if whole else f"{item.label} ({used}/{part.days} days)",
+        local_midnight(first, zone_of.zone),
+        local_midnight(after, zone_of.zone),
+        item.quantity,
+        exact,
+        round_line(exact, currency),
+        True,
+        item.charge_id,
+        item.item_id,
+        number=item.number,
+        subscription_id=item.subscription_id,
+        account_number_id=item.account_number_id,
+    )
 
 
 def _span_line(
@@ -323,6 +350,119 @@ def _span_line(
     )
 
 
+def _settle(
+    item: Item, part: Period, should: set[date], done: set[date], zone_of: Schedule, currency: str
+) -> list[Line]:
+    """A credit for the days of ``part`` billed but not used, a charge for those used but
+    not billed: two lines, each rounded once (none when the billing is right)."""
+    found: list[Line] = []
+    if extra := done - should:
+        found.append(_span_line(item, part, extra, zone_of, currency, credit=True))
+    if missing := should - done:
+        found.append(_span_line(item, part, missing, zone_of, currency, credit=False))
+    return found
+
+
+def _arrears_lines(
+    item: Item,
+    own: Schedule,
+    cycle: Schedule,
+    target: Period,
+    currency: str,
+    billed: BilledSpans | None,
+    named: bool = False,
+) -> list[Line]:
+    """An arrears charge's lines on the invoice whose arrears period is ``target``.
+
+    Each charge period is billed by the invoice whose arrears period holds its
+    last day of service: ``after`` (the charge period's end, or the item's end
+    inside it) minus a day, the end being excluded; in a ``named`` period (manual,
+    on-demand) one begun in it is billed for its days in it. ``billed``: what
+    earlier invoices billed (None: this is the account's first invoice).
+    """
+    found: list[Line] = []
+    for part in _periods_overlapping(own, target):
+        first = max(item.start, part.first_day)
+        after = part.end_day if item.end is None else min(item.end, part.end_day)
+        if part.first_day >= target.first_day:
+            # Begun in the target: no earlier invoice billed any of it (an earlier
+            # invoice's arrears period lies before this one), so one plain line. A
+            # monthly charge on a monthly cycle always comes here, as it did before 0043.
+            if first < after <= target.end_day:
+                found.append(_period_line(item, part, first, after, cycle, currency))
+            elif named and first < target.end_day:
+                # A named period's charge periods start with it and no later invoice
+                # sees this one again: it pays for its own days of it, here.
+                end = min(after, target.end_day)
+                found.append(_period_line(item, part, first, end, cycle, currency))
+            continue
+        # Begun before the target: bill it here when its last day of service lies here,
+        # and settle it here when its own last day does (an end recorded after the
+        # invoice holding the item's last day was drafted is billed then, not lost).
+        last_here = target.first_day < after <= target.end_day
+        if not (last_here or part.end_day <= target.end_day):
+            continue
+        if billed is None:
+            # The account's first invoice: its billing begins with it (nothing earlier).
+            first = max(first, target.first_day)
+            done: set[date] = set()
+        else:
+            done = _billed_days(part, spans_of(item, billed))
+        should = _days(first, after) if first < after else set()
+        found += _settle(item, part, should, done, cycle, currency)
+    return found
+
+
+def charge_lines(
+    item: Item,
+    cycle: Schedule,
+    which: Targets,
+    currency: str,
+    billed: BilledSpans | None,
+) -> list[Line]:
+    """The lines one charge item gives on the invoice ``which`` describes.
+
+    ``billed``: what the account's earlier invoices billed (None: it has none,
+    this is its first invoice); read only for an arrears charge period that
+    began before the arrears period.
+    """
+    target = which.advance if item.timing == "advance" else which.arrears
+    total = item.amount * item.quantity
+    if item.billed_as == "one_time":
+        if not target.first_day <= item.start < target.end_day:
+            return []
+        day = local_midnight(item.start, cycle.zone)
+        return [
+            Line(
+                "one_time",
+                item.label,
+                day,
+                None,
+                item.quantity,
+                total,
+                round_line(total, currency),
+                True,
+                item.charge_id,
+                item.item_id,
+                number=item.number,
+                subscription_id=item.subscription_id,
+                account_number_id=item.account_number_id,
+            )
+        ]
+    if item.billed_as != "recurring" or item.cadence is None:
+        return []
+    own = charge_schedule(cycle, item.cadence, item.every_days)
+    if item.timing != "advance":
+        return _arrears_lines(item, own, cycle, target, currency, billed, which.named)
+    found = []
+    for part in _periods_starting_in(own, target):
+        first = max(item.start, part.first_day)
+        after = part.end_day if item.end is None else min(item.end, part.end_day)
+        if after > first:
+            found.append(_period_line(item, part, first, after, cycle, currency))
+    return found
+
+
 def advance_adjustments(
     item: Item, cycle: Schedule, which: Targets, currency: str, billed: list[Billed]
 ) -> list[Line]:
@@ -340,33 +480,32 @@ def advance_adjustments(
         first = max(item.start, part.first_day)
         after = part.end_day if item.end is None else min(item.end, part.end_day)
         should = _days(first, after) if first < after else set()
-        done: set[date] = set()
-        for span in sorted(billed, key=lambda b: (b.credit, b.first)):
-            if not part.first_day <= span.first < part.end_day:
-                continue
-            days = _days(span.first, min(span.end, part.end_day))
-            done = done - days if span.credit else done | days
-        if extra := done - should:
-            found.append(_span_line(item, part, extra, cycle, currency, credit=True))
-        if missing := should - done:
-            found.append(_span_line(item, part, missing, cycle, currency, credit=False))
+        found += _settle(item, part, should, _billed_days(part, billed), cycle, currency)
     return found
 
 
 def advance_window_start(items: list[Item], cycle: Schedule, which: Targets) -> datetime | None:
-    """From when earlier invoices' lines must be read to reconcile ``items``.
+    """From when earlier invoices' lines must be read for ``items`` (None: not at all).
 
-    The start of the first charge period overlapping the arrears period (the
-    window ends with the arrears period); None when no item is billed in advance.
+    The start of the first charge period overlapping the arrears period of an
+    advance charge (to reconcile it), or of an arrears charge when that period
+    began before the arrears period (what was billed of it, decision 0043). A
+    monthly arrears charge on a monthly cycle needs none. The window ends with
+    the arrears period.
     """
-    starts = [
-        part.start
-        for item in items
-        if item.timing == "advance" and item.billed_as == "recurring" and item.cadence is not None
-        for part in charge_schedule(cycle, item.cadence, item.every_days).periods_overlapping(
-            which.arrears.start, which.arrears.end
-        )[:1]
-    ]
+    arrears = which.arrears
+    starts = []
+    for item in items:
+        if item.billed_as != "recurring" or item.cadence is None:
+            continue
+        own = charge_schedule(cycle, item.cadence, item.every_days)
+        if item.timing == "advance":
+            starts += [
+                part.start for part in own.periods_overlapping(arrears.start, arrears.end)[:1]
+            ]
+            continue
+        first = _periods_overlapping(own, arrears)[:1]
+        starts += [part.start for part in first if part.first_day < arrears.first_day]
     return min(starts, key=lambda start: start.timestamp()) if starts else None
 
 
@@ -405,9 +544,11 @@ def invoice_lines(
 ) -> list[Line]:
     """Every line of one account's invoice, charges (by charge, then date) before usage.
 
-    ``billed``: what earlier invoices billed ahead, for the advance charges'
-    reconciliation; None when the account has no earlier invoice (then only
-    items starting inside the arrears period are reconciled).
+    ``billed``: what earlier invoices billed, for the advance charges'
+    reconciliation and the arrears charge periods begun before the arrears
+    period; None when the account has no earlier invoice (then only advance
+    items starting inside the arrears period are reconciled, and arrears
+    charges are billed for days inside it).
     """
     ordered = sorted(
         items,
@@ -422,9 +563,10 @@ def invoice_lines(
     )
     found: list[Line] = []
     for item in ordered:
-        found += charge_lines(item, cycle, which, currency)
-        # Only an advance charge is reconciled (``advance_adjustments``): no spans looked up
-        # for the others.
+        found += charge_lines(item, cycle, which, currency, billed)
+        # An advance charge is reconciled here (``advance_adjustments``); an arrears one
+        # looks its spans up in ``charge_lines``, and only for a charge period begun
+        # before the arrears period: none looked up for the others.
         if item.timing == "advance" and (
             billed is not None or item.start >= which.arrears.first_day
         ):
