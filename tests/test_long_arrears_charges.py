@@ -253,6 +253,30 @@ async def test_the_first_invoice_bills_no_day_before_its_period(services: Servic
     ]
 
 
+async def test_a_quarter_ended_early_is_not_billed_again_for_days_before_the_first_invoice(
+    services: Services,
+) -> None:
+    """Its first invoice bills only its own days; the quarter's end, a month later, does
+    not go back for the days before that invoice."""
+    await billed_plan(services)
+    await _recurring(services, "qtr", 90 * EUR, "quarterly")
+    await _months(services, "2026-01")
+    # Created after January was invoiced, with the charge from Jan 10; cancelled on
+    # Feb 20, the first day without service.
+    sub = await customer(services, "q2", "qtr", date(2026, 1, 10))
+    await set_status(services.pool, sub, "cancelled", on=date(2026, 2, 20))
+
+    await _months(services, "2026-02", "2026-03", "2026-04")
+
+    # February, its first invoice, holds the last day of service: Feb 1 .. Feb 19, 19 of
+    # the quarter's 90 days: 90.00 x 19 / 90 = 19.00. March, where the quarter ends,
+    # does not bill Jan 10 .. Jan 31 after the customer has gone.
+    assert await _billed(services, "q2", "qtr") == [
+        ("2026-02", "proration", "Fee qtr (19/90 days)", date(2026, 2, 1), date(2026, 2, 20),
+         19 * EUR, 19 * EUR),
+    ]  # fmt: skip
+
+
 async def test_a_quarter_on_a_start_of_cycle_plan_is_billed_when_the_next_quarter_opens(
     services: Services,
 ) -> None:
@@ -329,3 +353,25 @@ async def test_a_named_period_shorter_than_its_charge_period_bills_its_own_days(
         ("2026-02-01..2026-02-11", "proration", "Fee rent (10/28 days)", date(2026, 2, 1),
          date(2026, 2, 11), 3_571_429, 3_570_000),
     ]  # fmt: skip
+
+
+def test_earlier_lines_are_read_only_where_a_long_period_is_settled() -> None:
+    """A yearly arrears charge on a monthly cycle reads earlier invoices' lines only on
+    the invoice that settles its year (its end, or the item's), not on every month's:
+    a run of 100,000 accounts would read months of lines for nothing."""
+    from ocs.billing.cycles import schedule
+    from ocs.billing.lines import Item, advance_window_start, targets
+
+    cycle = schedule(PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1))
+
+    def window(month: int, end: date | None = None) -> date | None:
+        item = Item("yr", 1, "Fee yr", 365 * EUR, 1, "recurring", "yearly", None, "arrears",
+                    date(2026, 1, 1), end)  # fmt: skip
+        invoice = cycle.period(cycle.index_of_day(date(2026, month, 1)))
+        start = advance_window_start([item], cycle, targets(cycle, invoice, "end_of_cycle"))
+        return None if start is None else start.date()
+
+    assert window(1) is None  # its year begins in January: nothing earlier to read
+    assert window(6) is None  # in the middle of its year
+    assert window(12) == date(2026, 1, 1)  # December settles the year
+    assert window(6, end=date(2026, 6, 15)) == date(2026, 1, 1)  # its end, in June

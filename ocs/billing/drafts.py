@@ -36,6 +36,7 @@ from ocs.billing.lines import (
     Line,
     Targets,
     advance_window_start,
+    arrears_first_day,
     invoice_lines,
     targets,
 )
@@ -83,8 +84,9 @@ WHERE n.account_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR n.created_a
 
 # The accounts with an invoice before this one (their billing has begun).
 _EARLIER_SQL = """
-SELECT DISTINCT account_id FROM invoices
+SELECT account_id, min(period_start) AS began FROM invoices
 WHERE account_id = ANY($1::text[]) AND kind = 'invoice' AND state <> 'void' AND period_start < $2
+GROUP BY account_id
 """
 
 # What earlier invoices billed of the charges, from the first charge period to reconcile;
@@ -240,23 +242,29 @@ def usage_window(which: Targets, usage_cutoff: datetime | None) -> tuple[datetim
 
 async def billed_spans(
     conn: asyncpg.Connection, group: Group, which: Targets, items: dict[str, list[Item]]
-) -> dict[str, dict[BilledKey, list[Billed]]]:
-    """Account -> what its earlier invoices billed of each charge, for accounts that have one.
+) -> tuple[dict[str, dict[BilledKey, list[Billed]]], dict[str, date]]:
+    """Account -> what its earlier invoices billed of each charge, for accounts that have
+    one; and account -> the first day its first invoice billed arrears for (local).
 
     An account missing from the answer has no earlier invoice.
     """
     ids = group.account_ids
-    earlier = {r["account_id"] for r in await conn.fetch(_EARLIER_SQL, ids, group.period.start)}
-    found: dict[str, dict[BilledKey, list[Billed]]] = {a: {} for a in earlier}
     cycle = group.cycle
+    zone = cycle.zone
+    timing = group.billing.invoice_timing
+    began = {
+        r["account_id"]: arrears_first_day(cycle, r["began"].astimezone(zone).date(), timing)
+        for r in await conn.fetch(_EARLIER_SQL, ids, group.period.start)
+    }
+    earlier = set(began)
+    found: dict[str, dict[BilledKey, list[Billed]]] = {a: {} for a in earlier}
     starts = [
         start
         for account in earlier
         if (start := advance_window_start(items.get(account, []), cycle, which))
     ]
     if not starts:
-        return found
-    zone = cycle.zone
+        return found, began
     since = min(starts, key=lambda start: start.timestamp())
     for r in await conn.fetch(_BILLED_SQL, sorted(earlier), group.period.start, since):
         key = (
@@ -274,7 +282,7 @@ async def billed_spans(
                 r["credit"],
             )
         )
-    return found
+    return found, began
 
 
 async def compute(
@@ -309,7 +317,7 @@ async def compute(
                 r["account_number_id"],
             )
         )
-    billed = await billed_spans(conn, group, which, items)
+    billed, began = await billed_spans(conn, group, which, items)
     # One read of the accounts' CDRs for the usage lines and the real-time path's lines.
     totals = await cdr_totals(conn, ids, window)
     reported = await realtime_lines(conn, currencies, window, totals)
@@ -332,6 +340,7 @@ async def compute(
             currency,
             window,
             billed.get(account),
+            began.get(account),
         ) + reported.get(account, [])
         # Bundles, discounts and commitments come before taxes: taxes are net of them.
         lines += bundled.get(account, [])

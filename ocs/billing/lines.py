@@ -211,6 +211,15 @@ def targets(cycle: Schedule, invoice: Period, timing: str, named: bool = False) 
     return Targets(invoice, invoice, cycle.period(n + 1), named)
 
 
+def arrears_first_day(cycle: Schedule, invoice_first_day: date, timing: str) -> date:
+    """The first day of the arrears period of the invoice whose period begins on
+    ``invoice_first_day`` (``targets``): where an account's billing began, when that
+    was its first invoice."""
+    if timing == "start_of_cycle":
+        return cycle.period(cycle.index_of_day(invoice_first_day) - 1).first_day
+    return invoice_first_day
+
+
 @functools.lru_cache(maxsize=1024)
 def _periods_starting_in(schedule: Schedule, target: Period) -> tuple[Period, ...]:
     """The schedule's periods whose first day lies in the target period.
@@ -371,6 +380,7 @@ def _arrears_lines(
     currency: str,
     billed: BilledSpans | None,
     named: bool = False,
+    began: date | None = None,
 ) -> list[Line]:
     """An arrears charge's lines on the invoice whose arrears period is ``target``.
 
@@ -378,7 +388,9 @@ def _arrears_lines(
     last day of service: ``after`` (the charge period's end, or the item's end
     inside it) minus a day, the end being excluded; in a ``named`` period (manual,
     on-demand) one begun in it is billed for its days in it. ``billed``: what
-    earlier invoices billed (None: this is the account's first invoice).
+    earlier invoices billed (None: this is the account's first invoice); ``began``:
+    the first day of the account's first invoice's arrears period, before which
+    nothing is billed (an account's billing begins with its first invoice).
     """
     found: list[Line] = []
     for part in _periods_overlapping(own, target):
@@ -402,12 +414,10 @@ def _arrears_lines(
         last_here = target.first_day < after <= target.end_day
         if not (last_here or part.end_day <= target.end_day):
             continue
-        if billed is None:
-            # The account's first invoice: its billing begins with it (nothing earlier).
-            first = max(first, target.first_day)
-            done: set[date] = set()
-        else:
-            done = _billed_days(part, spans_of(item, billed))
+        # An account's billing begins with its first invoice: no day before it, on the
+        # first invoice or on a later one settling the same charge period.
+        first = max(first, target.first_day if billed is None else (began or first))
+        done = set() if billed is None else _billed_days(part, spans_of(item, billed))
         should = _days(first, after) if first < after else set()
         found += _settle(item, part, should, done, cycle, currency)
     return found
@@ -419,6 +429,7 @@ def charge_lines(
     which: Targets,
     currency: str,
     billed: BilledSpans | None,
+    began: date | None = None,
 ) -> list[Line]:
     """The lines one charge item gives on the invoice ``which`` describes.
 
@@ -453,7 +464,7 @@ def charge_lines(
         return []
     own = charge_schedule(cycle, item.cadence, item.every_days)
     if item.timing != "advance":
-        return _arrears_lines(item, own, cycle, target, currency, billed, which.named)
+        return _arrears_lines(item, own, cycle, target, currency, billed, which.named, began)
     found = []
     for part in _periods_starting_in(own, target):
         first = max(item.start, part.first_day)
@@ -504,8 +515,15 @@ def advance_window_start(items: list[Item], cycle: Schedule, which: Targets) -> 
                 part.start for part in own.periods_overlapping(arrears.start, arrears.end)[:1]
             ]
             continue
-        first = _periods_overlapping(own, arrears)[:1]
-        starts += [part.start for part in first if part.first_day < arrears.first_day]
+        # Read only where ``_arrears_lines`` settles a period begun before the arrears
+        # period: its own end, or the item's, lies in it. A quarter or a year is not
+        # read back to its start by every invoice in between.
+        ends_here = item.end is not None and arrears.first_day < item.end <= arrears.end_day
+        starts += [
+            part.start
+            for part in _periods_overlapping(own, arrears)[:1]
+            if part.first_day < arrears.first_day and (ends_here or part.end_day <= arrears.end_day)
+        ]
     return min(starts, key=lambda start: start.timestamp()) if starts else None
 
 
@@ -541,6 +559,7 @@ def invoice_lines(
     currency: str,
     usage_window: tuple[datetime, datetime],
     billed: BilledSpans | None = None,
+    began: date | None = None,
 ) -> list[Line]:
     """Every line of one account's invoice, charges (by charge, then date) before usage.
 
@@ -548,7 +567,8 @@ def invoice_lines(
     reconciliation and the arrears charge periods begun before the arrears
     period; None when the account has no earlier invoice (then only advance
     items starting inside the arrears period are reconciled, and arrears
-    charges are billed for days inside it).
+    charges are billed for days inside it). ``began``: the first day of the
+    account's first invoice's arrears period, where its billing began.
     """
     ordered = sorted(
         items,
@@ -563,7 +583,7 @@ def invoice_lines(
     )
     found: list[Line] = []
     for item in ordered:
-        found += charge_lines(item, cycle, which, currency, billed)
+        found += charge_lines(item, cycle, which, currency, billed, began)
         # An advance charge is reconciled here (``advance_adjustments``); an arrears one
         # looks its spans up in ``charge_lines``, and only for a charge period begun
         # before the arrears period: none looked up for the others.
