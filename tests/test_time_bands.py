@@ -125,10 +125,10 @@ async def put_peak(app: RunningApp, start: str) -> None:
     await eventually(loaded, what=f"peak from {start} in the snapshot")
 
 
-async def monday_0750_calls(app: RunningApp) -> CallService:
-    """Retail with UK at 0.01/min off-peak and 0.05/min in peak (from 08:00), an account
-    "band" with 0.60, and a call service whose clock says Monday 07:50 in London: 0.60
-    buys 10 minutes off-peak and 10 of peak."""
+async def monday_0750_calls(app: RunningApp, peak: str | None = "08:00") -> CallService:
+    """Retail with UK at 0.01/min off-peak and 0.05/min in peak (from ``peak``; None: no
+    schedule yet), an account "band" with 0.60, and a call service whose clock says
+    Monday 07:50 in London: 0.60 buys 10 minutes off-peak and 10 of peak."""
     from urllib.parse import quote
 
     from tests.conftest import add_plan, eventually
@@ -139,7 +139,8 @@ async def monday_0750_calls(app: RunningApp) -> CallService:
             "prefix,zone,price_per_minute,connect_fee,first_block,increment\n44,UK,0.010,0,1,1\n"
         ),
     )
-    await put_peak(app, "08:00")
+    if peak is not None:
+        await put_peak(app, peak)
     response = await app.client.put(
         f"/v1/plans/retail/tariffs/{quote('UK')}/shape", json={"band_prices": {"peak": "0.05"}}
     )
@@ -191,30 +192,8 @@ async def test_a_schedule_changed_during_a_call_does_not_reprice_it(app: Running
 async def test_a_schedule_added_during_a_call_does_not_reprice_it(app: RunningApp) -> None:
     """A banded tariff of a plan with no schedule yet prices the call unbanded; the
     schedule added during the call does not reach it."""
-    from urllib.parse import quote
-
-    from tests.conftest import add_plan, eventually
-
-    await add_plan(
-        app.services,
-        deck=(
-            "prefix,zone,price_per_minute,connect_fee,first_block,increment\n44,UK,0.010,0,1,1\n"
-        ),
-    )
-    response = await app.client.put(
-        f"/v1/plans/retail/tariffs/{quote('UK')}/shape", json={"band_prices": {"peak": "0.05"}}
-    )
-    assert response.status == 200, await response.text()
-
-    async def priced() -> bool:
-        found = app.services.catalog.snapshot.tariff_for("retail", "4420")
-        return bool(found and found[1].rate.band_prices)
-
-    await eventually(priced, what="band prices in the snapshot")
-    await app.post("/v1/accounts", {"id": "band", "plan": "retail", "balance": "0.60"})
-    grant = await monday_0750_service(app).authorize(
-        AuthorizeRequest("band", "442079460000", call_id="band-3")
-    )
+    calls = await monday_0750_calls(app, peak=None)
+    grant = await calls.authorize(AuthorizeRequest("band", "442079460000", call_id="band-3"))
     assert grant.max_duration == 60 * 60  # 0.60 at 0.01 a minute: no bands, no peak
     # Peak from 08:00 is added during the call: by it, 10 of its 20 minutes were peak
     # (0.60). The call was authorized at 0.01 a minute throughout: 0.20.

@@ -303,19 +303,21 @@ def _billed_days(part: Period, spans: list[Billed]) -> set[date]:
     return done
 
 
-def _period_line(
-    item: Item, part: Period, first: date, after: date, zone_of: Schedule, currency: str
+def _item_line(
+    item: Item,
+    kind: str,
+    description: str,
+    span: tuple[datetime, datetime | None],
+    exact: int,
+    currency: str,
 ) -> Line:
-    """The line billing the item's days [first, after) of its charge period ``part``."""
-    total = item.amount * item.quantity
-    used = (after - first).days
-    exact = prorate(total, used, part.days)
-    whole = used == part.days
+    """A line of ``item`` over ``span`` (its first instant and end, None for a one-time
+    charge's date): ``exact`` micro-units, rounded once; it names the item's source."""
     return Line(
-        "recurring" if whole else "proration",
-        item.label if whole else f"{item.label} ({used}/{part.days} days)",
-        local_midnight(first, zone_of.zone),
-        local_midnight(after, zone_of.zone),
+        kind,
+        description,
+        span[0],
+        span[1],
         item.quantity,
         exact,
         round_line(exact, currency),
@@ -325,6 +327,23 @@ def _period_line(
         number=item.number,
         subscription_id=item.subscription_id,
         account_number_id=item.account_number_id,
+    )
+
+
+def _period_line(
+    item: Item, part: Period, first: date, after: date, zone_of: Schedule, currency: str
+) -> Line:
+    """The line billing the item's days [first, after) of its charge period ``part``."""
+    used = (after - first).days
+    exact = prorate(item.amount * item.quantity, used, part.days)
+    whole = used == part.days
+    return _item_line(
+        item,
+        "recurring" if whole else "proration",
+        item.label if whole else f"{item.label} ({used}/{part.days} days)",
+        (local_midnight(first, zone_of.zone), local_midnight(after, zone_of.zone)),
+        exact,
+        currency,
     )
 
 
@@ -342,20 +361,13 @@ def _span_line(
         description = f"Credit: {item.label} unused ({share})"
     else:
         description = item.label if whole else f"{item.label} ({share})"
-    return Line(
+    return _item_line(
+        item,
         "recurring" if whole else "proration",
         description,
-        local_midnight(first, zone_of.zone),
-        local_midnight(after, zone_of.zone),
-        item.quantity,
+        (local_midnight(first, zone_of.zone), local_midnight(after, zone_of.zone)),
         exact,
-        round_line(exact, currency),
-        True,
-        item.charge_id,
-        item.item_id,
-        number=item.number,
-        subscription_id=item.subscription_id,
-        account_number_id=item.account_number_id,
+        currency,
     )
 
 
@@ -443,23 +455,7 @@ def charge_lines(
         if not target.first_day <= item.start < target.end_day:
             return []
         day = local_midnight(item.start, cycle.zone)
-        return [
-            Line(
-                "one_time",
-                item.label,
-                day,
-                None,
-                item.quantity,
-                total,
-                round_line(total, currency),
-                True,
-                item.charge_id,
-                item.item_id,
-                number=item.number,
-                subscription_id=item.subscription_id,
-                account_number_id=item.account_number_id,
-            )
-        ]
+        return [_item_line(item, "one_time", item.label, (day, None), total, currency)]
     if item.billed_as != "recurring" or item.cadence is None:
         return []
     own = charge_schedule(cycle, item.cadence, item.every_days)
