@@ -360,7 +360,7 @@ def test_earlier_lines_are_read_only_where_a_long_period_is_settled() -> None:
     the invoice that settles its year (its end, or the item's), not on every month's:
     a run of 100,000 accounts would read months of lines for nothing."""
     from ocs.billing.cycles import schedule
-    from ocs.billing.lines import Item, advance_window_start, targets
+    from ocs.billing.lines import Item, billed_window_start, targets
 
     cycle = schedule(PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1))
 
@@ -368,7 +368,7 @@ def test_earlier_lines_are_read_only_where_a_long_period_is_settled() -> None:
         item = Item("yr", 1, "Fee yr", 365 * EUR, 1, "recurring", "yearly", None, "arrears",
                     date(2026, 1, 1), end)  # fmt: skip
         invoice = cycle.period(cycle.index_of_day(date(2026, month, 1)))
-        start = advance_window_start([item], cycle, targets(cycle, invoice, "end_of_cycle"))
+        start = billed_window_start([item], cycle, targets(cycle, invoice, "end_of_cycle"))
         return None if start is None else start.date()
 
     assert window(1) is None  # its year begins in January: nothing earlier to read

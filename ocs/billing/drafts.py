@@ -35,8 +35,8 @@ from ocs.billing.lines import (
     Item,
     Line,
     Targets,
-    advance_window_start,
     arrears_first_day,
+    billed_window_start,
     invoice_lines,
     targets,
 )
@@ -261,7 +261,7 @@ async def billed_spans(
     starts = [
         start
         for account in earlier
-        if (start := advance_window_start(items.get(account, []), cycle, which))
+        if (start := billed_window_start(items.get(account, []), cycle, which))
     ]
     if not starts:
         return found, began

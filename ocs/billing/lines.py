@@ -491,7 +491,7 @@ def advance_adjustments(
     return found
 
 
-def advance_window_start(items: list[Item], cycle: Schedule, which: Targets) -> datetime | None:
+def billed_window_start(items: list[Item], cycle: Schedule, which: Targets) -> datetime | None:
     """From when earlier invoices' lines must be read for ``items`` (None: not at all).
 
     The start of the first charge period overlapping the arrears period of an

@@ -16,7 +16,7 @@ import msgpack
 
 from ocs import metrics
 from ocs.balances.accounts import password_digest
-from ocs.balances.card_ids import CARD_PREFIX, is_card_account
+from ocs.balances.card_ids import is_card_account
 from ocs.balances.cards import pin_digest
 from ocs.balances.ivr import Ivr, effective
 from ocs.balances.script_args import AuthorizeArgs, CounterCandidate, CounterQuote
@@ -124,9 +124,13 @@ FREE_INBOUND = Rate(0, 0, 1, 0)
 
 
 def call_bands(plan: Plan | None, rate: Rate, start: int, length: int) -> Segments | None:
-    """The time bands from ``start`` (epoch s) for a rate priced by band, else None."""
-    if not rate.band_prices or plan is None or plan.bands is None:
+    """The time bands from ``start`` (epoch s) for a rate priced by band, else None; no
+    bands (``()``, priced unbanded) where the plan has no schedule, so that a call's
+    record keeps that, and a schedule added during the call does not reprice it."""
+    if not rate.band_prices:
         return None
+    if plan is None or plan.bands is None:
+        return ()
     # Rounding may bill past the last second: cover the largest step too.
     slack = max([rate.first_block, rate.increment, *(t.increment for t in rate.tiers)])
     return plan.bands.segments(start, length + slack + 60)
@@ -345,7 +349,7 @@ class CallService:
         # no secret, and a card seldom has a password: taken as an account id, it would
         # spend any card for whoever can make an IVR pass free text. Known by its form,
         # so no look-up; checked before the cache, which holds cards a PIN opened.
-        card_id = name.startswith(CARD_PREFIX) and is_card_account(name)
+        card_id = is_card_account(name)
         if name in self._plans and not card_id:
             return Identity(name)
         maybe_pin = name.isascii() and name.isdigit() and 6 <= len(name) <= 20
@@ -657,9 +661,7 @@ class CallService:
             nas_address=origin.nas_address,
             nas_session=origin.nas_session,
             rating_plan=None if rating_plan == priced.plan_id else rating_plan,
-            # A banded rate of a plan with no schedule yet is unbanded for this call: kept
-            # as no bands, so a schedule added during the call does not reprice it.
-            bands=() if bands is None and priced.tariff.rate.band_prices else bands,
+            bands=bands,
         )
 
     async def balance(
