@@ -29,6 +29,7 @@ HOT_MODULES: tuple[str, ...] = (
     "ocs.balances.store",
     "ocs.balances.wire",
     "ocs.charging.lifecycle",
+    "ocs.money",
     "ocs.radius.access",
     "ocs.radius.accounting",
     "ocs.radius.attributes",
@@ -39,6 +40,8 @@ HOT_MODULES: tuple[str, ...] = (
     "ocs.radius.lean.request",
     "ocs.radius.queue_delay",
     "ocs.radius.server",
+    "ocs.rating.rates",
+    "ocs.rating.translation",
 )
 
 # Beside the package's __init__.py: {module: sha256 of the source it was compiled from}.
