@@ -20,11 +20,12 @@ import pytest
 
 from ocs.balances import keys, slots
 from ocs.balances.reconcile import reconcile
-from ocs.balances.scripts import ALL_SCRIPTS, SNAPSHOT_BUCKET
+from ocs.balances.scripts import ALL_SCRIPTS, AUTHORIZE_WITH_REF, SNAPSHOT_BUCKET
+from ocs.balances.store import REF_WINDOW
 from ocs.balances.wire import RedisWire
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
-from ocs.charging.values import AuthorizeRequest
+from ocs.charging.values import AuthorizeRequest, CallRecord
 from ocs.config import RadiusClientConfig, with_overrides
 from ocs.radius.clients import load_client_table
 from ocs.radius.server import RadiusServer
@@ -202,6 +203,50 @@ async def test_a_refusal_answers_its_reason_on_either_backend(backend_app: Runni
         "/v1/calls", {"account": "busy", "destination": UK_MOBILE, "call_id": "b-2"}
     )
     assert (status, body["error"]["reason"]) == (409, "no_free_line")
+
+
+async def test_call_references_of_refusals_and_grants_on_either_backend(
+    backend_app: RunningApp,
+) -> None:
+    # The reference that finds a call by its id alone: written by the authorize script on
+    # one Redis, beside it on a cluster (decision 0044), with the same outcome.
+    app = backend_app
+    await add_plan(app.services, max_lines=1)
+    await app.post("/v1/accounts", {"id": "rich", "plan": "retail", "balance": "5.00"})
+    await app.post("/v1/accounts", {"id": "empty", "plan": "retail", "balance": "0.00"})
+    redis = app.services.redis
+
+    async def reference(call_id: str) -> tuple[str | None, int]:
+        """The account the call's reference names (None: no reference) and its TTL."""
+        packed = await redis.get(keys.call_ref(call_id))
+        account = None if packed is None else CallRecord.unpack(packed).account_id
+        return account, await redis.ttl(keys.call_ref(call_id))
+
+    # A refusal's reference lasts the window of its retransmissions only.
+    status, _ = await app.post(
+        "/v1/calls", {"account": "empty", "destination": UK_MOBILE, "call_id": "r-1"}
+    )
+    assert status == 402
+    account, ttl = await reference("r-1")
+    assert account == "empty" and 0 < ttl <= REF_WINDOW
+    # A grant under that id replaces it for the call's life.
+    status, _ = await app.post(
+        "/v1/calls", {"account": "rich", "destination": UK_MOBILE, "call_id": "r-1"}
+    )
+    assert status == 201
+    account, ttl = await reference("r-1")
+    assert account == "rich" and ttl > 14_400
+    # A refusal under the live call's id, and a repeat of the call, leave its reference.
+    for refused in ("empty", "rich"):
+        status, body = await app.post(
+            "/v1/calls", {"account": refused, "destination": UK_MOBILE, "call_id": "r-1"}
+        )
+        assert status >= 400 or body["repeated"] is True, body
+        assert (await reference("r-1"))[0] == "rich"
+    # Another process (no cached record) stops the call by its id alone.
+    other = CallService(app.services.catalog, app.services.store, app.services.settings)
+    charge = await other.stop("r-1", 45)
+    assert (charge.account_id, charge.charged) == ("rich", 198_000)
 
 
 async def test_topups_credit_once_per_id_and_reach_the_ledger(
@@ -453,12 +498,18 @@ async def test_every_command_names_keys_of_one_slot(
     await app.post("/v1/calls/s-1/stop", {"duration": 12})
     await Janitor(app.services.calls, app.services.store).sweep()
     assert sent
-    # On a standalone server the ledger writer reads every stream in one command.
+    # On a standalone server the ledger writer reads every stream in one command, and
+    # the authorize script writes the call's reference (decision 0044).
     crossing = [
-        c for c in sent if not slots.one_slot(c) and (backend.cluster or c[0] != "XREADGROUP")
+        c
+        for c in sent
+        if not slots.one_slot(c)
+        and (backend.cluster or (c[0] != "XREADGROUP" and c[1] != AUTHORIZE_WITH_REF.sha))
     ]
     assert crossing == []
     shas = {c[1] for c in sent if c[0] == "EVALSHA"}
     names = {s.name for s in ALL_SCRIPTS if s.sha in shas}
-    assert {"create_account", "topup", "authorize", "start", "update", "stop"} <= names
+    authorizing = "authorize" if backend.cluster else "authorize_with_ref"
+    assert {"create_account", "topup", authorizing, "start", "update", "stop"} <= names
+    assert ({"authorize", "authorize_with_ref"} - {authorizing}).isdisjoint(names)
     assert SNAPSHOT_BUCKET.name not in names  # reconcile's, sent by redis-py

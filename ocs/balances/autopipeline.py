@@ -65,6 +65,7 @@ class AutoPipeline:
             wait_replicas=wait_replicas,
             wait_timeout_ms=wait_timeout_ms,
         )
+        self._cluster = cluster
         self._max_batch = max_batch
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
@@ -77,6 +78,11 @@ class AutoPipeline:
     def redis(self) -> RedisClient:
         """The Redis client this pipeline was made with, for commands sent on their own."""
         return self._redis
+
+    @property
+    def cluster(self) -> bool:
+        """True when the commands go to a Redis Cluster: a script's keys share one slot."""
+        return self._cluster
 
     async def load_scripts(self) -> None:
         """Register every script with every master (SCRIPT LOAD is idempotent)."""

@@ -29,7 +29,16 @@ def _load(name: str) -> Script:
     return Script(name=name, source=source, sha=sha1(source.encode()).hexdigest())
 
 
+def _wrapping(name: str, wrapped: str, function: str) -> Script:
+    """Script ``name`` with script ``wrapped``'s body above it as ``local function
+    function()``: its returns return from that function, for ``name`` to go on after."""
+    body = _read(wrapped)
+    source = f"{_read('lib')}local function {function}()\n{body}\nend\n{_read(name)}"
+    return Script(name=name, source=source, sha=sha1(source.encode()).hexdigest())
+
+
 AUTHORIZE = _load("authorize")
+AUTHORIZE_WITH_REF = _wrapping("authorize_with_ref", "authorize", "authorize")
 STOP = _load("stop")
 TOPUP = _load("topup")
 CREATE_ACCOUNT = _load("create_account")
@@ -45,6 +54,7 @@ FEE = _load("fee")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
+    AUTHORIZE_WITH_REF,
     STOP,
     TOPUP,
     CREATE_ACCOUNT,

@@ -309,32 +309,24 @@ class BalanceStore:
         shorter grant they pay for (None: keep ``expires_at``); ``ref_ttl`` is how
         long a granted call's reference lives.
         """
-        account_id, call_id, record = args.account_id, args.call_id, args.record
+        account_id, call_id = args.account_id, args.call_id
         expires_at, cap_cost = args.expires_at, args.cap_cost
-        outcome = self._pipe.run_script(scripts.AUTHORIZE, args.keys(), args.argv())
-        # The reference lets a stop that names only the call id find the account. It
-        # lives in the call id's slot, so it cannot be written by the script. It is
-        # written in the same round trip, NX (never replacing the reference of another
-        # live call), for a granted call's whole life: a grant, the common case, then
-        # answers after this one round trip. A refused attempt's reference is cut to a
-        # short window at once: it must leave nothing behind that outlives its
-        # retransmissions, so a client looping on refused calls cannot grow Redis.
+        # The reference lets a stop that names only the call id find the account. On one
+        # Redis the script writes it (decision 0044): the record crosses the wire once,
+        # and the grant answers after one command. On a cluster it lives in the call
+        # id's slot, not the account's, and is written beside the script.
         ref_key = keys.call_ref(call_id)
-        ref = self._pipe.execute("SET", ref_key, record, "EX", ref_ttl, "NX")
-        reply, ref_written = await _all_or_first_error([outcome, ref])
-        status = _text(reply[0])
-        if status != "OK":
-            if ref_written is not None:
-                await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
+        if self._pipe.cluster:
+            reply = await self._authorize_beside_ref(args, ref_key, ref_ttl)
         else:
-            reserved = int(reply[1])
-            # Not written: another one's (a refused attempt's, a stale one's) is replaced
-            # by this call's.
-            pending = (
-                []
-                if ref_written is not None
-                else [self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)]
+            reply = await self._pipe.run_script(
+                scripts.AUTHORIZE_WITH_REF,
+                [*args.keys(), ref_key],
+                [*args.argv(), ref_ttl, REF_WINDOW],
             )
+        status = _text(reply[0])
+        if status == "OK":
+            reserved = int(reply[1])
             # Funds that cover the whole grant asked for need no second look.
             expiry = None
             if grant_expiry is not None and reserved < cap_cost:
@@ -342,17 +334,13 @@ class BalanceStore:
             if expiry is not None and expiry < expires_at:
                 # Funds cover less than the grant the script was told of: the call
                 # expires at what it was granted. XX: a call stopped meanwhile stays gone.
-                pending.append(
-                    self._pipe.execute(
-                        "ZADD",
-                        keys.call_expiry(keys.bucket_of(account_id)),
-                        "XX",
-                        expiry,
-                        keys.expiry_member(account_id, call_id),
-                    )
+                await self._pipe.execute(
+                    "ZADD",
+                    keys.call_expiry(keys.bucket_of(account_id)),
+                    "XX",
+                    expiry,
+                    keys.expiry_member(account_id, call_id),
                 )
-            if pending:
-                await _all_or_first_error(pending)
             return Reserved(
                 reserved, int(reply[2]), int(reply[3]), int(reply[4]), _text_or_none(reply[5])
             )
@@ -367,6 +355,29 @@ class BalanceStore:
         if status == "CNT":
             return CounterChanged(int(reply[1]), _text(reply[2]) or None)
         return Refused(_text(reply[1]), int(reply[2]) if len(reply) > 2 else 0)
+
+    async def _authorize_beside_ref(
+        self, args: AuthorizeArgs, ref_key: str, ref_ttl: int
+    ) -> list[Any]:
+        """authorize.lua's reply, with the call reference SET in the same round trip (a
+        cluster's way: the reference is in another slot than the account's keys).
+
+        Written NX for a granted call's whole life, so it never replaces the reference
+        of another live call; a grant, the common case, then answers after this one
+        round trip. A refused attempt's is cut to a short window at once, and a grant's
+        replaces one it found (a refused attempt's, a stale one's): the same keys as
+        authorize_with_ref.lua leaves.
+        """
+        record = args.record
+        outcome = self._pipe.run_script(scripts.AUTHORIZE, args.keys(), args.argv())
+        ref = self._pipe.execute("SET", ref_key, record, "EX", ref_ttl, "NX")
+        reply, ref_written = await _all_or_first_error([outcome, ref])
+        if _text(reply[0]) != "OK":
+            if ref_written is not None:
+                await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
+        elif ref_written is None:
+            await self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)
+        return list(reply)
 
     async def call_reference(self, call_id: str) -> bytes | None:
         """The record of the call ``call_id`` names (msgpack), None if none is known."""
