@@ -29,7 +29,6 @@ HOT_MODULES: tuple[str, ...] = (
     "ocs.balances.store",
     "ocs.balances.wire",
     "ocs.charging.lifecycle",
-    "ocs.money",
     "ocs.radius.access",
     "ocs.radius.accounting",
     "ocs.radius.attributes",

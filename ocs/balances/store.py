@@ -316,8 +316,9 @@ class BalanceStore:
         # and the grant answers after one command. On a cluster it lives in the call
         # id's slot, not the account's, and is written beside the script.
         ref_key = keys.call_ref(call_id)
+        pending: list[asyncio.Future[Any]] = []
         if self._pipe.cluster:
-            reply = await self._authorize_beside_ref(args, ref_key, ref_ttl)
+            reply, pending = await self._authorize_beside_ref(args, ref_key, ref_ttl)
         else:
             reply = await self._pipe.run_script(
                 scripts.AUTHORIZE_WITH_REF,
@@ -334,13 +335,17 @@ class BalanceStore:
             if expiry is not None and expiry < expires_at:
                 # Funds cover less than the grant the script was told of: the call
                 # expires at what it was granted. XX: a call stopped meanwhile stays gone.
-                await self._pipe.execute(
-                    "ZADD",
-                    keys.call_expiry(keys.bucket_of(account_id)),
-                    "XX",
-                    expiry,
-                    keys.expiry_member(account_id, call_id),
+                pending.append(
+                    self._pipe.execute(
+                        "ZADD",
+                        keys.call_expiry(keys.bucket_of(account_id)),
+                        "XX",
+                        expiry,
+                        keys.expiry_member(account_id, call_id),
+                    )
                 )
+            if pending:
+                await _all_or_first_error(pending)
             return Reserved(
                 reserved, int(reply[2]), int(reply[3]), int(reply[4]), _text_or_none(reply[5])
             )
@@ -358,9 +363,10 @@ class BalanceStore:
 
     async def _authorize_beside_ref(
         self, args: AuthorizeArgs, ref_key: str, ref_ttl: int
-    ) -> list[Any]:
+    ) -> tuple[list[Any], list[asyncio.Future[Any]]]:
         """authorize.lua's reply, with the call reference SET in the same round trip (a
-        cluster's way: the reference is in another slot than the account's keys).
+        cluster's way: the reference is in another slot than the account's keys), and
+        the commands still to await with the grant's next round trip.
 
         Written NX for a granted call's whole life, so it never replaces the reference
         of another live call; a grant, the common case, then answers after this one
@@ -375,9 +381,10 @@ class BalanceStore:
         if _text(reply[0]) != "OK":
             if ref_written is not None:
                 await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
-        elif ref_written is None:
-            await self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)
-        return list(reply)
+            return list(reply), []
+        if ref_written is not None:
+            return list(reply), []
+        return list(reply), [self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)]
 
     async def call_reference(self, call_id: str) -> bytes | None:
         """The record of the call ``call_id`` names (msgpack), None if none is known."""
