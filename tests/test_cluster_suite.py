@@ -250,6 +250,24 @@ async def test_call_references_of_refusals_and_grants_on_either_backend(
     assert (charge.account_id, charge.charged) == ("rich", 198_000)
 
 
+async def test_a_failed_authorize_script_leaves_no_lasting_reference(
+    backend_app: RunningApp,
+) -> None:
+    # A script that fails grants nothing: no reference may outlive the window, on
+    # either backend (on a cluster the SET beside the script was written all the same).
+    app = backend_app
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "odd", "plan": "retail", "balance": "5.00"})
+    redis = app.services.redis
+    await redis.hset(keys.account("odd"), "balance", "not-a-number")
+    status, _ = await app.post(
+        "/v1/calls", {"account": "odd", "destination": UK_MOBILE, "call_id": "f-1"}
+    )
+    assert status >= 500
+    ttl = await redis.ttl(keys.call_ref("f-1"))
+    assert ttl == -2 or 0 < ttl <= REF_WINDOW, ttl
+
+
 async def test_topups_credit_once_per_id_and_reach_the_ledger(
     backend_app: RunningApp, backend: Backend, request: pytest.FixtureRequest
 ) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgpack
+from redis.exceptions import ResponseError
 
 from ocs.balances import keys, scripts
 from ocs.balances.autopipeline import AutoPipeline
@@ -377,7 +378,14 @@ class BalanceStore:
         record = args.record
         outcome = self._pipe.run_script(scripts.AUTHORIZE, args.keys(), args.argv())
         ref = self._pipe.execute("SET", ref_key, record, "EX", ref_ttl, "NX")
-        reply, ref_written = await _all_or_first_error([outcome, ref])
+        try:
+            reply, ref_written = await _all_or_first_error([outcome, ref])
+        except ResponseError:
+            # The script failed (nothing granted) while the SET may have been written:
+            # cut the reference to the window, as after a refusal.
+            if not ref.cancelled() and ref.exception() is None and ref.result() is not None:
+                await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
+            raise
         if _text(reply[0]) != "OK":
             if ref_written is not None:
                 await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
