@@ -23,22 +23,24 @@ def _read(name: str) -> str:
     return resources.files("ocs.balances").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
-def _load(name: str) -> Script:
+def _script(name: str, body: str) -> Script:
     # lib.lua's helpers come first in every script, so a rule is written once.
-    source = _read("lib") + _read(name)
+    source = _read("lib") + body
     return Script(name=name, source=source, sha=sha1(source.encode()).hexdigest())
 
 
-def _wrapping(name: str, wrapped: str, function: str) -> Script:
+def _load(name: str) -> Script:
+    return _script(name, _read(name))
+
+
+def _wrapping(name: str, wrapped: str) -> Script:
     """Script ``name`` with script ``wrapped``'s body above it as ``local function
-    function()``: its returns return from that function, for ``name`` to go on after."""
-    body = _read(wrapped)
-    source = f"{_read('lib')}local function {function}()\n{body}\nend\n{_read(name)}"
-    return Script(name=name, source=source, sha=sha1(source.encode()).hexdigest())
+    <wrapped>()``: its returns return from that function, for ``name`` to go on after."""
+    return _script(name, f"local function {wrapped}()\n{_read(wrapped)}\nend\n{_read(name)}")
 
 
 AUTHORIZE = _load("authorize")
-AUTHORIZE_WITH_REF = _wrapping("authorize_with_ref", "authorize", "authorize")
+AUTHORIZE_WITH_REF = _wrapping("authorize_with_ref", "authorize")
 STOP = _load("stop")
 TOPUP = _load("topup")
 CREATE_ACCOUNT = _load("create_account")

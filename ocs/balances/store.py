@@ -321,10 +321,12 @@ class BalanceStore:
         if self._pipe.cluster:
             reply, pending = await self._authorize_beside_ref(args, ref_key, ref_ttl)
         else:
+            # Both lists are the call's own: extended in place, not copied.
+            script_keys, script_args = args.keys(), args.argv()
+            script_keys.append(ref_key)
+            script_args += (ref_ttl, REF_WINDOW)
             reply = await self._pipe.run_script(
-                scripts.AUTHORIZE_WITH_REF,
-                [*args.keys(), ref_key],
-                [*args.argv(), ref_ttl, REF_WINDOW],
+                scripts.AUTHORIZE_WITH_REF, script_keys, script_args
             )
         status = _text(reply[0])
         if status == "OK":
