@@ -520,6 +520,17 @@ class Settings:
     pin_guess_window: int = _setting(
         900, _parse_int(1, 30 * _DAY), "seconds over which wrong PINs are counted"
     )
+    # Password guessing (decision 0045): wrong passwords are counted per account; past
+    # the limit within the window, its password-checked requests are refused with
+    # return code 10 until the window ends.
+    password_guess_limit: int = _setting(
+        10, _parse_int(1, 1_000_000), "wrong passwords an account may take within the window"
+    )
+    password_guess_window: int = _setting(
+        900,
+        _parse_int(1, 30 * _DAY),
+        "seconds from an account's first wrong password over which wrong ones are counted",
+    )
     # Secure by default: without a token the admin API refuses everything. False
     # restores the trial behaviour (open until the first token exists).
     admin_token_required: bool = _setting(

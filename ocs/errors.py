@@ -54,6 +54,7 @@ class Reason(Enum):
     COUNTER_EXHAUSTED = "counter_exhausted"
     NO_PROFITABLE_ROUTE = "no_profitable_route"
     PIN_BLOCKED = "pin_blocked"
+    PASSWORD_BLOCKED = "password_blocked"
     TOO_MANY_MEMBERS = "too_many_members"
     UNAUTHORIZED = "unauthorized"  # the admin API: no token, or not one of ours
     FORBIDDEN = "forbidden"  # the admin API: the token's role may not do this
@@ -105,6 +106,7 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.COUNTER_EXHAUSTED: _ReasonInfo(403, 9, 402),
     Reason.NO_PROFITABLE_ROUTE: _ReasonInfo(403, 9, 403),
     Reason.PIN_BLOCKED: _ReasonInfo(403, 10, 403),
+    Reason.PASSWORD_BLOCKED: _ReasonInfo(403, 10, 403),
     Reason.TOO_MANY_MEMBERS: _ReasonInfo(409, 1, 403),
     Reason.UNAUTHORIZED: _ReasonInfo(401, 1, 503),
     Reason.FORBIDDEN: _ReasonInfo(403, 1, 503),

@@ -25,6 +25,7 @@ EXPECTED = {
     "destination_not_allowed": 403,
     "no_profitable_route": 403,
     "pin_blocked": 403,
+    "password_blocked": 403,
     "account_not_found": 404,
     "call_not_found": 404,
     "plan_not_found": 404,

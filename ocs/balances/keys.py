@@ -28,7 +28,7 @@ _TAGS = tuple(f"{{b:{bucket}}}" for bucket in range(BUCKETS))
 def account(account_id: str) -> str:
     """Hash: balance, credit_limit, reserved, max_lines, status, plan, currency, and the
     policy fields min_balance, critical, lock, committed, member_lines, ml:<member>,
-    expire_days, pw, expires."""
+    expire_days, pw, expires, and pwfails, pwfail_until (wrong passwords, decision 0045)."""
     return f"acct:{_TAGS[bucket_of(account_id)]}:{account_id}"
 
 

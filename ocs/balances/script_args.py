@@ -60,7 +60,8 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[6]  live-call record (msgpack, opaque to this script)
     ARGV[7]  expiry (epoch seconds) of the live call
     ARGV[8]  expiry set member ("<account>\\0<call id>")
-    ARGV[9]  password digest to check: "" skips the check (trusted channel)
+    ARGV[9]  the password check: "" skips it (trusted channel); else "<digest> <limit>
+             <window>", wrong passwords counted per account (decision 0045)
     ARGV[10] now (epoch seconds), for the account's expiry date
     ARGV[11] start time (epoch seconds) of the call, 0 when a Start is still to come
     ARGV[12] member placing or taking the call ("" none)
@@ -86,6 +87,10 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
     expires_at: int
     password_digest: str = ""
     now: int = 0
+    # Wrong passwords an account may take within the window, and the window (seconds):
+    # sent only with a digest to check.
+    password_guess_limit: int = 0
+    password_guess_window: int = 0
     started_at: int = 0
     member: str | None = None
     counter: CounterQuote | None = None
@@ -120,7 +125,10 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
             self.record,
             self.expires_at,
             k.expiry_member(self.account_id, self.call_id),
-            self.password_digest,
+            # One argument for the whole check, so that ARGV[12..19] stay optional.
+            f"{self.password_digest} {self.password_guess_limit} {self.password_guess_window}"
+            if self.password_digest
+            else "",
             self.now,
             self.started_at,
         ]
@@ -488,6 +496,31 @@ class FeeArgs(msgspec.Struct, frozen=True, gc=False):
             self.account_id,
             "1" if self.require_funds else "0",
         ]
+
+
+class CheckPasswordArgs(msgspec.Struct, frozen=True, gc=False):
+    """check_password.lua: judge a password as authorize.lua does, reserving nothing.
+
+    KEYS[1] account hash.
+    ARGV[1] password digest to check ("-": none was given, which no digest equals)
+    ARGV[2] now (epoch seconds)
+    ARGV[3] wrong passwords an account may take within the window
+    ARGV[4] the window (seconds), from the first wrong password
+    """
+
+    account_id: str
+    digest: str
+    now: int
+    guess_limit: int
+    guess_window: int
+
+    def keys(self) -> list[str]:
+        """KEYS[1]."""
+        return [k.account(self.account_id)]
+
+    def argv(self) -> list[object]:
+        """ARGV[1..4]."""
+        return [self.digest, self.now, self.guess_limit, self.guess_window]
 
 
 class CreateAccountArgs(msgspec.Struct, frozen=True, gc=False):

@@ -53,6 +53,7 @@ COUNTER_RESET = _load("counter_reset")
 START_COUNTER = _load("start_counter")
 PIN_ATTEMPT = _load("pin_attempt")
 FEE = _load("fee")
+CHECK_PASSWORD = _load("check_password")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -69,4 +70,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     START_COUNTER,
     PIN_ATTEMPT,
     FEE,
+    CHECK_PASSWORD,
 )

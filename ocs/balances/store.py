@@ -20,6 +20,7 @@ from ocs.balances.script_args import (
     AuthorizeArgs,
     ChargeArgs,
     ChargeBatchArgs,
+    CheckPasswordArgs,
     CounterCandidate,
     CounterQuote,
     CounterResetArgs,
@@ -146,11 +147,13 @@ class PlanMismatch:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The script refused the call; ``live_calls``: the account's live calls whose
-    holds stand in the way (reason ``funds_held_by_live_calls``), else 0."""
+    """The script refused the call. ``count`` says more for two reasons: the account's
+    live calls whose holds stand in the way (``funds_held_by_live_calls``), or the wrong
+    passwords counted in the account's window so far (``invalid_password``,
+    ``password_blocked``); else 0."""
 
     reason: str
-    live_calls: int = 0
+    count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -759,12 +762,16 @@ class BalanceStore:
         reply = await self._pipe.run_script(scripts.COUNTER_RESET, args.keys(), args.argv())
         return int(reply)
 
-    async def account_secrets(self, account_id: str) -> tuple[str, int] | None:
-        """(password digest, expiry epoch) of an account, for balance queries."""
-        pw, expires = await self._pipe.execute("HMGET", keys.account(account_id), "pw", "expires")
-        if pw is None and expires is None:
-            return None
-        return (_text(pw) if pw else ""), int(expires or 0)
+    async def check_password(self, args: CheckPasswordArgs) -> Refused | None:
+        """Judge a password by the rule the authorize script applies (decision 0045):
+        None when it is right or the account has none, else the refusal."""
+        reply = await self._pipe.run_script(scripts.CHECK_PASSWORD, args.keys(), args.argv())
+        status = _text(reply[0])
+        if status == "NOACCT":
+            return Refused("account_not_found")
+        if status == "REJ":
+            return Refused(_text(reply[1]), int(reply[2]))
+        return None
 
     async def topup(
         self, account_id: str, amount: int, topup_id: str, result_ttl: int, kind: str = "topup"

@@ -13,9 +13,11 @@
 -- ARGV[6]  live-call record (msgpack, opaque to this script)
 -- ARGV[7]  expiry (epoch seconds) of the live call
 -- ARGV[8]  expiry set member ("<account>\0<call id>")
--- ARGV[9]  password digest to check: "" skips the check (trusted channel); any other
---          value must equal the account's digest when the account has one
--- ARGV[10] now (epoch seconds), for the account's expiry date
+-- ARGV[9]  the password check: "" skips it (trusted channel); else "<digest> <limit>
+--          <window>": the digest must equal the account's when the account has one,
+--          and wrong ones are counted, `limit` in a window of `window` seconds
+--          (lib.lua's password_refusal, decision 0045); "-" as digest equals none
+-- ARGV[10] now (epoch seconds), for the account's expiry date and its password window
 -- ARGV[11] start time (epoch seconds) of the call, 0 when a Start is still to come
 -- ARGV[12] member placing or taking the call ("" none): its own line limit applies
 -- ARGV[13] usage counters covering the destination, comma-separated, in order of
@@ -52,6 +54,7 @@
 --   {"REJ", "funds_held_by_live_calls", live_calls}
 --                             refused for want of funds that live calls of the account
 --                             hold: without their holds it would have been granted
+--   {"REJ", "invalid_password" | "password_blocked", wrong passwords in the window}
 --   {"CNT", seconds, counter} the counter that applies and its free seconds are not
 --                             ARGV[18] and ARGV[14]: price again with them
 -- ivr_override is the account's packed IVR override (nil: none), for the answer's IVR
@@ -65,7 +68,8 @@
 
 -- One read of the account: every account hash has a status, so none means no account.
 local a = redis.call('HMGET', KEYS[1], 'status', 'plan', 'balance', 'credit_limit', 'reserved',
-  'max_lines', 'pw', 'expires', 'min_balance', 'committed', 'member_lines', 'expire_days')
+  'max_lines', 'pw', 'expires', 'min_balance', 'committed', 'member_lines', 'expire_days',
+  'pwfails', 'pwfail_until')
 if not a[1] then
   return {'REJ', 'account_not_found'}
 end
@@ -73,8 +77,13 @@ if a[2] ~= ARGV[2] then
   return {'PLAN', a[2]}
 end
 -- The password comes before anything that would tell a stranger about the account.
-if ARGV[9] ~= '' and a[7] and a[7] ~= '' and a[7] ~= ARGV[9] then
-  return {'REJ', 'invalid_password'}
+if ARGV[9] ~= '' and a[7] and a[7] ~= '' then
+  local given, limit, window = string.match(ARGV[9], '^(%S+) (%d+) (%d+)$')
+  local reason, counted = password_refusal(KEYS[1], a[7], given, a[13], a[14],
+    tonumber(ARGV[10]), tonumber(limit), tonumber(window))
+  if reason then
+    return {'REJ', reason, counted}
+  end
 end
 if a[1] ~= 'active' then
   -- An on-demand account (call shops, hotels) is locked while no billing session is

@@ -80,3 +80,37 @@ local function charge_event(account_key, result_key, legacy_key, ledger_key, eve
   redis.call('SET', result_key, result, 'EX', ttl)
   return 'OK', result
 end
+
+-- Wrong passwords, counted per account (decision 0045): authorize.lua and
+-- check_password.lua judge a password by this one rule. The account hash keeps
+-- 'pwfails' (wrong passwords in the current window) and 'pwfail_until' (when that
+-- window ends, epoch seconds); the first wrong password opens a window of `window`
+-- seconds. Once `limit` wrong passwords fall in a window, every password-checked request
+-- is refused until it ends, the right password too: otherwise a guesser would still
+-- learn which guess is right. A right password before the limit clears the count.
+-- stored: the account's digest; given: the digest to check; fails, failed_until: the
+-- two fields as read (nil when absent); now: epoch seconds.
+-- Returns nil (the password is right), or a refusal reason and the wrong passwords
+-- counted in the window so far.
+local function password_refusal(account_key, stored, given, fails, failed_until, now,
+                                limit, window)
+  local counted = 0
+  if failed_until and tonumber(failed_until) > now then
+    counted = tonumber(fails or 0)
+  end
+  if counted >= limit then
+    return 'password_blocked', counted
+  end
+  if given ~= stored then
+    if counted > 0 then
+      redis.call('HINCRBY', account_key, 'pwfails', 1)
+    else
+      redis.call('HSET', account_key, 'pwfails', 1, 'pwfail_until', int(now + window))
+    end
+    return 'invalid_password', counted + 1
+  end
+  if fails then
+    redis.call('HDEL', account_key, 'pwfails', 'pwfail_until')
+  end
+  return nil
+end
