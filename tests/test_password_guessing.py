@@ -18,7 +18,7 @@ from ocs.balances.accounts import AccountSpec
 from ocs.charging.lifecycle import CallService
 from ocs.config import with_overrides
 from tests.conftest import RunningApp, add_plan
-from tests.helpers import ANSWERED, Pairs, auth, card_nas, return_code
+from tests.helpers import ANSWERED, Pairs, RadiusPorts, auth, card_nas, return_code
 from tests.radclient import RadiusReply
 from tests.radius_udp import sample
 
@@ -32,7 +32,7 @@ BLOCKED_LOG = "account blocked for wrong passwords"
 
 def call(user: str, conf_id: str, password: str | None) -> Pairs:
     """An Access-Request for a call from ``user`` to Germany, as a SIP switch sends it."""
-    pairs: list[tuple[str, str | int]] = [
+    pairs: Pairs = [
         ("NAS-IP-Address", "127.0.0.1"),
         ("User-Name", user),
         ("Called-Station-Id", GERMANY),
@@ -61,8 +61,8 @@ def service(app: RunningApp, clock: Callable[[], float]) -> CallService:
     return CallService(app.services.catalog, app.services.store, settings, clock=clock)
 
 
-async def refused(nas: object, pairs: Pairs, code: int) -> RadiusReply:
-    reply = await auth(nas, pairs, expect=ANSWERED)  # type: ignore[arg-type]
+async def refused(nas: RadiusPorts, pairs: Pairs, code: int) -> RadiusReply:
+    reply = await auth(nas, pairs, expect=ANSWERED)
     assert reply.code == "Access-Reject", reply.output
     assert return_code(reply) == f"h323-return-code={code}", reply.output
     assert reply.first("Reply-Message"), reply.output
