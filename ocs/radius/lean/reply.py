@@ -15,13 +15,12 @@ Message-Authenticator added by hand) turns the reply into pyrad's: the request i
 decoded by pyrad, its reply gets every step so far replayed, and pyrad carries on.
 """
 
-import hashlib
 import struct
 from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
-from ocs.radius.lean.crypto import Signer
+from ocs.radius.lean.crypto import Signer, md5
 from ocs.radius.lean.fields import MESSAGE_AUTHENTICATOR, PROXY_STATE, FieldTable, Key
 
 ACCESS_REQUEST = 1
@@ -165,7 +164,7 @@ class LeanReply:
             body = _MA_HEADER + mac + body
         else:
             header = _HEADER.pack(code, self.id, 20 + len(body))
-        response = hashlib.md5(header + request_authenticator + body + secret).digest()
+        response: bytes = md5(header + request_authenticator + body + secret).digest()
         return header + response + body
 
     def _vector(self) -> bytes:

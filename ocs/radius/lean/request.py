@@ -19,14 +19,13 @@ need. A packet of another code, or one with a TLV attribute, is not decoded at a
 ``decode`` answers None and the caller uses pyrad.
 """
 
-import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import Any
 
 from pyrad import packet as rp
 
-from ocs.radius.lean.crypto import Signer, decrypt_password
+from ocs.radius.lean.crypto import Signer, decrypt_password, md5
 from ocs.radius.lean.fields import (
     MESSAGE_AUTHENTICATOR,
     PROXY_STATE,
@@ -255,7 +254,7 @@ class LeanCodec:
                 values.append(value)
             at = end
         if code == ACCOUNTING_REQUEST:
-            expected = hashlib.md5(data[:4] + _ZEROS + data[20:] + secret).digest()
+            expected = md5(data[:4] + _ZEROS + data[20:] + secret).digest()
             if not hmac.compare_digest(expected, data[4:20]):
                 raise Refused("bad_authenticator")
         if ma_at >= 0:
