@@ -37,6 +37,7 @@ from ocs.billing.lines import (
     Targets,
     arrears_first_day,
     billed_window_start,
+    cut_short_window_start,
     invoice_lines,
     targets,
 )
@@ -53,13 +54,15 @@ from ocs.billing.taxes import (
 from ocs.errors import OcsError, Reason
 
 # Each item with its source, the instance it bills (``lines.Item``): the subscription, or
-# the number's assignment.
+# the number's assignment; and when its end was recorded, the latest of the rows its end
+# is the least of (migration 0044; GREATEST skips a NULL, an end recorded before it).
 _ITEMS_SQL = """
 SELECT s.account_id, c.id AS charge_id, sc.id AS item_id, c.name, c.amount, sc.quantity,
        c.kind, c.cadence, c.every_days, c.timing,
        GREATEST(s.start_date, sc.start_date) AS start,
        LEAST(sc.end_date, s.end_date, s.cancelled_on) AS "end", NULL::text AS number,
-       s.id AS subscription_id, NULL::bigint AS account_number_id
+       s.id AS subscription_id, NULL::bigint AS account_number_id,
+       GREATEST(sc.end_recorded_at, s.end_recorded_at) AS end_recorded
 FROM subscriptions s
 JOIN subscription_charges sc ON sc.subscription_id = s.id
 JOIN charges c ON c.id = sc.charge_id
@@ -68,7 +71,7 @@ WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
 UNION ALL
 SELECT s.account_id, c.id, NULL, c.name, c.amount, 1,
        c.kind, c.cadence, c.every_days, c.timing,
-       s.start_date, LEAST(s.end_date, s.cancelled_on), NULL, s.id, NULL
+       s.start_date, LEAST(s.end_date, s.cancelled_on), NULL, s.id, NULL, s.end_recorded_at
 FROM subscriptions s
 JOIN charges c ON c.plan_id = s.plan_id AND c.kind NOT IN ('counter', 'triggered')
 WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
@@ -76,15 +79,16 @@ WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
 UNION ALL
 SELECT n.account_id, c.id, NULL, c.name, c.amount, 1,
        c.kind, c.cadence, c.every_days, c.timing, n.start_date, n.end_date, n.number,
-       NULL, n.id
+       NULL, n.id, n.end_recorded_at
 FROM account_numbers n
 JOIN charges c ON c.id = n.charge_id
 WHERE n.account_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR n.created_at <= $2)
 """
 
-# The accounts with an invoice before this one (their billing has begun).
+# The accounts with an invoice before this one (their billing has begun), and when the
+# newest of them was made: an end recorded after it may not have been seen (0046).
 _EARLIER_SQL = """
-SELECT account_id, min(period_start) AS began FROM invoices
+SELECT account_id, min(period_start) AS began, max(created_at) AS newest FROM invoices
 WHERE account_id = ANY($1::text[]) AND kind = 'invoice' AND state <> 'void' AND period_start < $2
 GROUP BY account_id
 """
@@ -240,49 +244,80 @@ def usage_window(which: Targets, usage_cutoff: datetime | None) -> tuple[datetim
     return start, end
 
 
+@dataclass(frozen=True, slots=True)
+class Earlier:
+    """What an account's earlier invoices billed, for the accounts that have one.
+
+    ``billed``: account -> what they billed of each charge (``lines.Billed``);
+    ``began``: account -> the first day its first invoice billed arrears for (local);
+    ``newest``: account -> when its newest earlier invoice was made (``lines.cut_short``).
+    An account missing from them has no earlier invoice.
+    """
+
+    billed: dict[str, dict[BilledKey, list[Billed]]]
+    began: dict[str, date]
+    newest: dict[str, datetime]
+
+
 async def billed_spans(
     conn: asyncpg.Connection, group: Group, which: Targets, items: dict[str, list[Item]]
-) -> tuple[dict[str, dict[BilledKey, list[Billed]]], dict[str, date]]:
-    """Account -> what its earlier invoices billed of each charge, for accounts that have
-    one; and account -> the first day its first invoice billed arrears for (local).
+) -> Earlier:
+    """What the group's accounts' earlier invoices billed, from the first charge period
+    that ``lines`` reconciles or settles (``billed_window_start``).
 
-    An account missing from the answer has no earlier invoice.
+    An account holding an item whose end was recorded after its newest earlier invoice
+    (``lines.cut_short``, decision 0046) is read in a second query, from the charge
+    period holding that end: the window of every other account is not widened for it,
+    and a run without such an account makes the one query it made before.
     """
     ids = group.account_ids
     cycle = group.cycle
     zone = cycle.zone
     timing = group.billing.invoice_timing
-    began = {
-        r["account_id"]: arrears_first_day(cycle, r["began"].astimezone(zone).date(), timing)
-        for r in await conn.fetch(_EARLIER_SQL, ids, group.period.start)
+    began: dict[str, date] = {}
+    newest: dict[str, datetime] = {}
+    for r in await conn.fetch(_EARLIER_SQL, ids, group.period.start):
+        began[r["account_id"]] = arrears_first_day(
+            cycle, r["began"].astimezone(zone).date(), timing
+        )
+        newest[r["account_id"]] = r["newest"]
+    found: dict[str, dict[BilledKey, list[Billed]]] = {a: {} for a in began}
+    # Account -> from when its lines are read (None: not at all).
+    windows: dict[str, datetime | None] = {
+        account: billed_window_start(items.get(account, []), cycle, which) for account in began
     }
-    earlier = set(began)
-    found: dict[str, dict[BilledKey, list[Billed]]] = {a: {} for a in earlier}
-    starts = [
-        start
-        for account in earlier
-        if (start := billed_window_start(items.get(account, []), cycle, which))
-    ]
-    if not starts:
-        return found, began
-    since = min(starts, key=lambda start: start.timestamp())
-    for r in await conn.fetch(_BILLED_SQL, sorted(earlier), group.period.start, since):
-        key = (
-            r["charge_id"],
-            r["item_id"],
-            r["number"],
-            r["subscription_id"],
-            r["account_number_id"],
-        )
-        spans = found[r["account_id"]].setdefault(key, [])
-        spans.append(
-            Billed(
-                r["period_start"].astimezone(zone).date(),
-                r["period_end"].astimezone(zone).date(),
-                r["credit"],
+    late: dict[str, datetime | None] = {}
+    for account in began:
+        cut = cut_short_window_start(items.get(account, []), cycle, which, newest[account])
+        if cut is not None:
+            late[account] = _earliest(windows.pop(account), cut)
+    for accounts in (windows, late):
+        starts = [start for start in accounts.values() if start is not None]
+        if not starts:
+            continue
+        since = min(starts, key=lambda start: start.timestamp())
+        for r in await conn.fetch(_BILLED_SQL, sorted(accounts), group.period.start, since):
+            key = (
+                r["charge_id"],
+                r["item_id"],
+                r["number"],
+                r["subscription_id"],
+                r["account_number_id"],
             )
-        )
-    return found, began
+            spans = found[r["account_id"]].setdefault(key, [])
+            spans.append(
+                Billed(
+                    r["period_start"].astimezone(zone).date(),
+                    r["period_end"].astimezone(zone).date(),
+                    r["credit"],
+                )
+            )
+    return Earlier(found, began, newest)
+
+
+def _earliest(first: datetime | None, second: datetime) -> datetime:
+    """The earlier of two instants, the first possibly absent."""
+    return second if first is None or second.timestamp() < first.timestamp() else first
 
 
 async def compute(
@@ -315,9 +350,10 @@ async def compute(
                 r["number"],
                 r["subscription_id"],
                 r["account_number_id"],
+                r["end_recorded"],
             )
         )
-    billed, began = await billed_spans(conn, group, which, items)
+    earlier = await billed_spans(conn, group, which, items)
     # One read of the accounts' CDRs for the usage lines and the real-time path's lines.
     totals = await cdr_totals(conn, ids, window)
     reported = await realtime_lines(conn, currencies, window, totals)
@@ -339,8 +375,9 @@ async def compute(
             which,
             currency,
             window,
-            billed.get(account),
-            began.get(account),
+            earlier.billed.get(account),
+            earlier.began.get(account),
+            earlier.newest.get(account),
         ) + reported.get(account, [])
         # Bundles, discounts and commitments come before taxes: taxes are net of them.
         lines += bundled.get(account, [])

@@ -83,6 +83,10 @@ class Item(msgspec.Struct, frozen=True):
     which comes with the subscription to the plan). Its source, the instance it
     bills: ``subscription_id`` (a plan's or a subscription's charge) or
     ``account_number_id`` (a number's charge: the ``account_numbers`` row).
+    ``end_recorded``: when its end (``end``) was recorded, the latest of its
+    sources' (None: no end, or one recorded before migration 0044); an end
+    recorded after the account's newest earlier invoice is checked against what
+    the invoices before it billed (``cut_short``, decision 0046).
     """
 
     charge_id: str
@@ -99,6 +103,7 @@ class Item(msgspec.Struct, frozen=True):
     number: str | None = None  # a triggered charge: the assigned number that triggers it
     subscription_id: int | None = None
     account_number_id: int | None = None
+    end_recorded: datetime | None = None
 
     @property
     def key(self) -> BilledKey:
@@ -491,6 +496,71 @@ def advance_adjustments(
     return found
 
 
+def cut_short(item: Item, which: Targets, newest: datetime | None) -> bool:
+    """Whether ``item`` ended before the arrears period by an end recorded after the
+    account's newest earlier invoice was made (``newest``, its ``created_at``; None: no
+    earlier invoice), so that earlier invoices may have billed days it did not use in
+    charge periods no invoice settles again (decision 0046).
+
+    Only such items are checked (``cut_short_credits``): an end recorded before that
+    invoice was seen by it, or by one before it, and a run reads nothing more for it.
+    A named period's (manual, on-demand) charge periods are its own: never continued.
+    """
+    return (
+        newest is not None
+        and not which.named
+        and item.billed_as == "recurring"
+        and item.cadence is not None
+        and item.end is not None
+        and item.end < which.arrears.first_day
+        and item.end_recorded is not None
+        and item.end_recorded > newest
+    )
+
+
+def cut_short_window_start(
+    items: list[Item], cycle: Schedule, which: Targets, newest: datetime | None
+) -> datetime | None:
+    """From when earlier invoices' lines must be read for the ``cut_short`` items among
+    ``items`` (None: there are none, nothing more to read): the start of the charge
+    period holding the earliest of their ends, the first with days they did not use."""
+    starts = []
+    for item in items:
+        if cut_short(item, which, newest) and item.end is not None and item.cadence:
+            own = charge_schedule(cycle, item.cadence, item.every_days)
+            starts.append(own.period(own.index_of_day(item.end)).start)
+    return min(starts, key=lambda start: start.timestamp()) if starts else None
+
+
+def cut_short_credits(
+    item: Item, cycle: Schedule, which: Targets, currency: str, billed: BilledSpans
+) -> list[Line]:
+    """Credits for the days earlier invoices billed ``item`` past an end recorded late.
+
+    For each of its charge periods from the one holding its end to the last one ending
+    by the arrears period's first day (those overlapping it are settled by
+    ``advance_adjustments`` and ``_arrears_lines``), the days billed net but not used
+    are credited, one line each, rounded once, as ``_settle`` credits them. Credit
+    only: a day used but not billed (its invoice voided) is not charged here, behind
+    the operator's back. Advance and arrears items alike; the caller checks
+    ``cut_short``. A credit's first day lies in the charge period it credits and names
+    the item's source, so a later invoice counts it and never credits twice.
+    """
+    if item.end is None or item.cadence is None or which.named:
+        return []
+    own = charge_schedule(cycle, item.cadence, item.every_days)
+    spans = spans_of(item, billed)
+    found: list[Line] = []
+    n = own.index_of_day(item.end)
+    while (part := own.period(n)).end_day <= which.arrears.first_day:
+        first, after = max(item.start, part.first_day), min(item.end, part.end_day)
+        should = _days(first, after) if first < after else set()
+        if extra := _billed_days(part, spans) - should:
+            found.append(_span_line(item, part, extra, cycle, currency, credit=True))
+        n += 1
+    return found
+
+
 def billed_window_start(items: list[Item], cycle: Schedule, which: Targets) -> datetime | None:
     """From when earlier invoices' lines must be read for ``items`` (None: not at all).
 
@@ -556,6 +626,7 @@ def invoice_lines(
     usage_window: tuple[datetime, datetime],
     billed: BilledSpans | None = None,
     began: date | None = None,
+    newest: datetime | None = None,
 ) -> list[Line]:
     """Every line of one account's invoice, charges (by charge, then date) before usage.
 
@@ -565,6 +636,10 @@ def invoice_lines(
     items starting inside the arrears period are reconciled, and arrears
     charges are billed for days inside it). ``began``: the first day of the
     account's first invoice's arrears period, where its billing began.
+    ``newest``: when the account's newest earlier invoice was made; an item
+    whose end was recorded after it is credited for the days billed past that
+    end before the arrears period (``cut_short``), and ``billed`` must then
+    reach back to ``cut_short_window_start``.
     """
     ordered = sorted(
         items,
@@ -579,6 +654,9 @@ def invoice_lines(
     )
     found: list[Line] = []
     for item in ordered:
+        # Its earlier charge periods first, in the order of their days.
+        if billed is not None and cut_short(item, which, newest):
+            found += cut_short_credits(item, cycle, which, currency, billed)
         found += charge_lines(item, cycle, which, currency, billed, began)
         # An advance charge is reconciled here (``advance_adjustments``); an arrears one
         # looks its spans up in ``charge_lines``, and only for a charge period begun
