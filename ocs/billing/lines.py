@@ -49,6 +49,15 @@ separate line, rounded once. An item is reconciled when the account has an
 earlier invoice, or when it starts inside the arrears period: an account's
 billing begins with its first invoice, as it does for arrears charges.
 
+An end recorded after the invoices that billed days beyond it (decision 0046: a
+cancellation dated back, recorded once the period holding it was billed) falls
+outside both: its charge periods end before the arrears period. The next
+invoice credits those days (``cut_short_credits``), net of what earlier
+invoices billed, for the items whose end was recorded after the account's
+newest earlier invoice was made (``cut_short``); no other item reads further
+back, and the invoice after it finds the end older than its newest earlier
+invoice and reads nothing more.
+
 An item is matched with what was billed for it by ``Item.key``: its charge,
 subscription charge and number, and its **source**, the instance it bills (the
 subscription, or the number's assignment) that every charge line records
