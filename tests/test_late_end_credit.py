@@ -15,7 +15,14 @@ rounded once to cents (decisions 0019, 0020).
 from datetime import date, datetime
 
 from ocs.billing import posting
-from ocs.billing.store import Charge, create_charge, end_charge, set_status
+from ocs.billing.store import (
+    Charge,
+    assign_number,
+    create_charge,
+    end_charge,
+    release_number,
+    set_status,
+)
 from ocs.billing.void import void
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer, invoice_id, monthly, run
@@ -142,6 +149,36 @@ async def test_a_charge_ended_after_its_advance_month_was_billed_gets_its_days_b
         ("2026-03", "proration", "Credit: Line rent adv unused (14/28 days)",
          date(2026, 2, 15), date(2026, 3, 1), -14 * EUR, -14 * EUR),
         ("2026-03", "proration", "Credit: Line rent adv unused (31/31 days)",
+         date(2026, 3, 1), date(2026, 4, 1), -28 * EUR, -28 * EUR),
+    ]  # fmt: skip
+
+
+async def test_a_number_released_from_a_past_day_gets_its_billed_days_back(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await create_charge(
+        services.pool,
+        Charge("num-rc", "Number", "DID", "EUR", 28 * EUR, "triggered", cadence="monthly",
+               timing="advance"),
+    )  # fmt: skip
+    await customer(services, "n1", None, date(2026, 1, 1))
+    await assign_number(services.pool, "n1", "441000001", "num-rc", date(2026, 1, 1))
+    await _months(services, "2026-01", "2026-02")
+    # Released in March from Feb 15, after February's invoice was made.
+    await release_number(services.pool, "441000001", date(2026, 2, 15))
+
+    await _months(services, "2026-03", "2026-04")
+
+    month = ("recurring", "Number 441000001")
+    assert await _billed(services, "n1", "num-rc") == [
+        ("2026-01", *month, date(2026, 2, 1), date(2026, 3, 1), 28 * EUR, 28 * EUR),
+        ("2026-01", *month, date(2026, 1, 1), date(2026, 2, 1), 28 * EUR, 28 * EUR),
+        ("2026-02", *month, date(2026, 3, 1), date(2026, 4, 1), 28 * EUR, 28 * EUR),
+        # 28.00 x 14 / 28 = -14.00 for Feb 15 .. Feb 28, then March whole: -28.00.
+        ("2026-03", "proration", "Credit: Number 441000001 unused (14/28 days)",
+         date(2026, 2, 15), date(2026, 3, 1), -14 * EUR, -14 * EUR),
+        ("2026-03", "proration", "Credit: Number 441000001 unused (31/31 days)",
          date(2026, 3, 1), date(2026, 4, 1), -28 * EUR, -28 * EUR),
     ]  # fmt: skip
 
