@@ -23,6 +23,10 @@ from tests.conftest import add_plan
 
 EUR = 1_000_000
 
+# An invoice line of a charge as a test reads it: (period label, kind, description,
+# first day, day after the last, exact amount, rounded amount).
+ChargeLine = tuple[str, str, str, date, date, int, int]
+
 
 async def billed_plan(
     services: Services,
@@ -152,3 +156,40 @@ async def invoice_id(services: Services, account: str, label: str) -> int:
         )
     assert found is not None
     return int(found)
+
+
+async def charge_lines_billed(
+    services: Services, account: str, charge_id: str, *, with_void: bool = False
+) -> list[ChargeLine]:
+    """Every line the account's invoices carry for the charge, by period and position
+    (``with_void``: the lines of void invoices too)."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT i.period_label, l.kind, l.description, l.period_start, l.period_end,"
+            " l.exact_amount, l.amount FROM invoices i"
+            " JOIN invoice_lines l ON l.invoice_id = i.id"
+            " WHERE i.account_id = $1 AND l.charge_id = $2 AND i.kind = 'invoice'"
+            " AND ($3 OR i.state <> 'void') ORDER BY i.period_start, l.position",
+            account,
+            charge_id,
+            with_void,
+        )
+    return [
+        (
+            r["period_label"],
+            r["kind"],
+            r["description"],
+            r["period_start"].date(),
+            r["period_end"].date(),
+            r["exact_amount"],
+            r["amount"],
+        )
+        for r in rows
+    ]
+
+
+async def run_months(services: Services, *labels: str) -> None:
+    """Run the named months ("2026-03") in order, each invoiced on the 1st of the next."""
+    for label in labels:
+        year, month = int(label[:4]), int(label[5:])
+        await run(services, label, invoice_date=date(year + month // 12, month % 12 + 1, 1))

@@ -25,13 +25,21 @@ from ocs.billing.store import (
 )
 from ocs.billing.void import void
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, customer, invoice_id, monthly, run
+from tests.billing_helpers import (
+    EUR,
+    ChargeLine,
+    billed_plan,
+    charge_lines_billed,
+    customer,
+    invoice_id,
+    monthly,
+    run_months,
+)
 
 # (invoice period, kind, description, first day, day after the last, exact, amount)
-Row = tuple[str, str, str, date, date, int, int]
 
 # A quarter of Jan 1 - Apr 1 (90 days) billed whole by March's invoice, its last month.
-QUARTER: Row = ("2026-03", "recurring", "Fee qtr", date(2026, 1, 1), date(2026, 4, 1),
+QUARTER: ChargeLine = ("2026-03", "recurring", "Fee qtr", date(2026, 1, 1), date(2026, 4, 1),
                 100 * EUR, 100 * EUR)  # fmt: skip
 # Cancelled from Feb 15: Feb 15 .. Mar 31 unused, 14 + 31 = 45 of its 90 days:
 # 100.00 x 45 / 90 = -50.00.
@@ -48,39 +56,6 @@ async def _quarterly(services: Services) -> None:
     )  # fmt: skip
 
 
-async def _billed(services: Services, account: str, charge_id: str) -> list[Row]:
-    """Every line the account's invoices carry for the charge, by period and position."""
-    async with services.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT i.period_label, l.kind, l.description, l.period_start, l.period_end,"
-            " l.exact_amount, l.amount FROM invoices i"
-            " JOIN invoice_lines l ON l.invoice_id = i.id"
-            " WHERE i.account_id = $1 AND l.charge_id = $2 AND i.kind = 'invoice'"
-            " AND i.state <> 'void' ORDER BY i.period_start, l.position",
-            account,
-            charge_id,
-        )
-    return [
-        (
-            r["period_label"],
-            r["kind"],
-            r["description"],
-            r["period_start"].date(),
-            r["period_end"].date(),
-            r["exact_amount"],
-            r["amount"],
-        )
-        for r in rows
-    ]
-
-
-async def _months(services: Services, *labels: str) -> None:
-    """Run the named months in order, each invoiced on the 1st of the next."""
-    for label in labels:
-        year, month = int(label[:4]), int(label[5:])
-        await run(services, label, invoice_date=date(year + month // 12, month % 12 + 1, 1))
-
-
 async def _post(services: Services, account: str, label: str) -> int:
     """Post the account's invoice of that period; its id."""
     found = await invoice_id(services, account, label)
@@ -94,14 +69,17 @@ async def test_a_cancellation_recorded_after_the_quarter_was_billed_is_credited_
     await billed_plan(services)
     await _quarterly(services)
     sub = await customer(services, "q1", "qtr", date(2026, 1, 1))
-    await _months(services, "2026-01", "2026-02", "2026-03")
+    await run_months(services, "2026-01", "2026-02", "2026-03")
     # Recorded in April, effective Feb 15: March's invoice billed the quarter whole.
     await set_status(services.pool, sub, "cancelled", on=date(2026, 2, 15))
 
-    await _months(services, "2026-04", "2026-05", "2026-06")
+    await run_months(services, "2026-04", "2026-05", "2026-06")
 
     # April's invoice gives the 45 unused days back; May and June add nothing.
-    assert await _billed(services, "q1", "qtr") == [QUARTER, ("2026-04", *QUARTER_CREDIT)]
+    assert await charge_lines_billed(services, "q1", "qtr") == [
+        QUARTER,
+        ("2026-04", *QUARTER_CREDIT),
+    ]
 
 
 async def test_redrafting_the_invoice_with_the_credit_gives_the_same_single_credit(
@@ -110,15 +88,18 @@ async def test_redrafting_the_invoice_with_the_credit_gives_the_same_single_cred
     await billed_plan(services)
     await _quarterly(services)
     sub = await customer(services, "q1", "qtr", date(2026, 1, 1))
-    await _months(services, "2026-01", "2026-02", "2026-03")
+    await run_months(services, "2026-01", "2026-02", "2026-03")
     await set_status(services.pool, sub, "cancelled", on=date(2026, 2, 15))
-    await _months(services, "2026-04")
+    await run_months(services, "2026-04")
 
     # April's draft recomputed twice: its own credit is never read as an earlier
     # invoice's, and the end is still newer than March's invoice.
-    await _months(services, "2026-04", "2026-04")
+    await run_months(services, "2026-04", "2026-04")
 
-    assert await _billed(services, "q1", "qtr") == [QUARTER, ("2026-04", *QUARTER_CREDIT)]
+    assert await charge_lines_billed(services, "q1", "qtr") == [
+        QUARTER,
+        ("2026-04", *QUARTER_CREDIT),
+    ]
 
 
 async def test_a_charge_ended_after_its_advance_month_was_billed_gets_its_days_back(
@@ -129,7 +110,7 @@ async def test_a_charge_ended_after_its_advance_month_was_billed_gets_its_days_b
     sub = await customer(services, "m1", "adv", date(2026, 1, 1))
     # January's invoice bills February ahead and January (begun in it), February's
     # March ahead.
-    await _months(services, "2026-01", "2026-02")
+    await run_months(services, "2026-01", "2026-02")
     async with services.pool.acquire() as conn:
         item = await conn.fetchval(
             "SELECT id FROM subscription_charges WHERE subscription_id = $1", sub
@@ -137,10 +118,10 @@ async def test_a_charge_ended_after_its_advance_month_was_billed_gets_its_days_b
     # Recorded in March, effective Feb 15: February's invoice was made before it.
     await end_charge(services.pool, item, date(2026, 2, 15))
 
-    await _months(services, "2026-03", "2026-04")
+    await run_months(services, "2026-03", "2026-04")
 
     month = ("recurring", "Line rent adv")
-    assert await _billed(services, "m1", "adv") == [
+    assert await charge_lines_billed(services, "m1", "adv") == [
         ("2026-01", *month, date(2026, 2, 1), date(2026, 3, 1), 28 * EUR, 28 * EUR),
         ("2026-01", *month, date(2026, 1, 1), date(2026, 2, 1), 28 * EUR, 28 * EUR),
         ("2026-02", *month, date(2026, 3, 1), date(2026, 4, 1), 28 * EUR, 28 * EUR),
@@ -164,14 +145,14 @@ async def test_a_number_released_from_a_past_day_gets_its_billed_days_back(
     )  # fmt: skip
     await customer(services, "n1", None, date(2026, 1, 1))
     await assign_number(services.pool, "n1", "441000001", "num-rc", date(2026, 1, 1))
-    await _months(services, "2026-01", "2026-02")
+    await run_months(services, "2026-01", "2026-02")
     # Released in March from Feb 15, after February's invoice was made.
     await release_number(services.pool, "441000001", date(2026, 2, 15))
 
-    await _months(services, "2026-03", "2026-04")
+    await run_months(services, "2026-03", "2026-04")
 
     month = ("recurring", "Number 441000001")
-    assert await _billed(services, "n1", "num-rc") == [
+    assert await charge_lines_billed(services, "n1", "num-rc") == [
         ("2026-01", *month, date(2026, 2, 1), date(2026, 3, 1), 28 * EUR, 28 * EUR),
         ("2026-01", *month, date(2026, 1, 1), date(2026, 2, 1), 28 * EUR, 28 * EUR),
         ("2026-02", *month, date(2026, 3, 1), date(2026, 4, 1), 28 * EUR, 28 * EUR),
@@ -189,11 +170,11 @@ async def test_an_end_recorded_before_the_invoice_was_made_changes_nothing(
     await billed_plan(services)
     await monthly(services, "adv", 28 * EUR, timing="advance")
     sub = await customer(services, "m1", "adv", date(2026, 1, 1))
-    await _months(services, "2026-01")
+    await run_months(services, "2026-01")
     # Recorded in February, before February's invoice: that invoice credits it.
     await set_status(services.pool, sub, "cancelled", on=date(2026, 2, 15))
 
-    await _months(services, "2026-02", "2026-03", "2026-04")
+    await run_months(services, "2026-02", "2026-03", "2026-04")
 
     async with services.pool.acquire() as conn:
         recorded: datetime = await conn.fetchval(
@@ -207,7 +188,7 @@ async def test_an_end_recorded_before_the_invoice_was_made_changes_nothing(
     # As before 0046: February's invoice gives Feb 15 .. Feb 28 back (14/28 of 28.00)
     # and bills nothing ahead; March and April, whose newest earlier invoice was made
     # after the end was recorded, add nothing.
-    assert await _billed(services, "m1", "adv") == [
+    assert await charge_lines_billed(services, "m1", "adv") == [
         ("2026-01", *month, date(2026, 2, 1), date(2026, 3, 1), 28 * EUR, 28 * EUR),
         ("2026-01", *month, date(2026, 1, 1), date(2026, 2, 1), 28 * EUR, 28 * EUR),
         ("2026-02", "proration", "Credit: Line rent adv unused (14/28 days)",
@@ -222,20 +203,23 @@ async def test_a_voided_credit_is_given_again_and_voided_billing_is_not_credited
     await _quarterly(services)
     kept = await customer(services, "q1", "qtr", date(2026, 1, 1))
     lost = await customer(services, "q2", "qtr", date(2026, 1, 1))
-    await _months(services, "2026-01", "2026-02", "2026-03")
+    await run_months(services, "2026-01", "2026-02", "2026-03")
     # q2's March invoice, which billed the quarter, is voided: it billed nothing.
     await void(services.pool, services.store, await _post(services, "q2", "2026-03"))
     for sub in (kept, lost):
         await set_status(services.pool, sub, "cancelled", on=date(2026, 2, 15))
-    await _months(services, "2026-04")
+    await run_months(services, "2026-04")
     # q1's April invoice, with the credit, is voided: the credit is no longer given.
     await void(services.pool, services.store, await _post(services, "q1", "2026-04"))
 
-    await _months(services, "2026-05", "2026-06")
+    await run_months(services, "2026-05", "2026-06")
 
     # May's newest earlier invoice that stands is March's, made before the end was
     # recorded: May gives the 45 days back, and June nothing more.
-    assert await _billed(services, "q1", "qtr") == [QUARTER, ("2026-05", *QUARTER_CREDIT)]
+    assert await charge_lines_billed(services, "q1", "qtr") == [
+        QUARTER,
+        ("2026-05", *QUARTER_CREDIT),
+    ]
     # Nothing of q2's quarter stands billed: nothing credited, and the days it used are
     # not billed again behind the operator's back.
-    assert await _billed(services, "q2", "qtr") == []
+    assert await charge_lines_billed(services, "q2", "qtr") == []

@@ -17,11 +17,20 @@ from datetime import date
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import Charge, create_charge, set_plan_billing, set_status
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, customer, invoice_id, monthly, run
+from tests.billing_helpers import (
+    EUR,
+    ChargeLine,
+    billed_plan,
+    charge_lines_billed,
+    customer,
+    invoice_id,
+    monthly,
+    run,
+    run_months,
+)
 from tests.conftest import add_plan
 
 # (invoice period, kind, description, first day, day after the last, exact, amount)
-Row = tuple[str, str, str, date, date, int, int]
 
 
 async def _recurring(services: Services, charge_id: str, amount: int, cadence: str) -> None:
@@ -31,32 +40,6 @@ async def _recurring(services: Services, charge_id: str, amount: int, cadence: s
         Charge(charge_id, f"Fee {charge_id}", "LINE", "EUR", amount, "recurring",
                cadence=cadence, timing="arrears", gl_code="4000"),
     )  # fmt: skip
-
-
-async def _billed(services: Services, account: str, charge_id: str) -> list[Row]:
-    """Every line the account's invoices carry for the charge, by period and position."""
-    async with services.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT i.period_label, l.kind, l.description, l.period_start, l.period_end,"
-            " l.exact_amount, l.amount FROM invoices i"
-            " JOIN invoice_lines l ON l.invoice_id = i.id"
-            " WHERE i.account_id = $1 AND l.charge_id = $2 AND i.kind = 'invoice'"
-            " ORDER BY i.period_start, l.position",
-            account,
-            charge_id,
-        )
-    return [
-        (
-            r["period_label"],
-            r["kind"],
-            r["description"],
-            r["period_start"].date(),
-            r["period_end"].date(),
-            r["exact_amount"],
-            r["amount"],
-        )
-        for r in rows
-    ]
 
 
 async def _labels(services: Services, account: str) -> list[str]:
@@ -70,13 +53,6 @@ async def _labels(services: Services, account: str) -> list[str]:
     return [r["period_label"] for r in rows]
 
 
-async def _months(services: Services, *labels: str) -> None:
-    """Run the named months in order, each invoiced on the 1st of the next."""
-    for label in labels:
-        year, month = int(label[:4]), int(label[5:])
-        await run(services, label, invoice_date=date(year + month // 12, month % 12 + 1, 1))
-
-
 async def test_a_quarter_in_arrears_is_billed_once_by_the_month_it_ends(
     services: Services,
 ) -> None:
@@ -84,12 +60,12 @@ async def test_a_quarter_in_arrears_is_billed_once_by_the_month_it_ends(
     await _recurring(services, "qtr", 90 * EUR, "quarterly")
     await customer(services, "q1", "qtr", date(2026, 1, 1))
 
-    await _months(services, "2026-01", "2026-02", "2026-03", "2026-04")
+    await run_months(services, "2026-01", "2026-02", "2026-03", "2026-04")
 
     # January and February bill nothing of the quarter, March (its last day, Mar 31)
     # bills it whole: 90.00. April's quarter ends on Jun 30: nothing yet. The quarter
     # ends at Apr 1, excluded: April does not bill it again.
-    assert await _billed(services, "q1", "qtr") == [
+    assert await charge_lines_billed(services, "q1", "qtr", with_void=True) == [
         ("2026-03", "recurring", "Fee qtr", date(2026, 1, 1), date(2026, 4, 1),
          90 * EUR, 90 * EUR),
     ]  # fmt: skip
@@ -101,17 +77,17 @@ async def test_a_quarter_cancelled_mid_way_is_billed_by_day_where_service_ends(
     await billed_plan(services)
     await _recurring(services, "qtr", 100 * EUR, "quarterly")
     sub = await customer(services, "q1", "qtr", date(2026, 1, 1))
-    await _months(services, "2026-01")
+    await run_months(services, "2026-01")
     # Cancelled on Feb 11 (the first day without service): the quarter is used
     # Jan 1 .. Feb 10, 41 of its 90 days.
     await set_status(services.pool, sub, "cancelled", on=date(2026, 2, 11))
 
-    await _months(services, "2026-02", "2026-03", "2026-04")
+    await run_months(services, "2026-02", "2026-03", "2026-04")
 
     # On February's invoice, which holds the last day of service (Feb 10): 100.00 x 41
     # / 90 = 45.5555.. -> 45_555_556 micro, 45.56 on the line. Never the whole quarter,
     # and nothing when the quarter ends (March) or after.
-    assert await _billed(services, "q1", "qtr") == [
+    assert await charge_lines_billed(services, "q1", "qtr", with_void=True) == [
         ("2026-02", "proration", "Fee qtr (41/90 days)", date(2026, 1, 1), date(2026, 2, 11),
          45_555_556, 45_560_000),
     ]  # fmt: skip
@@ -125,11 +101,11 @@ async def test_a_quarter_ended_on_an_invoice_boundary_is_billed_by_the_month_bef
     sub = await customer(services, "q1", "qtr", date(2026, 1, 1))
     await set_status(services.pool, sub, "cancelled", on=date(2026, 3, 1))
 
-    await _months(services, "2026-01", "2026-02", "2026-03")
+    await run_months(services, "2026-01", "2026-02", "2026-03")
 
     # The end is excluded: the last day of service is Feb 28, on February's invoice.
     # Jan 1 .. Feb 28 is 59 of 90 days: 100.00 x 59 / 90 = 65.5555.. -> 65.56.
-    assert await _billed(services, "q1", "qtr") == [
+    assert await charge_lines_billed(services, "q1", "qtr", with_void=True) == [
         ("2026-02", "proration", "Fee qtr (59/90 days)", date(2026, 1, 1), date(2026, 3, 1),
          65_555_556, 65_560_000),
     ]  # fmt: skip
@@ -141,15 +117,15 @@ async def test_an_end_recorded_after_its_months_invoice_is_billed_when_the_quart
     await billed_plan(services)
     await _recurring(services, "qtr", 100 * EUR, "quarterly")
     sub = await customer(services, "q1", "qtr", date(2026, 1, 1))
-    await _months(services, "2026-01", "2026-02")
+    await run_months(services, "2026-01", "2026-02")
     # Recorded in March, effective Feb 11: February's invoice, which holds the last day
     # of service, was drafted before it and billed nothing of the quarter.
     await set_status(services.pool, sub, "cancelled", on=date(2026, 2, 11))
 
-    await _months(services, "2026-03", "2026-04")
+    await run_months(services, "2026-03", "2026-04")
 
     # The quarter's own last day settles it: 41 of 90 days, 45.56, on March's invoice.
-    assert await _billed(services, "q1", "qtr") == [
+    assert await charge_lines_billed(services, "q1", "qtr", with_void=True) == [
         ("2026-03", "proration", "Fee qtr (41/90 days)", date(2026, 1, 1), date(2026, 2, 11),
          45_555_556, 45_560_000),
     ]  # fmt: skip
@@ -169,7 +145,7 @@ async def test_a_quarter_billed_whole_when_it_began_is_not_billed_again(
                 "INSERT INTO subscription_charges (subscription_id, charge_id) VALUES ($1, 'rent')",
                 sub,
             )
-    await _months(services, "2026-01")
+    await run_months(services, "2026-01")
     # January's invoices as a release before 0043 wrote them: the whole quarter billed
     # ahead of its use, when it began, beside the month's rent.
     for account, sub in (("q1", kept), ("q2", ended)):
@@ -187,15 +163,15 @@ async def test_a_quarter_billed_whole_when_it_began_is_not_billed_again(
             )
     await set_status(services.pool, ended, "cancelled", on=date(2026, 2, 16))
 
-    await _months(services, "2026-02", "2026-03")
+    await run_months(services, "2026-02", "2026-03")
 
     old = ("2026-01", "recurring", "Fee qtr", date(2026, 1, 1), date(2026, 4, 1),
            90 * EUR, 90 * EUR)  # fmt: skip
     # Kept: March, where the quarter ends, finds it billed: nothing more.
-    assert await _billed(services, "q1", "qtr") == [old]
+    assert await charge_lines_billed(services, "q1", "qtr", with_void=True) == [old]
     # Cancelled on Feb 16: February gives back Feb 16 .. Mar 31, 44 of 90 days billed
     # but not used: 90.00 x 44 / 90 = -44.00. Nothing more in March.
-    assert await _billed(services, "q2", "qtr") == [
+    assert await charge_lines_billed(services, "q2", "qtr", with_void=True) == [
         old,
         ("2026-02", "proration", "Credit: Fee qtr unused (44/90 days)", date(2026, 2, 16),
          date(2026, 4, 1), -44 * EUR, -44 * EUR),
@@ -209,10 +185,10 @@ async def test_a_week_across_a_months_end_is_billed_by_the_month_it_ends(
     await _recurring(services, "wk", 7 * EUR, "weekly")
     await customer(services, "w1", "wk", date(2026, 1, 1))
 
-    await _months(services, "2026-01", "2026-02")
+    await run_months(services, "2026-01", "2026-02")
 
     week = ("recurring", "Fee wk")
-    found = await _billed(services, "w1", "wk")
+    found = await charge_lines_billed(services, "w1", "wk", with_void=True)
     # January: the four weeks that end in it (Jan 1 .. Jan 29); the week Jan 29 .. Feb 5
     # ends on Feb 4 and is February's, with the three after it; Feb 26 .. Mar 5 is March's.
     assert [(r[0], r[3], r[4]) for r in found] == [
@@ -231,14 +207,14 @@ async def test_a_week_across_a_months_end_is_billed_by_the_month_it_ends(
 async def test_the_first_invoice_bills_no_day_before_its_period(services: Services) -> None:
     await billed_plan(services)
     await _recurring(services, "wk", 7 * EUR, "weekly")
-    await _months(services, "2026-01")
+    await run_months(services, "2026-01")
     # Created after January was invoiced, with a week from Jan 20: its billing begins
     # with its first invoice, February's.
     await customer(services, "w2", "wk", date(2026, 1, 20))
 
-    await _months(services, "2026-02")
+    await run_months(services, "2026-02")
 
-    found = await _billed(services, "w2", "wk")
+    found = await charge_lines_billed(services, "w2", "wk", with_void=True)
     assert await _labels(services, "w2") == ["2026-02"]
     # The week Jan 29 .. Feb 5 ends in February: only its days from Feb 1, 4 of 7:
     # 7.00 x 4 / 7 = 4.00. Jan 20 .. Jan 29 is never billed.
@@ -260,18 +236,18 @@ async def test_a_quarter_ended_early_is_not_billed_again_for_days_before_the_fir
     not go back for the days before that invoice."""
     await billed_plan(services)
     await _recurring(services, "qtr", 90 * EUR, "quarterly")
-    await _months(services, "2026-01")
+    await run_months(services, "2026-01")
     # Created after January was invoiced, with the charge from Jan 10; cancelled on
     # Feb 20, the first day without service.
     sub = await customer(services, "q2", "qtr", date(2026, 1, 10))
     await set_status(services.pool, sub, "cancelled", on=date(2026, 2, 20))
 
-    await _months(services, "2026-02", "2026-03", "2026-04")
+    await run_months(services, "2026-02", "2026-03", "2026-04")
 
     # February, its first invoice, holds the last day of service: Feb 1 .. Feb 19, 19 of
     # the quarter's 90 days: 90.00 x 19 / 90 = 19.00. March, where the quarter ends,
     # does not bill Jan 10 .. Jan 31 after the customer has gone.
-    assert await _billed(services, "q2", "qtr") == [
+    assert await charge_lines_billed(services, "q2", "qtr", with_void=True) == [
         ("2026-02", "proration", "Fee qtr (19/90 days)", date(2026, 2, 1), date(2026, 2, 20),
          19 * EUR, 19 * EUR),
     ]  # fmt: skip
@@ -294,7 +270,7 @@ async def test_a_quarter_on_a_start_of_cycle_plan_is_billed_when_the_next_quarte
         await run(services, label, invoice_date=date(2026, int(label[5:]), 1))
 
     # Q1 ends on Mar 31: April's invoice (its arrears month is March) bills it.
-    assert await _billed(services, "q1", "qtr") == [
+    assert await charge_lines_billed(services, "q1", "qtr", with_void=True) == [
         ("2026-04", "recurring", "Fee qtr", date(2026, 1, 1), date(2026, 4, 1),
          90 * EUR, 90 * EUR),
     ]  # fmt: skip
@@ -309,9 +285,9 @@ async def test_a_monthly_arrears_charge_on_a_monthly_cycle_is_unchanged(
     await customer(services, "m2", "rent", date(2026, 1, 11))
     await set_status(services.pool, whole, "cancelled", on=date(2026, 2, 20))
 
-    await _months(services, "2026-01", "2026-02", "2026-03")
+    await run_months(services, "2026-01", "2026-02", "2026-03")
 
-    rows: dict[str, list[Row]] = {
+    rows: dict[str, list[ChargeLine]] = {
         "m1": [
             # January whole, on January's invoice.
             ("2026-01", "recurring", "Line rent rent", date(2026, 1, 1), date(2026, 2, 1),
@@ -331,7 +307,7 @@ async def test_a_monthly_arrears_charge_on_a_monthly_cycle_is_unchanged(
         ],
     }  # fmt: skip
     for account, expected in rows.items():
-        assert await _billed(services, account, "rent") == expected
+        assert await charge_lines_billed(services, account, "rent", with_void=True) == expected
 
 
 async def test_a_named_period_shorter_than_its_charge_period_bills_its_own_days(
@@ -349,7 +325,7 @@ async def test_a_named_period_shorter_than_its_charge_period_bills_its_own_days(
 
     # The charge's month from the named period's first day: Feb 1 - Mar 1, 28 days.
     # 10 of them: 10.00 x 10 / 28 = 3.571428.. -> 3.57.
-    assert await _billed(services, "m1", "rent") == [
+    assert await charge_lines_billed(services, "m1", "rent", with_void=True) == [
         ("2026-02-01..2026-02-11", "proration", "Fee rent (10/28 days)", date(2026, 2, 1),
          date(2026, 2, 11), 3_571_429, 3_570_000),
     ]  # fmt: skip
