@@ -102,6 +102,23 @@ async def test_redrafting_the_invoice_with_the_credit_gives_the_same_single_cred
     ]
 
 
+def _advance_cut_on_feb_15(label: str) -> list[ChargeLine]:
+    """The lines of a 28.00 monthly advance charge from Jan 1, invoiced for January and
+    February, then ended from Feb 15 by an end recorded in March."""
+    month = ("recurring", label)
+    return [
+        ("2026-01", *month, date(2026, 2, 1), date(2026, 3, 1), 28 * EUR, 28 * EUR),
+        ("2026-01", *month, date(2026, 1, 1), date(2026, 2, 1), 28 * EUR, 28 * EUR),
+        ("2026-02", *month, date(2026, 3, 1), date(2026, 4, 1), 28 * EUR, 28 * EUR),
+        # March's invoice: Feb 15 .. Feb 28, 14 of February's 28 days: 28.00 x 14 / 28 =
+        # -14.00 (lost before); then March, billed ahead and not used at all: -28.00.
+        ("2026-03", "proration", f"Credit: {label} unused (14/28 days)",
+         date(2026, 2, 15), date(2026, 3, 1), -14 * EUR, -14 * EUR),
+        ("2026-03", "proration", f"Credit: {label} unused (31/31 days)",
+         date(2026, 3, 1), date(2026, 4, 1), -28 * EUR, -28 * EUR),
+    ]  # fmt: skip
+
+
 async def test_a_charge_ended_after_its_advance_month_was_billed_gets_its_days_back(
     services: Services,
 ) -> None:
@@ -120,18 +137,9 @@ async def test_a_charge_ended_after_its_advance_month_was_billed_gets_its_days_b
 
     await run_months(services, "2026-03", "2026-04")
 
-    month = ("recurring", "Line rent adv")
-    assert await charge_lines_billed(services, "m1", "adv") == [
-        ("2026-01", *month, date(2026, 2, 1), date(2026, 3, 1), 28 * EUR, 28 * EUR),
-        ("2026-01", *month, date(2026, 1, 1), date(2026, 2, 1), 28 * EUR, 28 * EUR),
-        ("2026-02", *month, date(2026, 3, 1), date(2026, 4, 1), 28 * EUR, 28 * EUR),
-        # March's invoice: Feb 15 .. Feb 28, 14 of February's 28 days: 28.00 x 14 / 28 =
-        # -14.00 (lost before); then March, billed ahead and not used at all: -28.00.
-        ("2026-03", "proration", "Credit: Line rent adv unused (14/28 days)",
-         date(2026, 2, 15), date(2026, 3, 1), -14 * EUR, -14 * EUR),
-        ("2026-03", "proration", "Credit: Line rent adv unused (31/31 days)",
-         date(2026, 3, 1), date(2026, 4, 1), -28 * EUR, -28 * EUR),
-    ]  # fmt: skip
+    assert await charge_lines_billed(services, "m1", "adv") == _advance_cut_on_feb_15(
+        "Line rent adv"
+    )
 
 
 async def test_a_number_released_from_a_past_day_gets_its_billed_days_back(
@@ -151,17 +159,9 @@ async def test_a_number_released_from_a_past_day_gets_its_billed_days_back(
 
     await run_months(services, "2026-03", "2026-04")
 
-    month = ("recurring", "Number 441000001")
-    assert await charge_lines_billed(services, "n1", "num-rc") == [
-        ("2026-01", *month, date(2026, 2, 1), date(2026, 3, 1), 28 * EUR, 28 * EUR),
-        ("2026-01", *month, date(2026, 1, 1), date(2026, 2, 1), 28 * EUR, 28 * EUR),
-        ("2026-02", *month, date(2026, 3, 1), date(2026, 4, 1), 28 * EUR, 28 * EUR),
-        # 28.00 x 14 / 28 = -14.00 for Feb 15 .. Feb 28, then March whole: -28.00.
-        ("2026-03", "proration", "Credit: Number 441000001 unused (14/28 days)",
-         date(2026, 2, 15), date(2026, 3, 1), -14 * EUR, -14 * EUR),
-        ("2026-03", "proration", "Credit: Number 441000001 unused (31/31 days)",
-         date(2026, 3, 1), date(2026, 4, 1), -28 * EUR, -28 * EUR),
-    ]  # fmt: skip
+    assert await charge_lines_billed(services, "n1", "num-rc") == _advance_cut_on_feb_15(
+        "Number 441000001"
+    )
 
 
 async def test_an_end_recorded_before_the_invoice_was_made_changes_nothing(
