@@ -9,6 +9,7 @@ counted by the same rule, and trusted channels (the HTTP API) are not affected.
 """
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -145,3 +146,30 @@ async def test_balance_queries_and_missing_passwords_count_as_guesses(app: Runni
         await refused(nas, call("ivr-user", "I-NONE", None), 2)  # no User-Password at all
         await refused(nas, balance_query("ivr-user", PASSWORD), 10)
         await refused(nas, call("ivr-user", "I-RIGHT", PASSWORD), 10)
+
+
+async def test_an_operator_lifts_a_block(app: RunningApp) -> None:
+    await add_plan(app.services)
+    await app.services.accounts.create(
+        AccountSpec("locked-out", plan_id="retail", opening_balance=5_000_000, password=PASSWORD)
+    )
+    async with card_nas(app, service(app, time.time)) as nas:
+        for n in range(LIMIT):
+            await refused(nas, call("locked-out", f"L-{n}", "9999"), 2)
+        await refused(nas, call("locked-out", "L-BLOCKED", PASSWORD), 10)
+
+        # The customer calls the help desk: the operator lifts the block at once.
+        response = await app.client.delete("/v1/accounts/locked-out/password-block")
+        assert response.status == 200
+        assert await response.json() == {"account": "locked-out", "wrong_passwords_cleared": 3}
+        reply = await auth(nas, call("locked-out", "L-AGAIN", PASSWORD), expect=ANSWERED)
+        assert reply.code == "Access-Accept", reply.output
+
+        # Nothing left to lift: none counted.
+        response = await app.client.delete("/v1/accounts/locked-out/password-block")
+        assert await response.json() == {"account": "locked-out", "wrong_passwords_cleared": 0}
+
+    response = await app.client.delete("/v1/accounts/nobody/password-block")
+    body = await response.json()
+    assert response.status == 404
+    assert (body["error"]["reason"], body["error"]["field"]) == ("account_not_found", "account_id")

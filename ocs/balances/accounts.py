@@ -7,6 +7,8 @@ Redis balance.
 """
 
 import hashlib
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +18,8 @@ import asyncpg
 from ocs.balances.card_ids import is_card_account
 from ocs.balances.store import AccountState, BalanceStore, TopupResult
 from ocs.errors import OcsError, Reason, invalid
+
+log = logging.getLogger("ocs.accounts")
 
 STATUSES = ("active", "locked", "suspended")
 MAX_LINES = 10_000
@@ -368,6 +372,22 @@ class AccountService:
                 account_id,
             )
         return [{"member": r["member"], "max_lines": r["max_lines"]} for r in rows]
+
+    async def lift_password_block(self, account_id: str) -> int:
+        """Let the account's password be tried again at once (decision 0045): its count of
+        wrong passwords is cleared; the wrong passwords its window still counted."""
+        cleared = await self._store.lift_password_block(account_id, int(time.time()))
+        if cleared is None:
+            raise OcsError(
+                Reason.ACCOUNT_NOT_FOUND,
+                f"account {account_id!r} does not exist",
+                field="account_id",
+            )
+        log.info(
+            "account password block lifted",
+            extra={"account": account_id, "wrong_passwords": cleared},
+        )
+        return cleared
 
     async def add_caller(self, account_id: str, caller: str) -> None:
         """Let calls from ``caller`` (Calling-Station-Id) identify the account (pinless)."""

@@ -762,6 +762,18 @@ class BalanceStore:
         reply = await self._pipe.run_script(scripts.COUNTER_RESET, args.keys(), args.argv())
         return int(reply)
 
+    async def lift_password_block(self, account_id: str, now: int) -> int | None:
+        """Clear the account's count of wrong passwords (decision 0045): the wrong
+        passwords its window still counted (0: none), or None for an unknown account."""
+        key = keys.account(account_id)
+        status, fails, until = await self._pipe.execute(
+            "HMGET", key, "status", "pwfails", "pwfail_until"
+        )
+        if status is None:
+            return None
+        await self._pipe.execute("HDEL", key, "pwfails", "pwfail_until")
+        return int(fails or 0) if until is not None and int(until) > now else 0
+
     async def check_password(self, args: CheckPasswordArgs) -> Refused | None:
         """Judge a password by the rule the authorize script applies (decision 0045):
         None when it is right or the account has none, else the refusal."""

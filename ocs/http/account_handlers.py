@@ -171,6 +171,20 @@ async def add_caller(request: web.Request, params: AddCaller) -> Caller:
     return Caller(account=account_id, caller=params.caller.lstrip("+"))
 
 
+class PasswordBlockLifted(Answer):
+    """An account whose wrong passwords were forgotten: its password may be tried again."""
+
+    account: str
+    wrong_passwords_cleared: int
+
+
+async def lift_password_block(request: web.Request, params: None) -> PasswordBlockLifted:
+    """DELETE /v1/accounts/{id}/password-block: forget the account's wrong passwords."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    cleared = await services_of(request).accounts.lift_password_block(account_id)
+    return PasswordBlockLifted(account=account_id, wrong_passwords_cleared=cleared)
+
+
 # --- RADIUS NAS clients ------------------------------------------------------------------
 
 
@@ -307,6 +321,17 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         Caller,
         status=201,
         errors=(409,),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/accounts/{account_id}/password-block",
+        Role.OPERATOR,
+        "Lift a block for wrong passwords: the account's password may be tried again at once",
+        lift_password_block,
+        None,
+        PasswordBlockLifted,
+        errors=(404,),
+        answer_description="the wrong passwords the window still counted, now forgotten",
     ),
     Endpoint(
         "POST",
