@@ -176,8 +176,10 @@ async def test_a_slice_is_extended_by_updates_until_the_funds_run_out(app: Runni
     view = await account(app, "trunk")
     assert (view["available"], view["lines_in_use"]) == ("0.000000", 2)
 
-    # t-2 ends: its slice is free again, and t-1's next update takes it.
-    status, stopped = await app.post("/v1/calls/t-2/stop", {})
+    # t-2 ends unanswered: its slice is free again, and t-1's next update takes it. The
+    # duration is stated because the time since the start is counted in whole seconds of
+    # the clock: a second boundary crossed since t-2 began would charge it a minute.
+    status, stopped = await app.post("/v1/calls/t-2/stop", {"duration": 0})
     assert status == 200, stopped
     status, update = await app.post("/v1/calls/t-1/update", {"used": 120})
     assert (update["granted"], update["remaining"], update["final"]) == (180, 60, False)
