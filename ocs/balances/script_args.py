@@ -523,6 +523,25 @@ class CheckPasswordArgs(msgspec.Struct, frozen=True, gc=False):
         return [self.digest, self.now, self.guess_limit, self.guess_window]
 
 
+class LiftPasswordBlockArgs(msgspec.Struct, frozen=True, gc=False):
+    """lift_password_block.lua: forget an account's count of wrong passwords.
+
+    KEYS[1] account hash.
+    ARGV[1] now (epoch seconds)
+    """
+
+    account_id: str
+    now: int
+
+    def keys(self) -> list[str]:
+        """KEYS[1]."""
+        return [k.account(self.account_id)]
+
+    def argv(self) -> list[object]:
+        """ARGV[1]."""
+        return [self.now]
+
+
 class CreateAccountArgs(msgspec.Struct, frozen=True, gc=False):
     """create_account.lua: the real-time state of a new account, with its opening balance.
 

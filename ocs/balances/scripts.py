@@ -54,6 +54,7 @@ START_COUNTER = _load("start_counter")
 PIN_ATTEMPT = _load("pin_attempt")
 FEE = _load("fee")
 CHECK_PASSWORD = _load("check_password")
+LIFT_PASSWORD_BLOCK = _load("lift_password_block")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -71,4 +72,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     PIN_ATTEMPT,
     FEE,
     CHECK_PASSWORD,
+    LIFT_PASSWORD_BLOCK,
 )

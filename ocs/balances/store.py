@@ -27,6 +27,7 @@ from ocs.balances.script_args import (
     CounterUse,
     CreateAccountArgs,
     FeeArgs,
+    LiftPasswordBlockArgs,
     StartArgs,
     StopArgs,
     TopupArgs,
@@ -765,14 +766,11 @@ class BalanceStore:
     async def lift_password_block(self, account_id: str, now: int) -> int | None:
         """Clear the account's count of wrong passwords (decision 0045): the wrong
         passwords its window still counted (0: none), or None for an unknown account."""
-        key = keys.account(account_id)
-        status, fails, until = await self._pipe.execute(
-            "HMGET", key, "status", "pwfails", "pwfail_until"
-        )
-        if status is None:
+        args = LiftPasswordBlockArgs(account_id, now)
+        reply = await self._pipe.run_script(scripts.LIFT_PASSWORD_BLOCK, args.keys(), args.argv())
+        if _text(reply[0]) == "NOACCT":
             return None
-        await self._pipe.execute("HDEL", key, "pwfails", "pwfail_until")
-        return int(fails or 0) if until is not None and int(until) > now else 0
+        return int(reply[1])
 
     async def check_password(self, args: CheckPasswordArgs) -> Refused | None:
         """Judge a password by the rule the authorize script applies (decision 0045):

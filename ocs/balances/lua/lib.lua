@@ -90,14 +90,19 @@ end
 -- learn which guess is right. A right password before the limit clears the count.
 -- stored: the account's digest; given: the digest to check; fails, failed_until: the
 -- two fields as read (nil when absent); now: epoch seconds.
--- Returns nil (the password is right), or a refusal reason and the wrong passwords
--- counted in the window so far.
+-- password_fails_counted: the wrong passwords the current window still counts (0 once
+-- it has ended). password_refusal returns nil (the password is right), or a refusal
+-- reason and the wrong passwords counted in the window so far.
+local function password_fails_counted(fails, failed_until, now)
+  if failed_until and tonumber(failed_until) > now then
+    return tonumber(fails or 0)
+  end
+  return 0
+end
+
 local function password_refusal(account_key, stored, given, fails, failed_until, now,
                                 limit, window)
-  local counted = 0
-  if failed_until and tonumber(failed_until) > now then
-    counted = tonumber(fails or 0)
-  end
+  local counted = password_fails_counted(fails, failed_until, now)
   if counted >= limit then
     return 'password_blocked', counted
   end
