@@ -173,3 +173,57 @@ async def test_an_operator_lifts_a_block(app: RunningApp) -> None:
     body = await response.json()
     assert response.status == 404
     assert (body["error"]["reason"], body["error"]["field"]) == ("account_not_found", "account_id")
+
+
+async def test_the_help_desk_gives_a_new_password(
+    app: RunningApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    await add_plan(app.services)
+    await app.services.accounts.create(
+        AccountSpec(
+            "forgetful", plan_id="retail", opening_balance=5_000_000, password=PASSWORD, max_lines=5
+        )
+    )
+    async with card_nas(app, service(app, time.time)) as nas:
+        for n in range(LIMIT):
+            await refused(nas, call("forgetful", f"F-{n}", f"forgot-{n}"), 2)
+        await refused(nas, call("forgetful", "F-BLOCKED", PASSWORD), 10)
+
+        # The customer forgot it: the help desk sets a new one, and the count starts again.
+        response = await app.client.put(
+            "/v1/accounts/forgetful/password", json={"password": "new-secret"}
+        )
+        assert response.status == 200
+        assert await response.json() == {"account": "forgetful", "has_password": True}
+        reply = await auth(nas, call("forgetful", "F-NEW", "new-secret"), expect=ANSWERED)
+        assert reply.code == "Access-Accept", reply.output
+        await refused(nas, call("forgetful", "F-OLD", PASSWORD), 2)  # the old one is gone
+        stored = await app.services.pool.fetchval(
+            "SELECT password_digest FROM accounts WHERE id = 'forgetful'"
+        )
+        assert stored and "new-secret" not in stored and len(stored) == 64
+
+        # Removed: calls need no password at all.
+        response = await app.client.put("/v1/accounts/forgetful/password", json={"password": None})
+        assert await response.json() == {"account": "forgetful", "has_password": False}
+        reply = await auth(nas, call("forgetful", "F-NONE", None), expect=ANSWERED)
+        assert reply.code == "Access-Accept", reply.output
+        assert (
+            await app.services.pool.fetchval(
+                "SELECT password_digest FROM accounts WHERE id = 'forgetful'"
+            )
+            is None
+        )
+    assert caplog.text.count("account password changed") == 2
+    assert "new-secret" not in caplog.text
+
+    for path, body, status, field in (
+        ("/v1/accounts/nobody/password", {"password": "x"}, 404, "account_id"),
+        ("/v1/accounts/forgetful/password", {"password": ""}, 400, "password"),
+        ("/v1/accounts/forgetful/password", {"password": "x" * 129}, 400, "password"),
+        ("/v1/accounts/forgetful/password", {}, 400, "password"),
+    ):
+        response = await app.client.put(path, json=body)
+        error = (await response.json())["error"]
+        assert (response.status, error["field"]) == (status, field), error

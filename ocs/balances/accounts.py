@@ -389,6 +389,32 @@ class AccountService:
         )
         return cleared
 
+    async def set_password(self, account_id: str, password: str | None) -> None:
+        """Give the account a new password, or none (None): what the help desk does for a
+        customer who forgot it. The count of wrong passwords starts again (decision 0045),
+        since they were guesses at the old one."""
+        if password is not None and not 1 <= len(password) <= 128:
+            raise invalid("password", "expected 1 to 128 characters")
+        digest = None if password is None else password_digest(account_id, password)
+        async with self._pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchval(
+                "UPDATE accounts SET password_digest = $2 WHERE id = $1 RETURNING 1",
+                account_id,
+                digest,
+            )
+            # Redis last, inside the transaction, as update_policy writes a limit.
+            if found is None or not await self._store.set_policy(account_id, {"pw": digest or ""}):
+                raise OcsError(
+                    Reason.ACCOUNT_NOT_FOUND,
+                    f"account {account_id!r} does not exist",
+                    field="account_id",
+                )
+        await self._store.lift_password_block(account_id, int(time.time()))
+        log.info(
+            "account password changed",
+            extra={"account": account_id, "has_password": password is not None},
+        )
+
     async def add_caller(self, account_id: str, caller: str) -> None:
         """Let calls from ``caller`` (Calling-Station-Id) identify the account (pinless)."""
         digits = caller.strip().removeprefix("+")

@@ -1,5 +1,5 @@
-"""The accounts' endpoints (create, show, top up, add a caller id) and the RADIUS NAS
-clients' (add, list).
+"""The accounts' endpoints (create, show, top up, add a caller id, set a password, lift
+a password block) and the RADIUS NAS clients' (add, list).
 
 A thin adapter over the account service (``ocs.balances.accounts``) and the NAS
 client table (``ocs.radius.clients``): decode the request, call the service,
@@ -39,6 +39,11 @@ if set(get_args(AccountStatus)) != set(STATUSES):  # one list of statuses, the a
 
 # --- accounts ----------------------------------------------------------------------------
 
+AccountPassword = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=128, description="the account's (or card's) password"),
+]
+
 
 class CreateAccount(Params):
     """A new account on a plan; every limit left out is the plan's."""
@@ -56,15 +61,7 @@ class CreateAccount(Params):
         | None
     ) = None
     status: AccountStatus | None = None
-    password: (
-        Annotated[
-            str,
-            msgspec.Meta(
-                min_length=1, max_length=128, description="the account's (or card's) password"
-            ),
-        ]
-        | None
-    ) = None
+    password: AccountPassword | None = None
     expires_at: (
         Annotated[
             datetime,
@@ -183,6 +180,26 @@ async def lift_password_block(request: web.Request, params: None) -> PasswordBlo
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     cleared = await services_of(request).accounts.lift_password_block(account_id)
     return PasswordBlockLifted(account=account_id, wrong_passwords_cleared=cleared)
+
+
+class SetPassword(Params):
+    """An account's new password; null removes it (calls then need none)."""
+
+    password: AccountPassword | None
+
+
+class PasswordSet(Answer):
+    """An account whose password was replaced; its wrong passwords were forgotten."""
+
+    account: str
+    has_password: bool
+
+
+async def set_password(request: web.Request, params: SetPassword) -> PasswordSet:
+    """PUT /v1/accounts/{id}/password: replace the account's password."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    await services_of(request).accounts.set_password(account_id, params.password)
+    return PasswordSet(account=account_id, has_password=params.password is not None)
 
 
 # --- RADIUS NAS clients ------------------------------------------------------------------
@@ -321,6 +338,17 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         Caller,
         status=201,
         errors=(409,),
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/accounts/{account_id}/password",
+        Role.OPERATOR,
+        "Replace an account's password, or remove it; its wrong passwords are forgotten",
+        set_password,
+        SetPassword,
+        PasswordSet,
+        errors=(404,),
+        answer_description="the account and whether it now has a password",
     ),
     Endpoint(
         "DELETE",
