@@ -72,3 +72,27 @@ def test_a_target_of_zero_leaves_only_the_budget() -> None:
     assert all(delay.admit(0.2, now=i / 100) for i in range(100))
     assert not delay.standing
     assert not delay.admit(0.3, now=1.0)
+
+
+def test_requests_seconds_apart_on_a_quiet_server_are_not_a_queue() -> None:
+    delay = rule()
+    # Each waited just over the target (a busy moment), but nothing came in between:
+    # no queue stood for the seconds between them.
+    assert all(delay.admit(0.03, now=float(second)) for second in range(10))
+    assert not delay.standing
+
+
+def test_a_standing_queue_ends_when_requests_stop_coming() -> None:
+    delay = rule()
+    delay.admit(0.05, now=0.0)
+    assert not delay.admit(0.05, now=0.1)
+    assert delay.standing
+    # Silence for longer than the memory: the next delay is a burst again.
+    assert delay.admit(0.03, now=5.0)
+    assert not delay.standing
+    # Silence shorter than the memory, after standing: overload still, at once.
+    assert delay.admit(0.05, now=5.06)
+    assert not delay.admit(0.05, now=5.11)
+    assert delay.standing
+    assert not delay.admit(0.03, now=5.61)
+    assert delay.standing

@@ -20,6 +20,12 @@ the target stands again at once, without waiting another interval: overload that
 has just been cut back is overload still. The requests answered then wait about the
 target, not the budget.
 
+What the rule knows is only as good as the requests it has seen. When none came for
+longer than ``QUIET_S``, the queue may have emptied meanwhile: the count starts again,
+and a standing queue counts as ended when the last request came. Otherwise two requests
+that each waited just over the target, seconds apart on a quiet server, would read as a
+queue that had stood all along, and the second would be dropped.
+
 The rule only decides. The server counts every drop (``late``), so none is silent.
 """
 
@@ -28,6 +34,10 @@ The rule only decides. The server counts every drop (``late``), so none is silen
 INTERVAL_S = 0.1
 # After a standing queue ends, for this long a delay above the target stands at once.
 MEMORY_S = 1.0
+# No request seen for longer than this: what was measured before may be stale. A
+# standing queue brings requests far more often (thousands a second), so a gap this long
+# means the queue emptied or the process stalled; the standing rule sees to both.
+QUIET_S = 0.1
 
 
 class QueueDelay:
@@ -38,7 +48,17 @@ class QueueDelay:
     Plain attributes, so that a test can narrow them.
     """
 
-    __slots__ = ("_ended", "_since", "budget", "interval", "memory", "standing", "target")
+    __slots__ = (
+        "_ended",
+        "_last",
+        "_since",
+        "budget",
+        "interval",
+        "memory",
+        "quiet",
+        "standing",
+        "target",
+    )
 
     def __init__(
         self,
@@ -46,22 +66,32 @@ class QueueDelay:
         target: float,
         interval: float = INTERVAL_S,
         memory: float = MEMORY_S,
+        quiet: float = QUIET_S,
     ) -> None:
         self.budget = budget
         self.target = target
         self.interval = interval
         self.memory = memory
+        self.quiet = quiet
         self.standing = False
         # Not standing: since when every request has waited longer than the target (None:
         # the last one did not). Standing: since when the queue has been cut back.
         self._since: float | None = None
         # When the last standing queue ended (None: none has).
         self._ended: float | None = None
+        # When the last request was seen.
+        self._last = float("-inf")
 
     def admit(self, waited: float, now: float) -> bool:
         """Whether a request that waited ``waited`` seconds, seen at ``now``, is answered."""
         if waited > self.budget:
             return False
+        last, self._last = self._last, now
+        if now - last > self.quiet:
+            # Nothing seen for a while: the queue may have emptied (module docstring).
+            if self.standing:
+                self.standing, self._ended = False, last
+            self._since = None
         target, since = self.target, self._since
         if waited <= target or target <= 0:
             if not self.standing:
