@@ -98,5 +98,5 @@ async def test_a_stop_without_a_duration_charges_the_time_since_start(
         account_id="mute", call_id="mute-1", started_at=now - 100, expires_at=now + 3600
     )
     charge = await calls.stop("mute-1", None)
-    assert 100 <= charge.duration <= 102
+    assert 100 <= charge.duration <= int(time.time()) - now + 100
     assert charge.charged == 150_000 + charge.billed_seconds * 1_000

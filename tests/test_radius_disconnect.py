@@ -351,7 +351,9 @@ async def test_silent_nas_times_out_after_all_attempts(start_nas: StartNas) -> N
 
 async def test_retransmission_resends_the_same_datagram(start_nas: StartNas) -> None:
     emulator = await start_nas(ack, drop_first=2)
-    outcome = await disconnect(emulator, timeout=0.2, attempts=3)
+    # 0.5 s an attempt: the third one's answer must be read before its timer fires, even on
+    # a slow machine that pauses the test's process for a moment.
+    outcome = await disconnect(emulator, timeout=0.5, attempts=3)
     assert outcome == DisconnectOutcome(acked=True, reason="ack")
     assert len(emulator.received) == 3
     first = emulator.received[0]

@@ -197,26 +197,35 @@ async def test_a_stall_is_logged_once_naming_where_the_loop_was(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     watch = loop_lag.StallWatch(threshold=0.02)
+
+    def ours() -> list[tuple[float, str]]:
+        # A slow machine may stall the loop elsewhere too (the GC, the scheduler): only
+        # the stalls this test causes are counted.
+        return [(s, where) for s, where in watch.stalls if "busy_settling_accounts" in where]
+
     watch.start()
     try:
         busy_settling_accounts(0.1)
 
         async def reported() -> bool:
-            return bool(watch.stalls)
+            return bool(ours())
 
         with caplog.at_level(logging.WARNING, logger="ocs.loop"):
             await eventually(reported, what="the stall reported")
             busy_settling_accounts(0.1)  # the same place again: counted, not logged
 
             async def twice() -> bool:
-                return len(watch.stalls) == 2
+                return len(ours()) == 2
 
             await eventually(twice, what="the second stall reported")
     finally:
         watch.stop()
-    seconds, where = watch.stalls[0]
+    seconds, _ = ours()[0]
     assert seconds >= 0.05
-    assert "busy_settling_accounts" in where
-    lines = [r for r in caplog.records if r.getMessage() == "event loop stalled"]
+    lines = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "event loop stalled"
+        and "busy_settling_accounts" in getattr(r, "at", "")
+    ]
     assert len(lines) == 1
-    assert "busy_settling_accounts" in lines[0].at  # type: ignore[attr-defined]
