@@ -202,7 +202,9 @@ async def test_deferred_revenue_is_recognised_by_day_and_rounded_once_per_line(
         DeferredRow("EUR", "4200", 1, 120 * EUR, 1019 * CENT, 10981 * CENT),
     ]
     # From the void's day the credit note (-120.00 over the same year) nets a2 out.
-    today = await reports.deferred(services.pool, date.today())
+    # The credit note is dated by PostgreSQL's clock, as the void wrote it.
+    voided_on: date = await services.pool.fetchval("SELECT current_date")
+    today = await reports.deferred(services.pool, voided_on)
     assert all((r.billed, r.deferred) == (0, 0) for r in today if r.gl_code == "4200")
 
 
@@ -288,7 +290,8 @@ async def test_revenue_by_zone_gl_and_tax_code_counts_posted_documents(
         RevenueRow("EUR", "VAT20", 3, 7 * EUR, 35 * EUR),
     ]
     # The void's month: the credit note's reversal, counted as the line it reverses.
-    now = month(f"{date.today():%Y-%m}")
+    voided_on: date = await services.pool.fetchval("SELECT current_date")
+    now = month(f"{voided_on:%Y-%m}")
     assert await reports.revenue(services.pool, "gl", now) == [
         RevenueRow("EUR", "4200", 1, -120 * EUR, None),
     ]
