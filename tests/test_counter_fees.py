@@ -1,6 +1,8 @@
 """A counter's recurring charge: paid when an optional counter is bought, and at each
 new cycle, once per cycle, through the ledger."""
 
+import pytest
+
 from tests.conftest import RunningApp, add_plan, eventually
 
 
@@ -64,3 +66,56 @@ async def test_a_counter_fee_is_paid_on_purchase_and_once_per_cycle(app: Running
         "counter:de-100:cycle:2026-12",
         "counter:de-100:cycle:2027-01",
     }
+
+
+async def counters_of(app: RunningApp, account: str) -> dict[str, tuple[int, int]]:
+    status, body = await app.get(f"/v1/accounts/{account}/counters")
+    assert status == 200, body
+    return {c["counter"]: (c["limit"], c["used"]) for c in body["counters"]}
+
+
+@pytest.mark.parametrize("carryover", [False, True])
+async def test_a_reset_run_again_for_its_cycle_gives_no_seconds_twice(
+    app: RunningApp, carryover: bool
+) -> None:
+    await add_plan(app.services)
+    status, body = await app.post(
+        "/v1/plans/retail/counters",
+        {"id": "de-10", "seconds": 600, "zones": ["Germany"], "carryover": carryover},
+    )
+    assert status == 201, body
+
+    async def loaded() -> bool:
+        return bool(app.services.catalog.snapshot.counters_for("retail"))
+
+    await eventually(loaded, what="the counter in the catalog")
+    await app.post("/v1/accounts", {"id": "bea", "plan": "retail", "balance": "5.00"})
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+    assert status == 200, body
+    assert await counters_of(app, "bea") == {"de-10": (600, 0)}
+
+    # A 10-minute German call uses the counter up, and is charged nothing.
+    status, grant = await app.post(
+        "/v1/calls", {"account": "bea", "destination": "4930123456", "call_id": "b-1"}
+    )
+    assert status == 201, grant
+    status, stopped = await app.post("/v1/calls/b-1/stop", {"duration": 600})
+    assert (status, stopped["cost"]) == (200, "0.000000"), stopped
+    assert await counters_of(app, "bea") == {"de-10": (600, 600)}
+
+    # The same cycle again (a retry after a crash, say): nothing is given twice, with
+    # carryover or without.
+    for _ in range(2):
+        status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+        assert status == 200, body
+    assert await counters_of(app, "bea") == {"de-10": (600, 600)}
+    status, grant = await app.post(
+        "/v1/calls", {"account": "bea", "destination": "4930123456", "call_id": "b-2"}
+    )
+    assert status == 201, grant
+    status, stopped = await app.post("/v1/calls/b-2/stop", {"duration": 600})
+    assert (status, stopped["cost"]) == (200, "0.120000"), stopped  # 10 min at 0.012
+
+    # The next cycle starts it again; nothing was left to carry over.
+    await app.post("/v1/counters/reset", {"cycle": "2027-01"})
+    assert await counters_of(app, "bea") == {"de-10": (600, 0)}

@@ -601,14 +601,16 @@ class CounterResetArgs(msgspec.Struct, frozen=True, gc=False):
     """counter_reset.lua: start a new cycle of an account's usage counters.
 
     KEYS[1] counters hash.
-    ARGV: triples of (counter id, seconds per cycle, "1" to carry unused seconds over),
-          or "-cancel", <counter id> to cancel that one counter only; a counter of
-          the hash that is not named is removed (or marked "gone" while calls hold it).
+    ARGV[1] the cycle's label, then triples of (counter id, seconds per cycle, "1" to
+          carry unused seconds over); or "-cancel", <counter id> to cancel that one
+          counter only. A counter of the hash that is not named is removed (or marked
+          "gone" while calls hold it); one whose cycle already has this label is left.
     """
 
     account_id: str
     cycle: Sequence[tuple[str, int, bool]] = ()
     cancel: str | None = None  # cancel this one counter instead of starting a cycle
+    label: str = ""  # the cycle's label, such as "2026-12"
 
     def keys(self) -> list[str]:
         """KEYS[1]."""
@@ -618,7 +620,7 @@ class CounterResetArgs(msgspec.Struct, frozen=True, gc=False):
         """The triples of the new cycle, or "-cancel" and the counter to cancel."""
         if self.cancel is not None:
             return ["-cancel", self.cancel]
-        args: list[object] = []
+        args: list[object] = [self.label]
         for counter_id, seconds, carryover in self.cycle:
             args += [counter_id, seconds, "1" if carryover else "0"]
         return args

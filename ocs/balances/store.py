@@ -699,6 +699,8 @@ class BalanceStore:
             if part == "gone":
                 gone.add(counter_id)
                 continue
+            if part == "cycle":  # the cycle's label, not seconds
+                continue
             state.setdefault(counter_id, {"used": 0, "held": 0})[part] = int(value)
         return {k: v for k, v in state.items() if "limit" in v and k not in gone}
 
@@ -715,7 +717,8 @@ class BalanceStore:
             fields: dict[str, dict[str, int]] = {}
             for field, value in zip(raw[::2], raw[1::2], strict=True):
                 counter_id, _, part = _text(field).rpartition(":")
-                fields.setdefault(counter_id, {})[part] = int(value)
+                if part != "cycle":  # the cycle's label, not seconds
+                    fields.setdefault(counter_id, {})[part] = int(value)
             out[account_id] = {
                 c: CounterCycle(f.get("limit", 0), f.get("used", 0), f.get("held", 0), "gone" in f)
                 for c, f in fields.items()
@@ -757,9 +760,12 @@ class BalanceStore:
         args = CounterResetArgs(account_id, cancel=counter_id)
         await self._pipe.run_script(scripts.COUNTER_RESET, args.keys(), args.argv())
 
-    async def reset_counters(self, account_id: str, cycle: list[tuple[str, int, bool]]) -> int:
-        """Start a new cycle: (counter id, seconds, carryover) of each counter that goes on."""
-        args = CounterResetArgs(account_id, cycle)
+    async def reset_counters(
+        self, account_id: str, cycle: list[tuple[str, int, bool]], label: str
+    ) -> int:
+        """Start the cycle ``label``: (counter id, seconds, carryover) of each counter that
+        goes on. A counter that has started that cycle already is left as it is."""
+        args = CounterResetArgs(account_id, cycle, label=label)
         reply = await self._pipe.run_script(scripts.COUNTER_RESET, args.keys(), args.argv())
         return int(reply)
 

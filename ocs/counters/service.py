@@ -210,7 +210,7 @@ class CounterService:
         for start in range(0, len(accounts), _RESET_CHUNK):
             chunk = accounts[start : start + _RESET_CHUNK]
             done = await asyncio.gather(
-                *(self._store.reset_counters(account, cycle) for account, cycle in chunk)
+                *(self._store.reset_counters(account, cycle, label) for account, cycle in chunk)
             )
             counters += sum(done)
         for start in range(0, len(fees), _RESET_CHUNK):

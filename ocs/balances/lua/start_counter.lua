@@ -17,5 +17,6 @@ if c[1] and not c[2] then
   return 0
 end
 redis.call('HSET', KEYS[1], id .. ':limit', ARGV[2], id .. ':used', 0)
-redis.call('HDEL', KEYS[1], id .. ':gone')
+-- A fresh cycle: no reset has started it yet (counter_reset.lua's '<id>:cycle').
+redis.call('HDEL', KEYS[1], id .. ':gone', id .. ':cycle')
 return 1
