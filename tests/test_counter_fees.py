@@ -39,6 +39,7 @@ async def test_a_counter_fee_is_paid_on_purchase_and_once_per_cycle(app: Running
     assert (status, body["error"]["reason"]) == (402, "insufficient_funds")
     _, counters = await app.get("/v1/accounts/ann/counters")
     assert counters["counters"] == []
+    assert not await app.services.pool.fetchval("SELECT count(*) FROM account_counters")
 
     await app.post("/v1/accounts/ann/topups", {"amount": "4.00", "topup_id": "t1"})
     status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-100"})
@@ -119,3 +120,71 @@ async def test_a_reset_run_again_for_its_cycle_gives_no_seconds_twice(
     # The next cycle starts it again; nothing was left to carry over.
     await app.post("/v1/counters/reset", {"cycle": "2027-01"})
     assert await counters_of(app, "bea") == {"de-10": (600, 0)}
+
+
+async def optional_counter(app: RunningApp) -> None:
+    """Plan retail with an optional counter de-10 at 2.00 a cycle, and ann with 10.00."""
+    await add_plan(app.services)
+    status, body = await app.post(
+        "/v1/plans/retail/counters",
+        {"id": "de-10", "seconds": 600, "zones": ["Germany"], "mandatory": False,
+         "recurring_fee": "2.00"},
+    )  # fmt: skip
+    assert status == 201, body
+
+    async def loaded() -> bool:
+        return bool(app.services.catalog.snapshot.counters_for("retail"))
+
+    await eventually(loaded, what="the counter in the catalog")
+    await app.post("/v1/accounts", {"id": "ann", "plan": "retail", "balance": "10.00"})
+
+
+async def test_a_counter_given_up_and_bought_again_is_paid_again(app: RunningApp) -> None:
+    await optional_counter(app)
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-10"})
+    assert status == 201, body
+    response = await app.client.delete("/v1/accounts/ann/counters/de-10")
+    assert response.status == 200, await response.text()
+    # At once, within the same second: a new purchase all the same, with its own cycle.
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-10"})
+    assert status == 201, body
+    assert await counters_of(app, "ann") == {"de-10": (600, 0)}
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "6.000000"
+
+
+async def test_a_purchase_cut_short_is_finished_by_the_next_and_paid_once(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await optional_counter(app)
+    store = app.services.store
+    start_counter = store.start_counter
+
+    async def redis_lost(account_id: str, counter_id: str, seconds: int) -> bool:
+        raise ConnectionError("Redis went away")
+
+    # The fee is taken, then Redis is lost before the cycle starts.
+    monkeypatch.setattr(store, "start_counter", redis_lost)
+    with pytest.raises(ConnectionError):
+        await app.services.counters.buy("ann", "de-10")
+    assert await counters_of(app, "ann") == {}
+    # The purchase is on record, paid: the next request finds it rather than paying anew.
+    bought = await app.services.pool.fetchval(
+        "SELECT count(*) FROM account_counters WHERE account_id = 'ann'"
+    )
+    assert bought == 1
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "8.000000"
+    monkeypatch.setattr(store, "start_counter", start_counter)
+
+    # The customer tries again: the purchase is finished, and its fee not taken twice.
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-10"})
+    assert status == 201, body
+    assert await counters_of(app, "ann") == {"de-10": (600, 0)}
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "8.000000"
+    # And once more: bought already, nothing more happens.
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-10"})
+    assert status == 201, body
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "8.000000"

@@ -18,6 +18,9 @@ from ocs.rating.counter_rules import CounterDef, counter_from_row
 
 MAX_SECONDS = 10_000_000
 _RESET_CHUNK = 1_000
+# A purchase's id: the time it was bought, in microseconds. PostgreSQL keeps timestamps
+# to the microsecond, so a counter given up and bought again is another purchase.
+_PURCHASE_ID = "(extract(epoch FROM bought_at) * 1000000)::bigint"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,29 +111,59 @@ class CounterService:
         return counter_from_row(row)
 
     async def buy(self, account_id: str, counter_id: str) -> CounterDef:
-        """An account takes an optional counter of its plan; its first cycle starts now."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            counter = await self._definition(conn, counter_id)
-            plan_id = await conn.fetchval("SELECT plan_id FROM accounts WHERE id = $1", account_id)
-            if plan_id is None:
-                raise OcsError(
-                    Reason.ACCOUNT_NOT_FOUND,
-                    f"account {account_id!r} does not exist",
-                    field="account_id",
+        """An account takes an optional counter of its plan; its first cycle starts now.
+
+        The purchase is recorded before any money moves, and its fee's reference names
+        that purchase (its time, to the microsecond). So a purchase cut short (Redis
+        lost between the fee and the cycle's start) is finished by the next request to
+        buy the counter, which finds it and charges nothing twice; and a counter given
+        up and bought again is a new purchase, paid again.
+        """
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                counter = await self._definition(conn, counter_id)
+                plan_id = await conn.fetchval(
+                    "SELECT plan_id FROM accounts WHERE id = $1", account_id
                 )
-            if plan_id != counter.plan_id:
-                raise invalid("counter", f"counter {counter_id!r} is not of plan {plan_id!r}")
-            bought = await conn.fetchval(
-                "INSERT INTO account_counters (account_id, counter_id) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING RETURNING extract(epoch FROM bought_at)::bigint",
-                account_id,
-                counter_id,
-            )
-            if bought is not None and counter.recurring_fee > 0:
-                # The purchase pays the first cycle; refused, nothing is bought.
-                await self._charge_fee(
-                    account_id, counter, f"counter:{counter.id}:bought:{bought}", True
+                if plan_id is None:
+                    raise OcsError(
+                        Reason.ACCOUNT_NOT_FOUND,
+                        f"account {account_id!r} does not exist",
+                        field="account_id",
+                    )
+                if plan_id != counter.plan_id:
+                    raise invalid("counter", f"counter {counter_id!r} is not of plan {plan_id!r}")
+                new = await conn.fetchval(
+                    "INSERT INTO account_counters (account_id, counter_id) VALUES ($1, $2)"
+                    f" ON CONFLICT DO NOTHING RETURNING {_PURCHASE_ID}",
+                    account_id,
+                    counter_id,
                 )
+                purchase = new
+                if purchase is None:
+                    purchase = await conn.fetchval(
+                        f"SELECT {_PURCHASE_ID} FROM account_counters"
+                        " WHERE account_id = $1 AND counter_id = $2",
+                        account_id,
+                        counter_id,
+                    )
+            if new is None and counter_id in await self._store.counter_state(account_id):
+                return counter  # bought, paid and started already
+            if counter.recurring_fee > 0:
+                try:
+                    # The purchase pays the first cycle; refused, nothing is bought.
+                    await self._charge_fee(
+                        account_id, counter, f"counter:{counter.id}:bought:{purchase}", True
+                    )
+                except OcsError:
+                    await conn.execute(
+                        "DELETE FROM account_counters WHERE account_id = $1"
+                        f" AND counter_id = $2 AND {_PURCHASE_ID} = $3",
+                        account_id,
+                        counter_id,
+                        purchase,
+                    )
+                    raise
             await self._store.start_counter(account_id, counter_id, counter.seconds)
         return counter
 
