@@ -6,7 +6,6 @@ float ever touches money.
 """
 
 import re
-from decimal import Decimal, InvalidOperation
 
 MICRO = 1_000_000
 MICRO_DIGITS = 6
@@ -15,7 +14,11 @@ MICRO_DIGITS = 6
 # stored amount well below that keeps the scripts' arithmetic exact.
 MAX_AMOUNT = 10**15  # one thousand million currency units
 
-_DECIMAL_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+# ASCII digits only (``\d`` would take any script's), and nothing after the last digit:
+# ``$`` would let a final newline through.
+_DECIMAL_RE = re.compile(r"([+-]?)(?:(\d+)(?:\.(\d*))?|\.(\d+))\Z", re.ASCII)
+# More integer digits than MAX_AMOUNT has, once leading zeros are gone: too large.
+_MAX_WHOLE_DIGITS = len(str(MAX_AMOUNT // MICRO))
 
 
 class MoneyError(ValueError):
@@ -35,20 +38,24 @@ def parse_amount(text: object, *, allow_negative: bool = False) -> int:
     if not isinstance(text, str):
         raise MoneyError('must be a decimal string such as "1.50"')
     stripped = text.strip()
-    if not _DECIMAL_RE.match(stripped):
-        raise MoneyError(f"not a decimal amount: {text!r}")
-    try:
-        value = Decimal(stripped)
-    except InvalidOperation as exc:  # pragma: no cover - the regex already guards
-        raise MoneyError(f"not a decimal amount: {text!r}") from exc
-    micro = value * MICRO
-    if micro != micro.to_integral_value():
-        raise MoneyError(f"more than {MICRO_DIGITS} decimal places: {text!r}")
-    result = int(micro)
+    match = _DECIMAL_RE.match(stripped)
+    if match is None:
+        raise MoneyError(f"not a decimal amount: {text[:40]!r}")
+    sign, whole, fraction, bare_fraction = match.groups()
+    # Exact digit by digit: no decimal context rounds what the caller wrote.
+    whole = (whole or "").lstrip("0")
+    fraction = (fraction if fraction is not None else bare_fraction or "").rstrip("0")
+    if len(fraction) > MICRO_DIGITS:
+        raise MoneyError(f"more than {MICRO_DIGITS} decimal places: {text[:40]!r}")
+    if len(whole) > _MAX_WHOLE_DIGITS:
+        raise MoneyError(f"too large: {text[:40]!r}")
+    result = int(whole or "0") * MICRO + int(fraction.ljust(MICRO_DIGITS, "0"))
+    if sign == "-":
+        result = -result
     if result < 0 and not allow_negative:
-        raise MoneyError(f"must not be negative: {text!r}")
+        raise MoneyError(f"must not be negative: {text[:40]!r}")
     if abs(result) > MAX_AMOUNT:
-        raise MoneyError(f"too large: {text!r}")
+        raise MoneyError(f"too large: {text[:40]!r}")
     return result
 
 

@@ -56,7 +56,7 @@ MAX_LIST = 1000
 
 def parse_rate(text: str, field: str, *, maximum: int = MAX_TAX_RATE) -> int:
     """A decimal percent ("20", "8.875") in millionths of a percent; 400 naming ``field``."""
-    if not re.fullmatch(r"\d{1,9}(\.\d{1,6})?", text.strip()):
+    if not re.fullmatch(r"\d{1,9}(\.\d{1,6})?", text.strip(), re.ASCII):
         raise invalid(field, f'expected a percentage such as "20" or "8.875", not {text!r}')
     try:
         value = Decimal(text.strip()) * 1_000_000
