@@ -264,6 +264,8 @@ CASES: dict[str, list[Case]] = {
         bad("float amount", TOPUP, Raw('{"amount": 1.5}'), "amount"),
         bad("exponent amount", TOPUP, Raw('{"amount": 1e2}'), "amount"),
         bad("7 decimals", TOPUP, {"amount": "0.0000001"}, "amount"),
+        bad("31 decimals", TOPUP, {"amount": "1.0000000000000000000000000000001"}, "amount"),
+        bad("Arabic-Indic digits", TOPUP, {"amount": "\u0661\u0662"}, "amount"),
         bad("negative", TOPUP, {"amount": "-5.00"}, "amount"),
         bad("zero", TOPUP, {"amount": "0"}, "amount"),
         bad("zero with decimals", TOPUP, {"amount": "0.000000"}, "amount"),
@@ -297,6 +299,8 @@ CASES: dict[str, list[Case]] = {
     ],
     "create plan": [
         bad("4-letter currency", "/v1/plans", {"id": "gold", "currency": "EURO"}, "currency"),
+        bad("currency and a newline", "/v1/plans", {"id": "gold", "currency": "EUR\n"},
+            "currency"),
         bad("currency with a digit", "/v1/plans", {"id": "gold", "currency": "E1R"}, "currency"),
         bad("numeric currency", "/v1/plans", {"id": "gold", "currency": 978}, "currency"),
         bad("missing currency", "/v1/plans", {"id": "gold"}, "currency"),

@@ -400,7 +400,7 @@ class SetPlanBilling(Params):
     grace_days: Annotated[int, msgspec.Meta(ge=0, le=366)] = 0
     invoice_message: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     invoice_timing: Literal["end_of_cycle", "start_of_cycle"] = "end_of_cycle"
-    issuer: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}$")] = "INV"
+    issuer: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}(?!\n)$")] = "INV"
     tax_engine: Annotated[
         Literal["internal", "external"],
         msgspec.Meta(

@@ -30,7 +30,7 @@ class GeneratePins(Params):
     batch: Annotated[
         str,
         msgspec.Meta(
-            pattern=r"^[A-Za-z0-9_-]{1,32}$",
+            pattern=r"^[A-Za-z0-9_-]{1,32}(?!\n)$",
             description="the batch's id: 1 to 32 letters, digits, '-' or '_'",
             examples=["ivr-2027-01"],
         ),

@@ -29,7 +29,7 @@ Url = Annotated[
     msgspec.Meta(
         min_length=8,
         max_length=webhooks.MAX_URL,
-        pattern=r"^https?://[^\s/?#\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*$",
+        pattern=r"^https?://[^\s/?#\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*(?!\n)$",
         description="where events are POSTed: an http:// or https:// URL",
         examples=["https://crm.example.com/hooks/ocs"],
     ),
@@ -39,7 +39,7 @@ EventId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="an event's i
 Subject = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[^\x00-\x1f\x7f]{1,200}$",
+        pattern=r"^[^\x00-\x1f\x7f]{1,200}(?!\n)$",
         description="what events are about: an account's id (or an invoice's)",
         examples=["1001"],
     ),

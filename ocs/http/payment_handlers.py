@@ -44,7 +44,7 @@ Reference = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=payments.MAX_EXTERNAL_ID,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        pattern=r"^[^\x00-\x1f\x7f]+(?!\n)$",
         description="the payment's own reference (a receipt, a cheque number): it is"
         " recorded once, a repeat answers the payment already recorded",
         examples=["R-2026-001"],

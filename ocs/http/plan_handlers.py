@@ -38,7 +38,7 @@ MAX_HOLIDAYS = 366
 PlanCurrency = Annotated[
     str,
     msgspec.Meta(
-        pattern="^[A-Za-z]{3}$",
+        pattern="^[A-Za-z]{3}(?!\n)$",
         description="ISO 4217 code (stored upper-cased)",
         examples=["EUR"],
     ),
@@ -351,7 +351,7 @@ async def set_translation(request: web.Request, params: SetTranslation) -> PlanT
 LocalTime = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^([01][0-9]|2[0-4]):[0-5][0-9]$",
+        pattern=r"^([01][0-9]|2[0-4]):[0-5][0-9](?!\n)$",
         description='a local time "HH:MM", 00:00 to 24:00',
         examples=["08:00"],
     ),
