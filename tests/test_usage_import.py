@@ -301,5 +301,12 @@ async def test_the_api_imports_a_body_and_serves_the_import_and_its_rejects(
     refused = await response.json()
     assert response.status == 400
     assert refused["error"]["field"] == "mode"
+    # A name of dots alone names a folder: refused, not taken for a lost backend.
+    for name in (".", ".."):
+        response = await app.client.post(
+            f"/v1/usage/imports?template=carrier-x&file_name={name}", data=body.encode()
+        )
+        refused = await response.json()
+        assert (response.status, refused["error"]["field"]) == (400, "file_name"), refused
     status, _ = await app.get("/v1/usage/imports/999")
     assert status == 404

@@ -43,7 +43,12 @@ class ImportParams(Params):
     mode: Literal["good_rows", "all_or_nothing"] = "good_rows"
     version: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] | None = None
     file_name: Annotated[
-        str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,100}(?!\n)$", description="kept as")
+        str,
+        # Not dots alone: "." and ".." name folders, not a file to keep.
+        msgspec.Meta(
+            pattern=r"^(?=[A-Za-z0-9._-]*[A-Za-z0-9_-])[A-Za-z0-9._-]{1,100}(?!\n)$",
+            description="kept as",
+        ),
     ] = "usage.csv"
 
 
