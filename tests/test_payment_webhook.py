@@ -8,7 +8,7 @@ balance is -10.00 before any payment.
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,14 @@ async def test_a_bad_signature_or_a_replay_is_refused(app: RunningApp) -> None:
 
     status, answer, _ = await app.anonymous("POST", PATH, data=body)
     assert status == 400 and answer["error"]["field"] == "Stripe-Signature", answer
+
+    # A body past 1 MiB sent without a length (chunked): refused once the limit is read.
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(40):
+            yield b" " * (1 << 16)
+
+    status, answer, _ = await app.anonymous("POST", PATH, data=chunked())
+    assert status == 400 and answer["error"]["field"] == "body", answer
 
     # Signed rightly, but 301 s ago: outside the 300 s window.
     status, answer = await deliver(app, body, at=time.time() - 301)
