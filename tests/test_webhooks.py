@@ -183,6 +183,16 @@ async def test_a_receiver_down_is_retried_with_backoff_then_dead_lettered_then_r
     assert event["kind"] == "subscription.created"
     assert [d["state"] for d in event["deliveries"]] == ["dead"]
 
+    # Replayed to a partner that does not take the kind: refused, nothing queued for it.
+    status, partner = await app.post(
+        "/v1/webhooks", {"url": "http://127.0.0.1:9/partner", "kinds": ["payment.received"]}
+    )
+    assert status == 201, partner
+    status, refused = await app.post(
+        f"/v1/events/{event['id']}/replay", {"webhook_id": partner["id"]}
+    )
+    assert (status, refused["error"]["field"]) == (400, "webhook_id"), refused
+
     status, replayed = await app.post(f"/v1/events/{event['id']}/replay", {})
     assert status == 200, replayed
     assert [(d["state"], d["attempts"]) for d in replayed["deliveries"]] == [("pending", 0)]

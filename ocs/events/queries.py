@@ -138,8 +138,17 @@ async def requeue(
         if await conn.fetchval("SELECT 1 FROM events WHERE id = $1", event_id) is None:
             raise OcsError(Reason.NOT_FOUND, f"no event {event_id}", field="event_id")
         if webhook_id is not None:
-            if await conn.fetchval("SELECT 1 FROM webhooks WHERE id = $1", webhook_id) is None:
+            takes = await conn.fetchval(
+                "SELECT cardinality(w.kinds) = 0 OR e.kind = ANY (w.kinds)"
+                " FROM webhooks w, events e WHERE w.id = $1 AND e.id = $2",
+                webhook_id,
+                event_id,
+            )
+            if takes is None:
                 raise OcsError(Reason.NOT_FOUND, f"no webhook {webhook_id!r}", field="webhook_id")
+            if not takes:
+                # A partner sees only the kinds it subscribed to, replayed or not.
+                raise invalid("webhook_id", f"webhook {webhook_id!r} does not take this kind")
             await conn.execute(
                 "INSERT INTO event_deliveries (event_id, channel, webhook_id)"
                 " VALUES ($1, 'webhook', $2) ON CONFLICT DO NOTHING",
