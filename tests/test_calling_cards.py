@@ -389,6 +389,14 @@ async def test_pin_batches_refuse_bad_requests(app: RunningApp) -> None:
     ):  # fmt: skip
         response = await app.client.post("/v1/pin-batches", json=body)
         assert response.status == status, (body, await response.text())
+    # Expiries at the calendar's ends: refused naming the field, for cards and accounts.
+    for expires_at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        card = {"batch": "x", "plan": "retail", "count": 1, "value": "1", "expires_at": expires_at}
+        account = {"id": "a-1", "plan": "retail", "expires_at": expires_at}
+        for path, body in (("/v1/pin-batches", card), ("/v1/accounts", account)):
+            response = await app.client.post(path, json=body)
+            error = (await response.json())["error"]
+            assert (response.status, error["field"]) == (400, "expires_at"), (path, error)
     await generate(app, batch="once", count=1, value="1")
     response = await app.client.post(
         "/v1/pin-batches", json={"batch": "once", "plan": "retail", "count": 1, "value": "1"}

@@ -33,6 +33,17 @@ _INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
 _OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
 
 
+def validate_expiry(expires_at: datetime | None) -> None:
+    """An account's (or card's) expiry: an aware time within the years 1970 to 2999,
+    which every store holds; else 400 naming ``expires_at``."""
+    if expires_at is None:
+        return
+    if expires_at.tzinfo is None:
+        raise invalid("expires_at", "needs a time zone, e.g. 2027-01-31T23:59:59Z")
+    if not 1970 <= expires_at.year <= 2999:
+        raise invalid("expires_at", "expected a time within the years 1970 to 2999")
+
+
 def password_digest(account_id: str, password: str) -> str:
     """The stored form of an account's password (or card PIN password).
 
@@ -131,8 +142,7 @@ class AccountSpec:
             raise invalid("id", "card-<batch>-<seven digits> is kept for calling cards")
         if self.password is not None and not 1 <= len(self.password) <= 128:
             raise invalid("password", "expected 1 to 128 characters")
-        if self.expires_at is not None and self.expires_at.tzinfo is None:
-            raise invalid("expires_at", "needs a time zone, e.g. 2027-01-31T23:59:59Z")
+        validate_expiry(self.expires_at)
         if self.status not in STATUSES:
             raise invalid("status", f"expected one of {', '.join(STATUSES)}")
         if self.opening_balance < 0:

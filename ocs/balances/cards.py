@@ -18,7 +18,7 @@ from datetime import datetime
 
 import asyncpg
 
-from ocs.balances.accounts import password_digest
+from ocs.balances.accounts import password_digest, validate_expiry
 from ocs.balances.card_ids import card_account_id
 from ocs.balances.store import BalanceStore
 from ocs.errors import OcsError, Reason, invalid
@@ -120,8 +120,7 @@ class CardService:
         _validate(batch_id, count, length, password_length)
         if value < 0:
             raise invalid("value", "must not be negative")
-        if expires_at is not None and expires_at.tzinfo is None:
-            raise invalid("expires_at", "needs a time zone, e.g. 2027-01-31T23:59:59Z")
+        validate_expiry(expires_at)
         if expires_at is not None and expire_days:
             raise invalid("expire_days", "give a fixed expiry or days after first use, not both")
         if not 0 <= expire_days <= 36_600:
