@@ -41,6 +41,7 @@ from ocs.mediation.template import (
     CsvFormat,
     FixedFormat,
     Template,
+    cell_pattern,
 )
 
 _EPOCH = datetime(1970, 1, 1)
@@ -268,7 +269,7 @@ def cell_test(condition: CellCondition, index: int) -> Callable[[list[str]], boo
     """A condition on one cell as a test of a row (already long enough)."""
     negate = condition.negate
     if condition.regex is not None:
-        search = re.compile(condition.regex).search
+        search = cell_pattern(condition.regex).search
         return lambda row: (search(row[index]) is None) is negate
     equals = condition.equals
     values = frozenset((equals,) if isinstance(equals, str) else equals or ())
