@@ -110,7 +110,7 @@ async def test_operators_run_and_post_viewers_only_read(app: RunningApp) -> None
     assert account["balance"] == "30.000000"
 
     status, calls = await _as(app, viewer, "GET", f"/v1/invoices/{first}/calls")
-    assert (status, calls) == (200, {"calls": []})
+    assert (status, calls) == (200, {"calls": [], "next": None})
     status, preview = await _as(
         app, viewer, "GET", "/v1/accounts/a2/invoice-preview?at=2026-05-10T00:00:00Z"
     )

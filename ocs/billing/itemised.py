@@ -3,7 +3,8 @@
 The calls are the invoice's own: the CDRs of its account stopped in its
 statement window (``invoices.window_start/window_end``, the window its usage
 lines sum), usage events left out (they have their own lines). ``call_rows``
-answers the API listing and ``calls_csv`` the CSV attachment; amounts are the
+answers the API listing a page at a time (``page_cursor`` names where the next page
+starts) and ``calls_csv`` the CSV attachment, written page by page; amounts are the
 exact micro-units each call was charged (the invoice rounds per usage line,
 not per call), written with six decimals.
 """
@@ -11,12 +12,12 @@ not per call), written with six decimals.
 import csv
 import io
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from ocs.billing.csv_cells import safe_row
-from ocs.errors import OcsError, Reason
+from ocs.errors import OcsError, Reason, invalid
 from ocs.money import format_amount
 
 CSV_COLUMNS = (
@@ -40,8 +41,14 @@ FROM cdrs c
 WHERE c.account_id = $1 AND c.stopped_at >= $2 AND c.stopped_at < $3
   AND c.termination_cause <> 'usage'
   AND ($4::text IS NULL OR c.member = $4 OR c.caller = $4)
+  AND ($5::timestamptz IS NULL OR (c.stopped_at, c.entry_id) > ($5, $6::text))
 ORDER BY c.stopped_at, c.entry_id
+LIMIT $7
 """
+# The most calls one page lists: an account's month may hold hundreds of thousands, and
+# one answer of them all held the serving loop for seconds.
+MAX_PAGE = 10_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +68,30 @@ class CallRow:
     cdr: str
 
 
+def page_cursor(row: CallRow) -> str:
+    """Where the page after ``row`` starts: its stop (microseconds) and its CDR."""
+    stopped = row.time + timedelta(seconds=row.duration)
+    return f"{(stopped - _EPOCH) // timedelta(microseconds=1)}_{row.cdr}"
+
+
+def parse_cursor(text: str) -> tuple[datetime, str]:
+    """A ``page_cursor``'s stop and CDR; 400 naming ``after`` for anything else."""
+    micros, _, cdr = text.partition("_")
+    if not (micros.isascii() and micros.isdigit() and len(micros) <= 18 and cdr):
+        raise invalid("after", "expected the `next` of an earlier page")
+    return _EPOCH + timedelta(microseconds=int(micros)), cdr
+
+
 async def call_rows(
-    pool: asyncpg.Pool, invoice_id: int, member: str | None = None
+    pool: asyncpg.Pool,
+    invoice_id: int,
+    member: str | None = None,
+    *,
+    after: tuple[datetime, str] | None = None,
+    limit: int | None = None,
 ) -> list[CallRow]:
-    """The invoice's calls in time order; ``member``: only that member's or caller id's.
+    """The invoice's calls in time order; ``member``: only that member's or caller id's;
+    ``after``: from past that call (``parse_cursor``), at most ``limit`` of them.
 
     NOT_FOUND for no such invoice; an invoice drafted before statements had a
     window (none) lists its whole period.
@@ -77,8 +104,16 @@ async def call_rows(
         )
         if invoice is None:
             raise OcsError(Reason.NOT_FOUND, f"no invoice {invoice_id}")
+        stopped, cdr = after or (None, None)
         rows = await conn.fetch(
-            _ROWS_SQL, invoice["account_id"], invoice["start"], invoice["end"], member
+            _ROWS_SQL,
+            invoice["account_id"],
+            invoice["start"],
+            invoice["end"],
+            member,
+            stopped,
+            cdr,
+            limit,
         )
     return [
         CallRow(
@@ -98,12 +133,14 @@ async def call_rows(
     ]
 
 
-def calls_csv(rows: list[CallRow]) -> str:
-    """The rows as a CSV attachment (header first; times in ISO 8601 UTC, amounts exact;
-    a caller id or zone a spreadsheet would run as a formula written as text)."""
+def calls_csv(rows: list[CallRow], *, header: bool = True) -> str:
+    """The rows as a CSV attachment (header first unless ``header`` is False, for a later
+    page; times in ISO 8601 UTC, amounts exact; a caller id or zone a spreadsheet would
+    run as a formula written as text)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
+    if header:
+        writer.writerow(CSV_COLUMNS)
     for row in rows:
         writer.writerow(
             safe_row(

@@ -265,29 +265,76 @@ class CallsQuery(Params):
         | None
     ) = None
     format: Annotated[
-        Literal["json", "csv"], msgspec.Meta(description="json, or csv (an attachment)")
+        Literal["json", "csv"],
+        msgspec.Meta(description="json, a page at a time; or csv, every call (an attachment)"),
     ] = "json"
+    limit: Annotated[
+        int, msgspec.Meta(ge=1, le=itemised.MAX_PAGE, description="at most this many (json)")
+    ] = 1000
+    after: (
+        Annotated[
+            str,
+            msgspec.Meta(max_length=200, description="an earlier page's `next`: the page after"),
+        ]
+        | None
+    ) = None
 
 
 class InvoiceCalls(Answer):
-    """An invoice's itemised call list, in time order."""
+    """A page of an invoice's itemised call list, in time order."""
 
     calls: list[InvoiceCallView]
+    next: Annotated[
+        str | None, msgspec.Meta(description="`after` for the next page; null: the last page")
+    ]
 
 
-async def invoice_calls(request: web.Request, params: CallsQuery) -> InvoiceCalls | web.Response:
+async def invoice_calls(
+    request: web.Request, params: CallsQuery
+) -> InvoiceCalls | web.StreamResponse:
     """GET /v1/invoices/{invoice_id}/calls: the calls of the invoice's usage window."""
     invoice_id = _id(request, "invoice_id")
-    rows = await itemised.call_rows(services_of(request).pool, invoice_id, params.member)
+    pool = services_of(request).pool
+    after = None if params.after is None else itemised.parse_cursor(params.after)
     if params.format == "csv":
-        return web.Response(
-            text=itemised.calls_csv(rows),
-            content_type="text/csv",
-            headers={
-                "Content-Disposition": f'attachment; filename="invoice-{invoice_id}-calls.csv"'
-            },
+        return await _stream_calls_csv(request, invoice_id, params.member, after)
+    rows = await itemised.call_rows(
+        pool, invoice_id, params.member, after=after, limit=params.limit
+    )
+    full = len(rows) == params.limit
+    return InvoiceCalls(
+        calls=[queries.call_view(row) for row in rows],
+        next=itemised.page_cursor(rows[-1]) if full else None,
+    )
+
+
+async def _stream_calls_csv(
+    request: web.Request,
+    invoice_id: int,
+    member: str | None,
+    after: tuple[datetime, str] | None,
+) -> web.StreamResponse:
+    """Every call as CSV, read and written a page at a time: however many there are,
+    neither the memory nor the loop's turn grows with them."""
+    pool = services_of(request).pool
+    # The first page before the answer starts: an unknown invoice is still a 404.
+    rows = await itemised.call_rows(pool, invoice_id, member, after=after, limit=itemised.MAX_PAGE)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="invoice-{invoice_id}-calls.csv"',
+        }
+    )
+    await response.prepare(request)
+    await response.write(itemised.calls_csv(rows).encode())
+    while len(rows) == itemised.MAX_PAGE:
+        after = itemised.parse_cursor(itemised.page_cursor(rows[-1]))
+        rows = await itemised.call_rows(
+            pool, invoice_id, member, after=after, limit=itemised.MAX_PAGE
         )
-    return InvoiceCalls(calls=[queries.call_view(row) for row in rows])
+        await response.write(itemised.calls_csv(rows, header=False).encode())
+    await response.write_eof()
+    return response
 
 
 class PreviewQuery(Params):
