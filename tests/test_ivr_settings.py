@@ -8,8 +8,9 @@ import csv
 import io
 from typing import Any
 
+from ocs import api_tokens
 from ocs.balances import keys
-from tests.conftest import RunningApp, RunningRadius, add_plan, caught_up
+from tests.conftest import RunningApp, RunningRadius, add_plan, bearer, caught_up
 from tests.helpers import Pairs, auth, new_account, send
 from tests.radclient import RadiusReply
 
@@ -178,3 +179,19 @@ async def test_bad_ivr_settings_are_named(nas: RunningRadius) -> None:
     ):
         got, body = await send(app, "PUT", path, payload)
         assert (got, body["error"].get("field")) == (status, field), (path, body)
+
+
+async def test_a_plans_ivr_and_voicemail_server_are_set_by_an_admin_only(app: RunningApp) -> None:
+    await add_plan(app.services)
+    operator = await api_tokens.create(app.services.pool, "desk", "operator")
+    fields = {"announce": "both", "voicemail_server": "sip:vm.example.net"}
+    status, body, _ = await app.anonymous(
+        "PUT", "/v1/plans/retail/ivr", json=fields, headers=bearer(operator)
+    )
+    assert (status, body["error"]["reason"]) == (403, "forbidden"), body
+    # An account's own override stays the operators' work.
+    await new_account(app, "1002")
+    status, body, _ = await app.anonymous(
+        "PUT", "/v1/accounts/1002/ivr", json={"announce": "time"}, headers=bearer(operator)
+    )
+    assert status == 200, body

@@ -369,7 +369,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     Endpoint(
         "PUT",
         "/v1/plans/{plan_id}/ivr",
-        Role.OPERATOR,
+        # Admin, as the rest of a plan's call handling: the voicemail server it names
+        # receives every unanswered call of the plan.
+        Role.ADMIN,
         "Set a plan's IVR default (announce, language) and its voicemail server",
         set_plan_ivr,
         SetPlanIvr,
