@@ -88,10 +88,6 @@ held = tonumber(held)
 debited = tonumber(debited)
 local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
 local headroom = tonumber(a[1]) + tonumber(a[2]) - (tonumber(a[3]) - held)
--- The call's own hold always pays for it: a debit that took no notice of holds
--- (an invoice posted, a cycle's fee) may leave less free, but not take what was
--- set aside for this call.
-headroom = math.max(headroom, held)
 local rated = tonumber(ARGV[2])
 local charge = rated - debited
 if charge < 0 then

@@ -46,10 +46,6 @@ end
 if ARGV[4] == '1' and tonumber(ARGV[3]) > debited then
   local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
   local headroom = tonumber(a[1]) + tonumber(a[2]) - (tonumber(a[3]) - held)
-  -- The call's own hold always pays for it: a debit that took no notice of holds
-  -- (an invoice posted, a cycle's fee) may leave less free, but not take what was
-  -- set aside for this call.
-  headroom = math.max(headroom, held)
   local delta = math.min(tonumber(ARGV[3]) - debited, math.max(headroom, 0))
   if delta > 0 then
     local take = math.min(delta, held)
