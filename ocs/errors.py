@@ -152,6 +152,11 @@ class OcsError(Exception):
         return {"error": body}
 
 
+def account_not_found(account_id: str, field: str = "account_id") -> OcsError:
+    """No account of that id: 404 naming ``field``, where the request named it."""
+    return OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist", field=field)
+
+
 def invalid(field: str, problem: str) -> OcsError:
     """A bad input field: the message always starts with the field's name."""
     return OcsError(Reason.INVALID_FIELD, f"{field}: {problem}", field=field)

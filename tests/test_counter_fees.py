@@ -16,19 +16,21 @@ async def _ledger_fees(app: RunningApp, account: str) -> list[tuple[int, str]]:
     return [(r["amount"], r["reference"]) for r in rows]
 
 
-async def test_a_counter_fee_is_paid_on_purchase_and_once_per_cycle(app: RunningApp) -> None:
+async def define_counter(app: RunningApp, **fields: object) -> None:
+    """Plan retail with a counter of Germany's calls (``fields`` as the API takes them),
+    once the catalog has it."""
     await add_plan(app.services)
-    status, body = await app.post(
-        "/v1/plans/retail/counters",
-        {"id": "de-100", "seconds": 6000, "zones": ["Germany"], "mandatory": False,
-         "recurring_fee": "2.00"},
-    )  # fmt: skip
+    status, body = await app.post("/v1/plans/retail/counters", {"zones": ["Germany"], **fields})
     assert status == 201, body
 
     async def loaded() -> bool:
         return bool(app.services.catalog.snapshot.counters_for("retail"))
 
     await eventually(loaded, what="the counter in the catalog")
+
+
+async def test_a_counter_fee_is_paid_on_purchase_and_once_per_cycle(app: RunningApp) -> None:
+    await define_counter(app, id="de-100", seconds=6000, mandatory=False, recurring_fee="2.00")
     status, body = await app.post(
         "/v1/accounts", {"id": "ann", "plan": "retail", "balance": "1.00"}
     )
@@ -79,17 +81,7 @@ async def counters_of(app: RunningApp, account: str) -> dict[str, tuple[int, int
 async def test_a_reset_run_again_for_its_cycle_gives_no_seconds_twice(
     app: RunningApp, carryover: bool
 ) -> None:
-    await add_plan(app.services)
-    status, body = await app.post(
-        "/v1/plans/retail/counters",
-        {"id": "de-10", "seconds": 600, "zones": ["Germany"], "carryover": carryover},
-    )
-    assert status == 201, body
-
-    async def loaded() -> bool:
-        return bool(app.services.catalog.snapshot.counters_for("retail"))
-
-    await eventually(loaded, what="the counter in the catalog")
+    await define_counter(app, id="de-10", seconds=600, carryover=carryover)
     await app.post("/v1/accounts", {"id": "bea", "plan": "retail", "balance": "5.00"})
     status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
     assert status == 200, body
@@ -124,18 +116,7 @@ async def test_a_reset_run_again_for_its_cycle_gives_no_seconds_twice(
 
 async def optional_counter(app: RunningApp) -> None:
     """Plan retail with an optional counter de-10 at 2.00 a cycle, and ann with 10.00."""
-    await add_plan(app.services)
-    status, body = await app.post(
-        "/v1/plans/retail/counters",
-        {"id": "de-10", "seconds": 600, "zones": ["Germany"], "mandatory": False,
-         "recurring_fee": "2.00"},
-    )  # fmt: skip
-    assert status == 201, body
-
-    async def loaded() -> bool:
-        return bool(app.services.catalog.snapshot.counters_for("retail"))
-
-    await eventually(loaded, what="the counter in the catalog")
+    await define_counter(app, id="de-10", seconds=600, mandatory=False, recurring_fee="2.00")
     await app.post("/v1/accounts", {"id": "ann", "plan": "retail", "balance": "10.00"})
 
 

@@ -17,7 +17,7 @@ import asyncpg
 
 from ocs.balances.card_ids import is_card_account
 from ocs.balances.store import AccountState, BalanceStore, TopupResult
-from ocs.errors import OcsError, Reason, invalid
+from ocs.errors import OcsError, Reason, account_not_found, invalid
 
 log = logging.getLogger("ocs.accounts")
 
@@ -302,11 +302,7 @@ class AccountService:
                 *columns.values(),
             )
             if found is None or not await self._store.set_policy(account_id, redis_fields):
-                raise OcsError(
-                    Reason.ACCOUNT_NOT_FOUND,
-                    f"account {account_id!r} does not exist",
-                    field="account_id",
-                )
+                raise account_not_found(account_id)
         return await self.show(account_id)
 
     async def add_member(self, account_id: str, member: str, max_lines: int | None = None) -> None:
@@ -324,11 +320,7 @@ class AccountService:
                 "SELECT max_members FROM accounts WHERE id = $1 FOR UPDATE", account_id
             )
             if limit is None:
-                raise OcsError(
-                    Reason.ACCOUNT_NOT_FOUND,
-                    f"account {account_id!r} does not exist",
-                    field="account_id",
-                )
+                raise account_not_found(account_id)
             owner = await conn.fetchval(
                 "SELECT account_id FROM account_members WHERE member = $1", member
             )
@@ -388,11 +380,7 @@ class AccountService:
         wrong passwords is cleared; the wrong passwords its window still counted."""
         cleared = await self._store.lift_password_block(account_id, int(time.time()))
         if cleared is None:
-            raise OcsError(
-                Reason.ACCOUNT_NOT_FOUND,
-                f"account {account_id!r} does not exist",
-                field="account_id",
-            )
+            raise account_not_found(account_id)
         log.info(
             "account password block lifted",
             extra={"account": account_id, "wrong_passwords": cleared},
@@ -414,11 +402,7 @@ class AccountService:
             )
             # Redis last, inside the transaction, as update_policy writes a limit.
             if found is None or not await self._store.set_policy(account_id, {"pw": digest or ""}):
-                raise OcsError(
-                    Reason.ACCOUNT_NOT_FOUND,
-                    f"account {account_id!r} does not exist",
-                    field="account_id",
-                )
+                raise account_not_found(account_id)
         await self._store.lift_password_block(account_id, int(time.time()))
         log.info(
             "account password changed",
@@ -432,11 +416,7 @@ class AccountService:
             raise invalid("caller", "expected 1 to 32 digits, optionally with a leading '+'")
         async with self._pool.acquire() as conn, conn.transaction():
             if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id) is None:
-                raise OcsError(
-                    Reason.ACCOUNT_NOT_FOUND,
-                    f"account {account_id!r} does not exist",
-                    field="account_id",
-                )
+                raise account_not_found(account_id)
             owner = await conn.fetchval(
                 "INSERT INTO account_callers (caller, account_id) VALUES ($1, $2)"
                 " ON CONFLICT (caller) DO UPDATE SET caller = EXCLUDED.caller"
@@ -456,11 +436,7 @@ class AccountService:
         """An account's real-time state; 404 for an unknown one."""
         state = await self._store.get_account(account_id)
         if state is None:
-            raise OcsError(
-                Reason.ACCOUNT_NOT_FOUND,
-                f"account {account_id!r} does not exist",
-                field="account_id",
-            )
+            raise account_not_found(account_id)
         return state
 
     async def topup(self, account_id: str, amount: int, topup_id: str | None = None) -> TopupResult:
@@ -473,9 +449,5 @@ class AccountService:
             account_id, amount, topup_id or uuid.uuid4().hex, TOPUP_DEDUPE_TTL
         )
         if result is None:
-            raise OcsError(
-                Reason.ACCOUNT_NOT_FOUND,
-                f"account {account_id!r} does not exist",
-                field="account_id",
-            )
+            raise account_not_found(account_id)
         return result

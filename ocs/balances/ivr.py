@@ -15,7 +15,7 @@ import msgspec
 
 from ocs.balances.store import BalanceStore
 from ocs.catalog.plan_ivr import ANNOUNCE, PlanIvr, validate_announce, validate_language
-from ocs.errors import OcsError, Reason
+from ocs.errors import OcsError, Reason, account_not_found
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +101,7 @@ async def set_account_ivr(
     settings.validate()
     async with pool.acquire() as conn, conn.transaction():
         if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", settings.account_id) is None:
-            raise OcsError(
-                Reason.ACCOUNT_NOT_FOUND,
-                f"account {settings.account_id!r} does not exist",
-                field="account_id",
-            )
+            raise account_not_found(settings.account_id)
         if settings.pack() is None:
             await conn.execute("DELETE FROM account_ivr WHERE account_id = $1", settings.account_id)
         else:

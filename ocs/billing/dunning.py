@@ -32,7 +32,7 @@ from ocs.billing import dunning_store
 from ocs.billing.dunning_store import OpenInvoice, Suspension
 from ocs.billing.periods import local_midnight
 from ocs.config import Settings
-from ocs.errors import OcsError, Reason, invalid
+from ocs.errors import OcsError, Reason, account_not_found, invalid
 from ocs.events.outbox import emit
 
 log = logging.getLogger("ocs.billing.dunning")
@@ -486,11 +486,7 @@ async def account_state(pool: asyncpg.Pool, account_id: str, now: datetime) -> D
     async with pool.acquire() as conn:
         status = await conn.fetchval("SELECT status FROM accounts WHERE id = $1", account_id)
         if status is None:
-            raise OcsError(
-                Reason.ACCOUNT_NOT_FOUND,
-                f"account {account_id!r} does not exist",
-                field="account_id",
-            )
+            raise account_not_found(account_id)
         owed = await dunning_store.open_invoices_of(conn, [account_id])
         steps = await dunning_store.steps_of(conn, account_id)
         open_ones = await dunning_store.open_suspensions(conn, [account_id])

@@ -25,7 +25,7 @@ from ocs.balances.store import BalanceStore
 from ocs.billing.store import assign_number, release_number
 from ocs.catalog.snapshot import CATALOG_CHANNEL
 from ocs.decks.problems import DeckError
-from ocs.errors import OcsError, Reason, invalid
+from ocs.errors import OcsError, Reason, account_not_found, invalid
 from ocs.events.outbox import emit
 
 KINDS = ("did", "toll_free")
@@ -280,11 +280,7 @@ async def take_number(
     async with pool.acquire() as conn, conn.transaction():
         plan_id = await conn.fetchval("SELECT plan_id FROM accounts WHERE id = $1", account_id)
         if plan_id is None:
-            raise OcsError(
-                Reason.ACCOUNT_NOT_FOUND,
-                f"account {account_id!r} does not exist",
-                field="account_id",
-            )
+            raise account_not_found(account_id)
         # A named number is waited for (its holder may release it); the next free one
         # skips any other taker's row.
         lock = " FOR UPDATE OF n" if number is not None else " FOR UPDATE OF n SKIP LOCKED"

@@ -53,7 +53,7 @@ from ocs.charging.values import (
 )
 from ocs.config import Settings
 from ocs.decks.cells import DIRECTIONS
-from ocs.errors import OcsError, Reason, invalid
+from ocs.errors import OcsError, Reason, account_not_found, invalid
 from ocs.numbers.prefixes import normalize_number
 from ocs.rating.counter_rules import CounterDef
 from ocs.rating.rates import (
@@ -330,11 +330,7 @@ class CallService:
         if plan_id is None:
             plan_id = await self._store.account_plan(account_id)
             if plan_id is None:
-                raise OcsError(
-                    Reason.ACCOUNT_NOT_FOUND,
-                    f"account {account_id!r} does not exist",
-                    field="account",
-                )
+                raise account_not_found(account_id, field="account")
             self._remember_plan(account_id, plan_id)
         return plan_id
 

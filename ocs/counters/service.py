@@ -13,7 +13,7 @@ import asyncpg
 
 from ocs.balances.store import BalanceStore
 from ocs.catalog.snapshot import CATALOG_CHANNEL
-from ocs.errors import OcsError, Reason, invalid
+from ocs.errors import OcsError, Reason, account_not_found, invalid
 from ocs.rating.counter_rules import CounterDef, counter_from_row
 
 MAX_SECONDS = 10_000_000
@@ -126,11 +126,7 @@ class CounterService:
                     "SELECT plan_id FROM accounts WHERE id = $1", account_id
                 )
                 if plan_id is None:
-                    raise OcsError(
-                        Reason.ACCOUNT_NOT_FOUND,
-                        f"account {account_id!r} does not exist",
-                        field="account_id",
-                    )
+                    raise account_not_found(account_id)
                 if plan_id != counter.plan_id:
                     raise invalid("counter", f"counter {counter_id!r} is not of plan {plan_id!r}")
                 new = await conn.fetchval(
