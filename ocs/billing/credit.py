@@ -31,7 +31,14 @@ WHERE i.id = ANY($1::bigint[]) AND i.kind = 'invoice' AND i.state = 'posted'
   AND NOT EXISTS (SELECT 1 FROM ledger e
                   WHERE e.entry_id = p.ledger_entry AND e.occurred_at < i.window_end)
 ORDER BY i.account_id, i.period_start, i.id, p.id
-FOR UPDATE OF p
+FOR UPDATE OF p, i
+"""
+# An account's posted invoices that still ask for money.
+_OPEN_SQL = f"""
+SELECT i.id FROM invoices i
+WHERE i.account_id = $1 AND i.kind = 'invoice' AND i.state = 'posted'
+  AND i.window_end IS NOT NULL AND i.amount_paid < {asks_sql("i")}
+ORDER BY i.period_start, i.id
 """
 
 
@@ -67,8 +74,10 @@ async def record_allocations(
 
 
 async def apply_credit(conn: asyncpg.Connection, invoice_ids: list[int]) -> int:
-    """Pay these just-posted invoices from credit their statements did not count; what
-    was paid (micro-units). Runs in the posting's transaction, in one query."""
+    """Pay these posted invoices from credit their statements did not count; what was
+    paid (micro-units). Runs in the posting's transaction, in one query, and again once
+    it has committed (``pay_open_invoices`` says why). The invoices are locked with the
+    payments, so two runs at once each see what the other paid."""
     open_of: dict[int, int] = {}
     credit_of: dict[int, int] = {}
     payments: list[int] = []
@@ -91,3 +100,15 @@ async def apply_credit(conn: asyncpg.Connection, invoice_ids: list[int]) -> int:
     if takes:
         await record_allocations(conn, payments, invoices, takes)
     return sum(takes)
+
+
+async def pay_open_invoices(conn: asyncpg.Connection, account_id: str) -> int:
+    """Pay the account's open posted invoices from its credit; what was paid.
+
+    A payment stored while a posting of the account's invoices ran saw them as drafts,
+    and the posting could not see the payment before it committed. Each side looks
+    again once it has committed (the payment here, the posting by ``apply_credit``), so
+    whichever commits last finds the other (decision 0027).
+    """
+    ids = [r["id"] for r in await conn.fetch(_OPEN_SQL, account_id)]
+    return await apply_credit(conn, ids) if ids else 0

@@ -45,7 +45,7 @@ from ocs import metrics
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
 from ocs.billing import dunning
 from ocs.billing.bank_files import BankEntry, BankFile, BankProblem
-from ocs.billing.credit import record_allocations
+from ocs.billing.credit import pay_open_invoices, record_allocations
 from ocs.billing.gateway import GatewayEvent
 from ocs.billing.owed import asks_sql
 from ocs.errors import OcsError, Reason, invalid
@@ -454,6 +454,11 @@ async def _finish(
     """Credit a stored payment (once) and say what it did."""
     balance = await _credit(pool, store, payment_id)
     async with pool.acquire() as conn:
+        stored = await _read_payment(conn, payment_id)
+        assert stored is not None
+        async with conn.transaction():
+            # An invoice posted while this payment was stored is paid now (credit.py).
+            await pay_open_invoices(conn, stored.account_id)
         payment = await _read_payment(conn, payment_id)
         assert payment is not None
         accounts = await settled(conn, [payment.account_id])
@@ -828,8 +833,10 @@ async def apply_gateway_event(
             payment_id, created = await _insert_payment(conn, new)
             refund_id = None
         else:
+            # Locked before the refunded total is read: two refund events at once would
+            # otherwise both take the old total, and the later one refund its part again.
             payment_id = await conn.fetchval(
-                "SELECT id FROM payments WHERE source = 'stripe' AND external_id = $1",
+                "SELECT id FROM payments WHERE source = 'stripe' AND external_id = $1 FOR UPDATE",
                 event.payment_key,
             )
             if payment_id is None:

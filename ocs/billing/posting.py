@@ -300,6 +300,11 @@ async def post(
                 list(numbers),
             )
         ]
+    if numbers:
+        # A payment stored while this ran saw these invoices as drafts, and the credit
+        # above could not see it: looked for again, now both are committed.
+        async with pool.acquire() as conn, conn.transaction():
+            await credit.apply_credit(conn, list(numbers))
     moved = await move_money(pool, store, invoice_ids)
     if accounts:
         # Their charges are paid: accounts locked on prorated charges commit the next ones.

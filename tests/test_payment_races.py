@@ -1,0 +1,102 @@
+"""Payments and refunds that meet another step of billing at the same instant.
+
+Two refund events of one charge handled at once refund only what the gateway refunded;
+a payment stored while its account's invoice is being posted pays that invoice."""
+
+import asyncio
+from datetime import date
+
+from ocs.balances.accounts import AccountSpec
+from ocs.billing import payments, posting
+from ocs.billing.gateway import GatewayEvent
+from ocs.billing.payments import NewPayment
+from ocs.billing.store import Subscription, add_charge, subscribe
+from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, invoice_id, monthly, run
+from tests.conftest import eventually
+
+
+async def renting(services: Services) -> int:
+    """Postpaid ``pp`` paying 10.00 rent a month from January: January's drafted run."""
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await services.accounts.create(AccountSpec("pp", plan_id="retail", credit_limit=100 * EUR))
+    sub = await subscribe(services.pool, Subscription("pp", "retail", date(2026, 1, 1)))
+    await add_charge(services.pool, sub, "rent")
+    return await run(services, "2026-01")
+
+
+def gateway_event(event_id: str, action: str, key: str, amount: int) -> GatewayEvent:
+    kind = "payment_intent.succeeded" if action == "payment" else "charge.refunded"
+    return GatewayEvent(event_id, kind, action, 1775000000, key, amount, "EUR", "pp")
+
+
+async def test_two_refund_events_at_once_refund_what_the_gateway_refunded(
+    services: Services,
+) -> None:
+    await posting.post(services.pool, services.store, run_id=await renting(services))
+    for n in range(3):  # the race is won either way round: three tries
+        key = f"pi_{n}"
+        event = gateway_event(f"evt_pay_{n}", "payment", key, 50 * EUR)
+        await payments.apply_gateway_event(services.pool, services.store, event)
+        before = (await services.store.get_account("pp")).balance
+        # Two partial refunds, 10.00 then 10.00 more: the events carry the running total.
+        done = await asyncio.gather(
+            payments.apply_gateway_event(
+                services.pool, services.store, gateway_event(f"evt_r2_{n}", "refund", key, 20 * EUR)
+            ),
+            payments.apply_gateway_event(
+                services.pool, services.store, gateway_event(f"evt_r1_{n}", "refund", key, 10 * EUR)
+            ),
+        )
+        assert sorted(d.outcome for d in done) in (["ignored", "refund"], ["refund", "refund"])
+        async with services.pool.acquire() as conn:
+            refunded = await conn.fetchval(
+                "SELECT refunded FROM payments WHERE external_id = $1", key
+            )
+        after = (await services.store.get_account("pp")).balance
+        assert (refunded, before - after) == (20 * EUR, 20 * EUR)
+
+
+PAUSE_AT_COMMIT = """
+CREATE OR REPLACE FUNCTION test_pause_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER test_pause_commit AFTER INSERT ON payments
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_pause_commit();
+"""
+
+
+async def test_a_payment_stored_while_its_invoice_is_posted_pays_it(services: Services) -> None:
+    run_id = await renting(services)
+    invoice = await invoice_id(services, "pp", "2026-01")
+    pool = services.pool
+    # The payment's transaction pauses at its commit, after it looked for posted
+    # invoices (January's is still a draft then): the posting runs meanwhile.
+    await pool.execute(PAUSE_AT_COMMIT)
+    try:
+        paying = asyncio.ensure_future(
+            payments.record_payment(
+                pool, services.store, NewPayment("pp", 10 * EUR, "manual", "ref-1")
+            )
+        )
+
+        async def committing() -> bool:
+            return bool(
+                await pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                )
+            )
+
+        await eventually(committing, what="the payment's commit under way")
+        await posting.post(pool, services.store, run_id=run_id)
+        done = await paying
+    finally:
+        await pool.execute(
+            "DROP TRIGGER IF EXISTS test_pause_commit ON payments;"
+            " DROP FUNCTION IF EXISTS test_pause_commit()"
+        )
+    assert done.created
+    async with pool.acquire() as conn:
+        paid = await conn.fetchval("SELECT amount_paid FROM invoices WHERE id = $1", invoice)
+        allocated = await conn.fetchval("SELECT allocated FROM payments WHERE external_id = 'ref-1'")
+    assert (paid, allocated) == (10 * EUR, 10 * EUR)
