@@ -98,5 +98,7 @@ async def test_a_payment_stored_while_its_invoice_is_posted_pays_it(services: Se
     assert done.created
     async with pool.acquire() as conn:
         paid = await conn.fetchval("SELECT amount_paid FROM invoices WHERE id = $1", invoice)
-        allocated = await conn.fetchval("SELECT allocated FROM payments WHERE external_id = 'ref-1'")
+        allocated = await conn.fetchval(
+            "SELECT allocated FROM payments WHERE external_id = 'ref-1'"
+        )
     assert (paid, allocated) == (10 * EUR, 10 * EUR)
