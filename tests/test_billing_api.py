@@ -177,3 +177,13 @@ async def test_the_itemised_call_list_by_caller_in_json_and_csv(app: RunningApp)
     assert response.status == 200 and response.content_type == "text/csv"
     rows = (await response.text()).strip().splitlines()
     assert len(rows) == 2 and "UK Mobile" in rows[1] and "0.198000" in rows[1], rows
+
+    # Invoiced now: the cycle is fixed (moved, every past period would be drafted again),
+    # while what does not move the periods still changes.
+    base = {"cycle": "fixed_date", "cycle_day": 1, "effective_date": "2026-01-01"}
+    for change in ({"cycle_day": 15}, {"time_zone": "America/St_Johns"},
+                   {"effective_date": "2026-02-01"}):  # fmt: skip
+        status, refused = await app.put("/v1/plans/retail/billing", {**base, **change})
+        assert (status, refused["error"]["field"]) == (400, "cycle"), (change, refused)
+    status, body = await app.put("/v1/plans/retail/billing", {**base, "grace_days": 14})
+    assert (status, body["grace_days"]) == (200, 14), body

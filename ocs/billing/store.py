@@ -111,7 +111,8 @@ async def set_plan_billing(pool: asyncpg.Pool, billing: PlanBilling) -> PlanBill
     """Set a plan's billing settings (insert or replace).
 
     Refused by the database: start-of-cycle timing on a manual or on-demand
-    plan, and a timing change once an account uses the plan.
+    plan, a timing change once an account uses the plan, and a change of the cycle
+    (cycle, day, weekday, days, time zone, effective date) once the plan has invoices.
     """
     if billing.cycle not in CYCLES:
         raise invalid("cycle", f"expected one of {', '.join(CYCLES)}")
@@ -141,7 +142,9 @@ async def set_plan_billing(pool: asyncpg.Pool, billing: PlanBilling) -> PlanBill
                 Reason.PLAN_NOT_FOUND, f"plan {billing.plan_id!r} does not exist"
             ) from None
         except asyncpg.CheckViolationError as error:
-            raise invalid("invoice_timing", str(error)) from None
+            # The cycle's columns are fixed once the plan is invoiced (migration 0045).
+            field = "cycle" if "billing cycle" in str(error) else "invoice_timing"
+            raise invalid(field, str(error)) from None
     return billing
 
 
