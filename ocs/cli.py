@@ -827,7 +827,7 @@ def _billing_run(args: argparse.Namespace, settings: Settings) -> int:
     from ocs import metrics
     from ocs.billing import runs
 
-    invoice_date = date_arg(args.invoice_date, "--invoice-date") or datetime.now(UTC).date()
+    invoice_date = date_arg(args.invoice_date, "--invoice-date")
     charge_cutoff = time_arg(args.charge_cutoff, "--charge-cutoff")
     usage_cutoff = time_arg(args.usage_cutoff, "--usage-cutoff")
 

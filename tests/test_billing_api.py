@@ -4,7 +4,9 @@ Viewers read; billing staff are operators: they create runs, post and void. A
 request on an invoice in the wrong state is 409 invoice_state. Amounts by hand.
 """
 
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ocs import api_tokens
 from tests.conftest import RunningApp, add_plan, bearer
@@ -187,3 +189,18 @@ async def test_the_itemised_call_list_by_caller_in_json_and_csv(app: RunningApp)
         assert (status, refused["error"]["field"]) == (400, "cycle"), (change, refused)
     status, body = await app.put("/v1/plans/retail/billing", {**base, "grace_days": 14})
     assert (status, body["grace_days"]) == (200, 14), body
+
+
+async def test_a_run_is_dated_today_where_its_plan_bills(app: RunningApp) -> None:
+    await add_plan(app.services)
+    zone = ZoneInfo("Pacific/Kiritimati")  # UTC+14: most of the day, tomorrow in UTC
+    status, body = await app.put(
+        "/v1/plans/retail/billing",
+        {"cycle": "fixed_date", "cycle_day": 1, "effective_date": "2026-01-01",
+         "time_zone": "Pacific/Kiritimati"},
+    )  # fmt: skip
+    assert status == 200, body
+    before = datetime.now(zone).date()
+    status, made = await app.post("/v1/invoice-runs", {"period": "2026-01"})
+    assert status == 201, made
+    assert made["invoice_date"] in {before.isoformat(), datetime.now(zone).date().isoformat()}

@@ -65,7 +65,7 @@ async def create_run(
     pool: asyncpg.Pool,
     period: str,
     *,
-    invoice_date: date,
+    invoice_date: date | None = None,
     plan_id: str | None = None,
     charge_cutoff: datetime | None = None,
     usage_cutoff: datetime | None = None,
@@ -77,6 +77,9 @@ async def create_run(
 
     ``auto_post``: a billing worker posts the run's drafts once they are all
     written (the worker's own runs); otherwise posting is an operator's step.
+    ``invoice_date`` left out: today where the run's plans bill (their time zone, when
+    they share one; else UTC's today), not UTC's today for a plan far from UTC, which
+    could date an invoice inside the period it bills.
     """
     if chunk_size < 1:
         raise invalid("chunk_size", "must be at least 1")
@@ -132,6 +135,12 @@ async def create_run(
                 groups[billing.plan_id, anchor, found].append(row["id"])
         except ValueError as error:
             raise invalid("period", str(error)) from None
+        if invoice_date is None:
+            zones = {p.time_zone for p in plans}
+            now = datetime.now(UTC)
+            invoice_date = (
+                now.astimezone(ZoneInfo(zones.pop())).date() if len(zones) == 1 else now.date()
+            )
         run_id = int(
             await conn.fetchval(
                 "INSERT INTO invoice_runs (period, plan_id, invoice_date, charge_cutoff,"

@@ -8,7 +8,7 @@ drafted by the billing workers (``ocs billing-worker``, ``ocs demo``), or in
 the request itself with ``"execute": true`` (a small run).
 """
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -109,7 +109,7 @@ async def create_run(request: web.Request, params: CreateRun) -> RunView:
     run_id = await runs.create_run(
         services.pool,
         params.period,
-        invoice_date=_day("invoice_date", params.invoice_date) or datetime.now(UTC).date(),
+        invoice_date=_day("invoice_date", params.invoice_date),
         plan_id=params.plan,
         charge_cutoff=_instant("charge_cutoff", params.charge_cutoff),
         usage_cutoff=_instant("usage_cutoff", params.usage_cutoff),
