@@ -277,6 +277,23 @@ async def test_replies_echo_proxy_state(nas: RunningRadius, udp: UdpClient) -> N
     assert decode_reply(request, data)["Proxy-State"] == [b"hop-1"]
 
 
+async def test_a_called_number_that_is_not_text_is_a_refused_call_not_a_balance_query(
+    nas: RunningRadius, udp: UdpClient
+) -> None:
+    # Sent, but not UTF-8: had it read as "no Called-Station-Id", the answer was a balance
+    # query's Access-Accept, with no time limit and nothing held, for a call.
+    await new_account(nas.app, "2007")
+    pairs = call_request("2007", None, "NOT-TEXT-1")
+    request = access_request(RADIUS_SECRET, [*pairs, ("Called-Station-Id", b"49309\xff01820")])
+    data = await udp.exchange(wire(request), nas.auth_port)
+    assert data is not None and verified(request, data)
+    reply = decode_reply(request, data)
+    assert reply.code == 3, reply  # Access-Reject
+    assert "Session-Timeout" not in reply
+    view = await account(nas.app, "2007")
+    assert (view["lines_in_use"], view["reserved"]) == (0, "0.000000")
+
+
 async def test_start_and_stop_put_the_cdr_and_the_balance_in_postgresql(
     nas: RunningRadius,
 ) -> None:

@@ -117,10 +117,15 @@ async def answer_access_request(
     settings: Settings,
     pin_guard: PinGuard | None = None,
 ) -> AccessAnswer:
-    """Answer an Access-Request: a balance query (no Called-Station-Id) or a call to authorize."""
+    """Answer an Access-Request: a balance query (no Called-Station-Id) or a call to
+    authorize."""
     user = first(packet, "User-Name")
     caller = first(packet, "Calling-Station-Id")
     destination = first(packet, "Called-Station-Id")
+    # A balance query sends no Called-Station-Id at all. One sent empty, or not as text,
+    # is a call to a number ocs cannot read: refused, never a query that reserves nothing
+    # while the switch connects the call with no limit.
+    calling = destination is not None or "Called-Station-Id" in packet
     password: str | None = None
     if "User-Password" in packet:
         try:
@@ -152,7 +157,7 @@ async def answer_access_request(
                 raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no User-Name and no known caller id")
             identity = Identity(found, check_password=False)
         account_id, check_password = identity.account_id, identity.check_password
-        if not destination:
+        if not calling:
             answer = await calls.balance(
                 account_id, password=password, check_password=check_password
             )
@@ -171,7 +176,7 @@ async def answer_access_request(
         grant = await calls.authorize(
             AuthorizeRequest(
                 account_id,
-                destination,
+                destination or "",
                 caller,
                 call_id_of(packet, settings.radius_call_id_order),
                 member=identity.member,
@@ -204,7 +209,7 @@ async def answer_access_request(
             PIN_FAILURES.labels("radius").inc()
             wrong_pin = True
         refused = refusal(error)
-        if destination:  # a call refused (not a balance query)
+        if calling:  # a call refused (not a balance query)
             decision("radius", refused.reason)
         return refused
     finally:
