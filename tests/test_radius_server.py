@@ -925,6 +925,19 @@ async def test_an_accept_never_started_is_released_after_the_start_timeout(
     assert (await account(nas.app, "2120"))["lines_in_use"] == 1
 
 
+async def test_accounting_on_from_a_nas_without_a_clock_closes_its_calls(
+    nas: RunningRadius,
+) -> None:
+    # Booted 35 s ago with no clock set: its Event-Timestamp reads 1970-01-01 00:00:35.
+    # Taken as the event's time, it closed nothing, and the calls stayed live.
+    await new_account(nas.app, "2131")
+    await accepted(nas, call_request("2131", GERMANY, "NO-CLOCK"))
+    await acct(nas, "Start", [("User-Name", "2131"), *cisco_call("NO-CLOCK")])
+    await acct(nas, "Accounting-On", [("NAS-IP-Address", "127.0.0.1"), ("Event-Timestamp", 35)])
+    assert await nas.app.services.store.live_calls_of("2131") == {}
+    assert (await cdr_of(nas, "NO-CLOCK"))["termination_cause"] == "nas-reboot"
+
+
 async def test_accounting_on_closes_the_calls_of_that_nas_by_their_last_report(
     nas: RunningRadius,
 ) -> None:

@@ -58,22 +58,31 @@ def _status_type(packet: AcctPacket) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+# 2000-01-01 UTC: an earlier Event-Timestamp comes from a NAS whose clock is not set.
+_CLOCK_SET = 946_684_800
+
+
 def _event_time_ms(packet: AcctPacket) -> int:
     """When the NAS says the event happened: Event-Timestamp, else now less Acct-Delay-Time.
 
     A retransmitted Accounting-On carries the same time, so it never closes calls
-    authorized after the NAS came back.
+    authorized after the NAS came back. A stamp in the future (a NAS clock running
+    ahead) counts as now; one that is not four octets, or before 2000 (a NAS without a
+    clock counts from 1970 at boot), as none.
     """
+    now_ms = int(time.time() * 1000)
     try:
         stamp = packet.get(55)  # Event-Timestamp
         if stamp:
             value = stamp[0]
-            seconds = (
-                int.from_bytes(value, "big")
-                if isinstance(value, bytes)
-                else int(value.timestamp() if hasattr(value, "timestamp") else value)
-            )
-            return seconds * 1000
+            if isinstance(value, bytes):
+                if len(value) != 4:
+                    raise ValueError("an Event-Timestamp is four octets")
+                seconds = int.from_bytes(value, "big")
+            else:
+                seconds = int(value.timestamp() if hasattr(value, "timestamp") else value)
+            if seconds >= _CLOCK_SET:
+                return min(seconds * 1000, now_ms)
     except (KeyError, ValueError, TypeError, OverflowError):
         pass
     delay = first(packet, "Acct-Delay-Time")
@@ -81,7 +90,7 @@ def _event_time_ms(packet: AcctPacket) -> int:
         delay_s = max(int(delay), 0) if delay is not None else 0
     except ValueError:
         delay_s = 0
-    return int((time.time() - delay_s) * 1000)
+    return now_ms - delay_s * 1000
 
 
 def _session_time(packet: AcctPacket) -> int | None:
