@@ -31,7 +31,7 @@ WHERE i.id = ANY($1::bigint[]) AND i.kind = 'invoice' AND i.state = 'posted'
   AND NOT EXISTS (SELECT 1 FROM ledger e
                   WHERE e.entry_id = p.ledger_entry AND e.occurred_at < i.window_end)
 ORDER BY i.account_id, i.period_start, i.id, p.id
-FOR UPDATE OF p, i
+FOR UPDATE OF p
 """
 # An account's posted invoices that still ask for money.
 _OPEN_SQL = f"""
@@ -75,9 +75,8 @@ async def record_allocations(
 
 async def apply_credit(conn: asyncpg.Connection, invoice_ids: list[int]) -> int:
     """Pay these posted invoices from credit their statements did not count; what was
-    paid (micro-units). Runs in the posting's transaction, in one query, and again once
-    it has committed (``pay_open_invoices`` says why). The invoices are locked with the
-    payments, so two runs at once each see what the other paid."""
+    paid (micro-units). Runs in the posting's transaction, in one query, and for an
+    account by ``pay_open_invoices``."""
     open_of: dict[int, int] = {}
     credit_of: dict[int, int] = {}
     payments: list[int] = []
@@ -106,9 +105,13 @@ async def pay_open_invoices(conn: asyncpg.Connection, account_id: str) -> int:
     """Pay the account's open posted invoices from its credit; what was paid.
 
     A payment stored while a posting of the account's invoices ran saw them as drafts,
-    and the posting could not see the payment before it committed. Each side looks
-    again once it has committed (the payment here, the posting by ``apply_credit``), so
-    whichever commits last finds the other (decision 0027).
+    and the posting could not see the payment before it committed. Each side calls
+    this once it has committed (``payments`` after a payment, ``posting`` for the
+    accounts it posted that hold credit), so whichever commits last finds the other
+    (decision 0027). In the caller's transaction: a lock of the account's own, held to
+    its end, puts two of these in turn, so the second reads what the first paid (the
+    invoices are read, not locked, beside the payments that are).
     """
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"ocs-credit:{account_id}")
     ids = [r["id"] for r in await conn.fetch(_OPEN_SQL, account_id)]
     return await apply_credit(conn, ids) if ids else 0

@@ -300,11 +300,19 @@ async def post(
                 list(numbers),
             )
         ]
-    if numbers:
+    if accounts:
         # A payment stored while this ran saw these invoices as drafts, and the credit
-        # above could not see it: looked for again, now both are committed.
-        async with pool.acquire() as conn, conn.transaction():
-            await credit.apply_credit(conn, list(numbers))
+        # above could not see it: looked for again, now both are committed, for the few
+        # accounts that hold credit.
+        async with pool.acquire() as conn:
+            holding = await conn.fetch(
+                "SELECT DISTINCT account_id FROM payments WHERE account_id = ANY($1::text[])"
+                " AND allocated + refunded < amount ORDER BY account_id",
+                accounts,
+            )
+            for row in holding:
+                async with conn.transaction():
+                    await credit.pay_open_invoices(conn, row["account_id"])
     moved = await move_money(pool, store, invoice_ids)
     if accounts:
         # Their charges are paid: accounts locked on prorated charges commit the next ones.
