@@ -167,3 +167,22 @@ async def test_a_purchase_cut_short_is_finished_by_the_next_and_paid_once(
     assert status == 201, body
     _, account = await app.get("/v1/accounts/ann")
     assert account["balance"] == "8.000000"
+
+
+async def test_a_counter_bought_long_ago_that_redis_lost_starts_again_unpaid(
+    app: RunningApp,
+) -> None:
+    await optional_counter(app)
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-10"})
+    assert status == 201, body
+    # Bought two days ago, its fee's reference since forgotten (it is kept 400 days);
+    # then Redis lost the account's counters (a restore from an older snapshot, say).
+    pool, redis = app.services.pool, app.services.redis
+    await pool.execute("UPDATE account_counters SET bought_at = bought_at - interval '2 days'")
+    await redis.delete(*await redis.keys(keys.fee_done("ann", "*")))
+    await redis.delete(keys.counters("ann"))
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-10"})
+    assert status == 201, body
+    assert await counters_of(app, "ann") == {"de-10": (600, 0)}
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "8.000000"  # paid once, two days ago

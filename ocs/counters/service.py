@@ -7,7 +7,7 @@ the authorize and stop scripts change atomically with the money.
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -21,6 +21,9 @@ _RESET_CHUNK = 1_000
 # A purchase's id: the time it was bought, in microseconds. PostgreSQL keeps timestamps
 # to the microsecond, so a counter given up and bought again is another purchase.
 _PURCHASE_ID = "(extract(epoch FROM bought_at) * 1000000)::bigint"
+# How long a purchase cut short (its fee taken, its cycle not started) waits to be
+# finished by the next request to buy the counter: a customer retries within minutes.
+_FINISHING = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,16 +138,26 @@ class CounterService:
                     account_id,
                     counter_id,
                 )
-                purchase = new
+                purchase, unfinished = new, True
                 if purchase is None:
-                    purchase = await conn.fetchval(
-                        f"SELECT {_PURCHASE_ID} FROM account_counters"
-                        " WHERE account_id = $1 AND counter_id = $2",
+                    found = await conn.fetchrow(
+                        f"SELECT {_PURCHASE_ID} AS id, bought_at > now() - $3::interval"
+                        " AS recent FROM account_counters WHERE account_id = $1"
+                        " AND counter_id = $2",
                         account_id,
                         counter_id,
+                        _FINISHING,
                     )
+                    if found is None:  # given up meanwhile: a purchase of its own
+                        return await self.buy(account_id, counter_id)
+                    purchase, unfinished = found["id"], found["recent"]
             if new is None and counter_id in await self._store.counter_state(account_id):
                 return counter  # bought, paid and started already
+            if not unfinished:
+                # Bought long ago and paid then (its fee's reference may be forgotten by
+                # now): only its cycle, which Redis lost, starts again.
+                await self._store.start_counter(account_id, counter_id, counter.seconds)
+                return counter
             if counter.recurring_fee > 0:
                 try:
                     # The purchase pays the first cycle; refused, nothing is bought.
