@@ -193,3 +193,14 @@ async def run_months(services: Services, *labels: str) -> None:
     for label in labels:
         year, month = int(label[:4]), int(label[5:])
         await run(services, label, invoice_date=date(year + month // 12, month % 12 + 1, 1))
+
+
+async def renting(services: Services) -> int:
+    """Postpaid ``pp`` (credit limit 100.00) paying 10.00 rent a month from January:
+    the id of January's run, drafted and not posted."""
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await services.accounts.create(AccountSpec("pp", plan_id="retail", credit_limit=100 * EUR))
+    sub = await subscribe(services.pool, Subscription("pp", "retail", date(2026, 1, 1)))
+    await add_charge(services.pool, sub, "rent")
+    return await run(services, "2026-01")

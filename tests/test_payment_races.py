@@ -4,26 +4,13 @@ Two refund events of one charge handled at once refund only what the gateway ref
 a payment stored while its account's invoice is being posted pays that invoice."""
 
 import asyncio
-from datetime import date
 
-from ocs.balances.accounts import AccountSpec
 from ocs.billing import payments, posting
 from ocs.billing.gateway import GatewayEvent
 from ocs.billing.payments import NewPayment
-from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, invoice_id, monthly, run
+from tests.billing_helpers import EUR, invoice_id, renting
 from tests.conftest import eventually
-
-
-async def renting(services: Services) -> int:
-    """Postpaid ``pp`` paying 10.00 rent a month from January: January's drafted run."""
-    await billed_plan(services)
-    await monthly(services, "rent", 10 * EUR)
-    await services.accounts.create(AccountSpec("pp", plan_id="retail", credit_limit=100 * EUR))
-    sub = await subscribe(services.pool, Subscription("pp", "retail", date(2026, 1, 1)))
-    await add_charge(services.pool, sub, "rent")
-    return await run(services, "2026-01")
 
 
 def gateway_event(event_id: str, action: str, key: str, amount: int) -> GatewayEvent:

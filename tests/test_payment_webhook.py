@@ -9,18 +9,15 @@ balance is -10.00 before any payment.
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ocs.balances.accounts import AccountSpec
 from ocs.billing import gateway, posting
-from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.config import Settings
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, invoice_id, monthly, run
+from tests.billing_helpers import EUR, invoice_id, renting
 from tests.conftest import RunningApp
 
 SECRET = "whsec_test_0123456789"
@@ -44,12 +41,7 @@ def settings(redis_url: str, database_url: str, tmp_path: Path) -> Iterator[Sett
 
 async def owing_account(services: Services) -> int:
     """``pp`` with January's 10.00 rent posted: the invoice's id."""
-    await billed_plan(services)
-    await monthly(services, "rent", 10 * EUR)
-    await services.accounts.create(AccountSpec("pp", plan_id="retail", credit_limit=100 * EUR))
-    sub = await subscribe(services.pool, Subscription("pp", "retail", date(2026, 1, 1)))
-    await add_charge(services.pool, sub, "rent")
-    await posting.post(services.pool, services.store, run_id=await run(services, "2026-01"))
+    await posting.post(services.pool, services.store, run_id=await renting(services))
     return await invoice_id(services, "pp", "2026-01")
 
 
