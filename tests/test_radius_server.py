@@ -925,6 +925,20 @@ async def test_an_accept_never_started_is_released_after_the_start_timeout(
     assert (await account(nas.app, "2120"))["lines_in_use"] == 1
 
 
+async def test_a_session_time_of_minus_one_is_not_charged_as_a_week(nas: RunningRadius) -> None:
+    # 4294967295 is a NAS's -1 in an unsigned field: no call's length. The Stop is
+    # charged the time since the Start instead, here a second or so.
+    await new_account(nas.app, "2132", balance="10.00")
+    await accepted(nas, call_request("2132", GERMANY, "MINUS-ONE"))
+    call = [("User-Name", "2132"), *cisco_call("MINUS-ONE")]
+    await acct(nas, "Start", call)
+    before = int(time.time())
+    await acct(nas, "Stop", [*call, ("Acct-Session-Time", "4294967295")])
+    cdr = await cdr_of(nas, "MINUS-ONE")
+    assert 0 <= cdr["duration"] <= int(time.time()) - before + 1, cdr
+    assert cdr["charged"] <= cdr["duration"] * 200  # 0.012 a minute, by the second
+
+
 async def test_accounting_on_from_a_nas_without_a_clock_closes_its_calls(
     nas: RunningRadius,
 ) -> None:

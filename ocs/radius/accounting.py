@@ -94,12 +94,19 @@ def _event_time_ms(packet: AcctPacket) -> int:
 
 
 def _session_time(packet: AcctPacket) -> int | None:
-    """Acct-Session-Time, or None when the NAS did not send a usable one."""
+    """Acct-Session-Time, or None when the NAS did not send a usable one.
+
+    More than ocs grants any call (``MAX_DURATION``) is no call's length but a NAS's
+    -1 (4294967295) or a wrapped counter: unusable, so a Stop is charged the time since
+    its Start, as when the NAS sends none, rather than a week."""
     value = first(packet, "Acct-Session-Time")
     try:
-        return min(max(int(value), 0), MAX_DURATION) if value is not None else None
+        seconds = int(value) if value is not None else None
     except ValueError:
         return None
+    if seconds is None or not 0 <= seconds <= MAX_DURATION:
+        return None
+    return seconds
 
 
 async def handle_accounting(
