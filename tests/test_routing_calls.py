@@ -2,10 +2,15 @@
 with no carrier left is refused unless the plan allows negative margin, and the answer
 lists the carriers (HTTP ``carriers``, RADIUS Cisco-AVPair ``ocs-route``)."""
 
+import pyrad.packet as rp
 from aiohttp import ClientResponse
 
+from ocs.charging.values import Grant
+from ocs.radius.access import granted
+from ocs.rating.rates import Rate
 from tests.conftest import RADIUS_SECRET, RunningApp, RunningRadius, eventually
 from tests.radclient import radclient
+from tests.radius_udp import access_request
 
 GERMANY = "4930123456"
 SELL_DECK = (
@@ -94,3 +99,26 @@ async def test_radius_accept_lists_the_carriers_best_first(radius: RunningRadius
     assert reply.code == "Access-Accept", reply.output
     # A loses money, so only B is offered: margin first, then the route set's order.
     assert reply.attributes["Cisco-AVPair"] == ["ocs-route=1:B"]
+
+
+def test_a_long_route_set_keeps_the_access_accept_within_4096_octets() -> None:
+    # 64 carriers (a route set's most) with 60-character ids: all of them would make an
+    # Access-Accept of about 5,800 octets, which a NAS drops (RFC 2865 section 3).
+    carriers = tuple(f"carrier-{n:02d}-" + "x" * 49 for n in range(1, 65))
+    grant = Grant(
+        call_id="long-lcr", account_id="1001", zone="Germany", destination="4930123456",
+        max_duration=600, reserved=1_000_000, currency="EUR", rate=Rate(0, 1, 1, 600_000),
+        repeated=False, carriers=carriers,
+    )  # fmt: skip
+    answer = granted(grant)
+    routes = [value for name, value in answer.attributes if name == "Cisco-AVPair"]
+    # The best routes first, in order, and as many as fit.
+    assert routes == [f"ocs-route={n}:{c}" for n, c in enumerate(carriers[: len(routes)], 1)]
+    assert 30 <= len(routes) < 64
+    request = access_request(RADIUS_SECRET, [("User-Name", "1001")])
+    reply = request.CreateReply()
+    reply.code = rp.AccessAccept
+    for name, value in answer.attributes:
+        reply.AddAttribute(name, value)
+    reply.add_message_authenticator()
+    assert len(reply.ReplyPacket()) <= 4096

@@ -219,6 +219,29 @@ async def answer_access_request(
     return granted(grant)
 
 
+# Octets the route AVPairs may take in an Access-Accept. A RADIUS packet is at most
+# 4,096 octets (RFC 2865 section 3) and a NAS drops a longer one, so the call would time
+# out; the rest of an answer (credit, IVR and slice attributes, Message-Authenticator)
+# takes about 400, which leaves room for the Proxy-State a proxy asks echoed.
+ROUTE_OCTETS = 3_000
+
+
+def route_pairs(carriers: tuple[str, ...]) -> list[Attribute]:
+    """The carriers as ``ocs-route=<position>:<carrier>`` Cisco-AVPairs, best first, as
+    many as ``ROUTE_OCTETS`` holds: a long route set of long ids loses its last routes,
+    not the whole answer."""
+    pairs: list[Attribute] = []
+    octets = 0
+    for n, carrier in enumerate(carriers, start=1):
+        value = f"ocs-route={n}:{carrier}"
+        # A vendor attribute: type, length, vendor id, vendor type and length, the value.
+        octets += 8 + len(value.encode())
+        if octets > ROUTE_OCTETS:
+            break
+        pairs.append(("Cisco-AVPair", value))
+    return pairs
+
+
 def granted(grant: Grant) -> AccessAnswer:
     """The Access-Accept of a granted call: how long it may last, the funds, the route
     set's carriers, the slice to report (quota mode) and the IVR settings."""
@@ -237,11 +260,8 @@ def granted(grant: Grant) -> AccessAnswer:
         cisco("h323-currency", grant.currency),
     ]
     # The route set's carriers, best first, for the switch's LCR: one Cisco-AVPair
-    # "ocs-route=<position>:<carrier>" each.
-    attributes += [
-        ("Cisco-AVPair", f"ocs-route={n}:{carrier}")
-        for n, carrier in enumerate(grant.carriers, start=1)
-    ]
+    # "ocs-route=<position>:<carrier>" each, as many as fit (route_pairs).
+    attributes += route_pairs(grant.carriers)
     if grant.slice_seconds and not grant.final:
         attributes.append(("Acct-Interim-Interval", grant.slice_seconds))
     attributes += ivr_attributes(grant.ivr, voicemail=True)
