@@ -68,10 +68,15 @@ class CallRow:
     cdr: str
 
 
+def position(row: CallRow) -> tuple[datetime, str]:
+    """Where ``row`` stands in the list's order: its stop and its CDR (``after``)."""
+    return row.time + timedelta(seconds=row.duration), row.cdr
+
+
 def page_cursor(row: CallRow) -> str:
-    """Where the page after ``row`` starts: its stop (microseconds) and its CDR."""
-    stopped = row.time + timedelta(seconds=row.duration)
-    return f"{(stopped - _EPOCH) // timedelta(microseconds=1)}_{row.cdr}"
+    """``position`` as the API's ``next``: the stop in microseconds, then the CDR."""
+    stopped, cdr = position(row)
+    return f"{(stopped - _EPOCH) // timedelta(microseconds=1)}_{cdr}"
 
 
 def parse_cursor(text: str) -> tuple[datetime, str]:

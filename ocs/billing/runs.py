@@ -61,6 +61,14 @@ class RunProgress:
     chunks_total: int
 
 
+def today_where_billed(plans: list[PlanBilling]) -> date:
+    """Today in the plans' time zone when they share one, else UTC's: the default date of
+    a run's invoices, so that a plan far from UTC has none dated inside its period."""
+    zones = {p.time_zone for p in plans}
+    now = datetime.now(UTC)
+    return now.astimezone(ZoneInfo(zones.pop())).date() if len(zones) == 1 else now.date()
+
+
 async def create_run(
     pool: asyncpg.Pool,
     period: str,
@@ -136,11 +144,7 @@ async def create_run(
         except ValueError as error:
             raise invalid("period", str(error)) from None
         if invoice_date is None:
-            zones = {p.time_zone for p in plans}
-            now = datetime.now(UTC)
-            invoice_date = (
-                now.astimezone(ZoneInfo(zones.pop())).date() if len(zones) == 1 else now.date()
-            )
+            invoice_date = today_where_billed(plans)
         run_id = int(
             await conn.fetchval(
                 "INSERT INTO invoice_runs (period, plan_id, invoice_date, charge_cutoff,"

@@ -328,7 +328,7 @@ async def _stream_calls_csv(
     await response.prepare(request)
     await response.write(itemised.calls_csv(rows).encode())
     while len(rows) == itemised.MAX_PAGE:
-        after = itemised.parse_cursor(itemised.page_cursor(rows[-1]))
+        after = itemised.position(rows[-1])
         rows = await itemised.call_rows(
             pool, invoice_id, member, after=after, limit=itemised.MAX_PAGE
         )
