@@ -35,8 +35,8 @@ from pyrad import packet as rp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.machine import describe
-from ocs.radius.access import call_id_of
 from ocs.radius.attributes import avpair, cisco, first
+from ocs.radius.call_identity import call_id_of
 from ocs.radius.dictionary import radius_dictionary
 from ocs.radius.lean.request import LeanCodec
 

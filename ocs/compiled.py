@@ -32,6 +32,7 @@ HOT_MODULES: tuple[str, ...] = (
     "ocs.radius.access",
     "ocs.radius.accounting",
     "ocs.radius.attributes",
+    "ocs.radius.call_identity",
     "ocs.radius.dedupe",
     "ocs.radius.lean.crypto",
     "ocs.radius.lean.fields",

@@ -84,7 +84,7 @@ def verified(request: rp.Packet, data: bytes) -> bool:
 
 
 class UdpClient(asyncio.DatagramProtocol):
-    """One UDP socket on 127.0.0.1: send datagrams, collect what comes back."""
+    """One UDP socket on loopback: send datagrams to 127.0.0.1, collect what comes back."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._replies: asyncio.Queue[bytes] = asyncio.Queue()
@@ -94,10 +94,11 @@ class UdpClient(asyncio.DatagramProtocol):
         self._sock = sock
 
     @classmethod
-    async def open(cls) -> "UdpClient":
-        """A client on a fresh socket bound to a free port of 127.0.0.1."""
+    async def open(cls, host: str = "127.0.0.1") -> "UdpClient":
+        """A client on a fresh socket bound to a free port of ``host`` (any loopback
+        address: 127.0.0.2 is a second NAS to a server that trusts 127.0.0.1)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_datagram_endpoint(lambda: cls(sock), sock=sock)

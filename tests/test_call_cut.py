@@ -223,7 +223,8 @@ async def test_cutting_a_radius_call_sends_a_disconnect_request_to_its_nas(rig: 
         "Accounting-Response"
     )
 
-    status, body = await cut(app, "SESS-2500-1")
+    # The call's id: the NAS's session id, qualified by its client and NAS (decision 0048).
+    status, body = await cut(app, "SESS-2500-1@cut-nas:127.0.0.1")
     assert status == 200, body
     assert (body["cause"], body["disconnect"]) == ("cut", "ack")
     # Started a moment ago, on the real clock: at most the seconds since the request.
@@ -243,7 +244,7 @@ async def test_cutting_a_radius_call_sends_a_disconnect_request_to_its_nas(rig: 
     stop = [("Acct-Status-Type", "Stop"), *session, ("Acct-Session-Time", "45")]
     assert await radius(rig, "acct", stop) == "Accounting-Response"
     assert (await account(app, "2500"))["balance"] == "0.991000"
-    cdrs = await cdrs_of(app, "SESS-2500-1", 2)
+    cdrs = await cdrs_of(app, "SESS-2500-1@cut-nas:127.0.0.1", 2)
     assert [c["termination_cause"] for c in cdrs] == ["cut", "late-stop"]
     assert {c["nas"] for c in cdrs} == {"cut-nas"}
     assert sum(c["charged"] for c in cdrs) == 9_000

@@ -284,7 +284,8 @@ async def test_disconnect_setting_cuts_the_live_radius_calls_at_suspension(rig: 
     assert taken(await dun(app, at(4, 1, 23, 59))) == []
     report = await dun(app, at(4, 2))
     assert taken(report) == [("d2", "suspension", 0, "suspended")]
-    assert (report["calls_cut"], report["calls_left"]) == (["SESS-D2"], [])
+    # A NAS's own session id names the call with its client and NAS (decision 0048).
+    assert (report["calls_cut"], report["calls_left"]) == (["SESS-D2@cut-nas:127.0.0.1"], [])
     assert await services.store.live_calls_of("d2") == {}
     assert len(rig.nas.received) == 1
     assert rig.nas.received[0][0] == 40  # a Disconnect-Request
@@ -293,7 +294,7 @@ async def test_disconnect_setting_cuts_the_live_radius_calls_at_suspension(rig: 
     async def cut_cdr() -> bool:
         async with services.pool.acquire() as conn:
             found = await conn.fetchval(
-                "SELECT termination_cause FROM cdrs WHERE call_id = 'SESS-D2'"
+                "SELECT termination_cause FROM cdrs WHERE call_id = 'SESS-D2@cut-nas:127.0.0.1'"
             )
         return bool(found == "cut")
 
@@ -513,7 +514,11 @@ async def test_a_process_without_radius_cuts_the_calls_at_their_nas_itself(rig: 
     report = await dunning.run_dunning(
         services.pool, services.store, settings, at(4, 2), cutter=cutter
     )
-    assert (report.suspended, report.calls_cut, report.calls_left) == (["d3"], ["SESS-D3"], [])
+    assert (report.suspended, report.calls_cut, report.calls_left) == (
+        ["d3"],
+        ["SESS-D3@cut-nas:127.0.0.1"],
+        [],
+    )
     assert await services.store.live_calls_of("d3") == {}
     assert [(kind, rig.nas.decoded(0)["Acct-Session-Id"]) for kind, *_ in rig.nas.received] == [
         (40, ["SESS-D3"])  # one Disconnect-Request, for the call the NAS knows

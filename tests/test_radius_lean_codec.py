@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from pyrad import packet as rp
 from pyrad.dictionary import Dictionary
 
-from ocs.radius.access import call_id_of
 from ocs.radius.attributes import avpair, cisco, cisco_value, first
+from ocs.radius.call_identity import call_id_of
 from ocs.radius.dictionary import radius_dictionary
 from ocs.radius.lean.crypto import Signer
 from ocs.radius.lean.request import LeanCodec, LeanRequest, Refused

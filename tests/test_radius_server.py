@@ -583,7 +583,11 @@ async def test_call_id_prefers_conf_id_then_acct_session_id_then_avpair(
     await accepted(nas, [*base, ("Cisco-AVPair", "call-id=sip-b@gw.example"), session])
     await accepted(nas, [*base, ("Cisco-AVPair", "h323-ivr-out=x"), avpair])
     live = await nas.app.services.store.live_calls_of("2050")
-    assert sorted(live) == sorted(["3C5AEAB9 95C80008 0 58FB8B4", "SESSION-B", "sip-c@gw.example"])
+    # A conference id and a SIP Call-ID are unique everywhere; a NAS's own session id is
+    # qualified by its client and NAS (decision 0048).
+    assert sorted(live) == sorted(
+        ["3C5AEAB9 95C80008 0 58FB8B4", "SESSION-B@test-nas:127.0.0.1", "sip-c@gw.example"]
+    )
     # The NAS's accounting finds each call by the same rule.
     await acct(nas, "Stop", [("User-Name", "2050"), session, ("Acct-Session-Time", "10")])
     await acct(nas, "Stop", [("User-Name", "2050"), avpair, ("Acct-Session-Time", "10")])

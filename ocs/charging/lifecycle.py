@@ -252,6 +252,13 @@ def validate_call_id(call_id: object, field: str = "call_id") -> str:
     return call_id
 
 
+def _scoped(record: CallRecord, account_id: str | None, nas: str | None) -> bool:
+    """Whether a call is the one a request scoped to an account or a NAS client may see."""
+    return (account_id is None or record.account_id == account_id) and (
+        nas is None or record.nas == nas
+    )
+
+
 def validate_duration(duration: object, field: str = "duration") -> int:
     """Whole seconds from 0 to ``MAX_DURATION``, or 400 naming ``field``."""
     if isinstance(duration, bool) or not isinstance(duration, int):
@@ -669,6 +676,7 @@ class CallService:
             cap=priced.cap,
             authorized_at_ms=int(now * 1000),
             nas=origin.nas,
+            nas_node=origin.nas_node,
             member=request.member,
             direction=request.direction,
             counter_id=None if counter is None else counter.id,
@@ -796,7 +804,9 @@ class CallService:
                 return None
             raise
 
-    async def _record(self, call_id: str, account_id: str | None, *, keep: bool) -> CallRecord:
+    async def _record(
+        self, call_id: str, account_id: str | None, *, keep: bool, nas: str | None = None
+    ) -> CallRecord:
         record = self._live.get(call_id) if keep else self._live.pop(call_id, None)
         if record is None:
             reference = await self._store.call_reference(call_id)
@@ -805,12 +815,20 @@ class CallService:
             record = CallRecord.unpack(reference)
         if account_id is not None and record.account_id != account_id:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} on account {account_id!r}")
+        if nas is not None and record.nas != nas:
+            # Another NAS client's call (decision 0048): as unknown to this one as any.
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} from this NAS")
         return record
 
-    async def start(self, call_id: str, account_id: str | None = None) -> CallProgress:
-        """Bind an authorized call to its start (Accounting-Start); idempotent."""
+    async def start(
+        self, call_id: str, account_id: str | None = None, *, nas: str | None = None
+    ) -> CallProgress:
+        """Bind an authorized call to its start (Accounting-Start); idempotent.
+
+        ``account_id``, ``nas``: the call must be that account's, authorized by that NAS
+        client (else it is not found), as for ``update`` and ``stop``."""
         validate_call_id(call_id)
-        record = await self._record(call_id, account_id, keep=True)
+        record = await self._record(call_id, account_id, keep=True, nas=nas)
         now = int(time.time())
         # The call expires at its grant plus grace from now: the grant is what its
         # funds pay for. Authorized here, its entry is known (what it holds, nothing
@@ -841,12 +859,14 @@ class CallService:
             raise OcsError(Reason.CALL_ALREADY_STOPPED, f"call {call_id!r} has already stopped")
         return CallProgress(call_id, record.account_id, int(started), 0, 0)
 
-    async def update(self, call_id: str, used: int, account_id: str | None = None) -> CallProgress:
+    async def update(
+        self, call_id: str, used: int, account_id: str | None = None, *, nas: str | None = None
+    ) -> CallProgress:
         """Record progress (Interim-Update); debits it when ``debit_on_interim`` is set."""
         validate_call_id(call_id)
         validate_duration(used, "used")
+        record = await self._record(call_id, account_id, keep=True, nas=nas)
         self._unstarted.pop(call_id, None)  # its entry moves on: a start must read it
-        record = await self._record(call_id, account_id, keep=True)
         now = int(time.time())
         bands = self._bands_of(record, record.cap)
         # Quota mode: the report is debited and the next slice reserved, in one step.
@@ -909,6 +929,7 @@ class CallService:
         account_id: str | None = None,
         *,
         cause: str = "normal",
+        nas: str | None = None,
     ) -> CallCharge:
         """Charge a call's real duration at its authorized rate, once.
 
@@ -918,11 +939,12 @@ class CallService:
         validate_call_id(call_id)
         if duration is not None:
             validate_duration(duration)
-        cached = self._live.pop(call_id, None)
+        cached = self._live.get(call_id)
+        if cached is not None and not _scoped(cached, account_id, nas):
+            cached = None  # another account's or NAS's call of that id: left as it is
+        record = cached or await self._record(call_id, account_id, keep=True, nas=nas)
+        self._live.pop(call_id, None)
         self._unstarted.pop(call_id, None)
-        record = cached or await self._record(call_id, account_id, keep=False)
-        if account_id is not None and record.account_id != account_id:
-            record = await self._record(call_id, account_id, keep=False)
         if duration is None:
             entry = await self._store.live_entry(record.account_id, call_id)
             started = entry.started if entry is not None else 0
@@ -931,7 +953,7 @@ class CallService:
         if cached is not None and (result is None or result.repeated):
             # The cached record may be of an earlier call with the same id that another
             # process or the janitor closed; the call reference names the current one.
-            current = await self._record(call_id, account_id, keep=False)
+            current = await self._record(call_id, account_id, keep=False, nas=nas)
             if current != cached:
                 record = current
                 result = await self._close(record, duration, cause, expired_by=None)
@@ -1074,16 +1096,21 @@ class CallService:
             repeated=result.repeated,
         )
 
-    async def close_calls_of_nas(self, nas: str, cause: str, before_ms: int) -> int:
+    async def close_calls_of_nas(
+        self, nas: str, cause: str, before_ms: int, node: str | None = None
+    ) -> int:
         """Close the live calls a NAS carried when it restarted (Accounting-On/Off).
 
-        Only calls authorized before ``before_ms`` (the NAS's event time): those
-        authorized since belong to the NAS's new life.
+        ``nas`` is the NAS client, ``node`` the NAS within it (decision 0048): the calls
+        of the client's other NASes go on. Only calls authorized before ``before_ms``
+        (the NAS's event time): those authorized since belong to the NAS's new life.
         """
         closed = 0
         for account_id, call_id, entry in await self._store.all_live_calls():
             record = CallRecord.unpack(entry.record)
             if record.nas != nas or record.authorized_at_ms >= before_ms:
+                continue
+            if node is not None and record.nas_node is not None and record.nas_node != node:
                 continue
             charge = await self.close_live_call(
                 account_id, call_id, cause, expired_by=None, ended_at=before_ms // 1000

@@ -50,6 +50,7 @@ class CallRecord(
         "nas_session": "ns",
         "rating_plan": "rp",
         "bands": "b",
+        "nas_node": "nn",
     },
 ):
     """What a live call was authorized with; stop charges by exactly this.
@@ -80,6 +81,8 @@ class CallRecord(
     carriers: tuple[str, ...] = ()
     nas_address: str | None = None  # where a Disconnect-Request for the call goes
     nas_session: str | None = None  # the NAS's own Acct-Session-Id, which it knows the call by
+    # The NAS within the client ``nas`` (decision 0048): its Accounting-On closes the call.
+    nas_node: str | None = None
     rating_plan: str | None = None  # the plan whose deck rated it (an access number's)
     # A rate priced by time band: the bands from authorization over the call's cap, as
     # the plan's schedule placed them then. Stop charges by these, not by the schedule
@@ -286,7 +289,8 @@ class AuthorizeRequest(msgspec.Struct, frozen=True, gc=False):
 class Origin(msgspec.Struct, frozen=True, gc=False):
     """Where an authorization comes from, and what that channel may be trusted with.
 
-    ``nas``: the NAS client's name (its calls are closed when it restarts).
+    ``nas``: the NAS client's name: only it may account the call. ``nas_node``: the NAS
+    within that client (decision 0048): its restart closes the call.
     ``nas_address``, ``nas_session``: where a Disconnect-Request for the call goes, and
     the session id the NAS knows the call by. ``translation``: the NAS's own number
     translation, replacing the plan's. ``check_password``: the identity is untrusted (a
@@ -297,6 +301,7 @@ class Origin(msgspec.Struct, frozen=True, gc=False):
     """
 
     nas: str | None = None
+    nas_node: str | None = None
     nas_address: str | None = None
     nas_session: str | None = None
     translation: TranslationSet | None = None

@@ -27,7 +27,8 @@ from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.metrics import PIN_FAILURES, decision
 from ocs.money import format_amount
-from ocs.radius.attributes import avpair, cisco, cisco_value, first
+from ocs.radius.attributes import avpair, cisco, first
+from ocs.radius.call_identity import nas_node, radius_call_id
 from ocs.radius.clients import NasClient
 
 Attribute = tuple[str, str | int]
@@ -45,20 +46,6 @@ class AccessAnswer(NamedTuple):
     attributes: list[Attribute]
     reason: str  # "granted", "balance" or the refusal reason code
     return_code: int
-
-
-def call_id_of(packet: AuthPacket, order: tuple[str, ...]) -> str | None:
-    """The call id from the first source present, in the configured order."""
-    for source in order:
-        if source == "h323-conf-id":
-            value = cisco_value(packet, "h323-conf-id")
-        elif source == "call-id":
-            value = avpair(packet, "call-id")
-        else:
-            value = first(packet, source)
-        if value:
-            return value.strip()
-    return None
 
 
 def _money(micro: int) -> str:
@@ -178,7 +165,7 @@ async def answer_access_request(
                 account_id,
                 destination or "",
                 caller,
-                call_id_of(packet, settings.radius_call_id_order),
+                radius_call_id(packet, settings.radius_call_id_order, client),
                 member=identity.member,
                 direction="inbound" if inbound else "outbound",
                 # The access number (DNIS) a card holder dialled in on, when the IVR says.
@@ -191,6 +178,7 @@ async def answer_access_request(
             ),
             Origin(
                 nas=client.name,
+                nas_node=nas_node(packet),
                 # Only a NAS that takes Disconnect-Requests needs to be found again: where
                 # the request came from, and the session id it knows the call by.
                 nas_address=getattr(packet, "source", (None,))[0] if disconnectable else None,

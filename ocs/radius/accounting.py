@@ -1,9 +1,12 @@
 """Accounting-Request -> start, update, stop; Accounting-On/Off -> close the NAS's calls.
 
 The Accounting-Response is sent only after the change is committed in Redis.
-A request for a call ocs does not know (a call authorized elsewhere, or
-already closed by the janitor) is acknowledged and counted, so the NAS stops
-retransmitting it; a backend failure sends no response, so the NAS retries.
+A request for a call ocs does not know (a call authorized elsewhere, by
+another NAS client, or already closed by the janitor) is acknowledged and
+counted, so the NAS stops retransmitting it; a backend failure sends no
+response, so the NAS retries. A call belongs to the NAS client that authorized
+it, and an Accounting-On/Off closes the calls of the one NAS that sent it
+(decision 0048).
 """
 
 import asyncio
@@ -17,8 +20,8 @@ from ocs import metrics
 from ocs.charging.lifecycle import MAX_DURATION, CallService
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
-from ocs.radius.access import call_id_of
 from ocs.radius.attributes import first
+from ocs.radius.call_identity import nas_node, radius_call_id
 from ocs.radius.clients import NasClient
 from ocs.radius.disconnect import send_disconnect
 
@@ -117,21 +120,21 @@ async def handle_accounting(
     kind = STATUS_TYPES.get(status or 0, "other")
     if kind in ("accounting-on", "accounting-off"):
         await calls.close_calls_of_nas(
-            client.name, cause="nas-reboot", before_ms=_event_time_ms(packet)
+            client.name, cause="nas-reboot", before_ms=_event_time_ms(packet), node=nas_node(packet)
         )
         return AccountingOutcome(kind, "ok")
     if kind == "other":
         return AccountingOutcome(kind, "ignored")
-    call_id = call_id_of(packet, settings.radius_call_id_order)
+    call_id = radius_call_id(packet, settings.radius_call_id_order, client)
     if not call_id:
         return AccountingOutcome(kind, "no_call_id")
     try:
         if kind == "start":
-            await calls.start(call_id)
+            await calls.start(call_id, nas=client.name)
         elif kind == "interim":
             used = _session_time(packet)
             if used is not None:
-                progress = await calls.update(call_id, used)
+                progress = await calls.update(call_id, used, nas=client.name)
                 if progress.exhausted and client.coa_port is not None and call_id not in _CUTS:
                     record = await calls.record_of(call_id)
                     if record is not None and record.nas_address is not None:
@@ -144,7 +147,7 @@ async def handle_accounting(
                             progress.granted - used,
                         )
         else:
-            charge = await calls.stop(call_id, _session_time(packet))
+            charge = await calls.stop(call_id, _session_time(packet), nas=client.name)
             return AccountingOutcome(kind, "repeated" if charge.repeated else "ok")
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:

@@ -470,9 +470,10 @@ class RadiusServer:
             self._cache.forget(key)
             metrics.RADIUS_DROPS.labels("late").inc()
             return
+        # Where a later Disconnect-Request may go, and the NAS when it does not say.
+        request.source = addr
         try:
             if kind == "auth":
-                request.source = addr  # where a later Disconnect-Request may go
                 answer = await answer_access_request(
                     request, client, self._calls, self._settings, self._pin_guard
                 )
