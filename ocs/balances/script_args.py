@@ -542,6 +542,25 @@ class LiftPasswordBlockArgs(msgspec.Struct, frozen=True, gc=False):
         return [self.now]
 
 
+class SetPolicyArgs(msgspec.Struct, frozen=True, gc=False):
+    """set_policy.lua: change policy fields of an account's real-time state.
+
+    KEYS[1] account hash.
+    ARGV[1..2n] field, value pairs (at least one).
+    """
+
+    account_id: str
+    fields: dict[str, str | int]
+
+    def keys(self) -> list[str]:
+        """KEYS[1]."""
+        return [k.account(self.account_id)]
+
+    def argv(self) -> list[object]:
+        """ARGV[1..2n]."""
+        return [x for pair in self.fields.items() for x in pair]
+
+
 class CreateAccountArgs(msgspec.Struct, frozen=True, gc=False):
     """create_account.lua: the real-time state of a new account, with its opening balance.
 

@@ -55,6 +55,7 @@ PIN_ATTEMPT = _load("pin_attempt")
 FEE = _load("fee")
 CHECK_PASSWORD = _load("check_password")
 LIFT_PASSWORD_BLOCK = _load("lift_password_block")
+SET_POLICY = _load("set_policy")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -73,4 +74,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     FEE,
     CHECK_PASSWORD,
     LIFT_PASSWORD_BLOCK,
+    SET_POLICY,
 )

@@ -28,6 +28,7 @@ from ocs.balances.script_args import (
     CreateAccountArgs,
     FeeArgs,
     LiftPasswordBlockArgs,
+    SetPolicyArgs,
     StartArgs,
     StopArgs,
     TopupArgs,
@@ -660,13 +661,10 @@ class BalanceStore:
 
     async def set_policy(self, account_id: str, fields: dict[str, str | int]) -> bool:
         """Change policy fields of an account's real-time state; False for an unknown one."""
-        key = keys.account(account_id)
-        if not await self._pipe.execute("EXISTS", key):
-            return False
-        flat: list[object] = [x for pair in fields.items() for x in pair]
-        if flat:
-            await self._pipe.execute("HSET", key, *flat)
-        return True
+        if not fields:
+            return bool(await self._pipe.execute("EXISTS", keys.account(account_id)))
+        args = SetPolicyArgs(account_id, fields)
+        return bool(await self._pipe.run_script(scripts.SET_POLICY, args.keys(), args.argv()))
 
     async def identities(
         self, name: str, pin_digest: str | None

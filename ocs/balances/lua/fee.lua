@@ -9,7 +9,8 @@
 -- ARGV[4] time (epoch milliseconds)
 -- ARGV[5] account id
 -- ARGV[6] "1": refuse when the available funds do not cover it (a purchase);
---         "0": debit it whatever the balance (a recurring charge becomes debt)
+--         "0": debit it whatever the balance (a recurring charge becomes debt); what it
+--         takes from the funds live calls hold stays theirs to charge ('forced', lib.lua)
 --
 -- Returns {"OK", result} or {"DONE", result} (a repeat: nothing debited), result =
 -- msgpack {amount, balance, entry}; {"NOACCT"}; {"REJ", reason}.
@@ -22,14 +23,24 @@ if done then
   return {'DONE', done}
 end
 local amount = tonumber(ARGV[1])
+local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved', 'committed',
+  'forced')
+local credit_limit, reserved = tonumber(a[2]), tonumber(a[3])
 if ARGV[6] == '1' then
-  local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved', 'committed')
-  local available = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3]) - tonumber(a[4] or 0)
+  local available = tonumber(a[1]) + credit_limit - reserved - tonumber(a[4] or 0)
   if available < amount then
     return {'REJ', 'insufficient_funds'}
   end
 end
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-amount))
+-- A debit that takes funds live calls hold leaves those holds unbacked: what it took
+-- from them is 'forced', which the calls' ends may still charge (lib.lua, decision 0049).
+local took = unbacked(balance, credit_limit, reserved)
+  - unbacked(balance + amount, credit_limit, reserved)
+if took > 0 then
+  local lack = unbacked(balance, credit_limit, reserved)
+  redis.call('HSET', KEYS[1], 'forced', int(math.min(tonumber(a[5] or 0) + took, lack)))
+end
 lock_below_critical(KEYS[1], balance)
 local entry = redis.call('XADD', KEYS[2], '*',
   'kind', 'fee', 'account', ARGV[5], 'amount', int(-amount), 'balance', int(balance),

@@ -18,6 +18,29 @@ local function lock_below_critical(account_key, balance)
   lock_if_below(account_key, balance, c[1], c[2])
 end
 
+-- Forced debits and the funds held for live calls (decision 0049). A debit taken
+-- whatever the balance (an invoice, a refund, a counter's cycle fee) may take the funds
+-- a live call holds; the call's end would then find nothing to charge it from.
+-- 'forced' is how much of the holds such debits left with no funds behind them, and a
+-- call's end (or interim debit) may still take its hold from it. A lowered credit
+-- limit leaves holds unbacked too, but those a call may not take (the limit is the
+-- floor), so 'forced' is kept within what the holds lack now (keep_forced_within).
+-- unbacked: the part of ``reserved`` that balance and credit limit do not cover.
+local function unbacked(balance, credit_limit, reserved)
+  return math.max(reserved - math.max(balance + credit_limit, 0), 0)
+end
+
+-- After the balance, the holds or the credit limit changed: 'forced' (as read before,
+-- 0 when absent) is cut to what the holds lack now.
+local function keep_forced_within(account_key, forced, balance, credit_limit, reserved)
+  if forced > 0 then
+    local lack = unbacked(balance, credit_limit, reserved)
+    if forced > lack then
+      redis.call('HSET', account_key, 'forced', int(lack))
+    end
+  end
+end
+
 
 -- Rate-and-debit one usage event at once, once per event id: charge.lua runs it for
 -- one event, charge_batch.lua for each event of a usage import (issue 15), so a

@@ -36,7 +36,8 @@
 -- {"NOCALL"} when no such call is live; {"LIVE"} when the janitor's guard failed.
 -- Interim debits already taken count towards the charge. The charge never takes
 -- the balance below -credit_limit: a call that ran past its grant is charged at
--- most what the account can still pay (charged < rated).
+-- most what the account can still pay (charged < rated). Its own hold is the
+-- exception, as far as a forced debit took it ('forced', lib.lua, decision 0049).
 
 local done = redis.call('GET', KEYS[4])
 if done then
@@ -86,8 +87,14 @@ end
 local held, started, used, debited = string.match(live, '^(%d+)|(%d+)|(%d+)|(%d+)|')
 held = tonumber(held)
 debited = tonumber(debited)
-local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
-local headroom = tonumber(a[1]) + tonumber(a[2]) - (tonumber(a[3]) - held)
+local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved', 'forced')
+local credit_limit, reserved, forced = tonumber(a[2]), tonumber(a[3]), tonumber(a[4] or 0)
+local headroom = tonumber(a[1]) + credit_limit - (reserved - held)
+if forced > 0 then
+  -- Its hold, as far as a forced debit took it (lib.lua): still the call's to charge.
+  headroom = math.max(headroom, 0)
+    + math.min(held, forced, unbacked(tonumber(a[1]), credit_limit, reserved))
+end
 local rated = tonumber(ARGV[2])
 local charge = rated - debited
 if charge < 0 then
@@ -98,6 +105,7 @@ if charge > headroom then
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', int(-held))
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charge))
+keep_forced_within(KEYS[1], forced, balance, credit_limit, reserved - held)
 lock_below_critical(KEYS[1], balance)
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[3])

@@ -27,7 +27,10 @@ if tonumber(redis.call('HGET', KEYS[1], 'balance')) + tonumber(ARGV[1]) > 1e15 t
   return {'LIMIT'}
 end
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])
-local lock = redis.call('HMGET', KEYS[1], 'lock', 'critical')
+local lock = redis.call('HMGET', KEYS[1], 'lock', 'critical', 'forced', 'credit_limit', 'reserved')
+-- Funds back behind the holds: forced debits no longer leave them unbacked (lib.lua).
+keep_forced_within(KEYS[1], tonumber(lock[3] or 0), balance, tonumber(lock[4]),
+  tonumber(lock[5]))
 if lock[1] == 'critical' and (not lock[2] or lock[2] == '' or balance >= tonumber(lock[2])) then
   -- Locked by its critical balance, now back to it: calls may go on.
   redis.call('HSET', KEYS[1], 'status', 'active', 'lock', '')

@@ -44,14 +44,20 @@ if started == '0' then
   started_now = 1
 end
 if ARGV[4] == '1' and tonumber(ARGV[3]) > debited then
-  local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
-  local headroom = tonumber(a[1]) + tonumber(a[2]) - (tonumber(a[3]) - held)
-  local delta = math.min(tonumber(ARGV[3]) - debited, math.max(headroom, 0))
+  local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved', 'forced')
+  local credit_limit, reserved, forced = tonumber(a[2]), tonumber(a[3]), tonumber(a[4] or 0)
+  local headroom = math.max(tonumber(a[1]) + credit_limit - (reserved - held), 0)
+  if forced > 0 then
+    -- Its hold, as far as a forced debit took it (lib.lua): still the call's to debit.
+    headroom = headroom + math.min(held, forced, unbacked(tonumber(a[1]), credit_limit, reserved))
+  end
+  local delta = math.min(tonumber(ARGV[3]) - debited, headroom)
   if delta > 0 then
     local take = math.min(delta, held)
     redis.call('HINCRBY', KEYS[1], 'reserved', int(-take))
     held = held - take
     local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-delta))
+    keep_forced_within(KEYS[1], forced, balance, credit_limit, reserved - take)
     lock_below_critical(KEYS[1], balance)
     debited = debited + delta
     redis.call('XADD', KEYS[5], '*', 'kind', 'interim', 'account', ARGV[6],
