@@ -2,8 +2,8 @@
 
 Built once from pyrad's ``Dictionary``, so pyrad stays the one reader of the dictionary
 files. A field decodes and encodes values exactly as pyrad's ``Packet`` does (named
-values first, then the data type), with the two types on the hot path (string, integer)
-done inline and every other type handed to ``pyrad.tools``. Attributes whose handling
+values first, then the data type), with the types on the hot path (string, integer,
+IPv4 address) done inline and every other type handed to ``pyrad.tools``. Attributes whose handling
 involves more than a value (tagged, salt-encrypted, TLV) get no field: the codec leaves
 packets and names that need them to pyrad.
 
@@ -76,6 +76,9 @@ class Field:
                 return raw
         if datatype == "integer" and len(raw) == 4:
             return int.from_bytes(raw, "big")
+        if datatype == "ipaddr" and len(raw) == 4:
+            # NAS-IP-Address, read for every request (decision 0048): pyrad's dotted quad.
+            return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
         return tools.DecodeAttr(datatype, raw)
 
     def encode(self, value: object) -> bytes:
