@@ -143,6 +143,7 @@ async def extra_server(
     clients: ClientTable | None = None,
     nas_name: str = "test-nas",
     require_message_authenticator: bool | None = None,
+    clock: Callable[[], float] = time.time,
     **overrides: Any,
 ) -> AsyncIterator[ExtraServer]:
     services = nas.app.services
@@ -161,7 +162,7 @@ async def extra_server(
         ),
         **overrides,
     )
-    calls = CallService(services.catalog, services.store, settings)
+    calls = CallService(services.catalog, services.store, settings, clock=clock)
     table = ClientTable(clients_from_settings(settings)) if clients is None else clients
     server = RadiusServer(calls, settings, table)
     await server.start()
@@ -941,6 +942,35 @@ async def test_a_session_time_of_minus_one_is_not_charged_as_a_week(nas: Running
     cdr = await cdr_of(nas, "MINUS-ONE")
     assert 0 <= cdr["duration"] <= int(time.time()) - before + 1, cdr
     assert cdr["charged"] <= cdr["duration"] * 200  # 0.012 a minute, by the second
+
+
+async def test_a_delayed_accounting_request_dates_the_start_and_end_it_reports(
+    nas: RunningRadius,
+) -> None:
+    # The NAS could not reach ocs for a while: its Start carries Acct-Delay-Time. The
+    # call started that long ago, though never before it was authorized; a Stop without
+    # Acct-Session-Time is charged from that start to the end, Acct-Delay-Time before
+    # it came. Both were dated by their arrival: 50 s of talk were charged as 0.
+    await new_account(nas.app, "2134", balance="10.00", max_lines=2)
+    # Authorized a minute ago, by a server whose clock says so.
+    async with extra_server(nas, clock=lambda: time.time() - 60) as earlier:
+        for conf_id in ("DELAYED-1", "DELAYED-2"):
+            await accepted(nas, call_request("2134", GERMANY, conf_id), port=earlier.auth_port)
+    first, second = (
+        [("User-Name", "2134"), *cisco_call(conf_id)] for conf_id in ("DELAYED-1", "DELAYED-2")
+    )
+    before = int(time.time())
+    await acct(nas, "Start", [*first, ("Acct-Delay-Time", "50")])
+    await acct(nas, "Stop", [*first, ("Acct-Delay-Time", "20")])
+    after = int(time.time())
+    # Started 50 s before the Start came, ended 20 s before the Stop came: 30 s.
+    assert (
+        30 - (after - before) <= (await cdr_of(nas, "DELAYED-1"))["duration"] <= 30 + after - before
+    )
+    # A delay longer than the call has been authorized: it started when authorized.
+    await acct(nas, "Start", [*second, ("Acct-Delay-Time", "3600")])
+    started = (await nas.app.services.store.live_calls_of("2134"))["DELAYED-2"].started
+    assert before - 61 <= started <= after - 59
 
 
 async def test_accounting_on_from_a_nas_without_a_clock_closes_its_calls(

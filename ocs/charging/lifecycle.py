@@ -821,15 +821,22 @@ class CallService:
         return record
 
     async def start(
-        self, call_id: str, account_id: str | None = None, *, nas: str | None = None
+        self,
+        call_id: str,
+        account_id: str | None = None,
+        *,
+        nas: str | None = None,
+        delay: int = 0,
     ) -> CallProgress:
         """Bind an authorized call to its start (Accounting-Start); idempotent.
 
         ``account_id``, ``nas``: the call must be that account's, authorized by that NAS
-        client (else it is not found), as for ``update`` and ``stop``."""
+        client (else it is not found), as for ``update`` and ``stop``. ``delay``: seconds
+        the switch took to report the start (RADIUS Acct-Delay-Time): the call started
+        that much earlier, though not before it was authorized."""
         validate_call_id(call_id)
         record = await self._record(call_id, account_id, keep=True, nas=nas)
-        now = int(time.time())
+        now = max(int(time.time()) - delay, record.authorized_at_ms // 1000)
         # The call expires at its grant plus grace from now: the grant is what its
         # funds pay for. Authorized here, its entry is known (what it holds, nothing
         # used); else, or when the script finds another, the entry is read.
@@ -930,11 +937,13 @@ class CallService:
         *,
         cause: str = "normal",
         nas: str | None = None,
+        delay: int = 0,
     ) -> CallCharge:
         """Charge a call's real duration at its authorized rate, once.
 
-        ``duration`` None (a switch that did not report it): the time since the
-        call's start, as ocs recorded it; 0 for a call never started.
+        ``duration`` None (a switch that did not report it): the time from the call's
+        start, as ocs recorded it, to its end, ``delay`` seconds before now (RADIUS
+        Acct-Delay-Time); 0 for a call never started.
         """
         validate_call_id(call_id)
         if duration is not None:
@@ -948,7 +957,8 @@ class CallService:
         if duration is None:
             entry = await self._store.live_entry(record.account_id, call_id)
             started = entry.started if entry is not None else 0
-            duration = min(max(int(time.time()) - started, 0), MAX_DURATION) if started else 0
+            ended = int(time.time()) - delay
+            duration = min(max(ended - started, 0), MAX_DURATION) if started else 0
         result = await self._close(record, duration, cause, expired_by=None)
         if cached is not None and (result is None or result.repeated):
             # The cached record may be of an earlier call with the same id that another

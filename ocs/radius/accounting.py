@@ -88,12 +88,18 @@ def _event_time_ms(packet: AcctPacket) -> int:
                 return min(seconds * 1000, now_ms)
     except (KeyError, ValueError, TypeError, OverflowError):
         pass
-    delay = first(packet, "Acct-Delay-Time")
+    return now_ms - _delay(packet) * 1000
+
+
+def _delay(packet: AcctPacket) -> int:
+    """Acct-Delay-Time: how many seconds the NAS has been trying to send this request
+    (RFC 2866 section 5.2), 0 when absent or unusable; at most ``MAX_DURATION``."""
+    value = first(packet, "Acct-Delay-Time")
     try:
-        delay_s = max(int(delay), 0) if delay is not None else 0
+        seconds = int(value) if value is not None else 0
     except ValueError:
-        delay_s = 0
-    return now_ms - delay_s * 1000
+        return 0
+    return min(max(seconds, 0), MAX_DURATION)
 
 
 def _session_time(packet: AcctPacket) -> int | None:
@@ -130,7 +136,7 @@ async def handle_accounting(
         return AccountingOutcome(kind, "no_call_id")
     try:
         if kind == "start":
-            await calls.start(call_id, nas=client.name)
+            await calls.start(call_id, nas=client.name, delay=_delay(packet))
         elif kind == "interim":
             used = _session_time(packet)
             if used is not None:
@@ -147,7 +153,9 @@ async def handle_accounting(
                             progress.granted - used,
                         )
         else:
-            charge = await calls.stop(call_id, _session_time(packet), nas=client.name)
+            charge = await calls.stop(
+                call_id, _session_time(packet), nas=client.name, delay=_delay(packet)
+            )
             return AccountingOutcome(kind, "repeated" if charge.repeated else "ok")
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:
