@@ -125,7 +125,12 @@ def calls_table(
     )
     for name in CALL_COLUMNS:
         right = name in ("elapsed", "granted", "reserved")
-        table.add_column(name, justify="right" if right else "left", no_wrap=True)
+        # A call id is folded, never cut short: the operator copies it to cut the call
+        # (a qualified RADIUS id is long, decision 0048).
+        if name == "call":
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, justify="right" if right else "left", no_wrap=True)
     held: Counter[str] = Counter()
     for call in calls:
         held[call.currency] += call.reserved

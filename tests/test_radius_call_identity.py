@@ -13,12 +13,14 @@ Rates (tests/conftest.py RETAIL_DECK, EUR): Germany (49) 0.012 a minute, by the 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from ipaddress import ip_network
+from urllib.parse import quote
 
 import pytest
 
-from ocs.charging.lifecycle import MAX_CALL_ID
+from ocs.charging.lifecycle import MAX_CALL_ID, CallService
+from ocs.charging.values import AuthorizeRequest, Origin
 from ocs.config import RadiusClientConfig, with_overrides
-from ocs.radius.call_identity import radius_call_id
+from ocs.radius.call_identity import nas_node, radius_call_id
 from ocs.radius.clients import NasClient, load_client_table
 from ocs.radius.server import RadiusServer
 from tests.conftest import RunningApp, account, add_plan, eventually
@@ -180,17 +182,107 @@ def test_a_session_id_is_qualified_by_the_nas_it_states_else_by_where_it_came_fr
     client = NasClient("gw-a", ip_network("127.0.0.0/8"), b"s", require_message_authenticator=False)
     order = ("h323-conf-id", "Acct-Session-Id", "call-id")
     stated = access_request(SECRET_A, [("Acct-Session-Id", "7"), ("NAS-Identifier", "sbc-east")])
-    assert radius_call_id(stated, order, client) == "7@gw-a:sbc-east"
+    assert radius_call_id(stated, order, client, nas_node(stated)) == "7@gw-a:sbc-east"
     unstated = access_request(SECRET_A, [("Acct-Session-Id", "7")])
     unstated.source = ("127.0.0.9", 1812)
-    assert radius_call_id(unstated, order, client) == "7@gw-a:127.0.0.9"
+    assert radius_call_id(unstated, order, client, nas_node(unstated)) == "7@gw-a:127.0.0.9"
     # A conference id is the same call whichever NAS reports it.
     conference = access_request(SECRET_A, [("h323-conf-id", "h323-conf-id=C0 FF EE")])
-    assert radius_call_id(conference, order, client) == "C0 FF EE"
+    assert radius_call_id(conference, order, client, nas_node(conference)) == "C0 FF EE"
     # A NAS-Identifier of 200 characters: the NAS is named by a digest, within the limit.
     long_name = access_request(SECRET_A, [("Acct-Session-Id", "7"), ("NAS-Identifier", "n" * 200)])
-    qualified = radius_call_id(long_name, order, client)
+    qualified = radius_call_id(long_name, order, client, nas_node(long_name))
     assert qualified is not None and len(qualified) <= MAX_CALL_ID
-    assert qualified.startswith("7@") and len(qualified) == len("7@") + 16
+    assert qualified.startswith("7@") and len(qualified) == len("7@") + 16, qualified
     other = access_request(SECRET_A, [("Acct-Session-Id", "7"), ("NAS-Identifier", "m" * 200)])
-    assert radius_call_id(other, order, client) != qualified
+    assert radius_call_id(other, order, client, nas_node(other)) != qualified
+
+
+def test_a_nas_is_named_by_its_ipv6_address_and_without_a_trailing_nul() -> None:
+    client = NasClient("gw-a", ip_network("::/0"), b"s", require_message_authenticator=False)
+    order = ("Acct-Session-Id",)
+    on_ipv6 = access_request(
+        SECRET_A, [("Acct-Session-Id", "7"), ("NAS-IPv6-Address", "2001:db8::1")]
+    )
+    on_ipv6.source = ("2001:db8::99", 1812)
+    assert radius_call_id(on_ipv6, order, client, nas_node(on_ipv6)) == "7@gw-a:2001:db8::1"
+    # Some NASes end their strings with a NUL octet; a call id may hold none.
+    terminated = access_request(SECRET_A, [("Acct-Session-Id", "7"), ("NAS-Identifier", "sbc\x00")])
+    assert radius_call_id(terminated, order, client, nas_node(terminated)) == "7@gw-a:sbc"
+
+
+async def test_a_long_session_id_is_kept_apart_and_accounted(rig: TwoClients) -> None:
+    # A SIP Call-ID as the Acct-Session-Id: 120 characters. Qualified, it was 137 and
+    # the call was refused as an invalid call id.
+    await new_account(rig.app, "ci-5")
+    session = "a" * 110 + "@sbc.example"
+    pairs = call("ci-5", "10.0.0.1", session)
+    assert await rig.access(rig.gw_a, SECRET_A, [*pairs, ("Called-Station-Id", GERMANY)]) == (
+        "Access-Accept"
+    )
+    (call_id,) = await rig.app.services.store.live_calls_of("ci-5")
+    assert len(call_id) == MAX_CALL_ID and call_id.startswith(session[:100])
+    await rig.accounting(rig.gw_a, SECRET_A, "Start", pairs)
+    await rig.accounting(rig.gw_a, SECRET_A, "Stop", [*pairs, ("Acct-Session-Time", "60")])
+    view = await account(rig.app, "ci-5")
+    assert (view["balance"], view["lines_in_use"]) == ("0.988000", 0)
+
+
+async def test_a_call_authorized_under_its_bare_session_id_is_still_accounted(
+    rig: TwoClients,
+) -> None:
+    # Authorized before session ids were qualified (the record names no NAS within its
+    # client), stopped after the upgrade: the Stop was unknown, and the janitor later
+    # charged the whole grant.
+    await new_account(rig.app, "ci-6")
+    calls: CallService = rig.app.services.calls
+    await calls.authorize(
+        AuthorizeRequest("ci-6", GERMANY, call_id="00000042"),
+        Origin(nas="gw-a", wait_for_start=True),
+    )
+    pairs = call("ci-6", "10.0.0.1", "00000042")
+    unknown = sample("ocs_radius_packets_total", type="accounting-stop", result="unknown_call")
+    # Another client's Stop of that session id still finds nothing.
+    await rig.accounting(rig.gw_b, SECRET_B, "Stop", [*pairs, ("Acct-Session-Time", "0")])
+    assert (
+        sample("ocs_radius_packets_total", type="accounting-stop", result="unknown_call")
+        == unknown + 1
+    )
+    await rig.accounting(rig.gw_a, SECRET_A, "Start", pairs)
+    await rig.accounting(rig.gw_a, SECRET_A, "Stop", [*pairs, ("Acct-Session-Time", "60")])
+    view = await account(rig.app, "ci-6")
+    assert (view["balance"], view["lines_in_use"]) == ("0.988000", 0)
+
+
+async def test_an_http_switch_cannot_stop_a_radius_call(rig: TwoClients) -> None:
+    await new_account(rig.app, "ci-7")
+    pairs = call("ci-7", "10.0.0.1", "00000007")
+    assert await rig.access(rig.gw_a, SECRET_A, [*pairs, ("Called-Station-Id", GERMANY)]) == (
+        "Access-Accept"
+    )
+    status, body = await rig.app.post(
+        f"/v1/calls/{quote('00000007@gw-a:10.0.0.1')}/stop", {"duration": 0}
+    )
+    assert status == 404, body
+    assert list(await rig.app.services.store.live_calls_of("ci-7")) == ["00000007@gw-a:10.0.0.1"]
+
+
+async def test_a_call_cached_from_its_id_s_earlier_life_does_not_hide_the_current_one(
+    rig: TwoClients,
+) -> None:
+    # This process cached gw-a's call CONF-1; another process stopped it, and gw-b's
+    # call CONF-1 (a reused conference id) is live now. gw-b's Stop reaching this
+    # process found the cached call, not gw-b's, and was answered as unknown.
+    await new_account(rig.app, "ci-8")
+    await new_account(rig.app, "ci-9")
+    here: CallService = rig.app.services.calls
+    services = rig.app.services
+    elsewhere = CallService(services.catalog, services.store, services.settings)
+    await here.authorize(AuthorizeRequest("ci-8", GERMANY, call_id="CONF-1"), Origin(nas="gw-a"))
+    await elsewhere.stop("CONF-1", 10)
+    await elsewhere.authorize(
+        AuthorizeRequest("ci-9", GERMANY, call_id="CONF-1"), Origin(nas="gw-b")
+    )
+    charge = await here.stop("CONF-1", 60, nas="gw-b")
+    assert (charge.account_id, charge.charged) == ("ci-9", 12_000)
+    assert (await account(rig.app, "ci-9"))["balance"] == "0.988000"

@@ -144,7 +144,16 @@ def test_dictionary_agrees_with_freeradius(dictionary: Dictionary) -> None:
     freeradius = Dictionary(
         *(
             str(FREERADIUS_DICTIONARIES / f"dictionary.{name}")
-            for name in ("rfc2865", "rfc2866", "rfc2869", "rfc3576", "rfc3580", "rfc5176", "cisco")
+            for name in (
+                "rfc2865",
+                "rfc2866",
+                "rfc2869",
+                "rfc3162",
+                "rfc3576",
+                "rfc3580",
+                "rfc5176",
+                "cisco",
+            )
         )
     )
     for name, ours in dictionary.attributes.items():

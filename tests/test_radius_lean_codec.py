@@ -100,6 +100,8 @@ def value_of(attr: Any) -> st.SearchStrategy[object]:
         return st.one_of(numbers, st.sampled_from(named)) if named else numbers
     if attr.type == "ipaddr":
         return st.ip_addresses(v=4).map(str)
+    if attr.type == "ipv6addr":
+        return st.ip_addresses(v=6).map(str)
     if attr.type == "date":
         return st.integers(0, 2**32 - 1)
     return st.binary(max_size=30)  # octets

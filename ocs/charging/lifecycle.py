@@ -39,6 +39,7 @@ from ocs.balances.store import (
 )
 from ocs.catalog.snapshot import CatalogHolder, CatalogSnapshot, Plan, Tariff
 from ocs.charging.values import (
+    ANY_NAS,
     TRUSTED,
     AuthorizeRequest,
     BalanceAnswer,
@@ -47,6 +48,7 @@ from ocs.charging.values import (
     CallRecord,
     Grant,
     Identity,
+    NasScope,
     Origin,
     Priced,
     Quote,
@@ -252,10 +254,15 @@ def validate_call_id(call_id: object, field: str = "call_id") -> str:
     return call_id
 
 
-def _scoped(record: CallRecord, account_id: str | None, nas: str | None) -> bool:
+# Whose calls a request may find: a NAS client's name, None for calls authorized with no
+# NAS (the HTTP switch's), or ``ANY_NAS`` (decision 0048).
+NasOf = str | None | NasScope
+
+
+def _scoped(record: CallRecord, account_id: str | None, nas: NasOf) -> bool:
     """Whether a call is the one a request scoped to an account or a NAS client may see."""
     return (account_id is None or record.account_id == account_id) and (
-        nas is None or record.nas == nas
+        nas is ANY_NAS or record.nas == nas
     )
 
 
@@ -805,19 +812,22 @@ class CallService:
             raise
 
     async def _record(
-        self, call_id: str, account_id: str | None, *, keep: bool, nas: str | None = None
+        self, call_id: str, account_id: str | None, *, keep: bool, nas: NasOf = ANY_NAS
     ) -> CallRecord:
         record = self._live.get(call_id) if keep else self._live.pop(call_id, None)
-        if record is None:
+        if record is None or not _scoped(record, account_id, nas):
+            # Not cached here, or cached as an earlier call of that id (another account's
+            # or NAS's, closed elsewhere): the reference names the current one.
             reference = await self._store.call_reference(call_id)
             if reference is None:
                 raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r}")
             record = CallRecord.unpack(reference)
         if account_id is not None and record.account_id != account_id:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} on account {account_id!r}")
-        if nas is not None and record.nas != nas:
-            # Another NAS client's call (decision 0048): as unknown to this one as any.
-            raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} from this NAS")
+        if nas is not ANY_NAS and record.nas != nas:
+            # Another NAS client's call, or an HTTP switch's request for a NAS's call (or
+            # the reverse), decision 0048: as unknown as any.
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} from this switch")
         return record
 
     async def start(
@@ -825,13 +835,14 @@ class CallService:
         call_id: str,
         account_id: str | None = None,
         *,
-        nas: str | None = None,
+        nas: NasOf = ANY_NAS,
         delay: int = 0,
     ) -> CallProgress:
         """Bind an authorized call to its start (Accounting-Start); idempotent.
 
         ``account_id``, ``nas``: the call must be that account's, authorized by that NAS
-        client (else it is not found), as for ``update`` and ``stop``. ``delay``: seconds
+        client (None: by no NAS, over HTTP), else it is not found; as for ``update`` and
+        ``stop``. ``delay``: seconds
         the switch took to report the start (RADIUS Acct-Delay-Time): the call started
         that much earlier, though not before it was authorized."""
         validate_call_id(call_id)
@@ -867,7 +878,7 @@ class CallService:
         return CallProgress(call_id, record.account_id, int(started), 0, 0)
 
     async def update(
-        self, call_id: str, used: int, account_id: str | None = None, *, nas: str | None = None
+        self, call_id: str, used: int, account_id: str | None = None, *, nas: NasOf = ANY_NAS
     ) -> CallProgress:
         """Record progress (Interim-Update); debits it when ``debit_on_interim`` is set."""
         validate_call_id(call_id)
@@ -936,7 +947,7 @@ class CallService:
         account_id: str | None = None,
         *,
         cause: str = "normal",
-        nas: str | None = None,
+        nas: NasOf = ANY_NAS,
         delay: int = 0,
     ) -> CallCharge:
         """Charge a call's real duration at its authorized rate, once.

@@ -7,6 +7,7 @@ a class statement's keywords (``frozen``, ``gc``, ``rename``), and the record's 
 keys in Redis must not change with the build.
 """
 
+import enum
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -312,6 +313,16 @@ class Origin(msgspec.Struct, frozen=True, gc=False):
 
 # A trusted switch or operator (HTTP): no NAS, no password check, granted at once.
 TRUSTED = Origin()
+
+
+class NasScope(enum.Enum):
+    """Which calls a start, update or stop may find, beyond a NAS client's name (its
+    own calls) or None (calls authorized with no NAS: the HTTP switch's)."""
+
+    ANY = "any"  # every call: the operator's tools and housekeeping
+
+
+ANY_NAS = NasScope.ANY
 
 
 class Priced(msgspec.Struct, frozen=True, gc=False):

@@ -190,7 +190,7 @@ def progress_answer(progress: CallProgress) -> CallProgressAnswer:
 async def start_call(request: web.Request, params: None) -> CallProgressAnswer:
     """POST /v1/calls/{id}/start: the call was answered."""
     call_id = validate_call_id(request.match_info["call_id"], "call_id")
-    return progress_answer(await services_of(request).calls.start(call_id))
+    return progress_answer(await services_of(request).calls.start(call_id, nas=None))
 
 
 class UpdateCall(Params):
@@ -202,7 +202,7 @@ class UpdateCall(Params):
 async def update_call(request: web.Request, params: UpdateCall) -> CallProgressAnswer:
     """POST /v1/calls/{id}/update: a live call's progress (an interim)."""
     call_id = validate_call_id(request.match_info["call_id"], "call_id")
-    return progress_answer(await services_of(request).calls.update(call_id, params.used))
+    return progress_answer(await services_of(request).calls.update(call_id, params.used, nas=None))
 
 
 class StopCall(Params):
@@ -263,7 +263,7 @@ async def stop_call(request: web.Request, params: StopCall) -> CallCharged:
     call_id = validate_call_id(request.match_info["call_id"], "call_id")
     try:
         duration = stop_duration(params.duration)
-        charge = await services_of(request).calls.stop(call_id, duration)
+        charge = await services_of(request).calls.stop(call_id, duration, nas=None)
     except OcsError as exc:
         metrics.CALL_STOPS.labels(exc.reason.value).inc()
         raise

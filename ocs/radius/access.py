@@ -160,12 +160,13 @@ async def answer_access_request(
                 reason="balance",
                 return_code=0,
             )
+        node = nas_node(packet)  # the NAS within its client (decision 0048)
         grant = await calls.authorize(
             AuthorizeRequest(
                 account_id,
                 destination or "",
                 caller,
-                radius_call_id(packet, settings.radius_call_id_order, client),
+                radius_call_id(packet, settings.radius_call_id_order, client, node),
                 member=identity.member,
                 direction="inbound" if inbound else "outbound",
                 # The access number (DNIS) a card holder dialled in on, when the IVR says.
@@ -178,7 +179,7 @@ async def answer_access_request(
             ),
             Origin(
                 nas=client.name,
-                nas_node=nas_node(packet),
+                nas_node=node,
                 # Only a NAS that takes Disconnect-Requests needs to be found again: where
                 # the request came from, and the session id it knows the call by.
                 nas_address=getattr(packet, "source", (None,))[0] if disconnectable else None,

@@ -21,7 +21,7 @@ from ocs.charging.lifecycle import MAX_DURATION, CallService
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.radius.attributes import first
-from ocs.radius.call_identity import nas_node, radius_call_id
+from ocs.radius.call_identity import legacy_call_id, nas_node, radius_call_id
 from ocs.radius.clients import NasClient
 from ocs.radius.disconnect import send_disconnect
 
@@ -124,39 +124,29 @@ async def handle_accounting(
     """Apply one accounting request; raises only when a backend is unavailable."""
     status = _status_type(packet)
     kind = STATUS_TYPES.get(status or 0, "other")
+    node = nas_node(packet)
     if kind in ("accounting-on", "accounting-off"):
         await calls.close_calls_of_nas(
-            client.name, cause="nas-reboot", before_ms=_event_time_ms(packet), node=nas_node(packet)
+            client.name, cause="nas-reboot", before_ms=_event_time_ms(packet), node=node
         )
         return AccountingOutcome(kind, "ok")
     if kind == "other":
         return AccountingOutcome(kind, "ignored")
-    call_id = radius_call_id(packet, settings.radius_call_id_order, client)
+    order = settings.radius_call_id_order
+    call_id = radius_call_id(packet, order, client, node)
     if not call_id:
         return AccountingOutcome(kind, "no_call_id")
     try:
-        if kind == "start":
-            await calls.start(call_id, nas=client.name, delay=_delay(packet))
-        elif kind == "interim":
-            used = _session_time(packet)
-            if used is not None:
-                progress = await calls.update(call_id, used, nas=client.name)
-                if progress.exhausted and client.coa_port is not None and call_id not in _CUTS:
-                    record = await calls.record_of(call_id)
-                    if record is not None and record.nas_address is not None:
-                        schedule_cut(
-                            record.nas_address,
-                            record.nas_session or call_id,
-                            client,
-                            settings,
-                            call_id,
-                            progress.granted - used,
-                        )
-        else:
-            charge = await calls.stop(
-                call_id, _session_time(packet), nas=client.name, delay=_delay(packet)
-            )
-            return AccountingOutcome(kind, "repeated" if charge.repeated else "ok")
+        try:
+            return await _apply(kind, call_id, packet, client, calls, settings)
+        except OcsError as error:
+            legacy = legacy_call_id(packet, order)
+            if error.reason is not Reason.CALL_NOT_FOUND or legacy is None:
+                raise
+            if not await _authorized_before_qualified_ids(calls, legacy, client):
+                raise
+            # Authorized before its session id was qualified (an upgrade, decision 0048).
+            return await _apply(kind, legacy, packet, client, calls, settings)
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:
             raise
@@ -165,6 +155,48 @@ async def handle_accounting(
         if error.reason is Reason.CALL_NOT_FOUND:
             return AccountingOutcome(kind, "unknown_call")
         return AccountingOutcome(kind, error.reason.value)
+
+
+async def _authorized_before_qualified_ids(
+    calls: CallService, call_id: str, client: NasClient
+) -> bool:
+    """Whether ``call_id`` is a live call this client authorized under its bare session id,
+    before decision 0048 (its record names no NAS within the client)."""
+    record = await calls.record_of(call_id)
+    return record is not None and record.nas == client.name and record.nas_node is None
+
+
+async def _apply(
+    kind: str,
+    call_id: str,
+    packet: AcctPacket,
+    client: NasClient,
+    calls: CallService,
+    settings: Settings,
+) -> AccountingOutcome:
+    """Start, report or stop the call; ``OcsError`` when it is not this client's to account."""
+    if kind == "start":
+        await calls.start(call_id, nas=client.name, delay=_delay(packet))
+    elif kind == "interim":
+        used = _session_time(packet)
+        if used is not None:
+            progress = await calls.update(call_id, used, nas=client.name)
+            if progress.exhausted and client.coa_port is not None and call_id not in _CUTS:
+                record = await calls.record_of(call_id)
+                if record is not None and record.nas_address is not None:
+                    schedule_cut(
+                        record.nas_address,
+                        record.nas_session or call_id,
+                        client,
+                        settings,
+                        call_id,
+                        progress.granted - used,
+                    )
+    else:
+        charge = await calls.stop(
+            call_id, _session_time(packet), nas=client.name, delay=_delay(packet)
+        )
+        return AccountingOutcome(kind, "repeated" if charge.repeated else "ok")
     return AccountingOutcome(kind, "ok")
 
 

@@ -48,29 +48,48 @@ def call_id_of(packet: Packet, order: tuple[str, ...]) -> str | None:
 
 def nas_node(packet: Packet) -> str | None:
     """The NAS a request comes from within its client: the identity it states, else the
-    packet's source address (None when neither is known)."""
+    packet's source address (None when neither is known). Some NASes end their strings
+    with a NUL octet: it is no part of the name."""
     for name in _NAS_ATTRIBUTES:
         value = first(packet, name)
         if value:
-            return value.strip()
+            node = value.strip().strip("\x00")
+            if node:
+                return node
     source = getattr(packet, "source", None)
     return str(source[0]) if source else None
 
 
-def radius_call_id(packet: Packet, order: tuple[str, ...], client: NasClient) -> str | None:
+# What a long session id keeps of itself when qualified: room for "@" and 16 hex digits.
+_KEPT = MAX_CALL_ID - 17
+
+
+def radius_call_id(
+    packet: Packet, order: tuple[str, ...], client: NasClient, node: str | None
+) -> str | None:
     """The call a request names: a global id as sent, a NAS's own id qualified by its
-    client and NAS (``<session>@<client>:<nas>``). A qualified id longer than a call id
-    may be names its NAS by a digest instead."""
+    client and NAS ``node`` (``<session>@<client>:<nas>``, see ``nas_node``). One that
+    would be longer than a call id may be keeps the start of the session id and names
+    the rest by a digest of the whole."""
     found = id_and_source(packet, order)
     if found is None:
         return None
     value, source = found
     if source in GLOBAL_SOURCES or not value:
         return value
-    qualifier = f"{client.name}:{nas_node(packet) or ''}"
-    qualified = f"{value}@{qualifier}"
+    qualified = f"{value}@{client.name}:{node or ''}"
     if len(qualified) <= MAX_CALL_ID:
         return qualified
-    # Too long to keep readable (a NAS-Identifier may take 253 octets): the session id
-    # stays as sent, and the NAS it belongs to is named by 16 hex digits of a digest.
-    return f"{value}@{hashlib.blake2b(qualifier.encode(), digest_size=8).hexdigest()}"
+    # Too long to keep whole (a NAS-Identifier may take 253 octets, a session id too):
+    # 16 hex digits of a digest of the whole keep each NAS's calls apart.
+    digest = hashlib.blake2b(qualified.encode(), digest_size=8).hexdigest()
+    return f"{value[:_KEPT]}@{digest}"
+
+
+def legacy_call_id(packet: Packet, order: tuple[str, ...]) -> str | None:
+    """The id a call authorized before decision 0048 was kept under (the session id as
+    sent), when ``radius_call_id`` qualified it; None when it names a global id."""
+    found = id_and_source(packet, order)
+    if found is None or found[1] in GLOBAL_SOURCES:
+        return None
+    return found[0]
