@@ -75,8 +75,8 @@ async def test_each_live_call_keeps_what_a_forced_debit_took_of_its_hold(app: Ru
     await new_account(app, "fd-2", balance="1.50")
     for call_id in ("fd-2-a", "fd-2-b"):
         assert (await call(app, "fd-2", call_id))["reserved"] == "0.750000"
-    # 0.50 taken from 1.50 that two holds of 0.75 need: the first stop took its whole
-    # hold, and the second was charged 0.25 of its 0.75.
+    # 0.50 taken from 1.50 that two holds of 0.75 need: the first call was charged only
+    # 0.25 of its 0.75, the free funds left. Each now takes its whole hold.
     await forced_debit(app, "fd-2", 500_000, "refund:R-1")
     assert (await stop(app, "fd-2-a", 75))["cost"] == "0.750000"
     assert (await stop(app, "fd-2-b", 75))["cost"] == "0.750000"
@@ -138,3 +138,38 @@ async def test_a_sliced_call_debits_its_slice_after_a_forced_debit(app: RunningA
     assert (progress.debited, progress.granted, progress.final) == (300_000, 30, True)
     charge = await calls.stop("fd-6-a", 30)
     assert (charge.rated, charge.charged, charge.balance) == (300_000, 300_000, -300_000)
+
+
+async def test_what_a_forced_debit_took_is_given_back_once_under_a_lowered_limit(
+    app: RunningApp,
+) -> None:
+    # The debit took 1.00 of two holds of 1.00; the limit then went from 2.00 to 1.00.
+    # The first call took the 1.00 back; the second, one more time, took it again.
+    await add_plan(app.services, deck=PER_SECOND_DECK, max_call_duration=100, max_lines=2)
+    await new_account(app, "fd-7", credit_limit="2.00")
+    for call_id in ("fd-7-a", "fd-7-b"):
+        assert (await call(app, "fd-7", call_id))["reserved"] == "1.000000"
+    await forced_debit(app, "fd-7", 1_000_000, "invoice:F-7")
+    await set_credit_limit(app, "fd-7", "1.00")
+    assert (await stop(app, "fd-7-a", 100))["cost"] == "1.000000"
+    stopped = await stop(app, "fd-7-b", 100)
+    assert (stopped["rated_cost"], stopped["cost"], stopped["balance"]) == (
+        "1.000000",
+        "0.000000",
+        "-2.000000",
+    )
+
+
+async def test_an_interim_debit_and_the_stop_take_what_was_forced_once(app: RunningApp) -> None:
+    await add_plan(app.services, deck=PER_SECOND_DECK, max_call_duration=600)
+    await new_account(app, "fd-8", credit_limit="1.00")
+    calls: CallService = app.services.calls
+    grant = await calls.authorize(AuthorizeRequest("fd-8", GERMANY, call_id="fd-8-a", quota=100))
+    assert grant.reserved == 1_000_000
+    await forced_debit(app, "fd-8", 500_000, "invoice:F-8")
+    await set_credit_limit(app, "fd-8", "0.20")
+    # 50 s (0.50) debited from the hold, all of it what the debit took; the stop at
+    # 100 s finds nothing more it may take, as when no interim came (fd-3).
+    assert (await calls.update("fd-8-a", 50)).debited == 500_000
+    charge = await calls.stop("fd-8-a", 100)
+    assert (charge.rated, charge.charged, charge.balance) == (1_000_000, 500_000, -1_000_000)

@@ -30,13 +30,27 @@ local function unbacked(balance, credit_limit, reserved)
   return math.max(reserved - math.max(balance + credit_limit, 0), 0)
 end
 
--- After the balance, the holds or the credit limit changed: 'forced' (as read before,
--- 0 when absent) is cut to what the holds lack now.
+-- After the balance went up or the credit limit changed: 'forced' (as read before, 0
+-- when absent) is cut to what the holds lack now.
 local function keep_forced_within(account_key, forced, balance, credit_limit, reserved)
   if forced > 0 then
     local lack = unbacked(balance, credit_limit, reserved)
     if forced > lack then
       redis.call('HSET', account_key, 'forced', int(lack))
+    end
+  end
+end
+
+-- After a call's charge or interim debit took the balance from ``before`` to ``after``
+-- and its hold down to ``reserved`` in all: what it took below the floor
+-- (-credit_limit) came out of 'forced', which it may take only once; the rest is cut
+-- to what the holds lack now.
+local function spend_forced(account_key, forced, before, after, credit_limit, reserved)
+  if forced > 0 then
+    local below = math.max(-(after + credit_limit), 0) - math.max(-(before + credit_limit), 0)
+    local left = math.max(math.min(forced - below, unbacked(after, credit_limit, reserved)), 0)
+    if left ~= forced then
+      redis.call('HSET', account_key, 'forced', int(left))
     end
   end
 end

@@ -105,7 +105,7 @@ if charge > headroom then
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', int(-held))
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charge))
-keep_forced_within(KEYS[1], forced, balance, credit_limit, reserved - held)
+spend_forced(KEYS[1], forced, tonumber(a[1]), balance, credit_limit, reserved - held)
 lock_below_critical(KEYS[1], balance)
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[3])

@@ -57,7 +57,7 @@ if ARGV[4] == '1' and tonumber(ARGV[3]) > debited then
     redis.call('HINCRBY', KEYS[1], 'reserved', int(-take))
     held = held - take
     local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-delta))
-    keep_forced_within(KEYS[1], forced, balance, credit_limit, reserved - take)
+    spend_forced(KEYS[1], forced, tonumber(a[1]), balance, credit_limit, reserved - take)
     lock_below_critical(KEYS[1], balance)
     debited = debited + delta
     redis.call('XADD', KEYS[5], '*', 'kind', 'interim', 'account', ARGV[6],
