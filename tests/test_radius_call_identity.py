@@ -286,3 +286,22 @@ async def test_a_call_cached_from_its_id_s_earlier_life_does_not_hide_the_curren
     charge = await here.stop("CONF-1", 60, nas="gw-b")
     assert (charge.account_id, charge.charged) == ("ci-9", 12_000)
     assert (await account(rig.app, "ci-9"))["balance"] == "0.988000"
+
+
+async def test_a_nas_that_names_itself_only_in_its_accounting_is_found_by_its_address(
+    rig: TwoClients,
+) -> None:
+    # The Access-Request states no NAS identity (the call is qualified by the source
+    # address); the accounting states NAS-IP-Address 10.0.0.9. Qualified by that, the
+    # Start and Stop named no call, and the janitor charged the whole grant later.
+    await new_account(rig.app, "ci-10")
+    session = [("User-Name", "ci-10"), ("Acct-Session-Id", "00000010")]
+    assert await rig.access(rig.gw_a, SECRET_A, [*session, ("Called-Station-Id", GERMANY)]) == (
+        "Access-Accept"
+    )
+    assert list(await rig.app.services.store.live_calls_of("ci-10")) == ["00000010@gw-a:127.0.0.1"]
+    stated = [*session, ("NAS-IP-Address", "10.0.0.9")]
+    await rig.accounting(rig.gw_a, SECRET_A, "Start", stated)
+    await rig.accounting(rig.gw_a, SECRET_A, "Stop", [*stated, ("Acct-Session-Time", "60")])
+    view = await account(rig.app, "ci-10")
+    assert (view["balance"], view["lines_in_use"]) == ("0.988000", 0)

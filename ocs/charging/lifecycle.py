@@ -1118,20 +1118,21 @@ class CallService:
         )
 
     async def close_calls_of_nas(
-        self, nas: str, cause: str, before_ms: int, node: str | None = None
+        self, nas: str, cause: str, before_ms: int, nodes: frozenset[str] = frozenset()
     ) -> int:
         """Close the live calls a NAS carried when it restarted (Accounting-On/Off).
 
-        ``nas`` is the NAS client, ``node`` the NAS within it (decision 0048): the calls
-        of the client's other NASes go on. Only calls authorized before ``before_ms``
-        (the NAS's event time): those authorized since belong to the NAS's new life.
+        ``nas`` is the NAS client, ``nodes`` the names of the NAS within it (decision
+        0048; empty: every NAS of the client): the calls of the client's other NASes go
+        on. Only calls authorized before ``before_ms`` (the NAS's event time): those
+        authorized since belong to the NAS's new life.
         """
         closed = 0
         for account_id, call_id, entry in await self._store.all_live_calls():
             record = CallRecord.unpack(entry.record)
             if record.nas != nas or record.authorized_at_ms >= before_ms:
                 continue
-            if node is not None and record.nas_node is not None and record.nas_node != node:
+            if nodes and record.nas_node is not None and record.nas_node not in nodes:
                 continue
             charge = await self.close_live_call(
                 account_id, call_id, cause, expired_by=None, ended_at=before_ms // 1000

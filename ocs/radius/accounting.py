@@ -21,7 +21,13 @@ from ocs.charging.lifecycle import MAX_DURATION, CallService
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.radius.attributes import first
-from ocs.radius.call_identity import legacy_call_id, nas_node, radius_call_id
+from ocs.radius.call_identity import (
+    legacy_call_id,
+    nas_names,
+    nas_node,
+    other_call_ids,
+    radius_call_id,
+)
 from ocs.radius.clients import NasClient
 from ocs.radius.disconnect import send_disconnect
 
@@ -124,29 +130,27 @@ async def handle_accounting(
     """Apply one accounting request; raises only when a backend is unavailable."""
     status = _status_type(packet)
     kind = STATUS_TYPES.get(status or 0, "other")
-    node = nas_node(packet)
     if kind in ("accounting-on", "accounting-off"):
         await calls.close_calls_of_nas(
-            client.name, cause="nas-reboot", before_ms=_event_time_ms(packet), node=node
+            client.name,
+            cause="nas-reboot",
+            before_ms=_event_time_ms(packet),
+            nodes=frozenset(nas_names(packet)),
         )
         return AccountingOutcome(kind, "ok")
     if kind == "other":
         return AccountingOutcome(kind, "ignored")
     order = settings.radius_call_id_order
-    call_id = radius_call_id(packet, order, client, node)
+    call_id = radius_call_id(packet, order, client, nas_node(packet))
     if not call_id:
         return AccountingOutcome(kind, "no_call_id")
     try:
         try:
             return await _apply(kind, call_id, packet, client, calls, settings)
         except OcsError as error:
-            legacy = legacy_call_id(packet, order)
-            if error.reason is not Reason.CALL_NOT_FOUND or legacy is None:
+            if error.reason is not Reason.CALL_NOT_FOUND:
                 raise
-            if not await _authorized_before_qualified_ids(calls, legacy, client):
-                raise
-            # Authorized before its session id was qualified (an upgrade, decision 0048).
-            return await _apply(kind, legacy, packet, client, calls, settings)
+            return await _apply_elsewhere(kind, packet, client, calls, settings, error)
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:
             raise
@@ -155,6 +159,30 @@ async def handle_accounting(
         if error.reason is Reason.CALL_NOT_FOUND:
             return AccountingOutcome(kind, "unknown_call")
         return AccountingOutcome(kind, error.reason.value)
+
+
+async def _apply_elsewhere(
+    kind: str,
+    packet: AcctPacket,
+    client: NasClient,
+    calls: CallService,
+    settings: Settings,
+    not_found: OcsError,
+) -> AccountingOutcome:
+    """Apply the request to its call under another id it may have been authorized under
+    (decision 0048): qualified by another name of its NAS, or its bare session id from
+    before ids were qualified; ``not_found`` again when under none."""
+    order = settings.radius_call_id_order
+    for other in other_call_ids(packet, order, client):
+        try:
+            return await _apply(kind, other, packet, client, calls, settings)
+        except OcsError as error:
+            if error.reason is not Reason.CALL_NOT_FOUND:
+                raise
+    legacy = legacy_call_id(packet, order)
+    if legacy is not None and await _authorized_before_qualified_ids(calls, legacy, client):
+        return await _apply(kind, legacy, packet, client, calls, settings)
+    raise not_found
 
 
 async def _authorized_before_qualified_ids(

@@ -7,10 +7,12 @@ section 5.5): two gateways both counting from 00000001 would name one call. Such
 id is qualified by the client and the NAS it came from,
 ``<session>@<client>:<nas>``, so each NAS has calls of its own.
 
-The NAS is what it says it is within its client (``NAS-Identifier``, else
-``NAS-IP-Address`` or ``NAS-IPv6-Address``, as FreeRADIUS's unique session id takes
-it), else the packet's source address: the nodes of a high-availability pair that
-share one NAS identity and one client keep finding each other's calls.
+The NAS is what it says it is within its client (``NAS-IP-Address``, else
+``NAS-IPv6-Address`` or ``NAS-Identifier``, the attributes FreeRADIUS's unique session
+id takes), else the packet's source address: the nodes of a high-availability pair
+that share one NAS identity and one client keep finding each other's calls. The
+address comes first: every NAS sends it, in its accounting too, and it is usually the
+address the packets come from, which a request that states none is then known by.
 """
 
 import hashlib
@@ -23,7 +25,7 @@ from ocs.radius.clients import NasClient
 
 # The sources whose ids are unique beyond the NAS that made them.
 GLOBAL_SOURCES = frozenset({"h323-conf-id", "call-id"})
-_NAS_ATTRIBUTES = ("NAS-Identifier", "NAS-IP-Address", "NAS-IPv6-Address")
+_NAS_ATTRIBUTES = ("NAS-IP-Address", "NAS-IPv6-Address", "NAS-Identifier")
 
 
 def id_and_source(packet: Packet, order: tuple[str, ...]) -> tuple[str, str] | None:
@@ -58,6 +60,34 @@ def nas_node(packet: Packet) -> str | None:
                 return node
     source = getattr(packet, "source", None)
     return str(source[0]) if source else None
+
+
+def nas_names(packet: Packet) -> list[str]:
+    """Every name the NAS of a request goes by, ``nas_node``'s first: the identities it
+    states, then the packet's source address. A NAS that states another identity in
+    its accounting than in its Access-Request (or none) is still found by one."""
+    names = []
+    for name in _NAS_ATTRIBUTES:
+        value = first(packet, name)
+        node = value.strip().strip("\x00") if value else ""
+        if node and node not in names:
+            names.append(node)
+    source = getattr(packet, "source", None)
+    if source and str(source[0]) not in names:
+        names.append(str(source[0]))
+    return names
+
+
+def other_call_ids(packet: Packet, order: tuple[str, ...], client: NasClient) -> list[str]:
+    """The ids a request's call may have been authorized under when not under the one
+    ``radius_call_id`` gives: qualified by each other name of its NAS (``nas_names``).
+    None for a global id."""
+    found = id_and_source(packet, order)
+    if found is None or found[1] in GLOBAL_SOURCES:
+        return []
+    names = nas_names(packet)
+    ids = [radius_call_id(packet, order, client, name) for name in names[1:]]
+    return [call_id for call_id in ids if call_id]
 
 
 # What a long session id keeps of itself when qualified: room for "@" and 16 hex digits.
