@@ -38,7 +38,7 @@ from ocs.services import Services
 from ocs.state_metrics import StateSampler, top
 from tests.billing_helpers import EUR, billed_plan, customer, monthly, run
 from tests.conftest import RunningApp, RunningRadius, add_plan, caught_up
-from tests.helpers import auth, new_account
+from tests.helpers import acct, auth, new_account
 from tests.outage_helpers import FlakyPool
 from tests.ports import free_port
 from tests.radius_udp import sample
@@ -225,9 +225,12 @@ async def test_the_sampler_reads_live_calls_their_funds_lines_and_the_hottest_ac
     assert sample("ocs_hot_zone_live_calls", zone="Germany") == 4
     assert sample("ocs_state_sampled_timestamp_seconds") == pytest.approx(time.time(), abs=60)
 
-    for call_id in [*call_ids, "LIVE-1"]:
+    for call_id in call_ids:
         status, _ = await app.post(f"/v1/calls/{call_id}/stop", {"duration": 0})
         assert status == 200
+    # The RADIUS call is its NAS's to stop (decision 0048).
+    stopped = await acct(nas, "Stop", radius_call("calm", None, "LIVE-1"))
+    assert stopped.code == "Accounting-Response", stopped.output
     await sampler.sample()
     assert sample("ocs_lines_in_use") == 0
     assert REGISTRY.get_sample_value("ocs_hot_account_live_calls", {"account": "busy"}) is None

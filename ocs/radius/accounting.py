@@ -144,45 +144,64 @@ async def handle_accounting(
     call_id = radius_call_id(packet, order, client, nas_node(packet))
     if not call_id:
         return AccountingOutcome(kind, "no_call_id")
+    result = await _attempt(kind, call_id, packet, client, calls, settings)
+    if isinstance(result, OcsError) and result.reason is Reason.CALL_NOT_FOUND:
+        result = await _attempt_elsewhere(kind, packet, client, calls, settings, result)
+    if not isinstance(result, OcsError):
+        return result
+    if result.reason is Reason.UNAVAILABLE:
+        raise result
+    if result.reason is Reason.CALL_ALREADY_STOPPED:
+        return AccountingOutcome(kind, "already_stopped")
+    if result.reason is Reason.CALL_NOT_FOUND:
+        return AccountingOutcome(kind, "unknown_call")
+    return AccountingOutcome(kind, result.reason.value)
+
+
+def _not_found(result: "AccountingOutcome | OcsError") -> bool:
+    """Whether an attempt found no such call (to look under the call's other ids)."""
+    return isinstance(result, OcsError) and result.reason is Reason.CALL_NOT_FOUND
+
+
+async def _attempt(
+    kind: str,
+    call_id: str,
+    packet: AcctPacket,
+    client: NasClient,
+    calls: CallService,
+    settings: Settings,
+) -> "AccountingOutcome | OcsError":
+    """``_apply``, its refusal returned rather than raised.
+
+    Returned, so that no caller awaits inside an ``except`` block or raises again after
+    an await there: code compiled with mypyc (decision 0038) lost such exceptions, or
+    crashed re-raising one."""
     try:
-        try:
-            return await _apply(kind, call_id, packet, client, calls, settings)
-        except OcsError as error:
-            if error.reason is not Reason.CALL_NOT_FOUND:
-                raise
-            return await _apply_elsewhere(kind, packet, client, calls, settings, error)
+        return await _apply(kind, call_id, packet, client, calls, settings)
     except OcsError as error:
-        if error.reason is Reason.UNAVAILABLE:
-            raise
-        if error.reason is Reason.CALL_ALREADY_STOPPED:
-            return AccountingOutcome(kind, "already_stopped")
-        if error.reason is Reason.CALL_NOT_FOUND:
-            return AccountingOutcome(kind, "unknown_call")
-        return AccountingOutcome(kind, error.reason.value)
+        return error
 
 
-async def _apply_elsewhere(
+async def _attempt_elsewhere(
     kind: str,
     packet: AcctPacket,
     client: NasClient,
     calls: CallService,
     settings: Settings,
     not_found: OcsError,
-) -> AccountingOutcome:
+) -> "AccountingOutcome | OcsError":
     """Apply the request to its call under another id it may have been authorized under
     (decision 0048): qualified by another name of its NAS, or its bare session id from
-    before ids were qualified; ``not_found`` again when under none."""
+    before ids were qualified; ``not_found`` when under none."""
     order = settings.radius_call_id_order
     for other in other_call_ids(packet, order, client):
-        try:
-            return await _apply(kind, other, packet, client, calls, settings)
-        except OcsError as error:
-            if error.reason is not Reason.CALL_NOT_FOUND:
-                raise
+        result = await _attempt(kind, other, packet, client, calls, settings)
+        if not _not_found(result):
+            return result
     legacy = legacy_call_id(packet, order)
     if legacy is not None and await _authorized_before_qualified_ids(calls, legacy, client):
-        return await _apply(kind, legacy, packet, client, calls, settings)
-    raise not_found
+        return await _attempt(kind, legacy, packet, client, calls, settings)
+    return not_found
 
 
 async def _authorized_before_qualified_ids(
