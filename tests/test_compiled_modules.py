@@ -28,6 +28,23 @@ EXTENSION = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
 @pytest.mark.parametrize("module", HOT_MODULES)
+def test_a_compiled_module_awaits_nothing_inside_an_except_block(module: str) -> None:
+    # Compiled, `except E: ... await x ... raise` crashed the interpreter re-raising
+    # (session 20, the RADIUS accounting fallback), and an exception raised by an await
+    # in a handler escaped the enclosing try. Such code keeps the error and acts after
+    # the handler instead.
+    tree = ast.parse(source_path(module, PACKAGE_ROOT).read_text())
+    awaits = [
+        sub.lineno
+        for handler in ast.walk(tree)
+        if isinstance(handler, ast.ExceptHandler)
+        for sub in ast.walk(handler)
+        if isinstance(sub, ast.Await)
+    ]
+    assert awaits == [], f"{module}: await inside an except block at lines {awaits}"
+
+
+@pytest.mark.parametrize("module", HOT_MODULES)
 def test_a_compiled_module_defines_no_class_with_class_keywords(module: str) -> None:
     # mypyc drops `class X(Struct, frozen=True, rename=...)`'s keywords: a msgspec Struct
     # defined in a compiled module would lose frozen, gc and its short Redis keys.

@@ -385,14 +385,19 @@ class BalanceStore:
         record = args.record
         outcome = self._pipe.run_script(scripts.AUTHORIZE, args.keys(), args.argv())
         ref = self._pipe.execute("SET", ref_key, record, "EX", ref_ttl, "NX")
+        # The error is kept and raised after the handler: compiled with mypyc (decision
+        # 0038), an await inside an except block and a re-raise after it crashed.
+        failed: ResponseError | None = None
         try:
             reply, ref_written = await _all_or_first_error([outcome, ref])
-        except ResponseError:
+        except ResponseError as error:
+            failed = error
+        if failed is not None:
             # The script failed (nothing granted) while the SET may have been written:
             # cut the reference to the window, as after a refusal.
             if not ref.cancelled() and ref.exception() is None and ref.result() is not None:
                 await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
-            raise
+            raise failed
         if _text(reply[0]) != "OK":
             if ref_written is not None:
                 await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
