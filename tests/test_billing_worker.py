@@ -12,7 +12,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
+from ocs.balances import keys
 from ocs.billing import runs
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.worker import BillingWorker, WorkerSettings, due_period, due_periods
@@ -321,3 +323,32 @@ async def test_an_operators_run_is_left_for_the_operator_to_post(services: Servi
     async with services.pool.acquire() as conn:
         states = await conn.fetch("SELECT run_id, state FROM invoices ORDER BY id")
     assert [(r["run_id"], r["state"]) for r in states] == [(run_id, "draft")]
+
+
+async def test_runs_wait_for_the_ledger_writer_to_write_the_periods_last_calls(
+    services: Services, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # PostgreSQL was away at the month's end: the ledger writer still holds a call
+    # stopped on March 31. A run drafted now would leave that call off every invoice.
+    await _accounts(services, 1)
+    stream = keys.ledger(keys.bucket_of("a0"))
+    late_ms = int(datetime(2026, 3, 31, 23, 59, tzinfo=UTC).timestamp() * 1000)
+    entry = f"{late_ms}-0"
+    redis = Redis.from_url(redis_url)
+    # The entry as the stop script appended it; no writer runs in this test.
+    await redis.xadd(stream, {"kind": "call", "account": "a0", "amount": "-1000"}, id=entry)
+    worker = BillingWorker(
+        services.pool, WorkerSettings(run_delay=300), clock=lambda: APRIL, store=services.store
+    )
+    with caplog.at_level("INFO", logger="ocs.billing.worker"):
+        assert await worker.create_due_runs() == []
+        assert await worker.create_due_runs() == []  # still waiting: logged once
+        assert await _runs(services) == []
+        # The writer writes it (and deletes it from the stream): the run goes ahead.
+        await redis.xdel(stream, entry)
+        await redis.aclose()
+        assert len(await worker.create_due_runs()) == 1
+    assert await _runs(services) == [("retail", "2026-03", "running")]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("billing runs wait for the ledger writer") == 1
+    assert messages.count("the ledger writer caught up; billing runs go on") == 1

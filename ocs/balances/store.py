@@ -604,6 +604,20 @@ class BalanceStore:
             if entry is not None
         ]
 
+    async def oldest_unwritten_ms(self) -> int | None:
+        """When (epoch milliseconds) the oldest ledger entry the writer has not yet moved
+        to PostgreSQL was appended; None when every bucket's stream is empty. The writer
+        deletes what it has written, so a stream's first entry is its oldest unwritten
+        one, read or not."""
+        firsts = await _all_or_first_error(
+            [
+                self._pipe.execute("XRANGE", stream, "-", "+", "COUNT", 1)
+                for stream in keys.all_ledgers()
+            ]
+        )
+        times = [int(_text(found[0][0]).partition("-")[0]) for found in firsts if found]
+        return min(times) if times else None
+
     async def live_calls_of(self, account_id: str) -> dict[str, LiveEntry]:
         """Every live call of an account, by call id."""
         raw = await self._pipe.execute("HGETALL", keys.live_calls(account_id))

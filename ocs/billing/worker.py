@@ -4,8 +4,9 @@ Every ``billing_poll_interval`` seconds a worker:
 
 1. creates the run of each scheduled plan's due period, once. Due: for an
    end-of-cycle plan, the latest period that has ended; for a start-of-cycle
-   plan, the latest period that has started; ``billing_run_delay`` later, so
-   the CDRs of the last calls have reached PostgreSQL. A subscription-date
+   plan, the latest period that has started; ``billing_run_delay`` later, and
+   once the ledger writer holds no entry from before then, so the CDRs of the
+   last calls have reached PostgreSQL. A subscription-date
    plan's accounts each have their own anniversary, so its run names a month
    (the periods starting in it), due once every period starting in it has
    ended (end of cycle: the month after next) or started (the next month).
@@ -249,11 +250,20 @@ class BillingWorker:
         self.name = name or runs.worker_name()
         self.clock = clock
         self._joined: set[int] = set()
+        self._waiting_for_ledger = False
 
     async def create_due_runs(self) -> list[int]:
-        """Create the run of every plan's due period that has none; the new runs' ids."""
-        created = []
-        for due in await due_runs(self.pool, self.clock(), self.settings.run_delay):
+        """Create the run of every plan's due period that has none; the new runs' ids.
+
+        None while the ledger writer still holds an entry from before the due moment
+        (``run_delay`` ago): a call stopped before a period ended would reach PostgreSQL
+        after its invoice was drafted, and be on none."""
+        created: list[int] = []
+        now = self.clock()
+        due_now = await due_runs(self.pool, now, self.settings.run_delay)
+        if due_now and await self._ledger_behind(now):
+            return created
+        for due in due_now:
             run_id = await ensure_run(
                 self.pool,
                 due,
@@ -276,6 +286,27 @@ class BillingWorker:
                 },
             )
         return created
+
+    async def _ledger_behind(self, now: datetime) -> bool:
+        """Whether an entry older than the due moment is still to be written to PostgreSQL
+        (logged once when runs start waiting for it, and once when they go on)."""
+        if self.store is None:
+            return False  # a drafting-only worker: the run delay is its only margin
+        oldest = await self.store.oldest_unwritten_ms()
+        cutoff = (now.timestamp() - self.settings.run_delay) * 1000
+        behind = oldest is not None and oldest <= cutoff
+        if behind != self._waiting_for_ledger:
+            self._waiting_for_ledger = behind
+            if behind:
+                log.warning(
+                    "billing runs wait for the ledger writer",
+                    extra={"worker": self.name, "oldest_unwritten_ms": oldest},
+                )
+            else:
+                log.info(
+                    "the ledger writer caught up; billing runs go on", extra={"worker": self.name}
+                )
+        return behind
 
     async def work_on(self, run_id: int, stopping: asyncio.Event) -> runs.RunProgress:
         """Draft the run's chunks one at a time until none is left to claim, or a stop."""
