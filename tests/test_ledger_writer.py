@@ -130,6 +130,26 @@ async def test_an_entry_postgresql_refuses_is_set_aside_and_the_rest_written(
     assert b"error" in dead[0][1]
 
 
+async def test_an_unreadable_entry_is_set_aside_and_the_written_count_stays_true(
+    services: Services,
+) -> None:
+    # An entry with no amount cannot be read into a row: it was subtracted from the
+    # batch's written count as if refused, which went to -1 and raised on the counter
+    # after the acknowledgment ("ledger write failed", the batch under-counted).
+    await _make_entries(services, accounts=1, topups=2)  # 3 entries
+    bucket = keys.bucket_of("w0")
+    await services.redis.xadd(keys.ledger(bucket), {"kind": "topup", "account": "w0"})
+    writer = LedgerWriter(services.redis, services.pool)
+    await writer.ensure_groups()
+    written = 0
+    while found := await writer.read_new():
+        written += found
+    assert (written, writer.written, await _ledger_count(services)) == (3, 3, 3)
+    assert await _stream_backlog(services.redis) == 0
+    dead = await services.redis.xrange(keys.dead_letters(bucket))
+    assert len(dead) == 1 and dead[0][1][b"error"].startswith(b"unreadable entry")
+
+
 async def test_a_postgresql_outage_is_logged_once_and_nothing_is_lost(
     services: Services, caplog: pytest.LogCaptureFixture
 ) -> None:

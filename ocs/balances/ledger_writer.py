@@ -332,6 +332,7 @@ class LedgerWriter:
             return 0
         rows: list[tuple[str, bytes | str, dict[bytes, bytes], _Row, _Row | None]] = []
         poison: list[tuple[str, bytes | str, dict[bytes, bytes], str]] = []
+        refused = 0  # rows PostgreSQL refused (poison also holds unreadable entries)
         for done, (stream, entry_id, fields) in enumerate(entries, 1):
             if done % ROWS_BETWEEN_TURNS == 0:
                 # A batch of thousands read in one go is turned into rows a slice at a
@@ -358,15 +359,16 @@ class LedgerWriter:
                     await self._insert([(ledger_row, cdr_row)])
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                     poison.append((stream, entry_id, fields, str(exc)))
-        if poison:
-            await self._set_aside(poison)
-        written = len(rows) - len(poison)
+                    refused += 1
+        written = len(rows) - refused
         # Acknowledge only after the commit: a crash before this line re-delivers
-        # the entries, and the inserts above ignore what is already there.
+        # the entries, and the inserts above ignore what is already there. Entries set
+        # aside go to the dead-letter stream in the same batch as their acknowledgment,
+        # so a writer stopped in between does not set them aside twice.
+        commands: list[tuple[Any, ...]] = self._set_aside(poison)
         by_stream: dict[str, list[Any]] = {}
         for stream, entry_id, _ in entries:
             by_stream.setdefault(stream, []).append(entry_id)
-        commands: list[tuple[Any, ...]] = []
         for stream, ids in by_stream.items():
             commands.append(("XACK", stream, keys.LEDGER_GROUP, *ids))
             commands.append(("XDEL", stream, *ids))
@@ -387,10 +389,12 @@ class LedgerWriter:
             if cdr_rows:
                 await conn.executemany(_CDR_SQL, cdr_rows)
 
-    async def _set_aside(
-        self, poison: Sequence[tuple[str, bytes | str, dict[bytes, bytes], str]]
-    ) -> None:
-        """Keep entries PostgreSQL refused, whole, in the bucket's dead-letter stream."""
+    @staticmethod
+    def _set_aside(
+        poison: Sequence[tuple[str, bytes | str, dict[bytes, bytes], str]],
+    ) -> list[tuple[Any, ...]]:
+        """The commands that keep entries PostgreSQL refused (or no one could read),
+        whole, in the bucket's dead-letter stream; logged and counted."""
         commands: list[tuple[Any, ...]] = []
         for stream, entry_id, fields, reason in poison:
             bucket = keys.bucket_of_ledger_key(stream)
@@ -404,8 +408,7 @@ class LedgerWriter:
                 "ledger entry set aside: PostgreSQL refused it",
                 extra={"stream": stream, "entry": _s(entry_id), "error": reason[:200]},
             )
-        async with self._session() as wire:
-            _raise_first_error(await wire.execute_many(commands))
+        return commands
 
     async def run(self, stopping: asyncio.Event, claim_every: float = 5.0) -> None:
         """Write until ``stopping`` is set; errors are logged and retried, never fatal."""
