@@ -532,6 +532,28 @@ def test_duration_units_are_whole_seconds_rounded_up(
     assert [r.quantity for r in records(read(t, text)[0])] == expected
 
 
+def test_a_measure_a_record_cannot_hold_is_a_problem_of_its_row_not_of_the_file() -> None:
+    # 3,000,000,000 units were charged, then PostgreSQL refused the row (an INTEGER), so
+    # a later import charged them again; "1e1000000" took 41 s of CPU to expand; and a
+    # 21-digit quantity stopped the whole import. Each is now its row's problem.
+    t = template(
+        columns={"record_id": "id", "account": "acct", "start": "start", "quantity": "b"},
+        service="data",
+        quantity={"divide_by": 1, "round": "up"},
+    )
+    cells = ["2147483647", "3000000000", "1e1000000", "100000000000000000000", "2.5E3"]
+    text = "id,acct,start,b\n" + "".join(
+        f"r{n},A,2024-03-01 10:00:00,{cell}\n" for n, cell in enumerate(cells)
+    )
+    outcomes = read(t, text)[0]
+    assert isinstance(outcomes[0], UsageRecord) and outcomes[0].quantity == 2_147_483_647
+    problems = [o for o in outcomes[1:] if isinstance(o, RowProblem)]
+    assert len(problems) == 4, outcomes
+    assert "more units than a record holds" in str(problems[0])
+    assert "in plain digits" in str(problems[1]) and "in plain digits" in str(problems[3])
+    assert "more units than a record holds" in str(problems[2])
+
+
 # --- filters ----------------------------------------------------------------------------
 
 
@@ -710,6 +732,9 @@ def test_start_formats(fmt: str, text: str, expected: int) -> None:
         ("epoch", "-5", "is before 1970"),
         ("epoch", "soon", "is not a number of seconds since 1970"),
         ("epoch_ms", "1.5", "is not a number of milliseconds since 1970"),
+        # Milliseconds in an "epoch" column: the year 58136, which no row can be dated by.
+        ("epoch", "1772445600000", "is after the year 3000"),
+        ("epoch", "1e1000000", "is not a number of seconds since 1970 in plain digits"),
     ],
 )
 def test_bad_start_times(fmt: str, text: str, problem: str) -> None:

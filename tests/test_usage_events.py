@@ -170,3 +170,22 @@ async def test_an_event_charged_before_its_key_moved_is_still_charged_once(
     again = await app.post("/v1/usage", event)
     assert again[0] == 200 and again[1]["repeated"] is True, again
     assert (await app.get("/v1/accounts/old"))[1]["balance"] == "19.900000"
+
+
+async def test_a_free_event_is_taken_when_the_account_owes_money(app: RunningApp) -> None:
+    # An invoice posted (debited whatever the balance) left the account owing 1.00. A
+    # free event (nothing used, an inbound call, what a bundle covers) costs nothing:
+    # it was refused as zero_balance, and a usage import then refused the account's
+    # later rows too.
+    await _data_plan(app)
+    await app.post("/v1/accounts", {"id": "owes", "plan": "retail", "balance": "0"})
+    await app.services.store.fee("owes", 1_000_000, "invoice:F-1", require_funds=False)
+    status, free = await app.post(
+        "/v1/usage", {"account": "owes", "event_id": "mb-0", "service": "Data", "quantity": 0}
+    )
+    assert status == 201, free
+    assert (free["cost"], free["balance"]) == ("0.000000", "-1.000000")
+    status, paid = await app.post(
+        "/v1/usage", {"account": "owes", "event_id": "mb-1", "service": "Data", "quantity": 10}
+    )
+    assert (status, paid["error"]["reason"]) == (402, "zero_balance")

@@ -158,16 +158,11 @@ class StartParser:
         try:
             seconds = int(text)
         except ValueError:
-            try:
-                exact = Decimal(text)
-            except InvalidOperation:
-                raise ValueError(f"{text!r} is not a number of seconds since 1970") from None
-            if not exact.is_finite() or exact < 0:
-                raise ValueError(f"{text!r} is not a number of seconds since 1970") from None
-            return int((exact * 1000).to_integral_value(ROUND_FLOOR))
+            exact = _number(text, "seconds since 1970")
+            return _before_3000(int((exact * 1000).to_integral_value(ROUND_FLOOR)), text)
         if seconds < 0:
             raise ValueError(f"{text!r} is before 1970")
-        return seconds * 1000
+        return _before_3000(seconds * 1000, text)
 
     @staticmethod
     def _epoch_ms(text: str) -> int:
@@ -178,14 +173,34 @@ class StartParser:
             raise ValueError(f"{text!r} is not a number of milliseconds since 1970") from None
         if ms < 0:
             raise ValueError(f"{text!r} is before 1970")
-        return ms
+        return _before_3000(ms, text)
+
+
+# 3000-01-01 UTC: a later start is a cell in another unit (milliseconds read as
+# seconds), and PostgreSQL's rows could not be dated by it.
+_YEAR_3000_MS = 32_503_680_000_000
+
+
+def _before_3000(ms: int, text: str) -> int:
+    if ms >= _YEAR_3000_MS:
+        raise ValueError(f"{text!r} is after the year 3000: a number in another unit?")
+    return ms
 
 
 # --- durations and quantities ---------------------------------------------------------
 
+# The most seconds or units one record may hold: a CDR's duration is a PostgreSQL
+# INTEGER, and a record charged that its row cannot hold would be set aside unwritten.
+MAX_QUANTITY = 2_147_483_647
+# A decimal cell longer than this is no duration or quantity (and an exponent's digits
+# would take as long to expand as they are large: "1e1000000" is nine characters).
+_MAX_DECIMAL = 40
+
 
 def _number(text: str, what: str) -> Decimal:
-    """A cell's non-negative decimal number."""
+    """A cell's non-negative decimal number, written out in plain digits."""
+    if len(text) > _MAX_DECIMAL or "e" in text or "E" in text:
+        raise ValueError(f"{text!r} is not a number of {what} in plain digits")
     try:
         value = Decimal(text)
     except InvalidOperation:
@@ -194,6 +209,13 @@ def _number(text: str, what: str) -> Decimal:
         raise ValueError(f"{text!r} is not a number of {what}")
     if value < 0:
         raise ValueError(f"{text!r} is negative")
+    return value
+
+
+def _at_most(value: int, text: str, what: str) -> int:
+    """``value``, unless it is more than a record may hold (``MAX_QUANTITY``)."""
+    if value > MAX_QUANTITY:
+        raise ValueError(f"{text!r} is more {what} than a record holds ({MAX_QUANTITY:,})")
     return value
 
 
@@ -211,10 +233,10 @@ def _seconds(text: str) -> int:
     try:
         seconds = int(text)
     except ValueError:
-        return int(_number(text, "seconds").to_integral_value(ROUND_CEILING))
+        seconds = int(_number(text, "seconds").to_integral_value(ROUND_CEILING))
     if seconds < 0:
         raise ValueError(f"{text!r} is negative")
-    return seconds
+    return _at_most(seconds, text, "seconds")
 
 
 def _milliseconds(text: str) -> int:
@@ -225,7 +247,7 @@ def _milliseconds(text: str) -> int:
         ms = int(_number(text, "milliseconds").to_integral_value(ROUND_CEILING))
     if ms < 0:
         raise ValueError(f"{text!r} is negative")
-    return -(-ms // 1000)
+    return _at_most(-(-ms // 1000), text, "seconds")
 
 
 def _clock(text: str) -> int:
@@ -234,7 +256,7 @@ def _clock(text: str) -> int:
     if len(parts) == 3 and all(part.isdigit() and part.isascii() for part in parts):
         hours, minutes, seconds = (int(part) for part in parts)
         if minutes < 60 and seconds < 60 and len(parts[1]) == len(parts[2]) == 2:
-            return hours * 3600 + minutes * 60 + seconds
+            return _at_most(hours * 3600 + minutes * 60 + seconds, text, "seconds")
     raise ValueError(f"{text!r} is not a duration like 1:02:03 (hours:minutes:seconds)")
 
 
@@ -250,14 +272,16 @@ def quantity_parser(divide_by: int, rounding: str) -> Callable[[str], int]:
             amount = int(text)
         except ValueError:
             exact = _number(text, "units") / divide_by
-            return int(exact.to_integral_value(mode))
+            return _at_most(int(exact.to_integral_value(mode)), text, "units")
         if amount < 0:
             raise ValueError(f"{text!r} is negative")
         if mode == ROUND_CEILING:
-            return -(-amount // divide_by)
-        if mode == ROUND_FLOOR:
-            return amount // divide_by
-        return (2 * amount + divide_by) // (2 * divide_by)
+            units = -(-amount // divide_by)
+        elif mode == ROUND_FLOOR:
+            units = amount // divide_by
+        else:
+            units = (2 * amount + divide_by) // (2 * divide_by)
+        return _at_most(units, text, "units")
 
     return parse
 

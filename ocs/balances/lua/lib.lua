@@ -100,7 +100,9 @@ local function charge_event(account_key, result_key, legacy_key, ledger_key, eve
   rated = tonumber(rated)
   -- Funds committed to the plan's prorated charges are not for usage (as in authorize).
   local available = tonumber(a[2]) + tonumber(a[3]) - tonumber(a[4]) - tonumber(a[5] or 0)
-  if rated > available then
+  -- A free event (an inbound call, one a bundle covers) takes nothing: it is charged
+  -- whatever the funds, never refused as if it needed them.
+  if rated > 0 and rated > available then
     if available <= 0 then
       return 'REJ', 'zero_balance'
     end
