@@ -6,14 +6,18 @@ file written here, and checks what an operator sees: balances, the import's coun
 amounts, the rejects file and the CDR rows the ledger writer stores.
 """
 
+from datetime import date
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from ocs.balances import keys
+from ocs.billing.cycles import PlanBilling
+from ocs.billing.store import Subscription, set_plan_billing, subscribe
 from ocs.errors import OcsError
 from ocs.mediation.importer import ImportRequest
+from tests.billing_helpers import invoices, run
 from tests.conftest import RunningApp, eventually
 from tests.usage_import_helpers import (
     DECK,
@@ -310,3 +314,32 @@ async def test_the_api_imports_a_body_and_serves_the_import_and_its_rejects(
         assert (response.status, refused["error"]["field"]) == (400, "file_name"), refused
     status, _ = await app.get("/v1/usage/imports/999")
     assert status == 404
+
+
+async def test_imported_calls_are_invoiced_as_calls_not_as_service_events(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # Imported calls were stored as "usage" like a service's events: each called number
+    # became an invoice line of its own, with no rate type (so no rate type's tax code),
+    # and the calls were left off the itemised list.
+    await setup_mediation(app)
+    services = app.services
+    await set_plan_billing(
+        services.pool, PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1)
+    )
+    await new_account(app, "acc1", "10.00")
+    await subscribe(services.pool, Subscription("acc1", "retail", date(2026, 1, 1)))
+    path = tmp_path / "carrier.csv"
+    path.write_text(
+        HEADER
+        + "i1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n"
+        + "i2,acc1,442079999999,2026-03-03 09:10:00,30,O,,\n"
+    )
+    assert (await run_import(app, path)).rows_charged == 2
+    stored = await stored_cdrs(app, "carrier-x", 2)
+    assert {row["termination_cause"] for row in stored} == {"imported"}
+    await run(services, "2026-03")
+    (invoice,) = await invoices(services)
+    calls = [line for line in invoice["lines"] if line["kind"] == "usage"]
+    assert [(line["calls"], line["seconds"], line["amount"]) for line in calls] == [(2, 91, 60_000)]
+    assert all(line["kind"] != "usage_event" for line in invoice["lines"])

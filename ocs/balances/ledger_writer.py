@@ -144,7 +144,8 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_R
         price,
         int(f[b"rated"]),
         int(f[b"charged"]),
-        f[b"cause"].decode() if b"cause" in f else "normal",
+        # An imported call's CDR names its own cause; the debit's is that of any usage.
+        cdr.get("cause") or (f[b"cause"].decode() if b"cause" in f else "normal"),
         cdr.get("nas"),
         cdr.get("member"),
         cdr.get("direction", "outbound"),

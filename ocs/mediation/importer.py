@@ -470,6 +470,10 @@ class UsageImporter:
             "record_id": record.record_id,
             **origin,
         }
+        if record.service is None:
+            # A call the switch made: billed as a call (its zone's usage line, its rate
+            # type's tax code, the itemised list), not as a service's event ("usage").
+            cdr["cause"] = "imported"
         return rated, cdr
 
 
