@@ -16,6 +16,7 @@ from ocs.balances.wire import RedisWire
 from ocs.services import Services
 from tests.conftest import add_plan, eventually
 from tests.outage_helpers import FlakyPool
+from tests.radius_udp import sample
 
 
 async def _make_entries(services: Services, accounts: int, topups: int) -> None:
@@ -192,6 +193,68 @@ async def test_a_postgresql_outage_is_logged_once_and_nothing_is_lost(
         ("ocs.backends", "WARNING", "postgresql reachable again"),
     ]
     assert not [r for r in caplog.records if r.exc_info]
+    assert await _stream_backlog(services.redis) == 0
+
+
+async def test_a_postgresql_that_takes_no_writes_leaves_one_batch_unwritten_not_more(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The pool still reached the old primary, now a standby: every insert failed as a
+    # read-only transaction, which did not count as an outage. Each second the writer read
+    # a new batch and left it unwritten (all 60 entries after 20 s), logged a traceback,
+    # then claimed them all back in one batch of any size.
+    await _make_entries(services, accounts=6, topups=9)  # 60 entries
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "CREATE FUNCTION read_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction'"
+            " USING ERRCODE = '25006'; END $$;"
+            " CREATE TRIGGER read_only BEFORE INSERT ON ledger"
+            " FOR EACH STATEMENT EXECUTE FUNCTION read_only()"
+        )
+    health = BackendHealth()
+    writer = LedgerWriter(services.redis, services.pool, batch_size=10, block_ms=50, health=health)
+    before = sample("ocs_backend_errors_total", backend=POSTGRESQL, source="ledger")
+    caplog.set_level(logging.INFO)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(writer.run(stopping, claim_every=3600))
+    try:
+
+        async def unwritten() -> int:
+            found = 0
+            for stream in keys.all_ledgers():
+                found += (await services.redis.xpending(stream, keys.LEDGER_GROUP))["pending"]
+            return found
+
+        async def refused(times: int) -> None:
+            async def enough() -> bool:
+                errors = sample("ocs_backend_errors_total", backend=POSTGRESQL, source="ledger")
+                return errors >= before + times
+
+            await eventually(enough, within=20, what=f"{times} refused writes")
+
+        await refused(3)
+        held = await unwritten()
+        # One read's worth (its streams' shares round up past batch_size), and no more
+        # after three more refusals.
+        assert 0 < held <= 20, held
+        await refused(6)
+        assert await unwritten() == held
+        async with services.pool.acquire() as conn:
+            await conn.execute("DROP TRIGGER read_only ON ledger")
+
+        async def all_written() -> bool:
+            return await _ledger_count(services) == 60
+
+        await eventually(all_written, within=30, what="every entry written once")
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=10)
+    assert not [r for r in caplog.records if r.exc_info]
+    assert [r.getMessage() for r in caplog.records if r.name == "ocs.backends"] == [
+        "postgresql unreachable",
+        "postgresql reachable again",
+    ]
     assert await _stream_backlog(services.redis) == 0
 
 

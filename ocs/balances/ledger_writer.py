@@ -206,6 +206,10 @@ class LedgerWriter:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._streams = keys.all_ledgers()
         self.written = 0
+        # Entries this writer read and could not write (a failed insert): read again,
+        # before any new one, so that PostgreSQL refusing writes for a while (a standby
+        # after a failover, a full disk) leaves one batch unwritten, not one a second.
+        self._own_unwritten = False
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[RedisWire]:
@@ -245,6 +249,11 @@ class LedgerWriter:
         async with self._session() as wire:
             groups = wire.multi_key_groups(self._streams)
             share = max(1, self._batch_size // len(self._streams))
+            if self._own_unwritten:
+                own, _ = await self._read(wire, groups, share, pending=True)
+                if own:
+                    return await self._write(own)
+                self._own_unwritten = False
             entries, full = await self._read(wire, groups, share)
             room = self._batch_size - len(entries)
             if full and room > 0:
@@ -267,9 +276,12 @@ class LedgerWriter:
         groups: list[list[str]],
         count: int,
         block: tuple[Any, ...] = (),
+        *,
+        pending: bool = False,
     ) -> tuple[list[_Entry], list[str]]:
-        """New entries of the streams in ``groups``, at most ``count`` from each, and the
-        streams that gave ``count`` (they may hold more).
+        """New entries of the streams in ``groups`` (``pending``: those this writer read
+        and has not acknowledged), at most ``count`` from each, and the streams that
+        gave ``count`` (they may hold more).
 
         Without ``block``, a round trip names at most ``READ_STREAMS`` streams, and the
         next is sent when it is answered: Redis runs one command at a time, and one read
@@ -290,7 +302,7 @@ class LedgerWriter:
                     *block,
                     "STREAMS",
                     *group,
-                    *(">" for _ in group),
+                    *(("0" if pending else ">") for _ in group),
                 )
                 for group in batch
             ]
@@ -441,6 +453,7 @@ class LedgerWriter:
                 raise
             except Exception as exc:
                 groups_ready = False
+                self._own_unwritten = True
                 self._log_failure(exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=1.0)
@@ -461,8 +474,15 @@ class LedgerWriter:
         log.exception("ledger write failed; retrying")
 
     async def _probe_postgresql(self) -> None:
-        """One ``SELECT 1``: ends a PostgreSQL outage as soon as it answers (raises if not)."""
+        """One query before reading while PostgreSQL is down: raises unless a primary
+        answers (a standby, as the old primary becomes after a failover, takes no
+        writes). The outage ends with the next write that succeeds, not here: a primary
+        that answers may still refuse writes (a full disk), and each refusal would
+        otherwise log the outage again."""
         # Bounded: an unanswering host must not hold the writer (or its shutdown) for long.
         async with asyncio.timeout(_PROBE_TIMEOUT_S), self._pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
-        self._health.report_success(POSTGRESQL)
+            standby = await conn.fetchval("SELECT pg_is_in_recovery()")
+        if standby:
+            raise asyncpg.exceptions.ReadOnlySQLTransactionError(
+                "PostgreSQL is a standby (in recovery): it takes no writes"
+            )
