@@ -29,18 +29,15 @@ REDIS = "redis"
 POSTGRESQL = "postgresql"
 BACKENDS = (REDIS, POSTGRESQL)
 
-# asyncpg errors that say the server cannot be reached, has gone away or cannot take
-# writes now, not that a statement was wrong: 08xxx connection errors, shutdown and
-# start-up (57P01-57P03), a standby's read-only transactions (25006: the old primary
-# after a failover) and insufficient resources (53xxx: a full disk, no memory, too many
-# connections).
+# asyncpg errors that say the server cannot be reached or has gone away, not that a
+# statement was wrong: 08xxx connection errors, shutdown and start-up (57P01-57P03),
+# and "too many connections" (53300).
 _POSTGRESQL_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
 _ERROR_CHARS = 300  # enough for the reason, short enough for one log line

@@ -101,6 +101,19 @@ def _messages(stream: str, messages: list[Any] | None) -> list[_Entry]:
     ]
 
 
+# PostgreSQL answers but takes no writes: a standby's read-only transactions (the old
+# primary after a failover), insufficient resources (53xxx: a full disk, no memory).
+_WRITES_REFUSED = (
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+def _writes_failed(exc: BaseException) -> bool:
+    """Whether a failure is PostgreSQL's being away or refusing writes, not a bug's."""
+    return isinstance(exc, _WRITES_REFUSED) or backend_health.backend_of(exc) == POSTGRESQL
+
+
 def _raise_first_error(replies: Sequence[Any], tolerated: str = "") -> None:
     for reply in replies:
         if isinstance(reply, Exception) and not (tolerated and tolerated in str(reply)):
@@ -206,6 +219,7 @@ class LedgerWriter:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._streams = keys.all_ledgers()
         self.written = 0
+        self._writes_refused = False  # PostgreSQL answers but refuses writes (logged once)
         # Entries this writer read and could not write (a failed insert): read again,
         # before any new one, so that PostgreSQL refusing writes for a while (a standby
         # after a failover, a full disk) leaves one batch unwritten, not one a second.
@@ -364,6 +378,9 @@ class LedgerWriter:
             await self._insert([(r[3], r[4]) for r in rows])
             _PG_ROUNDTRIP.observe(time.perf_counter() - started)
             self._health.report_success(POSTGRESQL)
+            if self._writes_refused:
+                self._writes_refused = False
+                log.warning("PostgreSQL takes the ledger's writes again")
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
             # One row PostgreSQL cannot store must not hold back the batch: insert row
             # by row and set the refused ones aside in the dead-letter stream.
@@ -453,12 +470,28 @@ class LedgerWriter:
                 raise
             except Exception as exc:
                 groups_ready = False
-                self._own_unwritten = True
+                if _writes_failed(exc):
+                    # Not a bug's: PostgreSQL away or refusing writes. What was read is
+                    # written first when it takes writes again; a bug's batch is left to
+                    # be claimed again later, and new entries go on.
+                    self._own_unwritten = True
                 self._log_failure(exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=1.0)
 
     def _log_failure(self, exc: Exception) -> None:
+        if isinstance(exc, _WRITES_REFUSED) and backend_health.backend_of(exc) is None:
+            # A primary that answers and refuses writes (a full disk), or a standby: not
+            # an unreachable PostgreSQL for the rest of ocs (its reads still work), so
+            # the writer says it itself, once until a write succeeds.
+            metrics.BACKEND_ERRORS.labels(POSTGRESQL, "ledger").inc()
+            if not self._writes_refused:
+                self._writes_refused = True
+                log.error(
+                    "PostgreSQL refuses the ledger's writes; entries wait in Redis",
+                    extra={"error": backend_health.describe(exc)},
+                )
+            return
         backend = backend_health.backend_of(exc, POSTGRESQL)
         if backend is not None:
             metrics.BACKEND_ERRORS.labels(backend, "ledger").inc()
@@ -474,15 +507,8 @@ class LedgerWriter:
         log.exception("ledger write failed; retrying")
 
     async def _probe_postgresql(self) -> None:
-        """One query before reading while PostgreSQL is down: raises unless a primary
-        answers (a standby, as the old primary becomes after a failover, takes no
-        writes). The outage ends with the next write that succeeds, not here: a primary
-        that answers may still refuse writes (a full disk), and each refusal would
-        otherwise log the outage again."""
+        """One ``SELECT 1``: ends a PostgreSQL outage as soon as it answers (raises if not)."""
         # Bounded: an unanswering host must not hold the writer (or its shutdown) for long.
         async with asyncio.timeout(_PROBE_TIMEOUT_S), self._pool.acquire() as conn:
-            standby = await conn.fetchval("SELECT pg_is_in_recovery()")
-        if standby:
-            raise asyncpg.exceptions.ReadOnlySQLTransactionError(
-                "PostgreSQL is a standby (in recovery): it takes no writes"
-            )
+            await conn.fetchval("SELECT 1")
+        self._health.report_success(POSTGRESQL)
