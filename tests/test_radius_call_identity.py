@@ -209,6 +209,11 @@ def test_a_nas_is_named_by_its_ipv6_address_and_without_a_trailing_nul() -> None
     # Some NASes end their strings with a NUL octet; a call id may hold none.
     terminated = access_request(SECRET_A, [("Acct-Session-Id", "7"), ("NAS-Identifier", "sbc\x00")])
     assert radius_call_id(terminated, order, client, nas_node(terminated)) == "7@gw-a:sbc"
+    # A "|" or a control character no call id may hold: the NAS is named by its address.
+    for odd in ("gw|east", "sbc\x01x", "sbc\tx"):
+        stated = access_request(SECRET_A, [("Acct-Session-Id", "7"), ("NAS-Identifier", odd)])
+        stated.source = ("127.0.0.9", 1812)
+        assert radius_call_id(stated, order, client, nas_node(stated)) == "7@gw-a:127.0.0.9"
 
 
 async def test_a_long_session_id_is_kept_apart_and_accounted(rig: TwoClients) -> None:

@@ -1,8 +1,8 @@
 """Which call a RADIUS request names, and which NAS sent it (decision 0048).
 
 A call id from an ``h323-conf-id`` (an H.323 conference GUID) or a SIP ``call-id``
-is unique everywhere. An ``Acct-Session-Id``, or any other attribute an operator
-names in ``radius_call_id_order``, is unique only on the NAS that counts it (RFC 2866
+is unique everywhere. An ``Acct-Session-Id`` (the third source
+``radius_call_id_order`` may name) is unique only on the NAS that counts it (RFC 2866
 section 5.5): two gateways both counting from 00000001 would name one call. Such an
 id is qualified by the client and the NAS it came from,
 ``<session>@<client>:<nas>``, so each NAS has calls of its own.
@@ -48,16 +48,23 @@ def call_id_of(packet: Packet, order: tuple[str, ...]) -> str | None:
     return None if found is None else found[0]
 
 
+def _stated(value: str | None) -> str:
+    """A stated NAS identity as a call id may carry it, or "" when it cannot: some NASes
+    end their strings with a NUL octet, no part of the name; one with a control
+    character or a "|" (which no call id holds) is passed over for the next name."""
+    if not value:
+        return ""
+    node = value.strip().strip("\x00")
+    return node if node.isprintable() and "|" not in node else ""
+
+
 def nas_node(packet: Packet) -> str | None:
     """The NAS a request comes from within its client: the identity it states, else the
-    packet's source address (None when neither is known). Some NASes end their strings
-    with a NUL octet: it is no part of the name."""
+    packet's source address (None when neither is known)."""
     for name in _NAS_ATTRIBUTES:
-        value = first(packet, name)
-        if value:
-            node = value.strip().strip("\x00")
-            if node:
-                return node
+        node = _stated(first(packet, name))
+        if node:
+            return node
     source = getattr(packet, "source", None)
     return str(source[0]) if source else None
 
@@ -68,8 +75,7 @@ def nas_names(packet: Packet) -> list[str]:
     its accounting than in its Access-Request (or none) is still found by one."""
     names = []
     for name in _NAS_ATTRIBUTES:
-        value = first(packet, name)
-        node = value.strip().strip("\x00") if value else ""
+        node = _stated(first(packet, name))
         if node and node not in names:
             names.append(node)
     source = getattr(packet, "source", None)
