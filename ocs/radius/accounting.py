@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyrad.packet import AcctPacket
 
@@ -52,6 +53,18 @@ class AccountingOutcome:
 
     kind: str  # start, stop, interim, accounting-on, accounting-off, other
     result: str  # ok, repeated, unknown_call, already_stopped, no_call_id, ...
+
+
+class _Accounting(NamedTuple):
+    """One accounting request as its steps pass it on: its kind, the packet, the NAS
+    client it came from, and the services that apply it. A named tuple: this module may
+    be compiled with mypyc (decision 0038)."""
+
+    kind: str
+    packet: AcctPacket
+    client: NasClient
+    calls: CallService
+    settings: Settings
 
 
 def _status_type(packet: AcctPacket) -> int | None:
@@ -144,9 +157,10 @@ async def handle_accounting(
     call_id = radius_call_id(packet, order, client, nas_node(packet))
     if not call_id:
         return AccountingOutcome(kind, "no_call_id")
-    result = await _attempt(kind, call_id, packet, client, calls, settings)
+    request = _Accounting(kind, packet, client, calls, settings)
+    result = await _attempt(request, call_id)
     if isinstance(result, OcsError) and result.reason is Reason.CALL_NOT_FOUND:
-        result = await _attempt_elsewhere(kind, packet, client, calls, settings, result)
+        result = await _attempt_elsewhere(request, result)
     if not isinstance(result, OcsError):
         return result
     if result.reason is Reason.UNAVAILABLE:
@@ -163,44 +177,33 @@ def _not_found(result: "AccountingOutcome | OcsError") -> bool:
     return isinstance(result, OcsError) and result.reason is Reason.CALL_NOT_FOUND
 
 
-async def _attempt(
-    kind: str,
-    call_id: str,
-    packet: AcctPacket,
-    client: NasClient,
-    calls: CallService,
-    settings: Settings,
-) -> "AccountingOutcome | OcsError":
+async def _attempt(request: _Accounting, call_id: str) -> "AccountingOutcome | OcsError":
     """``_apply``, its refusal returned rather than raised.
 
     Returned, so that no caller awaits inside an ``except`` block or raises again after
     an await there: code compiled with mypyc (decision 0038) lost such exceptions, or
     crashed re-raising one."""
     try:
-        return await _apply(kind, call_id, packet, client, calls, settings)
+        return await _apply(request, call_id)
     except OcsError as error:
         return error
 
 
 async def _attempt_elsewhere(
-    kind: str,
-    packet: AcctPacket,
-    client: NasClient,
-    calls: CallService,
-    settings: Settings,
-    not_found: OcsError,
+    request: _Accounting, not_found: OcsError
 ) -> "AccountingOutcome | OcsError":
     """Apply the request to its call under another id it may have been authorized under
     (decision 0048): qualified by another name of its NAS, or its bare session id from
     before ids were qualified; ``not_found`` when under none."""
-    order = settings.radius_call_id_order
+    packet, client = request.packet, request.client
+    order = request.settings.radius_call_id_order
     for other in other_call_ids(packet, order, client):
-        result = await _attempt(kind, other, packet, client, calls, settings)
+        result = await _attempt(request, other)
         if not _not_found(result):
             return result
     legacy = legacy_call_id(packet, order)
-    if legacy is not None and await _authorized_before_qualified_ids(calls, legacy, client):
-        return await _attempt(kind, legacy, packet, client, calls, settings)
+    if legacy is not None and await _authorized_before_qualified_ids(request.calls, legacy, client):
+        return await _attempt(request, legacy)
     return not_found
 
 
@@ -213,15 +216,9 @@ async def _authorized_before_qualified_ids(
     return record is not None and record.nas == client.name and record.nas_node is None
 
 
-async def _apply(
-    kind: str,
-    call_id: str,
-    packet: AcctPacket,
-    client: NasClient,
-    calls: CallService,
-    settings: Settings,
-) -> AccountingOutcome:
+async def _apply(request: _Accounting, call_id: str) -> AccountingOutcome:
     """Start, report or stop the call; ``OcsError`` when it is not this client's to account."""
+    kind, packet, client, calls, settings = request
     if kind == "start":
         await calls.start(call_id, nas=client.name, delay=_delay(packet))
     elif kind == "interim":
