@@ -25,7 +25,6 @@ from ocs.radius.attributes import first
 from ocs.radius.call_identity import (
     legacy_call_id,
     nas_names,
-    nas_node,
     other_call_ids,
     radius_call_id,
 )
@@ -154,13 +153,19 @@ async def handle_accounting(
     if kind == "other":
         return AccountingOutcome(kind, "ignored")
     order = settings.radius_call_id_order
-    call_id = radius_call_id(packet, order, client, nas_node(packet))
+    call_id = radius_call_id(packet, order, client)
     if not call_id:
         return AccountingOutcome(kind, "no_call_id")
     request = _Accounting(kind, packet, client, calls, settings)
-    result = await _attempt(request, call_id)
-    if isinstance(result, OcsError) and result.reason is Reason.CALL_NOT_FOUND:
-        result = await _attempt_elsewhere(request, result)
+    # The refusal is kept and acted on after the handler (see ``_attempt``).
+    refused: OcsError | None = None
+    try:
+        return await _apply(request, call_id)
+    except OcsError as error:
+        refused = error
+    result: AccountingOutcome | OcsError = refused
+    if refused.reason is Reason.CALL_NOT_FOUND:
+        result = await _attempt_elsewhere(request, refused)
     if not isinstance(result, OcsError):
         return result
     if result.reason is Reason.UNAVAILABLE:

@@ -101,18 +101,20 @@ _KEPT = MAX_CALL_ID - 17
 
 
 def radius_call_id(
-    packet: Packet, order: tuple[str, ...], client: NasClient, node: str | None
+    packet: Packet, order: tuple[str, ...], client: NasClient, node: str | None = None
 ) -> str | None:
     """The call a request names: a global id as sent, a NAS's own id qualified by its
-    client and NAS ``node`` (``<session>@<client>:<nas>``, see ``nas_node``). One that
-    would be longer than a call id may be keeps the start of the session id and names
-    the rest by a digest of the whole."""
+    client and NAS ``node`` (``<session>@<client>:<nas>``; None: ``nas_node``'s, read
+    only when needed). One that would be longer than a call id may be keeps the start
+    of the session id and names the rest by a digest of the whole."""
     found = id_and_source(packet, order)
     if found is None:
         return None
     value, source = found
     if source in GLOBAL_SOURCES or not value:
         return value
+    if node is None:
+        node = nas_node(packet)
     qualified = f"{value}@{client.name}:{node or ''}"
     if len(qualified) <= MAX_CALL_ID:
         return qualified
