@@ -13,6 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 
@@ -270,3 +271,30 @@ async def test_readyz_is_503_until_the_catalog_is_loaded(settings: Settings) -> 
         "ready": True,
         "backends": {"redis": {"up": True}, "postgresql": {"up": True}},
     }
+
+
+async def test_readyz_is_503_while_postgresql_takes_no_writes(
+    services: Services, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a failover the pool may still reach the old primary, now a standby: it
+    # answers reads, so /readyz said ready while every change ocs stores failed there.
+    read_only = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        server_settings={"default_transaction_read_only": "on"},
+    )
+    monkeypatch.setattr(services, "pool", read_only)
+    client = await client_with_readyz(services)
+    try:
+        response = await client.get("/readyz")
+        body = await response.json()
+    finally:
+        await client.close()
+        await read_only.close()
+    assert response.status == 503
+    assert body["ready"] is False
+    assert body["backends"]["postgresql"]["up"] is False
+    assert body["backends"]["postgresql"]["error"] == "ReadOnlySQLTransactionError"
+    # Reads still work there: no outage is logged or counted for the rest of ocs.
+    assert services.health.is_up("postgresql")

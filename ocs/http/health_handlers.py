@@ -22,6 +22,7 @@ import os
 from collections.abc import Awaitable
 from typing import Any, Literal
 
+import asyncpg
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -100,8 +101,15 @@ async def _probe_redis(services: Services) -> None:
 
 
 async def _probe_postgresql(services: Services) -> None:
+    """PostgreSQL answers and takes writes: a standby (the old primary after a failover,
+    still in the pool's DNS) or a database set read-only answers reads, while every
+    change ocs stores would fail there."""
     async with asyncio.timeout(PROBE_TIMEOUT_S), services.pool.acquire() as conn:
-        await conn.fetchval("SELECT 1")
+        read_only = await conn.fetchval("SHOW transaction_read_only")
+    if read_only == "on":
+        raise asyncpg.exceptions.ReadOnlySQLTransactionError(
+            "PostgreSQL takes no writes (a standby, or read-only)"
+        )
 
 
 async def readyz(request: web.Request, params: None) -> Reply[Readiness]:
