@@ -842,9 +842,9 @@ class CallService:
 
         ``account_id``, ``nas``: the call must be that account's, authorized by that NAS
         client (None: by no NAS, over HTTP), else it is not found; as for ``update`` and
-        ``stop``. ``delay``: seconds
-        the switch took to report the start (RADIUS Acct-Delay-Time): the call started
-        that much earlier, though not before it was authorized."""
+        ``stop``. ``delay``: seconds the switch took to report the start (RADIUS
+        Acct-Delay-Time): the call started that much earlier, though not before it was
+        authorized."""
         validate_call_id(call_id)
         record = await self._record(call_id, account_id, keep=True, nas=nas)
         now = max(int(time.time()) - delay, record.authorized_at_ms // 1000)
