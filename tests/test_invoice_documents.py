@@ -13,6 +13,8 @@ CSV lists the invoice's calls.
 import asyncio
 import json
 import subprocess
+import sys
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -350,3 +352,41 @@ def test_the_layout_groups_lines_and_writes_amounts_and_dates_for_the_locale() -
     statement = dict(content["statement"])
     assert statement["Previous balance"] == f"1,2345{nbsp}€"  # exact: nothing rounded away
     assert content["due"] == ["Amount due", f"1{narrow}234,56789{nbsp}€"]
+
+
+def test_documents_rendered_in_threads_at_once_all_render(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Documents render in threads (asyncio.to_thread), several at once when events are
+    # delivered. reportlab fills its table of named colours on first use, unguarded: a
+    # second thread saw it still empty and failed on "black" (seen in CI).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reportlab.lib import colors
+
+    from ocs.billing.document_render import render_pdf
+
+    content = layout(
+        facts_with([DocumentLine("recurring", "rent", None, None, 1, 10_000_000)]),
+        Issuer.from_settings("Example Telecom", "1 Street"),
+        "en_GB",
+    )
+    threads = 8
+
+    def render(start: threading.Barrier) -> bytes:
+        start.wait()  # all at once, as a batch of deliveries starts
+        return render_pdf(content)
+
+    # Threads switched as often as the interpreter allows, so the window is met.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(30):
+            # As in a fresh process: the table not built yet.
+            monkeypatch.setattr(colors, "_namedColors", None)
+            start = threading.Barrier(threads)
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                pdfs = list(pool.map(render, [start] * threads))
+            assert all(pdf[:4] == b"%PDF" for pdf in pdfs)
+    finally:
+        sys.setswitchinterval(interval)

@@ -12,6 +12,7 @@ blocks: async callers run it in a thread (``asyncio.to_thread``).
 """
 
 import io
+import threading
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -193,8 +194,21 @@ def _page_decoration(content: dict[str, Any]) -> Any:
     return decorate
 
 
+# reportlab is not thread-safe: it fills tables on first use (its named colours: a
+# second thread saw the table empty and failed on "black"), and documents render in
+# threads (``asyncio.to_thread``). One render at a time costs nothing: rendering is
+# Python under the GIL either way.
+_RENDERING = threading.Lock()
+
+
 def render_pdf(content: dict[str, Any]) -> bytes:
-    """The PDF of laid-out content (``ocs.billing.document_layout.layout``)."""
+    """The PDF of laid-out content (``ocs.billing.document_layout.layout``); one at a
+    time in the process (``_RENDERING``)."""
+    with _RENDERING:
+        return _render_pdf(content)
+
+
+def _render_pdf(content: dict[str, Any]) -> bytes:
     _register_fonts()
     out = io.BytesIO()
     doc = SimpleDocTemplate(
