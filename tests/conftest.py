@@ -336,25 +336,35 @@ class RunningRadius:
         return self.server.acct_port
 
 
-@pytest.fixture
-async def radius(app: RunningApp) -> AsyncIterator[RunningRadius]:
-    """A RADIUS server beside ``app`` on free ports, trusting 127.0.0.1 (RADIUS_SECRET)."""
-    from ocs.config import RadiusClientConfig, with_overrides
+async def started_radius(services: Services, clients: tuple[Any, ...]) -> RadiusServer:
+    """A RADIUS server over ``services`` on free ports of 127.0.0.1, started, trusting
+    ``clients`` (``RadiusClientConfig``s); the caller closes it."""
+    from ocs.config import with_overrides
     from ocs.radius.clients import load_client_table
 
     settings = with_overrides(
-        app.services.settings,
+        services.settings,
         radius_host="127.0.0.1",
         radius_auth_port=0,
         radius_acct_port=0,
-        radius_clients=(
-            RadiusClientConfig(name="test-nas", network="127.0.0.1/32", secret=RADIUS_SECRET),
-        ),
+        radius_clients=clients,
     )
     server = RadiusServer(
-        app.services.calls, settings, await load_client_table(app.services.pool, settings)
+        services.calls, settings, await load_client_table(services.pool, settings)
     )
     await server.start()
+    return server
+
+
+@pytest.fixture
+async def radius(app: RunningApp) -> AsyncIterator[RunningRadius]:
+    """A RADIUS server beside ``app`` on free ports, trusting 127.0.0.1 (RADIUS_SECRET)."""
+    from ocs.config import RadiusClientConfig
+
+    server = await started_radius(
+        app.services,
+        (RadiusClientConfig(name="test-nas", network="127.0.0.1/32", secret=RADIUS_SECRET),),
+    )
     try:
         yield RunningRadius(app=app, server=server)
     finally:

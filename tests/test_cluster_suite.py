@@ -27,10 +27,8 @@ from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest, CallRecord
 from ocs.config import RadiusClientConfig, with_overrides
-from ocs.radius.clients import load_client_table
-from ocs.radius.server import RadiusServer
 from ocs.state_metrics import sample_live
-from tests.conftest import RADIUS_SECRET, RunningApp, add_plan, eventually
+from tests.conftest import RADIUS_SECRET, RunningApp, add_plan, eventually, started_radius
 from tests.radius_udp import UdpClient, access_request, accounting_request, decode_reply, wire
 from tests.redis_cluster import Backend, RedisClusterProcess
 
@@ -139,19 +137,10 @@ async def test_radius_calls_are_accepted_and_charged_on_either_backend(
 ) -> None:
     app = backend_app
     await add_plan(app.services)
-    settings = with_overrides(
-        app.services.settings,
-        radius_host="127.0.0.1",
-        radius_auth_port=0,
-        radius_acct_port=0,
-        radius_clients=(
-            RadiusClientConfig(name="nas", network="127.0.0.1/32", secret=RADIUS_SECRET),
-        ),
+    server = await started_radius(
+        app.services,
+        (RadiusClientConfig(name="nas", network="127.0.0.1/32", secret=RADIUS_SECRET),),
     )
-    server = RadiusServer(
-        app.services.calls, settings, await load_client_table(app.services.pool, settings)
-    )
-    await server.start()
     udp = await UdpClient.open()
     try:
         ids = ACCOUNTS[:6]

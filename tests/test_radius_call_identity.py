@@ -19,11 +19,11 @@ import pytest
 
 from ocs.charging.lifecycle import MAX_CALL_ID, CallService
 from ocs.charging.values import AuthorizeRequest, Origin
-from ocs.config import RadiusClientConfig, with_overrides
+from ocs.config import RadiusClientConfig
 from ocs.radius.call_identity import nas_node, radius_call_id
-from ocs.radius.clients import NasClient, load_client_table
+from ocs.radius.clients import NasClient
 from ocs.radius.server import RadiusServer
-from tests.conftest import RunningApp, account, add_plan, eventually
+from tests.conftest import RunningApp, account, add_plan, eventually, started_radius
 from tests.helpers import Pairs, new_account
 from tests.radius_udp import (
     UdpClient,
@@ -68,20 +68,13 @@ class TwoClients:
 @pytest.fixture
 async def rig(app: RunningApp) -> AsyncIterator[TwoClients]:
     await add_plan(app.services)
-    settings = with_overrides(
-        app.services.settings,
-        radius_host="127.0.0.1",
-        radius_auth_port=0,
-        radius_acct_port=0,
-        radius_clients=(
+    server = await started_radius(
+        app.services,
+        (
             RadiusClientConfig(name="gw-a", network="127.0.0.1/32", secret=SECRET_A),
             RadiusClientConfig(name="gw-b", network="127.0.0.2/32", secret=SECRET_B),
         ),
     )
-    server = RadiusServer(
-        app.services.calls, settings, await load_client_table(app.services.pool, settings)
-    )
-    await server.start()
     gw_a = await UdpClient.open("127.0.0.1")
     gw_b = await UdpClient.open("127.0.0.2")
     try:
