@@ -29,6 +29,7 @@ import asyncpg
 
 from ocs.billing.bundles import BundleInvoice, bundle_lines
 from ocs.billing.cycles import UNSCHEDULED, PlanBilling, schedule
+from ocs.billing.late_usage import late_usage
 from ocs.billing.lines import (
     Billed,
     BilledKey,
@@ -160,9 +161,9 @@ _INSERT_SQL = """
 INSERT INTO invoices (account_id, currency, subtotal, tax_total, total, prepaid,
     previous_balance, payments, debited, posting_charges, new_charges, closing_balance,
     amount_due, plan_id, period_start, period_end, period_label, issuer, message,
-    invoice_date, run_id, taxes_calculated, window_start, window_end)
+    invoice_date, run_id, taxes_calculated, window_start, window_end, usage_snapshot)
 SELECT a, c, n, t, n + t, pp, pb, pay, deb, pc, nc, cb, due,
-       $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23
+       $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24::text::pg_snapshot
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::boolean[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
             $11::bigint[], $12::bigint[])
@@ -173,13 +174,14 @@ RETURNING id, account_id
 """
 
 # Drafts of an earlier run, recomputed: ids $1, then the arrays of ``_INSERT_SQL`` from $3
-# (subtotal) to $12 as $2-$11, then invoice date, run, taxes switch and window ($12-$16).
+# (subtotal) to $12 as $2-$11, then invoice date, run, taxes switch, window and the CDRs'
+# snapshot ($12-$17).
 _UPDATE_SQL = """
 UPDATE invoices i SET subtotal = d.n, tax_total = d.t, total = d.n + d.t, tax_error = NULL,
     prepaid = d.pp, previous_balance = d.pb, payments = d.pay, debited = d.deb,
     posting_charges = d.pc, new_charges = d.nc, closing_balance = d.cb, amount_due = d.due,
     invoice_date = $12, run_id = $13, taxes_calculated = $14, window_start = $15,
-    window_end = $16
+    window_end = $16, usage_snapshot = $17::text::pg_snapshot
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[], $5::bigint[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
             $11::bigint[]) AS d(id, n, t, pp, pb, pay, deb, pc, nc, cb, due)
@@ -320,10 +322,24 @@ def _earliest(first: datetime | None, second: datetime) -> datetime:
     return second if first is None or second.timestamp() < first.timestamp() else first
 
 
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """A group's drafts as computed: account -> (currency, lines), and the snapshot its
+    CDRs were read in (``invoices.usage_snapshot``, decision 0050)."""
+
+    lines: dict[str, tuple[str, list[Line]]]
+    usage_snapshot: str
+
+
 async def compute(
     conn: asyncpg.Connection, group: Group, options: Options
 ) -> dict[str, tuple[str, list[Line]]]:
     """Account -> (currency, lines) for every account of the group; reads only."""
+    return (await compute_drafts(conn, group, options)).lines
+
+
+async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Options) -> Computed:
+    """The group's drafts and the snapshot they read the CDRs in; reads only."""
     cycle = group.cycle  # computed once: a schedule is made on each access
     which = targets(cycle, group.period, group.billing.invoice_timing, group.named)
     window = usage_window(which, options.usage_cutoff)
@@ -356,6 +372,8 @@ async def compute(
     earlier = await billed_spans(conn, group, which, items)
     # One read of the accounts' CDRs for the usage lines and the real-time path's lines.
     totals = await cdr_totals(conn, ids, window)
+    # Imported calls of earlier periods that the account's last invoice could not see.
+    late = await late_usage(conn, ids, group.period.start, window[0], totals.snapshot)
     reported = await realtime_lines(conn, currencies, window, totals)
     bundled = await bundle_lines(
         conn, [BundleInvoice(a, c, which, window) for a, c in sorted(currencies.items())]
@@ -370,7 +388,7 @@ async def compute(
     for account, currency in sorted(currencies.items()):
         lines = invoice_lines(
             items[account],
-            totals.usage(account),
+            totals.usage(account) + late.get(account, []),
             cycle,
             which,
             currency,
@@ -385,7 +403,7 @@ async def compute(
         if rules is not None:
             lines += tax_lines(lines, rules, currency, options.invoice_date, exempt.get(account))
         found[account] = (currency, lines)
-    return found
+    return Computed(found, totals.snapshot)
 
 
 def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tuple[object, ...]]:
@@ -437,7 +455,8 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
     figures read first (``statement.statement_figures``) and those lines; a new
     invoice is inserted with both, an existing draft updated with both.
     """
-    computed = await compute(conn, group, options)
+    drafted = await compute_drafts(conn, group, options)
+    computed = drafted.lines
     accounts = list(computed)
     period = group.period
     which = targets(group.cycle, group.period, group.billing.invoice_timing, group.named)
@@ -459,7 +478,8 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
     columns: list[list[object]] = [list(c) for c in zip(*rows_in, strict=True)] or [
         [] for _ in range(12)
     ]
-    inserted = await conn.fetch(_INSERT_SQL, *columns, *_invoice_settings(group, options, window))
+    settings = _invoice_settings(group, options, window, drafted.usage_snapshot)
+    inserted = await conn.fetch(_INSERT_SQL, *columns, *settings)
     new = {r["account_id"]: r["id"] for r in inserted}
     # An invoice made by an earlier run (or another worker) is locked in account order, as
     # rows are inserted: two runs of one period wait for each other, never deadlock. The
@@ -498,16 +518,16 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
             _UPDATE_SQL,
             [i for _, i in earlier],
             *(list(c) for c in zip(*picked, strict=True)),
-            *_invoice_settings(group, options, window)[6:],
+            *settings[6:],
         )
     return Written(drafts=len(drafts), final=len(new) + len(rows) - len(drafts))
 
 
 def _invoice_settings(
-    group: Group, options: Options, window: tuple[datetime, datetime]
+    group: Group, options: Options, window: tuple[datetime, datetime], usage_snapshot: str
 ) -> tuple[object, ...]:
     """The values every invoice of a group shares, as ``_INSERT_SQL`` takes them from $13
-    (``_UPDATE_SQL`` takes the last five, from $12)."""
+    (``_UPDATE_SQL`` takes the last six, from $12)."""
     return (
         group.billing.plan_id,
         group.period.start,
@@ -520,6 +540,7 @@ def _invoice_settings(
         taxed_at_drafting(group.billing, options.calculate_taxes),
         window[0],
         window[1],
+        usage_snapshot,
     )
 
 

@@ -2,7 +2,8 @@
 
 The calls are the invoice's own: the CDRs of its account stopped in its
 statement window (``invoices.window_start/window_end``, the window its usage
-lines sum), usage events left out (they have their own lines). ``call_rows``
+lines sum), usage events left out (they have their own lines); of the imported
+calls, those its draft saw, and the late ones it billed (``late_usage``). ``call_rows``
 answers the API listing a page at a time (``page_cursor`` names where the next page
 starts) and ``calls_csv`` the CSV attachment, written page by page; amounts are the
 exact micro-units each call was charged (the invoice rounds per usage line,
@@ -34,16 +35,52 @@ CSV_COLUMNS = (
     "cdr",
 )
 
+# The window's calls, less the imported ones the invoice's draft could not see (its
+# snapshot $8; they are the next invoice's), and the late imported calls it billed
+# (``late_usage``, decision 0050): stopped before the window, unseen by the previous
+# invoice's snapshot ($9), seen by its own. Two ranges of one index, so the window's part
+# does not read the account's whole history; each is cut at the page's size.
 _ROWS_SQL = """
-SELECT c.entry_id, c.stopped_at, c.caller, c.member, c.destination, c.zone, c.direction,
-       c.duration, c.billed_seconds, c.charged, c.currency
-FROM cdrs c
-WHERE c.account_id = $1 AND c.stopped_at >= $2 AND c.stopped_at < $3
-  AND c.termination_cause <> 'usage'
-  AND ($4::text IS NULL OR c.member = $4 OR c.caller = $4)
-  AND ($5::timestamptz IS NULL OR (c.stopped_at, c.entry_id) > ($5, $6::text))
-ORDER BY c.stopped_at, c.entry_id
+SELECT * FROM (
+  (SELECT c.entry_id, c.stopped_at, c.caller, c.member, c.destination, c.zone, c.direction,
+          c.duration, c.billed_seconds, c.charged, c.currency
+   FROM cdrs c
+   WHERE c.account_id = $1 AND c.stopped_at >= $2 AND c.stopped_at < $3
+     AND c.termination_cause <> 'usage'
+     AND ($8::text IS NULL OR c.supplier IS NULL OR c.recorded_xid IS NULL
+          OR pg_visible_in_snapshot(c.recorded_xid, $8::text::pg_snapshot))
+     AND ($4::text IS NULL OR c.member = $4 OR c.caller = $4)
+     AND ($5::timestamptz IS NULL OR (c.stopped_at, c.entry_id) > ($5, $6::text))
+   ORDER BY c.stopped_at, c.entry_id
+   LIMIT $7)
+  UNION ALL
+  (SELECT c.entry_id, c.stopped_at, c.caller, c.member, c.destination, c.zone, c.direction,
+          c.duration, c.billed_seconds, c.charged, c.currency
+   FROM cdrs c
+   WHERE $8::text IS NOT NULL AND $9::text IS NOT NULL
+     AND c.account_id = $1 AND c.supplier IS NOT NULL
+     AND c.recorded_xid >= pg_snapshot_xmin($9::text::pg_snapshot)
+     AND NOT pg_visible_in_snapshot(c.recorded_xid, $9::text::pg_snapshot)
+     AND pg_visible_in_snapshot(c.recorded_xid, $8::text::pg_snapshot)
+     AND c.stopped_at < $2
+     AND ($4::text IS NULL OR c.member = $4 OR c.caller = $4)
+     AND ($5::timestamptz IS NULL OR (c.stopped_at, c.entry_id) > ($5, $6::text))
+   ORDER BY c.stopped_at, c.entry_id
+   LIMIT $7)
+) calls
+ORDER BY stopped_at, entry_id
 LIMIT $7
+"""
+# An invoice's window and snapshot, and the snapshot of the account's invoice before it
+# (any state, as ``late_usage`` reads it).
+_INVOICE_SQL = """
+SELECT i.account_id, COALESCE(i.window_start, i.period_start) AS start,
+       COALESCE(i.window_end, i.period_end) AS "end", i.usage_snapshot::text AS seen,
+       (SELECT p.usage_snapshot::text FROM invoices p
+        WHERE p.account_id = i.account_id AND p.kind = 'invoice'
+          AND p.period_start < i.period_start
+        ORDER BY p.period_start DESC LIMIT 1) AS seen_before
+FROM invoices i WHERE i.id = $1
 """
 # The most calls one page lists: an account's month may hold hundreds of thousands, and
 # one answer of them all held the serving loop for seconds.
@@ -102,11 +139,7 @@ async def call_rows(
     window (none) lists its whole period.
     """
     async with pool.acquire() as conn:
-        invoice = await conn.fetchrow(
-            "SELECT account_id, COALESCE(window_start, period_start) AS start,"
-            ' COALESCE(window_end, period_end) AS "end" FROM invoices WHERE id = $1',
-            invoice_id,
-        )
+        invoice = await conn.fetchrow(_INVOICE_SQL, invoice_id)
         if invoice is None:
             raise OcsError(Reason.NOT_FOUND, f"no invoice {invoice_id}")
         stopped, cdr = after or (None, None)
@@ -119,6 +152,8 @@ async def call_rows(
             stopped,
             cdr,
             limit,
+            invoice["seen"],
+            invoice["seen_before"],
         )
     return [
         CallRow(

@@ -145,7 +145,12 @@ class Item(msgspec.Struct, frozen=True):
 
 
 class Usage(msgspec.Struct, frozen=True):
-    """An account's rated calls of one zone and direction in the usage window."""
+    """An account's rated calls of one zone and direction in the usage window.
+
+    ``since``: for calls stopped before the window and imported after the invoice of
+    their period was drafted (``late_usage``, decision 0050), the earliest one's stop;
+    None for the window's calls.
+    """
 
     zone: str
     direction: str
@@ -156,6 +161,7 @@ class Usage(msgspec.Struct, frozen=True):
     first_cdr: str
     last_cdr: str
     rate_type: str | None = None  # the CDRs' rate type (a tax code may follow it)
+    since: datetime | None = None
 
 
 class Line(msgspec.Struct, frozen=True):
@@ -603,14 +609,23 @@ def billed_window_start(items: list[Item], cycle: Schedule, which: Targets) -> d
 
 
 def usage_line(usage: Usage, window: tuple[datetime, datetime], currency: str) -> Line:
-    """A usage summary line: calls, seconds and what the real-time path debited for them."""
+    """A usage summary line: calls, seconds and what the real-time path debited for them.
+
+    Late calls (``Usage.since``) say so, and their line's period runs from the earliest
+    one's stop to the window's start.
+    """
     direction = "" if usage.direction == "outbound" else f" ({usage.direction})"
     rate_type = "" if usage.rate_type is None else f", {usage.rate_type}"
+    period = window
+    late = ""
+    if usage.since is not None:
+        period = (usage.since, window[0])
+        late = f", made before {window[0].date().isoformat()} and recorded late"
     return Line(
         "usage",
-        f"Calls to {usage.zone}{direction}{rate_type}",
-        window[0],
-        window[1],
+        f"Calls to {usage.zone}{direction}{rate_type}{late}",
+        period[0],
+        period[1],
         usage.calls,
         usage.amount,
         round_line(usage.amount, currency),
@@ -675,8 +690,11 @@ def invoice_lines(
         ):
             spans = [] if billed is None else spans_of(item, billed)
             found += advance_adjustments(item, cycle, which, currency, spans)
+    # The window's calls, then the late ones (``late_usage``), each group in a fixed order.
     found += [
         usage_line(u, usage_window, currency)
-        for u in sorted(usage, key=lambda u: (u.zone, u.direction, u.rate_type or ""))
+        for u in sorted(
+            usage, key=lambda u: (u.since is not None, u.zone, u.direction, u.rate_type or "")
+        )
     ]
     return found

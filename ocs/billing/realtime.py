@@ -44,7 +44,14 @@ from ocs.billing.lines import Line, Usage
 # same in any deterministic collation, and the database's own (C.UTF-8 here) compares
 # through the C library's strcoll, which made the sort-and-group of 50,000 CDRs a chunk
 # cost three times a hash of the same keys (benchmarks/RESULTS.md, "Billing drafts").
+#
+# The statement's snapshot comes with its rows (one row of NULLs besides it when the window
+# holds no CDR): the invoice keeps it, and the next invoice bills the imported CDRs it
+# could not see (``late_usage``, decision 0050). Read in the same statement, so it is the
+# snapshot these sums were taken in, not one a moment before or after.
 _CDR_TOTALS_SQL = """
+SELECT seen.snapshot, t.* FROM (SELECT pg_current_snapshot()::text AS snapshot) seen
+LEFT JOIN (
 SELECT account_id COLLATE "C" AS account_id, termination_cause = 'usage' AS event,
        zone COLLATE "C" AS zone, direction COLLATE "C" AS direction,
        rate_type COLLATE "C" AS rate_type,
@@ -58,6 +65,7 @@ SELECT account_id COLLATE "C" AS account_id, termination_cause = 'usage' AS even
 FROM cdrs
 WHERE account_id = ANY($1::text[]) AND stopped_at >= $2 AND stopped_at < $3
 GROUP BY 1, 2, 3, 4, 5, 6, 7
+) t ON true
 """
 
 _COUNTER_CHARGES_SQL = "SELECT counter_id, id FROM charges WHERE counter_id = ANY($1::text[])"
@@ -115,12 +123,15 @@ class CdrTotals:
     """A group's CDRs of the window, summed: per account, its calls, events and counters.
 
     ``calls``: (zone, direction, rate type) -> total; ``events``: (service, zone) ->
-    total; ``counters``: counter id -> (its counter charge or None, total).
+    total; ``counters``: counter id -> (its counter charge or None, total);
+    ``snapshot``: the snapshot they were read in (``pg_snapshot`` text), which the
+    invoices keep (decision 0050).
     """
 
     calls: dict[str, dict[tuple[str, str, str | None], Total]]
     events: dict[str, dict[tuple[str, str], Total]]
     counters: dict[str, dict[str, tuple[str | None, Total]]]
+    snapshot: str
 
     def usage(self, account_id: str) -> list[Usage]:
         """The account's call summaries (``lines.Usage``), in a fixed order."""
@@ -151,9 +162,14 @@ async def cdr_totals(
     events: dict[str, dict[tuple[str, str], Total]] = defaultdict(dict)
     counted: dict[str, dict[str, Total]] = defaultdict(dict)
     if not window[0] < window[1]:
-        return CdrTotals(calls, events, {})
-    for row in await conn.fetch(_CDR_TOTALS_SQL, account_ids, window[0], window[1]):
+        snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
+        return CdrTotals(calls, events, {}, snapshot)
+    rows = await conn.fetch(_CDR_TOTALS_SQL, account_ids, window[0], window[1])
+    snapshot = rows[0]["snapshot"]
+    for row in rows:
         account = row["account_id"]
+        if account is None:
+            continue  # the window holds no CDR: the snapshot's row alone
         if row["event"]:
             key: tuple[str, ...] = (row["service"], row["zone"])
             found: dict[Any, Total] = events[account]
@@ -178,7 +194,7 @@ async def cdr_totals(
             account: {c: (charges.get(c), t) for c, t in found_.items()}
             for account, found_ in counted.items()
         }
-    return CdrTotals(calls, events, counters)
+    return CdrTotals(calls, events, counters, snapshot)
 
 
 @dataclass(frozen=True, slots=True)

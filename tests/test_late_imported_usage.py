@@ -1,0 +1,180 @@
+"""Imported calls recorded after the invoice of their period (decision 0050).
+
+A supplier's file imported in April with calls of March: the calls were debited at import,
+but March's invoice was drafted before, and April's window starts on April 1, so no
+invoice showed them (nor taxed them). The next invoice now bills, marked late, the
+imported calls stopped before its window that the account's previous invoice could not
+see when it was drafted; each imported call is on exactly one invoice.
+
+Plan ``retail``: EUR, monthly from 2026-01-01, invoiced at the end of each month (UTC).
+The deck prices UK 60/60 at 0.02 a minute: 61 s cost 0.04, 30 s cost 0.02.
+"""
+
+from datetime import UTC, date
+from pathlib import Path
+from typing import Any
+
+from ocs.billing import itemised, posting
+from ocs.billing.cycles import PlanBilling
+from ocs.billing.store import Subscription, set_plan_billing, subscribe
+from ocs.billing.void import void
+from tests.billing_helpers import invoice_id, invoices, run
+from tests.conftest import RunningApp
+from tests.usage_import_helpers import (
+    HEADER,
+    new_account,
+    run_import,
+    setup_mediation,
+    stored_cdrs,
+)
+
+LATE_MARCH = "Calls to UK, made before 2026-04-01 and recorded late"
+
+
+async def _billed_account(app: RunningApp) -> None:
+    """``acc1`` on the mediation plan, billed monthly from January."""
+    await setup_mediation(app)
+    services = app.services
+    await set_plan_billing(
+        services.pool, PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1)
+    )
+    await new_account(app, "acc1", "10.00")
+    await subscribe(services.pool, Subscription("acc1", "retail", date(2026, 1, 1)))
+
+
+async def _import(app: RunningApp, tmp_path: Path, name: str, rows: str, stored: int) -> None:
+    """Import one file of ``acc1``'s calls; wait until the supplier has ``stored`` CDRs."""
+    path = tmp_path / name
+    path.write_text(HEADER + rows)
+    summary = await run_import(app, path)
+    assert (summary.rows_rejected, summary.rows_repeated) == (0, 0)
+    await stored_cdrs(app, "carrier-x", stored)
+
+
+async def _usage(app: RunningApp, label: str) -> list[tuple[Any, ...]]:
+    """``acc1``'s usage lines on the invoice of that period: description, calls, seconds,
+    amount, first day."""
+    found = [i for i in await invoices(app.services) if i["label"] == label]
+    assert len(found) == 1, label
+    return [
+        (
+            line["description"],
+            line["calls"],
+            line["seconds"],
+            line["amount"],
+            line["period_start"].astimezone(UTC).date(),
+        )
+        for line in found[0]["lines"]
+        if line["kind"] == "usage"
+    ]
+
+
+async def _listed(app: RunningApp, label: str) -> list[str]:
+    """The CDR ids the invoice's itemised call list shows."""
+    found = await invoice_id(app.services, "acc1", label)
+    return [row.cdr for row in await itemised.call_rows(app.services.pool, found)]
+
+
+async def _cdr_of(app: RunningApp, record_id: str) -> str:
+    entry = await app.services.pool.fetchval(
+        "SELECT entry_id FROM cdrs WHERE record_id = $1", record_id
+    )
+    assert entry is not None
+    return str(entry)
+
+
+async def test_calls_imported_after_their_invoice_are_billed_late_by_the_next_one_once(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await _billed_account(app)
+    services = app.services
+    await _import(
+        app, tmp_path, "march.csv", "r1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n", 1
+    )
+    await run(services, "2026-03")
+    # Imported after March was drafted: two calls of March 20 and one of February 10.
+    await _import(
+        app,
+        tmp_path,
+        "late.csv",
+        "r2,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n"
+        "r3,acc1,442079999999,2026-03-21 10:00:00,61,O,,\n"
+        "r4,acc1,442071234567,2026-02-10 10:00:00,30,O,,\n",
+        4,
+    )
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
+    # April again (a re-draft): the same lines, not the late calls twice.
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    assert await _usage(app, "2026-03") == [("Calls to UK", 1, 61, 40_000, date(2026, 3, 1))]
+    # 30 + 61 + 30 s: 0.02 + 0.04 + 0.02; the line's period starts at the first call's stop.
+    assert await _usage(app, "2026-04") == [(LATE_MARCH, 3, 121, 80_000, date(2026, 2, 10))]
+    assert await _usage(app, "2026-05") == []
+    # The itemised lists agree with the lines: each call on one invoice.
+    assert await _listed(app, "2026-03") == [await _cdr_of(app, "r1")]
+    assert sorted(await _listed(app, "2026-04")) == sorted(
+        [await _cdr_of(app, r) for r in ("r2", "r3", "r4")]
+    )
+    assert await _listed(app, "2026-05") == []
+
+
+async def test_an_invoice_drafted_again_after_the_import_bills_its_own_calls_and_none_late(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # March still a draft when the file arrives: its next draft sees the calls in its own
+    # window, and April finds nothing it could not see.
+    await _billed_account(app)
+    services = app.services
+    await _import(
+        app, tmp_path, "march.csv", "r1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n", 1
+    )
+    await run(services, "2026-03")
+    await _import(app, tmp_path, "more.csv", "r2,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n", 2)
+    await run(services, "2026-03")
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    assert await _usage(app, "2026-03") == [("Calls to UK", 2, 91, 60_000, date(2026, 3, 1))]
+    assert await _usage(app, "2026-04") == []
+    assert sorted(await _listed(app, "2026-03")) == sorted(
+        [await _cdr_of(app, "r1"), await _cdr_of(app, "r2")]
+    )
+
+
+async def test_a_voided_invoices_calls_are_not_billed_again_and_its_late_ones_are(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # March posted, then the late file, then March voided by the operator: April bills
+    # the late call (March never saw it) and not March's own call behind their back.
+    await _billed_account(app)
+    services = app.services
+    await _import(
+        app, tmp_path, "march.csv", "r1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n", 1
+    )
+    await run(services, "2026-03")
+    march = await invoice_id(services, "acc1", "2026-03")
+    await posting.post(services.pool, services.store, invoice_ids=[march])
+    await _import(app, tmp_path, "late.csv", "r2,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n", 2)
+    await void(services.pool, services.store, march)
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    assert await _usage(app, "2026-04") == [(LATE_MARCH, 1, 30, 20_000, date(2026, 3, 20))]
+
+
+async def test_calls_imported_before_the_first_invoice_stay_out_of_it_when_older(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # An account's first invoice has no earlier draft to compare with: it bills its own
+    # window only, as before (a call of February is not March's).
+    await _billed_account(app)
+    await _import(
+        app,
+        tmp_path,
+        "calls.csv",
+        "r1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n"
+        "r2,acc1,442071234567,2026-02-10 10:00:00,30,O,,\n",
+        2,
+    )
+    await run(app.services, "2026-03")
+
+    assert await _usage(app, "2026-03") == [("Calls to UK", 1, 61, 40_000, date(2026, 3, 1))]
