@@ -518,6 +518,16 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
                 }
                 for m in result.mismatches
             ],
+            # Redis lost entries PostgreSQL holds (a restart from an AOF missing its last
+            # writes): the mismatches above include what those entries moved.
+            "lost_ledger_entries": [
+                {
+                    "bucket": lost.bucket,
+                    "stream_last_id": lost.stream_last_id,
+                    "written_through": lost.written_through,
+                }
+                for lost in result.lost
+            ],
         }
     )
     return 0 if result.ok else EXIT_REFUSED

@@ -6,7 +6,7 @@ import sys
 
 from ocs.balances import keys
 from ocs.balances.reconcile import reconcile
-from tests.conftest import RunningApp, add_plan
+from tests.conftest import RunningApp, add_plan, eventually
 
 
 async def test_balances_reconcile_with_entries_in_flight_and_written(app: RunningApp) -> None:
@@ -81,3 +81,50 @@ async def test_reconcile_is_exact_while_calls_and_the_writer_run(app: RunningApp
     checks.append(await reconcile(app.services.redis, app.services.pool))
     assert len(checks) >= 2
     assert all(c.ok for c in checks), [c.mismatches for c in checks if not c.ok][:1]
+
+
+async def test_a_redis_that_lost_entries_already_written_to_postgresql_is_reported(
+    app: RunningApp,
+) -> None:
+    # A host crash with `appendfsync everysec` restarts Redis from an AOF missing its last
+    # second: the charge, its stream entry and the stream's last id go back, while the
+    # ledger writer had already copied the entry to PostgreSQL. Reconcile counted rows up
+    # to the stream's last id, so it left that row out on both sides and said all was well.
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "crashed", "plan": "retail", "balance": "2.00"})
+    redis, pool = app.services.redis, app.services.pool
+    stream = keys.ledger(keys.bucket_of("crashed"))
+
+    async def written(count: int) -> bool:
+        rows = await pool.fetchval("SELECT count(*) FROM ledger WHERE account_id = 'crashed'")
+        return bool(rows == count and await redis.xlen(stream) == 0)
+
+    await eventually(lambda: written(1), what="the opening balance's entry written")
+    # The state the AOF kept: before the call below.
+    kept_balance = await redis.hget(keys.account("crashed"), "balance")
+    kept_id = (await redis.xinfo_stream(stream))["last-generated-id"]
+    await app.post(
+        "/v1/calls", {"account": "crashed", "destination": "447700900123", "call_id": "gone"}
+    )
+    status, _ = await app.post("/v1/calls/gone/stop", {"duration": 45})
+    assert status == 200
+    await eventually(lambda: written(2), what="the call's entry written")
+    charge = await pool.fetchval(
+        "SELECT amount FROM ledger WHERE account_id = 'crashed' AND kind <> 'topup'"
+        " ORDER BY entry_id DESC LIMIT 1"
+    )
+    assert charge < 0
+    # Redis restarted from that AOF: the balance, the stream's last id and the writer's
+    # group as they were before the call.
+    await redis.hset(keys.account("crashed"), "balance", kept_balance)
+    await redis.execute_command("XSETID", stream, kept_id)
+    await redis.execute_command("XGROUP", "SETID", stream, keys.LEDGER_GROUP, kept_id)
+
+    result = await reconcile(redis, pool)
+
+    assert not result.ok
+    assert [(m.account_id, m.redis_balance, m.ledger_total) for m in result.mismatches] == [
+        ("crashed", int(kept_balance), int(kept_balance) + charge)
+    ]
+    (lost,) = result.lost
+    assert lost.stream_last_id == f"{keys.bucket_of('crashed')}-{kept_id.decode()}"
