@@ -59,6 +59,8 @@ def importer_of(services: "Services") -> "UsageImporter":
         services.store,
         services.catalog,
         result_ttl=services.settings.stop_dedupe_ttl,
+        supplier_wait=services.settings.usage_import_supplier_wait,
+        ledger_wait=services.settings.usage_import_ledger_wait,
     )
 
 

@@ -455,6 +455,21 @@ class Settings:
         "directory usage files sent to the API and their rejects are kept under"
         " (none: <data dir>/usage-imports)",
     )
+    # One import of a supplier at a time, and only once the PostgreSQL look-up of its
+    # record ids can see every earlier import's CDRs (decision 0051).
+    usage_import_supplier_wait: float = _setting(
+        600.0,
+        _parse_seconds(0, 86_400),
+        "seconds a usage import waits for the running import of the same supplier to end"
+        " before it is refused",
+    )
+    usage_import_ledger_wait: float = _setting(
+        60.0,
+        _parse_seconds(0, 3600),
+        "seconds a usage import waits for the ledger writer to store every ledger entry"
+        " made before it started; refused after that, since records an earlier import"
+        " debited may not be in PostgreSQL yet",
+    )
     invoice_issuer_name: str = _setting(
         "ocs", _parse_str, "the issuer's name printed on every invoice"
     )

@@ -1,6 +1,7 @@
 """`ocs usage import` with a template shipped with ocs: an Asterisk switch's own Master.csv
 rated and debited from the command line, an account found by its caller id, and the same
-file again moving nothing."""
+file again moving nothing. A ledger writer runs beside the command line, as `ocs serve`
+runs one: an import waits for it, and without it is refused."""
 
 import asyncio
 import csv
@@ -9,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from ocs.config import Settings
+from tests.usage_import_helpers import ledger_writer_beside
 
 DECK = (
     "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
@@ -56,6 +59,12 @@ def add_caller(settings: Settings, caller: str, account_id: str) -> None:
 def test_an_asterisk_master_csv_is_rated_from_the_command_line(
     ocs: Any, settings: Settings, tmp_path: Path
 ) -> None:
+    with ledger_writer_beside(settings):
+        rated_from_the_command_line(ocs, settings, tmp_path)
+
+
+def rated_from_the_command_line(ocs: Any, settings: Settings, tmp_path: Path) -> None:
+    """The Master.csv imported twice: charged, then repeats only."""
     deck = tmp_path / "deck.csv"
     deck.write_text(DECK)
     done(ocs, "plans", "create", "retail", "--currency", "EUR")
@@ -83,6 +92,12 @@ def test_an_asterisk_master_csv_is_rated_from_the_command_line(
 def test_a_refused_all_or_nothing_import_exits_1_and_names_the_rejects(
     ocs: Any, settings: Settings, tmp_path: Path
 ) -> None:
+    with ledger_writer_beside(settings):
+        refused_all_or_nothing(ocs, tmp_path)
+
+
+def refused_all_or_nothing(ocs: Any, tmp_path: Path) -> None:
+    """A bad row refuses the whole file; an unknown template exits non-zero."""
     deck = tmp_path / "deck.csv"
     deck.write_text(DECK)
     done(ocs, "plans", "create", "retail", "--currency", "EUR")
@@ -111,3 +126,29 @@ def test_a_refused_all_or_nothing_import_exits_1_and_names_the_rejects(
 
     code, _, err = ocs("usage", "import", "--template", "nope", str(master))
     assert code != 0 and "template" in err
+
+
+def test_an_import_is_refused_while_the_ledger_writer_has_not_stored_earlier_entries(
+    ocs: Any, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The look-up of record ids in PostgreSQL only sees CDRs the ledger writer stored:
+    # with entries older than the import still in Redis, a record an earlier import
+    # debited could be debited again, so nothing is imported.
+    monkeypatch.setenv("OCS_USAGE_IMPORT_LEDGER_WAIT", "0.5")
+    deck = tmp_path / "deck.csv"
+    deck.write_text(DECK)
+    done(ocs, "plans", "create", "retail", "--currency", "EUR")
+    done(ocs, "tariffs", "import", "--plan", "retail", str(deck))
+    # Its opening balance is a ledger entry, not yet stored: no writer runs.
+    done(ocs, "accounts", "create", "1001", "--plan", "retail", "--balance", "5.00")
+    master = tmp_path / "Master.csv"
+    master.write_text(MASTER_CSV.splitlines(keepends=True)[0])
+    code, _, err = ocs("usage", "import", "--template", "asterisk-cdr-csv", str(master))
+    assert code != 0
+    assert "the ledger writer has not stored the ledger entries made before this import" in err
+    assert done(ocs, "accounts", "show", "1001")["balance"] == "5.000000"
+
+    with ledger_writer_beside(settings):
+        summary = done(ocs, "usage", "import", "--template", "asterisk-cdr-csv", str(master))
+    assert (summary["state"], summary["rows_charged"]) == ("done", 1)
+    assert done(ocs, "accounts", "show", "1001")["balance"] == "4.960000"

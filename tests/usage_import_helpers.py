@@ -1,12 +1,21 @@
 """Shared by the usage-import tests: the carrier's plan, rate types, overrides and
-template (hand-checked rates), and the steps and reads the tests repeat."""
+template (hand-checked rates), the steps and reads the tests repeat, an importer whose
+debits wait or fail on cue, and a ledger writer beside the command line."""
 
+import asyncio
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ocs.balances import keys
+from ocs.balances.ledger_writer import LedgerWriter
+from ocs.balances.script_args import UsageEvent
+from ocs.config import Settings
 from ocs.mediation.importer import ImportRequest, ImportSummary, UsageImporter
+from ocs.runtime import open_runtime
 from tests.conftest import RunningApp, add_plan, eventually
 
 DECK = (
@@ -123,3 +132,73 @@ async def stored_cdrs(app: RunningApp, supplier: str, count: int) -> list[Any]:
             "SELECT * FROM cdrs WHERE supplier = $1 ORDER BY record_id", supplier
         )
     )
+
+
+class CuedImporter(UsageImporter):
+    """An importer whose debits (one charge_batch.lua call each) go as the test says:
+    the ``fail_first`` first calls raise, the calls after the first ``free`` wait until
+    ``gate`` opens (or ``gate_timeout`` seconds pass, when it is set), as a slow Redis."""
+
+    def __init__(
+        self,
+        app: RunningApp,
+        *,
+        free: int = 1_000_000,
+        fail_first: int = 0,
+        gate_timeout: float | None = None,
+    ) -> None:
+        """The importer over the app's services, with its cues."""
+        services = app.services
+        super().__init__(services.pool, services.store, services.catalog, result_ttl=3600)
+        self.free = free
+        self.fail_first = fail_first
+        self.gate_timeout = gate_timeout
+        self.gate = asyncio.Event()
+        self.calls = 0
+        self.saved_states: list[str] = []
+
+    async def debit(self, bucket: int, import_id: int, events: list[UsageEvent]) -> list[str]:
+        """Fail, wait, or debit, by the call's place."""
+        self.calls += 1
+        if self.calls <= self.fail_first:
+            raise ConnectionError("Redis went away (the test's cue)")
+        if self.calls > self.free:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.gate.wait(), self.gate_timeout)
+        return await super().debit(bucket, import_id, events)
+
+    async def save(
+        self, summary: ImportSummary, *, error: str | None = None, finished: bool = False
+    ) -> None:
+        """Store the summary; a failed one opens the gate (the waiting debits go on)."""
+        await super().save(summary, error=error, finished=finished)
+        self.saved_states.append(summary.state)
+        if summary.state == "failed":
+            self.gate.set()
+
+
+@contextlib.contextmanager
+def ledger_writer_beside(settings: Settings) -> Iterator[None]:
+    """A ledger writer in a thread of its own while the block runs, as ``ocs serve`` runs
+    one beside ``ocs usage import`` (which waits for it to store earlier entries)."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stopping: list[asyncio.Event] = []
+
+    async def write() -> None:
+        async with open_runtime(settings, listen_catalog=False, load_catalog=False) as services:
+            stopping.append(asyncio.Event())
+            writer = LedgerWriter(services.redis, services.pool, block_ms=50)
+            started.set()
+            await writer.run(stopping[0])
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(write(),), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(30), "the ledger writer did not start"
+        yield
+    finally:
+        if stopping:
+            loop.call_soon_threadsafe(stopping[0].set)
+        thread.join(30)
+        loop.close()

@@ -604,6 +604,12 @@ class BalanceStore:
             if entry is not None
         ]
 
+    async def server_time_ms(self) -> int:
+        """Redis's own time now (epoch milliseconds): the clock ledger entry ids are made
+        by (``XADD *``), so it compares with ``oldest_unwritten_ms`` without skew."""
+        seconds, micros = await self._pipe.execute("TIME")
+        return int(seconds) * 1000 + int(micros) // 1000
+
     async def oldest_unwritten_ms(self) -> int | None:
         """When (epoch milliseconds) the oldest ledger entry the writer has not yet moved
         to PostgreSQL was appended; None when every bucket's stream is empty. The writer

@@ -3,7 +3,9 @@
 ``POST /v1/usage/imports?template=T[&mode=all_or_nothing][&version=V][&file_name=N]``
 takes the file as the body, keeps it under ``usage_imports_dir`` and imports it as
 ``ocs usage import`` does (``ocs.mediation.importer``), answering the summary.
-``GET /v1/usage/imports/{import_id}`` reads an import (its progress while it runs);
+``GET /v1/usage/imports/{import_id}`` reads an import (its progress while it runs,
+saved every few seconds; one whose process ended is answered, and stored, as
+``failed``);
 ``.../rejects`` answers its rejects file, to fix and send again. Operators import;
 viewers read.
 """
@@ -21,7 +23,12 @@ from ocs.config import Settings
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import Answer, Endpoint, ObjectId, Params, Role
-from ocs.mediation.importer import ImportRequest, ImportSummary, UsageImporter
+from ocs.mediation.importer import (
+    ImportRequest,
+    ImportSummary,
+    UsageImporter,
+    settle_interrupted,
+)
 
 # The largest file the API takes; larger files go through ``ocs usage import``.
 MAX_FILE = 64 * 1024 * 1024
@@ -77,6 +84,7 @@ class ImportView(Answer):
     amounts: dict[str, str]
     has_rejects: bool
     problems: list[ProblemView] = msgspec.field(default_factory=list)
+    error: str | None = None
 
 
 def import_view(summary: ImportSummary) -> ImportView:
@@ -101,6 +109,7 @@ def import_view(summary: ImportSummary) -> ImportView:
             ProblemView(file=p.file, line=p.line, problems=list(p.problems))
             for p in summary.problems
         ],
+        error=summary.error,
     )
 
 
@@ -113,6 +122,8 @@ def _importer(request: web.Request) -> UsageImporter:
         result_ttl=services.settings.stop_dedupe_ttl,
         # A serving process answers live calls between chunks: small ones (~2 ms each).
         chunk_rows=200,
+        supplier_wait=services.settings.usage_import_supplier_wait,
+        ledger_wait=services.settings.usage_import_ledger_wait,
     )
 
 
@@ -176,11 +187,15 @@ def import_id_of(request: web.Request) -> int:
 
 
 async def _stored(request: web.Request) -> Any:
-    row = await services_of(request).pool.fetchrow(
-        "SELECT * FROM usage_imports WHERE id = $1", import_id_of(request)
-    )
+    pool = services_of(request).pool
+    import_id = import_id_of(request)
+    row = await pool.fetchrow("SELECT * FROM usage_imports WHERE id = $1", import_id)
     if row is None:
         raise OcsError(Reason.NOT_FOUND, "no such usage import", field="import_id")
+    if row["state"] == "running":
+        # Running, or left so by a process that ended: then its supplier's lock is free.
+        await settle_interrupted(pool, row["supplier"])
+        row = await pool.fetchrow("SELECT * FROM usage_imports WHERE id = $1", import_id)
     return row
 
 
@@ -203,6 +218,7 @@ async def show_import(request: web.Request, params: None) -> ImportView:
             amounts=msgspec.json.decode(row["amounts"]),
             rejects_path=row["rejects_path"],
             report_path=row["report_path"],
+            error=row["error"],
         )
     )
 

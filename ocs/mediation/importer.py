@@ -34,17 +34,19 @@ account's credit limit.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import asyncpg
 import msgpack
 import msgspec
+import numpy as np
 
 from ocs import metrics
 from ocs.balances import keys
@@ -78,6 +80,17 @@ SHOWN_PROBLEMS = 100
 # refused: each time follows a fresh read, so only a counter live calls keep changing
 # gets there.
 COUNTER_TRIES = 5
+# Seconds between two saves of a running import's counts: a killed import shows how far
+# it got, for one cheap UPDATE every few seconds.
+SAVE_EVERY = 2.0
+# Seconds between two tries for the supplier's lock, and two looks at the ledger streams.
+LOCK_POLL = 0.2
+LEDGER_POLL = 0.1
+# What an import left running by a process that ended is marked with.
+INTERRUPTED = "interrupted: the importing process ended before the import did"
+# Record id digests kept in a dict before they join the sorted array (16 bytes a record).
+SEEN_MERGE = 65_536
+_DIGEST = 2**64 - 1
 
 
 class ImportRequest(msgspec.Struct, frozen=True):
@@ -117,6 +130,7 @@ class ImportSummary(msgspec.Struct):
     rejects_path: str | None = None
     report_path: str | None = None
     problems: list[ProblemRow] = msgspec.field(default_factory=list)
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -245,6 +259,109 @@ def _same_columns(
     )
 
 
+class _SeenIds:
+    """Where each record id of an import was first read, so that a repeat is found.
+
+    An id is kept as its 64-bit hash (Python's keyed SipHash of the text, computed once
+    per string anyway) with its place (file index and line, packed): the newest in a
+    dict, the rest in two sorted numpy arrays, merged in every ``SEEN_MERGE`` ids. About
+    16 bytes an id, so a million-row file keeps its ids in about 17 MB, where a set of
+    the texts would take over 100 MB. Two distinct ids of one import share a hash with a
+    chance of about 3 in 100 million for a million rows; the later row is then rejected
+    naming the earlier one, which the operator can see is another id.
+    """
+
+    def __init__(self) -> None:
+        """Nothing seen yet."""
+        self.digests: np.ndarray = np.empty(0, dtype=np.uint64)
+        self.places: np.ndarray = np.empty(0, dtype=np.uint64)
+        self.recent: dict[int, int] = {}
+
+    def clear(self) -> None:
+        """Forget every id (the checking pass of an all-or-nothing import is over)."""
+        self.digests = np.empty(0, dtype=np.uint64)
+        self.places = np.empty(0, dtype=np.uint64)
+        self.recent = {}
+
+    def claim(self, ids: list[str], places: list[int]) -> list[int]:
+        """For each id in order, the place it was read at before (-1: first seen here);
+        the new ones are kept, so a repeat within ``ids`` names its first place too."""
+        digests = [hash(i) & _DIGEST for i in ids]
+        earlier = [-1] * len(ids)
+        if len(self.digests):
+            wanted = np.fromiter(digests, dtype=np.uint64, count=len(digests))
+            at = np.minimum(np.searchsorted(self.digests, wanted), len(self.digests) - 1)
+            for i in np.flatnonzero(self.digests[at] == wanted).tolist():
+                earlier[i] = int(self.places[at[i]])
+        recent = self.recent
+        for i, (digest, place) in enumerate(zip(digests, places, strict=True)):
+            if earlier[i] < 0:
+                first = recent.setdefault(digest, place)
+                if first != place:
+                    earlier[i] = first
+        if len(recent) >= SEEN_MERGE:
+            self.merge()
+        return earlier
+
+    def merge(self) -> None:
+        """Move the dict's ids into the sorted arrays (one linear insert)."""
+        count = len(self.recent)
+        digests = np.fromiter(self.recent.keys(), dtype=np.uint64, count=count)
+        places = np.fromiter(self.recent.values(), dtype=np.uint64, count=count)
+        order = np.argsort(digests)
+        digests, places = digests[order], places[order]
+        at = np.searchsorted(self.digests, digests)
+        self.digests = np.insert(self.digests, at, digests)
+        self.places = np.insert(self.places, at, places)
+        self.recent = {}
+
+
+def _lock_key(supplier: str) -> str:
+    """The text whose hash keys a supplier's import lock (``pg_advisory_lock``)."""
+    return f"usage_import:{supplier}"
+
+
+async def mark_interrupted(conn: asyncpg.Connection, supplier: str) -> list[int]:
+    """Mark ``failed`` the supplier's imports still ``running``, given that the caller
+    holds the supplier's import lock: a running import holds it from before its row is
+    made until its state is final, so one left running belongs to a process that ended
+    (PostgreSQL let its lock go with its session). The ids marked."""
+    ids: list[int] = [
+        r["id"]
+        for r in await conn.fetch(
+            "UPDATE usage_imports SET state = 'failed', error = $2, finished_at = now()"
+            " WHERE supplier = $1 AND state = 'running' RETURNING id",
+            supplier,
+            INTERRUPTED,
+        )
+    ]
+    for import_id in ids:
+        log.warning(
+            "usage import marked failed: its process ended",
+            extra={"import": import_id, "supplier": supplier},
+        )
+    return ids
+
+
+async def settle_interrupted(pool: asyncpg.Pool, supplier: str) -> None:
+    """Mark ``failed`` the supplier's imports left running by a process that ended, if no
+    import of the supplier runs now (its lock is free); nothing otherwise."""
+    async with pool.acquire() as conn:
+        key = _lock_key(supplier)
+        if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+            try:
+                await mark_interrupted(conn, supplier)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+
+async def _stopped(task: "asyncio.Task[None]") -> None:
+    """Cancel a helper task and wait until it has ended."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class UsageImporter:
     """Runs usage imports with one process's stores: PostgreSQL, the balance scripts and
     the catalog snapshot the real-time path rates with."""
@@ -257,14 +374,23 @@ class UsageImporter:
         *,
         result_ttl: int,
         chunk_rows: int = CHUNK,
+        supplier_wait: float = 600.0,
+        ledger_wait: float = 60.0,
+        save_every: float = SAVE_EVERY,
     ) -> None:
         """``chunk_rows``: records read and rated between two waits on PostgreSQL or
-        Redis; a serving process takes fewer, so live calls wait less for the loop."""
+        Redis; a serving process takes fewer, so live calls wait less for the loop.
+        ``supplier_wait``: seconds an import waits for the supplier's running import to
+        end; ``ledger_wait``: for the ledger writer to store the entries made before it
+        started; ``save_every``: seconds between two saves of its counts."""
         self._pool = pool
         self.chunk_rows = chunk_rows
         self._balances = balances
         self._catalog = catalog
         self._result_ttl = result_ttl
+        self.supplier_wait = supplier_wait
+        self.ledger_wait = ledger_wait
+        self.save_every = save_every
 
     async def template_of(self, name: str, version: int | None) -> tuple[str, Template]:
         """(version label, template): a stored template's, else a shipped one's."""
@@ -288,7 +414,13 @@ class UsageImporter:
     async def run(
         self, request: ImportRequest, progress: Callable[[int], None] | None = None
     ) -> ImportSummary:
-        """Import the request's files; ``progress`` is told how many rows are done."""
+        """Import the request's files; ``progress`` is told how many rows are done.
+
+        The import holds its supplier's lock throughout (waiting up to ``supplier_wait``
+        for a running one to end), and reads no row before the ledger writer has stored
+        every ledger entry made before it began (up to ``ledger_wait``): the look-up of
+        its record ids in PostgreSQL then sees every earlier import's CDRs.
+        """
         if request.mode not in IMPORT_MODES:
             raise OcsError(Reason.INVALID_FIELD, f"unknown mode {request.mode!r}", field="mode")
         if not request.files:
@@ -298,38 +430,60 @@ class UsageImporter:
             if not path.is_file():
                 raise OcsError(Reason.INVALID_FIELD, f"no such file: {path}", field="files")
         label, template = await self.template_of(request.template, request.version)
-        async with self._pool.acquire() as conn:
-            overrides = await mediation_store.overrides_of(conn, template.supplier)
-            import_id = await conn.fetchval(
+        supplier = template.supplier
+        lock = await self._lock_supplier(supplier)
+        try:
+            await mark_interrupted(lock, supplier)
+            await self._ledger_written()
+            overrides = await mediation_store.overrides_of(lock, supplier)
+            import_id = await lock.fetchval(
                 "INSERT INTO usage_imports (template, template_version, supplier, files, mode)"
                 " VALUES ($1, $2, $3, $4, $5) RETURNING id",
                 request.template,
                 label,
-                template.supplier,
+                supplier,
                 [str(p) for p in paths],
                 request.mode,
             )
-        summary = ImportSummary(
-            import_id, request.template, label, template.supplier, request.mode, "running"
-        )
+            summary = ImportSummary(
+                import_id, request.template, label, supplier, request.mode, "running"
+            )
+            return await self._import(lock, request, paths, summary, template, overrides, progress)
+        finally:
+            # Releasing the connection unlocks too (the pool resets it); said here first.
+            with contextlib.suppress(Exception):
+                await lock.execute("SELECT pg_advisory_unlock(hashtext($1))", _lock_key(supplier))
+            await self._pool.release(lock)
+
+    async def _import(
+        self,
+        lock: asyncpg.Connection,
+        request: ImportRequest,
+        paths: list[Path],
+        summary: ImportSummary,
+        template: Template,
+        overrides: dict[str, str],
+        progress: Callable[[int], None] | None,
+    ) -> ImportSummary:
+        """The import itself, its row made and its supplier's lock held on ``lock``."""
         rejects_dir = Path(request.rejects_dir) if request.rejects_dir else paths[0].parent
-        stem = f"{paths[0].stem}.import-{import_id}"
+        stem = f"{paths[0].stem}.import-{summary.id}"
         compiled = CompiledTemplate(template)
         rejects = _Rejects(
             compiled,
             rejects_dir / f"{stem}.rejects{paths[0].suffix or '.csv'}",
             rejects_dir / f"{stem}.problems.txt",
-            import_id,
+            summary.id,
         )
-        run = _Run(self, summary, template, label, overrides, rejects, progress)
+        run = _Run(self, summary, template, summary.template_version, overrides, rejects, progress)
+        saver = asyncio.create_task(self._save_progress(lock, run))
         try:
             if request.mode == "all_or_nothing":
                 await run.pass_over(paths, compiled, debit=False)
                 if rejects.count:
                     summary.state = "refused"
-                    summary.rows_rejected = rejects.count
-                    summary.rows_read = run.rows_read
-                    summary.rows_filtered = run.rows_filtered
+                    run.count()
+                    await _stopped(saver)
                     return await self._finish(summary, rejects)
                 run.reset()
                 compiled = CompiledTemplate(template)
@@ -337,13 +491,115 @@ class UsageImporter:
             await run.pass_over(paths, compiled, debit=True)
             summary.state = "done"
         except BaseException as exc:
+            # pass_over waited for the debits it had sent: the counts hold all it moved.
             summary.state = "failed"
+            run.count()
+            await asyncio.shield(_stopped(saver))
             await asyncio.shield(self._finish(summary, rejects, error=str(exc)[:500]))
             raise
-        summary.rows_read = run.rows_read
-        summary.rows_filtered = run.rows_filtered
-        summary.rows_rejected = rejects.count
+        run.count()
+        await _stopped(saver)
         return await self._finish(summary, rejects)
+
+    async def _lock_supplier(self, supplier: str) -> asyncpg.Connection:
+        """A pool connection holding the supplier's import lock, once no other import of
+        the supplier holds it; refused after ``supplier_wait`` seconds. No connection is
+        held while waiting, so imports queued behind one leave the pool to live calls."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.supplier_wait
+        waiting = False
+        while True:
+            conn = await self._pool.acquire()
+            try:
+                locked = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock(hashtext($1))", _lock_key(supplier)
+                )
+            except BaseException:
+                await self._pool.release(conn)
+                raise
+            if locked:
+                if waiting:
+                    log.info(
+                        "usage import goes on: the supplier's import ended",
+                        extra={"supplier": supplier},
+                    )
+                return conn
+            running = await conn.fetchval(
+                "SELECT max(id) FROM usage_imports WHERE supplier = $1 AND state = 'running'",
+                supplier,
+            )
+            await self._pool.release(conn)
+            if loop.time() >= deadline:
+                raise OcsError(
+                    Reason.UNAVAILABLE,
+                    f"an import of supplier {supplier!r} is running"
+                    + (f" (import {running})" if running is not None else "")
+                    + f" and did not end within {self.supplier_wait:g} s: a supplier's imports"
+                    " run one at a time; import again once it has ended",
+                    field="template",
+                )
+            if not waiting:
+                waiting = True
+                log.info(
+                    "usage import waits for the supplier's running import",
+                    extra={"supplier": supplier, "running": running},
+                )
+            await asyncio.sleep(LOCK_POLL)
+
+    async def _ledger_written(self) -> None:
+        """Wait until the ledger writer has stored every ledger entry made before now (so
+        every CDR an earlier import made is in PostgreSQL); refused after ``ledger_wait``
+        seconds, since an import then could debit a record a second time."""
+        started = await self._balances.server_time_ms()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ledger_wait
+        waiting = False
+        while True:
+            oldest = await self._balances.oldest_unwritten_ms()
+            if oldest is None or oldest > started:
+                if waiting:
+                    log.info("usage import goes on: the ledger writer caught up")
+                return
+            if loop.time() >= deadline:
+                raise OcsError(
+                    Reason.UNAVAILABLE,
+                    "the ledger writer has not stored the ledger entries made before this"
+                    f" import within {self.ledger_wait:g} s (the oldest is"
+                    f" {(started - oldest) / 1000:.1f} s older than the import), so records an"
+                    " earlier import debited may not be in PostgreSQL yet: nothing was"
+                    " imported; is the ledger writer running?",
+                )
+            if not waiting:
+                waiting = True
+                log.warning(
+                    "usage import waits for the ledger writer",
+                    extra={"oldest_unwritten_ms": oldest, "started_ms": started},
+                )
+            await asyncio.sleep(LEDGER_POLL)
+
+    async def _save_progress(self, lock: asyncpg.Connection, run: "_Run") -> None:
+        """Store the import's counts every ``save_every`` seconds while it runs, on the
+        connection holding its lock: a lost session (and lock) fails the import."""
+        summary = run.summary
+        while True:
+            await asyncio.sleep(self.save_every)
+            rows_read, rows_filtered = run.rows_so_far()
+            try:
+                await lock.execute(
+                    "UPDATE usage_imports SET rows_read = $2, rows_filtered = $3,"
+                    " rows_charged = $4, rows_repeated = $5, rows_rejected = $6, amounts = $7"
+                    " WHERE id = $1 AND state = 'running'",
+                    summary.id,
+                    rows_read,
+                    rows_filtered,
+                    summary.rows_charged,
+                    summary.rows_repeated,
+                    run.rejects.count,
+                    json.dumps(summary.amounts),
+                )
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                run.lost = exc
+                return
 
     async def _finish(
         self, summary: ImportSummary, rejects: _Rejects, error: str | None = None
@@ -353,6 +609,7 @@ class UsageImporter:
             summary.rejects_path = str(rejects.rows_path)
             summary.report_path = str(rejects.report_path)
         summary.problems = rejects.shown
+        summary.error = error
         await self.save(summary, error=error, finished=True)
         metrics.usage_import_finished(
             summary.state,
@@ -417,15 +674,22 @@ class UsageImporter:
             )
         return {r["v"]: r["account_id"] for r in rows}
 
-    async def imported(self, supplier: str, record_ids: list[str]) -> set[str]:
-        """Which of the supplier's record ids PostgreSQL already holds a CDR of."""
+    async def imported(
+        self, supplier: str, record_ids: list[str]
+    ) -> dict[str, list[tuple[str, int]]]:
+        """The (account, quantity) of each CDR PostgreSQL holds of these record ids of the
+        supplier, by record id (one, unless an earlier version debited it twice)."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT record_id FROM cdrs WHERE supplier = $1 AND record_id = ANY($2::text[])",
+                "SELECT record_id, account_id, duration FROM cdrs"
+                " WHERE supplier = $1 AND record_id = ANY($2::text[])",
                 supplier,
                 record_ids,
             )
-        return {r["record_id"] for r in rows}
+        found: dict[str, list[tuple[str, int]]] = {}
+        for row in rows:
+            found.setdefault(row["record_id"], []).append((row["account_id"], row["duration"]))
+        return found
 
     async def debit(self, bucket: int, import_id: int, events: list[UsageEvent]) -> list[str]:
         """One bucket's events through charge_batch.lua: a word an event."""
@@ -513,40 +777,95 @@ class _Run:
         self.cycles: dict[str, dict[str, CounterCycle]] = {}
         self.recount: list[_Prepared] = []
         self.seq = 0
+        # Each record id's first place in the import: a later row with it is rejected.
+        self.seen = _SeenIds()
+        # The file being read (its rows so far count) and the look-up of the chunk read
+        # before this one; the error that lost the supplier's lock, if it was lost.
+        self.reading: CompiledTemplate | None = None
+        self.looking_up: asyncio.Task[list[_Prepared]] | None = None
+        self.lost: BaseException | None = None
+        self.files: list[str] = []
 
     def reset(self) -> None:
-        """Forget the counts and counter seconds of a checking pass (the caches stay)."""
+        """Forget the counts, counter seconds and ids of a checking pass (the caches stay)."""
         self.rows_read = self.rows_filtered = self.done = 0
         self.cycles.clear()
+        self.seen.clear()
+
+    def rows_so_far(self) -> tuple[int, int]:
+        """(rows read, rows filtered) so far, the file being read included."""
+        reading = self.reading
+        if reading is None:
+            return self.rows_read, self.rows_filtered
+        return self.rows_read + reading.rows_read, self.rows_filtered + reading.rows_filtered
+
+    def count(self) -> None:
+        """Put the rows read, filtered and rejected so far in the summary."""
+        summary = self.summary
+        summary.rows_read, summary.rows_filtered = self.rows_so_far()
+        summary.rows_rejected = self.rejects.count
 
     async def pass_over(
         self, paths: list[Path], compiled: CompiledTemplate, *, debit: bool
     ) -> None:
-        """Read, rate and (``debit``) charge every record of the files, chunk by chunk."""
-        looking_up: asyncio.Task[list[_Prepared]] | None = None
-        for path in paths:
+        """Read, rate and (``debit``) charge every record of the files, chunk by chunk.
+
+        When it fails it first waits for the debits it sent (their outcome counted): a
+        script Redis runs cannot be called back, and the import's stored counts must say
+        what moved.
+        """
+        try:
+            await self.read_all(paths, compiled, debit=debit)
+        except BaseException:
+            await self.drain()
+            raise
+
+    async def drain(self) -> None:
+        """Wait for the debits in flight (and stop the look-up of the next chunk)."""
+        waited: list[asyncio.Task[Any]] = list(self.in_flight)
+        self.in_flight.clear()
+        if self.looking_up is not None:
+            self.looking_up.cancel()
+            waited.append(self.looking_up)
+            self.looking_up = None
+        await asyncio.gather(*waited, return_exceptions=True)
+
+    async def read_all(self, paths: list[Path], compiled: CompiledTemplate, *, debit: bool) -> None:
+        """``pass_over``'s reading: the chunks in file order, each looked up in PostgreSQL
+        while the next is read, then queued for its buckets' batches."""
+        self.files = [path.name for path in paths]
+        for index, path in enumerate(paths):
             with open_file(path, compiled.template.format) as stream:
                 rows = compiled.read(stream)
+                self.reading = compiled
                 self.rejects.opened(path.name, compiled)
                 for chunk in _chunks(rows, self.importer.chunk_rows):
-                    prepared = await self.prepare(path.name, chunk)
+                    prepared = await self.prepare(path.name, index, chunk)
                     # The previous chunk's repeats were looked up while this one was
                     # read: it is queued first, so the debits keep the file's order.
-                    if looking_up is not None:
-                        self.queue(await looking_up)
-                        looking_up = None
-                    if debit and prepared:
-                        looking_up = asyncio.create_task(self.not_yet_imported(prepared))
+                    await self.looked_up(debit)
+                    if prepared:
+                        self.looking_up = asyncio.create_task(
+                            self.not_yet_imported(prepared, debit)
+                        )
                         while len(self.in_flight) > IN_FLIGHT:
                             await self.in_flight.popleft()
                     if self.recount:
                         await self.price_again()
                     self.tick(len(chunk))
+                    if self.lost is not None:
+                        raise OcsError(
+                            Reason.UNAVAILABLE,
+                            "the import lost its PostgreSQL session, and with it the"
+                            f" supplier's import lock ({self.lost}): stopped; import the"
+                            " file again (what was debited is a repeat then)",
+                        )
             self.rows_read += compiled.rows_read
             self.rows_filtered += compiled.rows_filtered
             compiled.rows_read = compiled.rows_filtered = 0
-        if looking_up is not None:
-            self.queue(await looking_up)
+        await self.looked_up(debit)
+        if not debit:
+            return
         while True:
             for bucket in list(self.pending):
                 self.send(bucket)
@@ -556,14 +875,26 @@ class _Run:
                 break
             await self.price_again()
 
+    async def looked_up(self, debit: bool) -> None:
+        """Wait for the look-up of the chunk read before; ``debit``: queue its records."""
+        if self.looking_up is not None:
+            ready = await self.looking_up
+            self.looking_up = None
+            if debit:
+                self.queue(ready)
+
     def tick(self, rows: int) -> None:
         """Count rows done and tell the progress bar."""
         self.done += rows
         if self.progress is not None:
             self.progress(self.done)
 
-    async def prepare(self, file: str, chunk: list[UsageRecord | RowProblem]) -> list[_Prepared]:
-        """The chunk's records given an account and a price; its bad rows rejected."""
+    async def prepare(
+        self, file: str, index: int, chunk: list[UsageRecord | RowProblem]
+    ) -> list[_Prepared]:
+        """The chunk's records (of the import's ``index``-th file) given an account and a
+        price; its bad rows rejected, a record id read before in the import too."""
+        repeats = self.repeats(index, chunk)
         await self.resolve(chunk)
         prepared: list[_Prepared] = []
         overrides = self.overrides
@@ -575,6 +906,9 @@ class _Run:
         for item in chunk:
             if isinstance(item, RowProblem):
                 self.rejects.add(file, item.line, item.cells, item.problems)
+                continue
+            if repeats and item.line in repeats:
+                self.rejects.add(file, item.line, item.cells, (repeats[item.line],))
                 continue
             account_id = self.account_id(item)
             if account_id is None:
@@ -613,6 +947,26 @@ class _Run:
             if refused:
                 prepared = [p for p in prepared if id(p) not in refused]
         return prepared
+
+    def repeats(self, index: int, chunk: list[UsageRecord | RowProblem]) -> dict[int, str]:
+        """The problem of each row (by line) whose record id an earlier row of the import
+        has: a supplier's record is debited once, and a file that names an id twice
+        (for two accounts, or two durations) has one of them wrong."""
+        records = [r for r in chunk if isinstance(r, UsageRecord)]
+        if not records:
+            return {}
+        earlier = self.seen.claim(
+            [r.record_id for r in records], [(index << 32) | r.line for r in records]
+        )
+        found: dict[int, str] = {}
+        for record, place in zip(records, earlier, strict=True):
+            if place >= 0:
+                file = self.files[place >> 32]
+                found[record.line] = (
+                    f"record_id: {record.record_id!r} repeats line {place & 0xFFFFFFFF}"
+                    f" of {file}; a supplier's record is debited once"
+                )
+        return found
 
     async def load_cycles(self, account_ids: set[str], *, again: bool = False) -> None:
         """Read the usage counters of these accounts (``again``: even if read before)."""
@@ -770,8 +1124,10 @@ class _Run:
             found_accounts = await self.importer.accounts_of(wanted)
             self.accounts.update({a: found_accounts.get(a) for a in wanted})
 
-    async def not_yet_imported(self, prepared: list[_Prepared]) -> list[_Prepared]:
-        """The records PostgreSQL holds no CDR of yet; the others counted as repeats.
+    async def not_yet_imported(self, prepared: list[_Prepared], debit: bool) -> list[_Prepared]:
+        """The records PostgreSQL holds no CDR of yet. One it holds for the same account
+        and quantity is a repeat (counted when ``debit``); one it holds for another
+        account or quantity is rejected, saying so: the supplier sent it differently.
 
         Asked before the chunk's debits are queued, so the debits reach Redis in file
         order (a task's first command is queued when it first runs, in creation order).
@@ -779,8 +1135,28 @@ class _Run:
         known = await self.importer.imported(self.supplier, [p.record.record_id for p in prepared])
         if not known:
             return prepared
-        self.summary.rows_repeated += sum(1 for p in prepared if p.record.record_id in known)
-        return [p for p in prepared if p.record.record_id not in known]
+        fresh: list[_Prepared] = []
+        for item in prepared:
+            record = item.record
+            stored = known.get(record.record_id)
+            if stored is None:
+                fresh.append(item)
+            elif (item.event.account_id, record.quantity) in stored:
+                if debit:
+                    self.summary.rows_repeated += 1
+            else:
+                account, quantity = stored[0]
+                self.rejects.add(
+                    item.file,
+                    record.line,
+                    record.cells,
+                    (
+                        f"record_id: {record.record_id!r} was already imported for account"
+                        f" {account!r} (quantity {quantity}); this row has account"
+                        f" {item.event.account_id!r} (quantity {record.quantity})",
+                    ),
+                )
+        return fresh
 
     def queue(self, prepared: list[_Prepared]) -> None:
         """Add records to their buckets' next batch; a full batch goes to Redis.

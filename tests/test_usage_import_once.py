@@ -1,0 +1,229 @@
+"""A supplier's record is debited once, whatever the account a row names, and an import's
+progress and outcome survive a failure or a killed process (decision 0051).
+
+Costs from tests/usage_import_helpers.py's deck: UK 0.02 a minute in 60 s blocks, so
+61 s cost 0.04 and 30 s 0.02.
+"""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ocs.balances import keys
+from ocs.mediation import importer as importer_module
+from ocs.mediation.importer import ImportRequest
+from tests.conftest import RunningApp, eventually
+from tests.usage_import_helpers import (
+    HEADER,
+    CuedImporter,
+    balance,
+    importer,
+    new_account,
+    run_import,
+    setup_mediation,
+    stored_cdrs,
+    text_of,
+)
+
+UK = "442071234567"
+OPENING = 10_000_000
+
+
+def row(record_id: str, account: str, seconds: int = 61, minute: int = 0) -> str:
+    """A call to the UK on 3 March 2026 at 09:<minute>."""
+    return f"{record_id},{account},{UK},2026-03-03 09:{minute:02d}:00,{seconds},O,,\n"
+
+
+async def test_a_record_id_repeated_in_one_import_is_charged_once_and_the_repeat_rejected(
+    app: RunningApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A supplier's record id names one call: seen again in the same import (for another
+    # account, another duration, or in the next file), the later row is wrong.
+    # Few ids kept before they are merged, and small chunks, so that repeats are found
+    # in the sorted ids, in the newest ones and within a chunk alike.
+    monkeypatch.setattr(importer_module, "SEEN_MERGE", 3, raising=False)
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    await new_account(app, "acc2", "10.00")
+    first = tmp_path / "march.csv"
+    first.write_text(
+        HEADER
+        + row("r1", "acc1")
+        + "".join(row(f"n{n}", "acc1", minute=n) for n in range(1, 8))
+        + row("r1", "acc2")  # line 10: the same record for another account
+        + row("n3", "acc1", seconds=30)  # line 11: the same record, another duration
+    )
+    second = tmp_path / "april.csv"
+    second.write_text(HEADER + row("n7", "acc2") + row("a1", "acc2"))
+    small = importer(app)
+    small.chunk_rows = 2
+    summary = await small.run(ImportRequest(template="carrier-x", files=(str(first), str(second))))
+    assert (summary.rows_charged, summary.rows_rejected) == (9, 3), summary.problems
+    assert {(p.file, p.line): p.problems for p in summary.problems} == {
+        ("march.csv", 10): (
+            "record_id: 'r1' repeats line 2 of march.csv; a supplier's record is debited once",
+        ),
+        ("march.csv", 11): (
+            "record_id: 'n3' repeats line 5 of march.csv; a supplier's record is debited once",
+        ),
+        ("april.csv", 2): (
+            "record_id: 'n7' repeats line 9 of march.csv; a supplier's record is debited once",
+        ),
+    }
+    assert await balance(app, "acc1") == OPENING - 8 * 40_000
+    assert await balance(app, "acc2") == OPENING - 40_000
+    assert text_of(summary.rejects_path) == (
+        HEADER + row("r1", "acc2") + row("n3", "acc1", seconds=30) + row("n7", "acc2")
+    )
+
+
+async def test_a_record_imported_before_for_another_account_or_quantity_is_rejected(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # Imported again at once, before any wait for the CDRs: the import itself waits until
+    # the ledger writer has stored them, then finds the record in PostgreSQL.
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    await new_account(app, "acc2", "10.00")
+    path = tmp_path / "carrier.csv"
+    path.write_text(HEADER + row("r1", "acc1"))
+    assert (await run_import(app, path)).rows_charged == 1
+
+    other = tmp_path / "other.csv"
+    other.write_text(HEADER + row("r1", "acc2"))
+    moved = await run_import(app, other)
+    assert (moved.rows_charged, moved.rows_repeated, moved.rows_rejected) == (0, 0, 1)
+    assert moved.problems[0].problems == (
+        "record_id: 'r1' was already imported for account 'acc1' (quantity 61);"
+        " this row has account 'acc2' (quantity 61)",
+    )
+    longer = tmp_path / "longer.csv"
+    longer.write_text(HEADER + row("r1", "acc1", seconds=30))
+    changed = await run_import(app, longer)
+    assert (changed.rows_charged, changed.rows_repeated, changed.rows_rejected) == (0, 0, 1)
+    assert changed.problems[0].problems == (
+        "record_id: 'r1' was already imported for account 'acc1' (quantity 61);"
+        " this row has account 'acc1' (quantity 30)",
+    )
+    # The same record as imported is a repeat, and moves nothing.
+    same = await run_import(app, path)
+    assert (same.rows_charged, same.rows_repeated, same.rows_rejected) == (0, 1, 0)
+    assert await balance(app, "acc1") == OPENING - 40_000
+    assert await balance(app, "acc2") == OPENING
+
+
+async def test_two_imports_of_one_supplier_at_once_debit_a_record_once(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    await new_account(app, "acc2", "10.00")
+    one = tmp_path / "one.csv"
+    one.write_text(HEADER + row("r1", "acc1") + row("r2", "acc1", minute=1))
+    two = tmp_path / "two.csv"
+    two.write_text(HEADER + row("r1", "acc2") + row("r2", "acc1", minute=1))
+    first, second = await asyncio.gather(run_import(app, one), run_import(app, two))
+    # One ran after the other: whichever came second found both records imported.
+    assert sorted([first.rows_charged, second.rows_charged]) == [0, 2]
+    later = second if second.rows_charged == 0 else first
+    assert (later.rows_repeated, later.rows_rejected) == (1, 1)
+    debited = OPENING * 2 - await balance(app, "acc1") - await balance(app, "acc2")
+    assert debited == 2 * 40_000
+    assert len(await stored_cdrs(app, "carrier-x", 2)) == 2
+
+
+async def test_a_running_import_shows_its_counts_before_it_ends(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    accounts = ["acc1", "acc2"]
+    assert keys.bucket_of(accounts[0]) != keys.bucket_of(accounts[1])
+    for account in accounts:
+        await new_account(app, account, "10.00")
+    path = tmp_path / "carrier.csv"
+    path.write_text(HEADER + row("r1", "acc1") + row("r2", "acc1") + row("r3", "acc2"))
+    # The first batch (one bucket's) is debited; the second waits, as on a slow Redis.
+    cued = CuedImporter(app, free=1)
+    running = asyncio.create_task(cued.run(ImportRequest(template="carrier-x", files=(str(path),))))
+    try:
+
+        async def counted() -> bool:
+            found = await app.services.pool.fetchrow(
+                "SELECT state, rows_charged FROM usage_imports ORDER BY id DESC LIMIT 1"
+            )
+            return found is not None and tuple(found) in (("running", 1), ("running", 2))
+
+        await eventually(counted, what="the running import's counts stored")
+    finally:
+        cued.gate.set()
+        summary = await running
+    assert (summary.state, summary.rows_charged) == ("done", 3)
+    status, shown = await app.get(f"/v1/usage/imports/{summary.id}")
+    assert (status, shown["state"], shown["rows_charged"]) == (200, "done", 3)
+
+
+async def test_a_failed_import_stores_what_its_debits_in_flight_moved(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    accounts = ["acc1", "acc2", "acc3"]
+    assert len({keys.bucket_of(a) for a in accounts}) == 3
+    for account in accounts:
+        await new_account(app, account, "10.00")
+    path = tmp_path / "carrier.csv"
+    path.write_text(HEADER + "".join(row(f"r{n}", a, minute=n) for n, a in enumerate(accounts)))
+    # Three batches go at once: the first fails, the other two are still with Redis.
+    cued = CuedImporter(app, free=1, fail_first=1, gate_timeout=0.5)
+    with pytest.raises(ConnectionError):
+        await cued.run(ImportRequest(template="carrier-x", files=(str(path),)))
+    debited = [OPENING - await balance(app, a) for a in accounts]
+    assert sorted(debited) == [0, 40_000, 40_000]
+    stored = await app.services.pool.fetchrow(
+        "SELECT state, rows_charged, amounts::text, error FROM usage_imports"
+    )
+    # What the import says it charged is what the balances lost.
+    assert (stored["state"], stored["rows_charged"]) == ("failed", 2)
+    assert stored["amounts"] == '{"EUR": 80000}'
+    assert "Redis went away" in stored["error"]
+    assert len(await stored_cdrs(app, "carrier-x", 2)) == 2
+
+
+async def test_an_import_whose_process_ended_is_shown_failed_and_the_next_one_runs(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    # What a killed import leaves: its row running, its progress as last saved.
+    insert = (
+        "INSERT INTO usage_imports (template, template_version, supplier, files, mode,"
+        " rows_read, rows_charged) VALUES ('carrier-x', 'carrier-x@1', 'carrier-x',"
+        " '{/data/march.csv}', 'good_rows', 4000, 3950) RETURNING id"
+    )
+    killed = await app.services.pool.fetchval(insert)
+    status, shown = await app.get(f"/v1/usage/imports/{killed}")
+    assert status == 200, shown
+    assert (shown["state"], shown["rows_charged"]) == ("failed", 3950)
+    assert shown["error"] == "interrupted: the importing process ended before the import did"
+
+    # Another, found by the supplier's next import.
+    also_killed = await app.services.pool.fetchval(insert)
+    path = tmp_path / "carrier.csv"
+    path.write_text(HEADER + row("r1", "acc1"))
+    summary = await run_import(app, path)
+    assert (summary.state, summary.rows_charged) == ("done", 1)
+    marked = await app.services.pool.fetchrow(
+        "SELECT state, error FROM usage_imports WHERE id = $1", also_killed
+    )
+    assert tuple(marked) == (
+        "failed",
+        "interrupted: the importing process ended before the import did",
+    )
+    rows = await app.services.pool.fetch(
+        "SELECT id, state, finished_at IS NOT NULL AS finished FROM usage_imports ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [
+        (killed, "failed", True),
+        (also_killed, "failed", True),
+        (summary.id, "done", True),
+    ]
