@@ -90,7 +90,6 @@ LEDGER_POLL = 0.1
 INTERRUPTED = "interrupted: the importing process ended before the import did"
 # Record id digests kept in a dict before they join the sorted array (16 bytes a record).
 SEEN_MERGE = 65_536
-_DIGEST = 2**64 - 1
 
 
 class ImportRequest(msgspec.Struct, frozen=True):
@@ -262,43 +261,45 @@ def _same_columns(
 class _SeenIds:
     """Where each record id of an import was first read, so that a repeat is found.
 
-    An id is kept as its 64-bit hash (Python's keyed SipHash of the text, computed once
-    per string anyway) with its place (file index and line, packed): the newest in a
-    dict, the rest in two sorted numpy arrays, merged in every ``SEEN_MERGE`` ids. About
-    16 bytes an id, so a million-row file keeps its ids in about 17 MB, where a set of
-    the texts would take over 100 MB. Two distinct ids of one import share a hash with a
-    chance of about 3 in 100 million for a million rows; the later row is then rejected
-    naming the earlier one, which the operator can see is another id.
+    An id is kept as its 64-bit hash (Python's keyed SipHash of the text) with its place
+    (file index and line, packed): the newest in a dict, the rest in two sorted numpy
+    arrays, merged in every ``SEEN_MERGE`` ids. About 16 bytes an id, so a million-row
+    file keeps its ids in about 17 MB, where a dict of the texts takes about 60 MB more
+    than the texts. Two distinct ids of one import share a hash with a chance of about 3
+    in 100 million for a million rows; the later row is then rejected naming the earlier
+    one, which the operator can see is another id.
     """
 
     def __init__(self) -> None:
         """Nothing seen yet."""
-        self.digests: np.ndarray = np.empty(0, dtype=np.uint64)
-        self.places: np.ndarray = np.empty(0, dtype=np.uint64)
+        self.digests: np.ndarray = np.empty(0, dtype=np.int64)
+        self.places: np.ndarray = np.empty(0, dtype=np.int64)
         self.recent: dict[int, int] = {}
 
     def clear(self) -> None:
         """Forget every id (the checking pass of an all-or-nothing import is over)."""
-        self.digests = np.empty(0, dtype=np.uint64)
-        self.places = np.empty(0, dtype=np.uint64)
+        self.digests = np.empty(0, dtype=np.int64)
+        self.places = np.empty(0, dtype=np.int64)
         self.recent = {}
 
     def claim(self, ids: list[str], places: list[int]) -> list[int]:
         """For each id in order, the place it was read at before (-1: first seen here);
         the new ones are kept, so a repeat within ``ids`` names its first place too."""
-        digests = [hash(i) & _DIGEST for i in ids]
-        earlier = [-1] * len(ids)
-        if len(self.digests):
-            wanted = np.fromiter(digests, dtype=np.uint64, count=len(digests))
-            at = np.minimum(np.searchsorted(self.digests, wanted), len(self.digests) - 1)
-            for i in np.flatnonzero(self.digests[at] == wanted).tolist():
-                earlier[i] = int(self.places[at[i]])
+        hashes = list(map(hash, ids))
         recent = self.recent
-        for i, (digest, place) in enumerate(zip(digests, places, strict=True)):
-            if earlier[i] < 0:
-                first = recent.setdefault(digest, place)
-                if first != place:
-                    earlier[i] = first
+        # Each id's first place among the newest (its own when it is new there).
+        firsts = list(map(recent.setdefault, hashes, places))
+        earlier = [
+            -1 if first == place else first for first, place in zip(firsts, places, strict=True)
+        ]
+        kept = self.digests
+        if len(kept):
+            wanted = np.array(hashes, dtype=np.int64)
+            at = np.minimum(np.searchsorted(kept, wanted), len(kept) - 1)
+            for i in np.flatnonzero(kept[at] == wanted).tolist():
+                if earlier[i] < 0:
+                    del recent[hashes[i]]  # put there just now: the sorted ids have it
+                earlier[i] = int(self.places[at[i]])
         if len(recent) >= SEEN_MERGE:
             self.merge()
         return earlier
@@ -306,8 +307,8 @@ class _SeenIds:
     def merge(self) -> None:
         """Move the dict's ids into the sorted arrays (one linear insert)."""
         count = len(self.recent)
-        digests = np.fromiter(self.recent.keys(), dtype=np.uint64, count=count)
-        places = np.fromiter(self.recent.values(), dtype=np.uint64, count=count)
+        digests = np.fromiter(self.recent.keys(), dtype=np.int64, count=count)
+        places = np.fromiter(self.recent.values(), dtype=np.int64, count=count)
         order = np.argsort(digests)
         digests, places = digests[order], places[order]
         at = np.searchsorted(self.digests, digests)
