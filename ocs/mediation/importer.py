@@ -3,14 +3,22 @@
 Each record is, in file order:
 
 1. read and classified by the template (``ocs.mediation.classify``), then its rate
-   type overridden by the supplier's table;
+   type overridden by the supplier's table; rejected when an earlier row of the
+   import has its record id;
 2. given its account (the account column, else the account of its member, else of
    its caller id) and rated by the account's plan at its own start time
    (``ocs.mediation.rating``);
-3. skipped as a repeat when PostgreSQL already holds its supplier's record id;
+3. skipped as a repeat when PostgreSQL already holds its supplier's record id for the
+   same account and quantity, rejected when for another;
 4. debited through the real-time Lua usage rule (``charge_batch.lua``, which runs
    ``charge.lua``'s rule), once per (supplier, record id), its CDR written by the
    ledger writer like a live call's, naming the supplier, rate type and template.
+
+A supplier's imports run one at a time (a PostgreSQL advisory lock held throughout),
+and each reads no row before the ledger writer has stored every ledger entry made
+before it began, so step 3 sees every earlier import's CDRs (decision 0051). A running
+import saves its counts every few seconds; one left ``running`` by a process that
+ended is marked ``failed`` by the supplier's next import, or when it is shown.
 
 An outbound call to a zone a usage counter covers draws on the account's counter
 (bundle of seconds) as a live call does: the importer reads the account's counters
