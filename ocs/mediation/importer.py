@@ -365,10 +365,10 @@ async def settle_interrupted(pool: asyncpg.Pool, supplier: str) -> None:
 
 
 async def _stopped(task: "asyncio.Task[None]") -> None:
-    """Cancel a helper task and wait until it has ended."""
+    """Cancel a helper task and wait until it has ended (a cancellation of the caller
+    itself still reaches it: ``asyncio.wait`` does not take the task's outcome)."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await asyncio.wait([task])
 
 
 class UsageImporter:
@@ -837,7 +837,14 @@ class _Run:
             self.looking_up.cancel()
             waited.append(self.looking_up)
             self.looking_up = None
-        await asyncio.gather(*waited, return_exceptions=True)
+        if not waited:
+            return
+        # Not gather: cancelled meanwhile, it would cancel the debits' tasks too, and a
+        # debit Redis ran would then go uncounted.
+        await asyncio.wait(waited)
+        for task in waited:
+            if not task.cancelled():
+                task.exception()  # seen: the failure the import raises is the first one
 
     async def read_all(self, paths: list[Path], compiled: CompiledTemplate, *, debit: bool) -> None:
         """``pass_over``'s reading: the chunks in file order, each looked up in PostgreSQL
