@@ -352,3 +352,36 @@ async def test_runs_wait_for_the_ledger_writer_to_write_the_periods_last_calls(
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("billing runs wait for the ledger writer") == 1
     assert messages.count("the ledger writer caught up; billing runs go on") == 1
+
+
+async def test_a_plans_later_run_waits_while_an_earlier_one_is_unfinished(
+    services: Services,
+) -> None:
+    # Caught up on May 1: March and April are due. Another worker holds March's chunk
+    # uncommitted: drafting April meanwhile would compare April with February and bill
+    # March's late imported usage on both (decision 0050). April waits for March.
+    await _accounts(services, 1)
+    may = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    worker = BillingWorker(
+        services.pool, WorkerSettings(poll_interval=0.05, run_delay=0), clock=lambda: may
+    )
+    await worker.create_due_runs()
+    async with services.pool.acquire() as conn:
+        march = await conn.fetchval("SELECT id FROM invoice_runs WHERE period = '2026-03'")
+    assert await runs.claim_chunk(services.pool, march, "elsewhere", lease_s=600) == 0
+
+    await worker.run_once()
+    assert await _runs(services) == [
+        ("retail", "2026-03", "running"),
+        ("retail", "2026-04", "running"),
+    ]
+    assert await _totals(services) == []
+
+    await runs.run_chunk(services.pool, march, 0)
+    await runs.execute_run(services.pool, march, max_chunks=0)  # marks it done
+    await worker.run_once()
+    assert await _runs(services) == [("retail", "2026-03", "done"), ("retail", "2026-04", "done")]
+    assert [(a, label) for a, label, _ in await _totals(services)] == [
+        ("a0", "2026-03"),
+        ("a0", "2026-04"),
+    ]

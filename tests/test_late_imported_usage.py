@@ -10,15 +10,17 @@ Plan ``retail``: EUR, monthly from 2026-01-01, invoiced at the end of each month
 The deck prices UK 60/60 at 0.02 a minute: 61 s cost 0.04, 30 s cost 0.02.
 """
 
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from ocs.billing import itemised, posting
 from ocs.billing.cycles import PlanBilling
+from ocs.billing.document_data import load_facts
+from ocs.billing.document_layout import Formatter, sections
 from ocs.billing.store import Subscription, set_plan_billing, subscribe
 from ocs.billing.void import void
-from tests.billing_helpers import invoice_id, invoices, run
+from tests.billing_helpers import cdr, invoice_id, invoices, run
 from tests.conftest import RunningApp
 from tests.usage_import_helpers import (
     HEADER,
@@ -29,6 +31,8 @@ from tests.usage_import_helpers import (
 )
 
 LATE_MARCH = "Calls to UK, made before 2026-04-01 and recorded late"
+# March 3, 61 s to the UK: 0.04 (the window's call in most tests).
+R1 = "r1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n"
 
 
 async def _billed_account(app: RunningApp) -> None:
@@ -88,9 +92,7 @@ async def test_calls_imported_after_their_invoice_are_billed_late_by_the_next_on
 ) -> None:
     await _billed_account(app)
     services = app.services
-    await _import(
-        app, tmp_path, "march.csv", "r1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n", 1
-    )
+    await _import(app, tmp_path, "march.csv", R1, 1)
     await run(services, "2026-03")
     # Imported after March was drafted: two calls of March 20 and one of February 10.
     await _import(
@@ -126,9 +128,7 @@ async def test_an_invoice_drafted_again_after_the_import_bills_its_own_calls_and
     # window, and April finds nothing it could not see.
     await _billed_account(app)
     services = app.services
-    await _import(
-        app, tmp_path, "march.csv", "r1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n", 1
-    )
+    await _import(app, tmp_path, "march.csv", R1, 1)
     await run(services, "2026-03")
     await _import(app, tmp_path, "more.csv", "r2,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n", 2)
     await run(services, "2026-03")
@@ -148,9 +148,7 @@ async def test_a_voided_invoices_calls_are_not_billed_again_and_its_late_ones_ar
     # the late call (March never saw it) and not March's own call behind their back.
     await _billed_account(app)
     services = app.services
-    await _import(
-        app, tmp_path, "march.csv", "r1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n", 1
-    )
+    await _import(app, tmp_path, "march.csv", R1, 1)
     await run(services, "2026-03")
     march = await invoice_id(services, "acc1", "2026-03")
     await posting.post(services.pool, services.store, invoice_ids=[march])
@@ -178,3 +176,70 @@ async def test_calls_imported_before_the_first_invoice_stay_out_of_it_when_older
     await run(app.services, "2026-03")
 
     assert await _usage(app, "2026-03") == [("Calls to UK", 1, 61, 40_000, date(2026, 3, 1))]
+
+
+async def test_late_service_events_are_billed_as_events_not_calls(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # A supplier's data usage (a service's events: termination cause "usage") recorded
+    # after March's draft: April bills it as data usage, not as "Calls to data" minutes,
+    # and lists it on no itemised call list.
+    await _billed_account(app)
+    services = app.services
+    event = {"supplier": "carrier-x", "termination_cause": "usage", "destination": "data"}
+    await cdr(services, "ev1", "acc1", datetime(2026, 3, 5, tzinfo=UTC), **event,
+              record_id="e1", zone="Data", duration=350, charged=40_000)  # fmt: skip
+    await run(services, "2026-03")
+    await cdr(services, "ev2", "acc1", datetime(2026, 3, 20, tzinfo=UTC), **event,
+              record_id="e2", zone="Data", duration=100, charged=10_000)  # fmt: skip
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    (april,) = [i for i in await invoices(services) if i["label"] == "2026-04"]
+    assert [(line["kind"], line["description"], line["amount"]) for line in april["lines"]] == [
+        ("usage_event", "data usage (100 units), made before 2026-04-01 and recorded late", 10_000)
+    ]
+    assert await _listed(app, "2026-04") == []
+
+
+async def test_an_earlier_draft_is_left_as_it_is_once_a_later_invoice_exists(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # April billed the late call; March run again afterwards would have taken it into
+    # its own window too (billed twice), and April's list would have lost it.
+    await _billed_account(app)
+    services = app.services
+    await _import(app, tmp_path, "march.csv", R1, 1)
+    await run(services, "2026-03")
+    await _import(app, tmp_path, "late.csv", "r2,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n", 2)
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await run(services, "2026-03")
+
+    assert await _usage(app, "2026-03") == [("Calls to UK", 1, 61, 40_000, date(2026, 3, 1))]
+    assert await _usage(app, "2026-04") == [(LATE_MARCH, 1, 30, 20_000, date(2026, 3, 20))]
+    assert await _listed(app, "2026-04") == [await _cdr_of(app, "r2")]
+
+
+async def test_the_invoice_document_shows_late_calls_on_their_own_row(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await _billed_account(app)
+    services = app.services
+    await _import(app, tmp_path, "march.csv", R1, 1)
+    await run(services, "2026-03")
+    await _import(
+        app,
+        tmp_path,
+        "late.csv",
+        "r2,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n"
+        "r3,acc1,442071234567,2026-04-02 10:00:00,61,O,,\n",
+        3,
+    )
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    async with services.pool.acquire() as conn:
+        facts = await load_facts(conn, await invoice_id(services, "acc1", "2026-04"))
+    (usage,) = [s for s in sections(facts, Formatter("en_GB", "EUR")) if s["title"] == "Usage"]
+
+    assert usage["rows"] == [
+        ["UK", "1", "1.0", "€0.04"],
+        ["UK, recorded late (from 20 Mar 2026)", "1", "0.5", "€0.02"],
+    ]

@@ -20,7 +20,7 @@ _INVOICE_SQL = """
 SELECT i.id, i.kind, i.state, i.number, i.account_id, i.plan_id, i.currency, i.invoice_date,
        i.period_start, i.period_end, i.period_label, i.subtotal, i.tax_total, i.total,
        i.previous_balance, i.payments, i.new_charges, i.closing_balance, i.amount_due,
-       i.message,
+       i.message, COALESCE(i.window_start, i.period_start) AS usage_from,
        COALESCE(pb.grace_days, 0) AS grace_days, COALESCE(pb.time_zone, 'UTC') AS time_zone,
        s.billing_address, s.billing_city, s.billing_county, s.billing_region,
        s.billing_postal_code, s.billing_country
@@ -109,6 +109,8 @@ class InvoiceFacts:
     message: str
     address: Address
     lines: tuple[DocumentLine, ...]
+    # Where the usage window starts: a usage line from before it is late (decision 0050).
+    usage_from: datetime | None = None
 
     @property
     def due_date(self) -> date:
@@ -160,4 +162,5 @@ async def load_facts(conn: asyncpg.Connection, invoice_id: int) -> InvoiceFacts:
         message=row["message"],
         address=address,
         lines=tuple(DocumentLine(**dict(line)) for line in lines),
+        usage_from=row["usage_from"],
     )

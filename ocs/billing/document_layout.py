@@ -58,6 +58,7 @@ LABELS = {
     "zone": "Zone",
     "calls": "Calls",
     "minutes": "Minutes",
+    "late": "{zone}, recorded late (from {day})",
     "tax": "Tax",
     "jurisdiction": "Jurisdiction",
     "basis": "Basis",
@@ -178,18 +179,42 @@ def charge_section(lines: list[DocumentLine], fmt: Formatter, zone: str) -> dict
     )
 
 
-def usage_section(lines: list[DocumentLine], fmt: Formatter) -> dict[str, Any]:
-    """Usage by zone: the zone's calls, minutes and amount (its directions together)."""
-    zones: dict[str, list[int]] = {}
+def usage_section(
+    lines: list[DocumentLine],
+    fmt: Formatter,
+    usage_from: datetime | None = None,
+    time_zone: str = "UTC",
+) -> dict[str, Any]:
+    """Usage by zone: the zone's calls, minutes and amount (its directions together).
+
+    Usage from before the window (``usage_from``) was recorded late and billed here
+    (decision 0050): its own row per zone, saying so and from when.
+    """
+    # (zone, late) -> calls, seconds, amount; and each late zone's earliest start.
+    zones: dict[tuple[str, bool], list[int]] = {}
+    late_from: dict[str, datetime] = {}
     for line in lines:
-        key = line.zone or line.description
-        figures = zones.setdefault(key, [0, 0, 0])
+        zone = line.zone or line.description
+        start = line.period_start
+        late = usage_from is not None and start is not None and start < usage_from
+        if late and start is not None:
+            late_from[zone] = min(start, late_from.get(zone, start))
+        figures = zones.setdefault((zone, late), [0, 0, 0])
         figures[0] += line.calls or 0
         figures[1] += line.seconds or 0
         figures[2] += line.amount
     rows = [
-        [zone, fmt.count(calls), fmt.minutes(seconds), fmt.money(amount)]
-        for zone, (calls, seconds, amount) in zones.items()
+        [
+            LABELS["late"].format(
+                zone=zone, day=fmt.short_day(late_from[zone].astimezone(ZoneInfo(time_zone)).date())
+            )
+            if late
+            else zone,
+            fmt.count(calls),
+            fmt.minutes(seconds),
+            fmt.money(amount),
+        ]
+        for (zone, late), (calls, seconds, amount) in zones.items()
     ]
     calls, seconds, amount = (sum(f[i] for f in zones.values()) for i in range(3))
     return _section(
@@ -251,7 +276,7 @@ def sections(facts: InvoiceFacts, fmt: Formatter) -> list[dict[str, Any]]:
     if charges:
         found.append(charge_section(charges, fmt, facts.time_zone))
     if usage:
-        found.append(usage_section(usage, fmt))
+        found.append(usage_section(usage, fmt, facts.usage_from, facts.time_zone))
     if counters:
         found.append(simple_section("counters", counters, fmt))
     if adjustments:

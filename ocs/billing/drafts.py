@@ -155,19 +155,22 @@ TOTALS_JOIN = (
 
 # A group's new drafts, whole: totals and statement with them (``write``). Column arrays
 # $1-$12 (account, currency, subtotal, tax total, then the statement's figures from
-# ``prepaid``), shared values from $13 (``_invoice_settings``). An invoice that exists is
+# ``prepaid``), shared values from $13 (``_invoice_settings``), then each account's
+# ``late_after_snapshot`` as $25 (decision 0050). An invoice that exists is
 # left alone (ON CONFLICT): ``write`` locks and updates it if it is a draft.
 _INSERT_SQL = """
 INSERT INTO invoices (account_id, currency, subtotal, tax_total, total, prepaid,
     previous_balance, payments, debited, posting_charges, new_charges, closing_balance,
     amount_due, plan_id, period_start, period_end, period_label, issuer, message,
-    invoice_date, run_id, taxes_calculated, window_start, window_end, usage_snapshot)
+    invoice_date, run_id, taxes_calculated, window_start, window_end, usage_snapshot,
+    late_after_snapshot)
 SELECT a, c, n, t, n + t, pp, pb, pay, deb, pc, nc, cb, due,
-       $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24::text::pg_snapshot
+       $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24::text::pg_snapshot,
+       la::pg_snapshot
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::boolean[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-            $11::bigint[], $12::bigint[])
-     AS u(a, c, n, t, pp, pb, pay, deb, pc, nc, cb, due)
+            $11::bigint[], $12::bigint[], $25::text[])
+     AS u(a, c, n, t, pp, pb, pay, deb, pc, nc, cb, due, la)
 ORDER BY a
 ON CONFLICT (account_id, period_start) WHERE kind = 'invoice' DO NOTHING
 RETURNING id, account_id
@@ -175,17 +178,25 @@ RETURNING id, account_id
 
 # Drafts of an earlier run, recomputed: ids $1, then the arrays of ``_INSERT_SQL`` from $3
 # (subtotal) to $12 as $2-$11, then invoice date, run, taxes switch, window and the CDRs'
-# snapshot ($12-$17).
+# snapshot ($12-$17), then each draft's ``late_after_snapshot`` ($18).
 _UPDATE_SQL = """
 UPDATE invoices i SET subtotal = d.n, tax_total = d.t, total = d.n + d.t, tax_error = NULL,
     prepaid = d.pp, previous_balance = d.pb, payments = d.pay, debited = d.deb,
     posting_charges = d.pc, new_charges = d.nc, closing_balance = d.cb, amount_due = d.due,
     invoice_date = $12, run_id = $13, taxes_calculated = $14, window_start = $15,
-    window_end = $16, usage_snapshot = $17::text::pg_snapshot
+    window_end = $16, usage_snapshot = $17::text::pg_snapshot,
+    late_after_snapshot = d.la::pg_snapshot
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[], $5::bigint[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-            $11::bigint[]) AS d(id, n, t, pp, pb, pay, deb, pc, nc, cb, due)
+            $11::bigint[], $18::text[]) AS d(id, n, t, pp, pb, pay, deb, pc, nc, cb, due, la)
 WHERE i.id = d.id
+"""
+
+
+# Of these accounts, those with an invoice after the period ($2).
+_LATER_SQL = """
+SELECT DISTINCT account_id FROM invoices
+WHERE account_id = ANY($1::text[]) AND kind = 'invoice' AND period_start > $2
 """
 
 
@@ -324,11 +335,13 @@ def _earliest(first: datetime | None, second: datetime) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Computed:
-    """A group's drafts as computed: account -> (currency, lines), and the snapshot its
-    CDRs were read in (``invoices.usage_snapshot``, decision 0050)."""
+    """A group's drafts as computed: account -> (currency, lines), the snapshot its CDRs
+    were read in (``invoices.usage_snapshot``), and per account the snapshot its late
+    usage was compared with (``invoices.late_after_snapshot``; decision 0050)."""
 
     lines: dict[str, tuple[str, list[Line]]]
     usage_snapshot: str
+    late_after: dict[str, str]
 
 
 async def compute(
@@ -388,7 +401,7 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
     for account, currency in sorted(currencies.items()):
         lines = invoice_lines(
             items[account],
-            totals.usage(account) + late.get(account, []),
+            totals.usage(account) + late.calls.get(account, []),
             cycle,
             which,
             currency,
@@ -397,13 +410,14 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
             earlier.began.get(account),
             earlier.newest.get(account),
         ) + reported.get(account, [])
+        lines += late.event_lines(account, window[0], currency)
         # Bundles, discounts and commitments come before taxes: taxes are net of them.
         lines += bundled.get(account, [])
         lines += surcharge_lines(lines, surcharges, currency)
         if rules is not None:
             lines += tax_lines(lines, rules, currency, options.invoice_date, exempt.get(account))
         found[account] = (currency, lines)
-    return Computed(found, totals.snapshot)
+    return Computed(found, totals.snapshot, late.compared_with)
 
 
 def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tuple[object, ...]]:
@@ -479,7 +493,10 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
         [] for _ in range(12)
     ]
     settings = _invoice_settings(group, options, window, drafted.usage_snapshot)
-    inserted = await conn.fetch(_INSERT_SQL, *columns, *settings)
+    late_after = drafted.late_after
+    inserted = await conn.fetch(
+        _INSERT_SQL, *columns, *settings, [late_after.get(a) for a in accounts]
+    )
     new = {r["account_id"]: r["id"] for r in inserted}
     # An invoice made by an earlier run (or another worker) is locked in account order, as
     # rows are inserted: two runs of one period wait for each other, never deadlock. The
@@ -497,6 +514,13 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
     )
     drafts = dict(new)
     drafts.update({r["account_id"]: r["id"] for r in rows if r["state"] == "draft"})
+    # A draft whose account already has a later invoice is left as it is, like a posted
+    # one: the later invoice was computed from it (what it billed, the usage its draft
+    # saw, decisions 0043 and 0050), and a new draft of it would bill some of that twice.
+    older = [a for a in drafts if a not in new]
+    if older:
+        for r in await conn.fetch(_LATER_SQL, older, period.start):
+            del drafts[r["account_id"]]
     # Drafts of an earlier run: their lines are replaced, their totals and settings updated.
     index = {account: n for n, account in enumerate(accounts)}
     earlier = [(a, i) for a, i in sorted(drafts.items()) if a not in new]
@@ -519,6 +543,7 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
             [i for _, i in earlier],
             *(list(c) for c in zip(*picked, strict=True)),
             *settings[6:],
+            [late_after.get(a) for a, _ in earlier],
         )
     return Written(drafts=len(drafts), final=len(new) + len(rows) - len(drafts))
 

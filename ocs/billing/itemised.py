@@ -37,8 +37,8 @@ CSV_COLUMNS = (
 
 # The window's calls, less the imported ones the invoice's draft could not see (its
 # snapshot $8; they are the next invoice's), and the late imported calls it billed
-# (``late_usage``, decision 0050): stopped before the window, unseen by the previous
-# invoice's snapshot ($9), seen by its own. Two ranges of one index, so the window's part
+# (``late_usage``, decision 0050): stopped before the window, unseen by the snapshot its
+# late usage was compared with ($9), seen by its own. Two ranges of one index, so the window's part
 # does not read the account's whole history; each is cut at the page's size.
 _ROWS_SQL = """
 SELECT * FROM (
@@ -58,7 +58,7 @@ SELECT * FROM (
           c.duration, c.billed_seconds, c.charged, c.currency
    FROM cdrs c
    WHERE $8::text IS NOT NULL AND $9::text IS NOT NULL
-     AND c.account_id = $1 AND c.supplier IS NOT NULL
+     AND c.account_id = $1 AND c.supplier IS NOT NULL AND c.termination_cause <> 'usage'
      AND c.recorded_xid >= pg_snapshot_xmin($9::text::pg_snapshot)
      AND NOT pg_visible_in_snapshot(c.recorded_xid, $9::text::pg_snapshot)
      AND pg_visible_in_snapshot(c.recorded_xid, $8::text::pg_snapshot)
@@ -71,16 +71,12 @@ SELECT * FROM (
 ORDER BY stopped_at, entry_id
 LIMIT $7
 """
-# An invoice's window and snapshot, and the snapshot of the account's invoice before it
-# (any state, as ``late_usage`` reads it).
+# An invoice's window, its snapshot and the one its late usage was compared with.
 _INVOICE_SQL = """
-SELECT i.account_id, COALESCE(i.window_start, i.period_start) AS start,
-       COALESCE(i.window_end, i.period_end) AS "end", i.usage_snapshot::text AS seen,
-       (SELECT p.usage_snapshot::text FROM invoices p
-        WHERE p.account_id = i.account_id AND p.kind = 'invoice'
-          AND p.period_start < i.period_start
-        ORDER BY p.period_start DESC LIMIT 1) AS seen_before
-FROM invoices i WHERE i.id = $1
+SELECT account_id, COALESCE(window_start, period_start) AS start,
+       COALESCE(window_end, period_end) AS "end", usage_snapshot::text AS seen,
+       late_after_snapshot::text AS seen_before
+FROM invoices WHERE id = $1
 """
 # The most calls one page lists: an account's month may hold hundreds of thousands, and
 # one answer of them all held the serving loop for seconds.

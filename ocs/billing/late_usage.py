@@ -2,53 +2,102 @@
 
 A supplier's file can be imported days after the calls it lists (decision 0032). Their
 CDRs are written then, with stops inside a period that may already be invoiced: the
-invoice windows calls by their stop, so no invoice ever showed them, nor taxed them,
-though the real-time path debited them when they were imported. Decision 0050:
+invoice windows usage by its stop, so no invoice ever showed it, nor taxed it, though
+the real-time path debited it when it was imported. Decision 0050:
 
 - every invoice keeps the snapshot in which its draft read the window's CDRs
   (``invoices.usage_snapshot``, from ``realtime.cdr_totals``);
 - an invoice bills, besides its window, the account's imported CDRs stopped before its
   window that its newest earlier invoice (any state) could not see in that snapshot,
-  and that its own snapshot sees. So each imported CDR is on exactly one invoice: the
-  first whose draft could see it among those its stop reaches.
+  and that its own snapshot sees; it keeps the snapshot it compared with
+  (``invoices.late_after_snapshot``), so its itemised list reads the same calls later;
+- an invoice drafted for an account that already has a later invoice bills no late
+  usage: the later one compared with what existed when it was drafted.
 
-The lines are the window's usage lines (``lines.Usage``, by zone, direction and rate
-type), marked late: their period runs from the earliest such call's stop to the window's
-start. They are reporting lines like every usage line (the debit was made at import) and
-carry their rate type's tax code. Bundles and commitments are the window's own and do not
-count them. Only imported CDRs are read: the real-time path's reach PostgreSQL before a
-run drafts their period (decision 0021).
+Calls come out as the window's usage lines (``lines.Usage``, by zone, direction and rate
+type) and service events as its event lines (by service and zone), marked late: their
+period runs from the earliest one's stop to the window's start. They are reporting lines
+like every usage line (the debit was made at import) and carry their rate type's tax
+code. Bundles and commitments are the window's own and do not count them. Only imported
+CDRs are read: the real-time path's reach PostgreSQL before a run drafts their period
+(decision 0021).
 """
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
-from ocs.billing.lines import Usage
+from ocs.billing.lines import Line, Usage, late_suffix
+from ocs.billing.realtime import Total, event_line
 
 # Per account, the snapshot of its newest invoice before this one (a void one too: what it
-# saw was invoiced, then voided by an operator, and is not billed again behind their back),
-# and the account's imported CDRs written since that snapshot's xmin that it did not see
-# and this draft's snapshot ($3) does. recorded_xid is NULL for a CDR written before
+# saw was invoiced, then voided by an operator, and is not billed again behind their
+# back), unless the account already has an invoice after this one.
+_COMPARED_WITH_SQL = """
+SELECT DISTINCT ON (i.account_id) i.account_id, i.usage_snapshot::text AS snapshot
+FROM invoices i
+WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.period_start < $2
+  AND i.usage_snapshot IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM invoices l WHERE l.account_id = i.account_id
+                  AND l.kind = 'invoice' AND l.period_start > $2)
+ORDER BY i.account_id, i.period_start DESC
+"""
+
+# The accounts' imported CDRs written since their snapshot's xmin that it did not see and
+# this draft's snapshot ($3) does, stopped before the window ($4), summed as
+# ``realtime.cdr_totals`` sums the window's. recorded_xid is NULL for a CDR written before
 # migration 0046: no comparison holds for it. Served by cdrs_imported_recorded_idx.
 _LATE_SQL = """
-SELECT c.account_id COLLATE "C" AS account_id, c.zone COLLATE "C" AS zone,
-       c.direction COLLATE "C" AS direction, c.rate_type COLLATE "C" AS rate_type,
+SELECT c.account_id COLLATE "C" AS account_id, c.termination_cause = 'usage' AS event,
+       c.zone COLLATE "C" AS zone, c.direction COLLATE "C" AS direction,
+       c.rate_type COLLATE "C" AS rate_type,
+       CASE WHEN c.termination_cause = 'usage' THEN c.destination END COLLATE "C" AS service,
        count(*) AS calls, sum(c.duration)::bigint AS seconds,
        sum(c.billed_seconds)::bigint AS billed, sum(c.charged)::bigint AS amount,
        min(c.entry_id COLLATE "C") AS first_cdr, max(c.entry_id COLLATE "C") AS last_cdr,
        min(c.stopped_at) AS since
-FROM (SELECT DISTINCT ON (account_id) account_id, usage_snapshot FROM invoices
-      WHERE account_id = ANY($1::text[]) AND kind = 'invoice' AND period_start < $2
-      ORDER BY account_id, period_start DESC) p
+FROM unnest($1::text[], $2::text[]) AS p(account_id, snapshot)
 JOIN cdrs c ON c.account_id = p.account_id AND c.supplier IS NOT NULL
-           AND c.recorded_xid >= pg_snapshot_xmin(p.usage_snapshot)
-WHERE NOT pg_visible_in_snapshot(c.recorded_xid, p.usage_snapshot)
+           AND c.recorded_xid >= pg_snapshot_xmin(p.snapshot::pg_snapshot)
+WHERE NOT pg_visible_in_snapshot(c.recorded_xid, p.snapshot::pg_snapshot)
   AND pg_visible_in_snapshot(c.recorded_xid, $3::text::pg_snapshot)
   AND c.stopped_at < $4
-GROUP BY 1, 2, 3, 4
+GROUP BY 1, 2, 3, 4, 5, 6
 """
+
+
+@dataclass(frozen=True, slots=True)
+class LateEvents:
+    """One service's late events in one zone: their sums and the earliest one's stop."""
+
+    service: str
+    zone: str
+    total: Total
+    since: datetime
+
+
+@dataclass(slots=True)
+class LateUsage:
+    """A group's late usage: per account, its calls and events, and the snapshot each
+    account's late usage was compared with (stored on its invoice)."""
+
+    calls: dict[str, list[Usage]] = field(default_factory=lambda: defaultdict(list))
+    events: dict[str, list[LateEvents]] = field(default_factory=lambda: defaultdict(list))
+    compared_with: dict[str, str] = field(default_factory=dict)
+
+    def event_lines(self, account_id: str, window_start: datetime, currency: str) -> list[Line]:
+        """The account's late events as ``usage_event`` lines, marked late."""
+        found = []
+        for late in self.events.get(account_id, []):
+            line = event_line(
+                late.service, late.zone, late.total, (late.since, window_start), currency
+            )
+            late_description = line.description + late_suffix(window_start)
+            found.append(msgspec.structs.replace(line, description=late_description))
+        return found
 
 
 async def late_usage(
@@ -57,28 +106,53 @@ async def late_usage(
     period_start: datetime,
     window_start: datetime,
     snapshot: str,
-) -> dict[str, list[Usage]]:
-    """Account -> its late imported calls, summed like the window's (``Usage.since`` set).
+) -> LateUsage:
+    """The accounts' late imported usage, summed like the window's.
 
     ``period_start``: the invoice's period (earlier invoices are those before it);
-    ``window_start``: its usage window's start (late calls stopped before it);
+    ``window_start``: its usage window's start (late usage stopped before it);
     ``snapshot``: the snapshot the invoice's window was read in.
     """
-    found: dict[str, list[Usage]] = defaultdict(list)
-    rows = await conn.fetch(_LATE_SQL, account_ids, period_start, snapshot, window_start)
+    found = LateUsage()
+    compared = await conn.fetch(_COMPARED_WITH_SQL, account_ids, period_start)
+    if not compared:
+        return found
+    found.compared_with = {r["account_id"]: r["snapshot"] for r in compared}
+    rows = await conn.fetch(
+        _LATE_SQL,
+        list(found.compared_with),
+        list(found.compared_with.values()),
+        snapshot,
+        window_start,
+    )
     for r in sorted(
-        rows, key=lambda r: (r["account_id"], r["zone"], r["direction"], r["rate_type"] or "")
+        rows,
+        key=lambda r: (
+            r["account_id"],
+            r["event"],
+            r["service"] or "",
+            r["zone"],
+            r["direction"],
+            r["rate_type"] or "",
+        ),
     ):
-        found[r["account_id"]].append(
+        account = r["account_id"]
+        total = Total(
+            r["calls"], r["seconds"], r["billed"], r["amount"], r["first_cdr"], r["last_cdr"]
+        )
+        if r["event"]:
+            found.events[account].append(LateEvents(r["service"], r["zone"], total, r["since"]))
+            continue
+        found.calls[account].append(
             Usage(
                 r["zone"],
                 r["direction"],
-                r["calls"],
-                r["seconds"],
-                r["billed"],
-                r["amount"],
-                r["first_cdr"],
-                r["last_cdr"],
+                total.calls,
+                total.seconds,
+                total.billed,
+                total.amount,
+                total.first_cdr,
+                total.last_cdr,
                 r["rate_type"],
                 since=r["since"],
             )

@@ -608,6 +608,11 @@ def billed_window_start(items: list[Item], cycle: Schedule, which: Targets) -> d
     return min(starts, key=lambda start: start.timestamp()) if starts else None
 
 
+def late_suffix(window_start: datetime) -> str:
+    """What a late usage line's description ends with (decision 0050)."""
+    return f", made before {window_start.date().isoformat()} and recorded late"
+
+
 def usage_line(usage: Usage, window: tuple[datetime, datetime], currency: str) -> Line:
     """A usage summary line: calls, seconds and what the real-time path debited for them.
 
@@ -620,7 +625,7 @@ def usage_line(usage: Usage, window: tuple[datetime, datetime], currency: str) -
     late = ""
     if usage.since is not None:
         period = (usage.since, window[0])
-        late = f", made before {window[0].date().isoformat()} and recorded late"
+        late = late_suffix(window[0])
     return Line(
         "usage",
         f"Calls to {usage.zone}{direction}{rate_type}{late}",

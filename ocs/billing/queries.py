@@ -273,13 +273,23 @@ async def run(pool: asyncpg.Pool, run_id: int) -> Run:
     return _run(row)
 
 
-async def unfinished_runs(pool: asyncpg.Pool) -> list[int]:
-    """The runs with a chunk not done, oldest first: what a billing worker works on."""
+@dataclass(frozen=True, slots=True)
+class UnfinishedRun:
+    """A run with a chunk not done, and the plans of its chunks not done."""
+
+    run_id: int
+    plans: frozenset[str]
+
+
+async def unfinished_runs(pool: asyncpg.Pool) -> list[UnfinishedRun]:
+    """The runs with a chunk not done, by their earliest period, then oldest first: what a
+    billing worker works on, in the order a plan's periods follow each other."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT DISTINCT run_id FROM invoice_run_chunks WHERE done_at IS NULL ORDER BY run_id"
+            "SELECT run_id, array_agg(DISTINCT plan_id) AS plans FROM invoice_run_chunks"
+            " WHERE done_at IS NULL GROUP BY run_id ORDER BY min(period_start), run_id"
         )
-    return [int(r["run_id"]) for r in rows]
+    return [UnfinishedRun(int(r["run_id"]), frozenset(r["plans"])) for r in rows]
 
 
 async def run_totals(pool: asyncpg.Pool) -> dict[str, tuple[int, int]]:

@@ -345,11 +345,19 @@ class BillingWorker:
             # A long-lived worker outlives a failed pass: the next pass tries again.
             metrics.BILLING_FAILURES.labels("schedule").inc()
             log.error("billing schedule failed", extra={"worker": self.name, "error": str(error)})
-        for run_id in await queries.unfinished_runs(self.pool):
+        # A plan's runs are drafted in period order: a run left unfinished (a chunk failed,
+        # or another worker holds one) holds back the later runs of its plans until a later
+        # pass. A later invoice drafted while an earlier one is missing or uncommitted would
+        # compare with the one before it and bill that period's late usage too (0050).
+        held: set[str] = set()
+        for run in await queries.unfinished_runs(self.pool):
             if stopping.is_set():
                 break
+            if run.plans & held:
+                continue
+            run_id = run.run_id
             try:
-                await self.work_on(run_id, stopping)
+                progress = await self.work_on(run_id, stopping)
             except Exception as error:
                 # The chunk's lease runs out and it is claimed again (by any worker).
                 metrics.BILLING_FAILURES.labels("chunk").inc()
@@ -357,6 +365,10 @@ class BillingWorker:
                     "billing chunk failed",
                     extra={"worker": self.name, "run_id": run_id, "error": str(error)},
                 )
+                held |= run.plans
+                continue
+            if progress.state != "done":
+                held |= run.plans
         if not stopping.is_set():
             try:
                 await self.post_runs()

@@ -25,4 +25,7 @@ CREATE INDEX IF NOT EXISTS cdrs_imported_recorded_idx ON cdrs (account_id, recor
 
 -- The snapshot of the statement that read the invoice's CDRs, written with every
 -- (re)draft; NULL for an invoice drafted before this migration (nothing is late after it).
+-- And the snapshot of the earlier invoice its late usage was compared with (NULL: none
+-- was), so its itemised list reads the calls it billed, whatever is drafted after it.
 ALTER TABLE invoices ADD COLUMN usage_snapshot pg_snapshot;
+ALTER TABLE invoices ADD COLUMN late_after_snapshot pg_snapshot;
