@@ -15,35 +15,30 @@ from pathlib import Path
 from typing import Any
 
 from ocs.billing import itemised, posting
-from ocs.billing.cycles import PlanBilling
 from ocs.billing.document_data import load_facts
 from ocs.billing.document_layout import Formatter, sections
-from ocs.billing.store import Subscription, set_plan_billing, subscribe
 from ocs.billing.void import void
 from tests.billing_helpers import cdr, invoice_id, invoices, run
 from tests.conftest import RunningApp
 from tests.usage_import_helpers import (
     HEADER,
-    new_account,
+    billed_account,
     run_import,
-    setup_mediation,
     stored_cdrs,
 )
 
 LATE_MARCH = "Calls to UK, made before 2026-04-01 and recorded late"
 # March 3, 61 s to the UK: 0.04 (the window's call in most tests).
 R1 = "r1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n"
+# March 20, 30 s to the UK: 0.02 (imported after March's draft in most tests).
+R2 = "r2,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n"
 
 
-async def _billed_account(app: RunningApp) -> None:
-    """``acc1`` on the mediation plan, billed monthly from January."""
-    await setup_mediation(app)
-    services = app.services
-    await set_plan_billing(
-        services.pool, PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1)
-    )
-    await new_account(app, "acc1", "10.00")
-    await subscribe(services.pool, Subscription("acc1", "retail", date(2026, 1, 1)))
+async def _march_invoiced(app: RunningApp, tmp_path: Path) -> None:
+    """``acc1`` billed monthly, its March call (R1) imported, and March drafted."""
+    await billed_account(app)
+    await _import(app, tmp_path, "march.csv", R1, 1)
+    await run(app.services, "2026-03")
 
 
 async def _import(app: RunningApp, tmp_path: Path, name: str, rows: str, stored: int) -> None:
@@ -90,10 +85,8 @@ async def _cdr_of(app: RunningApp, record_id: str) -> str:
 async def test_calls_imported_after_their_invoice_are_billed_late_by_the_next_one_once(
     app: RunningApp, tmp_path: Path
 ) -> None:
-    await _billed_account(app)
+    await _march_invoiced(app, tmp_path)
     services = app.services
-    await _import(app, tmp_path, "march.csv", R1, 1)
-    await run(services, "2026-03")
     # Imported after March was drafted: two calls of March 20 and one of February 10.
     await _import(
         app,
@@ -126,11 +119,9 @@ async def test_an_invoice_drafted_again_after_the_import_bills_its_own_calls_and
 ) -> None:
     # March still a draft when the file arrives: its next draft sees the calls in its own
     # window, and April finds nothing it could not see.
-    await _billed_account(app)
+    await _march_invoiced(app, tmp_path)
     services = app.services
-    await _import(app, tmp_path, "march.csv", R1, 1)
-    await run(services, "2026-03")
-    await _import(app, tmp_path, "more.csv", "r2,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n", 2)
+    await _import(app, tmp_path, "more.csv", R2, 2)
     await run(services, "2026-03")
     await run(services, "2026-04", invoice_date=date(2026, 5, 1))
 
@@ -146,13 +137,11 @@ async def test_a_voided_invoices_calls_are_not_billed_again_and_its_late_ones_ar
 ) -> None:
     # March posted, then the late file, then March voided by the operator: April bills
     # the late call (March never saw it) and not March's own call behind their back.
-    await _billed_account(app)
+    await _march_invoiced(app, tmp_path)
     services = app.services
-    await _import(app, tmp_path, "march.csv", R1, 1)
-    await run(services, "2026-03")
     march = await invoice_id(services, "acc1", "2026-03")
     await posting.post(services.pool, services.store, invoice_ids=[march])
-    await _import(app, tmp_path, "late.csv", "r2,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n", 2)
+    await _import(app, tmp_path, "late.csv", R2, 2)
     await void(services.pool, services.store, march)
     await run(services, "2026-04", invoice_date=date(2026, 5, 1))
 
@@ -164,7 +153,7 @@ async def test_calls_imported_before_the_first_invoice_stay_out_of_it_when_older
 ) -> None:
     # An account's first invoice has no earlier draft to compare with: it bills its own
     # window only, as before (a call of February is not March's).
-    await _billed_account(app)
+    await billed_account(app)
     await _import(
         app,
         tmp_path,
@@ -184,7 +173,7 @@ async def test_late_service_events_are_billed_as_events_not_calls(
     # A supplier's data usage (a service's events: termination cause "usage") recorded
     # after March's draft: April bills it as data usage, not as "Calls to data" minutes,
     # and lists it on no itemised call list.
-    await _billed_account(app)
+    await billed_account(app)
     services = app.services
     event = {"supplier": "carrier-x", "termination_cause": "usage", "destination": "data"}
     await cdr(services, "ev1", "acc1", datetime(2026, 3, 5, tzinfo=UTC), **event,
@@ -206,11 +195,9 @@ async def test_an_earlier_draft_is_left_as_it_is_once_a_later_invoice_exists(
 ) -> None:
     # April billed the late call; March run again afterwards would have taken it into
     # its own window too (billed twice), and April's list would have lost it.
-    await _billed_account(app)
+    await _march_invoiced(app, tmp_path)
     services = app.services
-    await _import(app, tmp_path, "march.csv", R1, 1)
-    await run(services, "2026-03")
-    await _import(app, tmp_path, "late.csv", "r2,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n", 2)
+    await _import(app, tmp_path, "late.csv", R2, 2)
     await run(services, "2026-04", invoice_date=date(2026, 5, 1))
     await run(services, "2026-03")
 
@@ -222,10 +209,8 @@ async def test_an_earlier_draft_is_left_as_it_is_once_a_later_invoice_exists(
 async def test_the_invoice_document_shows_late_calls_on_their_own_row(
     app: RunningApp, tmp_path: Path
 ) -> None:
-    await _billed_account(app)
+    await _march_invoiced(app, tmp_path)
     services = app.services
-    await _import(app, tmp_path, "march.csv", R1, 1)
-    await run(services, "2026-03")
     await _import(
         app,
         tmp_path,

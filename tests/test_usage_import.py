@@ -6,15 +6,12 @@ file written here, and checks what an operator sees: balances, the import's coun
 amounts, the rejects file and the CDR rows the ledger writer stores.
 """
 
-from datetime import date
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from ocs.balances import keys
-from ocs.billing.cycles import PlanBilling
-from ocs.billing.store import Subscription, set_plan_billing, subscribe
 from ocs.errors import OcsError
 from ocs.mediation.importer import ImportRequest
 from tests.billing_helpers import invoices, run
@@ -24,6 +21,7 @@ from tests.usage_import_helpers import (
     HEADER,
     TEMPLATE,
     balance,
+    billed_account,
     importer,
     new_account,
     run_import,
@@ -322,13 +320,8 @@ async def test_imported_calls_are_invoiced_as_calls_not_as_service_events(
     # Imported calls were stored as "usage" like a service's events: each called number
     # became an invoice line of its own, with no rate type (so no rate type's tax code),
     # and the calls were left off the itemised list.
-    await setup_mediation(app)
+    await billed_account(app)
     services = app.services
-    await set_plan_billing(
-        services.pool, PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1)
-    )
-    await new_account(app, "acc1", "10.00")
-    await subscribe(services.pool, Subscription("acc1", "retail", date(2026, 1, 1)))
     path = tmp_path / "carrier.csv"
     path.write_text(
         HEADER

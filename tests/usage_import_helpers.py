@@ -7,12 +7,15 @@ import contextlib
 import json
 import threading
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from ocs.balances import keys
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.script_args import UsageEvent
+from ocs.billing.cycles import PlanBilling
+from ocs.billing.store import Subscription, set_plan_billing, subscribe
 from ocs.config import Settings
 from ocs.mediation.importer import ImportRequest, ImportSummary, UsageImporter
 from ocs.runtime import open_runtime
@@ -202,3 +205,15 @@ def ledger_writer_beside(settings: Settings) -> Iterator[None]:
             loop.call_soon_threadsafe(stopping[0].set)
         thread.join(30)
         loop.close()
+
+
+async def billed_account(app: RunningApp) -> None:
+    """The mediation plan billed monthly from January (UTC), and ``acc1`` (10.00 EUR)
+    subscribed to it from January 1."""
+    await setup_mediation(app)
+    services = app.services
+    await set_plan_billing(
+        services.pool, PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1)
+    )
+    await new_account(app, "acc1", "10.00")
+    await subscribe(services.pool, Subscription("acc1", "retail", date(2026, 1, 1)))
