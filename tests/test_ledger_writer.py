@@ -309,3 +309,44 @@ async def test_a_busy_accounts_bucket_still_gives_a_whole_batch_a_read(services:
     await writer.ensure_groups()
     assert [await writer.read_new() for _ in range(4)] == [25, 25, 11, 0]
     assert await _ledger_count(services) == 61
+
+
+async def test_an_entry_id_stored_for_another_entry_is_set_aside_not_dropped(
+    services: Services,
+) -> None:
+    # A Redis that lost its last writes on a host whose clock is now behind them generates
+    # their ids again for new entries. ON CONFLICT DO NOTHING dropped such an entry: its
+    # top-up moved the balance and never reached the ledger.
+    await _make_entries(services, accounts=1, topups=1)
+    writer = LedgerWriter(services.redis, services.pool)
+    await writer.ensure_groups()
+    while await writer.read_new():
+        pass
+    bucket = keys.bucket_of("w0")
+    stream = keys.ledger(bucket)
+    async with services.pool.acquire() as conn:
+        stored = await conn.fetchrow(
+            "SELECT entry_id, amount FROM ledger WHERE kind = 'topup' ORDER BY entry_id DESC"
+        )
+    reused = stored["entry_id"].split("-", 1)[1]
+    # The stream went back to before that id, and its next entry got it again.
+    await services.redis.execute_command("XSETID", stream, "1-0")
+    await services.redis.execute_command("XGROUP", "SETID", stream, keys.LEDGER_GROUP, "1-0")
+    await services.redis.xadd(
+        stream,
+        {"kind": "topup", "account": "w0", "amount": "777", "balance": "1", "ts": "1700000000000",
+         "reference": "topup:another"},
+        id=reused,
+    )  # fmt: skip
+    while await writer.read_new():
+        pass
+
+    async with services.pool.acquire() as conn:
+        kept = await conn.fetchval(
+            "SELECT amount FROM ledger WHERE entry_id = $1", stored["entry_id"]
+        )
+    assert kept == stored["amount"]
+    dead = await services.redis.xrange(keys.dead_letters(bucket))
+    assert [(d[1][b"original_id"], d[1][b"amount"]) for d in dead] == [(reused.encode(), b"777")]
+    assert b"already stored for another entry" in dead[0][1][b"error"]
+    assert await _stream_backlog(services.redis) == 0

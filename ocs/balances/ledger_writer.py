@@ -3,9 +3,10 @@
 Each stop and top-up script appends one entry to its bucket's stream in the
 same atomic step as the balance change. This writer reads the streams through
 a consumer group, inserts ``ledger`` (and, for calls, ``cdrs``) rows keyed by
-the entry id with ``ON CONFLICT DO NOTHING``, and acknowledges (XACK + XDEL)
-only after PostgreSQL committed. Delivery is at least once, the insert is
-idempotent, so every entry lands exactly once; several processes may run a
+the entry id with ``ON CONFLICT`` (a redelivery changes nothing; an id stored
+for another entry fails its row, which is set aside: migration 0048), and
+acknowledges (XACK + XDEL) only after PostgreSQL committed. Delivery is at least
+once, the insert is idempotent, so every entry lands exactly once; several processes may run a
 writer at once, and entries a dead writer held are claimed after
 ``claim_idle_ms``.
 
@@ -51,9 +52,14 @@ from ocs.balances.wire import RedisWire
 
 log = logging.getLogger("ocs.ledger")
 
+# A redelivered entry (the same account, kind, amount and reference) is written once; an
+# id already stored for another entry fails its row (migration 0048), which is set aside.
 _LEDGER_SQL = (
     "INSERT INTO ledger (entry_id, account_id, kind, amount, balance_after, reference,"
-    " occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (entry_id) DO NOTHING"
+    " occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (entry_id) DO UPDATE"
+    " SET entry_id = ledger_entry_reused(EXCLUDED.entry_id)"
+    " WHERE (ledger.account_id, ledger.kind, ledger.amount, ledger.reference)"
+    " IS DISTINCT FROM (EXCLUDED.account_id, EXCLUDED.kind, EXCLUDED.amount, EXCLUDED.reference)"
 )
 _CDR_SQL = (
     "INSERT INTO cdrs (entry_id, call_id, account_id, plan_id, zone, destination, caller,"
