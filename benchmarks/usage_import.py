@@ -320,7 +320,9 @@ async def bench(args: argparse.Namespace) -> None:
     async with asyncpg.create_pool(args.database_url, min_size=2, max_size=4) as pool:
         catalog = CatalogHolder(pool)
         await catalog.reload()
-        importer = UsageImporter(pool, store, catalog, result_ttl=7 * 86_400)
+        importer = UsageImporter(
+            pool, store, catalog, database_url=args.database_url, result_ttl=7 * 86_400
+        )
         # The accounts' opening entries: stored before the import may read a row.
         await write_ledger(redis, pool, store)
         request = ImportRequest(template="carrier-x", files=(str(path),))

@@ -58,6 +58,7 @@ def importer_of(services: "Services") -> "UsageImporter":
         services.pool,
         services.store,
         services.catalog,
+        database_url=services.database_url,
         result_ttl=services.settings.stop_dedupe_ttl,
         supplier_wait=services.settings.usage_import_supplier_wait,
         ledger_wait=services.settings.usage_import_ledger_wait,

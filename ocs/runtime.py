@@ -182,6 +182,7 @@ async def open_runtime(
                         settings=settings,
                         redis=redis,
                         pool=pool,
+                        database_url=backends.database_url,
                         pipeline=pipeline,
                         store=store,
                         catalog=catalog,

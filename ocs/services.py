@@ -27,6 +27,9 @@ class Services:
     settings: Settings
     redis: RedisClient
     pool: asyncpg.Pool
+    # The PostgreSQL the pool connects to (the embedded one's, when embedded): what a
+    # connection of its own outside the pool is opened with (a usage import's lock).
+    database_url: str
     pipeline: AutoPipeline
     store: BalanceStore
     catalog: CatalogHolder

@@ -11,6 +11,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from ocs.balances import keys
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.script_args import UsageEvent
@@ -87,10 +89,29 @@ async def setup_mediation(
     await app.services.catalog.reload()
 
 
-def importer(app: RunningApp) -> UsageImporter:
-    """The importer over the app's services, as ``ocs usage import`` builds it."""
+def importer(app: RunningApp, pool: asyncpg.Pool | None = None, **options: Any) -> UsageImporter:
+    """The importer over the app's services, as ``ocs usage import`` builds it (over
+    ``pool`` when given; ``options`` as UsageImporter takes them)."""
     services = app.services
-    return UsageImporter(services.pool, services.store, services.catalog, result_ttl=3600)
+    return UsageImporter(
+        pool or services.pool,
+        services.store,
+        services.catalog,
+        database_url=services.database_url,
+        result_ttl=3600,
+        **options,
+    )
+
+
+async def add_template(app: RunningApp, name: str, supplier: str) -> None:
+    """The carrier's template stored again under another name and supplier."""
+    other = {**TEMPLATE, "name": name, "supplier": supplier}
+    await app.services.pool.execute(
+        "INSERT INTO usage_templates (name, version, supplier, definition) VALUES ($1, 1, $2, $3)",
+        name,
+        supplier,
+        json.dumps(other),
+    )
 
 
 async def run_import(
@@ -149,16 +170,28 @@ class CuedImporter(UsageImporter):
         free: int = 1_000_000,
         fail_first: int = 0,
         gate_timeout: float | None = None,
+        **options: Any,
     ) -> None:
-        """The importer over the app's services, with its cues."""
+        """The importer over the app's services, with its cues (``options`` as
+        UsageImporter takes them)."""
         services = app.services
-        super().__init__(services.pool, services.store, services.catalog, result_ttl=3600)
+        super().__init__(
+            services.pool,
+            services.store,
+            services.catalog,
+            database_url=services.database_url,
+            result_ttl=3600,
+            **options,
+        )
         self.free = free
         self.fail_first = fail_first
         self.gate_timeout = gate_timeout
         self.gate = asyncio.Event()
         self.calls = 0
         self.saved_states: list[str] = []
+        # When set, the final save waits for it (``finishing`` tells it has begun).
+        self.final_gate: asyncio.Event | None = None
+        self.finishing = asyncio.Event()
 
     async def debit(self, bucket: int, import_id: int, events: list[UsageEvent]) -> list[str]:
         """Fail, wait, or debit, by the call's place."""
@@ -173,7 +206,11 @@ class CuedImporter(UsageImporter):
     async def save(
         self, summary: ImportSummary, *, error: str | None = None, finished: bool = False
     ) -> None:
-        """Store the summary; a failed one opens the gate (the waiting debits go on)."""
+        """Store the summary; a failed one opens the gate (the waiting debits go on). The
+        final one waits for ``final_gate`` first, when it is set."""
+        if finished and self.final_gate is not None:
+            self.finishing.set()
+            await self.final_gate.wait()
         await super().save(summary, error=error, finished=finished)
         self.saved_states.append(summary.state)
         if summary.state == "failed":

@@ -119,6 +119,7 @@ def _importer(request: web.Request) -> UsageImporter:
         services.pool,
         services.store,
         services.catalog,
+        database_url=services.database_url,
         result_ttl=services.settings.stop_dedupe_ttl,
         # A serving process answers live calls between chunks: small ones (~2 ms each).
         chunk_rows=200,

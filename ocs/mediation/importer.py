@@ -42,14 +42,13 @@ account's credit limit.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 import asyncpg
 import msgpack
@@ -71,6 +70,7 @@ from ocs.mediation.shipped import shipped_template
 from ocs.mediation.template import Template
 
 log = logging.getLogger("ocs.mediation")
+T = TypeVar("T")
 
 ImportMode = Literal["good_rows", "all_or_nothing"]
 IMPORT_MODES: tuple[ImportMode, ...] = ("good_rows", "all_or_nothing")
@@ -91,6 +91,11 @@ COUNTER_TRIES = 5
 # Seconds between two saves of a running import's counts: a killed import shows how far
 # it got, for one cheap UPDATE every few seconds.
 SAVE_EVERY = 2.0
+# Seconds the save of a running import's counts may take: a connection that hangs longer
+# is taken for a lost session (and lock). And the seconds its connection's close may take
+# before its socket is dropped.
+SAVE_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 5.0
 # Seconds between two tries for the supplier's lock, and two looks at the ledger streams.
 LOCK_POLL = 0.2
 LEDGER_POLL = 0.1
@@ -371,6 +376,53 @@ async def _stopped(task: "asyncio.Task[None]") -> None:
     await asyncio.wait([task])
 
 
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Run ``work`` to its end even when the caller is cancelled meanwhile, then let the
+    cancellation go on: an import's final state is stored, and stored before its
+    supplier's lock goes (else the supplier's next import would take it for one whose
+    process ended)."""
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():
+                break
+            cancelled = exc
+    result = task.result()
+    if cancelled is not None:
+        raise cancelled
+    return result
+
+
+async def _closed(conn: asyncpg.Connection) -> None:
+    """Close a connection of the import's own, also when cancelled meanwhile: its
+    socket is then dropped, and PostgreSQL ends the session (and frees its locks)."""
+    try:
+        await conn.close(timeout=CLOSE_TIMEOUT)
+    finally:
+        if not conn.is_closed():
+            conn.terminate()
+
+
+def session_lost(exc: BaseException) -> bool:
+    """Whether a failed statement says the connection's session is gone (or hangs), and
+    with it the locks it held: not a refusal of the statement, after which the session
+    goes on (a ``statement_timeout`` is a ``QueryCanceledError``)."""
+    return isinstance(
+        exc,
+        (
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.AdminShutdownError,
+            asyncpg.CrashShutdownError,
+            OSError,
+            TimeoutError,
+        ),
+    )
+
+
 class UsageImporter:
     """Runs usage imports with one process's stores: PostgreSQL, the balance scripts and
     the catalog snapshot the real-time path rates with."""
@@ -381,18 +433,22 @@ class UsageImporter:
         balances: BalanceStore,
         catalog: CatalogHolder,
         *,
+        database_url: str,
         result_ttl: int,
         chunk_rows: int = CHUNK,
         supplier_wait: float = 600.0,
         ledger_wait: float = 60.0,
         save_every: float = SAVE_EVERY,
     ) -> None:
-        """``chunk_rows``: records read and rated between two waits on PostgreSQL or
-        Redis; a serving process takes fewer, so live calls wait less for the loop.
-        ``supplier_wait``: seconds an import waits for the supplier's running import to
-        end; ``ledger_wait``: for the ledger writer to store the entries made before it
-        started; ``save_every``: seconds between two saves of its counts."""
+        """``database_url``: the PostgreSQL of ``pool``, where the import opens the
+        connection of its own that holds its supplier's lock (outside the pool: see
+        ``_lock_supplier``). ``chunk_rows``: records read and rated between two waits on
+        PostgreSQL or Redis; a serving process takes fewer, so live calls wait less for
+        the loop. ``supplier_wait``: seconds an import waits for the supplier's running
+        import to end; ``ledger_wait``: for the ledger writer to store the entries made
+        before it started; ``save_every``: seconds between two saves of its counts."""
         self._pool = pool
+        self._database_url = database_url
         self.chunk_rows = chunk_rows
         self._balances = balances
         self._catalog = catalog
@@ -459,10 +515,8 @@ class UsageImporter:
             )
             return await self._import(lock, request, paths, summary, template, overrides, progress)
         finally:
-            # Releasing the connection unlocks too (the pool resets it); said here first.
-            with contextlib.suppress(Exception):
-                await lock.execute("SELECT pg_advisory_unlock(hashtext($1))", _lock_key(supplier))
-            await self._pool.release(lock)
+            # Its session ending lets the lock go: no unlock to skip when cancelled.
+            await _closed(lock)
 
     async def _import(
         self,
@@ -491,54 +545,85 @@ class UsageImporter:
                 await run.pass_over(paths, compiled, debit=False)
                 if rejects.count:
                     summary.state = "refused"
-                    run.count()
-                    await _stopped(saver)
-                    return await self._finish(summary, rejects)
-                run.reset()
-                compiled = CompiledTemplate(template)
-                rejects.compiled = compiled
-            await run.pass_over(paths, compiled, debit=True)
-            summary.state = "done"
+            if summary.state != "refused":
+                if request.mode == "all_or_nothing":
+                    run.reset()
+                    compiled = CompiledTemplate(template)
+                    rejects.compiled = compiled
+                await run.pass_over(paths, compiled, debit=True)
+                # The lock must have held to the end: its session still answering says
+                # so (a lost session never comes back), and a lost one fails the import.
+                await _stopped(saver)
+                await self._save_progress_once(lock, run)
+                run.check_lock()
+                summary.state = "done"
         except BaseException as exc:
             # pass_over waited for the debits it had sent: the counts hold all it moved.
             summary.state = "failed"
             run.count()
-            await asyncio.shield(_stopped(saver))
-            await asyncio.shield(self._finish(summary, rejects, error=str(exc)[:500]))
+            error = str(exc)[:500] or type(exc).__name__
+            await _to_the_end(self._wrap_up(saver, summary, rejects, error))
             raise
         run.count()
+        # A cancel now must not leave the row running: the debits are all made.
+        return await _to_the_end(self._wrap_up(saver, summary, rejects))
+
+    async def _wrap_up(
+        self,
+        saver: "asyncio.Task[None]",
+        summary: ImportSummary,
+        rejects: _Rejects,
+        error: str | None = None,
+    ) -> ImportSummary:
+        """Stop the progress saver and store the import's final state."""
         await _stopped(saver)
-        return await self._finish(summary, rejects)
+        return await self._finish(summary, rejects, error=error)
+
+    async def _connect(self) -> asyncpg.Connection:
+        """A PostgreSQL connection of the import's own, outside the pool."""
+        return await asyncpg.connect(self._database_url)
 
     async def _lock_supplier(self, supplier: str) -> asyncpg.Connection:
-        """A pool connection holding the supplier's import lock, once no other import of
-        the supplier holds it; refused after ``supplier_wait`` seconds. No connection is
-        held while waiting, so imports queued behind one leave the pool to live calls."""
+        """A connection of the import's own holding the supplier's import lock, once no
+        other import of the supplier holds it; refused after ``supplier_wait`` seconds.
+
+        Not a pool connection: an import holds its lock for its whole run and needs the
+        pool's connections meanwhile (look-ups, saves), so imports of as many suppliers
+        as the pool has connections would each hold one and wait for another for ever,
+        and live calls and the ledger writer would wait behind them. An import waiting
+        for the lock keeps its connection (one PostgreSQL session, no pool slot).
+        """
+        conn = await self._connect()
+        try:
+            await self._wait_for_lock(conn, supplier)
+        except BaseException:
+            await _closed(conn)
+            raise
+        return conn
+
+    async def _wait_for_lock(self, conn: asyncpg.Connection, supplier: str) -> None:
+        """Take the supplier's lock on ``conn``, trying every ``LOCK_POLL`` seconds. It is
+        tried once more after a poll even past ``supplier_wait``: a GET of an import
+        takes the lock for an instant (``settle_interrupted``), which must not refuse
+        an import when the wait is 0."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.supplier_wait
-        waiting = False
+        key = _lock_key(supplier)
+        tries = 0
         while True:
-            conn = await self._pool.acquire()
-            try:
-                locked = await conn.fetchval(
-                    "SELECT pg_try_advisory_lock(hashtext($1))", _lock_key(supplier)
-                )
-            except BaseException:
-                await self._pool.release(conn)
-                raise
-            if locked:
-                if waiting:
-                    log.info(
+            if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+                if tries:
+                    log.warning(
                         "usage import goes on: the supplier's import ended",
                         extra={"supplier": supplier},
                     )
-                return conn
+                return
+            tries += 1
             running = await conn.fetchval(
                 "SELECT max(id) FROM usage_imports WHERE supplier = $1 AND state = 'running'",
                 supplier,
             )
-            await self._pool.release(conn)
-            if loop.time() >= deadline:
+            if tries > 1 and loop.time() >= deadline:
                 raise OcsError(
                     Reason.UNAVAILABLE,
                     f"an import of supplier {supplier!r} is running"
@@ -547,9 +632,8 @@ class UsageImporter:
                     " run one at a time; import again once it has ended",
                     field="template",
                 )
-            if not waiting:
-                waiting = True
-                log.info(
+            if tries == 1:
+                log.warning(
                     "usage import waits for the supplier's running import",
                     extra={"supplier": supplier, "running": running},
                 )
@@ -589,26 +673,44 @@ class UsageImporter:
     async def _save_progress(self, lock: asyncpg.Connection, run: "_Run") -> None:
         """Store the import's counts every ``save_every`` seconds while it runs, on the
         connection holding its lock: a lost session (and lock) fails the import."""
-        summary = run.summary
-        while True:
+        while run.lost is None:
             await asyncio.sleep(self.save_every)
-            rows_read, rows_filtered = run.rows_so_far()
-            try:
-                await lock.execute(
-                    "UPDATE usage_imports SET rows_read = $2, rows_filtered = $3,"
-                    " rows_charged = $4, rows_repeated = $5, rows_rejected = $6, amounts = $7"
-                    " WHERE id = $1 AND state = 'running'",
-                    summary.id,
-                    rows_read,
-                    rows_filtered,
-                    summary.rows_charged,
-                    summary.rows_repeated,
-                    run.rejects.count,
-                    json.dumps(summary.amounts),
+            await self._save_progress_once(lock, run)
+
+    async def _save_progress_once(self, lock: asyncpg.Connection, run: "_Run") -> None:
+        """Store the import's counts now, on the connection holding its lock. A
+        connection that fails or does not answer within ``SAVE_TIMEOUT`` is a lost
+        session, and so a lost lock (``run.lost``); a refusal of the statement itself
+        (a ``statement_timeout``, say) leaves the session, and the lock, as they were:
+        logged, and tried again at the next save."""
+        summary = run.summary
+        rows_read, rows_filtered = run.rows_so_far()
+        try:
+            await lock.execute(
+                "UPDATE usage_imports SET rows_read = $2, rows_filtered = $3,"
+                " rows_charged = $4, rows_repeated = $5, rows_rejected = $6, amounts = $7"
+                " WHERE id = $1 AND state = 'running'",
+                summary.id,
+                rows_read,
+                rows_filtered,
+                summary.rows_charged,
+                summary.rows_repeated,
+                run.rejects.count,
+                json.dumps(summary.amounts),
+                timeout=SAVE_TIMEOUT,
+            )
+        except Exception as exc:
+            if not session_lost(exc):
+                log.warning(
+                    "usage import could not save its progress",
+                    extra={"import": summary.id, "error": str(exc)[:200]},
                 )
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-                run.lost = exc
                 return
+            log.error(
+                "usage import lost its PostgreSQL session, and its supplier's lock",
+                extra={"import": summary.id, "error": str(exc)[:200] or type(exc).__name__},
+            )
+            run.lost = exc
 
     async def _finish(
         self, summary: ImportSummary, rejects: _Rejects, error: str | None = None
@@ -795,6 +897,18 @@ class _Run:
         self.lost: BaseException | None = None
         self.files: list[str] = []
 
+    def check_lock(self) -> None:
+        """Stop the import once it has lost its supplier's lock (its session ended): an
+        import of the supplier may run beside it now, and read what it debits."""
+        lost = self.lost
+        if lost is not None:
+            raise OcsError(
+                Reason.UNAVAILABLE,
+                "the import lost its PostgreSQL session, and with it the supplier's import"
+                f" lock ({str(lost) or type(lost).__name__}): stopped; import the file again"
+                " (what was debited is a repeat then)",
+            )
+
     def reset(self) -> None:
         """Forget the counts, counter seconds and ids of a checking pass (the caches stay)."""
         self.rows_read = self.rows_filtered = self.done = 0
@@ -869,13 +983,7 @@ class _Run:
                     if self.recount:
                         await self.price_again()
                     self.tick(len(chunk))
-                    if self.lost is not None:
-                        raise OcsError(
-                            Reason.UNAVAILABLE,
-                            "the import lost its PostgreSQL session, and with it the"
-                            f" supplier's import lock ({self.lost}): stopped; import the"
-                            " file again (what was debited is a repeat then)",
-                        )
+                    self.check_lock()
             self.rows_read += compiled.rows_read
             self.rows_filtered += compiled.rows_filtered
             compiled.rows_read = compiled.rows_filtered = 0
@@ -1192,7 +1300,8 @@ class _Run:
                 self.send(bucket)
 
     def send(self, bucket: int) -> None:
-        """Send a bucket's batch through charge_batch.lua."""
+        """Send a bucket's batch through charge_batch.lua (none once the lock is lost)."""
+        self.check_lock()
         batch = self.pending.pop(bucket)
         self.in_flight.append(asyncio.create_task(self.charge(bucket, batch)))
 

@@ -1,0 +1,225 @@
+"""A usage import's supplier lock lives on a PostgreSQL connection of the import's own,
+outside the process's pool (decision 0051): imports never wait on the pool for ever, and
+a cancelled import leaves neither a pool connection nor the lock behind.
+
+Costs from tests/usage_import_helpers.py's deck: UK 0.02 a minute in 60 s blocks, so
+61 s cost 0.04.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ocs.balances.script_args import UsageEvent
+from ocs.errors import OcsError
+from ocs.mediation.importer import ImportRequest
+from tests.conftest import RunningApp, eventually
+from tests.usage_import_helpers import (
+    HEADER,
+    CuedImporter,
+    add_template,
+    balance,
+    importer,
+    new_account,
+    setup_mediation,
+)
+
+UK = "442071234567"
+OPENING = 10_000_000
+LOCK_KEY = "usage_import:carrier-x"
+
+
+def row(record_id: str, account: str, seconds: int = 61, minute: int = 0) -> str:
+    """A call to the UK on 3 March 2026 at 09:<minute>."""
+    return f"{record_id},{account},{UK},2026-03-03 09:{minute:02d}:00,{seconds},O,,\n"
+
+
+@pytest.fixture
+async def small_pool(
+    app: RunningApp, request: pytest.FixtureRequest
+) -> AsyncIterator[asyncpg.Pool]:
+    """A pool of ``request.param`` connections (2 unless parametrized) to the app's
+    PostgreSQL, closed after the test."""
+    size = getattr(request, "param", 2)
+    pool = await asyncpg.create_pool(app.services.database_url, min_size=1, max_size=size)
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+
+
+async def free_connections(pool: asyncpg.Pool, count: int) -> bool:
+    """Whether ``count`` connections of the pool can be had at once (within 2 s)."""
+    held: list[asyncpg.Connection] = []
+    try:
+        async with asyncio.timeout(2):
+            for _ in range(count):
+                held.append(await pool.acquire())
+    except TimeoutError:
+        return False
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    return True
+
+
+@pytest.mark.parametrize("small_pool", [1, 2], indirect=True)
+async def test_imports_of_as_many_suppliers_as_the_pool_has_connections_all_end(
+    app: RunningApp, tmp_path: Path, small_pool: asyncpg.Pool
+) -> None:
+    # Each import holds its supplier's lock for its whole run and reads through the pool
+    # meanwhile: the lock on a pool connection left none for the look-ups.
+    await setup_mediation(app)
+    await add_template(app, "carrier-y", "carrier-y")
+    await new_account(app, "acc1", "10.00")
+    one = tmp_path / "x.csv"
+    one.write_text(HEADER + row("r1", "acc1"))
+    two = tmp_path / "y.csv"
+    two.write_text(HEADER + row("r1", "acc1", minute=1))
+    imports = importer(app, small_pool)
+    running = [
+        asyncio.create_task(imports.run(ImportRequest(template=name, files=(str(path),))))
+        for name, path in (("carrier-x", one), ("carrier-y", two))
+    ]
+    # Not gathered under a timeout: imports stuck on the pool would not end when cancelled.
+    _, stuck = await asyncio.wait(running, timeout=30)
+    for task in stuck:
+        task.cancel()
+    assert not stuck, "the imports waited on the pool for ever"
+    done = [task.result() for task in running]
+    assert [(s.supplier, s.state, s.rows_charged) for s in done] == [
+        ("carrier-x", "done", 1),
+        ("carrier-y", "done", 1),
+    ]
+    assert await balance(app, "acc1") == OPENING - 2 * 40_000
+    assert await free_connections(small_pool, small_pool.get_max_size())
+
+
+async def test_an_import_cancelled_while_it_waits_for_the_lock_leaves_the_pool_whole(
+    app: RunningApp, tmp_path: Path, small_pool: asyncpg.Pool
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "x.csv"
+    path.write_text(HEADER + row("r1", "acc1"))
+    # Another session holds the supplier's lock, and the table the waiting import asks
+    # which import runs: the cancel reaches it in the middle of that question.
+    holder = await asyncpg.connect(app.services.database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(hashtext($1))", LOCK_KEY)
+        busy = holder.transaction()
+        await busy.start()
+        await holder.execute("LOCK TABLE usage_imports IN ACCESS EXCLUSIVE MODE")
+        waiting = asyncio.create_task(
+            importer(app, small_pool).run(ImportRequest(template="carrier-x", files=(str(path),)))
+        )
+
+        async def asking() -> bool:
+            # Not on the holder: in its transaction the view would not change.
+            found = await app.services.pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'SELECT max(id) FROM usage_imports%'"
+            )
+            return bool(found)
+
+        await eventually(asking, what="the waiting import asking which import runs")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await busy.rollback()
+    finally:
+        await holder.close()
+    assert await free_connections(small_pool, small_pool.get_max_size())
+    # The lock is free (the holder's session ended): the supplier's next import runs.
+    async with asyncio.timeout(30):
+        summary = await importer(app, small_pool).run(
+            ImportRequest(template="carrier-x", files=(str(path),))
+        )
+    assert (summary.state, summary.rows_charged) == ("done", 1)
+
+
+class LosesItsLock(CuedImporter):
+    """An importer whose lock's session is ended (as by a PostgreSQL restart or a broken
+    network) once its debits are made."""
+
+    async def debit(self, bucket: int, import_id: int, events: list[UsageEvent]) -> list[str]:
+        """Debit, then end the session that holds the supplier's lock."""
+        words = await super().debit(bucket, import_id, events)
+        await self._pool.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks"
+            " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+        )
+        return words
+
+
+async def test_an_import_that_lost_its_lock_after_its_last_debit_is_failed(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # The progress saver had not run since: only a look at the session before the import
+    # ends finds that another import of the supplier could have run beside it.
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "x.csv"
+    path.write_text(HEADER + row("r1", "acc1"))
+    with pytest.raises(OcsError) as lost:
+        await LosesItsLock(app).run(ImportRequest(template="carrier-x", files=(str(path),)))
+    assert "lost its PostgreSQL session" in lost.value.message
+    stored = await app.services.pool.fetchrow(
+        "SELECT state, rows_charged, error FROM usage_imports"
+    )
+    assert (stored["state"], stored["rows_charged"]) == ("failed", 1)
+    assert "lost its PostgreSQL session" in stored["error"]
+
+
+async def test_a_progress_save_the_statement_refused_does_not_stop_the_import(
+    app: RunningApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A statement_timeout (or any refusal of the UPDATE itself) leaves the session and
+    # its lock as they were: not a lost lock.
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    await new_account(app, "acc2", "10.00")
+    await app.services.pool.execute(
+        "CREATE FUNCTION refuse_progress() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN RAISE EXCEPTION 'canceling statement due to statement timeout'"
+        " USING ERRCODE = 'query_canceled'; END $$;"
+        " CREATE TRIGGER refuse_progress BEFORE UPDATE ON usage_imports FOR EACH ROW"
+        " WHEN (OLD.state = 'running' AND NEW.state = 'running')"
+        " EXECUTE FUNCTION refuse_progress()"
+    )
+    path = tmp_path / "x.csv"
+    path.write_text(HEADER + row("r1", "acc1") + row("r2", "acc2"))
+    cued = CuedImporter(app, free=1, save_every=0.02)
+    running = asyncio.create_task(cued.run(ImportRequest(template="carrier-x", files=(str(path),))))
+    try:
+
+        async def refused() -> bool:
+            return any("could not save its progress" in r.message for r in caplog.records)
+
+        await eventually(refused, what="a progress save refused")
+    finally:
+        cued.gate.set()
+        summary = await running
+    assert (summary.state, summary.rows_charged) == ("done", 2)
+
+
+async def test_an_import_cancelled_once_its_debits_are_made_is_stored_done(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "x.csv"
+    path.write_text(HEADER + row("r1", "acc1"))
+    cued = CuedImporter(app)
+    cued.final_gate = asyncio.Event()
+    running = asyncio.create_task(cued.run(ImportRequest(template="carrier-x", files=(str(path),))))
+    await asyncio.wait_for(cued.finishing.wait(), 10)
+    running.cancel()
+    cued.final_gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    stored = await app.services.pool.fetchrow("SELECT state, rows_charged FROM usage_imports")
+    assert tuple(stored) == ("done", 1)
