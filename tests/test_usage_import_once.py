@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from ocs.balances import keys
+from ocs.balances.store import now_ms
+from ocs.errors import OcsError, Reason
 from ocs.mediation import importer as importer_module
-from ocs.mediation.importer import ImportRequest
+from ocs.mediation.importer import ImportRequest, UsageImporter
+from ocs.services import Services
 from tests.conftest import RunningApp, eventually
 from tests.usage_import_helpers import (
     HEADER,
@@ -227,3 +230,33 @@ async def test_an_import_whose_process_ended_is_shown_failed_and_the_next_one_ru
         (also_killed, "failed", True),
         (summary.id, "done", True),
     ]
+
+
+async def test_an_import_waits_for_ledger_entries_whose_ids_are_ahead_of_its_clock(
+    services: Services, tmp_path: Path
+) -> None:
+    # An earlier import's ledger entry whose id a node with a clock ahead made (another
+    # node of a Redis Cluster, or a clock that stepped back since): no ledger writer runs
+    # here, so the entry stays unwritten, and its record's CDR is not in PostgreSQL yet.
+    stream = keys.ledger(7)
+    await services.redis.xadd(
+        stream, {"account": "acc1", "amount": "-40000"}, id=f"{now_ms() + 3_600_000}-0"
+    )
+    path = tmp_path / "Master.csv"
+    path.write_text("")
+    imports = UsageImporter(
+        services.pool,
+        services.store,
+        services.catalog,
+        database_url=services.database_url,
+        result_ttl=3600,
+        ledger_wait=0.2,
+    )
+    request = ImportRequest(template="asterisk-cdr-csv", files=(str(path),))
+    with pytest.raises(OcsError) as refused:
+        await imports.run(request)
+    assert refused.value.reason == Reason.UNAVAILABLE
+    assert "is the ledger writer running?" in refused.value.message
+    # Written (the writer deletes what it has stored): the import goes on.
+    await services.redis.delete(stream)
+    assert (await imports.run(request)).state == "done"

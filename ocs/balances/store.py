@@ -42,6 +42,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _entry_id(value: Any) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as numbers, to compare."""
+    ms, _, seq = _text(value).partition("-")
+    return int(ms), int(seq)
+
+
 def _text_or_none(value: Any) -> str | None:
     return None if value is None else _text(value)
 
@@ -604,11 +610,34 @@ class BalanceStore:
             if entry is not None
         ]
 
-    async def server_time_ms(self) -> int:
-        """Redis's own time now (epoch milliseconds): the clock ledger entry ids are made
-        by (``XADD *``), so it compares with ``oldest_unwritten_ms`` without skew."""
-        seconds, micros = await self._pipe.execute("TIME")
-        return int(seconds) * 1000 + int(micros) // 1000
+    async def last_ledger_ids(self) -> list[tuple[int, int] | None]:
+        """Each bucket's last ledger entry now, as (ms, seq) in bucket order; None for a
+        stream that holds none. The entry ids come from the clock of whichever node
+        appended them, so they are compared only with ids, never with a clock."""
+        lasts = await _all_or_first_error(
+            [
+                self._pipe.execute("XREVRANGE", stream, "+", "-", "COUNT", 1)
+                for stream in keys.all_ledgers()
+            ]
+        )
+        return [_entry_id(found[0][0]) if found else None for found in lasts]
+
+    async def ledger_unwritten_through(self, marks: Sequence[tuple[int, int] | None]) -> int:
+        """How many buckets' streams still hold an entry at or before their mark (as
+        ``last_ledger_ids`` gave them): 0 once the writer has stored every entry those
+        streams held then. The writer deletes what it has written, so a stream's first
+        entry is its oldest unwritten one."""
+        firsts = await _all_or_first_error(
+            [
+                self._pipe.execute("XRANGE", stream, "-", "+", "COUNT", 1)
+                for stream in keys.all_ledgers()
+            ]
+        )
+        behind = 0
+        for mark, found in zip(marks, firsts, strict=True):
+            if mark is not None and found and _entry_id(found[0][0]) <= mark:
+                behind += 1
+        return behind
 
     async def oldest_unwritten_ms(self) -> int | None:
         """When (epoch milliseconds) the oldest ledger entry the writer has not yet moved

@@ -640,33 +640,36 @@ class UsageImporter:
             await asyncio.sleep(LOCK_POLL)
 
     async def _ledger_written(self) -> None:
-        """Wait until the ledger writer has stored every ledger entry made before now (so
-        every CDR an earlier import made is in PostgreSQL); refused after ``ledger_wait``
-        seconds, since an import then could debit a record a second time."""
-        started = await self._balances.server_time_ms()
+        """Wait until the ledger writer has stored every ledger entry the streams hold now
+        (so every CDR an earlier import made is in PostgreSQL); refused after
+        ``ledger_wait`` seconds, since an import then could debit a record a second time.
+
+        Each stream's last entry id is noted, and the wait ends once no stream holds an
+        entry at or before its note: ids only, no clock (the entries may come from the
+        clocks of several nodes, or one that stepped back)."""
+        marks = await self._balances.last_ledger_ids()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ledger_wait
         waiting = False
         while True:
-            oldest = await self._balances.oldest_unwritten_ms()
-            if oldest is None or oldest > started:
+            behind = await self._balances.ledger_unwritten_through(marks)
+            if not behind:
                 if waiting:
-                    log.info("usage import goes on: the ledger writer caught up")
+                    log.warning("usage import goes on: the ledger writer caught up")
                 return
             if loop.time() >= deadline:
                 raise OcsError(
                     Reason.UNAVAILABLE,
                     "the ledger writer has not stored the ledger entries made before this"
-                    f" import within {self.ledger_wait:g} s (the oldest is"
-                    f" {(started - oldest) / 1000:.1f} s older than the import), so records an"
-                    " earlier import debited may not be in PostgreSQL yet: nothing was"
-                    " imported; is the ledger writer running?",
+                    f" import within {self.ledger_wait:g} s ({behind} bucket"
+                    f"{'s' if behind > 1 else ''} still hold some), so records an earlier"
+                    " import debited may not be in PostgreSQL yet: nothing was imported; is"
+                    " the ledger writer running?",
                 )
             if not waiting:
                 waiting = True
                 log.warning(
-                    "usage import waits for the ledger writer",
-                    extra={"oldest_unwritten_ms": oldest, "started_ms": started},
+                    "usage import waits for the ledger writer", extra={"buckets_behind": behind}
                 )
             await asyncio.sleep(LEDGER_POLL)
 
