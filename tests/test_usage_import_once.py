@@ -19,7 +19,9 @@ from ocs.services import Services
 from tests.conftest import RunningApp, eventually
 from tests.usage_import_helpers import (
     HEADER,
+    TEMPLATE,
     CuedImporter,
+    add_template,
     balance,
     importer,
     new_account,
@@ -260,3 +262,47 @@ async def test_an_import_waits_for_ledger_entries_whose_ids_are_ahead_of_its_clo
     # Written (the writer deletes what it has stored): the import goes on.
     await services.redis.delete(stream)
     assert (await imports.run(request)).state == "done"
+
+
+async def test_the_same_file_again_is_a_repeat_when_its_member_moved_to_another_account(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # The rows name no account, only a member (the file's account column read as one):
+    # what they name is what is compared, not the account the member comes to now.
+    await setup_mediation(app)
+    columns = {**TEMPLATE["columns"], "member": "account"}
+    del columns["account"]
+    await add_template(app, "carrier-m", "carrier-x", columns)
+    await new_account(app, "acc1", "10.00")
+    await new_account(app, "acc2", "10.00")
+    await app.services.pool.execute(
+        "INSERT INTO account_members (member, account_id) VALUES ('sip100', 'acc1')"
+    )
+    path = tmp_path / "members.csv"
+    path.write_text(HEADER + row("r1", "sip100"))
+    first = await run_import(app, path, template="carrier-m")
+    assert first.rows_charged == 1, first.problems
+    await stored_cdrs(app, "carrier-x", 1)
+    await app.services.pool.execute(
+        "UPDATE account_members SET account_id = 'acc2' WHERE member = 'sip100'"
+    )
+    again = await run_import(app, path, template="carrier-m")
+    assert (again.rows_charged, again.rows_repeated, again.rows_rejected) == (0, 1, 0)
+    # Another member, or another quantity, for the record is still refused.
+    other = tmp_path / "other.csv"
+    other.write_text(HEADER + row("r1", "sip200") + row("r2", "sip100"))
+    await app.services.pool.execute(
+        "INSERT INTO account_members (member, account_id) VALUES ('sip200', 'acc2')"
+    )
+    moved = await run_import(app, other, template="carrier-m")
+    assert (moved.rows_charged, moved.rows_rejected) == (1, 1)
+    assert moved.problems[0].problems == (
+        "record_id: 'r1' was already imported for member 'sip100' (quantity 61);"
+        " this row has member 'sip200' (quantity 61)",
+    )
+    longer = tmp_path / "longer.csv"
+    longer.write_text(HEADER + row("r1", "sip100", seconds=30))
+    changed = await run_import(app, longer, template="carrier-m")
+    assert (changed.rows_repeated, changed.rows_rejected) == (0, 1)
+    assert await balance(app, "acc1") == OPENING - 40_000
+    assert await balance(app, "acc2") == OPENING - 40_000

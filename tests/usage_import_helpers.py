@@ -103,9 +103,14 @@ def importer(app: RunningApp, pool: asyncpg.Pool | None = None, **options: Any) 
     )
 
 
-async def add_template(app: RunningApp, name: str, supplier: str) -> None:
-    """The carrier's template stored again under another name and supplier."""
+async def add_template(
+    app: RunningApp, name: str, supplier: str, columns: dict[str, str] | None = None
+) -> None:
+    """The carrier's template stored again under another name and supplier (and other
+    ``columns``, when given)."""
     other = {**TEMPLATE, "name": name, "supplier": supplier}
+    if columns is not None:
+        other["columns"] = columns
     await app.services.pool.execute(
         "INSERT INTO usage_templates (name, version, supplier, definition) VALUES ($1, 1, $2, $3)",
         name,

@@ -169,6 +169,39 @@ class _Prepared:
     draw: _CounterDraw | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """What a supplier's record imported before names, as its CDR holds it: the account
+    debited, the quantity, and the member and caller id the row had."""
+
+    account: str
+    quantity: int
+    member: str | None
+    caller: str | None
+
+    def named(self, what: Literal["account", "member", "caller"]) -> str:
+        """The account, member or caller id the record had ("" for none)."""
+        if what == "account":
+            return self.account
+        return (self.member if what == "member" else self.caller) or ""
+
+    def same(
+        self,
+        what: Literal["account", "member", "caller"],
+        named: str,
+        account_id: str,
+        quantity: int,
+    ) -> bool:
+        """Whether a row naming its account by ``what`` = ``named`` (``account_id`` now)
+        with ``quantity`` is this record again. The earlier row named by the same
+        column must have had the same value; one without that column (another template)
+        is compared by the account it was debited."""
+        if quantity != self.quantity:
+            return False
+        earlier = self.named(what)
+        return earlier == named if earlier else self.account == account_id
+
+
 @dataclass(slots=True)
 class AccountPlan:
     """The plan an account is rated by and the currency it pays in."""
@@ -788,21 +821,21 @@ class UsageImporter:
             )
         return {r["v"]: r["account_id"] for r in rows}
 
-    async def imported(
-        self, supplier: str, record_ids: list[str]
-    ) -> dict[str, list[tuple[str, int]]]:
-        """The (account, quantity) of each CDR PostgreSQL holds of these record ids of the
-        supplier, by record id (one, unless an earlier version debited it twice)."""
+    async def imported(self, supplier: str, record_ids: list[str]) -> dict[str, list[StoredRecord]]:
+        """What each CDR PostgreSQL holds of these record ids of the supplier names, by
+        record id (one, unless an earlier version debited it twice)."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT record_id, account_id, duration FROM cdrs"
+                "SELECT record_id, account_id, duration, member, caller FROM cdrs"
                 " WHERE supplier = $1 AND record_id = ANY($2::text[])",
                 supplier,
                 record_ids,
             )
-        found: dict[str, list[tuple[str, int]]] = {}
+        found: dict[str, list[StoredRecord]] = {}
         for row in rows:
-            found.setdefault(row["record_id"], []).append((row["account_id"], row["duration"]))
+            found.setdefault(row["record_id"], []).append(
+                StoredRecord(row["account_id"], row["duration"], row["member"], row["caller"])
+            )
         return found
 
     async def debit(self, bucket: int, import_id: int, events: list[UsageEvent]) -> list[str]:
@@ -1252,9 +1285,13 @@ class _Run:
             self.accounts.update({a: found_accounts.get(a) for a in wanted})
 
     async def not_yet_imported(self, prepared: list[_Prepared], debit: bool) -> list[_Prepared]:
-        """The records PostgreSQL holds no CDR of yet. One it holds for the same account
-        and quantity is a repeat (counted when ``debit``); one it holds for another
-        account or quantity is rejected, saying so: the supplier sent it differently.
+        """The records PostgreSQL holds no CDR of yet. One it holds with what the row
+        names (its account, else its member, else its caller id) and its quantity is a
+        repeat (counted when ``debit``); one it holds with another is rejected, saying
+        so: the supplier sent it differently.
+
+        What the row names, not the account it comes to now: a member or caller id
+        moved to another account since does not make the same file another record.
 
         Asked before the chunk's debits are queued, so the debits reach Redis in file
         order (a task's first command is queued when it first runs, in creation order).
@@ -1268,21 +1305,26 @@ class _Run:
             stored = known.get(record.record_id)
             if stored is None:
                 fresh.append(item)
-            elif (item.event.account_id, record.quantity) in stored:
+                continue
+            what, named = _named_by(record)
+            account_id = item.event.account_id
+            if any(s.same(what, named, account_id, record.quantity) for s in stored):
                 if debit:
                     self.summary.rows_repeated += 1
-            else:
-                account, quantity = stored[0]
-                self.rejects.add(
-                    item.file,
-                    record.line,
-                    record.cells,
-                    (
-                        f"record_id: {record.record_id!r} was already imported for account"
-                        f" {account!r} (quantity {quantity}); this row has account"
-                        f" {item.event.account_id!r} (quantity {record.quantity})",
-                    ),
-                )
+                continue
+            earlier = stored[0]
+            # Named as the earlier row named it (its account when it had no such column).
+            shown, was = (what, named) if earlier.named(what) else ("account", account_id)
+            self.rejects.add(
+                item.file,
+                record.line,
+                record.cells,
+                (
+                    f"record_id: {record.record_id!r} was already imported for {shown}"
+                    f" {earlier.named(shown)!r} (quantity {earlier.quantity}); this row has"
+                    f" {shown} {was!r} (quantity {record.quantity})",
+                ),
+            )
         return fresh
 
     def queue(self, prepared: list[_Prepared]) -> None:
@@ -1324,6 +1366,16 @@ class _Run:
             else:
                 record = item.record
                 self.rejects.add(item.file, record.line, record.cells, (_refusal(word),))
+
+
+def _named_by(record: UsageRecord) -> tuple[Literal["account", "member", "caller"], str]:
+    """What a record names its account by, and the value: its account column, else its
+    member, else its caller id (as ``account_id`` looks it up)."""
+    if record.account:
+        return "account", record.account
+    if record.member:
+        return "member", record.member
+    return "caller", record.caller or ""
 
 
 def _problem(exc: OcsError) -> str:
