@@ -8,15 +8,18 @@ Costs from tests/usage_import_helpers.py's deck: UK 0.02 a minute in 60 s blocks
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from ocs.balances.script_args import UsageEvent
 from ocs.errors import OcsError
+from ocs.http.app import create_app
 from ocs.mediation.importer import ImportRequest
-from tests.conftest import RunningApp, eventually
+from tests.conftest import RunningApp, bearer, eventually
 from tests.usage_import_helpers import (
     HEADER,
     CuedImporter,
@@ -223,3 +226,31 @@ async def test_an_import_cancelled_once_its_debits_are_made_is_stored_done(
         await running
     stored = await app.services.pool.fetchrow("SELECT state, rows_charged FROM usage_imports")
     assert tuple(stored) == ("done", 1)
+
+
+async def test_the_api_answers_503_once_the_supplier_wait_is_over(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    services = app.services
+    brief = replace(services, settings=replace(services.settings, usage_import_supplier_wait=0.05))
+    client = TestClient(TestServer(create_app(brief)), headers=bearer(app.admin_token))
+    await client.start_server()
+    holder = await asyncpg.connect(services.database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(hashtext($1))", LOCK_KEY)
+        response = await client.post(
+            "/v1/usage/imports?template=carrier-x",
+            data=(HEADER + row("r1", "acc1")).encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        answer = await response.json()
+        assert response.status == 503, answer
+        assert answer["error"]["reason"] == "unavailable"
+        assert "a supplier's imports run one at a time" in answer["error"]["message"]
+    finally:
+        await holder.close()
+        await client.close()
+    assert await balance(app, "acc1") == OPENING
+    assert await services.pool.fetchval("SELECT count(*) FROM usage_imports") == 0

@@ -149,7 +149,7 @@ async def test_a_running_import_shows_its_counts_before_it_ends(
     path = tmp_path / "carrier.csv"
     path.write_text(HEADER + row("r1", "acc1") + row("r2", "acc1") + row("r3", "acc2"))
     # The first batch (one bucket's) is debited; the second waits, as on a slow Redis.
-    cued = CuedImporter(app, free=1)
+    cued = CuedImporter(app, free=1, save_every=0.02)
     running = asyncio.create_task(cued.run(ImportRequest(template="carrier-x", files=(str(path),))))
     try:
 

@@ -249,7 +249,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         ImportParams,
         ImportView,
         body="csv",
-        errors=(400, 404),
+        # 503: the supplier's running import did not end within its wait, or the ledger
+        # writer has not stored the entries made before the import.
+        errors=(400, 404, 503),
         description="Each record is classified, overridden by the supplier's table, rated"
         " at its own start time and debited once per (supplier, record id): sending the"
         " same file again moves nothing. Bad rows are listed with their line and every"
