@@ -131,7 +131,13 @@ class _OvertakenRead(UsageImporter):
 
     def __init__(self, app: RunningApp, meanwhile: Callable[[], Awaitable[None]]) -> None:
         services = app.services
-        super().__init__(services.pool, services.store, services.catalog, result_ttl=3600)
+        super().__init__(
+            services.pool,
+            services.store,
+            services.catalog,
+            database_url=services.database_url,
+            result_ttl=3600,
+        )
         self.meanwhile = meanwhile
         self.reads = 0
 

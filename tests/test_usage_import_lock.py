@@ -151,8 +151,10 @@ class LosesItsLock(CuedImporter):
     async def debit(self, bucket: int, import_id: int, events: list[UsageEvent]) -> list[str]:
         """Debit, then end the session that holds the supplier's lock."""
         words = await super().debit(bucket, import_id, events)
+        # Waits (up to 5 s) until the session has ended, so that no later statement of
+        # the import can reach it first.
         await self._pool.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks"
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_locks"
             " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
         )
         return words
@@ -206,6 +208,10 @@ async def test_a_progress_save_the_statement_refused_does_not_stop_the_import(
     finally:
         cued.gate.set()
         summary = await running
+        # The database outlives the test (its tables are emptied, not its triggers).
+        await app.services.pool.execute(
+            "DROP TRIGGER refuse_progress ON usage_imports; DROP FUNCTION refuse_progress()"
+        )
     assert (summary.state, summary.rows_charged) == ("done", 2)
 
 
