@@ -304,17 +304,19 @@ def _same_columns(
     )
 
 
-class _SeenIds:
+class SeenIds:
     """Where each record id of an import was first read, so that a repeat is found.
 
     An id is kept as its 64-bit hash (Python's keyed SipHash of the text) with its place
     (file index and line, packed): the newest in a dict, the rest in sorted numpy arrays
     (levels). Every ``SEEN_MERGE`` ids the dict becomes a level, and a level is merged
     into the one before it while that one is at most twice its size: each id is thus
-    moved about log2(n / SEEN_MERGE) times, so the cost an id stays flat however long
-    the import (one sorted array merged into every time grew with the ids read), and a
-    look-up searches a few levels. About 16 bytes an id, so a million-row file keeps its
-    ids in about 17 MB, where a dict of the texts takes about 60 MB more than the texts.
+    moved about log2(n / SEEN_MERGE) times, so merging costs about the same an id
+    however long the import (one sorted array merged into every time grew with the ids
+    read), and a look-up searches a few levels (its cost grows slowly with the ids kept:
+    1.1 us an id at 4 million, benchmarks/seen_record_ids.py). About 16 bytes an id, so
+    a million-row file keeps its ids in about 17 MB, where a dict of the texts takes
+    about 60 MB more than the texts.
     Two distinct ids of one import share a hash with a chance of about 3 in 100 million
     for a million rows; the later row is then rejected naming the earlier one, which the
     operator can see is another id.
@@ -938,7 +940,7 @@ class _Run:
         self.recount: list[_Prepared] = []
         self.seq = 0
         # Each record id's first place in the import: a later row with it is rejected.
-        self.seen = _SeenIds()
+        self.seen = SeenIds()
         # The file being read (its rows so far count) and the look-up of the chunk read
         # before this one; the error that lost the supplier's lock, if it was lost.
         self.reading: CompiledTemplate | None = None
