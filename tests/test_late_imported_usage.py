@@ -74,6 +74,16 @@ async def _listed(app: RunningApp, label: str) -> list[str]:
     return [row.cdr for row in await itemised.call_rows(app.services.pool, found)]
 
 
+async def _late_after(app: RunningApp, label: str) -> str | None:
+    """The snapshot ``acc1``'s invoice of that period compared its late usage with."""
+    found = await app.services.pool.fetchval(
+        "SELECT late_after_snapshot::text FROM invoices WHERE account_id = 'acc1'"
+        " AND period_label = $1 AND kind = 'invoice'",
+        label,
+    )
+    return None if found is None else str(found)
+
+
 async def _cdr_of(app: RunningApp, record_id: str) -> str:
     entry = await app.services.pool.fetchval(
         "SELECT entry_id FROM cdrs WHERE record_id = $1", record_id
@@ -98,9 +108,13 @@ async def test_calls_imported_after_their_invoice_are_billed_late_by_the_next_on
         4,
     )
     await run(services, "2026-04", invoice_date=date(2026, 5, 1))
-    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
-    # April again (a re-draft): the same lines, not the late calls twice.
+    compared = await _late_after(app, "2026-04")
+    # April again (a re-draft, May not drafted yet): the same lines, not the late calls
+    # twice, compared with the same March draft.
     await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    assert compared is not None
+    assert await _late_after(app, "2026-04") == compared
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
 
     assert await _usage(app, "2026-03") == [("Calls to UK", 1, 61, 40_000, date(2026, 3, 1))]
     # 30 + 61 + 30 s: 0.02 + 0.04 + 0.02; the line's period starts at the first call's stop.

@@ -59,6 +59,7 @@ SELECT * FROM (
    FROM cdrs c
    WHERE $8::text IS NOT NULL AND $9::text IS NOT NULL
      AND c.account_id = $1 AND c.supplier IS NOT NULL AND c.termination_cause <> 'usage'
+     AND c.recorded_xid IS NOT NULL
      AND c.recorded_xid >= pg_snapshot_xmin($9::text::pg_snapshot)
      AND NOT pg_visible_in_snapshot(c.recorded_xid, $9::text::pg_snapshot)
      AND pg_visible_in_snapshot(c.recorded_xid, $8::text::pg_snapshot)

@@ -35,21 +35,24 @@ from ocs.billing.realtime import Total, event_line
 
 # Per account, the snapshot of its newest invoice before this one (a void one too: what it
 # saw was invoiced, then voided by an operator, and is not billed again behind their
-# back), unless the account already has an invoice after this one.
+# back), unless the account already has an invoice after this one. The newest is chosen
+# first: one drafted before migration 0046 has no snapshot, and nothing is late after it.
 _COMPARED_WITH_SQL = """
-SELECT DISTINCT ON (i.account_id) i.account_id, i.usage_snapshot::text AS snapshot
-FROM invoices i
-WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.period_start < $2
-  AND i.usage_snapshot IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM invoices l WHERE l.account_id = i.account_id
-                  AND l.kind = 'invoice' AND l.period_start > $2)
-ORDER BY i.account_id, i.period_start DESC
+SELECT account_id, snapshot FROM (
+  SELECT DISTINCT ON (i.account_id) i.account_id, i.usage_snapshot::text AS snapshot
+  FROM invoices i
+  WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.period_start < $2
+    AND NOT EXISTS (SELECT 1 FROM invoices l WHERE l.account_id = i.account_id
+                    AND l.kind = 'invoice' AND l.period_start > $2)
+  ORDER BY i.account_id, i.period_start DESC
+) newest
+WHERE snapshot IS NOT NULL
 """
 
 # The accounts' imported CDRs written since their snapshot's xmin that it did not see and
 # this draft's snapshot ($3) does, stopped before the window ($4), summed as
 # ``realtime.cdr_totals`` sums the window's. recorded_xid is NULL for a CDR written before
-# migration 0046: no comparison holds for it. Served by cdrs_imported_recorded_idx.
+# migration 0046: no comparison holds for it. Served by cdrs_imported_recorded_idx (0047).
 _LATE_SQL = """
 SELECT c.account_id COLLATE "C" AS account_id, c.termination_cause = 'usage' AS event,
        c.zone COLLATE "C" AS zone, c.direction COLLATE "C" AS direction,
@@ -61,6 +64,7 @@ SELECT c.account_id COLLATE "C" AS account_id, c.termination_cause = 'usage' AS 
        min(c.stopped_at) AS since
 FROM unnest($1::text[], $2::text[]) AS p(account_id, snapshot)
 JOIN cdrs c ON c.account_id = p.account_id AND c.supplier IS NOT NULL
+           AND c.recorded_xid IS NOT NULL
            AND c.recorded_xid >= pg_snapshot_xmin(p.snapshot::pg_snapshot)
 WHERE NOT pg_visible_in_snapshot(c.recorded_xid, p.snapshot::pg_snapshot)
   AND pg_visible_in_snapshot(c.recorded_xid, $3::text::pg_snapshot)

@@ -16,12 +16,8 @@
 ALTER TABLE cdrs ADD COLUMN recorded_xid xid8;
 ALTER TABLE cdrs ALTER COLUMN recorded_xid SET DEFAULT pg_current_xact_id();
 
--- The late read: one account's imported CDRs written since a snapshot's xmin. Partial, so
--- the real-time path's CDRs (most of the table) pay no entry for it: they reach
--- PostgreSQL before a run drafts their period (the worker waits for the ledger writer,
--- decision 0021), so they are never late.
-CREATE INDEX IF NOT EXISTS cdrs_imported_recorded_idx ON cdrs (account_id, recorded_xid)
-    WHERE supplier IS NOT NULL;
+-- The index the late read uses is migration 0047's: built in a transaction of its own,
+-- after this one's ALTERs (which lock cdrs whole, for a moment) have committed.
 
 -- The snapshot of the statement that read the invoice's CDRs, written with every
 -- (re)draft; NULL for an invoice drafted before this migration (nothing is late after it).
