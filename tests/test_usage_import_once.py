@@ -6,7 +6,9 @@ Costs from tests/usage_import_helpers.py's deck: UK 0.02 a minute in 60 s blocks
 """
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,6 +194,55 @@ async def test_a_failed_import_stores_what_its_debits_in_flight_moved(
     assert stored["amounts"] == '{"EUR": 80000}'
     assert "Redis went away" in stored["error"]
     assert len(await stored_cdrs(app, "carrier-x", 2)) == 2
+
+
+def awaited_by(task: "asyncio.Task[Any]") -> Iterator[str]:
+    """The names of the coroutines a task is in, outermost first (down ``cr_await``:
+    ``get_stack`` shows only the outermost of a suspended task)."""
+    coro: Any = task.get_coro()
+    while coro is not None and hasattr(coro, "cr_code"):
+        yield coro.cr_code.co_name
+        coro = coro.cr_await
+
+
+async def draining() -> bool:
+    """Whether a task of the loop is in an import's wait for its debits in flight."""
+    return any("drain" in awaited_by(task) for task in asyncio.all_tasks())
+
+
+@pytest.mark.parametrize("cancels", [1, 2])
+async def test_an_import_cancelled_while_redis_answers_a_debit_stores_what_it_moved(
+    app: RunningApp, tmp_path: Path, cancels: int
+) -> None:
+    # Ctrl-C or SIGTERM while a debit's answer is on its way: the script ran, so the
+    # import waits for its answer and counts it, even when cancelled again meanwhile.
+    # Awaiting the debit's task passed the cancel on to it, and the answer was lost.
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "carrier.csv"
+    path.write_text(HEADER + row("r1", "acc1"))
+    # The answer comes 2 s after the debit, or once the import has stored its outcome
+    # (CuedImporter opens the gate then): an import that stops waiting for it stores 0.
+    cued = CuedImporter(app, free=0, answer_late=True, gate_timeout=2)
+    running = asyncio.create_task(cued.run(ImportRequest(template="carrier-x", files=(str(path),))))
+
+    async def debited() -> bool:
+        return cued.debited == 1
+
+    await eventually(debited, what="the debit made, its answer held back")
+    running.cancel()
+    if cancels == 2:
+        await eventually(draining, what="the cancelled import waiting for its debit")
+        running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    moved = OPENING - await balance(app, "acc1")
+    assert moved == 40_000
+    stored = await app.services.pool.fetchrow(
+        "SELECT state, rows_charged, amounts::text FROM usage_imports"
+    )
+    assert (stored["state"], stored["rows_charged"]) == ("failed", 1)
+    assert stored["amounts"] == f'{{"EUR": {moved}}}'
 
 
 async def test_an_import_whose_process_ended_is_shown_failed_and_the_next_one_runs(

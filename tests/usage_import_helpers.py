@@ -166,7 +166,9 @@ async def stored_cdrs(app: RunningApp, supplier: str, count: int) -> list[Any]:
 class CuedImporter(UsageImporter):
     """An importer whose debits (one charge_batch.lua call each) go as the test says:
     the ``fail_first`` first calls raise, the calls after the first ``free`` wait until
-    ``gate`` opens (or ``gate_timeout`` seconds pass, when it is set), as a slow Redis."""
+    ``gate`` opens (or ``gate_timeout`` seconds pass, when it is set), as a slow Redis.
+    With ``answer_late`` they wait after the debit is made instead (``debited`` counts
+    those made): a script Redis ran whose answer is slow to come back."""
 
     def __init__(
         self,
@@ -175,6 +177,7 @@ class CuedImporter(UsageImporter):
         free: int = 1_000_000,
         fail_first: int = 0,
         gate_timeout: float | None = None,
+        answer_late: bool = False,
         **options: Any,
     ) -> None:
         """The importer over the app's services, with its cues (``options`` as
@@ -191,8 +194,11 @@ class CuedImporter(UsageImporter):
         self.free = free
         self.fail_first = fail_first
         self.gate_timeout = gate_timeout
+        self.answer_late = answer_late
+        self.app = app
         self.gate = asyncio.Event()
         self.calls = 0
+        self.debited = 0
         self.saved_states: list[str] = []
         # When set, the final save waits for it (``finishing`` tells it has begun).
         self.final_gate: asyncio.Event | None = None
@@ -203,10 +209,19 @@ class CuedImporter(UsageImporter):
         self.calls += 1
         if self.calls <= self.fail_first:
             raise ConnectionError("Redis went away (the test's cue)")
-        if self.calls > self.free:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.gate.wait(), self.gate_timeout)
-        return await super().debit(bucket, import_id, events)
+        waits = self.calls > self.free
+        if waits and not self.answer_late:
+            await self.wait_for_gate()
+        words = await super().debit(bucket, import_id, events)
+        self.debited += 1
+        if waits and self.answer_late:
+            await self.wait_for_gate()
+        return words
+
+    async def wait_for_gate(self) -> None:
+        """Wait until ``gate`` opens, or ``gate_timeout`` seconds pass when it is set."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.gate.wait(), self.gate_timeout)
 
     async def save(
         self, summary: ImportSummary, *, error: str | None = None, finished: bool = False

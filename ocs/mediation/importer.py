@@ -991,8 +991,22 @@ class _Run:
         try:
             await self.read_all(paths, compiled, debit=debit)
         except BaseException:
-            await self.drain()
+            # To its end even when cancelled again: what it waits for moves money.
+            await _to_the_end(self.drain())
             raise
+
+    async def oldest_debit(self) -> None:
+        """Wait for the oldest debit in flight and take its outcome (counted by ``charge``).
+
+        Not by awaiting its task: a cancel of the import would be passed on to the task,
+        whose script Redis has usually run by then, and the task, already out of
+        ``in_flight``, would be neither waited for nor counted by ``drain``. It leaves
+        ``in_flight`` only once done.
+        """
+        oldest = self.in_flight[0]
+        await asyncio.wait([oldest])
+        self.in_flight.popleft()
+        oldest.result()
 
     async def drain(self) -> None:
         """Wait for the debits in flight (and stop the look-up of the next chunk)."""
@@ -1030,7 +1044,7 @@ class _Run:
                             self.not_yet_imported(prepared, debit)
                         )
                         while len(self.in_flight) > IN_FLIGHT:
-                            await self.in_flight.popleft()
+                            await self.oldest_debit()
                     if self.recount:
                         await self.price_again()
                     self.tick(len(chunk))
@@ -1045,7 +1059,7 @@ class _Run:
             for bucket in list(self.pending):
                 self.send(bucket)
             while self.in_flight:
-                await self.in_flight.popleft()
+                await self.oldest_debit()
             if not self.recount:
                 break
             await self.price_again()
@@ -1212,7 +1226,7 @@ class _Run:
         same stale seconds and are priced again with them, all in file order.
         """
         while self.in_flight:
-            await self.in_flight.popleft()
+            await self.oldest_debit()
         stale, self.recount = self.recount, []
         accounts = {p.event.account_id for p in stale}
         for bucket, batch in list(self.pending.items()):
