@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from ocs.balances.script_args import UsageEvent
-from ocs.errors import OcsError
+from ocs.errors import OcsError, Reason
 from ocs.http.app import create_app
 from ocs.mediation.importer import ImportRequest
 from tests.conftest import RunningApp, bearer, eventually
@@ -232,6 +232,60 @@ async def test_an_import_cancelled_once_its_debits_are_made_is_stored_done(
         await running
     stored = await app.services.pool.fetchrow("SELECT state, rows_charged FROM usage_imports")
     assert tuple(stored) == ("done", 1)
+
+
+class HungClose(asyncpg.Connection):
+    """A connection whose close gets no answer, as on a hung network: asyncpg aborts the
+    connection, then raises."""
+
+    async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's signature)
+        """Drop the socket, then fail as asyncpg's close does when it times out."""
+        self.terminate()
+        raise TimeoutError("the close got no answer (the test's cue)")
+
+
+class ClosesBadly(CuedImporter):
+    """An importer whose own connection's close fails."""
+
+    async def connect(self) -> asyncpg.Connection:
+        """The import's own connection, its close failing."""
+        return await asyncpg.connect(self.app.services.database_url, connection_class=HungClose)
+
+
+async def test_a_failed_close_of_the_lock_connection_leaves_the_import_done(
+    app: RunningApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The close runs in a finally: raised there, it replaced the import's outcome.
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "x.csv"
+    path.write_text(HEADER + row("r1", "acc1"))
+    summary = await ClosesBadly(app).run(ImportRequest(template="carrier-x", files=(str(path),)))
+    assert (summary.state, summary.rows_charged) == ("done", 1)
+    stored = await app.services.pool.fetchrow("SELECT state, rows_charged FROM usage_imports")
+    assert tuple(stored) == ("done", 1)
+    closes = [r for r in caplog.records if "did not close cleanly" in r.message]
+    assert len(closes) == 1
+
+
+async def test_a_failed_close_of_the_lock_connection_leaves_the_refusal_a_503(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "x.csv"
+    path.write_text(HEADER + row("r1", "acc1"))
+    holder = await asyncpg.connect(app.services.database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(hashtext($1))", LOCK_KEY)
+        with pytest.raises(OcsError) as refused:
+            await ClosesBadly(app, supplier_wait=0.05).run(
+                ImportRequest(template="carrier-x", files=(str(path),))
+            )
+    finally:
+        await holder.close()
+    assert refused.value.reason == Reason.UNAVAILABLE
+    assert "a supplier's imports run one at a time" in refused.value.message
 
 
 async def test_the_api_answers_503_once_the_supplier_wait_is_over(

@@ -446,9 +446,20 @@ async def _to_the_end(work: Awaitable[T]) -> T:
 
 async def _closed(conn: asyncpg.Connection) -> None:
     """Close a connection of the import's own, also when cancelled meanwhile: its
-    socket is then dropped, and PostgreSQL ends the session (and frees its locks)."""
+    socket is then dropped, and PostgreSQL ends the session (and frees its locks).
+
+    A failed close is logged, never raised: it runs in a ``finally``, where it would
+    replace the import's outcome (a 503's OcsError, a stored ``done``) with its own
+    error. asyncpg's ``close`` aborts the connection before raising (a hung network's
+    ``TimeoutError``, say), and the session ends with its socket either way.
+    """
     try:
         await conn.close(timeout=CLOSE_TIMEOUT)
+    except Exception as exc:
+        log.warning(
+            "usage import's PostgreSQL connection did not close cleanly: dropped",
+            extra={"error": str(exc)[:200] or type(exc).__name__},
+        )
     finally:
         if not conn.is_closed():
             conn.terminate()
@@ -627,8 +638,9 @@ class UsageImporter:
         await _stopped(saver)
         return await self._finish(summary, rejects, error=error)
 
-    async def _connect(self) -> asyncpg.Connection:
-        """A PostgreSQL connection of the import's own, outside the pool."""
+    async def connect(self) -> asyncpg.Connection:
+        """A PostgreSQL connection of the import's own, outside the pool (the one that
+        holds its supplier's lock)."""
         return await asyncpg.connect(self._database_url)
 
     async def _lock_supplier(self, supplier: str) -> asyncpg.Connection:
@@ -641,7 +653,7 @@ class UsageImporter:
         and live calls and the ledger writer would wait behind them. An import waiting
         for the lock keeps its connection (one PostgreSQL session, no pool slot).
         """
-        conn = await self._connect()
+        conn = await self.connect()
         try:
             await self._wait_for_lock(conn, supplier)
         except BaseException:
