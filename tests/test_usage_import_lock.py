@@ -183,36 +183,62 @@ async def test_a_progress_save_the_statement_refused_does_not_stop_the_import(
     app: RunningApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A statement_timeout (or any refusal of the UPDATE itself) leaves the session and
-    # its lock as they were: not a lost lock.
+    # its lock as they were: not a lost lock. Logged once when the saves begin to fail
+    # and once when they work again, not at every save. The trigger counts its refusals
+    # in a sequence (not rolled back with the refused UPDATE).
     await setup_mediation(app)
     await new_account(app, "acc1", "10.00")
     await new_account(app, "acc2", "10.00")
-    await app.services.pool.execute(
-        "CREATE FUNCTION refuse_progress() RETURNS trigger LANGUAGE plpgsql AS $$"
-        " BEGIN RAISE EXCEPTION 'canceling statement due to statement timeout'"
+    pool = app.services.pool
+    await pool.execute(
+        "CREATE SEQUENCE progress_refusals;"
+        " CREATE FUNCTION refuse_progress() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN PERFORM nextval('progress_refusals');"
+        " RAISE EXCEPTION 'canceling statement due to statement timeout'"
         " USING ERRCODE = 'query_canceled'; END $$;"
         " CREATE TRIGGER refuse_progress BEFORE UPDATE ON usage_imports FOR EACH ROW"
         " WHEN (OLD.state = 'running' AND NEW.state = 'running')"
         " EXECUTE FUNCTION refuse_progress()"
     )
+    dropped = False
+
+    async def drop() -> None:
+        # The database outlives the test (its tables are emptied, not its triggers).
+        await pool.execute(
+            "DROP TRIGGER refuse_progress ON usage_imports; DROP FUNCTION refuse_progress();"
+            " DROP SEQUENCE progress_refusals"
+        )
+
+    def logged(text: str) -> int:
+        return sum(text in r.message for r in caplog.records)
+
     path = tmp_path / "x.csv"
     path.write_text(HEADER + row("r1", "acc1") + row("r2", "acc2"))
     cued = CuedImporter(app, free=1, save_every=0.02)
     running = asyncio.create_task(cued.run(ImportRequest(template="carrier-x", files=(str(path),))))
     try:
 
-        async def refused() -> bool:
-            return any("could not save its progress" in r.message for r in caplog.records)
+        async def refused_thrice() -> bool:
+            found = await pool.fetchval("SELECT last_value FROM progress_refusals WHERE is_called")
+            return found is not None and found >= 3
 
-        await eventually(refused, what="a progress save refused")
+        await eventually(refused_thrice, what="three progress saves refused")
+        assert logged("could not save its progress") == 1
+        await drop()
+        dropped = True
+
+        async def saving_again() -> bool:
+            return logged("saves its progress again") == 1
+
+        await eventually(saving_again, what="a progress save that worked again")
     finally:
         cued.gate.set()
         summary = await running
-        # The database outlives the test (its tables are emptied, not its triggers).
-        await app.services.pool.execute(
-            "DROP TRIGGER refuse_progress ON usage_imports; DROP FUNCTION refuse_progress()"
-        )
+        if not dropped:
+            await drop()
     assert (summary.state, summary.rows_charged) == ("done", 2)
+    assert logged("could not save its progress") == 1
+    assert logged("saves its progress again") == 1
 
 
 async def test_an_import_cancelled_once_its_debits_are_made_is_stored_done(

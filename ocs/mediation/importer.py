@@ -764,16 +764,23 @@ class UsageImporter:
             )
         except Exception as exc:
             if not session_lost(exc):
-                log.warning(
-                    "usage import could not save its progress",
-                    extra={"import": summary.id, "error": str(exc)[:200]},
-                )
+                # Logged when the saves begin to fail, not at each one (every 2 s).
+                if not run.save_refused:
+                    run.save_refused = True
+                    log.warning(
+                        "usage import could not save its progress: tried again every save",
+                        extra={"import": summary.id, "error": str(exc)[:200]},
+                    )
                 return
             log.error(
                 "usage import lost its PostgreSQL session, and its supplier's lock",
                 extra={"import": summary.id, "error": str(exc)[:200] or type(exc).__name__},
             )
             run.lost = exc
+            return
+        if run.save_refused:
+            run.save_refused = False
+            log.warning("usage import saves its progress again", extra={"import": summary.id})
 
     async def _finish(
         self, summary: ImportSummary, rejects: _Rejects, error: str | None = None
@@ -959,6 +966,8 @@ class _Run:
         self.looking_up: asyncio.Task[list[_Prepared]] | None = None
         self.lost: BaseException | None = None
         self.files: list[str] = []
+        # Whether the last progress save was refused (its failure logged once).
+        self.save_refused = False
 
     def check_lock(self) -> None:
         """Stop the import once it has lost its supplier's lock (its session ended): an
