@@ -13,6 +13,7 @@ import pytest
 
 from ocs.balances import keys
 from ocs.errors import OcsError
+from ocs.mediation import importer as importer_module
 from ocs.mediation.importer import ImportRequest
 from tests.billing_helpers import invoices, run
 from tests.conftest import RunningApp, eventually
@@ -268,6 +269,28 @@ async def test_an_unknown_template_is_refused_naming_it(app: RunningApp, tmp_pat
     with pytest.raises(OcsError) as refused:
         await run_import(app, path, template="nope")
     assert refused.value.field == "template"
+
+
+class Uncompilable:
+    """A template compilation that fails, as the test's cue."""
+
+    def __init__(self, template: object) -> None:
+        """Fail."""
+        raise ValueError("the template does not compile (the test's cue)")
+
+
+async def test_a_template_that_does_not_compile_leaves_no_import_running(
+    app: RunningApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Compiled after the import's row was made, outside the code that stores a failure,
+    # it left the row running, to be marked "interrupted" later: a misleading error.
+    monkeypatch.setattr(importer_module, "CompiledTemplate", Uncompilable)
+    await setup_mediation(app)
+    path = tmp_path / "x.csv"
+    path.write_text(HEADER)
+    with pytest.raises(ValueError, match="does not compile"):
+        await run_import(app, path)
+    assert await app.services.pool.fetch("SELECT state FROM usage_imports") == []
 
 
 async def test_the_api_imports_a_body_and_serves_the_import_and_its_rejects(

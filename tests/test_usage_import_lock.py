@@ -153,7 +153,7 @@ class LosesItsLock(CuedImporter):
         words = await super().debit(bucket, import_id, events)
         # Waits (up to 5 s) until the session has ended, so that no later statement of
         # the import can reach it first.
-        await self._pool.execute(
+        await self.app.services.pool.execute(
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_locks"
             " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
         )

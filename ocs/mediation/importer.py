@@ -230,8 +230,10 @@ class _Rejects:
     """
 
     compiled: CompiledTemplate
-    rows_path: Path
-    report_path: Path
+    # Where the files go, and the import's first file (their names start with its).
+    directory: Path
+    first: Path
+    # Set once the import's row is made (its files are named after it).
     import_id: int = 0
     rows: IO[str] | None = None
     report: IO[str] | None = None
@@ -240,6 +242,19 @@ class _Rejects:
     layouts: dict[str, _FileLayout] = field(default_factory=dict)
     written: _FileLayout | None = None
     own_files: dict[str, IO[str]] = field(default_factory=dict)
+
+    @property
+    def rows_path(self) -> Path:
+        """The rejects file: the rejected rows in the first file's format."""
+        first = self.first
+        return (
+            self.directory / f"{first.stem}.import-{self.import_id}.rejects{first.suffix or '.csv'}"
+        )
+
+    @property
+    def report_path(self) -> Path:
+        """The problems report: each rejected row's file, line and problems."""
+        return self.directory / f"{self.first.stem}.import-{self.import_id}.problems.txt"
 
     def opened(self, file: str, compiled: CompiledTemplate) -> None:
         """Note a file's layout once its header is read (its rows may be rejected later,
@@ -554,12 +569,21 @@ class UsageImporter:
             if not path.is_file():
                 raise OcsError(Reason.INVALID_FIELD, f"no such file: {path}", field="files")
         label, template = await self.template_of(request.template, request.version)
+        # Before the lock and the import's row: a template that cannot be compiled (a
+        # time zone gone from the system's data, say) is refused with its own error, and
+        # leaves no row running (which would later be marked interrupted).
+        compiled = CompiledTemplate(template)
         supplier = template.supplier
         lock = await self._lock_supplier(supplier)
         try:
             await mark_interrupted(lock, supplier)
             await self._ledger_written()
             overrides = await mediation_store.overrides_of(lock, supplier)
+            # Made before the row too: once it exists, only _import's try may fail.
+            summary = ImportSummary(0, request.template, label, supplier, request.mode, "running")
+            rejects_dir = Path(request.rejects_dir) if request.rejects_dir else paths[0].parent
+            rejects = _Rejects(compiled, rejects_dir, paths[0])
+            run = _Run(self, summary, template, label, overrides, rejects, progress)
             import_id = await lock.fetchval(
                 "INSERT INTO usage_imports (template, template_version, supplier, files, mode)"
                 " VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -569,10 +593,8 @@ class UsageImporter:
                 [str(p) for p in paths],
                 request.mode,
             )
-            summary = ImportSummary(
-                import_id, request.template, label, supplier, request.mode, "running"
-            )
-            return await self._import(lock, request, paths, summary, template, overrides, progress)
+            summary.id = rejects.import_id = import_id
+            return await self._import(lock, request, paths, compiled, run)
         finally:
             # Its session ending lets the lock go: no unlock to skip when cancelled.
             await _closed(lock)
@@ -582,22 +604,13 @@ class UsageImporter:
         lock: asyncpg.Connection,
         request: ImportRequest,
         paths: list[Path],
-        summary: ImportSummary,
-        template: Template,
-        overrides: dict[str, str],
-        progress: Callable[[int], None] | None,
+        compiled: CompiledTemplate,
+        run: "_Run",
     ) -> ImportSummary:
         """The import itself, its row made and its supplier's lock held on ``lock``."""
-        rejects_dir = Path(request.rejects_dir) if request.rejects_dir else paths[0].parent
-        stem = f"{paths[0].stem}.import-{summary.id}"
-        compiled = CompiledTemplate(template)
-        rejects = _Rejects(
-            compiled,
-            rejects_dir / f"{stem}.rejects{paths[0].suffix or '.csv'}",
-            rejects_dir / f"{stem}.problems.txt",
-            summary.id,
-        )
-        run = _Run(self, summary, template, summary.template_version, overrides, rejects, progress)
+        summary = run.summary
+        rejects = run.rejects
+        template = compiled.template
         saver = asyncio.create_task(self._save_progress(lock, run))
         try:
             if request.mode == "all_or_nothing":
