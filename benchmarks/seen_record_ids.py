@@ -1,7 +1,7 @@
 """How long a usage import's repeat check takes, by how many record ids it has seen.
 
 A usage import rejects a record id repeated within it (decision 0051); it keeps the ids
-it has read in ``ocs.mediation.importer.SeenIds``. This feeds one ``SeenIds`` distinct
+it has read in ``ocs.mediation.seen_ids.SeenIds``. This feeds one ``SeenIds`` distinct
 ids in chunks, as an import's chunks come, and prints the time (ids made included) and
 the microseconds an id at each size.
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ocs.mediation.importer import SeenIds
+from ocs.mediation.seen_ids import SeenIds
 
 
 def timed(count: int, chunk: int) -> float:

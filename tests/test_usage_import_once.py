@@ -15,7 +15,7 @@ import pytest
 from ocs.balances import keys
 from ocs.balances.store import now_ms
 from ocs.errors import OcsError, Reason
-from ocs.mediation import importer as importer_module
+from ocs.mediation import seen_ids
 from ocs.mediation.importer import ImportRequest, UsageImporter
 from ocs.services import Services
 from tests.conftest import RunningApp, eventually
@@ -49,7 +49,7 @@ async def test_a_record_id_repeated_in_one_import_is_charged_once_and_the_repeat
     # account, another duration, or in the next file), the later row is wrong.
     # Few ids kept before they are merged, and small chunks, so that repeats are found
     # in the sorted ids, in the newest ones and within a chunk alike.
-    monkeypatch.setattr(importer_module, "SEEN_MERGE", 3, raising=False)
+    monkeypatch.setattr(seen_ids, "SEEN_MERGE", 3)
     await setup_mediation(app)
     await new_account(app, "acc1", "10.00")
     await new_account(app, "acc2", "10.00")

@@ -19,7 +19,8 @@ from ocs.balances.script_args import UsageEvent
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import Subscription, set_plan_billing, subscribe
 from ocs.config import Settings
-from ocs.mediation.importer import ImportRequest, ImportSummary, UsageImporter
+from ocs.mediation.importer import ImportRequest, UsageImporter
+from ocs.mediation.summary import ImportSummary
 from ocs.runtime import open_runtime
 from tests.conftest import RunningApp, add_plan, eventually
 

@@ -23,12 +23,9 @@ from ocs.config import Settings
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import Answer, Endpoint, ObjectId, Params, Role
-from ocs.mediation.importer import (
-    ImportRequest,
-    ImportSummary,
-    UsageImporter,
-    settle_interrupted,
-)
+from ocs.mediation.importer import ImportRequest, UsageImporter
+from ocs.mediation.summary import ImportSummary
+from ocs.mediation.supplier_lock import settle_interrupted
 
 # The largest file the API takes; larger files go through ``ocs usage import``.
 MAX_FILE = 64 * 1024 * 1024

@@ -1,7 +1,8 @@
 """What a usage import template makes of a file's rows: a record to rate, or a row's problems.
 
 These are the values the reading side (``ocs.mediation.classify``) hands to the
-importer (``ocs.mediation.importer``); neither side imports the other.
+importer (``ocs.mediation.importer`` and ``ocs.mediation.import_run``); neither side
+imports the other.
 """
 
 import msgspec
