@@ -27,17 +27,13 @@ from tests.usage_import_helpers import (
     balance,
     importer,
     new_account,
+    one_call_file,
+    row,
     setup_mediation,
 )
 
-UK = "442071234567"
 OPENING = 10_000_000
 LOCK_KEY = "usage_import:carrier-x"
-
-
-def row(record_id: str, account: str, seconds: int = 61, minute: int = 0) -> str:
-    """A call to the UK on 3 March 2026 at 09:<minute>."""
-    return f"{record_id},{account},{UK},2026-03-03 09:{minute:02d}:00,{seconds},O,,\n"
 
 
 @pytest.fixture
@@ -104,10 +100,7 @@ async def test_imports_of_as_many_suppliers_as_the_pool_has_connections_all_end(
 async def test_an_import_cancelled_while_it_waits_for_the_lock_leaves_the_pool_whole(
     app: RunningApp, tmp_path: Path, small_pool: asyncpg.Pool
 ) -> None:
-    await setup_mediation(app)
-    await new_account(app, "acc1", "10.00")
-    path = tmp_path / "x.csv"
-    path.write_text(HEADER + row("r1", "acc1"))
+    path = await one_call_file(app, tmp_path)
     # Another session holds the supplier's lock, and the table the waiting import asks
     # which import runs: the cancel reaches it in the middle of that question.
     holder = await asyncpg.connect(app.services.database_url)
@@ -165,10 +158,7 @@ async def test_an_import_that_lost_its_lock_after_its_last_debit_is_failed(
 ) -> None:
     # The progress saver had not run since: only a look at the session before the import
     # ends finds that another import of the supplier could have run beside it.
-    await setup_mediation(app)
-    await new_account(app, "acc1", "10.00")
-    path = tmp_path / "x.csv"
-    path.write_text(HEADER + row("r1", "acc1"))
+    path = await one_call_file(app, tmp_path)
     with pytest.raises(OcsError) as lost:
         await LosesItsLock(app).run(ImportRequest(template="carrier-x", files=(str(path),)))
     assert "lost its PostgreSQL session" in lost.value.message
@@ -244,10 +234,7 @@ async def test_a_progress_save_the_statement_refused_does_not_stop_the_import(
 async def test_an_import_cancelled_once_its_debits_are_made_is_stored_done(
     app: RunningApp, tmp_path: Path
 ) -> None:
-    await setup_mediation(app)
-    await new_account(app, "acc1", "10.00")
-    path = tmp_path / "x.csv"
-    path.write_text(HEADER + row("r1", "acc1"))
+    path = await one_call_file(app, tmp_path)
     cued = CuedImporter(app)
     cued.final_gate = asyncio.Event()
     running = asyncio.create_task(cued.run(ImportRequest(template="carrier-x", files=(str(path),))))
@@ -282,10 +269,7 @@ async def test_a_failed_close_of_the_lock_connection_leaves_the_import_done(
     app: RunningApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The close runs in a finally: raised there, it replaced the import's outcome.
-    await setup_mediation(app)
-    await new_account(app, "acc1", "10.00")
-    path = tmp_path / "x.csv"
-    path.write_text(HEADER + row("r1", "acc1"))
+    path = await one_call_file(app, tmp_path)
     summary = await ClosesBadly(app).run(ImportRequest(template="carrier-x", files=(str(path),)))
     assert (summary.state, summary.rows_charged) == ("done", 1)
     stored = await app.services.pool.fetchrow("SELECT state, rows_charged FROM usage_imports")
@@ -297,10 +281,7 @@ async def test_a_failed_close_of_the_lock_connection_leaves_the_import_done(
 async def test_a_failed_close_of_the_lock_connection_leaves_the_refusal_a_503(
     app: RunningApp, tmp_path: Path
 ) -> None:
-    await setup_mediation(app)
-    await new_account(app, "acc1", "10.00")
-    path = tmp_path / "x.csv"
-    path.write_text(HEADER + row("r1", "acc1"))
+    path = await one_call_file(app, tmp_path)
     holder = await asyncpg.connect(app.services.database_url)
     try:
         await holder.execute("SELECT pg_advisory_lock(hashtext($1))", LOCK_KEY)

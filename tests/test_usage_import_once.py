@@ -27,19 +27,15 @@ from tests.usage_import_helpers import (
     balance,
     importer,
     new_account,
+    one_call_file,
+    row,
     run_import,
     setup_mediation,
     stored_cdrs,
     text_of,
 )
 
-UK = "442071234567"
 OPENING = 10_000_000
-
-
-def row(record_id: str, account: str, seconds: int = 61, minute: int = 0) -> str:
-    """A call to the UK on 3 March 2026 at 09:<minute>."""
-    return f"{record_id},{account},{UK},2026-03-03 09:{minute:02d}:00,{seconds},O,,\n"
 
 
 async def test_a_record_id_repeated_in_one_import_is_charged_once_and_the_repeat_rejected(
@@ -217,10 +213,7 @@ async def test_an_import_cancelled_while_redis_answers_a_debit_stores_what_it_mo
     # Ctrl-C or SIGTERM while a debit's answer is on its way: the script ran, so the
     # import waits for its answer and counts it, even when cancelled again meanwhile.
     # Awaiting the debit's task passed the cancel on to it, and the answer was lost.
-    await setup_mediation(app)
-    await new_account(app, "acc1", "10.00")
-    path = tmp_path / "carrier.csv"
-    path.write_text(HEADER + row("r1", "acc1"))
+    path = await one_call_file(app, tmp_path, "carrier.csv")
     # The answer comes 2 s after the debit, or once the import has stored its outcome
     # (CuedImporter opens the gate then): an import that stops waiting for it stores 0.
     cued = CuedImporter(app, free=0, answer_late=True, gate_timeout=2)

@@ -275,3 +275,20 @@ async def billed_account(app: RunningApp) -> None:
     )
     await new_account(app, "acc1", "10.00")
     await subscribe(services.pool, Subscription("acc1", "retail", date(2026, 1, 1)))
+
+
+UK_NUMBER = "442071234567"  # the deck's UK: 60/60 at 0.02, so 61 s cost 0.04
+
+
+def row(record_id: str, account: str, seconds: int = 61, minute: int = 0) -> str:
+    """A ``HEADER`` row: a call to the UK on 3 March 2026 at 09:<minute>."""
+    return f"{record_id},{account},{UK_NUMBER},2026-03-03 09:{minute:02d}:00,{seconds},O,,\n"
+
+
+async def one_call_file(app: RunningApp, tmp_path: Path, name: str = "x.csv") -> Path:
+    """The mediation set-up, ``acc1`` with 10.00 EUR, and a file of its one call ``r1``."""
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / name
+    path.write_text(HEADER + row("r1", "acc1"))
+    return path
