@@ -342,6 +342,9 @@ class Computed:
     lines: dict[str, tuple[str, list[Line]]]
     usage_snapshot: str
     late_after: dict[str, str]
+    # The accounts that already have an invoice after this period (``write`` leaves their
+    # drafts as they are; they bill no late usage).
+    later: frozenset[str]
 
 
 async def compute(
@@ -386,7 +389,12 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
     # One read of the accounts' CDRs for the usage lines and the real-time path's lines.
     totals = await cdr_totals(conn, ids, window)
     # Imported calls of earlier periods that the account's last invoice could not see.
-    late = await late_usage(conn, ids, group.period.start, window[0], totals.snapshot)
+    later = frozenset(
+        r["account_id"] for r in await conn.fetch(_LATER_SQL, ids, group.period.start)
+    )
+    late = await late_usage(
+        conn, [a for a in ids if a not in later], group.period.start, window[0], totals.snapshot
+    )
     reported = await realtime_lines(conn, currencies, window, totals)
     bundled = await bundle_lines(
         conn, [BundleInvoice(a, c, which, window) for a, c in sorted(currencies.items())]
@@ -417,7 +425,7 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
         if rules is not None:
             lines += tax_lines(lines, rules, currency, options.invoice_date, exempt.get(account))
         found[account] = (currency, lines)
-    return Computed(found, totals.snapshot, late.compared_with)
+    return Computed(found, totals.snapshot, late.compared_with, later)
 
 
 def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tuple[object, ...]]:
@@ -517,10 +525,8 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
     # A draft whose account already has a later invoice is left as it is, like a posted
     # one: the later invoice was computed from it (what it billed, the usage its draft
     # saw, decisions 0043 and 0050), and a new draft of it would bill some of that twice.
-    older = [a for a in drafts if a not in new]
-    if older:
-        for r in await conn.fetch(_LATER_SQL, older, period.start):
-            del drafts[r["account_id"]]
+    for account in drafted.later.intersection(drafts).difference(new):
+        del drafts[account]
     # Drafts of an earlier run: their lines are replaced, their totals and settings updated.
     index = {account: n for n, account in enumerate(accounts)}
     earlier = [(a, i) for a, i in sorted(drafts.items()) if a not in new]

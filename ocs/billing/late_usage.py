@@ -35,15 +35,13 @@ from ocs.billing.realtime import Total, event_line
 
 # Per account, the snapshot of its newest invoice before this one (a void one too: what it
 # saw was invoiced, then voided by an operator, and is not billed again behind their
-# back), unless the account already has an invoice after this one. The newest is chosen
-# first: one drafted before migration 0046 has no snapshot, and nothing is late after it.
+# back). The newest is chosen first: one drafted before migration 0046 has no snapshot,
+# and nothing is late after it.
 _COMPARED_WITH_SQL = """
 SELECT account_id, snapshot FROM (
   SELECT DISTINCT ON (i.account_id) i.account_id, i.usage_snapshot::text AS snapshot
   FROM invoices i
   WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.period_start < $2
-    AND NOT EXISTS (SELECT 1 FROM invoices l WHERE l.account_id = i.account_id
-                    AND l.kind = 'invoice' AND l.period_start > $2)
   ORDER BY i.account_id, i.period_start DESC
 ) newest
 WHERE snapshot IS NOT NULL
@@ -113,7 +111,9 @@ async def late_usage(
 ) -> LateUsage:
     """The accounts' late imported usage, summed like the window's.
 
-    ``period_start``: the invoice's period (earlier invoices are those before it);
+    ``account_ids``: the invoice's accounts that have no invoice after it (one that has
+    bills no late usage); ``period_start``: the invoice's period (earlier invoices are
+    those before it);
     ``window_start``: its usage window's start (late usage stopped before it);
     ``snapshot``: the snapshot the invoice's window was read in.
     """
