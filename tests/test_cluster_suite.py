@@ -25,7 +25,7 @@ from ocs.balances.store import REF_WINDOW
 from ocs.balances.wire import RedisWire
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
-from ocs.charging.values import AuthorizeRequest, CallRecord
+from ocs.charging.values import AuthorizeRequest, CallRecord, Origin
 from ocs.config import RadiusClientConfig, with_overrides
 from ocs.state_metrics import sample_live
 from tests.conftest import RADIUS_SECRET, RunningApp, add_plan, eventually, started_radius
@@ -237,6 +237,42 @@ async def test_call_references_of_refusals_and_grants_on_either_backend(
     other = CallService(app.services.catalog, app.services.store, app.services.settings)
     charge = await other.stop("r-1", 45)
     assert (charge.account_id, charge.charged) == ("rich", 198_000)
+
+
+async def test_two_clients_authorizing_one_global_id_each_stop_their_own_call(
+    backend_app: RunningApp,
+) -> None:
+    # Two NAS clients authorize one conference id for two accounts (two gateways of one
+    # call, or a colliding id). The second grant replaced the first's reference: the
+    # first client's Stop found the second client's call, was refused as another
+    # client's, and its own call was never charged (decision 0052).
+    app = backend_app
+    await add_plan(app.services)
+    for account_id in ("near", "far"):
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"})
+    calls = app.services.calls
+    conference = "A1B2 C3D4 0 E5F6"
+    for account_id, client in (("near", "gw-a"), ("far", "gw-b")):
+        grant = await calls.authorize(
+            AuthorizeRequest(account_id, GERMANY, call_id=conference), Origin(nas=client)
+        )
+        assert (grant.account_id, grant.repeated) == (account_id, False)
+    # Each client's Stop, through a process that cached neither call, charges its own:
+    # 60 s and 120 s of Germany at 0.012 a minute.
+    elsewhere = CallService(app.services.catalog, app.services.store, app.services.settings)
+    far = await elsewhere.stop(conference, 120, nas="gw-b")
+    near = await elsewhere.stop(conference, 60, nas="gw-a")
+    assert (near.account_id, near.charged) == ("near", 12_000)
+    assert (far.account_id, far.charged) == ("far", 24_000)
+    views = [(await app.get(f"/v1/accounts/{a}"))[1] for a in ("near", "far")]
+    assert [(v["balance"], v["lines_in_use"]) for v in views] == [
+        ("0.988000", 0),
+        ("0.976000", 0),
+    ]
+    # The id's reference still names the first client's call, for the call's life.
+    packed = await app.services.redis.get(keys.call_ref(conference))
+    assert packed is not None and CallRecord.unpack(packed).account_id == "near"
+    assert await app.services.redis.ttl(keys.call_ref(conference)) > 14_400
 
 
 async def test_a_failed_authorize_script_leaves_no_lasting_reference(

@@ -148,6 +148,43 @@ async def test_another_client_can_neither_stop_nor_report_a_call(rig: TwoClients
     assert (view["balance"], view["lines_in_use"]) == ("0.880000", 0)
 
 
+async def test_two_clients_sharing_a_conference_id_each_charge_their_own_account(
+    rig: TwoClients,
+) -> None:
+    # gw-a and gw-b both carry conference SHARED-1, each for an account of its own. The
+    # second grant replaced the first's reference: gw-a's Stop then found gw-b's call,
+    # was answered as unknown, and gw-a's caller was never charged (decision 0052).
+    await new_account(rig.app, "ci-11")
+    await new_account(rig.app, "ci-12")
+    conference = ("h323-conf-id", "h323-conf-id=SHARED-1")
+    legs = ((rig.gw_a, SECRET_A, "ci-11", "60"), (rig.gw_b, SECRET_B, "ci-12", "120"))
+    for sender, secret, user, _ in legs:
+        pairs = [("User-Name", user), conference]
+        granted = await rig.access(sender, secret, [*pairs, ("Called-Station-Id", GERMANY)])
+        assert granted == "Access-Accept"
+        await rig.accounting(sender, secret, "Start", pairs)
+    unknown = sample("ocs_radius_packets_total", type="accounting-stop", result="unknown_call")
+    for sender, secret, user, seconds in legs:
+        pairs = [("User-Name", user), conference, ("Acct-Session-Time", seconds)]
+        await rig.accounting(sender, secret, "Stop", pairs)
+    assert (
+        sample("ocs_radius_packets_total", type="accounting-stop", result="unknown_call") == unknown
+    )
+    one, two = await account(rig.app, "ci-11"), await account(rig.app, "ci-12")
+    assert (one["balance"], one["lines_in_use"]) == ("0.988000", 0)  # 60 s at 0.012 a minute
+    assert (two["balance"], two["lines_in_use"]) == ("0.976000", 0)  # 120 s
+
+    async def recorded() -> bool:
+        async with rig.app.services.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT call_id, account_id, duration FROM cdrs"
+                " WHERE call_id = 'SHARED-1' ORDER BY duration"
+            )
+        return [tuple(r) for r in rows] == [("SHARED-1", "ci-11", 60), ("SHARED-1", "ci-12", 120)]
+
+    await eventually(recorded, within=10, what="each client's CDR on its own account")
+
+
 async def test_a_nas_restart_closes_its_own_calls_not_its_neighbours(rig: TwoClients) -> None:
     # Client gw-a is a network of two gateways. One restarts and sends Accounting-On: it
     # closed the calls of both, and the other's callers were charged as if cut off.

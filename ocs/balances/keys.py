@@ -108,6 +108,13 @@ def call_ref(call_id: str) -> str:
     return f"callref:{_TAGS[bucket_of(call_id)]}:{call_id}"
 
 
+def client_call_ref(call_id: str, client: str | None) -> str:
+    """String: the reference of a NAS client's call whose id another client's live call
+    holds (``call_ref`` names that one; decision 0052). ``client`` None: a call authorized
+    with no NAS (the HTTP switch's). No call id holds a "|"."""
+    return call_ref(f"{call_id}|{client or ''}")
+
+
 def caller_ref(caller: str) -> str:
     """String: the account a caller id (Calling-Station-Id) identifies, for pinless calls."""
     return f"caller:{_TAGS[bucket_of(caller)]}:{caller}"

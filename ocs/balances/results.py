@@ -20,6 +20,22 @@ class Reserved(msgspec.Struct, frozen=True, gc=False):
     ivr_override: str | None = None
 
 
+class RecordClient(msgspec.Struct, frozen=True, gc=False, rename={"nas": "n"}):
+    """The NAS client a packed live-call record names (``CallRecord.nas``, None: none),
+    read without decoding the rest: whose call a call reference is (decision 0052)."""
+
+    nas: str | None = None
+
+    @classmethod
+    def of(cls, packed: bytes) -> "RecordClient":
+        """The client of a packed record."""
+        client: RecordClient = _RECORD_CLIENT.decode(packed)
+        return client
+
+
+_RECORD_CLIENT = msgspec.msgpack.Decoder(RecordClient)
+
+
 class LiveEntry(msgspec.Struct, frozen=True, gc=False):
     """A live call as Redis holds it: ``<held>|<started>|<used>|<debited>|<record>``."""
 

@@ -15,7 +15,14 @@ from redis.exceptions import ResponseError
 
 from ocs.balances import keys, scripts
 from ocs.balances.autopipeline import AutoPipeline
-from ocs.balances.results import LiveEntry, Reserved, StopResult, UpdateResult, parse_live_entry
+from ocs.balances.results import (
+    LiveEntry,
+    RecordClient,
+    Reserved,
+    StopResult,
+    UpdateResult,
+    parse_live_entry,
+)
 from ocs.balances.script_args import (
     AuthorizeArgs,
     ChargeArgs,
@@ -71,6 +78,17 @@ async def _all_or_first_error(futures: Sequence[asyncio.Future[Any]]) -> list[An
     if error is not None:
         raise error
     return answers
+
+
+def _held_by_another_client(prior: bytes | None, ttl: int, record: bytes) -> bool:
+    """Whether the call reference ``prior`` (``ttl`` seconds left) is another NAS client's
+    granted call's, which a grant of ``record`` under the same id must leave as it is
+    (decision 0052); a refused attempt's lasts ``REF_WINDOW`` at most."""
+    return (
+        prior is not None
+        and ttl > REF_WINDOW
+        and RecordClient.of(prior).nas != RecordClient.of(record).nas
+    )
 
 
 def now_ms() -> int:
@@ -339,6 +357,10 @@ class BalanceStore:
             reply = await self._pipe.run_script(
                 scripts.AUTHORIZE_WITH_REF, script_keys, script_args
             )
+            if len(reply) > 6 and reply[6]:
+                # Another client's call holds the id's reference: this call's goes under
+                # the id qualified by its client (decision 0052).
+                pending.append(self._client_ref(args, ref_ttl))
         status = _text(reply[0])
         if status == "OK":
             reserved = int(reply[1])
@@ -410,11 +432,31 @@ class BalanceStore:
             return list(reply), []
         if ref_written is not None:
             return list(reply), []
+        # A reference was there (a refused attempt's, a stale one's, another client's):
+        # replaced, unless another client's granted call holds it (decision 0052).
+        prior, ttl = await _all_or_first_error(
+            [self._pipe.execute("GET", ref_key), self._pipe.execute("TTL", ref_key)]
+        )
+        if _held_by_another_client(prior, int(ttl), record):
+            return list(reply), [self._client_ref(args, ref_ttl)]
         return list(reply), [self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)]
+
+    def _client_ref(self, args: AuthorizeArgs, ref_ttl: int) -> "asyncio.Future[Any]":
+        """Write a granted call's reference under its id qualified by its NAS client."""
+        client = RecordClient.of(args.record).nas
+        key = keys.client_call_ref(args.call_id, client)
+        return self._pipe.execute("SET", key, args.record, "EX", ref_ttl)
 
     async def call_reference(self, call_id: str) -> bytes | None:
         """The record of the call ``call_id`` names (msgpack), None if none is known."""
         reference: bytes | None = await self._pipe.execute("GET", keys.call_ref(call_id))
+        return reference
+
+    async def client_call_reference(self, call_id: str, client: str | None) -> bytes | None:
+        """The record of client ``client``'s call ``call_id`` when another client's call
+        held the id's reference as it was granted (decision 0052), None if none."""
+        key = keys.client_call_ref(call_id, client)
+        reference: bytes | None = await self._pipe.execute("GET", key)
         return reference
 
     async def stop(

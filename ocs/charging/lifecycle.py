@@ -802,10 +802,11 @@ class CallService:
             self._bands_of(record, record.cap),
         )
 
-    async def record_of(self, call_id: str) -> CallRecord | None:
-        """What a live call was authorized with (where its NAS is), None if unknown."""
+    async def record_of(self, call_id: str, *, nas: NasOf = ANY_NAS) -> CallRecord | None:
+        """What a live call was authorized with (where its NAS is), None if unknown;
+        ``nas``: that NAS client's call (see ``start``)."""
         try:
-            return await self._record(call_id, None, keep=True)
+            return await self._record(call_id, None, keep=True, nas=nas)
         except OcsError as error:
             if error.reason is Reason.CALL_NOT_FOUND:
                 return None
@@ -822,6 +823,12 @@ class CallService:
             if reference is None:
                 raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r}")
             record = CallRecord.unpack(reference)
+            if nas is not ANY_NAS and record.nas != nas:
+                # Another client's call holds the id (a global id two clients use): this
+                # client's is kept under the id qualified by it (decision 0052).
+                own = await self._store.client_call_reference(call_id, nas)
+                if own is not None:
+                    record = CallRecord.unpack(own)
         if account_id is not None and record.account_id != account_id:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} on account {account_id!r}")
         if nas is not ANY_NAS and record.nas != nas:

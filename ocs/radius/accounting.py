@@ -231,7 +231,7 @@ async def _apply(request: _Accounting, call_id: str) -> AccountingOutcome:
         if used is not None:
             progress = await calls.update(call_id, used, nas=client.name)
             if progress.exhausted and client.coa_port is not None and call_id not in _CUTS:
-                record = await calls.record_of(call_id)
+                record = await calls.record_of(call_id, nas=client.name)
                 if record is not None and record.nas_address is not None:
                     schedule_cut(
                         record.nas_address,
