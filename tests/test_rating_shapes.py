@@ -5,7 +5,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
-from ocs.rating.rates import Rate, Tier, billed_seconds, cost, increment_at, max_duration
+from ocs.rating.rates import (
+    CounterSplit,
+    Rate,
+    Tier,
+    billed_seconds,
+    cost,
+    cost_with_counter,
+    increment_at,
+    max_duration,
+    max_duration_with_counter,
+)
 
 # "First 15 minutes 1.00 flat, then 0.10 a minute."
 FLAT_THEN_PER_MINUTE = Rate(
@@ -79,6 +89,21 @@ def test_max_cost_can_cut_the_call_instead() -> None:
     assert max_duration(rate, 300_000, 14_400) == 300
 
 
+def test_a_call_a_counter_covers_in_part_is_cut_at_the_max_cost_too() -> None:
+    # 0.06 a minute, capped at 1.00 with the call cut there (1,000 s); a bundle covers
+    # the first 300 s free. The capped cost stops growing at 1,000 s, so the funds alone
+    # granted the plan's longest call: four hours, the last three of them free.
+    rate = Rate(0, 1, 1, 60_000, max_cost=1_000_000, cut_at_max_cost=True)
+    bundle = CounterSplit(Rate(0, 1, 1, 0), 300)
+    assert max_duration_with_counter(rate, 5_000_000, 14_400, bundle) == 1000
+    assert cost_with_counter(rate, 1000, bundle) == 700_000
+    # Funds that run out first still bind: 0.30 pays 300 s past the bundle.
+    assert max_duration_with_counter(rate, 300_000, 14_400, bundle) == 600
+    # Without the cut, the call runs on, free past the cap.
+    free_past = replace(rate, cut_at_max_cost=False)
+    assert max_duration_with_counter(free_past, 5_000_000, 14_400, bundle) == 14_400
+
+
 tiers = st.lists(
     st.builds(
         Tier,
@@ -102,6 +127,25 @@ shaped_rates = st.builds(
     cut_at_max_cost=st.booleans(),
     per=st.sampled_from([60, 1, 1000]),
 )
+
+
+@given(
+    rate=shaped_rates,
+    covered=st.integers(1, 3000),
+    counter_price=st.integers(0, 200_000),
+    funds=st.integers(0, 50_000_000),
+    cap=st.integers(1, 14_400),
+)
+def test_a_counter_never_lets_a_call_run_past_its_cut(
+    rate: Rate, covered: int, counter_price: int, funds: int, cap: int
+) -> None:
+    split = CounterSplit(Rate(0, 1, 1, counter_price), covered)
+    longest = max_duration_with_counter(rate, funds, cap, split)
+    assert longest == 0 or cost_with_counter(rate, longest, split) <= funds
+    if rate.max_cost and rate.cut_at_max_cost:
+        # No longer than the same call without the counter may run with all the funds
+        # it could need: where its cost would pass the cap.
+        assert longest <= max_duration(rate, 10**12, cap)
 
 
 @given(rate=shaped_rates, a=st.integers(0, 20_000), b=st.integers(0, 20_000))

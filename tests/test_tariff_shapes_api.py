@@ -69,6 +69,40 @@ async def test_a_max_cost_caps_the_charge(app: RunningApp) -> None:
     assert stopped["cost"] == "0.050000"
 
 
+async def test_a_call_a_bundle_covers_in_part_is_cut_at_the_max_cost(app: RunningApp) -> None:
+    # UK at 0.010 a minute (60/60), capped at 0.10 with the call cut there: ten minutes.
+    # A bundle of 120 free seconds covered its first two minutes, and the capped cost
+    # stopped growing at ten: the grant was the plan's longest call, its last hours free.
+    await add_plan(app.services, deck=DECK)
+    status, _ = await _shape(app, "UK", {"max_cost": "0.10", "max_cost_mode": "cut"})
+    assert status == 200
+    status, counter = await app.post(
+        "/v1/plans/retail/counters",
+        {"id": "uk-120", "seconds": 120, "zones": ["UK"], "price_per_minute": "0.00"},
+    )
+    assert status == 201, counter
+
+    async def ready() -> bool:
+        snapshot = app.services.catalog.snapshot
+        found = snapshot.tariff_for("retail", "4420")
+        return (
+            found is not None
+            and found[1].rate.cut_at_max_cost
+            and any(c.id == "uk-120" for c in snapshot.counters_for("retail"))
+        )
+
+    await eventually(ready, what="the cut tariff and the bundle in the snapshot")
+    await app.post("/v1/accounts", {"id": "cut", "plan": "retail", "balance": "5.00"})
+    status, grant = await app.post(
+        "/v1/calls", {"account": "cut", "destination": "4420", "call_id": "cut-1"}
+    )
+    assert status == 201, grant
+    assert (grant["counter_seconds"], grant["max_duration"]) == (120, 600)
+    # Cut there by the switch: the two bundled minutes free, eight at 0.010.
+    _, stopped = await app.post("/v1/calls/cut-1/stop", {"duration": 600})
+    assert stopped["cost"] == "0.080000"
+
+
 async def test_bad_shapes_name_their_field(app: RunningApp) -> None:
     await add_plan(app.services, deck=DECK)
     status, body = await _shape(app, "Nowhere", {"max_cost": "1.00"})

@@ -22,6 +22,7 @@ from ocs.rating.rates import (
     Tier,
     cost,
     cost_with_counter,
+    max_duration,
     max_duration_with_counter,
 )
 from tests.conftest import RunningApp, add_plan, eventually
@@ -648,13 +649,18 @@ def test_max_duration_with_counter_inverts_cost_with_counter(
     rate: Rate, split: CounterSplit, funds: int, cap: int
 ) -> None:
     longest = max_duration_with_counter(rate, funds, cap, split)
-    assert 0 <= longest <= cap
+    # A max cost that cuts the call cuts it where the zone's cost would pass it, with a
+    # counter as without one (the capped cost stops growing there).
+    cut = cap
+    if rate.max_cost and rate.cut_at_max_cost:
+        cut = max_duration(rate, 10**12, cap)
+    assert 0 <= longest <= cut
     if longest == 0:
-        assert cost_with_counter(rate, 1, split) > funds
+        assert cost_with_counter(rate, 1, split) > funds or cut == 0
         return
     assert cost_with_counter(rate, longest, split) <= funds
-    if longest < cap:
+    if longest < cut:
         assert cost_with_counter(rate, longest + 1, split) > funds
     if split.rate.price_per_minute == 0:
-        # A free bundle is always granted whole (up to the cap).
-        assert longest >= min(split.seconds, cap)
+        # A free bundle is always granted whole (up to the cap and the cut).
+        assert longest >= min(split.seconds, cut)

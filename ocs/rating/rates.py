@@ -31,7 +31,9 @@ Rules, stated once:
   seconds pays the counter's rate for its first min(d, c) seconds, and the
   zone's rate for the rest as that part of the whole call:
   ``cost(rate, d) - cost(rate, c)``. So a call the counter covers in part pays
-  no connect fee, and increments and tiers still count from the call's start.
+  no connect fee, and increments and tiers still count from the call's start; a max
+  cost that cuts the call cuts it where ``cost(rate, d)`` would pass the cap, as
+  without the counter.
 """
 
 from dataclasses import dataclass
@@ -227,6 +229,11 @@ def max_duration_with_counter(
     """Longest duration (≤ cap) whose ``cost_with_counter`` fits the funds."""
     if split is None or split.seconds <= 0:
         return max_duration(rate, funds, cap, bands)
+    if rate.max_cost and rate.cut_at_max_cost:
+        # Cut where the zone rate's cost of the whole call would pass its cap, as without
+        # a counter: ``cost_with_counter`` takes the capped cost, which stops growing
+        # there, so the funds alone would let the call run on free to ``cap``.
+        cap = min(cap, _longest_within(rate, rate.max_cost, cap, capped=False, bands=bands))
     if cap < 1 or cost_with_counter(rate, 1, split, bands) > funds:
         return 0
     low, high = 1, cap
