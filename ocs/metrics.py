@@ -358,10 +358,10 @@ BILLING_VOIDED = Counter(
 BILLING_FAILURES = Counter(
     "ocs_billing_failures_total",
     "Billing worker steps that failed and will be retried, by stage (schedule, chunk,"
-    " post, dunning).",
+    " post, payments, dunning).",
     ["stage"],
 )
-for _stage in ("schedule", "chunk", "post", "dunning"):
+for _stage in ("schedule", "chunk", "post", "payments", "dunning"):
     BILLING_FAILURES.labels(_stage)
 BILLING_CHUNK_DURATION = Histogram(
     "ocs_billing_chunk_duration_seconds",

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ocs.balances import keys
 from ocs.billing import gateway, posting
 from ocs.config import Settings
 from ocs.services import Services
@@ -146,6 +147,46 @@ async def test_a_signed_payment_pays_once_whatever_is_redelivered(app: RunningAp
     assert status == 200 and body["outcome"] == "refund", body
     assert await state(services, invoice) == (-1_500_000, 1, 1, 8_500_000)
     status, body = await deliver(app, event("evt_3", "charge.refunded", charge(1250, 400)))
+    assert status == 200 and body["outcome"] == "duplicate", body
+    assert await state(services, invoice) == (-1_500_000, 1, 1, 8_500_000)
+
+
+async def test_a_redelivered_event_makes_the_move_its_first_delivery_failed_to_make(
+    app: RunningApp,
+) -> None:
+    # The first delivery stored the payment, then its balance credit failed (here the
+    # account was missing from Redis for a moment) and the gateway got an error, so it
+    # delivered the event again: answered "duplicate", and the credit was never made.
+    # The same for a refund's debit.
+    services = app.services
+    invoice = await owing_account(services)
+    account_key = keys.account("pp")
+    saved = await services.redis.hgetall(account_key)
+
+    async def delivered_while_the_balance_is_away(body: bytes) -> int:
+        await services.redis.delete(account_key)
+        try:
+            status, _ = await deliver(app, body)
+        finally:
+            await services.redis.hset(account_key, mapping=saved)
+        return status
+
+    paying = event("evt_1", "payment_intent.succeeded", intent(1250, account_id="pp"))
+    assert await delivered_while_the_balance_is_away(paying) >= 400
+    assert await state(services, invoice) == (-10 * EUR, 1, 0, 10 * EUR)  # stored, not credited
+    status, body = await deliver(app, paying)
+    assert status == 200 and body["outcome"] == "duplicate", body
+    assert await state(services, invoice) == (2_500_000, 1, 0, 10 * EUR)
+    saved = await services.redis.hgetall(account_key)
+
+    refunding = event("evt_2", "charge.refunded", charge(1250, 400))
+    assert await delivered_while_the_balance_is_away(refunding) >= 400
+    assert await state(services, invoice) == (2_500_000, 1, 1, 8_500_000)  # not debited
+    status, body = await deliver(app, refunding)
+    assert status == 200 and body["outcome"] == "duplicate", body
+    assert await state(services, invoice) == (-1_500_000, 1, 1, 8_500_000)
+    # Once: a third delivery moves nothing.
+    status, body = await deliver(app, refunding)
     assert status == 200 and body["outcome"] == "duplicate", body
     assert await state(services, invoice) == (-1_500_000, 1, 1, 8_500_000)
 

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from ocs import api_tokens
+from ocs.balances import keys
 from ocs.balances.accounts import AccountSpec
 from ocs.billing import payments, posting
 from ocs.billing.payments import NewPayment
 from ocs.billing.store import Subscription, add_charge, subscribe
+from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, invoice_id, monthly, run
@@ -151,12 +153,56 @@ async def test_a_crash_before_the_credit_is_made_good_by_the_retry(services: Ser
         )
     assert await balance(services, "pp") == -20 * EUR
 
-    assert await payments.credit_pending(services.pool, services.store) == 1
-    assert await payments.credit_pending(services.pool, services.store) == 0
+    made = await payments.finish_pending(services.pool, services.store)
+    assert (made.made, made.stuck) == (1, 0)
+    again = await payments.finish_pending(services.pool, services.store)
+    assert (again.made, again.stuck) == (0, 0)
 
     assert await balance(services, "pp") == -14 * EUR
     found = await payments.get_payment(services.pool, 1)
     assert found.credited and found.ledger_entry
+
+
+async def test_the_billing_worker_makes_the_credits_and_refund_debits_a_crash_left(
+    services: Services,
+) -> None:
+    # A payment and a refund stored two minutes ago, their balance moves never made (the
+    # process died after the commits). Nothing called ``credit_pending`` but a test, and
+    # refunds had no sweep at all: the balance kept -20.00 and the refunded 4.00.
+    await postpaid_with_two_invoices(services)
+    await services.accounts.create(AccountSpec("gone", plan_id="retail"))
+    async with services.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO payments (account_id, source, external_id, amount, currency,"
+            " received_on, created_at) VALUES ('pp', 'manual', 'R7', $1, 'EUR', '2026-04-02',"
+            " now() - interval '2 minutes'), ('gone', 'manual', 'G1', $1, 'EUR', '2026-04-02',"
+            " now() - interval '2 minutes')",
+            6 * EUR,
+        )
+        await conn.execute(
+            "INSERT INTO payment_refunds (payment_id, source, external_id, amount, created_at)"
+            " VALUES (1, 'manual', 'F1', $1, now() - interval '2 minutes')",
+            4 * EUR,
+        )
+    # The real-time balance of "gone" is closed: its credit cannot be made.
+    await services.redis.delete(keys.account("gone"))
+    worker = BillingWorker(services.pool, WorkerSettings(run_delay=0), store=services.store)
+
+    pending = await worker.finish_payments()
+
+    assert (pending.made, pending.stuck) == (2, 1)
+    assert await balance(services, "pp") == -18 * EUR  # -20.00 + 6.00 - 4.00
+    async with services.pool.acquire() as conn:
+        moved = await conn.fetch(
+            "SELECT external_id, credited_at IS NOT NULL AS done FROM payments ORDER BY id"
+        )
+        refunds = await conn.fetch("SELECT debited_at IS NOT NULL AS done FROM payment_refunds")
+    assert [tuple(r) for r in moved] == [("R7", True), ("G1", False)]
+    assert [r["done"] for r in refunds] == [True]
+    # Made once: the next pass finds only the one it cannot make.
+    again = await worker.finish_payments()
+    assert (again.made, again.stuck) == (0, 1)
+    assert await balance(services, "pp") == -18 * EUR
 
 
 async def test_an_over_payment_stays_as_credit_and_a_refund_gives_back_only_credit(

@@ -36,6 +36,7 @@ invoices, newest first.
 
 import re
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -479,14 +480,61 @@ async def record_payment(
     return await _finish(pool, store, payment_id, created)
 
 
-async def credit_pending(pool: asyncpg.Pool, store: BalanceStore) -> int:
-    """Make the balance credits a crash left unmade (stored payments not credited);
-    how many. Each is made once, whoever else retries it."""
+@dataclass(frozen=True, slots=True)
+class PendingMoves:
+    """What ``finish_pending`` did: balance moves made now, and those it could not make
+    (the account has no real-time balance: it was closed there)."""
+
+    made: int
+    stuck: int
+
+
+async def finish_pending(
+    pool: asyncpg.Pool, store: BalanceStore, older_than: float = 0.0
+) -> PendingMoves:
+    """Make the balance credits of stored payments and the debits of stored refunds
+    that were left unmade, stored more than ``older_than`` seconds ago.
+
+    Both are made after their row commits (the reference needs its id): a crash, or a
+    Redis call that failed, in between leaves ``credited_at`` or ``debited_at`` NULL,
+    and a gateway redelivers an event it got an answer for only when the answer was an
+    error. The billing worker calls this every pass; each move is made once whoever
+    else makes it (its reference), so a payment being credited right now is harmless
+    to finish too."""
     async with pool.acquire() as conn:
-        ids = await conn.fetch("SELECT id FROM payments WHERE credited_at IS NULL ORDER BY id")
-    for row in ids:
-        await _credit(pool, store, row["id"])
-    return len(ids)
+        credits = await conn.fetch(
+            "SELECT id FROM payments WHERE credited_at IS NULL"
+            " AND created_at < now() - make_interval(secs => $1) ORDER BY id",
+            older_than,
+        )
+        debits = await conn.fetch(
+            "SELECT id FROM payment_refunds WHERE debited_at IS NULL"
+            " AND created_at < now() - make_interval(secs => $1) ORDER BY id",
+            older_than,
+        )
+    made = stuck = 0
+    for row in credits:
+        if await _moved(_credit(pool, store, row["id"])):
+            made += 1
+        else:
+            stuck += 1
+    for row in debits:
+        if await _moved(_debit(pool, store, row["id"])):
+            made += 1
+        else:
+            stuck += 1
+    return PendingMoves(made, stuck)
+
+
+async def _moved(move: Awaitable[object]) -> bool:
+    """Whether ``move`` was made: False when its account has no real-time balance."""
+    try:
+        await move
+    except OcsError as error:
+        if error.reason is not Reason.ACCOUNT_NOT_FOUND:
+            raise
+        return False
+    return True
 
 
 # --- refunds -----------------------------------------------------------------------------
@@ -807,6 +855,8 @@ async def apply_gateway_event(
     intent, whichever of its events comes first)."""
     if event.action == "ignored":
         return GatewayOutcome("ignored", event.event_id)
+    duplicate: asyncpg.Record | None = None
+    refund_id: int | None = None
     async with pool.acquire() as conn, conn.transaction():
         fresh = await conn.fetchval(
             "INSERT INTO gateway_events (source, event_id, kind) VALUES ('stripe', $1, $2)"
@@ -815,8 +865,16 @@ async def apply_gateway_event(
             event.type,
         )
         if fresh is None:
-            return GatewayOutcome("duplicate", event.event_id)
-        if event.action == "payment":
+            # Seen before: nothing is stored again. Its money may not have moved (the
+            # first delivery failed between the commit and the move, and was answered
+            # with an error, which is why it came again): made now, once.
+            duplicate = await conn.fetchrow(
+                "SELECT e.payment_id, r.id AS refund_id FROM gateway_events e"
+                " LEFT JOIN payment_refunds r ON r.source = e.source"
+                " AND r.external_id = e.event_id WHERE e.source = 'stripe' AND e.event_id = $1",
+                event.event_id,
+            )
+        elif event.action == "payment":
             account_id = await _gateway_account(conn, event)
             new = NewPayment(
                 account_id=account_id,
@@ -831,7 +889,6 @@ async def apply_gateway_event(
                 invoice_number=event.invoice,
             )
             payment_id, created = await _insert_payment(conn, new)
-            refund_id = None
         else:
             # Locked before the refunded total is read: two refund events at once would
             # otherwise both take the old total, and the later one refund its part again.
@@ -857,11 +914,20 @@ async def apply_gateway_event(
             refund_id, created = await _insert_refund(
                 conn, payment_id, delta, "stripe", event.event_id, reopen=True
             )
-        await conn.execute(
-            "UPDATE gateway_events SET payment_id = $2 WHERE source = 'stripe' AND event_id = $1",
-            event.event_id,
-            payment_id,
-        )
+        if fresh is not None:
+            await conn.execute(
+                "UPDATE gateway_events SET payment_id = $2"
+                " WHERE source = 'stripe' AND event_id = $1",
+                event.event_id,
+                payment_id,
+            )
+    if duplicate is not None:
+        if duplicate["refund_id"] is not None:
+            await _debit(pool, store, duplicate["refund_id"])
+        elif duplicate["payment_id"] is not None:
+            await _finish(pool, store, duplicate["payment_id"], False)
+    if fresh is None:
+        return GatewayOutcome("duplicate", event.event_id)
     if refund_id is not None:
         return GatewayOutcome("refund", event.event_id, refund=await _debit(pool, store, refund_id))
     return GatewayOutcome(

@@ -43,7 +43,7 @@ import asyncpg
 
 from ocs import metrics, systemd_notify
 from ocs.balances.store import BalanceStore
-from ocs.billing import dunning, notify_email, posting, queries, runs
+from ocs.billing import dunning, notify_email, payments, posting, queries, runs
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
 from ocs.billing.periods import Period, local_midnight, month_day
 from ocs.config import Settings
@@ -246,6 +246,7 @@ class BillingWorker:
         self.cutter = cutter
         self.tax_settings = tax_settings
         self._held: dict[int, int] = {}
+        self._stuck_payments = 0
         self.settings = settings
         self.name = name or runs.worker_name()
         self.clock = clock
@@ -389,6 +390,14 @@ class BillingWorker:
                 log.error(
                     "billing posting failed", extra={"worker": self.name, "error": str(error)}
                 )
+        if not stopping.is_set() and self.store is not None:
+            try:
+                await self.finish_payments()
+            except Exception as error:
+                metrics.BILLING_FAILURES.labels("payments").inc()
+                log.error(
+                    "payment credits failed", extra={"worker": self.name, "error": str(error)}
+                )
         if not stopping.is_set() and self.store is not None and self.tax_settings is not None:
             try:
                 # Notices, suspensions and reactivations due by now, each once (decision
@@ -403,6 +412,26 @@ class BillingWorker:
         await self.report_progress()
         # A pass finished: the NOC's "billing worker stalled" alert watches this.
         metrics.BILLING_WORKER_PASS.set_to_current_time()
+
+    async def finish_payments(self) -> payments.PendingMoves:
+        """Make the balance credits of payments and the debits of refunds that a crash or
+        a failed Redis call left unmade (``payments.finish_pending``), those stored more
+        than ``UNMOVED_AFTER_S`` ago; logs when the number it cannot make changes."""
+        assert self.store is not None
+        pending = await payments.finish_pending(self.pool, self.store, UNMOVED_AFTER_S)
+        if pending.made:
+            log.info(
+                "payment credits made after a failure",
+                extra={"worker": self.name, "moves": pending.made},
+            )
+        if pending.stuck != self._stuck_payments:
+            # One line when the number changes, not one per pass.
+            self._stuck_payments = pending.stuck
+            log.warning(
+                "payment credits without a real-time balance",
+                extra={"worker": self.name, "moves": pending.stuck},
+            )
+        return pending
 
     async def post_runs(self) -> list[int]:
         """Post every drafted run marked ``auto_post`` whose drafts are not all posted; the
