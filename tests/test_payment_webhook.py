@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from ocs.balances import keys
-from ocs.billing import gateway, posting
+from ocs.billing import gateway, payments, posting
+from ocs.billing.payments import NewPayment
 from ocs.config import Settings
 from ocs.services import Services
 from tests.billing_helpers import EUR, invoice_id, renting
@@ -189,6 +190,42 @@ async def test_a_redelivered_event_makes_the_move_its_first_delivery_failed_to_m
     status, body = await deliver(app, refunding)
     assert status == 200 and body["outcome"] == "duplicate", body
     assert await state(services, invoice) == (-1_500_000, 1, 1, 8_500_000)
+
+
+async def test_credit_pays_again_an_invoice_a_refund_reopened(app: RunningApp) -> None:
+    # The gateway's 6.00 paid part of January's 10.00 and a payment by hand the rest,
+    # 6.00 of it left as credit; the gateway's refund took its 6.00 back from the
+    # invoice. The next payment of the account tried to pay the invoice from that credit
+    # with a second allocation row of the same pair: a unique-key error, a 500, for a
+    # payment already recorded, and the credit could never pay the invoice.
+    services = app.services
+    invoice = await owing_account(services)
+    status, _ = await deliver(
+        app, event("evt_1", "payment_intent.succeeded", intent(600, account_id="pp"))
+    )
+    assert status == 200
+    by_hand = await payments.record_payment(
+        services.pool, services.store, NewPayment("pp", 10 * EUR, "manual", "P1")
+    )
+    assert (by_hand.payment.allocated, by_hand.payment.credit) == (4 * EUR, 6 * EUR)
+    status, body = await deliver(app, event("evt_2", "charge.refunded", charge(600, 600)))
+    assert status == 200 and body["outcome"] == "refund", body
+    assert await state(services, invoice) == (0, 2, 1, 4 * EUR)
+
+    later = await payments.record_payment(
+        services.pool, services.store, NewPayment("pp", 1 * EUR, "manual", "R1")
+    )
+
+    # The new payment pays 1.00 of what the refund reopened, the credit the other 5.00.
+    assert later.created and later.payment.credit == 0
+    assert await state(services, invoice) == (1 * EUR, 3, 1, 10 * EUR)
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT p.external_id, a.amount FROM payment_allocations a"
+            " JOIN payments p ON p.id = a.payment_id WHERE a.invoice_id = $1 ORDER BY p.id",
+            invoice,
+        )
+    assert [tuple(r) for r in rows] == [("pi_1", 0), ("P1", 9 * EUR), ("R1", 1 * EUR)]
 
 
 async def test_a_bad_signature_or_a_replay_is_refused(app: RunningApp) -> None:

@@ -45,7 +45,7 @@ ORDER BY i.period_start, i.id
 async def record_allocations(
     conn: asyncpg.Connection, payment_ids: list[int], invoice_ids: list[int], amounts: list[int]
 ) -> None:
-    """Record that payment k paid ``amounts[k]`` of invoice k (pairs not recorded yet):
+    """Record that payment k paid ``amounts[k]`` more of invoice k (each pair once a call):
     the allocation rows, each payment's ``allocated`` and each invoice's ``amount_paid``
     (``paid_at`` once it reaches what the invoice asks)."""
     await conn.execute(
@@ -57,9 +57,13 @@ async def record_allocations(
         invoice_ids,
         amounts,
     )
+    # A pair may have a row already: a refund of another payment reopened an invoice this
+    # one paid part of, and its credit now pays the rest.
     await conn.execute(
         "INSERT INTO payment_allocations (payment_id, invoice_id, amount)"
-        " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])",
+        " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])"
+        " ON CONFLICT (payment_id, invoice_id)"
+        " DO UPDATE SET amount = payment_allocations.amount + EXCLUDED.amount",
         payment_ids,
         invoice_ids,
         amounts,
