@@ -41,7 +41,9 @@ def call_cutter(
 
     async def cut(account_id: str, call_id: str) -> str | None:
         """Cut one call; what its NAS said (None: no NAS to tell)."""
-        _charge, record = await services.calls.cut(call_id)
+        # The account's own call of the id: another NAS client's call may hold the id's
+        # reference (decision 0052).
+        _charge, record = await services.calls.cut(call_id, account_id)
         outcome = None if sender is None else await sender(record)
         reason = getattr(outcome, "reason", None)
         return reason if isinstance(reason, str) else None

@@ -217,6 +217,11 @@ class RunningApp:
         response = await self.client.get(path)
         return response.status, await response.json()
 
+    async def delete(self, path: str) -> tuple[int, dict]:
+        """DELETE: (status, JSON body)."""
+        response = await self.client.delete(path)
+        return response.status, await response.json()
+
     async def anonymous(
         self, method: str, path: str, **kwargs: Any
     ) -> tuple[int, dict, dict[str, str]]:

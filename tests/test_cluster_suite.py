@@ -12,9 +12,11 @@ fee 0.150 (45 s: 0.198); Germany 0.012 a minute, 1/1 s (200 micro-units a second
 """
 
 import asyncio
+import dataclasses
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -23,6 +25,7 @@ from ocs.balances.reconcile import reconcile
 from ocs.balances.scripts import ALL_SCRIPTS, AUTHORIZE_WITH_REF, SNAPSHOT_BUCKET
 from ocs.balances.store import REF_WINDOW
 from ocs.balances.wire import RedisWire
+from ocs.call_cutting import call_cutter
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest, CallRecord, Origin
@@ -273,6 +276,50 @@ async def test_two_clients_authorizing_one_global_id_each_stop_their_own_call(
     packed = await app.services.redis.get(keys.call_ref(conference))
     assert packed is not None and CallRecord.unpack(packed).account_id == "near"
     assert await app.services.redis.ttl(keys.call_ref(conference)) > 14_400
+
+
+async def no_nas(record: CallRecord) -> None:
+    """A Disconnect for calls with no NAS to tell (these tests' calls come from none)."""
+
+
+async def test_a_call_sharing_a_global_id_is_cut_and_found_as_its_own(
+    backend_app: RunningApp,
+) -> None:
+    # gw-a's and gw-b's calls share a conference id; the id's reference names gw-a's.
+    # Dunning cut the call the reference named, so suspending "far" cut "near"'s call
+    # and left far's running; once that reference was gone (expired, or cut short after
+    # a refusal racing the grant on a cluster), gw-b's Stop found no call (0052).
+    app = backend_app
+    await add_plan(app.services)
+    for account_id in ("near", "far"):
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"})
+    conference = "B1C2 D3E4 0 F5A6"
+    for account_id, client in (("near", "gw-a"), ("far", "gw-b")):
+        await app.services.calls.authorize(
+            AuthorizeRequest(account_id, GERMANY, call_id=conference), Origin(nas=client)
+        )
+        await app.services.calls.start(conference, nas=client)
+    # Dunning suspends "far", from a process that cached neither call.
+    elsewhere = CallService(app.services.catalog, app.services.store, app.services.settings)
+    services = dataclasses.replace(app.services, calls=elsewhere)
+    await call_cutter(services, disconnect=no_nas)("far", conference)
+    assert list(await app.services.store.live_calls_of("far")) == []
+    assert list(await app.services.store.live_calls_of("near")) == [conference]
+    # The operator cuts near's by the id and its account.
+    status, body = await app.delete(f"/v1/calls/{quote(conference)}?account=near")
+    assert (status, body["account"]) == (200, "near"), body
+    status, body = await app.delete(f"/v1/calls/{quote(conference)}?account=nobody")
+    assert (status, body["error"]["reason"]) == (404, "call_not_found"), body
+
+    # Again, and the id's own reference is gone: gw-b's Stop still finds its call.
+    again = "C1D2 E3F4 0 A5B6"
+    for account_id, client in (("near", "gw-a"), ("far", "gw-b")):
+        await app.services.calls.authorize(
+            AuthorizeRequest(account_id, GERMANY, call_id=again), Origin(nas=client)
+        )
+    await app.services.redis.delete(keys.call_ref(again))
+    charge = await elsewhere.stop(again, 30, nas="gw-b")
+    assert (charge.account_id, charge.charged) == ("far", 6_000)
 
 
 async def test_a_failed_authorize_script_leaves_no_lasting_reference(

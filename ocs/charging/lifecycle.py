@@ -820,15 +820,17 @@ class CallService:
             # Not cached here, or cached as an earlier call of that id (another account's
             # or NAS's, closed elsewhere): the reference names the current one.
             reference = await self._store.call_reference(call_id)
-            if reference is None:
-                raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r}")
-            record = CallRecord.unpack(reference)
-            if nas is not ANY_NAS and record.nas != nas:
-                # Another client's call holds the id (a global id two clients use): this
-                # client's is kept under the id qualified by it (decision 0052).
+            found = None if reference is None else CallRecord.unpack(reference)
+            if nas is not ANY_NAS and (found is None or found.nas != nas):
+                # Another client's call holds the id (a global id two clients use), or held
+                # it and its reference is gone: this client's is kept under the id
+                # qualified by it (decision 0052). Only then is it read.
                 own = await self._store.client_call_reference(call_id, nas)
                 if own is not None:
-                    record = CallRecord.unpack(own)
+                    found = CallRecord.unpack(own)
+            if found is None:
+                raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r}")
+            record = found
         if account_id is not None and record.account_id != account_id:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} on account {account_id!r}")
         if nas is not ANY_NAS and record.nas != nas:
@@ -993,15 +995,28 @@ class CallService:
             metrics.LATE_STOPS.labels("covered").inc()
         return self._charge(record, result)
 
-    async def cut(self, call_id: str) -> tuple[CallCharge, CallRecord]:
-        """Cut a live call now (an operator's order): charge the time since its start.
+    async def cut(
+        self, call_id: str, account_id: str | None = None
+    ) -> tuple[CallCharge, CallRecord]:
+        """Cut a live call now (an operator's order, dunning's): charge the time since its
+        start. ``account_id``: that account's call of the id, read from its live entry
+        (two NAS clients' calls may share a global id, decision 0052); None: the call the
+        id's reference names.
 
         The switch still has to end the call (a RADIUS NAS gets a Disconnect-Request);
         if its Stop then reports more, that difference is charged as a late stop.
         """
         validate_call_id(call_id)
-        record = await self._record(call_id, None, keep=False)
-        entry = await self._store.live_entry(record.account_id, call_id)
+        if account_id is None:
+            record = await self._record(call_id, None, keep=False)
+            entry = await self._store.live_entry(record.account_id, call_id)
+        else:
+            entry = await self._store.live_entry(account_id, call_id)
+            if entry is not None:
+                record = CallRecord.unpack(entry.record)
+                cached = self._live.get(call_id)
+                if cached is not None and cached.account_id == account_id:
+                    self._live.pop(call_id, None)
         if entry is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         now = int(self._clock())

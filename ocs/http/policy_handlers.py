@@ -276,11 +276,30 @@ class CallCut(Answer):
     ]
 
 
-async def cut_call(request: web.Request, params: None) -> CallCut:
+class CutQuery(Params):
+    """Which call of the id to cut."""
+
+    account: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=64,
+                description="the call of this account: two NAS clients' calls may share a"
+                " global id (h323-conf-id, SIP Call-ID); without it, the call the id names"
+                " first",
+            ),
+        ]
+        | None
+    ) = None
+
+
+async def cut_call(request: web.Request, params: CutQuery) -> CallCut:
     """Cut a live call: charge it up to now and ask its NAS to end it (RFC 5176)."""
     call_id = validate_call_id(request.match_info["call_id"], "call_id")
+    account = None if params.account is None else validate_account_id(params.account, "account")
     services = services_of(request)
-    charge, record = await services.calls.cut(call_id)
+    charge, record = await services.calls.cut(call_id, account)
     outcome = None if services.disconnect is None else await services.disconnect(record)
     reason = getattr(outcome, "reason", None)
     return CallCut(
@@ -355,7 +374,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         Role.OPERATOR,
         "Cut a live call: charge it up to now and ask its NAS to end it (RFC 5176)",
         cut_call,
-        None,
+        CutQuery,
         CallCut,
         description="The switch's own stop that follows is charged only for what it adds.",
     ),

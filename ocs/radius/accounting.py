@@ -33,9 +33,9 @@ from ocs.radius.disconnect import send_disconnect
 
 log = logging.getLogger("ocs.radius")
 
-# Disconnect-Requests waiting for a sliced call's funds to run out, by call id: one
+# Disconnect-Requests waiting for a sliced call's funds to run out, by client and call id: one
 # per call, however many interims report it exhausted. Kept so they are not collected.
-_CUTS: dict[str, asyncio.Task[None]] = {}
+_CUTS: dict[tuple[str, str], asyncio.Task[None]] = {}
 
 STATUS_TYPES = {
     1: "start",
@@ -230,7 +230,8 @@ async def _apply(request: _Accounting, call_id: str) -> AccountingOutcome:
         used = _session_time(packet)
         if used is not None:
             progress = await calls.update(call_id, used, nas=client.name)
-            if progress.exhausted and client.coa_port is not None and call_id not in _CUTS:
+            cutting = (client.name, call_id) in _CUTS
+            if progress.exhausted and client.coa_port is not None and not cutting:
                 record = await calls.record_of(call_id, nas=client.name)
                 if record is not None and record.nas_address is not None:
                     schedule_cut(
@@ -266,7 +267,9 @@ def schedule_cut(
     Stop then charges the call. A NAS without a Disconnect port got no slices.
     """
     coa_port = client.coa_port
-    if coa_port is None or call_id in _CUTS:
+    # Per client: two clients' calls may share a global id (decision 0052).
+    key = (client.name, call_id)
+    if coa_port is None or key in _CUTS:
         return
 
     async def cut() -> None:
@@ -289,6 +292,6 @@ def schedule_cut(
         except Exception:
             log.exception("could not cut a call whose funds ran out", extra={"call_id": call_id})
         finally:
-            _CUTS.pop(call_id, None)
+            _CUTS.pop(key, None)
 
-    _CUTS[call_id] = asyncio.get_running_loop().create_task(cut())
+    _CUTS[key] = asyncio.get_running_loop().create_task(cut())
