@@ -269,6 +269,27 @@ async def test_credit_spent_on_calls_cannot_be_refunded(services: Services) -> N
     assert refunded.payment.credit == 4 * EUR
 
 
+async def test_a_top_up_cannot_take_the_id_of_a_payments_credit(app: RunningApp) -> None:
+    # A provisioning system's top-up named "pay:1" was stored under the key of payment
+    # 1's credit: the 50.00 payment that came next was answered "credited" as a repeat
+    # of that 1.00 top-up, and the balance never got it.
+    services = app.services
+    await billed_plan(services)
+    await services.accounts.create(AccountSpec("a2", plan_id="retail"))
+    for reserved in ("pay:1", "inv:7"):
+        status, body = await app.post(
+            "/v1/accounts/a2/topups", {"amount": "1.00", "topup_id": reserved}
+        )
+        assert (status, body["error"]["field"]) == (400, "topup_id"), body
+    status, body = await app.post("/v1/accounts/a2/topups", {"amount": "1.00", "topup_id": "p1"})
+    assert status == 201, body
+    status, created = await app.post(
+        "/v1/payments", {"account": "a2", "amount": "50.00", "reference": "X"}
+    )
+    assert status == 201 and created["payment"]["id"] == 1, created
+    assert await balance(services, "a2") == 51 * EUR
+
+
 async def test_payments_api_checks_fields_roles_and_lists(app: RunningApp) -> None:
     services = app.services
     await billed_plan(services)

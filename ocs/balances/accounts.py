@@ -95,6 +95,11 @@ def validate_policy(
         raise invalid("expire_days", "expected 0 to 36600 days")
 
 
+# The ids of credits ocs makes itself in the top-up key space (``payments.credit_reference``,
+# ``posting``'s invoice credit lines): refused as a top-up's own id.
+RESERVED_TOPUP_PREFIXES = ("pay:", "inv:")
+
+
 def validate_account_id(account_id: object, field: str = "id") -> str:
     """An account id as given, or 400 naming ``field``: 1 to 64 of letters, digits and - _ . @ +."""
     if account_id is None:
@@ -445,6 +450,14 @@ class AccountService:
             raise invalid("amount", "a top-up must be greater than zero")
         if topup_id is not None and (not 1 <= len(topup_id) <= 128 or not topup_id.isprintable()):
             raise invalid("topup_id", "expected 1 to 128 printable characters")
+        if topup_id is not None and topup_id.startswith(RESERVED_TOPUP_PREFIXES):
+            # One key space holds every credit's id: a top-up named like a payment's credit
+            # would make that payment's credit a repeat of it, and so never made.
+            raise invalid(
+                "topup_id",
+                "ids starting with 'pay:' or 'inv:' are ocs's own (payment credits and"
+                " invoice credit lines)",
+            )
         result = await self._store.topup(
             account_id, amount, topup_id or uuid.uuid4().hex, TOPUP_DEDUPE_TTL
         )
