@@ -20,6 +20,7 @@ from ocs.balances.accounts import AccountSpec
 from ocs.billing import payments, posting
 from ocs.billing.payments import NewPayment
 from ocs.billing.store import Subscription, add_charge, subscribe
+from ocs.billing.void import void
 from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
@@ -251,6 +252,29 @@ async def test_an_over_payment_stays_as_credit_and_a_refund_gives_back_only_cred
             "SELECT amount, reopened, ledger_entry IS NOT NULL AS debited FROM payment_refunds"
         )
     assert [tuple(r) for r in refunds] == [(5 * EUR, 0, True)]
+
+
+async def test_a_voided_invoice_gives_its_payment_back_as_credit(services: Services) -> None:
+    # January and February (10.00 each) paid by one payment, then January voided: the
+    # credit note gave 10.00 back to the balance, but the payment stayed allocated to
+    # the void invoice, so that money could not be refunded ("at most 0.000000").
+    january, february = await postpaid_with_two_invoices(services)
+    applied = await payments.record_payment(
+        services.pool, services.store, manual("pp", 20 * EUR, "V1")
+    )
+    assert applied.payment.allocated == 20 * EUR
+
+    await void(services.pool, services.store, january)
+
+    found = await payments.get_payment(services.pool, applied.payment.id)
+    assert (found.allocated, found.credit) == (10 * EUR, 10 * EUR)
+    assert await paid(services, january, february) == [(0, False), (10 * EUR, True)]
+    assert await balance(services, "pp") == 10 * EUR  # -20.00 + 20.00 + 10.00 back
+    refunded = await payments.refund_payment(
+        services.pool, services.store, applied.payment.id, 10 * EUR, "V1-back"
+    )
+    assert refunded.refund.amount == 10 * EUR
+    assert await balance(services, "pp") == 0
 
 
 async def test_credit_spent_on_calls_cannot_be_refunded(services: Services) -> None:

@@ -6,7 +6,8 @@ in one transaction: the invoice is locked, a credit note is written with one
 ``reversal`` line per line (amount negated, pointing at the line it reverses),
 numbered from the credit-note sequence (``CN-2026-000001``) and posted, and the
 invoice becomes ``void``. Last, the credit note's money moves like any posted
-invoice's, keyed by its own lines: a positive charge comes back as a credit.
+invoice's, keyed by its own lines: a positive charge comes back as a credit. What
+payments paid of the invoice becomes their credit again (refundable, like any credit).
 """
 
 from dataclasses import dataclass
@@ -18,6 +19,19 @@ from ocs.billing.posting import assign_numbers, move_money
 from ocs.errors import OcsError, Reason
 
 CREDIT_NOTE_ISSUER = "CN"
+
+# The allocations of the invoice ($1) set to nothing, and their payments' ``allocated``
+# lowered by them (locked: a refund or an allocation of the payment waits).
+_RELEASE_PAYMENTS_SQL = """
+WITH freed AS (
+  SELECT payment_id, amount FROM payment_allocations
+  WHERE invoice_id = $1 AND amount > 0 FOR UPDATE
+), zeroed AS (
+  UPDATE payment_allocations a SET amount = 0 FROM freed f
+  WHERE a.payment_id = f.payment_id AND a.invoice_id = $1
+)
+UPDATE payments p SET allocated = p.allocated - f.amount FROM freed f WHERE p.id = f.payment_id
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +87,14 @@ async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Void
             note_id,
         )
         numbers = await assign_numbers(conn, [note_id])
+        # What payments paid of it is theirs again: the credit note gives the money back
+        # to the balance, and a payment left allocated to a void invoice could be neither
+        # refunded nor counted as credit.
+        await conn.execute(_RELEASE_PAYMENTS_SQL, invoice_id)
         await conn.execute(
-            "UPDATE invoices SET state = 'void', voided_at = now() WHERE id = $1", invoice_id
+            "UPDATE invoices SET state = 'void', voided_at = now(), amount_paid = 0,"
+            " paid_at = NULL WHERE id = $1",
+            invoice_id,
         )
         total = int(await conn.fetchval("SELECT total FROM invoices WHERE id = $1", note_id))
     await move_money(pool, store, [note_id])
