@@ -5,7 +5,7 @@ a payment stored while its account's invoice is being posted pays that invoice."
 
 import asyncio
 
-from ocs.billing import payments, posting
+from ocs.billing import credit, payments, posting
 from ocs.billing.gateway import GatewayEvent
 from ocs.billing.payments import NewPayment
 from ocs.services import Services
@@ -89,3 +89,52 @@ async def test_a_payment_stored_while_its_invoice_is_posted_pays_it(services: Se
             "SELECT allocated FROM payments WHERE external_id = 'ref-1'"
         )
     assert (paid, allocated) == (10 * EUR, 10 * EUR)
+
+
+async def test_credit_and_a_new_payment_at_once_pay_an_invoice_once(services: Services) -> None:
+    # P1 was stored while January's invoice was a draft, so all of it is credit; its
+    # credit pays invoices once posted (decision 0027). P2, a new payment, pays January
+    # in a transaction not committed yet. P1's credit read January as open without
+    # locking it, then added its 10.00 to what P2 paid: 20.00 paid of 10.00, and P1's
+    # credit spent on nothing.
+    await posting.post(services.pool, services.store, run_id=await renting(services))
+    january = await invoice_id(services, "pp", "2026-01")
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO payments (account_id, source, external_id, amount, currency,"
+            " received_on) VALUES ('pp', 'manual', 'P1', $1, 'EUR', '2026-02-02')",
+            10 * EUR,
+        )
+    async with services.pool.acquire() as second:
+        paying = second.transaction()
+        await paying.start()
+        # P2 pays January as ``payments`` allocates: the invoice's row locked and paid.
+        await second.execute(
+            "UPDATE invoices SET amount_paid = amount_paid + $2, paid_at = now() WHERE id = $1",
+            january,
+            10 * EUR,
+        )
+        crediting = asyncio.create_task(credit_open_invoices(services))
+
+        async def waiting_for_the_invoice() -> bool:
+            async with services.pool.acquire() as conn:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> $1",
+                        second.get_server_pid(),
+                    )
+                )
+
+        await eventually(waiting_for_the_invoice, what="P1's credit to wait for P2's invoice")
+        await paying.commit()
+        await crediting
+    async with services.pool.acquire() as conn:
+        paid = await conn.fetchval("SELECT amount_paid FROM invoices WHERE id = $1", january)
+        allocated = await conn.fetchval("SELECT allocated FROM payments WHERE external_id = 'P1'")
+    assert (paid, allocated) == (10 * EUR, 0)
+
+
+async def credit_open_invoices(services: Services) -> int:
+    """``pay_open_invoices`` for ``pp`` in a transaction of its own."""
+    async with services.pool.acquire() as conn, conn.transaction():
+        return await credit.pay_open_invoices(conn, "pp")

@@ -19,7 +19,9 @@ from ocs.billing.owed import asks_sql
 # credited yet, or credited at or after the window's end (ledger_entry names the ledger
 # row of the credit). In the order credit pays them: each account's oldest invoice
 # first, each invoice by the oldest payment first. The payments are locked: concurrent
-# postings of an account queue here. Payments with credit are few, so are these pairs.
+# postings of an account queue here. The invoices too, in the order a new payment locks
+# them: one a payment is paying now is read once that commits, with what it paid (read
+# before, it was paid twice). Payments with credit are few, so are these pairs.
 _CREDIT_SQL = f"""
 SELECT i.id AS invoice_id, {asks_sql("i")} - i.amount_paid AS open,
        p.id AS payment_id, p.amount - p.allocated - p.refunded AS credit
@@ -31,7 +33,7 @@ WHERE i.id = ANY($1::bigint[]) AND i.kind = 'invoice' AND i.state = 'posted'
   AND NOT EXISTS (SELECT 1 FROM ledger e
                   WHERE e.entry_id = p.ledger_entry AND e.occurred_at < i.window_end)
 ORDER BY i.account_id, i.period_start, i.id, p.id
-FOR UPDATE OF p
+FOR UPDATE OF p, i
 """
 # An account's posted invoices that still ask for money.
 _OPEN_SQL = f"""
@@ -113,8 +115,8 @@ async def pay_open_invoices(conn: asyncpg.Connection, account_id: str) -> int:
     this once it has committed (``payments`` after a payment, ``posting`` for the
     accounts it posted that hold credit), so whichever commits last finds the other
     (decision 0027). In the caller's transaction: a lock of the account's own, held to
-    its end, puts two of these in turn, so the second reads what the first paid (the
-    invoices are read, not locked, beside the payments that are).
+    its end, puts two of these in turn, so the second reads what the first paid; the
+    invoices and payments are locked as they are read.
     """
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"ocs-credit:{account_id}")
     ids = [r["id"] for r in await conn.fetch(_OPEN_SQL, account_id)]
