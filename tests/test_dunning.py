@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from ocs.balances.accounts import AccountSpec
-from ocs.billing import dunning, posting
+from ocs.billing import dunning, payments, posting
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.dunning_store import DunningSettings, OpenInvoice
+from ocs.billing.gateway import GatewayEvent
 from ocs.billing.store import Subscription, add_charge, set_plan_billing, subscribe
 from ocs.call_cutting import call_cutter, nas_disconnect
 from ocs.config import with_overrides
@@ -337,6 +338,42 @@ async def test_only_dunnings_own_suspension_is_lifted_and_a_run_lifts_a_settled_
     assert await status_of(services, "settled") == ("active", "active")
     status, state = await app.get("/v1/accounts/op/dunning?at=2026-04-06T00:00:00Z")
     assert (state["suspended"], state["suspended_by_dunning"]) == (True, False)
+
+
+async def test_an_invoice_a_chargeback_reopens_after_its_suspension_is_dunned_again(
+    app: RunningApp,
+) -> None:
+    # March's invoice: a notice, then the suspension; the gateway's payment paid it and
+    # the account came back; then the payment was charged back (refunded in full) and
+    # the invoice reopened. Its suspension step had been taken, so no run took another:
+    # the account kept its service and was never dunned again.
+    services = app.services
+    await add_plan(services)
+    await dunned_plan(services, grace_days=0)
+    await postpaid(services, "cb")
+    status, body = await app.put(
+        "/v1/plans/retail/dunning", {"max_notices": 1, "notice_interval_days": 3}
+    )
+    assert status == 200, body
+    await post_march(services)
+    assert taken(await dun(app, at(4, 2))) == [("cb", "notice", 1, "sent")]
+    assert taken(await dun(app, at(4, 5))) == [("cb", "suspension", 0, "suspended")]
+
+    def gateway(event_id: str, action: str) -> GatewayEvent:
+        kind = "payment_intent.succeeded" if action == "payment" else "charge.refunded"
+        return GatewayEvent(event_id, kind, action, 1775000000, "pi_cb", 10 * EUR, "EUR", "cb")
+
+    await payments.apply_gateway_event(services.pool, services.store, gateway("e1", "payment"))
+    assert await status_of(services, "cb") == ("active", "active")
+    await payments.apply_gateway_event(services.pool, services.store, gateway("e2", "refund"))
+
+    # Dunned again from its first notice: a notice at the next run, the suspension an
+    # interval later.
+    assert taken(await dun(app, at(4, 6))) == [("cb", "notice", 1, "sent")]
+    assert taken(await dun(app, at(4, 8))) == []
+    report = await dun(app, at(4, 9))
+    assert (taken(report), report["suspended"]) == ([("cb", "suspension", 0, "suspended")], ["cb"])
+    assert await status_of(services, "cb") == ("suspended", "suspended")
 
 
 async def test_partly_paid_stays_suspended_and_an_unpaid_plan_without_dunning_is_left_alone(

@@ -214,13 +214,15 @@ async def _suspend(
         ]
         await conn.execute(
             "INSERT INTO dunning_suspensions (account_id, invoice_id, previous_status,"
-            " previous_lock, subscription_ids, suspended_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            " previous_lock, subscription_ids, suspended_at, round)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
             account_id,
             invoice.id,
             status,
             lock,
             subscriptions,
             now,
+            invoice.round,
         )
         await emit(
             conn,

@@ -125,6 +125,9 @@ class OpenInvoice:
     settings: DunningSettings
     notices: tuple[datetime, ...]  # when notices 1..n were taken, in order
     suspended: bool  # its suspension step was taken
+    # Which round of dunning: one more each time the invoice is reopened after it was
+    # paid in full (a refund or chargeback), dunned again from its first notice.
+    round: int = 0
 
     @property
     def outstanding(self) -> int:
@@ -137,9 +140,12 @@ SELECT i.id, i.number, i.account_id, i.currency, i.invoice_date, {ASKED_SQL} AS 
        i.amount_paid, pb.plan_id AS billing_plan, COALESCE(pb.grace_days, 0) AS grace_days,
        pb.max_notices, pb.notice_interval_days, COALESCE(pb.time_zone, 'UTC') AS time_zone,
        COALESCE((SELECT array_agg(s.taken_at ORDER BY s.notice) FROM dunning_steps s
-                 WHERE s.invoice_id = i.id AND s.step = 'notice'), '{{}}') AS notices,
+                 WHERE s.invoice_id = i.id AND s.round = i.dunning_round
+                   AND s.step = 'notice'), '{{}}') AS notices,
        EXISTS (SELECT 1 FROM dunning_steps s
-               WHERE s.invoice_id = i.id AND s.step = 'suspension') AS suspended
+               WHERE s.invoice_id = i.id AND s.round = i.dunning_round
+                 AND s.step = 'suspension') AS suspended,
+       i.dunning_round
 FROM invoices i LEFT JOIN plan_billing pb ON pb.plan_id = i.plan_id
 WHERE {_UNPAID}
 """
@@ -163,6 +169,7 @@ def _open_of(row: Any) -> OpenInvoice:
         ),
         notices=tuple(row["notices"]),
         suspended=row["suspended"],
+        round=row["dunning_round"],
     )
 
 
@@ -208,8 +215,8 @@ async def record_step(
     """Record a step taken; None when it was taken already (by another run)."""
     found = await conn.fetchval(
         "INSERT INTO dunning_steps (invoice_id, account_id, step, notice, due_at, taken_at,"
-        " outcome) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        " ON CONFLICT (invoice_id, step, notice) DO NOTHING RETURNING id",
+        " outcome, round) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (invoice_id, round, step, notice) DO NOTHING RETURNING id",
         invoice.id,
         invoice.account_id,
         step,
@@ -217,6 +224,7 @@ async def record_step(
         due_at,
         taken_at,
         outcome,
+        invoice.round,
     )
     return None if found is None else int(found)
 

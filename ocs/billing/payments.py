@@ -562,9 +562,14 @@ async def _reopen(conn: asyncpg.Connection, payment_id: int, amount: int) -> Non
             row["invoice_id"],
             take,
         )
+        # Paid in full before and not now: dunned again from its first notice, in a round
+        # of its own (the steps of the round it was paid in are done).
         await conn.execute(
             "UPDATE invoices SET amount_paid = amount_paid - $2,"
-            f" paid_at = CASE WHEN amount_paid - $2 >= {ASKS_SQL} THEN paid_at END"
+            f" paid_at = CASE WHEN amount_paid - $2 >= {ASKS_SQL} THEN paid_at END,"
+            " dunning_round = dunning_round"
+            f" + CASE WHEN paid_at IS NOT NULL AND amount_paid - $2 < {ASKS_SQL} THEN 1"
+            " ELSE 0 END"
             " WHERE id = $1",
             row["invoice_id"],
             take,
