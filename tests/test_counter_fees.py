@@ -73,6 +73,25 @@ async def test_a_counter_fee_is_paid_on_purchase_and_once_per_cycle(app: Running
     }
 
 
+async def test_a_cycle_label_is_never_read_as_the_reset_scripts_command(
+    app: RunningApp,
+) -> None:
+    # The label "-cancel" went to the reset script as its first argument, its cancel
+    # command: every account lost its first counter, half used or not, and was charged
+    # a fee "cycle:-cancel".
+    await define_counter(app, id="de-10", seconds=600, recurring_fee="1.00")
+    await app.post("/v1/accounts", {"id": "cy", "plan": "retail", "balance": "4.00"})
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+    assert status == 200, body
+    for label in ("-cancel", "-x", " 2026", "a" * 65):
+        status, body = await app.post("/v1/counters/reset", {"cycle": label})
+        assert (status, body["error"]["field"]) == (400, "cycle"), (label, body)
+    status, body = await app.get("/v1/accounts/cy/counters")
+    assert [(c["counter"], c["limit"]) for c in body["counters"]] == [("de-10", 600)]
+    _, account = await app.get("/v1/accounts/cy")
+    assert account["balance"] == "3.000000"
+
+
 async def counters_of(app: RunningApp, account: str) -> dict[str, tuple[int, int]]:
     status, body = await app.get(f"/v1/accounts/{account}/counters")
     assert status == 200, body

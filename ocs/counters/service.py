@@ -6,6 +6,7 @@ the authorize and stop scripts change atomically with the money.
 """
 
 import asyncio
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +25,10 @@ _PURCHASE_ID = "(extract(epoch FROM bought_at) * 1000000)::bigint"
 # How long a purchase cut short (its fee taken, its cycle not started) waits to be
 # finished by the next request to buy the counter: a customer retries within minutes.
 _FINISHING = timedelta(days=1)
+
+# A cycle's label (``reset``'s ``cycle_label``): never one the reset script reads as a
+# command ("-cancel").
+CYCLE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +230,14 @@ class CounterService:
         billing worker calls this at each cycle.
         """
         label = cycle_label or datetime.now(UTC).strftime("%Y-%m-%d")
+        if not CYCLE_LABEL.fullmatch(label):
+            # The label goes to the reset script as its first argument, where "-cancel"
+            # is a command: a label must never read as one.
+            raise invalid(
+                "cycle",
+                "expected 1 to 64 letters, digits and . _ : / - starting with a letter or"
+                " digit, such as 2027-01",
+            )
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT a.id, c.id AS counter, c.seconds, c.carryover, c.recurring_fee"
