@@ -167,6 +167,30 @@ async def test_free_minutes_over_every_zone_credit_each_zone_on_its_own_line(
     )
 
 
+async def test_free_rules_over_the_same_calls_credit_a_call_once(services: Services) -> None:
+    """60 free minutes on every call and 30 free minutes on UK Mobile: one 10-minute UK
+    call charged 1.00 was credited by both rules, 2.00 for a 1.00 call. The first rule
+    credits the whole 1.00 (600 s of 3600), the second nothing (its 600 s of 1800 are
+    counted, 0.00 left to credit). A Germany call (0.70) only the first covers."""
+    await bundle(
+        services,
+        [("all", "sum", "duration", None), ("uk", "sum", "duration", "UK Mobile")],
+        [
+            (1, "free", "60 free minutes", "all", 3600, None, None, None),
+            (2, "free", "30 free minutes to UK Mobile", "uk", 1800, None, None, None),
+        ],
+    )
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 600, 1 * EUR))
+    await calls(services, (4, 600, 700_000), zone="Germany")
+    found = await lines(services)
+    assert sum(line.amount for line in found) == -1_700_000
+    assert [(line.zone, line.quantity, line.amount) for line in found if line.amount] == [
+        ("Germany", 600, -700_000),
+        ("UK Mobile", 600, -1 * EUR),
+    ]
+
+
 async def discount_bundle(services: Services) -> None:
     """10% off UK Mobile usage once its minutes reach 1,000 (60,000 s)."""
     await bundle(

@@ -13,7 +13,11 @@ subscription bundle and invoice:
   the order the CDRs stopped, are credited with what the real-time path
   debited for them; the CDR that crosses the allowance is credited pro rata
   (its amount x included units / its units, rounded half away from zero to
-  the micro-unit in SQL's ``round(numeric)``);
+  the micro-unit in SQL's ``round(numeric)``). A CDR that several free rules
+  cover (two rules over the same calls, a bundle on two subscriptions) is
+  credited at most what it debited: each rule, in order of subscription bundle
+  and position, credits what the ones before left of it; its units still count
+  against each rule's allowance;
 - **discount** (``bundle_discount``): when the indicator reaches a tier's
   threshold, the highest tier reached takes its rate off the usage amount of
   the indicator's CDRs, net of the free credits already given on them;
@@ -125,13 +129,22 @@ WITH sb AS (
     FROM ev e
     JOIN bundle_rules r ON (r.bundle_id, r.indicator) = (e.bundle_id, e.indicator)
                        AND r.kind = 'free'
-), credited AS (
+), included AS (
     SELECT sb_id, position, entry_id, charged, zone, rate_type,
            LEAST(u, GREATEST(allowance - (upto - u), 0)) AS included,
            CASE WHEN u = 0 THEN CASE WHEN upto < allowance THEN charged ELSE 0 END
                 ELSE round(charged::numeric * LEAST(u, GREATEST(allowance - (upto - u), 0)) / u)
            END AS credit
     FROM running
+), credited AS (
+    -- A call is credited at most what it was charged, whatever free rules cover it
+    -- (two rules of a bundle over the same calls, or one bundle on two subscriptions):
+    -- each rule, in order of bundle and position, credits what the ones before left.
+    SELECT sb_id, position, entry_id, charged, zone, rate_type, included,
+           LEAST(credit, GREATEST(charged - COALESCE(sum(credit) OVER (
+               PARTITION BY entry_id ORDER BY sb_id, position
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0), 0)) AS credit
+    FROM included
 ), net AS (
     -- Each CDR's credits (over every free rule) beside its indicator rows, summed by a
     -- window over both: no join of the two, which the planner, misjudging them as one
