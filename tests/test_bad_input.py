@@ -163,6 +163,13 @@ CASES: dict[str, list[Case]] = {
         bad("integer of 5000 digits", "/v1/calls", Raw("1" * 5000), "body"),
         bad("nested 100,000 deep", "/v1/calls", Raw("[" * 100_000 + "]" * 100_000), "body"),
         bad("NaN", TOPUP, Raw('{"amount": NaN}'), "body"),
+        # A \u escape sends the body to the standard library's reader too: it must
+        # refuse what it cannot read as msgspec does, not fail.
+        bad("malformed JSON with a \\u escape", "/v1/calls",
+            Raw('{"destination": 5, "account": "\\u0031"'), "body"),
+        bad("nested 100,000 deep after a \\u escape", "/v1/calls",
+            Raw('{"account": "\\u0031", "destination": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+            "body"),
     ],
     # Field trials: 13 endpoints answered 500 (UnicodeDecodeError) to these.
     "not UTF-8": [

@@ -282,6 +282,17 @@ def _decoder(kind: type) -> msgspec.json.Decoder[Any]:
     return decoder
 
 
+def _standard_json(text: str) -> Any:
+    """``text`` read by the standard library, which names a lone surrogate's field or says
+    what is wrong with the JSON; 400 naming ``body`` when it cannot read it either."""
+    try:
+        return json.loads(text)
+    except ValueError as bad:
+        raise invalid("body", f"not valid JSON: {bad}") from None
+    except RecursionError:
+        raise invalid("body", "not valid JSON: nested too deeply") from None
+
+
 def field_error(error: msgspec.ValidationError) -> OcsError:
     """A msgspec validation error as a 400 naming the field (``tiers[0].flat``)."""
     message = str(error)
@@ -347,24 +358,20 @@ async def read_params(endpoint: "Endpoint[Any, Any]", request: web.Request) -> A
     except msgspec.ValidationError as exc:
         if "\\u" in text:
             # A NUL or lone surrogate escaped in a name must not reach the error message.
-            value = json.loads(text)
+            # msgspec stops at the first wrong field: the rest may not even be JSON.
+            value = _standard_json(text)
             if isinstance(value, dict):
                 check_strings(value)
         raise field_error(exc) from None
     except msgspec.DecodeError as exc:
         # The standard library names a lone surrogate's field, or says what is wrong.
-        try:
-            value = json.loads(text)
-        except ValueError as bad:
-            raise invalid("body", f"not valid JSON: {bad}") from None
-        except RecursionError:
-            raise invalid("body", "not valid JSON: nested too deeply") from None
+        value = _standard_json(text)
         if isinstance(value, dict):
             check_strings(value)
         raise invalid("body", f"not valid JSON: {exc}") from None
     if "\\u" in text:
         # An escape may hide a NUL or a lone surrogate: rare, so the walk is paid only then.
-        value = json.loads(text)
+        value = _standard_json(text)
         if isinstance(value, dict):
             check_strings(value)
     if endpoint.params is None:
