@@ -266,10 +266,16 @@ CASES: dict[str, list[Case]] = {
         bad("duration in words", STOP, {"duration": "forty-five"}, "duration"),
         bad("boolean duration", STOP, {"duration": True}, "duration"),
         bad("call_id too long", f"/v1/calls/{LONG_CALL_ID}/stop", {"duration": 10}, "call_id"),
+        bad("duration with an exponent no Decimal holds", STOP,
+            Raw('{"duration": 1E+99999999999999999999999}'), "duration"),
+        bad("duration nested 1,000 deep", STOP,
+            Raw('{"duration": ' + "[" * 1000 + "]" * 1000 + "}"), "body"),
     ],
     "topup": [
         bad("float amount", TOPUP, Raw('{"amount": 1.5}'), "amount"),
         bad("exponent amount", TOPUP, Raw('{"amount": 1e2}'), "amount"),
+        bad("exponent no Decimal holds", TOPUP, Raw('{"amount": 1E+99999999999999999999999}'),
+            "amount"),
         bad("7 decimals", TOPUP, {"amount": "0.0000001"}, "amount"),
         bad("31 decimals", TOPUP, {"amount": "1.0000000000000000000000000000001"}, "amount"),
         bad("Arabic-Indic digits", TOPUP, {"amount": "\u0661\u0662"}, "amount"),
@@ -280,6 +286,11 @@ CASES: dict[str, list[Case]] = {
         bad("missing amount", TOPUP, {}, "amount"),
         Case("unknown account", "POST", "/v1/accounts/nobody/topups", {"amount": "1.00"}, 404,
              "account_not_found", "account_id"),
+    ],
+    "payment": [
+        bad("exponent no Decimal holds", "/v1/payments",
+            Raw('{"account": "1001", "reference": "r1", "amount": 1E+99999999999999999999999}'),
+            "amount"),
     ],
     "show": [
         Case("unknown account", "GET", "/v1/accounts/nobody", None, 404, "account_not_found",

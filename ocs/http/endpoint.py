@@ -271,13 +271,23 @@ def _with_amounts(kind: type) -> bool:
     return flag
 
 
+def _decimal(text: str) -> Decimal:
+    """A JSON number with a fraction or an exponent, as the Decimal of its text."""
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        # An exponent past what Decimal holds (1E+99999999999999999999999): msgspec turns
+        # a ValueError into a validation error naming the field, not a server error.
+        raise ValueError("a number ocs cannot read: its exponent is too large") from None
+
+
 def _decoder(kind: type) -> msgspec.json.Decoder[Any]:
     """The cached decoder of a params type. A number in an untyped field (a stop's
     ``duration``) is read as a Decimal from its text, never as a float."""
     decoder = _DECODERS.get(kind)
     if decoder is None:
         decoder = _DECODERS[kind] = msgspec.json.Decoder(
-            kind, dec_hook=_decode_custom, float_hook=Decimal
+            kind, dec_hook=_decode_custom, float_hook=_decimal
         )
     return decoder
 
@@ -369,6 +379,9 @@ async def read_params(endpoint: "Endpoint[Any, Any]", request: web.Request) -> A
         if isinstance(value, dict):
             check_strings(value)
         raise invalid("body", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        # Deep arrays in an untyped field (a stop's ``duration``) exhaust msgspec's stack.
+        raise invalid("body", "not valid JSON: nested too deeply") from None
     if "\\u" in text:
         # An escape may hide a NUL or a lone surrogate: rare, so the walk is paid only then.
         value = _standard_json(text)
