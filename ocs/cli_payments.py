@@ -28,6 +28,7 @@ from ocs.cli_support import (
     with_services,
 )
 from ocs.config import Settings
+from ocs.whole_numbers import positive_id
 
 if TYPE_CHECKING:
     from ocs.cli_support import Commands
@@ -98,14 +99,15 @@ def _payments_refund(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.http.payment_handlers import refund_view
 
     text = args.payment
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) < 2**63:
-        raise UsageError(f"PAYMENT: expected a payment id (a positive whole number): {text!r}")
+    payment_id = positive_id(text)
+    if payment_id is None:
+        raise UsageError(f"PAYMENT: expected a payment id (a positive whole number): {text[:40]!r}")
     amount = amount_arg(args.amount, "--amount")
     if amount <= 0:
         raise UsageError("--amount: a refund must be greater than zero")
     done = with_services(
         settings,
-        lambda s: payments.refund_payment(s.pool, s.store, int(text), amount, args.reference),
+        lambda s: payments.refund_payment(s.pool, s.store, payment_id, amount, args.reference),
     )
     print_json({**to_builtins(refund_view(done)), "created": done.created})
     return 0

@@ -129,6 +129,8 @@ DECK_HEADER = "prefix,zone,price_per_minute,connect_fee,first_block,increment"
 CARRIER_HEADER = "prefix,connect_fee,first_block,increment,price_per_minute"
 CSV_REFUSED = "invalid_deck|invalid_field"
 TOPUP = f"/v1/accounts/{ACCOUNT}/topups"
+# Past the 4,300 digits Python's int() reads from text: never converted, refused by length.
+HUGE_ID = "1" * 4301
 STOP = f"/v1/calls/{LIVE_CALL}/stop"
 
 
@@ -226,6 +228,10 @@ CASES: dict[str, list[Case]] = {
              "deck|body"),
         Case("CR in a carrier's deck", "PUT", "/v1/carriers/c1/rates",
              Raw(f"{CARRIER_HEADER}\n4\r4,0,1,1,0.01\n", "text/csv"), 400, CSV_REFUSED, "deck"),
+        Case("an A2Billing initblock of 4,400 digits", "POST",
+             "/v1/plans/retail/tariffs?format=a2billing",
+             Raw(f"dialprefix,dest_name,rateinitial,initblock\n44,UK,0.01,{'6' * 4400}\n",
+                 "text/csv"), 400, "invalid_deck", "deck"),
     ],
     "plan policy": [
         Case("unknown reservation policy", "PUT", "/v1/plans/retail/policy",
@@ -291,6 +297,25 @@ CASES: dict[str, list[Case]] = {
         bad("exponent no Decimal holds", "/v1/payments",
             Raw('{"account": "1001", "reference": "r1", "amount": 1E+99999999999999999999999}'),
             "amount"),
+    ],
+    "numeric ids": [
+        Case(f"{name} of 4,301 digits", method, path.replace("ID", HUGE_ID), payload, 400,
+             "invalid_field", name)
+        for name, method, path, payload in (
+            ("invoice_id", "GET", "/v1/invoices/ID", None),
+            ("invoice_id", "GET", "/v1/invoices/ID/calls", None),
+            ("invoice_id", "GET", "/v1/invoices/ID.pdf", None),
+            ("run_id", "GET", "/v1/invoice-runs/ID", None),
+            ("payment_id", "GET", "/v1/payments/ID", None),
+            ("payment_id", "POST", "/v1/payments/ID/refund", {"amount": "1.00"}),
+            ("import_id", "GET", "/v1/usage/imports/ID", None),
+            ("subscription_id", "GET", "/v1/subscriptions/ID/bundles", None),
+            ("subscription_id", "POST", "/v1/subscriptions/ID/status", {"status": "active"}),
+            ("event_id", "POST", "/v1/events/ID/replay", {}),
+        )
+    ] + [
+        bad("an id past BIGINT", f"/v1/payments/{2**63}/refund", {"amount": "1.00"},
+            "payment_id"),
     ],
     "show": [
         Case("unknown account", "GET", "/v1/accounts/nobody", None, 404, "account_not_found",

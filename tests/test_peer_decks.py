@@ -171,6 +171,14 @@ def test_a_bad_a2billing_export_is_refused_with_every_problem_by_line_and_column
     assert error.message.startswith("A2Billing rate export rejected, nothing applied: line 3:")
 
 
+def test_seconds_of_4400_digits_are_a_problem_of_their_cell_not_a_crash() -> None:
+    # Python's int() refuses text past 4,300 digits: the cell is refused by its length.
+    text = "dialprefix,dest_name,rateinitial,initblock\n44,UK,0.01," + "6" * 4400 + "\n"
+    error = refused("a2billing", text)
+    assert problems_of(error) == [(2, "initblock")]
+    assert "expected whole seconds from 0 to" in error.problems[0][1]
+
+
 def test_a_bad_astpp_export_names_its_own_header_labels() -> None:
     text = (
         "Code,Destination,Connection Cost(EUR),Grace Time,Cost / Min(EUR),Initial Increment,"

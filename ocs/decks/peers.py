@@ -59,6 +59,7 @@ from ocs.decks.reference import is_blank
 from ocs.money import MoneyError, format_amount, parse_amount
 from ocs.numbers.matcher import MAX_PREFIX_DIGITS
 from ocs.rating.rates import Rate, Tier
+from ocs.whole_numbers import whole_number
 
 PEER_FORMATS = ("a2billing", "astpp", "magnusbilling")
 
@@ -127,12 +128,13 @@ class _Cells:
         text = self.text(column)
         if not text:
             return 0
-        if not (text.isascii() and text.isdigit()) or int(text) > MAX_BLOCK_SECONDS:
+        seconds = whole_number(text, MAX_BLOCK_SECONDS)
+        if seconds is None:
             self.problem(
-                column, f"expected whole seconds from 0 to {MAX_BLOCK_SECONDS}, got {text!r}"
+                column, f"expected whole seconds from 0 to {MAX_BLOCK_SECONDS}, got {text[:40]!r}"
             )
             return 0
-        return int(text)
+        return seconds
 
     def refuse_amount(self, column: str, why: str) -> None:
         """A problem when the money column is not zero: ocs cannot charge it the same way."""

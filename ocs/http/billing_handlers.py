@@ -41,7 +41,9 @@ from ocs.http.endpoint import (
     Role,
     amount_text,
 )
+from ocs.http.path_ids import path_id
 from ocs.services import Services
+from ocs.whole_numbers import MAX_BIGINT as MAX_ID
 
 PeriodName = Annotated[
     str,
@@ -55,17 +57,13 @@ PeriodName = Annotated[
 Text200 = Annotated[str, msgspec.Meta(max_length=200)]
 Code64 = Annotated[str, msgspec.Meta(max_length=64)]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=queries.MAX_LIST, description="at most this many")]
-MAX_ID = 2**63 - 1
 # Dates and instants a bill can be about: far ones would overflow the period arithmetic.
 FIRST_YEAR, LAST_YEAR = 1970, 2999
 
 
 def _id(request: web.Request, name: str) -> int:
     """A numeric id from the path (``run_id``, ``invoice_id``, ``subscription_id``)."""
-    text = request.match_info[name]
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ID:
-        raise invalid(name, "expected a positive whole number")
-    return int(text)
+    return path_id(request, name)
 
 
 def _day(name: str, value: date | None) -> date | None:

@@ -38,10 +38,10 @@ from ocs.http.endpoint import (
     field_error,
     plain_ints,
 )
+from ocs.http.path_ids import path_id
 from ocs.http.tax_handlers import RateText, Target
 from ocs.money import MoneyError, parse_amount
 
-MAX_ID = 2**63 - 1
 MAX_UNITS = 2**62  # an allowance or threshold in seconds, units or micro-units
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Filter = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -335,10 +335,7 @@ async def list_bundles(request: web.Request, params: BundleQuery) -> BundleList:
 
 def _subscription_id(request: web.Request) -> int:
     """The subscription id of the path."""
-    text = request.match_info["subscription_id"]
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ID:
-        raise invalid("subscription_id", "expected a positive whole number")
-    return int(text)
+    return path_id(request, "subscription_id")
 
 
 class AttachBundle(Params):

@@ -11,19 +11,14 @@ from typing import Any
 from aiohttp import web
 
 from ocs.billing import documents
-from ocs.errors import invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import Endpoint, Role
-
-MAX_ID = 2**63 - 1
+from ocs.http.path_ids import path_id
 
 
 def invoice_id_of(request: web.Request) -> int:
     """The invoice id from the path: a positive whole number, else 400 naming it."""
-    text = request.match_info["invoice_id"]
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ID:
-        raise invalid("invoice_id", "expected a positive whole number")
-    return int(text)
+    return path_id(request, "invoice_id")
 
 
 async def invoice_document(request: web.Request, params: None) -> web.Response:

@@ -13,15 +13,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
-from ocs.errors import invalid
 from ocs.events import queries, webhooks
 from ocs.events.outbox import EVENT_KINDS
 from ocs.events.queries import Delivery, StoredEvent
 from ocs.events.webhooks import Webhook
 from ocs.http.context import services_of
 from ocs.http.endpoint import Answer, Endpoint, ObjectId, Params, Role
+from ocs.http.path_ids import path_id
+from ocs.whole_numbers import MAX_BIGINT as MAX_ID
 
-MAX_ID = 2**63 - 1
 Kind = Literal[EVENT_KINDS]  # type: ignore[valid-type]
 State = Literal["pending", "delivered", "dead", "skipped"]
 Url = Annotated[
@@ -233,10 +233,7 @@ class Replay(Params):
 
 def event_id_of(request: web.Request) -> int:
     """The ``event_id`` of the path: a positive whole number, else 400."""
-    text = request.match_info["event_id"]
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ID:
-        raise invalid("event_id", "expected a positive whole number")
-    return int(text)
+    return path_id(request, "event_id")
 
 
 async def replay_event(request: web.Request, params: Replay) -> Replayed:

@@ -37,8 +37,8 @@ from ocs.http.endpoint import (
     amount_text,
 )
 from ocs.http.json_io import MAX_BODY
+from ocs.http.path_ids import path_id
 
-MAX_ID = 2**63 - 1
 Reference = Annotated[
     str,
     msgspec.Meta(
@@ -175,10 +175,7 @@ async def list_payments(request: web.Request, params: PaymentQuery) -> PaymentLi
 
 def _payment_id(request: web.Request) -> int:
     """The payment id of the path."""
-    text = request.match_info["payment_id"]
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ID:
-        raise invalid("payment_id", "expected a positive whole number")
-    return int(text)
+    return path_id(request, "payment_id")
 
 
 async def show_payment(request: web.Request, params: None) -> PaymentView:

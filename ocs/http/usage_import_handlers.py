@@ -23,13 +23,13 @@ from ocs.config import Settings
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import Answer, Endpoint, ObjectId, Params, Role
+from ocs.http.path_ids import path_id
 from ocs.mediation.importer import ImportRequest, UsageImporter
 from ocs.mediation.summary import ImportSummary
 from ocs.mediation.supplier_lock import settle_interrupted
 
 # The largest file the API takes; larger files go through ``ocs usage import``.
 MAX_FILE = 64 * 1024 * 1024
-MAX_ID = 2**63 - 1
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -178,10 +178,7 @@ def _rejects_of(path_text: str | None) -> bytes | None:
 
 def import_id_of(request: web.Request) -> int:
     """The import id from the path: a positive whole number, else 400 naming it."""
-    text = request.match_info["import_id"]
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ID:
-        raise invalid("import_id", "expected a positive whole number")
-    return int(text)
+    return path_id(request, "import_id")
 
 
 async def _stored(request: web.Request) -> Any:
