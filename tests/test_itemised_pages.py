@@ -62,3 +62,27 @@ async def test_a_long_call_list_pages_in_json_and_streams_whole_as_csv(app: Runn
 
     status, missing = await app.get("/v1/invoices/999999/calls?format=csv")
     assert status == 404, missing
+
+
+async def test_a_cursor_past_the_last_day_a_date_holds_is_a_400_naming_after(
+    app: RunningApp,
+) -> None:
+    services = app.services
+    await billed_plan(services)
+    await customer(services, "trunk", None, date(2026, 1, 1))
+    async with services.pool.acquire() as conn:
+        await conn.execute(PAIRS_SQL, 2)
+    await run(services, "2026-03")
+    invoice = await invoice_id(services, "trunk", "2026-03")
+    # 9999-12-31 is the last day a date holds: past it, no call can be, and none is read.
+    for cursor in ("253402300800000000_p", "999999999999999999_p", "1" * 4400 + "_p"):
+        for form in ("json", "csv"):
+            status, refused = await app.get(
+                f"/v1/invoices/{invoice}/calls?format={form}&after={cursor}"
+            )
+            assert (status, refused["error"]["field"]) == (400, "after"), (cursor, refused)
+    # Its last microsecond still reads: a page after it holds no call.
+    status, page = await app.get(f"/v1/invoices/{invoice}/calls?after=253402300799999999_p")
+    assert (status, page) == (200, {"calls": [], "next": None}), page
+    status, page = await app.get(f"/v1/invoices/{invoice}/calls?after=0_p")
+    assert (status, [c["cdr"] for c in page["calls"]]) == (200, ["p-000001", "p-000002"]), page

@@ -20,6 +20,7 @@ import asyncpg
 from ocs.billing.csv_cells import safe_row
 from ocs.errors import OcsError, Reason, invalid
 from ocs.money import format_amount
+from ocs.whole_numbers import whole_number
 
 CSV_COLUMNS = (
     "time",
@@ -83,6 +84,8 @@ FROM invoices WHERE id = $1
 # one answer of them all held the serving loop for seconds.
 MAX_PAGE = 10_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The last microsecond a datetime holds (9999-12-31): a cursor past it names no call.
+_LAST_MICROS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +118,11 @@ def page_cursor(row: CallRow) -> str:
 
 def parse_cursor(text: str) -> tuple[datetime, str]:
     """A ``page_cursor``'s stop and CDR; 400 naming ``after`` for anything else."""
-    micros, _, cdr = text.partition("_")
-    if not (micros.isascii() and micros.isdigit() and len(micros) <= 18 and cdr):
+    digits, _, cdr = text.partition("_")
+    micros = whole_number(digits, _LAST_MICROS)
+    if micros is None or not cdr:
         raise invalid("after", "expected the `next` of an earlier page")
-    return _EPOCH + timedelta(microseconds=int(micros)), cdr
+    return _EPOCH + timedelta(microseconds=micros), cdr
 
 
 async def call_rows(
