@@ -1012,8 +1012,9 @@ def _subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
         sub_id = await store.subscribe(services.pool, sub)
         for charge_id in args.charge:
             await store.add_charge(services.pool, sub_id, charge_id)
-        found = await queries.list_subscriptions(services.pool, args.account)
-        [shown] = await _subscriptions_shown(services, [s for s in found if s.id == sub_id])
+        found = await queries.subscription(services.pool, sub_id)
+        assert found is not None  # just stored
+        [shown] = await _subscriptions_shown(services, [found])
         return shown
 
     print_json(with_services(settings, create))

@@ -204,3 +204,82 @@ async def test_a_run_is_dated_today_where_its_plan_bills(app: RunningApp) -> Non
     status, made = await app.post("/v1/invoice-runs", {"period": "2026-01"})
     assert status == 201, made
     assert made["invoice_date"] in {before.isoformat(), datetime.now(zone).date().isoformat()}
+
+
+# An account's subscriptions stored straight into PostgreSQL: a thousand POSTs say the same,
+# far slower.
+MANY_SUBSCRIPTIONS_SQL = """
+INSERT INTO subscriptions (account_id, plan_id, start_date, status)
+SELECT $1, 'retail', date '2026-01-01', 'active' FROM generate_series(1, $2)
+"""
+
+
+async def test_an_accounts_1001st_subscription_is_created_found_and_listed_a_page_at_a_time(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    for account in ("a1", "a2"):
+        status, body = await app.post("/v1/accounts", {"id": account, "plan": "retail"})
+        assert status == 201, body
+    status, body = await app.post(
+        "/v1/charges",
+        {
+            "id": "rent",
+            "name": "Line rent",
+            "product_code": "LINE",
+            "currency": "EUR",
+            "amount": "12.50",
+            "kind": "recurring",
+            "cadence": "monthly",
+        },
+    )
+    assert status == 201, body
+    async with app.services.pool.acquire() as conn:
+        await conn.execute(MANY_SUBSCRIPTIONS_SQL, "a1", 600)
+        await conn.execute(MANY_SUBSCRIPTIONS_SQL, "a2", 1)  # another account's, between
+        await conn.execute(MANY_SUBSCRIPTIONS_SQL, "a1", 400)
+
+    # The 1,001st: created once (a 404 here had the client retry, subscribing it twice).
+    status, created = await app.post(
+        "/v1/subscriptions",
+        {"account": "a1", "plan": "retail", "start_date": "2026-02-01", "charges": ["rent"]},
+    )
+    assert status == 201, created
+    assert (created["start_date"], created["charges"][0]["charge_id"]) == ("2026-02-01", "rent")
+    newest = created["id"]
+    status, charged = await app.post(
+        f"/v1/subscriptions/{newest}/charges", {"charge": "rent", "quantity": 2}
+    )
+    assert (status, [c["quantity"] for c in charged["charges"]]) == (201, [1, 2]), charged
+    status, moved = await app.post(f"/v1/subscriptions/{newest}/status", {"status": "suspended"})
+    assert (status, moved["status"]) == (200, "suspended"), moved
+
+    # Listed whole, a page at a time: every one of the account's once, oldest first.
+    listed: list[dict[str, Any]] = []
+    pages, after = 0, ""
+    while True:
+        status, page = await app.get(f"/v1/subscriptions?account=a1{after}")
+        assert status == 200, page
+        listed += page["subscriptions"]
+        pages += 1
+        if page["next"] is None:
+            break
+        after = f"&after={page['next']}"
+    ids = [s["id"] for s in listed]
+    assert (pages, len(ids), ids == sorted(ids)) == (2, 1001, True)
+    assert {s["account"] for s in listed} == {"a1"}
+    assert (listed[-1]["id"], listed[-1]["status"]) == (newest, "suspended")
+
+    status, page = await app.get("/v1/subscriptions?account=a1&limit=2")
+    assert (status, page["next"]) == (200, str(ids[1])), page
+    status, page = await app.get(f"/v1/subscriptions?account=a1&after={ids[-2]}")
+    assert (status, [s["id"] for s in page["subscriptions"]], page["next"]) == (
+        200,
+        [newest],
+        None,
+    )
+    for bad in ("somewhere", "1" * 4400, "-1"):
+        status, refused = await app.get(f"/v1/subscriptions?after={bad}")
+        assert (status, refused["error"]["field"]) == (400, "after"), refused
+    status, refused = await app.get("/v1/subscriptions?limit=1001")
+    assert (status, refused["error"]["field"]) == (400, "limit"), refused

@@ -211,21 +211,39 @@ async def list_charges(pool: asyncpg.Pool, plan_id: str | None = None) -> list[C
 
 
 async def list_subscriptions(
-    pool: asyncpg.Pool, account_id: str | None = None
+    pool: asyncpg.Pool,
+    account_id: str | None = None,
+    *,
+    after: int = 0,
+    limit: int = MAX_LIST,
 ) -> list[SubscriptionRow]:
-    """Subscriptions (of one account, or all) with their charges, oldest first."""
+    """Subscriptions (of one account, or all) with their charges, oldest first: at most
+    ``limit`` of them, from the first whose id is past ``after`` (a page's last id)."""
     async with pool.acquire() as conn:
         subs = await conn.fetch(
             "SELECT * FROM subscriptions WHERE ($1::text IS NULL OR account_id = $1)"
-            " ORDER BY id LIMIT $2",
+            " AND id > $2 ORDER BY id LIMIT $3",
             account_id,
-            MAX_LIST,
+            after,
+            limit,
         )
-        items = await conn.fetch(
-            "SELECT * FROM subscription_charges WHERE subscription_id = ANY($1::bigint[])"
-            " ORDER BY id",
-            [s["id"] for s in subs],
-        )
+        return await _with_charges(conn, subs)
+
+
+async def subscription(pool: asyncpg.Pool, subscription_id: int) -> SubscriptionRow | None:
+    """One subscription with its charges, read by its id; None when there is none."""
+    async with pool.acquire() as conn:
+        subs = await conn.fetch("SELECT * FROM subscriptions WHERE id = $1", subscription_id)
+        found = await _with_charges(conn, subs)
+    return found[0] if found else None
+
+
+async def _with_charges(conn: asyncpg.Connection, subs: list[Any]) -> list[SubscriptionRow]:
+    """The subscriptions of ``subs`` (rows of ``subscriptions``), each with its charges."""
+    items = await conn.fetch(
+        "SELECT * FROM subscription_charges WHERE subscription_id = ANY($1::bigint[]) ORDER BY id",
+        [s["id"] for s in subs],
+    )
     by_sub: dict[int, list[SubscriptionItem]] = {}
     for i in items:
         by_sub.setdefault(i["subscription_id"], []).append(

@@ -28,7 +28,7 @@ from ocs.billing.queries import (
     RunView,
     SubscriptionView,
 )
-from ocs.errors import invalid
+from ocs.errors import OcsError, Reason, invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import (
     AccountId,
@@ -44,6 +44,7 @@ from ocs.http.endpoint import (
 from ocs.http.path_ids import path_id
 from ocs.services import Services
 from ocs.whole_numbers import MAX_BIGINT as MAX_ID
+from ocs.whole_numbers import whole_number
 
 PeriodName = Annotated[
     str,
@@ -588,23 +589,13 @@ async def _details(services: Services, found: list[SubscriptionView]) -> list[Su
 
 
 async def _subscription(services: Services, subscription_id: int) -> SubscriptionDetails:
-    """One subscription as shown; 404 when there is none."""
-    from ocs.errors import OcsError, Reason
-
-    async with services.pool.acquire() as conn:
-        account_id = await conn.fetchval(
-            "SELECT account_id FROM subscriptions WHERE id = $1", subscription_id
-        )
-    found = [
-        s
-        for s in await queries.list_subscriptions(services.pool, account_id)
-        if s.id == subscription_id
-    ]
-    if account_id is None or not found:
+    """One subscription as shown, read by its id; 404 when there is none."""
+    found = await queries.subscription(services.pool, subscription_id)
+    if found is None:
         raise OcsError(
             Reason.NOT_FOUND, f"no subscription {subscription_id}", field="subscription_id"
         )
-    [shown] = await _details(services, [queries.subscription_view(found[0])])
+    [shown] = await _details(services, [queries.subscription_view(found)])
     return shown
 
 
@@ -639,23 +630,43 @@ async def create_subscription(
 
 
 class SubscriptionQuery(Params):
-    """Only one account's subscriptions."""
+    """Only one account's subscriptions; a page of them, from past an earlier page's end."""
 
     account: AccountId | None = None
+    limit: Limit = queries.MAX_LIST
+    after: (
+        Annotated[
+            str,
+            msgspec.Meta(max_length=200, description="an earlier page's `next`: the page after"),
+        ]
+        | None
+    ) = None
 
 
 class SubscriptionList(Answer):
-    """Subscriptions with their charges, oldest first."""
+    """A page of subscriptions with their charges, oldest first."""
 
     subscriptions: list[SubscriptionDetails]
+    next: Annotated[
+        str | None, msgspec.Meta(description="`after` for the next page; null: the last page")
+    ]
 
 
 async def list_subscriptions(request: web.Request, params: SubscriptionQuery) -> SubscriptionList:
-    """GET /v1/subscriptions: subscriptions (of one account, or all)."""
+    """GET /v1/subscriptions: subscriptions (of one account, or all), a page at a time."""
     services = services_of(request)
-    found = await queries.list_subscriptions(services.pool, params.account)
-    shown = await _details(services, [queries.subscription_view(s) for s in found])
-    return SubscriptionList(subscriptions=shown)
+    # The cursor is the last id of the page before (``next``): ids only grow.
+    after = 0 if params.after is None else whole_number(params.after)
+    if after is None:
+        raise invalid("after", "expected the `next` of an earlier page")
+    # One more than the page: whether a next page exists, without asking for an empty one.
+    found = await queries.list_subscriptions(
+        services.pool, params.account, after=after, limit=params.limit + 1
+    )
+    page = found[: params.limit]
+    shown = await _details(services, [queries.subscription_view(s) for s in page])
+    more = len(found) > params.limit
+    return SubscriptionList(subscriptions=shown, next=str(page[-1].id) if more else None)
 
 
 class AddCharge(Params):
@@ -891,10 +902,12 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         "GET",
         "/v1/subscriptions",
         Role.VIEWER,
-        "Subscriptions with their charges",
+        "Subscriptions with their charges, a page at a time",
         list_subscriptions,
         SubscriptionQuery,
         SubscriptionList,
+        description="Oldest first, at most `limit` a page; while `next` is not null, more"
+        " follow: ask again with `after` set to it.",
     ),
     Endpoint(
         "POST",
