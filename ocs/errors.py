@@ -59,6 +59,7 @@ class Reason(Enum):
     UNAUTHORIZED = "unauthorized"  # the admin API: no token, or not one of ours
     FORBIDDEN = "forbidden"  # the admin API: the token's role may not do this
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # a body in a charset other than UTF-8
+    BODY_TOO_LARGE = "body_too_large"  # a body past what ocs reads (1 MiB of JSON)
 
     @property
     def http_status(self) -> int:
@@ -111,13 +112,14 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.UNAUTHORIZED: _ReasonInfo(401, 1, 503),
     Reason.FORBIDDEN: _ReasonInfo(403, 1, 503),
     Reason.UNSUPPORTED_MEDIA_TYPE: _ReasonInfo(415, 1, 400),
+    Reason.BODY_TOO_LARGE: _ReasonInfo(413, 1, 400),
 }
 
 
 def sip_status_of_http(status: int) -> int:
     """The ``sip_status`` of an HTTP error no reason code names (an unknown route, a
-    method not allowed, a body too large, an internal error): the switch built a
-    wrong request (400), asked for nothing that exists (404), or ocs failed (500, 503)."""
+    method not allowed, an internal error): the switch built a wrong request (400),
+    asked for nothing that exists (404), or ocs failed (500, 503)."""
     if status == 404:
         return 404
     if status == 503:
@@ -160,3 +162,9 @@ def account_not_found(account_id: str, field: str = "account_id") -> OcsError:
 def invalid(field: str, problem: str) -> OcsError:
     """A bad input field: the message always starts with the field's name."""
     return OcsError(Reason.INVALID_FIELD, f"{field}: {problem}", field=field)
+
+
+def body_too_large(problem: str) -> OcsError:
+    """A request body past what ocs reads: 413 naming ``body``; ``problem`` says the limit
+    (``larger than 1 MiB``)."""
+    return OcsError(Reason.BODY_TOO_LARGE, f"body: {problem}", field="body")

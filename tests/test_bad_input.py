@@ -7,12 +7,13 @@ state before: a refused request must leave no trace anywhere.
 """
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.conftest import RunningApp, add_plan, eventually
+from tests.conftest import RunningApp, add_plan, bearer, eventually
 from tests.helpers import Raw, send
 
 ACCOUNT = "1001"
@@ -129,6 +130,8 @@ DECK_HEADER = "prefix,zone,price_per_minute,connect_fee,first_block,increment"
 CARRIER_HEADER = "prefix,connect_fee,first_block,increment,price_per_minute"
 CSV_REFUSED = "invalid_deck|invalid_field"
 TOPUP = f"/v1/accounts/{ACCOUNT}/topups"
+TOPUP_PATH = "/v1/accounts/{account_id}/topups"
+JSON = {"Content-Type": "application/json"}
 # Past the 4,300 digits Python's int() reads from text: never converted, refused by length.
 HUGE_ID = "1" * 4301
 STOP = f"/v1/calls/{LIVE_CALL}/stop"
@@ -165,6 +168,8 @@ CASES: dict[str, list[Case]] = {
         bad("integer of 5000 digits", "/v1/calls", Raw("1" * 5000), "body"),
         bad("nested 100,000 deep", "/v1/calls", Raw("[" * 100_000 + "]" * 100_000), "body"),
         bad("NaN", TOPUP, Raw('{"amount": NaN}'), "body"),
+        Case("a body past 1 MiB", "POST", TOPUP,
+             Raw('{"amount": "1.00"' + " " * (1 << 20) + "}"), 413, "body_too_large", "body"),
         # A \u escape sends the body to the standard library's reader too: it must
         # refuse what it cannot read as msgspec does, not fail.
         bad("malformed JSON with a \\u escape", "/v1/calls",
@@ -461,3 +466,63 @@ async def test_a_counter_reset_needs_its_body_and_takes_an_empty_object(
     status, report = await app.post("/v1/counters/reset", {})
     assert status == 200, report
     assert report["accounts"] >= 1
+
+
+async def test_a_body_past_what_ocs_reads_is_413_body_too_large_as_documented(
+    funded: RunningApp,
+) -> None:
+    app = funded
+    before = await settled_state(app)
+
+    async def chunked() -> AsyncIterator[bytes]:
+        # No Content-Length: refused once past the limit is read.
+        yield b'{"amount": "1.00"'
+        for _ in range(20):
+            yield b" " * (1 << 16)
+        yield b"}"
+
+    status, answer, _ = await app.anonymous(
+        "POST", TOPUP, data=chunked(), headers={**bearer(app.admin_token), **JSON}
+    )
+    assert (status, answer["error"]["reason"], answer["error"]["field"]) == (
+        413,
+        "body_too_large",
+        "body",
+    ), answer
+    # A code list past the 64 MiB aiohttp reads: the same answer, with the same reason.
+    codes = b"prefix,name\n" + b"44,UK\n" * ((64 << 20) // 6)
+    status, answer = await send(app, "PUT", "/v1/area-codes", Raw(codes, "text/csv"))
+    assert (status, answer["error"]["reason"], answer["error"]["field"]) == (
+        413,
+        "body_too_large",
+        "body",
+    ), answer
+
+    async def usage_file() -> AsyncIterator[bytes]:
+        # A usage file is streamed to disk: refused past 64 MiB, as its endpoint says.
+        for _ in range(1024):
+            yield b" " * (1 << 16)
+        yield b"x"
+
+    status, answer, _ = await app.anonymous(
+        "POST",
+        "/v1/usage/imports?template=t1",
+        data=usage_file(),
+        headers={**bearer(app.admin_token), "Content-Type": "text/csv"},
+    )
+    assert (status, answer["error"]["reason"], answer["error"]["field"]) == (
+        413,
+        "body_too_large",
+        "body",
+    ), answer
+    assert await settled_state(app) == before
+    # /openapi.json says so for every operation that takes a body.
+    status, spec = await app.get("/openapi.json")
+    assert status == 200
+    for path, method in (
+        (TOPUP_PATH, "post"),
+        ("/v1/area-codes", "put"),
+        ("/v1/usage/imports", "post"),
+        ("/v1/payments/webhooks/stripe", "post"),
+    ):
+        assert "413" in spec["paths"][path][method]["responses"], (path, method)

@@ -246,7 +246,11 @@ async def test_a_bad_signature_or_a_replay_is_refused(app: RunningApp) -> None:
             yield b" " * (1 << 16)
 
     status, answer, _ = await app.anonymous("POST", PATH, data=chunked())
-    assert status == 400 and answer["error"]["field"] == "body", answer
+    assert (status, answer["error"]["reason"], answer["error"]["field"]) == (
+        413,
+        "body_too_large",
+        "body",
+    ), answer
 
     # Signed rightly, but 301 s ago: outside the 300 s window.
     status, answer = await deliver(app, body, at=time.time() - 301)

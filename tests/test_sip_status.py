@@ -37,6 +37,7 @@ EXPECTED = {
     "forbidden": 503,
     "invalid_field": 400,
     "invalid_deck": 400,
+    "body_too_large": 400,
 }
 
 

@@ -38,7 +38,7 @@ from typing import (
 import msgspec
 from aiohttp import web
 
-from ocs.errors import OcsError, Reason, invalid
+from ocs.errors import OcsError, Reason, body_too_large, invalid
 from ocs.http.json_io import MAX_BODY, check_strings, read_text
 from ocs.money import MoneyError, format_amount, parse_amount
 
@@ -346,10 +346,10 @@ async def read_params(endpoint: "Endpoint[Any, Any]", request: web.Request) -> A
     if endpoint.body != "json":
         return None
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise invalid("body", "larger than 1 MiB")
+        raise body_too_large("larger than 1 MiB")
     text = await read_text(request)
     if len(text) > MAX_BODY:
-        raise invalid("body", "larger than 1 MiB")
+        raise body_too_large("larger than 1 MiB")
     if not text.strip():
         if endpoint.body_required:
             raise invalid("body", "is required: a JSON object")

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ocs.errors import OcsError, Reason, invalid
+from ocs.errors import OcsError, Reason, body_too_large, invalid
 from ocs.money import MoneyError, format_amount, parse_amount
 
 MAX_BODY = 1 << 20
@@ -54,10 +54,10 @@ async def read_object(request: web.Request, *, required: bool = False) -> dict[s
     PostgreSQL: the error names the field that holds it.
     """
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise invalid("body", "larger than 1 MiB")
+        raise body_too_large("larger than 1 MiB")
     text = await read_text(request)
     if len(text) > MAX_BODY:
-        raise invalid("body", "larger than 1 MiB")
+        raise body_too_large("larger than 1 MiB")
     if not text.strip():
         if required:
             raise invalid("body", "is required: a JSON object")

@@ -21,7 +21,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from ocs import backend_health, metrics
-from ocs.errors import OcsError, Reason, invalid, sip_status_of_http
+from ocs.errors import OcsError, Reason, body_too_large, invalid, sip_status_of_http
 from ocs.http.json_io import refuse_foreign_charset, text_problem
 
 log = logging.getLogger("ocs.http")
@@ -149,6 +149,12 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         return error_response(exc)
     except web.HTTPException as exc:
         result = str(exc.status)
+        if exc.status == 413:
+            # aiohttp's own limit (client_max_size) on a body read whole: the same
+            # refusal, with the same reason code, as ocs's limits give.
+            result = Reason.BODY_TOO_LARGE.value
+            text = exc.text or "larger than ocs reads"
+            return error_response(body_too_large(text[:1].lower() + text[1:]))
         if exc.status >= 400:
             return http_error_response(
                 exc.status, "not_found" if exc.status == 404 else "http_error", exc.reason

@@ -23,7 +23,7 @@ from ocs.billing.payments import (
     PaymentApplied,
     RefundApplied,
 )
-from ocs.errors import invalid
+from ocs.errors import body_too_large, invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import (
     AccountId,
@@ -269,9 +269,9 @@ def import_view(report: ImportReport) -> ImportView:
 
 
 async def _body(request: web.Request) -> bytes:
-    """The raw request body, at most 1 MiB."""
+    """The raw request body, at most 1 MiB (413 past it)."""
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise invalid("body", "larger than 1 MiB")
+        raise body_too_large("larger than 1 MiB")
     # Read no further than the limit: a chunked body declares no length, and the
     # processor's webhook is open to anyone until its signature is checked.
     chunks: list[bytes] = []
@@ -279,7 +279,7 @@ async def _body(request: web.Request) -> bytes:
     async for chunk in request.content.iter_chunked(1 << 16):
         size += len(chunk)
         if size > MAX_BODY:
-            raise invalid("body", "larger than 1 MiB")
+            raise body_too_large("larger than 1 MiB")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -407,6 +407,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         None,
         WebhookResult,
         body="none",
+        errors=(413,),  # the body is read raw, at most 1 MiB
         description="No token: only a Stripe-Signature valid under stripe_webhook_secret"
         " and within stripe_webhook_tolerance is accepted (400 otherwise). An event id seen"
         " before answers 200 and moves nothing.",

@@ -20,7 +20,7 @@ import msgspec
 from aiohttp import web
 
 from ocs.config import Settings
-from ocs.errors import OcsError, Reason, invalid
+from ocs.errors import OcsError, Reason, body_too_large, invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import Answer, Endpoint, ObjectId, Params, Role
 from ocs.http.path_ids import path_id
@@ -128,7 +128,7 @@ def _importer(request: web.Request) -> UsageImporter:
 async def _save_body(request: web.Request, folder: Path, name: str) -> Path:
     """Stream the body to a file of its own folder; 413 past ``MAX_FILE``."""
     if request.content_length is not None and request.content_length > MAX_FILE:
-        raise invalid("body", "larger than 64 MiB: import it with `ocs usage import`")
+        raise body_too_large("larger than 64 MiB: import it with `ocs usage import`")
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     path = folder / name
     size = 0
@@ -136,7 +136,7 @@ async def _save_body(request: web.Request, folder: Path, name: str) -> Path:
         async for block in request.content.iter_chunked(1 << 16):
             size += len(block)
             if size > MAX_FILE:
-                raise invalid("body", "larger than 64 MiB: import it with `ocs usage import`")
+                raise body_too_large("larger than 64 MiB: import it with `ocs usage import`")
             out.write(block)
     if size == 0:
         raise invalid("body", "is required: the usage file")
