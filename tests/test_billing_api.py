@@ -11,6 +11,17 @@ from zoneinfo import ZoneInfo
 from ocs import api_tokens
 from tests.conftest import RunningApp, add_plan, bearer
 
+# A monthly line rent of 12.50, as POST /v1/charges takes it.
+RENT = {
+    "id": "rent",
+    "name": "Line rent",
+    "product_code": "LINE",
+    "currency": "EUR",
+    "amount": "12.50",
+    "kind": "recurring",
+    "cadence": "monthly",
+}
+
 
 async def _as(app: RunningApp, token: str, method: str, path: str, body: Any = None) -> Any:
     """(status, JSON) of a request sent with ``token``."""
@@ -39,15 +50,7 @@ async def test_operators_run_and_post_viewers_only_read(app: RunningApp) -> None
         operator,
         "POST",
         "/v1/charges",
-        {
-            "id": "rent",
-            "name": "Line rent",
-            "product_code": "LINE",
-            "currency": "EUR",
-            "amount": "12.50",
-            "kind": "recurring",
-            "cadence": "monthly",
-        },
+        RENT,
     )
     assert (status, body["amount"]) == (201, "12.500000"), body
     for account in ("a1", "a2"):
@@ -223,15 +226,7 @@ async def test_an_accounts_1001st_subscription_is_created_found_and_listed_a_pag
         assert status == 201, body
     status, body = await app.post(
         "/v1/charges",
-        {
-            "id": "rent",
-            "name": "Line rent",
-            "product_code": "LINE",
-            "currency": "EUR",
-            "amount": "12.50",
-            "kind": "recurring",
-            "cadence": "monthly",
-        },
+        RENT,
     )
     assert status == 201, body
     async with app.services.pool.acquire() as conn:

@@ -242,6 +242,23 @@ async def test_call_references_of_refusals_and_grants_on_either_backend(
     assert (charge.account_id, charge.charged) == ("rich", 198_000)
 
 
+async def two_clients_on_one_id(app: RunningApp, call_id: str, *, accounts: bool = True) -> None:
+    """Accounts ``near`` and ``far`` (1.00 each; made when ``accounts``), and a call of each
+    granted under ``call_id``: near's by NAS client gw-a, then far's by gw-b."""
+    if accounts:
+        await add_plan(app.services)
+        for account_id in ("near", "far"):
+            status, body = await app.post(
+                "/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"}
+            )
+            assert status == 201, body
+    for account_id, client in (("near", "gw-a"), ("far", "gw-b")):
+        grant = await app.services.calls.authorize(
+            AuthorizeRequest(account_id, GERMANY, call_id=call_id), Origin(nas=client)
+        )
+        assert (grant.account_id, grant.repeated) == (account_id, False)
+
+
 async def test_two_clients_authorizing_one_global_id_each_stop_their_own_call(
     backend_app: RunningApp,
 ) -> None:
@@ -250,16 +267,8 @@ async def test_two_clients_authorizing_one_global_id_each_stop_their_own_call(
     # first client's Stop found the second client's call, was refused as another
     # client's, and its own call was never charged (decision 0052).
     app = backend_app
-    await add_plan(app.services)
-    for account_id in ("near", "far"):
-        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"})
-    calls = app.services.calls
     conference = "A1B2 C3D4 0 E5F6"
-    for account_id, client in (("near", "gw-a"), ("far", "gw-b")):
-        grant = await calls.authorize(
-            AuthorizeRequest(account_id, GERMANY, call_id=conference), Origin(nas=client)
-        )
-        assert (grant.account_id, grant.repeated) == (account_id, False)
+    await two_clients_on_one_id(app, conference)
     # Each client's Stop, through a process that cached neither call, charges its own:
     # 60 s and 120 s of Germany at 0.012 a minute.
     elsewhere = CallService(app.services.catalog, app.services.store, app.services.settings)
@@ -290,14 +299,9 @@ async def test_a_call_sharing_a_global_id_is_cut_and_found_as_its_own(
     # and left far's running; once that reference was gone (expired, or cut short after
     # a refusal racing the grant on a cluster), gw-b's Stop found no call (0052).
     app = backend_app
-    await add_plan(app.services)
-    for account_id in ("near", "far"):
-        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"})
     conference = "B1C2 D3E4 0 F5A6"
-    for account_id, client in (("near", "gw-a"), ("far", "gw-b")):
-        await app.services.calls.authorize(
-            AuthorizeRequest(account_id, GERMANY, call_id=conference), Origin(nas=client)
-        )
+    await two_clients_on_one_id(app, conference)
+    for client in ("gw-a", "gw-b"):
         await app.services.calls.start(conference, nas=client)
     # Dunning suspends "far", from a process that cached neither call.
     elsewhere = CallService(app.services.catalog, app.services.store, app.services.settings)
@@ -313,10 +317,7 @@ async def test_a_call_sharing_a_global_id_is_cut_and_found_as_its_own(
 
     # Again, and the id's own reference is gone: gw-b's Stop still finds its call.
     again = "C1D2 E3F4 0 A5B6"
-    for account_id, client in (("near", "gw-a"), ("far", "gw-b")):
-        await app.services.calls.authorize(
-            AuthorizeRequest(account_id, GERMANY, call_id=again), Origin(nas=client)
-        )
+    await two_clients_on_one_id(app, again, accounts=False)
     await app.services.redis.delete(keys.call_ref(again))
     charge = await elsewhere.stop(again, 30, nas="gw-b")
     assert (charge.account_id, charge.charged) == ("far", 6_000)

@@ -63,6 +63,19 @@ async def post_march(services: Services) -> None:
     await posting.post(services.pool, services.store, run_id=run_id)
 
 
+async def one_notice_three_days_apart(app: RunningApp, *accounts: str) -> None:
+    """The retail plan with no grace, dunning with one notice and 3 days between steps,
+    and ``accounts`` renting on it (postpaid)."""
+    await add_plan(app.services)
+    await dunned_plan(app.services, grace_days=0)
+    for account_id in accounts:
+        await postpaid(app.services, account_id)
+    status, body = await app.put(
+        "/v1/plans/retail/dunning", {"max_notices": 1, "notice_interval_days": 3}
+    )
+    assert status == 200, body
+
+
 async def dun(app: RunningApp, when: datetime) -> dict[str, Any]:
     """POST /v1/dunning/run on the clock ``when``: the report."""
     status, body = await app.post("/v1/dunning/run", {"at": when.isoformat()})
@@ -306,14 +319,7 @@ async def test_only_dunnings_own_suspension_is_lifted_and_a_run_lifts_a_settled_
     app: RunningApp,
 ) -> None:
     services = app.services
-    await add_plan(services)
-    await dunned_plan(services, grace_days=0)
-    for account_id in ("op", "settled"):
-        await postpaid(services, account_id)
-    status, body = await app.put(
-        "/v1/plans/retail/dunning", {"max_notices": 1, "notice_interval_days": 3}
-    )
-    assert status == 200, body
+    await one_notice_three_days_apart(app, "op", "settled")
     await post_march(services)
     status, body = await send(app, "PATCH", "/v1/accounts/op", {"status": "suspended"})
     assert status == 200, body
@@ -348,13 +354,7 @@ async def test_an_invoice_a_chargeback_reopens_after_its_suspension_is_dunned_ag
     # the invoice reopened. Its suspension step had been taken, so no run took another:
     # the account kept its service and was never dunned again.
     services = app.services
-    await add_plan(services)
-    await dunned_plan(services, grace_days=0)
-    await postpaid(services, "cb")
-    status, body = await app.put(
-        "/v1/plans/retail/dunning", {"max_notices": 1, "notice_interval_days": 3}
-    )
-    assert status == 200, body
+    await one_notice_three_days_apart(app, "cb")
     await post_march(services)
     assert taken(await dun(app, at(4, 2))) == [("cb", "notice", 1, "sent")]
     assert taken(await dun(app, at(4, 5))) == [("cb", "suspension", 0, "suspended")]

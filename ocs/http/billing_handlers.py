@@ -251,6 +251,12 @@ async def void_invoice(request: web.Request, params: None) -> Voided:
     )
 
 
+# A list's cursor: an earlier page's ``next``.
+PageAfter = Annotated[
+    str, msgspec.Meta(max_length=200, description="an earlier page's `next`: the page after")
+]
+
+
 class CallsQuery(Params):
     """Whose calls to list, and in which form."""
 
@@ -270,13 +276,7 @@ class CallsQuery(Params):
     limit: Annotated[
         int, msgspec.Meta(ge=1, le=itemised.MAX_PAGE, description="at most this many (json)")
     ] = 1000
-    after: (
-        Annotated[
-            str,
-            msgspec.Meta(max_length=200, description="an earlier page's `next`: the page after"),
-        ]
-        | None
-    ) = None
+    after: PageAfter | None = None
 
 
 class InvoiceCalls(Answer):
@@ -634,13 +634,7 @@ class SubscriptionQuery(Params):
 
     account: AccountId | None = None
     limit: Limit = queries.MAX_LIST
-    after: (
-        Annotated[
-            str,
-            msgspec.Meta(max_length=200, description="an earlier page's `next`: the page after"),
-        ]
-        | None
-    ) = None
+    after: PageAfter | None = None
 
 
 class SubscriptionList(Answer):
