@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from ocs.billing import posting
+from ocs.balances.accounts import AccountSpec
+from ocs.billing import dunning, dunning_store, posting
 from ocs.billing.notify_email import NO_ADDRESS, NO_SMTP, SENDERS
+from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.config import Settings, with_overrides
 from ocs.events.delivery import deliver_pending
 from ocs.events.outbox import emit
@@ -161,6 +163,48 @@ async def test_a_dunning_step_sends_a_notice(services: Services, smtp: tuple[Inb
     text = message.get_content()
     assert "Account late: payment reminder 1 of 3." in text
     assert "Invoice INV-2026-000007: 12.50 EUR outstanding, due 2026-04-15." in text
+
+
+async def test_a_customer_who_paid_gets_service_restored_not_a_payment_reminder(
+    services: Services, smtp: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    # No notices: suspended at the first midnight after the due date (11 April).
+    await dunning_store.set_plan_settings(services.pool, "retail", 0, 7, grace_days=10)
+    await services.accounts.create(AccountSpec("late", plan_id="retail", credit_limit=100 * EUR))
+    sub = await subscribe(services.pool, Subscription("late", "retail", date(2026, 3, 1)))
+    await add_charge(services.pool, sub, "rent")
+    await billing_email(services, "late", "owner@late.test")
+    run_id = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=run_id)
+    report = await dunning.run_dunning(
+        services.pool, services.store, services.settings, datetime(2026, 4, 12, tzinfo=UTC)
+    )
+    assert report.suspended == ["late"]
+    paid_at = datetime(2026, 4, 28, tzinfo=UTC)
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE invoices SET amount_paid = total, paid_at = $1 WHERE account_id = 'late'",
+            paid_at,
+        )
+    assert await dunning.reactivate_paid(services.pool, services.store, ["late"], paid_at) == [
+        "late"
+    ]
+
+    await deliver_pending(services.pool, mailing(services.settings, port), senders=SENDERS)
+
+    # Sent at once, so in any order.
+    by_subject = {message["Subject"]: message for _, message in inbox.messages}
+    assert sorted(by_subject) == [
+        "Invoice INV-2026-000001 from Example Telecom",
+        "Payment reminder from Example Telecom",  # the suspension's notice
+        "Service restored by Example Telecom",
+    ]
+    restored = by_subject["Service restored by Example Telecom"].get_content()
+    assert "Account late: the service suspended for non-payment is restored." in restored
+    assert "reminder" not in restored and "Please pay" not in restored
 
 
 async def test_no_smtp_server_or_no_address_skips_and_a_refusing_server_is_retried(

@@ -8,7 +8,9 @@ the account's billing email (``subscriptions.billing_email``, migration 0037):
 
 * an invoice posted: the invoice PDF (``documents.invoice_pdf``) attached, and
   the call listing CSV (``documents.calls_csv``) when the invoice has calls;
-* a dunning step: a notice naming the step and what is owed.
+* a dunning step: a notice naming the step and what is owed; a reactivation
+  (the customer paid, or owes nothing overdue any more) is a "Service restored"
+  message instead, never a payment reminder.
 
 Skipped (nothing to retry) when ``smtp_host`` is not set or the account has no
 billing email.
@@ -113,18 +115,31 @@ def notice_text(account_id: str, data: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def restored_text(account_id: str) -> str:
+    """The body of a reactivation: the service is back, and nothing is asked for."""
+    return (
+        f"Account {account_id}: the service suspended for non-payment is restored.\n"
+        "Nothing is overdue any more: thank you.\n"
+    )
+
+
 async def dunning_message(
     pool: asyncpg.Pool, settings: Settings, account_id: str, data: Mapping[str, Any]
 ) -> EmailMessage | None:
-    """A dunning step's notice; None when the account has no billing email."""
+    """A dunning step's email: a reminder or a suspension notice, or for a reactivation
+    (``step: "reactivation"``) a "Service restored" message; None when the account has
+    no billing email."""
     to = await billing_email(pool, account_id)
     if to is None:
         return None
+    issuer = settings.invoice_issuer_name
+    if data.get("step") == "reactivation":
+        # A customer who has just paid must not read "Payment reminder".
+        return email.new_message(
+            settings, to, f"Service restored by {issuer}", restored_text(account_id)
+        )
     return email.new_message(
-        settings,
-        to,
-        f"Payment reminder from {settings.invoice_issuer_name}",
-        notice_text(account_id, data),
+        settings, to, f"Payment reminder from {issuer}", notice_text(account_id, data)
     )
 
 
