@@ -4,7 +4,8 @@
 to (``add`` prints the secret, the only time it is shown); ``ocs events list``
 shows the outbox with each event's deliveries (``--state dead``: what was
 dead-lettered), ``ocs events replay EVENT_ID [--webhook ID]`` sends an event
-again, and ``ocs events deliver`` delivers what is due once (webhooks and
+again (what was not delivered; with ``--webhook``, that delivery even if it
+was), and ``ocs events deliver`` delivers what is due once (webhooks and
 emails), as the billing worker's deliverer does all the time. Each prints the
 admin API's own view of what it did.
 
@@ -59,9 +60,13 @@ def add_commands(commands: "Commands") -> None:
     listed.add_argument("--kind", choices=EVENT_KINDS)
     listed.add_argument("--subject", help="about this account (or invoice)")
     listed.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
-    replay = add_command(events, "replay", "send an event again", _events_replay)
+    replay = add_command(
+        events, "replay", "send an event again where it was not delivered", _events_replay
+    )
     replay.add_argument("event_id", type=int, help="the event's id")
-    replay.add_argument("--webhook", help="only its delivery to this webhook")
+    replay.add_argument(
+        "--webhook", help="only its delivery to this webhook (sent again even if delivered)"
+    )
     add_command(events, "deliver", "deliver the due events once", _events_deliver)
 
 
@@ -129,7 +134,8 @@ def _events_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _events_replay(args: argparse.Namespace, settings: Settings) -> int:
-    """``ocs events replay``: re-queue an event's deliveries (exit 1: no such event)."""
+    """``ocs events replay``: re-queue an event's deliveries not delivered, or the one to
+    ``--webhook`` (exit 1: no such event)."""
     from ocs.events import queries, webhooks
     from ocs.http.event_handlers import Replayed, delivery_view
 

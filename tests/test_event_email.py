@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from ocs.balances.accounts import AccountSpec
@@ -22,6 +23,8 @@ from ocs.events.delivery import deliver_pending
 from ocs.events.outbox import emit
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, cdr, customer, monthly, run
+from tests.conftest import RunningApp
+from tests.ports import free_port
 
 
 class Inbox:
@@ -205,6 +208,51 @@ async def test_a_customer_who_paid_gets_service_restored_not_a_payment_reminder(
     restored = by_subject["Service restored by Example Telecom"].get_content()
     assert "Account late: the service suspended for non-payment is restored." in restored
     assert "reminder" not in restored and "Please pay" not in restored
+
+
+async def test_replaying_an_invoice_for_a_dead_webhook_does_not_email_the_customer_again(
+    app: RunningApp, smtp: tuple[Inbox, int]
+) -> None:
+    services = app.services
+    inbox, port = smtp
+    hook_port = free_port()  # nothing listens there yet: the webhook is down
+    status, made = await app.post(
+        "/v1/webhooks",
+        {"url": f"http://127.0.0.1:{hook_port}/hook", "kinds": ["invoice.posted"], "id": "crm"},
+    )
+    assert status == 201, made
+    await posted_invoices(services)
+    settings = mailing(services.settings, port)  # 2 attempts, no backoff
+    await deliver_pending(services.pool, settings, senders=SENDERS)
+    assert len(inbox.messages) == 2
+    status, dead = await app.get("/v1/events?state=dead")
+    assert status == 200 and len(dead["events"]) == 2
+    event = dead["events"][0]
+
+    # The receiver is fixed, then the runbook's replay: `ocs events replay EVENT_ID`.
+    taken: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        taken.append(request.headers["webhook-id"])
+        return web.Response()
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+    try:
+        status, replayed = await app.post(f"/v1/events/{event['id']}/replay", {})
+        assert status == 200, replayed
+        assert [(d["channel"], d["state"]) for d in replayed["deliveries"]] == [
+            ("webhook", "pending")
+        ]
+        report = await deliver_pending(services.pool, settings, senders=SENDERS)
+    finally:
+        await runner.cleanup()
+    assert (report.attempted, report.delivered) == (1, 1)
+    assert taken == [f"evt_{event['id']}"]
+    assert len(inbox.messages) == 2  # the customer is not sent the invoice again
 
 
 async def test_no_smtp_server_or_no_address_skips_and_a_refusing_server_is_retried(

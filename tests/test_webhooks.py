@@ -256,6 +256,56 @@ async def test_a_refusal_and_a_slow_receiver_are_failed_attempts(
         await runner.cleanup()
 
 
+async def test_a_replay_while_the_event_is_being_sent_does_not_send_it_twice_at_once(
+    app: RunningApp,
+) -> None:
+    services = app.services
+    received: list[str] = []
+    release = asyncio.Event()
+
+    async def hold_the_first(request: web.Request) -> web.Response:
+        received.append(request.headers["webhook-id"])
+        if len(received) == 1:
+            await release.wait()  # the first attempt is still being sent
+        return web.Response()
+
+    hook = web.Application()
+    hook.router.add_post("/hook", hold_the_first)
+    runner = web.AppRunner(hook)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        status, made = await app.post(
+            "/v1/webhooks",
+            {"url": f"http://127.0.0.1:{port}/hook", "kinds": ["subscription.created"]},
+        )
+        assert status == 201, made
+        await billed_plan(services)
+        await customer(services, "1001", None, date(2026, 3, 1))
+        settings = fast(services.settings, webhook_timeout=30.0)
+        sending = asyncio.create_task(deliver_pending(services.pool, settings))
+        await eventually(lambda: asyncio.sleep(0, result=len(received) == 1))
+        [row] = await deliveries(services)
+
+        status, replayed = await app.post(f"/v1/events/{row['event_id']}/replay", {})
+        assert (status, replayed["deliveries"]) == (200, [])  # left to the attempt under way
+        status, replayed = await app.post(
+            f"/v1/events/{row['event_id']}/replay", {"webhook_id": made["id"]}
+        )
+        assert (status, replayed["deliveries"]) == (200, [])
+        # A second billing worker's pass meanwhile: nothing to send.
+        assert (await deliver_pending(services.pool, settings)).attempted == 0
+        release.set()
+        assert (await sending).delivered == 1
+    finally:
+        release.set()
+        await runner.cleanup()
+    assert received == [f"evt_{row['event_id']}"]
+    [row] = await deliveries(services)
+    assert (row["state"], row["attempts"]) == ("delivered", 1)
+
+
 async def test_kinds_filter_disabled_endpoints_and_removal(app: RunningApp) -> None:
     services = app.services
     for payload in (

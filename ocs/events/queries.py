@@ -3,8 +3,12 @@
 ``list_events`` answers the outbox newest first, each event with its
 deliveries (filtered by a delivery state: ``dead`` lists what needs a look).
 ``requeue`` makes deliveries of an event pending again, due now, with their
-attempts reset: a dead-lettered one (or any, a delivered one included: it is
-sent again with the same ``webhook-id``, which a receiver may drop).
+attempts reset: those not delivered (dead, or pending), so that replaying an
+event for a dead webhook does not email the customer its invoice again; a
+delivered (or skipped) one only when its webhook is named (it is sent again
+with the same ``webhook-id``, which a receiver may drop). A delivery being sent
+at that moment is left to that attempt: clearing its lease would let another
+deliverer send it at the same time.
 """
 
 import json
@@ -21,6 +25,18 @@ from ocs.events.webhooks import check_id
 DELIVERY_STATES = ("pending", "delivered", "dead", "skipped")
 MAX_EVENTS = 1000
 MAX_ID = 2**63 - 1
+
+# An event's deliveries made due now, attempts reset: without a webhook named, only
+# those not delivered (a delivered email must not reach the customer twice); never
+# one leased to a deliverer sending it now (a pending row with a live lease).
+_REQUEUE_SQL = """
+UPDATE event_deliveries SET state = 'pending', attempts = 0, next_attempt_at = now(),
+       leased_until = NULL, delivered_at = NULL, last_status = NULL, last_error = NULL
+WHERE event_id = $1
+  AND ($2::text IS NULL AND state IN ('dead', 'pending') OR webhook_id = $2)
+  AND NOT (state = 'pending' AND leased_until > now())
+RETURNING *
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +144,12 @@ async def list_events(
 async def requeue(
     pool: asyncpg.Pool, event_id: int, webhook_id: str | None = None
 ) -> list[Delivery]:
-    """Make an event's deliveries (or its delivery to one webhook) pending and due now,
-    attempts reset; the deliveries re-queued. For a webhook the event had no delivery
-    to (created after it), one is made. NOT_FOUND: no such event, or webhook."""
+    """Make an event's deliveries not delivered (dead or pending; or its delivery to one
+    webhook, whatever its state) pending and due now, attempts reset; the deliveries
+    re-queued (none being sent at that moment: it is left to its attempt). For a
+    webhook the event had no delivery to (created after it), one is made.
+    NOT_FOUND: no such event, or webhook; 400 naming ``webhook_id``: a webhook that
+    does not take the kind."""
     check_event_id(event_id)
     if webhook_id is not None:
         check_id(webhook_id)
@@ -155,14 +174,7 @@ async def requeue(
                 event_id,
                 webhook_id,
             )
-        rows = await conn.fetch(
-            "UPDATE event_deliveries SET state = 'pending', attempts = 0,"
-            " next_attempt_at = now(), leased_until = NULL, delivered_at = NULL,"
-            " last_status = NULL, last_error = NULL"
-            " WHERE event_id = $1 AND ($2::text IS NULL OR webhook_id = $2) RETURNING *",
-            event_id,
-            webhook_id,
-        )
+        rows = await conn.fetch(_REQUEUE_SQL, event_id, webhook_id)
         if rows:
             # The serving deliverers wake for it at commit, as for a new event.
             await conn.execute("SELECT pg_notify('ocs_event_deliveries', '')")

@@ -4,7 +4,8 @@
 the endpoints events are POSTed to: the secret is answered once, by the POST,
 and never again. ``GET /v1/events`` lists the outbox with each event's
 deliveries; ``POST /v1/events/{event_id}/replay`` sends an event again (its
-dead, or any, deliveries re-queued). A thin adapter over ``ocs.events``.
+deliveries not delivered re-queued, or the one to a named webhook, whatever its
+state). A thin adapter over ``ocs.events``.
 """
 
 from datetime import datetime
@@ -226,7 +227,8 @@ async def list_events(request: web.Request, params: EventQuery) -> EventList:
 
 
 class Replay(Params):
-    """Only the delivery to this webhook (made if the event had none to it)."""
+    """Only the delivery to this webhook (made if the event had none to it), sent again
+    even if it was delivered; none named: every delivery not delivered."""
 
     webhook_id: ObjectId | None = None
 
@@ -237,7 +239,8 @@ def event_id_of(request: web.Request) -> int:
 
 
 async def replay_event(request: web.Request, params: Replay) -> Replayed:
-    """POST /v1/events/{event_id}/replay: send an event again (its deliveries re-queued)."""
+    """POST /v1/events/{event_id}/replay: send an event again (its deliveries not
+    delivered re-queued, or the one to the webhook named)."""
     event_id = event_id_of(request)
     found = await queries.requeue(services_of(request).pool, event_id, params.webhook_id)
     return Replayed(event_id=event_id, deliveries=[delivery_view(d) for d in found])
@@ -292,12 +295,16 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         "POST",
         "/v1/events/{event_id}/replay",
         Role.OPERATOR,
-        "Send an event again: its deliveries (or the one to a webhook) re-queued",
+        "Send an event again: its deliveries not delivered (or the one to a webhook) re-queued",
         replay_event,
         Replay,
         Replayed,
         errors=(404,),
-        description="A dead (or any) delivery becomes pending, due now, its attempts reset;"
-        " it is sent with the same webhook-id, so a receiver may drop a repeat.",
+        description="Without webhook_id, the event's deliveries not delivered (dead or"
+        " pending) become pending, due now, their attempts reset: a delivered one (an"
+        " invoice's email, a webhook that took it) is not sent again. With webhook_id,"
+        " that webhook's delivery is re-queued whatever its state (made if the event had"
+        " none), and sent with the same webhook-id, so a receiver may drop a repeat. A"
+        " delivery being sent at that moment is left to that attempt (not listed).",
     ),
 )
