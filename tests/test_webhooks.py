@@ -16,7 +16,8 @@ from aiohttp import web
 
 from ocs.config import Settings, with_overrides
 from ocs.events import signing, webhooks
-from ocs.events.delivery import deliver_pending, serve_deliveries
+from ocs.events.delivery import deliver_pending, next_due, serve_deliveries
+from ocs.events.outbox import emit
 from ocs.services import Services
 from tests.billing_helpers import billed_plan, customer
 from tests.conftest import RunningApp, eventually
@@ -304,6 +305,37 @@ async def test_a_replay_while_the_event_is_being_sent_does_not_send_it_twice_at_
     assert received == [f"evt_{row['event_id']}"]
     [row] = await deliveries(services)
     assert (row["state"], row["attempts"]) == ("delivered", 1)
+
+
+async def test_what_no_deliverer_will_send_does_not_keep_the_serving_one_busy(
+    app: RunningApp,
+) -> None:
+    services = app.services
+    status, made = await app.post(
+        "/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "kinds": ["subscription.created"]}
+    )
+    assert status == 201, made
+    await billed_plan(services)
+    await customer(services, "1001", None, date(2026, 3, 1))
+    [row] = await deliveries(services)
+    # Its webhook disabled in SQL; and an email while the deliverer sends webhooks only.
+    async with services.pool.acquire() as conn:
+        await conn.execute("UPDATE webhooks SET enabled = false")
+        await conn.execute("UPDATE subscriptions SET billing_email = 'ap@1001.test'")
+        await emit(conn, "dunning.step", "1001", {"account_id": "1001", "step": "notice"})
+
+    # Nothing it can take is due: the serving deliverer waits for its poll, instead of
+    # a pass every 10 ms.
+    assert (await deliver_pending(services.pool, fast(services.settings))).attempted == 0
+    assert await next_due(services.pool) is None
+    assert await next_due(services.pool, ["email", "webhook"]) is not None  # the email
+
+    # A replay to the disabled webhook is refused, naming it.
+    status, refused = await app.post(
+        f"/v1/events/{row['event_id']}/replay", {"webhook_id": made["id"]}
+    )
+    assert (status, refused["error"]["field"]) == (400, "webhook_id"), refused
+    assert "disabled" in refused["error"]["message"]
 
 
 async def test_kinds_filter_disabled_endpoints_and_removal(app: RunningApp) -> None:

@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -316,13 +316,26 @@ async def deliver_pending(
             await finish(pool, settings, now or datetime.now(UTC), list(done), report)
 
 
-async def next_due(pool: asyncpg.Pool) -> datetime | None:
-    """When the earliest pending delivery falls due (None: none is pending)."""
+# When the earliest delivery ``claim`` would take falls due: the same filter (these
+# channels, an enabled webhook's), else a row it never takes looks due at every pass
+# and the serving loop spins.
+_NEXT_DUE_SQL = """
+SELECT min(GREATEST(d.next_attempt_at, COALESCE(d.leased_until, d.next_attempt_at)))
+FROM event_deliveries d
+WHERE d.state = 'pending' AND d.channel = ANY ($1::text[])
+  AND (d.webhook_id IS NULL
+       OR EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.enabled))
+"""
+
+
+async def next_due(
+    pool: asyncpg.Pool, channels: Sequence[str] = tuple(WEBHOOK_SENDERS)
+) -> datetime | None:
+    """When the earliest pending delivery of these channels (default: webhooks, as
+    ``deliver_pending``'s) that ``claim`` would take falls due (None: none; a disabled
+    webhook's rows wait for it, not for us)."""
     async with pool.acquire() as conn:
-        found: datetime | None = await conn.fetchval(
-            "SELECT min(GREATEST(next_attempt_at, COALESCE(leased_until, next_attempt_at)))"
-            " FROM event_deliveries WHERE state = 'pending'"
-        )
+        found: datetime | None = await conn.fetchval(_NEXT_DUE_SQL, list(channels))
     return found
 
 
@@ -339,12 +352,13 @@ async def serve_deliveries(
     An error (PostgreSQL away) is logged and the loop goes on after a pause.
     """
     woken = asyncio.Event()
+    channels = sorted(senders if senders is not None else WEBHOOK_SENDERS)
 
     def wake(*_args: object) -> None:
         woken.set()
 
     listener: asyncpg.Connection | None = None
-    log.info("event deliverer started", extra={"channels": sorted(senders or WEBHOOK_SENDERS)})
+    log.info("event deliverer started", extra={"channels": channels})
     try:
         while not stopping.is_set():
             pause = POLL_S
@@ -354,7 +368,7 @@ async def serve_deliveries(
                     await listener.add_listener(NOTIFY_CHANNEL, wake)
                 woken.clear()
                 await deliver_pending(pool, settings, senders=senders)
-                due = await next_due(pool)
+                due = await next_due(pool, channels)
                 if due is not None:
                     pause = min(pause, max((due - datetime.now(UTC)).total_seconds(), 0.01))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -149,7 +149,7 @@ async def requeue(
     re-queued (none being sent at that moment: it is left to its attempt). For a
     webhook the event had no delivery to (created after it), one is made.
     NOT_FOUND: no such event, or webhook; 400 naming ``webhook_id``: a webhook that
-    does not take the kind."""
+    does not take the kind, or is disabled."""
     check_event_id(event_id)
     if webhook_id is not None:
         check_id(webhook_id)
@@ -157,17 +157,20 @@ async def requeue(
         if await conn.fetchval("SELECT 1 FROM events WHERE id = $1", event_id) is None:
             raise OcsError(Reason.NOT_FOUND, f"no event {event_id}", field="event_id")
         if webhook_id is not None:
-            takes = await conn.fetchval(
-                "SELECT cardinality(w.kinds) = 0 OR e.kind = ANY (w.kinds)"
+            target = await conn.fetchrow(
+                "SELECT cardinality(w.kinds) = 0 OR e.kind = ANY (w.kinds) AS takes, w.enabled"
                 " FROM webhooks w, events e WHERE w.id = $1 AND e.id = $2",
                 webhook_id,
                 event_id,
             )
-            if takes is None:
+            if target is None:
                 raise OcsError(Reason.NOT_FOUND, f"no webhook {webhook_id!r}", field="webhook_id")
-            if not takes:
+            if not target["takes"]:
                 # A partner sees only the kinds it subscribed to, replayed or not.
                 raise invalid("webhook_id", f"webhook {webhook_id!r} does not take this kind")
+            if not target["enabled"]:
+                # Nothing is sent to a disabled webhook: the replay would only wait.
+                raise invalid("webhook_id", f"webhook {webhook_id!r} is disabled")
             await conn.execute(
                 "INSERT INTO event_deliveries (event_id, channel, webhook_id)"
                 " VALUES ($1, 'webhook', $2) ON CONFLICT DO NOTHING",

@@ -305,6 +305,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         " invoice's email, a webhook that took it) is not sent again. With webhook_id,"
         " that webhook's delivery is re-queued whatever its state (made if the event had"
         " none), and sent with the same webhook-id, so a receiver may drop a repeat. A"
-        " delivery being sent at that moment is left to that attempt (not listed).",
+        " delivery being sent at that moment is left to that attempt (not listed). A"
+        " webhook_id of a disabled webhook, or one not taking the kind, is refused (400).",
     ),
 )
