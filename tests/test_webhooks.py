@@ -369,6 +369,13 @@ async def test_kinds_filter_disabled_endpoints_and_removal(app: RunningApp) -> N
     ("payload", "field_name"),
     [
         ({"url": "ftp://example.com/x"}, "url"),
+        # URLs no HTTP client can use: each attempt's error would quote it, token and all.
+        ({"url": "http://127.0.0.1:99999/hook?token=x"}, "url"),
+        ({"url": "http://[::1/hook?token=x"}, "url"),
+        ({"url": "http://127.0.0.1:abc/hook"}, "url"),
+        ({"url": "http://exa%mple.com/hook"}, "url"),
+        ({"url": "http://a..b/hook"}, "url"),
+        ({"url": "http://example.com:0/hook"}, "url"),
         ({"url": "http://example.com/x", "kinds": ["invoice.eaten"]}, "kinds[0]"),
         ({"url": "http://example.com/x", "id": "a b"}, "id"),
         ({"url": "http://example.com/x", "secret": "whsec_AAAA"}, "secret"),
@@ -381,6 +388,36 @@ async def test_a_bad_webhook_is_refused_naming_the_field(
     status, body = await app.post("/v1/webhooks", payload)
     assert status == 400, body
     assert body["error"]["field"] == field_name
+
+
+async def test_a_failed_attempt_records_and_logs_no_token_of_the_url(
+    app: RunningApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    services = app.services
+    status, made = await app.post(
+        "/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "kinds": ["subscription.created"]}
+    )
+    assert status == 201, made
+    await billed_plan(services)
+    await customer(services, "1001", None, date(2026, 3, 1))
+    # A URL stored before it was checked this strictly (or set in SQL), with a token.
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE webhooks SET url = 'http://user:pa55word@127.0.0.1:99999/hook?token=T0KEN'"
+        )
+
+    report = await deliver_pending(services.pool, fast(services.settings, webhook_max_attempts=1))
+
+    assert report.dead == 1
+    status, listed = await app.get("/v1/events?state=dead")
+    assert status == 200
+    [delivery] = listed["events"][0]["deliveries"]
+    assert delivery["last_error"].startswith("InvalidUrlClientError: ")
+    for secret in ("T0KEN", "pa55word", "127.0.0.1:99999"):
+        assert secret not in delivery["last_error"]
+        assert secret not in caplog.text
+    assert "event delivery dead-lettered" in caplog.text
 
 
 async def test_a_webhook_id_in_use_and_bad_event_requests_are_refused(app: RunningApp) -> None:

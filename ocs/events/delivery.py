@@ -35,7 +35,7 @@ import asyncpg
 
 from ocs import metrics
 from ocs.config import Settings
-from ocs.events import signing
+from ocs.events import signing, webhooks
 
 log = logging.getLogger("ocs.events.delivery")
 
@@ -157,8 +157,10 @@ async def send_webhook(delivery: Claimed, context: Context) -> Outcome:
             return Outcome.failed(f"HTTP {response.status}", response.status)
     except TimeoutError:
         return Outcome.failed(f"no answer within {context.settings.webhook_timeout} s")
-    except aiohttp.ClientError as exc:
-        return Outcome.failed(f"{type(exc).__name__}: {exc}")
+    except (aiohttp.ClientError, ValueError) as exc:
+        # aiohttp quotes the URL (an invalid one), and the URL may carry a token: the
+        # row's last_error is shown to viewers, and a dead one is logged.
+        return Outcome.failed(error_text(exc, delivery.url))
 
 
 WEBHOOK_SENDERS: Mapping[str, Sender] = {"webhook": send_webhook}
@@ -272,16 +274,26 @@ async def finish(
         ).inc()
 
 
+def error_text(exc: BaseException, url: str | None) -> str:
+    """What a failed attempt records and logs: the error's class and message, without
+    the webhook's URL (``webhooks.redact``)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if url is None else webhooks.redact(text, url)
+
+
 async def attempt(sender: Sender, delivery: Claimed, context: Context) -> Outcome:
     """One attempt; a sender's unexpected error is a failed attempt, never the loop's."""
     try:
         return await sender(delivery, context)
     except Exception as exc:  # a bug or an outage in one sender must not stop the others
-        log.exception(
+        error = error_text(exc, delivery.url)
+        log.error(
             "event delivery failed unexpectedly",
-            extra={"delivery": delivery.id, "channel": delivery.channel},
+            # A traceback quotes the error as is: only where no URL can be in it.
+            exc_info=delivery.url is None,
+            extra={"delivery": delivery.id, "channel": delivery.channel, "error": error},
         )
-        return Outcome.failed(f"{type(exc).__name__}: {exc}")
+        return Outcome.failed(error)
 
 
 async def deliver_pending(

@@ -5,14 +5,20 @@ while it is enabled, from its creation on: the outbox's trigger makes its
 deliveries in the transaction that stores each event. Its secret is made
 here, answered once by ``create`` (``Created.secret``) and never again: the
 list shows no secret, and ``Webhook``'s repr hides it, so no log line holds it.
+Its URL may carry a token too (a query, a user or password): ``check_url``
+takes only a URL the HTTP client can use, so that no attempt fails on the URL
+itself (aiohttp's error would quote it), and ``redact`` takes the URL out of
+what a failed attempt records and logs.
 """
 
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
+import yarl
 
 from ocs.errors import OcsError, Reason, invalid
 from ocs.events.outbox import EVENT_KINDS
@@ -20,6 +26,9 @@ from ocs.events.signing import new_secret
 
 WEBHOOK_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 URL = re.compile(r"https?://[^\s/?#\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*")
+# A host name's label (IDNA ones as their xn-- form); "_" is in use on private networks.
+HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+MAX_HOST = 253
 MAX_URL = 2000
 MAX_WEBHOOKS = 1000
 MAX_DESCRIPTION = 200
@@ -58,11 +67,67 @@ def check_id(webhook_id: str, name: str = "webhook_id") -> str:
     return webhook_id
 
 
+def host_ok(parsed: yarl.URL) -> bool:
+    """Whether a URL's host is an IP address or a host name a resolver can look up."""
+    if parsed.host is None or parsed.raw_host is None:
+        return False
+    try:
+        ipaddress.ip_address(parsed.host)
+        return True
+    except ValueError:
+        pass
+    name = parsed.raw_host.removesuffix(".")
+    return 0 < len(name) <= MAX_HOST and all(HOST_LABEL.fullmatch(x) for x in name.split("."))
+
+
 def check_url(url: str) -> str:
-    """An http(s) URL without spaces, else 400 naming ``url``."""
+    """An http(s) URL without spaces that the HTTP client can use (a host name or IP
+    address, a port from 1 to 65535), else 400 naming ``url`` (never quoting it: it
+    may carry a token)."""
     if len(url) > MAX_URL or not URL.fullmatch(url):
         raise invalid("url", "an http:// or https:// URL without spaces")
+    try:
+        parsed = yarl.URL(url)
+        port = parsed.explicit_port  # yarl checks its range here
+    except ValueError:  # UnicodeError (a bad IDNA name) included
+        raise invalid("url", "not a URL an HTTP client can use") from None
+    if parsed.scheme not in ("http", "https") or not host_ok(parsed):
+        raise invalid("url", "expected a host name or an IP address after the scheme")
+    if port == 0:
+        raise invalid("url", "expected a port from 1 to 65535")
     return url
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` (an error's message) without the URL, or any part of it that may be a
+    secret (its query, fragment, user and password): "<url>" and "<redacted>" instead.
+    Works on a URL stored before ``check_url`` was strict, which yarl cannot parse."""
+    rest = url.partition("://")[2]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    userinfo = authority.rpartition("@")[0]
+    whole = {url}
+    parts = {url.partition("?")[2], url.partition("#")[2], *userinfo.split(":", 1)}
+    try:
+        parsed = yarl.URL(url)
+        whole |= {str(parsed), parsed.human_repr()}
+        parts |= {
+            parsed.raw_query_string,
+            parsed.query_string,
+            parsed.raw_fragment,
+            parsed.fragment,
+            parsed.raw_user or "",
+            parsed.user or "",
+            parsed.raw_password or "",
+            parsed.password or "",
+        }
+    except ValueError:
+        pass
+    # Longest first: a whole URL before the parts it contains.
+    for found in sorted(whole - {""}, key=len, reverse=True):
+        text = text.replace(found, "<url>")
+    for found in sorted(parts - {""}, key=len, reverse=True):
+        text = text.replace(found, "<redacted>")
+    return text
 
 
 def check_kinds(kinds: list[str]) -> list[str]:

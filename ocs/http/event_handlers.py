@@ -31,7 +31,8 @@ Url = Annotated[
         min_length=8,
         max_length=webhooks.MAX_URL,
         pattern=r"^https?://[^\s/?#\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*(?!\n)$",
-        description="where events are POSTed: an http:// or https:// URL",
+        description="where events are POSTed: an http:// or https:// URL with a host name"
+        " or IP address (and a port from 1 to 65535)",
         examples=["https://crm.example.com/hooks/ocs"],
     ),
 ]
