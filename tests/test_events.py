@@ -4,6 +4,7 @@ once to a receiver that keeps webhook-ids, even when a deliverer is killed -9 (d
 """
 
 import asyncio
+import collections
 import json
 import os
 import signal
@@ -29,10 +30,11 @@ from ocs.billing.store import (
     set_status,
     subscribe,
 )
-from ocs.config import Settings
+from ocs.config import Settings, with_overrides
 from ocs.errors import OcsError
 from ocs.events import queries, signing, webhooks
-from ocs.events.delivery import deliver_pending, lease_s
+from ocs.events.delivery import CONCURRENCY, deliver_pending, lease_s
+from ocs.events.outbox import emit
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer, monthly, run
 from tests.conftest import add_plan, eventually
@@ -430,3 +432,122 @@ async def test_killed_9_after_the_receivers_2xx_it_is_sent_again_with_the_same_w
     assert report.delivered == 1
     # Two requests, one webhook-id: a receiver that keeps the ids takes the event once.
     assert len(receiver.ids) == 2 and len(set(receiver.ids)) == 1
+
+
+async def delivered_rows(services: Services) -> int:
+    """How many deliveries are marked delivered."""
+    async with services.pool.acquire() as conn:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM event_deliveries WHERE state = 'delivered'")
+        )
+
+
+async def marked(services: Services, at_least: int) -> bool:
+    """Whether ``at_least`` deliveries are marked delivered."""
+    return await delivered_rows(services) >= at_least
+
+
+async def test_two_deliverers_send_each_event_once_past_a_slow_receivers_first_lease(
+    services: Services, receiver: Receiver
+) -> None:
+    url = await receiver.start()
+    hook = await webhooks.create(services.pool, url, kinds=["subscription.changed"])
+    receiver.secret = hook.secret
+    count = CONCURRENCY + 4
+    async with services.pool.acquire() as conn, conn.transaction():
+        for n in range(count):
+            await emit(conn, "subscription.changed", f"a{n}", {"n": n})
+    first, rest = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> None:
+        # The first requests answered when ``first`` is set, the next ones with ``rest``;
+        # any repeat at once.
+        taken = len(receiver.ids)
+        if taken <= CONCURRENCY:
+            await first.wait()
+        elif taken <= count:
+            await rest.wait()
+
+    receiver.on_request = slow
+    sending = asyncio.create_task(deliver_pending(services.pool, services.settings))
+    try:
+        await eventually(lambda: asyncio.sleep(0, result=len(receiver.ids) == CONCURRENCY))
+        async with services.pool.acquire() as conn:
+            first_lease = await conn.fetchval("SELECT min(leased_until) FROM event_deliveries")
+        first.set()
+        # Each answered delivery is marked at once, not when the slowest of its batch is.
+        await eventually(
+            lambda: marked(services, CONCURRENCY), what="the answered deliveries marked"
+        )
+        await eventually(lambda: asyncio.sleep(0, result=len(receiver.ids) == count))
+        # A second billing worker whose clock is past the first lease taken: the rows
+        # still being sent were claimed (and leased) only when their send began.
+        later = await deliver_pending(
+            services.pool, services.settings, now=first_lease + timedelta(microseconds=1)
+        )
+        rest.set()
+        await sending
+    finally:
+        first.set()
+        rest.set()
+    async with services.pool.acquire() as conn:
+        ids = [f"evt_{r['id']}" for r in await conn.fetch("SELECT id FROM events")]
+    assert collections.Counter(receiver.ids) == collections.Counter(ids)  # each POSTed once
+    assert later.attempted == 0
+    assert await delivered_rows(services) == count
+
+
+async def test_a_deliverer_past_its_lease_leaves_the_row_to_the_one_that_took_it_over(
+    services: Services, receiver: Receiver
+) -> None:
+    url = await receiver.start()
+    hook = await webhooks.create(services.pool, url, kinds=["subscription.changed"])
+    receiver.secret = hook.secret
+    async with services.pool.acquire() as conn:
+        await emit(conn, "subscription.changed", "a1", {})
+    settings = with_overrides(services.settings, webhook_backoff=0.0)
+    refuse, hold = asyncio.Event(), asyncio.Event()
+
+    async def answer() -> None:
+        # The first attempt refused when ``refuse`` is set; the second held until ``hold``.
+        taken = len(receiver.ids)
+        if taken == 1:
+            await refuse.wait()
+            raise web.HTTPServiceUnavailable()
+        if taken == 2:
+            await hold.wait()
+
+    receiver.on_request = answer
+    first = asyncio.create_task(deliver_pending(services.pool, settings))
+    second: asyncio.Task[Any] | None = None
+    try:
+        await eventually(lambda: asyncio.sleep(0, result=len(receiver.ids) == 1))
+        async with services.pool.acquire() as conn:
+            lease = await conn.fetchval("SELECT leased_until FROM event_deliveries")
+        # Another deliverer, its clock past that lease, takes the delivery over.
+        second = asyncio.create_task(
+            deliver_pending(services.pool, settings, now=lease + timedelta(microseconds=1))
+        )
+        await eventually(lambda: asyncio.sleep(0, result=len(receiver.ids) == 2))
+        refuse.set()
+        refused = await first
+        # Its 503 is not recorded (the row moved on), so not retried while the second
+        # deliverer's attempt is under way.
+        assert len(receiver.ids) == 2
+        assert (refused.attempted, refused.retrying) == (1, 0)
+        # So the second one's lease holds: a third deliverer (on that clock) sends nothing.
+        third = await deliver_pending(
+            services.pool, settings, now=lease + timedelta(microseconds=2)
+        )
+        hold.set()
+        assert (await second).delivered == 1
+    finally:
+        refuse.set()
+        hold.set()
+        if second is not None:
+            await asyncio.gather(second, return_exceptions=True)
+    assert len(receiver.ids) == 2  # never a third send while the second was under way
+    assert third.attempted == 0
+    async with services.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT state, attempts FROM event_deliveries")
+    assert (row["state"], row["attempts"]) == ("delivered", 2)

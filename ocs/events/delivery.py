@@ -3,9 +3,11 @@
 A delivery row (migration 0037) is made with its event, in the change's
 transaction. ``deliver_pending`` claims the due ones with ``FOR UPDATE SKIP
 LOCKED`` and a lease (several deliverers share the work; a dead one's claims
-come back when their lease runs out), sends each through its channel's sender
-(a webhook's signed POST here; the email sender is given by ``ocs.billing``,
-which knows invoices), and marks it:
+come back when their lease runs out), no more than it sends at once, so that
+each is sent within its own lease; sends each through its channel's sender (a
+webhook's signed POST here; the email sender is given by ``ocs.billing``,
+which knows invoices), and marks it as soon as its attempt ends, if the row is
+still that attempt's (its lease not taken over by another deliverer):
 
 * delivered (a 2xx, an email accepted by the SMTP server);
 * pending again ``webhook_backoff`` seconds later, doubled each attempt
@@ -39,8 +41,7 @@ from ocs.events import signing, webhooks
 
 log = logging.getLogger("ocs.events.delivery")
 
-BATCH = 100  # deliveries claimed at once
-CONCURRENCY = 16  # sent at once
+CONCURRENCY = 16  # sent at once, and so claimed at once at most
 EMAIL_LEASE_S = 300.0  # an email renders a PDF before it is sent
 POLL_S = 5.0  # the longest a serving deliverer waits without a notification
 NOTIFY_CHANNEL = "ocs_event_deliveries"  # the fan-out trigger's pg_notify
@@ -62,7 +63,8 @@ class Event:
 class Claimed:
     """A delivery claimed for one attempt: its event and target (a webhook's URL and
     secret, the secret out of the repr; or the email channel). ``attempts`` counts
-    this one."""
+    this one; ``leased_until`` is its lease, by which its end is marked (only while
+    the row still has this lease: another deliverer's claim after it ran out wins)."""
 
     id: int
     channel: str
@@ -71,6 +73,7 @@ class Claimed:
     webhook_id: str | None = None
     url: str | None = None
     secret: str | None = field(default=None, repr=False)
+    leased_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,16 +185,18 @@ UPDATE event_deliveries d SET attempts = d.attempts + 1,
                                                      ELSE $4::float8 END)
 FROM due JOIN events e ON e.id = due.event_id LEFT JOIN webhooks w ON w.id = due.webhook_id
 WHERE d.id = due.id
-RETURNING d.id, d.channel, d.attempts, d.webhook_id, w.url, w.secret,
+RETURNING d.id, d.channel, d.attempts, d.leased_until, d.webhook_id, w.url, w.secret,
           e.id AS event_id, e.kind, e.subject, e.data::text AS data, e.created_at
 """
 
-# An attempt's end: only a row still pending (a replay or a removal may have passed it).
+# An attempt's end: only on the row as that attempt claimed it, still pending with the
+# same attempt count and lease. A replay or a removal may have passed it; a deliverer
+# that outlived its lease must not clear the lease of the one that claimed it after.
 _FINISH_SQL = """
 UPDATE event_deliveries SET state = $2, leased_until = NULL, last_status = $3,
        last_error = $4, next_attempt_at = $5,
        delivered_at = CASE WHEN $2 = 'delivered' THEN clock_timestamp() END
-WHERE id = $1 AND state = 'pending'
+WHERE id = $1 AND state = 'pending' AND attempts = $6 AND leased_until = $7
 """
 
 
@@ -211,7 +216,7 @@ async def claim(
     settings: Settings,
     now: datetime,
     channels: list[str],
-    limit: int = BATCH,
+    limit: int = CONCURRENCY,
 ) -> list[Claimed]:
     """Claim up to ``limit`` due deliveries of these channels (one attempt each)."""
     async with pool.acquire() as conn:
@@ -225,6 +230,7 @@ async def claim(
             r["webhook_id"],
             r["url"],
             r["secret"],
+            r["leased_until"],
         )
         for r in sorted(rows, key=lambda r: r["id"])
     ]
@@ -234,44 +240,62 @@ async def finish(
     pool: asyncpg.Pool,
     settings: Settings,
     now: datetime,
-    done: list[tuple[Claimed, Outcome]],
+    delivery: Claimed,
+    outcome: Outcome,
     report: DeliveryReport,
 ) -> None:
-    """Mark each attempt's end (delivered, retried later, dead, skipped) and count it."""
-    marks = []
-    for delivery, outcome in done:
-        report.attempted += 1
-        if outcome.delivered:
-            state, due = "delivered", now
-            report.delivered += 1
-        elif outcome.skipped:
-            state, due = "skipped", now
-            report.skipped += 1
-        elif delivery.attempts >= settings.webhook_max_attempts:
-            state, due = "dead", now
-            report.dead += 1
-            log.warning(
-                "event delivery dead-lettered",
-                extra={
-                    "delivery": delivery.id,
-                    "event": delivery.event.id,
-                    "channel": delivery.channel,
-                    "webhook": delivery.webhook_id,
-                    "attempts": delivery.attempts,
-                    "error": outcome.error,
-                },
-            )
-        else:
-            state = "pending"
-            due = now + timedelta(seconds=backoff_s(settings, delivery.attempts))
-            report.retrying += 1
-        marks.append((delivery.id, state, outcome.status, outcome.error, due))
+    """Mark an attempt's end (delivered, retried later, dead, skipped) and count it;
+    nothing is marked when the row is no longer this attempt's (see ``_FINISH_SQL``)."""
+    report.attempted += 1
+    if outcome.delivered:
+        state, due = "delivered", now
+    elif outcome.skipped:
+        state, due = "skipped", now
+    elif delivery.attempts >= settings.webhook_max_attempts:
+        state, due = "dead", now
+    else:
+        state = "pending"
+        due = now + timedelta(seconds=backoff_s(settings, delivery.attempts))
     async with pool.acquire() as conn:
-        await conn.executemany(_FINISH_SQL, marks)
-    for (delivery, _), (_, state, *_) in zip(done, marks, strict=True):
-        metrics.EVENT_DELIVERIES.labels(
-            delivery.channel, "retrying" if state == "pending" else state
-        ).inc()
+        status = await conn.execute(
+            _FINISH_SQL,
+            delivery.id,
+            state,
+            outcome.status,
+            outcome.error,
+            due,
+            delivery.attempts,
+            delivery.leased_until,
+        )
+    if status.split()[-1] == "0":
+        # Replayed, removed, or its lease taken over: whoever has it now marks it.
+        log.info(
+            "event delivery outcome not recorded: the delivery moved on",
+            extra={"delivery": delivery.id, "channel": delivery.channel},
+        )
+        return
+    if state == "delivered":
+        report.delivered += 1
+    elif state == "skipped":
+        report.skipped += 1
+    elif state == "dead":
+        report.dead += 1
+        log.warning(
+            "event delivery dead-lettered",
+            extra={
+                "delivery": delivery.id,
+                "event": delivery.event.id,
+                "channel": delivery.channel,
+                "webhook": delivery.webhook_id,
+                "attempts": delivery.attempts,
+                "error": outcome.error,
+            },
+        )
+    else:
+        report.retrying += 1
+    metrics.EVENT_DELIVERIES.labels(
+        delivery.channel, "retrying" if state == "pending" else state
+    ).inc()
 
 
 def error_text(exc: BaseException, url: str | None) -> str:
@@ -306,26 +330,41 @@ async def deliver_pending(
     """Send every delivery due at ``now`` (default: the clock) of the channels that have
     a sender (default: webhooks only), ``CONCURRENCY`` at a time; what happened.
 
-    Retries that fall due while it runs (a zero backoff) are sent in the same call,
-    until their attempts run out.
+    A delivery is claimed only when a sending slot is free, so its lease starts with
+    its send, and marked as soon as its attempt ends: a slow receiver holds only its
+    own rows, never a batch that another deliverer would send again once the batch's
+    lease ran out. Retries that fall due while it runs (a zero backoff) are sent in
+    the same call, until their attempts run out.
     """
     chosen = dict(senders if senders is not None else WEBHOOK_SENDERS)
+    channels = sorted(chosen)
     report = DeliveryReport()
-    gate = asyncio.Semaphore(CONCURRENCY)
+    running: set[asyncio.Task[None]] = set()
     async with aiohttp.ClientSession() as session:
         context = Context(pool, settings, session)
 
-        async def bounded(delivery: Claimed) -> tuple[Claimed, Outcome]:
-            async with gate:
-                return delivery, await attempt(chosen[delivery.channel], delivery, context)
+        async def deliver(delivery: Claimed) -> None:
+            outcome = await attempt(chosen[delivery.channel], delivery, context)
+            await finish(pool, settings, now or datetime.now(UTC), delivery, outcome, report)
 
-        while True:
-            moment = now or datetime.now(UTC)
-            claimed = await claim(pool, settings, moment, sorted(chosen))
-            if not claimed:
-                return report
-            done = await asyncio.gather(*(bounded(d) for d in claimed))
-            await finish(pool, settings, now or datetime.now(UTC), list(done), report)
+        try:
+            while True:
+                free = CONCURRENCY - len(running)
+                if free > 0:
+                    moment = now or datetime.now(UTC)
+                    for delivery in await claim(pool, settings, moment, channels, free):
+                        running.add(asyncio.create_task(deliver(delivery)))
+                if not running:
+                    return report
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # PostgreSQL gone while marking: the caller's to handle
+        finally:
+            # Stopped by an error or a cancellation: what is in flight goes back to the
+            # pool when its lease runs out.
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 # When the earliest delivery ``claim`` would take falls due: the same filter (these
