@@ -357,8 +357,11 @@ async def deliver_pending(
                 if not running:
                     return report
                 done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # PostgreSQL gone while marking: the caller's to handle
+                # PostgreSQL gone while marking: the caller's to handle (each error taken,
+                # so that none is reported as never retrieved).
+                failed = [e for e in (t.exception() for t in done) if e is not None]
+                if failed:
+                    raise failed[0]
         finally:
             # Stopped by an error or a cancellation: what is in flight goes back to the
             # pool when its lease runs out.
