@@ -275,6 +275,16 @@ def validate_duration(duration: object, field: str = "duration") -> int:
     return duration
 
 
+def caller_digits(caller: str | None) -> str | None:
+    """A caller id's digits (a leading ``+`` dropped), or None for one that is not digits."""
+    if caller is None:
+        return None
+    digits = caller.strip().removeprefix("+")
+    if not digits.isascii() or not digits.isdigit():
+        return None
+    return digits
+
+
 class CallService:
     """Authorize, start, update and stop calls; the one place protocols come to for money."""
 
@@ -353,14 +363,21 @@ class CallService:
             self._plans.clear()
         self._plans[account_id] = plan_id
 
-    async def identify(self, name: str) -> Identity:
+    async def identify(
+        self, name: str, caller: str | None = None, *, vouched: bool = False
+    ) -> Identity:
         """What a user name (RADIUS User-Name) names.
 
-        An account id names the account (its password checked when it has one); a
-        member (SIP user, extension) is trusted as the NAS authenticated it; a
-        card's PIN opens its card, whose password (if any) must follow. A card's
-        account id names no account: refused ``account_not_found`` as an unknown
-        account is (decision 0042). A name this process already knows as an account
+        An account id names the account, its password checked when it has one. A
+        member (SIP user, extension) names its account with that account's password
+        checked just the same (decision 0053). A card's PIN opens its card, whose
+        password (if any) must follow. A card's account id names no account: refused
+        ``account_not_found`` as an unknown account is (decision 0042). A member named
+        like a PIN (6 to 20 digits, a phone number) opens its account only from its
+        own line, ``caller`` (the request's Calling-Station-Id): from any other it is
+        a card's PIN if one matches, else a wrong PIN (decision 0053). ``vouched``: the
+        switch names a member it vouches for (``POST /v1/calls``), which is found
+        whatever line it calls from. A name this process already knows as an account
         costs no round trip.
         """
         name = name.strip()
@@ -378,8 +395,10 @@ class CallService:
         if plan_id is not None and not card_id:
             self._remember_plan(name, plan_id)
             return Identity(name)
-        if member_of is not None:
-            return Identity(member_of, member=name, check_password=False)
+        if member_of is not None and (vouched or not maybe_pin or caller_digits(caller) == name):
+            return Identity(member_of, member=name)
+        # A member's phone number typed at a card IVR's PIN prompt, from another line,
+        # is a guess at a PIN: it must not charge that member's account.
         if card is not None:
             return Identity(card, pin=True)
         if card_id:
@@ -388,6 +407,8 @@ class CallService:
             raise OcsError(
                 Reason.ACCOUNT_NOT_FOUND, f"account {name!r} does not exist", field="account"
             )
+        # No account has this id: refused as an unknown PIN, word for word, whether or
+        # not a member has the name, so the answer tells a guesser nothing.
         return Identity(name, pin=maybe_pin)
 
     @property

@@ -96,7 +96,9 @@ async def authorize_call(request: web.Request, params: AuthorizeCall) -> Reply[C
             # A member names its account (a SIP user, an extension); it must be one of
             # the account's members, or its line limit would mean nothing.
             try:
-                identity: Identity | None = await services.calls.identify(params.member)
+                identity: Identity | None = await services.calls.identify(
+                    params.member, vouched=True
+                )
             except OcsError as error:
                 # A card's form of id names no account (decision 0042): here it is a
                 # member name that no account has, refused as such below.

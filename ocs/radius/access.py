@@ -1,8 +1,10 @@
 """Access-Request -> authorize: who is calling, where to, for how long.
 
-Identity: User-Name is the account (with User-Password checked when the
-account has a password), or, when User-Name is absent, the caller id
-(Calling-Station-Id) of a "pinless" account. Destination: Called-Station-Id;
+Identity: User-Name is the account, a member of it or a card's PIN (with
+User-Password checked when the account has a password; a member named like a PIN
+only from its own line, decision 0053), or, when User-Name is absent, the caller
+id (Calling-Station-Id) of a "pinless" account. Destination:
+Called-Station-Id;
 without one the request is a balance query (an IVR's "your balance is")
 and nothing is reserved. The answer carries Session-Timeout and the Cisco
 h323 VSAs a prepaid IVR expects; a refusal carries h323-return-code and a
@@ -130,7 +132,7 @@ async def answer_access_request(
     inbound = (avpair(packet, "ocs-direction") or "").strip().lower() == "inbound"
     try:
         if user:
-            identity = await calls.identify(user)
+            identity = await calls.identify(user, caller)
             if identity.pin and pin_guard is not None:
                 attempt = await pin_guard.attempt(caller, client.name)
         elif inbound and destination:
