@@ -1,9 +1,11 @@
-"""Who a RADIUS Access-Request names: members by User-Name (decision 0053).
+"""Who a RADIUS Access-Request names: members by User-Name and by caller id (decision
+0053).
 
 A member named by User-Name opens its account under the account's password, as the
 account's own id does. A member named like a PIN (digits, a phone number) opens it
 only from its own line: typed at a card IVR's PIN prompt from another line it is a
 wrong PIN, counted by the PIN guard, so knowing a customer's number charges nothing.
+A member found by caller id (no User-Name) keeps its own line limit.
 
 Rates (FLAT_DECK): Germany 0.01 a minute, 60/60; plans allow 600 s calls, so a grant
 reserves 0.10.
@@ -173,3 +175,22 @@ async def test_a_switch_names_a_member_like_a_pin_from_any_line(app: RunningApp)
         "/v1/calls", {"member": PHONE, "destination": GERMANY, "caller": STRANGER}
     )
     assert (status, grant["account"]) == (201, "victim"), grant
+
+
+# -- a member found by caller id ----------------------------------------------------
+
+
+async def test_a_member_found_by_caller_id_keeps_its_own_line_limit(
+    radius: RunningRadius,
+) -> None:
+    app = radius.app
+    await plan(app)
+    await customer(app, "trunk", PHONE, member_lines=1)
+    first = await auth(radius, call("C-1", PHONE), expect=ANSWERED)
+    assert first.code == "Access-Accept", first.output
+    second = await auth(radius, call("C-2", f"+{PHONE}"), expect=ANSWERED)
+    refused_with(second, 3)  # no free line: the member's one line is taken
+    view = await account(app, "trunk")
+    assert (view["lines_in_use"], view["reserved"]) == (1, "0.100000"), view
+    live = await app.services.store.live_calls_of("trunk")
+    assert [CallRecord.unpack(e.record).member for e in live.values()] == [PHONE]

@@ -416,13 +416,19 @@ class CallService:
         """Whether any plan has access numbers (else a request need not look for one)."""
         return bool(self._catalog.snapshot.access_numbers)
 
-    async def account_for_caller(self, caller: str) -> str | None:
-        """The account a caller id identifies (pinless), if any."""
-        digits = caller.strip().removeprefix("+")
-        if not digits.isascii() or not digits.isdigit():
+    async def identify_caller(self, caller: str) -> Identity | None:
+        """Who a caller id identifies (pinless), if anyone: the member named by its
+        digits, whose own line limit applies and whose calls are recorded under it, else
+        the account that lists the caller id. The NAS vouches for a caller id: no
+        password is checked."""
+        digits = caller_digits(caller)
+        if digits is None:
             return None
         _, member_of, _ = await self._store.identities(digits, None)
-        return member_of or await self._store.caller_account(digits)
+        if member_of is not None:
+            return Identity(member_of, member=digits, check_password=False)
+        account = await self._store.caller_account(digits)
+        return None if account is None else Identity(account, check_password=False)
 
     async def account_for_number(self, number: str) -> str | None:
         """The account an assigned number (DID, toll-free) identifies, if any: the

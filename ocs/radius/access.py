@@ -3,7 +3,7 @@
 Identity: User-Name is the account, a member of it or a card's PIN (with
 User-Password checked when the account has a password; a member named like a PIN
 only from its own line, decision 0053), or, when User-Name is absent, the caller
-id (Calling-Station-Id) of a "pinless" account. Destination:
+id (Calling-Station-Id) of a "pinless" account or member. Destination:
 Called-Station-Id;
 without one the request is a balance query (an IVR's "your balance is")
 and nothing is reserved. The answer carries Session-Timeout and the Cisco
@@ -141,10 +141,10 @@ async def answer_access_request(
                 raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no account holds the called number")
             identity = Identity(held, check_password=False)
         else:
-            found = await calls.account_for_caller(caller) if caller else None
+            found = await calls.identify_caller(caller) if caller else None
             if found is None:
                 raise OcsError(Reason.ACCOUNT_NOT_FOUND, "no User-Name and no known caller id")
-            identity = Identity(found, check_password=False)
+            identity = found
         account_id, check_password = identity.account_id, identity.check_password
         if not calling:
             answer = await calls.balance(
