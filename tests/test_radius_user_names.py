@@ -1,21 +1,32 @@
-"""Who a RADIUS Access-Request names: members by User-Name and by caller id (decision
-0053).
+"""Who a RADIUS Access-Request names: members by User-Name and by caller id, and
+User-Names ocs cannot read (decision 0053).
 
 A member named by User-Name opens its account under the account's password, as the
 account's own id does. A member named like a PIN (digits, a phone number) opens it
 only from its own line: typed at a card IVR's PIN prompt from another line it is a
 wrong PIN, counted by the PIN guard, so knowing a customer's number charges nothing.
-A member found by caller id (no User-Name) keeps its own line limit.
+A member found by caller id (no User-Name) keeps its own line limit. A User-Name sent
+empty or not as UTF-8 is refused, never taken as absent (which would open the caller
+id's account with no password).
 
 Rates (FLAT_DECK): Germany 0.01 a minute, 60/60; plans allow 600 s calls, so a grant
 reserves 0.10.
 """
 
+import ipaddress
+
+from pyrad import packet as rp
+
 from ocs.balances.cards import pin_digest
 from ocs.charging.values import CallRecord
-from tests.conftest import RunningApp, RunningRadius, account, add_plan
+from ocs.radius.access import answer_access_request
+from ocs.radius.clients import NasClient
+from ocs.radius.dictionary import radius_dictionary
+from ocs.radius.lean.request import LeanCodec
+from tests.conftest import RADIUS_SECRET, RunningApp, RunningRadius, account, add_plan
 from tests.helpers import ANSWERED, Pairs, auth, card_nas, return_code
 from tests.radclient import RadiusReply
+from tests.radius_udp import UdpClient, access_request, decode_reply, wire
 
 FLAT_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 49,Germany,0.010,0,60,60
@@ -194,3 +205,71 @@ async def test_a_member_found_by_caller_id_keeps_its_own_line_limit(
     assert (view["lines_in_use"], view["reserved"]) == (1, "0.100000"), view
     live = await app.services.store.live_calls_of("trunk")
     assert [CallRecord.unpack(e.record).member for e in live.values()] == [PHONE]
+
+
+# -- a User-Name ocs cannot read ----------------------------------------------------
+
+
+async def pinless(app: RunningApp) -> None:
+    """An account with a password whose caller id PHONE identifies it (pinless)."""
+    await plan(app)
+    status, body = await app.post(
+        "/v1/accounts",
+        {"id": "pinless", "plan": "retail", "balance": "5.00", "password": PASSWORD},
+    )
+    assert status == 201, body
+    status, body = await app.post("/v1/accounts/pinless/callers", {"caller": PHONE})
+    assert status in (200, 201), body
+
+
+def unreadable(user: bytes) -> rp.AuthPacket:
+    return access_request(
+        RADIUS_SECRET,
+        [
+            ("User-Name", user),
+            ("Called-Station-Id", GERMANY),
+            ("Calling-Station-Id", PHONE),
+            ("h323-conf-id", "h323-conf-id=U-1"),
+        ],
+    )
+
+
+UNREADABLE = (b"\xff123456", b"\xc3", b"   ")
+
+
+async def test_a_user_name_that_is_not_utf8_is_refused_over_the_wire(
+    radius: RunningRadius, udp: UdpClient
+) -> None:
+    await pinless(radius.app)
+    for user in UNREADABLE:
+        request = unreadable(user)
+        data = await udp.exchange(wire(request), radius.auth_port)
+        assert data is not None, user
+        reply = decode_reply(request, data)
+        assert reply.code == rp.AccessReject, user
+        assert reply["h323-return-code"] == ["h323-return-code=1"], user
+    # With no User-Name at all, the caller id still opens the account.
+    reply = await auth(radius, call("U-2", PHONE), expect=ANSWERED)
+    assert reply.code == "Access-Accept", reply.output
+
+
+async def test_both_codecs_refuse_an_empty_or_undecodable_user_name(app: RunningApp) -> None:
+    await pinless(app)
+    client = NasClient("nas", ipaddress.ip_network("127.0.0.1/32"), RADIUS_SECRET.encode(), False)
+    codec = LeanCodec(radius_dictionary())
+    services = app.services
+    for user in (*UNREADABLE, b""):
+        data = wire(unreadable(user))
+        lean = codec.decode(data, RADIUS_SECRET.encode(), require_message_authenticator=True)
+        assert lean is not None
+        full = rp.AuthPacket(packet=data, secret=RADIUS_SECRET.encode(), dict=radius_dictionary())
+        for request in (lean, full):
+            answer = await answer_access_request(
+                request, client, services.calls, services.settings, services.pin_guard
+            )
+            assert (answer.accept, answer.reason, answer.return_code) == (
+                False,
+                "invalid_field",
+                1,
+            ), (user, type(request))
+    await untouched(app, "pinless")

@@ -3,8 +3,8 @@
 Identity: User-Name is the account, a member of it or a card's PIN (with
 User-Password checked when the account has a password; a member named like a PIN
 only from its own line, decision 0053), or, when User-Name is absent, the caller
-id (Calling-Station-Id) of a "pinless" account or member. Destination:
-Called-Station-Id;
+id (Calling-Station-Id) of a "pinless" account or member. A User-Name sent empty
+or not as UTF-8 is refused, never taken as absent. Destination: Called-Station-Id;
 without one the request is a balance query (an IVR's "your balance is")
 and nothing is reserved. The answer carries Session-Timeout and the Cisco
 h323 VSAs a prepaid IVR expects; a refusal carries h323-return-code and a
@@ -26,7 +26,7 @@ from ocs.balances.pin_guard import PinAttempt, PinGuard
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest, Grant, Identity, Origin
 from ocs.config import Settings
-from ocs.errors import OcsError, Reason
+from ocs.errors import OcsError, Reason, invalid
 from ocs.metrics import PIN_FAILURES, decision
 from ocs.money import format_amount
 from ocs.radius.attributes import avpair, cisco, first
@@ -131,10 +131,14 @@ async def answer_access_request(
     # The switch says a call comes in to one of its numbers (docs/ivr-attributes.md).
     inbound = (avpair(packet, "ocs-direction") or "").strip().lower() == "inbound"
     try:
-        if user:
+        if user is not None and user.strip():
             identity = await calls.identify(user, caller)
             if identity.pin and pin_guard is not None:
                 attempt = await pin_guard.attempt(caller, client.name)
+        elif "User-Name" in packet:
+            # Sent, but empty or not UTF-8: a name ocs cannot read. Taken as absent, it
+            # would open the caller id's account, past its password and the PIN guard.
+            raise invalid("User-Name", "expected a user name as UTF-8 text")
         elif inbound and destination:
             held = await calls.account_for_number(destination)
             if held is None:
