@@ -189,3 +189,28 @@ async def test_a_free_event_is_taken_when_the_account_owes_money(app: RunningApp
         "/v1/usage", {"account": "owes", "event_id": "mb-1", "service": "Data", "quantity": 10}
     )
     assert (status, paid["error"]["reason"]) == (402, "zero_balance")
+
+
+async def test_an_expired_card_pays_for_no_usage(app: RunningApp) -> None:
+    # A card past its life keeps its balance but spends none of it: POST /v1/usage is
+    # refused as a call is (authorize's account_expired), and the balance stays.
+    await _data_plan(app)
+    response = await app.client.post(
+        "/v1/pin-batches",
+        json={
+            "plan": "retail",
+            "batch": "old",
+            "count": 1,
+            "value": "20.00",
+            "expires_at": "2020-01-01T00:00:00Z",
+        },
+    )
+    assert response.status == 201, await response.text()
+    card = "card-old-0000001"
+    status, call = await app.post("/v1/calls", {"account": card, "destination": "441234567"})
+    assert (status, call["error"]["reason"]) == (403, "account_expired"), call
+    status, used = await app.post(
+        "/v1/usage", {"account": card, "event_id": "mb-1", "service": "Data", "quantity": 350}
+    )
+    assert (status, used["error"]["reason"]) == (403, "account_expired"), used
+    assert (await app.get(f"/v1/accounts/{card}"))[1]["balance"] == "20.000000"

@@ -230,6 +230,36 @@ async def test_a_prepaid_account_that_runs_out_mid_file_is_never_overdrawn(
     assert text_of(summary.rejects_path) == HEADER + "\n".join(rows[5:]) + "\n"
 
 
+async def test_a_record_of_a_call_made_before_the_account_expired_is_still_charged(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # The account expired at 09:30 (the template's Toronto time): its 09:00 call took
+    # place while it was valid and is charged; one at 10:00 is refused as authorize
+    # would have refused it, and goes to the rejects file.
+    await setup_mediation(app)
+    status, body = await app.post(
+        "/v1/accounts",
+        {
+            "id": "ends",
+            "plan": "retail",
+            "balance": "10.00",
+            "expires_at": "2026-03-03T09:30:00-05:00",
+        },
+    )
+    assert status == 201, body
+    path = tmp_path / "expiry.csv"
+    rows = [
+        "e1,ends,442071234567,2026-03-03 09:00:00,61,O,,\n",
+        "e2,ends,442071234567,2026-03-03 10:00:00,61,O,,\n",
+    ]
+    path.write_text(HEADER + "".join(rows))
+    summary = await run_import(app, path)
+    assert (summary.rows_charged, summary.rows_rejected) == (1, 1)
+    assert await balance(app, "ends") == 10_000_000 - 40_000
+    assert [(p.line, p.problems) for p in summary.problems] == [(3, ("account: account_expired",))]
+    assert text_of(summary.rejects_path) == HEADER + rows[1]
+
+
 async def test_rejected_rows_of_files_with_other_column_orders_keep_their_columns(
     app: RunningApp, tmp_path: Path
 ) -> None:

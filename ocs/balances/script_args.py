@@ -366,7 +366,8 @@ class UsageEvent(msgspec.Struct, frozen=True, gc=False):
     ``counter_id``: the usage counter the event draws on ("" none), priced with the
     counter holding ``counter_free`` seconds; ``counter_start``: the seconds a mandatory
     counter starts its first cycle with when the account has not used it yet (0 for an
-    optional counter).
+    optional counter). ``start_ms``: when the usage took place (epoch ms): an account
+    that had expired by then refuses it.
     """
 
     account_id: str
@@ -374,6 +375,7 @@ class UsageEvent(msgspec.Struct, frozen=True, gc=False):
     rated_cost: int
     quantity: int
     cdr: bytes
+    start_ms: int
     counter_id: str = ""
     counter_free: int = 0
     counter_start: int = 0
@@ -386,8 +388,8 @@ class ChargeBatchArgs(msgspec.Struct, frozen=True, gc=False):
     each event its account hash, result key and the key earlier versions kept the result
     under, then the counters hash of each event that names a counter. ARGV[1] time
     (epoch ms), ARGV[2] seconds to keep each result, ARGV[3] seconds to keep the refused
-    accounts, then six an event: event id, cost, quantity, account id, CDR, and "" or
-    "<free seconds priced with>|<start seconds>|<counter id>".
+    accounts, then seven an event: event id, cost, quantity, account id, CDR, "" or
+    "<free seconds priced with>|<start seconds>|<counter id>", and when it took place.
     """
 
     bucket: int
@@ -408,14 +410,14 @@ class ChargeBatchArgs(msgspec.Struct, frozen=True, gc=False):
         return out
 
     def argv(self) -> list[object]:
-        """ARGV[1..3 + 6n]."""
+        """ARGV[1..3 + 7n]."""
         out: list[object] = [self.now_ms, self.result_ttl, self.result_ttl]
         for event in self.events:
             counter = event.counter_id
             if counter:
                 counter = f"{event.counter_free}|{event.counter_start}|{counter}"
             out += (event.event_id, event.rated_cost, event.quantity, event.account_id, event.cdr)
-            out.append(counter)
+            out += (counter, event.start_ms)
         return out
 
 

@@ -398,6 +398,7 @@ class ImportRun:
                 rated.cost,
                 item.quantity,
                 msgpack.packb(fields),
+                item.start_ms,
             )
             ready = Prepared(item, file, account.currency, rated.cost, event, self.seq)
             if rated.counters:
@@ -475,6 +476,7 @@ class ImportRun:
                 cost,
                 record.quantity,
                 msgpack.packb(fields),
+                record.start_ms,
                 counter.id,
                 free,
                 start,
@@ -489,6 +491,7 @@ class ImportRun:
             item.cost,
             item.record.quantity,
             msgpack.packb(draw.fields),
+            item.record.start_ms,
         )
         return True
 

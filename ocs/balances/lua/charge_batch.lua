@@ -14,13 +14,15 @@
 --                                hash counters:{b:N}:<account>
 -- ARGV[1] time (epoch milliseconds)   ARGV[2] seconds to keep each result
 -- ARGV[3] seconds to keep the refused accounts
--- ARGV[4 + 6(i-1)] .. ARGV[9 + 6(i-1)] for event i: event id, cost (micro-units),
+-- ARGV[4 + 7(i-1)] .. ARGV[10 + 7(i-1)] for event i: event id, cost (micro-units),
 --                                quantity (seconds for a call), account id, CDR (msgpack,
---                                opaque), and "" or the counter it draws on as
+--                                opaque), "" or the counter it draws on as
 --                                "<free>|<start>|<counter id>": the counter's free seconds
 --                                the cost was priced with, the seconds a mandatory counter
 --                                starts its first cycle with ("0" optional: it applies
---                                only once bought, as authorize.lua has it), and its id
+--                                only once bought, as authorize.lua has it), and its id;
+--                                and when the record's usage took place (epoch ms): an
+--                                account expired by then refuses it (account_expired)
 --
 -- Returns a flat list, two items an event: status ("OK", "DONE", "REJ", "CNT") and the
 -- result (charge_event's msgpack), the refusal reason, or for "CNT" the counter's free
@@ -30,12 +32,12 @@
 -- later, cheaper row out of order.
 
 local out = {}
-local n = (#ARGV - 3) / 6
+local n = (#ARGV - 3) / 7
 local counter_key = 2 + 3 * n
 -- Whether each account of the batch was refused earlier in the import: asked once.
 local refused = {}
 for i = 1, n do
-  local at = 3 + 6 * (i - 1)
+  local at = 3 + 7 * (i - 1)
   local account_id = ARGV[at + 4]
   local counter = ARGV[at + 6]
   local status, value
@@ -70,7 +72,7 @@ for i = 1, n do
   else
     status, value = charge_event(KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[1],
       ARGV[at + 1], ARGV[at + 2], ARGV[2], ARGV[at + 5], ARGV[1], ARGV[at + 3], account_id,
-      admit)
+      ARGV[at + 7], admit)
     if status == 'REJ' and (value == 'insufficient_funds' or value == 'zero_balance') then
       refused[account_id] = true
       redis.call('SADD', KEYS[2], account_id)

@@ -64,17 +64,20 @@ end
 -- the result (the key a call's stop uses: an event id equal to a call's id mixed them);
 -- ledger_key ledger:{b:N}; rated: cost in micro-units (the shared rating function);
 -- ttl: seconds a result is kept to answer a repeat; cdr: msgpack, opaque; ts: epoch ms.
+-- at: when the usage took place, epoch ms (ts for a live event; an imported record's own
+-- start): an account that had expired by then is refused, as authorize.lua refuses it.
 -- admit: nil, or a function the event must pass once it is known to be new and its
 -- account active, before any funds are looked at: it returns nil to go on, or a status
 -- and a value to answer instead (charge_batch.lua checks a usage counter with it).
 -- Returns 'OK', result or 'DONE', result (a repeat: nothing charged), result = msgpack
 -- {charged, rated, balance, duration, entry, cause}; or 'REJ', reason when the account
--- is unknown, not active, or cannot pay (the balance never goes below -credit_limit).
+-- is unknown, not active, expired at ``at``, or cannot pay (the balance never goes below
+-- -credit_limit).
 local function charge_event(account_key, result_key, legacy_key, ledger_key, event_id,
-                            rated, ttl, cdr, ts, quantity, account_id, admit)
+                            rated, ttl, cdr, ts, quantity, account_id, at, admit)
   -- One read of the account: every account hash has a status, so none means no account.
   local a = redis.call('HMGET', account_key, 'status', 'balance', 'credit_limit', 'reserved',
-    'committed', 'critical')
+    'committed', 'critical', 'expires')
   if not a[1] then
     return 'REJ', 'account_not_found'
   end
@@ -90,6 +93,13 @@ local function charge_event(account_key, result_key, legacy_key, ledger_key, eve
   end
   if a[1] ~= 'active' then
     return 'REJ', 'account_' .. a[1]
+  end
+  -- A card past its life keeps its balance, but spends none of it (authorize.lua's rule).
+  -- Judged at the time of the usage: a record of a call made while the card was valid,
+  -- imported after it expired, is still charged, as the call took place.
+  local expires = tonumber(a[7] or 0)
+  if expires > 0 and tonumber(at) >= expires * 1000 then
+    return 'REJ', 'account_expired'
   end
   if admit then
     local status, value = admit()
