@@ -15,11 +15,12 @@ what every command module shares (registering, argument checks, JSON output) in
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import uvloop
 
@@ -747,31 +748,63 @@ def _rerate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _new_private_file(path: Path) -> TextIO:
+    """``path`` created for writing, readable by its owner only: a ``UsageError`` naming
+    it when it exists (PIN files are never overwritten) or cannot be created."""
+    try:
+        # O_EXCL: never another file's contents (or a link) replaced; 0o600 from the
+        # start, so the PINs are never readable by others, not even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"--out: {path} exists; PIN files are never overwritten") from None
+    except OSError as exc:
+        raise UsageError(f"--out: cannot create {path}: {exc.strerror}") from None
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 def _pins_generate(args: argparse.Namespace, settings: Settings) -> int:
-    """``ocs pins generate``: a batch of calling cards, written to a new private CSV file."""
+    """``ocs pins generate``: a batch of calling cards, written to a new private CSV file.
+
+    The file is created before any card: a path that cannot take it refuses the command
+    with no batch made, since cards whose PINs nobody has would be value no one can
+    spend (and their batch id taken)."""
     value = amount_arg(args.value, "--value")
     try:
         expires = None if args.expires is None else datetime.fromisoformat(args.expires)
     except ValueError:
         raise UsageError(f"--expires: not an ISO 8601 time: {args.expires!r}") from None
-    if args.out.exists():
-        raise UsageError(f"--out: {args.out} exists; PIN files are never overwritten")
-    batch = with_services(
-        settings,
-        lambda s: s.cards.generate(
-            batch_id=args.batch,
-            plan_id=args.plan,
-            count=args.count,
-            length=args.length,
-            value=value,
-            password_length=args.password_length,
-            expires_at=expires,
-            expire_days=args.expire_days,
-        ),
-    )
-    # Only the owner may read the file: it holds every PIN of the batch.
-    args.out.touch(mode=0o600)
-    args.out.write_text(batch.csv(), encoding="utf-8")
+    out = _new_private_file(args.out)
+    try:
+        batch = with_services(
+            settings,
+            lambda s: s.cards.generate(
+                batch_id=args.batch,
+                plan_id=args.plan,
+                count=args.count,
+                length=args.length,
+                value=value,
+                password_length=args.password_length,
+                expires_at=expires,
+                expire_days=args.expire_days,
+            ),
+        )
+    except BaseException:
+        # No batch: the empty file goes, so that the same command can be run again.
+        out.close()
+        args.out.unlink(missing_ok=True)
+        raise
+    try:
+        with out:
+            out.write(batch.csv())
+    except OSError as exc:
+        # Rare (a full disk): the batch is made, and this file was its only copy of the PINs.
+        print(
+            f"ocs: --out: cannot write {args.out}: {exc.strerror}; batch {batch.id!r} was"
+            f" created with {len(batch.cards)} cards whose PINs are lost: lock them"
+            " (PATCH /v1/accounts/{id} with status locked)",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
     print_json({"batch": batch.id, "cards": len(batch.cards), "file": str(args.out)})
     return 0
 

@@ -69,3 +69,39 @@ async def test_pins_generate_writes_a_private_csv_once(services: Services, tmp_p
         "--out", str(out_file),
     )  # fmt: skip
     assert again == 2 and "exists" in err
+
+
+async def test_pins_generate_makes_no_batch_when_its_file_cannot_be_written(
+    services: Services, tmp_path: Path
+) -> None:
+    # The batch was committed before the CSV was written: a path that could not take it
+    # left valued cards whose PINs nobody had, blamed "a backend", and a retry was told
+    # the batch exists.
+    await add_plan(services)
+    nowhere = tmp_path / "no-such-dir" / "batch.csv"
+    generate = ("pins", "generate", "--batch", "lost", "--count", "20", "--value", "5.00")
+    code, _, err = await ocs_cli(
+        services.settings, tmp_path, *generate, "--plan", "retail", "--out", str(nowhere)
+    )
+    assert code == 2, err
+    assert f"--out: cannot create {nowhere}" in err and "backend" not in err, err
+    async with services.pool.acquire() as conn:
+        made = await conn.fetchval("SELECT count(*) FROM pins WHERE batch_id = 'lost'")
+    assert made == 0
+
+    # A batch the service refuses (no such plan) leaves no file behind either.
+    good = tmp_path / "batch.csv"
+    code, _, err = await ocs_cli(
+        services.settings, tmp_path, *generate, "--plan", "nope", "--out", str(good)
+    )
+    assert code == 1 and not good.exists(), err
+
+    # The same batch id, with a path that works, is made then.
+    code, out, err = await ocs_cli(
+        services.settings, tmp_path, *generate, "--plan", "retail", "--out", str(good)
+    )
+    assert (code, '"cards": 20' in out) == (0, True), err
+    assert stat.S_IMODE(good.stat().st_mode) == 0o600
+    rows = list(csv.DictReader(good.read_text().splitlines()))
+    assert len(rows) == 20
+    assert await services.cards.account_for_pin(rows[0]["pin"]) == rows[0]["account"]
