@@ -1059,8 +1059,15 @@ def _subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.billing import queries
 
     async def listed(services: "Services") -> list[dict[str, Any]]:
-        found = await queries.list_subscriptions(services.pool, args.account)
-        return await _subscriptions_shown(services, found)
+        # Every one, a page at a time (the API's pages): the first page alone stopped at
+        # 1,000 without a word.
+        found: list[SubscriptionRow] = []
+        while True:
+            after = found[-1].id if found else 0
+            page = await queries.list_subscriptions(services.pool, args.account, after=after)
+            found += page
+            if len(page) < queries.MAX_LIST:
+                return await _subscriptions_shown(services, found)
 
     print_json({"subscriptions": with_services(settings, listed)})
     return 0

@@ -4,12 +4,15 @@ Viewers read; billing staff are operators: they create runs, post and void. A
 request on an invoice in the wrong state is 409 invoice_state. Amounts by hand.
 """
 
+import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from ocs import api_tokens
 from tests.conftest import RunningApp, add_plan, bearer
+from tests.helpers import ocs_cli
 
 # A monthly line rent of 12.50, as POST /v1/charges takes it.
 RENT = {
@@ -218,7 +221,7 @@ SELECT $1, 'retail', date '2026-01-01', 'active' FROM generate_series(1, $2)
 
 
 async def test_an_accounts_1001st_subscription_is_created_found_and_listed_a_page_at_a_time(
-    app: RunningApp,
+    app: RunningApp, tmp_path: Path
 ) -> None:
     await add_plan(app.services)
     for account in ("a1", "a2"):
@@ -278,3 +281,9 @@ async def test_an_accounts_1001st_subscription_is_created_found_and_listed_a_pag
         assert (status, refused["error"]["field"]) == (400, "after"), refused
     status, refused = await app.get("/v1/subscriptions?limit=1001")
     assert (status, refused["error"]["field"]) == (400, "limit"), refused
+    # The CLI lists them all (it stopped at the first 1,000).
+    code, out, err = await ocs_cli(
+        app.services.settings, tmp_path, "subscriptions", "list", "--account", "a1"
+    )
+    assert code == 0, err
+    assert [s["id"] for s in json.loads(out)["subscriptions"]] == ids
