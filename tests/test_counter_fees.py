@@ -135,6 +135,48 @@ async def test_a_reset_run_again_for_its_cycle_gives_no_seconds_twice(
     assert await counters_of(app, "bea") == {"de-10": (600, 0)}
 
 
+async def test_a_reset_run_again_leaves_a_counter_bought_since_and_charges_it_nothing(
+    app: RunningApp,
+) -> None:
+    # After the 2026-12 reset ann bought the optional Germany counter (2.00) and used its
+    # 600 s. Running the reset again for 2026-12 (a retry) gave her the 600 s again and
+    # charged the 2.00 again: a counter bought since the first run did not carry its
+    # label. (Her plan's mandatory UK Mobile counter, 1.00 a cycle, is charged once.)
+    await define_counter(app, id="de-o", seconds=600, mandatory=False, recurring_fee="2.00")
+    status, body = await app.post(
+        "/v1/plans/retail/counters",
+        {"id": "uk-m", "zones": ["UK Mobile"], "seconds": 600, "recurring_fee": "1.00"},
+    )
+    assert status == 201, body
+    await app.post("/v1/accounts", {"id": "ann", "plan": "retail", "balance": "10.00"})
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+    assert (status, body["fees"]) == (200, 1), body
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-o"})
+    assert status == 201, body
+    status, grant = await app.post(
+        "/v1/calls", {"account": "ann", "destination": "4930123456", "call_id": "a-1"}
+    )
+    assert (status, grant["counter_seconds"]) == (201, 600), grant
+    status, stopped = await app.post("/v1/calls/a-1/stop", {"duration": 600})
+    assert (status, stopped["cost"]) == (200, "0.000000"), stopped
+    assert await counters_of(app, "ann") == {"uk-m": (600, 0), "de-o": (600, 600)}
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "7.000000"
+
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+
+    assert (status, body["fees"]) == (200, 1), body  # uk-m's, a repeat: charged once
+    assert await counters_of(app, "ann") == {"uk-m": (600, 0), "de-o": (600, 600)}
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "7.000000"
+    # The next cycle starts both again, each fee charged.
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2027-01"})
+    assert (status, body["fees"]) == (200, 2), body
+    assert await counters_of(app, "ann") == {"uk-m": (600, 0), "de-o": (600, 0)}
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "4.000000"
+
+
 async def optional_counter(app: RunningApp) -> None:
     """Plan retail with an optional counter de-10 at 2.00 a cycle, and ann with 10.00."""
     await define_counter(app, id="de-10", seconds=600, mandatory=False, recurring_fee="2.00")

@@ -148,8 +148,10 @@ def member_lines_in(bucket: int, account_id: str) -> str:
 
 def counters(account_id: str) -> str:
     """Hash: ``<counter>:limit``, ``<counter>:used``, ``<counter>:held`` seconds this cycle;
-    ``<counter>:cycle``, the label of the cycle a reset last started; ``<counter>:gone``
-    once cancelled while calls still hold some of it."""
+    ``<counter>:cycle``, the label of the cycle a reset last started (``<label>|bought``:
+    bought or first used in that cycle after its reset); ``<counter>:gone`` once
+    cancelled while calls still hold some of it; ``cycle``, the label of the account's
+    last reset."""
     return f"counters:{_TAGS[bucket_of(account_id)]}:{account_id}"
 
 

@@ -856,12 +856,14 @@ class BalanceStore:
 
     async def reset_counters(
         self, account_id: str, cycle: list[tuple[str, int, bool]], label: str
-    ) -> int:
+    ) -> tuple[int, list[str]]:
         """Start the cycle ``label``: (counter id, seconds, carryover) of each counter that
-        goes on. A counter that has started that cycle already is left as it is."""
+        goes on. A counter that has started that cycle already is left as it is. The
+        number of counters set, and those whose fee for the cycle is owed: not one bought
+        in the cycle after its reset (its purchase paid it)."""
         args = CounterResetArgs(account_id, cycle, label=label)
         reply = await self._pipe.run_script(scripts.COUNTER_RESET, args.keys(), args.argv())
-        return int(reply)
+        return int(reply[0]), [_text(counter_id) for counter_id in reply[1]]
 
     async def lift_password_block(self, account_id: str, now: int) -> int | None:
         """Clear the account's count of wrong passwords (decision 0045): the wrong

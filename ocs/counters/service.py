@@ -252,22 +252,27 @@ class CounterService:
                 account_id,
             )
         cycles: dict[str, list[tuple[str, int, bool]]] = {}
-        fees: list[tuple[str, str, int]] = []
+        fee_of: dict[tuple[str, str], int] = {}
         for r in rows:
             cycle = cycles.setdefault(r["id"], [])
             if r["counter"] is not None:
                 cycle.append((r["counter"], r["seconds"], r["carryover"]))
                 if r["recurring_fee"]:
-                    fees.append((r["id"], r["counter"], r["recurring_fee"]))
+                    fee_of[(r["id"], r["counter"])] = r["recurring_fee"]
         # Accounts are independent: a chunk at a time shares the round trips.
         counters = 0
+        fees: list[tuple[str, str, int]] = []
         accounts = list(cycles.items())
         for start in range(0, len(accounts), _RESET_CHUNK):
             chunk = accounts[start : start + _RESET_CHUNK]
             done = await asyncio.gather(
                 *(self._store.reset_counters(account, cycle, label) for account, cycle in chunk)
             )
-            counters += sum(done)
+            for (account, _), (count, owed) in zip(chunk, done, strict=True):
+                counters += count
+                # A counter bought in this cycle after its reset owes no cycle fee: its
+                # purchase paid the cycle (a retry of the reset must not charge it again).
+                fees += [(account, c, fee_of[(account, c)]) for c in owed if (account, c) in fee_of]
         for start in range(0, len(fees), _RESET_CHUNK):
             # A recurring charge is owed whatever the balance: it may go negative.
             await asyncio.gather(

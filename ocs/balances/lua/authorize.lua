@@ -128,6 +128,7 @@ if (ARGV[13] or '') ~= '' then
     if not c[1] and mandatory[n] ~= '0' then
       -- A mandatory counter the account has not used yet: its first cycle starts now.
       redis.call('HSET', KEYS[7], candidate .. ':limit', mandatory[n], candidate .. ':used', 0)
+      bought_in_cycle(KEYS[7], candidate)
       c = {mandatory[n], 0, 0, false}
     end
     if c[1] and not c[4] then

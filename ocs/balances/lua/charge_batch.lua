@@ -81,6 +81,7 @@ for i = 1, n do
       if not c[1] then
         -- A mandatory counter the account had not used yet: its first cycle starts now.
         redis.call('HSET', counters, counter .. ':limit', start, counter .. ':used', 0)
+        bought_in_cycle(counters, counter)
       end
       redis.call('HINCRBY', counters, counter .. ':used', used)
     end

@@ -14,7 +14,13 @@
 -- carried over with the rest (taken off here as well, they would count twice).
 -- A counter keeps the label of the cycle it last started ('<id>:cycle'): a reset run
 -- again for that cycle (a retry) leaves it as it is, so its seconds are not given twice.
--- Returns the number of counters set.
+-- The account keeps the label of its last cycle ('cycle'): a counter bought, or a
+-- mandatory one first used, during a cycle is stamped '<label>|bought' (start_counter.lua,
+-- authorize.lua, charge_batch.lua), so a retry leaves it too, and owes no cycle fee for
+-- it: its purchase paid the cycle.
+-- Returns {number of counters set, {ids of the counters whose fee for this cycle is
+-- owed}} (those it started now, and those a reset started for this cycle already: their
+-- fee is charged once by its reference); 1 for a cancel.
 
 local named = {}
 local only = nil
@@ -26,12 +32,22 @@ if ARGV[1] == '-cancel' then
   first = #ARGV + 1
 end
 local set = 0
+local owed = {}
+if not only and (first <= #ARGV or redis.call('EXISTS', KEYS[1]) == 1) then
+  -- Kept where the account has counters: a hash for every account would cost memory.
+  redis.call('HSET', KEYS[1], 'cycle', label)
+end
 for i = first, #ARGV, 3 do
   local id = ARGV[i]
   named[id] = true
   local c = redis.call('HMGET', KEYS[1], id .. ':limit', id .. ':used', id .. ':cycle',
     id .. ':gone')
-  if not (c[1] and c[3] == label and not c[4]) then
+  if c[1] and not c[4] and c[3] == label .. '|bought' then
+    -- Bought (or first used) in this cycle, after its reset: the purchase paid it.
+  elseif c[1] and not c[4] and c[3] == label then
+    owed[#owed + 1] = id
+  else
+    owed[#owed + 1] = id
     local limit = tonumber(ARGV[i + 1])
     if ARGV[i + 2] == '1' and c[1] then
       limit = limit + math.max(tonumber(c[1]) - tonumber(c[2] or 0), 0)
@@ -58,4 +74,4 @@ end
 if only then
   return 1
 end
-return set
+return {set, owed}

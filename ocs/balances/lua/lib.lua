@@ -7,6 +7,19 @@ local function int(x) return string.format('%d', x) end
 -- critical balance locks it (new calls refused, live calls go on); only a top-up
 -- back to it or above unlocks it ("lock" = "critical" tells it from an operator's lock).
 -- lock_if_below: the same rule when the caller has read 'critical' and 'status' already.
+-- Stamp a counter started outside a reset (bought, or a mandatory one first used) as
+-- bought in the account's current cycle ('cycle', counter_reset.lua): a reset run again
+-- for that cycle leaves it as it is and owes no cycle fee for it. Without a current
+-- cycle (no reset has run for the account), it carries no label.
+local function bought_in_cycle(counters_key, id)
+  local current = redis.call('HGET', counters_key, 'cycle')
+  if current then
+    redis.call('HSET', counters_key, id .. ':cycle', current .. '|bought')
+  else
+    redis.call('HDEL', counters_key, id .. ':cycle')
+  end
+end
+
 local function lock_if_below(account_key, balance, critical, status)
   if critical and critical ~= '' and status == 'active' and balance < tonumber(critical) then
     redis.call('HSET', account_key, 'status', 'locked', 'lock', 'critical')

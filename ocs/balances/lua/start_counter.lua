@@ -9,6 +9,8 @@
 -- paid for again, it starts a fresh cycle (limit = ARGV[2], used = 0). The seconds those
 -- calls hold stay held, and they count what they use against this cycle when they stop,
 -- as after a reset.
+-- A fresh cycle, paid by the purchase: stamped as bought in the account's current cycle
+-- (lib.lua's bought_in_cycle), so a reset run again for that cycle leaves it.
 -- Returns 1 when a cycle started, 0 when the account has the counter already.
 
 local id = ARGV[1]
@@ -17,6 +19,6 @@ if c[1] and not c[2] then
   return 0
 end
 redis.call('HSET', KEYS[1], id .. ':limit', ARGV[2], id .. ':used', 0)
--- A fresh cycle: no reset has started it yet (counter_reset.lua's '<id>:cycle').
-redis.call('HDEL', KEYS[1], id .. ':gone', id .. ':cycle')
+redis.call('HDEL', KEYS[1], id .. ':gone')
+bought_in_cycle(KEYS[1], id)
 return 1
