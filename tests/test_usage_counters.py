@@ -319,6 +319,35 @@ async def test_a_stop_after_the_janitor_released_a_call_counts_its_counter_secon
     assert await balance_of(app, "late") == "1.000000"
 
 
+async def test_a_late_stop_pays_for_the_counter_seconds_another_call_used_meanwhile(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
+    await new_account(app, "gone", "1.00")
+    calls = app.services.calls
+    grant = await calls.authorize(
+        AuthorizeRequest("gone", GERMANY, call_id="gone-1"), Origin(wait_for_start=True)
+    )
+    assert grant.counter_seconds == 600
+    # No Start came in time: the janitor releases the call and its 600 held seconds.
+    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 1
+    # Another call takes 400 of them, free.
+    assert (await granted(app, "gone", GERMANY, "gone-2"))["counter_seconds"] == 600
+    assert (await stop(app, "gone-2", 400))["cost"] == "0.000000"
+    # The first call's Stop comes after all, 600 s: 200 s are still free on the counter,
+    # the other 400 s are paid at the zone's rate (200 micro-units a second).
+    charge = await calls.stop("gone-1", 600)
+    assert (charge.charged, charge.cause) == (400 * PER_SECOND_DE, "late-stop")
+    assert await balance_of(app, "gone") == "0.920000"
+    assert (await counters_of(app, "gone"))["de-600"] == {
+        "limit": 600, "used": 600, "held": 0, "left": 0,
+    }  # fmt: skip
+    again = await calls.stop("gone-1", 600)
+    assert (again.repeated, again.charged) == (True, 400 * PER_SECOND_DE)
+    assert await balance_of(app, "gone") == "0.920000"
+
+
 async def test_reset_of_one_account_leaves_the_others_and_keeps_seconds_live_calls_hold(
     app: RunningApp,
 ) -> None:

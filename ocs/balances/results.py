@@ -64,6 +64,13 @@ class StopResult(msgspec.Struct, frozen=True, gc=False):
     repeated: bool
 
 
+class CounterShort(msgspec.Struct, frozen=True, gc=False):
+    """A late stop priced with more free counter seconds than its counter still has:
+    nothing was charged; price it again with ``seconds`` counter seconds in all."""
+
+    seconds: int
+
+
 class UpdateResult(msgspec.Struct, frozen=True, gc=False):
     """A live call after an interim report: seconds used, funds debited and still held."""
 

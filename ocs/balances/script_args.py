@@ -187,7 +187,8 @@ class StopArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[14] counter seconds the call used (<= ARGV[13]): they count as used
     KEYS[6] member-lines hash, KEYS[7] counters hash
     ARGV[11..14] and KEYS[6..7] may be left out, together, for a call with no member and
-    no counter.
+    no counter. A late stop that took more counter seconds as free than the counter has
+    left is answered REPRICE with the seconds it may count (stop.lua).
     """
 
     account_id: str

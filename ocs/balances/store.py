@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 from ocs.balances import keys, scripts
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.results import (
+    CounterShort,
     LiveEntry,
     RecordClient,
     Reserved,
@@ -201,6 +202,7 @@ __all__ = [
     "CounterCandidate",
     "CounterChanged",
     "CounterQuote",
+    "CounterShort",
     "CounterUse",
     "LiveEntry",
     "PlanMismatch",
@@ -472,11 +474,13 @@ class BalanceStore:
         expired_by: int | None = None,
         member: str | None = None,
         counter: CounterUse | None = None,
-    ) -> StopResult | None:
+    ) -> StopResult | CounterShort | None:
         """Charge and close a live call; None if no such call is live.
 
         ``expired_by`` (the janitor's guard): close only if the call's expiry is
         not later than this epoch second; None is returned if it was extended.
+        ``CounterShort``: a late stop's price took more counter seconds as free than
+        the counter has left; nothing was done (stop.lua).
         """
         args = StopArgs(
             account_id,
@@ -495,6 +499,8 @@ class BalanceStore:
         status = _text(reply[0])
         if status in ("NOCALL", "LIVE"):
             return None
+        if status == "REPRICE":
+            return CounterShort(int(reply[1]))
         return _stop_result(reply[1], repeated=status == "DONE")
 
     async def charge(

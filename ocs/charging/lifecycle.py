@@ -25,12 +25,14 @@ from ocs.balances.script_args import (
     CheckPasswordArgs,
     CounterCandidate,
     CounterQuote,
+    CounterUse,
 )
 from ocs.balances.store import (
     AlreadyLive,
     AlreadyStopped,
     BalanceStore,
     CounterChanged,
+    CounterShort,
     LiveEntry,
     PlanMismatch,
     Refused,
@@ -1056,7 +1058,34 @@ class CallService:
     async def _close(
         self, record: CallRecord, duration: int, cause: str, expired_by: int | None
     ) -> StopResult | None:
+        usable: int | None = None
+        while True:
+            outcome = await self._close_once(record, duration, cause, expired_by, usable)
+            if not isinstance(outcome, CounterShort):
+                return outcome
+            # A late stop of a call ocs closed: other calls used some of the counter
+            # seconds its close released. Priced again with what is left to it. Fewer
+            # each time (another stop may take more meanwhile), and a price that
+            # counts no more than the close counted is never short: this ends.
+            seconds = outcome.seconds
+            usable = seconds if usable is None else min(seconds, usable - 1)
+
+    async def _close_once(
+        self,
+        record: CallRecord,
+        duration: int,
+        cause: str,
+        expired_by: int | None,
+        usable: int | None,
+    ) -> StopResult | CounterShort | None:
+        """Charge a call's ``duration``, its counter paying for at most ``usable`` seconds
+        (None: as many as the call holds)."""
         rate = record.rate
+        split = record.split
+        counter = record.counter_use(duration)
+        if usable is not None and split is not None and counter is not None:
+            split = CounterSplit(split.rate, usable)
+            counter = CounterUse(counter.counter_id, counter.held, min(duration, usable))
         cdr = msgpack.packb(
             {
                 "plan": record.plan_id,
@@ -1071,7 +1100,7 @@ class CallService:
                 "member": record.member,
                 "direction": record.direction,
                 "counter": record.counter_id,
-                "counter_seconds": counter_seconds_used(record.split, duration),
+                "counter_seconds": counter_seconds_used(split, duration),
                 # The area-code table's name of the destination (cdrs.destination_name).
                 "area": self._area_name(record),
             }
@@ -1079,16 +1108,14 @@ class CallService:
         return await self._store.stop(
             account_id=record.account_id,
             call_id=record.call_id,
-            rated_cost=cost_with_counter(
-                rate, duration, record.split, self._bands_of(record, duration)
-            ),
+            rated_cost=cost_with_counter(rate, duration, split, self._bands_of(record, duration)),
             duration=duration,
             cdr=cdr,
             result_ttl=self._settings.stop_dedupe_ttl,
             cause=cause,
             expired_by=expired_by,
             member=record.member,
-            counter=record.counter_use(duration),
+            counter=counter,
         )
 
     @staticmethod

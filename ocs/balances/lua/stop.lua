@@ -29,8 +29,12 @@
 --
 -- A stop reported for a call ocs closed by policy ("start-timeout", "expired",
 -- "nas-reboot", "cut") is charged what it adds to that close, once, with cause "late-stop";
--- the counter seconds it used beyond those the close counted are counted then too (the
--- close released the call's hold, and its price took them as free).
+-- the counter seconds it used beyond those the close counted are counted then too, as
+-- far as the counter still has them free: the close released the call's hold, and other
+-- calls may have used those seconds since. When ARGV[2] took more counter seconds as
+-- free than that, nothing is changed and {"REPRICE", seconds} answers: the counter
+-- seconds the call may count in all; the caller prices the call again with that many
+-- (ARGV[14]) and runs this again.
 -- Returns {"OK", result} on the first stop, {"DONE", result} on a repeated one,
 -- where result is msgpack {charged, rated, balance, duration, entry, cause};
 -- {"NOCALL"} when no such call is live; {"LIVE"} when the janitor's guard failed.
@@ -47,11 +51,25 @@ if done then
   local rated = tonumber(ARGV[2])
   -- Counter seconds this report used beyond those the close counted.
   local more_seconds = 0
+  local counted = 0
   if (ARGV[12] or '') ~= '' and tonumber(ARGV[13]) > 0 then
-    more_seconds = tonumber(ARGV[14]) - math.min(tonumber(first.duration), tonumber(ARGV[13]))
+    counted = math.min(tonumber(first.duration), tonumber(ARGV[13]))
+    more_seconds = tonumber(ARGV[14]) - counted
   end
   if not closed_by_us or ARGV[10] ~= '' or (rated <= first.charged and more_seconds <= 0) then
     return {'DONE', done}
+  end
+  if more_seconds > 0 then
+    -- What the counter has free now (none when a reset or cancel removed it).
+    local c = redis.call('HMGET', KEYS[7], ARGV[12] .. ':limit', ARGV[12] .. ':used',
+      ARGV[12] .. ':held')
+    local free = 0
+    if c[1] then
+      free = math.max(tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0), 0)
+    end
+    if more_seconds > free then
+      return {'REPRICE', counted + free}
+    end
   end
   -- ocs closed this call by policy (never started, expired, NAS restart), yet its
   -- switch reports it after all: charge what the report adds, now, once, as far
@@ -59,7 +77,7 @@ if done then
   local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
   local headroom = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3])
   local charge = math.max(math.min(rated - first.charged, headroom), 0)
-  if more_seconds > 0 and redis.call('HEXISTS', KEYS[7], ARGV[12] .. ':limit') == 1 then
+  if more_seconds > 0 then
     redis.call('HINCRBY', KEYS[7], ARGV[12] .. ':used', more_seconds)
   end
   local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charge))
