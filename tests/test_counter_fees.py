@@ -1,6 +1,8 @@
 """A counter's recurring charge: paid when an optional counter is bought, and at each
 new cycle, once per cycle, through the ledger."""
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 from redis.exceptions import ResponseError
 
@@ -247,3 +249,105 @@ async def test_a_counter_bought_long_ago_that_redis_lost_starts_again_unpaid(
     assert await counters_of(app, "ann") == {"de-10": (600, 0)}
     _, account = await app.get("/v1/accounts/ann")
     assert account["balance"] == "8.000000"  # paid once, two days ago
+
+
+class ActionMidRun:
+    """The balance store as a counter reset sees it, running ``action`` (a customer's
+    purchase or cancel) once the reset has read who has which counters and before it
+    resets the first account: the interleaving a long run over many accounts meets."""
+
+    def __init__(self, store: object, action: Callable[[], Awaitable[None]]) -> None:
+        self._store = store
+        self._action: Callable[[], Awaitable[None]] | None = action
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def reset_counters(self, *args: object) -> object:
+        if self._action is not None:
+            action, self._action = self._action, None
+            await action()
+        return await self._store.reset_counters(*args)  # type: ignore[attr-defined]
+
+
+async def test_a_counter_bought_while_a_reset_runs_is_kept_and_owes_no_cycle_fee(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reset read that ann had no counter, then she bought de-10 (2.00) before it
+    # reached her: it removed the counter she had just paid for.
+    await optional_counter(app)
+
+    async def buy() -> None:
+        status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-10"})
+        assert status == 201, body
+
+    counters = app.services.counters
+    monkeypatch.setattr(counters, "_store", ActionMidRun(app.services.store, buy))
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+    assert (status, body["fees"]) == (200, 0), body
+    assert await counters_of(app, "ann") == {"de-10": (600, 0)}
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "8.000000"
+    # Run again for the cycle, it still leaves it; the next cycle charges it.
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+    assert (status, body["fees"]) == (200, 0), body
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2027-01"})
+    assert (status, body["fees"]) == (200, 1), body
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "6.000000"
+
+
+async def test_a_counter_cancelled_while_a_reset_runs_is_not_started_again_or_charged(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reset read that ann had de-10, then she gave it up before it reached her: it
+    # started the counter again and charged its 2.00 cycle fee.
+    await optional_counter(app)
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-10"})
+    assert status == 201, body
+
+    async def cancel() -> None:
+        response = await app.client.delete("/v1/accounts/ann/counters/de-10")
+        assert response.status == 200, await response.text()
+
+    counters = app.services.counters
+    monkeypatch.setattr(counters, "_store", ActionMidRun(app.services.store, cancel))
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+    assert (status, body["fees"]) == (200, 0), body
+    assert await counters_of(app, "ann") == {}
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "8.000000"
+    # Bought again later, it is a purchase like any other, paid once.
+    monkeypatch.undo()
+    status, body = await app.post("/v1/accounts/ann/counters", {"counter": "de-10"})
+    assert status == 201, body
+    assert await counters_of(app, "ann") == {"de-10": (600, 0)}
+    _, account = await app.get("/v1/accounts/ann")
+    assert account["balance"] == "6.000000"
+
+
+async def test_a_reset_run_again_leaves_the_counter_of_an_account_made_since(
+    app: RunningApp,
+) -> None:
+    # bob was created after the 2026-12 reset, bought de-10 (2.00) and used 300 s of it.
+    # Running the reset again for 2026-12 gave him the 300 s back and charged 2.00 again:
+    # no reset had stamped his counters with the cycle.
+    await optional_counter(app)
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+    assert status == 200, body
+    await app.post("/v1/accounts", {"id": "bob", "plan": "retail", "balance": "10.00"})
+    status, body = await app.post("/v1/accounts/bob/counters", {"counter": "de-10"})
+    assert status == 201, body
+    status, grant = await app.post(
+        "/v1/calls", {"account": "bob", "destination": "4930123456", "call_id": "bob-1"}
+    )
+    assert status == 201, grant
+    status, stopped = await app.post("/v1/calls/bob-1/stop", {"duration": 300})
+    assert (status, stopped["cost"]) == (200, "0.000000"), stopped
+
+    status, body = await app.post("/v1/counters/reset", {"cycle": "2026-12"})
+
+    assert (status, body["fees"]) == (200, 0), body
+    assert await counters_of(app, "bob") == {"de-10": (600, 300)}
+    _, account = await app.get("/v1/accounts/bob")
+    assert account["balance"] == "8.000000"

@@ -9,6 +9,7 @@ change a balance and append its ledger entry atomically.
 Changing ``BUCKETS`` moves every key: it is fixed for the life of a deployment.
 """
 
+import json
 from binascii import crc32
 
 BUCKETS = 1024
@@ -202,6 +203,14 @@ def live_state_sample() -> str:
 def live_state_lease() -> str:
     """String (SET NX PX): held by the process taking the next live-state sample."""
     return "state:live:lease"
+
+
+def counter_cycle_run(label: str, plan_id: str | None, account_id: str | None) -> str:
+    """String (epoch microseconds, Redis's clock): when the first counter reset of cycle
+    ``label`` over that scope (a plan, an account, None: all) began; a run again of it
+    compares purchases and cancels with this (counter_reset.lua)."""
+    scope = json.dumps([plan_id, account_id], separators=(",", ":"))
+    return f"counters:run:{label}:{scope}"
 
 
 def bucket_of_ledger_key(key: str) -> int:

@@ -227,6 +227,12 @@ class TopupResult:
     repeated: bool
 
 
+# Fields of a counters hash that are not seconds: the cycle's label, when the counter was
+# bought and when it was cancelled (counter_reset.lua).
+_NOT_SECONDS = frozenset(("cycle", "bought_at", "cancelled"))
+# How long the start of a counter cycle's first run is kept for its runs again (seconds).
+_CYCLE_RUN_TTL = 400 * 86_400
+
 # A refused authorization's call reference lasts this long (seconds): enough for the
 # request's retransmissions, and nothing a loop of refused calls could pile up.
 REF_WINDOW = 60
@@ -799,7 +805,7 @@ class BalanceStore:
             if part == "gone":
                 gone.add(counter_id)
                 continue
-            if part == "cycle":  # the cycle's label, not seconds
+            if part in _NOT_SECONDS:
                 continue
             state.setdefault(counter_id, {"used": 0, "held": 0})[part] = int(value)
         return {k: v for k, v in state.items() if "limit" in v and k not in gone}
@@ -817,7 +823,7 @@ class BalanceStore:
             fields: dict[str, dict[str, int]] = {}
             for field, value in zip(raw[::2], raw[1::2], strict=True):
                 counter_id, _, part = _text(field).rpartition(":")
-                if part != "cycle":  # the cycle's label, not seconds
+                if part not in _NOT_SECONDS:
                     fields.setdefault(counter_id, {})[part] = int(value)
             out[account_id] = {
                 c: CounterCycle(f.get("limit", 0), f.get("used", 0), f.get("held", 0), "gone" in f)
@@ -860,14 +866,27 @@ class BalanceStore:
         args = CounterResetArgs(account_id, cancel=counter_id)
         await self._pipe.run_script(scripts.COUNTER_RESET, args.keys(), args.argv())
 
+    async def counter_cycle_began(
+        self, label: str, plan_id: str | None, account_id: str | None
+    ) -> int:
+        """When the first counter reset of cycle ``label`` over this scope began (epoch
+        microseconds, Redis's clock): now, for a first run."""
+        seconds, micros = await self._pipe.execute("TIME")
+        now = int(seconds) * 1_000_000 + int(micros)
+        key = keys.counter_cycle_run(label, plan_id, account_id)
+        await self._pipe.execute("SET", key, now, "NX", "EX", _CYCLE_RUN_TTL)
+        return int(await self._pipe.execute("GET", key))
+
     async def reset_counters(
-        self, account_id: str, cycle: list[tuple[str, int, bool]], label: str
+        self, account_id: str, cycle: list[tuple[str, int, bool]], label: str, since: int
     ) -> tuple[int, list[str]]:
-        """Start the cycle ``label``: (counter id, seconds, carryover) of each counter that
-        goes on. A counter that has started that cycle already is left as it is. The
-        number of counters set, and those whose fee for the cycle is owed: not one bought
-        in the cycle after its reset (its purchase paid it)."""
-        args = CounterResetArgs(account_id, cycle, label=label)
+        """Start the cycle ``label``, whose first run began at ``since`` (epoch us, Redis's
+        clock): (counter id, seconds, carryover) of each counter that goes on. A counter
+        that has started that cycle already is left as it is, and so is one bought since
+        (named or not); one cancelled since is not started again. The number of counters
+        set, and those whose fee for the cycle is owed: not one bought in the cycle (its
+        purchase paid it)."""
+        args = CounterResetArgs(account_id, cycle, label=label, since=since)
         reply = await self._pipe.run_script(scripts.COUNTER_RESET, args.keys(), args.argv())
         return int(reply[0]), [_text(counter_id) for counter_id in reply[1]]
 

@@ -238,6 +238,10 @@ class CounterService:
                 "expected 1 to 64 letters, digits and . _ : / - starting with a letter or"
                 " digit, such as 2027-01",
             )
+        # Taken before the accounts' counters are read: a purchase or cancel after it may
+        # be missing from what is read (or, for a run again, from the first run's), and
+        # the reset script leaves those counters as the purchase or cancel left them.
+        since = await self._store.counter_cycle_began(label, plan_id, account_id)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT a.id, c.id AS counter, c.seconds, c.carryover, c.recurring_fee"
@@ -266,7 +270,10 @@ class CounterService:
         for start in range(0, len(accounts), _RESET_CHUNK):
             chunk = accounts[start : start + _RESET_CHUNK]
             done = await asyncio.gather(
-                *(self._store.reset_counters(account, cycle, label) for account, cycle in chunk)
+                *(
+                    self._store.reset_counters(account, cycle, label, since)
+                    for account, cycle in chunk
+                )
             )
             for (account, _), (count, owed) in zip(chunk, done, strict=True):
                 counters += count

@@ -1,8 +1,10 @@
 -- counter_reset: start a new cycle of an account's usage counters.
 --
 -- KEYS[1] counters hash         counters:{b:N}:<account>
--- ARGV[1] the cycle's label (such as "2026-12"), then triples of (counter id, seconds
---       per cycle, "1" to carry unused seconds over);
+-- ARGV[1] the cycle's label (such as "2026-12"); ARGV[2] when the cycle's run began
+--       (epoch microseconds, Redis's clock: the first run of this label over this
+--       scope, when it is run again); then triples of (counter id, seconds per cycle,
+--       "1" to carry unused seconds over);
 --       or "-cancel", <counter id> to cancel that one counter only;
 --       a counter of the hash that is not named is removed (cancelled or inactive);
 --       while calls still hold its seconds it is marked "gone" instead, applies to no
@@ -18,6 +20,13 @@
 -- mandatory one first used, during a cycle is stamped '<label>|bought' (start_counter.lua,
 -- authorize.lua, charge_batch.lua), so a retry leaves it too, and owes no cycle fee for
 -- it: its purchase paid the cycle.
+-- The run read who has which counters before it reached this account, and the account
+-- may have bought or cancelled one since; a retry may find an account created since the
+-- first run. So a counter bought after ARGV[2] ('<id>:bought_at', lib.lua) is left as it
+-- is, named or not, owing nothing: its purchase paid the cycle. A named counter the
+-- account cancelled after ARGV[2] ('<id>:cancelled', stamped here) is not started again.
+-- Cancels stamped before ARGV[2] are forgotten. At the same microsecond, a purchase or
+-- cancel counts as before the run.
 -- Returns {number of counters set, {ids of the counters whose fee for this cycle is
 -- owed}} (those it started now, and those a reset started for this cycle already: their
 -- fee is charged once by its reference); 1 for a cancel.
@@ -25,11 +34,23 @@
 local named = {}
 local only = nil
 local label = ARGV[1]
-local first = 2
+local since = tonumber(ARGV[2])
+local first = 3
 if ARGV[1] == '-cancel' then
   -- Cancel one counter: ARGV[2] is its id; every other counter keeps its cycle.
   only = ARGV[2]
   first = #ARGV + 1
+  redis.call('HSET', KEYS[1], only .. ':cancelled', int(now_us()))
+end
+-- Bought after the run began: its purchase paid this cycle; stamped with its label so
+-- that a retry, which may begin later, leaves it as well.
+local function bought_since(id)
+  local at = redis.call('HGET', KEYS[1], id .. ':bought_at')
+  if at and tonumber(at) > since then
+    redis.call('HSET', KEYS[1], id .. ':cycle', label .. '|bought')
+    return true
+  end
+  return false
 end
 local set = 0
 local owed = {}
@@ -41,11 +62,18 @@ for i = first, #ARGV, 3 do
   local id = ARGV[i]
   named[id] = true
   local c = redis.call('HMGET', KEYS[1], id .. ':limit', id .. ':used', id .. ':cycle',
-    id .. ':gone')
+    id .. ':gone', id .. ':cancelled')
   if c[1] and not c[4] and c[3] == label .. '|bought' then
     -- Bought (or first used) in this cycle, after its reset: the purchase paid it.
+    set = set + 1
   elseif c[1] and not c[4] and c[3] == label then
     owed[#owed + 1] = id
+    set = set + 1
+  elseif c[1] and not c[4] and bought_since(id) then
+    set = set + 1
+  elseif not (c[1] and not c[4]) and c[5] and tonumber(c[5]) > since then
+    -- Cancelled after the run read that the account had it: not started again.
+    named[id] = nil
   else
     owed[#owed + 1] = id
     local limit = tonumber(ARGV[i + 1])
@@ -55,20 +83,25 @@ for i = first, #ARGV, 3 do
     redis.call('HSET', KEYS[1], id .. ':limit', int(limit), id .. ':used', 0, id .. ':cycle',
       label)
     redis.call('HDEL', KEYS[1], id .. ':gone')
+    set = set + 1
   end
-  set = set + 1
 end
 local fields = redis.call('HKEYS', KEYS[1])
 for _, field in ipairs(fields) do
   local id = string.match(field, '^(.*):limit$')
-  if id and not named[id] and (only == nil or id == only) then
+  if id and not named[id] and (only == nil or id == only)
+      and (only ~= nil or not bought_since(id)) then
     local held = tonumber(redis.call('HGET', KEYS[1], id .. ':held') or 0)
     if held <= 0 then
       redis.call('HDEL', KEYS[1], id .. ':limit', id .. ':used', id .. ':held', id .. ':gone',
-        id .. ':cycle')
+        id .. ':cycle', id .. ':bought_at')
     else
       redis.call('HSET', KEYS[1], id .. ':gone', 1)
     end
+  end
+  local cancelled = string.match(field, '^(.*):cancelled$')
+  if cancelled and not only and tonumber(redis.call('HGET', KEYS[1], field)) <= since then
+    redis.call('HDEL', KEYS[1], field)
   end
 end
 if only then

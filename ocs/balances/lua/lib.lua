@@ -3,14 +3,20 @@
 -- Lua 5.1 prints large numbers as %.14g ("1e+14"); pass integers as exact strings.
 local function int(x) return string.format('%d', x) end
 
--- Critical balance: a charge that takes an active account's balance below its
--- critical balance locks it (new calls refused, live calls go on); only a top-up
--- back to it or above unlocks it ("lock" = "critical" tells it from an operator's lock).
--- lock_if_below: the same rule when the caller has read 'critical' and 'status' already.
+-- Redis's clock, in epoch microseconds (exact in a Lua number): what counter purchases
+-- and cancels are stamped with, and what a counter reset's run compares them to.
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
 -- Stamp a counter started outside a reset (bought, or a mandatory one first used) as
 -- bought in the account's current cycle ('cycle', counter_reset.lua): a reset run again
 -- for that cycle leaves it as it is and owes no cycle fee for it. Without a current
--- cycle (no reset has run for the account), it carries no label.
+-- cycle (no reset has run for the account), it carries no label. Its time of purchase
+-- ('<id>:bought_at') tells a reset whose run began before it (a run that read the
+-- account's counters before the purchase, or a retry of one) to leave it too; a cancel
+-- before it ('<id>:cancelled') no longer counts.
 local function bought_in_cycle(counters_key, id)
   local current = redis.call('HGET', counters_key, 'cycle')
   if current then
@@ -18,8 +24,14 @@ local function bought_in_cycle(counters_key, id)
   else
     redis.call('HDEL', counters_key, id .. ':cycle')
   end
+  redis.call('HSET', counters_key, id .. ':bought_at', int(now_us()))
+  redis.call('HDEL', counters_key, id .. ':cancelled')
 end
 
+-- Critical balance: a charge that takes an active account's balance below its
+-- critical balance locks it (new calls refused, live calls go on); only a top-up
+-- back to it or above unlocks it ("lock" = "critical" tells it from an operator's lock).
+-- lock_if_below: the same rule when the caller has read 'critical' and 'status' already.
 local function lock_if_below(account_key, balance, critical, status)
   if critical and critical ~= '' and status == 'active' and balance < tonumber(critical) then
     redis.call('HSET', account_key, 'status', 'locked', 'lock', 'critical')
