@@ -460,6 +460,16 @@ async def test_counters_give_free_seconds_on_either_backend(backend_app: Running
         assert [(c["counter"], c["used"], c["left"]) for c in shown["counters"]] == [
             ("de-600", 600, 0)
         ]
+    # A new cycle gives every account its seconds again, once however often it is run
+    # (its first run's start is kept on whichever master owns its key).
+    for _ in range(2):
+        status, reset = await app.post("/v1/counters/reset", {"cycle": "2027-01"})
+        assert (status, reset["accounts"], reset["counters"]) == (200, 6, 6), reset
+    for account_id in ids:
+        status, shown = await app.get(f"/v1/accounts/{account_id}/counters")
+        assert [(c["counter"], c["used"], c["left"]) for c in shown["counters"]] == [
+            ("de-600", 0, 600)
+        ]
 
 
 async def test_cards_answer_their_balance_and_time(backend_app: RunningApp) -> None:
