@@ -261,6 +261,39 @@ async def test_tiered_discount_applies_the_highest_tier_reached_after_free_credi
     assert "12.5% off 2.00 (3 calls, tier from 3 calls)" in discount.description
 
 
+async def test_a_late_stops_cdr_is_not_counted_as_a_call(services: Services) -> None:
+    """Tiers 5% from 1 call, 12.5% from 4 calls (count). Three calls of 1.00, the third
+    amended by its late Stop (+30 s, +0.50: its CDR states what the Stop added): 3 calls,
+    base 3.50, 5% -> -0.175. Counted as a fourth call, it reached 12.5%."""
+    await bundle(
+        services,
+        [("n", "count", "duration", "UK Mobile")],
+        [(1, "discount", "loyalty", "n", None, None, None, None)],
+    )
+    for threshold, rate in ((1, 5_000_000), (4, 12_500_000)):
+        await sql(
+            services,
+            "INSERT INTO bundle_discount_tiers VALUES ('b1', 1, $1, $2)",
+            threshold,
+            rate,
+        )
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 60, EUR), (4, 60, EUR), (5, 60, EUR))
+    await cdr(
+        services,
+        "late-1",
+        "a1",
+        at(5, 13),
+        call_id="UK Mobile-2",
+        duration=30,
+        charged=500_000,
+        termination_cause="late-stop",
+    )
+    [discount] = await lines(services)
+    assert (discount.kind, discount.quantity, discount.exact) == ("bundle_discount", 3, -175_000)
+    assert "5% off 3.50 (3 calls, tier from 1 call)" in discount.description
+
+
 COMMITMENT: list[RuleRow] = [
     (1, "commitment", "minimum spend", "spend", None, 20 * EUR, None, None)
 ]

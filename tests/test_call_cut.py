@@ -139,15 +139,18 @@ async def test_a_cut_charges_the_elapsed_time_and_a_later_stop_only_the_rest(
     assert (status, repeated["repeated"]) == (200, True)
     assert (await account(app, "cut1"))["balance"] == money(1_000_000 - cost(rate, 200))
 
+    # The late stop's CDR amends the cut's: together they are the one 200 s call.
     cdrs = await cdrs_of(app, "cut-1", 2)
     assert [(c["termination_cause"], c["duration"], c["charged"]) for c in cdrs] == [
         ("cut", 125, cost(rate, 125)),
-        ("late-stop", 200, cost(rate, 200) - cost(rate, 125)),
+        ("late-stop", 75, cost(rate, 200) - cost(rate, 125)),
     ]
     assert await ledger_total(app, "cut-1") == -cost(rate, 200)
 
 
-async def test_a_stop_reporting_less_than_the_cut_charges_nothing_more(app: RunningApp) -> None:
+async def test_a_stop_reporting_less_than_the_cut_gives_back_the_difference(
+    app: RunningApp,
+) -> None:
     await add_plan(app.services)
     await app.post("/v1/accounts", {"id": "cut2", "plan": "retail", "balance": "1.00"})
     clock = with_clock(app)
@@ -156,9 +159,19 @@ async def test_a_stop_reporting_less_than_the_cut_charges_nothing_more(app: Runn
     clock.now += 60
     charge, _ = await calls.cut("cut-2")
     assert (charge.duration, charge.charged, charge.cause) == (60, 210_000, "cut")
+    # The switch reports the call it carried: 45 s, 0.198 (0.15 connect + 48 s at 0.06).
     stopped = await calls.stop("cut-2", 45)
-    assert (stopped.charged, stopped.repeated) == (210_000, True)
-    assert (await account(app, "cut2"))["balance"] == "0.790000"
+    assert (stopped.charged, stopped.cause, stopped.repeated) == (198_000, "late-stop", False)
+    assert (await account(app, "cut2"))["balance"] == "0.802000"
+    again = await calls.stop("cut-2", 45)
+    assert (again.charged, again.repeated) == (198_000, True)
+    assert (await account(app, "cut2"))["balance"] == "0.802000"
+    cdrs = await cdrs_of(app, "cut-2", 2)
+    assert [(c["termination_cause"], c["duration"], c["charged"]) for c in cdrs] == [
+        ("cut", 60, 210_000),
+        ("late-stop", -15, -12_000),
+    ]
+    assert await ledger_total(app, "cut-2") == -198_000
 
 
 async def test_a_cut_before_the_answer_is_free_and_the_answered_stop_is_charged(

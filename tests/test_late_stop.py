@@ -1,10 +1,14 @@
 """A call the janitor released as never started is still charged when its Stop comes."""
 
+from datetime import UTC, datetime
+from typing import Any
+
+from ocs.billing.realtime import cdr_totals
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest, Origin
 from ocs.config import with_overrides
-from tests.conftest import RunningApp, add_plan
+from tests.conftest import RunningApp, add_plan, eventually
 
 
 async def test_a_stop_after_the_start_timeout_is_charged_once(app: RunningApp) -> None:
@@ -100,3 +104,42 @@ async def test_a_stop_without_a_duration_charges_the_time_since_start(
     charge = await calls.stop("mute-1", None)
     assert 100 <= charge.duration <= int(time.time()) - now + 100
     assert charge.charged == 150_000 + charge.billed_seconds * 1_000
+
+
+async def test_a_stop_shorter_than_the_full_grant_close_gives_back_the_rest_and_bills_one_call(
+    app: RunningApp,
+) -> None:
+    # The janitor charged a started call its whole grant (stale_call_policy full_grant);
+    # its real Stop, 45 s, came after: the call was left at 0.996 and invoiced as two
+    # calls of 846 s and 45 s.
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "lost", "plan": "retail", "balance": "1.00"})
+    calls = app.services.calls
+    grant = await calls.authorize(AuthorizeRequest("lost", "447700900123", call_id="lost-1"))
+    assert grant.max_duration == 846
+    await calls.start("lost-1")
+    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 1
+    _, account = await app.get("/v1/accounts/lost")
+    assert account["balance"] == "0.004000"  # 846 s (0.996)
+    charge = await calls.stop("lost-1", 45)  # 48 s billed: 0.198
+    assert (charge.charged, charge.cause, charge.repeated) == (198_000, "late-stop", False)
+    _, account = await app.get("/v1/accounts/lost")
+    assert account["balance"] == "0.802000"
+    again = await calls.stop("lost-1", 45)
+    assert (again.charged, again.repeated) == (198_000, True)
+    _, account = await app.get("/v1/accounts/lost")
+    assert account["balance"] == "0.802000"
+
+    # What billing counts: one call of 45 s (48 billed), 0.198, over the two CDRs.
+    window = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    totals: list[Any] = []
+
+    async def both_written() -> bool:
+        async with app.services.pool.acquire() as conn:
+            found = await cdr_totals(conn, ["lost"], window)
+        totals[:] = list(found.calls["lost"].values())
+        return bool(totals) and totals[0].amount == 198_000
+
+    await eventually(both_written, what="the close's and the late stop's CDRs")
+    [total] = totals
+    assert (total.calls, total.seconds, total.billed, total.amount) == (1, 45, 48, 198_000)

@@ -71,6 +71,13 @@ class CounterShort(msgspec.Struct, frozen=True, gc=False):
     seconds: int
 
 
+class Amend(msgspec.Struct, frozen=True, gc=False):
+    """A late stop of a call ocs closed by policy: nothing was done; its CDR is to carry
+    what it changes from the close, which recorded ``duration`` seconds."""
+
+    duration: int
+
+
 class UpdateResult(msgspec.Struct, frozen=True, gc=False):
     """A live call after an interim report: seconds used, funds debited and still held."""
 

@@ -185,10 +185,12 @@ class StopArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[12] usage counter of the call ("" none)
     ARGV[13] counter seconds the call holds
     ARGV[14] counter seconds the call used (<= ARGV[13]): they count as used
+    ARGV[15] a late stop's: the duration of the close its CDR was built against
     KEYS[6] member-lines hash, KEYS[7] counters hash
-    ARGV[11..14] and KEYS[6..7] may be left out, together, for a call with no member and
-    no counter. A late stop that took more counter seconds as free than the counter has
-    left is answered REPRICE with the seconds it may count (stop.lua).
+    ARGV[11..15] and KEYS[6..7] may be left out, together, for a call with no member and
+    no counter (ARGV[15] alone may be left out). A late stop that took more counter
+    seconds as free than the counter has left is answered REPRICE with the seconds it may
+    count; one whose CDR was not built against the close's duration, AMEND with it.
     """
 
     account_id: str
@@ -202,16 +204,20 @@ class StopArgs(msgspec.Struct, frozen=True, gc=False):
     expired_by: int | None = None
     member: str | None = None
     counter: CounterUse | None = None
+    # A late stop's: the duration of the close (``Amend``) its CDR was built against.
+    amends: int | None = None
 
     def keys(self) -> list[str]:
-        """KEYS[1..5], and KEYS[6..7] for a call with a member or a counter."""
+        """KEYS[1..5], and KEYS[6..7] for a call with a member or a counter, or a late
+        stop's."""
         script_keys = call_keys(self.account_id, self.call_id)
-        if self.member or self.counter is not None:
+        if self.member or self.counter is not None or self.amends is not None:
             script_keys += [k.member_lines(self.account_id), k.counters(self.account_id)]
         return script_keys
 
     def argv(self) -> list[object]:
-        """ARGV[1..10], and ARGV[11..14] for a call with a member or a counter."""
+        """ARGV[1..10], ARGV[11..14] for a call with a member or a counter or a late stop,
+        and ARGV[15] for a late stop."""
         args: list[object] = [
             self.call_id,
             self.rated_cost,
@@ -225,13 +231,15 @@ class StopArgs(msgspec.Struct, frozen=True, gc=False):
             "" if self.expired_by is None else self.expired_by,
         ]
         counter = self.counter
-        if self.member or counter is not None:
+        if self.member or counter is not None or self.amends is not None:
             args += [
                 self.member or "",
                 "" if counter is None else counter.counter_id,
                 0 if counter is None else counter.held,
                 0 if counter is None else counter.used,
             ]
+        if self.amends is not None:
+            args.append(self.amends)
         return args
 
 

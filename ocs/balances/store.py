@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 from ocs.balances import keys, scripts
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.results import (
+    Amend,
     CounterShort,
     LiveEntry,
     RecordClient,
@@ -196,6 +197,7 @@ __all__ = [
     "AccountState",
     "AlreadyLive",
     "AlreadyStopped",
+    "Amend",
     "AuthorizeArgs",
     "AuthorizeOutcome",
     "BalanceStore",
@@ -467,46 +469,24 @@ class BalanceStore:
         reference: bytes | None = await self._pipe.execute("GET", key)
         return reference
 
-    async def stop(
-        self,
-        *,
-        account_id: str,
-        call_id: str,
-        rated_cost: int,
-        duration: int,
-        cdr: bytes,
-        result_ttl: int,
-        cause: str = "normal",
-        expired_by: int | None = None,
-        member: str | None = None,
-        counter: CounterUse | None = None,
-    ) -> StopResult | CounterShort | None:
+    async def stop(self, args: StopArgs) -> StopResult | CounterShort | Amend | None:
         """Charge and close a live call; None if no such call is live.
 
-        ``expired_by`` (the janitor's guard): close only if the call's expiry is
+        ``args.expired_by`` (the janitor's guard): close only if the call's expiry is
         not later than this epoch second; None is returned if it was extended.
         ``CounterShort``: a late stop's price took more counter seconds as free than
-        the counter has left; nothing was done (stop.lua).
+        the counter has left; ``Amend``: a late stop's CDR is to carry what it changes
+        from the close (``args.amends``, the close's duration); nothing was done in
+        either case (stop.lua).
         """
-        args = StopArgs(
-            account_id,
-            call_id,
-            rated_cost,
-            duration,
-            cdr,
-            result_ttl,
-            now_ms(),
-            cause,
-            expired_by,
-            member,
-            counter,
-        )
         reply = await self._pipe.run_script(scripts.STOP, args.keys(), args.argv())
         status = _text(reply[0])
         if status in ("NOCALL", "LIVE"):
             return None
         if status == "REPRICE":
             return CounterShort(int(reply[1]))
+        if status == "AMEND":
+            return Amend(int(reply[1]))
         return _stop_result(reply[1], repeated=status == "DONE")
 
     async def charge(

@@ -98,7 +98,8 @@ ORDER BY r.bundle_id, r.position
 """
 
 # One pass over the bundles' CDRs. ``u`` is what a free allowance counts (1 per CDR
-# for a count indicator), ``v`` the measured value. A free rule's running total of u
+# for a count indicator, none for a late stop's, which amends its call's), ``v`` the
+# measured value. A free rule's running total of u
 # in stop order gives each CDR's included units and credit (CDRs stopped at the same
 # instant are ordered by entry id, so a recomputed draft is equal). Indicators sum
 # ``charged`` net of the free credits on the same CDRs (capped at what each debited).
@@ -111,9 +112,10 @@ WITH sb AS (
 ), ev AS (
     SELECT sb.sb_id, sb.bundle_id, i.name AS indicator, c.entry_id, c.stopped_at, c.charged,
            c.zone, c.rate_type,
-           CASE WHEN i.function = 'count' THEN 1
+           CASE WHEN i.function = 'count' THEN (c.termination_cause <> 'late-stop')::int
                 WHEN i.measure = 'amount' THEN c.charged ELSE c.duration END AS u,
-           CASE WHEN i.measure = 'amount' THEN c.charged ELSE c.duration END AS v
+           CASE WHEN i.measure = 'amount' THEN c.charged ELSE c.duration END AS v,
+           (c.termination_cause <> 'late-stop')::int AS event
     FROM sb
     JOIN bundle_indicators i ON i.bundle_id = sb.bundle_id
     JOIN cdrs c ON c.account_id = sb.account_id
@@ -149,15 +151,16 @@ WITH sb AS (
     -- Each CDR's credits (over every free rule) beside its indicator rows, summed by a
     -- window over both: no join of the two, which the planner, misjudging them as one
     -- row each, made a nested loop re-aggregating the credits per CDR (quadratic).
-    SELECT sb_id, indicator, zone, rate_type, v, charged - LEAST(cdr_credit, charged) AS net
+    SELECT sb_id, indicator, zone, rate_type, v, event,
+           charged - LEAST(cdr_credit, charged) AS net
     FROM (
         SELECT x.*, sum(x.credit) OVER (PARTITION BY x.sb_id, x.entry_id) AS cdr_credit
         FROM (
-            SELECT sb_id, entry_id, indicator, zone, rate_type, v, charged,
+            SELECT sb_id, entry_id, indicator, zone, rate_type, v, event, charged,
                    0::numeric AS credit, true AS measured
             FROM ev
             UNION ALL
-            SELECT sb_id, entry_id, NULL, NULL, NULL, NULL, NULL, credit, false
+            SELECT sb_id, entry_id, NULL, NULL, NULL, NULL, NULL, NULL, credit, false
             FROM credited
         ) AS x
     ) AS y
@@ -168,13 +171,14 @@ WITH sb AS (
 # Each indicator whole and in shares per (zone, rate type), for discounts and commitments.
 _INDICATORS_SQL = """
 SELECT 'indicator' AS what, sb_id, indicator, 0 AS position, NULL::text AS zone,
-       NULL::text AS rate_type, count(*)::bigint AS events, sum(v)::bigint AS total,
-       round(avg(v))::bigint AS average, min(v)::bigint AS low, max(v)::bigint AS high,
+       NULL::text AS rate_type, sum(event)::bigint AS events, sum(v)::bigint AS total,
+       round(sum(v)::numeric / NULLIF(sum(event), 0))::bigint AS average,
+       min(v)::bigint AS low, max(v)::bigint AS high,
        sum(net)::bigint AS net
 FROM net
 GROUP BY sb_id, indicator
 UNION ALL
-SELECT 'share', sb_id, indicator, 0, zone, rate_type, count(*)::bigint, sum(v)::bigint,
+SELECT 'share', sb_id, indicator, 0, zone, rate_type, sum(event)::bigint, sum(v)::bigint,
        NULL, NULL, NULL, sum(net)::bigint
 FROM net
 GROUP BY sb_id, indicator, zone, rate_type
@@ -318,8 +322,8 @@ def percent(rate: int) -> str:
 def quantity_text(value: int, measure: str | None, function: str | None, unit: str) -> str:
     """An indicator value a customer reads: ``1000 min``, ``16 min 40 s``, ``250 MB``."""
     if function == "count":
-        what = {"duration": "calls", "consumption": "events"}.get(measure or "", "transactions")
-        return f"{value} {what}"
+        what = {"duration": "call", "consumption": "event"}.get(measure or "", "transaction")
+        return f"{value} {what}" if value == 1 else f"{value} {what}s"
     if measure == "duration":
         minutes, seconds = divmod(value, 60)
         return f"{minutes} min" if seconds == 0 else f"{minutes} min {seconds} s"

@@ -45,6 +45,10 @@ from ocs.billing.lines import Line, Usage
 # through the C library's strcoll, which made the sort-and-group of 50,000 CDRs a chunk
 # cost three times a hash of the same keys (benchmarks/RESULTS.md, "Billing drafts").
 #
+# A late stop's CDR (termination_cause 'late-stop') amends the close of its call: its
+# seconds, billed seconds, counter seconds and amount are what the switch's report
+# changed (some negative), so it adds to the sums and is not counted as a call.
+#
 # The statement's snapshot comes with its rows (one row of NULLs besides it when the window
 # holds no CDR): the invoice keeps it, and the next invoice bills the imported CDRs it
 # could not see (``late_usage``, decision 0050). Read in the same statement, so it is the
@@ -57,10 +61,12 @@ SELECT account_id COLLATE "C" AS account_id, termination_cause = 'usage' AS even
        rate_type COLLATE "C" AS rate_type,
        CASE WHEN termination_cause = 'usage' THEN destination END COLLATE "C" AS service,
        counter_id COLLATE "C" AS counter_id,
-       count(*) AS calls, sum(duration)::bigint AS seconds,
+       count(*) FILTER (WHERE termination_cause <> 'late-stop') AS calls,
+       sum(duration)::bigint AS seconds,
        sum(billed_seconds)::bigint AS billed, sum(charged)::bigint AS amount,
        sum(counter_seconds)::bigint AS bundle,
-       sum(GREATEST(duration - counter_seconds, 0))::bigint AS paid,
+       sum(CASE WHEN termination_cause = 'late-stop' THEN duration - counter_seconds
+                ELSE GREATEST(duration - counter_seconds, 0) END)::bigint AS paid,
        min(entry_id COLLATE "C") AS first_cdr, max(entry_id COLLATE "C") AS last_cdr
 FROM cdrs
 WHERE account_id = ANY($1::text[]) AND stopped_at >= $2 AND stopped_at < $3

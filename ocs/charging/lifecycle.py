@@ -26,10 +26,12 @@ from ocs.balances.script_args import (
     CounterCandidate,
     CounterQuote,
     CounterUse,
+    StopArgs,
 )
 from ocs.balances.store import (
     AlreadyLive,
     AlreadyStopped,
+    Amend,
     BalanceStore,
     CounterChanged,
     CounterShort,
@@ -38,6 +40,7 @@ from ocs.balances.store import (
     Refused,
     Reserved,
     StopResult,
+    now_ms,
 )
 from ocs.catalog.snapshot import CatalogHolder, CatalogSnapshot, Plan, Tariff
 from ocs.charging.values import (
@@ -1059,16 +1062,26 @@ class CallService:
         self, record: CallRecord, duration: int, cause: str, expired_by: int | None
     ) -> StopResult | None:
         usable: int | None = None
+        amends: int | None = None
         while True:
-            outcome = await self._close_once(record, duration, cause, expired_by, usable)
-            if not isinstance(outcome, CounterShort):
+            outcome = await self._close_once(
+                record, duration, cause, expired_by, usable=usable, amends=amends
+            )
+            if isinstance(outcome, Amend):
+                # A late stop of a call ocs closed: its CDR carries what it changes from
+                # the close's. The close's duration never changes, so this comes once.
+                if amends == outcome.duration:
+                    raise RuntimeError(f"late stop of {record.call_id!r} not settled")
+                amends = outcome.duration
+            elif isinstance(outcome, CounterShort):
+                # Other calls used some of the counter seconds the close released: priced
+                # again with what is left to it. Fewer each time (another stop may take
+                # more meanwhile), and a price that counts no more than the close counted
+                # is never short: this ends.
+                seconds = outcome.seconds
+                usable = seconds if usable is None else min(seconds, usable - 1)
+            else:
                 return outcome
-            # A late stop of a call ocs closed: other calls used some of the counter
-            # seconds its close released. Priced again with what is left to it. Fewer
-            # each time (another stop may take more meanwhile), and a price that
-            # counts no more than the close counted is never short: this ends.
-            seconds = outcome.seconds
-            usable = seconds if usable is None else min(seconds, usable - 1)
 
     async def _close_once(
         self,
@@ -1076,16 +1089,24 @@ class CallService:
         duration: int,
         cause: str,
         expired_by: int | None,
+        *,
         usable: int | None,
-    ) -> StopResult | CounterShort | None:
+        amends: int | None,
+    ) -> StopResult | CounterShort | Amend | None:
         """Charge a call's ``duration``, its counter paying for at most ``usable`` seconds
-        (None: as many as the call holds)."""
+        (None: as many as the call holds). ``amends``: a late stop's, the duration of the
+        close its CDR states the change from."""
         rate = record.rate
         split = record.split
         counter = record.counter_use(duration)
         if usable is not None and split is not None and counter is not None:
             split = CounterSplit(split.rate, usable)
             counter = CounterUse(counter.counter_id, counter.held, min(duration, usable))
+        billed = billed_seconds(rate, duration)
+        counter_seconds = counter_seconds_used(split, duration)
+        if amends is not None:
+            billed -= billed_seconds(rate, amends)
+            counter_seconds -= min(amends, record.counter_seconds) if split is not None else 0
         cdr = msgpack.packb(
             {
                 "plan": record.plan_id,
@@ -1094,29 +1115,32 @@ class CallService:
                 "caller": record.caller,
                 "currency": record.currency,
                 "authorized_at_ms": record.authorized_at_ms,
-                "billed": billed_seconds(rate, duration),
+                "billed": billed,
                 "rate": [rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute],
                 "nas": record.nas,
                 "member": record.member,
                 "direction": record.direction,
                 "counter": record.counter_id,
-                "counter_seconds": counter_seconds_used(split, duration),
+                "counter_seconds": counter_seconds,
                 # The area-code table's name of the destination (cdrs.destination_name).
                 "area": self._area_name(record),
             }
         )
-        return await self._store.stop(
-            account_id=record.account_id,
-            call_id=record.call_id,
-            rated_cost=cost_with_counter(rate, duration, split, self._bands_of(record, duration)),
-            duration=duration,
-            cdr=cdr,
-            result_ttl=self._settings.stop_dedupe_ttl,
-            cause=cause,
-            expired_by=expired_by,
-            member=record.member,
-            counter=counter,
+        args = StopArgs(
+            record.account_id,
+            record.call_id,
+            cost_with_counter(rate, duration, split, self._bands_of(record, duration)),
+            duration,
+            cdr,
+            self._settings.stop_dedupe_ttl,
+            now_ms(),
+            cause,
+            expired_by,
+            record.member,
+            counter,
+            amends,
         )
+        return await self._store.stop(args)
 
     @staticmethod
     def _charge(record: CallRecord, result: StopResult) -> CallCharge:

@@ -22,21 +22,28 @@
 -- ARGV[12] usage counter of the call ("" none)
 -- ARGV[13] counter seconds the call holds
 -- ARGV[14] counter seconds the call used (<= ARGV[13]): they count as used
+-- ARGV[15] a late stop's: the duration of the close its CDR (ARGV[5]) was built against
 -- KEYS[6] member-lines hash     mlines:{b:N}:<account>
 -- KEYS[7] counters hash         counters:{b:N}:<account>
--- ARGV[11..14] and KEYS[6..7] may be left out, together, for a call with no member and
--- no counter.
+-- ARGV[11..15] and KEYS[6..7] may be left out, together, for a call with no member and
+-- no counter (ARGV[15] alone may be left out).
 --
 -- A stop reported for a call ocs closed by policy ("start-timeout", "expired",
--- "nas-reboot", "cut") is charged what it adds to that close, once, with cause "late-stop";
--- the counter seconds it used beyond those the close counted are counted then too, as
--- far as the counter still has them free: the close released the call's hold, and other
--- calls may have used those seconds since. When ARGV[2] took more counter seconds as
--- free than that, nothing is changed and {"REPRICE", seconds} answers: the counter
--- seconds the call may count in all; the caller prices the call again with that many
--- (ARGV[14]) and runs this again.
+-- "nas-reboot", "cut") settles the call at what the report says, once, with cause
+-- "late-stop": it is charged what it adds to that close, or given back what the close
+-- charged beyond it (never below the interim debits the close found). The counter
+-- seconds it used beyond those the close counted are counted then too (or those short
+-- of them given back), as far as the counter still has them free: the close released
+-- the call's hold, and other calls may have used those seconds since. When ARGV[2] took
+-- more counter seconds as free than that, nothing is changed and {"REPRICE", seconds}
+-- answers: the counter seconds the call may count in all; the caller prices the call
+-- again with that many (ARGV[14]) and runs this again. The late stop's CDR and ledger
+-- entry carry what it changes (seconds, billed seconds, counter seconds, money), so
+-- the two rows sum to the call; without ARGV[15], or with another duration than the
+-- close's, nothing is changed and {"AMEND", duration of the close} answers: the caller
+-- builds that CDR and runs this again.
 -- Returns {"OK", result} on the first stop, {"DONE", result} on a repeated one,
--- where result is msgpack {charged, rated, balance, duration, entry, cause};
+-- where result is msgpack {charged, rated, balance, duration, entry, cause, debited};
 -- {"NOCALL"} when no such call is live; {"LIVE"} when the janitor's guard failed.
 -- Interim debits already taken count towards the charge. The charge never takes
 -- the balance below -credit_limit: a call that ran past its grant is charged at
@@ -49,19 +56,27 @@ if done then
   local closed_by_us = first.cause == 'start-timeout' or first.cause == 'expired'
     or first.cause == 'nas-reboot' or first.cause == 'cut'
   local rated = tonumber(ARGV[2])
-  -- Counter seconds this report used beyond those the close counted.
+  -- What the call comes to now its switch reports it: never less than the interim
+  -- debits the close found (a result from before they were kept: what it charged).
+  local owed = math.max(rated, tonumber(first.debited or first.charged))
+  -- Counter seconds this report uses beyond (or short of) those the close counted.
   local more_seconds = 0
   local counted = 0
   if (ARGV[12] or '') ~= '' and tonumber(ARGV[13]) > 0 then
     counted = math.min(tonumber(first.duration), tonumber(ARGV[13]))
     more_seconds = tonumber(ARGV[14]) - counted
   end
-  if not closed_by_us or ARGV[10] ~= '' or (rated <= first.charged and more_seconds <= 0) then
+  if not closed_by_us or ARGV[10] ~= '' or (owed == first.charged and more_seconds == 0) then
     return {'DONE', done}
   end
-  if more_seconds > 0 then
-    -- What the counter has free now (none when a reset or cancel removed it).
-    local c = redis.call('HMGET', KEYS[7], ARGV[12] .. ':limit', ARGV[12] .. ':used',
+  if tonumber(ARGV[15] or -1) ~= tonumber(first.duration) then
+    -- Its CDR is to carry what the report changes: built against the close's duration.
+    return {'AMEND', first.duration}
+  end
+  local c = nil
+  if more_seconds ~= 0 then
+    -- What the counter has free now (nothing when a reset or cancel removed it).
+    c = redis.call('HMGET', KEYS[7], ARGV[12] .. ':limit', ARGV[12] .. ':used',
       ARGV[12] .. ':held')
     local free = 0
     if c[1] then
@@ -71,24 +86,35 @@ if done then
       return {'REPRICE', counted + free}
     end
   end
-  -- ocs closed this call by policy (never started, expired, NAS restart), yet its
-  -- switch reports it after all: charge what the report adds, now, once, as far
-  -- as the account can pay. Its reservation is gone: the headroom is what is free.
-  local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
-  local headroom = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3])
-  local charge = math.max(math.min(rated - first.charged, headroom), 0)
-  if more_seconds > 0 then
-    redis.call('HINCRBY', KEYS[7], ARGV[12] .. ':used', more_seconds)
+  -- ocs closed this call by policy (never started, expired, NAS restart, cut), yet its
+  -- switch reports it after all: charge what the report adds, now, once, as far as the
+  -- account can pay (its reservation is gone: the headroom is what is free); or give
+  -- back what the close charged beyond it (a shorter call than the policy assumed).
+  local charge = owed - first.charged
+  if charge > 0 then
+    local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved')
+    local headroom = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3])
+    charge = math.max(math.min(charge, headroom), 0)
+  end
+  if more_seconds ~= 0 and c[1] then
+    -- Never below none used: a reset since the close started the counter afresh.
+    redis.call('HSET', KEYS[7], ARGV[12] .. ':used',
+      int(math.max(tonumber(c[2] or 0) + more_seconds, 0)))
   end
   local balance = redis.call('HINCRBY', KEYS[1], 'balance', int(-charge))
-  lock_below_critical(KEYS[1], balance)
+  if charge > 0 then
+    lock_below_critical(KEYS[1], balance)
+  end
+  -- The CDR (ARGV[5]) and the entry carry what the report changes: seconds, billed
+  -- seconds, counter seconds and money; it amends the close's and is not a call.
   local entry = redis.call('XADD', KEYS[5], '*',
     'kind', 'call', 'account', ARGV[8], 'amount', int(-charge), 'balance', int(balance),
     'reference', ARGV[1], 'ts', ARGV[6], 'rated', int(rated), 'charged', int(charge),
-    'duration', ARGV[7], 'cause', 'late-stop', 'cdr', ARGV[5])
+    'duration', int(tonumber(ARGV[7]) - tonumber(first.duration)), 'cause', 'late-stop',
+    'cdr', ARGV[5])
   local result = cmsgpack.pack({charged = first.charged + charge, rated = rated,
-    balance = balance,
-    duration = tonumber(ARGV[7]), entry = entry, cause = 'late-stop'})
+    balance = balance, duration = tonumber(ARGV[7]), entry = entry, cause = 'late-stop',
+    debited = first.debited})
   redis.call('SET', KEYS[4], result, 'EX', ARGV[4])
   return {'OK', result}
 end
@@ -149,6 +175,6 @@ local entry = redis.call('XADD', KEYS[5], '*',
   'reference', ARGV[1], 'ts', ARGV[6], 'rated', int(rated), 'charged', int(charged),
   'duration', ARGV[7], 'cause', ARGV[9], 'cdr', ARGV[5])
 local result = cmsgpack.pack({charged = charged, rated = rated, balance = balance,
-  duration = tonumber(ARGV[7]), entry = entry, cause = ARGV[9]})
+  duration = tonumber(ARGV[7]), entry = entry, cause = ARGV[9], debited = debited})
 redis.call('SET', KEYS[4], result, 'EX', ARGV[4])
 return {'OK', result}
