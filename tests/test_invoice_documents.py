@@ -218,6 +218,48 @@ async def test_a_posted_invoice_pdf_shows_its_figures_and_is_stored_once(
     assert (await ok(app, "GET", f"/v1/invoices/{invoice_id}"))["number"] == "INV-2026-000001"
 
 
+async def test_a_credit_note_pdf_adds_up_to_the_money_it_gives_back(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # The March invoice: rent 10.00, VAT 2.00 (both moved at posting) and one call of
+    # 0.50 the real-time path debited when it ended; total 12.50.
+    invoice_id = await march_invoice(app)
+    services = app.services
+    await ok(app, "POST", f"/v1/invoices/{invoice_id}/post")
+    before = (await services.accounts.show("a1")).balance
+
+    voided = await ok(app, "POST", f"/v1/invoices/{invoice_id}/void", status=201)
+
+    # The void gives back what posting took, 12.00; the call stays paid. The credit note
+    # says exactly that: -12.00, -2.00 of it tax.
+    assert (await services.accounts.show("a1")).balance - before == 12 * 1_000_000
+    note = await ok(app, "GET", f"/v1/invoices/{voided['credit_note']}")
+    assert (note["subtotal"], note["tax_total"], note["total"]) == (
+        "-10.000000",
+        "-2.000000",
+        "-12.000000",
+    )
+    pdf = await documents.invoice_pdf(services.pool, services.settings, voided["credit_note"])
+    text = pdf_text(pdf, tmp_path, "credit-note")
+    assert "Credit note" in text and row(text, "Number", "CN-2026-000001")
+    assert row(text, "Voids invoice", "INV-2026-000001")
+    # Each reversal under the kind it reverses: the rent under charges, the VAT under
+    # taxes with its basis and rate; the call, which nothing gives back, is not there.
+    assert row(text, "Reversal: Line rent", "1 Mar 2026 – 31 Mar 2026", "1", "-€10.00")
+    assert row(text, "Charges", "-€10.00")
+    assert row(text, "VAT20 VAT", "federal", "-€10.00", "20%", "-€2.00")
+    assert row(text, "Taxes", "-€2.00")
+    assert "UK Mobile" not in text and "Usage" not in text
+    assert row(text, "Subtotal", "-€10.00")
+    assert row(text, "Tax", "-€2.00")
+    assert row(text, "Total", "-€12.00")
+    # Nothing is due on a credit note: it says what came back to the account instead of
+    # a statement of zeros.
+    assert row(text, "Credited to your account", "€12.00")
+    for absent in ("Due date", "Amount due", "Previous balance", "Closing balance"):
+        assert absent not in text, (absent, text)
+
+
 async def test_the_calls_csv_lists_the_invoice_calls(app: RunningApp) -> None:
     invoice_id = await march_invoice(app)
     csv_bytes = await documents.calls_csv(app.services.pool, invoice_id)

@@ -21,10 +21,12 @@ SELECT i.id, i.kind, i.state, i.number, i.account_id, i.plan_id, i.currency, i.i
        i.period_start, i.period_end, i.period_label, i.subtotal, i.tax_total, i.total,
        i.previous_balance, i.payments, i.new_charges, i.closing_balance, i.amount_due,
        i.message, COALESCE(i.window_start, i.period_start) AS usage_from,
+       v.number AS voids_number,
        COALESCE(pb.grace_days, 0) AS grace_days, COALESCE(pb.time_zone, 'UTC') AS time_zone,
        s.billing_address, s.billing_city, s.billing_county, s.billing_region,
        s.billing_postal_code, s.billing_country
 FROM invoices i
+LEFT JOIN invoices v ON v.id = i.voids_invoice_id
 LEFT JOIN plan_billing pb ON pb.plan_id = i.plan_id
 LEFT JOIN LATERAL (
     SELECT s.billing_address, s.billing_city, s.billing_county, s.billing_region,
@@ -37,12 +39,16 @@ LEFT JOIN LATERAL (
 WHERE i.id = $1
 """
 
+# A credit note's reversal line carries the kind of the line it reverses, so that it is
+# laid out (and its tax named) as that line was.
 _LINES_SQL = """
 SELECT l.kind, l.description, l.period_start, l.period_end, l.quantity, l.amount, l.zone,
        l.direction, l.calls, l.seconds, l.tax_code, l.basis, l.rate, t.level AS tax_level,
-       t.name AS tax_name
+       t.name AS tax_name, o.kind AS reverses_kind
 FROM invoice_lines l
-LEFT JOIN taxes t ON l.kind = 'tax' AND t.code = l.tax_code AND t.currency = $2
+LEFT JOIN invoice_lines o ON o.id = l.reverses_line
+LEFT JOIN taxes t ON COALESCE(o.kind, l.kind) = 'tax' AND t.code = l.tax_code
+                 AND t.currency = $2
 WHERE l.invoice_id = $1
 ORDER BY l.position
 """
@@ -79,6 +85,12 @@ class DocumentLine:
     rate: int | None = None  # millionths of a percent
     tax_level: str | None = None  # the tax's jurisdiction level
     tax_name: str | None = None
+    reverses_kind: str | None = None  # a reversal line's: the kind of the line it reverses
+
+    @property
+    def shown_kind(self) -> str:
+        """The kind the document groups it by: a reversal's is the reversed line's."""
+        return self.reverses_kind or self.kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +123,8 @@ class InvoiceFacts:
     lines: tuple[DocumentLine, ...]
     # Where the usage window starts: a usage line from before it is late (decision 0050).
     usage_from: datetime | None = None
+    # A credit note's: the number of the invoice it voids.
+    voids_number: str | None = None
 
     @property
     def due_date(self) -> date:
@@ -163,4 +177,5 @@ async def load_facts(conn: asyncpg.Connection, invoice_id: int) -> InvoiceFacts:
         address=address,
         lines=tuple(DocumentLine(**dict(line)) for line in lines),
         usage_from=row["usage_from"],
+        voids_number=row["voids_number"],
     )

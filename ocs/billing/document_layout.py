@@ -10,7 +10,13 @@ read the same figures the PDF shows.
 The lines are grouped as a customer reads a bill: charges (recurring,
 proration, one-time and other charges), usage by zone (calls, minutes,
 amount), counters, discounts and surcharges (the bundle_* lines and
-surcharges), and taxes by code and jurisdiction level.
+surcharges), and taxes by code and jurisdiction level. A credit note's reversal
+line is grouped with the kind of line it reverses (a reversed tax under taxes).
+
+A credit note has nothing due: instead of the balance-forward statement (an
+invoice's), its closing block says what it gave back to the account (its total
+negated: only lines whose money moved are reversed, decision 0020), and its facts
+name the invoice it voids.
 """
 
 from collections.abc import Iterable
@@ -71,6 +77,10 @@ LABELS = {
     "new_charges": "New charges",
     "closing_balance": "Closing balance",
     "amount_due": "Amount due",
+    "credit_date": "Date",
+    "voids": "Voids invoice",
+    "credited": "Credited to your account",
+    "debited": "Debited from your account",
 }
 
 # The banner across a document that is not the customer's final invoice.
@@ -266,12 +276,12 @@ def tax_section(lines: list[DocumentLine], fmt: Formatter) -> dict[str, Any]:
 
 def sections(facts: InvoiceFacts, fmt: Formatter) -> list[dict[str, Any]]:
     """The document's tables, in reading order, leaving out the empty ones."""
-    usage = [line for line in facts.lines if line.kind in USAGE_KINDS]
-    counters = [line for line in facts.lines if line.kind in COUNTER_KINDS]
-    adjustments = [line for line in facts.lines if line.kind in ADJUSTMENT_KINDS]
-    taxes = [line for line in facts.lines if line.kind in TAX_KINDS]
+    usage = [line for line in facts.lines if line.shown_kind in USAGE_KINDS]
+    counters = [line for line in facts.lines if line.shown_kind in COUNTER_KINDS]
+    adjustments = [line for line in facts.lines if line.shown_kind in ADJUSTMENT_KINDS]
+    taxes = [line for line in facts.lines if line.shown_kind in TAX_KINDS]
     grouped = USAGE_KINDS | COUNTER_KINDS | ADJUSTMENT_KINDS | TAX_KINDS
-    charges = [line for line in facts.lines if line.kind not in grouped]
+    charges = [line for line in facts.lines if line.shown_kind not in grouped]
     found: list[dict[str, Any]] = []
     if charges:
         found.append(charge_section(charges, fmt, facts.time_zone))
@@ -290,6 +300,52 @@ def _pairs(items: Iterable[tuple[str, str]]) -> list[list[str]]:
     return [[label, value] for label, value in items]
 
 
+def _facts(facts: InvoiceFacts, fmt: Formatter, number: str) -> list[list[str]]:
+    """The header's facts: an invoice's dates and due date; a credit note's date and the
+    invoice it voids (nothing is due on it)."""
+    first, last = local_days(facts.period_start, facts.period_end, facts.time_zone)
+    period = (LABELS["period"], f"{fmt.day(first)} – {fmt.day(last)}")
+    account = (LABELS["account"], facts.account_id)
+    if facts.kind == "credit_note":
+        return _pairs(
+            (
+                (LABELS["number"], number),
+                (LABELS["credit_date"], fmt.day(facts.invoice_date)),
+                (LABELS["voids"], facts.voids_number or ""),
+                period,
+                account,
+            )
+        )
+    return _pairs(
+        (
+            (LABELS["number"], number),
+            (LABELS["invoice_date"], fmt.day(facts.invoice_date)),
+            period,
+            (LABELS["due_date"], fmt.day(facts.due_date)),
+            account,
+        )
+    )
+
+
+def _statement(facts: InvoiceFacts, fmt: Formatter) -> tuple[list[list[str]], list[str]]:
+    """The closing block's figures and its last line: an invoice's balance-forward
+    statement and amount due; a credit note's money given back (or, for a credit note
+    of an invoice that was a net credit, taken back) and nothing else."""
+    if facts.kind == "credit_note":
+        if facts.total <= 0:
+            return [], [LABELS["credited"], fmt.money(-facts.total)]
+        return [], [LABELS["debited"], fmt.money(facts.total)]
+    figures = _pairs(
+        (
+            (LABELS["previous_balance"], fmt.money(facts.previous_balance)),
+            (LABELS["payments"], fmt.money(facts.payments)),
+            (LABELS["new_charges"], fmt.money(facts.new_charges)),
+            (LABELS["closing_balance"], fmt.money(facts.closing_balance)),
+        )
+    )
+    return figures, [LABELS["amount_due"], fmt.money(facts.amount_due)]
+
+
 def layout(facts: InvoiceFacts, issuer: Issuer, locale: str) -> dict[str, Any]:
     """The document's content, every value as text in the locale (what the template
     prints); a draft's or a void invoice's carries its banner."""
@@ -297,7 +353,7 @@ def layout(facts: InvoiceFacts, issuer: Issuer, locale: str) -> dict[str, Any]:
     title = LABELS["credit_note" if facts.kind == "credit_note" else "invoice"]
     banner = BANNERS.get(facts.state)
     number = facts.number or banner or ""
-    first, last = local_days(facts.period_start, facts.period_end, facts.time_zone)
+    statement, due = _statement(facts, fmt)
     return {
         "title": title,
         "number": number,
@@ -306,15 +362,7 @@ def layout(facts: InvoiceFacts, issuer: Issuer, locale: str) -> dict[str, Any]:
         "issuer": {"name": issuer.name, "lines": list(issuer.lines)},
         "labels": {"bill_to": LABELS["bill_to"], "statement": LABELS["statement"]},
         "customer": customer_lines(facts, fmt),
-        "facts": _pairs(
-            (
-                (LABELS["number"], number),
-                (LABELS["invoice_date"], fmt.day(facts.invoice_date)),
-                (LABELS["period"], f"{fmt.day(first)} – {fmt.day(last)}"),
-                (LABELS["due_date"], fmt.day(facts.due_date)),
-                (LABELS["account"], facts.account_id),
-            )
-        ),
+        "facts": _facts(facts, fmt, number),
         "sections": sections(facts, fmt),
         "totals": _pairs(
             (
@@ -323,14 +371,7 @@ def layout(facts: InvoiceFacts, issuer: Issuer, locale: str) -> dict[str, Any]:
             )
         ),
         "total": [LABELS["total"], fmt.money(facts.total)],
-        "statement": _pairs(
-            (
-                (LABELS["previous_balance"], fmt.money(facts.previous_balance)),
-                (LABELS["payments"], fmt.money(facts.payments)),
-                (LABELS["new_charges"], fmt.money(facts.new_charges)),
-                (LABELS["closing_balance"], fmt.money(facts.closing_balance)),
-            )
-        ),
-        "due": [LABELS["amount_due"], fmt.money(facts.amount_due)],
+        "statement": statement,
+        "due": due,
         "message": facts.message,
     }

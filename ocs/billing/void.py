@@ -3,11 +3,16 @@
 The invoice's own money is finished first (a posting that crashed midway
 moved only part of it), so the credit note reverses exactly what moved. Then,
 in one transaction: the invoice is locked, a credit note is written with one
-``reversal`` line per line (amount negated, pointing at the line it reverses),
-numbered from the credit-note sequence (``CN-2026-000001``) and posted, and the
-invoice becomes ``void``. Last, the credit note's money moves like any posted
+``reversal`` line per line whose money moved (amount negated, pointing at the line it
+reverses), numbered from the credit-note sequence (``CN-2026-000001``) and posted, and
+the invoice becomes ``void``. Last, the credit note's money moves like any posted
 invoice's, keyed by its own lines: a positive charge comes back as a credit. What
 payments paid of the invoice becomes their credit again (refundable, like any credit).
+
+Lines that moved no money (usage, usage events, counter fees and counter usage: the
+real-time path debited them when they happened) are not reversed: voiding an invoice
+gives back what its posting took, not the calls, so the credit note's total is exactly
+the money it returns to the balance (decision 0020).
 """
 
 from dataclasses import dataclass
@@ -31,6 +36,26 @@ WITH freed AS (
   WHERE a.payment_id = f.payment_id AND a.invoice_id = $1
 )
 UPDATE payments p SET allocated = p.allocated - f.amount FROM freed f WHERE p.id = f.payment_id
+"""
+
+
+# The credit note of the invoice ($1): its totals are those of the lines whose money
+# moved (charges, discounts, surcharges, taxes), negated; the lines that only report
+# what the real-time path debited are not reversed, so they count in none of them.
+_CREDIT_NOTE_SQL = """
+WITH moved AS (
+  SELECT COALESCE(sum(amount) FILTER (WHERE kind <> 'tax'), 0) AS subtotal,
+         COALESCE(sum(amount) FILTER (WHERE kind = 'tax'), 0) AS tax_total
+  FROM invoice_lines WHERE invoice_id = $1 AND moves_money
+)
+INSERT INTO invoices (account_id, plan_id, kind, period_start, period_end, period_label,
+                      currency, invoice_date, issuer, subtotal, tax_total, total,
+                      taxes_calculated, message, voids_invoice_id)
+SELECT i.account_id, i.plan_id, 'credit_note', i.period_start, i.period_end, i.period_label,
+       i.currency, current_date, $2, -m.subtotal, -m.tax_total, -(m.subtotal + m.tax_total),
+       i.taxes_calculated, i.message, i.id
+FROM invoices i CROSS JOIN moved m WHERE i.id = $1
+RETURNING id
 """
 
 
@@ -58,18 +83,7 @@ async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Void
                 f"invoice {invoice_id} is a {row['state']} {row['kind']}: only a posted"
                 " invoice can be voided",
             )
-        note_id = int(
-            await conn.fetchval(
-                "INSERT INTO invoices (account_id, plan_id, kind, period_start, period_end,"
-                " period_label, currency, invoice_date, issuer, subtotal, tax_total, total,"
-                " taxes_calculated, message, voids_invoice_id)"
-                " SELECT account_id, plan_id, 'credit_note', period_start, period_end,"
-                " period_label, currency, current_date, $2, -subtotal, -tax_total, -total,"
-                " taxes_calculated, message, id FROM invoices WHERE id = $1 RETURNING id",
-                invoice_id,
-                CREDIT_NOTE_ISSUER,
-            )
-        )
+        note_id = int(await conn.fetchval(_CREDIT_NOTE_SQL, invoice_id, CREDIT_NOTE_ISSUER))
         await conn.execute(
             "INSERT INTO invoice_lines (invoice_id, position, kind, description, period_start,"
             " period_end, quantity, amount, exact_amount, moves_money, charge_id, item_id,"
@@ -82,7 +96,7 @@ async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Void
             " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number,"
             " counter_id, bundle_seconds, paid_seconds, billed_quantity, source_entry, id,"
             " tax_code, -basis, rate, rate_type, subscription_id, account_number_id"
-            " FROM invoice_lines WHERE invoice_id = $1",
+            " FROM invoice_lines WHERE invoice_id = $1 AND moves_money",
             invoice_id,
             note_id,
         )
