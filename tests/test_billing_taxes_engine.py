@@ -405,6 +405,50 @@ async def test_a_us_invoice_is_taxed_by_the_engine_at_posting(
     )
 
 
+async def test_an_exempt_account_on_an_external_plan_is_charged_no_exempt_tax(
+    services: Services, engine: Engine
+) -> None:
+    run_id = await single_us_account(services)
+    # us1 holds a resale certificate for state and city taxes, not county or federal.
+    await taxes.exempt(services.pool, "us1", "TX-RESALE-7", ["state", "city"])
+
+    posted = await posting.post(
+        services.pool, services.store, run_id=run_id, settings=engine_settings(engine.url)
+    )
+
+    [(invoice_id, _number)] = posted.numbers.items()
+    # The engine answered city 2.25 and state 6.25 too; the exempt levels show at 0,
+    # naming the certificate, as the plan's own taxes do: county 1.00 and the fee 0.50.
+    assert await tax_rows(services, invoice_id) == [
+        (
+            "City of Austin sales tax (Austin) 2.25% of 100.00 USD: exempt (TX-RESALE-7)",
+            "TX-AUSTIN",
+            100 * USD,
+            2_250_000,
+            0,
+        ),
+        (
+            "Travis County sales tax (Travis County) 1% of 100.00 USD",
+            "TX-CO-TRAVIS",
+            100 * USD,
+            1_000_000,
+            1_000_000,
+        ),
+        (
+            "Texas state sales tax (Texas) 6.25% of 100.00 USD: exempt (TX-RESALE-7)",
+            "TX-STATE",
+            100 * USD,
+            6_250_000,
+            0,
+        ),
+        ("Federal regulatory fee (United States)", "US-REG-FEE", 100 * USD, None, 500_000),
+    ]
+    invoice = await services.pool.fetchrow("SELECT * FROM invoices WHERE id = $1", invoice_id)
+    assert (invoice["tax_total"], invoice["total"]) == (1_500_000, 101_500_000)
+    # The money moved is what the invoice says: 101.50 taken from a zero balance.
+    assert (await services.accounts.show("us1")).balance == -101_500_000
+
+
 async def test_engine_down_keeps_the_draft_and_it_posts_once_when_back(
     services: Services, engine: Engine
 ) -> None:

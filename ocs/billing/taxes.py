@@ -38,8 +38,11 @@ transactions, each with its account's billing location (``TaxInvoice.billing``,
 from the subscription's address) and, for calls, where they started or ended
 (``transaction_locations``), and makes one tax line per engine tax of what
 comes back, summing the engine's exact amounts and rounding once per tax, by
-the same rule. An external plan's drafts are never taxed at drafting
-(``taxed_at_drafting``): they are taxed at posting.
+the same rule. An exempt account's exemption holds whoever computes the tax:
+an engine's tax of a covered level is the same zero line naming the exemption
+(``engine_lines``), whatever amount the engine answered. An external plan's
+drafts are never taxed at drafting (``taxed_at_drafting``): they are taxed at
+posting.
 """
 
 from collections import defaultdict
@@ -365,7 +368,8 @@ class TaxInvoice:
     ``billing``: the account's billing location (its subscription's address,
     ``billing_location``); ``number``: the account's member number when it has
     exactly one on the invoice date (None: none, or several and a usage line
-    cannot say which placed its calls).
+    cannot say which placed its calls); ``exemption``: the account's tax
+    exemption, if any (its levels are charged nothing, whatever the engine says).
     """
 
     id: int
@@ -375,6 +379,7 @@ class TaxInvoice:
     invoice_date: date
     billing: Location = NO_LOCATION
     number: str | None = None
+    exemption: Exemption | None = None
 
 
 EXTERNAL = "external"
@@ -410,12 +415,17 @@ TaxEngine = Callable[[TaxInvoice, list[Line]], Awaitable[list[Line]]]
 USAGE_KINDS = ("usage", "usage_event", "counter", "counter_usage")
 
 
-def engine_lines(answered: Sequence[TaxLine], currency: str) -> list[Line]:
+def engine_lines(
+    answered: Sequence[TaxLine], currency: str, exemption: Exemption | None = None
+) -> list[Line]:
     """Invoice tax lines of an engine's answer: one per engine tax, rounded once.
 
     The engine's exact amounts of one tax (code, jurisdiction, rate) over every
     transaction are summed, then rounded once to the minor unit, as the plan's
     own taxes are; the basis is the sum of its bases. ``rate`` None: a flat fee.
+    A tax of a level ``exemption`` covers is a zero line naming the exemption,
+    as the plan's own taxes give (``_tax_line``): the engine is not told of
+    exemptions, and an account exempt from a level is charged nothing of it.
     """
     groups: dict[tuple[str, str, str, str, int | None], list[TaxLine]] = {}
     for tax in answered:
@@ -424,7 +434,7 @@ def engine_lines(answered: Sequence[TaxLine], currency: str) -> list[Line]:
         )
     step = minor_unit_micro(currency)
     found: list[Line] = []
-    for (_level, jurisdiction, code, name, rate), shares in sorted(
+    for (level, jurisdiction, code, name, rate), shares in sorted(
         groups.items(), key=lambda g: (LEVELS.index(g[0][0]), g[0][2], g[0][1])
     ):
         basis = sum(t.basis for t in shares)
@@ -433,6 +443,9 @@ def engine_lines(answered: Sequence[TaxLine], currency: str) -> list[Line]:
         shown = f"{name} ({jurisdiction})"
         if rate is not None:
             shown = f"{shown} {rate_text(rate)}% of {shown_basis} {currency}"
+        if exemption is not None and level in exemption.levels:
+            exact = 0
+            shown = f"{shown}: exempt ({exemption.reference})"
         found.append(
             Line(
                 "tax",
@@ -540,7 +553,9 @@ def external_engine(
         if request is None:
             return []
         return engine_lines(
-            await engine_taxes(settings, request, session=session), invoice.currency
+            await engine_taxes(settings, request, session=session),
+            invoice.currency,
+            invoice.exemption,
         )
 
     return ask

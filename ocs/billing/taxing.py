@@ -11,7 +11,9 @@ adds them from the stored lines, per invoice by its plan's choice
 - ``external``: the HTTP engine of the settings (``tax_engine_url``), asked
   with the invoice's account's own billing location (its subscription's
   address) and member number; with no engine configured the invoice is held,
-  ``tax_error`` "no tax engine configured".
+  ``tax_error`` "no tax engine configured". The account's tax exemption
+  applies as on the internal path: the engine's taxes of an exempt level are
+  zero lines naming the exemption.
 
 A failed engine call holds the invoice back, untaxed, with its reason: it is
 never posted untaxed.
@@ -132,11 +134,13 @@ async def _ask_engine(
     stored: dict[int, list[Line]],
     engine: TaxEngine | None,
     settings: Settings | None,
+    exempt: dict[str, Exemption],
 ) -> tuple[dict[int, list[Line]], dict[int, str]]:
     """The external plans' invoices taxed by the engine: (id -> tax lines, id -> reason).
 
     Each invoice is asked with its own account's billing location and member
-    number; one HTTP session serves the whole call, so connections are reused.
+    number, and carries its account's exemption (``exempt``); one HTTP session
+    serves the whole call, so connections are reused.
     """
     if engine is None and (settings is None or not settings.tax_engine_url):
         return {}, {i.id: NOT_CONFIGURED for i in outside}
@@ -161,6 +165,7 @@ async def _ask_engine(
                 invoice.invoice_date,
                 place.billing,
                 place.number,
+                exempt.get(invoice.account_id),
             )
             lines = [line for line in stored[invoice.id] if line.kind != "tax"]
             try:
@@ -214,11 +219,12 @@ async def tax_drafts(
     exempt: dict[str, Exemption] = {}
     internal = [i for i in invoices.values() if i.id not in external]
     outside = [i for i in invoices.values() if i.id in external]
-    if internal:
+    if invoices:
         async with pool.acquire() as conn:
             for plan in sorted({i.plan_id for i in internal}):
                 rules[plan] = await load_rules(conn, plan)
-            exempt = await exemptions(conn, sorted({i.account_id for i in internal}))
+            # Both paths: an exemption holds whoever computes the tax.
+            exempt = await exemptions(conn, sorted({i.account_id for i in invoices.values()}))
     for invoice in internal:
         lines = [line for line in stored[invoice.id] if line.kind != "tax"]
         computed[invoice.id] = tax_lines(
@@ -229,7 +235,7 @@ async def tax_drafts(
             exempt.get(invoice.account_id),
         )
     if outside:
-        asked, refused = await _ask_engine(pool, outside, stored, engine, settings)
+        asked, refused = await _ask_engine(pool, outside, stored, engine, settings, exempt)
         computed.update(asked)
         failed.update(refused)
     async with pool.acquire() as conn:
