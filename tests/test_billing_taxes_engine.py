@@ -9,6 +9,7 @@ engine down keeps the invoice a draft with its reason, and once it is back the
 invoice posts exactly once. Amounts hand-computed.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -27,10 +28,11 @@ from ocs.billing.lines import Line
 from ocs.billing.store import Charge, Subscription, add_charge, create_charge, set_plan_billing
 from ocs.billing.store import subscribe as subscribe_to
 from ocs.billing.tax_engine import Location, Locations
+from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.config import Settings, with_overrides
 from ocs.services import Services
 from tests.billing_helpers import cdr, run
-from tests.conftest import add_plan
+from tests.conftest import add_plan, eventually
 
 USD = 1_000_000
 GBP = 1_000_000
@@ -59,6 +61,8 @@ class Engine:
     url: str = ""
     down: bool = False
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    # While set, every request waits for it to be cleared (an engine that never answers).
+    hanging: asyncio.Event | None = None
 
     @property
     def asked(self) -> list[str]:
@@ -69,6 +73,8 @@ class Engine:
         """POST /v1/taxes."""
         body: dict[str, Any] = await request.json()
         self.bodies.append(body)
+        if self.hanging is not None:
+            await self.hanging.wait()
         if self.down:
             return web.json_response(
                 {"error": {"code": "down", "message": "maintenance"}}, status=503
@@ -132,6 +138,8 @@ async def engine() -> AsyncIterator[Engine]:
     await server.start_server()
     fake.url = str(server.make_url("/v1/taxes"))
     yield fake
+    if fake.hanging is not None:
+        fake.hanging.set()  # the requests still waiting end, so the server closes at once
     await server.close()
 
 
@@ -175,12 +183,12 @@ async def us_account(services: Services, account_id: str, place: dict[str, str])
     await add_charge(services.pool, sub, "svc")
 
 
-async def uk_account(services: Services) -> None:
+async def uk_account(services: Services, plan_id: str = "uk") -> None:
     """A GBP plan taxed by its own rules (VAT 20% on code STD) and an account with a 10.00
     monthly line rent."""
-    await add_plan(services, "uk", currency="GBP")
+    await add_plan(services, plan_id, currency="GBP")
     await set_plan_billing(
-        services.pool, PlanBilling("uk", "fixed_date", date(2026, 1, 1), cycle_day=1)
+        services.pool, PlanBilling(plan_id, "fixed_date", date(2026, 1, 1), cycle_day=1)
     )
     await create_charge(
         services.pool,
@@ -199,9 +207,9 @@ async def uk_account(services: Services) -> None:
         services.pool,
         taxes.Tax("GB-VAT", "VAT", 20_000_000, "federal", "GBP", date(2026, 1, 1)),
     )
-    await taxes.assign_tax(services.pool, "uk", "GB-VAT", "tax_code", "STD")
-    await services.accounts.create(AccountSpec("gb1", plan_id="uk", opening_balance=0))
-    sub = await subscribe_to(services.pool, Subscription("gb1", "uk", date(2026, 1, 1)))
+    await taxes.assign_tax(services.pool, plan_id, "GB-VAT", "tax_code", "STD")
+    await services.accounts.create(AccountSpec("gb1", plan_id=plan_id, opening_balance=0))
+    sub = await subscribe_to(services.pool, Subscription("gb1", plan_id, date(2026, 1, 1)))
     await add_charge(services.pool, sub, "rent")
 
 
@@ -479,6 +487,91 @@ async def test_engine_down_keeps_the_draft_and_it_posts_once_when_back(
         invoice_id,
     )
     assert moved == 5  # the service and its four tax lines, each moved once
+
+
+async def test_one_posting_asks_an_engine_found_down_no_more(
+    services: Services, engine: Engine
+) -> None:
+    await us_plan(services)
+    for n in range(3):
+        await us_account(services, f"us{n}", AUSTIN)
+    run_id = await run(services, "2026-03", plan_id="us", calculate_taxes=False)
+    engine.down = True  # 503 to every request
+
+    held = await posting.post(
+        services.pool, services.store, run_id=run_id, settings=engine_settings(engine.url)
+    )
+
+    # Asked about the first draft only; the other two are held without a request.
+    assert len(engine.asked) == 1 and held.numbers == {}
+    reasons = [held.held[i] for i in sorted(held.held)]
+    assert len(reasons) == 3 and all("maintenance" in r for r in reasons)
+    assert [r.startswith("tax engine: not asked") for r in reasons] == [False, True, True]
+
+
+async def test_an_engine_that_never_answers_holds_its_drafts_and_the_worker_pass_goes_on(
+    services: Services, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The US plan (external) with four accounts, and a VAT plan taxed by its own rules
+    # whose runs come after the US ones (plans are run in id order: "us" < "vat"). The
+    # worker finds January to March due for both: 12 US drafts, 3 VAT drafts.
+    await us_plan(services)
+    for n in range(4):
+        await us_account(services, f"us{n}", AUSTIN)
+    await uk_account(services, "vat")
+    engine.hanging = asyncio.Event()  # it takes each request and never answers
+    # Each request: 2 attempts of 0.5 s and a 0.05 s pause, about 1 s an invoice, so
+    # asking all 12 would take about 13 s.
+    settings = with_overrides(
+        Settings(),
+        tax_engine_url=engine.url,
+        tax_engine_timeout=0.5,
+        tax_engine_retries=1,
+        tax_engine_backoff=0.05,
+    )
+    april = datetime(2026, 4, 1, 12, tzinfo=UTC)
+    worker = BillingWorker(
+        services.pool,
+        WorkerSettings(run_delay=0),
+        store=services.store,
+        tax_settings=settings,
+        clock=lambda: april,
+    )
+
+    with caplog.at_level("WARNING", logger="ocs.billing.taxing"):
+        passing = asyncio.create_task(worker.run_once())
+
+        async def finished() -> bool:
+            return passing.done()
+
+        # One invoice waits out the engine; the rest of the pass does not ask it again.
+        await eventually(finished, within=6.0, what="the worker's pass to finish")
+        await passing
+
+    # The engine was asked about one invoice only (its two attempts).
+    assert len(set(engine.asked)) == 1 and len(engine.asked) == 2
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT plan_id, state, tax_error FROM invoices ORDER BY plan_id, id"
+        )
+    us = [r for r in rows if r["plan_id"] == "us"]
+    assert len(us) == 12 and all(r["state"] == "draft" for r in us)
+    # Every US draft is held untaxed with why: the one asked, and the eleven not asked.
+    assert all("no answer within 0.5 s" in r["tax_error"] for r in us), us
+    assert sum("not asked" in r["tax_error"] for r in us) == 11
+    # The other plan's runs were posted in the same pass, after the US ones.
+    assert [(r["plan_id"], r["state"]) for r in rows if r["plan_id"] == "vat"] == [
+        ("vat", "posted")
+    ] * 3
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ocs.billing.taxing"]
+    assert len(warnings) == 1 and "unavailable" in warnings[0]  # logged once
+
+    # The engine answers again: the next pass taxes and posts the held drafts.
+    engine.hanging = None
+    await worker.run_once()
+    async with services.pool.acquire() as conn:
+        states = await conn.fetch("SELECT state, total FROM invoices WHERE plan_id = 'us'")
+    assert [(r["state"], r["total"]) for r in states] == [("posted", 110 * USD)] * 12
 
 
 def test_calls_are_placed_at_the_service_address_with_the_accounts_one_number() -> None:

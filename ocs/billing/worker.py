@@ -26,7 +26,9 @@ stopping, stopped), never one per account.
 
 3. posts the runs it created (``billing_auto_post``, on by default) once all
    their chunks are drafted: numbers, then the money (``posting.post``). An
-   operator's runs (``ocs billing run``) wait for ``ocs billing post``;
+   operator's runs (``ocs billing run``) wait for ``ocs billing post``. A tax
+   engine found unavailable is asked no more in the pass (``taxing.EngineOutage``):
+   the external drafts left are held for a later pass, and the pass goes on;
 4. runs dunning (``dunning.run_dunning``): notices, suspensions and
    reactivations due by now, each once.
 """
@@ -39,13 +41,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+import aiohttp
 import asyncpg
 
 from ocs import metrics, systemd_notify
 from ocs.balances.store import BalanceStore
-from ocs.billing import dunning, notify_email, payments, posting, queries, runs
+from ocs.billing import dunning, notify_email, payments, posting, queries, runs, taxing
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
 from ocs.billing.periods import Period, local_midnight, month_day
+from ocs.billing.taxes import TaxEngine, external_engine
 from ocs.config import Settings
 from ocs.events.delivery import deliver_pending, serve_deliveries
 
@@ -439,11 +443,25 @@ class BillingWorker:
 
         A draft held back (its tax engine failed) keeps its run unposted: the
         next pass tries it again, and posts it exactly once when the engine is
-        back. Posting a run twice at once (two workers) is harmless: numbers are
-        assigned under a lock to drafts only, and money moves once per line.
+        back. Once the engine is found unavailable it is not asked again in this
+        pass, by any run: their external drafts are held at once (logged once),
+        so the other runs post and the pass's later steps run. Posting a run
+        twice at once (two workers) is harmless: numbers are assigned under a
+        lock to drafts only, and money moves once per line.
         """
         if self.store is None:
             return []
+        settings = self.tax_settings
+        if settings is None or not settings.tax_engine_url:
+            return await self._post_runs(None)
+        # One HTTP session and one outage for the whole pass, over every run.
+        async with aiohttp.ClientSession() as session:
+            engine = taxing.EngineOutage().guard(external_engine(settings, session=session))
+            return await self._post_runs(engine)
+
+    async def _post_runs(self, engine: TaxEngine | None) -> list[int]:
+        """``post_runs`` with the pass's tax engine (None: as the settings say)."""
+        assert self.store is not None
         async with self.pool.acquire() as conn:
             to_post = [
                 int(r["id"])
@@ -455,7 +473,7 @@ class BillingWorker:
         finished = []
         for run_id in to_post:
             posted = await posting.post(
-                self.pool, self.store, run_id=run_id, settings=self.tax_settings
+                self.pool, self.store, run_id=run_id, tax_engine=engine, settings=self.tax_settings
             )
             metrics.BILLING_POSTED.labels("invoices").inc(len(posted.numbers))
             metrics.BILLING_POSTED.labels("lines").inc(posted.lines_moved)
