@@ -412,7 +412,8 @@ async def test_no_engine_configured_is_a_typed_error() -> None:
 
 
 def answer(**changes: Any) -> dict[str, Any]:
-    """A valid answer to ``us_request()`` (one state tax per transaction), with changes."""
+    """A valid answer to ``us_request()`` (Texas 6.25 % on each transaction: 49.99 ->
+    3.124375, 12.34 -> 0.77125, 3.00 -> 0.1875), with changes."""
     body: dict[str, Any] = {
         "invoice_id": "1001",
         "currency": "USD",
@@ -426,12 +427,16 @@ def answer(**changes: Any) -> dict[str, Any]:
                         "code": "TX-STATE",
                         "name": "Texas state sales tax",
                         "rate_percent": "6.25",
-                        "basis": "1.00",
-                        "amount": "0.0625",
+                        "basis": basis,
+                        "amount": amount,
                     }
                 ],
             }
-            for i in ("1", "2", "3")
+            for i, basis, amount in (
+                ("1", "49.99", "3.124375"),
+                ("2", "12.34", "0.77125"),
+                ("3", "3.00", "0.1875"),
+            )
         ],
     }
     body.update(changes)
@@ -509,18 +514,70 @@ def test_an_answer_that_breaks_the_contract_is_refused(body: dict[str, Any], mes
 
 def test_a_valid_answer_is_exact_and_empty_taxes_mean_none() -> None:
     body = answer()
-    body["transactions"][1]["taxes"] = []  # nothing taxed: an explicit empty list
-    body["transactions"][2]["taxes"][0].update(
+    body["transactions"][2]["taxes"] = []  # nothing taxed: an explicit empty list
+    body["transactions"][1]["taxes"][0].update(
         rate_percent="8.875", basis="-2.00", amount="-0.1775"
     )
 
-    lines = parse_answer(us_request(), json.dumps(body).encode())
+    lines = parse_answer(us_request(usage_amount=-2_000_000), json.dumps(body).encode())
 
     assert summary(lines) == [
-        ("1", "state", "TX-STATE", 6_250_000, 1_000_000, 62_500),  # 1.00 x 6.25 %
+        ("1", "state", "TX-STATE", 6_250_000, 49_990_000, 3_124_375),  # 49.99 x 6.25 %
         # A credit: -2.00 x 8.875 % = -0.1775, a negative tax.
-        ("3", "state", "TX-STATE", 8_875_000, -2_000_000, -177_500),
+        ("2", "state", "TX-STATE", 8_875_000, -2_000_000, -177_500),
     ]
+
+
+@pytest.mark.parametrize(
+    ("amount", "exact"),
+    [("3.12", 3_120_000), ("3.13", 3_130_000), ("3.124375", 3_124_375)],
+    ids=["rounded-down-to-cents", "rounded-up-to-cents", "exact"],
+)
+def test_an_engine_may_round_a_tax_to_the_minor_unit(amount: str, exact: int) -> None:
+    # 49.99 x 6.25 % = 3.124375: an engine answering it in cents, either way, is within
+    # one cent of it, and its figure is kept as it is.
+    lines = parse_answer(us_request(), json.dumps(with_tax(amount=amount)).encode())
+
+    assert lines[0].amount == exact
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            with_tax(basis="50.00"),
+            "transaction '1' tax 0: basis 50.000000 is not the amount sent, 49.990000",
+        ),
+        (
+            # Cents read as units: 312.4375 for 3.124375.
+            with_tax(amount="312.4375"),
+            "transaction '1' tax 0: amount 312.437500 is not 49.990000 x 6.25% = 3.124375",
+        ),
+        (
+            # More than a cent off: no rounding of 3.124375 to cents gives 3.14.
+            with_tax(amount="3.14"),
+            "transaction '1' tax 0: amount 3.140000 is not 49.990000 x 6.25% = 3.124375",
+        ),
+        (
+            with_tax(amount="-3.124375"),
+            "transaction '1' tax 0: a tax of -3.124375 on a basis of 49.990000",
+        ),
+        (
+            # A flat fee has no rate to check, but its sign is.
+            with_tax(rate_percent=None, amount="-0.50"),
+            "transaction '1' tax 0: a tax of -0.500000 on a basis of 49.990000",
+        ),
+    ],
+    ids=["other-basis", "cents-as-units", "off-by-more-than-a-cent", "negative", "negative-fee"],
+)
+def test_an_answer_whose_figures_do_not_add_up_is_refused(
+    body: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(TaxEngineBadAnswer) as failure:
+        parse_answer(us_request(), json.dumps(body).encode())
+
+    assert failure.value.reason == "bad_answer"
+    assert str(failure.value) == message
 
 
 def test_the_backoff_doubles_and_is_capped() -> None:

@@ -63,6 +63,8 @@ class Engine:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     # While set, every request waits for it to be cleared (an engine that never answers).
     hanging: asyncio.Event | None = None
+    # A broken engine: its tax amounts in cents written as units (2.25 -> "225").
+    cents_as_units: bool = False
 
     @property
     def asked(self) -> list[str]:
@@ -103,7 +105,11 @@ class Engine:
                     "name": name,
                     "rate_percent": rate,
                     "basis": transaction["amount"],
-                    "amount": str((amount * Decimal(rate) / 100).quantize(Decimal("0.000001"))),
+                    "amount": str(
+                        (amount * Decimal(rate) / (1 if self.cents_as_units else 100)).quantize(
+                            Decimal("0.000001")
+                        )
+                    ),
                 }
                 for level, where, code, name, rate in rates
             ]
@@ -455,6 +461,33 @@ async def test_an_exempt_account_on_an_external_plan_is_charged_no_exempt_tax(
     assert (invoice["tax_total"], invoice["total"]) == (1_500_000, 101_500_000)
     # The money moved is what the invoice says: 101.50 taken from a zero balance.
     assert (await services.accounts.show("us1")).balance == -101_500_000
+
+
+async def test_an_engine_answer_that_does_not_add_up_is_held_and_moves_no_money(
+    services: Services, engine: Engine
+) -> None:
+    run_id = await single_us_account(services)
+    settings = engine_settings(engine.url)
+    # The engine answers its state tax on 100.00 at 6.25% as 625.00, not 6.25.
+    engine.cents_as_units = True
+
+    held = await posting.post(services.pool, services.store, run_id=run_id, settings=settings)
+
+    [(invoice_id, reason)] = held.held.items()
+    assert held.numbers == {}
+    assert reason == (
+        "tax engine: transaction '1' tax 0: amount 625.000000 is not 100.000000 x 6.25% = 6.250000"
+    )
+    draft = await services.pool.fetchrow("SELECT * FROM invoices WHERE id = $1", invoice_id)
+    assert (draft["state"], draft["number"], draft["tax_total"]) == ("draft", None, 0)
+    assert draft["tax_error"] == reason
+    assert (await services.accounts.show("us1")).balance == 0  # no money moved
+
+    # The engine fixed: posted once, with the right taxes.
+    engine.cents_as_units = False
+    posted = await posting.post(services.pool, services.store, run_id=run_id, settings=settings)
+    assert list(posted.numbers) == [invoice_id]
+    assert (await services.accounts.show("us1")).balance == -110 * USD
 
 
 async def test_engine_down_keeps_the_draft_and_it_posts_once_when_back(

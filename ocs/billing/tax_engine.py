@@ -18,6 +18,14 @@ number per transaction. The JSON contract is ``docs/tax-engine.md``.
   with more than six places, a transaction never asked about or one left out,
   is a ``TaxEngineBadAnswer``. Fields the contract does not name are ignored,
   so an engine may add its own (audit ids, breakdowns) without breaking ocs.
+- **Figures that add up (decision 0022).** A tax is refused as a
+  ``TaxEngineBadAnswer`` unless its ``basis`` is exactly the amount sent for
+  its transaction, its ``amount`` is not of the opposite sign to the basis (no
+  negative tax on a charge, no positive tax on a credit), and, when it has a
+  rate, ``|amount - basis x rate|`` is at most one minor unit of the currency
+  (the most an engine's rounding to cents, in any direction, can move it): an
+  amount in cents read as units, a rate off by a factor, a basis of another
+  line are never posted and never move money.
 - **Retries.** A timeout, a refused connection, a 5xx or a 429 is tried again,
   ``tax_engine_retries`` times at most, after ``tax_engine_backoff`` seconds,
   doubled each time and capped at ``MAX_BACKOFF``; each attempt has
@@ -47,6 +55,7 @@ from typing import Annotated, Literal
 import aiohttp
 import msgspec
 
+from ocs.billing.currency import minor_unit_micro, round_half_away
 from ocs.config import Settings
 from ocs.money import MICRO, MoneyError, format_amount, parse_amount
 
@@ -58,6 +67,8 @@ MAX_BACKOFF = 30.0
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 # The longest part of an engine's error text quoted in an exception.
 _QUOTE_LIMIT = 300
+# A rate is millionths of a percent: basis x rate / RATE_SCALE is the tax.
+_RATE_SCALE = 100 * MICRO
 
 Level = Literal["federal", "state", "county", "city", "other"]
 TransactionType = Literal["subscription", "usage"]
@@ -293,12 +304,38 @@ def _quote(body: bytes) -> str:
     return text[:_QUOTE_LIMIT]
 
 
+def _check_figures(
+    where: str, sent: int, basis: int, rate: int | None, amount: int, slack: int
+) -> None:
+    """Refuse a tax whose figures do not add up: a basis other than the amount sent, an
+    amount of the other sign, or one more than ``slack`` (a minor unit) from basis x rate.
+    All in integers: ``|amount x RATE_SCALE - basis x rate| <= slack x RATE_SCALE``."""
+    if basis != sent:
+        raise TaxEngineBadAnswer(
+            "bad_answer",
+            f"{where}: basis {format_amount(basis)} is not the amount sent, {format_amount(sent)}",
+        )
+    if (amount < 0 < basis) or (basis < 0 < amount):
+        raise TaxEngineBadAnswer(
+            "bad_answer",
+            f"{where}: a tax of {format_amount(amount)} on a basis of {format_amount(basis)}",
+        )
+    if rate is not None and abs(amount * _RATE_SCALE - basis * rate) > slack * _RATE_SCALE:
+        expected = round_half_away(basis * rate, _RATE_SCALE)
+        raise TaxEngineBadAnswer(
+            "bad_answer",
+            f"{where}: amount {format_amount(amount)} is not {format_amount(basis)}"
+            f" x {Decimal(rate) / MICRO}% = {format_amount(expected)}",
+        )
+
+
 def parse_answer(request: TaxRequest, body: bytes) -> list[TaxLine]:
     """The tax lines of an engine's 200 answer to ``request``; TaxEngineBadAnswer if broken.
 
     Lines come in the request's transaction order, each transaction's taxes in
     the engine's order. Every transaction asked about must be answered
-    (``"taxes": []`` when none apply), exactly once.
+    (``"taxes": []`` when none apply), exactly once, and each tax must add up
+    (``_check_figures``).
     """
     try:
         answer = _ANSWER_DECODER.decode(body)
@@ -341,6 +378,8 @@ def parse_answer(request: TaxRequest, body: bytes) -> list[TaxLine]:
         raise TaxEngineBadAnswer(
             "bad_answer", f"tax engine left out transaction(s): {', '.join(missing)}"
         )
+    sent = {t.id: t.amount for t in request.transactions}
+    slack = minor_unit_micro(request.currency)
     lines: list[TaxLine] = []
     for transaction_id in asked:
         for n, tax in enumerate(by_id[transaction_id].taxes):
@@ -351,6 +390,7 @@ def parse_answer(request: TaxRequest, body: bytes) -> list[TaxLine]:
             except MoneyError as exc:
                 raise TaxEngineBadAnswer("bad_answer", f"{where}: {exc}") from None
             rate = None if tax.rate_percent is None else rate_from_percent(tax.rate_percent)
+            _check_figures(where, sent[transaction_id], basis, rate, amount, slack)
             lines.append(
                 TaxLine(
                     transaction_id=transaction_id,
