@@ -15,14 +15,23 @@ master holding the first account is killed with SIGKILL. Then:
   PostgreSQL, each once;
 - ``ocs reconcile`` (the command, on the cluster) finds no drift.
 
+A standalone Redis with ``redis_wait_replicas`` is waited for by its live replicas as
+a cluster's master is: a paused replica leaves writes unacknowledged, and a server
+whose replicas are gone (or that never had one) answers every write, the ledger
+writer's too, instead of 503 for writes it applied.
+
 Rates (tests/conftest.py RETAIL_DECK, EUR): UK Mobile 0.060 a minute, 30/6, connect
 fee 0.150 (45 s: 0.198).
 """
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +40,22 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from redis import Redis as SyncRedis
+from redis.exceptions import RedisError
 
 from ocs import api_tokens
 from ocs.balances import keys
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.reconcile import reconcile
 from ocs.balances.slots import key_slot
-from ocs.config import Settings
+from ocs.balances.wire import RedisWire, ReplicationUnconfirmed
+from ocs.config import Settings, with_overrides
+from ocs.housekeeping import ledger_writer
 from ocs.http.app import create_app
 from ocs.runtime import open_runtime
 from tests.conftest import TEST_TOKEN_NAME, RunningApp, add_plan, bearer, eventually, reset_state
-from tests.redis_cluster import RedisClusterProcess
+from tests.ports import free_port
+from tests.redis_cluster import RedisClusterProcess, redis_binary
 
 pytestmark = pytest.mark.cluster
 
@@ -273,3 +287,140 @@ async def test_a_killed_master_fails_over_and_no_acknowledged_charge_is_lost(
     assert child.returncode == 0, stderr.decode()
     report = json.loads(stdout)
     assert (report["ok"], report["accounts"], report["mismatches"]) == (True, SWITCHES, [])
+
+
+@dataclass
+class StandalonePair:
+    """A standalone Redis master and its one replica, each a redis-server of this test."""
+
+    master_port: int
+    replica: subprocess.Popen[bytes]
+
+    def online_replicas(self) -> int:
+        """How many replicas the master lists online."""
+        with SyncRedis(host="127.0.0.1", port=self.master_port, socket_timeout=5) as client:
+            info = client.info("replication")
+        return sum(1 for k, v in info.items() if k.startswith("slave") and v["state"] == "online")
+
+
+@pytest.fixture
+def standalone_pair(tmp_path: Path) -> Iterator[StandalonePair]:
+    """A master and a replica following it, started for one test, stopped after it."""
+    server = redis_binary("redis-server", "OCS_TEST_REDIS_SERVER")
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def launch(port: int, *extra: str) -> subprocess.Popen[bytes]:
+        directory = tmp_path / str(port)
+        directory.mkdir()
+        process = subprocess.Popen(
+            [
+                *(server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)),
+                *("--save", "", "--appendonly", "no", "--protected-mode", "no", *extra),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        return process
+
+    try:
+        master_port, replica_port = free_port(), free_port()
+        launch(master_port)
+        replica = launch(replica_port, "--replicaof", "127.0.0.1", str(master_port))
+        pair = StandalonePair(master_port, replica)
+        deadline = time.monotonic() + 30
+        while True:  # poll until the master lists its replica online
+            with contextlib.suppress(RedisError):
+                if pair.online_replicas() == 1:
+                    break
+            if time.monotonic() > deadline or replica.poll() is not None:
+                raise RuntimeError("the replica did not come online")
+            time.sleep(0.02)
+        yield pair
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+            process.wait(timeout=10)
+
+
+async def test_a_standalone_master_is_waited_for_by_its_live_replicas_only(
+    standalone_pair: StandalonePair,
+) -> None:
+    pair = standalone_pair
+    wire = RedisWire(f"redis://127.0.0.1:{pair.master_port}", wait_replicas=1, wait_timeout_ms=200)
+    try:
+        # Its replica is online: a write is answered once the replica confirmed it.
+        assert await wire.execute_many([("SET", "k", "1")]) == [b"OK"]
+        # A paused replica is still live: a write it does not confirm is not acknowledged.
+        pair.replica.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(ReplicationUnconfirmed):
+                await wire.execute_many([("SET", "k", "2")])
+        finally:
+            pair.replica.send_signal(signal.SIGCONT)
+        assert await wire.execute_many([("SET", "k", "3")]) == [b"OK"]
+        # The replica is gone: the master is not waited for, as a cluster's master whose
+        # replicas are gone is not (before: every write applied, and answered 503).
+        pair.replica.kill()
+        pair.replica.wait(timeout=10)
+
+        async def acknowledged_alone() -> bool:
+            try:
+                return await wire.execute_many([("SET", "k", "4")]) == [b"OK"]
+            except ReplicationUnconfirmed:
+                return False  # the replica's loss not seen yet
+
+        await eventually(acknowledged_alone, what="a write acknowledged without the replica")
+        assert pair.online_replicas() == 0
+        assert await wire.execute_many([("GET", "k")]) == [b"4"]
+    finally:
+        await wire.close()
+
+
+@pytest.fixture
+async def waiting_app(settings: Settings) -> AsyncIterator[RunningApp]:
+    """The HTTP app on the session's standalone Redis (no replica) with
+    ``redis_wait_replicas = 1``, and a ledger writer waiting as ``ocs serve``'s does."""
+    settings = with_overrides(settings, redis_wait_replicas=1, redis_wait_timeout_ms=50)
+    await reset_state(settings.redis_url or "", settings.database_url or "")
+    async with open_runtime(settings) as services:
+        token = await api_tokens.create(services.pool, TEST_TOKEN_NAME, "admin")
+        client = TestClient(TestServer(create_app(services)), headers=bearer(token))
+        await client.start_server()
+        writer = ledger_writer(settings, services)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(writer.run(stopping))
+        try:
+            yield RunningApp(services=services, client=client, writer=writer, admin_token=token)
+        finally:
+            stopping.set()
+            await asyncio.wait_for(task, timeout=10)
+            await client.close()
+
+
+async def test_a_standalone_redis_without_a_replica_answers_every_write(
+    waiting_app: RunningApp,
+) -> None:
+    app = waiting_app
+    await add_plan(app.services)
+    status, body = await app.post(
+        "/v1/accounts", {"id": "alone", "plan": "retail", "balance": "1.00"}
+    )
+    assert status == 201, body
+    for n in range(2):
+        status, body = await app.post(
+            "/v1/accounts/alone/topups", {"amount": "5.00", "topup_id": f"alone-{n}"}
+        )
+        assert status == 201, body
+    # Each top-up once, each acknowledged (before: 503 "retry", and 11.00 all the same).
+    assert body["balance"] == "11.000000"
+
+    async def in_postgresql() -> bool:
+        async with app.services.pool.acquire() as conn:
+            total = await conn.fetchval("SELECT sum(amount) FROM ledger WHERE account_id = 'alone'")
+        return bool(total == 11_000_000)
+
+    # The ledger writer waits too, and writes: before, its reads were refused as well.
+    await eventually(in_postgresql, what="the account's ledger in PostgreSQL")

@@ -23,7 +23,10 @@ A lost connection fails the commands in flight on it with ``ConnectionError``
 next command reconnects. With ``wait_replicas``, each master's part of a batch
 ends with ``WAIT``: its callers get their replies only once that many replicas
 have the batch's writes, else "unavailable" (the writes may stand; every
-command the hot path sends is safe to repeat).
+command the hot path sends is safe to repeat). It waits for no more replicas
+than the master has live: a cluster's slot map lists those; a standalone
+server's are read from ``INFO replication`` as often as a cluster's map, so a
+server whose replicas are gone is not waited for, as on a cluster.
 """
 
 import asyncio
@@ -305,12 +308,15 @@ class RedisWire:
         setup.extend(on_connect)
         self._setup: tuple[tuple[Any, ...], ...] = tuple(setup)
         self._seed = self._link(parts.hostname or "127.0.0.1", parts.port or 6379, path)
+        # Until the server says how many replicas it has live, as many as asked.
         self._seed.replicas = wait_replicas
         self._links: dict[tuple[str, int], _Link] = {(self._seed.host, self._seed.port): self._seed}
         # The master of each slot; None while one server serves them all (standalone).
         self._slots: list[_Link] | None = None
         self._masters: list[_Link] = [self._seed]
-        self._stale = cluster
+        # A cluster's slot map, or a standalone server's live replicas (for WAIT), is to
+        # be read before the next batch.
+        self._stale = cluster or wait_replicas > 0
         self._refreshed_at = 0.0
         self._refreshing = asyncio.Lock()
 
@@ -357,9 +363,7 @@ class RedisWire:
             # One server serves every slot and answers no redirection: the batch goes
             # out whole, as it is (the hot path's common case, kept lean).
             return await self._seed.run(commands)
-        if self._cluster and (
-            self._stale or time.monotonic() - self._refreshed_at > REFRESH_EVERY_S
-        ):
+        if self._stale or time.monotonic() - self._refreshed_at > REFRESH_EVERY_S:
             await self._refresh()
         replies = await self._dispatch(commands, range(len(commands)))
         if self._cluster:
@@ -450,8 +454,10 @@ class RedisWire:
                 if not is_asking:
                     kept.append(answer)
             answers = kept
-        if self._cluster and any(isinstance(a, RedisConnectionError) for a in answers):
-            self._stale = True  # a master may have failed over: read the map again
+        if any(isinstance(a, RedisConnectionError) for a in answers):
+            # A master may have failed over, or lost its replicas: read the map (or the
+            # standalone server's replicas) again.
+            self._stale = True
         return answers
 
     async def _follow_redirects(
@@ -505,7 +511,11 @@ class RedisWire:
             retry = [i for i in again if isinstance(replies[i], ResponseError)]
 
     async def _refresh(self) -> None:
-        """Read the slot map from the first node that answers ``CLUSTER SLOTS``."""
+        """Read the slot map from the first node that answers ``CLUSTER SLOTS``; on a
+        standalone server (here only to WAIT), its live replicas."""
+        if not self._cluster:
+            await self._count_replicas()
+            return
         async with self._refreshing:
             now = time.monotonic()
             if not self._stale and now - self._refreshed_at <= REFRESH_EVERY_S:
@@ -530,6 +540,33 @@ class RedisWire:
                 self._stale = False
                 return
             raise ClusterUnavailable(f"no node of the Redis Cluster answers: {last}")
+
+    async def _count_replicas(self) -> None:
+        """Read how many replicas the standalone server has online (``INFO replication``),
+        at most as often as a cluster's slot map: WAIT asks for no more than that, as a
+        cluster's slot map, which lists live replicas only, bounds it there. Without it,
+        a server whose replica is gone had every batch answered "unavailable" though
+        every write was applied (decision 0033)."""
+        async with self._refreshing:
+            now = time.monotonic()
+            if not self._stale and now - self._refreshed_at <= REFRESH_EVERY_S:
+                return  # another batch read it meanwhile
+            if self._refreshed_at and now - self._refreshed_at < REFRESH_MIN_INTERVAL_S:
+                return  # read moments ago: send with the count there is
+            self._refreshed_at = now
+            try:
+                (reply,) = await self._seed.run([("INFO", "replication")])
+            except RedisError as exc:
+                reply = exc
+            if isinstance(reply, RedisConnectionError):
+                return  # the batch meets the same outage; read again at the next one
+            self._stale = False
+            if isinstance(reply, Exception):
+                # INFO refused (an ACL without it): keep waiting for as many as asked,
+                # never acknowledging a write fewer replicas may hold.
+                self._seed.replicas = self._wait_replicas
+                return
+            self._seed.replicas = online_replicas(reply)
 
     def _apply_map(self, asked: _Link, reply: list[Any]) -> None:
         slots: list[_Link | None] = [None] * SLOTS
@@ -561,6 +598,17 @@ class RedisWire:
         """Close every connection, and wait until each is closed."""
         links = list(self._links.values())
         await asyncio.gather(*(link.close() for link in links))
+
+
+def online_replicas(info: bytes | str) -> int:
+    """How many replicas ``INFO replication``'s answer lists online (``slave<n>:...,
+    state=online,...``): those a WAIT may count on; one still syncing is not."""
+    count = 0
+    for line in _text(info).splitlines():
+        name, _, fields = line.partition(":")
+        if name.startswith("slave") and name[5:].isdigit() and "state=online" in fields.split(","):
+            count += 1
+    return count
 
 
 def _text(value: bytes | str) -> str:
