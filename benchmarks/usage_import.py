@@ -240,7 +240,7 @@ async def prepare(database_url: str, redis_url: str, accounts: int) -> None:
                 for n in range(1, accounts + 1)
             )
         )
-        if not all(created):
+        if any(c is None for c in created):
             raise SystemExit("a Redis account existed already after FLUSHDB")
     finally:
         await redis.aclose()

@@ -529,6 +529,20 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
                 }
                 for lost in result.lost
             ],
+            # Accounts Redis holds and PostgreSQL does not: a creation whose end was
+            # lost; sending the same request again finishes it (decision 0042).
+            "orphans": [
+                {
+                    "account": orphan.account_id,
+                    "redis_balance": None
+                    if orphan.redis_balance is None
+                    else format_amount(orphan.redis_balance),
+                    "created": None
+                    if orphan.created_ms is None
+                    else datetime.fromtimestamp(orphan.created_ms / 1000, UTC).isoformat(),
+                }
+                for orphan in result.orphans
+            ],
         }
     )
     return 0 if result.ok else EXIT_REFUSED

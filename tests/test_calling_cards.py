@@ -19,9 +19,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from ocs.balances import cards as cards_module
+from ocs.balances.card_ids import card_account_id
 from ocs.balances.cards import pin_digest
+from ocs.balances.reconcile import reconcile
+from ocs.balances.store import BalanceStore
 from ocs.charging.lifecycle import CallService
 from tests.conftest import RunningApp, add_plan, eventually
 from tests.helpers import ANSWERED, acct, auth, card_nas, return_code
@@ -405,3 +412,148 @@ async def test_pin_batches_refuse_bad_requests(app: RunningApp) -> None:
     async with app.services.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM pins") == 1
         assert await conn.fetchval("SELECT count(*) FROM accounts") == 1
+
+
+# -- a batch Redis failed part-way -----------------------------------------------------
+
+HALF_MADE = {"batch": "half", "count": 5, "length": PIN_LENGTH, "value": "5.00"}
+
+
+def fail_part_way(monkeypatch: pytest.MonkeyPatch, *, withdrawable: bool) -> set[str]:
+    """Make the next batch fail as a Redis lost mid-batch does: the third card's PIN is
+    answered with a lost connection, the other cards made (and, unless ``withdrawable``,
+    Redis unreachable by the time the batch gives up). The PINs it deals, collected."""
+    dealt: set[str] = set()
+    real_digest = cards_module.pin_digest
+    real_set_pin = BalanceStore.set_pin
+    named: list[str] = []
+
+    def recorded(pin: str) -> str:
+        dealt.add(pin)
+        return real_digest(pin)
+
+    async def lost_at_the_third(self: BalanceStore, digest: str, account_id: str) -> None:
+        named.append(account_id)
+        if len(named) == 3:
+            raise RedisConnectionError("connection to Redis lost: reset by peer")
+        await real_set_pin(self, digest, account_id)
+
+    async def unreachable(self: BalanceStore, digest: str, account_id: str) -> bool:
+        raise RedisConnectionError("cannot connect to Redis")
+
+    monkeypatch.setattr(cards_module, "pin_digest", recorded)
+    monkeypatch.setattr(BalanceStore, "set_pin", lost_at_the_third)
+    if not withdrawable:
+        monkeypatch.setattr(BalanceStore, "release_pin", unreachable, raising=False)
+    return dealt
+
+
+async def opening(app: RunningApp, pin: str) -> int:
+    """The status ``GET /v1/pins/{pin}`` answers (200: the PIN opens a card), asked for a
+    caller of its own, so that the wrong PINs looked up block no caller."""
+    status, _ = await app.get(f"/v1/pins/{pin}?caller=4930{pin}")
+    return status
+
+
+async def test_a_batch_redis_failed_part_way_is_finished_by_its_retry_with_new_pins(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(app.services)
+    first_try = fail_part_way(monkeypatch, withdrawable=False)
+    response = await app.client.post("/v1/pin-batches", json={"plan": "retail", **HALF_MADE})
+    assert response.status == 503, await response.text()
+    monkeypatch.undo()
+    ids = [card_account_id("half", n) for n in range(1, 6)]
+    # PostgreSQL kept nothing; Redis holds the five cards, funded, and four PINs the
+    # operator never received open them, since Redis was gone before they were withdrawn.
+    async with app.services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM accounts") == 0
+    assert sorted([await opening(app, pin) for pin in first_try]) == [200, 200, 200, 200, 404]
+    found = await reconcile(app.services.redis, app.services.pool, orphan_grace_ms=0)
+    assert [(o.account_id, o.redis_balance) for o in found.orphans] == [(i, 5_000_000) for i in ids]
+
+    # The same request again finishes the batch (before: refused, "exists already in
+    # Redis", for ever): every card, with a new PIN, the only one that opens it.
+    rows = await generate(app, **HALF_MADE)
+    assert sorted(row["account"] for row in rows) == ids
+    assert {row["value"] for row in rows} == {"5.000000"}
+    assert not {row["pin"] for row in rows} & first_try
+    assert {await opening(app, pin) for pin in first_try} == {404}
+    for row in rows:
+        status, info = await app.get(f"/v1/pins/{row['pin']}?caller=4930{row['pin']}")
+        assert status == 200, info
+        assert (info["account"], info["balance"]) == (row["account"], "5.000000")
+    async with app.services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM accounts") == 5
+        assert await conn.fetchval("SELECT count(*) FROM pins WHERE batch_id = 'half'") == 5
+
+    async def openings_written() -> bool:
+        async with app.services.pool.acquire() as conn:
+            total = await conn.fetchval("SELECT sum(amount) FROM ledger")
+        return bool(total == 25_000_000)
+
+    # Each card's opening balance once: the retry took the cards over as they were.
+    await eventually(openings_written, what="the cards' opening balances in PostgreSQL")
+    async with app.services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ledger") == 5
+    result = await reconcile(app.services.redis, app.services.pool, orphan_grace_ms=0)
+    assert result.ok, result
+
+
+async def test_a_half_made_batch_is_finished_only_by_the_same_request(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(app.services)
+    first_try = fail_part_way(monkeypatch, withdrawable=True)
+    response = await app.client.post("/v1/pin-batches", json={"plan": "retail", **HALF_MADE})
+    assert response.status == 503, await response.text()
+    monkeypatch.undo()
+    # Redis still answered when the batch gave up: no PIN it dealt opens a card.
+    assert {await opening(app, pin) for pin in first_try} == {404}
+
+    # Another request under the batch's id is refused before it makes any card.
+    other = {"plan": "retail", **HALF_MADE, "value": "6.00"}
+    response = await app.client.post("/v1/pin-batches", json=other)
+    error = (await response.json())["error"]
+    assert (response.status, error["field"]) == (409, "batch"), error
+    redis = app.services.redis
+    assert len([key async for key in redis.scan_iter(match="acct:*card-half-*")]) == 5
+    async with app.services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM accounts") == 0
+
+    rows = await generate(app, **HALF_MADE)
+    assert len(rows) == 5
+    assert {await opening(app, row["pin"]) for row in rows} == {200}
+
+
+async def test_a_batch_whose_commit_answer_is_lost_hands_out_its_pins(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(app.services)
+    batch_connections: set[int] = set()
+    real_copy = asyncpg.Connection.copy_records_to_table
+    real_commit = asyncpg.transaction.Transaction._Transaction__commit  # type: ignore[attr-defined]
+
+    async def copy_noted(self: asyncpg.Connection, table: str, **kwargs: Any) -> str:
+        if table == "pins":
+            batch_connections.add(id(self))
+        return await real_copy(self, table, **kwargs)
+
+    async def committed_answer_lost(self: Any) -> None:
+        await real_commit(self)
+        if id(self._connection) in batch_connections:
+            batch_connections.discard(id(self._connection))
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation"
+            )
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", copy_noted)
+    monkeypatch.setattr(
+        asyncpg.transaction.Transaction, "_Transaction__commit", committed_answer_lost
+    )
+    # The COMMIT went through, its answer did not: the batch stands, and its PINs are
+    # handed out (not withdrawn as those of a batch that failed).
+    rows = await generate(app, batch="late", count=3, length=PIN_LENGTH, value="2.00")
+    monkeypatch.undo()
+    assert len(rows) == 3
+    assert {await opening(app, row["pin"]) for row in rows} == {200}

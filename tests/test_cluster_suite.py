@@ -566,6 +566,15 @@ async def test_reconcile_is_exact_while_the_writer_runs(backend_app: RunningApp)
     await app.services.redis.hincrby(keys.account(ACCOUNTS[5]), "balance", 1)
     found = await reconcile(app.services.redis, app.services.pool)
     assert [m.account_id for m in found.mismatches] == [ACCOUNTS[5]]
+    # So does an account Redis holds and PostgreSQL does not (every master is scanned).
+    for ghost in ("ghost-1", "ghost-2", "ghost-3"):
+        await app.services.redis.hset(keys.account(ghost), mapping={"balance": 7, "plan": "x"})
+    found = await reconcile(app.services.redis, app.services.pool)
+    assert [(o.account_id, o.redis_balance) for o in found.orphans] == [
+        ("ghost-1", 7),
+        ("ghost-2", 7),
+        ("ghost-3", 7),
+    ]
 
 
 async def test_every_command_names_keys_of_one_slot(

@@ -1,11 +1,19 @@
-"""`ocs reconcile`: Redis balances equal the ledger, and a balance changed behind its back shows."""
+"""`ocs reconcile`: Redis balances equal the ledger, and a balance changed behind its back
+shows; so does an account Redis holds and PostgreSQL does not, whose creation's retry
+finishes it."""
 
 import asyncio
 import json
 import sys
+import time
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ocs.balances import keys
 from ocs.balances.reconcile import reconcile
+from ocs.balances.store import BalanceStore
 from tests.conftest import RunningApp, add_plan, eventually
 
 
@@ -128,3 +136,84 @@ async def test_a_redis_that_lost_entries_already_written_to_postgresql_is_report
     ]
     (lost,) = result.lost
     assert lost.stream_last_id == f"{keys.bucket_of('crashed')}-{kept_id.decode()}"
+
+
+async def reconcile_command(app: RunningApp) -> tuple[int, dict[str, Any]]:
+    """``ocs reconcile`` run as an operator runs it: its exit code and report."""
+    settings = app.services.settings
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocs",
+        "reconcile",
+        "--redis-url",
+        settings.redis_url or "",
+        "--database-url",
+        settings.database_url or "",
+        "--log-format",
+        "text",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode is not None, stderr.decode()
+    return child.returncode, json.loads(stdout)
+
+
+async def test_an_account_whose_creation_lost_its_answer_is_reported_and_finished_by_its_retry(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(app.services)
+    redis, pool = app.services.redis, app.services.pool
+    real = BalanceStore.create_account
+
+    async def made_then_lost(self: BalanceStore, *args: Any, **kwargs: Any) -> Any:
+        await real(self, *args, **kwargs)
+        raise RedisConnectionError("connection to Redis lost: reset by peer")
+
+    monkeypatch.setattr(BalanceStore, "create_account", made_then_lost)
+    request = {"id": "half", "plan": "retail", "balance": "10.00"}
+    status, body = await app.post("/v1/accounts", request)
+    assert status == 503, body
+    monkeypatch.undo()
+    # Redis made the account, funded; PostgreSQL rolled its row back.
+    assert await pool.fetchval("SELECT count(*) FROM accounts") == 0
+    assert await redis.hget(keys.account("half"), "balance") == b"10000000"
+
+    # Made moments ago, its creation might still be in its transaction: not yet reported.
+    assert (await reconcile(redis, pool)).ok
+    # Once older than that, reported (before: reconcile looked at PostgreSQL's accounts
+    # only, and said all was well).
+    result = await reconcile(redis, pool, orphan_grace_ms=0)
+    assert not result.ok
+    assert [(o.account_id, o.redis_balance) for o in result.orphans] == [("half", 10_000_000)]
+    # A day later (its creation stamped so), `ocs reconcile` names it and exits 1.
+    created = (await redis.hget(keys.account("half"), "created") or b"").decode()
+    token = created.partition(":")[2]
+    aged = int(time.time() * 1000) - 86_400_000
+    await redis.hset(keys.account("half"), "created", f"{aged}:{token}")
+    code, report = await reconcile_command(app)
+    assert (code, report["ok"], report["accounts"], report["mismatches"]) == (1, False, 0, [])
+    assert [(o["account"], o["redis_balance"]) for o in report["orphans"]] == [
+        ("half", "10.000000")
+    ]
+
+    # A request with other settings is refused: it is not the one that made the account.
+    status, body = await app.post("/v1/accounts", {**request, "balance": "20.00"})
+    assert (status, body["error"]["field"]) == (409, "id"), body
+    # The same request again finishes the creation (before: refused for ever).
+    status, body = await app.post("/v1/accounts", request)
+    assert status == 201, body
+    assert body["balance"] == "10.000000"
+    assert await pool.fetchval("SELECT plan_id FROM accounts WHERE id = 'half'") == "retail"
+
+    async def opening_written() -> bool:
+        total = await pool.fetchval("SELECT sum(amount) FROM ledger WHERE account_id = 'half'")
+        return bool(total == 10_000_000)
+
+    # Its opening balance once: the first try's, which the retry did not repeat.
+    await eventually(opening_written, what="the opening balance in PostgreSQL")
+    assert await pool.fetchval("SELECT count(*) FROM ledger") == 1
+    assert (await reconcile(redis, pool, orphan_grace_ms=0)).ok
+    status, _ = await app.post("/v1/accounts", request)
+    assert status == 409

@@ -4,14 +4,21 @@ PostgreSQL holds who the account is (plan, currency, limits, status); Redis
 holds its live money (balance, reservations, lines). The opening balance and
 every top-up are ledger entries, so the PostgreSQL ledger always sums to the
 Redis balance.
+
+Redis is written inside the PostgreSQL transaction. Its script may have run when
+its reply is lost, or the COMMIT may fail after it: Redis then holds an account
+PostgreSQL does not. The script keeps a token of the request that made it, so
+the same request again finishes that creation instead of being refused for ever
+(decision 0042); ``ocs reconcile`` reports such an account until then.
 """
 
 import hashlib
+import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -25,6 +32,9 @@ STATUSES = ("active", "locked", "suspended")
 MAX_LINES = 10_000
 # Top-up results are kept this long to answer a repeated top-up with the same id.
 TOPUP_DEDUPE_TTL = 30 * 24 * 3600
+# 64 bits: enough to tell two requests for one account id apart (the token is no
+# secret: only an admin creates accounts), and kept in every account hash.
+CREATION_TOKEN_CHARS = 16
 
 
 # HMAC's key pads (RFC 2104) as translation tables: byte b of the key becomes b ^ pad.
@@ -42,6 +52,20 @@ def validate_expiry(expires_at: datetime | None) -> None:
         raise invalid("expires_at", "needs a time zone, e.g. 2027-01-31T23:59:59Z")
     if not 1970 <= expires_at.year <= 2999:
         raise invalid("expires_at", "expected a time within the years 1970 to 2999")
+
+
+def creation_token(*request: object) -> str:
+    """The token of a creation request: every value it makes the account with (the
+    plan's defaults resolved), digested. The same request made again has the same
+    token, so its retry recognises the account its lost first try made in Redis;
+    a request that differs in any value does not."""
+    canonical = json.dumps(request, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:CREATION_TOKEN_CHARS]
+
+
+def utc_text(moment: datetime | None) -> str | None:
+    """An aware time as one text whatever its zone (None stays None): for a token."""
+    return None if moment is None else moment.astimezone(UTC).isoformat()
 
 
 def password_digest(account_id: str, password: str) -> str:
@@ -224,8 +248,16 @@ class AccountService:
                 raise OcsError(
                     Reason.ACCOUNT_EXISTS, f"account {account_id!r} exists already", field="id"
                 )
-            # Redis is written inside the PostgreSQL transaction: if Redis refuses,
-            # the row is rolled back and nothing half-exists.
+            token = creation_token(
+                "account", account_id, plan_id, plan["currency"], limit, lines, spec.status,
+                spec.opening_balance, digest, utc_text(spec.expires_at), min_balance,
+                critical_balance, committed, member_max_lines, max_members, spec.expire_days,
+                language,
+            )  # fmt: skip
+            # Redis is written inside the PostgreSQL transaction: if Redis refuses, the
+            # row is rolled back. If Redis made the account but its answer, or the
+            # COMMIT, was lost, this same request again finds it by its token and
+            # finishes the creation: PostgreSQL gets its row, Redis stays as it is.
             created = await self._store.create_account(
                 account_id,
                 plan_id=plan_id,
@@ -241,12 +273,21 @@ class AccountService:
                 committed=committed,
                 member_lines=member_max_lines,
                 expire_days=spec.expire_days,
+                token=token,
             )
-            if not created:
+            if created is None:
                 raise OcsError(
                     Reason.ACCOUNT_EXISTS,
-                    f"account {account_id!r} exists already in Redis",
+                    f"account {account_id!r} exists already in Redis, made by a request"
+                    " PostgreSQL never recorded, with other settings: send that request"
+                    " again as it was to finish it (ocs reconcile lists such accounts)",
                     field="id",
+                )
+            if created.adopted:
+                log.warning(
+                    "account creation finished by its retry: Redis had made it, PostgreSQL"
+                    " had not recorded it",
+                    extra={"account": account_id, "balance": created.balance},
                 )
         return await self.show(account_id)
 

@@ -2,27 +2,39 @@
 
 A card is an account whose id (``card-<batch>-<n>``) says nothing about its
 PIN; the PIN reaches the account through a digest, so neither PostgreSQL,
-Redis nor the logs ever hold a PIN. A batch is all or nothing: its accounts,
-PIN digests and opening balances are written in one PostgreSQL transaction,
-with Redis written inside it. A card opens by its PIN only: its id, sequential
-and printed beside the PIN, names no account to an end user (decision 0042).
+Redis nor the logs ever hold a PIN. A batch is all or nothing in PostgreSQL: its
+accounts, PIN digests and opening balances are written in one transaction, with
+Redis written inside it. A card opens by its PIN only: its id, sequential and
+printed beside the PIN, names no account to an end user (decision 0042).
+
+Redis cannot roll back: a batch that fails part-way (Redis lost, the COMMIT
+refused) leaves cards in Redis that PostgreSQL does not know. The same request
+again (same batch id and settings) finishes the batch: it takes those cards over
+and deals every card a new PIN and password, the ones it hands out; the PINs of
+the failed try, never handed out, are withdrawn then, and already at its failure
+where Redis still answers (decision 0042).
 """
 
 import asyncio
 import csv
 import hashlib
 import io
+import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+from redis.exceptions import RedisError
 
-from ocs.balances.accounts import password_digest, validate_expiry
+from ocs.balances.accounts import creation_token, password_digest, utc_text, validate_expiry
 from ocs.balances.card_ids import card_account_id
 from ocs.balances.store import BalanceStore
 from ocs.errors import OcsError, Reason, invalid
 from ocs.money import format_amount
+
+log = logging.getLogger("ocs.cards")
 
 MAX_BATCH = 1_000_000
 _REDIS_CHUNK = 2_000
@@ -125,58 +137,100 @@ class CardService:
             raise invalid("expire_days", "give a fixed expiry or days after first use, not both")
         if not 0 <= expire_days <= 36_600:
             raise invalid("expire_days", "expected 0 to 36600 days")
-        async with self._pool.acquire() as conn, conn.transaction():
-            plan = await conn.fetchrow("SELECT * FROM plans WHERE id = $1", plan_id)
-            if plan is None:
-                raise OcsError(
-                    Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
-                )
-            inserted = await conn.fetchval(
-                "INSERT INTO pin_batches (id, plan_id, count, value) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT DO NOTHING RETURNING 1",
-                batch_id,
-                plan_id,
-                count,
-                value,
-            )
-            if inserted is None:
-                raise OcsError(
-                    Reason.ACCOUNT_EXISTS, f"batch {batch_id!r} exists already", field="batch"
-                )
-            cards = await self._unique_cards(conn, batch_id, count, length, password_length)
-            await conn.copy_records_to_table(
-                "accounts",
-                columns=[
-                    "id", "plan_id", "currency", "credit_limit", "max_lines", "status",
-                    "password_digest", "expires_at", "min_balance", "critical_balance",
-                    "member_max_lines", "expire_days", "language",
-                ],
-                records=[
-                    (
-                        card.account_id, plan_id, plan["currency"], 0, plan["max_lines"],
-                        "active",
-                        None if card.password is None
-                        else password_digest(card.account_id, card.password),
-                        expires_at, plan["min_balance"], plan["critical_balance"],
-                        plan["member_max_lines"], expire_days, plan["language"],
+        dealt: list[Card] = []  # the cards whose PINs this try may have given to Redis
+        adopted = 0  # cards a failed try of this request had made, taken over
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                plan = await conn.fetchrow("SELECT * FROM plans WHERE id = $1", plan_id)
+                if plan is None:
+                    raise OcsError(
+                        Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
                     )
-                    for card in cards
-                ],
-            )  # fmt: skip
-            await conn.copy_records_to_table(
-                "pins",
-                columns=["pin_digest", "account_id", "batch_id"],
-                records=[(pin_digest(c.pin), c.account_id, batch_id) for c in cards],
-            )
-            # Redis inside the transaction: if it fails, PostgreSQL keeps nothing.
-            for start in range(0, len(cards), _REDIS_CHUNK):
-                chunk = cards[start : start + _REDIS_CHUNK]
-                await asyncio.gather(
-                    *(
-                        self._create_card(card, plan, value, expires_at, expire_days)
-                        for card in chunk
-                    )
+                inserted = await conn.fetchval(
+                    "INSERT INTO pin_batches (id, plan_id, count, value) VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT DO NOTHING RETURNING 1",
+                    batch_id,
+                    plan_id,
+                    count,
+                    value,
                 )
+                if inserted is None:
+                    raise OcsError(
+                        Reason.ACCOUNT_EXISTS, f"batch {batch_id!r} exists already", field="batch"
+                    )
+                cards = await self._unique_cards(conn, batch_id, count, length, password_length)
+                # The request, the plan's values resolved: not the PINs and passwords,
+                # which each try deals anew.
+                token = creation_token(
+                    "card batch", batch_id, plan_id, plan["currency"], count, length, value,
+                    password_length, utc_text(expires_at), expire_days, plan["max_lines"],
+                    plan["min_balance"], plan["critical_balance"], plan["member_max_lines"],
+                    plan["language"],
+                )  # fmt: skip
+                if not await self._store.claim_batch(batch_id, token):
+                    # Checked before any card is made: a try with other settings would
+                    # add cards to the half-made batch that neither request could finish.
+                    raise OcsError(
+                        Reason.ACCOUNT_EXISTS,
+                        f"batch {batch_id!r} was begun in Redis by a request PostgreSQL never"
+                        " recorded, with other settings: send that request again as it was"
+                        " to finish it, or give this one another batch id",
+                        field="batch",
+                    )
+                await conn.copy_records_to_table(
+                    "accounts",
+                    columns=[
+                        "id", "plan_id", "currency", "credit_limit", "max_lines", "status",
+                        "password_digest", "expires_at", "min_balance", "critical_balance",
+                        "member_max_lines", "expire_days", "language",
+                    ],
+                    records=[
+                        (
+                            card.account_id, plan_id, plan["currency"], 0, plan["max_lines"],
+                            "active",
+                            None if card.password is None
+                            else password_digest(card.account_id, card.password),
+                            expires_at, plan["min_balance"], plan["critical_balance"],
+                            plan["member_max_lines"], expire_days, plan["language"],
+                        )
+                        for card in cards
+                    ],
+                )  # fmt: skip
+                await conn.copy_records_to_table(
+                    "pins",
+                    columns=["pin_digest", "account_id", "batch_id"],
+                    records=[(pin_digest(c.pin), c.account_id, batch_id) for c in cards],
+                )
+                # Redis inside the transaction: if it fails, PostgreSQL keeps nothing.
+                for start in range(0, len(cards), _REDIS_CHUNK):
+                    chunk = cards[start : start + _REDIS_CHUNK]
+                    dealt = cards[: start + len(chunk)]
+                    outcomes = await asyncio.gather(
+                        *(
+                            self._create_card(card, plan, value, expires_at, expire_days, token)
+                            for card in chunk
+                        ),
+                        # Every card's writes are over before a failure is raised: none
+                        # may deal its PIN after the PINs of a failed try are withdrawn.
+                        return_exceptions=True,
+                    )
+                    for outcome in outcomes:
+                        if isinstance(outcome, BaseException):
+                            raise outcome
+                        adopted += outcome
+        except Exception:
+            if not await self._committed(batch_id, dealt):
+                await self._withdraw_pins(dealt)
+                raise
+            # The COMMIT's answer was lost, not the COMMIT: the batch stands, and its
+            # PINs are handed out as if it had been answered.
+            log.warning("card batch committed though its COMMIT failed", extra={"batch": batch_id})
+        if adopted:
+            log.warning(
+                "card batch finished by its retry: Redis had made some of its cards,"
+                " PostgreSQL had not recorded them; they have new PINs",
+                extra={"batch": batch_id, "cards_taken_over": adopted},
+            )
         return Batch(
             id=batch_id,
             plan_id=plan_id,
@@ -223,7 +277,12 @@ class CardService:
         value: int,
         expires_at: datetime | None,
         expire_days: int,
-    ) -> None:
+        token: str,
+    ) -> bool:
+        """Make the card in Redis and let its PIN open it; True when it was there already,
+        made by a failed try of the same request, and is taken over."""
+        digest = pin_digest(card.pin)
+        password = "" if card.password is None else password_digest(card.account_id, card.password)
         created = await self._store.create_account(
             card.account_id,
             plan_id=plan["id"],
@@ -232,20 +291,64 @@ class CardService:
             max_lines=plan["max_lines"],
             status="active",
             opening_balance=value,
-            password_digest=""
-            if card.password is None
-            else password_digest(card.account_id, card.password),
+            password_digest=password,
             expires_at=0 if expires_at is None else int(expires_at.timestamp()),
             min_balance=plan["min_balance"],
             critical_balance=plan["critical_balance"],
             member_lines=plan["member_max_lines"],
             expire_days=expire_days,
+            token=token,
+            pin_digest=digest,
         )
-        if not created:
+        if created is None:
             raise OcsError(
-                Reason.ACCOUNT_EXISTS, f"account {card.account_id!r} exists already in Redis"
+                Reason.ACCOUNT_EXISTS,
+                f"account {card.account_id!r} exists already in Redis, made by a batch"
+                " request PostgreSQL never recorded, with other settings: send that request"
+                " again as it was to finish it (ocs reconcile lists such accounts)",
+                field="batch",
             )
-        await self._store.set_pin(pin_digest(card.pin), card.account_id)
+        if created.adopted:
+            # The failed try's PIN and password never reached the operator: its PIN is
+            # withdrawn before the card names its new one, so that whatever fails next,
+            # the PIN the card names is the only one that may still open it.
+            if created.pin_digest and created.pin_digest != digest:
+                await self._store.release_pin(created.pin_digest, card.account_id)
+            await self._store.set_policy(card.account_id, {"pw": password, "pin": digest})
+        await self._store.set_pin(digest, card.account_id)
+        return created.adopted
+
+    async def _committed(self, batch_id: str, dealt: Sequence[Card]) -> bool:
+        """Whether PostgreSQL holds the batch with the PINs this try dealt: its COMMIT
+        went through though the batch failed (its answer lost). False when it cannot
+        tell (PostgreSQL unreachable): the PINs are then withdrawn, as for a batch that
+        failed, since the operator receives none of them."""
+        if not dealt:
+            return False
+        try:
+            async with self._pool.acquire() as conn:
+                found = await conn.fetchval(
+                    "SELECT count(*) FROM pins WHERE batch_id = $1"
+                    " AND pin_digest = ANY($2::text[])",
+                    batch_id,
+                    [pin_digest(card.pin) for card in dealt],
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        return bool(found == len(dealt))
+
+    async def _withdraw_pins(self, cards: Sequence[Card]) -> None:
+        """After a failed try: stop the PINs it dealt opening its cards, none of which
+        the operator received. Best effort: where Redis does not answer, the request's
+        retry withdraws them (each card names its PIN)."""
+        for start in range(0, len(cards), _REDIS_CHUNK):
+            chunk = cards[start : start + _REDIS_CHUNK]
+            outcomes = await asyncio.gather(
+                *(self._store.release_pin(pin_digest(c.pin), c.account_id) for c in chunk),
+                return_exceptions=True,
+            )
+            if any(isinstance(outcome, RedisError) for outcome in outcomes):
+                return
 
     async def account_for_pin(self, pin: str) -> str | None:
         """The card a PIN opens, if any."""

@@ -29,7 +29,9 @@ _TAGS = tuple(f"{{b:{bucket}}}" for bucket in range(BUCKETS))
 def account(account_id: str) -> str:
     """Hash: balance, credit_limit, reserved, max_lines, status, plan, currency, and the
     policy fields min_balance, critical, lock, committed, member_lines, ml:<member>,
-    expire_days, pw, expires, and pwfails, pwfail_until (wrong passwords, decision 0045)."""
+    expire_days, pw, expires, and pwfails, pwfail_until (wrong passwords, decision 0045);
+    created (``<ms>:<token>`` of the creating request) and a card's pin (its PIN digest),
+    for a retried creation to finish it (decision 0042)."""
     return f"acct:{_TAGS[bucket_of(account_id)]}:{account_id}"
 
 
@@ -169,6 +171,12 @@ def member_ref(member: str) -> str:
 def pin_ref(pin_digest: str) -> str:
     """String: the account (card) a PIN opens, keyed by the PIN's digest, never the PIN."""
     return f"pin:{_TAGS[bucket_of(pin_digest)]}:{pin_digest}"
+
+
+def card_batch(batch_id: str) -> str:
+    """String: the token of the request that began a PIN batch, written before its first
+    card, so that only that request again may finish a batch it left half made."""
+    return f"batch:{_TAGS[bucket_of(batch_id)]}:{batch_id}"
 
 
 def pin_failures(scope: str, who: str) -> str:

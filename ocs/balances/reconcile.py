@@ -23,8 +23,17 @@ mismatches.
 
 The same code runs on Redis Cluster: a bucket's keys share one slot, so each
 snapshot runs on the master that holds the bucket.
+
+An account Redis holds and PostgreSQL does not (an orphan) is reported too: a
+creation whose Redis part ran while its PostgreSQL transaction was lost (decision
+0042). Its balance is real money a switch may spend, yet no balance check above
+would see it, since they start from PostgreSQL's accounts. Redis's account keys
+are scanned before PostgreSQL is read, and an account made less than
+``ORPHAN_GRACE_MS`` ago is left out: its creation may still be in its transaction
+(a large card batch takes minutes).
 """
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +52,24 @@ class Mismatch:
     ledger_total: int
 
 
+# An account Redis made this recently is no orphan yet: its PostgreSQL transaction may
+# still be open (a batch of a million cards takes minutes).
+ORPHAN_GRACE_MS = 10 * 60 * 1000
+# Keys asked of each master per SCAN step.
+SCAN_COUNT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """An account Redis holds and PostgreSQL does not: its creation's end was lost (the
+    same request again finishes it). ``created_ms``: when Redis made it (epoch ms; None
+    for an account made before creations were stamped)."""
+
+    account_id: str
+    redis_balance: int | None
+    created_ms: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class LostEntries:
     """A bucket whose ledger stream lost entries PostgreSQL holds: its last generated id
@@ -56,17 +83,20 @@ class LostEntries:
 @dataclass(frozen=True, slots=True)
 class Reconciliation:
     """The outcome of ``reconcile``: accounts checked, ledger entries in flight, mismatches,
-    and the buckets whose Redis lost entries PostgreSQL holds."""
+    the buckets whose Redis lost entries PostgreSQL holds, and the accounts Redis holds
+    that PostgreSQL does not."""
 
     accounts: int
     pending_entries: int
     mismatches: list[Mismatch]
     lost: list[LostEntries] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when every balance equals its ledger and no stream lost entries."""
-        return not self.mismatches and not self.lost
+        """True when every balance equals its ledger, no stream lost entries and every
+        account in Redis is one PostgreSQL knows."""
+        return not self.mismatches and not self.lost and not self.orphans
 
 
 def _text(value: bytes | str) -> str:
@@ -118,8 +148,55 @@ async def _snapshots(redis: RedisClient, by_bucket: dict[int, list[str]]) -> lis
     return replies
 
 
-async def reconcile(redis: RedisClient, pool: asyncpg.Pool) -> Reconciliation:
-    """Compare every account's Redis balance with its ledger total, while traffic runs."""
+async def _redis_account_ids(redis: RedisClient) -> set[str]:
+    """The id of every account hash in Redis (every master's, on a cluster)."""
+    found: set[str] = set()
+    async for key in redis.scan_iter(match="acct:*", count=SCAN_COUNT):
+        # acct:{b:N}:<account>: the id follows the hash tag.
+        found.add(_text(key).partition("}:")[2])
+    return found
+
+
+async def _orphans(
+    redis: RedisClient, pool: asyncpg.Pool, candidates: set[str], grace_ms: int
+) -> list[Orphan]:
+    """Of the accounts Redis held and PostgreSQL did not, those PostgreSQL still lacks,
+    made at least ``grace_ms`` ago."""
+    if not candidates:
+        return []
+    async with pool.acquire() as conn:
+        # Committed since the first read: a creation that was in its transaction.
+        recorded = {
+            r["id"]
+            for r in await conn.fetch(
+                "SELECT id FROM accounts WHERE id = ANY($1::text[])", list(candidates)
+            )
+        }
+    ids = sorted(candidates - recorded)
+    async with redis.pipeline(transaction=False) as pipe:
+        for account_id in ids:
+            pipe.hmget(keys.account(account_id), ["created", "balance"])
+        replies = await pipe.execute()
+    before = int(time.time() * 1000) - grace_ms
+    orphans = []
+    for account_id, (created, balance) in zip(ids, replies, strict=True):
+        if created is None and balance is None:
+            continue  # gone since the scan
+        # "<ms>:<token>", written by create_account.lua; none on an account made before.
+        made = None if created is None else int(_text(created).partition(":")[0])
+        if made is None or made <= before:
+            orphans.append(Orphan(account_id, None if balance is None else int(balance), made))
+    return orphans
+
+
+async def reconcile(
+    redis: RedisClient, pool: asyncpg.Pool, *, orphan_grace_ms: int = ORPHAN_GRACE_MS
+) -> Reconciliation:
+    """Compare every account's Redis balance with its ledger total, while traffic runs,
+    and find the accounts Redis holds that PostgreSQL does not (made at least
+    ``orphan_grace_ms`` ago)."""
+    # Before PostgreSQL's accounts: one made meanwhile is then in both, or in PostgreSQL.
+    in_redis = await _redis_account_ids(redis)
     async with pool.acquire() as conn:
         account_ids = [r["id"] for r in await conn.fetch("SELECT id FROM accounts ORDER BY id")]
     by_bucket: dict[int, list[str]] = {b: [] for b in range(keys.BUCKETS)}
@@ -180,4 +257,5 @@ async def reconcile(redis: RedisClient, pool: asyncpg.Pool) -> Reconciliation:
         for account_id in account_ids
         if balances.get(account_id) != totals.get(account_id, 0)
     ]
-    return Reconciliation(len(account_ids), len(pending) - len(written), mismatches, lost)
+    orphans = await _orphans(redis, pool, in_redis - set(account_ids), orphan_grace_ms)
+    return Reconciliation(len(account_ids), len(pending) - len(written), mismatches, lost, orphans)

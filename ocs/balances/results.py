@@ -1,5 +1,5 @@
 """What the balance scripts answer, as values: a reservation, a live call's entry, a
-stop's and an interim report's results.
+stop's and an interim report's results, an account's creation.
 
 msgspec Structs, defined apart from ``ocs.balances.store`` so that a build which compiles
 the store with mypyc (decision 0038) keeps their class options (mypyc drops a class
@@ -85,3 +85,14 @@ class UpdateResult(msgspec.Struct, frozen=True, gc=False):
     debited: int
     held: int
     started_now: bool = False  # the report was the first sign the call started
+
+
+class Created(msgspec.Struct, frozen=True, gc=False):
+    """create_account.lua made the account, or (``adopted``) found it made before by a
+    request with the same token, one PostgreSQL never recorded: a retry finishes that
+    creation. ``balance``: its balance now; ``pin_digest``: the PIN digest an adopted card
+    was given then ("" for none)."""
+
+    balance: int
+    adopted: bool = False
+    pin_digest: str = ""

@@ -584,6 +584,7 @@ class CreateAccountArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[13] funds committed to recurring charges
     ARGV[14] lines per member (0 = no limit of its own)
     ARGV[15] days a card lasts after its first use (0 = no such expiry)
+    ARGV[16] the creating request's token ("" = none)   ARGV[17] a card's PIN digest
     """
 
     account_id: str
@@ -601,13 +602,15 @@ class CreateAccountArgs(msgspec.Struct, frozen=True, gc=False):
     committed: int = 0
     member_lines: int = 0
     expire_days: int = 0
+    token: str = ""
+    pin_digest: str = ""
 
     def keys(self) -> list[str]:
         """KEYS[1..2]."""
         return [k.account(self.account_id), k.ledger(k.bucket_of(self.account_id))]
 
     def argv(self) -> list[object]:
-        """ARGV[1..15]."""
+        """ARGV[1..17]."""
         return [
             self.plan_id,
             self.currency,
@@ -624,6 +627,8 @@ class CreateAccountArgs(msgspec.Struct, frozen=True, gc=False):
             self.committed,
             self.member_lines,
             self.expire_days,
+            self.token,
+            self.pin_digest,
         ]
 
 

@@ -56,6 +56,7 @@ FEE = _load("fee")
 CHECK_PASSWORD = _load("check_password")
 LIFT_PASSWORD_BLOCK = _load("lift_password_block")
 SET_POLICY = _load("set_policy")
+RELEASE_PIN = _load("release_pin")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -75,4 +76,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     CHECK_PASSWORD,
     LIFT_PASSWORD_BLOCK,
     SET_POLICY,
+    RELEASE_PIN,
 )

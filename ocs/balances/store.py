@@ -18,6 +18,7 @@ from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.results import (
     Amend,
     CounterShort,
+    Created,
     LiveEntry,
     RecordClient,
     Reserved,
@@ -280,8 +281,12 @@ class BalanceStore:
         committed: int = 0,
         member_lines: int = 0,
         expire_days: int = 0,
-    ) -> bool:
-        """Create the account's real-time state; False if it exists already."""
+        token: str = "",
+        pin_digest: str = "",
+    ) -> Created | None:
+        """Create the account's real-time state; None if it exists already, made by a
+        request with another ``token`` (or none). One with the same token is answered
+        ``adopted``, as it stands: the retry of a creation whose end was lost."""
         args = CreateAccountArgs(
             account_id,
             plan_id,
@@ -298,9 +303,16 @@ class BalanceStore:
             committed,
             member_lines,
             expire_days,
+            token,
+            pin_digest,
         )
         reply = await self._pipe.run_script(scripts.CREATE_ACCOUNT, args.keys(), args.argv())
-        return _text(reply[0]) == "OK"
+        outcome = _text(reply[0])
+        if outcome == "OK":
+            return Created(int(reply[1]))
+        if outcome == "SAME":
+            return Created(int(reply[1]), adopted=True, pin_digest=_text(reply[2]))
+        return None
 
     async def get_account(self, account_id: str) -> AccountState | None:
         """The account's real-time state, None for an unknown account (one round trip)."""
@@ -774,6 +786,23 @@ class BalanceStore:
     async def set_pin(self, pin_digest: str, account_id: str) -> None:
         """Let a PIN digest open the card ``account_id``."""
         await self._pipe.execute("SET", keys.pin_ref(pin_digest), account_id)
+
+    async def claim_batch(self, batch_id: str, token: str) -> bool:
+        """Mark a PIN batch as begun by the request of ``token``; False when a request
+        with another token began it (and never finished: PostgreSQL has no such batch)."""
+        key = keys.card_batch(batch_id)
+        if await self._pipe.execute("SET", key, token, "NX") is not None:
+            return True
+        began = await self._pipe.execute("GET", key)
+        return began is None or _text(began) == token
+
+    async def release_pin(self, pin_digest: str, account_id: str) -> bool:
+        """Stop a PIN digest opening the card ``account_id`` (not another card it may open
+        now); whether it opened that card."""
+        reply = await self._pipe.run_script(
+            scripts.RELEASE_PIN, [keys.pin_ref(pin_digest)], [account_id]
+        )
+        return int(reply) == 1
 
     async def counter_state(self, account_id: str) -> dict[str, dict[str, int]]:
         """counter id -> {limit, used, held} seconds of the current cycle."""

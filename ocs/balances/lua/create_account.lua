@@ -10,17 +10,31 @@
 -- ARGV[13] funds committed to recurring charges
 -- ARGV[14] lines per member (0 = no limit of its own)
 -- ARGV[15] days a card lasts after its first use (0 = no such expiry)
+-- ARGV[16] the creating request's token ("" = none: no retry takes the account over)
+-- ARGV[17] a card's PIN digest ("" = none)
 --
--- Returns {"OK", balance} or {"EXISTS"}. A non-zero opening balance is a ledger
--- entry of kind "opening", so the ledger always sums to the balance.
+-- Returns {"OK", balance}; {"SAME", balance, pin digest} when the account exists already,
+-- made by a request with the same token (a retry of a creation PostgreSQL never
+-- recorded: its caller finishes it, the account untouched); else {"EXISTS"}.
+-- A non-zero opening balance is a ledger entry of kind "opening", so the ledger always
+-- sums to the balance. 'created' keeps "<time>:<token>": the token for a retry, the time
+-- for `ocs reconcile`, which reports an account PostgreSQL lacks once it is old enough.
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  local made = redis.call('HMGET', KEYS[1], 'created', 'balance', 'pin')
+  if ARGV[16] ~= '' and made[1] and string.match(made[1], '^%d+:(.*)$') == ARGV[16] then
+    return {'SAME', made[2], made[3] or ''}
+  end
   return {'EXISTS'}
 end
 redis.call('HSET', KEYS[1], 'plan', ARGV[1], 'currency', ARGV[2], 'credit_limit', ARGV[3],
   'max_lines', ARGV[4], 'status', ARGV[5], 'balance', 0, 'reserved', 0, 'pw', ARGV[9],
   'expires', ARGV[10], 'min_balance', ARGV[11], 'critical', ARGV[12], 'committed', ARGV[13],
-  'member_lines', ARGV[14], 'expire_days', ARGV[15], 'lock', '')
+  'member_lines', ARGV[14], 'expire_days', ARGV[15], 'lock', '',
+  'created', ARGV[7] .. ':' .. ARGV[16])
+if ARGV[17] ~= '' then
+  redis.call('HSET', KEYS[1], 'pin', ARGV[17])
+end
 local balance = 0
 if tonumber(ARGV[6]) > 0 then
   balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[6])
