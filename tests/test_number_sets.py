@@ -12,13 +12,22 @@ from typing import Any
 
 import pytest
 
+from ocs import api_tokens
 from ocs.billing import number_sets
 from ocs.billing.store import Charge, create_charge
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer, invoices, run
-from tests.conftest import RunningApp, RunningRadius, account, add_plan, caught_up, eventually
+from tests.conftest import (
+    RunningApp,
+    RunningRadius,
+    account,
+    add_plan,
+    bearer,
+    caught_up,
+    eventually,
+)
 from tests.helpers import Pairs, Raw, acct, auth, new_account, ocs_cli, send
 
 
@@ -286,6 +295,74 @@ async def test_a_call_to_an_on_net_number_rates_in_the_on_net_zone(app: RunningA
     await app.services.catalog.reload()
     assert await zone("442012345678") == "On-net"
     assert await zone("447911000001") == "On-net"
+
+
+async def test_only_an_admin_may_import_on_net_numbers(app: RunningApp) -> None:
+    """An on-net number changes how every plan rates it, as PUT /v1/on-net (admin) does:
+    an operator's file with one is refused whole, naming on_net."""
+    await add_plan(app.services, deck=INBOUND_DECK + "999,On-net,0.001,0,60,60,outbound\n")
+    await new_account(app, "caller", balance="1000.00", max_lines=5)
+    operator = await api_tokens.create(app.services.pool, "care", "operator")
+    as_operator = {**bearer(operator), "Content-Type": "text/csv"}
+    status, body = await send(app, "POST", "/v1/number-sets", {"id": "mine", "kind": "did"})
+    assert status == 201, body
+
+    for csv in ("number,on_net\n4,true\n", "number,on_net\n4420100,false\n442079460001,yes\n"):
+        status, body, _ = await app.anonymous(
+            "POST", "/v1/number-sets/mine/numbers", headers=as_operator, data=csv
+        )
+        assert (status, body["error"]["reason"], body["error"]["field"]) == (
+            403,
+            "forbidden",
+            "on_net",
+        ), body
+    # Nothing of a refused file was added, and no call became on-net.
+    status, listed = await send(app, "GET", "/v1/number-sets")
+    assert [(s["id"], s["numbers"]) for s in listed["number_sets"]] == [("mine", 0)]
+    await caught_up(app.services)
+    status, granted = await send(
+        app, "POST", "/v1/calls", {"account": "caller", "destination": "447700900123"}
+    )
+    assert (status, granted["zone"]) == (201, "UK Fixed"), granted
+
+    # Numbers that are not on-net are the operator's to import; an admin's may be on-net.
+    status, body, _ = await app.anonymous(
+        "POST",
+        "/v1/number-sets/mine/numbers",
+        headers=as_operator,
+        data="number,on_net\n4420100,false\n4420101,no\n",
+    )
+    assert (status, body["added"]) == (200, 2), body
+    status, body = await send(
+        app, "POST", "/v1/number-sets/mine/numbers", csv_body("number,on_net\n4420102,true\n")
+    )
+    assert (status, body["added"]) == (200, 1), body
+
+
+async def test_an_on_net_number_is_that_number_not_a_prefix(app: RunningApp) -> None:
+    """A set's on-net number is one destination: the longer numbers starting with it
+    (another subscriber's extension, a whole country for a number "4") rate as before."""
+    await add_plan(app.services, deck=INBOUND_DECK + "999,On-net,0.001,0,60,60,outbound\n")
+    await make_set(app, "own", "did", "number,on_net\n4,true\n442079460001,true\n", 10)
+    await new_account(app, "caller", balance="1000.00", max_lines=5)
+    await app.services.catalog.reload()
+
+    async def zone(destination: str) -> str:
+        status, granted = await send(
+            app, "POST", "/v1/calls", {"account": "caller", "destination": destination}
+        )
+        assert status == 201, granted
+        return str(granted["zone"])
+
+    assert await zone("442079460001") == "On-net"
+    assert await zone("4420794600019") == "UK Fixed"
+    assert await zone("447700900123") == "UK Fixed"
+    # The operator's own ranges (PUT /v1/on-net) stay prefixes.
+    status, _ = await send(app, "PUT", "/v1/on-net", {"prefixes": ["4477"]})
+    assert status == 200
+    await app.services.catalog.reload()
+    assert await zone("447700900123") == "On-net"
+    assert await zone("4420794600019") == "UK Fixed"
 
 
 @pytest.mark.parametrize("number", ["12ab", "+", "1" * 33])

@@ -10,8 +10,9 @@ A taken number triggers the plan's triggered charge for the set's kind (its
 "Number Recurring Charge" or "Toll-Free Number Recurring Charge", unless the
 assignment names another) through ``ocs.billing.store.assign_number``, so it lands
 on the next invoice; and it identifies its account in Redis (``BalanceStore.set_did``),
-so an inbound call to it is the account's. An on-net number is one of ocs's own: it
-joins the on-net ranges, so calls to it rate in the plan's On-net zone.
+so an inbound call to it is the account's. An on-net number is one of ocs's own: a call
+to exactly that number (not to a longer one starting with it) rates in the plan's
+On-net zone; only an admin may import one.
 """
 
 import csv
@@ -178,15 +179,27 @@ async def list_sets(pool: asyncpg.Pool) -> list[NumberSet]:
     ]
 
 
-async def import_numbers(pool: asyncpg.Pool, set_id: str, text: str) -> int:
+async def import_numbers(
+    pool: asyncpg.Pool, set_id: str, text: str, *, on_net_allowed: bool = True
+) -> int:
     """Add the numbers of a CSV to a set, all or nothing; how many were added.
 
-    A number in any set already is a problem of its line. On-net numbers count as
-    on-net ranges (the catalog reads them beside the operator's ``onnet_prefixes``,
-    which ``PUT /v1/onnet`` replaces) and the catalog reloads them.
+    A number in any set already is a problem of its line. On-net numbers are on-net
+    destinations, each one exactly (the catalog reads them beside the operator's
+    ``onnet_prefixes``, which ``PUT /v1/on-net`` replaces) and the catalog reloads
+    them. Making a number on-net changes how every plan rates it, as ``PUT
+    /v1/on-net`` does: a caller that may not do that (``on_net_allowed`` False: not
+    an admin) is refused (403, field ``on_net``) a file with any on-net number.
     """
     validate_set_id(set_id, "number_set_id")
     numbers = parse_numbers(text)
+    if not on_net_allowed and any(on_net for _, on_net in numbers):
+        raise OcsError(
+            Reason.FORBIDDEN,
+            "only an admin may mark numbers on-net (they rate in every plan's On-net zone,"
+            " as PUT /v1/on-net does); import them with on_net false or ask an admin",
+            field="on_net",
+        )
     lines = {number: line for line, (number, _) in enumerate(numbers, start=2)}
     async with pool.acquire() as conn, conn.transaction():
         if await conn.fetchval("SELECT 1 FROM number_sets WHERE id = $1", set_id) is None:

@@ -115,10 +115,10 @@ class PlanTariffs:
         return self.by_zone.get(zone)
 
 
-# The on-net ranges: the operator's own prefixes and its number sets' on-net numbers.
-_ONNET_SQL = (
-    "SELECT prefix FROM onnet_prefixes UNION SELECT number FROM number_set_numbers WHERE on_net"
-)
+# The on-net ranges: the operator's own prefixes (PUT /v1/on-net, admin only), and apart
+# from them its number sets' on-net numbers, each one a whole number (decision 0030).
+_ONNET_PREFIXES_SQL = "SELECT prefix FROM onnet_prefixes"
+_ONNET_NUMBERS_SQL = "SELECT number FROM number_set_numbers WHERE on_net"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +138,9 @@ class CatalogSnapshot:
     access_numbers: dict[tuple[str, str], str] = field(default_factory=dict)
     # The operator's own ranges: a destination in them is rated in zone ON_NET.
     onnet: PrefixTable[bool] = field(default_factory=PrefixTable)
+    # The number sets' on-net numbers: a destination that is one of them, exactly (not a
+    # longer number starting with it), is rated in zone ON_NET too.
+    onnet_numbers: frozenset[str] = frozenset()
     # Area-code tables by list id: STANDARD, and plans' custom code lists.
     code_lists: dict[str, PrefixTable[str]] = field(default_factory=dict)
     # (plan, rate type) -> the plan's rate for usage of that rate type (mediation).
@@ -199,15 +202,18 @@ class CatalogSnapshot:
     ) -> tuple[str, Tariff] | None:
         """(matched prefix, tariff) of a normalised number in a plan's deck.
 
-        Outbound: a number in the operator's own ranges is rated in the plan's
-        ``On-net`` zone when it has one; any other by the plan's deck. Inbound: by
-        the plan's inbound tariffs (None when it has none for the number).
+        Outbound: a number in the operator's own ranges, or one of its number sets'
+        on-net numbers, is rated in the plan's ``On-net`` zone when it has one; any
+        other by the plan's deck. Inbound: by the plan's inbound tariffs (None when it
+        has none for the number).
         """
         if direction == "inbound":
             inbound = self.inbound_decks.get(plan_id)
             return None if inbound is None else inbound.match(digits)
-        # Most operators have no on-net ranges: no lookup on the hot path then.
-        if len(self.onnet) and self.onnet.match(digits) is not None:
+        # Most operators have no on-net ranges: no prefix lookup on the hot path then.
+        if digits in self.onnet_numbers or (
+            len(self.onnet) and self.onnet.match(digits) is not None
+        ):
             on_net = self.tariff_named(plan_id, ON_NET)
             if on_net is not None:
                 return "", on_net
@@ -428,9 +434,11 @@ async def load_snapshot(
             (r["plan_id"], r["number"]): r["rating_plan"]
             for r in await conn.fetch("SELECT plan_id, number, rating_plan FROM access_numbers")
         }
-        # The operator's own ranges (PUT /v1/onnet) and the on-net numbers of its number
-        # sets: kept apart, so that replacing the one leaves the other.
-        onnet = PrefixTable({r["prefix"]: True for r in await conn.fetch(_ONNET_SQL)})
+        # The operator's own ranges (PUT /v1/on-net) and the on-net numbers of its number
+        # sets: kept apart, so that replacing the one leaves the other, and a set's number
+        # stays one number (an operator's "4" would otherwise be all of +4).
+        onnet = PrefixTable({r["prefix"]: True for r in await conn.fetch(_ONNET_PREFIXES_SQL)})
+        onnet_numbers = frozenset(r["number"] for r in await conn.fetch(_ONNET_NUMBERS_SQL))
         decks: dict[str, PrefixTable[Tariff]] = {}
         inbound_decks: dict[str, PrefixTable[Tariff]] = {}
         load: dict[str, bytes] = {}
@@ -499,6 +507,7 @@ async def load_snapshot(
         inbound_tariffs=inbound_tariffs,
         access_numbers=access_numbers,
         onnet=onnet,
+        onnet_numbers=onnet_numbers,
         code_lists=built_codes,
         rate_type_tariffs=rate_type_tariffs,
         ivr_defaults=ivr_defaults,

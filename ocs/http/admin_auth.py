@@ -27,7 +27,7 @@ from aiohttp.typedefs import Middleware
 from ocs import api_tokens
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
-from ocs.http.context import SERVICES
+from ocs.http.context import CALLER_ROLE, SERVICES
 from ocs.http.endpoint import Role
 from ocs.http.middleware import Handler, endpoint_of
 
@@ -133,6 +133,7 @@ def admin_auth(settings: Settings, roles: Mapping[tuple[str, str], Role]) -> Mid
         if header is None:
             # The trial behaviour, only when asked for: open until the first token.
             if not required and not await api_tokens.any_token(request.app[SERVICES].pool):
+                request[CALLER_ROLE] = "admin"  # open to anyone: as if an admin asked
                 return await handler(request)
             raise OcsError(
                 Reason.UNAUTHORIZED,
@@ -141,6 +142,7 @@ def admin_auth(settings: Settings, roles: Mapping[tuple[str, str], Role]) -> Mid
         role = await role_from(request, header)
         if not api_tokens.may(role, needed):
             raise OcsError(Reason.FORBIDDEN, f"a {role} token may not do this: it needs {needed}")
+        request[CALLER_ROLE] = role
         return await handler(request)
 
     return check

@@ -14,7 +14,7 @@ from aiohttp import web
 from ocs.balances.accounts import validate_account_id
 from ocs.billing import number_sets
 from ocs.catalog.store import validate_plan_id
-from ocs.http.context import services_of
+from ocs.http.context import caller_may, services_of
 from ocs.http.endpoint import Answer, Endpoint, ObjectId, Params, Reply, Role
 from ocs.http.json_io import read_text
 
@@ -109,7 +109,9 @@ async def import_numbers(request: web.Request, params: None) -> NumbersImported:
     """POST /v1/number-sets/{number_set_id}/numbers, the CSV as the body."""
     set_id = number_sets.validate_set_id(request.match_info["number_set_id"], "number_set_id")
     text = await read_text(request, "numbers")
-    added = await number_sets.import_numbers(services_of(request).pool, set_id, text)
+    added = await number_sets.import_numbers(
+        services_of(request).pool, set_id, text, on_net_allowed=caller_may(request, "admin")
+    )
     return NumbersImported(number_set=set_id, added=added)
 
 
@@ -244,8 +246,10 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         body="csv",
         errors=(404,),
         description="All or nothing: a file with a bad line (or a number in a set already)"
-        " adds nothing, and the 400 lists the bad lines (``problems``). On-net numbers join"
-        " the on-net ranges.",
+        " adds nothing, and the 400 lists the bad lines (``problems``). An on-net number"
+        " (on_net true) rates in every plan's On-net zone, that number exactly (not the"
+        " longer numbers starting with it); as for PUT /v1/on-net, only an admin may import"
+        " one: an operator's file with one is refused whole, 403 naming on_net.",
     ),
     Endpoint(
         "PUT",
