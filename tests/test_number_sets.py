@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ocs import api_tokens
 from ocs.billing import number_sets
@@ -221,6 +222,108 @@ async def test_each_number_triggers_its_kind_s_charge_on_the_next_invoice(
         ("Number Recurring Charge 4420100 (10/30 days)", 670_000),
         ("Toll-Free Number Recurring Charge 8005550100", 3 * EUR),
     ]
+
+
+async def numbered_customers(services: Services) -> None:
+    """Two customers of the billed plan, whose DID set (two numbers) triggers did-rc."""
+    await billed_plan(services)
+    await create_charge(
+        services.pool,
+        Charge(
+            "did-rc",
+            "Number Recurring Charge",
+            "DID",
+            "EUR",
+            2 * EUR,
+            "triggered",
+            cadence="monthly",
+        ),
+    )
+    await number_sets.create_set(services.pool, "dids", "did")
+    await number_sets.import_numbers(services.pool, "dids", "number\n4420100\n4420101\n")
+    await number_sets.assign_to_plan(services.pool, "dids", "retail", 10)
+    await customer(services, "n1", None, date(2026, 1, 1))
+    await customer(services, "n2", None, date(2026, 1, 1))
+
+
+async def number_rows(services: Services) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """(who holds each number, the number charges: account, number, end date)."""
+    async with services.pool.acquire() as conn:
+        held = await conn.fetch("SELECT number, account_id FROM number_set_numbers ORDER BY 1")
+        charges = await conn.fetch(
+            "SELECT account_id, number, end_date FROM account_numbers ORDER BY id"
+        )
+    return [tuple(r) for r in held], [tuple(r) for r in charges]
+
+
+class RedisBlip:
+    """``BalanceStore.set_did`` failing once with a lost connection: after the write
+    (``applied``: its reply lost) or before it."""
+
+    def __init__(self, services: Services, monkeypatch: pytest.MonkeyPatch, applied: bool):
+        self.real = services.store.set_did
+        self.applied = applied
+        self.failed = False
+        monkeypatch.setattr(services.store, "set_did", self)
+
+    async def __call__(self, number: str, account_id: str | None) -> None:
+        if not self.failed:
+            self.failed = True
+            if self.applied:
+                await self.real(number, account_id)
+            raise RedisConnectionError("connection lost")
+        await self.real(number, account_id)
+
+
+@pytest.mark.parametrize("applied", [False, True])
+async def test_a_take_failing_at_redis_leaves_no_charge_and_the_number_free(
+    services: Services, monkeypatch: pytest.MonkeyPatch, applied: bool
+) -> None:
+    """The charge row was committed on its own connection: a take failing after it
+    billed the account for a number it did not hold, and every later take of that
+    number, by anyone, was refused 400 "triggers did-rc already"."""
+    await numbered_customers(services)
+    blip = RedisBlip(services, monkeypatch, applied)
+    on = date(2026, 3, 1)
+    with pytest.raises(RedisConnectionError):
+        await number_sets.take_number(services.pool, services.store, "n1", on=on)
+    assert blip.failed
+    assert await number_rows(services) == ([("4420100", None), ("4420101", None)], [])
+    assert await services.store.did_account("4420100") is None
+
+    # The pool is not stuck: the next take gets the same first number, charged once.
+    taken = await number_sets.take_number(services.pool, services.store, "n2", on=on)
+    assert (taken.number, taken.charge_id) == ("4420100", "did-rc")
+    assert await number_rows(services) == (
+        [("4420100", "n2"), ("4420101", None)],
+        [("n2", "4420100", None)],
+    )
+    assert await services.store.did_account("4420100") == "n2"
+
+
+@pytest.mark.parametrize("applied", [False, True])
+async def test_a_release_failing_at_redis_leaves_the_number_held_and_charged(
+    services: Services, monkeypatch: pytest.MonkeyPatch, applied: bool
+) -> None:
+    await numbered_customers(services)
+    await number_sets.take_number(services.pool, services.store, "n1", on=date(2026, 3, 1))
+    blip = RedisBlip(services, monkeypatch, applied)
+    with pytest.raises(RedisConnectionError):
+        await number_sets.release(services.pool, services.store, "n1", "4420100", date(2026, 4, 1))
+    assert blip.failed
+    # Still n1's: held, charged, and its inbound calls n1's.
+    assert await number_rows(services) == (
+        [("4420100", "n1"), ("4420101", None)],
+        [("n1", "4420100", None)],
+    )
+    assert await services.store.did_account("4420100") == "n1"
+
+    await number_sets.release(services.pool, services.store, "n1", "4420100", date(2026, 4, 1))
+    assert await number_rows(services) == (
+        [("4420100", None), ("4420101", None)],
+        [("n1", "4420100", date(2026, 4, 1))],
+    )
+    assert await services.store.did_account("4420100") is None
 
 
 INBOUND_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment,direction

@@ -17,6 +17,7 @@ On-net zone; only an admin may import one.
 
 import csv
 import io
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -36,6 +37,8 @@ MAX_NUMBERS = 100_000  # numbers in one import
 MAX_PRIORITY = 1_000_000
 _TRUE = ("1", "true", "yes", "y")
 _FALSE = ("", "0", "false", "no", "n")
+
+log = logging.getLogger("ocs.billing.number_sets")
 
 
 def validate_set_id(value: object, field: str = "id") -> str:
@@ -290,45 +293,79 @@ async def take_number(
     if number is not None:
         number = validate_number(number)
     day = on or datetime.now(UTC).date()
-    async with pool.acquire() as conn, conn.transaction():
-        plan_id = await conn.fetchval("SELECT plan_id FROM accounts WHERE id = $1", account_id)
-        if plan_id is None:
-            raise account_not_found(account_id)
-        # A named number is waited for (its holder may release it); the next free one
-        # skips any other taker's row.
-        lock = " FOR UPDATE OF n" if number is not None else " FOR UPDATE OF n SKIP LOCKED"
-        row = await conn.fetchrow(_NEXT_FREE + lock, plan_id, number)
-        if row is None:
-            raise await _why_none(conn, plan_id, number)
-        charge = await _kind_charge(conn, plan_id, row["number_set_id"], row["kind"])
-        await conn.execute(
-            "UPDATE number_set_numbers SET account_id = $2, assigned_on = $3 WHERE number = $1",
-            row["number"],
-            account_id,
-            day,
-        )
-        if charge is not None:
-            # Its own connection: refused (400) when the charge is not in the account's
-            # currency, and then this transaction rolls back the claim too.
-            await assign_number(pool, account_id, row["number"], charge, day)
-        await emit(
-            conn,
-            "number.assigned",
-            account_id,
-            {
-                "account_id": account_id,
-                "number": row["number"],
-                "number_set": row["number_set_id"],
-                "kind": row["kind"],
-                "on_net": row["on_net"],
-                "on": day.isoformat(),
-                "charge_id": charge,
-            },
-        )
-        await store.set_did(row["number"], account_id)
+    # The number Redis was told of, once it was: put back if the take does not commit.
+    told: str | None = None
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            row, charge = await _claim(conn, account_id, number, day)
+            told = row["number"]
+            # Redis last, inside the transaction: a failure rolls the claim and its charge
+            # back together, and leaves the number free to take again.
+            await store.set_did(row["number"], account_id)
+    except BaseException:
+        if told is not None:
+            await _put_back_did(store, told, None)
+        raise
     return TakenNumber(
         account_id, row["number"], row["number_set_id"], row["kind"], row["on_net"], day, charge
     )
+
+
+async def _claim(
+    conn: asyncpg.Connection, account_id: str, number: str | None, day: date
+) -> tuple[asyncpg.Record, str | None]:
+    """In the caller's transaction: claim the account's next free number (or
+    ``number``), write the charge it triggers and its event; (its row, its charge)."""
+    plan_id = await conn.fetchval("SELECT plan_id FROM accounts WHERE id = $1", account_id)
+    if plan_id is None:
+        raise account_not_found(account_id)
+    # A named number is waited for (its holder may release it); the next free one
+    # skips any other taker's row.
+    lock = " FOR UPDATE OF n" if number is not None else " FOR UPDATE OF n SKIP LOCKED"
+    row = await conn.fetchrow(_NEXT_FREE + lock, plan_id, number)
+    if row is None:
+        raise await _why_none(conn, plan_id, number)
+    charge = await _kind_charge(conn, plan_id, row["number_set_id"], row["kind"])
+    await conn.execute(
+        "UPDATE number_set_numbers SET account_id = $2, assigned_on = $3 WHERE number = $1",
+        row["number"],
+        account_id,
+        day,
+    )
+    if charge is not None:
+        # On this transaction: refused (400) when the charge is not in the account's
+        # currency, rolling the claim back too; and rolled back with the claim when
+        # a later step fails, never left charging for a number nobody holds.
+        await assign_number(conn, account_id, row["number"], charge, day)
+    await emit(
+        conn,
+        "number.assigned",
+        account_id,
+        {
+            "account_id": account_id,
+            "number": row["number"],
+            "number_set": row["number_set_id"],
+            "kind": row["kind"],
+            "on_net": row["on_net"],
+            "on": day.isoformat(),
+            "charge_id": charge,
+        },
+    )
+    return row, charge
+
+
+async def _put_back_did(store: BalanceStore, number: str, account_id: str | None) -> None:
+    """After a take or release that did not commit: the number identifies in Redis
+    whom PostgreSQL still says (None: nobody). A Redis still failing is logged: the
+    step's own failure may have left it unchanged, or changed (a reply lost)."""
+    try:
+        await store.set_did(number, account_id)
+    except Exception:
+        log.warning(
+            "a number's Redis reference could not be put back after a failed change",
+            extra={"number": number, "account": account_id},
+            exc_info=True,
+        )
 
 
 async def _kind_charge(
@@ -381,40 +418,54 @@ async def release(
     default today, UTC): its charge stops there, prorated, and it is free again."""
     number = validate_number(number)
     day = on or datetime.now(UTC).date()
-    async with pool.acquire() as conn, conn.transaction():
-        assigned_on = await conn.fetchval(
-            "SELECT assigned_on FROM number_set_numbers WHERE number = $1 AND account_id = $2"
-            " FOR UPDATE",
-            number,
-            account_id,
+    told = False  # whether Redis was told: then put back if the release does not commit
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await _free(conn, account_id, number, day)
+            told = True
+            # Redis last, inside the transaction (as a take): a failure leaves the number
+            # the account's, its charge running, and its inbound calls the account's.
+            await store.set_did(number, None)
+    except BaseException:
+        if told:
+            await _put_back_did(store, number, account_id)
+        raise
+
+
+async def _free(conn: asyncpg.Connection, account_id: str, number: str, day: date) -> None:
+    """In the caller's transaction: the account's ``number`` is free from ``day``, its
+    charge ends there (on this transaction too) and its event is written."""
+    assigned_on = await conn.fetchval(
+        "SELECT assigned_on FROM number_set_numbers WHERE number = $1 AND account_id = $2"
+        " FOR UPDATE",
+        number,
+        account_id,
+    )
+    if assigned_on is None:
+        raise OcsError(
+            Reason.NOT_FOUND,
+            f"account {account_id!r} holds no number {number}",
+            field="number",
         )
-        if assigned_on is None:
-            raise OcsError(
-                Reason.NOT_FOUND,
-                f"account {account_id!r} holds no number {number}",
-                field="number",
-            )
-        if day < assigned_on:
-            raise invalid("on", f"the number was taken on {assigned_on}")
-        await conn.execute(
-            "UPDATE number_set_numbers SET account_id = NULL, assigned_on = NULL WHERE number = $1",
-            number,
-        )
-        charged = await conn.fetchval(
-            "SELECT 1 FROM account_numbers WHERE number = $1 AND account_id = $2"
-            " AND end_date IS NULL",
-            number,
-            account_id,
-        )
-        if charged:
-            await release_number(pool, number, day)
-        await emit(
-            conn,
-            "number.released",
-            account_id,
-            {"account_id": account_id, "number": number, "on": day.isoformat()},
-        )
-        await store.set_did(number, None)
+    if day < assigned_on:
+        raise invalid("on", f"the number was taken on {assigned_on}")
+    await conn.execute(
+        "UPDATE number_set_numbers SET account_id = NULL, assigned_on = NULL WHERE number = $1",
+        number,
+    )
+    charged = await conn.fetchval(
+        "SELECT 1 FROM account_numbers WHERE number = $1 AND account_id = $2 AND end_date IS NULL",
+        number,
+        account_id,
+    )
+    if charged:
+        await release_number(conn, number, day)
+    await emit(
+        conn,
+        "number.released",
+        account_id,
+        {"account_id": account_id, "number": number, "on": day.isoformat()},
+    )
 
 
 async def numbers_of(pool: asyncpg.Pool, account_id: str) -> list[TakenNumber]:

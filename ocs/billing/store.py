@@ -417,45 +417,50 @@ async def change_charge(
 
 
 async def assign_number(
-    pool: asyncpg.Pool, account_id: str, number: str, charge_id: str, start_date: date
+    db: asyncpg.Pool | asyncpg.Connection,
+    account_id: str,
+    number: str,
+    charge_id: str,
+    start_date: date,
 ) -> int:
     """Assign ``number`` to an account from ``start_date``; it triggers ``charge_id``.
 
     The trigger: the charge applies once per number assigned, recurring by its
     cadence (prorated by day like any recurring charge) or once on assignment.
-    Number sets call this in a later issue. Refused (400) for a number that
-    triggers this charge already, or a charge that is not a triggered charge
-    in the account's currency (the database checks both).
+    ``db``: a pool, or the connection of the caller's transaction, so that the
+    charge row stands or falls with what the caller writes beside it (number sets
+    take a number so). Refused (400) for a number that triggers this charge
+    already, or a charge that is not a triggered charge in the account's currency
+    (the database checks both).
     """
-    async with pool.acquire() as conn:
-        try:
-            return int(
-                await conn.fetchval(
-                    "INSERT INTO account_numbers (account_id, number, charge_id, start_date)"
-                    " VALUES ($1, $2, $3, $4) RETURNING id",
-                    account_id,
-                    number,
-                    charge_id,
-                    start_date,
-                )
+    try:
+        return int(
+            await db.fetchval(
+                "INSERT INTO account_numbers (account_id, number, charge_id, start_date)"
+                " VALUES ($1, $2, $3, $4) RETURNING id",
+                account_id,
+                number,
+                charge_id,
+                start_date,
             )
-        except asyncpg.UniqueViolationError:
-            raise invalid("number", f"{number} triggers {charge_id} already") from None
-        except asyncpg.CheckViolationError as error:
-            raise invalid("charge", str(error)) from None
-        except asyncpg.ForeignKeyViolationError as error:
-            raise OcsError(Reason.NOT_FOUND, str(error)) from None
-
-
-async def release_number(pool: asyncpg.Pool, number: str, on: date) -> None:
-    """The number leaves its account on ``on`` (first day without it): its charges stop."""
-    async with pool.acquire() as conn:
-        found = await conn.fetchval(
-            "WITH r AS (UPDATE account_numbers SET end_date = $2"
-            " WHERE number = $1 AND end_date IS NULL AND start_date <= $2 RETURNING id)"
-            " SELECT min(id) FROM r",
-            number,
-            on,
         )
+    except asyncpg.UniqueViolationError:
+        raise invalid("number", f"{number} triggers {charge_id} already") from None
+    except asyncpg.CheckViolationError as error:
+        raise invalid("charge", str(error)) from None
+    except asyncpg.ForeignKeyViolationError as error:
+        raise OcsError(Reason.NOT_FOUND, str(error)) from None
+
+
+async def release_number(db: asyncpg.Pool | asyncpg.Connection, number: str, on: date) -> None:
+    """The number leaves its account on ``on`` (first day without it): its charges stop.
+    ``db``: a pool, or the connection of the caller's transaction (``assign_number``)."""
+    found = await db.fetchval(
+        "WITH r AS (UPDATE account_numbers SET end_date = $2"
+        " WHERE number = $1 AND end_date IS NULL AND start_date <= $2 RETURNING id)"
+        " SELECT min(id) FROM r",
+        number,
+        on,
+    )
     if found is None:
         raise OcsError(Reason.NOT_FOUND, f"number {number} is not assigned", field="number")
