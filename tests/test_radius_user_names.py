@@ -15,7 +15,9 @@ reserves 0.10.
 
 import ipaddress
 
+import pytest
 from pyrad import packet as rp
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ocs.balances.cards import pin_digest
 from ocs.charging.values import CallRecord
@@ -24,7 +26,7 @@ from ocs.radius.clients import NasClient
 from ocs.radius.dictionary import radius_dictionary
 from ocs.radius.lean.request import LeanCodec
 from tests.conftest import RADIUS_SECRET, RunningApp, RunningRadius, account, add_plan
-from tests.helpers import ANSWERED, Pairs, auth, card_nas, return_code
+from tests.helpers import ANSWERED, Pairs, acct, auth, card_nas, return_code
 from tests.radclient import RadiusReply
 from tests.radius_udp import UdpClient, access_request, decode_reply, wire
 
@@ -220,6 +222,75 @@ async def pinless(app: RunningApp) -> None:
     assert status == 201, body
     status, body = await app.post("/v1/accounts/pinless/callers", {"caller": PHONE})
     assert status in (200, 201), body
+
+
+async def test_a_caller_id_moves_to_its_new_customer_and_a_live_call_goes_on(
+    radius: RunningRadius,
+) -> None:
+    """A phone number given to a new customer: its caller id could be neither removed
+    nor moved (409), so the new customer's calls kept going to the old account."""
+    app = radius.app
+    await pinless(app)
+    reply = await auth(radius, call("MOVE-1", PHONE), expect=ANSWERED)
+    assert reply.code == "Access-Accept", reply.output
+    live = [("Calling-Station-Id", PHONE), ("h323-conf-id", "h323-conf-id=MOVE-1")]
+    await acct(radius, "Start", live)
+
+    status, body = await app.delete(f"/v1/accounts/pinless/callers/+{PHONE}")
+    assert (status, body) == (200, {"account": "pinless", "caller": PHONE}), body
+    status, body = await app.post(
+        "/v1/accounts", {"id": "heir", "plan": "retail", "balance": "5.00"}
+    )
+    assert status == 201, body
+    status, body = await app.post("/v1/accounts/heir/callers", {"caller": PHONE})
+    assert status == 201, body
+
+    # The call that was live goes on, and is charged to the account it began on.
+    await acct(radius, "Stop", [*live, ("Acct-Session-Time", "60")])
+    view = await account(app, "pinless")
+    assert (view["balance"], view["lines_in_use"]) == ("4.990000", 0), view
+    # The next call from the number is the new customer's.
+    reply = await auth(radius, call("MOVE-2", PHONE), expect=ANSWERED)
+    assert reply.code == "Access-Accept", reply.output
+    assert (await account(app, "heir"))["lines_in_use"] == 1
+    assert (await account(app, "pinless"))["lines_in_use"] == 0
+    async with app.services.pool.acquire() as conn:
+        owners = await conn.fetch("SELECT caller, account_id FROM account_callers")
+    assert [tuple(r) for r in owners] == [(PHONE, "heir")]
+
+    # What the account does not have is named.
+    status, body = await app.delete(f"/v1/accounts/pinless/callers/{PHONE}")
+    assert (status, body["error"]["reason"], body["error"]["field"]) == (404, "not_found", "caller")
+    status, body = await app.delete("/v1/accounts/heir/callers/12ab")
+    assert (status, body["error"]["field"]) == (400, "caller"), body
+
+
+async def test_a_caller_id_removal_failing_at_redis_leaves_it_the_accounts(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await pinless(app)
+    store = app.services.store
+    real = store.set_caller
+    failed: list[str | None] = []
+
+    async def lost_reply(caller: str, account_id: str | None) -> None:
+        if not failed:
+            failed.append(account_id)
+            await real(caller, account_id)  # done, but its reply never came
+            raise RedisConnectionError("connection lost")
+        await real(caller, account_id)
+
+    monkeypatch.setattr(store, "set_caller", lost_reply)
+    status, body = await app.delete(f"/v1/accounts/pinless/callers/{PHONE}")
+    assert (status, body["error"]["reason"]) == (503, "unavailable"), body
+    assert failed == [None]
+    assert await store.caller_account(PHONE) == "pinless"
+    async with app.services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT account_id FROM account_callers") == "pinless"
+    # Tried again, it is done.
+    status, _ = await app.delete(f"/v1/accounts/pinless/callers/{PHONE}")
+    assert status == 200
+    assert await store.caller_account(PHONE) is None
 
 
 def unreadable(user: bytes) -> rp.AuthPacket:

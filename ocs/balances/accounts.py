@@ -101,6 +101,14 @@ def validate_member(member: object, field: str = "member") -> str:
     return member
 
 
+def caller_digits_of(caller: str, field: str = "caller") -> str:
+    """A caller id's digits, without a leading '+'; 400 naming ``field`` unless 1 to 32."""
+    digits = caller.strip().removeprefix("+")
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 32:
+        raise invalid(field, "expected 1 to 32 digits, optionally with a leading '+'")
+    return digits
+
+
 def validate_policy(
     *,
     min_balance: int | None = None,
@@ -457,9 +465,7 @@ class AccountService:
 
     async def add_caller(self, account_id: str, caller: str) -> None:
         """Let calls from ``caller`` (Calling-Station-Id) identify the account (pinless)."""
-        digits = caller.strip().removeprefix("+")
-        if not digits.isascii() or not digits.isdigit() or len(digits) > 32:
-            raise invalid("caller", "expected 1 to 32 digits, optionally with a leading '+'")
+        digits = caller_digits_of(caller)
         async with self._pool.acquire() as conn, conn.transaction():
             if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id) is None:
                 raise account_not_found(account_id)
@@ -477,6 +483,45 @@ class AccountService:
                     field="caller",
                 )
             await self._store.set_caller(digits, account_id)
+
+    async def remove_caller(self, account_id: str, caller: str) -> None:
+        """Stop calls from ``caller`` identifying the account: the number went to another
+        customer, who may then be given it. A live call from it goes on, charged to
+        this account; 404 for a caller id the account does not have."""
+        digits = caller_digits_of(caller)
+        told = False  # whether Redis was told: then put back if the removal does not commit
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                deleted = await conn.fetchval(
+                    "DELETE FROM account_callers WHERE caller = $1 AND account_id = $2 RETURNING 1",
+                    digits,
+                    account_id,
+                )
+                if deleted is None:
+                    raise OcsError(
+                        Reason.NOT_FOUND,
+                        f"account {account_id!r} has no caller id {digits}",
+                        field="caller",
+                    )
+                told = True
+                await self._store.set_caller(digits, None)
+        except BaseException:
+            if told:
+                await self._put_back_caller(digits, account_id)
+            raise
+        log.info("caller id removed", extra={"account": account_id, "caller": digits})
+
+    async def _put_back_caller(self, caller: str, account_id: str) -> None:
+        """After a removal that did not commit: the caller id identifies the account in
+        Redis again, as PostgreSQL still says (its DEL may have taken effect, reply lost)."""
+        try:
+            await self._store.set_caller(caller, account_id)
+        except Exception:
+            log.warning(
+                "a caller id's Redis reference could not be put back after a failed removal",
+                extra={"account": account_id, "caller": caller},
+                exc_info=True,
+            )
 
     async def show(self, account_id: str) -> AccountState:
         """An account's real-time state; 404 for an unknown one."""

@@ -14,7 +14,13 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from ocs.balances.accounts import MAX_LINES, STATUSES, AccountSpec, validate_account_id
+from ocs.balances.accounts import (
+    MAX_LINES,
+    STATUSES,
+    AccountSpec,
+    caller_digits_of,
+    validate_account_id,
+)
 from ocs.errors import invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import (
@@ -166,6 +172,15 @@ async def add_caller(request: web.Request, params: AddCaller) -> Caller:
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     await services_of(request).accounts.add_caller(account_id, params.caller)
     return Caller(account=account_id, caller=params.caller.lstrip("+"))
+
+
+async def remove_caller(request: web.Request, params: None) -> Caller:
+    """DELETE /v1/accounts/{id}/callers/{caller}: the caller id identifies the account
+    no more (the number went to another customer); a live call from it goes on."""
+    account_id = validate_account_id(request.match_info["account_id"], "account_id")
+    caller = caller_digits_of(request.match_info["caller"])
+    await services_of(request).accounts.remove_caller(account_id, caller)
+    return Caller(account=account_id, caller=caller)
 
 
 class PasswordBlockLifted(Answer):
@@ -338,6 +353,23 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         Caller,
         status=201,
         errors=(409,),
+        description="409 for a caller id another account has: remove it there first"
+        " (DELETE /v1/accounts/{account_id}/callers/{caller}).",
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/accounts/{account_id}/callers/{caller}",
+        Role.OPERATOR,
+        "Stop a caller id identifying the account (pinless calling)",
+        remove_caller,
+        None,
+        Caller,
+        errors=(404,),
+        description="For a number that went to another customer: calls from it identify"
+        " this account no more, and another account may be given it. A call from it that"
+        " is live goes on, charged to this account. 404 for a caller id the account does"
+        " not have.",
+        answer_description="the account and the caller id it no longer has",
     ),
     Endpoint(
         "PUT",

@@ -163,6 +163,10 @@ _PATH_PARAMETERS: dict[str, dict[str, Any]] = {
         "description": "a member (SIP user, extension, caller id): printable, no spaces",
         "schema": _MEMBER,
     },
+    "caller": {
+        "description": "a caller id (Calling-Station-Id): 1 to 32 digits, an optional +",
+        "schema": {"type": "string", "pattern": "^\\+?[0-9]{1,32}$"},
+    },
     "counter_id": {
         "description": "a usage counter of the account's plan",
         "schema": {"type": "string", "minLength": 1, "maxLength": 64},
