@@ -24,6 +24,7 @@ import hmac
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -127,7 +128,9 @@ async def any_token(pool: asyncpg.Pool) -> bool:
         return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_tokens)"))
 
 
-async def ensure_bootstrap_admin_token(pool: asyncpg.Pool, settings: Settings) -> str | None:
+async def ensure_bootstrap_admin_token(
+    pool: asyncpg.Pool, settings: Settings, keep: Callable[[str], None] | None = None
+) -> str | None:
     """Make the first admin token when none exists; the token to show, or None.
 
     The token is ``settings.admin_bootstrap_token`` when set, else a fresh one.
@@ -135,7 +138,9 @@ async def ensure_bootstrap_admin_token(pool: asyncpg.Pool, settings: Settings) -
     operator chose is theirs already and is never shown or logged. None also when
     an admin token exists. Only the digest is stored. An advisory lock makes
     processes starting at once (``--workers``, two hosts on one database) create
-    one token between them.
+    one token between them. ``keep``, when given, is handed a fresh token before
+    its digest is stored (``ocs serve`` writes it to a file): if it raises, no
+    token is stored, and nobody holds an admin token that nobody can read.
     """
     given = settings.admin_bootstrap_token
     async with pool.acquire() as conn, conn.transaction():
@@ -171,6 +176,8 @@ async def ensure_bootstrap_admin_token(pool: asyncpg.Pool, settings: Settings) -
             name,
             digest(token),
         )
+        if keep is not None and given is None:
+            keep(token)  # before the commit: a failure rolls the token back
     log.info(
         "bootstrap admin token created",
         extra={"token_name": name, "source": "setting" if given is not None else "generated"},

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -31,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ocs import api_tokens, listen_sockets, loop_lag, metrics, systemd_notify
+from ocs import api_tokens, bootstrap_token, listen_sockets, loop_lag, metrics, systemd_notify
 from ocs.compiled import HOT_MODULES, running_compiled
 from ocs.config import Settings
 from ocs.housekeeping import start_housekeeping
@@ -139,7 +138,9 @@ async def _serve(
         if before_listen is not None:
             await before_listen(services)
         if settings.admin_token_required:
-            await _show_bootstrap_token(services, settings)
+            # Into a 0600 file in the data dir, never into stderr: that is the journal or
+            # `docker logs` under the shipped unit and compose file, kept and shipped.
+            await bootstrap_token.hand_over(services.pool, settings)
         # Entered in reverse so that they exit in stage order.
         async with (
             contextlib.AsyncExitStack() as background,
@@ -200,18 +201,6 @@ async def _serve(
             systemd_notify.ready(f"serving HTTP on port {port}")
             await stopping.wait()
             systemd_notify.stopping("shutting down: draining requests")
-
-
-async def _show_bootstrap_token(services: Services, settings: Settings) -> None:
-    """Store the configured (or a new) bootstrap admin token; show a new one on stderr."""
-    made = await api_tokens.ensure_bootstrap_admin_token(services.pool, settings)
-    if made is not None:
-        # Shown once, on the terminal only: never through the logger (logs are shipped).
-        print(
-            f"ocs: bootstrap admin token (shown once; only its digest is kept): {made}",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 async def _start_http(

@@ -10,11 +10,16 @@ only from a switch token or a source address in ``switch_networks``.
 
 import asyncio
 import hashlib
+import io
 import logging
 import re
 import secrets
+import socket
+import stat
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,7 +28,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from ocs import api_tokens
+from ocs import api_tokens, bootstrap_token
 from ocs.balances.accounts import AccountSpec
 from ocs.config import Settings, load_settings
 from ocs.demo import DEMO_TOKEN_NAME, demo_admin_token, run_demo
@@ -31,6 +36,7 @@ from ocs.http.admin_auth import source_allowed
 from ocs.http.app import create_app
 from ocs.services import Services
 from tests.conftest import add_plan, bearer, eventually, reset_state
+from tests.serve_process import ServeProcess, free_port, serve_env
 
 CALL = {"account": "a1", "destination": "447700900123"}
 
@@ -164,6 +170,69 @@ async def test_a_bootstrap_token_from_the_environment_is_used_and_never_shown(
     response = await fresh.get("/v1/accounts/a1", headers=bearer(chosen))
     assert (await answer(response))[0] == 200
     assert chosen not in caplog.text
+
+
+def test_ocs_serve_writes_the_bootstrap_token_to_a_private_file_never_to_its_logs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """stderr is the journal or `docker logs` under the shipped unit and compose file:
+    the token printed there was kept with the logs. The file is the token's only copy."""
+    asyncio.run(reset_state(settings.redis_url or "", settings.database_url or ""))
+    server = ServeProcess(
+        http_port=free_port(),
+        auth_port=free_port(socket.SOCK_DGRAM),
+        acct_port=free_port(socket.SOCK_DGRAM),
+        env=serve_env(settings, {"OCS_ADMIN_TOKEN_REQUIRED": "true"}),
+        data_dir=tmp_path / "var",
+        log=tmp_path / "serve.log",
+    )
+    try:
+        server.wait_ready()
+        kept = tmp_path / "var" / "bootstrap-admin-token"
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        token = kept.read_text().strip()
+        assert token.startswith("ocs_")
+        logged = (tmp_path / "serve.log").read_text()
+        assert token not in logged
+        assert f"bootstrap admin token written to {kept}" in logged
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.http_port}/v1/nas-clients", headers=bearer(token)
+        )
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request) as reply:
+            assert reply.status == 200
+    finally:
+        server.stop()
+
+
+class Terminal(io.StringIO):
+    """stderr when ocs runs in a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_a_terminal_also_sees_the_token_and_an_unwritable_file_stores_none(
+    services: Services, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    unwritable = replace(services.settings, data_dir=blocked / "var")
+    quiet = Terminal()
+    await bootstrap_token.hand_over(services.pool, unwritable, quiet)
+    # No token that nobody can read: none stored, the next start makes one.
+    assert (quiet.getvalue(), await api_tokens.listed(services.pool)) == ("", [])
+
+    settings = replace(services.settings, data_dir=tmp_path / "var")
+    terminal = Terminal()
+    await bootstrap_token.hand_over(services.pool, settings, terminal)
+    token = (tmp_path / "var" / "bootstrap-admin-token").read_text().strip()
+    assert f"(only its digest is kept): {token}" in terminal.getvalue()
+    assert await api_tokens.role_of(services.pool, token) == "admin"
+    # Once: a second start has nothing to write or say.
+    again = Terminal()
+    await bootstrap_token.hand_over(services.pool, settings, again)
+    assert again.getvalue() == ""
+    assert (tmp_path / "var" / "bootstrap-admin-token").read_text().strip() == token
 
 
 async def test_two_processes_bootstrapping_at_once_make_one_token(

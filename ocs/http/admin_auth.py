@@ -6,7 +6,7 @@ Secure by default (docs/decisions/0011-secure-defaults.md):
   ``ocs.http.endpoint``). The admin API (viewer, operator and admin endpoints)
   needs ``Authorization: Bearer <token>`` whose role (ocs.api_tokens) may do
   it. With no token at all it refuses everything; the first start makes a
-  bootstrap admin token (``ensure_bootstrap_admin_token``). Only
+  bootstrap admin token (``ensure_bootstrap_admin_token``, ``ocs.bootstrap_token``). Only
   ``admin_token_required = false`` restores the trial behaviour: open until the
   first token exists.
 * The call lifecycle and the IVR's PIN queries (role ``switch``) are for
@@ -48,8 +48,9 @@ SWITCH_HINT = (
     " Authorization: Bearer <token>) or add its network to switch_networks"
 )
 ADMIN_HINT = (
-    "the first start printed a bootstrap admin token (or set admin_bootstrap_token);"
-    " `ocs tokens create --name NAME --role admin` makes more"
+    "the first start wrote a bootstrap admin token to bootstrap-admin-token in its data"
+    " directory (or set admin_bootstrap_token); `ocs tokens create --name NAME --role admin`"
+    " makes more"
 )
 
 
