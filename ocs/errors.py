@@ -60,6 +60,8 @@ class Reason(Enum):
     FORBIDDEN = "forbidden"  # the admin API: the token's role may not do this
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # a body in a charset other than UTF-8
     BODY_TOO_LARGE = "body_too_large"  # a body past what ocs reads (1 MiB of JSON)
+    # The admin API: what the configuration file declares, which the API may not change.
+    SET_IN_CONFIG = "set_in_config"
 
     @property
     def http_status(self) -> int:
@@ -113,6 +115,7 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.FORBIDDEN: _ReasonInfo(403, 1, 503),
     Reason.UNSUPPORTED_MEDIA_TYPE: _ReasonInfo(415, 1, 400),
     Reason.BODY_TOO_LARGE: _ReasonInfo(413, 1, 400),
+    Reason.SET_IN_CONFIG: _ReasonInfo(409, 1, 403),
 }
 
 

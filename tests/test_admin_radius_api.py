@@ -1,14 +1,17 @@
 """Admin API for RADIUS: NAS clients reach running servers; call progress over HTTP."""
 
 import asyncio
+from dataclasses import replace
 
+from aiohttp.test_utils import TestClient, TestServer
 from pyrad import packet as rp
 
-from ocs.config import with_overrides
-from ocs.radius.clients import ClientTable
+from ocs.config import RadiusClientConfig, with_overrides
+from ocs.http.app import create_app
+from ocs.radius.clients import ClientTable, load_client_table
 from ocs.radius.dictionary import radius_dictionary
 from ocs.radius.server import RadiusServer
-from tests.conftest import RunningApp, add_plan, eventually
+from tests.conftest import RunningApp, add_plan, bearer, eventually
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -80,6 +83,75 @@ async def test_a_nas_added_through_the_api_is_answered_without_restart(app: Runn
     finally:
         server.close_listeners()
         await server.stop_watching()
+
+
+async def test_a_nas_the_config_file_has_is_refused_and_an_api_one_can_be_removed(
+    app: RunningApp,
+) -> None:
+    """A network the configuration file has was answered 201 and stored, then ignored
+    (the file's entry wins); and nothing removed a NAS added through the API."""
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "card7", "plan": "retail", "balance": "3.50"})
+    configured = RadiusClientConfig("core", "127.0.0.0/30", "file-secret")
+    settings = with_overrides(
+        app.services.settings,
+        radius_host="127.0.0.1",
+        radius_auth_port=0,
+        radius_acct_port=0,
+        radius_clients=(configured,),
+    )
+    services = replace(app.services, settings=settings)
+    client = TestClient(TestServer(create_app(services)), headers=bearer(app.admin_token))
+    await client.start_server()
+    server = RadiusServer(
+        services.calls, settings, await load_client_table(services.pool, settings)
+    )
+    await server.start()
+    await server.watch_clients(services.pool)
+    try:
+        for address in ("127.0.0.0/30", "127.0.0.1/30"):
+            response = await client.post(
+                "/v1/nas-clients", json={"name": "gw", "address": address, "secret": "mine"}
+            )
+            body = await response.json()
+            assert (response.status, body["error"]["reason"], body["error"]["field"]) == (
+                409,
+                "set_in_config",
+                "address",
+            ), body
+        assert (await (await client.get("/v1/nas-clients")).json())["clients"] == []
+
+        # A NAS of its own (more specific than the file's network), then removed.
+        response = await client.post(
+            "/v1/nas-clients", json={"name": "gw-2", "address": "127.0.0.2", "secret": "gw"}
+        )
+        assert response.status == 201, await response.text()
+
+        async def answered_as(secret: bytes) -> bool:
+            return await _ask(server.auth_port, "127.0.0.2", secret, "card7") is not None
+
+        await eventually(lambda: answered_as(b"gw"), what="the API's NAS client")
+        response = await client.delete("/v1/nas-clients/gw-2")
+        assert (response.status, await response.json()) == (200, {"name": "gw-2"})
+        # Its address belongs to the file's network again.
+        await eventually(lambda: answered_as(b"file-secret"), what="the NAS client removed")
+        assert await _ask(server.auth_port, "127.0.0.2", b"gw", "card7") is None
+
+        for name, status, reason in (
+            ("gw-2", 404, "not_found"),
+            ("core", 409, "set_in_config"),
+        ):
+            response = await client.delete(f"/v1/nas-clients/{name}")
+            body = await response.json()
+            assert (response.status, body["error"]["reason"], body["error"]["field"]) == (
+                status,
+                reason,
+                "name",
+            ), body
+    finally:
+        server.close_listeners()
+        await server.stop_watching()
+        await client.close()
 
 
 async def test_bad_nas_client_input_names_the_field(app: RunningApp) -> None:

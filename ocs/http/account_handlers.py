@@ -275,9 +275,11 @@ async def add_nas_client(request: web.Request, params: AddNasClient) -> NasClien
         raise invalid("address", f"not an IP address or CIDR: {params.address!r}") from None
     rules = params.translation
     translation = None if rules is None else validate_rules(rule_dicts(rules))
+    services = services_of(request)
+    radius_clients.refuse_configured(services.settings, network)
     try:
         await radius_clients.add_client(
-            services_of(request).pool,
+            services.pool,
             params.name,
             network,
             params.secret,
@@ -296,6 +298,20 @@ async def add_nas_client(request: web.Request, params: AddNasClient) -> NasClien
         coa_port=params.coa_port,
         translation=rules,
     )
+
+
+class NasClientRemoved(Answer):
+    """A stored NAS client removed: its requests are dropped from now on."""
+
+    name: str
+
+
+async def remove_nas_client(request: web.Request, params: None) -> NasClientRemoved:
+    """DELETE /v1/nas-clients/{name}: stop answering a stored RADIUS NAS client."""
+    name = request.match_info["name"]
+    services = services_of(request)
+    await radius_clients.remove_client(services.pool, services.settings, name)
+    return NasClientRemoved(name=name)
 
 
 class NasClients(Answer):
@@ -402,7 +418,23 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         AddNasClient,
         NasClient,
         status=201,
+        errors=(409,),
+        description="409 (set_in_config, field address) for a network the configuration"
+        " file's radius_clients has: its entry wins, so change it there.",
         answer_description="the NAS client, without its secret",
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/nas-clients/{name}",
+        Role.ADMIN,
+        "Stop answering a RADIUS NAS client added through the API",
+        remove_nas_client,
+        None,
+        NasClientRemoved,
+        errors=(404, 409),
+        description="Every process reloads its clients: the NAS's requests are dropped from"
+        " then on. 409 (set_in_config) for a client of the configuration file: remove it"
+        " there.",
     ),
     Endpoint(
         "GET",

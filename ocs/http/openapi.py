@@ -180,6 +180,10 @@ _PATH_PARAMETERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "minLength": 1, "maxLength": 32},
     },
     "import_id": {"description": "a usage import's id", "schema": _SERIAL},
+    "name": {
+        "description": "a RADIUS NAS client's name",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+    },
 }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from ocs.config import Settings
+from ocs.errors import OcsError, Reason
 from ocs.rating.translation import TranslationSet, translation_from_json, validate_rules
 
 NAS_CHANNEL = "ocs_nas"
@@ -105,6 +106,21 @@ async def load_client_table(pool: asyncpg.Pool, settings: Settings) -> ClientTab
     return ClientTable(clients)
 
 
+def refuse_configured(settings: Settings, network: str) -> None:
+    """409 (field ``address``) for a network the configuration file declares: its
+    client wins over a stored one (``load_client_table``), so a stored one would be
+    ignored without a word."""
+    wanted = ipaddress.ip_network(network, strict=False)
+    for client in settings.radius_clients:
+        if ipaddress.ip_network(client.network, strict=False) == wanted:
+            raise OcsError(
+                Reason.SET_IN_CONFIG,
+                f"the configuration file's radius_clients has {wanted} (as {client.name!r}),"
+                " and its entry wins: change it there",
+                field="address",
+            )
+
+
 async def add_client(
     pool: asyncpg.Pool,
     name: str,
@@ -114,7 +130,8 @@ async def add_client(
     coa_port: int | None = None,
     translation: TranslationSet | None = None,
 ) -> None:
-    """Add or replace a stored NAS client and tell every process to reload the table."""
+    """Add or replace a stored NAS client and tell every process to reload the table.
+    The caller refuses a configured network first (``refuse_configured``)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO nas_clients (name, network, secret, require_message_authenticator,"
@@ -128,6 +145,24 @@ async def add_client(
             coa_port,
             None if translation is None else translation.to_json(),
         )
+        await conn.execute("SELECT pg_notify($1, $2)", NAS_CHANNEL, name)
+
+
+async def remove_client(pool: asyncpg.Pool, settings: Settings, name: str) -> None:
+    """Remove a stored NAS client and tell every process to reload the table: its
+    requests are dropped from then on. 404 for no stored client of that name; 409 for
+    one the configuration file declares (only the file can remove it)."""
+    async with pool.acquire() as conn, conn.transaction():
+        deleted = await conn.fetchval("DELETE FROM nas_clients WHERE name = $1 RETURNING 1", name)
+        if deleted is None:
+            if any(c.name == name for c in settings.radius_clients):
+                raise OcsError(
+                    Reason.SET_IN_CONFIG,
+                    f"NAS client {name!r} is in the configuration file's radius_clients:"
+                    " remove it there",
+                    field="name",
+                )
+            raise OcsError(Reason.NOT_FOUND, f"no NAS client {name!r}", field="name")
         await conn.execute("SELECT pg_notify($1, $2)", NAS_CHANNEL, name)
 
 
