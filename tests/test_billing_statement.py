@@ -175,3 +175,50 @@ async def test_a_posted_statement_is_final(services: Services) -> None:
                 at(5, 1, 0),
                 at(6, 1, 0),
             )
+
+
+async def test_periods_drafted_before_the_one_before_them_was_posted_follow_it_when_posted(
+    services: Services,
+) -> None:
+    # A worker catching up drafts every due period, then posts them: each statement is
+    # completed at posting from the invoices posted before it, not frozen as drafted.
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await services.accounts.create(AccountSpec("pp", plan_id="retail", credit_limit=100 * EUR))
+    sub = await subscribe(services.pool, Subscription("pp", "retail", date(2026, 1, 1)))
+    await add_charge(services.pool, sub, "rent")
+    await ledger_row(services, "0-1", "pp", "topup", 10 * EUR, at(1, 2))
+
+    jan = await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    feb = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    mar = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    # January and February posted together, March after them; the ledger writer has
+    # brought none of their money to PostgreSQL yet.
+    await posting.post(services.pool, services.store, invoice_ids=[
+        await invoice_id(services, "pp", "2026-01"), await invoice_id(services, "pp", "2026-02")
+    ])  # fmt: skip
+    await posting.post(services.pool, services.store, run_id=mar)
+    assert (jan, feb) != (0, 0)
+
+    found = [
+        await statement(services.pool, await invoice_id(services, "pp", label))
+        for label in ("2026-01", "2026-02", "2026-03")
+    ]
+    # January: the 10.00 top-up pays its rent, closing 0. February starts there and owes
+    # its rent, 10.00; March starts at -10.00 and owes 20.00.
+    assert [(s.previous_balance, s.payments, s.new_charges) for s in found] == [
+        (0, 10 * EUR, 10 * EUR),
+        (0, 0, 10 * EUR),
+        (-10 * EUR, 0, 10 * EUR),
+    ]
+    assert [(s.closing_balance, s.amount_due) for s in found] == [
+        (0, 0),
+        (-10 * EUR, 10 * EUR),
+        (-20 * EUR, 20 * EUR),
+    ]
+
+    # Once the ledger writer brings the postings' entries, they are not counted twice.
+    await ledger_caught_up(services, 3)
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    april = await statement(services.pool, await invoice_id(services, "pp", "2026-04"))
+    assert (april.previous_balance, april.closing_balance) == (-20 * EUR, -30 * EUR)

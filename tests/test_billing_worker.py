@@ -15,8 +15,11 @@ import pytest
 from redis.asyncio import Redis
 
 from ocs.balances import keys
+from ocs.balances.accounts import AccountSpec
 from ocs.billing import runs
 from ocs.billing.cycles import PlanBilling
+from ocs.billing.owed import asks_sql
+from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.billing.worker import BillingWorker, WorkerSettings, due_period, due_periods
 from ocs.config import Settings
 from ocs.demo import BILLING_ACCOUNT, run_demo
@@ -384,4 +387,39 @@ async def test_a_plans_later_run_waits_while_an_earlier_one_is_unfinished(
     assert [(a, label) for a, label, _ in await _totals(services)] == [
         ("a0", "2026-03"),
         ("a0", "2026-04"),
+    ]
+
+
+async def test_a_back_filled_period_starts_at_the_closing_balance_of_the_one_before(
+    services: Services,
+) -> None:
+    # Down over January and February: the worker drafts both, then posts both. February
+    # was drafted before January's money moved; posted, it asks for its rent.
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await services.accounts.create(AccountSpec("pp", plan_id="retail", credit_limit=100 * EUR))
+    sub = await subscribe(services.pool, Subscription("pp", "retail", date(2026, 1, 1)))
+    await add_charge(services.pool, sub, "rent")
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO ledger (entry_id, account_id, kind, amount, balance_after,"
+            " occurred_at) VALUES ('0-1', 'pp', 'topup', $1, $1, $2)",
+            10 * EUR,
+            datetime(2026, 1, 2, tzinfo=UTC),
+        )
+    worker = BillingWorker(
+        services.pool,
+        WorkerSettings(run_delay=0),
+        clock=lambda: datetime(2026, 3, 2, tzinfo=UTC),
+        store=services.store,
+    )
+    await worker.run_once()
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT period_label, state, previous_balance, closing_balance, amount_due,"
+            f" {asks_sql()} AS asks FROM invoices ORDER BY period_start"
+        )
+    assert [tuple(r) for r in rows] == [
+        ("2026-01", "posted", 0, 0, 0, 0),
+        ("2026-02", "posted", 0, -10 * EUR, 10 * EUR, 10 * EUR),
     ]

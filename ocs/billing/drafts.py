@@ -156,21 +156,22 @@ TOTALS_JOIN = (
 # A group's new drafts, whole: totals and statement with them (``write``). Column arrays
 # $1-$12 (account, currency, subtotal, tax total, then the statement's figures from
 # ``prepaid``), shared values from $13 (``_invoice_settings``), then each account's
-# ``late_after_snapshot`` as $25 (decision 0050). An invoice that exists is
+# ``late_after_snapshot`` as $25 (decision 0050) and its statement's ``ledger_before``
+# as $26 (migration 0051). An invoice that exists is
 # left alone (ON CONFLICT): ``write`` locks and updates it if it is a draft.
 _INSERT_SQL = """
 INSERT INTO invoices (account_id, currency, subtotal, tax_total, total, prepaid,
     previous_balance, payments, debited, posting_charges, new_charges, closing_balance,
     amount_due, plan_id, period_start, period_end, period_label, issuer, message,
     invoice_date, run_id, taxes_calculated, window_start, window_end, usage_snapshot,
-    late_after_snapshot)
+    late_after_snapshot, ledger_before)
 SELECT a, c, n, t, n + t, pp, pb, pay, deb, pc, nc, cb, due,
        $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24::text::pg_snapshot,
-       la::pg_snapshot
+       la::pg_snapshot, lb
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::boolean[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-            $11::bigint[], $12::bigint[], $25::text[])
-     AS u(a, c, n, t, pp, pb, pay, deb, pc, nc, cb, due, la)
+            $11::bigint[], $12::bigint[], $25::text[], $26::bigint[])
+     AS u(a, c, n, t, pp, pb, pay, deb, pc, nc, cb, due, la, lb)
 ORDER BY a
 ON CONFLICT (account_id, period_start) WHERE kind = 'invoice' DO NOTHING
 RETURNING id, account_id
@@ -178,17 +179,19 @@ RETURNING id, account_id
 
 # Drafts of an earlier run, recomputed: ids $1, then the arrays of ``_INSERT_SQL`` from $3
 # (subtotal) to $12 as $2-$11, then invoice date, run, taxes switch, window and the CDRs'
-# snapshot ($12-$17), then each draft's ``late_after_snapshot`` ($18).
+# snapshot ($12-$17), then each draft's ``late_after_snapshot`` ($18) and ``ledger_before``
+# ($19).
 _UPDATE_SQL = """
 UPDATE invoices i SET subtotal = d.n, tax_total = d.t, total = d.n + d.t, tax_error = NULL,
     prepaid = d.pp, previous_balance = d.pb, payments = d.pay, debited = d.deb,
     posting_charges = d.pc, new_charges = d.nc, closing_balance = d.cb, amount_due = d.due,
     invoice_date = $12, run_id = $13, taxes_calculated = $14, window_start = $15,
     window_end = $16, usage_snapshot = $17::text::pg_snapshot,
-    late_after_snapshot = d.la::pg_snapshot
+    late_after_snapshot = d.la::pg_snapshot, ledger_before = d.lb
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[], $5::bigint[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-            $11::bigint[], $18::text[]) AS d(id, n, t, pp, pb, pay, deb, pc, nc, cb, due, la)
+            $11::bigint[], $18::text[], $19::bigint[])
+     AS d(id, n, t, pp, pb, pay, deb, pc, nc, cb, due, la, lb)
 WHERE i.id = d.id
 """
 
@@ -494,7 +497,10 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
                 net += line.amount
             if line.moves_money:
                 posting += line.amount
-        shown = statement_of(window, *figures[account], posting)
+        read = figures[account]
+        shown = statement_of(
+            window, read.prepaid, read.previous, read.payments, read.debited, posting
+        )
         rows_in.append((account, computed[account][0], net, tax, *shown.figures()))
     # Column arrays for unnest (12 of them, empty for an empty group).
     columns: list[list[object]] = [list(c) for c in zip(*rows_in, strict=True)] or [
@@ -503,7 +509,11 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
     settings = _invoice_settings(group, options, window, drafted.usage_snapshot)
     late_after = drafted.late_after
     inserted = await conn.fetch(
-        _INSERT_SQL, *columns, *settings, [late_after.get(a) for a in accounts]
+        _INSERT_SQL,
+        *columns,
+        *settings,
+        [late_after.get(a) for a in accounts],
+        [figures[a].ledger_before for a in accounts],
     )
     new = {r["account_id"]: r["id"] for r in inserted}
     # An invoice made by an earlier run (or another worker) is locked in account order, as
@@ -550,6 +560,7 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
             *(list(c) for c in zip(*picked, strict=True)),
             *settings[6:],
             [late_after.get(a) for a, _ in earlier],
+            [figures[a].ledger_before for a, _ in earlier],
         )
     return Written(drafts=len(drafts), final=len(new) + len(rows) - len(drafts))
 

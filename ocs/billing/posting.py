@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
-from ocs.billing import commitments, credit, taxing
+from ocs.billing import commitments, credit, statement, taxing
 from ocs.billing.taxes import TaxEngine
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
@@ -109,12 +109,17 @@ async def assign_numbers(conn: asyncpg.Connection, invoice_ids: list[int]) -> di
     invoice, taxes included). The drafts are locked (id order), then each
     sequence row (issuer, year order) moves on by as many, then one UPDATE
     numbers them all: the numbers never leave the database but in the answer.
+    Before they are numbered, their statements are completed from the invoices posted
+    before them (``statement.complete_statements``): a posted statement is final.
     Each invoice (or credit note) posted is announced (``invoice.posted``, one
     event each) in the same transaction.
     """
     locked = await conn.fetch(_LOCK_DRAFTS_SQL, invoice_ids)
     if not locked:
         return {}
+    # Their statements follow the invoices posted before them, these included: a period
+    # drafted before the one before it was posted would otherwise keep what it saw then.
+    await statement.complete_statements(conn, [row["id"] for row in locked])
     drafts = Counter((row["issuer"], row["year"]) for row in locked)
     issuers: list[str] = []
     years: list[int] = []

@@ -4,9 +4,16 @@ Every invoice says: previous balance, payments, new charges, closing balance
 (decision 0020, migration 0021). The figures are the ledger's exact
 micro-units for the statement window (the invoice's usage window):
 
-- ``previous_balance``: the ledger's sum before the window, with the money of
-  earlier invoices' lines counted whenever it moved (posting comes after a
-  period ends; it belongs to the invoice that billed it);
+- ``previous_balance``: the ledger's sum before the window, invoice lines'
+  entries aside (``ledger_before``), plus the money of the account's posted
+  invoices of earlier periods and their credit notes, counted from their
+  lines that move money, whenever it moves (posting comes after a period
+  ends; it belongs to the invoice that billed it). Counted from the lines,
+  not from the ledger rows they make: those reach PostgreSQL through the
+  ledger writer later. A draft counts the invoices posted when it is written;
+  posting completes it in its own transaction with those posted since
+  (``complete_statements``), so a period drafted before the one before it was
+  posted still starts at that one's closing balance;
 - ``payments``: opening balance and top-ups in the window;
 - ``debited``: what the real-time path took in the window (calls, usage
   events, counter fees, less any other credit), the invoice's own reporting
@@ -19,7 +26,8 @@ micro-units for the statement window (the invoice's usage window):
 
 A prepaid account (no credit limit) reads it as what was debited in real
 time plus what posting moves now; a postpaid account's amount due is what it
-owes after posting. One statement of a group of drafts is one query.
+owes after posting. One statement of a group of drafts is one query, and
+so is completing those a posting numbers.
 """
 
 from dataclasses import dataclass
@@ -32,51 +40,86 @@ from ocs.errors import OcsError, Reason
 # Ledger kinds that bring money in from outside (the rest, not invoice money, is debited).
 PAYMENT_KINDS = ("opening", "topup")
 
-_STATEMENT_SQL = """
+# The ledger rows of accounts (``{accounts}``) before an instant (``{until}``), each
+# invoice line's row aside: that money is counted from the lines (``_EARLIER_MONEY``).
+_LEDGER = """
+SELECT e.account_id, e.kind, e.amount, e.occurred_at
+FROM ledger e
+LEFT JOIN invoice_lines l
+  ON l.id = CASE WHEN e.reference ~ '^inv:[0-9]{{1,18}}$'
+                 THEN substr(e.reference, 5)::bigint END
+WHERE e.account_id {accounts} AND e.occurred_at < {until} AND l.id IS NULL
+"""
+
+# The money of each statement's earlier invoices, from their lines: for each row of
+# ``t`` (id, account_id, period_start), the lines that move money of the account's
+# invoices of an earlier period that are posted ({posted}), and of their credit notes,
+# as the ledger records them (a line of amount A moves -A: a charge debits, a credit
+# credits). Invoices are found by their (account, period) index, credit notes by the
+# invoice they void.
+_EARLIER_MONEY = """
+SELECT t.id, -sum(l.amount) AS money
+FROM t
+JOIN invoices j ON j.account_id = t.account_id AND j.kind = 'invoice'
+     AND j.period_start < t.period_start AND {posted}
+LEFT JOIN invoices c ON c.voids_invoice_id = j.id AND c.state <> 'draft'
+CROSS JOIN LATERAL (VALUES (j.id), (c.id)) AS doc(id)
+JOIN invoice_lines l ON l.invoice_id = doc.id AND l.moves_money
+GROUP BY t.id
+"""
+
+_STATEMENT_SQL = f"""
 WITH d AS (
     SELECT i.id, i.account_id, i.period_start, a.credit_limit = 0 AS prepaid
     FROM invoices i JOIN accounts a ON a.id = i.account_id
     WHERE i.id = ANY($1::bigint[])
 ),
-g AS (
-    SELECT e.account_id, e.kind, e.amount, e.occurred_at,
-           CASE WHEN e.reference ~ '^inv:[0-9]{1,18}$'
-                THEN substr(e.reference, 5)::bigint END AS line_id
-    FROM ledger e
-    WHERE e.account_id IN (SELECT account_id FROM d)
-      AND (e.occurred_at < $3 OR e.reference LIKE 'inv:%')
-),
--- An invoice line's money belongs to the line's invoice, whenever it moved.
-gi AS (
-    SELECT g.account_id, g.kind, g.amount, g.occurred_at, i.id AS invoice_id,
-           i.period_start AS invoice_start
-    FROM g LEFT JOIN invoice_lines l ON l.id = g.line_id
-    LEFT JOIN invoices i ON i.id = l.invoice_id
-),
+t AS (SELECT id, account_id, period_start FROM d),
+g AS ({_LEDGER.format(accounts="IN (SELECT account_id FROM d)", until="$3")}),
+m AS ({_EARLIER_MONEY.format(posted="j.state <> 'draft'")}),
 s AS (
     SELECT d.id, d.prepaid,
-           COALESCE(sum(gi.amount) FILTER (
-               WHERE (gi.invoice_id IS NULL AND gi.occurred_at < $2)
-                  OR (gi.invoice_id <> d.id AND gi.invoice_start < d.period_start)), 0)
-             AS previous,
-           COALESCE(sum(gi.amount) FILTER (
-               WHERE gi.invoice_id IS NULL AND gi.occurred_at >= $2 AND gi.occurred_at < $3
-                 AND gi.kind = ANY($4::text[])), 0) AS payments,
-           COALESCE(-sum(gi.amount) FILTER (
-               WHERE gi.invoice_id IS NULL AND gi.occurred_at >= $2 AND gi.occurred_at < $3
-                 AND gi.kind <> ALL($4::text[])), 0) AS debited,
+           COALESCE(sum(g.amount) FILTER (WHERE g.occurred_at < $2), 0) AS ledger_before,
+           COALESCE(sum(g.amount) FILTER (
+               WHERE g.occurred_at >= $2 AND g.kind = ANY($4::text[])), 0) AS payments,
+           COALESCE(-sum(g.amount) FILTER (
+               WHERE g.occurred_at >= $2 AND g.kind <> ALL($4::text[])), 0) AS debited,
            COALESCE((SELECT sum(l.amount) FROM invoice_lines l
-                     WHERE l.invoice_id = d.id AND l.moves_money), 0) AS posting
-    FROM d LEFT JOIN gi ON gi.account_id = d.account_id
+                     WHERE l.invoice_id = d.id AND l.moves_money), 0) AS posting,
+           COALESCE(min(m.money), 0) AS money
+    FROM d LEFT JOIN g ON g.account_id = d.account_id LEFT JOIN m ON m.id = d.id
     GROUP BY d.id, d.prepaid
 )
 UPDATE invoices i
-SET window_start = $2, window_end = $3, prepaid = s.prepaid,
-    previous_balance = s.previous, payments = s.payments, debited = s.debited,
+SET window_start = $2, window_end = $3, prepaid = s.prepaid, ledger_before = s.ledger_before,
+    previous_balance = s.ledger_before + s.money, payments = s.payments, debited = s.debited,
     posting_charges = s.posting, new_charges = s.debited + s.posting,
-    closing_balance = s.previous + s.payments - s.debited - s.posting,
-    amount_due = GREATEST(-(s.previous + s.payments - s.debited - s.posting), 0)
+    closing_balance = s.ledger_before + s.money + s.payments - s.debited - s.posting,
+    amount_due = GREATEST(-(s.ledger_before + s.money + s.payments - s.debited - s.posting), 0)
 FROM s WHERE i.id = s.id
+"""
+
+# The statements of drafts about to be posted ($1: the drafts this posting locked),
+# completed in the posting's transaction: the previous balance is the ledger part read
+# when each was drafted plus the money of the invoices of earlier periods as posted now,
+# those this posting numbers included, so a period drafted before the one before it
+# was posted follows it. The rest was read when drafted (the window's ledger rows) or
+# kept in step with the lines (posting charges: drafting, taxing). Drafted before
+# migration 0051 and never recomputed (no ledger_before): left as drafted.
+_COMPLETE_SQL = f"""
+WITH t AS (
+    SELECT i.id, i.account_id, i.period_start, i.ledger_before FROM invoices i
+    WHERE i.id = ANY($1::bigint[]) AND i.kind = 'invoice' AND i.state = 'draft'
+      AND i.ledger_before IS NOT NULL
+),
+m AS ({_EARLIER_MONEY.format(posted="(j.state <> 'draft' OR j.id = ANY($1::bigint[]))")}),
+s AS (SELECT t.id, t.ledger_before + COALESCE(m.money, 0) AS previous
+      FROM t LEFT JOIN m ON m.id = t.id)
+UPDATE invoices i
+SET previous_balance = s.previous,
+    closing_balance = s.previous + i.payments - i.new_charges,
+    amount_due = GREATEST(-(s.previous + i.payments - i.new_charges), 0)
+FROM s WHERE i.id = s.id AND i.previous_balance <> s.previous
 """
 
 
@@ -111,39 +154,42 @@ class Statement:
 
 # The ledger figures of a group of accounts' statements, before their drafts are written:
 # the same sums as _STATEMENT_SQL, by account. A draft's own lines never moved money
-# (only a posted invoice's do), so no invoice needs leaving out of "previous".
-_FIGURES_SQL = """
+# (only a posted invoice's do), so no invoice needs leaving out of the earlier money.
+_FIGURES_SQL = f"""
 WITH d AS (
     SELECT a.id AS account_id, a.credit_limit = 0 AS prepaid
     FROM accounts a WHERE a.id = ANY($1::text[])
 ),
-g AS (
-    SELECT e.account_id, e.kind, e.amount, e.occurred_at,
-           CASE WHEN e.reference ~ '^inv:[0-9]{1,18}$'
-                THEN substr(e.reference, 5)::bigint END AS line_id
-    FROM ledger e
-    WHERE e.account_id = ANY($1::text[])
-      AND (e.occurred_at < $3 OR e.reference LIKE 'inv:%')
-),
-gi AS (
-    SELECT g.account_id, g.kind, g.amount, g.occurred_at, i.id AS invoice_id,
-           i.period_start AS invoice_start
-    FROM g LEFT JOIN invoice_lines l ON l.id = g.line_id
-    LEFT JOIN invoices i ON i.id = l.invoice_id
-)
+t AS (SELECT account_id AS id, account_id, $5::timestamptz AS period_start FROM d),
+g AS ({_LEDGER.format(accounts="= ANY($1::text[])", until="$3")}),
+m AS ({_EARLIER_MONEY.format(posted="j.state <> 'draft'")})
 SELECT d.account_id, d.prepaid,
-       COALESCE(sum(gi.amount) FILTER (
-           WHERE (gi.invoice_id IS NULL AND gi.occurred_at < $2)
-              OR (gi.invoice_id IS NOT NULL AND gi.invoice_start < $5)), 0)::bigint AS previous,
-       COALESCE(sum(gi.amount) FILTER (
-           WHERE gi.invoice_id IS NULL AND gi.occurred_at >= $2 AND gi.occurred_at < $3
-             AND gi.kind = ANY($4::text[])), 0)::bigint AS payments,
-       COALESCE(-sum(gi.amount) FILTER (
-           WHERE gi.invoice_id IS NULL AND gi.occurred_at >= $2 AND gi.occurred_at < $3
-             AND gi.kind <> ALL($4::text[])), 0)::bigint AS debited
-FROM d LEFT JOIN gi ON gi.account_id = d.account_id
+       COALESCE(sum(g.amount) FILTER (WHERE g.occurred_at < $2), 0)::bigint AS ledger_before,
+       COALESCE(min(m.money), 0)::bigint AS money,
+       COALESCE(sum(g.amount) FILTER (
+           WHERE g.occurred_at >= $2 AND g.kind = ANY($4::text[])), 0)::bigint AS payments,
+       COALESCE(-sum(g.amount) FILTER (
+           WHERE g.occurred_at >= $2 AND g.kind <> ALL($4::text[])), 0)::bigint AS debited
+FROM d LEFT JOIN g ON g.account_id = d.account_id LEFT JOIN m ON m.id = d.account_id
 GROUP BY d.account_id, d.prepaid
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What a draft's statement reads besides its own lines, by account.
+
+    ``ledger_before``: the ledger before the window, invoice lines' entries aside;
+    ``previous``: that plus the money of the invoices of earlier periods posted when
+    the draft is written (posting completes it with those posted since,
+    ``complete_statements``); ``payments`` and ``debited``: the window's ledger rows.
+    """
+
+    prepaid: bool
+    ledger_before: int
+    previous: int
+    payments: int
+    debited: int
 
 
 def statement_of(
@@ -177,16 +223,23 @@ async def statement_figures(
     account_ids: list[str],
     period_start: datetime,
     window: tuple[datetime, datetime],
-) -> dict[str, tuple[bool, int, int, int]]:
-    """Account -> (prepaid, previous balance, payments, debited) for drafts of the period
-    starting at ``period_start`` over ``window``, in one query: what a draft's statement
-    needs besides its own lines, read before the drafts are written (so a new draft is
-    inserted whole, not inserted and then updated)."""
+) -> dict[str, Figures]:
+    """Account -> its ``Figures`` for drafts of the period starting at ``period_start``
+    over ``window``, in one query: what a draft's statement needs besides its own lines,
+    read before the drafts are written (so a new draft is inserted whole, not inserted
+    and then updated)."""
     rows = await conn.fetch(
         _FIGURES_SQL, account_ids, window[0], window[1], list(PAYMENT_KINDS), period_start
     )
     return {
-        r["account_id"]: (r["prepaid"], r["previous"], r["payments"], r["debited"]) for r in rows
+        r["account_id"]: Figures(
+            r["prepaid"],
+            r["ledger_before"],
+            r["ledger_before"] + r["money"],
+            r["payments"],
+            r["debited"],
+        )
+        for r in rows
     }
 
 
@@ -199,6 +252,20 @@ async def write_statements(
     """
     if draft_ids:
         await conn.execute(_STATEMENT_SQL, draft_ids, window[0], window[1], list(PAYMENT_KINDS))
+
+
+async def complete_statements(conn: asyncpg.Connection, draft_ids: list[int]) -> None:
+    """Complete the statements of the drafts being posted, in the posting's transaction,
+    after they are locked and before they are numbered (a posted statement is final).
+
+    Their previous balance becomes the ledger part read when each was drafted plus the
+    money of the account's invoices of earlier periods as they stand now, the drafts in
+    ``draft_ids`` counted as posted: so an invoice drafted before the one before it was
+    posted follows it (its previous balance is that invoice's closing balance), however
+    late the ledger writer brings those invoices' ledger rows. One query.
+    """
+    if draft_ids:
+        await conn.execute(_COMPLETE_SQL, draft_ids)
 
 
 async def statement(pool: asyncpg.Pool, invoice_id: int) -> Statement:
