@@ -287,7 +287,9 @@ def _add_billing(commands: "Commands") -> None:
     brun.add_argument("--period", required=True, help="e.g. 2026-12, or 2026-12-05..2027-01-05")
     brun.add_argument("--plan", help="only this plan (a manual plan must be named)")
     brun.add_argument("--invoice-date", help="YYYY-MM-DD (default: today, UTC)")
-    brun.add_argument("--charge-cutoff", help="charges created after it wait for the next run")
+    brun.add_argument(
+        "--charge-cutoff", help="charges created after it are billed by the next invoice"
+    )
     brun.add_argument("--usage-cutoff", help="rated usage up to this instant is included")
     brun.add_argument("--no-taxes", action="store_true", help="an untaxed draft")
     post = add_command(

@@ -9,9 +9,15 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from ocs.billing import runs
+from ocs.billing import posting, runs
 from ocs.billing.cycles import PlanBilling
-from ocs.billing.store import Charge, create_charge, set_plan_billing
+from ocs.billing.store import (
+    Charge,
+    add_charge,
+    change_charge,
+    create_charge,
+    set_plan_billing,
+)
 from ocs.errors import OcsError
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer, invoices, monthly, run
@@ -135,7 +141,8 @@ async def test_the_charge_cutoff_includes_a_charge_created_at_it_and_not_one_aft
 
     found = {i["account"]: i["total"] for i in await invoices(services)}
     # c1's charge was created exactly at the cut-off: billed. c2's one microsecond
-    # later: it waits for the next run.
+    # later: left out of this run (a rerun of the period bills it, or else the next
+    # invoice does: test_a_charge_created_after_the_cutoff_is_billed_by_the_next_invoice).
     assert found == {"c1": 10 * EUR, "c2": 0}
 
     # A run without the cut-off recomputes the draft and bills it.
@@ -255,3 +262,137 @@ async def test_a_manual_plan_invoices_a_named_past_period_once(services: Service
     # A run of every plan leaves the manual plan alone.
     await run(services, "2026-03")
     assert len(await invoices(services)) == 1
+
+
+async def _created_at(services: Services, item: int, when: datetime) -> None:
+    """Date a subscription charge's creation (when the store recorded it)."""
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE subscription_charges SET created_at = $2 WHERE id = $1", item, when
+        )
+
+
+async def _charge_lines(services: Services, account: str) -> dict[str, list[tuple[str, int]]]:
+    """Each invoice of the account (by label): its lines' descriptions and amounts."""
+    return {
+        i["label"]: [(line["description"], line["amount"]) for line in i["lines"]]
+        for i in await invoices(services)
+        if i["account"] == account
+    }
+
+
+async def test_a_charge_created_after_the_cutoff_is_billed_by_the_next_invoice(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await monthly(services, "late", 4 * EUR)
+    cutoff = datetime(2026, 3, 31, 18, tzinfo=UTC)
+    sub = await customer(services, "c2", "rent", date(2026, 1, 1))
+    async with services.pool.acquire() as conn:
+        await conn.execute("UPDATE subscription_charges SET created_at = '2026-01-01T00:00Z'")
+    # A 4.00 monthly charge from March 1, recorded an hour after March's cut-off.
+    item = await add_charge(services.pool, sub, "late", start_date=date(2026, 3, 1))
+    await _created_at(services, item, cutoff + timedelta(hours=1))
+
+    await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    march = await run(services, "2026-03", charge_cutoff=cutoff)
+    await posting.post(services.pool, services.store, run_id=march)
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
+
+    # March left it out; April bills March's 4.00 beside its own, and May only its own.
+    assert await _charge_lines(services, "c2") == {
+        "2026-02": [("Line rent rent", 10 * EUR)],
+        "2026-03": [("Line rent rent", 10 * EUR)],
+        "2026-04": [
+            ("Line rent late", 4 * EUR),
+            ("Line rent late", 4 * EUR),
+            ("Line rent rent", 10 * EUR),
+        ],
+        "2026-05": [("Line rent late", 4 * EUR), ("Line rent rent", 10 * EUR)],
+    }
+    async with services.pool.acquire() as conn:
+        spans = await conn.fetch(
+            "SELECT l.period_start, l.period_end FROM invoice_lines l"
+            " JOIN invoices i ON i.id = l.invoice_id"
+            " WHERE i.period_label = '2026-04' AND l.charge_id = 'late' ORDER BY l.position"
+        )
+    assert [(r["period_start"].date(), r["period_end"].date()) for r in spans] == [
+        (date(2026, 3, 1), date(2026, 4, 1)),
+        (date(2026, 4, 1), date(2026, 5, 1)),
+    ]
+
+
+async def test_a_charge_billed_by_a_rerun_of_its_period_is_not_billed_again(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await monthly(services, "late", 4 * EUR)
+    cutoff = datetime(2026, 3, 31, 18, tzinfo=UTC)
+    sub = await customer(services, "c2", "rent", date(2026, 1, 1))
+    item = await add_charge(services.pool, sub, "late", start_date=date(2026, 3, 1))
+    await _created_at(services, item, cutoff + timedelta(hours=1))
+
+    await run(services, "2026-03", charge_cutoff=cutoff)
+    march = await run(services, "2026-03")  # the operator reruns it without the cut-off
+    await posting.post(services.pool, services.store, run_id=march)
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    found = await _charge_lines(services, "c2")
+    assert found["2026-03"] == [("Line rent late", 4 * EUR), ("Line rent rent", 10 * EUR)]
+    assert found["2026-04"] == [("Line rent late", 4 * EUR), ("Line rent rent", 10 * EUR)]
+
+
+async def test_an_upgrade_recorded_after_the_cutoff_bills_the_new_days_on_the_next_invoice(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await monthly(services, "plus", 31 * EUR)
+    sub = await customer(services, "u1", None, date(2026, 1, 1))
+    rent = await add_charge(services.pool, sub, "rent")
+    await _created_at(services, rent, datetime(2026, 1, 1, tzinfo=UTC))
+    cutoff = datetime(2026, 3, 31, 18, tzinfo=UTC)
+    # On April 2 the operator records an upgrade from rent to plus on March 16.
+    await change_charge(services.pool, rent, "plus", date(2026, 3, 16))
+
+    march = await run(services, "2026-03", charge_cutoff=cutoff)
+    await posting.post(services.pool, services.store, run_id=march)
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    # March: rent for Mar 1-15, 10.00 x 15/31 = 4.838709 -> 4.84. April: plus for
+    # Mar 16-31, 31.00 x 16/31 = 16.00, then April whole, 31.00.
+    assert await _charge_lines(services, "u1") == {
+        "2026-03": [("Line rent rent (15/31 days)", 4_840_000)],
+        "2026-04": [("Line rent plus (16/31 days)", 16 * EUR), ("Line rent plus", 31 * EUR)],
+    }
+
+
+async def test_a_one_time_charge_created_after_the_cutoff_is_billed_by_the_next_invoice(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await create_charge(
+        services.pool, Charge("setup", "Installation", "SETUP", "EUR", 25 * EUR, "one_time")
+    )
+    cutoff = datetime(2026, 3, 31, 18, tzinfo=UTC)
+    sub = await customer(services, "o1", "rent", date(2026, 1, 1))
+    async with services.pool.acquire() as conn:
+        await conn.execute("UPDATE subscription_charges SET created_at = '2026-01-01T00:00Z'")
+    item = await add_charge(services.pool, sub, "setup", start_date=date(2026, 3, 10))
+    await _created_at(services, item, cutoff + timedelta(hours=1))
+
+    march = await run(services, "2026-03", charge_cutoff=cutoff)
+    await posting.post(services.pool, services.store, run_id=march)
+    april = await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await posting.post(services.pool, services.store, run_id=april)
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
+
+    assert await _charge_lines(services, "o1") == {
+        "2026-03": [("Line rent rent", 10 * EUR)],
+        "2026-04": [("Line rent rent", 10 * EUR), ("Installation", 25 * EUR)],
+        "2026-05": [("Line rent rent", 10 * EUR)],
+    }

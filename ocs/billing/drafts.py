@@ -23,7 +23,7 @@ tax lines at posting, from the stored lines, by the plan's rules or its engine.
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
@@ -40,6 +40,7 @@ from ocs.billing.lines import (
     billed_window_start,
     cut_short_window_start,
     invoice_lines,
+    late_window_start,
     targets,
 )
 from ocs.billing.periods import Period, Schedule, Unit
@@ -56,14 +57,16 @@ from ocs.errors import OcsError, Reason
 
 # Each item with its source, the instance it bills (``lines.Item``): the subscription, or
 # the number's assignment; and when its end was recorded, the latest of the rows its end
-# is the least of (migration 0044; GREATEST skips a NULL, an end recorded before it).
+# is the least of (migration 0044; GREATEST skips a NULL, an end recorded before it); and
+# when it came to exist, its rows' latest ``created_at`` (``lines.recorded_late``).
 _ITEMS_SQL = """
 SELECT s.account_id, c.id AS charge_id, sc.id AS item_id, c.name, c.amount, sc.quantity,
        c.kind, c.cadence, c.every_days, c.timing,
        GREATEST(s.start_date, sc.start_date) AS start,
        LEAST(sc.end_date, s.end_date, s.cancelled_on) AS "end", NULL::text AS number,
        s.id AS subscription_id, NULL::bigint AS account_number_id,
-       GREATEST(sc.end_recorded_at, s.end_recorded_at) AS end_recorded
+       GREATEST(sc.end_recorded_at, s.end_recorded_at) AS end_recorded,
+       GREATEST(sc.created_at, s.created_at) AS recorded
 FROM subscriptions s
 JOIN subscription_charges sc ON sc.subscription_id = s.id
 JOIN charges c ON c.id = sc.charge_id
@@ -72,7 +75,8 @@ WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
 UNION ALL
 SELECT s.account_id, c.id, NULL, c.name, c.amount, 1,
        c.kind, c.cadence, c.every_days, c.timing,
-       s.start_date, LEAST(s.end_date, s.cancelled_on), NULL, s.id, NULL, s.end_recorded_at
+       s.start_date, LEAST(s.end_date, s.cancelled_on), NULL, s.id, NULL, s.end_recorded_at,
+       GREATEST(c.created_at, s.created_at)
 FROM subscriptions s
 JOIN charges c ON c.plan_id = s.plan_id AND c.kind NOT IN ('counter', 'triggered')
 WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
@@ -80,29 +84,40 @@ WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
 UNION ALL
 SELECT n.account_id, c.id, NULL, c.name, c.amount, 1,
        c.kind, c.cadence, c.every_days, c.timing, n.start_date, n.end_date, n.number,
-       NULL, n.id, n.end_recorded_at
+       NULL, n.id, n.end_recorded_at, n.created_at
 FROM account_numbers n
 JOIN charges c ON c.id = n.charge_id
 WHERE n.account_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR n.created_at <= $2)
 """
 
 # The accounts with an invoice before this one (their billing has begun), and when the
-# newest of them was made: an end recorded after it may not have been seen (0046).
+# newest of them was made: an end recorded after it may not have been seen (0046). And
+# until when the invoice of the latest earlier period read the items, void or not (what
+# a void invoice billed was seen, and is not billed again behind the operator's back):
+# its run's charge cut-off, or its making where that came first or there was none (an
+# item recorded after it, ``lines.recorded_late``). A draft recomputed later may have
+# seen more: reading its lines finds that.
 _EARLIER_SQL = """
-SELECT account_id, min(period_start) AS began, max(created_at) AS newest FROM invoices
-WHERE account_id = ANY($1::text[]) AND kind = 'invoice' AND state <> 'void' AND period_start < $2
-GROUP BY account_id
+SELECT i.account_id,
+       min(i.period_start) FILTER (WHERE i.state <> 'void') AS began,
+       max(i.created_at) FILTER (WHERE i.state <> 'void') AS newest,
+       (array_agg(LEAST(i.created_at, COALESCE(r.charge_cutoff, i.created_at))
+                  ORDER BY i.period_start DESC))[1] AS seen
+FROM invoices i LEFT JOIN invoice_runs r ON r.id = i.run_id
+WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.period_start < $2
+GROUP BY i.account_id
 """
 
 # What earlier invoices billed of the charges, from the first charge period to reconcile;
-# each line with its source (none for a line written before migration 0043).
+# each line with its source (none for a line written before migration 0043). A one-time
+# charge's line has no end: it bills its day.
 _BILLED_SQL = """
 SELECT i.account_id, l.charge_id, l.item_id, l.number, l.subscription_id,
        l.account_number_id, l.period_start, l.period_end, l.exact_amount < 0 AS credit
 FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id
 WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.state <> 'void'
   AND i.period_start < $2 AND l.charge_id IS NOT NULL AND l.moves_money
-  AND l.kind IN ('recurring', 'proration') AND l.period_start >= $3
+  AND l.kind IN ('recurring', 'proration', 'one_time') AND l.period_start >= $3
 """
 
 LINE_COLUMNS = (
@@ -266,13 +281,15 @@ class Earlier:
 
     ``billed``: account -> what they billed of each charge (``lines.Billed``);
     ``began``: account -> the first day its first invoice billed arrears for (local);
-    ``newest``: account -> when its newest earlier invoice was made (``lines.cut_short``).
-    An account missing from them has no earlier invoice.
+    ``newest``: account -> when its newest earlier invoice was made (``lines.cut_short``);
+    ``seen``: account -> until when its earlier invoices read the items
+    (``lines.recorded_late``). An account missing from them has no earlier invoice.
     """
 
     billed: dict[str, dict[BilledKey, list[Billed]]]
     began: dict[str, date]
     newest: dict[str, datetime]
+    seen: dict[str, datetime]
 
 
 async def billed_spans(
@@ -282,9 +299,11 @@ async def billed_spans(
     that ``lines`` reconciles or settles (``billed_window_start``).
 
     An account holding an item whose end was recorded after its newest earlier invoice
-    (``lines.cut_short``, decision 0046) is read in a second query, from the charge
-    period holding that end: the window of every other account is not widened for it,
-    and a run without such an account makes the one query it made before.
+    (``lines.cut_short``, decision 0046), or an item recorded after its earlier invoices
+    read the items (``lines.recorded_late``, decision 0043), is read in a second query,
+    from the charge period holding that end or the item's first billable day: the
+    window of every other account is not widened for it, and a run without such an
+    account makes the one query it made before.
     """
     ids = group.account_ids
     cycle = group.cycle
@@ -292,11 +311,15 @@ async def billed_spans(
     timing = group.billing.invoice_timing
     began: dict[str, date] = {}
     newest: dict[str, datetime] = {}
+    seen: dict[str, datetime] = {}
     for r in await conn.fetch(_EARLIER_SQL, ids, group.period.start):
+        if r["began"] is None:
+            continue  # only void invoices: its billing begins with its next invoice
         began[r["account_id"]] = arrears_first_day(
             cycle, r["began"].astimezone(zone).date(), timing
         )
         newest[r["account_id"]] = r["newest"]
+        seen[r["account_id"]] = r["seen"]
     found: dict[str, dict[BilledKey, list[Billed]]] = {a: {} for a in began}
     # Account -> from when its lines are read (None: not at all).
     windows: dict[str, datetime | None] = {
@@ -304,7 +327,11 @@ async def billed_spans(
     }
     late: dict[str, datetime | None] = {}
     for account in began:
-        cut = cut_short_window_start(items.get(account, []), cycle, which, newest[account])
+        held = items.get(account, [])
+        cut = cut_short_window_start(held, cycle, which, newest[account])
+        recorded = late_window_start(held, cycle, which, seen[account], began[account])
+        if recorded is not None:
+            cut = _earliest(cut, recorded)
         if cut is not None:
             late[account] = _earliest(windows.pop(account), cut)
     for accounts in (windows, late):
@@ -321,14 +348,16 @@ async def billed_spans(
                 r["account_number_id"],
             )
             spans = found[r["account_id"]].setdefault(key, [])
+            first = r["period_start"].astimezone(zone).date()
+            end = r["period_end"]
             spans.append(
                 Billed(
-                    r["period_start"].astimezone(zone).date(),
-                    r["period_end"].astimezone(zone).date(),
+                    first,
+                    first + timedelta(days=1) if end is None else end.astimezone(zone).date(),
                     r["credit"],
                 )
             )
-    return Earlier(found, began, newest)
+    return Earlier(found, began, newest, seen)
 
 
 def _earliest(first: datetime | None, second: datetime) -> datetime:
@@ -386,6 +415,7 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
                 r["subscription_id"],
                 r["account_number_id"],
                 r["end_recorded"],
+                r["recorded"],
             )
         )
     earlier = await billed_spans(conn, group, which, items)
@@ -420,6 +450,7 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
             earlier.billed.get(account),
             earlier.began.get(account),
             earlier.newest.get(account),
+            earlier.seen.get(account),
         ) + reported.get(account, [])
         lines += late.event_lines(account, window[0], currency)
         # Bundles, discounts and commitments come before taxes: taxes are net of them.

@@ -58,6 +58,14 @@ newest earlier invoice was made (``cut_short``); no other item reads further
 back, and the invoice after it finds the end older than its newest earlier
 invoice and reads nothing more.
 
+An item recorded after the account's earlier invoices read the items (a charge
+created after a run's charge cut-off, the new side of a change recorded after
+it, an item dated back) has days no earlier invoice could bill. The next
+invoice bills them (``late_charges``, Kill Bill's rule: what the item should
+have been billed up to its target, less what earlier invoices billed of it),
+for the items recorded after the latest cut-off (or making) of the account's
+earlier invoices (``recorded_late``); the invoice after it has seen them.
+
 An item is matched with what was billed for it by ``Item.key``: its charge,
 subscription charge and number, and its **source**, the instance it bills (the
 subscription, or the number's assignment) that every charge line records
@@ -95,7 +103,10 @@ class Item(msgspec.Struct, frozen=True):
     ``end_recorded``: when its end (``end``) was recorded, the latest of its
     sources' (None: no end, or one recorded before migration 0044); an end
     recorded after the account's newest earlier invoice is checked against what
-    the invoices before it billed (``cut_short``, decision 0046).
+    the invoices before it billed (``cut_short``, decision 0046). ``recorded``:
+    when the item came to exist (its rows' ``created_at``); an item recorded after
+    every earlier invoice read the items is billed for the days they left out
+    (``recorded_late``, decision 0043).
     """
 
     charge_id: str
@@ -113,6 +124,7 @@ class Item(msgspec.Struct, frozen=True):
     subscription_id: int | None = None
     account_number_id: int | None = None
     end_recorded: datetime | None = None
+    recorded: datetime | None = None
 
     @property
     def key(self) -> BilledKey:
@@ -576,6 +588,97 @@ def cut_short_credits(
     return found
 
 
+def recorded_late(item: Item, which: Targets, seen: datetime | None) -> bool:
+    """Whether ``item`` was recorded after every earlier invoice of its account read the
+    items (``seen``: the latest of their charge cut-offs or, without one, their making;
+    None: no earlier invoice) and has days before this invoice's target, which those
+    invoices could not bill (decision 0043): a charge created after a run's cut-off, the
+    new side of a change recorded after it, an item dated back.
+
+    Only such items are checked (``late_charges``); the invoice after the one that
+    bills them has seen them, and reads nothing more for them.
+    """
+    if seen is None or which.named or item.recorded is None or item.recorded <= seen:
+        return False
+    if item.billed_as == "one_time":
+        target = which.advance if item.timing == "advance" else which.arrears
+        return item.start < target.first_day
+    return (
+        item.billed_as == "recurring"
+        and item.cadence is not None
+        and item.start < which.arrears.first_day
+    )
+
+
+def _late_first_day(item: Item, began: date | None) -> date:
+    """The first day ``late_charges`` may bill: the item's, not before the account's
+    billing began (its first invoice's arrears period)."""
+    return item.start if began is None else max(item.start, began)
+
+
+def late_window_start(
+    items: list[Item], cycle: Schedule, which: Targets, seen: datetime | None, began: date | None
+) -> datetime | None:
+    """From when earlier invoices' lines must be read for the ``recorded_late`` items
+    among ``items`` (None: there are none): the start of the charge period holding the
+    first day they may bill (a one-time charge's own day)."""
+    starts = []
+    for item in items:
+        if not recorded_late(item, which, seen):
+            continue
+        first = _late_first_day(item, began)
+        if item.billed_as == "one_time":
+            starts.append(local_midnight(first, cycle.zone))
+        elif item.cadence is not None:
+            own = charge_schedule(cycle, item.cadence, item.every_days)
+            starts.append(own.period(own.index_of_day(first)).start)
+    return min(starts, key=lambda start: start.timestamp()) if starts else None
+
+
+def late_charges(
+    item: Item,
+    cycle: Schedule,
+    which: Targets,
+    currency: str,
+    billed: BilledSpans,
+    began: date | None,
+) -> list[Line]:
+    """What earlier invoices left unbilled of an item recorded after they read the items
+    (the caller checks ``recorded_late``): Kill Bill's rule, the item's billing as it
+    should be up to this invoice's target less what they billed of it.
+
+    A recurring item: for each of its charge periods from the one holding its first
+    billable day (``_late_first_day``) to the last one ending by the arrears period's
+    first day (those overlapping it are settled by ``advance_adjustments`` and
+    ``_arrears_lines``), its days of service that earlier invoices did not bill, net,
+    one line each, rounded once; its first day lies in the charge period it bills, so a
+    later invoice counts it as billed. A one-time charge dated before its target and
+    not before the account's billing began: billed once, unless an earlier invoice
+    billed it. Charge only: days billed past the item's end are ``cut_short_credits``'.
+    """
+    first = _late_first_day(item, began)
+    spans = spans_of(item, billed)
+    if item.billed_as == "one_time":
+        if item.start < first or any(span.first == item.start for span in spans):
+            return []
+        day = local_midnight(item.start, cycle.zone)
+        total = item.amount * item.quantity
+        return [_item_line(item, "one_time", item.label, (day, None), total, currency)]
+    if item.cadence is None or which.named:
+        return []
+    own = charge_schedule(cycle, item.cadence, item.every_days)
+    found: list[Line] = []
+    n = own.index_of_day(first)
+    while (part := own.period(n)).end_day <= which.arrears.first_day:
+        start = max(first, part.first_day)
+        after = part.end_day if item.end is None else min(item.end, part.end_day)
+        should = _days(start, after) if start < after else set()
+        if missing := should - _billed_days(part, spans):
+            found.append(_span_line(item, part, missing, cycle, currency, credit=False))
+        n += 1
+    return found
+
+
 def billed_window_start(items: list[Item], cycle: Schedule, which: Targets) -> datetime | None:
     """From when earlier invoices' lines must be read for ``items`` (None: not at all).
 
@@ -656,6 +759,7 @@ def invoice_lines(
     billed: BilledSpans | None = None,
     began: date | None = None,
     newest: datetime | None = None,
+    seen: datetime | None = None,
 ) -> list[Line]:
     """Every line of one account's invoice, charges (by charge, then date) before usage.
 
@@ -668,7 +772,10 @@ def invoice_lines(
     ``newest``: when the account's newest earlier invoice was made; an item
     whose end was recorded after it is credited for the days billed past that
     end before the arrears period (``cut_short``), and ``billed`` must then
-    reach back to ``cut_short_window_start``.
+    reach back to ``cut_short_window_start``. ``seen``: when the account's earlier
+    invoices last read the items (``recorded_late``); an item recorded after it is
+    billed for the days they left out (``late_charges``), and ``billed`` must then
+    reach back to ``late_window_start``.
     """
     ordered = sorted(
         items,
@@ -684,6 +791,8 @@ def invoice_lines(
     found: list[Line] = []
     for item in ordered:
         # Its earlier charge periods first, in the order of their days.
+        if billed is not None and recorded_late(item, which, seen):
+            found += late_charges(item, cycle, which, currency, billed, began)
         if billed is not None and cut_short(item, which, newest):
             found += cut_short_credits(item, cycle, which, currency, billed)
         found += charge_lines(item, cycle, which, currency, billed, began)
