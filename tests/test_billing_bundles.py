@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
+from ocs.billing import posting
 from ocs.billing.bundles import BundleInvoice, add_months, bundle_lines, months_left
 from ocs.billing.lines import Line, targets
 from ocs.billing.periods import fixed_date
+from ocs.billing.store import set_status
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, cdr, customer
+from tests.billing_helpers import EUR, billed_plan, cdr, customer, invoices, run
 
 CYCLE = fixed_date(1, date(2026, 1, 1), tz="UTC")
 JANUARY = CYCLE.period_named("2026-01")
@@ -394,6 +396,63 @@ async def test_fixed_resiliation_fee_and_none_after_the_term(services: Services)
     await sql(services, "UPDATE subscription_bundles SET end_date = '2026-02-01'")
     # Term Nov 1 + 3 months = Feb 1: ending on Feb 1 is not early.
     assert await lines(services) == []
+
+
+async def _resiliations(services: Services) -> dict[str, list[tuple[str, int]]]:
+    """a1's invoices by label: their resiliation lines (description, amount)."""
+    return {
+        i["label"]: [
+            (line["description"], line["amount"])
+            for line in i["lines"]
+            if line["kind"] == "resiliation"
+        ]
+        for i in await invoices(services)
+        if i["account"] == "a1"
+    }
+
+
+async def test_a_cancellation_recorded_after_the_last_days_invoice_bills_the_fee_next(
+    services: Services,
+) -> None:
+    """A 12-month term from Jan 1 with a fixed 50.00 fee; March invoiced and posted; on
+    April 2 the operator records the cancellation effective April 1 (the first day
+    without service). March's invoice held the last day but was made before: April's
+    invoice bills the fee, once; May's does not bill it again."""
+    await bundle(services, [], [], term=12, resiliation="fixed", fee=50 * EUR)
+    await account(services, date(2026, 1, 1))
+    async with services.pool.acquire() as conn:
+        sub = await conn.fetchval("SELECT id FROM subscriptions WHERE account_id = 'a1'")
+    for month, invoiced in (("2026-02", date(2026, 3, 1)), ("2026-03", date(2026, 4, 1))):
+        run_id = await run(services, month, invoice_date=invoiced)
+        await posting.post(services.pool, services.store, run_id=run_id)
+    await set_status(services.pool, sub, "cancelled", on=date(2026, 4, 1))
+    april = await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await posting.post(services.pool, services.store, run_id=april)
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
+
+    fee = ("Business bundle: early termination before 2027-01-01, fixed fee 50.00", 50 * EUR)
+    assert await _resiliations(services) == {
+        "2026-02": [],
+        "2026-03": [],
+        "2026-04": [fee],
+        "2026-05": [],
+    }
+
+
+async def test_an_end_moved_after_its_fee_was_billed_bills_no_second_fee(
+    services: Services,
+) -> None:
+    """The bundle's end on April 1 is recorded before March's invoice, which bills the
+    fee; moved to March 15 once March was invoiced, it is not billed again in April."""
+    await bundle(services, [], [], term=12, resiliation="fixed", fee=50 * EUR)
+    await account(services, date(2026, 1, 1), end=date(2026, 4, 1))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+    await sql(services, "UPDATE subscription_bundles SET end_date = '2026-03-15'")
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    fee = ("Business bundle: early termination before 2027-01-01, fixed fee 50.00", 50 * EUR)
+    assert await _resiliations(services) == {"2026-03": [fee], "2026-04": []}
 
 
 def test_months_left_counts_the_month_in_progress() -> None:

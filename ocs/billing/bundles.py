@@ -31,7 +31,10 @@ subscription bundle and invoice:
 - **resiliation** (``resiliation``, from the bundle itself): the bundle ends
   (its own end, the subscription's end or cancellation) before its commitment
   term: a fixed fee, or the fee x months left, the month in progress counted as
-  left; billed by the invoice whose arrears period holds the last day of service.
+  left; billed by the invoice whose arrears period holds the last day of service,
+  or, when the end was recorded after the account's newest earlier invoice was
+  made and lies before the arrears period (``late_end``), by the next invoice,
+  unless an earlier invoice billed it (the line names its subscription bundle).
 
 Every amount is net of tax (taxes apply after bundles), every line is rounded
 once (``currency.round_line``) and moves money at posting (credits through the
@@ -76,12 +79,22 @@ _BUNDLES_SQL = """
 SELECT s.account_id, sb.id, b.id AS bundle_id, b.name, b.currency,
        GREATEST(s.start_date, COALESCE(sb.start_date, s.start_date)) AS start,
        LEAST(sb.end_date, s.end_date, s.cancelled_on) AS "end",
-       b.commitment_months, b.resiliation, b.resiliation_fee, t.tax_code
+       b.commitment_months, b.resiliation, b.resiliation_fee, t.tax_code,
+       GREATEST(sb.end_recorded_at, s.end_recorded_at) AS end_recorded
 FROM subscriptions s
 JOIN subscription_bundles sb ON sb.subscription_id = s.id
 JOIN bundles b ON b.id = sb.bundle_id
 LEFT JOIN product_tax_codes t ON t.product_code = b.id
 WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
+"""
+
+# Of the subscription bundles ($1), those an invoice of an earlier period than the one
+# being drafted for it ($2) billed a resiliation fee for, whatever its state.
+_RESILIATED_SQL = """
+SELECT DISTINCT l.subscription_bundle_id
+FROM unnest($1::bigint[], $2::timestamptz[]) AS b(id, period_start)
+JOIN invoice_lines l ON l.subscription_bundle_id = b.id AND l.kind = 'resiliation'
+JOIN invoices i ON i.id = l.invoice_id AND i.kind = 'invoice' AND i.period_start < b.period_start
 """
 
 _RULES_SQL = """
@@ -203,12 +216,15 @@ _FREE_ONLY_SQL = _USAGE_CTES + _FREE_SQL
 
 @dataclass(frozen=True, slots=True)
 class BundleInvoice:
-    """One invoice of a chunk: its account, currency, target periods and usage window."""
+    """One invoice of a chunk: its account, currency, target periods and usage window;
+    ``newest``: when the account's newest earlier invoice was made (None: none), for a
+    bundle's end recorded after it (``late_end``)."""
 
     account_id: str
     currency: str
     which: Targets
     window: tuple[datetime, datetime]
+    newest: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +242,8 @@ class Held:
     resiliation: str
     resiliation_fee: int
     tax_code: str | None = None  # the bundle's own tax code (its fees, resiliation)
+    # When its end was recorded, the latest of its own and its subscription's (0052).
+    end_recorded: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,8 +359,10 @@ def _line(
     zone: str | None = None,
     rate_type: str | None = None,
     tax_code: str | None = None,
+    bundle: int | None = None,
 ) -> Line:
-    """A bundle line, rounded once, naming what it is taxed as; it moves money at posting."""
+    """A bundle line, rounded once, naming what it is taxed as (and, ``bundle``, the
+    subscription bundle it bills); it moves money at posting."""
     return Line(
         kind,
         description,
@@ -355,6 +375,7 @@ def _line(
         zone=zone,
         tax_code=tax_code,
         rate_type=rate_type,
+        subscription_bundle_id=bundle,
     )
 
 
@@ -548,14 +569,41 @@ def fee_lines(held: Held, rule: Rule, invoice: BundleInvoice) -> list[Line]:
     return found
 
 
-def resiliation_line(held: Held, invoice: BundleInvoice) -> Line | None:
-    """The early-termination fee, on the invoice whose arrears period holds the last day."""
-    if held.resiliation == "none" or held.commitment_months is None or held.end is None:
+def _ends_early(held: Held) -> bool:
+    """Whether the bundle ends before its commitment term with a fee to pay."""
+    return (
+        held.resiliation != "none"
+        and held.commitment_months is not None
+        and held.end is not None
+        and held.end < add_months(held.start, held.commitment_months)
+    )
+
+
+def late_end(held: Held, invoice: BundleInvoice) -> bool:
+    """Whether the bundle ended early before the invoice's arrears period by an end
+    recorded after the account's newest earlier invoice was made (as decision 0046
+    checks charges' ends): the invoice that held its last day of service could not bill
+    its fee, so this one does, unless an earlier invoice billed it (``bundle_lines``)."""
+    return (
+        _ends_early(held)
+        and held.end is not None
+        and held.end <= invoice.which.arrears.first_day
+        and invoice.newest is not None
+        and held.end_recorded is not None
+        and held.end_recorded > invoice.newest
+    )
+
+
+def resiliation_line(held: Held, invoice: BundleInvoice, late: bool = False) -> Line | None:
+    """The early-termination fee, on the invoice whose arrears period holds the last day;
+    ``late``: on this one, its end having been recorded after that one was made
+    (``late_end``, the caller has checked that no earlier invoice billed it)."""
+    if not _ends_early(held) or held.end is None or held.commitment_months is None:
         return None
     arrears = invoice.which.arrears
     term_end = add_months(held.start, held.commitment_months)
     last = held.end - timedelta(days=1)
-    if held.end >= term_end or not arrears.first_day <= last < arrears.end_day:
+    if not late and not arrears.first_day <= last < arrears.end_day:
         return None
     cur, fee = invoice.currency, held.resiliation_fee
     zone = arrears.zone
@@ -569,6 +617,7 @@ def resiliation_line(held: Held, invoice: BundleInvoice) -> Line | None:
             fee,
             cur,
             tax_code=held.tax_code,
+            bundle=held.id,
         )
     left = months_left(held.start, held.commitment_months, held.end)
     return _line(
@@ -580,6 +629,7 @@ def resiliation_line(held: Held, invoice: BundleInvoice) -> Line | None:
         left * fee,
         cur,
         tax_code=held.tax_code,
+        bundle=held.id,
     )
 
 
@@ -605,12 +655,26 @@ async def bundle_lines(
             r["resiliation"],
             r["resiliation_fee"],
             r["tax_code"],
+            r["end_recorded"],
         )
         for r in await conn.fetch(_BUNDLES_SQL, sorted(by_account))
     ]
     held = [h for h in held if h.currency == by_account[h.account_id].currency]
     if not held:
         return {}
+    late = [h for h in held if late_end(h, by_account[h.account_id])]
+    if late:
+        # Billed (or voided) by an earlier invoice already: not billed again.
+        billed = {
+            r["subscription_bundle_id"]
+            for r in await conn.fetch(
+                _RESILIATED_SQL,
+                [h.id for h in late],
+                [by_account[h.account_id].which.invoice.start for h in late],
+            )
+        }
+        late = [h for h in late if h.id not in billed]
+    late_ids = {h.id for h in late}
     rules: dict[str, list[Rule]] = defaultdict(list)
     for r in await conn.fetch(_RULES_SQL, sorted({h.bundle_id for h in held})):
         rules[r["bundle_id"]].append(
@@ -685,6 +749,6 @@ async def bundle_lines(
                 invoice,
                 span or invoice.window,
             )
-        if (fee := resiliation_line(h, invoice)) is not None:
+        if (fee := resiliation_line(h, invoice, h.id in late_ids)) is not None:
             lines[h.account_id].append(fee)
     return dict(lines)

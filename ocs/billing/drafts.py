@@ -152,6 +152,7 @@ LINE_COLUMNS = (
     "rate_type",
     "subscription_id",
     "account_number_id",
+    "subscription_bundle_id",
 )
 
 
@@ -430,7 +431,11 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
     )
     reported = await realtime_lines(conn, currencies, window, totals)
     bundled = await bundle_lines(
-        conn, [BundleInvoice(a, c, which, window) for a, c in sorted(currencies.items())]
+        conn,
+        [
+            BundleInvoice(a, c, which, window, earlier.newest.get(a))
+            for a, c in sorted(currencies.items())
+        ],
     )
     surcharges = await load_surcharges(conn, group.billing.plan_id)
     taxed = taxed_at_drafting(group.billing, options.calculate_taxes)
@@ -497,6 +502,7 @@ def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tup
             line.rate_type,
             line.subscription_id,
             line.account_number_id,
+            line.subscription_bundle_id,
         )
         for position, line in enumerate(found, start=first)
     ]

@@ -218,6 +218,8 @@ class Line(msgspec.Struct, frozen=True):
     # A charge line's source (``Item``): the subscription or the number's assignment.
     subscription_id: int | None = None
     account_number_id: int | None = None
+    # A resiliation line's subscription bundle (``bundles``), so it is billed once.
+    subscription_bundle_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
