@@ -241,21 +241,21 @@ def test_csv_delimiter_quote_skipped_lines_and_header_with_physical_line_numbers
     text = (
         "CARRIER X usage export\n"
         "period: 2024-03\n"
-        "dst;id;acct;start;dur\n"
-        "'1514;5550100';r1;A1;2024-03-01 10:00:00;60\n"
+        "dst;id;acct;start;dur;note\n"
+        "'1514;5550100';r1;A1;2024-03-01 10:00:00;60;\n"
         "\n"
-        "'1416\n5550100';r2;A1;2024-03-01 10:00:00;61\n"
-        "14165550101;r3;A2;2024-03-01 10:00:00;62\n"
+        "14165550100;r2;A1;2024-03-01 10:00:00;61;'two\nlines'\n"
+        "14165550101;r3;A2;2024-03-01 10:00:00;62;\n"
     )
     outcomes, compiled = read(t, text)
     assert [(r.line, r.record_id, r.called, r.quantity) for r in records(outcomes)] == [
         (4, "r1", "1514;5550100", 60),
-        (6, "r2", "1416\n5550100", 61),  # a quoted line break: the next row starts on line 8
+        (6, "r2", "14165550100", 61),  # a quoted line break: the next row starts on line 8
         (8, "r3", "14165550101", 62),
     ]
-    assert compiled.header == ("dst", "id", "acct", "start", "dur")
+    assert compiled.header == ("dst", "id", "acct", "start", "dur", "note")
     assert compiled.render_header() == (
-        "CARRIER X usage export\nperiod: 2024-03\ndst;id;acct;start;dur\n"
+        "CARRIER X usage export\nperiod: 2024-03\ndst;id;acct;start;dur;note\n"
     )
     assert compiled.rows_read == 3
 
@@ -644,6 +644,71 @@ def test_every_problem_of_a_row_is_named_with_its_column_and_line() -> None:
         {"line": 5, "problems": ("duration (column \"dur\"): '-1' is negative",)},
     ]
     assert outcomes[1].cells == ("", "", "", "", "", "2024-03-01 24:00:00", "3601", "X")
+
+
+def test_a_nul_in_any_cell_or_a_control_in_a_part_refuses_its_row_naming_the_column() -> None:
+    # A NUL reached PostgreSQL in a debited record's CDR, which refused it (22021).
+    t = template(
+        format={"kind": "csv", "header": False},
+        columns={
+            "record_id": 0,
+            "account": 1,
+            "called": 2,
+            "start": 3,
+            "duration": 4,
+        },
+    )
+    text = (
+        "r1,A\x00,1514,2024-03-01 10:00:00,7,note\n"
+        "r2,A,1514,2024-03-01 10:00:00,7,n\x00te\n"
+        'r3,A,1514,2024-03-01 10:00:00,7,"two\x0blines\tand a tab"\n'
+        "r4\t,A,1514,2024-03-01 10:00:00,7\n"
+        "r5,A\x7f,1514,2024-03-01 10:00:00,7\n"
+    )
+    outcomes, compiled = read(t, text)
+    assert [without_cells(o) for o in outcomes if isinstance(o, RowProblem)] == [
+        {
+            "line": 1,
+            "problems": (
+                "account (column 1): holds a NUL character ('\\x00' at character 2),"
+                " which a record cannot hold",
+            ),
+        },
+        {
+            "line": 2,
+            "problems": (
+                "column 5: holds a NUL character ('\\x00' at character 2),"
+                " which a record cannot hold",
+            ),
+        },
+        {
+            "line": 5,
+            "problems": (
+                "account (column 1): holds a control character ('\\x7f' at character 2),"
+                " which a record cannot hold",
+            ),
+        },
+    ]
+    # Controls in a cell no part maps, and a tab anywhere, are no problem.
+    assert [r.record_id for r in outcomes if isinstance(r, UsageRecord)] == ["r3", "r4\t"]
+    assert compiled.rows_read == 5
+
+
+def test_a_nul_in_a_fixed_width_line_refuses_it_naming_its_field_or_the_line() -> None:
+    t = template(format=FIXED, columns=FIXED_COLUMNS, start={"format": "%Y%m%d%H%M%S"})
+    text = (
+        "HDR 20240301\n"
+        "r1    A1      1514555\x00100 20240301100000   60\n"
+        "r2    A1      15145550100 20240301100000   60 \x00\n"
+    )
+    outcomes, _ = read(t, text)
+    assert [o.problems for o in outcomes if isinstance(o, RowProblem)] == [
+        (
+            "called (column \"dst\"): holds a NUL character ('\\x00' at character 8),"
+            " which a record cannot hold",
+        ),
+        ("line: holds a NUL character ('\\x00' at character 47), which a record cannot hold",),
+    ]
 
 
 def test_a_row_needs_a_record_id_start_measure_and_whose_usage_it_is() -> None:

@@ -209,6 +209,50 @@ async def test_good_rows_mode_applies_the_good_rows_and_rejects_the_rest(
     assert await balance(app, "acc1") == 10_000_000 - 40_000
 
 
+async def test_a_cell_with_a_nul_is_rejected_naming_its_column_and_nothing_is_debited(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # A NUL byte was debited, then PostgreSQL refused the CDR and its ledger row (22021):
+    # money moved with no record. A line break in a free-text cell is no problem.
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "nul.csv"
+    rows = [
+        "n1\x00,acc1,442071234567,2026-03-03 09:00:00,61,O,,",  # in the record id
+        "n2,acc1,442071234567,2026-03-03 09:01:00,61,O,C\x00A,",  # in a column no part maps
+        'n3,acc1,442071234567,2026-03-03 09:02:00,61,O,,"on\nnet"',  # a quoted line break
+        "n4\x1b,acc1,442071234567,2026-03-03 09:03:00,61,O,,",  # an escape in the record id
+    ]
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    summary = await run_import(app, path)
+    assert (summary.rows_read, summary.rows_charged, summary.rows_rejected) == (4, 1, 3)
+    assert await balance(app, "acc1") == 10_000_000 - 40_000
+    assert {p.line: p.problems for p in summary.problems} == {
+        2: (
+            "record_id (column \"id\"): holds a NUL character ('\\x00' at character 3),"
+            " which a record cannot hold",
+        ),
+        3: (
+            "column \"country\": holds a NUL character ('\\x00' at character 2),"
+            " which a record cannot hold",
+        ),
+        6: (
+            "record_id (column \"id\"): holds a control character ('\\x1b' at character 3),"
+            " which a record cannot hold",
+        ),
+    }
+    cdrs = await stored_cdrs(app, "carrier-x", 1)
+    assert [c["record_id"] for c in cdrs] == ["n3"]
+    assert (
+        await app.services.pool.fetchval(
+            "SELECT count(*) FROM ledger WHERE account_id = 'acc1' AND kind = 'usage'"
+        )
+        == 1
+    )
+    # The rows come back as the file had them, to fix and import again.
+    assert text_of(summary.rejects_path) == HEADER + "\n".join(rows[:2] + rows[3:]) + "\n"
+
+
 async def test_a_prepaid_account_that_runs_out_mid_file_is_never_overdrawn(
     app: RunningApp, tmp_path: Path
 ) -> None:

@@ -4,8 +4,10 @@
 (classified to a rate type) or a ``RowProblem`` naming every problem of the row,
 each starting with the part and its column (``start (column 10): ...``). A row a
 filter leaves out yields nothing and is counted (``rows_filtered``); every data row
-is counted in ``rows_read``. ``render`` and ``render_header`` write a row back in the
-file's own format, so that the rejected rows form a file the same template imports.
+is counted in ``rows_read``. A NUL in any cell, or another control character in a
+cell a part maps (``_CONTROL``), is a problem of its row: no record holds one.
+``render`` and ``render_header`` write a row back in the file's own format, so that
+the rejected rows form a file the same template imports.
 
 The columns are resolved to indices once per file (a header's names when it has
 one), and each row goes through one optimistic pass: a row that fails any check is
@@ -51,6 +53,13 @@ _ONE_MS = timedelta(milliseconds=1)
 _FIXED_WIDTH_DIRECTIVES = frozenset("YmdyjH")
 _TAIL_DIRECTIVES = frozenset("MS")
 _MAX_CACHED_HOURS = 200_000
+# A control character a usage record's part may not hold: every C0 character but tab,
+# and DEL. A NUL is refused in any cell: PostgreSQL text cannot store one, and a
+# record debited whose CDR PostgreSQL then refuses is money moved with no record.
+# Other control characters are refused only in the parts a record takes (they are
+# corruption there, never a caller id); an unmapped free-text cell may hold a quoted
+# line break.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 # --- start times ----------------------------------------------------------------------
@@ -336,6 +345,7 @@ class _Plan:
 
     def __init__(self, template: Template, indices: dict[str, int], names: list[str]) -> None:
         self.indices = indices  # template part -> column index, mapped parts only
+        self.names = names  # the file's column names, by index (none: no header)
         self.labels = {
             part: _label(part, names[index] if index < len(names) else index)
             for part, index in indices.items()
@@ -374,6 +384,29 @@ class _Plan:
                     _all(tests),
                 )
             )
+
+
+def _column_label(names: list[str], index: int) -> str:
+    """How a problem names a column no part maps: by its header name, else its index."""
+    if index < len(names):
+        return f'column "{names[index]}"'
+    return f"column {index}"
+
+
+def _control_text(text: str, nul_only: bool = False) -> str:
+    """What is wrong with a cell that holds a control character (``nul_only``: a NUL):
+    which, and where."""
+    at = text.index("\x00") if nul_only else _first_control(text)
+    char = text[at]
+    what = "a NUL character" if char == "\x00" else "a control character"
+    return f"holds {what} ({char!r} at character {at + 1}), which a record cannot hold"
+
+
+def _first_control(text: str) -> int:
+    """Where the first control character of ``text`` (``_CONTROL``) is."""
+    found = _CONTROL.search(text)
+    assert found is not None
+    return found.start()
 
 
 def _label(part: str, column: str | int) -> str:
@@ -464,6 +497,7 @@ class CompiledTemplate:
         fixed_service = self.template.service
         max_seconds = self.template.validate.max_duration
         max_units = self.template.validate.max_quantity
+        control = _CONTROL.search
         read = filtered = 0
         try:
             for line, row, cells in rows:
@@ -491,6 +525,10 @@ class CompiledTemplate:
                 try:
                     if width < need_mapped or not record_id:
                         raise ValueError
+                    # Joined: one search a row (a cell's character never joins another's
+                    # into a control character); a hit is worded, and may be harmless.
+                    if control("".join(cells)) and self._controls(plan, row, width, cells):
+                        raise ValueError
                     when = start_ms(start)
                     if service:
                         amount = units(quantity)
@@ -510,7 +548,7 @@ class CompiledTemplate:
                     self.rows_read += read
                     self.rows_filtered += filtered
                     read = filtered = 0
-                    yield RowProblem(line, tuple(self._problems(plan, row, width)), cells)
+                    yield RowProblem(line, tuple(self._problems(plan, row, width, cells)), cells)
                     continue
                 rate_type = default_rate_type
                 for rule in rules:
@@ -548,7 +586,30 @@ class CompiledTemplate:
             self.rows_read += read
             self.rows_filtered += filtered
 
-    def _problems(self, plan: _Plan, row: list[str], width: int) -> list[str]:
+    @staticmethod
+    def _controls(plan: _Plan, row: list[str], width: int, cells: tuple[str, ...]) -> list[str]:
+        """The problems of a row's control characters (``_CONTROL``), each naming its
+        column: any in a part the template maps, a NUL in any cell (a fixed-width line's
+        NUL outside its fields is the line's)."""
+        problems: list[str] = []
+        mapped: set[int] = set()
+        for part, index in plan.indices.items():
+            mapped.add(index)
+            if index < width and _CONTROL.search(row[index]):
+                problems.append(f"{plan.labels[part]}: {_control_text(row[index])}")
+        for index in range(width):
+            if index not in mapped and "\x00" in row[index]:
+                problems.append(
+                    f"{_column_label(plan.names, index)}: {_control_text(row[index], True)}"
+                )
+        line = "".join(cells)
+        if not problems and "\x00" in line:
+            problems.append(f"line: {_control_text(line, True)}")
+        return problems
+
+    def _problems(
+        self, plan: _Plan, row: list[str], width: int, cells: tuple[str, ...]
+    ) -> list[str]:
         """Every problem of a row the optimistic pass refused, each naming its column."""
         t = self.template
         labels, indices = plan.labels, plan.indices
@@ -559,6 +620,8 @@ class CompiledTemplate:
         def problem(part: str, text: str) -> None:
             problems.append(f"{labels[part]}: {text}")
             flagged.add(part)
+
+        problems.extend(self._controls(plan, row, width, cells))
 
         for part, index in indices.items():
             if index >= width:
