@@ -214,3 +214,42 @@ async def test_an_expired_card_pays_for_no_usage(app: RunningApp) -> None:
     )
     assert (status, used["error"]["reason"]) == (403, "account_expired"), used
     assert (await app.get(f"/v1/accounts/{card}"))[1]["balance"] == "20.000000"
+
+
+async def test_a_quantity_a_cdr_cannot_hold_is_refused_naming_it_and_debits_nothing(
+    app: RunningApp,
+) -> None:
+    # 3,000,000,000 units were debited, then PostgreSQL refused the CDR (an INTEGER): the
+    # ledger writer set it aside, money moved with no record. Refused now, as the importer
+    # refuses a row; so is a quantity whose billed quantity (in 10-unit steps) passes it.
+    await add_plan(app.services, deck=DECK)
+    await _per_unit(app, "Data", 1_000_000)  # 0.01 per million units, in 10-unit steps
+
+    async def loaded() -> bool:
+        data = app.services.catalog.snapshot.tariff_named("retail", "Data")
+        return bool(data and data.rate.per == 1_000_000)
+
+    await eventually(loaded, what="the per-unit tariff")
+    await app.post("/v1/accounts", {"id": "ev", "plan": "retail", "balance": "1000.00"})
+    for event_id, quantity in (("big", 3_000_000_000), ("edge", 2_147_483_647)):
+        status, body = await app.post(
+            "/v1/usage",
+            {"account": "ev", "event_id": event_id, "service": "Data", "quantity": quantity},
+        )
+        assert (status, body["error"]["field"]) == (400, "quantity"), body
+    _, shown = await app.get("/v1/accounts/ev")
+    assert shown["balance"] == "1000.000000"
+    # The most a record holds, billed as it is, is charged and recorded.
+    status, body = await app.post(
+        "/v1/usage",
+        {"account": "ev", "event_id": "most", "service": "Data", "quantity": 2_147_483_640},
+    )
+    assert (status, body["billed_quantity"], body["cost"]) == (201, 2_147_483_640, "21.474837")
+
+    async def recorded() -> bool:
+        rows = await app.services.pool.fetch(
+            "SELECT call_id, duration, billed_seconds FROM cdrs WHERE account_id = 'ev'"
+        )
+        return [tuple(r) for r in rows] == [("most", 2_147_483_640, 2_147_483_640)]
+
+    await eventually(recorded, what="the CDR of the largest event")

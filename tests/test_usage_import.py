@@ -253,6 +253,50 @@ async def test_a_cell_with_a_nul_is_rejected_naming_its_column_and_nothing_is_de
     assert text_of(summary.rejects_path) == HEADER + "\n".join(rows[:2] + rows[3:]) + "\n"
 
 
+async def test_a_record_whose_billed_quantity_a_cdr_cannot_hold_is_rejected_not_debited(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # 2,147,483,647 units (the most a row's quantity may be) billed in 10-unit steps are
+    # 2,147,483,650: debited, its CDR was refused by PostgreSQL (an INTEGER) and set aside.
+    data = {
+        **TEMPLATE,
+        "service": "Data",
+        "columns": {
+            "record_id": "id",
+            "account": "account",
+            "start": "start",
+            "quantity": "duration",
+        },
+    }
+    await setup_mediation(app, data, DECK + "990001,Data,0.010,0,0,10\n")
+    response = await app.client.put(
+        f"/v1/plans/retail/tariffs/{quote('Data')}/shape", json={"per": 1_000_000}
+    )
+    assert response.status == 200, await response.text()
+
+    async def loaded() -> bool:
+        found = app.services.catalog.snapshot.tariff_named("retail", "Data")
+        return bool(found and found.rate.per == 1_000_000)
+
+    await eventually(loaded, what="the per-unit tariff")
+    await new_account(app, "acc1", "100.00")
+    path = tmp_path / "data.csv"
+    path.write_text(
+        HEADER
+        + "q1,acc1,,2026-03-03 09:00:00,2147483647,,,\n"
+        + "q2,acc1,,2026-03-03 09:00:00,2147483640,,,\n"
+    )
+    summary = await run_import(app, path)
+    assert (summary.rows_charged, summary.rows_rejected) == (1, 1), summary
+    assert summary.problems[0].problems == (
+        "quantity: 2147483647 billed as 2147483650 in the increments of zone 'Data',"
+        " more than a record holds (2,147,483,647)",
+    )
+    assert await balance(app, "acc1") == 100_000_000 - 21_474_837
+    cdrs = await stored_cdrs(app, "carrier-x", 1)
+    assert [(c["record_id"], c["billed_seconds"]) for c in cdrs] == [("q2", 2_147_483_640)]
+
+
 async def test_a_prepaid_account_that_runs_out_mid_file_is_never_overdrawn(
     app: RunningApp, tmp_path: Path
 ) -> None:

@@ -64,6 +64,7 @@ from ocs.errors import OcsError, Reason, account_not_found, invalid
 from ocs.numbers.prefixes import normalize_number
 from ocs.rating.counter_rules import CounterDef
 from ocs.rating.rates import (
+    MAX_QUANTITY,
     CounterSplit,
     Rate,
     Segments,
@@ -1178,6 +1179,14 @@ class CallService:
                 field="service",
             )
         rate = tariff.rate
+        billed = billed_seconds(rate, quantity)
+        if quantity > MAX_QUANTITY or billed > MAX_QUANTITY:
+            # Its CDR could not hold it: debited, it would be set aside unwritten.
+            raise invalid(
+                "quantity",
+                f"{quantity} billed as {billed} in the increments of {service!r},"
+                f" more than a record holds ({MAX_QUANTITY:,})",
+            )
         now_ms = int(self._clock() * 1000)
         cdr = msgpack.packb(
             {
@@ -1187,7 +1196,7 @@ class CallService:
                 "caller": None,
                 "currency": plan.currency,
                 "authorized_at_ms": now_ms,
-                "billed": billed_seconds(rate, quantity),
+                "billed": billed,
                 "rate": [rate.connect_fee, rate.first_block, rate.increment, rate.price_per_minute],
                 "nas": None,
             }

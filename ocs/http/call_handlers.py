@@ -28,6 +28,7 @@ from ocs.http.endpoint import (
     Role,
     amount_text,
 )
+from ocs.rating.rates import MAX_QUANTITY
 
 Text64 = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
@@ -292,7 +293,8 @@ class ChargeUsage(Params):
     account: AccountId
     event_id: CallId
     service: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    quantity: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+    # At most what a CDR holds (its billed quantity too: ``charge_usage`` checks it).
+    quantity: Annotated[int, msgspec.Meta(ge=0, le=MAX_QUANTITY)]
 
 
 class UsageCharged(Answer):

@@ -45,6 +45,7 @@ from ocs.mediation.template import (
     Template,
     cell_pattern,
 )
+from ocs.rating.rates import MAX_QUANTITY
 
 _EPOCH = datetime(1970, 1, 1)
 _ONE_MS = timedelta(milliseconds=1)
@@ -198,9 +199,6 @@ def _before_3000(ms: int, text: str) -> int:
 
 # --- durations and quantities ---------------------------------------------------------
 
-# The most seconds or units one record may hold: a CDR's duration is a PostgreSQL
-# INTEGER, and a record charged that its row cannot hold would be set aside unwritten.
-MAX_QUANTITY = 2_147_483_647
 # A decimal cell longer than this is no duration or quantity (and an exponent's digits
 # would take as long to expand as they are large: "1e1000000" is nine characters).
 _MAX_DECIMAL = 40

@@ -10,6 +10,10 @@ path (``ocs.charging.lifecycle.tariff_of``, ``call_bands``, ``ocs.rating.rates.c
   the plan's deck for its direction (an inbound call with no inbound tariff is free,
   an outbound one to an unknown destination is refused).
 
+A record whose billed quantity (its quantity rounded up to the tariff's increments)
+is more than a CDR holds (``MAX_QUANTITY``) is refused, naming its ``duration`` or
+``quantity``.
+
 Time bands apply at the record's own start, so a call made at 17:59 is priced at
 the peak rate whenever it is imported.
 
@@ -28,6 +32,7 @@ from ocs.errors import OcsError, Reason
 from ocs.mediation.records import UsageRecord
 from ocs.rating.counter_rules import CounterDef
 from ocs.rating.rates import (
+    MAX_QUANTITY,
     CounterSplit,
     Segments,
     billed_seconds,
@@ -87,13 +92,23 @@ def rate_record(
         )
         tariff, destination = match.tariff, match.digits
     rate = tariff.rate
+    billed = billed_seconds(rate, record.quantity)
+    if billed > MAX_QUANTITY:
+        # Its CDR could not hold it (``MAX_QUANTITY``): refused before any debit.
+        measure = "duration" if is_call else "quantity"
+        raise OcsError(
+            Reason.INVALID_FIELD,
+            f"{record.quantity} billed as {billed} in the increments of zone {tariff.zone!r},"
+            f" more than a record holds ({MAX_QUANTITY:,})",
+            field=measure,
+        )
     bands = call_bands(plan, rate, record.start_ms // 1000, record.quantity) if is_call else None
     return RatedUsage(
         plan,
         tariff.zone,
         tariff,
         destination,
-        billed_seconds(rate, record.quantity),
+        billed,
         cost(rate, record.quantity, bands),
         bands,
         snapshot.counters_for_zone(plan_id, tariff.zone)

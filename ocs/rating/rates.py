@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from ocs.rating.rate_shapes import Rate, Segments, Tier
 
 __all__ = [
+    "MAX_QUANTITY",
     "CounterSplit",
     "Rate",
     "Segments",
@@ -53,6 +54,11 @@ __all__ = [
     "max_duration",
     "max_duration_with_counter",
 ]
+
+# The most seconds or units one record may hold, measured or billed: a CDR's duration
+# and billed_seconds are PostgreSQL INTEGERs, and a record debited that its row cannot
+# hold would be set aside unwritten by the ledger writer (money moved with no record).
+MAX_QUANTITY = 2**31 - 1
 
 
 def _base_billed(rate: Rate, duration: int) -> int:
