@@ -136,6 +136,36 @@ async def test_two_imports_of_one_supplier_at_once_debit_a_record_once(
     assert len(await stored_cdrs(app, "carrier-x", 2)) == 2
 
 
+async def test_a_new_version_of_a_template_keeps_its_supplier_so_a_file_is_charged_once(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # A version naming another supplier was stored, and the same file imported under it
+    # was charged again: a record is once per (supplier, record id).
+    path = await one_call_file(app, tmp_path)
+    first = await run_import(app, path)
+    assert first.rows_charged == 1
+    status, refused = await app.post("/v1/usage-templates", {**TEMPLATE, "supplier": "carrierx"})
+    assert (status, refused["error"]["field"]) == (400, "supplier"), refused
+    assert "is for supplier 'carrier-x'" in refused["error"]["message"]
+    # A version of the same supplier is stored as ever.
+    status, saved = await app.post("/v1/usage-templates", {**TEMPLATE, "description": "v2"})
+    assert (status, saved["version"]) == (201, 2), saved
+    await stored_cdrs(app, "carrier-x", 1)
+    again = await run_import(app, path)
+    assert (again.template_version, again.rows_charged, again.rows_repeated) == (
+        "carrier-x@2",
+        0,
+        1,
+    )
+    assert await balance(app, "acc1") == OPENING - 40_000
+    # A shipped template's name stored as the operator's own keeps the shipped supplier.
+    asterisk = {**TEMPLATE, "name": "asterisk-cdr-csv", "supplier": "my-pbx"}
+    status, refused = await app.post("/v1/usage-templates", asterisk)
+    assert (status, refused["error"]["field"]) == (400, "supplier"), refused
+    status, saved = await app.post("/v1/usage-templates", {**asterisk, "supplier": "asterisk"})
+    assert (status, saved["version"]) == (201, 1), saved
+
+
 async def test_a_running_import_shows_its_counts_before_it_ends(
     app: RunningApp, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ from ocs.catalog.snapshot import (
 )
 from ocs.catalog.store import validate_currency, validate_plan_id
 from ocs.errors import OcsError, Reason, invalid
+from ocs.mediation.shipped import shipped_template
 from ocs.mediation.template import Template, template_from_json, template_to_json
 from ocs.money import MAX_AMOUNT
 from ocs.rating.rates import Rate, Tier
@@ -573,6 +574,11 @@ async def store_template(conn: asyncpg.Connection, template: Template) -> tuple[
     A definition equal to the latest version's is that version (nothing stored); any
     difference is the next version. Two saves of one name at once are serialized (a
     transaction-scoped advisory lock), so each sees the other's version.
+
+    Every version of a name keeps the supplier of the one before it (the first version
+    of a shipped template's name, the shipped one's): a record is charged once per
+    (supplier, record id), so a file imported again under a version naming another
+    supplier would be charged again. Another supplier is refused naming ``supplier``.
     """
     validate_template_name(template.name)
     validate_supplier(template.supplier)
@@ -582,10 +588,22 @@ async def store_template(conn: asyncpg.Connection, template: Template) -> tuple[
             "SELECT pg_advisory_xact_lock(hashtext('usage_template:' || $1))", template.name
         )
         latest = await conn.fetchrow(
-            "SELECT version, definition FROM usage_templates WHERE name = $1"
+            "SELECT version, supplier, definition FROM usage_templates WHERE name = $1"
             " ORDER BY version DESC LIMIT 1",
             template.name,
         )
+        shipped = shipped_template(template.name)
+        if latest is not None:
+            supplier = latest["supplier"]
+        else:
+            supplier = None if shipped is None else shipped.supplier
+        if supplier is not None and supplier != template.supplier:
+            raise invalid(
+                "supplier",
+                f"template {template.name!r} is for supplier {supplier!r}: its records are"
+                " charged once per supplier, so a version for another would charge the"
+                " files imported under it again; store the template under another name",
+            )
         if latest is not None:
             # Compared as templates, not as stored text: a definition stored before a
             # field with a default existed still equals the same template written now.
