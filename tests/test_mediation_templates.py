@@ -316,6 +316,41 @@ def test_a_cell_over_the_csv_size_limit_is_refused_naming_where() -> None:
     assert "unreadable after line 2: field larger than field limit" in caught.value.message
 
 
+def test_a_quote_no_line_closes_refuses_the_file_after_the_rows_before_it() -> None:
+    # The lenient csv reader read a stray quote's rest of the file as one cell, silently.
+    head = "id,acct,dst,start,dur,name\nr1,A,1514,2024-03-01 10:00:00,7,x\n"
+    stray = 'r2,A,1514,2024-03-01 10:00:00,7,"ACME\n'
+    tail = "".join(f"r{n},A,1514,2024-03-01 10:00:00,7,Bob Bobson\n" for n in range(3, 6000))
+    for text, message in (
+        (
+            head + stray + tail[: tail.index("r8,")],
+            'file: unreadable after line 2: the row on line 3 opens a quote (") that no later'
+            " line closes, so lines 3 to 8 would be one cell; close or remove the quote and"
+            " import the file again",
+        ),
+        # Longer than the csv module's cell limit: the same, said while reading it.
+        (
+            head + stray + tail,
+            "file: unreadable after line 2: the row on line 3 runs over 2875 lines, within a"
+            ' quote (") no line closes? (field larger than field limit (131072))',
+        ),
+    ):
+        compiled = CompiledTemplate(template())
+        rows = compiled.read(io.StringIO(text, newline=""))
+        first = next(rows)
+        assert isinstance(first, UsageRecord) and first.record_id == "r1"
+        with pytest.raises(OcsError) as caught:
+            next(rows)
+        assert (caught.value.field, caught.value.message) == ("file", message)
+        assert compiled.rows_read == 1
+    # A header whose quote no line closes.
+    with pytest.raises(OcsError) as caught:
+        CompiledTemplate(template()).read(io.StringIO('\nid,"acct,dst,start,dur\nr1,A\n'))
+    assert caught.value.message.startswith(
+        "file: unreadable after line 1: the row on line 2 opens a quote"
+    )
+
+
 def test_a_header_without_a_column_the_template_names_refuses_the_file() -> None:
     with pytest.raises(OcsError) as caught:
         CompiledTemplate(template()).read(io.StringIO("id,account,dst,start,dur\n"))

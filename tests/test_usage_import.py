@@ -297,6 +297,41 @@ async def test_a_record_whose_billed_quantity_a_cdr_cannot_hold_is_rejected_not_
     assert [(c["record_id"], c["billed_seconds"]) for c in cdrs] == [("q2", 2_147_483_640)]
 
 
+async def test_a_quote_never_closed_fails_the_import_after_importing_the_rows_before_it(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # A stray quote in line 5's free-text cell swallowed the rest of the file into one
+    # cell: the rows after it were neither charged nor rejected, without a word.
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    good = [f"r{n},acc1,442071234567,2026-03-03 09:0{n}:00,61,O,," for n in range(1, 4)]
+    stray = 'r4,acc1,442071234567,2026-03-03 09:04:00,61,O,,"ACME Ltd'
+    after = [f"r{n},acc1,442071234567,2026-03-03 09:0{n}:00,61,O,,Bob" for n in range(5, 10)]
+    path = tmp_path / "stray.csv"
+    path.write_text(HEADER + "\n".join([*good, stray, *after]) + "\n")
+    with pytest.raises(OcsError) as caught:
+        # Chunks of two: the rows read before the error are imported whole.
+        await importer(app, chunk_rows=2).run(ImportRequest("carrier-x", (str(path),)))
+    assert caught.value.field == "file"
+    assert caught.value.message == (
+        'file: unreadable after line 4: the row on line 5 opens a quote (") that no later'
+        " line closes, so lines 5 to 10 would be one cell; close or remove the quote and"
+        " import the file again"
+    )
+    stored = await app.services.pool.fetchrow("SELECT * FROM usage_imports")
+    assert (stored["state"], stored["rows_read"], stored["rows_charged"]) == ("failed", 3, 3)
+    assert stored["rows_rejected"] == stored["rows_repeated"] == 0
+    assert stored["error"] == caught.value.message
+    assert await balance(app, "acc1") == 10_000_000 - 3 * 40_000
+    await stored_cdrs(app, "carrier-x", 3)
+
+    # The quote closed, the file imports: the rows imported before are repeats.
+    path.write_text(HEADER + "\n".join([*good, stray + '"', *after]) + "\n")
+    summary = await run_import(app, path)
+    assert (summary.rows_read, summary.rows_charged, summary.rows_repeated) == (9, 6, 3)
+    assert await balance(app, "acc1") == 10_000_000 - 9 * 40_000
+
+
 async def test_a_prepaid_account_that_runs_out_mid_file_is_never_overdrawn(
     app: RunningApp, tmp_path: Path
 ) -> None:

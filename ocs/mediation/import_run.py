@@ -303,12 +303,15 @@ class ImportRun:
         """``pass_over``'s reading: the chunks in file order, each looked up in PostgreSQL
         while the next is read, then queued for its buckets' batches."""
         self.files = [path.name for path in paths]
+        # A file that stops being readable part-way: the rows read before are imported
+        # (and counted) as any others, then the import fails with its error.
+        unreadable: list[OcsError] = []
         for index, path in enumerate(paths):
             with open_file(path, compiled.template.format) as stream:
                 rows = compiled.read(stream)
                 self.reading = compiled
                 self.rejects.opened(path.name, compiled)
-                for chunk in _chunks(rows, self.importer.chunk_rows):
+                for chunk in _chunks(rows, self.importer.chunk_rows, unreadable):
                     prepared = await self.prepare(path.name, index, chunk)
                     # The previous chunk's repeats were looked up while this one was
                     # read: it is queued first, so the debits keep the file's order.
@@ -326,10 +329,10 @@ class ImportRun:
             self.rows_read += compiled.rows_read
             self.rows_filtered += compiled.rows_filtered
             compiled.rows_read = compiled.rows_filtered = 0
+            if unreadable:
+                break
         await self.looked_up(debit)
-        if not debit:
-            return
-        while True:
+        while debit:
             for bucket in list(self.pending):
                 self.send(bucket)
             while self.in_flight:
@@ -337,6 +340,8 @@ class ImportRun:
             if not self.recount:
                 break
             await self.price_again()
+        if unreadable:
+            raise unreadable[0]
 
     async def looked_up(self, debit: bool) -> None:
         """Wait for the look-up of the chunk read before; ``debit``: queue its records."""
@@ -705,14 +710,19 @@ def _refusal(reason: str) -> str:
 
 
 def _chunks(
-    items: Iterator[UsageRecord | RowProblem], size: int
+    items: Iterator[UsageRecord | RowProblem], size: int, unreadable: list[OcsError]
 ) -> Iterator[list[UsageRecord | RowProblem]]:
-    """The items in lists of ``size`` (the last one shorter)."""
+    """The items in lists of ``size`` (the last one shorter). A file that stops being
+    readable (OcsError) ends them: its error goes to ``unreadable``, the items read
+    before it in the last list."""
     chunk: list[UsageRecord | RowProblem] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
+    try:
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    except OcsError as exc:
+        unreadable.append(exc)
     if chunk:
         yield chunk

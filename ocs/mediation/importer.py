@@ -31,6 +31,10 @@ waiting records anew, in file order. A counter that refuses calls once used up
 (``reject_on_threshold``) refuses a record that finds it empty; a record longer than
 what it has left pays the rest at the zone's tariff, since the call took place.
 
+A file that stops being readable part-way (not text in its encoding, a quote no
+later line closes) fails the import once the rows read before it are imported and
+counted, so that rows read = filtered + charged + repeated + rejected even then.
+
 A row the template refuses, or that cannot be given an account or a price, is
 reported with its line number and every problem found, and written back in the
 file's own format to the rejects file, which can be fixed and imported again.
