@@ -166,6 +166,23 @@ async def test_a_new_version_of_a_template_keeps_its_supplier_so_a_file_is_charg
     assert (status, saved["version"]) == (201, 1), saved
 
 
+async def test_a_live_usage_event_cannot_take_the_id_of_an_imported_record(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # POST /v1/usage took the event id "usage:carrier-x:r1", the one the import gives the
+    # supplier's record r1 in the same per-account result keys: r1 was then a repeat,
+    # never charged.
+    path = await one_call_file(app, tmp_path)
+    for event_id in ("usage:carrier-x:r1", "usage:"):
+        status, refused = await app.post(
+            "/v1/usage", {"account": "acc1", "event_id": event_id, "service": "UK", "quantity": 1}
+        )
+        assert (status, refused["error"]["field"]) == (400, "event_id"), refused
+    summary = await run_import(app, path)
+    assert (summary.rows_charged, summary.rows_repeated) == (1, 0)
+    assert await balance(app, "acc1") == OPENING - 40_000
+
+
 async def test_a_running_import_shows_its_counts_before_it_ends(
     app: RunningApp, tmp_path: Path
 ) -> None:

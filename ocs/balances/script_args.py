@@ -369,6 +369,18 @@ class ChargeArgs(msgspec.Struct, frozen=True, gc=False):
         ]
 
 
+# The event ids of a usage import's records, ``usage:<supplier>:<record id>``: one
+# result key space per account holds them and the live API's usage events
+# (``usage_done``), so the live API refuses ids in it; a live event named so would make
+# the supplier's record a repeat, never charged.
+IMPORTED_EVENT_PREFIX = "usage:"
+
+
+def imported_event_id(supplier: str, record_id: str) -> str:
+    """The event id of a supplier's record in a usage import."""
+    return f"{IMPORTED_EVENT_PREFIX}{supplier}:{record_id}"
+
+
 class UsageEvent(msgspec.Struct, frozen=True, gc=False):
     """One rated usage event of a batch (charge_batch.lua): who pays, what, once by id.
 

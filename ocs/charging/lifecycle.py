@@ -21,6 +21,7 @@ from ocs.balances.card_ids import is_card_account
 from ocs.balances.cards import pin_digest
 from ocs.balances.ivr import Ivr, effective
 from ocs.balances.script_args import (
+    IMPORTED_EVENT_PREFIX,
     AuthorizeArgs,
     CheckPasswordArgs,
     CounterCandidate,
@@ -1166,8 +1167,15 @@ class CallService:
 
         ``service`` names a zone of the account's plan whose tariff is priced per
         unit (its ``per``); the same rating function rates the quantity, and the
-        debit and its CDR go through the same ledger as calls.
+        debit and its CDR go through the same ledger as calls. An id in the usage
+        imports' space (``IMPORTED_EVENT_PREFIX``) is refused naming ``event_id``.
         """
+        if event_id.startswith(IMPORTED_EVENT_PREFIX):
+            raise invalid(
+                "event_id",
+                f"must not start with {IMPORTED_EVENT_PREFIX!r}: usage imports name their"
+                " records so, and such an event would make the record a repeat",
+            )
         plan_id = await self._plan_of(account_id)
         snapshot = self._catalog.snapshot
         plan = snapshot.plan(plan_id)

@@ -20,7 +20,7 @@ import asyncpg
 import msgpack
 
 from ocs.balances import keys
-from ocs.balances.script_args import UsageEvent
+from ocs.balances.script_args import UsageEvent, imported_event_id
 from ocs.balances.store import COUNTER_CHANGED, CounterCycle
 from ocs.catalog.snapshot import CatalogSnapshot
 from ocs.errors import OcsError, Reason
@@ -399,7 +399,7 @@ class ImportRun:
             self.seq += 1
             event = UsageEvent(
                 account_id,
-                f"usage:{supplier}:{item.record_id}",
+                imported_event_id(supplier, item.record_id),
                 rated.cost,
                 item.quantity,
                 msgpack.packb(fields),
