@@ -490,6 +490,65 @@ async def test_the_api_imports_a_body_and_serves_the_import_and_its_rejects(
     assert status == 404
 
 
+def bytes_of(path: str) -> bytes:
+    """A file the import wrote, as bytes (a rejects file in its template's encoding)."""
+    return Path(path).read_bytes()
+
+
+async def test_a_cp1252_templates_rejects_are_in_cp1252_and_import_again_once_fixed(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # The rejects file was written in UTF-8 whatever the template's encoding, so a cp1252
+    # template could not read its own header ("Durée") back; and the API took only UTF-8.
+    french = {
+        **TEMPLATE,
+        "format": {"kind": "csv", "delimiter": ";", "header": True, "encoding": "cp1252"},
+        "columns": {**TEMPLATE["columns"], "duration": "Durée"},
+    }
+    await setup_mediation(app, french)
+    await new_account(app, "acc1", "10.00")
+    header = "id;account;called;start;Durée;dir;country;type\n"
+    bad = "f1;personne;442071234567;2026-03-03 09:00:00;61;O;Société;\n"
+    path = tmp_path / "fr.csv"
+    path.write_bytes((header + bad).encode("cp1252"))
+    summary = await run_import(app, path)
+    assert (summary.rows_charged, summary.rows_rejected) == (0, 1)
+    assert summary.rejects_path is not None
+    rejected = bytes_of(summary.rejects_path)
+    assert rejected == (header + bad).encode("cp1252")
+    fixed = tmp_path / "fixed.csv"
+    fixed.write_bytes(rejected.replace(b"personne", b"acc1"))
+    again = await run_import(app, fixed)
+    assert (again.rows_charged, again.rows_rejected) == (1, 0)
+
+    # Through the API: the body in the template's encoding, the rejects served in it.
+    body = header + "f2;acc1;442071234567;2026-03-03 09:10:00;61;O;Société;\n" + bad
+    response = await app.client.post(
+        "/v1/usage/imports?template=carrier-x",
+        data=body.encode("cp1252"),
+        headers={"Content-Type": "text/csv"},
+    )
+    answer = await response.json()
+    assert response.status == 200, answer
+    assert (answer["rows_charged"], answer["rows_rejected"]) == (1, 1)
+    response = await app.client.get(f"/v1/usage/imports/{answer['id']}/rejects")
+    assert response.status == 200
+    assert response.charset == "windows-1252"
+    assert await response.read() == (header + bad).encode("cp1252")
+    assert await balance(app, "acc1") == 10_000_000 - 2 * 40_000
+    # A body that is not text in it is refused whole, naming the byte.
+    response = await app.client.post(
+        "/v1/usage/imports?template=carrier-x",
+        data=header.encode("cp1252") + b"f3;acc1;\x81\n",
+        headers={"Content-Type": "text/csv"},
+    )
+    refused = await response.json()
+    assert (response.status, refused["error"]["field"]) == (400, "body"), refused
+    assert refused["error"]["message"] == (
+        "body: is not text in the template's encoding, cp1252: byte 55 of the body"
+    )
+
+
 async def test_imported_calls_are_invoiced_as_calls_not_as_service_events(
     app: RunningApp, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ viewers read.
 """
 
 import asyncio
+import codecs
 import re
 import uuid
 from pathlib import Path
@@ -25,6 +26,7 @@ from ocs.http.context import services_of
 from ocs.http.endpoint import Answer, Endpoint, ObjectId, Params, Role
 from ocs.http.path_ids import path_id
 from ocs.mediation.importer import ImportRequest, UsageImporter
+from ocs.mediation.rejects import written_encoding
 from ocs.mediation.summary import ImportSummary
 from ocs.mediation.supplier_lock import settle_interrupted
 
@@ -144,30 +146,52 @@ async def _save_body(request: web.Request, folder: Path, name: str) -> Path:
 
 
 async def create_import(request: web.Request, params: ImportParams) -> ImportView:
-    """POST /v1/usage/imports: import the body through a usage template."""
+    """POST /v1/usage/imports: import the body through a usage template.
+
+    The body is text in the template's encoding (``format.encoding``), checked whole
+    before any row is imported; the import then reads the same version of the template.
+    """
     services = services_of(request)
     folder = imports_dir(services.settings) / uuid.uuid4().hex
     path = await _save_body(request, folder, _SAFE_NAME.sub("_", params.file_name))
-    if not await asyncio.to_thread(_is_utf8, path):
-        raise invalid("body", "is not UTF-8 text")
-    summary = await _importer(request).run(
+    importer = _importer(request)
+    label, template = await importer.template_of(params.template, params.version)
+    stored = label.rpartition("@")[2]
+    version = int(stored) if stored.isdigit() else params.version
+    encoding = template.format.encoding
+    problem = await asyncio.to_thread(_not_text, path, encoding)
+    if problem is not None:
+        raise invalid("body", f"is not text in the template's encoding, {encoding}: {problem}")
+    summary = await importer.run(
         ImportRequest(
             template=params.template,
             files=(str(path),),
             mode=params.mode,
-            version=params.version,
+            version=version,
             rejects_dir=str(folder),
         )
     )
     return import_view(summary)
 
 
-def _is_utf8(path: Path) -> bool:
+def _not_text(path: Path, encoding: str) -> str | None:
+    """Why the file is not text in ``encoding`` (None: it is)."""
     try:
-        path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+        path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as exc:
+        return f"byte {exc.start} of the body"
+    return None
+
+
+def rejects_charset(encoding: str) -> str:
+    """The HTTP charset of a rejects file written in a template's ``encoding``."""
+    name = codecs.lookup(written_encoding(encoding)).name
+    # Python's names of the Windows and ISO 8859 code pages are not the charsets' names.
+    if re.fullmatch(r"cp125[0-8]", name):
+        return f"windows-{name[2:]}"
+    if name.startswith("iso8859-"):
+        return f"iso-8859-{name[8:]}"
+    return name
 
 
 def _rejects_of(path_text: str | None) -> bytes | None:
@@ -219,16 +243,26 @@ async def show_import(request: web.Request, params: None) -> ImportView:
 
 
 async def import_rejects(request: web.Request, params: None) -> web.Response:
-    """GET /v1/usage/imports/{import_id}/rejects: the rejected rows, as the file had them."""
+    """GET /v1/usage/imports/{import_id}/rejects: the rejected rows, as the file had them
+    (in its template's encoding, named by the answer's charset)."""
     row = await _stored(request)
     data = await asyncio.to_thread(_rejects_of, row["rejects_path"])
     if data is None:
         raise OcsError(Reason.NOT_FOUND, "the import rejected no row", field="import_id")
     path = Path(row["rejects_path"])
+    charset = "utf-8"
+    name, _, version = row["template_version"].rpartition("@")
+    try:
+        _, template = await _importer(request).template_of(
+            name, int(version) if version.isdigit() else None
+        )
+        charset = rejects_charset(template.format.encoding)
+    except OcsError:
+        pass  # a template since gone: its files were most likely UTF-8
     return web.Response(
         body=data,
         content_type="text/csv",
-        charset="utf-8",
+        charset=charset,
         headers={"Content-Disposition": f'attachment; filename="{path.name}"'},
     )
 

@@ -1,6 +1,8 @@
-"""A usage import's rejected rows: written back in each file's own format to a rejects
-file (which can be fixed and imported again), with every problem in a report."""
+"""A usage import's rejected rows: written back in each file's own format and text
+encoding to a rejects file (which can be fixed and imported again with the same
+template), with every problem in a report (UTF-8)."""
 
+import codecs
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -10,6 +12,13 @@ from ocs.mediation.summary import ProblemRow
 
 # Problems an import's answer lists; the report file has them all.
 SHOWN_PROBLEMS = 100
+
+
+def written_encoding(encoding: str) -> str:
+    """The encoding a rejects file of a template's files is written in: the template's,
+    but plain UTF-8 for ``utf-8-sig`` (which reads it too), so it starts with no byte
+    order mark."""
+    return "utf-8" if codecs.lookup(encoding).name == "utf-8-sig" else encoding
 
 
 @dataclass(slots=True)
@@ -46,6 +55,11 @@ class Rejects:
     own_files: dict[str, IO[str]] = field(default_factory=dict)
 
     @property
+    def encoding(self) -> str:
+        """The rejects files' text encoding: the template's (``written_encoding``)."""
+        return written_encoding(self.compiled.template.format.encoding)
+
+    @property
     def rows_path(self) -> Path:
         """The rejects file: the rejected rows in the first file's format."""
         first = self.first
@@ -67,7 +81,7 @@ class Rejects:
         """Write one rejected row and its problems."""
         layout = self.layouts.get(file) or FileLayout(None, None)
         if self.rows is None or self.report is None or self.written is None:
-            self.rows = self.rows_path.open("w", encoding="utf-8", newline="")
+            self.rows = self.rows_path.open("w", encoding=self.encoding, newline="")
             self.report = self.report_path.open("w", encoding="utf-8")
             self.written = layout
             if layout.head is not None:
@@ -94,7 +108,7 @@ class Rejects:
             path = self.rows_path.with_name(
                 f"{name.stem}.import-{self.import_id}.rejects{name.suffix or '.csv'}"
             )
-            handle = self.own_files[file] = path.open("w", encoding="utf-8", newline="")
+            handle = self.own_files[file] = path.open("w", encoding=self.encoding, newline="")
             if layout.head is not None:
                 handle.write(layout.head)
             assert self.report is not None
