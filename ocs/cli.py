@@ -746,6 +746,8 @@ def _rerate(args: argparse.Namespace, settings: Settings) -> int:
             "unrated": report.unrated,
             "total_then": format_amount(report.total_then),
             "total_now": format_amount(report.total_now),
+            "usage_events": report.usage_events,
+            "rate_typed": report.rate_typed,
             "changes": [
                 {
                     "call_id": line.call_id,
