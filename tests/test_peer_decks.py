@@ -18,7 +18,7 @@ from ocs.decks.peers import PEER_FORMATS, peer_deck_to_ocs, read_peer_deck
 from ocs.decks.problems import DeckError
 from ocs.decks.rate_deck import parse_deck
 from ocs.rating.rates import Rate, Tier
-from tests.conftest import RunningApp
+from tests.conftest import RunningApp, eventually
 from tests.deck_helpers import call, deck_rows, import_over_http, wait_until_served
 from tests.helpers import ocs_cli
 
@@ -132,6 +132,16 @@ def test_the_ocs_deck_written_reads_back_to_the_same_rates(fmt: str) -> None:
     text = peer_deck_to_ocs(fmt, FILES[fmt].read_bytes())
     assert text.startswith("prefix,zone,price_per_minute,connect_fee,first_block,increment,tiers\n")
     assert as_rows(parse_deck(text)) == EXPECTED_ROWS[fmt]
+
+
+def test_an_export_without_tiers_is_written_with_an_empty_tiers_column() -> None:
+    # Imported, the written deck replaces every zone's tiers as the export itself does.
+    text = peer_deck_to_ocs("astpp", "49,Germany,0,0,0.50,60,60\n")
+    assert text == (
+        "prefix,zone,price_per_minute,connect_fee,first_block,increment,tiers\n"
+        "49,Germany,0.5,0,60,60,\n"
+    )
+    assert "tiers" in parse_deck(text).columns
 
 
 def test_astpp_patterns_and_its_import_file_without_a_header() -> None:
@@ -273,6 +283,41 @@ async def test_each_export_imported_over_the_api_charges_calls_as_the_peer_did(
         for number, seconds, _ in CALLS[fmt]
     ]
     assert costs == CALLS[fmt]
+
+
+# (format, an export whose German rate needs tiers, the next export: none, 0.50 a minute).
+REIMPORTS = [
+    (
+        "a2billing",
+        # initblock 30, billingblock 60: a tier from second 60 at 0.10.
+        "dest_name,dialprefix,rateinitial,initblock,billingblock\nGermany,49,0.10,30,60\n",
+        "dest_name,dialprefix,rateinitial,initblock,billingblock\nGermany,49,0.50,60,60\n",
+    ),
+    (
+        "astpp",
+        # 30 included seconds: a free base and a tier from second 30 at 0.10.
+        "49,Germany,0,30,0.10,1,1\n",
+        "49,Germany,0,0,0.50,60,60\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fmt", "first", "second"), REIMPORTS)
+async def test_a_reimported_export_replaces_the_tiers_of_the_one_before(
+    app: RunningApp, fmt: str, first: str, second: str
+) -> None:
+    account = await plan_and_account(app, fmt)
+    for export in (first, second):
+        status, body = await import_peer_over_http(app, fmt, fmt, export.encode())
+        assert status == 200, body
+
+    async def second_served() -> bool:
+        match = app.services.catalog.snapshot.tariff_for(fmt, "4930123456")
+        return match is not None and match[1].rate.price_per_minute == 500_000
+
+    await eventually(second_served, what="the second export's price served")
+    # Ten minutes at the second export's 0.50 a minute, none at the first's tier price.
+    assert (await call(app, account, "4930123456", 600))["cost"] == "5.000000"
 
 
 async def test_an_unknown_format_is_a_400_naming_format(app: RunningApp) -> None:

@@ -24,7 +24,9 @@ what becomes of it. The rules:
   billingblock. Otherwise the deck carries a tier: the first block, one step
   to initblock rounded up to billingblock, then billingblock steps. ASTPP's
   included seconds are free seconds before its initial increment: a base tier
-  priced 0 and tiers from there.
+  priced 0 and tiers from there. The tiers are the export's, always: every peer
+  deck declares the ``tiers`` column (``PEER_COLUMNS``), so an import replaces
+  the tiers an earlier export or the shape API set, even where it has none.
 * Zones: the destination name. A name whose rows carry different rates is
   split, each rate a zone named ``"<name> (<its first prefix>)"``; a row with no
   name (ASTPP writes ``--``) is a zone named by its prefix.
@@ -62,6 +64,8 @@ from ocs.rating.rates import Rate, Tier
 from ocs.whole_numbers import whole_number
 
 PEER_FORMATS = ("a2billing", "astpp", "magnusbilling")
+# The optional ocs columns every peer deck declares, tiered or not (``Deck.columns``).
+PEER_COLUMNS = frozenset({"tiers"})
 
 _WHOLE_WEEK = ("0", "10079")  # A2Billing's starttime/endtime: minutes of the week
 _ASTPP_PATTERN = re.compile(r"\^(\d+)\.\*")
@@ -655,8 +659,9 @@ def read_peer_deck(format: str, data: str | bytes, *, currency: str | None = Non
         raise problems.error(what)
     if not deck:
         raise DeckError([(2, f"no rows: the {fmt.title} export holds no rate")], what=what)
-    tiered = any(row.rate.tiers for row in deck)
-    return Deck.from_rows(deck, frozenset({"tiers"}) if tiered else frozenset())
+    # A peer's billing blocks are its zones' tiers (or their absence): the deck owns the
+    # column, so a re-import replaces the tiers an earlier export (or the shape API) set.
+    return Deck.from_rows(deck, PEER_COLUMNS)
 
 
 def _compact(micro: int) -> str:
@@ -666,12 +671,13 @@ def _compact(micro: int) -> str:
 
 def peer_deck_to_ocs(format: str, data: str | bytes, *, currency: str | None = None) -> str:
     """A peer's rate export as ocs deck CSV (``parse_deck`` reads it back to the same
-    deck); a ``tiers`` column when a row needs one. Refused as ``read_peer_deck`` refuses."""
+    deck); always with a ``tiers`` column (empty where a zone has none), so that importing
+    it replaces every zone's tiers as importing the export does. Refused as
+    ``read_peer_deck`` refuses."""
     deck = read_peer_deck(format, data, currency=currency)
-    tiered = "tiers" in deck.columns
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*COLUMNS, "tiers"] if tiered else COLUMNS)
+    writer.writerow([*COLUMNS, "tiers"])
     for row in deck:
         rate = row.rate
         cells = [
@@ -682,5 +688,5 @@ def peer_deck_to_ocs(format: str, data: str | bytes, *, currency: str | None = N
             str(rate.first_block),
             str(rate.increment),
         ]
-        writer.writerow([*cells, format_tiers(rate.tiers)] if tiered else cells)
+        writer.writerow([*cells, format_tiers(rate.tiers)])
     return out.getvalue()
