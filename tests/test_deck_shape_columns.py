@@ -29,10 +29,10 @@ from ocs.decks.cells import (
     shape_cells,
 )
 from ocs.decks.problems import MAX_REPORTED, DeckError
-from ocs.decks.rate_deck import parse_deck, parse_deck_rows
+from ocs.decks.rate_deck import Deck, parse_deck, parse_deck_rows
 from ocs.rating.rates import Rate, Tier, cost
 from tests.conftest import RunningApp
-from tests.deck_helpers import HEADER, import_over_http, outcome
+from tests.deck_helpers import HEADER, call, import_over_http, outcome
 
 BASE = HEADER.rstrip("\n")
 SHAPE_HEADER = (
@@ -266,6 +266,11 @@ def test_a_prefix_may_be_rated_once_per_direction_in_one_zone() -> None:
         ("447", "UK"),
         ("49", "Germany"),
     ]
+    # Each stored prefix rates calls in the directions its rows gave: both, out, in.
+    for parsed in (deck, Deck.from_rows(parse_deck_rows(text))):
+        directions = parsed.prefix_directions()
+        assert directions is not None and directions.tolist() == [3, 1, 2]
+    assert parse_deck(BASE_DECK).prefix_directions() is None  # one way: the zones say it
 
 
 def test_direction_mistakes_are_reported() -> None:
@@ -578,6 +583,55 @@ async def test_inbound_rows_are_stored_beside_the_outbound_ones(app: RunningApp)
         ("UK", "inbound", 5_000, 1_000_000, "[]"),
         ("UK", "outbound", 10_000, 3_000_000, "[]"),
     ]
+
+
+async def test_a_prefix_rates_calls_only_in_the_directions_it_was_given(
+    app: RunningApp,
+) -> None:
+    # 44 is given for inbound calls only, in zone UK, which 447 rates outbound.
+    deck = (
+        BASE + ",direction\n"
+        "4,Europe,0.50,0,1,1,outbound\n"
+        "44,UK,0.01,0,1,1,inbound\n"
+        "447,UK,0.02,0,1,1,outbound\n"
+    )
+    await _plan(app, "retail", deck)
+    status, body = await app.post(
+        "/v1/accounts", {"id": "a-retail", "plan": "retail", "balance": "10.00"}
+    )
+    assert status == 201, body
+    await app.services.catalog.reload()
+    snapshot = app.services.catalog.snapshot
+
+    def matched(number: str, direction: str) -> tuple[str, str, int] | None:
+        match = snapshot.tariff_for("retail", number, direction)
+        return None if match is None else (match[0], match[1].zone, match[1].rate.price_per_minute)
+
+    assert matched("442071234567", "outbound") == ("4", "Europe", 500_000)
+    assert matched("447700900123", "outbound") == ("447", "UK", 20_000)
+    assert matched("442071234567", "inbound") == ("44", "UK", 10_000)
+    assert matched("447700900123", "inbound") == ("44", "UK", 10_000)
+    assert matched("4930123456", "inbound") is None
+    # A minute to London is charged at Europe's 0.50, not at UK's 0.02.
+    assert (await call(app, "a-retail", "442071234567", 60))["cost"] == "0.500000"
+    async with app.services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT prefix, direction FROM prefixes WHERE plan_id = 'retail' ORDER BY prefix"
+        )
+    assert [tuple(r.values()) for r in rows] == [
+        ("4", "outbound"),
+        ("44", "inbound"),
+        ("447", "outbound"),
+    ]
+    # Given both ways now: a change the import counts, and outbound calls to 4420 are UK's.
+    both = deck.replace(
+        "447,UK,0.02,0,1,1,outbound", "447,UK,0.02,0,1,1,outbound\n44,UK,0.02,0,1,1,outbound"
+    )
+    status, body = await import_over_http(app, "retail", both)
+    assert (status, body["added"], body["changed"], body["removed"]) == (200, 0, 1, 0), body
+    await app.services.catalog.reload()
+    match = app.services.catalog.snapshot.tariff_for("retail", "442071234567")
+    assert match is not None and (match[0], match[1].zone) == ("44", "UK")
 
 
 async def _plan_and_answer(app: RunningApp, plan: str, deck: str) -> tuple[int, dict]:

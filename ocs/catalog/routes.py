@@ -130,7 +130,7 @@ def copy_columns(data: np.ndarray, width: int) -> tuple[Int64Array, Int64Array, 
     """Rows of COPY text ``prefix<TAB>n<TAB>...<LF>`` with ``width`` whole numbers after
     the prefix: (prefix at, prefix length, (rows, width) int64 numbers). A carrier's
     cost deck has the 4 fields of a rate; a plan's prefixes (ocs.catalog.snapshot)
-    have 1, the zone id."""
+    have 1, the zone id, or 2, the zone id and the directions."""
     rows = 0
     for c in data:
         rows += c == 10

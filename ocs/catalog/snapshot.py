@@ -45,6 +45,7 @@ from ocs.catalog.routes import (
     read_routes,
 )
 from ocs.catalog.routes import warm_up as warm_up_routes
+from ocs.decks.cells import direction_bit
 from ocs.decks.code_lists import STANDARD, build_code_table, read_code_lists
 from ocs.decks.tariff_sets import read_tariff_sets, read_tariffs
 from ocs.numbers.matcher import PrefixIndex
@@ -131,7 +132,7 @@ class CatalogSnapshot:
     tariffs: dict[str, PlanTariffs] = field(default_factory=dict)
     routes: RouteBook = field(default_factory=RouteBook)
     counters: dict[str, tuple[CounterDef, ...]] = field(default_factory=dict)
-    # Inbound tariffs, over the same prefixes and zones as the outbound deck.
+    # Inbound tariffs, over the deck's prefixes given for inbound calls.
     inbound_decks: dict[str, PrefixTable[Tariff]] = field(default_factory=dict)
     inbound_tariffs: dict[str, PlanTariffs] = field(default_factory=dict)
     # (plan, access number) -> the plan whose deck rates calls through that number.
@@ -232,15 +233,29 @@ class CatalogSnapshot:
 # --- prefixes out of PostgreSQL ------------------------------------------------------
 
 
-def deck_line_columns(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A plan's stored deck lines (``read_deck_lines``: COPY text ``prefix<TAB>zone_id<LF>``)
-    as columns: (prefix at, prefix length, zone id), int64 arrays with one entry a line.
+# The first line of a stored deck is at most this long: a prefix of 32 digits, a zone id
+# of 19 and the directions, each after a tab, and the line feed.
+_FIRST_LINE_MAX = 32 + 1 + 19 + 2 + 1
 
-    The import compares a new deck with the stored lines by these (ocs.catalog.store),
-    and a reload builds the plan's deck from them (``build_deck``).
+
+def deck_line_columns(
+    data: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """A plan's stored deck lines (``read_deck_lines``: COPY text
+    ``prefix<TAB>zone_id[<TAB>directions]<LF>``) as columns: (prefix at, prefix length,
+    zone id, directions), int64 arrays with one entry a line.
+
+    ``directions`` (``direction_bit``s: 1 outbound, 2 inbound, 3 both) is None for a
+    document whose lines carry none (migration 0053): a deck whose tariffs all go one
+    way, or one stored before, whose prefixes rate every direction their zone has a
+    tariff in. The import compares a new deck with the stored lines by these
+    (ocs.catalog.store), and a reload builds the plan's deck from them (``build_deck``).
     """
-    at, length, values = copy_columns(data, 1)
-    return at, length, np.ascontiguousarray(values[:, 0])
+    first_line = bytes(data[:_FIRST_LINE_MAX]).partition(b"\n")[0]
+    width = max(first_line.count(b"\t"), 1)  # an empty document: no line at all
+    at, length, values = copy_columns(data, width)
+    zone = np.ascontiguousarray(values[:, 0])
+    return at, length, zone, np.ascontiguousarray(values[:, 1]) if width > 1 else None
 
 
 async def read_deck_lines(conn: asyncpg.Connection, plan_id: str) -> bytes:
@@ -252,19 +267,24 @@ async def read_deck_lines(conn: asyncpg.Connection, plan_id: str) -> bytes:
     return b"" if lines is None else bytes(lines)
 
 
-def build_deck(data: bytes, tariffs: PlanTariffs) -> PrefixTable[Tariff]:
-    """A plan's deck from its stored lines (``read_deck_lines``). Runs in a worker
-    thread: no event-loop state.
+def build_deck(
+    data: bytes, tariffs: PlanTariffs, direction: str = "outbound"
+) -> PrefixTable[Tariff]:
+    """A plan's deck in one direction from its stored lines (``read_deck_lines``) and
+    its ``tariffs`` in that direction. Runs in a worker thread: no event-loop state.
 
-    Prefixes whose zone has no tariff in the plan are left out, as if absent.
+    Prefixes whose zone has no tariff in the plan are left out, as if absent, and so
+    are those the deck gave for the other direction only (the lines' directions).
     Raises ValueError on a prefix that is not 1 to 32 digits.
     """
     buf = np.frombuffer(data, np.uint8)
-    at, length, zone = deck_line_columns(buf)
+    at, length, zone, ways = deck_line_columns(buf)
     zone_ids = np.asarray(tariffs.zone_ids, np.int64)  # sorted: ORDER BY zone_id
     slot = np.searchsorted(zone_ids, zone)
     rated = slot < len(zone_ids)
     rated[rated] = zone_ids[slot[rated]] == zone[rated]
+    if ways is not None:
+        rated &= (ways & direction_bit(direction)) != 0
     if not rated.all():
         at, length, slot = at[rated], length[rated], slot[rated]
     return PrefixTable.from_index(PrefixIndex.from_buffer(buf, at, length, slot), tariffs.tariffs)
@@ -484,7 +504,7 @@ async def load_snapshot(
             decks[plan_id] = await asyncio.to_thread(build_deck, data, tariffs[plan_id])
         if plan_id not in inbound_decks and plan_id in inbound_tariffs:
             inbound_decks[plan_id] = await asyncio.to_thread(
-                build_deck, data, inbound_tariffs[plan_id]
+                build_deck, data, inbound_tariffs[plan_id], "inbound"
             )
     for plan_id in plans:
         decks.setdefault(plan_id, empty)
@@ -694,4 +714,6 @@ def warm_up() -> None:
     tariff = Tariff("x", Rate(connect_fee=0, first_block=1, increment=1, price_per_minute=1))
     deck = build_deck(b"44\t7\n447\t9\n", PlanTariffs((7,), (tariff,)))
     assert deck.match("4477") == ("44", tariff)
+    inbound = build_deck(b"44\t7\t3\n447\t7\t1\n", PlanTariffs((7,), (tariff,)), "inbound")
+    assert inbound.match("4477") == ("44", tariff)
     warm_up_routes()

@@ -21,7 +21,7 @@ from ocs.catalog.snapshot import (
     plan_from_row,
     read_deck_lines,
 )
-from ocs.decks.cells import SHAPE_FIELDS
+from ocs.decks.cells import ALL_DIRECTION_BITS, SHAPE_FIELDS
 from ocs.decks.code_lists import STANDARD, code_list_lines
 from ocs.decks.rate_deck import Deck, DeckRow
 from ocs.decks.tariff_sets import (
@@ -238,7 +238,8 @@ async def import_deck(
     """Replace a plan's whole rate deck with ``deck`` in one transaction.
 
     A plan's prefixes are one value, ``decks.lines`` (migration 0013, decision
-    0009): the deck's ``prefix<TAB>zone_id`` lines in prefix order, written whole
+    0009): the deck's ``prefix<TAB>zone_id`` lines in prefix order (with
+    ``<TAB>directions`` when its tariffs go both ways, migration 0053), written whole
     in place of the old ones, so a million-prefix deck is one value to write and,
     for every serving process, one value to read; readers see the old deck or the
     new one, never a mix. The prefixes are sorted in a thread while the tariffs
@@ -257,8 +258,9 @@ async def import_deck(
         deck = Deck.from_rows(deck)
     zones = len(set(deck.zones))
     kept = [field for column, field in SHAPE_FIELDS.items() if column not in deck.columns]
-    # The deck stores a prefix once, whatever the directions it is rated in.
+    # The deck stores a prefix once, with the directions it is rated in.
     prefixes = deck.by_prefix()
+    directions = deck.prefix_directions()
     stages: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -285,12 +287,16 @@ async def import_deck(
                 lap("tariffs")
                 ordered = await ordering
                 zone_of_row = zone_ids[prefixes.zone_of]
-                lines = await asyncio.to_thread(_deck_lines, prefixes, ordered, zone_of_row)
+                lines = await asyncio.to_thread(
+                    _deck_lines, prefixes, ordered, zone_of_row, directions
+                )
                 lap("lines")
                 stored = await read_deck_lines(conn, plan_id)
                 lap("read")
                 counting = asyncio.create_task(
-                    asyncio.to_thread(_difference, prefixes, ordered, zone_of_row, stored)
+                    asyncio.to_thread(
+                        _difference, prefixes, ordered, zone_of_row, stored, directions
+                    )
                 )
                 if len(prefixes):
                     await conn.execute(_WRITE_DECK, plan_id, len(prefixes), lines)
@@ -412,17 +418,27 @@ async def _write_tariff_set(
 
 
 def _difference(
-    deck: Deck, ordered: _Ordered, zone_of_row: np.ndarray, stored: bytes
+    deck: Deck,
+    ordered: _Ordered,
+    zone_of_row: np.ndarray,
+    stored: bytes,
+    directions: np.ndarray | None = None,
 ) -> tuple[int, int, int]:
     """(added, changed, removed) between the stored deck's lines and the new deck:
-    prefixes new to the plan, moved to another zone, gone."""
+    prefixes new to the plan, moved to another zone (or, where both documents say
+    which, to other directions), gone. ``directions``: the new rows' (by row)."""
     if not stored:
         return len(deck), 0, 0
     old_buf = np.frombuffer(stored, np.uint8)
-    old_at, old_len, old_zone = deck_line_columns(old_buf)
+    old_at, old_len, old_zone, old_ways = deck_line_columns(old_buf)
     old_keys = prefix_keys(old_buf, old_at, old_len)
     new_keys = ordered.keys.copy()
     new_zone = zone_of_row[ordered.rows]
+    if directions is not None and old_ways is not None:
+        # A move between directions counts as a change, as a move between zones does.
+        shift = int(ALL_DIRECTION_BITS).bit_length()
+        new_zone = (new_zone << shift) | directions[ordered.rows]
+        old_zone = (old_zone << shift) | old_ways
     # Keys hold 18 digits; longer prefixes (never seen in practice) are compared as text.
     old_long = old_len > KEY_DIGITS
     new_long = ordered.prefix_len > KEY_DIGITS
@@ -468,16 +484,30 @@ def _prefix_order(deck: Deck) -> _Ordered:
     return _Ordered(order, keys[order], deck.prefix_at[order], deck.prefix_len[order])
 
 
-def _deck_lines(deck: Deck, ordered: _Ordered, zone_of_row: np.ndarray) -> bytes:
-    """The ``decks.lines`` of ordered rows: ``prefix<TAB>zone_id<LF>`` each.
+def _deck_lines(
+    deck: Deck, ordered: _Ordered, zone_of_row: np.ndarray, directions: np.ndarray | None = None
+) -> bytes:
+    """The ``decks.lines`` of ordered rows: ``prefix<TAB>zone_id<LF>`` each, or
+    ``prefix<TAB>zone_id<TAB>directions<LF>`` given ``directions`` (by row, as
+    ``Deck.prefix_directions`` gives them).
 
     One sequential pass over the gathered columns; prefixes of up to KEY_DIGITS
     digits are written from their keys (reading the deck's buffer and columns in
     sorted, that is random, order cost ~0.5 µs a row).
     """
+    ways = _NO_DIRECTIONS if directions is None else directions[ordered.rows]
     return _copy_lines(
-        deck.buf, ordered.keys, ordered.prefix_at, ordered.prefix_len, zone_of_row[ordered.rows]
+        deck.buf,
+        ordered.keys,
+        ordered.prefix_at,
+        ordered.prefix_len,
+        zone_of_row[ordered.rows],
+        ways,
     ).tobytes()
+
+
+# Lines that carry no directions: their zones' tariffs say which (``_copy_lines``).
+_NO_DIRECTIONS = np.zeros(0, np.int64)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -487,10 +517,12 @@ def _copy_lines(
     prefix_at: np.ndarray,
     prefix_len: np.ndarray,
     zone: np.ndarray,
+    ways: np.ndarray,
 ) -> np.ndarray:
+    with_ways = len(ways) > 0  # one digit after a tab, on every line or on none
     size = 0
     for r in range(len(keys)):
-        size += prefix_len[r] + 21  # a tab, a newline, 19 digits at most
+        size += prefix_len[r] + 23  # two tabs, a newline, 19 digits and 1 at most
     out = np.empty(size, np.uint8)
     digits = np.empty(20, np.uint8)
     n = 0
@@ -520,6 +552,10 @@ def _copy_lines(
         for i in range(k):
             out[n + i] = digits[k - 1 - i]
         n += k
+        if with_ways:
+            out[n] = 9
+            out[n + 1] = 48 + ways[r]
+            n += 2
         out[n] = 10
         n += 1
     return out[:n]
@@ -570,8 +606,11 @@ def warm_up() -> None:
     from ocs.decks.rate_deck import parse_deck
 
     header = "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
-    for text in (header + "44,A,1,0,1,1\n", header + '447,"B""",1,0,1,1\n'):
+    both_ways = header.strip() + ",direction\n44,A,1,0,1,1,outbound\n447,A,2,0,1,1,inbound\n"
+    for text in (header + "44,A,1,0,1,1\n", header + '447,"B""",1,0,1,1\n', both_ways):
         deck = parse_deck(text)
+        directions = deck.prefix_directions()
         zone_of_row = np.zeros(len(deck), np.int64)
         ordered = _prefix_order(deck)
-        _difference(deck, ordered, zone_of_row, _deck_lines(deck, ordered, zone_of_row))
+        lines = _deck_lines(deck, ordered, zone_of_row, directions)
+        _difference(deck, ordered, zone_of_row, lines, directions)

@@ -30,6 +30,9 @@ SHAPE_COLUMNS = (
 OPTIONAL_COLUMNS = ("direction", *SHAPE_COLUMNS)
 # A tariff's directions; a row without a direction cell (or with an empty one) is outbound.
 DIRECTIONS = ("outbound", "inbound")
+# The directions a stored deck line rates its prefix in, as bits (decks.lines, migration
+# 0053): 1 outbound, 2 inbound, 3 both.
+ALL_DIRECTION_BITS = (1 << len(DIRECTIONS)) - 1
 MAX_BLOCK_SECONDS = 86_400  # a first block or an increment: at most a day
 MAX_ZONE_CHARS = 200
 # Shape limits, the shape API's: tiers from second 1 to a week, up to 32 of them;
@@ -50,6 +53,11 @@ def control_character(text: str) -> str | None:
         if (code < 32 and code != 9) or 127 <= code < 160:
             return f"holds the control character U+{code:04X}; names are printable text"
     return None
+
+
+def direction_bit(direction: str) -> int:
+    """The bit of a direction in a deck line's directions: 1 outbound, 2 inbound."""
+    return 1 << DIRECTIONS.index(direction)
 
 
 def parse_direction(text: str) -> str:

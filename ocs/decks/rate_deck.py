@@ -13,8 +13,9 @@ A line whose cells are good is then checked against the good lines before it,
 and every conflict it has is reported.
 
 A tariff is keyed by (zone, direction): all rows of one zone and direction
-carry one rate, shape included. The ``prefixes`` table keys a prefix by plan
-only, so a prefix may appear once per direction, in the same zone.
+carry one rate, shape included. A plan's stored deck keys a prefix by plan
+only, so a prefix may appear once per direction, in the same zone; it rates
+calls in the directions its rows give, and no other (``prefix_directions``).
 
 ``parse_deck`` reads a deck by the compiled scan (ocs.decks.scan); the rules
 and messages are those of the row-by-row reference, ``parse_deck_rows``
@@ -37,11 +38,13 @@ import msgspec
 import numpy as np
 
 from ocs.decks.cells import (
+    ALL_DIRECTION_BITS,
     COLUMNS,
     DIRECTIONS,
     OPTIONAL_COLUMNS,
     SHAPE_FIELDS,
     differing_column,
+    direction_bit,
     optional_present,
     read_optional,
 )
@@ -93,9 +96,20 @@ class Deck(PrefixRows[DeckRow]):
     ``columns``: the optional columns the header named; a shape column not
     named leaves the stored value of that field alone on import. It is a
     sequence of ``DeckRow`` too, built on access, for small decks and tests.
+    When a prefix repeats (once per direction), ``first_of_prefix`` holds the
+    row that gives each prefix first and ``prefix_of`` each row's prefix, by its
+    place in ``first_of_prefix``; both are None otherwise.
     """
 
-    __slots__ = ("columns", "directions", "first_of_prefix", "rates", "zone_of", "zones")
+    __slots__ = (
+        "columns",
+        "directions",
+        "first_of_prefix",
+        "prefix_of",
+        "rates",
+        "zone_of",
+        "zones",
+    )
 
     def __init__(
         self,
@@ -110,6 +124,7 @@ class Deck(PrefixRows[DeckRow]):
         directions: list[str] | None = None,
         columns: frozenset[str] = frozenset(),
         first_of_prefix: np.ndarray | None = None,
+        prefix_of: np.ndarray | None = None,
     ) -> None:
         super().__init__(buf, lines, prefix_at, prefix_len)
         self.zone_of = zone_of
@@ -119,6 +134,7 @@ class Deck(PrefixRows[DeckRow]):
         self.columns = columns
         # Rows that give their prefix first, when a prefix repeats (once per direction).
         self.first_of_prefix = first_of_prefix
+        self.prefix_of = prefix_of
 
     @classmethod
     def from_rows(cls, rows: Sequence[DeckRow], columns: frozenset[str] = frozenset()) -> Deck:
@@ -126,10 +142,13 @@ class Deck(PrefixRows[DeckRow]):
         slot_index: dict[tuple[str, str], int] = {}
         rates: list[Rate] = []
         first_row: dict[str, int] = {}
+        prefix_id: dict[str, int] = {}
         for n, row in enumerate(rows):
             if slot_index.setdefault((row.zone, row.direction), len(rates)) == len(rates):
                 rates.append(row.rate)
             first_row.setdefault(row.prefix, n)
+            prefix_id.setdefault(row.prefix, len(prefix_id))
+        repeats = len(first_row) < len(rows)
         buf, prefix_at, prefix_len = cls._packed([row.prefix for row in rows])
         slots = np.fromiter(
             (slot_index[row.zone, row.direction] for row in rows), np.int64, len(rows)
@@ -145,9 +164,12 @@ class Deck(PrefixRows[DeckRow]):
             directions=[direction for _, direction in slot_index],
             columns=columns,
             first_of_prefix=(
-                None
-                if len(first_row) == len(rows)
-                else np.fromiter(first_row.values(), np.int64, len(first_row))
+                np.fromiter(first_row.values(), np.int64, len(first_row)) if repeats else None
+            ),
+            prefix_of=(
+                np.fromiter((prefix_id[row.prefix] for row in rows), np.int64, len(rows))
+                if repeats
+                else None
             ),
         )
 
@@ -170,6 +192,29 @@ class Deck(PrefixRows[DeckRow]):
             directions=self.directions,
             columns=self.columns,
         )
+
+    def prefix_directions(self) -> np.ndarray | None:
+        """The directions each row of ``by_prefix`` rates calls in, as bits
+        (``direction_bit``: 1 outbound, 2 inbound, 3 both), in its row order.
+
+        None when the deck's tariffs are all of one direction: every prefix is rated
+        in that one, the direction of its zone's only tariff, and the stored lines
+        need not say it. Otherwise a zone with tariffs both ways may hold a prefix
+        given for one of them only, which must not rate calls the other way.
+        """
+        if len(set(self.directions)) < 2:
+            return None
+        slot_bits = np.fromiter(
+            (direction_bit(way) for way in self.directions), np.int64, len(self.directions)
+        )
+        bits: np.ndarray = slot_bits[self.zone_of]
+        if self.first_of_prefix is None or self.prefix_of is None:
+            return bits
+        # A prefix given twice is given once per direction (the deck rules): both ways.
+        twice = np.bincount(self.prefix_of, minlength=len(self.first_of_prefix)) > 1
+        first: np.ndarray = bits[self.first_of_prefix]
+        first[twice] = ALL_DIRECTION_BITS
+        return first
 
     @overload
     def __getitem__(self, i: int) -> DeckRow: ...
@@ -447,6 +492,7 @@ def _collect(data: np.ndarray, out: np.ndarray, index: dict[str, int], ncols: in
         directions=[DIRECTIONS[int(d)] for d in direction[slot_first].tolist()],
         columns=frozenset(optional),
         first_of_prefix=prefix_first if len(prefix_first) < len(rows) else None,
+        prefix_of=prefix_id if len(prefix_first) < len(rows) else None,
     )
 
 
@@ -467,4 +513,7 @@ def warm_up() -> None:
         '49,"Ger""many",.012,0,1,1,,,\n'
     )
     assert len(parse_deck(f"{header}\n{plain}")) == len(parse_deck(f"{header}\n{with_slow_row}"))
-    assert len(parse_deck(shaped).by_prefix()) == 2
+    both_ways = parse_deck(shaped)
+    assert len(both_ways.by_prefix()) == 2
+    directions = both_ways.prefix_directions()
+    assert directions is not None and directions.tolist() == [ALL_DIRECTION_BITS, 1]
