@@ -10,6 +10,7 @@ is no route at all.
 import random
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -127,6 +128,23 @@ def test_billing_blocks_count_in_the_reference_call() -> None:
     assert longer.sell_cost == 36_000
     assert longer.costs == (("A", 36_000), ("B", 24_000), ("C", 24_000))
     assert (longer.carriers, longer.dropped) == (("A", "B", "C"), ())
+
+
+def test_the_sell_side_is_priced_at_the_band_prices_of_the_call() -> None:
+    # 0.02 a minute, but 0.005 in band "night" and 0.03 in band "peak".
+    banded = msgspec.structs.replace(SELL, band_prices=(("night", 5_000), ("peak", 30_000)))
+    routes = book(
+        {"A": {"44": per_minute(10_000)}, "B": {"44": per_minute(25_000)}}, {"rs": ("A", "B")}
+    )
+    at_night = routes.routes_for("rs", "4420", banded, bands=((0, "night"),))
+    assert (at_night.carriers, at_night.dropped, at_night.sell_cost) == ((), ("A", "B"), 5_000)
+    at_peak = routes.routes_for("rs", "4420", banded, bands=((0, "peak"),))
+    assert (at_peak.carriers, at_peak.dropped, at_peak.sell_cost) == (("A", "B"), (), 30_000)
+    # Half the reference minute at night, half at peak: 0.0025 + 0.015.
+    split = routes.routes_for("rs", "4420", banded, bands=((0, "night"), (30, "peak")))
+    assert (split.carriers, split.dropped, split.sell_cost) == (("A",), ("B",), 17_500)
+    # No bands (a plan with no schedule): the base price.
+    assert routes.routes_for("rs", "4420", banded).sell_cost == 20_000
 
 
 def test_zero_margin_is_kept() -> None:

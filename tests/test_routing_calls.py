@@ -83,6 +83,35 @@ async def test_a_plan_allowing_negative_margin_routes_through_the_losing_carrier
     assert body["carriers"] == ["A"]
 
 
+async def test_a_band_price_below_every_carriers_cost_refuses_the_call(app: RunningApp) -> None:
+    # Sold at 0.02 a minute but 0.005 in band "cheap", all day; B costs 0.01: every
+    # minute would lose 0.005, which the plan forbids.
+    await _routed_plan(app, ["B"])
+    await _put(
+        app,
+        "/v1/plans/lcr/bands",
+        {"time_zone": "UTC", "rules": [{"band": "cheap", "start": "00:00", "end": "24:00"}]},
+    )
+    await _put(app, "/v1/plans/lcr/tariffs/Germany/shape", {"band_prices": {"cheap": "0.005"}})
+
+    async def banded() -> bool:
+        snapshot = app.services.catalog.snapshot
+        plan = snapshot.plan("lcr")
+        match = snapshot.tariff_for("lcr", GERMANY)
+        return (
+            plan is not None
+            and plan.bands is not None
+            and match is not None
+            and bool(match[1].rate.band_prices)
+        )
+
+    await eventually(banded, what="the plan's bands and band prices in the catalog")
+    status, body = await app.post("/v1/calls", {"account": "acme", "destination": GERMANY})
+    assert (status, body["error"]["reason"]) == (403, "no_profitable_route"), body
+    _, account = await app.get("/v1/accounts/acme")
+    assert account["reserved"] == "0.000000" and account["lines_in_use"] == 0
+
+
 async def test_radius_accept_lists_the_carriers_best_first(radius: RunningRadius) -> None:
     app = radius.app
     await _routed_plan(app, ["B", "A"], allow=True)

@@ -12,8 +12,10 @@ The margin rule, stated once (``RouteBook.routes_for``):
 * Both sides are priced by the one rating function, ``rating.cost``, for a
   *reference call* of ``reference_seconds`` (60 s) with everything that
   function counts: connect fee, first block, increment rounding. The sell side
-  is the plan's tariff for the number, the buy side the carrier's rate for the
-  number (its own longest prefix).
+  is the plan's tariff for the number, at the time-band prices in effect for
+  the call (``bands``: the bands from the authorize time, as the call is
+  charged), the buy side the carrier's rate for the number (its own longest
+  prefix).
 * A carrier with no prefix for the number is not a route: it is left out, and
   is not counted as dropped.
 * A carrier whose reference cost is at most the sell cost is kept (zero margin
@@ -38,6 +40,7 @@ import numpy as np
 from ocs.decks.cost_deck import RATE_FIELDS, intern_rates, rates_of
 from ocs.numbers.matcher import Int, Int64Array, PrefixIndex
 from ocs.numbers.prefixes import PrefixTable
+from ocs.rating.bands import Segments
 from ocs.rating.rates import Rate, cost
 
 REFERENCE_SECONDS = 60
@@ -93,17 +96,20 @@ class RouteBook:
         digits: str,
         sell_rate: Rate,
         reference_seconds: int = REFERENCE_SECONDS,
+        bands: Segments | None = None,
     ) -> RouteDecision:
         """The route set's carriers for a normalised number sold at ``sell_rate``.
 
         Margin is compared on the cost of a reference call of ``reference_seconds``
         (60 s) computed by ``rating.cost`` on both sides, connect fees, first
         blocks and increments included: a carrier is kept when its cost is at most
-        the sell cost and dropped when it is higher. A carrier with no prefix for
-        the number is not a route: neither kept nor dropped. Both lists keep the
-        route set's order. An unknown route set has no carriers.
+        the sell cost and dropped when it is higher. ``bands``: the time bands from
+        the call's start (``BandSchedule.segments``) for a sell rate with band
+        prices, so that the sell side is what the call will be charged. A carrier
+        with no prefix for the number is not a route: neither kept nor dropped.
+        Both lists keep the route set's order. An unknown route set has no carriers.
         """
-        sell_cost = cost(sell_rate, reference_seconds)
+        sell_cost = cost(sell_rate, reference_seconds, bands)
         kept: list[str] = []
         dropped: list[str] = []
         costs: list[tuple[str, int]] = []

@@ -38,6 +38,7 @@ import numpy as np
 from ocs import metrics
 from ocs.catalog.plan_ivr import IVR_CHANGED, PlanIvr, read_plan_ivrs
 from ocs.catalog.routes import (
+    REFERENCE_SECONDS,
     RouteBook,
     RouteDecision,
     build_route_book,
@@ -50,7 +51,7 @@ from ocs.decks.code_lists import STANDARD, build_code_table, read_code_lists
 from ocs.decks.tariff_sets import read_tariff_sets, read_tariffs
 from ocs.numbers.matcher import PrefixIndex
 from ocs.numbers.prefixes import PrefixTable
-from ocs.rating.bands import BandSchedule, schedule_from_json
+from ocs.rating.bands import BandSchedule, Segments, schedule_from_json
 from ocs.rating.counter_rules import CounterDef, counters_for_zone, read_counters
 from ocs.rating.rates import Rate, Tier
 from ocs.rating.translation import TranslationSet, translation_from_json
@@ -221,13 +222,18 @@ class CatalogSnapshot:
         deck = self.decks.get(plan_id)
         return None if deck is None else deck.match(digits)
 
-    def routes_for(self, plan_id: str, digits: str, sell_rate: Rate) -> RouteDecision | None:
+    def routes_for(
+        self, plan_id: str, digits: str, sell_rate: Rate, bands: Segments | None = None
+    ) -> RouteDecision | None:
         """The plan's route set's carriers for a normalised number sold at ``sell_rate``
-        (``RouteBook.routes_for``); None when the plan has no route set."""
+        (``RouteBook.routes_for``; ``bands``: the time bands from the call's start, for
+        a rate with band prices); None when the plan has no route set."""
         plan = self.plans.get(plan_id)
         if plan is None or plan.route_set_id is None:
             return None
-        return self.routes.routes_for(plan.route_set_id, digits, sell_rate)
+        return self.routes.routes_for(
+            plan.route_set_id, digits, sell_rate, REFERENCE_SECONDS, bands
+        )
 
 
 # --- prefixes out of PostgreSQL ------------------------------------------------------

@@ -43,6 +43,7 @@ from ocs.balances.store import (
     StopResult,
     now_ms,
 )
+from ocs.catalog.routes import REFERENCE_SECONDS
 from ocs.catalog.snapshot import CatalogHolder, CatalogSnapshot, Plan, Tariff
 from ocs.charging.values import (
     ANY_NAS,
@@ -479,7 +480,15 @@ class CallService:
         )
         carriers: tuple[str, ...] = ()
         if routed and direction == "outbound":
-            routing = snapshot.routes_for(plan_id, digits, tariff.rate)
+            rate = tariff.rate
+            # The margin rule prices the sell side as the call is charged: at the band
+            # prices in effect from now, the authorize time.
+            bands = (
+                self._bands(rating_plan, rate, int(self._clock()), REFERENCE_SECONDS)
+                if rate.band_prices
+                else None
+            )
+            routing = snapshot.routes_for(plan_id, digits, rate, bands)
             if routing is not None:
                 # A plan that allows negative margin still gets the losing carriers.
                 carriers = routing.usable(plan.allow_negative_margin)
