@@ -2,6 +2,9 @@
 with no carrier left is refused unless the plan allows negative margin, and the answer
 lists the carriers (HTTP ``carriers``, RADIUS Cisco-AVPair ``ocs-route``)."""
 
+import csv
+import io
+
 import pyrad.packet as rp
 from aiohttp import ClientResponse
 
@@ -72,6 +75,33 @@ async def test_only_a_losing_carrier_refuses_the_call(app: RunningApp) -> None:
     assert (status, body["error"]["reason"]) == (403, "no_profitable_route")
     _, account = await app.get("/v1/accounts/acme")
     assert account["reserved"] == "0.000000" and account["lines_in_use"] == 0
+
+
+async def test_a_card_is_quoted_no_time_to_a_destination_every_call_to_which_is_refused(
+    app: RunningApp,
+) -> None:
+    await _routed_plan(app, ["A"])  # A costs 0.03 against a price of 0.02
+    response = await app.client.post(
+        "/v1/pin-batches",
+        json={"plan": "lcr", "batch": "ivr", "count": 1, "length": 12, "value": "1.00"},
+    )
+    text = await response.text()
+    assert response.status == 201, text
+    (card,) = list(csv.DictReader(io.StringIO(text)))
+    # The IVR must not announce minutes the switch will then be refused.
+    status, quote = await app.get(f"/v1/pins/{card['pin']}/time?destination={GERMANY}")
+    assert (status, quote["error"]["reason"]) == (403, "no_profitable_route"), quote
+    status, body = await app.post("/v1/calls", {"account": "acme", "destination": GERMANY})
+    assert (status, body["error"]["reason"]) == (403, "no_profitable_route")
+    # A carrier with margin: the card's 1.00 buys 50 minutes at 0.02.
+    await _put(app, "/v1/route-sets/rs", {"carriers": ["A", "B"]})
+
+    async def rerouted() -> bool:
+        return app.services.catalog.snapshot.routes.route_sets.get("rs") == ("A", "B")
+
+    await eventually(rerouted, what="the route set with carrier B")
+    status, quote = await app.get(f"/v1/pins/{card['pin']}/time?destination={GERMANY}")
+    assert (status, quote["seconds"]) == (200, 3_000), quote
 
 
 async def test_a_plan_allowing_negative_margin_routes_through_the_losing_carrier(

@@ -794,10 +794,12 @@ class CallService:
     ) -> Quote:
         """The seconds the account's funds buy to ``destination``: an IVR's "you have
         N minutes", reserving nothing. Priced as authorize prices (``price``); counters
-        count first, with the free seconds the account's counters hold now."""
+        count first, with the free seconds the account's counters hold now. Routed as
+        authorize routes: a destination no carrier reaches at a margin the plan allows
+        is refused ``no_profitable_route``, not quoted time no call would be granted."""
         plan_id = await self._plan_of(account_id)
         request = AuthorizeRequest(account_id, destination, access_number=access_number)
-        priced = self.price(request, plan_id, routed=False)
+        priced = self.price(request, plan_id)
         digits = priced.digits
         state = await self._store.get_account(account_id)
         if state is None:
