@@ -240,9 +240,10 @@ async def _start_radius(
     )
     # Both registered before the start, which may fail half-way: each does nothing for
     # what was not started. Pushed after the HTTP runner's cleanup, so the RADIUS
-    # listeners close first; the RADIUS requests then drain after the HTTP ones.
+    # listeners stop reading first; the RADIUS requests then drain after the HTTP ones,
+    # their replies sent on the sockets, which close only after the drain.
     stages.draining.push_async_callback(_drain_radius, radius, settings.shutdown_timeout)
-    stages.listeners.callback(radius.close_listeners)
+    stages.listeners.callback(radius.stop_listening)
     await radius.start(sockets.radius_auth, sockets.radius_acct)
     await radius.watch_clients(services.pool)
     services.disconnect = radius.disconnect
@@ -250,7 +251,8 @@ async def _start_radius(
 
 
 async def _drain_radius(radius: RadiusServer, within: float) -> None:
-    """Let RADIUS requests in flight finish, then stop following the client table."""
+    """Let RADIUS requests in flight finish and answer them, close the sockets, then
+    stop following the client table."""
     await radius.drain(within)
     await radius.stop_watching()
 

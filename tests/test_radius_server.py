@@ -13,6 +13,7 @@ Rates used (tests/conftest.py RETAIL_DECK, EUR): Germany (49) 0.012 a minute,
 fee 0.150.
 """
 
+import asyncio
 import hashlib
 import ipaddress
 import time
@@ -24,7 +25,9 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pyrad import packet as rp
 
+import ocs.radius.server as radius_server
 from ocs.balances.accounts import AccountSpec
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
@@ -1009,6 +1012,67 @@ async def test_accounting_on_closes_the_calls_of_that_nas_by_their_last_report(
     view = await account(nas.app, "2130")
     assert view["balance"] == "9.992000" and view["lines_in_use"] == 1
     assert view["reserved"] == "2.880000"
+
+
+# -- shutdown -----------------------------------------------------------------------------
+
+
+async def test_a_reply_whose_socket_closed_first_is_counted_as_a_drop(
+    nas: RunningRadius, udp: UdpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown stops reading, drains, then closes (tests/test_serve_cleanup.py). Where a
+    socket is closed under a request still running (the drain's time ran out), the reply
+    it can no longer send is counted, not lost in silence."""
+    await new_account(nas.app, "2150", balance="1.00")
+    entered, release = asyncio.Event(), asyncio.Event()
+    real = radius_server.answer_access_request
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        answer = await real(*args, **kwargs)
+        entered.set()
+        await release.wait()
+        return answer
+
+    monkeypatch.setattr(radius_server, "answer_access_request", held)
+    before = sample("ocs_radius_dropped_total", reason="send_failed")
+    udp.send(
+        wire(access_request(RADIUS_SECRET, call_request("2150", GERMANY, "closed-1"))),
+        nas.auth_port,
+    )
+    await asyncio.wait_for(entered.wait(), 5)
+    nas.server.close_listeners()
+    release.set()
+    await dropped("send_failed", before)
+
+
+async def test_a_stop_of_reading_still_answers_the_requests_in_flight(
+    nas: RunningRadius, udp: UdpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown's first stage stops reading, yet the request in flight is answered
+    through the same socket; the drain then closes the sockets."""
+    await new_account(nas.app, "2151", balance="1.00")
+    entered, release = asyncio.Event(), asyncio.Event()
+    real = radius_server.answer_access_request
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        answer = await real(*args, **kwargs)
+        entered.set()
+        await release.wait()
+        return answer
+
+    monkeypatch.setattr(radius_server, "answer_access_request", held)
+    request = access_request(RADIUS_SECRET, call_request("2151", GERMANY, "draining-1"))
+    udp.send(wire(request), nas.auth_port)
+    await asyncio.wait_for(entered.wait(), 5)
+    nas.server.stop_listening()
+    release.set()
+    await nas.server.drain(5)
+    reply = await udp.receive()
+    assert reply is not None and verified(request, reply)
+    assert decode_reply(request, reply).code == rp.AccessAccept
+    assert all(listener.sock.fileno() == -1 for listener in nas.server.listeners)
+    view = await account(nas.app, "2151")
+    assert view["lines_in_use"] == 1
 
 
 # -- metrics ------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ A part that fails to start (the RADIUS listeners, the RADIUS client watch, the
 ledger writer, the janitor, the caller's ``on_ready``) makes `serve` raise, with
 the HTTP listener closed (its runner cleaned up, the port refusing connections),
 the RADIUS ports free, no background task left and the signal handlers removed.
-A stop asked for by ``stopping`` runs the stages in the documented order. The
+A stop asked for by ``stopping`` runs the stages in the documented order, and
+the RADIUS requests in flight when it comes are answered before the sockets
+close. The
 parent of `ocs serve --workers N` likewise stops what it started when a worker
 cannot be started. Everything runs in this process, against the test Redis and
 PostgreSQL.
@@ -25,15 +27,19 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from pyrad import packet as rp
 
+import ocs.radius.server as radius_server
 from ocs import housekeeping, listen_sockets, server, workers
+from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.charging.janitor import Janitor
-from ocs.config import Settings, with_overrides
+from ocs.config import RadiusClientConfig, Settings, with_overrides
 from ocs.radius.server import RadiusServer
 from ocs.runtime import Backends
 from ocs.services import Services
-from tests.conftest import reset_state
+from tests.conftest import RADIUS_SECRET, add_plan, reset_state
+from tests.radius_udp import UdpClient, access_request, accounting_request, verified, wire
 
 WITHIN_S = 15.0  # generous: a loaded CI machine; every wait below is a poll that ends early
 # A whole start and stop: the first one of a session also migrates the database and may
@@ -112,7 +118,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
     monkeypatch.setattr(web, "AppRunner", runner)
     for cls, name, event in (
         (real_runner, "cleanup", "http cleaned up"),
-        (RadiusServer, "close_listeners", "radius listeners closed"),
+        (RadiusServer, "stop_listening", "radius stopped reading"),
         (RadiusServer, "drain", "radius drained"),
         (RadiusServer, "stop_watching", "radius unwatched"),
         (Janitor, "run", "janitor ended"),
@@ -214,19 +220,19 @@ FAILURES = {
         RadiusServer,
         "watch_clients",
         _fail_async,
-        ("radius listeners closed", "http cleaned up", "radius drained", "radius unwatched"),
+        ("radius stopped reading", "http cleaned up", "radius drained", "radius unwatched"),
     ),
     "ledger writer": Failure(
         housekeeping,
         "LedgerWriter",
         _fail,
-        ("radius listeners closed", "http cleaned up", "radius drained", "radius unwatched"),
+        ("radius stopped reading", "http cleaned up", "radius drained", "radius unwatched"),
     ),
     "janitor": Failure(
         housekeeping,
         "Janitor",
         _fail,
-        ("radius listeners closed", "http cleaned up", "radius drained", "radius unwatched"),
+        ("radius stopped reading", "http cleaned up", "radius drained", "radius unwatched"),
     ),
 }
 
@@ -308,7 +314,7 @@ async def test_a_stop_runs_the_stages_in_order_and_leaves_nothing_running(
             await asyncio.wait_for(task, WITHIN_S)
     await _assert_all_stopped(spy, before)
     listeners_then_drain = [
-        "radius listeners closed",
+        "radius stopped reading",
         "http cleaned up",
         "radius drained",
         "radius unwatched",
@@ -318,6 +324,136 @@ async def test_a_stop_runs_the_stages_in_order_and_leaves_nothing_running(
     last_drain = spy.events.index("radius unwatched")
     for background in ("janitor ended", "ledger writer ended"):
         assert spy.events.index(background) > last_drain, spy.events
+
+
+async def test_radius_requests_in_flight_at_a_stop_are_answered(
+    serve_settings: Settings, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Stop being charged and an Access-Request being granted when SIGTERM comes: both
+    finish in the drain and their replies go out (the NAS is not left holding a call
+    that was charged, nor a line and a reservation it was never told about); the ports
+    are free afterwards."""
+    settings = with_overrides(
+        serve_settings,
+        radius_clients=(
+            RadiusClientConfig(name="test-nas", network="127.0.0.1/32", secret=RADIUS_SECRET),
+        ),
+    )
+    before = set(asyncio.all_tasks())
+    stopping = asyncio.Event()
+    listening: asyncio.Future[server.Listening] = asyncio.get_running_loop().create_future()
+    opened: list[Services] = []
+
+    async def on_ready(services: Services, where: server.Listening) -> None:
+        await add_plan(services)
+        for account_id in ("9001", "9002"):
+            await services.accounts.create(
+                AccountSpec(account_id, "retail", opening_balance=10_000_000)
+            )
+        opened.append(services)
+        listening.set_result(where)
+
+    # Each request is decided (charged, reserved), then held until the stop has begun.
+    in_flight: dict[str, asyncio.Event] = {"stop": asyncio.Event(), "authorize": asyncio.Event()}
+    release = asyncio.Event()
+    decided: dict[str, Any] = {}
+    real_accounting = radius_server.handle_accounting
+    real_access = radius_server.answer_access_request
+
+    async def held_accounting(*args: Any, **kwargs: Any) -> Any:
+        outcome = await real_accounting(*args, **kwargs)
+        if outcome.kind == "stop":
+            decided["stop"] = await opened[0].accounts.show("9001")
+            in_flight["stop"].set()
+            await release.wait()
+        return outcome
+
+    authorizations = 0
+
+    async def held_access(*args: Any, **kwargs: Any) -> Any:
+        nonlocal authorizations
+        answer = await real_access(*args, **kwargs)
+        authorizations += 1
+        if authorizations == 2:  # the second call's: the first one sets up the Stop
+            decided["authorize"] = await opened[0].accounts.show("9002")
+            in_flight["authorize"].set()
+            await release.wait()
+        return answer
+
+    monkeypatch.setattr(radius_server, "handle_accounting", held_accounting)
+    monkeypatch.setattr(radius_server, "answer_access_request", held_access)
+    udp = await UdpClient.open()
+    with _signal_handlers_kept():
+        task = asyncio.create_task(server.serve(settings, on_ready=on_ready, stopping=stopping))
+        try:
+            either: set[asyncio.Future[Any]] = {task, listening}
+            done, _ = await asyncio.wait(
+                either, timeout=SERVE_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            assert listening in done, task.exception() if task.done() else "serve not ready"
+            ports = listening.result()
+            assert ports.radius_auth_port and ports.radius_acct_port
+            first = _call_pairs("9001", "SHUTDOWN-1")
+            reply = await udp.exchange(
+                wire(access_request(RADIUS_SECRET, first)), ports.radius_auth_port
+            )
+            assert reply is not None and reply[0] == rp.AccessAccept
+            start = accounting_request(RADIUS_SECRET, [("Acct-Status-Type", "Start"), *first])
+            assert await udp.exchange(wire(start), ports.radius_acct_port) is not None
+            stop = accounting_request(
+                RADIUS_SECRET,
+                [("Acct-Status-Type", "Stop"), *first, ("Acct-Session-Time", "600")],
+            )
+            second = access_request(RADIUS_SECRET, _call_pairs("9002", "SHUTDOWN-2"))
+            udp.send(wire(stop), ports.radius_acct_port)
+            udp.send(wire(second), ports.radius_auth_port)
+            await asyncio.wait_for(in_flight["stop"].wait(), WITHIN_S)
+            await asyncio.wait_for(in_flight["authorize"].wait(), WITHIN_S)
+            stopping.set()
+            # The stop has begun (the listeners no longer read) before the two finish.
+            await _poll(_true_when(lambda: "radius stopped reading" in spy.events), "stop begun")
+            release.set()
+            await asyncio.wait_for(task, WITHIN_S)
+        finally:
+            stopping.set()
+            release.set()
+            if not task.done():
+                await asyncio.wait_for(task, WITHIN_S)
+    replies = {data[0]: data for data in udp.unread()}
+    udp.close()
+    # 600 s to Germany at 0.012 a minute: charged 0.12, the line given back.
+    assert decided["stop"].balance == 10_000_000 - 120_000, decided["stop"]
+    assert decided["stop"].lines_in_use == 0
+    # The second call holds its line and a reservation.
+    assert decided["authorize"].lines_in_use == 1 and decided["authorize"].reserved > 0
+    assert rp.AccountingResponse in replies, "the Stop was charged but never answered"
+    assert verified(stop, replies[rp.AccountingResponse])
+    assert rp.AccessAccept in replies, "the line was reserved but the Access-Accept never sent"
+    assert verified(second, replies[rp.AccessAccept])
+    await _assert_all_stopped(spy, before)
+
+
+def _call_pairs(user: str, conf_id: str) -> list[tuple[str, str]]:
+    """A Cisco-style call from 127.0.0.1 to Germany: what each request of it carries."""
+    return [
+        ("NAS-IP-Address", "127.0.0.1"),
+        ("User-Name", user),
+        ("Called-Station-Id", "4930901820"),
+        ("Calling-Station-Id", "4930123456"),
+        ("h323-conf-id", f"h323-conf-id={conf_id}"),
+        ("h323-call-origin", "h323-call-origin=answer"),
+        ("h323-setup-time", "h323-setup-time=*10:15:00.000 UTC Mon Mar 2 2026"),
+        ("Cisco-AVPair", f"call-id={conf_id}@gw.example"),
+    ]
+
+
+def _true_when(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """``check`` as the awaitable condition ``_poll`` takes."""
+
+    async def condition() -> bool:
+        return check()
+
+    return condition
 
 
 # -- `ocs serve --workers N`: the parent ------------------------------------------------

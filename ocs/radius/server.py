@@ -172,6 +172,9 @@ class RadiusListener:
         self._drops = metrics.RADIUS_SOCKET_DROPS.labels(port.kind)
         self._dropped = 0
         self._logged_at = -_DROP_LOG_EVERY_S
+        # Reading stops first (shutdown's first stage); the socket closes only once the
+        # requests in flight have been answered through it (RadiusServer.drain).
+        self.reading = False
         self.closed = False
 
     def listen(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -185,6 +188,7 @@ class RadiusListener:
                     log.warning("radius socket option unavailable", extra={"option": option})
         self._loop = loop
         loop.add_reader(self.sock.fileno(), self._readable)
+        self.reading = True
 
     def _readable(self) -> None:
         receive = self._server.receive
@@ -224,24 +228,33 @@ class RadiusListener:
         self._drops.set(dropped)
 
     def sendto(self, wire: bytes, addr: Address) -> None:
-        """Send a reply; a full send buffer loses it, counted (the NAS retransmits)."""
+        """Send a reply; one that cannot go out (a full send buffer, the socket already
+        closed) is lost, counted as ``send_failed`` (the NAS retransmits)."""
         if self.closed:
+            metrics.RADIUS_DROPS.labels("send_failed").inc()
             return
         try:
             self.sock.sendto(wire, addr)
         except OSError:
             metrics.RADIUS_DROPS.labels("send_failed").inc()
 
-    def close(self) -> None:
-        """Stop reading and close the socket."""
-        if self.closed:
+    def stop_reading(self) -> None:
+        """Read no more datagrams; the socket stays open for the replies still due."""
+        if not self.reading:
             return
-        self.closed = True
+        self.reading = False
         if self._loop is not None and not self._loop.is_closed():
             # Through Any: typeshed says remove_reader returns a bool, uvloop's returns
             # None, and a mypyc build (decision 0038) checks what the declaration says.
             loop: Any = self._loop
             loop.remove_reader(self.sock.fileno())
+
+    def close(self) -> None:
+        """Stop reading and close the socket."""
+        if self.closed:
+            return
+        self.stop_reading()
+        self.closed = True
         self.sock.close()
 
 
@@ -347,17 +360,28 @@ class RadiusServer:
             await self._pool.release(self._listener)
             self._listener = None
 
+    def stop_listening(self) -> None:
+        """Take no new request (shutdown's first stage): every socket stops being read,
+        and stays open so that the requests in flight can still be answered."""
+        for listener in self.listeners:
+            listener.stop_reading()
+
     def close_listeners(self) -> None:
-        """Close every listening socket; requests in flight still finish."""
+        """Close every listening socket now; a request still running loses its reply
+        (counted as ``send_failed``). A shutdown calls ``stop_listening``, then ``drain``."""
         for listener in self.listeners:
             listener.close()
 
     async def drain(self, within: float) -> None:
-        """Let requests in flight finish (their answers go out), then cancel the rest."""
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=within)
-            for task in pending:
-                task.cancel()
+        """Let requests in flight finish (their answers go out), cancel those still running
+        after ``within`` seconds, then close the sockets."""
+        try:
+            if self._tasks:
+                _, pending = await asyncio.wait(set(self._tasks), timeout=within)
+                for task in pending:
+                    task.cancel()
+        finally:
+            self.close_listeners()
 
     # -- per packet ---------------------------------------------------------------
 
