@@ -189,6 +189,16 @@ CATALOG_RELOAD_FAILURES = Counter(
     "Catalog reloads that failed (the previous snapshot keeps serving).",
 )
 
+# Each LISTEN connection PostgreSQL dropped and ocs replaced (ocs.db.listener); the
+# changes notified meanwhile are picked up by the full reload that follows.
+PG_LISTENER_RECONNECTS = Counter(
+    "ocs_pg_listener_reconnects_total",
+    "PostgreSQL LISTEN connections lost and replaced (a full reload follows), by listener.",
+    ["listener"],
+)
+for _listener in ("catalog", "nas_clients"):
+    PG_LISTENER_RECONNECTS.labels(_listener)
+
 # --- RADIUS -----------------------------------------------------------------------------
 
 RADIUS_PACKETS = Counter(

@@ -1,17 +1,22 @@
-"""Admin API for RADIUS: NAS clients reach running servers; call progress over HTTP."""
+"""Admin API for RADIUS: NAS clients reach running servers (also after PostgreSQL dropped
+the connection they are followed on, or a reload failed); call progress over HTTP."""
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pyrad import packet as rp
 
-from ocs.config import RadiusClientConfig, with_overrides
+import ocs.radius.server as radius_server
+from ocs.config import RadiusClientConfig, Settings, with_overrides
 from ocs.http.app import create_app
 from ocs.radius.clients import ClientTable, load_client_table
 from ocs.radius.dictionary import radius_dictionary
 from ocs.radius.server import RadiusServer
 from tests.conftest import RunningApp, add_plan, bearer, eventually
+from tests.radius_udp import sample
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -152,6 +157,87 @@ async def test_a_nas_the_config_file_has_is_refused_and_an_api_one_can_be_remove
         server.close_listeners()
         await server.stop_watching()
         await client.close()
+
+
+async def test_a_nas_added_after_the_listen_connection_dropped_is_answered(
+    app: RunningApp,
+) -> None:
+    """PostgreSQL ends the connection the client table is followed on (a restart, a
+    failover, pg_terminate_backend): the server takes another, reloads the table and
+    follows later changes; the reconnection is counted."""
+    server = RadiusServer(app.services.calls, _settings(app), ClientTable([]))
+    await server.start()
+    await server.watch_clients(app.services.pool)
+    try:
+        listener = server.client_listener
+        assert listener is not None and listener.connection is not None
+        lost = listener.connection
+        reconnects = sample("ocs_pg_listener_reconnects_total", listener="nas_clients")
+        async with app.services.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", lost.get_server_pid())
+
+        async def replaced() -> bool:
+            return listener.connection not in (None, lost)
+
+        await eventually(replaced, what="a new LISTEN connection for the client table")
+        assert sample("ocs_pg_listener_reconnects_total", listener="nas_clients") == (
+            reconnects + 1
+        )
+        status, _ = await app.post(
+            "/v1/nas-clients", {"name": "gw-4", "address": "127.0.0.4", "secret": "gw-secret"}
+        )
+        assert status == 201
+
+        async def known() -> bool:
+            return server.clients.lookup("127.0.0.4") is not None
+
+        await eventually(known, what="the client table to reload")
+    finally:
+        await server.drain(5)
+        await server.stop_watching()
+
+
+async def test_a_failed_client_table_reload_is_tried_again(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload of the client table that fails (PostgreSQL away a moment) is tried again
+    on a timer: the new NAS is not left unanswered until some other change comes."""
+    server = RadiusServer(app.services.calls, _settings(app), ClientTable([]))
+    server.client_retry_s = 0.05
+    await server.start()
+    await server.watch_clients(app.services.pool)
+    real = radius_server.load_client_table
+    tries = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> ClientTable:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise ConnectionResetError("connection was closed in the middle of operation")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(radius_server, "load_client_table", flaky)
+    try:
+        status, _ = await app.post(
+            "/v1/nas-clients", {"name": "gw-5", "address": "127.0.0.5", "secret": "gw-secret"}
+        )
+        assert status == 201
+
+        async def known() -> bool:
+            return server.clients.lookup("127.0.0.5") is not None
+
+        await eventually(known, what="the failed reload to be tried again")
+        assert tries >= 2
+    finally:
+        await server.drain(5)
+        await server.stop_watching()
+
+
+def _settings(app: RunningApp) -> Settings:
+    """The app's settings with RADIUS on free ports of 127.0.0.1."""
+    return with_overrides(
+        app.services.settings, radius_host="127.0.0.1", radius_auth_port=0, radius_acct_port=0
+    )
 
 
 async def test_bad_nas_client_input_names_the_field(app: RunningApp) -> None:

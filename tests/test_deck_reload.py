@@ -4,7 +4,8 @@ An import counts what changed against the plan's current deck (prefixes new,
 moved to another zone, gone) and leaves exactly the new deck behind. A catalog
 NOTIFY names the plan; every serving process rebuilds that plan's deck beside
 the old snapshot, keeps the others, and on a failed reload goes on serving the
-old snapshot.
+old snapshot and tries again on a timer. A LISTEN connection PostgreSQL drops
+is replaced and the whole catalog reloaded.
 """
 
 import logging
@@ -17,6 +18,7 @@ from ocs.decks.rate_deck import parse_deck
 from ocs.services import Services
 from tests.conftest import add_plan, caught_up, eventually
 from tests.deck_helpers import HEADER, a_deck, deck_text, served, stored
+from tests.radius_udp import sample
 
 
 async def test_a_reimport_counts_the_difference_and_leaves_the_new_deck(
@@ -119,6 +121,64 @@ async def test_a_failed_reload_keeps_the_old_snapshot_serving(
     # After a failure the next change rebuilds everything, the missed deck included.
     await served(services, "a", "33123456", "France")
     await served(services, "a", "447700900123", None)
+
+
+async def test_a_failed_reload_is_tried_again_without_waiting_for_another_change(
+    services: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload that fails (PostgreSQL away for a moment, say) is retried on a timer: the
+    snapshot does not stay behind the catalog until some other change happens."""
+    await add_plan(services, "a")
+    await caught_up(services)
+    services.catalog.retry_s = 0.05
+    failures = sample("ocs_catalog_reload_failures_total")
+
+    def broken(data: bytes, tariffs: catalog.PlanTariffs) -> None:
+        raise ConnectionResetError("connection was closed in the middle of operation")
+
+    monkeypatch.setattr(catalog, "build_deck", broken)
+    await catalog_store.import_deck(
+        services.pool, "a", parse_deck(HEADER + "33,France,0.03,0,60,60\n")
+    )
+
+    async def failed() -> bool:
+        return sample("ocs_catalog_reload_failures_total") > failures
+
+    await eventually(failed, what="the reload to fail")
+    monkeypatch.undo()
+    # No further change: the retry alone brings the new deck in.
+    await served(services, "a", "33123456", "France")
+
+
+async def test_a_dropped_listen_connection_is_replaced_and_the_catalog_reloaded(
+    services: Services,
+) -> None:
+    """PostgreSQL ends the LISTEN connection (a restart, a failover, idle_session_timeout,
+    pg_terminate_backend): ocs takes another, reloads the whole catalog (changes sent
+    meanwhile are lost with the old one), counts it, and follows later changes again."""
+    await add_plan(services, "a")
+    await caught_up(services)
+    listener = services.catalog.listener
+    assert listener is not None and listener.connection is not None
+    lost = listener.connection
+    reconnects = sample("ocs_pg_listener_reconnects_total", listener="catalog")
+    version = services.catalog.version
+    async with services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", lost.get_server_pid())
+
+    async def replaced() -> bool:
+        now = listener.connection
+        return now is not None and now is not lost and services.catalog.version > version
+
+    await eventually(replaced, what="a new LISTEN connection and a full reload")
+    assert sample("ocs_pg_listener_reconnects_total", listener="catalog") == reconnects + 1
+    # Changes after the loss reach the snapshot.
+    await catalog_store.create_plan(services.pool, catalog.Plan("c", "c", "EUR", 0, 0, 1, 14_400))
+    await catalog_store.import_deck(
+        services.pool, "c", parse_deck(HEADER + "33,France,0.03,0,60,60\n")
+    )
+    await served(services, "c", "33123456", "France")
+    assert await caught_up(services) == services.catalog.version
 
 
 async def test_prefixes_longer_than_a_key_are_compared_as_text(services: Services) -> None:

@@ -24,7 +24,6 @@ no deck. So are the plans' IVR defaults (ocs.catalog.plan_ivr), on ``ivr:<plan>`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -46,6 +45,7 @@ from ocs.catalog.routes import (
     read_routes,
 )
 from ocs.catalog.routes import warm_up as warm_up_routes
+from ocs.db.listener import ChannelListener
 from ocs.decks.cells import direction_bit
 from ocs.decks.code_lists import STANDARD, build_code_table, read_code_lists
 from ocs.decks.tariff_sets import read_tariff_sets, read_tariffs
@@ -67,6 +67,11 @@ SYNC = "sync"
 # A catalog notification ``rate_types:<plan>``: a plan's rates by rate type changed.
 # They are no deck's, so the reload it starts keeps every deck.
 RATE_TYPES = "rate_types"
+# A reload begun by notifications that failed is tried again after this many seconds,
+# doubled after each further failure up to RETRY_MAX_S: no later change may come to
+# start it, and the snapshot must not stay behind the catalog.
+RETRY_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,13 +556,15 @@ class CatalogHolder:
 
     ``version`` counts the snapshots loaded; ``caught_up`` waits until every change
     notified before it is in the snapshot, so a caller (a test) need not guess a pause.
+    A LISTEN connection PostgreSQL drops is replaced, then the whole catalog reloaded
+    (ocs.db.listener); a reload that fails is tried again on a timer (``retry_s``).
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         """An empty holder reading from ``pool``; ``start`` loads and begins listening."""
         self._pool = pool
         self._snapshot = CatalogSnapshot(plans={}, decks={})
-        self._listener: asyncpg.Connection | None = None
+        self._listener: ChannelListener | None = None
         self._reload_lock = asyncio.Lock()
         # Plans named by notifications not yet reloaded; a full reload when unsure.
         self._pending: set[str] = set()
@@ -572,6 +579,11 @@ class CatalogHolder:
         # before its notification came back.
         self._markers: dict[str, asyncio.Future[tuple[asyncio.Task[None], ...]]] = {}
         self.version = 0
+        # A failed reload's next try (plain attributes: a test narrows them).
+        self.retry_s = RETRY_S
+        self.retry_max_s = RETRY_MAX_S
+        self._failures = 0
+        self._retry: asyncio.TimerHandle | None = None
 
     @property
     def snapshot(self) -> CatalogSnapshot:
@@ -615,11 +627,19 @@ class CatalogHolder:
             },
         )
 
+    @property
+    def listener(self) -> ChannelListener | None:
+        """What listens for catalog changes (None: not started, or stopped)."""
+        return self._listener
+
     async def start(self) -> None:
         """Load the whole catalog, then listen for changes on ``CATALOG_CHANNEL``."""
         await self.reload()
-        self._listener = await self._pool.acquire()
-        await self._listener.add_listener(CATALOG_CHANNEL, self._on_notify)
+        listener = ChannelListener(
+            self._pool, CATALOG_CHANNEL, "catalog", self._on_notify, self._on_reconnect
+        )
+        await listener.start()
+        self._listener = listener
 
     async def caught_up(self) -> int:
         """Wait until every catalog change notified before this call is in the snapshot
@@ -652,6 +672,34 @@ class CatalogHolder:
         async with self._reload_lock:
             return self.version
 
+    def _on_reconnect(self) -> None:
+        """LISTEN runs again on a new connection: what changed meanwhile is unknown, so
+        everything is reloaded; ``caught_up`` markers sent meanwhile were lost with the
+        connection and are answered by that reload."""
+        self._pending_full = True
+        task = self._schedule_reload()
+        for marker in self._markers.values():
+            if not marker.done():
+                marker.set_result((task,))
+
+    def _schedule_reload(self) -> asyncio.Task[None]:
+        """Start a task reloading what is pending."""
+        task = asyncio.get_running_loop().create_task(self._reload_pending())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _retry_later(self) -> None:
+        """Try the failed reload again after a pause that grows with each failure."""
+        if self._retry is not None:
+            return  # one is due already
+        delay = min(self.retry_s * 2 ** min(self._failures - 1, 16), self.retry_max_s)
+        self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._schedule_reload()
+
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         """Note what a notification changed and schedule a reload (a marker: answer it)."""
         plan_id = _plan_named(payload)
@@ -674,9 +722,7 @@ class CatalogHolder:
             self._pending_codes = True
         else:
             self._pending_full = True
-        task = asyncio.get_running_loop().create_task(self._reload_pending())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._schedule_reload()
 
     async def _reload_pending(self) -> None:
         """Reload what the notifications so far named, unless an earlier task did."""
@@ -697,19 +743,27 @@ class CatalogHolder:
             try:
                 await self._reload_locked(plans, carriers, code_lists)
             except Exception:
-                self._pending_full = True  # rebuild everything on the next change
+                self._pending_full = True  # rebuild everything on the next try
+                self._failures += 1
                 metrics.CATALOG_RELOAD_FAILURES.inc()
-                log.exception("catalog reload failed; the previous snapshot keeps serving")
+                log.exception(
+                    "catalog reload failed; the previous snapshot keeps serving",
+                    extra={"failures": self._failures},
+                )
+                self._retry_later()
+                return
+            self._failures = 0
 
     async def stop(self) -> None:
         """Stop listening and cancel reloads in progress; the last snapshot stays."""
         for marker in self._markers.values():
             if not marker.done():
                 marker.set_exception(RuntimeError("the catalog holder stopped"))
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.remove_listener(CATALOG_CHANNEL, self._on_notify)
-            await self._pool.release(self._listener)
+            await self._listener.stop()
             self._listener = None
         for task in list(self._tasks):
             task.cancel()

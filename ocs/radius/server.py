@@ -43,6 +43,7 @@ from ocs.balances.pin_guard import PinGuard
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import CallRecord
 from ocs.config import Settings
+from ocs.db.listener import ChannelListener
 from ocs.errors import OcsError
 from ocs.listen_sockets import bind_udp
 from ocs.radius.access import answer_access_request
@@ -283,8 +284,14 @@ class RadiusServer:
         self.queue_delay = QueueDelay(settings.radius_queue_budget, settings.radius_queue_target)
         self.auth_port = 0
         self.acct_port = 0
-        self._listener: asyncpg.Connection | None = None
+        self._listener: ChannelListener | None = None
         self._pool: asyncpg.Pool | None = None
+        # A failed reload of the client table is tried again after this many seconds,
+        # doubled after each further failure up to client_retry_max_s (a test narrows them).
+        self.client_retry_s = 1.0
+        self.client_retry_max_s = 60.0
+        self._client_failures = 0
+        self._client_retry: asyncio.TimerHandle | None = None
         # The loop the listeners read on, kept: asyncio's get_running_loop is a getpid()
         # call, once per datagram otherwise.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -335,13 +342,29 @@ class RadiusServer:
             },
         )
 
+    @property
+    def client_listener(self) -> ChannelListener | None:
+        """What listens for client table changes (None: not watching)."""
+        return self._listener
+
     async def watch_clients(self, pool: asyncpg.Pool) -> None:
-        """Reload the client table whenever the admin API changes it (LISTEN/NOTIFY)."""
-        self._listener = await pool.acquire()
+        """Reload the client table whenever the admin API changes it (LISTEN/NOTIFY); a
+        LISTEN connection PostgreSQL drops is replaced and the table reloaded."""
         self._pool = pool
-        await self._listener.add_listener(NAS_CHANNEL, self._clients_changed)
+        listener = ChannelListener(
+            pool, NAS_CHANNEL, "nas_clients", self._clients_changed, self._reload_soon
+        )
+        await listener.start()
+        self._listener = listener
 
     def _clients_changed(self, *_: object) -> None:
+        self._reload_soon()
+
+    def _reload_soon(self) -> None:
+        """Start a reload of the client table (also a retry's, when its time comes)."""
+        if self._client_retry is not None:
+            self._client_retry.cancel()  # this reload is the retry's
+            self._client_retry = None
         task = asyncio.get_running_loop().create_task(self._reload_clients())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -349,15 +372,31 @@ class RadiusServer:
     async def _reload_clients(self) -> None:
         try:
             self.clients = await load_client_table(self._pool, self._settings)
-            log.info("radius clients reloaded", extra={"clients": len(self.clients)})
         except Exception:
-            log.exception("radius client reload failed; the previous table stays")
+            # Tried again on a timer: no later change may come to start another reload.
+            self._client_failures += 1
+            log.exception(
+                "radius client reload failed; the previous table stays",
+                extra={"failures": self._client_failures},
+            )
+            if self._client_retry is None:
+                delay = min(
+                    self.client_retry_s * 2 ** min(self._client_failures - 1, 16),
+                    self.client_retry_max_s,
+                )
+                loop = asyncio.get_running_loop()
+                self._client_retry = loop.call_later(delay, self._reload_soon)
+            return
+        self._client_failures = 0
+        log.info("radius clients reloaded", extra={"clients": len(self.clients)})
 
     async def stop_watching(self) -> None:
         """Stop listening for NAS client table changes."""
-        if self._listener is not None and self._pool is not None:
-            await self._listener.remove_listener(NAS_CHANNEL, self._clients_changed)
-            await self._pool.release(self._listener)
+        if self._client_retry is not None:
+            self._client_retry.cancel()
+            self._client_retry = None
+        if self._listener is not None:
+            await self._listener.stop()
             self._listener = None
 
     def stop_listening(self) -> None:
