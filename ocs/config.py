@@ -694,18 +694,30 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build the settings: defaults < TOML file < OCS_* environment < overrides (CLI flags)."""
+    """Build the settings: defaults < TOML file < OCS_* environment < overrides (CLI flags).
+
+    The file is ``config_file`` (``--config``), else the one ``OCS_CONFIG`` names in
+    ``environ`` (None: the process's environment).
+    """
     values: dict[str, Any] = {}
+    env = os.environ if environ is None else environ
     path = Path(config_file) if config_file else None
-    if path is None and environ is not None and environ.get("OCS_CONFIG"):
-        path = Path(environ["OCS_CONFIG"])
+    named_by = "--config"
+    if path is None and env.get("OCS_CONFIG"):
+        path, named_by = Path(env["OCS_CONFIG"]), "OCS_CONFIG"
     if path is not None:
         try:
             document = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"--config: file not found: {path}") from None
+            raise ConfigError(f"{named_by}: file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{named_by}: a directory, not a file: {path}") from None
+        except PermissionError:
+            raise ConfigError(f"{named_by}: file not readable: {path}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{named_by} {path}: not valid TOML: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
+            raise ConfigError(f"{named_by} {path}: not valid TOML: {exc}") from None
         # Accept either top-level keys or an [ocs] table, not both: a key outside the
         # table would otherwise be silently ignored.
         section = document
@@ -715,7 +727,6 @@ def load_settings(
                 raise ConfigError(f"{path}: key(s) {', '.join(outside)} outside the [ocs] table")
             section = document["ocs"]
         _apply(values, section, str(path), env=False)
-    env = os.environ if environ is None else environ
     _apply(
         values,
         {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)},

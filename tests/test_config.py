@@ -86,6 +86,23 @@ def test_ocs_config_names_the_file_and_an_explicit_file_wins(tmp_path: Path) -> 
     assert load_settings(explicit, environ={"OCS_CONFIG": str(from_env)}).http_port == 6666
 
 
+def test_ocs_config_in_the_process_environment_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the CLI and `ocs serve` call: no ``environ`` given, the process's own."""
+    for name in [k for k in os.environ if k.startswith("OCS_")]:
+        monkeypatch.delenv(name)
+    path = write_toml(tmp_path, 'redis_url = "redis://cache:6379/0"\nhttp_port = 5555\n')
+    monkeypatch.setenv("OCS_CONFIG", str(path))
+    settings = load_settings()
+    assert (settings.redis_url, settings.http_port) == ("redis://cache:6379/0", 5555)
+    assert settings.config_file == path
+    monkeypatch.setenv("OCS_CONFIG", str(tmp_path / "absent.toml"))
+    with pytest.raises(ConfigError, match="OCS_CONFIG: file not found") as raised:
+        load_settings()
+    assert "absent.toml" in str(raised.value)
+
+
 def test_environment_values_are_parsed_to_their_types() -> None:
     settings = load_settings(
         environ={
@@ -310,6 +327,26 @@ def test_serve_with_a_missing_config_file_exits_2_naming_the_file(tmp_path: Path
     assert code == 2
     assert out == ""
     assert_one_line_naming(err, "missing.toml")
+
+
+def test_a_command_with_ocs_config_naming_a_missing_file_exits_2_naming_it(
+    tmp_path: Path,
+) -> None:
+    code, out, err = run_ocs(tmp_path, "plans", "list", env={"OCS_CONFIG": "missing.toml"})
+    assert code == 2, err
+    assert out == ""
+    line = assert_one_line_naming(err, "missing.toml")
+    assert "OCS_CONFIG" in line
+    assert not (tmp_path / "xdg").exists()  # no embedded store started in its place
+
+
+def test_a_command_reads_the_file_ocs_config_names(tmp_path: Path) -> None:
+    write_toml(tmp_path, "http_port = 8080\nredis_host = 'cache'\n")
+    code, out, err = run_ocs(tmp_path, "plans", "list", env={"OCS_CONFIG": "ocs.toml"})
+    assert code == 2, err
+    assert out == ""
+    assert_one_line_naming(err, "redis_host")
+    assert not (tmp_path / "xdg").exists()
 
 
 def test_serve_with_an_unknown_key_in_the_config_file_exits_2_naming_the_key(
