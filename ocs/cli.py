@@ -1200,7 +1200,9 @@ def _plans_billing(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``ocs`` command line; returns the exit code."""
+    from ocs.backend_health import backend_of, describe
     from ocs.embedded import EmbeddedServerError, StoreConflictError
+    from ocs.runtime import BackendUnreachable
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1239,6 +1241,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
+    except BackendUnreachable as exc:
+        # Down, or refusing us (a wrong password, no such database): one line, no traceback.
+        print(f"ocs: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except OSError as exc:
         print(f"ocs: cannot reach a backend: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Exception as exc:
+        # A backend lost in the middle of a command: said in one line; anything else is
+        # a bug and keeps its traceback.
+        backend = backend_of(exc)
+        if backend is None:
+            raise
+        print(f"ocs: lost the connection to {backend}: {describe(exc)}", file=sys.stderr)
         return EXIT_REFUSED

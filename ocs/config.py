@@ -157,10 +157,19 @@ def _parse_seconds(low: float, high: float) -> Callable[[Any], float]:
     return parse
 
 
+def _text_list(value: Any, what: str) -> list[str]:
+    """A list of texts given as a list, or as one text separated by commas."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",")]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of {what}, or them in one text separated by commas")
+    return list(value)
+
+
 def _parse_networks(value: Any) -> tuple[str, ...]:
     import ipaddress
 
-    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    items = _text_list(value, "IP addresses or CIDRs")
     networks = []
     for item in items:
         if not item:
@@ -176,7 +185,7 @@ _CALL_ID_SOURCES = ("h323-conf-id", "Acct-Session-Id", "call-id")
 
 
 def _parse_call_id_order(value: Any) -> tuple[str, ...]:
-    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    items = _text_list(value, ", ".join(_CALL_ID_SOURCES))
     if not items or any(item not in _CALL_ID_SOURCES for item in items):
         raise ValueError(f"expected a list of {', '.join(_CALL_ID_SOURCES)}")
     return tuple(items)
@@ -232,6 +241,9 @@ def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
             ) from None
         if not isinstance(secret, str) or not secret:
             raise ValueError(f"entry {n}: secret is required")
+        name = item.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"entry {n}: name must be a non-empty text")
         require = item.get("require_message_authenticator")
         if require is not None and not isinstance(require, bool):
             raise ValueError(f"entry {n}: require_message_authenticator must be true or false")
@@ -244,7 +256,7 @@ def _parse_radius_clients(value: Any) -> tuple[RadiusClientConfig, ...]:
             raise ValueError(f"entry {n}: coa_port must be a port number from 1 to 65535")
         clients.append(
             RadiusClientConfig(
-                name=str(item.get("name") or network),
+                name=name or network,
                 network=network,
                 secret=secret,
                 require_message_authenticator=require,
@@ -687,6 +699,10 @@ def _apply(values: dict[str, Any], source: Mapping[str, Any], origin: str, env: 
             values[name] = parser(raw)
         except ValueError as exc:
             raise ConfigError(f"{label}: {exc}") from None
+        except (TypeError, AttributeError):
+            # A parser that did not foresee this type: refused, naming the setting.
+            kind = type(raw).__name__
+            raise ConfigError(f"{label}: a value of the wrong type ({kind}): {raw!r}") from None
 
 
 def load_settings(

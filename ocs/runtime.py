@@ -13,9 +13,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+from redis.exceptions import RedisError
 
+from ocs.backend_health import describe as describe_error
 from ocs.balances.accounts import AccountService
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.cards import CardService
@@ -31,6 +34,64 @@ from ocs.services import Services
 from ocs.warm_up import warm_up
 
 log = logging.getLogger("ocs.runtime")
+
+
+class BackendUnreachable(Exception):
+    """Redis or PostgreSQL could not be connected to, or refused the connection (a wrong
+    password, a database that does not exist), when a process opened its runtime.
+
+    Its text is one line naming the backend and where it is (host, port, database:
+    never a password) and what it answered; the CLI prints it instead of a traceback.
+    """
+
+    def __init__(self, backend: str, url: str, cause: BaseException) -> None:
+        from ocs.embedded import describe_url
+
+        self.backend = backend
+        super().__init__(f"cannot use {backend} at {describe_url(url)}: {describe_error(cause)}")
+
+
+# What opening a connection raises when the server is not there or refuses us: socket
+# and TLS errors, timeouts, and the server's own refusals (a database or role that does
+# not exist, a wrong password, too many connections).
+_POSTGRESQL_REFUSALS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_REDIS_REFUSALS = (OSError, TimeoutError, RedisError)
+
+
+async def _open_pool(url: str, size: int) -> asyncpg.Pool:
+    """A connection pool on PostgreSQL at ``url``; ``BackendUnreachable`` if it cannot be."""
+    try:
+        pool: asyncpg.Pool = await asyncpg.create_pool(url, min_size=1, max_size=size)
+    except _POSTGRESQL_REFUSALS as exc:
+        raise BackendUnreachable("PostgreSQL", url, exc) from exc
+    return pool
+
+
+async def _check_redis(redis: Any, url: str) -> None:
+    """PING Redis at ``url`` (connect, AUTH, SELECT); ``BackendUnreachable`` if it fails."""
+    try:
+        await redis.ping()
+    except _REDIS_REFUSALS as exc:
+        raise BackendUnreachable("Redis", url, exc) from exc
+
+
+async def check_backends(settings: Settings) -> None:
+    """Connect once to the Redis and PostgreSQL of ``settings`` (URLs, not embedded)
+    and let go: ``BackendUnreachable`` names the one that cannot be used.
+
+    A ``--workers`` parent calls it before it starts any worker, so that a backend that
+    is down or refuses stops the start with one line instead of workers that exit and
+    are restarted, one after another.
+    """
+    if settings.database_url:
+        pool = await _open_pool(settings.database_url, 1)
+        await pool.close()
+    if settings.redis_url:
+        redis = redis_client(settings.redis_url, cluster=settings.redis_cluster, max_connections=1)
+        try:
+            await _check_redis(redis, settings.redis_url)
+        finally:
+            await redis.aclose()
 
 
 class Backends:
@@ -156,9 +217,8 @@ async def open_runtime(
             max_connections=settings.redis_max_connections,
         )
         try:
-            async with asyncpg.create_pool(
-                backends.database_url, min_size=1, max_size=settings.database_pool_size
-            ) as pool:
+            async with await _open_pool(backends.database_url, settings.database_pool_size) as pool:
+                await _check_redis(redis, backends.redis_url)
                 await migrate(pool)
                 pipeline = AutoPipeline(
                     redis,

@@ -24,6 +24,7 @@ handlers are restored, the embedded servers stop, the metrics directory is
 removed, and the sockets and the pipe are closed.
 """
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -41,9 +42,9 @@ from prometheus_client import multiprocess
 
 from ocs import listen_sockets, systemd_notify
 from ocs.background import BACKGROUND, PART_ENV
-from ocs.config import Settings
+from ocs.config import Settings, with_overrides
 from ocs.metrics import MULTIPROCESS_DIR_ENV
-from ocs.runtime import Backends
+from ocs.runtime import Backends, check_backends
 
 log = logging.getLogger("ocs.workers")
 
@@ -173,6 +174,15 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
         backends = Backends(settings)
         backends.start()  # stops what it started itself if it fails
         stack.callback(backends.stop)
+        # A backend down or refusing stops the start here, in one line (BackendUnreachable),
+        # rather than in every worker, restarted and failing again, one after another.
+        asyncio.run(
+            check_backends(
+                with_overrides(
+                    settings, redis_url=backends.redis_url, database_url=backends.database_url
+                )
+            )
+        )
         env = dict(os.environ)
         env["OCS_REDIS_URL"] = backends.redis_url or ""
         env["OCS_DATABASE_URL"] = backends.database_url or ""

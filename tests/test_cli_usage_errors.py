@@ -1,7 +1,9 @@
 """A bad argument value is a usage error (exit 2, "usage error: ..."), not a configuration one.
 
 "configuration error" stays for settings (--config files, OCS_* variables and the flags
-that set them); what a command is given to work on is usage.
+that set them); what a command is given to work on is usage. A backend that is down or
+refuses (no such database or role, a wrong password) is one line naming it, where it is
+(never its password) and what it answered, exit 1: never a traceback.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from tests.embedded_helpers import child_env
+from tests.ports import free_port
 
 
 def _ocs(tmp_path: Path, *args: str) -> tuple[int, str, str]:
@@ -85,3 +89,78 @@ def test_a_bad_setting_flag_is_still_a_configuration_error(tmp_path: Path) -> No
     code, _, err = _ocs(tmp_path, "plans", "list", "--log-level", "chatty")
     assert code == 2
     assert err.strip().startswith("ocs: configuration error: --log-level"), err
+
+
+def _with(url: str, *, netloc: str | None = None, path: str | None = None) -> str:
+    """``url`` with another user/host part or path (database)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=netloc or parts.netloc, path=path or parts.path))
+
+
+def _backend_cases(redis_url: str, database_url: str) -> dict[str, tuple[str, str, str]]:
+    """Each case: (Redis URL, PostgreSQL URL, what the one line must name)."""
+    pg = urlsplit(database_url)
+    at = f"{pg.hostname}:{pg.port or 5432}"
+    return {
+        "redis down": (f"redis://127.0.0.1:{free_port()}/0", database_url, "Redis at redis://"),
+        "no such database": (
+            redis_url,
+            _with(database_url, netloc=f"postgres:s3cret-pw@{at}", path="/no_such_db"),
+            'database "no_such_db" does not exist',
+        ),
+        "no such role": (
+            redis_url,
+            _with(database_url, netloc=f"nobody:s3cret-pw@{at}"),
+            'role "nobody" does not exist',
+        ),
+        "postgresql down": (
+            redis_url,
+            _with(database_url, netloc=f"postgres:s3cret-pw@127.0.0.1:{free_port()}"),
+            "PostgreSQL at postgresql://postgres:***@127.0.0.1:",
+        ),
+        "no such redis database": (
+            _with(redis_url, path="/999"),
+            database_url,
+            "Redis at redis://",
+        ),
+    }
+
+
+CASES = ["redis down", "no such database", "no such role", "postgresql down"]
+
+
+@pytest.mark.parametrize("case", [*CASES, "no such redis database"])
+def test_a_backend_down_or_refusing_is_one_line_not_a_traceback(
+    tmp_path: Path, redis_url: str, database_url: str, case: str
+) -> None:
+    redis, postgres, says = _backend_cases(redis_url, database_url)[case]
+    code, out, err = _ocs(
+        tmp_path, "plans", "list", "--redis-url", redis, "--database-url", postgres,
+        "--log-level", "warning",
+    )  # fmt: skip
+    assert code == 1, err
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ocs: cannot use "), err
+    assert says in lines[0], err
+    assert "s3cret-pw" not in err
+
+
+@pytest.mark.parametrize("case", ["redis down", "no such database"])
+def test_serve_with_workers_and_a_backend_down_says_so_once_and_exits(
+    tmp_path: Path, redis_url: str, database_url: str, case: str
+) -> None:
+    """The parent checks the backends before it starts a worker: no worker is started,
+    fails, is restarted and fails again, each with a traceback."""
+    redis, postgres, says = _backend_cases(redis_url, database_url)[case]
+    code, out, err = _ocs(
+        tmp_path, "serve", "--workers", "2", "--redis-url", redis, "--database-url", postgres,
+        "--http-host", "127.0.0.1", "--http-port", "0", "--radius-host", "127.0.0.1",
+        "--radius-auth-port", "0", "--radius-acct-port", "0", "--log-level", "warning",
+    )  # fmt: skip
+    assert code == 1, err
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ocs: cannot use ") and says in lines[0], err

@@ -216,6 +216,11 @@ def test_a_bad_environment_value_names_the_variable(variable: str, value: str) -
         'data_dir = ""',
         "ledger_batch_size = 1.9",
         "shutdown_timeout = -0.5",
+        # Values of a type the setting cannot be: refused naming it, not a TypeError.
+        "switch_networks = 5",
+        "switch_networks = [10]",
+        "radius_call_id_order = 5",
+        'radius_clients = [{address = "10.0.0.0/8", secret = "x", name = ["a"]}]',
     ],
 )
 def test_a_bad_value_in_the_file_names_the_key_and_the_file(tmp_path: Path, line: str) -> None:
