@@ -91,7 +91,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.http.dunning_handlers import instant, report_view
 
     at = checked(lambda: instant(time_arg(args.at, "--at"), "--at"))
-    report = with_services(settings, lambda s: dunning.run_dunning(s.pool, s.store, s.settings, at))
+    report = with_services(
+        settings,
+        lambda s: dunning.run_dunning(s.pool, s.store, s.settings, at, publish_backlog=False),
+    )
     print_json(to_builtins(report_view(report)))
     return 0
 

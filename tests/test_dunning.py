@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ocs import metrics
 from ocs.balances.accounts import AccountSpec
 from ocs.billing import dunning, payments, posting
 from ocs.billing.cycles import PlanBilling
@@ -28,6 +29,7 @@ from tests.conftest import CutRig, RunningApp, add_plan, eventually
 from tests.helpers import ocs_cli, radius, return_code, send
 from tests.nas_emulator import NAS_SECRET
 from tests.radclient import radclient
+from tests.radius_udp import sample
 
 UK_MOBILE = "447700900123"
 GERMANY = "4930901820"
@@ -480,6 +482,29 @@ async def test_settings_state_and_run_endpoints_refuse_what_they_cannot_use(
     assert "at" in body["error"]["message"]
     status, body = await app.post("/v1/dunning/run", {})
     assert status == 200, body
+
+
+async def test_a_run_over_the_api_that_fails_leaves_no_backlog_behind(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /v1/dunning/run in a serving process fails half-way (PostgreSQL lost): the
+    caller gets the error, and the process's ocs_dunning_backlog stays 0. Nothing would
+    ever run dunning in that process again to clear it, and OcsDunningBacklog would
+    fire for good; the backlog gauge is the billing worker's, whose next run clears it."""
+    await one_notice_three_days_apart(app, "d9")
+    await post_march(app.services)
+    metrics.DUNNING_BACKLOG.set(0)
+
+    async def lost(*_: Any, **__: Any) -> None:
+        raise ConnectionResetError("connection was closed in the middle of operation")
+
+    monkeypatch.setattr(dunning, "_take_notice", lost)
+    status, body = await app.post("/v1/dunning/run", {"at": at(4, 3).isoformat()})
+    assert status == 503, body
+    assert sample("ocs_dunning_backlog") == 0
+    monkeypatch.undo()
+    # The notice is still due, and taken by the next run.
+    assert taken(await dun(app, at(4, 3))) == [("d9", "notice", 1, "sent")]
 
 
 async def test_cli_sets_runs_and_shows(app: RunningApp, tmp_path: Any) -> None:

@@ -413,6 +413,7 @@ async def run_dunning(
     now: datetime,
     *,
     cutter: CallCutter | None = None,
+    publish_backlog: bool = True,
 ) -> DunningReport:
     """One dunning run on the clock ``now``: reactivate the dunning-suspended accounts
     that owe nothing overdue, then take each unpaid invoice's due step (a notice, or
@@ -420,8 +421,16 @@ async def run_dunning(
 
     At a suspension with ``dunning_live_calls = "disconnect"``, ``cutter`` cuts the
     account's live calls; without one they are left to finish (``calls_left``).
+
+    ``publish_backlog``: keep ``ocs_dunning_backlog`` (the steps due and untaken) as
+    the run goes. Only a process that runs dunning again and again (the billing worker)
+    may: a run that fails leaves the gauge above 0 until the next run sets it again,
+    which is what OcsDunningBacklog watches. A one-off run (the HTTP API in ``ocs
+    serve``, the CLI) tells its caller how it went and leaves the gauge alone: no next
+    run would ever clear what it left.
     """
     _require_aware(now)
+    backlog_gauge = metrics.DUNNING_BACKLOG if publish_backlog else None
     report = DunningReport(at=now)
     report.reactivated = await _reactivate_settled(pool, store, None, now, "run")
     # Time zones run from UTC-12 to UTC+14: a due date up to a day past today's (UTC)
@@ -431,7 +440,8 @@ async def run_dunning(
         invoices = await dunning_store.dunned_invoices(conn, not_after)
     # Steps due and not yet taken: what is left of it if this run fails half-way.
     backlog = sum(1 for i in invoices if _due(next_step(i), now))
-    metrics.DUNNING_BACKLOG.set(backlog)
+    if backlog_gauge is not None:
+        backlog_gauge.set(backlog)
     for invoice in invoices:
         step = next_step(invoice)
         if step is None or step.due_at > now:
@@ -441,7 +451,8 @@ async def run_dunning(
         else:
             taken = await _suspend(pool, store, invoice, step, now)
         backlog -= 1
-        metrics.DUNNING_BACKLOG.set(backlog)
+        if backlog_gauge is not None:
+            backlog_gauge.set(backlog)
         if taken is None:
             continue
         metrics.DUNNING_STEPS.labels(taken.step, taken.outcome).inc()

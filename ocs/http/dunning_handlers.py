@@ -181,6 +181,9 @@ async def run_dunning(request: web.Request, params: RunDunning) -> DunningRunVie
         services.settings,
         instant(params.at),
         cutter=call_cutter(services),
+        # A one-off run: a failure is this request's error; the backlog gauge is the
+        # billing worker's, whose next run clears it (decision 0028).
+        publish_backlog=False,
     )
     return report_view(report)
 
