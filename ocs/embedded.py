@@ -39,6 +39,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -679,23 +680,44 @@ def check_no_other_store(data_dir: Path) -> None:
         raise StoreConflictError(wanted, other, pid)
 
 
+# A query parameter whose name says password (password=, sslpassword=...): its value,
+# up to the next parameter (a '#' or '?' in it is the secret's, not a fragment's).
+_PASSWORD_PARAMETER = re.compile(r"(?i)([?&][^=&]*password[^=&]*=)([^&]*)")
+
+
 def describe_url(url: str) -> str:
-    """``url`` without its password (userinfo or ``password=`` query parameter), for logs."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostinfo}"
-    query = "&".join(
-        "password=***" if item.split("=", 1)[0].lower() == "password" else item
-        for item in parts.query.split("&")
-        if item
+    """``url`` without its passwords, for logs and messages.
+
+    Read from the text, not parsed: a password with an unescaped '#', '?', '/' or '@'
+    makes a URL parser end the authority early and show the rest. Everything between
+    '://' and the last '@' outside a password parameter is the user and the password
+    (the user is kept, up to its ':'); the value of every parameter named like
+    ``*password*`` is hidden. When unsure it hides more: an '@' in another parameter
+    is taken for the authority's.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    secret = [m.span(2) for m in _PASSWORD_PARAMETER.finditer(rest)]
+    at = next(
+        (
+            i
+            for i in range(len(rest) - 1, -1, -1)
+            if rest[i] == "@" and not any(start <= i < end for start, end in secret)
+        ),
+        -1,
     )
-    if netloc == parts.netloc and query == parts.query:
-        # Nothing secret: as given (urlunsplit would turn unix:///path into unix:/path).
-        return url
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if at < 0 and "@" in rest:
+        # Its only '@' is in a password parameter's value, or ends a password holding
+        # '?password=': which one cannot be told, so nothing past the scheme is shown.
+        return f"{scheme}{separator}***"
+    userinfo, tail = (rest[:at], rest[at:]) if at >= 0 else ("", rest)
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    else:
+        userinfo = _PASSWORD_PARAMETER.sub(r"\1***", userinfo)
+    tail = _PASSWORD_PARAMETER.sub(r"\1***", tail)
+    return f"{scheme}{separator}{userinfo}{tail}"
 
 
 __all__ = [

@@ -194,6 +194,23 @@ def test_only_a_command_starting_a_store_under_the_default_data_dir_is_checked(
             "postgresql://ocs@/ocs?host=/run/pg&password=pw",
             "postgresql://ocs@/ocs?host=/run/pg&password=***",
         ),
+        # Passwords a URL parser would cut short at an unescaped '#', '?', '/' or '@'.
+        ("postgresql://ocs:pa#ss@db:5432/ocs", "postgresql://ocs:***@db:5432/ocs"),
+        ("postgresql://ocs:pa?ss@db/ocs", "postgresql://ocs:***@db/ocs"),
+        ("postgresql://ocs:pa/ss@db/ocs", "postgresql://ocs:***@db/ocs"),
+        ("redis://:p@ss#w?x/y@cache:6379/0", "redis://:***@cache:6379/0"),
+        # Every parameter named like a password, its value to the next parameter.
+        (
+            "postgresql://ocs@db/ocs?sslpassword=k3y&sslmode=verify-full",
+            "postgresql://ocs@db/ocs?sslpassword=***&sslmode=verify-full",
+        ),
+        (
+            "postgresql://ocs:pw@db/ocs?sslpassword=a#b@c",
+            "postgresql://ocs:***@db/ocs?sslpassword=***",
+        ),
+        ("postgresql://ocs@db:5432,db2:5432/ocs", "postgresql://ocs@db:5432,db2:5432/ocs"),
+        # Which '@' ends the password cannot be told: nothing past the scheme is shown.
+        ("postgresql:///ocs?sslpassword=x@y", "postgresql://***"),
     ],
 )
 def test_urls_are_described_without_passwords(url: str, shown: str) -> None:
