@@ -153,11 +153,13 @@ CALL_STOPS = Counter(
 LATE_STOPS = Counter(
     "ocs_late_stops_total",
     "Stops that came after their call was closed without one (by the janitor or a NAS"
-    " restart), by outcome: charged (the stop added to what the close charged) or covered"
+    " restart), by outcome: charged (the stop added to what the close charged), refunded"
+    " (the call was shorter than the close charged: the difference given back) or covered"
     " (the close had charged as much). Many say call_expiry_grace is too short.",
     ["outcome"],
 )
 LATE_STOPS.labels("charged")
+LATE_STOPS.labels("refunded")
 LATE_STOPS.labels("covered")
 
 # --- live calls and the janitor ---------------------------------------------------------

@@ -430,7 +430,10 @@ async def test_lost_stops_are_counted_by_cause_and_a_late_stop_too(nas: RunningR
     assert reply.code == "Access-Accept", reply.output
     expired = sample("ocs_stale_calls_closed_total", cause="expired")
     never = sample("ocs_stale_calls_closed_total", cause="start-timeout")
-    late = sample("ocs_late_stops_total", outcome="covered")
+    late = {
+        outcome: sample("ocs_late_stops_total", outcome=outcome)
+        for outcome in ("charged", "refunded", "covered")
+    }
 
     # A day later, no stop has come: the janitor closes both.
     janitor = Janitor(app.services.calls, app.services.store)
@@ -438,10 +441,15 @@ async def test_lost_stops_are_counted_by_cause_and_a_late_stop_too(nas: RunningR
     assert sample("ocs_stale_calls_closed_total", cause="expired") == expired + 1
     assert sample("ocs_stale_calls_closed_total", cause="start-timeout") == never + 1
 
-    # The started call's stop comes after all; the close charged its whole grant already.
+    # The started call's stop comes after all, 30 s: the close charged its whole grant,
+    # and the rest is given back (decision 0015).
     status, body = await app.post(f"/v1/calls/{started['call_id']}/stop", {"duration": 30})
     assert status == 200, body
-    assert sample("ocs_late_stops_total", outcome="covered") == late + 1
+    assert sample("ocs_late_stops_total", outcome="refunded") == late["refunded"] + 1
+    # The unstarted call's stop, a call never answered: its close charged as much.
+    await app.services.calls.stop("LOST-1", 0)
+    assert sample("ocs_late_stops_total", outcome="covered") == late["covered"] + 1
+    assert sample("ocs_late_stops_total", outcome="charged") == late["charged"]
 
 
 # -- billing, payments, dunning, webhooks ------------------------------------------------------

@@ -62,6 +62,7 @@ class StopResult(msgspec.Struct, frozen=True, gc=False):
     ledger_entry: str
     cause: str
     repeated: bool
+    added: int = 0  # a late stop's: what it charged to the close's (negative: gave back)
 
 
 class CounterShort(msgspec.Struct, frozen=True, gc=False):

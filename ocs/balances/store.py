@@ -255,6 +255,7 @@ def _stop_result(packed: bytes, *, repeated: bool) -> StopResult:
         ledger_entry=_text(result["entry"]),
         cause=_text(result["cause"]),
         repeated=repeated,
+        added=int(result.get("added", 0)),
     )
 
 

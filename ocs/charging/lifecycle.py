@@ -1035,7 +1035,7 @@ class CallService:
         if result is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         if result.cause == "late-stop" and not result.repeated:
-            metrics.LATE_STOPS.labels("charged").inc()
+            metrics.LATE_STOPS.labels("refunded" if result.added < 0 else "charged").inc()
         elif result.repeated and result.cause in _CLOSED_WITHOUT_STOP:
             metrics.LATE_STOPS.labels("covered").inc()
         return self._charge(record, result)

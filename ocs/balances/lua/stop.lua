@@ -43,7 +43,8 @@
 -- close's, nothing is changed and {"AMEND", duration of the close} answers: the caller
 -- builds that CDR and runs this again.
 -- Returns {"OK", result} on the first stop, {"DONE", result} on a repeated one,
--- where result is msgpack {charged, rated, balance, duration, entry, cause, debited};
+-- where result is msgpack {charged, rated, balance, duration, entry, cause, debited, and
+-- for a late stop added: what it charged (negative: gave back)};
 -- {"NOCALL"} when no such call is live; {"LIVE"} when the janitor's guard failed.
 -- Interim debits already taken count towards the charge. The charge never takes
 -- the balance below -credit_limit: a call that ran past its grant is charged at
@@ -114,7 +115,7 @@ if done then
     'cdr', ARGV[5])
   local result = cmsgpack.pack({charged = first.charged + charge, rated = rated,
     balance = balance, duration = tonumber(ARGV[7]), entry = entry, cause = 'late-stop',
-    debited = first.debited})
+    debited = first.debited, added = charge})
   redis.call('SET', KEYS[4], result, 'EX', ARGV[4])
   return {'OK', result}
 end
