@@ -1,7 +1,12 @@
 """A call authorized, reserved and charged end to end over HTTP, on real Redis and PostgreSQL."""
 
 import asyncio
+import time
 
+from ocs.balances import keys
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import AuthorizeRequest, Origin
+from ocs.config import with_overrides
 from tests.conftest import RunningApp, add_plan, eventually
 
 
@@ -234,6 +239,63 @@ async def test_a_refused_call_with_a_live_call_id_does_not_hijack_its_stop(
     other_process = CallService(app.services.catalog, app.services.store, app.services.settings)
     charge = await other_process.stop("shared-id", 45)
     assert (charge.account_id, charge.charged, charge.repeated) == ("owner", 198_000, False)
+
+
+def another_process(app: RunningApp, **overrides: object) -> CallService:
+    """Another ``ocs serve`` worker: its own CallService (and its own kept call records)
+    over the same Redis and PostgreSQL."""
+    settings = with_overrides(app.services.settings, **overrides)
+    return CallService(app.services.catalog, app.services.store, settings)
+
+
+async def test_a_reused_call_id_is_charged_at_its_own_rate_where_its_earlier_call_was_kept(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "reuser", "plan": "retail", "balance": "5.00"})
+    here = another_process(app, debit_on_interim=True)
+    there = another_process(app)
+    # Call "x" to the USA (0.005 a minute) authorized here, stopped through the other worker.
+    await here.authorize(AuthorizeRequest("reuser", "12125550100", call_id="x"))
+    first = await there.stop("x", 60)
+    assert (first.zone, first.charged) == ("USA", 5_000)
+    # Once its stopped result has expired (stop_dedupe_ttl), the switch uses "x" again:
+    # a UK Mobile call (0.15 connect, 0.06 a minute, 30/6), authorized on the other worker.
+    await app.services.redis.delete(keys.stopped_call("reuser", "x"))
+    await there.authorize(AuthorizeRequest("reuser", "447700900123", call_id="x"))
+    # Its interim and stop reach this worker, which kept the USA call's record.
+    progress = await here.update("x", 30)
+    assert progress.debited == 180_000  # 0.15 + 30 s at 0.06, not 30 s to the USA
+    charge = await here.stop("x", 60)
+    assert (charge.zone, charge.charged, charge.repeated) == ("UK Mobile", 210_000, False)
+    _, account = await app.get("/v1/accounts/reuser")
+    assert (account["balance"], account["lines_in_use"]) == ("4.785000", 0)
+
+
+async def test_a_stop_without_duration_of_a_reused_call_id_is_timed_from_the_current_call(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "earlier", "plan": "retail", "balance": "5.00"})
+    await app.post("/v1/accounts", {"id": "current", "plan": "retail", "balance": "5.00"})
+    here, there = another_process(app), another_process(app)
+    await here.authorize(AuthorizeRequest("earlier", "447700900123", call_id="y"))
+    await there.stop("y", 30)
+    # The id is then another account's call, authorized on the other worker and answered
+    # 100 s ago; its stop, with no duration, reaches this worker.
+    await there.authorize(
+        AuthorizeRequest("current", "447700900123", call_id="y"), Origin(wait_for_start=True)
+    )
+    now = int(time.time())
+    await app.services.store.start(
+        account_id="current", call_id="y", started_at=now - 100, expires_at=now + 600
+    )
+    charge = await here.stop("y", None)
+    # 100 s (or 101, as the clock turns) billed 102 s: 0.15 + 0.102 = 0.252
+    assert (charge.account_id, charge.charged) == ("current", 252_000), charge
+    assert 100 <= charge.duration <= 101
+    _, account = await app.get("/v1/accounts/current")
+    assert (account["balance"], account["lines_in_use"]) == ("4.748000", 0)
 
 
 async def test_a_caller_id_with_control_characters_is_cleaned_not_stored_raw(

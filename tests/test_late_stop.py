@@ -143,3 +143,30 @@ async def test_a_stop_shorter_than_the_full_grant_close_gives_back_the_rest_and_
     await eventually(both_written, what="the close's and the late stop's CDRs")
     [total] = totals
     assert (total.calls, total.seconds, total.billed, total.amount) == (1, 45, 48, 198_000)
+
+
+async def test_a_stop_of_a_reused_call_id_is_not_taken_for_the_late_stop_of_its_earlier_call(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "lost", "plan": "retail", "balance": "1.00"})
+    await app.post("/v1/accounts", {"id": "next", "plan": "retail", "balance": "1.00"})
+    settings = with_overrides(app.services.settings, stale_call_policy="last_reported")
+    here = CallService(app.services.catalog, app.services.store, settings)
+    elsewhere = CallService(app.services.catalog, app.services.store, settings)
+    await here.authorize(AuthorizeRequest("lost", "447700900123", call_id="reused"))
+    # Its stop was lost: another process's janitor closes it, nothing reported, free.
+    assert await Janitor(elsewhere, app.services.store).sweep(now=2_000_000_000) == 1
+    # The id is granted again, to another account's call, on that other process; the
+    # new call's stop reaches this process, which kept the first call's record. It was
+    # charged to the first account as that call's late stop, and the new call left live.
+    await elsewhere.authorize(AuthorizeRequest("next", "447700900123", call_id="reused"))
+    charge = await here.stop("reused", 45)
+    assert (charge.account_id, charge.charged, charge.cause) == ("next", 198_000, "normal")
+    _, lost = await app.get("/v1/accounts/lost")
+    _, following = await app.get("/v1/accounts/next")
+    assert (lost["balance"], following["balance"], following["lines_in_use"]) == (
+        "1.000000",
+        "0.802000",
+        0,
+    )

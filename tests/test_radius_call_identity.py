@@ -323,6 +323,36 @@ async def test_a_call_cached_from_its_id_s_earlier_life_does_not_hide_the_curren
     assert (await account(rig.app, "ci-9"))["balance"] == "0.988000"
 
 
+async def test_a_restarted_nas_s_reused_session_id_is_accounted_to_its_new_call_everywhere(
+    rig: TwoClients,
+) -> None:
+    # gw-a's session 00000001 of ci-10 was authorized on this process, and started and
+    # stopped on another. The NAS restarted and numbers its sessions from 00000001 again:
+    # now a call of ci-11, authorized on the other process. Its Start, Interim and Stop
+    # reach this process, which kept ci-10's call: the Start was refused as already
+    # stopped, and the call never charged.
+    await new_account(rig.app, "ci-10")
+    await new_account(rig.app, "ci-11")
+    here: CallService = rig.app.services.calls
+    services = rig.app.services
+    elsewhere = CallService(services.catalog, services.store, services.settings)
+    session = "00000001@gw-a:10.0.0.1"
+    waits = Origin(nas="gw-a", wait_for_start=True)
+    await here.authorize(AuthorizeRequest("ci-10", GERMANY, call_id=session), waits)
+    await elsewhere.start(session, nas="gw-a")
+    await elsewhere.stop(session, 10, nas="gw-a")
+    await elsewhere.authorize(AuthorizeRequest("ci-11", GERMANY, call_id=session), waits)
+
+    started = await here.start(session, nas="gw-a")
+    assert started.account_id == "ci-11"
+    progress = await here.update(session, 30, nas="gw-a")
+    assert (progress.account_id, progress.used) == ("ci-11", 30)
+    charge = await here.stop(session, 60, nas="gw-a")
+    assert (charge.account_id, charge.charged, charge.repeated) == ("ci-11", 12_000, False)
+    assert (await account(rig.app, "ci-10"))["balance"] == "0.998000"
+    assert (await account(rig.app, "ci-11"))["balance"] == "0.988000"
+
+
 async def test_a_nas_that_names_itself_only_in_its_accounting_is_found_by_its_address(
     rig: TwoClients,
 ) -> None:

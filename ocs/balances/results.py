@@ -52,6 +52,14 @@ def parse_live_entry(entry: bytes) -> LiveEntry:
     return LiveEntry(int(held), int(started), int(used), int(debited), record)
 
 
+class NotLive(msgspec.Struct, frozen=True, gc=False):
+    """The record a stop was given to check is not the live call's: ``entry`` is the
+    account's live call that holds the id now, None when the id's call was closed
+    already (stop_live.lua). Nothing was changed."""
+
+    entry: LiveEntry | None = None
+
+
 class StopResult(msgspec.Struct, frozen=True, gc=False):
     """A stopped (or charged) call as the script recorded it; ``repeated``: a repeat."""
 

@@ -259,6 +259,9 @@ class UpdateArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[9] quota mode: the cost the call's funds must cover after this report; ""
             for no new slice
     ARGV[10] "1": a call already started keeps its expiry; "" or "0": ARGV[7] applies.
+    ARGV[11] (optional) the stamp of the record the report was priced with
+             (``CallRecord.stamp``): a live call of another record is answered
+             {"ENTRY", entry}, nothing changed
     """
 
     account_id: str
@@ -270,13 +273,14 @@ class UpdateArgs(msgspec.Struct, frozen=True, gc=False):
     expires_at: int
     cover_cost: int | None = None
     keep_expiry: bool = False
+    stamp: bytes | None = None
 
     def keys(self) -> list[str]:
         """KEYS[1..5]."""
         return call_keys(self.account_id, self.call_id)
 
     def argv(self) -> list[object]:
-        """ARGV[1..10]."""
+        """ARGV[1..10], and ARGV[11] when a record's stamp is given."""
         return [
             self.call_id,
             self.used,
@@ -288,6 +292,7 @@ class UpdateArgs(msgspec.Struct, frozen=True, gc=False):
             k.expiry_member(self.account_id, self.call_id),
             "" if self.cover_cost is None else self.cover_cost,
             "1" if self.keep_expiry else "0",
+            *(() if self.stamp is None else (self.stamp,)),
         ]
 
 
@@ -301,6 +306,9 @@ class StartArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[4] expiry set member
     ARGV[5] (optional) the entry's "<held>|<started>|<used>|<debited>" the expiry was
             computed from; another entry is answered {"ENTRY", entry}, nothing changed
+    ARGV[6] (optional) the stamp of the record the expiry was computed with
+            (``CallRecord.stamp``): a live call of another record is answered
+            {"ENTRY", entry}, nothing changed
     """
 
     account_id: str
@@ -308,6 +316,7 @@ class StartArgs(msgspec.Struct, frozen=True, gc=False):
     started_at: int
     expires_at: int
     expected: str | None = None
+    stamp: bytes | None = None
 
     def keys(self) -> list[str]:
         """KEYS[1..3]."""
@@ -318,13 +327,23 @@ class StartArgs(msgspec.Struct, frozen=True, gc=False):
         ]
 
     def argv(self) -> list[object]:
-        """ARGV[1..4], and ARGV[5] when an entry is expected."""
+        """ARGV[1..4], ARGV[5] when an entry is expected or a stamp given ("": no entry),
+        and ARGV[6] when a stamp is."""
+        if self.stamp is None:
+            return [
+                self.call_id,
+                self.started_at,
+                self.expires_at,
+                k.expiry_member(self.account_id, self.call_id),
+                *(() if self.expected is None else (self.expected,)),
+            ]
         return [
             self.call_id,
             self.started_at,
             self.expires_at,
             k.expiry_member(self.account_id, self.call_id),
-            *(() if self.expected is None else (self.expected,)),
+            "" if self.expected is None else self.expected,
+            self.stamp,
         ]
 
 

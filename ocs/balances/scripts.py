@@ -42,6 +42,7 @@ def _wrapping(name: str, wrapped: str) -> Script:
 AUTHORIZE = _load("authorize")
 AUTHORIZE_WITH_REF = _wrapping("authorize_with_ref", "authorize")
 STOP = _load("stop")
+STOP_LIVE = _wrapping("stop_live", "stop")
 TOPUP = _load("topup")
 CREATE_ACCOUNT = _load("create_account")
 START = _load("start")
@@ -62,6 +63,7 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
     AUTHORIZE_WITH_REF,
     STOP,
+    STOP_LIVE,
     TOPUP,
     CREATE_ACCOUNT,
     START,

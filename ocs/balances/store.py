@@ -20,6 +20,7 @@ from ocs.balances.results import (
     CounterShort,
     Created,
     LiveEntry,
+    NotLive,
     RecordClient,
     Reserved,
     StopResult,
@@ -208,6 +209,7 @@ __all__ = [
     "CounterShort",
     "CounterUse",
     "LiveEntry",
+    "NotLive",
     "PlanMismatch",
     "Refused",
     "Reserved",
@@ -482,7 +484,9 @@ class BalanceStore:
         reference: bytes | None = await self._pipe.execute("GET", key)
         return reference
 
-    async def stop(self, args: StopArgs) -> StopResult | CounterShort | Amend | None:
+    async def stop(
+        self, args: StopArgs, stamp: bytes | None = None
+    ) -> StopResult | CounterShort | Amend | NotLive | None:
         """Charge and close a live call; None if no such call is live.
 
         ``args.expired_by`` (the janitor's guard): close only if the call's expiry is
@@ -490,9 +494,17 @@ class BalanceStore:
         ``CounterShort``: a late stop's price took more counter seconds as free than
         the counter has left; ``Amend``: a late stop's CDR is to carry what it changes
         from the close (``args.amends``, the close's duration); nothing was done in
-        either case (stop.lua).
+        either case (stop.lua). ``stamp``: the stamp of a record kept from before
+        (``CallRecord.stamp``), which may be an earlier call's of the id: ``NotLive``
+        when the live call is another or the id's call was closed already, nothing done
+        (stop_live.lua).
         """
-        reply = await self._pipe.run_script(scripts.STOP, args.keys(), args.argv())
+        if stamp is None:
+            reply = await self._pipe.run_script(scripts.STOP, args.keys(), args.argv())
+        else:
+            argv = args.argv()
+            argv.append(stamp)
+            reply = await self._pipe.run_script(scripts.STOP_LIVE, args.keys(), argv)
         status = _text(reply[0])
         if status in ("NOCALL", "LIVE"):
             return None
@@ -500,6 +512,10 @@ class BalanceStore:
             return CounterShort(int(reply[1]))
         if status == "AMEND":
             return Amend(int(reply[1]))
+        if status == "CLOSED":
+            return NotLive()
+        if status == "ENTRY":
+            return NotLive(parse_live_entry(reply[1]))
         return _stop_result(reply[1], repeated=status == "DONE")
 
     async def charge(
@@ -555,19 +571,21 @@ class BalanceStore:
         started_at: int,
         expires_at: int,
         expected: LiveEntry | None = None,
+        stamp: bytes | None = None,
     ) -> int | Literal[False] | LiveEntry | None:
         """Mark a live call started; its start time, None if not live, False if stopped.
 
         ``expected``: the entry ``expires_at`` was computed from, unread (as its
-        authorize wrote it); when the call's entry is another, nothing changes and the
-        entry is returned, to compute the expiry from.
+        authorize wrote it); ``stamp``: the stamp of the record it was computed with
+        (``CallRecord.stamp``). When the call's entry is another, or its record not
+        that one, nothing changes and the entry is returned, to compute the expiry from.
         """
         fields = (
             None
             if expected is None
             else f"{expected.held}|{expected.started}|{expected.used}|{expected.debited}"
         )
-        args = StartArgs(account_id, call_id, started_at, expires_at, fields)
+        args = StartArgs(account_id, call_id, started_at, expires_at, fields, stamp)
         reply = await self._pipe.run_script(scripts.START, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "OK":
@@ -587,11 +605,14 @@ class BalanceStore:
         expires_at: int,
         cover_cost: int | None = None,
         keep_expiry: bool = False,
-    ) -> UpdateResult | Literal[False] | None:
+        stamp: bytes | None = None,
+    ) -> UpdateResult | LiveEntry | Literal[False] | None:
         """Record progress (and debit it when asked); None if not live, False if stopped.
 
         ``keep_expiry``: a started call keeps its expiry; ``expires_at`` applies only
-        to a call this report shows started.
+        to a call this report shows started. ``stamp``: the stamp of the record the
+        report was priced with (``CallRecord.stamp``); when the live call is another
+        record's, nothing changes and its entry is returned.
         """
         args = UpdateArgs(
             account_id,
@@ -603,6 +624,7 @@ class BalanceStore:
             expires_at,
             cover_cost,
             keep_expiry,
+            stamp,
         )
         reply = await self._pipe.run_script(scripts.UPDATE, args.keys(), args.argv())
         status = _text(reply[0])
@@ -610,6 +632,8 @@ class BalanceStore:
             return UpdateResult(
                 int(reply[1]), int(reply[2]), int(reply[3]), len(reply) > 4 and int(reply[4]) == 1
             )
+        if status == "ENTRY":
+            return parse_live_entry(reply[1])
         return False if status == "DONE" else None
 
     async def set_expiry(self, account_id: str, call_id: str, expires_at: int) -> None:

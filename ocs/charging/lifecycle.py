@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import msgpack
 
@@ -37,10 +37,12 @@ from ocs.balances.store import (
     CounterChanged,
     CounterShort,
     LiveEntry,
+    NotLive,
     PlanMismatch,
     Refused,
     Reserved,
     StopResult,
+    UpdateResult,
     now_ms,
 )
 from ocs.catalog.routes import REFERENCE_SECONDS
@@ -86,6 +88,9 @@ _PLAN_CACHE_LIMIT = 200_000
 _LIVE_CACHE_LIMIT = 500_000
 # A start whose expected entry changed under it computes its expiry again this often.
 _START_TRIES = 3
+# A start, report or stop whose record turned out not to be the live call's (a record
+# this process kept of an earlier call of the id) finds the current one at most this often.
+_CHECK_TRIES = 4
 
 _REFUSAL_MESSAGES = {
     "account_not_found": "account does not exist",
@@ -884,6 +889,47 @@ class CallService:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} from this switch")
         return record
 
+    def _cached(self, call_id: str, account_id: str | None, nas: NasOf) -> CallRecord | None:
+        """The record this process kept of call ``call_id`` when it authorized it, if a
+        request so scoped may see it. It may be an earlier call's of the id, closed
+        elsewhere since (another process's stop, the janitor, a cut, a NAS's restart) and
+        the id granted again: the scripts are given its stamp to check it is the live
+        call's, and a call found closed or gone sends the caller to ``_current``."""
+        cached = self._live.get(call_id)
+        if cached is None or not _scoped(cached, account_id, nas):
+            return None
+        return cached
+
+    async def _current(self, call_id: str, account_id: str | None, nas: NasOf) -> CallRecord | None:
+        """The record the id's call reference names now, for a request so scoped, None if
+        none: the kept record of the id (found closed or gone) is dropped first."""
+        self._live.pop(call_id, None)
+        self._unstarted.pop(call_id, None)
+        try:
+            return await self._record(call_id, account_id, keep=True, nas=nas)
+        except OcsError as error:
+            if error.reason is Reason.CALL_NOT_FOUND:
+                return None
+            raise
+
+    def _replaced(
+        self,
+        record: CallRecord,
+        entry: LiveEntry,
+        call_id: str,
+        account_id: str | None,
+        nas: NasOf,
+    ) -> CallRecord:
+        """The record of ``entry``, the live call of ``record``'s account under the id,
+        which another call than ``record``'s holds now (``record`` was an earlier one's):
+        the call a request so scoped means, else it is not found. The kept record goes."""
+        if self._live.get(call_id) is record:
+            self._live.pop(call_id, None)
+        current = CallRecord.unpack(entry.record)
+        if not _scoped(current, account_id, nas):
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} from this switch")
+        return current
+
     async def start(
         self,
         call_id: str,
@@ -900,8 +946,8 @@ class CallService:
         Acct-Delay-Time): the call started that much earlier, though not before it was
         authorized."""
         validate_call_id(call_id)
-        record = await self._record(call_id, account_id, keep=True, nas=nas)
-        now = max(int(time.time()) - delay, record.authorized_at_ms // 1000)
+        cached = self._cached(call_id, account_id, nas)
+        record = cached or await self._record(call_id, account_id, keep=True, nas=nas)
         # The call expires at its grant plus grace from now: the grant is what its
         # funds pay for. Authorized here, its entry is known (what it holds, nothing
         # used); else, or when the script finds another, the entry is read.
@@ -909,22 +955,42 @@ class CallService:
         entry = None if held is None else LiveEntry(held, 0, 0, 0, b"")
         if entry is None:
             entry = await self._store.live_entry(record.account_id, call_id)
+            if entry is not None and record.stamp() not in entry.record:
+                record = self._replaced(record, entry, call_id, account_id, nas)
         grace = self._settings.call_expiry_grace
-        for attempt in range(_START_TRIES):
+        started: int | Literal[False] | LiveEntry | None = None
+        for attempt in range(_START_TRIES + _CHECK_TRIES):
+            now = max(int(time.time()) - delay, record.authorized_at_ms // 1000)
             granted = record.cap if entry is None else self.granted_seconds(record, entry)
             started = await self._store.start(
                 account_id=record.account_id,
                 call_id=call_id,
                 started_at=now,
                 expires_at=now + granted + grace,
-                # The last try takes the entry as it comes: a call whose entry changes
+                # The last tries take the entry as it comes: a call whose entry changes
                 # under every try still starts.
                 expected=entry if attempt < _START_TRIES - 1 else None,
+                stamp=record.stamp(),
             )
-            if not isinstance(started, LiveEntry):
+            if isinstance(started, LiveEntry):
+                if record.stamp() not in started.record:
+                    # Another call of the account holds the id: the record was an earlier
+                    # call's, kept here.
+                    record = self._replaced(record, started, call_id, account_id, nas)
+                entry = started
+                continue
+            if cached is None or (started is not None and started is not False):
                 break
-            entry = started
-        assert not isinstance(started, LiveEntry)  # the last try expects no entry
+            # The kept record's call is closed or gone: the id may name a later call now
+            # (of another account, a NAS that numbers its sessions afresh).
+            cached = None
+            current = await self._current(call_id, account_id, nas)
+            if current is None or current == record:
+                break
+            record = current
+            entry = await self._store.live_entry(record.account_id, call_id)
+        if isinstance(started, LiveEntry):
+            raise OcsError(Reason.UNAVAILABLE, f"call {call_id!r} keeps changing; try again")
         if started is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         if started is False:
@@ -937,32 +1003,54 @@ class CallService:
         """Record progress (Interim-Update); debits it when ``debit_on_interim`` is set."""
         validate_call_id(call_id)
         validate_duration(used, "used")
-        record = await self._record(call_id, account_id, keep=True, nas=nas)
+        cached = self._cached(call_id, account_id, nas)
+        record = cached or await self._record(call_id, account_id, keep=True, nas=nas)
         self._unstarted.pop(call_id, None)  # its entry moves on: a start must read it
         now = int(time.time())
-        bands = self._bands_of(record, record.cap)
-        # Quota mode: the report is debited and the next slice reserved, in one step.
-        reach = min(record.cap, used + record.quota) if record.quota else 0
         grace = self._settings.call_expiry_grace
-        # A started call expires at its grant plus grace. Outside quota mode an interim
-        # does not change the grant, so the expiry stays, unless this report is the
-        # first sign the call started; in quota mode it moves to the slice reached.
-        result = await self._store.update(
-            account_id=record.account_id,
-            call_id=call_id,
-            used=used,
-            used_cost=cost_with_counter(record.rate, used, record.split, bands),
-            debit=self._settings.debit_on_interim or bool(record.quota),
-            expires_at=now + max((reach or record.cap) - used, 0) + grace,
-            cover_cost=(
-                cost_with_counter(record.rate, reach, record.split, bands) if record.quota else None
-            ),
-            keep_expiry=not record.quota,
-        )
+        result: UpdateResult | LiveEntry | Literal[False] | None = None
+        for _ in range(_CHECK_TRIES):
+            bands = self._bands_of(record, record.cap)
+            # Quota mode: the report is debited and the next slice reserved, in one step.
+            reach = min(record.cap, used + record.quota) if record.quota else 0
+            # A started call expires at its grant plus grace. Outside quota mode an interim
+            # does not change the grant, so the expiry stays, unless this report is the
+            # first sign the call started; in quota mode it moves to the slice reached.
+            result = await self._store.update(
+                account_id=record.account_id,
+                call_id=call_id,
+                used=used,
+                used_cost=cost_with_counter(record.rate, used, record.split, bands),
+                debit=self._settings.debit_on_interim or bool(record.quota),
+                expires_at=now + max((reach or record.cap) - used, 0) + grace,
+                cover_cost=(
+                    cost_with_counter(record.rate, reach, record.split, bands)
+                    if record.quota
+                    else None
+                ),
+                keep_expiry=not record.quota,
+                stamp=record.stamp(),
+            )
+            if isinstance(result, LiveEntry):
+                # Another call of the account holds the id: the record was an earlier
+                # call's, kept here. Priced again by the live one's.
+                record = self._replaced(record, result, call_id, account_id, nas)
+                continue
+            if cached is None or isinstance(result, UpdateResult):
+                break
+            # The kept record's call is closed or gone: the id may name a later call now.
+            cached = None
+            current = await self._current(call_id, account_id, nas)
+            if current is None or current == record:
+                break
+            record = current
+        if isinstance(result, LiveEntry):
+            raise OcsError(Reason.UNAVAILABLE, f"call {call_id!r} keeps changing; try again")
         if result is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         if result is False:
             raise OcsError(Reason.CALL_ALREADY_STOPPED, f"call {call_id!r} has already stopped")
+        # ``bands`` and ``reach`` are those the report was priced with, of this record.
         if not record.quota:
             if result.started_now:
                 # No Start came: the expiry follows the grant the funds held pay for.
@@ -1013,25 +1101,42 @@ class CallService:
         validate_call_id(call_id)
         if duration is not None:
             validate_duration(duration)
-        cached = self._live.get(call_id)
-        if cached is not None and not _scoped(cached, account_id, nas):
-            cached = None  # another account's or NAS's call of that id: left as it is
+        cached = self._cached(call_id, account_id, nas)
         record = cached or await self._record(call_id, account_id, keep=True, nas=nas)
         self._live.pop(call_id, None)
         self._unstarted.pop(call_id, None)
         if duration is None:
-            entry = await self._store.live_entry(record.account_id, call_id)
+            # Timed from the start of the call the id names now: a kept record may be an
+            # earlier call's, whose entry is gone.
+            record, entry = await self._live_entry_of(
+                record, cached is not None, call_id, account_id, nas
+            )
             started = entry.started if entry is not None else 0
             ended = int(time.time()) - delay
             duration = min(max(ended - started, 0), MAX_DURATION) if started else 0
-        result = await self._close(record, duration, cause, expired_by=None)
-        if cached is not None and (result is None or result.repeated):
-            # The cached record may be of an earlier call with the same id that another
-            # process or the janitor closed; the call reference names the current one.
-            current = await self._record(call_id, account_id, keep=False, nas=nas)
-            if current != cached:
+        # A kept record is charged only if it is the live call's (the script checks its
+        # stamp): else the id's reference says which call the stop is for.
+        checking = cached is not None
+        result: StopResult | NotLive | None = None
+        for _ in range(_CHECK_TRIES):
+            stamp = record.stamp() if checking else None
+            result = await self._close(record, duration, cause, expired_by=None, stamp=stamp)
+            if isinstance(result, NotLive) and result.entry is not None:
+                # Another call of the account holds the id: the record was an earlier
+                # call's, kept here.
+                record = self._replaced(record, result.entry, call_id, account_id, nas)
+                continue
+            if not checking or isinstance(result, StopResult):
+                break
+            # The kept record's call was closed (by another process, the janitor...) or
+            # is gone: this stop is that call's (a repeat, a late stop) or the id's next
+            # call's, as the id's reference says.
+            checking = False
+            current = await self._current(call_id, account_id, nas)
+            if current is not None:
                 record = current
-                result = await self._close(record, duration, cause, expired_by=None)
+        if isinstance(result, NotLive):
+            raise OcsError(Reason.UNAVAILABLE, f"call {call_id!r} keeps changing; try again")
         if result is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         if result.cause == "late-stop" and not result.repeated:
@@ -1039,6 +1144,29 @@ class CallService:
         elif result.repeated and result.cause in _CLOSED_WITHOUT_STOP:
             metrics.LATE_STOPS.labels("covered").inc()
         return self._charge(record, result)
+
+    async def _live_entry_of(
+        self,
+        record: CallRecord,
+        cached: bool,
+        call_id: str,
+        account_id: str | None,
+        nas: NasOf,
+    ) -> tuple[CallRecord, LiveEntry | None]:
+        """The record of the call the id names and its live entry (None: not live).
+        ``record``, unless another call of its account holds the id now, or ``record``
+        was kept from before (``cached``), is no longer live and the id's reference
+        names another call."""
+        entry = await self._store.live_entry(record.account_id, call_id)
+        if entry is not None:
+            if record.stamp() not in entry.record:
+                record = self._replaced(record, entry, call_id, account_id, nas)
+            return record, entry
+        if cached:
+            current = await self._current(call_id, account_id, nas)
+            if current is not None and current != record:
+                return current, await self._store.live_entry(current.account_id, call_id)
+        return record, None
 
     async def cut(
         self, call_id: str, account_id: str | None = None
@@ -1067,18 +1195,25 @@ class CallService:
         now = int(self._clock())
         duration = min(max(now - entry.started, 0), MAX_DURATION) if entry.started else 0
         result = await self._close(record, duration, "cut", expired_by=None)
-        if result is None or result.repeated:
+        if not isinstance(result, StopResult) or result.repeated:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         return self._charge(record, result), record
 
     async def _close(
-        self, record: CallRecord, duration: int, cause: str, expired_by: int | None
-    ) -> StopResult | None:
+        self,
+        record: CallRecord,
+        duration: int,
+        cause: str,
+        expired_by: int | None,
+        stamp: bytes | None = None,
+    ) -> StopResult | NotLive | None:
+        """Charge a call's ``duration`` (see ``_close_once``); ``stamp``: close it only if
+        the live call is ``record``'s (``BalanceStore.stop``)."""
         usable: int | None = None
         amends: int | None = None
         while True:
             outcome = await self._close_once(
-                record, duration, cause, expired_by, usable=usable, amends=amends
+                record, duration, cause, expired_by, usable=usable, amends=amends, stamp=stamp
             )
             if isinstance(outcome, Amend):
                 # A late stop of a call ocs closed: its CDR carries what it changes from
@@ -1105,7 +1240,8 @@ class CallService:
         *,
         usable: int | None,
         amends: int | None,
-    ) -> StopResult | CounterShort | Amend | None:
+        stamp: bytes | None = None,
+    ) -> StopResult | CounterShort | Amend | NotLive | None:
         """Charge a call's ``duration``, its counter paying for at most ``usable`` seconds
         (None: as many as the call holds). ``amends``: a late stop's, the duration of the
         close its CDR states the change from."""
@@ -1153,7 +1289,7 @@ class CallService:
             counter,
             amends,
         )
-        return await self._store.stop(args)
+        return await self._store.stop(args, stamp)
 
     @staticmethod
     def _charge(record: CallRecord, result: StopResult) -> CallCharge:
@@ -1305,4 +1441,6 @@ class CallService:
         result = await self._close(record, duration, cause, expired_by=expired_by)
         self._live.pop(call_id, None)
         self._unstarted.pop(call_id, None)
-        return None if result is None or result.repeated else self._charge(record, result)
+        if not isinstance(result, StopResult) or result.repeated:
+            return None
+        return self._charge(record, result)

@@ -110,6 +110,14 @@ class CallRecord(
         """The record as msgpack, as the live-call entry and the call reference keep it."""
         return _RECORD_ENCODER.encode(self)
 
+    def stamp(self) -> bytes:
+        """The bytes of ``pack`` that tell this call from another call of the same
+        account that reuses its id: its authorization time, key and value as msgpack
+        writes them. A script finds them in the live entry (a plain search) to check
+        that a record kept from before is still the live call's. Found nowhere else in
+        a record: the time's eight bytes begin with NUL bytes, which no text holds."""
+        return _STAMP_KEY + _RECORD_ENCODER.encode(self.authorized_at_ms)
+
     @classmethod
     def unpack(cls, data: bytes) -> "CallRecord":
         """The record ``pack`` made."""
@@ -134,6 +142,8 @@ class CallRecordSummary(
 
 
 _RECORD_ENCODER = msgspec.msgpack.Encoder()
+# The key of ``authorized_at_ms`` in a packed record ("t", as ``rename`` names it).
+_STAMP_KEY = _RECORD_ENCODER.encode("t")
 _RECORD_DECODER = msgspec.msgpack.Decoder(CallRecord)
 _SUMMARY_DECODER = msgspec.msgpack.Decoder(CallRecordSummary)
 

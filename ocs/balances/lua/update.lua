@@ -20,9 +20,13 @@
 -- ARGV[10] "1": a call already started keeps its expiry (its grant does not change);
 --          ARGV[7] then applies only to a call this report shows started (no Start came).
 --          "" or "0": ARGV[7] applies.
+-- ARGV[11] (optional) the stamp of the call record the caller priced the report with
+--          (CallRecord.stamp): the call must be that record's, not a later call of the
+--          account that reuses the id (a worker's cached record of an earlier call)
 --
 -- Returns {"OK", used, debited, held, started_now}, {"DONE"} or {"NOCALL"};
--- started_now is 1 when this report is the first sign the call started.
+-- started_now is 1 when this report is the first sign the call started; {"ENTRY",
+-- entry} when the live call is not the record ARGV[11] stamps (nothing changed).
 -- Money moves from the call's reservation to the debit: the funds held for the
 -- call shrink by what is debited, so available funds never count it twice.
 
@@ -32,6 +36,9 @@ end
 local live = redis.call('HGET', KEYS[2], ARGV[1])
 if not live then
   return {'NOCALL'}
+end
+if ARGV[11] and not string.find(live, ARGV[11], 1, true) then
+  return {'ENTRY', live}
 end
 local held, started, used, debited, record = string.match(live,
   '^(%d+)|(%d+)|(%d+)|(%d+)|(.*)$')
