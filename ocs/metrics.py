@@ -167,10 +167,11 @@ LATE_STOPS.labels("covered")
 STALE_CALLS_CLOSED = Counter(
     "ocs_stale_calls_closed_total",
     "Live calls closed because no stop came, by cause: expired (a started call whose stop"
-    " was lost), start-timeout (never started), nas-reboot (its NAS restarted).",
+    " was lost), start-timeout (never started), nas-reboot (its NAS restarted),"
+    " unconfirmed (granted, but its authorization was answered with an error).",
     ["cause"],
 )
-for _cause in ("expired", "start-timeout", "nas-reboot"):
+for _cause in ("expired", "start-timeout", "nas-reboot", "unconfirmed"):
     STALE_CALLS_CLOSED.labels(_cause)
 
 # --- the ledger -------------------------------------------------------------------------
