@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ocs.charging.lifecycle import CallService
-from ocs.charging.values import AuthorizeRequest
-from ocs.rating.bands import BandRule, BandSchedule
+from ocs.charging.values import AuthorizeRequest, Origin
+from ocs.config import with_overrides
+from ocs.rating.bands import BandRule, BandSchedule, bands_from
 from ocs.rating.rates import Rate, cost, max_duration
 from tests.conftest import RunningApp
 
@@ -101,34 +102,45 @@ def test_banded_cost_never_decreases(start: int, a: int, b: int) -> None:
     assert cost(RATE, low, bands) <= cost(RATE, high, bands)
 
 
-async def put_peak(app: RunningApp, start: str) -> None:
-    """Retail's schedule: peak on weekdays from ``start`` to 18:00 in London, Christmas a
-    holiday; waits until the serving catalog has it."""
+async def put_peak(app: RunningApp, start: str, end: str = "18:00") -> None:
+    """Retail's schedule: peak on weekdays from ``start`` to ``end`` in London, Christmas
+    a holiday; waits until the serving catalog has it."""
     from tests.conftest import eventually
 
     response = await app.client.put(
         "/v1/plans/retail/bands",
         json={
             "time_zone": "Europe/London",
-            "rules": [{"band": "peak", "days": [0, 1, 2, 3, 4], "start": start, "end": "18:00"}],
+            "rules": [{"band": "peak", "days": [0, 1, 2, 3, 4], "start": start, "end": end}],
             "holidays": ["2026-12-25"],
         },
     )
     assert response.status == 200, await response.text()
     hours, minutes = start.split(":")
+    end_hours, end_minutes = end.split(":")
 
     async def loaded() -> bool:
         plan = app.services.catalog.snapshot.plan("retail")
         rules = plan.bands.rules if plan and plan.bands else ()
-        return bool(rules) and rules[0].start == int(hours) * 60 + int(minutes)
+        return bool(rules) and (rules[0].start, rules[0].end) == (
+            int(hours) * 60 + int(minutes),
+            int(end_hours) * 60 + int(end_minutes),
+        )
 
     await eventually(loaded, what=f"peak from {start} in the snapshot")
 
 
-async def monday_0750_calls(app: RunningApp, peak: str | None = "08:00") -> CallService:
-    """Retail with UK at 0.01/min off-peak and 0.05/min in peak (from ``peak``; None: no
-    schedule yet), an account "band" with 0.60, and a call service whose clock says
-    Monday 07:50 in London: 0.60 buys 10 minutes off-peak and 10 of peak."""
+async def monday_0750_calls(
+    app: RunningApp,
+    peak: str | None = "08:00",
+    peak_end: str = "18:00",
+    max_call_duration: int = 14_400,
+    **settings: object,
+) -> CallService:
+    """Retail with UK at 0.01/min off-peak and 0.05/min in peak (from ``peak`` to
+    ``peak_end``; None: no schedule yet), an account "band" with 0.60, and a call service
+    (with ``settings``) whose clock says Monday 07:50 in London: 0.60 buys 10 minutes
+    off-peak and 10 of peak."""
     from urllib.parse import quote
 
     from tests.conftest import add_plan, eventually
@@ -138,9 +150,10 @@ async def monday_0750_calls(app: RunningApp, peak: str | None = "08:00") -> Call
         deck=(
             "prefix,zone,price_per_minute,connect_fee,first_block,increment\n44,UK,0.010,0,1,1\n"
         ),
+        max_call_duration=max_call_duration,
     )
     if peak is not None:
-        await put_peak(app, peak)
+        await put_peak(app, peak, peak_end)
     response = await app.client.put(
         f"/v1/plans/retail/tariffs/{quote('UK')}/shape", json={"band_prices": {"peak": "0.05"}}
     )
@@ -152,15 +165,19 @@ async def monday_0750_calls(app: RunningApp, peak: str | None = "08:00") -> Call
 
     await eventually(priced, what="band prices in the snapshot")
     await app.post("/v1/accounts", {"id": "band", "plan": "retail", "balance": "0.60"})
-    return monday_0750_service(app)
+    return monday_0750_service(app, **settings)
 
 
-def monday_0750_service(app: RunningApp) -> CallService:
-    """A call service of ``app``'s catalog and store whose clock says Monday 07:50 in
-    London; each one its own, as another ocs process's would be."""
+def monday_0750_service(app: RunningApp, **settings: object) -> CallService:
+    """A call service of ``app``'s catalog and store (its settings with ``settings``)
+    whose clock says Monday 07:50 in London; each one its own, as another ocs process's
+    would be."""
     monday_0750 = float(at(2026, 11, 23, 7, 50))
     return CallService(
-        app.services.catalog, app.services.store, app.services.settings, clock=lambda: monday_0750
+        app.services.catalog,
+        app.services.store,
+        with_overrides(app.services.settings, **settings),
+        clock=lambda: monday_0750,
     )
 
 
@@ -202,6 +219,53 @@ async def test_a_schedule_added_during_a_call_does_not_reprice_it(app: RunningAp
     assert charge.charged == 200_000
     _, body = await app.get("/v1/accounts/band")
     assert body["balance"] == "0.400000"
+
+
+def test_bands_seen_from_later_drop_what_has_passed() -> None:
+    placed = ((0, None), (600, "peak"), (1200, None))
+    assert bands_from(placed, 0) == placed
+    assert bands_from(placed, 300) == ((0, None), (300, "peak"), (900, None))
+    assert bands_from(placed, 600) == ((0, "peak"), (600, None))
+    assert bands_from(placed, 1500) == ((0, None),)
+
+
+async def test_a_call_answered_after_ringing_is_priced_from_its_answer(app: RunningApp) -> None:
+    """A RADIUS call is authorized as it is dialled, answered when it is picked up: its
+    interims and its stop are priced from the answer, in the bands of those minutes."""
+    calls = await monday_0750_calls(app, debit_on_interim=True)
+    await calls.authorize(
+        AuthorizeRequest("band", "442079460000", call_id="rang"), Origin(wait_for_start=True)
+    )
+    answered = at(2026, 11, 23, 8, 0)  # it rang for 10 minutes
+    await app.services.store.start(
+        account_id="band", call_id="rang", started_at=answered, expires_at=answered + 3600
+    )
+    progress = await calls.update("rang", 300)
+    assert progress.debited == 250_000  # 5 minutes of peak, not 5 off-peak (0.05)
+    charge = await calls.stop("rang", 600)
+    assert charge.charged == 500_000  # 08:00-08:10, all peak; not 07:50-08:00 (0.10)
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.100000"
+
+
+async def test_a_call_answered_past_its_kept_bands_is_priced_by_the_schedule(
+    app: RunningApp,
+) -> None:
+    """The bands a call's authorization kept reach its longest call and a minute: one that
+    rang longer and ran long is placed by the schedule from its answer."""
+    calls = await monday_0750_calls(app, peak_end="08:03", max_call_duration=600)
+    await calls.authorize(
+        AuthorizeRequest("band", "442079460000", call_id="rang-long"), Origin(wait_for_start=True)
+    )
+    answered = at(2026, 11, 23, 7, 55)
+    await app.services.store.start(
+        account_id="band", call_id="rang-long", started_at=answered, expires_at=answered + 900
+    )
+    charge = await monday_0750_service(app).stop("rang-long", 600)
+    # 07:55-08:05: 5 minutes off-peak, 3 of peak, 2 off-peak: 0.05 + 0.15 + 0.02
+    assert charge.charged == 220_000
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.380000"
 
 
 async def test_bad_schedules_name_the_field(app: RunningApp) -> None:

@@ -66,6 +66,7 @@ from ocs.config import Settings
 from ocs.decks.cells import DIRECTIONS
 from ocs.errors import OcsError, Reason, account_not_found, invalid
 from ocs.numbers.prefixes import normalize_number
+from ocs.rating.bands import bands_from
 from ocs.rating.counter_rules import CounterDef
 from ocs.rating.rates import (
     MAX_QUANTITY,
@@ -333,21 +334,30 @@ class CallService:
     def _bands(self, plan_id: str, rate: Rate, start: int, length: int) -> Segments | None:
         return call_bands(self._catalog.snapshot.plan(plan_id), rate, start, length)
 
-    def _bands_of(self, record: "CallRecord", length: int) -> Segments | None:
-        """Bands from the call's authorization, where its quote placed it: those its
-        record kept, for a call no longer than its cap and a minute (they cover that
-        far); else as the plan's schedule places them now (a record from before records
-        kept them)."""
+    def _bands_of(self, record: CallRecord, length: int, started: int = 0) -> Segments | None:
+        """The time bands of a call ``length`` seconds long answered at ``started`` (epoch
+        s; 0: not known, not yet answered). Those its record kept from its authorization,
+        where its quote placed it, seen from its answer (a RADIUS call rings first) as
+        far as they reach; else as the plan's schedule places them now, from its answer
+        (a call that outran them, a record from before records kept them)."""
+        kept = record.bands
+        if kept is None and not record.rate.band_prices:
+            return None  # most calls: no price by band
+        authorized = record.authorized_at_ms // 1000
+        ringing = max(started - authorized, 0)
         # The kept bands reach past the cap (``call_bands`` adds the largest rounding
         # step and a minute): a stop a little past it still charges by them.
-        if record.bands is not None and length <= record.cap + 60:
-            return record.bands
+        if kept is not None and ringing + length <= record.cap + 60:
+            return bands_from(kept, ringing) if ringing else kept
         return self._bands(
-            record.rating_plan or record.plan_id,
-            record.rate,
-            record.authorized_at_ms // 1000,
-            length,
+            record.rating_plan or record.plan_id, record.rate, authorized + ringing, length
         )
+
+    @staticmethod
+    def _placed_by_start(record: CallRecord) -> bool:
+        """Whether a call's price depends on when it was answered: a rate priced by band,
+        under a schedule (its bands are placed from the answer)."""
+        return bool(record.rate.band_prices) and record.bands != ()
 
     def _expiry_of_grant(
         self,
@@ -895,16 +905,19 @@ class CallService:
         seconds = max_duration_with_counter(priced.rate, max(funds, 0), cap, split, bands)
         return Quote(seconds, priced.tariff.zone, digits, name)
 
-    def granted_seconds(self, record: CallRecord, entry: LiveEntry) -> int:
+    def granted_seconds(
+        self, record: CallRecord, entry: LiveEntry, started: int | None = None
+    ) -> int:
         """How long a live call may run: what the funds it holds and has been debited
-        pay for, at most the plan's longest call (quota mode: the slice reached)."""
+        pay for, at most the plan's longest call (quota mode: the slice reached), from
+        ``started`` (None: its entry's start)."""
         limit = record.cap if not record.quota else min(record.cap, entry.used + record.quota)
         return max_duration_with_counter(
             record.rate,
             entry.held + entry.debited,
             limit,
             record.split,
-            self._bands_of(record, record.cap),
+            self._bands_of(record, record.cap, entry.started if started is None else started),
         )
 
     async def record_of(self, call_id: str, *, nas: NasOf = ANY_NAS) -> CallRecord | None:
@@ -1016,7 +1029,7 @@ class CallService:
         started: int | Literal[False] | LiveEntry | None = None
         for attempt in range(_START_TRIES + _CHECK_TRIES):
             now = max(int(time.time()) - delay, record.authorized_at_ms // 1000)
-            granted = record.cap if entry is None else self.granted_seconds(record, entry)
+            granted = record.cap if entry is None else self.granted_seconds(record, entry, now)
             started = await self._store.start(
                 account_id=record.account_id,
                 call_id=call_id,
@@ -1063,11 +1076,19 @@ class CallService:
         self._unstarted.pop(call_id, None)  # its entry moves on: a start must read it
         now = int(time.time())
         grace = self._settings.call_expiry_grace
+        # A call priced by band is priced from its answer, as its live entry says (as
+        # this report says, before a Start: the script takes it so).
+        started = 0
+        if self._placed_by_start(record):
+            record, started = await self._answer_of(
+                record, cached is not None, call_id, account_id, nas
+            )
         result: UpdateResult | LiveEntry | Literal[False] | None = None
         for _ in range(_CHECK_TRIES):
-            bands = self._bands_of(record, record.cap)
             # Quota mode: the report is debited and the next slice reserved, in one step.
             reach = min(record.cap, used + record.quota) if record.quota else 0
+            # Priced as its stop will be: the bands of the seconds priced, from its answer.
+            bands = self._bands_of(record, reach or used, started or now - used)
             # A started call expires at its grant plus grace. Outside quota mode an interim
             # does not change the grant, so the expiry stays, unless this report is the
             # first sign the call started; in quota mode it moves to the slice reached.
@@ -1090,6 +1111,7 @@ class CallService:
                 # Another call of the account holds the id: the record was an earlier
                 # call's, kept here. Priced again by the live one's.
                 record = self._replaced(record, result, call_id, account_id, nas)
+                started = result.started
                 continue
             if cached is None or isinstance(result, UpdateResult):
                 break
@@ -1098,7 +1120,9 @@ class CallService:
             current = await self._current(call_id, account_id, nas)
             if current is None or current == record:
                 break
-            record = current
+            record, started = current, 0
+            if self._placed_by_start(record):
+                record, started = await self._answer_of(record, False, call_id, account_id, nas)
         if isinstance(result, LiveEntry):
             raise OcsError(Reason.UNAVAILABLE, f"call {call_id!r} keeps changing; try again")
         if result is None:
@@ -1110,7 +1134,11 @@ class CallService:
             if result.started_now:
                 # No Start came: the expiry follows the grant the funds held pay for.
                 granted = max_duration_with_counter(
-                    record.rate, result.debited + result.held, record.cap, record.split, bands
+                    record.rate,
+                    result.debited + result.held,
+                    record.cap,
+                    record.split,
+                    self._bands_of(record, record.cap, now - used),
                 )
                 expiry = now + max(granted - used, 0) + grace
                 if granted < record.cap:
@@ -1160,13 +1188,15 @@ class CallService:
         record = cached or await self._record(call_id, account_id, keep=True, nas=nas)
         self._live.pop(call_id, None)
         self._unstarted.pop(call_id, None)
-        if duration is None:
-            # Timed from the start of the call the id names now: a kept record may be an
-            # earlier call's, whose entry is gone.
+        started = 0
+        if duration is None or self._placed_by_start(record):
+            # Timed, or placed on the time bands, from the answer of the call the id names
+            # now: a kept record may be an earlier call's, whose entry is gone.
             record, entry = await self._live_entry_of(
                 record, cached is not None, call_id, account_id, nas
             )
             started = entry.started if entry is not None else 0
+        if duration is None:
             ended = int(time.time()) - delay
             duration = min(max(ended - started, 0), MAX_DURATION) if started else 0
         # A kept record is charged only if it is the live call's (the script checks its
@@ -1175,11 +1205,14 @@ class CallService:
         result: StopResult | NotLive | None = None
         for _ in range(_CHECK_TRIES):
             stamp = record.stamp() if checking else None
-            result = await self._close(record, duration, cause, expired_by=None, stamp=stamp)
+            result = await self._close(
+                record, duration, cause, expired_by=None, stamp=stamp, started=started
+            )
             if isinstance(result, NotLive) and result.entry is not None:
                 # Another call of the account holds the id: the record was an earlier
                 # call's, kept here.
                 record = self._replaced(record, result.entry, call_id, account_id, nas)
+                started = result.entry.started
                 continue
             if not checking or isinstance(result, StopResult):
                 break
@@ -1188,8 +1221,10 @@ class CallService:
             # call's, as the id's reference says.
             checking = False
             current = await self._current(call_id, account_id, nas)
-            if current is not None:
-                record = current
+            if current is not None and current != record:
+                record, started = current, 0
+                if self._placed_by_start(record):
+                    record, started = await self._answer_of(record, False, call_id, account_id, nas)
         if isinstance(result, NotLive):
             raise OcsError(Reason.UNAVAILABLE, f"call {call_id!r} keeps changing; try again")
         if result is None:
@@ -1223,6 +1258,19 @@ class CallService:
                 return current, await self._store.live_entry(current.account_id, call_id)
         return record, None
 
+    async def _answer_of(
+        self,
+        record: CallRecord,
+        cached: bool,
+        call_id: str,
+        account_id: str | None,
+        nas: NasOf,
+    ) -> tuple[CallRecord, int]:
+        """``_live_entry_of``, with when the call was answered (its entry's start; 0: not
+        yet, or not live) for the entry: what places a call priced by band."""
+        record, entry = await self._live_entry_of(record, cached, call_id, account_id, nas)
+        return record, 0 if entry is None else entry.started
+
     async def cut(
         self, call_id: str, account_id: str | None = None
     ) -> tuple[CallCharge, CallRecord]:
@@ -1249,7 +1297,7 @@ class CallService:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         now = int(self._clock())
         duration = min(max(now - entry.started, 0), MAX_DURATION) if entry.started else 0
-        result = await self._close(record, duration, "cut", expired_by=None)
+        result = await self._close(record, duration, "cut", expired_by=None, started=entry.started)
         if not isinstance(result, StopResult) or result.repeated:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         return self._charge(record, result), record
@@ -1262,10 +1310,12 @@ class CallService:
         expired_by: int | None,
         stamp: bytes | None = None,
         result_ttl: int | None = None,
+        started: int = 0,
     ) -> StopResult | NotLive | None:
         """Charge a call's ``duration`` (see ``_close_once``); ``stamp``: close it only if
         the live call is ``record``'s (``BalanceStore.stop``); ``result_ttl``: seconds its
-        result answers repeated stops (None: ``stop_dedupe_ttl``)."""
+        result answers repeated stops (None: ``stop_dedupe_ttl``); ``started``: when it
+        was answered (epoch s, 0: not known), where its time bands begin."""
         usable: int | None = None
         amends: int | None = None
         while True:
@@ -1278,6 +1328,7 @@ class CallService:
                 amends=amends,
                 stamp=stamp,
                 result_ttl=result_ttl,
+                started=started,
             )
             if isinstance(outcome, Amend):
                 # A late stop of a call ocs closed: its CDR carries what it changes from
@@ -1306,6 +1357,7 @@ class CallService:
         amends: int | None,
         stamp: bytes | None = None,
         result_ttl: int | None = None,
+        started: int = 0,
     ) -> StopResult | CounterShort | Amend | NotLive | None:
         """Charge a call's ``duration``, its counter paying for at most ``usable`` seconds
         (None: as many as the call holds). ``amends``: a late stop's, the duration of the
@@ -1343,7 +1395,7 @@ class CallService:
         args = StopArgs(
             record.account_id,
             record.call_id,
-            cost_with_counter(rate, duration, split, self._bands_of(record, duration)),
+            cost_with_counter(rate, duration, split, self._bands_of(record, duration, started)),
             duration,
             cdr,
             self._settings.stop_dedupe_ttl if result_ttl is None else result_ttl,
@@ -1503,7 +1555,9 @@ class CallService:
             duration = max(granted, entry.used)
         else:
             duration = entry.used
-        result = await self._close(record, duration, cause, expired_by=expired_by)
+        result = await self._close(
+            record, duration, cause, expired_by=expired_by, started=entry.started
+        )
         self._live.pop(call_id, None)
         self._unstarted.pop(call_id, None)
         if not isinstance(result, StopResult) or result.repeated:

@@ -22,6 +22,20 @@ MINUTES_A_DAY = 24 * 60
 Segments = tuple[tuple[int, str | None], ...]  # (offset in seconds, band) in order, from 0
 
 
+def bands_from(bands: Segments, seconds: int) -> Segments:
+    """``bands``, the segments from one moment, as they are from ``seconds`` later: those
+    that end by then dropped, the rest moved back by ``seconds`` (the first from 0). The
+    bands a call's authorization placed, for the call as it was answered later."""
+    if seconds <= 0:
+        return bands
+    last = len(bands) - 1
+    return tuple(
+        (max(offset - seconds, 0), band)
+        for n, (offset, band) in enumerate(bands)
+        if n == last or bands[n + 1][0] > seconds
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class BandRule:
     """One time band: the weekdays and the minutes of the local day it covers."""
