@@ -241,6 +241,23 @@ async def test_a_refused_call_with_a_live_call_id_does_not_hijack_its_stop(
     assert (charge.account_id, charge.charged, charge.repeated) == ("owner", 198_000, False)
 
 
+async def test_a_start_or_interim_after_the_stop_is_refused_as_already_stopped(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "ended", "plan": "retail", "balance": "1.00"})
+    await app.post(
+        "/v1/calls", {"account": "ended", "destination": "447700900123", "call_id": "over"}
+    )
+    status, _ = await app.post("/v1/calls/over/stop", {"duration": 45})
+    assert status == 200
+    # A Start that comes after the Stop (reordered): a compiled build answered it 200,
+    # started at 0.
+    for step, body in (("start", {}), ("update", {"used": 50})):
+        status, answer = await app.post(f"/v1/calls/over/{step}", body)
+        assert (status, answer["error"]["reason"]) == (409, "call_already_stopped"), step
+
+
 def another_process(app: RunningApp, **overrides: object) -> CallService:
     """Another ``ocs serve`` worker: its own CallService (and its own kept call records)
     over the same Redis and PostgreSQL."""

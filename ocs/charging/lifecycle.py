@@ -1026,11 +1026,12 @@ class CallService:
             if entry is not None and record.stamp() not in entry.record:
                 record = self._replaced(record, entry, call_id, account_id, nas)
         grace = self._settings.call_expiry_grace
-        started: int | Literal[False] | LiveEntry | None = None
+        answer: int | Literal[False] | LiveEntry | None = None
+        stopped = False
         for attempt in range(_START_TRIES + _CHECK_TRIES):
             now = max(int(time.time()) - delay, record.authorized_at_ms // 1000)
             granted = record.cap if entry is None else self.granted_seconds(record, entry, now)
-            started = await self._store.start(
+            answer = await self._store.start(
                 account_id=record.account_id,
                 call_id=call_id,
                 started_at=now,
@@ -1040,14 +1041,17 @@ class CallService:
                 expected=entry if attempt < _START_TRIES - 1 else None,
                 stamp=record.stamp(),
             )
-            if isinstance(started, LiveEntry):
-                if record.stamp() not in started.record:
+            # Told before ``answer`` is narrowed to an int: compiled with mypyc (decision
+            # 0038), False held as an int is 0, no longer ``is False`` (a bool is an int).
+            stopped = answer is False
+            if isinstance(answer, LiveEntry):
+                if record.stamp() not in answer.record:
                     # Another call of the account holds the id: the record was an earlier
                     # call's, kept here.
-                    record = self._replaced(record, started, call_id, account_id, nas)
-                entry = started
+                    record = self._replaced(record, answer, call_id, account_id, nas)
+                entry = answer
                 continue
-            if cached is None or (started is not None and started is not False):
+            if cached is None or not (stopped or answer is None):
                 break
             # The kept record's call is closed or gone: the id may name a later call now
             # (of another account, a NAS that numbers its sessions afresh).
@@ -1057,13 +1061,13 @@ class CallService:
                 break
             record = current
             entry = await self._store.live_entry(record.account_id, call_id)
-        if isinstance(started, LiveEntry):
+        if isinstance(answer, LiveEntry):
             raise OcsError(Reason.UNAVAILABLE, f"call {call_id!r} keeps changing; try again")
-        if started is None:
-            raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
-        if started is False:
+        if stopped:
             raise OcsError(Reason.CALL_ALREADY_STOPPED, f"call {call_id!r} has already stopped")
-        return CallProgress(call_id, record.account_id, int(started), 0, 0)
+        if answer is None:
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
+        return CallProgress(call_id, record.account_id, int(answer), 0, 0)
 
     async def update(
         self, call_id: str, used: int, account_id: str | None = None, *, nas: NasOf = ANY_NAS
