@@ -1017,6 +1017,7 @@ async def test_accounting_on_closes_the_calls_of_that_nas_by_their_last_report(
 # -- shutdown -----------------------------------------------------------------------------
 
 
+@pytest.mark.replaces_hot_path_function
 async def test_a_reply_whose_socket_closed_first_is_counted_as_a_drop(
     nas: RunningRadius, udp: UdpClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1045,6 +1046,7 @@ async def test_a_reply_whose_socket_closed_first_is_counted_as_a_drop(
     await dropped("send_failed", before)
 
 
+@pytest.mark.replaces_hot_path_function
 async def test_a_stop_of_reading_still_answers_the_requests_in_flight(
     nas: RunningRadius, udp: UdpClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -326,6 +326,7 @@ async def test_a_stop_runs_the_stages_in_order_and_leaves_nothing_running(
         assert spy.events.index(background) > last_drain, spy.events
 
 
+@pytest.mark.replaces_hot_path_function
 async def test_radius_requests_in_flight_at_a_stop_are_answered(
     serve_settings: Settings, spy: Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
