@@ -265,6 +265,7 @@ async def test_a_caller_id_moves_to_its_new_customer_and_a_live_call_goes_on(
     assert (status, body["error"]["field"]) == (400, "caller"), body
 
 
+@pytest.mark.replaces_hot_path_function
 async def test_a_caller_id_removal_failing_at_redis_leaves_it_the_accounts(
     app: RunningApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
