@@ -923,8 +923,14 @@ class CallService:
     async def record_of(self, call_id: str, *, nas: NasOf = ANY_NAS) -> CallRecord | None:
         """What a live call was authorized with (where its NAS is), None if unknown;
         ``nas``: that NAS client's call (see ``start``)."""
+        return await self._record_or_none(call_id, None, nas)
+
+    async def _record_or_none(
+        self, call_id: str, account_id: str | None, nas: NasOf
+    ) -> CallRecord | None:
+        """``_record`` (kept), None where it finds no such call."""
         try:
-            return await self._record(call_id, None, keep=True, nas=nas)
+            return await self._record(call_id, account_id, keep=True, nas=nas)
         except OcsError as error:
             if error.reason is Reason.CALL_NOT_FOUND:
                 return None
@@ -973,12 +979,7 @@ class CallService:
         none: the kept record of the id (found closed or gone) is dropped first."""
         self._live.pop(call_id, None)
         self._unstarted.pop(call_id, None)
-        try:
-            return await self._record(call_id, account_id, keep=True, nas=nas)
-        except OcsError as error:
-            if error.reason is Reason.CALL_NOT_FOUND:
-                return None
-            raise
+        return await self._record_or_none(call_id, account_id, nas)
 
     def _replaced(
         self,
