@@ -3,6 +3,8 @@
 from datetime import UTC, datetime
 from typing import Any
 
+from ocs.balances.results import StopResult
+from ocs.balances.script_args import StopArgs
 from ocs.billing.realtime import cdr_totals
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
@@ -170,3 +172,40 @@ async def test_a_stop_of_a_reused_call_id_is_not_taken_for_the_late_stop_of_its_
         "0.802000",
         0,
     )
+
+
+async def test_a_stop_reporting_no_duration_after_the_close_leaves_the_close_as_it_is(
+    app: RunningApp,
+) -> None:
+    # A Stop with no Acct-Session-Time (or an HTTP stop with no duration) for a call the
+    # janitor had closed was timed 0 s and given back everything the close charged.
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "mute2", "plan": "retail", "balance": "1.00"})
+    calls = app.services.calls
+    await calls.authorize(AuthorizeRequest("mute2", "447700900123", call_id="mute-2"))
+    await calls.start("mute-2")
+    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 1
+    _, account = await app.get("/v1/accounts/mute2")
+    assert account["balance"] == "0.004000"  # its whole grant, 846 s (0.996)
+    charge = await calls.stop("mute-2", None)
+    assert (charge.charged, charge.repeated) == (996_000, True)
+    _, account = await app.get("/v1/accounts/mute2")
+    assert account["balance"] == "0.004000"
+
+
+async def test_a_close_by_ocs_that_finds_the_call_closed_gives_nothing_back(
+    app: RunningApp,
+) -> None:
+    # A NAS's restart (or a cut) closing a call the janitor closed a moment before, with a
+    # shorter duration, was taken for the switch's late Stop and gave the difference back.
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "boot", "plan": "retail", "balance": "1.00"})
+    calls = app.services.calls
+    await calls.authorize(AuthorizeRequest("boot", "447700900123", call_id="boot-1"))
+    await calls.start("boot-1")
+    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 1
+    args = StopArgs("boot", "boot-1", 198_000, 45, b"\x80", 60, 0, "nas-reboot", None)
+    result = await app.services.store.stop(args)
+    assert isinstance(result, StopResult) and result.repeated
+    _, account = await app.get("/v1/accounts/boot")
+    assert account["balance"] == "0.004000"

@@ -1201,6 +1201,9 @@ class CallService:
                 record, cached is not None, call_id, account_id, nas
             )
             started = entry.started if entry is not None else 0
+        # A duration the switch reported, or measured from a live call's start; else (no
+        # duration, no live call) not known: a call ocs closed stays as closed.
+        known = duration is not None or started > 0
         if duration is None:
             ended = int(time.time()) - delay
             duration = min(max(ended - started, 0), MAX_DURATION) if started else 0
@@ -1211,7 +1214,7 @@ class CallService:
         for _ in range(_CHECK_TRIES):
             stamp = record.stamp() if checking else None
             result = await self._close(
-                record, duration, cause, expired_by=None, stamp=stamp, started=started
+                record, duration, cause, expired_by=None, stamp=stamp, started=started, known=known
             )
             if isinstance(result, NotLive) and result.entry is not None:
                 # Another call of the account holds the id: the record was an earlier
@@ -1316,11 +1319,14 @@ class CallService:
         stamp: bytes | None = None,
         result_ttl: int | None = None,
         started: int = 0,
+        known: bool = True,
     ) -> StopResult | NotLive | None:
         """Charge a call's ``duration`` (see ``_close_once``); ``stamp``: close it only if
         the live call is ``record``'s (``BalanceStore.stop``); ``result_ttl``: seconds its
         result answers repeated stops (None: ``stop_dedupe_ttl``); ``started``: when it
-        was answered (epoch s, 0: not known), where its time bands begin."""
+        was answered (epoch s, 0: not known), where its time bands begin; ``known``
+        False: ``duration`` is a guess (a stop that reported none, for a call no longer
+        live), so a call ocs closed is settled at the close's own duration."""
         usable: int | None = None
         amends: int | None = None
         while True:
@@ -1341,6 +1347,8 @@ class CallService:
                 if amends == outcome.duration:
                     raise RuntimeError(f"late stop of {record.call_id!r} not settled")
                 amends = outcome.duration
+                if not known:
+                    duration = outcome.duration
             elif isinstance(outcome, CounterShort):
                 # Other calls used some of the counter seconds the close released: priced
                 # again with what is left to it. Fewer each time (another stop may take

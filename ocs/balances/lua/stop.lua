@@ -67,7 +67,11 @@ if done then
     counted = math.min(tonumber(first.duration), tonumber(ARGV[13]))
     more_seconds = tonumber(ARGV[14]) - counted
   end
-  if not closed_by_us or ARGV[10] ~= '' or (owed == first.charged and more_seconds == 0) then
+  -- Only a switch's report settles the call: a close by ocs itself (the janitor, a NAS's
+  -- restart, a cut, an unconfirmed grant) that finds the call closed is a repeat.
+  local by_policy = ARGV[10] ~= '' or ARGV[9] == 'start-timeout' or ARGV[9] == 'expired'
+    or ARGV[9] == 'nas-reboot' or ARGV[9] == 'cut' or ARGV[9] == 'unconfirmed'
+  if not closed_by_us or by_policy or (owed == first.charged and more_seconds == 0) then
     return {'DONE', done}
   end
   if tonumber(ARGV[15] or -1) ~= tonumber(first.duration) then
