@@ -324,6 +324,36 @@ async def test_a_charge_created_after_the_cutoff_is_billed_by_the_next_invoice(
     ]
 
 
+async def test_a_charge_added_to_a_plan_or_an_add_on_without_a_start_bills_from_now(
+    services: Services,
+) -> None:
+    # Added once February and March were invoiced, a plan's new 3.00 fee and a 4.00
+    # add-on given no start date (the subscription's) counted as recorded late: April
+    # billed them back to the account's first invoice, February and March too.
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await monthly(services, "addon", 4 * EUR)
+    sub = await customer(services, "c5", "rent", date(2026, 1, 1))
+    await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    march = await run(services, "2026-03")
+    await posting.post(services.pool, services.store, run_id=march)
+    await create_charge(
+        services.pool,
+        Charge(
+            "fee", "Line rent fee", "LINE", "EUR", 3 * EUR, "recurring",
+            cadence="monthly", plan_id="retail",
+        ),
+    )  # fmt: skip
+    await add_charge(services.pool, sub, "addon")
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    assert (await _charge_lines(services, "c5"))["2026-04"] == [
+        ("Line rent addon", 4 * EUR),
+        ("Line rent fee", 3 * EUR),
+        ("Line rent rent", 10 * EUR),
+    ]
+
+
 async def test_a_charge_billed_by_a_rerun_of_its_period_is_not_billed_again(
     services: Services,
 ) -> None:

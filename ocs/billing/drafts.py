@@ -58,7 +58,11 @@ from ocs.errors import OcsError, Reason
 # Each item with its source, the instance it bills (``lines.Item``): the subscription, or
 # the number's assignment; and when its end was recorded, the latest of the rows its end
 # is the least of (migration 0044; GREATEST skips a NULL, an end recorded before it); and
-# when it came to exist, its rows' latest ``created_at`` (``lines.recorded_late``).
+# when it came to exist (``lines.recorded_late``): a subscription charge given its own
+# start, its rows' latest ``created_at``; one without (from the subscription's start),
+# and a plan's charge, the subscription's. A charge added to a plan, or an add-on with
+# no start date, applies from the invoice that first sees it, never billed back to the
+# subscription's start; a charge dated back, or a subscription made late, is.
 _ITEMS_SQL = """
 SELECT s.account_id, c.id AS charge_id, sc.id AS item_id, c.name, c.amount, sc.quantity,
        c.kind, c.cadence, c.every_days, c.timing,
@@ -66,7 +70,8 @@ SELECT s.account_id, c.id AS charge_id, sc.id AS item_id, c.name, c.amount, sc.q
        LEAST(sc.end_date, s.end_date, s.cancelled_on) AS "end", NULL::text AS number,
        s.id AS subscription_id, NULL::bigint AS account_number_id,
        GREATEST(sc.end_recorded_at, s.end_recorded_at) AS end_recorded,
-       GREATEST(sc.created_at, s.created_at) AS recorded
+       CASE WHEN sc.start_date IS NULL THEN s.created_at
+            ELSE GREATEST(sc.created_at, s.created_at) END AS recorded
 FROM subscriptions s
 JOIN subscription_charges sc ON sc.subscription_id = s.id
 JOIN charges c ON c.id = sc.charge_id
@@ -76,7 +81,7 @@ UNION ALL
 SELECT s.account_id, c.id, NULL, c.name, c.amount, 1,
        c.kind, c.cadence, c.every_days, c.timing,
        s.start_date, LEAST(s.end_date, s.cancelled_on), NULL, s.id, NULL, s.end_recorded_at,
-       GREATEST(c.created_at, s.created_at)
+       s.created_at
 FROM subscriptions s
 JOIN charges c ON c.plan_id = s.plan_id AND c.kind NOT IN ('counter', 'triggered')
 WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
