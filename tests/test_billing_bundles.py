@@ -455,6 +455,32 @@ async def test_an_end_moved_after_its_fee_was_billed_bills_no_second_fee(
     assert await _resiliations(services) == {"2026-03": [fee], "2026-04": []}
 
 
+async def test_a_fee_billed_before_bundles_were_named_on_their_lines_is_not_billed_again(
+    services: Services,
+) -> None:
+    """March's invoice billed the fee of a bundle ending April 1 before migration 0052
+    named the subscription bundle on its lines; the subscription's end, moved once March
+    was invoiced, made the bundle's end look recorded late, and April billed it again."""
+    await bundle(services, [], [], term=12, resiliation="fixed", fee=50 * EUR)
+    await account(services, date(2026, 1, 1), end=date(2026, 4, 1))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+    # As a line from before migration 0052 is (the posted lines' guard set aside for it).
+    await sql(services, "ALTER TABLE invoice_lines DISABLE TRIGGER invoice_lines_frozen")
+    try:
+        await sql(
+            services,
+            "UPDATE invoice_lines SET subscription_bundle_id = NULL WHERE kind = 'resiliation'",
+        )
+    finally:
+        await sql(services, "ALTER TABLE invoice_lines ENABLE TRIGGER invoice_lines_frozen")
+    await sql(services, "UPDATE subscriptions SET end_date = '2026-03-20'")
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    fee = ("Business bundle: early termination before 2027-01-01, fixed fee 50.00", 50 * EUR)
+    assert await _resiliations(services) == {"2026-03": [fee], "2026-04": []}
+
+
 def test_months_left_counts_the_month_in_progress() -> None:
     """Jan 31 + 1 month is Feb 28; a term ending on its last day has 0 left."""
     assert add_months(date(2026, 1, 31), 1) == date(2026, 2, 28)

@@ -91,10 +91,12 @@ WHERE s.account_id = ANY($1::text[]) AND s.status <> 'pending'
 # Of the subscription bundles ($1), those an invoice of an earlier period than the one
 # being drafted for it ($2) billed a resiliation fee for, whatever its state.
 _RESILIATED_SQL = """
-SELECT DISTINCT l.subscription_bundle_id
-FROM unnest($1::bigint[], $2::timestamptz[]) AS b(id, period_start)
-JOIN invoice_lines l ON l.subscription_bundle_id = b.id AND l.kind = 'resiliation'
-JOIN invoices i ON i.id = l.invoice_id AND i.kind = 'invoice' AND i.period_start < b.period_start
+SELECT DISTINCT b.id AS subscription_bundle_id
+FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS b(id, period_start, account_id)
+JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
+               AND i.period_start < b.period_start
+JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'resiliation'
+                    AND (l.subscription_bundle_id = b.id OR l.subscription_bundle_id IS NULL)
 """
 
 _RULES_SQL = """
@@ -664,13 +666,17 @@ async def bundle_lines(
         return {}
     late = [h for h in held if late_end(h, by_account[h.account_id])]
     if late:
-        # Billed (or voided) by an earlier invoice already: not billed again.
+        # Billed (or voided) by an earlier invoice already: not billed again. A fee line
+        # from before migration 0052 names no subscription bundle: any of the account's
+        # counts, so that none is billed twice (a second bundle's late fee on such an
+        # account is left unbilled rather than risk it).
         billed = {
             r["subscription_bundle_id"]
             for r in await conn.fetch(
                 _RESILIATED_SQL,
                 [h.id for h in late],
                 [by_account[h.account_id].which.invoice.start for h in late],
+                [h.account_id for h in late],
             )
         }
         late = [h for h in late if h.id not in billed]
