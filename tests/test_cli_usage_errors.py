@@ -100,7 +100,13 @@ def _with(url: str, *, netloc: str | None = None, path: str | None = None) -> st
 def _backend_cases(redis_url: str, database_url: str) -> dict[str, tuple[str, str, str]]:
     """Each case: (Redis URL, PostgreSQL URL, what the one line must name)."""
     pg = urlsplit(database_url)
-    at = f"{pg.hostname}:{pg.port or 5432}"
+    # A socket's URL (the embedded servers') names its host in the query: kept there.
+    at = "" if pg.hostname is None else f"{pg.hostname}:{pg.port or 5432}"
+    redis = urlsplit(redis_url)
+    if redis.scheme == "unix":
+        other_db = redis_url.partition("?")[0] + "?db=999"  # unix:///path: no netloc
+    else:
+        other_db = _with(redis_url, path="/999")
     return {
         "redis down": (f"redis://127.0.0.1:{free_port()}/0", database_url, "Redis at redis://"),
         "no such database": (
@@ -118,11 +124,7 @@ def _backend_cases(redis_url: str, database_url: str) -> dict[str, tuple[str, st
             _with(database_url, netloc=f"postgres:s3cret-pw@127.0.0.1:{free_port()}"),
             "PostgreSQL at postgresql://postgres:***@127.0.0.1:",
         ),
-        "no such redis database": (
-            _with(redis_url, path="/999"),
-            database_url,
-            "Redis at redis://",
-        ),
+        "no such redis database": (other_db, database_url, f"Redis at {redis.scheme}://"),
     }
 
 
