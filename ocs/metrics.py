@@ -167,11 +167,10 @@ LATE_STOPS.labels("covered")
 STALE_CALLS_CLOSED = Counter(
     "ocs_stale_calls_closed_total",
     "Live calls closed because no stop came, by cause: expired (a started call whose stop"
-    " was lost), start-timeout (never started), nas-reboot (its NAS restarted),"
-    " unconfirmed (granted, but its authorization was answered with an error).",
+    " was lost), start-timeout (never started), nas-reboot (its NAS restarted).",
     ["cause"],
 )
-for _cause in ("expired", "start-timeout", "nas-reboot", "unconfirmed"):
+for _cause in ("expired", "start-timeout", "nas-reboot"):
     STALE_CALLS_CLOSED.labels(_cause)
 
 # --- the ledger -------------------------------------------------------------------------

@@ -19,13 +19,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from ocs.balances import keys, slots
-from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.reconcile import reconcile
-from ocs.balances.scripts import ALL_SCRIPTS, AUTHORIZE, AUTHORIZE_WITH_REF, SNAPSHOT_BUCKET
+from ocs.balances.scripts import ALL_SCRIPTS, AUTHORIZE_WITH_REF, SNAPSHOT_BUCKET
 from ocs.balances.store import REF_WINDOW
 from ocs.balances.wire import RedisWire
 from ocs.call_cutting import call_cutter
@@ -512,86 +509,6 @@ async def test_live_calls_are_listed_and_sampled_from_every_master(
     state = await sample_live(app.services.redis)
     assert (sum(state.calls.values()), state.accounts_with_calls) == (12, 12)
     assert state.reserved == {"EUR": 12 * 2_000_000}
-
-
-def breaking(point: str, args: tuple[Any, ...]) -> Exception | None:
-    """The error the command ``args`` answers with when the authorization fails at
-    ``point`` (None: it answers as Redis does): after the authorize script ran, its reply
-    lost (``reply``, ``repeat``); the grant's shorter expiry not set (``expiry``); on a
-    cluster, the call reference's SET on its master refused (``reference``)."""
-    command = args[0]
-    authorizing = command == "EVALSHA" and args[1] in (AUTHORIZE.sha, AUTHORIZE_WITH_REF.sha)
-    if point in ("reply", "repeat") and authorizing:
-        return RedisConnectionError("Redis did not answer within 5.0 s")
-    if point == "expiry" and command == "ZADD" and args[2] == "XX":
-        return RedisConnectionError("Connection reset by peer")
-    if point == "reference" and command == "SET" and "NX" in args:
-        return ResponseError("CLUSTERDOWN The cluster is down")
-    return None
-
-
-async def test_an_authorization_answered_503_leaves_no_grant_to_charge(
-    backend_app: RunningApp, backend: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Each command runs on Redis; the answers the point names are lost on the way back.
-    # The switch, told 503, refused the call: the janitor charged its whole grant.
-    app = backend_app
-    await add_plan(app.services, max_lines=2, max_call_duration=600)
-    # A call to Germany (0.012 a minute) holds 0.12 for its longest call; the next has
-    # 0.08 left, which pays less: its expiry is moved after the script (ZADD XX).
-    await app.post("/v1/accounts", {"id": "unsure", "plan": "retail", "balance": "0.20"})
-    status, _ = await app.post(
-        "/v1/calls", {"account": "unsure", "destination": GERMANY, "call_id": "unsure-repeat"}
-    )
-    assert status == 201
-    original = AutoPipeline.execute
-    point = ""
-
-    def failing(self: AutoPipeline, *args: Any) -> "asyncio.Future[Any]":
-        ran = original(self, *args)
-        error = breaking(point, args)
-        if error is None:
-            return ran
-        lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def lose(done: "asyncio.Future[Any]") -> None:
-            if not done.cancelled():
-                done.exception()  # retrieved: the reply is what is lost
-            lost.set_exception(error)
-
-        ran.add_done_callback(lose)
-        return lost
-
-    monkeypatch.setattr(AutoPipeline, "execute", failing)
-    points = ["reply", "expiry", "repeat", *(["reference"] if backend.cluster else [])]
-    for point in points:
-        call_id = "unsure-repeat" if point == "repeat" else f"unsure-{point}"
-        status, body = await app.post(
-            "/v1/calls", {"account": "unsure", "destination": GERMANY, "call_id": call_id}
-        )
-        assert (status, body["error"]["reason"]) == (503, "unavailable"), (point, body)
-        live = await app.services.store.live_calls_of("unsure")
-        assert sorted(live) == ["unsure-repeat"], point  # only the call granted before
-    monkeypatch.setattr(AutoPipeline, "execute", original)
-    # The call granted before goes on, and nothing else is left for the janitor to charge.
-    status, stopped = await app.post("/v1/calls/unsure-repeat/stop", {"duration": 45})
-    assert (status, stopped["cost"], stopped["balance"]) == (200, "0.009000", "0.191000")
-    assert await Janitor(app.services.calls, app.services.store).sweep(now=2_000_000_000) == 0
-    _, view = await app.get("/v1/accounts/unsure")
-    assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("0.191000", "0.000000", 0)
-
-    async def released() -> bool:
-        async with app.services.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT call_id, termination_cause, charged FROM cdrs WHERE account_id = $1",
-                "unsure",
-            )
-        return sorted(tuple(r) for r in rows) == sorted(
-            [("unsure-repeat", "normal", 9_000)]
-            + [(f"unsure-{p}", "unconfirmed", 0) for p in points if p != "repeat"]
-        )
-
-    await eventually(released)
 
 
 async def test_the_janitor_closes_a_lost_call_on_either_backend(backend_app: RunningApp) -> None:

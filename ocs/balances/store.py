@@ -359,9 +359,6 @@ class BalanceStore:
     ) -> AuthorizeOutcome:
         """Reserve a line and funds; the call reference is written in the same round trip.
 
-        An error raised here may come after the script granted the call (its reply lost,
-        or a command after it failed): the caller releases such a grant.
-
         ``args.expires_at`` is the expiry of a call granted all it asked for;
         ``grant_expiry`` turns the funds actually reserved into the expiry of the
         shorter grant they pay for (None: keep ``expires_at``); ``ref_ttl`` is how
@@ -449,10 +446,8 @@ class BalanceStore:
         except ResponseError as error:
             failed = error
         if failed is not None:
-            # The script or the SET was refused. A refused script granted nothing while
-            # the SET may have been written: the reference is cut to the window, as after
-            # a refusal. A refused SET may leave the script's grant standing: the caller
-            # releases it before it answers the error (CallService.authorize).
+            # The script failed (nothing granted) while the SET may have been written:
+            # cut the reference to the window, as after a refusal.
             if not ref.cancelled() and ref.exception() is None and ref.result() is not None:
                 await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
             raise failed

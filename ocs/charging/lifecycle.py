@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple
 
 import msgpack
 
-from ocs import backend_health, metrics
+from ocs import metrics
 from ocs.balances.accounts import password_digest
 from ocs.balances.card_ids import is_card_account
 from ocs.balances.cards import pin_digest
@@ -139,11 +139,6 @@ class FundsHeldByLiveCalls(OcsError):
         error["live_calls"] = self.live_calls
         return body
 
-
-# The cause of the release of a grant whose authorization was answered with an error
-# (its reply failed after its script may have run); its stopped result lasts this long.
-UNCONFIRMED = "unconfirmed"
-_UNCONFIRMED_RESULT_TTL = 1
 
 # Causes of the closes made without the switch's stop: a stop that comes after one of
 # them was lost (or late), not repeated (ocs_late_stops_total).
@@ -577,45 +572,33 @@ class CallService:
             # cut it there), one still to start at the start timeout.
             wait = origin.wait_for_start
             expires_in = self._settings.start_timeout if wait else granting + grace
-            # Kept and raised after the handler: compiled with mypyc (decision 0038), an
-            # await inside an except block crashed.
-            failed: Exception | None = None
-            try:
-                outcome = await self._store.authorize(
-                    AuthorizeArgs(
-                        account_id=account_id,
-                        call_id=call_id,
-                        plan_id=plan_id,
-                        first_block_cost=cost_with_counter(rate, 1, split, bands),
-                        min_balance=plan.min_balance,
-                        cap_cost=cost_with_counter(rate, granting, split, bands),
-                        record=record.pack(),
-                        expires_at=int(now) + expires_in,
-                        password_digest=digest,
-                        now=int(now),
-                        password_guess_limit=self._settings.password_guess_limit,
-                        password_guess_window=self._settings.password_guess_window,
-                        started_at=0 if wait else int(now),
-                        member=request.member,
-                        counter=priced.counter_quote,
-                        share=plan.reservation_policy == "share",
-                    ),
-                    ref_ttl=plan.max_call_duration
-                    + grace
-                    + self._settings.start_timeout
-                    + self._settings.stop_dedupe_ttl,
-                    grant_expiry=(
-                        None
-                        if wait
-                        else self._expiry_of_grant(int(now), rate, granting, split, bands)
-                    ),
-                )
-            except Exception as error:  # the reply failed: the script may have run
-                failed = error
-            if failed is not None:
-                if not wait and not isinstance(failed, OcsError):
-                    await self._release_unconfirmed(record)
-                raise failed
+            outcome = await self._store.authorize(
+                AuthorizeArgs(
+                    account_id=account_id,
+                    call_id=call_id,
+                    plan_id=plan_id,
+                    first_block_cost=cost_with_counter(rate, 1, split, bands),
+                    min_balance=plan.min_balance,
+                    cap_cost=cost_with_counter(rate, granting, split, bands),
+                    record=record.pack(),
+                    expires_at=int(now) + expires_in,
+                    password_digest=digest,
+                    now=int(now),
+                    password_guess_limit=self._settings.password_guess_limit,
+                    password_guess_window=self._settings.password_guess_window,
+                    started_at=0 if wait else int(now),
+                    member=request.member,
+                    counter=priced.counter_quote,
+                    share=plan.reservation_policy == "share",
+                ),
+                ref_ttl=plan.max_call_duration
+                + grace
+                + self._settings.start_timeout
+                + self._settings.stop_dedupe_ttl,
+                grant_expiry=(
+                    None if wait else self._expiry_of_grant(int(now), rate, granting, split, bands)
+                ),
+            )
             match outcome:
                 case Reserved(
                     reserved=reserved,
@@ -667,44 +650,6 @@ class CallService:
                 case Refused():
                     raise self._refusal(account_id, outcome)
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
-
-    async def _release_unconfirmed(self, record: CallRecord) -> None:
-        """Release, free of charge, the grant of an authorization answered with an error
-        after its script may have run (its reply, or a command that followed it, failed).
-
-        The switch was told the call was refused: the grant must not stand, or the
-        janitor would charge it by ``stale_call_policy`` (under ``full_grant``, all of
-        it) as a call that started when granted. Only the call of ``record`` is closed
-        (its stamp): an earlier grant of the id, live, is left as it is. Its stopped
-        result lasts a second, so that a retry of the authorization is granted afresh.
-        Only calls that start when granted come here: one that waits for its start is
-        released free by the start timeout, and a RADIUS NAS's retransmission is
-        answered with its grant. A release that fails too (Redis still unreachable) leaves
-        the call to the janitor, which closes it by policy.
-        """
-        try:
-            result = await self._close(
-                record,
-                0,
-                UNCONFIRMED,
-                expired_by=None,
-                stamp=record.stamp(),
-                result_ttl=_UNCONFIRMED_RESULT_TTL,
-            )
-        except Exception as error:
-            # An outage is logged once, by the health tracker, as the error answered is.
-            if backend_health.backend_of(error, backend_health.REDIS) is None:
-                log.warning(
-                    "could not release a grant whose authorization failed; the janitor closes it",
-                    extra={
-                        "account": record.account_id,
-                        "call_id": record.call_id,
-                        "error": str(error),
-                    },
-                )
-            return
-        if isinstance(result, StopResult) and not result.repeated:
-            metrics.STALE_CALLS_CLOSED.labels(UNCONFIRMED).inc()
 
     def _repeated(self, live: AlreadyLive, call_id: str, account_id: str, plan_id: str) -> Grant:
         """The grant of a call authorized again while live: what it holds and was granted."""
@@ -1411,7 +1356,7 @@ class CallService:
             cost_with_counter(rate, duration, split, self._bands_of(record, duration, started)),
             duration,
             cdr,
-            self._settings.stop_dedupe_ttl if result_ttl is None else result_ttl,
+            self._settings.stop_dedupe_ttl,
             now_ms(),
             cause,
             expired_by,
