@@ -530,6 +530,12 @@ class Settings:
     webhook_timeout: float = _setting(
         10.0, _parse_seconds(0.001, 600.0), "seconds one webhook delivery may take"
     )
+    webhook_in_flight: int = _setting(
+        4,
+        _parse_int(1, 64),
+        "deliveries one webhook is sent at once, by every deliverer together (a slow"
+        " receiver holds no more, and the others' events go on)",
+    )
     # Dunning: what happens to live calls when an account is suspended for non-payment.
     dunning_live_calls: str = _setting(
         "finish",

@@ -327,8 +327,8 @@ async def test_what_no_deliverer_will_send_does_not_keep_the_serving_one_busy(
     # Nothing it can take is due: the serving deliverer waits for its poll, instead of
     # a pass every 10 ms.
     assert (await deliver_pending(services.pool, fast(services.settings))).attempted == 0
-    assert await next_due(services.pool) is None
-    assert await next_due(services.pool, ["email", "webhook"]) is not None  # the email
+    assert await next_due(services.pool, in_flight=4) is None
+    assert await next_due(services.pool, ["email", "webhook"], in_flight=4) is not None  # the email
 
     # A replay to the disabled webhook is refused, naming it.
     status, refused = await app.post(
@@ -508,3 +508,72 @@ async def test_the_serving_deliverer_sends_at_commit_and_stops_when_told(
         await asyncio.wait_for(serving, timeout=10)
     assert [t["body"]["subject"] for t in receiver.taken] == ["1001", "1002"]
     assert [r["state"] for r in await deliveries(services)] == ["delivered", "delivered"]
+
+
+async def test_a_receiver_that_stops_answering_does_not_hold_back_the_other_webhooks(
+    app: RunningApp, receiver: Receiver
+) -> None:
+    services = app.services
+    # A receiver that takes each POST and never answers until told: a hung CRM.
+    hung = web.Application()
+    release = asyncio.Event()
+    holding = 0
+    most_held = 0
+
+    async def stall(request: web.Request) -> web.Response:
+        nonlocal holding, most_held
+        await request.read()
+        holding += 1
+        most_held = max(most_held, holding)
+        try:
+            await release.wait()
+        finally:
+            holding -= 1
+        return web.Response()
+
+    hung.router.add_post("/hook", stall)
+    runner = web.AppRunner(hung)
+    await runner.setup()
+    hung_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", hung_port).start()
+    port = free_port()
+    await receiver.start(port)
+    kind = ["subscription.created"]
+    try:
+        # The hung receiver's backlog is older than the other's events: claimed oldest
+        # first, it took every one of the 16 sending slots for a whole timeout.
+        status, _ = await app.post(
+            "/v1/webhooks", {"url": f"http://127.0.0.1:{hung_port}/hook", "kinds": kind}
+        )
+        assert status == 201
+        async with services.pool.acquire() as conn, conn.transaction():
+            for n in range(20):
+                await emit(conn, "subscription.created", f"old{n}", {"n": n})
+        status, made = await app.post(
+            "/v1/webhooks", {"url": f"http://127.0.0.1:{port}/hook", "kinds": kind}
+        )
+        assert status == 201
+        receiver.secret = made["secret"]
+        async with services.pool.acquire() as conn, conn.transaction():
+            for n in range(20):
+                await emit(conn, "subscription.created", f"new{n}", {"n": n})
+        settings = fast(services.settings, webhook_timeout=60.0)
+        assert settings.webhook_in_flight == 4
+
+        sending = asyncio.create_task(deliver_pending(services.pool, settings))
+
+        async def all_taken() -> bool:
+            return len(receiver.taken) == 20
+
+        # The other webhook's 20 events arrive while the hung one holds its 4 slots.
+        await eventually(all_taken, within=10.0, what="the healthy webhook's events")
+        assert holding == most_held == 4
+        assert not sending.done()
+        release.set()
+        report = await asyncio.wait_for(sending, 30.0)
+        # The hung receiver took both batches (40), four at a time; the other its 20.
+        assert (report.attempted, report.delivered) == (60, 60)
+        assert most_held == 4 and len(receiver.taken) == 20
+    finally:
+        release.set()
+        await runner.cleanup()

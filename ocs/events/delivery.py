@@ -169,16 +169,34 @@ async def send_webhook(delivery: Claimed, context: Context) -> Outcome:
 WEBHOOK_SENDERS: Mapping[str, Sender] = {"webhook": send_webhook}
 
 # The due deliveries of the given channels, oldest first, each claimed by one deliverer
-# (SKIP LOCKED) with a lease; a disabled webhook's wait until it is enabled again.
+# (SKIP LOCKED) with a lease. A webhook gets no more than its free slots ($6 less its rows
+# leased now, by any deliverer): a receiver that stops answering holds those slots for a
+# timeout, not every slot while the other webhooks' events wait behind its backlog. A
+# disabled webhook's rows wait until it is enabled again.
 _CLAIM_SQL = """
-WITH due AS (
-    SELECT d.id, d.event_id, d.webhook_id FROM event_deliveries d
-    WHERE d.state = 'pending' AND d.next_attempt_at <= $1 AND d.channel = ANY ($2::text[])
-      AND (d.leased_until IS NULL OR d.leased_until <= $1)
-      AND (d.webhook_id IS NULL
-           OR EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.enabled))
+WITH room AS (
+    SELECT w.id, $6::int - (SELECT count(*) FROM event_deliveries x
+                            WHERE x.webhook_id = w.id AND x.state = 'pending'
+                              AND x.leased_until > $1) AS free
+    FROM webhooks w WHERE w.enabled AND 'webhook' = ANY ($2::text[])
+), hooked AS (
+    SELECT p.id, p.event_id, p.webhook_id, p.next_attempt_at FROM room CROSS JOIN LATERAL (
+        SELECT d.id, d.event_id, d.webhook_id, d.next_attempt_at FROM event_deliveries d
+        WHERE d.webhook_id = room.id AND d.state = 'pending' AND d.next_attempt_at <= $1
+          AND (d.leased_until IS NULL OR d.leased_until <= $1)
+        ORDER BY d.next_attempt_at, d.id LIMIT greatest(room.free, 0)
+        FOR UPDATE OF d SKIP LOCKED
+    ) p
+), mailed AS (
+    SELECT d.id, d.event_id, d.webhook_id, d.next_attempt_at FROM event_deliveries d
+    WHERE d.channel = 'email' AND 'email' = ANY ($2::text[]) AND d.state = 'pending'
+      AND d.next_attempt_at <= $1 AND (d.leased_until IS NULL OR d.leased_until <= $1)
     ORDER BY d.next_attempt_at, d.id LIMIT $3
     FOR UPDATE OF d SKIP LOCKED
+), due AS (
+    SELECT c.id, c.event_id, c.webhook_id
+    FROM (SELECT * FROM hooked UNION ALL SELECT * FROM mailed) c
+    ORDER BY c.next_attempt_at, c.id LIMIT $3
 )
 UPDATE event_deliveries d SET attempts = d.attempts + 1,
        leased_until = $1 + make_interval(secs => CASE WHEN d.channel = 'email' THEN $5::float8
@@ -218,9 +236,18 @@ async def claim(
     channels: list[str],
     limit: int = CONCURRENCY,
 ) -> list[Claimed]:
-    """Claim up to ``limit`` due deliveries of these channels (one attempt each)."""
+    """Claim up to ``limit`` due deliveries of these channels (one attempt each), no
+    more of one webhook than ``webhook_in_flight`` less those it is being sent now."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(_CLAIM_SQL, now, channels, limit, lease_s(settings), EMAIL_LEASE_S)
+        rows = await conn.fetch(
+            _CLAIM_SQL,
+            now,
+            channels,
+            limit,
+            lease_s(settings),
+            EMAIL_LEASE_S,
+            settings.webhook_in_flight,
+        )
     return [
         Claimed(
             r["id"],
@@ -372,24 +399,38 @@ async def deliver_pending(
 
 # When the earliest delivery ``claim`` would take falls due: the same filter (these
 # channels, an enabled webhook's), else a row it never takes looks due at every pass
-# and the serving loop spins.
+# and the serving loop spins. A webhook with all its slots leased (to another
+# deliverer: this one's pass has ended) has nothing due before its first lease ends.
 _NEXT_DUE_SQL = """
-SELECT min(GREATEST(d.next_attempt_at, COALESCE(d.leased_until, d.next_attempt_at)))
-FROM event_deliveries d
-WHERE d.state = 'pending' AND d.channel = ANY ($1::text[])
-  AND (d.webhook_id IS NULL
-       OR EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.enabled))
+SELECT min(CASE WHEN t.webhook_id IS NOT NULL AND t.leased >= $2
+                THEN GREATEST(t.earliest, t.first_lease_end) ELSE t.earliest END)
+FROM (
+    SELECT d.webhook_id,
+           min(GREATEST(d.next_attempt_at, COALESCE(d.leased_until, d.next_attempt_at)))
+               AS earliest,
+           count(*) FILTER (WHERE d.leased_until > now()) AS leased,
+           min(d.leased_until) FILTER (WHERE d.leased_until > now()) AS first_lease_end
+    FROM event_deliveries d
+    WHERE d.state = 'pending' AND d.channel = ANY ($1::text[])
+      AND (d.webhook_id IS NULL
+           OR EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.enabled))
+    GROUP BY d.webhook_id
+) t
 """
 
 
 async def next_due(
-    pool: asyncpg.Pool, channels: Sequence[str] = tuple(WEBHOOK_SENDERS)
+    pool: asyncpg.Pool,
+    channels: Sequence[str] = tuple(WEBHOOK_SENDERS),
+    *,
+    in_flight: int,
 ) -> datetime | None:
     """When the earliest pending delivery of these channels (default: webhooks, as
     ``deliver_pending``'s) that ``claim`` would take falls due (None: none; a disabled
-    webhook's rows wait for it, not for us)."""
+    webhook's rows wait for it, not for us; one with ``in_flight`` deliveries leased,
+    for its first lease to end)."""
     async with pool.acquire() as conn:
-        found: datetime | None = await conn.fetchval(_NEXT_DUE_SQL, list(channels))
+        found: datetime | None = await conn.fetchval(_NEXT_DUE_SQL, list(channels), in_flight)
     return found
 
 
@@ -422,7 +463,7 @@ async def serve_deliveries(
                     await listener.add_listener(NOTIFY_CHANNEL, wake)
                 woken.clear()
                 await deliver_pending(pool, settings, senders=senders)
-                due = await next_due(pool, channels)
+                due = await next_due(pool, channels, in_flight=settings.webhook_in_flight)
                 if due is not None:
                     pause = min(pause, max((due - datetime.now(UTC)).total_seconds(), 0.01))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

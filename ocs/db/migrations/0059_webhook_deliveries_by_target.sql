@@ -1,0 +1,6 @@
+-- A webhook's deliveries in flight are limited (setting webhook_in_flight, decision 0029):
+-- a receiver that stops answering held every sending slot for a whole timeout, and every
+-- other webhook's events waited behind its backlog. A claim walks each enabled webhook's
+-- due rows and counts its leased ones, by this index.
+CREATE INDEX event_deliveries_target_idx ON event_deliveries (webhook_id, next_attempt_at, id)
+    WHERE state = 'pending' AND webhook_id IS NOT NULL;
