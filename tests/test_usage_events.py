@@ -1,5 +1,8 @@
 """Usage events: MB of data and kWh rated by quantity, debited once per event id."""
 
+import csv
+import io
+import time
 from urllib.parse import quote
 
 from ocs.balances import keys
@@ -214,6 +217,36 @@ async def test_an_expired_card_pays_for_no_usage(app: RunningApp) -> None:
     )
     assert (status, used["error"]["reason"]) == (403, "account_expired"), used
     assert (await app.get(f"/v1/accounts/{card}"))[1]["balance"] == "20.000000"
+
+
+async def test_a_usage_event_starts_a_cards_days_as_a_first_call_does(app: RunningApp) -> None:
+    # A card valid 30 days after its first use, first used for data: its 30 days start
+    # then (they never started, so a card used only for data never expired).
+    await _data_plan(app)
+    response = await app.client.post(
+        "/v1/pin-batches",
+        json={"plan": "retail", "batch": "days", "count": 1, "value": "20.00", "expire_days": 30},
+    )
+    assert response.status == 201, await response.text()
+    [row] = list(csv.DictReader(io.StringIO(await response.text())))
+    before = int(time.time())
+    status, used = await app.post(
+        "/v1/usage",
+        {"account": row["account"], "event_id": "mb-1", "service": "Data", "quantity": 350},
+    )
+    assert status == 201, used
+    after = int(time.time())
+    status, info = await app.get(f"/v1/pins/{row['pin']}")
+    assert status == 200, info
+    assert before + 30 * 86_400 <= info["expires_at"] <= after + 30 * 86_400
+    assert info["expires_days_after_first_use"] is None
+    # A later use does not move it.
+    status, used = await app.post(
+        "/v1/usage",
+        {"account": row["account"], "event_id": "mb-2", "service": "Data", "quantity": 1},
+    )
+    assert status == 201, used
+    assert (await app.get(f"/v1/pins/{row['pin']}"))[1]["expires_at"] == info["expires_at"]
 
 
 async def test_a_quantity_a_cdr_cannot_hold_is_refused_naming_it_and_debits_nothing(

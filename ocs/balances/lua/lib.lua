@@ -102,7 +102,7 @@ local function charge_event(account_key, result_key, legacy_key, ledger_key, eve
                             rated, ttl, cdr, ts, quantity, account_id, at, admit)
   -- One read of the account: every account hash has a status, so none means no account.
   local a = redis.call('HMGET', account_key, 'status', 'balance', 'credit_limit', 'reserved',
-    'committed', 'critical', 'expires')
+    'committed', 'critical', 'expires', 'expire_days')
   if not a[1] then
     return 'REJ', 'account_not_found'
   end
@@ -145,6 +145,14 @@ local function charge_event(account_key, result_key, legacy_key, ledger_key, eve
   end
   local balance = redis.call('HINCRBY', account_key, 'balance', int(-rated))
   lock_if_below(account_key, balance, a[6], a[1])
+  -- A card with expire_days and no expiry yet is activated by its first use, a usage
+  -- event as a call (authorize.lua's rule): its life runs from the usage's time.
+  local expire_days = tonumber(a[8] or 0)
+  if expire_days > 0 and expires == 0 then
+    local first_use = math.floor(tonumber(at) / 1000)
+    redis.call('HSET', account_key, 'expires', int(first_use + expire_days * 86400),
+      'first_use', int(first_use))
+  end
   local entry = redis.call('XADD', ledger_key, '*',
     'kind', 'usage', 'account', account_id, 'amount', int(-rated), 'balance', int(balance),
     'reference', event_id, 'ts', ts, 'rated', int(rated), 'charged', int(rated),
