@@ -268,6 +268,42 @@ async def test_a_call_answered_past_its_kept_bands_is_priced_by_the_schedule(
     assert body["balance"] == "0.380000"
 
 
+async def test_a_late_stop_is_priced_from_the_answer_like_a_stop(app: RunningApp) -> None:
+    """A Stop that comes after the janitor closed the call is priced from the call's
+    answer, as its close and any stop are; it was priced from the authorization."""
+    from ocs.charging.janitor import Janitor
+
+    calls = await monday_0750_calls(app, stale_call_policy="last_reported")
+    await calls.authorize(
+        AuthorizeRequest("band", "442079460000", call_id="rang-late"), Origin(wait_for_start=True)
+    )
+    answered = at(2026, 11, 23, 8, 0)  # authorized 07:50 off-peak, answered 08:00 in peak
+    await app.services.store.start(
+        account_id="band", call_id="rang-late", started_at=answered, expires_at=answered + 3600
+    )
+    await calls.update("rang-late", 300)
+    # Its Stop is late: the janitor charges its last report, 08:00-08:05 in peak (0.25).
+    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 1
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.350000"
+    # A Stop with no duration leaves the close as it is; it was priced 07:50-07:55
+    # off-peak (0.05) and gave back 0.20.
+    unchanged = await monday_0750_service(app).stop("rang-late", None)
+    assert (unchanged.charged, unchanged.repeated) == (250_000, True)
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.350000"
+    # The real Stop, 10 minutes: 08:00-08:10, all peak (0.50); it was priced 07:50-08:00
+    # off-peak (0.10) and gave back 0.15 of the close.
+    charge = await monday_0750_service(app).stop("rang-late", 600)
+    assert (charge.charged, charge.cause, charge.repeated) == (500_000, "late-stop", False)
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.100000"
+    again = await monday_0750_service(app).stop("rang-late", 600)
+    assert (again.charged, again.repeated) == (500_000, True)
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.100000"
+
+
 async def test_bad_schedules_name_the_field(app: RunningApp) -> None:
     from tests.conftest import add_plan
 

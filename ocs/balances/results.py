@@ -82,9 +82,12 @@ class CounterShort(msgspec.Struct, frozen=True, gc=False):
 
 class Amend(msgspec.Struct, frozen=True, gc=False):
     """A late stop of a call ocs closed by policy: nothing was done; its CDR is to carry
-    what it changes from the close, which recorded ``duration`` seconds."""
+    what it changes from the close, which recorded ``duration`` seconds, and its price is
+    placed on the time bands from ``started``, the answer the close found (epoch s; 0:
+    never answered, or a close recorded before closes kept it)."""
 
     duration: int
+    started: int = 0
 
 
 class UpdateResult(msgspec.Struct, frozen=True, gc=False):

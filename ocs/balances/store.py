@@ -511,7 +511,7 @@ class BalanceStore:
         if status == "REPRICE":
             return CounterShort(int(reply[1]))
         if status == "AMEND":
-            return Amend(int(reply[1]))
+            return Amend(int(reply[1]), int(reply[2]) if len(reply) > 2 else 0)
         if status == "CLOSED":
             return NotLive()
         if status == "ENTRY":

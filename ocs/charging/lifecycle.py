@@ -1269,7 +1269,8 @@ class CallService:
         """Charge a call's ``duration`` (see ``_close_once``); ``stamp``: close it only if
         the live call is ``record``'s (``BalanceStore.stop``); ``result_ttl``: seconds its
         result answers repeated stops (None: ``stop_dedupe_ttl``); ``started``: when it
-        was answered (epoch s, 0: not known), where its time bands begin; ``known``
+        was answered (epoch s, 0: not known; a late stop's: the answer its close found,
+        ``Amend``), where its time bands begin; ``known``
         False: ``duration`` is a guess (a stop that reported none, for a call no longer
         live), so a call ocs closed is settled at the close's own duration."""
         usable: int | None = None
@@ -1294,6 +1295,10 @@ class CallService:
                 amends = outcome.duration
                 if not known:
                     duration = outcome.duration
+                if not started:
+                    # No live entry to read its answer from: priced from the answer the
+                    # close found, as the close and any stop are (decision 0040).
+                    started = outcome.started
             elif isinstance(outcome, CounterShort):
                 # Other calls used some of the counter seconds the close released: priced
                 # again with what is left to it. Fewer each time (another stop may take

@@ -40,11 +40,13 @@
 -- again with that many (ARGV[14]) and runs this again. The late stop's CDR and ledger
 -- entry carry what it changes (seconds, billed seconds, counter seconds, money), so
 -- the two rows sum to the call; without ARGV[15], or with another duration than the
--- close's, nothing is changed and {"AMEND", duration of the close} answers: the caller
--- builds that CDR and runs this again.
+-- close's, nothing is changed and {"AMEND", duration of the close, answer of the call
+-- (epoch s, 0: never answered)} answers: the caller builds that CDR, prices the call
+-- from that answer as the close did (a band-priced call), and runs this again.
 -- Returns {"OK", result} on the first stop, {"DONE", result} on a repeated one,
--- where result is msgpack {charged, rated, balance, duration, entry, cause, debited, and
--- for a late stop added: what it charged (negative: gave back)};
+-- where result is msgpack {charged, rated, balance, duration, entry, cause, debited,
+-- started (the answer, epoch s; 0: never answered), and for a late stop added: what it
+-- charged (negative: gave back)};
 -- {"NOCALL"} when no such call is live; {"LIVE"} when the janitor's guard failed.
 -- Interim debits already taken count towards the charge. The charge never takes
 -- the balance below -credit_limit: a call that ran past its grant is charged at
@@ -71,12 +73,18 @@ if done then
   -- restart, a cut, an unconfirmed grant) that finds the call closed is a repeat.
   local by_policy = ARGV[10] ~= '' or ARGV[9] == 'start-timeout' or ARGV[9] == 'expired'
     or ARGV[9] == 'nas-reboot' or ARGV[9] == 'cut' or ARGV[9] == 'unconfirmed'
-  if not closed_by_us or by_policy or (owed == first.charged and more_seconds == 0) then
+  if not closed_by_us or by_policy then
     return {'DONE', done}
   end
   if tonumber(ARGV[15] or -1) ~= tonumber(first.duration) then
-    -- Its CDR is to carry what the report changes: built against the close's duration.
-    return {'AMEND', first.duration}
+    -- Its CDR is to carry what the report changes: built against the close's duration,
+    -- and priced from the answer the close found (decision 0040), which the caller, with
+    -- no live entry to read, does not know yet; so asked before "nothing changes" is
+    -- decided, on a price that may have placed the call on the wrong bands.
+    return {'AMEND', first.duration, first.started or 0}
+  end
+  if owed == first.charged and more_seconds == 0 then
+    return {'DONE', done}
   end
   local c = nil
   if more_seconds ~= 0 then
@@ -119,7 +127,7 @@ if done then
     'cdr', ARGV[5])
   local result = cmsgpack.pack({charged = first.charged + charge, rated = rated,
     balance = balance, duration = tonumber(ARGV[7]), entry = entry, cause = 'late-stop',
-    debited = first.debited, added = charge})
+    debited = first.debited, added = charge, started = first.started})
   redis.call('SET', KEYS[4], result, 'EX', ARGV[4])
   return {'OK', result}
 end
@@ -179,7 +187,10 @@ local entry = redis.call('XADD', KEYS[5], '*',
   'kind', 'call', 'account', ARGV[8], 'amount', int(-charge), 'balance', int(balance),
   'reference', ARGV[1], 'ts', ARGV[6], 'rated', int(rated), 'charged', int(charged),
   'duration', ARGV[7], 'cause', ARGV[9], 'cdr', ARGV[5])
+-- started: the call's answer (epoch s, 0: never started), where a late stop's price
+-- places it on the time bands.
 local result = cmsgpack.pack({charged = charged, rated = rated, balance = balance,
-  duration = tonumber(ARGV[7]), entry = entry, cause = ARGV[9], debited = debited})
+  duration = tonumber(ARGV[7]), entry = entry, cause = ARGV[9], debited = debited,
+  started = tonumber(started)})
 redis.call('SET', KEYS[4], result, 'EX', ARGV[4])
 return {'OK', result}
