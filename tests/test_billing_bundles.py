@@ -296,6 +296,44 @@ async def test_a_late_stops_cdr_is_not_counted_as_a_call(services: Services) -> 
     assert "5% off 3.50 (3 calls, tier from 1 call)" in discount.description
 
 
+async def test_a_late_stops_refund_comes_off_a_discounts_base(services: Services) -> None:
+    """10% off from 60 s of calls (SUM). A call of 120 s (2.00), and one the janitor
+    charged its whole grant, 846 s (8.46), whose late Stop said 60 s (-786 s, -7.86):
+    180 s, 10% off 2.60 -> -0.26. The refund was left out of the base (its row's net
+    capped at nothing): 10% off 10.46."""
+    await bundle(
+        services,
+        [("d", "sum", "duration", "UK Mobile")],
+        [(1, "discount", "volume", "d", None, None, None, None)],
+    )
+    await sql(services, "INSERT INTO bundle_discount_tiers VALUES ('b1', 1, 60, 10000000)")
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 120, 2 * EUR))
+    await cdr(
+        services,
+        "granted",
+        "a1",
+        at(4),
+        duration=846,
+        charged=8_460_000,
+        termination_cause="expired",
+    )
+    await cdr(
+        services,
+        "late",
+        "a1",
+        at(4, 13),
+        call_id="granted",
+        authorized_at=at(4),
+        duration=-786,
+        charged=-7_860_000,
+        termination_cause="late-stop",
+    )
+    [discount] = await lines(services)
+    assert (discount.kind, discount.quantity, discount.exact) == ("bundle_discount", 180, -260_000)
+    assert "10% off 2.60 (3 min, tier from 1 min)" in discount.description
+
+
 COMMITMENT: list[RuleRow] = [
     (1, "commitment", "minimum spend", "spend", None, 20 * EUR, None, None)
 ]

@@ -166,8 +166,11 @@ WITH sb AS (
     -- Each CDR's credits (over every free rule) beside its indicator rows, summed by a
     -- window over both: no join of the two, which the planner, misjudging them as one
     -- row each, made a nested loop re-aggregating the credits per CDR (quadratic).
+    -- A credit never exceeds its row's charge; a late stop's refund (a negative row)
+    -- is net of the credit it takes back, never capped at nothing (it lowers the base).
     SELECT sb_id, indicator, zone, rate_type, v, event,
-           charged - LEAST(cdr_credit, charged) AS net
+           charged - CASE WHEN charged < 0 THEN GREATEST(cdr_credit, charged)
+                          ELSE LEAST(cdr_credit, charged) END AS net
     FROM (
         SELECT x.*, sum(x.credit) OVER (PARTITION BY x.sb_id, x.entry_id) AS cdr_credit
         FROM (
