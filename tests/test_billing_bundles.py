@@ -334,6 +334,88 @@ async def test_a_late_stops_refund_comes_off_a_discounts_base(services: Services
     assert "10% off 2.60 (3 min, tier from 1 min)" in discount.description
 
 
+async def tiered_discount(
+    services: Services, function: str, tiers: Sequence[tuple[int, int]]
+) -> None:
+    """Bundle ``b1`` with a discount over indicator ``d`` (``function`` of UK Mobile calls'
+    seconds) in ``tiers`` (threshold, rate), held by ``a1`` from January 1."""
+    await bundle(
+        services,
+        [("d", function, "duration", "UK Mobile")],
+        [(1, "discount", "long calls", "d", None, None, None, None)],
+    )
+    for threshold, rate in tiers:
+        await sql(
+            services,
+            "INSERT INTO bundle_discount_tiers VALUES ('b1', 1, $1, $2)",
+            threshold,
+            rate,
+        )
+    await account(services, date(2026, 1, 1))
+
+
+async def late_stop(
+    services: Services, entry: str, call: str, authorized: datetime, when: datetime, **fields: Any
+) -> None:
+    """The CDR of a late Stop of ``call`` (authorized at ``authorized``), written at
+    ``when``: what the Stop changed from the close (seconds, amount; some negative)."""
+    await cdr(
+        services,
+        entry,
+        "a1",
+        when,
+        call_id=call,
+        authorized_at=authorized,
+        termination_cause="late-stop",
+        **fields,
+    )
+
+
+async def test_max_of_calls_takes_a_call_as_its_late_stop_amended_it(services: Services) -> None:
+    """10% off from a call of 100 s (MAX). A call of 60 s, and one the janitor closed at
+    60 s whose late Stop said 120 s (+60 s, +1.00): the longest call is 120 s, 10% off
+    3.00 -> -0.30. Over rows, the longest was 60 s and gave nothing."""
+    await tiered_discount(services, "max", [(100, 10_000_000)])
+    await calls(services, (3, 60, EUR))
+    await cdr(
+        services, "closed", "a1", at(4), duration=60, charged=EUR, termination_cause="expired"
+    )
+    await late_stop(services, "late", "closed", at(4), at(4, 13), duration=60, charged=EUR)
+    [discount] = await lines(services)
+    assert (discount.kind, discount.quantity, discount.exact) == ("bundle_discount", 120, -300_000)
+    assert "10% off 3.00 (2 min, tier from 1 min 40 s)" in discount.description
+
+
+async def test_min_of_calls_never_takes_a_late_stops_row_for_a_call(services: Services) -> None:
+    """5% off when the shortest call is a minute or more (MIN). A call of 90 s (1.50); one the
+    janitor charged its whole grant, 846 s (8.46), whose late Stop said 60 s (-786 s,
+    -7.86); and the late Stop, in January, of a December call (-20 s, -0.20): the
+    shortest call is 60 s, 5% off 1.90 -> -0.095. Over rows, the shortest was -786 s and
+    gave nothing; the December call is not one of January's."""
+    await tiered_discount(services, "min", [(60, 5_000_000)])
+    await calls(services, (3, 90, 1_500_000))
+    await cdr(
+        services,
+        "granted",
+        "a1",
+        at(4),
+        duration=846,
+        charged=8_460_000,
+        termination_cause="expired",
+    )
+    await late_stop(
+        services, "late", "granted", at(4), at(4, 13), duration=-786, charged=-7_860_000
+    )
+    december = datetime(2025, 12, 31, 23, tzinfo=UTC)
+    await cdr(
+        services, "dec", "a1", december, duration=50, charged=500_000, termination_cause="cut"
+    )
+    await late_stop(services, "dec-late", "dec", december, at(1, 1), duration=-20, charged=-200_000)
+    [discount] = await lines(services)
+    assert (discount.kind, discount.quantity, discount.exact) == ("bundle_discount", 60, -95_000)
+    assert "5% off 1.90 (1 min, tier from 1 min)" in discount.description
+
+
 COMMITMENT: list[RuleRow] = [
     (1, "commitment", "minimum spend", "spend", None, 20 * EUR, None, None)
 ]

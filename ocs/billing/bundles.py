@@ -130,7 +130,7 @@ WITH sb AS (
            CASE WHEN i.function = 'count' THEN (c.termination_cause <> 'late-stop')::int
                 WHEN i.measure = 'amount' THEN c.charged ELSE c.duration END AS u,
            CASE WHEN i.measure = 'amount' THEN c.charged ELSE c.duration END AS v,
-           (c.termination_cause <> 'late-stop')::int AS event
+           (c.termination_cause <> 'late-stop')::int AS event{call_columns}
     FROM sb
     JOIN bundle_indicators i ON i.bundle_id = sb.bundle_id
     JOIN cdrs c ON c.account_id = sb.account_id
@@ -186,15 +186,56 @@ WITH sb AS (
 )
 """
 
+# Which call a CDR is, for MIN and MAX (below): a late stop's row, and the close by policy
+# it amends (stop.lua's ``closed_by_us``), by call id and authorization; any other, itself.
+_CALL_COLUMNS = """, i.function,
+           CASE WHEN c.termination_cause IN ({amendable})
+                THEN c.call_id ELSE c.entry_id END AS call,
+           CASE WHEN c.termination_cause IN ({amendable})
+                THEN c.authorized_at END AS call_at""".replace(
+    "{amendable}", "'late-stop', 'start-timeout', 'expired', 'nas-reboot', 'cut'"
+)
+
+# MIN and MAX are over calls as amended (decision 0023, amended 2026-12-07): a late stop's
+# row (what its Stop changed: seconds, amount, some negative) is added to its call's row
+# (the same call id and authorization) and is never a call itself; one whose call lies
+# in an earlier cycle was measured there, and is left out of this cycle's MIN and MAX
+# (as it is of COUNT; SUM and AVG take it, as they always did). Every other row is a call
+# (or usage event) of its own. Only indicators with MIN or MAX pay for this pass.
+_EXTREMES = """
+, calls AS (
+    SELECT sb_id, indicator, sum(v) AS v
+    FROM ev
+    WHERE function IN ('min', 'max')
+    GROUP BY sb_id, indicator, call, call_at
+    HAVING sum(event) > 0
+), extremes AS (
+    SELECT sb_id, indicator, min(v)::bigint AS low, max(v)::bigint AS high
+    FROM calls
+    GROUP BY sb_id, indicator
+)
+"""
+# Without MIN or MAX indicators: none computed.
+_NO_EXTREMES = """
+, extremes AS (
+    SELECT NULL::bigint AS sb_id, NULL::text AS indicator, NULL::bigint AS low,
+           NULL::bigint AS high
+    WHERE false
+)
+"""
+
 # Each indicator whole and in shares per (zone, rate type), for discounts and commitments.
 _INDICATORS_SQL = """
-SELECT 'indicator' AS what, sb_id, indicator, 0 AS position, NULL::text AS zone,
-       NULL::text AS rate_type, sum(event)::bigint AS events, sum(v)::bigint AS total,
-       round(sum(v)::numeric / NULLIF(sum(event), 0))::bigint AS average,
-       min(v)::bigint AS low, max(v)::bigint AS high,
-       sum(net)::bigint AS net
-FROM net
-GROUP BY sb_id, indicator
+SELECT 'indicator' AS what, g.sb_id, g.indicator, 0 AS position, NULL::text AS zone,
+       NULL::text AS rate_type, g.events, g.total, g.average, x.low, x.high, g.net
+FROM (
+    SELECT sb_id, indicator, sum(event)::bigint AS events, sum(v)::bigint AS total,
+           round(sum(v)::numeric / NULLIF(sum(event), 0))::bigint AS average,
+           sum(net)::bigint AS net
+    FROM net
+    GROUP BY sb_id, indicator
+) AS g
+LEFT JOIN extremes x ON (x.sb_id, x.indicator) = (g.sb_id, g.indicator)
 UNION ALL
 SELECT 'share', sb_id, indicator, 0, zone, rate_type, sum(event)::bigint, sum(v)::bigint,
        NULL, NULL, NULL, sum(net)::bigint
@@ -215,8 +256,17 @@ GROUP BY sb_id, position, zone, rate_type
 # Everything a chunk's bundles need; with free rules only, the credits alone. (An
 # unreferenced CTE is never computed: without the indicators, ``net``, the window over
 # every CDR twice, is skipped: about half the query for a free-minutes bundle.)
-_USAGE_SQL = _USAGE_CTES + _INDICATORS_SQL + "UNION ALL\n" + _FREE_SQL
-_FREE_ONLY_SQL = _USAGE_CTES + _FREE_SQL
+# The CDRs' rows carry which call each is only where MIN or MAX needs it.
+_PLAIN_CTES = _USAGE_CTES.replace("{call_columns}", "")
+_USAGE_SQL = _PLAIN_CTES + _NO_EXTREMES + _INDICATORS_SQL + "UNION ALL\n" + _FREE_SQL
+_EXTREMES_SQL = (
+    _USAGE_CTES.replace("{call_columns}", _CALL_COLUMNS)
+    + _EXTREMES
+    + _INDICATORS_SQL
+    + "UNION ALL\n"
+    + _FREE_SQL
+)
+_FREE_ONLY_SQL = _PLAIN_CTES + _FREE_SQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,13 +762,15 @@ async def bundle_lines(
     shares: dict[tuple[int, str], list[Part]] = defaultdict(list)
     free: dict[tuple[int, int], list[Part]] = defaultdict(list)
     if active:
-        measured = any(
-            rule.kind in ("discount", "commitment")
+        measured = [
+            rule
             for h in active
             for rule in rules.get(h.bundle_id, [])
-        )
+            if rule.kind in ("discount", "commitment")
+        ]
+        extremes = any(rule.function in ("min", "max") for rule in measured)
         rows = await conn.fetch(
-            _USAGE_SQL if measured else _FREE_ONLY_SQL,
+            _EXTREMES_SQL if extremes else _USAGE_SQL if measured else _FREE_ONLY_SQL,
             [h.id for h in active],
             [h.account_id for h in active],
             [h.bundle_id for h in active],

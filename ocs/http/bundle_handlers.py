@@ -53,7 +53,8 @@ Filter = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 class BundleIndicator(Params):
     """An indicator: ``function`` of ``measure`` over the cycle's CDRs (calls' seconds,
     usage events' metered quantity, or the amount debited), filtered by zone, rate type
-    or service (a usage event's; never with duration)."""
+    or service (a usage event's; never with duration). A call whose Stop came after ocs
+    closed it counts once, as its Stop amended it (COUNT, MIN, MAX)."""
 
     name: ObjectId
     function: Literal["sum", "avg", "min", "max", "count"]
