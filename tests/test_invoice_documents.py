@@ -28,6 +28,7 @@ from ocs.billing.document_layout import Issuer, layout
 from ocs.cli import main
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
+from ocs.money import format_amount
 from tests.billing_helpers import cdr
 from tests.conftest import RunningApp, add_plan, bearer, reset_state
 
@@ -258,6 +259,29 @@ async def test_a_credit_note_pdf_adds_up_to_the_money_it_gives_back(
     assert row(text, "Credited to your account", "€12.00")
     for absent in ("Due date", "Amount due", "Previous balance", "Closing balance"):
         assert absent not in text, (absent, text)
+    # The plan's invoice message asks for payment: it is an invoice's, not a credit
+    # note's (the credit note printed it, and its JSON repeated it).
+    assert MESSAGE not in " ".join(text.split())
+    assert note["message"] == ""
+    # The JSON says what the PDF says: the invoice its statement, as stored; the credit
+    # note none (its statement columns, all 0, read as a statement of zeros).
+    async with services.pool.acquire() as conn:
+        stored = await conn.fetchrow(
+            "SELECT previous_balance, payments, new_charges, closing_balance, amount_due"
+            " FROM invoices WHERE id = $1",
+            invoice_id,
+        )
+    invoice = await ok(app, "GET", f"/v1/invoices/{invoice_id}")
+    assert invoice["message"] == MESSAGE
+    assert invoice["statement"] == {
+        name: format_amount(value) for name, value in dict(stored).items()
+    }
+    assert invoice["statement"]["new_charges"] == "12.000000"
+    assert note["statement"] is None
+    listed = await ok(app, "GET", "/v1/invoices?account=a1")
+    by_kind = {found["kind"]: found for found in listed["invoices"]}
+    assert by_kind["credit_note"]["statement"] is None
+    assert by_kind["invoice"]["statement"] == invoice["statement"]
 
 
 async def test_the_calls_csv_lists_the_invoice_calls(app: RunningApp) -> None:
@@ -394,6 +418,27 @@ def test_the_layout_groups_lines_and_writes_amounts_and_dates_for_the_locale() -
     statement = dict(content["statement"])
     assert statement["Previous balance"] == f"1,2345{nbsp}€"  # exact: nothing rounded away
     assert content["due"] == ["Amount due", f"1{narrow}234,56789{nbsp}€"]
+
+
+def test_a_credit_note_prints_no_invoice_message() -> None:
+    # A credit note made before voids stopped copying it kept its invoice's message (a
+    # request to pay): its document, rendered later, leaves it out.
+    reversal = DocumentLine("reversal", "Reversal: rent", None, None, 1, -10_000_000)
+    note = facts_with(
+        [reversal],
+        kind="credit_note",
+        state="posted",
+        number="CN-2026-000001",
+        total=-10_000_000,
+        message=MESSAGE,
+        voids_number="INV-2026-000001",
+    )
+    content = layout(note, Issuer.from_settings("Example Telecom", "1 Street"), "en_GB")
+    assert content["message"] == ""
+    assert (content["statement"], content["due"]) == ([], ["Credited to your account", "€10.00"])
+    invoice = facts_with([], message=MESSAGE)
+    shown = layout(invoice, Issuer.from_settings("Example Telecom", "1 Street"), "en_GB")
+    assert shown["message"] == MESSAGE
 
 
 def test_documents_rendered_in_threads_at_once_all_render(

@@ -16,7 +16,8 @@ line is grouped with the kind of line it reverses (a reversed tax under taxes).
 A credit note has nothing due: instead of the balance-forward statement (an
 invoice's), its closing block says what it gave back to the account (its total
 negated: only lines whose money moved are reversed, decision 0020), and its facts
-name the invoice it voids.
+name the invoice it voids. It prints no message: the plan's invoice message is an
+invoice's (a credit note made before voids stopped copying it still holds one).
 """
 
 from collections.abc import Iterable
@@ -373,5 +374,5 @@ def layout(facts: InvoiceFacts, issuer: Issuer, locale: str) -> dict[str, Any]:
         "total": [LABELS["total"], fmt.money(facts.total)],
         "statement": statement,
         "due": due,
-        "message": facts.message,
+        "message": facts.message if facts.kind != "credit_note" else "",
     }

@@ -49,6 +49,12 @@ class Invoice:
     posted_at: datetime | None
     voided_at: datetime | None
     tax_error: str | None  # why its taxes could not be calculated: it stays a draft
+    # Its balance-forward statement (decision 0020); a credit note's are all 0: it has none.
+    previous_balance: int = 0
+    payments: int = 0
+    new_charges: int = 0
+    closing_balance: int = 0
+    amount_due: int = 0
 
     @classmethod
     def from_row(cls, row: Any) -> "Invoice":
@@ -323,8 +329,22 @@ async def run_totals(pool: asyncpg.Pool) -> dict[str, tuple[int, int]]:
 # --- views: what the CLI prints and the admin API answers (amounts as decimal strings) ---
 
 
+class StatementView(msgspec.Struct, kw_only=True):
+    """An invoice's balance-forward statement as its document prints it (exact
+    micro-units as decimal strings): previous balance + payments - new charges =
+    closing balance; amount due = what the account owes after posting."""
+
+    previous_balance: str
+    payments: str
+    new_charges: str
+    closing_balance: str
+    amount_due: str
+
+
 class InvoiceView(msgspec.Struct, kw_only=True):
-    """An invoice or credit note as shown: amounts as decimal strings of micro-units."""
+    """An invoice or credit note as shown: amounts as decimal strings of micro-units.
+    ``statement``: an invoice's; None for a credit note, which has none (its document
+    says what it credited to the account instead: ``-total``)."""
 
     id: int
     account: str
@@ -347,6 +367,7 @@ class InvoiceView(msgspec.Struct, kw_only=True):
     posted_at: datetime | None
     voided_at: datetime | None
     tax_error: str | None = None
+    statement: StatementView | None = None
 
 
 class InvoiceLineView(msgspec.Struct, kw_only=True):
@@ -491,7 +512,21 @@ def _invoice_fields(found: Invoice) -> dict[str, Any]:
         "posted_at": found.posted_at,
         "voided_at": found.voided_at,
         "tax_error": found.tax_error,
+        "statement": statement_view(found),
     }
+
+
+def statement_view(found: Invoice) -> StatementView | None:
+    """An invoice's statement as shown; None for a credit note (it has none)."""
+    if found.kind == "credit_note":
+        return None
+    return StatementView(
+        previous_balance=format_amount(found.previous_balance),
+        payments=format_amount(found.payments),
+        new_charges=format_amount(found.new_charges),
+        closing_balance=format_amount(found.closing_balance),
+        amount_due=format_amount(found.amount_due),
+    )
 
 
 def line_view(line: InvoiceLine) -> InvoiceLineView:

@@ -41,7 +41,10 @@ UPDATE payments p SET allocated = p.allocated - f.amount FROM freed f WHERE p.id
 
 # The credit note of the invoice ($1): its totals are those of the lines whose money
 # moved (charges, discounts, surcharges, taxes), negated; the lines that only report
-# what the real-time path debited are not reversed, so they count in none of them.
+# what the real-time path debited are not reversed, so they count in none of them. It
+# carries no message: the plan's invoice message is an invoice's (how to pay it), and
+# a credit note asks for nothing. Nor a statement: its columns keep their zeros, which
+# no view shows (decision 0026).
 _CREDIT_NOTE_SQL = """
 WITH moved AS (
   SELECT COALESCE(sum(amount) FILTER (WHERE kind <> 'tax'), 0) AS subtotal,
@@ -53,7 +56,7 @@ INSERT INTO invoices (account_id, plan_id, kind, period_start, period_end, perio
                       taxes_calculated, message, voids_invoice_id)
 SELECT i.account_id, i.plan_id, 'credit_note', i.period_start, i.period_end, i.period_label,
        i.currency, current_date, $2, -m.subtotal, -m.tax_total, -(m.subtotal + m.tax_total),
-       i.taxes_calculated, i.message, i.id
+       i.taxes_calculated, '', i.id
 FROM invoices i CROSS JOIN moved m WHERE i.id = $1
 RETURNING id
 """
