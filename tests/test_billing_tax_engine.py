@@ -18,6 +18,7 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -29,6 +30,7 @@ from ocs.billing.tax_engine import (
     TaxEngineError,
     TaxEngineRejected,
     TaxEngineUnavailable,
+    TaxExemption,
     TaxLine,
     TaxRequest,
     TaxTransaction,
@@ -36,6 +38,7 @@ from ocs.billing.tax_engine import (
     engine_taxes,
     idempotency_key,
     parse_answer,
+    request_body,
 )
 from ocs.config import ConfigError, Settings, load_settings, with_overrides
 
@@ -526,6 +529,32 @@ def test_a_valid_answer_is_exact_and_empty_taxes_mean_none() -> None:
         # A credit: -2.00 x 8.875 % = -0.1775, a negative tax.
         ("2", "state", "TX-STATE", 8_875_000, -2_000_000, -177_500),
     ]
+
+
+def test_an_exempt_level_goes_out_with_the_request_and_may_come_back_untaxed() -> None:
+    # The request names the account's exemption (as Avalara's exemptionNo, Vertex's
+    # exemption certificate); an engine honouring it answers the state tax of 49.99 at
+    # 6.25 % as 0. Without the exemption such an answer does not add up, and is refused.
+    exempt = msgspec.structs.replace(
+        us_request(), exemption=TaxExemption(certificate="TX-RESALE-7", levels=("state",))
+    )
+    sent = json.loads(request_body(exempt))
+    assert sent["exemption"] == {"certificate": "TX-RESALE-7", "levels": ["state"]}
+    assert "exemption" not in json.loads(request_body(us_request()))
+    assert idempotency_key(exempt) != idempotency_key(us_request())
+    untaxed = json.dumps(with_tax(amount="0")).encode()
+
+    lines = parse_answer(exempt, untaxed)
+
+    assert summary(lines)[0] == ("1", "state", "TX-STATE", 6_250_000, 49_990_000, 0)
+    with pytest.raises(TaxEngineBadAnswer):
+        parse_answer(us_request(), untaxed)
+    # A level the certificate does not cover is checked as ever.
+    county = msgspec.structs.replace(
+        us_request(), exemption=TaxExemption(certificate="TX-RESALE-7", levels=("county",))
+    )
+    with pytest.raises(TaxEngineBadAnswer):
+        parse_answer(county, untaxed)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ invoice posts exactly once. Amounts hand-computed.
 """
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -65,6 +66,8 @@ class Engine:
     hanging: asyncio.Event | None = None
     # A broken engine: its tax amounts in cents written as units (2.25 -> "225").
     cents_as_units: bool = False
+    # An engine (or adapter) that ignores the request's exemption and taxes every level.
+    ignores_exemptions: bool = False
 
     @property
     def asked(self) -> list[str]:
@@ -82,6 +85,11 @@ class Engine:
                 {"error": {"code": "down", "message": "maintenance"}}, status=503
             )
         answers = []
+        # The levels the account's certificate covers are answered untaxed, as an engine
+        # told of an exemption answers them (the basis and rate it would have applied).
+        exempt = (
+            set() if self.ignores_exemptions else set(body.get("exemption", {}).get("levels", []))
+        )
         for transaction in body["transactions"]:
             amount = Decimal(transaction["amount"])
             place = transaction["locations"]["billing"]
@@ -105,7 +113,9 @@ class Engine:
                     "name": name,
                     "rate_percent": rate,
                     "basis": transaction["amount"],
-                    "amount": str(
+                    "amount": "0"
+                    if level in exempt
+                    else str(
                         (amount * Decimal(rate) / (1 if self.cents_as_units else 100)).quantize(
                             Decimal("0.000001")
                         )
@@ -431,8 +441,56 @@ async def test_an_exempt_account_on_an_external_plan_is_charged_no_exempt_tax(
     )
 
     [(invoice_id, _number)] = posted.numbers.items()
-    # The engine answered city 2.25 and state 6.25 too; the exempt levels show at 0,
-    # naming the certificate, as the plan's own taxes do: county 1.00 and the fee 0.50.
+    # The engine is told of the certificate, so its answer and its audit trail say the
+    # sale was exempt (it was asked as a taxable sale: it answered, and recorded, 8.50 of
+    # state and city tax that ocs then left uncharged).
+    [body] = engine.bodies
+    assert body["exemption"] == {"certificate": "TX-RESALE-7", "levels": ["city", "state"]}
+    # It answered city and state at 0; the exempt levels show at 0, naming the
+    # certificate, as the plan's own taxes do: county 1.00 and the fee 0.50.
+    await exempt_lines_only(services, invoice_id)
+
+
+async def test_an_engine_taxing_an_exempt_level_anyway_charges_nothing_of_it(
+    services: Services, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An engine (or an adapter in front of one) that ignores the exemption it is sent,
+    # or does not accept the certificate, answers the exempt levels taxed: ocs still
+    # charges nothing of them, and says so in its log (the engine's records disagree).
+    engine.ignores_exemptions = True
+    run_id = await single_us_account(services)
+    await taxes.exempt(services.pool, "us1", "TX-RESALE-7", ["state", "city"])
+
+    with caplog.at_level(logging.WARNING, logger="ocs.billing.taxes"):
+        posted = await posting.post(
+            services.pool, services.store, run_id=run_id, settings=engine_settings(engine.url)
+        )
+
+    [(invoice_id, _number)] = posted.numbers.items()
+    await exempt_lines_only(services, invoice_id)
+    [warning] = [r for r in caplog.records if r.name == "ocs.billing.taxes"]
+    assert warning.getMessage() == "tax engine taxed levels the account is exempt from"
+    assert (warning.__dict__["invoice_id"], warning.__dict__["levels"]) == (
+        invoice_id,
+        ["city", "state"],
+    )
+    assert warning.__dict__["amount"] == 8_500_000  # 2.25 + 6.25, left uncharged
+
+
+async def test_a_request_of_an_account_without_exemption_names_none(
+    services: Services, engine: Engine
+) -> None:
+    run_id = await single_us_account(services)
+    await posting.post(
+        services.pool, services.store, run_id=run_id, settings=engine_settings(engine.url)
+    )
+    [body] = engine.bodies
+    assert "exemption" not in body
+
+
+async def exempt_lines_only(services: Services, invoice_id: int) -> None:
+    """us1's invoice of 100.00 with state and city exempt under TX-RESALE-7: county 1.00
+    and the federal fee 0.50 charged, 101.50 moved."""
     assert await tax_rows(services, invoice_id) == [
         (
             "City of Austin sales tax (Austin) 2.25% of 100.00 USD: exempt (TX-RESALE-7)",

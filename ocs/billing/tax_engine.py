@@ -18,6 +18,11 @@ number per transaction. The JSON contract is ``docs/tax-engine.md``.
   with more than six places, a transaction never asked about or one left out,
   is a ``TaxEngineBadAnswer``. Fields the contract does not name are ignored,
   so an engine may add its own (audit ids, breakdowns) without breaking ocs.
+- **Exemptions go out with the request.** An exempt account's request names its
+  certificate and the levels it covers (``TaxExemption``), so the engine answers, and
+  records for its filings, an exempt sale; a tax of a covered level may come back as
+  0 with its rate. (What ocs charges of a covered level is nothing, whatever the
+  engine answers: ``taxes.engine_lines``.)
 - **Figures that add up (decision 0022).** A tax is refused as a
   ``TaxEngineBadAnswer`` unless its ``basis`` is exactly the amount sent for
   its transaction, its ``amount`` is not of the opposite sign to the basis (no
@@ -155,14 +160,25 @@ class TaxTransaction(msgspec.Struct, kw_only=True, frozen=True):
     seconds: int | None = None
 
 
+class TaxExemption(msgspec.Struct, kw_only=True, frozen=True):
+    """The customer's tax exemption, as engines take it (Avalara's ``exemptionNo``, a
+    Vertex exemption certificate): the certificate's reference and the jurisdiction
+    levels it covers (sorted, so that the same exemption gives the same request)."""
+
+    certificate: str  # the reference ``ocs taxes exempt --reference`` recorded
+    levels: tuple[str, ...]  # of "federal", "state", "county", "city", "other"
+
+
 class TaxRequest(msgspec.Struct, kw_only=True, frozen=True):
-    """One invoice's lines, as the engine is asked to tax them."""
+    """One invoice's lines, as the engine is asked to tax them; ``exemption``: the
+    account's, None when it has none (absent from the request)."""
 
     invoice_id: str  # letters, digits, '.', '_', '-' (the invoice's id as text)
     account_id: str
     currency: str  # ISO 4217: "USD"
     tax_date: date  # the date the taxes are due for: the invoice date
     transactions: tuple[TaxTransaction, ...]
+    exemption: TaxExemption | None = None
 
 
 class TaxLine(msgspec.Struct, kw_only=True, frozen=True):
@@ -197,12 +213,15 @@ class _WireTransaction(msgspec.Struct, kw_only=True, omit_defaults=True):
     seconds: int | None = None
 
 
-class _WireRequest(msgspec.Struct, kw_only=True):
+class _WireRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     invoice_id: str
     account_id: str
     currency: str
     tax_date: date
     transactions: list[_WireTransaction]
+    # Last, and absent when None: a request without one is the bytes it always was (its
+    # idempotency key unchanged).
+    exemption: TaxExemption | None = None
 
 
 class _WireTax(msgspec.Struct, kw_only=True):
@@ -260,6 +279,7 @@ def request_body(request: TaxRequest) -> bytes:
             )
             for t in request.transactions
         ],
+        exemption=request.exemption,
     )
     return _ENCODER.encode(wire)
 
@@ -380,6 +400,7 @@ def parse_answer(request: TaxRequest, body: bytes) -> list[TaxLine]:
         )
     sent = {t.id: t.amount for t in request.transactions}
     slack = minor_unit_micro(request.currency)
+    exempt = frozenset(request.exemption.levels if request.exemption else ())
     lines: list[TaxLine] = []
     for transaction_id in asked:
         for n, tax in enumerate(by_id[transaction_id].taxes):
@@ -390,7 +411,12 @@ def parse_answer(request: TaxRequest, body: bytes) -> list[TaxLine]:
             except MoneyError as exc:
                 raise TaxEngineBadAnswer("bad_answer", f"{where}: {exc}") from None
             rate = None if tax.rate_percent is None else rate_from_percent(tax.rate_percent)
-            _check_figures(where, sent[transaction_id], basis, rate, amount, slack)
+            # A level the request's exemption covers may be answered untaxed with the rate
+            # it would have applied: that zero is not checked against basis x rate.
+            untaxed = amount == 0 and tax.level in exempt
+            _check_figures(
+                where, sent[transaction_id], basis, None if untaxed else rate, amount, slack
+            )
             lines.append(
                 TaxLine(
                     transaction_id=transaction_id,

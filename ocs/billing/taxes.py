@@ -39,12 +39,15 @@ from the subscription's address) and, for calls, where they started or ended
 (``transaction_locations``), and makes one tax line per engine tax of what
 comes back, summing the engine's exact amounts and rounding once per tax, by
 the same rule. An exempt account's exemption holds whoever computes the tax:
-an engine's tax of a covered level is the same zero line naming the exemption
-(``engine_lines``), whatever amount the engine answered. An external plan's
+the engine is sent it (the certificate and its levels, so that its answer and
+its audit trail record an exempt sale), and an engine's tax of a covered level is
+the same zero line naming the exemption (``engine_lines``), whatever amount the
+engine answered: one that taxes it anyway is charged nothing of it, and logged. An external plan's
 drafts are never taxed at drafting (``taxed_at_drafting``): they are taxed at
 posting.
 """
 
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,12 +63,15 @@ from ocs.billing.lines import Line
 from ocs.billing.tax_engine import (
     Location,
     Locations,
+    TaxExemption,
     TaxLine,
     TaxRequest,
     TaxTransaction,
     engine_taxes,
 )
 from ocs.config import Settings
+
+log = logging.getLogger("ocs.billing.taxes")
 
 # A rate in millionths of a percent: x / 100 (percent) / 1_000_000 (millionths).
 RATE_SCALE = 100_000_000
@@ -424,8 +430,9 @@ def engine_lines(
     transaction are summed, then rounded once to the minor unit, as the plan's
     own taxes are; the basis is the sum of its bases. ``rate`` None: a flat fee.
     A tax of a level ``exemption`` covers is a zero line naming the exemption,
-    as the plan's own taxes give (``_tax_line``): the engine is not told of
-    exemptions, and an account exempt from a level is charged nothing of it.
+    as the plan's own taxes give (``_tax_line``): the engine is told of the
+    exemption, yet an account exempt from a level is charged nothing of it
+    whatever the engine answered (the guard; ``external_engine`` logs such taxes).
     """
     groups: dict[tuple[str, str, str, str, int | None], list[TaxLine]] = {}
     for tax in answered:
@@ -526,12 +533,16 @@ def tax_request(
     )
     if not transactions:
         return None
+    exemption = invoice.exemption
     return TaxRequest(
         invoice_id=str(invoice.id),
         account_id=invoice.account_id,
         currency=invoice.currency,
         tax_date=invoice.invoice_date,
         transactions=transactions,
+        exemption=None
+        if exemption is None
+        else TaxExemption(certificate=exemption.reference, levels=tuple(sorted(exemption.levels))),
     )
 
 
@@ -552,13 +563,30 @@ def external_engine(
         request = tax_request(invoice, lines, billing)
         if request is None:
             return []
-        return engine_lines(
-            await engine_taxes(settings, request, session=session),
-            invoice.currency,
-            invoice.exemption,
-        )
+        answered = await engine_taxes(settings, request, session=session)
+        if invoice.exemption is not None:
+            warn_exempt_taxed(invoice.id, answered, invoice.exemption)
+        return engine_lines(answered, invoice.currency, invoice.exemption)
 
     return ask
+
+
+def warn_exempt_taxed(invoice_id: int, answered: Sequence[TaxLine], exemption: Exemption) -> None:
+    """Log (once per invoice) an engine's taxes on levels the account is exempt from: it
+    was told of the exemption, so its records now disagree with the invoice, which
+    charges nothing of them (a certificate the engine does not accept, an adapter that
+    drops it). ``amount``: what was left uncharged, in micro-units."""
+    taxed = [t for t in answered if t.level in exemption.levels and t.amount != 0]
+    if taxed:
+        log.warning(
+            "tax engine taxed levels the account is exempt from",
+            extra={
+                "invoice_id": invoice_id,
+                "certificate": exemption.reference,
+                "levels": sorted({t.level for t in taxed}),
+                "amount": sum(t.amount for t in taxed),
+            },
+        )
 
 
 async def set_product_tax_code(pool: asyncpg.Pool, product_code: str, tax_code: str) -> None:

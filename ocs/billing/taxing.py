@@ -11,9 +11,9 @@ adds them from the stored lines, per invoice by its plan's choice
 - ``external``: the HTTP engine of the settings (``tax_engine_url``), asked
   with the invoice's account's own billing location (its subscription's
   address) and member number; with no engine configured the invoice is held,
-  ``tax_error`` "no tax engine configured". The account's tax exemption
-  applies as on the internal path: the engine's taxes of an exempt level are
-  zero lines naming the exemption.
+  ``tax_error`` "no tax engine configured". The account's tax exemption is
+  sent to the engine and applies as on the internal path: the engine's taxes
+  of an exempt level are zero lines naming the exemption.
 
 A failed engine call holds the invoice back, untaxed, with its reason: it is
 never posted untaxed.
