@@ -286,7 +286,7 @@ async def total_debit(redis: Redis, accounts: int) -> int:
 async def bundle_seconds(store: BalanceStore, accounts: int) -> tuple[int, int]:
     """(seconds used of every account's bundle, the most one account used)."""
     cycles = await store.counter_cycles(account_id(n) for n in range(1, accounts + 1))
-    used = [c[BUNDLE.id].used for c in cycles.values() if BUNDLE.id in c]
+    used = [c.counters[BUNDLE.id].used for c in cycles.values() if BUNDLE.id in c.counters]
     return sum(used), max(used, default=0)
 
 

@@ -7,10 +7,12 @@ blocks, Canada (1613) 0.01 a minute per second.
 """
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ocs.balances.store import CounterCycle
+from ocs.balances import keys
+from ocs.balances.store import AccountCycle
 from ocs.mediation.importer import ImportRequest, UsageImporter
 from tests.conftest import RunningApp, eventually
 from tests.usage_import_helpers import (
@@ -141,7 +143,7 @@ class _OvertakenRead(UsageImporter):
         self.meanwhile = meanwhile
         self.reads = 0
 
-    async def counter_cycles(self, account_ids: set[str]) -> dict[str, dict[str, CounterCycle]]:
+    async def counter_cycles(self, account_ids: set[str]) -> dict[str, AccountCycle]:
         """The first read's answer, given after ``meanwhile`` changed the bundle."""
         self.reads += 1
         seen = await super().counter_cycles(account_ids)
@@ -206,3 +208,109 @@ async def test_a_bundle_cancelled_meanwhile_leaves_the_row_at_the_tariff_naming_
     rows = await stored_cdrs(app, "carrier-x", 1)
     assert (rows[0]["counter_id"], rows[0]["counter_seconds"]) == (None, 0)
     assert await balance(app, "quitter") == 10_000_000 - 40_000
+
+
+# When the test's counter cycles began (the reset's first run), as the reset script reads
+# it: midnight in Toronto, the template's time zone, so a row's local date says its cycle.
+NOV_1 = datetime(2026, 11, 1, 5, tzinfo=UTC)
+DEC_1 = datetime(2026, 12, 1, 5, tzinfo=UTC)
+
+
+async def new_cycle(app: RunningApp, label: str, began: datetime) -> None:
+    """Reset the retail plan's counters for cycle ``label``, its run taken to have begun
+    at ``began`` (the time a reset at that moment would have noted; the reset reads it)."""
+    run = keys.counter_cycle_run(label, "retail", None)
+    await app.services.redis.set(run, int(began.timestamp()) * 1_000_000)
+    status, report = await app.post("/v1/counters/reset", {"plan": "retail", "cycle": label})
+    assert status == 200, report
+
+
+async def test_a_call_made_before_the_cycle_began_pays_the_tariff_and_leaves_its_bundle(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # A file imported in December with a call of November 30: it took 400 s of
+    # December's bundle, while November's was reset with those seconds unused.
+    await setup_mediation(app)
+    await add_counter(app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00")
+    await new_account(app, "late", "10.00")
+    await new_cycle(app, "2026-12", DEC_1)
+    path = tmp_path / "late.csv"
+    path.write_text(
+        HEADER
+        # November's call: its cycle is closed, so the tariff, 7 blocks: 0.14.
+        + f"n30,late,{UK},2026-11-30 23:50:00,400,O,,\n"
+        # December's call: December's bundle, free.
+        + f"d02,late,{UK},2026-12-02 09:00:00,400,O,,\n"
+    )
+    summary = await run_import(app, path)
+    assert summary.rows_charged == 2, summary.problems
+    assert summary.amounts == {"EUR": 140_000}
+    assert await balance(app, "late") == 10_000_000 - 140_000
+    assert await counters_of(app, "late") == [("uk-600", 400, 200)]
+    rows = await stored_cdrs(app, "carrier-x", 2)
+    drawn = [(r["record_id"], r["counter_id"], r["counter_seconds"], r["charged"]) for r in rows]
+    assert drawn == [("d02", "uk-600", 400, 0), ("n30", None, 0, 140_000)]
+
+
+async def test_a_late_call_draws_only_on_the_seconds_its_cycle_carried_over(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    await setup_mediation(app)
+    await add_counter(
+        app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00", carryover=True
+    )
+    await new_account(app, "carry", "10.00")
+    await new_cycle(app, "2026-11", NOV_1)
+    november = tmp_path / "november.csv"
+    november.write_text(HEADER + f"a1,carry,{UK},2026-11-10 09:00:00,200,O,,\n")
+    assert (await run_import(app, november)).amounts == {"EUR": 0}
+    # December: 600 s, and the 400 s November left, carried over.
+    await new_cycle(app, "2026-12", DEC_1)
+    assert await counters_of(app, "carry") == [("uk-600", 0, 1000)]
+    late = tmp_path / "late.csv"
+    late.write_text(
+        HEADER
+        # November's: the 400 s carried over, then 100 s at the tariff: 9 - 7 blocks, 0.04.
+        + f"a2,carry,{UK},2026-11-30 22:00:00,500,O,,\n"
+        # December's: December's seconds.
+        + f"a3,carry,{UK},2026-12-02 09:00:00,300,O,,\n"
+        # November's again, the carried seconds spent: the tariff, 0.02.
+        + f"a4,carry,{UK},2026-11-29 10:00:00,60,O,,\n"
+    )
+    summary = await run_import(app, late)
+    assert summary.rows_charged == 3, summary.problems
+    assert summary.amounts == {"EUR": 40_000 + 20_000}
+    assert await balance(app, "carry") == 10_000_000 - 60_000
+    assert await counters_of(app, "carry") == [("uk-600", 700, 300)]
+    rows = await stored_cdrs(app, "carrier-x", 4)
+    drawn = [(r["record_id"], r["counter_id"], r["counter_seconds"], r["charged"]) for r in rows]
+    assert drawn == [
+        ("a1", "uk-600", 200, 0),
+        ("a2", "uk-600", 400, 40_000),
+        ("a3", "uk-600", 300, 0),
+        ("a4", None, 0, 20_000),
+    ]
+
+
+async def test_a_cycle_that_begins_during_the_import_is_not_drawn_by_older_calls(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # The import read the counters before December's reset and priced November's call
+    # with the bundle's 600 s; the reset came before its debit. The script sees the
+    # call is older than the cycle and refuses the price: read again, it pays the tariff.
+    await setup_mediation(app)
+    await add_counter(app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00")
+    await new_account(app, "racer", "10.00")
+    path = tmp_path / "race.csv"
+    path.write_text(HEADER + f"r1,racer,{UK},2026-11-30 22:00:00,120,O,,\n")
+
+    async def december_begins() -> None:
+        await new_cycle(app, "2026-12", DEC_1)
+
+    racing = _OvertakenRead(app, december_begins)
+    summary = await racing.run(ImportRequest(template="carrier-x", files=(str(path),)))
+    assert racing.reads == 2
+    assert (summary.rows_charged, summary.amounts) == (1, {"EUR": 40_000}), summary.problems
+    rows = await stored_cdrs(app, "carrier-x", 1)
+    assert (rows[0]["counter_id"], rows[0]["counter_seconds"]) == (None, 0)
+    assert await counters_of(app, "racer") == [("uk-600", 0, 600)]

@@ -111,17 +111,39 @@ COUNTER_CHANGED = "counter_changed"
 @dataclass(slots=True)
 class CounterCycle:
     """One usage counter of an account this cycle: its seconds, those used and those live
-    calls hold, and whether it was cancelled (it applies no more)."""
+    calls hold, whether it was cancelled (it applies no more), and what is left of the
+    seconds the last cycle left free and carried over (``carried``: all a record made
+    before this cycle may draw)."""
 
     limit: int
     used: int
     held: int
     gone: bool
+    carried: int = 0
 
     @property
     def free(self) -> int:
         """Seconds a call or record may still draw, as authorize.lua counts them."""
         return max(self.limit - self.used - self.held, 0)
+
+    def free_for(self, made_ms: int, began: int | None) -> int:
+        """Seconds a usage record made at ``made_ms`` may draw, the current cycle having
+        begun at ``began`` (epoch ms; None: no reset yet): one made before draws only on
+        the seconds carried over from the closed cycle it belongs to, as
+        charge_batch.lua counts them."""
+        if began is not None and made_ms < began:
+            return min(self.free, self.carried)
+        return self.free
+
+
+@dataclass(slots=True)
+class AccountCycle:
+    """An account's usage counters as its counters hash holds them: when its current
+    cycle began (epoch ms, the cycle's reset; None before its first reset) and each
+    counter, cancelled ones too."""
+
+    began: int | None
+    counters: dict[str, CounterCycle]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +254,10 @@ class TopupResult:
     repeated: bool
 
 
-# Fields of a counters hash that are not seconds: the cycle's label, when the counter was
-# bought and when it was cancelled (counter_reset.lua).
-_NOT_SECONDS = frozenset(("cycle", "bought_at", "cancelled"))
+# Fields of a counters hash that are not a cycle's seconds: the cycle's label and when it
+# began, when the counter was bought and when it was cancelled, and the seconds carried
+# over that records of the closed cycle may still draw (counter_reset.lua).
+_NOT_SECONDS = frozenset(("cycle", "cycle_from", "bought_at", "cancelled", "carried"))
 # How long the start of a counter cycle's first run is kept for its runs again (seconds).
 _CYCLE_RUN_TTL = 400 * 86_400
 
@@ -844,26 +867,37 @@ class BalanceStore:
             state.setdefault(counter_id, {"used": 0, "held": 0})[part] = int(value)
         return {k: v for k, v in state.items() if "limit" in v and k not in gone}
 
-    async def counter_cycles(
-        self, account_ids: Iterable[str]
-    ) -> dict[str, dict[str, CounterCycle]]:
-        """Each account's counters as its counters hash holds them, cancelled ones too."""
+    async def counter_cycles(self, account_ids: Iterable[str]) -> dict[str, AccountCycle]:
+        """Each account's counter cycle as its counters hash holds it: when it began, and
+        each counter, cancelled ones too."""
         ids = list(account_ids)
         replies = await asyncio.gather(
             *(self._pipe.execute("HGETALL", keys.counters(a)) for a in ids)
         )
-        out: dict[str, dict[str, CounterCycle]] = {}
+        out: dict[str, AccountCycle] = {}
         for account_id, raw in zip(ids, replies, strict=True):
             fields: dict[str, dict[str, int]] = {}
+            began: int | None = None
             for field, value in zip(raw[::2], raw[1::2], strict=True):
                 counter_id, _, part = _text(field).rpartition(":")
-                if part not in _NOT_SECONDS:
+                if part == "cycle_from":
+                    began = int(value)
+                elif part == "carried" or part not in _NOT_SECONDS:
                     fields.setdefault(counter_id, {})[part] = int(value)
-            out[account_id] = {
-                c: CounterCycle(f.get("limit", 0), f.get("used", 0), f.get("held", 0), "gone" in f)
-                for c, f in fields.items()
-                if "limit" in f or "gone" in f
-            }
+            out[account_id] = AccountCycle(
+                began,
+                {
+                    c: CounterCycle(
+                        f.get("limit", 0),
+                        f.get("used", 0),
+                        f.get("held", 0),
+                        "gone" in f,
+                        f.get("carried", 0),
+                    )
+                    for c, f in fields.items()
+                    if "limit" in f or "gone" in f
+                },
+            )
         return out
 
     async def start_counter(self, account_id: str, counter_id: str, seconds: int) -> bool:

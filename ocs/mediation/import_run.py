@@ -21,7 +21,7 @@ import msgpack
 
 from ocs.balances import keys
 from ocs.balances.script_args import UsageEvent, imported_event_id
-from ocs.balances.store import COUNTER_CHANGED, CounterCycle
+from ocs.balances.store import COUNTER_CHANGED, AccountCycle, CounterCycle
 from ocs.catalog.snapshot import CatalogSnapshot
 from ocs.errors import OcsError, Reason
 from ocs.mediation.classify import CompiledTemplate
@@ -135,8 +135,8 @@ class Sources(Protocol):
         """(price, CDR fields) of a record by ``snapshot``."""
         ...
 
-    async def counter_cycles(self, account_ids: set[str]) -> dict[str, dict[str, CounterCycle]]:
-        """Each account's usage counters as Redis holds them now."""
+    async def counter_cycles(self, account_ids: set[str]) -> dict[str, AccountCycle]:
+        """Each account's counter cycle (when it began, its counters) as Redis holds it now."""
         ...
 
     async def owners_of(self, table: str, column: str, values: set[str]) -> dict[str, str]:
@@ -193,9 +193,9 @@ class ImportRun:
         # Records waiting for their bucket's batch to fill, and the batches sent.
         self.pending: dict[int, list[Prepared]] = {}
         self.in_flight: deque[asyncio.Task[None]] = deque()
-        # Each account's usage counters as they will be once the records priced so far
-        # are debited; records whose counter had changed by then, to price again.
-        self.cycles: dict[str, dict[str, CounterCycle]] = {}
+        # Each account's counter cycle as it will be once the records priced so far are
+        # debited; records whose counter had changed by then, to price again.
+        self.cycles: dict[str, AccountCycle] = {}
         self.recount: list[Prepared] = []
         self.seq = 0
         # Each record id's first place in the import: a later row with it is rejected.
@@ -446,14 +446,25 @@ class ImportRun:
     def draw_on_counter(self, item: Prepared) -> bool:
         """Price a record with the counter that applies to its account now, as authorize
         chooses it, and count its seconds used; False (and the row rejected) when the
-        counter refuses calls once used up and has nothing left."""
+        counter refuses calls once used up and has nothing left.
+
+        A record made before the account's current cycle began belongs to a closed cycle:
+        it draws only on the seconds that cycle left and a counter carried over, and
+        passes over a counter with none (decision 0032)."""
         draw = item.draw
         assert draw is not None
         account_id = item.event.account_id
-        cycles = self.cycles.setdefault(account_id, {})
+        account = self.cycles.get(account_id)
+        if account is None:
+            account = self.cycles[account_id] = AccountCycle(None, {})
+        cycles = account.counters
+        record = item.record
+        late = account.began is not None and record.start_ms < account.began
         for counter in draw.rated.counters:
             cycle = cycles.get(counter.id)
             if cycle is None and counter.mandatory:
+                if late:
+                    continue  # started now, it would carry nothing from the closed cycle
                 # Not used yet this cycle: charge_batch starts it, as authorize would.
                 cycle = cycles[counter.id] = CounterCycle(counter.seconds, 0, 0, False)
                 start = counter.seconds
@@ -461,8 +472,9 @@ class ImportRun:
                 continue  # an optional counter the account has not bought, or cancelled
             else:
                 start = counter.seconds if counter.mandatory else 0
-            free = cycle.free
-            record = item.record
+            free = cycle.free_for(record.start_ms, account.began)
+            if late and free == 0:
+                continue  # nothing carried over from the record's cycle: not this one's
             if free == 0 and counter.reject_on_threshold:
                 self.rejects.add(
                     item.file,
@@ -473,6 +485,8 @@ class ImportRun:
                 return False
             cost, used = priced_with_counter(draw.rated, record, counter, free)
             cycle.used += used
+            if late:
+                cycle.carried -= used
             fields = {**draw.fields, "counter": counter.id, "counter_seconds": used}
             item.cost = cost
             item.event = UsageEvent(

@@ -57,7 +57,7 @@ import msgspec
 
 from ocs import metrics
 from ocs.balances.script_args import UsageEvent
-from ocs.balances.store import BalanceStore, CounterCycle
+from ocs.balances.store import AccountCycle, BalanceStore
 from ocs.catalog.snapshot import CatalogHolder, CatalogSnapshot
 from ocs.errors import OcsError, Reason
 from ocs.mediation import store as mediation_store
@@ -395,8 +395,8 @@ class UsageImporter:
         """The catalog as it is now; an import rates every record by the one it began with."""
         return self._catalog.snapshot
 
-    async def counter_cycles(self, account_ids: set[str]) -> dict[str, dict[str, CounterCycle]]:
-        """Each account's usage counters as Redis holds them now."""
+    async def counter_cycles(self, account_ids: set[str]) -> dict[str, AccountCycle]:
+        """Each account's counter cycle (when it began, its counters) as Redis holds it now."""
         return await self._balances.counter_cycles(account_ids)
 
     @staticmethod

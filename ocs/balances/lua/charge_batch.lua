@@ -24,6 +24,11 @@
 --                                and when the record's usage took place (epoch ms): an
 --                                account expired by then refuses it (account_expired)
 --
+-- A record made before its account's current counter cycle began ('cycle_from',
+-- counter_reset.lua) belongs to a cycle that is closed: it draws only on the seconds that
+-- cycle left and the counter carried over ('<id>:carried', taken off as used), none
+-- without carryover; the importer prices it so.
+--
 -- Returns a flat list, two items an event: status ("OK", "DONE", "REJ", "CNT") and the
 -- result (charge_event's msgpack), the refusal reason, or for "CNT" the counter's free
 -- seconds now (-1: it no longer applies): nothing was charged, price it again. Once an
@@ -45,20 +50,26 @@ for i = 1, n do
     refused[account_id] = redis.call('SISMEMBER', KEYS[2], account_id) == 1
   end
   local counters, admit, used, c, priced, start = nil, nil, 0, nil, nil, nil
+  local late = false
   if counter ~= '' then
     counter_key = counter_key + 1
     counters = KEYS[counter_key]
     priced, start, counter = string.match(counter, '^(%d+)|(%d+)|(.*)$')
     priced, start = tonumber(priced), tonumber(start)
     -- The counter's free seconds as authorize.lua reads them; -1 when it does not apply.
+    -- For a record made before the cycle began, no more than the seconds carried over.
     admit = function()
       c = redis.call('HMGET', counters, counter .. ':limit', counter .. ':used',
-        counter .. ':held', counter .. ':gone')
+        counter .. ':held', counter .. ':gone', 'cycle_from', counter .. ':carried')
       local free = -1
       if not c[1] then
         if start > 0 then free = start end
       elseif not c[4] then
         free = math.max(tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0), 0)
+      end
+      late = c[5] ~= false and tonumber(ARGV[at + 7]) < tonumber(c[5])
+      if late and free > 0 then
+        free = math.min(free, tonumber(c[6] or 0))
       end
       if free ~= priced then
         return 'CNT', free
@@ -84,6 +95,9 @@ for i = 1, n do
         bought_in_cycle(counters, counter)
       end
       redis.call('HINCRBY', counters, counter .. ':used', used)
+      if late then
+        redis.call('HINCRBY', counters, counter .. ':carried', -used)
+      end
     end
   end
   out[2 * i - 1] = status
