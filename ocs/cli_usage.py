@@ -62,6 +62,7 @@ def importer_of(services: "Services") -> "UsageImporter":
         result_ttl=services.settings.stop_dedupe_ttl,
         supplier_wait=services.settings.usage_import_supplier_wait,
         ledger_wait=services.settings.usage_import_ledger_wait,
+        save_every=services.settings.usage_import_save_every,
     )
 
 

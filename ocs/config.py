@@ -482,6 +482,13 @@ class Settings:
         " made before it started; refused after that, since records an earlier import"
         " debited may not be in PostgreSQL yet",
     )
+    # A killed import shows the counts of its last save (decision 0051).
+    usage_import_save_every: float = _setting(
+        2.0,
+        _parse_seconds(0.01, 60),
+        "seconds between two saves of a running usage import's counts (one UPDATE each):"
+        " an import whose process was killed shows the counts of its last save",
+    )
     invoice_issuer_name: str = _setting(
         "ocs", _parse_str, "the issuer's name printed on every invoice"
     )

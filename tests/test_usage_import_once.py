@@ -6,6 +6,8 @@ Costs from tests/usage_import_helpers.py's deck: UK 0.02 a minute in 60 s blocks
 """
 
 import asyncio
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,15 @@ from typing import Any
 import pytest
 
 from ocs.balances import keys
+from ocs.balances.script_args import UsageEvent
 from ocs.balances.store import now_ms
 from ocs.errors import OcsError, Reason
 from ocs.mediation import seen_ids
+from ocs.mediation.import_run import BATCH
 from ocs.mediation.importer import ImportRequest, UsageImporter
 from ocs.services import Services
 from tests.conftest import RunningApp, eventually
+from tests.serve_process import serve_env
 from tests.usage_import_helpers import (
     HEADER,
     TEMPLATE,
@@ -239,6 +244,45 @@ async def test_a_failed_import_stores_what_its_debits_in_flight_moved(
     assert len(await stored_cdrs(app, "carrier-x", 2)) == 2
 
 
+class SecondDebitFails(CuedImporter):
+    """An importer whose first debit is slow (it waits for the gate), whose second one
+    fails at once, and whose others go as Redis answers them."""
+
+    async def debit(self, bucket: int, import_id: int, events: list[UsageEvent]) -> list[str]:
+        """Wait, fail, or debit, by the call's place."""
+        self.calls += 1
+        if self.calls == 2:
+            raise ConnectionError("Redis refused the script (the test's cue)")
+        if self.calls == 1:
+            await self.wait_for_gate()
+        return await UsageImporter.debit(self, bucket, import_id, events)
+
+
+async def test_a_failed_debit_stops_the_import_sending_any_more(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # A debit failed while an earlier one was still with Redis: the import went on
+    # reading and sending the next batches until the failed one was the oldest, so
+    # money kept moving after the failure. No batch goes once one has failed; the
+    # one in flight is waited for and counted.
+    await setup_mediation(app)
+    await new_account(app, "acc1", "10.00")
+    path = tmp_path / "carrier.csv"
+    rows = 5 * BATCH  # five batches of the one account's bucket, one a chunk
+    path.write_text(HEADER + "".join(row(f"r{n}", "acc1", minute=n % 60) for n in range(rows)))
+    cued = SecondDebitFails(app, gate_timeout=1, chunk_rows=BATCH)
+    with pytest.raises(ConnectionError):
+        await cued.run(ImportRequest(template="carrier-x", files=(str(path),)))
+    assert cued.calls == 2
+    assert OPENING - await balance(app, "acc1") == BATCH * 40_000
+    stored = await app.services.pool.fetchrow(
+        "SELECT state, rows_charged, amounts::text, error FROM usage_imports"
+    )
+    assert (stored["state"], stored["rows_charged"]) == ("failed", BATCH)
+    assert stored["amounts"] == f'{{"EUR": {BATCH * 40_000}}}'
+    assert "Redis refused the script" in stored["error"]
+
+
 def awaited_by(task: "asyncio.Task[Any]") -> Iterator[str]:
     """The names of the coroutines a task is in, outermost first (down ``cr_await``:
     ``get_stack`` shows only the outermost of a suspended task)."""
@@ -323,6 +367,83 @@ async def test_an_import_whose_process_ended_is_shown_failed_and_the_next_one_ru
         (also_killed, "failed", True),
         (summary.id, "done", True),
     ]
+
+
+KILLED_ROWS = 30_000
+KILLED_ACCOUNTS = 16
+
+
+async def test_an_import_killed_mid_file_is_shown_interrupted_and_the_file_again_charges_the_rest(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # `ocs usage import` killed with SIGKILL once some rows are charged: its row shows
+    # the counts it had saved, `failed` (interrupted) once its session is gone, and the
+    # same file imported again charges each record the killed one did not, once.
+    await setup_mediation(app)
+    accounts = [f"k{n:02d}" for n in range(KILLED_ACCOUNTS)]
+    for account in accounts:
+        await new_account(app, account, "10000.00")
+    path = tmp_path / "carrier.csv"
+    path.write_text(
+        HEADER
+        + "".join(
+            row(f"r{n}", accounts[n % KILLED_ACCOUNTS], minute=n % 60) for n in range(KILLED_ROWS)
+        )
+    )
+    pool = app.services.pool
+    env = serve_env(
+        app.services.settings,
+        {"OCS_USAGE_IMPORT_SAVE_EVERY": "0.05", "OCS_DATA_DIR": str(tmp_path / "var")},
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocs",
+        "usage",
+        "import",
+        "--template",
+        "carrier-x",
+        str(path),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+
+        async def charged_and_saved() -> bool:
+            # Rows in the ledger (CDRs the writer stored), and a save counting some.
+            written = await pool.fetchval("SELECT count(*) FROM cdrs WHERE supplier = 'carrier-x'")
+            saved = await pool.fetchval("SELECT max(rows_charged) FROM usage_imports")
+            return bool(written and saved)
+
+        await eventually(charged_and_saved, within=60, what="the import charging rows")
+    finally:
+        process.kill()
+        _, err = await process.communicate()
+    assert process.returncode == -signal.SIGKILL, err.decode()
+    left = await pool.fetchrow("SELECT * FROM usage_imports")
+    assert left["state"] == "running"
+    assert 0 < left["rows_charged"] < KILLED_ROWS
+
+    status, shown = await app.get(f"/v1/usage/imports/{left['id']}")
+    assert status == 200, shown
+    assert (shown["state"], shown["error"]) == (
+        "failed",
+        "interrupted: the importing process ended before the import did",
+    )
+    assert (shown["rows_read"], shown["rows_charged"]) == (left["rows_read"], left["rows_charged"])
+
+    # Imported again: what the killed import debited is a repeat, the rest is charged.
+    summary = await run_import(app, path)
+    assert summary.state == "done", summary.problems
+    assert summary.rows_rejected == 0, summary.problems
+    assert summary.rows_charged + summary.rows_repeated == KILLED_ROWS
+    # Its last save counted no more than the killed import had debited.
+    assert left["rows_charged"] <= summary.rows_repeated < KILLED_ROWS
+    cdrs = await stored_cdrs(app, "carrier-x", KILLED_ROWS)
+    assert len({r["record_id"] for r in cdrs}) == KILLED_ROWS
+    debited = [OPENING * 1000 - await balance(app, a) for a in accounts]
+    assert sum(debited) == KILLED_ROWS * 40_000
 
 
 async def test_an_import_waits_for_ledger_entries_whose_ids_are_ahead_of_its_clock(

@@ -124,6 +124,7 @@ def _importer(request: web.Request) -> UsageImporter:
         chunk_rows=200,
         supplier_wait=services.settings.usage_import_supplier_wait,
         ledger_wait=services.settings.usage_import_ledger_wait,
+        save_every=services.settings.usage_import_save_every,
     )
 
 

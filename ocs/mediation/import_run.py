@@ -207,6 +207,8 @@ class ImportRun:
         self.files: list[str] = []
         # Saves the counts while the import runs, and finds a lost lock.
         self.saver = ProgressSaver(lock, self.progress_now, save_every)
+        # The first debit that failed, once one has: no batch is sent after it.
+        self.failed: BaseException | None = None
 
     def check_lock(self) -> None:
         """Stop the import once it has lost its supplier's lock (its session ended): an
@@ -219,6 +221,18 @@ class ImportRun:
                 f" lock ({str(lost) or type(lost).__name__}): stopped; import the file again"
                 " (what was debited is a repeat then)",
             )
+
+    def check_debits(self) -> None:
+        """Stop the import once a debit has failed, whichever batch it was: it is not
+        waited for in turn, else the batches read meanwhile would still be sent, and
+        money would move after the failure the import ends with."""
+        if self.failed is not None:
+            raise self.failed
+
+    def debit_done(self, task: "asyncio.Task[None]") -> None:
+        """Note a debit's failure as soon as it fails (a task's done callback)."""
+        if self.failed is None and not task.cancelled():
+            self.failed = task.exception()
 
     def reset(self) -> None:
         """Forget the counts, counter seconds and ids of a checking pass (the caches stay)."""
@@ -326,6 +340,7 @@ class ImportRun:
                         await self.price_again()
                     self.tick(len(chunk))
                     self.check_lock()
+                    self.check_debits()
             self.rows_read += compiled.rows_read
             self.rows_filtered += compiled.rows_filtered
             compiled.rows_read = compiled.rows_filtered = 0
@@ -670,10 +685,14 @@ class ImportRun:
                 self.send(bucket)
 
     def send(self, bucket: int) -> None:
-        """Send a bucket's batch through charge_batch.lua (none once the lock is lost)."""
+        """Send a bucket's batch through charge_batch.lua (none once the lock is lost, or
+        once a debit has failed)."""
         self.check_lock()
+        self.check_debits()
         batch = self.pending.pop(bucket)
-        self.in_flight.append(asyncio.create_task(self.charge(bucket, batch)))
+        task = asyncio.create_task(self.charge(bucket, batch))
+        task.add_done_callback(self.debit_done)
+        self.in_flight.append(task)
 
     async def charge(self, bucket: int, batch: list[Prepared]) -> None:
         """Debit one bucket's batch and count what each record came to."""
