@@ -395,6 +395,9 @@ async def test_an_import_killed_mid_file_is_shown_interrupted_and_the_file_again
         app.services.settings,
         {"OCS_USAGE_IMPORT_SAVE_EVERY": "0.05", "OCS_DATA_DIR": str(tmp_path / "var")},
     )
+    # Its log goes to a file: a pipe nobody reads while it runs could fill and stop it.
+    log_path = tmp_path / "import.log"
+    log_file = log_path.open("wb")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -406,7 +409,7 @@ async def test_an_import_killed_mid_file_is_shown_interrupted_and_the_file_again
         str(path),
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=log_file,
     )
     try:
 
@@ -419,8 +422,9 @@ async def test_an_import_killed_mid_file_is_shown_interrupted_and_the_file_again
         await eventually(charged_and_saved, within=60, what="the import charging rows")
     finally:
         process.kill()
-        _, err = await process.communicate()
-    assert process.returncode == -signal.SIGKILL, err.decode()
+        await process.wait()
+        log_file.close()
+    assert process.returncode == -signal.SIGKILL, log_path.read_text()
     left = await pool.fetchrow("SELECT * FROM usage_imports")
     assert left["state"] == "running"
     assert 0 < left["rows_charged"] < KILLED_ROWS
