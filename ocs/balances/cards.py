@@ -167,16 +167,7 @@ class CardService:
                     plan["min_balance"], plan["critical_balance"], plan["member_max_lines"],
                     plan["language"],
                 )  # fmt: skip
-                if not await self._store.claim_batch(batch_id, token):
-                    # Checked before any card is made: a try with other settings would
-                    # add cards to the half-made batch that neither request could finish.
-                    raise OcsError(
-                        Reason.ACCOUNT_EXISTS,
-                        f"batch {batch_id!r} was begun in Redis by a request PostgreSQL never"
-                        " recorded, with other settings: send that request again as it was"
-                        " to finish it, or give this one another batch id",
-                        field="batch",
-                    )
+                await self._claim(batch_id, token)
                 await conn.copy_records_to_table(
                     "accounts",
                     columns=[
@@ -219,12 +210,8 @@ class CardService:
                             raise outcome
                         adopted += outcome
         except Exception:
-            if not await self._committed(batch_id, dealt):
-                await self._withdraw_pins(dealt)
+            if not await self._stands_after_failure(batch_id, dealt):
                 raise
-            # The COMMIT's answer was lost, not the COMMIT: the batch stands, and its
-            # PINs are handed out as if it had been answered.
-            log.warning("card batch committed though its COMMIT failed", extra={"batch": batch_id})
         if adopted:
             log.warning(
                 "card batch finished by its retry: Redis had made some of its cards,"
@@ -240,6 +227,31 @@ class CardService:
             expire_days=expire_days,
             cards=tuple(cards),
         )
+
+    async def _claim(self, batch_id: str, token: str) -> None:
+        """Claim the batch id in Redis for this request (``token``): refused when a try
+        with other settings began it there, unrecorded by PostgreSQL."""
+        if not await self._store.claim_batch(batch_id, token):
+            # Checked before any card is made: a try with other settings would
+            # add cards to the half-made batch that neither request could finish.
+            raise OcsError(
+                Reason.ACCOUNT_EXISTS,
+                f"batch {batch_id!r} was begun in Redis by a request PostgreSQL never"
+                " recorded, with other settings: send that request again as it was"
+                " to finish it, or give this one another batch id",
+                field="batch",
+            )
+
+    async def _stands_after_failure(self, batch_id: str, dealt: Sequence[Card]) -> bool:
+        """After a try failed: True when its COMMIT went through all the same (only its
+        answer lost), the batch standing; otherwise the PINs it dealt are withdrawn."""
+        if not await self._committed(batch_id, dealt):
+            await self._withdraw_pins(dealt)
+            return False
+        # The COMMIT's answer was lost, not the COMMIT: the batch stands, and its
+        # PINs are handed out as if it had been answered.
+        log.warning("card batch committed though its COMMIT failed", extra={"batch": batch_id})
+        return True
 
     async def _unique_cards(
         self,

@@ -58,7 +58,7 @@ or tax code it names), so that taxes are net of bundles:
 """
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -688,6 +688,31 @@ def resiliation_line(held: Held, invoice: BundleInvoice, late: bool = False) -> 
     )
 
 
+async def _late_fees_unbilled(
+    conn: asyncpg.Connection, held: Sequence[Held], by_account: Mapping[str, BundleInvoice]
+) -> set[int]:
+    """The subscription bundles whose resiliation fee this invoice bills late: their
+    end was recorded after an invoice that should have billed it, and no earlier
+    invoice did."""
+    late = [h for h in held if late_end(h, by_account[h.account_id])]
+    if late:
+        # Billed (or voided) by an earlier invoice already: not billed again. A fee line
+        # from before migration 0052 names no subscription bundle: any of the account's
+        # counts, so that none is billed twice (a second bundle's late fee on such an
+        # account is left unbilled rather than risk it).
+        billed = {
+            r["subscription_bundle_id"]
+            for r in await conn.fetch(
+                _RESILIATED_SQL,
+                [h.id for h in late],
+                [by_account[h.account_id].which.invoice.start for h in late],
+                [h.account_id for h in late],
+            )
+        }
+        late = [h for h in late if h.id not in billed]
+    return {h.id for h in late}
+
+
 async def bundle_lines(
     conn: asyncpg.Connection, invoices: Sequence[BundleInvoice]
 ) -> dict[str, list[Line]]:
@@ -717,23 +742,7 @@ async def bundle_lines(
     held = [h for h in held if h.currency == by_account[h.account_id].currency]
     if not held:
         return {}
-    late = [h for h in held if late_end(h, by_account[h.account_id])]
-    if late:
-        # Billed (or voided) by an earlier invoice already: not billed again. A fee line
-        # from before migration 0052 names no subscription bundle: any of the account's
-        # counts, so that none is billed twice (a second bundle's late fee on such an
-        # account is left unbilled rather than risk it).
-        billed = {
-            r["subscription_bundle_id"]
-            for r in await conn.fetch(
-                _RESILIATED_SQL,
-                [h.id for h in late],
-                [by_account[h.account_id].which.invoice.start for h in late],
-                [h.account_id for h in late],
-            )
-        }
-        late = [h for h in late if h.id not in billed]
-    late_ids = {h.id for h in late}
+    late_ids = await _late_fees_unbilled(conn, held, by_account)
     rules: dict[str, list[Rule]] = defaultdict(list)
     for r in await conn.fetch(_RULES_SQL, sorted({h.bundle_id for h in held})):
         rules[r["bundle_id"]].append(
