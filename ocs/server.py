@@ -246,6 +246,8 @@ async def _start_radius(
     stages.listeners.callback(radius.stop_listening)
     await radius.start(sockets.radius_auth, sockets.radius_acct)
     await radius.watch_clients(services.pool)
+    if radius.client_listener is not None:
+        services.listeners.append(radius.client_listener)
     services.disconnect = radius.disconnect
     return radius
 

@@ -18,6 +18,7 @@ from ocs.charging.lifecycle import CallService
 from ocs.charging.values import CallRecord
 from ocs.config import Settings
 from ocs.counters.service import CounterService
+from ocs.db.listener import ChannelListener
 
 
 @dataclass(slots=True)
@@ -40,6 +41,9 @@ class Services:
     pin_guard: PinGuard
     # Set by `ocs serve` when RADIUS runs: asks a call's NAS to end it (RFC 5176).
     disconnect: Callable[[CallRecord], Awaitable[object]] | None = None
+    # The PostgreSQL LISTENs this process follows besides the catalog's (`ocs serve`
+    # adds the NAS client table's), for /readyz: changes missed while one is lost.
+    listeners: list[ChannelListener] = field(default_factory=list)
     # The process's backend tracker (one per process: the auto-pipeline, janitor and
     # ledger writer report to the same one), for /readyz.
     health: BackendHealth = field(default_factory=backend_health.default)

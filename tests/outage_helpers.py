@@ -1,12 +1,17 @@
 """Helpers for tests of backend outages: a PostgreSQL pool that refuses connections on
-demand, and the HTTP app on a real port with its /readyz probe.
+demand, a TCP relay in front of the real PostgreSQL whose network path a test breaks,
+and the HTTP app on a real port with its /readyz probe.
 
 Not a test module.
 """
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
@@ -34,6 +39,100 @@ class FlakyPool:
             raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
         async with self._pool.acquire() as conn:
             yield conn
+
+
+@dataclass
+class _Link:
+    """One client connection relayed to PostgreSQL: its two writers, its two pumps, and
+    whether bytes flow (cleared: they are held, neither side closed)."""
+
+    writers: tuple[asyncio.StreamWriter, asyncio.StreamWriter]
+    flowing: asyncio.Event = field(default_factory=asyncio.Event)
+    pumps: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class PgRelay:
+    """A TCP relay on 127.0.0.1 in front of the test PostgreSQL (TCP or its unix socket):
+    a pool opened on ``url`` reaches the real server through it, and a test breaks that
+    path for real. ``freeze`` holds every byte of the connections open now, in both
+    directions, closing none (a half-open connection: a cut cable, a dead NAT entry);
+    ``refusing`` closes each new connection at once (a server away)."""
+
+    def __init__(self, database_url: str) -> None:
+        """In front of the server ``database_url`` names; ``start`` listens."""
+        self._target = urlsplit(database_url)
+        self._server: asyncio.Server | None = None
+        self.links: list[_Link] = []
+        self.refusing = False
+        self.url = ""
+
+    async def start(self) -> None:
+        """Listen on a free port; ``url`` is then the database URL through the relay."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        target = self._target
+        user = target.netloc.rpartition("@")[0]
+        query = [(k, v) for k, v in parse_qsl(target.query) if k not in ("host", "port")]
+        netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
+        self.url = urlunsplit(target._replace(netloc=netloc, query=urlencode(query)))
+
+    async def _upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the real server: its TCP port, or the socket the URL's
+        ``host`` query names (the embedded server's)."""
+        target = self._target
+        query = dict(parse_qsl(target.query))
+        port = target.port or int(query.get("port", 5432))
+        if target.hostname is not None:
+            return await asyncio.open_connection(target.hostname, port)
+        return await asyncio.open_unix_connection(f"{query['host']}/.s.PGSQL.{port}")
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
+        up_reader, up_writer = await self._upstream()
+        link = _Link((writer, up_writer))
+        link.flowing.set()
+        self.links.append(link)
+        link.pumps = [
+            asyncio.create_task(self._pump(link, reader, up_writer)),
+            asyncio.create_task(self._pump(link, up_reader, writer)),
+        ]
+
+    async def _pump(
+        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Copy bytes one way while the link flows; at either side's end, close both."""
+        try:
+            while data := await reader.read(65536):
+                await link.flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        for end in link.writers:
+            end.close()
+
+    def freeze(self) -> None:
+        """Hold every byte of the connections open now (new ones flow)."""
+        for link in self.links:
+            link.flowing.clear()
+
+    async def close(self) -> None:
+        """Stop listening and close every relayed connection."""
+        if self._server is not None:
+            self._server.close()
+        for link in self.links:
+            for pump in link.pumps:
+                pump.cancel()
+            for end in link.writers:
+                end.close()
+        for link in self.links:
+            for pump in link.pumps:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+        if self._server is not None:
+            await self._server.wait_closed()
 
 
 async def client_with_readyz(services: Services) -> TestClient:

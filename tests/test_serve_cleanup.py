@@ -293,8 +293,11 @@ async def test_a_stop_runs_the_stages_in_order_and_leaves_nothing_running(
     before = set(asyncio.all_tasks())
     stopping = asyncio.Event()
     listening: asyncio.Future[server.Listening] = asyncio.get_running_loop().create_future()
+    followed: list[str] = []
 
-    async def on_ready(_: Services, where: server.Listening) -> None:
+    async def on_ready(services: Services, where: server.Listening) -> None:
+        # /readyz follows the RADIUS client table's LISTEN too (the catalog's is its own).
+        followed.extend(listener.name for listener in services.listeners)
         listening.set_result(where)
 
     with _signal_handlers_kept():
@@ -309,6 +312,7 @@ async def test_a_stop_runs_the_stages_in_order_and_leaves_nothing_running(
             assert listening in done, task.exception() if task.done() else "serve not ready"
             assert not await _refuses(listening.result().http_port)
             assert spy.events == []
+            assert followed == ["nas_clients"]
         finally:
             stopping.set()
             await asyncio.wait_for(task, WITHIN_S)

@@ -609,11 +609,17 @@ class CatalogHolder:
     async def _reload_locked(
         self, plans: set[str] | None, carriers: set[str] | None = None, code_lists: bool = False
     ) -> None:
-        """``reload`` with the lock held: build, swap, count the version, log."""
+        """``reload`` with the lock held: build, swap, count the version, log; a full
+        reload tells the listener which LISTEN it began on (``ChannelListener.reloaded``:
+        after a lost connection, the catalog is current again)."""
         started = time.perf_counter()
+        listener = self._listener
+        epoch = None if listener is None else listener.epoch
         snapshot = await load_snapshot(self._pool, self._snapshot, plans, carriers, code_lists)
         self._snapshot = snapshot
         self.version += 1
+        if listener is not None and epoch is not None and plans is None:
+            listener.reloaded(epoch)
         reloaded = [*sorted(plans or ()), *(f"carrier:{c}" for c in sorted(carriers or ()))]
         log.info(
             "catalog loaded",

@@ -10,12 +10,19 @@ without closing), takes a fresh connection, LISTENs again and calls
 ``on_reconnect``: the notifications sent in between are lost, so the owner
 reloads in full. Each reconnection is counted in
 ``ocs_pg_listener_reconnects_total{listener}`` and logged.
+
+Until then the owner serves what it loaded before the loss, and misses every
+change since: ``state`` says so, for ``/readyz``. It is ``reconnecting`` from
+the moment the loss is noticed until LISTEN runs again, then ``reloading`` until
+the owner reports, by ``reloaded``, a full reload begun after that (``epoch``
+counts the LISTENs, so a reload begun before the new one cannot end it).
 """
 
 import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 import asyncpg
 
@@ -30,6 +37,8 @@ NotifyCallback = Callable[[asyncpg.Connection, int, str, str], None]
 # same time), and the longest pause between two tries to get a connection back.
 CHECK_S = 5.0
 RETRY_MAX_S = 30.0
+
+ListenerState = Literal["listening", "reconnecting", "reloading", "stopped"]
 
 
 class ChannelListener:
@@ -57,6 +66,11 @@ class ChannelListener:
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        # LISTENs run so far on a replacement connection, and the newest of them the owner
+        # has reloaded after; the loop time the current loss was noticed (None: none).
+        self._epoch = 0
+        self._reloaded_epoch = 0
+        self._down_since: float | None = None
         self.check_s = CHECK_S
         self.retry_max_s = RETRY_MAX_S
         self._reconnects = metrics.PG_LISTENER_RECONNECTS.labels(name)
@@ -65,6 +79,43 @@ class ChannelListener:
     def connection(self) -> asyncpg.Connection | None:
         """The connection listening now (None: not started, stopped, or being replaced)."""
         return self._conn
+
+    @property
+    def name(self) -> str:
+        """The listener's name (the metric's label, /readyz's key)."""
+        return self._name
+
+    @property
+    def epoch(self) -> int:
+        """Which LISTEN runs now (0 the first; one more each reconnection): a reload
+        begun on epoch ``n`` sees every change not notified on it."""
+        return self._epoch
+
+    def reloaded(self, epoch: int) -> None:
+        """The owner finished a full reload it began on ``epoch``: once that is the
+        current one, nothing missed during a loss is still missing."""
+        self._reloaded_epoch = max(self._reloaded_epoch, epoch)
+        if self.state == "listening":
+            self._down_since = None
+
+    @property
+    def state(self) -> ListenerState:
+        """``listening``; ``reconnecting`` while the connection is lost; ``reloading``
+        once LISTEN runs again until the owner's reload (``reloaded``); ``stopped``
+        before ``start`` and after ``stop``."""
+        if self._watcher is None:
+            return "stopped"
+        if self._conn is None or self._lost.is_set():
+            return "reconnecting"
+        if self._reloaded_epoch < self._epoch:
+            return "reloading"
+        return "listening"
+
+    def down_for(self) -> float | None:
+        """Seconds since the current loss was noticed; None while ``listening``."""
+        if self._down_since is None or self.state in ("listening", "stopped"):
+            return None
+        return asyncio.get_running_loop().time() - self._down_since
 
     async def start(self) -> None:
         """LISTEN on a pooled connection (raises if none can be had), then watch it."""
@@ -96,6 +147,13 @@ class ChannelListener:
         """asyncpg's callback: the connection closed (by PostgreSQL, the network, us)."""
         if conn is self._conn:
             self._lost.set()
+            self._noticed_loss()
+
+    def _noticed_loss(self) -> None:
+        """Note when the loss began: at its first sign, kept until the owner has
+        reloaded after the reconnection (a second loss meanwhile continues it)."""
+        if self._down_since is None:
+            self._down_since = asyncio.get_running_loop().time()
 
     async def _watch(self) -> None:
         """Check the connection every ``check_s`` seconds, or at once when it closes;
@@ -133,6 +191,7 @@ class ChannelListener:
             "postgresql listener connection lost; reconnecting",
             extra={"listener": self._name, "channel": self._channel},
         )
+        self._noticed_loss()
         conn, self._conn = self._conn, None
         if conn is not None and _open(conn):
             # Open but silent: ended, so that the pool replaces it (a closed pooled
@@ -150,6 +209,7 @@ class ChannelListener:
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, self.retry_max_s)
+        self._epoch += 1
         self._reconnects.inc()
         log.info(
             "postgresql listener reconnected",

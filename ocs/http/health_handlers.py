@@ -11,7 +11,12 @@ when the catalog is loaded and a Redis PING (through the auto-pipeline the
 requests use) and a PostgreSQL ``SELECT 1`` both answer within
 ``PROBE_TIMEOUT_S``, else 503 ``{"ready": false, "backends": {...}}`` with, for
 each backend, whether it is up and, while down, for how long and the error's
-class, and ``"catalog": "loading"`` before the first catalog snapshot. Each
+class, and ``"catalog": "loading"`` before the first catalog snapshot. It is
+503 too while a PostgreSQL LISTEN the process follows changes on (the catalog's,
+the NAS client table's) has lost its connection: ``"listeners": {"catalog":
+{"state": "reconnecting", "down_for_s": ...}}``, then ``"reloading"`` once LISTEN
+runs again, until what was missed meanwhile is reloaded (ocs.db.listener); the
+process serves on with what it had, and would miss every change. Each
 readiness probe is reported to the process's backend tracker, so a probe can
 start or end an outage (and its log line) like any other operation. The 503
 carries the probe's own body, not an error body.
@@ -86,13 +91,23 @@ class BackendState(msgspec.Struct, omit_defaults=True, kw_only=True):
     error: str | None = None  # the error's class, never its text (addresses)
 
 
+class ListenerState(msgspec.Struct, kw_only=True):
+    """A LISTEN that is not following its changes: its connection lost
+    (``reconnecting``), or back and the owner reloading what it missed."""
+
+    state: Literal["reconnecting", "reloading"]
+    down_for_s: float  # seconds since the loss was noticed
+
+
 class Readiness(Answer, omit_defaults=True):
-    """Whether this process can serve now, each backend's state, and ``catalog:
-    loading`` until its first catalog snapshot is in."""
+    """Whether this process can serve now, each backend's state, ``catalog:
+    loading`` until its first catalog snapshot is in, and the LISTENs (by name)
+    that do not follow their changes now."""
 
     ready: bool
     backends: dict[str, BackendState]
     catalog: Literal["loading"] | None = None
+    listeners: dict[str, ListenerState] | None = None
 
 
 async def _probe_redis(services: Services) -> None:
@@ -110,6 +125,19 @@ async def _probe_postgresql(services: Services) -> None:
         raise asyncpg.exceptions.ReadOnlySQLTransactionError(
             "PostgreSQL takes no writes (a standby, or read-only)"
         )
+
+
+def _listeners_behind(services: Services) -> dict[str, ListenerState]:
+    """The process's LISTENs that are not following their changes now, by name."""
+    behind: dict[str, ListenerState] = {}
+    for listener in (services.catalog.listener, *services.listeners):
+        if listener is None:
+            continue
+        state = listener.state
+        if state == "reconnecting" or state == "reloading":
+            down_for = listener.down_for() or 0.0
+            behind[listener.name] = ListenerState(state=state, down_for_s=round(down_for, 1))
+    return behind
 
 
 async def readyz(request: web.Request, params: None) -> Reply[Readiness]:
@@ -136,11 +164,13 @@ async def readyz(request: web.Request, params: None) -> Reply[Readiness]:
             backends[backend] = health.snapshot()[backend]
     # Version 0: no snapshot yet, every call would be refused as an unknown plan.
     loading = services.catalog.version == 0
-    ready = not loading and all(backends[b]["up"] for b in (REDIS, POSTGRESQL))
+    behind = _listeners_behind(services)
+    ready = not loading and not behind and all(backends[b]["up"] for b in (REDIS, POSTGRESQL))
     answer = Readiness(
         ready=ready,
         backends=msgspec.convert(backends, dict[str, BackendState]),
         catalog="loading" if loading else None,
+        listeners=behind or None,
     )
     return Reply(answer, 200 if ready else 503)
 
@@ -171,8 +201,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         "GET",
         "/readyz",
         Role.OPEN,
-        "Readiness for traffic: 200 {ready: true} when the catalog is loaded and Redis and"
-        " PostgreSQL answer, else 503 {ready: false, backends: {...}} (not an Error body)",
+        "Readiness for traffic: 200 {ready: true} when the catalog is loaded, Redis and"
+        " PostgreSQL answer and every LISTEN follows its changes, else 503 {ready: false,"
+        " backends: {...}, listeners: {...}} (not an Error body)",
         readyz,
         None,
         Readiness,

@@ -370,6 +370,10 @@ class RadiusServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _reload_clients(self) -> None:
+        # The LISTEN this reload begins on: once it is in, nothing missed while the
+        # listener's connection was lost is missing (/readyz).
+        listener = self._listener
+        epoch = None if listener is None else listener.epoch
         try:
             self.clients = await load_client_table(self._pool, self._settings)
         except Exception:
@@ -388,6 +392,8 @@ class RadiusServer:
                 self._client_retry = loop.call_later(delay, self._reload_soon)
             return
         self._client_failures = 0
+        if listener is not None and epoch is not None:
+            listener.reloaded(epoch)
         log.info("radius clients reloaded", extra={"clients": len(self.clients)})
 
     async def stop_watching(self) -> None:
