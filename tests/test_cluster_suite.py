@@ -21,6 +21,7 @@ from urllib.parse import quote
 import pytest
 
 from ocs.balances import keys, slots
+from ocs.balances.cluster import wire_for
 from ocs.balances.reconcile import reconcile
 from ocs.balances.scripts import ALL_SCRIPTS, AUTHORIZE_WITH_REF, SNAPSHOT_BUCKET
 from ocs.balances.store import REF_WINDOW
@@ -575,6 +576,33 @@ async def test_reconcile_is_exact_while_the_writer_runs(backend_app: RunningApp)
         ("ghost-2", 7),
         ("ghost-3", 7),
     ]
+
+
+async def test_an_entry_postgresql_refuses_is_set_aside_once_on_either_backend(
+    backend_app: RunningApp,
+) -> None:
+    """The set-aside script (its two streams in the bucket's slot) runs on the master of
+    that slot, and is loaded again where a master lost it (SCRIPT FLUSH: a restart)."""
+    app = backend_app
+    bucket = keys.bucket_of("w0")
+    wire = wire_for(app.services.redis)
+    try:
+        await wire.execute_on_every_master([("SCRIPT", "FLUSH")])
+    finally:
+        await wire.close()
+    # The app's ledger writer reads it, PostgreSQL refuses it (a NUL in a text column).
+    await app.services.redis.xadd(
+        keys.ledger(bucket),
+        {"kind": "topup", "account": "w0", "amount": "1", "balance": "1",
+         "reference": "bad\x00ref", "ts": "1700000000000"},
+    )  # fmt: skip
+
+    async def set_aside() -> bool:
+        return await app.services.redis.xlen(keys.ledger(bucket)) == 0
+
+    await eventually(set_aside, what="the refused entry to leave the ledger stream")
+    dead = await app.services.redis.xrange(keys.dead_letters(bucket))
+    assert [d[1][b"reference"] for d in dead] == [b"bad\x00ref"]
 
 
 async def test_every_command_names_keys_of_one_slot(

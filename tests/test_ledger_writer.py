@@ -350,3 +350,50 @@ async def test_an_entry_id_stored_for_another_entry_is_set_aside_not_dropped(
     assert [(d[1][b"original_id"], d[1][b"amount"]) for d in dead] == [(reused.encode(), b"777")]
     assert b"already stored for another entry" in dead[0][1][b"error"]
     assert await _stream_backlog(services.redis) == 0
+
+
+async def test_two_writers_holding_one_refused_entry_set_it_aside_once(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writer two claims an entry writer one read and is still inserting (two serving
+    processes, each with its writer): PostgreSQL refuses it to both. It was set aside
+    twice: two dead letters for one entry, two ERROR lines, the alert's counter at 2,
+    and an operator re-inserting it would have charged it twice."""
+    await _make_entries(services, accounts=1, topups=1)  # 2 entries
+    bucket = keys.bucket_of("w0")
+    await services.redis.xadd(
+        keys.ledger(bucket),
+        {"kind": "topup", "account": "w0", "amount": "1", "balance": "1",
+         "reference": "bad\x00ref", "ts": "1700000000000"},
+    )  # fmt: skip
+    one = LedgerWriter(services.redis, services.pool)
+    two = LedgerWriter(services.redis, services.pool, claim_idle_ms=0)
+    await one.ensure_groups()
+    set_aside_before = sample("ocs_ledger_dead_letters_total")
+    caplog.set_level(logging.ERROR, logger="ocs.ledger")
+    # Both writers' inserts wait on the table lock this transaction holds: the first has
+    # read the entries, the second claims them from it meanwhile.
+    async with services.pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE ledger IN EXCLUSIVE MODE")
+
+        async def waiting(writers: int) -> bool:
+            found = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'ledger'::regclass AND NOT granted"
+            )
+            return found == writers
+
+        first = asyncio.create_task(one.read_new())
+        await eventually(lambda: waiting(1), what="the first writer to insert")
+        second = asyncio.create_task(two.claim_stale())
+        await eventually(lambda: waiting(2), what="the second writer to insert")
+    await asyncio.gather(first, second)
+    assert await _ledger_count(services) == 2  # the two good entries, once (ON CONFLICT)
+    dead = await services.redis.xrange(keys.dead_letters(bucket))
+    assert [d[1][b"reference"] for d in dead] == [b"bad\x00ref"]
+    assert sample("ocs_ledger_dead_letters_total") == set_aside_before + 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "ledger entry set aside: PostgreSQL refused it"
+    ]
+    assert await _stream_backlog(services.redis) == 0
+    pending = await services.redis.xpending(keys.ledger(bucket), keys.LEDGER_GROUP)
+    assert pending["pending"] == 0

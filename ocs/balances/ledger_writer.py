@@ -46,7 +46,7 @@ from redis.exceptions import ResponseError
 
 from ocs import backend_health, metrics
 from ocs.backend_health import POSTGRESQL, REDIS, BackendHealth
-from ocs.balances import keys
+from ocs.balances import keys, scripts
 from ocs.balances.cluster import RedisClient, wire_for
 from ocs.balances.wire import RedisWire
 
@@ -177,6 +177,55 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_R
         cdr.get("template"),
     )
     return ledger_row, cdr_row
+
+
+def _set_aside_command(
+    stream: str, entry_id: bytes | str, fields: dict[bytes, bytes], reason: str
+) -> tuple[Any, ...]:
+    """The script call that keeps an entry PostgreSQL refused (or no one could read),
+    whole with the error, in the bucket's dead-letter stream, and takes it off the
+    ledger stream: once, however many writers hold it (set_aside.lua)."""
+    bucket = keys.bucket_of_ledger_key(stream)
+    kept: dict[bytes, bytes | str] = dict(fields)
+    kept[b"original_id"] = entry_id
+    kept[b"error"] = reason[:500]
+    flat = [part for pair in kept.items() for part in pair]
+    names = (stream, keys.dead_letters(bucket))
+    return (
+        "EVALSHA",
+        scripts.SET_ASIDE.sha,
+        len(names),
+        *names,
+        keys.LEDGER_GROUP,
+        entry_id,
+        *flat,
+    )
+
+
+def _log_set_aside(stream: str, entry_id: bytes | str, reason: str) -> None:
+    """One line and one count for an entry set aside (by this writer, not another)."""
+    metrics.LEDGER_DEAD_LETTERS.inc()
+    log.error(
+        "ledger entry set aside: PostgreSQL refused it",
+        extra={"stream": stream, "entry": _s(entry_id), "error": reason[:200]},
+    )
+
+
+async def _run_with_scripts(wire: RedisWire, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """``execute_many``, loading the scripts again where Redis answered NOSCRIPT (a
+    restart, a SCRIPT FLUSH, a master a failover promoted) and sending those again."""
+    replies = await wire.execute_many(commands)
+    missing = [
+        i
+        for i, reply in enumerate(replies)
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
+    ]
+    if missing:
+        await wire.execute_on_every_master([("SCRIPT", "LOAD", scripts.SET_ASIDE.source)])
+        again = await wire.execute_many([commands[i] for i in missing])
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    return replies
 
 
 def _rounds(groups: list[list[str]], size: int) -> list[list[list[str]]]:
@@ -398,20 +447,27 @@ class LedgerWriter:
                     refused += 1
         written = len(rows) - refused
         # Acknowledge only after the commit: a crash before this line re-delivers
-        # the entries, and the inserts above ignore what is already there. Entries set
-        # aside go to the dead-letter stream in the same batch as their acknowledgment,
-        # so a writer stopped in between does not set them aside twice.
-        commands: list[tuple[Any, ...]] = self._set_aside(poison)
+        # the entries, and the inserts above ignore what is already there. An entry set
+        # aside goes to the dead-letter stream in the step that acknowledges and deletes
+        # it (set_aside.lua), so neither a writer stopped in between nor a second writer
+        # holding the same entry (claimed while this one inserted) sets it aside twice.
+        commands: list[tuple[Any, ...]] = [_set_aside_command(*entry) for entry in poison]
+        aside = {(stream, _s(entry_id)) for stream, entry_id, _, _ in poison}
         by_stream: dict[str, list[Any]] = {}
         for stream, entry_id, _ in entries:
-            by_stream.setdefault(stream, []).append(entry_id)
+            if (stream, _s(entry_id)) not in aside:
+                by_stream.setdefault(stream, []).append(entry_id)
         for stream, ids in by_stream.items():
             commands.append(("XACK", stream, keys.LEDGER_GROUP, *ids))
             commands.append(("XDEL", stream, *ids))
         started = time.perf_counter()
         async with self._session() as wire:
-            _raise_first_error(await wire.execute_many(commands))
+            replies = await _run_with_scripts(wire, commands)
+        _raise_first_error(replies)
         _REDIS_ROUNDTRIP.observe(time.perf_counter() - started)
+        for (stream, entry_id, _, reason), reply in zip(poison, replies, strict=False):
+            if reply == 1:  # 0: another writer set it aside (or wrote it) already
+                _log_set_aside(stream, entry_id, reason)
         self.written += written
         metrics.LEDGER_WRITTEN.inc(written)
         return written
@@ -424,27 +480,6 @@ class LedgerWriter:
                 await conn.executemany(_LEDGER_SQL, ledger_rows)
             if cdr_rows:
                 await conn.executemany(_CDR_SQL, cdr_rows)
-
-    @staticmethod
-    def _set_aside(
-        poison: Sequence[tuple[str, bytes | str, dict[bytes, bytes], str]],
-    ) -> list[tuple[Any, ...]]:
-        """The commands that keep entries PostgreSQL refused (or no one could read),
-        whole, in the bucket's dead-letter stream; logged and counted."""
-        commands: list[tuple[Any, ...]] = []
-        for stream, entry_id, fields, reason in poison:
-            bucket = keys.bucket_of_ledger_key(stream)
-            kept: dict[bytes, bytes | str] = dict(fields)
-            kept[b"original_id"] = entry_id
-            kept[b"error"] = reason[:500]
-            flat = [part for pair in kept.items() for part in pair]
-            commands.append(("XADD", keys.dead_letters(bucket), "*", *flat))
-            metrics.LEDGER_DEAD_LETTERS.inc()
-            log.error(
-                "ledger entry set aside: PostgreSQL refused it",
-                extra={"stream": stream, "entry": _s(entry_id), "error": reason[:200]},
-            )
-        return commands
 
     async def run(self, stopping: asyncio.Event, claim_every: float = 5.0) -> None:
         """Write until ``stopping`` is set; errors are logged and retried, never fatal."""

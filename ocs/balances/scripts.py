@@ -58,6 +58,7 @@ CHECK_PASSWORD = _load("check_password")
 LIFT_PASSWORD_BLOCK = _load("lift_password_block")
 SET_POLICY = _load("set_policy")
 RELEASE_PIN = _load("release_pin")
+SET_ASIDE = _load("set_aside")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -79,4 +80,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     LIFT_PASSWORD_BLOCK,
     SET_POLICY,
     RELEASE_PIN,
+    SET_ASIDE,
 )
