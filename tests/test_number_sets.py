@@ -6,6 +6,8 @@ inbound calls, which are rated by the plan's inbound tariff (real Redis and Post
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -324,6 +326,60 @@ async def test_a_release_failing_at_redis_leaves_the_number_held_and_charged(
         [("n1", "4420100", date(2026, 4, 1))],
     )
     assert await services.store.did_account("4420100") is None
+
+
+class TakeMeanwhile:
+    """The pool, whose connection given back after a failed transaction (rolled back,
+    the number's row free again) first lets another account take the number: the
+    failed take's put-back in Redis comes after that take committed and told Redis."""
+
+    def __init__(self, services: Services, account_id: str, number: str) -> None:
+        self._services = services
+        self._account_id = account_id
+        self._number = number
+        self.taken: number_sets.TakenNumber | None = None
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        """A connection of the real pool; on a failure, the other take runs first."""
+        async with self._services.pool.acquire() as conn:
+            try:
+                yield conn
+            except BaseException:
+                if self.taken is None:
+                    self.taken = await number_sets.take_number(
+                        self._services.pool,
+                        self._services.store,
+                        self._account_id,
+                        self._number,
+                        date(2026, 3, 1),
+                    )
+                raise
+
+
+async def test_a_failed_take_leaves_the_number_to_the_account_that_took_it_meanwhile(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """n1's take told Redis, then failed (the reply lost); n2 took the same number and
+    committed before n1's put-back ran, which deleted n2's reference: PostgreSQL said
+    n2 held and was charged for the number, and its inbound calls reached nobody."""
+    await numbered_customers(services)
+    RedisBlip(services, monkeypatch, applied=True)
+    meanwhile = TakeMeanwhile(services, "n2", "4420100")
+    with pytest.raises(RedisConnectionError):
+        await number_sets.take_number(
+            meanwhile,  # type: ignore[arg-type]
+            services.store,
+            "n1",
+            "4420100",
+            date(2026, 3, 1),
+        )
+    assert meanwhile.taken is not None and meanwhile.taken.number == "4420100"
+    assert await number_rows(services) == (
+        [("4420100", "n2"), ("4420101", None)],
+        [("n2", "4420100", None)],
+    )
+    assert await services.store.did_account("4420100") == "n2"
 
 
 INBOUND_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment,direction

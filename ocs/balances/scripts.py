@@ -59,6 +59,7 @@ LIFT_PASSWORD_BLOCK = _load("lift_password_block")
 SET_POLICY = _load("set_policy")
 RELEASE_PIN = _load("release_pin")
 SET_ASIDE = _load("set_aside")
+DROP_DID = _load("drop_did")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -81,4 +82,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     SET_POLICY,
     RELEASE_PIN,
     SET_ASIDE,
+    DROP_DID,
 )

@@ -776,6 +776,19 @@ class BalanceStore:
         else:
             await self._pipe.execute("SET", keys.did_ref(number), account_id)
 
+    async def drop_did(self, number: str, account_id: str) -> bool:
+        """Stop an assigned number identifying ``account_id``, and only that account (a
+        take that did not commit; another's committed since keeps the number); whether
+        it identified that account."""
+        reply = await self._pipe.run_script(scripts.DROP_DID, [keys.did_ref(number)], [account_id])
+        return int(reply) == 1
+
+    async def restore_did(self, number: str, account_id: str) -> bool:
+        """Let a number identify ``account_id`` again unless it identifies an account now
+        (a release that did not commit); whether it was set."""
+        reply = await self._pipe.execute("SET", keys.did_ref(number), account_id, "NX")
+        return reply is not None
+
     async def account_ivr(self, account_id: str) -> str | None:
         """The account's packed IVR override (``AccountIvr.pack``), None when it has none."""
         return _text_or_none(await self._pipe.execute("GET", keys.account_ivr(account_id)))

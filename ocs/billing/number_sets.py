@@ -304,7 +304,7 @@ async def take_number(
             await store.set_did(row["number"], account_id)
     except BaseException:
         if told is not None:
-            await _put_back_did(store, told, None)
+            await _put_back_did(store, told, account_id, taken=False)
         raise
     return TakenNumber(
         account_id, row["number"], row["number_set_id"], row["kind"], row["on_net"], day, charge
@@ -354,12 +354,20 @@ async def _claim(
     return row, charge
 
 
-async def _put_back_did(store: BalanceStore, number: str, account_id: str | None) -> None:
-    """After a take or release that did not commit: the number identifies in Redis
-    whom PostgreSQL still says (None: nobody). A Redis still failing is logged: the
-    step's own failure may have left it unchanged, or changed (a reply lost)."""
+async def _put_back_did(store: BalanceStore, number: str, account_id: str, taken: bool) -> None:
+    """After a take (``taken`` False) or release (True) by ``account_id`` that did not
+    commit: the number identifies that account in Redis again only as PostgreSQL still
+    says. Each is conditional and atomic: once the failed transaction rolled back,
+    another account's take of the same number may commit and tell Redis before this
+    runs, and its reference stays (a take's put-back withdraws the number from this
+    account only; a release's sets it only where it identifies nobody). A Redis still
+    failing is logged: the step's own failure may have left it unchanged, or changed (a
+    reply lost)."""
     try:
-        await store.set_did(number, account_id)
+        if taken:
+            await store.restore_did(number, account_id)
+        else:
+            await store.drop_did(number, account_id)
     except Exception:
         log.warning(
             "a number's Redis reference could not be put back after a failed change",
@@ -428,7 +436,7 @@ async def release(
             await store.set_did(number, None)
     except BaseException:
         if told:
-            await _put_back_did(store, number, account_id)
+            await _put_back_did(store, number, account_id, taken=True)
         raise
 
 
