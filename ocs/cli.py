@@ -233,7 +233,7 @@ def _add_accounts(commands: "Commands") -> None:
 
 
 def _add_counters_and_cards(commands: "Commands") -> None:
-    """counters reset, rerate and pins generate."""
+    """counters reset, rerate, pins generate and discard."""
     counters = add_group(commands, "counters", "usage counters")
     reset = add_command(
         counters,
@@ -273,6 +273,14 @@ def _add_counters_and_cards(commands: "Commands") -> None:
     generate.add_argument(
         "--out", type=Path, required=True, help="CSV file to write (holds the PINs: keep it safe)"
     )
+    discard = add_command(
+        pins,
+        "discard",
+        "remove from Redis the cards of a batch whose creation failed and will not be sent"
+        " again (the orphans `ocs reconcile` lists as card-<batch>-...)",
+        _pins_discard,
+    )
+    discard.add_argument("--batch", required=True, help="the unfinished batch's id")
 
 
 def _add_billing(commands: "Commands") -> None:
@@ -824,6 +832,26 @@ def _pins_generate(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_REFUSED
     print_json({"batch": batch.id, "cards": len(batch.cards), "file": str(args.out)})
+    return 0
+
+
+def _pins_discard(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs pins discard``: an unfinished batch's cards, PINs and claim leave Redis, their
+    balances written off in the ledger; refused for a batch PostgreSQL records."""
+    from ocs.balances.card_orphans import discard_unfinished_batch
+
+    done = with_services(
+        settings, lambda s: discard_unfinished_batch(s.redis, s.pool, s.store, args.batch)
+    )
+    print_json(
+        {
+            "batch": done.batch_id,
+            "cards_discarded": done.cards,
+            "pins_withdrawn": done.pins_withdrawn,
+            "written_off": format_amount(done.written_off),
+            "currency": done.currency,
+        }
+    )
     return 0
 
 

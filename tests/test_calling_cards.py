@@ -13,10 +13,12 @@ Rates used (tests/conftest.py RETAIL_DECK, EUR): Germany (49) 0.012 a minute,
 import asyncio
 import csv
 import io
+import json
 import re
 import secrets
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -25,13 +27,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ocs.balances import cards as cards_module
+from ocs.balances import keys
 from ocs.balances.card_ids import card_account_id
-from ocs.balances.cards import pin_digest
+from ocs.balances.card_orphans import discard_unfinished_batch
+from ocs.balances.cards import lock_batch, pin_digest
 from ocs.balances.reconcile import reconcile
 from ocs.balances.store import BalanceStore
 from ocs.charging.lifecycle import CallService
+from ocs.errors import OcsError, Reason
 from tests.conftest import RunningApp, add_plan, eventually
-from tests.helpers import ANSWERED, acct, auth, card_nas, return_code
+from tests.helpers import ANSWERED, acct, auth, card_nas, ocs_cli, return_code
 
 GERMANY = "4930901820"
 BATCH_SIZE = 10_000
@@ -498,6 +503,101 @@ async def test_a_batch_redis_failed_part_way_is_finished_by_its_retry_with_new_p
         assert await conn.fetchval("SELECT count(*) FROM ledger") == 5
     result = await reconcile(app.services.redis, app.services.pool, orphan_grace_ms=0)
     assert result.ok, result
+
+
+async def test_a_half_made_batch_nobody_sends_again_is_discarded_by_the_operator(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A batch that failed part-way and is never sent again stayed in Redis for ever:
+    `ocs reconcile` listed its cards and exited 1 on every run, with nothing to remove
+    them. `ocs pins discard` does, PINs first, their balances written off in the ledger,
+    and the batch id can be used anew."""
+    await add_plan(app.services)
+    redis, pool, settings = app.services.redis, app.services.pool, app.services.settings
+    first_try = fail_part_way(monkeypatch, withdrawable=False)
+    response = await app.client.post("/v1/pin-batches", json={"plan": "retail", **HALF_MADE})
+    assert response.status == 503, await response.text()
+    monkeypatch.undo()
+    ids = [card_account_id("half", n) for n in range(1, 6)]
+    # A day old (stamped so): past reconcile's grace for a creation still running.
+    aged = int(time.time() * 1000) - 86_400_000
+    for account_id in ids:
+        created = (await redis.hget(keys.account(account_id), "created") or b"").decode()
+        await redis.hset(keys.account(account_id), "created", f"{aged}:{created.partition(':')[2]}")
+    code, out, _ = await ocs_cli(settings, tmp_path, "reconcile")
+    assert code == 1 and [o["account"] for o in json.loads(out)["orphans"]] == ids
+
+    code, out, err = await ocs_cli(settings, tmp_path, "pins", "discard", "--batch", "half")
+    assert code == 0, err
+    assert json.loads(out) == {
+        "batch": "half",
+        "cards_discarded": 5,
+        "pins_withdrawn": 4,  # Redis was gone before the failed try withdrew them
+        "written_off": "25.000000",
+        "currency": "EUR",
+    }
+    assert {await opening(app, pin) for pin in first_try} == {404}
+    assert [key async for key in redis.scan_iter(match="acct:*card-half-*")] == []
+    assert await redis.exists(keys.card_batch("half")) == 0
+
+    async def written_off() -> bool:
+        rows = await pool.fetch(
+            "SELECT kind, sum(amount) AS total FROM ledger GROUP BY kind ORDER BY kind"
+        )
+        return [(r["kind"], r["total"]) for r in rows] == [
+            ("discarded", -25_000_000),
+            ("opening", 25_000_000),
+        ]
+
+    await eventually(written_off, what="the openings and their write-offs in PostgreSQL")
+    code, out, _ = await ocs_cli(settings, tmp_path, "reconcile")
+    assert (code, json.loads(out)["ok"]) == (0, True)
+    code, _, err = await ocs_cli(settings, tmp_path, "pins", "discard", "--batch", "half")
+    assert code == 1 and "not_found" in err, err
+
+    # The id is free: a batch of other settings is made under it, its cards from zero.
+    rows = await generate(app, **{**HALF_MADE, "value": "6.00"})
+    assert {await opening(app, row["pin"]) for row in rows} == {200}
+    assert {(await app.get(f"/v1/accounts/{i}"))[1]["balance"] for i in ids} == {"6.000000"}
+
+    async def reconciled() -> bool:
+        return (await reconcile(redis, pool, orphan_grace_ms=0)).ok
+
+    await eventually(reconciled, what="every card's balance to equal its ledger")
+    # A batch PostgreSQL records is never discarded.
+    code, _, err = await ocs_cli(settings, tmp_path, "pins", "discard", "--batch", "half")
+    assert code == 1 and "account_exists" in err, err
+    assert {await opening(app, row["pin"]) for row in rows} == {200}
+
+
+async def test_a_discard_waits_for_the_batch_s_creation_in_flight_and_spares_it(
+    app: RunningApp,
+) -> None:
+    """A discard of a batch whose creation is running (its cards in Redis, PostgreSQL's
+    transaction open) must not remove the cards it is about to hand out."""
+    await add_plan(app.services)
+    services = app.services
+
+    async def waiting(count: int) -> bool:
+        found = await services.pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+        return bool(found == count)
+
+    # The test holds the batch's lock: the creation, then the discard, queue behind it.
+    async with services.pool.acquire() as conn, conn.transaction():
+        await lock_batch(conn, "half")
+        creation = asyncio.create_task(generate(app, **HALF_MADE))
+        await eventually(lambda: waiting(1), what="the creation to wait for the batch")
+        discard = asyncio.create_task(
+            discard_unfinished_batch(services.redis, services.pool, services.store, "half")
+        )
+        await eventually(lambda: waiting(2), what="the discard to wait for the batch")
+    rows = await creation
+    with pytest.raises(OcsError) as refused:
+        await discard
+    assert (refused.value.reason, refused.value.field) == (Reason.ACCOUNT_EXISTS, "batch")
+    assert {await opening(app, row["pin"]) for row in rows} == {200}
 
 
 async def test_a_half_made_batch_is_finished_only_by_the_same_request(

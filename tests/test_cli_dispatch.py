@@ -38,6 +38,7 @@ COMMANDS = [
     ("counters", "reset"),
     ("rerate",),
     ("pins", "generate"),
+    ("pins", "discard"),
     ("billing-worker",),
     ("plans", "billing"),
     ("billing", "run"),

@@ -91,9 +91,20 @@ class Batch:
         return out.getvalue()
 
 
-def _validate(batch_id: str, count: int, length: int, password_length: int | None) -> None:
+def validate_batch_id(batch_id: str) -> None:
+    """Refuse (400, field ``batch``) an id that is not 1 to 32 letters, digits, - or _."""
     if not batch_id or len(batch_id) > 32 or not all(c.isalnum() or c in "-_" for c in batch_id):
         raise invalid("batch", "expected 1 to 32 letters, digits, '-' or '_'")
+
+
+async def lock_batch(conn: asyncpg.Connection, batch_id: str) -> None:
+    """Hold the batch id until ``conn``'s transaction ends: a batch's creation and the
+    discarding of its unfinished cards (ocs.balances.card_orphans) never run at once."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"ocs-pin-batch:{batch_id}")
+
+
+def _validate(batch_id: str, count: int, length: int, password_length: int | None) -> None:
+    validate_batch_id(batch_id)
     if not 1 <= count <= MAX_BATCH:
         raise invalid("count", f"expected 1 to {MAX_BATCH}")
     if not 6 <= length <= 20:
@@ -141,6 +152,7 @@ class CardService:
         adopted = 0  # cards a failed try of this request had made, taken over
         try:
             async with self._pool.acquire() as conn, conn.transaction():
+                await lock_batch(conn, batch_id)
                 plan = await conn.fetchrow("SELECT * FROM plans WHERE id = $1", plan_id)
                 if plan is None:
                     raise OcsError(

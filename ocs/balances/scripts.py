@@ -60,6 +60,7 @@ SET_POLICY = _load("set_policy")
 RELEASE_PIN = _load("release_pin")
 SET_ASIDE = _load("set_aside")
 DROP_DID = _load("drop_did")
+DISCARD_CARD = _load("discard_card")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -83,4 +84,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     RELEASE_PIN,
     SET_ASIDE,
     DROP_DID,
+    DISCARD_CARD,
 )

@@ -857,6 +857,37 @@ class BalanceStore:
         began = await self._pipe.execute("GET", key)
         return began is None or _text(began) == token
 
+    async def drop_batch_claim(self, batch_id: str) -> None:
+        """Forget which request began a PIN batch (its unfinished cards discarded)."""
+        await self._pipe.execute("DEL", keys.card_batch(batch_id))
+
+    async def discard_card(
+        self, account_id: str, created: str, reference: str
+    ) -> tuple[Literal["OK", "GONE", "CHANGED", "BUSY"], int]:
+        """Remove a card PostgreSQL never recorded, its balance written off in the ledger
+        under ``reference`` (discard_card.lua): ("OK", the amount written off); "GONE"
+        or "CHANGED" (made anew since ``created`` was read) left as they are; "BUSY"
+        while it holds a call or reserved funds."""
+        names = [
+            keys.account(account_id),
+            keys.live_calls(account_id),
+            keys.counters(account_id),
+            keys.ledger(keys.bucket_of(account_id)),
+        ]
+        reply = await self._pipe.run_script(
+            scripts.DISCARD_CARD, names, [account_id, created, now_ms(), reference]
+        )
+        outcome = _text(reply[0])
+        if outcome == "OK":
+            return "OK", int(reply[1])
+        if outcome == "GONE":
+            return "GONE", 0
+        if outcome == "CHANGED":
+            return "CHANGED", 0
+        if outcome == "BUSY":
+            return "BUSY", 0
+        raise ValueError(f"discard_card answered {outcome!r}")
+
     async def release_pin(self, pin_digest: str, account_id: str) -> bool:
         """Stop a PIN digest opening the card ``account_id`` (not another card it may open
         now); whether it opened that card."""
