@@ -21,6 +21,9 @@ from urllib.parse import quote
 import pytest
 
 from ocs.balances import keys, slots
+from ocs.balances.card_ids import card_account_id
+from ocs.balances.card_orphans import discard_unfinished_batch
+from ocs.balances.cards import pin_digest
 from ocs.balances.cluster import wire_for
 from ocs.balances.reconcile import reconcile
 from ocs.balances.scripts import ALL_SCRIPTS, AUTHORIZE_WITH_REF, SNAPSHOT_BUCKET
@@ -490,6 +493,41 @@ async def test_cards_answer_their_balance_and_time(backend_app: RunningApp) -> N
         status, quote = await app.get(f"/v1/pins/{pin}/time?destination={GERMANY}")
         # 1.20 at 0.012 a minute, 1/1 s: 6000 s.
         assert (status, quote["seconds"]) == (200, 6000), quote
+
+
+async def test_an_unfinished_card_batch_is_discarded_on_either_backend(
+    backend_app: RunningApp,
+) -> None:
+    """Cards a failed batch left in Redis (PostgreSQL has none), on every master: their
+    PINs (in other slots) and the cards go, their balances written off in the ledger."""
+    app = backend_app
+    store = app.services.store
+    ids = [card_account_id("lost", n) for n in range(1, 13)]
+    for n, account_id in enumerate(ids, start=1):
+        digest = pin_digest(f"{n:012d}")
+        created = await store.create_account(
+            account_id, plan_id="retail", currency="EUR", credit_limit=0, max_lines=1,
+            status="active", opening_balance=1_000_000, token="t", pin_digest=digest,
+        )  # fmt: skip
+        assert created is not None
+        await store.set_pin(digest, account_id)
+    assert await store.claim_batch("lost", "t")
+    done = await discard_unfinished_batch(app.services.redis, app.services.pool, store, "lost")
+    assert (done.cards, done.pins_withdrawn, done.written_off) == (12, 12, 12_000_000)
+    for n, account_id in enumerate(ids, start=1):
+        assert await store.get_account(account_id) is None
+        assert await store.pin_account(pin_digest(f"{n:012d}")) is None
+
+    async def written_off() -> bool:
+        total = await app.services.pool.fetchval(
+            "SELECT sum(amount) FROM ledger WHERE account_id LIKE 'card-lost-%'"
+        )
+        count = await app.services.pool.fetchval(
+            "SELECT count(*) FROM ledger WHERE account_id LIKE 'card-lost-%'"
+        )
+        return bool(total == 0 and count == 24)
+
+    await eventually(written_off, what="each card's opening and write-off in PostgreSQL")
 
 
 async def test_live_calls_are_listed_and_sampled_from_every_master(
