@@ -167,10 +167,12 @@ LATE_STOPS.labels("covered")
 STALE_CALLS_CLOSED = Counter(
     "ocs_stale_calls_closed_total",
     "Live calls closed because no stop came, by cause: expired (a started call whose stop"
-    " was lost), start-timeout (never started), nas-reboot (its NAS restarted).",
+    " was lost), start-timeout (never answered), nas-reboot (its NAS restarted),"
+    " unconfirmed (granted over HTTP, but its authorization was answered with an error:"
+    " released free at once).",
     ["cause"],
 )
-for _cause in ("expired", "start-timeout", "nas-reboot"):
+for _cause in ("expired", "start-timeout", "nas-reboot", "unconfirmed"):
     STALE_CALLS_CLOSED.labels(_cause)
 
 # --- the ledger -------------------------------------------------------------------------
@@ -576,8 +578,8 @@ def _live_families(state: LiveState | None) -> Iterator[GaugeMetricFamily]:
     )
     calls = _gauge(
         "ocs_live_calls",
-        "Live calls by state: started, or not_started (granted over RADIUS, its"
-        " Accounting-Start still to come).",
+        "Live calls by state: started, or not_started (granted, its answer still to be"
+        " reported: a RADIUS Accounting-Start, an HTTP /start).",
         ["state"],
     )
     lines = _gauge(

@@ -177,7 +177,9 @@ async def sample_live(
             # <held>|<started>|<used>|<debited>|<record> (store.LiveEntry), split here
             # without building an entry: this loop runs once per live call.
             held, started_at, _, _, packed = raw.split(b"|", 4)
-            calls["started" if int(started_at) else "not_started"] += 1
+            # "0": its start still to come; "0<second>": a provisional start, no answer
+            # reported yet (decision 0055).
+            calls["not_started" if started_at[:1] == b"0" else "started"] += 1
             try:
                 record = CallRecordSummary.unpack(packed)
             except Exception:  # an unreadable record still holds its line and funds

@@ -130,6 +130,9 @@ async def test_background_process_writes_the_ledger_and_closes_stale_calls(
                 body = {"account": "bg-1", "destination": GERMANY, "call_id": call_id}
                 async with session.post(f"{base}/v1/calls", json=body) as reply:
                     assert reply.status == 201, await reply.text()
+                # Answered (an HTTP call is provisional until its /start, decision 0055).
+                async with session.post(f"{base}/v1/calls/{call_id}/start", json={}) as reply:
+                    assert reply.status == 200, await reply.text()
                 if stop_after is not None:
                     async with session.post(
                         f"{base}/v1/calls/{call_id}/stop", json={"duration": stop_after}
@@ -145,8 +148,8 @@ async def test_background_process_writes_the_ledger_and_closes_stale_calls(
 
             await eventually(first_written, within=30, what="the first call's CDR")
 
-            # A call no switch ends is closed by the background's janitor at its expiry,
-            # charged its whole grant (3 s: 0.000600).
+            # An answered call no switch ends is closed by the background's janitor at its
+            # expiry, charged its whole grant (3 s: 0.000600).
             await call("bg-call-abandoned", None)
 
             async def abandoned_closed() -> bool:

@@ -12,6 +12,7 @@ fee 0.150 (45 s: 0.198); Germany 0.012 a minute, 1/1 s (200 micro-units a second
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -19,14 +20,23 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from ocs.balances import keys, slots
+from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.card_ids import card_account_id
 from ocs.balances.card_orphans import discard_unfinished_batch
 from ocs.balances.cards import pin_digest
 from ocs.balances.cluster import wire_for
 from ocs.balances.reconcile import reconcile
-from ocs.balances.scripts import ALL_SCRIPTS, AUTHORIZE_WITH_REF, SNAPSHOT_BUCKET
+from ocs.balances.scripts import (
+    ALL_SCRIPTS,
+    AUTHORIZE,
+    AUTHORIZE_WITH_REF,
+    RELEASE_UNCONFIRMED,
+    SNAPSHOT_BUCKET,
+)
 from ocs.balances.store import REF_WINDOW
 from ocs.balances.wire import RedisWire
 from ocs.call_cutting import call_cutter
@@ -36,7 +46,14 @@ from ocs.charging.values import AuthorizeRequest, CallRecord, Origin
 from ocs.config import RadiusClientConfig, with_overrides
 from ocs.state_metrics import sample_live
 from tests.conftest import RADIUS_SECRET, RunningApp, add_plan, eventually, started_radius
-from tests.radius_udp import UdpClient, access_request, accounting_request, decode_reply, wire
+from tests.radius_udp import (
+    UdpClient,
+    access_request,
+    accounting_request,
+    decode_reply,
+    sample,
+    wire,
+)
 from tests.redis_cluster import Backend, RedisClusterProcess
 
 pytestmark = pytest.mark.cluster
@@ -345,6 +362,192 @@ async def test_a_failed_authorize_script_leaves_no_lasting_reference(
     assert ttl == -2 or 0 < ttl <= REF_WINDOW, ttl
 
 
+def breaking(point: str, args: tuple[Any, ...]) -> Exception | None:
+    """The error the command ``args`` answers with when an authorization fails at
+    ``point`` (None: it answers as Redis does): after the authorize script ran, its reply
+    lost (``reply``, ``repeat``); the grant's shorter expiry not set (``expiry``); on a
+    cluster, the call reference's SET on its master refused (``reference``); the reply
+    lost, and the release never reaching Redis (``unreleased``, see ``unsent``)."""
+    command = args[0]
+    scripted = args[1] if command == "EVALSHA" else None
+    authorizing = scripted in (AUTHORIZE.sha, AUTHORIZE_WITH_REF.sha)
+    if point in ("reply", "repeat", "unreleased") and authorizing:
+        return RedisConnectionError("Redis did not answer within 5.0 s")
+    if point == "unreleased" and scripted == RELEASE_UNCONFIRMED.sha:
+        return RedisConnectionError("Connection reset by peer")
+    if point == "expiry" and command == "ZADD" and args[2] == "XX":
+        return RedisConnectionError("Connection reset by peer")
+    if point == "reference" and command == "SET" and "NX" in args:
+        return ResponseError("CLUSTERDOWN The cluster is down")
+    return None
+
+
+def unsent(point: str, args: tuple[Any, ...]) -> bool:
+    """Whether the command ``args`` never reaches Redis when failing at ``point``."""
+    return point == "unreleased" and args[:2] == ("EVALSHA", RELEASE_UNCONFIRMED.sha)
+
+
+def losing(ran: "asyncio.Future[Any]", error: Exception) -> "asyncio.Future[Any]":
+    """A future that fails with ``error`` once ``ran`` (the command, run on Redis) is done:
+    its reply is what is lost."""
+    lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def lose(done: "asyncio.Future[Any]") -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved: the reply is what is lost
+        lost.set_exception(error)
+
+    ran.add_done_callback(lose)
+    return lost
+
+
+async def cdr_rows(app: RunningApp, account_id: str) -> list[tuple[str, str, int]]:
+    async with app.services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT call_id, termination_cause, charged FROM cdrs WHERE account_id = $1",
+            account_id,
+        )
+    return sorted((r["call_id"], r["termination_cause"], int(r["charged"])) for r in rows)
+
+
+@pytest.mark.replaces_hot_path_function
+async def test_an_authorization_answered_503_leaves_no_grant_standing(
+    backend_app: RunningApp, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each command runs on Redis; the answers the point names are lost on the way back.
+    # The switch, told 503, refused the call: before, its grant stood, holding a line and
+    # funds until the janitor charged it (its whole grant under full_grant).
+    app = backend_app
+    await add_plan(app.services, max_lines=2, max_call_duration=600)
+    # A call to Germany (0.012 a minute) holds 0.12 for its longest call; the next has
+    # 0.08 left, which pays less: its expiry is moved after the script (ZADD XX).
+    await app.post("/v1/accounts", {"id": "unsure", "plan": "retail", "balance": "0.20"})
+    status, _ = await app.post(
+        "/v1/calls", {"account": "unsure", "destination": GERMANY, "call_id": "unsure-repeat"}
+    )
+    assert status == 201
+    original = AutoPipeline.execute
+    point = ""
+
+    def failing(self: AutoPipeline, *args: Any) -> "asyncio.Future[Any]":
+        error = breaking(point, args)
+        if error is not None and unsent(point, args):
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(error)
+            return refused
+        ran = original(self, *args)
+        return ran if error is None else losing(ran, error)
+
+    monkeypatch.setattr(AutoPipeline, "execute", failing)
+    points = ["reply", "expiry", "repeat", *(["reference"] if backend.cluster else [])]
+    released_before = sample("ocs_stale_calls_closed_total", cause="unconfirmed")
+    for point in points:
+        call_id = "unsure-repeat" if point == "repeat" else f"unsure-{point}"
+        status, body = await app.post(
+            "/v1/calls", {"account": "unsure", "destination": GERMANY, "call_id": call_id}
+        )
+        assert (status, body["error"]["reason"]) == (503, "unavailable"), (point, body)
+        # Only the call granted before holds a line and funds; a repeat of it keeps it.
+        live = await app.services.store.live_calls_of("unsure")
+        assert sorted(live) == ["unsure-repeat"], point
+        _, view = await app.get("/v1/accounts/unsure")
+        assert (view["reserved"], view["available"], view["lines_in_use"]) == (
+            "0.120000",
+            "0.080000",
+            1,
+        ), point
+    released = sample("ocs_stale_calls_closed_total", cause="unconfirmed") - released_before
+    assert released == len(points) - 1
+    point = ""
+    # The switch's retry is granted afresh (201), not refused as stopped nor repeated.
+    status, retried = await app.post(
+        "/v1/calls", {"account": "unsure", "destination": GERMANY, "call_id": "unsure-reply"}
+    )
+    assert (status, retried["repeated"], retried["reserved"]) == (201, False, "0.080000")
+    status, stopped = await app.post("/v1/calls/unsure-reply/stop", {"duration": 10})
+    assert (status, stopped["cost"], stopped["repeated"]) == (200, "0.002000", False)
+    # The call granted before goes on.
+    status, stopped = await app.post("/v1/calls/unsure-repeat/stop", {"duration": 45})
+    assert (status, stopped["cost"], stopped["balance"]) == (200, "0.009000", "0.189000")
+    # A release that fails too leaves the grant standing: never answered, the janitor
+    # closes it free at the end of its grant plus grace (decision 0055).
+    point = "unreleased"
+    status, body = await app.post(
+        "/v1/calls", {"account": "unsure", "destination": GERMANY, "call_id": "unsure-left"}
+    )
+    assert (status, body["error"]["reason"]) == (503, "unavailable"), body
+    point = ""
+    assert sorted(await app.services.store.live_calls_of("unsure")) == ["unsure-left"]
+    assert await Janitor(app.services.calls, app.services.store).sweep(now=2_000_000_000) == 1
+    _, view = await app.get("/v1/accounts/unsure")
+    assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("0.189000", "0.000000", 0)
+
+    async def written() -> bool:
+        return len(await cdr_rows(app, "unsure")) == 3
+
+    await eventually(written, what="the CDRs of the account")
+    # No CDR for a released grant: no call took place.
+    assert await cdr_rows(app, "unsure") == [
+        ("unsure-left", "start-timeout", 0),
+        ("unsure-repeat", "normal", 9_000),
+        ("unsure-reply", "normal", 2_000),
+    ]
+    assert await ledger_total(app, "unsure") == 189_000
+
+
+@pytest.mark.replaces_hot_path_function
+async def test_a_retry_answered_before_the_release_keeps_its_call(
+    backend_app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first authorization's reply is lost only after the switch's retry (it gave up
+    # waiting) was answered with the grant as a repeat: the switch holds that answer, so
+    # the first request's release must leave the call (before the fix in decision 0055,
+    # a release closed it, and the call's stop was charged nothing).
+    app = backend_app
+    await add_plan(app.services, max_call_duration=600)
+    await app.post("/v1/accounts", {"id": "patient", "plan": "retail", "balance": "1.00"})
+    original = AutoPipeline.execute
+    retried = asyncio.Event()
+    held: list[bool] = []
+
+    def holding(self: AutoPipeline, *args: Any) -> "asyncio.Future[Any]":
+        ran = original(self, *args)
+        if held or args[0] != "EVALSHA" or "slow-1" not in args:
+            return ran
+        held.append(True)  # the first authorization only
+        lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def lose_after_the_retry() -> None:
+            with contextlib.suppress(Exception):
+                await ran
+            await retried.wait()
+            lost.set_exception(RedisConnectionError("Redis did not answer within 5.0 s"))
+
+        tasks.append(asyncio.create_task(lose_after_the_retry()))
+        return lost
+
+    tasks: list[asyncio.Task[None]] = []
+    monkeypatch.setattr(AutoPipeline, "execute", holding)
+    payload = {"account": "patient", "destination": GERMANY, "call_id": "slow-1"}
+    first = asyncio.create_task(app.post("/v1/calls", payload))
+
+    async def granted() -> bool:
+        return "slow-1" in await app.services.store.live_calls_of("patient")
+
+    await eventually(granted, what="the first authorization's grant")
+    status, again = await app.post("/v1/calls", payload)
+    assert (status, again["repeated"]) == (200, True), again
+    retried.set()
+    status, body = await first
+    assert (status, body["error"]["reason"]) == (503, "unavailable"), body
+    await asyncio.gather(*tasks)
+    monkeypatch.setattr(AutoPipeline, "execute", original)
+    status, started = await app.post("/v1/calls/slow-1/start", {})
+    assert status == 200, started
+    status, stopped = await app.post("/v1/calls/slow-1/stop", {"duration": 45})
+    assert (status, stopped["cost"], stopped["balance"]) == (200, "0.009000", "0.991000")
+
+
 async def test_topups_credit_once_per_id_and_reach_the_ledger(
     backend_app: RunningApp, backend: Backend, request: pytest.FixtureRequest
 ) -> None:
@@ -560,14 +763,17 @@ async def test_the_janitor_closes_a_lost_call_on_either_backend(backend_app: Run
     now = int(time.time())
     settings = with_overrides(app.services.settings, call_expiry_grace=30)
     calls = CallService(app.services.catalog, app.services.store, settings, clock=lambda: now)
+    answered = []
     for account_id in ids:
         grant = await calls.authorize(
             AuthorizeRequest(account_id, "33123456789", call_id=f"{account_id}-lost")
         )
         assert grant.max_duration == 10
+        # Answered (decision 0055): each expires at its grant plus grace from its start.
+        answered.append((await calls.start(f"{account_id}-lost")).started_at)
     janitor = Janitor(calls, app.services.store)
-    assert await janitor.sweep(now=now + 39) == 0
-    assert await janitor.sweep(now=now + 40) == len(ids)
+    assert await janitor.sweep(now=min(answered) + 39) == 0
+    assert await janitor.sweep(now=max(answered) + 40) == len(ids)
     for account_id in ids:
         _, shown = await app.get(f"/v1/accounts/{account_id}")
         assert (shown["balance"], shown["reserved"], shown["lines_in_use"]) == (

@@ -140,6 +140,8 @@ async def test_calls_once_prints_every_live_call_with_its_grant_and_reservation(
     authorized_at = int(time.time())
     first = await authorize(app, "1001", "c-1")
     second = await authorize(app, "2002", "c-2", member="ext-7")
+    status, answered = await app.post("/v1/calls/c-1/start", {})  # c-2 still rings
+    assert status == 200, answered
 
     done = await asyncio.to_thread(
         subprocess.run, [*OCS, "calls", "--once"], env=serve_env(settings),
@@ -150,14 +152,15 @@ async def test_calls_once_prints_every_live_call_with_its_grant_and_reservation(
     assert (first["max_duration"], first["reserved"]) == (846, "1.000000")
     one = row_of(done.stdout, "c-1")
     assert one[:4] == ["1001", "c-1", "447700900123", "UK Mobile"]
-    # An HTTP call runs from its authorization: at most the seconds the command took.
+    # An HTTP call runs from its /start: at most the seconds the command took.
     minutes, _, seconds = one[4].partition(":")
     assert 0 <= int(minutes) * 60 + int(seconds) <= int(time.time()) - authorized_at, one
     assert one[5:] == ["14:06", "1.00 EUR"]
     # 5.00 - 0.15 buys 80 min 50 s, on the 30/6 grid 80:48; all 5.00 held.
     assert (second["max_duration"], second["reserved"]) == (4848, "5.000000")
     two = row_of(done.stdout, "c-2")
-    assert two[:5] == ["2002", "c-2", "ext-7", "447700900123", "UK Mobile"]
+    # Not answered yet (no /start, decision 0055).
+    assert two[:6] == ["2002", "c-2", "ext-7", "447700900123", "UK Mobile", "ringing"]
     assert two[6:] == ["1:20:48", "5.00 EUR"]
     assert "2 live calls" in done.stdout
     assert "reserved: 6.00 EUR" in done.stdout

@@ -207,7 +207,10 @@ async def test_the_sampler_reads_live_calls_their_funds_lines_and_the_hottest_ac
         assert status == 201, call
         held += micro(call["reserved"])
         call_ids.append(call["call_id"])
-    # A RADIUS call waits for its Accounting-Start; an HTTP one is started when granted.
+        # Answered: an HTTP call is provisional until its /start (decision 0055).
+        status, progress = await app.post(f"/v1/calls/{call['call_id']}/start", {})
+        assert status == 200, progress
+    # A RADIUS call waits for its Accounting-Start.
     reply = await auth(nas, radius_call("calm", GERMANY, "LIVE-1"))
     assert reply.code == "Access-Accept", reply.output
     sampler = StateSampler.of(app.services)
@@ -425,6 +428,8 @@ async def test_lost_stops_are_counted_by_cause_and_a_late_stop_too(nas: RunningR
     await new_account(app, "lost", balance="5.00", max_lines=2)
     status, started = await app.post("/v1/calls", {"account": "lost", "destination": GERMANY})
     assert status == 201, started
+    status, progress = await app.post(f"/v1/calls/{started['call_id']}/start", {})
+    assert status == 200, progress
     # Granted over RADIUS, the other call waits for an Accounting-Start that never comes.
     reply = await auth(nas, radius_call("lost", GERMANY, "LOST-1"))
     assert reply.code == "Access-Accept", reply.output

@@ -16,7 +16,7 @@ from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest, Origin
 from ocs.config import with_overrides
-from tests.conftest import RETAIL_DECK, RunningApp, account, add_plan
+from tests.conftest import RETAIL_DECK, RunningApp, account, add_plan, eventually
 from tests.radius_udp import sample
 
 DECK = RETAIL_DECK + "33,France,0.600,0,1,1\n"
@@ -57,11 +57,15 @@ async def test_a_call_granted_10_s_expires_after_10_s_and_grace_and_is_charged_1
     grant = await calls.authorize(AuthorizeRequest("lost-bye", FRANCE, call_id="dialog-1"))
     assert grant.max_duration == 10
     assert await expiry_of(app, "lost-bye", "dialog-1") == now + 10 + GRACE
+    # Answered (an HTTP call is provisional until its start, decision 0055): it expires
+    # at its grant plus grace from the answer.
+    answered = (await calls.start("dialog-1")).started_at
+    assert await expiry_of(app, "lost-bye", "dialog-1") == answered + 10 + GRACE
 
     janitor = Janitor(calls, app.services.store)
-    assert await janitor.sweep(now=now + 10 + GRACE - 1) == 0
+    assert await janitor.sweep(now=answered + 10 + GRACE - 1) == 0
     closed_before = sample(CLOSED, cause="expired")
-    assert await janitor.sweep(now=now + 10 + GRACE) == 1
+    assert await janitor.sweep(now=answered + 10 + GRACE) == 1
     assert sample(CLOSED, cause="expired") == closed_before + 1
     view = await account(app, "lost-bye")
     # Charged the 10 s the switch was told to cut at: the whole 0.10, line released.
@@ -77,10 +81,11 @@ async def test_last_reported_charges_the_last_report(app: RunningApp) -> None:
     now = int(time.time())
     calls = service(app, clock=now, stale_call_policy="last_reported")
     await calls.authorize(AuthorizeRequest("quiet", FRANCE, call_id="talked"))
+    answered = (await calls.start("talked")).started_at
     await calls.update("talked", 4)
     # An interim does not move the expiry of a call outside quota mode: its grant stays.
-    assert await expiry_of(app, "quiet", "talked") == now + 10 + GRACE
-    assert await Janitor(calls, app.services.store).sweep(now=now + 10 + GRACE) == 1
+    assert await expiry_of(app, "quiet", "talked") == answered + 10 + GRACE
+    assert await Janitor(calls, app.services.store).sweep(now=answered + 10 + GRACE) == 1
     view = await account(app, "quiet")
     assert (view["balance"], view["reserved"]) == ("0.060000", "0.000000")
 
@@ -125,8 +130,11 @@ async def test_a_nas_restart_close_is_counted_by_cause(app: RunningApp, policy: 
     started = int(time.time())
     calls = service(app, clock=float(started), stale_call_policy=policy)
     await calls.authorize(
-        AuthorizeRequest("rebooted", FRANCE, call_id="on-nas"), Origin(nas="sbc-9")
+        AuthorizeRequest("rebooted", FRANCE, call_id="on-nas"),
+        Origin(nas="sbc-9", wait_for_start=True),
     )
+    # Its Accounting-Start, delayed past the authorization: the call started as accepted.
+    await calls.start("on-nas", nas="sbc-9", delay=int(time.time()) - started + 60)
     before = sample(CLOSED, cause="nas-reboot")
     closed = await calls.close_calls_of_nas(
         "sbc-9", cause="nas-reboot", before_ms=(started + 1) * 1000
@@ -219,3 +227,42 @@ async def test_a_start_that_expects_another_entry_changes_nothing_and_gets_the_e
     )
     assert answer == now
     assert await expiry_of(app, "moved-on", "c1") == now + 7
+
+
+async def test_an_http_call_never_answered_nor_stopped_is_closed_free(app: RunningApp) -> None:
+    # Granted over HTTP, the call was never answered (no /start, no interim) and its stop
+    # was lost: before, it counted as started when granted, and full_grant charged all 10 s.
+    await setup(app, "unanswered")
+    now = int(time.time())
+    calls = service(app, clock=now)
+    await calls.authorize(AuthorizeRequest("unanswered", FRANCE, call_id="rang-out"))
+    assert await expiry_of(app, "unanswered", "rang-out") == now + 10 + GRACE
+    janitor = Janitor(calls, app.services.store)
+    assert await janitor.sweep(now=now + 10 + GRACE - 1) == 0
+    closed_before = sample(CLOSED, cause="start-timeout")
+    assert await janitor.sweep(now=now + 10 + GRACE) == 1
+    assert sample(CLOSED, cause="start-timeout") == closed_before + 1
+    view = await account(app, "unanswered")
+    assert (view["balance"], view["reserved"], view["lines_in_use"]) == (
+        "0.100000",
+        "0.000000",
+        0,
+    )
+
+    async def cdrs() -> list[tuple[int, int, str]]:
+        async with app.services.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT duration, charged, termination_cause FROM cdrs"
+                " WHERE call_id = 'rang-out' ORDER BY stopped_at"
+            )
+        return [tuple(r) for r in rows]
+
+    async def closed_written() -> bool:
+        return len(await cdrs()) == 1
+
+    await eventually(closed_written, what="the close's CDR")
+    assert await cdrs() == [(0, 0, "start-timeout")]
+    # A stop that was only late, with the duration the switch measured, is charged then.
+    charge = await calls.stop("rang-out", 7)
+    assert (charge.charged, charge.cause) == (70_000, "late-stop")
+    assert (await account(app, "unanswered"))["balance"] == "0.030000"

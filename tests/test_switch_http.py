@@ -9,8 +9,10 @@ import time
 
 import pytest
 
+from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest, Origin
-from tests.conftest import RETAIL_DECK, RunningApp, account, add_plan
+from ocs.money import format_amount
+from tests.conftest import RETAIL_DECK, RunningApp, account, add_plan, eventually
 
 DECK = RETAIL_DECK + "33,France,0.600,0,1,1\n"
 FRANCE = "33123456789"
@@ -168,3 +170,74 @@ async def test_a_repeated_authorize_answers_200_with_the_same_grant(app: Running
     assert (status, again["repeated"]) == (200, True)
     assert (again["max_duration"], again["reserved"]) == (first["max_duration"], first["reserved"])
     assert (await account(app, "again"))["lines_in_use"] == 1
+
+
+def worker_at(app: RunningApp, seconds_ago: int) -> CallService:
+    """Another worker of the same ocs, whose authorizations took place ``seconds_ago``."""
+    at = time.time() - seconds_ago
+    return CallService(
+        app.services.catalog, app.services.store, app.services.settings, clock=lambda: at
+    )
+
+
+async def cdr_of(app: RunningApp, call_id: str) -> tuple[int, int, str]:
+    """(duration, charged, termination cause) of a call's CDR, once PostgreSQL has it."""
+
+    async def written() -> bool:
+        async with app.services.pool.acquire() as conn:
+            return bool(await conn.fetchval("SELECT 1 FROM cdrs WHERE call_id = $1", call_id))
+
+    await eventually(written, what=f"the CDR of {call_id}")
+    async with app.services.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT duration, charged, termination_cause FROM cdrs WHERE call_id = $1", call_id
+        )
+    return int(row["duration"]), int(row["charged"]), str(row["termination_cause"])
+
+
+async def test_a_stop_without_a_duration_is_timed_from_the_answer_not_the_authorization(
+    app: RunningApp,
+) -> None:
+    await setup(app, "rings")
+    # Authorized, then it rang 30 s before the callee answered (POST /start). Before, an
+    # HTTP call counted as started when authorized: its stop charged the ringing too.
+    await worker_at(app, 30).authorize(AuthorizeRequest("rings", FRANCE, call_id="ring-1"))
+    status, started = await app.post("/v1/calls/ring-1/start", {})
+    assert status == 200, started
+    answered = started["started_at"]
+    assert answered >= int(time.time()) - 1
+    # A repeated start keeps the first answer.
+    status, again = await app.post("/v1/calls/ring-1/start", {})
+    assert (status, again["started_at"]) == (200, answered)
+    response = await app.client.post("/v1/calls/ring-1/stop")  # no duration: timed
+    stopped = await response.json()
+    assert response.status == 200, stopped
+    seconds = stopped["duration"]
+    assert 0 <= seconds <= int(time.time()) - answered  # not the 30 s it rang
+    cost = seconds * 10_000  # 0.01 a second
+    assert stopped["cost"] == f"0.{cost:06d}"
+    assert (await account(app, "rings"))["balance"] == format_amount(10_000_000 - cost)
+    assert await cdr_of(app, "ring-1") == (seconds, cost, "normal")
+
+
+async def test_a_switch_that_never_sends_start_is_charged_as_before(app: RunningApp) -> None:
+    await setup(app, "no-start")
+    calls = worker_at(app, 30)
+    # Its stop reports the duration: charged exactly that, as before.
+    await calls.authorize(AuthorizeRequest("no-start", FRANCE, call_id="told"))
+    status, stopped = await app.post("/v1/calls/told/stop", {"duration": 12})
+    assert (status, stopped["cost"], stopped["balance"]) == (200, "0.120000", "9.880000")
+    # Its stop reports none: timed from the provisional start, its authorization.
+    await calls.authorize(AuthorizeRequest("no-start", FRANCE, call_id="untold"))
+    response = await app.client.post("/v1/calls/untold/stop")
+    stopped = await response.json()
+    assert response.status == 200, stopped
+    assert 30 <= stopped["duration"] <= 31
+    assert stopped["cost"] == f"0.{stopped['duration']:02d}0000"
+    # An interim is the first sign of the answer: the call is timed from it.
+    await calls.authorize(AuthorizeRequest("no-start", FRANCE, call_id="reported"))
+    status, progress = await app.post("/v1/calls/reported/update", {"used": 5})
+    assert status == 200, progress
+    response = await app.client.post("/v1/calls/reported/stop")
+    stopped = await response.json()
+    assert 5 <= stopped["duration"] <= int(time.time()) - progress["started_at"]

@@ -36,20 +36,50 @@ class RecordClient(msgspec.Struct, frozen=True, gc=False, rename={"nas": "n"}):
 _RECORD_CLIENT = msgspec.msgpack.Decoder(RecordClient)
 
 
+# ``LiveEntry.provisional``: the entry's start is the answer the switch reported (or 0, a
+# RADIUS call's Accounting-Start still to come); a provisional start, the second of its
+# authorization (an HTTP call not yet answered, decision 0055); the same once a repeat of
+# its authorization was granted, so that it is not released as unconfirmed.
+ANSWERED = 0
+PROVISIONAL = 1
+PROVISIONAL_REPEATED = 2
+
+
 class LiveEntry(msgspec.Struct, frozen=True, gc=False):
-    """A live call as Redis holds it: ``<held>|<started>|<used>|<debited>|<record>``."""
+    """A live call as Redis holds it: ``<held>|<started>|<used>|<debited>|<record>``.
+
+    ``started`` is written ``0<second>`` for a provisional start (``00<second>`` once a
+    repeat of the authorization was granted): every reader that takes it as a number
+    reads the authorization second, and ``provisional`` says which it is.
+    """
 
     held: int
     started: int  # epoch seconds; 0 while the Accounting-Start is still to come
     used: int
     debited: int
     record: bytes
+    provisional: int = ANSWERED
+
+    @property
+    def answered_at(self) -> int:
+        """When the call was answered (epoch seconds); 0 while no answer was reported
+        (a provisional start is the authorization's, not an answer)."""
+        return 0 if self.provisional else self.started
+
+    def fields(self) -> str:
+        """``<held>|<started>|<used>|<debited>`` as Redis holds them (start.lua's check)."""
+        started = "0" * self.provisional + str(self.started)
+        return f"{self.held}|{started}|{self.used}|{self.debited}"
 
 
 def parse_live_entry(entry: bytes) -> LiveEntry:
     """A live-calls hash value, split into its fields."""
     held, started, used, debited, record = entry.split(b"|", 4)
-    return LiveEntry(int(held), int(started), int(used), int(debited), record)
+    # A start written with leading zeros is provisional (``LiveEntry``); "0" alone is none.
+    provisional = ANSWERED
+    if started[0] == 48 and len(started) > 1:  # b"0"
+        provisional = PROVISIONAL_REPEATED if started[1] == 48 else PROVISIONAL
+    return LiveEntry(int(held), int(started), int(used), int(debited), record, provisional)
 
 
 class NotLive(msgspec.Struct, frozen=True, gc=False):

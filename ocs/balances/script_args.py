@@ -63,7 +63,8 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[9]  the password check: "" skips it (trusted channel); else "<digest> <limit>
              <window>", wrong passwords counted per account (decision 0045)
     ARGV[10] now (epoch seconds), for the account's expiry date
-    ARGV[11] start time (epoch seconds) of the call, 0 when a Start is still to come
+    ARGV[11] start time (epoch seconds) of the call, 0 when a Start is still to come,
+             "0<second>" for a provisional start (``provisional``)
     ARGV[12] member placing or taking the call ("" none)
     ARGV[13] usage counters covering the destination, comma-separated ("" none)
     ARGV[14] counter seconds the caller priced the reservation with
@@ -95,6 +96,9 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
     member: str | None = None
     counter: CounterQuote | None = None
     share: bool = False
+    # ``started_at`` is a provisional start, the authorization's (an HTTP call, decision
+    # 0055): written "0<second>", replaced by the answer.
+    provisional: bool = False
 
     def keys(self) -> list[str]:
         """KEYS[1..5], and KEYS[6..7] when the call has a member, a counter or shares."""
@@ -130,7 +134,7 @@ class AuthorizeArgs(msgspec.Struct, frozen=True, gc=False):
             if self.password_digest
             else "",
             self.now,
-            self.started_at,
+            f"0{self.started_at}" if self.provisional else self.started_at,
         ]
         counter = self.counter
         # Member, counter and share arguments only when the call has them: most have none.
@@ -344,6 +348,51 @@ class StartArgs(msgspec.Struct, frozen=True, gc=False):
             k.expiry_member(self.account_id, self.call_id),
             "" if self.expected is None else self.expected,
             self.stamp,
+        ]
+
+
+class ReleaseArgs(msgspec.Struct, frozen=True, gc=False):
+    """release_unconfirmed.lua: give back, free, the line and funds of a grant whose
+    authorization was answered with an error, unless it is no longer provisional.
+
+    KEYS[1] account hash, KEYS[2] live-calls hash, KEYS[3] expiry sorted set,
+    KEYS[4] member-lines hash, KEYS[5] counters hash.
+    ARGV[1] call id
+    ARGV[2] the stamp of the grant's record (``CallRecord.stamp``)
+    ARGV[3] expiry set member
+    ARGV[4] member of the call ("" none)
+    ARGV[5] usage counter of the call ("" none)
+    ARGV[6] counter seconds the call holds
+    """
+
+    account_id: str
+    call_id: str
+    stamp: bytes
+    member: str | None = None
+    counter: CounterUse | None = None
+
+    def keys(self) -> list[str]:
+        """KEYS[1..5]."""
+        account_id = self.account_id
+        bucket = k.bucket_of(account_id)
+        return [
+            k.account_in(bucket, account_id),
+            k.live_calls_in(bucket, account_id),
+            k.call_expiry(bucket),
+            k.member_lines_in(bucket, account_id),
+            k.counters_in(bucket, account_id),
+        ]
+
+    def argv(self) -> list[object]:
+        """ARGV[1..6]."""
+        counter = self.counter
+        return [
+            self.call_id,
+            self.stamp,
+            k.expiry_member(self.account_id, self.call_id),
+            self.member or "",
+            "" if counter is None else counter.counter_id,
+            0 if counter is None else counter.held,
         ]
 
 

@@ -61,6 +61,7 @@ RELEASE_PIN = _load("release_pin")
 SET_ASIDE = _load("set_aside")
 DROP_DID = _load("drop_did")
 DISCARD_CARD = _load("discard_card")
+RELEASE_UNCONFIRMED = _load("release_unconfirmed")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -85,4 +86,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     SET_ASIDE,
     DROP_DID,
     DISCARD_CARD,
+    RELEASE_UNCONFIRMED,
 )

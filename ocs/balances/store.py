@@ -39,6 +39,7 @@ from ocs.balances.script_args import (
     CreateAccountArgs,
     FeeArgs,
     LiftPasswordBlockArgs,
+    ReleaseArgs,
     SetPolicyArgs,
     StartArgs,
     StopArgs,
@@ -541,6 +542,13 @@ class BalanceStore:
             return NotLive(parse_live_entry(reply[1]))
         return _stop_result(reply[1], repeated=status == "DONE")
 
+    async def release_unconfirmed(self, args: ReleaseArgs) -> bool:
+        """Give back, free, the line and funds of a grant whose authorization was answered
+        with an error (release_unconfirmed.lua); whether it was released. A grant that is
+        no longer provisional, or not ``args.stamp``'s, is left as it is."""
+        reply = await self._pipe.run_script(scripts.RELEASE_UNCONFIRMED, args.keys(), args.argv())
+        return bool(int(reply))
+
     async def charge(
         self,
         *,
@@ -603,11 +611,7 @@ class BalanceStore:
         (``CallRecord.stamp``). When the call's entry is another, or its record not
         that one, nothing changes and the entry is returned, to compute the expiry from.
         """
-        fields = (
-            None
-            if expected is None
-            else f"{expected.held}|{expected.started}|{expected.used}|{expected.debited}"
-        )
+        fields = None if expected is None else expected.fields()
         args = StartArgs(account_id, call_id, started_at, expires_at, fields, stamp)
         reply = await self._pipe.run_script(scripts.START, args.keys(), args.argv())
         status = _text(reply[0])

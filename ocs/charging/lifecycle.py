@@ -15,11 +15,12 @@ from typing import Literal, NamedTuple
 
 import msgpack
 
-from ocs import metrics
+from ocs import backend_health, metrics
 from ocs.balances.accounts import password_digest
 from ocs.balances.card_ids import is_card_account
 from ocs.balances.cards import pin_digest
 from ocs.balances.ivr import Ivr, effective
+from ocs.balances.results import PROVISIONAL
 from ocs.balances.script_args import (
     IMPORTED_EVENT_PREFIX,
     AuthorizeArgs,
@@ -27,12 +28,14 @@ from ocs.balances.script_args import (
     CounterCandidate,
     CounterQuote,
     CounterUse,
+    ReleaseArgs,
     StopArgs,
 )
 from ocs.balances.store import (
     AlreadyLive,
     AlreadyStopped,
     Amend,
+    AuthorizeOutcome,
     BalanceStore,
     CounterChanged,
     CounterShort,
@@ -139,6 +142,10 @@ class FundsHeldByLiveCalls(OcsError):
         error["live_calls"] = self.live_calls
         return body
 
+
+# The cause counted (ocs_stale_calls_closed_total) for the grant of an authorization
+# answered with an error, given back free at once (decision 0055).
+UNCONFIRMED = "unconfirmed"
 
 # Causes of the closes made without the switch's stop: a stop that comes after one of
 # them was lost (or late), not repeated (ocs_late_stops_total).
@@ -321,10 +328,11 @@ class CallService:
         # to fetch the record. A stop arriving at another process reads the call
         # reference from Redis instead; the record is immutable either way.
         self._live: dict[str, CallRecord] = {}
-        # What calls authorized here to wait for their start hold: their live entry as
-        # the authorize wrote it, so that the start computes the expiry without reading
-        # it first (start.lua checks the entry is still that one).
-        self._unstarted: dict[str, int] = {}
+        # The live entry of each call authorized here that is still to be answered (a
+        # RADIUS call waiting for its Accounting-Start, an HTTP call with its provisional
+        # start), as the authorize wrote it, so that the start computes the expiry without
+        # reading it first (start.lua checks the entry is still that one).
+        self._unstarted: dict[str, LiveEntry] = {}
 
     def _bands(self, plan_id: str, rate: Rate, start: int, length: int) -> Segments | None:
         return call_bands(self._catalog.snapshot.plan(plan_id), rate, start, length)
@@ -567,37 +575,9 @@ class CallService:
             now = self._clock()
             bands = self._bands(priced.rating_plan, rate, int(now), cap)
             record = self._record_for(request, origin, priced, call_id, caller, now, sliced, bands)
-            grace = self._settings.call_expiry_grace
-            # A call started now expires at its grant plus grace (the switch was told to
-            # cut it there), one still to start at the start timeout.
             wait = origin.wait_for_start
-            expires_in = self._settings.start_timeout if wait else granting + grace
-            outcome = await self._store.authorize(
-                AuthorizeArgs(
-                    account_id=account_id,
-                    call_id=call_id,
-                    plan_id=plan_id,
-                    first_block_cost=cost_with_counter(rate, 1, split, bands),
-                    min_balance=plan.min_balance,
-                    cap_cost=cost_with_counter(rate, granting, split, bands),
-                    record=record.pack(),
-                    expires_at=int(now) + expires_in,
-                    password_digest=digest,
-                    now=int(now),
-                    password_guess_limit=self._settings.password_guess_limit,
-                    password_guess_window=self._settings.password_guess_window,
-                    started_at=0 if wait else int(now),
-                    member=request.member,
-                    counter=priced.counter_quote,
-                    share=plan.reservation_policy == "share",
-                ),
-                ref_ttl=plan.max_call_duration
-                + grace
-                + self._settings.start_timeout
-                + self._settings.stop_dedupe_ttl,
-                grant_expiry=(
-                    None if wait else self._expiry_of_grant(int(now), rate, granting, split, bands)
-                ),
+            outcome = await self._reserve(
+                request, priced, record, digest, now, granting, bands, wait=wait
             )
             match outcome:
                 case Reserved(
@@ -610,8 +590,11 @@ class CallService:
                         self._live.clear()
                         self._unstarted.clear()
                     self._live[call_id] = record
-                    if wait:
-                        self._unstarted[call_id] = reserved
+                    self._unstarted[call_id] = (
+                        LiveEntry(reserved, 0, 0, 0, b"")
+                        if wait
+                        else LiveEntry(reserved, int(now), 0, 0, b"", PROVISIONAL)
+                    )
                     granted = max_duration_with_counter(rate, reserved, granting, split, bands)
                     return Grant.of(
                         call_id,
@@ -650,6 +633,112 @@ class CallService:
                 case Refused():
                     raise self._refusal(account_id, outcome)
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
+
+    async def _reserve(
+        self,
+        request: AuthorizeRequest,
+        priced: Priced,
+        record: CallRecord,
+        digest: str,
+        now: float,
+        granting: int,
+        bands: Segments | None,
+        *,
+        wait: bool,
+    ) -> AuthorizeOutcome:
+        """Run the authorize script for a call priced ``priced`` granting at most
+        ``granting`` seconds; ``wait``: its origin waits for a Start (RADIUS). An HTTP
+        grant whose answer failed after the script may have run is given back before the
+        error is raised (``_release_unconfirmed``)."""
+        plan, rate, split = priced.plan, priced.rate, priced.split
+        grace = self._settings.call_expiry_grace
+        # A call that waits for its Start (RADIUS) expires at the start timeout; one that
+        # does not (HTTP) starts provisionally now, until its /start reports the answer
+        # (decision 0055), and expires at its grant plus grace from now (the switch was
+        # told to cut it there).
+        expires_in = self._settings.start_timeout if wait else granting + grace
+        # Kept and raised after the handler: compiled with mypyc (decision 0038), an await
+        # inside an except block crashed.
+        failed: Exception | None = None
+        try:
+            outcome = await self._store.authorize(
+                AuthorizeArgs(
+                    account_id=request.account_id,
+                    call_id=record.call_id,
+                    plan_id=priced.plan_id,
+                    first_block_cost=cost_with_counter(rate, 1, split, bands),
+                    min_balance=plan.min_balance,
+                    cap_cost=cost_with_counter(rate, granting, split, bands),
+                    record=record.pack(),
+                    expires_at=int(now) + expires_in,
+                    password_digest=digest,
+                    now=int(now),
+                    password_guess_limit=self._settings.password_guess_limit,
+                    password_guess_window=self._settings.password_guess_window,
+                    started_at=0 if wait else int(now),
+                    member=request.member,
+                    counter=priced.counter_quote,
+                    share=plan.reservation_policy == "share",
+                    provisional=not wait,
+                ),
+                ref_ttl=plan.max_call_duration
+                + grace
+                + self._settings.start_timeout
+                + self._settings.stop_dedupe_ttl,
+                grant_expiry=(
+                    None if wait else self._expiry_of_grant(int(now), rate, granting, split, bands)
+                ),
+            )
+        except Exception as error:  # the reply failed: the script may have granted
+            failed = error
+        if failed is not None:
+            if not wait and not isinstance(failed, OcsError):
+                await self._release_unconfirmed(record)
+            raise failed
+        return outcome
+
+    async def _release_unconfirmed(self, record: CallRecord) -> None:
+        """Give back, free, the line and funds of the grant of ``record``'s authorization,
+        answered with an error after its script may have run (its reply, or a command
+        that followed it, failed): the switch was told the call was refused (decision
+        0055).
+
+        One script, atomic: only while the live call is ``record``'s (its stamp) and its
+        start is still provisional and unrepeated. A retry of the authorization that was
+        granted its repeat first keeps the call, for that answer may have reached the
+        switch; one that comes after the release is granted afresh (nothing of this grant
+        is left: no stopped result, no CDR). A release that fails too (Redis still
+        unreachable) leaves the grant to the janitor, which closes a call never answered
+        free at the end of its grant plus grace.
+        """
+        args = ReleaseArgs(
+            record.account_id,
+            record.call_id,
+            record.stamp(),
+            record.member,
+            record.counter_use(0),
+        )
+        try:
+            released = await self._store.release_unconfirmed(args)
+        except Exception as error:
+            # An outage is logged once, by the health tracker, as the error answered is.
+            if backend_health.backend_of(error, backend_health.REDIS) is None:
+                log.warning(
+                    "could not release a grant whose authorization failed; the janitor"
+                    " closes it free",
+                    extra={
+                        "account": record.account_id,
+                        "call_id": record.call_id,
+                        "error": str(error),
+                    },
+                )
+            return
+        if released:
+            metrics.STALE_CALLS_CLOSED.labels(UNCONFIRMED).inc()
+            log.info(
+                "released the grant of an authorization answered with an error",
+                extra={"account": record.account_id, "call_id": record.call_id},
+            )
 
     def _repeated(self, live: AlreadyLive, call_id: str, account_id: str, plan_id: str) -> Grant:
         """The grant of a call authorized again while live: what it holds and was granted."""
@@ -965,8 +1054,7 @@ class CallService:
         # The call expires at its grant plus grace from now: the grant is what its
         # funds pay for. Authorized here, its entry is known (what it holds, nothing
         # used); else, or when the script finds another, the entry is read.
-        held = self._unstarted.pop(call_id, None)
-        entry = None if held is None else LiveEntry(held, 0, 0, 0, b"")
+        entry = self._unstarted.pop(call_id, None)
         if entry is None:
             entry = await self._store.live_entry(record.account_id, call_id)
             if entry is not None and record.stamp() not in entry.record:
@@ -1061,7 +1149,7 @@ class CallService:
                 # Another call of the account holds the id: the record was an earlier
                 # call's, kept here. Priced again by the live one's.
                 record = self._replaced(record, result, call_id, account_id, nas)
-                started = result.started
+                started = result.answered_at
                 continue
             if cached is None or isinstance(result, UpdateResult):
                 break
@@ -1220,9 +1308,10 @@ class CallService:
         nas: NasOf,
     ) -> tuple[CallRecord, int]:
         """``_live_entry_of``, with when the call was answered (its entry's start; 0: not
-        yet, or not live) for the entry: what places a call priced by band."""
+        yet, a provisional start included, or not live) for the entry: what places a call
+        priced by band."""
         record, entry = await self._live_entry_of(record, cached, call_id, account_id, nas)
-        return record, 0 if entry is None else entry.started
+        return record, 0 if entry is None else entry.answered_at
 
     async def cut(
         self, call_id: str, account_id: str | None = None
@@ -1497,9 +1586,11 @@ class CallService:
     ) -> CallCharge | None:
         """Close a call the switch will never stop (expired, NAS rebooted), by policy.
 
-        A call never started is released free of charge; a started one is charged
-        for its last reported usage (``stale_call_policy = "last_reported"``) or for
-        its grant (``"full_grant"``). ``ended_at`` (epoch seconds) is when the call
+        A call never answered is released free of charge: a RADIUS call with no
+        Accounting-Start, an HTTP call with no /start (its start still the provisional
+        one of its authorization, decision 0055) and no interim. An answered one is
+        charged for its last reported usage (``stale_call_policy = "last_reported"``) or
+        for its grant (``"full_grant"``). ``ended_at`` (epoch seconds) is when the call
         is known to have ended at the latest, a NAS's restart: under ``full_grant``
         it is then charged up to that moment, never more than its grant, never less
         than its last report. None if it is gone or was extended.
@@ -1508,7 +1599,7 @@ class CallService:
         if entry is None:
             return None
         record = CallRecord.unpack(entry.record)
-        if entry.started == 0:
+        if entry.answered_at == 0:
             duration, cause = 0, "start-timeout" if cause == "expired" else cause
         elif self._settings.stale_call_policy == "full_grant":
             # What the switch was told it may run: it should have cut the call there.

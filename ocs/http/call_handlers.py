@@ -191,7 +191,8 @@ def progress_answer(progress: CallProgress) -> CallProgressAnswer:
 
 
 async def start_call(request: web.Request, params: None) -> CallProgressAnswer:
-    """POST /v1/calls/{id}/start: the call was answered."""
+    """POST /v1/calls/{id}/start: the call was answered; until then it is provisional
+    (decision 0055)."""
     call_id = validate_call_id(request.match_info["call_id"], "call_id")
     return progress_answer(await services_of(request).calls.start(call_id, nas=None))
 
@@ -209,7 +210,8 @@ async def update_call(request: web.Request, params: UpdateCall) -> CallProgressA
 
 
 class StopCall(Params):
-    """The end of a call. Without ``duration``, the time since its start is charged."""
+    """The end of a call. Without ``duration``, the time since its answer (its /start;
+    without one, since its authorization) is charged."""
 
     duration: (
         Annotated[

@@ -18,7 +18,9 @@
 --          and wrong ones are counted, `limit` in a window of `window` seconds
 --          (lib.lua's password_refusal, decision 0045); "-" as digest equals none
 -- ARGV[10] now (epoch seconds), for the account's expiry date and its password window
--- ARGV[11] start time (epoch seconds) of the call, 0 when a Start is still to come
+-- ARGV[11] start time (epoch seconds) of the call, 0 when a Start is still to come, or
+--          "0<now>": a provisional start, the authorization's second, until the switch
+--          reports the answer (an HTTP call, decision 0055)
 -- ARGV[12] member placing or taking the call ("" none): its own line limit applies
 -- ARGV[13] usage counters covering the destination, comma-separated, in order of
 --          preference ("" none); the first that applies to the account is used
@@ -60,7 +62,8 @@
 -- ivr_override is the account's packed IVR override (nil: none), for the answer's IVR
 -- attributes: read here, it costs the answer no command of its own.
 -- A live-calls entry is "<held>|<started>|<used>|<debited>|<record>": funds still
--- held, start time (0 = not started), last reported seconds, amount debited so far.
+-- held, start time (0 = not started; "0<second>" a provisional start, "00<second>" the
+-- same once a repeat was granted, see below), last reported seconds, amount debited so far.
 -- A reservation is min(available, ARGV[5]) (with share, also at most available / free
 -- lines, yet at least the first block); the caller turns it into the longest duration
 -- it pays for with the shared rating function. With the slice policy the caller passes
@@ -98,6 +101,14 @@ if a[8] and tonumber(a[8]) > 0 and tonumber(ARGV[10]) >= tonumber(a[8]) then
 end
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if existing then
+  -- A repeat granted while the call's start is provisional: marked ("00<second>"), so that
+  -- the release of an authorization answered with an error (release_unconfirmed.lua)
+  -- leaves the call to the switch this repeat answers (decision 0055).
+  local held, second, rest = string.match(existing, '^(%d+)|0([1-9]%d*)|(.*)$')
+  if held then
+    existing = held .. '|00' .. second .. '|' .. rest
+    redis.call('HSET', KEYS[2], ARGV[1], existing)
+  end
   local available_now = tonumber(a[3]) + tonumber(a[4]) - tonumber(a[5]) - tonumber(a[10] or 0)
   return {'DUP', existing, available_now, tonumber(a[4]), redis.call('GET', KEYS[5])}
 end

@@ -14,6 +14,9 @@
 --         the call must be that record's, not a later call of the account that reuses
 --         the id (a worker's cached record of an earlier call, closed elsewhere)
 --
+-- A provisional start ("0<second>" or "00<second>": an HTTP call's authorization,
+-- decision 0055) is not an answer: the first start replaces it, as it sets a "0".
+--
 -- Returns {"OK", started} (the first start time is kept), {"DONE"} for a call
 -- already stopped, {"NOCALL"} for no such live call, {"ENTRY", entry} when the
 -- entry is not the one ARGV[5] names or its record not the one ARGV[6] stamps
@@ -30,7 +33,7 @@ if ARGV[6] and not string.find(live, ARGV[6], 1, true) then
   return {'ENTRY', live}
 end
 local held, started, rest = string.match(live, '^(%d+)|(%d+)|(.*)$')
-if started ~= '0' then
+if string.sub(started, 1, 1) ~= '0' then
   return {'OK', tonumber(started)}
 end
 local expected = ARGV[5] or ''

@@ -25,7 +25,8 @@
 --          account that reuses the id (a worker's cached record of an earlier call)
 --
 -- Returns {"OK", used, debited, held, started_now}, {"DONE"} or {"NOCALL"};
--- started_now is 1 when this report is the first sign the call started; {"ENTRY",
+-- started_now is 1 when this report is the first sign the call started (its start was
+-- still to come, or provisional: "0<second>", decision 0055); {"ENTRY",
 -- entry} when the live call is not the record ARGV[11] stamps (nothing changed).
 -- Money moves from the call's reservation to the debit: the funds held for the
 -- call shrink by what is debited, so available funds never count it twice.
@@ -46,7 +47,7 @@ held = tonumber(held)
 used = math.max(tonumber(used), tonumber(ARGV[2]))
 debited = tonumber(debited)
 local started_now = 0
-if started == '0' then
+if string.sub(started, 1, 1) == '0' then
   started = int(math.floor(tonumber(ARGV[5]) / 1000) - tonumber(ARGV[2]))
   started_now = 1
 end
