@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_process_commands(commands)
     _add_catalog_commands(commands)
     _add_tokens(commands)
+    _add_credentials(commands)
     _add_accounts(commands)
     _add_counters_and_cards(commands)
     _add_billing(commands)
@@ -212,6 +213,18 @@ def _add_tokens(commands: "Commands") -> None:
     add_command(tokens, "list", "list tokens (names and roles)", _tokens_list)
     trevoke = add_command(tokens, "revoke", "revoke a token by name", _tokens_revoke)
     trevoke.add_argument("name")
+
+
+def _add_credentials(commands: "Commands") -> None:
+    """credentials rekey."""
+    credentials = add_group(commands, "credentials", "stored PIN and password digests")
+    add_command(
+        credentials,
+        "rekey",
+        "key every PIN and password digest stored before the pepper by the pepper (run once"
+        " after upgrading; safe while ocs serves)",
+        _credentials_rekey,
+    )
 
 
 def _add_accounts(commands: "Commands") -> None:
@@ -788,6 +801,19 @@ def _new_private_file(path: Path) -> TextIO:
     return os.fdopen(fd, "w", encoding="utf-8")
 
 
+def _credentials_rekey(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs credentials rekey``: every PIN and password digest stored in the old form, with
+    a public key, in its new form keyed by the pepper (decision 0054); exit 1 when a PIN
+    was left as it was (its new form opens another card)."""
+    from ocs.balances.rekey import rekey_all
+
+    report = with_services(
+        settings, lambda s: rekey_all(s.pool, s.store, s.redis, s.digests), pepper=True
+    )
+    print_json(dataclasses.asdict(report))
+    return EXIT_REFUSED if report.conflicts else 0
+
+
 def _pins_generate(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs pins generate``: a batch of calling cards, written to a new private CSV file.
 
@@ -813,6 +839,7 @@ def _pins_generate(args: argparse.Namespace, settings: Settings) -> int:
                 expires_at=expires,
                 expire_days=args.expire_days,
             ),
+            pepper=True,
         )
     except BaseException:
         # No batch: the empty file goes, so that the same command can be run again.

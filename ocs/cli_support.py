@@ -160,14 +160,20 @@ def with_services(
     action: "Callable[[Services], Awaitable[T]]",
     *,
     catalog: bool = False,
+    pepper: bool = False,
 ) -> T:
-    """Open the stores, run ``action`` with the services, close them; its result."""
+    """Open the stores, run ``action`` with the services, close them; its result.
+
+    ``pepper``: the action makes or looks up PIN or password digests (decision 0054);
+    other commands neither need nor make the pepper's file."""
     from ocs.runtime import open_runtime
 
     async def run() -> T:
         """The action inside one runtime, closed whatever the action raises."""
         # Most commands write or read single records: they need no catalog snapshot.
-        async with open_runtime(settings, listen_catalog=False, load_catalog=catalog) as services:
+        async with open_runtime(
+            settings, listen_catalog=False, load_catalog=catalog, pepper=pepper
+        ) as services:
             return await action(services)
 
     return uvloop.run(run())

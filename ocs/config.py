@@ -128,6 +128,11 @@ def _parse_optional_text(value: Any) -> str | None:
     return None if value in ("", None) else _parse_str(value)
 
 
+def _parse_optional_path(value: Any) -> Path | None:
+    """A file setting that may be unset: empty text is None."""
+    return None if value in ("", None) else Path(_parse_str(str(value)))
+
+
 def _parse_optional_token(value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -582,6 +587,14 @@ class Settings:
         _parse_optional_token,
         "the first admin token, instead of a generated one printed once",
         repr=False,
+    )
+    # Decision 0054: the server secret PIN and password digests are keyed by. Never in
+    # Redis or PostgreSQL, so that a copy of them does not give the PINs away.
+    pepper_file: Path | None = _setting(
+        None,
+        _parse_optional_path,
+        "file holding the server secret (pepper) PIN and password digests are keyed by; the"
+        " same file for every ocs process (none: <data dir>/pepper, made at the first start)",
     )
     switch_token_required: bool = _setting(
         False,

@@ -23,6 +23,7 @@ from ocs.balances.accounts import AccountService
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.cards import CardService
 from ocs.balances.cluster import redis_client
+from ocs.balances.digests import NoPepper
 from ocs.balances.pin_guard import PinGuard
 from ocs.balances.store import BalanceStore
 from ocs.catalog.snapshot import CatalogHolder
@@ -30,6 +31,7 @@ from ocs.charging.lifecycle import CallService
 from ocs.config import ConfigError, Settings
 from ocs.counters.service import CounterService
 from ocs.db.migrate import migrate
+from ocs.pepper import load_digests
 from ocs.services import Services
 from ocs.warm_up import warm_up
 
@@ -201,9 +203,18 @@ class Backends:
 
 @contextlib.asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, listen_catalog: bool = True, load_catalog: bool = True
+    settings: Settings,
+    *,
+    listen_catalog: bool = True,
+    load_catalog: bool = True,
+    pepper: bool = True,
 ) -> AsyncIterator[Services]:
-    """The shared services of a process (backends started if embedded), closed on exit."""
+    """The shared services of a process (backends started if embedded), closed on exit.
+
+    ``pepper``: load the pepper PIN and password digests are keyed by (decision 0054),
+    made at the first start; False for a command that makes and looks up no digest,
+    which then needs no pepper file (its ``digests`` refuse to be used).
+    """
     if settings.redis_cluster and settings.redis_url is None:
         # An embedded Redis is one standalone server: a cluster is always external.
         raise ConfigError("redis_cluster: needs redis_url, a node of the cluster")
@@ -220,6 +231,9 @@ async def open_runtime(
             async with await _open_pool(backends.database_url, settings.database_pool_size) as pool:
                 await _check_redis(redis, backends.redis_url)
                 await migrate(pool)
+                # Before anything can make or look up a digest: a process with another
+                # pepper than the deployment's stops here (decision 0054).
+                digests = await load_digests(settings, pool) if pepper else NoPepper()
                 pipeline = AutoPipeline(
                     redis,
                     backends.redis_url,
@@ -246,10 +260,11 @@ async def open_runtime(
                         pipeline=pipeline,
                         store=store,
                         catalog=catalog,
-                        accounts=AccountService(pool, store),
-                        calls=CallService(catalog, store, settings),
+                        digests=digests,
+                        accounts=AccountService(pool, store, digests),
+                        calls=CallService(catalog, store, settings, digests),
                         counters=CounterService(pool, store),
-                        cards=CardService(pool, store),
+                        cards=CardService(pool, store, digests),
                         pin_guard=PinGuard(pipeline, settings),
                     )
                 finally:

@@ -11,6 +11,7 @@ from ocs.balances.accounts import AccountService
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.cards import CardService
 from ocs.balances.cluster import RedisClient
+from ocs.balances.digests import Digests
 from ocs.balances.pin_guard import PinGuard
 from ocs.balances.store import BalanceStore
 from ocs.catalog.snapshot import CatalogHolder
@@ -34,6 +35,8 @@ class Services:
     pipeline: AutoPipeline
     store: BalanceStore
     catalog: CatalogHolder
+    # PIN and password digests keyed by the deployment's pepper (decision 0054).
+    digests: Digests
     accounts: AccountService
     calls: CallService
     counters: CounterService

@@ -18,6 +18,7 @@ tests/embedded_helpers.py). This file imports no helper module that imports it b
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -123,8 +124,20 @@ def redis_url(backend_urls: tuple[str, str]) -> str:
     return backend_urls[0]
 
 
+@pytest.fixture(scope="session")
+def pepper_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pepper file of every ocs process on the session's backends (decision 0054): a
+    deployment gives all its processes one, and PostgreSQL refuses a process with another
+    (child processes started against the session's database, with data dirs of their
+    own, included)."""
+    path = tmp_path_factory.mktemp("pepper") / "pepper"
+    path.write_text(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)
+    return path
+
+
 @pytest.fixture
-def settings(redis_url: str, database_url: str, tmp_path: Path) -> Settings:
+def settings(redis_url: str, database_url: str, tmp_path: Path, pepper_file: Path) -> Settings:
     """The product's settings on the session's backends, HTTP on a free port."""
     return Settings(
         redis_url=redis_url,
@@ -133,6 +146,7 @@ def settings(redis_url: str, database_url: str, tmp_path: Path) -> Settings:
         http_host="127.0.0.1",
         http_port=0,
         log_format="text",
+        pepper_file=pepper_file,
     )
 
 
@@ -260,6 +274,7 @@ def ocs(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap
     monkeypatch.setenv("OCS_REDIS_URL", settings.redis_url or "")
     monkeypatch.setenv("OCS_DATABASE_URL", settings.database_url or "")
     monkeypatch.setenv("OCS_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("OCS_PEPPER_FILE", str(settings.pepper_file))
     monkeypatch.setenv("OCS_LOG_LEVEL", "warning")
 
     def run(*argv: str) -> tuple[int, Any, str]:

@@ -130,10 +130,14 @@ async def radius(rig: CutRig, kind: str, pairs: Pairs) -> str | None:
 # -- the ocs CLI -------------------------------------------------------------------
 
 
-def cli_env() -> dict[str, str]:
-    """The environment of a CLI run: the test's, less every OCS_* variable."""
+def cli_env(settings: Settings | None = None) -> dict[str, str]:
+    """The environment of a CLI run: the test's, less every OCS_* variable, but the pepper
+    file of ``settings`` (decision 0054), which has no flag."""
     # The CLI is configured by flags only here: no OCS_* variable of the caller leaks in.
-    return {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
+    if settings is not None and settings.pepper_file is not None:
+        env["OCS_PEPPER_FILE"] = str(settings.pepper_file)
+    return env
 
 
 async def ocs_cli(settings: Settings, cwd: Path, *args: str) -> tuple[int, str, str]:
@@ -153,7 +157,7 @@ async def ocs_cli(settings: Settings, cwd: Path, *args: str) -> tuple[int, str, 
         "text",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
+        env=cli_env(settings),
         cwd=cwd,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)

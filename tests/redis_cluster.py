@@ -430,9 +430,12 @@ def backend(request: pytest.FixtureRequest, redis_url: str) -> Backend:
 
 
 @pytest.fixture
-def backend_settings(backend: Backend, database_url: str, tmp_path: Path) -> Settings:
+def backend_settings(
+    backend: Backend, database_url: str, tmp_path: Path, pepper_file: Path
+) -> Settings:
     """The product's settings on the test's Redis and the session's database."""
     return Settings(
+        pepper_file=pepper_file,
         redis_url=backend.url,
         redis_cluster=backend.cluster,
         database_url=database_url,

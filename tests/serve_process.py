@@ -43,6 +43,9 @@ def serve_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dic
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if settings.pepper_file is not None:
+        # The session's one pepper (decision 0054), whatever the child's data dir.
+        env["OCS_PEPPER_FILE"] = str(settings.pepper_file)
     env.update(extra or {})
     return env
 

@@ -46,7 +46,9 @@ def with_clock(app: RunningApp) -> Clock:
     """The app's call service, on a clock the test controls."""
     clock = Clock()
     services = app.services
-    services.calls = CallService(services.catalog, services.store, services.settings, clock=clock)
+    services.calls = CallService(
+        services.catalog, services.store, services.settings, services.digests, clock=clock
+    )
     return clock
 
 
@@ -303,7 +305,7 @@ async def test_the_janitor_closes_a_stale_call_once_by_policy(
         await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"})
     services = app.services
     settings = with_overrides(services.settings, stale_call_policy=policy)
-    calls = CallService(services.catalog, services.store, settings)
+    calls = CallService(services.catalog, services.store, settings, services.digests)
     grant = await calls.authorize(AuthorizeRequest("stale", UK_MOBILE, call_id="gone"))
     assert grant.max_duration == 846
     await calls.update("gone", 30)

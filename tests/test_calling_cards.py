@@ -26,11 +26,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ocs.balances import cards as cards_module
 from ocs.balances import keys
 from ocs.balances.card_ids import card_account_id
 from ocs.balances.card_orphans import discard_unfinished_batch
-from ocs.balances.cards import lock_batch, pin_digest
+from ocs.balances.cards import lock_batch
+from ocs.balances.digests import Digests
 from ocs.balances.reconcile import reconcile
 from ocs.balances.store import BalanceStore
 from ocs.charging.lifecycle import CallService
@@ -141,7 +141,7 @@ async def test_pin_batch_of_10000_generated_used_expired_guessed(app: RunningApp
             for table in ("pins", "accounts", "pin_batches")
             for r in await conn.fetch(f"SELECT {table}::text AS t FROM {table}")
         ]
-    assert stored == {pin_digest(pin): account for pin, account in by_pin.items()}
+    assert stored == {services.digests.pin(pin): account for pin, account in by_pin.items()}
     assert not pins_inside("\n".join(dumped), pins)
 
     pin_keys = [key async for key in services.redis.scan_iter(match="pin:*", count=5_000)]
@@ -256,7 +256,11 @@ async def test_a_card_with_expire_days_starts_its_life_at_first_use(app: Running
     now = [float(datetime(2026, 3, 2, 10, 15, tzinfo=UTC).timestamp())]
     first_use = int(now[0])
     calls = CallService(
-        app.services.catalog, app.services.store, app.services.settings, clock=lambda: now[0]
+        app.services.catalog,
+        app.services.store,
+        app.services.settings,
+        app.services.digests,
+        clock=lambda: now[0],
     )
     async with card_nas(app, calls) as nas:
         reply = await auth(nas, card_call(pin, "DAYS-1", "4930222000"), expect=ANSWERED)
@@ -429,13 +433,13 @@ def fail_part_way(monkeypatch: pytest.MonkeyPatch, *, withdrawable: bool) -> set
     answered with a lost connection, the other cards made (and, unless ``withdrawable``,
     Redis unreachable by the time the batch gives up). The PINs it deals, collected."""
     dealt: set[str] = set()
-    real_digest = cards_module.pin_digest
+    real_digest = Digests.pin
     real_set_pin = BalanceStore.set_pin
     named: list[str] = []
 
-    def recorded(pin: str) -> str:
+    def recorded(self: Digests, pin: str) -> str:
         dealt.add(pin)
-        return real_digest(pin)
+        return real_digest(self, pin)
 
     async def lost_at_the_third(self: BalanceStore, digest: str, account_id: str) -> None:
         named.append(account_id)
@@ -446,7 +450,7 @@ def fail_part_way(monkeypatch: pytest.MonkeyPatch, *, withdrawable: bool) -> set
     async def unreachable(self: BalanceStore, digest: str, account_id: str) -> bool:
         raise RedisConnectionError("cannot connect to Redis")
 
-    monkeypatch.setattr(cards_module, "pin_digest", recorded)
+    monkeypatch.setattr(Digests, "pin", recorded)
     monkeypatch.setattr(BalanceStore, "set_pin", lost_at_the_third)
     if not withdrawable:
         monkeypatch.setattr(BalanceStore, "release_pin", unreachable, raising=False)

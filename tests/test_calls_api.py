@@ -211,7 +211,9 @@ async def test_a_call_can_be_stopped_by_another_process(app: RunningApp) -> None
     await app.post(
         "/v1/calls", {"account": "moved", "destination": "447700900123", "call_id": "elsewhere"}
     )
-    other_process = CallService(app.services.catalog, app.services.store, app.services.settings)
+    other_process = CallService(
+        app.services.catalog, app.services.store, app.services.settings, app.services.digests
+    )
     charge = await other_process.stop("elsewhere", 45)
     assert (charge.charged, charge.balance, charge.repeated) == (198_000, 802_000, False)
     # The process that authorized it answers a repeated stop with the first result.
@@ -236,7 +238,9 @@ async def test_a_refused_call_with_a_live_call_id_does_not_hijack_its_stop(
     assert (status, body["error"]["reason"]) == (402, "zero_balance")
     # The stop reaches a process that did not authorize the call: it must still find
     # the owner's call through the call reference.
-    other_process = CallService(app.services.catalog, app.services.store, app.services.settings)
+    other_process = CallService(
+        app.services.catalog, app.services.store, app.services.settings, app.services.digests
+    )
     charge = await other_process.stop("shared-id", 45)
     assert (charge.account_id, charge.charged, charge.repeated) == ("owner", 198_000, False)
 
@@ -262,7 +266,7 @@ def another_process(app: RunningApp, **overrides: object) -> CallService:
     """Another ``ocs serve`` worker: its own CallService (and its own kept call records)
     over the same Redis and PostgreSQL."""
     settings = with_overrides(app.services.settings, **overrides)
-    return CallService(app.services.catalog, app.services.store, settings)
+    return CallService(app.services.catalog, app.services.store, settings, app.services.digests)
 
 
 async def test_a_reused_call_id_is_charged_at_its_own_rate_where_its_earlier_call_was_kept(

@@ -32,6 +32,7 @@ COMMANDS = [
     ("tokens", "create"),
     ("tokens", "list"),
     ("tokens", "revoke"),
+    ("credentials", "rekey"),
     ("accounts", "create"),
     ("accounts", "show"),
     ("accounts", "topup"),

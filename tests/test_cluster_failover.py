@@ -80,12 +80,17 @@ def replicated_cluster() -> Iterator[RedisClusterProcess]:
 
 @pytest.fixture
 async def drill_app(
-    replicated_cluster: RedisClusterProcess, redis_url: str, database_url: str, tmp_path: Path
+    replicated_cluster: RedisClusterProcess,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+    pepper_file: Path,
 ) -> AsyncIterator[RunningApp]:
     """The HTTP app on the replicated cluster, replicas waited for, with a ledger writer."""
     await reset_state(redis_url, database_url)
     replicated_cluster.flush()
     settings = Settings(
+        pepper_file=pepper_file,
         redis_url=replicated_cluster.url,
         redis_cluster=True,
         redis_wait_replicas=1,

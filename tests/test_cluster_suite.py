@@ -27,7 +27,6 @@ from ocs.balances import keys, slots
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.card_ids import card_account_id
 from ocs.balances.card_orphans import discard_unfinished_batch
-from ocs.balances.cards import pin_digest
 from ocs.balances.cluster import wire_for
 from ocs.balances.reconcile import reconcile
 from ocs.balances.scripts import (
@@ -258,7 +257,9 @@ async def test_call_references_of_refusals_and_grants_on_either_backend(
         account, ttl = await reference("r-1")
         assert account == "rich" and ttl > 14_400
     # Another process (no cached record) stops the call by its id alone.
-    other = CallService(app.services.catalog, app.services.store, app.services.settings)
+    other = CallService(
+        app.services.catalog, app.services.store, app.services.settings, app.services.digests
+    )
     charge = await other.stop("r-1", 45)
     assert (charge.account_id, charge.charged) == ("rich", 198_000)
 
@@ -292,7 +293,9 @@ async def test_two_clients_authorizing_one_global_id_each_stop_their_own_call(
     await two_clients_on_one_id(app, conference)
     # Each client's Stop, through a process that cached neither call, charges its own:
     # 60 s and 120 s of Germany at 0.012 a minute.
-    elsewhere = CallService(app.services.catalog, app.services.store, app.services.settings)
+    elsewhere = CallService(
+        app.services.catalog, app.services.store, app.services.settings, app.services.digests
+    )
     far = await elsewhere.stop(conference, 120, nas="gw-b")
     near = await elsewhere.stop(conference, 60, nas="gw-a")
     assert (near.account_id, near.charged) == ("near", 12_000)
@@ -325,7 +328,9 @@ async def test_a_call_sharing_a_global_id_is_cut_and_found_as_its_own(
     for client in ("gw-a", "gw-b"):
         await app.services.calls.start(conference, nas=client)
     # Dunning suspends "far", from a process that cached neither call.
-    elsewhere = CallService(app.services.catalog, app.services.store, app.services.settings)
+    elsewhere = CallService(
+        app.services.catalog, app.services.store, app.services.settings, app.services.digests
+    )
     services = dataclasses.replace(app.services, calls=elsewhere)
     await call_cutter(services, disconnect=no_nas)("far", conference)
     assert list(await app.services.store.live_calls_of("far")) == []
@@ -707,7 +712,7 @@ async def test_an_unfinished_card_batch_is_discarded_on_either_backend(
     store = app.services.store
     ids = [card_account_id("lost", n) for n in range(1, 13)]
     for n, account_id in enumerate(ids, start=1):
-        digest = pin_digest(f"{n:012d}")
+        digest = app.services.digests.pin(f"{n:012d}")
         created = await store.create_account(
             account_id, plan_id="retail", currency="EUR", credit_limit=0, max_lines=1,
             status="active", opening_balance=1_000_000, token="t", pin_digest=digest,
@@ -719,7 +724,7 @@ async def test_an_unfinished_card_batch_is_discarded_on_either_backend(
     assert (done.cards, done.pins_withdrawn, done.written_off) == (12, 12, 12_000_000)
     for n, account_id in enumerate(ids, start=1):
         assert await store.get_account(account_id) is None
-        assert await store.pin_account(pin_digest(f"{n:012d}")) is None
+        assert await store.pin_account(app.services.digests.pin(f"{n:012d}")) is None
 
     async def written_off() -> bool:
         total = await app.services.pool.fetchval(
@@ -762,7 +767,9 @@ async def test_the_janitor_closes_a_lost_call_on_either_backend(backend_app: Run
         await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "0.10"})
     now = int(time.time())
     settings = with_overrides(app.services.settings, call_expiry_grace=30)
-    calls = CallService(app.services.catalog, app.services.store, settings, clock=lambda: now)
+    calls = CallService(
+        app.services.catalog, app.services.store, settings, app.services.digests, clock=lambda: now
+    )
     answered = []
     for account_id in ids:
         grant = await calls.authorize(

@@ -37,9 +37,10 @@ MESSAGE = "Thank you. Please pay by bank transfer to IBAN GB00 TEST 0000 01."
 
 
 @pytest.fixture
-def settings(redis_url: str, database_url: str, tmp_path: Path) -> Settings:
+def settings(redis_url: str, database_url: str, tmp_path: Path, pepper_file: Path) -> Settings:
     """The test settings with an issuer and the British locale (euros: €1,234.50)."""
     return Settings(
+        pepper_file=pepper_file,
         redis_url=redis_url,
         database_url=database_url,
         data_dir=tmp_path / "var",

@@ -134,7 +134,10 @@ async def _catalog_rates(http: aiohttp.ClientSession, number: str, zone: str) ->
 
 @pytest.fixture(scope="module")
 async def rig(
-    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str,
+    database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    pepper_file: Path,
 ) -> AsyncIterator[Rig]:
     """ocs serve, the plan, the callee, and Kamailio with ocs.cfg and a switch token."""
     binary("kamailio")  # no binaries: fail before anything starts
@@ -142,7 +145,10 @@ async def rig(
     await reset_state(redis_url, database_url)
     workdir = tmp_path_factory.mktemp("kamailio-switch")
     http_port = free_port()
-    env = serve_env(Settings(redis_url=redis_url, database_url=database_url), SERVER_ENV)
+    env = serve_env(
+        Settings(redis_url=redis_url, database_url=database_url, pepper_file=pepper_file),
+        SERVER_ENV,
+    )
     async with contextlib.AsyncExitStack() as stack:
         ocs = ServeProcess(
             http_port=http_port,

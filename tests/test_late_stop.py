@@ -72,7 +72,7 @@ async def test_a_stop_after_the_janitor_closed_a_started_call_charges_the_rest(
     await app.post("/v1/accounts", {"id": "slow", "plan": "retail", "balance": "2.00"})
     # Charged its last report at the close (the default charges the whole grant).
     settings = with_overrides(app.services.settings, stale_call_policy="last_reported")
-    calls = CallService(app.services.catalog, app.services.store, settings)
+    calls = CallService(app.services.catalog, app.services.store, settings, app.services.digests)
     await calls.authorize(AuthorizeRequest("slow", "447700900123", call_id="slow-1"))
     await calls.update("slow-1", 30)  # an interim: 30 s used so far
     closed = await Janitor(calls, app.services.store).sweep(now=2_000_000_000)
@@ -154,8 +154,10 @@ async def test_a_stop_of_a_reused_call_id_is_not_taken_for_the_late_stop_of_its_
     await app.post("/v1/accounts", {"id": "lost", "plan": "retail", "balance": "1.00"})
     await app.post("/v1/accounts", {"id": "next", "plan": "retail", "balance": "1.00"})
     settings = with_overrides(app.services.settings, stale_call_policy="last_reported")
-    here = CallService(app.services.catalog, app.services.store, settings)
-    elsewhere = CallService(app.services.catalog, app.services.store, settings)
+    here = CallService(app.services.catalog, app.services.store, settings, app.services.digests)
+    elsewhere = CallService(
+        app.services.catalog, app.services.store, settings, app.services.digests
+    )
     await here.authorize(AuthorizeRequest("lost", "447700900123", call_id="reused"))
     # Its stop was lost: another process's janitor closes it, nothing reported, free.
     assert await Janitor(elsewhere, app.services.store).sweep(now=2_000_000_000) == 1

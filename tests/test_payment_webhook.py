@@ -27,9 +27,12 @@ PATH = "/v1/payments/webhooks/stripe"
 
 
 @pytest.fixture
-def settings(redis_url: str, database_url: str, tmp_path: Path) -> Iterator[Settings]:
+def settings(
+    redis_url: str, database_url: str, tmp_path: Path, pepper_file: Path
+) -> Iterator[Settings]:
     """The tests' settings with the gateway's signing secret and a 300 s window."""
     yield Settings(
+        pepper_file=pepper_file,
         redis_url=redis_url,
         database_url=database_url,
         data_dir=tmp_path / "var",

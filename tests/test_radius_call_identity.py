@@ -312,7 +312,7 @@ async def test_a_call_cached_from_its_id_s_earlier_life_does_not_hide_the_curren
     await new_account(rig.app, "ci-9")
     here: CallService = rig.app.services.calls
     services = rig.app.services
-    elsewhere = CallService(services.catalog, services.store, services.settings)
+    elsewhere = CallService(services.catalog, services.store, services.settings, services.digests)
     await here.authorize(AuthorizeRequest("ci-8", GERMANY, call_id="CONF-1"), Origin(nas="gw-a"))
     await elsewhere.stop("CONF-1", 10)
     await elsewhere.authorize(
@@ -335,7 +335,7 @@ async def test_a_restarted_nas_s_reused_session_id_is_accounted_to_its_new_call_
     await new_account(rig.app, "ci-11")
     here: CallService = rig.app.services.calls
     services = rig.app.services
-    elsewhere = CallService(services.catalog, services.store, services.settings)
+    elsewhere = CallService(services.catalog, services.store, services.settings, services.digests)
     session = "00000001@gw-a:10.0.0.1"
     waits = Origin(nas="gw-a", wait_for_start=True)
     await here.authorize(AuthorizeRequest("ci-10", GERMANY, call_id=session), waits)

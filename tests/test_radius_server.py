@@ -165,7 +165,7 @@ async def extra_server(
         ),
         **overrides,
     )
-    calls = CallService(services.catalog, services.store, settings, clock=clock)
+    calls = CallService(services.catalog, services.store, settings, services.digests, clock=clock)
     table = ClientTable(clients_from_settings(settings)) if clients is None else clients
     server = RadiusServer(calls, settings, table)
     await server.start()

@@ -19,7 +19,6 @@ import pytest
 from pyrad import packet as rp
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ocs.balances.cards import pin_digest
 from ocs.charging.values import CallRecord
 from ocs.radius.access import answer_access_request
 from ocs.radius.clients import NasClient
@@ -172,7 +171,7 @@ async def test_a_cards_pin_that_is_also_a_members_number_opens_the_card(
     )
     assert response.status == 201, await response.text()
     card = "card-b-0000001"
-    await app.services.store.set_pin(pin_digest(PHONE), card)
+    await app.services.store.set_pin(app.services.digests.pin(PHONE), card)
     async with card_nas(app) as nas:
         reply = await auth(nas, call("P-1", STRANGER, PHONE), expect=ANSWERED)
         assert reply.code == "Access-Accept", reply.output

@@ -72,6 +72,8 @@ async def test_a_granted_call_keeps_its_reference_and_is_stopped_elsewhere(
     # Another process (no cached record) finds the call by its id alone.
     from ocs.charging.lifecycle import CallService
 
-    other = CallService(app.services.catalog, app.services.store, app.services.settings)
+    other = CallService(
+        app.services.catalog, app.services.store, app.services.settings, app.services.digests
+    )
     charge = await other.stop("again", 45)
     assert (charge.account_id, charge.charged) == ("rich", 198_000)

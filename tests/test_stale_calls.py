@@ -29,8 +29,14 @@ def service(app: RunningApp, clock: float | None = None, **overrides: object) ->
     """A call service with a short grace (and a fixed clock, when given)."""
     settings = with_overrides(app.services.settings, call_expiry_grace=GRACE, **overrides)
     if clock is None:
-        return CallService(app.services.catalog, app.services.store, settings)
-    return CallService(app.services.catalog, app.services.store, settings, clock=lambda: clock)
+        return CallService(app.services.catalog, app.services.store, settings, app.services.digests)
+    return CallService(
+        app.services.catalog,
+        app.services.store,
+        settings,
+        app.services.digests,
+        clock=lambda: clock,
+    )
 
 
 async def expiry_of(app: RunningApp, account_id: str, call_id: str) -> int | None:

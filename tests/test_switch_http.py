@@ -176,7 +176,11 @@ def worker_at(app: RunningApp, seconds_ago: int) -> CallService:
     """Another worker of the same ocs, whose authorizations took place ``seconds_ago``."""
     at = time.time() - seconds_ago
     return CallService(
-        app.services.catalog, app.services.store, app.services.settings, clock=lambda: at
+        app.services.catalog,
+        app.services.store,
+        app.services.settings,
+        app.services.digests,
+        clock=lambda: at,
     )
 
 

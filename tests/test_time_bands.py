@@ -177,6 +177,7 @@ def monday_0750_service(app: RunningApp, **settings: object) -> CallService:
         app.services.catalog,
         app.services.store,
         with_overrides(app.services.settings, **settings),
+        app.services.digests,
         clock=lambda: monday_0750,
     )
 

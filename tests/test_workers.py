@@ -52,7 +52,11 @@ def test_two_workers_answer_and_stop_on_sigterm(settings: Settings, tmp_path: Pa
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
     env.update(
-        {"OCS_REDIS_URL": settings.redis_url or "", "OCS_DATABASE_URL": settings.database_url or ""}
+        {
+            "OCS_REDIS_URL": settings.redis_url or "",
+            "OCS_DATABASE_URL": settings.database_url or "",
+            "OCS_PEPPER_FILE": str(settings.pepper_file),
+        }
     )
     parent = subprocess.Popen(
         [

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from ocs.balances.card_ids import is_card_account
+from ocs.balances.digests import Digests
 from ocs.balances.store import AccountState, BalanceStore, TopupResult
 from ocs.errors import OcsError, Reason, account_not_found, invalid
 
@@ -35,12 +36,6 @@ TOPUP_DEDUPE_TTL = 30 * 24 * 3600
 # 64 bits: enough to tell two requests for one account id apart (the token is no
 # secret: only an admin creates accounts), and kept in every account hash.
 CREATION_TOKEN_CHARS = 16
-
-
-# HMAC's key pads (RFC 2104) as translation tables: byte b of the key becomes b ^ pad.
-_SHA256_BLOCK = 64
-_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
-_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
 
 
 def validate_expiry(expires_at: datetime | None) -> None:
@@ -66,23 +61,6 @@ def creation_token(*request: object) -> str:
 def utc_text(moment: datetime | None) -> str | None:
     """An aware time as one text whatever its zone (None stays None): for a token."""
     return None if moment is None else moment.astimezone(UTC).isoformat()
-
-
-def password_digest(account_id: str, password: str) -> str:
-    """The stored form of an account's password (or card PIN password).
-
-    HMAC-SHA256 keyed by the account id, so equal passwords on two accounts
-    differ; Redis and PostgreSQL never hold the password itself.
-    """
-    # RFC 2104 written out over hashlib.sha256: byte for byte ``hmac.digest(key,
-    # password, "sha256")``, in about half its time (``hmac.digest`` looks the digest up
-    # by name on every call, and this runs once per password-checked request).
-    key = account_id.encode()
-    if len(key) > _SHA256_BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(_SHA256_BLOCK, b"\0")
-    inner = hashlib.sha256(key.translate(_INNER_PAD) + password.encode()).digest()
-    return hashlib.sha256(key.translate(_OUTER_PAD) + inner).hexdigest()
 
 
 class Unset:
@@ -199,16 +177,18 @@ class AccountSpec:
 class AccountService:
     """Accounts in PostgreSQL and Redis together: create, read, top up, change policy."""
 
-    def __init__(self, pool: asyncpg.Pool, store: BalanceStore) -> None:
+    def __init__(self, pool: asyncpg.Pool, store: BalanceStore, digests: Digests) -> None:
         self._pool = pool
         self._store = store
+        self._digests = digests
 
     async def create(self, spec: AccountSpec) -> AccountState:
         """Create an account as ``spec`` asks; every limit left out is the plan's default,
         copied onto the account."""
         spec.validate()
         account_id, plan_id = spec.account_id, spec.plan_id
-        digest = None if spec.password is None else password_digest(account_id, spec.password)
+        password = spec.password
+        digest = None if password is None else self._digests.password(account_id, password)
         async with self._pool.acquire() as conn, conn.transaction():
             plan = await conn.fetchrow("SELECT * FROM plans WHERE id = $1", plan_id)
             if plan is None:
@@ -447,7 +427,7 @@ class AccountService:
         since they were guesses at the old one."""
         if password is not None and not 1 <= len(password) <= 128:
             raise invalid("password", "expected 1 to 128 characters")
-        digest = None if password is None else password_digest(account_id, password)
+        digest = None if password is None else self._digests.password(account_id, password)
         async with self._pool.acquire() as conn, conn.transaction():
             found = await conn.fetchval(
                 "UPDATE accounts SET password_digest = $2 WHERE id = $1 RETURNING 1",

@@ -1,8 +1,9 @@
 """Calling cards: PIN batches, each PIN an account, and finding a card by its PIN.
 
 A card is an account whose id (``card-<batch>-<n>``) says nothing about its
-PIN; the PIN reaches the account through a digest, so neither PostgreSQL,
-Redis nor the logs ever hold a PIN. A batch is all or nothing in PostgreSQL: its
+PIN; the PIN reaches the account through a digest keyed by the server's pepper
+(decision 0054), so neither PostgreSQL, Redis nor the logs ever hold a PIN, and a
+copy of them does not give one away. A batch is all or nothing in PostgreSQL: its
 accounts, PIN digests and opening balances are written in one transaction, with
 Redis written inside it. A card opens by its PIN only: its id, sequential and
 printed beside the PIN, names no account to an end user (decision 0042).
@@ -17,7 +18,6 @@ where Redis still answers (decision 0042).
 
 import asyncio
 import csv
-import hashlib
 import io
 import logging
 import secrets
@@ -28,8 +28,10 @@ from datetime import datetime
 import asyncpg
 from redis.exceptions import RedisError
 
-from ocs.balances.accounts import creation_token, password_digest, utc_text, validate_expiry
+from ocs.balances.accounts import creation_token, utc_text, validate_expiry
 from ocs.balances.card_ids import card_account_id
+from ocs.balances.digests import Digests, legacy_pin_digest
+from ocs.balances.rekey import open_by_legacy_pin
 from ocs.balances.store import BalanceStore
 from ocs.errors import OcsError, Reason, invalid
 from ocs.money import format_amount
@@ -38,11 +40,6 @@ log = logging.getLogger("ocs.cards")
 
 MAX_BATCH = 1_000_000
 _REDIS_CHUNK = 2_000
-
-
-def pin_digest(pin: str) -> str:
-    """The key a PIN is found by; the PIN itself is never stored."""
-    return hashlib.sha256(b"ocs-pin\x00" + pin.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +120,10 @@ def _digits(length: int) -> str:
 class CardService:
     """Generates card batches and finds the account a PIN opens."""
 
-    def __init__(self, pool: asyncpg.Pool, store: BalanceStore) -> None:
+    def __init__(self, pool: asyncpg.Pool, store: BalanceStore, digests: Digests) -> None:
         self._pool = pool
         self._store = store
+        self._digests = digests
 
     async def generate(
         self,
@@ -192,7 +190,7 @@ class CardService:
                             card.account_id, plan_id, plan["currency"], 0, plan["max_lines"],
                             "active",
                             None if card.password is None
-                            else password_digest(card.account_id, card.password),
+                            else self._digests.password(card.account_id, card.password),
                             expires_at, plan["min_balance"], plan["critical_balance"],
                             plan["member_max_lines"], expire_days, plan["language"],
                         )
@@ -202,7 +200,7 @@ class CardService:
                 await conn.copy_records_to_table(
                     "pins",
                     columns=["pin_digest", "account_id", "batch_id"],
-                    records=[(pin_digest(c.pin), c.account_id, batch_id) for c in cards],
+                    records=[(self._digests.pin(c.pin), c.account_id, batch_id) for c in cards],
                 )
                 # Redis inside the transaction: if it fails, PostgreSQL keeps nothing.
                 for start in range(0, len(cards), _REDIS_CHUNK):
@@ -276,12 +274,15 @@ class CardService:
         pins: set[str] = set()
         while len(pins) < count:
             fresh = {_digits(length) for _ in range(count - len(pins))} - pins
+            # A PIN is taken whichever form its digest is stored in: a card stored before
+            # decision 0054 and not re-keyed yet still opens by its old-form digest.
+            forms = {p: (self._digests.pin(p), legacy_pin_digest(p)) for p in fresh}
             taken = await conn.fetch(
                 "SELECT pin_digest FROM pins WHERE pin_digest = ANY($1::text[])",
-                [pin_digest(p) for p in fresh],
+                [digest for pair in forms.values() for digest in pair],
             )
             clash = {r["pin_digest"] for r in taken}
-            pins |= {p for p in fresh if pin_digest(p) not in clash}
+            pins |= {p for p, pair in forms.items() if clash.isdisjoint(pair)}
         # Serial numbers say nothing about PINs: the PINs are dealt in random order.
         dealt = list(pins)
         secrets.SystemRandom().shuffle(dealt)
@@ -305,8 +306,10 @@ class CardService:
     ) -> bool:
         """Make the card in Redis and let its PIN open it; True when it was there already,
         made by a failed try of the same request, and is taken over."""
-        digest = pin_digest(card.pin)
-        password = "" if card.password is None else password_digest(card.account_id, card.password)
+        digest = self._digests.pin(card.pin)
+        password = (
+            "" if card.password is None else self._digests.password(card.account_id, card.password)
+        )
         created = await self._store.create_account(
             card.account_id,
             plan_id=plan["id"],
@@ -355,7 +358,7 @@ class CardService:
                     "SELECT count(*) FROM pins WHERE batch_id = $1"
                     " AND pin_digest = ANY($2::text[])",
                     batch_id,
-                    [pin_digest(card.pin) for card in dealt],
+                    [self._digests.pin(card.pin) for card in dealt],
                 )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return False
@@ -368,7 +371,7 @@ class CardService:
         for start in range(0, len(cards), _REDIS_CHUNK):
             chunk = cards[start : start + _REDIS_CHUNK]
             outcomes = await asyncio.gather(
-                *(self._store.release_pin(pin_digest(c.pin), c.account_id) for c in chunk),
+                *(self._store.release_pin(self._digests.pin(c.pin), c.account_id) for c in chunk),
                 return_exceptions=True,
             )
             if any(isinstance(outcome, RedisError) for outcome in outcomes):
@@ -378,7 +381,11 @@ class CardService:
         """The card a PIN opens, if any."""
         if not pin.isascii() or not pin.isdigit() or not 6 <= len(pin) <= 20:
             return None
-        return await self._store.pin_account(pin_digest(pin))
+        account = await self._store.pin_account(self._digests.pin(pin))
+        if account is None:
+            # Only a PIN no new-form digest opens pays for this look (decision 0054).
+            account = await open_by_legacy_pin(self._store, self._digests, pin)
+        return account
 
     async def language(self, account_id: str) -> str:
         """The language of a card's account prompts (``en`` when unset)."""

@@ -597,6 +597,8 @@ class CheckPasswordArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[2] now (epoch seconds)
     ARGV[3] wrong passwords an account may take within the window
     ARGV[4] the window (seconds), from the first wrong password
+    ARGV[5] the password's old-form digest (decision 0054), sent only to check an
+            account whose stored digest is still in the old form ("": left out)
     """
 
     account_id: str
@@ -604,14 +606,18 @@ class CheckPasswordArgs(msgspec.Struct, frozen=True, gc=False):
     now: int
     guess_limit: int
     guess_window: int
+    legacy_digest: str = ""
 
     def keys(self) -> list[str]:
         """KEYS[1]."""
         return [k.account(self.account_id)]
 
     def argv(self) -> list[object]:
-        """ARGV[1..4]."""
-        return [self.digest, self.now, self.guess_limit, self.guess_window]
+        """ARGV[1..4], and ARGV[5] when there is an old-form digest to check."""
+        argv: list[object] = [self.digest, self.now, self.guess_limit, self.guess_window]
+        if self.legacy_digest:
+            argv.append(self.legacy_digest)
+        return argv
 
 
 class LiftPasswordBlockArgs(msgspec.Struct, frozen=True, gc=False):

@@ -62,6 +62,7 @@ SET_ASIDE = _load("set_aside")
 DROP_DID = _load("drop_did")
 DISCARD_CARD = _load("discard_card")
 RELEASE_UNCONFIRMED = _load("release_unconfirmed")
+REKEY_FIELD = _load("rekey_field")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -87,4 +88,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     DROP_DID,
     DISCARD_CARD,
     RELEASE_UNCONFIRMED,
+    REKEY_FIELD,
 )

@@ -210,6 +210,13 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class OldPasswordForm:
+    """The account's password digest is stored in the form made before decision 0054:
+    the password is checked by its old-form digest (``check_password`` with it, which
+    re-keys it when right), and the call authorized again."""
+
+
+@dataclass(frozen=True, slots=True)
 class CounterChanged:
     """Another counter applies, or it holds other free seconds, than the caller priced with."""
 
@@ -233,6 +240,7 @@ __all__ = [
     "CounterUse",
     "LiveEntry",
     "NotLive",
+    "OldPasswordForm",
     "PlanMismatch",
     "Refused",
     "Reserved",
@@ -242,7 +250,15 @@ __all__ = [
 ]
 
 
-AuthorizeOutcome = Reserved | AlreadyLive | AlreadyStopped | PlanMismatch | Refused | CounterChanged
+AuthorizeOutcome = (
+    Reserved
+    | AlreadyLive
+    | AlreadyStopped
+    | PlanMismatch
+    | Refused
+    | CounterChanged
+    | OldPasswordForm
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +460,8 @@ class BalanceStore:
             return PlanMismatch(_text(reply[1]))
         if status == "CNT":
             return CounterChanged(int(reply[1]), _text(reply[2]) or None)
+        if status == "OLDPW":
+            return OldPasswordForm()
         return Refused(_text(reply[1]), int(reply[2]) if len(reply) > 2 else 0)
 
     async def _authorize_beside_ref(
@@ -1015,16 +1033,47 @@ class BalanceStore:
             return None
         return int(reply[1])
 
-    async def check_password(self, args: CheckPasswordArgs) -> Refused | None:
+    async def check_password(self, args: CheckPasswordArgs) -> Refused | OldPasswordForm | None:
         """Judge a password by the rule the authorize script applies (decision 0045):
-        None when it is right or the account has none, else the refusal."""
+        None when it is right or the account has none, else the refusal; for an account
+        whose digest is in the old form, ``OldPasswordForm`` unless ``args`` carries the
+        old-form digest too, which is then judged (and re-keys it when right)."""
         reply = await self._pipe.run_script(scripts.CHECK_PASSWORD, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "NOACCT":
             return Refused("account_not_found")
         if status == "REJ":
             return Refused(_text(reply[1]), int(reply[2]))
+        if status == "OLDPW":
+            return OldPasswordForm()
         return None
+
+    async def rekey_field(self, account_id: str, field: str, old: str, new: str) -> bool:
+        """Replace the old-form digest ``old`` an account keeps in ``field`` (``pw`` or
+        ``pin``) by its new form (decision 0054); False when the field held anything else."""
+        reply = await self._pipe.run_script(
+            scripts.REKEY_FIELD, [keys.account(account_id)], [field, old, new]
+        )
+        return int(reply) == 1
+
+    async def rekey_pin(self, old: str, new: str, account_id: str) -> bool:
+        """Let the new-form PIN digest ``new`` open the card the old-form ``old`` opens, then
+        withdraw ``old`` (decision 0054); False, with nothing changed, when ``new`` opens
+        another card. The two references live in different slots: the new one is written
+        before the old one goes, so the card opens by one or both at every moment."""
+        if await self._pipe.execute("SET", keys.pin_ref(new), account_id, "NX") is None:
+            holder = await self._pipe.execute("GET", keys.pin_ref(new))
+            if holder is None or _text(holder) != account_id:
+                return False
+        await _all_or_first_error(
+            [
+                self._pipe.run_script(
+                    scripts.REKEY_FIELD, [keys.account(account_id)], ["pin", old, new]
+                ),
+                self._pipe.run_script(scripts.RELEASE_PIN, [keys.pin_ref(old)], [account_id]),
+            ]
+        )
+        return True
 
     async def topup(
         self, account_id: str, amount: int, topup_id: str, result_ttl: int, kind: str = "topup"

@@ -16,10 +16,10 @@ from typing import Literal, NamedTuple
 import msgpack
 
 from ocs import backend_health, metrics
-from ocs.balances.accounts import password_digest
 from ocs.balances.card_ids import is_card_account
-from ocs.balances.cards import pin_digest
+from ocs.balances.digests import Digests, legacy_password_digest
 from ocs.balances.ivr import Ivr, effective
+from ocs.balances.rekey import open_by_legacy_pin
 from ocs.balances.results import PROVISIONAL
 from ocs.balances.script_args import (
     IMPORTED_EVENT_PREFIX,
@@ -41,6 +41,7 @@ from ocs.balances.store import (
     CounterShort,
     LiveEntry,
     NotLive,
+    OldPasswordForm,
     PlanMismatch,
     Refused,
     Reserved,
@@ -314,6 +315,7 @@ class CallService:
         catalog: CatalogHolder,
         store: BalanceStore,
         settings: Settings,
+        digests: Digests,
         clock: Callable[[], float] = time.time,
     ) -> None:
         # The clock places a call on the time bands; tests pass a fixed one.
@@ -321,6 +323,8 @@ class CallService:
         self._catalog = catalog
         self._store = store
         self._settings = settings
+        # PINs and passwords are looked up by digests keyed by the pepper (decision 0054).
+        self._digests = digests
         # account -> plan, so authorization needs one Redis round trip; the script
         # checks the plan and answers PLAN when this cache is stale.
         self._plans: dict[str, str] = {}
@@ -421,13 +425,18 @@ class CallService:
             return Identity(name)
         maybe_pin = name.isascii() and name.isdigit() and 6 <= len(name) <= 20
         plan_id, member_of, card = await self._store.identities(
-            name, pin_digest(name) if maybe_pin else None
+            name, self._digests.pin(name) if maybe_pin else None
         )
         if plan_id is not None and not card_id:
             self._remember_plan(name, plan_id)
             return Identity(name)
         if member_of is not None and (vouched or not maybe_pin or caller_digits(caller) == name):
             return Identity(member_of, member=name)
+        if card is None and maybe_pin:
+            # A card stored before decision 0054, not re-keyed yet: found by the old form
+            # of its digest, and re-keyed. Only a PIN no new-form digest opens pays this
+            # second round trip.
+            card = await open_by_legacy_pin(self._store, self._digests, name)
         # A member's phone number typed at a card IVR's PIN prompt, from another line,
         # is a guess at a PIN: it must not charge that member's account.
         if card is not None:
@@ -630,6 +639,10 @@ class CallService:
                     plan_id = actual
                 case CounterChanged(seconds=seconds, counter_id=counter_id):
                     counter_guess = (counter_id, seconds)
+                case OldPasswordForm():
+                    # Stored before decision 0054: checked by its old form, which re-keys
+                    # it when right; then authorized again, by the new form.
+                    await self._check_password(account_id, request.password, digest)
                 case Refused():
                     raise self._refusal(account_id, outcome)
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
@@ -757,8 +770,7 @@ class CallService:
             ivr=effective(self._catalog.snapshot.ivr_default(plan_id), live.ivr_override),
         )
 
-    @staticmethod
-    def _checked(request: AuthorizeRequest, origin: Origin) -> tuple[str, str | None, str]:
+    def _checked(self, request: AuthorizeRequest, origin: Origin) -> tuple[str, str | None, str]:
         """The call id (one made when the switch gave none), the cleaned caller id and
         the password digest to check (``""``: the origin checks none); 400 naming the
         field the request got wrong."""
@@ -775,8 +787,42 @@ class CallService:
         elif request.password is None:
             digest = "-"  # never equals a digest: an account with a password refuses
         else:
-            digest = password_digest(request.account_id, request.password)
+            digest = self._digests.password(request.account_id, request.password)
         return call_id, clean_caller(request.caller), digest
+
+    async def _check_password(self, account_id: str, password: str | None, digest: str) -> None:
+        """Judge a password by check_password.lua (decision 0045), ``digest`` its new form
+        (``"-"``: none given); raises the refusal. An account whose digest is still in the
+        old form (decision 0054) is judged by that form, and re-keyed when it is right:
+        only such an account pays the second round trip."""
+        args = CheckPasswordArgs(
+            account_id,
+            digest,
+            int(self._clock()),
+            self._settings.password_guess_limit,
+            self._settings.password_guess_window,
+        )
+        refused = await self._store.check_password(args)
+        if isinstance(refused, OldPasswordForm):
+            if password is None:
+                # Never answered so: a request with no password is judged as "-" is.
+                raise self._refusal(account_id, Refused("invalid_password"))
+            refused = await self._store.check_password(
+                CheckPasswordArgs(
+                    args.account_id,
+                    args.digest,
+                    args.now,
+                    args.guess_limit,
+                    args.guess_window,
+                    legacy_password_digest(account_id, password),
+                )
+            )
+            if refused is None:
+                log.info("account password digest re-keyed", extra={"account": account_id})
+        if isinstance(refused, Refused):
+            raise self._refusal(account_id, refused)
+        if refused is not None:  # an old form again: not with its old-form digest given
+            raise self._refusal(account_id, Refused("invalid_password"))
 
     def _refusal(self, account_id: str, refused: Refused) -> OcsError:
         """The error for the authorize script's refusal, with its reason code."""
@@ -858,17 +904,8 @@ class CallService:
         if check_password:
             # Judged and counted as authorize judges it (decision 0045): a balance query
             # is no way around the limit on wrong passwords.
-            refused = await self._store.check_password(
-                CheckPasswordArgs(
-                    account_id,
-                    "-" if password is None else password_digest(account_id, password),
-                    int(self._clock()),
-                    self._settings.password_guess_limit,
-                    self._settings.password_guess_window,
-                )
-            )
-            if refused is not None:
-                raise self._refusal(account_id, refused)
+            digest = "-" if password is None else self._digests.password(account_id, password)
+            await self._check_password(account_id, password, digest)
         expires = state.expires_at
         if state.status != "active":
             reason = Reason(f"account_{state.status}")

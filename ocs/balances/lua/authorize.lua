@@ -57,6 +57,9 @@
 --                             refused for want of funds that live calls of the account
 --                             hold: without their holds it would have been granted
 --   {"REJ", "invalid_password" | "password_blocked", wrong passwords in the window}
+--   {"OLDPW"}                 the account's password digest is in the old form (before
+--                             decision 0054) and ARGV[9]'s is not it: check the password
+--                             with check_password.lua, then authorize again
 --   {"CNT", seconds, counter} the counter that applies and its free seconds are not
 --                             ARGV[18] and ARGV[14]: price again with them
 -- ivr_override is the account's packed IVR override (nil: none), for the answer's IVR
@@ -82,6 +85,11 @@ end
 -- The password comes before anything that would tell a stranger about the account.
 if ARGV[9] ~= '' and a[7] and a[7] ~= '' then
   local given, limit, window = string.match(ARGV[9], '^(%S+) (%d+) (%d+)$')
+  if given ~= a[7] and given ~= '-' and old_form_digest(a[7]) then
+    -- Stored before decision 0054: only the old form of the password can be compared.
+    -- Nothing is counted: the caller checks it by check_password.lua, which re-keys it.
+    return {'OLDPW'}
+  end
   local reason, counted = password_refusal(KEYS[1], a[7], given, a[13], a[14],
     tonumber(ARGV[10]), tonumber(limit), tonumber(window))
   if reason then

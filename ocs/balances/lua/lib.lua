@@ -175,6 +175,14 @@ end
 -- password_fails_counted: the wrong passwords the current window still counts (0 once
 -- it has ended). password_refusal returns nil (the password is right), or a refusal
 -- reason and the wrong passwords counted in the window so far.
+-- old_form_digest: whether a stored digest is in the form made before decision 0054,
+-- not keyed by the server's pepper (a new-form one starts with "p1:"). A password
+-- stored so is checked by the caller's old-form digest of it, and replaced by its new
+-- form once right (check_password.lua).
+local function old_form_digest(stored)
+  return string.sub(stored, 1, 3) ~= 'p1:'
+end
+
 local function password_fails_counted(fails, failed_until, now)
   if failed_until and tonumber(failed_until) > now then
     return tonumber(fails or 0)

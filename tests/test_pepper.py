@@ -1,0 +1,362 @@
+"""PIN and password digests are keyed by the server's pepper (decision 0054).
+
+Before, a PIN was stored as SHA-256 of a fixed prefix and the PIN, a password as
+HMAC-SHA256 keyed by the account id: a copy of Redis or PostgreSQL (a backup, a
+replica) gave every 10 to 12 digit PIN away in minutes. Now the digests are keyed by a
+pepper kept in a file (``<data_dir>/pepper`` here), never in either store:
+
+- a card opens by its PIN and password, and neither store holds the digest a copy of
+  it could recompute from the PIN (or password) alone;
+- a card or account stored the old way still opens, over RADIUS and HTTP, and is
+  re-keyed as it is used; ``ocs credentials rekey`` re-keys every one at once;
+- another pepper opens nothing, and a process started with one stops at once.
+"""
+
+import secrets
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from ocs.balances import keys
+from ocs.balances.accounts import AccountSpec
+from ocs.balances.digests import (
+    Digests,
+    is_peppered,
+    legacy_password_digest,
+    legacy_pin_digest,
+)
+from ocs.charging.lifecycle import CallService
+from ocs.config import ConfigError, Settings, with_overrides
+from ocs.pepper import PEPPER_FILE
+from ocs.runtime import open_runtime
+from ocs.services import Services
+from tests.conftest import RunningApp, add_plan, reset_state
+from tests.helpers import ANSWERED, Pairs, auth, card_nas, return_code
+
+GERMANY = "4930901820"
+PASSWORD = "s3cret-4321"
+
+
+def call(user: str, conf_id: str, password: str | None) -> Pairs:
+    """An Access-Request for a call from ``user`` to Germany."""
+    pairs: Pairs = [
+        ("NAS-IP-Address", "127.0.0.1"),
+        ("User-Name", user),
+        ("Called-Station-Id", GERMANY),
+        ("Calling-Station-Id", "4930123456"),
+        ("h323-conf-id", f"h323-conf-id={conf_id}"),
+    ]
+    if password is not None:
+        pairs.append(("User-Password", password))
+    return pairs
+
+
+def balance_query(user: str, password: str) -> Pairs:
+    """An IVR's balance query: no Called-Station-Id."""
+    return [("User-Name", user), ("User-Password", password), ("Calling-Station-Id", "4930555")]
+
+
+async def cards_and_alice(services: Services) -> list[tuple[str, str, str]]:
+    """The retail plan, two cards with passwords and "alice", an account with a password:
+    (pin, password, account) of each card."""
+    await add_plan(services, max_lines=2)
+    batch = await services.cards.generate(
+        batch_id="b", plan_id="retail", count=2, length=12, value=1_000_000, password_length=6
+    )
+    await services.accounts.create(
+        AccountSpec("alice", plan_id="retail", opening_balance=1_000_000, password=PASSWORD)
+    )
+    return [(c.pin, c.password or "", c.account_id) for c in batch.cards]
+
+
+async def store_the_old_way(
+    services: Services, account_id: str, *, pin: str | None = None, password: str | None = None
+) -> None:
+    """Write a card's (or an account's) digests in both stores as ocs stored them before
+    decision 0054: the PIN and password digests of the old form."""
+    redis, pool = services.redis, services.pool
+    if pin is not None:
+        old = legacy_pin_digest(pin)
+        await redis.delete(keys.pin_ref(services.digests.pin(pin)))
+        await redis.set(keys.pin_ref(old), account_id)
+        await redis.hset(keys.account(account_id), "pin", old)
+        await pool.execute("UPDATE pins SET pin_digest = $2 WHERE account_id = $1", account_id, old)
+    if password is not None:
+        old = legacy_password_digest(account_id, password)
+        await redis.hset(keys.account(account_id), "pw", old)
+        await pool.execute(
+            "UPDATE accounts SET password_digest = $2 WHERE id = $1", account_id, old
+        )
+
+
+async def stored(services: Services, account_id: str) -> dict[str, Any]:
+    """What both stores hold of an account's digests."""
+    pw, pin = await services.redis.hmget(keys.account(account_id), ["pw", "pin"])
+    row = await services.pool.fetchrow(
+        "SELECT a.password_digest, p.pin_digest FROM accounts a"
+        " LEFT JOIN pins p ON p.account_id = a.id WHERE a.id = $1",
+        account_id,
+    )
+    assert row is not None
+    return {
+        "redis_pw": pw and pw.decode(),
+        "redis_pin": pin and pin.decode(),
+        "pg_pw": row["password_digest"],
+        "pg_pin": row["pin_digest"],
+    }
+
+
+async def pin_opens(services: Services, digest: str) -> str | None:
+    """The card a PIN digest's Redis reference opens, if any."""
+    found = await services.redis.get(keys.pin_ref(digest))
+    return None if found is None else found.decode()
+
+
+async def accepted(nas: Any, pairs: Pairs) -> None:
+    reply = await auth(nas, pairs, expect=ANSWERED)
+    assert reply.code == "Access-Accept", reply.output
+
+
+async def rejected(nas: Any, pairs: Pairs, code: int) -> None:
+    reply = await auth(nas, pairs, expect=ANSWERED)
+    assert reply.code == "Access-Reject", reply.output
+    assert return_code(reply) == f"h323-return-code={code}", reply.output
+
+
+# -- a copy of the stores does not give PINs away -------------------------------------
+
+
+async def test_a_copy_of_the_stores_cannot_recompute_a_digest_from_its_pin(
+    app: RunningApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    services = app.services
+    (pin, password, card), _ = await cards_and_alice(services)
+    held = await stored(services, card)
+    alice = await stored(services, "alice")
+    # Nothing either store holds is what the PIN or password alone gives.
+    assert held["pg_pin"] == held["redis_pin"] == services.digests.pin(pin)
+    assert held["pg_pin"] != legacy_pin_digest(pin)
+    assert await pin_opens(services, legacy_pin_digest(pin)) is None
+    assert await pin_opens(services, services.digests.pin(pin)) == card
+    assert held["pg_pw"] == held["redis_pw"] == services.digests.password(card, password)
+    assert held["pg_pw"] != legacy_password_digest(card, password)
+    assert alice["pg_pw"] == alice["redis_pw"] != legacy_password_digest("alice", PASSWORD)
+    assert all(is_peppered(d) for d in (*held.values(), alice["pg_pw"]))
+
+    # The pepper is in neither store nor the logs.
+    assert services.settings.pepper_file is not None
+    pepper = services.settings.pepper_file.read_text().strip()
+    check = await services.pool.fetchval("SELECT fingerprint FROM pepper_check")
+    assert check == services.digests.fingerprint() and pepper not in check
+    redis_keys = [key.decode() async for key in services.redis.scan_iter(count=1_000)]
+    assert not [key for key in redis_keys if pepper in key]
+    assert pepper not in caplog.text
+
+    # The PIN and the password still open the card, and alice's her account.
+    async with card_nas(app) as nas:
+        await accepted(nas, call(pin, "C-1", password))
+        await rejected(nas, call(pin, "C-2", "wrong"), 2)
+        await accepted(nas, call("alice", "A-1", PASSWORD))
+        await rejected(nas, call("alice", "A-2", "wrong"), 2)
+    status, info = await app.get(f"/v1/pins/{pin}")
+    assert (status, info["account"]) == (200, card)
+
+
+# -- stored the old way: still opens, and is re-keyed --------------------------------------
+
+
+async def test_a_card_and_an_account_stored_the_old_way_open_and_are_rekeyed(
+    app: RunningApp,
+) -> None:
+    services = app.services
+    (pin1, password1, card1), (pin2, password2, card2) = await cards_and_alice(services)
+    await store_the_old_way(services, card1, pin=pin1, password=password1)
+    await store_the_old_way(services, card2, pin=pin2, password=password2)
+    await store_the_old_way(services, "alice", password=PASSWORD)
+
+    async with card_nas(app) as nas:
+        # Over RADIUS: the card's PIN and password, both of the old form.
+        await accepted(nas, call(pin1, "C1-1", password1))
+        assert await pin_opens(services, legacy_pin_digest(pin1)) is None
+        assert await pin_opens(services, services.digests.pin(pin1)) == card1
+        held = await stored(services, card1)
+        assert held["redis_pin"] == services.digests.pin(pin1)
+        assert held["redis_pw"] == services.digests.password(card1, password1)
+        # Re-keyed, it opens by the new form alone, and still checks its password.
+        await rejected(nas, call(pin1, "C1-2", "x"), 2)
+        await accepted(nas, balance_query(pin1, password1))
+
+        # A wrong password for an account stored the old way is refused and counted,
+        # and leaves the old digest as it is; the right one then re-keys it.
+        await rejected(nas, call("alice", "A-1", "wrong"), 2)
+        assert (await stored(services, "alice"))["redis_pw"] == legacy_password_digest(
+            "alice", PASSWORD
+        )
+        assert await services.redis.hget(keys.account("alice"), "pwfails") == b"1"
+        await accepted(nas, call("alice", "A-2", PASSWORD))
+        alice = await stored(services, "alice")
+        assert alice["redis_pw"] == services.digests.password("alice", PASSWORD)
+        assert await services.redis.hget(keys.account("alice"), "pwfails") is None
+
+        # Over HTTP: an IVR's lookup by PIN.
+        status, info = await app.get(f"/v1/pins/{pin2}")
+        assert (status, info["account"]) == (200, card2)
+        assert await pin_opens(services, legacy_pin_digest(pin2)) is None
+        assert await pin_opens(services, services.digests.pin(pin2)) == card2
+        status, quote = await app.get(f"/v1/pins/{pin2}/time?destination={GERMANY}")
+        assert status == 200, quote
+        # A balance query checks the card's password the old way once, and re-keys it.
+        await accepted(nas, balance_query(pin2, password2))
+        assert (await stored(services, card2))["redis_pw"] == services.digests.password(
+            card2, password2
+        )
+
+
+# -- another pepper -------------------------------------------------------------------------
+
+
+async def test_another_pepper_opens_no_card_and_stops_a_process_at_its_start(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    services = app.services
+    (pin, password, card), _ = await cards_and_alice(services)
+    other = Digests(secrets.token_hex(32).encode())
+    elsewhere = CallService(services.catalog, services.store, services.settings, other)
+    async with card_nas(app, elsewhere) as nas:
+        await rejected(nas, call(pin, "O-1", password), 1)
+        await rejected(nas, call("alice", "O-2", PASSWORD), 2)
+    assert (await app.get(f"/v1/accounts/{card}"))[1]["lines_in_use"] == 0
+
+    # A process given another pepper file stops before it makes or looks up a digest.
+    another = tmp_path / "another-pepper"
+    another.write_text(secrets.token_hex(32))
+    settings: Settings = services.settings
+    with pytest.raises(ConfigError, match=r"pepper_file: .* is not the pepper"):
+        async with open_runtime(with_overrides(settings, pepper_file=another)):
+            pass
+    with pytest.raises(ConfigError, match="pepper_file: file not found"):
+        async with open_runtime(with_overrides(settings, pepper_file=tmp_path / "none")):
+            pass
+    short = tmp_path / "short"
+    short.write_text("too short")
+    with pytest.raises(ConfigError, match=r"pepper_file: .* a pepper needs at least 32"):
+        async with open_runtime(with_overrides(settings, pepper_file=short)):
+            pass
+    # Another data dir (another user's shell) makes no pepper of its own beside the
+    # stores' digests: it is told to use the deployment's file.
+    elsewhere_dir = tmp_path / "elsewhere"
+    unset = with_overrides(settings, pepper_file=None, data_dir=elsewhere_dir)
+    with pytest.raises(ConfigError, match="set pepper_file to the file"):
+        async with open_runtime(unset):
+            pass
+    assert not (elsewhere_dir / PEPPER_FILE).exists()
+    # The deployment's own file is the same pepper.
+    async with open_runtime(settings) as reopened:
+        assert await reopened.cards.account_for_pin(pin) == card
+
+
+async def test_with_no_pepper_file_one_is_made_in_the_data_dir_and_kept(
+    settings: Settings,
+) -> None:
+    await reset_state(settings.redis_url or "", settings.database_url or "")
+    embedded_like = with_overrides(settings, pepper_file=None)
+    async with open_runtime(embedded_like) as services:
+        (pin, _, card), _ = await cards_and_alice(services)
+    path = settings.data_dir / PEPPER_FILE
+    pepper = path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(pepper.strip()) == 64
+    # A restart keeps it: the card still opens.
+    async with open_runtime(embedded_like) as services:
+        assert await services.cards.account_for_pin(pin) == card
+    assert path.read_text() == pepper
+    # A command that makes no digest neither needs the file nor makes one.
+    path.unlink()
+    async with open_runtime(embedded_like, pepper=False) as services:
+        assert await services.accounts.show(card)
+    assert not path.exists()
+
+
+# -- PINs stay unique across both forms ---------------------------------------------------
+
+
+async def test_a_new_card_never_gets_a_pin_a_card_stored_the_old_way_has(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = app.services
+    (pin, _, card), _ = await cards_and_alice(services)
+    await store_the_old_way(services, card, pin=pin)
+    # The next batch draws that PIN first, then another.
+    draws = [int(pin), 123_456_789_012]
+    real = secrets.randbelow
+    monkeypatch.setattr(secrets, "randbelow", lambda n: draws.pop(0) if draws else real(n))
+    batch = await services.cards.generate(
+        batch_id="next", plan_id="retail", count=1, length=12, value=1_000_000
+    )
+    monkeypatch.undo()
+    assert [c.pin for c in batch.cards] == ["123456789012"]
+    assert await services.cards.account_for_pin(pin) == card
+
+
+# -- ocs credentials rekey ----------------------------------------------------------------
+
+
+def test_the_rekey_command_leaves_no_old_digest_in_either_store(
+    ocs: Any, settings: Settings
+) -> None:
+    async def stored_the_old_way() -> list[tuple[str, str, str]]:
+        async with open_runtime(settings) as services:
+            cards = await cards_and_alice(services)
+            for pin, password, card in cards:
+                await store_the_old_way(services, card, pin=pin, password=password)
+            await store_the_old_way(services, "alice", password=PASSWORD)
+            # A card opened once before the command: already re-keyed in Redis only.
+            assert await services.cards.account_for_pin(cards[0][0]) == cards[0][2]
+            return cards
+
+    cards = uvloop.run(stored_the_old_way())
+    code, report, err = ocs("credentials", "rekey")
+    assert (code, err) == (0, "")
+    assert report == {
+        "postgres_pins": 2,
+        "postgres_passwords": 3,
+        "redis_pins": 1,
+        "redis_passwords": 3,
+        "redis_card_pins": 0,  # re-keyed with their references
+        "conflicts": [],
+    }
+
+    async def checked() -> None:
+        async with open_runtime(settings) as services:
+            async with services.pool.acquire() as conn:
+                digests = [
+                    r["d"]
+                    for r in await conn.fetch(
+                        "SELECT pin_digest AS d FROM pins UNION ALL"
+                        " SELECT password_digest FROM accounts WHERE password_digest IS NOT NULL"
+                    )
+                ]
+            assert len(digests) == 5 and all(is_peppered(d) for d in digests)
+            refs = [key.decode() async for key in services.redis.scan_iter(match="pin:*")]
+            assert len(refs) == 2 and all(is_peppered(k.partition("}:")[2]) for k in refs)
+            for pin, password, card in cards:
+                held = await stored(services, card)
+                assert held["redis_pin"] == held["pg_pin"] == services.digests.pin(pin)
+                assert (
+                    held["redis_pw"] == held["pg_pw"] == services.digests.password(card, password)
+                )
+                assert await services.cards.account_for_pin(pin) == card
+                await services.calls.balance(card, password=password, check_password=True)
+            alice = await stored(services, "alice")
+            assert (
+                alice["redis_pw"] == alice["pg_pw"] == services.digests.password("alice", PASSWORD)
+            )
+
+    uvloop.run(checked())
+    # Run again: nothing left to do.
+    code, report, err = ocs("credentials", "rekey")
+    assert (code, err) == (0, "")
+    assert report == dict.fromkeys(report, 0) | {"conflicts": []}
