@@ -28,8 +28,10 @@ from ocs.balances.digests import (
     legacy_password_digest,
     legacy_pin_digest,
 )
+from ocs.balances.rekey import rekey_all
 from ocs.charging.lifecycle import CallService
 from ocs.config import ConfigError, Settings, with_overrides
+from ocs.errors import OcsError
 from ocs.pepper import PEPPER_FILE
 from ocs.runtime import open_runtime
 from ocs.services import Services
@@ -278,6 +280,39 @@ async def test_with_no_pepper_file_one_is_made_in_the_data_dir_and_kept(
     async with open_runtime(embedded_like, pepper=False) as services:
         assert await services.accounts.show(card)
     assert not path.exists()
+
+
+# -- on a Redis Cluster ------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+async def test_the_old_form_is_rekeyed_on_either_backend(backend_services: Services) -> None:
+    """A PIN's two references and its card live in three slots: re-keyed by steps that
+    each touch one, on a cluster as on one Redis; the command scans every master."""
+    services = backend_services
+    (pin1, password1, card1), (pin2, password2, card2) = await cards_and_alice(services)
+    await store_the_old_way(services, card1, pin=pin1, password=password1)
+    await store_the_old_way(services, card2, pin=pin2, password=password2)
+    await store_the_old_way(services, "alice", password=PASSWORD)
+
+    # As they are used: a PIN as RADIUS names it, a password by a balance query.
+    identity = await services.calls.identify(pin1, "4930555")
+    assert (identity.account_id, identity.pin) == (card1, True)
+    await services.calls.balance(card1, password=password1, check_password=True)
+    held = await stored(services, card1)
+    assert held["redis_pin"] == services.digests.pin(pin1)
+    assert held["redis_pw"] == services.digests.password(card1, password1)
+    assert await pin_opens(services, legacy_pin_digest(pin1)) is None
+
+    # All at once: the others.
+    report = await rekey_all(services.pool, services.store, services.redis, services.digests)
+    assert (report.redis_pins, report.redis_passwords, report.conflicts) == (1, 2, [])
+    refs = [key.decode() async for key in services.redis.scan_iter(match="pin:*")]
+    assert sorted(refs) == sorted(keys.pin_ref(services.digests.pin(pin)) for pin in (pin1, pin2))
+    assert await services.cards.account_for_pin(pin2) == card2
+    await services.calls.balance("alice", password=PASSWORD, check_password=True)
+    with pytest.raises(OcsError, match="password"):
+        await services.calls.balance(card2, password="wrong", check_password=True)
 
 
 # -- PINs stay unique across both forms ---------------------------------------------------
