@@ -569,11 +569,20 @@ async def test_a_receiver_that_stops_answering_does_not_hold_back_the_other_webh
         await eventually(all_taken, within=10.0, what="the healthy webhook's events")
         assert holding == most_held == 4
         assert not sending.done()
+        # An event stored while the hung receiver still holds its slots goes out too.
+        async with services.pool.acquire() as conn:
+            await emit(conn, "subscription.created", "later", {"n": 20})
+
+        async def later_taken() -> bool:
+            return len(receiver.taken) == 21
+
+        await eventually(later_taken, within=10.0, what="the event stored meanwhile")
+        assert holding == 4 and not sending.done()
         release.set()
         report = await asyncio.wait_for(sending, 30.0)
-        # The hung receiver took both batches (40), four at a time; the other its 20.
-        assert (report.attempted, report.delivered) == (60, 60)
-        assert most_held == 4 and len(receiver.taken) == 20
+        # The hung receiver took every event (41), four at a time; the other its 21.
+        assert (report.attempted, report.delivered) == (62, 62)
+        assert most_held == 4 and len(receiver.taken) == 21
     finally:
         release.set()
         await runner.cleanup()

@@ -44,6 +44,7 @@ log = logging.getLogger("ocs.events.delivery")
 CONCURRENCY = 16  # sent at once, and so claimed at once at most
 EMAIL_LEASE_S = 300.0  # an email renders a PDF before it is sent
 POLL_S = 5.0  # the longest a serving deliverer waits without a notification
+CLAIM_AGAIN_S = 1.0  # the longest free sending slots wait for a claim while others send
 NOTIFY_CHANNEL = "ocs_event_deliveries"  # the fan-out trigger's pg_notify
 MAX_ERROR = 500  # characters of an error kept on the row
 
@@ -177,7 +178,7 @@ _CLAIM_SQL = """
 WITH room AS (
     SELECT w.id, $6::int - (SELECT count(*) FROM event_deliveries x
                             WHERE x.webhook_id = w.id AND x.state = 'pending'
-                              AND x.leased_until > $1) AS free
+                              AND x.leased_until IS NOT NULL AND x.leased_until > $1) AS free
     FROM webhooks w WHERE w.enabled AND 'webhook' = ANY ($2::text[])
 ), hooked AS (
     SELECT p.id, p.event_id, p.webhook_id, p.next_attempt_at FROM room CROSS JOIN LATERAL (
@@ -383,7 +384,12 @@ async def deliver_pending(
                         running.add(asyncio.create_task(deliver(delivery)))
                 if not running:
                     return report
-                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                # Claimed again at least every CLAIM_AGAIN_S while sending: a receiver that
+                # hangs holds its own slots only, and other webhooks' events that came
+                # since go out in the free ones, not after its timeout.
+                done, running = await asyncio.wait(
+                    running, timeout=CLAIM_AGAIN_S, return_when=asyncio.FIRST_COMPLETED
+                )
                 # PostgreSQL gone while marking: the caller's to handle (each error taken,
                 # so that none is reported as never retrieved).
                 failed = [e for e in (t.exception() for t in done) if e is not None]

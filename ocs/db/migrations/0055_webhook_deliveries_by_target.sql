@@ -4,3 +4,8 @@
 -- due rows and counts its leased ones, by this index.
 CREATE INDEX event_deliveries_target_idx ON event_deliveries (webhook_id, next_attempt_at, id)
     WHERE state = 'pending' AND webhook_id IS NOT NULL;
+-- The rows each webhook is being sent now (few: an attempt's end clears its lease), which
+-- a claim counts for every webhook: by the index above it read every pending row of a
+-- webhook with a large backlog, on every claim.
+CREATE INDEX event_deliveries_leased_idx ON event_deliveries (webhook_id, leased_until)
+    WHERE state = 'pending' AND leased_until IS NOT NULL;
