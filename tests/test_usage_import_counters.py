@@ -214,6 +214,7 @@ async def test_a_bundle_cancelled_meanwhile_leaves_the_row_at_the_tariff_naming_
 # it: midnight in Toronto, the template's time zone, so a row's local date says its cycle.
 NOV_1 = datetime(2026, 11, 1, 5, tzinfo=UTC)
 DEC_1 = datetime(2026, 12, 1, 5, tzinfo=UTC)
+DEC_7 = datetime(2026, 12, 7, 5, tzinfo=UTC)
 
 
 async def new_cycle(app: RunningApp, label: str, began: datetime) -> None:
@@ -225,31 +226,95 @@ async def new_cycle(app: RunningApp, label: str, began: datetime) -> None:
     assert status == 200, report
 
 
-async def test_a_call_made_before_the_cycle_began_pays_the_tariff_and_leaves_its_bundle(
+async def test_a_call_made_before_the_cycle_began_draws_on_its_own_cycles_unused_seconds(
     app: RunningApp, tmp_path: Path
 ) -> None:
     # A file imported in December with a call of November 30: it took 400 s of
-    # December's bundle, while November's was reset with those seconds unused.
+    # December's bundle, then paid the tariff, while November's bundle was reset with
+    # those seconds unused. It draws on what November left: free, December untouched.
     await setup_mediation(app)
     await add_counter(app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00")
     await new_account(app, "late", "10.00")
+    await new_cycle(app, "2026-11", NOV_1)
     await new_cycle(app, "2026-12", DEC_1)
     path = tmp_path / "late.csv"
     path.write_text(
         HEADER
-        # November's call: its cycle is closed, so the tariff, 7 blocks: 0.14.
+        # November's call: November's 600 s, unused.
         + f"n30,late,{UK},2026-11-30 23:50:00,400,O,,\n"
-        # December's call: December's bundle, free.
+        # December's call: December's bundle.
         + f"d02,late,{UK},2026-12-02 09:00:00,400,O,,\n"
     )
     summary = await run_import(app, path)
     assert summary.rows_charged == 2, summary.problems
-    assert summary.amounts == {"EUR": 140_000}
-    assert await balance(app, "late") == 10_000_000 - 140_000
+    assert summary.amounts == {"EUR": 0}
+    assert await balance(app, "late") == 10_000_000
     assert await counters_of(app, "late") == [("uk-600", 400, 200)]
     rows = await stored_cdrs(app, "carrier-x", 2)
     drawn = [(r["record_id"], r["counter_id"], r["counter_seconds"], r["charged"]) for r in rows]
-    assert drawn == [("d02", "uk-600", 400, 0), ("n30", None, 0, 140_000)]
+    assert drawn == [("d02", "uk-600", 400, 0), ("n30", "uk-600", 400, 0)]
+
+
+async def test_late_calls_past_what_their_cycle_left_pay_the_tariff(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # November used 500 of its 600 s: its late calls draw on the 100 s left, however
+    # little December has left, and then pay the tariff.
+    await setup_mediation(app)
+    await add_counter(app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00")
+    await new_account(app, "spent", "10.00")
+    await new_cycle(app, "2026-11", NOV_1)
+    november = tmp_path / "november.csv"
+    november.write_text(HEADER + f"n10,spent,{UK},2026-11-10 09:00:00,500,O,,\n")
+    assert (await run_import(app, november)).amounts == {"EUR": 0}
+    await new_cycle(app, "2026-12", DEC_1)
+    late = tmp_path / "late.csv"
+    late.write_text(
+        HEADER
+        # December's whole bundle.
+        + f"d02,spent,{UK},2026-12-02 09:00:00,600,O,,\n"
+        # November's: its 100 s left, then 60 s at the tariff: 3 - 2 blocks, 0.02.
+        + f"n30,spent,{UK},2026-11-30 22:00:00,160,O,,\n"
+        # November's again, nothing left of it: the tariff, 0.02.
+        + f"n29,spent,{UK},2026-11-29 10:00:00,60,O,,\n"
+    )
+    summary = await run_import(app, late)
+    assert summary.rows_charged == 3, summary.problems
+    assert summary.amounts == {"EUR": 20_000 + 20_000}
+    assert await balance(app, "spent") == 10_000_000 - 40_000
+    assert await counters_of(app, "spent") == [("uk-600", 600, 0)]
+    rows = await stored_cdrs(app, "carrier-x", 4)
+    drawn = [(r["record_id"], r["counter_id"], r["counter_seconds"], r["charged"]) for r in rows]
+    assert drawn == [
+        ("d02", "uk-600", 600, 0),
+        ("n10", "uk-600", 500, 0),
+        ("n29", None, 0, 20_000),
+        ("n30", "uk-600", 100, 20_000),
+    ]
+
+
+async def test_a_reset_run_again_for_one_account_leaves_when_its_cycle_began(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # December's reset ran for the plan on the 1st, and again for one account on the
+    # 7th: the retry leaves the counters, and December still began on the 1st, so a
+    # call of the 2nd imported after it draws on December's bundle.
+    await setup_mediation(app)
+    await add_counter(app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00")
+    await new_account(app, "again", "10.00")
+    await new_cycle(app, "2026-11", NOV_1)
+    await new_cycle(app, "2026-12", DEC_1)
+    retry = keys.counter_cycle_run("2026-12", None, "again")
+    await app.services.redis.set(retry, int(DEC_7.timestamp()) * 1_000_000)
+    status, report = await app.post("/v1/counters/reset", {"account": "again", "cycle": "2026-12"})
+    assert status == 200, report
+    path = tmp_path / "december.csv"
+    path.write_text(HEADER + f"d02,again,{UK},2026-12-02 09:00:00,300,O,,\n")
+    summary = await run_import(app, path)
+    assert (summary.rows_charged, summary.amounts) == (1, {"EUR": 0}), summary.problems
+    assert await counters_of(app, "again") == [("uk-600", 300, 300)]
+    rows = await stored_cdrs(app, "carrier-x", 1)
+    assert (rows[0]["counter_id"], rows[0]["counter_seconds"]) == ("uk-600", 300)
 
 
 async def test_a_late_call_draws_only_on_the_seconds_its_cycle_carried_over(

@@ -113,14 +113,16 @@ COUNTER_CHANGED = "counter_changed"
 class CounterCycle:
     """One usage counter of an account this cycle: its seconds, those used and those live
     calls hold, whether it was cancelled (it applies no more), and what is left of the
-    seconds the last cycle left free and carried over (``carried``: all a record made
-    before this cycle may draw)."""
+    seconds the last cycle left free (all a record made before this cycle may draw):
+    ``carried`` with carryover (None: the counter keeps none, it carries nothing over),
+    ``closed`` without."""
 
     limit: int
     used: int
     held: int
     gone: bool
-    carried: int = 0
+    carried: int | None = None
+    closed: int = 0
 
     @property
     def free(self) -> int:
@@ -130,11 +132,25 @@ class CounterCycle:
     def free_for(self, made_ms: int, began: int | None) -> int:
         """Seconds a usage record made at ``made_ms`` may draw, the current cycle having
         begun at ``began`` (epoch ms; None: no reset yet): one made before draws only on
-        the seconds carried over from the closed cycle it belongs to, as
-        charge_batch.lua counts them."""
-        if began is not None and made_ms < began:
+        what the closed cycle it belongs to left free, as charge_batch.lua counts them:
+        the seconds carried over (no more than the new cycle has free: they are in its
+        limit), or without carryover those kept aside (whatever the new cycle has)."""
+        if began is None or made_ms >= began:
+            return self.free
+        if self.carried is not None:
             return min(self.free, self.carried)
-        return self.free
+        return max(self.closed, 0)
+
+    def draw(self, seconds: int, made_ms: int, began: int | None) -> None:
+        """Count ``seconds`` a record made at ``made_ms`` used, as charge_batch.lua does:
+        a record of the closed cycle without carryover takes them off ``closed`` only."""
+        if began is None or made_ms >= began:
+            self.used += seconds
+        elif self.carried is not None:
+            self.used += seconds
+            self.carried -= seconds
+        else:
+            self.closed -= seconds
 
 
 @dataclass(slots=True)
@@ -272,9 +288,11 @@ class TopupResult:
 
 
 # Fields of a counters hash that are not a cycle's seconds: the cycle's label and when it
-# began, when the counter was bought and when it was cancelled, and the seconds carried
-# over that records of the closed cycle may still draw (counter_reset.lua).
-_NOT_SECONDS = frozenset(("cycle", "cycle_from", "bought_at", "cancelled", "carried"))
+# began, when the counter was bought and when it was cancelled, and the seconds the
+# closed cycle left (carried over or not) that its records may still draw
+# (counter_reset.lua).
+_NOT_SECONDS = frozenset(("cycle", "cycle_from", "bought_at", "cancelled", "carried", "closed"))
+_CLOSED_CYCLE = frozenset(("carried", "closed"))
 # How long the start of a counter cycle's first run is kept for its runs again (seconds).
 _CYCLE_RUN_TTL = 400 * 86_400
 
@@ -948,7 +966,7 @@ class BalanceStore:
                 counter_id, _, part = _text(field).rpartition(":")
                 if part == "cycle_from":
                     began = int(value)
-                elif part == "carried" or part not in _NOT_SECONDS:
+                elif part in _CLOSED_CYCLE or part not in _NOT_SECONDS:
                     fields.setdefault(counter_id, {})[part] = int(value)
             out[account_id] = AccountCycle(
                 began,
@@ -958,7 +976,8 @@ class BalanceStore:
                         f.get("used", 0),
                         f.get("held", 0),
                         "gone" in f,
-                        f.get("carried", 0),
+                        f.get("carried"),
+                        f.get("closed", 0),
                     )
                     for c, f in fields.items()
                     if "limit" in f or "gone" in f

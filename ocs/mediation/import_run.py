@@ -464,8 +464,8 @@ class ImportRun:
         counter refuses calls once used up and has nothing left.
 
         A record made before the account's current cycle began belongs to a closed cycle:
-        it draws only on the seconds that cycle left and a counter carried over, and
-        passes over a counter with none (decision 0032)."""
+        it draws only on the seconds that cycle left free (carried over, or kept aside
+        without carryover), and passes over a counter with none (decision 0032)."""
         draw = item.draw
         assert draw is not None
         account_id = item.event.account_id
@@ -489,7 +489,7 @@ class ImportRun:
                 start = counter.seconds if counter.mandatory else 0
             free = cycle.free_for(record.start_ms, account.began)
             if late and free == 0:
-                continue  # nothing carried over from the record's cycle: not this one's
+                continue  # nothing left of the record's cycle: not this one's
             if free == 0 and counter.reject_on_threshold:
                 self.rejects.add(
                     item.file,
@@ -499,9 +499,7 @@ class ImportRun:
                 )
                 return False
             cost, used = priced_with_counter(draw.rated, record, counter, free)
-            cycle.used += used
-            if late:
-                cycle.carried -= used
+            cycle.draw(used, record.start_ms, account.began)
             fields = {**draw.fields, "counter": counter.id, "counter_seconds": used}
             item.cost = cost
             item.event = UsageEvent(

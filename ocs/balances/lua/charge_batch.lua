@@ -26,8 +26,10 @@
 --
 -- A record made before its account's current counter cycle began ('cycle_from',
 -- counter_reset.lua) belongs to a cycle that is closed: it draws only on the seconds that
--- cycle left and the counter carried over ('<id>:carried', taken off as used), none
--- without carryover; the importer prices it so.
+-- cycle left free. With carryover those are '<id>:carried' (also in the new limit: used
+-- as the new cycle's seconds, and taken off '<id>:carried'); without, '<id>:closed',
+-- whatever the new cycle has left, taken off '<id>:closed' only (the new cycle's seconds
+-- are not touched). The importer prices it so.
 --
 -- Returns a flat list, two items an event: status ("OK", "DONE", "REJ", "CNT") and the
 -- result (charge_event's msgpack), the refusal reason, or for "CNT" the counter's free
@@ -57,10 +59,11 @@ for i = 1, n do
     priced, start, counter = string.match(counter, '^(%d+)|(%d+)|(.*)$')
     priced, start = tonumber(priced), tonumber(start)
     -- The counter's free seconds as authorize.lua reads them; -1 when it does not apply.
-    -- For a record made before the cycle began, no more than the seconds carried over.
+    -- For a record made before the cycle began, the seconds its closed cycle left.
     admit = function()
       c = redis.call('HMGET', counters, counter .. ':limit', counter .. ':used',
-        counter .. ':held', counter .. ':gone', 'cycle_from', counter .. ':carried')
+        counter .. ':held', counter .. ':gone', 'cycle_from', counter .. ':carried',
+        counter .. ':closed')
       local free = -1
       if not c[1] then
         if start > 0 then free = start end
@@ -68,8 +71,14 @@ for i = 1, n do
         free = math.max(tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0), 0)
       end
       late = c[5] ~= false and tonumber(ARGV[at + 7]) < tonumber(c[5])
-      if late and free > 0 then
-        free = math.min(free, tonumber(c[6] or 0))
+      if late and free >= 0 then
+        if not c[1] then
+          free = 0  -- first started now: nothing of the closed cycle
+        elseif c[6] then
+          free = math.min(free, tonumber(c[6]))
+        else
+          free = math.max(tonumber(c[7] or 0), 0)
+        end
       end
       if free ~= priced then
         return 'CNT', free
@@ -94,9 +103,13 @@ for i = 1, n do
         redis.call('HSET', counters, counter .. ':limit', start, counter .. ':used', 0)
         bought_in_cycle(counters, counter)
       end
-      redis.call('HINCRBY', counters, counter .. ':used', used)
-      if late then
-        redis.call('HINCRBY', counters, counter .. ':carried', -used)
+      if late and not c[6] then
+        redis.call('HINCRBY', counters, counter .. ':closed', -used)
+      else
+        redis.call('HINCRBY', counters, counter .. ':used', used)
+        if late then
+          redis.call('HINCRBY', counters, counter .. ':carried', -used)
+        end
       end
     end
   end

@@ -27,12 +27,16 @@
 -- account cancelled after ARGV[2] ('<id>:cancelled', stamped here) is not started again.
 -- Cancels stamped before ARGV[2] are forgotten. At the same microsecond, a purchase or
 -- cancel counts as before the run.
--- The account keeps when its current cycle began as well ('cycle_from', epoch ms: ARGV[2],
--- the same for every run of the cycle), and each counter started anew what the last
--- cycle left free ('<id>:carried', with carryover: limit - used - held then; seconds
--- live calls held count against the new cycle when they stop). A usage record made
--- before 'cycle_from' draws on no more than a counter's carried seconds (charge_batch.lua):
--- the cycle it was made in is closed.
+-- The account keeps when its current cycle began as well ('cycle_from', epoch ms: ARGV[2]
+-- of the run that started the cycle). It is written only when the cycle starts (the
+-- hash's 'cycle' is another label) or is missing: ARGV[2] is per scope, and a run again
+-- of the label over another scope (one account's retry, days later) must not move it,
+-- or the calls between would become the closed cycle's.
+-- Each counter started anew keeps what the last cycle left free (limit - used - held
+-- then; seconds live calls held count against the new cycle when they stop): with
+-- carryover as '<id>:carried' (also added to the new limit), without as '<id>:closed'.
+-- A usage record made before 'cycle_from' draws only on those (charge_batch.lua): the
+-- cycle it was made in is closed.
 -- Returns {number of counters set, {ids of the counters whose fee for this cycle is
 -- owed}} (those it started now, and those a reset started for this cycle already: their
 -- fee is charged once by its reference); 1 for a cancel.
@@ -62,7 +66,11 @@ local set = 0
 local owed = {}
 if not only and (first <= #ARGV or redis.call('EXISTS', KEYS[1]) == 1) then
   -- Kept where the account has counters: a hash for every account would cost memory.
-  redis.call('HSET', KEYS[1], 'cycle', label, 'cycle_from', int(math.floor(since / 1000)))
+  local was = redis.call('HMGET', KEYS[1], 'cycle', 'cycle_from')
+  if was[1] ~= label or not was[2] then
+    redis.call('HSET', KEYS[1], 'cycle_from', int(math.floor(since / 1000)))
+  end
+  redis.call('HSET', KEYS[1], 'cycle', label)
 end
 for i = first, #ARGV, 3 do
   local id = ARGV[i]
@@ -83,18 +91,21 @@ for i = first, #ARGV, 3 do
   else
     owed[#owed + 1] = id
     local limit = tonumber(ARGV[i + 1])
-    local carried = 0
-    if ARGV[i + 2] == '1' and c[1] then
+    -- What the closed cycle left free: all its records made late may still draw.
+    local left = 0
+    if c[1] then
       local unused = tonumber(c[1]) - tonumber(c[2] or 0)
-      limit = limit + math.max(unused, 0)
-      carried = math.max(unused - tonumber(c[6] or 0), 0)
+      left = math.max(unused - tonumber(c[6] or 0), 0)
+      if ARGV[i + 2] == '1' then
+        limit = limit + math.max(unused, 0)
+      end
     end
     redis.call('HSET', KEYS[1], id .. ':limit', int(limit), id .. ':used', 0, id .. ':cycle',
       label)
-    if carried > 0 then
-      redis.call('HSET', KEYS[1], id .. ':carried', int(carried))
-    else
-      redis.call('HDEL', KEYS[1], id .. ':carried')
+    redis.call('HDEL', KEYS[1], id .. ':carried', id .. ':closed')
+    if left > 0 then
+      local kept = ARGV[i + 2] == '1' and ':carried' or ':closed'
+      redis.call('HSET', KEYS[1], id .. kept, int(left))
     end
     redis.call('HDEL', KEYS[1], id .. ':gone')
     set = set + 1
@@ -108,7 +119,7 @@ for _, field in ipairs(fields) do
     local held = tonumber(redis.call('HGET', KEYS[1], id .. ':held') or 0)
     if held <= 0 then
       redis.call('HDEL', KEYS[1], id .. ':limit', id .. ':used', id .. ':held', id .. ':gone',
-        id .. ':cycle', id .. ':bought_at', id .. ':carried')
+        id .. ':cycle', id .. ':bought_at', id .. ':carried', id .. ':closed')
     else
       redis.call('HSET', KEYS[1], id .. ':gone', 1)
     end

@@ -50,7 +50,8 @@ if ARGV[5] ~= '' and tonumber(ARGV[6]) > 0 then
     if left <= 0 and redis.call('HEXISTS', KEYS[5], c .. ':gone') == 1 then
       -- Cancelled while this call held some of it: the last holder removes it.
       redis.call('HDEL', KEYS[5], c .. ':limit', c .. ':used', c .. ':held', c .. ':gone',
-        c .. ':cycle', c .. ':bought_at', c .. ':carried')
+        c .. ':cycle', c .. ':bought_at', c .. ':carried',
+        c .. ':closed')
     end
   end
 end

@@ -178,7 +178,8 @@ if (ARGV[12] or '') ~= '' and tonumber(ARGV[13]) > 0 then
     if held <= 0 and redis.call('HEXISTS', KEYS[7], c .. ':gone') == 1 then
       -- Cancelled while this call held some of it: the last holder removes it.
       redis.call('HDEL', KEYS[7], c .. ':limit', c .. ':used', c .. ':held', c .. ':gone',
-        c .. ':cycle', c .. ':bought_at', c .. ':carried')
+        c .. ':cycle', c .. ':bought_at', c .. ':carried',
+        c .. ':closed')
     end
   end
 end
