@@ -159,6 +159,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "OCS_RADIUS_CLIENTS": f'[{{"address": "127.0.0.1", "secret": "{SECRET}"}}]',
             "OCS_START_TIMEOUT": "3600",
             "OCS_LOG_LEVEL": "WARNING",
+            # Where the tree's ``ocs serve`` kept its state: its pepper (decision 0054).
+            "OCS_DATA_DIR": os.environ["BENCH_DATA_DIR"],
         }
     )
     run = uuid.uuid4().hex[:8]
@@ -244,27 +246,26 @@ def prepare(tree: Path, args: argparse.Namespace) -> None:
     async def made() -> None:
         http_port = free_port()
         base = f"http://127.0.0.1:{http_port}"
-        with tempfile.TemporaryDirectory(prefix="ocs-bench-", dir="/tmp") as tmp:
-            old = Path.cwd()
-            os.chdir(tree)  # `python -m ocs` imports the tree's ocs
-            try:
-                server = start_server(
-                    str(Path(tmp) / "var"),
-                    http_port,
-                    1,
-                    args.redis_url,
-                    args.database_url,
-                    extra_env={"OCS_RADIUS_AUTH_PORT": "0", "OCS_RADIUS_ACCT_PORT": "0"},
-                )
-            finally:
-                os.chdir(old)
-            try:
-                async with aiohttp.ClientSession() as session:
-                    await wait_healthy(session, base, 120)
-                    await setup(session, base, 1000)
-            finally:
-                server.send_signal(signal.SIGTERM)
-                server.wait(timeout=60)
+        old = Path.cwd()
+        os.chdir(tree)  # `python -m ocs` imports the tree's ocs
+        try:
+            server = start_server(
+                os.environ["BENCH_DATA_DIR"],
+                http_port,
+                1,
+                args.redis_url,
+                args.database_url,
+                extra_env={"OCS_RADIUS_AUTH_PORT": "0", "OCS_RADIUS_ACCT_PORT": "0"},
+            )
+        finally:
+            os.chdir(old)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await wait_healthy(session, base, 120)
+                await setup(session, base, 1000)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
 
     asyncio.run(made())
 
@@ -293,6 +294,9 @@ def main() -> None:
         print(json.dumps(uvloop.run(measure(args))))
         return
     trees = [Path(t).resolve() for t in args.trees.split(",")] if args.trees else [HERE.parent]
+    # One state directory for the run, shared by each tree's ``ocs serve`` and the process
+    # that measures it: a tree with a pepper (decision 0054) keeps it there.
+    os.environ["BENCH_DATA_DIR"] = tempfile.mkdtemp(prefix="ocs-bench-", dir="/tmp")
     for round_ in range(1, args.rounds + 1):
         for tree in trees:
             prepare(tree, args)
