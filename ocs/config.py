@@ -594,7 +594,7 @@ class Settings:
         None,
         _parse_optional_path,
         "file holding the server secret (pepper) PIN and password digests are keyed by; the"
-        " same file for every ocs process (none: <data dir>/pepper, made at the first start)",
+        " same file for every ocs process (none: <data dir>/pepper, made by the first ocs serve)",
     )
     switch_token_required: bool = _setting(
         False,

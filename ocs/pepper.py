@@ -1,5 +1,5 @@
-"""The server's pepper: read from its file, made at the first start, checked against the
-stores (decision 0054).
+"""The server's pepper: read from its file, made at the server's first start, checked
+against the stores (decision 0054).
 
 PIN and password digests are keyed by the pepper (``ocs.balances.digests``), so a copy
 of Redis or PostgreSQL alone does not give PINs and passwords away. It lives in a
@@ -13,8 +13,13 @@ background process, ``ocs demo``, ``ocs pins generate``, ``ocs credentials rekey
 use the same pepper, or the cards one makes open in no other. PostgreSQL keeps one
 check value of it (table ``pepper_check``): the first process records it, and one
 started with another pepper (another file, another user's data dir) stops at once with
-exit code 2, naming ``pepper_file``, before it makes or looks up a digest. Other
-commands, and the billing worker, which touches no PIN or password, load no pepper
+exit code 2, naming ``pepper_file``, before it makes or looks up a digest. Only ``ocs
+serve`` and ``ocs demo`` make the file (``create=True``; a ``--workers`` parent makes
+it before its workers start): ``ocs pins generate`` and ``ocs credentials rekey`` need
+the deployment's file and stop without one, since a pepper they made (before the
+server's first start, in a container without the data volume, as root) would key
+cards and re-keyed digests that the server never opens. Other commands, and the
+billing worker, which touches no PIN or password, load no pepper
 (``open_runtime(pepper=False)``): they neither need its file nor make one.
 """
 
@@ -74,12 +79,15 @@ def make_pepper(path: Path, label: str) -> bytes:
     and return the pepper the file holds: several processes starting at once (serve
     workers) all end with the one the first of them wrote."""
     text = secrets.token_hex(MIN_PEPPER_BYTES) + "\n"
-    scratch = path.with_name(f".{path.name}.{os.getpid()}")
+    # Its own scratch file for every call, threads of one process included: a shared one
+    # was unlinked by whichever call finished first, under the others' feet.
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.fchmod(fd, 0o600)  # a scratch file left by a crash may have kept another mode
+            os.fchmod(fd, 0o600)  # never another mode, whatever the umask
+            _give_to_directory_owner(fd, path.parent)
             os.write(fd, text.encode())
             os.fsync(fd)
         finally:
@@ -101,19 +109,43 @@ def make_pepper(path: Path, label: str) -> bytes:
     return pepper
 
 
-async def load_digests(settings: Settings, pool: asyncpg.Pool) -> Digests:
-    """The digests of this deployment's pepper, its file made when it has none yet;
-    ``ConfigError`` (naming ``pepper_file``) when the pepper is not the one PostgreSQL's
-    check value was made with, or when it cannot be read or made."""
+def _give_to_directory_owner(fd: int, directory: Path) -> None:
+    """Root making the pepper in a data dir another user owns (``ocs serve`` started by
+    root on a host whose service runs as ``ocs``) gives the file to that user: a file
+    root keeps, mode 0600, would stop every later start of the service."""
+    if os.geteuid() != 0:
+        return
+    owner = directory.stat()
+    if owner.st_uid != 0:
+        os.fchown(fd, owner.st_uid, owner.st_gid)
+
+
+async def load_digests(settings: Settings, pool: asyncpg.Pool, *, create: bool = False) -> Digests:
+    """The digests of this deployment's pepper; ``ConfigError`` (naming ``pepper_file``)
+    when the pepper is not the one PostgreSQL's check value was made with, or when it
+    cannot be read or made.
+
+    ``create``: make the file when there is none yet and PostgreSQL records no check
+    value (``ocs serve``, ``ocs demo``); other commands need the existing file."""
     path, label = pepper_path(settings), _label(settings)
-    pepper = await asyncio.to_thread(read_pepper, path, label)
     async with pool.acquire() as conn:
+        # The check value before the file: a process that records it has made its file
+        # first, so a check value read here means that file is there to be read below
+        # (read the other way round, a process starting beside the first one read "no
+        # file", then the check value, and stopped with a false "does not exist").
         recorded: str | None = await conn.fetchval("SELECT fingerprint FROM pepper_check")
+        pepper = await asyncio.to_thread(read_pepper, path, label)
         if pepper is None:
             if settings.pepper_file is not None:
                 # A named file that is missing is a mistake (a secret not mounted): a new
                 # pepper there would open none of the cards made before.
                 raise ConfigError(f"pepper_file: file not found: {path}; make one with {MAKE_ONE}")
+            if not create:
+                raise ConfigError(
+                    f"{label}: {path} does not exist, and only `ocs serve` and `ocs demo`"
+                    " make one: start `ocs serve` once first, or set pepper_file to the file"
+                    " the ocs server uses"
+                )
             if recorded is not None:
                 raise ConfigError(
                     f"{label}: {path} does not exist, yet the stores hold PIN and password"

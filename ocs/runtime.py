@@ -96,6 +96,25 @@ async def check_backends(settings: Settings) -> None:
             await redis.aclose()
 
 
+async def check_pepper(settings: Settings) -> None:
+    """Load the pepper of ``settings`` (a URL, not embedded), made if it has none yet,
+    against PostgreSQL's check value, migrated first (decision 0054): ``ConfigError``
+    when it is not the deployment's.
+
+    A ``--workers`` parent calls it before it starts any worker: a wrong or missing
+    pepper stops the start with one line instead of workers that exit and are restarted
+    for ever, and the workers find the one file made here (none of them makes it).
+    """
+    if not settings.database_url:
+        return
+    pool = await _open_pool(settings.database_url, 1)
+    try:
+        await migrate(pool)
+        await load_digests(settings, pool, create=True)
+    finally:
+        await pool.close()
+
+
 class Backends:
     """The Redis and PostgreSQL URLs in use, and any embedded servers this process started."""
 
@@ -208,12 +227,14 @@ async def open_runtime(
     listen_catalog: bool = True,
     load_catalog: bool = True,
     pepper: bool = True,
+    make_pepper: bool = False,
 ) -> AsyncIterator[Services]:
     """The shared services of a process (backends started if embedded), closed on exit.
 
-    ``pepper``: load the pepper PIN and password digests are keyed by (decision 0054),
-    made at the first start; False for a command that makes and looks up no digest,
-    which then needs no pepper file (its ``digests`` refuse to be used).
+    ``pepper``: load the pepper PIN and password digests are keyed by (decision 0054);
+    False for a command that makes and looks up no digest, which then needs no pepper
+    file (its ``digests`` refuse to be used). ``make_pepper``: make its file when there
+    is none yet (the server only); else a missing file stops the process.
     """
     if settings.redis_cluster and settings.redis_url is None:
         # An embedded Redis is one standalone server: a cluster is always external.
@@ -233,7 +254,9 @@ async def open_runtime(
                 await migrate(pool)
                 # Before anything can make or look up a digest: a process with another
                 # pepper than the deployment's stops here (decision 0054).
-                digests = await load_digests(settings, pool) if pepper else NoPepper()
+                digests = (
+                    await load_digests(settings, pool, create=make_pepper) if pepper else NoPepper()
+                )
                 pipeline = AutoPipeline(
                     redis,
                     backends.redis_url,

@@ -134,7 +134,8 @@ async def _serve(
 ) -> None:
     """Open the runtime, start every part, serve until ``stopping``, then stop in stages."""
     # Pools and embedded servers close after every stage (open_runtime exits last).
-    async with open_runtime(settings) as services:
+    # The server makes the pepper's file at its first start; no other command does.
+    async with open_runtime(settings, make_pepper=True) as services:
         if before_listen is not None:
             await before_listen(services)
         if settings.admin_token_required:

@@ -44,7 +44,7 @@ from ocs import listen_sockets, systemd_notify
 from ocs.background import BACKGROUND, PART_ENV
 from ocs.config import Settings, with_overrides
 from ocs.metrics import MULTIPROCESS_DIR_ENV
-from ocs.runtime import Backends, check_backends
+from ocs.runtime import Backends, check_backends, check_pepper
 
 log = logging.getLogger("ocs.workers")
 
@@ -176,13 +176,13 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
         stack.callback(backends.stop)
         # A backend down or refusing stops the start here, in one line (BackendUnreachable),
         # rather than in every worker, restarted and failing again, one after another.
-        asyncio.run(
-            check_backends(
-                with_overrides(
-                    settings, redis_url=backends.redis_url, database_url=backends.database_url
-                )
-            )
+        checked = with_overrides(
+            settings, redis_url=backends.redis_url, database_url=backends.database_url
         )
+        asyncio.run(check_backends(checked))
+        # So is a wrong or missing pepper (decision 0054); and the file, made here when
+        # there is none yet, is the one every worker then reads.
+        asyncio.run(check_pepper(checked))
         env = dict(os.environ)
         env["OCS_REDIS_URL"] = backends.redis_url or ""
         env["OCS_DATABASE_URL"] = backends.database_url or ""

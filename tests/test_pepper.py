@@ -9,14 +9,20 @@ pepper kept in a file (``<data_dir>/pepper`` here), never in either store:
   it could recompute from the PIN (or password) alone;
 - a card or account stored the old way still opens, over RADIUS and HTTP, and is
   re-keyed as it is used; ``ocs credentials rekey`` re-keys every one at once;
-- another pepper opens nothing, and a process started with one stops at once.
+- another pepper opens nothing, and a process started with one stops at once;
+- only the server makes the pepper's file: the commands that need it stop without it.
 """
 
+import asyncio
+import contextvars
+import os
 import secrets
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import uvloop
 
@@ -32,7 +38,7 @@ from ocs.balances.rekey import rekey_all
 from ocs.charging.lifecycle import CallService
 from ocs.config import ConfigError, Settings, with_overrides
 from ocs.errors import OcsError
-from ocs.pepper import PEPPER_FILE
+from ocs.pepper import PEPPER_FILE, load_digests, make_pepper, read_pepper
 from ocs.runtime import open_runtime
 from ocs.services import Services
 from tests.conftest import RunningApp, add_plan, reset_state
@@ -265,7 +271,7 @@ async def test_with_no_pepper_file_one_is_made_in_the_data_dir_and_kept(
 ) -> None:
     await reset_state(settings.redis_url or "", settings.database_url or "")
     embedded_like = with_overrides(settings, pepper_file=None)
-    async with open_runtime(embedded_like) as services:
+    async with open_runtime(embedded_like, make_pepper=True) as services:
         (pin, _, card), _ = await cards_and_alice(services)
     path = settings.data_dir / PEPPER_FILE
     pepper = path.read_text()
@@ -280,6 +286,94 @@ async def test_with_no_pepper_file_one_is_made_in_the_data_dir_and_kept(
     async with open_runtime(embedded_like, pepper=False) as services:
         assert await services.accounts.show(card)
     assert not path.exists()
+
+
+def test_only_the_server_makes_the_pepper_file(
+    ocs: Any, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ocs credentials rekey`` and ``ocs pins generate`` run before the server's first
+    start (or as another user, or without the data volume) made a pepper of their own:
+    rekey then keyed every old digest by it, for good. They stop, making nothing."""
+    monkeypatch.delenv("OCS_PEPPER_FILE")  # the default: <data_dir>/pepper
+    pepper = tmp_path / "var" / PEPPER_FILE
+    cards_csv = tmp_path / "cards.csv"
+    one_card = ["--value", "5.00", "--out", str(cards_csv)]
+    for argv in (
+        ["credentials", "rekey"],
+        ["pins", "generate", "--batch", "b", "--plan", "retail", "--count", "1", *one_card],
+    ):
+        code, out, err = ocs(*argv)
+        assert (code, out) == (2, None), err
+        assert err.count("\n") == 1 and "start `ocs serve` once first" in err, err
+        assert "set pepper_file" in err
+        assert not pepper.exists() and not cards_csv.exists()
+
+        async def recorded() -> int:
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                count: int = await conn.fetchval("SELECT count(*) FROM pepper_check")
+                return count
+            finally:
+                await conn.close()
+
+        assert uvloop.run(recorded()) == 0
+
+
+# Which of the concurrent loads below reads the pepper's file late (as a process the
+# scheduler put aside would).
+_LATE: contextvars.ContextVar[bool] = contextvars.ContextVar("late", default=False)
+
+
+async def test_processes_starting_at_once_on_a_fresh_data_dir_share_one_pepper(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting beside the first one, a process read "no file" just before the first
+    made the file and recorded its check value, then read that check value: it stopped,
+    saying the pepper did not exist while the stores held digests keyed by one."""
+    async with open_runtime(settings, pepper=False):
+        pass  # the tables made
+    await reset_state(settings.redis_url or "", settings.database_url or "")
+    fresh = with_overrides(settings, pepper_file=None, data_dir=tmp_path / "fresh")
+    first_done = threading.Event()
+
+    def read_late(path: Path, label: str) -> bytes | None:
+        """The file as it was, handed back once the first load has ended."""
+        found = read_pepper(path, label)
+        if _LATE.get():
+            assert first_done.wait(timeout=30), "the first load never ended"
+        return found
+
+    monkeypatch.setattr("ocs.pepper.read_pepper", read_late)
+
+    async def load(late: bool) -> bytes:
+        _LATE.set(late)  # in this task's context only (asyncio.to_thread carries it)
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+        try:
+            digests = await load_digests(fresh, pool, create=True)
+            return digests.fingerprint().encode()
+        finally:
+            await pool.close()
+
+    first = asyncio.create_task(load(False))
+    first.add_done_callback(lambda _: first_done.set())
+    others = [asyncio.create_task(load(True)) for _ in range(4)]
+    results = await asyncio.gather(first, *others)
+    assert len(set(results)) == 1
+    made = read_pepper(fresh.data_dir / PEPPER_FILE, "pepper")
+    assert made is not None and Digests(made).fingerprint().encode() == results[0]
+
+
+def test_a_pepper_made_by_root_in_another_users_data_dir_is_that_users(tmp_path: Path) -> None:
+    """``ocs serve`` started once by root on a host whose service runs as another user
+    left /var/lib/ocs/pepper root's, mode 0600: every later start as that user stopped."""
+    data_dir = tmp_path / "var"
+    data_dir.mkdir()
+    if os.geteuid() == 0:
+        os.chown(data_dir, 65534, 65534)  # nobody's, as /var/lib/ocs is the service user's
+    make_pepper(data_dir / PEPPER_FILE, "pepper")
+    made, owner = (data_dir / PEPPER_FILE).stat(), data_dir.stat()
+    assert (made.st_uid, made.st_gid) == (owner.st_uid, owner.st_gid)
+    assert stat.S_IMODE(made.st_mode) == 0o600
 
 
 # -- on a Redis Cluster ------------------------------------------------------------------

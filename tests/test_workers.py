@@ -1,7 +1,9 @@
 """`ocs serve --workers N`: several processes share the ports and stop together."""
 
+import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -12,7 +14,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocs.config import Settings
+from ocs.runtime import open_runtime
+from tests.conftest import reset_state
 from tests.ports import free_port
+from tests.serve_process import ServeProcess, serve_env
 
 ANSWERED = {"healthz": 0}
 
@@ -125,3 +130,35 @@ def test_two_workers_answer_and_stop_on_sigterm(settings: Settings, tmp_path: Pa
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_workers_with_a_wrong_pepper_stop_the_start_at_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The pepper was checked only in the workers, which exited 2 and were started again
+    every second, for ever: the parent checks it (decision 0054) before any starts."""
+
+    async def record_the_deployments_pepper() -> None:
+        async with open_runtime(settings):
+            pass
+
+    asyncio.run(reset_state(settings.redis_url or "", settings.database_url or ""))
+    asyncio.run(record_the_deployments_pepper())
+    another = tmp_path / "another-pepper"
+    another.write_text(secrets.token_hex(32))
+    server = ServeProcess(
+        http_port=free_port(),
+        auth_port=free_port(),
+        acct_port=free_port(),
+        env=serve_env(settings, {"OCS_PEPPER_FILE": str(another)}),
+        data_dir=tmp_path / "var",
+        log=tmp_path / "serve.log",
+        extra_args=["--workers", "2"],
+    )
+    try:
+        assert server.wait_exit(within=60) == 2
+        log = server.log_tail()
+        assert "ocs: configuration error: pepper_file: " in log and "is not the pepper" in log
+        assert "workers started" not in log, log
+    finally:
+        server.stop()
