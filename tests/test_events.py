@@ -469,7 +469,10 @@ async def test_two_deliverers_send_each_event_once_past_a_slow_receivers_first_l
             await rest.wait()
 
     receiver.on_request = slow
-    sending = asyncio.create_task(deliver_pending(services.pool, services.settings))
+    # One webhook sent as many at once as a deliverer sends (the per-webhook cap is
+    # test_webhooks.py's): this test is about the leases of a full set of slots.
+    settings = with_overrides(services.settings, webhook_in_flight=CONCURRENCY)
+    sending = asyncio.create_task(deliver_pending(services.pool, settings))
     try:
         await eventually(lambda: asyncio.sleep(0, result=len(receiver.ids) == CONCURRENCY))
         async with services.pool.acquire() as conn:
@@ -483,7 +486,7 @@ async def test_two_deliverers_send_each_event_once_past_a_slow_receivers_first_l
         # A second billing worker whose clock is past the first lease taken: the rows
         # still being sent were claimed (and leased) only when their send began.
         later = await deliver_pending(
-            services.pool, services.settings, now=first_lease + timedelta(microseconds=1)
+            services.pool, settings, now=first_lease + timedelta(microseconds=1)
         )
         rest.set()
         await sending

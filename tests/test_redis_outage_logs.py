@@ -105,6 +105,7 @@ async def outage_services(
     private_redis: PrivateRedis,
     database_url: str,
     tmp_path: Path,
+    pepper_file: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Services]:
     # A tracker of this test alone: every component built below reports to it.
@@ -113,6 +114,7 @@ async def outage_services(
         redis_url=private_redis.url,
         database_url=database_url,
         data_dir=tmp_path / "var",
+        pepper_file=pepper_file,
         http_host="127.0.0.1",
         http_port=0,
         log_format="text",
