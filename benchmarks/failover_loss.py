@@ -299,7 +299,8 @@ async def drill(config: Config, number: int, args: argparse.Namespace) -> Row:
             http_port=0,
             log_format="text",
         )
-        async with open_runtime(settings) as services:
+        # It serves, as `ocs serve` does: it makes the pepper of its fresh stores.
+        async with open_runtime(settings, make_pepper=True) as services:
             token = await api_tokens.create(services.pool, TEST_TOKEN_NAME, "admin")
             http = TestClient(TestServer(create_app(services)), headers=bearer(token))
             await http.start_server()
