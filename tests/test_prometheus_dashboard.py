@@ -169,11 +169,12 @@ async def calls(nas: RunningRadius, round_: int) -> None:
     """A little traffic: granted, stopped and refused calls over HTTP and RADIUS, two
     calls left live, one RADIUS request refused."""
     app = nas.app
-    for body in (
-        {"account": "rich", "destination": GERMANY},
-        {"account": "poor", "destination": GERMANY},
+    for body, expected in (
+        ({"account": "rich", "destination": GERMANY}, 201),
+        ({"account": "poor", "destination": GERMANY}, 402),
     ):
-        await app.post("/v1/calls", body)
+        status, answer = await app.post("/v1/calls", body)
+        assert status == expected, answer
     status, call = await app.post("/v1/calls", {"account": "rich", "destination": GERMANY})
     assert status == 201, call
     status, _ = await app.post(f"/v1/calls/{call['call_id']}/stop", {"duration": 12})
@@ -246,8 +247,13 @@ async def test_every_dashboard_query_and_alert_expression_on_a_real_prometheus(
             ("http", "zero_balance"),
             ("radius", "account_not_found"),
         }
-        hot = await prometheus.query("topk(10, max by (account) (ocs_hot_account_live_calls))")
-        assert [(r["metric"]["account"], r["value"][1]) for r in hot] == [("rich", "4")]
+
+        # The four calls left live, as the state sampler last saw them (each half second).
+        async def hot_is_four() -> bool:
+            hot = await prometheus.query("topk(10, max by (account) (ocs_hot_account_live_calls))")
+            return [(r["metric"]["account"], r["value"][1]) for r in hot] == [("rich", "4")]
+
+        await eventually(hot_is_four, within=15, what="rich's four live calls in Prometheus")
         zones = await prometheus.query("topk(10, max by (zone) (ocs_hot_zone_live_calls))")
         assert [(r["metric"]["zone"], r["value"][1]) for r in zones] == [("Germany", "4")]
         runs = await prometheus.query('max by (state) (ocs_billing_runs{state="done"})')
