@@ -731,6 +731,22 @@ def _apply(values: dict[str, Any], source: Mapping[str, Any], origin: str, env: 
             raise ConfigError(f"{label}: a value of the wrong type ({kind}): {raw!r}") from None
 
 
+def read_setting_file(path: Path, label: str) -> str | None:
+    """The UTF-8 text of a file a setting names, None when there is no such file (the
+    caller says whether that is an error); ``ConfigError`` naming ``label`` and the path
+    when the file is there but cannot be read as text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ConfigError(f"{label}: a directory, not a file: {path}") from None
+    except PermissionError:
+        raise ConfigError(f"{label}: file not readable by this user: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label}: not UTF-8 text: {path}") from None
+
+
 def load_settings(
     config_file: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -748,16 +764,11 @@ def load_settings(
     if path is None and env.get("OCS_CONFIG"):
         path, named_by = Path(env["OCS_CONFIG"]), "OCS_CONFIG"
     if path is not None:
+        text = read_setting_file(path, named_by)
+        if text is None:
+            raise ConfigError(f"{named_by}: file not found: {path}")
         try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{named_by}: file not found: {path}") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{named_by}: a directory, not a file: {path}") from None
-        except PermissionError:
-            raise ConfigError(f"{named_by}: file not readable: {path}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{named_by} {path}: not valid TOML: not UTF-8 text") from None
+            document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{named_by} {path}: not valid TOML: {exc}") from None
         # Accept either top-level keys or an [ocs] table, not both: a key outside the

@@ -33,7 +33,7 @@ from pathlib import Path
 import asyncpg
 
 from ocs.balances.digests import MIN_PEPPER_BYTES, Digests
-from ocs.config import ConfigError, Settings
+from ocs.config import ConfigError, Settings, read_setting_file
 
 log = logging.getLogger("ocs.pepper")
 
@@ -55,16 +55,9 @@ def _label(settings: Settings) -> str:
 def read_pepper(path: Path, label: str) -> bytes | None:
     """The pepper in ``path`` (its text, surrounding white space left out), None when there
     is no such file; ``ConfigError`` naming ``label`` when it cannot be one."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    text = read_setting_file(path, label)
+    if text is None:
         return None
-    except IsADirectoryError:
-        raise ConfigError(f"{label}: a directory, not a file: {path}") from None
-    except PermissionError:
-        raise ConfigError(f"{label}: file not readable by this user: {path}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{label}: not UTF-8 text: {path}") from None
     pepper = text.strip().encode()
     if len(pepper) < MIN_PEPPER_BYTES:
         raise ConfigError(
