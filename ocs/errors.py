@@ -51,6 +51,9 @@ class Reason(Enum):
     INVALID_DECK = "invalid_deck"
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
+    # A change whose COMMIT was sent but whose answer was lost, and PostgreSQL could not
+    # be read back: it may or may not stand. Look before retrying (a retry may do it twice).
+    OUTCOME_UNKNOWN = "outcome_unknown"
     COUNTER_EXHAUSTED = "counter_exhausted"
     NO_PROFITABLE_ROUTE = "no_profitable_route"
     PIN_BLOCKED = "pin_blocked"
@@ -106,6 +109,7 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.INVALID_DECK: _ReasonInfo(400, 1, 400),
     Reason.NOT_FOUND: _ReasonInfo(404, 1, 404),
     Reason.UNAVAILABLE: _ReasonInfo(503, 1, 503),
+    Reason.OUTCOME_UNKNOWN: _ReasonInfo(503, 1, 503),
     Reason.COUNTER_EXHAUSTED: _ReasonInfo(403, 9, 402),
     Reason.NO_PROFITABLE_ROUTE: _ReasonInfo(403, 9, 403),
     Reason.PIN_BLOCKED: _ReasonInfo(403, 10, 403),

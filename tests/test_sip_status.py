@@ -33,6 +33,7 @@ EXPECTED = {
     "no_free_line": 486,
     "call_already_stopped": 481,
     "unavailable": 503,
+    "outcome_unknown": 503,
     "unauthorized": 503,
     "forbidden": 503,
     "invalid_field": 400,

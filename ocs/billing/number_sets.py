@@ -15,6 +15,8 @@ to exactly that number (not to a longer one starting with it) rates in the plan'
 On-net zone; only an admin may import one.
 """
 
+import asyncio
+import contextlib
 import csv
 import io
 import logging
@@ -24,6 +26,7 @@ from datetime import UTC, date, datetime
 import asyncpg
 
 from ocs.balances.store import BalanceStore
+from ocs.billing import number_refs
 from ocs.billing.store import assign_number, release_number
 from ocs.catalog.snapshot import CATALOG_CHANNEL
 from ocs.decks.problems import DeckError
@@ -302,10 +305,11 @@ async def take_number(
             # Redis last, inside the transaction: a failure rolls the claim and its charge
             # back together, and leaves the number free to take again.
             await store.set_did(row["number"], account_id)
-    except BaseException:
-        if told is not None:
-            await _put_back_did(store, told, account_id, taken=False)
-        raise
+    except BaseException as exc:
+        if told is None or not await _stands_after_failure(
+            exc, pool, store, told, account_id, releasing=False
+        ):
+            raise
     return TakenNumber(
         account_id, row["number"], row["number_set_id"], row["kind"], row["on_net"], day, charge
     )
@@ -352,6 +356,45 @@ async def _claim(
         },
     )
     return row, charge
+
+
+async def _stands_after_failure(
+    exc: BaseException,
+    pool: asyncpg.Pool,
+    store: BalanceStore,
+    number: str,
+    account_id: str,
+    releasing: bool,
+) -> bool:
+    """After a take (``releasing`` False) or release (True) by ``account_id`` that told
+    Redis and then raised ``exc``: whether it stands all the same, its COMMIT having gone
+    through with only its answer lost; Redis then says what PostgreSQL does either way.
+
+    A failure known to have rolled back puts Redis back (``_put_back_did``). One that
+    leaves the COMMIT's outcome unknown (the connection lost, the task cancelled) reads
+    PostgreSQL back and sets Redis to its holder; 503 ``outcome_unknown`` where it cannot
+    be read, Redis left as the change set it (a retry then either redoes the change or
+    finds it done). A cancellation is never swallowed: its caller gets it (False).
+    """
+    if not number_refs.outcome_unknown(exc):
+        await _put_back_did(store, number, account_id, taken=releasing)
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        with contextlib.suppress(Exception):
+            await number_refs.settle_reference(pool, store, number)
+        return False
+    holder = await number_refs.settle_reference(pool, store, number)
+    stands = holder != account_id if releasing else holder == account_id
+    if stands:
+        log.warning(
+            "a number change committed though its COMMIT's answer was lost",
+            extra={
+                "number": number,
+                "account": account_id,
+                "change": "release" if releasing else "take",
+            },
+        )
+    return stands
 
 
 async def _put_back_did(store: BalanceStore, number: str, account_id: str, taken: bool) -> None:
@@ -434,10 +477,11 @@ async def release(
             # Redis last, inside the transaction (as a take): a failure leaves the number
             # the account's, its charge running, and its inbound calls the account's.
             await store.set_did(number, None)
-    except BaseException:
-        if told:
-            await _put_back_did(store, number, account_id, taken=True)
-        raise
+    except BaseException as exc:
+        if not told or not await _stands_after_failure(
+            exc, pool, store, number, account_id, releasing=True
+        ):
+            raise
 
 
 async def _free(conn: asyncpg.Connection, account_id: str, number: str, day: date) -> None:

@@ -276,7 +276,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         errors=(404, 409),
         description="404 when the plan's sets have no free number left; 409 for a number"
         " another account holds. The number triggers its charge and identifies the account"
-        " for inbound calls.",
+        " for inbound calls. 503 outcome_unknown: the take's COMMIT was sent, its answer"
+        " lost, and PostgreSQL could not be read back; it may stand: read the account's"
+        " numbers before retrying (a retry of the next free number would take a second).",
     ),
     Endpoint(
         "GET",
@@ -296,5 +298,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         ReleaseNumber,
         NumberReleased,
         errors=(404,),
+        description="503 outcome_unknown: the release's COMMIT was sent, its answer lost,"
+        " and PostgreSQL could not be read back; it may stand (a retry then answers 404).",
     ),
 )
