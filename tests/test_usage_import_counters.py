@@ -360,17 +360,25 @@ async def test_a_late_call_draws_only_on_the_seconds_its_cycle_carried_over(
 async def test_a_cycle_that_begins_during_the_import_is_not_drawn_by_older_calls(
     app: RunningApp, tmp_path: Path
 ) -> None:
-    # The import read the counters before December's reset and priced November's call
-    # with the bundle's 600 s; the reset came before its debit. The script sees the
-    # call is older than the cycle and refuses the price: read again, it pays the tariff.
+    # The import read the counters in November and priced November's call with the
+    # bundle's 600 s. Before its debit December began, carrying those 600 s over, and a
+    # December call took all December had free, the carried seconds with it. The script
+    # sees the call is older than the cycle and its cycle's seconds are taken: read
+    # again, it pays the tariff, and December's bundle gives it nothing.
     await setup_mediation(app)
-    await add_counter(app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00")
+    await add_counter(
+        app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00", carryover=True
+    )
     await new_account(app, "racer", "10.00")
+    await new_cycle(app, "2026-11", NOV_1)
     path = tmp_path / "race.csv"
     path.write_text(HEADER + f"r1,racer,{UK},2026-11-30 22:00:00,120,O,,\n")
 
     async def december_begins() -> None:
         await new_cycle(app, "2026-12", DEC_1)
+        call = {"account": "racer", "destination": UK, "call_id": "live-1"}
+        status, grant = await app.post("/v1/calls", call)
+        assert (status, grant["counter_seconds"]) == (201, 1200), grant
 
     racing = _OvertakenRead(app, december_begins)
     summary = await racing.run(ImportRequest(template="carrier-x", files=(str(path),)))
@@ -378,4 +386,146 @@ async def test_a_cycle_that_begins_during_the_import_is_not_drawn_by_older_calls
     assert (summary.rows_charged, summary.amounts) == (1, {"EUR": 40_000}), summary.problems
     rows = await stored_cdrs(app, "carrier-x", 1)
     assert (rows[0]["counter_id"], rows[0]["counter_seconds"]) == (None, 0)
-    assert await counters_of(app, "racer") == [("uk-600", 0, 600)]
+    status, stopped = await app.post("/v1/calls/live-1/stop", {"duration": 100})
+    assert (status, stopped["cost"]) == (200, "0.000000"), stopped
+    assert await counters_of(app, "racer") == [("uk-600", 100, 1100)]
+    assert await balance(app, "racer") == 10_000_000 - 40_000
+
+
+async def test_a_mandatory_bundle_first_used_after_the_first_reset_gives_late_calls_its_seconds(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # The account never called the UK in November, so its mandatory bundle was never
+    # started when December's reset (its first) ran. A call of November 30 imported then
+    # would have started it with its 600 s: imported after the reset, it draws on them,
+    # and December's bundle is December's.
+    await setup_mediation(app)
+    await add_counter(app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00")
+    await new_account(app, "first", "10.00")
+    await new_cycle(app, "2026-12", DEC_1)
+    path = tmp_path / "late.csv"
+    path.write_text(
+        HEADER
+        # November's: 400 of November's 600 s, free.
+        + f"n30,first,{UK},2026-11-30 23:00:00,400,O,,\n"
+        # December's: December's bundle, free.
+        + f"d02,first,{UK},2026-12-02 09:00:00,300,O,,\n"
+        # November's: its last 200 s, then 60 s at the tariff: 5 - 4 blocks, 0.02.
+        + f"n29,first,{UK},2026-11-29 10:00:00,260,O,,\n"
+    )
+    summary = await run_import(app, path)
+    assert summary.rows_charged == 3, summary.problems
+    assert summary.amounts == {"EUR": 20_000}
+    assert await balance(app, "first") == 10_000_000 - 20_000
+    assert await counters_of(app, "first") == [("uk-600", 300, 300)]
+    rows = await stored_cdrs(app, "carrier-x", 3)
+    drawn = [(r["record_id"], r["counter_id"], r["counter_seconds"], r["charged"]) for r in rows]
+    assert drawn == [
+        ("d02", "uk-600", 300, 0),
+        ("n29", "uk-600", 200, 20_000),
+        ("n30", "uk-600", 400, 0),
+    ]
+
+
+OCT_20 = datetime(2026, 10, 20, 12, tzinfo=UTC)
+JAN_1 = datetime(2027, 1, 1, 5, tzinfo=UTC)
+
+
+async def bought_in_october(app: RunningApp, account_id: str, counter_id: str) -> None:
+    """The account buys the optional counter, its purchase dated October 20 (as buying it
+    then would have stamped it), so that November's reset starts its cycle."""
+    status, body = await app.post(f"/v1/accounts/{account_id}/counters", {"counter": counter_id})
+    assert status == 201, body
+    at = int(OCT_20.timestamp()) * 1_000_000
+    await app.services.redis.hset(keys.counters(account_id), f"{counter_id}:bought_at", at)
+
+
+async def test_a_bundle_cancelled_after_its_cycle_closed_still_serves_that_cycles_late_calls(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # The customer used 500 of November's 600 s and gave the bundle up on December 7.
+    # November's calls imported later draw on the 100 s November left: the bundle was
+    # theirs when they were made. December's pay the tariff (cancelled), and so do
+    # November's once January's reset has closed December.
+    await setup_mediation(app)
+    await add_counter(
+        app, id="uk-opt", seconds=600, zones=["UK"], price_per_minute="0.00", mandatory=False
+    )
+    await new_account(app, "quits", "10.00")
+    await bought_in_october(app, "quits", "uk-opt")
+    await new_cycle(app, "2026-11", NOV_1)
+    november = tmp_path / "november.csv"
+    november.write_text(HEADER + f"n10,quits,{UK},2026-11-10 09:00:00,500,O,,\n")
+    assert (await run_import(app, november)).amounts == {"EUR": 0}
+    await new_cycle(app, "2026-12", DEC_1)
+    response = await app.client.delete("/v1/accounts/quits/counters/uk-opt")
+    assert response.status == 200, await response.text()
+    assert await counters_of(app, "quits") == []
+    # December's reset run again for the account keeps what November left.
+    retry = keys.counter_cycle_run("2026-12", None, "quits")
+    await app.services.redis.set(retry, int(DEC_7.timestamp()) * 1_000_000)
+    status, report = await app.post("/v1/counters/reset", {"account": "quits", "cycle": "2026-12"})
+    assert status == 200, report
+    late = tmp_path / "late.csv"
+    late.write_text(
+        HEADER
+        # December's, the bundle cancelled: the tariff, 0.02.
+        + f"d02,quits,{UK},2026-12-02 09:00:00,60,O,,\n"
+        # November's: its 100 s left, then 60 s at the tariff: 3 - 2 blocks, 0.02.
+        + f"n30,quits,{UK},2026-11-30 22:00:00,160,O,,\n"
+        # November's again, nothing left of it: the tariff, 0.02.
+        + f"n29,quits,{UK},2026-11-29 10:00:00,60,O,,\n"
+    )
+    summary = await run_import(app, late)
+    assert summary.rows_charged == 3, summary.problems
+    assert summary.amounts == {"EUR": 60_000}
+    rows = await stored_cdrs(app, "carrier-x", 4)
+    drawn = [(r["record_id"], r["counter_id"], r["counter_seconds"], r["charged"]) for r in rows]
+    assert drawn == [
+        ("d02", None, 0, 20_000),
+        ("n10", "uk-opt", 500, 0),
+        ("n29", None, 0, 20_000),
+        ("n30", "uk-opt", 100, 20_000),
+    ]
+    # January closes December, in which the bundle was cancelled: nothing is kept.
+    await new_cycle(app, "2027-01", JAN_1)
+    older = tmp_path / "older.csv"
+    older.write_text(HEADER + f"n28,quits,{UK},2026-11-28 10:00:00,60,O,,\n")
+    assert (await run_import(app, older)).amounts == {"EUR": 20_000}
+    assert await balance(app, "quits") == 10_000_000 - 80_000
+    assert await counters_of(app, "quits") == []
+
+
+async def test_a_bundle_cancelled_while_a_call_holds_it_still_serves_its_closed_cycle(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # November's 600 s went unused. In December a live call holds the bundle when the
+    # customer gives it up: it is gone for new calls, but November's calls imported
+    # later draw on November's seconds, before and after the live call's stop.
+    await setup_mediation(app)
+    await add_counter(
+        app, id="uk-opt", seconds=600, zones=["UK"], price_per_minute="0.00", mandatory=False
+    )
+    await new_account(app, "holder", "10.00")
+    await bought_in_october(app, "holder", "uk-opt")
+    await new_cycle(app, "2026-11", NOV_1)
+    await new_cycle(app, "2026-12", DEC_1)
+    call = {"account": "holder", "destination": UK, "call_id": "live-1"}
+    status, grant = await app.post("/v1/calls", call)
+    assert (status, grant["counter_seconds"]) == (201, 600), grant
+    response = await app.client.delete("/v1/accounts/holder/counters/uk-opt")
+    assert response.status == 200, await response.text()
+    first = tmp_path / "first.csv"
+    first.write_text(HEADER + f"n30,holder,{UK},2026-11-30 22:00:00,400,O,,\n")
+    assert (await run_import(app, first)).amounts == {"EUR": 0}
+    status, stopped = await app.post("/v1/calls/live-1/stop", {"duration": 100})
+    assert (status, stopped["cost"]) == (200, "0.000000"), stopped
+    assert await counters_of(app, "holder") == []
+    # November's last 200 s, then 60 s at the tariff: 5 - 4 blocks, 0.02.
+    second = tmp_path / "second.csv"
+    second.write_text(HEADER + f"n29,holder,{UK},2026-11-29 10:00:00,260,O,,\n")
+    assert (await run_import(app, second)).amounts == {"EUR": 20_000}
+    rows = await stored_cdrs(app, "carrier-x", 2)
+    drawn = [(r["record_id"], r["counter_id"], r["counter_seconds"], r["charged"]) for r in rows]
+    assert drawn == [("n29", "uk-opt", 200, 20_000), ("n30", "uk-opt", 400, 0)]
+    assert await balance(app, "holder") == 10_000_000 - 20_000

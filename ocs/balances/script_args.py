@@ -723,15 +723,16 @@ class CounterResetArgs(msgspec.Struct, frozen=True, gc=False):
 
     KEYS[1] counters hash.
     ARGV[1] the cycle's label, ARGV[2] when the cycle's first run began (epoch us, Redis's
-          clock), then triples of (counter id, seconds per cycle, "1" to carry unused
-          seconds over); or "-cancel", <counter id> to cancel that one counter only. A
-          counter of the hash that is not named is removed (or marked "gone" while calls
-          hold it); one whose cycle already has this label is left, and so is one bought
-          since ARGV[2]; a named one cancelled since ARGV[2] is not started again.
+          clock), then quadruples of (counter id, seconds per cycle, "1" to carry unused
+          seconds over, "1" for a mandatory counter); or "-cancel", <counter id> to cancel
+          that one counter only. A counter of the hash that is not named is removed (or
+          marked "gone" while calls hold it); one whose cycle already has this label is
+          left, and so is one bought since ARGV[2]; a named one cancelled since ARGV[2] is
+          not started again.
     """
 
     account_id: str
-    cycle: Sequence[tuple[str, int, bool]] = ()
+    cycle: Sequence[tuple[str, int, bool, bool]] = ()
     cancel: str | None = None  # cancel this one counter instead of starting a cycle
     label: str = ""  # the cycle's label, such as "2026-12"
     since: int = 0  # when the cycle's first run began (epoch microseconds, Redis's clock)
@@ -741,10 +742,10 @@ class CounterResetArgs(msgspec.Struct, frozen=True, gc=False):
         return [k.counters(self.account_id)]
 
     def argv(self) -> list[object]:
-        """The triples of the new cycle, or "-cancel" and the counter to cancel."""
+        """The quadruples of the new cycle, or "-cancel" and the counter to cancel."""
         if self.cancel is not None:
             return ["-cancel", self.cancel]
         args: list[object] = [self.label, self.since]
-        for counter_id, seconds, carryover in self.cycle:
-            args += [counter_id, seconds, "1" if carryover else "0"]
+        for counter_id, seconds, carryover, mandatory in self.cycle:
+            args += [counter_id, seconds, "1" if carryover else "0", "1" if mandatory else "0"]
         return args

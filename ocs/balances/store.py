@@ -115,7 +115,9 @@ class CounterCycle:
     calls hold, whether it was cancelled (it applies no more), and what is left of the
     seconds the last cycle left free (all a record made before this cycle may draw):
     ``carried`` with carryover (None: the counter keeps none, it carries nothing over),
-    ``closed`` without."""
+    ``closed`` without. ``started`` is False for a counter of which only ``closed`` is
+    left (cancelled since its cycle closed, counter_reset.lua): it applies to no record of
+    this cycle (a mandatory one starts on first use, as if absent)."""
 
     limit: int
     used: int
@@ -123,6 +125,7 @@ class CounterCycle:
     gone: bool
     carried: int | None = None
     closed: int = 0
+    started: bool = True
 
     @property
     def free(self) -> int:
@@ -978,9 +981,10 @@ class BalanceStore:
                         "gone" in f,
                         f.get("carried"),
                         f.get("closed", 0),
+                        "limit" in f or "gone" in f,
                     )
                     for c, f in fields.items()
-                    if "limit" in f or "gone" in f
+                    if "limit" in f or "gone" in f or "closed" in f
                 },
             )
         return out
@@ -1031,10 +1035,10 @@ class BalanceStore:
         return int(await self._pipe.execute("GET", key))
 
     async def reset_counters(
-        self, account_id: str, cycle: list[tuple[str, int, bool]], label: str, since: int
+        self, account_id: str, cycle: list[tuple[str, int, bool, bool]], label: str, since: int
     ) -> tuple[int, list[str]]:
         """Start the cycle ``label``, whose first run began at ``since`` (epoch us, Redis's
-        clock): (counter id, seconds, carryover) of each counter that goes on. A counter
+        clock): (counter id, seconds, carryover, mandatory) of each counter that goes on. A counter
         that has started that cycle already is left as it is, and so is one bought since
         (named or not); one cancelled since is not started again. The number of counters
         set, and those whose fee for the cycle is owed: not one bought in the cycle (its

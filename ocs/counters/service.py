@@ -244,7 +244,8 @@ class CounterService:
         since = await self._store.counter_cycle_began(label, plan_id, account_id)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT a.id, c.id AS counter, c.seconds, c.carryover, c.recurring_fee"
+                "SELECT a.id, c.id AS counter, c.seconds, c.carryover, c.mandatory,"
+                " c.recurring_fee"
                 " FROM accounts a"
                 " LEFT JOIN counters c ON c.plan_id = a.plan_id AND c.active AND (c.mandatory"
                 "   OR EXISTS (SELECT 1 FROM account_counters ac"
@@ -255,12 +256,12 @@ class CounterService:
                 plan_id,
                 account_id,
             )
-        cycles: dict[str, list[tuple[str, int, bool]]] = {}
+        cycles: dict[str, list[tuple[str, int, bool, bool]]] = {}
         fee_of: dict[tuple[str, str], int] = {}
         for r in rows:
             cycle = cycles.setdefault(r["id"], [])
             if r["counter"] is not None:
-                cycle.append((r["counter"], r["seconds"], r["carryover"]))
+                cycle.append((r["counter"], r["seconds"], r["carryover"], r["mandatory"]))
                 if r["recurring_fee"]:
                     fee_of[(r["id"], r["counter"])] = r["recurring_fee"]
         # Accounts are independent: a chunk at a time shares the round trips.

@@ -465,7 +465,8 @@ class ImportRun:
 
         A record made before the account's current cycle began belongs to a closed cycle:
         it draws only on the seconds that cycle left free (carried over, or kept aside
-        without carryover), and passes over a counter with none (decision 0032)."""
+        without carryover), cancelled since or not, and passes over a counter with none
+        (decision 0032)."""
         draw = item.draw
         assert draw is not None
         account_id = item.event.account_id
@@ -477,16 +478,18 @@ class ImportRun:
         late = account.began is not None and record.start_ms < account.began
         for counter in draw.rated.counters:
             cycle = cycles.get(counter.id)
-            if cycle is None and counter.mandatory:
-                if late:
-                    continue  # started now, it would carry nothing from the closed cycle
-                # Not used yet this cycle: charge_batch starts it, as authorize would.
-                cycle = cycles[counter.id] = CounterCycle(counter.seconds, 0, 0, False)
-                start = counter.seconds
-            elif cycle is None or cycle.gone:
+            start = counter.seconds if counter.mandatory else 0
+            if late:
+                if cycle is None:
+                    continue  # nothing kept of the closed cycle: started now, it has none
+            elif (cycle is None or not cycle.started) and counter.mandatory:
+                # Not used yet this cycle: charge_batch starts it, as authorize would
+                # (keeping what a closed cycle left).
+                closed = 0 if cycle is None else cycle.closed
+                cycle = CounterCycle(counter.seconds, 0, 0, False, None, closed)
+                cycles[counter.id] = cycle
+            elif cycle is None or cycle.gone or not cycle.started:
                 continue  # an optional counter the account has not bought, or cancelled
-            else:
-                start = counter.seconds if counter.mandatory else 0
             free = cycle.free_for(record.start_ms, account.began)
             if late and free == 0:
                 continue  # nothing left of the record's cycle: not this one's

@@ -29,7 +29,9 @@
 -- cycle left free. With carryover those are '<id>:carried' (also in the new limit: used
 -- as the new cycle's seconds, and taken off '<id>:carried'); without, '<id>:closed',
 -- whatever the new cycle has left, taken off '<id>:closed' only (the new cycle's seconds
--- are not touched). The importer prices it so.
+-- are not touched). A counter cancelled since (gone, or only '<id>:closed' left of it,
+-- counter_reset.lua) still gives such a record what its cycle left: it was live then.
+-- The importer prices it so.
 --
 -- Returns a flat list, two items an event: status ("OK", "DONE", "REJ", "CNT") and the
 -- result (charge_event's msgpack), the refusal reason, or for "CNT" the counter's free
@@ -65,20 +67,19 @@ for i = 1, n do
         counter .. ':held', counter .. ':gone', 'cycle_from', counter .. ':carried',
         counter .. ':closed')
       local free = -1
-      if not c[1] then
-        if start > 0 then free = start end
-      elseif not c[4] then
-        free = math.max(tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0), 0)
-      end
       late = c[5] ~= false and tonumber(ARGV[at + 7]) < tonumber(c[5])
-      if late and free >= 0 then
-        if not c[1] then
-          free = 0  -- first started now: nothing of the closed cycle
-        elseif c[6] then
-          free = math.min(free, tonumber(c[6]))
+      if late then
+        -- Whether cancelled since or not: the bundle was live in the record's cycle.
+        if c[6] then
+          free = tonumber(c[1] or 0) - tonumber(c[2] or 0) - tonumber(c[3] or 0)
+          free = math.max(math.min(free, tonumber(c[6])), 0)
         else
           free = math.max(tonumber(c[7] or 0), 0)
         end
+      elseif not c[1] then
+        if start > 0 then free = start end
+      elseif not c[4] then
+        free = math.max(tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0), 0)
       end
       if free ~= priced then
         return 'CNT', free
@@ -98,14 +99,14 @@ for i = 1, n do
       redis.call('SADD', KEYS[2], account_id)
       redis.call('EXPIRE', KEYS[2], ARGV[3])
     elseif status == 'OK' and used > 0 then
-      if not c[1] then
-        -- A mandatory counter the account had not used yet: its first cycle starts now.
-        redis.call('HSET', counters, counter .. ':limit', start, counter .. ':used', 0)
-        bought_in_cycle(counters, counter)
-      end
       if late and not c[6] then
         redis.call('HINCRBY', counters, counter .. ':closed', -used)
       else
+        if not c[1] then
+          -- A mandatory counter the account had not used yet: its first cycle starts now.
+          redis.call('HSET', counters, counter .. ':limit', start, counter .. ':used', 0)
+          bought_in_cycle(counters, counter)
+        end
         redis.call('HINCRBY', counters, counter .. ':used', used)
         if late then
           redis.call('HINCRBY', counters, counter .. ':carried', -used)

@@ -3,8 +3,8 @@
 -- KEYS[1] counters hash         counters:{b:N}:<account>
 -- ARGV[1] the cycle's label (such as "2026-12"); ARGV[2] when the cycle's run began
 --       (epoch microseconds, Redis's clock: the first run of this label over this
---       scope, when it is run again); then triples of (counter id, seconds per cycle,
---       "1" to carry unused seconds over);
+--       scope, when it is run again); then quadruples of (counter id, seconds per cycle,
+--       "1" to carry unused seconds over, "1" for a mandatory counter);
 --       or "-cancel", <counter id> to cancel that one counter only;
 --       a counter of the hash that is not named is removed (cancelled or inactive);
 --       while calls still hold its seconds it is marked "gone" instead, applies to no
@@ -35,8 +35,15 @@
 -- Each counter started anew keeps what the last cycle left free (limit - used - held
 -- then; seconds live calls held count against the new cycle when they stop): with
 -- carryover as '<id>:carried' (also added to the new limit), without as '<id>:closed'.
+-- A mandatory counter the account never started keeps its whole seconds as '<id>:closed'
+-- (not in the new limit, whatever its carryover): a record of the closed cycle imported in
+-- time would have started it with them (charge_batch.lua, authorize.lua).
 -- A usage record made before 'cycle_from' draws only on those (charge_batch.lua): the
--- cycle it was made in is closed.
+-- cycle it was made in is closed. A cancel keeps what the closed cycle left as
+-- '<id>:closed' (with carryover: the carried seconds the current cycle has not used), as
+-- the bundle was live when that cycle's records were made; the next reset that starts a
+-- new cycle removes it (a run again of the label keeps it). A counter a reset removes (or
+-- marks "gone") keeps nothing: it was cancelled or inactive in the cycle that closes.
 -- Returns {number of counters set, {ids of the counters whose fee for this cycle is
 -- owed}} (those it started now, and those a reset started for this cycle already: their
 -- fee is charged once by its reference); 1 for a cancel.
@@ -62,17 +69,30 @@ local function bought_since(id)
   end
   return false
 end
+-- What the closed cycle left free for its records made late: the seconds kept aside, or
+-- the carried ones the current cycle has not used (they are in its limit).
+local function closed_cycle_left(id)
+  local f = redis.call('HMGET', KEYS[1], id .. ':limit', id .. ':used', id .. ':held',
+    id .. ':carried', id .. ':closed')
+  if f[4] then
+    local free = tonumber(f[1] or 0) - tonumber(f[2] or 0) - tonumber(f[3] or 0)
+    return math.max(math.min(free, tonumber(f[4])), 0)
+  end
+  return math.max(tonumber(f[5] or 0), 0)
+end
 local set = 0
 local owed = {}
+local fresh = false  -- the account's cycle starts now (not a run again of its label)
 if not only and (first <= #ARGV or redis.call('EXISTS', KEYS[1]) == 1) then
   -- Kept where the account has counters: a hash for every account would cost memory.
   local was = redis.call('HMGET', KEYS[1], 'cycle', 'cycle_from')
-  if was[1] ~= label or not was[2] then
+  fresh = was[1] ~= label
+  if fresh or not was[2] then
     redis.call('HSET', KEYS[1], 'cycle_from', int(math.floor(since / 1000)))
   end
   redis.call('HSET', KEYS[1], 'cycle', label)
 end
-for i = first, #ARGV, 3 do
+for i = first, #ARGV, 4 do
   local id = ARGV[i]
   named[id] = true
   local c = redis.call('HMGET', KEYS[1], id .. ':limit', id .. ':used', id .. ':cycle',
@@ -93,7 +113,9 @@ for i = first, #ARGV, 3 do
     local limit = tonumber(ARGV[i + 1])
     -- What the closed cycle left free: all its records made late may still draw.
     local left = 0
-    if c[1] then
+    if not c[1] and ARGV[i + 3] == '1' then
+      left = limit  -- mandatory, never started: the closed cycle had all of it free
+    elseif c[1] then
       local unused = tonumber(c[1]) - tonumber(c[2] or 0)
       left = math.max(unused - tonumber(c[6] or 0), 0)
       if ARGV[i + 2] == '1' then
@@ -104,7 +126,7 @@ for i = first, #ARGV, 3 do
       label)
     redis.call('HDEL', KEYS[1], id .. ':carried', id .. ':closed')
     if left > 0 then
-      local kept = ARGV[i + 2] == '1' and ':carried' or ':closed'
+      local kept = (ARGV[i + 2] == '1' and c[1]) and ':carried' or ':closed'
       redis.call('HSET', KEYS[1], id .. kept, int(left))
     end
     redis.call('HDEL', KEYS[1], id .. ':gone')
@@ -117,12 +139,25 @@ for _, field in ipairs(fields) do
   if id and not named[id] and (only == nil or id == only)
       and (only ~= nil or not bought_since(id)) then
     local held = tonumber(redis.call('HGET', KEYS[1], id .. ':held') or 0)
+    -- A cancel keeps what the closed cycle left for its late records (0: nothing).
+    local left = only and closed_cycle_left(id) or 0
     if held <= 0 then
       redis.call('HDEL', KEYS[1], id .. ':limit', id .. ':used', id .. ':held', id .. ':gone',
         id .. ':cycle', id .. ':bought_at', id .. ':carried', id .. ':closed')
     else
       redis.call('HSET', KEYS[1], id .. ':gone', 1)
+      redis.call('HDEL', KEYS[1], id .. ':carried', id .. ':closed')
     end
+    if left > 0 then
+      redis.call('HSET', KEYS[1], id .. ':closed', int(left))
+    end
+  end
+  -- What a counter cancelled in the cycle that closes kept of the cycle before it (a
+  -- run again of the label leaves what the cycle just closed left).
+  local kept = string.match(field, '^(.*):closed$')
+  if kept and fresh and not named[kept]
+      and redis.call('HEXISTS', KEYS[1], kept .. ':limit') == 0 then
+    redis.call('HDEL', KEYS[1], field)
   end
   local cancelled = string.match(field, '^(.*):cancelled$')
   if cancelled and not only and tonumber(redis.call('HGET', KEYS[1], field)) <= since then

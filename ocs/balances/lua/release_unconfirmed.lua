@@ -48,10 +48,10 @@ if ARGV[5] ~= '' and tonumber(ARGV[6]) > 0 then
   if redis.call('HEXISTS', KEYS[5], c .. ':limit') == 1 then
     local left = redis.call('HINCRBY', KEYS[5], c .. ':held', -tonumber(ARGV[6]))
     if left <= 0 and redis.call('HEXISTS', KEYS[5], c .. ':gone') == 1 then
-      -- Cancelled while this call held some of it: the last holder removes it.
+      -- Cancelled while this call held some of it: the last holder removes it (but
+      -- not what its closed cycle left, '<id>:closed', which the next reset removes).
       redis.call('HDEL', KEYS[5], c .. ':limit', c .. ':used', c .. ':held', c .. ':gone',
-        c .. ':cycle', c .. ':bought_at', c .. ':carried',
-        c .. ':closed')
+        c .. ':cycle', c .. ':bought_at', c .. ':carried')
     end
   end
 end

@@ -10,7 +10,8 @@
 -- calls hold stay held, and they count what they use against this cycle when they stop,
 -- as after a reset.
 -- A fresh cycle carries nothing from an earlier one, and a record of a closed cycle draws
--- nothing on it ('<id>:carried', '<id>:closed', counter_reset.lua).
+-- nothing on it: only on what that cycle left, kept aside when the counter was cancelled
+-- ('<id>:closed', counter_reset.lua), which stays.
 -- A fresh cycle, paid by the purchase: stamped as bought in the account's current cycle
 -- (lib.lua's bought_in_cycle), so a reset run again for that cycle leaves it.
 -- Returns 1 when a cycle started, 0 when the account has the counter already.
@@ -21,6 +22,6 @@ if c[1] and not c[2] then
   return 0
 end
 redis.call('HSET', KEYS[1], id .. ':limit', ARGV[2], id .. ':used', 0)
-redis.call('HDEL', KEYS[1], id .. ':gone', id .. ':carried', id .. ':closed')
+redis.call('HDEL', KEYS[1], id .. ':gone', id .. ':carried')
 bought_in_cycle(KEYS[1], id)
 return 1

@@ -176,10 +176,10 @@ if (ARGV[12] or '') ~= '' and tonumber(ARGV[13]) > 0 then
     local held = redis.call('HINCRBY', KEYS[7], c .. ':held', -tonumber(ARGV[13]))
     redis.call('HINCRBY', KEYS[7], c .. ':used', tonumber(ARGV[14]))
     if held <= 0 and redis.call('HEXISTS', KEYS[7], c .. ':gone') == 1 then
-      -- Cancelled while this call held some of it: the last holder removes it.
+      -- Cancelled while this call held some of it: the last holder removes it (but
+      -- not what its closed cycle left, '<id>:closed', which the next reset removes).
       redis.call('HDEL', KEYS[7], c .. ':limit', c .. ':used', c .. ':held', c .. ':gone',
-        c .. ':cycle', c .. ':bought_at', c .. ':carried',
-        c .. ':closed')
+        c .. ':cycle', c .. ':bought_at', c .. ':carried')
     end
   end
 end
