@@ -222,7 +222,8 @@ def _add_credentials(commands: "Commands") -> None:
         credentials,
         "rekey",
         "key every PIN and password digest stored before the pepper by the pepper (run once"
-        " after upgrading; safe while ocs serves)",
+        " after upgrading, and after restoring a store from an older backup; safe while ocs"
+        " serves); ended with none left, a wrong PIN is looked up once",
         _credentials_rekey,
     )
 

@@ -24,6 +24,7 @@ from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.cards import CardService
 from ocs.balances.cluster import redis_client
 from ocs.balances.digests import NoPepper
+from ocs.balances.old_forms import OldForms
 from ocs.balances.pin_guard import PinGuard
 from ocs.balances.store import BalanceStore
 from ocs.catalog.snapshot import CatalogHolder
@@ -257,6 +258,8 @@ async def open_runtime(
                 digests = (
                     await load_digests(settings, pool, create=make_pepper) if pepper else NoPepper()
                 )
+                # A process without the pepper looks no PIN up: it reads no mark either.
+                old_forms = await OldForms.load(pool) if pepper else OldForms()
                 pipeline = AutoPipeline(
                     redis,
                     backends.redis_url,
@@ -284,13 +287,15 @@ async def open_runtime(
                         store=store,
                         catalog=catalog,
                         digests=digests,
+                        old_forms=old_forms,
                         accounts=AccountService(pool, store, digests),
-                        calls=CallService(catalog, store, settings, digests),
+                        calls=CallService(catalog, store, settings, digests, old_forms=old_forms),
                         counters=CounterService(pool, store),
-                        cards=CardService(pool, store, digests),
+                        cards=CardService(pool, store, digests, old_forms),
                         pin_guard=PinGuard(pipeline, settings),
                     )
                 finally:
+                    await old_forms.stop()
                     await pipeline.drain()
                     await catalog.stop()
         finally:

@@ -12,6 +12,7 @@ from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.cards import CardService
 from ocs.balances.cluster import RedisClient
 from ocs.balances.digests import Digests
+from ocs.balances.old_forms import OldForms
 from ocs.balances.pin_guard import PinGuard
 from ocs.balances.store import BalanceStore
 from ocs.catalog.snapshot import CatalogHolder
@@ -37,6 +38,9 @@ class Services:
     catalog: CatalogHolder
     # PIN and password digests keyed by the deployment's pepper (decision 0054).
     digests: Digests
+    # Whether a PIN no new-form digest opens is looked up by its old form too: not once
+    # `ocs credentials rekey` has left none (decision 0054, 2026-12-07 addendum).
+    old_forms: OldForms
     accounts: AccountService
     calls: CallService
     counters: CounterService

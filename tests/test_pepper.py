@@ -14,17 +14,21 @@ pepper kept in a file (``<data_dir>/pepper`` here), never in either store:
 """
 
 import asyncio
+import contextlib
 import contextvars
+import logging
 import os
 import secrets
 import stat
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 import uvloop
+from redis.asyncio import Redis
 
 from ocs.balances import keys
 from ocs.balances.accounts import AccountSpec
@@ -34,7 +38,7 @@ from ocs.balances.digests import (
     legacy_password_digest,
     legacy_pin_digest,
 )
-from ocs.balances.rekey import rekey_all
+from ocs.balances.rekey import RekeyReport, rekey_all
 from ocs.charging.lifecycle import CallService
 from ocs.config import ConfigError, Settings, with_overrides
 from ocs.errors import OcsError
@@ -42,7 +46,7 @@ from ocs.pepper import PEPPER_FILE, load_digests, make_pepper, read_pepper
 from ocs.runtime import open_runtime
 from ocs.services import Services
 from tests.conftest import RunningApp, add_plan, reset_state
-from tests.helpers import ANSWERED, Pairs, auth, card_nas, return_code
+from tests.helpers import ANSWERED, Pairs, auth, card_nas, ocs_cli, return_code
 
 GERMANY = "4930901820"
 PASSWORD = "s3cret-4321"
@@ -456,6 +460,7 @@ def test_the_rekey_command_leaves_no_old_digest_in_either_store(
         "redis_passwords": 3,
         "redis_card_pins": 0,  # re-keyed with their references
         "conflicts": [],
+        "old_forms_left": False,
     }
 
     async def checked() -> None:
@@ -489,3 +494,143 @@ def test_the_rekey_command_leaves_no_old_digest_in_either_store(
     code, report, err = ocs("credentials", "rekey")
     assert (code, err) == (0, "")
     assert report == dict.fromkeys(report, 0) | {"conflicts": []}
+
+
+# -- once no old form is left, a wrong PIN is looked up once ------------------------------
+
+WRONG_PIN = "900000000009"
+
+
+@contextlib.asynccontextmanager
+async def pin_lookups(services: Services) -> AsyncIterator[list[str]]:
+    """The digests of the PIN references Redis is asked for (in this test's database) while
+    the block runs, as Redis's MONITOR shows them, one per command."""
+    assert services.settings.redis_url is not None
+    watcher = Redis.from_url(services.settings.redis_url)
+    database = int(watcher.connection_pool.connection_kwargs.get("db", 0))
+    seen: list[str] = []
+    end = f"pin-lookups-end-{secrets.token_hex(4)}"
+    try:
+        async with watcher.monitor() as monitor:
+            yield seen
+            # Once this marker shows, every command sent before it has shown too.
+            await services.redis.get(end)
+            async with asyncio.timeout(10):
+                while True:
+                    command = await monitor.next_command()
+                    if command["db"] != database:
+                        continue  # another test run's, on the same Redis
+                    words = command["command"].split()
+                    if end in words:
+                        break
+                    seen += [w.partition("}:")[2] for w in words[1:] if w.startswith("pin:")]
+    finally:
+        await watcher.aclose()
+
+
+async def old_forms_recorded_gone(services: Services) -> bool:
+    """Whether PostgreSQL records that no old-form digest is left."""
+    return bool(
+        await services.pool.fetchval("SELECT old_forms_gone_at IS NOT NULL FROM pepper_check")
+    )
+
+
+async def until_the_process_reads(services: Services, gone: bool) -> None:
+    """Send wrong PINs (each may make the process read the mark again) until it has read
+    ``gone``."""
+    async with asyncio.timeout(10):
+        while services.old_forms.gone is not gone:
+            assert await services.cards.account_for_pin(WRONG_PIN) is None
+            await asyncio.sleep(0.01)
+
+
+async def test_after_a_full_rekey_a_wrong_pin_costs_one_lookup_not_two(
+    app: RunningApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once `ocs credentials rekey` had left no old-form digest, every wrong PIN (an IVR
+    brute-force attempt, a mistyped card) still paid a second look-up, by its old form."""
+    caplog.set_level(logging.INFO, logger="ocs.rekey")
+    services = app.services
+    services.old_forms.refresh_s = 0  # read the mark again on every wrong PIN
+    (pin1, password1, card1), (pin2, password2, card2) = await cards_and_alice(services)
+    await store_the_old_way(services, card1, pin=pin1, password=password1)
+    await store_the_old_way(services, card2, pin=pin2, password=password2)
+    await store_the_old_way(services, "alice", password=PASSWORD)
+    wrong_forms = [services.digests.pin(WRONG_PIN), legacy_pin_digest(WRONG_PIN)]
+
+    async with card_nas(app) as nas:
+        # Before the command: a card stored the old way opens, and a wrong PIN is looked
+        # up by both forms.
+        async with pin_lookups(services) as looked_up:
+            await accepted(nas, call(pin1, "B-1", password1))
+        assert legacy_pin_digest(pin1) in looked_up
+        async with pin_lookups(services) as looked_up:
+            await rejected(nas, call(WRONG_PIN, "B-2", "x"), 1)
+        assert looked_up == wrong_forms
+
+        # The command, run beside this process (started before it), leaves none.
+        code, out, err = await ocs_cli(services.settings, tmp_path, "credentials", "rekey")
+        assert code == 0, err
+        assert '"old_forms_left": false' in out
+        assert await old_forms_recorded_gone(services)
+        # This process learns it from a wrong PIN on, with no restart.
+        await until_the_process_reads(services, gone=True)
+        assert "a wrong PIN is looked up once" in caplog.text
+
+        # A wrong PIN now costs one look-up, over RADIUS and over HTTP.
+        async with pin_lookups(services) as looked_up:
+            await rejected(nas, call(WRONG_PIN, "A-1", "x"), 1)
+        assert looked_up == wrong_forms[:1]
+        async with pin_lookups(services) as looked_up:
+            status, _ = await app.get(f"/v1/pins/{WRONG_PIN}")
+        assert (status, looked_up) == (404, wrong_forms[:1])
+
+        # The right PINs and passwords still open their cards and accounts.
+        async with pin_lookups(services) as looked_up:
+            await accepted(nas, call(pin2, "A-2", password2))
+        assert looked_up == [services.digests.pin(pin2)]
+        await accepted(nas, balance_query(pin1, password1))  # its funds held by B-1
+        await accepted(nas, call("alice", "A-4", PASSWORD))
+        await rejected(nas, call("alice", "A-5", "wrong"), 2)
+        await rejected(nas, call(pin2, "A-6", "wrong"), 2)
+    status, info = await app.get(f"/v1/pins/{pin2}")
+    assert (status, info["account"]) == (200, card2)
+
+
+async def test_a_rekey_cut_short_or_leaving_a_conflict_keeps_the_old_form_lookup(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark is cleared as a re-key begins, and set only by one that ends with no old
+    form left: a card that still opens by its old form is never refused."""
+    services = app.services
+    services.old_forms.refresh_s = 0
+    (pin1, _, card1), (pin2, _, card2) = await cards_and_alice(services)
+
+    async def rekey() -> RekeyReport:
+        return await rekey_all(services.pool, services.store, services.redis, services.digests)
+
+    assert (await rekey()).old_forms_left is False
+    await until_the_process_reads(services, gone=True)
+
+    # A backup from before the re-key restored (a card back in its old form), then a
+    # re-key cut short: the old-form look-up is on again, and the card opens.
+    await store_the_old_way(services, card1, pin=pin1)
+
+    async def cut_short(*_: object) -> None:
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr("ocs.balances.rekey._rekey_redis_pins", cut_short)
+    with pytest.raises(ConnectionError):
+        await rekey()
+    monkeypatch.undo()
+    assert not await old_forms_recorded_gone(services)
+    await until_the_process_reads(services, gone=False)
+    assert await services.cards.account_for_pin(pin1) == card1
+
+    # A PIN whose new form opens another card is left in its old form: the mark stays off.
+    await store_the_old_way(services, card1, pin=pin1)
+    await services.redis.set(keys.pin_ref(services.digests.pin(pin1)), card2)
+    report = await rekey()
+    assert (report.conflicts, report.old_forms_left) == ([card1], True)
+    assert not await old_forms_recorded_gone(services)
+    assert await services.cards.account_for_pin(pin2) == card2

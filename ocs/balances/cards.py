@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from ocs.balances.accounts import creation_token, utc_text, validate_expiry
 from ocs.balances.card_ids import card_account_id
 from ocs.balances.digests import Digests, legacy_pin_digest
+from ocs.balances.old_forms import OldForms
 from ocs.balances.rekey import open_by_legacy_pin
 from ocs.balances.store import BalanceStore
 from ocs.errors import OcsError, Reason, invalid
@@ -120,10 +121,18 @@ def _digits(length: int) -> str:
 class CardService:
     """Generates card batches and finds the account a PIN opens."""
 
-    def __init__(self, pool: asyncpg.Pool, store: BalanceStore, digests: Digests) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: BalanceStore,
+        digests: Digests,
+        old_forms: OldForms | None = None,
+    ) -> None:
         self._pool = pool
         self._store = store
         self._digests = digests
+        # Whether a PIN may still open by its old-form digest (decision 0054).
+        self._old_forms = OldForms() if old_forms is None else old_forms
 
     async def generate(
         self,
@@ -382,8 +391,9 @@ class CardService:
         if not pin.isascii() or not pin.isdigit() or not 6 <= len(pin) <= 20:
             return None
         account = await self._store.pin_account(self._digests.pin(pin))
-        if account is None:
-            # Only a PIN no new-form digest opens pays for this look (decision 0054).
+        if account is None and self._old_forms.may_be_left():
+            # Only a PIN no new-form digest opens pays for this look (decision 0054), and
+            # none once no old form is left.
             account = await open_by_legacy_pin(self._store, self._digests, pin)
         return account
 

@@ -13,7 +13,11 @@ form, keyed by the pepper (``ocs.balances.digests``):
   step keeps the card or password working, and one that changed meanwhile is left as it
   is. Run once after upgrading; running it again finds nothing to do.
 
-After it, no old-form digest is left in either store.
+After it, no old-form digest is left in either store. It then records so
+(``ocs.balances.old_forms``), and a PIN no new-form digest opens is no longer looked up by
+its old form: a wrong PIN costs one Redis look-up, not two. It clears that mark as it
+begins, so that a run cut short (or one re-keying the old digests a restored backup
+brought back) leaves the old-form look-up on until a run finishes with none left.
 """
 
 import asyncio
@@ -26,6 +30,7 @@ import asyncpg
 from ocs.balances import keys
 from ocs.balances.cluster import RedisClient
 from ocs.balances.digests import PEPPERED, Digests, is_peppered, legacy_pin_digest
+from ocs.balances.old_forms import record_gone
 from ocs.balances.store import BalanceStore
 
 log = logging.getLogger("ocs.rekey")
@@ -52,7 +57,9 @@ async def open_by_legacy_pin(store: BalanceStore, digests: Digests, pin: str) ->
 @dataclass(slots=True)
 class RekeyReport:
     """What ``rekey_all`` turned into the new form, store by store, and the PIN references
-    it left: their new form opens another card (``conflicts``, card ids; never expected)."""
+    it left: their new form opens another card (``conflicts``, card ids; never expected);
+    ``old_forms_left``: whether any old-form digest is still stored (only with conflicts:
+    the old-form look-up of PINs then stays on)."""
 
     postgres_pins: int = 0
     postgres_passwords: int = 0
@@ -60,6 +67,7 @@ class RekeyReport:
     redis_passwords: int = 0
     redis_card_pins: int = 0
     conflicts: list[str] = field(default_factory=list)
+    old_forms_left: bool = True
 
 
 async def _rekey_postgres_pins(pool: asyncpg.Pool, digests: Digests) -> int:
@@ -177,12 +185,22 @@ async def rekey_all(
     pool: asyncpg.Pool, store: BalanceStore, redis: RedisClient, digests: Digests
 ) -> RekeyReport:
     """Turn every old-form PIN and password digest of PostgreSQL and Redis into its new
-    form (``ocs credentials rekey``); what was changed."""
+    form (``ocs credentials rekey``); what was changed. When none is left, recorded for
+    every process: a PIN no new-form digest opens is then not looked up by its old form."""
+    # Until this run ends with none left, the processes look old forms up: a run cut
+    # short leaves them doing so, whatever an earlier run recorded.
+    await record_gone(pool, False)
     report = RekeyReport()
     report.postgres_pins = await _rekey_postgres_pins(pool, digests)
     report.postgres_passwords = await _rekey_postgres_passwords(pool, digests)
     await _rekey_redis_pins(store, redis, digests, report)
     await _rekey_redis_accounts(store, redis, digests, report)
+    # Redis: every old form the scans met was re-keyed, or is a conflict (a field changed
+    # meanwhile holds a new form: no process of this version writes an old one).
+    # PostgreSQL is asked again, which costs little.
+    report.old_forms_left = bool(report.conflicts) or await _old_forms_in_postgres(pool)
+    if not report.old_forms_left:
+        await record_gone(pool, True)
     log.info(
         "old-form PIN and password digests re-keyed",
         extra={
@@ -192,6 +210,18 @@ async def rekey_all(
             "redis_passwords": report.redis_passwords,
             "redis_card_pins": report.redis_card_pins,
             "conflicts": len(report.conflicts),
+            "old_forms_left": report.old_forms_left,
         },
     )
     return report
+
+
+async def _old_forms_in_postgres(pool: asyncpg.Pool) -> bool:
+    """Whether PostgreSQL still holds a PIN or password digest of the old form."""
+    left = await pool.fetchval(
+        "SELECT EXISTS (SELECT FROM pins WHERE NOT starts_with(pin_digest, $1))"
+        " OR EXISTS (SELECT FROM accounts WHERE password_digest <> ''"
+        " AND NOT starts_with(password_digest, $1))",
+        PEPPERED,
+    )
+    return bool(left)

@@ -19,6 +19,7 @@ from ocs import backend_health, metrics
 from ocs.balances.card_ids import is_card_account
 from ocs.balances.digests import Digests, legacy_password_digest
 from ocs.balances.ivr import Ivr, effective
+from ocs.balances.old_forms import OldForms
 from ocs.balances.rekey import open_by_legacy_pin
 from ocs.balances.results import PROVISIONAL
 from ocs.balances.script_args import (
@@ -317,6 +318,8 @@ class CallService:
         settings: Settings,
         digests: Digests,
         clock: Callable[[], float] = time.time,
+        *,
+        old_forms: OldForms | None = None,
     ) -> None:
         # The clock places a call on the time bands; tests pass a fixed one.
         self._clock = clock
@@ -325,6 +328,9 @@ class CallService:
         self._settings = settings
         # PINs and passwords are looked up by digests keyed by the pepper (decision 0054).
         self._digests = digests
+        # Whether a PIN no new-form digest opens may still open by its old form (the
+        # process's, kept up to date; without one, always looked up, as before).
+        self._old_forms = OldForms() if old_forms is None else old_forms
         # account -> plan, so authorization needs one Redis round trip; the script
         # checks the plan and answers PLAN when this cache is stale.
         self._plans: dict[str, str] = {}
@@ -432,10 +438,11 @@ class CallService:
             return Identity(name)
         if member_of is not None and (vouched or not maybe_pin or caller_digits(caller) == name):
             return Identity(member_of, member=name)
-        if card is None and maybe_pin:
+        if card is None and maybe_pin and self._old_forms.may_be_left():
             # A card stored before decision 0054, not re-keyed yet: found by the old form
             # of its digest, and re-keyed. Only a PIN no new-form digest opens pays this
-            # second round trip.
+            # second round trip, and none once `ocs credentials rekey` has left no old
+            # form: a wrong PIN then costs one look-up.
             card = await open_by_legacy_pin(self._store, self._digests, name)
         # A member's phone number typed at a card IVR's PIN prompt, from another line,
         # is a guess at a PIN: it must not charge that member's account.
