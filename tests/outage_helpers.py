@@ -113,6 +113,10 @@ class PgRelay:
         for end in link.writers:
             end.close()
 
+    def open_links(self) -> int:
+        """How many relayed connections are still open (neither side has closed)."""
+        return sum(not any(end.is_closing() for end in link.writers) for link in self.links)
+
     def freeze(self) -> None:
         """Hold every byte of the connections open now (new ones flow)."""
         for link in self.links:

@@ -1,5 +1,6 @@
-"""Admin API for RADIUS: NAS clients reach running servers (also after PostgreSQL dropped
-the connection they are followed on, or a reload failed); call progress over HTTP."""
+"""Admin API for RADIUS: NAS clients reach running servers (also one added while a server
+starts, after PostgreSQL dropped the connection they are followed on, or a reload failed);
+call progress over HTTP."""
 
 import asyncio
 from dataclasses import replace
@@ -10,12 +11,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from pyrad import packet as rp
 
 import ocs.radius.server as radius_server
+from ocs import server as ocs_server
 from ocs.config import RadiusClientConfig, Settings, with_overrides
 from ocs.http.app import create_app
-from ocs.radius.clients import ClientTable, load_client_table
+from ocs.radius.clients import ClientTable, add_client, load_client_table
 from ocs.radius.dictionary import radius_dictionary
 from ocs.radius.server import RadiusServer
-from tests.conftest import RunningApp, add_plan, bearer, eventually
+from ocs.services import Services
+from tests.conftest import RunningApp, add_plan, bearer, eventually, reset_state
 from tests.radius_udp import sample
 
 
@@ -231,6 +234,54 @@ async def test_a_failed_client_table_reload_is_tried_again(
     finally:
         await server.drain(5)
         await server.stop_watching()
+
+
+async def test_a_nas_added_while_the_server_starts_is_answered(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator adds a NAS while `ocs serve` starts: after the server read the client
+    table, before it began to LISTEN for changes. Its requests were dropped until some
+    later change reloaded the table; now they are answered."""
+    await reset_state(settings.redis_url or "", settings.database_url or "")
+    serving = with_overrides(
+        settings,
+        radius_enabled=True,
+        radius_host="127.0.0.1",
+        radius_auth_port=0,
+        radius_acct_port=0,
+        shutdown_timeout=5.0,
+    )
+    read_at_start = ocs_server.load_client_table
+
+    async def read_then_a_nas_added(pool: Any, settings: Settings) -> ClientTable:
+        table = await read_at_start(pool, settings)
+        # Committed (and notified) in the window between the read and the LISTEN.
+        await add_client(pool, "gw-late", "127.0.0.5", "late-secret", True)
+        return table
+
+    monkeypatch.setattr(ocs_server, "load_client_table", read_then_a_nas_added)
+    stopping = asyncio.Event()
+    replies: list[bytes] = []
+
+    async def on_ready(_: Services, where: ocs_server.Listening) -> None:
+        assert where.radius_auth_port is not None
+        port = where.radius_auth_port
+
+        async def answered() -> bool:
+            raw = await _ask(port, "127.0.0.5", b"late-secret", "nobody")
+            if raw is not None:
+                replies.append(raw)
+            return raw is not None
+
+        try:
+            await eventually(answered, what="the NAS added during start-up to be answered")
+        finally:
+            stopping.set()
+
+    await asyncio.wait_for(ocs_server.serve(serving, on_ready=on_ready, stopping=stopping), 60)
+    reply = rp.AuthPacket(packet=replies[0], secret=b"late-secret", dict=radius_dictionary())
+    # An answer (the account is unknown: rejected), where the NAS's requests were dropped.
+    assert reply.code == rp.AccessReject
 
 
 def _settings(app: RunningApp) -> Settings:

@@ -5,10 +5,12 @@ moved to another zone, gone) and leaves exactly the new deck behind. A catalog
 NOTIFY names the plan; every serving process rebuilds that plan's deck beside
 the old snapshot, keeps the others, and on a failed reload goes on serving the
 old snapshot and tries again on a timer. A LISTEN connection PostgreSQL drops
-is replaced and the whole catalog reloaded.
+is replaced and the whole catalog reloaded; a change committed while a process
+starts, as it loads the catalog, is served.
 """
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -179,6 +181,50 @@ async def test_a_dropped_listen_connection_is_replaced_and_the_catalog_reloaded(
     )
     await served(services, "c", "33123456", "France")
     assert await caught_up(services) == services.catalog.version
+
+
+async def test_a_price_changed_while_a_process_starts_is_served(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rate deck reimported while a serving process starts, committed after it read the
+    catalog and before it would have begun to LISTEN: the new price is served, where the
+    old one was until some later change."""
+    await add_plan(services, "a", deck=HEADER + "33,France,0.030,0,60,60\n")
+    read_at_start = catalog.load_snapshot
+    loads = 0
+
+    async def read_then_the_price_changed(*args: Any, **kwargs: Any) -> catalog.CatalogSnapshot:
+        nonlocal loads
+        loads += 1
+        read = await read_at_start(*args, **kwargs)
+        if loads == 1:
+            await catalog_store.import_deck(
+                services.pool, "a", parse_deck(HEADER + "33,France,0.045,0,60,60\n")
+            )
+        return read
+
+    monkeypatch.setattr(catalog, "load_snapshot", read_then_the_price_changed)
+    holder = catalog.CatalogHolder(services.pool)
+    await holder.start()
+    try:
+
+        async def new_price() -> bool:
+            match = holder.snapshot.tariff_for("a", "33123456")
+            return match is not None and match[1].rate.price_per_minute == 45_000
+
+        await eventually(new_price, what="0.045 a minute to France on plan a")
+        # Nothing missed: a later change is followed too.
+        await catalog_store.import_deck(
+            services.pool, "a", parse_deck(HEADER + "33,France,0.050,0,60,60\n")
+        )
+
+        async def later_price() -> bool:
+            match = holder.snapshot.tariff_for("a", "33123456")
+            return match is not None and match[1].rate.price_per_minute == 50_000
+
+        await eventually(later_price, what="0.050 a minute to France on plan a")
+    finally:
+        await holder.stop()
 
 
 async def test_prefixes_longer_than_a_key_are_compared_as_text(services: Services) -> None:

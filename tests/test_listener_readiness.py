@@ -40,9 +40,25 @@ async def relay(services: Services) -> AsyncIterator[PgRelay]:
 
 
 async def _relayed_pool(relay: PgRelay) -> asyncpg.Pool:
-    # One connection opened at first: before a test breaks anything, the only one the
-    # relay carries is the listener's.
+    # Two at most: the listener's, and the one its loads run on (beside it, since LISTEN
+    # runs before the first load); a test that breaks the path may end the second first
+    # (``_only_the_listeners``).
     return await asyncpg.create_pool(relay.url, min_size=1, max_size=2)
+
+
+async def _only_the_listeners(
+    pool: asyncpg.Pool, relay: PgRelay, listening: asyncpg.Connection
+) -> None:
+    """End the pool's other connection, the one the first load ran on (beside LISTEN's,
+    which runs first), so that the only one the relay carries is ``listening``."""
+    async with pool.acquire() as loaded_on:
+        assert loaded_on is not listening
+        loaded_on.terminate()
+
+    async def only_the_listeners() -> bool:
+        return relay.open_links() == 1
+
+    await eventually(only_the_listeners, what="the relay to carry the listener's only")
 
 
 async def _readyz(services: Services) -> tuple[int, dict[str, Any]]:
@@ -125,6 +141,8 @@ async def test_readyz_names_the_nas_client_listener_while_it_is_lost(
         await server.watch_clients(pool)
         listener = server.client_listener
         assert listener is not None and listener.connection is not None
+        # An idle one would be taken for the new LISTEN: never refused, never reconnecting.
+        await _only_the_listeners(pool, relay, listener.connection)
         listener.retry_max_s = 0.1
         services.listeners.append(listener)
         assert (await _readyz(services))[0] == 200
@@ -168,7 +186,8 @@ async def test_a_half_open_listen_connection_is_found_by_its_select_1(
         listener = holder.listener
         assert listener is not None and listener.connection is not None
         silent = listener.connection
-        assert len(relay.links) == 1  # the listener's, and nothing else
+        # A frozen idle one would be taken for the new LISTEN and hang it.
+        await _only_the_listeners(pool, relay, silent)
         reconnects = sample("ocs_pg_listener_reconnects_total", listener="catalog")
         version = holder.version
         listener.check_s = 0.3

@@ -561,7 +561,7 @@ class CatalogHolder:
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
-        """An empty holder reading from ``pool``; ``start`` loads and begins listening."""
+        """An empty holder reading from ``pool``; ``start`` begins listening and loads."""
         self._pool = pool
         self._snapshot = CatalogSnapshot(plans={}, decks={})
         self._listener: ChannelListener | None = None
@@ -639,13 +639,26 @@ class CatalogHolder:
         return self._listener
 
     async def start(self) -> None:
-        """Load the whole catalog, then listen for changes on ``CATALOG_CHANNEL``."""
-        await self.reload()
+        """Listen for changes on ``CATALOG_CHANNEL``, then load the whole catalog; raises,
+        listening no more, if either fails.
+
+        LISTEN runs first: a change committed while the catalog loads is notified to it
+        and reloaded after the load. Loaded first, such a change was in neither the load
+        nor any notification, and missing until some later change (decision 0013). The
+        reload lock is taken before LISTEN, so that a reload a notification schedules
+        waits for the full load and builds on it, never on the empty snapshot.
+        """
         listener = ChannelListener(
             self._pool, CATALOG_CHANNEL, "catalog", self._on_notify, self._on_reconnect
         )
-        await listener.start()
-        self._listener = listener
+        try:
+            async with self._reload_lock:
+                await listener.start()
+                self._listener = listener
+                await self._reload_locked(None)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def caught_up(self) -> int:
         """Wait until every catalog change notified before this call is in the snapshot

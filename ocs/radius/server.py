@@ -292,6 +292,7 @@ class RadiusServer:
         self.client_retry_max_s = 60.0
         self._client_failures = 0
         self._client_retry: asyncio.TimerHandle | None = None
+        self._client_lock = asyncio.Lock()
         # The loop the listeners read on, kept: asyncio's get_running_loop is a getpid()
         # call, once per datagram otherwise.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -349,13 +350,20 @@ class RadiusServer:
 
     async def watch_clients(self, pool: asyncpg.Pool) -> None:
         """Reload the client table whenever the admin API changes it (LISTEN/NOTIFY); a
-        LISTEN connection PostgreSQL drops is replaced and the table reloaded."""
+        LISTEN connection PostgreSQL drops is replaced and the table reloaded.
+
+        Once LISTEN runs, the table is loaded once more: a NAS added after the table the
+        server was built with was read, and before LISTEN, is notified to no one and was
+        dropped until some later change (decision 0013). A failure of that load is
+        retried on the timer, the table the server has serving meanwhile.
+        """
         self._pool = pool
         listener = ChannelListener(
             pool, NAS_CHANNEL, "nas_clients", self._clients_changed, self._reload_soon
         )
         await listener.start()
         self._listener = listener
+        await self._reload_clients()
 
     def _clients_changed(self, *_: object) -> None:
         self._reload_soon()
@@ -370,6 +378,14 @@ class RadiusServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _reload_clients(self) -> None:
+        """Reload the client table; one reload at a time, in the order they were asked
+        for (asyncio.Lock is fair): two at once could end out of order, the older table
+        read replacing the newer (watch_clients' own load and a notification's)."""
+        async with self._client_lock:
+            await self._reload_clients_now()
+
+    async def _reload_clients_now(self) -> None:
+        """``_reload_clients`` with the lock held; a failure is retried on a timer."""
         # The LISTEN this reload begins on: once it is in, nothing missed while the
         # listener's connection was lost is missing (/readyz).
         listener = self._listener
