@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 
 from ocs import api_tokens
 from ocs.config import Settings
@@ -340,3 +341,117 @@ async def test_the_switch_fails_closed_with_503(
         )
     finally:
         switch.stop()
+
+
+@dataclass
+class Relay:
+    """An HTTP hop between a switch and ocs. It fails the first ``/start`` of each call as
+    ``fail_with`` says (an HTTP status it answers, as an ocs busy or cut off would; 0:
+    it drops the connection unanswered), answers every ``/stop`` 503, and forwards the
+    rest as sent. It keeps each request's path (decoded) and the status the switch got
+    (0: none)."""
+
+    ocs_url: str
+    fail_with: int
+    seen: list[tuple[str, int]]
+    http: aiohttp.ClientSession
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Forward ``request`` to ocs, or fail it."""
+        path = request.path  # decoded: the call id as the switch has it
+        first_start = path.endswith("/start") and all(p != path for p, _ in self.seen)
+        failing = self.fail_with if first_start else 503 if path.endswith("/stop") else None
+        if failing is not None:
+            self.seen.append((path, failing))
+            if failing == 0 and request.transport is not None:
+                request.transport.close()
+            error = {"reason": "unavailable", "sip_status": 503}
+            return web.json_response({"error": error}, status=failing or 503)
+        headers = {
+            name: value
+            for name, value in request.headers.items()
+            if name.lower() in ("authorization", "content-type")
+        }
+        body = await request.read()
+        async with self.http.request(
+            request.method, self.ocs_url + request.raw_path, data=body, headers=headers
+        ) as answer:
+            payload = await answer.read()
+            self.seen.append((path, answer.status))
+            return web.Response(
+                body=payload, status=answer.status, content_type=answer.content_type
+            )
+
+
+@contextlib.asynccontextmanager
+async def relay_to(ocs_url: str, fail_with: int) -> AsyncIterator[tuple[Relay, str]]:
+    """A ``Relay`` in front of ``ocs_url``, listening on 127.0.0.1: it and its URL."""
+    async with aiohttp.ClientSession() as http:
+        relay = Relay(ocs_url, fail_with, [], http)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", relay.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            yield relay, f"http://127.0.0.1:{port}"
+        finally:
+            await runner.cleanup()
+
+
+@pytest.mark.parametrize(("failure", "fail_with"), [("answered 503", 503), ("dropped", 0)])
+async def test_a_failed_start_is_sent_again_and_the_call_is_charged_when_its_stop_is_lost(
+    rig: Rig, tmp_path: Path, failure: str, fail_with: int
+) -> None:
+    # The answer's /start fails (a 503, or the connection dropped unanswered), and every
+    # stop is lost too. Before, ocs.cfg sent the start once: ocs never learnt the call
+    # was answered, and its janitor closed it free as never answered ("start-timeout",
+    # decision 0055). The switch now sends the start again, so the janitor charges the
+    # call as answered: its whole grant, which is what it ran (the switch cut it there).
+    grant = 3
+    account_id = f"restart-{fail_with}"
+    await rig.account(account_id, "0.03")  # 0.01 a second to France: 3 s
+    async with relay_to(f"http://127.0.0.1:{rig.http_port}", fail_with) as (relay, relay_url):
+        switch = Kamailio(
+            port=free_port(UDP),
+            ocs_url=relay_url,
+            token=rig.switch_token,
+            gateway_port=rig.callee.port,
+            workdir=tmp_path / "kamailio",
+        )
+        try:
+            await asyncio.to_thread(switch.wait_ready)
+            views = await asyncio.to_thread(
+                place_calls,
+                scenario="uac_until_cut.xml",
+                proxy_port=switch.port,
+                caller=account_id,
+                dialled=FRANCE,
+                workdir=tmp_path / "callers",
+                recv_timeout_ms=(grant + 4) * 1000,
+            )
+            [(call_id, seen)] = views.items()
+            assert seen.final == 200, switch.log_tail()
+            start = f"/v1/calls/{call_id}/start"
+            starts = [status for path, status in relay.seen if path == start]
+            assert starts == [fail_with, 200], (failure, relay.seen)
+            stops = [status for path, status in relay.seen if path.endswith("/stop")]
+            assert stops and set(stops) == {503}, relay.seen
+            log = switch.log_tail()
+            assert f"ocs: start of {call_id} got " in log, log
+            assert f"ocs: start of {call_id} failed" not in log
+        finally:
+            switch.stop()
+    # Closed by the janitor at the end of its grant plus grace from the answer, as an
+    # answered call: charged its grant (stale_call_policy full_grant), not closed free.
+    [cdr] = await rig.wait_cdrs(account_id, 1, within=grant + GRACE + 10)
+    assert (cdr.call_id, cdr.duration, cdr.billed_seconds, cdr.charged, cdr.cause) == (
+        call_id,
+        grant,
+        grant,
+        30_000,
+        "expired",
+    )
+    view = await rig.settled(account_id)
+    assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
