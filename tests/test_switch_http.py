@@ -6,9 +6,14 @@ France here costs 0.01 a second, billed per second, so cents count seconds.
 import asyncio
 import json
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from ocs.balances.autopipeline import AutoPipeline
+from ocs.balances.scripts import START
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest, Origin
 from ocs.money import format_amount
@@ -245,3 +250,46 @@ async def test_a_switch_that_never_sends_start_is_charged_as_before(app: Running
     response = await app.client.post("/v1/calls/reported/stop")
     stopped = await response.json()
     assert 5 <= stopped["duration"] <= int(time.time()) - progress["started_at"]
+
+
+ASTERISK_DIALPLAN = Path(__file__).resolve().parent.parent / "deploy/asterisk/extensions.conf"
+
+
+@pytest.mark.replaces_hot_path_function
+async def test_a_start_answers_what_a_switch_needs_to_know_whether_to_send_it_again(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Asterisk's dialplan (ocs-answered) cannot read an HTTP status from CURL(): it sends
+    # a start again when the answer has no started_at and its error.code is a 5xx (or
+    # there is no answer), and not after a 4xx. Kamailio's ocs.cfg reads the status.
+    answered = ASTERISK_DIALPLAN.read_text().split("[ocs-answered]")[1].split("\n[")[0]
+    assert "JSON_DECODE(started,started_at)" in answered
+    assert "JSON_DECODE(started,error.code)" in answered
+    await setup(app, "again")
+    await authorize(app, "again", "again-1")
+    original = AutoPipeline.execute
+    failures = [RedisConnectionError("Connection reset by peer")]
+
+    def failing(self: AutoPipeline, *args: Any) -> "asyncio.Future[Any]":
+        if args[:2] == ("EVALSHA", START.sha) and failures:
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(failures.pop())
+            return refused
+        return original(self, *args)
+
+    monkeypatch.setattr(AutoPipeline, "execute", failing)
+    # Redis unreachable for the start: a 5xx, to be sent again.
+    status, lost = await app.post("/v1/calls/again-1/start", {})
+    assert (status, lost["error"]["code"]) == (503, 503), lost
+    # Sent again: the call is answered; a repeat keeps that answer (nothing re-timed).
+    status, started = await app.post("/v1/calls/again-1/start", {})
+    assert status == 200 and started["started_at"] >= int(time.time()) - 1, started
+    status, again = await app.post("/v1/calls/again-1/start", {})
+    assert (status, again["started_at"]) == (200, started["started_at"])
+    status, stopped = await app.post("/v1/calls/again-1/stop", {"duration": 7})
+    assert (status, stopped["cost"], stopped["balance"]) == (200, "0.070000", "9.930000")
+    # A 4xx is the answer for good: the call stopped, or one ocs never granted.
+    status, late = await app.post("/v1/calls/again-1/start", {})
+    assert (status, late["error"]["code"]) == (409, 409), late
+    status, unknown = await app.post("/v1/calls/never-granted/start", {})
+    assert (status, unknown["error"]["code"]) == (404, 404), unknown
