@@ -17,6 +17,7 @@ import dataclasses
 import json
 import time
 from typing import Any
+from unittest.mock import ANY
 from urllib.parse import quote
 
 import pytest
@@ -498,6 +499,99 @@ async def test_an_authorization_answered_503_leaves_no_grant_standing(
         ("unsure-reply", "normal", 2_000),
     ]
     assert await ledger_total(app, "unsure") == 189_000
+
+
+async def counter_fields(app: RunningApp, account_id: str, counter_id: str) -> dict[str, str]:
+    """The fields of one counter in an account's counters hash in Redis, by suffix."""
+    raw = await app.services.redis.hgetall(keys.counters(account_id))
+    prefix = f"{counter_id}:"
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    return {k[len(prefix) :]: v for k, v in fields.items() if k.startswith(prefix)}
+
+
+@pytest.mark.replaces_hot_path_function
+async def test_a_grant_given_back_as_the_last_holder_of_a_cancelled_counter_removes_it(
+    backend_app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A counter cancelled while a grant holds some of its seconds is only marked gone;
+    # its last holder removes it (decision 0055: the release of a grant answered 503 is
+    # such a holder). With it go the seconds its closed cycle left for late usage
+    # records: '<id>:carried' (carryover) or '<id>:closed'. Left behind, they would wait
+    # for a counter of that id to start again, and a first cycle started by a call
+    # (authorize.lua) does not clear them.
+    app = backend_app
+    await add_plan(app.services, max_call_duration=600)
+    kept = {"carries": ("de-carry", "carried"), "closes": ("de-close", "closed")}
+    for counter_id, field in kept.values():
+        counter = {"id": counter_id, "seconds": 600, "zones": ["Germany"], "mandatory": False}
+        counter.update(price_per_minute="0.00", carryover=field == "carried")
+        status, body = await app.post("/v1/plans/retail/counters", counter)
+        assert status == 201, body
+
+    async def loaded() -> bool:
+        found = {c.id for c in app.services.catalog.snapshot.counters_for("retail")}
+        return found >= {"de-carry", "de-close"}
+
+    await eventually(loaded, what="the counters in the snapshot")
+    for account_id, (counter_id, field) in kept.items():
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"})
+        status, body = await app.post(
+            f"/v1/accounts/{account_id}/counters", {"counter": counter_id}
+        )
+        assert status == 201, body
+        call = {"account": account_id, "destination": GERMANY, "call_id": f"{account_id}-1"}
+        status, grant = await app.post("/v1/calls", call)
+        assert (status, grant["counter_seconds"]) == (201, 600), grant
+        status, stopped = await app.post(f"/v1/calls/{account_id}-1/stop", {"duration": 100})
+        assert (status, stopped["cost"]) == (200, "0.000000"), stopped
+        status, reset = await app.post("/v1/counters/reset", {"account": account_id})
+        assert status == 200, reset
+        # The closed cycle left 500 s unused, kept for its late records.
+        assert (await counter_fields(app, account_id, counter_id))[field] == "500"
+
+    original = AutoPipeline.execute
+    cancelling: list[tuple[str, str]] = []
+
+    def cancelled_meanwhile(self: AutoPipeline, *args: Any) -> "asyncio.Future[Any]":
+        ran = original(self, *args)
+        if not cancelling or args[:2] not in (
+            ("EVALSHA", AUTHORIZE.sha),
+            ("EVALSHA", AUTHORIZE_WITH_REF.sha),
+        ):
+            return ran
+
+        async def lost() -> Any:
+            # Once the script granted the call (not asked to price it again: "CNT"), its
+            # grant holds the counter's seconds; the counter is cancelled; then the
+            # authorization's reply is lost on its way back.
+            reply = await ran
+            if reply[0] not in (b"OK", "OK"):
+                return reply
+            account_id, counter_id = cancelling.pop()
+            await app.services.counters.cancel(account_id, counter_id)
+            assert "gone" in await counter_fields(app, account_id, counter_id)
+            raise RedisConnectionError("Redis did not answer within 5.0 s")
+
+        return asyncio.ensure_future(lost())
+
+    monkeypatch.setattr(AutoPipeline, "execute", cancelled_meanwhile)
+    for account_id, (counter_id, field) in kept.items():
+        cancelling.append((account_id, counter_id))
+        call = {"account": account_id, "destination": GERMANY, "call_id": f"{account_id}-2"}
+        status, body = await app.post("/v1/calls", call)
+        assert (status, body["error"]["reason"]) == (503, "unavailable"), body
+        assert cancelling == []
+        # The grant was given back, and with it the counter went whole: only the stamp
+        # of its cancel is left (for a reset that read the account before it).
+        assert await counter_fields(app, account_id, counter_id) == {"cancelled": ANY}, field
+        status, shown = await app.get(f"/v1/accounts/{account_id}/counters")
+        assert (status, shown["counters"]) == (200, [])
+        _, view = await app.get(f"/v1/accounts/{account_id}")
+        assert (view["balance"], view["reserved"], view["lines_in_use"]) == (
+            "1.000000",
+            "0.000000",
+            0,
+        )
 
 
 @pytest.mark.replaces_hot_path_function
