@@ -515,10 +515,9 @@ async def test_a_grant_given_back_as_the_last_holder_of_a_cancelled_counter_remo
 ) -> None:
     # A counter cancelled while a grant holds some of its seconds is only marked gone;
     # its last holder removes it (decision 0055: the release of a grant answered 503 is
-    # such a holder). With it go the seconds its closed cycle left for late usage
-    # records: '<id>:carried' (carryover) or '<id>:closed'. Left behind, they would wait
-    # for a counter of that id to start again, and a first cycle started by a call
-    # (authorize.lua) does not clear them.
+    # such a holder), '<id>:carried' included. What its closed cycle left for late usage
+    # records stays, as '<id>:closed' whatever the carryover (decision 0032's addendum of
+    # 2026-12-07: the bundle was live in that cycle), until the next reset removes it.
     app = backend_app
     await add_plan(app.services, max_call_duration=600)
     kept = {"carries": ("de-carry", "carried"), "closes": ("de-close", "closed")}
@@ -581,9 +580,11 @@ async def test_a_grant_given_back_as_the_last_holder_of_a_cancelled_counter_remo
         status, body = await app.post("/v1/calls", call)
         assert (status, body["error"]["reason"]) == (503, "unavailable"), body
         assert cancelling == []
-        # The grant was given back, and with it the counter went whole: only the stamp
-        # of its cancel is left (for a reset that read the account before it).
-        assert await counter_fields(app, account_id, counter_id) == {"cancelled": ANY}, field
+        # The grant was given back, and with it the counter went: only the stamp of its
+        # cancel is left (for a reset that read the account before it), and the 500 s its
+        # closed cycle left for that cycle's late records.
+        left = await counter_fields(app, account_id, counter_id)
+        assert left == {"cancelled": ANY, "closed": "500"}, field
         status, shown = await app.get(f"/v1/accounts/{account_id}/counters")
         assert (status, shown["counters"]) == (200, [])
         _, view = await app.get(f"/v1/accounts/{account_id}")
