@@ -265,3 +265,37 @@ async def test_a_radius_call_is_cut_when_its_slices_run_out(rig: CutRig) -> None
     assert await radius(rig, "acct", stop) == "Accounting-Response"
     view = await account(app, "3100")
     assert micro(view["balance"]) >= 0
+
+
+async def test_a_repeated_access_request_of_a_sliced_call_is_answered_as_the_first(
+    rig: CutRig,
+) -> None:
+    # The first Access-Accept was lost: the NAS asks again for the same session. Before,
+    # the repeat said one slice (60 s) as Session-Timeout and no Acct-Interim-Interval,
+    # so the NAS cut the call after a minute.
+    app = rig.app
+    await add_plan(
+        app.services,
+        plan_id="sliced",
+        deck=FLAT_DECK,
+        max_call_duration=600,
+        max_lines=5,
+        reservation_policy="slice",
+        slice_seconds=60,
+    )
+    await app.post("/v1/accounts", {"id": "3200", "plan": "sliced", "balance": "0.03"})
+    session = [("User-Name", "3200"), ("Acct-Session-Id", "SLICE-AGAIN")]
+    access = [("NAS-IP-Address", "127.0.0.1"), *session, ("Called-Station-Id", GERMANY)]
+    first = await radclient("auth", rig.server.auth_port, NAS_SECRET, access)
+    again = await radclient("auth", rig.server.auth_port, NAS_SECRET, access)
+    assert (first.code, again.code) == ("Access-Accept", "Access-Accept"), (first, again)
+    for reply in (first, again):
+        # What the funds could pay for (180 s), reported slice by slice.
+        assert reply.attributes["Session-Timeout"] == ["180"], reply
+        assert reply.attributes["Acct-Interim-Interval"] == ["60"], reply
+    answered = {k: v for k, v in first.attributes.items() if k != "Message-Authenticator"}
+    repeated = {k: v for k, v in again.attributes.items() if k != "Message-Authenticator"}
+    assert repeated == answered
+    # One call holds one slice (0.01): the repeat reserved nothing more.
+    view = await account(app, "3200")
+    assert (view["reserved"], view["lines_in_use"]) == ("0.010000", 1)

@@ -761,20 +761,43 @@ class CallService:
             )
 
     def _repeated(self, live: AlreadyLive, call_id: str, account_id: str, plan_id: str) -> Grant:
-        """The grant of a call authorized again while live: what it holds and was granted."""
-        record = CallRecord.unpack(live.entry.record)
-        granted = self.granted_seconds(record, live.entry)
+        """The grant of a call authorized again while live: what it holds and was granted.
+
+        Answered as its first authorization was (a lost Access-Accept is asked again): a
+        sliced call's ceiling and slice too, else a RADIUS NAS told one slice as its
+        Session-Timeout, and no Acct-Interim-Interval, cut the call after one slice."""
+        entry = live.entry
+        record = CallRecord.unpack(entry.record)
+        granted = self.granted_seconds(record, entry)
+        available = live.available + entry.held
+        ceiling = 0
+        final = True
+        if record.quota:
+            # As the new grant's: the longest the funds before the call's hold pay for
+            # (what it has been debited was in them then), never less than the grant.
+            bands = self._bands_of(record, record.cap, entry.started)
+            funds = available + entry.debited
+            ceiling = max(
+                granted,
+                max_duration_with_counter(record.rate, funds, record.cap, record.split, bands),
+            )
+            # Final as the new grant's (and an update's): the plan's longest call is
+            # reached, or the funds pay for less than the slice asked for.
+            reach = min(record.cap, entry.used + record.quota)
+            final = granted >= record.cap or granted < reach
         return Grant.of(
             call_id,
             account_id,
             record,
             granted=granted,
-            reserved=live.entry.held,
+            reserved=entry.held,
             repeated=True,
-            available=live.available + live.entry.held,
+            available=available,
             credit_limit=live.credit_limit,
-            final=not record.quota or granted >= record.cap,
+            final=final,
             ivr=effective(self._catalog.snapshot.ivr_default(plan_id), live.ivr_override),
+            ceiling=ceiling,
+            slice_seconds=record.quota,
         )
 
     def _checked(self, request: AuthorizeRequest, origin: Origin) -> tuple[str, str | None, str]:
