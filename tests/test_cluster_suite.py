@@ -648,6 +648,89 @@ async def test_a_retry_answered_before_the_release_keeps_its_call(
     assert (status, stopped["cost"], stopped["balance"]) == (200, "0.009000", "0.991000")
 
 
+@pytest.mark.replaces_hot_path_function
+async def test_a_radius_call_whose_reference_was_not_written_is_found_by_its_stop(
+    backend_app: RunningApp, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a cluster the grant's call reference is SET beside the script; that SET refused,
+    # the Access-Request is not answered and the NAS sends it again, answered as a repeat.
+    # Before, the repeat left the reference for a minute only (a refusal's window): a Stop
+    # after that found no call (unknown_call) and the janitor closed it instead.
+    app = backend_app
+    await add_plan(app.services)
+    await app.post("/v1/accounts", {"id": "lost-ref", "plan": "retail", "balance": "1.00"})
+    original = AutoPipeline.execute
+    refusing = [backend.cluster]  # a standalone Redis writes the reference in the script
+
+    def refused_once(self: AutoPipeline, *args: Any) -> "asyncio.Future[Any]":
+        if refusing[0] and args[0] == "SET" and "NX" in args:
+            refusing[0] = False
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(ResponseError("CLUSTERDOWN The cluster is down"))
+            return refused
+        return original(self, *args)
+
+    monkeypatch.setattr(AutoPipeline, "execute", refused_once)
+    server = await started_radius(
+        app.services,
+        (RadiusClientConfig(name="nas", network="127.0.0.1/32", secret=RADIUS_SECRET),),
+    )
+    udp = await UdpClient.open()
+    try:
+        conf = "h323-conf-id=lost-ref-1"
+        request = access_request(
+            RADIUS_SECRET,
+            [("User-Name", "lost-ref"), ("Called-Station-Id", GERMANY), ("h323-conf-id", conf)],
+        )
+        datagram = wire(request)
+        dropped = sample("ocs_radius_dropped_total", reason="backend_unavailable")
+        udp.send(datagram, server.auth_port)
+
+        async def unanswered() -> bool:
+            return sample("ocs_radius_dropped_total", reason="backend_unavailable") > dropped
+
+        if backend.cluster:
+            await eventually(unanswered, what="the first Access-Request dropped")
+            assert udp.unread() == []
+        else:
+            data = await udp.receive(5.0)
+            assert data is not None and decode_reply(request, data).code == 2
+        # The NAS's retransmission is granted (a repeat of the live call on the cluster).
+        data = await udp.exchange(datagram, server.auth_port)
+        assert data is not None
+        reply = decode_reply(request, data)
+        assert (reply.code, reply["Session-Timeout"]) == (2, [5000])
+        live = await app.services.store.live_calls_of("lost-ref")
+        assert len(live) == 1
+        call_id = next(iter(live))
+        # The reference names the live call for the call's life, not a minute.
+        redis = app.services.redis
+        entry = await app.services.store.live_entry("lost-ref", call_id)
+        assert entry is not None
+        assert await redis.ttl(keys.call_ref(call_id)) > REF_WINDOW
+        assert await redis.get(keys.call_ref(call_id)) == entry.record
+        for status, extra in (("Start", []), ("Stop", [("Acct-Session-Time", 45)])):
+            accounting = accounting_request(
+                RADIUS_SECRET,
+                [
+                    ("Acct-Status-Type", status),
+                    ("User-Name", "lost-ref"),
+                    ("Acct-Session-Id", "lost-ref-1"),
+                    ("h323-conf-id", conf),
+                    *extra,
+                ],
+            )
+            answer = await udp.exchange(wire(accounting), server.acct_port)
+            assert answer is not None and decode_reply(accounting, answer).code == 5
+        # 45 s at 0.012 a minute: 0.009, charged by the Stop.
+        assert await balance(app, "lost-ref") == "0.991000"
+        assert await app.services.store.live_calls_of("lost-ref") == {}
+    finally:
+        udp.close()
+        server.close_listeners()
+        await server.drain(5)
+
+
 async def test_topups_credit_once_per_id_and_reach_the_ledger(
     backend_app: RunningApp, backend: Backend, request: pytest.FixtureRequest
 ) -> None:

@@ -496,7 +496,8 @@ class BalanceStore:
         of another live call; a grant, the common case, then answers after this one
         round trip. A refused attempt's is cut to a short window at once, and a grant's
         replaces one it found (a refused attempt's, a stale one's): the same keys as
-        authorize_with_ref.lua leaves.
+        authorize_with_ref.lua leaves. A repeat of a live call that has none (its grant's
+        SET failed) writes the live call's, for its life.
         """
         record = args.record
         outcome = self._pipe.run_script(scripts.AUTHORIZE, args.keys(), args.argv())
@@ -514,8 +515,16 @@ class BalanceStore:
             if not ref.cancelled() and ref.exception() is None and ref.result() is not None:
                 await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
             raise failed
-        if _text(reply[0]) != "OK":
-            if ref_written is not None:
+        status = _text(reply[0])
+        if status != "OK":
+            if ref_written is not None and status == "DUP":
+                # The id's call is live and had no reference: its grant's SET failed (the
+                # request was not answered, and this is the NAS asking again). Written
+                # from the live call's record for the call's life: cut to the window,
+                # its Stop after a minute found no call and the janitor closed it.
+                live = parse_live_entry(reply[1]).record
+                await self._pipe.execute("SET", ref_key, live, "EX", ref_ttl)
+            elif ref_written is not None:
                 await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
             return list(reply), []
         if ref_written is not None:
