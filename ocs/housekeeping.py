@@ -17,7 +17,9 @@ import contextlib
 import logging
 
 from ocs.balances.ledger_writer import LedgerWriter
-from ocs.charging.janitor import Janitor
+from ocs.call_cutting import nas_disconnect
+from ocs.charging.janitor import Disconnect, Janitor
+from ocs.charging.values import CallRecord
 from ocs.config import Settings
 from ocs.services import Services
 from ocs.state_metrics import StateSampler
@@ -55,7 +57,11 @@ def start_housekeeping(
         stack.push_async_callback(_stop_writer, writer_task, stopping, settings.shutdown_timeout)
     if settings.run_janitor:
         janitor = Janitor(
-            services.calls, services.store, settings.janitor_interval, health=services.health
+            services.calls,
+            services.store,
+            settings.janitor_interval,
+            health=services.health,
+            disconnect=janitor_disconnect(services),
         )
         janitor_task = asyncio.create_task(janitor.run(stopping))
         stack.push_async_callback(_stop_task, janitor_task, stopping)
@@ -63,6 +69,20 @@ def start_housekeeping(
     sampler = StateSampler.of(services, take_live_pass=settings.run_live_state_pass)
     sampler_task = asyncio.create_task(sampler.run(stopping))
     stack.push_async_callback(_stop_task, sampler_task, stopping)
+
+
+def janitor_disconnect(services: Services) -> Disconnect:
+    """How the janitor tells a NAS to end an expired sliced call: through this process's
+    RADIUS server once it has one (``Services.disconnect``, set after the housekeeping
+    starts), else (a background process) by the client table in PostgreSQL."""
+    fallback = nas_disconnect(services)
+
+    async def disconnect(record: CallRecord) -> object:
+        """Ask the call's NAS to end it; what it said (None: no NAS to tell)."""
+        sender = services.disconnect or fallback
+        return await sender(record)
+
+    return disconnect
 
 
 async def _stop_task(task: "asyncio.Task[None]", stopping: asyncio.Event) -> None:

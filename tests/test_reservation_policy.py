@@ -11,13 +11,16 @@ holds 0.01; the plan's longest call is 600 s (0.10) unless said otherwise.
 """
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
 from ocs.balances.plan_policy import PlanPolicy, plan_policy, set_plan_policy
+from ocs.charging.janitor import Janitor
 from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError
+from ocs.housekeeping import janitor_disconnect
 from tests.conftest import CutRig, RunningApp, account, add_plan, eventually
 from tests.helpers import radius
 from tests.nas_emulator import NAS_SECRET
@@ -299,3 +302,54 @@ async def test_a_repeated_access_request_of_a_sliced_call_is_answered_as_the_fir
     # One call holds one slice (0.01): the repeat reserved nothing more.
     view = await account(app, "3200")
     assert (view["reserved"], view["lines_in_use"]) == ("0.010000", 1)
+
+
+async def test_a_sliced_radius_call_whose_interims_stop_is_cut_when_it_expires(
+    rig: CutRig,
+) -> None:
+    # The NAS was told 180 s (the funds' ceiling) but sends no interim: the call expires
+    # after its one slice plus grace and is charged that slice. Before, the NAS was not
+    # told, ran the call on to 180 s, and its late Stop was charged only as far as the
+    # account could pay. Now the janitor that closes it sends a Disconnect-Request.
+    app = rig.app
+    await add_plan(
+        app.services,
+        plan_id="sliced",
+        deck=FLAT_DECK,
+        max_call_duration=600,
+        max_lines=5,
+        reservation_policy="slice",
+        slice_seconds=60,
+    )
+    await app.post("/v1/accounts", {"id": "3300", "plan": "sliced", "balance": "0.03"})
+    session = [("User-Name", "3300"), ("Acct-Session-Id", "SLICE-MUTE")]
+    access = [("NAS-IP-Address", "127.0.0.1"), *session, ("Called-Station-Id", GERMANY)]
+    reply = await radclient("auth", rig.server.auth_port, NAS_SECRET, access)
+    assert reply.code == "Access-Accept", reply
+    assert reply.attributes["Session-Timeout"] == ["180"]
+    assert await radius(rig, "acct", [("Acct-Status-Type", "Start"), *session]) == (
+        "Accounting-Response"
+    )
+    janitor = Janitor(
+        app.services.calls, app.services.store, disconnect=janitor_disconnect(app.services)
+    )
+    expiry = int(time.time()) + 60 + app.services.settings.call_expiry_grace + 5
+    assert await janitor.sweep(now=expiry) == 1
+    # Charged its slice (full_grant), and its NAS told to end it.
+    view = await account(app, "3300")
+    assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("0.020000", "0.000000", 0)
+
+    async def cut_sent() -> bool:
+        return len(rig.nas.received) == 1
+
+    await eventually(cut_sent, what="a Disconnect-Request")
+    assert rig.nas.received[0][0] == 40  # Disconnect-Request
+    assert rig.nas.decoded(0)["Acct-Session-Id"] == ["SLICE-MUTE"]
+    # The NAS ends the call and reports it: the rest is charged as a late stop.
+    stop = [("Acct-Status-Type", "Stop"), *session, ("Acct-Session-Time", "95")]
+    assert await radius(rig, "acct", stop) == "Accounting-Response"
+    view = await account(app, "3300")
+    assert view["balance"] == "0.010000"  # 95 s, billed per minute: 0.02
+    # Only one sweep closes it: the NAS is told once.
+    assert await janitor.sweep(now=expiry + 60) == 0
+    assert len(rig.nas.received) == 1

@@ -9,6 +9,11 @@ charge; a started call is charged its last reported usage (or its whole
 grant). Safe to run in every process at once: the stop script closes a call
 once, and only if nothing extended its expiry meanwhile.
 
+A sliced RADIUS call (decision 0015) whose interims stopped expires after its last
+slice, while its NAS was told the funds' ceiling as Session-Timeout: when its NAS
+takes Disconnect-Requests, the janitor that closed it sends one too, as the cut at
+an interim does, so the NAS ends the call instead of running on to the ceiling.
+
 While Redis is unreachable a sweep fails at once; the failure goes to the
 process's backend tracker (one line per outage, a reminder while it lasts),
 never one traceback per sweep.
@@ -18,13 +23,28 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from ocs import backend_health, metrics
 from ocs.backend_health import BackendHealth
 from ocs.balances.store import BalanceStore
 from ocs.charging.lifecycle import CallService
+from ocs.charging.values import CallRecord
 
 log = logging.getLogger("ocs.janitor")
+
+# Asks a call's NAS to end it (RFC 5176); what the NAS said, None when there is no NAS to
+# tell (``ocs.call_cutting.Disconnect``: the serving process's RADIUS server, or the
+# client table read from PostgreSQL).
+Disconnect = Callable[[CallRecord], Awaitable[object]]
+
+
+def needs_disconnect(record: CallRecord, cause: str) -> bool:
+    """Whether a call the janitor closed is still up at its NAS: a sliced RADIUS call
+    (only a NAS that takes Disconnect-Requests is granted slices and keeps its address)
+    that expired, its interims stopped. Its NAS was told the funds' ceiling, not the
+    slice the close charged, and would run the call on to it."""
+    return cause == "expired" and record.quota > 0 and record.nas_address is not None
 
 
 class Janitor:
@@ -36,19 +56,23 @@ class Janitor:
         store: BalanceStore,
         interval: float = 1.0,
         health: BackendHealth | None = None,
+        disconnect: Disconnect | None = None,
     ) -> None:
         self._calls = calls
         self._store = store
         self._interval = interval
         self._health = health if health is not None else backend_health.default()
+        self._disconnect = disconnect
 
     async def sweep(self, now: int | None = None) -> int:
-        """Close every expired call once; returns how many this sweep closed."""
+        """Close every expired call once; returns how many this sweep closed. The NAS of
+        each expired sliced call is then told to end it (``needs_disconnect``)."""
         now = int(time.time()) if now is None else now
         closed = 0
+        cuts: list[CallRecord] = []
         for account_id, call_id in await self._store.expired_calls(now):
             try:
-                charge = await self._calls.close_live_call(
+                done = await self._calls.close_live_call(
                     account_id, call_id, "expired", expired_by=now
                 )
             except Exception as exc:
@@ -60,8 +84,11 @@ class Janitor:
                     extra={"account": account_id, "call_id": call_id},
                 )
                 continue
-            if charge is not None:
+            if done is not None:
+                charge, record = done
                 closed += 1
+                if needs_disconnect(record, charge.cause):
+                    cuts.append(record)
                 metrics.STALE_CALLS_CLOSED.labels(charge.cause).inc()
                 log.info(
                     "closed a stale call",
@@ -72,6 +99,11 @@ class Janitor:
                         "charged": charge.charged,
                     },
                 )
+        disconnect = self._disconnect
+        if cuts and disconnect is not None:
+            # Together: a NAS that does not answer holds the sweep for its retries once,
+            # not once per call.
+            await asyncio.gather(*(_cut(disconnect, record) for record in cuts))
         return closed
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -90,3 +122,26 @@ class Janitor:
                 self._health.report_success(backend_health.REDIS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=self._interval)
+
+
+async def _cut(disconnect: Disconnect, record: CallRecord) -> None:
+    """Ask the NAS of an expired sliced call to end it; a failure is logged, never raised
+    (the call is closed and charged either way)."""
+    try:
+        outcome = await disconnect(record)
+    except Exception:
+        log.exception(
+            "could not tell the NAS to end an expired call",
+            extra={"call_id": record.call_id, "nas": record.nas},
+        )
+        return
+    reason = getattr(outcome, "reason", None)
+    log.info(
+        "told the NAS to end an expired call",
+        extra={
+            "account": record.account_id,
+            "call_id": record.call_id,
+            "nas": record.nas,
+            "outcome": reason if isinstance(reason, str) else "no NAS to tell",
+        },
+    )

@@ -1634,12 +1634,12 @@ class CallService:
                 continue
             if nodes and record.nas_node is not None and record.nas_node not in nodes:
                 continue
-            charge = await self.close_live_call(
+            done = await self.close_live_call(
                 account_id, call_id, cause, expired_by=None, ended_at=before_ms // 1000
             )
-            if charge is not None:
+            if done is not None:
                 closed += 1
-                metrics.STALE_CALLS_CLOSED.labels(charge.cause).inc()
+                metrics.STALE_CALLS_CLOSED.labels(done[0].cause).inc()
         return closed
 
     async def close_live_call(
@@ -1650,8 +1650,9 @@ class CallService:
         *,
         expired_by: int | None,
         ended_at: int | None = None,
-    ) -> CallCharge | None:
-        """Close a call the switch will never stop (expired, NAS rebooted), by policy.
+    ) -> tuple[CallCharge, CallRecord] | None:
+        """Close a call the switch will never stop (expired, NAS rebooted), by policy:
+        what it was charged, and the record it was authorized with (where its NAS is).
 
         A call never answered is released free of charge: a RADIUS call with no
         Accounting-Start, an HTTP call with no /start (its start still the provisional
@@ -1683,4 +1684,4 @@ class CallService:
         self._unstarted.pop(call_id, None)
         if not isinstance(result, StopResult) or result.repeated:
             return None
-        return self._charge(record, result)
+        return self._charge(record, result), record
