@@ -10,13 +10,11 @@ table in PostgreSQL and sends the request itself.
 
 from collections.abc import Awaitable, Callable
 
+from ocs.charging.janitor import Disconnect
 from ocs.charging.values import CallRecord
 from ocs.radius.clients import load_client_table
 from ocs.radius.disconnect import disconnect_call
 from ocs.services import Services
-
-# Ends one call at its NAS; what the NAS said (None: no NAS to tell).
-Disconnect = Callable[[CallRecord], Awaitable[object]]
 
 
 def nas_disconnect(services: Services) -> Disconnect:

@@ -34,8 +34,8 @@ from ocs.charging.values import CallRecord
 log = logging.getLogger("ocs.janitor")
 
 # Asks a call's NAS to end it (RFC 5176); what the NAS said, None when there is no NAS to
-# tell (``ocs.call_cutting.Disconnect``: the serving process's RADIUS server, or the
-# client table read from PostgreSQL).
+# tell: the serving process's RADIUS server, or the client table read from PostgreSQL
+# (``ocs.call_cutting``). Dunning's cuts take the same kind.
 Disconnect = Callable[[CallRecord], Awaitable[object]]
 
 
