@@ -1302,7 +1302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ocs: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except OSError as exc:
-        print(f"ocs: cannot reach a backend: {exc}", file=sys.stderr)
+        # A backend out of reach is BackendUnreachable above: this is any other refusal
+        # of the system's (a port taken, a file or directory not writable).
+        print(f"ocs: refused by the system: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except Exception as exc:
         # A backend lost in the middle of a command: said in one line; anything else is

@@ -24,7 +24,7 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from types import FrameType
 from typing import Any
 
@@ -40,6 +40,8 @@ GC_THRESHOLD0 = 5_000
 log = logging.getLogger("ocs.loop")
 # A stall at the same place is logged at most once in this many seconds.
 STALL_QUIET_S = 60.0
+# The stalls a watch keeps for its reader (tests, benchmarks); older ones are dropped.
+KEPT_STALLS = 1000
 
 
 def settle_gc(threshold0: int = GC_THRESHOLD0) -> None:
@@ -95,7 +97,8 @@ class StallWatch:
 
     ``start`` on the loop's thread; the watching thread polls every ``poll`` seconds,
     and a loop later than ``threshold`` is sampled until it runs again. ``stalls``
-    keeps every stall found as (seconds, where), for tests and benchmarks.
+    keeps the last ``KEPT_STALLS`` stalls found as (seconds, where), for tests and
+    benchmarks: a server runs for months, so never all of them.
     """
 
     def __init__(self, threshold: float, poll: float | None = None) -> None:
@@ -104,7 +107,7 @@ class StallWatch:
         self.threshold = threshold
         self.poll = poll if poll is not None else max(threshold / 4, 0.001)
         self.beat = self.poll
-        self.stalls: list[tuple[float, str]] = []
+        self.stalls: deque[tuple[float, str]] = deque(maxlen=KEPT_STALLS)
         self._last_beat = time.perf_counter()
         self._loop_thread = 0
         self._handle: asyncio.TimerHandle | None = None

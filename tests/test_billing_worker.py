@@ -6,6 +6,7 @@ import dataclasses
 import os
 import re
 import signal
+import socket
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -147,6 +148,34 @@ def _worker_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
         }
     )
     return env
+
+
+async def test_a_metrics_port_already_taken_is_named_as_the_setting_to_change(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # A second billing worker on the host sharing the config finds the port taken: the
+    # operator is told which setting to change, in one line, not "cannot reach a backend".
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        env = _worker_env(settings, tmp_path)
+        env["OCS_BILLING_METRICS_PORT"] = str(taken.getsockname()[1])
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ocs",
+            "billing-worker",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 2, lines
+    assert lines[-1].startswith("ocs: configuration error: billing_metrics_port: cannot serve"), (
+        lines
+    )
+    assert "Traceback" not in err.decode()
 
 
 async def test_a_sigterm_finishes_the_chunk_in_hand_and_another_worker_takes_the_rest(

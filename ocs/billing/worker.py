@@ -50,7 +50,7 @@ from ocs.billing import dunning, notify_email, payments, posting, queries, runs,
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
 from ocs.billing.periods import Period, local_midnight, month_day
 from ocs.billing.taxes import TaxEngine, external_engine
-from ocs.config import Settings
+from ocs.config import ConfigError, Settings
 from ocs.events.delivery import deliver_pending, serve_deliveries
 
 log = logging.getLogger("ocs.billing.worker")
@@ -551,7 +551,15 @@ async def serve_worker(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop, signum)
     if settings.billing_metrics_port and not once:
-        metrics.serve_metrics(settings.billing_metrics_port)
+        try:
+            metrics.serve_metrics(settings.billing_metrics_port)
+        except OSError as exc:
+            # A second worker on the host sharing the config is the usual cause: said as
+            # the setting to change, not as a backend out of reach.
+            raise ConfigError(
+                f"billing_metrics_port: cannot serve metrics on port"
+                f" {settings.billing_metrics_port}: {exc.strerror or exc}"
+            ) from None
     # Events (webhooks, invoice and dunning emails) go out beside the runs (decision 0029).
     deliveries = (
         None
