@@ -9,6 +9,7 @@ from, and the CLI exits with code 2.
 
 import math
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
@@ -101,9 +102,30 @@ def _parse_optional_url(schemes: tuple[str, ...]) -> Callable[[Any], str | None]
         text = str(value)
         if not text.startswith(schemes):
             raise ValueError(f"expected a URL starting with {' or '.join(schemes)}")
+        _check_hosts(text)
         return text
 
     return parse
+
+
+def _check_hosts(url: str) -> None:
+    """Refuse a URL whose host or port the client libraries would choke on later, with a
+    traceback, at the first connect. Each host of a PostgreSQL list (``h1:5432,h2``) is
+    checked alone. The message never quotes the URL: it may hold a password."""
+    if url.startswith("unix://"):
+        return
+    after_scheme = url.partition("://")[2]
+    authority = re.split(r"[/?#]", after_scheme, maxsplit=1)[0]
+    for host in authority.rpartition("@")[2].split(","):
+        if host.startswith("[") != ("]" in host) or host.count("[") > 1:
+            raise ValueError("not a valid URL: an IPv6 host needs both brackets, [ and ]")
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        if ":" not in port:
+            continue
+        digits = port.rpartition(":")[2]
+        if digits and (not digits.isdigit() or not 0 < int(digits) < 65536):
+            # Not quoted: a password with an unescaped '/' would be read as a port.
+            raise ValueError("not a valid URL: a port is not a number 1-65535")
 
 
 def _parse_choice(*choices: str) -> Callable[[Any], str]:

@@ -368,3 +368,35 @@ def test_a_bad_log_level_flag_exits_2_naming_the_flag(tmp_path: Path) -> None:
     code, _, err = run_ocs(tmp_path, "plans", "list", "--log-level", "chatty")
     assert code == 2
     assert_one_line_naming(err, "--log-level")
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "said"),
+    [
+        ("redis_url", "redis://:S3CRET@localhost:abc/0", "a port is not a number"),
+        ("redis_url", "redis://:S3CRET@[::1/0", "an IPv6 host needs both brackets"),
+        ("database_url", "postgresql://u:S3CRET@localhost:notaport/db", "a port is not a"),
+        ("database_url", "postgresql://u:S3CRET@h1:5432,h2:99999/db", "a port is not a"),
+        ("database_url", "postgresql://u:S3CRET@[::1/db", "an IPv6 host needs both"),
+    ],
+)
+def test_a_url_with_a_bad_host_or_port_is_refused_without_its_password(
+    key: str, url: str, said: str
+) -> None:
+    # Before, such a URL passed, and the first connect died with a 45-line traceback.
+    with pytest.raises(ConfigError, match=said) as raised:
+        load_settings(environ={}, overrides={key: url})
+    assert "S3CRET" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        ("redis_url", "redis://[::1]:6379/0"),
+        ("redis_url", "unix:///run/redis.sock?db=1"),
+        ("database_url", "postgresql://u:p@h1:5432,[::1]:5433,h3/db"),
+        ("database_url", "postgresql:///db?host=/run/postgresql"),
+    ],
+)
+def test_urls_the_client_libraries_take_are_taken(key: str, url: str) -> None:
+    assert getattr(load_settings(environ={}, overrides={key: url}), key) == url
