@@ -113,11 +113,18 @@ def _add_process_commands(commands: "Commands") -> None:
     )
     db = add_group(commands, "db", "database maintenance")
     add_command(db, "migrate", "apply pending schema migrations", _db_migrate)
-    add_command(
+    reconcile = add_command(
         commands,
         "reconcile",
-        "check that every Redis balance equals its ledger (exit 1 if not)",
+        "check that every Redis balance equals its ledger and every number's Redis"
+        " reference names its holder (exit 1 if not)",
         _reconcile,
+    )
+    reconcile.add_argument(
+        "--repair-numbers",
+        action="store_true",
+        help="set each number reference found wrong to the holder PostgreSQL names (under"
+        " the number's row lock)",
     )
     worker = add_command(
         commands,
@@ -524,13 +531,28 @@ def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    """``ocs reconcile``: compare each Redis balance with its ledger; exit 1 on a mismatch."""
-    from ocs.balances.reconcile import reconcile
+    """``ocs reconcile``: compare each Redis balance with its ledger and each number's
+    Redis reference with its holder (set right with ``--repair-numbers``); exit 1 on a
+    mismatch, repaired or not."""
+    from ocs.balances.reconcile import Reconciliation, reconcile
+    from ocs.billing import number_reconcile
+    from ocs.billing.number_reconcile import NumberMismatch
 
-    result = with_services(settings, lambda s: reconcile(s.redis, s.pool))
+    async def run(
+        s: "Services",
+    ) -> tuple[Reconciliation, list[NumberMismatch], dict[str, str | None] | None]:
+        """Balances, then numbers (repaired when asked)."""
+        result = await reconcile(s.redis, s.pool)
+        numbers = await number_reconcile.check_numbers(s.redis, s.pool)
+        repaired = None
+        if args.repair_numbers:
+            repaired = await number_reconcile.repair_numbers(s.pool, s.store, numbers)
+        return result, numbers, repaired
+
+    result, numbers, repaired = with_services(settings, run)
     print_json(
         {
-            "ok": result.ok,
+            "ok": result.ok and not numbers,
             "accounts": result.accounts,
             "pending_ledger_entries": result.pending_entries,
             "mismatches": [
@@ -567,9 +589,20 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
                 }
                 for orphan in result.orphans
             ],
+            # Numbers whose Redis reference (what an inbound call reads) is not the
+            # holder PostgreSQL names (null: none, or free): a change half told Redis.
+            "numbers": [
+                {
+                    "number": m.number,
+                    "redis_account": m.redis_account,
+                    "postgresql_holder": m.holder,
+                    **({} if repaired is None else {"repaired_to": repaired[m.number]}),
+                }
+                for m in numbers
+            ],
         }
     )
-    return 0 if result.ok else EXIT_REFUSED
+    return 0 if result.ok and not numbers else EXIT_REFUSED
 
 
 def _plans_create(args: argparse.Namespace, settings: Settings) -> int:

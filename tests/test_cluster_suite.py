@@ -39,6 +39,7 @@ from ocs.balances.scripts import (
 )
 from ocs.balances.store import REF_WINDOW
 from ocs.balances.wire import RedisWire
+from ocs.billing.number_reconcile import check_numbers, repair_numbers
 from ocs.call_cutting import call_cutter
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
@@ -46,6 +47,7 @@ from ocs.charging.values import AuthorizeRequest, CallRecord, Origin
 from ocs.config import RadiusClientConfig, with_overrides
 from ocs.state_metrics import sample_live
 from tests.conftest import RADIUS_SECRET, RunningApp, add_plan, eventually, started_radius
+from tests.helpers import Raw, send
 from tests.radius_udp import (
     UdpClient,
     access_request,
@@ -1005,6 +1007,47 @@ async def test_reconcile_is_exact_while_the_writer_runs(backend_app: RunningApp)
         ("ghost-2", 7),
         ("ghost-3", 7),
     ]
+
+
+async def test_number_references_are_checked_and_repaired_on_every_master(
+    backend_app: RunningApp, backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    """Reconcile scans the numbers' references on every master, and repairs each in
+    its own slot."""
+    app = backend_app
+    await add_plan(app.services)
+    numbers = [f"4420794600{n:02d}" for n in range(12)]
+    status, body = await send(app, "POST", "/v1/number-sets", {"id": "london", "kind": "did"})
+    assert status == 201, body
+    csv = "number\n" + "\n".join(numbers) + "\n"
+    status, body = await send(app, "POST", "/v1/number-sets/london/numbers", Raw(csv, "text/csv"))
+    assert status == 200, body
+    status, body = await send(app, "PUT", "/v1/number-sets/london/plans/retail", {"priority": 1})
+    assert status == 200, body
+    await app.post("/v1/accounts", {"id": "holder", "plan": "retail", "balance": "3.00"})
+    for number in numbers:
+        status, body = await app.post("/v1/accounts/holder/numbers", {"number": number})
+        assert status == 201, body
+    if backend.cluster:
+        cluster: RedisClusterProcess = request.getfixturevalue("redis_cluster")
+        owners = {cluster.node_of_slot(slots.key_slot(keys.did_ref(n))).port for n in numbers}
+        assert len(owners) == 3, owners
+    redis, pool = app.services.redis, app.services.pool
+    assert await check_numbers(redis, pool) == []
+    # Half the references lost, the other half naming another account.
+    for number in numbers[:6]:
+        await redis.delete(keys.did_ref(number))
+    for number in numbers[6:]:
+        await redis.set(keys.did_ref(number), "someone-else")
+    found = await check_numbers(redis, pool)
+    assert [(m.number, m.redis_account, m.holder) for m in found] == [
+        *((n, None, "holder") for n in numbers[:6]),
+        *((n, "someone-else", "holder") for n in numbers[6:]),
+    ]
+    assert await repair_numbers(pool, app.services.store, found) == dict.fromkeys(numbers, "holder")
+    assert await check_numbers(redis, pool) == []
+    for number in numbers:
+        assert await app.services.store.did_account(number) == "holder"
 
 
 async def test_an_entry_postgresql_refuses_is_set_aside_once_on_either_backend(
