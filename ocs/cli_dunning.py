@@ -91,6 +91,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.http.dunning_handlers import instant, report_view
 
     at = checked(lambda: instant(time_arg(args.at, "--at"), "--at"))
+    checked(lambda: dunning.check_run_clock(at, "--at"))
     report = with_services(
         settings,
         lambda s: dunning.run_dunning(s.pool, s.store, s.settings, at, publish_backlog=False),

@@ -9,7 +9,7 @@ suspension on 26 April (UTC midnights).
 """
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -607,3 +607,36 @@ async def test_without_a_call_cutter_disconnect_leaves_the_live_calls_listed(
     assert (report.suspended, report.calls_cut, report.calls_left) == (["w1"], [], ["w-live"])
     assert list(await services.store.live_calls_of("w1")) == ["w-live"]
     assert await status_of(services, "w1") == ("suspended", "suspended")
+
+
+async def test_a_run_on_a_clock_in_the_future_is_refused_and_takes_no_step(
+    app: RunningApp, tmp_path: Any
+) -> None:
+    """A run takes its steps now: one on a clock days ahead would suspend today an
+    account not yet overdue, and record notices dated in the future. Refused (400 naming
+    ``at``, over the API and the CLI); reading a state at a later instant stays allowed."""
+    services = app.services
+    await one_notice_three_days_apart(app, "early")
+    await post_march(services)  # overdue since 2 April: notice 1 due, the suspension after
+    ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(days=10)
+
+    status, body = await app.post("/v1/dunning/run", {"at": ahead.isoformat()})
+    assert (status, body["error"]["reason"], body["error"]["field"]) == (
+        400,
+        "invalid_field",
+        "at",
+    )
+    code, out, err = await ocs_cli(
+        services.settings, tmp_path, "dunning", "run", "--at", ahead.isoformat()
+    )
+    assert code != 0 and "--at" in err and "future" in err
+    async with services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM dunning_steps") == 0
+    assert await status_of(services, "early") == ("active", "active")
+    # The state at that instant may be read.
+    status, state = await app.get(f"/v1/accounts/early/dunning?at={ahead:%Y-%m-%dT%H:%M:%SZ}")
+    assert status == 200, state
+    assert state["next_step"]["step"] == "notice"
+    # A clock a few seconds ahead of the server's (the caller's skew) runs as now does.
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    assert taken(await dun(app, soon)) == [("early", "notice", 1, "sent")]

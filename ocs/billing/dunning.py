@@ -20,7 +20,7 @@ PostgreSQL transaction): the real-time path refuses new calls at once with
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -114,9 +114,29 @@ class DunningReport:
     calls_left: list[str] = field(default_factory=list)
 
 
+# How far ahead of this host's clock a run's clock may be: the caller's clock skew.
+# A run takes real steps (notices recorded, accounts suspended) at once, whatever its
+# clock says: one on a clock in the future would suspend today an account that is not
+# overdue yet, and record notices dated days ahead.
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
+
+
 def _require_aware(now: datetime) -> None:
     if now.tzinfo is None:
         raise invalid("at", "needs a time zone, e.g. 2026-04-12T00:00:00Z")
+
+
+def check_run_clock(at: datetime, field: str = "at") -> None:
+    """Refuse (400 naming ``field``) a run's clock later than now plus
+    ``MAX_CLOCK_AHEAD``: a run changes things now. Reading a state at a later instant
+    (``account_state``) is another matter, and stays allowed."""
+    latest = datetime.now(UTC) + MAX_CLOCK_AHEAD
+    if at > latest:
+        raise invalid(
+            field,
+            f"{at.isoformat()} is in the future: a run takes its steps now, so its clock"
+            f" may be at most {int(MAX_CLOCK_AHEAD.total_seconds() // 60)} minutes ahead",
+        )
 
 
 def _money(invoice: OpenInvoice) -> dict[str, Any]:
@@ -428,8 +448,11 @@ async def run_dunning(
     which is what OcsDunningBacklog watches. A one-off run (the HTTP API in ``ocs
     serve``, the CLI) tells its caller how it went and leaves the gauge alone: no next
     run would ever clear what it left.
+
+    A ``now`` in the future is refused (``check_run_clock``): a replay runs on past clocks.
     """
     _require_aware(now)
+    check_run_clock(now)
     backlog_gauge = metrics.DUNNING_BACKLOG if publish_backlog else None
     report = DunningReport(at=now)
     report.reactivated = await _reactivate_settled(pool, store, None, now, "run")

@@ -348,7 +348,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         RunDunning,
         DunningRunView,
         description="Idempotent for a given clock: each step of an invoice is taken once."
-        " The billing worker runs it every pass.",
+        " The billing worker runs it every pass. The steps are taken now, whatever the"
+        " clock: `at` may replay a past instant, never one in the future (400 naming `at`"
+        " past 5 minutes ahead of the server's clock).",
     ),
     Endpoint(
         "GET",
