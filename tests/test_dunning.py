@@ -640,3 +640,39 @@ async def test_a_run_on_a_clock_in_the_future_is_refused_and_takes_no_step(
     # A clock a few seconds ahead of the server's (the caller's skew) runs as now does.
     soon = datetime.now(UTC) + timedelta(seconds=30)
     assert taken(await dun(app, soon)) == [("early", "notice", 1, "sent")]
+
+
+async def test_paying_lifts_dunnings_suspension_but_not_an_operators_lock(
+    app: RunningApp,
+) -> None:
+    """An account an operator locked (fraud, say) is suspended by dunning all the same;
+    paying the invoice undoes only what dunning did: the account is locked again, its
+    calls still refused, not made active."""
+    services = app.services
+    await one_notice_three_days_apart(app, "fraud", "plain")
+    await post_march(services)
+    status, body = await send(app, "PATCH", "/v1/accounts/fraud", {"status": "locked"})
+    assert status == 200, body
+    assert taken(await dun(app, at(4, 2))) == [
+        ("fraud", "notice", 1, "sent"),
+        ("plain", "notice", 1, "sent"),
+    ]
+    report = await dun(app, at(4, 5))
+    assert sorted(report["suspended"]) == ["fraud", "plain"]
+    assert await status_of(services, "fraud") == ("suspended", "suspended")
+
+    for account_id in ("fraud", "plain"):
+        await pay_in_full(services, account_id, at(4, 6))
+    assert await dunning.reactivate_paid(
+        services.pool, services.store, ["fraud", "plain"], at(4, 6)
+    ) == ["fraud", "plain"]
+    assert await status_of(services, "fraud") == ("locked", "locked")
+    assert await status_of(services, "plain") == ("active", "active")
+    status, refused = await app.post("/v1/calls", {"account": "fraud", "destination": UK_MOBILE})
+    assert (status, refused["error"]["reason"]) == (403, "account_locked")
+    reactivations = [
+        (e["subject"], e["status"])
+        for e in await events(services, "dunning.step")
+        if e["step"] == "reactivation"
+    ]
+    assert reactivations == [("fraud", "locked"), ("plain", "active")]

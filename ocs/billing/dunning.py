@@ -41,9 +41,8 @@ log = logging.getLogger("ocs.billing.dunning")
 # its switch to end it; what the switch answered ("ack", ...), or None: nobody to ask.
 CallCutter = Callable[[str, str], Awaitable[str | None]]
 
-# The Redis lock kept through a suspension: an on-demand account is locked until a
-# billing session opens (ocs.billing.sessions), and must come back locked.
-SESSION_LOCK = "session"
+# The Redis lock a charge below the critical balance puts (lib.lua): lifted by a top-up.
+CRITICAL_LOCK = "critical"
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +314,18 @@ def _overdue(invoices: list[OpenInvoice], now: datetime) -> list[OpenInvoice]:
     return [i for i in invoices if overdue_from(i) <= now]
 
 
+def restored_status(suspension: Suspension) -> tuple[str, str]:
+    """The (status, Redis lock) a reactivation gives back: what the account had before
+    dunning suspended it, so that only what dunning did is undone. An operator's lock
+    (``locked``, no lock reason) stays locked: paying an invoice does not lift a lock
+    put for fraud; an on-demand account's session lock comes back. A critical-balance
+    lock does not (``active``): the payment's top-up lifts it, and the next charge below
+    the critical balance puts it back."""
+    if suspension.previous_status == "locked" and suspension.previous_lock != CRITICAL_LOCK:
+        return "locked", suspension.previous_lock
+    return "active", ""
+
+
 async def _reactivate(
     conn: asyncpg.Connection,
     store: BalanceStore,
@@ -325,8 +336,10 @@ async def _reactivate(
     """Undo a dunning suspension in the caller's transaction; False when an operator
     changed the account's status meanwhile (the suspension is closed, the status kept)."""
     account_id = suspension.account_id
-    status = await conn.fetchval("SELECT status FROM accounts WHERE id = $1 FOR UPDATE", account_id)
-    if status != "suspended":
+    current = await conn.fetchval(
+        "SELECT status FROM accounts WHERE id = $1 FOR UPDATE", account_id
+    )
+    if current != "suspended":
         await conn.execute(
             "UPDATE dunning_suspensions SET reactivated_at = $2, reactivated_by = 'operator'"
             " WHERE id = $1",
@@ -334,11 +347,7 @@ async def _reactivate(
             now,
         )
         return False
-    # Back to active, or to the session lock an on-demand account had: never to a
-    # critical-balance lock, which the payment's top-up would already have lifted.
-    keep_session = (
-        suspension.previous_status == "locked" and suspension.previous_lock == SESSION_LOCK
-    )
+    status, lock = restored_status(suspension)
     resumed = [
         int(r["id"])
         for r in await conn.fetch(
@@ -362,6 +371,8 @@ async def _reactivate(
             "step": "reactivation",
             "by": by,
             "at": now.isoformat(),
+            # What the account is back to: "locked" where an operator had locked it.
+            "status": status,
         },
     )
     for subscription_id in sorted(resumed):
@@ -378,14 +389,11 @@ async def _reactivate(
                 "at": now.isoformat(),
             },
         )
-    await _set_status(
-        conn,
-        store,
-        account_id,
-        "locked" if keep_session else "active",
-        SESSION_LOCK if keep_session else "",
+    await _set_status(conn, store, account_id, status, lock)
+    log.info(
+        "account reactivated by dunning",
+        extra={"account_id": account_id, "by": by, "status": status},
     )
-    log.info("account reactivated by dunning", extra={"account_id": account_id, "by": by})
     return True
 
 
