@@ -37,6 +37,8 @@ class Reason(Enum):
     ACCOUNT_LOCKED = "account_locked"
     NO_OPEN_SESSION = "no_open_session"  # on-demand billing: no session open on the account
     INVOICE_STATE = "invoice_state"  # billing: the invoice or run is not in a state that allows it
+    # The account's status does not allow it (an on-demand session on a suspended account).
+    ACCOUNT_STATE = "account_state"
     ACCOUNT_SUSPENDED = "account_suspended"
     NO_FREE_LINE = "no_free_line"
     INVALID_PASSWORD = "invalid_password"
@@ -96,6 +98,7 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.ACCOUNT_LOCKED: _ReasonInfo(403, 7, 403),
     Reason.NO_OPEN_SESSION: _ReasonInfo(403, 7, 403),
     Reason.INVOICE_STATE: _ReasonInfo(409, 1, 403),
+    Reason.ACCOUNT_STATE: _ReasonInfo(409, 1, 403),
     Reason.ACCOUNT_SUSPENDED: _ReasonInfo(403, 7, 403),
     Reason.NO_FREE_LINE: _ReasonInfo(409, 3, 486),
     Reason.INVALID_PASSWORD: _ReasonInfo(403, 2, 403),

@@ -1,7 +1,7 @@
 """On-demand billing (call shops, hotels): calls only while a session is open, and closing
 the session produces its invoice (real PostgreSQL and Redis, real calls)."""
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -9,13 +9,15 @@ from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.billing import posting
 from ocs.billing.cycles import PlanBilling
+from ocs.billing.dunning import reactivate_paid
 from ocs.billing.sessions import close_session, lock_without_session, open_session
 from ocs.billing.store import set_plan_billing
 from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
 from tests.billing_helpers import EUR, invoices
-from tests.conftest import add_plan
+from tests.conftest import RunningApp, add_plan
+from tests.helpers import send
 
 
 async def _cdrs_written(services: Services, count: int) -> None:
@@ -73,3 +75,74 @@ async def test_calls_only_in_an_open_session_and_closing_it_invoices_the_session
     assert (await services.accounts.show("booth1")).balance == 5 * EUR - 30_000
     with pytest.raises(OcsError, match="no open session"):
         await close_session(services.pool, services.store, "booth1")
+
+
+async def _statuses(services: Services, account_id: str) -> tuple[str, str, str]:
+    """(PostgreSQL status, Redis status, Redis lock reason) of an account."""
+    async with services.pool.acquire() as conn:
+        stored = await conn.fetchval("SELECT status FROM accounts WHERE id = $1", account_id)
+    live = await services.store.get_account(account_id)
+    assert live is not None
+    return stored, live.status, live.lock
+
+
+async def test_a_session_never_lifts_a_suspension_or_an_operators_lock(app: RunningApp) -> None:
+    """A session lifts only its own lock: a suspended account, or one an operator locked,
+    is refused a session (409 account_state) and keeps refusing calls; closing a session
+    leaves a suspension made meanwhile, and dunning's reactivation then gives back the
+    session lock, not calls with no session open."""
+    services = app.services
+    await add_plan(services, "shop")
+    await set_plan_billing(services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
+    for account_id in ("booth1", "booth2"):
+        await services.accounts.create(
+            AccountSpec(account_id, plan_id="shop", opening_balance=5 * EUR)
+        )
+        await lock_without_session(services.pool, services.store, account_id)
+    status, body = await send(app, "PATCH", "/v1/accounts/booth1", {"status": "suspended"})
+    assert status == 200, body
+    status, body = await send(app, "PATCH", "/v1/accounts/booth2", {"status": "locked"})
+    assert status == 200, body
+
+    for account_id, held in (("booth1", "suspended"), ("booth2", "locked")):
+        status, body = await app.post(f"/v1/accounts/{account_id}/billing-sessions", None)
+        assert (status, body["error"]["reason"], body["error"]["field"]) == (
+            409,
+            "account_state",
+            "account_id",
+        ), body
+        assert held in body["error"]["message"]
+        assert await _statuses(services, account_id) == (held, held, "")
+    assert await _refusal(services, "c1") is Reason.ACCOUNT_SUSPENDED
+    status, document = await app.get("/openapi.json")
+    assert "409" in document["paths"]["/v1/accounts/{account_id}/billing-sessions"]["post"][
+        "responses"
+    ]
+
+    # The operator lifts the suspension; a session opens, closes (locked again), opens.
+    status, body = await send(app, "PATCH", "/v1/accounts/booth1", {"status": "active"})
+    assert status == 200, body
+    first = await open_session(services.pool, services.store, "booth1")
+    closed = await close_session(services.pool, services.store, "booth1")
+    assert closed.id == first.id and closed.invoice_id is not None
+    assert await _statuses(services, "booth1") == ("locked", "locked", "session")
+    await open_session(services.pool, services.store, "booth1")
+    # Dunning suspends it mid-session, recording what it had then (active, no lock).
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO dunning_suspensions (account_id, invoice_id, previous_status,"
+            " previous_lock, suspended_at) VALUES ('booth1', $1, 'active', '', now())",
+            closed.invoice_id,
+        )
+    status, body = await send(app, "PATCH", "/v1/accounts/booth1", {"status": "suspended"})
+    assert status == 200, body
+    # Suspended while a session is open: closing it keeps the suspension.
+    await close_session(services.pool, services.store, "booth1")
+    assert await _statuses(services, "booth1") == ("suspended", "suspended", "")
+    assert await _refusal(services, "c2") is Reason.ACCOUNT_SUSPENDED
+    # Nothing overdue: dunning lifts its suspension, back to "no session open".
+    assert await reactivate_paid(services.pool, services.store, ["booth1"], datetime.now(UTC)) == [
+        "booth1"
+    ]
+    assert await _statuses(services, "booth1") == ("locked", "locked", "session")
+    assert await _refusal(services, "c3") is Reason.NO_OPEN_SESSION

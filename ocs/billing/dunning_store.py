@@ -276,6 +276,19 @@ async def lock_open_suspension(conn: asyncpg.Connection, account_id: str) -> Sus
     return None if row is None else _suspension_of(row)
 
 
+async def restore_to_lock(conn: asyncpg.Connection, account_id: str, lock: str) -> bool:
+    """Make the account's open suspension give back ``locked`` with ``lock`` when it is
+    lifted (an on-demand session closed while it was suspended: paying must not reopen
+    calls that no session covers); whether it had one."""
+    found = await conn.fetchval(
+        "UPDATE dunning_suspensions SET previous_status = 'locked', previous_lock = $2"
+        " WHERE account_id = $1 AND reactivated_at IS NULL RETURNING 1",
+        account_id,
+        lock,
+    )
+    return found is not None
+
+
 async def steps_of(conn: asyncpg.Connection, account_id: str) -> list[dict[str, Any]]:
     """Every step taken for the account's invoices, in the order taken."""
     rows = await conn.fetch(

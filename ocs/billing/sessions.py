@@ -10,6 +10,10 @@ with the same code as an invoice run (``drafts.write``): usage of the CDRs
 stopped in the session, one-time charges dated in it. The draft is
 recomputed by ``session_invoice`` (CDRs reach PostgreSQL through the ledger
 writer a moment after the call) and posted like any draft.
+
+A session lifts only its own lock: an account suspended (by an operator or by
+dunning) or locked by an operator is refused a session (409 ``account_state``),
+and closing a session leaves such a status as it is.
 """
 
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from ocs.balances.store import BalanceStore
-from ocs.billing import drafts
+from ocs.billing import drafts, dunning_store
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.periods import Period
 from ocs.errors import OcsError, Reason, invalid
@@ -55,6 +59,24 @@ async def _on_demand_billing(conn: asyncpg.Connection, account_id: str) -> PlanB
     return billing
 
 
+async def _held_status(conn: asyncpg.Connection, store: BalanceStore, account_id: str) -> str:
+    """Under the account row's lock: "suspended", "locked" (an operator's lock, no
+    lock reason), or "" when the status is the session's to set (active, or locked with
+    the session or critical-balance reason)."""
+    status = await conn.fetchval(
+        "SELECT status FROM accounts WHERE id = $1 FOR UPDATE", account_id
+    )
+    if status is None:
+        raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
+    if status == "suspended":
+        return "suspended"
+    if status == "locked":
+        state = await store.get_account(account_id)
+        if state is not None and state.lock == "":
+            return "locked"
+    return ""
+
+
 async def _set_lock(
     conn: asyncpg.Connection, store: BalanceStore, account_id: str, locked: bool
 ) -> None:
@@ -70,6 +92,8 @@ async def lock_without_session(pool: asyncpg.Pool, store: BalanceStore, account_
     """Lock an on-demand account that has no open session (e.g. when it is created)."""
     async with pool.acquire() as conn, conn.transaction():
         await _on_demand_billing(conn, account_id)
+        if await _held_status(conn, store, account_id):
+            return  # suspended or locked by an operator: it stays so
         if await conn.fetchval(
             "SELECT 1 FROM billing_sessions WHERE account_id = $1 AND closed_at IS NULL",
             account_id,
@@ -79,9 +103,20 @@ async def lock_without_session(pool: asyncpg.Pool, store: BalanceStore, account_
 
 
 async def open_session(pool: asyncpg.Pool, store: BalanceStore, account_id: str) -> Session:
-    """Open a session: the account may call from now. Refused when one is open already."""
+    """Open a session: the account may call from now. Refused when one is open already
+    (400), and for an account suspended or locked by an operator (409 ``account_state``):
+    a session lifts only the lock of an account with no session."""
     async with pool.acquire() as conn, conn.transaction():
         await _on_demand_billing(conn, account_id)
+        held = await _held_status(conn, store, account_id)
+        if held:
+            raise OcsError(
+                Reason.ACCOUNT_STATE,
+                f"account {account_id!r} is {held}"
+                + (" by an operator" if held == "locked" else "")
+                + ": no session opens until its status is lifted",
+                field="account_id",
+            )
         try:
             row = await conn.fetchrow(
                 "INSERT INTO billing_sessions (account_id) VALUES ($1) RETURNING *", account_id
@@ -125,9 +160,14 @@ async def session_invoice(
 async def close_session(
     pool: asyncpg.Pool, store: BalanceStore, account_id: str, invoice_date: date | None = None
 ) -> Session:
-    """Close the account's open session: it is locked again and the session is invoiced."""
+    """Close the account's open session: it is locked again and the session is invoiced.
+
+    An account suspended or locked by an operator while the session was open keeps
+    that status; if dunning suspended it, its reactivation gives back the session lock.
+    """
     async with pool.acquire() as conn, conn.transaction():
         await _on_demand_billing(conn, account_id)
+        held = await _held_status(conn, store, account_id)
         row = await conn.fetchrow(
             "UPDATE billing_sessions SET closed_at = clock_timestamp()"
             " WHERE account_id = $1 AND closed_at IS NULL RETURNING *",
@@ -135,6 +175,10 @@ async def close_session(
         )
         if row is None:
             raise invalid("account_id", f"{account_id} has no open session")
-        await _set_lock(conn, store, account_id, locked=True)
+        if held == "suspended":
+            # Dunning recorded "active" when it suspended the account mid-session.
+            await dunning_store.restore_to_lock(conn, account_id, SESSION_LOCK)
+        elif not held:
+            await _set_lock(conn, store, account_id, locked=True)
     invoice_id = await session_invoice(pool, row["id"], invoice_date)
     return Session(row["id"], account_id, row["opened_at"], row["closed_at"], invoice_id)

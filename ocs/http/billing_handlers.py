@@ -936,7 +936,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         SessionView,
         status=201,
         body="none",
-        errors=(404,),
+        errors=(404, 409),
+        description="409 account_state for an account suspended, or locked by an operator:"
+        " a session lifts only the lock of an account with no session open.",
     ),
     Endpoint(
         "POST",
