@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import asyncpg
+import pytest
+
 from ocs import api_tokens
 from tests.conftest import RunningApp, add_plan, bearer
 from tests.helpers import ocs_cli
@@ -287,3 +290,36 @@ async def test_an_accounts_1001st_subscription_is_created_found_and_listed_a_pag
     )
     assert code == 0, err
     assert [s["id"] for s in json.loads(out)["subscriptions"]] == ids
+
+
+async def test_an_account_is_not_subscribed_to_a_plan_in_another_currency(
+    app: RunningApp,
+) -> None:
+    """A plan's fee and charges are billed in the account's currency: an EUR account on a
+    JPY plan would be billed its 1000 JPY fee as 1000.00 EUR. Refused, naming ``plan``;
+    and once subscribed to, a plan keeps its currency."""
+    await add_plan(app.services)
+    await add_plan(app.services, "yen", currency="JPY")
+    await add_plan(app.services, "spare")  # EUR, no account on it
+    status, body = await app.post("/v1/accounts", {"id": "eu1", "plan": "retail"})
+    assert status == 201, body
+    status, body = await app.post(
+        "/v1/subscriptions", {"account": "eu1", "plan": "yen", "start_date": "2026-01-01"}
+    )
+    assert (status, body["error"]["reason"], body["error"]["field"]) == (
+        400,
+        "invalid_field",
+        "plan",
+    ), body
+    assert "JPY" in body["error"]["message"] and "EUR" in body["error"]["message"]
+    async with app.services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM subscriptions") == 0
+        assert await conn.fetchval("SELECT count(*) FROM events") == 0
+
+    status, body = await app.post(
+        "/v1/subscriptions", {"account": "eu1", "plan": "spare", "start_date": "2026-01-01"}
+    )
+    assert status == 201, body
+    async with app.services.pool.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError, match="currency cannot change"):
+            await conn.execute("UPDATE plans SET currency = 'JPY' WHERE id = 'spare'")

@@ -180,7 +180,10 @@ class Subscription:
 async def subscribe(pool: asyncpg.Pool, sub: Subscription) -> int:
     """Store a subscription (pending or active); its id.
 
-    Announces ``subscription.created`` (and ``subscription.activated`` for one
+    The plan must bill in the account's currency (400 naming ``plan``): its fee and
+    charges are billed in micro-units of the account's currency. The plan row is held
+    until the insert commits, and once subscribed to its currency is fixed (migration
+    0056). Announces ``subscription.created`` (and ``subscription.activated`` for one
     created active) in the same transaction.
     """
     if sub.status not in ("pending", "active"):
@@ -194,6 +197,18 @@ async def subscribe(pool: asyncpg.Pool, sub: Subscription) -> int:
     columns = [f.name for f in fields(Subscription)]
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     async with pool.acquire() as conn, conn.transaction():
+        currencies = await conn.fetchrow(
+            "SELECT a.currency AS account_currency, p.currency AS plan_currency"
+            " FROM accounts a, plans p WHERE a.id = $1 AND p.id = $2 FOR SHARE OF p",
+            sub.account_id,
+            sub.plan_id,
+        )
+        if currencies is not None and currencies["account_currency"] != currencies["plan_currency"]:
+            raise invalid(
+                "plan",
+                f"plan {sub.plan_id} bills in {currencies['plan_currency'].strip()}, account"
+                f" {sub.account_id} in {currencies['account_currency'].strip()}",
+            )
         try:
             sub_id = int(
                 await conn.fetchval(
