@@ -115,9 +115,10 @@ async def test_a_session_never_lifts_a_suspension_or_an_operators_lock(app: Runn
         assert await _statuses(services, account_id) == (held, held, "")
     assert await _refusal(services, "c1") is Reason.ACCOUNT_SUSPENDED
     status, document = await app.get("/openapi.json")
-    assert "409" in document["paths"]["/v1/accounts/{account_id}/billing-sessions"]["post"][
-        "responses"
-    ]
+    assert (
+        "409"
+        in document["paths"]["/v1/accounts/{account_id}/billing-sessions"]["post"]["responses"]
+    )
 
     # The operator lifts the suspension; a session opens, closes (locked again), opens.
     status, body = await send(app, "PATCH", "/v1/accounts/booth1", {"status": "active"})

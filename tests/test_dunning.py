@@ -626,7 +626,7 @@ async def test_a_run_on_a_clock_in_the_future_is_refused_and_takes_no_step(
         "invalid_field",
         "at",
     )
-    code, out, err = await ocs_cli(
+    code, _out, err = await ocs_cli(
         services.settings, tmp_path, "dunning", "run", "--at", ahead.isoformat()
     )
     assert code != 0 and "--at" in err and "future" in err

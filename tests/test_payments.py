@@ -22,6 +22,7 @@ from ocs.billing.payments import NewPayment
 from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.billing.void import void
 from ocs.billing.worker import BillingWorker, WorkerSettings
+from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, invoice_id, monthly, run
@@ -176,8 +177,9 @@ async def test_the_billing_worker_makes_the_credits_and_refund_debits_a_crash_le
         await conn.execute(
             "INSERT INTO payments (account_id, source, external_id, amount, currency,"
             " received_on, created_at) VALUES ('pp', 'manual', 'R7', $1, 'EUR', '2026-04-02',"
-            " now() - interval '2 minutes'), ('gone', 'manual', 'G1', $1, 'EUR', '2026-04-02',"
+            " now() - interval '2 minutes'), ('gone', 'manual', 'G1', $2, 'EUR', '2026-04-02',"
             " now() - interval '2 minutes')",
+            26 * EUR,
             6 * EUR,
         )
         await conn.execute(
@@ -192,7 +194,7 @@ async def test_the_billing_worker_makes_the_credits_and_refund_debits_a_crash_le
     pending = await worker.finish_payments()
 
     assert (pending.made, pending.stuck) == (2, 1)
-    assert await balance(services, "pp") == -18 * EUR  # -20.00 + 6.00 - 4.00
+    assert await balance(services, "pp") == 2 * EUR  # -20.00 + 26.00 - 4.00
     async with services.pool.acquire() as conn:
         moved = await conn.fetch(
             "SELECT external_id, credited_at IS NOT NULL AS done FROM payments ORDER BY id"
@@ -203,7 +205,7 @@ async def test_the_billing_worker_makes_the_credits_and_refund_debits_a_crash_le
     # Made once: the next pass finds only the one it cannot make.
     again = await worker.finish_payments()
     assert (again.made, again.stuck) == (0, 1)
-    assert await balance(services, "pp") == -18 * EUR
+    assert await balance(services, "pp") == 2 * EUR
 
 
 async def test_an_over_payment_stays_as_credit_and_a_refund_gives_back_only_credit(
@@ -450,3 +452,67 @@ async def test_credit_a_statement_counted_already_does_not_pay_the_invoice_again
     assert asks == 7 * EUR
     assert await paid(services, march) == [(0, False)]
     assert (await payments.get_payment(services.pool, done.payment.id)).credit == 3 * EUR
+
+
+async def refund_events(services: Services) -> list[tuple[int, int]]:
+    """(refund id, amount) of each payment.refunded event, oldest first."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT data::text AS data FROM events WHERE kind = 'payment.refunded' ORDER BY id"
+        )
+    return [(json.loads(r["data"])["refund_id"], json.loads(r["data"])["amount"]) for r in rows]
+
+
+async def test_a_refund_cannot_take_what_a_live_call_holds(services: Services) -> None:
+    """A prepaid account with 10.00, a live call holding it: a refund of the 10.00 was
+    allowed (the balance held it), and the call then charged 10.00 more, taking the
+    prepaid account to -10.00. Only the account's own money less the holds goes back,
+    checked by the script with the debit; a refund refused there is withdrawn."""
+    await billed_plan(services)
+    await services.accounts.create(AccountSpec("pre", plan_id="retail"))
+    done = await payments.record_payment(
+        services.pool, services.store, manual("pre", 10 * EUR, "P10")
+    )
+    assert (done.payment.credit, done.balance) == (10 * EUR, 10 * EUR)
+    grant = await services.calls.authorize(AuthorizeRequest("pre", "447700900123", call_id="live"))
+    state = await services.store.get_account("pre")
+    assert state is not None and state.reserved == 10 * EUR, grant  # all of it held
+
+    with pytest.raises(OcsError) as refused:
+        await payments.refund_payment(services.pool, services.store, done.payment.id, 10 * EUR)
+    assert (refused.value.reason, refused.value.field) == (Reason.INSUFFICIENT_FUNDS, "amount")
+    found = await payments.get_payment(services.pool, done.payment.id)
+    assert (found.credit, found.refunded) == (10 * EUR, 0)
+
+    # A refund stored whose debit was left to the billing worker (a crash in between):
+    # the script refuses it with the debit, the refund is withdrawn, nothing announced.
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO payment_refunds (payment_id, source, external_id, amount, created_at)"
+            " VALUES ($1, 'manual', 'F1', $2, now() - interval '2 minutes')",
+            done.payment.id,
+            10 * EUR,
+        )
+        await conn.execute(
+            "UPDATE payments SET refunded = $2 WHERE id = $1", done.payment.id, 10 * EUR
+        )
+    worker = BillingWorker(services.pool, WorkerSettings(run_delay=0), store=services.store)
+    pending = await worker.finish_payments()
+    assert (pending.made, pending.stuck) == (0, 0)
+    async with services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM payment_refunds") == 0
+    found = await payments.get_payment(services.pool, done.payment.id)
+    assert (found.credit, found.refunded) == (10 * EUR, 0)
+    assert await balance(services, "pre") == 10 * EUR
+
+    # The call ends (a minute to a UK mobile): what it did not use may go back, no more.
+    await services.calls.stop("live", 60, "pre")
+    left = await balance(services, "pre")
+    assert 0 < left < 10 * EUR
+    with pytest.raises(OcsError):
+        await payments.refund_payment(services.pool, services.store, done.payment.id, left + 1)
+    refunded = await payments.refund_payment(
+        services.pool, services.store, done.payment.id, left, "RF-left"
+    )
+    assert refunded.balance == 0
+    assert await refund_events(services) == [(refunded.refund.id, left)]

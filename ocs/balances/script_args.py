@@ -559,7 +559,9 @@ class FeeArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[4] time (epoch milliseconds)
     ARGV[5] account id
     ARGV[6] "1": refuse when the available funds do not cover it (a purchase);
-            "0": debit it whatever the balance (a recurring charge becomes debt)
+            "0": debit it whatever the balance (a recurring charge becomes debt);
+            "2": a refund by hand: refuse, for good, unless the account's own money
+            (balance less holds and committed, no credit limit) covers it
     """
 
     account_id: str
@@ -568,6 +570,7 @@ class FeeArgs(msgspec.Struct, frozen=True, gc=False):
     result_ttl: int
     now_ms: int
     require_funds: bool
+    own_funds: bool = False
 
     def keys(self) -> list[str]:
         """KEYS[1..3]."""
@@ -585,7 +588,7 @@ class FeeArgs(msgspec.Struct, frozen=True, gc=False):
             self.result_ttl,
             self.now_ms,
             self.account_id,
-            "1" if self.require_funds else "0",
+            "2" if self.own_funds else "1" if self.require_funds else "0",
         ]
 
 

@@ -1009,10 +1009,22 @@ class BalanceStore:
         return bool(int(started))
 
     async def fee(
-        self, account_id: str, amount: int, reference: str, *, require_funds: bool
+        self,
+        account_id: str,
+        amount: int,
+        reference: str,
+        *,
+        require_funds: bool,
+        own_funds: bool = False,
     ) -> TopupResult | str | None:
-        """Debit a fee once per reference: its result, a refusal reason, None if no account."""
-        args = FeeArgs(account_id, amount, reference, FEE_DEDUPE_TTL, now_ms(), require_funds)
+        """Debit a fee once per reference: its result, a refusal reason, None if no account.
+
+        ``own_funds``: a refund by hand, debited only if the balance less what live calls
+        hold and what is committed covers it (checked with the debit, in Redis); once
+        refused, that reference is refused for good."""
+        args = FeeArgs(
+            account_id, amount, reference, FEE_DEDUPE_TTL, now_ms(), require_funds, own_funds
+        )
         reply = await self._pipe.run_script(scripts.FEE, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "NOACCT":

@@ -29,16 +29,22 @@ owes nothing (amount due 0): its invoice asks nothing (decision 0027).
 
 A refund (``refund_payment``) is a debit of the balance (``fee``, reference
 ``refund:<refund id>``). By hand it may take back only what the payment left
-as credit, and only while the balance still holds it; a gateway's refund (the
-money is already gone) takes the credit first, then reopens the payment's
-invoices, newest first.
+as credit, and only while the account's own money still holds it: the balance
+less what live calls hold and what is committed, never the credit limit. The
+script decides that with the debit; a refund it refuses is withdrawn (its row
+deleted, the payment's credit back) and announced nowhere: ``payment.refunded``
+is emitted with the debit. A gateway's refund (the money is already gone) is
+debited whatever the balance, takes the credit first, then reopens the
+payment's invoices, newest first.
 """
 
+import logging
 import re
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 
 import asyncpg
 
@@ -53,7 +59,10 @@ from ocs.errors import OcsError, Reason, invalid
 from ocs.events.outbox import emit
 from ocs.money import format_amount
 
+log = logging.getLogger("ocs.billing.payments")
+
 SOURCES = ("manual", "bank", "stripe")
+MANUAL = "manual"  # the source of a payment or refund entered by hand
 MAX_EXTERNAL_ID = 200
 MAX_REFERENCE = 500
 MAX_LIST = 1000
@@ -519,18 +528,22 @@ async def finish_pending(
         else:
             stuck += 1
     for row in debits:
-        if await _moved(_debit(pool, store, row["id"])):
+        moved = await _moved(_debit(pool, store, row["id"]))
+        if moved:
             made += 1
-        else:
+        elif moved is not None:
             stuck += 1
     return PendingMoves(made, stuck)
 
 
-async def _moved(move: Awaitable[object]) -> bool:
-    """Whether ``move`` was made: False when its account has no real-time balance."""
+async def _moved(move: Awaitable[object]) -> bool | None:
+    """Whether ``move`` was made: False when its account has no real-time balance, None
+    for a refund by hand its account's own money no longer covers (withdrawn)."""
     try:
         await move
     except OcsError as error:
+        if error.reason is Reason.INSUFFICIENT_FUNDS:
+            return None
         if error.reason is not Reason.ACCOUNT_NOT_FOUND:
             raise
         return False
@@ -585,7 +598,10 @@ async def _insert_refund(
     *,
     reopen: bool,
 ) -> tuple[int, bool]:
-    """Store a refund in the caller's transaction: (refund id, whether it is new)."""
+    """Store a refund in the caller's transaction: (refund id, whether it is new).
+
+    A gateway's refund is announced (``payment.refunded``) here; one by hand when its
+    debit is made (``_debit``), since the debit may still refuse it."""
     if amount <= 0:
         raise invalid("amount", "a refund must be greater than zero")
     payment = await conn.fetchrow(
@@ -633,12 +649,28 @@ async def _insert_refund(
         amount,
         reopened,
     )
+    if source != MANUAL:
+        await _announce_refund(conn, int(refund_id), payment_id, payment, source, amount, reopened)
+    return int(refund_id), True
+
+
+async def _announce_refund(
+    conn: asyncpg.Connection,
+    refund_id: int,
+    payment_id: int,
+    payment: Any,
+    source: str,
+    amount: int,
+    reopened: int,
+) -> None:
+    """Emit ``payment.refunded`` in the caller's transaction (``payment``: a row with
+    the payment's ``account_id`` and ``currency``)."""
     await emit(
         conn,
         "payment.refunded",
         payment["account_id"],
         {
-            "refund_id": int(refund_id),
+            "refund_id": refund_id,
             "payment_id": payment_id,
             "account_id": payment["account_id"],
             "source": source,
@@ -647,40 +679,82 @@ async def _insert_refund(
             "reopened": reopened,
         },
     )
-    return int(refund_id), True
+
+
+async def _withdraw(pool: asyncpg.Pool, refund_id: int) -> None:
+    """Take back a refund by hand its debit refused: the row goes, the payment's credit
+    comes back. Nothing was debited nor announced; the script keeps the refusal of its
+    reference, so nothing debits it later either."""
+    async with pool.acquire() as conn, conn.transaction():
+        gone = await conn.fetchrow(
+            "DELETE FROM payment_refunds WHERE id = $1 AND debited_at IS NULL"
+            " RETURNING payment_id, amount, reopened",
+            refund_id,
+        )
+        if gone is not None:
+            await conn.execute(
+                "UPDATE payments SET refunded = refunded - $2, allocated = allocated + $3"
+                " WHERE id = $1",
+                gone["payment_id"],
+                gone["amount"],
+                gone["reopened"],
+            )
 
 
 async def _debit(pool: asyncpg.Pool, store: BalanceStore, refund_id: int) -> RefundApplied:
     """Make a refund's balance debit if it is not made yet (once); the outcome."""
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
-            "SELECT r.*, p.account_id FROM payment_refunds r"
+            "SELECT r.*, p.account_id, p.currency FROM payment_refunds r"
             " JOIN payments p ON p.id = r.payment_id WHERE r.id = $1",
             refund_id,
         )
-    assert row is not None
+    if row is None:
+        raise _refused_refund()  # withdrawn meanwhile: another try was refused
     balance: int | None
     if row["debited_at"] is None:
-        # Checked before storing it (a refund by hand), or already gone (the gateway's):
-        # the debit itself never refuses.
+        # By hand: the script checks the account's own money with the debit. The
+        # gateway's: the money is gone already, the debit never refuses.
+        manual = row["source"] == MANUAL
         result = await store.fee(
-            row["account_id"], row["amount"], refund_reference(refund_id), require_funds=False
+            row["account_id"],
+            row["amount"],
+            refund_reference(refund_id),
+            require_funds=False,
+            own_funds=manual,
         )
-        if not isinstance(result, TopupResult):
+        if result is None:
             raise OcsError(
                 Reason.ACCOUNT_NOT_FOUND,
                 f"account {row['account_id']!r} has no real-time balance to debit",
                 field="account",
             )
+        if not isinstance(result, TopupResult):
+            await _withdraw(pool, refund_id)
+            log.info(
+                "refund refused: the account's own funds do not cover it",
+                extra={"refund_id": refund_id, "account_id": row["account_id"]},
+            )
+            raise _refused_refund()
         balance = result.balance
         metrics.PAYMENT_REFUNDS.labels(row["source"]).inc()
-        async with pool.acquire() as conn:
-            await conn.execute(
+        async with pool.acquire() as conn, conn.transaction():
+            made_now = await conn.fetchval(
                 "UPDATE payment_refunds SET ledger_entry = $2, debited_at = now()"
-                " WHERE id = $1 AND debited_at IS NULL",
+                " WHERE id = $1 AND debited_at IS NULL RETURNING 1",
                 refund_id,
                 result.ledger_entry,
             )
+            if made_now and manual:
+                await _announce_refund(
+                    conn,
+                    refund_id,
+                    row["payment_id"],
+                    row,
+                    MANUAL,
+                    row["amount"],
+                    row["reopened"],
+                )
     else:
         state = await store.get_account(row["account_id"])
         balance = None if state is None else state.balance
@@ -695,6 +769,16 @@ async def _debit(pool: asyncpg.Pool, store: BalanceStore, refund_id: int) -> Ref
     return RefundApplied(Refund(**dict(refund)), True, payment, balance)
 
 
+def _refused_refund() -> OcsError:
+    """The refusal of a refund by hand its account's own money does not cover."""
+    return OcsError(
+        Reason.INSUFFICIENT_FUNDS,
+        "amount: the balance, less what live calls hold, does not cover it; credit"
+        " already spent or held cannot be refunded",
+        field="amount",
+    )
+
+
 async def refund_payment(
     pool: asyncpg.Pool,
     store: BalanceStore,
@@ -705,8 +789,10 @@ async def refund_payment(
     """Refund part of a payment by hand, once per ``reference`` (a new one when None).
 
     Only the payment's credit (what paid no invoice and is not refunded) may go
-    back, and only while the real-time balance still holds it: credit already
-    spent on calls is not the customer's to take back (400 / insufficient funds).
+    back, and only while the account's own money still holds it: the balance less
+    what live calls hold and what is committed (402 insufficient_funds). Credit
+    spent on calls, or held by a live call, is not the customer's to take back. The
+    Redis script decides with the debit, so that no call can reserve in between.
     """
     external_id = check_external_id(reference or uuid.uuid4().hex, "reference")
     if amount <= 0:
@@ -724,17 +810,14 @@ async def refund_payment(
                 f"at most {format_amount(payment.credit)} can be refunded: the rest of the"
                 " payment paid invoices or was refunded",
             )
+        # A first look, so that a refund plainly not covered stores no row; the
+        # script's check with the debit is the one that counts.
         state = await store.get_account(payment.account_id)
-        if state is not None and state.balance < amount:
-            raise OcsError(
-                Reason.INSUFFICIENT_FUNDS,
-                f"amount: the balance holds {format_amount(max(state.balance, 0))}; credit"
-                " already spent cannot be refunded",
-                field="amount",
-            )
+        if state is not None and state.balance - state.reserved - state.committed < amount:
+            raise _refused_refund()
     async with pool.acquire() as conn, conn.transaction():
         refund_id, created = await _insert_refund(
-            conn, payment_id, amount, "manual", external_id, reopen=False
+            conn, payment_id, amount, MANUAL, external_id, reopen=False
         )
     done = await _debit(pool, store, refund_id)
     return RefundApplied(done.refund, created, done.payment, done.balance)

@@ -63,9 +63,7 @@ async def _held_status(conn: asyncpg.Connection, store: BalanceStore, account_id
     """Under the account row's lock: "suspended", "locked" (an operator's lock, no
     lock reason), or "" when the status is the session's to set (active, or locked with
     the session or critical-balance reason)."""
-    status = await conn.fetchval(
-        "SELECT status FROM accounts WHERE id = $1 FOR UPDATE", account_id
-    )
+    status = await conn.fetchval("SELECT status FROM accounts WHERE id = $1 FOR UPDATE", account_id)
     if status is None:
         raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
     if status == "suspended":

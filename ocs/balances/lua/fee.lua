@@ -11,6 +11,10 @@
 -- ARGV[6] "1": refuse when the available funds do not cover it (a purchase);
 --         "0": debit it whatever the balance (a recurring charge becomes debt); what it
 --         takes from the funds live calls hold stays theirs to charge ('forced', lib.lua)
+--         "2": a refund by hand: refuse unless the account's own money covers it (the
+--         balance less what live calls hold and what is committed; the credit limit
+--         is not the customer's money), and keep the refusal: this reference is never
+--         debited after it was refused
 --
 -- Returns {"OK", result} or {"DONE", result} (a repeat: nothing debited), result =
 -- msgpack {amount, balance, entry}; {"NOACCT"}; {"REJ", reason}.
@@ -19,6 +23,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'NOACCT'}
 end
 local done = redis.call('GET', KEYS[3])
+if done == 'REFUSED' then
+  return {'REJ', 'insufficient_funds'}
+end
 if done then
   return {'DONE', done}
 end
@@ -29,6 +36,16 @@ local credit_limit, reserved = tonumber(a[2]), tonumber(a[3])
 if ARGV[6] == '1' then
   local available = tonumber(a[1]) + credit_limit - reserved - tonumber(a[4] or 0)
   if available < amount then
+    return {'REJ', 'insufficient_funds'}
+  end
+elseif ARGV[6] == '2' then
+  -- Checked here, with the debit, not by the caller beforehand: a call reserving
+  -- between the two would be left holding funds the refund took.
+  local own = tonumber(a[1]) - reserved - tonumber(a[4] or 0)
+  if own < amount then
+    -- Kept, so that a second try of this refund (its caller retrying, the billing
+    -- worker finishing it) cannot debit one its first caller was told was refused.
+    redis.call('SET', KEYS[3], 'REFUSED', 'EX', ARGV[3])
     return {'REJ', 'insufficient_funds'}
   end
 end
