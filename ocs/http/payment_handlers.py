@@ -379,10 +379,12 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         RefundView,
         status=201,
         body_required=True,
-        errors=(404,),
-        description="Only the payment's credit, and only while the balance holds it (400"
-        " otherwise); the balance is debited at once. A reference given before answers"
-        " 200 and moves nothing.",
+        errors=(402, 404),
+        description="Only the payment's credit (400 naming `amount` past it), and only"
+        " while the account's own money holds it: the balance less what live calls hold"
+        " and what is committed, never the credit limit (402 insufficient_funds, checked"
+        " with the debit). The balance is debited at once. A reference given before"
+        " answers 200 and moves nothing.",
     ),
     Endpoint(
         "POST",
