@@ -183,7 +183,7 @@ async def subscribe(pool: asyncpg.Pool, sub: Subscription) -> int:
     The plan must bill in the account's currency (400 naming ``plan``): its fee and
     charges are billed in micro-units of the account's currency. The plan row is held
     until the insert commits, and once subscribed to its currency is fixed (migration
-    0056). Announces ``subscription.created`` (and ``subscription.activated`` for one
+    0059). Announces ``subscription.created`` (and ``subscription.activated`` for one
     created active) in the same transaction.
     """
     if sub.status not in ("pending", "active"):
