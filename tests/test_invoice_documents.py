@@ -394,7 +394,9 @@ def test_the_layout_groups_lines_and_writes_amounts_and_dates_for_the_locale() -
         line("resiliation", 3_000_000),
     ]  # fmt: skip
     content = layout(
-        facts_with(lines), Issuer.from_settings("Télécom SA", " 1 rue | Paris "), "fr_FR"
+        facts_with(lines, new_charges=1_234_344_871),
+        Issuer.from_settings("Télécom SA", " 1 rue | Paris "),
+        "fr_FR",
     )
     assert content["banner"] == "DRAFT" and content["number"] == "DRAFT"
     assert content["issuer"] == {"name": "Télécom SA", "lines": ["1 rue", "Paris"]}
@@ -418,7 +420,10 @@ def test_the_layout_groups_lines_and_writes_amounts_and_dates_for_the_locale() -
     ]
     statement = dict(content["statement"])
     assert statement["Previous balance"] == f"1,2345{nbsp}€"  # exact: nothing rounded away
-    assert content["due"] == ["Amount due", f"1{narrow}234,56789{nbsp}€"]
+    assert statement["New charges"] == f"1{narrow}234,344871{nbsp}€"
+    # The amount due is what the invoice asks, in cents: its new charges (the account
+    # owes 1 234,56789, the rest asked by earlier invoices), rounded half away from zero.
+    assert content["due"] == ["Amount due", f"1{narrow}234,34{nbsp}€"]
 
 
 def test_a_credit_note_prints_no_invoice_message() -> None:

@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta
 
 import asyncpg
 
+from ocs.billing import owed
 from ocs.errors import OcsError, Reason
 
 # The subscription whose address is printed: the account's to the invoice's plan, the
@@ -20,6 +21,7 @@ _INVOICE_SQL = """
 SELECT i.id, i.kind, i.state, i.number, i.account_id, i.plan_id, i.currency, i.invoice_date,
        i.period_start, i.period_end, i.period_label, i.subtotal, i.tax_total, i.total,
        i.previous_balance, i.payments, i.new_charges, i.closing_balance, i.amount_due,
+       i.amount_asked,
        i.message, COALESCE(i.window_start, i.period_start) AS usage_from,
        v.number AS voids_number,
        COALESCE(pb.grace_days, 0) AS grace_days, COALESCE(pb.time_zone, 'UTC') AS time_zone,
@@ -125,6 +127,16 @@ class InvoiceFacts:
     usage_from: datetime | None = None
     # A credit note's: the number of the invoice it voids.
     voids_number: str | None = None
+    # What a posted invoice asks (stored at posting); None for a draft.
+    amount_asked: int | None = None
+
+    @property
+    def asks(self) -> int:
+        """What the invoice asks to be paid, in whole minor units: as posted, or what a
+        draft's statement would ask now (the one rule, ``owed.asked``)."""
+        if self.amount_asked is not None:
+            return self.amount_asked
+        return owed.asked(self.amount_due, self.new_charges, self.currency.strip())
 
     @property
     def due_date(self) -> date:
@@ -178,4 +190,5 @@ async def load_facts(conn: asyncpg.Connection, invoice_id: int) -> InvoiceFacts:
         lines=tuple(DocumentLine(**dict(line)) for line in lines),
         usage_from=row["usage_from"],
         voids_number=row["voids_number"],
+        amount_asked=row["amount_asked"],
     )

@@ -330,8 +330,10 @@ def _facts(facts: InvoiceFacts, fmt: Formatter, number: str) -> list[list[str]]:
 
 def _statement(facts: InvoiceFacts, fmt: Formatter) -> tuple[list[list[str]], list[str]]:
     """The closing block's figures and its last line: an invoice's balance-forward
-    statement and amount due; a credit note's money given back (or, for a credit note
-    of an invoice that was a net credit, taken back) and nothing else."""
+    statement (the ledger's exact figures) and its amount due, what it asks in whole
+    minor units (what the customer pays: decision 0027); a credit note's money given
+    back (or, for a credit note of an invoice that was a net credit, taken back) and
+    nothing else."""
     if facts.kind == "credit_note":
         if facts.total <= 0:
             return [], [LABELS["credited"], fmt.money(-facts.total)]
@@ -344,7 +346,7 @@ def _statement(facts: InvoiceFacts, fmt: Formatter) -> tuple[list[list[str]], li
             (LABELS["closing_balance"], fmt.money(facts.closing_balance)),
         )
     )
-    return figures, [LABELS["amount_due"], fmt.money(facts.amount_due)]
+    return figures, [LABELS["amount_due"], fmt.money(facts.asks)]
 
 
 def layout(facts: InvoiceFacts, issuer: Issuer, locale: str) -> dict[str, Any]:

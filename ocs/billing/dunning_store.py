@@ -18,8 +18,9 @@ MAX_NOTICES = 52
 MAX_INTERVAL_DAYS = 366
 MAX_GRACE_DAYS = 366
 
-# What a posted invoice asks to be paid: the payments' own rule (the part of its amount
-# due its own charges make), so that dunning and payments agree on "paid in full".
+# What a posted invoice asks to be paid: the payments' own figure (the part of its amount
+# due its own charges make, in whole minor units, stored at posting), so that dunning and
+# payments agree on "paid in full".
 ASKED_SQL = f"({asks_sql('i')})"
 
 # A posted, non-void invoice (not a credit note) that still asks for money.

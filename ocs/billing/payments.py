@@ -25,7 +25,10 @@ statement's ``amount_due`` is what the account owes after posting, earlier
 invoices' debt included; counting that debt again on the next invoice would
 ask for it twice, so each invoice asks only its own new charges, capped by
 what is really owed. A prepaid account whose balance paid its usage and fees
-owes nothing (amount due 0): its invoice asks nothing (decision 0027).
+owes nothing (amount due 0): its invoice asks nothing (decision 0027). The
+figure is rounded once to the currency's minor unit and stored at posting
+(``ocs.billing.owed``): the statement is exact micro-units, money arrives in
+minor units, and an invoice asking 12.344871 was never paid by 12.34.
 
 A refund (``refund_payment``) is a debit of the balance (``fee``, reference
 ``refund:<refund id>``). By hand it may take back only what the payment left

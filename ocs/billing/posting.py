@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
-from ocs.billing import commitments, credit, statement, taxing
+from ocs.billing import commitments, credit, owed, statement, taxing
 from ocs.billing.taxes import TaxEngine
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
@@ -72,9 +72,10 @@ ORDER BY id FOR UPDATE
 
 # Every locked draft ($1: their ids) numbered at once: the k-th of its sequence (in id
 # order) takes that sequence's first number + k. Numbers are zero-padded to 6 digits,
-# wider when they grow.
+# wider when they grow. Each stores what it asks ($5 ids, $6 asks: ``owed.asked``) in
+# the same row write.
 _NUMBER_SQL = """
-UPDATE invoices i SET state = 'posted', posted_at = now(),
+UPDATE invoices i SET state = 'posted', posted_at = now(), amount_asked = a.asked,
        number = d.issuer || '-' || d.year || '-'
                 || lpad((s.first + d.k)::text, GREATEST(6, length((s.first + d.k)::text)), '0')
 FROM (SELECT id, issuer, extract(year FROM invoice_date)::int AS year,
@@ -84,10 +85,28 @@ FROM (SELECT id, issuer, extract(year FROM invoice_date)::int AS year,
       WHERE id = ANY($1::bigint[])) AS d
 JOIN unnest($2::text[], $3::int[], $4::bigint[]) AS s(issuer, year, first)
   ON s.issuer = d.issuer AND s.year = d.year
+JOIN unnest($5::bigint[], $6::bigint[]) AS a(id, asked) ON a.id = d.id
 WHERE i.id = d.id
 RETURNING i.id, d.issuer, d.year, i.number, i.account_id, i.kind, i.currency, i.total,
           i.invoice_date
 """
+
+
+# The completed statements of the locked drafts: what each asks is computed from them.
+_ASKS_OF_SQL = """
+SELECT id, currency::text AS currency, amount_due, new_charges FROM invoices
+WHERE id = ANY($1::bigint[])
+"""
+
+
+async def _asks(conn: asyncpg.Connection, invoice_ids: list[int]) -> tuple[list[int], list[int]]:
+    """(ids, what each asks) of these drafts, from their completed statements, by the
+    one rule (``owed.asked``: rounded once to the currency's minor unit). A credit note's
+    statement is all 0: it asks 0."""
+    rows = await conn.fetch(_ASKS_OF_SQL, invoice_ids)
+    ids = [r["id"] for r in rows]
+    asks = [owed.asked(r["amount_due"], r["new_charges"], r["currency"]) for r in rows]
+    return ids, asks
 
 
 # Each invoice posted, as its ``invoice.posted`` event says it, in id order (built in the
@@ -110,7 +129,8 @@ async def assign_numbers(conn: asyncpg.Connection, invoice_ids: list[int]) -> di
     sequence row (issuer, year order) moves on by as many, then one UPDATE
     numbers them all: the numbers never leave the database but in the answer.
     Before they are numbered, their statements are completed from the invoices posted
-    before them (``statement.complete_statements``): a posted statement is final.
+    before them (``statement.complete_statements``): a posted statement is final,
+    and what each asks is stored from it (``owed.asked``, rounded to the minor unit).
     Each invoice (or credit note) posted is announced (``invoice.posted``, one
     event each) in the same transaction.
     """
@@ -143,7 +163,10 @@ async def assign_numbers(conn: asyncpg.Connection, invoice_ids: list[int]) -> di
         years.append(year)
         firsts.append(first)
     locked_ids = [row["id"] for row in locked]
-    rows = await conn.fetch(_NUMBER_SQL, locked_ids, issuers, years, firsts)
+    # What each asks is fixed now, from its final statement (decision 0027): payments,
+    # credit and dunning read this one figure.
+    asked_ids, asks = await _asks(conn, locked_ids)
+    rows = await conn.fetch(_NUMBER_SQL, locked_ids, issuers, years, firsts, asked_ids, asks)
     rows.sort(key=lambda r: (r["issuer"], r["year"], r["id"]))
     await emit_from(conn, "invoice.posted", _POSTED_EVENTS_SQL, sorted(r["id"] for r in rows))
     return {r["id"]: r["number"] for r in rows}

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ocs.billing import owed
 from ocs.billing.itemised import CallRow
 from ocs.billing.lines import Line
 from ocs.billing.store import Charge
@@ -55,6 +56,20 @@ class Invoice:
     new_charges: int = 0
     closing_balance: int = 0
     amount_due: int = 0
+    # What a posted invoice asks (``owed.asked``, stored at posting); None before posting.
+    amount_asked: int | None = None
+    amount_paid: int = 0
+    paid_at: datetime | None = None
+
+    @property
+    def asks(self) -> int | None:
+        """What the invoice asks to be paid, in whole minor units: as posted, or, for a
+        draft, what its statement would ask now; None for a credit note (it asks nothing)."""
+        if self.kind == "credit_note":
+            return None
+        if self.amount_asked is not None:
+            return self.amount_asked
+        return owed.asked(self.amount_due, self.new_charges, self.currency.strip())
 
     @classmethod
     def from_row(cls, row: Any) -> "Invoice":
@@ -330,9 +345,10 @@ async def run_totals(pool: asyncpg.Pool) -> dict[str, tuple[int, int]]:
 
 
 class StatementView(msgspec.Struct, kw_only=True):
-    """An invoice's balance-forward statement as its document prints it (exact
-    micro-units as decimal strings): previous balance + payments - new charges =
-    closing balance; amount due = what the account owes after posting."""
+    """An invoice's balance-forward statement (exact micro-units as decimal strings):
+    previous balance + payments - new charges = closing balance; amount due = what the
+    account owes after posting. Its document prints the first four, then what the
+    invoice asks (the view's ``amount_asked``) as its amount due."""
 
     previous_balance: str
     payments: str
@@ -368,6 +384,12 @@ class InvoiceView(msgspec.Struct, kw_only=True):
     voided_at: datetime | None
     tax_error: str | None = None
     statement: StatementView | None = None
+    # What the invoice asks to be paid, rounded once to the currency's minor unit (the
+    # figure payments settle and dunning pursues), what was paid of it and when it was
+    # paid in full; None for a credit note.
+    amount_asked: str | None = None
+    amount_paid: str | None = None
+    paid_at: datetime | None = None
 
 
 class InvoiceLineView(msgspec.Struct, kw_only=True):
@@ -513,6 +535,9 @@ def _invoice_fields(found: Invoice) -> dict[str, Any]:
         "voided_at": found.voided_at,
         "tax_error": found.tax_error,
         "statement": statement_view(found),
+        "amount_asked": None if found.asks is None else format_amount(found.asks),
+        "amount_paid": None if found.kind == "credit_note" else format_amount(found.amount_paid),
+        "paid_at": found.paid_at,
     }
 
 
