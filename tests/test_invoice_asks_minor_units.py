@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, date, datetime
 
 import asyncpg
+import pytest
 
 from ocs.balances.accounts import AccountSpec
 from ocs.billing import bank_files, payments, posting
@@ -126,6 +127,10 @@ async def test_an_invoice_of_calls_costing_12_344871_asks_12_34_and_a_bank_payme
     assert await shown(app, paid_up) == ("12.340000", "0.000000", False)
     _, body = await app.get(f"/v1/invoices/{paid_up}")
     assert body["statement"]["amount_due"] == "12.344871"  # the ledger's exact figure
+    # Fixed at posting, like the statement it comes from.
+    async with services.pool.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError, match="asks is final"):
+            await conn.execute("UPDATE invoices SET amount_asked = 0 WHERE id = $1", paid_up)
     # Its document says what to pay: the amount asked, in cents.
     async with services.pool.acquire() as conn:
         facts = await load_facts(conn, paid_up)

@@ -252,7 +252,8 @@ async def _posted_line(services: Services, n: int, amount: int) -> None:
             amount,
         )
         await conn.execute(
-            "UPDATE invoices SET state = 'posted', number = $2 WHERE id = $1",
+            # Posting stores what the invoice asks: its statement is all 0, so 0.
+            "UPDATE invoices SET state = 'posted', number = $2, amount_asked = 0 WHERE id = $1",
             invoice,
             f"INV-2026-{n:06d}",
         )
