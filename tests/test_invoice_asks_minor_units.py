@@ -222,9 +222,9 @@ async def test_yen_and_dinar_invoices_ask_whole_minor_units_and_the_gateway_pays
     assert await account_status(app, "kw") == ("active", "active")
 
 
-# Invoices posted before migration 0056: (account, currency, state, amount due, new
+# Invoices posted before migration 0062: (account, currency, state, amount due, new
 # charges). The ask is the smaller, at least 0, rounded to the minor unit.
-BEFORE_0056 = [
+BEFORE_0062 = [
     ("eur", "EUR", "posted", 12_344_871, 12_344_871),  # 12.34
     ("eur-debt", "EUR", "posted", 30_000_000, 12_345_000),  # earlier debt: 12.35
     ("eur-prepaid", "EUR", "posted", 0, 5_000_000),  # its balance paid: 0
@@ -236,20 +236,20 @@ BEFORE_0056 = [
 ]
 
 
-async def test_migration_0056_stores_what_invoices_posted_before_it_ask_by_the_same_rule(
+async def test_migration_0062_stores_what_invoices_posted_before_it_ask_by_the_same_rule(
     backend_urls: tuple[str, str],
 ) -> None:
     admin = await asyncpg.connect(backend_urls[1])
-    name = f"ocs_m0056_{uuid.uuid4().hex[:10]}"
+    name = f"ocs_m0062_{uuid.uuid4().hex[:10]}"
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         conn = await asyncpg.connect(with_database(backend_urls[1], name))
         try:
-            [(_, _, m0056)] = [m for m in available_migrations() if m[0] == 56]
+            [(_, _, m0062)] = [m for m in available_migrations() if m[0] == 62]
             for version, _, sql in available_migrations():
-                if version < 56:
+                if version < 62:
                     await conn.execute(sql)
-            for n, (account, currency, state, due, new) in enumerate(BEFORE_0056):
+            for n, (account, currency, state, due, new) in enumerate(BEFORE_0062):
                 await conn.execute(
                     "INSERT INTO plans (id, name, currency) VALUES ($1, $1, $2)"
                     " ON CONFLICT DO NOTHING",
@@ -282,7 +282,7 @@ async def test_migration_0056_stores_what_invoices_posted_before_it_ask_by_the_s
                     due,
                 )
 
-            await conn.execute(m0056)
+            await conn.execute(m0062)
 
             rows = await conn.fetch("SELECT account_id, amount_asked FROM invoices ORDER BY id")
         finally:
@@ -302,6 +302,6 @@ async def test_migration_0056_stores_what_invoices_posted_before_it_ask_by_the_s
         "eur-draft": None,
     }
     # The figures posting stores from now on, by the one rule in Python.
-    for account, currency, state, due, new in BEFORE_0056:
+    for account, currency, state, due, new in BEFORE_0062:
         if state == "posted":
             assert found[account] == asked(due, new, currency), account

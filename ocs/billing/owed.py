@@ -10,7 +10,7 @@ to the currency's ISO 4217 minor unit, half away from zero, like a line
 call costs 12.344871), and money arrives in minor units (a bank's 12.34, a
 gateway's cents): an ask in micro-units could never be paid in full.
 
-Posting stores the figure (``invoices.amount_asked``, migration 0056); SQL reads
+Posting stores the figure (``invoices.amount_asked``, migration 0062); SQL reads
 that column (``asks_sql``), never the rule again, so every reader sees one figure.
 """
 
