@@ -4,7 +4,10 @@ Not a test module. tests/test_kamailio_switch.py runs deploy/kamailio/ocs.cfg
 unchanged (its defines given with -A, as a deployer may) in front of a real
 `ocs serve`, with sipp as the callers and the callee, using the scenarios shipped
 under deploy/kamailio/sipp/. Everything runs on 127.0.0.1, on free ports, in the
-test's own directory, and needs no privilege.
+test's own directory, and needs no privilege. The switch trusts the callers' source,
+127.0.0.1, through its own trusted list (OCS_TRUSTED_FILE); a caller placed from
+another loopback address (127.0.0.2: all of 127.0.0.0/8 is the loopback) is an
+untrusted source.
 
 The binaries are required, never optional: a machine without them fails the
 tests (CI installs the Debian packages named in ``REQUIRED``).
@@ -87,11 +90,22 @@ class Kamailio:
     """deploy/kamailio/ocs.cfg in the foreground, logging to a file, in its own directory."""
 
     def __init__(
-        self, *, port: int, ocs_url: str, token: str, gateway_port: int, workdir: Path
+        self,
+        *,
+        port: int,
+        ocs_url: str,
+        token: str,
+        gateway_port: int,
+        workdir: Path,
+        trusted: tuple[str, ...] = ("127.0.0.1",),
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.log = workdir / "kamailio.log"
+        # The sources allowed to place calls, in the permissions module's address file
+        # format (group 1): the shipped trusted.list trusts nobody.
+        trusted_file = workdir / "trusted.list"
+        trusted_file.write_text("".join(f"1 {address}\n" for address in trusted))
         args = [
             binary("kamailio"),
             "-f",
@@ -116,6 +130,8 @@ class Kamailio:
             f'OCS_TOKEN="{token}"',
             "-A",
             f'GATEWAY_URI="sip:127.0.0.1:{gateway_port}"',
+            "-A",
+            f'OCS_TRUSTED_FILE="{trusted_file}"',
         ]
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(
@@ -242,9 +258,11 @@ def place_calls(
     calls: int = 1,
     hold_ms: int = 0,
     recv_timeout_ms: int = 15_000,
+    source: str = "127.0.0.1",
 ) -> dict[str, CallerView]:
     """Run sipp as ``calls`` callers at once (``scenario`` from deploy/kamailio/sipp/)
     through the proxy, until every call ended; what each caller saw, by Call-ID.
+    The callers send from ``source`` (a loopback address).
 
     Blocking: a test on the event loop runs it with ``asyncio.to_thread``."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +279,7 @@ def place_calls(
         "caller",
         caller,
         "-i",
-        "127.0.0.1",
+        source,
         "-m",
         str(calls),
         "-l",

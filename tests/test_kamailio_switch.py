@@ -33,6 +33,7 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from ocs import api_tokens
 from ocs.config import Settings
@@ -126,6 +127,19 @@ class Rig:
 
         await eventually(released, within=within, what=f"{account_id}'s lines to be released")
         return view
+
+
+async def authorizations_asked(http: aiohttp.ClientSession) -> float:
+    """How many call authorizations ocs has answered, whatever the result (``/metrics``)."""
+    async with http.get("/metrics") as reply:
+        assert reply.status == 200, await reply.text()
+        text = await reply.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ocs_call_authorizations_total"
+    )
 
 
 async def _catalog_rates(http: aiohttp.ClientSession, number: str, zone: str) -> bool:
@@ -244,6 +258,35 @@ async def test_a_caller_without_funds_is_refused_402_and_nothing_is_charged(rig:
     view = await rig.view("broke")
     assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("0.000000", "0.000000", 0)
     assert await rig.cdrs("broke") == []
+
+
+async def test_an_invite_from_an_untrusted_source_is_refused_403_and_ocs_is_never_asked(
+    rig: Rig,
+) -> None:
+    # The switch names the account from the caller's own From. A host that is not in its
+    # trusted list (the rig trusts 127.0.0.1; this caller sends from 127.0.0.2) writing a
+    # victim's account there: before, ocs authorized it and the call went to the gateway
+    # on the victim's money. Now the switch answers 403 itself.
+    await rig.account("victim", "5.00")
+    asked = await authorizations_asked(rig.http)
+    views = await asyncio.to_thread(
+        place_calls,
+        scenario="uac.xml",
+        proxy_port=rig.kamailio.port,
+        caller="victim",
+        dialled=FRANCE,
+        workdir=rig.workdir / "callers",
+        hold_ms=1000,
+        source="127.0.0.2",
+    )
+    [(call_id, seen)] = views.items()
+    assert seen.final == 403, rig.kamailio.log_tail()
+    assert call_id not in rig.callee.answered()  # never relayed
+    assert "ocs: INVITE from untrusted source 127.0.0.2:" in rig.kamailio.log_tail()
+    assert await authorizations_asked(rig.http) == asked  # ocs never asked
+    view = await rig.view("victim")
+    assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("5.000000", "0.000000", 0)
+    assert await rig.cdrs("victim") == []
 
 
 async def test_a_caller_hang_up_is_charged_by_the_tariffs_increments(rig: Rig) -> None:
