@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
+import pytest
+
 from ocs.billing import posting
 from ocs.billing.bundles import BundleInvoice, add_months, bundle_lines, months_left
 from ocs.billing.lines import Line, targets
@@ -414,6 +416,126 @@ async def test_min_of_calls_never_takes_a_late_stops_row_for_a_call(services: Se
     [discount] = await lines(services)
     assert (discount.kind, discount.quantity, discount.exact) == ("bundle_discount", 60, -95_000)
     assert "5% off 1.90 (1 min, tier from 1 min)" in discount.description
+
+
+async def janitor_closed_call(services: Services, day: int, *, late: bool = True) -> None:
+    """A call on ``day`` the janitor closed charging its whole grant, 846 s (8.46), and
+    (``late``) its late Stop an hour later saying 60 s: a row of -786 s, -7.86."""
+    await cdr(
+        services,
+        "granted",
+        "a1",
+        at(day),
+        duration=846,
+        charged=8_460_000,
+        termination_cause="expired",
+    )
+    if late:
+        await late_stop(
+            services, "late", "granted", at(day), at(day, 13), duration=-786, charged=-7_860_000
+        )
+
+
+@pytest.mark.parametrize(
+    ("allowance", "included", "credit", "text"),
+    [
+        (3000, 3000, -3 * EUR, "50 min of 50 min included, 3.00 credited (100%)"),
+        (3030, 3030, -3_300_000, "50 min 30 s of 50 min 30 s included, 3.30 credited (100%)"),
+        (3300, 3060, -3_600_000, "51 min of 55 min included, 3.60 credited (100%)"),
+    ],
+    ids=["first-call-only", "late-stopped-call-part-free", "late-stopped-call-free"],
+)
+async def test_a_late_stop_takes_back_only_the_free_credit_its_call_had(
+    services: Services, allowance: int, included: int, credit: int, text: str
+) -> None:
+    """Free seconds over calls as amended. A call of 3000 s (3.00); then one the janitor
+    charged 846 s (8.46), whose late Stop said 60 s (0.60 as amended).
+    Allowance 3000 s: the second call is not free, credit 3.00 (its refund, a row of
+    -786 s, took back 7.86 it was never credited: +4.86 charged).
+    3030 s: 30 of its 60 s free, 0.60 x 30/60 = 0.30, credit 3.30.
+    3300 s: all its 60 s free, credit 3.60 (over rows: +1.86 charged)."""
+    await bundle(
+        services,
+        [("uk", "sum", "duration", "UK Mobile")],
+        [(1, "free", "free minutes", "uk", allowance, None, None, None)],
+    )
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 3000, 3 * EUR))
+    await janitor_closed_call(services, 4)
+    [line] = await lines(services)
+    assert (line.kind, line.quantity, line.amount) == ("bundle_free", included, credit)
+    assert line.description == f"Business bundle: free minutes: {text}"
+
+
+async def test_a_free_call_allowance_credits_a_late_stopped_call_as_amended(
+    services: Services,
+) -> None:
+    """Two free calls (COUNT). A call of 60 s (1.00); one the janitor charged 8.46 whose
+    late Stop brought it to 0.60; a third call (1.00): the first two are free, credit
+    1.00 + 0.60 = 1.60. Over rows, the second was credited its 8.46 and its refund
+    (counted as no call, past the allowance) took nothing back: 9.46 for 1.60 paid."""
+    await bundle(
+        services,
+        [("n", "count", "duration", "UK Mobile")],
+        [(1, "free", "two free calls", "n", 2, None, None, None)],
+    )
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 60, EUR))
+    await janitor_closed_call(services, 4)
+    await cdr(services, "third", "a1", at(5), duration=60, charged=EUR)
+    [line] = await lines(services)
+    assert (line.kind, line.quantity, line.amount) == ("bundle_free", 2, -1_600_000)
+    assert line.description == (
+        "Business bundle: two free calls: 2 calls of 2 calls included, 1.60 credited (100%)"
+    )
+
+
+async def test_a_discount_base_holds_a_late_stopped_call_as_amended_beside_free_minutes(
+    services: Services,
+) -> None:
+    """50 free minutes, then 10% off from 1 minute (SUM). A call of 3000 s (3.00), free;
+    one the janitor charged 8.46 whose late Stop brought it to 60 s (0.60), not free:
+    base 3.00 + 8.46 - 7.86 - 3.00 free = 0.60, 10% -> -0.06. Over rows, the refund took
+    back 7.86 of free credit and so came off the base as nothing: 10% off 8.46."""
+    await bundle(
+        services,
+        [("uk", "sum", "duration", "UK Mobile")],
+        [
+            (1, "free", "50 free minutes", "uk", 3000, None, None, None),
+            (2, "discount", "volume", "uk", None, None, None, None),
+        ],
+    )
+    await sql(services, "INSERT INTO bundle_discount_tiers VALUES ('b1', 2, 60, 10000000)")
+    await account(services, date(2026, 1, 1))
+    await calls(services, (3, 3000, 3 * EUR))
+    await janitor_closed_call(services, 4)
+    free, discount = await lines(services)
+    assert (free.kind, free.quantity, free.amount) == ("bundle_free", 3000, -3 * EUR)
+    assert (discount.kind, discount.quantity, discount.amount) == ("bundle_discount", 3060, -60_000)
+    assert "10% off 0.60 (51 min, tier from 1 min)" in discount.description
+
+
+async def test_a_late_stop_of_an_earlier_cycles_call_leaves_the_free_allowance_alone(
+    services: Services,
+) -> None:
+    """50 free minutes. January 1: the late Stop of a December call (-20 s, -0.20), then
+    a call of 3000 s (3.00). The December call was measured (free or not) with December:
+    January credits 3.00 for its 3000 s. Over rows, the refund came first as -20 s and
+    took back 0.20: 2.80 credited for 2980 s."""
+    await bundle(
+        services,
+        [("uk", "sum", "duration", "UK Mobile")],
+        [(1, "free", "50 free minutes", "uk", 3000, None, None, None)],
+    )
+    await account(services, date(2026, 1, 1))
+    december = datetime(2025, 12, 31, 23, tzinfo=UTC)
+    await cdr(
+        services, "dec", "a1", december, duration=50, charged=500_000, termination_cause="cut"
+    )
+    await late_stop(services, "dec-late", "dec", december, at(1, 1), duration=-20, charged=-200_000)
+    await calls(services, (3, 3000, 3 * EUR))
+    [line] = await lines(services)
+    assert (line.kind, line.quantity, line.amount) == ("bundle_free", 3000, -3 * EUR)
 
 
 COMMITMENT: list[RuleRow] = [

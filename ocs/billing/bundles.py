@@ -11,7 +11,8 @@ subscription bundle and invoice:
 
 - **free** (``bundle_free``): the first ``allowance`` units of the cycle, in
   the order the CDRs stopped, are credited with what the real-time path
-  debited for them; the CDR that crosses the allowance is credited pro rata
+  debited for them, over calls as amended (a late stop's CDR added to the
+  close it amends); the CDR that crosses the allowance is credited pro rata
   (its amount x included units / its units, rounded half away from zero to
   the micro-unit in SQL's ``round(numeric)``). A CDR that several free rules
   cover (two rules over the same calls, a bundle on two subscriptions) is
@@ -112,12 +113,20 @@ WHERE r.bundle_id = ANY($1::text[])
 ORDER BY r.bundle_id, r.position
 """
 
+# Which call a CDR is: a late stop's row, and the close by policy it amends (stop.lua's
+# ``closed_by_us``), by call id and authorization (``call_at`` set); any other, itself
+# (``call_at`` NULL).
+_AMENDABLE = "'late-stop', 'start-timeout', 'expired', 'nas-reboot', 'cut'"
+
 # One pass over the bundles' CDRs. ``u`` is what a free allowance counts (1 per CDR
 # for a count indicator, none for a late stop's, which amends its call's), ``v`` the
-# measured value. A free rule's running total of u
-# in stop order gives each CDR's included units and credit (CDRs stopped at the same
-# instant are ordered by entry id, so a recomputed draft is equal). Indicators sum
-# ``charged`` net of the free credits on the same CDRs (capped at what each debited).
+# measured value. Free rules run over calls as amended (decision 0023, amended
+# 2026-12-07): a late stop's row (what its Stop changed: seconds, amount, some negative)
+# is added to its call's row, the call keeping its own place in stop order and its entry
+# id; one whose call lies in an earlier cycle was measured there and takes no part. A
+# free rule's running total of u in stop order gives each call's included units and
+# credit (calls stopped at the same instant are ordered by entry id, so a recomputed
+# draft is equal). Indicators sum ``charged`` net of the free credits on the same calls.
 # Indicators come whole and in shares per (zone, rate type); free credits per
 # (zone, rate type): a bundle line is taxed as the usage it credits.
 _USAGE_CTES = """
@@ -125,12 +134,16 @@ WITH sb AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
                          $5::timestamptz[]) AS t(sb_id, account_id, bundle_id, w_start, w_end)
 ), ev AS (
-    SELECT sb.sb_id, sb.bundle_id, i.name AS indicator, c.entry_id, c.stopped_at, c.charged,
-           c.zone, c.rate_type,
+    SELECT sb.sb_id, sb.bundle_id, i.name AS indicator, i.function, c.entry_id, c.stopped_at,
+           c.charged, c.zone, c.rate_type,
            CASE WHEN i.function = 'count' THEN (c.termination_cause <> 'late-stop')::int
                 WHEN i.measure = 'amount' THEN c.charged ELSE c.duration END AS u,
            CASE WHEN i.measure = 'amount' THEN c.charged ELSE c.duration END AS v,
-           (c.termination_cause <> 'late-stop')::int AS event{call_columns}
+           (c.termination_cause <> 'late-stop')::int AS event,
+           CASE WHEN c.termination_cause IN ({amendable})
+                THEN c.call_id ELSE c.entry_id END AS call,
+           CASE WHEN c.termination_cause IN ({amendable})
+                THEN c.authorized_at END AS call_at
     FROM sb
     JOIN bundle_indicators i ON i.bundle_id = sb.bundle_id
     JOIN cdrs c ON c.account_id = sb.account_id
@@ -139,13 +152,33 @@ WITH sb AS (
       AND (i.zone IS NULL OR c.zone = i.zone)
       AND (i.rate_type IS NULL OR c.rate_type = i.rate_type)
       AND (i.service IS NULL OR (c.termination_cause = 'usage' AND c.destination = i.service))
-), running AS (
-    SELECT e.sb_id, r.position, e.entry_id, e.charged, e.zone, e.rate_type, e.u, r.allowance,
-           sum(e.u) OVER (PARTITION BY e.sb_id, r.position
-                          ORDER BY e.stopped_at, e.entry_id) AS upto
+), freed AS (
+    SELECT e.*, r.position, r.allowance
     FROM ev e
     JOIN bundle_rules r ON (r.bundle_id, r.indicator) = (e.bundle_id, e.indicator)
                        AND r.kind = 'free'
+), amended AS (
+    -- Each free rule's calls as amended. A call no policy closed is its own row (most
+    -- rows: only the rare closes by policy and their late stops are grouped). A close
+    -- by policy and its late stops are one call: where and when it stopped and its
+    -- entry id are the close's, its units and amount the sum (never below nothing).
+    -- Late stops whose close lies outside the window (HAVING) are left out.
+    SELECT sb_id, position, allowance, entry_id, stopped_at, zone, rate_type, charged, u
+    FROM freed
+    WHERE call_at IS NULL
+    UNION ALL
+    SELECT sb_id, position, allowance,
+           min(entry_id) FILTER (WHERE event = 1), min(stopped_at) FILTER (WHERE event = 1),
+           min(zone) FILTER (WHERE event = 1), min(rate_type) FILTER (WHERE event = 1),
+           sum(charged)::bigint, GREATEST(sum(u), 0)::bigint
+    FROM freed
+    WHERE call_at IS NOT NULL
+    GROUP BY sb_id, position, allowance, call, call_at
+    HAVING sum(event) > 0
+), running AS (
+    SELECT a.*, sum(a.u) OVER (PARTITION BY a.sb_id, a.position
+                               ORDER BY a.stopped_at, a.entry_id) AS upto
+    FROM amended a
 ), included AS (
     SELECT sb_id, position, entry_id, charged, zone, rate_type,
            LEAST(u, GREATEST(allowance - (upto - u), 0)) AS included,
@@ -154,23 +187,24 @@ WITH sb AS (
            END AS credit
     FROM running
 ), credited AS (
-    -- A call is credited at most what it was charged, whatever free rules cover it
-    -- (two rules of a bundle over the same calls, or one bundle on two subscriptions):
-    -- each rule, in order of bundle and position, credits what the ones before left.
+    -- A call is credited at most what it was charged as amended, and never less than
+    -- nothing, whatever free rules cover it (two rules of a bundle over the same calls,
+    -- or one bundle on two subscriptions): each rule, in order of bundle and position,
+    -- credits what the ones before left.
     SELECT sb_id, position, entry_id, charged, zone, rate_type, included,
-           LEAST(credit, GREATEST(charged - COALESCE(sum(credit) OVER (
+           GREATEST(LEAST(credit, charged - COALESCE(sum(credit) OVER (
                PARTITION BY entry_id ORDER BY sb_id, position
-               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0), 0)) AS credit
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)), 0) AS credit
     FROM included
 ), net AS (
     -- Each CDR's credits (over every free rule) beside its indicator rows, summed by a
     -- window over both: no join of the two, which the planner, misjudging them as one
     -- row each, made a nested loop re-aggregating the credits per CDR (quadratic).
-    -- A credit never exceeds its row's charge; a late stop's refund (a negative row)
-    -- is net of the credit it takes back, never capped at nothing (it lowers the base).
-    SELECT sb_id, indicator, zone, rate_type, v, event,
-           charged - CASE WHEN charged < 0 THEN GREATEST(cdr_credit, charged)
-                          ELSE LEAST(cdr_credit, charged) END AS net
+    -- A call's credit is on its own row (the close, for a call a late stop amended) and
+    -- lies between nothing and what the call came to as amended, so a call's rows sum
+    -- to that net of its credit: a late stop's refund lowers the base by what it gave
+    -- back, and the close's row, by the credit the call as amended had.
+    SELECT sb_id, indicator, zone, rate_type, v, event, charged - cdr_credit AS net
     FROM (
         SELECT x.*, sum(x.credit) OVER (PARTITION BY x.sb_id, x.entry_id) AS cdr_credit
         FROM (
@@ -184,17 +218,7 @@ WITH sb AS (
     ) AS y
     WHERE measured
 )
-"""
-
-# Which call a CDR is, for MIN and MAX (below): a late stop's row, and the close by policy
-# it amends (stop.lua's ``closed_by_us``), by call id and authorization; any other, itself.
-_CALL_COLUMNS = """, i.function,
-           CASE WHEN c.termination_cause IN ({amendable})
-                THEN c.call_id ELSE c.entry_id END AS call,
-           CASE WHEN c.termination_cause IN ({amendable})
-                THEN c.authorized_at END AS call_at""".replace(
-    "{amendable}", "'late-stop', 'start-timeout', 'expired', 'nas-reboot', 'cut'"
-)
+""".replace("{amendable}", _AMENDABLE)
 
 # MIN and MAX are over calls as amended (decision 0023, amended 2026-12-07): a late stop's
 # row (what its Stop changed: seconds, amount, some negative) is added to its call's row
@@ -256,17 +280,9 @@ GROUP BY sb_id, position, zone, rate_type
 # Everything a chunk's bundles need; with free rules only, the credits alone. (An
 # unreferenced CTE is never computed: without the indicators, ``net``, the window over
 # every CDR twice, is skipped: about half the query for a free-minutes bundle.)
-# The CDRs' rows carry which call each is only where MIN or MAX needs it.
-_PLAIN_CTES = _USAGE_CTES.replace("{call_columns}", "")
-_USAGE_SQL = _PLAIN_CTES + _NO_EXTREMES + _INDICATORS_SQL + "UNION ALL\n" + _FREE_SQL
-_EXTREMES_SQL = (
-    _USAGE_CTES.replace("{call_columns}", _CALL_COLUMNS)
-    + _EXTREMES
-    + _INDICATORS_SQL
-    + "UNION ALL\n"
-    + _FREE_SQL
-)
-_FREE_ONLY_SQL = _PLAIN_CTES + _FREE_SQL
+_USAGE_SQL = _USAGE_CTES + _NO_EXTREMES + _INDICATORS_SQL + "UNION ALL\n" + _FREE_SQL
+_EXTREMES_SQL = _USAGE_CTES + _EXTREMES + _INDICATORS_SQL + "UNION ALL\n" + _FREE_SQL
+_FREE_ONLY_SQL = _USAGE_CTES + _FREE_SQL
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ class BundleIndicator(Params):
     """An indicator: ``function`` of ``measure`` over the cycle's CDRs (calls' seconds,
     usage events' metered quantity, or the amount debited), filtered by zone, rate type
     or service (a usage event's; never with duration). A call whose Stop came after ocs
-    closed it counts once, as its Stop amended it (COUNT, MIN, MAX)."""
+    closed it counts once, as its Stop amended it (COUNT, MIN, MAX, a free allowance)."""
 
     name: ObjectId
     function: Literal["sum", "avg", "min", "max", "count"]
