@@ -12,11 +12,14 @@ viewers read.
 
 import asyncio
 import codecs
+import logging
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -28,10 +31,13 @@ from ocs.http.path_ids import path_id
 from ocs.mediation.importer import ImportRequest, UsageImporter
 from ocs.mediation.rejects import written_encoding
 from ocs.mediation.summary import ImportSummary
-from ocs.mediation.supplier_lock import settle_interrupted
+from ocs.mediation.supplier_lock import settle_interrupted, to_the_end
 
 # The largest file the API takes; larger files go through ``ocs usage import``.
 MAX_FILE = 64 * 1024 * 1024
+# The body is written to its file in batches of about this many bytes, in a thread.
+WRITE_BATCH = 1 << 20
+log = logging.getLogger("ocs.http")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -129,21 +135,44 @@ def _importer(request: web.Request) -> UsageImporter:
 
 
 async def _save_body(request: web.Request, folder: Path, name: str) -> Path:
-    """Stream the body to a file of its own folder; 413 past ``MAX_FILE``."""
+    """Stream the body to a file of its own folder; 413 past ``MAX_FILE``.
+
+    The writes run in a worker thread (a slow disk must not stall the event loop the
+    RADIUS and HTTP calls share), a few blocks at a time. The caller removes the folder
+    when anything here fails."""
     if request.content_length is not None and request.content_length > MAX_FILE:
         raise body_too_large("larger than 64 MiB: import it with `ocs usage import`")
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     path = folder / name
     size = 0
-    with path.open("wb") as out:
+    pending: list[bytes] = []
+    pending_size = 0
+    out = await asyncio.to_thread(path.open, "wb")
+    try:
         async for block in request.content.iter_chunked(1 << 16):
             size += len(block)
             if size > MAX_FILE:
                 raise body_too_large("larger than 64 MiB: import it with `ocs usage import`")
-            out.write(block)
+            pending.append(block)
+            pending_size += len(block)
+            if pending_size >= WRITE_BATCH:
+                await asyncio.to_thread(out.writelines, pending)
+                pending, pending_size = [], 0
+        await asyncio.to_thread(out.writelines, pending)
+    finally:
+        await asyncio.to_thread(out.close)
     if size == 0:
         raise invalid("body", "is required: the usage file")
     return path
+
+
+async def _imported(request: web.Request, path: Path) -> bool:
+    """Whether an import's row names the file (so its folder is the import's to keep)."""
+    return bool(
+        await services_of(request).pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM usage_imports WHERE files = $1)", [str(path)]
+        )
+    )
 
 
 async def create_import(request: web.Request, params: ImportParams) -> ImportView:
@@ -151,28 +180,50 @@ async def create_import(request: web.Request, params: ImportParams) -> ImportVie
 
     The body is text in the template's encoding (``format.encoding``), checked whole
     before any row is imported; the import then reads the same version of the template.
+    The template is looked up before the body is kept, and a body refused (too large,
+    empty, not text in the encoding) or an import that never began (its supplier busy,
+    the ledger writer behind) leaves no folder behind: retried uploads must not fill the
+    data volume. An import that began keeps its folder (its row names the file, and its
+    rejects are served from there).
     """
     services = services_of(request)
-    folder = imports_dir(services.settings) / uuid.uuid4().hex
-    path = await _save_body(request, folder, _SAFE_NAME.sub("_", params.file_name))
     importer = _importer(request)
     label, template = await importer.template_of(params.template, params.version)
     stored = label.rpartition("@")[2]
     version = int(stored) if stored.isdigit() else params.version
     encoding = template.format.encoding
-    problem = await asyncio.to_thread(_not_text, path, encoding)
-    if problem is not None:
-        raise invalid("body", f"is not text in the template's encoding, {encoding}: {problem}")
-    summary = await importer.run(
-        ImportRequest(
-            template=params.template,
-            files=(str(path),),
-            mode=params.mode,
-            version=version,
-            rejects_dir=str(folder),
+    folder = imports_dir(services.settings) / uuid.uuid4().hex
+    path = folder / _SAFE_NAME.sub("_", params.file_name)
+    try:
+        await _save_body(request, folder, path.name)
+        problem = await asyncio.to_thread(_not_text, path, encoding)
+        if problem is not None:
+            raise invalid("body", f"is not text in the template's encoding, {encoding}: {problem}")
+        summary = await importer.run(
+            ImportRequest(
+                template=params.template,
+                files=(str(path),),
+                mode=params.mode,
+                version=version,
+                rejects_dir=str(folder),
+            )
         )
-    )
+    except BaseException:
+        await to_the_end(_drop_unless_imported(request, folder, path))
+        raise
     return import_view(summary)
+
+
+async def _drop_unless_imported(request: web.Request, folder: Path, path: Path) -> None:
+    """Remove a refused upload's folder, unless an import's row names its file (kept,
+    with a warning, when PostgreSQL cannot say: its import's rejects may be there)."""
+    try:
+        if await _imported(request, path):
+            return
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        log.warning("a refused usage upload's folder is kept", extra={"folder": str(folder)})
+        return
+    await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
 
 def _not_text(path: Path, encoding: str) -> str | None:
