@@ -75,7 +75,8 @@ def _webhooks_add(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.events import webhooks
     from ocs.http.event_handlers import created_view
 
-    checked(lambda: webhooks.check_url(args.url))
+    allow_private = settings.webhook_allow_private
+    checked(lambda: webhooks.check_url(args.url, allow_private=allow_private))
     if args.id is not None:
         checked(lambda: webhooks.check_id(args.id, "--id"))
     if len(args.description) > webhooks.MAX_DESCRIPTION:
@@ -85,6 +86,7 @@ def _webhooks_add(args: argparse.Namespace, settings: Settings) -> int:
         lambda s: webhooks.create(
             s.pool,
             args.url,
+            allow_private=allow_private,
             webhook_id=args.id,
             kinds=args.kind,
             enabled=not args.disabled,

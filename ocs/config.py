@@ -570,6 +570,14 @@ class Settings:
         "deliveries one webhook is sent at once, by every deliverer together (a slow"
         " receiver holds no more, and the others' events go on)",
     )
+    # Off: a webhook's host may not be an address inside the network (decision 0029's
+    # addendum of 2026-12-07): its errors, shown to viewers, made a blind port scanner.
+    webhook_allow_private: bool = _setting(
+        False,
+        _parse_bool,
+        "send webhooks to loopback, link-local, private, multicast and unspecified"
+        " addresses too (off: refused when added, and after each look-up)",
+    )
     # Dunning: what happens to live calls when an account is suspended for non-payment.
     dunning_live_calls: str = _setting(
         "finish",

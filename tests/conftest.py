@@ -147,6 +147,9 @@ def settings(redis_url: str, database_url: str, tmp_path: Path, pepper_file: Pat
         http_port=0,
         log_format="text",
         pepper_file=pepper_file,
+        # The tests' webhook receivers listen on 127.0.0.1 (the refusal of such addresses,
+        # the default, is tested with it off: tests/test_webhook_egress.py).
+        webhook_allow_private=True,
     )
 
 

@@ -132,11 +132,15 @@ async def radius(rig: CutRig, kind: str, pairs: Pairs) -> str | None:
 
 def cli_env(settings: Settings | None = None) -> dict[str, str]:
     """The environment of a CLI run: the test's, less every OCS_* variable, but the pepper
-    file of ``settings`` (decision 0054), which has no flag."""
+    file of ``settings`` (decision 0054) and ``webhook_allow_private``, which have no
+    flag."""
     # The CLI is configured by flags only here: no OCS_* variable of the caller leaks in.
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
     if settings is not None and settings.pepper_file is not None:
         env["OCS_PEPPER_FILE"] = str(settings.pepper_file)
+    if settings is not None and settings.webhook_allow_private:
+        # The tests' receivers listen on 127.0.0.1; a setting with no flag.
+        env["OCS_WEBHOOK_ALLOW_PRIVATE"] = "true"
     return env
 
 

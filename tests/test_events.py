@@ -328,7 +328,7 @@ from ocs.events.delivery import deliver_pending
 async def main() -> None:
     pool = await asyncpg.create_pool(sys.argv[1], min_size=1, max_size=2)
     print("delivering", flush=True)
-    await deliver_pending(pool, Settings())
+    await deliver_pending(pool, Settings(webhook_allow_private=True))  # on 127.0.0.1
     print("finished", flush=True)
 
 asyncio.run(main())
@@ -353,7 +353,9 @@ async def test_killed_9_between_commit_and_send_the_event_is_delivered_exactly_o
     services: Services, receiver: Receiver, tmp_path: Path
 ) -> None:
     url = await receiver.start()
-    hook = await webhooks.create(services.pool, url, kinds=["subscription.created"])
+    hook = await webhooks.create(
+        services.pool, url, allow_private=True, kinds=["subscription.created"]
+    )
     receiver.secret = hook.secret
     await billed_plan(services)
     await services.accounts.create(AccountSpec("1001", plan_id="retail"))
@@ -379,7 +381,9 @@ async def test_killed_9_holding_the_lease_the_delivery_waits_for_it_then_goes_on
     services: Services, receiver: Receiver
 ) -> None:
     url = await receiver.start()
-    hook = await webhooks.create(services.pool, url, kinds=["subscription.created"])
+    hook = await webhooks.create(
+        services.pool, url, allow_private=True, kinds=["subscription.created"]
+    )
     receiver.secret = hook.secret
     await billed_plan(services)
     await services.accounts.create(AccountSpec("1001", plan_id="retail"))
@@ -405,7 +409,9 @@ async def test_killed_9_after_the_receivers_2xx_it_is_sent_again_with_the_same_w
     services: Services, receiver: Receiver
 ) -> None:
     url = await receiver.start()
-    hook = await webhooks.create(services.pool, url, kinds=["subscription.created"])
+    hook = await webhooks.create(
+        services.pool, url, allow_private=True, kinds=["subscription.created"]
+    )
     receiver.secret = hook.secret
     await billed_plan(services)
     await customer(services, "1001", None, date(2026, 3, 1))
@@ -451,7 +457,9 @@ async def test_two_deliverers_send_each_event_once_past_a_slow_receivers_first_l
     services: Services, receiver: Receiver
 ) -> None:
     url = await receiver.start()
-    hook = await webhooks.create(services.pool, url, kinds=["subscription.changed"])
+    hook = await webhooks.create(
+        services.pool, url, allow_private=True, kinds=["subscription.changed"]
+    )
     receiver.secret = hook.secret
     count = CONCURRENCY + 4
     async with services.pool.acquire() as conn, conn.transaction():
@@ -504,7 +512,9 @@ async def test_a_deliverer_past_its_lease_leaves_the_row_to_the_one_that_took_it
     services: Services, receiver: Receiver
 ) -> None:
     url = await receiver.start()
-    hook = await webhooks.create(services.pool, url, kinds=["subscription.changed"])
+    hook = await webhooks.create(
+        services.pool, url, allow_private=True, kinds=["subscription.changed"]
+    )
     receiver.secret = hook.secret
     async with services.pool.acquire() as conn:
         await emit(conn, "subscription.changed", "a1", {})

@@ -13,7 +13,8 @@ still that attempt's (its lease not taken over by another deliverer):
 * pending again ``webhook_backoff`` seconds later, doubled each attempt
   (a refusal, a timeout, no answer);
 * dead after ``webhook_max_attempts`` attempts: kept, listed by
-  ``ocs events list --state dead``, sent again by a replay (``requeue``);
+  ``ocs events list --state dead``, sent again by a replay (``requeue``); dead at
+  once when the target is refused (a host inside the network, ``egress``);
 * skipped: nothing to send (no SMTP server configured, no billing email).
 
 At least once, with an idempotency key: a deliverer killed after the
@@ -37,7 +38,7 @@ import asyncpg
 
 from ocs import metrics
 from ocs.config import Settings
-from ocs.events import signing, webhooks
+from ocs.events import egress, signing, webhooks
 
 log = logging.getLogger("ocs.events.delivery")
 
@@ -85,6 +86,7 @@ class Outcome:
     status: int | None = None
     error: str | None = None
     skipped: bool = False
+    permanent: bool = False
 
     @classmethod
     def ok(cls, status: int | None = None) -> "Outcome":
@@ -95,6 +97,12 @@ class Outcome:
     def failed(cls, error: str, status: int | None = None) -> "Outcome":
         """Not delivered: tried again after the backoff, until the attempts run out."""
         return cls(False, status, error[:MAX_ERROR])
+
+    @classmethod
+    def refused(cls, error: str) -> "Outcome":
+        """Not delivered, and no attempt can be (the target is refused): dead at once,
+        sent again by a replay once the cause is fixed."""
+        return cls(False, None, error[:MAX_ERROR], permanent=True)
 
     @classmethod
     def skip(cls, reason: str) -> "Outcome":
@@ -145,7 +153,9 @@ def payload(event: Event) -> bytes:
 
 async def send_webhook(delivery: Claimed, context: Context) -> Outcome:
     """POST the event, signed (Standard Webhooks), within ``webhook_timeout``: a 2xx
-    delivers it. Redirects are not followed: a receiver answers where it is."""
+    delivers it. Redirects are not followed: a receiver answers where it is. A host
+    inside the network is refused (dead at once) unless ``webhook_allow_private``: an
+    IP literal here, a name by the session's connector after its look-up."""
     assert delivery.url is not None and delivery.secret is not None
     body = payload(delivery.event)
     headers = signing.headers(
@@ -153,12 +163,15 @@ async def send_webhook(delivery: Claimed, context: Context) -> Outcome:
     )
     timeout = aiohttp.ClientTimeout(total=context.settings.webhook_timeout)
     try:
+        egress.check_url_host(delivery.url, context.settings.webhook_allow_private)
         async with context.session.post(
             delivery.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
         ) as response:
             if 200 <= response.status < 300:
                 return Outcome.ok(response.status)
             return Outcome.failed(f"HTTP {response.status}", response.status)
+    except egress.PrivateAddressRefused as exc:
+        return Outcome.refused(str(exc))
     except TimeoutError:
         return Outcome.failed(f"no answer within {context.settings.webhook_timeout} s")
     except (aiohttp.ClientError, ValueError) as exc:
@@ -279,7 +292,7 @@ async def finish(
         state, due = "delivered", now
     elif outcome.skipped:
         state, due = "skipped", now
-    elif delivery.attempts >= settings.webhook_max_attempts:
+    elif outcome.permanent or delivery.attempts >= settings.webhook_max_attempts:
         state, due = "dead", now
     else:
         state = "pending"
@@ -368,7 +381,9 @@ async def deliver_pending(
     channels = sorted(chosen)
     report = DeliveryReport()
     running: set[asyncio.Task[None]] = set()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(
+        connector=egress.connector(settings.webhook_allow_private)
+    ) as session:
         context = Context(pool, settings, session)
 
         async def deliver(delivery: Claimed) -> None:

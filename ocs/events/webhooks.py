@@ -21,6 +21,7 @@ import asyncpg
 import yarl
 
 from ocs.errors import OcsError, Reason, invalid
+from ocs.events.egress import literal_kind
 from ocs.events.outbox import EVENT_KINDS
 from ocs.events.signing import new_secret
 
@@ -80,10 +81,13 @@ def host_ok(parsed: yarl.URL) -> bool:
     return 0 < len(name) <= MAX_HOST and all(HOST_LABEL.fullmatch(x) for x in name.split("."))
 
 
-def check_url(url: str) -> str:
+def check_url(url: str, *, allow_private: bool) -> str:
     """An http(s) URL without spaces that the HTTP client can use (a host name or IP
     address, a port from 1 to 65535), else 400 naming ``url`` (never quoting it: it
-    may carry a token)."""
+    may carry a token). Unless ``allow_private`` (``webhook_allow_private``), a host
+    that is an address inside the network (loopback, link-local, private, multicast,
+    unspecified; ``localhost``) is refused too: a host name pointing there is refused
+    at each delivery, after its look-up (``ocs.events.egress``)."""
     if len(url) > MAX_URL or not URL.fullmatch(url):
         raise invalid("url", "an http:// or https:// URL without spaces")
     try:
@@ -95,6 +99,12 @@ def check_url(url: str) -> str:
         raise invalid("url", "expected a host name or an IP address after the scheme")
     if port == 0:
         raise invalid("url", "expected a port from 1 to 65535")
+    kind = None if allow_private or parsed.host is None else literal_kind(parsed.host)
+    if kind is not None:
+        raise invalid(
+            "url",
+            f"a {kind} address, inside the network: refused unless webhook_allow_private is on",
+        )
     return url
 
 
@@ -142,13 +152,15 @@ async def create(
     pool: asyncpg.Pool,
     url: str,
     *,
+    allow_private: bool,
     webhook_id: str | None = None,
     kinds: list[str] | None = None,
     enabled: bool = True,
     description: str = "",
 ) -> Webhook:
     """Store a new endpoint with a fresh secret: the webhook, its secret included
-    (the only time it is answered). A given id in use is refused (400)."""
+    (the only time it is answered). A given id in use is refused (400), and a URL
+    ``check_url`` refuses (``allow_private``: the ``webhook_allow_private`` setting)."""
     the_id = check_id(webhook_id, "id") if webhook_id is not None else f"wh_{secrets.token_hex(8)}"
     wanted = check_kinds(kinds or [])
     if len(description) > MAX_DESCRIPTION:
@@ -159,7 +171,7 @@ async def create(
                 "INSERT INTO webhooks (id, url, secret, kinds, enabled, description)"
                 " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
                 the_id,
-                check_url(url),
+                check_url(url, allow_private=allow_private),
                 new_secret(),
                 wanted,
                 enabled,

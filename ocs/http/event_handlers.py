@@ -32,7 +32,9 @@ Url = Annotated[
         max_length=webhooks.MAX_URL,
         pattern=r"^https?://[^\s/?#\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*(?!\n)$",
         description="where events are POSTed: an http:// or https:// URL with a host name"
-        " or IP address (and a port from 1 to 65535)",
+        " or IP address (and a port from 1 to 65535); not an address inside the network"
+        " (loopback, link-local, private, multicast, unspecified) unless the server's"
+        " webhook_allow_private is on",
         examples=["https://crm.example.com/hooks/ocs"],
     ),
 ]
@@ -178,9 +180,11 @@ class CreateWebhook(Params):
 
 async def create_webhook(request: web.Request, params: CreateWebhook) -> WebhookCreated:
     """POST /v1/webhooks: a new endpoint; its secret is in this answer only (201)."""
+    services = services_of(request)
     found = await webhooks.create(
-        services_of(request).pool,
+        services.pool,
         params.url,
+        allow_private=services.settings.webhook_allow_private,
         webhook_id=params.id,
         kinds=list(params.kinds),
         enabled=params.enabled,
