@@ -505,14 +505,15 @@ async def test_a_body_past_what_ocs_reads_is_413_body_too_large_as_documented(
     ), answer
 
     async def usage_file() -> AsyncIterator[bytes]:
-        # A usage file is streamed to disk: refused past 64 MiB, as its endpoint says.
+        # A usage file is streamed to disk: refused past 64 MiB, as its endpoint says
+        # (through a template that exists: an unknown one is refused before the body).
         for _ in range(1024):
             yield b" " * (1 << 16)
         yield b"x"
 
     status, answer, _ = await app.anonymous(
         "POST",
-        "/v1/usage/imports?template=t1",
+        "/v1/usage/imports?template=asterisk-cdr-csv",
         data=usage_file(),
         headers={**bearer(app.admin_token), "Content-Type": "text/csv"},
     )
