@@ -2,9 +2,12 @@
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
+import msgpack
 import pytest
 from redis.asyncio import Redis
 
@@ -397,3 +400,81 @@ async def test_two_writers_holding_one_refused_entry_set_it_aside_once(
     assert await _stream_backlog(services.redis) == 0
     pending = await services.redis.xpending(keys.ledger(bucket), keys.LEDGER_GROUP)
     assert pending["pending"] == 0
+
+
+def _usage_entry(account: str, record_id: str) -> dict[str, Any]:
+    """An imported call's stream entry (as charge_batch.lua writes it) with this record id."""
+    cdr = {
+        "plan": "retail",
+        "zone": "UK",
+        "destination": "442071234567",
+        "caller": None,
+        "currency": "EUR",
+        "authorized_at_ms": 1_772_528_400_000,
+        "stopped_at_ms": 1_772_528_461_000,
+        "billed": 120,
+        "rate": [0, 60, 60, 20_000],
+        "direction": "outbound",
+        "supplier": "carrier-x",
+        "record_id": record_id,
+        "cause": "imported",
+    }
+    return {
+        "kind": "usage",
+        "account": account,
+        "amount": "-40000",
+        "balance": "960000",
+        "reference": f"usage:carrier-x:{record_id[:40]}",
+        "ts": "1772528500000",
+        "duration": "61",
+        "rated": "40000",
+        "charged": "40000",
+        "cdr": msgpack.packb(cdr),
+    }
+
+
+async def test_an_entry_too_long_for_an_index_is_set_aside_and_the_rest_written(
+    services: Services,
+) -> None:
+    # A record id of 3,200 characters: PostgreSQL refuses the CDR's index row (54000,
+    # program_limit_exceeded), which the writer took for its own failure, not the row's:
+    # the batch, other accounts' entries with it, was read again every 30 s for ever.
+    await _make_entries(services, accounts=3, topups=2)  # 9 entries
+    bucket = keys.bucket_of("w0")
+    long_id = secrets.token_hex(1_600)  # random: PostgreSQL would compress a repeated one
+    await services.redis.xadd(keys.ledger(bucket), _usage_entry("w0", long_id))
+    await services.redis.xadd(keys.ledger(bucket), _usage_entry("w0", "r2"))
+    writer = LedgerWriter(services.redis, services.pool)
+    await writer.ensure_groups()
+    while await writer.read_new():
+        pass
+    assert await _ledger_count(services) == 10
+    async with services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT array_agg(record_id) FROM cdrs") == ["r2"]
+    assert await _stream_backlog(services.redis) == 0
+    dead = await services.redis.xrange(keys.dead_letters(bucket))
+    assert len(dead) == 1 and b"index row" in dead[0][1][b"error"]
+    assert msgpack.unpackb(dead[0][1][b"cdr"])["record_id"] == long_id
+
+
+async def test_a_database_error_not_a_rows_sets_nothing_aside(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deadlock (or a lock timeout, a permission taken away) is no row's fault: the
+    # batch is left to be read again, and no entry goes to the dead letters.
+    await _make_entries(services, accounts=2, topups=1)  # 4 entries
+    writer = LedgerWriter(services.redis, services.pool, claim_idle_ms=0)
+    await writer.ensure_groups()
+
+    async def deadlocked(rows: Sequence[Any]) -> None:
+        raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(writer, "_insert", deadlocked)
+        with pytest.raises(asyncpg.exceptions.DeadlockDetectedError):
+            await writer.read_new()
+    dead = sum([await services.redis.xlen(keys.dead_letters(b)) for b in range(keys.BUCKETS)])
+    assert dead == 0
+    assert await _ledger_count(services) == 0
+    assert await writer.claim_stale() == 4
+    assert await _ledger_count(services) == 4

@@ -120,6 +120,23 @@ def _writes_failed(exc: BaseException) -> bool:
     return isinstance(exc, _WRITES_REFUSED) or backend_health.backend_of(exc) == POSTGRESQL
 
 
+# SQLSTATE classes of an error one row's values cause, whatever the rows beside it: a
+# data exception (22: a NUL, a number out of range), an integrity constraint (23: an
+# entry id stored for another entry) and a program limit (54: a text too long for an
+# index's row). Such a row is set aside; any other error (a lock or statement timeout, a
+# deadlock, permissions) is the database's, and leaves the batch to be read again.
+_ROW_ERROR_CLASSES = ("22", "23", "54")
+
+
+def _row_refused(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused a row for its own values (``_ROW_ERROR_CLASSES``)."""
+    if not isinstance(exc, asyncpg.PostgresError) or _writes_failed(exc):
+        return False
+    # asyncpg's own refusal of an argument it cannot encode is a DataError (22000) too.
+    state = str(getattr(exc, "sqlstate", None) or "")
+    return state[:2] in _ROW_ERROR_CLASSES
+
+
 def _raise_first_error(replies: Sequence[Any], tolerated: str = "") -> None:
     for reply in replies:
         if isinstance(reply, Exception) and not (tolerated and tolerated in str(reply)):
@@ -436,15 +453,14 @@ class LedgerWriter:
             if self._writes_refused:
                 self._writes_refused = False
                 log.warning("PostgreSQL takes the ledger's writes again")
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
-            # One row PostgreSQL cannot store must not hold back the batch: insert row
-            # by row and set the refused ones aside in the dead-letter stream.
-            for stream, entry_id, fields, ledger_row, cdr_row in rows:
-                try:
-                    await self._insert([(ledger_row, cdr_row)])
-                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-                    poison.append((stream, entry_id, fields, str(exc)))
-                    refused += 1
+        except asyncpg.PostgresError as exc:
+            if _writes_failed(exc):
+                raise
+            # One row PostgreSQL cannot store must not hold back the batch (its other
+            # accounts' entries, every later import waiting for them): insert row by
+            # row and set the refused ones aside in the dead-letter stream. A row that
+            # fails for the database's reason raises, and the batch is read again.
+            refused = await self._insert_each(rows, poison)
         written = len(rows) - refused
         # Acknowledge only after the commit: a crash before this line re-delivers
         # the entries, and the inserts above ignore what is already there. An entry set
@@ -471,6 +487,24 @@ class LedgerWriter:
         self.written += written
         metrics.LEDGER_WRITTEN.inc(written)
         return written
+
+    async def _insert_each(
+        self,
+        rows: Sequence[tuple[str, bytes | str, dict[bytes, bytes], _Row, _Row | None]],
+        poison: list[tuple[str, bytes | str, dict[bytes, bytes], str]],
+    ) -> int:
+        """Insert ``rows`` one at a time; each PostgreSQL refuses for its own values
+        (``_row_refused``) is added to ``poison``. How many were refused."""
+        refused = 0
+        for stream, entry_id, fields, ledger_row, cdr_row in rows:
+            try:
+                await self._insert([(ledger_row, cdr_row)])
+            except asyncpg.PostgresError as exc:
+                if not _row_refused(exc):
+                    raise
+                poison.append((stream, entry_id, fields, str(exc)))
+                refused += 1
+        return refused
 
     async def _insert(self, rows: Sequence[tuple[_Row, _Row | None]]) -> None:
         ledger_rows = [ledger for ledger, _ in rows]
