@@ -589,6 +589,53 @@ def test_a_measure_a_record_cannot_hold_is_a_problem_of_its_row_not_of_the_file(
     assert "more units than a record holds" in str(problems[2])
 
 
+def test_a_cell_too_long_for_a_cdrs_indexed_column_is_its_rows_problem() -> None:
+    # The CDR table indexes a record's id, called number (its destination) and service
+    # (its zone): a longer text than the real-time path takes made PostgreSQL refuse
+    # the CDR after the debit, and the ledger writer stopped on it.
+    rows = [
+        ("i" * 128, "1" * 64, "d" * 200),  # at each limit: a record
+        ("i" * 129, "1" * 64, ""),
+        ("r2", "1" * 65, ""),
+        ("r3", "", "d" * 201),
+    ]
+    text = "id,acct,dst,svc,start,q,dur\n" + "".join(
+        f"{rid},A,{dst},{svc},2024-03-01 10:00:00,5,5\n" for rid, dst, svc in rows
+    )
+    t = template(
+        columns={
+            "record_id": "id",
+            "account": "acct",
+            "called": "dst",
+            "service": "svc",
+            "start": "start",
+            "quantity": "q",
+            "duration": "dur",
+        },
+    )
+    outcomes = read(t, text)[0]
+    assert isinstance(outcomes[0], UsageRecord) and outcomes[0].service == "d" * 200
+    assert [o.problems for o in outcomes[1:] if isinstance(o, RowProblem)] == [
+        ('record_id (column "id"): 129 characters, more than the 128 a record id may have',),
+        ('called (column "dst"): 65 characters, more than the 64 a called number may have',),
+        ('service (column "svc"): 201 characters, more than the 200 a service\'s name may have',),
+    ]
+
+
+def test_a_call_ending_after_the_year_3000_is_its_rows_problem() -> None:
+    text = (
+        "id,acct,dst,start,dur\n"
+        "r1,A,44,2999-12-31 23:58:00,120\n"  # ends at 3000-01-01 00:00:00: kept
+        "r2,A,44,2999-12-31 23:59:00,120\n"
+    )
+    outcomes = read(template(), text)[0]
+    assert isinstance(outcomes[0], UsageRecord)
+    assert isinstance(outcomes[1], RowProblem)
+    assert outcomes[1].problems == (
+        'duration (column "dur"): 120 seconds from its start end after the year 3000',
+    )
+
+
 # --- filters ----------------------------------------------------------------------------
 
 
@@ -835,14 +882,33 @@ def test_start_formats(fmt: str, text: str, expected: int) -> None:
         # Milliseconds in an "epoch" column: the year 58136, which no row can be dated by.
         ("epoch", "1772445600000", "is after the year 3000"),
         ("epoch", "1e1000000", "is not a number of seconds since 1970 in plain digits"),
+        # Every format keeps a start from 1970 to 3000 (decision 0032): Toronto's
+        # 9999-12-31 23:00 is in the year 10000 in UTC, which overflowed.
+        ("%Y-%m-%d %H:%M:%S", "9999-12-31 23:00:00", "is after the year 3000"),
+        ("%Y-%m-%d %H:%M:%S", "3000-01-01 00:00:00", "is after the year 3000"),
+        ("%Y-%m-%d %H:%M:%S", "1969-12-31 18:59:59", "is before 1970"),
+        ("%Y-%m-%d %H:%M:%S", "0001-01-01 00:00:00", "is before 1970"),
+        ("%Y-%m-%dT%H:%M:%S%z", "9999-12-31T23:59:59-2359", "is after the year 3000"),
+        ("iso8601", "9999-12-31T23:00:00", "is after the year 3000"),
+        ("iso8601", "1969-12-31T23:59:59Z", "is before 1970"),
     ],
 )
 def test_bad_start_times(fmt: str, text: str, problem: str) -> None:
     parser = StartParser(fmt, ZoneInfo("America/Toronto"))
-    if fmt.startswith("%"):
+    if fmt == "%Y-%m-%d %H:%M:%S":
         parser.parse("2024-03-01 10:00:00")  # its hour cached: a bad tail still fails
     with pytest.raises(ValueError, match=problem):
         parser.parse(text)
+
+
+def test_a_cached_hour_never_reads_a_start_after_the_year_3000() -> None:
+    # In Kolkata (UTC+05:30) the local hour 3000-01-01 05:00 begins in 2999 and ends in
+    # 3000: its first minutes are kept, and a later minute is refused after them.
+    parser = StartParser("%Y-%m-%d %H:%M:%S", ZoneInfo("Asia/Kolkata"))
+    assert parser.parse("3000-01-01 05:29:59") == ms(2999, 12, 31, 23, 59, 59)
+    with pytest.raises(ValueError, match="is after the year 3000"):
+        parser.parse("3000-01-01 05:30:00")
+    assert toronto("1969-12-31 19:00:00") == 0  # the first start kept
 
 
 # --- bad definitions ----------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ocs.http.endpoint import (
     Role,
     amount_text,
 )
+from ocs.numbers.prefixes import MAX_DESTINATION_CHARS
 from ocs.rating.rates import MAX_QUANTITY
 
 Text64 = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -37,7 +38,10 @@ class AuthorizeCall(Params):
     """A switch asks whether a call may go through, and for how long."""
 
     destination: Annotated[
-        str, msgspec.Meta(min_length=1, max_length=64, description="the number dialled")
+        str,
+        msgspec.Meta(
+            min_length=1, max_length=MAX_DESTINATION_CHARS, description="the number dialled"
+        ),
     ]
     account: AccountId | None = None
     member: Member | None = msgspec.field(default=None)

@@ -16,6 +16,10 @@ paid only for bad rows. Start times in a strptime format are read through caches
 (``StartParser``): the local hour's start in UTC per distinct "date and hour" text,
 and the minutes and seconds per distinct tail, exact across DST changes.
 
+A start is kept from 1970 to before the year 3000 (UTC) in every format, and a call
+must end by then; a record id, called number or service longer than a CDR's indexed
+column takes (as the real-time path caps them) is its row's problem (decision 0032).
+
 Times without an offset are local to the template's time zone; a local time that
 occurs twice (the hour a clock goes back) is its first occurrence, and one that
 does not exist (the hour a clock skips) is read with the offset before the change,
@@ -33,6 +37,8 @@ from operator import itemgetter
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
+from ocs.charging.lifecycle import MAX_CALL_ID
+from ocs.decks.cells import MAX_ZONE_CHARS
 from ocs.errors import invalid
 from ocs.mediation.reader import Rows, open_rows, write_header, write_row
 from ocs.mediation.records import RowProblem, UsageRecord
@@ -45,6 +51,7 @@ from ocs.mediation.template import (
     Template,
     cell_pattern,
 )
+from ocs.numbers.prefixes import MAX_DESTINATION_CHARS
 from ocs.rating.rates import MAX_QUANTITY
 
 _EPOCH = datetime(1970, 1, 1)
@@ -71,6 +78,17 @@ def local_ms(local: datetime, zone: ZoneInfo) -> int:
     offset = zone.utcoffset(local)
     assert offset is not None
     return (local - offset - _EPOCH) // _ONE_MS
+
+
+def _local_in_range(local: datetime, zone: ZoneInfo, text: str) -> int:
+    """``local_ms`` of a start cell's time, refused (ValueError) outside 1970-3000."""
+    try:
+        ms = local_ms(local, zone)
+    except OverflowError:
+        # 9999-12-31 23:00 west of UTC is in the year 10000, which datetime cannot hold
+        # (and 0001-01-01 east of it in the year 0): far outside the range either way.
+        ms = _YEAR_3000_MS if local.year >= 3000 else -1
+    return _in_range(ms, text)
 
 
 def _aware_ms(moment: datetime) -> int:
@@ -142,15 +160,20 @@ class StartParser:
         except ValueError:
             raise ValueError(f"{text!r} is not a time in the format {self.format}") from None
         if moment.tzinfo is not None:
-            return _aware_ms(moment)
+            return _in_range(_aware_ms(moment), text)
+        ms = _local_in_range(moment, self.zone, text)
         if self._width and moment.strftime(self.format) == text:
             hour = moment.replace(minute=0, second=0, microsecond=0)
             last = hour.replace(minute=59, second=59, microsecond=999_999)
             if self.zone.utcoffset(hour) == self.zone.utcoffset(last):
-                if len(self._hours) >= _MAX_CACHED_HOURS:
-                    self._hours.clear()
-                self._hours[text[: self._width]] = local_ms(hour, self.zone)
-        return local_ms(moment, self.zone)
+                base = local_ms(hour, self.zone)
+                # Only an hour wholly in range is cached: a cached time is not checked
+                # again (a zone's half-hour offset puts an hour across the year 3000).
+                if base >= 0 and base + 3_600_000 <= _YEAR_3000_MS:
+                    if len(self._hours) >= _MAX_CACHED_HOURS:
+                        self._hours.clear()
+                    self._hours[text[: self._width]] = base
+        return ms
 
     def _iso8601(self, text: str) -> int:
         """An ISO 8601 time; without an offset, local to the template's zone."""
@@ -159,8 +182,8 @@ class StartParser:
         except ValueError:
             raise ValueError(f"{text!r} is not an ISO 8601 time") from None
         if moment.tzinfo is not None:
-            return _aware_ms(moment)
-        return local_ms(moment, self.zone)
+            return _in_range(_aware_ms(moment), text)
+        return _local_in_range(moment, self.zone, text)
 
     @staticmethod
     def _epoch(text: str) -> int:
@@ -169,10 +192,8 @@ class StartParser:
             seconds = int(text)
         except ValueError:
             exact = _number(text, "seconds since 1970")
-            return _before_3000(int((exact * 1000).to_integral_value(ROUND_FLOOR)), text)
-        if seconds < 0:
-            raise ValueError(f"{text!r} is before 1970")
-        return _before_3000(seconds * 1000, text)
+            return _in_range(int((exact * 1000).to_integral_value(ROUND_FLOOR)), text, True)
+        return _in_range(seconds * 1000, text, True)
 
     @staticmethod
     def _epoch_ms(text: str) -> int:
@@ -181,19 +202,24 @@ class StartParser:
             ms = int(text)
         except ValueError:
             raise ValueError(f"{text!r} is not a number of milliseconds since 1970") from None
-        if ms < 0:
-            raise ValueError(f"{text!r} is before 1970")
-        return _before_3000(ms, text)
+        return _in_range(ms, text, True)
 
 
 # 3000-01-01 UTC: a later start is a cell in another unit (milliseconds read as
-# seconds), and PostgreSQL's rows could not be dated by it.
+# seconds), or a date no usage has (9999-12-31, a switch's "never"), whose end the
+# ledger writer could not date (the year 10000): a start from 1970 to 3000 is kept,
+# in every format (decision 0032).
 _YEAR_3000_MS = 32_503_680_000_000
 
 
-def _before_3000(ms: int, text: str) -> int:
+def _in_range(ms: int, text: str, number: bool = False) -> int:
+    """``ms``, a start read from ``text`` (``number``: a count of seconds or
+    milliseconds), unless it is before 1970 or from the year 3000 on."""
+    if ms < 0:
+        raise ValueError(f"{text!r} is before 1970")
     if ms >= _YEAR_3000_MS:
-        raise ValueError(f"{text!r} is after the year 3000: a number in another unit?")
+        hint = ": a number in another unit?" if number else ""
+        raise ValueError(f"{text!r} is after the year 3000{hint}")
     return ms
 
 
@@ -521,7 +547,7 @@ class CompiledTemplate:
                 ) = get(row)
                 service = service or fixed_service
                 try:
-                    if width < need_mapped or not record_id:
+                    if width < need_mapped or not record_id or len(record_id) > MAX_CALL_ID:
                         raise ValueError
                     # Joined: one search a row (a cell's character never joins another's
                     # into a control character); a hit is worded, and may be harmless.
@@ -529,6 +555,8 @@ class CompiledTemplate:
                         raise ValueError
                     when = start_ms(start)
                     if service:
+                        if len(service) > MAX_ZONE_CHARS:
+                            raise ValueError
                         amount = units(quantity)
                         if max_units is not None and amount > max_units:
                             raise ValueError
@@ -536,13 +564,17 @@ class CompiledTemplate:
                         amount = seconds(duration)
                         if max_seconds is not None and amount > max_seconds:
                             raise ValueError
+                        if when + amount * 1000 > _YEAR_3000_MS:
+                            raise ValueError
+                    if len(called) > MAX_DESTINATION_CHARS:
+                        raise ValueError
                     way = directions[direction] if direction else default_direction
                     if not (account or member or caller):
                         raise ValueError
                     for index in required:
                         if not row[index]:
                             raise ValueError
-                except (ValueError, KeyError):
+                except (ValueError, KeyError, OverflowError):
                     self.rows_read += read
                     self.rows_filtered += filtered
                     read = filtered = 0
@@ -626,28 +658,43 @@ class CompiledTemplate:
                 problem(part, f"missing, the row has {width} cells")
         missing = {part for part, index in indices.items() if index >= width}
 
-        def check(part: str, parse: Callable[[str], int], limit: int | None, unit: str) -> None:
+        def check(
+            part: str, parse: Callable[[str], int], limit: int | None, unit: str
+        ) -> int | None:
+            """The part's value read, or None after its problem is noted."""
             if part in missing:
-                return
+                return None
             if not value.get(part):
                 problem(part, "empty")
-                return
+                return None
             try:
                 amount = parse(value[part])
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 problem(part, str(exc))
-                return
+                return None
             if limit is not None and amount > limit:
                 problem(part, f"{amount} {unit}, more than the {limit} allowed")
+            return amount
+
+        def at_most(part: str, chars: int, what: str) -> None:
+            text = value.get(part)
+            if part not in missing and text and len(text) > chars:
+                problem(part, f"{len(text):,} characters, more than the {chars} {what} may have")
 
         if "record_id" not in missing and not value["record_id"]:
             problem("record_id", "empty")
-        check("start", self.start.parse, None, "")
+        # Stored in indexed CDR columns, which refuse a longer text (decision 0032).
+        at_most("record_id", MAX_CALL_ID, "a record id")
+        at_most("called", MAX_DESTINATION_CHARS, "a called number")
+        at_most("service", MAX_ZONE_CHARS, "a service's name")
+        when = check("start", self.start.parse, None, "")
         service = value.get("service") or t.service
         if service:
             check("quantity", self._units, t.validate.max_quantity, "units")
         else:
-            check("duration", self._seconds, t.validate.max_duration, "seconds")
+            seconds = check("duration", self._seconds, t.validate.max_duration, "seconds")
+            if when is not None and seconds is not None and when + seconds * 1000 > _YEAR_3000_MS:
+                problem("duration", f"{seconds} seconds from its start end after the year 3000")
         direction = value.get("direction")
         if direction and "direction" not in missing and direction not in self._directions:
             known = ", ".join(t.direction.map or ("inbound", "outbound"))

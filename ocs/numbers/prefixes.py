@@ -28,6 +28,10 @@ from ocs.numbers.matcher import (
 T = TypeVar("T")
 
 MAX_NUMBER_DIGITS = 32
+# A dialled number as a switch sends it, before its digits are taken (a '+', a
+# translation rule's prefix): what POST /v1/calls accepts, and an imported record's
+# called number (which a CDR may keep as given, and whose column is indexed).
+MAX_DESTINATION_CHARS = 64
 
 
 def normalize_number(number: str, field: str = "destination") -> str:
