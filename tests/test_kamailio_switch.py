@@ -289,6 +289,54 @@ async def test_an_invite_from_an_untrusted_source_is_refused_403_and_ocs_is_neve
     assert await rig.cdrs("victim") == []
 
 
+def _final_answer_to(request: bytes, proxy_port: int, source: str) -> int:
+    """Send one SIP request over UDP from ``source`` to the switch; the status of its first
+    final answer (a provisional 1xx is read past), 0 when none comes within 10 s."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(10)
+        port = sock.getsockname()[1]
+        sock.sendto(request.replace(b"{PORT}", str(port).encode()), ("127.0.0.1", proxy_port))
+        while True:
+            try:
+                answer = sock.recv(65535)
+            except TimeoutError:
+                return 0
+            status = int(answer.split(b" ", 2)[1])
+            if status >= 200:
+                return status
+
+
+async def test_an_untrusted_request_with_a_to_tag_and_a_route_is_not_relayed(rig: Rig) -> None:
+    # An INVITE that claims a dialog (a To-tag) and routes itself to the gateway went on
+    # through route[WITHINDLG]'s loose_route() before: the proxy relayed to the gateway,
+    # from its own address, a call ocs was never asked about. Outside a dialog this proxy
+    # made, an untrusted source is now refused there too.
+    await rig.account("forged-victim", "5.00")
+    asked = await authorizations_asked(rig.http)
+    gateway = f"127.0.0.1:{rig.callee.port}"
+    proxy = f"127.0.0.1:{rig.kamailio.port}"
+    invite = (
+        f"INVITE sip:{FRANCE}@{gateway} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.2:{PORT};branch=z9hG4bK-forged-1\r\n"
+        f"Route: <sip:{proxy};lr>\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:forged-victim@127.0.0.2>;tag=caller-1\r\n"
+        f"To: <sip:{FRANCE}@{gateway}>;tag=forged\r\n"
+        "Call-ID: forged-in-dialog-1\r\n"
+        "CSeq: 1 INVITE\r\n"
+        "Contact: <sip:forged-victim@127.0.0.2:{PORT}>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    status = await asyncio.to_thread(_final_answer_to, invite, rig.kamailio.port, "127.0.0.2")
+    assert status == 403, rig.kamailio.log_tail()
+    assert "ocs: INVITE from untrusted source 127.0.0.2:" in rig.kamailio.log_tail()
+    assert "forged-in-dialog-1" not in rig.callee.answered()
+    assert await authorizations_asked(rig.http) == asked
+    view = await rig.view("forged-victim")
+    assert (view["balance"], view["lines_in_use"]) == ("5.000000", 0)
+
+
 async def test_a_caller_hang_up_is_charged_by_the_tariffs_increments(rig: Rig) -> None:
     await rig.account("talk", "5.00")
     views = await asyncio.to_thread(
