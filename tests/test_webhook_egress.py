@@ -53,6 +53,8 @@ def settings(settings: Settings) -> Settings:
         ("http://[fd00::1]/hook", "private"),
         ("http://224.0.0.1/hook", "multicast"),
         ("http://0.0.0.0:8080/hook", "unspecified"),
+        ("http://[::127.0.0.1]/hook", "loopback"),  # IPv4-compatible (review)
+        ("http://[64:ff9b:1::a00:1]/hook", "private"),  # NAT64's local-use prefix
     ],
 )
 async def test_an_address_inside_the_network_is_refused_when_added(

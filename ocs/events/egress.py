@@ -23,6 +23,11 @@ LOCALHOST = "localhost"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# The old IPv4-compatible form (::127.0.0.1), whose last 32 bits are the IPv4 address;
+# :: and ::1 in it are IPv6's own unspecified and loopback addresses.
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# NAT64's local-use prefix (RFC 8215): a translator inside the operator's own network.
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
 class PrivateAddressRefused(Exception):
@@ -35,13 +40,16 @@ def private_kind(address: IPAddress) -> str | None:
     """What kind of address inside the network ``address`` is ("loopback",
     "link-local", "private", "multicast", "unspecified"); None for a public one."""
     if isinstance(address, ipaddress.IPv6Address):
+        if address in NAT64_LOCAL:
+            return "private"
         # IPv6 forms that reach an IPv4 address: mapped (::ffff:127.0.0.1), 6to4
-        # (2002:7f00:1::) and NAT64's well-known prefix (64:ff9b::7f00:1).
+        # (2002:7f00:1::), NAT64's well-known prefix (64:ff9b::7f00:1) and the old
+        # IPv4-compatible form (::127.0.0.1).
         if address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         elif address.sixtofour is not None:
             address = address.sixtofour
-        elif address in NAT64:
+        elif address in NAT64 or (address in IPV4_COMPATIBLE and int(address) > 1):
             address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address.is_unspecified:
         return "unspecified"
