@@ -28,7 +28,13 @@ subscription bundle and invoice:
 - **flat fee** (``bundle_fee``): per one-shot, monthly or yearly period from the
   bundle's start, prorated by its days in the period; billed upfront (the
   invoice billing advance charges of the period's start) or on the due date
-  (the invoice whose arrears period holds the period's last day);
+  (the invoice whose arrears period holds the period's last day). A period that
+  invoice could not bill is billed by a later one unless an earlier invoice (not
+  void) billed it (``owed_fees``; the line names its subscription bundle): an
+  upfront period starting in the arrears period (a bundle bought inside a period
+  already invoiced ahead, or on the account's first invoice), and for a bundle
+  recorded after the account's earlier invoices read the items, every period
+  from where the account's billing began;
 - **resiliation** (``resiliation``, from the bundle itself): the bundle ends
   (its own end, the subscription's end or cancellation) before its commitment
   term: a fixed fee, or the fee x months left, the month in progress counted as
@@ -81,7 +87,8 @@ SELECT s.account_id, sb.id, b.id AS bundle_id, b.name, b.currency,
        GREATEST(s.start_date, COALESCE(sb.start_date, s.start_date)) AS start,
        LEAST(sb.end_date, s.end_date, s.cancelled_on) AS "end",
        b.commitment_months, b.resiliation, b.resiliation_fee, t.tax_code,
-       GREATEST(sb.end_recorded_at, s.end_recorded_at) AS end_recorded
+       GREATEST(sb.end_recorded_at, s.end_recorded_at) AS end_recorded,
+       GREATEST(sb.created_at, s.created_at) AS recorded
 FROM subscriptions s
 JOIN subscription_bundles sb ON sb.subscription_id = s.id
 JOIN bundles b ON b.id = sb.bundle_id
@@ -97,6 +104,23 @@ FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS b(id, period_start, 
 JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
                AND i.period_start < b.period_start
 JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'resiliation'
+                    AND (l.subscription_bundle_id = b.id OR l.subscription_bundle_id IS NULL)
+"""
+
+# The flat fee lines that invoices of earlier periods than the one being drafted ($3), not
+# void, billed for the subscription bundles ($1) from $4 on, each bundle's invoices read
+# from $5 (NULL: all); a line from before flat fees named their subscription bundle names
+# none, and is matched by its description and period (``owed_fee_lines``). A void
+# invoice's fee is billed again, as a voided advance charge is (decision 0043).
+_FEES_BILLED_SQL = """
+SELECT b.id AS sb_id, l.subscription_bundle_id, l.period_start, l.description
+FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[],
+            $5::timestamptz[]) AS b(id, account_id, period_start, since, floor)
+JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice' AND i.state <> 'void'
+               AND i.period_start < b.period_start
+               AND (b.floor IS NULL OR i.period_start >= b.floor)
+JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
+                    AND l.period_start >= b.since
                     AND (l.subscription_bundle_id = b.id OR l.subscription_bundle_id IS NULL)
 """
 
@@ -289,13 +313,18 @@ _FREE_ONLY_SQL = _USAGE_CTES + _FREE_SQL
 class BundleInvoice:
     """One invoice of a chunk: its account, currency, target periods and usage window;
     ``newest``: when the account's newest earlier invoice was made (None: none), for a
-    bundle's end recorded after it (``late_end``)."""
+    bundle's end recorded after it (``late_end``); ``began``: the first day its first
+    invoice billed arrears for (None: this is its first); ``seen``: until when its
+    earlier invoices read the items (None: it has none), for a bundle recorded after
+    them (``owed_fees``)."""
 
     account_id: str
     currency: str
     which: Targets
     window: tuple[datetime, datetime]
     newest: datetime | None = None
+    began: date | None = None
+    seen: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +344,8 @@ class Held:
     tax_code: str | None = None  # the bundle's own tax code (its fees, resiliation)
     # When its end was recorded, the latest of its own and its subscription's (0052).
     end_recorded: datetime | None = None
+    # When it came to exist: the latest of its own and its subscription's ``created_at``.
+    recorded: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,55 +619,136 @@ def _fee_periods(held: Held, rule: Rule, zone: str) -> PeriodSchedule | None:
     return PeriodSchedule(Unit.MONTHS, months, held.start, zone)
 
 
-def fee_lines(held: Held, rule: Rule, invoice: BundleInvoice) -> list[Line]:
-    """The flat fee's lines on this invoice: periods starting in the advance target
-    (upfront) or whose last day lies in the arrears target (due date)."""
+def _fee_line(held: Held, rule: Rule, part: Period | None, invoice: BundleInvoice) -> Line:
+    """The fee's line for one of its periods (None: the one-shot fee, on the bundle's start
+    day), prorated by the bundle's active days in it; it names its subscription bundle, so
+    that a later invoice knows it billed (``owed_fees``)."""
     cur, amount = invoice.currency, rule.amount or 0
     label = f"{held.name}: {rule.description}"
+    if part is None:
+        when = local_midnight(held.start, invoice.which.arrears.zone)
+        return _line(
+            "bundle_fee",
+            f"{label} (one-off)",
+            (when, None),
+            1,
+            amount,
+            cur,
+            tax_code=held.tax_code,
+            bundle=held.id,
+        )
+    days = _active_days(held, part)
+    share = "" if days == part.days else f" ({days}/{part.days} days)"
+    return _line(
+        "bundle_fee",
+        f"{label} {part.label}{share}, {money(amount, cur)} per {rule.periodicity}"[:200],
+        (part.start, part.end),
+        1,
+        prorate(amount, days, part.days),
+        cur,
+        tax_code=held.tax_code,
+        bundle=held.id,
+    )
+
+
+def fee_lines(held: Held, rule: Rule, invoice: BundleInvoice) -> list[Line]:
+    """The flat fee's lines on this invoice: periods starting in the advance target
+    (upfront) or whose last day lies in the arrears target (due date). Those an earlier
+    invoice should have billed and did not are ``owed_fees``'."""
     upfront = rule.timing == "upfront"
     target = invoice.which.advance if upfront else invoice.which.arrears
-    zone = target.zone
-    schedule = _fee_periods(held, rule, zone.key)
+    schedule = _fee_periods(held, rule, target.zone.key)
     if schedule is None:
-        day = held.start
-        if not target.first_day <= day < target.end_day:
+        if not target.first_day <= held.start < target.end_day:
             return []
-        when = local_midnight(day, zone)
-        return [
-            _line(
-                "bundle_fee",
-                f"{label} (one-off)",
-                (when, None),
-                1,
-                amount,
-                cur,
-                tax_code=held.tax_code,
-            )
-        ]
+        return [_fee_line(held, rule, None, invoice)]
     found = []
     n = max(schedule.index_of_day(target.first_day) - 1, 0)
     while schedule.start_day(n) < target.end_day:
         part = schedule.period(n)
         n += 1
         day = part.first_day if upfront else part.last_day
-        if not target.first_day <= day < target.end_day:
-            continue
-        days = _active_days(held, part)
-        if days == 0:
-            continue
-        share = "" if days == part.days else f" ({days}/{part.days} days)"
-        exact = prorate(amount, days, part.days)
-        found.append(
-            _line(
-                "bundle_fee",
-                f"{label} {part.label}{share}, {money(amount, cur)} per {rule.periodicity}"[:200],
-                (part.start, part.end),
-                1,
-                exact,
-                cur,
-                tax_code=held.tax_code,
-            )
-        )
+        if target.first_day <= day < target.end_day and _active_days(held, part):
+            found.append(_fee_line(held, rule, part, invoice))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class OwedFee:
+    """A fee period (``part``; None: the one-shot fee's day) that an invoice before this
+    one should have billed: this one bills it unless one did. ``start``: its line's
+    period start; ``prefix``: how its line's description begins, whatever its share."""
+
+    part: Period | None
+    start: datetime
+    prefix: str
+
+
+def _owed_from(held: Held, invoice: BundleInvoice) -> date:
+    """The first day whose fee periods (billed on it, by timing) this invoice bills when
+    no earlier invoice did.
+
+    The arrears period's first day: an upfront fee period starting in it was the invoice
+    before's, which could not bill it if the bundle was recorded after it read the items
+    ("bought today", starting inside an invoiced advance period), or if there was none
+    (the account's first invoice: its billing begins with its arrears period, as an
+    advance charge's does). For a bundle recorded after every earlier invoice read the
+    items (``seen``: dated back), the first day the account's billing began (decision
+    0043's ``late_charges``): no earlier invoice could bill any of its fees.
+    """
+    arrears = invoice.which.arrears
+    late = invoice.seen is not None and held.recorded is not None and held.recorded > invoice.seen
+    if late and invoice.began is not None:
+        return min(invoice.began, arrears.first_day)
+    return arrears.first_day
+
+
+def owed_fees(held: Held, rule: Rule, invoice: BundleInvoice) -> list[OwedFee]:
+    """The fee's periods (or one-shot day) billed on a day (an upfront period's first, a
+    due-date period's last) from ``_owed_from`` up to this invoice's own target, which
+    earlier invoices should have billed; the caller drops those they did."""
+    upfront = rule.timing == "upfront"
+    target = invoice.which.advance if upfront else invoice.which.arrears
+    first = _owed_from(held, invoice)
+    if first >= target.first_day:
+        return []
+    zone = target.zone
+    label = f"{held.name}: {rule.description}"
+    schedule = _fee_periods(held, rule, zone.key)
+    if schedule is None:
+        if not first <= held.start < target.first_day:
+            return []
+        return [OwedFee(None, local_midnight(held.start, zone), f"{label} (one-off)")]
+    found = []
+    n = max(schedule.index_of_day(first), 0)
+    while (part := schedule.period(n)).first_day < target.first_day:
+        n += 1
+        day = part.first_day if upfront else part.last_day
+        if first <= day < target.first_day and _active_days(held, part):
+            found.append(OwedFee(part, part.start, f"{label} {part.label}"[:200]))
+    return found
+
+
+def owed_fee_lines(
+    held: Held,
+    rule: Rule,
+    invoice: BundleInvoice,
+    owed: Sequence[OwedFee],
+    billed: Sequence[tuple[int | None, datetime, str]],
+) -> list[Line]:
+    """The lines of the ``owed`` fee periods that no earlier invoice billed: ``billed``
+    holds their fee lines of the bundle (subscription bundle, period start, description);
+    one naming no subscription bundle (made before they did) is this fee's when its
+    period and the beginning of its description match."""
+    found = []
+    for fee in owed:
+        if not any(
+            start.timestamp() == fee.start.timestamp()
+            and description.startswith(fee.prefix)
+            and (sb_id is None or sb_id == held.id)
+            for sb_id, start, description in billed
+        ):
+            found.append(_fee_line(held, rule, fee.part, invoice))
     return found
 
 
@@ -729,15 +841,10 @@ async def _late_fees_unbilled(
     return {h.id for h in late}
 
 
-async def bundle_lines(
-    conn: asyncpg.Connection, invoices: Sequence[BundleInvoice]
-) -> dict[str, list[Line]]:
-    """Account -> its bundle lines on its invoice, for a chunk's invoices; reads only.
-
-    Lines come per subscription bundle (by id), its rules in order, then its
-    resiliation fee. Bundles in a currency other than the invoice's give none.
-    """
-    by_account = {i.account_id: i for i in invoices}
+async def _load_held(
+    conn: asyncpg.Connection, by_account: Mapping[str, BundleInvoice]
+) -> list[Held]:
+    """The accounts' bundles in their invoice's currency (others give no line)."""
     held = [
         Held(
             r["id"],
@@ -752,13 +859,15 @@ async def bundle_lines(
             r["resiliation_fee"],
             r["tax_code"],
             r["end_recorded"],
+            r["recorded"],
         )
         for r in await conn.fetch(_BUNDLES_SQL, sorted(by_account))
     ]
-    held = [h for h in held if h.currency == by_account[h.account_id].currency]
-    if not held:
-        return {}
-    late_ids = await _late_fees_unbilled(conn, held, by_account)
+    return [h for h in held if h.currency == by_account[h.account_id].currency]
+
+
+async def _load_rules(conn: asyncpg.Connection, held: Sequence[Held]) -> dict[str, list[Rule]]:
+    """Bundle -> its rules in order, for the bundles held."""
     rules: dict[str, list[Rule]] = defaultdict(list)
     for r in await conn.fetch(_RULES_SQL, sorted({h.bundle_id for h in held})):
         rules[r["bundle_id"]].append(
@@ -780,6 +889,79 @@ async def bundle_lines(
                 r["rate_type"],
             )
         )
+    return rules
+
+
+# Subscription bundle -> its owed fees by rule position (``owed_fees``), and what earlier
+# invoices billed of its fees from the first of them: (its subscription bundle, period
+# start, description) per line.
+Owed = dict[int, dict[int, list[OwedFee]]]
+FeesBilled = dict[int, list[tuple[int | None, datetime, str]]]
+
+
+async def _owed_fees(
+    conn: asyncpg.Connection,
+    held: Sequence[Held],
+    rules: Mapping[str, Sequence[Rule]],
+    by_account: Mapping[str, BundleInvoice],
+) -> tuple[Owed, FeesBilled]:
+    """Each bundle's fee periods that an earlier invoice should have billed, and the fee
+    lines earlier invoices billed of them: one query for the chunk, only for the bundles
+    with such a period (a fee period starting inside the arrears period, mostly)."""
+    owed: Owed = {}
+    for h in held:
+        invoice = by_account[h.account_id]
+        for rule in rules.get(h.bundle_id, []):
+            if rule.kind == "flat_fee" and (found := owed_fees(h, rule, invoice)):
+                owed.setdefault(h.id, {})[rule.position] = found
+    billed: FeesBilled = defaultdict(list)
+    if not owed:
+        return owed, billed
+    asked = [h for h in held if h.id in owed]
+    since = [
+        min((f.start for fees in owed[h.id].values() for f in fees), key=datetime.timestamp)
+        for h in asked
+    ]
+    # The invoice that billed a fee period ahead is at most two of its cycle's periods
+    # before it (three of the invoice's own, for months' unequal lengths); a named
+    # (manual, on-demand) period says nothing of its neighbours' lengths: read them all.
+    floors: list[datetime | None] = []
+    for h, start in zip(asked, since, strict=True):
+        which = by_account[h.account_id].which
+        floors.append(
+            None if which.named else start - 3 * (which.invoice.end - which.invoice.start)
+        )
+    for r in await conn.fetch(
+        _FEES_BILLED_SQL,
+        [h.id for h in asked],
+        [h.account_id for h in asked],
+        [by_account[h.account_id].which.invoice.start for h in asked],
+        since,
+        floors,
+    ):
+        billed[r["sb_id"]].append(
+            (r["subscription_bundle_id"], r["period_start"], r["description"])
+        )
+    return owed, billed
+
+
+async def bundle_lines(
+    conn: asyncpg.Connection, invoices: Sequence[BundleInvoice]
+) -> dict[str, list[Line]]:
+    """Account -> its bundle lines on its invoice, for a chunk's invoices; reads only.
+
+    Lines come per subscription bundle (by id), its rules in order, then its
+    resiliation fee. Bundles in a currency other than the invoice's give none. A flat
+    fee's periods that earlier invoices should have billed and did not come before its
+    own (``owed_fees``).
+    """
+    by_account = {i.account_id: i for i in invoices}
+    held = await _load_held(conn, by_account)
+    if not held:
+        return {}
+    late_ids = await _late_fees_unbilled(conn, held, by_account)
+    rules = await _load_rules(conn, held)
+    owed, fees_billed = await _owed_fees(conn, held, rules, by_account)
     spans = {h.id: _active_window(h, by_account[h.account_id]) for h in held}
     active = [h for h in held if spans[h.id] is not None]
     windows = [w for h in active if (w := spans[h.id]) is not None]
@@ -818,6 +1000,11 @@ async def bundle_lines(
         span = spans[h.id]
         for rule in rules.get(h.bundle_id, []):
             if rule.kind == "flat_fee":
+                due = owed.get(h.id, {}).get(rule.position, [])
+                if due:
+                    lines[h.account_id] += owed_fee_lines(
+                        h, rule, invoice, due, fees_billed.get(h.id, [])
+                    )
                 lines[h.account_id] += fee_lines(h, rule, invoice)
                 continue
             if span is None and rule.kind != "commitment":

@@ -438,7 +438,15 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
     bundled = await bundle_lines(
         conn,
         [
-            BundleInvoice(a, c, which, window, earlier.newest.get(a))
+            BundleInvoice(
+                a,
+                c,
+                which,
+                window,
+                earlier.newest.get(a),
+                earlier.began.get(a),
+                earlier.seen.get(a),
+            )
             for a, c in sorted(currencies.items())
         ],
     )
