@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
+from ocs.billing.anchors import account_anchor, latest_invoices
 from ocs.billing.bundles import BundleInvoice, bundle_lines
 from ocs.billing.cycles import UNSCHEDULED, PlanBilling, schedule
 from ocs.billing.late_usage import late_usage
@@ -178,17 +179,18 @@ TOTALS_JOIN = (
 # $1-$12 (account, currency, subtotal, tax total, then the statement's figures from
 # ``prepaid``), shared values from $13 (``_invoice_settings``), then each account's
 # ``late_after_snapshot`` as $25 (decision 0050) and its statement's ``ledger_before``
-# as $26 (migration 0051). An invoice that exists is
+# as $26 (migration 0051), and the group's cycle anchor as $27 (a subscription-date
+# account's, which its invoices fix: ``anchors``; migration 0058). An invoice that exists is
 # left alone (ON CONFLICT): ``write`` locks and updates it if it is a draft.
 _INSERT_SQL = """
 INSERT INTO invoices (account_id, currency, subtotal, tax_total, total, prepaid,
     previous_balance, payments, debited, posting_charges, new_charges, closing_balance,
     amount_due, plan_id, period_start, period_end, period_label, issuer, message,
     invoice_date, run_id, taxes_calculated, window_start, window_end, usage_snapshot,
-    late_after_snapshot, ledger_before)
+    late_after_snapshot, ledger_before, cycle_anchor)
 SELECT a, c, n, t, n + t, pp, pb, pay, deb, pc, nc, cb, due,
        $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24::text::pg_snapshot,
-       la::pg_snapshot, lb
+       la::pg_snapshot, lb, $27::date
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::boolean[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
             $11::bigint[], $12::bigint[], $25::text[], $26::bigint[])
@@ -201,14 +203,14 @@ RETURNING id, account_id
 # Drafts of an earlier run, recomputed: ids $1, then the arrays of ``_INSERT_SQL`` from $3
 # (subtotal) to $12 as $2-$11, then invoice date, run, taxes switch, window and the CDRs'
 # snapshot ($12-$17), then each draft's ``late_after_snapshot`` ($18) and ``ledger_before``
-# ($19).
+# ($19), and the group's cycle anchor ($20).
 _UPDATE_SQL = """
 UPDATE invoices i SET subtotal = d.n, tax_total = d.t, total = d.n + d.t, tax_error = NULL,
     prepaid = d.pp, previous_balance = d.pb, payments = d.pay, debited = d.deb,
     posting_charges = d.pc, new_charges = d.nc, closing_balance = d.cb, amount_due = d.due,
     invoice_date = $12, run_id = $13, taxes_calculated = $14, window_start = $15,
     window_end = $16, usage_snapshot = $17::text::pg_snapshot,
-    late_after_snapshot = d.la::pg_snapshot, ledger_before = d.lb
+    late_after_snapshot = d.la::pg_snapshot, ledger_before = d.lb, cycle_anchor = $20::date
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[], $5::bigint[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
             $11::bigint[], $18::text[], $19::bigint[])
@@ -564,6 +566,7 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
         *settings,
         [late_after.get(a) for a in accounts],
         [figures[a].ledger_before for a in accounts],
+        group.anchor,
     )
     new = {r["account_id"]: r["id"] for r in inserted}
     # An invoice made by an earlier run (or another worker) is locked in account order, as
@@ -611,6 +614,7 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
             *settings[6:],
             [late_after.get(a) for a, _ in earlier],
             [figures[a].ledger_before for a, _ in earlier],
+            group.anchor,
         )
     return Written(drafts=len(drafts), final=len(new) + len(rows) - len(drafts))
 
@@ -656,7 +660,8 @@ async def account_group(
     )
     anchor = None
     if billing.cycle == "subscription_date":
-        anchor = row["start"] or row["created_at"].astimezone(schedule(billing).zone).date()
+        invoiced = (await latest_invoices(conn, [account_id])).get(account_id)
+        anchor = account_anchor(invoiced, row["start"], row["created_at"], schedule(billing).zone)
     try:
         period = schedule(billing, anchor).period_containing(at)
     except ValueError as error:

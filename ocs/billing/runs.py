@@ -2,7 +2,8 @@
 
 ``create_run`` stores the run and its chunks: the accounts of each plan with a
 scheduled cycle, grouped by their invoice period (one period per plan; per
-start date for the subscription-date cycle), ``chunk_size`` accounts a chunk.
+anchor for the subscription-date cycle, which an account's invoices fix:
+``anchors``), ``chunk_size`` accounts a chunk.
 ``execute_run`` claims chunks one at a time (``SELECT ... FOR UPDATE SKIP
 LOCKED`` on chunks that are not done and not leased, or whose lease ran out:
 their worker died) and writes each chunk's drafts, marks it done and counts
@@ -29,6 +30,7 @@ import asyncpg
 
 from ocs import metrics
 from ocs.billing import drafts
+from ocs.billing.anchors import account_anchor, latest_invoices
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
 from ocs.billing.periods import Period, local_midnight
 from ocs.errors import OcsError, Reason, invalid
@@ -67,6 +69,46 @@ def today_where_billed(plans: list[PlanBilling]) -> date:
     zones = {p.time_zone for p in plans}
     now = datetime.now(UTC)
     return now.astimezone(ZoneInfo(zones.pop())).date() if len(zones) == 1 else now.date()
+
+
+# A run's accounts grouped by (plan, cycle anchor, period): the anchor is a
+# subscription-date account's own (``anchors``), None for the other cycles.
+Groups = dict[tuple[str, date | None, Period], list[str]]
+
+
+async def _account_groups(
+    conn: asyncpg.Connection, plans: list[PlanBilling], period: str, fixed: dict[str, Period]
+) -> tuple[Groups, int]:
+    """The plans' accounts grouped by their invoice period named ``period`` (``fixed``:
+    plan -> its period, known already for a manual plan), and how many accounts."""
+    groups: Groups = defaultdict(list)
+    by_plan = {p.plan_id: p for p in plans}
+    rows = await conn.fetch(
+        "SELECT a.id, a.plan_id, a.created_at,"
+        " (SELECT min(start_date) FROM subscriptions s"
+        "   WHERE s.account_id = a.id AND s.plan_id = a.plan_id) AS start"
+        " FROM accounts a WHERE a.plan_id = ANY($1::text[]) ORDER BY a.id",
+        list(by_plan),
+    )
+    # A subscription-date account's anchor is fixed by its invoices (``anchors``).
+    invoiced = await latest_invoices(
+        conn, [r["id"] for r in rows if by_plan[r["plan_id"]].cycle == "subscription_date"]
+    )
+    try:
+        for row in rows:
+            billing = by_plan[row["plan_id"]]
+            if billing.cycle != "subscription_date":
+                if billing.plan_id not in fixed:
+                    fixed[billing.plan_id] = schedule(billing).period_named(period)
+                groups[billing.plan_id, None, fixed[billing.plan_id]].append(row["id"])
+                continue
+            zone = schedule(billing).zone
+            anchor = account_anchor(invoiced.get(row["id"]), row["start"], row["created_at"], zone)
+            found = schedule(billing, anchor).period_named(period)
+            groups[billing.plan_id, anchor, found].append(row["id"])
+    except ValueError as error:
+        raise invalid("period", str(error)) from None
+    return groups, len(rows)
 
 
 async def create_run(
@@ -119,30 +161,7 @@ async def create_run(
             fixed_periods = {plan_id: await manual_period(conn, billing, period)}
         else:
             fixed_periods = {}
-        groups: dict[tuple[str, date | None, Period], list[str]] = defaultdict(list)
-        by_plan = {p.plan_id: p for p in plans}
-        rows = await conn.fetch(
-            "SELECT a.id, a.plan_id, a.created_at,"
-            " (SELECT min(start_date) FROM subscriptions s"
-            "   WHERE s.account_id = a.id AND s.plan_id = a.plan_id) AS start"
-            " FROM accounts a WHERE a.plan_id = ANY($1::text[]) ORDER BY a.id",
-            list(by_plan),
-        )
-        fixed: dict[str, Period] = fixed_periods
-        try:
-            for row in rows:
-                billing = by_plan[row["plan_id"]]
-                if billing.cycle != "subscription_date":
-                    if billing.plan_id not in fixed:
-                        fixed[billing.plan_id] = schedule(billing).period_named(period)
-                    groups[billing.plan_id, None, fixed[billing.plan_id]].append(row["id"])
-                    continue
-                zone = schedule(billing).zone
-                anchor = row["start"] or row["created_at"].astimezone(zone).date()
-                found = schedule(billing, anchor).period_named(period)
-                groups[billing.plan_id, anchor, found].append(row["id"])
-        except ValueError as error:
-            raise invalid("period", str(error)) from None
+        groups, accounts_total = await _account_groups(conn, plans, period, fixed_periods)
         if invoice_date is None:
             invoice_date = today_where_billed(plans)
         run_id = int(
@@ -156,12 +175,12 @@ async def create_run(
                 charge_cutoff,
                 usage_cutoff,
                 calculate_taxes,
-                len(rows),
+                accounts_total,
                 auto_post,
             )
         )
         chunks: list[tuple[object, ...]] = []
-        for (plan, anchor, found), accounts in sorted(
+        for (plan, cycle_anchor, found), accounts in sorted(
             groups.items(), key=lambda g: (g[0][0], g[0][1] or date.min, g[0][2].start)
         ):
             for at in range(0, len(accounts), chunk_size):
@@ -170,7 +189,7 @@ async def create_run(
                         run_id,
                         len(chunks),
                         plan,
-                        anchor,
+                        cycle_anchor,
                         found.start,
                         found.end,
                         accounts[at : at + chunk_size],
