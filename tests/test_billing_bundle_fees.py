@@ -97,7 +97,9 @@ async def test_a_bundle_dated_back_bills_every_fee_period_no_invoice_billed(
 ) -> None:
     """January to March are invoiced and posted; in April the operator records ``pro``
     from February 10. April's invoice bills the periods from Feb 10, Mar 10 and Apr 10,
-    the setup fee and (ahead) the one from May 10; May's only its own ahead."""
+    the setup fee and (ahead) the one from May 10; May's only its own ahead. A 5.00
+    monthly fee due at each period's end (bundle ``care``, recorded with it) bills the
+    period ended in March late and the one ending in April on time."""
     await billed_plan(services)
     await pro_bundle(services)
     sub = await customer(services, "a1", None, date(2026, 1, 1))
@@ -109,8 +111,25 @@ async def test_a_bundle_dated_back_bills_every_fee_period_no_invoice_billed(
         run_id = await run(services, month, invoice_date=invoiced)
         await posting.post(services.pool, services.store, run_id=run_id)
     await buy(services, sub, date(2026, 2, 10))
+    await sql(services, "INSERT INTO bundles (id, name, currency) VALUES ('care', 'Care', 'EUR')")
+    await sql(
+        services,
+        "INSERT INTO bundle_rules (bundle_id, position, kind, description, amount,"
+        " periodicity, timing) VALUES ('care', 1, 'flat_fee', 'care fee', 5000000, 'monthly',"
+        " 'due_date')",
+    )
+    await sql(
+        services,
+        "INSERT INTO subscription_bundles (subscription_id, bundle_id, start_date)"
+        " VALUES ($1, 'care', '2026-02-10')",
+        sub,
+    )
     await run(services, "2026-04", invoice_date=date(2026, 5, 1))
     await run(services, "2026-05", invoice_date=date(2026, 6, 1))
+
+    def care(first: str, after: str) -> tuple[str, int]:
+        """The care fee's line for [first, after), whole."""
+        return (f"Care: care fee {first}..{after}, 5.00 per monthly", 5 * EUR)
 
     found = await fees(services)
     assert found["2026-04"] == [
@@ -119,8 +138,13 @@ async def test_a_bundle_dated_back_bills_every_fee_period_no_invoice_billed(
         monthly("2026-04-10", "2026-05-10"),
         monthly("2026-05-10", "2026-06-10"),
         SETUP,
+        care("2026-02-10", "2026-03-10"),
+        care("2026-03-10", "2026-04-10"),
     ]
-    assert found["2026-05"] == [monthly("2026-06-10", "2026-07-10")]
+    assert found["2026-05"] == [
+        monthly("2026-06-10", "2026-07-10"),
+        care("2026-04-10", "2026-05-10"),
+    ]
     assert found["2026-01"] == found["2026-02"] == found["2026-03"] == []
 
 
