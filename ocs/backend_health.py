@@ -7,18 +7,27 @@ message, no traceback), a WARNING reminder at most every ``backend_down_reminder
 seconds while it stays down, and one WARNING line when it is back, with how long
 it was out. It keeps ``ocs_backend_up`` (1/0) and ``ocs_backend_outages_total``.
 
+A Redis that answers but refuses every write (``OOM`` at maxmemory with noeviction,
+``MISCONF`` when it cannot persist, ``READONLY`` on a replica or a former primary, and
+``MASTERDOWN``, ``CLUSTERDOWN``, ``NOREPLICAS``) is down as well: no call can be granted
+or charged there. Such an outage ("refusing writes") ends only when a write is taken
+again (``report_success(..., write=True)``: the ``/readyz`` probe's, or the
+auto-pipeline's while traffic flows), never when a read is answered, or every read
+between two refused writes would end and start it again.
+
 One tracker per process: :func:`default` returns it, and ``Services.health`` is
 that same instance, so every component of a process shares one state.
 """
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ocs import metrics
@@ -41,6 +50,40 @@ _POSTGRESQL_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
 _ERROR_CHARS = 300  # enough for the reason, short enough for one log line
+# How long the probe key a write probe sets (keys.write_probe) is kept: a few seconds.
+WRITE_PROBE_TTL_MS = 10_000
+
+# The error codes of a Redis that answers but takes no write. The lean wire keeps the
+# code at the head of the message; a script refused inside (a command it called) reads
+# "ERR Error running script (call to f_...): @user_script:9: ... -OOM command not
+# allowed ..." on Redis 6 and "OOM command not allowed ... script: ..." on Redis 7.
+_REFUSAL = re.compile(
+    r"(?:(?:ERR )?Error running script .*?: -)?"
+    r"(OOM|MISCONF|READONLY|MASTERDOWN|CLUSTERDOWN|NOREPLICAS)\b"
+)
+# redis-py's own classes for some of them, whose message has lost the code.
+_REFUSAL_CLASSES: tuple[tuple[type[ResponseError], str], ...] = (
+    (OutOfMemoryError, "OOM"),
+    (ReadOnlyError, "READONLY"),
+    (ClusterDownError, "CLUSTERDOWN"),  # MasterDownError's code is in its status_code
+)
+
+
+def refusal_of(exc: BaseException) -> str | None:
+    """The code (``OOM``, ``READONLY``...) with which Redis refused a write because it
+    takes none now, or None when ``exc`` is no such refusal."""
+    if not isinstance(exc, ResponseError):
+        return None
+    code = getattr(exc, "status_code", None)  # redis-py's parser keeps the code here
+    if isinstance(code, str) and _REFUSAL.fullmatch(code):
+        return code
+    found = _REFUSAL.match(str(exc))
+    if found is not None:
+        return found.group(1)
+    for cls, name in _REFUSAL_CLASSES:
+        if isinstance(exc, cls):
+            return name
+    return None
 
 
 def backend_of(exc: BaseException, default: str | None = None) -> str | None:
@@ -50,10 +93,13 @@ def backend_of(exc: BaseException, default: str | None = None) -> str | None:
     (``BusyLoadingError`` included; on the wire, a ``LOADING`` reply) or ``TimeoutError``.
     asyncpg raises its connection errors, or a bare ``OSError``/``TimeoutError`` when it
     cannot connect at all: those are attributed to ``default``, the backend the caller
-    knows it was talking to. Any other refused command (``ResponseError``, a SQL error)
-    is an answer, not an outage: None.
+    knows it was talking to. A Redis that refuses every write (``refusal_of``) is down
+    too. Any other refused command (``ResponseError``, a SQL error) is an answer, not an
+    outage: None.
     """
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return REDIS
+    if refusal_of(exc) is not None:
         return REDIS
     if isinstance(exc, ResponseError) and str(exc).startswith("LOADING"):
         # The lean wire's form of redis-py's BusyLoadingError: a restarted Redis still
@@ -84,6 +130,7 @@ class BackendState:
     last_logged: float = 0.0  # monotonic clock of the last line about this outage
     failures: int = 0  # failures reported during the current outage
     error: str = ""  # the latest failure, described
+    refusal: str = ""  # the code of the latest failure when it is a refused write (OOM...)
 
 
 class RepeatedFailure(Exception):
@@ -125,7 +172,8 @@ class BackendHealth:
         return None if state.up else state.error
 
     def report_failure(self, backend: str, exc: BaseException) -> None:
-        """An operation on ``backend`` failed because it could not be reached."""
+        """An operation on ``backend`` failed because it could not be reached, or (Redis)
+        because it takes no write now."""
         state = self._state(backend)
         if state.up and isinstance(exc, RepeatedFailure):
             # Stale: the failure it repeats was reported when it happened, and another
@@ -134,6 +182,8 @@ class BackendHealth:
         now = self._clock()
         state.failures += 1
         state.error = describe(exc)
+        # The latest failure says what ends the outage: a refused write needs a write taken.
+        state.refusal = refusal_of(exc) or ""
         if state.up:
             state.up = False
             state.down_since = state.last_logged = now
@@ -141,33 +191,42 @@ class BackendHealth:
             metrics.BACKEND_UP.labels(backend).set(0)
             metrics.BACKEND_OUTAGES.labels(backend).inc()
             log.error(
-                "%s unreachable",
+                "%s %s",
                 backend,
-                extra={"backend": backend, "error": state.error},
+                _what(state),
+                extra=_refusal_field(state, {"backend": backend, "error": state.error}),
             )
         elif self.reminder > 0 and now - state.last_logged >= self.reminder:
             state.last_logged = now
             log.warning(
-                "%s still unreachable",
+                "%s still %s",
                 backend,
-                extra={
-                    "backend": backend,
-                    "down_for_s": round(now - state.down_since, 1),
-                    "failures": state.failures,
-                    "error": state.error,
-                },
+                _what(state),
+                extra=_refusal_field(
+                    state,
+                    {
+                        "backend": backend,
+                        "down_for_s": round(now - state.down_since, 1),
+                        "failures": state.failures,
+                        "error": state.error,
+                    },
+                ),
             )
 
-    def report_success(self, backend: str) -> None:
-        """An operation on ``backend`` succeeded: it is reachable."""
+    def report_success(self, backend: str, write: bool = False) -> bool:
+        """An operation on ``backend`` succeeded: it is reachable. ``write``: the operation
+        was a write Redis would refuse while it refuses writes (a ``SET``); only such a
+        success ends an outage of refused writes. True when the backend is up after it."""
         state = self._states.get(backend)
         if state is None or state.up:
-            return  # the hot path: one dict lookup and nothing else
+            return True  # the hot path: one dict lookup and nothing else
+        if state.refusal and not write:
+            return False  # a read answered says nothing of the writes refused
         down_for = self._clock() - state.down_since
         state.up = True
         metrics.BACKEND_UP.labels(backend).set(1)
         log.warning(
-            "%s reachable again",
+            "%s taking writes again" if state.refusal else "%s reachable again",
             backend,
             extra={
                 "backend": backend,
@@ -175,6 +234,8 @@ class BackendHealth:
                 "failures": state.failures,
             },
         )
+        state.refusal = ""
+        return True
 
     def report(self, exc: BaseException, default: str | None = None) -> bool:
         """Report ``exc`` if it means a backend is unreachable; True when it did."""
@@ -193,8 +254,22 @@ class BackendHealth:
                 entry["down_for_s"] = round(self._clock() - state.down_since, 1)
                 entry["failures"] = state.failures
                 entry["error"] = state.error.split(":", 1)[0]  # the class: no addresses
+                if state.refusal:
+                    entry["refusal"] = state.refusal  # the code Redis refuses writes with
             answer[backend] = entry
         return answer
+
+
+def _what(state: BackendState) -> str:
+    """What a down backend does, for its log lines."""
+    return "refusing writes" if state.refusal else "unreachable"
+
+
+def _refusal_field(state: BackendState, extra: dict[str, object]) -> dict[str, object]:
+    """``extra`` with the refusal's code, when the outage is one of refused writes."""
+    if state.refusal:
+        extra["refusal"] = state.refusal
+    return extra
 
 
 _DEFAULT: BackendHealth | None = None

@@ -313,11 +313,18 @@ BACKEND_OUTAGES = Counter(
     "Times this process lost its backend (redis, postgresql).",
     ["backend"],
 )
+REQUEST_ERRORS = Counter(
+    "ocs_request_errors_total",
+    "Requests not served for an error no backend outage explains, each one, by protocol"
+    " (radius, http) and reason (ocs's reason code, or the error's class); the log holds"
+    " one line per reason every few seconds (ocs.log_limit).",
+    ["protocol", "reason"],
+)
 BACKEND_ROUNDTRIP = Histogram(
     "ocs_backend_roundtrip_seconds",
     "Round trips to a backend (redis, postgresql) by source: pipeline (a batch of the"
-    " hot path's Redis commands), ledger (a ledger writer transaction), probe (PING or"
-    " SELECT 1 every few seconds).",
+    " hot path's Redis commands), ledger (a ledger writer transaction), probe (a Redis"
+    " SET of a probe key, a PostgreSQL SELECT 1, every few seconds).",
     ["backend", "source"],
     buckets=ROUNDTRIP_BUCKETS,
 )

@@ -301,12 +301,17 @@ class StateSampler:
         )
 
     async def probe(self, backend: str) -> bool:
-        """One timed round trip to ``backend``, reported to the tracker; whether it answered."""
+        """One timed round trip to ``backend``, reported to the tracker; whether it answered.
+
+        Redis's is a write (a short-lived probe key): a Redis refusing writes (OOM,
+        READONLY...) answers PING, and is down for every call all the same."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 if backend == REDIS:
-                    await self._redis.ping()
+                    await self._redis.set(
+                        keys.write_probe(), "1", px=backend_health.WRITE_PROBE_TTL_MS
+                    )
                 else:
                     async with self._pool.acquire() as conn:
                         await conn.fetchval("SELECT 1")
@@ -321,7 +326,7 @@ class StateSampler:
                 )
             return False
         metrics.BACKEND_ROUNDTRIP.labels(backend, "probe").observe(time.perf_counter() - started)
-        self._health.report_success(backend)
+        self._health.report_success(backend, write=backend == REDIS)
         return True
 
     async def shared_live(self) -> metrics.LiveState | None:

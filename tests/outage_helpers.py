@@ -1,24 +1,31 @@
 """Helpers for tests of backend outages: a PostgreSQL pool that refuses connections on
 demand, a TCP relay in front of the real PostgreSQL whose network path a test breaks,
-and the HTTP app on a real port with its /readyz probe.
+a redis-server of a test's own (killed, restarted, or made to refuse writes), and the
+HTTP app on a real port with its /readyz probe.
 
 Not a test module.
 """
 
 import asyncio
 import contextlib
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import redis
 from aiohttp.test_utils import TestClient, TestServer
 
+from ocs import embedded
 from ocs.http import health_handlers
 from ocs.http.app import create_app
 from ocs.services import Services
+from tests.ports import free_port
 
 
 class FlakyPool:
@@ -147,3 +154,56 @@ async def client_with_readyz(services: Services) -> TestClient:
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
+
+
+class PrivateRedis:
+    """A redis-server of this test alone, on a fixed port, that can be killed and restarted."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server (its AOF keeps the data across a kill) and wait for PING."""
+        self._process = subprocess.Popen(
+            [
+                str(embedded._redis_server_binary()),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1.0, socket_timeout=1.0)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except (redis.ConnectionError, redis.TimeoutError):
+                    if time.monotonic() > deadline or self._process.poll() is not None:
+                        raise
+                time.sleep(0.02)  # polling for the server to answer, not a fixed wait
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """An outage: SIGKILL, no SHUTDOWN, so every connection drops at once."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()

@@ -1,7 +1,10 @@
 """NOC view: /metrics counts requests by endpoint and result; /healthz, /readyz check backends."""
 
+import logging
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import ResponseError
 
 from ocs.backend_health import BackendHealth
 from ocs.services import Services
@@ -43,6 +46,29 @@ async def test_requests_are_counted_by_endpoint_and_result(app: RunningApp) -> N
     assert latency[(("endpoint", "/v1/calls"), ("method", "POST"))] >= 3
     decisions = _samples(await _metrics(app), "ocs_call_authorizations_total")
     assert decisions[(("result", "zero_balance"),)] >= 2
+
+
+class ScriptBroke(ResponseError):
+    """A script failing on every call alike (a bug), which no outage explains."""
+
+
+async def test_an_error_failing_every_request_is_logged_once_a_while_and_all_counted(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(account_id: str) -> None:
+        raise ScriptBroke("ERR Error running script (call to f_1): @user_script:3: index nil")
+
+    monkeypatch.setattr(app.services.accounts, "show", broken)
+    labels = (("protocol", "http"), ("reason", "ScriptBroke"))
+    before = _samples(await _metrics(app), "ocs_request_errors_total").get(labels, 0.0)
+    caplog.set_level(logging.INFO, logger="ocs.http")
+    for _ in range(25):
+        status, body = await app.get("/v1/accounts/a1")
+        assert status == 503 and body["error"]["reason"] == "unavailable", body
+    lines = [r for r in caplog.records if r.getMessage() == "backend unavailable"]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    assert lines[0].reason == "ScriptBroke"  # type: ignore[attr-defined]
+    assert _samples(await _metrics(app), "ocs_request_errors_total")[labels] == before + 25
 
 
 async def test_healthz_reports_both_backends(app: RunningApp) -> None:

@@ -16,6 +16,7 @@ fee 0.150.
 import asyncio
 import hashlib
 import ipaddress
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from ocs.balances.accounts import AccountSpec
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
 from ocs.config import RadiusClientConfig, with_overrides
+from ocs.errors import OcsError, Reason
 from ocs.radius.clients import ClientTable, NasClient, clients_from_settings
 from ocs.radius.server import RadiusServer
 from ocs.rating.translation import validate_rules
@@ -183,6 +185,39 @@ async def dropped(reason: str, before: float, count: int = 1) -> None:
         return sample("ocs_radius_dropped_total", reason=reason) >= before + count
 
     await eventually(counted, within=5, what=f"{count} drop(s) counted as {reason}")
+
+
+async def test_packets_failing_alike_are_logged_once_a_while_and_all_counted(
+    nas: RunningRadius,
+    udp: UdpClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A plan not yet in this process's catalog fails every call of its accounts alike:
+    # unanswered (the NAS fails over), one ERROR line, not one per packet.
+    async def not_in_catalog_yet(*args: object, **kwargs: object) -> None:
+        raise OcsError(Reason.UNAVAILABLE, "plan gold is not in this process's catalog yet")
+
+    monkeypatch.setattr(radius_server, "answer_access_request", not_in_catalog_yet)
+    before = sample("ocs_radius_dropped_total", reason="backend_unavailable")
+    counted = sample("ocs_request_errors_total", protocol="radius", reason="unavailable")
+    caplog.set_level(logging.INFO, logger="ocs.radius")
+    for n in range(40):
+        request = access_request(RADIUS_SECRET, call_request("2001", GERMANY, f"CONF-NY{n}"))
+        udp.send(wire(request), nas.auth_port)
+    await dropped("backend_unavailable", before, 40)
+    lines = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "radius request not answered: backend unavailable"
+    ]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    assert lines[0].reason == "unavailable"  # type: ignore[attr-defined]
+    assert lines[0].held_back == 0  # type: ignore[attr-defined]
+    assert sample("ocs_request_errors_total", protocol="radius", reason="unavailable") == (
+        counted + 40
+    )
+    assert udp.unread_count() == 0
 
 
 # -- Access-Request -> Access-Accept ---------------------------------------------------

@@ -11,21 +11,18 @@ and ``ocs_backend_up`` follow the outage.
 import asyncio
 import gc
 import logging
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-import redis
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
-from ocs import backend_health, embedded
-from ocs.backend_health import BackendHealth, backend_of
+from ocs import backend_health
+from ocs.backend_health import BackendHealth, backend_of, refusal_of
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.wire import ReconnectPaused
@@ -34,61 +31,7 @@ from ocs.config import Settings
 from ocs.runtime import open_runtime
 from ocs.services import Services
 from tests.conftest import add_plan, eventually, reset_state
-from tests.outage_helpers import client_with_readyz
-from tests.ports import free_port
-
-
-class PrivateRedis:
-    """A redis-server of this test alone, on a fixed port, that can be killed and restarted."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the server (its AOF keeps the data across a kill) and wait for PING."""
-        self._process = subprocess.Popen(
-            [
-                str(embedded._redis_server_binary()),
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.directory),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1.0, socket_timeout=1.0)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except (redis.ConnectionError, redis.TimeoutError):
-                    if time.monotonic() > deadline or self._process.poll() is not None:
-                        raise
-                time.sleep(0.02)  # polling for the server to answer, not a fixed wait
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        """An outage: SIGKILL, no SHUTDOWN, so every connection drops at once."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+from tests.outage_helpers import PrivateRedis, client_with_readyz
 
 
 @pytest.fixture
@@ -290,3 +233,77 @@ def test_only_unreachable_backends_count_as_outages() -> None:
     assert backend_of(ResponseError("NOSCRIPT")) is None
     assert backend_of(asyncpg.exceptions.UniqueViolationError("dup")) is None
     assert backend_of(ValueError("bug")) is None
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        # The lean wire's replies: the code heads the message.
+        (ResponseError("OOM command not allowed when used memory > 'maxmemory'."), "OOM"),
+        (ResponseError("READONLY You can't write against a read only replica."), "READONLY"),
+        (
+            ResponseError("MISCONF Errors writing to the AOF file: No space left on device"),
+            "MISCONF",
+        ),
+        (ResponseError("MASTERDOWN Link with MASTER is down"), "MASTERDOWN"),
+        (ResponseError("CLUSTERDOWN The cluster is down"), "CLUSTERDOWN"),
+        (ResponseError("NOREPLICAS Not enough good replicas to write."), "NOREPLICAS"),
+        # A script refused at its first write, as Redis 6 words it, and as Redis 7 does.
+        (
+            ResponseError(
+                "ERR Error running script (call to f_c1e4): @user_script:1: @user_script: 1:"
+                " -OOM command not allowed when used memory > 'maxmemory'."
+            ),
+            "OOM",
+        ),
+        (
+            ResponseError(
+                "READONLY You can't write against a read only replica. script: c1e4, on"
+                " @user_script:1."
+            ),
+            "READONLY",
+        ),
+        # redis-py's classes, whose message has lost the code.
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "OOM"),
+        (ReadOnlyError("You can't write against a read only replica."), "READONLY"),
+        (ResponseError("Errors writing to the AOF file", status_code="MISCONF"), "MISCONF"),
+    ],
+)
+def test_a_redis_refusing_writes_is_down(error: ResponseError, code: str) -> None:
+    assert refusal_of(error) == code
+    assert backend_of(error) == "redis"
+
+
+def test_a_script_error_is_no_refusal() -> None:
+    # A script's own failure, or one naming a code in its text, is an answer.
+    bug = "ERR Error running script (call to f_1): @user_script:3: attempt to index nil"
+    assert refusal_of(ResponseError(bug)) is None
+    assert backend_of(ResponseError("ERR unknown command 'OOMX'")) is None
+    assert backend_of(ResponseError("WRONGTYPE Operation against a key")) is None
+
+
+def test_an_outage_of_refused_writes_ends_with_a_write_taken(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    health = BackendHealth(reminder=60.0, clock=clock)
+    caplog.set_level(logging.INFO, logger="ocs.backends")
+    refused = ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+    for _ in range(90):  # refused writes and answered reads, a second apart
+        health.report_failure("redis", refused)
+        assert health.report_success("redis") is False  # a read: still down
+        clock.now += 1.0
+    assert health.snapshot()["redis"]["refusal"] == "OOM"
+    assert health.report_success("redis", write=True) is True
+    assert health.is_up("redis") and "refusal" not in health.snapshot()["redis"]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("ERROR", "redis refusing writes"),
+        ("WARNING", "redis still refusing writes"),
+        ("WARNING", "redis taking writes again"),
+    ]
+    assert caplog.records[0].refusal == "OOM"  # type: ignore[attr-defined]
+    assert caplog.records[-1].down_for_s == 90.0  # type: ignore[attr-defined]
+    # A later outage of another kind ends with any success, as before.
+    health.report_failure("redis", RedisConnectionError("lost"))
+    assert health.report_success("redis") is True

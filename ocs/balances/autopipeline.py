@@ -18,7 +18,11 @@ retry run as a task (decision 0006).
 
 A batch that cannot be sent fails each of its callers (who answer
 "unavailable") and is reported to the process's backend tracker, which logs the
-outage once; nothing is logged here per batch or per command.
+outage once; nothing is logged here per batch or per command. So are the commands a
+Redis refuses because it takes no write now (OOM, READONLY...: ocs.backend_health):
+each such caller fails, the batch's other replies are handed out. While the tracker
+has Redis down for refused writes, answered batches do not end the outage (reads are
+answered all along): a probe ``SET`` sent at most once a second does, once it is taken.
 """
 
 import asyncio
@@ -32,6 +36,7 @@ from redis.exceptions import ResponseError
 
 from ocs import backend_health, metrics
 from ocs.backend_health import BackendHealth
+from ocs.balances import keys
 from ocs.balances.cluster import RedisClient
 from ocs.balances.scripts import ALL_SCRIPTS, Script
 from ocs.balances.wire import RedisWire
@@ -40,6 +45,8 @@ _Pending = tuple[tuple[Any, ...], asyncio.Future[Any]]
 _LOAD_SCRIPTS: tuple[tuple[str, ...], ...] = tuple(
     ("SCRIPT", "LOAD", script.source) for script in ALL_SCRIPTS
 )
+# While Redis refuses writes: one probe write a second at most.
+PROBE_INTERVAL_S = 1.0
 
 
 class AutoPipeline:
@@ -73,6 +80,8 @@ class AutoPipeline:
         # Batches written by ``_flush`` whose replies are still to come.
         self._sent: set[asyncio.Future[list[Any]]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._probing = False  # a probe write is in flight
+        self._next_probe = 0.0  # monotonic clock: no probe write before
 
     @property
     def redis(self) -> RedisClient:
@@ -178,7 +187,7 @@ class AutoPipeline:
         # One observation per batch (one round trip), not per command.
         metrics.REDIS_PIPELINE_ROUNDTRIP.observe(time.perf_counter() - started)
         retry: list[_Pending] = []
-        loading: Exception | None = None
+        outage: Exception | None = None
         for (args, future), reply in zip(batch, replies, strict=True):
             if _is_noscript(reply):
                 retry.append((args, future))
@@ -187,16 +196,36 @@ class AutoPipeline:
             elif isinstance(reply, Exception):
                 if backend_health.backend_of(reply) is None:
                     future.set_exception(reply)
-                else:  # LOADING: a restarted Redis reads its data; not serving yet
-                    loading = reply
+                else:  # LOADING (a restarted Redis reads its data), or writes refused
+                    outage = reply
                     _fail_quietly(future, reply)
             else:
                 future.set_result(reply)
-        if loading is None:
-            self._health.report_success(backend_health.REDIS)
+        if outage is None:
+            if not self._health.report_success(backend_health.REDIS):
+                self._probe_writes()  # down for refused writes: only a write ends it
         else:
-            self._health.report_failure(backend_health.REDIS, loading)
+            self._health.report_failure(backend_health.REDIS, outage)
         return retry
+
+    def _probe_writes(self) -> None:
+        """Send a probe write, unless one is in flight or one was sent under a second ago."""
+        now = time.monotonic()
+        if self._probing or now < self._next_probe:
+            return
+        self._probing = True
+        self._next_probe = now + PROBE_INTERVAL_S
+        probe = self.execute(
+            "SET", keys.write_probe(), "1", "PX", backend_health.WRITE_PROBE_TTL_MS
+        )
+        probe.add_done_callback(self._probed)
+
+    def _probed(self, probe: "asyncio.Future[Any]") -> None:
+        """A probe write's outcome: taken, Redis takes writes again (a refusal was
+        reported with its batch)."""
+        self._probing = False
+        if not probe.cancelled() and probe.exception() is None:
+            self._health.report_success(backend_health.REDIS, write=True)
 
     async def _send_again(self, retry: list[_Pending]) -> None:
         """The commands of a batch that found their script missing (NOSCRIPT, after a

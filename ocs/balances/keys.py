@@ -226,3 +226,9 @@ def counter_cycle_run(label: str, plan_id: str | None, account_id: str | None) -
 def bucket_of_ledger_key(key: str) -> int:
     """Inverse of ``ledger``: the bucket number in ``ledger:{b:N}``."""
     return int(key[key.index("{b:") + 3 : key.index("}")])
+
+
+def write_probe() -> str:
+    """String (SET PX, a few seconds): written by ``/readyz`` and, while Redis refuses
+    writes, by the auto-pipeline, to learn whether Redis takes a write (ocs.backend_health)."""
+    return "health:write-probe"

@@ -7,11 +7,13 @@ elsewhere. ``/healthz`` is liveness: 200 whenever the process answers, with each
 backend's check for a person to read (``"status": "degraded"`` while one does not
 answer): restarting ocs brings no backend back. ``/readyz`` is what a load
 balancer or an orchestrator asks before sending traffic: 200 ``{"ready": true}``
-when the catalog is loaded and a Redis PING (through the auto-pipeline the
-requests use) and a PostgreSQL ``SELECT 1`` both answer within
-``PROBE_TIMEOUT_S``, else 503 ``{"ready": false, "backends": {...}}`` with, for
-each backend, whether it is up and, while down, for how long and the error's
-class, and ``"catalog": "loading"`` before the first catalog snapshot. It is
+when the catalog is loaded and both backends take writes within ``PROBE_TIMEOUT_S``:
+a Redis ``SET`` of a short-lived probe key (through the auto-pipeline the requests
+use; a Redis that answers PING but refuses writes, OOM or READONLY, serves no call)
+and PostgreSQL not read-only; else 503 ``{"ready": false, "backends": {...}}``
+with, for each backend, whether it is up and, while down, for how long, the error's
+class and, for a Redis refusing writes, its code (``"refusal": "OOM"``), and
+``"catalog": "loading"`` before the first catalog snapshot. It is
 503 too while a PostgreSQL LISTEN the process follows changes on (the catalog's,
 the NAS client table's) has lost its connection: ``"listeners": {"catalog":
 {"state": "reconnecting", "down_for_s": ...}}``, then ``"reloading"`` once LISTEN
@@ -33,7 +35,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ocs import metrics
-from ocs.backend_health import POSTGRESQL, REDIS
+from ocs.backend_health import POSTGRESQL, REDIS, WRITE_PROBE_TTL_MS
+from ocs.balances import keys
 from ocs.http.context import OPENAPI_DOCUMENT, services_of
 from ocs.http.endpoint import Answer, Endpoint, Reply, Role
 from ocs.services import Services
@@ -89,6 +92,7 @@ class BackendState(msgspec.Struct, omit_defaults=True, kw_only=True):
     down_for_s: float | None = None  # seconds since the outage began
     failures: int | None = None  # failed operations during the outage
     error: str | None = None  # the error's class, never its text (addresses)
+    refusal: str | None = None  # the code a Redis refusing writes answers (OOM, READONLY...)
 
 
 class ListenerState(msgspec.Struct, kw_only=True):
@@ -111,8 +115,11 @@ class Readiness(Answer, omit_defaults=True):
 
 
 async def _probe_redis(services: Services) -> None:
+    """Redis takes a write: a Redis out of memory (maxmemory, noeviction), unable to
+    persist (MISCONF) or a replica (READONLY: the old primary after a failover)
+    answers PING and reads, while every call it would grant or charge is refused."""
     async with asyncio.timeout(PROBE_TIMEOUT_S):
-        await services.pipeline.execute("PING")
+        await services.pipeline.execute("SET", keys.write_probe(), "1", "PX", WRITE_PROBE_TTL_MS)
 
 
 async def _probe_postgresql(services: Services) -> None:
@@ -151,16 +158,18 @@ async def readyz(request: web.Request, params: None) -> Reply[Readiness]:
     backends = health.snapshot()
     for backend, result in zip((REDIS, POSTGRESQL), results, strict=True):
         if isinstance(result, Exception):
-            # A connection failure or timeout starts (or continues) an outage. Any other
-            # refusal (a failed AUTH, a SQL error) leaves the tracker alone, or every probe
-            # would flap it against the requests that succeed meanwhile; not ready all the same.
+            # A connection failure, a timeout or a refused write starts (or continues) an
+            # outage. Any other refusal (a failed AUTH, a SQL error) leaves the tracker
+            # alone, or every probe would flap it against the requests that succeed
+            # meanwhile; not ready all the same.
             health.report(result, default=backend)
             backends[backend] = {**health.snapshot()[backend], "up": False}
             backends[backend].setdefault("error", type(result).__name__)
         elif isinstance(result, BaseException):
             raise result  # cancellation: the client went away
         else:
-            health.report_success(backend)
+            # Both probes are writes: the one success that ends a Redis's refused writes.
+            health.report_success(backend, write=True)
             backends[backend] = health.snapshot()[backend]
     # Version 0: no snapshot yet, every call would be refused as an unknown plan.
     loading = services.catalog.version == 0

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from ocs import backend_health, metrics
 from ocs.errors import OcsError, Reason, body_too_large, invalid, sip_status_of_http
 from ocs.http.json_io import refuse_foreign_charset, text_problem
+from ocs.log_limit import LogLimiter
 
 log = logging.getLogger("ocs.http")
 
@@ -35,6 +36,9 @@ _POSTGRES_DOWN = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
+# Requests failed by a backend error no outage explains: one line per error class a while
+# (one per process; the middleware is a function, not an object).
+_UNAVAILABLE_LINES = LogLimiter("http")
 
 
 def error_response(error: OcsError) -> web.Response:
@@ -162,9 +166,21 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         raise
     except (RedisError, OSError, *_POSTGRES_DOWN) as exc:
         result = Reason.UNAVAILABLE.value
-        # A lost backend is logged once by the process's health tracker, not per request.
+        # A lost backend (or a Redis refusing writes) is logged once by the process's
+        # health tracker, not per request; any other error once per reason a while.
         if not backend_health.default().report(exc, default=backend_health.POSTGRESQL):
-            log.error("backend unavailable", extra={"endpoint": endpoint, "error": str(exc)})
+            reason = type(exc).__name__
+            held = _UNAVAILABLE_LINES.admit(reason)
+            if held is not None:
+                log.error(
+                    "backend unavailable",
+                    extra={
+                        "endpoint": endpoint,
+                        "reason": reason,
+                        "error": str(exc)[:300],
+                        "held_back": held,
+                    },
+                )
         return error_response(OcsError(Reason.UNAVAILABLE, "a backend is unavailable; retry"))
     except Exception as exc:
         refusal = input_error(exc)

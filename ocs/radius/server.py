@@ -46,6 +46,7 @@ from ocs.config import Settings
 from ocs.db.listener import ChannelListener
 from ocs.errors import OcsError
 from ocs.listen_sockets import bind_udp
+from ocs.log_limit import LogLimiter
 from ocs.radius.access import answer_access_request
 from ocs.radius.accounting import handle_accounting
 from ocs.radius.clients import NAS_CHANNEL, ClientTable, NasClient, load_client_table
@@ -276,6 +277,8 @@ class RadiusServer:
         self._dictionary = radius_dictionary()
         self._lean = LeanCodec(self._dictionary)
         self._cache = ReplyCache(settings.radius_dedupe_window)
+        # Packets not answered for an error no outage explains: one line per reason a while.
+        self._unanswered = LogLimiter("radius")
         self._tasks: set[asyncio.Task[None]] = set()
         self.listeners: list[RadiusListener] = []
         # The shedding rule (module docstring), from the settings; plain attributes, so a
@@ -587,14 +590,23 @@ class RadiusServer:
             # handled anew rather than from the cache.
             self._cache.forget(key)
             metrics.RADIUS_DROPS.labels("backend_unavailable").inc()
-            # A lost backend is logged once by the health tracker, not once per packet.
+            # A lost backend (or a Redis refusing writes) is logged once by the health
+            # tracker, not once per packet; any other error once per reason a while.
             if isinstance(exc, OcsError) or not backend_health.default().report(
                 exc, default=backend_health.POSTGRESQL
             ):
-                log.error(
-                    "radius request not answered: backend unavailable",
-                    extra={"client": client.name, "error": str(exc)},
-                )
+                reason = exc.reason.value if isinstance(exc, OcsError) else type(exc).__name__
+                held = self._unanswered.admit(reason)
+                if held is not None:
+                    log.error(
+                        "radius request not answered: backend unavailable",
+                        extra={
+                            "client": client.name,
+                            "reason": reason,
+                            "error": str(exc)[:300],
+                            "held_back": held,
+                        },
+                    )
             return
         except Exception:
             self._cache.forget(key)

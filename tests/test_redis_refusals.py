@@ -1,0 +1,212 @@
+"""A Redis that answers but refuses every write is an outage: a few log lines, not a flood.
+
+A private redis-server is made to refuse writes while it still answers PING and reads:
+out of memory (``maxmemory`` 1 with ``noeviction``: ``OOM command not allowed``) or a
+replica of a primary that is not there (``REPLICAOF`` a closed port: ``READONLY``, as
+an old primary after a failover). Calls over HTTP and RADIUS are refused as during an
+outage (503 ``unavailable``; no RADIUS answer, so the NAS fails over), reads go on being
+answered, and the log holds one line when the refusals began and one when Redis took
+writes again, not one per request; ``ocs_backend_up`` is 0 and ``/readyz`` 503, naming
+the refusal, meanwhile. Once the server takes writes again, calls are granted and the
+process sees Redis back without a readiness probe (its own probe write).
+"""
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from ocs import backend_health
+from ocs.balances.accounts import AccountSpec
+from ocs.config import RadiusClientConfig, Settings
+from ocs.runtime import open_runtime
+from ocs.services import Services
+from tests.conftest import RADIUS_SECRET, add_plan, eventually, reset_state, started_radius
+from tests.outage_helpers import PrivateRedis, client_with_readyz
+from tests.ports import free_port
+from tests.radius_udp import UdpClient, access_request, sample, wire
+
+UK_MOBILE = "447700900123"
+DROPPED = "ocs_radius_dropped_total"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    server.directory.mkdir()
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def refusal_services(
+    private_redis: PrivateRedis,
+    database_url: str,
+    tmp_path: Path,
+    pepper_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Services]:
+    # A tracker of this test alone: every component built below reports to it.
+    monkeypatch.setattr(backend_health, "_DEFAULT", None)
+    settings = Settings(
+        redis_url=private_redis.url,
+        database_url=database_url,
+        data_dir=tmp_path / "var",
+        pepper_file=pepper_file,
+        http_host="127.0.0.1",
+        http_port=0,
+        log_format="text",
+        admin_token_required=False,
+    )
+    await reset_state(private_redis.url, database_url)
+    async with open_runtime(settings) as services:
+        yield services
+
+
+def _out_of_memory(server: redis.Redis) -> None:
+    server.config_set("maxmemory-policy", "noeviction")
+    server.config_set("maxmemory", "1")
+
+
+def _enough_memory(server: redis.Redis) -> None:
+    server.config_set("maxmemory", "0")
+
+
+def _replica_of_nothing(server: redis.Redis) -> None:
+    # A primary on a port nothing listens on: never synced, the data stays, reads are
+    # served (replica-serve-stale-data), every write answers READONLY.
+    server.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+
+
+def _primary_again(server: redis.Redis) -> None:
+    server.execute_command("REPLICAOF", "NO", "ONE")
+
+
+REFUSALS = {
+    "OOM": (_out_of_memory, _enough_memory),
+    "READONLY": (_replica_of_nothing, _primary_again),
+}
+
+
+async def _metric(client: TestClient, name: str, backend: str) -> float | None:
+    response = await client.get("/metrics")
+    for family in text_string_to_metric_families(await response.text()):
+        for sample_ in family.samples:
+            if sample_.name == name and sample_.labels.get("backend") == backend:
+                return sample_.value
+    return None
+
+
+async def _authorize(client: TestClient, call_id: str) -> int:
+    call = {"account": "o1", "destination": UK_MOBILE, "call_id": call_id}
+    response = await client.post("/v1/calls", json=call)
+    if response.status == 503:
+        assert (await response.json())["error"]["reason"] == "unavailable"
+    return response.status
+
+
+def _radius_call(call_id: str) -> bytes:
+    pairs = [
+        ("NAS-IP-Address", "127.0.0.1"),
+        ("User-Name", "o1"),
+        ("Called-Station-Id", UK_MOBILE),
+        ("Calling-Station-Id", "4930123456"),
+        ("h323-conf-id", f"h323-conf-id={call_id}"),
+    ]
+    return wire(access_request(RADIUS_SECRET, pairs))
+
+
+@pytest.mark.parametrize("refusal", sorted(REFUSALS))
+async def test_a_redis_refusing_writes_is_an_outage_logged_once(
+    refusal: str,
+    refusal_services: Services,
+    private_redis: PrivateRedis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refuse, undo = REFUSALS[refusal]
+    services = refusal_services
+    await add_plan(services)
+    await services.accounts.create(AccountSpec("o1", plan_id="retail", opening_balance=5_000_000))
+    client = await client_with_readyz(services)
+    nas = await started_radius(
+        services,
+        (RadiusClientConfig(name="test-nas", network="127.0.0.1/32", secret=RADIUS_SECRET),),
+    )
+    udp = await UdpClient.open()
+    control = redis.Redis(port=private_redis.port, socket_timeout=5.0)
+    try:
+        response = await client.get("/readyz")
+        assert response.status == 200, await response.text()
+        assert await _metric(client, "ocs_backend_up", "redis") == 1
+        outages = await _metric(client, "ocs_backend_outages_total", "redis") or 0
+        assert control.ping()
+
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        refuse(control)
+        assert control.ping()  # still answering: only its writes are refused
+
+        for n in range(30):
+            # Calls are refused as during an outage; reads between them are served.
+            assert await _authorize(client, f"h{n}") == 503
+            assert (await client.get("/v1/accounts/o1")).status == 200
+        drops = sample(DROPPED, reason="backend_unavailable")
+        for n in range(30):
+            udp.send(_radius_call(f"r{n}"), nas.auth_port)
+
+        async def radius_dropped() -> bool:
+            return sample(DROPPED, reason="backend_unavailable") >= drops + 30
+
+        await eventually(radius_dropped, what="30 RADIUS requests dropped as unavailable")
+        assert udp.unread_count() == 0  # no answer: the NAS retries or fails over
+
+        response = await client.get("/readyz")
+        assert response.status == 503
+        ready = await response.json()
+        assert ready["ready"] is False
+        assert ready["backends"]["redis"]["up"] is False
+        assert ready["backends"]["redis"]["refusal"] == refusal
+        assert ready["backends"]["postgresql"] == {"up": True}
+        assert await _metric(client, "ocs_backend_up", "redis") == 0
+        assert await _metric(client, "ocs_backend_outages_total", "redis") == outages + 1
+
+        undo(control)
+        calls = iter(range(1000))
+
+        async def granted() -> bool:
+            return await _authorize(client, f"after{next(calls)}") == 201
+
+        await eventually(granted, what="a call granted once Redis takes writes")
+
+        async def back_without_readyz() -> bool:
+            # Traffic alone: the process's own probe write ends the outage.
+            assert (await client.get("/v1/accounts/o1")).status == 200
+            return await _metric(client, "ocs_backend_up", "redis") == 1
+
+        await eventually(back_without_readyz, what="ocs_backend_up to be 1 again")
+        response = await client.get("/readyz")
+        assert response.status == 200, await response.text()
+    finally:
+        udp.close()
+        nas.close_listeners()
+        await nas.drain(5)
+        await client.close()
+        control.close()
+
+    # ocs's own lines, and asyncio's (an unretrieved failure); not the HTTP access log.
+    records = [r for r in caplog.records if r.name.startswith(("ocs", "asyncio"))]
+    texts = [f"{r.name}: {r.levelname} {r.getMessage()}" for r in records]
+    assert not [r for r in records if r.exc_info], texts
+    # Thirty refused calls over each protocol, thirty reads: one outage, a handful of lines.
+    assert len(records) <= 10, texts
+    down = [r for r in records if r.getMessage() == "redis refusing writes"]
+    back = [r for r in records if r.getMessage() == "redis taking writes again"]
+    assert len(down) == 1 and len(back) == 1, texts
+    assert down[0].levelno == logging.ERROR
+    assert down[0].refusal == refusal  # type: ignore[attr-defined]
+    assert not [t for t in texts if "backend unavailable" in t], texts
