@@ -194,6 +194,26 @@ async def test_a_free_event_is_taken_when_the_account_owes_money(app: RunningApp
     assert (status, paid["error"]["reason"]) == (402, "zero_balance")
 
 
+async def test_a_critical_balance_lock_refuses_the_next_usage_event(app: RunningApp) -> None:
+    # A usage event is new usage, charged at its arrival: once an event (10 MB, 0.10)
+    # takes the balance below the critical balance, the next is refused as a new call is
+    # (a usage import's records, calls that took place, are not:
+    # tests/test_usage_import_account_state.py).
+    await _data_plan(app)
+    await app.post("/v1/accounts", {"id": "crit", "plan": "retail", "balance": "1.00"})
+    response = await app.client.patch("/v1/accounts/crit", json={"critical_balance": "0.95"})
+    assert response.status == 200, await response.text()
+    status, used = await app.post(
+        "/v1/usage", {"account": "crit", "event_id": "mb-1", "service": "Data", "quantity": 10}
+    )
+    assert (status, used["balance"]) == (201, "0.900000"), used
+    status, refused = await app.post(
+        "/v1/usage", {"account": "crit", "event_id": "mb-2", "service": "Data", "quantity": 10}
+    )
+    assert (status, refused["error"]["reason"]) == (403, "account_locked"), refused
+    assert (await app.get("/v1/accounts/crit"))[1]["balance"] == "0.900000"
+
+
 async def test_an_expired_card_pays_for_no_usage(app: RunningApp) -> None:
     # A card past its life keeps its balance but spends none of it: POST /v1/usage is
     # refused as a call is (authorize's account_expired), and the balance stays.

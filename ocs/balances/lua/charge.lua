@@ -13,7 +13,9 @@
 -- msgpack {charged, rated, balance, duration, entry, cause}; {"REJ", reason} when the
 -- account is unknown, not active, expired, or cannot pay it (balance never below
 -- -credit_limit). The rule itself is lib.lua's charge_event, shared with
--- charge_batch.lua; a live event takes place now (ARGV[5]).
+-- charge_batch.lua; a live event takes place now (ARGV[5]). It is new usage, so an
+-- account that is not active refuses it whatever the reason, a critical-balance lock
+-- too (as authorize.lua refuses a new call); an imported record is judged otherwise.
 
 local status, value = charge_event(KEYS[1], KEYS[2], KEYS[4], KEYS[3], ARGV[1], ARGV[2],
   ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[5])

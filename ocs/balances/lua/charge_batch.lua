@@ -24,6 +24,12 @@
 --                                and when the record's usage took place (epoch ms): an
 --                                account expired by then refuses it (account_expired)
 --
+-- A record is a call that took place: an account's lock or suspension refuses it only as
+-- lib.lua's imported_refused has it (never a critical-balance lock; any other only for a
+-- record that started at or after the account's 'status_at'), so a debit that locks the
+-- account below its critical balance leaves the file's later records charged while
+-- funds and credit limit cover them.
+--
 -- A record made before its account's current counter cycle began ('cycle_from',
 -- counter_reset.lua) belongs to a cycle that is closed: it draws only on the seconds that
 -- cycle left free. With carryover those are '<id>:carried' (also in the new limit: used
@@ -93,7 +99,7 @@ for i = 1, n do
   else
     status, value = charge_event(KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[1],
       ARGV[at + 1], ARGV[at + 2], ARGV[2], ARGV[at + 5], ARGV[1], ARGV[at + 3], account_id,
-      ARGV[at + 7], admit)
+      ARGV[at + 7], admit, true)
     if status == 'REJ' and (value == 'insufficient_funds' or value == 'zero_balance') then
       refused[account_id] = true
       redis.call('SADD', KEYS[2], account_id)

@@ -19,6 +19,7 @@
 -- A non-zero opening balance is a ledger entry of kind "opening", so the ledger always
 -- sums to the balance. 'created' keeps "<time>:<token>": the token for a retry, the time
 -- for `ocs reconcile`, which reports an account PostgreSQL lacks once it is old enough.
+-- 'status_at' (ARGV[7]) is when its status began (set_policy.lua keeps it after).
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local made = redis.call('HMGET', KEYS[1], 'created', 'balance', 'pin')
@@ -31,7 +32,7 @@ redis.call('HSET', KEYS[1], 'plan', ARGV[1], 'currency', ARGV[2], 'credit_limit'
   'max_lines', ARGV[4], 'status', ARGV[5], 'balance', 0, 'reserved', 0, 'pw', ARGV[9],
   'expires', ARGV[10], 'min_balance', ARGV[11], 'critical', ARGV[12], 'committed', ARGV[13],
   'member_lines', ARGV[14], 'expire_days', ARGV[15], 'lock', '',
-  'created', ARGV[7] .. ':' .. ARGV[16])
+  'created', ARGV[7] .. ':' .. ARGV[16], 'status_at', ARGV[7])
 if ARGV[17] ~= '' then
   redis.call('HSET', KEYS[1], 'pin', ARGV[17])
 end

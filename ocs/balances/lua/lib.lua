@@ -81,6 +81,27 @@ local function spend_forced(account_key, forced, before, after, credit_limit, re
 end
 
 
+-- Whether an account that is not active refuses an imported usage record (a supplier's
+-- file: the call took place, and the supplier bills it whatever ocs answers now).
+-- status, lock, status_at: the account's fields (lock and status_at nil when absent);
+-- at: the record's start, epoch ms. A lock lets a new call be refused, never a call made:
+-- - a critical-balance lock ('locked', lock 'critical') refuses none: real time refuses
+--   only new calls under it and still charges a live call's end;
+-- - any other lock or a suspension (an operator's, dunning's, the on-demand session
+--   lock) refuses a record that started at or after it was set ('status_at', written by
+--   set_policy.lua and create_account.lua), as a live call then would have been refused
+--   (an expiry is judged the same way); one made before it is charged;
+-- - without 'status_at' (a status set before it was kept) when it was set is not known:
+--   the record is charged, since the call took place.
+-- Funds and expiry rules apply to the record whatever its account's status.
+local function imported_refused(status, lock, status_at, at)
+  if status == 'locked' and lock == 'critical' then
+    return false
+  end
+  return status_at ~= false and status_at ~= nil and status_at ~= ''
+    and tonumber(at) >= tonumber(status_at)
+end
+
 -- Rate-and-debit one usage event at once, once per event id: charge.lua runs it for
 -- one event, charge_batch.lua for each event of a usage import (issue 15), so a
 -- switch's file and the live API debit by the same rule.
@@ -92,17 +113,21 @@ end
 -- at: when the usage took place, epoch ms (ts for a live event; an imported record's own
 -- start): an account that had expired by then is refused, as authorize.lua refuses it.
 -- admit: nil, or a function the event must pass once it is known to be new and its
--- account active, before any funds are looked at: it returns nil to go on, or a status
--- and a value to answer instead (charge_batch.lua checks a usage counter with it).
+-- account able to take it (active, or as imported_refused lets it), before any funds
+-- are looked at: it returns nil to go on, or a status and a value to answer instead
+-- (charge_batch.lua checks a usage counter with it).
+-- imported: true for a supplier's record (charge_batch.lua), nil for a live event; an
+-- account that is not active refuses a live event, and an imported record only as
+-- imported_refused has it.
 -- Returns 'OK', result or 'DONE', result (a repeat: nothing charged), result = msgpack
 -- {charged, rated, balance, duration, entry, cause}; or 'REJ', reason when the account
--- is unknown, not active, expired at ``at``, or cannot pay (the balance never goes below
--- -credit_limit).
+-- is unknown, not active (an imported record: imported_refused), expired at ``at``, or
+-- cannot pay (the balance never goes below -credit_limit).
 local function charge_event(account_key, result_key, legacy_key, ledger_key, event_id,
-                            rated, ttl, cdr, ts, quantity, account_id, at, admit)
+                            rated, ttl, cdr, ts, quantity, account_id, at, admit, imported)
   -- One read of the account: every account hash has a status, so none means no account.
   local a = redis.call('HMGET', account_key, 'status', 'balance', 'credit_limit', 'reserved',
-    'committed', 'critical', 'expires', 'expire_days')
+    'committed', 'critical', 'expires', 'expire_days', 'lock', 'status_at')
   if not a[1] then
     return 'REJ', 'account_not_found'
   end
@@ -116,7 +141,7 @@ local function charge_event(account_key, result_key, legacy_key, ledger_key, eve
   if legacy and cmsgpack.unpack(legacy).cause == 'usage' then
     return 'DONE', legacy
   end
-  if a[1] ~= 'active' then
+  if a[1] ~= 'active' and (not imported or imported_refused(a[1], a[9], a[10], at)) then
     return 'REJ', 'account_' .. a[1]
   end
   -- A card past its life keeps its balance, but spends none of it (authorize.lua's rule).
