@@ -6,12 +6,16 @@ file written here, and checks what an operator sees: balances, the import's coun
 amounts, the rejects file and the CDR rows the ledger writer stores.
 """
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from ocs.balances import keys
+from ocs.catalog import store as catalog_store
+from ocs.decks.rate_deck import parse_deck
 from ocs.errors import OcsError
 from ocs.mediation import importer as importer_module
 from ocs.mediation.importer import ImportRequest
@@ -571,3 +575,42 @@ async def test_imported_calls_are_invoiced_as_calls_not_as_service_events(
     calls = [line for line in invoice["lines"] if line["kind"] == "usage"]
     assert [(line["calls"], line["seconds"], line["amount"]) for line in calls] == [(2, 91, 60_000)]
     assert all(line["kind"] != "usage_event" for line in invoice["lines"])
+
+
+async def test_the_import_counts_the_calls_rated_at_prices_set_after_they_started(
+    app: RunningApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Decks and tariffs have no effective dates: March's calls imported after the plan's
+    # deck was loaded (today) are rated at today's prices. The import says how many (the
+    # call an hour from now is not one of them), and logs it once.
+    await setup_mediation(app)
+    pool = app.services.pool
+    changed = await pool.fetchval("SELECT prices_changed_at FROM plans WHERE id = 'retail'")
+    assert changed is not None
+    # The same deck again changes no price, and leaves the time.
+    await catalog_store.import_deck(pool, "retail", parse_deck(DECK))
+    again = await pool.fetchval("SELECT prices_changed_at FROM plans WHERE id = 'retail'")
+    assert again == changed
+    await new_account(app, "acc1", "10.00")
+    later = datetime.now(ZoneInfo("America/Toronto")) + timedelta(hours=1)
+    path = tmp_path / "march.csv"
+    path.write_text(
+        HEADER
+        + "m1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n"
+        + "m2,acc1,16135550111,2026-03-03 10:00:00,6,O,CA,onnet-ca\n"
+        + f"m3,acc1,442071234567,{later:%Y-%m-%d %H:%M:%S},61,O,,\n"
+    )
+    summary = await run_import(app, path)
+    assert (summary.rows_charged, summary.rows_priced_after_start) == (3, 2)
+    status, shown = await app.get(f"/v1/usage/imports/{summary.id}")
+    assert (status, shown["rows_priced_after_start"]) == (200, 2), shown
+    told = [r for r in caplog.records if "rated records at their plan's current" in r.message]
+    assert [(r.__dict__["records"], r.__dict__["plans"]) for r in told] == [(2, ["retail"])]
+    # A rate by rate type set now changes the plan's prices too.
+    response = await app.client.put(
+        "/v1/plans/retail/rate-types",
+        json={"rate_type": "Canada On-Net", "name": "On-net CA", "price": "0.005"},
+    )
+    assert response.status == 200, await response.text()
+    moved = await pool.fetchval("SELECT prices_changed_at FROM plans WHERE id = 'retail'")
+    assert moved > changed

@@ -304,6 +304,8 @@ async def import_deck(
                     await conn.execute("DELETE FROM decks WHERE plan_id = $1", plan_id)
                 lap("write")
                 added, changed, removed = await counting
+                if added or changed or removed:
+                    await mark_prices_changed(conn, plan_id)
                 await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"deck:{plan_id}")
             lap("commit")
     finally:  # a failure: no thread's result is waited for
@@ -400,21 +402,35 @@ async def _zone_ids(conn: asyncpg.Connection, names: list[str]) -> dict[str, int
     return ids
 
 
+async def mark_prices_changed(conn: asyncpg.Connection, plan_id: str) -> None:
+    """Note, in the writing transaction, that the plan's prices changed now
+    (``plans.prices_changed_at``, migration 0060): its deck's zones, its tariffs or its
+    rates by rate type. Decks and tariffs have no effective dates, so a usage import
+    rates a late record at the prices of its import; it counts the records that started
+    before this time (decision 0050)."""
+    await conn.execute("UPDATE plans SET prices_changed_at = now() WHERE id = $1", plan_id)
+
+
 async def _write_tariff_set(
     conn: asyncpg.Connection, plan_id: str, tariffs: list[StoredTariff]
 ) -> None:
-    """Replace the plan's stored tariffs (sorted by zone id, then direction) whole."""
+    """Replace the plan's stored tariffs (sorted by zone id, then direction) whole; the
+    plan's prices changed when the document did (not for the same tariffs again)."""
     if not tariffs:
-        await conn.execute("DELETE FROM tariff_sets WHERE plan_id = $1", plan_id)
-        return
-    await conn.execute(
-        "INSERT INTO tariff_sets (plan_id, tariffs, document) VALUES ($1, $2, $3)"
-        " ON CONFLICT (plan_id) DO UPDATE SET tariffs = EXCLUDED.tariffs,"
-        " document = EXCLUDED.document, updated_at = now()",
-        plan_id,
-        len(tariffs),
-        tariffs_document(tariffs),
-    )
+        done = await conn.execute("DELETE FROM tariff_sets WHERE plan_id = $1", plan_id)
+    else:
+        done = await conn.execute(
+            "INSERT INTO tariff_sets (plan_id, tariffs, document) VALUES ($1, $2, $3)"
+            " ON CONFLICT (plan_id) DO UPDATE SET tariffs = EXCLUDED.tariffs,"
+            " document = EXCLUDED.document, updated_at = now()"
+            " WHERE tariff_sets.document IS DISTINCT FROM EXCLUDED.document",
+            plan_id,
+            len(tariffs),
+            tariffs_document(tariffs),
+        )
+    # The command tag ("INSERT 0 1", "DELETE 0") tells whether a row was written.
+    if not done.endswith(" 0"):
+        await mark_prices_changed(conn, plan_id)
 
 
 def _difference(

@@ -86,6 +86,9 @@ class ImportView(Answer):
     rows_charged: int
     rows_repeated: int
     rows_rejected: int
+    # Charged records that started before their plan's prices last changed (its deck,
+    # tariffs or rates by rate type): rated at today's prices, not their time's.
+    rows_priced_after_start: int
     amounts: dict[str, str]
     has_rejects: bool
     problems: list[ProblemView] = msgspec.field(default_factory=list)
@@ -108,6 +111,7 @@ def import_view(summary: ImportSummary) -> ImportView:
         rows_charged=summary.rows_charged,
         rows_repeated=summary.rows_repeated,
         rows_rejected=summary.rows_rejected,
+        rows_priced_after_start=summary.rows_priced_after_start,
         amounts={c: format_amount(a) for c, a in sorted(summary.amounts.items())},
         has_rejects=summary.rejects_path is not None,
         problems=[
@@ -286,6 +290,7 @@ async def show_import(request: web.Request, params: None) -> ImportView:
             rows_charged=row["rows_charged"],
             rows_repeated=row["rows_repeated"],
             rows_rejected=row["rows_rejected"],
+            rows_priced_after_start=row["rows_priced_after_start"],
             amounts=msgspec.json.decode(row["amounts"]),
             rejects_path=row["rejects_path"],
             report_path=row["report_path"],

@@ -70,6 +70,8 @@ class Prepared:
     event: UsageEvent
     seq: int = 0
     draw: CounterDraw | None = None
+    # Whether it started before its plan's prices last changed (rated at later prices).
+    priced_after_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +109,12 @@ class StoredRecord:
 
 @dataclass(slots=True)
 class AccountPlan:
-    """The plan an account is rated by and the currency it pays in."""
+    """The plan an account is rated by, the currency it pays in, and when the plan's
+    prices last changed (epoch ms; None: not known, ``plans.prices_changed_at``)."""
 
     plan_id: str
     currency: str
+    prices_changed_ms: int | None = None
 
 
 class Sources(Protocol):
@@ -198,6 +202,8 @@ class ImportRun:
         self.cycles: dict[str, AccountCycle] = {}
         self.recount: list[Prepared] = []
         self.seq = 0
+        # The plans whose prices changed after one of the records charged started.
+        self.repriced_plans: set[str] = set()
         # Each record id's first place in the import: a later row with it is rejected.
         self.seen = SeenIds()
         # The file being read (its rows so far count) and the look-up of the chunk read
@@ -259,6 +265,7 @@ class ImportRun:
             summary.rows_repeated,
             self.rejects.count,
             dict(summary.amounts),
+            summary.rows_priced_after_start,
         )
 
     def count(self) -> None:
@@ -266,6 +273,26 @@ class ImportRun:
         summary = self.summary
         summary.rows_read, summary.rows_filtered = self.rows_so_far()
         summary.rows_rejected = self.rejects.count
+
+    def accounts_plan(self, account_id: str) -> str:
+        """The plan a charged record's account was rated by."""
+        account = self.accounts.get(account_id)
+        return account.plan_id if account is not None else ""
+
+    def tell_repriced(self) -> None:
+        """Log, once at the import's end, that records were rated at prices set after
+        they started: decks and tariffs have no effective dates (decision 0050)."""
+        count = self.summary.rows_priced_after_start
+        if count:
+            log.warning(
+                "usage import rated records at their plan's current prices, changed after"
+                " the records started",
+                extra={
+                    "import": self.summary.id,
+                    "records": count,
+                    "plans": sorted(self.repriced_plans),
+                },
+            )
 
     async def pass_over(
         self, paths: list[Path], compiled: CompiledTemplate, *, debit: bool
@@ -421,6 +448,9 @@ class ImportRun:
                 item.start_ms,
             )
             ready = Prepared(item, file, account.currency, rated.cost, event, self.seq)
+            changed = account.prices_changed_ms
+            if changed is not None and item.start_ms < changed:
+                ready.priced_after_start = True
             if rated.counters:
                 ready.draw = CounterDraw(rated, fields)
                 drawing.append(ready)
@@ -704,6 +734,9 @@ class ImportRun:
             if word == "OK":
                 summary.rows_charged += 1
                 amounts[item.currency] = amounts.get(item.currency, 0) + item.cost
+                if item.priced_after_start:
+                    summary.rows_priced_after_start += 1
+                    self.repriced_plans.add(self.accounts_plan(item.event.account_id))
             elif word == "DONE":
                 summary.rows_repeated += 1
             elif word == COUNTER_CHANGED:

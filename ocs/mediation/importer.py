@@ -238,10 +238,12 @@ class UsageImporter:
             # pass_over waited for the debits it had sent: the counts hold all it moved.
             summary.state = "failed"
             run.count()
+            run.tell_repriced()
             error = str(exc)[:500] or type(exc).__name__
             await to_the_end(self._wrap_up(saver, summary, rejects, error))
             raise
         run.count()
+        run.tell_repriced()
         # A cancel now must not leave the row running: the debits are all made.
         return await to_the_end(self._wrap_up(saver, summary, rejects))
 
@@ -337,7 +339,8 @@ class UsageImporter:
                 "UPDATE usage_imports SET state = $2, rows_read = $3, rows_filtered = $4,"
                 " rows_charged = $5, rows_repeated = $6, rows_rejected = $7, amounts = $8,"
                 " rejects_path = $9, report_path = $10, error = $11,"
-                " finished_at = CASE WHEN $12 THEN now() END WHERE id = $1",
+                " finished_at = CASE WHEN $12 THEN now() END, rows_priced_after_start = $13"
+                " WHERE id = $1",
                 summary.id,
                 summary.state,
                 summary.rows_read,
@@ -350,15 +353,21 @@ class UsageImporter:
                 summary.report_path,
                 error,
                 finished,
+                summary.rows_priced_after_start,
             )
 
     async def accounts_of(self, ids: set[str]) -> dict[str, AccountPlan]:
-        """Plan and currency of each of these accounts that exists."""
+        """Plan, currency and the plan's last price change of each of these accounts
+        that exists."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT id, plan_id, currency FROM accounts WHERE id = ANY($1::text[])", list(ids)
+                "SELECT a.id, a.plan_id, a.currency,"
+                " floor(extract(epoch FROM p.prices_changed_at) * 1000)::bigint AS changed"
+                " FROM accounts a JOIN plans p ON p.id = a.plan_id"
+                " WHERE a.id = ANY($1::text[])",
+                list(ids),
             )
-        return {r["id"]: AccountPlan(r["plan_id"], r["currency"]) for r in rows}
+        return {r["id"]: AccountPlan(r["plan_id"], r["currency"], r["changed"]) for r in rows}
 
     async def owners_of(self, table: str, column: str, values: set[str]) -> dict[str, str]:
         """The account of each member or caller id that has one."""

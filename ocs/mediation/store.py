@@ -25,7 +25,7 @@ from ocs.catalog.snapshot import (
     rate_from_row,
     tiers_to_json,
 )
-from ocs.catalog.store import validate_currency, validate_plan_id
+from ocs.catalog.store import mark_prices_changed, validate_currency, validate_plan_id
 from ocs.errors import OcsError, Reason, invalid
 from ocs.mediation.shipped import shipped_template
 from ocs.mediation.template import Template, template_from_json, template_to_json
@@ -303,7 +303,9 @@ _RATE_ROW = f"plan_id, rate_type, name, currency, tax_code, gl_code, {RATE_COLUM
 
 
 async def _notify(conn: asyncpg.Connection, plan_id: str) -> None:
-    """Tell every serving process that the plan's rates by rate type changed."""
+    """Tell every serving process that the plan's rates by rate type changed, and note
+    that its prices changed now (``mark_prices_changed``)."""
+    await mark_prices_changed(conn, plan_id)
     await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"{RATE_TYPES}:{plan_id}")
 
 

@@ -25,6 +25,9 @@ class ImportSummary(msgspec.Struct):
     rows_charged: int = 0
     rows_repeated: int = 0
     rows_rejected: int = 0
+    # Charged records that started before their plan's prices last changed: rated at the
+    # prices of the import, not of their time (decks and tariffs have no effective dates).
+    rows_priced_after_start: int = 0
     amounts: dict[str, int] = msgspec.field(default_factory=dict)
     rejects_path: str | None = None
     report_path: str | None = None

@@ -215,6 +215,7 @@ class Progress:
     rows_repeated: int
     rows_rejected: int
     amounts: dict[str, int]
+    rows_priced_after_start: int = 0
 
 
 class ProgressSaver:
@@ -249,8 +250,8 @@ class ProgressSaver:
         try:
             await self.lock.execute(
                 "UPDATE usage_imports SET rows_read = $2, rows_filtered = $3,"
-                " rows_charged = $4, rows_repeated = $5, rows_rejected = $6, amounts = $7"
-                " WHERE id = $1 AND state = 'running'",
+                " rows_charged = $4, rows_repeated = $5, rows_rejected = $6, amounts = $7,"
+                " rows_priced_after_start = $8 WHERE id = $1 AND state = 'running'",
                 now.import_id,
                 now.rows_read,
                 now.rows_filtered,
@@ -258,6 +259,7 @@ class ProgressSaver:
                 now.rows_repeated,
                 now.rows_rejected,
                 json.dumps(now.amounts),
+                now.rows_priced_after_start,
                 timeout=SAVE_TIMEOUT,
             )
         except Exception as exc:
