@@ -1,15 +1,16 @@
 """Time bands: calls split at band edges in the plan's time zone, DST nights included."""
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from zoneinfo import ZoneInfo
 
-from hypothesis import given
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest, Origin
 from ocs.config import with_overrides
-from ocs.rating.bands import BandRule, BandSchedule, bands_from
+from ocs.rating.bands import MINUTES_A_DAY, BandRule, BandSchedule, bands_from
 from ocs.rating.rates import Rate, cost, max_duration
 from tests.conftest import RunningApp
 
@@ -322,3 +323,178 @@ async def test_bad_schedules_name_the_field(app: RunningApp) -> None:
         response = await app.client.put("/v1/plans/retail/bands", json=body)
         assert response.status == 400, body
         assert (await response.json())["error"]["field"] == field
+
+
+# -- placing a call in its bands: edge to edge, the same as minute by minute ---------------
+
+# Zones with daylight saving in both hemispheres, a half-hour shift (Lord Howe), offsets of
+# :30 and :45 (St John's, Chatham, Kolkata, Kathmandu), one whose local mean time had an
+# offset of seconds (Amsterdam, to 1937) and one without daylight saving.
+ZONES = (
+    "UTC",
+    "Europe/London",
+    "Europe/Amsterdam",
+    "America/New_York",
+    "America/St_Johns",
+    "Australia/Sydney",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+)
+BAND_NAMES = ("peak", "off-peak", "night", "weekend")
+SIX_HOURS = 6 * 3600
+
+
+def minute_by_minute(schedule: BandSchedule, start: int, length: int) -> tuple[object, ...]:
+    """The bands of a call as ocs placed them before 2026-12-07: each minute's local time
+    looked up in the zone, one by one (the reference the edge-to-edge placing must equal)."""
+    zone = ZoneInfo(schedule.time_zone)
+    first_minute, second = divmod(start, 60)
+    relative: list[tuple[int, str | None]] = []
+    for n in range((second + length) // 60 + 1):
+        band = schedule.band_at(datetime.fromtimestamp((first_minute + n) * 60, zone))
+        if not relative or relative[-1][1] != band:
+            relative.append((n * 60, band))
+    out: list[tuple[int, str | None]] = []
+    for offset, band in ((max(offset - second, 0), band) for offset, band in relative):
+        if out and out[-1][0] == offset:
+            out[-1] = (offset, band)
+        elif not out or out[-1][1] != band:
+            out.append((offset, band))
+    return tuple(out)
+
+
+def offset_changes(zone_name: str, first_year: int, last_year: int) -> list[int]:
+    """Six-hour windows (their epoch start) in which the zone's UTC offset changes."""
+    zone = ZoneInfo(zone_name)
+    moment = int(datetime(first_year, 1, 1, tzinfo=UTC).timestamp())
+    end = int(datetime(last_year + 1, 1, 1, tzinfo=UTC).timestamp())
+    found = []
+    before = datetime.fromtimestamp(moment, zone).utcoffset()
+    while moment < end:
+        after = datetime.fromtimestamp(moment + SIX_HOURS, zone).utcoffset()
+        if after != before:
+            found.append(moment)
+        moment, before = moment + SIX_HOURS, after
+    return found
+
+
+# DST nights of 1935-1940 (Amsterdam's seconds offset ended in 1937) and 2024-2028, and
+# far ahead (2090-2091: the zones' rules, past the tz database's listed changes).
+CHANGES = {
+    zone: offset_changes(zone, 1935, 1940)
+    + offset_changes(zone, 2024, 2028)
+    + offset_changes(zone, 2090, 2091)
+    for zone in ZONES
+}
+
+
+@st.composite
+def band_rules(draw: st.DrawFn) -> tuple[BandRule, ...]:
+    """Up to six rules, some of them a band across midnight (split at it, as the API
+    asks), edges on any minute."""
+    rules: list[BandRule] = []
+    for _ in range(draw(st.integers(0, 6))):
+        band = draw(st.sampled_from(BAND_NAMES))
+        days = frozenset(draw(st.lists(st.integers(0, 6), min_size=1, max_size=7)))
+        if draw(st.booleans()):  # across midnight: 22:00-24:00 and 00:00-06:00, say
+            evening = draw(st.integers(1, MINUTES_A_DAY - 1))
+            morning = draw(st.integers(1, MINUTES_A_DAY - 1))
+            rules.append(BandRule(band, days, evening, MINUTES_A_DAY))
+            rules.append(BandRule(band, frozenset((d + 1) % 7 for d in days), 0, morning))
+        else:
+            edges = st.lists(st.integers(0, MINUTES_A_DAY), min_size=2, max_size=2, unique=True)
+            start, end = sorted(draw(edges))
+            rules.append(BandRule(band, days, start, end))
+    return tuple(rules)
+
+
+@st.composite
+def calls(draw: st.DrawFn) -> tuple[BandSchedule, int, int]:
+    """A schedule (zone, rules, holidays near the call) and a call (start, seconds)."""
+    zone = draw(st.sampled_from(ZONES))
+    if draw(st.booleans()):  # around a change of the zone's offset, if it has any
+        changes = CHANGES[zone] or [1_790_000_000]
+        start = draw(st.sampled_from(changes)) + draw(st.integers(-48 * 3600, 48 * 3600))
+    else:
+        start = draw(st.integers(0, 4_102_444_800))  # 1970 to 2100
+    length = draw(st.integers(1, 48 * 3600))
+    first_day = datetime.fromtimestamp(start, UTC).date().toordinal()
+    holidays = frozenset(
+        date.fromordinal(first_day + n)
+        for n in draw(st.lists(st.integers(-1, 3), max_size=3, unique=True))
+    )
+    return BandSchedule(zone, draw(band_rules()), holidays), start, length
+
+
+@settings(max_examples=300, deadline=None)
+@given(call=calls())
+@example(  # a Sunday-night band across midnight into a Monday holiday, London spring
+    call=(
+        BandSchedule(
+            "Europe/London",
+            (
+                BandRule("night", frozenset({6}), 22 * 60, MINUTES_A_DAY),
+                BandRule("night", frozenset({0}), 0, 6 * 60),
+                BandRule("peak", WEEKDAYS, 60, 150),
+            ),
+            frozenset({date(2026, 3, 30)}),
+        ),
+        at(2026, 3, 28, 20, 7) + 13,
+        48 * 3600,
+    )
+)
+@example(  # Lord Howe's autumn night: 02:00 becomes 01:30, half an hour twice
+    call=(
+        BandSchedule("Australia/Lord_Howe", (BandRule("late", frozenset(range(7)), 90, 120),)),
+        int(datetime(2026, 4, 4, 23, 0, tzinfo=ZoneInfo("Australia/Lord_Howe")).timestamp()),
+        24 * 3600,
+    )
+)
+@example(  # Amsterdam 1937: local mean time (+00:19:32) becomes +00:20
+    call=(
+        BandSchedule("Europe/Amsterdam", (BandRule("peak", WEEKDAYS, 0, 20),)),
+        int(datetime(1937, 6, 30, 22, 0, tzinfo=UTC).timestamp()),
+        6 * 3600,
+    )
+)
+def test_bands_placed_edge_to_edge_equal_those_placed_minute_by_minute(
+    call: tuple[BandSchedule, int, int],
+) -> None:
+    schedule, start, length = call
+    assert schedule.segments(start, length) == minute_by_minute(schedule, start, length)
+
+
+def test_a_day_long_call_looks_its_zone_up_a_few_dozen_times_not_every_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Placing a 24-hour call (the longest one by default) took a local-time lookup per
+    minute, 1,441 of them, about 4 ms: a file of long banded calls imported in the serving
+    process held the loop answering RADIUS and HTTP for most of a second per chunk. Now
+    it looks the zone up at the band edges and a few times a day for an offset change."""
+    import ocs.rating.bands as bands
+
+    lookups = 0
+
+    class Counted(datetime):
+        @classmethod
+        def fromtimestamp(cls, t: float, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+            nonlocal lookups
+            lookups += 1
+            return datetime.fromtimestamp(t, tz)
+
+    monkeypatch.setattr(bands, "datetime", Counted)
+    # A schedule of its own: placings are cached by schedule and start.
+    schedule = BandSchedule(
+        "Europe/London",
+        (
+            BandRule("peak", WEEKDAYS, 8 * 60, 18 * 60),
+            BandRule("weekend", frozenset({5, 6}), 0, 24 * 60),
+            BandRule("night", frozenset(range(7)), 0, 6 * 60),
+        ),
+    )
+    start = at(2026, 10, 24, 9, 30)  # a Saturday into the autumn night
+    placed = schedule.segments(start, 24 * 3600 + 60)
+    assert placed == minute_by_minute(schedule, start, 24 * 3600 + 60)
+    assert lookups <= 60, lookups
