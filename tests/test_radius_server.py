@@ -1024,6 +1024,42 @@ async def test_accounting_on_from_a_nas_without_a_clock_closes_its_calls(
     assert (await cdr_of(nas, "NO-CLOCK"))["termination_cause"] == "nas-reboot"
 
 
+async def test_a_retransmitted_accounting_on_stamped_ahead_spares_the_calls_since_the_first(
+    nas: RunningRadius,
+) -> None:
+    """A NAS whose clock runs ten minutes ahead restarts: its Accounting-On is stamped in
+    the future, so the first copy closes the calls authorized before it came. The NAS
+    authorizes a call, then retransmits the Accounting-On (Acct-Delay-Time updated, so
+    not the reply cache's copy): the stamp was cut to each copy's receipt, and the
+    retransmission closed the new call as nas-reboot, its hold freed."""
+    await new_account(nas.app, "2133", balance="10.00", max_lines=3)
+    await accepted(nas, call_request("2133", GERMANY, "AHEAD-OLD"))
+    await acct(nas, "Start", [("User-Name", "2133"), *cisco_call("AHEAD-OLD")])
+    restart = [("NAS-IP-Address", "127.0.0.1"), ("Event-Timestamp", int(time.time()) + 600)]
+    await acct(nas, "Accounting-On", [*restart, ("Acct-Delay-Time", "0")])
+    assert (await cdr_of(nas, "AHEAD-OLD"))["termination_cause"] == "nas-reboot"
+    # Back up, the NAS carries a new call; the Accounting-On's answer was lost.
+    await accepted(nas, call_request("2133", GERMANY, "AHEAD-NEW"))
+    talking = [("User-Name", "2133"), *cisco_call("AHEAD-NEW")]
+    await acct(nas, "Start", talking)
+    await acct(nas, "Accounting-On", [*restart, ("Acct-Delay-Time", "3")])
+    assert list(await nas.app.services.store.live_calls_of("2133")) == ["AHEAD-NEW"]
+    view = await account(nas.app, "2133")
+    assert view["lines_in_use"] == 1 and view["reserved"] == "2.880000"
+    # Its Stop charges it as any call: 60 s at 0.012 a minute, not a late stop.
+    await acct(nas, "Stop", [*talking, ("Acct-Session-Time", "60")])
+    cdr = await cdr_of(nas, "AHEAD-NEW")
+    assert cdr["termination_cause"] not in ("nas-reboot", "late-stop"), cdr
+    assert cdr["charged"] == 12_000
+    # The NAS's next restart, stamped later, closes what it carries then.
+    await accepted(nas, call_request("2133", GERMANY, "AHEAD-NEXT"))
+    await acct(nas, "Start", [("User-Name", "2133"), *cisco_call("AHEAD-NEXT")])
+    later = [("NAS-IP-Address", "127.0.0.1"), ("Event-Timestamp", int(time.time()) + 601)]
+    await acct(nas, "Accounting-On", later)
+    assert await nas.app.services.store.live_calls_of("2133") == {}
+    assert (await cdr_of(nas, "AHEAD-NEXT"))["termination_cause"] == "nas-reboot"
+
+
 async def test_accounting_on_closes_the_calls_of_that_nas_by_their_last_report(
     nas: RunningRadius,
 ) -> None:

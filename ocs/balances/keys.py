@@ -223,6 +223,13 @@ def counter_cycle_run(label: str, plan_id: str | None, account_id: str | None) -
     return f"counters:run:{label}:{scope}"
 
 
+def nas_restart(client: str, node: str, kind: str, stamp: int) -> str:
+    """String (epoch ms, with its own expiry): the time before which the first copy of a
+    NAS's Accounting-On or -Off (``kind``) with Event-Timestamp ``stamp`` closed the calls
+    of ``node`` within NAS client ``client``; its retransmissions close by the same."""
+    return f"nasrestart:{_TAGS[bucket_of(client)]}:{client}:{kind}:{stamp}:{node}"
+
+
 def bucket_of_ledger_key(key: str) -> int:
     """Inverse of ``ledger``: the bucket number in ``ledger:{b:N}``."""
     return int(key[key.index("{b:") + 3 : key.index("}")])

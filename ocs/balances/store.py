@@ -298,6 +298,9 @@ _NOT_SECONDS = frozenset(("cycle", "cycle_from", "bought_at", "cancelled", "carr
 _CLOSED_CYCLE = frozenset(("carried", "closed"))
 # How long the start of a counter cycle's first run is kept for its runs again (seconds).
 _CYCLE_RUN_TTL = 400 * 86_400
+# How long the cut-off of a NAS's Accounting-On is kept for its retransmissions: longer
+# than a NAS goes on retransmitting one (RFC 2866 NASes give up within minutes or hours).
+_NAS_RESTART_TTL = 86_400
 
 # A refused authorization's call reference lasts this long (seconds): enough for the
 # request's retransmissions, and nothing a loop of refused calls could pile up.
@@ -1054,6 +1057,19 @@ class BalanceStore:
         key = keys.counter_cycle_run(label, plan_id, account_id)
         await self._pipe.execute("SET", key, now, "NX", "EX", _CYCLE_RUN_TTL)
         return int(await self._pipe.execute("GET", key))
+
+    async def nas_restart_cutoff(
+        self, client: str, node: str, kind: str, stamp: int, cutoff_ms: int
+    ) -> int:
+        """The cut-off (epoch ms) the first copy of a NAS's Accounting-On/Off stamped
+        ``stamp`` closed calls by: ``cutoff_ms`` when this is the first, kept a day for
+        the copies the NAS retransmits."""
+        key = keys.nas_restart(client, node, kind, stamp)
+        kept = await self._pipe.execute("SET", key, cutoff_ms, "NX", "EX", _NAS_RESTART_TTL)
+        if kept is not None:
+            return cutoff_ms
+        first = await self._pipe.execute("GET", key)
+        return cutoff_ms if first is None else int(first)
 
     async def reset_counters(
         self, account_id: str, cycle: list[tuple[str, int, bool, bool]], label: str, since: int

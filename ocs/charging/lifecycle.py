@@ -1617,6 +1617,16 @@ class CallService:
             repeated=result.repeated,
         )
 
+    async def nas_restart_cutoff(
+        self, nas: str, node: str, kind: str, stamp: int, cutoff_ms: int
+    ) -> int:
+        """The time (epoch ms) before which a NAS's Accounting-On/Off closes its calls: that
+        of the first copy of the one stamped ``stamp`` (Event-Timestamp) from ``node`` of
+        client ``nas``, ``cutoff_ms`` when this is the first. A stamp in the future (a NAS
+        clock running ahead) is cut to its receipt; a retransmission received later must
+        not close the calls the NAS authorized since it came back."""
+        return await self._store.nas_restart_cutoff(nas, node, kind, stamp, cutoff_ms)
+
     async def close_calls_of_nas(
         self, nas: str, cause: str, before_ms: int, nodes: frozenset[str] = frozenset()
     ) -> int:

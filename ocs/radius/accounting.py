@@ -83,15 +83,9 @@ def _status_type(packet: AcctPacket) -> int | None:
 _CLOCK_SET = 946_684_800
 
 
-def _event_time_ms(packet: AcctPacket) -> int:
-    """When the NAS says the event happened: Event-Timestamp, else now less Acct-Delay-Time.
-
-    A retransmitted Accounting-On carries the same time, so it never closes calls
-    authorized after the NAS came back. A stamp in the future (a NAS clock running
-    ahead) counts as now; one that is not four octets, or before 2000 (a NAS without a
-    clock counts from 1970 at boot), as none.
-    """
-    now_ms = int(time.time() * 1000)
+def _event_stamp(packet: AcctPacket) -> int | None:
+    """Event-Timestamp (epoch seconds) when it is usable: None when absent, not four
+    octets, or before 2000 (a NAS without a clock counts from 1970 at boot)."""
     try:
         stamp = packet.get(55)  # Event-Timestamp
         if stamp:
@@ -103,10 +97,35 @@ def _event_time_ms(packet: AcctPacket) -> int:
             else:
                 seconds = int(value.timestamp() if hasattr(value, "timestamp") else value)
             if seconds >= _CLOCK_SET:
-                return min(seconds * 1000, now_ms)
+                return seconds
     except (KeyError, ValueError, TypeError, OverflowError):
         pass
-    return now_ms - _delay(packet) * 1000
+    return None
+
+
+async def _restart_time_ms(request: _Accounting) -> int:
+    """When the NAS says it restarted: Event-Timestamp, else now less Acct-Delay-Time.
+
+    A retransmitted Accounting-On carries the same stamp, so it never closes calls
+    authorized after the NAS came back. A stamp in the future (a NAS clock running
+    ahead) counts as the receipt of the first copy, remembered by the stamp: taken as
+    each copy's receipt, a copy retransmitted 30 s later closed the calls of those 30 s.
+    """
+    now_ms = int(time.time() * 1000)
+    packet = request.packet
+    seconds = _event_stamp(packet)
+    if seconds is None:
+        # A retransmission updates Acct-Delay-Time (RFC 2866 section 5.2), which keeps
+        # the time; an identical copy is answered from the reply cache.
+        return now_ms - _delay(packet) * 1000
+    names = nas_names(packet)
+    return await request.calls.nas_restart_cutoff(
+        request.client.name,
+        names[0] if names else "",
+        request.kind,
+        seconds,
+        min(seconds * 1000, now_ms),
+    )
 
 
 def _delay(packet: AcctPacket) -> int:
@@ -143,11 +162,9 @@ async def handle_accounting(
     status = _status_type(packet)
     kind = STATUS_TYPES.get(status or 0, "other")
     if kind in ("accounting-on", "accounting-off"):
+        before_ms = await _restart_time_ms(_Accounting(kind, packet, client, calls, settings))
         await calls.close_calls_of_nas(
-            client.name,
-            cause="nas-reboot",
-            before_ms=_event_time_ms(packet),
-            nodes=frozenset(nas_names(packet)),
+            client.name, cause="nas-reboot", before_ms=before_ms, nodes=frozenset(nas_names(packet))
         )
         return AccountingOutcome(kind, "ok")
     if kind == "other":
