@@ -27,6 +27,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from prometheus_client import (
@@ -43,6 +44,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+
+from ocs import metric_files
 
 # Set by `ocs serve --workers N` for its workers: each writes its samples to files
 # there, and whichever worker a scrape reaches answers for all of them.
@@ -86,7 +89,9 @@ def exposition() -> bytes:
         # prometheus_client leaves this constructor unannotated.
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(STATE)
-        return generate_latest(registry)
+        # The parent folds a dead worker's files together meanwhile (ocs.metric_files).
+        with metric_files.reading(Path(os.environ[MULTIPROCESS_DIR_ENV])):
+            return generate_latest(registry)
     return generate_latest(REGISTRY)
 
 
