@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 
-from ocs import listen_sockets, metrics
+from ocs import listen_sockets, metrics, systemd_notify
 from ocs.compiled import HOT_MODULES, running_compiled
 from ocs.config import Settings
 from ocs.housekeeping import start_housekeeping
@@ -65,5 +65,8 @@ async def run_background(settings: Settings, stopping: asyncio.Event | None = No
                     "live_state_pass": settings.run_live_state_pass,
                 },
             )
+            # To the --workers parent (ocs.workers): it gives up on a background process
+            # that never gets this far, and keeps restarting one that did.
+            systemd_notify.ready("background process running")
             await stopping.wait()
             log.info("background process stopping")

@@ -503,10 +503,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         uvloop.run(run_background(settings))
         return 0
     if settings.workers > 1 or settings.background_process:
-        from ocs.workers import run_workers
+        from ocs.workers import WorkersDidNotStart, run_workers
 
-        # Each worker runs this same command line (main puts it in args.argv).
-        return run_workers(settings, args.argv)
+        try:
+            # Each worker runs this same command line (main puts it in args.argv).
+            return run_workers(settings, args.argv)
+        except WorkersDidNotStart as exc:
+            # Said last, once every other process has stopped: for systemd or Docker.
+            print(f"ocs: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
     from ocs.server import serve
 
     uvloop.run(serve(settings))

@@ -343,6 +343,12 @@ class Settings:
         "server processes on the sockets the parent binds (ocs/workers.py)",
         flag=True,
     )
+    worker_start_attempts: int = _setting(
+        5,
+        _parse_int(1, 1000),
+        "`--workers`: the parent exits 1 when a worker (or the background process) exited"
+        " this many times in a row and none of its kind was ever ready",
+    )
     log_level: str = _setting(
         "INFO",
         _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -12,12 +12,14 @@ systemd accepts these messages from the unit's main process only (the default
 ``NotifyAccess=main``). Under ``ocs serve --workers N`` that is the parent, which
 serves nothing itself: it gives its workers a socket of its own as their
 ``$NOTIFY_SOCKET`` (``WorkerReadiness``) and says ``READY=1`` once every worker has.
+The parent makes that socket also without systemd, to know which workers came up.
 """
 
 import contextlib
 import logging
 import os
 import socket
+import struct
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +29,8 @@ log = logging.getLogger("ocs.systemd")
 NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
 READY = "READY=1"
 STOPPING = "STOPPING=1"
+# The credentials the kernel attaches to a unix socket message: struct ucred (pid, uid, gid).
+_UCRED = struct.Struct("iII")
 
 
 def _address(name: str) -> str:
@@ -72,34 +76,43 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 
 class WorkerReadiness:
-    """The ``$NOTIFY_SOCKET`` a ``--workers`` parent gives its workers, counting their
-    ``READY=1``: the parent is ready once ``expected`` of them are.
+    """The ``$NOTIFY_SOCKET`` a ``--workers`` parent gives its processes: which of them said
+    ``READY=1``.
 
     Workers run ``ocs serve`` unchanged; their messages come here instead of to systemd,
-    which would refuse them (not the main process). A restarted worker's ``READY=1``
-    counts again, but the parent says ``READY=1`` once.
+    which would refuse them (not the main process). The kernel names each message's
+    sender (``SO_PASSCRED``, as systemd's own socket asks), so the parent knows which
+    process is ready: it says ``READY=1`` to systemd once every worker has, and it gives
+    up on a process that keeps exiting without ever being ready (ocs.workers). The
+    parent makes it also without systemd: the workers' readiness is its own concern.
     """
 
-    def __init__(self, expected: int) -> None:
-        """A socket in a new private directory, waiting for ``expected`` workers."""
-        self._expected = expected
-        self._ready = 0
+    def __init__(self) -> None:
+        """A socket in a new private directory, taking each sender's credentials."""
         self._directory = Path(tempfile.mkdtemp(prefix="ocs-notify-"))
         self.address = str(self._directory / "notify")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock.bind(self.address)
         self._sock.setblocking(False)
 
-    def all_ready(self) -> bool:
-        """Read what the workers sent so far (without waiting): all of them ready yet?"""
+    def ready_pids(self) -> set[int]:
+        """The processes that said ``READY=1`` since the last call (read without waiting)."""
+        pids: set[int] = set()
         while True:
             try:
-                message = self._sock.recv(4096)
+                message, ancillary, _flags, _address = self._sock.recvmsg(
+                    4096, socket.CMSG_SPACE(_UCRED.size)
+                )
             except BlockingIOError:
                 break
-            if READY.encode() in message.split(b"\n"):
-                self._ready += 1
-        return self._ready >= self._expected
+            if READY.encode() not in message.split(b"\n"):
+                continue
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid, _uid, _gid = _UCRED.unpack(data[: _UCRED.size])
+                    pids.add(pid)
+        return pids
 
     def close(self) -> None:
         """Close the socket and remove its directory."""

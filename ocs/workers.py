@@ -5,7 +5,8 @@ port ends the start with "address in use", exit code 2, before anything else
 starts). It resolves Redis and PostgreSQL once (starting the embedded servers
 if no URL is configured, so every worker uses the same ones), then runs N
 copies of `ocs serve` with those URLs and the bound sockets as inherited
-descriptors (ocs.listen_sockets), restarts a worker that dies, and on
+descriptors (ocs.listen_sockets), restarts a worker that dies (waiting longer after
+each exit in a row, and giving up on workers that never became ready: ocs.restarts), and on
 SIGTERM/SIGINT passes the signal on, closes its own copies of the sockets,
 waits for every worker's staged shutdown, and stops the embedded servers last.
 The workers accept from the same sockets; all state is in Redis, so any worker
@@ -38,9 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-from prometheus_client import multiprocess
-
-from ocs import listen_sockets, systemd_notify
+from ocs import listen_sockets, metric_files, restarts, systemd_notify
 from ocs.background import BACKGROUND, PART_ENV
 from ocs.config import Settings, with_overrides
 from ocs.metrics import MULTIPROCESS_DIR_ENV
@@ -48,7 +47,6 @@ from ocs.runtime import Backends, check_backends, check_pepper
 
 log = logging.getLogger("ocs.workers")
 
-RESTART_DELAY = 1.0
 # Beyond shutdown_timeout, how long a worker's staged shutdown may take before it is killed.
 STOP_GRACE = 10.0
 
@@ -70,6 +68,11 @@ def _worker_argv(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "ocs", *out, "--workers", "1"]
 
 
+class WorkersDidNotStart(Exception):
+    """Processes of one kind kept exiting and none ever became ready: the parent stopped
+    the others and gives up (ocs.restarts); the message is the one line the CLI says."""
+
+
 class _Workers:
     """The worker processes: started, restarted, told to stop and waited for."""
 
@@ -88,6 +91,10 @@ class _Workers:
         self._env = env
         self._pass_fds = pass_fds
         self.procs: list[subprocess.Popen[bytes]] = []
+        # Each process's restart history, by the same index as ``procs``.
+        self.slots: list[restarts.Slot] = []
+        # Whether any process of this kind has said READY=1 since the parent started.
+        self.ever_ready = False
         # Set (from a signal handler) once the parent was asked to stop.
         self.stopping = False
         # Workers already sent a signal: stop() sends them no second one, which could
@@ -101,10 +108,24 @@ class _Workers:
     def start(self) -> None:
         """Start one more worker."""
         self.procs.append(self._spawn())
+        self.slots.append(restarts.Slot(started_at=time.monotonic()))
 
     def restart(self, index: int) -> None:
         """Replace the worker at ``index`` (one that has exited) by a new one."""
         self.procs[index] = self._spawn()
+        failures = self.slots[index].failures
+        self.slots[index] = restarts.Slot(started_at=time.monotonic(), failures=failures)
+
+    def mark_ready(self, pids: set[int]) -> None:
+        """Note which of the current processes said READY=1 (``pids``: who did)."""
+        for proc, slot in zip(self.procs, self.slots, strict=True):
+            if proc.pid in pids:
+                slot.ready = True
+                self.ever_ready = True
+
+    def ready_count(self) -> int:
+        """How many slots' current processes have said READY=1."""
+        return sum(slot.ready for slot in self.slots)
 
     def signal(self, signum: int) -> None:
         """Pass ``signum`` on to every running worker."""
@@ -189,18 +210,17 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
         env[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
         # Each child runs `ocs serve` itself: none is a parent of children of its own.
         env["OCS_BACKGROUND_PROCESS"] = "false"
+        # Every child tells this parent when it is ready: the parent gives up on a kind
+        # that never is (ocs.restarts), and systemd (Type=notify), which takes READY=1
+        # from the main process only, hears it from the parent once every worker is.
+        readiness = systemd_notify.WorkerReadiness()
+        stack.callback(readiness.close)
+        env[systemd_notify.NOTIFY_SOCKET_ENV] = readiness.address
         background = _background_process(settings, argv, env, parent_read)
         if background is not None:
             env.update(SERVING_WITHOUT_HOUSEKEEPING)
         handoff, pass_fds = listen_sockets.handoff(sockets, parent_read)
         env[listen_sockets.HANDOFF_ENV] = handoff
-        # systemd (Type=notify) takes READY=1 from the main process only: the workers
-        # tell this parent, which says it once all of them have (ocs.systemd_notify).
-        readiness = None
-        if systemd_notify.enabled():
-            readiness = systemd_notify.WorkerReadiness(settings.workers)
-            stack.callback(readiness.close)
-            env[systemd_notify.NOTIFY_SOCKET_ENV] = readiness.address
         workers = _Workers(_worker_argv(argv), env, pass_fds)
 
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -224,7 +244,11 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
         if background is not None:
             stack.callback(background.stop, settings.shutdown_timeout + STOP_GRACE)
         stack.callback(workers.stop, settings.shutdown_timeout + STOP_GRACE)
-        _supervise(workers, settings.workers, metrics_dir, readiness, background)
+        _supervise(
+            workers,
+            _Watch(settings.workers, settings.worker_start_attempts, metrics_dir, readiness),
+            background,
+        )
     return 0
 
 
@@ -243,33 +267,47 @@ def _background_process(
     same command line, handed only the parent's pipe (it listens on nothing)."""
     if not settings.background_process:
         return None
-    own_env = {k: v for k, v in env.items() if k != systemd_notify.NOTIFY_SOCKET_ENV}
+    own_env = dict(env)
     value, pass_fds = listen_sockets.parent_handoff(parent_read)
     own_env[listen_sockets.HANDOFF_ENV] = value
     own_env[PART_ENV] = BACKGROUND
     return _Workers(_worker_argv(argv), own_env, pass_fds, name="background process")
 
 
-def _supervise(
-    workers: _Workers,
-    count: int,
-    metrics_dir: Path,
-    readiness: systemd_notify.WorkerReadiness | None = None,
-    background: _Workers | None = None,
-) -> None:
-    """Start ``count`` workers (and the ``background`` process), restart any that exits,
-    until the parent is asked to stop; with ``readiness``, say READY=1 once every worker
-    has."""
+class _Watch:
+    """What the supervision loop watches besides the processes: how many workers, how
+    many tries before giving up, the metrics directory, and who said READY=1."""
+
+    def __init__(
+        self,
+        count: int,
+        attempts: int,
+        metrics_dir: Path,
+        readiness: systemd_notify.WorkerReadiness,
+    ) -> None:
+        """``count`` workers; give up after ``attempts`` exits in a row before any was ready."""
+        self.count = count
+        self.attempts = attempts
+        self.metrics_dir = metrics_dir
+        self.readiness = readiness
+        # systemd waits for READY=1 (said once, when every worker first is).
+        self.tell_systemd = systemd_notify.enabled()
+
+
+def _supervise(workers: _Workers, watch: _Watch, background: _Workers | None = None) -> None:
+    """Start ``watch.count`` workers (and the ``background`` process), restart any that
+    exits, until the parent is asked to stop; say READY=1 to systemd once every worker
+    has. Raises ``WorkersDidNotStart`` when one kind never became ready (ocs.restarts)."""
     if background is not None and not background.stopping:
         background.start()
-    for _ in range(count):
+    for _ in range(watch.count):
         if workers.stopping:
             break  # the sockets are closed already; none to hand out
         workers.start()
     log.info(
         "workers started",
         extra={
-            "workers": count,
+            "workers": watch.count,
             "pids": [p.pid for p in workers.procs],
             "background_pid": background.procs[0].pid if background and background.procs else None,
         },
@@ -277,26 +315,49 @@ def _supervise(
     groups = [workers] if background is None else [workers, background]
     while not workers.stopping:
         time.sleep(0.2)
-        if readiness is not None and readiness.all_ready():
-            readiness = None  # said once; a restarted worker's READY=1 changes nothing
-            systemd_notify.ready(f"serving with {count} workers")
+        # Read before looking for exits: a process that said READY=1 and then exited
+        # was ready.
+        ready = watch.readiness.ready_pids()
         for group in groups:
-            _restart_exited(group, metrics_dir)
+            group.mark_ready(ready)
+        if watch.tell_systemd and workers.ready_count() >= watch.count:
+            watch.tell_systemd = False  # said once; a restarted worker's changes nothing
+            systemd_notify.ready(f"serving with {watch.count} workers")
+        for group in groups:
+            _restart_exited(group, watch)
 
 
-def _restart_exited(workers: _Workers, metrics_dir: Path) -> None:
-    """Replace each process of ``workers`` that has exited (unless told to stop)."""
-    for index, proc in enumerate(workers.procs):
-        code = proc.poll()
-        if code is not None and not workers.stopping:
-            log.error(
-                "process exited; restarting it",
-                extra={"role": workers.name, "pid": proc.pid, "exit_code": code},
-            )
-            # prometheus_client's multiprocess module has no type annotations.
-            multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
-                proc.pid, str(metrics_dir)
-            )
-            time.sleep(RESTART_DELAY)
-            if not workers.stopping:
+def _restart_exited(workers: _Workers, watch: _Watch) -> None:
+    """Schedule the restart of each process of ``workers`` that has exited, and start
+    those whose wait is over (unless told to stop)."""
+    for index, (proc, slot) in enumerate(zip(workers.procs, workers.slots, strict=True)):
+        if workers.stopping:
+            return
+        now = time.monotonic()
+        if slot.restart_at is not None:
+            if now >= slot.restart_at:
                 workers.restart(index)
+            continue
+        code = proc.poll()
+        if code is None:
+            continue
+        metric_files.retire(watch.metrics_dir, proc.pid)
+        delay = restarts.after_exit(slot, now, watch.attempts, workers.ever_ready)
+        status = restarts.exit_status(code)
+        if delay is None:
+            raise WorkersDidNotStart(
+                f"{workers.name} never became ready: exited {slot.failures} times in a row"
+                f" (last: {status}); stopped (the log above says why)"
+            )
+        slot.restart_at = now + delay
+        log.error(
+            "process exited; restarting it",
+            extra={
+                "role": workers.name,
+                "pid": proc.pid,
+                "exit_status": status,
+                "ran_s": round(now - slot.started_at, 1),
+                "exits_in_a_row": slot.failures,
+                "restart_in_s": delay,
+            },
+        )

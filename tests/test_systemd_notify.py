@@ -107,16 +107,23 @@ def test_without_a_service_manager_nothing_is_sent_and_nothing_fails(
     assert "cannot notify the service manager" in caplog.text
 
 
-def test_a_workers_parent_is_ready_once_every_worker_is() -> None:
-    readiness = WorkerReadiness(expected=2)
+def test_a_workers_parent_knows_which_of_its_processes_said_ready() -> None:
+    readiness = WorkerReadiness()
     try:
         relay = {"NOTIFY_SOCKET": readiness.address}
-        assert readiness.all_ready() is False
-        assert systemd_notify.notify("READY=1", "STATUS=serving", environ=relay)
+        assert readiness.ready_pids() == set()
         assert systemd_notify.notify("STOPPING=1", environ=relay)  # not a readiness
-        assert readiness.all_ready() is False
-        assert systemd_notify.notify("READY=1", environ=relay)
-        assert readiness.all_ready() is True
+        assert readiness.ready_pids() == set()
+        assert systemd_notify.notify("READY=1", "STATUS=serving", environ=relay)
+        # The kernel names the sender: this process (a worker, for the parent).
+        assert readiness.ready_pids() == {os.getpid()}
+        assert readiness.ready_pids() == set()  # each message is read once
+        child = subprocess.Popen(
+            [sys.executable, "-c", "from ocs import systemd_notify; systemd_notify.ready('up')"],
+            env={**os.environ, **relay},
+        )
+        assert child.wait(timeout=EXIT_TIMEOUT_S) == 0
+        assert readiness.ready_pids() == {child.pid}
     finally:
         readiness.close()
     assert not Path(readiness.address).exists()

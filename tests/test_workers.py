@@ -3,14 +3,17 @@
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocs.config import Settings
@@ -160,5 +163,136 @@ def test_workers_with_a_wrong_pepper_stop_the_start_at_once(
         log = server.log_tail()
         assert "ocs: configuration error: pepper_file: " in log and "is not the pepper" in log
         assert "workers started" not in log, log
+    finally:
+        server.stop()
+
+
+def _restart_delays(log: str) -> list[float]:
+    """The waits the parent's restart lines announce, in order."""
+    return [
+        float(found)
+        for line in log.splitlines()
+        if "process exited; restarting it" in line
+        for found in re.findall(r"restart_in_s=([0-9.]+)", line)
+    ]
+
+
+async def _store_a_nas_client_no_worker_can_load(database_url: str) -> None:
+    """A stored NAS client whose number translation is not JSON: every serving worker
+    fails while loading the client table, after the parent's own checks passed."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO nas_clients (name, network, secret, translation)"
+            " VALUES ('broken', '10.99.0.0/24', 's3cret', 'not json')"
+        )
+    finally:
+        await conn.close()
+
+
+def test_workers_that_never_become_ready_make_the_parent_give_up(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Such workers were started again every second for ever, and the parent never
+    exited: now the waits double and, after worker_start_attempts exits in a row with
+    none ever ready, the parent stops and exits 1 with one line (ocs.restarts)."""
+
+    async def migrate_then_break() -> None:
+        async with open_runtime(settings):
+            pass
+        await _store_a_nas_client_no_worker_can_load(settings.database_url or "")
+
+    asyncio.run(reset_state(settings.redis_url or "", settings.database_url or ""))
+    asyncio.run(migrate_then_break())
+    server = ServeProcess(
+        http_port=free_port(),
+        auth_port=free_port(socket.SOCK_DGRAM),
+        acct_port=free_port(socket.SOCK_DGRAM),
+        env=serve_env(settings, {"OCS_WORKER_START_ATTEMPTS": "3"}),
+        data_dir=tmp_path / "var",
+        log=tmp_path / "serve.log",
+        extra_args=["--workers", "2"],
+    )
+    try:
+        assert server.wait_exit(within=120) == 1
+        log = server.log_tail(200_000)
+        assert "workers started" in log, log[-4000:]
+        last = log.strip().splitlines()[-1]
+        assert re.fullmatch(
+            r"ocs: worker never became ready: exited 3 times in a row \(last: exit code \d+\);"
+            r" stopped \(the log above says why\)",
+            last,
+        ), log[-4000:]
+        # Two workers, three starts each at most: waits of 1 s, then 2 s, never more.
+        delays = _restart_delays(log)
+        assert 1.0 in delays and 2.0 in delays, log[-4000:]
+        assert set(delays) == {1.0, 2.0} and len(delays) <= 4, delays
+        assert delays.index(1.0) < delays.index(2.0)
+        assert "exit_status=exit code" in log
+    finally:
+        server.stop()
+        asyncio.run(reset_state(settings.redis_url or "", settings.database_url or ""))
+
+
+def _metrics_dir(worker_pid: int) -> Path:
+    """The metrics directory the parent gave its workers (read from a worker's environment)."""
+    environ = Path(f"/proc/{worker_pid}/environ").read_bytes().split(b"\0")
+    for entry in environ:
+        if entry.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+            return Path(entry.split(b"=", 1)[1].decode())
+    raise AssertionError(f"worker {worker_pid} has no metrics directory")
+
+
+def _newcomer(port: int, known: set[int], within: float = 90) -> int:
+    """The pid of a worker answering /healthz that is none of ``known``."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        health = _health(port)
+        if health is not None and health["pid"] not in known:
+            return int(health["pid"])
+    raise AssertionError("the killed worker was not replaced")
+
+
+def test_a_worker_that_was_ready_is_restarted_whatever_the_count(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Giving up is for workers that never came up: one killed after it served is
+    started again, with growing waits, past worker_start_attempts; and its metric
+    files are folded into the dead processes' ones (its counts kept)."""
+    asyncio.run(reset_state(settings.redis_url or "", settings.database_url or ""))
+    port = free_port()
+    server = ServeProcess(
+        http_port=port,
+        auth_port=free_port(socket.SOCK_DGRAM),
+        acct_port=free_port(socket.SOCK_DGRAM),
+        env=serve_env(settings, {"OCS_WORKER_START_ATTEMPTS": "2"}),
+        data_dir=tmp_path / "var",
+        log=tmp_path / "serve.log",
+        extra_args=["--workers", "2"],
+    )
+    try:
+        pids = _pids_answering(port, want=2, within=120)
+        assert len(pids) == 2, server.log_tail()
+        metrics_dir = _metrics_dir(min(pids))
+        victim = min(pids)
+        before, answered = _healthz_count(port), ANSWERED["healthz"]
+        seen = set(pids)
+        for _ in range(2):  # twice the same slot: its second exit in a row
+            assert list(metrics_dir.glob(f"*_{victim}.db")), "no metric files of the worker"
+            os.kill(victim, signal.SIGKILL)
+            victim = _newcomer(port, seen)
+            seen.add(victim)
+        assert server.proc.poll() is None, server.log_tail()
+        log = server.log_tail(200_000)
+        assert _restart_delays(log) == [1.0, 2.0], log[-4000:]
+        assert log.count("exit_status=killed by SIGKILL") == 2
+        # The dead workers' files are gone, and every request answered is still counted,
+        # theirs included.
+        for dead in seen - {victim, max(pids)}:
+            assert not list(metrics_dir.glob(f"*_{dead}.db")), sorted(metrics_dir.iterdir())
+        assert (metrics_dir / "counter_dead.db").exists()
+        assert _healthz_count(port) - before >= ANSWERED["healthz"] - answered
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.wait_exit() == 0
     finally:
         server.stop()
