@@ -527,7 +527,8 @@ def test_a_worker_that_fails_to_start_stops_the_parent_and_the_workers_before_it
         assert len(started) == 1
         assert started[0].poll() == -signal.SIGTERM, "the started worker was not told to stop"
         assert seen.events == ["backends stopped"]
-        assert len(made_dirs) == 1 and not made_dirs[0].exists()
+        # The metrics directory and the workers' notification socket's: both removed.
+        assert len(made_dirs) == 2 and not any(made.exists() for made in made_dirs)
         assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
         assert all(sock.fileno() == -1 for bound in seen.sockets for sock in bound.all())
     finally:
