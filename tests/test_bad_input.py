@@ -276,6 +276,20 @@ CASES: dict[str, list[Case]] = {
              {"account": "nobody", "destination": UK_MOBILE}, 404, "account_not_found",
              "account"),
     ],
+    # The PIN queries with the PIN in the body: refused before any PIN is looked up, so
+    # no wrong PIN is counted either (the state, pin guard included, is unchanged).
+    "pin queries": [
+        bad("no PIN", "/v1/pins/lookup", {"caller": "4930555000"}, "pin"),
+        bad("no PIN, time", "/v1/pins/time", {"destination": UK_MOBILE}, "pin"),
+        bad("PIN in the query string only", "/v1/pins/lookup?pin=123456789012", {}, "pin"),
+        bad("PIN a number", "/v1/pins/lookup", {"pin": 123456789012}, "pin"),
+        bad("empty PIN", "/v1/pins/time", {"pin": "", "destination": UK_MOBILE}, "pin"),
+        bad("PIN of 33 digits", "/v1/pins/lookup", {"pin": "1" * 33}, "pin"),
+        bad("no body", "/v1/pins/lookup", Raw(""), "body"),
+        bad("no destination", "/v1/pins/time", {"pin": "123456789012"}, "destination"),
+        bad("a typo in a field", "/v1/pins/lookup", {"pin": "123456789012", "calller": "1"},
+            "calller"),
+    ],
     # A fractional duration and a stop without one are a call's real length (the time
     # since its start): tests/test_calls_api.py and the lifecycle's tests cover them.
     "stop": [

@@ -661,3 +661,84 @@ async def test_a_batch_whose_commit_answer_is_lost_hands_out_its_pins(
     monkeypatch.undo()
     assert len(rows) == 3
     assert {await opening(app, row["pin"]) for row in rows} == {200}
+
+
+# -- the PIN in the body, out of the URL that proxies log ---------------------------------
+
+
+async def test_pin_queries_with_the_pin_in_the_body_answer_as_those_with_it_in_the_url(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    rows = await generate(app, batch="body", count=3, length=PIN_LENGTH, value="1.00")
+    pins = {row["pin"] for row in rows}
+    pin, caller = rows[0]["pin"], "4930444000"
+
+    status, by_url = await app.get(f"/v1/pins/{pin}?caller={caller}")
+    assert status == 200, by_url
+    status, by_body = await app.post("/v1/pins/lookup", {"pin": pin, "caller": caller})
+    assert status == 200, by_body
+    assert by_body == by_url
+    assert (by_body["account"], by_body["balance"], by_body["currency"]) == (
+        rows[0]["account"], "1.000000", "EUR",
+    )  # fmt: skip
+
+    status, time_by_url = await app.get(f"/v1/pins/{pin}/time?destination={GERMANY}")
+    assert status == 200, time_by_url
+    status, time_by_body = await app.post("/v1/pins/time", {"pin": pin, "destination": GERMANY})
+    assert status == 200, time_by_body
+    assert time_by_body == time_by_url
+    assert (time_by_body["seconds"], time_by_body["zone"]) == (5000, "Germany")
+    # Every field the query string takes, the body takes too.
+    status, with_all = await app.post(
+        "/v1/pins/time",
+        {"pin": pin, "destination": GERMANY, "access_number": "+18005550100", "caller": caller},
+    )
+    assert (status, with_all) == (200, time_by_url)
+
+    # A PIN no card has: the same 404 either way, naming the PIN's field.
+    wrong = wrong_pin(pins)
+    status, refused_by_url = await app.get(f"/v1/pins/{wrong}?caller={caller}")
+    assert status == 404, refused_by_url
+    for path, extra in (("/v1/pins/lookup", {}), ("/v1/pins/time", {"destination": GERMANY})):
+        status, refused = await app.post(path, {"pin": wrong, "caller": caller, **extra})
+        assert (status, refused) == (404, refused_by_url), (path, refused)
+    assert (refused["error"]["reason"], refused["error"]["field"]) == ("account_not_found", "pin")
+
+
+async def test_wrong_pins_in_the_body_and_in_the_url_are_counted_together(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    rows = await generate(app, batch="both", count=5, length=PIN_LENGTH, value="2.00")
+    pins = {row["pin"] for row in rows}
+    good = rows[0]["pin"]
+    before = await scrape(app)
+    limit = app.services.settings.pin_guess_limit_caller
+    guesser, honest = "4930666000", "4930666111"
+    # The guesses alternate between the forms: neither alone reaches the limit.
+    for n in range(limit):
+        if n % 2:
+            status, body = await app.get(f"/v1/pins/{wrong_pin(pins)}?caller={guesser}")
+        else:
+            status, body = await app.post(
+                "/v1/pins/lookup", {"pin": wrong_pin(pins), "caller": guesser}
+            )
+        assert status == 404, body
+    # Blocked now in every form, even with a right PIN.
+    asked = (
+        ("POST", "/v1/pins/lookup", {"pin": good, "caller": guesser}),
+        ("POST", "/v1/pins/time", {"pin": good, "destination": GERMANY, "caller": guesser}),
+        ("GET", f"/v1/pins/{good}?caller={guesser}", None),
+    )
+    for method, path, payload in asked:
+        response = await app.client.request(method, path, json=payload)
+        body = await response.json()
+        assert (response.status, body["error"]["reason"]) == (403, "pin_blocked"), (path, body)
+    # Another caller id through the same IVR still gets through.
+    status, body = await app.post("/v1/pins/lookup", {"pin": good, "caller": honest})
+    assert (status, body["balance"]) == (200, "2.000000"), body
+    after = await scrape(app)
+    assert blocked_samples(after, "caller") - blocked_samples(before, "caller") == len(asked)
+    failures = ("ocs_pin_failures_total", (("channel", "http"),))
+    assert after[failures] - before.get(failures, 0.0) == limit

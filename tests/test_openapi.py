@@ -148,3 +148,29 @@ async def test_answers_match_their_documented_schemas(app: RunningApp) -> None:
         schema = documented["content"]["application/json"]["schema"]
         validator(document, schema).validate(answer)
     assert stopped["cost"] == "0.198000"
+
+
+async def test_pin_queries_take_the_pin_in_the_body_and_the_url_forms_are_deprecated(
+    app: RunningApp,
+) -> None:
+    # A PIN in the URL is in every proxy's access log: the body forms are the ones to use.
+    document = await document_of(app)
+    paths, schemas = document["paths"], document["components"]["schemas"]
+    for path, replacement in (
+        ("/v1/pins/{pin}", "/v1/pins/lookup"),
+        ("/v1/pins/{pin}/time", "/v1/pins/time"),
+    ):
+        old, new = paths[path]["get"], paths[replacement]["post"]
+        assert old["deprecated"] is True and "deprecated" not in new
+        assert f"POST {replacement}" in old["description"]
+        assert old["x-ocs-role"] == new["x-ocs-role"] == "switch"
+        body = new["requestBody"]
+        assert body["required"] is True
+        fields = schemas[body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+        assert "pin" in fields["required"]
+        # Every query parameter of the URL form is a field of the body form.
+        assert {p["name"] for p in old["parameters"] if p["in"] == "query"} < set(
+            fields["properties"]
+        )
+        assert {"403", "404"} <= set(new["responses"])
+        assert old["responses"]["200"]["content"] == new["responses"]["200"]["content"]

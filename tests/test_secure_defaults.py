@@ -341,9 +341,14 @@ async def test_calls_are_refused_from_outside_switch_networks_and_say_how_to_all
             message = body["error"]["message"]
             assert "127.0.0.1" in message and "switch_networks" in message
             assert "--role switch" in message
-        for path in ("/v1/calls/c-out/stop", "/v1/pins/12345678", "/v1/pins/12345678/time"):
-            method = "GET" if "/pins/" in path else "POST"
-            response = await client.request(method, path, json={"duration": 45})
+        for method, path, payload in (
+            ("POST", "/v1/calls/c-out/stop", {"duration": 45}),
+            ("GET", "/v1/pins/12345678", None),
+            ("GET", "/v1/pins/12345678/time", None),
+            ("POST", "/v1/pins/lookup", {"pin": "12345678"}),
+            ("POST", "/v1/pins/time", {"pin": "12345678", "destination": "4420"}),
+        ):
+            response = await client.request(method, path, json=payload)
             assert (await answer(response))[0] == 401, path
         assert await redis_state(services.redis) == before  # nothing reserved
         assert (await services.accounts.show("a1")).lines_in_use == 0
@@ -394,6 +399,11 @@ async def test_calls_from_inside_switch_networks_or_with_switch_open_need_no_tok
             assert (await answer(response))[1]["cost"] == "0.198000", name
             # A PIN query gets as far as the lookup: no such card.
             response = await client.get("/v1/pins/12345678")
+            assert response.status == 404, (name, await response.text())
+            # (Its own caller: both forms' wrong PINs count against one limit.)
+            response = await client.post(
+                "/v1/pins/lookup", json={"pin": "12345678", "caller": f"ivr-{name}"}
+            )
             assert response.status == 404, (name, await response.text())
             # None of this opens the admin API.
             assert (await client.get("/v1/accounts/a1")).status == 401, name

@@ -2,6 +2,11 @@
 card's state, and the seconds it buys to a destination), and the IVR settings an IVR
 is told in those answers (a plan's default, an account's override: decision 0030).
 
+The PIN queries come in two forms that answer alike: ``POST /v1/pins/lookup`` and
+``POST /v1/pins/time`` take the PIN in the JSON body; the older ``GET /v1/pins/{pin}``
+and ``/v1/pins/{pin}/time`` carry it in the URL, which a proxy in front of ocs logs,
+and are kept, deprecated, for IVRs built on them (decision 0042, 2026-12-07).
+
 A thin adapter over ``ocs.balances.cards`` and the call lifecycle's quote: each
 endpoint declares what it takes and answers (``ENDPOINTS``).
 """
@@ -96,18 +101,36 @@ Caller = Annotated[
 ]
 
 
+Pin = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=32,
+        description="the calling card's PIN",
+        examples=["123456789012"],
+    ),
+]
+
+
 class PinQuery(Params):
     """An IVR's card lookup by PIN (the query string; an empty value is one left out)."""
 
     caller: Caller = ""
 
 
-async def _card(request: web.Request, caller: str) -> tuple[Services, str]:
-    """The card a PIN in the path opens; wrong PINs count against the caller's guesses
-    and, as a NAS's do over RADIUS, against the IVR asking (its address): a client
-    that names a new ``caller`` for every guess is still stopped."""
+class PinLookup(Params):
+    """An IVR's card lookup, the PIN in the body (never in the URL, which proxies log)."""
+
+    pin: Pin
+    caller: Caller = ""
+
+
+async def _card(request: web.Request, pin: str, caller: str) -> tuple[Services, str]:
+    """The card a PIN opens; wrong PINs count against the caller's guesses and, as a
+    NAS's do over RADIUS, against the IVR asking (its address): a client that names a
+    new ``caller`` for every guess is still stopped. Both forms of a query (the PIN in
+    the path or in the body) count against the same guesses."""
     services = services_of(request)
-    pin = request.match_info["pin"]
     ivr = request.remote
     who = caller or ivr
     # Counted before the lookup, so that guesses sent in parallel are all counted.
@@ -141,9 +164,9 @@ class PinInfo(Answer):
     play_time: bool = False
 
 
-async def pin_info(request: web.Request, params: PinQuery) -> PinInfo:
-    """GET /v1/pins/{pin}: an IVR's card lookup by PIN: status, balance, language, expiry."""
-    services, account_id = await _card(request, params.caller)
+async def _pin_info(request: web.Request, pin: str, caller: str) -> PinInfo:
+    """A card's state by its PIN, whichever form the query came in."""
+    services, account_id = await _card(request, pin, caller)
     state = await services.accounts.show(account_id)
     expires = state.expires_at
     settings = await services.calls.ivr_of(account_id)
@@ -161,17 +184,41 @@ async def pin_info(request: web.Request, params: PinQuery) -> PinInfo:
     )
 
 
+async def pin_info(request: web.Request, params: PinQuery) -> PinInfo:
+    """GET /v1/pins/{pin} (deprecated: the PIN is in the URL): an IVR's card lookup."""
+    return await _pin_info(request, request.match_info["pin"], params.caller)
+
+
+async def lookup_pin(request: web.Request, params: PinLookup) -> PinInfo:
+    """POST /v1/pins/lookup: an IVR's card lookup by PIN: status, balance, language,
+    expiry."""
+    return await _pin_info(request, params.pin, params.caller)
+
+
+Destination = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, description="the number to call")
+]
+AccessNumber = Annotated[
+    str,
+    msgspec.Meta(max_length=33, description="the number the card holder dialled in on"),
+]
+
+
 class PinTimeQuery(Params):
     """An IVR's "how long may this card call" (the query string; an empty value is one
     left out)."""
 
-    destination: Annotated[
-        str, msgspec.Meta(min_length=1, max_length=64, description="the number to call")
-    ]
-    access_number: Annotated[
-        str,
-        msgspec.Meta(max_length=33, description="the number the card holder dialled in on"),
-    ] = ""
+    destination: Destination
+    access_number: AccessNumber = ""
+    caller: Caller = ""
+
+
+class PinTimeLookup(Params):
+    """An IVR's "how long may this card call", the PIN in the body (never in the URL)."""
+
+    pin: Pin
+    destination: Destination
+    access_number: AccessNumber = ""
     caller: Caller = ""
 
 
@@ -189,9 +236,11 @@ class PinTime(Answer):
     language: str = "en"
 
 
-async def pin_time(request: web.Request, params: PinTimeQuery) -> PinTime:
-    """GET /v1/pins/{pin}/time: an IVR's "you have N minutes" for a card and a destination."""
-    services, account_id = await _card(request, params.caller)
+async def _pin_time(
+    request: web.Request, pin: str, params: PinTimeQuery | PinTimeLookup
+) -> PinTime:
+    """The seconds a card buys to a destination, whichever form the query came in."""
+    services, account_id = await _card(request, pin, params.caller)
     access_number = params.access_number.lstrip("+") or None
     quote = await services.calls.quote(account_id, params.destination, access_number)
     settings = await services.calls.ivr_of(account_id)
@@ -205,6 +254,16 @@ async def pin_time(request: web.Request, params: PinTimeQuery) -> PinTime:
         play_time=settings.play_time,
         language=settings.language or await services.cards.language(account_id),
     )
+
+
+async def pin_time(request: web.Request, params: PinTimeQuery) -> PinTime:
+    """GET /v1/pins/{pin}/time (deprecated: the PIN is in the URL)."""
+    return await _pin_time(request, request.match_info["pin"], params)
+
+
+async def lookup_pin_time(request: web.Request, params: PinTimeLookup) -> PinTime:
+    """POST /v1/pins/time: an IVR's "you have N minutes" for a card and a destination."""
+    return await _pin_time(request, params.pin, params)
 
 
 Announce = Annotated[
@@ -344,27 +403,61 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         " expires (one line per card)",
     ),
     Endpoint(
+        "POST",
+        "/v1/pins/lookup",
+        Role.SWITCH,
+        "An IVR's card lookup by PIN: status, balance, language, expiry",
+        lookup_pin,
+        PinLookup,
+        PinInfo,
+        body_required=True,
+        errors=(403, 404),
+        description="The PIN travels in the body, out of the URL that proxies and load"
+        " balancers log. A PIN no card has: 404 account_not_found (field pin). Wrong PINs"
+        " count against the caller and the IVR asking, together with those of"
+        " GET /v1/pins/{pin}: past the limit, 403 pin_blocked.",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/pins/time",
+        Role.SWITCH,
+        'An IVR\'s "you have N minutes": the seconds a card buys to a destination',
+        lookup_pin_time,
+        PinTimeLookup,
+        PinTime,
+        body_required=True,
+        errors=(403, 404),
+        description="Reserves nothing. The PIN travels in the body; wrong PINs count as for"
+        " the lookup.",
+    ),
+    Endpoint(
         "GET",
         "/v1/pins/{pin}",
         Role.SWITCH,
-        "An IVR's card lookup by PIN: status, balance, language, expiry",
+        "Deprecated: an IVR's card lookup by PIN in the URL; use POST /v1/pins/lookup",
         pin_info,
         PinQuery,
         PinInfo,
         errors=(403,),
-        description="Wrong PINs count against the caller and the IVR asking: past the"
+        description="Deprecated: the PIN is in the URL, which a reverse proxy, load balancer"
+        " or WAF in front of ocs logs; POST /v1/pins/lookup answers the same with the PIN"
+        " in the body. Wrong PINs count against the caller and the IVR asking: past the"
         " limit, 403 pin_blocked.",
+        deprecated=True,
     ),
     Endpoint(
         "GET",
         "/v1/pins/{pin}/time",
         Role.SWITCH,
-        'An IVR\'s "you have N minutes": the seconds a card buys to a destination',
+        "Deprecated: the seconds a card buys, its PIN in the URL; use POST /v1/pins/time",
         pin_time,
         PinTimeQuery,
         PinTime,
         errors=(403,),
-        description="Reserves nothing. Wrong PINs count as for the lookup.",
+        description="Deprecated: the PIN is in the URL, which proxies log; POST"
+        " /v1/pins/time answers the same with the PIN in the body. Reserves nothing. Wrong"
+        " PINs count as for the lookup.",
+        deprecated=True,
     ),
     Endpoint(
         "PUT",

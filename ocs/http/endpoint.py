@@ -225,7 +225,8 @@ class Endpoint(Generic[P, A]):
     GET and DELETE; None: the endpoint takes none (its handler gets None). ``body`` says
     how a body is read: "json" (decoded into ``params``), "csv" (the handler reads the
     text itself; ``params`` then comes from the query string), or "none". ``answer`` is
-    what a 2xx carries; ``status`` its usual code.
+    what a 2xx carries; ``status`` its usual code. ``deprecated``: kept for the clients
+    built on it, marked so in /openapi.json; its description names what replaces it.
     """
 
     method: str
@@ -241,6 +242,7 @@ class Endpoint(Generic[P, A]):
     errors: tuple[int, ...] = ()
     description: str = ""
     answer_description: str = ""
+    deprecated: bool = False
 
     @property
     def key(self) -> tuple[str, str]:

@@ -112,6 +112,8 @@ REQUEST_KINDS = {
     ("POST", "/v1/calls/{call_id}/stop"): "stop",
     ("DELETE", "/v1/calls/{call_id}"): "cut",
     ("POST", "/v1/usage"): "usage",
+    ("POST", "/v1/pins/lookup"): "query",
+    ("POST", "/v1/pins/time"): "query",
     ("GET", "/v1/pins/{pin}"): "query",
     ("GET", "/v1/pins/{pin}/time"): "query",
     ("GET", "/healthz"): "health",

@@ -319,6 +319,8 @@ def _operation(endpoint: Endpoint[Any, Any], schemas: dict[str, Any]) -> dict[st
     }
     if description:
         operation["description"] = description
+    if endpoint.deprecated:
+        operation["deprecated"] = True
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
