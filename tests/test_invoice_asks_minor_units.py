@@ -233,7 +233,11 @@ BEFORE_0062 = [
     ("kwd", "KWD", "posted", 12_344_500, 12_344_500),  # 12.345
     ("clf", "CLF", "posted", 1_234_450, 1_234_450),  # 4 decimals: 1.2345
     ("eur-draft", "EUR", "draft", 12_344_871, 12_344_871),  # asks nothing yet
+    ("eur-paid-exact", "EUR", "posted", 12_345_000, 12_345_000),  # paid 12.345: stays paid
+    ("eur-paid-cents", "EUR", "posted", 12_344_871, 12_344_871),  # paid 12.34: paid now
 ]
+# What the invoices above had been paid before the migration, and whether they were paid.
+PAID_BEFORE_0062 = {"eur-paid-exact": (12_345_000, True), "eur-paid-cents": (12_340_000, False)}
 
 
 async def test_migration_0062_stores_what_invoices_posted_before_it_ask_by_the_same_rule(
@@ -282,9 +286,21 @@ async def test_migration_0062_stores_what_invoices_posted_before_it_ask_by_the_s
                     due,
                 )
 
+            for account, (paid, settled) in PAID_BEFORE_0062.items():
+                await conn.execute(
+                    "UPDATE invoices SET amount_paid = $2,"
+                    " paid_at = CASE WHEN $3 THEN timestamptz '2026-04-20Z' END"
+                    " WHERE account_id = $1",
+                    account,
+                    paid,
+                    settled,
+                )
+
             await conn.execute(m0062)
 
-            rows = await conn.fetch("SELECT account_id, amount_asked FROM invoices ORDER BY id")
+            rows = await conn.fetch(
+                "SELECT account_id, amount_asked, amount_paid, paid_at FROM invoices ORDER BY id"
+            )
         finally:
             await conn.close()
     finally:
@@ -300,8 +316,17 @@ async def test_migration_0062_stores_what_invoices_posted_before_it_ask_by_the_s
         "kwd": 12_345_000,
         "clf": 1_234_500,
         "eur-draft": None,
+        # Paid 12.345 under the old rule: it asks what it was paid, not 12.35 (a review
+        # found the half cent dunned), and its paid_at stays.
+        "eur-paid-exact": 12_345_000,
+        # Paid 12.34 on an exact 12.344871: settled by the rounded ask, paid now.
+        "eur-paid-cents": 12_340_000,
     }
+    paid = {r["account_id"]: r for r in rows if r["account_id"] in PAID_BEFORE_0062}
+    assert paid["eur-paid-exact"]["paid_at"] == datetime(2026, 4, 20, tzinfo=UTC)
+    assert paid["eur-paid-cents"]["paid_at"] is not None
+    assert all(r["amount_paid"] >= r["amount_asked"] for r in paid.values())
     # The figures posting stores from now on, by the one rule in Python.
     for account, currency, state, due, new in BEFORE_0062:
-        if state == "posted":
+        if state == "posted" and account not in PAID_BEFORE_0062:
             assert found[account] == asked(due, new, currency), account

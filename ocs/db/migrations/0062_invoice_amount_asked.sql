@@ -26,8 +26,20 @@ asks AS (
     FROM invoices i LEFT JOIN minor m ON m.code = i.currency::text
     WHERE i.state = 'posted'
 )
-UPDATE invoices i SET amount_asked = (a.exact + a.step / 2) / a.step * a.step
+-- An invoice paid under the old rule (its exact ask) stays paid: were its ask rounded up
+-- (12.345 to 12.35), dunning would pursue the half cent, and every later payment would
+-- fill such remnants first. It asks at most what it was paid.
+UPDATE invoices i SET amount_asked = CASE
+        WHEN i.amount_paid >= a.exact
+            THEN LEAST((a.exact + a.step / 2) / a.step * a.step, i.amount_paid)
+        ELSE (a.exact + a.step / 2) / a.step * a.step
+    END
 FROM asks a WHERE i.id = a.id;
+
+-- One that its payments now settle (12.34 paid on an ask of 12.344871) is paid now.
+UPDATE invoices SET paid_at = now()
+WHERE state = 'posted' AND paid_at IS NULL AND amount_asked > 0
+    AND amount_paid >= amount_asked;
 
 -- Every posted invoice (and credit note, which asks 0) has its figure.
 ALTER TABLE invoices ADD CONSTRAINT invoices_posted_asks
