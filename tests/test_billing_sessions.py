@@ -147,3 +147,39 @@ async def test_a_session_never_lifts_a_suspension_or_an_operators_lock(app: Runn
     ]
     assert await _statuses(services, "booth1") == ("locked", "locked", "session")
     assert await _refusal(services, "c3") is Reason.NO_OPEN_SESSION
+
+
+async def test_closing_a_session_keeps_an_operators_lock_that_dunning_recorded(
+    app: RunningApp,
+) -> None:
+    """An operator locks an account mid-session, dunning then suspends it (recording the
+    operator's lock), and the session is closed: paying gives back the operator's lock.
+    Before, the close rewrote what dunning had recorded as the session lock, so paying
+    opened the account to the next session, and the operator's lock was gone."""
+    services = app.services
+    await add_plan(services, "kiosk")
+    await set_plan_billing(services.pool, PlanBilling("kiosk", "on_demand", date(2026, 1, 1)))
+    await services.accounts.create(AccountSpec("booth3", plan_id="kiosk", opening_balance=5 * EUR))
+    await lock_without_session(services.pool, services.store, "booth3")
+    await open_session(services.pool, services.store, "booth3")
+    first = await close_session(services.pool, services.store, "booth3")
+    await open_session(services.pool, services.store, "booth3")
+    status, body = await send(app, "PATCH", "/v1/accounts/booth3", {"status": "locked"})
+    assert status == 200, body
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO dunning_suspensions (account_id, invoice_id, previous_status,"
+            " previous_lock, suspended_at) VALUES ('booth3', $1, 'locked', '', now())",
+            first.invoice_id,
+        )
+    status, body = await send(app, "PATCH", "/v1/accounts/booth3", {"status": "suspended"})
+    assert status == 200, body
+    await close_session(services.pool, services.store, "booth3")
+    assert await _statuses(services, "booth3") == ("suspended", "suspended", "")
+    assert await reactivate_paid(services.pool, services.store, ["booth3"], datetime.now(UTC)) == [
+        "booth3"
+    ]
+    # The operator's lock, not the session's: no session may open.
+    assert await _statuses(services, "booth3") == ("locked", "locked", "")
+    status, body = await app.post("/v1/accounts/booth3/billing-sessions", None)
+    assert (status, body["error"]["reason"]) == (409, "account_state"), body

@@ -280,10 +280,12 @@ async def lock_open_suspension(conn: asyncpg.Connection, account_id: str) -> Sus
 async def restore_to_lock(conn: asyncpg.Connection, account_id: str, lock: str) -> bool:
     """Make the account's open suspension give back ``locked`` with ``lock`` when it is
     lifted (an on-demand session closed while it was suspended: paying must not reopen
-    calls that no session covers); whether it had one."""
+    calls that no session covers); whether it had one to change. Only one that recorded
+    the session's "active": one that recorded an operator's lock gives that back."""
     found = await conn.fetchval(
         "UPDATE dunning_suspensions SET previous_status = 'locked', previous_lock = $2"
-        " WHERE account_id = $1 AND reactivated_at IS NULL RETURNING 1",
+        " WHERE account_id = $1 AND reactivated_at IS NULL AND previous_status = 'active'"
+        " RETURNING 1",
         account_id,
         lock,
     )
