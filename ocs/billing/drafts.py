@@ -116,12 +116,14 @@ GROUP BY i.account_id
 
 # What earlier invoices billed of the charges, from the first charge period to reconcile;
 # each line with its source (none for a line written before migration 0043). A one-time
-# charge's line has no end: it bills its day.
+# charge's line has no end: it bills its day. Void invoices' lines too, marked: what they
+# charged is not charged again (``lines._voided_days``, decision 0046).
 _BILLED_SQL = """
 SELECT i.account_id, l.charge_id, l.item_id, l.number, l.subscription_id,
-       l.account_number_id, l.period_start, l.period_end, l.exact_amount < 0 AS credit
+       l.account_number_id, l.period_start, l.period_end, l.exact_amount < 0 AS credit,
+       i.state = 'void' AS void
 FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id
-WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.state <> 'void'
+WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice'
   AND i.period_start < $2 AND l.charge_id IS NOT NULL AND l.moves_money
   AND l.kind IN ('recurring', 'proration', 'one_time') AND l.period_start >= $3
 """
@@ -287,7 +289,9 @@ def usage_window(which: Targets, usage_cutoff: datetime | None) -> tuple[datetim
 class Earlier:
     """What an account's earlier invoices billed, for the accounts that have one.
 
-    ``billed``: account -> what they billed of each charge (``lines.Billed``);
+    ``billed``: account -> what those that stand billed of each charge
+    (``lines.Billed``); ``voided``: account -> what its void ones charged, for every
+    account with one (one whose only earlier invoices are void too: it is in no other);
     ``began``: account -> the first day its first invoice billed arrears for (local);
     ``newest``: account -> when its newest earlier invoice was made (``lines.cut_short``);
     ``seen``: account -> until when its earlier invoices read the items
@@ -295,6 +299,7 @@ class Earlier:
     """
 
     billed: dict[str, dict[BilledKey, list[Billed]]]
+    voided: dict[str, dict[BilledKey, list[Billed]]]
     began: dict[str, date]
     newest: dict[str, datetime]
     seen: dict[str, datetime]
@@ -311,7 +316,10 @@ async def billed_spans(
     read the items (``lines.recorded_late``, decision 0043), is read in a second query,
     from the charge period holding that end or the item's first billable day: the
     window of every other account is not widened for it, and a run without such an
-    account makes the one query it made before.
+    account makes the one query it made before. The lines of void invoices come in the
+    same reads, apart (``Earlier.voided``); an account whose earlier invoices are all
+    void has its billing begin with this invoice, and its void lines read over the
+    window it would have (``billed_window_start``).
     """
     ids = group.account_ids
     cycle = group.cycle
@@ -320,18 +328,24 @@ async def billed_spans(
     began: dict[str, date] = {}
     newest: dict[str, datetime] = {}
     seen: dict[str, datetime] = {}
+    void_only: list[str] = []
     for r in await conn.fetch(_EARLIER_SQL, ids, group.period.start):
         if r["began"] is None:
-            continue  # only void invoices: its billing begins with its next invoice
+            # Only void invoices: its billing begins with this invoice, and what they
+            # charged is not charged again.
+            void_only.append(r["account_id"])
+            continue
         began[r["account_id"]] = arrears_first_day(
             cycle, r["began"].astimezone(zone).date(), timing
         )
         newest[r["account_id"]] = r["newest"]
         seen[r["account_id"]] = r["seen"]
     found: dict[str, dict[BilledKey, list[Billed]]] = {a: {} for a in began}
+    voided: dict[str, dict[BilledKey, list[Billed]]] = {}
     # Account -> from when its lines are read (None: not at all).
     windows: dict[str, datetime | None] = {
-        account: billed_window_start(items.get(account, []), cycle, which) for account in began
+        account: billed_window_start(items.get(account, []), cycle, which)
+        for account in [*began, *void_only]
     }
     late: dict[str, datetime | None] = {}
     for account in began:
@@ -355,7 +369,8 @@ async def billed_spans(
                 r["subscription_id"],
                 r["account_number_id"],
             )
-            spans = found[r["account_id"]].setdefault(key, [])
+            lines = voided.setdefault(r["account_id"], {}) if r["void"] else found[r["account_id"]]
+            spans = lines.setdefault(key, [])
             first = r["period_start"].astimezone(zone).date()
             end = r["period_end"]
             spans.append(
@@ -365,7 +380,7 @@ async def billed_spans(
                     r["credit"],
                 )
             )
-    return Earlier(found, began, newest, seen)
+    return Earlier(found, voided, began, newest, seen)
 
 
 def _earliest(first: datetime | None, second: datetime) -> datetime:
@@ -471,6 +486,7 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
             earlier.began.get(account),
             earlier.newest.get(account),
             earlier.seen.get(account),
+            earlier.voided.get(account),
         ) + reported.get(account, [])
         lines += late.event_lines(account, window[0], currency)
         # Bundles, discounts and commitments come before taxes: taxes are net of them.

@@ -66,6 +66,12 @@ have been billed up to its target, less what earlier invoices billed of it),
 for the items recorded after the latest cut-off (or making) of the account's
 earlier invoices (``recorded_late``); the invoice after it has seen them.
 
+What a void invoice charged is charged by no rule above again, nor credited
+(decision 0046, addendum): its lines come apart from those of the invoices that
+stand (``voided``), every charge leaves their days out (``_voided_days``), and
+every credit counts only the invoices that stand. The operator bills them again
+explicitly, by adding the charge again for those days (a new item).
+
 An item is matched with what was billed for it by ``Item.key``: its charge,
 subscription charge and number, and its **source**, the instance it bills (the
 subscription, or the number's assignment) that every charge line records
@@ -337,6 +343,20 @@ def _billed_days(part: Period, spans: list[Billed]) -> set[date]:
     return done
 
 
+def _voided_days(part: Period, spans: list[Billed]) -> set[date]:
+    """The days of the charge period ``part`` that void invoices charged (``spans``: their
+    lines): not charged again by a run, behind the operator's back (decision 0046).
+
+    Their credits take nothing away: a credit on a void invoice was voided with it, and
+    the days it credited count as billed by the invoice that charged them.
+    """
+    done: set[date] = set()
+    for span in spans:
+        if not span.credit and part.first_day <= span.first < part.end_day:
+            done |= _days(span.first, min(span.end, part.end_day))
+    return done
+
+
 def _item_line(
     item: Item,
     kind: str,
@@ -406,14 +426,24 @@ def _span_line(
 
 
 def _settle(
-    item: Item, part: Period, should: set[date], done: set[date], zone_of: Schedule, currency: str
+    item: Item,
+    part: Period,
+    should: set[date],
+    done: set[date],
+    zone_of: Schedule,
+    currency: str,
+    voided: set[date],
 ) -> list[Line]:
     """A credit for the days of ``part`` billed but not used, a charge for those used but
-    not billed: two lines, each rounded once (none when the billing is right)."""
+    not billed: two lines, each rounded once (none when the billing is right).
+
+    ``done``: the days invoices that stand billed, net; ``voided``: those void invoices
+    charged, neither charged again nor credited (their billing was reversed).
+    """
     found: list[Line] = []
     if extra := done - should:
         found.append(_span_line(item, part, extra, zone_of, currency, credit=True))
-    if missing := should - done:
+    if missing := should - done - voided:
         found.append(_span_line(item, part, missing, zone_of, currency, credit=False))
     return found
 
@@ -427,6 +457,7 @@ def _arrears_lines(
     billed: BilledSpans | None,
     named: bool = False,
     began: date | None = None,
+    voided: BilledSpans | None = None,
 ) -> list[Line]:
     """An arrears charge's lines on the invoice whose arrears period is ``target``.
 
@@ -436,7 +467,8 @@ def _arrears_lines(
     on-demand) one begun in it is billed for its days in it. ``billed``: what
     earlier invoices billed (None: this is the account's first invoice); ``began``:
     the first day of the account's first invoice's arrears period, before which
-    nothing is billed (an account's billing begins with its first invoice).
+    nothing is billed (an account's billing begins with its first invoice);
+    ``voided``: what void invoices charged, not charged again (``_voided_days``).
     """
     found: list[Line] = []
     for part in _periods_overlapping(own, target):
@@ -465,7 +497,8 @@ def _arrears_lines(
         first = max(first, target.first_day if billed is None else (began or first))
         done = set() if billed is None else _billed_days(part, spans_of(item, billed))
         should = _days(first, after) if first < after else set()
-        found += _settle(item, part, should, done, cycle, currency)
+        gone = set() if voided is None else _voided_days(part, spans_of(item, voided))
+        found += _settle(item, part, should, done, cycle, currency, gone)
     return found
 
 
@@ -476,12 +509,14 @@ def charge_lines(
     currency: str,
     billed: BilledSpans | None,
     began: date | None = None,
+    voided: BilledSpans | None = None,
 ) -> list[Line]:
     """The lines one charge item gives on the invoice ``which`` describes.
 
-    ``billed``: what the account's earlier invoices billed (None: it has none,
-    this is its first invoice); read only for an arrears charge period that
-    began before the arrears period.
+    ``billed``: what the account's earlier invoices that stand billed (None: it has
+    none, this is its first invoice); ``voided``: what its void earlier invoices
+    charged (None: it has none). Read only for an arrears charge period that began
+    before the arrears period.
     """
     target = which.advance if item.timing == "advance" else which.arrears
     total = item.amount * item.quantity
@@ -494,7 +529,9 @@ def charge_lines(
         return []
     own = charge_schedule(cycle, item.cadence, item.every_days)
     if item.timing != "advance":
-        return _arrears_lines(item, own, cycle, target, currency, billed, which.named, began)
+        return _arrears_lines(
+            item, own, cycle, target, currency, billed, which.named, began, voided
+        )
     found = []
     for part in _periods_starting_in(own, target):
         first = max(item.start, part.first_day)
@@ -505,12 +542,19 @@ def charge_lines(
 
 
 def advance_adjustments(
-    item: Item, cycle: Schedule, which: Targets, currency: str, billed: list[Billed]
+    item: Item,
+    cycle: Schedule,
+    which: Targets,
+    currency: str,
+    billed: list[Billed],
+    voided: list[Billed] | None = None,
 ) -> list[Line]:
     """Credit and charge lines that bring an advance item's earlier billing up to date.
 
-    For each charge period overlapping the arrears period: days billed earlier
-    but not used now are credited, days used but not billed are charged.
+    For each charge period overlapping the arrears period: days billed earlier (by
+    invoices that stand, ``billed``) but not used now are credited, days used but not
+    billed are charged, unless a void invoice charged them (``voided``): the operator
+    voided that billing, and a run does not bill it again behind their back.
     """
     if item.timing != "advance" or item.billed_as != "recurring" or item.cadence is None:
         return []
@@ -521,7 +565,8 @@ def advance_adjustments(
         first = max(item.start, part.first_day)
         after = part.end_day if item.end is None else min(item.end, part.end_day)
         should = _days(first, after) if first < after else set()
-        found += _settle(item, part, should, _billed_days(part, billed), cycle, currency)
+        done, gone = _billed_days(part, billed), _voided_days(part, voided or [])
+        found += _settle(item, part, should, done, cycle, currency, gone)
     return found
 
 
@@ -644,6 +689,7 @@ def late_charges(
     currency: str,
     billed: BilledSpans,
     began: date | None,
+    voided: BilledSpans | None = None,
 ) -> list[Line]:
     """What earlier invoices left unbilled of an item recorded after they read the items
     (the caller checks ``recorded_late``): Kill Bill's rule, the item's billing as it
@@ -657,11 +703,14 @@ def late_charges(
     later invoice counts it as billed. A one-time charge dated before its target and
     not before the account's billing began: billed once, unless an earlier invoice
     billed it. Charge only: days billed past the item's end are ``cut_short_credits``'.
+    What a void invoice charged (``voided``) is not billed again either.
     """
     first = _late_first_day(item, began)
     spans = spans_of(item, billed)
+    gone = [] if voided is None else spans_of(item, voided)
     if item.billed_as == "one_time":
-        if item.start < first or any(span.first == item.start for span in spans):
+        charged = spans + [span for span in gone if not span.credit]
+        if item.start < first or any(span.first == item.start for span in charged):
             return []
         day = local_midnight(item.start, cycle.zone)
         total = item.amount * item.quantity
@@ -675,7 +724,7 @@ def late_charges(
         start = max(first, part.first_day)
         after = part.end_day if item.end is None else min(item.end, part.end_day)
         should = _days(start, after) if start < after else set()
-        if missing := should - _billed_days(part, spans):
+        if missing := should - _billed_days(part, spans) - _voided_days(part, gone):
             found.append(_span_line(item, part, missing, cycle, currency, credit=False))
         n += 1
     return found
@@ -762,10 +811,11 @@ def invoice_lines(
     began: date | None = None,
     newest: datetime | None = None,
     seen: datetime | None = None,
+    voided: BilledSpans | None = None,
 ) -> list[Line]:
     """Every line of one account's invoice, charges (by charge, then date) before usage.
 
-    ``billed``: what earlier invoices billed, for the advance charges'
+    ``billed``: what earlier invoices that stand billed, for the advance charges'
     reconciliation and the arrears charge periods begun before the arrears
     period; None when the account has no earlier invoice (then only advance
     items starting inside the arrears period are reconciled, and arrears
@@ -777,7 +827,10 @@ def invoice_lines(
     reach back to ``cut_short_window_start``. ``seen``: when the account's earlier
     invoices last read the items (``recorded_late``); an item recorded after it is
     billed for the days they left out (``late_charges``), and ``billed`` must then
-    reach back to ``late_window_start``.
+    reach back to ``late_window_start``. ``voided``: what the account's void earlier
+    invoices charged, read over the same window (None: none), whose days no line here
+    charges again, nor credits: the operator voided them and bills them again, if at
+    all, explicitly (decision 0046).
     """
     ordered = sorted(
         items,
@@ -794,10 +847,10 @@ def invoice_lines(
     for item in ordered:
         # Its earlier charge periods first, in the order of their days.
         if billed is not None and recorded_late(item, which, seen):
-            found += late_charges(item, cycle, which, currency, billed, began)
+            found += late_charges(item, cycle, which, currency, billed, began, voided)
         if billed is not None and cut_short(item, which, newest):
             found += cut_short_credits(item, cycle, which, currency, billed)
-        found += charge_lines(item, cycle, which, currency, billed, began)
+        found += charge_lines(item, cycle, which, currency, billed, began, voided)
         # An advance charge is reconciled here (``advance_adjustments``); an arrears one
         # looks its spans up in ``charge_lines``, and only for a charge period begun
         # before the arrears period: none looked up for the others.
@@ -805,7 +858,8 @@ def invoice_lines(
             billed is not None or item.start >= which.arrears.first_day
         ):
             spans = [] if billed is None else spans_of(item, billed)
-            found += advance_adjustments(item, cycle, which, currency, spans)
+            gone = [] if voided is None else spans_of(item, voided)
+            found += advance_adjustments(item, cycle, which, currency, spans, gone)
     # The window's calls, then the late ones (``late_usage``), each group in a fixed order.
     found += [
         usage_line(u, usage_window, currency)
