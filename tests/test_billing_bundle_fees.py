@@ -171,15 +171,15 @@ async def test_the_first_invoice_bills_the_fees_starting_in_its_own_period(
     }
 
 
-async def test_fees_billed_by_a_void_invoice_are_billed_again_and_older_lines_count(
+async def test_fees_billed_by_a_void_invoice_are_not_billed_again_and_older_lines_count(
     services: Services,
 ) -> None:
     """Both accounts take ``pro`` from February 10 before January is invoiced: January's
     invoices bill the period from Feb 10 and the setup fee ahead, and are posted. a1's is
-    voided (its credit note gave them back): February's invoice bills them again, as a
-    voided advance charge is billed again. a2's lines are made as they were before fee
-    lines named their subscription bundle: February's invoice finds them all the same and
-    bills neither again."""
+    voided (its credit note gave them back): February's invoice does not bill them again,
+    as a voided charge's days are not (decision 0046): the operator bills them again if
+    meant. a2's lines are made as they were before fee lines named their subscription
+    bundle: February's invoice finds them all the same and bills neither again."""
     await billed_plan(services)
     await pro_bundle(services)
     for account in ("a1", "a2"):
@@ -202,9 +202,5 @@ async def test_fees_billed_by_a_void_invoice_are_billed_again_and_older_lines_co
     await run(services, "2026-02", invoice_date=date(2026, 3, 1))
 
     assert (await fees(services, "a2"))["2026-01"] == [monthly("2026-02-10", "2026-03-10"), SETUP]
-    assert (await fees(services, "a1"))["2026-02"] == [
-        monthly("2026-02-10", "2026-03-10"),
-        monthly("2026-03-10", "2026-04-10"),
-        SETUP,
-    ]
+    assert (await fees(services, "a1"))["2026-02"] == [monthly("2026-03-10", "2026-04-10")]
     assert (await fees(services, "a2"))["2026-02"] == [monthly("2026-03-10", "2026-04-10")]

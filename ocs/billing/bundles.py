@@ -29,9 +29,9 @@ subscription bundle and invoice:
   bundle's start, prorated by its days in the period; billed upfront (the
   invoice billing advance charges of the period's start) or on the due date
   (the invoice whose arrears period holds the period's last day). A period that
-  invoice could not bill is billed by a later one unless an earlier invoice (not
-  void) billed it (``owed_fees``; the line names its subscription bundle): an
-  upfront period starting in the arrears period (a bundle bought inside a period
+  invoice could not bill is billed by a later one unless an earlier invoice (void
+  ones included: a voided fee is the operator's to bill again) billed it
+  (``owed_fees``; the line names its subscription bundle): an upfront period starting in the arrears period (a bundle bought inside a period
   already invoiced ahead, or on the account's first invoice), and for a bundle
   recorded after the account's earlier invoices read the items, every period
   from where the account's billing began;
@@ -107,16 +107,17 @@ JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'resiliation'
                     AND (l.subscription_bundle_id = b.id OR l.subscription_bundle_id IS NULL)
 """
 
-# The flat fee lines that invoices of earlier periods than the one being drafted ($3), not
-# void, billed for the subscription bundles ($1) from $4 on, each bundle's invoices read
-# from $5 (NULL: all); a line from before flat fees named their subscription bundle names
-# none, and is matched by its description and period (``owed_fee_lines``). A void
-# invoice's fee is billed again, as a voided advance charge is (decision 0043).
+# The flat fee lines that invoices of earlier periods than the one being drafted ($3)
+# billed for the subscription bundles ($1) from $4 on, each bundle's invoices read from $5
+# (NULL: all); a line from before flat fees named their subscription bundle names none,
+# and is matched by its description and period (``owed_fee_lines``). A void invoice's fee
+# counts as billed: a fee billed and voided is the operator's to bill again, not the runs'
+# (decisions 0023 and 0046, as a voided charge's days are).
 _FEES_BILLED_SQL = """
 SELECT b.id AS sb_id, l.subscription_bundle_id, l.period_start, l.description
 FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[],
             $5::timestamptz[]) AS b(id, account_id, period_start, since, floor)
-JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice' AND i.state <> 'void'
+JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
                AND i.period_start < b.period_start
                AND (b.floor IS NULL OR i.period_start >= b.floor)
 JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
