@@ -31,8 +31,9 @@ subscription bundle and invoice:
   (the invoice whose arrears period holds the period's last day). A period that
   invoice could not bill is billed by a later one unless an earlier invoice (void
   ones included: a voided fee is the operator's to bill again) billed it
-  (``owed_fees``; the line names its subscription bundle): an upfront period starting in the arrears period (a bundle bought inside a period
-  already invoiced ahead, or on the account's first invoice), and for a bundle
+  (``owed_fees``; the line names its subscription bundle): an upfront period
+  starting in the arrears period (a bundle bought inside a period already
+  invoiced ahead, or on the account's first invoice), and for a bundle
   recorded after the account's earlier invoices read the items, every period
   from where the account's billing began;
 - **resiliation** (``resiliation``, from the bundle itself): the bundle ends
