@@ -22,9 +22,12 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 
 from ocs import embedded
+from ocs.config import Settings
 from ocs.http import health_handlers
 from ocs.http.app import create_app
+from ocs.runtime import open_runtime
 from ocs.services import Services
+from tests.conftest import reset_state
 from tests.ports import free_port
 
 
@@ -56,6 +59,7 @@ class _Link:
     writers: tuple[asyncio.StreamWriter, asyncio.StreamWriter]
     flowing: asyncio.Event = field(default_factory=asyncio.Event)
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
+    marked: bool = False  # for a relay's ``forward`` to note something seen on it
 
 
 class PgRelay:
@@ -102,23 +106,36 @@ class PgRelay:
         link.flowing.set()
         self.links.append(link)
         link.pumps = [
-            asyncio.create_task(self._pump(link, reader, up_writer)),
-            asyncio.create_task(self._pump(link, up_reader, writer)),
+            asyncio.create_task(self._pump(link, reader, up_writer, toward_server=True)),
+            asyncio.create_task(self._pump(link, up_reader, writer, toward_server=False)),
         ]
 
     async def _pump(
-        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        link: _Link,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        toward_server: bool,
     ) -> None:
-        """Copy bytes one way while the link flows; at either side's end, close both."""
+        """Copy bytes one way while the link flows, as long as ``forward`` lets them; at
+        either side's end, or the first bytes it stops, close both."""
         try:
             while data := await reader.read(65536):
                 await link.flowing.wait()
+                if not self.forward(link, data, toward_server=toward_server):
+                    break
                 writer.write(data)
                 await writer.drain()
         except OSError:
             pass
         for end in link.writers:
             end.close()
+
+    def forward(self, link: _Link, data: bytes, *, toward_server: bool) -> bool:
+        """Whether to pass ``data`` on (False: it is dropped and the link closed); a
+        relay that breaks the path on what it sees says so here. This one passes all."""
+        return True
 
     def open_links(self) -> int:
         """How many relayed connections are still open (neither side has closed)."""
@@ -144,6 +161,29 @@ class PgRelay:
                     await pump
         if self._server is not None:
             await self._server.wait_closed()
+
+
+@asynccontextmanager
+async def services_on(
+    redis_url: str, database_url: str, data_dir: Path, pepper_file: Path
+) -> AsyncIterator[Services]:
+    """A runtime of a test's own on ``redis_url`` (a ``PrivateRedis``, which the test kills
+    or makes refuse writes), its stores emptied first. The caller gives it a backend
+    tracker of its own (``backend_health._DEFAULT`` set to None): every component built
+    here reports to it."""
+    settings = Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        data_dir=data_dir,
+        pepper_file=pepper_file,
+        http_host="127.0.0.1",
+        http_port=0,
+        log_format="text",
+        admin_token_required=False,
+    )
+    await reset_state(redis_url, database_url)
+    async with open_runtime(settings) as services:
+        yield services
 
 
 async def client_with_readyz(services: Services) -> TestClient:

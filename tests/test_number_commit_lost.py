@@ -10,13 +10,9 @@ for) the number while its inbound calls reached nobody; after a release, the num
 freed in PostgreSQL still sent its calls to the account that gave it back.
 """
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -24,6 +20,7 @@ import pytest
 from ocs.services import Services
 from tests.conftest import RunningApp, add_plan
 from tests.helpers import Raw, new_account, send
+from tests.outage_helpers import PgRelay
 
 INBOUND_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment,direction
 44,UK Fixed,0.010,0,60,60,outbound
@@ -32,117 +29,32 @@ INBOUND_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 NUMBER = "442079460001"
 
 
-@dataclass
-class _Link:
-    """One relayed connection: its two writers, its pumps, and whether the next answer
-    from PostgreSQL is to be dropped (a COMMIT was forwarded while armed)."""
-
-    writers: tuple[asyncio.StreamWriter, asyncio.StreamWriter]
-    pumps: list[asyncio.Task[None]] = field(default_factory=list)
-    cut_at_answer: bool = False
-
-
-class CommitCutter:
-    """A TCP relay on 127.0.0.1 in front of the test PostgreSQL (adapted from the outage
-    tests' relay). While ``armed``, the next COMMIT is forwarded, and PostgreSQL's answer
-    to it is dropped and the connection closed at both ends: the COMMIT done, its answer
-    lost. ``refusing``: each new connection is closed at once (a server away)."""
+class CommitCutter(PgRelay):
+    """The outage tests' relay in front of the test PostgreSQL, which while ``armed``
+    forwards the next COMMIT, then drops PostgreSQL's answer to it and closes the
+    connection at both ends: the COMMIT done, its answer lost. ``refuse_after_cut``: new
+    connections are refused from then on (``refusing``, a server away)."""
 
     def __init__(self, database_url: str) -> None:
         """In front of the server ``database_url`` names; ``start`` listens."""
-        self._target = urlsplit(database_url)
-        self._server: asyncio.Server | None = None
-        self.links: list[_Link] = []
+        super().__init__(database_url)
         self.armed = False
         self.refuse_after_cut = False
-        self.refusing = False
         self.cuts = 0
-        self.url = ""
 
-    async def start(self) -> None:
-        """Listen on a free port; ``url`` is then the database URL through the relay."""
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        target = self._target
-        user = target.netloc.rpartition("@")[0]
-        query = [(k, v) for k, v in parse_qsl(target.query) if k not in ("host", "port")]
-        netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
-        self.url = urlunsplit(target._replace(netloc=netloc, query=urlencode(query)))
-
-    async def _upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A connection to the real server: its TCP port, or the socket the URL's
-        ``host`` query names (an embedded server's)."""
-        target = self._target
-        query = dict(parse_qsl(target.query))
-        port = target.port or int(query.get("port", 5432))
-        if target.hostname is not None:
-            return await asyncio.open_connection(target.hostname, port)
-        return await asyncio.open_unix_connection(f"{query['host']}/.s.PGSQL.{port}")
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refusing:
-            writer.close()
-            return
-        up_reader, up_writer = await self._upstream()
-        link = _Link((writer, up_writer))
-        self.links.append(link)
-        link.pumps = [
-            asyncio.create_task(self._to_server(link, reader, up_writer)),
-            asyncio.create_task(self._to_client(link, up_reader, writer)),
-        ]
-
-    async def _to_server(
-        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """Client to PostgreSQL; a COMMIT (a simple Query message) marks the link while
-        armed."""
-        try:
-            while data := await reader.read(65536):
-                if self.armed and b"Q" in data and b"COMMIT" in data:
-                    self.armed = False
-                    link.cut_at_answer = True
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        self._close(link)
-
-    async def _to_client(
-        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """PostgreSQL to the client; the answer to a marked COMMIT is dropped, and the
-        connection closed."""
-        try:
-            while data := await reader.read(65536):
-                if link.cut_at_answer:
-                    self.cuts += 1
-                    self.refusing = self.refusing or self.refuse_after_cut
-                    break
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        self._close(link)
-
-    @staticmethod
-    def _close(link: _Link) -> None:
-        for end in link.writers:
-            end.close()
-
-    async def close(self) -> None:
-        """Stop listening and close every relayed connection."""
-        if self._server is not None:
-            self._server.close()
-        for link in self.links:
-            for pump in link.pumps:
-                pump.cancel()
-            self._close(link)
-        for link in self.links:
-            for pump in link.pumps:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-        if self._server is not None:
-            await self._server.wait_closed()
+    def forward(self, link: Any, data: bytes, *, toward_server: bool) -> bool:
+        """A COMMIT (a simple Query message) marks its link while armed; the marked link's
+        next answer from PostgreSQL is dropped."""
+        if toward_server:
+            if self.armed and b"Q" in data and b"COMMIT" in data:
+                self.armed = False
+                link.marked = True
+            return True
+        if link.marked:
+            self.cuts += 1
+            self.refusing = self.refusing or self.refuse_after_cut
+            return False
+        return True
 
 
 @pytest.fixture

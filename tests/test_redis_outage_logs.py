@@ -27,11 +27,9 @@ from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.wire import ReconnectPaused
 from ocs.charging.janitor import Janitor
-from ocs.config import Settings
-from ocs.runtime import open_runtime
 from ocs.services import Services
-from tests.conftest import add_plan, eventually, reset_state
-from tests.outage_helpers import PrivateRedis, client_with_readyz
+from tests.conftest import add_plan, eventually
+from tests.outage_helpers import PrivateRedis, client_with_readyz, services_on
 
 
 @pytest.fixture
@@ -53,18 +51,9 @@ async def outage_services(
 ) -> AsyncIterator[Services]:
     # A tracker of this test alone: every component built below reports to it.
     monkeypatch.setattr(backend_health, "_DEFAULT", None)
-    settings = Settings(
-        redis_url=private_redis.url,
-        database_url=database_url,
-        data_dir=tmp_path / "var",
-        pepper_file=pepper_file,
-        http_host="127.0.0.1",
-        http_port=0,
-        log_format="text",
-        admin_token_required=False,
-    )
-    await reset_state(private_redis.url, database_url)
-    async with open_runtime(settings) as services:
+    async with services_on(
+        private_redis.url, database_url, tmp_path / "var", pepper_file
+    ) as services:
         yield services
 
 

@@ -22,11 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ocs import backend_health
 from ocs.balances.accounts import AccountSpec
-from ocs.config import RadiusClientConfig, Settings
-from ocs.runtime import open_runtime
+from ocs.config import RadiusClientConfig
 from ocs.services import Services
-from tests.conftest import RADIUS_SECRET, add_plan, eventually, reset_state, started_radius
-from tests.outage_helpers import PrivateRedis, client_with_readyz
+from tests.conftest import RADIUS_SECRET, add_plan, eventually, started_radius
+from tests.outage_helpers import PrivateRedis, client_with_readyz, services_on
 from tests.ports import free_port
 from tests.radius_udp import UdpClient, access_request, sample, wire
 
@@ -53,18 +52,9 @@ async def refusal_services(
 ) -> AsyncIterator[Services]:
     # A tracker of this test alone: every component built below reports to it.
     monkeypatch.setattr(backend_health, "_DEFAULT", None)
-    settings = Settings(
-        redis_url=private_redis.url,
-        database_url=database_url,
-        data_dir=tmp_path / "var",
-        pepper_file=pepper_file,
-        http_host="127.0.0.1",
-        http_port=0,
-        log_format="text",
-        admin_token_required=False,
-    )
-    await reset_state(private_redis.url, database_url)
-    async with open_runtime(settings) as services:
+    async with services_on(
+        private_redis.url, database_url, tmp_path / "var", pepper_file
+    ) as services:
         yield services
 
 
