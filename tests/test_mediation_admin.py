@@ -466,22 +466,30 @@ async def test_viewers_read_mediation_and_cannot_change_it(app: RunningApp) -> N
     await add_plan(app.services)
     viewer = bearer(await api_tokens.create(app.services.pool, "clerk", "viewer"))
     operator = bearer(await api_tokens.create(app.services.pool, "mediator", "operator"))
-    writes: list[tuple[str, str, Any]] = [
-        ("POST", "/v1/rate-types", {"name": TOLL_FREE}),
+    admin = bearer(await api_tokens.create(app.services.pool, "boss", "admin"))
+    # Prices (a plan's rate for a rate type, and which rate type a supplier's usage is
+    # rated as) are the catalog's: admin only (decision 0010). Rate types and templates
+    # decide no price: operators write them.
+    writes: list[tuple[str, str, Any, str]] = [
+        ("POST", "/v1/rate-types", {"name": TOLL_FREE}, operator),
         ("PUT", "/v1/plans/retail/rate-types", {"rate_type": TOLL_FREE, "name": "TF",
-                                                "price": "0.05"}),
+                                                "price": "0.05"}, admin),
         ("PUT", "/v1/rate-type-overrides",
-         {"supplier": "acme", "overrides": [{"from_rate_type": "X", "to_rate_type": TOLL_FREE}]}),
+         {"supplier": "acme", "overrides": [{"from_rate_type": "X", "to_rate_type": TOLL_FREE}]},
+         admin),
         ("POST", "/v1/rate-type-overrides",
-         {"supplier": "acme", "from_rate_type": "Y", "to_rate_type": TOLL_FREE}),
-        ("POST", "/v1/usage-templates", TEMPLATE),
-        ("DELETE", "/v1/rate-type-overrides?supplier=acme&from_rate_type=Y", None),
-        ("DELETE", f"/v1/plans/retail/rate-types?rate_type={q(TOLL_FREE)}", None),
+         {"supplier": "acme", "from_rate_type": "Y", "to_rate_type": TOLL_FREE}, admin),
+        ("POST", "/v1/usage-templates", TEMPLATE, operator),
+        ("DELETE", "/v1/rate-type-overrides?supplier=acme&from_rate_type=Y", None, admin),
+        ("DELETE", f"/v1/plans/retail/rate-types?rate_type={q(TOLL_FREE)}", None, admin),
     ]  # fmt: skip
-    for method, path, body in writes:
+    for method, path, body, writer in writes:
         status, answer, _ = await app.anonymous(method, path, json=body, headers=viewer)
         assert (status, answer["error"]["reason"]) == (403, "forbidden"), (method, path)
-        status, answer, _ = await app.anonymous(method, path, json=body, headers=operator)
+        if writer is admin:
+            status, answer, _ = await app.anonymous(method, path, json=body, headers=operator)
+            assert (status, answer["error"]["reason"]) == (403, "forbidden"), (method, path)
+        status, answer, _ = await app.anonymous(method, path, json=body, headers=writer)
         assert status in (200, 201), (method, path, answer)
     for path in (
         "/v1/rate-types",
@@ -499,6 +507,40 @@ async def test_viewers_read_mediation_and_cannot_change_it(app: RunningApp) -> N
         "DELETE", f"/v1/rate-types?name={q(TOLL_FREE)}", headers=viewer
     )
     assert status == 403
+
+
+async def test_an_operator_cannot_change_a_rate_type_s_price_nor_its_overrides(
+    app: RunningApp,
+) -> None:
+    await add_plan(app.services)
+    await define(app, TOLL_FREE, ON_NET)
+    status, _ = await app.put(
+        "/v1/plans/retail/rate-types", {"rate_type": TOLL_FREE, "name": "TF", "price": "0.05"}
+    )
+    assert status == 200
+    status, _ = await app.put(
+        "/v1/rate-type-overrides",
+        {"supplier": "acme", "overrides": [{"from_rate_type": "X", "to_rate_type": TOLL_FREE}]},
+    )
+    assert status == 200
+    status, before = await app.get("/v1/plans/retail/rate-types")
+    operator = bearer(await api_tokens.create(app.services.pool, "mediator", "operator"))
+    for method, path, body in (
+        ("PUT", "/v1/plans/retail/rate-types", {"rate_type": TOLL_FREE, "name": "TF",
+                                                "price": "0"}),
+        ("DELETE", f"/v1/plans/retail/rate-types?rate_type={q(TOLL_FREE)}", None),
+        ("PUT", "/v1/rate-type-overrides",
+         {"supplier": "acme", "overrides": [{"from_rate_type": "X", "to_rate_type": ON_NET}]}),
+        ("POST", "/v1/rate-type-overrides",
+         {"supplier": "acme", "from_rate_type": "X", "to_rate_type": ON_NET}),
+        ("DELETE", "/v1/rate-type-overrides?supplier=acme&from_rate_type=X", None),
+    ):  # fmt: skip
+        status, answer, _ = await app.anonymous(method, path, json=body, headers=operator)
+        assert (status, answer["error"]["reason"]) == (403, "forbidden"), (method, path, answer)
+    status, after = await app.get("/v1/plans/retail/rate-types")
+    assert after == before
+    status, overrides = await app.get("/v1/rate-type-overrides?supplier=acme")
+    assert overrides["overrides"] == [{"from_rate_type": "X", "to_rate_type": TOLL_FREE}]
 
 
 async def test_concurrent_replacements_of_one_table_leave_one_of_them_whole(

@@ -566,7 +566,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     Endpoint(
         "PUT",
         "/v1/plans/{plan_id}/rate-types",
-        Role.OPERATOR,
+        Role.ADMIN,
         "Set a plan's rate for a rate type",
         set_rate_type_rate,
         SetRateTypeRate,
@@ -589,7 +589,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     Endpoint(
         "DELETE",
         "/v1/plans/{plan_id}/rate-types",
-        Role.OPERATOR,
+        Role.ADMIN,
         "Remove a plan's rate for a rate type",
         delete_rate_type_rate,
         RateTypeRateQuery,
@@ -609,7 +609,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     Endpoint(
         "PUT",
         "/v1/rate-type-overrides",
-        Role.OPERATOR,
+        Role.ADMIN,
         "Replace a supplier's whole rate-type override table",
         replace_overrides,
         ReplaceOverrides,
@@ -622,7 +622,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     Endpoint(
         "POST",
         "/v1/rate-type-overrides",
-        Role.OPERATOR,
+        Role.ADMIN,
         "Add or change one of a supplier's rate-type overrides",
         set_override,
         SetOverride,
@@ -633,7 +633,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     Endpoint(
         "DELETE",
         "/v1/rate-type-overrides",
-        Role.OPERATOR,
+        Role.ADMIN,
         "Remove one of a supplier's rate-type overrides",
         delete_override,
         OverrideQuery,
