@@ -26,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ocs.balances import keys
+from ocs.balances import cards, keys
 from ocs.balances.card_ids import card_account_id
 from ocs.balances.card_orphans import discard_unfinished_batch
 from ocs.balances.cards import lock_batch
@@ -421,6 +421,50 @@ async def test_pin_batches_refuse_bad_requests(app: RunningApp) -> None:
     async with app.services.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM pins") == 1
         assert await conn.fetchval("SELECT count(*) FROM accounts") == 1
+
+
+async def test_pin_space_fills_across_batches_and_the_batch_overfilling_it_is_refused(
+    app: RunningApp,
+) -> None:
+    # 6 digits hold 1000 live cards at most (one guess in 1000 may open one).
+    await add_plan(app.services)
+    await generate(app, batch="first", count=600, length=6, value="1")
+    response = await app.client.post(
+        "/v1/pin-batches",
+        json={"batch": "over", "plan": "retail", "count": 401, "length": 6, "value": "1"},
+    )
+    error = (await response.json())["error"]
+    assert (response.status, error["field"]) == (400, "length"), error
+    assert "600 cards of that length are live" in error["message"], error
+    async with app.services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM pins") == 600
+        assert await conn.fetchval("SELECT count(*) FROM pin_batches WHERE id = 'over'") == 0
+    # What is left of the space, and another length's, are still there.
+    assert len(await generate(app, batch="rest", count=400, length=6, value="1")) == 400
+    assert len(await generate(app, batch="seven", count=5_000, length=7, value="1")) == 5_000
+
+
+async def test_a_pin_space_with_no_free_pin_refuses_the_batch_rather_than_hang(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(app.services)
+    monkeypatch.setattr(cards, "draw_digits", lambda length: "0" * length)
+    [card] = await generate(app, batch="first", count=1, length=6, value="1")
+    assert card["pin"] == "000000"
+    # Every PIN drawn now is taken: the request is answered, not held for ever.
+    response = await asyncio.wait_for(
+        app.client.post(
+            "/v1/pin-batches",
+            json={"batch": "full", "plan": "retail", "count": 1, "length": 6, "value": "1"},
+        ),
+        timeout=60,
+    )
+    error = (await response.json())["error"]
+    assert (response.status, error["field"]) == (400, "length"), error
+    assert "too full" in error["message"], error
+    async with app.services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM pins") == 1
+        assert await conn.fetchval("SELECT count(*) FROM pin_batches WHERE id = 'full'") == 0
 
 
 # -- a batch Redis failed part-way -----------------------------------------------------

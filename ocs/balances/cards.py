@@ -41,6 +41,9 @@ log = logging.getLogger("ocs.cards")
 
 MAX_BATCH = 1_000_000
 _REDIS_CHUNK = 2_000
+# Draws of fresh PINs before a batch is refused: with at most one PIN in 1000 taken,
+# a draw leaves about one in 1000 of its PINs to draw again, so 20 never run out.
+_UNIQUE_ROUNDS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,28 @@ def validate_batch_id(batch_id: str) -> None:
         raise invalid("batch", "expected 1 to 32 letters, digits, '-' or '_'")
 
 
+async def check_pin_space(conn: asyncpg.Connection, count: int, length: int) -> None:
+    """Refuse (400, field ``length``) ``count`` more PINs of ``length`` digits when, with
+    the cards of that length already live, more than one in 1000 PINs would open a card.
+
+    Holds the length until ``conn``'s transaction ends, so two batches of one length
+    never both count the space before either has written its PINs."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"ocs-pin-length:{length}")
+    # pins rows are the live cards: a discarded card's row is gone with its account.
+    # Batches made before migration 0063 have no recorded length and are not counted.
+    live = await conn.fetchval(
+        "SELECT count(*) FROM pins JOIN pin_batches b ON b.id = pins.batch_id"
+        " WHERE b.pin_length = $1",
+        length,
+    )
+    if (live + count) * 1000 > 10**length:
+        raise invalid(
+            "length",
+            f"{length} digits are too few for {count} more cards: {live} cards of that"
+            f" length are live, and at most {10**length // 1000} may be; choose a longer length",
+        )
+
+
 async def lock_batch(conn: asyncpg.Connection, batch_id: str) -> None:
     """Hold the batch id until ``conn``'s transaction ends: a batch's creation and the
     discarding of its unfinished cards (ocs.balances.card_orphans) never run at once."""
@@ -107,14 +132,17 @@ def _validate(batch_id: str, count: int, length: int, password_length: int | Non
         raise invalid("count", f"expected 1 to {MAX_BATCH}")
     if not 6 <= length <= 20:
         raise invalid("length", "expected 6 to 20 digits")
-    # Keep PINs sparse: a guess must almost never hit a card.
+    # Keep PINs sparse: a guess must almost never hit a card. The cards already live
+    # of this length count too (check_pin_space, inside the batch's transaction).
     if count * 1000 > 10**length:
         raise invalid("length", f"{length} digits are too few for {count} cards")
     if password_length is not None and not 4 <= password_length <= 32:
         raise invalid("password_length", "expected 4 to 32 digits")
 
 
-def _digits(length: int) -> str:
+def draw_digits(length: int) -> str:
+    """A random string of ``length`` decimal digits (a PIN or a password); a module
+    function so a test can make every draw collide."""
     return f"{secrets.randbelow(10**length):0{length}d}"
 
 
@@ -166,17 +194,19 @@ class CardService:
                         Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
                     )
                 inserted = await conn.fetchval(
-                    "INSERT INTO pin_batches (id, plan_id, count, value) VALUES ($1, $2, $3, $4)"
-                    " ON CONFLICT DO NOTHING RETURNING 1",
+                    "INSERT INTO pin_batches (id, plan_id, count, value, pin_length)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
                     batch_id,
                     plan_id,
                     count,
                     value,
+                    length,
                 )
                 if inserted is None:
                     raise OcsError(
                         Reason.ACCOUNT_EXISTS, f"batch {batch_id!r} exists already", field="batch"
                     )
+                await check_pin_space(conn, count, length)
                 cards = await self._unique_cards(conn, batch_id, count, length, password_length)
                 # The request, the plan's values resolved: not the PINs and passwords,
                 # which each try deals anew.
@@ -280,9 +310,14 @@ class CardService:
         length: int,
         password_length: int | None,
     ) -> list[Card]:
+        """``count`` cards with PINs no card has yet; refused (400, field ``length``) when
+        _UNIQUE_ROUNDS draws still leave some PINs taken: the space is too full, and
+        drawing on would hold the batch's transaction and lock for ever."""
         pins: set[str] = set()
-        while len(pins) < count:
-            fresh = {_digits(length) for _ in range(count - len(pins))} - pins
+        for _ in range(_UNIQUE_ROUNDS):
+            if len(pins) >= count:
+                break
+            fresh = {draw_digits(length) for _ in range(count - len(pins))} - pins
             # A PIN is taken whichever form its digest is stored in: a card stored before
             # decision 0054 and not re-keyed yet still opens by its old-form digest.
             forms = {p: (self._digests.pin(p), legacy_pin_digest(p)) for p in fresh}
@@ -292,13 +327,19 @@ class CardService:
             )
             clash = {r["pin_digest"] for r in taken}
             pins |= {p for p, pair in forms.items() if clash.isdisjoint(pair)}
+        if len(pins) < count:
+            raise invalid(
+                "length",
+                f"the PINs of {length} digits are too full: {count - len(pins)} of {count}"
+                f" still collided after {_UNIQUE_ROUNDS} draws; choose a longer length",
+            )
         # Serial numbers say nothing about PINs: the PINs are dealt in random order.
         dealt = list(pins)
         secrets.SystemRandom().shuffle(dealt)
         return [
             Card(
                 pin=pin,
-                password=None if password_length is None else _digits(password_length),
+                password=None if password_length is None else draw_digits(password_length),
                 account_id=card_account_id(batch_id, n),
             )
             for n, pin in enumerate(dealt, start=1)
