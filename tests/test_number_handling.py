@@ -155,3 +155,33 @@ async def test_a_radius_ivr_names_the_access_number_in_an_avpair(radius: Running
     )
     assert reply.code == "Access-Accept", reply.output
     assert reply.attributes["Session-Timeout"] == ["1080"]
+
+
+async def test_an_access_number_into_another_currency_is_refused(app: RunningApp) -> None:
+    await _plan(app, "cards", f"{HEADER}\n44,UK,0.010,0,1,1\n")
+    await _plan(app, "tollfree", f"{HEADER}\n44,UK,0.050,0.100,1,1\n")
+    status, body = await app.post("/v1/plans", {"id": "tollfree-usd", "currency": "USD"})
+    assert status == 201, body
+    await _deck(app, "tollfree-usd", f"{HEADER}\n44,UK,0.050,0.100,1,1\n")
+    # USD micro-units through an EUR plan would be charged as EUR: refused, nothing stored.
+    bad = await app.client.put(
+        "/v1/plans/cards/access-numbers",
+        json={"numbers": {"+18005550100": "tollfree", "+18005550199": "tollfree-usd"}},
+    )
+    assert bad.status == 400, await bad.text()
+    error = (await bad.json())["error"]
+    assert error["field"] == "numbers.18005550199"
+    assert "USD" in error["message"] and "EUR" in error["message"]
+    async with app.services.pool.acquire() as conn:
+        stored = await conn.fetchval("SELECT count(*) FROM access_numbers WHERE plan_id = 'cards'")
+    assert stored == 0
+    # The same currency is still taken.
+    good = await app.client.put(
+        "/v1/plans/cards/access-numbers", json={"numbers": {"+18005550100": "tollfree"}}
+    )
+    assert good.status == 200, await good.text()
+    async with app.services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT number, rating_plan FROM access_numbers WHERE plan_id = 'cards'"
+        )
+    assert [(r["number"], r["rating_plan"]) for r in rows] == [("18005550100", "tollfree")]

@@ -45,22 +45,33 @@ def validate_onnet(raw: object) -> list[str]:
 async def set_access_numbers(pool: asyncpg.Pool, plan_id: str, numbers: dict[str, str]) -> None:
     """Replace a plan's access numbers: calls through each are rated by its rating plan."""
     async with pool.acquire() as conn, conn.transaction():
-        known = {
-            r["id"]
+        # FOR SHARE: a plan's currency cannot change under the check before the commit.
+        currency_of: dict[str, str] = {
+            r["id"]: r["currency"]
             for r in await conn.fetch(
-                "SELECT id FROM plans WHERE id = ANY($1::text[])", [plan_id, *numbers.values()]
+                "SELECT id, currency FROM plans WHERE id = ANY($1::text[]) FOR SHARE",
+                [plan_id, *numbers.values()],
             )
         }
-        if plan_id not in known:
+        if plan_id not in currency_of:
             raise OcsError(
                 Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan_id"
             )
+        currency = currency_of[plan_id]
         for number, rating_plan in numbers.items():
-            if rating_plan not in known:
+            if rating_plan not in currency_of:
                 raise OcsError(
                     Reason.PLAN_NOT_FOUND,
                     f"rating plan {rating_plan!r} of access number {number} does not exist",
                     field=f"numbers.{number}",
+                )
+            # A call through the number is charged the rating plan's amounts in the
+            # account plan's currency: another currency would bill USD micro-units as EUR.
+            if currency_of[rating_plan] != currency:
+                raise invalid(
+                    f"numbers.{number}",
+                    f"rating plan {rating_plan!r} is in {currency_of[rating_plan]},"
+                    f" plan {plan_id!r} in {currency}",
                 )
         await conn.execute("DELETE FROM access_numbers WHERE plan_id = $1", plan_id)
         await conn.executemany(
