@@ -627,6 +627,8 @@ def _plans_create(args: argparse.Namespace, settings: Settings) -> int:
         max_lines=args.max_lines,
         max_call_duration=args.max_call_duration,
     )
+    # The bounds POST /v1/plans keeps: a call granted past a week could not be stopped.
+    checked(lambda: catalog_store.validate_plan_limits(plan.max_lines, plan.max_call_duration))
     created = with_services(settings, lambda s: catalog_store.create_plan(s.pool, plan))
     print_json(msgspec.to_builtins(plan_view(created)))
     return 0

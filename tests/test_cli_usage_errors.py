@@ -15,6 +15,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from ocs.balances.accounts import MAX_LINES
+from ocs.catalog import store as catalog_store
+from ocs.catalog.snapshot import Plan
+from ocs.charging.lifecycle import MAX_DURATION
+from ocs.errors import OcsError, Reason
+from ocs.services import Services
 from tests.embedded_helpers import child_env
 from tests.ports import free_port
 
@@ -42,6 +48,13 @@ def _ocs(tmp_path: Path, *args: str) -> tuple[int, str, str]:
         (("plans", "create", "p", "--currency", "EUR", "--credit-limit", "x"), "--credit-limit:"),
         (("plans", "create", "bad id!", "--currency", "EUR"), "id: expected 1 to 64"),
         (("plans", "create", "p", "--currency", "EURO"), "currency: expected an ISO 4217"),
+        # The bounds POST /v1/plans keeps: a call granted past a week could not be stopped.
+        (
+            ("plans", "create", "p", "--currency", "EUR", "--max-call-duration", "604801"),
+            "max_call_duration: expected `int` <= 604800",
+        ),
+        (("plans", "create", "p", "--currency", "EUR", "--max-lines", "0"), "max_lines: expected"),
+        (("plans", "create", "p", "--currency", "EUR", "--max-lines", "10001"), "max_lines:"),
         (("rerate", "--plan", "p", "--since", "yesterday"), "--since: not an ISO 8601 time"),
         (("tariffs", "import", "--plan", "p", "missing.csv"), "file: cannot read missing.csv"),
         (("codes", "remove", "--plan", "bad plan"), "--plan: expected 1 to 64"),
@@ -166,3 +179,28 @@ def test_serve_with_workers_and_a_backend_down_says_so_once_and_exits(
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("ocs: cannot use ") and says in lines[0], err
+
+
+@pytest.mark.parametrize(
+    ("limits", "field", "says"),
+    [
+        ({"max_call_duration": 604_801}, "max_call_duration", "expected `int` <= 604800"),
+        ({"max_call_duration": 0}, "max_call_duration", "expected `int` >= 1"),
+        ({"max_lines": 10_001}, "max_lines", "expected `int` <= 10000"),
+        ({"max_lines": 0}, "max_lines", "expected `int` >= 1"),
+    ],
+)
+async def test_the_store_refuses_plan_limits_the_http_api_refuses(
+    services: Services, limits: dict[str, int], field: str, says: str
+) -> None:
+    """Every path that creates a plan (the CLI, a script) gets the HTTP API's bounds."""
+    plan = Plan("p", "p", "EUR", 0, 0, **{"max_lines": 1, "max_call_duration": 14_400, **limits})
+    with pytest.raises(OcsError) as refused:
+        await catalog_store.create_plan(services.pool, plan)
+    assert refused.value.reason is Reason.INVALID_FIELD
+    assert (refused.value.field, refused.value.message) == (field, f"{field}: {says}")
+    async with services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM plans") == 0
+    # The bounds are the ones calls and accounts keep: a granted call can always be stopped.
+    assert catalog_store.MAX_CALL_DURATION == MAX_DURATION
+    assert catalog_store.MAX_PLAN_LINES == MAX_LINES

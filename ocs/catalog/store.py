@@ -88,9 +88,34 @@ def validate_currency(currency: str) -> str:
     return code
 
 
+# The most lines a plan may give an account: an account's own MAX_LINES.
+MAX_PLAN_LINES = 10_000
+# The longest call a plan may grant: lifecycle's MAX_DURATION, the most a stop accepts;
+# a call granted longer could never be stopped.
+MAX_CALL_DURATION = 7 * 24 * 3600
+
+
+def _validate_bound(value: object, field: str, most: int) -> None:
+    """Whole number 1 to ``most``, else a 400 naming ``field`` worded as the HTTP API's."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(field, "expected `int`")
+    if value < 1:
+        raise invalid(field, "expected `int` >= 1")
+    if value > most:
+        raise invalid(field, f"expected `int` <= {most}")
+
+
+def validate_plan_limits(max_lines: object, max_call_duration: object) -> None:
+    """A plan's line and call-length limits, or a 400 naming the field: the same bounds
+    as ``POST /v1/plans``, for the CLI and every other caller of ``create_plan``."""
+    _validate_bound(max_lines, "max_lines", MAX_PLAN_LINES)
+    _validate_bound(max_call_duration, "max_call_duration", MAX_CALL_DURATION)
+
+
 async def create_plan(pool: asyncpg.Pool, plan: Plan) -> Plan:
     """Store a new plan and tell every process to load it; PLAN_EXISTS if the id is taken."""
     validate_reservation_policy(plan.reservation_policy, plan.slice_seconds)
+    validate_plan_limits(plan.max_lines, plan.max_call_duration)
     async with pool.acquire() as conn, conn.transaction():
         try:
             await conn.execute(

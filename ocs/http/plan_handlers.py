@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 from aiohttp import web
 
-from ocs.balances.accounts import MAX_LINES
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
 from ocs.charging.lifecycle import MAX_DURATION
@@ -60,9 +59,12 @@ class CreatePlan(Params):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     credit_limit: Amount | None = None
     min_balance: Amount | None = None
-    max_lines: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINES)] | None = None
+    max_lines: Annotated[int, msgspec.Meta(ge=1, le=catalog_store.MAX_PLAN_LINES)] | None = None
     max_call_duration: (
-        Annotated[int, msgspec.Meta(ge=1, le=MAX_DURATION, description="seconds")] | None
+        Annotated[
+            int, msgspec.Meta(ge=1, le=catalog_store.MAX_CALL_DURATION, description="seconds")
+        ]
+        | None
     ) = None
     reservation_policy: ReservationPolicy = "whole"
     slice_seconds: Annotated[
