@@ -6,6 +6,8 @@ import time
 from urllib.parse import quote
 
 from ocs.balances import keys
+from ocs.catalog import store as catalog_store
+from ocs.decks.rate_deck import parse_deck
 from tests.conftest import RunningApp, add_plan, eventually
 
 DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
@@ -306,3 +308,58 @@ async def test_a_quantity_a_cdr_cannot_hold_is_refused_naming_it_and_debits_noth
         return [tuple(r) for r in rows] == [("most", 2_147_483_640, 2_147_483_640)]
 
     await eventually(recorded, what="the CDR of the largest event")
+
+
+async def test_a_retry_after_the_tariff_was_removed_is_answered_with_its_charge(
+    app: RunningApp,
+) -> None:
+    # Event mb-5 is charged (50 MB, 0.50), its answer lost; the Data tariff is then
+    # removed from the plan. The retry must not be refused 403 (a client reads a 4xx as
+    # "not charged" and would bill it elsewhere): it is the first charge, repeated.
+    await _data_plan(app)
+    await app.post("/v1/accounts", {"id": "gone", "plan": "retail", "balance": "20.00"})
+    event = {"account": "gone", "event_id": "mb-5", "service": "Data", "quantity": 50}
+    status, first = await app.post("/v1/usage", event)
+    assert (status, first["cost"]) == (201, "0.500000"), first
+    without_data = "\n".join(line for line in DECK.splitlines() if "Data" not in line)
+    await catalog_store.import_deck(app.services.pool, "retail", parse_deck(without_data))
+    await app.services.catalog.reload()
+    assert app.services.catalog.snapshot.tariff_named("retail", "Data") is None
+    status, again = await app.post("/v1/usage", event)
+    assert status == 200, again
+    assert again["repeated"] is True and again["quantity_differs"] is False
+    assert (again["service"], again["quantity"], again["billed_quantity"]) == ("Data", 50, 50)
+    assert (again["cost"], again["balance"], again["currency"]) == (
+        "0.500000",
+        "19.500000",
+        "EUR",
+    )
+    assert (await app.get("/v1/accounts/gone"))[1]["balance"] == "19.500000"
+    # A new event for the removed service is still refused.
+    status, refused = await app.post("/v1/usage", {**event, "event_id": "mb-6"})
+    assert (status, refused["error"]["reason"]) == (403, "destination_not_allowed"), refused
+
+
+async def test_a_retry_with_another_quantity_is_answered_with_the_charged_one(
+    app: RunningApp,
+) -> None:
+    # A retry of mb-7 (charged as 30 MB of Data, 0.30) reporting 500 MB of Charging is
+    # not charged again, and its answer says what was charged, not what it reported.
+    await _data_plan(app)
+    await _per_unit(app, "Charging", 1000)
+    await app.post("/v1/accounts", {"id": "twice", "plan": "retail", "balance": "20.00"})
+    event = {"account": "twice", "event_id": "mb-7", "service": "Data", "quantity": 30}
+    assert (await app.post("/v1/usage", event))[0] == 201
+    status, again = await app.post("/v1/usage", {**event, "quantity": 500})
+    assert status == 200, again
+    assert again["repeated"] is True and again["quantity_differs"] is True
+    assert (again["service"], again["quantity"], again["billed_quantity"]) == ("Data", 30, 30)
+    assert (again["cost"], again["balance"]) == ("0.300000", "19.700000")
+    other = {**event, "service": "Charging", "quantity": 30}
+    status, again = await app.post("/v1/usage", other)
+    assert (status, again["service"], again["quantity"]) == (200, "Data", 30), again
+    assert again["quantity_differs"] is False
+    assert (await app.get("/v1/accounts/twice"))[1]["balance"] == "19.700000"
+    _, document = await app.get("/openapi.json")
+    answer = document["components"]["schemas"]["UsageCharged"]
+    assert "quantity_differs" in answer["properties"]

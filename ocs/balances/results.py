@@ -103,6 +103,24 @@ class StopResult(msgspec.Struct, frozen=True, gc=False):
     added: int = 0  # a late stop's: what it charged to the close's (negative: gave back)
 
 
+class UsageResult(msgspec.Struct, frozen=True, gc=False):
+    """A charged usage event as charge.lua recorded it; ``repeated``: a repeat.
+
+    ``service``, ``billed``, ``currency`` and ``zone`` are what the event was charged
+    as, so a retry is answered with them whatever it says and whatever the catalog says
+    now; None in a result kept before they were (or an imported record's).
+    """
+
+    charged: int
+    balance: int
+    quantity: int
+    repeated: bool
+    service: str | None = None
+    billed: int | None = None
+    currency: str | None = None
+    zone: str | None = None
+
+
 class CounterShort(msgspec.Struct, frozen=True, gc=False):
     """A late stop priced with more free counter seconds than its counter still has:
     nothing was charged; price it again with ``seconds`` counter seconds in all."""

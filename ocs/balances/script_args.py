@@ -405,6 +405,8 @@ class ChargeArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[3] seconds to keep the result for a repeated event
     ARGV[4] CDR (msgpack, opaque)  ARGV[5] time (epoch milliseconds)
     ARGV[6] quantity               ARGV[7] account id
+    ARGV[8] service                ARGV[9] billed quantity
+    ARGV[10] currency              ARGV[11] zone (kept in the result, to answer a retry)
     """
 
     account_id: str
@@ -414,6 +416,10 @@ class ChargeArgs(msgspec.Struct, frozen=True, gc=False):
     cdr: bytes
     result_ttl: int
     now_ms: int
+    service: str
+    billed: int
+    currency: str
+    zone: str
 
     def keys(self) -> list[str]:
         """KEYS[1..4]."""
@@ -425,7 +431,7 @@ class ChargeArgs(msgspec.Struct, frozen=True, gc=False):
         ]
 
     def argv(self) -> list[object]:
-        """ARGV[1..7]."""
+        """ARGV[1..11]."""
         return [
             self.event_id,
             self.rated_cost,
@@ -434,6 +440,10 @@ class ChargeArgs(msgspec.Struct, frozen=True, gc=False):
             self.now_ms,
             self.quantity,
             self.account_id,
+            self.service,
+            self.billed,
+            self.currency,
+            self.zone,
         ]
 
 

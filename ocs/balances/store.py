@@ -25,6 +25,7 @@ from ocs.balances.results import (
     Reserved,
     StopResult,
     UpdateResult,
+    UsageResult,
     parse_live_entry,
 )
 from ocs.balances.script_args import (
@@ -325,6 +326,22 @@ def _stop_result(packed: bytes, *, repeated: bool) -> StopResult:
     )
 
 
+def _usage_result(packed: bytes, *, repeated: bool) -> UsageResult:
+    """The msgpack result charge.lua keeps for a usage event's repeats."""
+    result = msgpack.unpackb(packed)
+    billed = result.get("billed")
+    return UsageResult(
+        charged=int(result["charged"]),
+        balance=int(result["balance"]),
+        quantity=int(result["duration"]),
+        repeated=repeated,
+        service=_text_or_none(result.get("service")),
+        billed=None if billed is None else int(billed),
+        currency=_text_or_none(result.get("currency")),
+        zone=_text_or_none(result.get("zone")),
+    )
+
+
 class BalanceStore:
     """Runs the balance scripts through the auto-pipeline and decodes their replies."""
 
@@ -609,14 +626,38 @@ class BalanceStore:
         quantity: int,
         cdr: bytes,
         result_ttl: int,
-    ) -> StopResult | str:
-        """Debit a usage event once; its result, or the refusal reason."""
-        args = ChargeArgs(account_id, event_id, rated_cost, quantity, cdr, result_ttl, now_ms())
+        service: str,
+        billed: int,
+        currency: str,
+        zone: str,
+    ) -> UsageResult | str:
+        """Debit a usage event once; its result, or the refusal reason. ``service``,
+        ``billed``, ``currency`` and ``zone`` are kept in the result for its repeats."""
+        args = ChargeArgs(
+            account_id,
+            event_id,
+            rated_cost,
+            quantity,
+            cdr,
+            result_ttl,
+            now_ms(),
+            service,
+            billed,
+            currency,
+            zone,
+        )
         reply = await self._pipe.run_script(scripts.CHARGE, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "REJ":
             return _text(reply[1])
-        return _stop_result(reply[1], repeated=status == "DONE")
+        return _usage_result(reply[1], repeated=status == "DONE")
+
+    async def usage_result(self, account_id: str, event_id: str) -> UsageResult | None:
+        """The result of a usage event charged already (as a repeat), None if none is
+        kept: a retry refused at rating (its tariff gone since) is still answered with
+        the charge it repeats, not with a refusal a client reads as "not charged"."""
+        packed = await self._pipe.execute("GET", keys.usage_done(account_id, event_id))
+        return None if packed is None else _usage_result(packed, repeated=True)
 
     async def charge_batch(
         self, bucket: int, import_id: int, events: list[UsageEvent], result_ttl: int

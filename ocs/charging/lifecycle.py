@@ -21,7 +21,7 @@ from ocs.balances.digests import Digests, legacy_password_digest
 from ocs.balances.ivr import Ivr, effective
 from ocs.balances.old_forms import OldForms
 from ocs.balances.rekey import open_by_legacy_pin
-from ocs.balances.results import PROVISIONAL
+from ocs.balances.results import PROVISIONAL, UsageResult
 from ocs.balances.script_args import (
     IMPORTED_EVENT_PREFIX,
     AuthorizeArgs,
@@ -66,6 +66,7 @@ from ocs.charging.values import (
     Origin,
     Priced,
     Quote,
+    UsageCharge,
 )
 from ocs.config import Settings
 from ocs.decks.cells import DIRECTIONS
@@ -306,6 +307,54 @@ def caller_digits(caller: str | None) -> str | None:
     if not digits.isascii() or not digits.isdigit():
         return None
     return digits
+
+
+def _usage_tariff(snapshot: CatalogSnapshot, plan_id: str, service: str, quantity: int) -> Tariff:
+    """The per-unit tariff ``service`` names in the plan; refused (404) when there is
+    none, and (400, naming ``quantity``) when its CDR could not hold the quantity."""
+    tariff = snapshot.tariff_named(plan_id, service)
+    if snapshot.plan(plan_id) is None or tariff is None:
+        raise OcsError(
+            Reason.DESTINATION_NOT_ALLOWED,
+            f"plan {plan_id!r} has no tariff for service {service!r}",
+            field="service",
+        )
+    billed = billed_seconds(tariff.rate, quantity)
+    if quantity > MAX_QUANTITY or billed > MAX_QUANTITY:
+        # Its CDR could not hold it: debited, it would be set aside unwritten.
+        raise invalid(
+            "quantity",
+            f"{quantity} billed as {billed} in the increments of {service!r},"
+            f" more than a record holds ({MAX_QUANTITY:,})",
+        )
+    return tariff
+
+
+def _usage_charge(
+    event_id: str,
+    account_id: str,
+    stored: UsageResult,
+    service: str,
+    quantity: int,
+    currency: str,
+) -> UsageCharge:
+    """A repeated usage event answered with what its first charge was charged as (its
+    stored service, quantity, billed quantity and cost), not what the retry says; the
+    retry's ``service`` and the plan's ``currency`` stand in only for a result kept
+    before those were."""
+    return UsageCharge(
+        event_id=event_id,
+        account_id=account_id,
+        service=stored.service or service,
+        zone=stored.zone or stored.service or service,
+        quantity=stored.quantity,
+        billed=stored.quantity if stored.billed is None else stored.billed,
+        charged=stored.charged,
+        balance=stored.balance,
+        currency=stored.currency or currency,
+        repeated=True,
+        quantity_differs=quantity != stored.quantity,
+    )
 
 
 class CallService:
@@ -1545,13 +1594,15 @@ class CallService:
 
     async def charge_usage(
         self, account_id: str, event_id: str, service: str, quantity: int
-    ) -> CallCharge:
+    ) -> UsageCharge:
         """Rate and debit a usage event (MB, kWh, messages) at once, once per event id.
 
         ``service`` names a zone of the account's plan whose tariff is priced per
         unit (its ``per``); the same rating function rates the quantity, and the
         debit and its CDR go through the same ledger as calls. An id in the usage
         imports' space (``IMPORTED_EVENT_PREFIX``) is refused naming ``event_id``.
+        A repeat is answered with the first charge (its service, quantity and cost),
+        a retry the catalog would now refuse too (its tariff removed since).
         """
         if event_id.startswith(IMPORTED_EVENT_PREFIX):
             raise invalid(
@@ -1562,23 +1613,24 @@ class CallService:
         plan_id = await self._plan_of(account_id)
         snapshot = self._catalog.snapshot
         plan = snapshot.plan(plan_id)
-        tariff = snapshot.tariff_named(plan_id, service)
-        if plan is None or tariff is None:
-            raise OcsError(
-                Reason.DESTINATION_NOT_ALLOWED,
-                f"plan {plan_id!r} has no tariff for service {service!r}",
-                field="service",
-            )
+        refusal: OcsError | None = None
+        try:
+            tariff = _usage_tariff(snapshot, plan_id, service, quantity)
+        except OcsError as error:
+            refusal = error
+        if refusal is not None:
+            # The catalog refuses it, but the event may have been charged before (its
+            # answer lost, the tariff removed since): a refusal would read as "not
+            # charged". Looked up only here, so a first event costs no extra round trip.
+            stored = await self._store.usage_result(account_id, event_id)
+            if stored is None:
+                raise refusal
+            currency = "" if plan is None else plan.currency
+            return _usage_charge(event_id, account_id, stored, service, quantity, currency)
         rate = tariff.rate
         billed = billed_seconds(rate, quantity)
-        if quantity > MAX_QUANTITY or billed > MAX_QUANTITY:
-            # Its CDR could not hold it: debited, it would be set aside unwritten.
-            raise invalid(
-                "quantity",
-                f"{quantity} billed as {billed} in the increments of {service!r},"
-                f" more than a record holds ({MAX_QUANTITY:,})",
-            )
         now_ms = int(self._clock() * 1000)
+        assert plan is not None  # _usage_tariff refuses a plan that is gone
         cdr = msgpack.packb(
             {
                 "plan": plan_id,
@@ -1599,22 +1651,28 @@ class CallService:
             quantity=quantity,
             cdr=cdr,
             result_ttl=self._settings.stop_dedupe_ttl,
+            service=service,
+            billed=billed,
+            currency=plan.currency,
+            zone=tariff.zone,
         )
         if isinstance(result, str):
             field = "account" if result == "account_not_found" else None
             raise OcsError(Reason(result), _REFUSAL_MESSAGES.get(result, result), field=field)
-        return CallCharge(
-            call_id=event_id,
+        if result.repeated:
+            return _usage_charge(event_id, account_id, result, service, quantity, plan.currency)
+        return UsageCharge(
+            event_id=event_id,
             account_id=account_id,
+            service=service,
             zone=tariff.zone,
-            duration=result.duration,
-            billed_seconds=billed_seconds(rate, result.duration),
-            rated=result.rated,
+            quantity=quantity,
+            billed=billed,
             charged=result.charged,
             balance=result.balance,
             currency=plan.currency,
-            cause=result.cause,
-            repeated=result.repeated,
+            repeated=False,
+            quantity_differs=False,
         )
 
     async def nas_restart_cutoff(

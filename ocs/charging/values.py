@@ -234,6 +234,24 @@ class CallCharge(msgspec.Struct, frozen=True, gc=False):
     repeated: bool
 
 
+class UsageCharge(msgspec.Struct, frozen=True, gc=False):
+    """A charged usage event. A repeat carries what the first charge was charged as
+    (its service, quantity, cost), whatever the retry says; ``quantity_differs``: the
+    retry reported another quantity, which was not charged."""
+
+    event_id: str
+    account_id: str
+    service: str
+    zone: str
+    quantity: int
+    billed: int
+    charged: int
+    balance: int
+    currency: str
+    repeated: bool
+    quantity_differs: bool
+
+
 class CallProgress(msgspec.Struct, frozen=True, gc=False):
     """A live call's state after a Start or an Interim-Update."""
 

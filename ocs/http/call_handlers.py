@@ -315,6 +315,9 @@ class UsageCharged(Answer):
     balance: str
     currency: str
     repeated: bool
+    # A repeat answers the first charge: its service and quantity, whatever the retry
+    # says; a retry that reports another quantity is not charged again, and is told so.
+    quantity_differs: bool
 
 
 async def charge_usage(request: web.Request, params: ChargeUsage) -> Reply[UsageCharged]:
@@ -326,13 +329,14 @@ async def charge_usage(request: web.Request, params: ChargeUsage) -> Reply[Usage
     answer = UsageCharged(
         event_id=event_id,
         account=params.account,
-        service=params.service,
-        quantity=params.quantity,
-        billed_quantity=charge.billed_seconds,
+        service=charge.service,
+        quantity=charge.quantity,
+        billed_quantity=charge.billed,
         cost=amount_text(charge.charged),
         balance=amount_text(charge.balance),
         currency=charge.currency,
         repeated=charge.repeated,
+        quantity_differs=charge.quantity_differs,
     )
     return Reply(answer, 200 if charge.repeated else 201)
 

@@ -119,12 +119,16 @@ end
 -- imported: true for a supplier's record (charge_batch.lua), nil for a live event; an
 -- account that is not active refuses a live event, and an imported record only as
 -- imported_refused has it.
+-- about: nil, or a table of what the event was rated as (a live event's service, billed
+-- quantity, currency and zone), kept in its result: a repeat is answered with what was
+-- charged, not what the retry says, even once the tariff is gone.
 -- Returns 'OK', result or 'DONE', result (a repeat: nothing charged), result = msgpack
--- {charged, rated, balance, duration, entry, cause}; or 'REJ', reason when the account
+-- {charged, rated, balance, duration, entry, cause, and about's fields}; or 'REJ', reason when the account
 -- is unknown, not active (an imported record: imported_refused), expired at ``at``, or
 -- cannot pay (the balance never goes below -credit_limit).
 local function charge_event(account_key, result_key, legacy_key, ledger_key, event_id,
-                            rated, ttl, cdr, ts, quantity, account_id, at, admit, imported)
+                            rated, ttl, cdr, ts, quantity, account_id, at, admit, imported,
+                            about)
   -- One read of the account: every account hash has a status, so none means no account.
   local a = redis.call('HMGET', account_key, 'status', 'balance', 'credit_limit', 'reserved',
     'committed', 'critical', 'expires', 'expire_days', 'lock', 'status_at')
@@ -182,8 +186,12 @@ local function charge_event(account_key, result_key, legacy_key, ledger_key, eve
     'kind', 'usage', 'account', account_id, 'amount', int(-rated), 'balance', int(balance),
     'reference', event_id, 'ts', ts, 'rated', int(rated), 'charged', int(rated),
     'duration', quantity, 'cause', 'usage', 'cdr', cdr)
-  local result = cmsgpack.pack({charged = rated, rated = rated, balance = balance,
-    duration = tonumber(quantity), entry = entry, cause = 'usage'})
+  local fields = {charged = rated, rated = rated, balance = balance,
+    duration = tonumber(quantity), entry = entry, cause = 'usage'}
+  for name, value in pairs(about or {}) do
+    fields[name] = value
+  end
+  local result = cmsgpack.pack(fields)
   redis.call('SET', result_key, result, 'EX', ttl)
   return 'OK', result
 end
