@@ -151,10 +151,12 @@ def _events_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _events_deliver(args: argparse.Namespace, settings: Settings) -> int:
-    """``ocs events deliver``: one delivery pass (webhooks and emails); what it did."""
-    from ocs.billing.notify_email import SENDERS
+    """``ocs events deliver``: one delivery pass (webhooks, and emails when ``smtp_host``
+    is set); what it did."""
+    from ocs.billing.notify_email import senders
     from ocs.events.delivery import deliver_pending
 
-    report = with_services(settings, lambda s: deliver_pending(s.pool, settings, senders=SENDERS))
+    chosen = senders(settings)  # no smtp_host: emails are left pending for a worker with it
+    report = with_services(settings, lambda s: deliver_pending(s.pool, settings, senders=chosen))
     print_json(dataclasses.asdict(report))
     return 0

@@ -1,6 +1,7 @@
 """The emails of events, received by an SMTP server in the test (aiosmtpd): a posted
 invoice's PDF (and its calls' CSV) to the account's billing email, a dunning notice, and
-nothing sent when no SMTP server is configured or the account has no address."""
+nothing sent when the account has no address; a deliverer with no SMTP server configured
+leaves the emails pending."""
 
 import asyncio
 import email
@@ -16,7 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from ocs.balances.accounts import AccountSpec
 from ocs.billing import dunning, dunning_store, posting
-from ocs.billing.notify_email import NO_ADDRESS, NO_SMTP, SENDERS
+from ocs.billing.notify_email import NO_ADDRESS, senders
 from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.config import Settings, with_overrides
 from ocs.events.delivery import deliver_pending
@@ -25,6 +26,9 @@ from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, cdr, customer, monthly, run
 from tests.conftest import RunningApp
 from tests.ports import free_port
+
+# What a deliverer with an SMTP server sends: webhooks and emails.
+MAIL = senders(with_overrides(Settings(), smtp_host="127.0.0.1"))
 
 
 class Inbox:
@@ -108,7 +112,7 @@ async def test_a_posted_invoice_is_emailed_with_its_pdf_and_call_listing(
     inbox, port = smtp
     await posted_invoices(services)
 
-    report = await deliver_pending(services.pool, mailing(services.settings, port), senders=SENDERS)
+    report = await deliver_pending(services.pool, mailing(services.settings, port), senders=MAIL)
 
     assert (report.attempted, report.delivered) == (2, 2)
     assert [r["state"] for r in await email_rows(services)] == ["delivered", "delivered"]
@@ -131,7 +135,7 @@ async def test_a_posted_invoice_is_emailed_with_its_pdf_and_call_listing(
     two = by_to[("billing@customer-two.test",)]
     assert [a.get_filename() for a in two.iter_attachments()] == ["INV-2026-000002.pdf"]
     # Delivered ones are not sent again.
-    again = await deliver_pending(services.pool, mailing(services.settings, port), senders=SENDERS)
+    again = await deliver_pending(services.pool, mailing(services.settings, port), senders=MAIL)
     assert again.attempted == 0 and len(inbox.messages) == 2
 
 
@@ -157,7 +161,7 @@ async def test_a_dunning_step_sends_a_notice(services: Services, smtp: tuple[Inb
             },
         )
 
-    report = await deliver_pending(services.pool, mailing(services.settings, port), senders=SENDERS)
+    report = await deliver_pending(services.pool, mailing(services.settings, port), senders=MAIL)
 
     assert report.delivered == 1
     [(to, message)] = inbox.messages
@@ -196,7 +200,7 @@ async def test_a_customer_who_paid_gets_service_restored_not_a_payment_reminder(
         "late"
     ]
 
-    await deliver_pending(services.pool, mailing(services.settings, port), senders=SENDERS)
+    await deliver_pending(services.pool, mailing(services.settings, port), senders=MAIL)
 
     # Sent at once, so in any order.
     by_subject = {message["Subject"]: message for _, message in inbox.messages}
@@ -223,7 +227,7 @@ async def test_replaying_an_invoice_for_a_dead_webhook_does_not_email_the_custom
     assert status == 201, made
     await posted_invoices(services)
     settings = mailing(services.settings, port)  # 2 attempts, no backoff
-    await deliver_pending(services.pool, settings, senders=SENDERS)
+    await deliver_pending(services.pool, settings, senders=MAIL)
     assert len(inbox.messages) == 2
     status, dead = await app.get("/v1/events?state=dead")
     assert status == 200 and len(dead["events"]) == 2
@@ -247,7 +251,7 @@ async def test_replaying_an_invoice_for_a_dead_webhook_does_not_email_the_custom
         assert [(d["channel"], d["state"]) for d in replayed["deliveries"]] == [
             ("webhook", "pending")
         ]
-        report = await deliver_pending(services.pool, settings, senders=SENDERS)
+        report = await deliver_pending(services.pool, settings, senders=MAIL)
     finally:
         await runner.cleanup()
     assert (report.attempted, report.delivered) == (1, 1)
@@ -255,25 +259,38 @@ async def test_replaying_an_invoice_for_a_dead_webhook_does_not_email_the_custom
     assert len(inbox.messages) == 2  # the customer is not sent the invoice again
 
 
-async def test_no_smtp_server_or_no_address_skips_and_a_refusing_server_is_retried(
+async def test_a_deliverer_without_smtp_leaves_emails_pending_for_one_with_it(
     services: Services, smtp: tuple[Inbox, int]
 ) -> None:
     inbox, port = smtp
     await posted_invoices(services)
 
-    # No SMTP server configured: skipped, never retried.
-    report = await deliver_pending(services.pool, mailing(services.settings, None), senders=SENDERS)
-    assert report.skipped == 2
-    assert [(r["state"], r["last_error"]) for r in await email_rows(services)] == [
-        ("skipped", NO_SMTP)
-    ] * 2
-    assert inbox.messages == []
+    # A second worker or an `ocs events deliver` run whose config has no smtp_host.
+    unmailed = mailing(services.settings, None)
+    report = await deliver_pending(services.pool, unmailed, senders=senders(unmailed))
+    assert report.attempted == 0
+    assert [(r["state"], r["attempts"]) for r in await email_rows(services)] == [("pending", 0)] * 2
+
+    # The worker with the SMTP server then sends them.
+    mailed = mailing(services.settings, port)
+    report = await deliver_pending(services.pool, mailed, senders=senders(mailed))
+    assert (report.attempted, report.delivered) == (2, 2)
+    assert [r["state"] for r in await email_rows(services)] == ["delivered"] * 2
+    assert sorted(to for to, _ in inbox.messages) == [
+        ["ap@customer-one.test"],
+        ["billing@customer-two.test"],
+    ]
+
+
+async def test_no_address_skips_and_a_refusing_server_is_retried(
+    services: Services, smtp: tuple[Inbox, int]
+) -> None:
+    _, port = smtp
+    await posted_invoices(services)
 
     # No billing email for p2: its invoice is skipped; p1's goes.
     await billing_email(services, "p2", "")
-    async with services.pool.acquire() as conn:
-        await conn.execute("UPDATE event_deliveries SET state = 'pending', attempts = 0")
-    report = await deliver_pending(services.pool, mailing(services.settings, port), senders=SENDERS)
+    report = await deliver_pending(services.pool, mailing(services.settings, port), senders=MAIL)
     assert (report.delivered, report.skipped) == (1, 1)
     assert [(r["state"], r["last_error"]) for r in await email_rows(services)] == [
         ("delivered", None),
@@ -288,7 +305,7 @@ async def test_no_smtp_server_or_no_address_skips_and_a_refusing_server_is_retri
     await billing_email(services, "p2", "billing@customer-two.test")
     gone = mailing(services.settings, port)
     gone = with_overrides(gone, smtp_port=1)  # nothing listens on port 1
-    report = await deliver_pending(services.pool, gone, senders=SENDERS)
+    report = await deliver_pending(services.pool, gone, senders=MAIL)
     assert (report.attempted, report.dead) == (4, 2)  # 2 attempts each, no backoff
     rows = await email_rows(services)
     assert [(r["state"], r["attempts"]) for r in rows] == [("dead", 2)] * 2

@@ -3,7 +3,7 @@
 The email channel's sender for ``ocs.events.delivery`` (which knows nothing of
 invoices, being below ``ocs.billing``): the fan-out trigger makes an email
 delivery for every ``invoice.posted`` and ``dunning.step`` event, and a
-deliverer given ``SENDERS`` sends it here, retried like a webhook. It goes to
+deliverer given ``senders(settings)`` sends it here, retried like a webhook. It goes to
 the account's billing email (``subscriptions.billing_email``, migration 0037):
 
 * an invoice posted: the invoice PDF (``documents.invoice_pdf``) attached, and
@@ -12,8 +12,10 @@ the account's billing email (``subscriptions.billing_email``, migration 0037):
   (the customer paid, or owes nothing overdue any more) is a "Service restored"
   message instead, never a payment reminder.
 
-Skipped (nothing to retry) when ``smtp_host`` is not set or the account has no
-billing email.
+Skipped (nothing to retry) when the account has no billing email. A deliverer
+whose settings have no ``smtp_host`` does not take email deliveries at all
+(``senders``): they stay pending for a process that can send them, never
+consumed by a second worker or an ``ocs events deliver`` run without SMTP.
 """
 
 from collections.abc import Mapping
@@ -147,7 +149,9 @@ async def send_event_email(delivery: Claimed, context: Context) -> Outcome:
     """The email channel's sender: build the event's email and hand it to SMTP."""
     settings = context.settings
     if settings.smtp_host is None:
-        return Outcome.skip(NO_SMTP)
+        # Not claimed by ``senders``' deliverers; given anyway, a failed attempt (retried,
+        # then dead and replayable), never skipped for good.
+        return Outcome.failed(NO_SMTP)
     event = delivery.event
     message: EmailMessage | None
     if event.kind == "invoice.posted":
@@ -166,5 +170,9 @@ async def send_event_email(delivery: Claimed, context: Context) -> Outcome:
     return Outcome.ok()
 
 
-# What the billing worker's deliverer sends: webhooks and emails.
-SENDERS: Mapping[str, Sender] = {**WEBHOOK_SENDERS, "email": send_event_email}
+def senders(settings: Settings) -> Mapping[str, Sender]:
+    """What a billing deliverer sends: webhooks, and emails only when ``smtp_host`` is
+    set; without it the email rows are left pending (unclaimed) for one that has it."""
+    if settings.smtp_host is None:
+        return WEBHOOK_SENDERS
+    return {**WEBHOOK_SENDERS, "email": send_event_email}

@@ -565,7 +565,7 @@ async def serve_worker(
         None
         if once
         else asyncio.create_task(
-            serve_deliveries(pool, settings, stopping, senders=notify_email.SENDERS)
+            serve_deliveries(pool, settings, stopping, senders=notify_email.senders(settings))
         )
     )
     if not once:
@@ -574,7 +574,7 @@ async def serve_worker(
     try:
         if once:
             await worker.run_once(stopping)
-            await deliver_pending(pool, settings, senders=notify_email.SENDERS)
+            await deliver_pending(pool, settings, senders=notify_email.senders(settings))
         else:
             await worker.run(stopping)
     finally:
