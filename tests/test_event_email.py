@@ -20,7 +20,7 @@ from ocs.billing import dunning, dunning_store, posting
 from ocs.billing.notify_email import NO_ADDRESS, senders
 from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.config import Settings, with_overrides
-from ocs.events.delivery import deliver_pending
+from ocs.events.delivery import CONCURRENCY, Claimed, Context, Outcome, deliver_pending
 from ocs.events.outbox import emit
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, cdr, customer, monthly, run
@@ -310,3 +310,40 @@ async def test_no_address_skips_and_a_refusing_server_is_retried(
     rows = await email_rows(services)
     assert [(r["state"], r["attempts"]) for r in rows] == [("dead", 2)] * 2
     assert all(r["last_error"] for r in rows)
+
+
+async def test_stopping_ends_a_pass_after_the_sends_in_flight_leaving_the_backlog_pending(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await customer(services, "late", None, date(2026, 1, 1))
+    await billing_email(services, "late", "owner@late.test")
+    async with services.pool.acquire() as conn, conn.transaction():
+        for notice in range(1, 41):  # a backlog: more than are sent at once
+            await emit(conn, "dunning.step", "late", {"step": "notice", "notice": notice})
+    stopping = asyncio.Event()
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def slow_send(delivery: Claimed, context: Context) -> Outcome:
+        started.append(delivery.id)
+        if len(started) == CONCURRENCY:
+            stopping.set()  # SIGTERM while a full set of sends is in flight
+        await release.wait()
+        return Outcome.ok()
+
+    settings = mailing(services.settings, None)
+    task = asyncio.create_task(
+        deliver_pending(services.pool, settings, senders={"email": slow_send}, stopping=stopping)
+    )
+    async with asyncio.timeout(10):
+        await stopping.wait()
+    release.set()
+    async with asyncio.timeout(10):  # ends once the sends in flight are marked
+        report = await task
+
+    assert (report.attempted, report.delivered) == (CONCURRENCY, CONCURRENCY)
+    assert len(started) == CONCURRENCY
+    states = [(r["state"], r["attempts"]) for r in await email_rows(services)]
+    assert states.count(("delivered", 1)) == CONCURRENCY
+    assert states.count(("pending", 0)) == 40 - CONCURRENCY

@@ -574,7 +574,9 @@ async def serve_worker(
     try:
         if once:
             await worker.run_once(stopping)
-            await deliver_pending(pool, settings, senders=notify_email.senders(settings))
+            await deliver_pending(
+                pool, settings, senders=notify_email.senders(settings), stopping=stopping
+            )
         else:
             await worker.run(stopping)
     finally:

@@ -367,9 +367,16 @@ async def deliver_pending(
     now: datetime | None = None,
     *,
     senders: Mapping[str, Sender] | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> DeliveryReport:
     """Send every delivery due at ``now`` (default: the clock) of the channels that have
     a sender (default: webhooks only), ``CONCURRENCY`` at a time; what happened.
+
+    Once ``stopping`` is set nothing more is claimed: the sends in flight finish and
+    are marked (within ``CLAIM_AGAIN_S`` of their end), the rest stay pending. A worker
+    told to stop (SIGTERM) so ends its pass before systemd's SIGKILL, not mid-send
+    with a backlog in hand (an email killed after the SMTP server took it is sent
+    again once its lease runs out).
 
     A delivery is claimed only when a sending slot is free, so its lease starts with
     its send, and marked as soon as its attempt ends: a slow receiver holds only its
@@ -393,7 +400,7 @@ async def deliver_pending(
         try:
             while True:
                 free = CONCURRENCY - len(running)
-                if free > 0:
+                if free > 0 and (stopping is None or not stopping.is_set()):
                     moment = now or datetime.now(UTC)
                     for delivery in await claim(pool, settings, moment, channels, free):
                         running.add(asyncio.create_task(deliver(delivery)))
@@ -483,7 +490,9 @@ async def serve_deliveries(
                     listener = await pool.acquire()
                     await listener.add_listener(NOTIFY_CHANNEL, wake)
                 woken.clear()
-                await deliver_pending(pool, settings, senders=senders)
+                await deliver_pending(pool, settings, senders=senders, stopping=stopping)
+                if stopping.is_set():
+                    break
                 due = await next_due(pool, channels, in_flight=settings.webhook_in_flight)
                 if due is not None:
                     pause = min(pause, max((due - datetime.now(UTC)).total_seconds(), 0.01))
