@@ -16,7 +16,7 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from ocs.balances.accounts import AccountSpec
-from ocs.billing import dunning, dunning_store, posting
+from ocs.billing import dunning, dunning_store, notify_email, posting
 from ocs.billing.notify_email import NO_ADDRESS, senders
 from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.config import Settings, with_overrides
@@ -347,3 +347,81 @@ async def test_stopping_ends_a_pass_after_the_sends_in_flight_leaving_the_backlo
     states = [(r["state"], r["attempts"]) for r in await email_rows(services)]
     assert states.count(("delivered", 1)) == CONCURRENCY
     assert states.count(("pending", 0)) == 40 - CONCURRENCY
+
+
+class RefuseFirst(Inbox):
+    """An inbox whose server refuses the first message (451) and takes the rest; it
+    keeps every message it is handed, the refused one too."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Keep the message; refuse it the first time."""
+        await super().handle_DATA(server, session, envelope)
+        return "451 try again later" if len(self.messages) == 1 else "250 OK"
+
+
+async def test_a_retried_email_keeps_its_message_id(services: Services) -> None:
+    inbox = RefuseFirst()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(inbox), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    await billed_plan(services)
+    await customer(services, "late", None, date(2026, 1, 1))
+    await billing_email(services, "late", "owner@late.test")
+    async with services.pool.acquire() as conn, conn.transaction():
+        event_id = await emit(conn, "dunning.step", "late", {"step": "notice"})
+    settings = mailing(services.settings, port)  # billing@ocs.test, 2 attempts, no backoff
+    try:
+        report = await deliver_pending(services.pool, settings, senders=MAIL)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert (report.attempted, report.retrying, report.delivered) == (2, 1, 1)
+    assert [message["Message-ID"] for _, message in inbox.messages] == [
+        f"<evt-{event_id}@ocs.test>"
+    ] * 2
+
+
+class Stalled(Inbox):
+    """An inbox whose server never answers the message's data until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Keep the message, then hold the answer until released."""
+        await super().handle_DATA(server, session, envelope)
+        await self.release.wait()
+        return "250 OK"
+
+
+async def test_an_email_attempt_past_its_limit_is_a_failed_attempt_retried_later(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox = Stalled()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(inbox), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    await billed_plan(services)
+    await customer(services, "late", None, date(2026, 1, 1))
+    await billing_email(services, "late", "owner@late.test")
+    async with services.pool.acquire() as conn, conn.transaction():
+        await emit(conn, "dunning.step", "late", {"step": "notice"})
+    # Within the lease (300 s) by its margin; shortened here, the server slower still.
+    monkeypatch.setattr(notify_email, "ATTEMPT_LIMIT_S", 0.5)
+    settings = with_overrides(
+        mailing(services.settings, port), webhook_timeout=60.0, webhook_backoff=3600.0
+    )
+    try:
+        async with asyncio.timeout(30):
+            report = await deliver_pending(services.pool, settings, senders=MAIL)
+    finally:
+        inbox.release.set()
+        server.close()
+        await server.wait_closed()
+
+    assert (report.attempted, report.retrying) == (1, 1)
+    [row] = await email_rows(services)
+    assert (row["state"], row["attempts"]) == ("pending", 1)
+    assert row["last_error"] == "not sent within 0.5 s"

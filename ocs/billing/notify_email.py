@@ -18,6 +18,7 @@ whose settings have no ``smtp_host`` does not take email deliveries at all
 consumed by a second worker or an ``ocs events deliver`` run without SMTP.
 """
 
+import asyncio
 from collections.abc import Mapping
 from email.message import EmailMessage
 from typing import Any
@@ -29,11 +30,14 @@ from ocs.billing import currency as currencies
 from ocs.billing import documents, itemised
 from ocs.config import Settings
 from ocs.events import email
-from ocs.events.delivery import WEBHOOK_SENDERS, Claimed, Context, Outcome, Sender
+from ocs.events.delivery import EMAIL_LEASE_S, WEBHOOK_SENDERS, Claimed, Context, Outcome, Sender
 from ocs.money import format_amount
 
 NO_SMTP = "smtp_host is not set"
 NO_ADDRESS = "the account has no billing email"
+# An attempt (PDF and all) ends within its lease, with a margin to mark it: one that ran
+# past it would be claimed again by another deliverer and the email sent twice.
+ATTEMPT_LIMIT_S = EMAIL_LEASE_S - 30.0
 
 # The account's billing contact: of its running subscription first, then its latest one.
 _ADDRESS_SQL = """
@@ -145,13 +149,10 @@ async def dunning_message(
     )
 
 
-async def send_event_email(delivery: Claimed, context: Context) -> Outcome:
-    """The email channel's sender: build the event's email and hand it to SMTP."""
+async def event_message(delivery: Claimed, context: Context) -> EmailMessage | Outcome:
+    """The event's email, its ``Message-ID`` the event's; or the Outcome when there is
+    nothing to send (no email for its kind, no billing email)."""
     settings = context.settings
-    if settings.smtp_host is None:
-        # Not claimed by ``senders``' deliverers; given anyway, a failed attempt (retried,
-        # then dead and replayable), never skipped for good.
-        return Outcome.failed(NO_SMTP)
     event = delivery.event
     message: EmailMessage | None
     if event.kind == "invoice.posted":
@@ -163,9 +164,29 @@ async def send_event_email(delivery: Claimed, context: Context) -> Outcome:
         return Outcome.skip(f"no email for {event.kind}")
     if message is None:
         return Outcome.skip(NO_ADDRESS)
+    message["Message-ID"] = email.event_message_id(settings, event.id)
+    return message
+
+
+async def send_event_email(delivery: Claimed, context: Context) -> Outcome:
+    """The email channel's sender: build the event's email and hand it to SMTP, all
+    within ``ATTEMPT_LIMIT_S`` (past it: a failed attempt, retried later)."""
+    settings = context.settings
+    if settings.smtp_host is None:
+        # Not claimed by ``senders``' deliverers; given anyway, a failed attempt (retried,
+        # then dead and replayable), never skipped for good.
+        return Outcome.failed(NO_SMTP)
     try:
-        await email.send(settings, message)
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        async with asyncio.timeout(ATTEMPT_LIMIT_S):
+            message = await event_message(delivery, context)
+            if isinstance(message, Outcome):
+                return message
+            await email.send(settings, message)
+    except aiosmtplib.SMTPException as exc:  # its timeouts included (a TimeoutError too)
+        return Outcome.failed(f"{type(exc).__name__}: {exc}")
+    except TimeoutError:  # before OSError, its base: the attempt's own limit
+        return Outcome.failed(f"not sent within {ATTEMPT_LIMIT_S:g} s")
+    except OSError as exc:
         return Outcome.failed(f"{type(exc).__name__}: {exc}")
     return Outcome.ok()
 
