@@ -187,6 +187,7 @@ async def dropped(reason: str, before: float, count: int = 1) -> None:
     await eventually(counted, within=5, what=f"{count} drop(s) counted as {reason}")
 
 
+@pytest.mark.replaces_hot_path_function
 async def test_packets_failing_alike_are_logged_once_a_while_and_all_counted(
     nas: RunningRadius,
     udp: UdpClient,
