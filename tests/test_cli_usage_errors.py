@@ -15,10 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from ocs.balances.accounts import MAX_LINES
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
-from ocs.charging.lifecycle import MAX_DURATION
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
 from tests.embedded_helpers import child_env
@@ -201,6 +199,3 @@ async def test_the_store_refuses_plan_limits_the_http_api_refuses(
     assert (refused.value.field, refused.value.message) == (field, f"{field}: {says}")
     async with services.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM plans") == 0
-    # The bounds are the ones calls and accounts keep: a granted call can always be stopped.
-    assert catalog_store.MAX_CALL_DURATION == MAX_DURATION
-    assert catalog_store.MAX_PLAN_LINES == MAX_LINES

@@ -193,9 +193,7 @@ async def test_a_postgresql_outage_is_logged_once_and_nothing_is_lost(
     # Only the outage's own lines: the services fixture's catalog may log a reload
     # (a NOTIFY from the entries made above) at any point during the test.
     lines = [
-        (r.name, r.levelname, r.getMessage())
-        for r in caplog.records
-        if r.name != "ocs.catalog"
+        (r.name, r.levelname, r.getMessage()) for r in caplog.records if r.name != "ocs.catalog"
     ]
     assert lines == [
         ("ocs.backends", "ERROR", "postgresql unreachable"),

@@ -26,11 +26,11 @@ from ocs.balances.card_ids import is_card_account
 from ocs.balances.digests import Digests
 from ocs.balances.store import AccountState, BalanceStore, TopupResult
 from ocs.errors import OcsError, Reason, account_not_found, invalid
+from ocs.limits import MAX_LINES
 
 log = logging.getLogger("ocs.accounts")
 
 STATUSES = ("active", "locked", "suspended")
-MAX_LINES = 10_000
 # Top-up results are kept this long to answer a repeated top-up with the same id.
 TOPUP_DEDUPE_TTL = 30 * 24 * 3600
 # 64 bits: enough to tell two requests for one account id apart (the token is no

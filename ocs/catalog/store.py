@@ -33,6 +33,7 @@ from ocs.decks.tariff_sets import (
     tariffs_document,
 )
 from ocs.errors import OcsError, Reason, invalid
+from ocs.limits import MAX_CALL_DURATION, MAX_LINES
 from ocs.numbers.matcher import KEY_DIGITS, POW11, prefix_keys
 from ocs.rating.bands import BandSchedule
 from ocs.rating.rates import Rate, Tier
@@ -88,13 +89,6 @@ def validate_currency(currency: str) -> str:
     return code
 
 
-# The most lines a plan may give an account: an account's own MAX_LINES.
-MAX_PLAN_LINES = 10_000
-# The longest call a plan may grant: lifecycle's MAX_DURATION, the most a stop accepts;
-# a call granted longer could never be stopped.
-MAX_CALL_DURATION = 7 * 24 * 3600
-
-
 def _validate_bound(value: object, field: str, most: int) -> None:
     """Whole number 1 to ``most``, else a 400 naming ``field`` worded as the HTTP API's."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -108,7 +102,7 @@ def _validate_bound(value: object, field: str, most: int) -> None:
 def validate_plan_limits(max_lines: object, max_call_duration: object) -> None:
     """A plan's line and call-length limits, or a 400 naming the field: the same bounds
     as ``POST /v1/plans``, for the CLI and every other caller of ``create_plan``."""
-    _validate_bound(max_lines, "max_lines", MAX_PLAN_LINES)
+    _validate_bound(max_lines, "max_lines", MAX_LINES)
     _validate_bound(max_call_duration, "max_call_duration", MAX_CALL_DURATION)
 
 

@@ -71,6 +71,7 @@ from ocs.charging.values import (
 from ocs.config import Settings
 from ocs.decks.cells import DIRECTIONS
 from ocs.errors import OcsError, Reason, account_not_found, invalid
+from ocs.limits import MAX_CALL_DURATION
 from ocs.numbers.prefixes import normalize_number
 from ocs.rating.bands import bands_from
 from ocs.rating.counter_rules import CounterDef
@@ -90,7 +91,6 @@ from ocs.rating.translation import TranslationSet
 log = logging.getLogger("ocs.charging.lifecycle")
 
 MAX_CALL_ID = 128
-MAX_DURATION = 7 * 24 * 3600
 _PLAN_CACHE_LIMIT = 200_000
 _LIVE_CACHE_LIMIT = 500_000
 # A start whose expected entry changed under it computes its expiry again this often.
@@ -291,11 +291,11 @@ def _scoped(record: CallRecord, account_id: str | None, nas: NasOf) -> bool:
 
 
 def validate_duration(duration: object, field: str = "duration") -> int:
-    """Whole seconds from 0 to ``MAX_DURATION``, or 400 naming ``field``."""
+    """Whole seconds from 0 to ``MAX_CALL_DURATION``, or 400 naming ``field``."""
     if isinstance(duration, bool) or not isinstance(duration, int):
         raise invalid(field, "expected whole seconds as an integer")
-    if not 0 <= duration <= MAX_DURATION:
-        raise invalid(field, f"expected 0 to {MAX_DURATION} seconds")
+    if not 0 <= duration <= MAX_CALL_DURATION:
+        raise invalid(field, f"expected 0 to {MAX_CALL_DURATION} seconds")
     return duration
 
 
@@ -859,8 +859,8 @@ class CallService:
         quota = request.quota
         if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int)):
             raise invalid("quota", "expected whole seconds as an integer")
-        if quota is not None and not 1 <= quota <= MAX_DURATION:
-            raise invalid("quota", f"expected 1 to {MAX_DURATION} seconds")
+        if quota is not None and not 1 <= quota <= MAX_CALL_DURATION:
+            raise invalid("quota", f"expected 1 to {MAX_CALL_DURATION} seconds")
         if not origin.check_password:
             digest = ""
         elif request.password is None:
@@ -1355,7 +1355,7 @@ class CallService:
         known = duration is not None or started > 0
         if duration is None:
             ended = int(time.time()) - delay
-            duration = min(max(ended - started, 0), MAX_DURATION) if started else 0
+            duration = min(max(ended - started, 0), MAX_CALL_DURATION) if started else 0
         # A kept record is charged only if it is the live call's (the script checks its
         # stamp): else the id's reference says which call the stop is for.
         checking = cached is not None
@@ -1454,7 +1454,7 @@ class CallService:
         if entry is None:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")
         now = int(self._clock())
-        duration = min(max(now - entry.started, 0), MAX_DURATION) if entry.started else 0
+        duration = min(max(now - entry.started, 0), MAX_CALL_DURATION) if entry.started else 0
         result = await self._close(record, duration, "cut", expired_by=None, started=entry.started)
         if not isinstance(result, StopResult) or result.repeated:
             raise OcsError(Reason.CALL_NOT_FOUND, f"no live call {call_id!r}")

@@ -15,7 +15,6 @@ import msgspec
 from aiohttp import web
 
 from ocs.balances.accounts import (
-    MAX_LINES,
     STATUSES,
     AccountSpec,
     caller_digits_of,
@@ -34,6 +33,7 @@ from ocs.http.endpoint import (
     amount_text,
 )
 from ocs.http.plan_handlers import TranslationRule, TranslationRules, rule_dicts
+from ocs.limits import MAX_LINES
 from ocs.radius import clients as radius_clients
 from ocs.rating.translation import validate_rules
 from ocs.views import AccountView, account_view

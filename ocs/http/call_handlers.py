@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ocs import metrics
 from ocs.balances.accounts import validate_member
-from ocs.charging.lifecycle import MAX_DURATION, validate_call_id
+from ocs.charging.lifecycle import validate_call_id
 from ocs.charging.values import AuthorizeRequest, CallProgress, Identity
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.context import services_of
@@ -28,6 +28,7 @@ from ocs.http.endpoint import (
     Role,
     amount_text,
 )
+from ocs.limits import MAX_CALL_DURATION
 from ocs.numbers.prefixes import MAX_DESTINATION_CHARS
 from ocs.rating.rates import MAX_QUANTITY
 
@@ -53,7 +54,7 @@ class AuthorizeCall(Params):
             int,
             msgspec.Meta(
                 ge=1,
-                le=MAX_DURATION,
+                le=MAX_CALL_DURATION,
                 description="grant slices of this many seconds (quota mode), not the whole call",
             ),
         ]
@@ -204,7 +205,7 @@ async def start_call(request: web.Request, params: None) -> CallProgressAnswer:
 class UpdateCall(Params):
     """A live call's progress: the seconds it has run."""
 
-    used: Annotated[int, msgspec.Meta(ge=0, le=MAX_DURATION, description="seconds so far")]
+    used: Annotated[int, msgspec.Meta(ge=0, le=MAX_CALL_DURATION, description="seconds so far")]
 
 
 async def update_call(request: web.Request, params: UpdateCall) -> CallProgressAnswer:
@@ -223,7 +224,7 @@ class StopCall(Params):
             msgspec.Meta(
                 description="seconds the switch measured: whole, or decimal (12.34); any"
                 " started second counts (12.01 is 13)",
-                extra_json_schema={"type": "number", "minimum": 0, "maximum": MAX_DURATION},
+                extra_json_schema={"type": "number", "minimum": 0, "maximum": MAX_CALL_DURATION},
             ),
         ]
         | None
@@ -242,8 +243,8 @@ def stop_duration(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
         raise invalid("duration", "expected a number of seconds, such as 42 or 41.5")
     seconds = Decimal(value)
-    if not seconds.is_finite() or not 0 <= seconds <= MAX_DURATION:
-        raise invalid("duration", f"expected 0 to {MAX_DURATION} seconds")
+    if not seconds.is_finite() or not 0 <= seconds <= MAX_CALL_DURATION:
+        raise invalid("duration", f"expected 0 to {MAX_CALL_DURATION} seconds")
     return int(seconds.to_integral_value(rounding=ROUND_CEILING))
 
 

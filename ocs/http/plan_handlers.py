@@ -17,12 +17,12 @@ from aiohttp import web
 
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import Plan
-from ocs.charging.lifecycle import MAX_DURATION
 from ocs.decks.peers import PEER_FORMATS, read_peer_deck
 from ocs.decks.rate_deck import Deck, parse_deck
 from ocs.errors import invalid
 from ocs.http.context import services_of
 from ocs.http.endpoint import Amount, Answer, Endpoint, ObjectId, Params, Role, amount_text
+from ocs.limits import MAX_CALL_DURATION, MAX_LINES
 from ocs.rating.bands import validate_schedule
 from ocs.rating.rates import Tier
 from ocs.rating.translation import MAX_PATTERN, MAX_RULES, validate_rules
@@ -59,12 +59,9 @@ class CreatePlan(Params):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     credit_limit: Amount | None = None
     min_balance: Amount | None = None
-    max_lines: Annotated[int, msgspec.Meta(ge=1, le=catalog_store.MAX_PLAN_LINES)] | None = None
+    max_lines: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINES)] | None = None
     max_call_duration: (
-        Annotated[
-            int, msgspec.Meta(ge=1, le=catalog_store.MAX_CALL_DURATION, description="seconds")
-        ]
-        | None
+        Annotated[int, msgspec.Meta(ge=1, le=MAX_CALL_DURATION, description="seconds")] | None
     ) = None
     reservation_policy: ReservationPolicy = "whole"
     slice_seconds: Annotated[
@@ -154,7 +151,7 @@ class TariffTier(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         int,
         msgspec.Meta(
             description="the second of the call the tier starts at (1 is the first)",
-            extra_json_schema={"minimum": 1, "maximum": MAX_DURATION},
+            extra_json_schema={"minimum": 1, "maximum": MAX_CALL_DURATION},
         ),
     ]
     price_per_minute: Amount | None = None
@@ -245,8 +242,8 @@ async def set_tariff_shape(request: web.Request, params: SetTariffShape) -> Tari
     zone = request.match_info["zone"]
     tiers = []
     for raw in params.tiers:
-        if not 1 <= raw.from_second <= MAX_DURATION:
-            raise invalid("from_second", f"expected 1 to {MAX_DURATION}")
+        if not 1 <= raw.from_second <= MAX_CALL_DURATION:
+            raise invalid("from_second", f"expected 1 to {MAX_CALL_DURATION}")
         tiers.append(
             Tier(
                 start=raw.from_second,

@@ -18,9 +18,10 @@ from typing import NamedTuple
 from pyrad.packet import AcctPacket
 
 from ocs import metrics
-from ocs.charging.lifecycle import MAX_DURATION, CallService
+from ocs.charging.lifecycle import CallService
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
+from ocs.limits import MAX_CALL_DURATION
 from ocs.radius.attributes import first
 from ocs.radius.call_identity import (
     legacy_call_id,
@@ -130,19 +131,19 @@ async def _restart_time_ms(request: _Accounting) -> int:
 
 def _delay(packet: AcctPacket) -> int:
     """Acct-Delay-Time: how many seconds the NAS has been trying to send this request
-    (RFC 2866 section 5.2), 0 when absent or unusable; at most ``MAX_DURATION``."""
+    (RFC 2866 section 5.2), 0 when absent or unusable; at most ``MAX_CALL_DURATION``."""
     value = first(packet, "Acct-Delay-Time")
     try:
         seconds = int(value) if value is not None else 0
     except ValueError:
         return 0
-    return min(max(seconds, 0), MAX_DURATION)
+    return min(max(seconds, 0), MAX_CALL_DURATION)
 
 
 def _session_time(packet: AcctPacket) -> int | None:
     """Acct-Session-Time, or None when the NAS did not send a usable one.
 
-    More than ocs grants any call (``MAX_DURATION``) is no call's length but a NAS's
+    More than ocs grants any call (``MAX_CALL_DURATION``) is no call's length but a NAS's
     -1 (4294967295) or a wrapped counter: unusable, so a Stop is charged the time since
     its Start, as when the NAS sends none, rather than a week."""
     value = first(packet, "Acct-Session-Time")
@@ -150,7 +151,7 @@ def _session_time(packet: AcctPacket) -> int | None:
         seconds = int(value) if value is not None else None
     except ValueError:
         return None
-    if seconds is None or not 0 <= seconds <= MAX_DURATION:
+    if seconds is None or not 0 <= seconds <= MAX_CALL_DURATION:
         return None
     return seconds
 
