@@ -622,6 +622,85 @@ def test_a_cell_too_long_for_a_cdrs_indexed_column_is_its_rows_problem() -> None
     ]
 
 
+def test_a_member_or_caller_id_longer_than_a_live_call_takes_is_its_rows_problem() -> None:
+    # A member or caller id of more than 64 characters (what POST /v1/calls and a member
+    # take) was charged to the row's account, its CDR keeping the whole text.
+    rows = [
+        ("r1", "m" * 64, "1" * 64),  # at each limit: a record
+        ("r2", "m" * 65, ""),
+        ("r3", "", "1" * 3_000),
+        ("r4", "m" * 65, "1" * 65),
+    ]
+    text = "id,acct,mem,cli,dst,start,dur\n" + "".join(
+        f"{rid},A,{member},{caller},15145550100,2024-03-01 10:00:00,5\n"
+        for rid, member, caller in rows
+    )
+    t = template(
+        columns={
+            "record_id": "id",
+            "account": "acct",
+            "member": "mem",
+            "caller": "cli",
+            "called": "dst",
+            "start": "start",
+            "duration": "dur",
+        }
+    )
+    outcomes = read(t, text)[0]
+    assert isinstance(outcomes[0], UsageRecord)
+    assert (outcomes[0].member, outcomes[0].caller) == ("m" * 64, "1" * 64)
+    assert [(o.line, o.problems) for o in outcomes[1:] if isinstance(o, RowProblem)] == [
+        (3, ('member (column "mem"): 65 characters, more than the 64 a member may have',)),
+        (
+            4,
+            ('caller (column "cli"): 3,000 characters, more than the 64 a caller id may have',),
+        ),
+        (
+            5,
+            (
+                'member (column "mem"): 65 characters, more than the 64 a member may have',
+                'caller (column "cli"): 65 characters, more than the 64 a caller id may have',
+            ),
+        ),
+    ]
+
+
+def test_a_member_or_caller_id_too_long_in_a_fixed_width_file_is_its_rows_problem() -> None:
+    fmt = {
+        "kind": "fixed",
+        "fields": {
+            "id": [0, 4],
+            "mem": [4, 70],
+            "cli": [74, 70],
+            "when": [144, 14],
+            "secs": [158, 5],
+        },
+    }
+    columns = {
+        "record_id": "id",
+        "member": "mem",
+        "caller": "cli",
+        "start": "when",
+        "duration": "secs",
+    }
+    t = template(format=fmt, columns=columns, start={"format": "%Y%m%d%H%M%S"})
+    lines = [
+        ("r1", "m" * 64, "1" * 64),
+        ("r2", "m" * 65, ""),
+        ("r3", "", "1" * 70),
+    ]
+    text = "".join(
+        f"{rid:<4}{member:<70}{caller:<70}20240301100000   60\n" for rid, member, caller in lines
+    )
+    outcomes = read(t, text)[0]
+    assert isinstance(outcomes[0], UsageRecord)
+    assert (outcomes[0].member, outcomes[0].caller) == ("m" * 64, "1" * 64)
+    assert [(o.line, o.problems) for o in outcomes[1:] if isinstance(o, RowProblem)] == [
+        (2, ('member (column "mem"): 65 characters, more than the 64 a member may have',)),
+        (3, ('caller (column "cli"): 70 characters, more than the 64 a caller id may have',)),
+    ]
+
+
 def test_a_call_ending_after_the_year_3000_is_its_rows_problem() -> None:
     text = (
         "id,acct,dst,start,dur\n"

@@ -1,8 +1,9 @@
 """Cells a CDR cannot hold are their rows' problems, never a debit the ledger writer then
 cannot store: a record id or called number too long for the CDR table's indexes, and a
 start (or an end) outside 1970-3000, in every start format, over the API and the command
-line. A row with such a cell once moved money with no CDR, stopped the ledger writer for
-every account, and refused every later import (decision 0032, addendum 2026-12-07)."""
+line; so is a member or caller id longer than a live call takes. A row with such a cell
+once moved money with no CDR, stopped the ledger writer for every account, and refused
+every later import (decision 0032, addendum 2026-12-07)."""
 
 import asyncio
 import json
@@ -106,6 +107,42 @@ async def test_a_called_number_too_long_for_a_cdr_is_its_rows_problem(
     assert await balance(app, "acc1") == 10 * EUR - 4_000
     [cdr] = await stored_cdrs(app, "carrier-x", 1)
     assert (cdr["record_id"], cdr["destination"]) == ("n1", "16135550100")
+
+
+async def test_a_member_or_caller_id_longer_than_a_live_call_takes_is_its_rows_problem(
+    app: RunningApp,
+) -> None:
+    # A row naming its account and a 3,200-character member (or caller id) was charged,
+    # its CDR (and the itemised invoice) keeping the whole text; one naming no account
+    # was refused quoting all of it. POST /v1/calls takes 64 characters of each.
+    template = {
+        **TEMPLATE,
+        "columns": {**TEMPLATE["columns"], "member": "member", "caller": "caller"},
+    }
+    await setup_mediation(app, template)
+    await new_account(app, "acc1", "10.00")
+    member = secrets.token_hex(1_600)
+    body = (
+        "id,account,member,caller,called,start,duration,dir,country,type\n"
+        f"r1,acc1,{'m' * 64},{'1' * 64},{UK_NUMBER},2026-03-03 09:00:00,61,O,,\n"
+        f"r2,acc1,{member},,{UK_NUMBER},2026-03-03 09:01:00,61,O,,\n"
+        f"r3,acc1,,{'1' * 3_000},{UK_NUMBER},2026-03-03 09:02:00,61,O,,\n"
+        f"r4,,{member},,{UK_NUMBER},2026-03-03 09:03:00,61,O,,\n"
+    )
+    response = await app.client.post(
+        "/v1/usage/imports?template=carrier-x&file_name=a.csv", data=body.encode()
+    )
+    answer = await response.json()
+    assert response.status == 200, answer
+    assert (answer["rows_charged"], answer["rows_rejected"]) == (1, 3)
+    assert [(p["line"], p["problems"]) for p in answer["problems"]] == [
+        (3, ["member: 3,200 characters, more than the 64 a member may have"]),
+        (4, ["caller: 3,000 characters, more than the 64 a caller id may have"]),
+        (5, ["member: 3,200 characters, more than the 64 a member may have"]),
+    ]
+    assert await balance(app, "acc1") == 10 * EUR - UK_CALL
+    [cdr] = await stored_cdrs(app, "carrier-x", 1)
+    assert (cdr["record_id"], cdr["member"], cdr["caller"]) == ("r1", "m" * 64, "1" * 64)
 
 
 async def test_a_start_in_the_year_9999_is_a_rows_problem_over_the_api(

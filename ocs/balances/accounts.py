@@ -70,10 +70,15 @@ class Unset:
 UNSET = Unset()
 
 
+# A member's name (SIP user, extension): what account_members.member holds, and so what
+# an imported record's member may be (a longer one names no member).
+MAX_MEMBER_CHARS = 64
+
+
 def validate_member(member: object, field: str = "member") -> str:
     """A member name as given, or 400 naming ``field``: 1 to 64 printable characters, no spaces."""
-    if not isinstance(member, str) or not 1 <= len(member) <= 64:
-        raise invalid(field, "expected a string of 1 to 64 characters")
+    if not isinstance(member, str) or not 1 <= len(member) <= MAX_MEMBER_CHARS:
+        raise invalid(field, f"expected a string of 1 to {MAX_MEMBER_CHARS} characters")
     if not member.isprintable() or any(c.isspace() for c in member):
         raise invalid(field, "must be printable, without spaces")
     return member

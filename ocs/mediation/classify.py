@@ -18,7 +18,8 @@ and the minutes and seconds per distinct tail, exact across DST changes.
 
 A start is kept from 1970 to before the year 3000 (UTC) in every format, and a call
 must end by then; a record id, called number or service longer than a CDR's indexed
-column takes (as the real-time path caps them) is its row's problem (decision 0032).
+column takes, or a member or caller id longer than the real-time path takes (64
+characters each), is its row's problem (decision 0032).
 
 Times without an offset are local to the template's time zone; a local time that
 occurs twice (the hour a clock goes back) is its first occurrence, and one that
@@ -37,6 +38,7 @@ from operator import itemgetter
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
+from ocs.balances.accounts import MAX_MEMBER_CHARS
 from ocs.charging.lifecycle import MAX_CALL_ID
 from ocs.decks.cells import MAX_ZONE_CHARS
 from ocs.errors import invalid
@@ -51,7 +53,7 @@ from ocs.mediation.template import (
     Template,
     cell_pattern,
 )
-from ocs.numbers.prefixes import MAX_DESTINATION_CHARS
+from ocs.numbers.prefixes import MAX_CALLER_CHARS, MAX_DESTINATION_CHARS
 from ocs.rating.rates import MAX_QUANTITY
 
 _EPOCH = datetime(1970, 1, 1)
@@ -566,7 +568,11 @@ class CompiledTemplate:
                             raise ValueError
                         if when + amount * 1000 > _YEAR_3000_MS:
                             raise ValueError
-                    if len(called) > MAX_DESTINATION_CHARS:
+                    if (
+                        len(called) > MAX_DESTINATION_CHARS
+                        or len(member) > MAX_MEMBER_CHARS
+                        or len(caller) > MAX_CALLER_CHARS
+                    ):
                         raise ValueError
                     way = directions[direction] if direction else default_direction
                     if not (account or member or caller):
@@ -687,6 +693,10 @@ class CompiledTemplate:
         at_most("record_id", MAX_CALL_ID, "a record id")
         at_most("called", MAX_DESTINATION_CHARS, "a called number")
         at_most("service", MAX_ZONE_CHARS, "a service's name")
+        # Kept in the CDR and looked up among members and caller ids, which hold no longer
+        # one: as the real-time path takes them (POST /v1/calls, RADIUS).
+        at_most("member", MAX_MEMBER_CHARS, "a member")
+        at_most("caller", MAX_CALLER_CHARS, "a caller id")
         when = check("start", self.start.parse, None, "")
         service = value.get("service") or t.service
         if service:

@@ -32,6 +32,9 @@ MAX_NUMBER_DIGITS = 32
 # translation rule's prefix): what POST /v1/calls accepts, and an imported record's
 # called number (which a CDR may keep as given, and whose column is indexed).
 MAX_DESTINATION_CHARS = 64
+# A caller id as a switch sends it: what POST /v1/calls accepts and a CDR keeps of a
+# live call's (ocs.charging.lifecycle.clean_caller), and so an imported record's.
+MAX_CALLER_CHARS = 64
 
 
 def normalize_number(number: str, field: str = "destination") -> str:
