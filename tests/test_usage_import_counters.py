@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ocs.balances import keys
 from ocs.balances.store import AccountCycle
 from ocs.mediation.importer import ImportRequest, UsageImporter
@@ -212,6 +214,7 @@ async def test_a_bundle_cancelled_meanwhile_leaves_the_row_at_the_tariff_naming_
 
 # When the test's counter cycles began (the reset's first run), as the reset script reads
 # it: midnight in Toronto, the template's time zone, so a row's local date says its cycle.
+OCT_1 = datetime(2026, 10, 1, 5, tzinfo=UTC)
 NOV_1 = datetime(2026, 11, 1, 5, tzinfo=UTC)
 DEC_1 = datetime(2026, 12, 1, 5, tzinfo=UTC)
 DEC_7 = datetime(2026, 12, 7, 5, tzinfo=UTC)
@@ -253,6 +256,75 @@ async def test_a_call_made_before_the_cycle_began_draws_on_its_own_cycles_unused
     rows = await stored_cdrs(app, "carrier-x", 2)
     drawn = [(r["record_id"], r["counter_id"], r["counter_seconds"], r["charged"]) for r in rows]
     assert drawn == [("d02", "uk-600", 400, 0), ("n30", "uk-600", 400, 0)]
+
+
+async def test_a_call_two_cycles_old_pays_the_tariff_not_the_closed_cycles_seconds(
+    app: RunningApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only the last closed cycle is kept. A file imported in December with a call of
+    # October 20 drew on what November left, as if it were November's, and November's
+    # own late call then found 200 s where 600 were unused. October's keeps nothing: it
+    # pays the tariff, its CDR names no counter, and the import says so once.
+    await setup_mediation(app)
+    await add_counter(app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00")
+    await new_account(app, "old", "10.00")
+    await new_cycle(app, "2026-10", OCT_1)
+    await new_cycle(app, "2026-11", NOV_1)
+    await new_cycle(app, "2026-12", DEC_1)
+    path = tmp_path / "old.csv"
+    path.write_text(
+        HEADER
+        # October's call: 400 s, seven 60 s blocks at 0.02 a minute.
+        + f"o20,old,{UK},2026-10-20 09:00:00,400,O,,\n"
+        # November's call: November's 600 s, unused.
+        + f"n30,old,{UK},2026-11-30 23:50:00,400,O,,\n"
+        # December's call: December's bundle.
+        + f"d02,old,{UK},2026-12-02 09:00:00,400,O,,\n"
+    )
+    summary = await run_import(app, path)
+    assert summary.rows_charged == 3, summary.problems
+    assert summary.amounts == {"EUR": 140_000}
+    assert await balance(app, "old") == 10_000_000 - 140_000
+    assert await counters_of(app, "old") == [("uk-600", 400, 200)]
+    rows = await stored_cdrs(app, "carrier-x", 3)
+    drawn = [(r["record_id"], r["counter_id"], r["counter_seconds"], r["charged"]) for r in rows]
+    assert drawn == [
+        ("d02", "uk-600", 400, 0),
+        ("n30", "uk-600", 400, 0),
+        ("o20", None, 0, 140_000),
+    ]
+    told = [r for r in caplog.records if "last closed counter cycle" in r.message]
+    assert [(r.__dict__["import"], r.__dict__["records"]) for r in told] == [(summary.id, 1)]
+
+
+async def test_a_call_a_reset_makes_two_cycles_old_before_its_debit_pays_the_tariff(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    # Read in November, October's call was of the closed cycle and priced with its 600 s.
+    # December began before its debit: the script sees October is no longer kept, and
+    # priced again the call pays the tariff, November's seconds left for November.
+    await setup_mediation(app)
+    await add_counter(app, id="uk-600", seconds=600, zones=["UK"], price_per_minute="0.00")
+    await new_account(app, "racer", "10.00")
+    await new_cycle(app, "2026-10", OCT_1)
+    await new_cycle(app, "2026-11", NOV_1)
+    path = tmp_path / "race.csv"
+    path.write_text(HEADER + f"o20,racer,{UK},2026-10-20 09:00:00,120,O,,\n")
+
+    async def december_begins() -> None:
+        await new_cycle(app, "2026-12", DEC_1)
+
+    racing = _OvertakenRead(app, december_begins)
+    summary = await racing.run(ImportRequest(template="carrier-x", files=(str(path),)))
+    assert racing.reads == 2
+    assert (summary.rows_charged, summary.amounts) == (1, {"EUR": 40_000}), summary.problems
+    rows = await stored_cdrs(app, "carrier-x", 1)
+    assert (rows[0]["counter_id"], rows[0]["counter_seconds"]) == (None, 0)
+    november = tmp_path / "november.csv"
+    november.write_text(HEADER + f"n30,racer,{UK},2026-11-30 22:00:00,600,O,,\n")
+    late = await run_import(app, november)
+    assert (late.rows_charged, late.amounts) == (1, {"EUR": 0}), late.problems
+    assert await balance(app, "racer") == 10_000_000 - 40_000
 
 
 async def test_late_calls_past_what_their_cycle_left_pay_the_tariff(

@@ -154,7 +154,8 @@ def counters(account_id: str) -> str:
     ``<counter>:cycle``, the label of the cycle a reset last started (``<label>|bought``:
     bought or first used in that cycle after its reset); ``<counter>:gone`` once
     cancelled while calls still hold some of it; ``cycle``, the label of the account's
-    last reset, and ``cycle_from`` when it began (epoch ms); ``<counter>:carried`` and
+    last reset, ``cycle_from`` when it began (epoch ms) and ``closed_from`` when the cycle
+    before it began (the one closed cycle kept); ``<counter>:carried`` and
     ``<counter>:closed``, what the closed cycle left its late usage records (kept by the
     reset, ``closed`` by a cancel too; counter_reset.lua)."""
     return f"counters:{_TAGS[bucket_of(account_id)]}:{account_id}"

@@ -160,11 +160,19 @@ class CounterCycle:
 @dataclass(slots=True)
 class AccountCycle:
     """An account's usage counters as its counters hash holds them: when its current
-    cycle began (epoch ms, the cycle's reset; None before its first reset) and each
-    counter, cancelled ones too."""
+    cycle began (epoch ms, the cycle's reset; None before its first reset), each
+    counter, cancelled ones too, and when the closed cycle began (None: no reset before
+    it, it began with the counters). Only that closed cycle is kept: a record made before
+    ``closed_from`` draws on no counter (counter_reset.lua)."""
 
     began: int | None
     counters: dict[str, CounterCycle]
+    closed_from: int | None = None
+
+    def kept(self, made_ms: int) -> bool:
+        """Whether what the cycle of a record made at ``made_ms`` left is still kept: the
+        current cycle's or the last closed one's, not one before them."""
+        return self.closed_from is None or made_ms >= self.closed_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,10 +300,12 @@ class TopupResult:
 
 
 # Fields of a counters hash that are not a cycle's seconds: the cycle's label and when it
-# began, when the counter was bought and when it was cancelled, and the seconds the
-# closed cycle left (carried over or not) that its records may still draw
-# (counter_reset.lua).
-_NOT_SECONDS = frozenset(("cycle", "cycle_from", "bought_at", "cancelled", "carried", "closed"))
+# began (and when the closed one did), when the counter was bought and when it was
+# cancelled, and the seconds the closed cycle left (carried over or not) that its records
+# may still draw (counter_reset.lua).
+_NOT_SECONDS = frozenset(
+    ("cycle", "cycle_from", "closed_from", "bought_at", "cancelled", "carried", "closed")
+)
 _CLOSED_CYCLE = frozenset(("carried", "closed"))
 # How long the start of a counter cycle's first run is kept for its runs again (seconds).
 _CYCLE_RUN_TTL = 400 * 86_400
@@ -1008,8 +1018,8 @@ class BalanceStore:
         return {k: v for k, v in state.items() if "limit" in v and k not in gone}
 
     async def counter_cycles(self, account_ids: Iterable[str]) -> dict[str, AccountCycle]:
-        """Each account's counter cycle as its counters hash holds it: when it began, and
-        each counter, cancelled ones too."""
+        """Each account's counter cycle as its counters hash holds it: when it began (and
+        when the closed one did), and each counter, cancelled ones too."""
         ids = list(account_ids)
         replies = await asyncio.gather(
             *(self._pipe.execute("HGETALL", keys.counters(a)) for a in ids)
@@ -1018,10 +1028,13 @@ class BalanceStore:
         for account_id, raw in zip(ids, replies, strict=True):
             fields: dict[str, dict[str, int]] = {}
             began: int | None = None
+            closed_from: int | None = None
             for field, value in zip(raw[::2], raw[1::2], strict=True):
                 counter_id, _, part = _text(field).rpartition(":")
                 if part == "cycle_from":
                     began = int(value)
+                elif part == "closed_from":
+                    closed_from = int(value)
                 elif part in _CLOSED_CYCLE or part not in _NOT_SECONDS:
                     fields.setdefault(counter_id, {})[part] = int(value)
             out[account_id] = AccountCycle(
@@ -1039,6 +1052,7 @@ class BalanceStore:
                     for c, f in fields.items()
                     if "limit" in f or "gone" in f or "closed" in f
                 },
+                closed_from,
             )
         return out
 

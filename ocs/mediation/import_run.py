@@ -72,6 +72,9 @@ class Prepared:
     draw: CounterDraw | None = None
     # Whether it started before its plan's prices last changed (rated at later prices).
     priced_after_start: bool = False
+    # Whether a counter covers it but it was made before the last closed counter cycle,
+    # of which nothing is kept: priced at the tariff (decision 0032).
+    past_kept_cycle: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,9 @@ class ImportRun:
         self.seq = 0
         # The plans whose prices changed after one of the records charged started.
         self.repriced_plans: set[str] = set()
+        # Records charged at the tariff though a counter covers them: made before the
+        # last closed counter cycle, of which nothing is kept.
+        self.past_kept_cycles = 0
         # Each record id's first place in the import: a later row with it is rejected.
         self.seen = SeenIds()
         # The file being read (its rows so far count) and the look-up of the chunk read
@@ -292,6 +298,16 @@ class ImportRun:
                     "records": count,
                     "plans": sorted(self.repriced_plans),
                 },
+            )
+
+    def tell_past_kept_cycles(self) -> None:
+        """Log, once at the import's end, that records made before their account's last
+        closed counter cycle paid the tariff: only that cycle is kept (decision 0032)."""
+        if self.past_kept_cycles:
+            log.warning(
+                "usage import charged records at the tariff: made before their account's"
+                " last closed counter cycle, of which no seconds are kept",
+                extra={"import": self.summary.id, "records": self.past_kept_cycles},
             )
 
     async def pass_over(
@@ -495,8 +511,9 @@ class ImportRun:
 
         A record made before the account's current cycle began belongs to a closed cycle:
         it draws only on the seconds that cycle left free (carried over, or kept aside
-        without carryover), cancelled since or not, and passes over a counter with none
-        (decision 0032)."""
+        without carryover), cancelled since or not, and passes over a counter with none.
+        Only the last closed cycle is kept: a record made before it began draws on no
+        counter and pays the tariff (decision 0032)."""
         draw = item.draw
         assert draw is not None
         account_id = item.event.account_id
@@ -506,7 +523,8 @@ class ImportRun:
         cycles = account.counters
         record = item.record
         late = account.began is not None and record.start_ms < account.began
-        for counter in draw.rated.counters:
+        item.past_kept_cycle = not account.kept(record.start_ms)
+        for counter in () if item.past_kept_cycle else draw.rated.counters:
             cycle = cycles.get(counter.id)
             start = counter.seconds if counter.mandatory else 0
             if late:
@@ -737,6 +755,8 @@ class ImportRun:
                 if item.priced_after_start:
                     summary.rows_priced_after_start += 1
                     self.repriced_plans.add(self.accounts_plan(item.event.account_id))
+                if item.past_kept_cycle:
+                    self.past_kept_cycles += 1
             elif word == "DONE":
                 summary.rows_repeated += 1
             elif word == COUNTER_CHANGED:

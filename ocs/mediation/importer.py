@@ -239,11 +239,13 @@ class UsageImporter:
             summary.state = "failed"
             run.count()
             run.tell_repriced()
+            run.tell_past_kept_cycles()
             error = str(exc)[:500] or type(exc).__name__
             await to_the_end(self._wrap_up(saver, summary, rejects, error))
             raise
         run.count()
         run.tell_repriced()
+        run.tell_past_kept_cycles()
         # A cancel now must not leave the row running: the debits are all made.
         return await to_the_end(self._wrap_up(saver, summary, rejects))
 

@@ -37,7 +37,8 @@
 -- whatever the new cycle has left, taken off '<id>:closed' only (the new cycle's seconds
 -- are not touched). A counter cancelled since (gone, or only '<id>:closed' left of it,
 -- counter_reset.lua) still gives such a record what its cycle left: it was live then.
--- The importer prices it so.
+-- Only that cycle is kept: a record made before it began ('closed_from') draws on no
+-- counter (the tariff), as nothing of its own cycle is left. The importer prices it so.
 --
 -- Returns a flat list, two items an event: status ("OK", "DONE", "REJ", "CNT") and the
 -- result (charge_event's msgpack), the refusal reason, or for "CNT" the counter's free
@@ -71,10 +72,13 @@ for i = 1, n do
     admit = function()
       c = redis.call('HMGET', counters, counter .. ':limit', counter .. ':used',
         counter .. ':held', counter .. ':gone', 'cycle_from', counter .. ':carried',
-        counter .. ':closed')
+        counter .. ':closed', 'closed_from')
       local free = -1
-      late = c[5] ~= false and tonumber(ARGV[at + 7]) < tonumber(c[5])
-      if late then
+      local made = tonumber(ARGV[at + 7])
+      late = c[5] ~= false and made < tonumber(c[5])
+      if late and c[8] and made < tonumber(c[8]) then
+        free = -1  -- two cycles back or more: none of its own is kept, no counter applies
+      elseif late then
         -- Whether cancelled since or not: the bundle was live in the record's cycle.
         if c[6] then
           free = tonumber(c[1] or 0) - tonumber(c[2] or 0) - tonumber(c[3] or 0)

@@ -39,7 +39,10 @@
 -- (not in the new limit, whatever its carryover): a record of the closed cycle imported in
 -- time would have started it with them (charge_batch.lua, authorize.lua).
 -- A usage record made before 'cycle_from' draws only on those (charge_batch.lua): the
--- cycle it was made in is closed. A cancel keeps what the closed cycle left as
+-- cycle it was made in is closed. Only the last closed cycle is kept: a cycle that starts
+-- keeps when the closing one began as 'closed_from' (none before the account's second
+-- cycle: the first began when its counters did), and a record made before it draws on no
+-- counter, paying the tariff (decision 0032). A cancel keeps what the closed cycle left as
 -- '<id>:closed' (with carryover: the carried seconds the current cycle has not used), as
 -- the bundle was live when that cycle's records were made; the next reset that starts a
 -- new cycle removes it (a run again of the label keeps it). A counter a reset removes (or
@@ -87,6 +90,11 @@ if not only and (first <= #ARGV or redis.call('EXISTS', KEYS[1]) == 1) then
   -- Kept where the account has counters: a hash for every account would cost memory.
   local was = redis.call('HMGET', KEYS[1], 'cycle', 'cycle_from')
   fresh = was[1] ~= label
+  if fresh and was[2] then
+    -- Only the cycle that closes now is kept (its '<id>:closed', '<id>:carried'): a
+    -- record made before it began is of a cycle nothing is kept of (charge_batch.lua).
+    redis.call('HSET', KEYS[1], 'closed_from', was[2])
+  end
   if fresh or not was[2] then
     redis.call('HSET', KEYS[1], 'cycle_from', int(math.floor(since / 1000)))
   end
