@@ -63,6 +63,9 @@ from ocs.money import format_amount
 if TYPE_CHECKING:
     import asyncpg
 
+    from ocs.balances.reconcile import Reconciliation
+    from ocs.billing.account_reconcile import Repaired, StateMismatch
+    from ocs.billing.number_reconcile import NumberMismatch
     from ocs.billing.queries import SubscriptionRow
     from ocs.cli_support import Commands
     from ocs.services import Services
@@ -116,8 +119,9 @@ def _add_process_commands(commands: "Commands") -> None:
     reconcile = add_command(
         commands,
         "reconcile",
-        "check that every Redis balance equals its ledger and every number's Redis"
-        " reference names its holder (exit 1 if not)",
+        "check that every Redis balance equals its ledger, every number's Redis"
+        " reference names its holder and every account's Redis status agrees with"
+        " PostgreSQL's (exit 1 if not)",
         _reconcile,
     )
     reconcile.add_argument(
@@ -125,6 +129,12 @@ def _add_process_commands(commands: "Commands") -> None:
         action="store_true",
         help="set each number reference found wrong to the holder PostgreSQL names (under"
         " the number's row lock)",
+    )
+    reconcile.add_argument(
+        "--repair-accounts",
+        action="store_true",
+        help="set each account's Redis status (and lock reason) found disagreeing to the"
+        " status PostgreSQL records (under the account's row lock)",
     )
     worker = add_command(
         commands,
@@ -536,78 +546,115 @@ def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    """``ocs reconcile``: compare each Redis balance with its ledger and each number's
-    Redis reference with its holder (set right with ``--repair-numbers``); exit 1 on a
-    mismatch, repaired or not."""
-    from ocs.balances.reconcile import Reconciliation, reconcile
-    from ocs.billing import number_reconcile
-    from ocs.billing.number_reconcile import NumberMismatch
+    """``ocs reconcile``: compare each Redis balance with its ledger, each number's
+    Redis reference with its holder and each account's Redis status with PostgreSQL's
+    (the last two set right with ``--repair-numbers``, ``--repair-accounts``); exit 1
+    on a mismatch, repaired or not."""
+    from ocs.balances.reconcile import reconcile
+    from ocs.billing import account_reconcile, number_reconcile
 
-    async def run(
-        s: "Services",
-    ) -> tuple[Reconciliation, list[NumberMismatch], dict[str, str | None] | None]:
-        """Balances, then numbers (repaired when asked)."""
+    async def run(s: "Services") -> dict[str, Any]:
+        """Balances, then numbers and accounts' states (repaired when asked)."""
         result = await reconcile(s.redis, s.pool)
         numbers = await number_reconcile.check_numbers(s.redis, s.pool)
         repaired = None
         if args.repair_numbers:
             repaired = await number_reconcile.repair_numbers(s.pool, s.store, numbers)
-        return result, numbers, repaired
-
-    result, numbers, repaired = with_services(settings, run)
-    print_json(
-        {
-            "ok": result.ok and not numbers,
-            "accounts": result.accounts,
-            "pending_ledger_entries": result.pending_entries,
-            "mismatches": [
-                {
-                    "account": m.account_id,
-                    "redis_balance": None
-                    if m.redis_balance is None
-                    else format_amount(m.redis_balance),
-                    "ledger_total": format_amount(m.ledger_total),
-                }
-                for m in result.mismatches
-            ],
-            # Redis lost entries PostgreSQL holds (a restart from an AOF missing its last
-            # writes): the mismatches above include what those entries moved.
-            "lost_ledger_entries": [
-                {
-                    "bucket": lost.bucket,
-                    "stream_last_id": lost.stream_last_id,
-                    "written_through": lost.written_through,
-                }
-                for lost in result.lost
-            ],
-            # Accounts Redis holds and PostgreSQL does not: a creation whose end was
-            # lost; sending the same request again finishes it (decision 0042).
-            "orphans": [
-                {
-                    "account": orphan.account_id,
-                    "redis_balance": None
-                    if orphan.redis_balance is None
-                    else format_amount(orphan.redis_balance),
-                    "created": None
-                    if orphan.created_ms is None
-                    else datetime.fromtimestamp(orphan.created_ms / 1000, UTC).isoformat(),
-                }
-                for orphan in result.orphans
-            ],
-            # Numbers whose Redis reference (what an inbound call reads) is not the
-            # holder PostgreSQL names (null: none, or free): a change half told Redis.
-            "numbers": [
-                {
-                    "number": m.number,
-                    "redis_account": m.redis_account,
-                    "postgresql_holder": m.holder,
-                    **({} if repaired is None else {"repaired_to": repaired[m.number]}),
-                }
-                for m in numbers
-            ],
+        states = await account_reconcile.check_states(s.redis, s.pool)
+        fixed = None
+        if args.repair_accounts:
+            fixed = await account_reconcile.repair_states(s.pool, s.redis, s.store, states)
+        return {
+            "ok": result.ok and not numbers and not states,
+            **_balances_report(result),
+            "numbers": _numbers_report(numbers, repaired),
+            "account_states": _states_report(states, fixed),
         }
-    )
-    return 0 if result.ok and not numbers else EXIT_REFUSED
+
+    report = with_services(settings, run)
+    print_json(report)
+    return 0 if report["ok"] else EXIT_REFUSED
+
+
+def _balances_report(result: "Reconciliation") -> dict[str, Any]:
+    """``ocs reconcile``'s findings on balances, ledgers and orphan accounts, as JSON."""
+    return {
+        "accounts": result.accounts,
+        "pending_ledger_entries": result.pending_entries,
+        "mismatches": [
+            {
+                "account": m.account_id,
+                "redis_balance": None
+                if m.redis_balance is None
+                else format_amount(m.redis_balance),
+                "ledger_total": format_amount(m.ledger_total),
+            }
+            for m in result.mismatches
+        ],
+        # Redis lost entries PostgreSQL holds (a restart from an AOF missing its last
+        # writes): the mismatches above include what those entries moved.
+        "lost_ledger_entries": [
+            {
+                "bucket": lost.bucket,
+                "stream_last_id": lost.stream_last_id,
+                "written_through": lost.written_through,
+            }
+            for lost in result.lost
+        ],
+        # Accounts Redis holds and PostgreSQL does not: a creation whose end was
+        # lost; sending the same request again finishes it (decision 0042).
+        "orphans": [
+            {
+                "account": orphan.account_id,
+                "redis_balance": None
+                if orphan.redis_balance is None
+                else format_amount(orphan.redis_balance),
+                "created": None
+                if orphan.created_ms is None
+                else datetime.fromtimestamp(orphan.created_ms / 1000, UTC).isoformat(),
+            }
+            for orphan in result.orphans
+        ],
+    }
+
+
+def _numbers_report(
+    numbers: "list[NumberMismatch]", repaired: dict[str, str | None] | None
+) -> list[dict[str, Any]]:
+    """Numbers whose Redis reference (what an inbound call reads) is not the holder
+    PostgreSQL names (null: none, or free): a change half told Redis."""
+    return [
+        {
+            "number": m.number,
+            "redis_account": m.redis_account,
+            "postgresql_holder": m.holder,
+            **({} if repaired is None else {"repaired_to": repaired[m.number]}),
+        }
+        for m in numbers
+    ]
+
+
+def _states_report(
+    states: "list[StateMismatch]", repaired: "dict[str, Repaired | None] | None"
+) -> list[dict[str, Any]]:
+    """Accounts whose Redis status (what a call is let through or refused by) does not
+    agree with PostgreSQL's: a status change half told Redis. ``redis_lock`` null: no
+    lock reason; ``repaired_to`` null: the two agreed by the time the repair looked."""
+    report: list[dict[str, Any]] = []
+    for m in states:
+        entry: dict[str, Any] = {
+            "account": m.account_id,
+            "postgresql_status": m.postgresql_status,
+            "redis_status": m.redis_status,
+            "redis_lock": m.redis_lock or None,
+        }
+        if repaired is not None:
+            done = repaired[m.account_id]
+            entry["repaired_to"] = (
+                None if done is None else {"status": done.status, "lock": done.lock or None}
+            )
+        report.append(entry)
+    return report
 
 
 def _plans_create(args: argparse.Namespace, settings: Settings) -> int:

@@ -39,6 +39,7 @@ from ocs.balances.scripts import (
 )
 from ocs.balances.store import REF_WINDOW
 from ocs.balances.wire import RedisWire
+from ocs.billing.account_reconcile import Repaired, StateMismatch, check_states, repair_states
 from ocs.billing.number_reconcile import check_numbers, repair_numbers
 from ocs.call_cutting import call_cutter
 from ocs.charging.janitor import Janitor
@@ -1048,6 +1049,34 @@ async def test_number_references_are_checked_and_repaired_on_every_master(
     assert await check_numbers(redis, pool) == []
     for number in numbers:
         assert await app.services.store.did_account(number) == "holder"
+
+
+async def test_account_states_are_checked_and_repaired_on_every_master(
+    backend_app: RunningApp, backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    """Reconcile reads the accounts' states on every master, and repairs each in its own
+    slot: suspensions Redis lost are put back, and their calls refused."""
+    app = backend_app
+    await add_plan(app.services)
+    for account_id in ACCOUNTS:
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "3.00"})
+    if backend.cluster:
+        cluster: RedisClusterProcess = request.getfixturevalue("redis_cluster")
+        owners = {cluster.node_of_slot(slots.key_slot(keys.account(a))).port for a in ACCOUNTS}
+        assert len(owners) == 3, owners
+    redis, pool, store = app.services.redis, app.services.pool, app.services.store
+    assert await check_states(redis, pool) == []
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE accounts SET status = 'suspended' WHERE id LIKE 'acct-%'")
+    found = await check_states(redis, pool)
+    assert found == [StateMismatch(a, "suspended", "active", "") for a in sorted(ACCOUNTS)]
+    repaired = await repair_states(pool, redis, store, found)
+    assert repaired == dict.fromkeys(ACCOUNTS, Repaired("suspended", ""))
+    assert await check_states(redis, pool) == []
+    status, body = await send(
+        app, "POST", "/v1/calls", {"account": ACCOUNTS[0], "destination": UK_MOBILE}
+    )
+    assert (status, body["error"]["reason"]) == (403, "account_suspended"), body
 
 
 async def test_an_entry_postgresql_refuses_is_set_aside_once_on_either_backend(
