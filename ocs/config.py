@@ -419,6 +419,13 @@ class Settings:
     )
     janitor_interval: float = _setting(1.0, _parse_float, "seconds between janitor sweeps")
     run_janitor: bool = _setting(True, _parse_bool, "run the janitor in this process")
+    # A NAS that does not answer holds its request for disconnect_timeout times three;
+    # the janitor's sweeps never wait for them, these bound the UDP sockets they hold.
+    janitor_disconnects_in_flight: int = _setting(
+        64,
+        _parse_int(1, 10_000),
+        "Disconnect-Requests the janitor has waiting on NASes at once, for expired calls",
+    )
     # Decision 0039: the ledger writer's batches, the janitor's sweeps and the pass over
     # every live call leave the serving loop for a process of their own.
     background_process: bool = _setting(

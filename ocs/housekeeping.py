@@ -62,6 +62,7 @@ def start_housekeeping(
             settings.janitor_interval,
             health=services.health,
             disconnect=janitor_disconnect(services),
+            disconnects_in_flight=settings.janitor_disconnects_in_flight,
         )
         janitor_task = asyncio.create_task(janitor.run(stopping))
         stack.push_async_callback(_stop_task, janitor_task, stopping)

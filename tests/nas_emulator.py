@@ -37,6 +37,8 @@ class Nas:
 
     port: int = 0
     received: list[bytes] = field(default_factory=list)
+    # True: it records each request and answers none (a NAS that is down, or firewalled).
+    silent: bool = False
 
     def decoded(self, n: int) -> rp.Packet:
         """The ``n``-th request received, decoded with the NAS's secret."""
@@ -59,7 +61,7 @@ class NasProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Record the request and ACK it."""
+        """Record the request and ACK it (unless the NAS is silent)."""
         self.nas.received.append(data)
-        if self.transport is not None:
+        if self.transport is not None and not self.nas.silent:
             self.transport.sendto(signed_ack(data, NAS_SECRET.encode()), addr)

@@ -18,9 +18,10 @@ import pytest
 
 from ocs.balances.plan_policy import PlanPolicy, plan_policy, set_plan_policy
 from ocs.charging.janitor import Janitor
-from ocs.charging.values import AuthorizeRequest
+from ocs.charging.values import AuthorizeRequest, CallRecord
 from ocs.errors import OcsError
 from ocs.housekeeping import janitor_disconnect
+from ocs.radius.disconnect import DisconnectOutcome, disconnect_call
 from tests.conftest import CutRig, RunningApp, account, add_plan, eventually
 from tests.helpers import radius
 from tests.nas_emulator import NAS_SECRET
@@ -353,3 +354,80 @@ async def test_a_sliced_radius_call_whose_interims_stop_is_cut_when_it_expires(
     # Only one sweep closes it: the NAS is told once.
     assert await janitor.sweep(now=expiry + 60) == 0
     assert len(rig.nas.received) == 1
+
+
+async def started_sliced_call(rig: CutRig, account_id: str, session_id: str) -> None:
+    """A sliced RADIUS call of ``account_id`` (0.03, one slice 0.01 held), started."""
+    await rig.app.post("/v1/accounts", {"id": account_id, "plan": "sliced", "balance": "0.03"})
+    session = [("User-Name", account_id), ("Acct-Session-Id", session_id)]
+    access = [("NAS-IP-Address", "127.0.0.1"), *session, ("Called-Station-Id", GERMANY)]
+    reply = await radclient("auth", rig.server.auth_port, NAS_SECRET, access)
+    assert reply.code == "Access-Accept", reply
+    assert await radius(rig, "acct", [("Acct-Status-Type", "Start"), *session]) == (
+        "Accounting-Response"
+    )
+
+
+async def test_a_nas_that_does_not_answer_holds_up_no_sweep(rig: CutRig) -> None:
+    # The NAS is down: it takes the Disconnect-Requests and answers none, and each waits
+    # out its retries (here 30 s per try). Before, the sweep waited for them: the calls
+    # expiring meanwhile stayed open, their funds held, until the NAS's retries ran out.
+    app = rig.app
+    rig.nas.silent = True
+    await add_plan(
+        app.services,
+        plan_id="sliced",
+        deck=FLAT_DECK,
+        max_call_duration=600,
+        max_lines=5,
+        reservation_policy="slice",
+        slice_seconds=60,
+    )
+
+    async def slow_disconnect(record: CallRecord) -> DisconnectOutcome | None:
+        return await disconnect_call(rig.server.clients, record, 30.0)
+
+    janitor = Janitor(app.services.calls, app.services.store, disconnect=slow_disconnect)
+    try:
+        first = ["3400", "3401", "3402"]
+        for account_id in first:
+            await started_sliced_call(rig, account_id, f"MUTE-{account_id}")
+        expiry = int(time.time()) + 60 + app.services.settings.call_expiry_grace + 5
+        sweeping = asyncio.create_task(janitor.sweep(now=expiry))
+
+        async def swept() -> bool:
+            return sweeping.done()
+
+        await eventually(swept, what="the sweep to end while its NAS says nothing")
+        assert sweeping.result() == 3
+        for account_id in first:
+            view = await account(app, account_id)
+            # Charged its slice, nothing held any more.
+            assert (view["balance"], view["reserved"], view["lines_in_use"]) == (
+                "0.020000",
+                "0.000000",
+                0,
+            ), account_id
+
+        # The NAS was asked to end each of them, and none has answered yet.
+        async def all_asked() -> bool:
+            return len(rig.nas.received) >= 3
+
+        await eventually(all_asked, what="three Disconnect-Requests")
+        asked = {rig.nas.decoded(n)["Acct-Session-Id"][0] for n in range(len(rig.nas.received))}
+        assert asked == {f"MUTE-{account_id}" for account_id in first}
+        assert all(datagram[0] == 40 for datagram in rig.nas.received)
+        assert janitor.disconnects_pending == 3
+
+        # A call that expires while they wait is closed by the next sweep all the same.
+        await started_sliced_call(rig, "3403", "MUTE-3403")
+        later = int(time.time()) + 60 + app.services.settings.call_expiry_grace + 5
+        assert await asyncio.wait_for(janitor.sweep(now=later), timeout=10) == 1
+        view = await account(app, "3403")
+        assert (view["balance"], view["reserved"]) == ("0.020000", "0.000000")
+        assert janitor.disconnects_pending == 4
+    finally:
+        # Shutdown gives up the requests still waiting on the NAS.
+        given_up = await janitor.close()
+    assert given_up == 4
+    assert janitor.disconnects_pending == 0

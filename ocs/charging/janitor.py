@@ -13,6 +13,10 @@ A sliced RADIUS call (decision 0015) whose interims stopped expires after its la
 slice, while its NAS was told the funds' ceiling as Session-Timeout: when its NAS
 takes Disconnect-Requests, the janitor that closed it sends one too, as the cut at
 an interim does, so the NAS ends the call instead of running on to the ceiling.
+Those Disconnect-Requests run as tasks beside the sweeps, at most
+``disconnects_in_flight`` at a time and one per call: a NAS that does not answer
+waits out its retries there, never in a sweep, so the calls that expire meanwhile
+are closed (and their funds freed) on time.
 
 While Redis is unreachable a sweep fails at once; the failure goes to the
 process's backend tracker (one line per outage, a reminder while it lasts),
@@ -30,6 +34,10 @@ from ocs.backend_health import BackendHealth
 from ocs.balances.store import BalanceStore
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import CallRecord
+
+# Disconnect-Requests a janitor has on the wire at once, by default (each holds a UDP
+# socket while it waits out its NAS's retries).
+DISCONNECTS_IN_FLIGHT = 64
 
 log = logging.getLogger("ocs.janitor")
 
@@ -57,16 +65,27 @@ class Janitor:
         interval: float = 1.0,
         health: BackendHealth | None = None,
         disconnect: Disconnect | None = None,
+        disconnects_in_flight: int = DISCONNECTS_IN_FLIGHT,
     ) -> None:
         self._calls = calls
         self._store = store
         self._interval = interval
         self._health = health if health is not None else backend_health.default()
         self._disconnect = disconnect
+        # Bounds the requests on the wire; the others wait their turn in their tasks.
+        self._sending = asyncio.Semaphore(max(disconnects_in_flight, 1))
+        # The disconnects not yet done, by call: a call is told once while one runs.
+        self._cuts: dict[tuple[str, str, str | None], asyncio.Task[None]] = {}
+
+    @property
+    def disconnects_pending(self) -> int:
+        """Disconnect-Requests sent or waiting their turn, not yet answered or given up."""
+        return len(self._cuts)
 
     async def sweep(self, now: int | None = None) -> int:
         """Close every expired call once; returns how many this sweep closed. The NAS of
-        each expired sliced call is then told to end it (``needs_disconnect``)."""
+        each expired sliced call is then told to end it (``needs_disconnect``), in a task
+        the sweep does not wait for."""
         now = int(time.time()) if now is None else now
         closed = 0
         cuts: list[CallRecord] = []
@@ -100,14 +119,50 @@ class Janitor:
                     },
                 )
         disconnect = self._disconnect
-        if cuts and disconnect is not None:
-            # Together: a NAS that does not answer holds the sweep for its retries once,
-            # not once per call.
-            await asyncio.gather(*(_cut(disconnect, record) for record in cuts))
+        if disconnect is not None:
+            for record in cuts:
+                self._cut_later(disconnect, record)
         return closed
 
+    def _cut_later(self, disconnect: Disconnect, record: CallRecord) -> None:
+        """Tell the call's NAS to end it in a task of its own, unless it is being told."""
+        key = (record.account_id, record.call_id, record.nas)
+        if key in self._cuts:
+            return
+        task = asyncio.create_task(self._cut(disconnect, record))
+        self._cuts[key] = task
+        task.add_done_callback(lambda _: self._cuts.pop(key, None))
+
+    async def _cut(self, disconnect: Disconnect, record: CallRecord) -> None:
+        """One Disconnect-Request, once a place on the wire is free."""
+        async with self._sending:
+            await _cut(disconnect, record)
+
+    async def close(self) -> int:
+        """Give up the Disconnect-Requests still pending (shutdown); how many. Their calls
+        are closed and charged already: a NAS not told ends the call at its ceiling, and
+        its Stop is settled as a late stop."""
+        pending = list(self._cuts.values())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            log.warning(
+                "disconnects of expired calls given up at shutdown",
+                extra={"disconnects": len(pending)},
+            )
+        return len(pending)
+
     async def run(self, stopping: asyncio.Event) -> None:
-        """Sweep every ``interval`` until ``stopping`` is set; failures are retried, never fatal."""
+        """Sweep every ``interval`` until ``stopping`` is set; failures are retried, never
+        fatal. The Disconnect-Requests still pending then are given up (``close``)."""
+        try:
+            await self._sweep_until(stopping)
+        finally:
+            await self.close()
+
+    async def _sweep_until(self, stopping: asyncio.Event) -> None:
+        """The sweeps of ``run``."""
         while not stopping.is_set():
             try:
                 await self.sweep()
