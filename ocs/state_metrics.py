@@ -29,7 +29,7 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -251,8 +251,12 @@ class StateSampler:
         health: BackendHealth | None = None,
         clock: Callable[[], float] = time.time,
         take_live_pass: bool = True,
+        probe_writes: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._redis = redis
+        # Redis's probe: a write on every master (the auto-pipeline's ``probe_writes``);
+        # without one, a probe key SET through ``redis`` (one master of a cluster).
+        self._probe_writes = probe_writes
         self._pool = pool
         self._catalog = catalog
         self._interval = interval
@@ -283,6 +287,7 @@ class StateSampler:
             interval=interval,
             health=services.health,
             take_live_pass=take_live_pass,
+            probe_writes=services.pipeline.probe_writes,
         )
 
     def sample_catalog(self) -> metrics.CatalogState:
@@ -303,12 +308,15 @@ class StateSampler:
     async def probe(self, backend: str) -> bool:
         """One timed round trip to ``backend``, reported to the tracker; whether it answered.
 
-        Redis's is a write (a short-lived probe key): a Redis refusing writes (OOM,
-        READONLY...) answers PING, and is down for every call all the same."""
+        Redis's is a write (a short-lived probe key, on every master of a cluster): a
+        Redis refusing writes (OOM, READONLY...) answers PING, and is down for every
+        call all the same."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
-                if backend == REDIS:
+                if backend == REDIS and self._probe_writes is not None:
+                    await self._probe_writes()
+                elif backend == REDIS:
                     await self._redis.set(
                         keys.write_probe(), "1", px=backend_health.WRITE_PROBE_TTL_MS
                     )

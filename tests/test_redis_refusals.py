@@ -21,13 +21,19 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocs import backend_health
+from ocs.backend_health import REDIS
+from ocs.balances import keys
 from ocs.balances.accounts import AccountSpec
-from ocs.config import RadiusClientConfig
+from ocs.balances.slots import key_slot
+from ocs.config import RadiusClientConfig, Settings
+from ocs.runtime import open_runtime
 from ocs.services import Services
-from tests.conftest import RADIUS_SECRET, add_plan, eventually, started_radius
+from ocs.state_metrics import StateSampler
+from tests.conftest import RADIUS_SECRET, add_plan, eventually, reset_state, started_radius
 from tests.outage_helpers import PrivateRedis, client_with_readyz, services_on
 from tests.ports import free_port
 from tests.radius_udp import UdpClient, access_request, sample, wire
+from tests.redis_cluster import RedisClusterProcess
 
 UK_MOBILE = "447700900123"
 DROPPED = "ocs_radius_dropped_total"
@@ -200,3 +206,71 @@ async def test_a_redis_refusing_writes_is_an_outage_logged_once(
     assert down[0].levelno == logging.ERROR
     assert down[0].refusal == refusal  # type: ignore[attr-defined]
     assert not [t for t in texts if "backend unavailable" in t], texts
+
+
+@pytest.fixture
+async def cluster_services(
+    redis_cluster: RedisClusterProcess,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+    pepper_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Services]:
+    # A tracker of this test alone, as for the private server above.
+    monkeypatch.setattr(backend_health, "_DEFAULT", None)
+    redis_cluster.flush()
+    await reset_state(redis_url, database_url)
+    settings = Settings(
+        redis_url=redis_cluster.url,
+        redis_cluster=True,
+        database_url=database_url,
+        data_dir=tmp_path / "var",
+        pepper_file=pepper_file,
+        http_host="127.0.0.1",
+        http_port=0,
+        log_format="text",
+        admin_token_required=False,
+    )
+    async with open_runtime(settings) as services:
+        yield services
+
+
+async def test_a_cluster_master_refusing_writes_is_seen_by_the_probes(
+    cluster_services: Services, redis_cluster: RedisClusterProcess
+) -> None:
+    # One master of three is out of memory; the probe key's own master takes writes.
+    # Before, the probes set one key, on its master alone: /readyz said ready and the
+    # gauge 1 while every call of the accounts the refusing master holds was refused.
+    services = cluster_services
+    probe_master = redis_cluster.node_of_slot(key_slot(keys.write_probe()))
+    refusing = next(n for n in redis_cluster.masters() if n.port != probe_master.port)
+    client = await client_with_readyz(services)
+    sampler = StateSampler.of(services)
+    control = refusing.client()
+    try:
+        response = await client.get("/readyz")
+        assert response.status == 200, await response.text()
+        assert await sampler.probe(REDIS) is True
+
+        _out_of_memory(control)
+        assert control.ping()
+        response = await client.get("/readyz")
+        assert response.status == 503, await response.text()
+        ready = await response.json()
+        assert ready["backends"]["redis"]["up"] is False
+        assert ready["backends"]["redis"]["refusal"] == "OOM"
+        assert await _metric(client, "ocs_backend_up", "redis") == 0
+        # The gauges' probe (every few seconds, without traffic) sees it as well.
+        assert await sampler.probe(REDIS) is False
+        assert services.health.snapshot()[REDIS].get("refusal") == "OOM"
+
+        _enough_memory(control)
+        assert await sampler.probe(REDIS) is True
+        response = await client.get("/readyz")
+        assert response.status == 200, await response.text()
+        assert await _metric(client, "ocs_backend_up", "redis") == 1
+    finally:
+        _enough_memory(control)
+        control.close()
+        await client.close()

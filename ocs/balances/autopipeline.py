@@ -215,17 +215,29 @@ class AutoPipeline:
             return
         self._probing = True
         self._next_probe = now + PROBE_INTERVAL_S
-        probe = self.execute(
-            "SET", keys.write_probe(), "1", "PX", backend_health.WRITE_PROBE_TTL_MS
-        )
-        probe.add_done_callback(self._probed)
+        assert self._loop is not None  # set by the first command queued
+        task = self._loop.create_task(self._probe())
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
-    def _probed(self, probe: "asyncio.Future[Any]") -> None:
-        """A probe write's outcome: taken, Redis takes writes again (a refusal was
-        reported with its batch)."""
-        self._probing = False
-        if not probe.cancelled() and probe.exception() is None:
-            self._health.report_success(backend_health.REDIS, write=True)
+    async def _probe(self) -> None:
+        """One probe write on every master: taken by all, Redis takes writes again;
+        refused by one (another master than the batches' on a cluster), still down."""
+        try:
+            await self.probe_writes()
+        except Exception as exc:
+            self._health.report(exc, default=backend_health.REDIS)
+            return
+        finally:
+            self._probing = False
+        self._health.report_success(backend_health.REDIS, write=True)
+
+    async def probe_writes(self) -> None:
+        """SET a short-lived probe key (``keys.write_probe``) on every master, the one
+        server when standalone: raises what a master answered instead (a refused write:
+        OOM, READONLY...) or the outage. A probe on one master of a cluster missed the
+        others' refusals (decision 0013)."""
+        await self._wire.write_probe(keys.write_probe(), backend_health.WRITE_PROBE_TTL_MS)
 
     async def _send_again(self, retry: list[_Pending]) -> None:
         """The commands of a batch that found their script missing (NOSCRIPT, after a

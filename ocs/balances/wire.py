@@ -27,11 +27,16 @@ command the hot path sends is safe to repeat). It waits for no more replicas
 than the master has live: a cluster's slot map lists those; a standalone
 server's are read from ``INFO replication`` as often as a cluster's map, so a
 server whose replicas are gone is not waited for, as on a cluster.
+
+``write_probe`` asks each master whether it takes a write: a Redis Cluster master can
+refuse them (OOM, MISCONF, READONLY) while the others take them, and a probe key on one
+master would say nothing of it (decision 0013).
 """
 
 import asyncio
 import ssl
 import time
+from binascii import crc_hqx
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -58,6 +63,9 @@ REFRESH_EVERY_S = 5.0
 # A server that could not be reached is not tried again for this long: the commands
 # meanwhile fail at once instead of each waiting for a connect that hangs.
 RECONNECT_PAUSE_S = 0.1
+# The probe key of a master is found by trying hash tags ``{probe:N}`` in turn; a master
+# holding a single slot needs about SLOTS tries, this many always suffices in practice.
+_PROBE_TAG_TRIES = SLOTS * 64
 
 
 class ClusterUnavailable(RedisConnectionError):
@@ -319,6 +327,8 @@ class RedisWire:
         self._stale = cluster or wait_replicas > 0
         self._refreshed_at = 0.0
         self._refreshing = asyncio.Lock()
+        # The probe key found for each master (``write_probe``), kept while it owns its slot.
+        self._probe_keys: dict[_Link, str] = {}
 
     def _link(self, host: str, port: int, path: str | None = None) -> _Link:
         return _Link(host, port, path=path, tls=self._tls, setup=self._setup, timeout=self._timeout)
@@ -593,6 +603,36 @@ class RedisWire:
             for answer in answers:
                 if isinstance(answer, Exception):
                     raise answer
+
+    async def write_probe(self, key: str, ttl_ms: int) -> None:
+        """SET a short-lived probe key (kept ``ttl_ms``) on every master: ``key`` on a
+        standalone server, on a cluster ``key`` with a hash tag of a slot each master
+        holds. Raises the first error a master answered instead (a refused write: OOM,
+        READONLY...) or its outage."""
+        if self._cluster and (
+            self._stale or time.monotonic() - self._refreshed_at > REFRESH_EVERY_S
+        ):
+            await self._refresh()
+        probes = [key] if self._slots is None else [self._probe_key(m, key) for m in self._masters]
+        replies = await self.execute_many([("SET", probe, "1", "PX", ttl_ms) for probe in probes])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+
+    def _probe_key(self, master: _Link, key: str) -> str:
+        """``key`` with a hash tag whose slot ``master`` holds in the map read last."""
+        slots = self._slots
+        assert slots is not None  # only asked on a cluster whose map is read
+        known = self._probe_keys.get(master)
+        if known is not None and slots[key_slot(known)] is master:
+            return known
+        for n in range(_PROBE_TAG_TRIES):
+            tag = f"probe:{n}"
+            # The slot computed here, not by key_slot: its cache is for the buckets' tags.
+            if slots[crc_hqx(tag.encode(), 0) % SLOTS] is master:
+                found = self._probe_keys[master] = f"{key}:{{{tag}}}"
+                return found
+        return key  # not found (cannot happen): the probe reaches another master
 
     async def close(self) -> None:
         """Close every connection, and wait until each is closed."""

@@ -8,8 +8,9 @@ backend's check for a person to read (``"status": "degraded"`` while one does no
 answer): restarting ocs brings no backend back. ``/readyz`` is what a load
 balancer or an orchestrator asks before sending traffic: 200 ``{"ready": true}``
 when the catalog is loaded and both backends take writes within ``PROBE_TIMEOUT_S``:
-a Redis ``SET`` of a short-lived probe key (through the auto-pipeline the requests
-use; a Redis that answers PING but refuses writes, OOM or READONLY, serves no call)
+a Redis ``SET`` of a short-lived probe key on every master (through the auto-pipeline's
+connections; a Redis that answers PING but refuses writes, OOM or READONLY, serves no
+call, and on a cluster one such master refuses every account it holds)
 and PostgreSQL not read-only; else 503 ``{"ready": false, "backends": {...}}``
 with, for each backend, whether it is up and, while down, for how long, the error's
 class and, for a Redis refusing writes, its code (``"refusal": "OOM"``), and
@@ -35,8 +36,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ocs import metrics
-from ocs.backend_health import POSTGRESQL, REDIS, WRITE_PROBE_TTL_MS
-from ocs.balances import keys
+from ocs.backend_health import POSTGRESQL, REDIS
 from ocs.http.context import OPENAPI_DOCUMENT, services_of
 from ocs.http.endpoint import Answer, Endpoint, Reply, Role
 from ocs.services import Services
@@ -119,7 +119,9 @@ async def _probe_redis(services: Services) -> None:
     persist (MISCONF) or a replica (READONLY: the old primary after a failover)
     answers PING and reads, while every call it would grant or charge is refused."""
     async with asyncio.timeout(PROBE_TIMEOUT_S):
-        await services.pipeline.execute("SET", keys.write_probe(), "1", "PX", WRITE_PROBE_TTL_MS)
+        # On every master: on a cluster, one refusing writes while the others take them
+        # refuses every call whose account it holds.
+        await services.pipeline.probe_writes()
 
 
 async def _probe_postgresql(services: Services) -> None:
