@@ -6,6 +6,7 @@ leaves the emails pending."""
 import asyncio
 import email
 import email.policy
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
@@ -212,6 +213,72 @@ async def test_a_customer_who_paid_gets_service_restored_not_a_payment_reminder(
     restored = by_subject["Service restored by Example Telecom"].get_content()
     assert "Account late: the service suspended for non-payment is restored." in restored
     assert "reminder" not in restored and "Please pay" not in restored
+
+
+async def test_paying_under_an_operators_lock_sends_no_service_restored(
+    services: Services, smtp: tuple[Inbox, int]
+) -> None:
+    """Dunning suspends an account an operator had locked and one that was active; both
+    pay. Only the active one's service comes back, and only it gets "Service restored":
+    the locked one's calls are still refused, so its reactivation's email is skipped and
+    its event says ``service_restored: false``."""
+    inbox, port = smtp
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await dunning_store.set_plan_settings(services.pool, "retail", 0, 7, grace_days=10)
+    for account_id in ("fraud", "late"):
+        await services.accounts.create(
+            AccountSpec(account_id, plan_id="retail", credit_limit=100 * EUR)
+        )
+        sub = await subscribe(services.pool, Subscription(account_id, "retail", date(2026, 3, 1)))
+        await add_charge(services.pool, sub, "rent")
+        await billing_email(services, account_id, f"owner@{account_id}.test")
+    await services.accounts.update_policy("fraud", status="locked")
+    run_id = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=run_id)
+    report = await dunning.run_dunning(
+        services.pool, services.store, services.settings, datetime(2026, 4, 12, tzinfo=UTC)
+    )
+    assert sorted(report.suspended) == ["fraud", "late"]
+    paid_at = datetime(2026, 4, 28, tzinfo=UTC)
+    async with services.pool.acquire() as conn:
+        await conn.execute("UPDATE invoices SET amount_paid = total, paid_at = $1", paid_at)
+    assert await dunning.reactivate_paid(
+        services.pool, services.store, ["fraud", "late"], paid_at
+    ) == ["fraud", "late"]
+    assert (await services.accounts.show("fraud")).status == "locked"
+
+    await deliver_pending(services.pool, mailing(services.settings, port), senders=MAIL)
+
+    received = sorted((to, message["Subject"]) for [to], message in inbox.messages)
+    assert received == [
+        ("owner@fraud.test", "Invoice INV-2026-000001 from Example Telecom"),
+        ("owner@fraud.test", "Payment reminder from Example Telecom"),  # the suspension
+        ("owner@late.test", "Invoice INV-2026-000002 from Example Telecom"),
+        ("owner@late.test", "Payment reminder from Example Telecom"),
+        ("owner@late.test", "Service restored by Example Telecom"),
+    ]
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT e.subject, e.data, d.state, d.last_error FROM events e"
+            " JOIN event_deliveries d ON d.event_id = e.id AND d.channel = 'email'"
+            " WHERE e.kind = 'dunning.step' AND e.data->>'step' = 'reactivation'"
+            " ORDER BY e.subject"
+        )
+    reactivations = [
+        (
+            r["subject"],
+            json.loads(r["data"])["status"],
+            json.loads(r["data"])["service_restored"],
+            r["state"],
+            r["last_error"],
+        )
+        for r in rows
+    ]
+    assert reactivations == [
+        ("fraud", "locked", False, "skipped", notify_email.STILL_LOCKED),
+        ("late", "active", True, "delivered", None),
+    ]
 
 
 async def test_replaying_an_invoice_for_a_dead_webhook_does_not_email_the_customer_again(

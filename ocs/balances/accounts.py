@@ -31,6 +31,9 @@ from ocs.limits import MAX_LINES
 log = logging.getLogger("ocs.accounts")
 
 STATUSES = ("active", "locked", "suspended")
+# The Redis lock of an on-demand account with no billing session open: authorize.lua
+# refuses its calls with no_open_session. The billing sessions put it and lift it.
+SESSION_LOCK = "session"
 # Top-up results are kept this long to answer a repeated top-up with the same id.
 TOPUP_DEDUPE_TTL = 30 * 24 * 3600
 # 64 bits: enough to tell two requests for one account id apart (the token is no

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from ocs import metrics
+from ocs.balances.accounts import SESSION_LOCK
 from ocs.balances.store import BalanceStore
 from ocs.billing import dunning_store
 from ocs.billing.dunning_store import OpenInvoice, Suspension
@@ -326,6 +327,14 @@ def restored_status(suspension: Suspension) -> tuple[str, str]:
     return "active", ""
 
 
+def service_restored(status: str, lock: str) -> bool:
+    """Whether a reactivation to (``status``, ``lock``) gives the customer the service
+    back: active, or an on-demand account's session lock (its sessions open again, as
+    before the suspension). Not an operator's lock that stays: its calls are still
+    refused, and a "Service restored" email would tell the customer otherwise."""
+    return status == "active" or (status == "locked" and lock == SESSION_LOCK)
+
+
 async def _reactivate(
     conn: asyncpg.Connection,
     store: BalanceStore,
@@ -348,6 +357,7 @@ async def _reactivate(
         )
         return False
     status, lock = restored_status(suspension)
+    restored = service_restored(status, lock)
     resumed = [
         int(r["id"])
         for r in await conn.fetch(
@@ -373,6 +383,8 @@ async def _reactivate(
             "at": now.isoformat(),
             # What the account is back to: "locked" where an operator had locked it.
             "status": status,
+            # False while an operator's lock stays: no "Service restored" email then.
+            "service_restored": restored,
         },
     )
     for subscription_id in sorted(resumed):
@@ -392,7 +404,7 @@ async def _reactivate(
     await _set_status(conn, store, account_id, status, lock)
     log.info(
         "account reactivated by dunning",
-        extra={"account_id": account_id, "by": by, "status": status},
+        extra={"account_id": account_id, "by": by, "status": status, "service_restored": restored},
     )
     return True
 

@@ -10,7 +10,8 @@ the account's billing email (``subscriptions.billing_email``, migration 0037):
   the call listing CSV (``documents.calls_csv``) when the invoice has calls;
 * a dunning step: a notice naming the step and what is owed; a reactivation
   (the customer paid, or owes nothing overdue any more) is a "Service restored"
-  message instead, never a payment reminder.
+  message instead, never a payment reminder; none at all (skipped) when the
+  reactivation gave back an operator's lock, the calls still refused.
 
 Skipped (nothing to retry) when the account has no billing email. A deliverer
 whose settings have no ``smtp_host`` does not take email deliveries at all
@@ -35,6 +36,7 @@ from ocs.money import format_amount
 
 NO_SMTP = "smtp_host is not set"
 NO_ADDRESS = "the account has no billing email"
+STILL_LOCKED = "the account stays locked by an operator: no service restored"
 # An attempt (PDF and all) ends within its lease, with a margin to mark it: one that ran
 # past it would be claimed again by another deliverer and the email sent twice.
 ATTEMPT_LIMIT_S = EMAIL_LEASE_S - 30.0
@@ -129,15 +131,28 @@ def restored_text(account_id: str) -> str:
     )
 
 
+def restores_service(data: Mapping[str, Any]) -> bool:
+    """Whether a reactivation event gives the customer the service back
+    (``service_restored``); one stored before that field by its ``status``, where it has
+    one (``locked``: an operator's lock stayed, or the session lock came back)."""
+    restored = data.get("service_restored")
+    if isinstance(restored, bool):
+        return restored
+    return data.get("status", "active") == "active"
+
+
 async def dunning_message(
     pool: asyncpg.Pool, settings: Settings, account_id: str, data: Mapping[str, Any]
-) -> EmailMessage | None:
+) -> EmailMessage | str:
     """A dunning step's email: a reminder or a suspension notice, or for a reactivation
-    (``step: "reactivation"``) a "Service restored" message; None when the account has
-    no billing email."""
+    (``step: "reactivation"``) a "Service restored" message; otherwise why nothing is
+    sent: the account has no billing email, or a reactivation left an operator's lock
+    (the customer's calls are still refused: no "Service restored", and no reminder)."""
+    if data.get("step") == "reactivation" and not restores_service(data):
+        return STILL_LOCKED
     to = await billing_email(pool, account_id)
     if to is None:
-        return None
+        return NO_ADDRESS
     issuer = settings.invoice_issuer_name
     if data.get("step") == "reactivation":
         # A customer who has just paid must not read "Payment reminder".
@@ -154,7 +169,7 @@ async def event_message(delivery: Claimed, context: Context) -> EmailMessage | O
     nothing to send (no email for its kind, no billing email)."""
     settings = context.settings
     event = delivery.event
-    message: EmailMessage | None
+    message: EmailMessage | str | None
     if event.kind == "invoice.posted":
         message = await invoice_message(context.pool, settings, int(event.data["invoice_id"]))
     elif event.kind == "dunning.step":
@@ -164,6 +179,8 @@ async def event_message(delivery: Claimed, context: Context) -> EmailMessage | O
         return Outcome.skip(f"no email for {event.kind}")
     if message is None:
         return Outcome.skip(NO_ADDRESS)
+    if isinstance(message, str):
+        return Outcome.skip(message)
     message["Message-ID"] = email.event_message_id(settings, event.id)
     return message
 

@@ -22,14 +22,12 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from ocs.balances.accounts import SESSION_LOCK
 from ocs.balances.store import BalanceStore
 from ocs.billing import drafts, dunning_store
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.periods import Period
 from ocs.errors import OcsError, Reason, invalid
-
-# The Redis "lock" reason of an on-demand account with no open session.
-SESSION_LOCK = "session"
 
 
 @dataclass(frozen=True, slots=True)
