@@ -10,7 +10,12 @@ from ocs.balances.ledger_writer import LedgerWriter
 from ocs.billing import posting
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.dunning import reactivate_paid
-from ocs.billing.sessions import close_session, lock_without_session, open_session
+from ocs.billing.sessions import (
+    close_session,
+    lock_without_session,
+    open_session,
+    session_invoice,
+)
 from ocs.billing.store import set_plan_billing
 from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError, Reason
@@ -183,3 +188,64 @@ async def test_closing_a_session_keeps_an_operators_lock_that_dunning_recorded(
     assert await _statuses(services, "booth3") == ("locked", "locked", "")
     status, body = await app.post("/v1/accounts/booth3/billing-sessions", None)
     assert (status, body["error"]["reason"]) == (409, "account_state"), body
+
+
+async def _call(services: Services, account_id: str, call_id: str, seconds: int) -> None:
+    """A call of ``seconds`` to a UK fixed number (0.010/min, 60/60), authorized and ended."""
+    await services.calls.authorize(AuthorizeRequest(account_id, "441234567", call_id=call_id))
+    await services.calls.stop(call_id, seconds, account_id)
+
+
+async def test_an_operator_lifting_a_suspension_gives_back_no_calls_outside_a_session(
+    app: RunningApp,
+) -> None:
+    """An operator suspends an on-demand account during its session, the session closes
+    while it is suspended, and ``PATCH status=active`` lifts the suspension: the account
+    is back to "no session open" (locked, lock ``session``), its calls refused with
+    no_open_session until a session opens, not active with calls that no session invoice
+    would bill. Lifted while a session is still open, it is active: the session's calls
+    go, and its invoice bills them."""
+    services = app.services
+    await add_plan(services, "shop")
+    await set_plan_billing(services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
+    await services.accounts.create(AccountSpec("kiosk", plan_id="shop", opening_balance=5 * EUR))
+    await lock_without_session(services.pool, services.store, "kiosk")
+    status, first = await app.post("/v1/accounts/kiosk/billing-sessions", None)
+    assert status == 201, first
+    await _call(services, "kiosk", "in-session", 90)  # 120 s billed: 0.02
+    status, body = await send(app, "PATCH", "/v1/accounts/kiosk", {"status": "suspended"})
+    assert status == 200, body
+    status, closed = await app.post("/v1/accounts/kiosk/billing-sessions/close", None)
+    assert status == 200, closed
+    assert await _statuses(services, "kiosk") == ("suspended", "suspended", "")
+
+    status, body = await send(app, "PATCH", "/v1/accounts/kiosk", {"status": "active"})
+    assert status == 200, body
+    assert (body["status"], body["locked_by"]) == ("locked", "session")
+    assert await _statuses(services, "kiosk") == ("locked", "locked", "session")
+    with pytest.raises(OcsError) as refused:
+        await _call(services, "kiosk", "no-session", 60)
+    assert refused.value.reason is Reason.NO_OPEN_SESSION
+    assert (await services.accounts.show("kiosk")).balance == 5 * EUR - 20_000
+    # The first session's invoice, recomputed now that its CDR is in PostgreSQL (a later
+    # session's invoice would leave it as it is): its one call.
+    await _cdrs_written(services, 1)
+    await session_invoice(services.pool, first["id"])
+
+    # Lifted while a session is open: active, and the session's call is billed by it.
+    status, second = await app.post("/v1/accounts/kiosk/billing-sessions", None)
+    assert status == 201, second
+    for change in ("suspended", "active"):
+        status, body = await send(app, "PATCH", "/v1/accounts/kiosk", {"status": change})
+        assert status == 200, body
+    assert (body["status"], body["locked_by"]) == ("active", None)
+    await _call(services, "kiosk", "second-session", 30)  # 60 s billed: 0.01
+    await _cdrs_written(services, 2)
+    status, closed_again = await app.post("/v1/accounts/kiosk/billing-sessions/close", None)
+    assert status == 200, closed_again
+    assert await _statuses(services, "kiosk") == ("locked", "locked", "session")
+    billed = [
+        ([line["calls"] for line in row["lines"]], row["total"]) for row in await invoices(services)
+    ]
+    assert billed == [([1], 20_000), ([1], 10_000)]
+    assert (await services.accounts.show("kiosk")).balance == 5 * EUR - 30_000

@@ -32,8 +32,17 @@ log = logging.getLogger("ocs.accounts")
 
 STATUSES = ("active", "locked", "suspended")
 # The Redis lock of an on-demand account with no billing session open: authorize.lua
-# refuses its calls with no_open_session. The billing sessions put it and lift it.
+# refuses its calls with no_open_session. The billing sessions put it and lift it, and
+# an operator's "active" leaves it while no session is open (decision 0020).
 SESSION_LOCK = "session"
+# Whether the account is billed on demand and has no session open: then it may call only
+# once one opens. Read under the account row's lock, which opening and closing a session
+# take too, so that a session opened or closed meanwhile is seen.
+_NEEDS_SESSION_SQL = """
+SELECT b.cycle = 'on_demand' AND NOT EXISTS (
+    SELECT 1 FROM billing_sessions s WHERE s.account_id = a.id AND s.closed_at IS NULL)
+FROM accounts a JOIN plan_billing b ON b.plan_id = a.plan_id WHERE a.id = $1
+"""
 # Top-up results are kept this long to answer a repeated top-up with the same id.
 TOPUP_DEDUPE_TTL = 30 * 24 * 3600
 # 64 bits: enough to tell two requests for one account id apart (the token is no
@@ -182,6 +191,14 @@ class AccountSpec:
         )
 
 
+async def _needs_session(conn: asyncpg.Connection, account_id: str) -> bool:
+    """Under the account row's lock (taken here): whether it is billed on demand with no
+    billing session open, so that only the session lock is its usable state."""
+    if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account_id) is None:
+        return False  # the update that follows reports it missing
+    return bool(await conn.fetchval(_NEEDS_SESSION_SQL, account_id))
+
+
 class AccountService:
     """Accounts in PostgreSQL and Redis together: create, read, top up, change policy."""
 
@@ -303,6 +320,9 @@ class AccountService:
 
         ``critical_balance`` and ``max_members`` take None to remove the limit.
         A status set here is an operator's decision: it clears a critical-balance lock.
+        ``active`` on an on-demand account with no billing session open gives it back
+        its session lock (``locked``, lock ``session``) instead: lifting a suspension
+        must not let it call outside a session, where no session invoice bills the calls.
         """
         if credit_limit is not None and credit_limit < 0:
             raise invalid("credit_limit", "must not be negative")
@@ -338,6 +358,13 @@ class AccountService:
             return await self.show(account_id)
         assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
         async with self._pool.acquire() as conn, conn.transaction():
+            if status == "active" and await _needs_session(conn, account_id):
+                columns["status"] = redis_fields["status"] = "locked"
+                redis_fields["lock"] = SESSION_LOCK
+                log.info(
+                    "operator's active kept the session lock: no billing session is open",
+                    extra={"account": account_id},
+                )
             found = await conn.fetchval(
                 f"UPDATE accounts SET {assignments} WHERE id = $1 RETURNING 1",
                 account_id,

@@ -68,7 +68,11 @@ class ChangeAccount(Params):
     status: (
         Annotated[
             AccountStatus,
-            msgspec.Meta(description="an operator's decision: it clears a critical-balance lock"),
+            msgspec.Meta(
+                description="an operator's decision: it clears a critical-balance lock;"
+                " active on an on-demand account with no billing session open gives back"
+                " its session lock"
+            ),
         ]
         | msgspec.UnsetType
     ) = msgspec.UNSET
@@ -323,7 +327,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         ChangeAccount,
         AccountView,
         description="A field left out keeps its value. A status set here is an operator's"
-        " decision: it clears a critical-balance lock.",
+        " decision: it clears a critical-balance lock. `active` on an account billed on"
+        " demand with no billing session open leaves it locked by `session` (its calls wait"
+        " for a session), as the answer shows.",
         answer_description="the account as changed",
     ),
     Endpoint(
