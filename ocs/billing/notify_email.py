@@ -138,7 +138,7 @@ def restores_service(data: Mapping[str, Any]) -> bool:
     restored = data.get("service_restored")
     if isinstance(restored, bool):
         return restored
-    return data.get("status", "active") == "active"
+    return bool(data.get("status", "active") == "active")
 
 
 async def dunning_message(
