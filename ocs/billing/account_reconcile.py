@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import asyncpg
 
 from ocs.balances import keys
+from ocs.balances.accounts import SESSION_LOCK
 from ocs.balances.cluster import RedisClient
 from ocs.balances.store import BalanceStore
 from ocs.billing.dunning import CRITICAL_LOCK
-from ocs.billing.sessions import SESSION_LOCK
 from ocs.errors import account_not_found
 
 log = logging.getLogger("ocs.billing.account_reconcile")
