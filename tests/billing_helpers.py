@@ -8,6 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from ocs.balances.accounts import AccountSpec
+from ocs.balances.ledger_writer import LedgerWriter
 from ocs.billing import runs
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import (
@@ -204,3 +205,25 @@ async def renting(services: Services) -> int:
     sub = await subscribe(services.pool, Subscription("pp", "retail", date(2026, 1, 1)))
     await add_charge(services.pool, sub, "rent")
     return await run(services, "2026-01")
+
+
+async def ledger_written(services: Services, reference: str, dated: datetime) -> str:
+    """Run the real ledger writer until the entry of ``reference`` is in PostgreSQL; the
+    row's ``entry_id`` as the writer stores it (``<bucket>-<stream id>``).
+
+    The entry is stamped with the clock when its money moved, later than the past months
+    the tests bill: the row is dated ``dated`` once written, so that a month's statement
+    counts it; its id, kind, amount and reference stay the writer's."""
+    writer = LedgerWriter(services.redis, services.pool)
+    await writer.ensure_groups()
+    for _ in range(100):
+        await writer.read_new()
+        async with services.pool.acquire() as conn:
+            entry = await conn.fetchval(
+                "UPDATE ledger SET occurred_at = $2 WHERE reference = $1 RETURNING entry_id",
+                reference,
+                dated,
+            )
+        if entry is not None:
+            return str(entry)
+    raise AssertionError(f"the ledger writer did not write the entry {reference!r}")

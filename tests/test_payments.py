@@ -8,7 +8,7 @@ balance-forward amount due of February also carries January's debt).
 """
 
 import json
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,12 @@ from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, invoice_id, monthly, run
+from tests.billing_helpers import EUR, billed_plan, invoice_id, ledger_written, monthly, run
 from tests.conftest import RunningApp, bearer
 from tests.helpers import ocs_cli
+
+# A day inside March's statement window.
+MID_MARCH = datetime(2026, 3, 15, 12, tzinfo=UTC)
 
 
 async def postpaid_with_two_invoices(services: Services, account: str = "pp") -> tuple[int, int]:
@@ -433,15 +436,11 @@ async def test_credit_a_statement_counted_already_does_not_pay_the_invoice_again
     # 3.00 paid before any invoice: all credit.
     done = await payments.record_payment(services.pool, services.store, manual("pq", 3 * EUR, "P"))
     assert done.payment.credit == 3 * EUR
-    # Its ledger row as the ledger writer stores it, dated inside March's statement
-    # window: March's statement counts it among its payments.
-    async with services.pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO ledger (entry_id, account_id, kind, amount, balance_after, reference,"
-            " occurred_at) SELECT ledger_entry, 'pq', 'topup', amount, amount, 'pay:' || id,"
-            " '2026-03-15T12:00:00Z' FROM payments WHERE id = $1",
-            done.payment.id,
-        )
+    # Its ledger row as the ledger writer stores it (its id is not the payment's stream id:
+    # the writer puts the bucket in front), dated inside March's statement window: March's
+    # statement counts it among its payments.
+    entry = await ledger_written(services, f"pay:{done.payment.id}", MID_MARCH)
+    assert entry != done.payment.ledger_entry
     march_run = await run(services, "2026-03")
     await posting.post(services.pool, services.store, run_id=march_run)
     march = await invoice_id(services, "pq", "2026-03")
@@ -452,6 +451,51 @@ async def test_credit_a_statement_counted_already_does_not_pay_the_invoice_again
     assert asks == 7 * EUR
     assert await paid(services, march) == [(0, False)]
     assert (await payments.get_payment(services.pool, done.payment.id)).credit == 3 * EUR
+
+
+async def test_a_payment_march_counted_pays_neither_march_nor_april_again(
+    services: Services,
+) -> None:
+    """A 6.00 payment in March before any invoice, 10.00 rent a month: March's statement
+    counts it, so March asks 4.00. Its credit's ledger row, as the writer stores it, was
+    never found (its id has the bucket in front of the payment's stream id), so posting
+    paid 4.00 of March from it again (March shown paid, the balance -4.00, dunning never
+    chasing) and April took the 2.00 left."""
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await services.accounts.create(AccountSpec("pr", plan_id="retail", credit_limit=100 * EUR))
+    sub = await subscribe(services.pool, Subscription("pr", "retail", date(2026, 3, 1)))
+    await add_charge(services.pool, sub, "rent")
+    early = await payments.record_payment(services.pool, services.store, manual("pr", 6 * EUR, "E"))
+    assert early.payment.credit == 6 * EUR
+    await ledger_written(services, f"pay:{early.payment.id}", MID_MARCH)
+
+    for period in ("2026-03", "2026-04"):
+        run_id = await run(services, period, invoice_date=date(2026, 5, 1))
+        await posting.post(services.pool, services.store, run_id=run_id)
+    march = await invoice_id(services, "pr", "2026-03")
+    april = await invoice_id(services, "pr", "2026-04")
+    async with services.pool.acquire() as conn:
+        asks = await conn.fetch(
+            f"SELECT {payments.ASKS_SQL} AS asks FROM invoices WHERE id = ANY($1::bigint[])"
+            " ORDER BY period_start",
+            [march, april],
+        )
+        assert [r["asks"] for r in asks] == [4 * EUR, 10 * EUR]
+        # Nothing of either was paid: the 6.00 is in March's statement already.
+        assert await payments.open_amount(conn, "pr") == 14 * EUR
+    assert await paid(services, march, april) == [(0, False), (0, False)]
+    assert (await payments.get_payment(services.pool, early.payment.id)).credit == 6 * EUR
+    assert await balance(services, "pr") == -14 * EUR
+
+    # A later payment of what is owed pays both, and the early credit pays nothing more.
+    later = await payments.record_payment(
+        services.pool, services.store, manual("pr", 14 * EUR, "L")
+    )
+    assert (later.payment.allocated, later.payment.credit) == (14 * EUR, 0)
+    assert await paid(services, march, april) == [(4 * EUR, True), (10 * EUR, True)]
+    assert (await payments.get_payment(services.pool, early.payment.id)).credit == 6 * EUR
+    assert await balance(services, "pr") == 0
 
 
 async def refund_events(services: Services) -> list[tuple[int, int]]:

@@ -15,9 +15,15 @@ import asyncpg
 from ocs.billing.owed import asks_sql
 
 # Each posted invoice among the ids ($1) that asks more than it was paid, beside each
-# payment of its account with credit that the invoice's statement did not count: not
-# credited yet, or credited at or after the window's end (ledger_entry names the ledger
-# row of the credit). In the order credit pays them: each account's oldest invoice
+# payment of its account with credit that the invoice's statement did not count: its
+# credit's ledger row not in PostgreSQL yet, or dated at or after the window's end. The
+# row is found by the reference the credit carries (``pay:<payment id>``, reserved for
+# payments), not by ``payments.ledger_entry``: that is the stream entry's id, and the
+# ledger writer keys the row ``<bucket>-<stream id>``, so a lookup by it found nothing
+# and every payment's credit paid invoices whose statements had counted it already; an
+# entry set aside and re-inserted by an operator gets a new id, but keeps its reference.
+# The literal LIKE lets PostgreSQL use the partial index of payment credits (migration
+# 0064). In the order credit pays them: each account's oldest invoice
 # first, each invoice by the oldest payment first. The payments are locked: concurrent
 # postings of an account queue here. The invoices too, in the order a new payment locks
 # them: one a payment is paying now is read once that commits, with what it paid (read
@@ -31,7 +37,8 @@ WHERE i.id = ANY($1::bigint[]) AND i.kind = 'invoice' AND i.state = 'posted'
   AND i.window_end IS NOT NULL AND i.amount_paid < {asks_sql("i")}
   AND p.allocated + p.refunded < p.amount
   AND NOT EXISTS (SELECT 1 FROM ledger e
-                  WHERE e.entry_id = p.ledger_entry AND e.occurred_at < i.window_end)
+                  WHERE e.reference LIKE 'pay:%' AND e.reference = 'pay:' || p.id
+                    AND e.account_id = p.account_id AND e.occurred_at < i.window_end)
 ORDER BY i.account_id, i.period_start, i.id, p.id
 FOR UPDATE OF p, i
 """
