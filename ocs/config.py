@@ -553,6 +553,14 @@ class Settings:
     )
     smtp_password: str | None = _setting(None, _parse_optional_secret, "SMTP password", repr=False)
     smtp_starttls: bool = _setting(False, _parse_bool, "upgrade the SMTP connection with STARTTLS")
+    # The emails are one delivery target, capped as each webhook is (decision 0029's
+    # addendum of 2026-12-07): an invoice run's backlog took every sending slot.
+    email_in_flight: int = _setting(
+        8,
+        _parse_int(1, 64),
+        "event emails sent at once, by every deliverer together (a large backlog leaves"
+        " the other sending slots to the webhooks)",
+    )
     # Payment gateway webhooks (Stripe's signature scheme).
     stripe_webhook_secret: str | None = _setting(
         None,

@@ -8,7 +8,7 @@ import email
 import email.policy
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -21,11 +21,20 @@ from ocs.billing import dunning, dunning_store, notify_email, posting
 from ocs.billing.notify_email import NO_ADDRESS, senders
 from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.config import Settings, with_overrides
-from ocs.events.delivery import CONCURRENCY, Claimed, Context, Outcome, deliver_pending
+from ocs.events import delivery, webhooks
+from ocs.events.delivery import (
+    CHANNELS,
+    CONCURRENCY,
+    Claimed,
+    Context,
+    Outcome,
+    deliver_pending,
+    senders_for,
+)
 from ocs.events.outbox import emit
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, cdr, customer, monthly, run
-from tests.conftest import RunningApp
+from tests.conftest import RunningApp, eventually
 from tests.ports import free_port
 
 # What a deliverer with an SMTP server sends: webhooks and emails.
@@ -399,7 +408,8 @@ async def test_stopping_ends_a_pass_after_the_sends_in_flight_leaving_the_backlo
         await release.wait()
         return Outcome.ok()
 
-    settings = mailing(services.settings, None)
+    # Every sending slot may go to the emails here: a full set in flight.
+    settings = with_overrides(mailing(services.settings, None), email_in_flight=CONCURRENCY)
     task = asyncio.create_task(
         deliver_pending(services.pool, settings, senders={"email": slow_send}, stopping=stopping)
     )
@@ -492,3 +502,112 @@ async def test_an_email_attempt_past_its_limit_is_a_failed_attempt_retried_later
     [row] = await email_rows(services)
     assert (row["state"], row["attempts"]) == ("pending", 1)
     assert row["last_error"] == "not sent within 0.5 s"
+
+
+async def test_an_email_backlog_leaves_sending_slots_to_the_webhooks(services: Services) -> None:
+    # A webhook receiver that answers at once.
+    taken: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        taken.append(request.headers["webhook-id"])
+        return web.Response()
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    # An invoice run's backlog of emails, older than the webhook's event.
+    await billed_plan(services)
+    await customer(services, "late", None, date(2026, 1, 1))
+    await billing_email(services, "late", "owner@late.test")
+    async with services.pool.acquire() as conn, conn.transaction():
+        for notice in range(1, 41):
+            await emit(conn, "dunning.step", "late", {"step": "notice", "notice": notice})
+    await webhooks.create(
+        services.pool,
+        f"http://127.0.0.1:{port}/hook",
+        allow_private=True,
+        kinds=["subscription.created"],
+    )
+    async with services.pool.acquire() as conn:
+        await emit(conn, "subscription.created", "crm", {"account_id": "crm"})
+    release = asyncio.Event()
+    sending = 0
+    most = 0
+
+    async def slow_mail(claimed: Claimed, context: Context) -> Outcome:
+        nonlocal sending, most
+        sending += 1
+        most = max(most, sending)
+        try:
+            await release.wait()  # an SMTP server slow to take each email
+        finally:
+            sending -= 1
+        return Outcome.ok()
+
+    settings = mailing(services.settings, 25)
+    assert settings.email_in_flight == 8
+    task = asyncio.create_task(
+        deliver_pending(services.pool, settings, senders=senders_for(settings, slow_mail))
+    )
+    try:
+        # The webhook's event goes out while the emails are still being sent: they hold 8
+        # of the 16 slots, not all of them.
+        await eventually(
+            lambda: asyncio.sleep(0, result=len(taken) == 1), within=10.0, what="the webhook"
+        )
+        assert not task.done() and sending == most == 8
+        states = [r["state"] for r in await email_rows(services)]
+        assert states.count("pending") == 40
+    finally:
+        release.set()
+        async with asyncio.timeout(30):
+            report = await task
+        await runner.cleanup()
+    assert (report.attempted, report.delivered) == (41, 41)
+    assert most == 8 and len(taken) == 1
+
+
+async def test_every_channel_of_the_outbox_has_its_sender_in_one_rule(services: Services) -> None:
+    async with services.pool.acquire() as conn:
+        check = await conn.fetchval(
+            "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c"
+            " WHERE c.conrelid = 'event_deliveries'::regclass AND c.contype = 'c'"
+            "   AND pg_get_constraintdef(c.oid) LIKE '%channel = ANY%'"
+        )
+    # The channels the trigger may make rows for are those the deliverers know.
+    made = sorted(part.split("'")[1] for part in check.split("::text")[:-1] if "'" in part)
+    assert made == sorted(CHANNELS) == ["email", "webhook"]
+    with_smtp = with_overrides(services.settings, smtp_host="127.0.0.1")
+    without = with_overrides(services.settings, smtp_host=None)
+    # A billing deliverer with SMTP sends every channel; one without, none of the emails.
+    assert sorted(notify_email.senders(with_smtp)) == made
+    assert sorted(notify_email.senders(without)) == ["webhook"]
+    # The events layer's own default is the same rule, without the email sender.
+    assert sorted(delivery.senders_for(with_smtp)) == ["webhook"]
+    assert notify_email.senders(with_smtp)["email"] is notify_email.send_event_email
+
+
+async def test_emails_with_every_slot_taken_are_due_when_the_first_lease_ends(
+    services: Services,
+) -> None:
+    await billed_plan(services)
+    await customer(services, "late", None, date(2026, 1, 1))
+    await billing_email(services, "late", "owner@late.test")
+    async with services.pool.acquire() as conn, conn.transaction():
+        for notice in range(1, 11):
+            await emit(conn, "dunning.step", "late", {"step": "notice", "notice": notice})
+    settings = mailing(services.settings, 25)
+    now = datetime.now(UTC)
+
+    # Another deliverer is sending 8 of the 10: the other 2 wait for a slot.
+    taken = await delivery.claim(services.pool, settings, now, ["email"])
+    assert len(taken) == settings.email_in_flight == 8
+    assert await delivery.claim(services.pool, settings, now, ["email"]) == []
+    # So a serving deliverer sleeps until the first of those leases ends, not a pass
+    # every 10 ms on rows it may not take.
+    due = await delivery.next_due(services.pool, settings, ["email"])
+    first_lease = min(c.leased_until for c in taken if c.leased_until is not None)
+    assert due == first_lease and due > now + timedelta(seconds=200)

@@ -327,8 +327,9 @@ async def test_what_no_deliverer_will_send_does_not_keep_the_serving_one_busy(
     # Nothing it can take is due: the serving deliverer waits for its poll, instead of
     # a pass every 10 ms.
     assert (await deliver_pending(services.pool, fast(services.settings))).attempted == 0
-    assert await next_due(services.pool, in_flight=4) is None
-    assert await next_due(services.pool, ["email", "webhook"], in_flight=4) is not None  # the email
+    assert await next_due(services.pool, services.settings) is None
+    # The email:
+    assert await next_due(services.pool, services.settings, ["email", "webhook"]) is not None
 
     # A replay to the disabled webhook is refused, naming it.
     status, refused = await app.post(

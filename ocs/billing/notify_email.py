@@ -31,7 +31,14 @@ from ocs.billing import currency as currencies
 from ocs.billing import documents, itemised
 from ocs.config import Settings
 from ocs.events import email
-from ocs.events.delivery import EMAIL_LEASE_S, WEBHOOK_SENDERS, Claimed, Context, Outcome, Sender
+from ocs.events.delivery import (
+    EMAIL_LEASE_S,
+    Claimed,
+    Context,
+    Outcome,
+    Sender,
+    senders_for,
+)
 from ocs.money import format_amount
 
 NO_SMTP = "smtp_host is not set"
@@ -209,8 +216,6 @@ async def send_event_email(delivery: Claimed, context: Context) -> Outcome:
 
 
 def senders(settings: Settings) -> Mapping[str, Sender]:
-    """What a billing deliverer sends: webhooks, and emails only when ``smtp_host`` is
-    set; without it the email rows are left pending (unclaimed) for one that has it."""
-    if settings.smtp_host is None:
-        return WEBHOOK_SENDERS
-    return {**WEBHOOK_SENDERS, "email": send_event_email}
+    """What a billing deliverer sends: ``delivery.senders_for`` (the one rule: webhooks,
+    and emails only when ``smtp_host`` is set) given this module's email sender."""
+    return senders_for(settings, send_event_email)

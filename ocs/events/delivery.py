@@ -15,7 +15,15 @@ still that attempt's (its lease not taken over by another deliverer):
 * dead after ``webhook_max_attempts`` attempts: kept, listed by
   ``ocs events list --state dead``, sent again by a replay (``requeue``); dead at
   once when the target is refused (a host inside the network, ``egress``);
-* skipped: nothing to send (no SMTP server configured, no billing email).
+* skipped: nothing to send (no billing email).
+
+Which channels a deliverer sends is decided in one place, ``senders_for``: webhooks
+always, emails when it is given the email sender (``ocs.billing`` has it) and
+``smtp_host`` is set. ``CHANNELS`` names every channel the outbox's trigger makes
+rows for (migration 0037's CHECK), so a new one is added here or not at all.
+Email deliveries hold at most ``email_in_flight`` sending slots, as one webhook
+holds at most ``webhook_in_flight``: an invoice run's backlog of emails leaves the
+other slots to the webhooks.
 
 At least once, with an idempotency key: a deliverer killed after the
 receiver's 2xx and before the mark sends the event again once the lease runs
@@ -48,6 +56,9 @@ POLL_S = 5.0  # the longest a serving deliverer waits without a notification
 CLAIM_AGAIN_S = 1.0  # the longest free sending slots wait for a claim while others send
 NOTIFY_CHANNEL = "ocs_event_deliveries"  # the fan-out trigger's pg_notify
 MAX_ERROR = 500  # characters of an error kept on the row
+# Every delivery channel (migration 0037's CHECK on event_deliveries.channel): the ones
+# ``senders_for`` may give, and no other.
+CHANNELS = ("webhook", "email")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,13 +191,26 @@ async def send_webhook(delivery: Claimed, context: Context) -> Outcome:
         return Outcome.failed(error_text(exc, delivery.url))
 
 
-WEBHOOK_SENDERS: Mapping[str, Sender] = {"webhook": send_webhook}
+def senders_for(settings: Settings, email: Sender | None = None) -> Mapping[str, Sender]:
+    """What a deliverer sends, by channel: the one rule. Webhooks always; emails when
+    given their sender (``ocs.billing``'s, which knows invoices) and ``smtp_host`` is
+    set: without it the email rows stay pending (unclaimed) for a deliverer that has
+    it, never skipped for good. Every channel given is one of ``CHANNELS`` (a test holds
+    them to the schema's)."""
+    chosen: dict[str, Sender] = {"webhook": send_webhook}
+    if email is not None and settings.smtp_host is not None:
+        chosen["email"] = email
+    return chosen
+
 
 # The due deliveries of the given channels, oldest first, each claimed by one deliverer
 # (SKIP LOCKED) with a lease. A webhook gets no more than its free slots ($6 less its rows
 # leased now, by any deliverer): a receiver that stops answering holds those slots for a
-# timeout, not every slot while the other webhooks' events wait behind its backlog. A
-# disabled webhook's rows wait until it is enabled again.
+# timeout, not every slot while the other webhooks' events wait behind its backlog. The
+# emails are a target of their own, with $7 slots: an invoice run's thousands of emails,
+# older than a webhook's event, took every slot until they were all sent. (An email row
+# is the one whose webhook_id is NULL: migration 0037's CHECK; counted by the leased
+# index of 0055.) A disabled webhook's rows wait until it is enabled again.
 _CLAIM_SQL = """
 WITH room AS (
     SELECT w.id, $6::int - (SELECT count(*) FROM event_deliveries x
@@ -201,11 +225,16 @@ WITH room AS (
         ORDER BY d.next_attempt_at, d.id LIMIT greatest(room.free, 0)
         FOR UPDATE OF d SKIP LOCKED
     ) p
+), mail_room AS (
+    SELECT $7::int - (SELECT count(*) FROM event_deliveries x
+                      WHERE x.webhook_id IS NULL AND x.state = 'pending'
+                        AND x.leased_until IS NOT NULL AND x.leased_until > $1) AS free
 ), mailed AS (
     SELECT d.id, d.event_id, d.webhook_id, d.next_attempt_at FROM event_deliveries d
     WHERE d.channel = 'email' AND 'email' = ANY ($2::text[]) AND d.state = 'pending'
       AND d.next_attempt_at <= $1 AND (d.leased_until IS NULL OR d.leased_until <= $1)
-    ORDER BY d.next_attempt_at, d.id LIMIT $3
+    ORDER BY d.next_attempt_at, d.id
+    LIMIT least($3, greatest((SELECT free FROM mail_room), 0))
     FOR UPDATE OF d SKIP LOCKED
 ), due AS (
     SELECT c.id, c.event_id, c.webhook_id
@@ -251,7 +280,8 @@ async def claim(
     limit: int = CONCURRENCY,
 ) -> list[Claimed]:
     """Claim up to ``limit`` due deliveries of these channels (one attempt each), no
-    more of one webhook than ``webhook_in_flight`` less those it is being sent now."""
+    more of one webhook than ``webhook_in_flight`` less those it is being sent now, nor
+    of the emails than ``email_in_flight`` less those being sent now."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             _CLAIM_SQL,
@@ -261,6 +291,7 @@ async def claim(
             lease_s(settings),
             EMAIL_LEASE_S,
             settings.webhook_in_flight,
+            settings.email_in_flight,
         )
     return [
         Claimed(
@@ -370,7 +401,8 @@ async def deliver_pending(
     stopping: asyncio.Event | None = None,
 ) -> DeliveryReport:
     """Send every delivery due at ``now`` (default: the clock) of the channels that have
-    a sender (default: webhooks only), ``CONCURRENCY`` at a time; what happened.
+    a sender (default: ``senders_for(settings)``, webhooks only), ``CONCURRENCY`` at a
+    time; what happened.
 
     Once ``stopping`` is set nothing more is claimed: the sends in flight finish and
     are marked (within ``CLAIM_AGAIN_S`` of their end), the rest stay pending. A worker
@@ -384,7 +416,7 @@ async def deliver_pending(
     lease ran out. Retries that fall due while it runs (a zero backoff) are sent in
     the same call, until their attempts run out.
     """
-    chosen = dict(senders if senders is not None else WEBHOOK_SENDERS)
+    chosen = dict(senders if senders is not None else senders_for(settings))
     channels = sorted(chosen)
     report = DeliveryReport()
     running: set[asyncio.Task[None]] = set()
@@ -427,10 +459,11 @@ async def deliver_pending(
 
 # When the earliest delivery ``claim`` would take falls due: the same filter (these
 # channels, an enabled webhook's), else a row it never takes looks due at every pass
-# and the serving loop spins. A webhook with all its slots leased (to another
-# deliverer: this one's pass has ended) has nothing due before its first lease ends.
+# and the serving loop spins. A target with all its slots leased (a webhook's $2, the
+# emails' $3: to another deliverer, this one's pass has ended) has nothing due before
+# its first lease ends. The emails are the group whose webhook_id is NULL.
 _NEXT_DUE_SQL = """
-SELECT min(CASE WHEN t.webhook_id IS NOT NULL AND t.leased >= $2
+SELECT min(CASE WHEN t.leased >= (CASE WHEN t.webhook_id IS NULL THEN $3::int ELSE $2::int END)
                 THEN GREATEST(t.earliest, t.first_lease_end) ELSE t.earliest END)
 FROM (
     SELECT d.webhook_id,
@@ -448,17 +481,18 @@ FROM (
 
 
 async def next_due(
-    pool: asyncpg.Pool,
-    channels: Sequence[str] = tuple(WEBHOOK_SENDERS),
-    *,
-    in_flight: int,
+    pool: asyncpg.Pool, settings: Settings, channels: Sequence[str] | None = None
 ) -> datetime | None:
-    """When the earliest pending delivery of these channels (default: webhooks, as
-    ``deliver_pending``'s) that ``claim`` would take falls due (None: none; a disabled
-    webhook's rows wait for it, not for us; one with ``in_flight`` deliveries leased,
-    for its first lease to end)."""
+    """When the earliest pending delivery of these channels (default: those of
+    ``senders_for(settings)``, as ``deliver_pending``'s) that ``claim`` would take
+    falls due (None: none; a disabled webhook's rows wait for it, not for us; a webhook
+    with ``webhook_in_flight`` deliveries leased, or the emails with
+    ``email_in_flight``, for the first lease to end)."""
+    chosen = list(channels if channels is not None else senders_for(settings))
     async with pool.acquire() as conn:
-        found: datetime | None = await conn.fetchval(_NEXT_DUE_SQL, list(channels), in_flight)
+        found: datetime | None = await conn.fetchval(
+            _NEXT_DUE_SQL, chosen, settings.webhook_in_flight, settings.email_in_flight
+        )
     return found
 
 
@@ -475,7 +509,7 @@ async def serve_deliveries(
     An error (PostgreSQL away) is logged and the loop goes on after a pause.
     """
     woken = asyncio.Event()
-    channels = sorted(senders if senders is not None else WEBHOOK_SENDERS)
+    channels = sorted(senders if senders is not None else senders_for(settings))
 
     def wake(*_args: object) -> None:
         woken.set()
@@ -493,7 +527,7 @@ async def serve_deliveries(
                 await deliver_pending(pool, settings, senders=senders, stopping=stopping)
                 if stopping.is_set():
                     break
-                due = await next_due(pool, channels, in_flight=settings.webhook_in_flight)
+                due = await next_due(pool, settings, channels)
                 if due is not None:
                     pause = min(pause, max((due - datetime.now(UTC)).total_seconds(), 0.01))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
