@@ -5,8 +5,10 @@ to (``add`` prints the secret, the only time it is shown); ``ocs events list``
 shows the outbox with each event's deliveries (``--state dead``: what was
 dead-lettered), ``ocs events replay EVENT_ID [--webhook ID]`` sends an event
 again (what was not delivered; with ``--webhook``, that delivery even if it
-was), and ``ocs events deliver`` delivers what is due once (webhooks and
-emails), as the billing worker's deliverer does all the time. Each prints the
+was), ``ocs events replay-skipped [--kind K] [--since DAY] [--until DAY]``
+sends the emails skipped when no SMTP server was configured (those only: none
+is sent twice), and ``ocs events deliver`` delivers what is due once (webhooks
+and emails), as the billing worker's deliverer does all the time. Each prints the
 admin API's own view of what it did.
 
 Registered by ``ocs.cli`` (``add_commands``); the shared helpers come from
@@ -22,6 +24,7 @@ from ocs.cli_support import (
     add_command,
     add_group,
     checked,
+    date_arg,
     print_json,
     to_builtins,
     with_services,
@@ -67,6 +70,15 @@ def add_commands(commands: "Commands") -> None:
     replay.add_argument(
         "--webhook", help="only its delivery to this webhook (sent again even if delivered)"
     )
+    skipped = add_command(
+        events,
+        "replay-skipped",
+        "send the emails skipped when no SMTP server was configured",
+        _events_replay_skipped,
+    )
+    skipped.add_argument("--kind", choices=EVENT_KINDS, help="of events of this kind only")
+    skipped.add_argument("--since", help="of events stored on or after this day (UTC)")
+    skipped.add_argument("--until", help="of events stored on or before this day (UTC)")
     add_command(events, "deliver", "deliver the due events once", _events_deliver)
 
 
@@ -147,6 +159,24 @@ def _events_replay(args: argparse.Namespace, settings: Settings) -> int:
     found = with_services(settings, lambda s: queries.requeue(s.pool, args.event_id, args.webhook))
     replayed = Replayed(event_id=args.event_id, deliveries=[delivery_view(d) for d in found])
     print_json(to_builtins(replayed))
+    return 0
+
+
+def _events_replay_skipped(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs events replay-skipped``: re-queue the emails skipped for want of an SMTP
+    server (of a kind, of events stored between two days); how many."""
+    from ocs.events import queries
+    from ocs.http.event_handlers import SkippedReplayed
+
+    since = date_arg(args.since, "--since")
+    until = date_arg(args.until, "--until")
+    if since is not None and until is not None and until < since:
+        raise UsageError("--until: a day on or after --since")
+    count = with_services(
+        settings,
+        lambda s: queries.requeue_skipped_emails(s.pool, kind=args.kind, since=since, until=until),
+    )
+    print_json(to_builtins(SkippedReplayed(requeued=count)))
     return 0
 
 

@@ -111,6 +111,7 @@ COMMANDS = [
     ("webhooks", "remove"),
     ("events", "list"),
     ("events", "replay"),
+    ("events", "replay-skipped"),
     ("events", "deliver"),
 ]
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from ocs.events import delivery, webhooks
 from ocs.events.delivery import (
     CHANNELS,
     CONCURRENCY,
+    NO_SMTP,
     Claimed,
     Context,
     Outcome,
@@ -35,6 +37,7 @@ from ocs.events.outbox import emit
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, cdr, customer, monthly, run
 from tests.conftest import RunningApp, eventually
+from tests.helpers import ocs_cli
 from tests.ports import free_port
 
 # What a deliverer with an SMTP server sends: webhooks and emails.
@@ -568,6 +571,114 @@ async def test_an_email_backlog_leaves_sending_slots_to_the_webhooks(services: S
         await runner.cleanup()
     assert (report.attempted, report.delivered) == (41, 41)
     assert most == 8 and len(taken) == 1
+
+
+async def skipped_for_want_of_smtp(services: Services, event_ids: list[int]) -> None:
+    """Mark these events' emails as a deliverer without smtp_host did until 2026-12-07:
+    skipped for good."""
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE event_deliveries SET state = 'skipped', last_error = $2, attempts = 1"
+            " WHERE channel = 'email' AND event_id = ANY ($1::bigint[])",
+            event_ids,
+            NO_SMTP,
+        )
+
+
+async def email_events(services: Services) -> list[tuple[int, str, str, str]]:
+    """The email deliveries: (event id, kind, subject, state), oldest first."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT e.id, e.kind, e.subject, d.state FROM event_deliveries d"
+            " JOIN events e ON e.id = d.event_id WHERE d.channel = 'email' ORDER BY d.id"
+        )
+    return [(r["id"], r["kind"], r["subject"], r["state"]) for r in rows]
+
+
+async def test_emails_skipped_before_smtp_was_configured_are_sent_once_by_a_replay(
+    app: RunningApp, smtp: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    services = app.services
+    inbox, port = smtp
+    await posted_invoices(services)
+    async with services.pool.acquire() as conn:
+        await emit(conn, "dunning.step", "p1", {"account_id": "p1", "step": "notice"})
+    [one, _, notice] = [e[0] for e in await email_events(services)]
+    # The second invoice's email went out; the first invoice's and the notice were
+    # skipped by a deliverer without SMTP.
+    await skipped_for_want_of_smtp(services, [one, notice])
+    mailed = mailing(services.settings, port)
+    report = await deliver_pending(services.pool, mailed, senders=MAIL)
+    assert report.delivered == 1
+    assert [to for to, _ in inbox.messages] == [["billing@customer-two.test"]]
+    # p2's notice is skipped: its billing email was taken away after it was stored.
+    async with services.pool.acquire() as conn:
+        await emit(conn, "dunning.step", "p2", {"account_id": "p2", "step": "notice"})
+    await billing_email(services, "p2", "")
+    report = await deliver_pending(services.pool, mailed, senders=MAIL)
+    assert report.skipped == 1
+
+    # A replay of invoice emails only (a late payment reminder may be stale).
+    status, replayed = await app.post("/v1/events/replay-skipped", {"kind": "invoice.posted"})
+    assert (status, replayed) == (200, {"requeued": 1})
+    report = await deliver_pending(services.pool, mailed, senders=MAIL)
+    assert (report.attempted, report.delivered) == (1, 1)
+    assert sorted(to for to, _ in inbox.messages) == [
+        ["ap@customer-one.test"],
+        ["billing@customer-two.test"],
+    ]
+    assert inbox.messages[-1][1]["Subject"] == "Invoice INV-2026-000001 from Example Telecom"
+    assert [e[3] for e in await email_events(services)] == [
+        "delivered",
+        "delivered",
+        "skipped",
+        "skipped",
+    ]
+
+    # Every kind: the notice only (not p2's, skipped for want of an address; not the
+    # delivered invoices).
+    status, replayed = await app.post("/v1/events/replay-skipped", {})
+    assert (status, replayed) == (200, {"requeued": 1})
+    # Skipped again, then by days: of events stored up to yesterday, none; today's, it.
+    await skipped_for_want_of_smtp(services, [notice])
+    today = datetime.now(UTC).date()
+    yesterday = (today - timedelta(days=1)).isoformat()
+    status, replayed = await app.post("/v1/events/replay-skipped", {"until": yesterday})
+    assert (status, replayed) == (200, {"requeued": 0})
+    code, out, err = await ocs_cli(
+        services.settings,
+        tmp_path,
+        "events",
+        "replay-skipped",
+        "--kind",
+        "dunning.step",
+        "--since",
+        today.isoformat(),
+        "--until",
+        today.isoformat(),
+    )
+    assert code == 0, err
+    assert json.loads(out) == {"requeued": 1}
+    report = await deliver_pending(services.pool, mailed, senders=MAIL)
+    assert (report.attempted, report.delivered) == (1, 1)
+    assert len(inbox.messages) == 3
+    assert inbox.messages[-1][1]["Subject"] == "Payment reminder from Example Telecom"
+    assert (await deliver_pending(services.pool, mailed, senders=MAIL)).attempted == 0
+    status, replayed = await app.post("/v1/events/replay-skipped", {})
+    assert (status, replayed) == (200, {"requeued": 0})
+    assert len(inbox.messages) == 3
+
+    # Days the wrong way round, a kind that is none: 400 naming the field.
+    status, refused = await app.post(
+        "/v1/events/replay-skipped", {"since": today.isoformat(), "until": yesterday}
+    )
+    assert status == 400 and refused["error"]["field"] == "until", refused
+    status, refused = await app.post("/v1/events/replay-skipped", {"kind": "invoice.paid"})
+    assert status == 400 and refused["error"]["field"] == "kind", refused
+    code, _, err = await ocs_cli(
+        services.settings, tmp_path, "events", "replay-skipped", "--since", "tomorrow"
+    )
+    assert code == 2 and "--since" in err
 
 
 async def test_every_channel_of_the_outbox_has_its_sender_in_one_rule(services: Services) -> None:

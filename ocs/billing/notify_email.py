@@ -33,6 +33,7 @@ from ocs.config import Settings
 from ocs.events import email
 from ocs.events.delivery import (
     EMAIL_LEASE_S,
+    NO_SMTP,
     Claimed,
     Context,
     Outcome,
@@ -41,7 +42,6 @@ from ocs.events.delivery import (
 )
 from ocs.money import format_amount
 
-NO_SMTP = "smtp_host is not set"
 NO_ADDRESS = "the account has no billing email"
 STILL_LOCKED = "the account stays locked by an operator: no service restored"
 # An attempt (PDF and all) ends within its lease, with a margin to mark it: one that ran

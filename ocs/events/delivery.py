@@ -15,7 +15,8 @@ still that attempt's (its lease not taken over by another deliverer):
 * dead after ``webhook_max_attempts`` attempts: kept, listed by
   ``ocs events list --state dead``, sent again by a replay (``requeue``); dead at
   once when the target is refused (a host inside the network, ``egress``);
-* skipped: nothing to send (no billing email).
+* skipped: nothing to send (no billing email; before 2026-12-07, no SMTP server
+  configured: ``ocs events replay-skipped`` sends those, ``requeue_skipped_emails``).
 
 Which channels a deliverer sends is decided in one place, ``senders_for``: webhooks
 always, emails when it is given the email sender (``ocs.billing`` has it) and
@@ -59,6 +60,10 @@ MAX_ERROR = 500  # characters of an error kept on the row
 # Every delivery channel (migration 0037's CHECK on event_deliveries.channel): the ones
 # ``senders_for`` may give, and no other.
 CHANNELS = ("webhook", "email")
+# The reason an email delivery was skipped by a deliverer without ``smtp_host`` (until
+# 2026-12-07; now such a deliverer leaves them pending): what ``requeue_skipped_emails``
+# takes, since such a row was never sent.
+NO_SMTP = "smtp_host is not set"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,16 +9,22 @@ delivered (or skipped) one only when its webhook is named (it is sent again
 with the same ``webhook-id``, which a receiver may drop). A delivery being sent
 at that moment is left to that attempt: clearing its lease would let another
 deliverer send it at the same time.
+
+``requeue_skipped_emails`` sends the emails a deliverer without ``smtp_host``
+skipped (until 2026-12-07 it marked them skipped for good): only those rows,
+never sent, so no email is sent twice; of a kind, of events stored between two
+days, so that an operator can leave out stale dunning reminders.
 """
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import asyncpg
 
 from ocs.errors import OcsError, Reason, invalid
+from ocs.events.delivery import NO_SMTP
 from ocs.events.outbox import EVENT_KINDS
 from ocs.events.webhooks import check_id
 
@@ -36,6 +42,22 @@ WHERE event_id = $1
   AND ($2::text IS NULL AND state IN ('dead', 'pending') OR webhook_id = $2)
   AND NOT (state = 'pending' AND leased_until > now())
 RETURNING *
+"""
+
+# The email deliveries skipped for want of an SMTP server, made due now as new ones:
+# only rows still skipped for that reason (never sent: nothing is mailed twice; a
+# second replay, or one racing this, finds them pending and leaves them), of events of
+# the kind and days asked.
+_REQUEUE_SKIPPED_SQL = """
+UPDATE event_deliveries d SET state = 'pending', attempts = 0, next_attempt_at = now(),
+       leased_until = NULL, delivered_at = NULL, last_status = NULL, last_error = NULL
+FROM events e
+WHERE e.id = d.event_id AND d.channel = 'email' AND d.state = 'skipped'
+  AND d.last_error = $1
+  AND ($2::text IS NULL OR e.kind = $2)
+  AND ($3::timestamptz IS NULL OR e.created_at >= $3)
+  AND ($4::timestamptz IS NULL OR e.created_at < $4)
+RETURNING d.id
 """
 
 
@@ -182,3 +204,34 @@ async def requeue(
             # The serving deliverers wake for it at commit, as for a new event.
             await conn.execute("SELECT pg_notify('ocs_event_deliveries', '')")
     return sorted((delivery_of(r) for r in rows), key=lambda d: d.id)
+
+
+def day_start(day: date | None) -> datetime | None:
+    """The start of a day in UTC (None: no bound)."""
+    return None if day is None else datetime.combine(day, time(), UTC)
+
+
+async def requeue_skipped_emails(
+    pool: asyncpg.Pool,
+    *,
+    kind: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> int:
+    """Make the email deliveries skipped because no SMTP server was configured pending
+    and due now (of events of ``kind``, stored from ``since`` to ``until`` inclusive,
+    UTC days); how many. A delivered email, or one skipped for another reason (no
+    billing email), is left as it is. 400 naming ``kind``, or ``until`` (before
+    ``since``)."""
+    if kind is not None and kind not in EVENT_KINDS:
+        raise invalid("kind", f"expected one of {', '.join(EVENT_KINDS)}")
+    if since is not None and until is not None and until < since:
+        raise invalid("until", "expected a day on or after since")
+    # The day after ``until``: none after the last day a date can name.
+    after = None if until is None or until == date.max else day_start(until + timedelta(days=1))
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(_REQUEUE_SKIPPED_SQL, NO_SMTP, kind, day_start(since), after)
+        if rows:
+            # The serving deliverers wake for them at commit, as for new events.
+            await conn.execute("SELECT pg_notify('ocs_event_deliveries', '')")
+    return len(rows)

@@ -5,10 +5,11 @@ the endpoints events are POSTed to: the secret is answered once, by the POST,
 and never again. ``GET /v1/events`` lists the outbox with each event's
 deliveries; ``POST /v1/events/{event_id}/replay`` sends an event again (its
 deliveries not delivered re-queued, or the one to a named webhook, whatever its
-state). A thin adapter over ``ocs.events``.
+state); ``POST /v1/events/replay-skipped`` sends the emails skipped when no SMTP
+server was configured. A thin adapter over ``ocs.events``.
 """
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -251,6 +252,30 @@ async def replay_event(request: web.Request, params: Replay) -> Replayed:
     return Replayed(event_id=event_id, deliveries=[delivery_view(d) for d in found])
 
 
+class ReplaySkipped(Params):
+    """Which skipped emails: of events of a kind, stored from ``since`` to ``until``
+    (UTC days, both included); none given: every one."""
+
+    kind: Kind | None = None
+    since: date | None = None
+    until: date | None = None
+
+
+class SkippedReplayed(Answer):
+    """How many skipped emails were re-queued: pending, due now."""
+
+    requeued: int
+
+
+async def replay_skipped(request: web.Request, params: ReplaySkipped) -> SkippedReplayed:
+    """POST /v1/events/replay-skipped: the emails skipped for want of an SMTP server,
+    re-queued."""
+    count = await queries.requeue_skipped_emails(
+        services_of(request).pool, kind=params.kind, since=params.since, until=params.until
+    )
+    return SkippedReplayed(requeued=count)
+
+
 ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     Endpoint(
         "POST",
@@ -312,5 +337,22 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         " none), and sent with the same webhook-id, so a receiver may drop a repeat. A"
         " delivery being sent at that moment is left to that attempt (not listed). A"
         " webhook_id of a disabled webhook, or one not taking the kind, is refused (400).",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/events/replay-skipped",
+        Role.OPERATOR,
+        "Send the emails skipped when no SMTP server was configured",
+        replay_skipped,
+        ReplaySkipped,
+        SkippedReplayed,
+        description="Until 2026-12-07 a deliverer without smtp_host marked the invoice and"
+        " dunning emails skipped, and a replay of an event leaves skipped deliveries alone."
+        " This makes those email deliveries (skipped with 'smtp_host is not set', of events"
+        " of kind, stored from since to until, UTC days) pending and due now; a worker with"
+        " smtp_host sends them. An email that was sent (delivered), or skipped for another"
+        " reason (no billing email), is not touched, so none is sent twice. A dunning"
+        " reminder sent late may be stale: kind=invoice.posted leaves them out. 400 naming"
+        " until when it is before since.",
     ),
 )
