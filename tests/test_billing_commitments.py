@@ -1,17 +1,19 @@
 """Lock accounts on prorated charges: the plan's custom charges of the cycle are committed
 funds, so the balance pays them before calls (hand-computed, EUR)."""
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
-from ocs.billing import commitments
-from ocs.billing.store import Charge, create_charge
+from ocs.billing import commitments, posting, runs
+from ocs.billing.cycles import PlanBilling
+from ocs.billing.store import Charge, create_charge, set_plan_billing
 from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, customer
+from tests.billing_helpers import EUR, billed_plan, customer, invoices
+from tests.conftest import add_plan
 
 MID_MARCH = datetime(2026, 3, 15, 12, tzinfo=UTC)
 
@@ -67,3 +69,42 @@ async def test_a_plan_without_the_setting_commits_nothing(services: Services) ->
 
     assert await commitments.refresh(services.pool, services.store, at=MID_MARCH) == []
     assert (await services.accounts.show("free")).committed == 0
+
+
+async def test_posting_a_start_of_cycle_invoice_commits_the_next_ones_charges(
+    services: Services,
+) -> None:
+    """On a start-of-cycle plan the invoice of the month holding now is posted inside
+    it: once posted its fees are paid, and the next month's fee is what is committed.
+    Dates are relative to today, since posting commits from the present."""
+    today = datetime.now(UTC).date()
+    this_month = today.replace(day=1)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    await add_plan(services, "retail")
+    await set_plan_billing(
+        services.pool,
+        PlanBilling("retail", "fixed_date", last_month, cycle_day=1,
+                    invoice_timing="start_of_cycle"),
+    )  # fmt: skip
+    await set_plan_policy(
+        services.pool, "retail", PlanPolicy(recurring_fee=10 * EUR, lock_prorated=True)
+    )
+    await customer(services, "paid", None, last_month, balance=35 * EUR)
+    run_id = await runs.create_run(services.pool, f"{this_month:%Y-%m}", invoice_date=this_month)
+    await runs.execute_run(services.pool, run_id)
+    # This month's invoice bills last month's fee (its first) and this month's: 20.00.
+    [invoice] = await invoices(services)
+    assert invoice["total"] == 20 * EUR
+
+    await posting.post(services.pool, services.store, run_id=run_id)
+
+    # 35.00 - 20.00 paid = 15.00; next month's 10.00 committed, 5.00 available.
+    paid = await services.accounts.show("paid")
+    assert (paid.balance, paid.committed, paid.available) == (15 * EUR, 10 * EUR, 5 * EUR)
+    async with services.pool.acquire() as conn:
+        stored = await conn.fetchrow(
+            "SELECT committed, prorated_locked FROM accounts WHERE id = 'paid'"
+        )
+    assert (stored["committed"], stored["prorated_locked"]) == (10 * EUR, False)
+    granted = await services.calls.authorize(AuthorizeRequest("paid", "441234567", call_id="q-1"))
+    assert granted.max_duration > 0

@@ -10,11 +10,14 @@ credit limit - reserved - committed), so the balance pays the charges before
 calls, and an account whose balance cannot cover them has nothing available:
 its calls are refused (``zero_balance``) until a top-up covers the charges.
 
-The amount is what a dry run (``drafts.compute``) of the period holding
-``at`` bills for those charges: the lines that move money, rounded, summed
-(never below 0). ``refresh`` recomputes it; posting calls it for the
-accounts it posted, whose charges have then been paid, so the next cycle's
-are committed instead.
+The amount is what a dry run (``drafts.compute``) of the account's next
+invoice bills for those charges: the lines that move money, rounded, summed
+(never below 0). The next invoice is that of the first period, from the one
+holding ``at``, with no posted invoice of the account: on a start-of-cycle
+plan the invoice of the period holding ``at`` is posted inside it, and its
+charges, once posted, are paid, not owed. ``refresh`` recomputes it; posting
+calls it for the accounts it posted, whose charges have then been paid, so
+the next cycle's are committed instead.
 
 When an account's funds stop covering its committed charges it is locked
 (``accounts.prorated_locked``, migration 0037), and unlocked when they cover
@@ -22,7 +25,7 @@ them again: each change is announced (``account.locked``, ``account.unlocked``)
 in the transaction that records it.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -50,10 +53,37 @@ ORDER BY a.id
 """
 
 
-async def prorated_commitment(conn: asyncpg.Connection, account_id: str, at: datetime) -> int:
-    """What the invoice of the period holding ``at`` bills the account for its plan's
-    custom charges: their money-moving lines, rounded, summed, at least 0."""
+async def next_invoice_group(
+    conn: asyncpg.Connection, account_id: str, at: datetime
+) -> tuple[drafts.Group, str]:
+    """The one-account group of the account's next invoice (and its plan): the first
+    period, from the one holding ``at``, that has no posted invoice of the account."""
     group, plan_id = await drafts.account_group(conn, account_id, at)
+    posted = {
+        r["period_start"]
+        for r in await conn.fetch(
+            "SELECT period_start FROM invoices WHERE account_id = $1 AND kind = 'invoice'"
+            " AND state = 'posted' AND period_start >= $2",
+            account_id,
+            group.period.start,
+        )
+    }
+    if not posted:
+        return group, plan_id
+    cycle = group.cycle
+    n = cycle.index_of_day(group.period.first_day)
+    period = group.period
+    # Each step passes one posted invoice: the loop ends within len(posted) steps.
+    while period.start in posted:
+        n += 1
+        period = cycle.period(n)
+    return replace(group, period=period), plan_id
+
+
+async def prorated_commitment(conn: asyncpg.Connection, account_id: str, at: datetime) -> int:
+    """What the account's next invoice (``next_invoice_group``) bills it for its plan's
+    custom charges: their money-moving lines, rounded, summed, at least 0."""
+    group, plan_id = await next_invoice_group(conn, account_id, at)
     custom = {
         r["id"] for r in await conn.fetch("SELECT id FROM charges WHERE plan_id = $1", plan_id)
     }
