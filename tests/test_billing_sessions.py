@@ -1,7 +1,7 @@
 """On-demand billing (call shops, hotels): calls only while a session is open, and closing
 the session produces its invoice (real PostgreSQL and Redis, real calls)."""
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -10,13 +10,14 @@ from ocs.balances.ledger_writer import LedgerWriter
 from ocs.billing import posting
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.dunning import reactivate_paid
+from ocs.billing.periods import month_day
 from ocs.billing.sessions import (
     close_session,
     lock_without_session,
     open_session,
     session_invoice,
 )
-from ocs.billing.store import set_plan_billing
+from ocs.billing.store import Subscription, set_plan_billing, subscribe
 from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
@@ -249,3 +250,113 @@ async def test_an_operator_lifting_a_suspension_gives_back_no_calls_outside_a_se
     ]
     assert billed == [([1], 20_000), ([1], 10_000)]
     assert (await services.accounts.show("kiosk")).balance == 5 * EUR - 30_000
+
+
+async def _booth_with_a_minimum(services: Services) -> None:
+    """Account booth1 on an on-demand plan, its subscription holding a bundle with a
+    minimum spend of 20.00 a month (its first day long past), locked with no session."""
+    await add_plan(services, "shop")
+    await set_plan_billing(services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
+    await services.accounts.create(AccountSpec("booth1", plan_id="shop", opening_balance=5 * EUR))
+    sub = await subscribe(services.pool, Subscription("booth1", "shop", date(2026, 1, 1)))
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO bundles (id, name, currency) VALUES ('min', 'Shop minimum', 'EUR');"
+            "INSERT INTO bundle_indicators (bundle_id, name, function, measure)"
+            " VALUES ('min', 'spend', 'sum', 'amount');"
+            "INSERT INTO bundle_rules (bundle_id, position, kind, description, indicator, amount)"
+            " VALUES ('min', 1, 'commitment', 'minimum spend', 'spend', 20000000)"
+        )
+        await conn.execute(
+            "INSERT INTO subscription_bundles (subscription_id, bundle_id) VALUES ($1, 'min')",
+            sub,
+        )
+    await lock_without_session(services.pool, services.store, "booth1")
+
+
+def _commitment(invoice: dict) -> tuple[int, int, str]:
+    """(exact, rounded, description) of an invoice's one line, its commitment's."""
+    [line] = invoice["lines"]
+    assert line["kind"] == "bundle_commitment"
+    return line["exact_amount"], line["amount"], line["description"]
+
+
+# A 20.00 monthly minimum over 3 hours, by the days of the month from the session's first
+# day: 20.00 x 10_800 s / (days x 86_400 s), exact (half away from zero) and rounded.
+THREE_HOURS = {
+    28: (89_286, 90_000),
+    29: (86_207, 90_000),
+    30: (83_333, 80_000),
+    31: (80_645, 80_000),
+}
+
+
+async def test_closing_a_session_bills_a_monthly_minimum_for_the_time_it_lasted(
+    app: RunningApp,
+) -> None:
+    """A session closed over the API the day it opened answers 200 and has its invoice: a
+    commitment is a monthly minimum, prorated by the session's real duration over the
+    month from its first day (3 hours of a 30-day month: 20.00 x 3/720 = 0.083333 ->
+    0.08). It was a 500 (a same-day session has 0 calendar days: 0/0), the session left
+    closed with no invoice."""
+    services = app.services
+    await _booth_with_a_minimum(services)
+    status, opened = await app.post("/v1/accounts/booth1/billing-sessions", None)
+    assert status == 201, opened
+    async with services.pool.acquire() as conn:  # opened 3 hours ago
+        began = await conn.fetchval(
+            "UPDATE billing_sessions SET opened_at = clock_timestamp() - interval '3 hours'"
+            " WHERE id = $1 RETURNING opened_at",
+            opened["id"],
+        )
+    status, closed = await app.post("/v1/accounts/booth1/billing-sessions/close", None)
+    assert status == 200, closed
+    assert closed["invoice_id"] is not None
+    first = began.astimezone(UTC).date()
+    after = month_day(first.year + first.month // 12, first.month % 12 + 1, first.day)
+    days = (after - first).days
+    [invoice] = await invoices(services)
+    exact, rounded, text = _commitment(invoice)
+    assert (exact, rounded) == THREE_HOURS[days]
+    assert f"(3h00 of {days} days), used 0.00, shortfall charged" in text
+    assert invoice["total"] == THREE_HOURS[days][1]
+    assert await _statuses(services, "booth1") == ("locked", "locked", "session")
+
+
+async def test_a_session_across_midnight_pays_its_hours_not_the_whole_minimum(
+    services: Services,
+) -> None:
+    """Two closed sessions in November (month from Nov 10 or 12: 30 days, 720 hours):
+    3 hours within a day, 20.00 x 3/720 = 0.083333 -> 0.08; 2 hours across midnight,
+    20.00 x 2/720 = 0.055556 -> 0.06, not the whole 20.00 (1/1 calendar days)."""
+    await _booth_with_a_minimum(services)
+    ids = []
+    async with services.pool.acquire() as conn:
+        for opened, hours in (
+            (datetime(2026, 11, 10, 23, tzinfo=UTC), 2),
+            (datetime(2026, 11, 12, 10, tzinfo=UTC), 3),
+        ):
+            ids.append(
+                await conn.fetchval(
+                    "INSERT INTO billing_sessions (account_id, opened_at, closed_at)"
+                    " VALUES ('booth1', $1, $2) RETURNING id",
+                    opened,
+                    opened + timedelta(hours=hours),
+                )
+            )
+    await session_invoice(services.pool, ids[0], date(2026, 11, 11))
+    [across] = await invoices(services)
+    assert _commitment(across) == (
+        55_556,
+        60_000,
+        "Shop minimum: minimum spend: minimum 0.055556 (2h00 of 30 days), used 0.00,"
+        " shortfall charged",
+    )
+    await session_invoice(services.pool, ids[1], date(2026, 11, 12))
+    _across, within = await invoices(services)
+    assert _commitment(within)[:2] == (83_333, 80_000)
+    async with services.pool.acquire() as conn:
+        linked = await conn.fetch(
+            "SELECT invoice_id FROM billing_sessions WHERE id = ANY($1::bigint[])", ids
+        )
+    assert all(row["invoice_id"] is not None for row in linked)

@@ -24,7 +24,10 @@ subscription bundle and invoice:
   the indicator's CDRs, net of the free credits already given on them;
 - **commitment** (``bundle_commitment``): a minimum spend per cycle, prorated
   by the bundle's days in the cycle (``proration.prorate``), the shortfall of
-  the indicator charged;
+  the indicator charged. An on-demand session is no cycle (it may last minutes):
+  there the minimum is a monthly one, prorated by the session's real duration
+  the bundle is active in over the month from the session's first day
+  (``session_minimum``);
 - **flat fee** (``bundle_fee``): per one-shot, monthly or yearly period from the
   bundle's start, prorated by its days in the period; billed upfront (the
   invoice billing advance charges of the period's start) or on the due date
@@ -68,7 +71,7 @@ or tax code it names), so that taxes are net of bundles:
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
@@ -327,6 +330,8 @@ class BundleInvoice:
     newest: datetime | None = None
     began: date | None = None
     seen: datetime | None = None
+    # The arrears period is an on-demand session [opened, closed), not a cycle.
+    session: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +505,47 @@ def _active_days(held: Held, period: Period) -> int:
     return max((after - first).days, 0)
 
 
+def commitment_minimum(held: Held, amount: int, invoice: BundleInvoice) -> tuple[int, str]:
+    """A commitment's minimum on this invoice (exact micro-units) and the share its text
+    shows ("" when whole): prorated by the bundle's days in the cycle, or over a
+    session by ``session_minimum``."""
+    arrears = invoice.which.arrears
+    if invoice.session:
+        return session_minimum(held, amount, arrears)
+    days = _active_days(held, arrears)
+    share = "" if days == arrears.days else f" ({days}/{arrears.days} days)"
+    return prorate(amount, days, arrears.days), share
+
+
+def session_minimum(held: Held, amount: int, session: Period) -> tuple[int, str]:
+    """A monthly minimum over an on-demand session: ``amount`` x the session's real time
+    the bundle is active in / the real length of the month from the session's first local
+    day (its monthly charges' period), rounded half away from zero once.
+
+    A session is no cycle: counted in calendar days, one within a day has 0 of 0 (a
+    division by zero) and one across midnight 1 of 1, the whole month's minimum for two
+    hours. Real time makes both what they lasted; a session longer than that month pays
+    more than one month's minimum, in proportion.
+    """
+    zone = session.zone
+    month = PeriodSchedule(Unit.MONTHS, 1, session.first_day, zone.key).period(0)
+    start = max(session.start, local_midnight(held.start, zone), key=_instant)
+    end = session.end
+    if held.end is not None:
+        end = min(end, local_midnight(held.end, zone), key=_instant)
+    active = max(_instant(end) - _instant(start), timedelta(0))
+    tick = timedelta(microseconds=1)
+    minimum = round_half_away(amount * (active // tick), month.duration // tick)
+    minutes = int(active.total_seconds()) // 60
+    return minimum, f" ({minutes // 60}h{minutes % 60:02d} of {month.days} days)"
+
+
+def _instant(moment: datetime) -> datetime:
+    """An aware datetime in UTC: aware datetimes sharing a tzinfo compare and subtract by
+    wall clock, so real durations go through UTC."""
+    return moment.astimezone(UTC)
+
+
 def usage_rule_lines(
     held: Held,
     rule: Rule,
@@ -573,13 +619,10 @@ def usage_rule_lines(
             )
         return found
     if rule.kind == "commitment":
-        arrears = invoice.which.arrears
-        days = _active_days(held, arrears)
-        minimum = prorate(rule.amount or 0, days, arrears.days)
+        minimum, share = commitment_minimum(held, rule.amount or 0, invoice)
         spent = value or 0
         if spent >= minimum:
             return []
-        share = "" if days == arrears.days else f" ({days}/{arrears.days} days)"
         # A minimum on a zone's (or rate type's) usage is taxed as that usage.
         on_usage = rule.zone is not None or rule.rate_type is not None
         return [

@@ -463,6 +463,7 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
                 earlier.newest.get(a),
                 earlier.began.get(a),
                 earlier.seen.get(a),
+                session=group.billing.cycle == "on_demand",
             )
             for a, c in sorted(currencies.items())
         ],
