@@ -745,9 +745,12 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
 
 ENV_PREFIX = "OCS_"
 # OCS_* variables that are not settings: the config file's path, the sockets a
-# `--workers` parent hands its workers (ocs.listen_sockets), and the test suite's own.
-NOT_SETTINGS = frozenset({"OCS_CONFIG", "OCS_LISTEN_FDS", "OCS_SERVE_PART"})
+# `--workers` parent hands its workers (ocs.listen_sockets), the build switch that
+# compiles the hot modules (setup.py: left exported after a build, it must not stop
+# every command), and the test suite's and benchmarks' own.
+NOT_SETTINGS = frozenset({"OCS_CONFIG", "OCS_LISTEN_FDS", "OCS_SERVE_PART", "OCS_MYPYC"})
 TEST_PREFIX = "OCS_TEST_"
+BENCH_PREFIX = "OCS_BENCH_"
 
 
 def _closest(name: str, env: bool) -> str:
@@ -765,7 +768,7 @@ def _apply(values: dict[str, Any], source: Mapping[str, Any], origin: str, env: 
         name = key[len(ENV_PREFIX) :].lower() if env else key
         parser = _FIELDS.get(name)
         if parser is None:
-            if env and (key in NOT_SETTINGS or key.startswith(TEST_PREFIX)):
+            if env and (key in NOT_SETTINGS or key.startswith((TEST_PREFIX, BENCH_PREFIX))):
                 continue
             # A typo must not fall back to a default: OCS_REDIS_ULR would otherwise
             # start a private embedded Redis and charge calls against it.
