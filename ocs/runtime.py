@@ -252,7 +252,7 @@ async def open_runtime(
         try:
             async with await _open_pool(backends.database_url, settings.database_pool_size) as pool:
                 await _check_redis(redis, backends.redis_url)
-                await migrate(pool)
+                migrated_now = await migrate(pool)
                 # Before anything can make or look up a digest: a process with another
                 # pepper than the deployment's stops here (decision 0054).
                 digests = (
@@ -293,6 +293,7 @@ async def open_runtime(
                         counters=CounterService(pool, store),
                         cards=CardService(pool, store, digests, old_forms),
                         pin_guard=PinGuard(pipeline, settings),
+                        migrated_now=migrated_now,
                     )
                 finally:
                     await old_forms.stop()

@@ -54,6 +54,9 @@ class Services:
     # The process's backend tracker (one per process: the auto-pipeline, janitor and
     # ledger writer report to the same one), for /readyz.
     health: BackendHealth = field(default_factory=backend_health.default)
+    # The migrations ``open_runtime`` applied when it opened these services (versions):
+    # what `ocs db migrate` reports, since they are applied before any command runs.
+    migrated_now: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # The tracker exists before the settings are read; this is where they reach it.
