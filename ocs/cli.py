@@ -48,6 +48,7 @@ from ocs.cli_support import (
     amount_arg,
     checked,
     date_arg,
+    positive_bigint,
     print_json,
     progress_bar,
     read_bytes,
@@ -335,10 +336,12 @@ def _add_billing(commands: "Commands") -> None:
         billing, "post", "post drafts: gapless numbers, then the money moves", _billing_post
     )
     which = post.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", type=int, dest="run_id", help="every draft of this run")
-    which.add_argument("--invoice", type=int, action="append", help="this invoice (repeatable)")
+    which.add_argument("--run", type=positive_bigint, dest="run_id", help="every draft of this run")
+    which.add_argument(
+        "--invoice", type=positive_bigint, action="append", help="this invoice (repeatable)"
+    )
     resume = add_command(billing, "resume", "finish an unfinished run's chunks", _billing_resume)
-    resume.add_argument("run_id", type=int, metavar="RUN")
+    resume.add_argument("run_id", type=positive_bigint, metavar="RUN")
 
 
 def _add_invoices(commands: "Commands") -> None:
@@ -350,13 +353,13 @@ def _add_invoices(commands: "Commands") -> None:
     ilist.add_argument("--account")
     ilist.add_argument("--period", help="e.g. 2026-12")
     ilist.add_argument("--state", choices=INVOICE_STATES)
-    ilist.add_argument("--run", type=int, dest="run_id")
+    ilist.add_argument("--run", type=positive_bigint, dest="run_id")
     ishow = add_command(invoices, "show", "an invoice with its lines", _invoices_show)
-    ishow.add_argument("id", type=int)
+    ishow.add_argument("id", type=positive_bigint)
     ivoid = add_command(
         invoices, "void", "void a posted invoice with a credit note", _invoices_void
     )
-    ivoid.add_argument("id", type=int)
+    ivoid.add_argument("id", type=positive_bigint)
     preview = add_command(
         invoices,
         "preview",
@@ -394,13 +397,13 @@ def _add_subscriptions(commands: "Commands") -> None:
     status = add_command(
         subs, "status", "move a subscription to a new status", _subscriptions_status
     )
-    status.add_argument("id", type=int)
+    status.add_argument("id", type=positive_bigint)
     status.add_argument("status", choices=("pending", "active", "suspended", "cancelled"))
     status.add_argument("--on", help="a cancellation's first day without service, YYYY-MM-DD")
     add = add_command(
         subs, "add-charge", "add a charge to a subscription", _subscriptions_add_charge
     )
-    add.add_argument("id", type=int)
+    add.add_argument("id", type=positive_bigint)
     add.add_argument("charge")
     add.add_argument("--quantity", type=int, default=1)
     add.add_argument("--start", help="YYYY-MM-DD (default: the subscription's)")

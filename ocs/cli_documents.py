@@ -12,7 +12,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ocs.cli_support import UsageError, add_command, print_json, with_services
+from ocs.cli_support import (
+    UsageError,
+    add_command,
+    positive_bigint,
+    print_json,
+    with_services,
+)
 from ocs.config import Settings
 
 if TYPE_CHECKING:
@@ -26,7 +32,7 @@ def add_commands(commands: "Commands") -> None:
 def add_invoice_commands(invoices: "Commands") -> None:
     """Add ``pdf`` to the ``ocs invoices`` group."""
     pdf = add_command(invoices, "pdf", "write an invoice's PDF (a draft's preview)", _pdf)
-    pdf.add_argument("id", type=int, help="the invoice's id")
+    pdf.add_argument("id", type=positive_bigint, help="the invoice's id")
     pdf.add_argument(
         "--out", type=Path, help="the file to write (default: <number>.pdf in this directory)"
     )
@@ -36,8 +42,6 @@ def _pdf(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs invoices pdf``: write the PDF; print where and how large."""
     from ocs.billing import documents
 
-    if args.id < 1:
-        raise UsageError(f"id: expected a positive whole number, not {args.id}")
     found = with_services(
         settings, lambda s: documents.invoice_document(s.pool, s.settings, args.id)
     )

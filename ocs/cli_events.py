@@ -25,6 +25,7 @@ from ocs.cli_support import (
     add_group,
     checked,
     date_arg,
+    positive_bigint,
     print_json,
     to_builtins,
     with_services,
@@ -66,7 +67,7 @@ def add_commands(commands: "Commands") -> None:
     replay = add_command(
         events, "replay", "send an event again where it was not delivered", _events_replay
     )
-    replay.add_argument("event_id", type=int, help="the event's id")
+    replay.add_argument("event_id", type=positive_bigint, help="the event's id")
     replay.add_argument(
         "--webhook", help="only its delivery to this webhook (sent again even if delivered)"
     )
@@ -153,7 +154,6 @@ def _events_replay(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.events import queries, webhooks
     from ocs.http.event_handlers import Replayed, delivery_view
 
-    checked(lambda: queries.check_event_id(args.event_id, "EVENT_ID"))
     if args.webhook is not None:
         checked(lambda: webhooks.check_id(args.webhook, "--webhook"))
     found = with_services(settings, lambda s: queries.requeue(s.pool, args.event_id, args.webhook))

@@ -22,13 +22,13 @@ from ocs.cli_support import (
     amount_arg,
     checked,
     date_arg,
+    positive_bigint,
     print_json,
     read_bytes,
     to_builtins,
     with_services,
 )
 from ocs.config import Settings
-from ocs.whole_numbers import positive_id
 
 if TYPE_CHECKING:
     from ocs.cli_support import Commands
@@ -49,7 +49,7 @@ def add_commands(commands: "Commands") -> None:
     listed.add_argument("--account", help="only this account's")
     listed.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     refund = add_command(group, "refund", "refund part of a payment's credit", _payments_refund)
-    refund.add_argument("payment", help="the payment's id")
+    refund.add_argument("payment", type=positive_bigint, metavar="PAYMENT", help="the payment's id")
     refund.add_argument("--amount", required=True, help="a decimal amount, e.g. 5.00")
     refund.add_argument("--reference", help="the refund's own reference: made once")
     imported = add_command(group, "import", "apply a bank statement file", _payments_import)
@@ -98,10 +98,7 @@ def _payments_refund(args: argparse.Namespace, settings: Settings) -> int:
     from ocs.billing import payments
     from ocs.http.payment_handlers import refund_view
 
-    text = args.payment
-    payment_id = positive_id(text)
-    if payment_id is None:
-        raise UsageError(f"PAYMENT: expected a payment id (a positive whole number): {text[:40]!r}")
+    payment_id: int = args.payment
     amount = amount_arg(args.amount, "--amount")
     if amount <= 0:
         raise UsageError("--amount: a refund must be greater than zero")

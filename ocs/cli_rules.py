@@ -22,6 +22,7 @@ from ocs.cli_support import (
     amount_arg,
     checked,
     date_arg,
+    positive_bigint,
     print_json,
     read_bytes,
     to_builtins,
@@ -125,12 +126,12 @@ def _add_bundles(commands: "Commands") -> None:
     listed = add_command(bundles, "list", "list bundles", _bundles_list)
     listed.add_argument("--currency")
     attach = add_command(bundles, "attach", "put a bundle on a subscription", _bundles_attach)
-    attach.add_argument("subscription", type=int)
+    attach.add_argument("subscription", type=positive_bigint)
     attach.add_argument("bundle")
     attach.add_argument("--start", help="YYYY-MM-DD (default: the subscription's start)")
     attach.add_argument("--end", help="first day without it, YYYY-MM-DD")
     detach = add_command(bundles, "detach", "end a subscription's bundle on a day", _bundles_detach)
-    detach.add_argument("subscription", type=int)
+    detach.add_argument("subscription", type=positive_bigint)
     detach.add_argument("bundle")
     detach.add_argument(
         "--on", required=True, help="its first day without, YYYY-MM-DD (a fee before its term)"

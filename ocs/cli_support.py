@@ -18,6 +18,7 @@ import uvloop
 from ocs.config import Settings, setting_flags, setting_help
 from ocs.errors import OcsError, Reason
 from ocs.money import MoneyError, parse_amount
+from ocs.whole_numbers import MAX_BIGINT, positive_id
 
 if TYPE_CHECKING:
     from ocs.services import Services
@@ -97,6 +98,21 @@ def amount_arg(text: str, flag: str) -> int:
         return parse_amount(text)
     except MoneyError as exc:
         raise UsageError(f"{flag}: {exc}") from None
+
+
+def positive_bigint(text: str) -> int:
+    """An argparse ``type`` for a stored row's id (an invoice, a run, a subscription):
+    1 to PostgreSQL BIGINT's maximum.
+
+    argparse names the argument when this refuses (exit 2): past BIGINT an id reached
+    PostgreSQL and failed there with a traceback; and ``int()`` alone reads 4,300 digits.
+    """
+    value = positive_id(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive whole number up to {MAX_BIGINT}, not {text[:40]!r}"
+        )
+    return value
 
 
 def checked(check: Callable[[], T]) -> T:

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from ocs.cli import main
 from ocs.db.migrate import available_migrations
 from tests.conftest import with_database
 
@@ -45,6 +46,44 @@ def test_db_migrate_lists_the_migrations_it_applied_to_a_fresh_database(
     # Run again: nothing left to apply.
     code, again, err = ocs("db", "migrate")
     assert (code, again) == (0, {"applied_now": []}), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "argument"),
+    [
+        (("invoices", "show", HUGE), "id"),
+        (("invoices", "void", BIGINT_PAST), "id"),
+        (("invoices", "pdf", HUGE), "id"),
+        (("invoices", "list", "--run", HUGE), "--run"),
+        (("billing", "post", "--invoice", HUGE), "--invoice"),
+        (("billing", "post", "--run", HUGE), "--run"),
+        (("billing", "resume", HUGE), "RUN"),
+        (("subscriptions", "status", HUGE, "active"), "id"),
+        (("subscriptions", "add-charge", HUGE, "rent"), "id"),
+        (("bundles", "attach", HUGE, "b1"), "subscription"),
+        (("events", "replay", HUGE), "event_id"),
+        # Past the 4,300 digits int() reads: refused by its length.
+        (("payments", "refund", "1" * 4400, "--amount", "1"), "PAYMENT"),
+        (("invoices", "show", "0"), "id"),
+        (("invoices", "show", "-3"), "id"),
+    ],
+)
+def test_an_id_out_of_bigint_range_is_a_usage_error_naming_the_argument(
+    ocs: Any, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], argument: str
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert f"error: argument {argument}: expected a positive whole number" in last, err
+    assert "Traceback" not in err
+
+
+def test_the_largest_bigint_id_reaches_the_store_and_is_not_found(ocs: Any) -> None:
+    code, _, err = ocs("invoices", "show", "9223372036854775807")
+    assert code == 1, err
+    assert "not_found" in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize(
