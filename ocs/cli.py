@@ -102,12 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_process_commands(commands: "Commands") -> None:
     """serve, demo, warm-up, db migrate, reconcile and the billing worker."""
     add_command(commands, "serve", "run the charging server", _serve, serving=True)
-    add_command(
+    demo = add_command(
         commands,
         "demo",
-        "run the server with a demo catalog and funded accounts",
+        "run the server with a demo catalog and funded accounts (on stores holding nothing else)",
         _demo,
         serving=True,
+    )
+    demo.add_argument(
+        "--use-configured-stores",
+        action="store_true",
+        help="run it even where the stores hold data that is not the demo's (it adds funded"
+        " accounts and an admin token there; no billing worker runs beside it)",
     )
     add_command(
         commands,
@@ -532,10 +538,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    """``ocs demo``: the server with a demo catalog and funded accounts (one process)."""
-    from ocs.demo import run_demo
+    """``ocs demo``: the server with a demo catalog and funded accounts (one process);
+    refused (exit 2, one line) on stores holding data that is not the demo's, unless
+    ``--use-configured-stores``."""
+    from ocs.demo import DemoRefused, run_demo
 
-    uvloop.run(run_demo(settings))
+    try:
+        uvloop.run(run_demo(settings, use_configured_stores=args.use_configured_stores))
+    except DemoRefused as exc:
+        print(f"ocs: demo refused: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

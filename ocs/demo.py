@@ -8,6 +8,15 @@ puts it in the commands it prints. The first run prints the bootstrap token;
 a later one (whose earlier token was shown once and kept only as a digest)
 replaces its own ``demo`` token. A token set in ``OCS_ADMIN_BOOTSTRAP_TOKEN`` is
 never printed: the commands name the variable instead.
+
+The demo writes only into stores that hold nothing but its own data (or nothing
+at all: a new data dir, a new database): plans ``demo`` and ``demo-monthly`` and
+what belongs to them, the ``bootstrap`` and ``demo`` tokens. Elsewhere (a
+production database named by ``OCS_DATABASE_URL``, or the embedded stores
+``ocs serve`` keeps in /var/lib/ocs) it refuses before writing anything, unless
+``--use-configured-stores`` asks for it; even then no billing worker runs beside
+it (it would draft and post the other plans' runs), and its invoice is numbered
+in its own ``DEMO`` sequence, never the real ``INV`` one.
 """
 
 import asyncio
@@ -32,6 +41,7 @@ from ocs.config import RadiusClientConfig, Settings, default_data_dir, with_over
 from ocs.decks.rate_deck import parse_deck
 from ocs.errors import OcsError, Reason
 from ocs.radius.radclient_hint import radclient_command
+from ocs.runtime import BackendUnreachable
 from ocs.server import Listening, serve
 from ocs.services import Services
 
@@ -108,9 +118,99 @@ BILLING_FEE = Charge(
     gl_code="4000",
     plan_id=BILLING_PLAN.id,
 )
+# The demo's invoices have a gapless sequence of their own: DEMO-2026-000001.
+DEMO_ISSUER = "DEMO"
 # The demo's call: 45 s to a UK mobile, 0.15 + 0.06/min on 30/6: 48 s billed, 0.198.
 BILLING_CALL = ("447700900123", 45)
 CDR_WAIT_S = 30.0
+
+
+# What the demo loads: a database holding nothing else (or nothing) is the demo's own.
+DEMO_PLAN_IDS = [DEMO_PLAN.id, BILLING_PLAN.id]
+DEMO_TOKEN_NAMES = [api_tokens.BOOTSTRAP_NAME, DEMO_TOKEN_NAME]
+# (what, table, the condition a row that is not the demo's meets, its arguments). An
+# account, invoice or payment belongs to a plan: one on a plan not the demo's is counted
+# by "accounts"; a run of every plan (NULL) would draft and post every plan's invoices.
+_NOT_THE_DEMOS: tuple[tuple[str, str, str, tuple[list[str], ...]], ...] = (
+    ("plans", "plans", "id <> ALL($1::text[])", (DEMO_PLAN_IDS,)),
+    ("accounts", "accounts", "plan_id <> ALL($1::text[])", (DEMO_PLAN_IDS,)),
+    (
+        "invoice runs",
+        "invoice_runs",
+        "plan_id IS NULL OR plan_id <> ALL($1::text[])",
+        (DEMO_PLAN_IDS,),
+    ),
+    ("API tokens", "api_tokens", "name <> ALL($1::text[])", (DEMO_TOKEN_NAMES,)),
+    ("webhooks", "webhooks", "TRUE", ()),
+)
+# Counted up to this many: saying "over 1000 accounts" is enough, and costs no full scan.
+_COUNT_UP_TO = 1000
+OVERRIDE_FLAG = "--use-configured-stores"
+
+
+class DemoRefused(Exception):
+    """The stores hold data that is not the demo's: its one line says which, where, and
+    how to run the demo anyway."""
+
+
+async def other_data(conn: asyncpg.Connection) -> list[str]:
+    """What the database holds that is not the demo's, e.g. ``["plans: 3", "accounts: 12"]``;
+    empty for a database holding only the demo's data, or nothing (not migrated yet)."""
+    present = {
+        row["tablename"]
+        for row in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        )
+    }
+    found = []
+    for what, table, where, args in _NOT_THE_DEMOS:
+        if table not in present:
+            continue
+        count = await conn.fetchval(
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where}"
+            f" LIMIT {_COUNT_UP_TO + 1}) AS t",
+            *args,
+        )
+        if count > _COUNT_UP_TO:
+            found.append(f"{what}: over {_COUNT_UP_TO}")
+        elif count:
+            found.append(f"{what}: {count}")
+    return found
+
+
+def refusal(settings: Settings, found: list[str]) -> DemoRefused:
+    """The refusal of stores holding ``found`` (``other_data``), naming the database."""
+    from ocs.embedded import describe_url  # lazily, as ocs.runtime: it imports psutil
+
+    where = (
+        f"PostgreSQL {describe_url(settings.database_url)}"
+        if settings.database_url
+        else f"the embedded PostgreSQL in {settings.data_dir}"
+    )
+    return DemoRefused(
+        f"{where} holds data that is not the demo's ({', '.join(found)}); the demo would add"
+        " plans, funded accounts 1001, 1002 and 2001, an admin token and a posted invoice to"
+        " it: run it on stores of its own (a new --data-dir, no redis_url or database_url"
+        f" set), or pass {OVERRIDE_FLAG} to run it there anyway"
+    )
+
+
+async def check_configured_database(settings: Settings) -> None:
+    """Refuse (``DemoRefused``) a database named by ``database_url`` that holds data not the
+    demo's, before the server opens it: opening migrates it and makes a pepper."""
+    url = settings.database_url
+    if url is None:
+        return  # embedded: looked at once started (``run_demo``'s prepare)
+    try:
+        conn = await asyncpg.connect(url)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise BackendUnreachable("PostgreSQL", url, exc) from exc
+    try:
+        found = await other_data(conn)
+    finally:
+        await conn.close()
+    if found:
+        raise refusal(settings, found)
 
 
 def _month_start(today: date) -> date:
@@ -131,7 +231,14 @@ async def load_billing_demo(services: Services) -> None:
     first = _month_start(datetime.now(UTC).date())
     await set_plan_billing(
         services.pool,
-        PlanBilling(BILLING_PLAN.id, "fixed_date", first, cycle_day=1, invoice_message="Thank you"),
+        PlanBilling(
+            BILLING_PLAN.id,
+            "fixed_date",
+            first,
+            cycle_day=1,
+            invoice_message="Thank you",
+            issuer=DEMO_ISSUER,
+        ),
     )
     await create_charge(services.pool, BILLING_FEE)
     await services.accounts.create(
@@ -313,32 +420,59 @@ def _loopback_unless_asked(host: str) -> str:
     return "127.0.0.1" if host == "0.0.0.0" else host
 
 
-async def run_demo(settings: Settings, stopping: asyncio.Event | None = None) -> None:
-    """Serve with the demo data, and print the commands to try once listening."""
+async def run_demo(
+    settings: Settings,
+    stopping: asyncio.Event | None = None,
+    *,
+    use_configured_stores: bool = False,
+) -> None:
+    """Serve with the demo data, and print the commands to try once listening.
+
+    ``DemoRefused`` before writing anything when the stores hold data that is not the
+    demo's, unless ``use_configured_stores``; with it, no billing worker runs beside."""
     token: tuple[str, bool] = ("", True)
+    # Whether the stores held only the demo's data when it started (found in prepare).
+    own_stores = False
 
     stopping = stopping or asyncio.Event()
     worker_task: asyncio.Task[None] | None = None
+    if not use_configured_stores:
+        await check_configured_database(settings)
 
     async def prepare(services: Services) -> None:
-        nonlocal token
+        nonlocal token, own_stores
+        async with services.pool.acquire() as conn:
+            found = await other_data(conn)
+        if found and not use_configured_stores:
+            raise refusal(settings, found)
+        own_stores = not found
         await load_demo_data(services)
         await load_billing_demo(services)
         token = await demo_admin_token(services.pool, settings)
 
     async def ready(services: Services, listening: Listening) -> None:
         nonlocal worker_task
-        # A billing worker in this process, as `ocs billing-worker` runs one on its own.
-        worker = BillingWorker(
-            services.pool, WorkerSettings.of(settings), store=services.store, tax_settings=settings
-        )
-        worker_task = asyncio.create_task(worker.run(stopping))
+        if own_stores:
+            # A billing worker in this process, as `ocs billing-worker` runs one on its own:
+            # on the demo's own stores only, where every plan it would run is the demo's.
+            worker = BillingWorker(
+                services.pool,
+                WorkerSettings.of(settings),
+                store=services.store,
+                tax_settings=settings,
+            )
+            worker_task = asyncio.create_task(worker.run(stopping))
         text = demo_instructions(listening.http_port, *token)
         if listening.radius_auth_port and listening.radius_acct_port:
             text += "\n" + radius_instructions(
                 listening.radius_auth_port, listening.radius_acct_port
             )
         text += "\n" + billing_instructions(await billing_cycle(services), settings)
+        if not own_stores:
+            text += (
+                "\nNo billing worker runs beside this demo: these stores hold data that is"
+                " not the demo's, whose billing runs it would draft and post.\n"
+            )
         print(text, file=sys.stdout, flush=True)
 
     demo_client = RadiusClientConfig(
