@@ -9,7 +9,7 @@ from typing import Any
 
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
-from ocs.billing import runs
+from ocs.billing import posting, runs
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import (
     Charge,
@@ -227,3 +227,25 @@ async def ledger_written(services: Services, reference: str, dated: datetime) ->
         if entry is not None:
             return str(entry)
     raise AssertionError(f"the ledger writer did not write the entry {reference!r}")
+
+
+# Each posted invoice of the run posted the day it is dated, at local midnight where its
+# plan bills.
+_POSTED_ON_ITS_DATE_SQL = """
+UPDATE invoices i SET posted_at = i.invoice_date::timestamp AT TIME ZONE
+       COALESCE((SELECT pb.time_zone FROM plan_billing pb WHERE pb.plan_id = i.plan_id), 'UTC')
+WHERE i.run_id = $1 AND i.state = 'posted'
+"""
+
+
+async def post_on_time(services: Services, run_id: int) -> None:
+    """Post a run as a worker running on time does: each invoice posted on its own date.
+
+    Tests post on today's clock, then run dunning on a clock of 2026; dunning counts an
+    invoice's grace from the later of its date and the day it was posted (decision 0028),
+    so an invoice posted "today" would not be overdue on that clock.
+    """
+    await posting.post(services.pool, services.store, run_id=run_id)
+    async with services.pool.acquire() as conn:
+        await conn.execute(_POSTED_ON_ITS_DATE_SQL, run_id)
+

@@ -18,13 +18,14 @@ from ocs import metrics
 from ocs.balances.accounts import AccountSpec
 from ocs.billing import dunning, payments, posting
 from ocs.billing.cycles import PlanBilling
+from ocs.billing.document_data import load_facts
 from ocs.billing.dunning_store import DunningSettings, OpenInvoice
 from ocs.billing.gateway import GatewayEvent
 from ocs.billing.store import Subscription, add_charge, set_plan_billing, subscribe
 from ocs.call_cutting import call_cutter, nas_disconnect
 from ocs.config import with_overrides
 from ocs.services import Services
-from tests.billing_helpers import EUR, monthly, run
+from tests.billing_helpers import EUR, monthly, post_on_time, run
 from tests.conftest import CutRig, RunningApp, add_plan, eventually
 from tests.helpers import ocs_cli, radius, return_code, send
 from tests.nas_emulator import NAS_SECRET
@@ -60,9 +61,9 @@ async def postpaid(services: Services, account_id: str) -> int:
 
 
 async def post_march(services: Services) -> None:
-    """Invoice March on 1 April and post it (the rent moves: 10.00 owed)."""
+    """Invoice March on 1 April and post it that day (the rent moves: 10.00 owed)."""
     run_id = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
-    await posting.post(services.pool, services.store, run_id=run_id)
+    await post_on_time(services, run_id)
 
 
 async def one_notice_three_days_apart(app: RunningApp, *accounts: str) -> None:
@@ -432,6 +433,59 @@ def test_a_late_run_keeps_the_interval_and_the_plans_zone_sets_the_midnights() -
     # Berlin (UTC+2 in April): overdue from local midnight, 22:00 UTC the day before.
     berlin = dunning.next_step(open_invoice(tz="Europe/Berlin"))
     assert berlin is not None and berlin.due_at == at(4, 11, 22)
+
+
+async def test_a_late_posted_invoice_gets_its_whole_grace_from_the_day_it_was_posted(
+    app: RunningApp,
+) -> None:
+    """March's invoice is dated 1 April (grace 10 days) but the worker was down: it is
+    posted on 20 April, 22:00 in New York where the plan bills (02:00 UTC on the 21st).
+    Before, dunning counted from the date alone: notice 1 went out with the invoice."""
+    services = app.services
+    await add_plan(services)
+    await set_plan_billing(
+        services.pool,
+        PlanBilling(
+            "retail", "fixed_date", date(2026, 1, 1), time_zone="America/New_York",
+            cycle_day=1, grace_days=10,
+        ),
+    )  # fmt: skip
+    await monthly(services, "rent", 10 * EUR)
+    await postpaid(services, "late")
+    status, body = await app.put(
+        "/v1/plans/retail/dunning", {"max_notices": 1, "notice_interval_days": 3}
+    )
+    assert status == 200, body
+    run_id = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=run_id)
+    async with services.pool.acquire() as conn:
+        invoice_id = await conn.fetchval(
+            "UPDATE invoices SET posted_at = $1 WHERE account_id = 'late' RETURNING id",
+            at(4, 21, 2),
+        )
+
+    # Posted: nothing is overdue yet, though 1 April + 10 days is long past.
+    assert taken(await dun(app, at(4, 21, 2))) == []
+    # Due 30 April (the day it was posted, New York's 20 April, + 10): overdue at New
+    # York's next midnight, 04:00 UTC on 1 May; not from the UTC day (21 April).
+    assert taken(await dun(app, at(5, 1, 3, 59, 59))) == []
+    status, state = await app.get("/v1/accounts/late/dunning?at=2026-05-01T03:59:59Z")
+    assert status == 200, state
+    [shown] = state["invoices"]
+    assert (shown["invoice_date"], shown["due_date"], shown["overdue"]) == (
+        "2026-04-01",
+        "2026-04-30",
+        False,
+    )
+    assert taken(await dun(app, at(5, 1, 4))) == [("late", "notice", 1, "sent")]
+    [notice] = await events(services, "dunning.step")
+    assert (notice["due_date"], notice["next_step_at"]) == (
+        "2026-04-30",
+        "2026-05-04T00:00:00-04:00",
+    )
+    # The invoice's document asks for payment by that same day.
+    async with services.pool.acquire() as conn:
+        assert (await load_facts(conn, invoice_id)).due_date == date(2026, 4, 30)
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ from ocs.events.delivery import (
 )
 from ocs.events.outbox import emit
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, cdr, customer, monthly, run
+from tests.billing_helpers import EUR, billed_plan, cdr, customer, monthly, post_on_time, run
 from tests.conftest import RunningApp, eventually
 from tests.helpers import ocs_cli
 from tests.ports import free_port
@@ -198,7 +198,7 @@ async def test_a_customer_who_paid_gets_service_restored_not_a_payment_reminder(
     await add_charge(services.pool, sub, "rent")
     await billing_email(services, "late", "owner@late.test")
     run_id = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
-    await posting.post(services.pool, services.store, run_id=run_id)
+    await post_on_time(services, run_id)
     report = await dunning.run_dunning(
         services.pool, services.store, services.settings, datetime(2026, 4, 12, tzinfo=UTC)
     )
@@ -247,7 +247,7 @@ async def test_paying_under_an_operators_lock_sends_no_service_restored(
         await billing_email(services, account_id, f"owner@{account_id}.test")
     await services.accounts.update_policy("fraud", status="locked")
     run_id = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
-    await posting.post(services.pool, services.store, run_id=run_id)
+    await post_on_time(services, run_id)
     report = await dunning.run_dunning(
         services.pool, services.store, services.settings, datetime(2026, 4, 12, tzinfo=UTC)
     )

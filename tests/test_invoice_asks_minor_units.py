@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from ocs.balances.accounts import AccountSpec
-from ocs.billing import bank_files, payments, posting
+from ocs.billing import bank_files, payments
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.document_data import load_facts
 from ocs.billing.document_layout import Issuer, layout
@@ -25,7 +25,7 @@ from ocs.billing.owed import asked
 from ocs.billing.store import Subscription, set_plan_billing, subscribe
 from ocs.db.migrate import available_migrations
 from ocs.services import Services
-from tests.billing_helpers import cdr, invoice_id, run
+from tests.billing_helpers import cdr, invoice_id, post_on_time, run
 from tests.conftest import RunningApp, add_plan, with_database
 
 
@@ -71,7 +71,7 @@ async def dunned_plan(app: RunningApp, plan: str, currency: str) -> None:
 async def march_posted(app: RunningApp) -> None:
     """March invoiced on 1 April and posted."""
     run_id = await run(app.services, "2026-03", invoice_date=date(2026, 4, 1))
-    await posting.post(app.services.pool, app.services.store, run_id=run_id)
+    await post_on_time(app.services, run_id)
 
 
 async def dun(app: RunningApp, when: datetime) -> dict:

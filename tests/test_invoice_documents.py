@@ -149,6 +149,12 @@ async def test_a_posted_invoice_pdf_shows_its_figures_and_is_stored_once(
     assert not stored_dir.exists() or list(stored_dir.iterdir()) == []
 
     await ok(app, "POST", f"/v1/invoices/{invoice_id}/post")
+    # Posted on its date (1 April), as a worker on time does: the due date counts from
+    # the later of the two (decision 0028), and this test posts on today's clock.
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE invoices SET posted_at = '2026-04-01T00:00:00Z' WHERE id = $1", invoice_id
+        )
     shown = await ok(app, "GET", f"/v1/invoices/{invoice_id}")
     # Rent 10.00 + usage 0.50 = 10.50; VAT 20% of the STD rent only: 2.00; total 12.50.
     assert (shown["number"], shown["subtotal"], shown["tax_total"], shown["total"]) == (

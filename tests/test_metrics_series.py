@@ -27,7 +27,7 @@ from ocs.backend_health import POSTGRESQL, BackendHealth
 from ocs.balances import keys
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
-from ocs.billing import dunning, dunning_store, payments, posting, runs
+from ocs.billing import dunning, dunning_store, payments, runs
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.payments import NewPayment
 from ocs.billing.store import Subscription, add_charge, set_plan_billing, subscribe
@@ -36,7 +36,7 @@ from ocs.config import with_overrides
 from ocs.events.delivery import deliver_pending
 from ocs.services import Services
 from ocs.state_metrics import StateSampler, top
-from tests.billing_helpers import EUR, billed_plan, customer, monthly, run
+from tests.billing_helpers import EUR, billed_plan, customer, monthly, post_on_time, run
 from tests.conftest import RunningApp, RunningRadius, add_plan, caught_up
 from tests.helpers import acct, auth, new_account
 from tests.outage_helpers import FlakyPool
@@ -522,7 +522,7 @@ async def test_a_dunning_run_counts_its_steps_and_leaves_no_backlog(services: Se
     await add_charge(services.pool, sub, "rent")
     await dunning_store.set_plan_settings(services.pool, "retail", 2, 7)
     run_id = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
-    await posting.post(services.pool, services.store, run_id=run_id)
+    await post_on_time(services, run_id)
     notices = sample("ocs_dunning_steps_total", step="notice", outcome="sent")
     metrics.DUNNING_BACKLOG.set(5)  # what an earlier run that failed half-way left
 

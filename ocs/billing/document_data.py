@@ -25,6 +25,7 @@ SELECT i.id, i.kind, i.state, i.number, i.account_id, i.plan_id, i.currency, i.i
        i.message, COALESCE(i.window_start, i.period_start) AS usage_from,
        v.number AS voids_number,
        COALESCE(pb.grace_days, 0) AS grace_days, COALESCE(pb.time_zone, 'UTC') AS time_zone,
+       (i.posted_at AT TIME ZONE COALESCE(pb.time_zone, 'UTC'))::date AS posted_on,
        s.billing_address, s.billing_city, s.billing_county, s.billing_region,
        s.billing_postal_code, s.billing_country
 FROM invoices i
@@ -129,6 +130,8 @@ class InvoiceFacts:
     voids_number: str | None = None
     # What a posted invoice asks (stored at posting); None for a draft.
     amount_asked: int | None = None
+    # The local day it was posted; None for a draft.
+    posted_on: date | None = None
 
     @property
     def asks(self) -> int:
@@ -140,8 +143,12 @@ class InvoiceFacts:
 
     @property
     def due_date(self) -> date:
-        """When payment is due: the invoice date plus the plan's grace days."""
-        return self.invoice_date + timedelta(days=self.grace_days)
+        """When payment is due: the plan's grace days after the later of the invoice date
+        and the day it was posted, the due date dunning counts from (decision 0028)."""
+        start = self.invoice_date
+        if self.posted_on is not None and self.posted_on > start:
+            start = self.posted_on
+        return start + timedelta(days=self.grace_days)
 
 
 async def load_facts(conn: asyncpg.Connection, invoice_id: int) -> InvoiceFacts:
@@ -191,4 +198,5 @@ async def load_facts(conn: asyncpg.Connection, invoice_id: int) -> InvoiceFacts:
         usage_from=row["usage_from"],
         voids_number=row["voids_number"],
         amount_asked=row["amount_asked"],
+        posted_on=row["posted_on"],
     )

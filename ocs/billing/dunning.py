@@ -1,7 +1,9 @@
 """Dunning: notices for unpaid invoices, then suspension; payment in full reactivates.
 
 An invoice is overdue from the first local midnight (the plan's billing time
-zone) after its due date, ``invoice_date + grace_days``. A plan that duns
+zone) after its due date: ``grace_days`` after the later of its invoice date and
+the local day it was posted (a back-filled or late-posted invoice is dated days
+before it is posted, and gets its whole grace all the same). A plan that duns
 (``plan_billing.max_notices`` set) then sends notice 1 at once, each next
 notice ``notice_interval_days`` after the previous one (counted in local days,
 never sooner than the schedule), and suspends the account that interval after
@@ -56,8 +58,14 @@ class Step:
 
 
 def due_date(invoice: OpenInvoice) -> date:
-    """The last day to pay: the invoice date plus the plan's grace days."""
-    return invoice.invoice_date + timedelta(days=invoice.settings.grace_days)
+    """The last day to pay: the plan's grace days after the later of the invoice date and
+    the local day it was posted. An invoice posted days after its date (a worker that was
+    down, a back-filled plan) would otherwise be overdue, notice 1 sent, the moment the
+    customer receives it (decision 0028, addendum 2026-12-07)."""
+    start = invoice.invoice_date
+    if invoice.posted_on is not None and invoice.posted_on > start:
+        start = invoice.posted_on
+    return start + timedelta(days=invoice.settings.grace_days)
 
 
 def overdue_from(invoice: OpenInvoice) -> datetime:

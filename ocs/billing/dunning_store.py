@@ -129,6 +129,10 @@ class OpenInvoice:
     # Which round of dunning: one more each time the invoice is reopened after it was
     # paid in full (a refund or chargeback), dunned again from its first notice.
     round: int = 0
+    # The day it was posted, in the plan's time zone (None: posted before posting was
+    # timed). A back-filled or late-posted invoice is dated days before: its grace
+    # counts from this day, never from before the customer could have seen it.
+    posted_on: date | None = None
 
     @property
     def outstanding(self) -> int:
@@ -146,7 +150,8 @@ SELECT i.id, i.number, i.account_id, i.currency, i.invoice_date, {ASKED_SQL} AS 
        EXISTS (SELECT 1 FROM dunning_steps s
                WHERE s.invoice_id = i.id AND s.round = i.dunning_round
                  AND s.step = 'suspension') AS suspended,
-       i.dunning_round
+       i.dunning_round, (i.posted_at AT TIME ZONE COALESCE(pb.time_zone, 'UTC'))::date
+       AS posted_on
 FROM invoices i LEFT JOIN plan_billing pb ON pb.plan_id = i.plan_id
 WHERE {_UNPAID}
 """
@@ -171,14 +176,17 @@ def _open_of(row: Any) -> OpenInvoice:
         notices=tuple(row["notices"]),
         suspended=row["suspended"],
         round=row["dunning_round"],
+        posted_on=row["posted_on"],
     )
 
 
 async def dunned_invoices(conn: asyncpg.Connection, not_after: date) -> list[OpenInvoice]:
-    """Unpaid invoices of plans that dun whose due date (invoice date + grace) is on or
-    before ``not_after``, oldest first; a step is due on none of the others."""
+    """Unpaid invoices of plans that dun whose due date (the later of the invoice date
+    and the posting day, + grace) is on or before ``not_after``, oldest first; a step is
+    due on none of the others."""
     rows = await conn.fetch(
-        _OPEN_SQL + " AND pb.max_notices IS NOT NULL AND i.invoice_date + pb.grace_days <= $1"
+        _OPEN_SQL + " AND pb.max_notices IS NOT NULL AND GREATEST(i.invoice_date,"
+        " (i.posted_at AT TIME ZONE COALESCE(pb.time_zone, 'UTC'))::date) + pb.grace_days <= $1"
         " ORDER BY i.invoice_date, i.id",
         not_after,
     )
