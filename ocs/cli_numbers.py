@@ -61,11 +61,15 @@ def _add_numbers(commands: "Commands") -> None:
     take = add_command(numbers, "take", "give an account a number of its plan's sets", _take)
     take.add_argument("account")
     take.add_argument("--number", help="this number (default: the next free one)")
-    take.add_argument("--on", help="from this day, YYYY-MM-DD (default: today)")
+    take.add_argument(
+        "--on", help="from this day, YYYY-MM-DD (default: today where the plan bills)"
+    )
     release = add_command(numbers, "release", "an account gives a number back", _release)
     release.add_argument("account")
     release.add_argument("number")
-    release.add_argument("--on", help="its first day without, YYYY-MM-DD (default: today)")
+    release.add_argument(
+        "--on", help="its first day without, YYYY-MM-DD (default: today where the plan bills)"
+    )
     listed = add_command(numbers, "list", "the numbers an account holds", _numbers_list)
     listed.add_argument("account")
 

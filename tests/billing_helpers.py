@@ -4,8 +4,9 @@ charges, invoice runs, the invoices they leave, and CDRs written straight into P
 Not a test module. Amounts are integer micro-units; ``EUR`` is one euro.
 """
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
@@ -249,3 +250,15 @@ async def post_on_time(services: Services, run_id: int) -> None:
     async with services.pool.acquire() as conn:
         await conn.execute(_POSTED_ON_ITS_DATE_SQL, run_id)
 
+
+def zone_off_utcs_day() -> str:
+    """A time zone whose date is not UTC's right now: UTC+14 (Kiritimati) from 11:00 UTC,
+    UTC-12 before. A test of "today where the plan bills" in it fails on UTC's today."""
+    return "Pacific/Kiritimati" if datetime.now(UTC).hour >= 11 else "Etc/GMT+12"
+
+
+def today_in(zone: str) -> date:
+    """Today in ``zone``, checked to differ from UTC's today (else the test proves nothing)."""
+    today = datetime.now(ZoneInfo(zone)).date()
+    assert today != datetime.now(UTC).date(), zone
+    return today

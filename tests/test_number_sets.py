@@ -21,7 +21,15 @@ from ocs.billing.store import Charge, create_charge
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, customer, invoices, run
+from tests.billing_helpers import (
+    EUR,
+    billed_plan,
+    customer,
+    invoices,
+    run,
+    today_in,
+    zone_off_utcs_day,
+)
 from tests.conftest import (
     RunningApp,
     RunningRadius,
@@ -224,6 +232,40 @@ async def test_each_number_triggers_its_kind_s_charge_on_the_next_invoice(
         ("Number Recurring Charge 4420100 (10/30 days)", 670_000),
         ("Toll-Free Number Recurring Charge 8005550100", 3 * EUR),
     ]
+
+
+async def test_a_number_taken_and_released_without_a_day_counts_where_the_plan_bills(
+    services: Services,
+) -> None:
+    """A take or release with no day is dated today where the plan bills, the zone its
+    invoices cut their periods in. Before, it was today in UTC: a number taken at 20:00
+    in New York on 31 March started on 1 April, and its charge moved to April's invoice."""
+    zone = zone_off_utcs_day()
+    await billed_plan(services, tz=zone)
+    await create_charge(
+        services.pool,
+        Charge("did-rc", "Number Recurring Charge", "DID", "EUR", 2 * EUR, "triggered",
+               cadence="monthly"),
+    )  # fmt: skip
+    await number_sets.create_set(services.pool, "dids", "did")
+    await number_sets.import_numbers(services.pool, "dids", "number\n4420100\n")
+    await number_sets.assign_to_plan(services.pool, "dids", "retail", 10)
+    await customer(services, "n1", None, date(2026, 1, 1))
+
+    today = today_in(zone)
+    taken = await number_sets.take_number(services.pool, services.store, "n1")
+    assert taken.assigned_on == today
+    await number_sets.release(services.pool, services.store, "n1", "4420100")
+    async with services.pool.acquire() as conn:
+        charged = await conn.fetchrow(
+            "SELECT start_date, end_date FROM account_numbers WHERE account_id = 'n1'"
+        )
+        [event] = await conn.fetch(
+            "SELECT data FROM events WHERE kind = 'number.assigned' AND subject = 'n1'"
+        )
+    # Its charge runs from that day, and stops on it (released the same day).
+    assert (charged["start_date"], charged["end_date"]) == (today, today)
+    assert json.loads(event["data"])["on"] == today.isoformat()
 
 
 async def numbered_customers(services: Services) -> None:

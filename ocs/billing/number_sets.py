@@ -21,7 +21,8 @@ import csv
 import io
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -280,6 +281,24 @@ _NEXT_FREE = (
 )
 
 
+async def today_where_billed(pool: asyncpg.Pool, account_id: str) -> date:
+    """Today in the time zone the account's plan bills in (UTC for a plan without billing
+    settings, or an unknown account, which the take or release then refuses).
+
+    The day a take or release starts or stops the number's charge, and invoices cut
+    their periods at that zone's midnights: a number taken at 20:00 in New York on
+    31 March, taken "today" in UTC, started on 1 April; its charge moved to April's
+    invoice and 31 March went unbilled.
+    """
+    async with pool.acquire() as conn:
+        zone = await conn.fetchval(
+            "SELECT COALESCE(pb.time_zone, 'UTC') FROM accounts a"
+            " LEFT JOIN plan_billing pb ON pb.plan_id = a.plan_id WHERE a.id = $1",
+            account_id,
+        )
+    return datetime.now(ZoneInfo(zone or "UTC")).date()
+
+
 async def take_number(
     pool: asyncpg.Pool,
     store: BalanceStore,
@@ -288,14 +307,15 @@ async def take_number(
     on: date | None = None,
 ) -> TakenNumber:
     """Give the account the next free number of its plan's sets (or ``number``) from
-    day ``on`` (default today, UTC); it triggers its charge and identifies the account.
+    day ``on`` (default today where its plan bills, ``today_where_billed``); it triggers
+    its charge and identifies the account.
 
     404 when the plan's sets have no free number (or no such number), 409 for a
     number another account holds.
     """
     if number is not None:
         number = validate_number(number)
-    day = on or datetime.now(UTC).date()
+    day = on or await today_where_billed(pool, account_id)
     # The number Redis was told of, once it was: put back if the take does not commit.
     told: str | None = None
     try:
@@ -466,9 +486,10 @@ async def release(
     pool: asyncpg.Pool, store: BalanceStore, account_id: str, number: str, on: date | None = None
 ) -> None:
     """The account gives the number back on day ``on`` (its first day without it,
-    default today, UTC): its charge stops there, prorated, and it is free again."""
+    default today where its plan bills, ``today_where_billed``): its charge stops there,
+    prorated, and it is free again."""
     number = validate_number(number)
-    day = on or datetime.now(UTC).date()
+    day = on or await today_where_billed(pool, account_id)
     told = False  # whether Redis was told: then put back if the release does not commit
     try:
         async with pool.acquire() as conn, conn.transaction():

@@ -139,9 +139,12 @@ class TakeNumber(Params):
     """The number to take (left out: the next free one of the plan's sets), from a day."""
 
     number: Number | None = None
-    on: Annotated[date, msgspec.Meta(description="from this day (default: today, UTC)")] | None = (
-        None
-    )
+    on: (
+        Annotated[
+            date, msgspec.Meta(description="from this day (default: today where the plan bills)")
+        ]
+        | None
+    ) = None
 
 
 class AccountNumberView(Answer):
@@ -193,7 +196,8 @@ async def account_numbers(request: web.Request, params: None) -> AccountNumberLi
 
 
 class ReleaseNumber(Params):
-    """The first day without the number (the query string; default today, UTC)."""
+    """The first day without the number (the query string; default today where the plan
+    bills)."""
 
     on: date | None = None
 
