@@ -19,7 +19,16 @@ from ocs.billing.void import void
 from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.errors import OcsError
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, customer, invoices, monthly, run
+from tests.billing_helpers import (
+    EUR,
+    billed_plan,
+    customer,
+    invoices,
+    monthly,
+    run,
+    today_in,
+    zone_off_utcs_day,
+)
 from tests.conftest import add_plan
 
 
@@ -162,6 +171,28 @@ async def test_void_issues_a_numbered_credit_note_that_gives_the_money_back(
     async with services.pool.acquire() as conn:
         with pytest.raises(asyncpg.CheckViolationError, match="void -> posted"):
             await conn.execute("UPDATE invoices SET state = 'posted' WHERE id = $1", first)
+
+
+async def test_a_credit_note_is_dated_today_where_the_plan_bills(services: Services) -> None:
+    """Before, a credit note was dated the database server's ``current_date``: a void at
+    16:00 in Los Angeles on 31 December was dated 1 January, in the next year's number
+    series and revenue month."""
+    zone = zone_off_utcs_day()
+    await billed_plan(services, tz=zone)
+    await monthly(services, "rent", 10 * EUR)
+    await customer(services, "p1", "rent", date(2026, 1, 1), balance=20 * EUR)
+    run_id = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    [invoice_id] = (await posting.post(services.pool, services.store, run_id=run_id)).numbers
+
+    today = today_in(zone)
+    note = await void(services.pool, services.store, invoice_id)
+
+    async with services.pool.acquire() as conn:
+        dated = await conn.fetchval(
+            "SELECT invoice_date FROM invoices WHERE id = $1", note.credit_note_id
+        )
+    assert dated == today
+    assert note.number == f"CN-{today.year}-000001"
 
 
 async def test_a_void_cut_short_before_its_credit_note_moved_money_is_finished_by_the_worker(

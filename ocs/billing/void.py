@@ -44,7 +44,9 @@ UPDATE payments p SET allocated = p.allocated - f.amount FROM freed f WHERE p.id
 # what the real-time path debited are not reversed, so they count in none of them. It
 # carries no message: the plan's invoice message is an invoice's (how to pay it), and
 # a credit note asks for nothing. Nor a statement: its columns keep their zeros, which
-# no view shows (decision 0026).
+# no view shows (decision 0026). It is dated today where the plan bills, as its
+# invoices are: the database server's ``current_date`` dated a void at 16:00 in Los
+# Angeles on 31 December 1 January, in the next year's number series and revenue month.
 _CREDIT_NOTE_SQL = """
 WITH moved AS (
   SELECT COALESCE(sum(amount) FILTER (WHERE kind <> 'tax'), 0) AS subtotal,
@@ -55,9 +57,10 @@ INSERT INTO invoices (account_id, plan_id, kind, period_start, period_end, perio
                       currency, invoice_date, issuer, subtotal, tax_total, total,
                       taxes_calculated, message, voids_invoice_id)
 SELECT i.account_id, i.plan_id, 'credit_note', i.period_start, i.period_end, i.period_label,
-       i.currency, current_date, $2, -m.subtotal, -m.tax_total, -(m.subtotal + m.tax_total),
-       i.taxes_calculated, '', i.id
-FROM invoices i CROSS JOIN moved m WHERE i.id = $1
+       i.currency, (now() AT TIME ZONE COALESCE(pb.time_zone, 'UTC'))::date, $2, -m.subtotal,
+       -m.tax_total, -(m.subtotal + m.tax_total), i.taxes_calculated, '', i.id
+FROM invoices i CROSS JOIN moved m LEFT JOIN plan_billing pb ON pb.plan_id = i.plan_id
+WHERE i.id = $1
 RETURNING id
 """
 
