@@ -508,3 +508,30 @@ async def test_a_rate_types_tax_code_wins_over_its_zones(services: Services) -> 
         ("Calls to UK Mobile, roaming", "roaming", 2 * UNIT),
         ("VAT 20% of 1.00 GBP", None, 200_000),
     ]
+
+
+async def test_a_preview_is_taxed_by_the_day_where_its_plan_bills(services: Services) -> None:
+    """A plan billing in Kiritimati (UTC+14); VAT in force from 10 March. A dry run at
+    12:00 UTC on 9 March is 02:00 on 10 March there: taxed. Before, the dry run was dated
+    the UTC day (9 March) and showed no tax."""
+    await add_plan(services, "kiri", currency="GBP")
+    await set_plan_billing(
+        services.pool,
+        PlanBilling(
+            "kiri", "fixed_date", date(2026, 1, 1), time_zone="Pacific/Kiritimati", cycle_day=1
+        ),
+    )
+    await charge(services, "rent", 10 * UNIT, "GBP")
+    await taxes.create_tax(
+        services.pool, Tax("GB-VAT", "VAT", 20_000_000, "federal", "GBP", date(2026, 3, 10))
+    )
+    await taxes.assign_tax(services.pool, "kiri", "GB-VAT", "tax_code", "STD")
+    await account(services, "k1", "kiri", ["rent"])
+
+    async def taxed(at: datetime) -> list[int]:
+        _period, _currency, shown = await preview(services.pool, "k1", at)
+        return [line.amount for line in shown if line.kind == "tax"]
+
+    # 23:59:59 on 9 March where the plan bills: VAT not yet in force.
+    assert await taxed(datetime(2026, 3, 9, 9, 59, 59, tzinfo=UTC)) == []
+    assert await taxed(datetime(2026, 3, 9, 12, tzinfo=UTC)) == [2 * UNIT]

@@ -693,6 +693,8 @@ async def preview(
     when = at or datetime.now(UTC)
     async with pool.acquire() as conn:
         group, _plan = await account_group(conn, account_id, when)
-        computed = await compute(conn, group, Options(invoice_date=when.date()))
+        # Dated the local day where the plan bills (the taxes in force that day), not
+        # the day of ``when`` in whatever zone it was given in.
+        computed = await compute(conn, group, Options(invoice_date=group.period.local_day(when)))
     currency, found = computed[account_id]
     return group.period, currency, found
