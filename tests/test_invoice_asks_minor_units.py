@@ -23,7 +23,8 @@ from ocs.billing.document_layout import Issuer, layout
 from ocs.billing.gateway import parse_event
 from ocs.billing.owed import asked
 from ocs.billing.store import Subscription, set_plan_billing, subscribe
-from ocs.db.migrate import available_migrations
+from ocs.db import migrate as migrate_module
+from ocs.db.migrate import available_migrations, migrate
 from ocs.services import Services
 from tests.billing_helpers import cdr, invoice_id, post_on_time, run
 from tests.conftest import RunningApp, add_plan, with_database
@@ -247,12 +248,19 @@ async def test_migration_0062_stores_what_invoices_posted_before_it_ask_by_the_s
     name = f"ocs_m0062_{uuid.uuid4().hex[:10]}"
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        conn = await asyncpg.connect(with_database(backend_urls[1], name))
+        pool = await asyncpg.create_pool(
+            with_database(backend_urls[1], name), min_size=1, max_size=2
+        )
+        conn = await pool.acquire()
         try:
-            [(_, _, m0062)] = [m for m in available_migrations() if m[0] == 62]
-            for version, _, sql in available_migrations():
-                if version < 62:
-                    await conn.execute(sql)
+            shipped = available_migrations()
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(
+                    migrate_module,
+                    "available_migrations",
+                    lambda: [m for m in shipped if m[0] < 62],
+                )
+                await migrate(pool)
             for n, (account, currency, state, due, new) in enumerate(BEFORE_0062):
                 await conn.execute(
                     "INSERT INTO plans (id, name, currency) VALUES ($1, $1, $2)"
@@ -296,13 +304,14 @@ async def test_migration_0062_stores_what_invoices_posted_before_it_ask_by_the_s
                     settled,
                 )
 
-            await conn.execute(m0062)
+            await migrate(pool)
 
             rows = await conn.fetch(
                 "SELECT account_id, amount_asked, amount_paid, paid_at FROM invoices ORDER BY id"
             )
         finally:
-            await conn.close()
+            await pool.release(conn)
+            await pool.close()
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

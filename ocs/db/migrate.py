@@ -1,8 +1,18 @@
 """Versioned SQL migrations, applied in order, each once, under an advisory lock.
 
 Files in ``ocs/db/migrations`` are named ``NNNN_name.sql``; the version is the
-number. Several processes may start at once: a PostgreSQL advisory lock makes
-them apply migrations one at a time, and each sees what the others did.
+number, and ``schema_migrations`` records each applied version with its name. Several
+processes may start at once: a PostgreSQL advisory lock makes them apply migrations one
+at a time, and each sees what the others did.
+
+A version is used once, ever (``ocs/db/migrations/README.md``): the runner refuses to
+start when two files share a version, when a recorded version's name is not its file's,
+or when a version not applied is lower than the highest applied (a file added below
+what a database already has would never have been applied elsewhere in order).
+
+Each file runs in one transaction whose lock waits are bounded (``migration_steps``); a
+version may also have a step run after it in many transactions (a backfill), recorded as
+unfinished until it is done and resumed by the next start if it was stopped.
 """
 
 import logging
@@ -11,6 +21,9 @@ from importlib import resources
 
 import asyncpg
 
+from ocs.config import ConfigError
+from ocs.db.migration_steps import STEPS, MigrationLockTimeout, Progress, in_transaction
+
 log = logging.getLogger("ocs.db")
 
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -18,40 +31,138 @@ _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x6F6373
 
 
+class MigrationRefused(ConfigError):
+    """The shipped migrations and the database's record disagree: nothing is applied.
+
+    A ``ConfigError``: the command stops with one line and the configuration exit code."""
+
+
 def available_migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every shipped migration, in version order."""
+    """(version, name, sql) of every shipped migration, in version order.
+
+    ``MigrationRefused`` when a ``.sql`` file is not named ``NNNN_name.sql`` or two share
+    a version."""
     found = []
     for entry in resources.files("ocs.db").joinpath("migrations").iterdir():
         match = _NAME_RE.match(entry.name)
         if match:
             found.append((int(match[1]), match[2], entry.read_text(encoding="utf-8")))
-    return sorted(found)
+        elif entry.name.endswith(".sql"):
+            raise MigrationRefused(
+                f"migration file {entry.name}: not named NNNN_name.sql (lower case)"
+            )
+    found.sort()
+    check_unique(found)
+    return found
 
 
-async def migrate(pool: asyncpg.Pool) -> list[int]:
-    """Apply pending migrations; returns the versions applied now."""
-    applied_now: list[int] = []
+def check_unique(migrations: list[tuple[int, str, str]]) -> None:
+    """``MigrationRefused`` naming the files of any version used twice."""
+    names: dict[int, list[str]] = {}
+    for version, name, _ in migrations:
+        names.setdefault(version, []).append(f"{version:04d}_{name}.sql")
+    twice = {v: files for v, files in names.items() if len(files) > 1}
+    if twice:
+        said = "; ".join(" and ".join(sorted(files)) for files in twice.values())
+        raise MigrationRefused(f"migrations: one version, several files: {said}")
+
+
+def check_against_applied(migrations: list[tuple[int, str, str]], applied: dict[int, str]) -> None:
+    """``MigrationRefused`` when a recorded version's name is not its file's, or a
+    version not applied is below the highest applied one."""
+    wrong = [
+        f"{version:04d} is {applied[version]!r} in schema_migrations, {name!r} in"
+        f" {version:04d}_{name}.sql"
+        for version, name, _ in migrations
+        if version in applied and applied[version] != name
+    ]
+    if wrong:
+        raise MigrationRefused(
+            "migrations: a version applied under another name (each version names one"
+            " migration, for ever): " + "; ".join(wrong)
+        )
+    highest = max(applied, default=0)
+    below = [f"{v:04d}_{name}.sql" for v, name, _ in migrations if v not in applied and v < highest]
+    if below:
+        raise MigrationRefused(
+            f"migrations: {', '.join(below)} not applied, below {highest:04d} already"
+            " applied: a new migration takes a version above every shipped one"
+        )
+
+
+async def migrate(pool: asyncpg.Pool, *, progress: Progress | None = None) -> list[int]:
+    """Apply pending migrations (finishing any step left unfinished); returns the
+    versions applied now. ``progress`` is told after each range a step commits."""
     async with pool.acquire() as conn:
+        # A role's statement_timeout would stop a long step (and the wait for the lock
+        # below, while another process migrates) at every start. The pool resets it.
+        await conn.execute("SET statement_timeout = 0")
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         try:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, name, sql in available_migrations():
-                if version in done:
-                    continue
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        version,
-                        name,
-                    )
-                log.info("applied migration", extra={"version": version, "migration": name})
-                applied_now.append(version)
+            return await _migrate_locked(conn, progress)
+        except MigrationLockTimeout as exc:
+            raise MigrationRefused(str(exc)) from exc
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            await conn.execute("RESET statement_timeout")
+
+
+async def _migrate_locked(conn: asyncpg.Connection, progress: Progress | None) -> list[int]:
+    """``migrate`` under the advisory lock."""
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+        " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    # false while the version's step (migration_steps) has not run to its end.
+    await conn.execute(
+        "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS finished BOOLEAN NOT NULL"
+        " DEFAULT true"
+    )
+    rows = await conn.fetch("SELECT version, name, finished FROM schema_migrations")
+    migrations = available_migrations()
+    check_unique(migrations)
+    check_against_applied(migrations, {r["version"]: r["name"] for r in rows})
+    for row in sorted(rows, key=lambda r: r["version"]):
+        if not row["finished"]:
+            log.info("resuming migration step", extra={"version": row["version"]})
+            await _run_step(conn, row["version"], progress)
+    done = {r["version"] for r in rows}
+    applied_now: list[int] = []
+    for version, name, sql in migrations:
+        if version in done:
+            continue
+        await _apply(conn, version, name, sql)
+        if version in STEPS:
+            await _run_step(conn, version, progress)
+        log.info("applied migration", extra={"version": version, "migration": name})
+        applied_now.append(version)
     return applied_now
+
+
+async def _apply(conn: asyncpg.Connection, version: int, name: str, sql: str) -> None:
+    """One file in one transaction, recorded in it (unfinished when it has a step)."""
+
+    async def run() -> None:
+        """The file's SQL and its record."""
+        await conn.execute(sql)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, finished) VALUES ($1, $2, $3)",
+            version,
+            name,
+            version not in STEPS,
+        )
+
+    await in_transaction(conn, run, f"{version:04d}_{name}")
+
+
+async def _run_step(conn: asyncpg.Connection, version: int, progress: Progress | None) -> None:
+    """The step registered for ``version``, then its record marked finished."""
+    step = STEPS.get(version)
+    if step is None:
+        raise MigrationRefused(
+            f"migration {version:04d}: recorded unfinished, but this version of ocs has no"
+            " step for it"
+        )
+    await step(conn, progress)
+    await conn.execute("UPDATE schema_migrations SET finished = true WHERE version = $1", version)

@@ -1,0 +1,190 @@
+"""Migration steps that cannot run in one transaction: backfills done in id ranges.
+
+A migration ``NNNN_name.sql`` is applied in one transaction, which must stay short: it
+holds its locks (an ``ALTER TABLE`` holds ACCESS EXCLUSIVE, which blocks every reader of
+the table) until it commits, and every ``ocs`` process migrates when it starts. A
+migration that must rewrite many rows is split: its SQL file does the fast part (a
+column, a trigger, a constraint ``NOT VALID``), and a *step* registered here under the
+same version does the rest in many short transactions, then validates what needs all
+rows filled (``VALIDATE CONSTRAINT`` takes SHARE UPDATE EXCLUSIVE: readers and writers
+go on).
+
+The runner (``ocs.db.migrate``) records the version with the SQL part, marked unfinished,
+runs the step, then marks it finished. A step killed half-way (a process stopped, systemd's
+start timeout) is run again from the start on the next ``ocs`` start: a step must be
+resumable, touching only rows not done yet. Versions later than an unfinished step wait
+for it.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+log = logging.getLogger("ocs.db")
+
+# How long one statement of a migration may wait for a table lock, and how many times it
+# is tried. An ALTER TABLE queued behind a long transaction (a billing run) would, while it
+# waits, block every reader queued behind it: it gives up after LOCK_TIMEOUT_MS, lets the
+# readers through, and tries again after LOCK_RETRY_PAUSE_S.
+LOCK_TIMEOUT_MS = 5_000
+LOCK_TRIES = 5
+LOCK_RETRY_PAUSE_S = 2.0
+
+# Rows of ids per backfill transaction: short enough that a kill rolls back seconds of
+# work, long enough that 1M rows take ~100 transactions.
+BACKFILL_RANGE = 10_000
+
+# Told after each committed range of a step: (version, rows done, rows to do).
+Progress = Callable[[int, int, int], Awaitable[None]]
+Step = Callable[[asyncpg.Connection, Progress | None], Awaitable[None]]
+
+
+class MigrationLockTimeout(Exception):
+    """A migration statement found its table locked every time it tried."""
+
+
+async def in_transaction(
+    conn: asyncpg.Connection, action: Callable[[], Awaitable[object]], what: str
+) -> None:
+    """Run ``action`` in one transaction whose lock waits give up after LOCK_TIMEOUT_MS,
+    tried LOCK_TRIES times; ``MigrationLockTimeout`` naming ``what`` after the last."""
+    for attempt in range(1, LOCK_TRIES + 1):
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+                await action()
+            return
+        except asyncpg.LockNotAvailableError:
+            # Rolled back: its queued lock request is gone and readers go on.
+            log.warning(
+                "migration waited too long for a lock",
+                extra={"migration": what, "attempt": attempt, "tries": LOCK_TRIES},
+            )
+        if attempt < LOCK_TRIES:
+            await asyncio.sleep(LOCK_RETRY_PAUSE_S)
+    raise MigrationLockTimeout(
+        f"migration {what}: a table it changes stayed locked by another transaction"
+        f" ({LOCK_TRIES} tries of {LOCK_TIMEOUT_MS} ms); start again once it is done"
+        " (pg_stat_activity shows which)"
+    )
+
+
+# Migration 0062's rule (decision 0027, addendum 2026-12-07): what a posted invoice asks,
+# max(min(amount_due, new_charges), 0) rounded once to its currency's ISO 4217 minor unit,
+# half away from zero. The minor unit of every currency whose exponent is not 2 (as the
+# iso4217 package ships the table, decision 0019). For x >= 0 and an even step
+# (10^(6 - e)), (x + step / 2) / step in integer division is x / step rounded half away
+# from zero. An invoice paid under the old rule (its exact ask) stays paid: it asks at most
+# what it was paid (were 12.345 rounded to 12.35, dunning would pursue the half cent).
+# A void invoice keeps what it said and asks nothing: it stays NULL. ``{where}`` picks the
+# rows: $1 and $2 bound an id range.
+_ASK_0062 = """
+WITH minor (code, exponent) AS (VALUES
+    ('BHD', 3), ('BIF', 0), ('CLF', 4), ('CLP', 0), ('DJF', 0), ('GNF', 0),
+    ('IQD', 3), ('ISK', 0), ('JOD', 3), ('JPY', 0), ('KMF', 0), ('KRW', 0),
+    ('KWD', 3), ('LYD', 3), ('OMR', 3), ('PYG', 0), ('RWF', 0), ('TND', 3),
+    ('UGX', 0), ('UYI', 0), ('UYW', 4), ('VND', 0), ('VUV', 0), ('XAF', 0),
+    ('XOF', 0), ('XPF', 0)
+),
+asks AS (
+    SELECT i.id, GREATEST(LEAST(i.amount_due, i.new_charges), 0) AS exact,
+           (10::numeric ^ (6 - COALESCE(m.exponent, 2)))::bigint AS step
+    FROM invoices i LEFT JOIN minor m ON m.code = i.currency::text
+    WHERE i.state = 'posted' AND i.amount_asked IS NULL AND {where}
+)
+UPDATE invoices i SET amount_asked = CASE
+        WHEN i.amount_paid >= a.exact
+            THEN LEAST((a.exact + a.step / 2) / a.step * a.step, i.amount_paid)
+        ELSE (a.exact + a.step / 2) / a.step * a.step
+    END
+FROM asks a WHERE i.id = a.id
+"""
+# One that its payments now settle (12.34 paid on an ask of 12.344871) is paid now.
+_PAID_0062 = """
+UPDATE invoices i SET paid_at = now()
+WHERE i.state = 'posted' AND i.paid_at IS NULL AND i.amount_asked > 0
+    AND i.amount_paid >= i.amount_asked AND {where}
+"""
+_IN_RANGE = "i.id >= $1 AND i.id < $2"
+
+
+async def _fill_range_0062(conn: asyncpg.Connection, low: int, high: int) -> int:
+    """Fill the ask of the posted invoices with ids in [low, high); how many."""
+    status = await conn.execute(_ASK_0062.format(where=_IN_RANGE), low, high)
+    await conn.execute(_PAID_0062.format(where=_IN_RANGE), low, high)
+    return int(status.split()[-1])
+
+
+async def _backfill_0062(conn: asyncpg.Connection, progress: Progress | None) -> None:
+    """Migration 0062's backfill: every posted invoice's ``amount_asked`` in id ranges,
+    then the constraint that says every posted invoice has one, validated."""
+    todo = await conn.fetchrow(
+        "SELECT count(*) AS n, min(id) AS low, max(id) AS high FROM invoices"
+        " WHERE state = 'posted' AND amount_asked IS NULL"
+    )
+    total, done, started = int(todo["n"]), 0, time.monotonic()
+    log.info("migration backfill started", extra={"version": 62, "rows": total})
+    low = todo["low"]
+    while low is not None and low <= todo["high"]:
+        high = low + BACKFILL_RANGE
+        filled = 0
+
+        async def fill(low: int = low, high: int = high) -> None:
+            """One range, in its own transaction."""
+            nonlocal filled
+            filled = await _fill_range_0062(conn, low, high)
+
+        await in_transaction(conn, fill, "0062 backfill")
+        tenth = done * 10 // max(total, 1)
+        done, low = done + filled, high
+        if done * 10 // max(total, 1) > tenth:
+            # One line per tenth: a long backfill shows it moves, without flooding.
+            log.info("migration backfill", extra={"version": 62, "rows": done, "of": total})
+        if progress is not None:
+            await progress(62, done, total)
+    await _finish_0062(conn)
+    log.info(
+        "migration backfill done",
+        extra={"version": 62, "rows": done, "seconds": round(time.monotonic() - started, 1)},
+    )
+
+
+async def _finish_0062(conn: asyncpg.Connection) -> None:
+    """The CHECK that every posted invoice has its ask: added NOT VALID (a brief lock, no
+    scan), the invoices posted meanwhile filled, then validated without blocking anyone.
+
+    An older process still running during the backfill posts invoices without an ask:
+    from the CHECK on it is refused, and the sweep after it fills those posted before."""
+    exists = await conn.fetchval(
+        "SELECT true FROM pg_constraint WHERE conrelid = 'invoices'::regclass"
+        " AND conname = 'invoices_posted_asks'"
+    )
+
+    async def constrain() -> None:
+        """Checks rows written from now on only."""
+        await conn.execute(
+            "ALTER TABLE invoices ADD CONSTRAINT invoices_posted_asks"
+            " CHECK (state <> 'posted' OR amount_asked IS NOT NULL) NOT VALID"
+        )
+
+    async def sweep() -> None:
+        """A scan that locks only the rows it fills (usually none)."""
+        await conn.execute(_ASK_0062.format(where="true"))
+        await conn.execute(_PAID_0062.format(where="true"))
+
+    async def validate() -> None:
+        """Checks every row under SHARE UPDATE EXCLUSIVE: reads and writes go on."""
+        await conn.execute("ALTER TABLE invoices VALIDATE CONSTRAINT invoices_posted_asks")
+        await conn.execute("ALTER TABLE invoices VALIDATE CONSTRAINT invoices_amount_asked_check")
+
+    if not exists:
+        await in_transaction(conn, constrain, "0062 constraint")
+    await in_transaction(conn, sweep, "0062 sweep")
+    await in_transaction(conn, validate, "0062 validate")
+
+
+# Version -> the step run after that version's SQL file, outside its transaction.
+STEPS: dict[int, Step] = {62: _backfill_0062}

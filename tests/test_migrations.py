@@ -1,0 +1,357 @@
+"""The migration runner (decision 0009, addendum 2026-12-07).
+
+Versions are used once: a database whose record disagrees with the shipped files (a
+version applied under another name, two files with one version, a file added below what
+the database has) stops every ``ocs`` start with one line naming them, exit code 2, and
+nothing applied. Migration 0062's backfill runs in id ranges of their own transactions:
+a reader of ``invoices`` goes on while it runs, a stopped backfill is resumed by the next
+start, and the asks stored are those of the released single-UPDATE rule. A role's
+``statement_timeout`` does not stop a migration, and a table kept locked by another
+transaction stops it after a few bounded tries instead of queueing readers behind it.
+"""
+
+import asyncio
+import re
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ocs.db import migrate as migrate_module
+from ocs.db import migration_steps
+from ocs.db.migrate import MigrationRefused, available_migrations, check_unique, migrate
+from tests.conftest import eventually, with_database
+
+
+def test_shipped_migration_versions_are_unique_and_the_gaps_stay_empty() -> None:
+    names = [
+        entry.name
+        for entry in resources.files("ocs.db").joinpath("migrations").iterdir()
+        if entry.name.endswith(".sql")
+    ]
+    versions = [int(name[:4]) for name in names]
+    assert all(re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", name) for name in names), names
+    assert len(versions) == len(set(versions)), sorted(names)
+    # Skipped once, never to be filled: a database past them would refuse to start.
+    assert {57, 61}.isdisjoint(versions)
+    assert [v for v, _, _ in available_migrations()] == sorted(versions)
+
+
+def test_two_files_with_one_version_are_named() -> None:
+    with pytest.raises(MigrationRefused) as refused:
+        check_unique([(55, "a", ""), (56, "old_forms_gone", ""), (56, "other", "")])
+    assert "0056_old_forms_gone.sql and 0056_other.sql" in str(refused.value)
+
+
+@pytest.fixture
+async def fresh_url(backend_urls: tuple[str, str]) -> AsyncIterator[str]:
+    """The URL of a new empty database of its own, dropped after the test."""
+    admin = await asyncpg.connect(backend_urls[1])
+    name = f"ocs_migrations_{uuid.uuid4().hex[:10]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(backend_urls[1], name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def fresh_pool(fresh_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on ``fresh_url``."""
+    pool = await asyncpg.create_pool(fresh_url, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def recorded(pool: asyncpg.Pool) -> dict[int, str]:
+    """schema_migrations: version -> name."""
+    rows = await pool.fetch("SELECT version, name FROM schema_migrations")
+    return {r["version"]: r["name"] for r in rows}
+
+
+async def test_a_version_applied_under_another_name_stops_the_start(
+    fresh_pool: asyncpg.Pool, fresh_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    await migrate(fresh_pool)
+    # As a database migrated with the other of two 0056 files once was.
+    await fresh_pool.execute("UPDATE schema_migrations SET name = 'other' WHERE version = 56")
+    with pytest.raises(MigrationRefused) as refused:
+        await migrate(fresh_pool)
+    assert "0056 is 'other' in schema_migrations, 'old_forms_gone' in 0056_old_forms_gone.sql" in (
+        str(refused.value)
+    )
+    # Every ocs command migrates first: it stops there, as on a configuration error.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocs",
+        "db",
+        "migrate",
+        "--database-url",
+        fresh_url,
+        "--redis-url",
+        redis_url,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 2
+    assert "0056 is 'other' in schema_migrations" in stderr.decode()
+
+
+async def test_two_files_with_one_version_stop_the_start_and_apply_nothing(
+    fresh_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = available_migrations()
+    monkeypatch.setattr(
+        migrate_module,
+        "available_migrations",
+        lambda: sorted([m for m in shipped if m[0] <= 56] + [(56, "other", "CREATE TABLE x ()")]),
+    )
+    with pytest.raises(MigrationRefused) as refused:
+        await migrate(fresh_pool)
+    assert "0056_old_forms_gone.sql and 0056_other.sql" in str(refused.value)
+    assert await recorded(fresh_pool) == {}
+
+
+async def test_a_version_below_the_highest_applied_is_refused_not_applied_late(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    await migrate(fresh_pool)
+    # As if 0056 had been added to a release after 0064 was applied.
+    await fresh_pool.execute("DELETE FROM schema_migrations WHERE version = 56")
+    highest = max(await recorded(fresh_pool))
+    with pytest.raises(MigrationRefused) as refused:
+        await migrate(fresh_pool)
+    assert f"0056_old_forms_gone.sql not applied, below {highest:04d} already applied" in str(
+        refused.value
+    )
+    assert 56 not in await recorded(fresh_pool)
+
+
+async def migrated_to(pool: asyncpg.Pool, last: int) -> None:
+    """``pool``'s database migrated up to version ``last``, as a release that shipped it."""
+    shipped = available_migrations()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            migrate_module, "available_migrations", lambda: [m for m in shipped if m[0] <= last]
+        )
+        await migrate(pool)
+
+
+CURRENCIES = ["EUR", "JPY", "KWD", "CLF", "USD"]
+INVOICES = 3_000
+
+# Posted invoices of every currency (one a day of an account's), some drafts; due and new
+# charges spread over 0..50 units with odd micro-units (some paid ahead: due 0), so asks
+# round up and down.
+INSERT_INVOICES = """
+INSERT INTO invoices (account_id, plan_id, state, number, period_start, period_end,
+    period_label, currency, invoice_date, taxes_calculated, previous_balance, debited,
+    new_charges, closing_balance, amount_due)
+SELECT lower(c), lower(c), CASE WHEN g % 17 = 0 THEN 'draft' ELSE 'posted' END,
+    CASE WHEN g % 17 = 0 THEN NULL ELSE 'INV-' || g END,
+    timestamptz '2000-01-01Z' + g * interval '1 day',
+    timestamptz '2000-01-02Z' + g * interval '1 day', 'day ' || g, c, date '2026-04-01',
+    true, new - due, new, new, -due, due
+FROM generate_series(1, $1) g,
+    LATERAL (SELECT ($2::text[])[1 + g % array_length($2::text[], 1)] AS c) cur,
+    LATERAL (SELECT CASE WHEN g % 11 = 0 THEN 0 ELSE (g::bigint * 7919 * 1013) % 50000000
+                    END AS due,
+                    (g::bigint * 104729 * 7) % 40000000 + (g % 3) * 500 AS new) amounts
+"""
+# Some paid under the old rule: the exact ask, or what a bank pays (cut to cents).
+PAY_SOME = """
+UPDATE invoices SET amount_paid = CASE WHEN id % 2 = 0 THEN GREATEST(LEAST(amount_due,
+        new_charges), 0) ELSE GREATEST(LEAST(amount_due, new_charges), 0) / 10000 * 10000 END,
+    paid_at = CASE WHEN id % 2 = 0 THEN timestamptz '2026-04-20Z' END
+WHERE state = 'posted' AND id % 5 = 0
+"""
+# The rule as released in the single-UPDATE 0062: what each posted invoice asks.
+OLD_RULE = """
+WITH minor (code, exponent) AS (VALUES
+    ('BHD', 3), ('BIF', 0), ('CLF', 4), ('CLP', 0), ('DJF', 0), ('GNF', 0),
+    ('IQD', 3), ('ISK', 0), ('JOD', 3), ('JPY', 0), ('KMF', 0), ('KRW', 0),
+    ('KWD', 3), ('LYD', 3), ('OMR', 3), ('PYG', 0), ('RWF', 0), ('TND', 3),
+    ('UGX', 0), ('UYI', 0), ('UYW', 4), ('VND', 0), ('VUV', 0), ('XAF', 0),
+    ('XOF', 0), ('XPF', 0)
+),
+asks AS (
+    SELECT i.id, GREATEST(LEAST(i.amount_due, i.new_charges), 0) AS exact,
+           (10::numeric ^ (6 - COALESCE(m.exponent, 2)))::bigint AS step
+    FROM invoices i LEFT JOIN minor m ON m.code = i.currency::text
+    WHERE i.state = 'posted'
+)
+SELECT i.id, CASE
+        WHEN i.amount_paid >= a.exact
+            THEN LEAST((a.exact + a.step / 2) / a.step * a.step, i.amount_paid)
+        ELSE (a.exact + a.step / 2) / a.step * a.step
+    END AS asked, i.paid_at IS NOT NULL AS paid_before, i.amount_paid
+FROM invoices i JOIN asks a ON a.id = i.id
+"""
+
+
+async def invoices_before_0062(pool: asyncpg.Pool) -> tuple[dict[int, int], set[int]]:
+    """A database at 0061 with INVOICES invoices; what the released rule asks of each
+    posted one, and which are paid afterwards (before, or settled by the rounded ask)."""
+    await migrated_to(pool, 61)
+    for c in CURRENCIES:
+        await pool.execute(
+            "INSERT INTO plans (id, name, currency) VALUES ($1, $1, $2)", c.lower(), c
+        )
+        await pool.execute(
+            "INSERT INTO accounts (id, plan_id, currency, credit_limit, max_lines, status)"
+            " VALUES ($1, $1, $2, 0, 1, 'active')",
+            c.lower(),
+            c,
+        )
+    await pool.execute(INSERT_INVOICES, INVOICES, CURRENCIES)
+    await pool.execute(PAY_SOME)
+    rows = await pool.fetch(OLD_RULE)
+    asks = {r["id"]: r["asked"] for r in rows}
+    settled = {r["id"] for r in rows if r["asked"] > 0 and r["amount_paid"] >= r["asked"]}
+    paid_before = {r["id"] for r in rows if r["paid_before"]}
+    # Some paid in cents are settled by the rounded ask: the backfill marks them paid.
+    assert settled - paid_before
+    return asks, paid_before | settled
+
+
+async def stored_asks(pool: asyncpg.Pool) -> tuple[dict[int, int], set[int]]:
+    """Each posted invoice's stored ask, and which posted ones are paid."""
+    rows = await pool.fetch("SELECT id, amount_asked, paid_at FROM invoices WHERE state = 'posted'")
+    return {r["id"]: r["amount_asked"] for r in rows}, {
+        r["id"] for r in rows if r["paid_at"] is not None
+    }
+
+
+async def test_0062_backfills_in_ranges_the_released_rule_while_readers_go_on(
+    fresh_pool: asyncpg.Pool, fresh_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected_asks, expected_paid = await invoices_before_0062(fresh_pool)
+    assert len(expected_asks) > 2_500 and len(set(expected_asks.values())) > 1_000
+    assert {r[0] for r in await fresh_pool.fetch("SELECT DISTINCT currency FROM invoices")} == set(
+        CURRENCIES
+    )
+    monkeypatch.setattr(migration_steps, "BACKFILL_RANGE", 200)
+    seen: list[tuple[int, int]] = []
+    reader = await asyncpg.connect(fresh_url)
+
+    async def read_while_filling(version: int, done: int, total: int) -> None:
+        """Once, after the first range: another connection reads invoices, bounded."""
+        if seen:
+            return
+        # Blocked by a lock, it would fail here (after 5 s) instead of hanging the test.
+        await reader.execute("SET lock_timeout = 5000")
+        row = await reader.fetchrow(
+            "SELECT count(*) FILTER (WHERE amount_asked IS NOT NULL) AS filled,"
+            " count(*) FILTER (WHERE state = 'posted') AS posted FROM invoices"
+        )
+        seen.append((row["filled"], row["posted"]))
+
+    try:
+        await migrate(fresh_pool, progress=read_while_filling)
+    finally:
+        await reader.close()
+    # The reader saw the first range filled and the rest not yet: it ran mid-backfill.
+    [(filled, posted)] = seen
+    assert 0 < filled < posted == len(expected_asks)
+    assert await stored_asks(fresh_pool) == (expected_asks, expected_paid)
+    validated = await fresh_pool.fetch(
+        "SELECT conname, convalidated FROM pg_constraint WHERE conrelid = 'invoices'::regclass"
+        " AND conname IN ('invoices_posted_asks', 'invoices_amount_asked_check')"
+    )
+    assert {r["conname"]: r["convalidated"] for r in validated} == {
+        "invoices_posted_asks": True,
+        "invoices_amount_asked_check": True,
+    }
+    assert await fresh_pool.fetchval("SELECT bool_and(finished) FROM schema_migrations")
+
+
+async def test_a_backfill_stopped_half_way_is_finished_by_the_next_start(
+    fresh_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected_asks, expected_paid = await invoices_before_0062(fresh_pool)
+    monkeypatch.setattr(migration_steps, "BACKFILL_RANGE", 500)
+
+    async def killed(version: int, done: int, total: int) -> None:
+        """The process stopped after the first range (systemd's start timeout)."""
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await migrate(fresh_pool, progress=killed)
+    asks, _ = await stored_asks(fresh_pool)
+    assert 0 < sum(a is not None for a in asks.values()) < len(asks)
+    assert not await fresh_pool.fetchval(
+        "SELECT finished FROM schema_migrations WHERE version = 62"
+    )
+    # 0063 and 0064 wait for it.
+    assert max(await recorded(fresh_pool)) == 62
+
+    await migrate(fresh_pool)
+    assert await stored_asks(fresh_pool) == (expected_asks, expected_paid)
+    assert max(await recorded(fresh_pool)) == max(v for v, _, _ in available_migrations())
+
+
+async def test_a_role_statement_timeout_does_not_stop_a_migration_waiting_its_turn(
+    fresh_pool: asyncpg.Pool, fresh_url: str
+) -> None:
+    database = await fresh_pool.fetchval("SELECT current_database()")
+    await fresh_pool.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 200')
+    # Pooled connections opened after this read the database's setting.
+    await fresh_pool.expire_connections()
+    other = await asyncpg.connect(fresh_url)
+    try:
+        # Another process migrating: this one waits for the lock, longer than 200 ms.
+        await other.execute("SELECT pg_advisory_lock($1)", migrate_module._LOCK_KEY)
+        migrating = asyncio.create_task(migrate(fresh_pool))
+
+        async def waited_past_the_timeout() -> bool:
+            if migrating.done():
+                migrating.result()  # its error, if it failed
+                return False
+            return bool(
+                await other.fetchval(
+                    "SELECT true FROM pg_stat_activity WHERE wait_event = 'advisory'"
+                    " AND query_start < now() - interval '1 second'"
+                )
+            )
+
+        await eventually(waited_past_the_timeout, what="a migration waiting past the timeout")
+        await other.execute("SELECT pg_advisory_unlock($1)", migrate_module._LOCK_KEY)
+        applied = await migrating
+    finally:
+        await other.close()
+    assert max(applied) == max(v for v, _, _ in available_migrations())
+
+
+async def test_a_table_locked_by_a_long_transaction_stops_the_migration_after_a_few_tries(
+    fresh_pool: asyncpg.Pool, fresh_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await migrated_to(fresh_pool, 60)
+    monkeypatch.setattr(migration_steps, "LOCK_TIMEOUT_MS", 100)
+    monkeypatch.setattr(migration_steps, "LOCK_TRIES", 3)
+    monkeypatch.setattr(migration_steps, "LOCK_RETRY_PAUSE_S", 0.0)
+    billing = await asyncpg.connect(fresh_url)
+    try:
+        # A billing run reading invoices in a long transaction: 0062's ALTER must wait.
+        transaction = billing.transaction()
+        await transaction.start()
+        await billing.fetchval("SELECT count(*) FROM invoices")
+        with pytest.raises(MigrationRefused) as refused:
+            await asyncio.wait_for(migrate(fresh_pool), 30)
+        assert "migration 0062_invoice_amount_asked: a table it changes stayed locked" in str(
+            refused.value
+        )
+        assert max(await recorded(fresh_pool)) == 60
+        await transaction.rollback()
+    finally:
+        await billing.close()
+    await migrate(fresh_pool)
+    assert 62 in await recorded(fresh_pool)
