@@ -62,8 +62,6 @@ from ocs.logs import configure_logging
 from ocs.money import format_amount
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from ocs.balances.reconcile import Reconciliation
     from ocs.billing.account_reconcile import Repaired, StateMismatch
     from ocs.billing.number_reconcile import NumberMismatch
@@ -338,6 +336,13 @@ def _add_billing(commands: "Commands") -> None:
     )
     brun.add_argument("--usage-cutoff", help="rated usage up to this instant is included")
     brun.add_argument("--no-taxes", action="store_true", help="an untaxed draft")
+    brun.add_argument(
+        "--early",
+        action="store_true",
+        help="bill what is known so far of a period whose usage window has not ended (plus"
+        " billing_run_delay; refused otherwise): usage stops at the run's creation, later"
+        " calls are billed by the next invoice",
+    )
     post = add_command(
         billing, "post", "post drafts: gapless numbers, then the money moves", _billing_post
     )
@@ -1015,14 +1020,39 @@ def _billing_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _execute_with_progress(pool: "asyncpg.Pool", run_id: int) -> Any:
-    """Execute a run chunk by chunk (sharing it with any worker) until it is done;
-    a progress bar on a terminal. The run as shown."""
+async def _wait_for_the_ledger(services: "Services", run_id: int) -> None:
+    """Wait while the ledger writer holds an entry from before the run's usage window
+    ends (``runs.held_for_ledger``): its call would be on no invoice. One line on
+    stderr when it waits."""
+    import asyncio
+
+    from ocs.billing import runs
+
+    told = False
+    while end := await runs.held_for_ledger(
+        services.pool, run_id, await services.store.oldest_unwritten_ms()
+    ):
+        if not told:
+            print(
+                f"ocs: run {run_id} waits for the ledger writer to write the calls before"
+                f" {end.isoformat()}",
+                file=sys.stderr,
+            )
+            told = True
+        await asyncio.sleep(1.0)
+
+
+async def _execute_with_progress(services: "Services", run_id: int) -> Any:
+    """Execute a run chunk by chunk (sharing it with any worker) until it is done, once
+    the ledger writer wrote its window's calls; a progress bar on a terminal. The run as
+    shown."""
     import asyncio
 
     from ocs import metrics
     from ocs.billing import queries, runs
 
+    await _wait_for_the_ledger(services, run_id)
+    pool = services.pool
     name = runs.worker_name()
     bar = progress_bar("accounts") if sys.stdout.isatty() else None
     task = None
@@ -1068,9 +1098,10 @@ def _billing_run(args: argparse.Namespace, settings: Settings) -> int:
             usage_cutoff=usage_cutoff,
             calculate_taxes=not args.no_taxes,
             chunk_size=settings.billing_chunk_size,
+            timing=runs.Timing(delay=settings.billing_run_delay, early=args.early),
         )
         metrics.BILLING_RUNS_STARTED.labels("operator").inc()
-        return await _execute_with_progress(services.pool, run_id)
+        return await _execute_with_progress(services, run_id)
 
     print_json(with_services(settings, run))
     return 0
@@ -1082,7 +1113,7 @@ def _billing_resume(args: argparse.Namespace, settings: Settings) -> int:
 
     async def resume(services: "Services") -> Any:
         await queries.run(services.pool, args.run_id)  # 404 for an unknown run
-        return await _execute_with_progress(services.pool, args.run_id)
+        return await _execute_with_progress(services, args.run_id)
 
     print_json(with_services(settings, resume))
     return 0

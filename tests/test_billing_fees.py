@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
+from ocs.billing import runs
 from ocs.billing.itemised import call_rows, calls_csv
 from ocs.rating.counter_rules import CounterDef
 from ocs.services import Services
@@ -80,7 +81,8 @@ async def test_counter_fees_and_seconds_and_usage_events_are_lines_that_move_not
                   duration=quantity, billed_seconds=quantity, charged=charged,
                   termination_cause="usage")  # fmt: skip
 
-    await run(services, f"{now:%Y-%m}", invoice_date=now.date())
+    # The month has not ended: an early run, billing the usage until now.
+    await run(services, f"{now:%Y-%m}", invoice_date=now.date(), timing=runs.Timing(early=True))
 
     async with services.pool.acquire() as conn:
         lines = await conn.fetch(

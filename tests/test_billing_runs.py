@@ -78,7 +78,8 @@ async def test_fixed_date_31_runs_through_february_in_common_and_leap_years(
 
     await run(services, "2026-01", plan_id="retail")
     await run(services, "2026-02", plan_id="retail")
-    await run(services, "2028-01", plan_id="retail")
+    # Ahead of time (an early run): its charges are billed, usage has not begun.
+    await run(services, "2028-01", plan_id="retail", timing=runs.Timing(early=True))
 
     found = {(i["account"], i["label"]): i for i in await invoices(services)}
     # Jan 31 .. Feb 28 2026 (28 days), from Feb 14: 14 / 28 of 9.00 = 4.50.
@@ -118,7 +119,8 @@ async def test_usage_lines_sum_real_calls_per_zone(services: Services) -> None:
     await _writer_caught_up(services, 3)
 
     now = datetime.now(UTC)
-    await run(services, f"{now:%Y-%m}", invoice_date=now.date())
+    # The month has not ended: an early run, billing the usage until now.
+    await run(services, f"{now:%Y-%m}", invoice_date=now.date(), timing=runs.Timing(early=True))
 
     [invoice] = await invoices(services)
     fixed, mobile = invoice["lines"]

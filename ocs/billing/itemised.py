@@ -3,8 +3,9 @@
 The calls are the invoice's own: the CDRs of its account stopped in its
 statement window (``invoices.window_start/window_end``, the window its usage
 lines sum), usage events left out (they have their own lines); of the imported
-calls, those its draft saw, and the late ones it billed (``late_usage``). ``call_rows``
-answers the API listing a page at a time (``page_cursor`` names where the next page
+calls, those its draft saw, and the late ones it billed (``late_usage``: imported ones
+its earlier invoice could not see, and those stopped after that invoice's window ended).
+``call_rows`` answers the API listing a page at a time (``page_cursor`` names where the next page
 starts) and ``calls_csv`` the CSV attachment, written page by page; amounts are the
 exact micro-units each call was charged (the invoice rounds per usage line,
 not per call), written with six decimals.
@@ -39,8 +40,11 @@ CSV_COLUMNS = (
 # The window's calls, less the imported ones the invoice's draft could not see (its
 # snapshot $8; they are the next invoice's), and the late imported calls it billed
 # (``late_usage``, decision 0050): stopped before the window, unseen by the snapshot its
-# late usage was compared with ($9), seen by its own. Two ranges of one index, so the window's part
-# does not read the account's whole history; each is cut at the page's size.
+# late usage was compared with ($9), seen by its own; and the calls stopped in the gap from
+# that earlier invoice's window end ($10: an early run's, a usage cut-off's) to this window,
+# but the imported ones the earlier snapshot missed (the second part has them). Ranges of
+# indexes, so the window's part does not read the account's whole history; each is cut at
+# the page's size.
 _ROWS_SQL = """
 SELECT * FROM (
   (SELECT c.entry_id, c.stopped_at, c.caller, c.member, c.destination, c.zone, c.direction,
@@ -69,16 +73,35 @@ SELECT * FROM (
      AND ($5::timestamptz IS NULL OR (c.stopped_at, c.entry_id) > ($5, $6::text))
    ORDER BY c.stopped_at, c.entry_id
    LIMIT $7)
+  UNION ALL
+  (SELECT c.entry_id, c.stopped_at, c.caller, c.member, c.destination, c.zone, c.direction,
+          c.duration, c.billed_seconds, c.charged, c.currency
+   FROM cdrs c
+   WHERE $8::text IS NOT NULL AND $9::text IS NOT NULL
+     AND c.account_id = $1 AND c.stopped_at >= $10 AND c.stopped_at < $2
+     AND c.termination_cause <> 'usage'
+     AND (c.recorded_xid IS NULL OR pg_visible_in_snapshot(c.recorded_xid, $8::text::pg_snapshot))
+     AND NOT (c.supplier IS NOT NULL AND c.recorded_xid IS NOT NULL
+              AND NOT pg_visible_in_snapshot(c.recorded_xid, $9::text::pg_snapshot))
+     AND ($4::text IS NULL OR c.member = $4 OR c.caller = $4)
+     AND ($5::timestamptz IS NULL OR (c.stopped_at, c.entry_id) > ($5, $6::text))
+   ORDER BY c.stopped_at, c.entry_id
+   LIMIT $7)
 ) calls
 ORDER BY stopped_at, entry_id
 LIMIT $7
 """
-# An invoice's window, its snapshot and the one its late usage was compared with.
+# An invoice's window, its snapshot, the one its late usage was compared with, and where
+# the usage window of the invoice compared with ended (``late_usage``'s gap).
 _INVOICE_SQL = """
-SELECT account_id, COALESCE(window_start, period_start) AS start,
-       COALESCE(window_end, period_end) AS "end", usage_snapshot::text AS seen,
-       late_after_snapshot::text AS seen_before
-FROM invoices WHERE id = $1
+SELECT i.account_id, COALESCE(i.window_start, i.period_start) AS start,
+       COALESCE(i.window_end, i.period_end) AS "end", i.usage_snapshot::text AS seen,
+       i.late_after_snapshot::text AS seen_before,
+       (SELECT e.window_end FROM invoices e
+        WHERE e.account_id = i.account_id AND e.kind = 'invoice'
+          AND e.period_start < i.period_start
+        ORDER BY e.period_start DESC LIMIT 1) AS gap_from
+FROM invoices i WHERE i.id = $1
 """
 # The most calls one page lists: an account's month may hold hundreds of thousands, and
 # one answer of them all held the serving loop for seconds.
@@ -155,6 +178,7 @@ async def call_rows(
             limit,
             invoice["seen"],
             invoice["seen_before"],
+            invoice["gap_from"],
         )
     return [
         CallRow(

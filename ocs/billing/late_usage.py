@@ -18,9 +18,11 @@ Calls come out as the window's usage lines (``lines.Usage``, by zone, direction 
 type) and service events as its event lines (by service and zone), marked late: their
 period runs from the earliest one's stop to the window's start. They are reporting lines
 like every usage line (the debit was made at import) and carry their rate type's tax
-code. Bundles and commitments are the window's own and do not count them. Only imported
-CDRs are read: the real-time path's reach PostgreSQL before a run drafts their period
-(decision 0021).
+code. Bundles and commitments are the window's own and do not count them. Of the
+real-time path's CDRs, which reach PostgreSQL before a run drafts their period (decision
+0021), only those stopped in a gap between the earlier invoice's window and this one are
+read: the calls stopped after an early run's creation (or a usage cut-off), which no
+window held (decision 0021, addendum 2026-12-07).
 """
 
 from collections import defaultdict
@@ -38,8 +40,9 @@ from ocs.billing.realtime import Total, event_line
 # back). The newest is chosen first: one drafted before migration 0046 has no snapshot,
 # and nothing is late after it.
 _COMPARED_WITH_SQL = """
-SELECT account_id, snapshot FROM (
-  SELECT DISTINCT ON (i.account_id) i.account_id, i.usage_snapshot::text AS snapshot
+SELECT account_id, snapshot, gap_from FROM (
+  SELECT DISTINCT ON (i.account_id) i.account_id, i.usage_snapshot::text AS snapshot,
+         i.window_end AS gap_from
   FROM invoices i
   WHERE i.account_id = ANY($1::text[]) AND i.kind = 'invoice' AND i.period_start < $2
   ORDER BY i.account_id, i.period_start DESC
@@ -47,11 +50,36 @@ SELECT account_id, snapshot FROM (
 WHERE snapshot IS NOT NULL
 """
 
-# The accounts' imported CDRs written since their snapshot's xmin that it did not see and
-# this draft's snapshot ($3) does, stopped before the window ($4), summed as
-# ``realtime.cdr_totals`` sums the window's. recorded_xid is NULL for a CDR written before
-# migration 0046: no comparison holds for it. Served by cdrs_imported_recorded_idx (0047).
+# The accounts' late CDRs, summed as ``realtime.cdr_totals`` sums the window's, each once:
+# - imported ones written since their snapshot's xmin that it did not see and this draft's
+#   snapshot ($3) does, stopped before the window ($4). recorded_xid is NULL for a CDR
+#   written before migration 0046: no comparison holds for it. Served by
+#   cdrs_imported_recorded_idx (0047);
+# - any other stopped in the gap between the earlier invoice's usage window end ($5, an
+#   early run's or a usage cut-off's) and this window, seen by this draft's snapshot: no
+#   window held them. Served by cdrs_account_covering_idx; an empty range for an earlier
+#   invoice whose window ended where this one starts.
 _LATE_SQL = """
+WITH late AS (
+  SELECT c.account_id, c.termination_cause, c.zone, c.direction, c.rate_type,
+         c.destination, c.duration, c.billed_seconds, c.charged, c.entry_id, c.stopped_at
+  FROM unnest($1::text[], $2::text[]) AS p(account_id, snapshot)
+  JOIN cdrs c ON c.account_id = p.account_id AND c.supplier IS NOT NULL
+             AND c.recorded_xid IS NOT NULL
+             AND c.recorded_xid >= pg_snapshot_xmin(p.snapshot::pg_snapshot)
+  WHERE NOT pg_visible_in_snapshot(c.recorded_xid, p.snapshot::pg_snapshot)
+    AND pg_visible_in_snapshot(c.recorded_xid, $3::text::pg_snapshot)
+    AND c.stopped_at < $4
+  UNION ALL
+  SELECT c.account_id, c.termination_cause, c.zone, c.direction, c.rate_type,
+         c.destination, c.duration, c.billed_seconds, c.charged, c.entry_id, c.stopped_at
+  FROM unnest($1::text[], $2::text[], $5::timestamptz[]) AS p(account_id, snapshot, gap_from)
+  JOIN cdrs c ON c.account_id = p.account_id AND c.stopped_at >= p.gap_from
+             AND c.stopped_at < $4
+  WHERE (c.recorded_xid IS NULL OR pg_visible_in_snapshot(c.recorded_xid, $3::text::pg_snapshot))
+    AND NOT (c.supplier IS NOT NULL AND c.recorded_xid IS NOT NULL
+             AND NOT pg_visible_in_snapshot(c.recorded_xid, p.snapshot::pg_snapshot))
+)
 SELECT c.account_id COLLATE "C" AS account_id, c.termination_cause = 'usage' AS event,
        c.zone COLLATE "C" AS zone, c.direction COLLATE "C" AS direction,
        c.rate_type COLLATE "C" AS rate_type,
@@ -60,13 +88,7 @@ SELECT c.account_id COLLATE "C" AS account_id, c.termination_cause = 'usage' AS 
        sum(c.billed_seconds)::bigint AS billed, sum(c.charged)::bigint AS amount,
        min(c.entry_id COLLATE "C") AS first_cdr, max(c.entry_id COLLATE "C") AS last_cdr,
        min(c.stopped_at) AS since
-FROM unnest($1::text[], $2::text[]) AS p(account_id, snapshot)
-JOIN cdrs c ON c.account_id = p.account_id AND c.supplier IS NOT NULL
-           AND c.recorded_xid IS NOT NULL
-           AND c.recorded_xid >= pg_snapshot_xmin(p.snapshot::pg_snapshot)
-WHERE NOT pg_visible_in_snapshot(c.recorded_xid, p.snapshot::pg_snapshot)
-  AND pg_visible_in_snapshot(c.recorded_xid, $3::text::pg_snapshot)
-  AND c.stopped_at < $4
+FROM late c
 GROUP BY 1, 2, 3, 4, 5, 6
 """
 
@@ -115,7 +137,10 @@ async def late_usage(
     bills no late usage); ``period_start``: the invoice's period (earlier invoices are
     those before it);
     ``window_start``: its usage window's start (late usage stopped before it);
-    ``snapshot``: the snapshot the invoice's window was read in.
+    ``snapshot``: the snapshot the invoice's window was read in. Late usage is the
+    imported usage the earlier invoice could not see, and every call stopped after the
+    earlier invoice's usage window ended (an early run's, or a usage cut-off's) and
+    before this window (decision 0021, addendum 2026-12-07).
     """
     found = LateUsage()
     compared = await conn.fetch(_COMPARED_WITH_SQL, account_ids, period_start)
@@ -128,6 +153,7 @@ async def late_usage(
         list(found.compared_with.values()),
         snapshot,
         window_start,
+        [r["gap_from"] for r in compared],
     )
     for r in sorted(
         rows,

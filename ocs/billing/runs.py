@@ -23,7 +23,7 @@ import socket
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -111,6 +111,61 @@ async def _account_groups(
     return groups, len(rows)
 
 
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """When a run is created and how long after a usage window's end it may bill it.
+
+    ``delay``: ``billing_run_delay``, the seconds the ledger writer is given to write
+    the window's last calls; ``early``: bill what is known so far of a window that
+    has not ended (plus the delay): the window then ends at ``now``, the run's
+    creation, and the calls stopped after it are the next invoice's (decision 0021,
+    addendum 2026-12-07); ``now``: the run's creation (None: the clock's now).
+    """
+
+    delay: float = 0.0
+    early: bool = False
+    now: datetime | None = None
+
+
+def usage_window_end(billing: PlanBilling, period: Period) -> datetime:
+    """When the usage an invoice of ``period`` bills ends: its arrears period's end,
+    which is the invoice period's start for a start-of-cycle plan (``lines.targets``)."""
+    return period.start if billing.invoice_timing == "start_of_cycle" else period.end
+
+
+def _early_cutoff(
+    period: str,
+    plans: list[PlanBilling],
+    groups: Groups,
+    timing: Timing,
+    usage_cutoff: datetime | None,
+) -> datetime | None:
+    """The run's usage cut-off once its windows are checked against ``timing``.
+
+    A window that has not ended ``timing.delay`` seconds before now is refused
+    naming ``period``, unless the run is early: its usage then stops at now (or at
+    the operator's earlier cut-off), so a call stopped after the run's creation
+    is on no window of this run, and the next invoice bills it (``late_usage``).
+    """
+    now = (timing.now or datetime.now(UTC)).astimezone(UTC)
+    by_plan = {p.plan_id: p for p in plans}
+    ends = [usage_window_end(by_plan[plan], found) for plan, _, found in groups]
+    if not ends:
+        return usage_cutoff
+    last = max(e.astimezone(UTC) for e in ends)
+    if last + timedelta(seconds=timing.delay) <= now:
+        return usage_cutoff
+    if not timing.early:
+        raise invalid(
+            "period",
+            f"{period!r} has not ended: its usage window ends {last.isoformat()}, billed"
+            f" billing_run_delay ({timing.delay:g} s) later, from"
+            f" {(last + timedelta(seconds=timing.delay)).isoformat()}; an early run"
+            " (early / --early) bills what is known so far",
+        )
+    return now if usage_cutoff is None else min(usage_cutoff.astimezone(UTC), now)
+
+
 async def create_run(
     pool: asyncpg.Pool,
     period: str,
@@ -122,6 +177,7 @@ async def create_run(
     calculate_taxes: bool = True,
     chunk_size: int = DEFAULT_CHUNK,
     auto_post: bool = False,
+    timing: Timing | None = None,
 ) -> int:
     """Store a run of ``period`` (``2026-12`` or a label) and its chunks; its id.
 
@@ -130,6 +186,9 @@ async def create_run(
     ``invoice_date`` left out: today where the run's plans bill (their time zone, when
     they share one; else UTC's today), not UTC's today for a plan far from UTC, which
     could date an invoice inside the period it bills.
+    ``timing``: a period whose usage window has not ended ``timing.delay`` seconds ago
+    is refused (400 naming ``period``) unless ``timing.early`` (``_early_cutoff``);
+    None checks with no delay.
     """
     if chunk_size < 1:
         raise invalid("chunk_size", "must be at least 1")
@@ -162,6 +221,7 @@ async def create_run(
         else:
             fixed_periods = {}
         groups, accounts_total = await _account_groups(conn, plans, period, fixed_periods)
+        usage_cutoff = _early_cutoff(period, plans, groups, timing or Timing(), usage_cutoff)
         if invoice_date is None:
             invoice_date = today_where_billed(plans)
         run_id = int(
@@ -359,6 +419,39 @@ async def progress(pool: asyncpg.Pool, run_id: int) -> RunProgress:
         row["chunks_done"],
         row["chunks_total"],
     )
+
+
+# The latest usage window end among a run's chunks not done: their arrears period's end
+# (the invoice period's start for a start-of-cycle plan, ``usage_window_end``), cut at the
+# run's usage cut-off (LEAST skips a NULL one).
+_WINDOW_END_SQL = """
+SELECT max(LEAST(CASE WHEN b.invoice_timing = 'start_of_cycle' THEN c.period_start
+                      ELSE c.period_end END, r.usage_cutoff))
+FROM invoice_run_chunks c JOIN invoice_runs r ON r.id = c.run_id
+JOIN plan_billing b ON b.plan_id = c.plan_id
+WHERE c.run_id = $1 AND c.done_at IS NULL
+"""
+
+
+async def held_for_ledger(
+    pool: asyncpg.Pool, run_id: int, oldest_unwritten_ms: int | None
+) -> datetime | None:
+    """The end of the run's usage window while the ledger writer still holds an entry
+    appended before it (``BalanceStore.oldest_unwritten_ms``): its CDR may be a call of
+    the window, on no invoice if the run drafted now. None: drafting may go on.
+
+    Every drafting path asks it (the worker, ``POST /v1/invoice-runs`` with
+    ``execute``, ``ocs billing run`` and ``resume``), for the worker's runs and the
+    operator's alike: an operator's run is drafted at once, before ``billing_run_delay``
+    gave the writer any time.
+    """
+    if oldest_unwritten_ms is None:
+        return None
+    async with pool.acquire() as conn:
+        end: datetime | None = await conn.fetchval(_WINDOW_END_SQL, run_id)
+    if end is None or oldest_unwritten_ms > end.timestamp() * 1000:
+        return None
+    return end.astimezone(UTC)
 
 
 async def execute_run(

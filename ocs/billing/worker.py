@@ -17,7 +17,9 @@ Every ``billing_poll_interval`` seconds a worker:
 2. executes every run with a chunk not done, one chunk at a time, claiming
    chunks from PostgreSQL (``runs.claim_chunk``: SKIP LOCKED and a lease), so
    several workers share a run and a dead worker's chunk is claimed again
-   once its lease (``billing_lease``) runs out.
+   once its lease (``billing_lease``) runs out. A run whose usage window ends
+   after the oldest entry the ledger writer still holds waits (an operator's run
+   or an early one is drafted with no delay of its own: ``runs.held_for_ledger``).
 
 A stop (SIGTERM) is noticed between chunks: the chunk in hand is finished and
 committed, none is claimed after it. The worker logs one line per state
@@ -189,11 +191,18 @@ async def due_runs(pool: asyncpg.Pool, now: datetime, delay: float = 0.0) -> lis
 
 
 async def ensure_run(
-    pool: asyncpg.Pool, due: Due, chunk_size: int, *, auto_post: bool = False
+    pool: asyncpg.Pool,
+    due: Due,
+    chunk_size: int,
+    *,
+    auto_post: bool = False,
+    timing: runs.Timing | None = None,
 ) -> int | None:
     """Create the run of a due period unless one exists; the new run's id, else None.
 
     ``auto_post``: the run is posted by a worker once drafted (``BillingWorker.post_runs``).
+    ``timing``: the worker's clock and ``billing_run_delay``, which made the period due
+    (``runs.create_run`` checks its window again with them).
 
     The check and the creation hold an advisory lock of (plan, period), so two
     workers (or a restart) never create a second run of it. The lock is a
@@ -222,6 +231,7 @@ async def ensure_run(
                 plan_id=due.plan_id,
                 chunk_size=chunk_size,
                 auto_post=auto_post,
+                timing=timing,
             )
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
@@ -256,6 +266,7 @@ class BillingWorker:
         self.clock = clock
         self._joined: set[int] = set()
         self._waiting_for_ledger = False
+        self._held_for_ledger: set[int] = set()
 
     async def create_due_runs(self) -> list[int]:
         """Create the run of every plan's due period that has none; the new runs' ids.
@@ -274,6 +285,7 @@ class BillingWorker:
                 due,
                 self.settings.chunk_size,
                 auto_post=self.settings.auto_post and self.store is not None,
+                timing=runs.Timing(delay=self.settings.run_delay, now=now),
             )
             if run_id is None:
                 continue
@@ -313,8 +325,32 @@ class BillingWorker:
                 )
         return behind
 
+    async def _run_held(self, run_id: int) -> bool:
+        """Whether the run's drafting waits for the ledger writer (``runs.held_for_ledger``):
+        an operator's run, or an early one, is drafted here with no delay of its own.
+        Logged once when a run starts waiting, and once when it goes on."""
+        if self.store is None:
+            return False  # a drafting-only worker: the run delay is its only margin
+        end = await runs.held_for_ledger(self.pool, run_id, await self.store.oldest_unwritten_ms())
+        if end is not None and run_id not in self._held_for_ledger:
+            self._held_for_ledger.add(run_id)
+            log.warning(
+                "billing run waits for the ledger writer",
+                extra={"worker": self.name, "run_id": run_id, "window_end": end.isoformat()},
+            )
+        elif end is None and run_id in self._held_for_ledger:
+            self._held_for_ledger.discard(run_id)
+            log.info(
+                "the ledger writer caught up; billing run goes on",
+                extra={"worker": self.name, "run_id": run_id},
+            )
+        return end is not None
+
     async def work_on(self, run_id: int, stopping: asyncio.Event) -> runs.RunProgress:
-        """Draft the run's chunks one at a time until none is left to claim, or a stop."""
+        """Draft the run's chunks one at a time until none is left to claim, or a stop;
+        none while the ledger writer holds an entry from before the run's window end."""
+        if await self._run_held(run_id):
+            return await runs.progress(self.pool, run_id)
         while not stopping.is_set():
             chunk = await runs.claim_chunk(self.pool, run_id, self.name, self.settings.lease_s)
             if chunk is None:

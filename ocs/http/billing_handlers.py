@@ -29,7 +29,7 @@ from ocs.billing.queries import (
     SubscriptionView,
 )
 from ocs.errors import OcsError, Reason, invalid
-from ocs.http.context import services_of
+from ocs.http.context import caller_may, services_of
 from ocs.http.endpoint import (
     AccountId,
     Amount,
@@ -100,11 +100,27 @@ class CreateRun(Params):
     execute: Annotated[
         bool, msgspec.Meta(description="draft it in this request (a small run), not by workers")
     ] = False
+    early: Annotated[
+        bool,
+        msgspec.Meta(
+            description="bill what is known so far of a period whose usage window has not"
+            " ended (plus billing_run_delay): its usage stops at the run's creation, later"
+            " calls are billed by the next invoice (admin only)"
+        ),
+    ] = False
 
 
 async def create_run(request: web.Request, params: CreateRun) -> RunView:
-    """POST /v1/invoice-runs: create a run (201); its drafts follow by workers or now."""
+    """POST /v1/invoice-runs: create a run (201); its drafts follow by workers or now.
+
+    A period whose usage window has not ended ``billing_run_delay`` ago is refused (400
+    naming ``period``) unless ``early`` (an admin's). ``execute`` drafts it now unless
+    the ledger writer still holds an entry from before its window's end: then the run
+    is answered undrafted, and the billing workers draft it once the writer caught up.
+    """
     services = services_of(request)
+    if params.early and not caller_may(request, "admin"):
+        raise OcsError(Reason.FORBIDDEN, "an early run is an admin's", field="early")
     run_id = await runs.create_run(
         services.pool,
         params.period,
@@ -114,9 +130,11 @@ async def create_run(request: web.Request, params: CreateRun) -> RunView:
         usage_cutoff=_instant("usage_cutoff", params.usage_cutoff),
         calculate_taxes=params.calculate_taxes,
         chunk_size=services.settings.billing_chunk_size,
+        timing=runs.Timing(delay=services.settings.billing_run_delay, early=params.early),
     )
     metrics.BILLING_RUNS_STARTED.labels("operator").inc()
-    if params.execute:
+    oldest = await services.store.oldest_unwritten_ms() if params.execute else None
+    if params.execute and await runs.held_for_ledger(services.pool, run_id, oldest) is None:
         before = await runs.progress(services.pool, run_id)
         after = await runs.execute_run(services.pool, run_id)
         metrics.BILLING_ACCOUNTS_DRAFTED.inc(after.accounts_done - before.accounts_done)
@@ -759,7 +777,11 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         errors=(404,),
         description="Drafts are computed by `ocs billing-worker` processes sharing the run's"
         ' chunks, or in this request with "execute": true. Repeating a run recomputes'
-        " drafts and leaves posted invoices as they are.",
+        " drafts and leaves posted invoices as they are. A period whose usage window has"
+        " not ended billing_run_delay ago is refused (400 naming period) unless"
+        " \"early\": true (an admin's): its usage then stops at the run's creation and the"
+        " next invoice bills later calls. Drafting (here or by the workers) waits while"
+        " the ledger writer holds an entry from before the window's end.",
     ),
     Endpoint(
         "GET",
