@@ -110,13 +110,44 @@ async def test_the_api_and_the_cli_refuse_this_month_unless_an_admin_asks_early(
     assert before <= cutoff <= datetime.now(UTC), made
 
 
+async def _debit(services: Services, entry: str, kind: str, amount: int, at: datetime) -> None:
+    """A ledger row the ledger writer wrote (a call's debit, a top-up)."""
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO ledger (entry_id, account_id, kind, amount, balance_after,"
+            " occurred_at) VALUES ($1, 'a0', $2, $3, 0, $4)",
+            entry,
+            kind,
+            amount,
+            at,
+        )
+
+
+async def _call(services: Services, entry: str, at: datetime, charged: int) -> None:
+    """A call of a0 stopped at ``at``: its CDR and its debit."""
+    await cdr(services, entry, "a0", at, charged=charged)
+    await _debit(services, entry, "call", -charged, at)
+
+
+async def _statement(services: Services, label: str) -> tuple[int, int, int, int]:
+    """a0's statement of ``label``: previous balance, payments, debited, closing balance."""
+    async with services.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT previous_balance, payments, debited, closing_balance FROM invoices"
+            " WHERE account_id = 'a0' AND period_label = $1",
+            label,
+        )
+    return (row["previous_balance"], row["payments"], row["debited"], row["closing_balance"])
+
+
 async def test_a_call_stopped_after_an_early_run_is_billed_by_the_next_invoice(
     services: Services,
 ) -> None:
     # On March 10 at noon an admin bills March early. A call of March 5 is on it; one of
     # March 20 stops after it, and is on April's invoice beside April's own: none lost.
+    # A top-up of March 25 is on April's statement too.
     await _renting(services)
-    await cdr(services, "1-1", "a0", datetime(2026, 3, 5, tzinfo=UTC), charged=10 * CENT)
+    await _call(services, "1-1", datetime(2026, 3, 5, tzinfo=UTC), 10 * CENT)
     created = datetime(2026, 3, 10, 12, tzinfo=UTC)
     march = await runs.create_run(
         services.pool,
@@ -125,8 +156,9 @@ async def test_a_call_stopped_after_an_early_run_is_billed_by_the_next_invoice(
         timing=runs.Timing(delay=300, early=True, now=created),
     )
     assert (await runs.execute_run(services.pool, march)).state == "done"
-    await cdr(services, "1-2", "a0", datetime(2026, 3, 20, tzinfo=UTC), charged=20 * CENT)
-    await cdr(services, "1-3", "a0", datetime(2026, 4, 5, tzinfo=UTC), charged=40 * CENT)
+    await _call(services, "1-2", datetime(2026, 3, 20, tzinfo=UTC), 20 * CENT)
+    await _debit(services, "1-9", "topup", 5 * EUR, datetime(2026, 3, 25, tzinfo=UTC))
+    await _call(services, "1-3", datetime(2026, 4, 5, tzinfo=UTC), 40 * CENT)
     april = await runs.create_run(services.pool, "2026-04", invoice_date=date(2026, 5, 1))
     assert (await runs.execute_run(services.pool, april)).state == "done"
 
@@ -151,6 +183,10 @@ async def test_a_call_stopped_after_an_early_run_is_billed_by_the_next_invoice(
     april_calls = await call_rows(services.pool, await invoice_id(services, "a0", "2026-04"))
     assert [r.cdr for r in march_calls] == ["1-1"]
     assert [r.cdr for r in april_calls] == ["1-2", "1-3"]
+    # The statements follow each other: March's ends on March 10 at noon (its 10.00 rent
+    # unposted), April's reads the ledger from there: the top-up and both calls.
+    assert await _statement(services, "2026-03") == (0, 0, 10 * CENT, -1010 * CENT)
+    assert await _statement(services, "2026-04") == (-10 * CENT, 5 * EUR, 60 * CENT, -570 * CENT)
 
 
 async def test_drafting_waits_while_the_ledger_writer_holds_a_call_of_the_window(

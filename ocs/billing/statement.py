@@ -14,7 +14,10 @@ micro-units for the statement window (the invoice's usage window):
   posting completes it in its own transaction with those posted since
   (``complete_statements``), so a period drafted before the one before it was
   posted still starts at that one's closing balance;
-- ``payments``: opening balance and top-ups in the window;
+- ``payments``: opening balance and top-ups in the window; the statement reads
+  the ledger from the end of the account's newest earlier invoice's window where
+  that ended before this window (an early run's, a usage cut-off's: decision 0021,
+  addendum 2026-12-07), so no money falls between two statements;
 - ``debited``: what the real-time path took in the window (calls, usage
   events, counter fees, less any other credit), the invoice's own reporting
   lines show it;
@@ -68,9 +71,21 @@ JOIN invoice_lines l ON l.invoice_id = doc.id AND l.moves_money
 GROUP BY t.id
 """
 
+# Where an account's statement starts reading the ledger: its window's start ($2), or
+# earlier where the usage window of its newest earlier invoice ended before it (an early
+# run's, a usage cut-off's): that money is on no earlier statement, and the calls are this
+# invoice's late usage (``late_usage``). {account} and {period_start} name the invoice's.
+_SINCE = """
+LEAST($2::timestamptz, COALESCE((
+    SELECT e.window_end FROM invoices e
+    WHERE e.account_id = {account} AND e.kind = 'invoice' AND e.period_start < {period_start}
+    ORDER BY e.period_start DESC LIMIT 1), $2::timestamptz))
+"""
+
 _STATEMENT_SQL = f"""
 WITH d AS (
-    SELECT i.id, i.account_id, i.period_start, a.credit_limit = 0 AS prepaid
+    SELECT i.id, i.account_id, i.period_start, a.credit_limit = 0 AS prepaid,
+           {_SINCE.format(account="i.account_id", period_start="i.period_start")} AS since
     FROM invoices i JOIN accounts a ON a.id = i.account_id
     WHERE i.id = ANY($1::bigint[])
 ),
@@ -79,16 +94,16 @@ g AS ({_LEDGER.format(accounts="IN (SELECT account_id FROM d)", until="$3")}),
 m AS ({_EARLIER_MONEY.format(posted="j.state <> 'draft'")}),
 s AS (
     SELECT d.id, d.prepaid,
-           COALESCE(sum(g.amount) FILTER (WHERE g.occurred_at < $2), 0) AS ledger_before,
+           COALESCE(sum(g.amount) FILTER (WHERE g.occurred_at < d.since), 0) AS ledger_before,
            COALESCE(sum(g.amount) FILTER (
-               WHERE g.occurred_at >= $2 AND g.kind = ANY($4::text[])), 0) AS payments,
+               WHERE g.occurred_at >= d.since AND g.kind = ANY($4::text[])), 0) AS payments,
            COALESCE(-sum(g.amount) FILTER (
-               WHERE g.occurred_at >= $2 AND g.kind <> ALL($4::text[])), 0) AS debited,
+               WHERE g.occurred_at >= d.since AND g.kind <> ALL($4::text[])), 0) AS debited,
            COALESCE((SELECT sum(l.amount) FROM invoice_lines l
                      WHERE l.invoice_id = d.id AND l.moves_money), 0) AS posting,
            COALESCE(min(m.money), 0) AS money
     FROM d LEFT JOIN g ON g.account_id = d.account_id LEFT JOIN m ON m.id = d.id
-    GROUP BY d.id, d.prepaid
+    GROUP BY d.id, d.prepaid, d.since
 )
 UPDATE invoices i
 SET window_start = $2, window_end = $3, prepaid = s.prepaid, ledger_before = s.ledger_before,
@@ -157,21 +172,23 @@ class Statement:
 # (only a posted invoice's do), so no invoice needs leaving out of the earlier money.
 _FIGURES_SQL = f"""
 WITH d AS (
-    SELECT a.id AS account_id, a.credit_limit = 0 AS prepaid
+    SELECT a.id AS account_id, a.credit_limit = 0 AS prepaid,
+           {_SINCE.format(account="a.id", period_start="$5::timestamptz")} AS since
     FROM accounts a WHERE a.id = ANY($1::text[])
 ),
 t AS (SELECT account_id AS id, account_id, $5::timestamptz AS period_start FROM d),
 g AS ({_LEDGER.format(accounts="= ANY($1::text[])", until="$3")}),
 m AS ({_EARLIER_MONEY.format(posted="j.state <> 'draft'")})
 SELECT d.account_id, d.prepaid,
-       COALESCE(sum(g.amount) FILTER (WHERE g.occurred_at < $2), 0)::bigint AS ledger_before,
+       COALESCE(sum(g.amount) FILTER (WHERE g.occurred_at < d.since), 0)::bigint
+           AS ledger_before,
        COALESCE(min(m.money), 0)::bigint AS money,
        COALESCE(sum(g.amount) FILTER (
-           WHERE g.occurred_at >= $2 AND g.kind = ANY($4::text[])), 0)::bigint AS payments,
+           WHERE g.occurred_at >= d.since AND g.kind = ANY($4::text[])), 0)::bigint AS payments,
        COALESCE(-sum(g.amount) FILTER (
-           WHERE g.occurred_at >= $2 AND g.kind <> ALL($4::text[])), 0)::bigint AS debited
+           WHERE g.occurred_at >= d.since AND g.kind <> ALL($4::text[])), 0)::bigint AS debited
 FROM d LEFT JOIN g ON g.account_id = d.account_id LEFT JOIN m ON m.id = d.account_id
-GROUP BY d.account_id, d.prepaid
+GROUP BY d.account_id, d.prepaid, d.since
 """
 
 
