@@ -455,8 +455,9 @@ class Settings:
     billing_run_delay: float = _setting(
         300.0,
         _parse_float,
-        "seconds after a period ends (or starts) before its run is created: CDRs reach"
-        " PostgreSQL a moment after each call",
+        "seconds after a period ends (or starts) before its run is created, the worker's"
+        " or an operator's (refused before then unless early): CDRs reach PostgreSQL a"
+        " moment after each call",
     )
     billing_auto_post: bool = _setting(
         True,
