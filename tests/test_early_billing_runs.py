@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from ocs import api_tokens
@@ -17,6 +18,7 @@ from ocs.billing.itemised import call_rows
 from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
+from ocs.http.app import create_app
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, cdr, customer, invoice_id, monthly
 from tests.conftest import RunningApp, bearer
@@ -224,3 +226,32 @@ async def test_drafting_waits_while_the_ledger_writer_holds_a_call_of_the_window
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("billing run waits for the ledger writer") == 1
     assert messages.count("the ledger writer caught up; billing run goes on") == 1
+
+
+async def test_a_run_executed_by_the_api_while_the_writer_is_behind_is_left_undrafted(
+    services: Services, redis_url: str
+) -> None:
+    # No ledger writer runs here: a call of March 31 waits in its stream. "execute" does
+    # not draft March now (the call would be on no invoice): the workers will.
+    await _renting(services)
+    stream = keys.ledger(keys.bucket_of("a0"))
+    inside = f"{int(datetime(2026, 3, 31, 23, 59, tzinfo=UTC).timestamp() * 1000)}-0"
+    redis = Redis.from_url(redis_url)
+    entry: Any = {"kind": "call", "account": "a0", "amount": "-1000"}
+    await redis.xadd(stream, entry, id=inside)
+    await redis.aclose()
+    token = await api_tokens.create(services.pool, "boss", "admin")
+    client = TestClient(TestServer(create_app(services)), headers=bearer(token))
+    await client.start_server()
+    try:
+        response = await client.post(
+            "/v1/invoice-runs",
+            json={"period": "2026-03", "invoice_date": "2026-04-01", "execute": True},
+        )
+        made = await response.json()
+    finally:
+        await client.close()
+    assert response.status == 201, made
+    assert (made["state"], made["accounts_done"], made["accounts_total"]) == ("running", 0, 1)
+    async with services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM invoices") == 0
