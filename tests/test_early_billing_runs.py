@@ -76,6 +76,28 @@ async def test_a_period_is_refused_until_its_window_ended_and_the_run_delay_pass
         )
 
 
+@pytest.mark.parametrize(
+    ("period", "says"),
+    [
+        ("garbage", "expected YYYY-MM or YYYY-MM-DD..YYYY-MM-DD"),
+        ("2026-13", "not a month"),
+        ("2026-02-30..2026-03-01", "not a date"),
+        ("2026-12-05..2026-01-01", "first day must come before its end"),
+    ],
+)
+async def test_a_period_name_no_plan_could_have_is_refused_with_no_account_to_bill(
+    services: Services, period: str, says: str
+) -> None:
+    # A plan with no account: the name was parsed only per account, so these were
+    # stored as runs with nothing to bill, done at once, and counted as taken.
+    await billed_plan(services)
+    with pytest.raises(OcsError) as refused:
+        await runs.create_run(services.pool, period, timing=runs.Timing(early=True))
+    assert (refused.value.reason, refused.value.field) == (Reason.INVALID_FIELD, "period")
+    assert says in refused.value.message, refused.value.message
+    assert await _run_count(services) == 0
+
+
 async def test_the_api_and_the_cli_refuse_this_month_unless_an_admin_asks_early(
     app: RunningApp, settings: Settings, tmp_path: Path
 ) -> None:

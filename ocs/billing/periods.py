@@ -272,6 +272,26 @@ class Schedule:
         raise ValueError(f"period name {name!r}: expected YYYY-MM or YYYY-MM-DD..YYYY-MM-DD")
 
 
+def check_period_name(name: str) -> None:
+    """ValueError unless ``name`` can name a period of some schedule: a month
+    ``YYYY-MM`` or a label ``YYYY-MM-DD..YYYY-MM-DD`` whose first day comes before its
+    end. Whether it is a period of a given schedule is ``Schedule.period_named``'s to
+    say; this holds for a run whose plans have no account to ask that of."""
+    if match := _MONTH_NAME.match(name):
+        if not 1 <= int(match[2]) <= 12:
+            raise ValueError(f"not a month: {name!r}")
+        return
+    if match := _RANGE_NAME.match(name):
+        try:
+            first, end = date.fromisoformat(match[1]), date.fromisoformat(match[2])
+        except ValueError:
+            raise ValueError(f"not a date in period name {name!r}") from None
+        if first >= end:
+            raise ValueError(f"period name {name!r}: its first day must come before its end")
+        return
+    raise ValueError(f"period name {name!r}: expected YYYY-MM or YYYY-MM-DD..YYYY-MM-DD")
+
+
 def fixed_period(effective: date, days: int, *, tz: str) -> Schedule:
     """Plan cycle "fixed period": every ``days`` days from the plan's effective date."""
     return Schedule(Unit.DAYS, days, effective, tz)

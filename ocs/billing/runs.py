@@ -32,7 +32,7 @@ from ocs import metrics
 from ocs.billing import drafts
 from ocs.billing.anchors import account_anchor, latest_invoices
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
-from ocs.billing.periods import Period, local_midnight
+from ocs.billing.periods import Period, check_period_name, local_midnight
 from ocs.errors import OcsError, Reason, invalid
 
 # Accounts a chunk drafts in one transaction: 1,000 rather than 500 halves the per-chunk
@@ -83,6 +83,12 @@ async def _account_groups(
     plan -> its period, known already for a manual plan), and how many accounts."""
     groups: Groups = defaultdict(list)
     by_plan = {p.plan_id: p for p in plans}
+    # Checked whatever the accounts: a name no plan could have was stored as a run
+    # with nothing to bill ("garbage", a range ending before it starts), done at once.
+    try:
+        check_period_name(period)
+    except ValueError as error:
+        raise invalid("period", str(error)) from None
     rows = await conn.fetch(
         "SELECT a.id, a.plan_id, a.created_at,"
         " (SELECT min(start_date) FROM subscriptions s"
