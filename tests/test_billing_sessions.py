@@ -1,19 +1,23 @@
 """On-demand billing (call shops, hotels): calls only while a session is open, and closing
 the session produces its invoice (real PostgreSQL and Redis, real calls)."""
 
+import csv
+import io
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
+from ocs.balances.store import BalanceStore
 from ocs.billing import posting
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.dunning import reactivate_paid
 from ocs.billing.periods import month_day
 from ocs.billing.sessions import (
     close_session,
-    lock_without_session,
     open_session,
     session_invoice,
 )
@@ -50,7 +54,6 @@ async def test_calls_only_in_an_open_session_and_closing_it_invoices_the_session
     await add_plan(services, "shop")
     await set_plan_billing(services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
     await services.accounts.create(AccountSpec("booth1", plan_id="shop", opening_balance=5 * EUR))
-    await lock_without_session(services.pool, services.store, "booth1")
     # No session: the real-time path refuses (the account lock, reason "session").
     assert await _refusal(services, "before") is Reason.NO_OPEN_SESSION
 
@@ -104,7 +107,6 @@ async def test_a_session_never_lifts_a_suspension_or_an_operators_lock(app: Runn
         await services.accounts.create(
             AccountSpec(account_id, plan_id="shop", opening_balance=5 * EUR)
         )
-        await lock_without_session(services.pool, services.store, account_id)
     status, body = await send(app, "PATCH", "/v1/accounts/booth1", {"status": "suspended"})
     assert status == 200, body
     status, body = await send(app, "PATCH", "/v1/accounts/booth2", {"status": "locked"})
@@ -166,7 +168,6 @@ async def test_closing_a_session_keeps_an_operators_lock_that_dunning_recorded(
     await add_plan(services, "kiosk")
     await set_plan_billing(services.pool, PlanBilling("kiosk", "on_demand", date(2026, 1, 1)))
     await services.accounts.create(AccountSpec("booth3", plan_id="kiosk", opening_balance=5 * EUR))
-    await lock_without_session(services.pool, services.store, "booth3")
     await open_session(services.pool, services.store, "booth3")
     first = await close_session(services.pool, services.store, "booth3")
     await open_session(services.pool, services.store, "booth3")
@@ -210,7 +211,6 @@ async def test_an_operator_lifting_a_suspension_gives_back_no_calls_outside_a_se
     await add_plan(services, "shop")
     await set_plan_billing(services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
     await services.accounts.create(AccountSpec("kiosk", plan_id="shop", opening_balance=5 * EUR))
-    await lock_without_session(services.pool, services.store, "kiosk")
     status, first = await app.post("/v1/accounts/kiosk/billing-sessions", None)
     assert status == 201, first
     await _call(services, "kiosk", "in-session", 90)  # 120 s billed: 0.02
@@ -271,7 +271,6 @@ async def _booth_with_a_minimum(services: Services) -> None:
             "INSERT INTO subscription_bundles (subscription_id, bundle_id) VALUES ($1, 'min')",
             sub,
         )
-    await lock_without_session(services.pool, services.store, "booth1")
 
 
 def _commitment(invoice: dict) -> tuple[int, int, str]:
@@ -360,3 +359,111 @@ async def test_a_session_across_midnight_pays_its_hours_not_the_whole_minimum(
             "SELECT invoice_id FROM billing_sessions WHERE id = ANY($1::bigint[])", ids
         )
     assert all(row["invoice_id"] is not None for row in linked)
+
+
+async def _http_call(app: RunningApp, account_id: str, call_id: str, seconds: int) -> str:
+    """A call over the API to a UK fixed number (0.010/min, 60/60): "granted" (then
+    ended after ``seconds``), or the reason it was refused."""
+    status, body = await send(
+        app,
+        "POST",
+        "/v1/calls",
+        {"account": account_id, "destination": "441234567", "call_id": call_id},
+    )
+    if status != 201:
+        assert status == 403, body
+        return str(body["error"]["reason"])
+    stopped, answer = await send(app, "POST", f"/v1/calls/{call_id}/stop", {"duration": seconds})
+    assert stopped == 200, answer
+    return "granted"
+
+
+async def _balance(app: RunningApp, account_id: str) -> str:
+    status, body = await app.get(f"/v1/accounts/{account_id}")
+    assert status == 200, body
+    return str(body["balance"])
+
+
+async def test_an_account_created_on_an_on_demand_plan_calls_only_in_a_session(
+    app: RunningApp,
+) -> None:
+    """An account created on a plan billed on demand was active: it called freely until
+    its first session opened and closed, and no session invoice billed those calls. Now
+    it starts locked (lock ``session``) and calls once a session opens; so does a card."""
+    services = app.services
+    await add_plan(services, "shop")
+    status, body = await app.put(
+        "/v1/plans/shop/billing", {"cycle": "on_demand", "effective_date": "2026-01-01"}
+    )
+    assert status == 200, body
+    status, created = await app.post(
+        "/v1/accounts", {"id": "booth", "plan": "shop", "balance": "5.00"}
+    )
+    assert status == 201, created
+    assert (created["status"], created["locked_by"]) == ("locked", "session")
+    assert await _statuses(services, "booth") == ("locked", "locked", "session")
+    assert await _http_call(app, "booth", "before", 90) == "no_open_session"
+    assert await _balance(app, "booth") == "5.000000"
+    # The same request again is answered as the same request: the account exists.
+    status, again = await app.post(
+        "/v1/accounts", {"id": "booth", "plan": "shop", "balance": "5.00"}
+    )
+    assert (status, again["error"]["reason"]) == (409, "account_exists"), again
+
+    status, session = await app.post("/v1/accounts/booth/billing-sessions", None)
+    assert status == 201, session
+    assert await _http_call(app, "booth", "in-session", 90) == "granted"  # 120 s: 0.02
+    assert await _balance(app, "booth") == "4.980000"
+
+    # An operator's lock asked for at creation stays the operator's: no session opens.
+    status, held = await app.post(
+        "/v1/accounts", {"id": "held", "plan": "shop", "balance": "5.00", "status": "locked"}
+    )
+    assert status == 201, held
+    assert await _statuses(services, "held") == ("locked", "locked", "")
+    status, body = await app.post("/v1/accounts/held/billing-sessions", None)
+    assert (status, body["error"]["reason"]) == (409, "account_state"), body
+
+    # A card on the plan waits for a session too.
+    response = await app.client.post(
+        "/v1/pin-batches",
+        json={"plan": "shop", "batch": "shopcards", "count": 1, "length": 12, "value": "3.00"},
+    )
+    assert response.status == 201, await response.text()
+    [card] = list(csv.DictReader(io.StringIO(await response.text())))
+    assert await _statuses(services, card["account"]) == ("locked", "locked", "session")
+    assert await _http_call(app, card["account"], "card-before", 30) == "no_open_session"
+    status, body = await app.post(f"/v1/accounts/{card['account']}/billing-sessions", None)
+    assert status == 201, body
+    assert await _http_call(app, card["account"], "card-in-session", 30) == "granted"
+    assert await _balance(app, card["account"]) == "2.990000"
+
+
+async def test_a_creation_retried_after_its_answer_was_lost_keeps_the_session_lock(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session lock is part of what the creation request makes (its token): the same
+    request sent again after Redis made the account and the answer was lost finishes that
+    creation, locked, rather than being refused as another request."""
+    services = app.services
+    await add_plan(services, "shop")
+    status, body = await app.put(
+        "/v1/plans/shop/billing", {"cycle": "on_demand", "effective_date": "2026-01-01"}
+    )
+    assert status == 200, body
+    real = BalanceStore.create_account
+
+    async def made_then_lost(self: BalanceStore, *args: Any, **kwargs: Any) -> Any:
+        await real(self, *args, **kwargs)
+        raise RedisConnectionError("connection to Redis lost: reset by peer")
+
+    monkeypatch.setattr(BalanceStore, "create_account", made_then_lost)
+    request = {"id": "booth", "plan": "shop", "balance": "5.00"}
+    status, body = await app.post("/v1/accounts", request)
+    assert status == 503, body
+    monkeypatch.undo()
+    status, body = await app.post("/v1/accounts", request)
+    assert status == 201, body
+    assert (body["status"], body["locked_by"], body["balance"]) == ("locked", "session", "5.000000")
+    assert await _statuses(services, "booth") == ("locked", "locked", "session")
+    assert await _http_call(app, "booth", "lost", 30) == "no_open_session"

@@ -32,8 +32,9 @@ log = logging.getLogger("ocs.accounts")
 
 STATUSES = ("active", "locked", "suspended")
 # The Redis lock of an on-demand account with no billing session open: authorize.lua
-# refuses its calls with no_open_session. The billing sessions put it and lift it, and
-# an operator's "active" leaves it while no session is open (decision 0020).
+# refuses its calls with no_open_session. An account has it from its creation on such a
+# plan, or from its plan's cycle becoming on_demand; the billing sessions lift it and put
+# it back, and an operator's "active" leaves it while no session is open (decision 0020).
 SESSION_LOCK = "session"
 # Whether the account is billed on demand and has no session open: then it may call only
 # once one opens. Read under the account row's lock, which opening and closing a session
@@ -191,6 +192,20 @@ class AccountSpec:
         )
 
 
+async def starting_state(conn: asyncpg.Connection, plan_id: str, status: str) -> tuple[str, str]:
+    """The (status, Redis lock reason) a new account on ``plan_id`` starts in when
+    ``status`` is asked for: ``active`` on a plan billed on demand is ``locked`` with the
+    session lock, since no session is open yet (decision 0020); an operator's lock or a
+    suspension is kept as asked. The caller holds the plan row (``FOR SHARE``), which a
+    change of the plan's billing cycle takes too, so no such change slips in between."""
+    if status != "active":
+        return status, ""
+    on_demand = await conn.fetchval(
+        "SELECT cycle = 'on_demand' FROM plan_billing WHERE plan_id = $1", plan_id
+    )
+    return ("locked", SESSION_LOCK) if on_demand else ("active", "")
+
+
 async def _needs_session(conn: asyncpg.Connection, account_id: str) -> bool:
     """Under the account row's lock (taken here): whether it is billed on demand with no
     billing session open, so that only the session lock is its usable state."""
@@ -209,17 +224,21 @@ class AccountService:
 
     async def create(self, spec: AccountSpec) -> AccountState:
         """Create an account as ``spec`` asks; every limit left out is the plan's default,
-        copied onto the account."""
+        copied onto the account. ``active`` on a plan billed on demand starts ``locked``
+        with the session lock: it calls once a billing session opens."""
         spec.validate()
         account_id, plan_id = spec.account_id, spec.plan_id
         password = spec.password
         digest = None if password is None else self._digests.password(account_id, password)
         async with self._pool.acquire() as conn, conn.transaction():
-            plan = await conn.fetchrow("SELECT * FROM plans WHERE id = $1", plan_id)
+            # FOR SHARE: a change of the plan's billing cycle waits for this account, and
+            # moves it with the plan's others; this one reads the cycle committed before.
+            plan = await conn.fetchrow("SELECT * FROM plans WHERE id = $1 FOR SHARE", plan_id)
             if plan is None:
                 raise OcsError(
                     Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
                 )
+            status, lock = await starting_state(conn, plan_id, spec.status)
             limit: int = plan["credit_limit"] if spec.credit_limit is None else spec.credit_limit
             lines: int = plan["max_lines"] if spec.max_lines is None else spec.max_lines
             min_balance: int = plan["min_balance"] if spec.min_balance is None else spec.min_balance
@@ -246,7 +265,7 @@ class AccountService:
                 plan["currency"],
                 limit,
                 lines,
-                spec.status,
+                status,
                 digest,
                 spec.expires_at,
                 min_balance,
@@ -262,7 +281,7 @@ class AccountService:
                     Reason.ACCOUNT_EXISTS, f"account {account_id!r} exists already", field="id"
                 )
             token = creation_token(
-                "account", account_id, plan_id, plan["currency"], limit, lines, spec.status,
+                "account", account_id, plan_id, plan["currency"], limit, lines, status, lock,
                 spec.opening_balance, digest, utc_text(spec.expires_at), min_balance,
                 critical_balance, committed, member_max_lines, max_members, spec.expire_days,
                 language,
@@ -277,7 +296,8 @@ class AccountService:
                 currency=plan["currency"],
                 credit_limit=limit,
                 max_lines=lines,
-                status=spec.status,
+                status=status,
+                lock=lock,
                 opening_balance=spec.opening_balance,
                 password_digest=digest or "",
                 expires_at=0 if spec.expires_at is None else int(spec.expires_at.timestamp()),

@@ -28,7 +28,7 @@ from datetime import datetime
 import asyncpg
 from redis.exceptions import RedisError
 
-from ocs.balances.accounts import creation_token, utc_text, validate_expiry
+from ocs.balances.accounts import creation_token, starting_state, utc_text, validate_expiry
 from ocs.balances.card_ids import card_account_id
 from ocs.balances.digests import Digests, legacy_pin_digest
 from ocs.balances.old_forms import OldForms
@@ -188,11 +188,14 @@ class CardService:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_batch(conn, batch_id)
-                plan = await conn.fetchrow("SELECT * FROM plans WHERE id = $1", plan_id)
+                # FOR SHARE: a change of the plan's billing cycle waits for the batch.
+                plan = await conn.fetchrow("SELECT * FROM plans WHERE id = $1 FOR SHARE", plan_id)
                 if plan is None:
                     raise OcsError(
                         Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
                     )
+                # A card on a plan billed on demand calls only in a session, as an account.
+                state = await starting_state(conn, plan_id, "active")
                 inserted = await conn.fetchval(
                     "INSERT INTO pin_batches (id, plan_id, count, value, pin_length)"
                     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
@@ -214,7 +217,7 @@ class CardService:
                     "card batch", batch_id, plan_id, plan["currency"], count, length, value,
                     password_length, utc_text(expires_at), expire_days, plan["max_lines"],
                     plan["min_balance"], plan["critical_balance"], plan["member_max_lines"],
-                    plan["language"],
+                    plan["language"], *state,
                 )  # fmt: skip
                 await self._claim(batch_id, token)
                 await conn.copy_records_to_table(
@@ -227,7 +230,7 @@ class CardService:
                     records=[
                         (
                             card.account_id, plan_id, plan["currency"], 0, plan["max_lines"],
-                            "active",
+                            state[0],
                             None if card.password is None
                             else self._digests.password(card.account_id, card.password),
                             expires_at, plan["min_balance"], plan["critical_balance"],
@@ -247,7 +250,9 @@ class CardService:
                     dealt = cards[: start + len(chunk)]
                     outcomes = await asyncio.gather(
                         *(
-                            self._create_card(card, plan, value, expires_at, expire_days, token)
+                            self._create_card(
+                                card, plan, state, value, expires_at, expire_days, token
+                            )
                             for card in chunk
                         ),
                         # Every card's writes are over before a failure is raised: none
@@ -349,13 +354,15 @@ class CardService:
         self,
         card: Card,
         plan: asyncpg.Record,
+        state: tuple[str, str],
         value: int,
         expires_at: datetime | None,
         expire_days: int,
         token: str,
     ) -> bool:
-        """Make the card in Redis and let its PIN open it; True when it was there already,
-        made by a failed try of the same request, and is taken over."""
+        """Make the card in Redis, in ``state`` (status, lock reason), and let its PIN open
+        it; True when it was there already, made by a failed try of the same request, and
+        is taken over."""
         digest = self._digests.pin(card.pin)
         password = (
             "" if card.password is None else self._digests.password(card.account_id, card.password)
@@ -366,7 +373,8 @@ class CardService:
             currency=plan["currency"],
             credit_limit=0,
             max_lines=plan["max_lines"],
-            status="active",
+            status=state[0],
+            lock=state[1],
             opening_balance=value,
             password_digest=password,
             expires_at=0 if expires_at is None else int(expires_at.timestamp()),

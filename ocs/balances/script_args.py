@@ -684,6 +684,7 @@ class CreateAccountArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[14] lines per member (0 = no limit of its own)
     ARGV[15] days a card lasts after its first use (0 = no such expiry)
     ARGV[16] the creating request's token ("" = none)   ARGV[17] a card's PIN digest
+    ARGV[18] the lock reason ("" = none; "session": on demand, no session open)
     """
 
     account_id: str
@@ -703,13 +704,14 @@ class CreateAccountArgs(msgspec.Struct, frozen=True, gc=False):
     expire_days: int = 0
     token: str = ""
     pin_digest: str = ""
+    lock: str = ""
 
     def keys(self) -> list[str]:
         """KEYS[1..2]."""
         return [k.account(self.account_id), k.ledger(k.bucket_of(self.account_id))]
 
     def argv(self) -> list[object]:
-        """ARGV[1..17]."""
+        """ARGV[1..18]."""
         return [
             self.plan_id,
             self.currency,
@@ -728,6 +730,7 @@ class CreateAccountArgs(msgspec.Struct, frozen=True, gc=False):
             self.expire_days,
             self.token,
             self.pin_digest,
+            self.lock,
         ]
 
 

@@ -377,10 +377,12 @@ class BalanceStore:
         expire_days: int = 0,
         token: str = "",
         pin_digest: str = "",
+        lock: str = "",
     ) -> Created | None:
         """Create the account's real-time state; None if it exists already, made by a
         request with another ``token`` (or none). One with the same token is answered
-        ``adopted``, as it stands: the retry of a creation whose end was lost."""
+        ``adopted``, as it stands: the retry of a creation whose end was lost. ``lock``:
+        the lock reason of a ``locked`` account (``session``: on demand, no session open)."""
         args = CreateAccountArgs(
             account_id,
             plan_id,
@@ -399,6 +401,7 @@ class BalanceStore:
             expire_days,
             token,
             pin_digest,
+            lock,
         )
         reply = await self._pipe.run_script(scripts.CREATE_ACCOUNT, args.keys(), args.argv())
         outcome = _text(reply[0])

@@ -12,6 +12,7 @@
 -- ARGV[15] days a card lasts after its first use (0 = no such expiry)
 -- ARGV[16] the creating request's token ("" = none: no retry takes the account over)
 -- ARGV[17] a card's PIN digest ("" = none)
+-- ARGV[18] the lock reason ("" = none; "session": an on-demand account with no session open)
 --
 -- Returns {"OK", balance}; {"SAME", balance, pin digest} when the account exists already,
 -- made by a request with the same token (a retry of a creation PostgreSQL never
@@ -31,7 +32,7 @@ end
 redis.call('HSET', KEYS[1], 'plan', ARGV[1], 'currency', ARGV[2], 'credit_limit', ARGV[3],
   'max_lines', ARGV[4], 'status', ARGV[5], 'balance', 0, 'reserved', 0, 'pw', ARGV[9],
   'expires', ARGV[10], 'min_balance', ARGV[11], 'critical', ARGV[12], 'committed', ARGV[13],
-  'member_lines', ARGV[14], 'expire_days', ARGV[15], 'lock', '',
+  'member_lines', ARGV[14], 'expire_days', ARGV[15], 'lock', ARGV[18] or '',
   'created', ARGV[7] .. ':' .. ARGV[16], 'status_at', ARGV[7])
 if ARGV[17] ~= '' then
   redis.call('HSET', KEYS[1], 'pin', ARGV[17])
