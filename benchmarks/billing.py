@@ -334,7 +334,9 @@ async def generated_size(database_url: str) -> tuple[int, int] | None:
     return int(accounts), int(cdrs)
 
 
-async def generate(database_url: str, accounts: int, cdrs: int, width: int) -> dict[str, float]:
+async def generate(
+    database_url: str, store: BalanceStore, accounts: int, cdrs: int, width: int
+) -> dict[str, float]:
     """Drop and create the database, migrate it, and fill it; seconds per step."""
     steps: dict[str, float] = {}
     admin, name = admin_url(database_url)
@@ -348,7 +350,9 @@ async def generate(database_url: str, accounts: int, cdrs: int, width: int) -> d
     async with asyncpg.create_pool(database_url, min_size=2, max_size=4) as pool:
         await migrate(pool)
         await catalog_store.create_plan(pool, Plan(PLAN, PLAN, "EUR", 0, 0, 4, 14_400))
-        await set_plan_billing(pool, PlanBilling(PLAN, "fixed_date", date(2026, 1, 1), cycle_day=1))
+        await set_plan_billing(
+            pool, store, PlanBilling(PLAN, "fixed_date", date(2026, 1, 1), cycle_day=1)
+        )
         # The plan's custom charges: every account subscribed to the plan has both.
         for charge_id, name, amount, timing in (
             ("rent", "Line rent", RENT, "arrears"),
@@ -683,6 +687,7 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"accounts {accounts:,}, CDRs {cdrs:,}, workers {args.workers} ({args.mode})")
     print(f"RSS at start: {rss.phase()[0]:.0f} MB")
 
+    redis, store = await connect_redis(args.redis_url)
     if args.reuse and await generated_size(args.database_url) == (accounts, cdrs):
         print("data: reused")
         # Migrations added since the data was made (indexes, triggers) apply to it too.
@@ -693,12 +698,11 @@ async def bench(args: argparse.Namespace) -> None:
         await reset_billing(args.database_url)
     else:
         started = time.perf_counter()
-        steps = await generate(args.database_url, accounts, cdrs, width)
+        steps = await generate(args.database_url, store, accounts, cdrs, width)
         spent = ", ".join(f"{step} {seconds:.1f}" for step, seconds in steps.items())
         print(f"data: {time.perf_counter() - started:.1f} s ({spent})")
     await set_vat_and_bundle(args.database_url, args.vat_and_bundle)
     print(f"VAT and bundle: {'on' if args.vat_and_bundle else 'off'}")
-    redis, store = await connect_redis(args.redis_url)
     print(f"Redis accounts: {await redis_accounts(store, redis, accounts, width):.1f} s")
     print(f"  peak RSS while generating: {rss.phase()[0]:.0f} MB")
 

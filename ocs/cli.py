@@ -1389,7 +1389,7 @@ def _plans_billing(args: argparse.Namespace, settings: Settings) -> int:
         issuer=args.issuer,
         tax_engine=args.tax_engine,
     )
-    saved = with_services(settings, lambda s: store.set_plan_billing(s.pool, billing))
+    saved = with_services(settings, lambda s: store.set_plan_billing(s.pool, s.store, billing))
     shown = {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)}
     print_json({**shown, "effective_date": saved.effective_date.isoformat()})
     return 0

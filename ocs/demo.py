@@ -231,6 +231,7 @@ async def load_billing_demo(services: Services) -> None:
     first = _month_start(datetime.now(UTC).date())
     await set_plan_billing(
         services.pool,
+        services.store,
         PlanBilling(
             BILLING_PLAN.id,
             "fixed_date",

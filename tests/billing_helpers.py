@@ -42,6 +42,7 @@ async def billed_plan(
     await add_plan(services, plan_id)
     await set_plan_billing(
         services.pool,
+        services.store,
         PlanBilling(plan_id, "fixed_date", effective, time_zone=tz, cycle_day=cycle_day),
     )
 

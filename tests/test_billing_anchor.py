@@ -23,7 +23,7 @@ async def anniversary_plan(services: Services) -> None:
     """The retail plan on the subscription-date cycle from Jan 1, 2026."""
     await add_plan(services, "retail")
     await set_plan_billing(
-        services.pool, PlanBilling("retail", "subscription_date", date(2026, 1, 1))
+        services.pool, services.store, PlanBilling("retail", "subscription_date", date(2026, 1, 1))
     )
 
 

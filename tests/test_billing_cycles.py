@@ -71,7 +71,9 @@ async def test_a_week_cycle_bills_a_weekly_charge_from_monday_to_monday(
     await add_plan(services, "weekly")
     # Week cycle on Mondays (weekday 0) from Monday 2026-03-02.
     await set_plan_billing(
-        services.pool, PlanBilling("weekly", "week", date(2026, 3, 2), cycle_weekday=0)
+        services.pool,
+        services.store,
+        PlanBilling("weekly", "week", date(2026, 3, 2), cycle_weekday=0),
     )
     await create_charge(
         services.pool,
@@ -103,7 +105,9 @@ async def test_a_fixed_period_cycle_counts_every_n_days_from_the_effective_date(
     await add_plan(services, "tens")
     # Every 10 days from Jan 1: Jan 1, 11, 21, 31, Feb 10 ...
     await set_plan_billing(
-        services.pool, PlanBilling("tens", "fixed_period", date(2026, 1, 1), every_days=10)
+        services.pool,
+        services.store,
+        PlanBilling("tens", "fixed_period", date(2026, 1, 1), every_days=10),
     )
     await create_charge(
         services.pool,
@@ -199,7 +203,9 @@ async def test_jpy_lines_round_to_whole_yen_and_bhd_lines_to_fils(services: Serv
     for plan, currency in (("yen", "JPY"), ("dinar", "BHD")):
         await add_plan(services, plan, currency=currency)
         await set_plan_billing(
-            services.pool, PlanBilling(plan, "fixed_date", date(2026, 1, 1), cycle_day=1)
+            services.pool,
+            services.store,
+            PlanBilling(plan, "fixed_date", date(2026, 1, 1), cycle_day=1),
         )
     await create_charge(
         services.pool,
@@ -233,7 +239,9 @@ async def test_jpy_lines_round_to_whole_yen_and_bhd_lines_to_fils(services: Serv
 
 async def test_a_manual_plan_invoices_a_named_past_period_once(services: Services) -> None:
     await add_plan(services, "desk")
-    await set_plan_billing(services.pool, PlanBilling("desk", "manual", date(2026, 1, 1)))
+    await set_plan_billing(
+        services.pool, services.store, PlanBilling("desk", "manual", date(2026, 1, 1))
+    )
     await monthly(services, "rent", 10 * EUR)
     await customer(services, "m1", "rent", date(2026, 2, 8), plan_id="desk")
     await insert_cdr(services, "m1", datetime(2026, 2, 20, tzinfo=UTC), 120_000)

@@ -292,7 +292,7 @@ async def test_advance_timing_is_refused_for_manual_and_on_demand_plans(
     for cycle in ("manual", "on_demand"):
         settings = PlanBilling("shop", cycle, date(2026, 1, 1), invoice_timing="start_of_cycle")
         with pytest.raises(OcsError, match="invoice_timing"):
-            await set_plan_billing(services.pool, settings)
+            await set_plan_billing(services.pool, services.store, settings)
         async with services.pool.acquire() as conn:
             with pytest.raises(asyncpg.CheckViolationError, match="advance_needs_a_cycle"):
                 await conn.execute(

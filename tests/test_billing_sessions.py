@@ -52,7 +52,9 @@ async def test_calls_only_in_an_open_session_and_closing_it_invoices_the_session
     services: Services,
 ) -> None:
     await add_plan(services, "shop")
-    await set_plan_billing(services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
+    await set_plan_billing(
+        services.pool, services.store, PlanBilling("shop", "on_demand", date(2026, 1, 1))
+    )
     await services.accounts.create(AccountSpec("booth1", plan_id="shop", opening_balance=5 * EUR))
     # No session: the real-time path refuses (the account lock, reason "session").
     assert await _refusal(services, "before") is Reason.NO_OPEN_SESSION
@@ -102,7 +104,9 @@ async def test_a_session_never_lifts_a_suspension_or_an_operators_lock(app: Runn
     session lock, not calls with no session open."""
     services = app.services
     await add_plan(services, "shop")
-    await set_plan_billing(services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
+    await set_plan_billing(
+        services.pool, services.store, PlanBilling("shop", "on_demand", date(2026, 1, 1))
+    )
     for account_id in ("booth1", "booth2"):
         await services.accounts.create(
             AccountSpec(account_id, plan_id="shop", opening_balance=5 * EUR)
@@ -166,7 +170,9 @@ async def test_closing_a_session_keeps_an_operators_lock_that_dunning_recorded(
     opened the account to the next session, and the operator's lock was gone."""
     services = app.services
     await add_plan(services, "kiosk")
-    await set_plan_billing(services.pool, PlanBilling("kiosk", "on_demand", date(2026, 1, 1)))
+    await set_plan_billing(
+        services.pool, services.store, PlanBilling("kiosk", "on_demand", date(2026, 1, 1))
+    )
     await services.accounts.create(AccountSpec("booth3", plan_id="kiosk", opening_balance=5 * EUR))
     await open_session(services.pool, services.store, "booth3")
     first = await close_session(services.pool, services.store, "booth3")
@@ -209,7 +215,9 @@ async def test_an_operator_lifting_a_suspension_gives_back_no_calls_outside_a_se
     go, and its invoice bills them."""
     services = app.services
     await add_plan(services, "shop")
-    await set_plan_billing(services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
+    await set_plan_billing(
+        services.pool, services.store, PlanBilling("shop", "on_demand", date(2026, 1, 1))
+    )
     await services.accounts.create(AccountSpec("kiosk", plan_id="shop", opening_balance=5 * EUR))
     status, first = await app.post("/v1/accounts/kiosk/billing-sessions", None)
     assert status == 201, first
@@ -467,3 +475,47 @@ async def test_a_creation_retried_after_its_answer_was_lost_keeps_the_session_lo
     assert (body["status"], body["locked_by"], body["balance"]) == ("locked", "session", "5.000000")
     assert await _statuses(services, "booth") == ("locked", "locked", "session")
     assert await _http_call(app, "booth", "lost", 30) == "no_open_session"
+
+
+async def test_a_plan_switched_to_on_demand_locks_its_accounts_and_back_unlocks_them(
+    app: RunningApp,
+) -> None:
+    """A plan whose cycle became on_demand left its accounts active: they called with no
+    session open, on no session invoice. Now its accounts with no session open are locked
+    (lock ``session``) when it does, and active again when its cycle becomes another; an
+    operator's lock stays through both."""
+    services = app.services
+    await add_plan(services, "desk")
+    monthly = {"cycle": "fixed_date", "effective_date": "2026-01-01", "cycle_day": 1}
+    status, body = await app.put("/v1/plans/desk/billing", monthly)
+    assert status == 200, body
+    for account_id in ("d1", "d2", "fraud"):
+        status, body = await app.post(
+            "/v1/accounts", {"id": account_id, "plan": "desk", "balance": "5.00"}
+        )
+        assert (status, body["status"]) == (201, "active"), body
+    status, body = await send(app, "PATCH", "/v1/accounts/fraud", {"status": "locked"})
+    assert status == 200, body
+    assert await _http_call(app, "d1", "monthly", 90) == "granted"  # 120 s: 0.02
+
+    status, body = await app.put(
+        "/v1/plans/desk/billing", {"cycle": "on_demand", "effective_date": "2026-01-01"}
+    )
+    assert status == 200, body
+    for account_id in ("d1", "d2"):
+        assert await _statuses(services, account_id) == ("locked", "locked", "session")
+        assert await _http_call(app, account_id, f"{account_id}-none", 60) == "no_open_session"
+    assert await _statuses(services, "fraud") == ("locked", "locked", "")
+    status, body = await app.post("/v1/accounts/d2/billing-sessions", None)
+    assert status == 201, body
+    assert await _http_call(app, "d2", "d2-session", 30) == "granted"  # 60 s: 0.01
+    assert (await _balance(app, "d1"), await _balance(app, "d2")) == ("4.980000", "4.990000")
+
+    # Billed monthly again: no session to wait for, the session lock is lifted.
+    status, body = await app.put("/v1/plans/desk/billing", monthly)
+    assert status == 200, body
+    assert await _statuses(services, "d1") == ("active", "active", "")
+    assert await _statuses(services, "fraud") == ("locked", "locked", "")
+    assert await _http_call(app, "d1", "d1-monthly", 30) == "granted"  # 60 s: 0.01
+    assert await _http_call(app, "fraud", "fraud-monthly", 30) == "account_locked"
+    assert (await _balance(app, "d1"), await _balance(app, "fraud")) == ("4.970000", "5.000000")

@@ -35,7 +35,9 @@ async def uk_plan(services: Services) -> None:
     code INTL (a 5% levy), and code REDUCED a 5% VAT."""
     await add_plan(services, "uk", currency="GBP")
     await set_plan_billing(
-        services.pool, PlanBilling("uk", "fixed_date", date(2026, 1, 1), cycle_day=1)
+        services.pool,
+        services.store,
+        PlanBilling("uk", "fixed_date", date(2026, 1, 1), cycle_day=1),
     )
     await taxes.set_zone_tax_code(services.pool, "UK Mobile", "STD")
     await taxes.set_zone_tax_code(services.pool, "International", "INTL")

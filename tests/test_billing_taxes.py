@@ -32,7 +32,9 @@ async def plan_in(services: Services, plan_id: str, currency: str) -> None:
     """A plan in ``currency``, invoiced on the 1st of each month at the end of cycle."""
     await add_plan(services, plan_id, currency=currency)
     await set_plan_billing(
-        services.pool, PlanBilling(plan_id, "fixed_date", date(2026, 1, 1), cycle_day=1)
+        services.pool,
+        services.store,
+        PlanBilling(plan_id, "fixed_date", date(2026, 1, 1), cycle_day=1),
     )
 
 
@@ -340,6 +342,7 @@ async def test_a_failing_tax_engine_keeps_the_draft_and_posts_once_when_back(
     await rounding_setup(services)
     await set_plan_billing(  # taxed by an engine: here a stand-in passed to ``post``
         services.pool,
+        services.store,
         PlanBilling("eu", "fixed_date", date(2026, 1, 1), cycle_day=1, tax_engine="external"),
     )
     run_id = await run(services, "2026-03", plan_id="eu", calculate_taxes=False)

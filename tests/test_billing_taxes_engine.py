@@ -171,6 +171,7 @@ async def us_plan(services: Services) -> None:
     await add_plan(services, "us", currency="USD")
     await set_plan_billing(
         services.pool,
+        services.store,
         PlanBilling("us", "fixed_date", date(2026, 1, 1), cycle_day=1, tax_engine="external"),
     )
     await create_charge(
@@ -204,7 +205,9 @@ async def uk_account(services: Services, plan_id: str = "uk") -> None:
     monthly line rent."""
     await add_plan(services, plan_id, currency="GBP")
     await set_plan_billing(
-        services.pool, PlanBilling(plan_id, "fixed_date", date(2026, 1, 1), cycle_day=1)
+        services.pool,
+        services.store,
+        PlanBilling(plan_id, "fixed_date", date(2026, 1, 1), cycle_day=1),
     )
     await create_charge(
         services.pool,

@@ -45,6 +45,7 @@ async def dunned_plan(services: Services, *, grace_days: int = 10) -> None:
     """Billing on the rig's retail plan: monthly on day 1, grace ``grace_days``; rent 10.00."""
     await set_plan_billing(
         services.pool,
+        services.store,
         PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1, grace_days=grace_days),
     )
     await monthly(services, "rent", 10 * EUR)

@@ -61,6 +61,7 @@ async def dunned_plan(app: RunningApp, plan: str, currency: str) -> None:
     await add_plan(app.services, plan, currency=currency)
     await set_plan_billing(
         app.services.pool,
+        app.services.store,
         PlanBilling(plan, "fixed_date", date(2026, 1, 1), cycle_day=1, grace_days=0),
     )
     status, body = await app.put(

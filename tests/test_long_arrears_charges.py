@@ -259,6 +259,7 @@ async def test_a_quarter_on_a_start_of_cycle_plan_is_billed_when_the_next_quarte
     await add_plan(services, "retail")
     await set_plan_billing(
         services.pool,
+        services.store,
         PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1,
                     invoice_timing="start_of_cycle"),
     )  # fmt: skip
@@ -317,7 +318,9 @@ async def test_a_named_period_shorter_than_its_charge_period_bills_its_own_days(
     it: no later invoice sees them again, so a monthly charge billed for a named 10 days
     pays those 10 days of its month there, not nothing (nor the whole month)."""
     await add_plan(services, "desk")
-    await set_plan_billing(services.pool, PlanBilling("desk", "manual", date(2026, 1, 1)))
+    await set_plan_billing(
+        services.pool, services.store, PlanBilling("desk", "manual", date(2026, 1, 1))
+    )
     await _recurring(services, "rent", 10 * EUR, "monthly")
     await customer(services, "m1", "rent", date(2026, 1, 1), plan_id="desk")
 

@@ -514,6 +514,7 @@ async def test_a_dunning_run_counts_its_steps_and_leaves_no_backlog(services: Se
     await add_plan(services)
     await set_plan_billing(
         services.pool,
+        services.store,
         PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1, grace_days=10),
     )
     await monthly(services, "rent", 10 * EUR)

@@ -194,7 +194,9 @@ async def test_every_dashboard_query_and_alert_expression_on_a_real_prometheus(
     await new_account(nas.app, "poor", balance="0")
     # An invoice run drafted (and finished) for one customer.
     await set_plan_billing(
-        services.pool, PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1)
+        services.pool,
+        services.store,
+        PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1),
     )
     await monthly(services, "rent", 10 * EUR)
     await customer(services, "billed", "rent", date(2026, 3, 1))

@@ -25,7 +25,9 @@ async def accounts_made(app: RunningApp) -> None:
     demand with no session open (locked, reason "session")."""
     await add_plan(app.services, max_lines=5)
     await add_plan(app.services, "shop", max_lines=5)
-    await set_plan_billing(app.services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
+    await set_plan_billing(
+        app.services.pool, app.services.store, PlanBilling("shop", "on_demand", date(2026, 1, 1))
+    )
     for account_id in ("restored", "dunned", "fraud", "low"):
         await new_account(app, account_id, balance="2.00")
     await new_account(app, "booth", plan="shop", balance="2.00")

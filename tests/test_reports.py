@@ -64,7 +64,9 @@ async def book(services: Services) -> dict[str, int]:
     """The book of the module's docstring; the subscriptions' ids by account."""
     await add_plan(services, "retail")
     await set_plan_billing(
-        services.pool, PlanBilling("retail", "fixed_date", date(2025, 4, 1), cycle_day=1)
+        services.pool,
+        services.store,
+        PlanBilling("retail", "fixed_date", date(2025, 4, 1), cycle_day=1),
     )
     await taxes.create_tax(
         services.pool, Tax("VAT20", "VAT", 20_000_000, "federal", "EUR", date(2026, 1, 1))
@@ -213,7 +215,9 @@ async def test_a_recognised_half_cent_rounds_away_from_zero_on_charges_and_credi
 ) -> None:
     await add_plan(services, "retail")
     await set_plan_billing(
-        services.pool, PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1)
+        services.pool,
+        services.store,
+        PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1),
     )
     await _charge(services, "tie", 1 * EUR, "monthly", "advance", "4900", "")
     await customer(services, "t1", None, date(2026, 1, 1))

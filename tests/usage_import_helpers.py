@@ -271,7 +271,9 @@ async def billed_account(app: RunningApp) -> None:
     await setup_mediation(app)
     services = app.services
     await set_plan_billing(
-        services.pool, PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1)
+        services.pool,
+        services.store,
+        PlanBilling("retail", "fixed_date", date(2026, 1, 1), cycle_day=1),
     )
     await new_account(app, "acc1", "10.00")
     await subscribe(services.pool, Subscription("acc1", "retail", date(2026, 1, 1)))

@@ -14,8 +14,15 @@ writer a moment after the call) and posted like any draft.
 A session lifts only its own lock: an account suspended (by an operator or by
 dunning) or locked by an operator is refused a session (409 ``account_state``),
 and closing a session leaves such a status as it is.
+
+An account starts with the session lock when it is created on a plan billed on demand
+(``accounts.starting_state``); ``follow_cycle`` gives it to a plan's accounts when the
+plan's cycle becomes ``on_demand``, and takes it off when the cycle becomes another.
 """
 
+import asyncio
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
@@ -28,6 +35,16 @@ from ocs.billing import drafts, dunning_store
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.periods import Period
 from ocs.errors import OcsError, Reason, invalid
+
+log = logging.getLogger("ocs.billing.sessions")
+
+# Accounts whose Redis state is read or written at once when a plan's cycle changes.
+_REDIS_CHUNK = 1_000
+# Whether an account (a) has no session open.
+_NO_OPEN_SESSION = (
+    "NOT EXISTS (SELECT 1 FROM billing_sessions s WHERE s.account_id = a.id"
+    " AND s.closed_at IS NULL)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +102,8 @@ async def _set_lock(
 
 
 async def lock_without_session(pool: asyncpg.Pool, store: BalanceStore, account_id: str) -> None:
-    """Lock an on-demand account that has no open session (e.g. when it is created)."""
+    """Lock one on-demand account that has no open session. Creation and a change of
+    the plan's cycle do it themselves; this puts right one account left active."""
     async with pool.acquire() as conn, conn.transaction():
         await _on_demand_billing(conn, account_id)
         if await _held_status(conn, store, account_id):
@@ -96,6 +114,86 @@ async def lock_without_session(pool: asyncpg.Pool, store: BalanceStore, account_
         ):
             return
         await _set_lock(conn, store, account_id, locked=True)
+
+
+async def _set_states(
+    store: BalanceStore, account_ids: Sequence[str], fields: dict[str, str | int]
+) -> int:
+    """Write ``fields`` into the Redis state of each account; how many Redis lacked (the
+    balance check of ``ocs reconcile`` reports those)."""
+    missing = 0
+    for start in range(0, len(account_ids), _REDIS_CHUNK):
+        chunk = account_ids[start : start + _REDIS_CHUNK]
+        found = await asyncio.gather(*(store.set_policy(a, fields) for a in chunk))
+        missing += found.count(False)
+    return missing
+
+
+async def _session_locked(store: BalanceStore, account_ids: Sequence[str]) -> list[str]:
+    """Of ``account_ids``, those whose Redis state holds the session lock."""
+    held: list[str] = []
+    for start in range(0, len(account_ids), _REDIS_CHUNK):
+        chunk = account_ids[start : start + _REDIS_CHUNK]
+        states = await asyncio.gather(*(store.get_account(a) for a in chunk))
+        held.extend(s.account_id for s in states if s is not None and s.lock == SESSION_LOCK)
+    return held
+
+
+async def _lock_plan(
+    conn: asyncpg.Connection, store: BalanceStore, plan_id: str
+) -> tuple[int, int]:
+    """The plan is billed on demand: each of its active accounts with no session open is
+    locked with the session lock, as closing a session leaves it; (how many locked, how
+    many of them Redis lacks). A suspended or operator-locked account keeps its status:
+    lifting it gives the session lock (``AccountService.update_policy``)."""
+    rows = await conn.fetch(
+        "UPDATE accounts a SET status = 'locked' WHERE a.plan_id = $1 AND a.status = 'active'"
+        f" AND {_NO_OPEN_SESSION} RETURNING a.id",
+        plan_id,
+    )
+    locked = [r["id"] for r in rows]
+    return len(locked), await _set_states(store, locked, {"status": "locked", "lock": SESSION_LOCK})
+
+
+async def _unlock_plan(
+    conn: asyncpg.Connection, store: BalanceStore, plan_id: str
+) -> tuple[int, int]:
+    """The plan is no longer billed on demand: each of its accounts holding the session
+    lock is active; (how many unlocked, how many of them Redis lacks). An operator's lock
+    stays."""
+    rows = await conn.fetch(
+        "SELECT id FROM accounts WHERE plan_id = $1 AND status = 'locked' ORDER BY id FOR UPDATE",
+        plan_id,
+    )
+    # PostgreSQL's "locked" is the session's or an operator's: the Redis lock tells which.
+    waiting = await _session_locked(store, [r["id"] for r in rows])
+    await conn.execute("UPDATE accounts SET status = 'active' WHERE id = ANY($1::text[])", waiting)
+    return len(waiting), await _set_states(store, waiting, {"status": "active", "lock": ""})
+
+
+async def follow_cycle(
+    conn: asyncpg.Connection, store: BalanceStore, plan_id: str, on_demand: bool
+) -> None:
+    """In the transaction that sets the plan's billing cycle, holding the plan row
+    (which account creation holds too): billed on demand, its accounts with no session
+    open get the session lock; billed otherwise, its accounts lose it. Done whatever the
+    cycle was before, so setting the cycle again puts right an account left otherwise.
+
+    No dunning suspension needs changing: one exists for an invoice, and a plan with
+    invoices keeps its cycle (migration 0045)."""
+    moved, missing = await (_lock_plan if on_demand else _unlock_plan)(conn, store, plan_id)
+    if moved:
+        log.info(
+            "session lock put on the plan's accounts with no session open"
+            if on_demand
+            else "session lock lifted from the plan's accounts",
+            extra={"plan": plan_id, "accounts": moved},
+        )
+    if missing:
+        log.warning(
+            "accounts of the plan missing from Redis kept their state there",
+            extra={"plan": plan_id, "accounts": missing},
+        )
 
 
 async def open_session(pool: asyncpg.Pool, store: BalanceStore, account_id: str) -> Session:

@@ -13,6 +13,8 @@ from datetime import date
 
 import asyncpg
 
+from ocs.balances.store import BalanceStore
+from ocs.billing import sessions
 from ocs.billing.currency import CurrencyError, minor_unit_exponent
 from ocs.billing.cycles import CYCLES, TAX_ENGINES, TIMINGS, PlanBilling, schedule
 from ocs.errors import OcsError, Reason, invalid
@@ -107,12 +109,17 @@ async def create_charge(pool: asyncpg.Pool, charge: Charge) -> Charge:
     return charge
 
 
-async def set_plan_billing(pool: asyncpg.Pool, billing: PlanBilling) -> PlanBilling:
+async def set_plan_billing(
+    pool: asyncpg.Pool, store: BalanceStore, billing: PlanBilling
+) -> PlanBilling:
     """Set a plan's billing settings (insert or replace).
 
     Refused by the database: start-of-cycle timing on a manual or on-demand
     plan, a timing change once an account uses the plan, and a change of the cycle
     (cycle, day, weekday, days, time zone, effective date) once the plan has invoices.
+    The plan's accounts follow its cycle (``sessions.follow_cycle``): billed on demand,
+    those with no session open are locked until one opens; billed otherwise, they lose
+    that lock.
     """
     if billing.cycle not in CYCLES:
         raise invalid("cycle", f"expected one of {', '.join(CYCLES)}")
@@ -130,21 +137,28 @@ async def set_plan_billing(pool: asyncpg.Pool, billing: PlanBilling) -> PlanBill
     columns = [f.name for f in fields(PlanBilling)]
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != "plan_id")
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        # Account creation holds the plan row (FOR SHARE) while it reads the cycle: an
+        # account made meanwhile is either waited for, and moved below, or made after,
+        # reading this cycle.
+        if (
+            await conn.fetchval(
+                "SELECT 1 FROM plans WHERE id = $1 FOR NO KEY UPDATE", billing.plan_id
+            )
+            is None
+        ):
+            raise OcsError(Reason.PLAN_NOT_FOUND, f"plan {billing.plan_id!r} does not exist")
         try:
             await conn.execute(
                 f"INSERT INTO plan_billing ({', '.join(columns)}) VALUES ({placeholders})"
                 f" ON CONFLICT (plan_id) DO UPDATE SET {updates}",
                 *(getattr(billing, c) for c in columns),
             )
-        except asyncpg.ForeignKeyViolationError:
-            raise OcsError(
-                Reason.PLAN_NOT_FOUND, f"plan {billing.plan_id!r} does not exist"
-            ) from None
         except asyncpg.CheckViolationError as error:
             # The cycle's columns are fixed once the plan is invoiced (migration 0045).
             field = "cycle" if "billing cycle" in str(error) else "invoice_timing"
             raise invalid(field, str(error)) from None
+        await sessions.follow_cycle(conn, store, billing.plan_id, billing.cycle == "on_demand")
     return billing
 
 

@@ -492,14 +492,18 @@ class PlanBillingView(Answer):
 
 
 async def set_plan_billing(request: web.Request, params: SetPlanBilling) -> PlanBillingView:
-    """PUT /v1/plans/{plan_id}/billing: set a plan's billing settings."""
+    """PUT /v1/plans/{plan_id}/billing: set a plan's billing settings. On ``on_demand``
+    the plan's active accounts with no session open are locked until one opens
+    (``locked_by`` session); on another cycle, those so locked are active again."""
     plan_id = request.match_info["plan_id"]
     try:
         ZoneInfo(params.time_zone)
     except (ValueError, KeyError, OSError):
         raise invalid("time_zone", f"not an IANA time zone: {params.time_zone!r}") from None
+    services = services_of(request)
     saved = await store.set_plan_billing(
-        services_of(request).pool,
+        services.pool,
+        services.store,
         PlanBilling(
             plan_id,
             params.cycle,
