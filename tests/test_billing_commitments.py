@@ -83,6 +83,7 @@ async def test_posting_a_start_of_cycle_invoice_commits_the_next_ones_charges(
     await add_plan(services, "retail")
     await set_plan_billing(
         services.pool,
+        services.store,
         PlanBilling("retail", "fixed_date", last_month, cycle_day=1,
                     invoice_timing="start_of_cycle"),
     )  # fmt: skip

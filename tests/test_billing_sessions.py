@@ -264,7 +264,9 @@ async def _booth_with_a_minimum(services: Services) -> None:
     """Account booth1 on an on-demand plan, its subscription holding a bundle with a
     minimum spend of 20.00 a month (its first day long past), locked with no session."""
     await add_plan(services, "shop")
-    await set_plan_billing(services.pool, PlanBilling("shop", "on_demand", date(2026, 1, 1)))
+    await set_plan_billing(
+        services.pool, services.store, PlanBilling("shop", "on_demand", date(2026, 1, 1))
+    )
     await services.accounts.create(AccountSpec("booth1", plan_id="shop", opening_balance=5 * EUR))
     sub = await subscribe(services.pool, Subscription("booth1", "shop", date(2026, 1, 1)))
     async with services.pool.acquire() as conn:

@@ -520,6 +520,7 @@ async def test_a_preview_is_taxed_by_the_day_where_its_plan_bills(services: Serv
     await add_plan(services, "kiri", currency="GBP")
     await set_plan_billing(
         services.pool,
+        services.store,
         PlanBilling(
             "kiri", "fixed_date", date(2026, 1, 1), time_zone="Pacific/Kiritimati", cycle_day=1
         ),

@@ -446,6 +446,7 @@ async def test_a_late_posted_invoice_gets_its_whole_grace_from_the_day_it_was_po
     await add_plan(services)
     await set_plan_billing(
         services.pool,
+        services.store,
         PlanBilling(
             "retail", "fixed_date", date(2026, 1, 1), time_zone="America/New_York",
             cycle_day=1, grace_days=10,
