@@ -320,6 +320,66 @@ class RedisClusterProcess:
         self._launch(node)
         self._wait_ping(node)
 
+    def add_node(self, replica_of: Node | None = None, synced: bool = True) -> Node:
+        """Start one more node and join it to the cluster (``redis-cli --cluster
+        add-node``): a master owning no slot, as a scale-out begins, or a replica of
+        ``replica_of``; returns it once the cluster has settled (and, ``synced``, the
+        replica is online: its first sync done)."""
+        port = _cluster_port()
+        directory = self.root / str(port)
+        directory.mkdir()
+        node = Node(port, directory)
+        self.nodes.append(node)
+        self._launch(node)
+        self._wait_ping(node)
+        joined_to = replica_of or next(n for n in self.nodes if n.alive and n is not node)
+        extra = []
+        if replica_of is not None:
+            extra = ["--cluster-slave", "--cluster-master-id", self.node_id(replica_of)]
+        subprocess.run(
+            [*(self.cli, "--cluster", "add-node", node.address, joined_to.address), *extra],
+            check=True,
+            capture_output=True,
+            timeout=START_TIMEOUT_S,
+        )
+        if replica_of is not None and synced:
+            self.wait_following(node, replica_of)
+            self.wait_ok()
+        elif replica_of is None:
+            self.wait_ok()
+        return node
+
+    def wait_following(self, replica: Node, master: Node) -> None:
+        """Poll until ``master`` lists ``replica`` online (its first sync done) and every
+        live node knows it as a replica."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            with master.client() as client:
+                replication = client.info("replication")
+            online = any(
+                key.startswith("slave")
+                and int(value["port"]) == replica.port
+                and value["state"] == "online"
+                for key, value in replication.items()
+            )
+            if online and all(self._knows_replica(node, replica) for node in self.nodes):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{replica.address} did not follow {master.address}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _knows_replica(node: Node, replica: Node) -> bool:
+        """Whether ``node`` (when alive) has ``replica`` flagged as a replica."""
+        if not node.alive:
+            return True
+        with node.client() as client:
+            for line in _text(client.execute_command("CLUSTER", "NODES")).splitlines():
+                fields = line.split()
+                if fields[1].split("@")[0] == replica.address:
+                    return "slave" in fields[2]
+        return False
+
     def reshard(self, source: Node, target: Node, slots: int) -> None:
         """Move ``slots`` slots (the source's first ones) with ``redis-cli --cluster
         reshard``, keys and all, while clients keep running."""

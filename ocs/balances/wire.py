@@ -24,9 +24,14 @@ next command reconnects. With ``wait_replicas``, each master's part of a batch
 ends with ``WAIT``: its callers get their replies only once that many replicas
 have the batch's writes, else "unavailable" (the writes may stand; every
 command the hot path sends is safe to repeat). It waits for no more replicas
-than the master has live: a cluster's slot map lists those; a standalone
-server's are read from ``INFO replication`` as often as a cluster's map, so a
-server whose replicas are gone is not waited for, as on a cluster.
+than the master has live: those a cluster's slot map lists, and of them no more
+than the master's ``INFO replication`` lists online (Redis 6.2's map lists a
+replica still in its first sync, which confirms nothing); a standalone server's
+are read from ``INFO replication`` as often as a cluster's map, so a server whose
+replicas are gone is not waited for, as on a cluster. A master not yet counted
+(one first met by a redirection: a new master of a scale-out owns no slot in the
+map while its first slot migrates) is waited for by as many replicas as asked, as
+the first server is, until it is counted.
 
 ``write_probe`` asks each master whether it takes a write: a Redis Cluster master can
 refuse them (OOM, MISCONF, READONLY) while the others take them, and a probe key on one
@@ -176,7 +181,12 @@ class _Link:
     ) -> None:
         self.host = host
         self.port = port
-        self.replicas = 0  # live replicas, as the slot map says (cluster)
+        # How many replicas a WAIT asks for here, at most: set by ``RedisWire`` (as many
+        # as asked until the server's own count is read).
+        self.replicas = 0
+        self.listed: int | None = None  # replicas the slot map lists; None: not in the map
+        self.online: int | None = None  # replicas INFO lists online; None: not read
+        self.counted = False  # counted (or being) since the map last left it out
         self.failed_at = 0.0  # when a connect last failed (monotonic clock); 0: never
         self._failure = ""  # why it failed, while it has
         self._path = path
@@ -329,6 +339,11 @@ class RedisWire:
         self._refreshing = asyncio.Lock()
         # The probe key found for each master (``write_probe``), kept while it owns its slot.
         self._probe_keys: dict[_Link, str] = {}
+        # Masters whose online replicas are to be read (``INFO replication``), and the
+        # task reading them: in the background, so that a master slow to answer holds
+        # up no batch (the map's count, or as many as asked, stands meanwhile).
+        self._to_count: set[_Link] = set()
+        self._counting: asyncio.Task[None] | None = None
 
     def _link(self, host: str, port: int, path: str | None = None) -> _Link:
         return _Link(host, port, path=path, tls=self._tls, setup=self._setup, timeout=self._timeout)
@@ -337,6 +352,10 @@ class RedisWire:
         link = self._links.get((host, port))
         if link is None:
             link = self._links[(host, port)] = self._link(host, port)
+            # A server first met in a redirection, not yet in the map read: as many
+            # replicas as asked until its own count is read, never none (0 acknowledged
+            # a scale-out's first writes on a new master without its replica's copy).
+            link.replicas = self._wait_replicas
         return link
 
     @property
@@ -489,7 +508,7 @@ class RedisWire:
                 if word == "MOVED" or word == "ASK":
                     _, slot_text, address = text.split(" ", 2)
                     host, _, port = address.rpartition(":")
-                    target = self._link_to(host or self._seed.host, int(port))
+                    target = self._redirected_to(host or self._seed.host, int(port))
                     if word == "MOVED":
                         if self._slots is not None:
                             self._slots[int(slot_text)] = target
@@ -520,6 +539,16 @@ class RedisWire:
                 replies[i] = answers[i]
             retry = [i for i in again if isinstance(replies[i], ResponseError)]
 
+    def _redirected_to(self, host: str, port: int) -> _Link:
+        """The link to the node a redirection names; one not counted since the map was
+        read is counted (its online replicas) in the background."""
+        link = self._link_to(host, port)
+        if self._wait_replicas and link.listed is None and not link.counted:
+            link.counted = True
+            self._to_count.add(link)
+            self._count_online_soon()
+        return link
+
     async def _refresh(self) -> None:
         """Read the slot map from the first node that answers ``CLUSTER SLOTS``; on a
         standalone server (here only to WAIT), its live replicas."""
@@ -548,6 +577,9 @@ class RedisWire:
                     continue
                 self._apply_map(link, reply)
                 self._stale = False
+                if self._wait_replicas:
+                    self._to_count.update(self._masters)
+                    self._count_online_soon()
                 return
             raise ClusterUnavailable(f"no node of the Redis Cluster answers: {last}")
 
@@ -585,15 +617,54 @@ class RedisWire:
             start, end, master = int(entry[0]), int(entry[1]), entry[2]
             host = _text(master[0]) or asked.host
             link = self._link_to(host, int(master[1]))
-            link.replicas = len(entry) - 3
+            link.listed = len(entry) - 3
+            # No more than were online when last counted: Redis 6.2 lists a replica
+            # still in its first sync, and a WAIT for it fails every write meanwhile.
+            online = link.listed if link.online is None else link.online
+            link.replicas = min(link.listed, online)
             if link not in masters:
                 masters.append(link)
             for slot in range(start, end + 1):
                 slots[slot] = link
+        for link in self._links.values():
+            if link not in masters:
+                # Not a master in this map (a new master owning no slot yet, a former
+                # master): as many as asked until a redirection names it and it is
+                # counted again.
+                link.listed, link.counted = None, False
+                link.replicas = self._wait_replicas
         # A slot no master serves (the cluster is down) goes to the node asked: it
         # answers CLUSTERDOWN, an outage, until the map is read again.
         self._slots = [link if link is not None else asked for link in slots]
         self._masters = masters or [asked]
+
+    def _count_online_soon(self) -> None:
+        """Start reading the online replicas of the masters in ``_to_count``, unless a
+        read is under way (it reads those added meanwhile too)."""
+        if self._counting is None or self._counting.done():
+            self._counting = asyncio.get_running_loop().create_task(self._count_online())
+
+    async def _count_online(self) -> None:
+        """Read each master's ``INFO replication``; bound its WAIT by the replicas it lists
+        online (and by those the map lists, for a master in the map)."""
+        while self._to_count:
+            links = list(self._to_count)
+            self._to_count.clear()
+            counts = await asyncio.gather(
+                *(link.run([("INFO", "replication")]) for link in links),
+                return_exceptions=True,
+            )
+            for link, answer in zip(links, counts, strict=True):
+                (reply,) = answer if isinstance(answer, list) else [answer]
+                link.online = replicas_online_or_none(reply)
+                if link.online is None:
+                    # Not read (unreachable, or INFO refused): the map's count, or as
+                    # many as asked for a master not in it; never fewer than may hold.
+                    link.replicas = self._wait_replicas if link.listed is None else link.listed
+                elif link.listed is None:
+                    link.replicas = min(self._wait_replicas, link.online)
+                else:
+                    link.replicas = min(link.listed, link.online)
 
     async def execute_on_every_master(self, commands: Sequence[Sequence[Any]]) -> None:
         """Run ``commands`` on every master (the one server, standalone): script loads."""
@@ -636,6 +707,10 @@ class RedisWire:
 
     async def close(self) -> None:
         """Close every connection, and wait until each is closed."""
+        counting = self._counting
+        if counting is not None and not counting.done():
+            counting.cancel()
+            await asyncio.gather(counting, return_exceptions=True)
         links = list(self._links.values())
         await asyncio.gather(*(link.close() for link in links))
 
@@ -649,6 +724,14 @@ def online_replicas(info: bytes | str) -> int:
         if name.startswith("slave") and name[5:].isdigit() and "state=online" in fields.split(","):
             count += 1
     return count
+
+
+def replicas_online_or_none(reply: Any) -> int | None:
+    """How many replicas an answer to ``INFO replication`` lists online; None when the
+    answer is an error (the server unreachable, or INFO refused by an ACL)."""
+    if not isinstance(reply, (bytes, str)):
+        return None
+    return online_replicas(reply)
 
 
 def _text(value: bytes | str) -> str:
