@@ -135,8 +135,10 @@ class BackendState:
 
 class RepeatedFailure(Exception):
     """Mixed into an error that repeats a failure already reported, without trying again
-    (a server that refused a connection moments ago is not dialled again at once): it
-    keeps a backend down, and never takes one down that has answered since."""
+    (a server that refused a connection moments ago is not dialled again at once), or
+    that is no news of the backend's reachability (a Redis Cluster slot still migrating
+    at a batch's deadline: every node answered): it keeps a backend down, and never takes
+    one down that has answered since."""
 
 
 class BackendHealth:

@@ -8,9 +8,14 @@ On the session's 3-master cluster (tests/redis_cluster.py):
   in the balance and in PostgreSQL exactly once, and ``ocs reconcile`` agrees.
 - One bucket's slot is moved step by step (``CLUSTER SETSLOT`` and ``MIGRATE``),
   its ledger stream first, with entries a dead writer had read still pending. While
-  the bucket's keys are split between two masters a charge is answered 503
-  ``unavailable`` (never half done); the pending entries are taken over on the new
-  master (ASK) and written once; once the slot has moved the charge goes through.
+  the slot migrates a charge waits (its script is answered ``TRYAGAIN``: some of the
+  keys it names are on neither side, or on the other) and goes through, once, when
+  the slot has moved; before, it was answered 503 ``unavailable`` after half a
+  second, a Redis outage for the health tracker. The pending entries are taken over
+  on the new master (ASK) and written once.
+- A slot whose migration outlasts a batch's deadline (the wire's timeout): its
+  charges are answered "unavailable" (``SlotMigrating``), and Redis is not reported
+  down.
 
 Rates (tests/conftest.py RETAIL_DECK, EUR): UK Mobile 0.060 a minute, 30/6, connect
 fee 0.150 (45 s: 0.198).
@@ -27,6 +32,7 @@ from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.reconcile import reconcile
 from ocs.balances.slots import key_slot
+from ocs.balances.wire import RedisWire, SlotMigrating
 from ocs.services import Services
 from tests.conftest import RunningApp, add_plan, eventually
 from tests.redis_cluster import Node, RedisClusterProcess
@@ -185,9 +191,10 @@ async def test_one_slot_moved_step_by_step_with_entries_pending(
         client.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", stream)
 
     # The account's hash is on one master, its ledger on the other: a top-up cannot run
-    # (TRYAGAIN until the slot settles) and is answered "unavailable", nothing moved.
-    with pytest.raises(RedisConnectionError):
-        await services.accounts.topup(account_id, 10_000, "during")
+    # yet (TRYAGAIN until the slot settles); it waits, where it was answered 503 after
+    # half a second (a dozen TRYAGAIN answers).
+    tries_before = tryagain_count(target)
+    during = asyncio.create_task(services.accounts.topup(account_id, 10_000, "during"))
 
     # The entries pending for the dead writer are taken over where the stream is now.
     heir = LedgerWriter(services.redis, services.pool, claim_idle_ms=1)
@@ -200,13 +207,20 @@ async def test_one_slot_moved_step_by_step_with_entries_pending(
         pipe.xlen(stream)
         assert pipe.execute()[1] == 0
 
+    async def retried_long() -> bool:
+        return during.done() or tryagain_count(target) - tries_before >= 30
+
+    await eventually(retried_long, what="the top-up retried through the migration")
+    assert not during.done()
+    assert services.health.is_up("redis")  # a migration is no outage
     while redis_cluster.migrate_keys(slot, source, target):
         pass
     redis_cluster.end_migration(slot, target)
     assert redis_cluster.node_of_slot(slot).port == target.port
 
-    # The hot path learns the new owner from MOVED and charges at once; a repeat is a repeat.
-    first = await services.accounts.topup(account_id, 10_000, "during")
+    # The waiting top-up learns the new owner from MOVED and goes through; a repeat is
+    # a repeat.
+    first = await during
     again = await services.accounts.topup(account_id, 10_000, "during")
     assert (first.repeated, again.repeated, first.balance) == (False, True, 1_050_000)
     assert await heir.read_new() == 1
@@ -215,3 +229,49 @@ async def test_one_slot_moved_step_by_step_with_entries_pending(
     assert len({r["entry_id"] for r in rows}) == 6
     result = await reconcile(services.redis, services.pool)
     assert result.ok and result.pending_entries == 0, result.mismatches
+
+
+def tryagain_count(node: Node) -> int:
+    """How many commands ``node`` has answered TRYAGAIN (INFO errorstats)."""
+    with node.client() as client:
+        stats = client.info("errorstats")
+    return int(stats.get("errorstat_TRYAGAIN", {}).get("count", 0))
+
+
+async def test_a_migration_outlasting_the_deadline_is_unavailable_not_an_outage(
+    backend_services: Services, redis_cluster: RedisClusterProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    services = backend_services
+    await add_plan(services)
+    account_id = "stuck"
+    slot = slot_of(account_id)
+    await services.accounts.create(
+        AccountSpec(account_id, plan_id="retail", opening_balance=1_000_000)
+    )
+    source = redis_cluster.node_of_slot(slot)
+    target = next(m for m in redis_cluster.masters() if m.port != source.port)
+    redis_cluster.begin_migration(slot, target)
+    wire = RedisWire(redis_cluster.url, timeout=1.0, cluster=True)
+    account = keys.account(account_id)
+    try:
+        # A script naming its account and a key that does not exist: the importing
+        # master has neither, the migrating one only one of them.
+        script = ("EVAL", "return redis.call('HGET', KEYS[1], 'balance')", 2)
+        command = (*script, account, keys.topup_done(account_id, "never"))
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(SlotMigrating) as refused:
+            await wire.execute_many([command])
+        waited = asyncio.get_running_loop().time() - started
+        assert isinstance(refused.value, RedisConnectionError)  # answered 503 "unavailable"
+        assert 0.95 <= waited < 2.5  # the deadline, not the half second it was
+        services.health.report(refused.value)
+        assert services.health.is_up("redis")
+        (line,) = [r for r in caplog.records if r.name == "ocs.redis"]
+        assert line.getMessage().startswith("a slot still migrating at the batch's deadline")
+        assert getattr(line, "slots", None) == [slot]
+        for node in (source, target):  # the migration called off
+            with node.client() as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        assert await wire.execute_many([command]) == [b"1000000"]
+    finally:
+        await wire.close()

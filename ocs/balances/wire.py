@@ -15,8 +15,10 @@ becomes one write per master. The map is read again after a ``MOVED`` answer
 (the command is sent on to the new owner at once), after a lost connection, a
 ``CLUSTERDOWN`` answer and every few seconds; an ``ASK`` answer (a slot being
 migrated) sends the command to the target once, after ``ASKING``; a
-``TRYAGAIN`` answer (the keys of a multi-key command split by a migration) is
-retried after a pause.
+``TRYAGAIN`` answer (a multi-key command, every money script, whose keys are not
+all on one side of a slot being migrated: the keys it names that do not exist
+count) is retried, a short pause apart, until the batch's deadline (the wire's
+timeout after it began): a migration usually settles well within it.
 
 A lost connection fails the commands in flight on it with ``ConnectionError``
 (their callers answer "unavailable"; nothing was acknowledged to them) and the
@@ -39,6 +41,7 @@ master would say nothing of it (decision 0013).
 """
 
 import asyncio
+import logging
 import ssl
 import time
 from binascii import crc_hqx
@@ -57,10 +60,12 @@ from ocs.balances.slots import SLOTS, command_key, key_slot
 # A command redirected this many times in one batch is answered "unavailable": the
 # cluster is being reconfigured faster than it settles.
 MAX_REDIRECTS = 5
-# TRYAGAIN (a multi-key command whose keys a migration split): retried this many times,
-# this long apart, then answered "unavailable".
-TRYAGAIN_ATTEMPTS = 20
+# TRYAGAIN (a multi-key command whose keys a slot's migration has not all on one side):
+# retried this long apart until the batch's deadline, then answered "unavailable".
 TRYAGAIN_PAUSE_S = 0.025
+# A batch given up on a migrating slot is logged at most this often (per wire): each
+# batch of the bucket meets it alike while the slot moves.
+MIGRATING_LOG_EVERY_S = 10.0
 # The slot map is read again at most this often after an error, and at least this often
 # in any case (to follow replicas that come and go, for WAIT).
 REFRESH_MIN_INTERVAL_S = 0.1
@@ -72,6 +77,8 @@ RECONNECT_PAUSE_S = 0.1
 # holding a single slot needs about SLOTS tries, this many always suffices in practice.
 _PROBE_TAG_TRIES = SLOTS * 64
 
+log = logging.getLogger("ocs.redis")
+
 
 class ClusterUnavailable(RedisConnectionError):
     """The cluster cannot serve the command now (a master is down, the cluster is
@@ -81,6 +88,12 @@ class ClusterUnavailable(RedisConnectionError):
 class ReconnectPaused(RedisConnectionError, RepeatedFailure):
     """A server that could not be reached moments ago, not tried again yet: the same
     failure again, not new evidence of an outage."""
+
+
+class SlotMigrating(ClusterUnavailable, RepeatedFailure):
+    """A command still answered ``TRYAGAIN`` at its batch's deadline: its slot is being
+    migrated (answered "unavailable"). Not evidence that Redis is down: every node
+    answers, so the backend tracker does not start an outage for it."""
 
 
 class ReplicationUnconfirmed(RedisConnectionError):
@@ -344,6 +357,7 @@ class RedisWire:
         # up no batch (the map's count, or as many as asked, stands meanwhile).
         self._to_count: set[_Link] = set()
         self._counting: asyncio.Task[None] | None = None
+        self._migrating_logged_at: float | None = None  # monotonic clock; None: never
 
     def _link(self, host: str, port: int, path: str | None = None) -> _Link:
         return _Link(host, port, path=path, tls=self._tls, setup=self._setup, timeout=self._timeout)
@@ -392,13 +406,16 @@ class RedisWire:
             # One server serves every slot and answers no redirection: the batch goes
             # out whole, as it is (the hot path's common case, kept lean).
             return await self._seed.run(commands)
+        # The batch's deadline: a TRYAGAIN is retried no longer than an unanswered batch
+        # is waited for (the caller has no other).
+        deadline = time.monotonic() + self._timeout
         if self._stale or time.monotonic() - self._refreshed_at > REFRESH_EVERY_S:
             await self._refresh()
         replies = await self._dispatch(commands, range(len(commands)))
         if self._cluster:
             retry = [i for i, reply in enumerate(replies) if isinstance(reply, ResponseError)]
             if retry:
-                await self._follow_redirects(commands, replies, retry)
+                await self._follow_redirects(commands, replies, retry, deadline)
         if replies and all(isinstance(r, RedisConnectionError) for r in replies):
             first = replies[0]
             if all(r is first for r in replies):
@@ -490,15 +507,24 @@ class RedisWire:
         return answers
 
     async def _follow_redirects(
-        self, commands: Sequence[Sequence[Any]], replies: list[Any], retry: list[int]
+        self,
+        commands: Sequence[Sequence[Any]],
+        replies: list[Any],
+        retry: list[int],
+        deadline: float,
     ) -> None:
         """Send again what a cluster redirected (MOVED, ASK) or asked to retry (TRYAGAIN);
-        turn CLUSTERDOWN into an outage. Changes ``replies`` in place."""
-        tries = 0
-        pauses = 0
+        turn CLUSTERDOWN into an outage. Changes ``replies`` in place.
+
+        TRYAGAIN is retried until ``deadline`` (monotonic clock): a slot's migration
+        answers it to every script naming a key that does not exist (``topup_done``,
+        ``stopped_call``...) from its first step to its last, which takes as long as the
+        slot's keys take to move, not a fixed half second."""
+        moves = 0
         while retry:
             redirected: dict[int, tuple[_Link, bool]] = {}
             again: list[int] = []
+            moved = paused = False
             for i in retry:
                 reply = replies[i]
                 if not isinstance(reply, ResponseError):
@@ -510,34 +536,56 @@ class RedisWire:
                     host, _, port = address.rpartition(":")
                     target = self._redirected_to(host or self._seed.host, int(port))
                     if word == "MOVED":
+                        moved = True
                         if self._slots is not None:
                             self._slots[int(slot_text)] = target
                         self._stale = True
                     redirected[i] = (target, word == "ASK")
                     again.append(i)
                 elif word == "TRYAGAIN":
+                    paused = True
                     again.append(i)
                 elif word in ("CLUSTERDOWN", "MASTERDOWN"):
                     self._stale = True
                     replies[i] = ClusterUnavailable(text)
             if not again:
                 return
-            tries += 1
-            if tries > MAX_REDIRECTS + TRYAGAIN_ATTEMPTS:
+            if moved:
+                moves += 1
+            if moves > MAX_REDIRECTS:
+                # Moved again and again: the cluster reconfigures faster than it settles.
                 for i in again:
                     replies[i] = ClusterUnavailable(f"still redirected: {replies[i]}")
                 return
-            if not redirected and all(str(replies[i]).startswith("TRYAGAIN") for i in again):
-                pauses += 1
-                if pauses > TRYAGAIN_ATTEMPTS:
+            if paused:
+                # Paused whatever else the round holds: a command asked to retry and one
+                # sent on by ASK may swap answers each round, and never pause otherwise.
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._gave_up_migrating(commands, again)
                     for i in again:
-                        replies[i] = ClusterUnavailable(f"slot still migrating: {replies[i]}")
+                        replies[i] = SlotMigrating(f"slot still migrating: {replies[i]}")
                     return
-                await asyncio.sleep(TRYAGAIN_PAUSE_S)
+                await asyncio.sleep(min(TRYAGAIN_PAUSE_S, left))
             answers = await self._dispatch(commands, again, redirected or None)
             for i in again:
                 replies[i] = answers[i]
             retry = [i for i in again if isinstance(replies[i], ResponseError)]
+
+    def _gave_up_migrating(self, commands: Sequence[Sequence[Any]], indexes: list[int]) -> None:
+        """Log (at most every ``MIGRATING_LOG_EVERY_S``) that commands of a migrating slot
+        are answered "unavailable": no outage is, so this line says why."""
+        now = time.monotonic()
+        last = self._migrating_logged_at
+        if last is not None and now - last < MIGRATING_LOG_EVERY_S:
+            return
+        self._migrating_logged_at = now
+        keys = [command_key(commands[i]) for i in indexes]
+        slots = sorted({key_slot(key) for key in keys if key is not None})
+        log.warning(
+            "a slot still migrating at the batch's deadline: its commands answered unavailable",
+            extra={"slots": slots, "deadline_s": self._timeout},
+        )
 
     def _redirected_to(self, host: str, port: int) -> _Link:
         """The link to the node a redirection names; one not counted since the map was
