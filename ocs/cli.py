@@ -280,7 +280,9 @@ def _add_counters_and_cards(commands: "Commands") -> None:
     reset.add_argument("--plan", help="only accounts of this plan")
     reset.add_argument("--account", help="only this account")
     reset.add_argument(
-        "--cycle", help="cycle label: its recurring fees are charged once (default: today, UTC)"
+        "--cycle",
+        help="cycle label: its recurring fees are charged once (default: each plan's billing"
+        " period holding now, in its time zone: the cycle the billing worker opens)",
     )
 
     rerate = add_command(
@@ -857,10 +859,22 @@ def _accounts_topup(args: argparse.Namespace, settings: Settings) -> int:
 
 def _counters_reset(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs counters reset``: start a new counter cycle, charging its recurring fees."""
+    from ocs.billing.counter_cycles import reset_counters
+
     report = with_services(
-        settings, lambda s: s.counters.reset(args.plan, args.account, args.cycle)
+        settings,
+        lambda s: reset_counters(
+            s.pool, s.counters, args.plan, args.account, args.cycle, datetime.now(UTC)
+        ),
     )
-    print_json({"accounts": report.accounts, "counters": report.counters, "fees": report.fees})
+    print_json(
+        {
+            "accounts": report.accounts,
+            "counters": report.counters,
+            "fees": report.fees,
+            "cycles": report.cycles,
+        }
+    )
     return 0
 
 

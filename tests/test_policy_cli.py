@@ -1,6 +1,7 @@
 """`ocs counters reset` and `ocs pins generate` from the command line, against real stores."""
 
 import csv
+import json
 import stat
 from pathlib import Path
 
@@ -37,6 +38,7 @@ async def test_counters_reset_starts_a_cycle_carrying_unused_seconds(
     )
     assert code == 0, err
     assert '"accounts": 1' in out
+    assert list(json.loads(out)["cycles"]) == ["retail"]  # the plan's cycle it opened
     # 180 s unused carry over onto the next cycle's 600.
     assert await services.counters.state("alice") == {
         "uk-600": {"limit": 780, "used": 0, "held": 0}

@@ -242,6 +242,8 @@ async def test_carryover_moves_unused_seconds_to_the_next_cycle_and_reset_zeroes
 
     status, report = await app.post("/v1/counters/reset", {"plan": "retail"})
     assert status == 200, report
+    # No cycle named: the plan's (a calendar month, the plan having no billing settings).
+    assert list(report.pop("cycles")) == ["retail"]
     assert report == {"accounts": 1, "counters": 2, "fees": 0}
     # Carryover: 600 new + 200 unused; without carryover: a fresh 600, used 0.
     assert await counters_of(app, "k1") == {
@@ -363,6 +365,7 @@ async def test_reset_of_one_account_leaves_the_others_and_keeps_seconds_live_cal
     assert live["counter_seconds"] == 350
     status, report = await app.post("/v1/counters/reset", {"account": "s1"})
     assert status == 200, report
+    assert list(report.pop("cycles")) == ["retail"]
     assert report == {"accounts": 1, "counters": 1, "fees": 0}
     # A new cycle: used back to 0; the live call's seconds stay held.
     assert (await counters_of(app, "s1"))["de-600"] == {

@@ -7,8 +7,8 @@ the authorize and stop scripts change atomically with the money.
 
 import asyncio
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import asyncpg
 
@@ -33,11 +33,22 @@ CYCLE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 
 @dataclass(frozen=True, slots=True)
 class ResetReport:
-    """The outcome of a cycle reset: accounts and counters reset, fees charged."""
+    """The outcome of a cycle reset: accounts and counters reset, fees charged, and the
+    label of the cycle each plan's accounts were reset to."""
 
     accounts: int
     counters: int
     fees: int = 0  # recurring fees charged for the new cycle
+    cycles: dict[str, str] = field(default_factory=dict)  # plan id -> cycle label
+
+    def __add__(self, other: "ResetReport") -> "ResetReport":
+        """Two resets' outcomes together (a reset of several plans, one at a time)."""
+        return ResetReport(
+            self.accounts + other.accounts,
+            self.counters + other.counters,
+            self.fees + other.fees,
+            {**self.cycles, **other.cycles},
+        )
 
 
 def validate_counter(counter: CounterDef) -> CounterDef:
@@ -216,20 +227,18 @@ class CounterService:
         return await self._store.counter_state(account_id)
 
     async def reset(
-        self,
-        plan_id: str | None = None,
-        account_id: str | None = None,
-        cycle_label: str | None = None,
+        self, plan_id: str | None, account_id: str | None, cycle_label: str
     ) -> ResetReport:
-        """Start a new cycle for every account (of a plan, or one account).
+        """Start the cycle ``cycle_label`` for every account (of a plan, or one account).
 
         Unused seconds move on where the counter carries over; cancelled and
         inactive counters are dropped; each counter with a recurring fee charges
-        it for the new cycle, once per ``cycle_label`` (default: today, UTC), so
-        running the reset again for the same cycle charges nothing more. The
-        billing worker calls this at each cycle.
+        it for the new cycle, once per ``cycle_label``, so running the reset again
+        for the same cycle charges nothing more. The label a reset opens when an
+        operator names none, and the billing worker's reset at each period start,
+        are ``ocs.billing.counter_cycles``'s (the plan's billing period).
         """
-        label = cycle_label or datetime.now(UTC).strftime("%Y-%m-%d")
+        label = cycle_label
         if not CYCLE_LABEL.fullmatch(label):
             # The label goes to the reset script as its first argument, where "-cancel"
             # is a command: a label must never read as one.
@@ -244,7 +253,7 @@ class CounterService:
         since = await self._store.counter_cycle_began(label, plan_id, account_id)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT a.id, c.id AS counter, c.seconds, c.carryover, c.mandatory,"
+                "SELECT a.id, a.plan_id, c.id AS counter, c.seconds, c.carryover, c.mandatory,"
                 " c.recurring_fee"
                 " FROM accounts a"
                 " LEFT JOIN counters c ON c.plan_id = a.plan_id AND c.active AND (c.mandatory"
@@ -258,7 +267,9 @@ class CounterService:
             )
         cycles: dict[str, list[tuple[str, int, bool, bool]]] = {}
         fee_of: dict[tuple[str, str], int] = {}
+        plans: dict[str, str] = {}
         for r in rows:
+            plans[r["plan_id"]] = label
             cycle = cycles.setdefault(r["id"], [])
             if r["counter"] is not None:
                 cycle.append((r["counter"], r["seconds"], r["carryover"], r["mandatory"]))
@@ -291,4 +302,4 @@ class CounterService:
                     for account, counter_id, fee in fees[start : start + _RESET_CHUNK]
                 )
             )
-        return ResetReport(accounts=len(cycles), counters=counters, fees=len(fees))
+        return ResetReport(accounts=len(cycles), counters=counters, fees=len(fees), cycles=plans)

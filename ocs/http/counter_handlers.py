@@ -2,15 +2,19 @@
 cycle), an account's counters, buying and cancelling optional ones, and a new cycle.
 
 A thin adapter over ``ocs.counters``: each endpoint declares what it takes and
-answers (``ENDPOINTS``); every decision is the counter service's.
+answers (``ENDPOINTS``); every decision is the counter service's, and the cycle a
+reset opens when it names none is the plan's billing period's
+(``ocs.billing.counter_cycles``).
 """
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
 from ocs.balances.accounts import validate_account_id
+from ocs.billing import counter_cycles
 from ocs.catalog.store import validate_plan_id
 from ocs.counters.service import MAX_SECONDS
 from ocs.http.context import services_of
@@ -214,7 +218,8 @@ class ResetCounters(Params):
                 min_length=1,
                 max_length=64,
                 description="the cycle's label: its fees are charged once per label"
-                " (default: today, UTC)",
+                " (default: each plan's billing period holding now, in the plan's time"
+                " zone, the cycle the billing worker opens)",
                 examples=["2027-01"],
             ),
         ]
@@ -223,19 +228,31 @@ class ResetCounters(Params):
 
 
 class CountersReset(Answer):
-    """What a new cycle did: accounts and counters reset, recurring fees charged."""
+    """What a new cycle did: accounts and counters reset, recurring fees charged, and the
+    cycle label each plan's accounts were reset to."""
 
     accounts: int
     counters: int
     fees: int
+    cycles: dict[str, str]
 
 
 async def reset_counters(request: web.Request, params: ResetCounters) -> CountersReset:
     """Start a new counter cycle; the body is required, as the schema says: an empty
     request resetting every account's counters would be too easy to send by mistake,
     so all accounts take an explicit ``{}``."""
-    report = await services_of(request).counters.reset(params.plan, params.account, params.cycle)
-    return CountersReset(accounts=report.accounts, counters=report.counters, fees=report.fees)
+    services = services_of(request)
+    report = await counter_cycles.reset_counters(
+        services.pool,
+        services.counters,
+        params.plan,
+        params.account,
+        params.cycle,
+        datetime.now(UTC),
+    )
+    return CountersReset(
+        accounts=report.accounts, counters=report.counters, fees=report.fees, cycles=report.cycles
+    )
 
 
 ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
@@ -281,7 +298,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         body_required=True,
         description="The body is required: an empty request resetting every account's"
         " counters would be too easy to send by mistake. Unused seconds move on where a"
-        " counter carries over; recurring fees are charged once per cycle label.",
+        " counter carries over; recurring fees are charged once per cycle label. Without a"
+        " cycle, each plan's accounts start the cycle of the plan's billing period holding"
+        " now (in its time zone), which the billing worker opens by itself.",
     ),
     Endpoint(
         "POST",
