@@ -464,6 +464,13 @@ class Settings:
         _parse_bool,
         "a billing worker posts the runs it creates once drafted (false: `ocs billing post`)",
     )
+    billing_counter_cycles: bool = _setting(
+        True,
+        _parse_bool,
+        "a billing worker opens each plan's counter cycle (a reset, its recurring fees"
+        " charged) when the plan's billing period begins (false: the operator schedules"
+        " `ocs counters reset`)",
+    )
     billing_metrics_port: int = _setting(
         0, _parse_int(0, 65535), "port `ocs billing-worker` serves /metrics on (0: none)"
     )

@@ -383,16 +383,21 @@ BILLING_VOIDED = Counter(
 )
 BILLING_FAILURES = Counter(
     "ocs_billing_failures_total",
-    "Billing worker steps that failed and will be retried, by stage (schedule, chunk,"
-    " post, payments, dunning).",
+    "Billing worker steps that failed and will be retried, by stage (counters, schedule,"
+    " chunk, post, payments, dunning).",
     ["stage"],
 )
-for _stage in ("schedule", "chunk", "post", "payments", "dunning"):
+for _stage in ("counters", "schedule", "chunk", "post", "payments", "dunning"):
     BILLING_FAILURES.labels(_stage)
 BILLING_CHUNK_DURATION = Histogram(
     "ocs_billing_chunk_duration_seconds",
     "Time to draft one chunk of an invoice run's accounts.",
     buckets=(0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0),
+)
+COUNTER_CYCLES_OPENED = Counter(
+    "ocs_counter_cycles_opened_total",
+    "Plans' counter cycles the billing worker opened at their periods' starts (each a reset"
+    " of the plan's counters, its recurring fees charged).",
 )
 BILLING_WORKER_PASS = Gauge(
     "ocs_billing_worker_last_pass_timestamp_seconds",

@@ -1,16 +1,20 @@
 """Counter cycles follow the plan's billing periods: a reset that names no cycle opens the
 plan's period holding now, in the plan's time zone, so a retry within it charges nothing
-more (decision 0032, addendum 2026-12-07).
+more; and the billing worker opens each plan's cycle by itself once its period begins
+(decision 0032, addendum 2026-12-07).
 
 Real Redis and PostgreSQL; amounts as the API shows them.
 """
 
 from datetime import UTC, date, datetime
 
+from prometheus_client import REGISTRY
+
 from ocs.billing import counter_cycles
 from ocs.billing.counter_cycles import counter_period
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import set_plan_billing
+from ocs.billing.worker import BillingWorker, WorkerSettings
 from tests.conftest import RunningApp, add_plan, eventually
 
 BERLIN_MONTHLY = PlanBilling(
@@ -82,6 +86,11 @@ async def _cycle_fees(app: RunningApp) -> list[tuple[int, str]]:
     return [(r["amount"], r["reference"]) for r in rows]
 
 
+def _cycles_opened() -> float:
+    """``ocs_counter_cycles_opened_total`` in this process."""
+    return REGISTRY.get_sample_value("ocs_counter_cycles_opened_total") or 0.0
+
+
 async def _ledger_written(app: RunningApp) -> None:
     async def written() -> bool:
         return await app.services.store.oldest_unwritten_ms() is None
@@ -143,3 +152,42 @@ def test_the_cycle_a_reset_opens_is_the_plans_period_in_its_time_zone() -> None:
     assert counter_period(anniversary, now).label == "2027-01"
     manual = PlanBilling("p", "manual", date(2026, 1, 1), "America/New_York")
     assert counter_period(manual, now).label == "2026-12"
+
+
+async def test_the_billing_worker_opens_the_plans_counter_cycle_once_at_its_period_start(
+    app: RunningApp,
+) -> None:
+    # Nothing reset counters by themselves: a bundle and its fee stopped after the
+    # first cycle unless an operator scheduled the reset.
+    await _bundle_customer(app, used=500)
+    clock = [datetime(2026, 12, 15, 12, tzinfo=UTC)]
+    worker = BillingWorker(
+        app.services.pool,
+        WorkerSettings(run_delay=0),
+        clock=lambda: clock[0],
+        store=app.services.store,
+    )
+    opened_before = _cycles_opened()
+    # December, the period under way when the worker first sees the plan: not reset.
+    await worker.run_once()
+    clock[0] = datetime(2026, 12, 31, 22, 59, tzinfo=UTC)  # 23:59 in Berlin
+    await worker.run_once()
+    assert (await _balance(app), await _bundle(app)) == ("50.000000", (600, 500))
+
+    clock[0] = datetime(2026, 12, 31, 23, 0, 30, tzinfo=UTC)  # 00:00:30 in Berlin
+    await worker.run_once()
+    # The fee charged, the bundle renewed with the 100 s left over carried.
+    assert (await _balance(app), await _bundle(app)) == ("45.000000", (700, 0))
+    # Later passes in January do nothing more: no fee, no seconds carried again.
+    for now in (JAN_1_0130_BERLIN, datetime(2027, 1, 31, 22, 59, tzinfo=UTC)):
+        clock[0] = now
+        await worker.run_once()
+        assert (await _balance(app), await _bundle(app)) == ("45.000000", (700, 0))
+    assert _cycles_opened() == opened_before + 1
+    await _ledger_written(app)
+    assert await _cycle_fees(app) == [(-5_000_000, "counter:de-600:cycle:2027-01")]
+
+    # February in Berlin: the next cycle, the 700 s unused carried.
+    clock[0] = datetime(2027, 1, 31, 23, 0, 30, tzinfo=UTC)
+    await worker.run_once()
+    assert (await _balance(app), await _bundle(app)) == ("40.000000", (1300, 0))

@@ -224,6 +224,13 @@ def counter_cycle_run(label: str, plan_id: str | None, account_id: str | None) -
     return f"counters:run:{label}:{scope}"
 
 
+def counter_cycle_opened(plan_id: str) -> str:
+    """String: the label of the latest counter cycle the billing worker opened for the
+    plan's accounts at its period's start (``ocs.billing.counter_cycles``); none before
+    the worker first saw the plan."""
+    return f"counters:opened:{plan_id}"
+
+
 def nas_restart(client: str, node: str, kind: str, stamp: int) -> str:
     """String (epoch ms, with its own expiry): the time before which the first copy of a
     NAS's Accounting-On or -Off (``kind``) with Event-Timestamp ``stamp`` closed the calls

@@ -1116,6 +1116,15 @@ class BalanceStore:
         await self._pipe.execute("SET", key, now, "NX", "EX", _CYCLE_RUN_TTL)
         return int(await self._pipe.execute("GET", key))
 
+    async def counter_cycle_opened(self, plan_id: str) -> str | None:
+        """The label of the latest counter cycle the billing worker opened for the plan
+        (None: it has opened none, nor seen the plan)."""
+        return _text_or_none(await self._pipe.execute("GET", keys.counter_cycle_opened(plan_id)))
+
+    async def set_counter_cycle_opened(self, plan_id: str, label: str) -> None:
+        """Keep ``label`` as the latest counter cycle the billing worker opened for the plan."""
+        await self._pipe.execute("SET", keys.counter_cycle_opened(plan_id), label)
+
     async def nas_restart_cutoff(
         self, client: str, node: str, kind: str, stamp: int, cutoff_ms: int
     ) -> int:

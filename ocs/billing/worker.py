@@ -2,6 +2,10 @@
 
 Every ``billing_poll_interval`` seconds a worker:
 
+0. opens the counter cycle of each plan whose billing period has begun since it
+   last opened one (``counter_cycles.open_due_cycles``, ``billing_counter_cycles``,
+   on by default; needs the real-time balances): the plan's counters are reset under
+   the period's label, their recurring fees charged, once per period;
 1. creates the run of each scheduled plan's due period, once. Due: for an
    end-of-cycle plan, the latest period that has ended; for a start-of-cycle
    plan, the latest period that has started; ``billing_run_delay`` later, and
@@ -23,8 +27,8 @@ Every ``billing_poll_interval`` seconds a worker:
 
 A stop (SIGTERM) is noticed between chunks: the chunk in hand is finished and
 committed, none is claimed after it. The worker logs one line per state
-change (started, run created, run joined, run finished, a failed step,
-stopping, stopped), never one per account.
+change (started, counter cycle opened, run created, run joined, run finished, a
+failed step, stopping, stopped), never one per account.
 
 3. posts the runs it created (``billing_auto_post``, on by default) once all
    their chunks are drafted: numbers, then the money (``posting.post``). An
@@ -48,7 +52,16 @@ import asyncpg
 
 from ocs import metrics, systemd_notify
 from ocs.balances.store import BalanceStore
-from ocs.billing import dunning, notify_email, payments, posting, queries, runs, taxing
+from ocs.billing import (
+    counter_cycles,
+    dunning,
+    notify_email,
+    payments,
+    posting,
+    queries,
+    runs,
+    taxing,
+)
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
 from ocs.billing.periods import Period, local_midnight, month_day
 from ocs.billing.taxes import TaxEngine, external_engine
@@ -73,6 +86,7 @@ class WorkerSettings:
     lease_s: float = runs.DEFAULT_LEASE_S
     run_delay: float = 300.0
     auto_post: bool = True
+    counter_cycles: bool = True  # open each plan's counter cycle at its period's start
 
     @classmethod
     def of(cls, settings: Settings) -> "WorkerSettings":
@@ -83,6 +97,7 @@ class WorkerSettings:
             lease_s=settings.billing_lease,
             run_delay=settings.billing_run_delay,
             auto_post=settings.billing_auto_post,
+            counter_cycles=settings.billing_counter_cycles,
         )
 
 
@@ -304,6 +319,22 @@ class BillingWorker:
             )
         return created
 
+    async def open_counter_cycles(self) -> list[counter_cycles.OpenedCycle]:
+        """Open the counter cycle of every plan whose period has begun since the last one
+        opened (``counter_cycles.open_due_cycles``); the cycles opened. None without the
+        real-time balances, or with ``counter_cycles`` off; a failure is logged and the
+        next pass tries again (the reset charges a cycle's fees once)."""
+        if self.store is None or not self.settings.counter_cycles:
+            return []
+        try:
+            return await counter_cycles.open_due_cycles(
+                self.pool, self.store, self.clock(), worker=self.name
+            )
+        except Exception as error:
+            metrics.BILLING_FAILURES.labels("counters").inc()
+            log.error("counter cycles failed", extra={"worker": self.name, "error": str(error)})
+            return []
+
     async def _ledger_behind(self, now: datetime) -> bool:
         """Whether an entry older than the due moment is still to be written to PostgreSQL
         (logged once when runs start waiting for it, and once when they go on)."""
@@ -380,6 +411,7 @@ class BillingWorker:
     async def run_once(self, stopping: asyncio.Event | None = None) -> None:
         """One pass: create the due runs, then work on every unfinished run."""
         stopping = stopping or asyncio.Event()
+        await self.open_counter_cycles()
         try:
             await self.create_due_runs()
         except Exception as error:
