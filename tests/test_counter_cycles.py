@@ -30,7 +30,7 @@ async def _bundle_customer(app: RunningApp, used: int) -> None:
     these tests), with an optional bundle of 600 German seconds carried over, 5.00 a
     cycle; account "bo" bought it (55.00 - 5.00) and used ``used`` seconds of it."""
     await add_plan(app.services)
-    await set_plan_billing(app.services.pool, BERLIN_MONTHLY)
+    await set_plan_billing(app.services.pool, app.services.store, BERLIN_MONTHLY)
     status, body = await app.post(
         "/v1/plans/retail/counters",
         {
