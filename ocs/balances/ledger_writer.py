@@ -26,7 +26,11 @@ its entry (decision 0033).
 While Redis or PostgreSQL is unreachable the writer retries every second and
 reports each failure to the process's backend tracker, which logs the outage
 once (and a reminder while it lasts); it probes PostgreSQL while that is down,
-so the "back" line comes as soon as it answers.
+so the "back" line comes as soon as it answers. On a cluster, one master may fail
+(down, a replica that does not confirm, a failover under way) while the others
+answer: the streams it holds are skipped, what the others gave is written and
+acknowledged in the same pass, and the failure goes to the tracker as an outage's
+does (decision 0033).
 """
 
 import asyncio
@@ -37,6 +41,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -137,10 +142,28 @@ def _row_refused(exc: BaseException) -> bool:
     return state[:2] in _ROW_ERROR_CLASSES
 
 
-def _raise_first_error(replies: Sequence[Any], tolerated: str = "") -> None:
-    for reply in replies:
+@dataclass(slots=True)
+class _Failed:
+    """The first error of the streams one pass could not set up, read, claim or
+    acknowledge. On a cluster that is one master's part (down, stalled, failing over):
+    the others' entries are written all the same, and the error is reported once, after
+    them, instead of leaving every master's entries unwritten (and those already read
+    pending until ``claim_idle_ms``)."""
+
+    error: Exception | None = None
+
+    def answered(self, reply: Any, tolerated: str = "") -> bool:
+        """Whether ``reply`` is an answer (or an error naming ``tolerated``); an error is
+        kept when it is the pass's first."""
         if isinstance(reply, Exception) and not (tolerated and tolerated in str(reply)):
-            raise reply
+            self.error = self.error or reply
+            return False
+        return True
+
+    def raise_first(self) -> None:
+        """Raise the kept error, if any."""
+        if self.error is not None:
+            raise self.error
 
 
 def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_Row, _Row | None]:
@@ -309,7 +332,14 @@ class LedgerWriter:
                 await self._wire.close()
 
     async def ensure_groups(self) -> None:
-        """Create the consumer group on every bucket stream (idempotent)."""
+        """Create the consumer group on every bucket stream (idempotent); raises the
+        first failure, once the groups are made wherever Redis answered."""
+        failed = _Failed()
+        await self._create_groups(failed)
+        failed.raise_first()
+
+    async def _create_groups(self, failed: _Failed) -> None:
+        """``ensure_groups``, the failures kept in ``failed``."""
         async with self._session() as wire:
             replies = await wire.execute_many(
                 [
@@ -317,7 +347,8 @@ class LedgerWriter:
                     for stream in self._streams
                 ]
             )
-        _raise_first_error(replies, tolerated="BUSYGROUP")
+        for reply in replies:
+            failed.answered(reply, tolerated="BUSYGROUP")
 
     async def read_new(self, block_ms: int | None = None) -> int:
         """Write and acknowledge new entries; returns how many were written.
@@ -331,43 +362,57 @@ class LedgerWriter:
         left a backlog in every bucket. First every stream is asked for its share of a
         batch (at least one entry); then the streams that gave all they were asked,
         which may hold more (a busy account's bucket), share what is left of it.
+
+        Streams that could not be read (a cluster master failing) are skipped: the
+        others' entries are written, then the first such failure is raised.
         """
+        failed = _Failed()
+        written = await self._read_new(block_ms, failed)
+        failed.raise_first()
+        return written
+
+    async def _read_new(self, block_ms: int | None, failed: _Failed) -> int:
+        """``read_new``, the failures of streams kept in ``failed``."""
         async with self._session() as wire:
             groups = wire.multi_key_groups(self._streams)
             share = max(1, self._batch_size // len(self._streams))
             if self._own_unwritten:
-                own, _ = await self._read(wire, groups, share, pending=True)
+                own, _ = await self._read(wire, groups, share, failed, pending=True)
                 if own:
-                    return await self._write(own)
-                self._own_unwritten = False
-            entries, full = await self._read(wire, groups, share)
+                    return await self._write(own, failed)
+                if failed.error is None:
+                    # Else a master's own pending entries are still to be read: next pass.
+                    self._own_unwritten = False
+            entries, full = await self._read(wire, groups, share, failed)
             room = self._batch_size - len(entries)
             if full and room > 0:
                 more, _ = await self._read(
-                    wire, wire.multi_key_groups(full), max(1, room // len(full))
+                    wire, wire.multi_key_groups(full), max(1, room // len(full)), failed
                 )
                 entries += more
             if not entries and block_ms:
                 if len(groups) == 1:
                     # Nothing there: one read names every stream and waits for the first
                     # entry to come (with no entries to hand out, it costs Redis little).
-                    entries, _ = await self._read(wire, groups, share, ("BLOCK", block_ms))
+                    entries, _ = await self._read(wire, groups, share, failed, ("BLOCK", block_ms))
                 else:
                     await asyncio.sleep(block_ms / 1000)
-            return await self._write(entries)
+            return await self._write(entries, failed)
 
     async def _read(
         self,
         wire: RedisWire,
         groups: list[list[str]],
         count: int,
+        failed: _Failed,
         block: tuple[Any, ...] = (),
         *,
         pending: bool = False,
     ) -> tuple[list[_Entry], list[str]]:
         """New entries of the streams in ``groups`` (``pending``: those this writer read
         and has not acknowledged), at most ``count`` from each, and the streams that
-        gave ``count`` (they may hold more).
+        gave ``count`` (they may hold more). A stream Redis failed to read (its master's
+        failure, kept in ``failed``) gives none.
 
         Without ``block``, a round trip names at most ``READ_STREAMS`` streams, and the
         next is sent when it is answered: Redis runs one command at a time, and one read
@@ -393,8 +438,9 @@ class LedgerWriter:
                 for group in batch
             ]
             replies = await wire.execute_many(commands)
-            _raise_first_error(replies)
             for reply in replies:
+                if not failed.answered(reply):
+                    continue
                 for stream, messages in reply or []:
                     name = _s(stream)
                     if len(messages) >= count:
@@ -403,7 +449,16 @@ class LedgerWriter:
         return entries, full
 
     async def claim_stale(self) -> int:
-        """Take over entries another consumer read but never acknowledged."""
+        """Take over entries another consumer read but never acknowledged; raises the
+        first failure of a stream that could not be claimed from (a cluster master
+        failing), once the others' entries are written."""
+        failed = _Failed()
+        written = await self._claim(failed)
+        failed.raise_first()
+        return written
+
+    async def _claim(self, failed: _Failed) -> int:
+        """``claim_stale``, the failures of streams kept in ``failed``."""
         async with self._session() as wire:
             replies = await wire.execute_many(
                 [
@@ -420,13 +475,21 @@ class LedgerWriter:
                     for stream in self._streams
                 ]
             )
-            _raise_first_error(replies)
             entries: list[_Entry] = []
             for stream, reply in zip(self._streams, replies, strict=True):
-                entries.extend(_messages(stream, reply[1] if reply else None))
-            return await self._write(entries)
+                if failed.answered(reply):
+                    entries.extend(_messages(stream, reply[1] if reply else None))
+            return await self._write(entries, failed)
 
-    async def _write(self, entries: Sequence[_Entry]) -> int:
+    async def _write(self, entries: Sequence[_Entry], failed: _Failed | None = None) -> int:
+        """Store ``entries`` in PostgreSQL, then acknowledge them; how many were written.
+        An acknowledgement a master failed to take is kept in ``failed`` (None: raised):
+        its entries, stored already, are read again later and change nothing."""
+        if failed is None:
+            failed = _Failed()
+            written = await self._write(entries, failed)
+            failed.raise_first()
+            return written
         if not entries:
             return 0
         rows: list[tuple[str, bytes | str, dict[bytes, bytes], _Row, _Row | None]] = []
@@ -479,7 +542,8 @@ class LedgerWriter:
         started = time.perf_counter()
         async with self._session() as wire:
             replies = await _run_with_scripts(wire, commands)
-        _raise_first_error(replies)
+        for reply in replies:
+            failed.answered(reply)
         _REDIS_ROUNDTRIP.observe(time.perf_counter() - started)
         for (stream, entry_id, _, reason), reply in zip(poison, replies, strict=False):
             if reply == 1:  # 0: another writer set it aside (or wrote it) already
@@ -524,23 +588,20 @@ class LedgerWriter:
         groups_ready = False
         last_claim = 0.0
         while not stopping.is_set():
+            failed = _Failed()
+            claimed = written = 0
             try:
                 if not groups_ready:
-                    # Also after a failure: groups vanish if Redis lost its data.
-                    await self.ensure_groups()
-                    groups_ready = True
+                    # Also after a failure: groups vanish if Redis lost its data. Those of
+                    # a master that fails are made on a later pass; the rest read meanwhile.
+                    await self._create_groups(failed)
+                    groups_ready = failed.error is None
                 if not self._health.is_up(POSTGRESQL):
                     await self._probe_postgresql()
                 if time.monotonic() - last_claim >= claim_every:
                     last_claim = time.monotonic()
-                    await self.claim_stale()
-                written = await self.read_new(block_ms=self._block_ms)
-                self._health.report_success(REDIS)
-                if 0 < written < self._batch_size and self._linger > 0:
-                    # Under steady traffic, let entries gather for a moment: one read of
-                    # 1024 streams and one transaction per batch instead of per entry.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), timeout=self._linger)
+                    claimed = await self._claim(failed)
+                written = await self._read_new(self._block_ms, failed)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -551,8 +612,21 @@ class LedgerWriter:
                     # be claimed again later, and new entries go on.
                     self._own_unwritten = True
                 self._log_failure(exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=1.0)
+                await _pause(stopping, 1.0)
+                continue
+            if failed.error is not None:
+                # Part of Redis failed (a cluster master): the others' entries are written
+                # and acknowledged; the failure is reported once, as an outage is.
+                groups_ready = False
+                self._log_failure(failed.error)
+                if not claimed + written:
+                    await _pause(stopping, 1.0)
+                continue
+            self._health.report_success(REDIS)
+            if 0 < written < self._batch_size and self._linger > 0:
+                # Under steady traffic, let entries gather for a moment: one read of
+                # 1024 streams and one transaction per batch instead of per entry.
+                await _pause(stopping, self._linger)
 
     def _log_failure(self, exc: Exception) -> None:
         if isinstance(exc, _WRITES_REFUSED) and backend_health.backend_of(exc) is None:
@@ -579,7 +653,9 @@ class LedgerWriter:
                 extra={"error": backend_health.describe(exc)},
             )
             return
-        log.exception("ledger write failed; retrying")
+        # Also called for a stream's failure kept from an answered pass: no exception
+        # is being handled then, so the traceback is named.
+        log.error("ledger write failed; retrying", exc_info=exc)
 
     async def _probe_postgresql(self) -> None:
         """One ``SELECT 1``: ends a PostgreSQL outage as soon as it answers (raises if not)."""
@@ -587,3 +663,9 @@ class LedgerWriter:
         async with asyncio.timeout(_PROBE_TIMEOUT_S), self._pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
         self._health.report_success(POSTGRESQL)
+
+
+async def _pause(stopping: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``stopping`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
