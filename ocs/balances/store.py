@@ -86,6 +86,29 @@ async def _all_or_first_error(futures: Sequence[asyncio.Future[Any]]) -> list[An
     return answers
 
 
+async def _each_or_error(
+    futures: Sequence[asyncio.Future[Any]],
+) -> tuple[list[Any], Exception | None, int]:
+    """Each future's answer (None where it failed), the first error, and how many failed.
+
+    For reads that span every bucket: on Redis Cluster one master may fail (down, a
+    replica that does not confirm, a failover under way) while the others answer, and
+    what they answered is still of use. Every outcome is retrieved, as in
+    ``_all_or_first_error``.
+    """
+    answers: list[Any] = []
+    error: Exception | None = None
+    failed = 0
+    for future in futures:
+        try:
+            answers.append(await future)
+        except Exception as exc:
+            error = error or exc
+            failed += 1
+            answers.append(None)
+    return answers, error, failed
+
+
 def _held_by_another_client(prior: bytes | None, ttl: int, record: bytes) -> bool:
     """Whether the call reference ``prior`` (``ttl`` seconds left) is another NAS client's
     granted call's, which a grant of ``record`` under the same id must leave as it is
@@ -108,6 +131,16 @@ SWEEP_BUCKETS = 128
 # charge_batch's word for an event whose counter no longer holds the seconds it was
 # priced with: nothing was charged, and the importer prices it again.
 COUNTER_CHANGED = "counter_changed"
+
+
+@dataclass(slots=True)
+class ExpiredCalls:
+    """What a look for expired calls found: (account, call id) of each, from the buckets
+    that answered, and ``error``, the first failure of those that did not (None: every
+    bucket answered)."""
+
+    calls: list[tuple[str, str]]
+    error: Exception | None = None
 
 
 @dataclass(slots=True)
@@ -357,6 +390,12 @@ class BalanceStore:
 
     def __init__(self, pipeline: AutoPipeline) -> None:
         self._pipe = pipeline
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the balances are on a Redis Cluster, whose masters may fail one at a
+        time, rather than on one server."""
+        return self._pipe.cluster
 
     async def create_account(
         self,
@@ -778,24 +817,36 @@ class BalanceStore:
             keys.expiry_member(account_id, call_id),
         )
 
-    async def expired_calls(self, now: int, per_bucket: int = 100) -> list[tuple[str, str]]:
+    async def expired_calls(self, now: int, per_bucket: int = 100) -> ExpiredCalls:
         """(account, call id) of live calls whose expiry has passed, across all buckets.
 
         Asked a slice of buckets at a time: a thousand commands made and answered in one
-        go held the serving loop for milliseconds each sweep.
+        go held the serving loop for milliseconds each sweep. A bucket whose master
+        fails (Redis Cluster: down, stalled, failing over) is skipped and counted, and
+        the others' calls are returned all the same: one master must not keep every
+        other's expired calls holding their funds and lines. A slice none of whose
+        buckets answered ends the look (the one server, or every master, is down: the
+        other slices would fail alike, each after the same wait).
         """
-        found: list[tuple[str, str]] = []
+        found = ExpiredCalls([])
         for first in range(0, keys.BUCKETS, SWEEP_BUCKETS):
-            answers = await _all_or_first_error(
+            last = min(first + SWEEP_BUCKETS, keys.BUCKETS)
+            answers, error, failed = await _each_or_error(
                 [
                     self._pipe.execute(
                         "ZRANGEBYSCORE", keys.call_expiry(bucket), "-inf", now, "LIMIT", 0,
                         per_bucket,
                     )
-                    for bucket in range(first, min(first + SWEEP_BUCKETS, keys.BUCKETS))
+                    for bucket in range(first, last)
                 ]
             )  # fmt: skip
-            found += (keys.split_expiry_member(m) for members in answers for m in members)
+            found.calls += (
+                keys.split_expiry_member(m) for members in answers if members for m in members
+            )
+            if error is not None:
+                found.error = found.error or error
+                if failed == last - first:
+                    break
         return found
 
     async def all_live_calls(self) -> list[tuple[str, str, LiveEntry]]:

@@ -1,9 +1,9 @@
 """The janitor: closes live calls whose switch will never report their end.
 
 Every ``janitor_interval`` it looks up calls past their expiry in every
-bucket (one round trip: on Redis Cluster the wire sends each bucket's lookup to
-the master holding it, one write per master) and closes each by the stated
-policy (``CallService.close_live_call``):
+bucket (a slice of buckets a round trip: on Redis Cluster the wire sends each
+bucket's lookup to the master holding it, one write per master) and closes each
+by the stated policy (``CallService.close_live_call``):
 an Access-Accept never followed by an Accounting-Start is released free of
 charge; a started call is charged its last reported usage (or its whole
 grant). Safe to run in every process at once: the stop script closes a call
@@ -20,7 +20,11 @@ are closed (and their funds freed) on time.
 
 While Redis is unreachable a sweep fails at once; the failure goes to the
 process's backend tracker (one line per outage, a reminder while it lasts),
-never one traceback per sweep.
+never one traceback per sweep. On Redis Cluster one master may fail while the
+others answer (down, a replica that does not confirm its writes, a failover under
+way): a sweep closes the expired calls of the buckets that answered, skips the
+failed master's, and only then fails with that master's error, reported once as
+any outage is (decision 0033).
 """
 
 import asyncio
@@ -85,18 +89,31 @@ class Janitor:
     async def sweep(self, now: int | None = None) -> int:
         """Close every expired call once; returns how many this sweep closed. The NAS of
         each expired sliced call is then told to end it (``needs_disconnect``), in a task
-        the sweep does not wait for."""
+        the sweep does not wait for.
+
+        Where part of Redis failed (a Cluster master: its buckets could not be looked
+        at, or a call of the others could not be closed), the calls found elsewhere are
+        closed all the same, and then the first such failure is raised: the caller
+        reports it once, as it does an outage of the whole of Redis.
+        """
         now = int(time.time()) if now is None else now
         closed = 0
         cuts: list[CallRecord] = []
-        for account_id, call_id in await self._store.expired_calls(now):
+        expired = await self._store.expired_calls(now)
+        failure = expired.error
+        for account_id, call_id in expired.calls:
             try:
                 done = await self._calls.close_live_call(
                     account_id, call_id, "expired", expired_by=now
                 )
             except Exception as exc:
                 if backend_health.backend_of(exc, backend_health.REDIS) is not None:
-                    raise  # Redis is gone: the other calls would fail alike; end the sweep
+                    failure = failure or exc
+                    if not self._store.cluster:
+                        break  # the one server is gone: the other calls would fail alike
+                    # Its master (or its reference's) fails now: the others are closed
+                    # all the same; this one is found again by the next sweep.
+                    continue
                 # One call that cannot be closed must not hold back the others.
                 log.exception(
                     "could not close a stale call",
@@ -122,6 +139,8 @@ class Janitor:
         if disconnect is not None:
             for record in cuts:
                 self._cut_later(disconnect, record)
+        if failure is not None:
+            raise failure
         return closed
 
     def _cut_later(self, disconnect: Disconnect, record: CallRecord) -> None:

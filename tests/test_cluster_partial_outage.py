@@ -1,0 +1,239 @@
+"""One Redis Cluster master down: the janitor and the ledger writer serve the others.
+
+A cluster of three masters without replicas, ``cluster-require-full-coverage no``:
+when one master dies, the other two keep serving their slots. Calls on every master
+are lost (answered, never stopped) and expire; then the master holding two of them is
+killed. Before, the janitor's look for expired calls failed as a whole and the ledger
+writer's every pass did too: no call was closed on any master (their reservations
+and lines stayed held) and nothing reached PostgreSQL from any master. Now:
+
+- a sweep closes the calls of the masters that answer, charged as always, and then
+  fails with the dead master's error; its calls stay live, untouched;
+- the ledger writer stores those closes' ledger and CDR rows in PostgreSQL at once
+  (not after ``claim_idle_ms``: nothing is left pending on the live masters);
+- the outage is a handful of log lines, no traceback, not one per bucket or stream;
+- once the master is back, the janitor closes its calls and the writer stores them.
+
+Rates: France 0.600 a minute, 1/1 s: a 0.10 balance grants 10 s, charged 0.10 whole.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from ocs import api_tokens, backend_health
+from ocs.balances import keys
+from ocs.balances.ledger_writer import LedgerWriter
+from ocs.balances.slots import key_slot
+from ocs.charging.janitor import Janitor
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import AuthorizeRequest
+from ocs.config import Settings, with_overrides
+from ocs.http.app import create_app
+from ocs.runtime import open_runtime
+from tests.conftest import TEST_TOKEN_NAME, RunningApp, add_plan, bearer, eventually, reset_state
+from tests.redis_cluster import Node, RedisClusterProcess
+
+pytestmark = pytest.mark.cluster
+
+FRANCE_DECK = (
+    "prefix,zone,price_per_minute,connect_fee,first_block,increment\n33,France,0.600,0,1,1\n"
+)
+PER_MASTER = 2  # lost calls on each master
+GRACE = 30  # call_expiry_grace: a 10 s grant expires 40 s after its start
+
+
+@pytest.fixture(scope="module")
+def partial_cluster() -> Iterator[RedisClusterProcess]:
+    """Three masters without replicas that serve their slots while another is down."""
+    cluster = RedisClusterProcess(masters=3)
+    cluster.start()
+    try:
+        for node in cluster.nodes:
+            with node.client() as client:
+                client.config_set("cluster-require-full-coverage", "no")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def partial_app(
+    partial_cluster: RedisClusterProcess,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+    pepper_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[RunningApp]:
+    """The HTTP app on the cluster with a ledger writer as ``ocs serve`` runs it, except
+    that it claims another consumer's entries only after a minute: entries on time come
+    from its own reads. A backend tracker of this test's own."""
+    monkeypatch.setattr(backend_health, "_DEFAULT", None)
+    await reset_state(redis_url, database_url)
+    partial_cluster.flush()
+    settings = Settings(
+        pepper_file=pepper_file,
+        redis_url=partial_cluster.url,
+        redis_cluster=True,
+        database_url=database_url,
+        data_dir=tmp_path / "var",
+        http_host="127.0.0.1",
+        http_port=0,
+        log_format="text",
+    )
+    async with open_runtime(settings) as services:
+        token = await api_tokens.create(services.pool, TEST_TOKEN_NAME, "admin")
+        client = TestClient(TestServer(create_app(services)), headers=bearer(token))
+        await client.start_server()
+        writer = LedgerWriter(services.redis, services.pool, block_ms=50, claim_idle_ms=60_000)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(writer.run(stopping, claim_every=0.2))
+        try:
+            yield RunningApp(services=services, client=client, writer=writer, admin_token=token)
+        finally:
+            stopping.set()
+            await asyncio.wait_for(task, timeout=15)
+            await client.close()
+
+
+def accounts_by_master(cluster: RedisClusterProcess) -> dict[int, list[str]]:
+    """``PER_MASTER`` account ids held by each master (by port)."""
+    owners = {node.port: node for node in cluster.masters()}
+    found: dict[int, list[str]] = {port: [] for port in owners}
+    n = 0
+    while any(len(ids) < PER_MASTER for ids in found.values()):
+        account_id = f"lost-{n}"
+        n += 1
+        port = cluster.node_of_slot(key_slot(keys.account(account_id))).port
+        if len(found[port]) < PER_MASTER:
+            found[port].append(account_id)
+    return found
+
+
+async def account_view(app: RunningApp, account_id: str) -> tuple[str, str, int]:
+    """(balance, reserved, lines in use) as the API shows them."""
+    status, body = await app.get(f"/v1/accounts/{account_id}")
+    assert status == 200, body
+    return body["balance"], body["reserved"], body["lines_in_use"]
+
+
+async def cdr_calls(app: RunningApp) -> set[str]:
+    """The call ids of the CDRs in PostgreSQL."""
+    async with app.services.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT call_id FROM cdrs")
+    return {row["call_id"] for row in rows}
+
+
+async def ledger_sums(app: RunningApp) -> dict[str, int]:
+    """Each account's sum of ledger amounts in PostgreSQL."""
+    async with app.services.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT account_id, sum(amount) AS s FROM ledger GROUP BY 1")
+    return {row["account_id"]: int(row["s"]) for row in rows}
+
+
+async def test_one_master_down_leaves_the_others_swept_and_written(
+    partial_app: RunningApp,
+    partial_cluster: RedisClusterProcess,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = partial_app
+    await add_plan(app.services, deck=FRANCE_DECK)
+    by_master = accounts_by_master(partial_cluster)
+    # Not the node the clients were given: the test is about a master's slots, not
+    # about finding the cluster again.
+    seed_port = partial_cluster.nodes[0].port
+    victim_port = next(port for port in by_master if port != seed_port)
+    victim: Node = next(n for n in partial_cluster.nodes if n.port == victim_port)
+    down_ids = by_master[victim_port]
+    up_ids = [a for port, ids in by_master.items() if port != victim_port for a in ids]
+    for account_id in down_ids + up_ids:
+        status, body = await app.post(
+            "/v1/accounts", {"id": account_id, "plan": "retail", "balance": "0.10"}
+        )
+        assert status == 201, body
+
+    async def openings_written() -> bool:
+        # Every entry made so far is in PostgreSQL: none is left read and pending on the
+        # master about to die (that would wait for claim_idle_ms, whatever the fix).
+        return await ledger_sums(app) == dict.fromkeys(down_ids + up_ids, 100_000)
+
+    await eventually(openings_written, what="the opening balances in PostgreSQL")
+
+    now = int(time.time())
+    settings = with_overrides(app.services.settings, call_expiry_grace=GRACE)
+    calls = CallService(
+        app.services.catalog, app.services.store, settings, app.services.digests, clock=lambda: now
+    )
+    started = []
+    for account_id in down_ids + up_ids:
+        grant = await calls.authorize(
+            AuthorizeRequest(account_id, "33123456789", call_id=f"{account_id}-call")
+        )
+        assert grant.max_duration == 10
+        started.append((await calls.start(f"{account_id}-call")).started_at)
+    expired = max(started) + 10 + GRACE
+    janitor = Janitor(calls, app.services.store)
+    for account_id in up_ids:
+        assert await account_view(app, account_id) == ("0.100000", "0.100000", 1)
+
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    partial_cluster.kill(victim)
+
+    # The live masters' expired calls are closed and charged; the sweep then fails with
+    # the dead master's error (before: it failed first, and closed none at all).
+    with pytest.raises(RedisConnectionError):
+        await janitor.sweep(now=expired)
+    for account_id in up_ids:
+        assert await account_view(app, account_id) == ("0.000000", "0.000000", 0)
+    status, body = await app.get(f"/v1/accounts/{down_ids[0]}")
+    assert (status, body["error"]["reason"]) == (503, "unavailable"), body
+
+    async def up_written() -> bool:
+        return await cdr_calls(app) == {f"{a}-call" for a in up_ids}
+
+    # The writer reads the live masters' streams, writes and acknowledges them, while
+    # its reads of the dead master's fail each pass.
+    await eventually(up_written, within=20, what="the live masters' CDRs in PostgreSQL")
+    sums = await ledger_sums(app)
+    assert {a: sums[a] for a in up_ids} == dict.fromkeys(up_ids, 0)
+    assert {a: sums[a] for a in down_ids} == dict.fromkeys(down_ids, 100_000)
+    with pytest.raises(RedisConnectionError):
+        await janitor.sweep(now=expired)  # nothing more to close, the dead master's failure
+
+    records = list(caplog.records)
+    texts = [f"{r.name}: {r.getMessage()}" for r in records]
+    assert not [r for r in records if r.exc_info], texts
+    closes = [t for t in texts if t == "ocs.janitor: closed a stale call"]
+    assert len(closes) == len(up_ids), texts
+    # The outage is reported as one (a call's close answered by a live master may say
+    # Redis answers again between two sweeps), never a line per bucket or stream.
+    assert len([t for t in texts if t == "ocs.backends: redis unreachable"]) in (1, 2), texts
+    assert len(records) - len(closes) <= 4, texts
+
+    partial_cluster.restart(victim)
+    partial_cluster.wait_ok()
+
+    async def down_closed() -> bool:
+        try:
+            await janitor.sweep(now=expired)
+        except RedisConnectionError:
+            return False  # the clients find the master back a moment later
+        views = [await account_view(app, a) for a in down_ids]
+        return views == [("0.000000", "0.000000", 0)] * len(down_ids)
+
+    await eventually(down_closed, within=20, what="the returned master's calls closed")
+
+    async def all_written() -> bool:
+        return await cdr_calls(app) == {f"{a}-call" for a in down_ids + up_ids}
+
+    await eventually(all_written, within=20, what="every CDR in PostgreSQL")
+    assert await ledger_sums(app) == dict.fromkeys(down_ids + up_ids, 0)
+    assert await janitor.sweep(now=expired) == 0
