@@ -384,10 +384,10 @@ BILLING_VOIDED = Counter(
 BILLING_FAILURES = Counter(
     "ocs_billing_failures_total",
     "Billing worker steps that failed and will be retried, by stage (counters, schedule,"
-    " chunk, post, payments, dunning).",
+    " chunk, post, payments, dunning, sessions).",
     ["stage"],
 )
-for _stage in ("counters", "schedule", "chunk", "post", "payments", "dunning"):
+for _stage in ("counters", "schedule", "chunk", "post", "payments", "dunning", "sessions"):
     BILLING_FAILURES.labels(_stage)
 BILLING_CHUNK_DURATION = Histogram(
     "ocs_billing_chunk_duration_seconds",

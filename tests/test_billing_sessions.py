@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.store import BalanceStore
-from ocs.billing import posting
+from ocs.billing import drafts, posting
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.dunning import reactivate_paid
 from ocs.billing.periods import month_day
@@ -22,6 +22,7 @@ from ocs.billing.sessions import (
     session_invoice,
 )
 from ocs.billing.store import Subscription, set_plan_billing, subscribe
+from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
@@ -521,3 +522,58 @@ async def test_a_plan_switched_to_on_demand_locks_its_accounts_and_back_unlocks_
     assert await _http_call(app, "d1", "d1-monthly", 30) == "granted"  # 60 s: 0.01
     assert await _http_call(app, "fraud", "fraud-monthly", 30) == "account_locked"
     assert (await _balance(app, "d1"), await _balance(app, "fraud")) == ("4.970000", "5.000000")
+
+
+async def test_a_session_whose_draft_failed_at_its_close_is_invoiced_once_by_the_worker(
+    services: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closing a session commits the close, then drafts its invoice: when the draft fails
+    (here it raises once) the session stays closed with no invoice, which no API call
+    drafts again. The billing worker drafts it once the close is a minute old (not while a
+    close may still be drafting it), with the session's amount (3 hours of the 20.00
+    minimum), one log line; a second pass drafts nothing more."""
+    await _booth_with_a_minimum(services)
+    opened = await open_session(services.pool, services.store, "booth1")
+    async with services.pool.acquire() as conn:  # opened 3 hours ago
+        began = await conn.fetchval(
+            "UPDATE billing_sessions SET opened_at = clock_timestamp() - interval '3 hours'"
+            " WHERE id = $1 RETURNING opened_at",
+            opened.id,
+        )
+    real_write = drafts.write
+    failures = [RuntimeError("connection lost mid-draft")]
+
+    async def failing_write(*args: object, **kwargs: object) -> drafts.Written:
+        if failures:
+            raise failures.pop()
+        return await real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(drafts, "write", failing_write)
+    with pytest.raises(RuntimeError, match="mid-draft"):
+        await close_session(services.pool, services.store, "booth1")
+    assert await invoices(services) == []
+    assert await _statuses(services, "booth1") == ("locked", "locked", "session")
+
+    now = datetime.now(UTC)
+    settings = WorkerSettings(run_delay=0)
+    # Just closed: a close in progress may still be drafting it, the worker waits.
+    await BillingWorker(services.pool, settings, clock=lambda: now).run_once()
+    assert await invoices(services) == []
+
+    later = BillingWorker(services.pool, settings, clock=lambda: now + timedelta(minutes=2))
+    with caplog.at_level("INFO", logger="ocs.billing.worker"):
+        await later.run_once()
+        await later.run_once()
+    first = began.astimezone(UTC).date()
+    after = month_day(first.year + first.month // 12, first.month % 12 + 1, first.day)
+    [invoice] = await invoices(services)
+    assert _commitment(invoice)[:2] == THREE_HOURS[(after - first).days]
+    assert invoice["state"] == "draft"
+    async with services.pool.acquire() as conn:
+        linked = await conn.fetchval(
+            "SELECT invoice_id FROM billing_sessions WHERE id = $1", opened.id
+        )
+        stored = await conn.fetchval("SELECT id FROM invoices")
+    assert linked == stored
+    drafted = [r for r in caplog.records if r.getMessage().startswith("session invoice drafted")]
+    assert [(r.session_id, r.invoice_id) for r in drafted] == [(opened.id, stored)]  # type: ignore[attr-defined]

@@ -9,7 +9,9 @@ session is open the account is ``locked`` with the lock reason ``session``
 with the same code as an invoice run (``drafts.write``): usage of the CDRs
 stopped in the session, one-time charges dated in it. The draft is
 recomputed by ``session_invoice`` (CDRs reach PostgreSQL through the ledger
-writer a moment after the call) and posted like any draft.
+writer a moment after the call) and posted like any draft. A close whose draft
+failed (the close is committed first) is drafted by the billing worker a
+minute later (``uninvoiced_sessions``, ``invoice_left``), once.
 
 A session lifts only its own lock: an account suspended (by an operator or by
 dunning) or locked by an operator is refused a session (409 ``account_state``),
@@ -45,6 +47,11 @@ _NO_OPEN_SESSION = (
     "NOT EXISTS (SELECT 1 FROM billing_sessions s WHERE s.account_id = a.id"
     " AND s.closed_at IS NULL)"
 )
+
+# A closed session still without an invoice this long after its close was left so by a
+# failed draft (``close_session`` drafts it just after committing the close): the billing
+# worker drafts it. The grace keeps the worker from drafting beside a close in progress.
+UNINVOICED_AFTER_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,12 +232,24 @@ async def session_invoice(
     pool: asyncpg.Pool, session_id: int, invoice_date: date | None = None
 ) -> int:
     """Draft (or recompute) a closed session's invoice; its id. A posted one stays."""
+    invoice_id = await _draft_session(pool, session_id, invoice_date, only_missing=False)
+    assert invoice_id is not None  # only_missing=False always drafts
+    return invoice_id
+
+
+async def _draft_session(
+    pool: asyncpg.Pool, session_id: int, invoice_date: date | None, *, only_missing: bool
+) -> int | None:
+    """Draft (or recompute) a closed session's invoice under the session row's lock; its
+    id. ``only_missing``: None, drafting nothing, when the session has an invoice."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "SELECT * FROM billing_sessions WHERE id = $1 FOR UPDATE", session_id
         )
         if row is None or row["closed_at"] is None:
             raise OcsError(Reason.NOT_FOUND, f"no closed session {session_id}")
+        if only_missing and row["invoice_id"] is not None:
+            return None  # invoiced meanwhile (the close itself, or another worker)
         billing = await _on_demand_billing(conn, row["account_id"])
         zone = ZoneInfo(billing.time_zone)
         period = Period(row["opened_at"].astimezone(zone), row["closed_at"].astimezone(zone))
@@ -258,6 +277,8 @@ async def close_session(
 
     An account suspended or locked by an operator while the session was open keeps
     that status; if dunning suspended it, its reactivation gives back the session lock.
+    The close commits before the draft: if drafting fails, the call raises and the
+    billing worker drafts the invoice later (dated the local day of the close).
     """
     async with pool.acquire() as conn, conn.transaction():
         await _on_demand_billing(conn, account_id)
@@ -276,3 +297,22 @@ async def close_session(
             await _set_lock(conn, store, account_id, locked=True)
     invoice_id = await session_invoice(pool, row["id"], invoice_date)
     return Session(row["id"], account_id, row["opened_at"], row["closed_at"], invoice_id)
+
+
+async def uninvoiced_sessions(pool: asyncpg.Pool, closed_before: datetime) -> list[int]:
+    """The closed sessions with no invoice that were closed before ``closed_before``,
+    oldest first: their close committed but drafting their invoice failed (the billing
+    worker drafts them with ``invoice_left``)."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id FROM billing_sessions WHERE closed_at IS NOT NULL"
+            " AND invoice_id IS NULL AND closed_at < $1 ORDER BY id",
+            closed_before,
+        )
+    return [int(r["id"]) for r in rows]
+
+
+async def invoice_left(pool: asyncpg.Pool, session_id: int) -> int | None:
+    """Draft a closed session's missing invoice, dated the local day of its close; its
+    id, or None when the session has one by now."""
+    return await _draft_session(pool, session_id, None, only_missing=True)

@@ -37,6 +37,10 @@ failed step, stopping, stopped), never one per account.
    the external drafts left are held for a later pass, and the pass goes on;
 4. runs dunning (``dunning.run_dunning``): notices, suspensions and
    reactivations due by now, each once.
+
+It also drafts the invoice of each on-demand session closed with none
+(``sessions.uninvoiced_sessions``: the close committed, its draft failed),
+once ``sessions.UNINVOICED_AFTER_S`` have passed since the close, once each.
 """
 
 import asyncio
@@ -60,6 +64,7 @@ from ocs.billing import (
     posting,
     queries,
     runs,
+    sessions,
     taxing,
 )
 from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
@@ -282,6 +287,7 @@ class BillingWorker:
         self._joined: set[int] = set()
         self._waiting_for_ledger = False
         self._held_for_ledger: set[int] = set()
+        self._failed_sessions: set[int] = set()
 
     async def create_due_runs(self) -> list[int]:
         """Create the run of every plan's due period that has none; the new runs' ids.
@@ -443,6 +449,8 @@ class BillingWorker:
             if progress.state != "done":
                 held |= run.plans
         if not stopping.is_set():
+            await self.invoice_sessions(stopping)
+        if not stopping.is_set():
             try:
                 await self.post_runs()
             except Exception as error:
@@ -484,6 +492,48 @@ class BillingWorker:
         await self.report_progress()
         # A pass finished: the NOC's "billing worker stalled" alert watches this.
         metrics.BILLING_WORKER_PASS.set_to_current_time()
+
+    async def invoice_sessions(self, stopping: asyncio.Event) -> list[int]:
+        """Draft the missing invoice of each on-demand session closed over
+        ``sessions.UNINVOICED_AFTER_S`` ago; the sessions drafted, one log line each.
+
+        ``close_session`` commits the close, then drafts: a failure between the
+        two (a bug, PostgreSQL lost, the process killed) leaves a closed session
+        that nothing else invoices. Each is drafted under its row's lock and only
+        while its invoice is missing, so never twice. A session that fails is
+        logged once, and tried again at every pass.
+        """
+        closed_before = self.clock() - timedelta(seconds=sessions.UNINVOICED_AFTER_S)
+        try:
+            left = await sessions.uninvoiced_sessions(self.pool, closed_before)
+        except Exception as error:
+            metrics.BILLING_FAILURES.labels("sessions").inc()
+            log.error("session invoices failed", extra={"worker": self.name, "error": str(error)})
+            return []
+        drafted = []
+        for session_id in left:
+            if stopping.is_set():
+                break
+            try:
+                invoice_id = await sessions.invoice_left(self.pool, session_id)
+            except Exception as error:
+                metrics.BILLING_FAILURES.labels("sessions").inc()
+                if session_id not in self._failed_sessions:
+                    self._failed_sessions.add(session_id)
+                    log.error(
+                        "session invoice failed",
+                        extra={"worker": self.name, "session_id": session_id, "error": str(error)},
+                    )
+                continue
+            self._failed_sessions.discard(session_id)
+            if invoice_id is None:
+                continue  # the close (or another worker) drafted it meanwhile
+            drafted.append(session_id)
+            log.info(
+                "session invoice drafted after a failed close",
+                extra={"worker": self.name, "session_id": session_id, "invoice_id": invoice_id},
+            )
+        return drafted
 
     async def finish_payments(self) -> payments.PendingMoves:
         """Make the balance credits of payments and the debits of refunds that a crash or
