@@ -441,6 +441,32 @@ async def test_pin_space_fills_across_batches_and_the_batch_overfilling_it_is_re
     assert len(await generate(app, batch="seven", count=5_000, length=7, value="1")) == 5_000
 
 
+async def test_live_cards_of_a_batch_with_no_recorded_length_count_against_every_length(
+    app: RunningApp,
+) -> None:
+    """A batch made before PIN lengths were recorded (migration 0063) has no length: its
+    600 live cards were left out of the count, so 1000 more 6-digit cards were made, one
+    guess in 625 opening a card. They now count against every length, and the refusal
+    says so; what is left of the space is still there."""
+    await add_plan(app.services)
+    await generate(app, batch="old", count=600, length=6, value="1")
+    async with app.services.pool.acquire() as conn:
+        await conn.execute("UPDATE pin_batches SET pin_length = NULL WHERE id = 'old'")
+    response = await app.client.post(
+        "/v1/pin-batches",
+        json={"batch": "over", "plan": "retail", "count": 401, "length": 6, "value": "1"},
+    )
+    error = (await response.json())["error"]
+    assert (response.status, error["field"]) == (400, "length"), error
+    assert (
+        "0 cards of that length are live, and 600 of batches made before PIN lengths were"
+        " recorded (counted against every length), and at most 1000 may be"
+    ) in error["message"], error
+    async with app.services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM pins") == 600
+    assert len(await generate(app, batch="rest", count=400, length=6, value="1")) == 400
+
+
 async def test_a_pin_space_with_no_free_pin_refuses_the_batch_rather_than_hang(
     app: RunningApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -102,21 +102,34 @@ async def check_pin_space(conn: asyncpg.Connection, count: int, length: int) -> 
     """Refuse (400, field ``length``) ``count`` more PINs of ``length`` digits when, with
     the cards of that length already live, more than one in 1000 PINs would open a card.
 
+    The live cards of batches made before migration 0063 (no recorded length: only
+    digests of their PINs are kept) count against every length, since any may be theirs;
+    the refusal says how many there are.
+
     Holds the length until ``conn``'s transaction ends, so two batches of one length
-    never both count the space before either has written its PINs."""
+    never both count the space before either has written its PINs (no batch of unknown
+    length is made any more: their count only falls)."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"ocs-pin-length:{length}")
     # pins rows are the live cards: a discarded card's row is gone with its account.
-    # Batches made before migration 0063 have no recorded length and are not counted.
-    live = await conn.fetchval(
-        "SELECT count(*) FROM pins JOIN pin_batches b ON b.id = pins.batch_id"
-        " WHERE b.pin_length = $1",
+    live, unknown = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE b.pin_length = $1),"
+        " count(*) FILTER (WHERE b.pin_length IS NULL)"
+        " FROM pins JOIN pin_batches b ON b.id = pins.batch_id"
+        " WHERE b.pin_length = $1 OR b.pin_length IS NULL",
         length,
     )
-    if (live + count) * 1000 > 10**length:
+    if (live + unknown + count) * 1000 > 10**length:
+        older = (
+            f" and {unknown} of batches made before PIN lengths were recorded (counted"
+            " against every length),"
+            if unknown
+            else ""
+        )
         raise invalid(
             "length",
             f"{length} digits are too few for {count} more cards: {live} cards of that"
-            f" length are live, and at most {10**length // 1000} may be; choose a longer length",
+            f" length are live,{older} and at most {10**length // 1000} may be;"
+            " choose a longer length",
         )
 
 
