@@ -436,27 +436,39 @@ async def test_the_switch_fails_closed_with_503(
 
 @dataclass
 class Relay:
-    """An HTTP hop between a switch and ocs. It fails the first ``/start`` of each call as
-    ``fail_with`` says (an HTTP status it answers, as an ocs busy or cut off would; 0:
-    it drops the connection unanswered), answers every ``/stop`` 503, and forwards the
-    rest as sent. It keeps each request's path (decoded) and the status the switch got
-    (0: none)."""
+    """An HTTP hop between a switch and ocs. It fails the first ``/start`` of each call
+    with ``start_failure`` (None: forwards it) and the first ``stop_failures`` stops of
+    each call (None: every one) with ``stop_failure``, and forwards the rest as sent. A
+    failure is an HTTP status it answers, as an ocs busy, restarting or cut off would,
+    or 0: it drops the connection unanswered. It keeps each request's path (decoded)
+    and the status the switch got (0: none)."""
 
     ocs_url: str
-    fail_with: int
+    start_failure: int | None
+    stop_failure: int
+    stop_failures: int | None
     seen: list[tuple[str, int]]
     http: aiohttp.ClientSession
+
+    def failure(self, path: str) -> int | None:
+        """How the request to ``path`` is failed now; None: it is forwarded."""
+        earlier = sum(1 for seen, _ in self.seen if seen == path)
+        if path.endswith("/start") and earlier == 0:
+            return self.start_failure
+        if path.endswith("/stop") and (self.stop_failures is None or earlier < self.stop_failures):
+            return self.stop_failure
+        return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward ``request`` to ocs, or fail it."""
         path = request.path  # decoded: the call id as the switch has it
-        first_start = path.endswith("/start") and all(p != path for p, _ in self.seen)
-        failing = self.fail_with if first_start else 503 if path.endswith("/stop") else None
+        failing = self.failure(path)
         if failing is not None:
             self.seen.append((path, failing))
             if failing == 0 and request.transport is not None:
                 request.transport.close()
-            error = {"reason": "unavailable", "sip_status": 503}
+            reason = "unavailable" if failing >= 500 or failing == 0 else "invalid"
+            error = {"reason": reason, "sip_status": 503}
             return web.json_response({"error": error}, status=failing or 503)
         headers = {
             name: value
@@ -473,12 +485,22 @@ class Relay:
                 body=payload, status=answer.status, content_type=answer.content_type
             )
 
+    def statuses(self, suffix: str) -> list[int]:
+        """The statuses the switch got for the requests whose path ends with ``suffix``."""
+        return [status for path, status in self.seen if path.endswith(suffix)]
+
 
 @contextlib.asynccontextmanager
-async def relay_to(ocs_url: str, fail_with: int) -> AsyncIterator[tuple[Relay, str]]:
+async def relay_to(
+    ocs_url: str,
+    *,
+    start_failure: int | None = None,
+    stop_failure: int = 503,
+    stop_failures: int | None = None,
+) -> AsyncIterator[tuple[Relay, str]]:
     """A ``Relay`` in front of ``ocs_url``, listening on 127.0.0.1: it and its URL."""
     async with aiohttp.ClientSession() as http:
-        relay = Relay(ocs_url, fail_with, [], http)
+        relay = Relay(ocs_url, start_failure, stop_failure, stop_failures, [], http)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", relay.handle)
         runner = web.AppRunner(app)
@@ -503,7 +525,8 @@ async def test_a_failed_start_is_sent_again_and_the_call_is_charged_when_its_sto
     grant = 3
     account_id = f"restart-{fail_with}"
     await rig.account(account_id, "0.03")  # 0.01 a second to France: 3 s
-    async with relay_to(f"http://127.0.0.1:{rig.http_port}", fail_with) as (relay, relay_url):
+    ocs_url = f"http://127.0.0.1:{rig.http_port}"
+    async with relay_to(ocs_url, start_failure=fail_with) as (relay, relay_url):
         switch = Kamailio(
             port=free_port(UDP),
             ocs_url=relay_url,
@@ -546,3 +569,105 @@ async def test_a_failed_start_is_sent_again_and_the_call_is_charged_when_its_sto
     )
     view = await rig.settled(account_id)
     assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
+
+
+@pytest.mark.parametrize(("failure", "fail_with"), [("answered 503", 503), ("dropped", 0)])
+async def test_a_failed_stop_is_sent_again_and_the_call_is_charged_once_what_it_ran(
+    rig: Rig, tmp_path: Path, failure: str, fail_with: int
+) -> None:
+    # The caller hangs up, and the stop fails once: ocs restarting answers 503, or the
+    # connection drops unanswered. Before, ocs.cfg sent the stop once: the call was left
+    # to ocs's janitor, which closed it at the end of its grant and charged the whole
+    # grant ("expired"), not what the call ran. The switch now sends the stop again.
+    account_id = f"restop-{fail_with}"
+    await rig.account(account_id, "0.05")  # 0.01 a second to France: a 5 s grant
+    ocs_url = f"http://127.0.0.1:{rig.http_port}"
+    async with relay_to(ocs_url, stop_failure=fail_with, stop_failures=1) as (relay, url):
+        switch = Kamailio(
+            port=free_port(UDP),
+            ocs_url=url,
+            token=rig.switch_token,
+            gateway_port=rig.callee.port,
+            workdir=tmp_path / "kamailio",
+        )
+        try:
+            await asyncio.to_thread(switch.wait_ready)
+            views = await asyncio.to_thread(
+                place_calls,
+                scenario="uac.xml",
+                proxy_port=switch.port,
+                caller=account_id,
+                dialled=FRANCE,
+                workdir=tmp_path / "callers",
+                hold_ms=1500,
+            )
+            [(call_id, seen)] = views.items()
+            assert seen.final == 200, switch.log_tail()
+            [cdr] = await rig.wait_cdrs(account_id, 1)
+            assert relay.statuses("/stop") == [fail_with, 200], (failure, relay.seen)
+            log = switch.log_tail()
+            assert f"ocs: stop of {call_id} got " in log, log
+            assert f"ocs: stop of {call_id} after" not in log, log  # no failure in the end
+        finally:
+            switch.stop()
+    # Charged once, what it ran: 1.5 s and a little, 2 s (3 on a slow machine), by the
+    # switch's stop ("normal"), well before the grant's end.
+    assert cdr.call_id == call_id
+    assert cdr.duration in (2, 3), cdr.duration
+    assert (cdr.billed_seconds, cdr.charged, cdr.cause) == (
+        cdr.duration,
+        cdr.duration * 10_000,
+        "normal",
+    )
+    view = await rig.settled(account_id)
+    assert parse_amount(view["balance"]) == 50_000 - cdr.charged
+
+
+async def test_a_stop_refused_4xx_is_not_sent_again(rig: Rig, tmp_path: Path) -> None:
+    # A 4xx is final (the call unknown, the stop itself wrong): sending it again would get
+    # the same answer. The switch logs it once and leaves the call to ocs's janitor, which
+    # charges the grant when it has run out.
+    grant = 3
+    account_id = "stop-refused"
+    await rig.account(account_id, "0.03")  # 0.01 a second to France: 3 s
+    ocs_url = f"http://127.0.0.1:{rig.http_port}"
+    async with relay_to(ocs_url, stop_failure=404, stop_failures=1) as (relay, url):
+        switch = Kamailio(
+            port=free_port(UDP),
+            ocs_url=url,
+            token=rig.switch_token,
+            gateway_port=rig.callee.port,
+            workdir=tmp_path / "kamailio",
+        )
+        try:
+            await asyncio.to_thread(switch.wait_ready)
+            views = await asyncio.to_thread(
+                place_calls,
+                scenario="uac.xml",
+                proxy_port=switch.port,
+                caller=account_id,
+                dialled=FRANCE,
+                workdir=tmp_path / "callers",
+                hold_ms=1000,
+            )
+            [(call_id, seen)] = views.items()
+            assert seen.final == 200, switch.log_tail()
+            refused = f"ocs: stop of {call_id} after "
+
+            async def logged() -> bool:
+                return refused in switch.log_tail()
+
+            await eventually(logged, what="the refused stop in Kamailio's log")
+            assert "refused (404), not sent again" in switch.log_tail()
+            # Logged after the last try: there was only the one.
+            assert relay.statuses("/stop") == [404], relay.seen
+            assert f"ocs: stop of {call_id} got " not in switch.log_tail()
+        finally:
+            switch.stop()
+    [cdr] = await rig.wait_cdrs(account_id, 1, within=grant + GRACE + 10)
+    assert (cdr.call_id, cdr.duration, cdr.charged, cdr.cause) == (
+        call_id,
+        grant,
+        30_000,
+        "expired",
+    )
