@@ -33,7 +33,7 @@ SIPP_DIR = REPO / "deploy" / "kamailio" / "sipp"
 
 # binary -> the Debian package that ships it (kamailio-utils-modules: http_client;
 # kamailio-extra-modules: jansson; sip-tester: sipp).
-REQUIRED = {"kamailio": "kamailio", "sipp": "sip-tester"}
+REQUIRED = {"kamailio": "kamailio", "kamcmd": "kamailio", "sipp": "sip-tester"}
 PACKAGES = "kamailio kamailio-utils-modules kamailio-extra-modules sip-tester"
 
 READY_TIMEOUT_S = 20.0
@@ -104,8 +104,10 @@ class Kamailio:
         self.log = workdir / "kamailio.log"
         # The sources allowed to place calls, in the permissions module's address file
         # format (group 1): the shipped trusted.list trusts nobody.
-        trusted_file = workdir / "trusted.list"
-        trusted_file.write_text("".join(f"1 {address}\n" for address in trusted))
+        self.trusted_file = workdir / "trusted.list"
+        self.trusted_file.write_text("".join(f"1 {address}\n" for address in trusted))
+        # kamcmd's socket in the test's directory: the shipped default is under /run.
+        self.ctl_socket = f"unix:{workdir / 'ctl'}"
         args = [
             binary("kamailio"),
             "-f",
@@ -131,7 +133,9 @@ class Kamailio:
             "-A",
             f'GATEWAY_URI="sip:127.0.0.1:{gateway_port}"',
             "-A",
-            f'OCS_TRUSTED_FILE="{trusted_file}"',
+            f'OCS_TRUSTED_FILE="{self.trusted_file}"',
+            "-A",
+            f'OCS_CTL_SOCKET="{self.ctl_socket}"',
         ]
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(
@@ -157,6 +161,21 @@ class Kamailio:
                 return
             time.sleep(0.05)
         raise AssertionError(f"kamailio did not answer OPTIONS in {within} s:\n{self.log_tail()}")
+
+    def rpc(self, *command: str) -> str:
+        """Run ``kamcmd`` on its control socket, as an operator would; what it printed.
+        Fails when it could not (no socket: a non-zero exit) or the RPC answered an
+        error (kamcmd prints ``error: <code> - <text>`` and exits 0)."""
+        done = subprocess.run(
+            [binary("kamcmd"), "-s", self.ctl_socket, *command],
+            capture_output=True,
+            timeout=STOP_TIMEOUT_S,
+            check=False,
+        )
+        output = (done.stdout + done.stderr).decode(errors="replace")
+        assert done.returncode == 0, f"kamcmd {' '.join(command)}: {output}"
+        assert not output.startswith("error:"), f"kamcmd {' '.join(command)}: {output}"
+        return output
 
     def stop(self) -> None:
         """Stop it and its children (SIGTERM to the creator)."""

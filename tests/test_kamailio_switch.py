@@ -671,3 +671,44 @@ async def test_a_stop_refused_4xx_is_not_sent_again(rig: Rig, tmp_path: Path) ->
         30_000,
         "expired",
     )
+
+
+async def test_a_source_added_to_the_trusted_list_is_accepted_after_a_kamcmd_reload(
+    rig: Rig,
+) -> None:
+    # Kamailio reads the trusted list when it starts. An operator who lists a new PBX
+    # reloads it through the control socket instead of restarting the switch (which
+    # would cut every call in progress).
+    await rig.account("new-pbx", "5.00")
+    before = await asyncio.to_thread(
+        place_calls,
+        scenario="uac.xml",
+        proxy_port=rig.kamailio.port,
+        caller="new-pbx",
+        dialled=FRANCE,
+        workdir=rig.workdir / "callers",
+        hold_ms=500,
+        source="127.0.0.4",
+    )
+    assert [seen.final for seen in before.values()] == [403], rig.kamailio.log_tail()
+
+    listed = rig.kamailio.trusted_file.read_text()
+    rig.kamailio.trusted_file.write_text(listed + "1 127.0.0.4\n")
+    reloaded = await asyncio.to_thread(rig.kamailio.rpc, "permissions.addressReload")
+    assert reloaded.strip() == "Reload OK", reloaded
+    assert "127.0.0.4" in await asyncio.to_thread(rig.kamailio.rpc, "permissions.addressDump")
+
+    after = await asyncio.to_thread(
+        place_calls,
+        scenario="uac.xml",
+        proxy_port=rig.kamailio.port,
+        caller="new-pbx",
+        dialled=FRANCE,
+        workdir=rig.workdir / "callers",
+        hold_ms=500,
+        source="127.0.0.4",
+    )
+    [(call_id, seen)] = after.items()
+    assert seen.final == 200, rig.kamailio.log_tail()
+    [cdr] = await rig.wait_cdrs("new-pbx", 1)
+    assert cdr.call_id == call_id and cdr.charged == cdr.duration * 10_000 > 0, cdr
