@@ -98,6 +98,7 @@ class Kamailio:
         gateway_port: int,
         workdir: Path,
         trusted: tuple[str, ...] = ("127.0.0.1",),
+        defines: dict[str, str] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port
@@ -108,6 +109,10 @@ class Kamailio:
         self.trusted_file.write_text("".join(f"1 {address}\n" for address in trusted))
         # kamcmd's socket in the test's directory: the shipped default is under /run.
         self.ctl_socket = f"unix:{workdir / 'ctl'}"
+        # Other defines of ocs.cfg (a number, or a quoted string), as a deployer gives them.
+        extra = [
+            arg for name, value in (defines or {}).items() for arg in ("-A", f"{name}={value}")
+        ]
         args = [
             binary("kamailio"),
             "-f",
@@ -136,6 +141,7 @@ class Kamailio:
             f'OCS_TRUSTED_FILE="{self.trusted_file}"',
             "-A",
             f'OCS_CTL_SOCKET="{self.ctl_socket}"',
+            *extra,
         ]
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(

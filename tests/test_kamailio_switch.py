@@ -712,3 +712,64 @@ async def test_a_source_added_to_the_trusted_list_is_accepted_after_a_kamcmd_rel
     assert seen.final == 200, rig.kamailio.log_tail()
     [cdr] = await rig.wait_cdrs("new-pbx", 1)
     assert cdr.call_id == call_id and cdr.charged == cdr.duration * 10_000 > 0, cdr
+
+
+async def test_a_source_flooding_invites_is_refused_503_past_the_rate_limit(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # Every INVITE from a trusted source is an authorization in ocs. A PBX that loops, or
+    # is taken over, could send thousands a second; nothing limited them before. A
+    # source past OCS_PIKE_DENSITY INVITEs per OCS_PIKE_UNIT_S seconds (pike: blocking
+    # comes between the density and three times it) is now answered 503 by the switch
+    # itself, while another source's call still goes through.
+    density = 3
+    burst = 20
+    await rig.account("flooder", "0.00")  # ocs refuses each call it is asked: 402
+    await rig.account("calm", "5.00")
+    switch = Kamailio(
+        port=free_port(UDP),
+        ocs_url=f"http://127.0.0.1:{rig.http_port}",
+        token=rig.switch_token,
+        gateway_port=rig.callee.port,
+        workdir=tmp_path / "kamailio",
+        trusted=("127.0.0.1", "127.0.0.3"),
+        defines={"OCS_PIKE_DENSITY": str(density), "OCS_PIKE_UNIT_S": "10"},
+    )
+    try:
+        await asyncio.to_thread(switch.wait_ready)
+        asked = await authorizations_asked(rig.http)
+        flood = await asyncio.to_thread(
+            place_calls,
+            scenario="uac.xml",
+            proxy_port=switch.port,
+            caller="flooder",
+            dialled=FRANCE,
+            workdir=tmp_path / "callers",
+            calls=burst,
+            source="127.0.0.3",
+        )
+        finals = Counter(seen.final for seen in flood.values())
+        assert set(finals) == {402, 503}, (finals, switch.log_tail())
+        assert 1 <= finals[402] <= 3 * density, finals
+        # ocs was asked about the ones let through only.
+        assert await authorizations_asked(rig.http) - asked == finals[402]
+        log = switch.log_tail()
+        assert "ocs: 127.0.0.3 is over the INVITE rate limit (3 in 10 s)" in log, log
+
+        calm = await asyncio.to_thread(
+            place_calls,
+            scenario="uac.xml",
+            proxy_port=switch.port,
+            caller="calm",
+            dialled=FRANCE,
+            workdir=tmp_path / "callers",
+            hold_ms=500,
+        )
+        [(call_id, seen)] = calm.items()
+        assert seen.final == 200, switch.log_tail()
+        [cdr] = await rig.wait_cdrs("calm", 1)
+        assert cdr.call_id == call_id and cdr.charged == cdr.duration * 10_000 > 0, cdr
+    finally:
+        switch.stop()
+    view = await rig.view("flooder")
+    assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("0.000000", "0.000000", 0)
