@@ -8,9 +8,13 @@ a reader of ``invoices`` goes on while it runs, a stopped backfill is resumed by
 start, and the asks stored are those of the released single-UPDATE rule. A role's
 ``statement_timeout`` does not stop a migration, and a table kept locked by another
 transaction stops it after a few bounded tries instead of queueing readers behind it.
+
+Upgrades: a database a newer release migrated stops every start of this one (it does not
+know that schema).
 """
 
 import asyncio
+import os
 import re
 import sys
 import uuid
@@ -23,7 +27,12 @@ import pytest
 
 from ocs.db import migrate as migrate_module
 from ocs.db import migration_steps
-from ocs.db.migrate import MigrationRefused, available_migrations, check_unique, migrate
+from ocs.db.migrate import (
+    MigrationRefused,
+    available_migrations,
+    check_unique,
+    migrate,
+)
 from tests.conftest import eventually, with_database
 
 
@@ -355,3 +364,69 @@ async def test_a_table_locked_by_a_long_transaction_stops_the_migration_after_a_
         await billing.close()
     await migrate(fresh_pool)
     assert 62 in await recorded(fresh_pool)
+
+
+async def run_ocs(
+    *args: str, database_url: str, redis_url: str, cwd: Path, **settings: str
+) -> tuple[int, str, str]:
+    """``ocs *args`` in a process of its own on these stores, with ``settings`` as
+    ``OCS_<KEY>`` variables: (exit code, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "OCS_MIGRATE_ON_START"}
+    env.update({f"OCS_{key.upper()}": value for key, value in settings.items()})
+    # Nothing listens where a test runs beside others: no RADIUS, any free HTTP port.
+    env.update(OCS_DATABASE_URL=database_url, OCS_REDIS_URL=redis_url, OCS_DATA_DIR=str(cwd))
+    env.update(OCS_RADIUS_ENABLED="false", OCS_HTTP_PORT="0")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocs",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env=env,
+    )
+    try:
+        # A refused start ends at once; one that was not refused would serve on.
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+def highest_shipped() -> tuple[int, str]:
+    """(version, name) of the last shipped migration."""
+    version, name, _ = available_migrations()[-1]
+    return version, name
+
+
+async def test_a_database_a_newer_release_migrated_stops_every_start_of_this_one(
+    fresh_pool: asyncpg.Pool, fresh_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    await migrate(fresh_pool)
+    known, _ = highest_shipped()
+    # What a newer release recorded: this one has no such file and does not know the schema.
+    await fresh_pool.execute(
+        "INSERT INTO schema_migrations (version, name) VALUES ($1, 'from_a_newer_release')",
+        known + 1,
+    )
+    before = await recorded(fresh_pool)
+    line = (
+        f"the database has {known + 1:04d}_from_a_newer_release applied, newer than"
+        f" {known:04d}, the highest this ocs knows"
+    )
+    with pytest.raises(MigrationRefused, match=line):
+        await migrate(fresh_pool)
+    stores = {"database_url": fresh_url, "redis_url": redis_url, "cwd": tmp_path}
+    for command, settings in [
+        (("serve",), {}),
+        (("plans", "list"), {}),
+        (("db", "migrate"), {}),
+    ]:
+        code, stdout, stderr = await run_ocs(*command, **stores, **settings)
+        assert (code, stdout) == (2, ""), (command, stderr)
+        assert f"ocs: configuration error: migrations: {line}" in stderr, (command, stderr)
+    assert await recorded(fresh_pool) == before

@@ -7,8 +7,10 @@ at a time, and each sees what the others did.
 
 A version is used once, ever (``ocs/db/migrations/README.md``): the runner refuses to
 start when two files share a version, when a recorded version's name is not its file's,
-or when a version not applied is lower than the highest applied (a file added below
-what a database already has would never have been applied elsewhere in order).
+when a version not applied is lower than the highest applied (a file added below
+what a database already has would never have been applied elsewhere in order), or when
+the database has a version above every shipped file (a newer release migrated it: this
+older code does not know its schema).
 
 Each file runs in one transaction whose lock waits are bounded (``migration_steps``); a
 version may also have a step run after it in many transactions (a backfill), recorded as
@@ -68,8 +70,10 @@ def check_unique(migrations: list[tuple[int, str, str]]) -> None:
 
 
 def check_against_applied(migrations: list[tuple[int, str, str]], applied: dict[int, str]) -> None:
-    """``MigrationRefused`` when a recorded version's name is not its file's, or a
-    version not applied is below the highest applied one."""
+    """``MigrationRefused`` when the database has a version newer than every shipped
+    file, a recorded version's name is not its file's, or a version not applied is below
+    the highest applied one."""
+    check_not_newer(migrations, applied)
     wrong = [
         f"{version:04d} is {applied[version]!r} in schema_migrations, {name!r} in"
         f" {version:04d}_{name}.sql"
@@ -87,6 +91,22 @@ def check_against_applied(migrations: list[tuple[int, str, str]], applied: dict[
         raise MigrationRefused(
             f"migrations: {', '.join(below)} not applied, below {highest:04d} already"
             " applied: a new migration takes a version above every shipped one"
+        )
+
+
+def check_not_newer(migrations: list[tuple[int, str, str]], applied: dict[int, str]) -> None:
+    """``MigrationRefused`` naming the applied versions above every shipped file.
+
+    A newer release migrated the database (a host upgraded first, or a rollback of the
+    code alone): this release's code would run on a schema it does not know (after 0062
+    an older billing worker's every posting breaks a CHECK), so it does not start."""
+    known = max((version for version, _, _ in migrations), default=0)
+    newer = [f"{v:04d}_{applied[v]}" for v in sorted(applied) if v > known]
+    if newer:
+        raise MigrationRefused(
+            f"migrations: the database has {', '.join(newer)} applied, newer than {known:04d},"
+            " the highest this ocs knows: a newer release migrated it; run that release"
+            " (or a later one), never this one, on it"
         )
 
 
