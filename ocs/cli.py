@@ -561,10 +561,13 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs db migrate``: apply pending schema migrations, listing them.
 
-    Opening the stores applies them (for every command), so the versions listed are
-    those the opening applied; a second look applies any that another process's
-    migration held back meanwhile (none, mostly)."""
+    Opening the stores applies them, even with ``migrate_on_start = false`` (this is the
+    command that setting leaves migrating to), so the versions listed are those the
+    opening applied; a second look applies any that another process's migration held
+    back meanwhile (none, mostly)."""
     from ocs.db.migrate import migrate
+
+    settings = dataclasses.replace(settings, migrate_on_start=True)
 
     async def run(s: "Services") -> list[int]:
         """The versions applied now: by opening the stores, then by the second look."""

@@ -400,6 +400,14 @@ class Settings:
         " unavailable",
     )
     database_pool_size: int = _setting(10, _parse_int(1, 1000), "PostgreSQL pool size")
+    # Decision 0009, addendum 2026-12-07: in production only `ocs db migrate`, run as a
+    # step of its own, should change the schema, never a command run from a newer ocs.
+    migrate_on_start: bool = _setting(
+        True,
+        _parse_bool,
+        "every process applies pending schema migrations when it starts (false: it refuses"
+        " to start while any is pending; `ocs db migrate` applies them)",
+    )
     run_ledger_writer: bool = _setting(True, _parse_bool, "run the ledger writer in this process")
     # Long enough for a call to ring out: a stop that still comes later is charged
     # ("late-stop"), but its funds were free for other calls meanwhile.

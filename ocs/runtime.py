@@ -1,7 +1,8 @@
 """Opening and closing everything an ocs process needs, in order, as one context.
 
 ``open_runtime`` resolves Redis and PostgreSQL (external URLs, or embedded
-servers started under the data directory), applies migrations, loads the Lua
+servers started under the data directory), applies migrations (or, with
+``migrate_on_start = false``, refuses to start while any is pending), loads the Lua
 scripts (on every master of a Redis Cluster) and the catalog, and wires the
 services; on exit it closes them in
 reverse order. ``ocs serve``, ``ocs demo``, the CLI commands and the tests all
@@ -31,7 +32,7 @@ from ocs.catalog.snapshot import CatalogHolder
 from ocs.charging.lifecycle import CallService
 from ocs.config import ConfigError, Settings
 from ocs.counters.service import CounterService
-from ocs.db.migrate import migrate
+from ocs.db.migrate import check_migrated, migrate
 from ocs.pepper import load_digests
 from ocs.services import Services
 from ocs.warm_up import warm_up
@@ -99,8 +100,8 @@ async def check_backends(settings: Settings) -> None:
 
 async def check_pepper(settings: Settings) -> None:
     """Load the pepper of ``settings`` (a URL, not embedded), made if it has none yet,
-    against PostgreSQL's check value, migrated first (decision 0054): ``ConfigError``
-    when it is not the deployment's.
+    against PostgreSQL's check value, migrated first (``prepare_schema``; decision 0054):
+    ``ConfigError`` when it is not the deployment's.
 
     A ``--workers`` parent calls it before it starts any worker: a wrong or missing
     pepper stops the start with one line instead of workers that exit and are restarted
@@ -110,10 +111,20 @@ async def check_pepper(settings: Settings) -> None:
         return
     pool = await _open_pool(settings.database_url, 1)
     try:
-        await migrate(pool)
+        await prepare_schema(settings, pool)
         await load_digests(settings, pool, create=True)
     finally:
         await pool.close()
+
+
+async def prepare_schema(settings: Settings, pool: asyncpg.Pool) -> list[int]:
+    """The versions applied now: the pending migrations with ``migrate_on_start``, else
+    none, and ``MigrationRefused`` while any is pending (only ``ocs db migrate`` then
+    changes the schema). Either way a database a newer release migrated is refused."""
+    if settings.migrate_on_start:
+        return await migrate(pool)
+    await check_migrated(pool)
+    return []
 
 
 class Backends:
@@ -252,7 +263,7 @@ async def open_runtime(
         try:
             async with await _open_pool(backends.database_url, settings.database_pool_size) as pool:
                 await _check_redis(redis, backends.redis_url)
-                migrated_now = await migrate(pool)
+                migrated_now = await prepare_schema(settings, pool)
                 # Before anything can make or look up a digest: a process with another
                 # pepper than the deployment's stops here (decision 0054).
                 digests = (

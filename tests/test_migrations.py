@@ -10,10 +10,12 @@ start, and the asks stored are those of the released single-UPDATE rule. A role'
 transaction stops it after a few bounded tries instead of queueing readers behind it.
 
 Upgrades: a database a newer release migrated stops every start of this one (it does not
-know that schema).
+know that schema), and with ``migrate_on_start = false`` a process finding migrations
+pending stops, naming them, until ``ocs db migrate`` applies them.
 """
 
 import asyncio
+import json
 import os
 import re
 import sys
@@ -25,14 +27,17 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from ocs.config import Settings
 from ocs.db import migrate as migrate_module
 from ocs.db import migration_steps
 from ocs.db.migrate import (
     MigrationRefused,
     available_migrations,
+    check_migrated,
     check_unique,
     migrate,
 )
+from ocs.runtime import prepare_schema
 from tests.conftest import eventually, with_database
 
 
@@ -420,13 +425,76 @@ async def test_a_database_a_newer_release_migrated_stops_every_start_of_this_one
     )
     with pytest.raises(MigrationRefused, match=line):
         await migrate(fresh_pool)
+    with pytest.raises(MigrationRefused, match=line):
+        await check_migrated(fresh_pool)
     stores = {"database_url": fresh_url, "redis_url": redis_url, "cwd": tmp_path}
     for command, settings in [
         (("serve",), {}),
-        (("plans", "list"), {}),
+        (("plans", "list"), {"migrate_on_start": "false"}),
         (("db", "migrate"), {}),
     ]:
         code, stdout, stderr = await run_ocs(*command, **stores, **settings)
         assert (code, stdout) == (2, ""), (command, stderr)
         assert f"ocs: configuration error: migrations: {line}" in stderr, (command, stderr)
     assert await recorded(fresh_pool) == before
+
+
+async def test_without_migrate_on_start_a_pending_migration_stops_the_start_until_db_migrate(
+    fresh_pool: asyncpg.Pool, fresh_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    last, name = highest_shipped()
+    await migrated_to(fresh_pool, last - 1)
+    before = await recorded(fresh_pool)
+    stores = {"database_url": fresh_url, "redis_url": redis_url, "cwd": tmp_path}
+    # The --workers parent looks before it starts any worker.
+    for command in [("serve",), ("serve", "--workers", "2"), ("plans", "list")]:
+        code, stdout, stderr = await run_ocs(*command, **stores, migrate_on_start="false")
+        assert (code, stdout) == (2, ""), (command, stderr)
+        assert (
+            f"ocs: configuration error: migrations pending: {last:04d}_{name};"
+            " migrate_on_start is false: apply them with `ocs db migrate`, then start"
+        ) in stderr, (command, stderr)
+        assert await recorded(fresh_pool) == before
+    # `ocs db migrate` is the step that applies them, whatever the setting.
+    code, stdout, stderr = await run_ocs("db", "migrate", **stores, migrate_on_start="false")
+    assert code == 0, stderr
+    assert json.loads(stdout) == {"applied_now": [last]}
+    assert await recorded(fresh_pool) == {**before, last: name}
+    code, stdout, stderr = await run_ocs("plans", "list", **stores, migrate_on_start="false")
+    assert (code, json.loads(stdout)) == (0, {"plans": []}), stderr
+
+
+async def test_with_migrate_on_start_a_command_applies_what_is_pending(
+    fresh_pool: asyncpg.Pool, fresh_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    last, name = highest_shipped()
+    await migrated_to(fresh_pool, last - 1)
+    stores = {"database_url": fresh_url, "redis_url": redis_url, "cwd": tmp_path}
+    code, stdout, stderr = await run_ocs("plans", "list", **stores)
+    assert (code, json.loads(stdout)) == (0, {"plans": []}), stderr
+    assert (await recorded(fresh_pool))[last] == name
+
+
+async def test_without_migrate_on_start_an_unfinished_step_or_a_new_database_is_refused(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    shipped = available_migrations()
+    first, last = shipped[0], shipped[-1]
+    off = Settings(migrate_on_start=False)
+    with pytest.raises(MigrationRefused) as refused:
+        await prepare_schema(off, fresh_pool)
+    # A new database: every version pending, said in one readable line, nothing created.
+    assert (
+        f"migrations pending: {first[0]:04d}_{first[1]} ... {last[0]:04d}_{last[1]}"
+        f" ({len(shipped)} migrations);" in str(refused.value)
+    )
+    assert await fresh_pool.fetchval("SELECT to_regclass('schema_migrations')") is None
+    assert await prepare_schema(Settings(), fresh_pool) == [v for v, _, _ in shipped]
+    assert await prepare_schema(off, fresh_pool) == []
+    # 0062's backfill stopped half-way: a process that may not migrate does not resume it.
+    await fresh_pool.execute("UPDATE schema_migrations SET finished = false WHERE version = 62")
+    with pytest.raises(MigrationRefused) as refused:
+        await prepare_schema(off, fresh_pool)
+    assert "migrations pending: 0062_invoice_amount_asked (its step unfinished);" in str(
+        refused.value
+    )

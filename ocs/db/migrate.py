@@ -12,6 +12,10 @@ what a database already has would never have been applied elsewhere in order), o
 the database has a version above every shipped file (a newer release migrated it: this
 older code does not know its schema).
 
+``migrate`` applies what is pending; ``check_migrated`` (a process started with
+``migrate_on_start = false``) applies nothing and refuses a database with anything
+pending, so that only ``ocs db migrate`` changes the schema.
+
 Each file runs in one transaction whose lock waits are bounded (``migration_steps``); a
 version may also have a step run after it in many transactions (a backfill), recorded as
 unfinished until it is done and resumed by the next start if it was stopped.
@@ -107,6 +111,36 @@ def check_not_newer(migrations: list[tuple[int, str, str]], applied: dict[int, s
             f"migrations: the database has {', '.join(newer)} applied, newer than {known:04d},"
             " the highest this ocs knows: a newer release migrated it; run that release"
             " (or a later one), never this one, on it"
+        )
+
+
+async def check_migrated(pool: asyncpg.Pool) -> None:
+    """Apply nothing; ``MigrationRefused`` unless the database has exactly the shipped
+    migrations, every step finished. The pending ones are named, with ``ocs db migrate``
+    (a process started with ``migrate_on_start = false``)."""
+    async with pool.acquire() as conn:
+        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        # SELECT *: a database migrated before ``finished`` existed has every step done.
+        rows = await conn.fetch("SELECT * FROM schema_migrations") if exists else []
+    migrations = available_migrations()
+    check_against_applied(migrations, {r["version"]: r["name"] for r in rows})
+    done = {r["version"] for r in rows}
+    pending = [
+        f"{r['version']:04d}_{r['name']} (its step unfinished)"
+        for r in sorted(rows, key=lambda r: r["version"])
+        if not r.get("finished", True)
+    ]
+    pending += [f"{v:04d}_{name}" for v, name, _ in migrations if v not in done]
+    if pending:
+        # A new database has every migration pending: one readable line, not 60 names.
+        said = (
+            ", ".join(pending)
+            if len(pending) <= 10
+            else f"{pending[0]} ... {pending[-1]} ({len(pending)} migrations)"
+        )
+        raise MigrationRefused(
+            f"migrations pending: {said}; migrate_on_start is false: apply them with"
+            " `ocs db migrate`, then start"
         )
 
 
