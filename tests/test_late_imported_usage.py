@@ -14,7 +14,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from ocs.billing import itemised, posting
+import pytest
+
+from ocs.billing import itemised, posting, runs
 from ocs.billing.document_data import load_facts
 from ocs.billing.document_layout import Formatter, sections
 from ocs.billing.void import void
@@ -242,3 +244,71 @@ async def test_the_invoice_document_shows_late_calls_on_their_own_row(
         ["UK", "1", "1.0", "€0.04"],
         ["UK, recorded late (from 20 Mar 2026)", "1", "0.5", "€0.02"],
     ]
+
+
+async def test_a_late_call_after_a_move_to_another_cluster_is_billed_by_time(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    """PostgreSQL moved (a dump restored in a new cluster) after March was drafted: the new
+    cluster's transaction ids start below those of March's snapshot, which saw "every
+    transaction before 900000000". Compared by ids, a call imported after the move read as
+    seen by March: April billed nothing late, and March's itemised list showed the call.
+    March's snapshot names another cluster, so it is compared by the time it was read:
+    April bills the call late (0.02), March lists only its own call."""
+    await _march_invoiced(app, tmp_path)
+    services = app.services
+    await services.pool.execute(
+        "UPDATE invoices SET usage_snapshot = '900000000:900000000:',"
+        " usage_snapshot_system = 1 WHERE account_id = 'acc1' AND period_label = '2026-03'"
+    )
+    await _import(app, tmp_path, "late.csv", R2, 2)
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    assert await _usage(app, "2026-03") == [("Calls to UK", 1, 61, 40_000, date(2026, 3, 1))]
+    assert await _usage(app, "2026-04") == [(LATE_MARCH, 1, 30, 20_000, date(2026, 3, 20))]
+    assert await _listed(app, "2026-03") == [await _cdr_of(app, "r1")]
+    assert await _listed(app, "2026-04") == [await _cdr_of(app, "r2")]
+    # Drafted again, April compares with the same March: the call is not billed twice.
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    assert await _usage(app, "2026-04") == [(LATE_MARCH, 1, 30, 20_000, date(2026, 3, 20))]
+    assert await _listed(app, "2026-04") == [await _cdr_of(app, "r2")]
+
+
+@pytest.mark.parametrize(
+    "their_snapshot",
+    # The old cluster's ids above the new one's (every new CDR reads as seen), and below.
+    ["900000000:900000000:", "1:1:"],
+)
+async def test_after_an_early_run_and_a_move_each_gap_call_is_billed_once(
+    app: RunningApp, tmp_path: Path, their_snapshot: str
+) -> None:
+    """March billed early on March 10 at noon, then PostgreSQL moved: March's snapshot is
+    another cluster's. The calls stopped after March's window are April's: one of March 20
+    imported before March's draft (the gap's), one of March 21 imported after it (late).
+    Compared by the old cluster's ids, the gap's part took the March 21 call beside the
+    late part (billed twice) or left the March 20 call to neither (unbilled). By time:
+    April bills both once (0.02 + 0.04) and lists each once, over a re-draft too."""
+    await billed_account(app)
+    services = app.services
+    gap_call = "g1,acc1,442071234567,2026-03-20 10:00:00,30,O,,\n"
+    await _import(app, tmp_path, "march.csv", R1 + gap_call, 2)
+    march = await runs.create_run(
+        services.pool,
+        "2026-03",
+        invoice_date=date(2026, 3, 10),
+        timing=runs.Timing(delay=300, early=True, now=datetime(2026, 3, 10, 12, tzinfo=UTC)),
+    )
+    assert (await runs.execute_run(services.pool, march)).state == "done"
+    await services.pool.execute(
+        "UPDATE invoices SET usage_snapshot = $1::text::pg_snapshot, usage_snapshot_system = 1"
+        " WHERE account_id = 'acc1' AND period_label = '2026-03'",
+        their_snapshot,
+    )
+    await _import(app, tmp_path, "late.csv", "g2,acc1,442071234567,2026-03-21 10:00:00,61,O,,\n", 3)
+    april_calls = sorted([await _cdr_of(app, "g1"), await _cdr_of(app, "g2")])
+    for _ in range(2):  # drafted, then drafted again: the same
+        await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+        assert await _usage(app, "2026-04") == [(LATE_MARCH, 2, 91, 60_000, date(2026, 3, 20))]
+        assert sorted(await _listed(app, "2026-04")) == april_calls
+    assert await _usage(app, "2026-03") == [("Calls to UK", 1, 61, 40_000, date(2026, 3, 1))]
+    assert await _listed(app, "2026-03") == [await _cdr_of(app, "r1")]

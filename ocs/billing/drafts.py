@@ -30,7 +30,7 @@ import asyncpg
 from ocs.billing.anchors import account_anchor, latest_invoices
 from ocs.billing.bundles import BundleInvoice, bundle_lines
 from ocs.billing.cycles import UNSCHEDULED, PlanBilling, schedule
-from ocs.billing.late_usage import late_usage
+from ocs.billing.late_usage import Seen, late_usage
 from ocs.billing.lines import (
     Billed,
     BilledKey,
@@ -182,21 +182,26 @@ TOTALS_JOIN = (
 # ``prepaid``), shared values from $13 (``_invoice_settings``), then each account's
 # ``late_after_snapshot`` as $25 (decision 0050) and its statement's ``ledger_before``
 # as $26 (migration 0051), and the group's cycle anchor as $27 (a subscription-date
-# account's, which its invoices fix: ``anchors``; migration 0058). An invoice that exists is
-# left alone (ON CONFLICT): ``write`` locks and updates it if it is a draft.
+# account's, which its invoices fix: ``anchors``; migration 0058); then when the CDRs'
+# snapshot was read ($28), and each account's ``late_after_system`` and ``late_after_at``
+# ($29, $30; the snapshot's own cluster is this one: migration 0065). An invoice that
+# exists is left alone (ON CONFLICT): ``write`` locks and updates it if it is a draft.
 _INSERT_SQL = """
 INSERT INTO invoices (account_id, currency, subtotal, tax_total, total, prepaid,
     previous_balance, payments, debited, posting_charges, new_charges, closing_balance,
     amount_due, plan_id, period_start, period_end, period_label, issuer, message,
     invoice_date, run_id, taxes_calculated, window_start, window_end, usage_snapshot,
-    late_after_snapshot, ledger_before, cycle_anchor)
+    late_after_snapshot, ledger_before, cycle_anchor, usage_snapshot_system,
+    usage_snapshot_at, late_after_system, late_after_at)
 SELECT a, c, n, t, n + t, pp, pb, pay, deb, pc, nc, cb, due,
        $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24::text::pg_snapshot,
-       la::pg_snapshot, lb, $27::date
+       la::pg_snapshot, lb, $27::date, (SELECT system_identifier FROM pg_control_system()),
+       $28::timestamptz, las, lat
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::boolean[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-            $11::bigint[], $12::bigint[], $25::text[], $26::bigint[])
-     AS u(a, c, n, t, pp, pb, pay, deb, pc, nc, cb, due, la, lb)
+            $11::bigint[], $12::bigint[], $25::text[], $26::bigint[], $29::bigint[],
+            $30::timestamptz[])
+     AS u(a, c, n, t, pp, pb, pay, deb, pc, nc, cb, due, la, lb, las, lat)
 ORDER BY a
 ON CONFLICT (account_id, period_start) WHERE kind = 'invoice' DO NOTHING
 RETURNING id, account_id
@@ -205,18 +210,20 @@ RETURNING id, account_id
 # Drafts of an earlier run, recomputed: ids $1, then the arrays of ``_INSERT_SQL`` from $3
 # (subtotal) to $12 as $2-$11, then invoice date, run, taxes switch, window and the CDRs'
 # snapshot ($12-$17), then each draft's ``late_after_snapshot`` ($18) and ``ledger_before``
-# ($19), and the group's cycle anchor ($20).
+# ($19), and the group's cycle anchor ($20); then as ``_INSERT_SQL``'s last three ($21-$23).
 _UPDATE_SQL = """
 UPDATE invoices i SET subtotal = d.n, tax_total = d.t, total = d.n + d.t, tax_error = NULL,
     prepaid = d.pp, previous_balance = d.pb, payments = d.pay, debited = d.deb,
     posting_charges = d.pc, new_charges = d.nc, closing_balance = d.cb, amount_due = d.due,
     invoice_date = $12, run_id = $13, taxes_calculated = $14, window_start = $15,
     window_end = $16, usage_snapshot = $17::text::pg_snapshot,
-    late_after_snapshot = d.la::pg_snapshot, ledger_before = d.lb, cycle_anchor = $20::date
+    late_after_snapshot = d.la::pg_snapshot, ledger_before = d.lb, cycle_anchor = $20::date,
+    usage_snapshot_system = (SELECT system_identifier FROM pg_control_system()),
+    usage_snapshot_at = $21::timestamptz, late_after_system = d.las, late_after_at = d.lat
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[], $5::bigint[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-            $11::bigint[], $18::text[], $19::bigint[])
-     AS d(id, n, t, pp, pb, pay, deb, pc, nc, cb, due, la, lb)
+            $11::bigint[], $18::text[], $19::bigint[], $22::bigint[], $23::timestamptz[])
+     AS d(id, n, t, pp, pb, pay, deb, pc, nc, cb, due, la, lb, las, lat)
 WHERE i.id = d.id
 """
 
@@ -391,12 +398,14 @@ def _earliest(first: datetime | None, second: datetime) -> datetime:
 @dataclass(frozen=True, slots=True)
 class Computed:
     """A group's drafts as computed: account -> (currency, lines), the snapshot its CDRs
-    were read in (``invoices.usage_snapshot``), and per account the snapshot its late
-    usage was compared with (``invoices.late_after_snapshot``; decision 0050)."""
+    were read in (``invoices.usage_snapshot``) and when, and per account what the earlier
+    invoice its late usage was compared with saw (``invoices.late_after_snapshot``;
+    decision 0050)."""
 
     lines: dict[str, tuple[str, list[Line]]]
     usage_snapshot: str
-    late_after: dict[str, str]
+    usage_read_at: datetime
+    late_after: dict[str, Seen]
     # The accounts that already have an invoice after this period (``write`` leaves their
     # drafts as they are; they bill no late usage).
     later: frozenset[str]
@@ -496,7 +505,7 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
         if rules is not None:
             lines += tax_lines(lines, rules, currency, options.invoice_date, exempt.get(account))
         found[account] = (currency, lines)
-    return Computed(found, totals.snapshot, late.compared_with, later)
+    return Computed(found, totals.snapshot, totals.read_at, late.compared_with, later)
 
 
 def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tuple[object, ...]]:
@@ -581,9 +590,12 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
         _INSERT_SQL,
         *columns,
         *settings,
-        [late_after.get(a) for a in accounts],
+        [_snapshot_of(late_after.get(a)) for a in accounts],
         [figures[a].ledger_before for a in accounts],
         group.anchor,
+        drafted.usage_read_at,
+        [_system_of(late_after.get(a)) for a in accounts],
+        [_read_at_of(late_after.get(a)) for a in accounts],
     )
     new = {r["account_id"]: r["id"] for r in inserted}
     # An invoice made by an earlier run (or another worker) is locked in account order, as
@@ -629,11 +641,29 @@ async def write(conn: asyncpg.Connection, group: Group, options: Options) -> Wri
             [i for _, i in earlier],
             *(list(c) for c in zip(*picked, strict=True)),
             *settings[6:],
-            [late_after.get(a) for a, _ in earlier],
+            [_snapshot_of(late_after.get(a)) for a, _ in earlier],
             [figures[a].ledger_before for a, _ in earlier],
             group.anchor,
+            drafted.usage_read_at,
+            [_system_of(late_after.get(a)) for a, _ in earlier],
+            [_read_at_of(late_after.get(a)) for a, _ in earlier],
         )
     return Written(drafts=len(drafts), final=len(new) + len(rows) - len(drafts))
+
+
+def _snapshot_of(seen: Seen | None) -> str | None:
+    """``late_after_snapshot`` of a draft compared with ``seen`` (None: with none)."""
+    return None if seen is None else seen.snapshot
+
+
+def _system_of(seen: Seen | None) -> int | None:
+    """``late_after_system`` of a draft compared with ``seen``."""
+    return None if seen is None else seen.system
+
+
+def _read_at_of(seen: Seen | None) -> datetime | None:
+    """``late_after_at`` of a draft compared with ``seen``."""
+    return None if seen is None else seen.read_at
 
 
 def _invoice_settings(

@@ -41,67 +41,78 @@ CSV_COLUMNS = (
 # snapshot $8; they are the next invoice's), and the late imported calls it billed
 # (``late_usage``, decision 0050): stopped before the window, unseen by the snapshot its
 # late usage was compared with ($9), seen by its own; and the calls stopped in the gap from
-# that earlier invoice's window end ($10: an early run's, a usage cut-off's) to this window,
-# but the imported ones the earlier snapshot missed (the second part has them). Ranges of
+# that earlier invoice's window end ($14: an early run's, a usage cut-off's) to this window,
+# but the imported ones the earlier snapshot missed (the late part has them). Ranges of
 # indexes, so the window's part does not read the account's whole history; each is cut at
 # the page's size.
-_ROWS_SQL = """
-SELECT * FROM (
-  (SELECT c.entry_id, c.stopped_at, c.caller, c.member, c.destination, c.zone, c.direction,
-          c.duration, c.billed_seconds, c.charged, c.currency
-   FROM cdrs c
-   WHERE c.account_id = $1 AND c.stopped_at >= $2 AND c.stopped_at < $3
-     AND c.termination_cause <> 'usage'
-     AND ($8::text IS NULL OR c.supplier IS NULL OR c.recorded_xid IS NULL
-          OR pg_visible_in_snapshot(c.recorded_xid, $8::text::pg_snapshot))
+#
+# A snapshot of another PostgreSQL cluster (a dump restored, a move by logical
+# replication: migration 0065) is compared by time, as ``late_usage`` does: $10 is whether
+# the invoice's own snapshot is this cluster's and $11 when it was read, $12 and $13 the
+# same of the one its late usage was compared with. The late part is two branches, one per
+# rule, the other switched off by its parameter; the gap's part leaves out what the late
+# part lists, by the same rule.
+_SEEN_BY_OWN = """CASE WHEN $10::boolean
+     THEN c.recorded_xid IS NULL OR pg_visible_in_snapshot(c.recorded_xid, $8::text::pg_snapshot)
+     ELSE c.recorded_at < COALESCE($11::timestamptz, 'infinity') END"""
+_MISSED_BEFORE = """CASE WHEN $12::boolean
+     THEN c.recorded_xid IS NOT NULL
+          AND NOT pg_visible_in_snapshot(c.recorded_xid, $9::text::pg_snapshot)
+     ELSE c.recorded_at >= COALESCE($13::timestamptz, 'infinity') END"""
+_PAGE = """
      AND ($4::text IS NULL OR c.member = $4 OR c.caller = $4)
      AND ($5::timestamptz IS NULL OR (c.stopped_at, c.entry_id) > ($5, $6::text))
    ORDER BY c.stopped_at, c.entry_id
-   LIMIT $7)
-  UNION ALL
+   LIMIT $7)"""
+_COLUMNS = """
   (SELECT c.entry_id, c.stopped_at, c.caller, c.member, c.destination, c.zone, c.direction,
           c.duration, c.billed_seconds, c.charged, c.currency
-   FROM cdrs c
-   WHERE $8::text IS NOT NULL AND $9::text IS NOT NULL
+   FROM cdrs c"""
+_ROWS_SQL = f"""
+SELECT * FROM ({_COLUMNS}
+   WHERE c.account_id = $1 AND c.stopped_at >= $2 AND c.stopped_at < $3
+     AND c.termination_cause <> 'usage'
+     AND ($8::text IS NULL OR c.supplier IS NULL OR {_SEEN_BY_OWN}){_PAGE}
+  UNION ALL{_COLUMNS}
+   WHERE $8::text IS NOT NULL AND $9::text IS NOT NULL AND $12::boolean
      AND c.account_id = $1 AND c.supplier IS NOT NULL AND c.termination_cause <> 'usage'
      AND c.recorded_xid IS NOT NULL
      AND c.recorded_xid >= pg_snapshot_xmin($9::text::pg_snapshot)
      AND NOT pg_visible_in_snapshot(c.recorded_xid, $9::text::pg_snapshot)
-     AND pg_visible_in_snapshot(c.recorded_xid, $8::text::pg_snapshot)
-     AND c.stopped_at < $2
-     AND ($4::text IS NULL OR c.member = $4 OR c.caller = $4)
-     AND ($5::timestamptz IS NULL OR (c.stopped_at, c.entry_id) > ($5, $6::text))
-   ORDER BY c.stopped_at, c.entry_id
-   LIMIT $7)
-  UNION ALL
-  (SELECT c.entry_id, c.stopped_at, c.caller, c.member, c.destination, c.zone, c.direction,
-          c.duration, c.billed_seconds, c.charged, c.currency
-   FROM cdrs c
+     AND {_SEEN_BY_OWN}
+     AND c.stopped_at < $2{_PAGE}
+  UNION ALL{_COLUMNS}
+   WHERE $8::text IS NOT NULL AND $9::text IS NOT NULL AND NOT $12::boolean
+     AND c.account_id = $1 AND c.supplier IS NOT NULL AND c.termination_cause <> 'usage'
+     AND c.recorded_at >= $13::timestamptz AND {_SEEN_BY_OWN}
+     AND c.stopped_at < $2{_PAGE}
+  UNION ALL{_COLUMNS}
    WHERE $8::text IS NOT NULL AND $9::text IS NOT NULL
-     AND c.account_id = $1 AND c.stopped_at >= $10 AND c.stopped_at < $2
+     AND c.account_id = $1 AND c.stopped_at >= $14::timestamptz AND c.stopped_at < $2
      AND c.termination_cause <> 'usage'
-     AND (c.recorded_xid IS NULL OR pg_visible_in_snapshot(c.recorded_xid, $8::text::pg_snapshot))
-     AND NOT (c.supplier IS NOT NULL AND c.recorded_xid IS NOT NULL
-              AND NOT pg_visible_in_snapshot(c.recorded_xid, $9::text::pg_snapshot))
-     AND ($4::text IS NULL OR c.member = $4 OR c.caller = $4)
-     AND ($5::timestamptz IS NULL OR (c.stopped_at, c.entry_id) > ($5, $6::text))
-   ORDER BY c.stopped_at, c.entry_id
-   LIMIT $7)
+     AND {_SEEN_BY_OWN}
+     AND NOT (c.supplier IS NOT NULL AND {_MISSED_BEFORE}){_PAGE}
 ) calls
 ORDER BY stopped_at, entry_id
 LIMIT $7
 """
-# An invoice's window, its snapshot, the one its late usage was compared with, and where
-# the usage window of the invoice compared with ended (``late_usage``'s gap).
+# An invoice's window, its snapshot and the one its late usage was compared with, each
+# with whether it is this cluster's and when it was read, and where the usage window of
+# the invoice compared with ended (``late_usage``'s gap).
 _INVOICE_SQL = """
 SELECT i.account_id, COALESCE(i.window_start, i.period_start) AS start,
        COALESCE(i.window_end, i.period_end) AS "end", i.usage_snapshot::text AS seen,
        i.late_after_snapshot::text AS seen_before,
+       COALESCE(i.usage_snapshot_system = here.id, false) AS seen_here,
+       i.usage_snapshot_at AS seen_at,
+       COALESCE(i.late_after_system = here.id, false) AS seen_before_here,
+       i.late_after_at AS seen_before_at,
        (SELECT e.window_end FROM invoices e
         WHERE e.account_id = i.account_id AND e.kind = 'invoice'
           AND e.period_start < i.period_start
         ORDER BY e.period_start DESC LIMIT 1) AS gap_from
-FROM invoices i WHERE i.id = $1
+FROM invoices i, (SELECT system_identifier AS id FROM pg_control_system()) here
+WHERE i.id = $1
 """
 # The most calls one page lists: an account's month may hold hundreds of thousands, and
 # one answer of them all held the serving loop for seconds.
@@ -178,6 +189,10 @@ async def call_rows(
             limit,
             invoice["seen"],
             invoice["seen_before"],
+            invoice["seen_here"],
+            invoice["seen_at"],
+            invoice["seen_before_here"],
+            invoice["seen_before_at"],
             invoice["gap_from"],
         )
     return [

@@ -54,7 +54,8 @@ from ocs.billing.lines import Line, Usage
 # could not see (``late_usage``, decision 0050). Read in the same statement, so it is the
 # snapshot these sums were taken in, not one a moment before or after.
 _CDR_TOTALS_SQL = """
-SELECT seen.snapshot, t.* FROM (SELECT pg_current_snapshot()::text AS snapshot) seen
+SELECT seen.snapshot, seen.read_at, t.* FROM (
+  SELECT pg_current_snapshot()::text AS snapshot, clock_timestamp() AS read_at) seen
 LEFT JOIN (
 SELECT account_id COLLATE "C" AS account_id, termination_cause = 'usage' AS event,
        zone COLLATE "C" AS zone, direction COLLATE "C" AS direction,
@@ -131,13 +132,15 @@ class CdrTotals:
     ``calls``: (zone, direction, rate type) -> total; ``events``: (service, zone) ->
     total; ``counters``: counter id -> (its counter charge or None, total);
     ``snapshot``: the snapshot they were read in (``pg_snapshot`` text), which the
-    invoices keep (decision 0050).
+    invoices keep (decision 0050), and ``read_at`` when it was taken (the rule by time
+    for a snapshot that another PostgreSQL cluster will read, migration 0065).
     """
 
     calls: dict[str, dict[tuple[str, str, str | None], Total]]
     events: dict[str, dict[tuple[str, str], Total]]
     counters: dict[str, dict[str, tuple[str | None, Total]]]
     snapshot: str
+    read_at: datetime
 
     def usage(self, account_id: str) -> list[Usage]:
         """The account's call summaries (``lines.Usage``), in a fixed order."""
@@ -168,10 +171,10 @@ async def cdr_totals(
     events: dict[str, dict[tuple[str, str], Total]] = defaultdict(dict)
     counted: dict[str, dict[str, Total]] = defaultdict(dict)
     if not window[0] < window[1]:
-        snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
-        return CdrTotals(calls, events, {}, snapshot)
+        seen = await conn.fetchrow("SELECT pg_current_snapshot()::text, clock_timestamp()")
+        return CdrTotals(calls, events, {}, seen[0], seen[1])
     rows = await conn.fetch(_CDR_TOTALS_SQL, account_ids, window[0], window[1])
-    snapshot = rows[0]["snapshot"]
+    snapshot, read_at = rows[0]["snapshot"], rows[0]["read_at"]
     for row in rows:
         account = row["account_id"]
         if account is None:
@@ -200,7 +203,7 @@ async def cdr_totals(
             account: {c: (charges.get(c), t) for c, t in found_.items()}
             for account, found_ in counted.items()
         }
-    return CdrTotals(calls, events, counters, snapshot)
+    return CdrTotals(calls, events, counters, snapshot, read_at)
 
 
 @dataclass(frozen=True, slots=True)
