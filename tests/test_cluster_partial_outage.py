@@ -31,6 +31,7 @@ from ocs import api_tokens, backend_health
 from ocs.balances import keys
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.slots import key_slot
+from ocs.balances.wire import RedisWire
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest
@@ -237,3 +238,56 @@ async def test_one_master_down_leaves_the_others_swept_and_written(
     await eventually(all_written, within=20, what="every CDR in PostgreSQL")
     assert await ledger_sums(app) == dict.fromkeys(down_ids + up_ids, 0)
     assert await janitor.sweep(now=expired) == 0
+
+
+async def test_a_stalled_master_fails_its_own_commands_not_the_batch(
+    partial_cluster: RedisClusterProcess,
+) -> None:
+    partial_cluster.flush()
+    seed_port = partial_cluster.nodes[0].port
+    owned = accounts_by_master(partial_cluster)
+    victim_port = next(port for port in owned if port != seed_port)
+    victim = next(n for n in partial_cluster.nodes if n.port == victim_port)
+    stalled_key = keys.account(owned[victim_port][0])
+    healthy_key = keys.account(owned[seed_port][0])
+    # Connections set up as the auto-pipeline's are (it always loads its scripts first).
+    wire = RedisWire(
+        f"redis://127.0.0.1:{seed_port}",
+        timeout=0.5,
+        cluster=True,
+        on_connect=[("CLIENT", "SETNAME", "ocs-stall-test")],
+    )
+    try:
+        assert await wire.execute_many([("SET", healthy_key, "1"), ("SET", stalled_key, "1")]) == [
+            b"OK",
+            b"OK",
+        ]
+        partial_cluster.pause(victim)
+        try:
+            # The first batch meets the open connection unanswered; the next ones connect
+            # again, and the stalled master takes the connection but never answers its setup
+            # (before: a bare TimeoutError for the whole batch, the healthy master's too).
+            for n in range(2, 5):
+                replies = await wire.execute_many(
+                    [("SET", healthy_key, str(n)), ("SET", stalled_key, str(n))]
+                )
+                assert replies[0] == b"OK", replies
+                assert isinstance(replies[1], RedisConnectionError), replies
+                with partial_cluster.node_of_slot(key_slot(healthy_key)).client() as client:
+                    assert client.get(healthy_key) == str(n).encode()
+        finally:
+            partial_cluster.resume(victim)
+        partial_cluster.wait_ok()
+
+        async def stalled_served() -> bool:
+            try:
+                (reply,) = await wire.execute_many([("GET", stalled_key)])
+            except RedisConnectionError:
+                return False  # its last failed connect not retried yet
+            # Served again: "2" when the SET the stall left unanswered was still read from
+            # the closed connection's buffer once resumed (its caller was told unavailable).
+            return reply in (b"1", b"2")
+
+        await eventually(stalled_served, what="the resumed master's key served again")
+    finally:
+        await wire.close()

@@ -22,7 +22,10 @@ timeout after it began): a migration usually settles well within it.
 
 A lost connection fails the commands in flight on it with ``ConnectionError``
 (their callers answer "unavailable"; nothing was acknowledged to them) and the
-next command reconnects. With ``wait_replicas``, each master's part of a batch
+next command reconnects. A connect that fails, or a stalled server that takes the
+connection but does not answer its first commands within the timeout, fails that
+server's commands with ``ConnectionError`` alike: the other masters' part of a batch
+is answered as usual. With ``wait_replicas``, each master's part of a batch
 ends with ``WAIT``: its callers get their replies only once that many replicas
 have the batch's writes, else "unavailable" (the writes may stand; every
 command the hot path sends is safe to repeat). It waits for no more replicas
@@ -233,23 +236,48 @@ class _Link:
                             _Protocol, self.host, self.port, ssl=context
                         )
             except (OSError, TimeoutError) as exc:
-                self.failed_at = time.monotonic()
-                self._failure = f"cannot connect to Redis {self!r}: {exc!r}"
-                raise RedisConnectionError(self._failure) from exc
-            self._failure, self.failed_at = "", 0.0
+                raise self._connect_failed(f"cannot connect to Redis {self!r}: {exc!r}") from exc
             if self._setup:
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        replies = await _send(protocol, self._setup)
-                    for reply in replies:
-                        if isinstance(reply, Exception):
-                            raise reply
-                except BaseException:
-                    assert protocol.transport is not None
-                    protocol.transport.close()
-                    raise
+                await self._set_up(protocol)
+            self._failure, self.failed_at = "", 0.0
             self._protocol = protocol
             return protocol
+
+    async def _set_up(self, protocol: _Protocol) -> None:
+        """Send the connection's first commands (AUTH, SELECT, script loads) and check
+        their replies; the connection is closed when they fail.
+
+        A server that took the connection but answers nothing (stalled: SIGSTOP, a
+        frozen host whose kernel still accepts) fails here, after the connect: that is a
+        connection failure of this server like any other, a ``ConnectionError`` (its
+        commands answered "unavailable"), never the bare ``TimeoutError`` that failed
+        every master's part of a batch with it."""
+        assert protocol.transport is not None
+        try:
+            async with asyncio.timeout(self._timeout):
+                replies = await _send(protocol, self._setup)
+        except TimeoutError:
+            protocol.transport.close()
+            failure = (
+                f"Redis {self!r} did not answer its connection's setup within {self._timeout} s"
+            )
+            raise self._connect_failed(failure) from None
+        except BaseException:  # cancelled: closed, so that no half set-up connection stays
+            protocol.transport.close()
+            raise
+        for reply in replies:
+            if isinstance(reply, Exception):
+                protocol.transport.close()
+                if isinstance(reply, RedisConnectionError):  # lost during the setup
+                    raise self._connect_failed(f"cannot set up Redis {self!r}: {reply}")
+                raise reply  # refused (a wrong password, LOADING): the server's answer
+
+    def _connect_failed(self, failure: str) -> RedisConnectionError:
+        """Note that connecting failed now (not dialled again for ``RECONNECT_PAUSE_S``);
+        the error to raise."""
+        self.failed_at = time.monotonic()
+        self._failure = failure
+        return RedisConnectionError(failure)
 
     async def run(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Every command's reply or error, in order (a connection lost meanwhile: its
