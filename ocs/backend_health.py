@@ -141,6 +141,13 @@ class RepeatedFailure(Exception):
     one down that has answered since."""
 
 
+class NotAnOutage(RepeatedFailure):
+    """Mixed into an error that fails a request "unavailable" although every server
+    answered (a Redis Cluster slot still migrating at a batch's deadline): no outage is
+    started for it, so no outage line accounts for the requests it fails
+    (``BackendHealth.report_request``)."""
+
+
 class BackendHealth:
     """Tracks each backend's reachability and logs only its changes (and rare reminders)."""
 
@@ -246,6 +253,13 @@ class BackendHealth:
             return False
         self.report_failure(backend, exc)
         return True
+
+    def report_request(self, exc: BaseException, default: str | None = None) -> bool:
+        """``report`` for an error that failed one request: True when an outage line of
+        this tracker accounts for it, so the request needs no line of its own; False for
+        any other error (logged, limited, by the request's protocol), a ``NotAnOutage``
+        included: reported, but no outage says why its requests fail."""
+        return self.report(exc, default) and not isinstance(exc, NotAnOutage)
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         """Each backend's state for a readiness answer: up, and while down, since when and why."""

@@ -15,16 +15,19 @@ On the session's 3-master cluster (tests/redis_cluster.py):
   on the new master (ASK) and written once.
 - A slot whose migration outlasts a batch's deadline (the wire's timeout): its
   charges are answered "unavailable" (``SlotMigrating``), and Redis is not reported
-  down.
+  down; each HTTP request it fails is logged (once per reason a while) and counted
+  in ``ocs_request_errors_total``.
 
 Rates (tests/conftest.py RETAIL_DECK, EUR): UK Mobile 0.060 a minute, 30/6, connect
 fee 0.150 (45 s: 0.198).
 """
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ocs.balances import keys
@@ -33,6 +36,8 @@ from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.reconcile import reconcile
 from ocs.balances.slots import key_slot
 from ocs.balances.wire import RedisWire, SlotMigrating
+from ocs.http import middleware
+from ocs.log_limit import LogLimiter
 from ocs.services import Services
 from tests.conftest import RunningApp, add_plan, eventually
 from tests.redis_cluster import Node, RedisClusterProcess
@@ -275,3 +280,50 @@ async def test_a_migration_outlasting_the_deadline_is_unavailable_not_an_outage(
         assert await wire.execute_many([command]) == [b"1000000"]
     finally:
         await wire.close()
+
+
+async def test_requests_refused_for_a_migrating_slot_are_logged_once_and_counted(
+    backend_app: RunningApp,
+    redis_cluster: RedisClusterProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The HTTP log's limiter of this test alone: a line another test had written would
+    # hold this one back.
+    monkeypatch.setattr(middleware, "_UNAVAILABLE_LINES", LogLimiter("http"))
+    app = backend_app
+    await add_plan(app.services)
+    account_id = "stuck-http"
+    status, body = await app.post(
+        "/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"}
+    )
+    assert status == 201, body
+    slot = slot_of(account_id)
+    source = redis_cluster.node_of_slot(slot)
+    target = next(m for m in redis_cluster.masters() if m.port != source.port)
+    labels = {"protocol": "http", "reason": "SlotMigrating"}
+    counted = REGISTRY.get_sample_value("ocs_request_errors_total", labels) or 0.0
+    caplog.set_level(logging.INFO)
+    redis_cluster.begin_migration(slot, target)
+    try:
+        # Both wait the wire's deadline together, then are answered 503.
+        answers = await asyncio.gather(
+            *(
+                app.post(f"/v1/accounts/{account_id}/topups", {"amount": "0.10", "topup_id": t})
+                for t in ("m-1", "m-2")
+            )
+        )
+    finally:
+        for node in (source, target):  # the migration called off
+            with node.client() as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    assert [(s, b["error"]["reason"]) for s, b in answers] == [(503, "unavailable")] * 2
+    # Before: no line at all (the tracker takes no outage for it, and the request's own
+    # line was left to the tracker), nor a count.
+    lines = [r for r in caplog.records if r.name == "ocs.http"]
+    assert [r.getMessage() for r in lines] == ["backend unavailable"]
+    assert getattr(lines[0], "reason", None) == "SlotMigrating"
+    assert REGISTRY.get_sample_value("ocs_request_errors_total", labels) == counted + 2
+    assert app.services.health.is_up("redis")  # still no outage
+    status, body = await app.get(f"/v1/accounts/{account_id}")
+    assert (status, body["balance"]) == (200, "1.000000"), body

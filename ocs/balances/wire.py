@@ -57,7 +57,7 @@ import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from ocs.backend_health import RepeatedFailure
+from ocs.backend_health import NotAnOutage, RepeatedFailure
 from ocs.balances.slots import SLOTS, command_key, key_slot
 
 # A command redirected this many times in one batch is answered "unavailable": the
@@ -93,10 +93,11 @@ class ReconnectPaused(RedisConnectionError, RepeatedFailure):
     failure again, not new evidence of an outage."""
 
 
-class SlotMigrating(ClusterUnavailable, RepeatedFailure):
+class SlotMigrating(ClusterUnavailable, NotAnOutage):
     """A command still answered ``TRYAGAIN`` at its batch's deadline: its slot is being
     migrated (answered "unavailable"). Not evidence that Redis is down: every node
-    answers, so the backend tracker does not start an outage for it."""
+    answers, so the backend tracker does not start an outage for it, and each request
+    it fails is logged by its protocol (once per reason a while) and counted."""
 
 
 class ReplicationUnconfirmed(RedisConnectionError):

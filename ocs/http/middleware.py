@@ -169,8 +169,9 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except (RedisError, OSError, *_POSTGRES_DOWN) as exc:
         result = Reason.UNAVAILABLE.value
         # A lost backend (or a Redis refusing writes) is logged once by the process's
-        # health tracker, not per request; any other error once per reason a while.
-        if not backend_health.default().report(exc, default=backend_health.POSTGRESQL):
+        # health tracker, not per request; any other error (a slot still migrating
+        # included: no outage) once per reason a while.
+        if not backend_health.default().report_request(exc, default=backend_health.POSTGRESQL):
             reason = type(exc).__name__
             held = _UNAVAILABLE_LINES.admit(reason)
             if held is not None:

@@ -592,7 +592,7 @@ class RadiusServer:
             metrics.RADIUS_DROPS.labels("backend_unavailable").inc()
             # A lost backend (or a Redis refusing writes) is logged once by the health
             # tracker, not once per packet; any other error once per reason a while.
-            if isinstance(exc, OcsError) or not backend_health.default().report(
+            if isinstance(exc, OcsError) or not backend_health.default().report_request(
                 exc, default=backend_health.POSTGRESQL
             ):
                 reason = exc.reason.value if isinstance(exc, OcsError) else type(exc).__name__
