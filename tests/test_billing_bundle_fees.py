@@ -204,3 +204,33 @@ async def test_fees_billed_by_a_void_invoice_are_not_billed_again_and_older_line
     assert (await fees(services, "a2"))["2026-01"] == [monthly("2026-02-10", "2026-03-10"), SETUP]
     assert (await fees(services, "a1"))["2026-02"] == [monthly("2026-03-10", "2026-04-10")]
     assert (await fees(services, "a2"))["2026-02"] == [monthly("2026-03-10", "2026-04-10")]
+
+
+async def test_fees_renamed_after_they_were_billed_are_not_billed_again(
+    services: Services,
+) -> None:
+    """The customer takes ``pro`` from February 10 before January is invoiced: January's
+    invoice bills its period from Feb 10 and the setup fee ahead. The operator then
+    renames the bundle (``Pro`` -> ``Pro Plus``) and its fee rules (``monthly fee`` ->
+    ``monthly plan fee``, ``setup`` -> ``activation``). February's invoice (and a re-run
+    of it) bills the period from March 10 under the new names, and neither of January's
+    fees again: a fee is known by its bundle's rule, not by the text its line reads."""
+    await billed_plan(services)
+    await pro_bundle(services)
+    await buy(services, await customer(services, "a1", None, date(2026, 1, 1)), date(2026, 2, 10))
+    await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    await sql(services, "UPDATE bundles SET name = 'Pro Plus' WHERE id = 'pro'")
+    await sql(
+        services,
+        "UPDATE bundle_rules SET description = CASE position WHEN 1 THEN 'monthly plan fee'"
+        " ELSE 'activation' END WHERE bundle_id = 'pro'",
+    )
+    await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await run(services, "2026-02", invoice_date=date(2026, 3, 1))  # a re-run of the draft
+
+    assert await fees(services) == {
+        "2026-01": [monthly("2026-02-10", "2026-03-10"), SETUP],
+        "2026-02": [
+            ("Pro Plus: monthly plan fee 2026-03-10..2026-04-10, 10.00 per monthly", 10 * EUR)
+        ],
+    }

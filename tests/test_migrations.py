@@ -498,3 +498,102 @@ async def test_without_migrate_on_start_an_unfinished_step_or_a_new_database_is_
     assert "migrations pending: 0062_invoice_amount_asked (its step unfinished);" in str(
         refused.value
     )
+
+
+# Fee lines as releases before 0066 wrote them, on a posted invoice: bundle ``pro``
+# ("Pro") has rules 1 "monthly fee", 2 "monthly fee extra" (whose text begins with rule
+# 1's) and 3 "setup". A line of a bundle renamed since ("Old"), a fee line naming no
+# subscription bundle (before 0052) and a usage line keep no rule.
+FEE_LINES_BEFORE_0066 = [
+    ("Pro: monthly fee 2026-02-10..2026-03-10, 10.00 per monthly", True, 1),
+    ("Pro: monthly fee extra 2026-02-10..2026-03-10, 2.00 per monthly", True, 2),
+    ("Pro: setup (one-off)", True, 3),
+    ("Old: monthly fee 2026-02-10..2026-03-10, 10.00 per monthly", True, None),
+    ("Pro: monthly fee 2026-01-10..2026-02-10, 10.00 per monthly", False, None),
+]
+
+
+async def fee_lines_before_0066(pool: asyncpg.Pool) -> int:
+    """A database at 0064 with a posted invoice holding ``FEE_LINES_BEFORE_0066`` and a
+    usage line; its id."""
+    await migrated_to(pool, 64)
+    await pool.execute("INSERT INTO plans (id, name, currency) VALUES ('p', 'p', 'EUR')")
+    await pool.execute(
+        "INSERT INTO accounts (id, plan_id, currency, credit_limit, max_lines, status)"
+        " VALUES ('a1', 'p', 'EUR', 0, 1, 'active')"
+    )
+    await pool.execute("INSERT INTO bundles (id, name, currency) VALUES ('pro', 'Pro', 'EUR')")
+    await pool.execute(
+        "INSERT INTO bundle_rules (bundle_id, position, kind, description, amount,"
+        " periodicity, timing) VALUES"
+        " ('pro', 1, 'flat_fee', 'monthly fee', 10000000, 'monthly', 'upfront'),"
+        " ('pro', 2, 'flat_fee', 'monthly fee extra', 2000000, 'monthly', 'upfront'),"
+        " ('pro', 3, 'flat_fee', 'setup', 30000000, 'one_shot', 'upfront')"
+    )
+    sub = await pool.fetchval(
+        "INSERT INTO subscriptions (account_id, plan_id, start_date, status)"
+        " VALUES ('a1', 'p', '2026-01-01', 'active') RETURNING id"
+    )
+    held = await pool.fetchval(
+        "INSERT INTO subscription_bundles (subscription_id, bundle_id, start_date)"
+        " VALUES ($1, 'pro', '2026-01-10') RETURNING id",
+        sub,
+    )
+    invoice = await pool.fetchval(
+        "INSERT INTO invoices (account_id, plan_id, period_start, period_end, period_label,"
+        " currency, invoice_date, taxes_calculated) VALUES ('a1', 'p', '2026-01-01Z', '2026-02-01Z',"
+        " '2026-01', 'EUR', '2026-02-01', true) RETURNING id"
+    )
+    for position, (description, named, _) in enumerate(FEE_LINES_BEFORE_0066, 1):
+        await pool.execute(
+            "INSERT INTO invoice_lines (invoice_id, position, kind, description, amount,"
+            " exact_amount, moves_money, subscription_bundle_id)"
+            " VALUES ($1, $2, 'bundle_fee', $3, 1000000, 1000000, true, $4)",
+            invoice,
+            position,
+            description,
+            held if named else None,
+        )
+    await pool.execute(
+        "INSERT INTO invoice_lines (invoice_id, position, kind, description, amount,"
+        " exact_amount, moves_money, subscription_bundle_id)"
+        " VALUES ($1, 99, 'usage', 'Pro: monthly fee calls', 0, 0, false, $2)",
+        invoice,
+        held,
+    )
+    await pool.execute(
+        "UPDATE invoices SET state = 'posted', number = 'INV-1', amount_asked = 0 WHERE id = $1",
+        invoice,
+    )
+    return invoice
+
+
+async def test_0066_names_the_rule_of_the_fee_lines_posted_before_it(
+    fresh_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each fee line of a posted invoice gets the position of the rule its text names (the
+    longest of those it begins with), in ranges of two lines; the posted lines' other
+    columns stay as they were, and a rule once named is final."""
+    invoice = await fee_lines_before_0066(fresh_pool)
+    monkeypatch.setattr(migration_steps, "BACKFILL_RANGE", 2)
+    before = await fresh_pool.fetch(
+        "SELECT * FROM invoice_lines WHERE invoice_id = $1 ORDER BY position", invoice
+    )
+    await migrate(fresh_pool)
+
+    rows = await fresh_pool.fetch(
+        "SELECT * FROM invoice_lines WHERE invoice_id = $1 ORDER BY position", invoice
+    )
+    assert [(r["description"], r["bundle_rule_position"]) for r in rows] == [
+        *((description, position) for description, _, position in FEE_LINES_BEFORE_0066),
+        ("Pro: monthly fee calls", None),
+    ]
+    unchanged = [{k: v for k, v in r.items() if k != "bundle_rule_position"} for r in rows]
+    assert unchanged == [dict(r) for r in before]
+    with pytest.raises(asyncpg.CheckViolationError):
+        await fresh_pool.execute(
+            "UPDATE invoice_lines SET bundle_rule_position = 2 WHERE invoice_id = $1"
+            " AND bundle_rule_position = 1",
+            invoice,
+        )
+    assert await fresh_pool.fetchval("SELECT bool_and(finished) FROM schema_migrations")

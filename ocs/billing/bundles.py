@@ -113,12 +113,16 @@ JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'resiliation'
 
 # The flat fee lines that invoices of earlier periods than the one being drafted ($3)
 # billed for the subscription bundles ($1) from $4 on, each bundle's invoices read from $5
-# (NULL: all); a line from before flat fees named their subscription bundle names none,
-# and is matched by its description and period (``owed_fee_lines``). A void invoice's fee
+# (NULL: all); a line names its subscription bundle and rule (by position, migration 0066)
+# and is matched by them and its period: not by its description, which an operator's
+# renaming of the bundle or rule would no longer match. A line from before flat fees named
+# their subscription bundle (0052) or rule names none, and is matched by its description
+# and period (``owed_fee_lines``), as it was then. A void invoice's fee
 # counts as billed: a fee billed and voided is the operator's to bill again, not the runs'
 # (decisions 0023 and 0046, as a voided charge's days are).
 _FEES_BILLED_SQL = """
-SELECT b.id AS sb_id, l.subscription_bundle_id, l.period_start, l.description
+SELECT b.id AS sb_id, l.subscription_bundle_id, l.bundle_rule_position, l.period_start,
+       l.description
 FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[],
             $5::timestamptz[]) AS b(id, account_id, period_start, since, floor)
 JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
@@ -469,9 +473,11 @@ def _line(
     rate_type: str | None = None,
     tax_code: str | None = None,
     bundle: int | None = None,
+    rule: int | None = None,
 ) -> Line:
     """A bundle line, rounded once, naming what it is taxed as (and, ``bundle``, the
-    subscription bundle it bills); it moves money at posting."""
+    subscription bundle it bills; ``rule``, a fee rule's position); it moves money at
+    posting."""
     return Line(
         kind,
         description,
@@ -485,6 +491,7 @@ def _line(
         tax_code=tax_code,
         rate_type=rate_type,
         subscription_bundle_id=bundle,
+        bundle_rule_position=rule,
     )
 
 
@@ -666,8 +673,9 @@ def _fee_periods(held: Held, rule: Rule, zone: str) -> PeriodSchedule | None:
 
 def _fee_line(held: Held, rule: Rule, part: Period | None, invoice: BundleInvoice) -> Line:
     """The fee's line for one of its periods (None: the one-shot fee, on the bundle's start
-    day), prorated by the bundle's active days in it; it names its subscription bundle, so
-    that a later invoice knows it billed (``owed_fees``)."""
+    day), prorated by the bundle's active days in it; it names its subscription bundle and
+    rule, so that a later invoice knows it billed (``owed_fees``), whatever the bundle and
+    rule are named by then."""
     cur, amount = invoice.currency, rule.amount or 0
     label = f"{held.name}: {rule.description}"
     if part is None:
@@ -681,6 +689,7 @@ def _fee_line(held: Held, rule: Rule, part: Period | None, invoice: BundleInvoic
             cur,
             tax_code=held.tax_code,
             bundle=held.id,
+            rule=rule.position,
         )
     days = _active_days(held, part)
     share = "" if days == part.days else f" ({days}/{part.days} days)"
@@ -693,6 +702,7 @@ def _fee_line(held: Held, rule: Rule, part: Period | None, invoice: BundleInvoic
         cur,
         tax_code=held.tax_code,
         bundle=held.id,
+        rule=rule.position,
     )
 
 
@@ -716,6 +726,11 @@ def fee_lines(held: Held, rule: Rule, invoice: BundleInvoice) -> list[Line]:
         if target.first_day <= day < target.end_day and _active_days(held, part):
             found.append(_fee_line(held, rule, part, invoice))
     return found
+
+
+# An earlier invoice's flat fee line: its subscription bundle and rule position (None:
+# written before lines named them, migrations 0052 and 0066), period start, description.
+BilledFee = tuple[int | None, int | None, datetime, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -779,22 +794,29 @@ def owed_fee_lines(
     rule: Rule,
     invoice: BundleInvoice,
     owed: Sequence[OwedFee],
-    billed: Sequence[tuple[int | None, datetime, str]],
+    billed: Sequence[BilledFee],
 ) -> list[Line]:
     """The lines of the ``owed`` fee periods that no earlier invoice billed: ``billed``
-    holds their fee lines of the bundle (subscription bundle, period start, description);
-    one naming no subscription bundle (made before they did) is this fee's when its
-    period and the beginning of its description match."""
+    holds their fee lines of the bundle. One naming its subscription bundle and rule is
+    this fee's when they and its period are this fee's, whatever its description reads
+    (the bundle or rule renamed since). One naming neither (made before they did), or
+    its subscription bundle only (before migration 0066, its rule not found then), is
+    this fee's when its period and the beginning of its description match."""
     found = []
     for fee in owed:
-        if not any(
-            start.timestamp() == fee.start.timestamp()
-            and description.startswith(fee.prefix)
-            and (sb_id is None or sb_id == held.id)
-            for sb_id, start, description in billed
-        ):
+        if not any(_bills(line, held, rule, fee) for line in billed):
             found.append(_fee_line(held, rule, fee.part, invoice))
     return found
+
+
+def _bills(line: BilledFee, held: Held, rule: Rule, fee: OwedFee) -> bool:
+    """Whether an earlier invoice's fee line ``line`` billed the fee period ``fee``."""
+    sb_id, position, start, description = line
+    if start.timestamp() != fee.start.timestamp():
+        return False
+    if sb_id is not None and position is not None:
+        return sb_id == held.id and position == rule.position
+    return description.startswith(fee.prefix) and sb_id in (None, held.id)
 
 
 def _ends_early(held: Held) -> bool:
@@ -938,10 +960,9 @@ async def _load_rules(conn: asyncpg.Connection, held: Sequence[Held]) -> dict[st
 
 
 # Subscription bundle -> its owed fees by rule position (``owed_fees``), and what earlier
-# invoices billed of its fees from the first of them: (its subscription bundle, period
-# start, description) per line.
+# invoices billed of its fees from the first of them (``BilledFee`` per line).
 Owed = dict[int, dict[int, list[OwedFee]]]
-FeesBilled = dict[int, list[tuple[int | None, datetime, str]]]
+FeesBilled = dict[int, list[BilledFee]]
 
 
 async def _owed_fees(
@@ -985,7 +1006,12 @@ async def _owed_fees(
         floors,
     ):
         billed[r["sb_id"]].append(
-            (r["subscription_bundle_id"], r["period_start"], r["description"])
+            (
+                r["subscription_bundle_id"],
+                r["bundle_rule_position"],
+                r["period_start"],
+                r["description"],
+            )
         )
     return owed, billed
 

@@ -161,6 +161,7 @@ LINE_COLUMNS = (
     "subscription_id",
     "account_number_id",
     "subscription_bundle_id",
+    "bundle_rule_position",
 )
 
 
@@ -544,6 +545,7 @@ def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tup
             line.subscription_id,
             line.account_number_id,
             line.subscription_bundle_id,
+            line.bundle_rule_position,
         )
         for position, line in enumerate(found, start=first)
     ]

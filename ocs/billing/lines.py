@@ -224,8 +224,11 @@ class Line(msgspec.Struct, frozen=True):
     # A charge line's source (``Item``): the subscription or the number's assignment.
     subscription_id: int | None = None
     account_number_id: int | None = None
-    # A resiliation line's subscription bundle (``bundles``), so it is billed once.
+    # A resiliation or flat fee line's subscription bundle (``bundles``), so it is billed
+    # once; a flat fee line's rule too, by its position in the bundle (migration 0066):
+    # what an operator may rename (the bundle's name, the rule's description) is no key.
     subscription_bundle_id: int | None = None
+    bundle_rule_position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,5 +186,55 @@ async def _finish_0062(conn: asyncpg.Connection) -> None:
     await in_transaction(conn, validate, "0062 validate")
 
 
+# Migration 0066's rule: a flat fee line naming its subscription bundle gets the position
+# of that bundle's flat fee rule whose "name: description" its description begins with
+# (as ``bundles._fee_line`` wrote it, cut at 200 characters), the longest where several
+# do. ``{where}`` picks the lines: $1 and $2 bound an id range.
+_RULE_0066 = """
+UPDATE invoice_lines l SET bundle_rule_position = m.position
+FROM (
+    SELECT DISTINCT ON (l.id) l.id, r.position
+    FROM invoice_lines l
+    JOIN subscription_bundles sb ON sb.id = l.subscription_bundle_id
+    JOIN bundles b ON b.id = sb.bundle_id
+    JOIN bundle_rules r ON r.bundle_id = b.id AND r.kind = 'flat_fee'
+    WHERE l.kind = 'bundle_fee' AND l.bundle_rule_position IS NULL AND {where}
+      AND starts_with(l.description, left(b.name || ': ' || r.description || ' ', 200))
+    ORDER BY l.id, length(r.description) DESC
+) m
+WHERE l.id = m.id
+"""
+_LINES_IN_RANGE = "l.id >= $1 AND l.id < $2"
+
+
+async def _backfill_0066(conn: asyncpg.Connection, progress: Progress | None) -> None:
+    """Migration 0066's backfill: each flat fee line's rule, in id ranges of invoice
+    lines; a line no rule's name matches keeps none (matched by its text, as before)."""
+    todo = await conn.fetchrow(
+        "SELECT count(*) AS n, min(id) AS low, max(id) AS high FROM invoice_lines"
+        " WHERE kind = 'bundle_fee' AND bundle_rule_position IS NULL"
+    )
+    total, started = int(todo["n"]), time.monotonic()
+    log.info("migration backfill started", extra={"version": 66, "rows": total})
+    low = todo["low"]
+    while low is not None and low <= todo["high"]:
+        high = low + BACKFILL_RANGE
+
+        async def fill(low: int = low, high: int = high) -> None:
+            """One range, in its own transaction."""
+            await conn.execute(_RULE_0066.format(where=_LINES_IN_RANGE), low, high)
+
+        await in_transaction(conn, fill, "0066 backfill")
+        low = high
+        if progress is not None:
+            # Told in ids gone through: counting the lines done would scan the table again.
+            span = todo["high"] - todo["low"] + 1
+            await progress(66, min(high - todo["low"], span), span)
+    log.info(
+        "migration backfill done",
+        extra={"version": 66, "rows": total, "seconds": round(time.monotonic() - started, 1)},
+    )
+
+
 # Version -> the step run after that version's SQL file, outside its transaction.
-STEPS: dict[int, Step] = {62: _backfill_0062}
+STEPS: dict[int, Step] = {62: _backfill_0062, 66: _backfill_0066}
