@@ -358,7 +358,7 @@ def _add_billing(commands: "Commands") -> None:
 
 
 def _add_invoices(commands: "Commands") -> None:
-    """invoices list, show, void and preview."""
+    """invoices list, show, void, unbilled and preview."""
     from ocs.billing.queries import INVOICE_STATES
 
     invoices = add_group(commands, "invoices", "invoices and credit notes")
@@ -373,6 +373,13 @@ def _add_invoices(commands: "Commands") -> None:
         invoices, "void", "void a posted invoice with a credit note", _invoices_void
     )
     ivoid.add_argument("id", type=positive_bigint)
+    iunbilled = add_command(
+        invoices,
+        "unbilled",
+        "what a void invoice billed that no posted or draft invoice bills again",
+        _invoices_unbilled,
+    )
+    iunbilled.add_argument("id", type=positive_bigint)
     preview = add_command(
         invoices,
         "preview",
@@ -1220,6 +1227,17 @@ async def void_invoice(services: "Services", invoice_id: int) -> dict[str, Any]:
 def _invoices_void(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs invoices void``: void a posted invoice with a numbered credit note."""
     print_json(with_services(settings, lambda s: void_invoice(s, args.id)))
+    return 0
+
+
+def _invoices_unbilled(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs invoices unbilled``: a void invoice's charges and fees not billed again, as
+    ``GET /v1/invoices/{id}/unbilled`` answers (exit 1 naming the reason for an invoice
+    that is not void or does not exist)."""
+    from ocs.billing import unbilled
+
+    items = with_services(settings, lambda s: unbilled.unbilled(s.pool, args.id))
+    print_json({"invoice": args.id, "items": [to_builtins(i) for i in items]})
     return 0
 
 

@@ -48,6 +48,7 @@ COMMANDS = [
     ("invoices", "list"),
     ("invoices", "show"),
     ("invoices", "void"),
+    ("invoices", "unbilled"),
     ("invoices", "preview"),
     ("subscriptions", "create"),
     ("subscriptions", "list"),

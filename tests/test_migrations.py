@@ -541,8 +541,8 @@ async def fee_lines_before_0066(pool: asyncpg.Pool) -> int:
     )
     invoice = await pool.fetchval(
         "INSERT INTO invoices (account_id, plan_id, period_start, period_end, period_label,"
-        " currency, invoice_date, taxes_calculated) VALUES ('a1', 'p', '2026-01-01Z', '2026-02-01Z',"
-        " '2026-01', 'EUR', '2026-02-01', true) RETURNING id"
+        " currency, invoice_date, taxes_calculated) VALUES ('a1', 'p', '2026-01-01Z',"
+        " '2026-02-01Z', '2026-01', 'EUR', '2026-02-01', true) RETURNING id"
     )
     for position, (description, named, _) in enumerate(FEE_LINES_BEFORE_0066, 1):
         await pool.execute(

@@ -17,7 +17,17 @@ from aiohttp import web
 
 from ocs import metrics
 from ocs.balances.accounts import validate_account_id
-from ocs.billing import drafts, itemised, posting, queries, rules_store, runs, sessions, store
+from ocs.billing import (
+    drafts,
+    itemised,
+    posting,
+    queries,
+    rules_store,
+    runs,
+    sessions,
+    store,
+    unbilled,
+)
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.queries import (
     ChargeView,
@@ -28,6 +38,7 @@ from ocs.billing.queries import (
     RunView,
     SubscriptionView,
 )
+from ocs.billing.unbilled import UnbilledView
 from ocs.errors import OcsError, Reason, invalid
 from ocs.http.context import caller_may, services_of
 from ocs.http.endpoint import (
@@ -267,6 +278,22 @@ async def void_invoice(request: web.Request, params: None) -> Voided:
         number=voided.number,
         total=amount_text(voided.total),
     )
+
+
+class Unbilled(Answer):
+    """What a void invoice billed that no invoice that stands (posted or draft) bills
+    again: the operator's to bill again (decision 0046, addendum 2026-12-07)."""
+
+    invoice: int
+    items: list[UnbilledView]
+
+
+async def invoice_unbilled(request: web.Request, params: None) -> Unbilled:
+    """GET /v1/invoices/{invoice_id}/unbilled: a void invoice's charges and fees not
+    billed again."""
+    invoice_id = _id(request, "invoice_id")
+    items = await unbilled.unbilled(services_of(request).pool, invoice_id)
+    return Unbilled(invoice=invoice_id, items=items)
 
 
 # A list's cursor: an earlier page's ``next``.
@@ -851,6 +878,20 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         body="none",
         errors=(404, 409),
         description="409 invoice_state unless the invoice is posted.",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/invoices/{invoice_id}/unbilled",
+        Role.OPERATOR,
+        "What a void invoice billed that no posted or draft invoice bills again",
+        invoice_unbilled,
+        None,
+        Unbilled,
+        errors=(404, 409),
+        description="Its charge lines with the days of their period no invoice that stands"
+        " bills (the charge added again for them counts), its bundle and resiliation fees"
+        " no invoice bills for the same subscription bundle, rule and period. 409"
+        " invoice_state unless the invoice is void.",
     ),
     Endpoint(
         "GET",
