@@ -19,6 +19,7 @@ One tracker per process: :func:`default` returns it, and ``Services.health`` is
 that same instance, so every component of a process shares one state.
 """
 
+import contextlib
 import logging
 import re
 import time
@@ -52,6 +53,10 @@ _POSTGRESQL_DOWN: tuple[type[BaseException], ...] = (
 _ERROR_CHARS = 300  # enough for the reason, short enough for one log line
 # How long the probe key a write probe sets (keys.write_probe) is kept: a few seconds.
 WRITE_PROBE_TTL_MS = 10_000
+# How long a write probe waits for each master: under the probes' own bounds (2 s for
+# /readyz), so a master that does not answer (mid-failover, its host gone) is one failing
+# master among the answers of the others, not a probe failed as a whole.
+MASTER_PROBE_TIMEOUT_S = 1.5
 
 # The error codes of a Redis that answers but takes no write. The lean wire keeps the
 # code at the head of the message; a script refused inside (a command it called) reads
@@ -121,6 +126,47 @@ def describe(exc: BaseException) -> str:
     return text[:_ERROR_CHARS]
 
 
+def master_failure(exc: BaseException) -> str:
+    """Why a Redis master failed a probe write, in a word fit for ``/readyz`` and a log
+    line: the refusal's code (``OOM``, ``READONLY``...), ``unreachable`` for an outage (a
+    lost connection, no answer in time, ``LOADING``), else the error's class."""
+    refusal = refusal_of(exc)
+    if refusal is not None:
+        return refusal
+    if backend_of(exc, REDIS) == REDIS:
+        return "unreachable"
+    return type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class WriteProbe:
+    """A write probe's outcome on every Redis master (the one server, standalone): each
+    master's error by its address, None where it took the write."""
+
+    outcomes: dict[str, BaseException | None]
+
+    def error(self) -> BaseException | None:
+        """The first failure among the masters, None when every master took the write."""
+        return next((e for e in self.outcomes.values() if e is not None), None)
+
+    def serving(self) -> bool:
+        """Whether some master took the write: the process serves the accounts it holds
+        (decision 0013: readiness fails only when every master fails)."""
+        return any(outcome is None for outcome in self.outcomes.values())
+
+    def failing(self) -> dict[str, str]:
+        """The masters that failed, by address, each with why (``master_failure``)."""
+        return {m: master_failure(e) for m, e in self.outcomes.items() if e is not None}
+
+
+@dataclass(slots=True)
+class MasterState:
+    """What the tracker knows of one Redis master from the write probes."""
+
+    failure: str = ""  # why it fails (master_failure), "" while it takes writes
+    down_since: float = 0.0  # monotonic clock, while it fails
+
+
 @dataclass(slots=True)
 class BackendState:
     """What the tracker knows of one backend."""
@@ -155,6 +201,7 @@ class BackendHealth:
         self.reminder = reminder
         self._clock = clock
         self._states: dict[str, BackendState] = {}
+        self._masters: dict[str, MasterState] = {}  # the Redis masters the probes met
         for backend in BACKENDS:
             self._state(backend)
 
@@ -261,6 +308,53 @@ class BackendHealth:
         included: reported, but no outage says why its requests fail."""
         return self.report(exc, default) and not isinstance(exc, NotAnOutage)
 
+    def report_masters(self, probe: WriteProbe) -> None:
+        """Each Redis master's outcome in a write probe: ``ocs_redis_master_up`` per master,
+        and one line when a master starts failing, fails for another reason, or takes
+        writes again; none with a single master, whose outage is the backend's own line.
+        A master the probe left out (no longer one, after a failover) is forgotten."""
+        for master in [m for m in self._masters if m not in probe.outcomes]:
+            del self._masters[master]
+            metrics.REDIS_MASTER_UP.labels(master).set(1)  # multi-worker: stays, at 1
+            # Another tracker of the process (tests make their own) may have dropped it.
+            with contextlib.suppress(KeyError):
+                metrics.REDIS_MASTER_UP.remove(master)
+        several = len(probe.outcomes) > 1
+        for master, outcome in probe.outcomes.items():
+            state = self._masters.get(master)
+            if state is None:
+                state = self._masters[master] = MasterState()
+            failure = "" if outcome is None else master_failure(outcome)
+            metrics.REDIS_MASTER_UP.labels(master).set(0 if failure else 1)
+            if failure == state.failure:
+                continue
+            if not state.failure:
+                state.down_since = self._clock()
+            if several and failure:
+                assert outcome is not None
+                log.error(
+                    "redis master %s %s",
+                    master,
+                    _master_what(failure),
+                    extra={
+                        "backend": REDIS,
+                        "master": master,
+                        "failure": failure,
+                        "error": describe(outcome),
+                    },
+                )
+            elif several:
+                log.warning(
+                    "redis master %s taking writes again",
+                    master,
+                    extra={
+                        "backend": REDIS,
+                        "master": master,
+                        "down_for_s": round(self._clock() - state.down_since, 1),
+                    },
+                )
+            state.failure = failure
+
     def snapshot(self) -> dict[str, dict[str, object]]:
         """Each backend's state for a readiness answer: up, and while down, since when and why."""
         answer: dict[str, dict[str, object]] = {}
@@ -279,6 +373,13 @@ class BackendHealth:
 def _what(state: BackendState) -> str:
     """What a down backend does, for its log lines."""
     return "refusing writes" if state.refusal else "unreachable"
+
+
+def _master_what(failure: str) -> str:
+    """What a failing master does, for its log line."""
+    if failure == "unreachable":
+        return failure
+    return "refusing writes" if _REFUSAL.fullmatch(failure) else "failing writes"
 
 
 def _refusal_field(state: BackendState, extra: dict[str, object]) -> dict[str, object]:

@@ -313,6 +313,14 @@ BACKEND_UP = Gauge(
     # The lowest of the running workers: a dead worker's last value is not kept.
     multiprocess_mode="livemin",
 )
+REDIS_MASTER_UP = Gauge(
+    "ocs_redis_master_up",
+    "1 while this process's write probe is taken by the Redis master (host:port), 0 while"
+    " it refuses writes or does not answer: which masters of a cluster fail.",
+    ["master"],
+    # The lowest of the running workers, as ocs_backend_up.
+    multiprocess_mode="livemin",
+)
 BACKEND_OUTAGES = Counter(
     "ocs_backend_outages_total",
     "Times this process lost its backend (redis, postgresql).",

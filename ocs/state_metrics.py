@@ -251,7 +251,7 @@ class StateSampler:
         health: BackendHealth | None = None,
         clock: Callable[[], float] = time.time,
         take_live_pass: bool = True,
-        probe_writes: Callable[[], Awaitable[object]] | None = None,
+        probe_writes: Callable[[], Awaitable[backend_health.WriteProbe]] | None = None,
     ) -> None:
         self._redis = redis
         # Redis's probe: a write on every master (the auto-pipeline's ``probe_writes``);
@@ -315,7 +315,10 @@ class StateSampler:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 if backend == REDIS and self._probe_writes is not None:
-                    await self._probe_writes()
+                    # Down (the gauge 0) while any master fails; which: ocs_redis_master_up.
+                    error = (await self._probe_writes()).error()
+                    if error is not None:
+                        raise error
                 elif backend == REDIS:
                     await self._redis.set(
                         keys.write_probe(), "1", px=backend_health.WRITE_PROBE_TTL_MS

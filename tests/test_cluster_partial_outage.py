@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ocs import api_tokens, backend_health
@@ -291,3 +292,47 @@ async def test_a_stalled_master_fails_its_own_commands_not_the_batch(
         await eventually(stalled_served, what="the resumed master's key served again")
     finally:
         await wire.close()
+
+
+async def _master_up(app: RunningApp, master: str) -> float | None:
+    """``ocs_redis_master_up`` of one master (``host:port``), None when not exported."""
+    response = await app.client.get("/metrics")
+    for family in text_string_to_metric_families(await response.text()):
+        for sample_ in family.samples:
+            if sample_.name == "ocs_redis_master_up" and sample_.labels.get("master") == master:
+                return sample_.value
+    return None
+
+
+async def test_a_master_that_hangs_leaves_readyz_200_naming_it(
+    partial_app: RunningApp, partial_cluster: RedisClusterProcess
+) -> None:
+    # One master stops answering and holds its connections (its process stopped: a host
+    # gone mid-failover sends no reset). Before, /readyz waited for every master's probe
+    # past its own 2 s bound and answered 503, in every ocs instance at once: a load
+    # balancer drained them all though two masters of three served. Now each master's
+    # probe is bounded alone: 200, the hung master named, its gauge 0.
+    app = partial_app
+    partial_cluster.wait_ok()
+    seed_port = partial_cluster.nodes[0].port
+    victim = next(n for n in partial_cluster.masters() if n.port != seed_port)
+    response = await app.client.get("/readyz")
+    assert response.status == 200, await response.text()
+    partial_cluster.pause(victim)
+    try:
+        response = await app.client.get("/readyz")
+        ready = await response.json()
+        assert response.status == 200, ready
+        assert ready["backends"]["redis"]["failing_masters"] == {victim.address: "unreachable"}
+        assert await _master_up(app, victim.address) == 0
+    finally:
+        partial_cluster.resume(victim)
+    partial_cluster.wait_ok()
+
+    async def taking_writes() -> bool:
+        response = await app.client.get("/readyz")
+        ready = await response.json()
+        return response.status == 200 and "failing_masters" not in ready["backends"]["redis"]
+
+    await eventually(taking_writes, within=20, what="every master taking the probe again")
+    assert await _master_up(app, victim.address) == 1

@@ -17,12 +17,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from ocs import backend_health
-from ocs.backend_health import BackendHealth, backend_of, refusal_of
+from ocs.backend_health import BackendHealth, WriteProbe, backend_of, refusal_of
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.wire import ReconnectPaused
@@ -209,6 +210,50 @@ def test_a_repeated_failure_keeps_a_backend_down_but_never_takes_it_down(
     assert health.is_up("redis")
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["redis unreachable", "redis reachable again"]
+
+
+def _master_up(master: str) -> float | None:
+    return REGISTRY.get_sample_value("ocs_redis_master_up", {"master": master})
+
+
+def test_each_cluster_master_is_logged_once_per_change_and_dropped_when_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The write probes' per-master outcomes: a line when a master starts failing, when
+    # it fails for another reason, when it takes writes again; none for a probe that
+    # finds it as before; a master gone from the map (a failover) leaves the series.
+    clock = FakeClock()
+    health = BackendHealth(clock=clock)
+    caplog.set_level(logging.INFO, logger="ocs.backends")
+    a, b, c = "10.9.0.1:6379", "10.9.0.2:6379", "10.9.0.3:6379"
+    oom = OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    for _ in range(3):
+        health.report_masters(WriteProbe({a: None, b: oom, c: None}))
+        clock.now += 1.0
+    assert (_master_up(a), _master_up(b), _master_up(c)) == (1, 0, 1)
+    health.report_masters(WriteProbe({a: None, b: RedisConnectionError("lost"), c: None}))
+    clock.now += 1.0
+    health.report_masters(WriteProbe({a: None, b: None, c: None}))
+    health.report_masters(WriteProbe({a: None, b: None}))
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("ERROR", f"redis master {b} refusing writes"),
+        ("ERROR", f"redis master {b} unreachable"),
+        ("WARNING", f"redis master {b} taking writes again"),
+    ]
+    assert caplog.records[0].failure == "OOM"  # type: ignore[attr-defined]
+    assert caplog.records[-1].down_for_s == 4.0  # type: ignore[attr-defined]
+    assert (_master_up(b), _master_up(c)) == (1, None)
+
+
+def test_a_lone_server_probe_logs_nothing_of_its_own(caplog: pytest.LogCaptureFixture) -> None:
+    # Standalone: the backend's own line ("redis refusing writes") says it all.
+    health = BackendHealth(clock=FakeClock())
+    caplog.set_level(logging.INFO, logger="ocs.backends")
+    probe = WriteProbe({"10.9.1.1:6379": ReadOnlyError("You can't write against a replica.")})
+    assert probe.failing() == {"10.9.1.1:6379": "READONLY"} and not probe.serving()
+    health.report_masters(probe)
+    assert caplog.records == [] and _master_up("10.9.1.1:6379") == 0
 
 
 def test_only_unreachable_backends_count_as_outages() -> None:

@@ -236,41 +236,88 @@ async def cluster_services(
         yield services
 
 
+async def _master_up(client: TestClient, master: str) -> float | None:
+    """``ocs_redis_master_up`` of one master (``host:port``), None when not exported."""
+    response = await client.get("/metrics")
+    for family in text_string_to_metric_families(await response.text()):
+        for sample_ in family.samples:
+            if sample_.name == "ocs_redis_master_up" and sample_.labels.get("master") == master:
+                return sample_.value
+    return None
+
+
+def _master_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("redis master")]
+
+
 async def test_a_cluster_master_refusing_writes_is_seen_by_the_probes(
-    cluster_services: Services, redis_cluster: RedisClusterProcess
+    cluster_services: Services,
+    redis_cluster: RedisClusterProcess,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # One master of three is out of memory; the probe key's own master takes writes.
-    # Before, the probes set one key, on its master alone: /readyz said ready and the
-    # gauge 1 while every call of the accounts the refusing master holds was refused.
+    # The probes see it (a probe on one master did not): the gauges, a log line. Yet
+    # /readyz stays 200, naming it: every ocs instance sees the same cluster, and a 503
+    # drained them all, a total outage for a third of the accounts. All three refusing:
+    # no account served, 503.
     services = cluster_services
     probe_master = redis_cluster.node_of_slot(key_slot(keys.write_probe()))
-    refusing = next(n for n in redis_cluster.masters() if n.port != probe_master.port)
+    masters = redis_cluster.masters()
+    refusing = next(n for n in masters if n.port != probe_master.port)
     client = await client_with_readyz(services)
     sampler = StateSampler.of(services)
-    control = refusing.client()
+    controls = {n.address: n.client() for n in masters}
+    caplog.set_level(logging.INFO)
     try:
         response = await client.get("/readyz")
         assert response.status == 200, await response.text()
+        assert "failing_masters" not in (await response.json())["backends"]["redis"]
         assert await sampler.probe(REDIS) is True
 
-        _out_of_memory(control)
-        assert control.ping()
+        caplog.clear()
+        _out_of_memory(controls[refusing.address])
+        response = await client.get("/readyz")
+        assert response.status == 200, await response.text()
+        ready = await response.json()
+        assert ready["ready"] is True
+        redis_state = ready["backends"]["redis"]
+        assert redis_state["failing_masters"] == {refusing.address: "OOM"}, ready
+        assert redis_state["up"] is False and redis_state["refusal"] == "OOM", ready
+        assert await _metric(client, "ocs_backend_up", "redis") == 0
+        assert await _master_up(client, refusing.address) == 0
+        for other in masters:
+            if other is not refusing:
+                assert await _master_up(client, other.address) == 1
+        # The gauges' probe (every few seconds, without traffic) sees it as well, and
+        # the second and third probes log nothing more: one line for the change.
+        assert await sampler.probe(REDIS) is False
+        assert (await client.get("/readyz")).status == 200
+        assert _master_lines(caplog) == [f"redis master {refusing.address} refusing writes"]
+
+        for node in masters:
+            _out_of_memory(controls[node.address])
         response = await client.get("/readyz")
         assert response.status == 503, await response.text()
         ready = await response.json()
-        assert ready["backends"]["redis"]["up"] is False
-        assert ready["backends"]["redis"]["refusal"] == "OOM"
-        assert await _metric(client, "ocs_backend_up", "redis") == 0
-        # The gauges' probe (every few seconds, without traffic) sees it as well.
-        assert await sampler.probe(REDIS) is False
-        assert services.health.snapshot()[REDIS].get("refusal") == "OOM"
+        assert ready["backends"]["redis"]["failing_masters"] == {
+            n.address: "OOM" for n in masters
+        }, ready
+        assert {await _master_up(client, n.address) for n in masters} == {0}
 
-        _enough_memory(control)
+        caplog.clear()
+        for node in masters:
+            _enough_memory(controls[node.address])
         assert await sampler.probe(REDIS) is True
         response = await client.get("/readyz")
         assert response.status == 200, await response.text()
+        assert "failing_masters" not in (await response.json())["backends"]["redis"]
         assert await _metric(client, "ocs_backend_up", "redis") == 1
+        assert {await _master_up(client, n.address) for n in masters} == {1}
+        assert sorted(_master_lines(caplog)) == sorted(
+            f"redis master {n.address} taking writes again" for n in masters
+        )
     finally:
-        _enough_memory(control)
-        control.close()
+        for control in controls.values():
+            _enough_memory(control)
+            control.close()
         await client.close()

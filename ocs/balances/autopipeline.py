@@ -224,20 +224,33 @@ class AutoPipeline:
         """One probe write on every master: taken by all, Redis takes writes again;
         refused by one (another master than the batches' on a cluster), still down."""
         try:
-            await self.probe_writes()
+            probe = await self.probe_writes()
         except Exception as exc:
             self._health.report(exc, default=backend_health.REDIS)
             return
         finally:
             self._probing = False
-        self._health.report_success(backend_health.REDIS, write=True)
+        error = probe.error()
+        if error is not None:
+            self._health.report(error, default=backend_health.REDIS)
+        else:
+            self._health.report_success(backend_health.REDIS, write=True)
 
-    async def probe_writes(self) -> None:
+    async def probe_writes(
+        self, wait_s: float = backend_health.MASTER_PROBE_TIMEOUT_S
+    ) -> backend_health.WriteProbe:
         """SET a short-lived probe key (``keys.write_probe``) on every master, the one
-        server when standalone: raises what a master answered instead (a refused write:
-        OOM, READONLY...) or the outage. A probe on one master of a cluster missed the
-        others' refusals (decision 0013)."""
-        await self._wire.write_probe(keys.write_probe(), backend_health.WRITE_PROBE_TTL_MS)
+        server when standalone, waiting ``wait_s`` seconds for each: every master's
+        outcome (a refused write: OOM, READONLY...; its outage), reported per master to
+        the tracker (``ocs_redis_master_up``, one line per change). A probe on one master
+        of a cluster missed the others' refusals (decision 0013). Raises when no master
+        answers (the slot map cannot be read)."""
+        outcomes = await self._wire.write_probe(
+            keys.write_probe(), backend_health.WRITE_PROBE_TTL_MS, wait_s
+        )
+        probe = backend_health.WriteProbe(outcomes)
+        self._health.report_masters(probe)
+        return probe
 
     async def _send_again(self, retry: list[_Pending]) -> None:
         """The commands of a batch that found their script missing (NOSCRIPT, after a

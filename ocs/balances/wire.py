@@ -752,20 +752,40 @@ class RedisWire:
                 if isinstance(answer, Exception):
                     raise answer
 
-    async def write_probe(self, key: str, ttl_ms: int) -> None:
+    async def write_probe(
+        self, key: str, ttl_ms: int, wait_s: float
+    ) -> dict[str, BaseException | None]:
         """SET a short-lived probe key (kept ``ttl_ms``) on every master: ``key`` on a
         standalone server, on a cluster ``key`` with a hash tag of a slot each master
-        holds. Raises the first error a master answered instead (a refused write: OOM,
-        READONLY...) or its outage."""
+        holds. Each master's outcome, by its address (``host:port``): None where the
+        write was taken, else the error it answered (a refused write: OOM, READONLY...)
+        or its outage; a master that does not answer within ``wait_s`` seconds has a
+        ``TimeoutError``, so one master mid-failover does not hide the others' answers.
+        Raises only when the slot map cannot be read (no master answers)."""
         if self._cluster and (
             self._stale or time.monotonic() - self._refreshed_at > REFRESH_EVERY_S
         ):
             await self._refresh()
-        probes = [key] if self._slots is None else [self._probe_key(m, key) for m in self._masters]
-        replies = await self.execute_many([("SET", probe, "1", "PX", ttl_ms) for probe in probes])
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        masters = [self._seed] if self._slots is None else list(self._masters)
+        probes = [key] if self._slots is None else [self._probe_key(m, key) for m in masters]
+        outcomes = await asyncio.gather(
+            *(self._probe_one(probe, ttl_ms, wait_s) for probe in probes)
+        )
+        return {
+            master._path or f"{master.host}:{master.port}": outcome
+            for master, outcome in zip(masters, outcomes, strict=True)
+        }
+
+    async def _probe_one(self, probe: str, ttl_ms: int, wait_s: float) -> BaseException | None:
+        """One master's probe write, bounded alone: None when taken, else what failed. A
+        batch of its own, so a master that hangs (a host gone without a reset) fails by
+        itself, and a redirection is still followed."""
+        try:
+            async with asyncio.timeout(wait_s):
+                (reply,) = await self.execute_many([("SET", probe, "1", "PX", ttl_ms)])
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+            return exc
+        return reply if isinstance(reply, BaseException) else None
 
     def _probe_key(self, master: _Link, key: str) -> str:
         """``key`` with a hash tag whose slot ``master`` holds in the map read last."""

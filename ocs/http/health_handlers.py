@@ -10,11 +10,15 @@ balancer or an orchestrator asks before sending traffic: 200 ``{"ready": true}``
 when the catalog is loaded and both backends take writes within ``PROBE_TIMEOUT_S``:
 a Redis ``SET`` of a short-lived probe key on every master (through the auto-pipeline's
 connections; a Redis that answers PING but refuses writes, OOM or READONLY, serves no
-call, and on a cluster one such master refuses every account it holds)
-and PostgreSQL not read-only; else 503 ``{"ready": false, "backends": {...}}``
-with, for each backend, whether it is up and, while down, for how long, the error's
-class and, for a Redis refusing writes, its code (``"refusal": "OOM"``), and
-``"catalog": "loading"`` before the first catalog snapshot. It is
+call) taken by at least one master, and PostgreSQL not read-only; else 503
+``{"ready": false, "backends": {...}}`` with, for each backend, whether it is up
+and, while down, for how long, the error's class and, for a Redis refusing writes,
+its code (``"refusal": "OOM"``), and
+``"catalog": "loading"`` before the first catalog snapshot. On a Redis Cluster some
+masters failing (refusing writes, or no answer within ``MASTER_PROBE_TIMEOUT_S``) while
+others take writes is still 200, naming them (``"failing_masters": {"host:port":
+"OOM"}``): every ocs instance sees the same cluster, and a 503 would drain them all for
+the accounts of one master (decision 0013). It is
 503 too while a PostgreSQL LISTEN the process follows changes on (the catalog's,
 the NAS client table's) has lost its connection: ``"listeners": {"catalog":
 {"state": "reconnecting", "down_for_s": ...}}``, then ``"reloading"`` once LISTEN
@@ -36,7 +40,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ocs import metrics
-from ocs.backend_health import POSTGRESQL, REDIS
+from ocs.backend_health import POSTGRESQL, REDIS, BackendHealth, WriteProbe
 from ocs.http.context import OPENAPI_DOCUMENT, services_of
 from ocs.http.endpoint import Answer, Endpoint, Reply, Role
 from ocs.services import Services
@@ -93,6 +97,8 @@ class BackendState(msgspec.Struct, omit_defaults=True, kw_only=True):
     failures: int | None = None  # failed operations during the outage
     error: str | None = None  # the error's class, never its text (addresses)
     refusal: str | None = None  # the code a Redis refusing writes answers (OOM, READONLY...)
+    # A cluster's masters failing the probe: each one's refusal code, or "unreachable".
+    failing_masters: dict[str, str] | None = None
 
 
 class ListenerState(msgspec.Struct, kw_only=True):
@@ -114,14 +120,13 @@ class Readiness(Answer, omit_defaults=True):
     listeners: dict[str, ListenerState] | None = None
 
 
-async def _probe_redis(services: Services) -> None:
+async def _probe_redis(services: Services) -> WriteProbe:
     """Redis takes a write: a Redis out of memory (maxmemory, noeviction), unable to
     persist (MISCONF) or a replica (READONLY: the old primary after a failover)
     answers PING and reads, while every call it would grant or charge is refused."""
     async with asyncio.timeout(PROBE_TIMEOUT_S):
-        # On every master: on a cluster, one refusing writes while the others take them
-        # refuses every call whose account it holds.
-        await services.pipeline.probe_writes()
+        # On every master, each bounded alone (MASTER_PROBE_TIMEOUT_S): each one's outcome.
+        return await services.pipeline.probe_writes()
 
 
 async def _probe_postgresql(services: Services) -> None:
@@ -149,36 +154,68 @@ def _listeners_behind(services: Services) -> dict[str, ListenerState]:
     return behind
 
 
+def _redis_state(health: BackendHealth, result: WriteProbe | BaseException) -> dict[str, Any]:
+    """Redis's entry in a readiness answer after its probe, the probe reported to the
+    tracker: down while any master fails (as ``ocs_backend_up``), with ``failing_masters``
+    naming each failing master of a cluster and why."""
+    if isinstance(result, WriteProbe):
+        error = result.error()
+        if error is None:
+            # The probe is a write: the one success that ends a Redis's refused writes.
+            health.report_success(REDIS, write=True)
+            return health.snapshot()[REDIS]
+        entry = _failed_state(health, REDIS, error)
+        if len(result.outcomes) > 1:
+            entry["failing_masters"] = result.failing()
+        return entry
+    if isinstance(result, Exception):
+        return _failed_state(health, REDIS, result)
+    raise result  # cancellation: the client went away
+
+
+def _postgresql_state(health: BackendHealth, result: object) -> dict[str, Any]:
+    """PostgreSQL's entry in a readiness answer after its probe, reported to the tracker."""
+    if isinstance(result, Exception):
+        return _failed_state(health, POSTGRESQL, result)
+    if isinstance(result, BaseException):
+        raise result  # cancellation: the client went away
+    health.report_success(POSTGRESQL, write=True)
+    return health.snapshot()[POSTGRESQL]
+
+
+def _failed_state(health: BackendHealth, backend: str, exc: BaseException) -> dict[str, Any]:
+    """A failed probe's entry: a connection failure, a timeout or a refused write starts
+    (or continues) an outage. Any other refusal (a failed AUTH, a SQL error) leaves the
+    tracker alone, or every probe would flap it against the requests that succeed
+    meanwhile; down in the answer all the same."""
+    health.report(exc, default=backend)
+    entry: dict[str, Any] = {**health.snapshot()[backend], "up": False}
+    entry.setdefault("error", type(exc).__name__)
+    return entry
+
+
 async def readyz(request: web.Request, params: None) -> Reply[Readiness]:
-    """200 ``{"ready": true, ...}`` when the catalog is loaded and Redis and PostgreSQL
-    answer; 503 otherwise."""
+    """200 ``{"ready": true, ...}`` when the catalog is loaded, PostgreSQL takes writes and
+    Redis does on some master (a cluster's failing masters listed, still 200: decision
+    0013); 503 otherwise."""
     services = services_of(request)
     health = services.health
-    results = await asyncio.gather(
+    redis, postgresql = await asyncio.gather(
         _probe_redis(services), _probe_postgresql(services), return_exceptions=True
     )
-    backends = health.snapshot()
-    for backend, result in zip((REDIS, POSTGRESQL), results, strict=True):
-        if isinstance(result, Exception):
-            # A connection failure, a timeout or a refused write starts (or continues) an
-            # outage. Any other refusal (a failed AUTH, a SQL error) leaves the tracker
-            # alone, or every probe would flap it against the requests that succeed
-            # meanwhile; not ready all the same.
-            health.report(result, default=backend)
-            backends[backend] = {**health.snapshot()[backend], "up": False}
-            backends[backend].setdefault("error", type(result).__name__)
-        elif isinstance(result, BaseException):
-            raise result  # cancellation: the client went away
-        else:
-            # Both probes are writes: the one success that ends a Redis's refused writes.
-            health.report_success(backend, write=True)
-            backends[backend] = health.snapshot()[backend]
+    backends = {
+        REDIS: _redis_state(health, redis),
+        POSTGRESQL: _postgresql_state(health, postgresql),
+    }
+    # Redis serves while any master takes writes: every ocs instance sees the same
+    # cluster, so one master down must not drain them all (a total outage for 1/N of it).
+    redis_serving = isinstance(redis, WriteProbe) and redis.serving()
     # Version 0: no snapshot yet, every call would be refused as an unknown plan.
     loading = services.catalog.version == 0
     behind = _listeners_behind(services)
-    ready = not loading and not behind and all(backends[b]["up"] for b in (REDIS, POSTGRESQL))
+    ready = not loading and not behind and redis_serving and backends[POSTGRESQL]["up"]
     answer = Readiness(
-        ready=ready,
+        ready=bool(ready),
         backends=msgspec.convert(backends, dict[str, BackendState]),
         catalog="loading" if loading else None,
         listeners=behind or None,
