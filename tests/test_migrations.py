@@ -326,14 +326,20 @@ async def test_a_role_statement_timeout_does_not_stop_a_migration_waiting_its_tu
         await other.execute("SELECT pg_advisory_lock($1)", migrate_module._LOCK_KEY)
         migrating = asyncio.create_task(migrate(fresh_pool))
 
+        since = await other.fetchval("SELECT clock_timestamp()")
+
         async def waited_past_the_timeout() -> bool:
             if migrating.done():
                 migrating.result()  # its error, if it failed
                 return False
+            # It tries the lock again and again (never waiting in it: see the test of
+            # 0064's build below), still trying a second after it began.
             return bool(
                 await other.fetchval(
-                    "SELECT true FROM pg_stat_activity WHERE wait_event = 'advisory'"
-                    " AND query_start < now() - interval '1 second'"
+                    "SELECT true FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND query = 'SELECT pg_try_advisory_lock($1)'"
+                    " AND query_start > $1::timestamptz + interval '1 second'",
+                    since,
                 )
             )
 

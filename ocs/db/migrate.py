@@ -21,6 +21,7 @@ version may also have a step run after it in many transactions (a backfill), rec
 unfinished until it is done and resumed by the next start if it was stopped.
 """
 
+import asyncio
 import logging
 import re
 from importlib import resources
@@ -35,6 +36,8 @@ log = logging.getLogger("ocs.db")
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # An arbitrary constant shared by every ocs process: "ocs" in ASCII.
 _LOCK_KEY = 0x6F6373
+# How often a process waiting for another's migrations tries the lock again.
+LOCK_POLL_S = 0.2
 
 
 class MigrationRefused(ConfigError):
@@ -148,10 +151,10 @@ async def migrate(pool: asyncpg.Pool, *, progress: Progress | None = None) -> li
     """Apply pending migrations (finishing any step left unfinished); returns the
     versions applied now. ``progress`` is told after each range a step commits."""
     async with pool.acquire() as conn:
-        # A role's statement_timeout would stop a long step (and the wait for the lock
-        # below, while another process migrates) at every start. The pool resets it.
+        # A role's statement_timeout would stop a long step (a backfill, an index build)
+        # at every start. The pool resets it.
         await conn.execute("SET statement_timeout = 0")
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        await _lock(conn)
         try:
             return await _migrate_locked(conn, progress)
         except MigrationLockTimeout as exc:
@@ -159,6 +162,23 @@ async def migrate(pool: asyncpg.Pool, *, progress: Progress | None = None) -> li
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
             await conn.execute("RESET statement_timeout")
+
+
+async def _lock(conn: asyncpg.Connection) -> None:
+    """The migration lock, tried every LOCK_POLL_S while another process holds it.
+
+    Not waited for in ``pg_advisory_lock``: a backend waiting there holds a snapshot, and
+    a step's ``CREATE INDEX CONCURRENTLY`` run by the holder waits for every older snapshot
+    to end. Each waits for the other: PostgreSQL cancels one as a deadlock, an ``ocs``
+    start failing for nothing (or the build, left INVALID). Between tries this process
+    holds no snapshot."""
+    waiting = False
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+        if not waiting:
+            # One line: a start that seems stuck says what it waits for.
+            log.info("waiting for another process's migrations")
+            waiting = True
+        await asyncio.sleep(LOCK_POLL_S)
 
 
 async def _migrate_locked(conn: asyncpg.Connection, progress: Progress | None) -> list[int]:
