@@ -12,6 +12,10 @@ transaction stops it after a few bounded tries instead of queueing readers behin
 Upgrades: a database a newer release migrated stops every start of this one (it does not
 know that schema), and with ``migrate_on_start = false`` a process finding migrations
 pending stops, naming them, until ``ocs db migrate`` applies them.
+
+Migration 0064's index on the ledger is built ``CONCURRENTLY`` by its step: the ledger
+writer inserts meanwhile, a build stopped half-way (an INVALID index) is built again by
+the next start, and a process waiting its turn meanwhile is not cancelled as a deadlock.
 """
 
 import asyncio
@@ -603,3 +607,178 @@ async def test_0066_names_the_rule_of_the_fee_lines_posted_before_it(
             invoice,
         )
     assert await fresh_pool.fetchval("SELECT bool_and(finished) FROM schema_migrations")
+
+
+# Ledger rows as the writer keeps them: calls, and one payment credit ("pay:<id>") in 50.
+INSERT_LEDGER = """
+INSERT INTO ledger (entry_id, account_id, kind, amount, balance_after, reference, occurred_at)
+SELECT 'b0-' || g, 'acct' || g % 10, CASE WHEN g % 50 = 0 THEN 'topup' ELSE 'call' END,
+    CASE WHEN g % 50 = 0 THEN 5000000 ELSE -1234 END, 0,
+    CASE WHEN g % 50 = 0 THEN 'pay:' || g ELSE 'call-' || g END,
+    timestamptz '2026-11-01Z' + g * interval '1 minute'
+FROM generate_series(1, $1) g
+"""
+LEDGER_ROWS = 5_000
+# The lookup ocs.billing.credit makes, over every payment credit.
+CREDITS = "SELECT count(*) FROM ledger WHERE reference LIKE 'pay:%'"
+
+
+async def ledger_at_0063(pool: asyncpg.Pool) -> None:
+    """A database at 0063 (before the payment credit index) with LEDGER_ROWS rows."""
+    await migrated_to(pool, 63)
+    await pool.execute(INSERT_LEDGER, LEDGER_ROWS)
+
+
+async def insert_credit(conn: asyncpg.Connection, payment: str) -> None:
+    """One payment credit's ledger row, as the ledger writer inserts it."""
+    await conn.execute(
+        "INSERT INTO ledger (entry_id, account_id, kind, amount, balance_after, reference,"
+        " occurred_at) VALUES ($1, 'acct1', 'topup', 1000000, 0, $2, now())",
+        f"b1-{payment}",
+        f"pay:{payment}",
+    )
+
+
+async def credit_index(pool: asyncpg.Pool) -> tuple[bool, str] | None:
+    """(valid, definition) of ledger_payment_credit_idx, or None when there is none."""
+    row = await pool.fetchrow(
+        "SELECT indisvalid, pg_get_indexdef(indexrelid) AS definition FROM pg_index"
+        " WHERE indexrelid = to_regclass('ledger_payment_credit_idx')"
+    )
+    return None if row is None else (row["indisvalid"], row["definition"])
+
+
+async def credits_by_the_index(pool: asyncpg.Pool) -> int:
+    """How many payment credits the lookup finds, read through the index (it fails if
+    the planner cannot use it: an INVALID index is never used)."""
+    async with pool.acquire() as conn:
+        await conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {CREDITS}"))
+        assert "ledger_payment_credit_idx" in plan, plan
+        return int(await conn.fetchval(CREDITS))
+
+
+INDEX_DEFINITION = (
+    "CREATE INDEX ledger_payment_credit_idx ON public.ledger USING btree (reference)"
+    " WHERE (reference ~~ 'pay:%'::text)"
+)
+
+
+async def build_waiting(pool: asyncpg.Pool, migrating: asyncio.Task[list[int]]) -> int:
+    """The pid of the backend migrating once it waits for a lock other than the migration
+    lock: 0064's index build behind a transaction still writing the ledger. Read outside
+    any transaction: one sees the same pg_stat_activity until it ends."""
+    pid = 0
+
+    async def waiting() -> bool:
+        nonlocal pid
+        if migrating.done():
+            migrating.result()  # its error, if it failed
+            return False
+        pid = await pool.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND wait_event <> 'advisory'"
+        )
+        return pid is not None
+
+    await eventually(waiting, what="0064's index build waiting for a ledger writer")
+    return pid
+
+
+async def test_0064_builds_its_index_while_the_ledger_writer_inserts(
+    fresh_pool: asyncpg.Pool, fresh_url: str
+) -> None:
+    await ledger_at_0063(fresh_pool)
+    in_flight = await asyncpg.connect(fresh_url)
+    writer = await asyncpg.connect(fresh_url)
+    try:
+        # The ledger writer's batch not committed yet when the migration starts.
+        transaction = in_flight.transaction()
+        await transaction.start()
+        await insert_credit(in_flight, "before")
+        migrating = asyncio.create_task(migrate(fresh_pool))
+        await build_waiting(fresh_pool, migrating)
+        # Held back by the build, the next batch would fail here (after 1 s) instead of
+        # hanging the test: the build waits, the writer and readers go on.
+        await writer.execute("SET lock_timeout = 1000")
+        await insert_credit(writer, "during")
+        assert await writer.fetchval(CREDITS) == LEDGER_ROWS // 50 + 1
+        assert not migrating.done()
+        await transaction.commit()
+        applied = await asyncio.wait_for(migrating, 60)
+    finally:
+        await in_flight.close()
+        await writer.close()
+    assert 64 in applied
+    assert await credit_index(fresh_pool) == (True, INDEX_DEFINITION)
+    # Every credit, those written while it was built included, is found through it.
+    assert await credits_by_the_index(fresh_pool) == LEDGER_ROWS // 50 + 2
+    assert await fresh_pool.fetchval("SELECT finished FROM schema_migrations WHERE version = 64")
+
+
+async def test_an_index_build_stopped_half_way_is_built_again_by_the_next_start(
+    fresh_pool: asyncpg.Pool, fresh_url: str
+) -> None:
+    await ledger_at_0063(fresh_pool)
+    in_flight = await asyncpg.connect(fresh_url)
+    try:
+        transaction = in_flight.transaction()
+        await transaction.start()
+        await insert_credit(in_flight, "before")
+        migrating = asyncio.create_task(migrate(fresh_pool))
+        pid = await build_waiting(fresh_pool, migrating)
+        # The build stopped half-way (a process killed, a statement cancelled).
+        await fresh_pool.execute("SELECT pg_cancel_backend($1)", pid)
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await asyncio.wait_for(migrating, 60)
+        await transaction.commit()
+    finally:
+        await in_flight.close()
+    # It left the index INVALID: never used by the lookup, yet kept up by every insert.
+    assert await credit_index(fresh_pool) == (False, INDEX_DEFINITION)
+    assert not await fresh_pool.fetchval(
+        "SELECT finished FROM schema_migrations WHERE version = 64"
+    )
+
+    await migrate(fresh_pool)
+    assert await credit_index(fresh_pool) == (True, INDEX_DEFINITION)
+    assert await credits_by_the_index(fresh_pool) == LEDGER_ROWS // 50 + 1
+    assert await fresh_pool.fetchval("SELECT finished FROM schema_migrations WHERE version = 64")
+
+
+async def test_a_start_waiting_its_turn_during_an_index_build_is_not_cancelled(
+    fresh_pool: asyncpg.Pool, fresh_url: str
+) -> None:
+    await ledger_at_0063(fresh_pool)
+    in_flight = await asyncpg.connect(fresh_url)
+    try:
+        transaction = in_flight.transaction()
+        await transaction.start()
+        await insert_credit(in_flight, "before")
+        building = asyncio.create_task(migrate(fresh_pool))
+        pid = await build_waiting(fresh_pool, building)
+        # Another ocs process starting meanwhile (the billing worker, a CLI command).
+        waiting = asyncio.create_task(migrate(fresh_pool))
+
+        async def waiting_its_turn() -> bool:
+            if waiting.done():
+                waiting.result()
+                return False
+            return bool(
+                await fresh_pool.fetchval(
+                    "SELECT true FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> $1 AND query LIKE 'SELECT pg_%advisory_lock($1)'",
+                    pid,
+                )
+            )
+
+        await eventually(waiting_its_turn, what="a second migration waiting for the lock")
+        # The build goes on to wait for older snapshots: a process waiting inside
+        # pg_advisory_lock held one, and PostgreSQL cancelled it (or the build) as a
+        # deadlock after deadlock_timeout.
+        await transaction.commit()
+        applied = await asyncio.wait_for(asyncio.gather(building, waiting), 60)
+    finally:
+        await in_flight.close()
+    assert applied == [[64], []]
+    assert await credit_index(fresh_pool) == (True, INDEX_DEFINITION)

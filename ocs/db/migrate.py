@@ -38,6 +38,8 @@ _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x6F6373
 # How often a process waiting for another's migrations tries the lock again.
 LOCK_POLL_S = 0.2
+# A line of SQL comment: a file made of these only has no statement to run.
+_COMMENT_RE = re.compile(r"--[^\n]*")
 
 
 class MigrationRefused(ConfigError):
@@ -219,7 +221,9 @@ async def _apply(conn: asyncpg.Connection, version: int, name: str, sql: str) ->
 
     async def run() -> None:
         """The file's SQL and its record."""
-        await conn.execute(sql)
+        if _COMMENT_RE.sub("", sql).strip():
+            # asyncpg fails on a query with no statement (a file whose work is its step).
+            await conn.execute(sql)
         await conn.execute(
             "INSERT INTO schema_migrations (version, name, finished) VALUES ($1, $2, $3)",
             version,

@@ -1,4 +1,5 @@
-"""Migration steps that cannot run in one transaction: backfills done in id ranges.
+"""Migration steps that cannot run in one transaction: backfills done in id ranges, and
+indexes on large tables built ``CONCURRENTLY``.
 
 A migration ``NNNN_name.sql`` is applied in one transaction, which must stay short: it
 holds its locks (an ``ALTER TABLE`` holds ACCESS EXCLUSIVE, which blocks every reader of
@@ -8,6 +9,10 @@ column, a trigger, a constraint ``NOT VALID``), and a *step* registered here und
 same version does the rest in many short transactions, then validates what needs all
 rows filled (``VALIDATE CONSTRAINT`` takes SHARE UPDATE EXCLUSIVE: readers and writers
 go on).
+
+A step runs on the runner's connection outside any transaction (autocommit, one
+statement per ``execute``), so it may run what a transaction block refuses: an index on a
+large table is built by ``create_index_concurrently``.
 
 The runner (``ocs.db.migrate``) records the version with the SQL part, marked unfinished,
 runs the step, then marks it finished. A step killed half-way (a process stopped, systemd's
@@ -236,5 +241,56 @@ async def _backfill_0066(conn: asyncpg.Connection, progress: Progress | None) ->
     )
 
 
+async def create_index_concurrently(
+    conn: asyncpg.Connection, version: int, name: str, definition: str
+) -> None:
+    """Build index ``name`` as ``CREATE INDEX CONCURRENTLY name ON definition`` (what
+    follows ``ON``: table, columns, any ``WHERE``) on ``conn``, outside any transaction.
+
+    The build takes SHARE UPDATE EXCLUSIVE: the table's readers and writers go on, and the
+    build waits for the transactions older than it instead (a long billing run delays it,
+    never the other way round). A build stopped half-way (a kill, a cancel, a deadlock)
+    leaves the index INVALID: never used by queries, yet updated by every write, and
+    ``IF NOT EXISTS`` would keep it for ever. It is dropped (``CONCURRENTLY`` too) and
+    built again; a valid one is kept."""
+    valid = await conn.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", name
+    )
+    if valid:
+        return
+    started = time.monotonic()
+    # A role's lock_timeout would stop the build's waits for older transactions, leaving
+    # an INVALID index at every start: it waits as long as they last, blocking no one.
+    await conn.execute("SET lock_timeout = 0")
+    try:
+        if valid is not None:
+            log.warning(
+                "migration dropping an invalid index left by a stopped build",
+                extra={"version": version, "index": name},
+            )
+            await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        log.info("migration index build started", extra={"version": version, "index": name})
+        await conn.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {definition}")
+    finally:
+        await conn.execute("RESET lock_timeout")
+    log.info(
+        "migration index build done",
+        extra={
+            "version": version,
+            "index": name,
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    )
+
+
+async def _index_0064(conn: asyncpg.Connection, progress: Progress | None) -> None:
+    """Migration 0064's index of the payments' credits in the ledger (``ocs.billing.credit``
+    finds a credit's row by its reference, ``pay:<payment id>``), built while the ledger
+    writer's inserts and billing runs go on."""
+    await create_index_concurrently(
+        conn, 64, "ledger_payment_credit_idx", "ledger (reference) WHERE reference LIKE 'pay:%'"
+    )
+
+
 # Version -> the step run after that version's SQL file, outside its transaction.
-STEPS: dict[int, Step] = {62: _backfill_0062, 66: _backfill_0066}
+STEPS: dict[int, Step] = {62: _backfill_0062, 64: _index_0064, 66: _backfill_0066}

@@ -9,7 +9,12 @@
 -- which no other entry carries (top-up ids starting "pay:" are refused). The only index
 -- on the ledger is (account_id, occurred_at), which would read an account's every call
 -- before the window's end for each payment with credit; this one holds the payments'
--- credits only, a small part of the ledger. Building it reads the ledger once, holding
--- the ledger writer's inserts back meanwhile (they wait in Redis, nothing is lost).
-CREATE INDEX IF NOT EXISTS ledger_payment_credit_idx ON ledger (reference)
-    WHERE reference LIKE 'pay:%';
+-- credits only, a small part of the ledger.
+--
+-- The index is built by this version's step (ocs/db/migration_steps.py, _index_0064):
+--     CREATE INDEX CONCURRENTLY ledger_payment_credit_idx ON ledger (reference)
+--         WHERE reference LIKE 'pay:%';
+-- Built here, in the file's transaction, it held the ledger under SHARE for the whole
+-- scan of the biggest table: the ledger writer's inserts and every billing run's drafting
+-- waited, every ocs start waited on the migration lock, and a build past systemd's
+-- TimeoutStartSec was killed and rolled back. This file has nothing to do.
