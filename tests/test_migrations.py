@@ -780,5 +780,6 @@ async def test_a_start_waiting_its_turn_during_an_index_build_is_not_cancelled(
         applied = await asyncio.wait_for(asyncio.gather(building, waiting), 60)
     finally:
         await in_flight.close()
-    assert applied == [[64], []]
+    # 0064 and every later version were applied once, by the first; the second found none.
+    assert applied == [[v for v, _, _ in available_migrations() if v >= 64], []]
     assert await credit_index(fresh_pool) == (True, INDEX_DEFINITION)
