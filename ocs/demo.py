@@ -12,8 +12,10 @@ never printed: the commands name the variable instead.
 The demo writes only into stores that hold nothing but its own data (or nothing
 at all: a new data dir, a new database): plans ``demo`` and ``demo-monthly`` and
 what belongs to them, the ``bootstrap`` and ``demo`` tokens. Elsewhere (a
-production database named by ``OCS_DATABASE_URL``, or the embedded stores
-``ocs serve`` keeps in /var/lib/ocs) it refuses before writing anything, unless
+production database or Redis named by ``OCS_DATABASE_URL`` or ``OCS_REDIS_URL``, or
+the embedded stores ``ocs serve`` keeps in /var/lib/ocs) it refuses before writing
+anything (before migrating, making a pepper, or starting its ledger writer and
+janitor: ``ocs.demo_stores`` says which Redis keys are the demo's), unless
 ``--use-configured-stores`` asks for it; even then no billing worker runs beside
 it (it would draft and post the other plans' runs), and its invoice is numbered
 in its own ``DEMO`` sequence, never the real ``INV`` one.
@@ -25,11 +27,14 @@ import os
 import secrets
 import sys
 from datetime import UTC, date, datetime
+from typing import Any
 
 import asyncpg
+from redis.exceptions import RedisError
 
 from ocs import api_tokens
 from ocs.balances.accounts import AccountSpec
+from ocs.balances.cluster import redis_client
 from ocs.billing import posting, runs
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import Charge, Subscription, create_charge, set_plan_billing, subscribe
@@ -39,6 +44,7 @@ from ocs.catalog.snapshot import Plan
 from ocs.charging.values import AuthorizeRequest
 from ocs.config import RadiusClientConfig, Settings, default_data_dir, with_overrides
 from ocs.decks.rate_deck import parse_deck
+from ocs.demo_stores import other_redis_data
 from ocs.errors import OcsError, Reason
 from ocs.radius.radclient_hint import radclient_command
 from ocs.runtime import BackendUnreachable
@@ -127,6 +133,7 @@ CDR_WAIT_S = 30.0
 
 # What the demo loads: a database holding nothing else (or nothing) is the demo's own.
 DEMO_PLAN_IDS = [DEMO_PLAN.id, BILLING_PLAN.id]
+DEMO_ACCOUNT_IDS = [*(account for account, _balance, _lines in DEMO_ACCOUNTS), BILLING_ACCOUNT]
 DEMO_TOKEN_NAMES = [api_tokens.BOOTSTRAP_NAME, DEMO_TOKEN_NAME]
 # (what, table, the condition a row that is not the demo's meets, its arguments). An
 # account, invoice or payment belongs to a plan: one on a plan not the demo's is counted
@@ -179,7 +186,7 @@ async def other_data(conn: asyncpg.Connection) -> list[str]:
 
 
 def refusal(settings: Settings, found: list[str]) -> DemoRefused:
-    """The refusal of stores holding ``found`` (``other_data``), naming the database."""
+    """The refusal of a database holding ``found`` (``other_data``), naming it."""
     from ocs.embedded import describe_url  # lazily, as ocs.runtime: it imports psutil
 
     where = (
@@ -190,17 +197,57 @@ def refusal(settings: Settings, found: list[str]) -> DemoRefused:
     return DemoRefused(
         f"{where} holds data that is not the demo's ({', '.join(found)}); the demo would add"
         " plans, funded accounts 1001, 1002 and 2001, an admin token and a posted invoice to"
-        " it: run it on stores of its own (a new --data-dir, no redis_url or database_url"
-        f" set), or pass {OVERRIDE_FLAG} to run it there anyway"
+        f" it: {_ELSEWHERE}"
     )
 
 
-async def check_configured_database(settings: Settings) -> None:
-    """Refuse (``DemoRefused``) a database named by ``database_url`` that holds data not the
-    demo's, before the server opens it: opening migrates it and makes a pepper."""
-    url = settings.database_url
-    if url is None:
-        return  # embedded: looked at once started (``run_demo``'s prepare)
+def redis_refusal(settings: Settings, found: list[str]) -> DemoRefused:
+    """The refusal of a Redis holding ``found`` (``other_redis_data``), naming it."""
+    from ocs.embedded import describe_url
+
+    where = (
+        f"Redis {describe_url(settings.redis_url)}"
+        if settings.redis_url
+        else f"the embedded Redis in {settings.data_dir}"
+    )
+    return DemoRefused(
+        f"{where} holds data that is not the demo's ({', '.join(found)}); the demo would"
+        " take over accounts 1001, 1002 and 2001 there, move its ledger entries into the"
+        f" demo's PostgreSQL and close its live calls: {_ELSEWHERE}"
+    )
+
+
+# How a refusal ends: where the demo runs instead, and the override.
+_ELSEWHERE = (
+    "run it on stores of its own (a new --data-dir, no redis_url or database_url set),"
+    f" or pass {OVERRIDE_FLAG} to run it there anyway"
+)
+
+
+async def stores_not_the_demos(redis: Any, pool: asyncpg.Pool, settings: Settings) -> None:
+    """Refuse (``DemoRefused``) stores holding data that is not the demo's: PostgreSQL
+    first (``other_data``), then Redis (``other_redis_data``). Reads only."""
+    async with pool.acquire() as conn:
+        found = await other_data(conn)
+    if found:
+        raise refusal(settings, found)
+    found = await other_redis_data(redis, DEMO_ACCOUNT_IDS, DEMO_PLAN_IDS)
+    if found:
+        raise redis_refusal(settings, found)
+
+
+async def check_configured_stores(settings: Settings) -> None:
+    """Refuse (``DemoRefused``) a database or Redis named by ``database_url`` or
+    ``redis_url`` that holds data not the demo's, before the server starts anything:
+    embedded ones are looked at once started, before the runtime writes to them."""
+    if settings.database_url is not None:
+        await _check_configured_database(settings, settings.database_url)
+    if settings.redis_url is not None:
+        await _check_configured_redis(settings, settings.redis_url)
+
+
+async def _check_configured_database(settings: Settings, url: str) -> None:
+    """``check_configured_stores`` of PostgreSQL at ``url``."""
     try:
         conn = await asyncpg.connect(url)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -211,6 +258,20 @@ async def check_configured_database(settings: Settings) -> None:
         await conn.close()
     if found:
         raise refusal(settings, found)
+
+
+async def _check_configured_redis(settings: Settings, url: str) -> None:
+    """``check_configured_stores`` of Redis (or a Redis Cluster's node) at ``url``."""
+    redis = redis_client(url, cluster=settings.redis_cluster, max_connections=1)
+    try:
+        try:
+            found = await other_redis_data(redis, DEMO_ACCOUNT_IDS, DEMO_PLAN_IDS)
+        except (OSError, TimeoutError, RedisError) as exc:
+            raise BackendUnreachable("Redis", url, exc) from exc
+    finally:
+        await redis.aclose()
+    if found:
+        raise redis_refusal(settings, found)
 
 
 def _month_start(today: date) -> date:
@@ -434,21 +495,27 @@ async def run_demo(
     ``DemoRefused`` before writing anything when the stores hold data that is not the
     demo's, unless ``use_configured_stores``; with it, no billing worker runs beside."""
     token: tuple[str, bool] = ("", True)
-    # Whether the stores held only the demo's data when it started (found in prepare).
+    # Whether the stores held only the demo's data when it started (found by inspect).
     own_stores = False
 
     stopping = stopping or asyncio.Event()
     worker_task: asyncio.Task[None] | None = None
     if not use_configured_stores:
-        await check_configured_database(settings)
+        await check_configured_stores(settings)
+
+    async def inspect(redis: Any, pool: asyncpg.Pool) -> None:
+        # Before the runtime migrates PostgreSQL, makes a pepper or loads scripts, and
+        # before the ledger writer and the janitor start: embedded stores too.
+        nonlocal own_stores
+        if not use_configured_stores:
+            await stores_not_the_demos(redis, pool, settings)
+            own_stores = True
+            return
+        async with pool.acquire() as conn:
+            own_stores = not await other_data(conn)
 
     async def prepare(services: Services) -> None:
-        nonlocal token, own_stores
-        async with services.pool.acquire() as conn:
-            found = await other_data(conn)
-        if found and not use_configured_stores:
-            raise refusal(settings, found)
-        own_stores = not found
+        nonlocal token
         await load_demo_data(services)
         await load_billing_demo(services)
         token = await demo_admin_token(services.pool, settings)
@@ -490,7 +557,13 @@ async def run_demo(
         radius_host=_loopback_unless_asked(settings.radius_host),
     )
     try:
-        await serve(settings, before_listen=prepare, on_ready=ready, stopping=stopping)
+        await serve(
+            settings,
+            before_listen=prepare,
+            on_ready=ready,
+            stopping=stopping,
+            inspect_stores=inspect,
+        )
     finally:
         if worker_task is not None:
             stopping.set()

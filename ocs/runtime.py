@@ -12,7 +12,7 @@ use it, so they run the same code.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ from ocs.services import Services
 from ocs.warm_up import warm_up
 
 log = logging.getLogger("ocs.runtime")
+
+# A look at the stores (the Redis client, the PostgreSQL pool) before anything is written.
+StoresCheck = Callable[[Any, asyncpg.Pool], Awaitable[None]]
 
 
 class BackendUnreachable(Exception):
@@ -240,13 +243,17 @@ async def open_runtime(
     load_catalog: bool = True,
     pepper: bool = True,
     make_pepper: bool = False,
+    inspect: StoresCheck | None = None,
 ) -> AsyncIterator[Services]:
     """The shared services of a process (backends started if embedded), closed on exit.
 
     ``pepper``: load the pepper PIN and password digests are keyed by (decision 0054);
     False for a command that makes and looks up no digest, which then needs no pepper
     file (its ``digests`` refuse to be used). ``make_pepper``: make its file when there
-    is none yet (the server only); else a missing file stops the process.
+    is none yet (the server only); else a missing file stops the process. ``inspect``:
+    called with the Redis client and the PostgreSQL pool once both answer, before
+    anything is migrated, a pepper made or looked up, or a script loaded: what it
+    raises stops the process having written nothing to either (``ocs demo``'s check).
     """
     if settings.redis_cluster and settings.redis_url is None:
         # An embedded Redis is one standalone server: a cluster is always external.
@@ -263,6 +270,8 @@ async def open_runtime(
         try:
             async with await _open_pool(backends.database_url, settings.database_pool_size) as pool:
                 await _check_redis(redis, backends.redis_url)
+                if inspect is not None:
+                    await inspect(redis, pool)
                 migrated_now = await prepare_schema(settings, pool)
                 # Before anything can make or look up a digest: a process with another
                 # pepper than the deployment's stops here (decision 0054).

@@ -37,7 +37,7 @@ from ocs.housekeeping import start_housekeeping
 from ocs.http.app import create_app
 from ocs.radius.clients import load_client_table
 from ocs.radius.server import RadiusServer
-from ocs.runtime import open_runtime
+from ocs.runtime import StoresCheck, open_runtime
 from ocs.services import Services
 
 log = logging.getLogger("ocs.server")
@@ -81,8 +81,12 @@ async def serve(
     before_listen: Callable[[Services], Awaitable[None]] | None = None,
     on_ready: Hook | None = None,
     stopping: asyncio.Event | None = None,
+    inspect_stores: StoresCheck | None = None,
 ) -> None:
     """Run until a signal (or ``stopping``) asks to stop.
+
+    ``inspect_stores`` looks at Redis and PostgreSQL before anything is written to them
+    (``open_runtime``'s ``inspect``): what it raises stops the start.
 
     Raises ``listen_sockets.AddressInUse`` (a ``ConfigError``) when a port is taken,
     before anything else is started. Any other failure to start raises too, once
@@ -101,7 +105,7 @@ async def serve(
         _stop_on_signals(stack, stopping)
         if inherited is not None:
             stack.callback(listen_sockets.watch_parent(inherited.parent, stopping))
-        await _serve(settings, sockets, before_listen, on_ready, stopping)
+        await _serve(settings, sockets, before_listen, on_ready, stopping, inspect_stores)
 
 
 def _stop_on_signals(stack: contextlib.AsyncExitStack, stopping: asyncio.Event) -> None:
@@ -131,11 +135,12 @@ async def _serve(
     before_listen: Callable[[Services], Awaitable[None]] | None,
     on_ready: Hook | None,
     stopping: asyncio.Event,
+    inspect_stores: StoresCheck | None = None,
 ) -> None:
     """Open the runtime, start every part, serve until ``stopping``, then stop in stages."""
     # Pools and embedded servers close after every stage (open_runtime exits last).
     # The server makes the pepper's file at its first start; no other command does.
-    async with open_runtime(settings, make_pepper=True) as services:
+    async with open_runtime(settings, make_pepper=True, inspect=inspect_stores) as services:
         if before_listen is not None:
             await before_listen(services)
         if settings.admin_token_required:

@@ -247,3 +247,56 @@ def write_probe() -> str:
     """String (SET PX, a few seconds): written by ``/readyz`` and, while Redis refuses
     writes, by the auto-pipeline, to learn whether Redis takes a write (ocs.backend_health)."""
     return "health:write-probe"
+
+
+# What a key holds, by the prefix before its first ":" (``ocs demo`` tells its own stores
+# from a deployment's by them: ocs.demo_stores).
+# Keys named after one account: ``<prefix>:{b:N}:<account id>[:<call, event, ...>]``.
+ACCOUNT_KEY_PREFIXES = frozenset(
+    {"acct", "calls", "stopped", "usage", "topup", "fee", "counters", "mlines", "ivracct"}
+)
+# Strings whose value is the account the key's name (caller, number, member, PIN digest)
+# identifies.
+REFERENCE_KEY_PREFIXES = frozenset({"caller", "did", "member", "pin"})
+# A call's reference (``call_ref``): its value is the live call's msgpack record.
+CALL_REF_PREFIX = "callref"
+# Streams whose entries each name their account (field ``account``).
+LEDGER_KEY_PREFIXES = frozenset({"ledger", "ledger-dead"})
+# The live calls' expiry sets: each member names its account (``expiry_member``).
+EXPIRY_PREFIX = "expiry"
+# Short-lived traces of requests (failed PINs, a NAS's restart), no account's data.
+TRACE_KEY_PREFIXES = frozenset({"pinfail", "nasrestart"})
+# Keys any process writes for itself, holding no account's data.
+PROCESS_KEYS = frozenset({live_state_sample(), live_state_lease(), write_probe()})
+
+
+def key_prefix(key: str) -> str:
+    """What a key holds: the part of its name before the first ":" (``acct``, ``ledger``)."""
+    return key.partition(":")[0]
+
+
+def account_of_key(key: str) -> str | None:
+    """The account an account-named key (``ACCOUNT_KEY_PREFIXES``) is of; None for a key of
+    another kind or one without a bucket tag (``counters:run:...``). No account id holds
+    a ":" or a "}"."""
+    prefix, _, rest = key.partition(":")
+    if prefix not in ACCOUNT_KEY_PREFIXES or not rest.startswith("{b:"):
+        return None
+    return rest.partition("}:")[2].partition(":")[0] or None
+
+
+def counter_cycle_scope(key: str) -> tuple[str | None, str | None] | None:
+    """(plan id, account id) of a ``counter_cycle_run`` key, (plan id, None) of a
+    ``counter_cycle_opened`` one; None for any other key."""
+    if key.startswith("counters:opened:"):
+        return key.removeprefix("counters:opened:"), None
+    if not key.startswith("counters:run:"):
+        return None
+    _label, sep, scope = key.removeprefix("counters:run:").partition(":[")
+    if not sep:
+        return None
+    try:
+        plan_id, account_id = json.loads("[" + scope)
+    except (ValueError, TypeError):  # not a pair: not a key ocs made
+        return None
+    return plan_id, account_id
