@@ -139,14 +139,58 @@ def usage_window_end(billing: PlanBilling, period: Period) -> datetime:
     return period.start if billing.invoice_timing == "start_of_cycle" else period.end
 
 
+def plan_window_end(billing: PlanBilling, period: str) -> datetime:
+    """The latest end of the usage windows a run of ``period`` may bill on the plan,
+    whether or not it has accounts (ValueError for a name none of its periods has).
+
+    A scheduled plan's is its period's (``usage_window_end``). A subscription-date
+    plan's periods depend on its accounts' anchors: a month names the periods starting
+    in it, the latest of which ends when the month after next begins (its start, when
+    the month ends, for a start-of-cycle plan): the worker's own rule
+    (``worker._anniversary_months``); a label names one period by its days.
+    """
+    if billing.cycle != "subscription_date":
+        return usage_window_end(billing, schedule(billing).period_named(period))
+    zone = schedule(billing).zone
+    if match := re.fullmatch(r"(\d{4})-(\d{2})", period):
+        year, month = int(match[1]), int(match[2])
+        months = year * 12 + month - 1 + (1 if billing.invoice_timing == "start_of_cycle" else 2)
+        return local_midnight(date(months // 12, months % 12 + 1, 1), zone)
+    first, _, end = period.partition("..")
+    last = first if billing.invoice_timing == "start_of_cycle" else end
+    return local_midnight(date.fromisoformat(last), zone)
+
+
+def _window_ends(
+    plans: list[PlanBilling], groups: Groups, fixed: dict[str, Period], period: str
+) -> list[datetime]:
+    """Every usage window end a run of ``period`` must wait for: its groups', and each
+    plan's own period whether or not it has accounts. A plan with no account was not
+    checked, and a run of a month not yet ended was stored done and counted as taken,
+    so an account joining later in it was never billed for it (decision 0021)."""
+    by_plan = {p.plan_id: p for p in plans}
+    ends = [usage_window_end(by_plan[plan], found) for plan, _, found in groups]
+    with_accounts = {plan for plan, anchor, _ in groups if anchor is not None}
+    try:
+        for billing in plans:
+            if billing.plan_id in fixed:
+                ends.append(usage_window_end(billing, fixed[billing.plan_id]))
+            elif billing.plan_id not in with_accounts:
+                # A subscription-date plan with accounts: their anchors' periods are
+                # the run's; without, any period named so may yet come.
+                ends.append(plan_window_end(billing, period))
+    except ValueError as error:
+        raise invalid("period", str(error)) from None
+    return ends
+
+
 def _early_cutoff(
     period: str,
-    plans: list[PlanBilling],
-    groups: Groups,
+    ends: list[datetime],
     timing: Timing,
     usage_cutoff: datetime | None,
 ) -> datetime | None:
-    """The run's usage cut-off once its windows are checked against ``timing``.
+    """The run's usage cut-off once its windows' ``ends`` are checked against ``timing``.
 
     A window that has not ended ``timing.delay`` seconds before now is refused
     naming ``period``, unless the run is early: its usage then stops at now (or at
@@ -154,8 +198,6 @@ def _early_cutoff(
     is on no window of this run, and the next invoice bills it (``late_usage``).
     """
     now = (timing.now or datetime.now(UTC)).astimezone(UTC)
-    by_plan = {p.plan_id: p for p in plans}
-    ends = [usage_window_end(by_plan[plan], found) for plan, _, found in groups]
     if not ends:
         return usage_cutoff
     last = max(e.astimezone(UTC) for e in ends)
@@ -227,7 +269,8 @@ async def create_run(
         else:
             fixed_periods = {}
         groups, accounts_total = await _account_groups(conn, plans, period, fixed_periods)
-        usage_cutoff = _early_cutoff(period, plans, groups, timing or Timing(), usage_cutoff)
+        ends = _window_ends(plans, groups, fixed_periods, period)
+        usage_cutoff = _early_cutoff(period, ends, timing or Timing(), usage_cutoff)
         if invoice_date is None:
             invoice_date = today_where_billed(plans)
         run_id = int(
