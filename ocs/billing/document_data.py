@@ -23,6 +23,10 @@ SELECT i.id, i.kind, i.state, i.number, i.account_id, i.plan_id, i.currency, i.i
        i.previous_balance, i.payments, i.new_charges, i.closing_balance, i.amount_due,
        i.amount_asked,
        i.message, COALESCE(i.window_start, i.period_start) AS usage_from,
+       (SELECT e.window_end FROM invoices e
+        WHERE e.account_id = i.account_id AND e.kind = 'invoice'
+          AND e.period_start < i.period_start
+        ORDER BY e.period_start DESC LIMIT 1) AS gap_from,
        v.number AS voids_number,
        COALESCE(pb.grace_days, 0) AS grace_days, COALESCE(pb.time_zone, 'UTC') AS time_zone,
        (i.posted_at AT TIME ZONE COALESCE(pb.time_zone, 'UTC'))::date AS posted_on,
@@ -126,6 +130,10 @@ class InvoiceFacts:
     lines: tuple[DocumentLine, ...]
     # Where the usage window starts: a usage line from before it is late (decision 0050).
     usage_from: datetime | None = None
+    # Where the usage window of the account's earlier invoice ended: a usage line from
+    # there to ``usage_from`` was stopped after it (an early run), not recorded late
+    # (decision 0021, addendum 2026-12-07).
+    gap_from: datetime | None = None
     # A credit note's: the number of the invoice it voids.
     voids_number: str | None = None
     # What a posted invoice asks (stored at posting); None for a draft.
@@ -196,6 +204,7 @@ async def load_facts(conn: asyncpg.Connection, invoice_id: int) -> InvoiceFacts:
         address=address,
         lines=tuple(DocumentLine(**dict(line)) for line in lines),
         usage_from=row["usage_from"],
+        gap_from=row["gap_from"],
         voids_number=row["voids_number"],
         amount_asked=row["amount_asked"],
         posted_on=row["posted_on"],

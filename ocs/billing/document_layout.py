@@ -66,6 +66,7 @@ LABELS = {
     "calls": "Calls",
     "minutes": "Minutes",
     "late": "{zone}, recorded late (from {day})",
+    "gap": "{zone}, made after the previous invoice's usage ended (from {day})",
     "tax": "Tax",
     "jurisdiction": "Jurisdiction",
     "basis": "Basis",
@@ -190,42 +191,55 @@ def charge_section(lines: list[DocumentLine], fmt: Formatter, zone: str) -> dict
     )
 
 
+def _usage_kind(
+    start: datetime | None, usage_from: datetime | None, gap_from: datetime | None
+) -> str:
+    """A usage line's row: "" the window's, "gap" stopped after the earlier invoice's
+    window ended (``gap_from``, an early run's), "late" recorded late (decision 0050)."""
+    if usage_from is None or start is None or start >= usage_from:
+        return ""
+    return "gap" if gap_from is not None and start >= gap_from else "late"
+
+
 def usage_section(
     lines: list[DocumentLine],
     fmt: Formatter,
     usage_from: datetime | None = None,
     time_zone: str = "UTC",
+    gap_from: datetime | None = None,
 ) -> dict[str, Any]:
     """Usage by zone: the zone's calls, minutes and amount (its directions together).
 
     Usage from before the window (``usage_from``) was recorded late and billed here
-    (decision 0050): its own row per zone, saying so and from when.
+    (decision 0050), or stopped after the earlier invoice's window ended (``gap_from``:
+    an early run's, decision 0021): its own row per zone, saying which and from when.
     """
-    # (zone, late) -> calls, seconds, amount; and each late zone's earliest start.
-    zones: dict[tuple[str, bool], list[int]] = {}
-    late_from: dict[str, datetime] = {}
+    # (zone, kind) -> calls, seconds, amount; and each late or gap row's earliest start.
+    zones: dict[tuple[str, str], list[int]] = {}
+    late_from: dict[tuple[str, str], datetime] = {}
     for line in lines:
         zone = line.zone or line.description
         start = line.period_start
-        late = usage_from is not None and start is not None and start < usage_from
-        if late and start is not None:
-            late_from[zone] = min(start, late_from.get(zone, start))
-        figures = zones.setdefault((zone, late), [0, 0, 0])
+        kind = _usage_kind(start, usage_from, gap_from)
+        if kind and start is not None:
+            late_from[zone, kind] = min(start, late_from.get((zone, kind), start))
+        figures = zones.setdefault((zone, kind), [0, 0, 0])
         figures[0] += line.calls or 0
         figures[1] += line.seconds or 0
         figures[2] += line.amount
     rows = [
         [
-            LABELS["late"].format(
-                zone=zone, day=fmt.short_day(late_from[zone].astimezone(ZoneInfo(time_zone)).date())
+            LABELS[kind].format(
+                zone=zone,
+                day=fmt.short_day(late_from[zone, kind].astimezone(ZoneInfo(time_zone)).date()),
             )
-            if late
+            if kind
             else zone,
             fmt.count(calls),
             fmt.minutes(seconds),
             fmt.money(amount),
         ]
-        for (zone, late), (calls, seconds, amount) in zones.items()
+        for (zone, kind), (calls, seconds, amount) in zones.items()
     ]
     calls, seconds, amount = (sum(f[i] for f in zones.values()) for i in range(3))
     return _section(
@@ -287,7 +301,7 @@ def sections(facts: InvoiceFacts, fmt: Formatter) -> list[dict[str, Any]]:
     if charges:
         found.append(charge_section(charges, fmt, facts.time_zone))
     if usage:
-        found.append(usage_section(usage, fmt, facts.usage_from, facts.time_zone))
+        found.append(usage_section(usage, fmt, facts.usage_from, facts.time_zone, facts.gap_from))
     if counters:
         found.append(simple_section("counters", counters, fmt))
     if adjustments:

@@ -82,7 +82,8 @@ WITH compared AS (
                        $7::timestamptz[]) AS p(account_id, snapshot, gap_from, here, read_at)
 ), late AS (
   SELECT c.account_id, c.termination_cause, c.zone, c.direction, c.rate_type,
-         c.destination, c.duration, c.billed_seconds, c.charged, c.entry_id, c.stopped_at
+         c.destination, c.duration, c.billed_seconds, c.charged, c.entry_id, c.stopped_at,
+         p.gap_from
   FROM compared p
   JOIN cdrs c ON p.here AND c.account_id = p.account_id AND c.supplier IS NOT NULL
              AND c.recorded_xid IS NOT NULL
@@ -92,7 +93,8 @@ WITH compared AS (
     AND c.stopped_at < $4
   UNION ALL
   SELECT c.account_id, c.termination_cause, c.zone, c.direction, c.rate_type,
-         c.destination, c.duration, c.billed_seconds, c.charged, c.entry_id, c.stopped_at
+         c.destination, c.duration, c.billed_seconds, c.charged, c.entry_id, c.stopped_at,
+         p.gap_from
   FROM compared p
   JOIN cdrs c ON NOT p.here AND c.account_id = p.account_id AND c.supplier IS NOT NULL
              AND c.recorded_at >= p.read_at
@@ -100,7 +102,8 @@ WITH compared AS (
     AND c.stopped_at < $4
   UNION ALL
   SELECT c.account_id, c.termination_cause, c.zone, c.direction, c.rate_type,
-         c.destination, c.duration, c.billed_seconds, c.charged, c.entry_id, c.stopped_at
+         c.destination, c.duration, c.billed_seconds, c.charged, c.entry_id, c.stopped_at,
+         p.gap_from
   FROM compared p
   JOIN cdrs c ON c.account_id = p.account_id AND c.stopped_at >= p.gap_from
              AND c.stopped_at < $4
@@ -117,9 +120,10 @@ SELECT c.account_id COLLATE "C" AS account_id, c.termination_cause = 'usage' AS 
        count(*) AS calls, sum(c.duration)::bigint AS seconds,
        sum(c.billed_seconds)::bigint AS billed, sum(c.charged)::bigint AS amount,
        min(c.entry_id COLLATE "C") AS first_cdr, max(c.entry_id COLLATE "C") AS last_cdr,
-       min(c.stopped_at) AS since
+       min(c.stopped_at) AS since,
+       CASE WHEN c.stopped_at >= c.gap_from THEN c.gap_from END AS gap_from
 FROM late c
-GROUP BY 1, 2, 3, 4, 5, 6
+GROUP BY 1, 2, 3, 4, 5, 6, 14
 """
 
 
@@ -143,6 +147,7 @@ class LateEvents:
     zone: str
     total: Total
     since: datetime
+    gap_from: datetime | None = None  # stopped after the earlier invoice's window ended
 
 
 @dataclass(slots=True)
@@ -161,7 +166,7 @@ class LateUsage:
             line = event_line(
                 late.service, late.zone, late.total, (late.since, window_start), currency
             )
-            late_description = line.description + late_suffix(window_start)
+            late_description = line.description + late_suffix(window_start, late.gap_from)
             found.append(msgspec.structs.replace(line, description=late_description))
         return found
 
@@ -214,6 +219,7 @@ async def late_usage(
             r["zone"],
             r["direction"],
             r["rate_type"] or "",
+            r["gap_from"] is not None,
         ),
     ):
         account = r["account_id"]
@@ -221,7 +227,9 @@ async def late_usage(
             r["calls"], r["seconds"], r["billed"], r["amount"], r["first_cdr"], r["last_cdr"]
         )
         if r["event"]:
-            found.events[account].append(LateEvents(r["service"], r["zone"], total, r["since"]))
+            found.events[account].append(
+                LateEvents(r["service"], r["zone"], total, r["since"], r["gap_from"])
+            )
             continue
         found.calls[account].append(
             Usage(
@@ -235,6 +243,7 @@ async def late_usage(
                 total.last_cdr,
                 r["rate_type"],
                 since=r["since"],
+                gap_from=r["gap_from"],
             )
         )
     return found

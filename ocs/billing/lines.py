@@ -167,7 +167,10 @@ class Usage(msgspec.Struct, frozen=True):
 
     ``since``: for calls stopped before the window and imported after the invoice of
     their period was drafted (``late_usage``, decision 0050), the earliest one's stop;
-    None for the window's calls.
+    None for the window's calls. ``gap_from``: for late calls stopped after the
+    account's earlier invoice's usage window ended (an early run's or a usage
+    cut-off's; decision 0021, addendum 2026-12-07), where it ended: they were not
+    recorded late, no window held them.
     """
 
     zone: str
@@ -180,6 +183,7 @@ class Usage(msgspec.Struct, frozen=True):
     last_cdr: str
     rate_type: str | None = None  # the CDRs' rate type (a tax code may follow it)
     since: datetime | None = None
+    gap_from: datetime | None = None
 
 
 class Line(msgspec.Struct, frozen=True):
@@ -765,8 +769,13 @@ def billed_window_start(items: list[Item], cycle: Schedule, which: Targets) -> d
     return min(starts, key=lambda start: start.timestamp()) if starts else None
 
 
-def late_suffix(window_start: datetime) -> str:
-    """What a late usage line's description ends with (decision 0050)."""
+def late_suffix(window_start: datetime, gap_from: datetime | None = None) -> str:
+    """What a late usage line's description ends with: imported calls recorded after
+    the earlier invoice (decision 0050), or, ``gap_from`` given, calls stopped after
+    the earlier invoice's usage window ended there (decision 0021, addendum 2026-12-07),
+    which were not recorded late and must not read so."""
+    if gap_from is not None:
+        return f", made after the previous invoice's usage ended on {gap_from.date().isoformat()}"
     return f", made before {window_start.date().isoformat()} and recorded late"
 
 
@@ -782,7 +791,7 @@ def usage_line(usage: Usage, window: tuple[datetime, datetime], currency: str) -
     late = ""
     if usage.since is not None:
         period = (usage.since, window[0])
-        late = late_suffix(window[0])
+        late = late_suffix(window[0], usage.gap_from)
     return Line(
         "usage",
         f"Calls to {usage.zone}{direction}{rate_type}{late}",
@@ -867,7 +876,14 @@ def invoice_lines(
     found += [
         usage_line(u, usage_window, currency)
         for u in sorted(
-            usage, key=lambda u: (u.since is not None, u.zone, u.direction, u.rate_type or "")
+            usage,
+            key=lambda u: (
+                u.since is not None,
+                u.zone,
+                u.direction,
+                u.rate_type or "",
+                u.gap_from is not None,
+            ),
         )
     ]
     return found
