@@ -139,6 +139,28 @@ def usage_window_end(billing: PlanBilling, period: Period) -> datetime:
     return period.start if billing.invoice_timing == "start_of_cycle" else period.end
 
 
+async def _uninvoiced(conn: asyncpg.Connection, groups: Groups) -> tuple[Groups, int]:
+    """The groups less the accounts that have an invoice (any state) of their period,
+    and how many accounts are left."""
+    accounts = [a for members in groups.values() for a in members]
+    invoiced = {
+        (r["account_id"], r["period_start"])
+        for r in await conn.fetch(
+            "SELECT account_id, period_start FROM invoices"
+            " WHERE kind = 'invoice' AND account_id = ANY($1::text[])"
+            " AND period_start = ANY($2::timestamptz[])",
+            accounts,
+            list({found.start for _, _, found in groups}),
+        )
+    }
+    left: Groups = {}
+    for key, members in groups.items():
+        kept = [a for a in members if (a, key[2].start) not in invoiced]
+        if kept:
+            left[key] = kept
+    return left, sum(len(members) for members in left.values())
+
+
 def plan_window_end(billing: PlanBilling, period: str) -> datetime:
     """The latest end of the usage windows a run of ``period`` may bill on the plan,
     whether or not it has accounts (ValueError for a name none of its periods has).
@@ -226,6 +248,7 @@ async def create_run(
     chunk_size: int = DEFAULT_CHUNK,
     auto_post: bool = False,
     timing: Timing | None = None,
+    uninvoiced_only: bool = False,
 ) -> int:
     """Store a run of ``period`` (``2026-12`` or a label) and its chunks; its id.
 
@@ -237,6 +260,9 @@ async def create_run(
     ``timing``: a period whose usage window has not ended ``timing.delay`` seconds ago
     is refused (400 naming ``period``) unless ``timing.early`` (``_early_cutoff``);
     None checks with no delay.
+    ``uninvoiced_only``: only the accounts with no invoice of their period (any state):
+    the worker's follow-up of a period whose runs all stopped early, which bills the
+    accounts that joined after them and leaves those they invoiced alone.
     """
     if chunk_size < 1:
         raise invalid("chunk_size", "must be at least 1")
@@ -271,6 +297,8 @@ async def create_run(
         groups, accounts_total = await _account_groups(conn, plans, period, fixed_periods)
         ends = _window_ends(plans, groups, fixed_periods, period)
         usage_cutoff = _early_cutoff(period, ends, timing or Timing(), usage_cutoff)
+        if uninvoiced_only:
+            groups, accounts_total = await _uninvoiced(conn, groups)
         if invoice_date is None:
             invoice_date = today_where_billed(plans)
         run_id = int(

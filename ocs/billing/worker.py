@@ -17,7 +17,9 @@ Every ``billing_poll_interval`` seconds a worker:
    "Once" holds across workers and restarts: the check for an existing run and
    the creation happen under a PostgreSQL advisory lock of (plan, period), and
    an existing run of the period (a worker's or an operator's, for the plan or
-   for every plan) means the period is taken;
+   for every plan) means the period is taken, unless every such run stopped
+   before its usage window's end (an early run): the period is then due once
+   more, for the accounts with no invoice of it (``_taken_by``);
 2. executes every run with a chunk not done, one chunk at a time, claiming
    chunks from PostgreSQL (``runs.claim_chunk``: SKIP LOCKED and a lease), so
    several workers share a run and a dead worker's chunk is claimed again
@@ -115,6 +117,9 @@ class Due:
     period: str
     start: datetime
     invoice_date: date
+    # Every run of the period so far was early: due again once it has ended, for the
+    # accounts with no invoice of it (``runs.create_run``'s ``uninvoiced_only``).
+    follow_up: bool = False
 
 
 def _month(day: date, months: int) -> tuple[int, int]:
@@ -178,9 +183,46 @@ def due_period(billing: PlanBilling, now: datetime, delay: float = 0.0) -> Due |
     return found[-1] if found else None
 
 
+# The runs that took a period, with their usage cut-off: by name (the plan's or every
+# plan's; start NULL), or by a chunk of the plan starting at its first instant.
+_TAKEN_SQL = """
+SELECT r.plan_id, r.period, NULL::timestamptz AS start, r.usage_cutoff FROM invoice_runs r
+UNION ALL
+SELECT DISTINCT c.plan_id, NULL, c.period_start, r.usage_cutoff
+FROM invoice_run_chunks c JOIN invoice_runs r ON r.id = c.run_id
+"""
+
+# The same, of one plan's period ($1 its name, $2 the plan, $3 its first instant).
+_TAKEN_ONE_SQL = """
+SELECT usage_cutoff FROM invoice_runs WHERE period = $1 AND (plan_id = $2 OR plan_id IS NULL)
+UNION ALL
+SELECT r.usage_cutoff FROM invoice_run_chunks c JOIN invoice_runs r ON r.id = c.run_id
+WHERE c.plan_id = $2 AND c.period_start = $3
+"""
+
+
+def _early(cutoff: datetime | None, window_end: datetime) -> bool:
+    """Whether a run with usage cut-off ``cutoff`` stopped before the period's usage
+    window ended (``runs.plan_window_end``): an early run, or an operator's cut-off."""
+    return cutoff is not None and cutoff < window_end
+
+
+def _taken_by(billing: PlanBilling, due: Due, cutoffs: list[datetime | None]) -> Due | None:
+    """``due`` as the worker should run it given the usage cut-offs of the runs that
+    took it so far: None when one of them billed the whole window; a follow-up when
+    they all stopped early (decision 0021, addendum 2026-12-07: an account that joined
+    the plan after an early run was never billed for that period); else ``due``."""
+    if not cutoffs:
+        return due
+    end = runs.plan_window_end(billing, due.period)
+    if not all(_early(cutoff, end) for cutoff in cutoffs):
+        return None
+    return Due(due.plan_id, due.period, due.start, due.invoice_date, follow_up=True)
+
+
 async def due_runs(pool: asyncpg.Pool, now: datetime, delay: float = 0.0) -> list[Due]:
     """Every scheduled plan's due periods at ``now`` that have no run yet, by plan id,
-    oldest period first.
+    oldest period first; or whose runs all stopped early (a follow-up, ``_taken_by``).
 
     A period is taken by a run of it under its name (the plan's or every plan's)
     or by a chunk of the plan starting at its first instant; ``ensure_run``
@@ -191,22 +233,25 @@ async def due_runs(pool: asyncpg.Pool, now: datetime, delay: float = 0.0) -> lis
             "SELECT * FROM plan_billing WHERE cycle = ANY($1::text[]) ORDER BY plan_id",
             list(SCHEDULED),
         )
-        taken = await conn.fetch(
-            "SELECT r.plan_id, r.period, NULL::timestamptz AS start FROM invoice_runs r"
-            " UNION ALL SELECT DISTINCT plan_id, NULL, period_start FROM invoice_run_chunks"
-        )
-    named = {(r["plan_id"], r["period"]) for r in taken if r["period"] is not None}
-    started = {(r["plan_id"], r["start"]) for r in taken if r["start"] is not None}
+        taken = await conn.fetch(_TAKEN_SQL)
+    named: dict[tuple[str | None, str], list[datetime | None]] = {}
+    started: dict[tuple[str, datetime], list[datetime | None]] = {}
+    for r in taken:
+        if r["period"] is not None:
+            named.setdefault((r["plan_id"], r["period"]), []).append(r["usage_cutoff"])
+        else:
+            started.setdefault((r["plan_id"], r["start"]), []).append(r["usage_cutoff"])
     found = []
     for row in rows:
-        for due in due_periods(PlanBilling.from_row(row), now, delay):
-            if (
-                (due.plan_id, due.period) in named
-                or (None, due.period) in named
-                or (due.plan_id, due.start) in started
-            ):
-                continue
-            found.append(due)
+        billing = PlanBilling.from_row(row)
+        for due in due_periods(billing, now, delay):
+            cutoffs = (
+                named.get((due.plan_id, due.period), [])
+                + named.get((None, due.period), [])
+                + started.get((due.plan_id, due.start), [])
+            )
+            if (running := _taken_by(billing, due, cutoffs)) is not None:
+                found.append(running)
     return found
 
 
@@ -219,6 +264,9 @@ async def ensure_run(
     timing: runs.Timing | None = None,
 ) -> int | None:
     """Create the run of a due period unless one exists; the new run's id, else None.
+
+    A period whose runs all stopped early gets a follow-up run of the accounts with no
+    invoice of it (``_taken_by``), once.
 
     ``auto_post``: the run is posted by a worker once drafted (``BillingWorker.post_runs``).
     ``timing``: the worker's clock and ``billing_run_delay``, which made the period due
@@ -233,16 +281,15 @@ async def ensure_run(
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
         try:
-            taken = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM invoice_runs"
-                "   WHERE period = $1 AND (plan_id = $2 OR plan_id IS NULL))"
-                " OR EXISTS (SELECT 1 FROM invoice_run_chunks"
-                "   WHERE plan_id = $2 AND period_start = $3)",
-                due.period,
-                due.plan_id,
-                due.start,
+            cutoffs = [
+                r["usage_cutoff"]
+                for r in await conn.fetch(_TAKEN_ONE_SQL, due.period, due.plan_id, due.start)
+            ]
+            billing = PlanBilling.from_row(
+                await conn.fetchrow("SELECT * FROM plan_billing WHERE plan_id = $1", due.plan_id)
             )
-            if taken:
+            running = _taken_by(billing, due, cutoffs)
+            if running is None:
                 return None
             return await runs.create_run(
                 pool,
@@ -252,6 +299,7 @@ async def ensure_run(
                 chunk_size=chunk_size,
                 auto_post=auto_post,
                 timing=timing,
+                uninvoiced_only=running.follow_up,
             )
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
@@ -320,6 +368,7 @@ class BillingWorker:
                     "run_id": run_id,
                     "plan": due.plan_id,
                     "period": due.period,
+                    "follow_up": due.follow_up,
                     "accounts_total": found.accounts_total,
                 },
             )
