@@ -30,6 +30,8 @@ from tests.usage_import_helpers import (
 )
 
 LATE_MARCH = "Calls to UK, made before 2026-04-01 and recorded late"
+# Calls stopped after March's early run ended its usage (March 10): no window held them.
+AFTER_EARLY_MARCH = "Calls to UK, made after the previous invoice's usage ended on 2026-03-10"
 # March 3, 61 s to the UK: 0.04 (the window's call in most tests).
 R1 = "r1,acc1,442071234567,2026-03-03 09:00:00,61,O,,\n"
 # March 20, 30 s to the UK: 0.02 (imported after March's draft in most tests).
@@ -308,7 +310,9 @@ async def test_after_an_early_run_and_a_move_each_gap_call_is_billed_once(
     april_calls = sorted([await _cdr_of(app, "g1"), await _cdr_of(app, "g2")])
     for _ in range(2):  # drafted, then drafted again: the same
         await run(services, "2026-04", invoice_date=date(2026, 5, 1))
-        assert await _usage(app, "2026-04") == [(LATE_MARCH, 2, 91, 60_000, date(2026, 3, 20))]
+        assert await _usage(app, "2026-04") == [
+            (AFTER_EARLY_MARCH, 2, 91, 60_000, date(2026, 3, 20))
+        ]
         assert sorted(await _listed(app, "2026-04")) == april_calls
     assert await _usage(app, "2026-03") == [("Calls to UK", 1, 61, 40_000, date(2026, 3, 1))]
     assert await _listed(app, "2026-03") == [await _cdr_of(app, "r1")]
