@@ -126,15 +126,16 @@ class PinLookup(Params):
 
 
 async def _card(request: web.Request, pin: str, caller: str) -> tuple[Services, str]:
-    """The card a PIN opens; wrong PINs count against the caller's guesses and, as a
-    NAS's do over RADIUS, against the IVR asking (its address): a client that names a
-    new ``caller`` for every guess is still stopped. Both forms of a query (the PIN in
-    the path or in the body) count against the same guesses."""
+    """The card a PIN opens; wrong PINs count against the caller's guesses (when the
+    query names one) and, as a NAS's do over RADIUS, against the IVR asking (its
+    address): a client that names a new ``caller`` for every guess is still stopped.
+    Both forms of a query (the PIN in the path or in the body) count against the same
+    guesses."""
     services = services_of(request)
-    ivr = request.remote
-    who = caller or ivr
+    # No caller: the IVR's limit only, as over RADIUS. Its address under the caller's
+    # far lower limit let a few typos lock every card holder of the IVR out.
     # Counted before the lookup, so that guesses sent in parallel are all counted.
-    attempt = await services.pin_guard.attempt(who, ivr)
+    attempt = await services.pin_guard.attempt(caller or None, request.remote)
     try:
         account_id = await services.cards.account_for_pin(pin)
     except BaseException:
