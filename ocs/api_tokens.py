@@ -54,6 +54,15 @@ class TokenInfo:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class TokenHolder:
+    """Who presented a token: its name (what per-token limits count against, the PIN
+    guard's) and its role."""
+
+    name: str
+    role: str
+
+
 def digest(token: str) -> bytes:
     """What the database keeps of a token."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
@@ -108,17 +117,25 @@ async def listed(pool: asyncpg.Pool) -> list[TokenInfo]:
     return [TokenInfo(r["name"], r["role"], r["created_at"]) for r in rows]
 
 
-async def role_of(pool: asyncpg.Pool, token: str) -> str | None:
-    """The role of a presented token, or None when it is no token of ours."""
+async def holder_of(pool: asyncpg.Pool, token: str) -> TokenHolder | None:
+    """The name and role of a presented token, or None when it is no token of ours."""
     # No check of the ``ocs_`` prefix: a bootstrap token chosen by the operator
     # (admin_bootstrap_token) may look like anything.
     wanted = digest(token)
     async with pool.acquire() as conn:
-        row = await conn.fetchrow("SELECT role, digest FROM api_tokens WHERE digest = $1", wanted)
+        row = await conn.fetchrow(
+            "SELECT name, role, digest FROM api_tokens WHERE digest = $1", wanted
+        )
     # The lookup is by digest; the comparison again in constant time costs nothing.
     if row is None or not hmac.compare_digest(bytes(row["digest"]), wanted):
         return None
-    return str(row["role"])
+    return TokenHolder(str(row["name"]), str(row["role"]))
+
+
+async def role_of(pool: asyncpg.Pool, token: str) -> str | None:
+    """The role of a presented token, or None when it is no token of ours."""
+    holder = await holder_of(pool, token)
+    return None if holder is None else holder.role
 
 
 async def any_token(pool: asyncpg.Pool) -> bool:

@@ -622,12 +622,20 @@ class Settings:
         "live calls of an account suspended by dunning: finish, or cut by Disconnect-Request",
     )
     # PIN guessing: after this many failed PINs within the window a caller id (or a
-    # NAS, for the larger limit) is refused with return code 10 until the window ends.
+    # NAS, or an API token, for the larger limits) is refused with return code 10
+    # until the window ends.
     pin_guess_limit_caller: int = _setting(
         5, _parse_int(1, 1_000_000), "wrong PINs a caller id may try within the window"
     )
     pin_guess_limit_nas: int = _setting(
         100, _parse_int(1, 10_000_000), "wrong PINs a NAS or HTTP client may try within the window"
+    )
+    # An API token may be used from many addresses (an IPv6 /64, a fleet of IVRs) and
+    # names any caller id it likes: this bounds what one token may guess (decision 0042).
+    pin_guess_limit_token: int = _setting(
+        1000,
+        _parse_int(1, 100_000_000),
+        "wrong PINs the HTTP queries let in by one API token may try within the window",
     )
     pin_guess_window: int = _setting(
         900, _parse_int(1, 30 * _DAY), "seconds over which wrong PINs are counted"

@@ -3,7 +3,9 @@
 A query without ``caller`` counts against the IVR only (its address), under the
 NAS limit, as a RADIUS request without Calling-Station-Id does: not against its
 address as if it were one caller, which let five typos lock every card holder of
-the IVR out.
+the IVR out. Every query let in by an API token counts against that token too, so
+that one token spread over many addresses (and inventing a caller id for each
+guess) is stopped; an IPv6 address counts by its /64.
 """
 
 import csv
@@ -18,7 +20,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from ocs.balances.pin_guard import PinGuard
+from ocs import api_tokens
+from ocs.balances.pin_guard import PinGuard, guess_source
+from ocs.errors import OcsError, Reason
 from ocs.http.app import create_app
 from ocs.services import Services
 from tests.conftest import RunningApp, add_plan, bearer
@@ -128,3 +132,74 @@ async def test_typos_without_a_caller_lock_out_no_card_holder_of_the_ivr(
     status, body = await ask(client, {"pin": good})
     assert (status, body["error"]["reason"]) == (403, "pin_blocked"), body
     assert await blocked(client, "nas") - before == 1
+
+
+async def test_one_token_guessing_from_many_addresses_and_callers_is_stopped(
+    app: RunningApp, guarded: Guarded
+) -> None:
+    await add_plan(app.services)
+    pins = await card_pins(app, "spread")
+    good = pins[0]
+    pool = app.services.pool
+    guesser = await api_tokens.create(pool, "ivr-guesser", "switch")
+    honest = await api_tokens.create(pool, "ivr-honest", "switch")
+    client = await guarded(
+        switch_token_required=True,
+        pin_guess_limit_caller=5,
+        pin_guess_limit_nas=100,
+        pin_guess_limit_token=6,
+    )
+    before = await blocked(client, "token")
+    # Each guess from another address under another caller id: under every other limit.
+    for n in range(6):
+        status, body = await ask(
+            client,
+            {"pin": wrong_pin(pins), "caller": f"49301000{n:02d}"},
+            token=guesser,
+            source=f"127.0.0.{n + 2}",
+        )
+        assert (status, body["error"]["reason"]) == (404, "account_not_found"), body
+    # The token is blocked, from a fresh address and caller, even with a right PIN...
+    status, body = await ask(
+        client, {"pin": good, "caller": "4930199999"}, token=guesser, source="127.0.0.20"
+    )
+    assert (status, body["error"]["reason"]) == (403, "pin_blocked"), body
+    assert await blocked(client, "token") - before == 1
+    # ...and in the deprecated form too.
+    response = await client.get(f"/v1/pins/{good}", headers=bearer(guesser))
+    assert response.status == 403, await response.text()
+    # Another token, from an address the guesser used, still gets in.
+    status, body = await ask(
+        client, {"pin": good, "caller": "4930100000"}, token=honest, source="127.0.0.2"
+    )
+    assert (status, body["balance"]) == (200, "2.000000"), body
+
+
+@pytest.mark.parametrize(
+    ("remote", "source"),
+    [
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # an IPv4 peer of a dual-stack listener
+        ("192.0.2.7", "192.0.2.7"),
+        ("192.0.2.8", "192.0.2.8"),  # IPv4 addresses are not grouped
+        ("", None),
+        (None, None),
+    ],
+)
+def test_an_http_client_guesses_as_its_ipv6_64(remote: str | None, source: str | None) -> None:
+    assert guess_source(remote) == source
+
+
+async def test_addresses_of_one_ipv6_64_share_the_ivr_limit(services: Services) -> None:
+    guard = PinGuard(services.pipeline, replace(services.settings, pin_guess_limit_nas=3))
+    # Three wrong PINs, each from another address of one /64 (attempts left counted).
+    for address in ("2001:db8:0:7::1", "2001:db8:0:7::2", "2001:db8:0:7:abcd:ef01:2345:6789"):
+        await guard.attempt(None, guess_source(address))
+    with pytest.raises(OcsError) as refused:
+        await guard.attempt(None, guess_source("2001:db8:0:7::99"))
+    assert refused.value.reason is Reason.PIN_BLOCKED
+    # The next /64 is another site's.
+    attempt = await guard.attempt(None, guess_source("2001:db8:0:8::1"))
+    await attempt.take_back()

@@ -183,7 +183,8 @@ def card_batch(batch_id: str) -> str:
 
 
 def pin_failures(scope: str, who: str) -> str:
-    """String counter: failed PIN attempts from one caller or one NAS in the window."""
+    """String counter: failed PIN attempts from one caller, one NAS or one API token in
+    the window."""
     return f"pinfail:{_TAGS[bucket_of(who)]}:{scope}:{who}"
 
 

@@ -27,7 +27,7 @@ from aiohttp.typedefs import Middleware
 from ocs import api_tokens
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
-from ocs.http.context import CALLER_ROLE, SERVICES
+from ocs.http.context import CALLER_ROLE, CALLER_TOKEN, SERVICES
 from ocs.http.endpoint import Role
 from ocs.http.middleware import Handler, endpoint_of
 
@@ -87,12 +87,13 @@ def admin_auth(settings: Settings, roles: Mapping[tuple[str, str], Role]) -> Mid
 
     async def role_from(request: web.Request, header: str) -> str:
         scheme, _, token = header.partition(" ")
-        role = None
+        holder = None
         if scheme.lower() == "bearer" and token.strip():
-            role = await api_tokens.role_of(request.app[SERVICES].pool, token.strip())
-        if role is None:
+            holder = await api_tokens.holder_of(request.app[SERVICES].pool, token.strip())
+        if holder is None:
             raise OcsError(Reason.UNAUTHORIZED, "unknown or revoked token")
-        return role
+        request[CALLER_TOKEN] = holder.name
+        return holder.role
 
     async def switch_check(request: web.Request) -> None:
         if switch_open:

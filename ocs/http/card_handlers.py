@@ -20,10 +20,11 @@ from aiohttp import web
 from ocs.balances import ivr
 from ocs.balances.accounts import validate_account_id
 from ocs.balances.cards import MAX_BATCH
+from ocs.balances.pin_guard import guess_source
 from ocs.catalog import plan_ivr, plan_ivr_store
 from ocs.catalog.store import validate_plan_id
 from ocs.errors import OcsError, Reason
-from ocs.http.context import services_of
+from ocs.http.context import CALLER_TOKEN, services_of
 from ocs.http.endpoint import Amount, Answer, Endpoint, ObjectId, Params, Role, amount_text
 from ocs.metrics import PIN_FAILURES
 from ocs.services import Services
@@ -96,7 +97,7 @@ Caller = Annotated[
     msgspec.Meta(
         max_length=64,
         description="who is calling the IVR (its caller id): wrong PINs count against it;"
-        " left out, against the IVR only",
+        " left out, against the IVR (its address and its API token) only",
     ),
 ]
 
@@ -127,15 +128,18 @@ class PinLookup(Params):
 
 async def _card(request: web.Request, pin: str, caller: str) -> tuple[Services, str]:
     """The card a PIN opens; wrong PINs count against the caller's guesses (when the
-    query names one) and, as a NAS's do over RADIUS, against the IVR asking (its
-    address): a client that names a new ``caller`` for every guess is still stopped.
-    Both forms of a query (the PIN in the path or in the body) count against the same
-    guesses."""
+    query names one), and, as a NAS's do over RADIUS, against the IVR asking (its
+    address, an IPv6 one by its /64): a client that names a new ``caller`` for every
+    guess is still stopped. They count too against the API token that let the query
+    in, so that one spread over many addresses is stopped as well. Both forms of a
+    query (the PIN in the path or in the body) count against the same guesses."""
     services = services_of(request)
     # No caller: the IVR's limit only, as over RADIUS. Its address under the caller's
     # far lower limit let a few typos lock every card holder of the IVR out.
     # Counted before the lookup, so that guesses sent in parallel are all counted.
-    attempt = await services.pin_guard.attempt(caller or None, request.remote)
+    attempt = await services.pin_guard.attempt(
+        caller or None, guess_source(request.remote), request.get(CALLER_TOKEN)
+    )
     try:
         account_id = await services.cards.account_for_pin(pin)
     except BaseException:

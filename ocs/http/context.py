@@ -1,5 +1,5 @@
 """What every HTTP handler reaches through its request: the shared services, and the
-role of the token that sent it."""
+role and name of the token that sent it."""
 
 from typing import Any
 
@@ -19,6 +19,11 @@ def services_of(request: web.Request) -> Services:
 # The role of the request's token, set by the admin API's middleware (``admin_auth``):
 # an endpoint open to a role may still keep one of its fields to a higher one.
 CALLER_ROLE = web.RequestKey("caller_role", str)
+
+# The name of the API token that let the request in, set by ``admin_auth`` whenever it
+# looked one up (absent when a trusted network or ``switch_open`` let it in without):
+# per-token limits, the PIN guard's, count against it.
+CALLER_TOKEN = web.RequestKey("caller_token", str)
 
 
 def caller_may(request: web.Request, needed: str) -> bool:
