@@ -278,11 +278,19 @@ async def test_a_reused_call_id_is_charged_at_its_own_rate_where_its_earlier_cal
     there = another_process(app)
     # Call "x" to the USA (0.005 a minute) authorized here, stopped through the other worker.
     await here.authorize(AuthorizeRequest("reuser", "12125550100", call_id="x"))
+    authorized_ms = int(time.time() * 1000)
     first = await there.stop("x", 60)
     assert (first.zone, first.charged) == ("USA", 5_000)
     # Once its stopped result has expired (stop_dedupe_ttl), the switch uses "x" again:
     # a UK Mobile call (0.15 connect, 0.06 a minute, 30/6), authorized on the other worker.
     await app.services.redis.delete(keys.stopped_call("reuser", "x"))
+
+    async def next_millisecond() -> bool:
+        # A record tells a reused id's calls apart by their authorization millisecond; a
+        # compiled build got here within the first's, and the two were one call.
+        return int(time.time() * 1000) > authorized_ms
+
+    await eventually(next_millisecond, what="the clock to pass the first authorization")
     await there.authorize(AuthorizeRequest("reuser", "447700900123", call_id="x"))
     # Its interim and stop reach this worker, which kept the USA call's record.
     progress = await here.update("x", 30)
