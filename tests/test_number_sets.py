@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ocs import api_tokens
 from ocs.billing import number_sets
-from ocs.billing.store import Charge, create_charge
+from ocs.billing.store import Charge, Subscription, create_charge, subscribe
 from ocs.config import Settings
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
@@ -581,6 +581,8 @@ async def test_the_cli_creates_imports_assigns_and_takes(
     from ocs.balances.accounts import AccountSpec
 
     await services.accounts.create(AccountSpec("k1", plan_id="retail"))
+    # Billed from January: a number may be the account's from then (not before its first day).
+    await subscribe(services.pool, Subscription("k1", "retail", date(2026, 1, 1)))
     (tmp_path / "numbers.csv").write_text("number,on_net\n4420500,false\n4420501,false\n")
     (tmp_path / "bad.csv").write_text("number\n44x\n")
 

@@ -277,6 +277,10 @@ _NEXT_FREE = (
     " FROM number_set_numbers n JOIN number_set_plans p ON p.number_set_id = n.number_set_id"
     " JOIN number_sets s ON s.id = n.number_set_id"
     " WHERE p.plan_id = $1 AND n.account_id IS NULL AND ($2::text IS NULL OR n.number = $2)"
+    # Not a number still charged to its previous holder on the day: two accounts would
+    # pay for it at once (a back-dated take, or a number freed with a charge left open).
+    " AND NOT EXISTS (SELECT 1 FROM account_numbers an WHERE an.number = n.number"
+    "   AND (an.end_date IS NULL OR an.end_date > $3))"
     " ORDER BY p.priority DESC, n.number_set_id, n.number LIMIT 1"
 )
 
@@ -310,12 +314,23 @@ async def take_number(
     day ``on`` (default today where its plan bills, ``today_where_billed``); it triggers
     its charge and identifies the account.
 
+    ``on`` is no later than today (the number identifies the account for inbound calls
+    at once), no earlier than the account's first day (``_claim``) nor than the day the
+    number's charge to its previous holder ended.
+
     404 when the plan's sets have no free number (or no such number), 409 for a
     number another account holds.
     """
     if number is not None:
         number = validate_number(number)
-    day = on or await today_where_billed(pool, account_id)
+    today = await today_where_billed(pool, account_id)
+    day = on or today
+    if day > today:
+        raise invalid(
+            "on",
+            f"a take may not be dated after today ({today} where the plan bills): the"
+            " number would reach the account at once, its charge only from that day",
+        )
     # The number Redis was told of, once it was: put back if the take does not commit.
     told: str | None = None
     try:
@@ -336,19 +351,38 @@ async def take_number(
 
 
 async def _claim(
-    conn: asyncpg.Connection, account_id: str, number: str | None, day: date
+    conn: asyncpg.Connection,
+    account_id: str,
+    number: str | None,
+    day: date,
 ) -> tuple[asyncpg.Record, str | None]:
     """In the caller's transaction: claim the account's next free number (or
-    ``number``), write the charge it triggers and its event; (its row, its charge)."""
-    plan_id = await conn.fetchval("SELECT plan_id FROM accounts WHERE id = $1", account_id)
-    if plan_id is None:
+    ``number``), write the charge it triggers and its event; (its row, its charge).
+
+    ``day`` is not before the account's first day: its creation's day where its plan
+    bills, or its first subscription's start where that is earlier (an account billed
+    from before it was loaded into ocs). Before, any day was taken: a number taken "on
+    1970-01-01" billed 56 years of its charge on the next invoice."""
+    account = await conn.fetchrow(
+        "SELECT a.plan_id, LEAST("
+        "   (a.created_at AT TIME ZONE COALESCE(pb.time_zone, 'UTC'))::date,"
+        "   (SELECT min(s.start_date) FROM subscriptions s WHERE s.account_id = a.id)) AS since"
+        " FROM accounts a LEFT JOIN plan_billing pb ON pb.plan_id = a.plan_id WHERE a.id = $1",
+        account_id,
+    )
+    if account is None:
         raise account_not_found(account_id)
+    plan_id = account["plan_id"]
+    if day < account["since"]:
+        raise invalid(
+            "on", f"account {account_id} began on {account['since']}: take the number from then"
+        )
     # A named number is waited for (its holder may release it); the next free one
     # skips any other taker's row.
     lock = " FOR UPDATE OF n" if number is not None else " FOR UPDATE OF n SKIP LOCKED"
-    row = await conn.fetchrow(_NEXT_FREE + lock, plan_id, number)
+    row = await conn.fetchrow(_NEXT_FREE + lock, plan_id, number, day)
     if row is None:
-        raise await _why_none(conn, plan_id, number)
+        raise await _why_none(conn, plan_id, number, day)
     charge = await _kind_charge(conn, plan_id, row["number_set_id"], row["kind"])
     await conn.execute(
         "UPDATE number_set_numbers SET account_id = $2, assigned_on = $3 WHERE number = $1",
@@ -458,12 +492,15 @@ async def _kind_charge(
     return None if found is None else str(found)
 
 
-async def _why_none(conn: asyncpg.Connection, plan_id: str, number: str | None) -> OcsError:
-    """The refusal when no number could be taken: exhausted, taken, or not the plan's."""
+async def _why_none(
+    conn: asyncpg.Connection, plan_id: str, number: str | None, day: date
+) -> OcsError:
+    """The refusal when no number could be taken: exhausted, taken, not the plan's, or
+    still charged to its previous holder on ``day``."""
     if number is None:
         return OcsError(
             Reason.NOT_FOUND,
-            f"no free number left in the number sets of plan {plan_id!r}",
+            f"no free number left in the number sets of plan {plan_id!r} on {day}",
             field="number",
         )
     row = await conn.fetchrow(
@@ -479,6 +516,20 @@ async def _why_none(conn: asyncpg.Connection, plan_id: str, number: str | None) 
         return OcsError(
             Reason.ACCOUNT_EXISTS, f"number {number} belongs to an account already", field="number"
         )
+    charged_until = await conn.fetchrow(
+        "SELECT max(end_date) AS until, bool_or(end_date IS NULL) AS open FROM account_numbers"
+        " WHERE number = $1 AND (end_date IS NULL OR end_date > $2)",
+        number,
+        day,
+    )
+    if charged_until["open"]:
+        return invalid("on", f"number {number} is still charged to an account that gave it back")
+    if charged_until["until"] is not None:
+        return invalid(
+            "on",
+            f"number {number} is charged to its previous holder until {charged_until['until']}:"
+            " take it from then",
+        )
     return invalid("number", f"number {number} is not in a number set of plan {plan_id}")
 
 
@@ -487,9 +538,20 @@ async def release(
 ) -> None:
     """The account gives the number back on day ``on`` (its first day without it,
     default today where its plan bills, ``today_where_billed``): its charge stops there,
-    prorated, and it is free again."""
+    prorated, and it is free again. ``on`` is not before the day it was taken nor after
+    today (400 naming ``on``)."""
     number = validate_number(number)
-    day = on or await today_where_billed(pool, account_id)
+    today = await today_where_billed(pool, account_id)
+    day = on or today
+    if day > today:
+        # The number is freed (and its Redis reference dropped) at once: its charge
+        # ending only on a later day billed it to this account and to its next holder
+        # both, until then.
+        raise invalid(
+            "on",
+            f"a release may not be dated after today ({today} where the plan bills): it"
+            " frees the number at once; release it on that day",
+        )
     told = False  # whether Redis was told: then put back if the release does not commit
     try:
         async with pool.acquire() as conn, conn.transaction():

@@ -141,7 +141,12 @@ class TakeNumber(Params):
     number: Number | None = None
     on: (
         Annotated[
-            date, msgspec.Meta(description="from this day (default: today where the plan bills)")
+            date,
+            msgspec.Meta(
+                description="from this day (default: today where the plan bills); not after"
+                " today, not before the account's first day nor the day the number's charge"
+                " to its previous holder ended"
+            ),
         ]
         | None
     ) = None
@@ -197,9 +202,19 @@ async def account_numbers(request: web.Request, params: None) -> AccountNumberLi
 
 class ReleaseNumber(Params):
     """The first day without the number (the query string; default today where the plan
-    bills)."""
+    bills; not after today, nor before the day it was taken)."""
 
-    on: date | None = None
+    on: (
+        Annotated[
+            date,
+            msgspec.Meta(
+                description="its first day without the number (default: today where the plan"
+                " bills); not after today (the number is freed at once), nor before the day"
+                " it was taken"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class NumberReleased(Answer):
@@ -280,7 +295,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         errors=(404, 409),
         description="404 when the plan's sets have no free number left; 409 for a number"
         " another account holds. The number triggers its charge and identifies the account"
-        " for inbound calls. 503 outcome_unknown: the take's COMMIT was sent, its answer"
+        " for inbound calls, from `on`: not after today where the plan bills, nor before the"
+        " account's first day or the day the number's charge to its previous holder ended"
+        " (400 naming on). 503 outcome_unknown: the take's COMMIT was sent, its answer"
         " lost, and PostgreSQL could not be read back; it may stand: read the account's"
         " numbers before retrying (a retry of the next free number would take a second).",
     ),
@@ -302,7 +319,10 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         ReleaseNumber,
         NumberReleased,
         errors=(404,),
-        description="503 outcome_unknown: the release's COMMIT was sent, its answer lost,"
+        description="The number is free at once, so `on` may not be after today where the"
+        " plan bills (400 naming on): a later day would leave its charge running to that day"
+        " while another account takes and pays for it. 503 outcome_unknown: the release's"
+        " COMMIT was sent, its answer lost,"
         " and PostgreSQL could not be read back; it may stand (a retry then answers 404).",
     ),
 )
