@@ -64,6 +64,9 @@ def _add_numbers(commands: "Commands") -> None:
     take.add_argument(
         "--on", help="from this day, YYYY-MM-DD (default: today where the plan bills)"
     )
+    take.add_argument(
+        "--take-id", help="idempotency key: a repeat with this id takes no second number"
+    )
     release = add_command(numbers, "release", "an account gives a number back", _release)
     release.add_argument("account")
     release.add_argument("number")
@@ -158,16 +161,20 @@ def _assign(args: argparse.Namespace, settings: Settings) -> int:
 def _take(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs numbers take``."""
     from ocs.billing import number_sets
-    from ocs.http.number_set_handlers import number_view
+    from ocs.http.number_set_handlers import taken_view
 
     on = date_arg(args.on, "--on")
     if args.number is not None:
         checked(lambda: number_sets.validate_number(args.number, "--number"))
+    if args.take_id is not None:
+        checked(lambda: number_sets.validate_take_id(args.take_id, "--take-id"))
     taken = with_services(
         settings,
-        lambda s: number_sets.take_number(s.pool, s.store, args.account, args.number, on),
+        lambda s: number_sets.take_number(
+            s.pool, s.store, args.account, args.number, on, args.take_id
+        ),
     )
-    print_json(to_builtins(number_view(taken)))
+    print_json(to_builtins(taken_view(taken)))
     return 0
 
 

@@ -607,6 +607,12 @@ async def test_the_cli_creates_imports_assigns_and_takes(
         "2026-03-01",
     )
     assert [n["number"] for n in (await cli("numbers", "list", "k1"))["numbers"]] == ["4420501"]
+    # A take id: its repeat answers the number it took and takes no second one.
+    once = await cli("numbers", "take", "k1", "--take-id", "t-1")
+    again = await cli("numbers", "take", "k1", "--take-id", "t-1")
+    assert (once["number"], once["repeated"]) == ("4420500", False)
+    assert again == {**once, "repeated": True}
+    await cli("numbers", "release", "k1", "4420500")
     [listed] = (await cli("number-sets", "list"))["number_sets"]
     assert (listed["numbers"], listed["free"]) == (2, 1)
     assert await cli("numbers", "release", "k1", "4420501", "--on", "2026-03-05") == {

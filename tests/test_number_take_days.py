@@ -1,10 +1,12 @@
 """The days a number is taken and given back on, and repeated takes (decision 0030,
 addendum of 2026-12-07): one account pays for a number at a time, a release is never
-dated after today (it frees the number at once), a take never after today, before the
-account's first day nor before the previous holder's charge ended (real Redis and
+dated after today (it frees the number at once), a take never before the account's
+first day nor before the previous holder's charge ended, and a repeated take (a named
+number the account holds, or a take id) takes and charges nothing more (real Redis and
 PostgreSQL).
 """
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -144,3 +146,50 @@ async def test_a_take_and_a_release_stay_within_the_days_they_can_bill(app: Runn
         ("n2", "4420101", back, None),
         ("n3", "4420100", today, None),
     ]
+
+
+async def test_a_repeated_take_takes_and_charges_nothing_more(app: RunningApp) -> None:
+    await numbers_plan(app, "4420100", "4420101", "4420102", "4420103")
+    today = datetime.now(UTC).date()
+    start = today - timedelta(days=3)
+
+    # A named number the account holds already: the assignment that stands, 200.
+    status, first = await take(app, "n1", number="4420100", on=start.isoformat())
+    assert (status, first["repeated"]) == (201, False)
+    status, again = await take(app, "n1", number="+4420100", on=start.isoformat())
+    assert (status, again) == (200, {**first, "repeated": True})
+    assert (await take(app, "n1", number="4420100"))[0] == 200
+    assert refusal(await take(app, "n1", number="4420100", on=today.isoformat())) == (
+        409,
+        "account_exists",
+        "on",
+    )
+    assert refusal(await take(app, "n2", number="4420100")) == (409, "account_exists", "number")
+
+    # The next free number, once per take id, even when the repeats race.
+    answers = await asyncio.gather(*(take(app, "n2", take_id="order-7") for _ in range(4)))
+    assert sorted(status for status, _ in answers) == [200, 200, 200, 201]
+    assert {body["number"] for _, body in answers} == {"4420101"}
+    assert refusal(await take(app, "n2", number="4420102", take_id="order-7")) == (
+        400,
+        "invalid_field",
+        "take_id",
+    )
+    # Another account's take id is its own; another id takes another number.
+    assert (await take(app, "n3", take_id="order-7"))[1]["number"] == "4420102"
+    assert (await take(app, "n2", take_id="order-8"))[1]["number"] == "4420103"
+    status, held = await send(app, "GET", "/v1/accounts/n2/numbers")
+    assert [n["number"] for n in held["numbers"]] == ["4420101", "4420103"]
+    assert [(a, n) for a, n, _, _ in await charge_rows(app)] == [
+        ("n1", "4420100"),
+        ("n2", "4420101"),
+        ("n3", "4420102"),
+        ("n2", "4420103"),
+    ]
+
+    # Given back, the number is not taken again under the old id.
+    assert (await release(app, "n2", "4420101", today))[0] == 200
+    refused = await take(app, "n2", take_id="order-7")
+    assert refusal(refused) == (400, "invalid_field", "take_id")
+    assert "gave back" in refused[1]["error"]["message"]
+    assert refusal(await take(app, "n2", take_id="")) == (400, "invalid_field", "take_id")

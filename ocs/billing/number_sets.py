@@ -96,6 +96,16 @@ class TakenNumber:
     on_net: bool
     assigned_on: date
     charge_id: str | None
+    # True: a repeat of a take that stood (the same take id, or the named number the
+    # account holds already); nothing was taken or charged again.
+    repeated: bool = False
+
+
+def validate_take_id(value: object, field: str = "take_id") -> str:
+    """1 to 128 printable characters; 400 naming ``field`` otherwise."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 128 or not value.isprintable():
+        raise invalid(field, "expected 1 to 128 printable characters")
+    return value
 
 
 def parse_numbers(text: str) -> list[tuple[str, bool]]:
@@ -309,6 +319,7 @@ async def take_number(
     account_id: str,
     number: str | None = None,
     on: date | None = None,
+    take_id: str | None = None,
 ) -> TakenNumber:
     """Give the account the next free number of its plan's sets (or ``number``) from
     day ``on`` (default today where its plan bills, ``today_where_billed``); it triggers
@@ -316,13 +327,18 @@ async def take_number(
 
     ``on`` is no later than today (the number identifies the account for inbound calls
     at once), no earlier than the account's first day (``_claim``) nor than the day the
-    number's charge to its previous holder ended.
+    number's charge to its previous holder ended. A repeat is answered with the
+    assignment that stands (``repeated``), nothing taken or charged again: a take of a
+    named number the account holds already (from the same day, when ``on`` is given), or
+    a take with a ``take_id`` an earlier take of the account carried.
 
     404 when the plan's sets have no free number (or no such number), 409 for a
     number another account holds.
     """
     if number is not None:
         number = validate_number(number)
+    if take_id is not None:
+        validate_take_id(take_id)
     today = await today_where_billed(pool, account_id)
     day = on or today
     if day > today:
@@ -335,7 +351,10 @@ async def take_number(
     told: str | None = None
     try:
         async with pool.acquire() as conn, conn.transaction():
-            row, charge = await _claim(conn, account_id, number, day)
+            repeat = await _repeat_of(conn, account_id, number, on, take_id)
+            if repeat is not None:
+                return repeat
+            row, charge = await _claim(conn, account_id, number, day, take_id)
             told = row["number"]
             # Redis last, inside the transaction: a failure rolls the claim and its charge
             # back together, and leaves the number free to take again.
@@ -350,11 +369,86 @@ async def take_number(
     )
 
 
+async def _repeat_of(
+    conn: asyncpg.Connection,
+    account_id: str,
+    number: str | None,
+    on: date | None,
+    take_id: str | None,
+) -> TakenNumber | None:
+    """In the take's transaction: the assignment that stands when this take repeats one
+    (``take_number``), else None. A take id is locked for the transaction (an advisory
+    lock), so two concurrent takes with one id take one number; the number an earlier
+    take with it took is read from its ``number.assigned`` event (events are kept)."""
+    if take_id is not None:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            f"ocs-number-take:{account_id}:{take_id}",
+        )
+        took = await conn.fetchval(
+            "SELECT data ->> 'number' FROM events WHERE subject = $1"
+            " AND kind = 'number.assigned' AND data ->> 'take_id' = $2 ORDER BY id DESC LIMIT 1",
+            account_id,
+            take_id,
+        )
+        if took is not None:
+            if number is not None and number != took:
+                raise invalid("take_id", f"take {take_id!r} took number {took}, not {number}")
+            held = await _held(conn, account_id, took)
+            if held is None:
+                raise invalid(
+                    "take_id",
+                    f"take {take_id!r} took number {took}, which the account gave back"
+                    " since; a new take needs a new take_id",
+                )
+            if on is not None and on != held.assigned_on:
+                raise invalid("on", f"take {take_id!r} took number {took} from {held.assigned_on}")
+            return held
+    if number is None:
+        return None
+    held = await _held(conn, account_id, number)
+    if held is not None and on is not None and on != held.assigned_on:
+        raise OcsError(
+            Reason.ACCOUNT_EXISTS,
+            f"the account holds number {number} already, from {held.assigned_on}",
+            field="on",
+        )
+    return held
+
+
+async def _held(conn: asyncpg.Connection, account_id: str, number: str) -> TakenNumber | None:
+    """The account's assignment of ``number`` (its row locked), as a repeat; None when
+    the account does not hold it."""
+    row = await conn.fetchrow(
+        "SELECT n.number_set_id, n.on_net, n.assigned_on, s.kind,"
+        " (SELECT an.charge_id FROM account_numbers an WHERE an.number = n.number"
+        "   AND an.account_id = n.account_id AND an.end_date IS NULL"
+        "   ORDER BY an.id LIMIT 1) AS charge"
+        " FROM number_set_numbers n JOIN number_sets s ON s.id = n.number_set_id"
+        " WHERE n.number = $1 AND n.account_id = $2 FOR UPDATE OF n",
+        number,
+        account_id,
+    )
+    if row is None:
+        return None
+    return TakenNumber(
+        account_id,
+        number,
+        row["number_set_id"],
+        row["kind"],
+        row["on_net"],
+        row["assigned_on"],
+        row["charge"],
+        repeated=True,
+    )
+
+
 async def _claim(
     conn: asyncpg.Connection,
     account_id: str,
     number: str | None,
     day: date,
+    take_id: str | None = None,
 ) -> tuple[asyncpg.Record, str | None]:
     """In the caller's transaction: claim the account's next free number (or
     ``number``), write the charge it triggers and its event; (its row, its charge).
@@ -395,20 +489,19 @@ async def _claim(
         # currency, rolling the claim back too; and rolled back with the claim when
         # a later step fails, never left charging for a number nobody holds.
         await assign_number(conn, account_id, row["number"], charge, day)
-    await emit(
-        conn,
-        "number.assigned",
-        account_id,
-        {
-            "account_id": account_id,
-            "number": row["number"],
-            "number_set": row["number_set_id"],
-            "kind": row["kind"],
-            "on_net": row["on_net"],
-            "on": day.isoformat(),
-            "charge_id": charge,
-        },
-    )
+    data = {
+        "account_id": account_id,
+        "number": row["number"],
+        "number_set": row["number_set_id"],
+        "kind": row["kind"],
+        "on_net": row["on_net"],
+        "on": day.isoformat(),
+        "charge_id": charge,
+    }
+    if take_id is not None:
+        # What a repeat of this take is known by (``_repeat_of``).
+        data["take_id"] = take_id
+    await emit(conn, "number.assigned", account_id, data)
     return row, charge
 
 

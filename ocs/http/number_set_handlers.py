@@ -136,7 +136,8 @@ async def assign_number_set(request: web.Request, params: AssignNumberSet) -> Se
 
 
 class TakeNumber(Params):
-    """The number to take (left out: the next free one of the plan's sets), from a day."""
+    """The number to take (left out: the next free one of the plan's sets), from a day,
+    once per ``take_id``."""
 
     number: Number | None = None
     on: (
@@ -146,6 +147,18 @@ class TakeNumber(Params):
                 description="from this day (default: today where the plan bills); not after"
                 " today, not before the account's first day nor the day the number's charge"
                 " to its previous holder ended"
+            ),
+        ]
+        | None
+    ) = None
+    take_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=128,
+                description="printable; a repeat of a take with this id (the answer lost)"
+                " answers 200 with the number it took, taking no other",
             ),
         ]
         | None
@@ -164,6 +177,12 @@ class AccountNumberView(Answer):
     charge: str | None
 
 
+class TakenNumberView(AccountNumberView):
+    """A take's answer: the number, and whether the take repeated one that stood."""
+
+    repeated: bool
+
+
 def number_view(taken: number_sets.TakenNumber) -> AccountNumberView:
     """An account's number as the API (and the CLI) shows it."""
     return AccountNumberView(
@@ -177,14 +196,21 @@ def number_view(taken: number_sets.TakenNumber) -> AccountNumberView:
     )
 
 
-async def take_number(request: web.Request, params: TakeNumber) -> Reply[AccountNumberView]:
-    """POST /v1/accounts/{account_id}/numbers."""
+def taken_view(taken: number_sets.TakenNumber) -> TakenNumberView:
+    """A take's answer as the API (and the CLI) shows it."""
+    shown = number_view(taken)
+    return TakenNumberView(**msgspec.structs.asdict(shown), repeated=taken.repeated)
+
+
+async def take_number(request: web.Request, params: TakeNumber) -> Reply[TakenNumberView]:
+    """POST /v1/accounts/{account_id}/numbers: 201, or 200 for a repeat of a take that
+    stood (``number_sets.take_number``)."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     services = services_of(request)
     taken = await number_sets.take_number(
-        services.pool, services.store, account_id, params.number, params.on
+        services.pool, services.store, account_id, params.number, params.on, params.take_id
     )
-    return Reply(number_view(taken), 201)
+    return Reply(taken_view(taken), 200 if taken.repeated else 201)
 
 
 class AccountNumberList(Answer):
@@ -290,16 +316,21 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         "Give an account a number: the next free one of its plan's sets, or the one named",
         take_number,
         TakeNumber,
-        AccountNumberView,
+        TakenNumberView,
         status=201,
         errors=(404, 409),
+        answer_description="taken (200: a repeat, the number the account holds already)",
         description="404 when the plan's sets have no free number left; 409 for a number"
         " another account holds. The number triggers its charge and identifies the account"
         " for inbound calls, from `on`: not after today where the plan bills, nor before the"
         " account's first day or the day the number's charge to its previous holder ended"
-        " (400 naming on). 503 outcome_unknown: the take's COMMIT was sent, its answer"
-        " lost, and PostgreSQL could not be read back; it may stand: read the account's"
-        " numbers before retrying (a retry of the next free number would take a second).",
+        " (400 naming on). A repeat is answered 200 with the assignment that stands"
+        " (repeated true), nothing taken or charged again: a named number the account holds"
+        " already (from the same day when on is given), or a take_id an earlier take of the"
+        " account carried. A take of the next free number without take_id takes another"
+        " each time. 503 outcome_unknown: the take's COMMIT was sent, its answer lost, and"
+        " PostgreSQL could not be read back; it may stand: retry with the same take_id (or"
+        " read the account's numbers first).",
     ),
     Endpoint(
         "GET",
