@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from ocs.balances.plan_policy import PlanPolicy, set_plan_policy
-from ocs.billing import commitments, posting, runs
+from ocs.billing import commitments, posting, runs, void
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.store import Charge, create_charge, set_plan_billing
 from ocs.charging.values import AuthorizeRequest
@@ -109,3 +109,53 @@ async def test_posting_a_start_of_cycle_invoice_commits_the_next_ones_charges(
     assert (stored["committed"], stored["prorated_locked"]) == (10 * EUR, False)
     granted = await services.calls.authorize(AuthorizeRequest("paid", "441234567", call_id="q-1"))
     assert granted.max_duration > 0
+
+
+async def test_a_voided_start_of_cycle_invoice_leaves_its_charges_uncommitted(
+    services: Services,
+) -> None:
+    """A void invoice keeps its period: no run bills that month's fees again (re-billing
+    them is the operator's, decision 0046). The commitment counted the voided month as
+    the next invoice still to come, so its 20.00 stayed set aside from the customer's
+    funds, money nobody will ask for; the next month's 10.00 is what stays committed."""
+    today = datetime.now(UTC).date()
+    this_month = today.replace(day=1)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    await add_plan(services, "retail")
+    await set_plan_billing(
+        services.pool,
+        services.store,
+        PlanBilling("retail", "fixed_date", last_month, cycle_day=1,
+                    invoice_timing="start_of_cycle"),
+    )  # fmt: skip
+    await set_plan_policy(
+        services.pool, "retail", PlanPolicy(recurring_fee=10 * EUR, lock_prorated=True)
+    )
+    await customer(services, "paid", None, last_month, balance=35 * EUR)
+    run_id = await runs.create_run(services.pool, f"{this_month:%Y-%m}", invoice_date=this_month)
+    await runs.execute_run(services.pool, run_id)
+    await posting.post(services.pool, services.store, run_id=run_id)
+    [invoice] = await invoices(services)
+    assert (invoice["total"], invoice["state"]) == (20 * EUR, "posted")
+    async with services.pool.acquire() as conn:
+        invoice_id = await conn.fetchval("SELECT id FROM invoices WHERE account_id = 'paid'")
+
+    voided = await void.void(services.pool, services.store, invoice_id)
+    assert voided.total == -20 * EUR
+    # What every later posting of the account does: commit its next invoice's charges.
+    [refreshed] = await commitments.refresh(services.pool, services.store, account_ids=["paid"])
+
+    # The 20.00 came back (35.00); only next month's 10.00 is set aside: 25.00 available.
+    assert (refreshed.committed, refreshed.covered) == (10 * EUR, True)
+    paid = await services.accounts.show("paid")
+    assert (paid.balance, paid.committed, paid.available) == (35 * EUR, 10 * EUR, 25 * EUR)
+    async with services.pool.acquire() as conn:
+        stored = await conn.fetchrow(
+            "SELECT committed, prorated_locked FROM accounts WHERE id = 'paid'"
+        )
+        states = await conn.fetch("SELECT kind, state FROM invoices ORDER BY id")
+    assert (stored["committed"], stored["prorated_locked"]) == (10 * EUR, False)
+    assert [(s["kind"], s["state"]) for s in states] == [
+        ("invoice", "void"),
+        ("credit_note", "posted"),
+    ]

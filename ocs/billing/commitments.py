@@ -13,11 +13,13 @@ its calls are refused (``zero_balance``) until a top-up covers the charges.
 The amount is what a dry run (``drafts.compute``) of the account's next
 invoice bills for those charges: the lines that move money, rounded, summed
 (never below 0). The next invoice is that of the first period, from the one
-holding ``at``, with no posted invoice of the account: on a start-of-cycle
+holding ``at``, with no posted or void invoice of the account: on a start-of-cycle
 plan the invoice of the period holding ``at`` is posted inside it, and its
-charges, once posted, are paid, not owed. ``refresh`` recomputes it; posting
-calls it for the accounts it posted, whose charges have then been paid, so
-the next cycle's are committed instead.
+charges, once posted, are paid, not owed. A void invoice keeps its period (one
+invoice a period), so no run bills those charges again: re-billing them is the
+operator's (decision 0046), and nobody asks the customer for them automatically.
+``refresh`` recomputes it; posting calls it for the accounts it posted, whose
+charges have then been paid, so the next cycle's are committed instead.
 
 When an account's funds stop covering its committed charges it is locked
 (``accounts.prorated_locked``, migration 0037), and unlocked when they cover
@@ -57,24 +59,25 @@ async def next_invoice_group(
     conn: asyncpg.Connection, account_id: str, at: datetime
 ) -> tuple[drafts.Group, str]:
     """The one-account group of the account's next invoice (and its plan): the first
-    period, from the one holding ``at``, that has no posted invoice of the account."""
+    period, from the one holding ``at``, that has no posted or void invoice of the
+    account (a void one's period is never drafted again)."""
     group, plan_id = await drafts.account_group(conn, account_id, at)
-    posted = {
+    passed = {
         r["period_start"]
         for r in await conn.fetch(
             "SELECT period_start FROM invoices WHERE account_id = $1 AND kind = 'invoice'"
-            " AND state = 'posted' AND period_start >= $2",
+            " AND state IN ('posted', 'void') AND period_start >= $2",
             account_id,
             group.period.start,
         )
     }
-    if not posted:
+    if not passed:
         return group, plan_id
     cycle = group.cycle
     n = cycle.index_of_day(group.period.first_day)
     period = group.period
-    # Each step passes one posted invoice: the loop ends within len(posted) steps.
-    while period.start in posted:
+    # Each step passes one posted or void invoice: the loop ends within len(passed) steps.
+    while period.start in passed:
         n += 1
         period = cycle.period(n)
     return replace(group, period=period), plan_id
