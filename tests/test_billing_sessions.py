@@ -21,7 +21,7 @@ from ocs.billing.sessions import (
     open_session,
     session_invoice,
 )
-from ocs.billing.store import Subscription, set_plan_billing, subscribe
+from ocs.billing.store import Subscription, plan_billing, set_plan_billing, subscribe
 from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError, Reason
@@ -509,19 +509,72 @@ async def test_a_plan_switched_to_on_demand_locks_its_accounts_and_back_unlocks_
         assert await _statuses(services, account_id) == ("locked", "locked", "session")
         assert await _http_call(app, account_id, f"{account_id}-none", 60) == "no_open_session"
     assert await _statuses(services, "fraud") == ("locked", "locked", "")
-    status, body = await app.post("/v1/accounts/d2/billing-sessions", None)
-    assert status == 201, body
-    assert await _http_call(app, "d2", "d2-session", 30) == "granted"  # 60 s: 0.01
-    assert (await _balance(app, "d1"), await _balance(app, "d2")) == ("4.980000", "4.990000")
+    assert (await _balance(app, "d1"), await _balance(app, "d2")) == ("4.980000", "5.000000")
 
-    # Billed monthly again: no session to wait for, the session lock is lifted.
+    # Billed monthly again: no session to wait for (an open one keeps the plan on demand,
+    # the next test), the session lock is lifted.
     status, body = await app.put("/v1/plans/desk/billing", monthly)
     assert status == 200, body
-    assert await _statuses(services, "d1") == ("active", "active", "")
+    for account_id in ("d1", "d2"):
+        assert await _statuses(services, account_id) == ("active", "active", "")
     assert await _statuses(services, "fraud") == ("locked", "locked", "")
     assert await _http_call(app, "d1", "d1-monthly", 30) == "granted"  # 60 s: 0.01
     assert await _http_call(app, "fraud", "fraud-monthly", 30) == "account_locked"
     assert (await _balance(app, "d1"), await _balance(app, "fraud")) == ("4.970000", "5.000000")
+
+
+async def test_a_plan_with_a_session_open_keeps_its_on_demand_cycle(app: RunningApp) -> None:
+    """A plan moved off on_demand with a session open left the session open for good
+    (closing needs the on-demand cycle): its calls on no invoice. The change is now
+    refused (409 ``account_state`` naming ``cycle`` and the sessions open); the session
+    goes on, closes, and its invoice bills its calls once."""
+    services = app.services
+    await add_plan(services, "shop")
+    on_demand = {"cycle": "on_demand", "effective_date": "2026-01-01"}
+    status, body = await app.put("/v1/plans/shop/billing", on_demand)
+    assert status == 200, body
+    for account_id in ("booth", "idle"):
+        status, body = await app.post(
+            "/v1/accounts", {"id": account_id, "plan": "shop", "balance": "5.00"}
+        )
+        assert status == 201, body
+    status, opened = await app.post("/v1/accounts/booth/billing-sessions", None)
+    assert status == 201, opened
+    assert await _http_call(app, "booth", "before", 90) == "granted"  # 120 s: 0.02
+
+    monthly = {"cycle": "fixed_date", "effective_date": "2026-01-01", "cycle_day": 1}
+    status, body = await app.put("/v1/plans/shop/billing", monthly)
+    assert (status, body["error"]["reason"], body["error"]["field"]) == (
+        409,
+        "account_state",
+        "cycle",
+    ), body
+    assert "1 session open (booth)" in body["error"]["message"]
+    kept = await plan_billing(services.pool, "shop")
+    assert kept is not None and kept.cycle == "on_demand"
+    # Nothing moved: the session calls on, the account with no session stays locked.
+    assert await _statuses(services, "booth") == ("active", "active", "")
+    assert await _statuses(services, "idle") == ("locked", "locked", "session")
+    assert await _http_call(app, "booth", "after", 30) == "granted"  # 60 s: 0.01
+    assert await _http_call(app, "idle", "idle", 30) == "no_open_session"
+
+    await _cdrs_written(services, 2)
+    status, closed = await app.post("/v1/accounts/booth/billing-sessions/close", None)
+    assert status == 200, closed
+    assert await _statuses(services, "booth") == ("locked", "locked", "session")
+    [invoice] = await invoices(services)
+    [usage] = invoice["lines"]
+    assert (invoice["account"], usage["calls"], usage["amount"], invoice["total"]) == (
+        "booth",
+        2,
+        30_000,
+        30_000,
+    )
+    assert await _balance(app, "booth") == "4.970000"
+    # Invoiced now, the plan keeps its cycle (migration 0045): no second invoice of them.
+    status, body = await app.put("/v1/plans/shop/billing", monthly)
+    assert (status, body["error"]["field"]) == (400, "cycle"), body
+    assert len(await invoices(services)) == 1
 
 
 async def test_a_session_whose_draft_failed_at_its_close_is_invoiced_once_by_the_worker(

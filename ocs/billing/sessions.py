@@ -20,6 +20,9 @@ and closing a session leaves such a status as it is.
 An account starts with the session lock when it is created on a plan billed on demand
 (``accounts.starting_state``); ``follow_cycle`` gives it to a plan's accounts when the
 plan's cycle becomes ``on_demand``, and takes it off when the cycle becomes another.
+The cycle does not leave ``on_demand`` while a session of the plan is open (409
+``account_state``): the session could no longer close, and its calls would be on no
+invoice or, closed by the change, on its invoice and the new cycle's both.
 """
 
 import asyncio
@@ -68,7 +71,10 @@ class Session:
 async def _on_demand_billing(conn: asyncpg.Connection, account_id: str) -> PlanBilling:
     """The account's plan billing settings; refused unless the plan is billed on demand."""
     row = await conn.fetchrow(
-        "SELECT b.* FROM accounts a JOIN plan_billing b ON b.plan_id = a.plan_id WHERE a.id = $1",
+        # Shared on the billing row until the caller commits: a change of the plan's cycle
+        # waits for a session opening, and counts it (``follow_cycle``), or is waited for.
+        "SELECT b.* FROM accounts a JOIN plan_billing b ON b.plan_id = a.plan_id"
+        " WHERE a.id = $1 FOR SHARE OF b",
         account_id,
     )
     if row is None:
@@ -178,6 +184,31 @@ async def _unlock_plan(
     return len(waiting), await _set_states(store, waiting, {"status": "active", "lock": ""})
 
 
+# How many accounts an open-session refusal names.
+_NAMED_ACCOUNTS = 5
+
+
+async def _refuse_open_sessions(conn: asyncpg.Connection, plan_id: str) -> None:
+    """Refuse (409 ``account_state``, naming ``cycle``) a cycle other than on_demand
+    while accounts of the plan have a session open; the message says how many, and
+    names the first few."""
+    rows = await conn.fetch(
+        "SELECT s.account_id FROM billing_sessions s JOIN accounts a ON a.id = s.account_id"
+        " WHERE a.plan_id = $1 AND s.closed_at IS NULL ORDER BY s.account_id",
+        plan_id,
+    )
+    if not rows:
+        return
+    named = ", ".join(r["account_id"] for r in rows[:_NAMED_ACCOUNTS])
+    more = f" and {len(rows) - _NAMED_ACCOUNTS} more" if len(rows) > _NAMED_ACCOUNTS else ""
+    raise OcsError(
+        Reason.ACCOUNT_STATE,
+        f"cycle: plan {plan_id} has {len(rows)} session{'s' if len(rows) > 1 else ''} open"
+        f" ({named}{more}): its cycle stays on_demand until they are closed",
+        field="cycle",
+    )
+
+
 async def follow_cycle(
     conn: asyncpg.Connection, store: BalanceStore, plan_id: str, on_demand: bool
 ) -> None:
@@ -186,8 +217,16 @@ async def follow_cycle(
     open get the session lock; billed otherwise, its accounts lose it. Done whatever the
     cycle was before, so setting the cycle again puts right an account left otherwise.
 
+    Leaving on_demand is refused (409 ``account_state``) while a session of the plan is
+    open: closing it needs the on-demand cycle, and closing it here would invoice its
+    calls once for the session and again in the new cycle's period holding them. The
+    caller has written the cycle (holding the billing row), so a session opening
+    meanwhile is either counted here or waits and finds the new cycle.
+
     No dunning suspension needs changing: one exists for an invoice, and a plan with
     invoices keeps its cycle (migration 0045)."""
+    if not on_demand:
+        await _refuse_open_sessions(conn, plan_id)
     moved, missing = await (_lock_plan if on_demand else _unlock_plan)(conn, store, plan_id)
     if moved:
         log.info(

@@ -119,7 +119,8 @@ async def set_plan_billing(
     (cycle, day, weekday, days, time zone, effective date) once the plan has invoices.
     The plan's accounts follow its cycle (``sessions.follow_cycle``): billed on demand,
     those with no session open are locked until one opens; billed otherwise, they lose
-    that lock.
+    that lock. Leaving on_demand while a session of the plan is open is refused (409
+    ``account_state``, naming ``cycle`` and how many are open).
     """
     if billing.cycle not in CYCLES:
         raise invalid("cycle", f"expected one of {', '.join(CYCLES)}")
