@@ -407,6 +407,11 @@ COUNTER_CYCLES_OPENED = Counter(
     "Plans' counter cycles the billing worker opened at their periods' starts (each a reset"
     " of the plan's counters, its recurring fees charged).",
 )
+COUNTER_CYCLES_MISSED = Counter(
+    "ocs_counter_cycles_missed_total",
+    "Plans' counter cycles whose periods began and ended while the billing worker was away:"
+    " their recurring fees charged when it was back, their seconds not given.",
+)
 BILLING_WORKER_PASS = Gauge(
     "ocs_billing_worker_last_pass_timestamp_seconds",
     "When the billing worker last finished a pass (Unix time): its heartbeat.",

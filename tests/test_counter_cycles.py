@@ -6,10 +6,13 @@ more; and the billing worker opens each plan's cycle by itself once its period b
 Real Redis and PostgreSQL; amounts as the API shows them.
 """
 
+import logging
 from datetime import UTC, date, datetime
 
+import pytest
 from prometheus_client import REGISTRY
 
+from ocs.balances import keys
 from ocs.billing import counter_cycles
 from ocs.billing.counter_cycles import counter_period
 from ocs.billing.cycles import PlanBilling
@@ -89,6 +92,29 @@ async def _cycle_fees(app: RunningApp) -> list[tuple[int, str]]:
 def _cycles_opened() -> float:
     """``ocs_counter_cycles_opened_total`` in this process."""
     return REGISTRY.get_sample_value("ocs_counter_cycles_opened_total") or 0.0
+
+
+def _cycles_missed() -> float:
+    """``ocs_counter_cycles_missed_total`` in this process."""
+    return REGISTRY.get_sample_value("ocs_counter_cycles_missed_total") or 0.0
+
+
+async def _worker_opened_january(app: RunningApp) -> tuple[BillingWorker, list[datetime]]:
+    """Account bo with its bundle (100 s of it unused), and a billing worker (its clock
+    the list's one item) that saw December and opened January: 45.00 left, 700 s."""
+    await _bundle_customer(app, used=500)
+    clock = [datetime(2026, 12, 15, 12, tzinfo=UTC)]
+    worker = BillingWorker(
+        app.services.pool,
+        WorkerSettings(run_delay=0),
+        clock=lambda: clock[0],
+        store=app.services.store,
+    )
+    await worker.run_once()
+    clock[0] = datetime(2026, 12, 31, 23, 0, 30, tzinfo=UTC)  # 00:00:30 in Berlin
+    await worker.run_once()
+    assert (await _balance(app), await _bundle(app)) == ("45.000000", (700, 0))
+    return worker, clock
 
 
 async def _ledger_written(app: RunningApp) -> None:
@@ -191,3 +217,71 @@ async def test_the_billing_worker_opens_the_plans_counter_cycle_once_at_its_peri
     clock[0] = datetime(2027, 1, 31, 23, 0, 30, tzinfo=UTC)
     await worker.run_once()
     assert (await _balance(app), await _bundle(app)) == ("40.000000", (1300, 0))
+
+
+async def test_a_worker_back_after_missed_period_starts_charges_their_fees_once(
+    app: RunningApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker stopped from mid-January to April opened April only: February's and
+    # March's 5.00 were never charged.
+    worker, clock = await _worker_opened_january(app)
+    missed_before = _cycles_missed()
+    clock[0] = datetime(2027, 3, 31, 22, 0, 30, tzinfo=UTC)  # April 1, 00:00:30 in Berlin
+    with caplog.at_level(logging.WARNING, logger="ocs.billing.counter_cycles"):
+        await worker.run_once()
+    # February's and March's fees, and April's; the seconds are April's 600 and the 700
+    # left of January's cycle, not February's nor March's.
+    assert (await _balance(app), await _bundle(app)) == ("30.000000", (1300, 0))
+    assert _cycles_missed() == missed_before + 2
+    (warning,) = [r for r in caplog.records if r.getMessage().startswith("counter cycles missed")]
+    assert (warning.__dict__["plan"], warning.__dict__["cycles"]) == (
+        "retail",
+        ["2027-02", "2027-03"],
+    )
+    # A pass again, and a worker that remembers January still (a second worker, a label
+    # kept stale), charge nothing more: each cycle's fee is charged once, by its label.
+    await worker.run_once()
+    await app.services.redis.set(keys.counter_cycle_opened("retail"), "2027-01")
+    await worker.run_once()
+    assert (await _balance(app), await _bundle(app)) == ("30.000000", (1300, 0))
+    await _ledger_written(app)
+    assert await _cycle_fees(app) == [
+        (-5_000_000, f"counter:de-600:cycle:2027-0{month}") for month in (1, 2, 3, 4)
+    ]
+
+
+async def test_a_lost_label_of_the_cycle_opened_neither_skips_a_period_nor_opens_one_twice(
+    app: RunningApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker, clock = await _worker_opened_january(app)
+    redis = app.services.redis
+    opened = keys.counter_cycle_opened("retail")
+    # Redis lost the worker's label mid-January: January is not opened again (no fee,
+    # no seconds carried into themselves), and the label is back.
+    await redis.delete(opened)
+    clock[0] = datetime(2027, 1, 20, tzinfo=UTC)
+    await worker.run_once()
+    assert (await _balance(app), await _bundle(app)) == ("45.000000", (700, 0))
+    assert await app.services.store.counter_cycle_opened("retail") == "2027-01"
+    # Lost again, with the cycle the account's counters kept, just before February: the
+    # ledger in PostgreSQL still shows January's fee, so February opens on time. Before,
+    # February was taken as opened: no fee, no renewed bundle until March.
+    await _ledger_written(app)
+    await redis.delete(opened)
+    await redis.hdel(keys.counters("bo"), "cycle")
+    clock[0] = datetime(2027, 1, 31, 23, 0, 30, tzinfo=UTC)  # February 1 in Berlin
+    await worker.run_once()
+    assert (await _balance(app), await _bundle(app)) == ("40.000000", (1300, 0))
+    await worker.run_once()
+    assert (await _balance(app), await _bundle(app)) == ("40.000000", (1300, 0))
+    # Lost with the worker away over March's start too: April opens, but March, missed
+    # after a label found again rather than kept, is named in a warning, not charged.
+    await _ledger_written(app)
+    await redis.delete(opened)
+    await redis.hdel(keys.counters("bo"), "cycle")
+    clock[0] = datetime(2027, 3, 31, 22, 0, 30, tzinfo=UTC)  # April 1 in Berlin
+    with caplog.at_level(logging.WARNING, logger="ocs.billing.counter_cycles"):
+        await worker.run_once()
+    assert (await _balance(app), await _bundle(app)) == ("35.000000", (1900, 0))
+    (warning,) = [r for r in caplog.records if "not charged" in r.getMessage()]
+    assert warning.__dict__["cycles"] == ["2027-03"]

@@ -1110,6 +1110,36 @@ class BalanceStore:
             )
         return out
 
+    async def counters_bought_at(
+        self, account_ids: Iterable[str]
+    ) -> dict[str, dict[str, int | None]]:
+        """The counters each account holds (started, not cancelled), each with when it was
+        bought or first used (epoch microseconds; None: started by a reset only)."""
+        ids = list(account_ids)
+        replies = await asyncio.gather(
+            *(self._pipe.execute("HGETALL", keys.counters(a)) for a in ids)
+        )
+        out: dict[str, dict[str, int | None]] = {}
+        for account_id, raw in zip(ids, replies, strict=True):
+            parts: dict[str, dict[str, str]] = {}
+            for field, value in zip(raw[::2], raw[1::2], strict=True):
+                counter_id, _, part = _text(field).rpartition(":")
+                parts.setdefault(counter_id, {})[part] = _text(value)
+            out[account_id] = {
+                c: (int(f["bought_at"]) if "bought_at" in f else None)
+                for c, f in parts.items()
+                if "limit" in f and "gone" not in f
+            }
+        return out
+
+    async def counter_cycle_labels(self, account_ids: Iterable[str]) -> list[str | None]:
+        """The label of each account's current counter cycle (its counters hash's
+        ``cycle``: the last reset that reached it; None: none did)."""
+        replies = await asyncio.gather(
+            *(self._pipe.execute("HGET", keys.counters(a), "cycle") for a in account_ids)
+        )
+        return [_text_or_none(r) for r in replies]
+
     async def start_counter(self, account_id: str, counter_id: str, seconds: int) -> bool:
         """Give the account a counter's first cycle; False if it has the counter already.
 

@@ -11,9 +11,10 @@ Here rather than in ``ocs.counters``: the periods are billing's, and the layers 
 down (decision 0018).
 """
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
@@ -32,6 +33,15 @@ CYCLE_LOCK_PREFIX = "ocs-counter-cycle:"
 _PLAN_PERIODS = ("fixed_period", "fixed_date", "week")
 # Any first of a month: calendar months are the periods of every other plan.
 _MONTHS_ANCHOR = date(2000, 1, 1)
+
+# How many of a plan's periods back the worker looks for the last cycle opened (and so
+# the most missed cycles it charges): three years of months.
+_LOOK_BACK = 36
+# How many of a plan's accounts a lost label is looked for in (their counters' cycle).
+_SAMPLE_ACCOUNTS = 100
+# Accounts whose missed fees are charged a round at a time.
+_CHUNK = 1_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _BILLING_OF_PLANS = (
     "SELECT p.id AS plan, b.* FROM plans p LEFT JOIN plan_billing b ON b.plan_id = p.id"
@@ -102,11 +112,14 @@ async def reset_counters(
 
 @dataclass(frozen=True, slots=True)
 class OpenedCycle:
-    """A plan's counter cycle the billing worker opened: its label and what the reset did."""
+    """A plan's counter cycle the billing worker opened: its label, what the reset did,
+    and the cycles missed before it (their labels, oldest first) whose fees it charged."""
 
     plan_id: str
     label: str
     report: ResetReport
+    missed: tuple[str, ...] = ()
+    missed_fees: int = 0  # fees charged for the missed cycles
 
 
 async def open_due_cycles(
@@ -118,7 +131,10 @@ async def open_due_cycles(
     Once per period: the label of the last cycle opened is kept per plan in Redis
     (``keys.counter_cycle_opened``), and the reset itself charges a label's fees and
     gives its seconds once, should two workers, or a worker that failed half-way, run
-    it again. A plan the worker sees for the first time (an upgrade, a new plan) has its
+    it again. A lost label is found again in what the cycles left (``_recover_opened``).
+    The periods that began and ended while the worker was away are missed cycles: their
+    recurring fees are charged, once per label, their seconds not given (``_open_cycle``).
+    A plan the worker sees for the first time (an upgrade, a new plan) has its
     current period taken as opened, not reset: its counters started this period when
     bought or first used, or by an operator's reset under a label the worker cannot
     know, and resetting them mid-period would charge their fees a second time.
@@ -130,42 +146,151 @@ async def open_due_cycles(
         )
     opened = []
     for row in rows:
-        plan_id: str = row["plan"]
-        label = counter_period(_billing(row), now).label
-        last = await store.counter_cycle_opened(plan_id)
-        if last == label:
-            continue
-        if last is None:
-            await store.set_counter_cycle_opened(plan_id, label)
-            log.info(
-                "counter cycles follow the plan's periods from the next one",
-                extra={"worker": worker, "plan": plan_id, "cycle": label},
-            )
-            continue
-        report = await _open_cycle(pool, store, plan_id, label)
-        if report is None:
-            continue  # another worker is opening it
-        opened.append(OpenedCycle(plan_id, label, report))
-        metrics.COUNTER_CYCLES_OPENED.inc()
-        log.info(
-            "counter cycle opened",
-            extra={
-                "worker": worker,
-                "plan": plan_id,
-                "cycle": label,
-                "accounts": report.accounts,
-                "counters": report.counters,
-                "fees": report.fees,
-            },
-        )
+        cycle = await _open_plan_cycle(pool, store, row["plan"], _billing(row), now, worker)
+        if cycle is not None:
+            opened.append(cycle)
     return opened
 
 
+async def _open_plan_cycle(
+    pool: asyncpg.Pool,
+    store: BalanceStore,
+    plan_id: str,
+    billing: PlanBilling | None,
+    now: datetime,
+    worker: str,
+) -> OpenedCycle | None:
+    """Open one plan's cycle of ``now`` when it is due; None when it is not (or another
+    worker is opening it)."""
+    label = counter_period(billing, now).label
+    last = await store.counter_cycle_opened(plan_id)
+    if last == label:
+        return None
+    recent = _recent_periods(billing, now)
+    recovered = last is None
+    if last is None:
+        last = await _recover_opened(pool, store, plan_id, recent)
+        if last is None or last == label:
+            await store.set_counter_cycle_opened(plan_id, label)
+            message = (
+                "counter cycles follow the plan's periods from the next one"
+                if last is None
+                else "counter cycle opened already: its lost label found again"
+            )
+            log.info(message, extra={"worker": worker, "plan": plan_id, "cycle": label})
+            return None
+    labels = [p.label for p in recent]
+    if last not in labels:
+        # A label of another schedule (the plan's cycle or zone changed), an operator's
+        # own, or older than the periods looked back on: what was missed is unknown.
+        log.warning(
+            "counter cycle opened after one not among the plan's recent periods:"
+            " cycles missed between, if any, not charged",
+            extra={"worker": worker, "plan": plan_id, "cycle": label, "last": last},
+        )
+    missed = recent[1 : labels.index(last)][::-1] if last in labels else []
+    if recovered and missed:
+        # A label found again may be an operator's reset by hand, months old: charging
+        # every period since on that guess would bill what nobody agreed to.
+        log.warning(
+            "counter cycles missed, not charged: the label of the last one opened was lost",
+            extra={"worker": worker, "plan": plan_id, "cycles": [p.label for p in missed]},
+        )
+        missed = []
+    done = await _open_cycle(pool, store, plan_id, label, missed)
+    if done is None:
+        return None  # another worker is opening it
+    report, missed_fees = done
+    cycle = OpenedCycle(plan_id, label, report, tuple(p.label for p in missed), missed_fees)
+    _log_opened(cycle, worker)
+    return cycle
+
+
+def _log_opened(cycle: OpenedCycle, worker: str) -> None:
+    """Count and log a cycle opened, and the cycles missed before it (a warning: the
+    worker was away over their starts)."""
+    metrics.COUNTER_CYCLES_OPENED.inc()
+    if cycle.missed:
+        metrics.COUNTER_CYCLES_MISSED.inc(len(cycle.missed))
+        log.warning(
+            "counter cycles missed: their fees charged late, their seconds not given",
+            extra={
+                "worker": worker,
+                "plan": cycle.plan_id,
+                "cycles": list(cycle.missed),
+                "fees": cycle.missed_fees,
+            },
+        )
+    log.info(
+        "counter cycle opened",
+        extra={
+            "worker": worker,
+            "plan": cycle.plan_id,
+            "cycle": cycle.label,
+            "accounts": cycle.report.accounts,
+            "counters": cycle.report.counters,
+            "fees": cycle.report.fees,
+        },
+    )
+
+
+def _recent_periods(billing: PlanBilling | None, now: datetime) -> list[Period]:
+    """The plan's counter periods back from the one holding ``now`` (first), newest
+    first: at most ``_LOOK_BACK``, none before the plan's schedule begins."""
+    periods = [counter_period(billing, now)]
+    while len(periods) < _LOOK_BACK:
+        before = periods[-1].start.astimezone(UTC) - timedelta(microseconds=1)
+        try:
+            periods.append(counter_period(billing, before))
+        except ValueError:
+            break  # before the schedule's first period
+    return periods
+
+
+async def _recover_opened(
+    pool: asyncpg.Pool, store: BalanceStore, plan_id: str, recent: list[Period]
+) -> str | None:
+    """The latest of the plan's recent periods a reset opened, when the worker's label of
+    it is lost (Redis restarted without its data, the key removed); None when none did.
+
+    Two witnesses: the cycle label the reset left in the counters of some of the plan's
+    accounts (Redis, at once), and the recurring fees it charged under that label
+    (PostgreSQL's ledger, durable, once the ledger writer has moved them). An operator's
+    reset of a period counts: it charged that period's fees.
+    """
+    labels = [p.label for p in recent]
+    async with pool.acquire() as conn:
+        accounts = await conn.fetch(
+            "SELECT id FROM accounts WHERE plan_id = $1 ORDER BY id LIMIT $2",
+            plan_id,
+            _SAMPLE_ACCOUNTS,
+        )
+        fee_counters = await conn.fetch(
+            "SELECT id FROM counters WHERE plan_id = $1 AND recurring_fee > 0", plan_id
+        )
+        label_of = {
+            f"counter:{c['id']}:cycle:{label}": label for c in fee_counters for label in labels
+        }
+        charged = await conn.fetch(
+            "SELECT DISTINCT l.reference FROM accounts a JOIN ledger l ON l.account_id = a.id"
+            " WHERE a.plan_id = $1 AND l.kind = 'fee' AND l.occurred_at >= $2"
+            "   AND l.reference = ANY($3::text[])",
+            plan_id,
+            recent[-1].start,
+            list(label_of),
+        )
+    found = {label_of[r["reference"]] for r in charged}
+    kept = await store.counter_cycle_labels(a["id"] for a in accounts)
+    found.update(label for label in kept if label is not None)
+    return next((label for label in labels if label in found), None)
+
+
 async def _open_cycle(
-    pool: asyncpg.Pool, store: BalanceStore, plan_id: str, label: str
-) -> ResetReport | None:
-    """Reset the plan's counters to cycle ``label`` and keep it as opened; None when
-    another worker holds the plan's lock, or has opened it meanwhile."""
+    pool: asyncpg.Pool, store: BalanceStore, plan_id: str, label: str, missed: list[Period]
+) -> tuple[ResetReport, int] | None:
+    """Charge the missed cycles' fees, reset the plan's counters to cycle ``label`` and
+    keep it as opened: what the reset did and the missed fees charged; None when another
+    worker holds the plan's lock, or has opened it meanwhile."""
     key = CYCLE_LOCK_PREFIX + plan_id
     async with pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
@@ -173,8 +298,56 @@ async def _open_cycle(
         try:
             if await store.counter_cycle_opened(plan_id) == label:
                 return None
+            # Before the reset: a counter's purchase time is read against each missed
+            # period's start, and the reset keeps only when counters were bought.
+            missed_fees = await _charge_missed(pool, store, plan_id, missed)
             report = await CounterService(pool, store).reset(plan_id, None, label)
             await store.set_counter_cycle_opened(plan_id, label)
-            return report
+            return report, missed_fees
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+
+async def _charge_missed(
+    pool: asyncpg.Pool, store: BalanceStore, plan_id: str, missed: list[Period]
+) -> int:
+    """Charge the recurring fees of cycles missed: for each period, each counter with a
+    fee an account holds now and held before the period began (bought or first used
+    before its start, or started by a reset), under the reference a reset of that label
+    would use, so it is charged once whoever charges it. No seconds are given: those
+    periods are over, and their calls drew on the cycle then open. The fees charged."""
+    if not missed:
+        return 0
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT a.id, c.id AS counter, c.recurring_fee FROM accounts a"
+            " JOIN counters c ON c.plan_id = a.plan_id AND c.active AND c.recurring_fee > 0"
+            "  AND (c.mandatory OR EXISTS (SELECT 1 FROM account_counters ac"
+            "       WHERE ac.account_id = a.id AND ac.counter_id = c.id))"
+            " WHERE a.plan_id = $1 ORDER BY a.id",
+            plan_id,
+        )
+    charged = 0
+    for first in range(0, len(rows), _CHUNK):
+        chunk = rows[first : first + _CHUNK]
+        held = await store.counters_bought_at({r["id"] for r in chunk})
+        for period in missed:
+            began = (period.start.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1)
+            owed = [
+                r
+                for r in chunk
+                if r["counter"] in held[r["id"]] and (held[r["id"]][r["counter"]] or 0) < began
+            ]
+            await asyncio.gather(
+                *(
+                    store.fee(
+                        r["id"],
+                        r["recurring_fee"],
+                        f"counter:{r['counter']}:cycle:{period.label}",
+                        require_funds=False,
+                    )
+                    for r in owed
+                )
+            )
+            charged += len(owed)
+    return charged

@@ -5,7 +5,8 @@ Every ``billing_poll_interval`` seconds a worker:
 0. opens the counter cycle of each plan whose billing period has begun since it
    last opened one (``counter_cycles.open_due_cycles``, ``billing_counter_cycles``,
    on by default; needs the real-time balances): the plan's counters are reset under
-   the period's label, their recurring fees charged, once per period;
+   the period's label, their recurring fees charged, once per period (and those of
+   the periods it missed while stopped, without their seconds);
 1. creates the run of each scheduled plan's due period, once. Due: for an
    end-of-cycle plan, the latest period that has ended; for a start-of-cycle
    plan, the latest period that has started; ``billing_run_delay`` later, and
