@@ -783,3 +783,94 @@ async def test_a_start_waiting_its_turn_during_an_index_build_is_not_cancelled(
     # 0064 and every later version were applied once, by the first; the second found none.
     assert applied == [[v for v, _, _ in available_migrations() if v >= 64], []]
     assert await credit_index(fresh_pool) == (True, INDEX_DEFINITION)
+
+
+# Invoices at 0064 with usage snapshots: a posted one, a void one (voided as
+# ``ocs.billing.void`` leaves it), a draft, and a posted one whose snapshot names
+# transactions this cluster has not reached (read in another cluster before a move). Each
+# later one's late usage was compared with the one before's snapshot.
+SNAPSHOT_STATES = ["posted", "void", "draft", "posted"]
+
+
+async def snapshots_before_0065(pool: asyncpg.Pool) -> list[int]:
+    """A database at 0064 holding the ``SNAPSHOT_STATES`` invoices of account a1; their ids."""
+    await migrated_to(pool, 64)
+    await pool.execute("INSERT INTO plans (id, name, currency) VALUES ('p', 'p', 'EUR')")
+    await pool.execute(
+        "INSERT INTO accounts (id, plan_id, currency, credit_limit, max_lines, status)"
+        " VALUES ('a1', 'p', 'EUR', 0, 1, 'active')"
+    )
+    ids: list[int] = []
+    for month, state in enumerate(SNAPSHOT_STATES, 1):
+        foreign = month == len(SNAPSHOT_STATES)
+        invoice = await pool.fetchval(
+            "INSERT INTO invoices (account_id, plan_id, period_start, period_end,"
+            " period_label, currency, invoice_date, taxes_calculated, usage_snapshot,"
+            " late_after_snapshot, created_at)"
+            " VALUES ('a1', 'p', make_timestamptz(2026, $1, 1, 0, 0, 0, 'UTC'),"
+            " make_timestamptz(2026, $1 + 1, 1, 0, 0, 0, 'UTC'), '2026-' || $1, 'EUR',"
+            " make_date(2026, $1 + 1, 1), true,"
+            " CASE WHEN $2 THEN '4000000000:4000000000:'::pg_snapshot"
+            " ELSE pg_current_snapshot() END,"
+            " (SELECT usage_snapshot FROM invoices WHERE id = $3),"
+            " make_timestamptz(2026, $1 + 1, 1, 3, 0, 0, 'UTC')) RETURNING id",
+            month,
+            foreign,
+            ids[-1] if ids else None,
+        )
+        if state != "draft":
+            await pool.execute(
+                "UPDATE invoices SET state = 'posted', number = 'INV-' || id, amount_asked = 0"
+                " WHERE id = $1",
+                invoice,
+            )
+        if state == "void":
+            await pool.execute(
+                "UPDATE invoices SET state = 'void', voided_at = now(), amount_paid = 0,"
+                " paid_at = NULL WHERE id = $1",
+                invoice,
+            )
+        ids.append(invoice)
+    return ids
+
+
+async def test_0065_names_the_cluster_of_posted_and_void_invoices_snapshots(
+    fresh_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that voided an invoice upgrades: every snapshot is dated by its invoice's
+    creation and named this cluster's, unless it names transactions this cluster has not
+    reached; the earlier snapshot by the invoice that read it. A void invoice stays final."""
+    ids = await snapshots_before_0065(fresh_pool)
+    monkeypatch.setattr(migration_steps, "BACKFILL_RANGE", 2)
+    await migrate(fresh_pool)
+
+    here = await fresh_pool.fetchval("SELECT system_identifier FROM pg_control_system()")
+    rows = await fresh_pool.fetch(
+        "SELECT id, state, created_at, usage_snapshot_system, usage_snapshot_at,"
+        " late_after_system, late_after_at FROM invoices ORDER BY id"
+    )
+    created = [r["created_at"] for r in rows]
+    assert [r["id"] for r in rows] == ids
+    assert [r["state"] for r in rows] == SNAPSHOT_STATES
+    assert [(r["usage_snapshot_system"], r["usage_snapshot_at"]) for r in rows] == [
+        (here, created[0]),
+        (here, created[1]),
+        (here, created[2]),
+        (None, created[3]),
+    ]
+    assert [(r["late_after_system"], r["late_after_at"]) for r in rows] == [
+        (None, None),
+        (here, created[0]),
+        (here, created[1]),
+        (here, created[2]),
+    ]
+    assert await fresh_pool.fetchval("SELECT bool_and(finished) FROM schema_migrations")
+    # Named once: the void invoice's snapshot is not renamed, nor anything else changed.
+    for change in (
+        "usage_snapshot_at = now()",
+        "usage_snapshot_system = 1",
+        "late_after_at = NULL",
+        "number = 'X-1'",
+    ):
+        with pytest.raises(asyncpg.CheckViolationError, match="void -> void"):
+            await fresh_pool.execute(f"UPDATE invoices SET {change} WHERE id = $1", ids[1])

@@ -191,6 +191,67 @@ async def _finish_0062(conn: asyncpg.Connection) -> None:
     await in_transaction(conn, validate, "0062 validate")
 
 
+# Migration 0065's fill (decision 0050, addendum 2026-12-07): each invoice's snapshots
+# name this cluster unless they name transactions it has not reached (read in another
+# cluster before a move: NULL, compared by time), and are dated by the invoice's creation
+# (their read time was not kept), the earlier snapshot by the newest invoice of the account
+# that read it. Posted and void invoices too (0065's trigger allows exactly this change).
+# A row is done once its read time is set: a resumed step touches only the others.
+# ``{where}`` picks the rows: $1 and $2 bound an id range.
+_USAGE_0065 = """
+UPDATE invoices i SET
+    usage_snapshot_system = CASE
+        WHEN pg_snapshot_xmax(i.usage_snapshot) <= pg_current_xact_id()
+        THEN (SELECT system_identifier FROM pg_control_system()) END,
+    usage_snapshot_at = i.created_at
+WHERE i.usage_snapshot IS NOT NULL AND i.usage_snapshot_at IS NULL AND {where}
+"""
+_LATE_0065 = """
+UPDATE invoices i SET
+    late_after_system = CASE
+        WHEN pg_snapshot_xmax(i.late_after_snapshot) <= pg_current_xact_id()
+        THEN (SELECT system_identifier FROM pg_control_system()) END,
+    late_after_at = (
+        SELECT max(e.created_at) FROM invoices e
+        WHERE e.account_id = i.account_id AND e.kind = 'invoice'
+          AND e.usage_snapshot::text = i.late_after_snapshot::text)
+WHERE i.late_after_snapshot IS NOT NULL AND i.late_after_at IS NULL
+  AND i.late_after_system IS NULL AND {where}
+"""
+
+
+async def _backfill_0065(conn: asyncpg.Connection, progress: Progress | None) -> None:
+    """Migration 0065's backfill: the cluster and read time of every invoice's usage
+    snapshots, in id ranges of their own transactions (posted and void ones included)."""
+    todo = await conn.fetchrow(
+        "SELECT count(*) AS n, min(id) AS low, max(id) AS high FROM invoices"
+        " WHERE (usage_snapshot IS NOT NULL AND usage_snapshot_at IS NULL)"
+        " OR (late_after_snapshot IS NOT NULL AND late_after_at IS NULL"
+        " AND late_after_system IS NULL)"
+    )
+    total, started = int(todo["n"]), time.monotonic()
+    log.info("migration backfill started", extra={"version": 65, "rows": total})
+    low = todo["low"]
+    while low is not None and low <= todo["high"]:
+        high = low + BACKFILL_RANGE
+
+        async def fill(low: int = low, high: int = high) -> None:
+            """One range, in its own transaction."""
+            await conn.execute(_USAGE_0065.format(where=_IN_RANGE), low, high)
+            await conn.execute(_LATE_0065.format(where=_IN_RANGE), low, high)
+
+        await in_transaction(conn, fill, "0065 backfill")
+        low = high
+        if progress is not None:
+            # Told in ids gone through: counting the rows done would scan the table again.
+            span = todo["high"] - todo["low"] + 1
+            await progress(65, min(high - todo["low"], span), span)
+    log.info(
+        "migration backfill done",
+        extra={"version": 65, "rows": total, "seconds": round(time.monotonic() - started, 1)},
+    )
+
+
 # Migration 0066's rule: a flat fee line naming its subscription bundle gets the position
 # of that bundle's flat fee rule whose "name: description" its description begins with
 # (as ``bundles._fee_line`` wrote it, cut at 200 characters), the longest where several
@@ -293,4 +354,9 @@ async def _index_0064(conn: asyncpg.Connection, progress: Progress | None) -> No
 
 
 # Version -> the step run after that version's SQL file, outside its transaction.
-STEPS: dict[int, Step] = {62: _backfill_0062, 64: _index_0064, 66: _backfill_0066}
+STEPS: dict[int, Step] = {
+    62: _backfill_0062,
+    64: _index_0064,
+    65: _backfill_0065,
+    66: _backfill_0066,
+}

@@ -13,22 +13,82 @@ ALTER TABLE invoices ADD COLUMN usage_snapshot_at TIMESTAMPTZ;
 ALTER TABLE invoices ADD COLUMN late_after_system BIGINT;
 ALTER TABLE invoices ADD COLUMN late_after_at TIMESTAMPTZ;
 
--- Existing snapshots: this cluster's, unless they name transactions this cluster has not
--- reached (the migration runs after a move: they are another cluster's, and stay NULL,
--- compared by time). Their read time was not kept: the invoice's creation is the nearest
--- kept time (a draft recomputed later read later).
-UPDATE invoices SET
-    usage_snapshot_system = CASE
-        WHEN pg_snapshot_xmax(usage_snapshot) <= pg_current_xact_id()
-        THEN (SELECT system_identifier FROM pg_control_system()) END,
-    usage_snapshot_at = created_at
-WHERE usage_snapshot IS NOT NULL;
-UPDATE invoices i SET
-    late_after_system = CASE
-        WHEN pg_snapshot_xmax(i.late_after_snapshot) <= pg_current_xact_id()
-        THEN (SELECT system_identifier FROM pg_control_system()) END,
-    late_after_at = (
-        SELECT max(e.created_at) FROM invoices e
-        WHERE e.account_id = i.account_id AND e.kind = 'invoice'
-          AND e.usage_snapshot::text = i.late_after_snapshot::text)
-WHERE i.late_after_snapshot IS NOT NULL;
+-- Existing snapshots are filled by the step registered for 0065 (ocs.db.migration_steps),
+-- in id ranges of their own transactions: rewriting every invoice here would hold this
+-- file's ACCESS EXCLUSIVE lock on invoices for the whole rewrite. A snapshot is this
+-- cluster's unless it names transactions this cluster has not reached (the migration runs
+-- after a move: it is another cluster's, stays NULL, compared by time). Its read time was
+-- not kept: the invoice's creation is the nearest kept time (a draft recomputed later read
+-- later).
+--
+-- The invoice state machine (0021's function, one change more allowed): the step names
+-- the cluster and read time of posted and void invoices too, each column once, only where
+-- the invoice has that snapshot, and nothing else of the invoice changed. A void invoice
+-- allowed no change at all: the UPDATE of every snapshot here refused (void -> void) on
+-- any database that had voided an invoice.
+CREATE OR REPLACE FUNCTION billing_invoice_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    snapshot_columns CONSTANT TEXT[] :=
+        '{usage_snapshot_system,usage_snapshot_at,late_after_system,late_after_at}';
+    here BIGINT;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF OLD.state <> 'draft' THEN
+            RAISE EXCEPTION 'invoice %: a % invoice cannot be deleted', OLD.id, OLD.state
+                USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN OLD;
+    END IF;
+    IF OLD.state = 'draft' THEN
+        IF NEW.state NOT IN ('draft', 'posted') THEN
+            RAISE EXCEPTION 'invoice %: draft -> % is not allowed', OLD.id, NEW.state
+                USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NEW;
+    END IF;
+    -- 0065's backfill names a posted or void invoice's snapshot cluster and read time
+    -- once, nothing else changed (a void invoice allowed no change at all before).
+    here := (SELECT system_identifier FROM pg_control_system());
+    IF NEW.state = OLD.state
+       AND to_jsonb(NEW) - snapshot_columns = to_jsonb(OLD) - snapshot_columns
+       AND (NEW.usage_snapshot_system IS NOT DISTINCT FROM OLD.usage_snapshot_system
+            OR (OLD.usage_snapshot_system IS NULL AND OLD.usage_snapshot IS NOT NULL
+                AND NEW.usage_snapshot_system = here))
+       AND (NEW.usage_snapshot_at IS NOT DISTINCT FROM OLD.usage_snapshot_at
+            OR (OLD.usage_snapshot_at IS NULL AND OLD.usage_snapshot IS NOT NULL))
+       AND (NEW.late_after_system IS NOT DISTINCT FROM OLD.late_after_system
+            OR (OLD.late_after_system IS NULL AND OLD.late_after_snapshot IS NOT NULL
+                AND NEW.late_after_system = here))
+       AND (NEW.late_after_at IS NOT DISTINCT FROM OLD.late_after_at
+            OR (OLD.late_after_at IS NULL AND OLD.late_after_snapshot IS NOT NULL))
+    THEN
+        RETURN NEW;
+    END IF;
+    IF (NEW.window_start, NEW.window_end, NEW.prepaid, NEW.previous_balance, NEW.payments,
+        NEW.debited, NEW.posting_charges, NEW.new_charges, NEW.closing_balance, NEW.amount_due)
+       IS DISTINCT FROM
+       (OLD.window_start, OLD.window_end, OLD.prepaid, OLD.previous_balance, OLD.payments,
+        OLD.debited, OLD.posting_charges, OLD.new_charges, OLD.closing_balance, OLD.amount_due)
+    THEN
+        RAISE EXCEPTION 'invoice %: the statement of a % invoice is final', OLD.id, OLD.state
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF OLD.state = 'posted' AND NEW.state = 'void' AND OLD.kind = 'invoice'
+       AND (NEW.id, NEW.account_id, NEW.kind, NEW.period_start, NEW.period_end, NEW.currency,
+            NEW.number, NEW.subtotal, NEW.tax_total, NEW.total, NEW.invoice_date, NEW.posted_at)
+           IS NOT DISTINCT FROM
+           (OLD.id, OLD.account_id, OLD.kind, OLD.period_start, OLD.period_end, OLD.currency,
+            OLD.number, OLD.subtotal, OLD.tax_total, OLD.total, OLD.invoice_date, OLD.posted_at)
+    THEN
+        RETURN NEW;
+    END IF;
+    IF OLD.state = 'posted' AND NEW.state = 'posted' AND NEW.number = OLD.number
+       AND NEW.total = OLD.total AND NEW.subtotal = OLD.subtotal
+       AND NEW.tax_total = OLD.tax_total AND NEW.account_id = OLD.account_id
+       AND NEW.period_start = OLD.period_start AND NEW.voided_at IS NULL THEN
+        RETURN NEW;  -- no change to what the invoice says (e.g. run_id set null)
+    END IF;
+    RAISE EXCEPTION 'invoice %: % -> % is not allowed (a posted invoice is final; void it)',
+        OLD.id, OLD.state, NEW.state USING ERRCODE = 'check_violation';
+END
+$$;
