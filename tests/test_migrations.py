@@ -25,12 +25,14 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import date
 from importlib import resources
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from ocs.billing import posting
 from ocs.config import Settings
 from ocs.db import migrate as migrate_module
 from ocs.db import migration_steps
@@ -42,6 +44,8 @@ from ocs.db.migrate import (
     migrate,
 )
 from ocs.runtime import prepare_schema
+from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, customer, invoices, run
 from tests.conftest import eventually, with_database
 
 
@@ -607,6 +611,64 @@ async def test_0066_names_the_rule_of_the_fee_lines_posted_before_it(
             invoice,
         )
     assert await fresh_pool.fetchval("SELECT bool_and(finished) FROM schema_migrations")
+
+
+async def test_0066_leaves_a_line_two_rules_of_one_text_could_bill_to_its_text(
+    services: Services,
+) -> None:
+    """Bundle ``pro`` has two flat fees both described "monthly fee" (10.00 and 3.00,
+    upfront), taken from February 10: January's posted invoice bills both periods from
+    Feb 10, its lines written as before 0066 (no rule named). The backfill cannot tell
+    which rule each line bills, and names neither: February bills each fee's period from
+    March 10 only, neither of January's again."""
+    await billed_plan(services)
+    await services.pool.execute(
+        "INSERT INTO bundles (id, name, currency) VALUES ('pro', 'Pro', 'EUR')"
+    )
+    await services.pool.execute(
+        "INSERT INTO bundle_rules (bundle_id, position, kind, description, amount,"
+        " periodicity, timing) VALUES"
+        " ('pro', 1, 'flat_fee', 'monthly fee', 10000000, 'monthly', 'upfront'),"
+        " ('pro', 2, 'flat_fee', 'monthly fee', 3000000, 'monthly', 'upfront')"
+    )
+    sub = await customer(services, "a1", None, date(2026, 1, 1))
+    await services.pool.execute(
+        "INSERT INTO subscription_bundles (subscription_id, bundle_id, start_date)"
+        " VALUES ($1, 'pro', '2026-02-10')",
+        sub,
+    )
+    january = await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    await posting.post(services.pool, services.store, run_id=january)
+    # As lines from before 0066 are (the posted lines' guard set aside for it).
+    await services.pool.execute("ALTER TABLE invoice_lines DISABLE TRIGGER invoice_lines_frozen")
+    try:
+        await services.pool.execute(
+            "UPDATE invoice_lines SET bundle_rule_position = NULL WHERE kind = 'bundle_fee'"
+        )
+    finally:
+        await services.pool.execute("ALTER TABLE invoice_lines ENABLE TRIGGER invoice_lines_frozen")
+    async with services.pool.acquire() as conn:
+        await migration_steps.STEPS[66](conn, None)
+    await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+
+    fees = {
+        i["label"]: sorted(
+            (line["description"], line["amount"])
+            for line in i["lines"]
+            if line["description"].startswith("Pro:")
+        )
+        for i in await invoices(services)
+    }
+    assert fees == {
+        "2026-01": [
+            ("Pro: monthly fee 2026-02-10..2026-03-10, 10.00 per monthly", 10 * EUR),
+            ("Pro: monthly fee 2026-02-10..2026-03-10, 3.00 per monthly", 3 * EUR),
+        ],
+        "2026-02": [
+            ("Pro: monthly fee 2026-03-10..2026-04-10, 10.00 per monthly", 10 * EUR),
+            ("Pro: monthly fee 2026-03-10..2026-04-10, 3.00 per monthly", 3 * EUR),
+        ],
+    }
 
 
 # Ledger rows as the writer keeps them: calls, and one payment credit ("pay:<id>") in 50.

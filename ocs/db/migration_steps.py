@@ -255,18 +255,26 @@ async def _backfill_0065(conn: asyncpg.Connection, progress: Progress | None) ->
 # Migration 0066's rule: a flat fee line naming its subscription bundle gets the position
 # of that bundle's flat fee rule whose "name: description" its description begins with
 # (as ``bundles._fee_line`` wrote it, cut at 200 characters), the longest where several
-# do. ``{where}`` picks the lines: $1 and $2 bound an id range.
+# do. Where that longest is the text of two rules or more (a bundle's fee rules may share
+# a description), the line keeps none and is matched by its text as before: naming one of
+# them would leave the other's period unbilled, billed again by the next run. ``{where}``
+# picks the lines: $1 and $2 bound an id range.
 _RULE_0066 = """
 UPDATE invoice_lines l SET bundle_rule_position = m.position
 FROM (
-    SELECT DISTINCT ON (l.id) l.id, r.position
-    FROM invoice_lines l
-    JOIN subscription_bundles sb ON sb.id = l.subscription_bundle_id
-    JOIN bundles b ON b.id = sb.bundle_id
-    JOIN bundle_rules r ON r.bundle_id = b.id AND r.kind = 'flat_fee'
-    WHERE l.kind = 'bundle_fee' AND l.bundle_rule_position IS NULL AND {where}
-      AND starts_with(l.description, left(b.name || ': ' || r.description || ' ', 200))
-    ORDER BY l.id, length(r.description) DESC
+    SELECT id, position FROM (
+        SELECT l.id, r.position,
+               rank() OVER (PARTITION BY l.id ORDER BY length(m.prefix) DESC) AS longest,
+               count(*) OVER (PARTITION BY l.id, length(m.prefix)) AS alike
+        FROM invoice_lines l
+        JOIN subscription_bundles sb ON sb.id = l.subscription_bundle_id
+        JOIN bundles b ON b.id = sb.bundle_id
+        JOIN bundle_rules r ON r.bundle_id = b.id AND r.kind = 'flat_fee'
+        CROSS JOIN LATERAL (SELECT left(b.name || ': ' || r.description || ' ', 200) AS prefix) m
+        WHERE l.kind = 'bundle_fee' AND l.bundle_rule_position IS NULL AND {where}
+          AND starts_with(l.description, m.prefix)
+    ) c
+    WHERE longest = 1 AND alike = 1
 ) m
 WHERE l.id = m.id
 """

@@ -10,7 +10,9 @@
 -- ranges: each gets the position of the flat fee rule of its subscription bundle's bundle
 -- whose name and description its own description begins with (the longest, where one
 -- rule's description begins another's). A line matching none (its bundle renamed before
--- this release) keeps none, and is matched by its description as before.
+-- this release), or whose longest match is the description of two rules or more (a
+-- bundle's fee rules may share one), keeps none, and is matched by its description as
+-- before.
 ALTER TABLE invoice_lines ADD COLUMN bundle_rule_position INTEGER;
 
 -- The lines of a posted or void invoice stay final (0027, 0031: this is 0031's function,
