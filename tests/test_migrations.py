@@ -613,6 +613,41 @@ async def test_0066_names_the_rule_of_the_fee_lines_posted_before_it(
     assert await fresh_pool.fetchval("SELECT bool_and(finished) FROM schema_migrations")
 
 
+async def test_0066_names_a_rule_only_on_a_flat_fee_line_and_only_a_flat_fee_rule_of_its_bundle(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    """After the backfill, a posted line's rule can still be named once, as the backfill
+    does: on a flat fee line naming its subscription bundle, a flat fee rule of that
+    bundle. Any other line, or a position no flat fee rule of the bundle holds, stays as
+    posted."""
+    invoice = await fee_lines_before_0066(fresh_pool)
+    await migrate(fresh_pool)
+
+    async def name_rule(description: str, position: int) -> None:
+        await fresh_pool.execute(
+            "UPDATE invoice_lines SET bundle_rule_position = $3 WHERE invoice_id = $1"
+            " AND description = $2",
+            invoice,
+            description,
+            position,
+        )
+
+    renamed, unnamed = FEE_LINES_BEFORE_0066[3][0], FEE_LINES_BEFORE_0066[4][0]
+    for description, position in ((renamed, 9), (unnamed, 1), ("Pro: monthly fee calls", 1)):
+        with pytest.raises(asyncpg.CheckViolationError, match="posted invoice are final"):
+            await name_rule(description, position)
+    await name_rule(renamed, 1)
+    rows = await fresh_pool.fetch(
+        "SELECT description, bundle_rule_position FROM invoice_lines WHERE invoice_id = $1"
+        " ORDER BY position",
+        invoice,
+    )
+    assert [(r["description"], r["bundle_rule_position"]) for r in rows] == [
+        *((d, 1 if d == renamed else p) for d, _, p in FEE_LINES_BEFORE_0066),
+        ("Pro: monthly fee calls", None),
+    ]
+
+
 async def test_0066_leaves_a_line_two_rules_of_one_text_could_bill_to_its_text(
     services: Services,
 ) -> None:

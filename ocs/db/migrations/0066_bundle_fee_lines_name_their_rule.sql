@@ -48,7 +48,8 @@ BEGIN
         END IF;
         -- The changes allowed to a final line: posting records its ledger entry once,
         -- after its money moved; 0066's backfill names a fee line's rule once, nothing
-        -- else changed. A line moved into a final invoice is refused too.
+        -- else changed: only a flat fee line naming its subscription bundle, and only a
+        -- flat fee rule of that bundle. A line moved into a final invoice is refused too.
         SELECT i.state INTO invoice_state FROM old_lines o JOIN invoices i ON i.id = o.invoice_id
             WHERE i.state <> 'draft' AND NOT EXISTS (
                 SELECT 1 FROM new_lines n
@@ -64,6 +65,12 @@ BEGIN
                 WHERE n.id = o.id AND o.bundle_rule_position IS NULL
                   AND n.bundle_rule_position IS NOT NULL
                   AND to_jsonb(n) - 'bundle_rule_position' = to_jsonb(o) - 'bundle_rule_position'
+                  AND o.kind = 'bundle_fee' AND o.subscription_bundle_id IS NOT NULL
+                  AND EXISTS (
+                      SELECT 1 FROM subscription_bundles sb
+                      JOIN bundle_rules r ON r.bundle_id = sb.bundle_id
+                      WHERE sb.id = o.subscription_bundle_id
+                        AND r.position = n.bundle_rule_position AND r.kind = 'flat_fee')
             )
             LIMIT 1;
         IF invoice_state IS NULL THEN
