@@ -544,7 +544,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         except WorkersDidNotStart as exc:
             # Said last, once every other process has stopped: for systemd or Docker.
             print(f"ocs: {exc}", file=sys.stderr)
-            return EXIT_REFUSED
+            return EXIT_CONFIG if exc.returncode == EXIT_CONFIG else EXIT_REFUSED
     from ocs.server import serve
 
     uvloop.run(serve(settings))
@@ -1433,7 +1433,8 @@ def _plans_billing(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``ocs`` command line; returns the exit code."""
     from ocs.backend_health import backend_of, describe
-    from ocs.embedded import EmbeddedServerError, StoreConflictError
+    from ocs.db.migrate import MigrationBlocked
+    from ocs.embedded import EmbeddedServerError, EmbeddedServerUnusable, StoreConflictError
     from ocs.runtime import BackendUnreachable
 
     parser = build_parser()
@@ -1465,8 +1466,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         print(f"ocs: {exc.reason.value}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED
+    except MigrationBlocked as exc:
+        # Another transaction's lock: a later start applies it (the units restart on 1).
+        print(f"ocs: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except StoreConflictError as exc:
         print(f"ocs: embedded store: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EmbeddedServerUnusable as exc:
+        # Not installed, or a data dir it cannot use: no restart changes that.
+        print(f"ocs: embedded server: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except EmbeddedServerError as exc:
         print(f"ocs: embedded server: {exc}", file=sys.stderr)

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     # The object add_subparsers returns: where a command group's commands are added.
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
+# What the exit codes mean to a supervisor (deploy/systemd: RestartPreventExitStatus=2,
+# docs/operations.md "Exit codes"): 1, refused or failed now, and a later try may do
+# (a backend down, a table locked by another transaction); 2, refused until someone
+# changes the settings, the command line or the installed release, so that a unit stops
+# with one line instead of restarting into the same refusal for ever.
 EXIT_REFUSED = 1
 EXIT_CONFIG = 2
 EXIT_USAGE = 2  # as argparse's own usage errors

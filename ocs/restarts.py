@@ -12,7 +12,8 @@ worker that crashed just after its ``READY=1`` would be started again every seco
 
 If no process of a kind (the serving workers; the background process) has ever been
 ready, a slot whose process exited ``worker_start_attempts`` times in a row makes the
-parent give up: it stops the others and exits 1, for the supervisor to see. Once one
+parent give up: it stops the others and exits 1 (2 when that process's last exit was 2,
+a refusal the units do not restart either), for the supervisor to see. Once one
 has been ready, the parent never gives up: what worked once may work again.
 """
 

@@ -70,7 +70,14 @@ def _worker_argv(argv: Sequence[str]) -> list[str]:
 
 class WorkersDidNotStart(Exception):
     """Processes of one kind kept exiting and none ever became ready: the parent stopped
-    the others and gives up (ocs.restarts); the message is the one line the CLI says."""
+    the others and gives up (ocs.restarts); the message is the one line the CLI says.
+
+    ``returncode`` is the last exit's: the CLI exits 2 too when it was 2 (a refusal no
+    restart fixes, so that the unit is not restarted either), else 1."""
+
+    def __init__(self, message: str, returncode: int) -> None:
+        super().__init__(message)
+        self.returncode = returncode
 
 
 class _Workers:
@@ -347,7 +354,8 @@ def _restart_exited(workers: _Workers, watch: _Watch) -> None:
         if delay is None:
             raise WorkersDidNotStart(
                 f"{workers.name} never became ready: exited {slot.failures} times in a row"
-                f" (last: {status}); stopped (the log above says why)"
+                f" (last: {status}); stopped (the log above says why)",
+                code,
             )
         slot.restart_at = now + delay
         log.error(

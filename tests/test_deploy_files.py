@@ -129,6 +129,54 @@ def test_a_unit_waits_for_readiness_and_runs_sandboxed(unit: str, command: str) 
     assert "MemoryDenyWriteExecute" not in settings
 
 
+def _start_as_the_unit(unit: str, config: Path) -> subprocess.CompletedProcess[str]:
+    """The unit's ExecStart, with ``config`` for /etc/ocs/ocs.toml and this interpreter's
+    ocs for /usr/local/bin/ocs, run to its end (a refused start ends at once)."""
+    (command,) = _unit(UNITS / unit)["ExecStart"]
+    program, *args = command.replace("/etc/ocs/ocs.toml", str(config)).split()
+    assert program == "/usr/local/bin/ocs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ocs", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=config.parent,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("unit", ["ocs.service", "ocs-billing-worker.service"])
+def test_a_unit_stops_on_a_refusal_a_restart_cannot_fix_and_restarts_after_an_outage(
+    unit: str, tmp_path: Path
+) -> None:
+    """A configuration error used to be restarted every few seconds for ever, its line
+    logged each time: it exits 2, which the unit does not restart. A PostgreSQL not
+    there yet exits 1, which it does."""
+    settings = _unit(UNITS / unit)
+    assert settings["Restart"] == ["on-failure"]
+    never_restarted = {int(code) for code in settings["RestartPreventExitStatus"][0].split()}
+    assert never_restarted == {2}
+
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('http_port = "eighty"\n')
+    refused = _start_as_the_unit(unit, wrong)
+    assert refused.returncode in never_restarted, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"ocs: configuration error: {wrong}: http_port: expected an integer, got 'eighty'"
+    ]
+
+    down = tmp_path / "down.toml"
+    down.write_text(
+        f'database_url = "postgresql://ocs@127.0.0.1:{free_port()}/ocs"\n'
+        f'redis_url = "redis://127.0.0.1:{free_port()}/0"\n'
+        f'data_dir = "{tmp_path}"\nradius_enabled = false\nhttp_port = 0\n'
+    )
+    outage = _start_as_the_unit(unit, down)
+    assert outage.returncode not in never_restarted | {0}, outage.stderr
+    assert "ocs: cannot use" in outage.stderr, outage.stderr
+
+
 def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     assert analyze is not None, "systemd-analyze not found: install Debian's systemd package"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psutil
@@ -188,6 +189,21 @@ def test_postgres_in_a_path_with_a_space_is_refused_by_name(tmp_path: Path) -> N
         start_embedded_postgres(tmp_path / "my data")
     assert str(tmp_path / "my data") in str(refused.value)
     assert not (tmp_path / "my data" / "postgres").exists()
+
+
+def test_a_start_whose_embedded_postgres_cannot_run_there_exits_2_for_its_unit_to_stop(
+    ocs: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Exit 2, not 1: no restart (the units restart on 1) changes the data dir's path."""
+    monkeypatch.delenv("OCS_DATABASE_URL")
+    monkeypatch.setenv("OCS_DATA_DIR", str(tmp_path / "my data"))
+    code, out, err = ocs("plans", "list")
+    assert (code, out) == (2, None), err
+    assert err.strip().splitlines()[-1] == (
+        f"ocs: embedded server: embedded PostgreSQL cannot run in {tmp_path / 'my data'}"
+        "/postgres: its path has a space; choose a data directory without one, or set"
+        " database_url"
+    )
 
 
 def test_postgres_left_by_dead_process_is_reused_then_stopped(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ nothing applied. Migration 0062's backfill runs in id ranges of their own transa
 a reader of ``invoices`` goes on while it runs, a stopped backfill is resumed by the next
 start, and the asks stored are those of the released single-UPDATE rule. A role's
 ``statement_timeout`` does not stop a migration, and a table kept locked by another
-transaction stops it after a few bounded tries instead of queueing readers behind it.
+transaction stops it after a few bounded tries instead of queueing readers behind it:
+that start exits 1, which the systemd units restart, and a later start applies it.
 
 Upgrades: a database a newer release migrated stops every start of this one (it does not
 know that schema), and with ``migrate_on_start = false`` a process finding migrations
@@ -37,6 +38,7 @@ from ocs.config import Settings
 from ocs.db import migrate as migrate_module
 from ocs.db import migration_steps
 from ocs.db.migrate import (
+    MigrationBlocked,
     MigrationRefused,
     available_migrations,
     check_migrated,
@@ -372,10 +374,10 @@ async def test_a_table_locked_by_a_long_transaction_stops_the_migration_after_a_
         transaction = billing.transaction()
         await transaction.start()
         await billing.fetchval("SELECT count(*) FROM invoices")
-        with pytest.raises(MigrationRefused) as refused:
+        with pytest.raises(MigrationBlocked) as blocked:
             await asyncio.wait_for(migrate(fresh_pool), 30)
         assert "migration 0062_invoice_amount_asked: a table it changes stayed locked" in str(
-            refused.value
+            blocked.value
         )
         assert max(await recorded(fresh_pool)) == 60
         await transaction.rollback()
@@ -385,20 +387,61 @@ async def test_a_table_locked_by_a_long_transaction_stops_the_migration_after_a_
     assert 62 in await recorded(fresh_pool)
 
 
+# Run before ``ocs``'s command line by ``run_ocs(..., prelude=SHORT_LOCK_WAITS)``: a
+# migration gives up on a locked table after 3 tries of 100 ms, not 5 of 5 s.
+SHORT_LOCK_WAITS = (
+    "from ocs.db import migration_steps as steps\n"
+    "steps.LOCK_TIMEOUT_MS, steps.LOCK_TRIES, steps.LOCK_RETRY_PAUSE_S = 100, 3, 0.0\n"
+)
+
+
+async def test_a_start_a_table_lock_stopped_exits_1_for_its_unit_to_start_it_again(
+    fresh_pool: asyncpg.Pool, fresh_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Exit code 1, not 2: the units restart on 1 (RestartPreventExitStatus=2) and the lock
+    is released sooner or later, when a restart applies the migration."""
+    await migrated_to(fresh_pool, 60)
+    stores = {"database_url": fresh_url, "redis_url": redis_url, "cwd": tmp_path}
+    billing = await asyncpg.connect(fresh_url)
+    try:
+        # A billing run reading invoices in a long transaction: 0062's ALTER must wait.
+        transaction = billing.transaction()
+        await transaction.start()
+        await billing.fetchval("SELECT count(*) FROM invoices")
+        # The --workers parent migrates (and is refused) before it starts any worker.
+        for command in [("serve",), ("serve", "--workers", "2"), ("billing-worker", "--once")]:
+            code, stdout, stderr = await run_ocs(*command, **stores, prelude=SHORT_LOCK_WAITS)
+            assert (code, stdout) == (1, ""), (command, stderr)
+            assert (
+                "ocs: migration 0062_invoice_amount_asked: a table it changes stayed locked by"
+                " another transaction (3 tries of 100 ms)"
+            ) in stderr, (command, stderr)
+            assert "configuration error" not in stderr, (command, stderr)
+            assert max(await recorded(fresh_pool)) == 60
+        await transaction.rollback()
+    finally:
+        await billing.close()
+    # The start after the lock is gone migrates and runs (the worker's one pass).
+    code, _, stderr = await run_ocs("billing-worker", "--once", **stores, prelude=SHORT_LOCK_WAITS)
+    assert code == 0, stderr
+    assert max(await recorded(fresh_pool)) == max(v for v, _, _ in available_migrations())
+
+
 async def run_ocs(
-    *args: str, database_url: str, redis_url: str, cwd: Path, **settings: str
+    *args: str, database_url: str, redis_url: str, cwd: Path, prelude: str = "", **settings: str
 ) -> tuple[int, str, str]:
     """``ocs *args`` in a process of its own on these stores, with ``settings`` as
-    ``OCS_<KEY>`` variables: (exit code, stdout, stderr)."""
+    ``OCS_<KEY>`` variables: (exit code, stdout, stderr). ``prelude``: Python run in that
+    process before the command line."""
     env = {k: v for k, v in os.environ.items() if k != "OCS_MIGRATE_ON_START"}
     env.update({f"OCS_{key.upper()}": value for key, value in settings.items()})
     # Nothing listens where a test runs beside others: no RADIUS, any free HTTP port.
     env.update(OCS_DATABASE_URL=database_url, OCS_REDIS_URL=redis_url, OCS_DATA_DIR=str(cwd))
     env.update(OCS_RADIUS_ENABLED="false", OCS_HTTP_PORT="0")
+    entry = ["-c", f"{prelude}\nimport sys\nfrom ocs.cli import main\nsys.exit(main())"]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "ocs",
+        *(entry if prelude else ["-m", "ocs"]),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

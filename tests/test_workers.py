@@ -12,10 +12,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ocs import workers
 from ocs.config import Settings
 from ocs.runtime import open_runtime
 from tests.conftest import reset_state
@@ -232,6 +235,28 @@ def test_workers_that_never_become_ready_make_the_parent_give_up(
     finally:
         server.stop()
         asyncio.run(reset_state(settings.redis_url or "", settings.database_url or ""))
+
+
+@pytest.mark.parametrize("worker_exit", [2, 1])
+def test_a_parent_whose_workers_exit_2_gives_up_with_2_for_its_unit_not_to_restart_it(
+    ocs: Any, monkeypatch: pytest.MonkeyPatch, worker_exit: int
+) -> None:
+    """Workers refused by what no restart fixes (exit 2) made the parent exit 1, which
+    the unit restarts (RestartPreventExitStatus=2) into the same refusal for ever: the
+    parent says the workers' 2. A transient failure (1) stays 1."""
+    monkeypatch.setenv("OCS_WORKER_START_ATTEMPTS", "2")
+    monkeypatch.setenv("OCS_RADIUS_ENABLED", "false")
+    monkeypatch.setenv("OCS_HTTP_PORT", "0")
+    # Each worker, once the parent's own checks (ports, stores, pepper, migrations)
+    # passed, refused at its start with ``worker_exit``.
+    worker = [sys.executable, "-c", f"raise SystemExit({worker_exit})"]
+    monkeypatch.setattr(workers, "_worker_argv", lambda argv: worker)
+    code, out, err = ocs("serve", "--workers", "2")
+    assert (code, out) == (worker_exit, None), err
+    assert err.strip().splitlines()[-1] == (
+        f"ocs: worker never became ready: exited 2 times in a row (last: exit code"
+        f" {worker_exit}); stopped (the log above says why)"
+    )
 
 
 def _metrics_dir(worker_pid: int) -> Path:

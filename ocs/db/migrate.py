@@ -45,7 +45,18 @@ _COMMENT_RE = re.compile(r"--[^\n]*")
 class MigrationRefused(ConfigError):
     """The shipped migrations and the database's record disagree: nothing is applied.
 
-    A ``ConfigError``: the command stops with one line and the configuration exit code."""
+    A ``ConfigError``: the command stops with one line and the configuration exit code
+    (2), which the systemd units do not restart: starting again changes nothing until the
+    installed release or ``ocs db migrate`` does."""
+
+
+class MigrationBlocked(Exception):
+    """A migration gave up waiting for a table another transaction kept locked; what it
+    did was rolled back.
+
+    Not a ``ConfigError``: the transaction ends sooner or later, and a later start applies
+    the migration, so the command stops with one line and exit code 1, which the systemd
+    units restart (decision 0009, addendum 2026-12-07)."""
 
 
 def available_migrations() -> list[tuple[int, str, str]]:
@@ -151,7 +162,11 @@ async def check_migrated(pool: asyncpg.Pool) -> None:
 
 async def migrate(pool: asyncpg.Pool, *, progress: Progress | None = None) -> list[int]:
     """Apply pending migrations (finishing any step left unfinished); returns the
-    versions applied now. ``progress`` is told after each range a step commits."""
+    versions applied now. ``progress`` is told after each range a step commits.
+
+    ``MigrationRefused`` when the shipped files and the database disagree (nothing is
+    applied); ``MigrationBlocked`` when a table stayed locked (the versions before the
+    one it waited for stay applied)."""
     async with pool.acquire() as conn:
         # A role's statement_timeout would stop a long step (a backfill, an index build)
         # at every start. The pool resets it.
@@ -160,7 +175,7 @@ async def migrate(pool: asyncpg.Pool, *, progress: Progress | None = None) -> li
         try:
             return await _migrate_locked(conn, progress)
         except MigrationLockTimeout as exc:
-            raise MigrationRefused(str(exc)) from exc
+            raise MigrationBlocked(str(exc)) from exc
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
             await conn.execute("RESET statement_timeout")
