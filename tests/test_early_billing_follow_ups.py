@@ -1,7 +1,8 @@
 """After an early billing run: a plan with no account is refused a period not ended, an
 account that joins after an early run is billed for that period once it ends, and the
 calls stopped after the early run's cut-off say so on the next invoice (decision 0021,
-addendum 2026-12-07)."""
+addendum 2026-12-07). Only a run made early is followed up (not an operator's run with a
+usage cut-off), only for the accounts that joined before the period's window ended."""
 
 from datetime import UTC, date, datetime, timedelta
 
@@ -184,4 +185,76 @@ async def test_an_account_joining_after_an_early_run_is_billed_for_that_period_o
     assert [row[0] for row in usage["rows"]] == [
         "UK Mobile, recorded late (from 15 Mar 2026)",
         "UK Mobile, made after the previous invoice's usage ended (from 22 Mar 2026)",
+    ]
+
+
+async def _worker_pass(services: Services, now: datetime) -> None:
+    """One pass of a billing worker (posting its runs) whose clock says ``now``."""
+    worker = BillingWorker(
+        services.pool, WorkerSettings(run_delay=DELAY), clock=lambda: now, store=services.store
+    )
+    await worker.run_once()
+
+
+async def _early_flags(services: Services) -> list[tuple[str, bool]]:
+    """Every run stored: (period, whether it is recorded early), oldest first."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT period, early FROM invoice_runs ORDER BY id")
+    return [(r["period"], r["early"]) for r in rows]
+
+
+async def test_an_operators_run_with_a_usage_cutoff_is_not_followed_up(
+    services: Services,
+) -> None:
+    # An operator billed March on April 2 with a usage cut-off of March 31 noon (an
+    # option since the first billing release; every run stored before the upgrade is
+    # such a run at most). It was taken for early, and the worker's pass after the
+    # upgrade made a follow-up of March: a2, entered on April 3 with a subscription
+    # from March 10, got a March invoice posted (a number used, an email sent).
+    await billed_plan(services, effective=date(2026, 3, 1))
+    await monthly(services, "rent", 10 * EUR)
+    await customer(services, "a1", "rent", date(2026, 1, 1))
+    march = await runs.create_run(
+        services.pool,
+        "2026-03",
+        invoice_date=date(2026, 4, 2),
+        usage_cutoff=datetime(2026, 3, 31, 12, tzinfo=UTC),
+        timing=runs.Timing(now=datetime(2026, 4, 2, tzinfo=UTC)),
+    )
+    assert (await runs.execute_run(services.pool, march)).state == "done"
+    await customer(services, "a2", "rent", date(2026, 3, 10))
+    await _worker_pass(services, datetime(2026, 4, 10, tzinfo=UTC))
+    assert [await _invoice_count(services, a, "2026-03") for a in ("a1", "a2")] == [1, 0]
+    assert await _early_flags(services) == [("2026-03", False)]
+
+
+async def test_a_follow_up_bills_only_the_accounts_that_joined_before_the_window_ended(
+    services: Services,
+) -> None:
+    # March billed early on March 20 for a1; a2 joins on March 25, a3 on April 15. The
+    # worker, down until April 20, makes March's follow-up then: a2 has March to pay,
+    # a3 has nothing of March (it got a March invoice of 0, posted and numbered).
+    await billed_plan(services, effective=date(2026, 3, 1))
+    await monthly(services, "rent", 10 * EUR)
+    await customer(services, "a1", "rent", date(2026, 1, 1))
+    early = await runs.create_run(
+        services.pool,
+        "2026-03",
+        invoice_date=date(2026, 3, 20),
+        timing=runs.Timing(early=True, now=datetime(2026, 3, 20, tzinfo=UTC)),
+    )
+    assert (await runs.execute_run(services.pool, early)).state == "done"
+    await customer(services, "a2", "rent", date(2026, 3, 25))
+    await customer(services, "a3", "rent", date(2026, 4, 15))
+    await _worker_pass(services, datetime(2026, 4, 20, tzinfo=UTC))
+    await _worker_pass(services, datetime(2026, 4, 21, tzinfo=UTC))
+    assert await _runs(services) == [("2026-03", 1), ("2026-03", 1)]
+    assert await _early_flags(services) == [("2026-03", True), ("2026-03", False)]
+    assert [await _invoice_count(services, a, "2026-03") for a in ("a1", "a2", "a3")] == [
+        1,
+        1,
+        0,
+    ]
+    assert await _lines(services, "a2", "2026-03") == [
+        ("proration", 226 * CENT, "Line rent rent (7/31 days)")
     ]

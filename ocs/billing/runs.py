@@ -139,9 +139,23 @@ def usage_window_end(billing: PlanBilling, period: Period) -> datetime:
     return period.start if billing.invoice_timing == "start_of_cycle" else period.end
 
 
-async def _uninvoiced(conn: asyncpg.Connection, groups: Groups) -> tuple[Groups, int]:
-    """The groups less the accounts that have an invoice (any state) of their period,
-    and how many accounts are left."""
+def _first_instant(start: date | None, created_at: datetime, zone: ZoneInfo) -> datetime:
+    """When an account joined its plan: its first subscription's start (local midnight),
+    else its creation, as its anchor counts it (``anchors.account_anchor``)."""
+    return created_at if start is None else local_midnight(start, zone)
+
+
+async def _follow_up(
+    conn: asyncpg.Connection, plans: list[PlanBilling], groups: Groups
+) -> tuple[Groups, int]:
+    """The groups of a follow-up run: less the accounts that have an invoice (any state)
+    of their period, and less those that did not exist before their period's usage window
+    ended (their first subscription to the plan, else their creation, at or after it);
+    and how many accounts are left.
+
+    A follow-up is made once the period has ended, maybe long after (a worker down): an
+    account that joined the plan since had no usage or charge of the period, and got a
+    posted invoice of 0 for it (a number used, an email sent)."""
     accounts = [a for members in groups.values() for a in members]
     invoiced = {
         (r["account_id"], r["period_start"])
@@ -153,9 +167,26 @@ async def _uninvoiced(conn: asyncpg.Connection, groups: Groups) -> tuple[Groups,
             list({found.start for _, _, found in groups}),
         )
     }
+    first_days = {
+        r["id"]: (r["start"], r["created_at"])
+        for r in await conn.fetch(
+            "SELECT a.id, a.created_at, (SELECT min(start_date) FROM subscriptions s"
+            "   WHERE s.account_id = a.id AND s.plan_id = a.plan_id) AS start"
+            " FROM accounts a WHERE a.id = ANY($1::text[])",
+            accounts,
+        )
+    }
+    by_plan = {p.plan_id: p for p in plans}
     left: Groups = {}
     for key, members in groups.items():
-        kept = [a for a in members if (a, key[2].start) not in invoiced]
+        billing = by_plan[key[0]]
+        end = usage_window_end(billing, key[2])
+        zone = schedule(billing).zone
+        kept = [
+            a
+            for a in members
+            if (a, key[2].start) not in invoiced and _first_instant(*first_days[a], zone) < end
+        ]
         if kept:
             left[key] = kept
     return left, sum(len(members) for members in left.values())
@@ -211,20 +242,23 @@ def _early_cutoff(
     ends: list[datetime],
     timing: Timing,
     usage_cutoff: datetime | None,
-) -> datetime | None:
-    """The run's usage cut-off once its windows' ``ends`` are checked against ``timing``.
+) -> tuple[datetime | None, bool]:
+    """The run's usage cut-off once its windows' ``ends`` are checked against ``timing``,
+    and whether the run is early (stored with it: ``invoice_runs.early``).
 
     A window that has not ended ``timing.delay`` seconds before now is refused
     naming ``period``, unless the run is early: its usage then stops at now (or at
     the operator's earlier cut-off), so a call stopped after the run's creation
     is on no window of this run, and the next invoice bills it (``late_usage``).
+    A run of ended windows is not early, whatever its cut-off: an operator's cut-off
+    is no reason to bill the period again (migration 0067).
     """
     now = (timing.now or datetime.now(UTC)).astimezone(UTC)
     if not ends:
-        return usage_cutoff
+        return usage_cutoff, False
     last = max(e.astimezone(UTC) for e in ends)
     if last + timedelta(seconds=timing.delay) <= now:
-        return usage_cutoff
+        return usage_cutoff, False
     if not timing.early:
         raise invalid(
             "period",
@@ -233,7 +267,7 @@ def _early_cutoff(
             f" {(last + timedelta(seconds=timing.delay)).isoformat()}; an early run"
             " (early / --early) bills what is known so far",
         )
-    return now if usage_cutoff is None else min(usage_cutoff.astimezone(UTC), now)
+    return (now if usage_cutoff is None else min(usage_cutoff.astimezone(UTC), now)), True
 
 
 async def create_run(
@@ -260,9 +294,10 @@ async def create_run(
     ``timing``: a period whose usage window has not ended ``timing.delay`` seconds ago
     is refused (400 naming ``period``) unless ``timing.early`` (``_early_cutoff``);
     None checks with no delay.
-    ``uninvoiced_only``: only the accounts with no invoice of their period (any state):
-    the worker's follow-up of a period whose runs all stopped early, which bills the
-    accounts that joined after them and leaves those they invoiced alone.
+    ``uninvoiced_only``: only the accounts with no invoice of their period (any state)
+    that existed before its usage window ended (``_follow_up``): the worker's follow-up
+    of a period whose runs were all early, which bills the accounts that joined after
+    them and leaves those they invoiced alone.
     """
     if chunk_size < 1:
         raise invalid("chunk_size", "must be at least 1")
@@ -296,16 +331,16 @@ async def create_run(
             fixed_periods = {}
         groups, accounts_total = await _account_groups(conn, plans, period, fixed_periods)
         ends = _window_ends(plans, groups, fixed_periods, period)
-        usage_cutoff = _early_cutoff(period, ends, timing or Timing(), usage_cutoff)
+        usage_cutoff, early = _early_cutoff(period, ends, timing or Timing(), usage_cutoff)
         if uninvoiced_only:
-            groups, accounts_total = await _uninvoiced(conn, groups)
+            groups, accounts_total = await _follow_up(conn, plans, groups)
         if invoice_date is None:
             invoice_date = today_where_billed(plans)
         run_id = int(
             await conn.fetchval(
                 "INSERT INTO invoice_runs (period, plan_id, invoice_date, charge_cutoff,"
-                " usage_cutoff, calculate_taxes, accounts_total, auto_post)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                " usage_cutoff, calculate_taxes, accounts_total, auto_post, early)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
                 period,
                 plan_id,
                 invoice_date,
@@ -314,6 +349,7 @@ async def create_run(
                 calculate_taxes,
                 accounts_total,
                 auto_post,
+                early,
             )
         )
         chunks: list[tuple[object, ...]] = []

@@ -18,9 +18,10 @@ Every ``billing_poll_interval`` seconds a worker:
    "Once" holds across workers and restarts: the check for an existing run and
    the creation happen under a PostgreSQL advisory lock of (plan, period), and
    an existing run of the period (a worker's or an operator's, for the plan or
-   for every plan) means the period is taken, unless every such run stopped
-   before its usage window's end (an early run): the period is then due once
-   more, for the accounts with no invoice of it (``_taken_by``);
+   for every plan) means the period is taken, unless every such run was early
+   (made so, stopping before its usage window's end): the period is then due once
+   more, for the accounts with no invoice of it that existed before its window
+   ended (``_taken_by``);
 2. executes every run with a chunk not done, one chunk at a time, claiming
    chunks from PostgreSQL (``runs.claim_chunk``: SKIP LOCKED and a lease), so
    several workers share a run and a dead worker's chunk is claimed again
@@ -184,39 +185,48 @@ def due_period(billing: PlanBilling, now: datetime, delay: float = 0.0) -> Due |
     return found[-1] if found else None
 
 
-# The runs that took a period, with their usage cut-off: by name (the plan's or every
-# plan's; start NULL), or by a chunk of the plan starting at its first instant.
+# The runs that took a period, with whether each was early and its usage cut-off: by name
+# (the plan's or every plan's; start NULL), or by a chunk of the plan starting at its
+# first instant.
 _TAKEN_SQL = """
-SELECT r.plan_id, r.period, NULL::timestamptz AS start, r.usage_cutoff FROM invoice_runs r
+SELECT r.plan_id, r.period, NULL::timestamptz AS start, r.early, r.usage_cutoff
+FROM invoice_runs r
 UNION ALL
-SELECT DISTINCT c.plan_id, NULL, c.period_start, r.usage_cutoff
+SELECT DISTINCT c.plan_id, NULL, c.period_start, r.early, r.usage_cutoff
 FROM invoice_run_chunks c JOIN invoice_runs r ON r.id = c.run_id
 """
 
 # The same, of one plan's period ($1 its name, $2 the plan, $3 its first instant).
 _TAKEN_ONE_SQL = """
-SELECT usage_cutoff FROM invoice_runs WHERE period = $1 AND (plan_id = $2 OR plan_id IS NULL)
+SELECT early, usage_cutoff FROM invoice_runs
+WHERE period = $1 AND (plan_id = $2 OR plan_id IS NULL)
 UNION ALL
-SELECT r.usage_cutoff FROM invoice_run_chunks c JOIN invoice_runs r ON r.id = c.run_id
+SELECT r.early, r.usage_cutoff FROM invoice_run_chunks c JOIN invoice_runs r ON r.id = c.run_id
 WHERE c.plan_id = $2 AND c.period_start = $3
 """
 
-
-def _early(cutoff: datetime | None, window_end: datetime) -> bool:
-    """Whether a run with usage cut-off ``cutoff`` stopped before the period's usage
-    window ended (``runs.plan_window_end``): an early run, or an operator's cut-off."""
-    return cutoff is not None and cutoff < window_end
+# A run that took a period: (early, usage cut-off).
+Taken = tuple[bool, datetime | None]
 
 
-def _taken_by(billing: PlanBilling, due: Due, cutoffs: list[datetime | None]) -> Due | None:
-    """``due`` as the worker should run it given the usage cut-offs of the runs that
-    took it so far: None when one of them billed the whole window; a follow-up when
-    they all stopped early (decision 0021, addendum 2026-12-07: an account that joined
-    the plan after an early run was never billed for that period); else ``due``."""
-    if not cutoffs:
+def _early(run: Taken, window_end: datetime) -> bool:
+    """Whether a run stopped before the plan's usage window of the period ended
+    (``runs.plan_window_end``): an early run, made so (``invoice_runs.early``), whose
+    cut-off is before it (a run of every plan is early for the plans whose window had
+    not ended, not for the others). An operator's cut-off alone is not early (0067)."""
+    early, cutoff = run
+    return early and cutoff is not None and cutoff < window_end
+
+
+def _taken_by(billing: PlanBilling, due: Due, taken: list[Taken]) -> Due | None:
+    """``due`` as the worker should run it given the runs that took it so far: None when
+    one of them was not early; a follow-up when they all were (decision 0021, addendum
+    2026-12-07: an account that joined the plan after an early run was never billed for
+    that period); else ``due``."""
+    if not taken:
         return due
     end = runs.plan_window_end(billing, due.period)
-    if not all(_early(cutoff, end) for cutoff in cutoffs):
+    if not all(_early(run, end) for run in taken):
         return None
     return Due(due.plan_id, due.period, due.start, due.invoice_date, follow_up=True)
 
@@ -235,23 +245,24 @@ async def due_runs(pool: asyncpg.Pool, now: datetime, delay: float = 0.0) -> lis
             list(SCHEDULED),
         )
         taken = await conn.fetch(_TAKEN_SQL)
-    named: dict[tuple[str | None, str], list[datetime | None]] = {}
-    started: dict[tuple[str, datetime], list[datetime | None]] = {}
+    named: dict[tuple[str | None, str], list[Taken]] = {}
+    started: dict[tuple[str, datetime], list[Taken]] = {}
     for r in taken:
+        run = (bool(r["early"]), r["usage_cutoff"])
         if r["period"] is not None:
-            named.setdefault((r["plan_id"], r["period"]), []).append(r["usage_cutoff"])
+            named.setdefault((r["plan_id"], r["period"]), []).append(run)
         else:
-            started.setdefault((r["plan_id"], r["start"]), []).append(r["usage_cutoff"])
+            started.setdefault((r["plan_id"], r["start"]), []).append(run)
     found = []
     for row in rows:
         billing = PlanBilling.from_row(row)
         for due in due_periods(billing, now, delay):
-            cutoffs = (
+            by = (
                 named.get((due.plan_id, due.period), [])
                 + named.get((None, due.period), [])
                 + started.get((due.plan_id, due.start), [])
             )
-            if (running := _taken_by(billing, due, cutoffs)) is not None:
+            if (running := _taken_by(billing, due, by)) is not None:
                 found.append(running)
     return found
 
@@ -282,14 +293,14 @@ async def ensure_run(
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
         try:
-            cutoffs = [
-                r["usage_cutoff"]
+            taken = [
+                (bool(r["early"]), r["usage_cutoff"])
                 for r in await conn.fetch(_TAKEN_ONE_SQL, due.period, due.plan_id, due.start)
             ]
             billing = PlanBilling.from_row(
                 await conn.fetchrow("SELECT * FROM plan_billing WHERE plan_id = $1", due.plan_id)
             )
-            running = _taken_by(billing, due, cutoffs)
+            running = _taken_by(billing, due, taken)
             if running is None:
                 return None
             return await runs.create_run(

@@ -1,0 +1,12 @@
+-- An early run is recorded as one (decision 0021, addendum 2026-12-07): the worker makes
+-- a follow-up run of a period whose runs all stopped early, for the accounts joining
+-- after them. It inferred "early" from a usage cut-off before the period's window end,
+-- so an operator's run given a usage cut-off (an option since the first billing release)
+-- counted as early, and the first pass after the upgrade made follow-ups of old periods
+-- for every account on the plan today with no invoice of them (a posted invoice of 0
+-- with a number used and an email sent, for an account created months later).
+--
+-- The runs stored before are recorded as not early: guessing from their cut-off is what
+-- went wrong, and a release before this one made no early run. A constant default is
+-- stored in the catalog: no rewrite, no scan.
+ALTER TABLE invoice_runs ADD COLUMN early BOOLEAN NOT NULL DEFAULT false;
