@@ -2,7 +2,8 @@
 account that joins after an early run is billed for that period once it ends, and the
 calls stopped after the early run's cut-off say so on the next invoice (decision 0021,
 addendum 2026-12-07). Only a run made early is followed up (not an operator's run with a
-usage cut-off), only for the accounts that joined before the period's window ended."""
+usage cut-off), only for the accounts that joined before the period's window ended; a run
+of every plan skips a plan with no account whose cycle has no period of that name."""
 
 from datetime import UTC, date, datetime, timedelta
 
@@ -17,6 +18,7 @@ from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, cdr, customer, invoice_id, monthly
+from tests.conftest import add_plan
 
 CENT = EUR // 100
 DELAY = 300
@@ -258,3 +260,31 @@ async def test_a_follow_up_bills_only_the_accounts_that_joined_before_the_window
     assert await _lines(services, "a2", "2026-03") == [
         ("proration", 226 * CENT, "Line rent rent (7/31 days)")
     ]
+
+
+async def test_a_run_of_every_plan_skips_a_plan_with_no_account_and_no_such_period(
+    services: Services,
+) -> None:
+    # A weekly plan with no account yet has no period named "2026-03" (five of its
+    # weeks start in March): a run of March of every plan was refused for it, and the
+    # retail plan's accounts were not billed.
+    await billed_plan(services)
+    await monthly(services, "rent", 10 * EUR)
+    await customer(services, "a1", "rent", date(2026, 1, 1))
+    await add_plan(services, "weekly")
+    await set_plan_billing(
+        services.pool,
+        services.store,
+        PlanBilling("weekly", "week", date(2026, 1, 5), time_zone="UTC", cycle_weekday=1),
+    )
+    april_2 = datetime(2026, 4, 2, tzinfo=UTC)
+    march = await runs.create_run(services.pool, "2026-03", timing=runs.Timing(now=april_2))
+    assert (await runs.execute_run(services.pool, march)).state == "done"
+    assert await _runs(services) == [("2026-03", 1)]
+    assert await _lines(services, "a1", "2026-03") == [("recurring", 10 * EUR, "Line rent rent")]
+    # A period not ended is still refused; the weekly plan named is refused a month.
+    message = await _refused(services, "2026-04", april_2)
+    assert "'2026-04' has not ended" in message, message
+    message = await _refused(services, "2026-03", april_2, "weekly")
+    assert "2026-03" in message, message
+    assert await _runs(services) == [("2026-03", 1)]

@@ -215,25 +215,34 @@ def plan_window_end(billing: PlanBilling, period: str) -> datetime:
 
 
 def _window_ends(
-    plans: list[PlanBilling], groups: Groups, fixed: dict[str, Period], period: str
+    plans: list[PlanBilling],
+    groups: Groups,
+    fixed: dict[str, Period],
+    period: str,
+    plan_named: bool,
 ) -> list[datetime]:
     """Every usage window end a run of ``period`` must wait for: its groups', and each
     plan's own period whether or not it has accounts. A plan with no account was not
     checked, and a run of a month not yet ended was stored done and counted as taken,
-    so an account joining later in it was never billed for it (decision 0021)."""
+    so an account joining later in it was never billed for it (decision 0021).
+
+    A run of every plan (``plan_named`` False) skips a plan with no account whose cycle
+    has no period of that name (a weekly plan's for a month): it has nothing to bill in
+    that run, and refusing it refused the run of every other plan."""
     by_plan = {p.plan_id: p for p in plans}
     ends = [usage_window_end(by_plan[plan], found) for plan, _, found in groups]
     with_accounts = {plan for plan, anchor, _ in groups if anchor is not None}
-    try:
-        for billing in plans:
-            if billing.plan_id in fixed:
-                ends.append(usage_window_end(billing, fixed[billing.plan_id]))
-            elif billing.plan_id not in with_accounts:
-                # A subscription-date plan with accounts: their anchors' periods are
-                # the run's; without, any period named so may yet come.
+    for billing in plans:
+        if billing.plan_id in fixed:
+            ends.append(usage_window_end(billing, fixed[billing.plan_id]))
+        elif billing.plan_id not in with_accounts:
+            # A subscription-date plan with accounts: their anchors' periods are
+            # the run's; without, any period named so may yet come.
+            try:
                 ends.append(plan_window_end(billing, period))
-    except ValueError as error:
-        raise invalid("period", str(error)) from None
+            except ValueError as error:
+                if plan_named:
+                    raise invalid("period", str(error)) from None
     return ends
 
 
@@ -330,7 +339,7 @@ async def create_run(
         else:
             fixed_periods = {}
         groups, accounts_total = await _account_groups(conn, plans, period, fixed_periods)
-        ends = _window_ends(plans, groups, fixed_periods, period)
+        ends = _window_ends(plans, groups, fixed_periods, period, plan_id is not None)
         usage_cutoff, early = _early_cutoff(period, ends, timing or Timing(), usage_cutoff)
         if uninvoiced_only:
             groups, accounts_total = await _follow_up(conn, plans, groups)
