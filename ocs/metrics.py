@@ -397,6 +397,12 @@ BILLING_FAILURES = Counter(
 )
 for _stage in ("counters", "schedule", "chunk", "post", "payments", "dunning", "sessions"):
     BILLING_FAILURES.labels(_stage)
+BILLING_SESSIONS_GIVEN_UP = Gauge(
+    "ocs_billing_sessions_given_up",
+    "Closed on-demand sessions with no invoice whose draft the billing worker stopped"
+    " trying (a refusal, or 3 failures in a row): each needs an operator.",
+    multiprocess_mode="max",
+)
 BILLING_CHUNK_DURATION = Histogram(
     "ocs_billing_chunk_duration_seconds",
     "Time to draft one chunk of an invoice run's accounts.",

@@ -75,6 +75,7 @@ from ocs.billing.cycles import SCHEDULED, PlanBilling, schedule
 from ocs.billing.periods import Period, local_midnight, month_day
 from ocs.billing.taxes import TaxEngine, external_engine
 from ocs.config import ConfigError, Settings
+from ocs.errors import OcsError
 from ocs.events.delivery import deliver_pending, serve_deliveries
 
 log = logging.getLogger("ocs.billing.worker")
@@ -84,6 +85,10 @@ RUN_LOCK_PREFIX = "ocs-billing-run:"
 # A posted invoice's lines still unmoved after this long were left by a crash (a
 # posting moves its money within seconds of its numbers): the pass moves them.
 UNMOVED_AFTER_S = 60.0
+# Failed drafts of a closed session's missing invoice before the worker stops trying it
+# (a refusal, an ``OcsError``, stops it at once: the draft fails the same way until an
+# operator changes the account or its plan). Counted per worker process, from its start.
+SESSION_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +352,8 @@ class BillingWorker:
         self._joined: set[int] = set()
         self._waiting_for_ledger = False
         self._held_for_ledger: set[int] = set()
-        self._failed_sessions: set[int] = set()
+        self._session_failures: dict[int, int] = {}
+        self._sessions_given_up: set[int] = set()
 
     async def create_due_runs(self) -> list[int]:
         """Create the run of every plan's due period that has none; the new runs' ids.
@@ -561,8 +567,11 @@ class BillingWorker:
         ``close_session`` commits the close, then drafts: a failure between the
         two (a bug, PostgreSQL lost, the process killed) leaves a closed session
         that nothing else invoices. Each is drafted under its row's lock and only
-        while its invoice is missing, so never twice. A session that fails is
-        logged once, and tried again at every pass.
+        while its invoice is missing, so never twice. A session whose draft is refused
+        (an ``OcsError``: its account left its on-demand plan) or fails ``SESSION_TRIES``
+        times is given up: logged once, tried no more by this worker (a restart tries
+        again), and counted in ``ocs_billing_sessions_given_up`` until it has an
+        invoice; it no longer counts as a failure at every pass.
         """
         closed_before = self.clock() - timedelta(seconds=sessions.UNINVOICED_AFTER_S)
         try:
@@ -575,18 +584,15 @@ class BillingWorker:
         for session_id in left:
             if stopping.is_set():
                 break
+            if session_id in self._sessions_given_up:
+                continue
             try:
                 invoice_id = await sessions.invoice_left(self.pool, session_id)
             except Exception as error:
                 metrics.BILLING_FAILURES.labels("sessions").inc()
-                if session_id not in self._failed_sessions:
-                    self._failed_sessions.add(session_id)
-                    log.error(
-                        "session invoice failed",
-                        extra={"worker": self.name, "session_id": session_id, "error": str(error)},
-                    )
+                self._session_failed(session_id, error)
                 continue
-            self._failed_sessions.discard(session_id)
+            self._session_failures.pop(session_id, None)
             if invoice_id is None:
                 continue  # the close (or another worker) drafted it meanwhile
             drafted.append(session_id)
@@ -594,7 +600,26 @@ class BillingWorker:
                 "session invoice drafted after a failed close",
                 extra={"worker": self.name, "session_id": session_id, "invoice_id": invoice_id},
             )
+        # One invoiced since (by hand) needs nobody any more.
+        self._sessions_given_up &= set(left)
+        metrics.BILLING_SESSIONS_GIVEN_UP.set(len(self._sessions_given_up))
         return drafted
+
+    def _session_failed(self, session_id: int, error: Exception) -> None:
+        """Count a failed draft of the session's missing invoice: logged at its first
+        failure, and once more when the worker gives it up (``SESSION_TRIES``)."""
+        failures = self._session_failures.get(session_id, 0) + 1
+        self._session_failures[session_id] = failures
+        extra = {"worker": self.name, "session_id": session_id, "error": str(error)}
+        if isinstance(error, OcsError) or failures >= SESSION_TRIES:
+            self._session_failures.pop(session_id, None)
+            self._sessions_given_up.add(session_id)
+            log.error(
+                "session invoice given up: an operator must fix its account or plan",
+                extra={**extra, "failures": failures},
+            )
+        elif failures == 1:
+            log.error("session invoice failed", extra=extra)
 
     async def finish_payments(self) -> payments.PendingMoves:
         """Make the balance credits of payments and the debits of refunds that a crash or
