@@ -13,7 +13,10 @@ A Redis that answers but refuses every write (``OOM`` at maxmemory with noevicti
 or charged there. Such an outage ("refusing writes") ends only when a write is taken
 again (``report_success(..., write=True)``: the ``/readyz`` probe's, or the
 auto-pipeline's while traffic flows), never when a read is answered, or every read
-between two refused writes would end and start it again.
+between two refused writes would end and start it again. So does a Redis Cluster
+outage (one master down or stalled): a batch that only the healthy masters served, or
+any success while the write probes know a failing master, does not end it; the next
+write probe that every master takes does.
 
 One tracker per process: :func:`default` returns it, and ``Services.health`` is
 that same instance, so every component of a process shares one state.
@@ -269,15 +272,24 @@ class BackendHealth:
                 ),
             )
 
-    def report_success(self, backend: str, write: bool = False) -> bool:
-        """An operation on ``backend`` succeeded: it is reachable. ``write``: the operation
-        was a write Redis would refuse while it refuses writes (a ``SET``); only such a
-        success ends an outage of refused writes. True when the backend is up after it."""
+    def report_success(self, backend: str, write: bool = False, every_master: bool = True) -> bool:
+        """An operation on ``backend`` succeeded: it is reachable. True when the backend is
+        up after it.
+
+        ``write``: the operation was a write probe Redis would refuse while it refuses
+        writes (a ``SET``, on every master of a cluster); only such a success ends an
+        outage of refused writes, or a Redis Cluster outage while a probe has found a
+        master failing. ``every_master``: False when the operation reached only some
+        masters of a cluster (an auto-pipeline batch reaches those its keys live on):
+        it ends no outage, or every batch served by the healthy masters would end the
+        outage that the next one meeting the failed master starts again."""
         state = self._states.get(backend)
         if state is None or state.up:
             return True  # the hot path: one dict lookup and nothing else
-        if state.refusal and not write:
-            return False  # a read answered says nothing of the writes refused
+        if not write and (state.refusal or not every_master or self._master_failing(backend)):
+            # A read answered says nothing of the writes refused, nor an answer of some
+            # masters of the one that fails: a write probe that every master takes does.
+            return False
         down_for = self._clock() - state.down_since
         state.up = True
         metrics.BACKEND_UP.labels(backend).set(1)
@@ -354,6 +366,15 @@ class BackendHealth:
                     },
                 )
             state.failure = failure
+
+    def _master_failing(self, backend: str) -> bool:
+        """Whether the last write probes found a master of a Redis Cluster failing (a
+        standalone server's failure is the backend's own outage)."""
+        return (
+            backend == REDIS
+            and len(self._masters) > 1
+            and any(state.failure for state in self._masters.values())
+        )
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         """Each backend's state for a readiness answer: up, and while down, since when and why."""

@@ -23,6 +23,8 @@ Redis refuses because it takes no write now (OOM, READONLY...: ocs.backend_healt
 each such caller fails, the batch's other replies are handed out. While the tracker
 has Redis down for refused writes, answered batches do not end the outage (reads are
 answered all along): a probe ``SET`` sent at most once a second does, once it is taken.
+On a cluster no answered batch ends an outage (the healthy masters answer theirs while
+another is down): the probe does, once every master takes it.
 """
 
 import asyncio
@@ -202,8 +204,12 @@ class AutoPipeline:
             else:
                 future.set_result(reply)
         if outage is None:
-            if not self._health.report_success(backend_health.REDIS):
-                self._probe_writes()  # down for refused writes: only a write ends it
+            # A cluster's batch reached only the masters of its keys: while one fails, the
+            # others' answers do not end the outage (each batch would flap it).
+            if not self._health.report_success(
+                backend_health.REDIS, every_master=not self._cluster
+            ):
+                self._probe_writes()  # a write taken by every master ends it
         else:
             self._health.report_failure(backend_health.REDIS, outage)
         return retry
