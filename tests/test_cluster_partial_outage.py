@@ -341,6 +341,10 @@ async def test_a_master_that_hangs_leaves_readyz_200_naming_it(
     assert await _master_up(app, victim.address) == 1
 
 
+# RedisWire's default timeout, the auto-pipeline's: how long a stalled master's batch waits.
+WIRE_TIMEOUT_S = 5.0
+
+
 def _sample(name: str) -> float:
     """The process's value of a Redis backend metric (``ocs_backend_up``...)."""
     return REGISTRY.get_sample_value(name, {"backend": "redis"}) or 0.0
@@ -418,3 +422,91 @@ async def test_one_master_down_is_one_outage_under_traffic(
     assert texts.count("redis reachable again") == 1, texts
     assert _sample("ocs_backend_outages_total") == outages + 1
     assert _sample("ocs_backend_up") == 1
+
+
+def _zrangebyscore_calls(node: Node) -> int:
+    """How many ZRANGEBYSCORE (the janitor's look, one a bucket) a node has served."""
+    with node.client() as client:
+        stats = client.info("commandstats")
+    return int(stats.get("cmdstat_zrangebyscore", {}).get("calls", 0))
+
+
+async def test_a_stalled_master_costs_a_sweep_one_timeout(
+    partial_app: RunningApp, partial_cluster: RedisClusterProcess
+) -> None:
+    # One master stalled (SIGSTOP: it holds its connections, answers nothing). Before,
+    # the janitor's look for expired calls asked its 8 slices of buckets one after
+    # another: the first slice waited the stalled master's timeout, the second its
+    # reconnect's setup timeout, 10 s before the healthy masters' expired calls were
+    # closed, every sweep. Now every slice is sent at once: the healthy masters' buckets
+    # are all asked while the stalled one's first answer is still awaited, and the sweep
+    # closes their calls after one timeout.
+    app = partial_app
+    partial_cluster.wait_ok()
+    await add_plan(app.services, deck=FRANCE_DECK)
+    by_master = accounts_by_master(partial_cluster)
+    seed_port = partial_cluster.nodes[0].port
+    victim = next(n for n in partial_cluster.masters() if n.port != seed_port)
+    healthy = [n for n in partial_cluster.masters() if n.port != victim.port]
+    up_ids = [a for port, ids in by_master.items() if port != victim.port for a in ids]
+    down_ids = by_master[victim.port]
+    for account_id in down_ids + up_ids:
+        status, body = await app.post(
+            "/v1/accounts", {"id": account_id, "plan": "retail", "balance": "0.10"}
+        )
+        assert status == 201, body
+    now = int(time.time())
+    settings = with_overrides(app.services.settings, call_expiry_grace=GRACE)
+    calls = CallService(
+        app.services.catalog, app.services.store, settings, app.services.digests, clock=lambda: now
+    )
+    for account_id in down_ids + up_ids:
+        await calls.authorize(
+            AuthorizeRequest(account_id, "33123456789", call_id=f"{account_id}-c")
+        )
+        await calls.start(f"{account_id}-c")
+    janitor = Janitor(calls, app.services.store)
+    assert await janitor.sweep(now=now) == 0  # nothing expired yet; every master asked
+    healthy_buckets = sum(
+        1
+        for bucket in range(keys.BUCKETS)
+        if partial_cluster.node_of_slot(key_slot(keys.call_expiry(bucket))).port != victim.port
+    )
+    for node in healthy:
+        with node.client() as client:
+            client.config_resetstat()
+
+    async def healthy_all_asked() -> bool:
+        return sum(_zrangebyscore_calls(n) for n in healthy) >= healthy_buckets
+
+    loop = asyncio.get_running_loop()
+    partial_cluster.pause(victim)
+    try:
+        began = loop.time()
+        sweep = asyncio.create_task(janitor.sweep(now=now + 10 + GRACE + 1))
+        await eventually(
+            healthy_all_asked, within=WIRE_TIMEOUT_S * 0.8, what="every healthy bucket asked"
+        )
+        assert not sweep.done()  # the stalled master's first answer still awaited
+        with pytest.raises(RedisConnectionError):
+            await sweep
+        took = loop.time() - began
+    finally:
+        partial_cluster.resume(victim)
+    assert took < WIRE_TIMEOUT_S * 1.6, took  # one timeout, not one a slice
+    for account_id in up_ids:
+        assert await account_view(app, account_id) == ("0.000000", "0.000000", 0)
+    partial_cluster.wait_ok()
+
+    async def down_untouched() -> bool:
+        # The stalled master's calls were left live; its connection is set up again first.
+        views = []
+        for account_id in down_ids:
+            status, body = await app.get(f"/v1/accounts/{account_id}")
+            if status != 200:
+                return False
+            views.append((body["balance"], body["reserved"], body["lines_in_use"]))
+        assert views == [("0.100000", "0.100000", 1)] * len(down_ids), views
+        return True
+
+    await eventually(down_untouched, within=20, what="the resumed master's accounts served")

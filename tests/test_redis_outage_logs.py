@@ -98,8 +98,9 @@ async def test_a_redis_outage_logs_a_handful_of_lines(
 
         async def sweeps_failing() -> bool:
             # A couple of seconds of failed sweeps (one each 50 ms, each counted by the
-            # janitor and the auto-pipeline), some ledger reads too.
-            return health.snapshot()["redis"].get("failures", 0) >= 80
+            # janitor and, once a slice of buckets, the auto-pipeline), ledger reads too.
+            down_for = health.down_for("redis")
+            return down_for is not None and down_for >= 2.0
 
         await eventually(sweeps_failing, within=30, what="two seconds of failed sweeps")
         for n in range(20):  # requests meanwhile: refused as unavailable, as before
