@@ -6,6 +6,7 @@ tests/asterisk_helpers.py runs it) and ocs: a start or a stop it fails is one an
 restarting, busy or cut off would have failed.
 """
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,13 +23,16 @@ class Relay:
     with ``start_failure`` (None: forwards it) and the first ``stop_failures`` stops of
     each call (None: every one) with ``stop_failure``, and forwards the rest as sent. A
     failure is an HTTP status it answers, as an ocs busy, restarting or cut off would,
-    or 0: it drops the connection unanswered. It keeps each request's path (decoded)
-    and the status the switch got (0: none)."""
+    or 0: it drops the connection unanswered. With ``slow_s`` a failure is answered
+    only that many seconds later, as an ocs too slow would: past the switch's timeout,
+    which gave up on it (recorded 0). It keeps each request's path (decoded) and the
+    status the switch got (0: none)."""
 
     ocs_url: str
     start_failure: int | None
     stop_failure: int
     stop_failures: int | None
+    slow_s: float
     seen: list[tuple[str, int]]
     http: aiohttp.ClientSession
 
@@ -46,7 +50,10 @@ class Relay:
         path = request.path  # decoded: the call id as the switch has it
         failing = self.failure(path)
         if failing is not None:
-            self.seen.append((path, failing))
+            # Kept before any wait: a try sent again meanwhile counts this one as earlier.
+            self.seen.append((path, 0 if self.slow_s else failing))
+            if self.slow_s:
+                await asyncio.sleep(self.slow_s)
             if failing == 0 and request.transport is not None:
                 request.transport.close()
             reason = "unavailable" if failing >= 500 or failing == 0 else "invalid"
@@ -80,10 +87,11 @@ async def relay_to(
     start_failure: int | None = None,
     stop_failure: int = 503,
     stop_failures: int | None = None,
+    slow_s: float = 0.0,
 ) -> AsyncIterator[tuple[Relay, str]]:
     """A ``Relay`` in front of ``ocs_url``, listening on 127.0.0.1: it and its URL."""
     async with aiohttp.ClientSession() as http:
-        relay = Relay(ocs_url, start_failure, stop_failure, stop_failures, [], http)
+        relay = Relay(ocs_url, start_failure, stop_failure, stop_failures, slow_s, [], http)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", relay.handle)
         runner = web.AppRunner(app)

@@ -99,6 +99,32 @@ async def test_a_failed_stop_is_sent_again_and_the_call_is_charged_once_what_it_
     )
 
 
+async def test_a_stop_that_timed_out_is_sent_again_and_the_call_is_charged_once_what_it_ran(
+    app: RunningApp,
+) -> None:
+    # ocs too slow: the first stop gets no answer within the channel's 2 s. That try
+    # took the whole timeout, so before, EPOCH was 2 s past the first and no other
+    # began: the call was left to ocs's janitor, which charged the whole grant. A try
+    # may now begin until twice the timeout.
+    await setup(app, "ast-slow")
+    ocs_url = f"http://{app.client.host}:{app.client.port}"
+    async with relay_to(ocs_url, stop_failure=503, stop_failures=1, slow_s=2.5) as (relay, url):
+        dialplan = Dialplan({"OCS_URL": url, "OCS_TOKEN": app.admin_token})
+        channel = await answered_call(dialplan, "ast-slow", "ast-3")
+        await hang_up(dialplan, channel, 7250)
+        assert relay.statuses("/stop") == [0, 200], relay.seen
+    assert channel.logged("NOTICE")[-1] == "ocs stop of ast-3 got no answer - trying again"
+    assert channel.logged("ERROR") == [], channel.log
+    # Charged once, what it ran: 7.25 s is 8 started seconds, by the switch's stop.
+    assert await cdr(app, "ast-3") == (8, 80_000, "normal")
+    view = await account(app, "ast-slow")
+    assert (view["balance"], view["reserved"], view["lines_in_use"]) == (
+        "9.920000",
+        "0.000000",
+        0,
+    )
+
+
 async def test_a_stop_failing_every_try_is_given_up_after_the_tries_and_logged(
     app: RunningApp,
 ) -> None:

@@ -544,6 +544,113 @@ async def test_a_failed_stop_is_sent_again_and_the_call_is_charged_once_what_it_
     assert parse_amount(view["balance"]) == 50_000 - cdr.charged
 
 
+async def test_a_stop_that_timed_out_is_sent_again_and_the_call_is_charged_once_what_it_ran(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # ocs too slow: the first stop gets no answer within OCS_HTTP_TIMEOUT (2 s). That try
+    # took the whole timeout, and before, no other began past it: the call was left to
+    # ocs's janitor, which charged the whole grant ("expired"). A try may now begin until
+    # twice the timeout.
+    account_id = "restop-slow"
+    await rig.account(account_id, "0.05")  # 0.01 a second to France: a 5 s grant
+    ocs_url = f"http://127.0.0.1:{rig.http_port}"
+    async with relay_to(ocs_url, stop_failures=1, slow_s=3) as (relay, url):
+        switch = Kamailio(
+            port=free_port(UDP),
+            ocs_url=url,
+            token=rig.switch_token,
+            gateway_port=rig.callee.port,
+            workdir=tmp_path / "kamailio",
+        )
+        try:
+            await asyncio.to_thread(switch.wait_ready)
+            views = await asyncio.to_thread(
+                place_calls,
+                scenario="uac.xml",
+                proxy_port=switch.port,
+                caller=account_id,
+                dialled=FRANCE,
+                workdir=tmp_path / "callers",
+                hold_ms=1500,
+            )
+            [(call_id, seen)] = views.items()
+            assert seen.final == 200, switch.log_tail()
+            [cdr] = await rig.wait_cdrs(account_id, 1)
+            assert relay.statuses("/stop") == [0, 200], relay.seen
+            log = switch.log_tail()
+            assert f"ocs: stop of {call_id} got " in log, log
+            assert f"ocs: stop of {call_id} after" not in log, log  # no failure in the end
+        finally:
+            switch.stop()
+    # Charged once, what it ran (1.5 s and a little: 2 s, 3 on a slow machine), by the
+    # switch's stop, not the grant by the janitor.
+    assert cdr.call_id == call_id
+    assert cdr.duration in (2, 3), cdr.duration
+    assert (cdr.charged, cdr.cause) == (cdr.duration * 10_000, "normal")
+    view = await rig.settled(account_id)
+    assert parse_amount(view["balance"]) == 50_000 - cdr.charged
+
+
+async def test_a_call_cut_at_its_grant_is_cut_on_time_while_its_stop_waits_for_a_slow_ocs(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # The grant runs out while ocs is slow: the stop's first try gets no answer within
+    # OCS_HTTP_TIMEOUT (3 s here). Before, route[OCS_TIMEOUT] sent it from the dialog
+    # timer, and the BYEs (and every other dialog's timeout) waited for its tries: the
+    # caller was cut 3 s past the grant, and the stop that timed out was not tried
+    # again. An async worker sends it now: the caller is cut at the grant, and the stop
+    # reaches ocs once, on its second try.
+    grant = 3
+    account_id = "cut-slow"
+    await rig.account(account_id, "0.03")  # 0.01 a second to France: 3 s
+    ocs_url = f"http://127.0.0.1:{rig.http_port}"
+    async with relay_to(ocs_url, stop_failures=1, slow_s=4) as (relay, url):
+        switch = Kamailio(
+            port=free_port(UDP),
+            ocs_url=url,
+            token=rig.switch_token,
+            gateway_port=rig.callee.port,
+            workdir=tmp_path / "kamailio",
+            defines={"OCS_HTTP_TIMEOUT": "3"},
+        )
+        try:
+            await asyncio.to_thread(switch.wait_ready)
+            views = await asyncio.to_thread(
+                place_calls,
+                scenario="uac_until_cut.xml",
+                proxy_port=switch.port,
+                caller=account_id,
+                dialled=FRANCE,
+                workdir=tmp_path / "callers",
+                recv_timeout_ms=(grant + 6) * 1000,
+            )
+            [(call_id, seen)] = views.items()
+            assert seen.final == 200, switch.log_tail()
+            assert seen.cut_at_ms is not None and seen.answered_at_ms is not None, seen
+            # The switch's BYE: at the grant, give or take the dialog timer's tick.
+            held_ms = seen.cut_at_ms - seen.answered_at_ms
+            assert (grant - 1) * 1000 <= held_ms <= (grant + 1) * 1000 + 500, held_ms
+
+            async def stopped() -> bool:
+                return f"ocs: {call_id} stopped after {grant} s" in switch.log_tail()
+
+            await eventually(stopped, within=10, what="the stop's second try answered")
+            log = switch.log_tail()
+            assert relay.statuses("/stop") == [0, 200], (relay.seen, log)
+            assert f"ocs: {call_id} cut at its grant of {grant} s" in log, log
+            assert f"ocs: stop of {call_id} got 28, trying again" in log, log  # curl: timeout
+        finally:
+            switch.stop()
+    # Charged once, its grant: by the switch's stop ("normal"), or by ocs's janitor
+    # (grant plus 2 s of grace, "expired") when that came first, the stop then a late
+    # stop that changes nothing.
+    [cdr] = await rig.wait_cdrs(account_id, 1)
+    assert (cdr.call_id, cdr.duration, cdr.charged) == (call_id, grant, 30_000)
+    assert cdr.cause in ("normal", "expired"), cdr.cause
+    view = await rig.settled(account_id)
+    assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
+
+
 async def test_a_stop_refused_4xx_is_not_sent_again(rig: Rig, tmp_path: Path) -> None:
     # A 4xx is final (the call unknown, the stop itself wrong): sending it again would get
     # the same answer. The switch logs it once and leaves the call to ocs's janitor, which
