@@ -399,6 +399,13 @@ class Settings:
         "how long a batch waits for its replicas (ms); one not confirmed in time is answered"
         " unavailable",
     )
+    redis_migration_wait_ms: int = _setting(
+        1000,
+        _parse_int(0, 60_000),
+        "how long a command of a Redis Cluster slot being migrated (answered TRYAGAIN) is"
+        " retried before it is answered unavailable (ms); the other commands sent with it"
+        " are answered meanwhile",
+    )
     database_pool_size: int = _setting(10, _parse_int(1, 1000), "PostgreSQL pool size")
     # Decision 0009, addendum 2026-12-07: in production only `ocs db migrate`, run as a
     # step of its own, should change the schema, never a command run from a newer ocs.

@@ -286,6 +286,7 @@ async def open_runtime(
                     cluster=settings.redis_cluster,
                     wait_replicas=settings.redis_wait_replicas,
                     wait_timeout_ms=settings.redis_wait_timeout_ms,
+                    migration_wait=settings.redis_migration_wait_ms / 1000,
                 )
                 await pipeline.load_scripts()
                 catalog = CatalogHolder(pool)

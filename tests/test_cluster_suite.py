@@ -1114,11 +1114,16 @@ async def test_every_command_names_keys_of_one_slot(
     app = backend_app
     sent: list[tuple[Any, ...]] = []
     original = RedisWire.execute_many
+    original_answered = RedisWire.execute_answered
     original_now = RedisWire.send_now
 
     async def recording(self: RedisWire, commands: Any) -> list[Any]:
         sent.extend(tuple(c) for c in commands)
         return await original(self, commands)
+
+    async def recording_answered(self: RedisWire, commands: Any) -> Any:
+        sent.extend(tuple(c) for c in commands)
+        return await original_answered(self, commands)
 
     def recording_now(self: RedisWire, commands: Any) -> Any:
         written = original_now(self, commands)
@@ -1126,8 +1131,10 @@ async def test_every_command_names_keys_of_one_slot(
             sent.extend(tuple(c) for c in commands)
         return written
 
-    # A batch goes out by either way: written at once, or awaited through execute_many.
+    # A batch goes out by one of these: written at once, or awaited through execute_many
+    # (the ledger writer, reconcile) or execute_answered (the auto-pipeline).
     monkeypatch.setattr(RedisWire, "execute_many", recording)
+    monkeypatch.setattr(RedisWire, "execute_answered", recording_answered)
     monkeypatch.setattr(RedisWire, "send_now", recording_now)
     await add_plan(app.services, max_lines=3)
     await app.post("/v1/accounts", {"id": "one", "plan": "retail", "balance": "5.00"})

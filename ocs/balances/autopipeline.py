@@ -14,7 +14,10 @@ scripts are loaded on every master and those commands alone are sent again.
 
 A batch for one connected server is written at the end of its tick and its replies
 handed out by a callback; only connecting, a cluster's routing, WAIT and the NOSCRIPT
-retry run as a task (decision 0006).
+retry run as a task (decision 0006). On a cluster, the commands of a slot being
+migrated (answered ``TRYAGAIN``) are retried apart: the batch's other callers get their
+replies at once, and those callers theirs when the commands run or give up
+(``redis_migration_wait_ms``, decision 0033).
 
 A batch that cannot be sent fails each of its callers (who answer
 "unavailable") and is reported to the process's backend tracker, which logs the
@@ -41,7 +44,7 @@ from ocs.backend_health import BackendHealth
 from ocs.balances import keys
 from ocs.balances.cluster import RedisClient
 from ocs.balances.scripts import ALL_SCRIPTS, Script
-from ocs.balances.wire import RedisWire
+from ocs.balances.wire import MIGRATION_WAIT_S, RedisWire, Retrying, batch_failure
 
 _Pending = tuple[tuple[Any, ...], asyncio.Future[Any]]
 _LOAD_SCRIPTS: tuple[tuple[str, ...], ...] = tuple(
@@ -64,6 +67,7 @@ class AutoPipeline:
         cluster: bool = False,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
+        migration_wait: float = MIGRATION_WAIT_S,
     ) -> None:
         self._redis = redis
         self._health = health if health is not None else backend_health.default()
@@ -73,6 +77,7 @@ class AutoPipeline:
             on_connect=_LOAD_SCRIPTS,
             wait_replicas=wait_replicas,
             wait_timeout_ms=wait_timeout_ms,
+            migration_wait=migration_wait,
         )
         self._cluster = cluster
         self._max_batch = max_batch
@@ -163,9 +168,42 @@ class AutoPipeline:
     async def _send(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            replies = await self._run(batch)
+            replies, retrying = await self._wire.execute_answered([args for args, _ in batch])
         except Exception as exc:
             self._failed(batch, exc)
+            return
+        if retrying is not None:
+            # Commands of a migrating slot: their callers are answered when they run (or
+            # give up); the others now, not held with them.
+            self._answer_later(batch, retrying, started)
+            apart = set(retrying.indexes)
+            kept = [i for i in range(len(batch)) if i not in apart]
+            batch, replies = [batch[i] for i in kept], [replies[i] for i in kept]
+        retry = self._deliver(batch, replies, started)
+        if retry:
+            await self._send_again(retry)
+
+    def _answer_later(self, batch: list[_Pending], retrying: Retrying, started: float) -> None:
+        """Hand the replies of the commands ``retrying`` runs apart to their callers when
+        they come (``drain`` waits for them)."""
+        assert self._loop is not None  # set by the first command queued
+        waiting = [batch[i] for i in retrying.indexes]
+        task = self._loop.create_task(self._answered_later(waiting, retrying, started))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _answered_later(
+        self, batch: list[_Pending], retrying: Retrying, started: float
+    ) -> None:
+        """The replies of commands retried apart, handed out as a batch's are."""
+        try:
+            replies = await retrying.replies
+        except Exception as exc:
+            self._failed(batch, exc)
+            return
+        failure = batch_failure(replies)
+        if failure is not None:
+            self._failed(batch, failure)
             return
         retry = self._deliver(batch, replies, started)
         if retry:

@@ -17,8 +17,11 @@ becomes one write per master. The map is read again after a ``MOVED`` answer
 migrated) sends the command to the target once, after ``ASKING``; a
 ``TRYAGAIN`` answer (a multi-key command, every money script, whose keys are not
 all on one side of a slot being migrated: the keys it names that do not exist
-count) is retried, a short pause apart, until the batch's deadline (the wire's
-timeout after it began): a migration usually settles well within it.
+count) is retried, a short pause apart, until the batch's migration deadline
+(``migration_wait`` after it began, a second by default: switches give up on a
+request after two). Those retries go on by themselves (``execute_answered``): the
+other commands of the batch, other accounts on any master, are answered at once
+instead of waiting with them.
 
 A lost connection fails the commands in flight on it with ``ConnectionError``
 (their callers answer "unavailable"; nothing was acknowledged to them) and the
@@ -64,8 +67,13 @@ from ocs.balances.slots import SLOTS, command_key, key_slot
 # cluster is being reconfigured faster than it settles.
 MAX_REDIRECTS = 5
 # TRYAGAIN (a multi-key command whose keys a slot's migration has not all on one side):
-# retried this long apart until the batch's deadline, then answered "unavailable".
+# retried this long apart until the batch's migration deadline, then answered
+# "unavailable".
 TRYAGAIN_PAUSE_S = 0.025
+# How long after its batch began a command answered TRYAGAIN is retried, unless the
+# wire is told otherwise (setting ``redis_migration_wait_ms``): well under the 2 s after
+# which Kamailio and Asterisk give up on a request.
+MIGRATION_WAIT_S = 1.0
 # A batch given up on a migrating slot is logged at most this often (per wire): each
 # batch of the bucket meets it alike while the slot moves.
 MIGRATING_LOG_EVERY_S = 10.0
@@ -102,6 +110,30 @@ class SlotMigrating(ClusterUnavailable, NotAnOutage):
 
 class ReplicationUnconfirmed(RedisConnectionError):
     """Fewer replicas than asked confirmed a batch's writes in time (WAIT)."""
+
+
+class Retrying:
+    """The commands of a batch still being retried on a migrating slot (``TRYAGAIN``),
+    apart from the batch's other commands, which are answered without them: their
+    places in the batch (``indexes``) and the task that answers them, in that order
+    (each a reply, the error Redis answered, or ``SlotMigrating`` at the deadline)."""
+
+    __slots__ = ("indexes", "replies")
+
+    def __init__(self, indexes: list[int], replies: "asyncio.Task[list[Any]]") -> None:
+        self.indexes = indexes
+        self.replies = replies
+
+
+def batch_failure(replies: Sequence[Any]) -> RedisConnectionError | None:
+    """The one ``ConnectionError`` every reply of ``replies`` is, if any: the batch was not
+    answered at all (its only server unreachable), rather than some commands refused."""
+    if not replies:
+        return None
+    first = replies[0]
+    if isinstance(first, RedisConnectionError) and all(r is first for r in replies):
+        return first
+    return None
 
 
 class _Batch:
@@ -346,8 +378,10 @@ class RedisWire:
         on_connect: Sequence[tuple[Any, ...]] = (),
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
+        migration_wait: float = MIGRATION_WAIT_S,
     ) -> None:
         self._timeout = timeout
+        self._migration_wait = migration_wait
         self._cluster = cluster
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
@@ -387,6 +421,8 @@ class RedisWire:
         self._to_count: set[_Link] = set()
         self._counting: asyncio.Task[None] | None = None
         self._migrating_logged_at: float | None = None  # monotonic clock; None: never
+        # Commands still retried on a migrating slot (``Retrying``): ``close`` lets them end.
+        self._retrying: set[asyncio.Task[list[Any]]] = set()
 
     def _link(self, host: str, port: int, path: str | None = None) -> _Link:
         return _Link(host, port, path=path, tls=self._tls, setup=self._setup, timeout=self._timeout)
@@ -430,26 +466,83 @@ class RedisWire:
         When the batch could not be sent at all (the only server is unreachable, or
         did not answer in time), raises ``ConnectionError``; a batch that only part
         of a cluster failed to answer has ``ConnectionError`` in those commands' places.
+        Commands of a migrating slot are waited for (``execute_answered`` does not).
         """
         if not self._cluster and not self._wait_replicas:
             # One server serves every slot and answers no redirection: the batch goes
             # out whole, as it is (the hot path's common case, kept lean).
             return await self._seed.run(commands)
-        # The batch's deadline: a TRYAGAIN is retried no longer than an unanswered batch
-        # is waited for (the caller has no other).
-        deadline = time.monotonic() + self._timeout
+        replies, retrying = await self.execute_answered(commands)
+        if retrying is not None:
+            # Awaited directly: a caller that gives up (cancelled) cancels the retries,
+            # which nobody else awaits.
+            late = await retrying.replies
+            for i, reply in zip(retrying.indexes, late, strict=True):
+                replies[i] = reply
+            failure = batch_failure(replies)
+            if failure is not None:
+                raise failure
+        return replies
+
+    async def execute_answered(
+        self, commands: Sequence[Sequence[Any]]
+    ) -> tuple[list[Any], Retrying | None]:
+        """``execute_many`` without waiting for the commands a slot's migration asked to
+        retry (``TRYAGAIN``): their places hold None, and ``Retrying`` (None when there
+        are none) answers them when they run, or at the migration deadline.
+
+        A batch is one tick's commands of every caller: one money script on a migrating
+        slot held the replies of all the others (other accounts, other masters) until
+        it ran or gave up, long after the switches had (decision 0033)."""
+        # The batch's migration deadline: a TRYAGAIN is retried no longer than this.
+        deadline = time.monotonic() + self._migration_wait
         if self._stale or time.monotonic() - self._refreshed_at > REFRESH_EVERY_S:
             await self._refresh()
         replies = await self._dispatch(commands, range(len(commands)))
+        retrying: Retrying | None = None
         if self._cluster:
             retry = [i for i, reply in enumerate(replies) if isinstance(reply, ResponseError)]
             if retry:
-                await self._follow_redirects(commands, replies, retry, deadline)
-        if replies and all(isinstance(r, RedisConnectionError) for r in replies):
-            first = replies[0]
-            if all(r is first for r in replies):
-                raise first
-        return replies
+                parked: list[int] = []
+                await self._follow_redirects(commands, replies, retry, deadline, parked)
+                if parked:
+                    retrying = self._retry_apart(commands, replies, parked, deadline)
+                    for i in parked:
+                        replies[i] = None
+        if retrying is None:
+            failure = batch_failure(replies)
+            if failure is not None:
+                raise failure
+        return replies, retrying
+
+    def _retry_apart(
+        self,
+        commands: Sequence[Sequence[Any]],
+        replies: list[Any],
+        indexes: list[int],
+        deadline: float,
+    ) -> Retrying:
+        """Start retrying the commands at ``indexes`` (answered ``TRYAGAIN`` in
+        ``replies``) until ``deadline``, by themselves."""
+        own = list(replies)  # the caller's list is handed out meanwhile
+        task = asyncio.get_running_loop().create_task(
+            self._retried(commands, own, indexes, deadline)
+        )
+        self._retrying.add(task)
+        task.add_done_callback(self._retrying.discard)
+        return Retrying(indexes, task)
+
+    async def _retried(
+        self,
+        commands: Sequence[Sequence[Any]],
+        replies: list[Any],
+        indexes: list[int],
+        deadline: float,
+    ) -> list[Any]:
+        """The replies of the commands at ``indexes``, retried until they run or
+        ``deadline`` passes (``SlotMigrating``)."""
+        await self._follow_redirects(commands, replies, list(indexes), deadline)
+        return [replies[i] for i in indexes]
 
     async def _dispatch(
         self,
@@ -541,6 +634,7 @@ class RedisWire:
         replies: list[Any],
         retry: list[int],
         deadline: float,
+        parked: list[int] | None = None,
     ) -> None:
         """Send again what a cluster redirected (MOVED, ASK) or asked to retry (TRYAGAIN);
         turn CLUSTERDOWN into an outage. Changes ``replies`` in place.
@@ -548,7 +642,9 @@ class RedisWire:
         TRYAGAIN is retried until ``deadline`` (monotonic clock): a slot's migration
         answers it to every script naming a key that does not exist (``topup_done``,
         ``stopped_call``...) from its first step to its last, which takes as long as the
-        slot's keys take to move, not a fixed half second."""
+        slot's keys take to move, not a fixed half second. With ``parked``, a command
+        answered TRYAGAIN is not retried here but added to it (to be retried apart),
+        and no round pauses."""
         moves = 0
         while retry:
             redirected: dict[int, tuple[_Link, bool]] = {}
@@ -572,6 +668,9 @@ class RedisWire:
                     redirected[i] = (target, word == "ASK")
                     again.append(i)
                 elif word == "TRYAGAIN":
+                    if parked is not None:
+                        parked.append(i)
+                        continue
                     paused = True
                     again.append(i)
                 elif word in ("CLUSTERDOWN", "MASTERDOWN"):
@@ -613,7 +712,7 @@ class RedisWire:
         slots = sorted({key_slot(key) for key in keys if key is not None})
         log.warning(
             "a slot still migrating at the batch's deadline: its commands answered unavailable",
-            extra={"slots": slots, "deadline_s": self._timeout},
+            extra={"slots": slots, "deadline_s": self._migration_wait},
         )
 
     def _redirected_to(self, host: str, port: int) -> _Link:
@@ -803,7 +902,10 @@ class RedisWire:
         return key  # not found (cannot happen): the probe reaches another master
 
     async def close(self) -> None:
-        """Close every connection, and wait until each is closed."""
+        """Close every connection, and wait until each is closed (and the commands still
+        retried on a migrating slot are answered: they end by their deadline)."""
+        if self._retrying:
+            await asyncio.gather(*self._retrying, return_exceptions=True)
         counting = self._counting
         if counting is not None and not counting.done():
             counting.cancel()
