@@ -5,7 +5,10 @@ or the parent of `ocs serve --workers N`, which passes the bound sockets to its
 workers as inherited file descriptors (as gunicorn and uvicorn do). No socket
 sets SO_REUSEPORT, so a second server on a taken port fails at start with
 "address in use" (``AddressInUse``, a ``ConfigError``: the CLI exits with code 2)
-instead of silently splitting the traffic between two sets of balances.
+instead of silently splitting the traffic between two sets of balances. A host
+that has no such address yet, or a name that does not resolve yet, is
+``AddressNotReady`` instead (exit 1, which the systemd units restart): at boot the
+address or the DNS may come a little after ocs.
 
 A worker also inherits the read end of a pipe whose write end only the parent
 holds: when the parent dies, even by SIGKILL, the pipe reads end-of-file and the
@@ -39,6 +42,18 @@ _PR_SET_PDEATHSIG = 1
 
 class AddressInUse(ConfigError):
     """Another process already listens on a configured address and port."""
+
+
+class AddressNotReady(OSError):
+    """The configured listen host is not usable *yet*: its address is not on this host
+    (EADDRNOTAVAIL) or its name does not resolve (a ``gaierror``).
+
+    Not a ``ConfigError``: at boot an address comes late (DHCP or NetworkManager, an
+    IPv6 address still tentative during duplicate address detection, a keepalived
+    VIP), and so does DNS; a later start binds it. The CLI prints it in one line and
+    exits 1, which the systemd units restart (a mistyped host restarts too, each time
+    saying so in that line). A port in use or a port not allowed (EACCES) stays exit 2.
+    """
 
 
 @dataclass(slots=True)
@@ -79,18 +94,36 @@ def _address(
     try:
         found = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ConfigError(f"{setting}: cannot resolve {host!r}: {exc.strerror}") from None
+        # DNS not answering yet at boot looks the same as a name that will never
+        # resolve: only a later try can tell them apart.
+        raise AddressNotReady(
+            f"{_host_setting(setting)}: cannot resolve {host!r} (yet): {exc.strerror}"
+        ) from None
     family, _, _, _, sockaddr = found[0]
     return family, sockaddr
 
 
-def _refuse(exc: OSError, setting: str, host: str, port: int, what: str) -> ConfigError:
-    """The error for a failed bind: ``AddressInUse`` for a taken port, naming the setting."""
+def _host_setting(setting: str) -> str:
+    """The host setting beside a port setting: ``http_port`` -> ``http_host``,
+    ``radius_auth_port`` -> ``radius_host``."""
+    return f"{setting.split('_', 1)[0]}_host"
+
+
+def _refuse(
+    exc: OSError, setting: str, host: str, port: int, what: str
+) -> ConfigError | AddressNotReady:
+    """The error for a failed bind, naming the setting: ``AddressInUse`` for a taken
+    port, ``AddressNotReady`` for an address not (yet) on this host, else ``ConfigError``."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if exc.errno == errno.EADDRINUSE:
         return AddressInUse(
             f"{setting}: address in use: {where} ({what}); another ocs serve or another"
             " program listens there"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return AddressNotReady(
+            f"{_host_setting(setting)}: cannot listen on {where} ({what}): {host} is not"
+            f" an address of this host (yet): {exc.strerror}"
         )
     return ConfigError(f"{setting}: cannot listen on {where} ({what}): {exc.strerror}")
 

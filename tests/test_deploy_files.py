@@ -8,6 +8,7 @@ answers 503 until the catalog is loaded.
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
@@ -175,6 +176,63 @@ def test_a_unit_stops_on_a_refusal_a_restart_cannot_fix_and_restarts_after_an_ou
     outage = _start_as_the_unit(unit, down)
     assert outage.returncode not in never_restarted | {0}, outage.stderr
     assert "ocs: cannot use" in outage.stderr, outage.stderr
+
+
+def _serve_unit_with(tmp_path: Path, name: str, lines: str) -> subprocess.CompletedProcess[str]:
+    """``ocs.service`` started on a settings file of ``lines`` whose Redis and PostgreSQL
+    are not there: the ports are bound before either is asked, so a bind refusal ends it."""
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'database_url = "postgresql://ocs@127.0.0.1:{free_port()}/ocs"\n'
+        f'redis_url = "redis://127.0.0.1:{free_port()}/0"\n'
+        f'data_dir = "{tmp_path}"\n{lines}'
+    )
+    return _start_as_the_unit("ocs.service", config)
+
+
+@pytest.mark.parametrize(
+    ("lines", "named"),
+    [
+        # An address not on the host yet: DHCP late, IPv6 still tentative, a VIP.
+        ('http_host = "192.0.2.55"\nhttp_port = 0\nradius_enabled = false\n', "http_host"),
+        ('http_port = 0\nradius_host = "192.0.2.55"\n', "radius_host"),
+        # A name DNS does not answer for (yet, at boot).
+        ('http_host = "ocs-listen.invalid"\nhttp_port = 0\nradius_enabled = false\n', "http_host"),
+    ],
+    ids=["http address", "radius address", "host name"],
+)
+def test_an_address_not_on_the_host_yet_is_restarted_until_it_is(
+    lines: str, named: str, tmp_path: Path
+) -> None:
+    """Exit 2 for an address the host lacked at boot left the unit failed for good once
+    the address came; it exits 1, which the unit restarts, with one line naming it."""
+    prevented = {
+        int(c) for c in _unit(UNITS / "ocs.service")["RestartPreventExitStatus"][0].split()
+    }
+    start = _serve_unit_with(tmp_path, "late", lines)
+    assert start.returncode == 1, start.stderr
+    assert start.returncode not in prevented
+    (line,) = start.stderr.strip().splitlines()
+    assert line.startswith(f"ocs: refused by the system: {named}: "), line
+    assert "(yet)" in line, line
+
+
+def test_a_port_in_use_still_stops_the_unit(tmp_path: Path) -> None:
+    """A port another program holds does not free itself: exit 2, not restarted."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        start = _serve_unit_with(
+            tmp_path,
+            "taken",
+            f'http_host = "127.0.0.1"\nhttp_port = {port}\nradius_enabled = false\n',
+        )
+    assert start.returncode == 2, start.stderr
+    assert start.stderr.strip().splitlines() == [
+        f"ocs: configuration error: http_port: address in use: 127.0.0.1:{port} (HTTP);"
+        " another ocs serve or another program listens there"
+    ]
 
 
 def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
