@@ -6,11 +6,13 @@ no longer counts as a failure at every pass (decision 0020, addendum 2026-12-07)
 Real PostgreSQL and Redis; the failing draft is ``drafts.write`` made to raise.
 """
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
 
+from ocs import metrics
 from ocs.balances.accounts import AccountSpec
 from ocs.billing import drafts
 from ocs.billing.cycles import PlanBilling
@@ -20,6 +22,14 @@ from ocs.billing.worker import SESSION_TRIES, BillingWorker, WorkerSettings
 from ocs.services import Services
 from tests.billing_helpers import EUR, invoices
 from tests.conftest import add_plan
+
+
+@pytest.fixture(autouse=True)
+def _no_session_left_given_up() -> Iterator[None]:
+    """The gauge is this process's: a test that leaves a session given up would make a
+    later test's scrape of the process (the dashboard and alert check) see the alert."""
+    yield
+    metrics.BILLING_SESSIONS_GIVEN_UP.set(0)
 
 
 def _failures() -> float:
