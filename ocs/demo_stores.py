@@ -57,7 +57,8 @@ class _Tally:
 
     def lines(self) -> list[str]:
         """``["accounts: 3", "ledger entries: 12"]``, with a last word when cut short."""
-        found = [f"{what}: {count}" for what, count in self.counts.items()]
+        # By kind's name: SCAN's order is Redis's, and the line should not change with it.
+        found = [f"{what}: {count}" for what, count in sorted(self.counts.items())]
         if self.full:
             found.append("more not counted")
         return found
