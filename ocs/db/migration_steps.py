@@ -220,35 +220,56 @@ WHERE i.late_after_snapshot IS NOT NULL AND i.late_after_at IS NULL
 """
 
 
-async def _backfill_0065(conn: asyncpg.Connection, progress: Progress | None) -> None:
-    """Migration 0065's backfill: the cluster and read time of every invoice's usage
-    snapshots, in id ranges of their own transactions (posted and void ones included)."""
-    todo = await conn.fetchrow(
-        "SELECT count(*) AS n, min(id) AS low, max(id) AS high FROM invoices"
-        " WHERE (usage_snapshot IS NOT NULL AND usage_snapshot_at IS NULL)"
-        " OR (late_after_snapshot IS NOT NULL AND late_after_at IS NULL"
-        " AND late_after_system IS NULL)"
-    )
+async def _fill_in_ranges(
+    conn: asyncpg.Connection,
+    version: int,
+    todo_sql: str,
+    statements: tuple[str, ...],
+    progress: Progress | None,
+) -> None:
+    """Run ``statements`` (each taking an id range as $1, $2) over the ids ``todo_sql``
+    finds (``n``, ``low``, ``high``), ``BACKFILL_RANGE`` ids a transaction of its own, with
+    a line when it starts and one when it is done."""
+    todo = await conn.fetchrow(todo_sql)
     total, started = int(todo["n"]), time.monotonic()
-    log.info("migration backfill started", extra={"version": 65, "rows": total})
+    log.info("migration backfill started", extra={"version": version, "rows": total})
     low = todo["low"]
     while low is not None and low <= todo["high"]:
         high = low + BACKFILL_RANGE
 
         async def fill(low: int = low, high: int = high) -> None:
             """One range, in its own transaction."""
-            await conn.execute(_USAGE_0065.format(where=_IN_RANGE), low, high)
-            await conn.execute(_LATE_0065.format(where=_IN_RANGE), low, high)
+            for statement in statements:
+                await conn.execute(statement, low, high)
 
-        await in_transaction(conn, fill, "0065 backfill")
+        await in_transaction(conn, fill, f"{version:04d} backfill")
         low = high
         if progress is not None:
             # Told in ids gone through: counting the rows done would scan the table again.
             span = todo["high"] - todo["low"] + 1
-            await progress(65, min(high - todo["low"], span), span)
+            await progress(version, min(high - todo["low"], span), span)
     log.info(
         "migration backfill done",
-        extra={"version": 65, "rows": total, "seconds": round(time.monotonic() - started, 1)},
+        extra={
+            "version": version,
+            "rows": total,
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    )
+
+
+async def _backfill_0065(conn: asyncpg.Connection, progress: Progress | None) -> None:
+    """Migration 0065's backfill: the cluster and read time of every invoice's usage
+    snapshots, in id ranges of their own transactions (posted and void ones included)."""
+    await _fill_in_ranges(
+        conn,
+        65,
+        "SELECT count(*) AS n, min(id) AS low, max(id) AS high FROM invoices"
+        " WHERE (usage_snapshot IS NOT NULL AND usage_snapshot_at IS NULL)"
+        " OR (late_after_snapshot IS NOT NULL AND late_after_at IS NULL"
+        " AND late_after_system IS NULL)",
+        (_USAGE_0065.format(where=_IN_RANGE), _LATE_0065.format(where=_IN_RANGE)),
+        progress,
     )
 
 
@@ -284,29 +305,13 @@ _LINES_IN_RANGE = "l.id >= $1 AND l.id < $2"
 async def _backfill_0066(conn: asyncpg.Connection, progress: Progress | None) -> None:
     """Migration 0066's backfill: each flat fee line's rule, in id ranges of invoice
     lines; a line no rule's name matches keeps none (matched by its text, as before)."""
-    todo = await conn.fetchrow(
+    await _fill_in_ranges(
+        conn,
+        66,
         "SELECT count(*) AS n, min(id) AS low, max(id) AS high FROM invoice_lines"
-        " WHERE kind = 'bundle_fee' AND bundle_rule_position IS NULL"
-    )
-    total, started = int(todo["n"]), time.monotonic()
-    log.info("migration backfill started", extra={"version": 66, "rows": total})
-    low = todo["low"]
-    while low is not None and low <= todo["high"]:
-        high = low + BACKFILL_RANGE
-
-        async def fill(low: int = low, high: int = high) -> None:
-            """One range, in its own transaction."""
-            await conn.execute(_RULE_0066.format(where=_LINES_IN_RANGE), low, high)
-
-        await in_transaction(conn, fill, "0066 backfill")
-        low = high
-        if progress is not None:
-            # Told in ids gone through: counting the lines done would scan the table again.
-            span = todo["high"] - todo["low"] + 1
-            await progress(66, min(high - todo["low"], span), span)
-    log.info(
-        "migration backfill done",
-        extra={"version": 66, "rows": total, "seconds": round(time.monotonic() - started, 1)},
+        " WHERE kind = 'bundle_fee' AND bundle_rule_position IS NULL",
+        (_RULE_0066.format(where=_LINES_IN_RANGE),),
+        progress,
     )
 
 
