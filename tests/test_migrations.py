@@ -974,6 +974,50 @@ async def snapshots_before_0065(pool: asyncpg.Pool) -> list[int]:
     return ids
 
 
+async def test_a_draft_an_older_release_writes_after_0065_names_its_snapshot(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    """The old processes keep serving while the new release migrates: a draft the old
+    code writes after 0065's step carries no cluster or read time, and its late calls were
+    compared neither by id nor by time (never billed). The database names them."""
+    await snapshots_before_0065(fresh_pool)
+    await migrate(fresh_pool)
+    here = await fresh_pool.fetchval("SELECT system_identifier FROM pg_control_system()")
+    # As the release before 0065 drafts: the snapshot alone.
+    old_way, began = await fresh_pool.fetchrow(
+        "INSERT INTO invoices (account_id, plan_id, period_start, period_end, period_label,"
+        " currency, invoice_date, taxes_calculated, usage_snapshot)"
+        " VALUES ('a1', 'p', '2026-08-01Z', '2026-09-01Z', '2026-08', 'EUR', '2026-09-01',"
+        " true, pg_current_snapshot()) RETURNING id, now()"
+    )
+    named = await fresh_pool.fetchrow(
+        "SELECT usage_snapshot_system, usage_snapshot_at FROM invoices WHERE id = $1", old_way
+    )
+    assert (named["usage_snapshot_system"], named["usage_snapshot_at"]) == (here, began)
+    # Drafted again the old way: named again, by that transaction.
+    again = await fresh_pool.fetchval(
+        "UPDATE invoices SET usage_snapshot = pg_current_snapshot() WHERE id = $1 RETURNING now()",
+        old_way,
+    )
+    assert (
+        await fresh_pool.fetchval("SELECT usage_snapshot_at FROM invoices WHERE id = $1", old_way)
+        == again
+    )
+    # This release names them itself: left as written.
+    await fresh_pool.execute(
+        "UPDATE invoices SET usage_snapshot = pg_current_snapshot(), usage_snapshot_system = 7,"
+        " usage_snapshot_at = '2026-09-01 00:00:05Z' WHERE id = $1",
+        old_way,
+    )
+    kept = await fresh_pool.fetchrow(
+        "SELECT usage_snapshot_system, usage_snapshot_at FROM invoices WHERE id = $1", old_way
+    )
+    assert (kept["usage_snapshot_system"], kept["usage_snapshot_at"].isoformat()) == (
+        7,
+        "2026-09-01T00:00:05+00:00",
+    )
+
+
 async def test_0065_names_the_cluster_of_posted_and_void_invoices_snapshots(
     fresh_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -92,3 +92,33 @@ BEGIN
         OLD.id, OLD.state, NEW.state USING ERRCODE = 'check_violation';
 END
 $$;
+
+-- A release from before 0065 may still be drafting while this one migrates (the upgrade
+-- procedure keeps the old processes serving until the restart, docs/operations.md): its
+-- drafts write a usage snapshot without its cluster or read time, after the step above
+-- has run, and late_usage could then compare that snapshot neither by id nor by time (the
+-- account's late calls never billed). The snapshot a writer leaves unnamed is named here:
+-- this cluster (a snapshot is read in the cluster that writes it) and the transaction's
+-- start (the draft read its CDRs within it). A writer that names either (this release's
+-- drafts) is left as it wrote.
+CREATE OR REPLACE FUNCTION billing_invoice_snapshot_named() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.usage_snapshot IS NOT NULL
+       AND (CASE WHEN TG_OP = 'INSERT' THEN NEW.usage_snapshot_at IS NULL
+                 ELSE NEW.usage_snapshot::text IS DISTINCT FROM OLD.usage_snapshot::text
+                      AND NEW.usage_snapshot_at IS NOT DISTINCT FROM OLD.usage_snapshot_at
+                      AND NEW.usage_snapshot_system
+                          IS NOT DISTINCT FROM OLD.usage_snapshot_system
+            END)
+    THEN
+        NEW.usage_snapshot_system := (SELECT system_identifier FROM pg_control_system());
+        NEW.usage_snapshot_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+-- Named to fire before invoices_transitions (BEFORE triggers fire by name): a draft's
+-- change, which that trigger allows.
+CREATE TRIGGER invoices_snapshot_named BEFORE INSERT OR UPDATE OF usage_snapshot ON invoices
+    FOR EACH ROW EXECUTE FUNCTION billing_invoice_snapshot_named();
