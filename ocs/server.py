@@ -88,8 +88,10 @@ async def serve(
     ``inspect_stores`` looks at Redis and PostgreSQL before anything is written to them
     (``open_runtime``'s ``inspect``): what it raises stops the start.
 
-    Raises ``listen_sockets.AddressInUse`` (a ``ConfigError``) when a port is taken,
-    before anything else is started. Any other failure to start raises too, once
+    Raises ``listen_sockets.AddressInUse`` (a ``ConfigError``, exit 2) when a port is
+    taken, and ``listen_sockets.AddressNotReady`` (exit 1, retried by the unit) when an
+    address is not on the host or a name does not resolve yet, before anything else is
+    started. Any other failure to start raises too, once
     every part already started has been stopped (in the order of the staged shutdown).
     """
     stopping = stopping or asyncio.Event()
