@@ -13,6 +13,8 @@ The binaries are required, never optional: a machine without them fails the
 tests (CI installs the Debian packages named in ``REQUIRED``).
 """
 
+import contextlib
+import os
 import re
 import shutil
 import signal
@@ -75,8 +77,11 @@ def sip_options(port: int, timeout: float = 0.5) -> int | None:
     return int(first[1]) if len(first) >= 2 and first[1].isdigit() else None
 
 
-def _stop(proc: "subprocess.Popen[bytes]") -> None:
-    """SIGTERM, then SIGKILL if the process outlives ``STOP_TIMEOUT_S``."""
+def _stop(proc: "subprocess.Popen[bytes]", group: bool = False) -> None:
+    """SIGTERM, then SIGKILL if the process outlives ``STOP_TIMEOUT_S``; ``group`` (a
+    process started in a session of its own): then whatever of that session is left (a
+    Kamailio worker busy in a stop's retries outlived its creator, re-parented to init,
+    and stayed after the suite)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -84,6 +89,9 @@ def _stop(proc: "subprocess.Popen[bytes]") -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 class Kamailio:
@@ -145,7 +153,12 @@ class Kamailio:
         ]
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(
-                args, cwd=workdir, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT
+                args,
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: _stop reaps the workers too
             )
 
     def log_tail(self, chars: int = 6000) -> str:
@@ -184,8 +197,8 @@ class Kamailio:
         return output
 
     def stop(self) -> None:
-        """Stop it and its children (SIGTERM to the creator)."""
-        _stop(self.proc)
+        """Stop it and its children (SIGTERM to the creator, then its whole session)."""
+        _stop(self.proc, group=True)
 
 
 class SippCallee:
