@@ -44,6 +44,13 @@ runs during the other targets' turns: compare A with B, not with a run of one tr
 ``--workers N`` runs each ocs with N workers (the goal is for one process), and
 ``--set OCS_NAME=VALUE`` gives every ocs a setting.
 
+``--client-cpu N`` pins the load generator (radclient, rad_latency.py) to CPU N and
+every server (each ocs with its Redis and PostgreSQL, each peer with its Redis) to the
+other CPUs, as a load generator on a machine of its own would leave them. Without it the
+kernel places them: radclient polls its socket without sleeping, so whichever server
+shares its core with radclient gets part of a core, and the rate then measures the
+placement as much as the server (RESULTS.md, session 27).
+
 The peers need Debian's freeradius, freeradius-redis (and freeradius-postgresql
 for --sql) and freeradius-utils: see benchmarks/peers/README.md. A --database-url
 must name a fresh database: in one another run used, the accounts exist with their
@@ -68,6 +75,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,8 +199,28 @@ def summary_count(text: str, name: str) -> int:
     return int(found[1]) if found else 0
 
 
-def throughput(path: Path, target: Target, requests: int, parallel: int) -> Throughput:
-    """Send every request in ``path`` to ``target`` with radclient, ``parallel`` at a time."""
+def client_affinity(cpu: int | None) -> Callable[[], None] | None:
+    """What pins a load generator's process to ``cpu`` as it starts (None: not pinned)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def pin_servers(cpu: int | None) -> None:
+    """Keep this process, and so every server it starts, off the load generator's CPU."""
+    if cpu is None:
+        return
+    others = set(os.sched_getaffinity(0)) - {cpu}
+    if not others:
+        raise SystemExit(f"--client-cpu {cpu}: no other CPU is left for the servers")
+    os.sched_setaffinity(0, others)
+
+
+def throughput(
+    path: Path, target: Target, requests: int, parallel: int, client_cpu: int | None = None
+) -> Throughput:
+    """Send every request in ``path`` to ``target`` with radclient, ``parallel`` at a time
+    (pinned to ``client_cpu`` when given)."""
     started = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
@@ -215,6 +243,7 @@ def throughput(path: Path, target: Target, requests: int, parallel: int) -> Thro
         capture_output=True,
         text=True,
         check=False,
+        preexec_fn=client_affinity(client_cpu),
     )
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -231,7 +260,12 @@ def throughput(path: Path, target: Target, requests: int, parallel: int) -> Thro
 
 
 async def latency(
-    client: Path, target: Target, rate: int, seconds: float, ocs_base: str | None
+    client: Path,
+    target: Target,
+    rate: int,
+    seconds: float,
+    ocs_base: str | None,
+    client_cpu: int | None = None,
 ) -> dict[str, object]:
     """rad_latency.py at ``rate`` against ``target``; for ocs, also its own drop counts."""
     before = drops(await metrics_text(ocs_base)) if ocs_base else {}
@@ -242,6 +276,7 @@ async def latency(
         str(rate),
         str(seconds),
         stdout=asyncio.subprocess.PIPE,
+        preexec_fn=client_affinity(client_cpu),
     )
     stdout, _ = await process.communicate()
     result: dict[str, object] = json.loads(stdout)
@@ -326,9 +361,14 @@ def print_summary(
 ) -> None:
     """Each target's rate, each ocs's CPU, and each ocs's ratio to each peer."""
     processes = "one ocs process" if args.workers == 1 else f"ocs --workers {args.workers}"
+    placement = (
+        "load generator on the same machine"
+        if args.client_cpu is None
+        else f"load generator pinned to CPU {args.client_cpu}, the servers to the others"
+    )
     print(
         f"Access-Requests/s over {args.rounds} round(s), radclient -p {args.parallel}, "
-        f"{args.requests} requests a round, {processes}, load generator on the same machine:"
+        f"{args.requests} requests a round, {processes}, {placement}:"
     )
     for name, values in rps.items():
         if values:
@@ -385,6 +425,11 @@ def options() -> tuple[argparse.Namespace, list[int], list[Path | None]]:
     parser.add_argument("--trees", help="A,B: checkouts whose ocs to run, each beside the peers")
     parser.add_argument("--redis-url")
     parser.add_argument("--database-url")
+    parser.add_argument(
+        "--client-cpu",
+        type=int,
+        help="pin the load generator to this CPU and the servers to the others",
+    )
     args = parser.parse_args()
     rates = [int(rate) for rate in args.rates.split(",") if rate.strip()]
     trees: list[Path | None] = (
@@ -397,6 +442,7 @@ def options() -> tuple[argparse.Namespace, list[int], list[Path | None]]:
 
 async def main() -> None:
     args, rates, trees = options()
+    pin_servers(args.client_cpu)
 
     peers = [Target("FreeRADIUS+Redis", 18120)]
     scripts = ["freeradius_redis_peer.sh"]
@@ -447,7 +493,7 @@ async def measure(
         warmup_file = tmp / "warmup.txt"
         write_requests(warmup_file, args.warmup, uuid.uuid4().hex[:8])
         for target in targets:
-            throughput(warmup_file, target, args.warmup, args.parallel)
+            throughput(warmup_file, target, args.warmup, args.parallel, args.client_cpu)
     for round_ in range(1, args.rounds + 1):
         order = targets if round_ % 2 else targets[::-1]
         requests_file = tmp / f"requests-{round_}.txt"
@@ -457,7 +503,9 @@ async def measure(
             server = by_target.get(target.name)
             before = target_cpu_seconds(target, server)
             split_before = cpu_by_program(server.process.pid) if server else {}
-            result = throughput(requests_file, target, args.requests, args.parallel)
+            result = throughput(
+                requests_file, target, args.requests, args.parallel, args.client_cpu
+            )
             rps[target.name].append(result.per_second)
             print(throughput_line(round_, target, result), flush=True)
             after = target_cpu_seconds(target, server)
@@ -481,7 +529,12 @@ async def measure(
             for target in order:
                 server = by_target.get(target.name)
                 measured = await latency(
-                    args.client, target, rate, args.seconds, server.base if server else None
+                    args.client,
+                    target,
+                    rate,
+                    args.seconds,
+                    server.base if server else None,
+                    args.client_cpu,
                 )
                 print(latency_line(round_, target, measured), flush=True)
     print_summary(args, servers, peers, rps)
