@@ -9,7 +9,7 @@ restarting, busy or cut off would have failed.
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -25,8 +25,10 @@ class Relay:
     failure is an HTTP status it answers, as an ocs busy, restarting or cut off would,
     or 0: it drops the connection unanswered. With ``slow_s`` a failure is answered
     only that many seconds later, as an ocs too slow would: past the switch's timeout,
-    which gave up on it (recorded 0). It keeps each request's path (decoded) and the
-    status the switch got (0: none)."""
+    which gave up on it (recorded 0). ``stall`` holds the requests whose path ends
+    with one of the suffixes given, as a stalled ocs would, until ``resume``; they
+    are then forwarded (the switch may have given up on them). It keeps each
+    request's path (decoded) and the status the switch got (0: none)."""
 
     ocs_url: str
     start_failure: int | None
@@ -35,6 +37,19 @@ class Relay:
     slow_s: float
     seen: list[tuple[str, int]]
     http: aiohttp.ClientSession
+    stalled: tuple[str, ...] = ()
+    resumed: asyncio.Event = field(default_factory=asyncio.Event)
+    held: int = 0
+
+    def stall(self, *suffixes: str) -> None:
+        """Hold from now on every request whose path ends with one of ``suffixes``."""
+        self.stalled = suffixes
+        self.resumed.clear()
+
+    def resume(self) -> None:
+        """Forward the held requests, and hold none from now on."""
+        self.stalled = ()
+        self.resumed.set()
 
     def failure(self, path: str) -> int | None:
         """How the request to ``path`` is failed now; None: it is forwarded."""
@@ -48,6 +63,9 @@ class Relay:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward ``request`` to ocs, or fail it."""
         path = request.path  # decoded: the call id as the switch has it
+        if self.stalled and path.endswith(self.stalled):
+            self.held += 1
+            await self.resumed.wait()
         failing = self.failure(path)
         if failing is not None:
             # Kept before any wait: a try sent again meanwhile counts this one as earlier.
@@ -101,4 +119,5 @@ async def relay_to(
         try:
             yield relay, f"http://127.0.0.1:{port}"
         finally:
+            relay.resume()  # else the cleanup would wait for the held requests
             await runner.cleanup()

@@ -23,6 +23,7 @@ the granted duration, and the tests assert that.
 import asyncio
 import contextlib
 import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from ocs.config import Settings
 from ocs.money import parse_amount
 from tests.conftest import bearer, eventually, reset_state
 from tests.http_relay_helpers import relay_to
-from tests.kamailio_helpers import Kamailio, SippCallee, binary, place_calls
+from tests.kamailio_helpers import Kamailio, SippCallee, binary, place_calls, sip_options
 from tests.serve_process import ServeProcess, free_port, serve_env
 
 UDP = socket.SOCK_DGRAM
@@ -649,6 +650,158 @@ async def test_a_call_cut_at_its_grant_is_cut_on_time_while_its_stop_waits_for_a
     assert cdr.cause in ("normal", "expired"), cdr.cause
     view = await rig.settled(account_id)
     assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
+
+
+async def test_a_start_that_timed_out_is_sent_again_and_the_call_is_charged_when_its_stop_is_lost(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # ocs too slow for the answer's /start: its first try gets no answer within
+    # OCS_HTTP_TIMEOUT (2 s), and every stop is lost too. Before, that try took the
+    # whole timeout and none other began past it: ocs never learnt the call was
+    # answered, and its janitor closed it free as never answered ("start-timeout",
+    # decision 0055), a call that ran its whole grant. The start is now sent by an
+    # async worker, again after a timeout, so the janitor charges the call's grant.
+    grant = 3
+    account_id = "restart-slow"
+    await rig.account(account_id, "0.03")  # 0.01 a second to France: 3 s
+    ocs_url = f"http://127.0.0.1:{rig.http_port}"
+    async with relay_to(ocs_url, start_failure=503, slow_s=3) as (relay, url):
+        switch = Kamailio(
+            port=free_port(UDP),
+            ocs_url=url,
+            token=rig.switch_token,
+            gateway_port=rig.callee.port,
+            workdir=tmp_path / "kamailio",
+        )
+        try:
+            await asyncio.to_thread(switch.wait_ready)
+            views = await asyncio.to_thread(
+                place_calls,
+                scenario="uac_until_cut.xml",
+                proxy_port=switch.port,
+                caller=account_id,
+                dialled=FRANCE,
+                workdir=tmp_path / "callers",
+                recv_timeout_ms=(grant + 4) * 1000,
+            )
+            [(call_id, seen)] = views.items()
+            assert seen.final == 200, switch.log_tail()
+
+            async def started() -> bool:
+                return relay.statuses("/start") == [0, 200]
+
+            await eventually(started, within=10, what="the start's second try answered")
+            log = switch.log_tail()
+            assert f"ocs: start of {call_id} got 28, trying again" in log, log  # curl: timeout
+        finally:
+            switch.stop()
+    # Closed by the janitor as an answered call: charged its grant ("expired"), which is
+    # what it ran (the switch cut it there), not closed free.
+    [cdr] = await rig.wait_cdrs(account_id, 1, within=grant + GRACE + 10)
+    assert (cdr.call_id, cdr.duration, cdr.charged, cdr.cause) == (
+        call_id,
+        grant,
+        30_000,
+        "expired",
+    )
+    view = await rig.settled(account_id)
+    assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
+
+
+def _options_delays(port: int, probes: int) -> list[float | None]:
+    """Send ``probes`` OPTIONS to the switch, one every 0.1 s: how long each took to be
+    answered 200 (None: not within a second)."""
+    delays: list[float | None] = []
+    for _ in range(probes):
+        began = time.monotonic()
+        answered = sip_options(port, timeout=1.0) == 200
+        delays.append(time.monotonic() - began if answered else None)
+        time.sleep(0.1)
+    return delays
+
+
+async def test_a_stalled_ocs_holds_up_no_sip_worker_while_calls_end_and_gets_every_stop_back(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # ocs stalls (answers no stop) while twenty calls end at once. Before, each BYE's
+    # stop was sent, with its tries and pauses, by the SIP worker relaying the BYE:
+    # about 4.2 s a stop, so the four workers were all asleep and the switch answered
+    # nothing, BYEs, OPTIONS and new INVITEs alike, for about 20 s. The stops now go
+    # to async workers and their queue: the SIP workers answer at once, and a stop
+    # whose round failed while ocs stalled waits for another, so every one reaches ocs
+    # when it comes back and each call is charged what it ran.
+    calls = 20
+    account_id = "storm"
+    # Each call holds 0.60 (the plan's longest call, 60 s): enough for all of them.
+    await rig.account(account_id, "15.00", max_lines=calls + 1)
+    ocs_url = f"http://127.0.0.1:{rig.http_port}"
+    # It fails no request: it holds the stops (relay.stall) until ocs comes back.
+    async with relay_to(ocs_url, stop_failures=0) as (relay, url):
+        switch = Kamailio(
+            port=free_port(UDP),
+            ocs_url=url,
+            token=rig.switch_token,
+            gateway_port=rig.callee.port,
+            workdir=tmp_path / "kamailio",
+            defines={"OCS_RETRY_PAUSE_S": "1"},
+        )
+        try:
+            await asyncio.to_thread(switch.wait_ready)
+            relay.stall("/stop")
+            began = time.monotonic()
+            views = await asyncio.to_thread(
+                place_calls,
+                scenario="uac.xml",
+                proxy_port=switch.port,
+                caller=account_id,
+                dialled=FRANCE,
+                workdir=tmp_path / "callers",
+                calls=calls,
+                hold_ms=1000,
+                recv_timeout_ms=10_000,
+            )
+            ended_s = time.monotonic() - began
+            assert Counter(seen.final for seen in views.values()) == {200: calls}, views
+            # Answered, held 1 s, hung up: each BYE's 200 came back at once.
+            assert ended_s < 5, (ended_s, switch.log_tail())
+            assert relay.held >= 1, relay.seen  # ocs is stalled: the stops wait
+
+            # Still stalled: OPTIONS and a new call are answered at once.
+            delays = await asyncio.to_thread(_options_delays, switch.port, 10)
+            assert None not in delays and max(d for d in delays if d) < 0.5, delays
+            began = time.monotonic()
+            late = await asyncio.to_thread(
+                place_calls,
+                scenario="uac.xml",
+                proxy_port=switch.port,
+                caller=account_id,
+                dialled=FRANCE,
+                workdir=tmp_path / "callers",
+                hold_ms=500,
+            )
+            assert [seen.final for seen in late.values()] == [200], switch.log_tail()
+            assert time.monotonic() - began < 3, switch.log_tail()
+
+            # A round that failed while ocs stalled (two tries timed out)...
+            async def round_failed() -> bool:
+                return "failed (28) after 2 tries" in switch.log_tail(200_000)
+
+            await eventually(round_failed, within=10, what="a stop's round to fail")
+            # ... is not the end: ocs comes back, and every call gets its stop.
+            relay.resume()
+            cdrs = await rig.wait_cdrs(account_id, calls + 1, within=20)
+            log = switch.log_tail(200_000)
+            assert "given up" not in log, log
+        finally:
+            switch.stop()
+    assert {cdr.call_id for cdr in cdrs} == set(views) | set(late)
+    for cdr in cdrs:
+        # Charged once, what it ran (1 s and a little: 2 s, 3 on a slow machine), by
+        # the switch's stop, not its grant by the janitor.
+        assert cdr.duration in (1, 2, 3), cdr
+        assert (cdr.charged, cdr.cause) == (cdr.duration * 10_000, "normal"), cdr
+    view = await rig.settled(account_id)
+    assert parse_amount(view["balance"]) == 15_000_000 - sum(cdr.charged for cdr in cdrs)
 
 
 async def test_a_stop_refused_4xx_is_not_sent_again(rig: Rig, tmp_path: Path) -> None:
