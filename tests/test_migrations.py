@@ -34,6 +34,7 @@ import asyncpg
 import pytest
 
 from ocs.billing import posting
+from ocs.billing.number_sets import CHARGED_AFTER
 from ocs.config import Settings
 from ocs.db import migrate as migrate_module
 from ocs.db import migration_steps
@@ -802,6 +803,55 @@ INDEX_DEFINITION = (
     "CREATE INDEX ledger_payment_credit_idx ON public.ledger USING btree (reference)"
     " WHERE (reference ~~ 'pay:%'::text)"
 )
+
+
+# Numbers given back before 0068, as number_sets.release wrote their events: 4420100
+# twice, 4420102 once; 4420101 only taken (an assigned event's day is not an end).
+RELEASES_BEFORE_0068 = [
+    ("number.released", "4420100", "2026-02-01"),
+    ("number.assigned", "4420101", "2026-02-20"),
+    ("number.released", "4420100", "2026-03-05"),
+    ("number.released", "4420102", "2026-02-10"),
+]
+
+
+async def test_0068_dates_the_numbers_given_back_before_it_and_indexes_their_charges(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    await migrated_to(fresh_pool, 67)
+    await fresh_pool.execute("INSERT INTO number_sets (id, kind) VALUES ('dids', 'did')")
+    await fresh_pool.execute(
+        "INSERT INTO number_set_numbers (number, number_set_id)"
+        " VALUES ('4420100', 'dids'), ('4420101', 'dids'), ('4420102', 'dids')"
+    )
+    for kind, number, on in RELEASES_BEFORE_0068:
+        await fresh_pool.execute(
+            "INSERT INTO events (kind, subject, data) VALUES ($1, 'n1', $2::jsonb)",
+            kind,
+            json.dumps({"account_id": "n1", "number": number, "on": on}),
+        )
+    assert 68 in await migrate(fresh_pool)
+
+    # A take is not dated before these (a hold free of charge left no other end).
+    rows = await fresh_pool.fetch("SELECT number, freed_on FROM number_set_numbers")
+    assert {r["number"]: r["freed_on"] for r in rows} == {
+        "4420100": date(2026, 3, 5),
+        "4420101": None,
+        "4420102": date(2026, 2, 10),
+    }
+    assert await fresh_pool.fetchval(
+        "SELECT indisvalid FROM pg_index"
+        " WHERE indexrelid = to_regclass('account_numbers_number_idx')"
+    )
+    # The take's check that no one else is charged for the number after its day reads
+    # the number's rows through it, not the whole table.
+    async with fresh_pool.acquire() as conn:
+        await conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            r[0] for r in await conn.fetch(f"EXPLAIN {CHARGED_AFTER}", "4420100", date(2026, 3, 1))
+        )
+    assert "account_numbers_number_idx" in plan, plan
+    assert await fresh_pool.fetchval("SELECT finished FROM schema_migrations WHERE version = 68")
 
 
 async def build_waiting(pool: asyncpg.Pool, migrating: asyncio.Task[list[int]]) -> int:

@@ -18,15 +18,17 @@ from tests.helpers import Raw, send
 NUMBER_CHARGE = "Number Recurring Charge"
 
 
-async def numbers_plan(app: RunningApp, *numbers: str) -> None:
+async def numbers_plan(app: RunningApp, *numbers: str, charged: bool = True) -> None:
     """The retail plan billed monthly in UTC, a DID set of ``numbers`` serving it whose
-    numbers cost 2.00 a month, and accounts n1, n2, n3 billed from 2026-01-01."""
+    numbers cost 2.00 a month (nothing, held free of charge, when not ``charged``), and
+    accounts n1, n2, n3 billed from 2026-01-01."""
     services = app.services
     await billed_plan(services)
-    await create_charge(
-        services.pool,
-        Charge("did-rc", NUMBER_CHARGE, "DID", "EUR", 2 * EUR, "triggered", cadence="monthly"),
-    )
+    if charged:
+        await create_charge(
+            services.pool,
+            Charge("did-rc", NUMBER_CHARGE, "DID", "EUR", 2 * EUR, "triggered", cadence="monthly"),
+        )
     status, body = await send(app, "POST", "/v1/number-sets", {"id": "dids", "kind": "did"})
     assert status == 201, body
     csv = "number\n" + "".join(f"{n}\n" for n in numbers)
@@ -146,6 +148,49 @@ async def test_a_take_and_a_release_stay_within_the_days_they_can_bill(app: Runn
         ("n2", "4420101", back, None),
         ("n3", "4420100", today, None),
     ]
+
+
+async def number_row(app: RunningApp, number: str) -> tuple[str | None, date | None, date | None]:
+    """(holder, assigned_on, freed_on) of ``number``'s row in its set (PostgreSQL)."""
+    row = await app.services.pool.fetchrow(
+        "SELECT account_id, assigned_on, freed_on FROM number_set_numbers WHERE number = $1",
+        number,
+    )
+    return row["account_id"], row["assigned_on"], row["freed_on"]
+
+
+async def test_a_number_held_free_of_charge_bounds_its_next_holders_first_day(
+    app: RunningApp,
+) -> None:
+    """A number held free of charge (its plan triggers no number charge) has no charge
+    row, and its release left no end anywhere: the next holder's take could be dated
+    over the days the free holder held it."""
+    await numbers_plan(app, "4420100", charged=False)
+    today = datetime.now(UTC).date()
+    start, back, freed = (today - timedelta(days=d) for d in (20, 10, 5))
+    status, body = await take(app, "n1", number="4420100", on=start.isoformat())
+    assert (status, body["charge"]) == (201, None)
+    assert (await release(app, "n1", "4420100", freed))[0] == 200
+
+    refused = await take(app, "n2", number="4420100", on=back.isoformat())
+    assert refusal(refused) == (400, "invalid_field", "on")
+    assert f"until {freed}" in refused[1]["error"]["message"]
+    # The next free number, back-dated, is not one another account held on that day.
+    assert refusal(await take(app, "n2", on=back.isoformat())) == (404, "not_found", "number")
+    assert await charge_rows(app) == []
+    assert await number_row(app, "4420100") == (None, None, freed)
+
+    # From the free holder's end on, it is n2's.
+    status, body = await take(app, "n2", number="4420100", on=freed.isoformat())
+    assert (status, body["assigned_on"]) == (201, freed.isoformat())
+    assert await number_row(app, "4420100") == ("n2", freed, freed)
+    # Given back and taken again, its end moves on: the bound is the last holder's.
+    assert (await release(app, "n2", "4420100", today))[0] == 200
+    assert await number_row(app, "4420100") == (None, None, today)
+    refused = await take(app, "n3", on=freed.isoformat())
+    assert refusal(refused) == (404, "not_found", "number")
+    assert (await take(app, "n3"))[1]["assigned_on"] == today.isoformat()
+    assert await charge_rows(app) == []
 
 
 async def test_a_repeated_take_takes_and_charges_nothing_more(app: RunningApp) -> None:

@@ -287,8 +287,11 @@ _NEXT_FREE = (
     " FROM number_set_numbers n JOIN number_set_plans p ON p.number_set_id = n.number_set_id"
     " JOIN number_sets s ON s.id = n.number_set_id"
     " WHERE p.plan_id = $1 AND n.account_id IS NULL AND ($2::text IS NULL OR n.number = $2)"
-    # Not a number still charged to its previous holder on the day: two accounts would
-    # pay for it at once (a back-dated take, or a number freed with a charge left open).
+    # Not a number its previous holder still held on the day, charged or free (freed_on,
+    # on the row this take locks); nor one still charged to a holder then: two accounts
+    # would pay for it at once (a back-dated take, or a number freed with a charge left
+    # open).
+    " AND (n.freed_on IS NULL OR n.freed_on <= $3)"
     " AND NOT EXISTS (SELECT 1 FROM account_numbers an WHERE an.number = n.number"
     "   AND (an.end_date IS NULL OR an.end_date > $3))"
     " ORDER BY p.priority DESC, n.number_set_id, n.number LIMIT 1"
@@ -326,8 +329,9 @@ async def take_number(
     its charge and identifies the account.
 
     ``on`` is no later than today (the number identifies the account for inbound calls
-    at once), no earlier than the account's first day (``_claim``) nor than the day the
-    number's charge to its previous holder ended. A repeat is answered with the
+    at once), no earlier than the account's first day (``_claim``) nor than the day its
+    previous holder gave it back (``freed_on``, a hold free of charge too) or the
+    number's charge to a previous holder ended. A repeat is answered with the
     assignment that stands (``repeated``), nothing taken or charged again: a take of a
     named number the account holds already (from the same day, when ``on`` is given), or
     a take with a ``take_id`` an earlier take of the account carried.
@@ -585,6 +589,14 @@ async def _kind_charge(
     return None if found is None else str(found)
 
 
+# A number's charge rows still running after a day: whether one is open, and the last
+# end. Read by number through account_numbers_number_idx (migration 0068).
+CHARGED_AFTER = (
+    "SELECT max(end_date) AS until, bool_or(end_date IS NULL) AS open FROM account_numbers"
+    " WHERE number = $1 AND (end_date IS NULL OR end_date > $2)"
+)
+
+
 async def _why_none(
     conn: asyncpg.Connection, plan_id: str, number: str | None, day: date
 ) -> OcsError:
@@ -597,7 +609,7 @@ async def _why_none(
             field="number",
         )
     row = await conn.fetchrow(
-        "SELECT n.account_id, EXISTS (SELECT 1 FROM number_set_plans p"
+        "SELECT n.account_id, n.freed_on, EXISTS (SELECT 1 FROM number_set_plans p"
         "  WHERE p.number_set_id = n.number_set_id AND p.plan_id = $2) AS plans"
         " FROM number_set_numbers n WHERE n.number = $1",
         number,
@@ -609,19 +621,14 @@ async def _why_none(
         return OcsError(
             Reason.ACCOUNT_EXISTS, f"number {number} belongs to an account already", field="number"
         )
-    charged_until = await conn.fetchrow(
-        "SELECT max(end_date) AS until, bool_or(end_date IS NULL) AS open FROM account_numbers"
-        " WHERE number = $1 AND (end_date IS NULL OR end_date > $2)",
-        number,
-        day,
-    )
+    charged_until = await conn.fetchrow(CHARGED_AFTER, number, day)
     if charged_until["open"]:
         return invalid("on", f"number {number} is still charged to an account that gave it back")
-    if charged_until["until"] is not None:
+    until = max(d for d in (charged_until["until"], row["freed_on"], day) if d is not None)
+    if until > day:
         return invalid(
             "on",
-            f"number {number} is charged to its previous holder until {charged_until['until']}:"
-            " take it from then",
+            f"number {number} was its previous holder's until {until}: take it from then",
         )
     return invalid("number", f"number {number} is not in a number set of plan {plan_id}")
 
@@ -677,9 +684,13 @@ async def _free(conn: asyncpg.Connection, account_id: str, number: str, day: dat
         )
     if day < assigned_on:
         raise invalid("on", f"the number was taken on {assigned_on}")
+    # Its end, free of charge or not: the next holder's take is not dated before it
+    # (a free hold has no charge row to keep it, migration 0068).
     await conn.execute(
-        "UPDATE number_set_numbers SET account_id = NULL, assigned_on = NULL WHERE number = $1",
+        "UPDATE number_set_numbers SET account_id = NULL, assigned_on = NULL,"
+        " freed_on = GREATEST(freed_on, $2) WHERE number = $1",
         number,
+        day,
     )
     charged = await conn.fetchval(
         "SELECT 1 FROM account_numbers WHERE number = $1 AND account_id = $2 AND end_date IS NULL",

@@ -366,10 +366,46 @@ async def _index_0064(conn: asyncpg.Connection, progress: Progress | None) -> No
     )
 
 
+# Migration 0068's fill: a free number's ``freed_on`` is the latest day its
+# ``number.released`` events gave it back (events are kept), GREATEST of what it has: a
+# release by this version meanwhile is kept, and a resumed step changes no row again.
+# $1 and $2 bound an id range of events.
+_FREED_0068 = """
+UPDATE number_set_numbers n SET freed_on = r.freed
+FROM (
+    SELECT e.data ->> 'number' AS number, max((e.data ->> 'on')::date) AS freed
+    FROM events e
+    WHERE e.kind = 'number.released' AND e.id >= $1 AND e.id < $2
+    GROUP BY 1
+) r
+WHERE n.number = r.number AND n.account_id IS NULL
+  AND (n.freed_on IS NULL OR n.freed_on < r.freed)
+"""
+
+
+async def _step_0068(conn: asyncpg.Connection, progress: Progress | None) -> None:
+    """Migration 0068's step: the day each number given back before it was freed, read
+    from its release events in id ranges, then account_numbers' index by number (a take's
+    check that no one else is charged for the number after its day), built while takes,
+    releases and billing runs go on."""
+    await _fill_in_ranges(
+        conn,
+        68,
+        "SELECT count(*) AS n, min(id) AS low, max(id) AS high FROM events"
+        " WHERE kind = 'number.released'",
+        (_FREED_0068,),
+        progress,
+    )
+    await create_index_concurrently(
+        conn, 68, "account_numbers_number_idx", "account_numbers (number)"
+    )
+
+
 # Version -> the step run after that version's SQL file, outside its transaction.
 STEPS: dict[int, Step] = {
     62: _backfill_0062,
     64: _index_0064,
     65: _backfill_0065,
     66: _backfill_0066,
+    68: _step_0068,
 }

@@ -145,8 +145,8 @@ class TakeNumber(Params):
             date,
             msgspec.Meta(
                 description="from this day (default: today where the plan bills); not after"
-                " today, not before the account's first day nor the day the number's charge"
-                " to its previous holder ended"
+                " today, not before the account's first day nor the day its previous holder"
+                " gave it back (charged or free of charge)"
             ),
         ]
         | None
@@ -323,8 +323,8 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         description="404 when the plan's sets have no free number left; 409 for a number"
         " another account holds. The number triggers its charge and identifies the account"
         " for inbound calls, from `on`: not after today where the plan bills, nor before the"
-        " account's first day or the day the number's charge to its previous holder ended"
-        " (400 naming on). A repeat is answered 200 with the assignment that stands"
+        " account's first day or the day its previous holder gave it back, charged or free"
+        " of charge (400 naming on). A repeat is answered 200 with the assignment that stands"
         " (repeated true), nothing taken or charged again: a named number the account holds"
         " already (from the same day when on is given), or a take_id an earlier take of the"
         " account carried. A take of the next free number without take_id takes another"

@@ -1,0 +1,23 @@
+-- The day a number's last holder gave it back, charged or free, and the index of
+-- account_numbers by number.
+--
+-- A take may not be dated before its previous holder's end (decision 0030, addendum
+-- 2026-12-07): that bound read account_numbers.end_date, which only a charged hold has. A
+-- number held free of charge (its plan triggers no number charge) has no account_numbers
+-- row, and its release cleared number_set_numbers.assigned_on: nothing recorded its end,
+-- and the next holder could be back-dated over the free holder's days (two accounts
+-- holding the number, the new one billed for days another held it). freed_on is the first
+-- day without the number of its last holder, written by every release; a take is not
+-- dated before it. Numbers given back before this version get it from their
+-- number.released events (events are kept), by this version's step.
+--
+-- No default and no rewrite: the brief ACCESS EXCLUSIVE of adding a NULL column.
+ALTER TABLE number_set_numbers ADD COLUMN freed_on DATE;
+
+-- The step (ocs/db/migration_steps.py, _step_0068) also builds
+--     CREATE INDEX CONCURRENTLY account_numbers_number_idx ON account_numbers (number);
+-- a take's check that no one else is charged for the number after its day, and the
+-- refusal naming until when, found a number's rows by a scan of the whole table (the only
+-- index by number, account_numbers_once, holds open rows only). Built here, in the file's
+-- transaction, it would hold account_numbers under SHARE for its scan: every take,
+-- release and billing run's drafting would wait.
