@@ -35,7 +35,7 @@ from ocs.balances import keys
 from ocs.balances.autopipeline import AutoPipeline
 from ocs.balances.ledger_writer import LedgerWriter
 from ocs.balances.slots import key_slot
-from ocs.balances.wire import RedisWire
+from ocs.balances.wire import ReconnectPaused, RedisWire
 from ocs.charging.janitor import Janitor
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest
@@ -292,6 +292,74 @@ async def test_a_stalled_master_fails_its_own_commands_not_the_batch(
             # the closed connection's buffer once resumed (its caller was told unavailable).
             return reply in (b"1", b"2")
 
+        await eventually(stalled_served, what="the resumed master's key served again")
+    finally:
+        await wire.close()
+
+
+async def test_a_batch_timed_out_on_an_open_connection_pauses_that_master_alone(
+    partial_cluster: RedisClusterProcess,
+) -> None:
+    # A master stalls (SIGSTOP) under a connection the wire has open. Before, the batch
+    # that timed out on it set no reconnect pause (a connect that failed did): the next
+    # batch dialled the stalled master at once and waited out its setup's timeout, and
+    # the healthy master's replies of that batch waited with it. Now the stalled master
+    # is not dialled again for a moment: the next batch's commands for it are answered
+    # "unavailable" at once (not tried again yet), the healthy master's with them.
+    partial_cluster.flush()
+    seed_port = partial_cluster.nodes[0].port
+    owned = accounts_by_master(partial_cluster)
+    victim_port = next(port for port in owned if port != seed_port)
+    victim = next(n for n in partial_cluster.nodes if n.port == victim_port)
+    stalled_key = keys.account(owned[victim_port][0])
+    healthy_key = keys.account(owned[seed_port][0])
+    timeout = 1.0
+    wire = RedisWire(
+        f"redis://127.0.0.1:{seed_port}",
+        timeout=timeout,
+        cluster=True,
+        on_connect=[("CLIENT", "SETNAME", "ocs-pause-test")],
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        assert await wire.execute_many([("SET", healthy_key, "1"), ("SET", stalled_key, "1")]) == [
+            b"OK",
+            b"OK",
+        ]
+        partial_cluster.pause(victim)
+        try:
+            replies = await wire.execute_many(
+                [("SET", healthy_key, "2"), ("SET", stalled_key, "2")]
+            )
+            assert replies[0] == b"OK", replies
+            assert isinstance(replies[1], RedisConnectionError), replies
+            assert f"did not answer within {timeout} s" in str(replies[1])
+            began = loop.time()
+            replies = await wire.execute_many(
+                [("SET", healthy_key, "3"), ("SET", stalled_key, "3")]
+            )
+            took = loop.time() - began
+        finally:
+            partial_cluster.resume(victim)
+        assert replies[0] == b"OK", replies
+        # Not dialled: before, a new connection whose setup went unanswered (after the
+        # whole timeout), the healthy master's reply held as long.
+        assert isinstance(replies[1], ReconnectPaused), replies
+        assert took < timeout / 2, took
+        with partial_cluster.node_of_slot(key_slot(healthy_key)).client() as client:
+            assert client.get(healthy_key) == b"3"
+        partial_cluster.wait_ok()
+
+        async def stalled_served() -> bool:
+            try:
+                (reply,) = await wire.execute_many([("GET", stalled_key)])
+            except RedisConnectionError:
+                return False  # paused a moment more
+            # "2" when the SET the stall left unanswered was still read from the closed
+            # connection's buffer once resumed (its caller was told unavailable).
+            return reply in (b"1", b"2")
+
+        # The pause is a moment: the master is dialled again and served.
         await eventually(stalled_served, what="the resumed master's key served again")
     finally:
         await wire.close()

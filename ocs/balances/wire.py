@@ -25,13 +25,15 @@ instead of waiting with them.
 
 A lost connection fails the commands in flight on it with ``ConnectionError``
 (their callers answer "unavailable"; nothing was acknowledged to them) and the
-next command reconnects. A connect that fails, or a stalled server that takes the
-connection but does not answer its first commands within the timeout, fails that
-server's commands with ``ConnectionError`` alike: the other masters' part of a batch
-is answered as usual. With ``wait_replicas``, each master's part of a batch
-ends with ``WAIT``: its callers get their replies only once that many replicas
-have the batch's writes, else "unavailable" (the writes may stand; every
-command the hot path sends is safe to repeat). It waits for no more replicas
+next command reconnects. A connect that fails, a stalled server that takes the
+connection but does not answer its first commands within the timeout, or an open
+connection whose batch goes unanswered that long, fails that server's commands with
+``ConnectionError`` alike, and the server is not dialled again for a moment
+(``RECONNECT_PAUSE_S``): the other masters' part of a batch is answered as usual.
+With ``wait_replicas``, each master's part of a batch ends with ``WAIT``: its callers
+get their replies only once that many replicas have the batch's writes, else
+"unavailable" (the writes may stand; every command the hot path sends is safe to
+repeat). It waits for no more replicas
 than the master has live: those a cluster's slot map lists, and of them no more
 than the master's ``INFO replication`` lists online (Redis 6.2's map lists a
 replica still in its first sync, which confirms nothing); a standalone server's
@@ -306,8 +308,8 @@ class _Link:
                 raise reply  # refused (a wrong password, LOADING): the server's answer
 
     def _connect_failed(self, failure: str) -> RedisConnectionError:
-        """Note that connecting failed now (not dialled again for ``RECONNECT_PAUSE_S``);
-        the error to raise."""
+        """Note that connecting failed, or an open connection went unanswered, now (not
+        dialled again for ``RECONNECT_PAUSE_S``); the error to raise."""
         self.failed_at = time.monotonic()
         self._failure = failure
         return RedisConnectionError(failure)
@@ -324,11 +326,13 @@ class _Link:
             async with asyncio.timeout(self._timeout):
                 return await replies
         except TimeoutError:
-            # Closing fails every command in flight on this connection; the next
-            # batch reconnects, so a stalled Redis never holds requests forever.
+            # Closing fails every command in flight on this connection; a batch after
+            # the reconnect pause reconnects, so a stalled Redis never holds requests
+            # forever, and the batches meanwhile do not dial it again at once (each
+            # would wait out its setup's timeout, holding the other masters' replies).
             if protocol.transport is not None:
                 protocol.transport.close()
-            raise RedisConnectionError(
+            raise self._connect_failed(
                 f"Redis {self!r} did not answer within {self._timeout} s"
             ) from None
 
@@ -351,7 +355,7 @@ class _Link:
         if replies.done():
             return
         replies.set_exception(
-            RedisConnectionError(f"Redis {self!r} did not answer within {self._timeout} s")
+            self._connect_failed(f"Redis {self!r} did not answer within {self._timeout} s")
         )
         if protocol.transport is not None:
             protocol.transport.close()
