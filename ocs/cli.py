@@ -595,7 +595,9 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run(s: "Services") -> dict[str, Any]:
         """Balances, then numbers and accounts' states (repaired when asked)."""
-        result = await reconcile(s.redis, s.pool)
+        result = await reconcile(
+            s.redis, s.pool, migration_wait=settings.redis_migration_wait_ms / 1000
+        )
         numbers = await number_reconcile.check_numbers(s.redis, s.pool)
         repaired = None
         if args.repair_numbers:

@@ -37,6 +37,7 @@ def ledger_writer(settings: Settings, services: Services) -> LedgerWriter:
         health=services.health,
         wait_replicas=settings.redis_wait_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
+        migration_wait=settings.redis_migration_wait_ms / 1000,
     )
 
 

@@ -27,14 +27,18 @@ fee 0.150 (45 s: 0.198).
 
 import asyncio
 import functools
+import json
 import logging
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from ocs import housekeeping
 from ocs.balances import keys
 from ocs.balances.accounts import AccountSpec
 from ocs.balances.ledger_writer import LedgerWriter
@@ -48,6 +52,7 @@ from ocs.log_limit import LogLimiter
 from ocs.runtime import open_runtime
 from ocs.services import Services
 from tests.conftest import RunningApp, add_plan, eventually, reset_state
+from tests.helpers import cli_env
 from tests.redis_cluster import Node, RedisClusterProcess
 
 pytestmark = [
@@ -261,6 +266,114 @@ def tryagain_count(node: Node) -> int:
     with node.client() as client:
         stats = client.info("errorstats")
     return int(stats.get("errorstat_TRYAGAIN", {}).get("count", 0))
+
+
+def migration_wait_env(settings: Settings, wait_ms: int) -> dict[str, str]:
+    """The environment of an ``ocs`` command on the cluster with ``redis_migration_wait_ms``."""
+    return {
+        **cli_env(settings),
+        "OCS_REDIS_CLUSTER": "true",
+        "OCS_REDIS_MIGRATION_WAIT_MS": str(wait_ms),
+    }
+
+
+async def test_the_ledger_writer_waits_for_a_migrating_slot_as_long_as_configured(
+    backend_services: Services, redis_cluster: RedisClusterProcess
+) -> None:
+    # The writer as `ocs serve` makes it, with redis_migration_wait_ms = 30 s. Before, it
+    # kept the wire's default (a second) whatever the setting said: setting aside an
+    # entry of a slot being migrated was refused SlotMigrating after a second.
+    services = backend_services
+    settings = with_overrides(services.settings, redis_migration_wait_ms=30_000)
+    writer = housekeeping.ledger_writer(settings, services)
+    account_id = "aside"
+    bucket = keys.bucket_of(account_id)
+    stream = keys.ledger(bucket)
+    slot = key_slot(stream)
+    await writer.ensure_groups()
+    # An entry no row can be made of: the writer sets it aside by a script naming the
+    # ledger stream and the dead-letter stream, which does not exist yet (TRYAGAIN
+    # while the slot migrates).
+    await services.redis.xadd(stream, {"kind": "topup", "account": account_id})
+    target = next(
+        m for m in redis_cluster.masters() if m.port != redis_cluster.node_of_slot(slot).port
+    )
+    source = redis_cluster.begin_migration(slot, target)
+    tries_before = tryagain_count(target)
+    reading = asyncio.create_task(writer.read_new())
+    try:
+
+        async def retried_long() -> bool:
+            # 60 retries 25 ms apart: past the default second, within the 30 configured.
+            return reading.done() or tryagain_count(target) - tries_before >= 60
+
+        await eventually(retried_long, what="the set-aside retried through the migration")
+        assert not reading.done()
+    finally:
+        while redis_cluster.migrate_keys(slot, source, target):
+            pass
+        redis_cluster.end_migration(slot, target)
+    assert await reading == 0  # nothing written: set aside
+    dead = await services.redis.xrange(keys.dead_letters(bucket))
+    assert [d[1][b"error"].startswith(b"unreadable entry") for d in dead] == [True]
+    assert await services.redis.xlen(stream) == 0
+
+
+async def test_ocs_reconcile_waits_for_a_migrating_slot_as_long_as_configured(
+    backend_services: Services, redis_cluster: RedisClusterProcess, tmp_path: Path
+) -> None:
+    # `ocs reconcile` with redis_migration_wait_ms = 30 s while a bucket's slot is
+    # half moved. Before, its snapshots kept the wire's default (a second): the command
+    # failed after a second whatever the setting said.
+    services = backend_services
+    await add_plan(services)
+    account_id = "reconciled"
+    await services.accounts.create(
+        AccountSpec(account_id, plan_id="retail", opening_balance=1_000_000)
+    )
+    slot = slot_of(account_id)
+    stream = keys.ledger(keys.bucket_of(account_id))
+    target = next(
+        m for m in redis_cluster.masters() if m.port != redis_cluster.node_of_slot(slot).port
+    )
+    source = redis_cluster.begin_migration(slot, target)
+    # The stream moved, the account not yet: the bucket's snapshot (both keys) is
+    # answered TRYAGAIN until the slot has moved.
+    with source.client() as client:
+        client.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", stream)
+    tries_before = tryagain_count(target)
+    settings = services.settings
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocs",
+        "reconcile",
+        "--redis-url",
+        redis_cluster.url,
+        "--database-url",
+        settings.database_url or "",
+        "--log-format",
+        "text",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=migration_wait_env(settings, 30_000),
+        cwd=tmp_path,
+    )
+    try:
+
+        async def retried_long() -> bool:
+            return child.returncode is not None or tryagain_count(target) - tries_before >= 60
+
+        await eventually(retried_long, within=30, what="the snapshot retried through the migration")
+        assert child.returncode is None
+    finally:
+        while redis_cluster.migrate_keys(slot, source, target):
+            pass
+        redis_cluster.end_migration(slot, target)
+        stdout, stderr = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode == 0, stderr.decode()
+    report = json.loads(stdout)
+    assert (report["ok"], report["accounts"], report["mismatches"]) == (True, 1, [])
 
 
 async def test_a_migration_outlasting_the_deadline_is_unavailable_not_an_outage(

@@ -32,7 +32,7 @@ def redis_client(url: str, *, cluster: bool, max_connections: int) -> RedisClien
 def wire_for(client: RedisClient, **options: Any) -> RedisWire:
     """A lean wire (its own connections) to the Redis ``client`` speaks to: the same
     server, database and credentials, or the same cluster. ``options`` go to
-    ``RedisWire`` (``wait_replicas``, ``wait_timeout_ms``)."""
+    ``RedisWire`` (``wait_replicas``, ``wait_timeout_ms``, ``migration_wait``)."""
     if isinstance(client, RedisCluster):
         kwargs = client.nodes_manager.connection_kwargs
         seed = client.get_default_node() or next(iter(client.nodes_manager.startup_nodes.values()))

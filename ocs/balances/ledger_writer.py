@@ -53,7 +53,7 @@ from ocs import backend_health, metrics
 from ocs.backend_health import POSTGRESQL, REDIS, BackendHealth
 from ocs.balances import keys, scripts
 from ocs.balances.cluster import RedisClient, wire_for
-from ocs.balances.wire import RedisWire
+from ocs.balances.wire import MIGRATION_WAIT_S, RedisWire
 
 log = logging.getLogger("ocs.ledger")
 
@@ -298,11 +298,17 @@ class LedgerWriter:
         health: BackendHealth | None = None,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
+        migration_wait: float = MIGRATION_WAIT_S,
     ) -> None:
         # Its own connections to the Redis ``redis`` speaks to: a blocking read must not
         # hold the hot path's, and WAIT confirms the writes of the connection it runs on.
+        # A command of a slot being migrated (TRYAGAIN) is retried ``migration_wait``
+        # seconds, as the setting (``redis_migration_wait_ms``) says.
         self._wire: RedisWire = wire_for(
-            redis, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms
+            redis,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+            migration_wait=migration_wait,
         )
         self._sessions = 0
         self._health = health if health is not None else backend_health.default()

@@ -41,6 +41,7 @@ import asyncpg
 
 from ocs.balances import keys, scripts
 from ocs.balances.cluster import RedisClient, wire_for
+from ocs.balances.wire import MIGRATION_WAIT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,16 +124,19 @@ FROM ledger GROUP BY 1
 """
 
 
-async def _snapshots(redis: RedisClient, by_bucket: dict[int, list[str]]) -> list[Any]:
+async def _snapshots(
+    redis: RedisClient, by_bucket: dict[int, list[str]], migration_wait: float
+) -> list[Any]:
     """Each bucket's snapshot (last ledger id, balances, entries in the stream), in order.
 
     One round of EVALSHA through a lean wire of its own: on Redis Cluster it sends each
     bucket's script to the master of the bucket's slot (every key of a snapshot
     carries the bucket's tag). The script is loaded on every master first: a master a
-    failover promoted may lack it.
+    failover promoted may lack it. A snapshot a slot's migration asks to retry
+    (``TRYAGAIN``) is retried for up to ``migration_wait`` seconds.
     """
     script = scripts.SNAPSHOT_BUCKET
-    wire = wire_for(redis)
+    wire = wire_for(redis, migration_wait=migration_wait)
     try:
         await wire.execute_on_every_master([("SCRIPT", "LOAD", script.source)])
         commands = []
@@ -190,11 +194,16 @@ async def _orphans(
 
 
 async def reconcile(
-    redis: RedisClient, pool: asyncpg.Pool, *, orphan_grace_ms: int = ORPHAN_GRACE_MS
+    redis: RedisClient,
+    pool: asyncpg.Pool,
+    *,
+    orphan_grace_ms: int = ORPHAN_GRACE_MS,
+    migration_wait: float = MIGRATION_WAIT_S,
 ) -> Reconciliation:
     """Compare every account's Redis balance with its ledger total, while traffic runs,
     and find the accounts Redis holds that PostgreSQL does not (made at least
-    ``orphan_grace_ms`` ago)."""
+    ``orphan_grace_ms`` ago). A snapshot of a Redis Cluster slot being migrated is retried
+    for up to ``migration_wait`` seconds (``redis_migration_wait_ms``)."""
     # Before PostgreSQL's accounts: one made meanwhile is then in both, or in PostgreSQL.
     in_redis = await _redis_account_ids(redis)
     async with pool.acquire() as conn:
@@ -209,7 +218,7 @@ async def reconcile(
             r["bucket"]: (int(r["last"][0]), int(r["last"][1]))
             for r in await conn.fetch(_PG_LAST_IDS)
         }
-    snapshots = await _snapshots(redis, by_bucket)
+    snapshots = await _snapshots(redis, by_bucket, migration_wait)
     lost: list[LostEntries] = []
     balances: dict[str, int | None] = {}
     pending: dict[str, tuple[str, int]] = {}  # ledger entry key -> (account, amount)
