@@ -22,7 +22,6 @@ One tracker per process: :func:`default` returns it, and ``Services.health`` is
 that same instance, so every component of a process shares one state.
 """
 
-import contextlib
 import logging
 import re
 import time
@@ -327,10 +326,7 @@ class BackendHealth:
         A master the probe left out (no longer one, after a failover) is forgotten."""
         for master in [m for m in self._masters if m not in probe.outcomes]:
             del self._masters[master]
-            metrics.REDIS_MASTER_UP.labels(master).set(1)  # multi-worker: stays, at 1
-            # Another tracker of the process (tests make their own) may have dropped it.
-            with contextlib.suppress(KeyError):
-                metrics.REDIS_MASTER_UP.remove(master)
+            metrics.drop_master(master)
         several = len(probe.outcomes) > 1
         for master, outcome in probe.outcomes.items():
             state = self._masters.get(master)

@@ -41,7 +41,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
@@ -84,15 +84,40 @@ class Children(Generic[_M]):
 
 def exposition() -> bytes:
     """The Prometheus text of this process, or of every worker when there are several."""
-    if os.environ.get(MULTIPROCESS_DIR_ENV):
+    directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+    if directory:
         registry = CollectorRegistry()
-        # prometheus_client leaves this constructor unannotated.
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(WorkerFiles(directory))
         registry.register(STATE)
         # The parent folds a dead worker's files together meanwhile (ocs.metric_files).
         with metric_files.reading(Path(os.environ[MULTIPROCESS_DIR_ENV])):
             return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+# The value that marks, in a worker's metric file, the ``ocs_redis_master_up`` series of a
+# master gone from the cluster: such a file keeps every series it ever held
+# (prometheus_client removes none there), and a scrape leaves the marked ones out.
+DEPARTED = -1.0
+
+
+class WorkerFiles(Collector):
+    """Every worker's samples, read from the metrics directory (prometheus_client's
+    multiprocess collector), less the series of departed Redis masters (``DEPARTED``).
+
+    ``ocs_redis_master_up`` keeps the lowest of the workers' values: one worker that saw
+    the master leave hides it, until a probe of that worker meets it again."""
+
+    def __init__(self, directory: str) -> None:
+        # Not registered here: the caller's registry registers this collector.
+        self._files = multiprocess.MultiProcessCollector(None, directory)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        """Each family of every worker's files, departed masters' series left out."""
+        for family in self._files.collect():  # type: ignore[no-untyped-call]
+            if family.name == REDIS_MASTER_UP_NAME:
+                family.samples = [s for s in family.samples if s.value != DEPARTED]
+            yield family
 
 
 # --- decisions and requests -------------------------------------------------------------
@@ -313,14 +338,28 @@ BACKEND_UP = Gauge(
     # The lowest of the running workers: a dead worker's last value is not kept.
     multiprocess_mode="livemin",
 )
+REDIS_MASTER_UP_NAME = "ocs_redis_master_up"
 REDIS_MASTER_UP = Gauge(
-    "ocs_redis_master_up",
+    REDIS_MASTER_UP_NAME,
     "1 while this process's write probe is taken by the Redis master (host:port), 0 while"
     " it refuses writes or does not answer: which masters of a cluster fail.",
     ["master"],
     # The lowest of the running workers, as ocs_backend_up.
     multiprocess_mode="livemin",
 )
+
+
+def drop_master(master: str) -> None:
+    """Forget ``ocs_redis_master_up`` of a master gone from the cluster (a failover, a
+    scale-in): its series leaves this process's /metrics. Under ``--workers`` the series
+    stays in this worker's metric file, marked ``DEPARTED`` for the scrape to leave out;
+    before, it stayed there at 1 until the worker restarted."""
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        REDIS_MASTER_UP.labels(master).set(DEPARTED)
+        return
+    REDIS_MASTER_UP.remove(master)
+
+
 BACKEND_OUTAGES = Counter(
     "ocs_backend_outages_total",
     "Times this process lost its backend (redis, postgresql).",

@@ -647,3 +647,31 @@ def test_every_workers_series_come_in_one_scrape(tmp_path: Path) -> None:
     found = scrape(env, tmp_path, lost)
     assert found[("ocs_backend_up", (("backend", "redis"),))] == 1
     assert found[("ocs_decisions_total", granted)] == 2
+
+
+_PROBING_WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from ocs.backend_health import BackendHealth, WriteProbe
+    tracker = BackendHealth()
+    # Every master takes this worker's probe; then, with "left", a probe finds the
+    # second one gone from the cluster (a failover, a scale-in).
+    tracker.report_masters(WriteProbe({"10.0.0.1:6379": None, "10.0.0.2:6379": None}))
+    if sys.argv[1] == "left":
+        tracker.report_masters(WriteProbe({"10.0.0.1:6379": None}))
+    print(os.getpid())
+    """
+)
+
+
+def test_a_master_gone_from_the_cluster_leaves_every_workers_scrape(tmp_path: Path) -> None:
+    # Under --workers each worker writes its gauges to a file that keeps every series it
+    # held. Before, a master a worker's probe found gone from the cluster stayed in the
+    # scrape at 1 until that worker restarted. Now it leaves the scrape, even while
+    # another worker has not probed since; the master still there stays.
+    env = {**os.environ, metrics.MULTIPROCESS_DIR_ENV: str(tmp_path)}
+    python(env, _PROBING_WORKER, "left")
+    python(env, _PROBING_WORKER, "stayed")
+    found = scrape(env, tmp_path)
+    up = {labels: value for (name, labels), value in found.items() if name == "ocs_redis_master_up"}
+    assert up == {(("master", "10.0.0.1:6379"),): 1.0}
