@@ -38,7 +38,10 @@ subscription bundle and invoice:
   starting in the arrears period (a bundle bought inside a period already
   invoiced ahead, or on the account's first invoice), and for a bundle
   recorded after the account's earlier invoices read the items, every period
-  from where the account's billing began;
+  from where the account's billing began. An upfront period billed ahead and then
+  cut short by the bundle's end (recorded after the account's newest earlier
+  invoice) is credited by the next invoice for its unused days, once
+  (``fee_credit_lines``);
 - **resiliation** (``resiliation``, from the bundle itself): the bundle ends
   (its own end, the subscription's end or cancellation) before its commitment
   term: a fixed fee, or the fee x months left, the month in progress counted as
@@ -131,6 +134,23 @@ JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
 JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
                     AND l.period_start >= b.since
                     AND (l.subscription_bundle_id = b.id OR l.subscription_bundle_id IS NULL)
+"""
+
+# What invoices of earlier periods than the one being drafted ($3) that stand (a void
+# invoice's fee was given back with it) billed, net, of the subscription bundles' ($1)
+# fees from $4 on: per line naming the bundle and its rule (since migration 0066), its
+# period start and exact amount. A credit of unused days (``fee_credit_lines``) starts
+# on its first unused day, inside the fee period it credits.
+_FEES_NET_SQL = """
+SELECT b.id AS sb_id, l.bundle_rule_position, l.period_start, l.exact_amount
+FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+     AS b(id, account_id, period_start, since)
+JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
+               AND i.period_start < b.period_start AND i.state <> 'void'
+JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
+                    AND l.subscription_bundle_id = b.id
+                    AND l.bundle_rule_position IS NOT NULL
+                    AND l.period_start >= b.since
 """
 
 _RULES_SQL = """
@@ -819,6 +839,105 @@ def _bills(line: BilledFee, held: Held, rule: Rule, fee: OwedFee) -> bool:
     return description.startswith(fee.prefix) and sb_id in (None, held.id)
 
 
+def ended_late(held: Held, invoice: BundleInvoice) -> bool:
+    """Whether the bundle's end was recorded after the account's newest earlier invoice
+    (not void) was made: that invoice, or one before it, may have billed fee periods
+    ahead past it (as decision 0046 checks charges' ends). A named period's (manual,
+    on-demand) invoice bills its own days only, and is not checked."""
+    return (
+        held.end is not None
+        and not invoice.which.named
+        and invoice.newest is not None
+        and held.end_recorded is not None
+        and held.end_recorded > invoice.newest
+    )
+
+
+def credited_fee_periods(held: Held, rule: Rule, invoice: BundleInvoice) -> list[Period]:
+    """The upfront fee's periods that earlier invoices may have billed past the bundle's
+    end, recorded late (``ended_late``): from the one holding the end to the last one
+    starting before this invoice's advance target (whose periods ``fee_lines`` bills with
+    the end as it is now). None for a one-shot fee or a fee due at its periods' end."""
+    if rule.timing != "upfront" or held.end is None or not ended_late(held, invoice):
+        return []
+    target = invoice.which.advance
+    schedule = _fee_periods(held, rule, target.zone.key)
+    if schedule is None:
+        return []
+    found = []
+    n = max(schedule.index_of_day(held.end), 0)
+    while (part := schedule.period(n)).first_day < target.first_day:
+        n += 1
+        if part.end_day > held.end:
+            found.append(part)
+    return found
+
+
+# What earlier invoices that stand billed of a bundle's fees: (rule position, the line's
+# period start, its exact amount) per line, charges and credits (``_FEES_NET_SQL``).
+FeeNet = tuple[int, datetime, int]
+
+
+def fee_credit_lines(
+    held: Held,
+    rule: Rule,
+    invoice: BundleInvoice,
+    parts: Sequence[Period],
+    billed: Sequence[FeeNet],
+) -> list[Line]:
+    """The credits of the fee's periods ``parts`` (``credited_fee_periods``) for the days
+    earlier invoices billed past the bundle's end: each period's lines that stand, net
+    (a credit's first day lies in the period it credits), less what its days of service
+    cost (``prorate(fee, days used, period days)``, as ``_fee_line`` bills them), exact to
+    the micro-unit, one line each, rounded once. Recomputed from what is billed, never
+    from what was credited before: a re-draft gives the same credit, a later invoice
+    finds the period settled and credits nothing more (and a bundle's end moved earlier
+    again credits only the days it adds). Credit only: nothing is charged here."""
+    found = []
+    for part in parts:
+        net = sum(
+            exact
+            for position, start, exact in billed
+            if position == rule.position
+            and part.start.timestamp() <= start.timestamp() < part.end.timestamp()
+        )
+        used = _active_days(held, part)
+        over = net - prorate(rule.amount or 0, used, part.days)
+        if over > 0:
+            again = any(
+                exact < 0 and position == rule.position and part.start <= start < part.end
+                for position, start, exact in billed
+            )
+            found.append(_fee_credit(held, rule, part, over, invoice, again))
+    return found
+
+
+def _fee_credit(
+    held: Held, rule: Rule, part: Period, over: int, invoice: BundleInvoice, again: bool
+) -> Line:
+    """The credit line of ``over`` micro-units billed of the fee period ``part`` past the
+    bundle's end: it starts on the first unused day and names the bundle and rule, so that
+    a later invoice counts it in what the period was billed. ``again``: an earlier invoice
+    credited some of the unused days already (the end moved earlier since), which the
+    line says, its amount being what is left to credit."""
+    assert held.end is not None
+    first = max(held.end, part.first_day)
+    unused = (part.end_day - first).days
+    label = f"{held.name}: {rule.description}"
+    return _line(
+        "bundle_fee",
+        f"Credit: {label} {part.label} unused ({unused}/{part.days} days)"
+        f"{', less credited before' if again else ''}"[:200],
+        (local_midnight(first, part.zone), part.end),
+        1,
+        -over,
+        invoice.currency,
+        tax_code=held.tax_code,
+        bundle=held.id,
+        rule=rule.position,
+    )
+
+
 def _ends_early(held: Held) -> bool:
     """Whether the bundle ends before its commitment term with a fee to pay."""
     return (
@@ -1016,6 +1135,47 @@ async def _owed_fees(
     return owed, billed
 
 
+# (Subscription bundle, rule position) -> its fee periods to credit, and subscription
+# bundle -> what earlier invoices billed of its fees (``fee_credit_lines``).
+Credited = dict[tuple[int, int], list[Period]]
+FeesNet = dict[int, list[FeeNet]]
+
+
+async def _fees_net(
+    conn: asyncpg.Connection,
+    held: Sequence[Held],
+    rules: Mapping[str, Sequence[Rule]],
+    by_account: Mapping[str, BundleInvoice],
+) -> tuple[Credited, FeesNet]:
+    """Each bundle's upfront fee periods that may have been billed past its end recorded
+    late, and what earlier invoices billed of its fees from the first of them: one query
+    for the chunk, only for such bundles (none, mostly)."""
+    credited: Credited = {}
+    for h in held:
+        for rule in rules.get(h.bundle_id, []):
+            parts = credited_fee_periods(h, rule, by_account[h.account_id])
+            if rule.kind == "flat_fee" and parts:
+                credited[h.id, rule.position] = parts
+    nets: FeesNet = defaultdict(list)
+    if not credited:
+        return credited, nets
+    since: dict[int, datetime] = {}
+    for (sb_id, _), parts in credited.items():
+        first = parts[0].start
+        if sb_id not in since or first.timestamp() < since[sb_id].timestamp():
+            since[sb_id] = first
+    asked = [h for h in held if h.id in since]
+    for r in await conn.fetch(
+        _FEES_NET_SQL,
+        [h.id for h in asked],
+        [h.account_id for h in asked],
+        [by_account[h.account_id].which.invoice.start for h in asked],
+        [since[h.id] for h in asked],
+    ):
+        nets[r["sb_id"]].append((r["bundle_rule_position"], r["period_start"], r["exact_amount"]))
+    return credited, nets
+
+
 async def bundle_lines(
     conn: asyncpg.Connection, invoices: Sequence[BundleInvoice]
 ) -> dict[str, list[Line]]:
@@ -1033,6 +1193,7 @@ async def bundle_lines(
     late_ids = await _late_fees_unbilled(conn, held, by_account)
     rules = await _load_rules(conn, held)
     owed, fees_billed = await _owed_fees(conn, held, rules, by_account)
+    credited, fees_net = await _fees_net(conn, held, rules, by_account)
     spans = {h.id: _active_window(h, by_account[h.account_id]) for h in held}
     active = [h for h in held if spans[h.id] is not None]
     windows = [w for h in active if (w := spans[h.id]) is not None]
@@ -1077,6 +1238,10 @@ async def bundle_lines(
                         h, rule, invoice, due, fees_billed.get(h.id, [])
                     )
                 lines[h.account_id] += fee_lines(h, rule, invoice)
+                if ended := credited.get((h.id, rule.position)):
+                    lines[h.account_id] += fee_credit_lines(
+                        h, rule, invoice, ended, fees_net.get(h.id, [])
+                    )
                 continue
             if span is None and rule.kind != "commitment":
                 continue

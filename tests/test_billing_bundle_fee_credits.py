@@ -1,0 +1,185 @@
+"""An upfront bundle fee billed ahead for a period the bundle then left early: the next
+invoice credits the unused days, once (decision 0023, amended: "a fee period billed
+ahead is credited when the bundle ends inside it").
+
+The retail plan is invoiced monthly on the 1st at the end of the cycle: the invoice of
+month M bills the upfront fee periods starting in M + 1. Bundle ``pro`` (EUR): a 10.00
+monthly upfront fee, each period from the bundle's own start day. Every amount below is
+worked out by hand: the credit is what the period was billed less what its days of
+service cost, 10.00 x used / days rounded half away from zero to the micro-unit, the
+line then rounded once to the cent.
+"""
+
+from datetime import date
+
+from ocs.billing import posting
+from ocs.billing.rules_store import detach
+from ocs.billing.store import set_status
+from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, customer, run
+
+
+async def sql(services: Services, statement: str, *args: object) -> None:
+    """One statement on the test database."""
+    async with services.pool.acquire() as conn:
+        await conn.execute(statement, *args)
+
+
+async def pro_bundle(services: Services, subscription: int, start: date) -> None:
+    """The ``pro`` bundle (10.00 a month, upfront) on the subscription from ``start``."""
+    await sql(services, "INSERT INTO bundles (id, name, currency) VALUES ('pro', 'Pro', 'EUR')")
+    await sql(
+        services,
+        "INSERT INTO bundle_rules (bundle_id, position, kind, description, amount,"
+        " periodicity, timing) VALUES ('pro', 1, 'flat_fee', 'monthly fee', 10000000,"
+        " 'monthly', 'upfront')",
+    )
+    await sql(
+        services,
+        "INSERT INTO subscription_bundles (subscription_id, bundle_id, start_date)"
+        " VALUES ($1, 'pro', $2)",
+        subscription,
+        start,
+    )
+
+
+async def fee_rows(services: Services) -> dict[str, list[tuple[str, int, int, str, str]]]:
+    """The invoices (not void) by period: their bundle fee lines as PostgreSQL holds them,
+    (description, exact amount, amount, first day, day after the last)."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT i.period_label, l.description, l.exact_amount, l.amount,"
+            " l.period_start, l.period_end FROM invoices i"
+            " LEFT JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'"
+            " WHERE i.state <> 'void' ORDER BY i.period_start, l.position"
+        )
+    found: dict[str, list[tuple[str, int, int, str, str]]] = {}
+    for r in rows:
+        lines = found.setdefault(r["period_label"], [])
+        if r["description"] is not None:
+            span = (r["period_start"].date().isoformat(), r["period_end"].date().isoformat())
+            lines.append((r["description"], r["exact_amount"], r["amount"], *span))
+    return found
+
+
+def whole(label: str, first: str, after: str) -> tuple[str, int, int, str, str]:
+    """The fee's line for the whole period ``label``, [first, after)."""
+    return (f"Pro: monthly fee {label}, 10.00 per monthly", 10 * EUR, 10 * EUR, first, after)
+
+
+async def test_a_bundle_ended_inside_a_february_billed_ahead_is_credited_once(
+    services: Services,
+) -> None:
+    """January's invoice bills the fee periods from Jan 1 and (ahead) Feb 1 - Mar 1. The
+    bundle is then detached from Feb 20: 19 of February's 28 days used. February's
+    invoice credits the 9 unused days: used 10.00 x 19/28 = 6.785714 (6.7857142...),
+    credit 6.785714 - 10.00 = -3.214286, -3.21 (10.00 x 9/28 = 3.2142857...). A re-run of
+    February's draft credits the same, once. After it is posted, the end is moved to
+    Feb 15: March's invoice credits only the 5 days more (used 10.00 x 14/28 = 5.00,
+    billed net 6.785714: -1.785714, -1.79), and April's nothing."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 1, 1))
+    await pro_bundle(services, sub, date(2026, 1, 1))
+    await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    await detach(services.pool, sub, "pro", date(2026, 2, 20))
+    await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))  # a re-run
+    await posting.post(services.pool, services.store, run_id=february)
+    await sql(services, "UPDATE subscription_bundles SET end_date = '2026-02-15'")
+    await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    assert await fee_rows(services) == {
+        "2026-01": [
+            whole("2026-01", "2026-01-01", "2026-02-01"),
+            whole("2026-02", "2026-02-01", "2026-03-01"),
+        ],
+        "2026-02": [
+            (
+                "Credit: Pro: monthly fee 2026-02 unused (9/28 days)",
+                -3_214_286,
+                -3_210_000,
+                "2026-02-20",
+                "2026-03-01",
+            )
+        ],
+        "2026-03": [
+            (
+                "Credit: Pro: monthly fee 2026-02 unused (14/28 days), less credited before",
+                -1_785_714,
+                -1_790_000,
+                "2026-02-15",
+                "2026-03-01",
+            )
+        ],
+        "2026-04": [],
+    }
+
+
+async def test_a_cancellation_credits_a_31_day_period_begun_on_the_28th_and_one_unused(
+    services: Services,
+) -> None:
+    """The bundle starts on Jan 31: its periods run Jan 31 - Feb 28 (28 days), Feb 28 -
+    Mar 31 (31 days), Mar 31 - Apr 30. January's invoice bills the first two; February's
+    bills the one starting on Mar 31 ahead. The subscription is then cancelled from
+    Mar 10: March's invoice credits Feb 28 - Mar 31 for its 21 unused days (used 10.00 x
+    10/31 = 3.225806, credit -6.774194, -6.77: 10.00 x 21/31 = 6.7741935...) and the
+    whole period from Mar 31 (-10.00), and bills nothing ahead."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 1, 1))
+    await pro_bundle(services, sub, date(2026, 1, 31))
+    await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await set_status(services.pool, sub, "cancelled", on=date(2026, 3, 10))
+    await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+
+    found = await fee_rows(services)
+    assert found["2026-01"] == [
+        whole("2026-01-31..2026-02-28", "2026-01-31", "2026-02-28"),
+        whole("2026-02-28..2026-03-31", "2026-02-28", "2026-03-31"),
+    ]
+    assert found["2026-02"] == [whole("2026-03-31..2026-04-30", "2026-03-31", "2026-04-30")]
+    assert found["2026-03"] == [
+        (
+            "Credit: Pro: monthly fee 2026-02-28..2026-03-31 unused (21/31 days)",
+            -6_774_194,
+            -6_770_000,
+            "2026-03-10",
+            "2026-03-31",
+        ),
+        (
+            "Credit: Pro: monthly fee 2026-03-31..2026-04-30 unused (30/30 days)",
+            -10 * EUR,
+            -10 * EUR,
+            "2026-03-31",
+            "2026-04-30",
+        ),
+    ]
+
+
+async def test_an_end_recorded_before_the_invoice_billed_ahead_needs_no_credit(
+    services: Services,
+) -> None:
+    """The bundle is detached from Feb 20 before January is invoiced: January's invoice
+    bills February's period prorated already (19/28 days: 6.785714, 6.79) and February's
+    credits nothing."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 1, 1))
+    await pro_bundle(services, sub, date(2026, 1, 1))
+    await detach(services.pool, sub, "pro", date(2026, 2, 20))
+    await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+
+    assert await fee_rows(services) == {
+        "2026-01": [
+            whole("2026-01", "2026-01-01", "2026-02-01"),
+            (
+                "Pro: monthly fee 2026-02 (19/28 days), 10.00 per monthly",
+                6_785_714,
+                6_790_000,
+                "2026-02-01",
+                "2026-03-01",
+            ),
+        ],
+        "2026-02": [],
+    }
