@@ -355,6 +355,13 @@ def _add_billing(commands: "Commands") -> None:
     )
     resume = add_command(billing, "resume", "finish an unfinished run's chunks", _billing_resume)
     resume.add_argument("run_id", type=positive_bigint, metavar="RUN")
+    add_command(
+        billing,
+        "retry-sessions",
+        "let the billing worker try again the on-demand sessions whose invoice it gave up"
+        " (once their account or plan is fixed)",
+        _billing_retry_sessions,
+    )
 
 
 def _add_invoices(commands: "Commands") -> None:
@@ -1142,6 +1149,18 @@ def _billing_resume(args: argparse.Namespace, settings: Settings) -> int:
         return await _execute_with_progress(services, args.run_id)
 
     print_json(with_services(settings, resume))
+    return 0
+
+
+def _billing_retry_sessions(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs billing retry-sessions``: the sessions given up are tried again by the
+    billing worker's next pass, from a count of 0; prints their ids."""
+    from ocs.billing import sessions
+
+    async def retry(services: "Services") -> Any:
+        return {"sessions": await sessions.retry_given_up(services.pool)}
+
+    print_json(with_services(settings, retry))
     return 0
 
 

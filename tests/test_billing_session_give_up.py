@@ -1,7 +1,9 @@
 """A closed on-demand session whose missing invoice cannot be drafted: the billing worker
 stops trying it (at once on a refusal, after ``SESSION_TRIES`` failures otherwise), logs
 it once, and counts it in ``ocs_billing_sessions_given_up`` until it has an invoice; it
-no longer counts as a failure at every pass (decision 0020, addendum 2026-12-07).
+no longer counts as a failure at every pass (decision 0020, addendum 2026-12-07). The
+count is kept with the session (migration 0069): a restarted worker goes on counting, and
+tries a session given up again only after ``ocs billing retry-sessions``.
 
 Real PostgreSQL and Redis; the failing draft is ``drafts.write`` made to raise.
 """
@@ -16,7 +18,7 @@ from ocs import metrics
 from ocs.balances.accounts import AccountSpec
 from ocs.billing import drafts
 from ocs.billing.cycles import PlanBilling
-from ocs.billing.sessions import close_session, open_session
+from ocs.billing.sessions import close_session, open_session, retry_given_up
 from ocs.billing.store import set_plan_billing
 from ocs.billing.worker import SESSION_TRIES, BillingWorker, WorkerSettings
 from ocs.services import Services
@@ -73,6 +75,16 @@ def _worker(services: Services) -> BillingWorker:
     return BillingWorker(services.pool, WorkerSettings(run_delay=0), clock=lambda: later)
 
 
+async def _counted(services: Services) -> list[tuple[int, bool]]:
+    """Each session's failed drafts and whether it is given up, as PostgreSQL holds them."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT draft_failures, given_up_at IS NOT NULL AS given_up"
+            " FROM billing_sessions ORDER BY id"
+        )
+    return [(r["draft_failures"], r["given_up"]) for r in rows]
+
+
 def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("session invoice")]
 
@@ -95,12 +107,47 @@ async def test_a_session_whose_draft_keeps_failing_is_given_up_after_a_few_tries
         "session invoice given up: an operator must fix its account or plan",
     ]
     assert await invoices(services) == []
-    # Once the cause is gone, a restarted worker drafts it; nothing is given up any more.
+    assert await _counted(services) == [(3, True)]
+    # Once the cause is gone, a restarted worker still leaves it (the operator says when
+    # it is fixed); after ``ocs billing retry-sessions`` it drafts it.
     failing.clear()
+    await _worker(services).run_once()
+    assert await invoices(services) == []
+    assert _given_up() == 1
+    assert len(await retry_given_up(services.pool)) == 1
     await _worker(services).run_once()
     [invoice] = await invoices(services)
     assert invoice["state"] == "draft"
     assert _given_up() == 0
+
+
+async def test_a_restarted_worker_goes_on_counting_the_tries_of_a_session(
+    services: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The tries were the worker process's: each restart (a deploy, a crash) tried the
+    # session 3 times more and fired the failures alert again. Now two tries by one
+    # worker and two by the next make 3 failures in all, the session given up at the third.
+    await _closed_without_invoice(services, monkeypatch, RuntimeError("lost"))
+    before = _failures()
+    with caplog.at_level("INFO", logger="ocs.billing.worker"):
+        first = _worker(services)
+        for _ in range(2):
+            await first.run_once()
+        assert await _counted(services) == [(2, False)]
+        restarted = _worker(services)
+        for _ in range(2):
+            await restarted.run_once()
+    assert _failures() - before == SESSION_TRIES == 3
+    assert await _counted(services) == [(3, True)]
+    assert _given_up() == 1
+    assert _messages(caplog) == [
+        "session invoice failed",
+        "session invoice given up: an operator must fix its account or plan",
+    ]
+    # A third worker, started afresh, tries it no more and still shows it given up.
+    await _worker(services).run_once()
+    assert _failures() - before == 3
+    assert _given_up() == 1
 
 
 async def test_a_session_whose_account_left_its_on_demand_plan_is_given_up_at_once(

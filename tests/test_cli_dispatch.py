@@ -45,6 +45,7 @@ COMMANDS = [
     ("billing", "run"),
     ("billing", "post"),
     ("billing", "resume"),
+    ("billing", "retry-sessions"),
     ("invoices", "list"),
     ("invoices", "show"),
     ("invoices", "void"),

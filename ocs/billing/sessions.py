@@ -338,17 +338,59 @@ async def close_session(
     return Session(row["id"], account_id, row["opened_at"], row["closed_at"], invoice_id)
 
 
-async def uninvoiced_sessions(pool: asyncpg.Pool, closed_before: datetime) -> list[int]:
+@dataclass(frozen=True, slots=True)
+class Uninvoiced:
+    """A closed session without an invoice: its failed drafts so far, and whether the
+    billing worker gave it up (kept with the session, so a restart goes on counting)."""
+
+    id: int
+    failures: int
+    given_up: bool
+
+
+async def uninvoiced_sessions(pool: asyncpg.Pool, closed_before: datetime) -> list[Uninvoiced]:
     """The closed sessions with no invoice that were closed before ``closed_before``,
     oldest first: their close committed but drafting their invoice failed (the billing
-    worker drafts them with ``invoice_left``)."""
+    worker drafts them with ``invoice_left``, those it has not given up)."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT id FROM billing_sessions WHERE closed_at IS NOT NULL"
+            "SELECT id, draft_failures, given_up_at IS NOT NULL AS given_up"
+            " FROM billing_sessions WHERE closed_at IS NOT NULL"
             " AND invoice_id IS NULL AND closed_at < $1 ORDER BY id",
             closed_before,
         )
-    return [int(r["id"]) for r in rows]
+    return [Uninvoiced(int(r["id"]), r["draft_failures"], r["given_up"]) for r in rows]
+
+
+async def draft_failed(pool: asyncpg.Pool, session_id: int, *, tries: int, refused: bool) -> int:
+    """Count a failed draft of the session's missing invoice, in its row; the failures
+    now. The session is given up at a refusal (``refused``) or at the ``tries``-th
+    failure: the billing worker tries it no more, restarted or not, until
+    ``retry_given_up``."""
+    async with pool.acquire() as conn:
+        failures = await conn.fetchval(
+            "UPDATE billing_sessions SET draft_failures = draft_failures + 1,"
+            " given_up_at = CASE WHEN $2 OR draft_failures + 1 >= $3"
+            " THEN clock_timestamp() END WHERE id = $1 RETURNING draft_failures",
+            session_id,
+            refused,
+            tries,
+        )
+    return int(failures or 0)
+
+
+async def retry_given_up(pool: asyncpg.Pool) -> list[int]:
+    """Let the billing worker try again the sessions it gave up that still have no
+    invoice (their account or plan fixed), from a count of 0; their ids, oldest first."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "UPDATE billing_sessions SET draft_failures = 0, given_up_at = NULL"
+            " WHERE given_up_at IS NOT NULL AND invoice_id IS NULL RETURNING id"
+        )
+    found = sorted(int(r["id"]) for r in rows)
+    if found:
+        log.info("given up session invoices to be tried again", extra={"sessions": found})
+    return found
 
 
 async def invoice_left(pool: asyncpg.Pool, session_id: int) -> int | None:

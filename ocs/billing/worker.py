@@ -87,7 +87,8 @@ RUN_LOCK_PREFIX = "ocs-billing-run:"
 UNMOVED_AFTER_S = 60.0
 # Failed drafts of a closed session's missing invoice before the worker stops trying it
 # (a refusal, an ``OcsError``, stops it at once: the draft fails the same way until an
-# operator changes the account or its plan). Counted per worker process, from its start.
+# operator changes the account or its plan). Counted with the session (migration 0069):
+# a restarted worker goes on counting; ``ocs billing retry-sessions`` starts it again.
 SESSION_TRIES = 3
 
 
@@ -352,8 +353,6 @@ class BillingWorker:
         self._joined: set[int] = set()
         self._waiting_for_ledger = False
         self._held_for_ledger: set[int] = set()
-        self._session_failures: dict[int, int] = {}
-        self._sessions_given_up: set[int] = set()
 
     async def create_due_runs(self) -> list[int]:
         """Create the run of every plan's due period that has none; the new runs' ids.
@@ -569,9 +568,11 @@ class BillingWorker:
         that nothing else invoices. Each is drafted under its row's lock and only
         while its invoice is missing, so never twice. A session whose draft is refused
         (an ``OcsError``: its account left its on-demand plan) or fails ``SESSION_TRIES``
-        times is given up: logged once, tried no more by this worker (a restart tries
-        again), and counted in ``ocs_billing_sessions_given_up`` until it has an
-        invoice; it no longer counts as a failure at every pass.
+        times is given up: logged once, tried no more, and counted in
+        ``ocs_billing_sessions_given_up`` until it has an invoice; it no longer counts as
+        a failure at every pass. The failures and the give-up are kept with the session
+        (``sessions.draft_failed``): a restarted worker goes on counting, and tries a
+        session given up again only after ``ocs billing retry-sessions``.
         """
         closed_before = self.clock() - timedelta(seconds=sessions.UNINVOICED_AFTER_S)
         try:
@@ -581,45 +582,55 @@ class BillingWorker:
             log.error("session invoices failed", extra={"worker": self.name, "error": str(error)})
             return []
         drafted = []
-        for session_id in left:
+        given_up = sum(1 for found in left if found.given_up)
+        for found in left:
             if stopping.is_set():
                 break
-            if session_id in self._sessions_given_up:
+            if found.given_up:
                 continue
+            failed: Exception | None = None
             try:
-                invoice_id = await sessions.invoice_left(self.pool, session_id)
+                invoice_id = await sessions.invoice_left(self.pool, found.id)
             except Exception as error:
+                failed = error
+            if failed is not None:
                 metrics.BILLING_FAILURES.labels("sessions").inc()
-                self._session_failed(session_id, error)
+                given_up += await self._session_failed(found.id, failed)
                 continue
-            self._session_failures.pop(session_id, None)
             if invoice_id is None:
                 continue  # the close (or another worker) drafted it meanwhile
-            drafted.append(session_id)
+            drafted.append(found.id)
             log.info(
                 "session invoice drafted after a failed close",
-                extra={"worker": self.name, "session_id": session_id, "invoice_id": invoice_id},
+                extra={"worker": self.name, "session_id": found.id, "invoice_id": invoice_id},
             )
-        # One invoiced since (by hand) needs nobody any more.
-        self._sessions_given_up &= set(left)
-        metrics.BILLING_SESSIONS_GIVEN_UP.set(len(self._sessions_given_up))
+        metrics.BILLING_SESSIONS_GIVEN_UP.set(given_up)
         return drafted
 
-    def _session_failed(self, session_id: int, error: Exception) -> None:
-        """Count a failed draft of the session's missing invoice: logged at its first
-        failure, and once more when the worker gives it up (``SESSION_TRIES``)."""
-        failures = self._session_failures.get(session_id, 0) + 1
-        self._session_failures[session_id] = failures
+    async def _session_failed(self, session_id: int, error: Exception) -> int:
+        """Count a failed draft of the session's missing invoice in its row: logged at its
+        first failure, and once more when the worker gives it up (a refusal, or the
+        ``SESSION_TRIES``-th failure, counted across restarts); 1 when it was given up.
+        A count that cannot be written (PostgreSQL lost) is logged: the next pass tries
+        the session again and counts then."""
+        refused = isinstance(error, OcsError)
         extra = {"worker": self.name, "session_id": session_id, "error": str(error)}
-        if isinstance(error, OcsError) or failures >= SESSION_TRIES:
-            self._session_failures.pop(session_id, None)
-            self._sessions_given_up.add(session_id)
+        try:
+            failures = await sessions.draft_failed(
+                self.pool, session_id, tries=SESSION_TRIES, refused=refused
+            )
+        except Exception as lost:
+            log.error("session invoice failed", extra={**extra, "count_error": str(lost)})
+            return 0
+        if refused or failures >= SESSION_TRIES:
             log.error(
                 "session invoice given up: an operator must fix its account or plan",
                 extra={**extra, "failures": failures},
             )
-        elif failures == 1:
+            return 1
+        if failures == 1:
             log.error("session invoice failed", extra=extra)
+        return 0
 
     async def finish_payments(self) -> payments.PendingMoves:
         """Make the balance credits of payments and the debits of refunds that a crash or
