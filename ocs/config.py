@@ -692,6 +692,14 @@ class Settings:
     switch_open: bool = _setting(
         False, _parse_bool, "accept the HTTP call lifecycle from anywhere with no token (trials)"
     )
+    # Behind a reverse proxy every client's TCP peer is the proxy: its X-Forwarded-For
+    # names the client, but only a proxy we trust may say so (ocs/http/client_address.py).
+    http_trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        _parse_networks,
+        "networks of the reverse proxies whose X-Forwarded-For names the HTTP client"
+        " (none: the header is ignored)",
+    )
     backend_down_reminder: float = _setting(
         60.0,
         _parse_float,

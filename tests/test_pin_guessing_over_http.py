@@ -5,7 +5,9 @@ NAS limit, as a RADIUS request without Calling-Station-Id does: not against its
 address as if it were one caller, which let five typos lock every card holder of
 the IVR out. Every query let in by an API token counts against that token too, so
 that one token spread over many addresses (and inventing a caller id for each
-guess) is stopped; an IPv6 address counts by its /64.
+guess) is stopped; an IPv6 address counts by its /64. Behind a reverse proxy named in
+``http_trusted_proxies`` an IVR is known by the address the proxy forwarded for; a
+client no trusted proxy passed on is known by its own, whatever header it writes.
 """
 
 import csv
@@ -24,6 +26,7 @@ from ocs import api_tokens
 from ocs.balances.pin_guard import PinGuard, guess_source
 from ocs.errors import OcsError, Reason
 from ocs.http.app import create_app
+from ocs.http.client_address import ClientAddresses
 from ocs.services import Services
 from tests.conftest import RunningApp, add_plan, bearer
 
@@ -85,18 +88,23 @@ async def guarded(services: Services) -> AsyncIterator[Guarded]:
 
 
 async def ask(
-    client: TestClient, body: dict[str, str], *, token: str | None = None, source: str = ""
+    client: TestClient,
+    body: dict[str, str],
+    *,
+    token: str | None = None,
+    source: str = "",
+    forwarded_for: str | None = None,
 ) -> tuple[int, dict]:
     """POST /v1/pins/lookup, with ``token`` when given, from the address ``source``
-    (any of 127.0.0.0/8) when given: (status, JSON body)."""
+    (any of 127.0.0.0/8) when given, with ``forwarded_for`` as its X-Forwarded-For
+    header (as a proxy would send it) when given: (status, JSON body)."""
     connector = aiohttp.TCPConnector(local_addr=(source, 0)) if source else None
+    headers = bearer(token) if token else {}
+    if forwarded_for is not None:
+        headers["X-Forwarded-For"] = forwarded_for
     async with (
         aiohttp.ClientSession(connector=connector) as session,
-        session.post(
-            client.make_url("/v1/pins/lookup"),
-            json=body,
-            headers=bearer(token) if token else None,
-        ) as response,
+        session.post(client.make_url("/v1/pins/lookup"), json=body, headers=headers) as response,
     ):
         return response.status, await response.json()
 
@@ -203,3 +211,115 @@ async def test_addresses_of_one_ipv6_64_share_the_ivr_limit(services: Services) 
     # The next /64 is another site's.
     attempt = await guard.attempt(None, guess_source("2001:db8:0:8::1"))
     await attempt.take_back()
+
+
+# The test client's address: the reverse proxy every IVR of these tests comes through.
+PROXY = "127.0.0.1/32"
+
+
+async def test_ivrs_behind_a_trusted_proxy_each_have_their_own_limit(
+    app: RunningApp, guarded: Guarded
+) -> None:
+    await add_plan(app.services)
+    pins = await card_pins(app, "proxied")
+    good = pins[0]
+    client = await guarded(http_trusted_proxies=(PROXY,), pin_guess_limit_nas=3)
+    # IVR A guesses its limit away; what it wrote left of its address is not believed.
+    for n in range(3):
+        status, body = await ask(
+            client, {"pin": wrong_pin(pins)}, forwarded_for=f"203.0.113.{n}, 198.51.100.7"
+        )
+        assert (status, body["error"]["reason"]) == (404, "account_not_found"), body
+    status, body = await ask(client, {"pin": good}, forwarded_for="198.51.100.7")
+    assert (status, body["error"]["reason"]) == (403, "pin_blocked"), body
+    # IVR B, through the same proxy, still has all of its own.
+    status, body = await ask(client, {"pin": wrong_pin(pins)}, forwarded_for="198.51.100.8")
+    assert (status, body["error"]["reason"]) == (404, "account_not_found"), body
+    status, body = await ask(client, {"pin": good}, forwarded_for="198.51.100.8")
+    assert (status, body["balance"]) == (200, "2.000000"), body
+    # So does the proxy's own address, asking with no header.
+    status, body = await ask(client, {"pin": good})
+    assert (status, body["balance"]) == (200, "2.000000"), body
+
+
+async def test_a_client_no_trusted_proxy_passed_on_cannot_escape_its_limit(
+    app: RunningApp, guarded: Guarded
+) -> None:
+    await add_plan(app.services)
+    pins = await card_pins(app, "spoof")
+    good = pins[0]
+    # The trusted proxy is another host: the test client talks to ocs directly.
+    client = await guarded(http_trusted_proxies=("127.0.0.2/32",), pin_guess_limit_nas=3)
+    for n in range(3):
+        status, body = await ask(
+            client, {"pin": wrong_pin(pins)}, forwarded_for=f"198.51.100.{n + 10}"
+        )
+        assert (status, body["error"]["reason"]) == (404, "account_not_found"), body
+    status, body = await ask(client, {"pin": good}, forwarded_for="198.51.100.99")
+    assert (status, body["error"]["reason"]) == (403, "pin_blocked"), body
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "not an address",
+        "unknown",
+        ",,, ,",
+        "",
+        "999.1.2.3",
+        "198.51.100.1, garbage",
+        "[2001:db8::1",
+        "2001:db8::1]:80",
+        "198.51.100.1;for=x",
+        pytest.param("1" * 4000, id="4000-digits"),
+    ],
+)
+async def test_a_malformed_forwarded_header_counts_against_the_proxy(
+    app: RunningApp, guarded: Guarded, header: str
+) -> None:
+    await add_plan(app.services)
+    pins = await card_pins(app, "malformed")
+    good = pins[0]
+    client = await guarded(http_trusted_proxies=(PROXY,), pin_guess_limit_nas=2)
+    for _ in range(2):
+        status, body = await ask(client, {"pin": wrong_pin(pins)}, forwarded_for=header)
+        assert (status, body["error"]["reason"]) == (404, "account_not_found"), body
+    # Answered, never a 500, and the proxy that passed it on answers for it.
+    status, body = await ask(client, {"pin": good})
+    assert (status, body["error"]["reason"]) == (403, "pin_blocked"), body
+    # A well-formed header through the same proxy is another client's.
+    status, body = await ask(client, {"pin": good}, forwarded_for="198.51.100.30")
+    assert (status, body["balance"]) == (200, "2.000000"), body
+
+
+@pytest.mark.parametrize(
+    ("remote", "header", "client"),
+    [
+        # The right-most address that is not a trusted proxy.
+        ("10.0.0.5", ["192.0.2.1, 198.51.100.4"], "198.51.100.4"),
+        ("10.0.0.5", ["198.51.100.4, 10.0.0.6"], "198.51.100.4"),
+        ("10.0.0.5", ["192.0.2.1", "198.51.100.4, 10.0.0.6"], "198.51.100.4"),  # two lines
+        ("10.0.0.5", ["10.0.0.7, 10.0.0.6"], "10.0.0.7"),  # all trusted: the left-most
+        # With a port, an IPv6 zone, in brackets, an IPv4-mapped peer.
+        ("10.0.0.5", ["198.51.100.4:5060"], "198.51.100.4"),
+        ("10.0.0.5", ["[2001:db8::1]:5060"], "2001:db8::1"),
+        ("10.0.0.5", ["2001:db8::1"], "2001:db8::1"),
+        ("::ffff:10.0.0.5", ["198.51.100.4"], "198.51.100.4"),
+        # Not an address: the walk stops at the trusted hop that passed it on.
+        ("10.0.0.5", ["198.51.100.4, unknown"], "10.0.0.5"),
+        ("10.0.0.5", ["unknown, 10.0.0.6"], "10.0.0.6"),
+        ("10.0.0.5", [], "10.0.0.5"),
+        # A peer not trusted: its header is never read.
+        ("192.0.2.9", ["198.51.100.4"], "192.0.2.9"),
+        ("not-an-address", ["198.51.100.4"], "not-an-address"),
+        (None, ["198.51.100.4"], None),
+    ],
+)
+def test_the_client_is_the_right_most_address_not_a_trusted_proxy(
+    remote: str | None, header: list[str], client: str | None
+) -> None:
+    assert ClientAddresses(["10.0.0.0/24"]).of(remote, header) == client
+
+
+def test_with_no_trusted_proxy_the_header_is_never_read() -> None:
+    assert ClientAddresses([]).of("10.0.0.5", ["198.51.100.4"]) == "10.0.0.5"

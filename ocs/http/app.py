@@ -29,6 +29,7 @@ from ocs.http import (
     usage_import_handlers,
 )
 from ocs.http.admin_auth import admin_auth
+from ocs.http.client_address import CLIENT_ADDRESSES, ClientAddresses
 from ocs.http.context import OPENAPI_DOCUMENT, SERVICES
 from ocs.http.endpoint import Endpoint, route_handler
 from ocs.http.middleware import errors_and_metrics
@@ -74,6 +75,7 @@ def create_app(services: Services) -> web.Application:
         client_max_size=64 << 20,
     )
     app[SERVICES] = services
+    app[CLIENT_ADDRESSES] = ClientAddresses(services.settings.http_trusted_proxies)
     app[OPENAPI_DOCUMENT] = openapi_document(__version__, ENDPOINTS)
     # A suffixed path is routed first: "/v1/invoices/{invoice_id}" would otherwise take
     # "12.pdf" as the id (aiohttp tries the routes in the order they were added).

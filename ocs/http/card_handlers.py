@@ -24,6 +24,7 @@ from ocs.balances.pin_guard import guess_source
 from ocs.catalog import plan_ivr, plan_ivr_store
 from ocs.catalog.store import validate_plan_id
 from ocs.errors import OcsError, Reason
+from ocs.http.client_address import client_address
 from ocs.http.context import CALLER_TOKEN, services_of
 from ocs.http.endpoint import Amount, Answer, Endpoint, ObjectId, Params, Role, amount_text
 from ocs.metrics import PIN_FAILURES
@@ -138,7 +139,7 @@ async def _card(request: web.Request, pin: str, caller: str) -> tuple[Services, 
     # far lower limit let a few typos lock every card holder of the IVR out.
     # Counted before the lookup, so that guesses sent in parallel are all counted.
     attempt = await services.pin_guard.attempt(
-        caller or None, guess_source(request.remote), request.get(CALLER_TOKEN)
+        caller or None, guess_source(client_address(request)), request.get(CALLER_TOKEN)
     )
     try:
         account_id = await services.cards.account_for_pin(pin)
