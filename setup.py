@@ -20,8 +20,8 @@ from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = ROOT / "ocs"
-GROUP = "ocs"  # mypyc's shared library: ocs__mypyc.<abi>.so at the top level
 compiled = runpy.run_path(str(PACKAGE / "compiled.py"))
+GROUP = compiled["GROUP"]  # mypyc's shared library: ocs__mypyc.<abi>.so at the top level
 
 
 def remove_compiled() -> None:

@@ -9,14 +9,23 @@ and store the same bytes in Redis.
 An extension built from a source that has changed since would run old code while the
 source says otherwise. The build records each source's SHA-256 in ``SOURCES_FILE``;
 ``check_compiled_sources`` refuses to go on when a compiled module's source no longer
-matches, naming the module and how to rebuild.
+matches, naming the module and how to rebuild. An extension that cannot be loaded at
+all (built for another Python or another system, or its shared library ``ocs__mypyc``
+missing) is refused the same way by ``check_compiled_loads``. ``refuse_unusable_build``,
+run by ``import ocs``, turns either into one log line and exit code 2: no restart
+would help, so the units do not restart it (``RestartPreventExitStatus=2``).
 
-This module imports nothing of ocs: ``setup.py`` reads it before ocs is installed.
+This module imports nothing of ocs at import: ``setup.py`` reads it before ocs is
+installed.
 """
 
+import ctypes
 import hashlib
 import importlib.machinery
+import importlib.util
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -47,11 +56,41 @@ HOT_MODULES: tuple[str, ...] = (
 # Beside the package's __init__.py: {module: sha256 of the source it was compiled from}.
 SOURCES_FILE = "compiled_sources.json"
 
+# mypyc's shared library holding every compiled module's code: ``ocs__mypyc.<abi>.so``,
+# beside the ocs package (the top level of the tree or of site-packages). Each module's
+# own extension is a small shim that imports it.
+GROUP = "ocs"
+GROUP_LIBRARY = f"{GROUP}__mypyc"
+
+# The exit code of a start that only a change by someone can fix (docs/operations.md).
+EXIT_UNUSABLE_BUILD = 2
+
+# How to get out of either refusal: a build from these sources, or none.
+REBUILD_HINT = (
+    "rebuild with `OCS_MYPYC=1 pip install --no-build-isolation -e .` (the deploy image:"
+    " build it again), or go back to pure Python with `pip install -e .`, which removes"
+    " the compiled files (or delete the files named)"
+)
+
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
 class StaleCompiledModule(ImportError):
     """A compiled module's source changed after the build: the extension would run old code."""
+
+
+class UnloadableCompiledModule(ImportError):
+    """A compiled module's extension, or the shared library it needs, cannot be loaded
+    here: built for another Python or system, truncated, or ``ocs__mypyc`` missing."""
+
+    def __init__(self, modules: list[str], files: list[Path], problem: str) -> None:
+        super().__init__(
+            f"compiled modules that cannot be loaded here: {', '.join(modules)} ({problem});"
+            f" {REBUILD_HINT}"
+        )
+        self.modules = modules
+        self.files = files
+        self.problem = problem
 
 
 def source_path(module: str, package_root: Path = _PACKAGE_ROOT) -> Path:
@@ -99,6 +138,104 @@ def check_compiled_sources(package_root: Path = _PACKAGE_ROOT) -> None:
         )
 
 
+def group_library(package_root: Path = _PACKAGE_ROOT) -> Path | None:
+    """The shared library of the compiled modules built for this interpreter, beside
+    the package; None when there is none."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = package_root.parent / f"{GROUP_LIBRARY}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+def _load_group_library(path: Path) -> None:
+    """Load the shared library as the module the shims import (its init defines the
+    modules' entry points; no module's code runs yet). Raises ``ImportError`` or
+    ``OSError`` when it cannot be loaded here."""
+    if GROUP_LIBRARY in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(GROUP_LIBRARY, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"not an extension module: {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[GROUP_LIBRARY] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[GROUP_LIBRARY]
+        raise
+
+
+def check_compiled_loads(package_root: Path = _PACKAGE_ROOT) -> None:
+    """Raise ``UnloadableCompiledModule`` when a compiled module's extension could not
+    be imported here, before any of them is: its shared library missing or refused
+    (another Python, another system), or the shim itself refused by the loader. Loads
+    no module's code (each shim only by the system's loader), so it costs ``import ocs``
+    nearly nothing; a pure tree has nothing to check."""
+    built = {module: compiled_files(module, package_root) for module in HOT_MODULES}
+    built = {module: files for module, files in built.items() if files}
+    if not built:
+        return
+    library = group_library(package_root)
+    if library is None:
+        suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+        missing = package_root.parent / f"{GROUP_LIBRARY}{suffix}"
+        files = [path for files in built.values() for path in files]
+        raise UnloadableCompiledModule(list(built), files, f"{missing} is missing")
+    try:
+        _load_group_library(library)
+    except (ImportError, OSError) as exc:
+        raise UnloadableCompiledModule(list(built), [library], f"{library}: {exc}") from exc
+    for module, files in built.items():
+        try:
+            for path in files:
+                ctypes.CDLL(str(path))  # the system's loader only: no module code runs
+        except OSError as exc:
+            raise UnloadableCompiledModule([module], files, str(exc)) from exc
+
+
+def refuse_unusable_build(package_root: Path = _PACKAGE_ROOT) -> None:
+    """Stop the process with one log line and exit code 2 when a compiled module is
+    stale or cannot be loaded (``check_compiled_sources``, ``check_compiled_loads``),
+    instead of a traceback and exit 1, which systemd would restart for ever."""
+    stale = stale_modules(package_root)
+    if stale:
+        files = [path for module in stale for path in compiled_files(module, package_root)]
+        problem = "their sources changed since the build: the extensions would run old code"
+        _log_refusal(stale, files, problem)
+        raise SystemExit(EXIT_UNUSABLE_BUILD)
+    try:
+        check_compiled_loads(package_root)
+    except UnloadableCompiledModule as exc:
+        _log_refusal(exc.modules, exc.files, exc.problem)
+        raise SystemExit(EXIT_UNUSABLE_BUILD) from None
+
+
+def _log_refusal(modules: list[str], files: list[Path], problem: str) -> None:
+    """The refusal's one line on stderr, in the log format the environment asks for
+    (``OCS_LOG_FORMAT``; JSON unless on a terminal): no settings are read yet."""
+    # Imported here: setup.py reads this module before ocs is installed.
+    from ocs.config import resolved_log_format
+    from ocs.logs import JsonFormatter, TextFormatter
+
+    fmt = resolved_log_format(os.environ.get("OCS_LOG_FORMAT", "auto"))
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    record = logging.makeLogRecord(
+        {
+            "name": "ocs.compiled",
+            "levelno": logging.CRITICAL,
+            "levelname": "CRITICAL",
+            "msg": f"compiled modules unusable, not starting: {_named(modules)}",
+            "modules": ", ".join(modules),
+            "problem": problem,
+            "files": ", ".join(str(path) for path in files),
+            "action": REBUILD_HINT,
+            "exit_code": EXIT_UNUSABLE_BUILD,
+        }
+    )
+    print(formatter.format(record), file=sys.stderr, flush=True)
+
+
 def running_compiled() -> list[str]:
     """The modules of ``HOT_MODULES`` this process has imported as compiled extensions."""
     compiled = []
@@ -108,3 +245,10 @@ def running_compiled() -> list[str]:
         if path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
             compiled.append(module)
     return compiled
+
+
+def _named(modules: list[str]) -> str:
+    """The modules for a message: a few by name, many by their count."""
+    if len(modules) <= 3:
+        return ", ".join(modules)
+    return f"{len(modules)} modules ({modules[0]}, ...)"

@@ -1,10 +1,14 @@
 """The mypyc build (decision 0038): which modules it compiles, that none of them defines
 a class whose options mypyc would drop, and that an extension whose source changed after
-the build is refused by name instead of running old code."""
+the build, or one that cannot be loaded here, is refused by name instead of running old
+code: `ocs` stops with one log line and exit code 2, which systemd does not restart."""
 
 import ast
 import importlib.machinery
 import json
+import os
+import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -13,9 +17,12 @@ import pytest
 
 from ocs import compiled
 from ocs.compiled import (
+    GROUP_LIBRARY,
     HOT_MODULES,
     SOURCES_FILE,
     StaleCompiledModule,
+    UnloadableCompiledModule,
+    check_compiled_loads,
     check_compiled_sources,
     running_compiled,
     source_digest,
@@ -124,3 +131,115 @@ def test_running_compiled_names_the_modules_loaded_as_extensions(
 
     assert "ocs.radius.dedupe" in running_compiled()
     assert "ocs.radius.queue_delay" not in running_compiled()
+
+
+def test_a_pure_tree_loads_nothing(tmp_path: Path) -> None:
+    _package(tmp_path, "ocs.radius.server", "X = 1\n")
+    check_compiled_loads(tmp_path)
+
+
+def test_an_extension_without_its_shared_library_is_refused(tmp_path: Path) -> None:
+    source = _package(tmp_path, "ocs.rating.rates", "X = 1\n")
+    source.with_name(source.stem + EXTENSION).write_bytes(b"\x7fELF")
+
+    with pytest.raises(UnloadableCompiledModule, match=r"ocs\.rating\.rates.*is missing"):
+        check_compiled_loads(tmp_path)
+
+
+# --- an unusable build, as `ocs serve` meets it ------------------------------------------
+
+
+def _tree(tmp_path: Path) -> Path:
+    """A copy of this ocs package, pure (no extension, no build record), under
+    ``tmp_path``: the directory to put first on PYTHONPATH."""
+    shutil.copytree(
+        PACKAGE_ROOT,
+        tmp_path / "ocs",
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", SOURCES_FILE),
+    )
+    return tmp_path / "ocs"
+
+
+def _built(package: Path, module: str, digest: str) -> Path:
+    """Give ``module`` an extension file (not a loadable one) and record ``digest`` as
+    the source it was built from, as a compiled build leaves them."""
+    source = source_path(module, package)
+    extension = source.with_name(source.stem + EXTENSION)
+    extension.write_bytes(b"\x7fELF not a library")
+    (package / SOURCES_FILE).write_text(json.dumps({module: digest}))
+    return extension
+
+
+def _serve(root: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m ocs serve`` on the tree at ``root``, with no ocs setting from here."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("OCS_")}
+    clean.update(env, PYTHONPATH=str(root))
+    return subprocess.run(
+        [sys.executable, "-m", "ocs", "serve"],
+        cwd=root,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_serve_on_a_stale_module_stops_with_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    package = _tree(tmp_path)
+    extension = _built(package, "ocs.radius.dedupe", "0" * 64)  # built from another source
+
+    ran = _serve(tmp_path)
+
+    assert ran.returncode == 2, ran.stderr
+    assert "Traceback" not in ran.stderr
+    lines = ran.stderr.splitlines()
+    assert len(lines) == 1, ran.stderr
+    line = json.loads(lines[0])
+    assert line["level"] == "critical"
+    assert line["logger"] == "ocs.compiled"
+    assert line["modules"] == "ocs.radius.dedupe"
+    assert "sources changed since the build" in line["problem"]
+    assert line["files"] == str(extension)
+    assert "OCS_MYPYC=1 pip install --no-build-isolation -e ." in line["action"]
+    assert "go back to pure Python with `pip install -e .`" in line["action"]
+    assert line["exit_code"] == 2
+
+
+def test_serve_on_a_module_built_without_its_shared_library_stops_with_exit_code_2(
+    tmp_path: Path,
+) -> None:
+    # Built elsewhere (another Python, another system) and copied without ocs__mypyc.
+    package = _tree(tmp_path)
+    module = "ocs.rating.rates"
+    _built(package, module, source_digest(source_path(module, package)))
+
+    ran = _serve(tmp_path)
+
+    assert ran.returncode == 2, ran.stderr
+    assert "Traceback" not in ran.stderr
+    [line] = [json.loads(text) for text in ran.stderr.splitlines()]
+    assert line["modules"] == module
+    assert line["problem"] == f"{tmp_path / (GROUP_LIBRARY + EXTENSION)} is missing"
+
+
+def test_serve_on_a_shared_library_it_cannot_load_stops_with_exit_code_2(
+    tmp_path: Path,
+) -> None:
+    # A library the system's loader refuses (another platform's, or not one at all).
+    package = _tree(tmp_path)
+    module = "ocs.radius.server"
+    _built(package, module, source_digest(source_path(module, package)))
+    library = tmp_path / (GROUP_LIBRARY + EXTENSION)
+    library.write_bytes(b"MZ not an ELF library at all")
+
+    ran = _serve(tmp_path, OCS_LOG_FORMAT="text")
+
+    assert ran.returncode == 2, ran.stderr
+    assert "Traceback" not in ran.stderr
+    [line] = ran.stderr.splitlines()
+    assert line.startswith(
+        f"CRITICAL ocs.compiled: compiled modules unusable, not starting: {module}"
+    )
+    assert f"problem={library}: " in line
+    assert "action=rebuild with `OCS_MYPYC=1 pip install --no-build-isolation -e .`" in line
