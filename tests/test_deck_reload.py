@@ -12,6 +12,7 @@ starts, as it loads the catalog, is served.
 import logging
 from typing import Any
 
+import asyncpg
 import pytest
 
 from ocs.catalog import snapshot as catalog
@@ -188,25 +189,39 @@ async def test_a_price_changed_while_a_process_starts_is_served(
 ) -> None:
     """A rate deck reimported while a serving process starts, committed after it read the
     catalog and before it would have begun to LISTEN: the new price is served, where the
-    old one was until some later change."""
+    old one was until some later change.
+
+    The starting process has a pool of its own, and only its loads are intercepted: the
+    fixture's holder calls the same module function (reloads that ``add_plan``'s own
+    notifications start may still be running), and a load of its counted as the start's
+    first made the change in no load at all, or in one beside the start's, which proves
+    nothing."""
     await add_plan(services, "a", deck=HEADER + "33,France,0.030,0,60,60\n")
     read_at_start = catalog.load_snapshot
-    loads = 0
+    assert services.settings.database_url is not None
+    starting = await asyncpg.create_pool(services.settings.database_url, min_size=1, max_size=3)
+    loads: list[catalog.CatalogSnapshot] = []
 
-    async def read_then_the_price_changed(*args: Any, **kwargs: Any) -> catalog.CatalogSnapshot:
-        nonlocal loads
-        loads += 1
-        read = await read_at_start(*args, **kwargs)
-        if loads == 1:
+    async def read_then_the_price_changed(
+        pool: asyncpg.Pool, *args: Any, **kwargs: Any
+    ) -> catalog.CatalogSnapshot:
+        if pool is not starting:
+            return await read_at_start(pool, *args, **kwargs)
+        read = await read_at_start(pool, *args, **kwargs)
+        loads.append(read)
+        if len(loads) == 1:
             await catalog_store.import_deck(
                 services.pool, "a", parse_deck(HEADER + "33,France,0.045,0,60,60\n")
             )
         return read
 
     monkeypatch.setattr(catalog, "load_snapshot", read_then_the_price_changed)
-    holder = catalog.CatalogHolder(services.pool)
-    await holder.start()
+    holder = catalog.CatalogHolder(starting)
     try:
+        await holder.start()
+        # The start's own load read the old price; the change came after it.
+        match = loads[0].tariff_for("a", "33123456")
+        assert match is not None and match[1].rate.price_per_minute == 30_000
 
         async def new_price() -> bool:
             match = holder.snapshot.tariff_for("a", "33123456")
@@ -225,6 +240,7 @@ async def test_a_price_changed_while_a_process_starts_is_served(
         await eventually(later_price, what="0.050 a minute to France on plan a")
     finally:
         await holder.stop()
+        await starting.close()
 
 
 async def test_prefixes_longer_than_a_key_are_compared_as_text(services: Services) -> None:
