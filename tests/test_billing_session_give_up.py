@@ -18,7 +18,7 @@ from ocs import metrics
 from ocs.balances.accounts import AccountSpec
 from ocs.billing import drafts
 from ocs.billing.cycles import PlanBilling
-from ocs.billing.sessions import close_session, open_session, retry_given_up
+from ocs.billing.sessions import close_session, draft_failed, open_session, retry_given_up
 from ocs.billing.store import set_plan_billing
 from ocs.billing.worker import SESSION_TRIES, BillingWorker, WorkerSettings
 from ocs.services import Services
@@ -173,3 +173,21 @@ async def test_a_session_whose_account_left_its_on_demand_plan_is_given_up_at_on
     [record] = [r for r in caplog.records if r.getMessage().startswith("session invoice")]
     assert "not billed on demand" in record.error  # type: ignore[attr-defined]
     assert await invoices(services) == []
+
+
+async def test_a_late_failure_from_another_worker_leaves_a_given_up_session_given_up(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers tried the session at once: one's draft was refused (given up at its
+    # first failure), the other's failed for a passing reason a moment later. That second
+    # count, below the limit, wrote the give-up away, and the session was tried again.
+    await _closed_without_invoice(services, monkeypatch, RuntimeError("lost"))
+    [session_id] = [r["id"] for r in await services.pool.fetch("SELECT id FROM billing_sessions")]
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE billing_sessions SET draft_failures = 0 WHERE id = $1", session_id
+        )
+    assert await draft_failed(services.pool, session_id, tries=SESSION_TRIES, refused=True) == 1
+    assert await _counted(services) == [(1, True)]
+    assert await draft_failed(services.pool, session_id, tries=SESSION_TRIES, refused=False) == 2
+    assert await _counted(services) == [(2, True)]

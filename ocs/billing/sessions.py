@@ -370,8 +370,10 @@ async def draft_failed(pool: asyncpg.Pool, session_id: int, *, tries: int, refus
     async with pool.acquire() as conn:
         failures = await conn.fetchval(
             "UPDATE billing_sessions SET draft_failures = draft_failures + 1,"
-            " given_up_at = CASE WHEN $2 OR draft_failures + 1 >= $3"
-            " THEN clock_timestamp() END WHERE id = $1 RETURNING draft_failures",
+            # A give-up stands: a racing worker's later failure below the limit keeps it.
+            " given_up_at = CASE WHEN given_up_at IS NOT NULL THEN given_up_at"
+            " WHEN $2 OR draft_failures + 1 >= $3 THEN clock_timestamp() END"
+            " WHERE id = $1 RETURNING draft_failures",
             session_id,
             refused,
             tries,
