@@ -15,6 +15,8 @@ from datetime import date
 from ocs.billing import posting
 from ocs.billing.rules_store import detach
 from ocs.billing.store import set_status
+from ocs.billing.unbilled import unbilled
+from ocs.billing.void import void
 from ocs.services import Services
 from tests.billing_helpers import EUR, billed_plan, customer, run
 
@@ -44,14 +46,15 @@ async def pro_bundle(services: Services, subscription: int, start: date) -> None
 
 
 async def fee_rows(services: Services) -> dict[str, list[tuple[str, int, int, str, str]]]:
-    """The invoices (not void) by period: their bundle fee lines as PostgreSQL holds them,
-    (description, exact amount, amount, first day, day after the last)."""
+    """The invoices (not void, nor credit notes) by period: their bundle fee lines as
+    PostgreSQL holds them, (description, exact amount, amount, first day, day after
+    the last)."""
     async with services.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT i.period_label, l.description, l.exact_amount, l.amount,"
             " l.period_start, l.period_end FROM invoices i"
             " LEFT JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'"
-            " WHERE i.state <> 'void' ORDER BY i.period_start, l.position"
+            " WHERE i.kind = 'invoice' AND i.state <> 'void' ORDER BY i.period_start, l.position"
         )
     found: dict[str, list[tuple[str, int, int, str, str]]] = {}
     for r in rows:
@@ -183,3 +186,116 @@ async def test_an_end_recorded_before_the_invoice_billed_ahead_needs_no_credit(
         ],
         "2026-02": [],
     }
+
+
+async def test_a_credit_whose_charge_is_voided_after_it_is_taken_back_once(
+    services: Services,
+) -> None:
+    """January's invoice bills Jan and (ahead) Feb 1 - Mar 1, 10.00 each, and is posted.
+    The bundle is detached from Feb 20; February's invoice credits the 9 unused days
+    (-3.214286, -3.21) and is posted. The operator then voids January's invoice: its
+    credit note gives back 10.00 for January and 10.00 for February, so February's
+    credit now returns 3.21 of a fee that stands billed nowhere. March's invoice charges
+    the surplus back: February's lines that stand net -3.214286, so +3.214286, +3.21,
+    over the credit's days (Feb 20 - Mar 1), naming the voided invoice. A re-run of
+    March's draft bills the same once, and April's nothing: what stands of February's
+    fee then nets exactly 0 (-3.214286 + 3.214286), the customer's money too (-3.21 +
+    3.21)."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 1, 1))
+    await pro_bundle(services, sub, date(2026, 1, 1))
+    january = await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    await posting.post(services.pool, services.store, run_id=january)
+    await detach(services.pool, sub, "pro", date(2026, 2, 20))
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    async with services.pool.acquire() as conn:
+        voided = await conn.fetchrow(
+            "SELECT id, number FROM invoices WHERE period_label = '2026-01'"
+        )
+    note = await void(services.pool, services.store, voided["id"])
+    await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await run(services, "2026-03", invoice_date=date(2026, 4, 1))  # a re-run
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    async with services.pool.acquire() as conn:
+        reversed_ = await conn.fetch(
+            "SELECT exact_amount FROM invoice_lines WHERE invoice_id = $1"
+            " AND description LIKE 'Reversal: Pro:%' ORDER BY position",
+            note.credit_note_id,
+        )
+        net = await conn.fetchval(
+            "SELECT sum(l.amount) FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id"
+            " WHERE i.kind = 'invoice' AND i.state <> 'void' AND l.kind = 'bundle_fee'"
+        )
+    assert [r["exact_amount"] for r in reversed_] == [-10 * EUR, -10 * EUR]
+    assert await fee_rows(services) == {
+        "2026-02": [
+            (
+                "Credit: Pro: monthly fee 2026-02 unused (9/28 days)",
+                -3_214_286,
+                -3_210_000,
+                "2026-02-20",
+                "2026-03-01",
+            )
+        ],
+        "2026-03": [
+            (
+                "Credit of 3.21 on Pro: monthly fee 2026-02 taken back:"
+                f" invoice {voided['number']} was voided",
+                3_214_286,
+                3_210_000,
+                "2026-02-20",
+                "2026-03-01",
+            )
+        ],
+        "2026-04": [],
+    }
+    assert net == 0
+
+
+async def test_a_whole_period_credit_taken_back_leaves_its_voided_fee_listed_unbilled(
+    services: Services,
+) -> None:
+    """The bundle starts on Jan 31; February's invoice bills the period Mar 31 - Apr 30
+    ahead (10.00) and is posted. The subscription is cancelled from Mar 10: March's
+    invoice credits Feb 28 - Mar 31's 21 unused days (-6.77) and the whole period from
+    Mar 31 (-10.00), and is posted. The operator voids February's invoice: April's
+    charges back the 10.00 credited of a period that stands billed nowhere (+10.00, over
+    Mar 31 - Apr 30, the credit's days). That line charges no fee: the void invoice's
+    fee of Mar 31 - Apr 30 is still listed as the operator's to bill again."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 1, 1))
+    await pro_bundle(services, sub, date(2026, 1, 31))
+    await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    await set_status(services.pool, sub, "cancelled", on=date(2026, 3, 10))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+    async with services.pool.acquire() as conn:
+        voided = await conn.fetchrow(
+            "SELECT id, number FROM invoices WHERE period_label = '2026-02'"
+        )
+    await void(services.pool, services.store, voided["id"])
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    found = await fee_rows(services)
+    assert found["2026-04"] == [
+        (
+            "Credit of 10.00 on Pro: monthly fee 2026-03-31..2026-04-30 taken back:"
+            f" invoice {voided['number']} was voided",
+            10 * EUR,
+            10 * EUR,
+            "2026-03-31",
+            "2026-04-30",
+        )
+    ]
+    listed = await unbilled(services.pool, voided["id"])
+    assert [(v.description, v.amount, v.unbilled_amount) for v in listed] == [
+        (
+            "Pro: monthly fee 2026-03-31..2026-04-30, 10.00 per monthly",
+            "10.000000",
+            "10.000000",
+        )
+    ]

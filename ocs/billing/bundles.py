@@ -41,7 +41,8 @@ subscription bundle and invoice:
   from where the account's billing began. An upfront period billed ahead and then
   cut short by the bundle's end (recorded after the account's newest earlier
   invoice) is credited by the next invoice for its unused days, once
-  (``fee_credit_lines``);
+  (``fee_credit_lines``); a credit whose fee was voided after it was given is
+  charged back by the next invoice, once (``taken_back_lines``);
 - **resiliation** (``resiliation``, from the bundle itself): the bundle ends
   (its own end, the subscription's end or cancellation) before its commitment
   term: a fixed fee, or the fee x months left, the month in progress counted as
@@ -151,6 +152,42 @@ JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
                     AND l.subscription_bundle_id = b.id
                     AND l.bundle_rule_position IS NOT NULL
                     AND l.period_start >= b.since
+"""
+
+# Of the subscription bundles ($1, of the accounts $2), the fee periods (rule position and
+# period end: a credit of unused days ends where the period it credits does) that a void
+# invoice of an earlier period than the one being drafted ($3) charged, and whose lines on
+# earlier invoices that stand net below nothing: a credit given while the charge stood,
+# the charge voided since. Each with that net, the first day the credits that stand start
+# on, and the void invoices' numbers. Void invoices are few: they are read first, and
+# only their periods are summed.
+_FEES_OVERCREDITED_SQL = """
+WITH b AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[])
+        AS t(id, account_id, period_start)
+), voided AS (
+    SELECT b.id AS sb_id, b.account_id, b.period_start AS before,
+           l.bundle_rule_position AS position, l.period_end,
+           array_agg(DISTINCT i.number ORDER BY i.number) AS numbers
+    FROM b
+    JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
+                   AND i.state = 'void' AND i.period_start < b.period_start
+    JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
+                        AND l.subscription_bundle_id = b.id
+                        AND l.bundle_rule_position IS NOT NULL
+                        AND l.period_end IS NOT NULL AND l.exact_amount > 0
+    GROUP BY b.id, b.account_id, b.period_start, l.bundle_rule_position, l.period_end
+)
+SELECT v.sb_id, v.position, v.period_end, v.numbers, sum(l.exact_amount)::bigint AS net,
+       min(l.period_start) FILTER (WHERE l.exact_amount < 0) AS credited_from
+FROM voided v
+JOIN invoices i ON i.account_id = v.account_id AND i.kind = 'invoice'
+               AND i.state <> 'void' AND i.period_start < v.before
+JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
+                    AND l.subscription_bundle_id = v.sb_id
+                    AND l.bundle_rule_position = v.position AND l.period_end = v.period_end
+GROUP BY v.sb_id, v.position, v.period_end, v.numbers
+HAVING sum(l.exact_amount) < 0
 """
 
 _RULES_SQL = """
@@ -938,6 +975,71 @@ def _fee_credit(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Overcredited:
+    """A fee period whose lines on earlier invoices that stand net below nothing
+    (``_FEES_OVERCREDITED_SQL``): ``net`` (negative, exact), the rule's position, the
+    period's end, the first day its standing credits start on, and the numbers of the
+    void invoices that charged it."""
+
+    position: int
+    period_end: datetime
+    net: int
+    credited_from: datetime
+    voided: tuple[str, ...]
+
+
+def taken_back_lines(
+    held: Held, rule: Rule, invoice: BundleInvoice, found: Sequence[Overcredited]
+) -> list[Line]:
+    """The charges that take back what the fee's periods were credited past what stands
+    billed of them: a credit of unused days (``fee_credit_lines``) given while the
+    period's charge stood, that charge voided since (the void gave it back whole). One
+    positive line per period, the exact surplus (so what stands of the period nets to
+    exactly nothing), rounded once, over the credits' days, naming the subscription bundle
+    and rule (a later invoice counts it in what the period was billed: it finds the period
+    settled and adds nothing) and the voided invoice."""
+    found_lines = []
+    for over in found:
+        if over.position != rule.position:
+            continue
+        surplus = -over.net
+        rounded = round_line(surplus, invoice.currency)
+        numbers = ", ".join(over.voided)
+        voided = f"invoice{'s' if len(over.voided) > 1 else ''} {numbers}"
+        were = "were" if len(over.voided) > 1 else "was"
+        found_lines.append(
+            _line(
+                "bundle_fee",
+                f"Credit of {money(rounded, invoice.currency)} on {held.name}:"
+                f" {rule.description} {_period_label(held, rule, invoice, over)} taken back:"
+                f" {voided} {were} voided"[:200],
+                (over.credited_from, over.period_end),
+                1,
+                surplus,
+                invoice.currency,
+                tax_code=held.tax_code,
+                bundle=held.id,
+                rule=rule.position,
+            )
+        )
+    return found_lines
+
+
+def _period_label(held: Held, rule: Rule, invoice: BundleInvoice, over: Overcredited) -> str:
+    """The label of the fee period ``over`` (``2026-02``): the rule's period holding its
+    credits' first day, when it ends where they do; else the credits' local days (the
+    bundle's start moved since)."""
+    zone = invoice.which.advance.zone
+    schedule = _fee_periods(held, rule, zone.key)
+    if schedule is not None:
+        part = schedule.period_containing(over.credited_from)
+        if part.end.timestamp() == over.period_end.timestamp():
+            return part.label
+    first = over.credited_from.astimezone(zone).date()
+    return f"{first.isoformat()}..{over.period_end.astimezone(zone).date().isoformat()}"
+
+
 def _ends_early(held: Held) -> bool:
     """Whether the bundle ends before its commitment term with a fee to pay."""
     return (
@@ -1176,6 +1278,31 @@ async def _fees_net(
     return credited, nets
 
 
+async def _fees_overcredited(
+    conn: asyncpg.Connection, held: Sequence[Held], by_account: Mapping[str, BundleInvoice]
+) -> dict[int, list[Overcredited]]:
+    """Subscription bundle -> its fee periods credited past what stands billed of them
+    (``taken_back_lines``): one query for the chunk, only for the bundles with an end (a
+    credit of unused days needs one) on a cycle's invoice (a named period's bills its own
+    days only, and gives no credit)."""
+    asked = [h for h in held if h.end is not None and not by_account[h.account_id].which.named]
+    found: dict[int, list[Overcredited]] = defaultdict(list)
+    if not asked:
+        return found
+    for r in await conn.fetch(
+        _FEES_OVERCREDITED_SQL,
+        [h.id for h in asked],
+        [h.account_id for h in asked],
+        [by_account[h.account_id].which.invoice.start for h in asked],
+    ):
+        found[r["sb_id"]].append(
+            Overcredited(
+                r["position"], r["period_end"], r["net"], r["credited_from"], tuple(r["numbers"])
+            )
+        )
+    return found
+
+
 async def bundle_lines(
     conn: asyncpg.Connection, invoices: Sequence[BundleInvoice]
 ) -> dict[str, list[Line]]:
@@ -1194,6 +1321,7 @@ async def bundle_lines(
     rules = await _load_rules(conn, held)
     owed, fees_billed = await _owed_fees(conn, held, rules, by_account)
     credited, fees_net = await _fees_net(conn, held, rules, by_account)
+    overcredited = await _fees_overcredited(conn, held, by_account)
     spans = {h.id: _active_window(h, by_account[h.account_id]) for h in held}
     active = [h for h in held if spans[h.id] is not None]
     windows = [w for h in active if (w := spans[h.id]) is not None]
@@ -1242,6 +1370,8 @@ async def bundle_lines(
                     lines[h.account_id] += fee_credit_lines(
                         h, rule, invoice, ended, fees_net.get(h.id, [])
                     )
+                if over := overcredited.get(h.id):
+                    lines[h.account_id] += taken_back_lines(h, rule, invoice, over)
                 continue
             if span is None and rule.kind != "commitment":
                 continue

@@ -13,7 +13,9 @@ invoice of the account bills. Billed again means a positive line of the same thi
   the same charge and source, decision 0046), which this matches day by day;
 - a one-time charge: the same charge and source, on the same day;
 - a bundle's flat fee: the same subscription bundle and rule (by position, migration
-  0066; a line from before matched by its description) for the same period;
+  0066; a line from before matched by its description) for the same period, when what
+  stands of that period nets above nothing: a run's charge taking back a credit of its
+  unused days, given while the voided fee stood (decision 0023), bills no fee again;
 - a resiliation fee: the same subscription bundle.
 
 Anything billed again another way (a one-time charge for an agreed amount, a bundle
@@ -50,12 +52,13 @@ ORDER BY l.position
 """
 
 # The account's ($1) lines on invoices that stand (posted or draft) charging one of the
-# charges ($2) or subscription bundles ($3): those that may bill them again.
+# charges ($2) or subscription bundles ($3): those that may bill them again; and the
+# bundle fees' credits, which a charge taking one back nets to nothing (``_nets_above``).
 _STANDING_LINES_SQL = f"""
 SELECT {_FIELDS}
 FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id
 WHERE i.account_id = $1 AND i.kind = 'invoice' AND i.state <> 'void'
-  AND l.moves_money AND l.exact_amount > 0 AND l.kind IN {_KINDS}
+  AND l.moves_money AND (l.exact_amount > 0 OR l.kind = 'bundle_fee') AND l.kind IN {_KINDS}
   AND (l.charge_id = ANY($2::text[]) OR l.subscription_bundle_id = ANY($3::bigint[]))
 """
 
@@ -121,6 +124,26 @@ def _same_fee(void: asyncpg.Record, other: asyncpg.Record) -> bool:
     return bool(void["description"] == other["description"])
 
 
+def _nets_above(void: asyncpg.Record, standing: list[_Line]) -> bool:
+    """Whether what stands of the bundle fee period ``void`` charged nets above nothing:
+    its lines naming the same subscription bundle and rule and ending where it does
+    (charges, credits of unused days, which end with the period they credit). A charge
+    that takes back a credit given of the period after its fee was voided (decision
+    0023, addendum 2026-12-07) nets that credit to nothing: it bills no fee again. A
+    line naming no rule (before migration 0066) is not netted."""
+    if void["kind"] != "bundle_fee" or void["bundle_rule_position"] is None:
+        return True
+    net = sum(
+        s.row["exact_amount"]
+        for s in standing
+        if s.row["kind"] == "bundle_fee"
+        and s.row["subscription_bundle_id"] == void["subscription_bundle_id"]
+        and s.row["bundle_rule_position"] == void["bundle_rule_position"]
+        and s.row["period_end"] == void["period_end"]
+    )
+    return bool(net > 0)
+
+
 def _minus(first: date, after: date, taken: list[tuple[date, date]]) -> list[tuple[date, date]]:
     """The days [first, after) less the spans ``taken``, as spans in order."""
     left = [(first, after)]
@@ -143,7 +166,9 @@ def _unbilled_spans(line: _Line, standing: list[_Line]) -> list[tuple[date, date
     of them or none for a fee or a one-time charge, day by day for a charge period."""
     row = line.row
     if row["kind"] not in _CHARGE_KINDS:
-        again = any(_same_fee(row, s.row) for s in standing)
+        again = any(_same_fee(row, s.row) and s.row["exact_amount"] > 0 for s in standing)
+        if again and not _nets_above(row, standing):
+            again = False
         return [] if again else [(line.first, line.after or line.first)]
     same = [
         s
