@@ -13,6 +13,7 @@ The binaries are required, never optional: a machine without them fails the
 tests (CI installs the Debian packages named in ``REQUIRED``).
 """
 
+import asyncio
 import contextlib
 import os
 import re
@@ -22,11 +23,13 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
 from tests.serve_process import listening_inodes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,6 +113,7 @@ class Kamailio:
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port
+        self.workdir = workdir
         self.log = workdir / "kamailio.log"
         # The sources allowed to place calls, in the permissions module's address file
         # format (group 1): the shipped trusted.list trusts nobody.
@@ -354,3 +358,85 @@ def place_calls(
             f"sipp exited with {done.returncode}: {err.read_text(errors='replace')}"
         )
     return caller_views(log.read_text(errors="replace") if log.exists() else "")
+
+
+@contextlib.asynccontextmanager
+async def running_switch(
+    *,
+    ocs_url: str,
+    token: str,
+    gateway_port: int,
+    workdir: Path,
+    trusted: tuple[str, ...] = ("127.0.0.1",),
+    defines: dict[str, str] | None = None,
+) -> AsyncIterator[Kamailio]:
+    """A switch (``Kamailio`` with these settings, in ``workdir``/kamailio) on a free
+    port, answering OPTIONS; stopped, with its workers, on the way out."""
+    switch = Kamailio(
+        port=free_port(socket.SOCK_DGRAM),
+        ocs_url=ocs_url,
+        token=token,
+        gateway_port=gateway_port,
+        workdir=workdir / "kamailio",
+        trusted=trusted,
+        defines=defines,
+    )
+    try:
+        await asyncio.to_thread(switch.wait_ready)
+        yield switch
+    finally:
+        switch.stop()
+
+
+async def call_through(
+    switch: Kamailio,
+    *,
+    caller: str,
+    dialled: str,
+    scenario: str = "uac.xml",
+    calls: int = 1,
+    hold_ms: int = 0,
+    recv_timeout_ms: int = 15_000,
+    source: str = "127.0.0.1",
+) -> dict[str, CallerView]:
+    """``place_calls`` through ``switch`` (off the event loop), the callers' files beside
+    the switch's directory (in its parent's ``callers``); what each caller saw."""
+    return await asyncio.to_thread(
+        place_calls,
+        scenario=scenario,
+        proxy_port=switch.port,
+        caller=caller,
+        dialled=dialled,
+        workdir=switch.workdir.parent / "callers",
+        calls=calls,
+        hold_ms=hold_ms,
+        recv_timeout_ms=recv_timeout_ms,
+        source=source,
+    )
+
+
+async def one_call(
+    switch: Kamailio,
+    *,
+    final: int,
+    caller: str,
+    dialled: str,
+    scenario: str = "uac.xml",
+    hold_ms: int = 0,
+    recv_timeout_ms: int = 15_000,
+    source: str = "127.0.0.1",
+) -> tuple[str, CallerView]:
+    """One call through ``switch`` (``call_through``); asserts its caller was answered
+    ``final`` (the switch's log tail otherwise). Its Call-ID and what its caller saw."""
+    views = await call_through(
+        switch,
+        caller=caller,
+        dialled=dialled,
+        scenario=scenario,
+        hold_ms=hold_ms,
+        recv_timeout_ms=recv_timeout_ms,
+        source=source,
+    )
+    [(call_id, seen)] = views.items()
+    assert seen.final == final, switch.log_tail()
+    return call_id, seen

@@ -39,8 +39,17 @@ from ocs import api_tokens
 from ocs.config import Settings
 from ocs.money import parse_amount
 from tests.conftest import bearer, eventually, reset_state
-from tests.http_relay_helpers import relay_to
-from tests.kamailio_helpers import Kamailio, SippCallee, binary, place_calls, sip_options
+from tests.http_relay_helpers import Relay, relay_to
+from tests.kamailio_helpers import (
+    CallerView,
+    Kamailio,
+    SippCallee,
+    binary,
+    call_through,
+    one_call,
+    running_switch,
+    sip_options,
+)
 from tests.serve_process import ServeProcess, free_port, serve_env
 
 UDP = socket.SOCK_DGRAM
@@ -129,6 +138,118 @@ class Rig:
         await eventually(released, within=within, what=f"{account_id}'s lines to be released")
         return view
 
+    async def drained(self, account_id: str) -> None:
+        """Asserts the account, once settled, has nothing left: balance and available 0."""
+        view = await self.settled(account_id)
+        assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
+
+    async def untouched(self, account_id: str, balance: str) -> None:
+        """Asserts the account still holds ``balance``, with nothing reserved, no line used."""
+        view = await self.view(account_id)
+        assert (view["balance"], view["reserved"], view["lines_in_use"]) == (balance, "0.000000", 0)
+
+    async def expired_at_grant(
+        self, account_id: str, call_id: str, grant: int, charged: int
+    ) -> Cdr:
+        """Asserts the call's one CDR (within its grant, the grace and 10 s) is the janitor's:
+        its ``grant`` in seconds, ``charged``, cause "expired". The CDR."""
+        [cdr] = await self.wait_cdrs(account_id, 1, within=grant + GRACE + 10)
+        assert (cdr.call_id, cdr.duration, cdr.charged, cdr.cause) == (
+            call_id,
+            grant,
+            charged,
+            "expired",
+        )
+        return cdr
+
+    @property
+    def ocs_url(self) -> str:
+        """Where this ocs answers HTTP."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @staticmethod
+    def stop_sent_again(switch: Kamailio, call_id: str) -> None:
+        """Asserts the switch's log: the call's stop got a failure, then did not fail."""
+        log = switch.log_tail()
+        assert f"ocs: stop of {call_id} got " in log, log
+        assert f"ocs: stop of {call_id} after" not in log, log  # no failure in the end
+
+    async def charged_what_it_ran(
+        self, account_id: str, call_id: str, cdr: Cdr, opening: int
+    ) -> None:
+        """Asserts ``cdr`` is the call's, 2 s (3 on a slow machine) at 0.01 a second,
+        stopped by the switch ("normal"), and the settled balance ``opening`` less it."""
+        assert cdr.call_id == call_id
+        assert cdr.duration in (2, 3), cdr.duration
+        assert (cdr.charged, cdr.cause) == (cdr.duration * 10_000, "normal")
+        view = await self.settled(account_id)
+        assert parse_amount(view["balance"]) == opening - cdr.charged
+
+    async def charged_per_second(self, account_id: str, call_id: str) -> None:
+        """Asserts the account's one CDR is the call's, charged 0.01 a second, not 0."""
+        [cdr] = await self.wait_cdrs(account_id, 1)
+        assert cdr.call_id == call_id and cdr.charged == cdr.duration * 10_000 > 0, cdr
+
+    @contextlib.asynccontextmanager
+    async def relayed_call(
+        self,
+        tmp_path: Path,
+        account_id: str,
+        *,
+        start_failure: int | None = None,
+        stop_failure: int = 503,
+        stop_failures: int | None = None,
+        slow_s: float = 0.0,
+        defines: dict[str, str] | None = None,
+        scenario: str = "uac.xml",
+        hold_ms: int = 0,
+        recv_timeout_ms: int = 15_000,
+    ) -> AsyncIterator[tuple[Relay, Kamailio, str, CallerView]]:
+        """A switch of the test's own (``defines``) behind a relay to this ocs (failing as
+        ``relay_to`` takes it), and one call to France from ``account_id`` through them,
+        answered 200 (asserted): the relay, the switch, the Call-ID and what its caller
+        saw. The switch, then the relay, stopped on the way out."""
+        async with (
+            relay_to(
+                self.ocs_url,
+                start_failure=start_failure,
+                stop_failure=stop_failure,
+                stop_failures=stop_failures,
+                slow_s=slow_s,
+            ) as (relay, url),
+            self.switch(tmp_path, ocs_url=url, defines=defines) as switch,
+        ):
+            call_id, seen = await one_call(
+                switch,
+                final=200,
+                caller=account_id,
+                dialled=FRANCE,
+                scenario=scenario,
+                hold_ms=hold_ms,
+                recv_timeout_ms=recv_timeout_ms,
+            )
+            yield relay, switch, call_id, seen
+
+    def switch(
+        self,
+        tmp_path: Path,
+        *,
+        ocs_url: str | None = None,
+        token: str | None = None,
+        trusted: tuple[str, ...] = ("127.0.0.1",),
+        defines: dict[str, str] | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Kamailio]:
+        """A switch of the test's own (in ``tmp_path``) in front of this ocs (or
+        ``ocs_url``) with its switch token (or ``token``), relaying to the callee."""
+        return running_switch(
+            ocs_url=ocs_url or f"http://127.0.0.1:{self.http_port}",
+            token=token or self.switch_token,
+            gateway_port=self.callee.port,
+            workdir=tmp_path,
+            trusted=trusted,
+            defines=defines,
+        )
+
 
 async def authorizations_asked(http: aiohttp.ClientSession) -> float:
     """How many call authorizations ocs has answered, whatever the result (``/metrics``)."""
@@ -208,18 +329,15 @@ async def rig(
 async def test_the_switch_cuts_a_call_at_ocs_max_duration_and_ocs_charges_it(rig: Rig) -> None:
     grant = 5
     await rig.account("cut", "0.05")  # 0.01 a second to France: 5 s
-    views = await asyncio.to_thread(
-        place_calls,
-        scenario="uac_until_cut.xml",
-        proxy_port=rig.kamailio.port,
+    call_id, seen = await one_call(
+        rig.kamailio,
+        final=200,
         caller="cut",
         dialled=FRANCE,
-        workdir=rig.workdir / "callers",
+        scenario="uac_until_cut.xml",
         # A caller whose BYE from the switch was lost gives up after this and hangs up.
         recv_timeout_ms=(grant + 4) * 1000,
     )
-    [(call_id, seen)] = views.items()
-    assert seen.final == 200, rig.kamailio.log_tail()
     assert call_id in rig.callee.answered()
     if seen.cut_at_ms is not None and seen.answered_at_ms is not None:
         # The switch's BYE: at the grant, give or take the dialog timer's one-second tick.
@@ -237,27 +355,17 @@ async def test_the_switch_cuts_a_call_at_ocs_max_duration_and_ocs_charges_it(rig
     )
     assert cdr.cause in ("normal", "expired"), cdr.cause
     assert f"ocs: {call_id} cut at its grant of {grant} s" in rig.kamailio.log_tail()
-    view = await rig.settled("cut")
-    assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
+    await rig.drained("cut")
 
 
 async def test_a_caller_without_funds_is_refused_402_and_nothing_is_charged(rig: Rig) -> None:
     await rig.account("broke", "0.00")
-    views = await asyncio.to_thread(
-        place_calls,
-        scenario="uac.xml",
-        proxy_port=rig.kamailio.port,
-        caller="broke",
-        dialled=FRANCE,
-        workdir=rig.workdir / "callers",
-        hold_ms=1000,
+    call_id, _ = await one_call(
+        rig.kamailio, final=402, caller="broke", dialled=FRANCE, hold_ms=1000
     )
-    [(call_id, seen)] = views.items()
-    assert seen.final == 402, rig.kamailio.log_tail()
     assert call_id not in rig.callee.answered()  # never relayed
     assert f"from broke to {FRANCE} refused: 402 zero_balance" in rig.kamailio.log_tail()
-    view = await rig.view("broke")
-    assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("0.000000", "0.000000", 0)
+    await rig.untouched("broke", "0.000000")
     assert await rig.cdrs("broke") == []
 
 
@@ -270,23 +378,18 @@ async def test_an_invite_from_an_untrusted_source_is_refused_403_and_ocs_is_neve
     # on the victim's money. Now the switch answers 403 itself.
     await rig.account("victim", "5.00")
     asked = await authorizations_asked(rig.http)
-    views = await asyncio.to_thread(
-        place_calls,
-        scenario="uac.xml",
-        proxy_port=rig.kamailio.port,
+    call_id, _ = await one_call(
+        rig.kamailio,
+        final=403,
         caller="victim",
         dialled=FRANCE,
-        workdir=rig.workdir / "callers",
         hold_ms=1000,
         source="127.0.0.2",
     )
-    [(call_id, seen)] = views.items()
-    assert seen.final == 403, rig.kamailio.log_tail()
     assert call_id not in rig.callee.answered()  # never relayed
     assert "ocs: INVITE from untrusted source 127.0.0.2:" in rig.kamailio.log_tail()
     assert await authorizations_asked(rig.http) == asked  # ocs never asked
-    view = await rig.view("victim")
-    assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("5.000000", "0.000000", 0)
+    await rig.untouched("victim", "5.000000")
     assert await rig.cdrs("victim") == []
 
 
@@ -340,17 +443,13 @@ async def test_an_untrusted_request_with_a_to_tag_and_a_route_is_not_relayed(rig
 
 async def test_a_caller_hang_up_is_charged_by_the_tariffs_increments(rig: Rig) -> None:
     await rig.account("talk", "5.00")
-    views = await asyncio.to_thread(
-        place_calls,
-        scenario="uac.xml",
-        proxy_port=rig.kamailio.port,
+    call_id, _ = await one_call(
+        rig.kamailio,
+        final=200,
         caller="talk",
         dialled=UK,
-        workdir=rig.workdir / "callers",
         hold_ms=3500,  # from the ACK to the caller's BYE
     )
-    [(call_id, seen)] = views.items()
-    assert seen.final == 200, rig.kamailio.log_tail()
     [cdr] = await rig.wait_cdrs("talk", 1)
     assert cdr.call_id == call_id
     # 3.5 s and a little: 4 s (5 on a slow machine), which the UK tariff bills as
@@ -365,16 +464,7 @@ async def test_twenty_calls_at_once_on_a_two_line_account_put_exactly_two_throug
     rig: Rig,
 ) -> None:
     await rig.account("busy", "5.00", max_lines=2)
-    views = await asyncio.to_thread(
-        place_calls,
-        scenario="uac.xml",
-        proxy_port=rig.kamailio.port,
-        caller="busy",
-        dialled=FRANCE,
-        workdir=rig.workdir / "callers",
-        calls=20,
-        hold_ms=2000,
-    )
+    views = await call_through(rig.kamailio, caller="busy", dialled=FRANCE, calls=20, hold_ms=2000)
     assert len(views) == 20
     # Two answered; the other eighteen told "486 Busy Here" (no_free_line).
     assert Counter(seen.final for seen in views.values()) == {200: 2, 486: 18}
@@ -402,37 +492,18 @@ async def test_the_switch_fails_closed_with_503(
 ) -> None:
     unreachable = case == "ocs unreachable"
     account_id = "unreached" if unreachable else "untrusted"
-    switch = Kamailio(
-        port=free_port(UDP),
+    async with rig.switch(
+        tmp_path,
         ocs_url=f"http://127.0.0.1:{free_port() if unreachable else rig.http_port}",
         token=rig.switch_token if unreachable else "ocs_not-a-token-of-this-ocs",
-        gateway_port=rig.callee.port,
-        workdir=tmp_path / "kamailio",
-    )
-    try:
-        await asyncio.to_thread(switch.wait_ready)
+    ) as switch:
         await rig.account(account_id, "5.00")
-        views = await asyncio.to_thread(
-            place_calls,
-            scenario="uac.xml",
-            proxy_port=switch.port,
-            caller=account_id,
-            dialled=FRANCE,
-            workdir=tmp_path / "callers",
-            hold_ms=1000,
+        call_id, _ = await one_call(
+            switch, final=503, caller=account_id, dialled=FRANCE, hold_ms=1000
         )
-        [(call_id, seen)] = views.items()
-        assert seen.final == 503, switch.log_tail()
         assert call_id not in rig.callee.answered()
         assert logged in switch.log_tail()
-        view = await rig.view(account_id)
-        assert (view["balance"], view["reserved"], view["lines_in_use"]) == (
-            "5.000000",
-            "0.000000",
-            0,
-        )
-    finally:
-        switch.stop()
+        await rig.untouched(account_id, "5.000000")
 
 
 @pytest.mark.parametrize(("failure", "fail_with"), [("answered 503", 503), ("dropped", 0)])
@@ -447,50 +518,26 @@ async def test_a_failed_start_is_sent_again_and_the_call_is_charged_when_its_sto
     grant = 3
     account_id = f"restart-{fail_with}"
     await rig.account(account_id, "0.03")  # 0.01 a second to France: 3 s
-    ocs_url = f"http://127.0.0.1:{rig.http_port}"
-    async with relay_to(ocs_url, start_failure=fail_with) as (relay, relay_url):
-        switch = Kamailio(
-            port=free_port(UDP),
-            ocs_url=relay_url,
-            token=rig.switch_token,
-            gateway_port=rig.callee.port,
-            workdir=tmp_path / "kamailio",
-        )
-        try:
-            await asyncio.to_thread(switch.wait_ready)
-            views = await asyncio.to_thread(
-                place_calls,
-                scenario="uac_until_cut.xml",
-                proxy_port=switch.port,
-                caller=account_id,
-                dialled=FRANCE,
-                workdir=tmp_path / "callers",
-                recv_timeout_ms=(grant + 4) * 1000,
-            )
-            [(call_id, seen)] = views.items()
-            assert seen.final == 200, switch.log_tail()
-            start = f"/v1/calls/{call_id}/start"
-            starts = [status for path, status in relay.seen if path == start]
-            assert starts == [fail_with, 200], (failure, relay.seen)
-            stops = [status for path, status in relay.seen if path.endswith("/stop")]
-            assert stops and set(stops) == {503}, relay.seen
-            log = switch.log_tail()
-            assert f"ocs: start of {call_id} got " in log, log
-            assert f"ocs: start of {call_id} failed" not in log
-        finally:
-            switch.stop()
+    async with rig.relayed_call(
+        tmp_path,
+        account_id,
+        start_failure=fail_with,
+        scenario="uac_until_cut.xml",
+        recv_timeout_ms=(grant + 4) * 1000,
+    ) as (relay, switch, call_id, _):
+        start = f"/v1/calls/{call_id}/start"
+        starts = [status for path, status in relay.seen if path == start]
+        assert starts == [fail_with, 200], (failure, relay.seen)
+        stops = [status for path, status in relay.seen if path.endswith("/stop")]
+        assert stops and set(stops) == {503}, relay.seen
+        log = switch.log_tail()
+        assert f"ocs: start of {call_id} got " in log, log
+        assert f"ocs: start of {call_id} failed" not in log
     # Closed by the janitor at the end of its grant plus grace from the answer, as an
     # answered call: charged its grant (stale_call_policy full_grant), not closed free.
-    [cdr] = await rig.wait_cdrs(account_id, 1, within=grant + GRACE + 10)
-    assert (cdr.call_id, cdr.duration, cdr.billed_seconds, cdr.charged, cdr.cause) == (
-        call_id,
-        grant,
-        grant,
-        30_000,
-        "expired",
-    )
-    view = await rig.settled(account_id)
-    assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
+    cdr = await rig.expired_at_grant(account_id, call_id, grant, 30_000)
+    assert cdr.billed_seconds == grant
+    await rig.drained(account_id)
 
 
 @pytest.mark.parametrize(("failure", "fail_with"), [("answered 503", 503), ("dropped", 0)])
@@ -503,46 +550,16 @@ async def test_a_failed_stop_is_sent_again_and_the_call_is_charged_once_what_it_
     # grant ("expired"), not what the call ran. The switch now sends the stop again.
     account_id = f"restop-{fail_with}"
     await rig.account(account_id, "0.05")  # 0.01 a second to France: a 5 s grant
-    ocs_url = f"http://127.0.0.1:{rig.http_port}"
-    async with relay_to(ocs_url, stop_failure=fail_with, stop_failures=1) as (relay, url):
-        switch = Kamailio(
-            port=free_port(UDP),
-            ocs_url=url,
-            token=rig.switch_token,
-            gateway_port=rig.callee.port,
-            workdir=tmp_path / "kamailio",
-        )
-        try:
-            await asyncio.to_thread(switch.wait_ready)
-            views = await asyncio.to_thread(
-                place_calls,
-                scenario="uac.xml",
-                proxy_port=switch.port,
-                caller=account_id,
-                dialled=FRANCE,
-                workdir=tmp_path / "callers",
-                hold_ms=1500,
-            )
-            [(call_id, seen)] = views.items()
-            assert seen.final == 200, switch.log_tail()
-            [cdr] = await rig.wait_cdrs(account_id, 1)
-            assert relay.statuses("/stop") == [fail_with, 200], (failure, relay.seen)
-            log = switch.log_tail()
-            assert f"ocs: stop of {call_id} got " in log, log
-            assert f"ocs: stop of {call_id} after" not in log, log  # no failure in the end
-        finally:
-            switch.stop()
+    async with rig.relayed_call(
+        tmp_path, account_id, stop_failure=fail_with, stop_failures=1, hold_ms=1500
+    ) as (relay, switch, call_id, _):
+        [cdr] = await rig.wait_cdrs(account_id, 1)
+        assert relay.statuses("/stop") == [fail_with, 200], (failure, relay.seen)
+        rig.stop_sent_again(switch, call_id)
     # Charged once, what it ran: 1.5 s and a little, 2 s (3 on a slow machine), by the
     # switch's stop ("normal"), well before the grant's end.
-    assert cdr.call_id == call_id
-    assert cdr.duration in (2, 3), cdr.duration
-    assert (cdr.billed_seconds, cdr.charged, cdr.cause) == (
-        cdr.duration,
-        cdr.duration * 10_000,
-        "normal",
-    )
-    view = await rig.settled(account_id)
-    assert parse_amount(view["balance"]) == 50_000 - cdr.charged
+    assert cdr.billed_seconds == cdr.duration
+    await rig.charged_what_it_ran(account_id, call_id, cdr, opening=50_000)
 
 
 async def test_a_stop_that_timed_out_is_sent_again_and_the_call_is_charged_once_what_it_ran(
@@ -554,42 +571,18 @@ async def test_a_stop_that_timed_out_is_sent_again_and_the_call_is_charged_once_
     # twice the timeout.
     account_id = "restop-slow"
     await rig.account(account_id, "0.05")  # 0.01 a second to France: a 5 s grant
-    ocs_url = f"http://127.0.0.1:{rig.http_port}"
-    async with relay_to(ocs_url, stop_failures=1, slow_s=3) as (relay, url):
-        switch = Kamailio(
-            port=free_port(UDP),
-            ocs_url=url,
-            token=rig.switch_token,
-            gateway_port=rig.callee.port,
-            workdir=tmp_path / "kamailio",
-        )
-        try:
-            await asyncio.to_thread(switch.wait_ready)
-            views = await asyncio.to_thread(
-                place_calls,
-                scenario="uac.xml",
-                proxy_port=switch.port,
-                caller=account_id,
-                dialled=FRANCE,
-                workdir=tmp_path / "callers",
-                hold_ms=1500,
-            )
-            [(call_id, seen)] = views.items()
-            assert seen.final == 200, switch.log_tail()
-            [cdr] = await rig.wait_cdrs(account_id, 1)
-            assert relay.statuses("/stop") == [0, 200], relay.seen
-            log = switch.log_tail()
-            assert f"ocs: stop of {call_id} got " in log, log
-            assert f"ocs: stop of {call_id} after" not in log, log  # no failure in the end
-        finally:
-            switch.stop()
+    async with rig.relayed_call(tmp_path, account_id, stop_failures=1, slow_s=3, hold_ms=1500) as (
+        relay,
+        switch,
+        call_id,
+        _,
+    ):
+        [cdr] = await rig.wait_cdrs(account_id, 1)
+        assert relay.statuses("/stop") == [0, 200], relay.seen
+        rig.stop_sent_again(switch, call_id)
     # Charged once, what it ran (1.5 s and a little: 2 s, 3 on a slow machine), by the
     # switch's stop, not the grant by the janitor.
-    assert cdr.call_id == call_id
-    assert cdr.duration in (2, 3), cdr.duration
-    assert (cdr.charged, cdr.cause) == (cdr.duration * 10_000, "normal")
-    view = await rig.settled(account_id)
-    assert parse_amount(view["balance"]) == 50_000 - cdr.charged
+    await rig.charged_what_it_ran(account_id, call_id, cdr, opening=50_000)
 
 
 async def test_a_call_cut_at_its_grant_is_cut_on_time_while_its_stop_waits_for_a_slow_ocs(
@@ -604,52 +597,35 @@ async def test_a_call_cut_at_its_grant_is_cut_on_time_while_its_stop_waits_for_a
     grant = 3
     account_id = "cut-slow"
     await rig.account(account_id, "0.03")  # 0.01 a second to France: 3 s
-    ocs_url = f"http://127.0.0.1:{rig.http_port}"
-    async with relay_to(ocs_url, stop_failures=1, slow_s=4) as (relay, url):
-        switch = Kamailio(
-            port=free_port(UDP),
-            ocs_url=url,
-            token=rig.switch_token,
-            gateway_port=rig.callee.port,
-            workdir=tmp_path / "kamailio",
-            defines={"OCS_HTTP_TIMEOUT": "3"},
-        )
-        try:
-            await asyncio.to_thread(switch.wait_ready)
-            views = await asyncio.to_thread(
-                place_calls,
-                scenario="uac_until_cut.xml",
-                proxy_port=switch.port,
-                caller=account_id,
-                dialled=FRANCE,
-                workdir=tmp_path / "callers",
-                recv_timeout_ms=(grant + 6) * 1000,
-            )
-            [(call_id, seen)] = views.items()
-            assert seen.final == 200, switch.log_tail()
-            assert seen.cut_at_ms is not None and seen.answered_at_ms is not None, seen
-            # The switch's BYE: at the grant, give or take the dialog timer's tick.
-            held_ms = seen.cut_at_ms - seen.answered_at_ms
-            assert (grant - 1) * 1000 <= held_ms <= (grant + 1) * 1000 + 500, held_ms
+    async with rig.relayed_call(
+        tmp_path,
+        account_id,
+        stop_failures=1,
+        slow_s=4,
+        defines={"OCS_HTTP_TIMEOUT": "3"},
+        scenario="uac_until_cut.xml",
+        recv_timeout_ms=(grant + 6) * 1000,
+    ) as (relay, switch, call_id, seen):
+        assert seen.cut_at_ms is not None and seen.answered_at_ms is not None, seen
+        # The switch's BYE: at the grant, give or take the dialog timer's tick.
+        held_ms = seen.cut_at_ms - seen.answered_at_ms
+        assert (grant - 1) * 1000 <= held_ms <= (grant + 1) * 1000 + 500, held_ms
 
-            async def stopped() -> bool:
-                return f"ocs: {call_id} stopped after {grant} s" in switch.log_tail()
+        async def stopped() -> bool:
+            return f"ocs: {call_id} stopped after {grant} s" in switch.log_tail()
 
-            await eventually(stopped, within=10, what="the stop's second try answered")
-            log = switch.log_tail()
-            assert relay.statuses("/stop") == [0, 200], (relay.seen, log)
-            assert f"ocs: {call_id} cut at its grant of {grant} s" in log, log
-            assert f"ocs: stop of {call_id} got 28, trying again" in log, log  # curl: timeout
-        finally:
-            switch.stop()
+        await eventually(stopped, within=10, what="the stop's second try answered")
+        log = switch.log_tail()
+        assert relay.statuses("/stop") == [0, 200], (relay.seen, log)
+        assert f"ocs: {call_id} cut at its grant of {grant} s" in log, log
+        assert f"ocs: stop of {call_id} got 28, trying again" in log, log  # curl: timeout
     # Charged once, its grant: by the switch's stop ("normal"), or by ocs's janitor
     # (grant plus 2 s of grace, "expired") when that came first, the stop then a late
     # stop that changes nothing.
     [cdr] = await rig.wait_cdrs(account_id, 1)
     assert (cdr.call_id, cdr.duration, cdr.charged) == (call_id, grant, 30_000)
     assert cdr.cause in ("normal", "expired"), cdr.cause
-    view = await rig.settled(account_id)
-    assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
+    await rig.drained(account_id)
 
 
 async def test_a_start_that_timed_out_is_sent_again_and_the_call_is_charged_when_its_stop_is_lost(
@@ -664,48 +640,25 @@ async def test_a_start_that_timed_out_is_sent_again_and_the_call_is_charged_when
     grant = 3
     account_id = "restart-slow"
     await rig.account(account_id, "0.03")  # 0.01 a second to France: 3 s
-    ocs_url = f"http://127.0.0.1:{rig.http_port}"
-    async with relay_to(ocs_url, start_failure=503, slow_s=3) as (relay, url):
-        switch = Kamailio(
-            port=free_port(UDP),
-            ocs_url=url,
-            token=rig.switch_token,
-            gateway_port=rig.callee.port,
-            workdir=tmp_path / "kamailio",
-        )
-        try:
-            await asyncio.to_thread(switch.wait_ready)
-            views = await asyncio.to_thread(
-                place_calls,
-                scenario="uac_until_cut.xml",
-                proxy_port=switch.port,
-                caller=account_id,
-                dialled=FRANCE,
-                workdir=tmp_path / "callers",
-                recv_timeout_ms=(grant + 4) * 1000,
-            )
-            [(call_id, seen)] = views.items()
-            assert seen.final == 200, switch.log_tail()
+    async with rig.relayed_call(
+        tmp_path,
+        account_id,
+        start_failure=503,
+        slow_s=3,
+        scenario="uac_until_cut.xml",
+        recv_timeout_ms=(grant + 4) * 1000,
+    ) as (relay, switch, call_id, _):
 
-            async def started() -> bool:
-                return relay.statuses("/start") == [0, 200]
+        async def started() -> bool:
+            return relay.statuses("/start") == [0, 200]
 
-            await eventually(started, within=10, what="the start's second try answered")
-            log = switch.log_tail()
-            assert f"ocs: start of {call_id} got 28, trying again" in log, log  # curl: timeout
-        finally:
-            switch.stop()
+        await eventually(started, within=10, what="the start's second try answered")
+        log = switch.log_tail()
+        assert f"ocs: start of {call_id} got 28, trying again" in log, log  # curl: timeout
     # Closed by the janitor as an answered call: charged its grant ("expired"), which is
     # what it ran (the switch cut it there), not closed free.
-    [cdr] = await rig.wait_cdrs(account_id, 1, within=grant + GRACE + 10)
-    assert (cdr.call_id, cdr.duration, cdr.charged, cdr.cause) == (
-        call_id,
-        grant,
-        30_000,
-        "expired",
-    )
-    view = await rig.settled(account_id)
-    assert (view["balance"], view["available"]) == ("0.000000", "0.000000")
+    await rig.expired_at_grant(account_id, call_id, grant, 30_000)
+    await rig.drained(account_id)
 
 
 def _options_delays(port: int, probes: int) -> list[float | None]:
@@ -734,66 +687,45 @@ async def test_a_stalled_ocs_holds_up_no_sip_worker_while_calls_end_and_gets_eve
     account_id = "storm"
     # Each call holds 0.60 (the plan's longest call, 60 s): enough for all of them.
     await rig.account(account_id, "15.00", max_lines=calls + 1)
-    ocs_url = f"http://127.0.0.1:{rig.http_port}"
     # It fails no request: it holds the stops (relay.stall) until ocs comes back.
-    async with relay_to(ocs_url, stop_failures=0) as (relay, url):
-        switch = Kamailio(
-            port=free_port(UDP),
-            ocs_url=url,
-            token=rig.switch_token,
-            gateway_port=rig.callee.port,
-            workdir=tmp_path / "kamailio",
-            defines={"OCS_RETRY_PAUSE_S": "1"},
+    async with (
+        relay_to(rig.ocs_url, stop_failures=0) as (relay, url),
+        rig.switch(tmp_path, ocs_url=url, defines={"OCS_RETRY_PAUSE_S": "1"}) as switch,
+    ):
+        relay.stall("/stop")
+        began = time.monotonic()
+        views = await call_through(
+            switch,
+            caller=account_id,
+            dialled=FRANCE,
+            calls=calls,
+            hold_ms=1000,
+            recv_timeout_ms=10_000,
         )
-        try:
-            await asyncio.to_thread(switch.wait_ready)
-            relay.stall("/stop")
-            began = time.monotonic()
-            views = await asyncio.to_thread(
-                place_calls,
-                scenario="uac.xml",
-                proxy_port=switch.port,
-                caller=account_id,
-                dialled=FRANCE,
-                workdir=tmp_path / "callers",
-                calls=calls,
-                hold_ms=1000,
-                recv_timeout_ms=10_000,
-            )
-            ended_s = time.monotonic() - began
-            assert Counter(seen.final for seen in views.values()) == {200: calls}, views
-            # Answered, held 1 s, hung up: each BYE's 200 came back at once.
-            assert ended_s < 5, (ended_s, switch.log_tail())
-            assert relay.held >= 1, relay.seen  # ocs is stalled: the stops wait
+        ended_s = time.monotonic() - began
+        assert Counter(seen.final for seen in views.values()) == {200: calls}, views
+        # Answered, held 1 s, hung up: each BYE's 200 came back at once.
+        assert ended_s < 5, (ended_s, switch.log_tail())
+        assert relay.held >= 1, relay.seen  # ocs is stalled: the stops wait
 
-            # Still stalled: OPTIONS and a new call are answered at once.
-            delays = await asyncio.to_thread(_options_delays, switch.port, 10)
-            assert None not in delays and max(d for d in delays if d) < 0.5, delays
-            began = time.monotonic()
-            late = await asyncio.to_thread(
-                place_calls,
-                scenario="uac.xml",
-                proxy_port=switch.port,
-                caller=account_id,
-                dialled=FRANCE,
-                workdir=tmp_path / "callers",
-                hold_ms=500,
-            )
-            assert [seen.final for seen in late.values()] == [200], switch.log_tail()
-            assert time.monotonic() - began < 3, switch.log_tail()
+        # Still stalled: OPTIONS and a new call are answered at once.
+        delays = await asyncio.to_thread(_options_delays, switch.port, 10)
+        assert None not in delays and max(d for d in delays if d) < 0.5, delays
+        began = time.monotonic()
+        late = await call_through(switch, caller=account_id, dialled=FRANCE, hold_ms=500)
+        assert [seen.final for seen in late.values()] == [200], switch.log_tail()
+        assert time.monotonic() - began < 3, switch.log_tail()
 
-            # A round that failed while ocs stalled (two tries timed out)...
-            async def round_failed() -> bool:
-                return "failed (28) after 2 tries" in switch.log_tail(200_000)
+        # A round that failed while ocs stalled (two tries timed out)...
+        async def round_failed() -> bool:
+            return "failed (28) after 2 tries" in switch.log_tail(200_000)
 
-            await eventually(round_failed, within=10, what="a stop's round to fail")
-            # ... is not the end: ocs comes back, and every call gets its stop.
-            relay.resume()
-            cdrs = await rig.wait_cdrs(account_id, calls + 1, within=20)
-            log = switch.log_tail(200_000)
-            assert "given up" not in log, log
-        finally:
-            switch.stop()
+        await eventually(round_failed, within=10, what="a stop's round to fail")
+        # ... is not the end: ocs comes back, and every call gets its stop.
+        relay.resume()
+        cdrs = await rig.wait_cdrs(account_id, calls + 1, within=20)
+        log = switch.log_tail(200_000)
+        assert "given up" not in log, log
     assert {cdr.call_id for cdr in cdrs} == set(views) | set(late)
     for cdr in cdrs:
         # Charged once, what it ran (1 s and a little: 2 s, 3 on a slow machine), by
@@ -811,47 +743,20 @@ async def test_a_stop_refused_4xx_is_not_sent_again(rig: Rig, tmp_path: Path) ->
     grant = 3
     account_id = "stop-refused"
     await rig.account(account_id, "0.03")  # 0.01 a second to France: 3 s
-    ocs_url = f"http://127.0.0.1:{rig.http_port}"
-    async with relay_to(ocs_url, stop_failure=404, stop_failures=1) as (relay, url):
-        switch = Kamailio(
-            port=free_port(UDP),
-            ocs_url=url,
-            token=rig.switch_token,
-            gateway_port=rig.callee.port,
-            workdir=tmp_path / "kamailio",
-        )
-        try:
-            await asyncio.to_thread(switch.wait_ready)
-            views = await asyncio.to_thread(
-                place_calls,
-                scenario="uac.xml",
-                proxy_port=switch.port,
-                caller=account_id,
-                dialled=FRANCE,
-                workdir=tmp_path / "callers",
-                hold_ms=1000,
-            )
-            [(call_id, seen)] = views.items()
-            assert seen.final == 200, switch.log_tail()
-            refused = f"ocs: stop of {call_id} after "
+    async with rig.relayed_call(
+        tmp_path, account_id, stop_failure=404, stop_failures=1, hold_ms=1000
+    ) as (relay, switch, call_id, _):
+        refused = f"ocs: stop of {call_id} after "
 
-            async def logged() -> bool:
-                return refused in switch.log_tail()
+        async def logged() -> bool:
+            return refused in switch.log_tail()
 
-            await eventually(logged, what="the refused stop in Kamailio's log")
-            assert "refused (404), not sent again" in switch.log_tail()
-            # Logged after the last try: there was only the one.
-            assert relay.statuses("/stop") == [404], relay.seen
-            assert f"ocs: stop of {call_id} got " not in switch.log_tail()
-        finally:
-            switch.stop()
-    [cdr] = await rig.wait_cdrs(account_id, 1, within=grant + GRACE + 10)
-    assert (cdr.call_id, cdr.duration, cdr.charged, cdr.cause) == (
-        call_id,
-        grant,
-        30_000,
-        "expired",
-    )
+        await eventually(logged, what="the refused stop in Kamailio's log")
+        assert "refused (404), not sent again" in switch.log_tail()
+        # Logged after the last try: there was only the one.
+        assert relay.statuses("/stop") == [404], relay.seen
+        assert f"ocs: stop of {call_id} got " not in switch.log_tail()
+    await rig.expired_at_grant(account_id, call_id, grant, 30_000)
 
 
 async def test_a_source_added_to_the_trusted_list_is_accepted_after_a_kamcmd_reload(
@@ -861,15 +766,8 @@ async def test_a_source_added_to_the_trusted_list_is_accepted_after_a_kamcmd_rel
     # reloads it through the control socket instead of restarting the switch (which
     # would cut every call in progress).
     await rig.account("new-pbx", "5.00")
-    before = await asyncio.to_thread(
-        place_calls,
-        scenario="uac.xml",
-        proxy_port=rig.kamailio.port,
-        caller="new-pbx",
-        dialled=FRANCE,
-        workdir=rig.workdir / "callers",
-        hold_ms=500,
-        source="127.0.0.4",
+    before = await call_through(
+        rig.kamailio, caller="new-pbx", dialled=FRANCE, hold_ms=500, source="127.0.0.4"
     )
     assert [seen.final for seen in before.values()] == [403], rig.kamailio.log_tail()
 
@@ -879,20 +777,15 @@ async def test_a_source_added_to_the_trusted_list_is_accepted_after_a_kamcmd_rel
     assert reloaded.strip() == "Reload OK", reloaded
     assert "127.0.0.4" in await asyncio.to_thread(rig.kamailio.rpc, "permissions.addressDump")
 
-    after = await asyncio.to_thread(
-        place_calls,
-        scenario="uac.xml",
-        proxy_port=rig.kamailio.port,
+    call_id, _ = await one_call(
+        rig.kamailio,
+        final=200,
         caller="new-pbx",
         dialled=FRANCE,
-        workdir=rig.workdir / "callers",
         hold_ms=500,
         source="127.0.0.4",
     )
-    [(call_id, seen)] = after.items()
-    assert seen.final == 200, rig.kamailio.log_tail()
-    [cdr] = await rig.wait_cdrs("new-pbx", 1)
-    assert cdr.call_id == call_id and cdr.charged == cdr.duration * 10_000 > 0, cdr
+    await rig.charged_per_second("new-pbx", call_id)
 
 
 async def test_a_source_flooding_invites_is_refused_503_past_the_rate_limit(
@@ -907,27 +800,14 @@ async def test_a_source_flooding_invites_is_refused_503_past_the_rate_limit(
     burst = 20
     await rig.account("flooder", "0.00")  # ocs refuses each call it is asked: 402
     await rig.account("calm", "5.00")
-    switch = Kamailio(
-        port=free_port(UDP),
-        ocs_url=f"http://127.0.0.1:{rig.http_port}",
-        token=rig.switch_token,
-        gateway_port=rig.callee.port,
-        workdir=tmp_path / "kamailio",
+    async with rig.switch(
+        tmp_path,
         trusted=("127.0.0.1", "127.0.0.3"),
         defines={"OCS_PIKE_DENSITY": str(density), "OCS_PIKE_UNIT_S": "10"},
-    )
-    try:
-        await asyncio.to_thread(switch.wait_ready)
+    ) as switch:
         asked = await authorizations_asked(rig.http)
-        flood = await asyncio.to_thread(
-            place_calls,
-            scenario="uac.xml",
-            proxy_port=switch.port,
-            caller="flooder",
-            dialled=FRANCE,
-            workdir=tmp_path / "callers",
-            calls=burst,
-            source="127.0.0.3",
+        flood = await call_through(
+            switch, caller="flooder", dialled=FRANCE, calls=burst, source="127.0.0.3"
         )
         finals = Counter(seen.final for seen in flood.values())
         assert set(finals) == {402, 503}, (finals, switch.log_tail())
@@ -937,20 +817,6 @@ async def test_a_source_flooding_invites_is_refused_503_past_the_rate_limit(
         log = switch.log_tail()
         assert "ocs: 127.0.0.3 is over the INVITE rate limit (3 in 10 s)" in log, log
 
-        calm = await asyncio.to_thread(
-            place_calls,
-            scenario="uac.xml",
-            proxy_port=switch.port,
-            caller="calm",
-            dialled=FRANCE,
-            workdir=tmp_path / "callers",
-            hold_ms=500,
-        )
-        [(call_id, seen)] = calm.items()
-        assert seen.final == 200, switch.log_tail()
-        [cdr] = await rig.wait_cdrs("calm", 1)
-        assert cdr.call_id == call_id and cdr.charged == cdr.duration * 10_000 > 0, cdr
-    finally:
-        switch.stop()
-    view = await rig.view("flooder")
-    assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("0.000000", "0.000000", 0)
+        call_id, _ = await one_call(switch, final=200, caller="calm", dialled=FRANCE, hold_ms=500)
+        await rig.charged_per_second("calm", call_id)
+    await rig.untouched("flooder", "0.000000")
