@@ -25,7 +25,7 @@ from ocs.radius.disconnect import DisconnectOutcome, disconnect_call
 from tests.conftest import CutRig, RunningApp, account, add_plan, eventually
 from tests.helpers import radius
 from tests.nas_emulator import NAS_SECRET
-from tests.radclient import radclient
+from tests.radclient import RadiusReply, radclient
 
 FLAT_DECK = """prefix,zone,price_per_minute,connect_fee,first_block,increment
 49,Germany,0.010,0,60,60
@@ -223,8 +223,8 @@ async def test_the_policy_is_set_with_the_plan_policy(app: RunningApp) -> None:
     assert (status, body["error"]["field"]) == (400, "reservation_policy")
 
 
-async def test_a_radius_call_is_cut_when_its_slices_run_out(rig: CutRig) -> None:
-    app = rig.app
+async def add_sliced_plan(app: RunningApp) -> None:
+    """The plan ``sliced``: Germany, calls of 600 s at most, 5 lines, slices of 60 s."""
     await add_plan(
         app.services,
         plan_id="sliced",
@@ -234,17 +234,78 @@ async def test_a_radius_call_is_cut_when_its_slices_run_out(rig: CutRig) -> None
         reservation_policy="slice",
         slice_seconds=60,
     )
-    await app.post("/v1/accounts", {"id": "3100", "plan": "sliced", "balance": "0.03"})
-    session = [("User-Name", "3100"), ("Acct-Session-Id", "SLICE-1")]
+
+
+Attributes = list[tuple[str, str]]
+
+
+async def sliced_account(
+    rig: CutRig, account_id: str, session_id: str
+) -> tuple[Attributes, Attributes]:
+    """``account_id`` opened on the sliced plan with 0.03: its RADIUS session's attributes
+    (``session_id``) and those of an Access-Request of it to Germany."""
+    await rig.app.post("/v1/accounts", {"id": account_id, "plan": "sliced", "balance": "0.03"})
+    session = [("User-Name", account_id), ("Acct-Session-Id", session_id)]
     access = [("NAS-IP-Address", "127.0.0.1"), *session, ("Called-Station-Id", GERMANY)]
+    return session, access
+
+
+async def accepted(rig: CutRig, access: Attributes) -> RadiusReply:
+    """Send the Access-Request; asserts it is accepted. The reply."""
     reply = await radclient("auth", rig.server.auth_port, NAS_SECRET, access)
     assert reply.code == "Access-Accept", reply
-    # The NAS is told what the funds could pay for now (180 s), and to report each slice.
-    assert reply.attributes["Session-Timeout"] == ["180"]
-    assert reply.attributes["Acct-Interim-Interval"] == ["60"]
+    return reply
+
+
+async def started(rig: CutRig, session: Attributes) -> None:
+    """Send the session's Accounting Start; asserts it is answered."""
     assert await radius(rig, "acct", [("Acct-Status-Type", "Start"), *session]) == (
         "Accounting-Response"
     )
+
+
+async def started_sliced_call(rig: CutRig, account_id: str, session_id: str) -> None:
+    """A sliced RADIUS call of ``account_id`` (0.03, one slice 0.01 held), started."""
+    session, access = await sliced_account(rig, account_id, session_id)
+    await accepted(rig, access)
+    await started(rig, session)
+
+
+def past_one_slice(app: RunningApp) -> int:
+    """A moment (Unix seconds) past a call's one slice and its grace, from now."""
+    return int(time.time()) + 60 + app.services.settings.call_expiry_grace + 5
+
+
+async def charged_its_slice(app: RunningApp, account_id: str) -> None:
+    """Asserts the account paid one slice of its 0.03 (0.02 left) and holds nothing."""
+    view = await account(app, account_id)
+    assert (view["balance"], view["reserved"], view["lines_in_use"]) == (
+        "0.020000",
+        "0.000000",
+        0,
+    ), account_id
+
+
+async def disconnect_sent(rig: CutRig, session_id: str) -> None:
+    """Waits for the NAS's one Disconnect-Request; asserts it names ``session_id``."""
+
+    async def cut_sent() -> bool:
+        return len(rig.nas.received) == 1
+
+    await eventually(cut_sent, what="a Disconnect-Request")
+    assert rig.nas.received[0][0] == 40  # Disconnect-Request
+    assert rig.nas.decoded(0)["Acct-Session-Id"] == [session_id]
+
+
+async def test_a_radius_call_is_cut_when_its_slices_run_out(rig: CutRig) -> None:
+    app = rig.app
+    await add_sliced_plan(app)
+    session, access = await sliced_account(rig, "3100", "SLICE-1")
+    reply = await accepted(rig, access)
+    # The NAS is told what the funds could pay for now (180 s), and to report each slice.
+    assert reply.attributes["Session-Timeout"] == ["180"]
+    assert reply.attributes["Acct-Interim-Interval"] == ["60"]
+    await started(rig, session)
     interim = [("Acct-Status-Type", "Interim-Update"), *session]
     assert await radius(rig, "acct", [*interim, ("Acct-Session-Time", "60")]) == (
         "Accounting-Response"
@@ -257,14 +318,7 @@ async def test_a_radius_call_is_cut_when_its_slices_run_out(rig: CutRig) -> None
     assert await radius(rig, "acct", [*interim, ("Acct-Session-Time", "120")]) == (
         "Accounting-Response"
     )
-
-    async def cut_sent() -> bool:
-        return len(rig.nas.received) == 1
-
-    await eventually(cut_sent, what="a Disconnect-Request")
-    request = rig.nas.decoded(0)
-    assert rig.nas.received[0][0] == 40  # Disconnect-Request
-    assert request["Acct-Session-Id"] == ["SLICE-1"]
+    await disconnect_sent(rig, "SLICE-1")
     stop = [("Acct-Status-Type", "Stop"), *session, ("Acct-Session-Time", "121")]
     assert await radius(rig, "acct", stop) == "Accounting-Response"
     view = await account(app, "3100")
@@ -278,18 +332,8 @@ async def test_a_repeated_access_request_of_a_sliced_call_is_answered_as_the_fir
     # the repeat said one slice (60 s) as Session-Timeout and no Acct-Interim-Interval,
     # so the NAS cut the call after a minute.
     app = rig.app
-    await add_plan(
-        app.services,
-        plan_id="sliced",
-        deck=FLAT_DECK,
-        max_call_duration=600,
-        max_lines=5,
-        reservation_policy="slice",
-        slice_seconds=60,
-    )
-    await app.post("/v1/accounts", {"id": "3200", "plan": "sliced", "balance": "0.03"})
-    session = [("User-Name", "3200"), ("Acct-Session-Id", "SLICE-AGAIN")]
-    access = [("NAS-IP-Address", "127.0.0.1"), *session, ("Called-Station-Id", GERMANY)]
+    await add_sliced_plan(app)
+    _, access = await sliced_account(rig, "3200", "SLICE-AGAIN")
     first = await radclient("auth", rig.server.auth_port, NAS_SECRET, access)
     again = await radclient("auth", rig.server.auth_port, NAS_SECRET, access)
     assert (first.code, again.code) == ("Access-Accept", "Access-Accept"), (first, again)
@@ -313,39 +357,19 @@ async def test_a_sliced_radius_call_whose_interims_stop_is_cut_when_it_expires(
     # told, ran the call on to 180 s, and its late Stop was charged only as far as the
     # account could pay. Now the janitor that closes it sends a Disconnect-Request.
     app = rig.app
-    await add_plan(
-        app.services,
-        plan_id="sliced",
-        deck=FLAT_DECK,
-        max_call_duration=600,
-        max_lines=5,
-        reservation_policy="slice",
-        slice_seconds=60,
-    )
-    await app.post("/v1/accounts", {"id": "3300", "plan": "sliced", "balance": "0.03"})
-    session = [("User-Name", "3300"), ("Acct-Session-Id", "SLICE-MUTE")]
-    access = [("NAS-IP-Address", "127.0.0.1"), *session, ("Called-Station-Id", GERMANY)]
-    reply = await radclient("auth", rig.server.auth_port, NAS_SECRET, access)
-    assert reply.code == "Access-Accept", reply
+    await add_sliced_plan(app)
+    session, access = await sliced_account(rig, "3300", "SLICE-MUTE")
+    reply = await accepted(rig, access)
     assert reply.attributes["Session-Timeout"] == ["180"]
-    assert await radius(rig, "acct", [("Acct-Status-Type", "Start"), *session]) == (
-        "Accounting-Response"
-    )
+    await started(rig, session)
     janitor = Janitor(
         app.services.calls, app.services.store, disconnect=janitor_disconnect(app.services)
     )
-    expiry = int(time.time()) + 60 + app.services.settings.call_expiry_grace + 5
+    expiry = past_one_slice(app)
     assert await janitor.sweep(now=expiry) == 1
     # Charged its slice (full_grant), and its NAS told to end it.
-    view = await account(app, "3300")
-    assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("0.020000", "0.000000", 0)
-
-    async def cut_sent() -> bool:
-        return len(rig.nas.received) == 1
-
-    await eventually(cut_sent, what="a Disconnect-Request")
-    assert rig.nas.received[0][0] == 40  # Disconnect-Request
-    assert rig.nas.decoded(0)["Acct-Session-Id"] == ["SLICE-MUTE"]
+    await charged_its_slice(app, "3300")
+    await disconnect_sent(rig, "SLICE-MUTE")
     # The NAS ends the call and reports it: the rest is charged as a late stop.
     stop = [("Acct-Status-Type", "Stop"), *session, ("Acct-Session-Time", "95")]
     assert await radius(rig, "acct", stop) == "Accounting-Response"
@@ -356,33 +380,13 @@ async def test_a_sliced_radius_call_whose_interims_stop_is_cut_when_it_expires(
     assert len(rig.nas.received) == 1
 
 
-async def started_sliced_call(rig: CutRig, account_id: str, session_id: str) -> None:
-    """A sliced RADIUS call of ``account_id`` (0.03, one slice 0.01 held), started."""
-    await rig.app.post("/v1/accounts", {"id": account_id, "plan": "sliced", "balance": "0.03"})
-    session = [("User-Name", account_id), ("Acct-Session-Id", session_id)]
-    access = [("NAS-IP-Address", "127.0.0.1"), *session, ("Called-Station-Id", GERMANY)]
-    reply = await radclient("auth", rig.server.auth_port, NAS_SECRET, access)
-    assert reply.code == "Access-Accept", reply
-    assert await radius(rig, "acct", [("Acct-Status-Type", "Start"), *session]) == (
-        "Accounting-Response"
-    )
-
-
 async def test_a_nas_that_does_not_answer_holds_up_no_sweep(rig: CutRig) -> None:
     # The NAS is down: it takes the Disconnect-Requests and answers none, and each waits
     # out its retries (here 30 s per try). Before, the sweep waited for them: the calls
     # expiring meanwhile stayed open, their funds held, until the NAS's retries ran out.
     app = rig.app
     rig.nas.silent = True
-    await add_plan(
-        app.services,
-        plan_id="sliced",
-        deck=FLAT_DECK,
-        max_call_duration=600,
-        max_lines=5,
-        reservation_policy="slice",
-        slice_seconds=60,
-    )
+    await add_sliced_plan(app)
 
     async def slow_disconnect(record: CallRecord) -> DisconnectOutcome | None:
         return await disconnect_call(rig.server.clients, record, 30.0)
@@ -392,7 +396,7 @@ async def test_a_nas_that_does_not_answer_holds_up_no_sweep(rig: CutRig) -> None
         first = ["3400", "3401", "3402"]
         for account_id in first:
             await started_sliced_call(rig, account_id, f"MUTE-{account_id}")
-        expiry = int(time.time()) + 60 + app.services.settings.call_expiry_grace + 5
+        expiry = past_one_slice(app)
         sweeping = asyncio.create_task(janitor.sweep(now=expiry))
 
         async def swept() -> bool:
@@ -401,13 +405,8 @@ async def test_a_nas_that_does_not_answer_holds_up_no_sweep(rig: CutRig) -> None
         await eventually(swept, what="the sweep to end while its NAS says nothing")
         assert sweeping.result() == 3
         for account_id in first:
-            view = await account(app, account_id)
             # Charged its slice, nothing held any more.
-            assert (view["balance"], view["reserved"], view["lines_in_use"]) == (
-                "0.020000",
-                "0.000000",
-                0,
-            ), account_id
+            await charged_its_slice(app, account_id)
 
         # The NAS was asked to end each of them, and none has answered yet.
         async def all_asked() -> bool:
@@ -421,7 +420,7 @@ async def test_a_nas_that_does_not_answer_holds_up_no_sweep(rig: CutRig) -> None
 
         # A call that expires while they wait is closed by the next sweep all the same.
         await started_sliced_call(rig, "3403", "MUTE-3403")
-        later = int(time.time()) + 60 + app.services.settings.call_expiry_grace + 5
+        later = past_one_slice(app)
         assert await asyncio.wait_for(janitor.sweep(now=later), timeout=10) == 1
         view = await account(app, "3403")
         assert (view["balance"], view["reserved"]) == ("0.020000", "0.000000")
