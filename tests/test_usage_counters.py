@@ -115,35 +115,96 @@ async def cdrs_of(app: RunningApp, account_id: str, count: int) -> dict[str, dic
     return {row["call_id"]: row for row in found}
 
 
+# The counters most tests define: every account's 600 s to Germany, and an optional
+# 600 s to UK mobiles that an account buys.
+DE_600: dict[str, Any] = {"id": "de-600", "seconds": 600, "zones": ["Germany"]}
+UK_OPT: dict[str, Any] = {
+    "id": "uk-opt",
+    "seconds": 600,
+    "zones": ["UK Mobile"],
+    "mandatory": False,
+}
+
+
+async def counter_plan(
+    app: RunningApp, counters: list[dict[str, Any]], accounts: dict[str, str], **plan: Any
+) -> None:
+    """The retail plan (``plan``: add_plan's overrides), its ``counters`` defined over
+    HTTP, then the ``accounts`` (id -> balance) opened on it."""
+    await add_plan(app.services, **plan)
+    for counter in counters:
+        await define_counter(app, **counter)
+    for account_id, amount in accounts.items():
+        await new_account(app, account_id, amount)
+
+
+async def counter_is(
+    app: RunningApp,
+    account_id: str,
+    counter_id: str,
+    *,
+    limit: int,
+    used: int,
+    held: int,
+    left: int,
+) -> None:
+    """Asserts the account's counter, as the API shows it, is as given (seconds)."""
+    shown = (await counters_of(app, account_id))[counter_id]
+    assert shown == {"limit": limit, "used": used, "held": held, "left": left}
+
+
+async def refused_with(
+    app: RunningApp, account_id: str, destination: str, call_id: str, status: int, reason: str
+) -> None:
+    """Asserts the authorization is refused with ``status`` and ``reason``."""
+    answered, refused = await authorize(app, account_id, destination, call_id)
+    assert answered == status, refused
+    assert refused["error"]["reason"] == reason
+
+
+async def released_unstarted(app: RunningApp, account_id: str, call_id: str) -> None:
+    """A call to Germany granted (asserted: the bundle's 600 s held) but never started,
+    which the janitor then releases (asserted: one call closed)."""
+    calls = app.services.calls
+    grant = await calls.authorize(
+        AuthorizeRequest(account_id, GERMANY, call_id=call_id), Origin(wait_for_start=True)
+    )
+    assert grant.counter_seconds == 600
+    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 1
+
+
+async def buy(app: RunningApp, account_id: str, counter_id: str) -> dict[str, Any]:
+    """The account buys the optional counter (201 asserted): the counter."""
+    status, body = await app.post(f"/v1/accounts/{account_id}/counters", {"counter": counter_id})
+    assert status == 201, body
+    return body
+
+
+async def cancel(app: RunningApp, account_id: str, counter_id: str) -> dict[str, Any]:
+    """The account gives the optional counter up (200 asserted): the answer."""
+    response = await app.client.delete(f"/v1/accounts/{account_id}/counters/{counter_id}")
+    assert response.status == 200, await response.text()
+    answer: dict[str, Any] = await response.json()
+    return answer
+
+
 # -- the issue's scenario -----------------------------------------------------------------
 
 
 async def test_600_free_seconds_cover_400_then_200_of_400_and_the_rest_pays_the_zone(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services)
-    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
-    await new_account(app, "c1", "1.00")
+    await counter_plan(app, [DE_600], {"c1": "1.00"})
 
     first = await granted(app, "c1", GERMANY, "c1-1")
     # 600 counter seconds first, then 1.00 at 0.012/min buys 5000 s more.
     assert first["counter_seconds"] == 600
     assert first["max_duration"] == 600 + 5000
-    assert (await counters_of(app, "c1"))["de-600"] == {
-        "limit": 600,
-        "used": 0,
-        "held": 600,
-        "left": 0,
-    }
+    await counter_is(app, "c1", "de-600", limit=600, used=0, held=600, left=0)
     stopped = await stop(app, "c1-1", 400)
     assert stopped["cost"] == "0.000000"
     assert stopped["balance"] == "1.000000"
-    assert (await counters_of(app, "c1"))["de-600"] == {
-        "limit": 600,
-        "used": 400,
-        "held": 0,
-        "left": 200,
-    }
+    await counter_is(app, "c1", "de-600", limit=600, used=400, held=0, left=200)
 
     second = await granted(app, "c1", GERMANY, "c1-2")
     assert second["counter_seconds"] == 200
@@ -153,12 +214,7 @@ async def test_600_free_seconds_cover_400_then_200_of_400_and_the_rest_pays_the_
     assert stopped["cost"] == "0.040000"
     assert stopped["rated_cost"] == "0.040000"
     assert stopped["balance"] == "0.960000"
-    assert (await counters_of(app, "c1"))["de-600"] == {
-        "limit": 600,
-        "used": 600,
-        "held": 0,
-        "left": 0,
-    }
+    await counter_is(app, "c1", "de-600", limit=600, used=600, held=0, left=0)
 
     # Used up, and no reject on threshold: calls go on at the zone's tariff.
     third = await granted(app, "c1", GERMANY, "c1-3")
@@ -205,16 +261,9 @@ async def test_reject_on_threshold_caps_calls_at_the_bundle_and_refuses_the_thir
     assert second["max_duration"] == 200
     assert second["counter_seconds"] == 200
     assert (await stop(app, "r1-2", 200))["cost"] == "0.000000"
-    assert (await counters_of(app, "r1"))["de-rej"] == {
-        "limit": 600,
-        "used": 600,
-        "held": 0,
-        "left": 0,
-    }
+    await counter_is(app, "r1", "de-rej", limit=600, used=600, held=0, left=0)
 
-    status, refused = await authorize(app, "r1", GERMANY, "r1-3")
-    assert status == 403, refused
-    assert refused["error"]["reason"] == "counter_exhausted"
+    await refused_with(app, "r1", GERMANY, "r1-3", 403, "counter_exhausted")
     shown = (await app.get("/v1/accounts/r1"))[1]
     assert shown["balance"] == "1.000000"
     assert shown["reserved"] == "0.000000"
@@ -256,12 +305,7 @@ async def test_carryover_moves_unused_seconds_to_the_next_cycle_and_reset_zeroes
     assert grant["max_duration"] == 800 + 5000
     stopped = await stop(app, "k1-3", 900)
     assert stopped["cost"] == f"0.{100 * PER_SECOND_DE:06d}"
-    assert (await counters_of(app, "k1"))["de-carry"] == {
-        "limit": 800,
-        "used": 800,
-        "held": 0,
-        "left": 0,
-    }
+    await counter_is(app, "k1", "de-carry", limit=800, used=800, held=0, left=0)
 
 
 async def test_carryover_while_a_call_holds_seconds_counts_them_once(app: RunningApp) -> None:
@@ -275,44 +319,24 @@ async def test_carryover_while_a_call_holds_seconds_counts_them_once(app: Runnin
     assert status == 200, report
     # Nothing of the first cycle was used: all 600 carry over. The 600 the live call
     # holds stay held, and count once, when it stops.
-    assert (await counters_of(app, "h1"))["de-carry"] == {
-        "limit": 1200,
-        "used": 0,
-        "held": 600,
-        "left": 600,
-    }
+    await counter_is(app, "h1", "de-carry", limit=1200, used=0, held=600, left=600)
     assert (await stop(app, "h1-live", 300))["cost"] == "0.000000"
     # Two cycles of 600 seconds, 300 used: 900 left.
-    assert (await counters_of(app, "h1"))["de-carry"] == {
-        "limit": 1200,
-        "used": 300,
-        "held": 0,
-        "left": 900,
-    }
+    await counter_is(app, "h1", "de-carry", limit=1200, used=300, held=0, left=900)
 
 
 async def test_a_stop_after_the_janitor_released_a_call_counts_its_counter_seconds(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services)
-    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
-    await new_account(app, "late", "1.00")
+    await counter_plan(app, [DE_600], {"late": "1.00"})
     calls = app.services.calls
-    grant = await calls.authorize(
-        AuthorizeRequest("late", GERMANY, call_id="late-1"), Origin(wait_for_start=True)
-    )
-    assert grant.counter_seconds == 600
     # No Start came in time: the janitor releases the call, and its 600 held seconds.
-    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 1
-    assert (await counters_of(app, "late"))["de-600"] == {
-        "limit": 600, "used": 0, "held": 0, "left": 600,
-    }  # fmt: skip
+    await released_unstarted(app, "late", "late-1")
+    await counter_is(app, "late", "de-600", limit=600, used=0, held=0, left=600)
     # The switch's Stop comes after all: 600 s, all on the counter, nothing to pay.
     charge = await calls.stop("late-1", 600)
     assert (charge.charged, charge.cause, charge.repeated) == (0, "late-stop", False)
-    assert (await counters_of(app, "late"))["de-600"] == {
-        "limit": 600, "used": 600, "held": 0, "left": 0,
-    }  # fmt: skip
+    await counter_is(app, "late", "de-600", limit=600, used=600, held=0, left=0)
     again = await calls.stop("late-1", 600)
     assert again.repeated is True
     assert (await counters_of(app, "late"))["de-600"]["used"] == 600
@@ -324,16 +348,10 @@ async def test_a_stop_after_the_janitor_released_a_call_counts_its_counter_secon
 async def test_a_late_stop_pays_for_the_counter_seconds_another_call_used_meanwhile(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services)
-    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
-    await new_account(app, "gone", "1.00")
+    await counter_plan(app, [DE_600], {"gone": "1.00"})
     calls = app.services.calls
-    grant = await calls.authorize(
-        AuthorizeRequest("gone", GERMANY, call_id="gone-1"), Origin(wait_for_start=True)
-    )
-    assert grant.counter_seconds == 600
     # No Start came in time: the janitor releases the call and its 600 held seconds.
-    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 1
+    await released_unstarted(app, "gone", "gone-1")
     # Another call takes 400 of them, free.
     assert (await granted(app, "gone", GERMANY, "gone-2"))["counter_seconds"] == 600
     assert (await stop(app, "gone-2", 400))["cost"] == "0.000000"
@@ -342,9 +360,7 @@ async def test_a_late_stop_pays_for_the_counter_seconds_another_call_used_meanwh
     charge = await calls.stop("gone-1", 600)
     assert (charge.charged, charge.cause) == (400 * PER_SECOND_DE, "late-stop")
     assert await balance_of(app, "gone") == "0.920000"
-    assert (await counters_of(app, "gone"))["de-600"] == {
-        "limit": 600, "used": 600, "held": 0, "left": 0,
-    }  # fmt: skip
+    await counter_is(app, "gone", "de-600", limit=600, used=600, held=0, left=0)
     again = await calls.stop("gone-1", 600)
     assert (again.repeated, again.charged) == (True, 400 * PER_SECOND_DE)
     assert await balance_of(app, "gone") == "0.920000"
@@ -353,10 +369,7 @@ async def test_a_late_stop_pays_for_the_counter_seconds_another_call_used_meanwh
 async def test_reset_of_one_account_leaves_the_others_and_keeps_seconds_live_calls_hold(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services, max_lines=2)
-    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
-    await new_account(app, "s1", "1.00")
-    await new_account(app, "s2", "1.00")
+    await counter_plan(app, [DE_600], {"s1": "1.00", "s2": "1.00"}, max_lines=2)
     for account in ("s1", "s2"):
         await granted(app, account, GERMANY, f"{account}-1")
         await stop(app, f"{account}-1", 250)
@@ -368,21 +381,11 @@ async def test_reset_of_one_account_leaves_the_others_and_keeps_seconds_live_cal
     assert list(report.pop("cycles")) == ["retail"]
     assert report == {"accounts": 1, "counters": 1, "fees": 0}
     # A new cycle: used back to 0; the live call's seconds stay held.
-    assert (await counters_of(app, "s1"))["de-600"] == {
-        "limit": 600,
-        "used": 0,
-        "held": 350,
-        "left": 250,
-    }
+    await counter_is(app, "s1", "de-600", limit=600, used=0, held=350, left=250)
     assert (await counters_of(app, "s2"))["de-600"]["used"] == 250
     # The live call counts what it used against the new cycle.
     assert (await stop(app, "s1-live", 100))["cost"] == "0.000000"
-    assert (await counters_of(app, "s1"))["de-600"] == {
-        "limit": 600,
-        "used": 100,
-        "held": 0,
-        "left": 500,
-    }
+    await counter_is(app, "s1", "de-600", limit=600, used=100, held=0, left=500)
 
 
 # -- authorize: counter seconds first, then funds --------------------------------------------
@@ -391,10 +394,7 @@ async def test_reset_of_one_account_leaves_the_others_and_keeps_seconds_live_cal
 async def test_max_duration_counts_counter_seconds_first_even_at_zero_balance(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services)
-    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
-    await new_account(app, "z0", "0")
-    await new_account(app, "z12", "0.12")
+    await counter_plan(app, [DE_600], {"z0": "0", "z12": "0.12"})
 
     # No funds: the bundle alone lets the call through, for exactly its seconds.
     grant = await granted(app, "z0", GERMANY, "z0-1")
@@ -405,13 +405,9 @@ async def test_max_duration_counts_counter_seconds_first_even_at_zero_balance(
     assert stopped["cost"] == "0.000000"
     assert stopped["balance"] == "0.000000"
     # A zone without a counter still needs money.
-    status, refused = await authorize(app, "z0", UK_FIXED, "z0-2")
-    assert status == 402, refused
-    assert refused["error"]["reason"] == "zero_balance"
+    await refused_with(app, "z0", UK_FIXED, "z0-2", 402, "zero_balance")
     # Bundle used up and no funds: refused like any zero balance.
-    status, refused = await authorize(app, "z0", GERMANY, "z0-3")
-    assert status == 402, refused
-    assert refused["error"]["reason"] == "zero_balance"
+    await refused_with(app, "z0", GERMANY, "z0-3", 402, "zero_balance")
 
     # 0.12 buys 600 s at 200 micro-units a second: 600 + 600.
     grant = await granted(app, "z12", GERMANY, "z12-1")
@@ -440,19 +436,12 @@ async def test_concurrent_calls_never_share_the_same_counter_seconds(app: Runnin
     charged = sum(int(s["cost"].replace(".", "")) for s in stops)
     # 8 calls of 300 s, of which 1000 s were free.
     assert charged == (8 * 300 - 1000) * PER_SECOND_DE
-    assert (await counters_of(app, "cc"))["de-1000"] == {
-        "limit": 1000,
-        "used": 1000,
-        "held": 0,
-        "left": 0,
-    }
+    await counter_is(app, "cc", "de-1000", limit=1000, used=1000, held=0, left=0)
     assert await balance_of(app, "cc") == "9.720000"
 
 
 async def test_concurrent_zero_balance_calls_get_the_bundle_once(app: RunningApp) -> None:
-    await add_plan(app.services, max_lines=10)
-    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
-    await new_account(app, "zc", "0")
+    await counter_plan(app, [DE_600], {"zc": "0"}, max_lines=10)
     results = await asyncio.gather(*(authorize(app, "zc", GERMANY, f"zc-{n}") for n in range(10)))
     accepted = [grant for status, grant in results if status == 201]
     assert len(accepted) == 1, results
@@ -468,17 +457,14 @@ async def test_concurrent_zero_balance_calls_get_the_bundle_once(app: RunningApp
 async def test_an_optional_counter_applies_only_once_bought_and_stops_after_cancel(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services)
-    await define_counter(app, id="uk-opt", seconds=600, zones=["UK Mobile"], mandatory=False)
-    await new_account(app, "o1", "1.00")
+    await counter_plan(app, [UK_OPT], {"o1": "1.00"})
 
     before = await granted(app, "o1", UK_MOBILE, "o1-1")
     assert before["counter_seconds"] == 0
     assert (await stop(app, "o1-1", 45))["cost"] == "0.198000"
     assert await counters_of(app, "o1") == {}
 
-    status, bought = await app.post("/v1/accounts/o1/counters", {"counter": "uk-opt"})
-    assert status == 201, bought
+    bought = await buy(app, "o1", "uk-opt")
     assert bought["id"] == "uk-opt" and bought["mandatory"] is False
     assert await counters_of(app, "o1") == {
         "uk-opt": {"limit": 600, "used": 0, "held": 0, "left": 600}
@@ -488,9 +474,8 @@ async def test_an_optional_counter_applies_only_once_bought_and_stops_after_canc
     assert (await stop(app, "o1-2", 45))["cost"] == "0.000000"
     assert (await counters_of(app, "o1"))["uk-opt"]["used"] == 45
 
-    response = await app.client.delete("/v1/accounts/o1/counters/uk-opt")
-    assert response.status == 200, await response.text()
-    assert (await response.json())["cancelled"] is True
+    cancelled = await cancel(app, "o1", "uk-opt")
+    assert cancelled["cancelled"] is True
     assert await counters_of(app, "o1") == {}
     after = await granted(app, "o1", UK_MOBILE, "o1-3")
     assert after["counter_seconds"] == 0
@@ -519,17 +504,12 @@ async def test_buying_a_counter_checks_it_exists_and_belongs_to_the_plan(
 async def test_cancelling_an_optional_counter_does_not_renew_the_other_counters(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services)
-    await define_counter(app, id="de-600", seconds=600, zones=["Germany"])
-    await define_counter(app, id="uk-opt", seconds=600, zones=["UK Mobile"], mandatory=False)
-    await new_account(app, "x1", "1.00")
+    await counter_plan(app, [DE_600, UK_OPT], {"x1": "1.00"})
     await granted(app, "x1", GERMANY, "x1-1")
     await stop(app, "x1-1", 400)
-    status, body = await app.post("/v1/accounts/x1/counters", {"counter": "uk-opt"})
-    assert status == 201, body
+    await buy(app, "x1", "uk-opt")
 
-    response = await app.client.delete("/v1/accounts/x1/counters/uk-opt")
-    assert response.status == 200, await response.text()
+    await cancel(app, "x1", "uk-opt")
     # Giving up one counter is no new cycle for the account's mandatory counter.
     assert await counters_of(app, "x1") == {
         "de-600": {"limit": 600, "used": 400, "held": 0, "left": 200}
@@ -539,16 +519,12 @@ async def test_cancelling_an_optional_counter_does_not_renew_the_other_counters(
 async def test_a_counter_cancelled_during_a_call_does_not_apply_after_it(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services)
-    await define_counter(app, id="uk-opt", seconds=600, zones=["UK Mobile"], mandatory=False)
-    await new_account(app, "y1", "1.00")
-    status, body = await app.post("/v1/accounts/y1/counters", {"counter": "uk-opt"})
-    assert status == 201, body
+    await counter_plan(app, [UK_OPT], {"y1": "1.00"})
+    await buy(app, "y1", "uk-opt")
     live = await granted(app, "y1", UK_MOBILE, "y1-1")
     assert live["counter_seconds"] == 600
 
-    response = await app.client.delete("/v1/accounts/y1/counters/uk-opt")
-    assert response.status == 200, await response.text()
+    await cancel(app, "y1", "uk-opt")
     # The call authorized under the counter ends at its authorized terms.
     assert (await stop(app, "y1-1", 45))["cost"] == "0.000000"
 
@@ -561,20 +537,15 @@ async def test_a_counter_cancelled_during_a_call_does_not_apply_after_it(
 async def test_a_counter_bought_again_while_a_call_holds_it_starts_a_fresh_cycle(
     app: RunningApp,
 ) -> None:
-    await add_plan(app.services, max_lines=2)
-    await define_counter(app, id="uk-opt", seconds=600, zones=["UK Mobile"], mandatory=False)
-    await new_account(app, "z1", "1.00")
-    status, body = await app.post("/v1/accounts/z1/counters", {"counter": "uk-opt"})
-    assert status == 201, body
+    await counter_plan(app, [UK_OPT], {"z1": "1.00"}, max_lines=2)
+    await buy(app, "z1", "uk-opt")
     await granted(app, "z1", UK_MOBILE, "z1-1")
     await stop(app, "z1-1", 550)
     live = await granted(app, "z1", UK_MOBILE, "z1-2")
     assert live["counter_seconds"] == 50
-    response = await app.client.delete("/v1/accounts/z1/counters/uk-opt")
-    assert response.status == 200, await response.text()
+    await cancel(app, "z1", "uk-opt")
 
-    status, body = await app.post("/v1/accounts/z1/counters", {"counter": "uk-opt"})
-    assert status == 201, body
+    await buy(app, "z1", "uk-opt")
     # Taken again, it is a new cycle of 600, not the old one's 50 left; the live call
     # keeps its 50 held and counts its use against the new cycle.
     assert await counters_of(app, "z1") == {
@@ -585,8 +556,7 @@ async def test_a_counter_bought_again_while_a_call_holds_it_starts_a_fresh_cycle
         "uk-opt": {"limit": 600, "used": 30, "held": 0, "left": 570}
     }
     # Bought while it is held already: nothing changes.
-    status, body = await app.post("/v1/accounts/z1/counters", {"counter": "uk-opt"})
-    assert status == 201, body
+    await buy(app, "z1", "uk-opt")
     assert (await counters_of(app, "z1"))["uk-opt"]["used"] == 30
 
 
@@ -606,20 +576,18 @@ async def test_an_optional_counter_not_bought_does_not_hide_a_mandatory_one(
 
 # -- the rating function with a counter --------------------------------------------------------
 
+# A zone's rate: these fields alone, or with a tier and a max cost too.
+_rate_fields: dict[str, st.SearchStrategy[int]] = {
+    "connect_fee": st.integers(0, 500_000),
+    "first_block": st.integers(0, 90),
+    "increment": st.integers(1, 90),
+    "price_per_minute": st.integers(0, 2_000_000),
+}
 _rates = st.one_of(
+    st.builds(Rate, **_rate_fields),
     st.builds(
         Rate,
-        connect_fee=st.integers(0, 500_000),
-        first_block=st.integers(0, 90),
-        increment=st.integers(1, 90),
-        price_per_minute=st.integers(0, 2_000_000),
-    ),
-    st.builds(
-        Rate,
-        connect_fee=st.integers(0, 500_000),
-        first_block=st.integers(0, 90),
-        increment=st.integers(1, 90),
-        price_per_minute=st.integers(0, 2_000_000),
+        **_rate_fields,
         tiers=st.tuples(
             st.builds(
                 Tier,
