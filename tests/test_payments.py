@@ -17,7 +17,7 @@ import pytest
 from ocs import api_tokens
 from ocs.balances import keys
 from ocs.balances.accounts import AccountSpec
-from ocs.billing import payments, posting
+from ocs.billing import dunning, dunning_store, payments, posting
 from ocs.billing.payments import NewPayment
 from ocs.billing.store import Subscription, add_charge, subscribe
 from ocs.billing.void import void
@@ -25,7 +25,15 @@ from ocs.billing.worker import BillingWorker, WorkerSettings
 from ocs.charging.values import AuthorizeRequest
 from ocs.errors import OcsError, Reason
 from ocs.services import Services
-from tests.billing_helpers import EUR, billed_plan, invoice_id, ledger_written, monthly, run
+from tests.billing_helpers import (
+    EUR,
+    billed_plan,
+    invoice_id,
+    ledger_written,
+    monthly,
+    post_on_time,
+    run,
+)
 from tests.conftest import RunningApp, bearer
 from tests.helpers import ocs_cli
 
@@ -33,9 +41,12 @@ from tests.helpers import ocs_cli
 MID_MARCH = datetime(2026, 3, 15, 12, tzinfo=UTC)
 
 
-async def postpaid_with_two_invoices(services: Services, account: str = "pp") -> tuple[int, int]:
+async def postpaid_with_two_invoices(
+    services: Services, account: str = "pp", *, on_time: bool = False
+) -> tuple[int, int]:
     """A postpaid account (credit limit 100.00) billed 10.00 rent for January and
-    February, both posted: (January's invoice id, February's)."""
+    February, both posted (``on_time``: each on its date, 1 April, so that dunning
+    finds them overdue today): (January's invoice id, February's)."""
     await billed_plan(services)
     await monthly(services, "rent", 10 * EUR)
     await services.accounts.create(AccountSpec(account, plan_id="retail", credit_limit=100 * EUR))
@@ -43,7 +54,10 @@ async def postpaid_with_two_invoices(services: Services, account: str = "pp") ->
     await add_charge(services.pool, sub, "rent")
     for period in ("2026-01", "2026-02"):
         run_id = await run(services, period)
-        await posting.post(services.pool, services.store, run_id=run_id)
+        if on_time:
+            await post_on_time(services, run_id)
+        else:
+            await posting.post(services.pool, services.store, run_id=run_id)
     return await invoice_id(services, account, "2026-01"), await invoice_id(
         services, account, "2026-02"
     )
@@ -280,6 +294,83 @@ async def test_a_voided_invoice_gives_its_payment_back_as_credit(services: Servi
     )
     assert refunded.refund.amount == 10 * EUR
     assert await balance(services, "pp") == 0
+
+
+async def test_a_void_pays_the_accounts_next_invoice_with_what_its_payment_paid(
+    services: Services,
+) -> None:
+    # January paid by P1, February unpaid, dunning on (no notice, no grace): February is
+    # overdue and the account suspended for it. Voiding January gave P1's 10.00 back to
+    # the balance (0.00: nothing owed) but left it as P1's credit, refundable by no one
+    # (402, the balance holds nothing), while February still asked 10.00 and kept the
+    # account suspended, and dunned, for money it did not owe.
+    january, february = await postpaid_with_two_invoices(services, on_time=True)
+    await dunning_store.set_plan_settings(services.pool, "retail", 0, 1, grace_days=0)
+    p1 = await payments.record_payment(services.pool, services.store, manual("pp", 10 * EUR, "P1"))
+    assert await paid(services, january, february) == [(10 * EUR, True), (0, False)]
+    suspended = await dunning.run_dunning(
+        services.pool, services.store, services.settings, datetime.now(UTC)
+    )
+    assert suspended.suspended == ["pp"]  # February's 10.00 is owed: rightly
+
+    await void(services.pool, services.store, january)
+
+    assert await paid(services, january, february) == [(0, False), (10 * EUR, True)]
+    found = await payments.get_payment(services.pool, p1.payment.id)
+    assert [(a.invoice_id, a.amount) for a in found.allocations] == [
+        (january, 0),
+        (february, 10 * EUR),
+    ]
+    assert (found.allocated, found.credit) == (10 * EUR, 0)
+    assert await balance(services, "pp") == 0  # -20.00 + 10.00 paid + 10.00 credit note
+    async with services.pool.acquire() as conn:
+        assert await payments.open_amount(conn, "pp") == 0
+        assert await payments.settled(conn, ["pp"]) == ("pp",)
+        status = await conn.fetchval("SELECT status FROM accounts WHERE id = 'pp'")
+    assert status == "active"  # reactivated by the void, not by a later dunning run
+    live = await services.store.get_account("pp")
+    assert live is not None and live.status == "active"
+    later = await dunning.run_dunning(
+        services.pool, services.store, services.settings, datetime.now(UTC)
+    )
+    assert (later.steps, later.suspended) == ([], [])
+    # Voided again: refused, nothing paid twice.
+    with pytest.raises(OcsError, match="only a posted invoice"):
+        await void(services.pool, services.store, january)
+    assert await paid(services, january, february) == [(0, False), (10 * EUR, True)]
+    assert (await payments.get_payment(services.pool, p1.payment.id)).credit == 0
+
+
+async def test_what_a_void_frees_beyond_the_open_invoices_stays_refundable_credit(
+    services: Services,
+) -> None:
+    # January paid by P1 (10.00), February 4.00 of 10.00 by P2. Voiding January frees
+    # P1's 10.00: 6.00 pays the rest of February, 4.00 stays P1's credit, on the balance,
+    # and can be refunded; not a cent more.
+    january, february = await postpaid_with_two_invoices(services)
+    p1 = await payments.record_payment(services.pool, services.store, manual("pp", 10 * EUR, "P1"))
+    p2 = await payments.record_payment(services.pool, services.store, manual("pp", 4 * EUR, "P2"))
+
+    await void(services.pool, services.store, january)
+
+    assert await paid(services, january, february) == [(0, False), (10 * EUR, True)]
+    first = await payments.get_payment(services.pool, p1.payment.id)
+    second = await payments.get_payment(services.pool, p2.payment.id)
+    assert [(a.invoice_id, a.amount) for a in first.allocations] == [
+        (january, 0),
+        (february, 6 * EUR),
+    ]
+    assert (first.allocated, first.credit) == (6 * EUR, 4 * EUR)
+    assert (second.allocated, second.credit) == (4 * EUR, 0)
+    assert await balance(services, "pp") == 4 * EUR  # -20.00 + 14.00 + 10.00 back
+    with pytest.raises(OcsError) as too_much:
+        await payments.refund_payment(services.pool, services.store, p1.payment.id, 5 * EUR)
+    assert too_much.value.field == "amount"
+    refunded = await payments.refund_payment(
+        services.pool, services.store, p1.payment.id, 4 * EUR, "P1-back"
+    )
+    assert (refunded.balance, refunded.payment.credit) == (0, 0)
+    assert await paid(services, january, february) == [(0, False), (10 * EUR, True)]
 
 
 async def test_credit_spent_on_calls_cannot_be_refunded(services: Services) -> None:

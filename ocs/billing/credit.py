@@ -1,4 +1,9 @@
-"""Payments' credit paid to invoices posted after the payment (decision 0027).
+"""How payments pay invoices: allocation, oldest first, and credit paid to invoices
+posted after the payment (decision 0027).
+
+``allocate`` pays an account's open invoices from a payment, oldest first: a new
+payment's amount, or what a void gave back to the payments that had paid the void
+invoice. ``record_allocations`` writes what any of these paid.
 
 A payment pays the account's open invoices when it is recorded (``payments``);
 what no open invoice asked stays on the payment as credit. An invoice asks what
@@ -84,6 +89,48 @@ async def record_allocations(
         payment_ids,
         amounts,
     )
+
+
+# The account's ($1) open invoices in the currency ($2), locked in the order they are
+# paid: the one the payment names ($3: its number) first, then oldest first (period
+# start, then id). Every writer of an account's invoices that locks several locks them
+# in this order (a void, a gateway refund reopening them), so that none waits for
+# another in a circle; concurrent payments queue here, and each sees what the one
+# before it paid.
+_ALLOCATE_SQL = f"""
+SELECT id, {asks_sql()} AS asks, amount_paid FROM invoices
+WHERE account_id = $1 AND currency = $2 AND state = 'posted' AND kind = 'invoice'
+  AND amount_paid < {asks_sql()}
+ORDER BY (number IS NOT DISTINCT FROM $3) DESC, period_start, id
+FOR UPDATE
+"""
+
+
+async def allocate(
+    conn: asyncpg.Connection,
+    payment_id: int,
+    account_id: str,
+    currency: str,
+    amount: int,
+    first_invoice: str | None = None,
+) -> int:
+    """Pay the account's open invoices from ``amount`` of the payment, oldest first
+    (``first_invoice`` before them); what was allocated. Runs in the caller's
+    transaction: a new payment's, or a void's, which gives what the payments paid of
+    the void invoice to the account's other open invoices (decision 0027)."""
+    left = amount
+    ids: list[int] = []
+    takes: list[int] = []
+    for invoice in await conn.fetch(_ALLOCATE_SQL, account_id, currency, first_invoice):
+        if left == 0:
+            break
+        take = min(left, invoice["asks"] - invoice["amount_paid"])
+        ids.append(invoice["id"])
+        takes.append(take)
+        left -= take
+    if ids:
+        await record_allocations(conn, [payment_id] * len(ids), ids, takes)
+    return amount - left
 
 
 async def apply_credit(conn: asyncpg.Connection, invoice_ids: list[int]) -> int:

@@ -55,7 +55,7 @@ from ocs import metrics
 from ocs.balances.store import FEE_DEDUPE_TTL, BalanceStore, TopupResult
 from ocs.billing import dunning
 from ocs.billing.bank_files import BankEntry, BankFile, BankProblem
-from ocs.billing.credit import pay_open_invoices, record_allocations
+from ocs.billing.credit import allocate, pay_open_invoices
 from ocs.billing.gateway import GatewayEvent
 from ocs.billing.owed import asks_sql
 from ocs.errors import OcsError, Reason, invalid
@@ -330,42 +330,6 @@ async def open_amount(conn: asyncpg.Connection, account_id: str) -> int:
 # --- storing -----------------------------------------------------------------------------
 
 
-async def _allocate(
-    conn: asyncpg.Connection,
-    payment_id: int,
-    account_id: str,
-    currency: str,
-    amount: int,
-    first_invoice: str | None,
-) -> int:
-    """Pay the account's open invoices from ``amount``, oldest first (``first_invoice``
-    before them); what was allocated. Runs in the payment's transaction."""
-    # The rows are locked in one order: concurrent payments of an account queue here,
-    # and each sees what the one before it paid.
-    invoices = await conn.fetch(
-        f"SELECT id, {ASKS_SQL} AS asks, amount_paid FROM invoices"
-        " WHERE account_id = $1 AND currency = $2 AND state = 'posted' AND kind = 'invoice'"
-        f"   AND amount_paid < {ASKS_SQL}"
-        " ORDER BY (number IS NOT DISTINCT FROM $3) DESC, period_start, id FOR UPDATE",
-        account_id,
-        currency,
-        first_invoice,
-    )
-    left = amount
-    ids: list[int] = []
-    takes: list[int] = []
-    for invoice in invoices:
-        if left == 0:
-            break
-        take = min(left, invoice["asks"] - invoice["amount_paid"])
-        ids.append(invoice["id"])
-        takes.append(take)
-        left -= take
-    if ids:
-        await record_allocations(conn, [payment_id] * len(ids), ids, takes)
-    return amount - left
-
-
 async def _insert_payment(conn: asyncpg.Connection, new: NewPayment) -> tuple[int, bool]:
     """Store a payment, allocate it and emit its event, in the caller's transaction:
     (payment id, whether it is new). A known (source, external id) moves nothing; one
@@ -407,7 +371,7 @@ async def _insert_payment(conn: asyncpg.Connection, new: NewPayment) -> tuple[in
                 f" {format_amount(known['amount'])} to account {known['account_id']!r}",
             )
         return int(known["id"]), False
-    allocated = await _allocate(
+    allocated = await allocate(
         conn, payment_id, new.account_id, currency, new.amount, new.invoice_number
     )
     await emit(
@@ -558,15 +522,18 @@ async def _moved(move: Awaitable[object]) -> bool | None:
 
 async def _reopen(conn: asyncpg.Connection, payment_id: int, amount: int) -> None:
     """Take ``amount`` back from the payment's invoices, newest first."""
+    # Locked oldest first, the order a payment or a void locks an account's invoices in
+    # (``credit.allocate``): locked newest first, a refund and a payment of the same
+    # invoices could each hold one the other waits for.
     rows = await conn.fetch(
         "SELECT a.invoice_id, a.amount FROM payment_allocations a"
         " JOIN invoices i ON i.id = a.invoice_id"
         " WHERE a.payment_id = $1 AND a.amount > 0"
-        " ORDER BY i.period_start DESC, i.id DESC FOR UPDATE OF i, a",
+        " ORDER BY i.period_start, i.id FOR UPDATE OF i, a",
         payment_id,
     )
     left = amount
-    for row in rows:
+    for row in reversed(rows):
         if left == 0:
             break
         take = min(left, row["amount"])

@@ -7,7 +7,11 @@ in one transaction: the invoice is locked, a credit note is written with one
 reverses), numbered from the credit-note sequence (``CN-2026-000001``) and posted, and
 the invoice becomes ``void``. Last, the credit note's money moves like any posted
 invoice's, keyed by its own lines: a positive charge comes back as a credit. What
-payments paid of the invoice becomes their credit again (refundable, like any credit).
+payments paid of the invoice is theirs again, and pays the account's other open
+invoices, oldest first, in the void's transaction, as a new payment would
+(``credit.allocate``); what no invoice asks stays on the payments as credit
+(refundable, like any credit). Dunning then reactivates an account it suspended that
+now owes nothing overdue.
 
 Lines that moved no money (usage, usage events, counter fees and counter usage: the
 real-time path debited them when they happened) are not reversed: voiding an invoice
@@ -15,18 +19,39 @@ gives back what its posting took, not the calls, so the credit note's total is e
 the money it returns to the balance (decision 0020).
 """
 
+import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
 from ocs.balances.store import BalanceStore
+from ocs.billing import dunning
+from ocs.billing.credit import allocate
+from ocs.billing.owed import asks_sql
 from ocs.billing.posting import assign_numbers, move_money
 from ocs.errors import OcsError, Reason
 
+log = logging.getLogger("ocs.billing.void")
+
 CREDIT_NOTE_ISSUER = "CN"
 
+# The invoice ($1) and its account's open invoices, locked oldest first, the order a
+# payment locks them in (``credit.allocate``): the void pays those from what it frees,
+# and a payment paying them at the same time waits for the void, or the void for it,
+# never each for the other.
+_LOCK_SQL = f"""
+SELECT i.id FROM invoices i JOIN invoices v ON v.account_id = i.account_id
+WHERE v.id = $1
+  AND (i.id = $1 OR (i.state = 'posted' AND i.kind = 'invoice'
+                     AND i.amount_paid < {asks_sql("i")}))
+ORDER BY i.period_start, i.id
+FOR UPDATE OF i
+"""
+
 # The allocations of the invoice ($1) set to nothing, and their payments' ``allocated``
-# lowered by them (locked: a refund or an allocation of the payment waits).
+# lowered by them (locked: a refund or an allocation of the payment waits); what each
+# payment got back, to pay the account's other open invoices.
 _RELEASE_PAYMENTS_SQL = """
 WITH freed AS (
   SELECT payment_id, amount FROM payment_allocations
@@ -36,6 +61,7 @@ WITH freed AS (
   WHERE a.payment_id = f.payment_id AND a.invoice_id = $1
 )
 UPDATE payments p SET allocated = p.allocated - f.amount FROM freed f WHERE p.id = f.payment_id
+RETURNING p.id AS payment_id, p.currency, f.amount
 """
 
 
@@ -74,12 +100,46 @@ class Voided:
     total: int
 
 
+async def _pay_other_invoices(
+    conn: asyncpg.Connection, invoice_id: int, account_id: str, freed: list[asyncpg.Record]
+) -> int:
+    """Pay the account's open invoices, oldest first, from what the void gave back to
+    each payment (oldest payment first); what was paid. In the void's transaction.
+
+    The money is the payments': the credit note returns it to the balance, where the
+    account's other debt takes it, so an invoice left asking for it would be dunned for
+    money the account does not owe. Not ``credit.apply_credit``: its statement-window
+    filter keeps a payment a later statement counted from paying that invoice again,
+    but what paid the void invoice was counted by no later invoice as its payment."""
+    paid = 0
+    for row in sorted(freed, key=lambda r: int(r["payment_id"])):
+        paid += await allocate(
+            conn, int(row["payment_id"]), account_id, row["currency"].strip(), int(row["amount"])
+        )
+    if freed:
+        log.info(
+            "void invoice's payments given back and paid to open invoices",
+            extra={
+                "invoice_id": invoice_id,
+                "account_id": account_id,
+                "payments": sorted(int(r["payment_id"]) for r in freed),
+                "freed": sum(int(r["amount"]) for r in freed),
+                "paid": paid,
+            },
+        )
+    return paid
+
+
 async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Voided:
-    """Void a posted invoice with a credit note; refused for a draft, a void or a credit note."""
+    """Void a posted invoice with a credit note; refused for a draft, a void or a credit note.
+
+    What payments paid of it pays the account's other open invoices, oldest first; the
+    rest is their credit."""
     await move_money(pool, store, [invoice_id])
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_LOCK_SQL, invoice_id)
         row = await conn.fetchrow(
-            "SELECT kind, state FROM invoices WHERE id = $1 FOR UPDATE", invoice_id
+            "SELECT kind, state, account_id FROM invoices WHERE id = $1 FOR UPDATE", invoice_id
         )
         if row is None:
             raise OcsError(Reason.NOT_FOUND, f"no invoice {invoice_id}")
@@ -89,33 +149,45 @@ async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Void
                 f"invoice {invoice_id} is a {row['state']} {row['kind']}: only a posted"
                 " invoice can be voided",
             )
+        account_id = str(row["account_id"])
         note_id = int(await conn.fetchval(_CREDIT_NOTE_SQL, invoice_id, CREDIT_NOTE_ISSUER))
-        await conn.execute(
-            "INSERT INTO invoice_lines (invoice_id, position, kind, description, period_start,"
-            " period_end, quantity, amount, exact_amount, moves_money, charge_id, item_id,"
-            " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number,"
-            " counter_id, bundle_seconds, paid_seconds, billed_quantity, source_entry,"
-            " reverses_line, tax_code, basis, rate, rate_type, subscription_id,"
-            " account_number_id)"
-            " SELECT $2, position, 'reversal', 'Reversal: ' || description, period_start,"
-            " period_end, quantity, -amount, -exact_amount, moves_money, charge_id, item_id,"
-            " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number,"
-            " counter_id, bundle_seconds, paid_seconds, billed_quantity, source_entry, id,"
-            " tax_code, -basis, rate, rate_type, subscription_id, account_number_id"
-            " FROM invoice_lines WHERE invoice_id = $1 AND moves_money",
-            invoice_id,
-            note_id,
-        )
+        await _reverse_lines(conn, invoice_id, note_id)
         numbers = await assign_numbers(conn, [note_id])
         # What payments paid of it is theirs again: the credit note gives the money back
         # to the balance, and a payment left allocated to a void invoice could be neither
         # refunded nor counted as credit.
-        await conn.execute(_RELEASE_PAYMENTS_SQL, invoice_id)
+        freed = await conn.fetch(_RELEASE_PAYMENTS_SQL, invoice_id)
         await conn.execute(
             "UPDATE invoices SET state = 'void', voided_at = now(), amount_paid = 0,"
             " paid_at = NULL WHERE id = $1",
             invoice_id,
         )
+        # Void first: it asks nothing now, and is not paid again.
+        paid = await _pay_other_invoices(conn, invoice_id, account_id, list(freed))
         total = int(await conn.fetchval("SELECT total FROM invoices WHERE id = $1", note_id))
     await move_money(pool, store, [note_id])
+    if paid:
+        # Invoices the freed money paid are not dunned any more; an account dunning
+        # suspended for them is active again, as after a payment.
+        await dunning.reactivate_paid(pool, store, [account_id], datetime.now(UTC))
     return Voided(note_id, numbers[note_id], total)
+
+
+async def _reverse_lines(conn: asyncpg.Connection, invoice_id: int, note_id: int) -> None:
+    """The credit note's lines: one reversal of each line of the invoice whose money moved."""
+    await conn.execute(
+        "INSERT INTO invoice_lines (invoice_id, position, kind, description, period_start,"
+        " period_end, quantity, amount, exact_amount, moves_money, charge_id, item_id,"
+        " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number,"
+        " counter_id, bundle_seconds, paid_seconds, billed_quantity, source_entry,"
+        " reverses_line, tax_code, basis, rate, rate_type, subscription_id,"
+        " account_number_id)"
+        " SELECT $2, position, 'reversal', 'Reversal: ' || description, period_start,"
+        " period_end, quantity, -amount, -exact_amount, moves_money, charge_id, item_id,"
+        " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number,"
+        " counter_id, bundle_seconds, paid_seconds, billed_quantity, source_entry, id,"
+        " tax_code, -basis, rate, rate_type, subscription_id, account_number_id"
+        " FROM invoice_lines WHERE invoice_id = $1 AND moves_money",
+        invoice_id,
+        note_id,
+    )
