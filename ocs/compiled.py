@@ -9,11 +9,18 @@ and store the same bytes in Redis.
 An extension built from a source that has changed since would run old code while the
 source says otherwise. The build records each source's SHA-256 in ``SOURCES_FILE``;
 ``check_compiled_sources`` refuses to go on when a compiled module's source no longer
-matches, naming the module and how to rebuild. An extension that cannot be loaded at
-all (built for another Python or another system, or its shared library ``ocs__mypyc``
-missing) is refused the same way by ``check_compiled_loads``. ``refuse_unusable_build``,
-run by ``import ocs``, turns either into one log line and exit code 2: no restart
-would help, so the units do not restart it (``RestartPreventExitStatus=2``).
+matches, naming the module and how to rebuild, or when that record cannot be read. A
+module shipped without its ``.py`` has no source to contradict its extension and is not
+refused. An extension that the system's loader refuses (built on another system), or
+whose shared library ``ocs__mypyc`` is missing, is refused the same way by
+``check_compiled_loads``. ``refuse_unusable_build``, run by ``import ocs``, turns any of
+these into one log line and exit code 2: no restart would help, so the units do not
+restart it (``RestartPreventExitStatus=2``).
+
+A tree built for another Python or another architecture is not refused: its extensions
+carry another ABI suffix, so this interpreter does not see them and imports the pure
+sources (the ``ocs serving`` line then says ``compiled_modules=0 of N``). An extension file
+truncated after the build is not detected either: the system's loader may crash on it.
 
 This module imports nothing of ocs at import: ``setup.py`` reads it before ocs is
 installed.
@@ -79,9 +86,20 @@ class StaleCompiledModule(ImportError):
     """A compiled module's source changed after the build: the extension would run old code."""
 
 
+class UnreadableBuildRecord(ImportError):
+    """The build's record of its sources (``SOURCES_FILE``) cannot be read, or is not the
+    ``{module: sha256}`` object the build writes: no compiled module can be checked."""
+
+    def __init__(self, record: Path, problem: str) -> None:
+        super().__init__(f"{record}: {problem}; {REBUILD_HINT}")
+        self.record = record
+        self.problem = problem
+
+
 class UnloadableCompiledModule(ImportError):
     """A compiled module's extension, or the shared library it needs, cannot be loaded
-    here: built for another Python or system, truncated, or ``ocs__mypyc`` missing."""
+    here: the system's loader refuses it (built on another system), or ``ocs__mypyc``
+    is missing."""
 
     def __init__(self, modules: list[str], files: list[Path], problem: str) -> None:
         super().__init__(
@@ -112,18 +130,38 @@ def compiled_files(module: str, package_root: Path = _PACKAGE_ROOT) -> list[Path
     return [path for path in candidates if path.exists()]
 
 
-def stale_modules(package_root: Path = _PACKAGE_ROOT) -> list[str]:
-    """The modules with an extension file whose source differs from the one compiled."""
+def built_digests(package_root: Path = _PACKAGE_ROOT) -> dict[str, str]:
+    """The build's record ``{module: sha256 of its source}``; empty when there is none.
+    Raises ``UnreadableBuildRecord`` when it cannot be read or is not such an object."""
     record = package_root / SOURCES_FILE
+    try:
+        digests = json.loads(record.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise UnreadableBuildRecord(record, f"cannot be read: {exc}") from exc
+    if not isinstance(digests, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in digests.items()
+    ):
+        raise UnreadableBuildRecord(record, "is not the build's {module: sha256} record")
+    return digests
+
+
+def stale_modules(package_root: Path = _PACKAGE_ROOT) -> list[str]:
+    """The modules with an extension file whose source differs from the one compiled.
+    A module whose ``.py`` is not there (a package shipped compiled only) has nothing
+    to contradict its extension and is not stale. Raises ``UnreadableBuildRecord``
+    when an extension exists and the build's record cannot be read."""
     built = [module for module in HOT_MODULES if compiled_files(module, package_root)]
     if not built:
         return []
-    digests: dict[str, str] = json.loads(record.read_text()) if record.exists() else {}
-    return [
-        module
-        for module in built
-        if digests.get(module) != source_digest(source_path(module, package_root))
-    ]
+    digests = built_digests(package_root)
+    stale = []
+    for module in built:
+        source = source_path(module, package_root)
+        if source.exists() and digests.get(module) != source_digest(source):
+            stale.append(module)
+    return stale
 
 
 def check_compiled_sources(package_root: Path = _PACKAGE_ROOT) -> None:
@@ -169,7 +207,7 @@ def _load_group_library(path: Path) -> None:
 def check_compiled_loads(package_root: Path = _PACKAGE_ROOT) -> None:
     """Raise ``UnloadableCompiledModule`` when a compiled module's extension could not
     be imported here, before any of them is: its shared library missing or refused
-    (another Python, another system), or the shim itself refused by the loader. Loads
+    (built on another system), or the shim itself refused by the loader. Loads
     no module's code (each shim only by the system's loader), so it costs ``import ocs``
     nearly nothing; a pure tree has nothing to check."""
     built = {module: compiled_files(module, package_root) for module in HOT_MODULES}
@@ -196,9 +234,20 @@ def check_compiled_loads(package_root: Path = _PACKAGE_ROOT) -> None:
 
 def refuse_unusable_build(package_root: Path = _PACKAGE_ROOT) -> None:
     """Stop the process with one log line and exit code 2 when a compiled module is
-    stale or cannot be loaded (``check_compiled_sources``, ``check_compiled_loads``),
-    instead of a traceback and exit 1, which systemd would restart for ever."""
-    stale = stale_modules(package_root)
+    stale or cannot be loaded (``check_compiled_sources``, ``check_compiled_loads``), or
+    the build's record of its sources cannot be read, instead of a traceback and exit 1,
+    which systemd would restart for ever."""
+    try:
+        stale = stale_modules(package_root)
+    except UnreadableBuildRecord as exc:
+        built = [module for module in HOT_MODULES if compiled_files(module, package_root)]
+        # The extensions are named too: deleting the record alone would only turn this
+        # refusal into the stale one; deleting every file named leaves pure Python.
+        files = [exc.record] + [
+            path for module in built for path in compiled_files(module, package_root)
+        ]
+        _log_refusal(built, files, f"{exc.record} {exc.problem}")
+        raise SystemExit(EXIT_UNUSABLE_BUILD) from None
     if stale:
         files = [path for module in stale for path in compiled_files(module, package_root)]
         problem = "their sources changed since the build: the extensions would run old code"

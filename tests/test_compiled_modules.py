@@ -22,6 +22,7 @@ from ocs.compiled import (
     SOURCES_FILE,
     StaleCompiledModule,
     UnloadableCompiledModule,
+    UnreadableBuildRecord,
     check_compiled_loads,
     check_compiled_sources,
     running_compiled,
@@ -172,10 +173,15 @@ def _built(package: Path, module: str, digest: str) -> Path:
 
 def _serve(root: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """``python -m ocs serve`` on the tree at ``root``, with no ocs setting from here."""
+    return _python(root, ["-m", "ocs", "serve"], **env)
+
+
+def _python(root: Path, args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` on the tree at ``root``, with no ocs setting from here."""
     clean = {key: value for key, value in os.environ.items() if not key.startswith("OCS_")}
     clean.update(env, PYTHONPATH=str(root))
     return subprocess.run(
-        [sys.executable, "-m", "ocs", "serve"],
+        [sys.executable, *args],
         cwd=root,
         env=clean,
         capture_output=True,
@@ -243,3 +249,84 @@ def test_serve_on_a_shared_library_it_cannot_load_stops_with_exit_code_2(
     )
     assert f"problem={library}: " in line
     assert "action=rebuild with `OCS_MYPYC=1 pip install --no-build-isolation -e .`" in line
+
+
+# `ocs --help` with the build's group library standing in as loaded: these tests cannot
+# build mypyc's real one, and the check only needs the system's loader to accept each
+# shim, which any real extension of this interpreter does.
+_HELP_WITH_GROUP_LOADED = (
+    "import runpy, sys, types;"
+    f"sys.modules[{GROUP_LIBRARY!r}] = types.ModuleType({GROUP_LIBRARY!r});"
+    "sys.argv = ['ocs', '--help'];"
+    "runpy.run_module('ocs', run_name='__main__', alter_sys=True)"
+)
+
+
+def test_a_module_shipped_compiled_without_its_source_starts(tmp_path: Path) -> None:
+    # A packager shipping the extensions without their .py: nothing contradicts the
+    # build, so `ocs` starts (it crashed with FileNotFoundError and exit 1 before).
+    loadable = next(
+        path
+        for loaded in list(sys.modules.values())
+        if (path := getattr(loaded, "__file__", None) or "").endswith(EXTENSION)
+    )  # msgspec's, at least: ocs imports it
+    package = _tree(tmp_path)
+    module = "ocs.radius.queue_delay"  # not imported by `--help`
+    source = source_path(module, package)
+    extension = _built(package, module, source_digest(source))
+    shutil.copyfile(loadable, extension)
+    shutil.copyfile(loadable, tmp_path / (GROUP_LIBRARY + EXTENSION))
+    source.unlink()
+
+    ran = _python(tmp_path, ["-c", _HELP_WITH_GROUP_LOADED])
+
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr == ""
+    assert "serve" in ran.stdout
+    assert stale_modules(package) == []
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        (b"", "cannot be read: Expecting value"),
+        (b'{"ocs.radius.dedupe": "ab', "cannot be read: Unterminated string"),
+        (b"\xff\xfe", "cannot be read: 'utf-8' codec can't decode"),
+        (b'["ocs.radius.dedupe"]', "is not the build's {module: sha256} record"),
+    ],
+    ids=["empty", "cut-short", "not-utf8", "not-an-object"],
+)
+def test_serve_on_an_unreadable_build_record_stops_with_one_line_and_exit_code_2(
+    tmp_path: Path, record: bytes, problem: str
+) -> None:
+    package = _tree(tmp_path)
+    module = "ocs.radius.dedupe"
+    extension = _built(package, module, source_digest(source_path(module, package)))
+    (package / SOURCES_FILE).write_bytes(record)
+
+    ran = _serve(tmp_path)
+
+    assert ran.returncode == 2, ran.stderr
+    assert "Traceback" not in ran.stderr
+    [line] = [json.loads(text) for text in ran.stderr.splitlines()]
+    assert line["level"] == "critical"
+    assert line["modules"] == module
+    assert line["problem"].startswith(f"{package / SOURCES_FILE} {problem}")
+    assert line["files"] == f"{package / SOURCES_FILE}, {extension}"
+    assert "OCS_MYPYC=1 pip install --no-build-isolation -e ." in line["action"]
+    assert line["exit_code"] == 2
+
+
+def test_an_unreadable_build_record_is_refused_by_the_source_check(tmp_path: Path) -> None:
+    source = _package(tmp_path, "ocs.radius.server", "X = 1\n")
+    source.with_name(source.stem + EXTENSION).write_bytes(b"\x7fELF")
+    (tmp_path / SOURCES_FILE).write_text("{")
+
+    with pytest.raises(UnreadableBuildRecord, match=r"compiled_sources\.json: cannot be read"):
+        check_compiled_sources(tmp_path)
+
+
+def test_a_pure_tree_ignores_a_leftover_unreadable_record(tmp_path: Path) -> None:
+    _package(tmp_path, "ocs.radius.server", "X = 1\n")
+    (tmp_path / SOURCES_FILE).write_text("")
+    assert stale_modules(tmp_path) == []
