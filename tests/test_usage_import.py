@@ -413,7 +413,7 @@ async def test_rejected_rows_of_files_with_other_column_orders_keep_their_column
         + "a1,acc1,999,2026-03-03 09:00:00,61,O,,\n"
         + "b1,acc1,998,2026-03-03 09:00:00,61,O,,\n"
     )
-    own = tmp_path / f"c.import-{summary.id}.rejects.csv"
+    own = tmp_path / f"c.import-{summary.id}.file-3.rejects.csv"
     assert own.read_text() == wider.read_text()
     assert f"c.csv: its columns differ; its rejected rows are in {own}" in text_of(
         summary.report_path

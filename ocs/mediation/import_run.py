@@ -64,7 +64,8 @@ class Prepared:
     in the import, ``draw`` set when a counter covers its zone."""
 
     record: UsageRecord
-    file: str
+    # The record's file: its place in the import (two files may have the same name).
+    file: int
     currency: str
     cost: int
     event: UsageEvent
@@ -359,7 +360,8 @@ class ImportRun:
     async def read_all(self, paths: list[Path], compiled: CompiledTemplate, *, debit: bool) -> None:
         """``pass_over``'s reading: the chunks in file order, each looked up in PostgreSQL
         while the next is read, then queued for its buckets' batches."""
-        self.files = [path.name for path in paths]
+        # Named as the report names them: two files may have the same name.
+        self.files = self.rejects.labels
         # A file that stops being readable part-way: the rows read before are imported
         # (and counted) as any others, then the import fails with its error.
         unreadable: list[OcsError] = []
@@ -367,9 +369,9 @@ class ImportRun:
             with open_file(path, compiled.template.format) as stream:
                 rows = compiled.read(stream)
                 self.reading = compiled
-                self.rejects.opened(path.name, compiled)
+                self.rejects.opened(index, compiled)
                 for chunk in _chunks(rows, self.importer.chunk_rows, unreadable):
-                    prepared = await self.prepare(path.name, index, chunk)
+                    prepared = await self.prepare(index, chunk)
                     # The previous chunk's repeats were looked up while this one was
                     # read: it is queued first, so the debits keep the file's order.
                     await self.looked_up(debit)
@@ -415,9 +417,7 @@ class ImportRun:
         if self.progress is not None:
             self.progress(self.done)
 
-    async def prepare(
-        self, file: str, index: int, chunk: list[UsageRecord | RowProblem]
-    ) -> list[Prepared]:
+    async def prepare(self, index: int, chunk: list[UsageRecord | RowProblem]) -> list[Prepared]:
         """The chunk's records (of the import's ``index``-th file) given an account and a
         price; its bad rows rejected, a record id read before in the import too."""
         repeats = self.repeats(index, chunk)
@@ -431,19 +431,19 @@ class ImportRun:
         drawing: list[Prepared] = []
         for item in chunk:
             if isinstance(item, RowProblem):
-                self.rejects.add(file, item.line, item.cells, item.problems)
+                self.rejects.add(index, item.line, item.cells, item.problems)
                 continue
             if repeats and item.line in repeats:
-                self.rejects.add(file, item.line, item.cells, (repeats[item.line],))
+                self.rejects.add(index, item.line, item.cells, (repeats[item.line],))
                 continue
             account_id = self.account_id(item)
             if account_id is None:
-                self.rejects.add(file, item.line, item.cells, (self.no_account(item),))
+                self.rejects.add(index, item.line, item.cells, (self.no_account(item),))
                 continue
             account = self.accounts.get(account_id)
             if account is None:
                 self.rejects.add(
-                    file, item.line, item.cells, (f"account: no account {account_id!r}",)
+                    index, item.line, item.cells, (f"account: no account {account_id!r}",)
                 )
                 continue
             rate_type = item.rate_type
@@ -452,7 +452,7 @@ class ImportRun:
             try:
                 rated, fields = rate(snapshot, account.plan_id, item, rate_type, origin)
             except OcsError as exc:
-                self.rejects.add(file, item.line, item.cells, (_problem(exc),))
+                self.rejects.add(index, item.line, item.cells, (_problem(exc),))
                 continue
             self.seq += 1
             event = UsageEvent(
@@ -463,7 +463,7 @@ class ImportRun:
                 msgpack.packb(fields),
                 item.start_ms,
             )
-            ready = Prepared(item, file, account.currency, rated.cost, event, self.seq)
+            ready = Prepared(item, index, account.currency, rated.cost, event, self.seq)
             changed = account.prices_changed_ms
             if changed is not None and item.start_ms < changed:
                 ready.priced_after_start = True

@@ -185,7 +185,7 @@ class UsageImporter:
             # Made before the row too: once it exists, only _import's try may fail.
             summary = ImportSummary(0, request.template, label, supplier, request.mode, "running")
             rejects_dir = Path(request.rejects_dir) if request.rejects_dir else paths[0].parent
-            rejects = Rejects(compiled, rejects_dir, paths[0])
+            rejects = Rejects(compiled, rejects_dir, paths)
             run = ImportRun(
                 self, summary, template, label, overrides, rejects, progress, lock, self.save_every
             )

@@ -21,6 +21,24 @@ def written_encoding(encoding: str) -> str:
     return "utf-8" if codecs.lookup(encoding).name == "utf-8-sig" else encoding
 
 
+def file_labels(paths: list[Path]) -> list[str]:
+    """How the import's answer and report name each of its files: its name, but its path
+    as given where another file of the import has the same name, and its place in the
+    import too (``file 2``) where the same path is given twice, so no two files read
+    the same."""
+    names = [path.name for path in paths]
+    given = [str(path) for path in paths]
+    labels = []
+    for index, path in enumerate(paths):
+        if names.count(path.name) == 1:
+            labels.append(path.name)
+        elif given.count(str(path)) == 1:
+            labels.append(str(path))
+        else:
+            labels.append(f"{path} (file {index + 1})")
+    return labels
+
+
 @dataclass(slots=True)
 class FileLayout:
     """What comes before a file's data (its skipped lines and header, as text) and its
@@ -37,22 +55,38 @@ class Rejects:
     The rejects file takes the layout of the first file a row is rejected from. A row
     of another file whose header names the same columns in another order is written
     in that order; a file with other columns gets a rejects file of its own beside
-    it (``<its name>.import-<id>.rejects.<ext>``), named in the report.
+    it, named in the report: ``<its name>.import-<id>.file-<its place>.rejects.<ext>``,
+    its place in the import (from 1) keeping it apart from the rejects file (named
+    after the first file, which may be this one) and from another file of the same
+    name in another folder. Files are told apart by their place, never their name.
     """
 
     compiled: CompiledTemplate
-    # Where the files go, and the import's first file (their names start with its).
+    # Where the files go, and the import's files in order (their names start with the
+    # first one's).
     directory: Path
-    first: Path
+    paths: list[Path]
     # Set once the import's row is made (its files are named after it).
     import_id: int = 0
     rows: IO[str] | None = None
     report: IO[str] | None = None
     shown: list[ProblemRow] = field(default_factory=list)
+    # How the answer and the report name each file (``file_labels``).
+    labels: list[str] = field(init=False)
     count: int = 0
-    layouts: dict[str, FileLayout] = field(default_factory=dict)
+    # By the file's place in the import (two files may have the same name).
+    layouts: dict[int, FileLayout] = field(default_factory=dict)
     written: FileLayout | None = None
-    own_files: dict[str, IO[str]] = field(default_factory=dict)
+    own_files: dict[int, IO[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Name the files."""
+        self.labels = file_labels(self.paths)
+
+    @property
+    def first(self) -> Path:
+        """The import's first file, which the rejects file and the report are named after."""
+        return self.paths[0]
 
     @property
     def encoding(self) -> str:
@@ -72,14 +106,15 @@ class Rejects:
         """The problems report: each rejected row's file, line and problems."""
         return self.directory / f"{self.first.stem}.import-{self.import_id}.problems.txt"
 
-    def opened(self, file: str, compiled: CompiledTemplate) -> None:
-        """Note a file's layout once its header is read (its rows may be rejected later,
-        while the next file is read)."""
+    def opened(self, file: int, compiled: CompiledTemplate) -> None:
+        """Note the layout of the import's ``file``-th file (from 0) once its header is
+        read (its rows may be rejected later, while the next file is read)."""
         self.layouts[file] = FileLayout(compiled.render_header(), compiled.header)
 
-    def add(self, file: str, line: int, cells: tuple[str, ...], problems: tuple[str, ...]) -> None:
-        """Write one rejected row and its problems."""
+    def add(self, file: int, line: int, cells: tuple[str, ...], problems: tuple[str, ...]) -> None:
+        """Write one rejected row of the import's ``file``-th file and its problems."""
         layout = self.layouts.get(file) or FileLayout(None, None)
+        label = self.labels[file]
         if self.rows is None or self.report is None or self.written is None:
             self.rows = self.rows_path.open("w", encoding=self.encoding, newline="")
             self.report = self.report_path.open("w", encoding="utf-8")
@@ -95,24 +130,31 @@ class Rejects:
             else:
                 out = self.own_file(file, layout)
         out.write(self.compiled.render(cells))
-        self.report.write(f"{file}:{line}: {'; '.join(problems)}\n")
+        self.report.write(f"{label}:{line}: {'; '.join(problems)}\n")
         self.count += 1
         if len(self.shown) < SHOWN_PROBLEMS:
-            self.shown.append(ProblemRow(file, line, problems))
+            self.shown.append(ProblemRow(label, line, problems))
 
-    def own_file(self, file: str, layout: FileLayout) -> IO[str]:
+    def own_path(self, file: int) -> Path:
+        """Where the rejected rows of the import's ``file``-th file go when its columns
+        differ from the rejects file's (never the rejects file itself)."""
+        name = self.paths[file]
+        return self.rows_path.with_name(
+            f"{name.stem}.import-{self.import_id}.file-{file + 1}.rejects{name.suffix or '.csv'}"
+        )
+
+    def own_file(self, file: int, layout: FileLayout) -> IO[str]:
         """The rejects file of a file whose columns differ from the first one's."""
         handle = self.own_files.get(file)
         if handle is None:
-            name = Path(file)
-            path = self.rows_path.with_name(
-                f"{name.stem}.import-{self.import_id}.rejects{name.suffix or '.csv'}"
-            )
+            path = self.own_path(file)
             handle = self.own_files[file] = path.open("w", encoding=self.encoding, newline="")
             if layout.head is not None:
                 handle.write(layout.head)
             assert self.report is not None
-            self.report.write(f"{file}: its columns differ; its rejected rows are in {path}\n")
+            self.report.write(
+                f"{self.labels[file]}: its columns differ; its rejected rows are in {path}\n"
+            )
         return handle
 
     def close(self) -> None:
