@@ -184,6 +184,34 @@ def _parse_seconds(low: float, high: float) -> Callable[[Any], float]:
     return parse
 
 
+def _parse_locale(value: Any) -> str:
+    """A locale babel knows, as babel names it: ``en-GB`` and ``en_GB`` are both en_GB."""
+    from babel import Locale, UnknownLocaleError
+
+    text = _parse_str(value).strip().replace("-", "_")
+    try:
+        return str(Locale.parse(text))
+    except (ValueError, UnknownLocaleError):
+        raise ValueError(f"{value!r} is not a locale (like en_GB, fr-FR or ja_JP)") from None
+
+
+# Where common Linux distributions install TrueType fonts with Chinese, Japanese and
+# Korean characters (ReportLab embeds TrueType outlines only: not Noto Sans CJK's).
+INVOICE_FALLBACK_FONTS = (
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",  # Debian: fonts-droid-fallback
+    "/usr/share/fonts/google-droid-sans-fonts/DroidSansFallbackFull.ttf",  # Fedora, RHEL
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",  # fonts-wqy-microhei
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",  # fonts-wqy-zenhei
+    "/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf",  # fonts-ipafont-gothic
+    "/usr/share/fonts/truetype/nanum/NanumGothic.ttf",  # fonts-nanum
+)
+
+
+def _parse_font_paths(value: Any) -> tuple[str, ...]:
+    """Font file paths: a list, or one text separated by commas; empty: none."""
+    return tuple(path for path in _text_list(value, "font file paths") if path)
+
+
 def _text_list(value: Any, what: str) -> list[str]:
     """A list of texts given as a list, or as one text separated by commas."""
     if isinstance(value, str):
@@ -560,8 +588,19 @@ class Settings:
         _parse_optional_text,
         "the issuer's address printed on every invoice (lines split by '|')",
     )
+    # Checked at start (item 1 of the invoice documents review): an unknown locale was
+    # taken, then every invoice PDF and invoice email failed on it.
     invoice_locale: str = _setting(
-        "en_GB", _parse_str, "the locale invoice amounts and dates are written in (babel)"
+        "en_GB",
+        _parse_locale,
+        "the locale invoice amounts and dates are written in (babel: en_GB, fr-FR, ja_JP)",
+    )
+    invoice_fallback_fonts: tuple[str, ...] = _setting(
+        INVOICE_FALLBACK_FONTS,
+        _parse_font_paths,
+        "TrueType font files (.ttf, .ttc) that draw the characters of invoice PDFs their"
+        " own font (DejaVu Sans) lacks, such as Chinese, Japanese and Korean; the first"
+        " that has a character draws it, files not on this machine are skipped",
     )
     # Email (invoices and dunning notices) over SMTP.
     smtp_host: str | None = _setting(

@@ -196,6 +196,8 @@ def test_serve_with_a_misspelt_variable_exits_2_and_starts_nothing(tmp_path: Pat
         ("OCS_SHUTDOWN_TIMEOUT", "nan"),
         ("OCS_LEDGER_BATCH_SIZE", "0"),
         ("OCS_DATABASE_POOL_SIZE", "many"),
+        ("OCS_INVOICE_LOCALE", "english"),
+        ("OCS_INVOICE_LOCALE", "xx_YY_ZZ"),
     ],
 )
 def test_a_bad_environment_value_names_the_variable(variable: str, value: str) -> None:
@@ -220,6 +222,8 @@ def test_a_bad_environment_value_names_the_variable(variable: str, value: str) -
         "switch_networks = 5",
         "switch_networks = [10]",
         "radius_call_id_order = 5",
+        'invoice_locale = "klingon"',
+        "invoice_fallback_fonts = [1]",
         'radius_clients = [{address = "10.0.0.0/8", secret = "x", name = ["a"]}]',
     ],
 )
@@ -325,6 +329,25 @@ def test_serve_with_a_bad_port_variable_exits_2_naming_the_variable(tmp_path: Pa
     line = assert_one_line_naming(err, "OCS_HTTP_PORT")
     assert "70000" in line
     assert not (tmp_path / "xdg").exists()
+
+
+def test_serve_with_an_unknown_invoice_locale_exits_2_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    # Taken before, it made every invoice PDF answer 500 and every invoice email fail.
+    code, out, err = run_ocs(tmp_path, "serve", env={"OCS_INVOICE_LOCALE": "english"})
+    assert code == 2
+    assert out == ""
+    line = assert_one_line_naming(err, "OCS_INVOICE_LOCALE")
+    assert "'english' is not a locale" in line
+    assert not (tmp_path / "xdg").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("given", "taken"), [("en-GB", "en_GB"), ("fr-FR", "fr_FR"), ("ja_JP", "ja_JP"), ("de", "de")]
+)
+def test_an_invoice_locale_is_taken_as_babel_names_it(given: str, taken: str) -> None:
+    assert load_settings(environ={"OCS_INVOICE_LOCALE": given}).invoice_locale == taken
 
 
 def test_serve_with_a_missing_config_file_exits_2_naming_the_file(tmp_path: Path) -> None:

@@ -489,3 +489,54 @@ def test_documents_rendered_in_threads_at_once_all_render(
             assert all(pdf[:4] == b"%PDF" for pdf in pdfs)
     finally:
         sys.setswitchinterval(interval)
+
+
+def japanese_invoice() -> InvoiceFacts:
+    """A posted yen invoice to 山田太郎 in Tokyo: 1,000 yen of rent, due 31 May 2026."""
+    rent = DocumentLine("recurring", "基本料金", None, None, 1, 1_000_000_000)
+    return facts_with(
+        [rent],
+        state="posted",
+        number="INV-2026-000042",
+        currency="JPY",
+        time_zone="Asia/Tokyo",
+        subtotal=1_000_000_000,
+        total=1_000_000_000,
+        new_charges=1_000_000_000,
+        amount_due=1_000_000_000,
+        previous_balance=0,
+        address=Address("山田太郎\n千代田1-1", "東京", "", "", "100-0001", "JP"),
+    )
+
+
+def test_a_japanese_invoice_prints_the_name_dates_and_yen_in_a_system_font(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # DejaVu Sans has no CJK glyphs: the name was blank and the dates and the full-width
+    # yen sign were boxes. The default fallback fonts include Debian's Droid Sans Fallback
+    # (fonts-droid-fallback, installed by .ci/run).
+    settings = Settings(invoice_locale="ja_JP", invoice_issuer_name="東京テレコム")
+    with caplog.at_level("WARNING", logger="ocs.billing.documents"):
+        pdf = documents.render_facts(japanese_invoice(), settings)
+    text = pdf_text(pdf, tmp_path, "ja")
+    assert "東京テレコム" in text and "山田太郎" in text and "100-0001 東京" in text
+    assert row(text, "Due date", "2026年5月31日")  # the ja_JP long date
+    assert row(text, "基本料金", "￥1,000") and row(text, "Amount due", "￥1,000")
+    assert caplog.records == []  # every character had a font
+
+
+def test_a_character_no_font_has_is_logged_once_per_document_without_the_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No fallback font on the machine (a listed file absent is skipped): the CJK
+    # characters cannot be drawn. Said once for the document, naming the invoice and the
+    # script, never the customer's name.
+    settings = Settings(invoice_locale="ja_JP", invoice_fallback_fonts=(str(tmp_path / "no.ttf"),))
+    with caplog.at_level("WARNING", logger="ocs.billing.documents"):
+        pdf = documents.render_facts(japanese_invoice(), settings)
+    assert "Due date" in pdf_text(pdf, tmp_path, "ja-bare")  # the rest is printed
+    [record] = caplog.records
+    assert record.getMessage() == "invoice characters drawn blank: no font has them"
+    assert (record.invoice_id, record.scripts, record.fonts) == (7, "CJK,FULLWIDTH", 0)
+    assert record.characters >= len(set("山田太郎千代東京年月日基本料金"))
+    assert "山" not in str(record.__dict__)

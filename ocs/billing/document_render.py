@@ -5,25 +5,24 @@ module only places it on A4 pages with ReportLab's platypus (flowing tables
 that break across pages, their header repeated). Every string is escaped
 before it reaches a Paragraph, whose text is a small markup language, so a
 customer's name or address can never change the document. The font is
-DejaVu Sans, shipped with the package (templates/fonts): every locale's
-characters (the narrow no-break space of French amounts, Greek or Cyrillic
-names) on every machine, whatever fonts it has. Rendering is CPU work that
+DejaVu Sans, shipped with the package (templates/fonts): Latin, Greek and
+Cyrillic text and the narrow no-break space of French amounts on every
+machine. Characters it lacks (Chinese, Japanese, Korean) are drawn with the
+machine's fonts that ``invoice_fallback_fonts`` lists (``document_fonts``);
+one no font has is logged once per document. Rendering is CPU work that
 blocks: async callers run it in a thread (``asyncio.to_thread``).
 """
 
 import io
+import logging
 import threading
-from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
-from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
     Flowable,
@@ -35,23 +34,14 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-FONTS_DIR = Path(__file__).with_name("templates") / "fonts"
-FONT, BOLD = "InvoiceSans", "InvoiceSans-Bold"
+from ocs.billing.document_fonts import BOLD, FONT, Glyphs, register_fonts
+
+log = logging.getLogger("ocs.billing.documents")
+
 MUTED = colors.Color(0.35, 0.35, 0.35)
 BANNER_COLOUR = colors.Color(0.8, 0.1, 0.1, alpha=0.22)
 MARGIN_X, MARGIN_TOP, MARGIN_BOTTOM = 18 * mm, 16 * mm, 20 * mm
 WIDTH = A4[0] - 2 * MARGIN_X
-
-_registered = False
-
-
-def _register_fonts() -> None:
-    """Register the bundled fonts with ReportLab, once per process."""
-    global _registered
-    if not _registered:
-        pdfmetrics.registerFont(TTFont(FONT, str(FONTS_DIR / "DejaVuSans.ttf")))
-        pdfmetrics.registerFont(TTFont(BOLD, str(FONTS_DIR / "DejaVuSans-Bold.ttf")))
-        _registered = True
 
 
 def _style(size: float, *, bold: bool = False, right: bool = False, muted: bool = False) -> Any:
@@ -65,24 +55,27 @@ def _style(size: float, *, bold: bool = False, right: bool = False, muted: bool 
     )
 
 
-def _p(text: str, size: float = 8.5, **options: bool) -> Paragraph:
-    """A paragraph of plain text: escaped, never read as markup."""
-    return Paragraph(escape(text), _style(size, **options))
+def _p(g: Glyphs, text: str, size: float = 8.5, **options: bool) -> Paragraph:
+    """A paragraph of plain text: escaped, never read as markup; runs the font lacks in
+    a fallback font."""
+    style = _style(size, **options)
+    return Paragraph(g.markup(text, style.fontName), style)
 
 
-def _lines(lines: list[str], size: float = 8.5, **options: bool) -> Paragraph:
+def _lines(g: Glyphs, lines: list[str], size: float = 8.5, **options: bool) -> Paragraph:
     """Several lines of plain text in one paragraph."""
-    return Paragraph("<br/>".join(escape(line) for line in lines), _style(size, **options))
+    style = _style(size, **options)
+    return Paragraph("<br/>".join(g.markup(line, style.fontName) for line in lines), style)
 
 
-def _header(content: dict[str, Any]) -> list[Flowable]:
+def _header(g: Glyphs, content: dict[str, Any]) -> list[Flowable]:
     """Issuer and title, then the customer block beside the invoice's facts."""
     issuer = content["issuer"]
-    title = [_p(content["title"], 18, bold=True, right=True)]
+    title = [_p(g, content["title"], 18, bold=True, right=True)]
     if content["banner"]:
-        title.append(_p(content["banner"], 12, bold=True, right=True))
+        title.append(_p(g, content["banner"], 12, bold=True, right=True))
     top = Table(
-        [[[_p(issuer["name"], 13, bold=True), _lines(issuer["lines"])], title]],
+        [[[_p(g, issuer["name"], 13, bold=True), _lines(g, issuer["lines"])], title]],
         colWidths=[WIDTH / 2, WIDTH / 2],
     )
     top.setStyle(
@@ -93,7 +86,10 @@ def _header(content: dict[str, Any]) -> list[Flowable]:
     style.add("TEXTCOLOR", (0, 0), (0, -1), MUTED)
     style.add("FONTNAME", (1, 0), (1, -1), BOLD)
     facts.setStyle(style)
-    customer = [_p(content["labels"]["bill_to"], 7.5, muted=True), _lines(content["customer"], 9)]
+    customer = [
+        _p(g, content["labels"]["bill_to"], 7.5, muted=True),
+        _lines(g, content["customer"], 9),
+    ]
     middle = Table([[customer, facts]], colWidths=[WIDTH / 2, WIDTH / 2])
     middle.setStyle(
         TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (0, 0), 0)])
@@ -126,11 +122,11 @@ def _cell_style(align: list[str], *, header: bool = True, total: bool = True) ->
     return TableStyle(commands)
 
 
-def _section(section: dict[str, Any]) -> list[Flowable]:
+def _section(g: Glyphs, section: dict[str, Any]) -> list[Flowable]:
     """One titled table: header row repeated on each page, a total row in bold. The first
     column (descriptions, which may be long) wraps; the figures are plain strings."""
     align = section["align"]
-    rows = [[_p(row[0]), *row[1:]] for row in section["rows"]]
+    rows = [[_p(g, row[0]), *row[1:]] for row in section["rows"]]
     others = len(align) - 1
     # The first column takes what the others leave: 24 mm for each figure, twice that
     # for a wide one ("w": a charge's period, a date range).
@@ -141,7 +137,8 @@ def _section(section: dict[str, Any]) -> list[Flowable]:
         repeatRows=1,
     )
     table.setStyle(_cell_style(align))
-    return [Spacer(1, 4 * mm), _p(section["title"], 10.5, bold=True), Spacer(1, 1 * mm), table]
+    title = _p(g, section["title"], 10.5, bold=True)
+    return [Spacer(1, 4 * mm), title, Spacer(1, 1 * mm), table]
 
 
 def _figures(pairs: list[list[str]], last: list[str], size: float) -> Table:
@@ -155,16 +152,16 @@ def _figures(pairs: list[list[str]], last: list[str], size: float) -> Table:
     return table
 
 
-def _closing(content: dict[str, Any]) -> list[Flowable]:
+def _closing(g: Glyphs, content: dict[str, Any]) -> list[Flowable]:
     """Totals, the balance-forward statement with the amount due, and the message."""
     found: list[Flowable] = [Spacer(1, 5 * mm), _figures(content["totals"], content["total"], 10)]
     statement = [
-        _p(content["labels"]["statement"], 10.5, bold=True),
+        _p(g, content["labels"]["statement"], 10.5, bold=True),
         _figures(content["statement"], content["due"], 11),
     ]
     found += [Spacer(1, 6 * mm), KeepTogether(statement)]
     if content["message"]:
-        box = Table([[_lines(content["message"].splitlines(), 9)]], colWidths=[WIDTH])
+        box = Table([[_lines(g, content["message"].splitlines(), 9)]], colWidths=[WIDTH])
         box.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 0.4, MUTED)]))
         found += [Spacer(1, 8 * mm), box]
     return found
@@ -201,15 +198,31 @@ def _page_decoration(content: dict[str, Any]) -> Any:
 _RENDERING = threading.Lock()
 
 
-def render_pdf(content: dict[str, Any]) -> bytes:
-    """The PDF of laid-out content (``ocs.billing.document_layout.layout``); one at a
-    time in the process (``_RENDERING``)."""
+def render_pdf(
+    content: dict[str, Any], fallback_fonts: tuple[str, ...] = (), invoice_id: int | None = None
+) -> bytes:
+    """The PDF of laid-out content (``ocs.billing.document_layout.layout``), characters
+    DejaVu Sans lacks drawn with the first of ``fallback_fonts`` that has them; one at a
+    time in the process (``_RENDERING``). Characters no font has are logged once, with
+    ``invoice_id``."""
     with _RENDERING:
-        return _render_pdf(content)
+        g = register_fonts(fallback_fonts)
+        pdf = _render_pdf(g, content)
+    if g.missing:
+        # The scripts, not the characters: those are the customer's name or address.
+        log.warning(
+            "invoice characters drawn blank: no font has them",
+            extra={
+                "invoice_id": invoice_id,
+                "characters": len(g.missing),
+                "scripts": ",".join(g.scripts()),
+                "fonts": len(g.fallbacks),
+            },
+        )
+    return pdf
 
 
-def _render_pdf(content: dict[str, Any]) -> bytes:
-    _register_fonts()
+def _render_pdf(g: Glyphs, content: dict[str, Any]) -> bytes:
     out = io.BytesIO()
     doc = SimpleDocTemplate(
         out,
@@ -224,10 +237,10 @@ def _render_pdf(content: dict[str, Any]) -> bytes:
         # The same content gives the same bytes: no creation time, no random id.
         invariant=True,
     )
-    story = _header(content)
+    story = _header(g, content)
     for section in content["sections"]:
-        story += _section(section)
-    story += _closing(content)
+        story += _section(g, section)
+    story += _closing(g, content)
     decorate = _page_decoration(content)
-    doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    doc.build(story, onFirstPage=decorate, onLaterPages=decorate, canvasmaker=g.canvas_maker())
     return out.getvalue()

@@ -65,7 +65,8 @@ def write_atomically(path: Path, data: bytes) -> None:
 def render_facts(facts: InvoiceFacts, settings: Settings) -> bytes:
     """The PDF of an invoice's facts with the settings' issuer and locale (blocking)."""
     issuer = Issuer.from_settings(settings.invoice_issuer_name, settings.invoice_issuer_address)
-    return render_pdf(layout(facts, issuer, settings.invoice_locale))
+    content = layout(facts, issuer, settings.invoice_locale)
+    return render_pdf(content, settings.invoice_fallback_fonts, facts.id)
 
 
 def stored(facts: InvoiceFacts) -> bool:
