@@ -217,6 +217,28 @@ async def test_addresses_of_one_ipv6_64_share_the_ivr_limit(services: Services) 
 PROXY = "127.0.0.1/32"
 
 
+async def guessed_wrong(
+    client: TestClient, pins: list[str], forwarded_for: list[str | None]
+) -> None:
+    """One wrong PIN for each entry of ``forwarded_for`` (its header, None: none), each
+    answered 404 account_not_found."""
+    for header in forwarded_for:
+        status, body = await ask(client, {"pin": wrong_pin(pins)}, forwarded_for=header)
+        assert (status, body["error"]["reason"]) == (404, "account_not_found"), body
+
+
+async def refused_blocked(client: TestClient, pin: str, forwarded_for: str | None = None) -> None:
+    """``pin`` (a right one) is refused 403 pin_blocked for this client."""
+    status, body = await ask(client, {"pin": pin}, forwarded_for=forwarded_for)
+    assert (status, body["error"]["reason"]) == (403, "pin_blocked"), body
+
+
+async def card_answered(client: TestClient, pin: str, forwarded_for: str | None = None) -> None:
+    """``pin`` is answered with its card's 2.00."""
+    status, body = await ask(client, {"pin": pin}, forwarded_for=forwarded_for)
+    assert (status, body["balance"]) == (200, "2.000000"), body
+
+
 async def test_ivrs_behind_a_trusted_proxy_each_have_their_own_limit(
     app: RunningApp, guarded: Guarded
 ) -> None:
@@ -225,21 +247,13 @@ async def test_ivrs_behind_a_trusted_proxy_each_have_their_own_limit(
     good = pins[0]
     client = await guarded(http_trusted_proxies=(PROXY,), pin_guess_limit_nas=3)
     # IVR A guesses its limit away; what it wrote left of its address is not believed.
-    for n in range(3):
-        status, body = await ask(
-            client, {"pin": wrong_pin(pins)}, forwarded_for=f"203.0.113.{n}, 198.51.100.7"
-        )
-        assert (status, body["error"]["reason"]) == (404, "account_not_found"), body
-    status, body = await ask(client, {"pin": good}, forwarded_for="198.51.100.7")
-    assert (status, body["error"]["reason"]) == (403, "pin_blocked"), body
+    await guessed_wrong(client, pins, [f"203.0.113.{n}, 198.51.100.7" for n in range(3)])
+    await refused_blocked(client, good, "198.51.100.7")
     # IVR B, through the same proxy, still has all of its own.
-    status, body = await ask(client, {"pin": wrong_pin(pins)}, forwarded_for="198.51.100.8")
-    assert (status, body["error"]["reason"]) == (404, "account_not_found"), body
-    status, body = await ask(client, {"pin": good}, forwarded_for="198.51.100.8")
-    assert (status, body["balance"]) == (200, "2.000000"), body
+    await guessed_wrong(client, pins, ["198.51.100.8"])
+    await card_answered(client, good, "198.51.100.8")
     # So does the proxy's own address, asking with no header.
-    status, body = await ask(client, {"pin": good})
-    assert (status, body["balance"]) == (200, "2.000000"), body
+    await card_answered(client, good)
 
 
 async def test_a_client_no_trusted_proxy_passed_on_cannot_escape_its_limit(
@@ -250,13 +264,8 @@ async def test_a_client_no_trusted_proxy_passed_on_cannot_escape_its_limit(
     good = pins[0]
     # The trusted proxy is another host: the test client talks to ocs directly.
     client = await guarded(http_trusted_proxies=("127.0.0.2/32",), pin_guess_limit_nas=3)
-    for n in range(3):
-        status, body = await ask(
-            client, {"pin": wrong_pin(pins)}, forwarded_for=f"198.51.100.{n + 10}"
-        )
-        assert (status, body["error"]["reason"]) == (404, "account_not_found"), body
-    status, body = await ask(client, {"pin": good}, forwarded_for="198.51.100.99")
-    assert (status, body["error"]["reason"]) == (403, "pin_blocked"), body
+    await guessed_wrong(client, pins, [f"198.51.100.{n + 10}" for n in range(3)])
+    await refused_blocked(client, good, "198.51.100.99")
 
 
 @pytest.mark.parametrize(
@@ -281,15 +290,11 @@ async def test_a_malformed_forwarded_header_counts_against_the_proxy(
     pins = await card_pins(app, "malformed")
     good = pins[0]
     client = await guarded(http_trusted_proxies=(PROXY,), pin_guess_limit_nas=2)
-    for _ in range(2):
-        status, body = await ask(client, {"pin": wrong_pin(pins)}, forwarded_for=header)
-        assert (status, body["error"]["reason"]) == (404, "account_not_found"), body
+    await guessed_wrong(client, pins, [header, header])
     # Answered, never a 500, and the proxy that passed it on answers for it.
-    status, body = await ask(client, {"pin": good})
-    assert (status, body["error"]["reason"]) == (403, "pin_blocked"), body
+    await refused_blocked(client, good)
     # A well-formed header through the same proxy is another client's.
-    status, body = await ask(client, {"pin": good}, forwarded_for="198.51.100.30")
-    assert (status, body["balance"]) == (200, "2.000000"), body
+    await card_answered(client, good, "198.51.100.30")
 
 
 @pytest.mark.parametrize(
