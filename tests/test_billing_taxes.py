@@ -17,7 +17,7 @@ from ocs.billing.drafts import preview
 from ocs.billing.lines import Line
 from ocs.billing.store import Charge, Subscription, add_charge, create_charge, set_plan_billing
 from ocs.billing.store import subscribe as subscribe_to
-from ocs.billing.surcharges import Surcharge, create_surcharge
+from ocs.billing.surcharges import Surcharge, create_surcharge, surcharge_lines
 from ocs.billing.taxes import Tax, TaxInvoice, apply_rate, rate_text
 from ocs.billing.void import void
 from ocs.services import Services
@@ -539,3 +539,184 @@ async def test_a_preview_is_taxed_by_the_day_where_its_plan_bills(services: Serv
     # 23:59:59 on 9 March where the plan bills: VAT not yet in force.
     assert await taxed(datetime(2026, 3, 9, 9, 59, 59, tzinfo=UTC)) == []
     assert await taxed(datetime(2026, 3, 9, 12, tzinfo=UTC)) == [2 * UNIT]
+
+
+async def mobile_surcharge(services: Services) -> None:
+    """A 10% surcharge on the plan "uk"'s UK Mobile usage."""
+    await create_surcharge(
+        services.pool,
+        "uk",
+        Surcharge(
+            "mob", "Mobile termination surcharge", "percent", "zone", "UK Mobile", rate=10_000_000
+        ),
+    )
+
+
+async def mobile_calls(
+    services: Services, account_id: str, calls: list[tuple[str | None, int]]
+) -> None:
+    """March calls to UK Mobile on the plan "uk": (rate type, charged) each."""
+    for n, (rate_type, charged) in enumerate(calls):
+        await cdr(
+            services,
+            f"{account_id}-m{n}",
+            account_id,
+            MARCH,
+            zone="UK Mobile",
+            charged=charged,
+            plan_id="uk",
+            currency="GBP",
+            rate_type=rate_type,
+        )
+
+
+async def test_a_surcharge_of_untaxed_roaming_bears_no_vat(services: Services) -> None:
+    """Roaming's tax code (no tax) replaces UK Mobile's: the surcharge on roaming calls is
+    taxed as they are. Before, it named only the zone and bore 20% VAT: 0.04 on 0.20."""
+    await uk_setup(services)
+    await taxes.set_rate_type_tax_code(services.pool, "roaming", "OUTSIDE")  # no tax on it
+    await mobile_surcharge(services)
+    await account(services, "gb5", "uk", [])
+    await mobile_calls(services, "gb5", [("roaming", 2 * UNIT)])
+
+    await run(services, "2026-03", plan_id="uk")
+
+    # Roaming 2.00; surcharge 10% of 2.00 = 0.20, roaming too; no VAT on either.
+    found = await lines_of(services, "gb5")
+    assert [(r["kind"], r["description"], r["rate_type"], r["amount"]) for r in found] == [
+        ("usage", "Calls to UK Mobile, roaming", "roaming", 2 * UNIT),
+        ("surcharge", "Mobile termination surcharge, roaming 10% of 2.00 GBP", "roaming", 200_000),
+    ]
+    invoice = await invoice_row(services, "gb5")
+    assert (invoice["tax_total"], invoice["total"]) == (0, 2_200_000)
+
+
+async def test_a_zone_surcharge_is_split_per_rate_type_and_taxed_as_each(
+    services: Services,
+) -> None:
+    """UK Mobile taxed at a reduced 10%, its SMS at the standard 20%: the SMS part of the
+    surcharge bears 20%, not the zone's 10%, and each part is rounded once."""
+    await uk_setup(services)
+    await define(services, "GB-RED", "VAT reduced", 10_000_000, "federal", "GBP")
+    await taxes.assign_tax(services.pool, "uk", "GB-RED", "tax_code", "RED")
+    await taxes.set_zone_tax_code(services.pool, "UK Mobile", "RED")
+    await taxes.set_rate_type_tax_code(services.pool, "sms", "STD")
+    await mobile_surcharge(services)
+    await account(services, "gb6", "uk", [])
+    await mobile_calls(services, "gb6", [(None, 1_050_000), ("sms", 2_050_000)])
+
+    await run(services, "2026-03", plan_id="uk")
+
+    # Surcharges: 10% of 1.05 = 0.105 -> 0.11 (zone code RED); 10% of 2.05 = 0.205 ->
+    # 0.21 (sms, code STD). Reduced 10% of 1.05 + 0.11 = 1.16: 0.116 -> 0.12; VAT 20% of
+    # 2.05 + 0.21 = 2.26: 0.452 -> 0.45. (Before: one surcharge of 10% of 3.10 = 0.31 at
+    # 10%, reduced 10% of 1.36 = 0.14 and VAT 20% of 2.05 = 0.41.)
+    found = await lines_of(services, "gb6")
+    assert [(r["kind"], r["description"], r["rate_type"], r["amount"]) for r in found] == [
+        ("usage", "Calls to UK Mobile", None, 1_050_000),
+        ("usage", "Calls to UK Mobile, sms", "sms", 2_050_000),
+        ("surcharge", "Mobile termination surcharge 10% of 1.05 GBP", None, 110_000),
+        ("surcharge", "Mobile termination surcharge, sms 10% of 2.05 GBP", "sms", 210_000),
+        ("tax", "VAT reduced 10% of 1.16 GBP", None, 120_000),
+        ("tax", "VAT 20% of 2.26 GBP", None, 450_000),
+    ]
+    invoice = await invoice_row(services, "gb6")
+    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == (
+        3_420_000,
+        570_000,
+        3_990_000,
+    )
+
+
+async def test_the_tax_engine_is_sent_a_zone_surcharge_as_the_usage_it_surcharges(
+    services: Services,
+) -> None:
+    """An external plan: the engine gets each part of a zone's surcharge as a usage
+    transaction of that zone, naming its rate type. Before, one "subscription" of the
+    zone's whole usage."""
+    await uk_setup(services)
+    await set_plan_billing(
+        services.pool,
+        services.store,
+        PlanBilling("uk", "fixed_date", date(2026, 1, 1), cycle_day=1, tax_engine="external"),
+    )
+    await mobile_surcharge(services)
+    await account(services, "gb7", "uk", [])
+    await mobile_calls(services, "gb7", [(None, UNIT), ("roaming", 2 * UNIT)])
+    run_id = await run(services, "2026-03", plan_id="uk")
+    sent: list[tuple[str, str, str, int]] = []
+
+    async def engine(invoice: TaxInvoice, lines: list[Line]) -> list[Line]:
+        request = taxes.tax_request(invoice, lines)
+        assert request is not None
+        sent.extend((t.type, t.product, t.description, t.amount) for t in request.transactions)
+        return []
+
+    posted = await posting.post(services.pool, services.store, run_id=run_id, tax_engine=engine)
+
+    assert len(posted.numbers) == 1
+    assert sent == [
+        ("usage", "UK Mobile", "Calls to UK Mobile", UNIT),
+        ("usage", "UK Mobile", "Calls to UK Mobile, roaming", 2 * UNIT),
+        ("usage", "UK Mobile", "Mobile termination surcharge 10% of 1.00 GBP", 100_000),
+        ("usage", "UK Mobile", "Mobile termination surcharge, roaming 10% of 2.00 GBP", 200_000),
+    ]
+
+
+async def test_a_draft_held_because_its_lines_changed_shows_that_reason(
+    services: Services,
+) -> None:
+    """The engine is down, then a rerun rewrites a line while the engine is asked: the
+    draft is held and its tax_error says why. Before, the engine's earlier reason stayed."""
+    await rounding_setup(services)
+    await set_plan_billing(
+        services.pool,
+        services.store,
+        PlanBilling("eu", "fixed_date", date(2026, 1, 1), cycle_day=1, tax_engine="external"),
+    )
+    run_id = await run(services, "2026-03", plan_id="eu")
+
+    async def down(invoice: TaxInvoice, lines: list[Line]) -> list[Line]:
+        raise ConnectionError("engine unreachable")
+
+    await posting.post(services.pool, services.store, run_id=run_id, tax_engine=down)
+    assert (await invoice_row(services, "e1"))["tax_error"] == "tax engine: engine unreachable"
+
+    async def rewritten_while_asked(invoice: TaxInvoice, lines: list[Line]) -> list[Line]:
+        await services.pool.execute(
+            "UPDATE invoice_lines SET amount = 2060000, exact_amount = 2060000"
+            " WHERE invoice_id = $1 AND position = 1",
+            invoice.id,
+        )
+        return []
+
+    held = await posting.post(
+        services.pool, services.store, run_id=run_id, tax_engine=rewritten_while_asked
+    )
+
+    reason = "its lines changed while its taxes were computed"
+    invoice = await invoice_row(services, "e1")
+    assert held.numbers == {} and held.held == {invoice["id"]: reason}
+    assert invoice["state"] == "draft" and invoice["tax_error"] == reason
+    stored, shown = await queries.invoice(services.pool, invoice["id"])
+    assert queries.detail_view(stored, shown).tax_error == reason
+
+
+def test_a_flat_zone_surcharge_is_one_amount_taxed_as_the_largest_share() -> None:
+    # UK Mobile: 1.00 of calls and 3.00 of roaming calls. A flat 1.50 is charged once,
+    # as roaming (the larger share); a 10% one is 0.10 and 0.30, one line each.
+    def usage(amount: int, rate_type: str | None) -> Line:
+        return Line(
+            "usage", "Calls", None, None, 1, amount, amount, False,
+            zone="UK Mobile", rate_type=rate_type,
+        )  # fmt: skip
+
+    calls = [usage(UNIT, None), usage(3 * UNIT, "roaming")]
+    flat = Surcharge("fee", "Fee", "flat", "zone", "UK Mobile", amount=1_500_000)
+    percent = Surcharge("pct", "Pct", "percent", "zone", "UK Mobile", rate=10_000_000)
+    found = surcharge_lines(calls, [flat, percent], "GBP")
+    assert [(s.description, s.rate_type, s.amount) for s in found] == [
+        ("Fee, roaming (flat)", "roaming", 1_500_000),
+        ("Pct 10% of 1.00 GBP", None, 100_000),
+        ("Pct, roaming 10% of 3.00 GBP", "roaming", 300_000),
+    ]

@@ -11,7 +11,14 @@ zone (its usage lines) or a charge (its charge lines, credits included).
 
 Each surcharge is its own line (kind ``surcharge``) after the lines it
 surcharges and before taxes, showing its basis and rate; it names its target
-(``charge_id`` or ``zone``), so it is taxed as what it surcharges. It moves
+(``charge_id`` or ``zone``), so it is taxed as what it surcharges. Usage lines
+are per zone and rate type, and a rate type's tax code replaces its zone's: a
+percent surcharge on a zone is therefore one line per rate type of its lines
+(``UK Mobile``'s calls and its ``roaming`` calls apart, as bundle credits are
+split), each naming that rate type and rounded once, so that a surcharge of
+untaxed roaming bears no VAT and one of SMS taxed at 20% is not taxed at the
+zone's 10%. A flat one is not split: it carries the rate type of the largest
+share of its zone's lines. It moves
 money at posting. Usage surcharges of the real-time path are unrelated: they
 are in the calls' rated amounts already.
 """
@@ -47,41 +54,68 @@ class Surcharge:
         return line.kind in CHARGE_KINDS and line.charge_id == self.target
 
 
+def _parts(surcharge: Surcharge, covered: list[Line]) -> list[tuple[str | None, list[Line]]]:
+    """The covered lines split as the surcharge's lines are: per rate type for a zone.
+
+    A percent surcharge on a zone gives a line per rate type of its lines (no rate
+    type first, then by name), so each is taxed as the lines it surcharges: a rate
+    type's tax code replaces its zone's. A flat one is one amount, not split: it
+    follows the rate type of the largest share of the lines (ties: no rate type
+    first, then by name). A charge's lines are not split.
+    """
+    if surcharge.target_kind != "zone":
+        return [(None, covered)]
+    groups: dict[str | None, list[Line]] = {}
+    for line in covered:
+        groups.setdefault(line.rate_type, []).append(line)
+    ordered = sorted(groups.items(), key=lambda g: (g[0] is not None, g[0] or ""))
+    if surcharge.kind == "percent":
+        return ordered
+    largest = max(ordered, key=lambda g: sum(int(line.amount) for line in g[1]))[0]
+    return [(largest, covered)]
+
+
+def _line(surcharge: Surcharge, rate_type: str | None, basis: int, currency: str) -> Line:
+    """One surcharge line on ``basis``, naming its target (and its lines' rate type)."""
+    named = f"{surcharge.name}, {rate_type}" if rate_type else surcharge.name
+    if surcharge.kind == "percent" and surcharge.rate is not None:
+        exact, amount = apply_rate(basis, surcharge.rate, currency)
+        shown = (
+            f"{named} {rate_text(surcharge.rate)}% of {format_amount(basis, currency)} {currency}"
+        )
+    else:
+        exact = surcharge.amount or 0
+        amount = round_line(exact, currency)
+        shown = f"{named} (flat)"
+    on_zone = surcharge.target_kind == "zone"
+    return Line(
+        "surcharge",
+        shown,
+        None,
+        None,
+        1,
+        exact,
+        amount,
+        True,
+        charge_id=None if on_zone else surcharge.target,
+        zone=surcharge.target if on_zone else None,
+        basis=basis,
+        rate=surcharge.rate,
+        rate_type=rate_type,
+    )
+
+
 def surcharge_lines(lines: Sequence[Line], found: Sequence[Surcharge], currency: str) -> list[Line]:
-    """The surcharge lines of an invoice made of ``lines``, in surcharge id order."""
+    """The surcharge lines of an invoice made of ``lines``, in surcharge id order (a zone's
+    percent surcharge: a line per rate type of its lines, each rounded once)."""
     result: list[Line] = []
     for surcharge in sorted(found, key=lambda s: s.id):
         covered = [line for line in lines if surcharge.covers(line) and line.amount]
         if not covered:
             continue
-        basis = sum(int(line.amount) for line in covered)  # usage sums come as Decimal
-        if surcharge.kind == "percent" and surcharge.rate is not None:
-            exact, amount = apply_rate(basis, surcharge.rate, currency)
-            shown = (
-                f"{surcharge.name} {rate_text(surcharge.rate)}%"
-                f" of {format_amount(basis, currency)} {currency}"
-            )
-        else:
-            exact = surcharge.amount or 0
-            amount = round_line(exact, currency)
-            shown = f"{surcharge.name} (flat)"
-        on_zone = surcharge.target_kind == "zone"
-        result.append(
-            Line(
-                "surcharge",
-                shown,
-                None,
-                None,
-                1,
-                exact,
-                amount,
-                True,
-                charge_id=None if on_zone else surcharge.target,
-                zone=surcharge.target if on_zone else None,
-                basis=basis,
-                rate=surcharge.rate,
-            )
-        )
+        for rate_type, part in _parts(surcharge, covered):
+            basis = sum(int(line.amount) for line in part)  # usage sums come as Decimal
+            result.append(_line(surcharge, rate_type, basis, currency))
     return result
 
 

@@ -7,8 +7,9 @@ The rule (decision 0022), stated here once:
   is its charge's (``charges.tax_code``, else its product's,
   ``product_tax_codes``); a usage line's is its rate type's
   (``rate_type_tax_codes``) when it has one, else its zone's
-  (``zone_tax_codes``); a surcharge line is taxed as the charge or zone it
-  surcharges; any other line (a bundle's) is taxed by the zone, charge or
+  (``zone_tax_codes``); a surcharge line is taxed as the charge, or the zone
+  and rate type, it surcharges (a zone's is split per rate type,
+  ``surcharges``); any other line (a bundle's) is taxed by the zone, charge or
   tax code it names, and bears no tax when it names none. A counter fee is
   taxed as the counter's own charge when the counter says so
   (``counters.taxes_follow_counter``), else as the regular tariff of the
@@ -67,6 +68,7 @@ from ocs.billing.tax_engine import (
     TaxLine,
     TaxRequest,
     TaxTransaction,
+    TransactionType,
     engine_taxes,
 )
 from ocs.config import Settings
@@ -502,25 +504,32 @@ def transaction_locations(line: Line, billing: Location, number: str | None = No
     return Locations(billing=billing, service=service, caller=caller, called=called)
 
 
+def transaction_type(line: Line) -> TransactionType:
+    """A line's engine transaction type: ``usage`` for lines of usage, the bundle credits
+    on usage and a zone's surcharges (taxed as the usage they surcharge, as on the
+    internal path), ``subscription`` for the rest (a charge's surcharges included)."""
+    on_usage = line.kind == "surcharge" and line.charge_id is None and line.zone is not None
+    if line.kind in USAGE_KINDS or line.kind in USAGE_CREDIT_KINDS or on_usage:
+        return "usage"
+    return "subscription"
+
+
 def tax_request(
     invoice: TaxInvoice, lines: Sequence[Line], billing: Location | None = None
 ) -> TaxRequest | None:
     """The engine request of an invoice's lines (None: nothing to tax).
 
     Every non-zero line but taxes is one transaction, numbered by its place on
-    the invoice: ``usage`` for lines of usage and the bundle credits on usage,
-    ``subscription`` for the rest; its product is the charge, zone or tax code
-    it names (else its kind). ``billing`` replaces the invoice's own location.
+    the invoice, typed by ``transaction_type`` (a zone's surcharge is ``usage``, one
+    transaction per rate type, as the lines it surcharges); its product is the
+    charge, zone or tax code it names (else its kind). ``billing`` replaces the
+    invoice's own location.
     """
     where = invoice.billing if billing is None else billing
     transactions = tuple(
         TaxTransaction(
             id=str(index),
-            type=(
-                "usage"
-                if line.kind in USAGE_KINDS or line.kind in USAGE_CREDIT_KINDS
-                else "subscription"
-            ),
+            type=transaction_type(line),
             product=line.charge_id or line.zone or line.tax_code or line.kind,
             description=line.description,
             amount=int(line.amount),

@@ -54,6 +54,8 @@ from ocs.config import Settings
 log = logging.getLogger("ocs.billing.taxing")
 
 NOT_CONFIGURED = "no tax engine configured"
+# A draft whose taxable lines were rewritten (a rerun) between their reading and its taxes.
+CHANGED = "its lines changed while its taxes were computed"
 # The reason of a TaxEngineUnavailable raised for a draft the engine was not asked about.
 NOT_ASKED = "not_asked"
 
@@ -319,8 +321,13 @@ async def tax_drafts(
                     invoice_id,
                 )
                 if [(r["id"], r["exact_amount"]) for r in now] != sorted(read[invoice_id]):
-                    # Its lines changed since they were read: held, and taxed next time.
-                    failed[invoice_id] = "its lines changed while its taxes were computed"
+                    # Its lines changed since they were read: held, and taxed next time. The
+                    # reason is stored here, under the lock: the failures above were stored
+                    # before this loop, and an earlier pass's reason would be shown instead.
+                    failed[invoice_id] = CHANGED
+                    await conn.execute(
+                        "UPDATE invoices SET tax_error = $2 WHERE id = $1", invoice_id, CHANGED
+                    )
                     continue
                 await conn.execute(
                     "DELETE FROM invoice_lines WHERE invoice_id = $1 AND kind = 'tax'", invoice_id
