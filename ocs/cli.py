@@ -833,6 +833,7 @@ def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
     import msgspec
 
     from ocs.balances.accounts import AccountSpec
+    from ocs.balances.card_ids import may_be_pin
     from ocs.views import account_view
 
     opening = amount_arg(args.balance, "--balance")
@@ -845,7 +846,8 @@ def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
         max_lines=args.max_lines,
         status=args.status,
     )
-    view = with_services(settings, lambda s: s.accounts.create(spec))
+    # An id of a PIN's form is looked up among the cards' PIN digests, keyed by the pepper.
+    view = with_services(settings, lambda s: s.accounts.create(spec), pepper=may_be_pin(args.id))
     print_json(msgspec.to_builtins(account_view(view)))
     return 0
 

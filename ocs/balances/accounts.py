@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from ocs.balances.card_ids import is_card_account
-from ocs.balances.digests import Digests
+from ocs.balances.card_ids import is_card_account, may_be_pin
+from ocs.balances.digests import Digests, legacy_pin_digest
 from ocs.balances.store import AccountState, BalanceStore, TopupResult
 from ocs.errors import OcsError, Reason, account_not_found, invalid
 from ocs.limits import MAX_LINES
@@ -53,13 +53,18 @@ CREATION_TOKEN_CHARS = 16
 
 def validate_expiry(expires_at: datetime | None) -> None:
     """An account's (or card's) expiry: an aware time within the years 1970 to 2999,
-    which every store holds; else 400 naming ``expires_at``."""
+    which every store holds, from the epoch's second second on (Redis's 0 is "never");
+    else 400 naming ``expires_at``."""
     if expires_at is None:
         return
     if expires_at.tzinfo is None:
         raise invalid("expires_at", "needs a time zone, e.g. 2027-01-31T23:59:59Z")
     if not 1970 <= expires_at.year <= 2999:
         raise invalid("expires_at", "expected a time within the years 1970 to 2999")
+    # Redis keeps whole seconds after the epoch, 0 meaning "never": a time in the first
+    # second of 1970 (or before it in UTC, given in a zone east of it) would never expire.
+    if expires_at.timestamp() < 1:
+        raise invalid("expires_at", "expected a time after 1970-01-01T00:00:00Z")
 
 
 def creation_token(*request: object) -> str:
@@ -238,6 +243,7 @@ class AccountService:
                 raise OcsError(
                     Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
                 )
+            await self._refuse_a_cards_pin(conn, account_id)
             status, lock = await starting_state(conn, plan_id, spec.status)
             limit: int = plan["credit_limit"] if spec.credit_limit is None else spec.credit_limit
             lines: int = plan["max_lines"] if spec.max_lines is None else spec.max_lines
@@ -323,6 +329,25 @@ class AccountService:
                     extra={"account": account_id, "balance": created.balance},
                 )
         return await self.show(account_id)
+
+    async def _refuse_a_cards_pin(self, conn: asyncpg.Connection, account_id: str) -> None:
+        """Refuse (409, field ``id``) an id that is a live card's PIN: a RADIUS User-Name
+        names an account before a card (decision 0053), so the card's holder would call
+        on this account's money. Only an id of a PIN's form is looked up, by both forms
+        of its digest (decision 0054), as a batch looks its drawn PINs up."""
+        if not may_be_pin(account_id):
+            return
+        taken = await conn.fetchval(
+            "SELECT 1 FROM pins WHERE pin_digest = ANY($1::text[]) LIMIT 1",
+            [self._digests.pin(account_id), legacy_pin_digest(account_id)],
+        )
+        if taken is not None:
+            raise OcsError(
+                Reason.ACCOUNT_EXISTS,
+                f"account id {account_id!r} cannot be used: it would clash with a calling"
+                " card; choose another id",
+                field="id",
+            )
 
     async def update_policy(
         self,

@@ -34,3 +34,10 @@ def is_card_account(account_id: str) -> bool:
         and serial.isascii()
         and serial.isdigit()
     )
+
+
+def may_be_pin(name: str) -> bool:
+    """Whether ``name`` has a PIN's form (6 to 20 ASCII digits, the lengths a batch may
+    deal): only such an account id can be a card's PIN too, which a RADIUS User-Name
+    would then name twice (decision 0042, 2026-12-07 addendum)."""
+    return name.isascii() and name.isdigit() and 6 <= len(name) <= 20

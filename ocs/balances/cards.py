@@ -93,9 +93,15 @@ class Batch:
 
 
 def validate_batch_id(batch_id: str) -> None:
-    """Refuse (400, field ``batch``) an id that is not 1 to 32 letters, digits, - or _."""
-    if not batch_id or len(batch_id) > 32 or not all(c.isalnum() or c in "-_" for c in batch_id):
-        raise invalid("batch", "expected 1 to 32 letters, digits, '-' or '_'")
+    """Refuse (400, field ``batch``) an id that is not 1 to 32 ASCII letters, digits, - or _:
+    its cards' ids must be ones the HTTP API's account paths accept (``café`` would make
+    cards no one could view, lock or top up)."""
+    if (
+        not batch_id
+        or len(batch_id) > 32
+        or not all(c.isascii() and (c.isalnum() or c in "-_") for c in batch_id)
+    ):
+        raise invalid("batch", "expected 1 to 32 ASCII letters, digits, '-' or '_'")
 
 
 async def check_pin_space(conn: asyncpg.Connection, count: int, length: int) -> None:
@@ -328,9 +334,10 @@ class CardService:
         length: int,
         password_length: int | None,
     ) -> list[Card]:
-        """``count`` cards with PINs no card has yet; refused (400, field ``length``) when
-        _UNIQUE_ROUNDS draws still leave some PINs taken: the space is too full, and
-        drawing on would hold the batch's transaction and lock for ever."""
+        """``count`` cards with PINs no card has yet and no account has as its id;
+        refused (400, field ``length``) when _UNIQUE_ROUNDS draws still leave some PINs
+        taken: the space is too full, and drawing on would hold the batch's transaction
+        and lock for ever."""
         pins: set[str] = set()
         for _ in range(_UNIQUE_ROUNDS):
             if len(pins) >= count:
@@ -344,7 +351,14 @@ class CardService:
                 [digest for pair in forms.values() for digest in pair],
             )
             clash = {r["pin_digest"] for r in taken}
-            pins |= {p for p, pair in forms.items() if clash.isdisjoint(pair)}
+            # A PIN that is an account's id is taken too: a RADIUS User-Name names the
+            # account before any card (decision 0053), so that card's holder would call
+            # on the account's money.
+            accounts = await conn.fetch(
+                "SELECT id FROM accounts WHERE id = ANY($1::text[])", list(forms)
+            )
+            named = {r["id"] for r in accounts}
+            pins |= {p for p, pair in forms.items() if p not in named and clash.isdisjoint(pair)}
         if len(pins) < count:
             raise invalid(
                 "length",
