@@ -34,6 +34,8 @@ class Reason(Enum):
     PLAN_EXISTS = "plan_exists"
     CALL_NOT_FOUND = "call_not_found"
     CALL_ALREADY_STOPPED = "call_already_stopped"
+    # An HTTP call id another account's live call holds: the switch's ids collided.
+    CALL_ID_IN_USE = "call_id_in_use"
     ACCOUNT_LOCKED = "account_locked"
     NO_OPEN_SESSION = "no_open_session"  # on-demand billing: no session open on the account
     INVOICE_STATE = "invoice_state"  # billing: the invoice or run is not in a state that allows it
@@ -95,6 +97,7 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.PLAN_EXISTS: _ReasonInfo(409, 1, 403),
     Reason.CALL_NOT_FOUND: _ReasonInfo(404, 1, 404),
     Reason.CALL_ALREADY_STOPPED: _ReasonInfo(409, 3, 481),
+    Reason.CALL_ID_IN_USE: _ReasonInfo(409, 1, 400),
     Reason.ACCOUNT_LOCKED: _ReasonInfo(403, 7, 403),
     Reason.NO_OPEN_SESSION: _ReasonInfo(403, 7, 403),
     Reason.INVOICE_STATE: _ReasonInfo(409, 1, 403),

@@ -32,6 +32,7 @@ EXPECTED = {
     "not_found": 404,
     "no_free_line": 486,
     "call_already_stopped": 481,
+    "call_id_in_use": 400,
     "unavailable": 503,
     "outcome_unknown": 503,
     "unauthorized": 503,

@@ -293,3 +293,61 @@ async def test_a_start_answers_what_a_switch_needs_to_know_whether_to_send_it_ag
     assert (status, late["error"]["code"]) == (409, 409), late
     status, unknown = await app.post("/v1/calls/never-granted/start", {})
     assert (status, unknown["error"]["code"]) == (404, 404), unknown
+
+
+async def test_a_call_id_live_for_another_account_is_refused_and_keeps_its_stop(
+    app: RunningApp,
+) -> None:
+    # Two Asterisk servers whose UNIQUEIDs collide. Before, the second grant took the id:
+    # the first call's stop charged the second account, the first kept its hold and line
+    # until the janitor charged it the whole grant, and the second's own stop was lost.
+    await setup(app, "a3")
+    status, body = await app.post(
+        "/v1/accounts", {"id": "a4", "plan": "retail", "balance": "10.00"}
+    )
+    assert status == 201, body
+    first = await authorize(app, "a3", "shared")
+    status, refused = await app.post(
+        "/v1/calls", {"account": "a4", "destination": FRANCE, "call_id": "shared"}
+    )
+    assert status == 409, refused
+    assert (refused["error"]["reason"], refused["error"]["field"]) == ("call_id_in_use", "call_id")
+    a4 = await account(app, "a4")
+    assert (a4["balance"], a4["reserved"], a4["lines_in_use"]) == ("10.000000", "0.000000", 0)
+    # The first account's repeat is still the idempotent 200.
+    status, again = await app.post(
+        "/v1/calls", {"account": "a3", "destination": FRANCE, "call_id": "shared"}
+    )
+    assert (status, again["repeated"], again["reserved"]) == (200, True, first["reserved"])
+    status, stopped = await app.post("/v1/calls/shared/stop", {"duration": 10})
+    assert (status, stopped["account"], stopped["cost"]) == (200, "a3", "0.100000"), stopped
+    a3 = await account(app, "a3")
+    assert (a3["balance"], a3["reserved"], a3["lines_in_use"]) == ("9.900000", "0.000000", 0)
+    # Once that call is over, another account may take its id: its stop charges it.
+    await authorize(app, "a4", "shared")
+    status, stopped = await app.post("/v1/calls/shared/stop", {"duration": 5})
+    assert (status, stopped["account"], stopped["cost"]) == (200, "a4", "0.050000"), stopped
+    assert (await account(app, "a4"))["balance"] == "9.950000"
+    assert (await account(app, "a3"))["balance"] == "9.900000"
+
+
+async def test_every_update_answers_the_calls_recorded_start(app: RunningApp) -> None:
+    # Before, an update answered now - used (the request's seconds): each report showed
+    # another start, disagreeing with /start's answer.
+    await setup(app, "upd")
+    await authorize(app, "upd", "answered")
+    status, started = await app.post("/v1/calls/answered/start", {})
+    assert status == 200, started
+    for used in (30, 45):
+        status, progress = await app.post("/v1/calls/answered/update", {"used": used})
+        assert (status, progress["started_at"]) == (200, started["started_at"]), progress
+        assert progress["used"] == used
+    status, stopped = await app.post("/v1/calls/answered/stop", {"duration": 50})
+    assert status == 200, stopped
+    # No /start: the first report is the answer; the next answers the same start.
+    await authorize(app, "upd", "unstarted")
+    status, first = await app.post("/v1/calls/unstarted/update", {"used": 5})
+    assert status == 200, first
+    assert int(time.time()) - 6 <= first["started_at"] <= int(time.time()) - 5
+    status, later = await app.post("/v1/calls/unstarted/update", {"used": 40})
+    assert (status, later["started_at"], later["used"]) == (200, first["started_at"], 40)

@@ -145,6 +145,9 @@ class UpdateResult(msgspec.Struct, frozen=True, gc=False):
     debited: int
     held: int
     started_now: bool = False  # the report was the first sign the call started
+    # The call's start as its entry holds it after the report (0: not told, a reply of an
+    # earlier version's script): what every report of the call answers.
+    started: int = 0
 
 
 class Created(msgspec.Struct, frozen=True, gc=False):

@@ -278,6 +278,15 @@ class OldPasswordForm:
 
 
 @dataclass(frozen=True, slots=True)
+class IdHeld:
+    """An HTTP call's id is held by another account's HTTP call (its reference, granted
+    and unexpired): nothing was reserved. ``record``: that call's packed record, to tell
+    whether it is still live (a stopped call's reference outlives it)."""
+
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class CounterChanged:
     """Another counter applies, or it holds other free seconds, than the caller priced with."""
 
@@ -299,6 +308,7 @@ __all__ = [
     "CounterQuote",
     "CounterShort",
     "CounterUse",
+    "IdHeld",
     "LiveEntry",
     "NotLive",
     "OldPasswordForm",
@@ -319,6 +329,7 @@ AuthorizeOutcome = (
     | Refused
     | CounterChanged
     | OldPasswordForm
+    | IdHeld
 )
 
 
@@ -489,13 +500,16 @@ class BalanceStore:
         *,
         ref_ttl: int,
         grant_expiry: Callable[[int], int | None] | None = None,
+        take_id: bool = False,
     ) -> AuthorizeOutcome:
         """Reserve a line and funds; the call reference is written in the same round trip.
 
         ``args.expires_at`` is the expiry of a call granted all it asked for;
         ``grant_expiry`` turns the funds actually reserved into the expiry of the
         shorter grant they pay for (None: keep ``expires_at``); ``ref_ttl`` is how
-        long a granted call's reference lives.
+        long a granted call's reference lives. On one Redis, an HTTP call (no NAS client)
+        whose id another account's HTTP call's reference holds is answered ``IdHeld``,
+        nothing reserved, unless ``take_id`` (the caller found that call over).
         """
         account_id, call_id = args.account_id, args.call_id
         expires_at, cap_cost = args.expires_at, args.cap_cost
@@ -511,7 +525,7 @@ class BalanceStore:
             # Both lists are the call's own: extended in place, not copied.
             script_keys, script_args = args.keys(), args.argv()
             script_keys.append(ref_key)
-            script_args += (ref_ttl, REF_WINDOW)
+            script_args += (ref_ttl, REF_WINDOW, 0 if take_id else 1)
             reply = await self._pipe.run_script(
                 scripts.AUTHORIZE_WITH_REF, script_keys, script_args
             )
@@ -549,6 +563,8 @@ class BalanceStore:
             )
         if status == "DONE":
             return AlreadyStopped()
+        if status == "HELD":
+            return IdHeld(reply[1])
         if status == "PLAN":
             return PlanMismatch(_text(reply[1]))
         if status == "CNT":
@@ -801,7 +817,11 @@ class BalanceStore:
         status = _text(reply[0])
         if status == "OK":
             return UpdateResult(
-                int(reply[1]), int(reply[2]), int(reply[3]), len(reply) > 4 and int(reply[4]) == 1
+                int(reply[1]),
+                int(reply[2]),
+                int(reply[3]),
+                len(reply) > 4 and int(reply[4]) == 1,
+                int(reply[5]) if len(reply) > 5 else 0,
             )
         if status == "ENTRY":
             return parse_live_entry(reply[1])

@@ -40,6 +40,7 @@ from ocs.balances.store import (
     BalanceStore,
     CounterChanged,
     CounterShort,
+    IdHeld,
     LiveEntry,
     NotLive,
     OldPasswordForm,
@@ -288,6 +289,13 @@ def _scoped(record: CallRecord, account_id: str | None, nas: NasOf) -> bool:
     return (account_id is None or record.account_id == account_id) and (
         nas is ANY_NAS or record.nas == nas
     )
+
+
+def _start_of(result: UpdateResult, now: int) -> int:
+    """The start an interim answers: the one the call's entry holds (its answer, or this
+    report's when it was the first sign of one), the same for every report; else, from an
+    earlier version's script, ``now`` less the seconds the call has used."""
+    return result.started or now - result.used
 
 
 def validate_duration(duration: object, field: str = "duration") -> int:
@@ -630,6 +638,7 @@ class CallService:
         plan_id = await self._plan_of(account_id)
         # The counter (and its free seconds) the script said applies, once it has said.
         counter_guess: tuple[str | None, int] | None = None
+        take_id = False  # another account's HTTP call held the id, and is over
         for _ in range(4):
             priced = self.price(request, plan_id, origin.translation, counter_guess)
             plan, rate, cap, split = priced.plan, priced.rate, priced.cap, priced.split
@@ -642,7 +651,7 @@ class CallService:
             record = self._record_for(request, origin, priced, call_id, caller, now, sliced, bands)
             wait = origin.wait_for_start
             outcome = await self._reserve(
-                request, priced, record, digest, now, granting, bands, wait=wait
+                request, priced, record, digest, now, granting, bands, wait=wait, take_id=take_id
             )
             match outcome:
                 case Reserved(
@@ -701,6 +710,8 @@ class CallService:
                     await self._check_password(account_id, request.password, digest)
                 case Refused():
                     raise self._refusal(account_id, outcome)
+                case IdHeld(record=holder):
+                    take_id = await self._id_taken_over(call_id, holder)
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
 
     async def _reserve(
@@ -714,6 +725,7 @@ class CallService:
         bands: Segments | None,
         *,
         wait: bool,
+        take_id: bool = False,
     ) -> AuthorizeOutcome:
         """Run the authorize script for a call priced ``priced`` granting at most
         ``granting`` seconds; ``wait``: its origin waits for a Start (RADIUS). An HTTP
@@ -757,6 +769,7 @@ class CallService:
                 grant_expiry=(
                     None if wait else self._expiry_of_grant(int(now), rate, granting, split, bands)
                 ),
+                take_id=take_id,
             )
         except Exception as error:  # the reply failed: the script may have granted
             failed = error
@@ -765,6 +778,21 @@ class CallService:
                 await self._release_unconfirmed(record)
             raise failed
         return outcome
+
+    async def _id_taken_over(self, call_id: str, holder: bytes) -> bool:
+        """True when the call of another account that holds HTTP call id ``call_id``'s
+        reference (``holder``, its record) is over, so a new call may take the id; 409
+        ``call_id_in_use`` naming ``call_id`` while it is live (decision 0052, addendum):
+        two switches' ids collided, and the second call would take the first's stop."""
+        other = CallRecord.unpack(holder)
+        entry = await self._store.live_entry(other.account_id, call_id)
+        if entry is None or other.stamp() not in entry.record:
+            return True
+        raise OcsError(
+            Reason.CALL_ID_IN_USE,
+            f"call id {call_id!r} is in use by another account's live call",
+            field="call_id",
+        )
 
     async def _release_unconfirmed(self, record: CallRecord) -> None:
         """Give back, free, the line and funds of the grant of ``record``'s authorization,
@@ -1297,7 +1325,9 @@ class CallService:
                 expiry = now + max(granted - used, 0) + grace
                 if granted < record.cap:
                     await self._store.set_expiry(record.account_id, call_id, expiry)
-            return CallProgress(call_id, record.account_id, now - used, result.used, result.debited)
+            return CallProgress(
+                call_id, record.account_id, _start_of(result, now), result.used, result.debited
+            )
         granted = max_duration_with_counter(
             record.rate, result.debited + result.held, reach, record.split, bands
         )
@@ -1311,7 +1341,7 @@ class CallService:
         return CallProgress(
             call_id,
             record.account_id,
-            now - used,
+            _start_of(result, now),
             result.used,
             result.debited,
             granted=granted,

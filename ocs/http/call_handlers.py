@@ -355,6 +355,10 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         body_required=True,
         errors=(402, 403, 404, 409),
         answer_description="granted (200: a repeat of an authorized call_id)",
+        description=(
+            "409 no_free_line: every line busy; 409 call_id_in_use: another account's live"
+            " call holds the call_id (the switches' ids collided), nothing reserved."
+        ),
     ),
     Endpoint(
         "POST",

@@ -24,9 +24,11 @@
 --          (CallRecord.stamp): the call must be that record's, not a later call of the
 --          account that reuses the id (a worker's cached record of an earlier call)
 --
--- Returns {"OK", used, debited, held, started_now}, {"DONE"} or {"NOCALL"};
+-- Returns {"OK", used, debited, held, started_now, started}, {"DONE"} or {"NOCALL"};
 -- started_now is 1 when this report is the first sign the call started (its start was
--- still to come, or provisional: "0<second>", decision 0055); {"ENTRY",
+-- still to come, or provisional: "0<second>", decision 0055); started is the call's
+-- start as the entry now holds it (the answer; this report's when started_now), the one
+-- the switch is answered, the same for every report of the call; {"ENTRY",
 -- entry} when the live call is not the record ARGV[11] stamps (nothing changed).
 -- Money moves from the call's reservation to the debit: the funds held for the
 -- call shrink by what is debited, so available funds never count it twice.
@@ -86,4 +88,4 @@ redis.call('HSET', KEYS[2], ARGV[1],
 if (ARGV[10] or '') ~= '1' or started_now == 1 then
   redis.call('ZADD', KEYS[3], ARGV[7], ARGV[8])
 end
-return {'OK', used, debited, held, started_now}
+return {'OK', used, debited, held, started_now, tonumber(started)}
