@@ -239,6 +239,14 @@ def nas_restart(client: str, node: str, kind: str, stamp: int) -> str:
     return f"nasrestart:{_TAGS[bucket_of(client)]}:{client}:{kind}:{stamp}:{node}"
 
 
+def nas_generations(client: str, node: str) -> str:
+    """Sorted set, no expiry: the restarts (Accounting-On/Off) of NAS ``node`` within
+    client ``client``, each its cut-off in epoch ms (member and score), the latest
+    few kept. A session id the NAS numbers afresh after its latest is qualified by it,
+    so that it names a new call (decision 0059). One small key per NAS that restarted."""
+    return f"nasgen:{_TAGS[bucket_of(client)]}:{client}:{node}"
+
+
 def bucket_of_ledger_key(key: str) -> int:
     """Inverse of ``ledger``: the bucket number in ``ledger:{b:N}``."""
     return int(key[key.index("{b:") + 3 : key.index("}")])
@@ -265,8 +273,8 @@ CALL_REF_PREFIX = "callref"
 LEDGER_KEY_PREFIXES = frozenset({"ledger", "ledger-dead"})
 # The live calls' expiry sets: each member names its account (``expiry_member``).
 EXPIRY_PREFIX = "expiry"
-# Short-lived traces of requests (failed PINs, a NAS's restart), no account's data.
-TRACE_KEY_PREFIXES = frozenset({"pinfail", "nasrestart"})
+# Traces of requests (failed PINs, a NAS's restarts), no account's data.
+TRACE_KEY_PREFIXES = frozenset({"pinfail", "nasrestart", "nasgen"})
 # Keys any process writes for itself, holding no account's data.
 PROCESS_KEYS = frozenset({live_state_sample(), live_state_lease(), write_probe()})
 

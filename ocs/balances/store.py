@@ -356,6 +356,9 @@ _CYCLE_RUN_TTL = 400 * 86_400
 # How long the cut-off of a NAS's Accounting-On is kept for its retransmissions: longer
 # than a NAS goes on retransmitting one (RFC 2866 NASes give up within minutes or hours).
 _NAS_RESTART_TTL = 86_400
+# How many restarts of a NAS are kept: its ids are qualified by the latest, and a late
+# request of a call from before it by the one before (decision 0059).
+_NAS_GENERATIONS_KEPT = 4
 
 # A refused authorization's call reference lasts this long (seconds): enough for the
 # request's retransmissions, and nothing a loop of refused calls could pile up.
@@ -1243,6 +1246,21 @@ class BalanceStore:
             return cutoff_ms
         first = await self._pipe.execute("GET", key)
         return cutoff_ms if first is None else int(first)
+
+    async def nas_generations(self, client: str, node: str) -> tuple[int, int]:
+        """The cut-offs (epoch ms) of the latest two restarts of NAS ``node`` of client
+        ``client``, latest first, 0 for none (decision 0059)."""
+        found = await self._pipe.execute("ZREVRANGE", keys.nas_generations(client, node), 0, 1)
+        cutoffs = [int(member) for member in found or ()]
+        return (cutoffs[0] if cutoffs else 0, cutoffs[1] if len(cutoffs) > 1 else 0)
+
+    async def add_nas_generation(self, client: str, node: str, cutoff: int) -> tuple[int, int]:
+        """Keep a restart of NAS ``node`` of client ``client`` at ``cutoff`` (epoch ms; a
+        retransmission's is the same and changes nothing); ``nas_generations`` after it."""
+        key = keys.nas_generations(client, node)
+        await self._pipe.execute("ZADD", key, cutoff, cutoff)
+        await self._pipe.execute("ZREMRANGEBYRANK", key, 0, -_NAS_GENERATIONS_KEPT - 1)
+        return await self.nas_generations(client, node)
 
     async def reset_counters(
         self, account_id: str, cycle: list[tuple[str, int, bool, bool]], label: str, since: int

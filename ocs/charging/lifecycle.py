@@ -94,6 +94,8 @@ log = logging.getLogger("ocs.charging.lifecycle")
 MAX_CALL_ID = 128
 _PLAN_CACHE_LIMIT = 200_000
 _LIVE_CACHE_LIMIT = 500_000
+# A NAS with no restart known (decision 0059).
+_NO_RESTARTS = (0, 0)
 # A start whose expected entry changed under it computes its expiry again this often.
 _START_TRIES = 3
 # A start, report or stop whose record turned out not to be the live call's (a record
@@ -400,6 +402,10 @@ class CallService:
         # start), as the authorize wrote it, so that the start computes the expiry without
         # reading it first (start.lua checks the entry is still that one).
         self._unstarted: dict[str, LiveEntry] = {}
+        # (NAS client, NAS) -> the cut-offs (epoch ms) of its latest two restarts, as far
+        # as this process has learned them: from an Accounting-On it took, or read when a
+        # request met a stopped call (decision 0059). No read on the common path.
+        self._generations: dict[tuple[str, str], tuple[int, int]] = {}
 
     def _bands(self, plan_id: str, rate: Rate, start: int, length: int) -> Segments | None:
         return call_bands(self._catalog.snapshot.plan(plan_id), rate, start, length)
@@ -1358,18 +1364,26 @@ class CallService:
         cause: str = "normal",
         nas: NasOf = ANY_NAS,
         delay: int = 0,
+        settle_closed: bool = True,
+        window: tuple[int, int] | None = None,
     ) -> CallCharge:
         """Charge a call's real duration at its authorized rate, once.
 
         ``duration`` None (a switch that did not report it): the time from the call's
         start, as ocs recorded it, to its end, ``delay`` seconds before now (RADIUS
-        Acct-Delay-Time); 0 for a call never started.
+        Acct-Delay-Time); 0 for a call never started. ``settle_closed`` False: a call
+        already closed is neither answered as a repeat nor settled as a late stop, but
+        refused (``CALL_ALREADY_STOPPED``), nothing changed: the caller first makes sure
+        the stop is that call's (decision 0059). ``window``: the call must have been
+        authorized in it (epoch ms, from and before), else it is not found.
         """
         validate_call_id(call_id)
         if duration is not None:
             validate_duration(duration)
         cached = self._cached(call_id, account_id, nas)
         record = cached or await self._record(call_id, account_id, keep=True, nas=nas)
+        if window is not None and not window[0] <= record.authorized_at_ms < window[1]:
+            raise OcsError(Reason.CALL_NOT_FOUND, f"no call {call_id!r} of that NAS's life")
         self._live.pop(call_id, None)
         self._unstarted.pop(call_id, None)
         started = 0
@@ -1388,7 +1402,7 @@ class CallService:
             duration = min(max(ended - started, 0), MAX_CALL_DURATION) if started else 0
         # A kept record is charged only if it is the live call's (the script checks its
         # stamp): else the id's reference says which call the stop is for.
-        checking = cached is not None
+        checking = cached is not None or not settle_closed
         result: StopResult | NotLive | None = None
         for _ in range(_CHECK_TRIES):
             stamp = record.stamp() if checking else None
@@ -1406,12 +1420,17 @@ class CallService:
             # The kept record's call was closed (by another process, the janitor...) or
             # is gone: this stop is that call's (a repeat, a late stop) or the id's next
             # call's, as the id's reference says.
-            checking = False
+            checking = not settle_closed
             current = await self._current(call_id, account_id, nas)
             if current is not None and current != record:
                 record, started = current, 0
                 if self._placed_by_start(record):
                     record, started = await self._answer_of(record, False, call_id, account_id, nas)
+            elif not settle_closed:
+                if result is None:
+                    break
+                # Closed: not settled until the caller knows the stop is that call's.
+                raise OcsError(Reason.CALL_ALREADY_STOPPED, f"call {call_id!r} has already stopped")
         if isinstance(result, NotLive):
             raise OcsError(Reason.UNAVAILABLE, f"call {call_id!r} keeps changing; try again")
         if result is None:
@@ -1710,10 +1729,39 @@ class CallService:
     ) -> int:
         """The time (epoch ms) before which a NAS's Accounting-On/Off closes its calls: that
         of the first copy of the one stamped ``stamp`` (Event-Timestamp) from ``node`` of
-        client ``nas``, ``cutoff_ms`` when this is the first. A stamp in the future (a NAS
-        clock running ahead) is cut to its receipt; a retransmission received later must
-        not close the calls the NAS authorized since it came back."""
+        client ``nas``, ``cutoff_ms`` (its receipt less Acct-Delay-Time, ocs's clock) when
+        this is the first: a retransmission received later must not close the calls the
+        NAS authorized since it came back."""
         return await self._store.nas_restart_cutoff(nas, node, kind, stamp, cutoff_ms)
+
+    def nas_generation(self, nas: str, node: str) -> tuple[int, int]:
+        """The cut-offs (epoch ms) of the latest two restarts of NAS ``node`` of client
+        ``nas`` this process knows of, latest first; 0 for none (decision 0059)."""
+        return self._generations.get((nas, node), _NO_RESTARTS)
+
+    async def read_nas_generation(self, nas: str, node: str) -> tuple[int, int]:
+        """``nas_generation`` as Redis has it now (another process may have taken the
+        NAS's latest Accounting-On), kept for this process's next requests."""
+        found = await self._store.nas_generations(nas, node)
+        self._keep_generation(nas, node, found)
+        return found
+
+    async def nas_restarted(self, nas: str, nodes: list[str], cutoff: int) -> None:
+        """Keep a restart of the NAS known as ``nodes`` within client ``nas`` at
+        ``cutoff`` (epoch ms): the session ids it numbers afresh since name new calls."""
+        for node in nodes:
+            known = await self._store.add_nas_generation(nas, node, cutoff)
+            if self._generations.get((nas, node)) != known:
+                log.info(
+                    "a NAS restarted: the session ids it numbers from now name new calls",
+                    extra={"nas": nas, "nas_node": node, "restart_ms": cutoff},
+                )
+            self._keep_generation(nas, node, known)
+
+    def _keep_generation(self, nas: str, node: str, found: tuple[int, int]) -> None:
+        if len(self._generations) >= _PLAN_CACHE_LIMIT:
+            self._generations.clear()
+        self._generations[(nas, node)] = found
 
     async def close_calls_of_nas(
         self, nas: str, cause: str, before_ms: int, nodes: frozenset[str] = frozenset()

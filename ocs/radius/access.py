@@ -19,6 +19,7 @@ an unanswered call (``ivr_attributes``; docs/ivr-attributes.md, decision 0030).
 
 from typing import NamedTuple
 
+import msgspec
 from pyrad.packet import AuthPacket, PacketError
 
 from ocs.balances.ivr import Ivr
@@ -30,7 +31,7 @@ from ocs.errors import OcsError, Reason, invalid
 from ocs.metrics import PIN_FAILURES, decision
 from ocs.money import format_amount
 from ocs.radius.attributes import avpair, cisco, first
-from ocs.radius.call_identity import nas_node, radius_call_id
+from ocs.radius.call_identity import nas_node, qualified_source, radius_call_id
 from ocs.radius.clients import NasClient
 
 Attribute = tuple[str, str | int]
@@ -167,12 +168,16 @@ async def answer_access_request(
                 return_code=0,
             )
         node = nas_node(packet)  # the NAS within its client (decision 0048)
-        grant = await calls.authorize(
+        order = settings.radius_call_id_order
+        # Qualified by the NAS's latest restart this process knows of (decision 0059).
+        generation = calls.nas_generation(client.name, node or "")[0]
+        grant = await _authorize(
+            calls,
             AuthorizeRequest(
                 account_id,
                 destination or "",
                 caller,
-                radius_call_id(packet, settings.radius_call_id_order, client, node),
+                radius_call_id(packet, order, client, node, generation),
                 member=identity.member,
                 direction="inbound" if inbound else "outbound",
                 # The access number (DNIS) a card holder dialled in on, when the IVR says.
@@ -196,6 +201,7 @@ async def answer_access_request(
                 # A plan granting slices needs a NAS ocs can cut when the funds run out.
                 slices=disconnectable,
             ),
+            _Renaming(packet, client, order, node, generation),
         )
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:
@@ -212,6 +218,39 @@ async def answer_access_request(
             await attempt.take_back()
     decision("radius", None)
     return granted(grant)
+
+
+class _Renaming(NamedTuple):
+    """What names a RADIUS call afresh after its NAS's restart: the request, its client,
+    ``radius_call_id_order``, its NAS and the restart its id was qualified by (0: none)."""
+
+    packet: AuthPacket
+    client: NasClient
+    order: tuple[str, ...]
+    node: str | None
+    generation: int
+
+
+async def _authorize(
+    calls: CallService, request: AuthorizeRequest, origin: Origin, renaming: _Renaming
+) -> Grant:
+    """``calls.authorize``; a call id found stopped is, once the NAS has restarted since
+    (its Accounting-On taken by another process), authorized again under the id of the
+    NAS's new life (decision 0059). Only a refusal reads the NAS's restarts: the common
+    request pays nothing for them."""
+    refused: OcsError | None = None
+    try:
+        return await calls.authorize(request, origin)
+    except OcsError as error:
+        refused = error
+    packet, client, order, node, generation = renaming
+    if refused.reason is not Reason.CALL_ALREADY_STOPPED or not qualified_source(packet, order):
+        raise refused
+    latest = (await calls.read_nas_generation(client.name, node or ""))[0]
+    if latest == generation:
+        raise refused
+    call_id = radius_call_id(packet, order, client, node, latest)
+    return await calls.authorize(msgspec.structs.replace(request, call_id=call_id), origin)
 
 
 # Octets the route AVPairs may take in an Access-Accept. A RADIUS packet is at most

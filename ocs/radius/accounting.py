@@ -26,7 +26,9 @@ from ocs.radius.attributes import first
 from ocs.radius.call_identity import (
     legacy_call_id,
     nas_names,
+    nas_node,
     other_call_ids,
+    qualified_source,
     radius_call_id,
 )
 from ocs.radius.clients import NasClient
@@ -105,27 +107,26 @@ def _event_stamp(packet: AcctPacket) -> int | None:
 
 
 async def _restart_time_ms(request: _Accounting) -> int:
-    """When the NAS says it restarted: Event-Timestamp, else now less Acct-Delay-Time.
+    """When the NAS restarted, by ocs's clock: the first copy's receipt less its
+    Acct-Delay-Time (decision 0005's addendum).
 
-    A retransmitted Accounting-On carries the same stamp, so it never closes calls
-    authorized after the NAS came back. A stamp in the future (a NAS clock running
-    ahead) counts as the receipt of the first copy, remembered by the stamp: taken as
-    each copy's receipt, a copy retransmitted 30 s later closed the calls of those 30 s.
+    The calls it closes were authorized by ocs's clock, so the cut-off is taken from it:
+    Event-Timestamp is the NAS's clock, and one running 10 minutes slow left every call
+    of the 10 minutes before the restart live, its funds and line held. The stamp only
+    tells the copies of one Accounting-On apart: a retransmission carries the same stamp
+    and closes by the first copy's cut-off, remembered by it, so never the calls the NAS
+    authorized since it came back. Without a usable stamp a retransmission updates
+    Acct-Delay-Time (RFC 2866 section 5.2), which keeps the time; an identical copy is
+    answered from the reply cache.
     """
-    now_ms = int(time.time() * 1000)
     packet = request.packet
+    cutoff_ms = int(time.time() * 1000) - _delay(packet) * 1000
     seconds = _event_stamp(packet)
     if seconds is None:
-        # A retransmission updates Acct-Delay-Time (RFC 2866 section 5.2), which keeps
-        # the time; an identical copy is answered from the reply cache.
-        return now_ms - _delay(packet) * 1000
+        return cutoff_ms
     names = nas_names(packet)
     return await request.calls.nas_restart_cutoff(
-        request.client.name,
-        names[0] if names else "",
-        request.kind,
-        seconds,
-        min(seconds * 1000, now_ms),
+        request.client.name, names[0] if names else "", request.kind, seconds, cutoff_ms
     )
 
 
@@ -164,6 +165,9 @@ async def handle_accounting(
     kind = STATUS_TYPES.get(status or 0, "other")
     if kind in ("accounting-on", "accounting-off"):
         before_ms = await _restart_time_ms(_Accounting(kind, packet, client, calls, settings))
+        # Kept before its calls are closed: the session ids the NAS numbers afresh from
+        # now name new calls (decision 0059).
+        await calls.nas_restarted(client.name, nas_names(packet), before_ms)
         await calls.close_calls_of_nas(
             client.name, cause="nas-reboot", before_ms=before_ms, nodes=frozenset(nas_names(packet))
         )
@@ -171,19 +175,17 @@ async def handle_accounting(
     if kind == "other":
         return AccountingOutcome(kind, "ignored")
     order = settings.radius_call_id_order
-    call_id = radius_call_id(packet, order, client)
+    # Whether the request names a call at all; a NAS's own id is qualified below.
+    call_id = radius_call_id(packet, order, client, "")
     if not call_id:
         return AccountingOutcome(kind, "no_call_id")
     request = _Accounting(kind, packet, client, calls, settings)
-    # The refusal is kept and acted on after the handler (see ``_attempt``).
-    refused: OcsError | None = None
-    try:
-        return await _apply(request, call_id)
-    except OcsError as error:
-        refused = error
-    result: AccountingOutcome | OcsError = refused
-    if refused.reason is Reason.CALL_NOT_FOUND:
-        result = await _attempt_elsewhere(request, refused)
+    if qualified_source(packet, order):
+        result = await _in_nas_life(request)
+    else:
+        result = await _attempt(request, call_id, _ANY_LIFE)
+    if _not_found(result):
+        result = await _attempt_elsewhere(request, result)
     if not isinstance(result, OcsError):
         return result
     if result.reason is Reason.UNAVAILABLE:
@@ -195,25 +197,106 @@ async def handle_accounting(
     return AccountingOutcome(kind, result.reason.value)
 
 
+class _Life(NamedTuple):
+    """Which life of its NAS (the time between two restarts) a request's call is of: the
+    restart that began it (its cut-off, epoch ms; 0: none known, or one from before those
+    known), the window its call was authorized in (epoch ms, from and before; None:
+    any), and whether a call found closed may be settled (a repeat, a late stop): only
+    once the NAS's restarts were read from Redis, as another process may have taken the
+    latest."""
+
+    generation: int
+    window: tuple[int, int] | None
+    settle: bool
+
+
+# A global id's call, or one of a NAS not known to have restarted: any, settled as found.
+_ANY_LIFE = _Life(0, None, True)
+_FOREVER_MS = 1 << 62
+# The times a request gives are whole seconds, and a NAS may round its session time up:
+# a call answered up to this long before a restart's cut-off (ms) is still taken as one
+# of the new life. A call of the old life that ended by the restart was answered its
+# Acct-Session-Time before: earlier, for any call of more than a second or two.
+_SLACK_MS = 2_000
+
+
+def _life_of(restarts: tuple[int, int], answered: int, settle: bool) -> _Life:
+    """The life a call answered at ``answered`` (epoch s, ocs's clock) is of, given its
+    NAS's latest two restarts (cut-offs, epoch ms, latest first, 0 for none)."""
+    latest, before = restarts
+    answered_ms = answered * 1000 + _SLACK_MS
+    if not latest:
+        return _Life(0, None, settle)
+    if answered_ms >= latest:
+        return _Life(latest, (latest, _FOREVER_MS), settle)
+    if before and answered_ms >= before:
+        return _Life(before, (before, latest), settle)
+    return _Life(0, (0, before or latest), settle)
+
+
+def _answered_at(request: _Accounting) -> int:
+    """When the request's call was answered, as far as the request tells (epoch s, ocs's
+    clock): its receipt less Acct-Delay-Time, less Acct-Session-Time but for a Start."""
+    packet = request.packet
+    used = None if request.kind == "start" else _session_time(packet)
+    return int(time.time()) - _delay(packet) - (used or 0)
+
+
+async def _in_nas_life(request: _Accounting) -> "AccountingOutcome | OcsError":
+    """Apply a request whose call id is its NAS's own (an Acct-Session-Id) to the call of
+    the NAS's life it is of (decision 0059): a NAS that numbers its sessions afresh
+    after a restart names a new call by an old call's session id.
+
+    The life comes from the restarts this process knows of. When the call it finds is
+    closed, the restarts are read again (another process may have taken the NAS's latest
+    Accounting-On) before the request is taken as a repeat or a late stop of that call;
+    so only a request that meets a closed call reads them."""
+    packet, client, calls = request.packet, request.client, request.calls
+    node = nas_node(packet) or ""
+    answered = _answered_at(request)
+    known = calls.nas_generation(client.name, node)
+    result = await _attempt_life(request, node, _life_of(known, answered, settle=False))
+    if not (isinstance(result, OcsError) and result.reason is Reason.CALL_ALREADY_STOPPED):
+        return result
+    latest = await calls.read_nas_generation(client.name, node)
+    return await _attempt_life(request, node, _life_of(latest, answered, settle=True))
+
+
+async def _attempt_life(
+    request: _Accounting, node: str, life: _Life
+) -> "AccountingOutcome | OcsError":
+    """Apply the request under its id in ``life``; one qualified by a restart is then
+    tried bare, for a call of that life authorized by a process that knew of no restart."""
+    packet, client = request.packet, request.client
+    order = request.settings.radius_call_id_order
+    call_id = radius_call_id(packet, order, client, node, life.generation) or ""
+    result = await _attempt(request, call_id, life)
+    if life.generation and _not_found(result):
+        result = await _attempt(request, radius_call_id(packet, order, client, node) or "", life)
+    return result
+
+
 def _not_found(result: "AccountingOutcome | OcsError") -> bool:
     """Whether an attempt found no such call (to look under the call's other ids)."""
     return isinstance(result, OcsError) and result.reason is Reason.CALL_NOT_FOUND
 
 
-async def _attempt(request: _Accounting, call_id: str) -> "AccountingOutcome | OcsError":
+async def _attempt(
+    request: _Accounting, call_id: str, life: _Life = _ANY_LIFE
+) -> "AccountingOutcome | OcsError":
     """``_apply``, its refusal returned rather than raised.
 
     Returned, so that no caller awaits inside an ``except`` block or raises again after
     an await there: code compiled with mypyc (decision 0038) lost such exceptions, or
     crashed re-raising one."""
     try:
-        return await _apply(request, call_id)
+        return await _apply(request, call_id, life)
     except OcsError as error:
         return error
 
 
 async def _attempt_elsewhere(
-    request: _Accounting, not_found: OcsError
+    request: _Accounting, not_found: "AccountingOutcome | OcsError"
 ) -> "AccountingOutcome | OcsError":
     """Apply the request to its call under another id it may have been authorized under
     (decision 0048): qualified by another name of its NAS, or its bare session id from
@@ -239,8 +322,9 @@ async def _authorized_before_qualified_ids(
     return record is not None and record.nas == client.name and record.nas_node is None
 
 
-async def _apply(request: _Accounting, call_id: str) -> AccountingOutcome:
-    """Start, report or stop the call; ``OcsError`` when it is not this client's to account."""
+async def _apply(request: _Accounting, call_id: str, life: _Life) -> AccountingOutcome:
+    """Start, report or stop the call; ``OcsError`` when it is not this client's to account.
+    A stop charges only a call of ``life``, and a closed one only when ``life`` says."""
     kind, packet, client, calls, settings = request
     if kind == "start":
         await calls.start(call_id, nas=client.name, delay=_delay(packet))
@@ -262,7 +346,12 @@ async def _apply(request: _Accounting, call_id: str) -> AccountingOutcome:
                     )
     else:
         charge = await calls.stop(
-            call_id, _session_time(packet), nas=client.name, delay=_delay(packet)
+            call_id,
+            _session_time(packet),
+            nas=client.name,
+            delay=_delay(packet),
+            settle_closed=life.settle,
+            window=life.window,
         )
         return AccountingOutcome(kind, "repeated" if charge.repeated else "ok")
     return AccountingOutcome(kind, "ok")

@@ -101,12 +101,18 @@ _KEPT = MAX_CALL_ID - 17
 
 
 def radius_call_id(
-    packet: Packet, order: tuple[str, ...], client: NasClient, node: str | None = None
+    packet: Packet,
+    order: tuple[str, ...],
+    client: NasClient,
+    node: str | None = None,
+    generation: int = 0,
 ) -> str | None:
     """The call a request names: a global id as sent, a NAS's own id qualified by its
     client and NAS ``node`` (``<session>@<client>:<nas>``; None: ``nas_node``'s, read
-    only when needed). One that would be longer than a call id may be keeps the start
-    of the session id and names the rest by a digest of the whole."""
+    only when needed), and by the NAS's restart ``generation`` when it has restarted
+    (``~<its cut-off, epoch ms>``, decision 0059: a session id it numbers afresh is a new
+    call). One that would be longer than a call id may be keeps the start of the
+    session id and names the rest by a digest of the whole."""
     found = id_and_source(packet, order)
     if found is None:
         return None
@@ -116,12 +122,21 @@ def radius_call_id(
     if node is None:
         node = nas_node(packet)
     qualified = f"{value}@{client.name}:{node or ''}"
+    if generation:
+        qualified = f"{qualified}~{generation}"
     if len(qualified) <= MAX_CALL_ID:
         return qualified
     # Too long to keep whole (a NAS-Identifier may take 253 octets, a session id too):
     # 16 hex digits of a digest of the whole keep each NAS's calls apart.
     digest = hashlib.blake2b(qualified.encode(), digest_size=8).hexdigest()
     return f"{value[:_KEPT]}@{digest}"
+
+
+def qualified_source(packet: Packet, order: tuple[str, ...]) -> bool:
+    """Whether the request's call id is a NAS's own, qualified by its client and NAS (an
+    ``Acct-Session-Id``), not a global one."""
+    found = id_and_source(packet, order)
+    return found is not None and found[1] not in GLOBAL_SOURCES
 
 
 def legacy_call_id(packet: Packet, order: tuple[str, ...]) -> str | None:
