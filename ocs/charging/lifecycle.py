@@ -1759,6 +1759,7 @@ class CallService:
             self._keep_generation(nas, node, known)
 
     def _keep_generation(self, nas: str, node: str, found: tuple[int, int]) -> None:
+        """Remember a NAS's restarts for this process's next requests (bounded)."""
         if len(self._generations) >= _PLAN_CACHE_LIMIT:
             self._generations.clear()
         self._generations[(nas, node)] = found

@@ -24,11 +24,12 @@ from ocs.errors import OcsError, Reason
 from ocs.limits import MAX_CALL_DURATION
 from ocs.radius.attributes import first
 from ocs.radius.call_identity import (
+    GLOBAL_SOURCES,
+    id_and_source,
     legacy_call_id,
     nas_names,
     nas_node,
     other_call_ids,
-    qualified_source,
     radius_call_id,
 )
 from ocs.radius.clients import NasClient
@@ -175,15 +176,15 @@ async def handle_accounting(
     if kind == "other":
         return AccountingOutcome(kind, "ignored")
     order = settings.radius_call_id_order
-    # Whether the request names a call at all; a NAS's own id is qualified below.
-    call_id = radius_call_id(packet, order, client, "")
-    if not call_id:
+    found = id_and_source(packet, order)
+    if found is None or not found[0]:
         return AccountingOutcome(kind, "no_call_id")
     request = _Accounting(kind, packet, client, calls, settings)
-    if qualified_source(packet, order):
-        result = await _in_nas_life(request)
+    if found[1] in GLOBAL_SOURCES:
+        result = await _attempt(request, found[0], _ANY_LIFE)
     else:
-        result = await _attempt(request, call_id, _ANY_LIFE)
+        # A NAS's own id: qualified by its client, its NAS and the NAS's life.
+        result = await _in_nas_life(request)
     if _not_found(result):
         result = await _attempt_elsewhere(request, result)
     if not isinstance(result, OcsError):
