@@ -5,6 +5,10 @@ ASCII, a fixed expiry in the epoch's first second.
   0053): a card dealt a PIN equal to a plain account's id would call on that account's
   money, while ``POST /v1/pins/lookup`` showed the card. A batch draws such a PIN again,
   and an account whose id is a live card's PIN is refused (409 naming ``id``).
+- An account created while a batch of PINs of its id's length is being made waits for
+  the batch (and the batch for it): neither misses the other. The refusal of a PIN as an
+  id is an existing account's refusal, word for word, and counts against the PIN guard
+  of the token asking, so that creating accounts is no way to test PINs.
 - A batch id such as ``café`` made cards whose ids the API's account paths refuse (400
   on every view, lock and top-up): batch ids are ASCII, as the HTTP pattern says.
 - Redis keeps an expiry as whole seconds after the epoch, 0 meaning "never": a fixed
@@ -14,16 +18,22 @@ FreeRADIUS's ``radclient`` is the IVR. Rates used (tests/conftest.py RETAIL_DECK
 Germany (49) 0.012 a minute, 1/1 seconds, no connect fee.
 """
 
+import asyncio
 import csv
 import io
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from ocs.balances import cards
+from ocs import api_tokens
+from ocs.balances import accounts, cards
+from ocs.balances.pin_guard import PinGuard
 from ocs.errors import OcsError
-from tests.conftest import RunningApp, account, add_plan
+from ocs.http.app import create_app
+from tests.conftest import RunningApp, account, add_plan, bearer, eventually
 from tests.helpers import ANSWERED, Pairs, auth, card_nas, ocs_cli
 
 GERMANY = "4930901820"
@@ -112,7 +122,7 @@ async def test_an_account_whose_id_is_a_live_card_s_pin_is_refused(
     # Nor by the command line, which loads the pepper to look such an id up.
     settings, cli = app.services.settings, ("accounts", "create", PHONE, "--plan", "retail")
     code, _, err = await ocs_cli(settings, tmp_path, *cli)
-    assert code == 1 and "account_exists" in err and "clash with a calling card" in err, err
+    assert code == 1 and f"account {PHONE!r} exists already" in err, err
     assert await app.services.store.get_account(PHONE) is None
     # Another id of a PIN's form, and one of the card's digits but not a PIN's length,
     # are accounts as before.
@@ -127,6 +137,121 @@ async def test_an_account_whose_id_is_a_live_card_s_pin_is_refused(
         reply = await auth(nas, ivr_call(PHONE, "REVERSE-1"), expect=ANSWERED)
         assert reply.code == "Access-Accept", reply.output
     assert await reserved(app, card["account"]) == "2.000000"
+
+
+async def test_an_account_and_a_batch_made_at_once_never_share_a_number(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(app.services, max_lines=2)
+    # The account's creation pauses between its look-up of the PINs and its insert,
+    # where a batch whose first PIN drawn is the account's id then runs.
+    at_insert, go_on = asyncio.Event(), asyncio.Event()
+    real_starting_state = accounts.starting_state
+
+    async def paused(*args: object) -> tuple[str, str]:
+        at_insert.set()
+        await go_on.wait()
+        return await real_starting_state(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(accounts, "starting_state", paused)
+    creating = asyncio.create_task(
+        app.post("/v1/accounts", {"id": PHONE, "plan": "retail", "balance": "5"})
+    )
+    await at_insert.wait()
+    draws_first(monkeypatch, PHONE)
+    batch = asyncio.create_task(card_batch(app, "race"))
+
+    # Until the batch has ended, or waits for the account's creation to end.
+    async def batch_over_or_waiting() -> bool:
+        waiting = await app.services.pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+        return batch.done() or waiting > 0
+
+    await eventually(batch_over_or_waiting, what="the batch to end or wait")
+    go_on.set()
+    status, body = await creating
+    assert status == 201, body
+    [card] = await batch
+    assert card["pin"] != PHONE and len(card["pin"]) == 12
+    response = await app.client.post("/v1/pins/lookup", json={"pin": PHONE, "caller": CALLER})
+    assert response.status == 404, await response.text()
+    async with card_nas(app) as nas:
+        reply = await auth(nas, ivr_call(PHONE, "RACE-PLAIN"), expect=ANSWERED)
+        assert reply.code == "Access-Accept", reply.output
+    assert await reserved(app, card["account"]) == "0.000000"
+    assert await reserved(app, PHONE) != "0.000000"
+
+
+async def test_an_account_waits_for_a_batch_of_its_id_s_length_only_so_long(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(app.services, max_lines=2)
+    monkeypatch.setattr(accounts, "PIN_LENGTH_WAIT_MS", 200)
+    async with app.services.pool.acquire() as batch, batch.transaction():
+        # As a batch of 12-digit PINs holds their length until it commits.
+        await cards.check_pin_space(batch, 1, 12)
+        status, body = await app.post("/v1/accounts", {"id": PHONE, "plan": "retail"})
+        assert (status, body["error"]["reason"], body["error"]["field"]) == (
+            503,
+            "unavailable",
+            "id",
+        ), body
+        assert "12-digit PINs is being made" in body["error"]["message"], body
+        # Ids of another length, or not of a PIN's form, do not wait.
+        for other in (PHONE + "1", "alice"):
+            status, body = await app.post("/v1/accounts", {"id": other, "plan": "retail"})
+            assert status == 201, body
+    status, body = await app.post("/v1/accounts", {"id": PHONE, "plan": "retail"})
+    assert status == 201, body
+
+
+async def test_a_pin_as_an_account_id_is_refused_as_an_existing_account_and_counted(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_plan(app.services, max_lines=2)
+    draws_first(monkeypatch, PHONE)
+    [card] = await card_batch(app, "probed")
+    assert card["pin"] == PHONE
+    existing = PHONE[:-1] + "0"
+    status, body = await app.post("/v1/accounts", {"id": existing, "plan": "retail"})
+    assert status == 201, body
+    settings = replace(app.services.settings, pin_guess_limit_token=2, pin_guess_limit_nas=100)
+    services = replace(
+        app.services, settings=settings, pin_guard=PinGuard(app.services.pipeline, settings)
+    )
+    prober = await api_tokens.create(app.services.pool, "prober", "operator")
+    other = await api_tokens.create(app.services.pool, "other-operator", "operator")
+    client = TestClient(TestServer(create_app(services), host="127.0.0.1"))
+    await client.start_server()
+    try:
+
+        async def create(account_id: str, token: str) -> tuple[int, dict]:
+            response = await client.post(
+                "/v1/accounts", json={"id": account_id, "plan": "retail"}, headers=bearer(token)
+            )
+            return response.status, await response.json()
+
+        # The card's PIN and an existing account are refused alike, but for the id.
+        status, pin_body = await create(PHONE, prober)
+        status_existing, existing_body = await create(existing, prober)
+        assert status == status_existing == 409, (pin_body, existing_body)
+        assert pin_body == {
+            "error": {**existing_body["error"], "message": f"account {PHONE!r} exists already"}
+        }, pin_body
+        # Accounts made, and ids that exist, count nothing; PINs found do.
+        for n in range(3):
+            status, body = await create(f"49170000000{n}", prober)
+            assert status == 201, body
+        status, body = await create(PHONE, prober)
+        assert status == 409, body
+        status, body = await create("491700000009", prober)
+        assert (status, body["error"]["reason"]) == (403, "pin_blocked"), body
+        # Another token still creates such accounts.
+        status, body = await create("491700000009", other)
+        assert status == 201, body
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize("batch_id", ["café", "ＢＡＴＣＨ", "b٣"])

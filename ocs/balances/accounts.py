@@ -219,6 +219,59 @@ async def _needs_session(conn: asyncpg.Connection, account_id: str) -> bool:
     return bool(await conn.fetchval(_NEEDS_SESSION_SQL, account_id))
 
 
+# How long the creation of an account whose id has a PIN's form waits for a batch of
+# PINs of that length to end. A batch holds its length from its count of the PIN space
+# to its COMMIT (cards.check_pin_space): about 2 s for 10,000 cards and 9 s for 50,000
+# (benchmarks/RESULTS.md), minutes for the largest (1,000,000). Waiting longer would
+# hold a pool connection, and the operator's HTTP request, for those minutes.
+PIN_LENGTH_WAIT_MS = 10_000
+
+
+class PinTakenAsId(OcsError):
+    """An account id that is a live card's PIN, refused exactly as an existing account's
+    id is (409 ``account_exists`` naming ``id``, the same message): the answer tells no
+    PIN. A class of its own only so that the HTTP layer counts it against the PIN guard
+    of whoever asked (decision 0042)."""
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(Reason.ACCOUNT_EXISTS, account_exists_message(account_id), field="id")
+
+
+def account_exists_message(account_id: str) -> str:
+    """The refusal of an id an account has already (or a card's PIN, told alike)."""
+    return f"account {account_id!r} exists already"
+
+
+async def hold_pin_length(conn: asyncpg.Connection, length: int) -> None:
+    """Hold PINs of ``length`` digits, shared, until ``conn``'s transaction ends: a batch
+    of such PINs (which holds them alone, ``cards.check_pin_space``) neither runs beside
+    the creation of an account whose id has that length, so each sees what the other
+    wrote, nor is the creation of such accounts serialized among themselves.
+
+    Waits at most ``PIN_LENGTH_WAIT_MS`` for a batch to end; refused (503
+    ``unavailable``, naming ``id``) when it does not, to try again."""
+    previous = await conn.fetchval("SELECT current_setting('lock_timeout')")
+    await conn.execute("SELECT set_config('lock_timeout', $1, true)", f"{PIN_LENGTH_WAIT_MS}ms")
+    try:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock_shared(hashtext($1))", pin_length_lock(length)
+        )
+    except asyncpg.LockNotAvailableError:
+        raise OcsError(
+            Reason.UNAVAILABLE,
+            f"a batch of calling cards with {length}-digit PINs is being made: an account"
+            f" id of {length} digits can be created once it ends; try again later",
+            field="id",
+        ) from None
+    await conn.execute("SELECT set_config('lock_timeout', $1, true)", previous)
+
+
+def pin_length_lock(length: int) -> str:
+    """The advisory lock's name that holds PINs of ``length`` digits (hashed by
+    PostgreSQL's ``hashtext``): a batch takes it alone, an account's creation shared."""
+    return f"ocs-pin-length:{length}"
+
+
 class AccountService:
     """Accounts in PostgreSQL and Redis together: create, read, top up, change policy."""
 
@@ -284,7 +337,7 @@ class AccountService:
             )
             if inserted is None:
                 raise OcsError(
-                    Reason.ACCOUNT_EXISTS, f"account {account_id!r} exists already", field="id"
+                    Reason.ACCOUNT_EXISTS, account_exists_message(account_id), field="id"
                 )
             token = creation_token(
                 "account", account_id, plan_id, plan["currency"], limit, lines, status, lock,
@@ -331,23 +384,25 @@ class AccountService:
         return await self.show(account_id)
 
     async def _refuse_a_cards_pin(self, conn: asyncpg.Connection, account_id: str) -> None:
-        """Refuse (409, field ``id``) an id that is a live card's PIN: a RADIUS User-Name
-        names an account before a card (decision 0053), so the card's holder would call
-        on this account's money. Only an id of a PIN's form is looked up, by both forms
-        of its digest (decision 0054), as a batch looks its drawn PINs up."""
+        """Refuse an id that is a live card's PIN: a RADIUS User-Name names an account
+        before a card (decision 0053), so the card's holder would call on this account's
+        money. Only an id of a PIN's form is looked up, by both forms of its digest
+        (decision 0054), as a batch looks its drawn PINs up, and under the lock a batch of
+        PINs of that length holds (``hold_pin_length``), so that neither misses the other.
+
+        Refused as an existing account is (``PinTakenAsId``): an operator must not learn
+        that a number is a card's PIN from the answer."""
         if not may_be_pin(account_id):
             return
+        await hold_pin_length(conn, len(account_id))
         taken = await conn.fetchval(
             "SELECT 1 FROM pins WHERE pin_digest = ANY($1::text[]) LIMIT 1",
             [self._digests.pin(account_id), legacy_pin_digest(account_id)],
         )
         if taken is not None:
-            raise OcsError(
-                Reason.ACCOUNT_EXISTS,
-                f"account id {account_id!r} cannot be used: it would clash with a calling"
-                " card; choose another id",
-                field="id",
-            )
+            # Not the id: it is a card's PIN, which no log holds.
+            log.warning("account creation refused: its id is a live card's PIN")
+            raise PinTakenAsId(account_id)
 
     async def update_policy(
         self,

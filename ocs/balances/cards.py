@@ -28,7 +28,13 @@ from datetime import datetime
 import asyncpg
 from redis.exceptions import RedisError
 
-from ocs.balances.accounts import creation_token, starting_state, utc_text, validate_expiry
+from ocs.balances.accounts import (
+    creation_token,
+    pin_length_lock,
+    starting_state,
+    utc_text,
+    validate_expiry,
+)
 from ocs.balances.card_ids import card_account_id
 from ocs.balances.digests import Digests, legacy_pin_digest
 from ocs.balances.old_forms import OldForms
@@ -114,8 +120,10 @@ async def check_pin_space(conn: asyncpg.Connection, count: int, length: int) -> 
 
     Holds the length until ``conn``'s transaction ends, so two batches of one length
     never both count the space before either has written its PINs (no batch of unknown
-    length is made any more: their count only falls)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"ocs-pin-length:{length}")
+    length is made any more: their count only falls), and no account whose id has that
+    length is created meanwhile (``accounts.hold_pin_length``, shared): the batch sees
+    every such account committed before it, and such an account every PIN it deals."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", pin_length_lock(length))
     # pins rows are the live cards: a discarded card's row is gone with its account.
     live, unknown = await conn.fetchrow(
         "SELECT count(*) FILTER (WHERE b.pin_length = $1),"

@@ -17,11 +17,15 @@ from aiohttp import web
 from ocs.balances.accounts import (
     STATUSES,
     AccountSpec,
+    PinTakenAsId,
     caller_digits_of,
     validate_account_id,
 )
+from ocs.balances.card_ids import may_be_pin
+from ocs.balances.pin_guard import guess_source
 from ocs.errors import invalid
-from ocs.http.context import services_of
+from ocs.http.client_address import client_address
+from ocs.http.context import CALLER_TOKEN, services_of
 from ocs.http.endpoint import (
     AccountId,
     Amount,
@@ -82,19 +86,37 @@ class CreateAccount(Params):
 
 
 async def create_account(request: web.Request, params: CreateAccount) -> AccountView:
-    """POST /v1/accounts: create an account on a plan (201)."""
-    state = await services_of(request).accounts.create(
-        AccountSpec(
-            params.id,
-            params.plan,
-            opening_balance=int(params.balance or 0),
-            credit_limit=None if params.credit_limit is None else int(params.credit_limit),
-            max_lines=params.max_lines,
-            status=params.status or "active",
-            password=params.password,
-            expires_at=params.expires_at,
-        )
+    """POST /v1/accounts: create an account on a plan (201).
+
+    An id of a PIN's form that is a live card's PIN is refused as an existing account
+    is (409), and counts as a found PIN against the API token and the address asking,
+    as a PIN query's wrong guess does: an operator who creates accounts to find PINs
+    is blocked (403 ``pin_blocked``) as a guessing IVR is (decision 0042)."""
+    services = services_of(request)
+    spec = AccountSpec(
+        params.id,
+        params.plan,
+        opening_balance=int(params.balance or 0),
+        credit_limit=None if params.credit_limit is None else int(params.credit_limit),
+        max_lines=params.max_lines,
+        status=params.status or "active",
+        password=params.password,
+        expires_at=params.expires_at,
     )
+    if not may_be_pin(params.id):
+        return account_view(await services.accounts.create(spec))
+    # Counted before the look-up, so that probes sent in parallel are all counted.
+    attempt = await services.pin_guard.attempt(
+        None, guess_source(client_address(request)), request.get(CALLER_TOKEN)
+    )
+    try:
+        state = await services.accounts.create(spec)
+    except PinTakenAsId:
+        raise  # a PIN found: the attempt stays counted
+    except BaseException:
+        await attempt.take_back()
+        raise
+    await attempt.take_back()
     return account_view(state)
 
 
