@@ -299,3 +299,70 @@ async def test_a_whole_period_credit_taken_back_leaves_its_voided_fee_listed_unb
             "10.000000",
         )
     ]
+
+
+async def test_a_take_back_whose_credit_is_voided_after_it_is_reversed_once(
+    services: Services,
+) -> None:
+    """As above, January's invoice voided after February's credited -3.21, and March's
+    invoice takes the credit back (+3.214286, +3.21) and is posted. The operator then
+    voids February's invoice too: its credit note charges the -3.21 back, so March's
+    take-back now takes back a credit that stands nowhere and the customer pays 3.21
+    twice. April's invoice reverses the take-back (-3.214286, -3.21, over the same days,
+    naming March's invoice and February's voided one); a re-run of April's draft bills
+    the same once, and May's nothing: what stands of February's fee nets exactly 0
+    (+3.214286 - 3.214286), as nothing of it stands charged."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 1, 1))
+    await pro_bundle(services, sub, date(2026, 1, 1))
+    january = await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    await posting.post(services.pool, services.store, run_id=january)
+    await detach(services.pool, sub, "pro", date(2026, 2, 20))
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    async with services.pool.acquire() as conn:
+        numbers = {
+            r["period_label"]: (r["id"], r["number"])
+            for r in await conn.fetch("SELECT id, number, period_label FROM invoices")
+        }
+    await void(services.pool, services.store, numbers["2026-01"][0])
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+    await void(services.pool, services.store, numbers["2026-02"][0])
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))  # a re-run
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
+
+    async with services.pool.acquire() as conn:
+        march_number = await conn.fetchval(
+            "SELECT number FROM invoices WHERE period_label = '2026-03'"
+        )
+        net = await conn.fetchval(
+            "SELECT sum(l.amount) FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id"
+            " WHERE i.kind = 'invoice' AND i.state <> 'void' AND l.kind = 'bundle_fee'"
+        )
+    assert await fee_rows(services) == {
+        "2026-03": [
+            (
+                "Credit of 3.21 on Pro: monthly fee 2026-02 taken back:"
+                f" invoice {numbers['2026-01'][1]} was voided",
+                3_214_286,
+                3_210_000,
+                "2026-02-20",
+                "2026-03-01",
+            )
+        ],
+        "2026-04": [
+            (
+                "Take-back of 3.21 on Pro: monthly fee 2026-02 reversed: taken back by"
+                f" invoice {march_number}, the credit's invoice {numbers['2026-02'][1]}"
+                " was voided",
+                -3_214_286,
+                -3_210_000,
+                "2026-02-20",
+                "2026-03-01",
+            )
+        ],
+        "2026-05": [],
+    }
+    assert net == 0

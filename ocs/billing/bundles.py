@@ -42,7 +42,9 @@ subscription bundle and invoice:
   cut short by the bundle's end (recorded after the account's newest earlier
   invoice) is credited by the next invoice for its unused days, once
   (``fee_credit_lines``); a credit whose fee was voided after it was given is
-  charged back by the next invoice, once (``taken_back_lines``);
+  charged back by the next invoice, once, and a take-back whose credit was voided
+  since is reversed by the next invoice, once (``taken_back_lines``: recomputed from
+  what stands of the period);
 - **resiliation** (``resiliation``, from the bundle itself): the bundle ends
   (its own end, the subscription's end or cancellation) before its commitment
   term: a fixed fee, or the fee x months left, the month in progress counted as
@@ -154,40 +156,66 @@ JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
                     AND l.period_start >= b.since
 """
 
+# What marks a line as a take-back (``taken_back_lines``) or a take-back's reversal: an
+# adjustment, recomputed from the period's other lines, never counted among them. Both
+# descriptions are written by this module only, whatever the bundle's name.
+_ADJUSTS = (
+    "(l.description LIKE 'Credit of % taken back: %'"
+    " OR l.description LIKE 'Take-back of % reversed: %')"
+)
+
 # Of the subscription bundles ($1, of the accounts $2), the fee periods (rule position and
 # period end: a credit of unused days ends where the period it credits does) that a void
-# invoice of an earlier period than the one being drafted ($3) charged, and whose lines on
-# earlier invoices that stand net below nothing: a credit given while the charge stood,
-# the charge voided since. Each with that net, the first day the credits that stand start
-# on, and the void invoices' numbers. Void invoices are few: they are read first, and
-# only their periods are summed.
-_FEES_OVERCREDITED_SQL = """
+# invoice of an earlier period than the one being drafted ($3) holds a line of (a charge,
+# a credit or a take-back), whose adjustments on earlier invoices that stand are not what
+# their other standing lines ask (``taken_back_lines``): those lines net below nothing
+# (a credit given while the charge stood, the charge voided since) asks that surplus
+# taken back, anything else asks no adjustment (the credit voided since too). Each with
+# the other lines' net (``base``), the adjustments' net, the first day the standing
+# credits and adjustments start on, and the numbers of the void invoices that charged or
+# credited it and of the standing invoices holding its adjustments. Void invoices are
+# few: they are read first, and only their periods summed.
+_FEES_OVERCREDITED_SQL = f"""
 WITH b AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[])
         AS t(id, account_id, period_start)
 ), voided AS (
     SELECT b.id AS sb_id, b.account_id, b.period_start AS before,
            l.bundle_rule_position AS position, l.period_end,
-           array_agg(DISTINCT i.number ORDER BY i.number) AS numbers
+           COALESCE(array_agg(DISTINCT i.number ORDER BY i.number)
+                    FILTER (WHERE l.exact_amount > 0 AND NOT {_ADJUSTS}), '{{}}') AS charged,
+           COALESCE(array_agg(DISTINCT i.number ORDER BY i.number)
+                    FILTER (WHERE l.exact_amount < 0 AND NOT {_ADJUSTS}), '{{}}') AS credited
     FROM b
     JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
                    AND i.state = 'void' AND i.period_start < b.period_start
     JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
                         AND l.subscription_bundle_id = b.id
                         AND l.bundle_rule_position IS NOT NULL
-                        AND l.period_end IS NOT NULL AND l.exact_amount > 0
+                        AND l.period_end IS NOT NULL
     GROUP BY b.id, b.account_id, b.period_start, l.bundle_rule_position, l.period_end
+), standing AS (
+    SELECT v.sb_id, v.position, v.period_end, v.charged, v.credited, i.number,
+           l.period_start, l.exact_amount, {_ADJUSTS} AS adjusts
+    FROM voided v
+    JOIN invoices i ON i.account_id = v.account_id AND i.kind = 'invoice'
+                   AND i.state <> 'void' AND i.period_start < v.before
+    JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
+                        AND l.subscription_bundle_id = v.sb_id
+                        AND l.bundle_rule_position = v.position
+                        AND l.period_end = v.period_end
+), summed AS (
+    SELECT sb_id, position, period_end, charged, credited,
+           COALESCE(sum(exact_amount) FILTER (WHERE NOT adjusts), 0)::bigint AS base,
+           COALESCE(sum(exact_amount) FILTER (WHERE adjusts), 0)::bigint AS adjusted,
+           min(period_start) FILTER (WHERE exact_amount < 0 AND NOT adjusts) AS credited_from,
+           min(period_start) FILTER (WHERE adjusts) AS adjusted_from,
+           COALESCE(array_agg(DISTINCT number ORDER BY number) FILTER (WHERE adjusts),
+                    '{{}}') AS adjusting
+    FROM standing
+    GROUP BY sb_id, position, period_end, charged, credited
 )
-SELECT v.sb_id, v.position, v.period_end, v.numbers, sum(l.exact_amount)::bigint AS net,
-       min(l.period_start) FILTER (WHERE l.exact_amount < 0) AS credited_from
-FROM voided v
-JOIN invoices i ON i.account_id = v.account_id AND i.kind = 'invoice'
-               AND i.state <> 'void' AND i.period_start < v.before
-JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
-                    AND l.subscription_bundle_id = v.sb_id
-                    AND l.bundle_rule_position = v.position AND l.period_end = v.period_end
-GROUP BY v.sb_id, v.position, v.period_end, v.numbers
-HAVING sum(l.exact_amount) < 0
+SELECT * FROM summed WHERE greatest(-base, 0) <> adjusted
 """
 
 _RULES_SQL = """
@@ -977,46 +1005,87 @@ def _fee_credit(
 
 @dataclass(frozen=True, slots=True)
 class Overcredited:
-    """A fee period whose lines on earlier invoices that stand net below nothing
-    (``_FEES_OVERCREDITED_SQL``): ``net`` (negative, exact), the rule's position, the
-    period's end, the first day its standing credits start on, and the numbers of the
-    void invoices that charged it."""
+    """A fee period a void invoice holds a line of, whose adjustments on earlier invoices
+    that stand are not what their other standing lines ask (``_FEES_OVERCREDITED_SQL``):
+    the rule's position, the period's end, the other lines' net (``net``, exact), the
+    adjustments' net (take-backs less their reversals), the first day the standing credits
+    (``credited_from``) and adjustments (``adjusted_from``) start on, and the numbers of
+    the void invoices that charged (``voided``) or credited (``voided_credits``) it and of
+    the standing invoices holding its adjustments (``adjusting``)."""
 
     position: int
     period_end: datetime
     net: int
-    credited_from: datetime
+    adjusted: int
+    credited_from: datetime | None
+    adjusted_from: datetime | None
     voided: tuple[str, ...]
+    voided_credits: tuple[str, ...]
+    adjusting: tuple[str, ...]
+
+    @property
+    def due(self) -> int:
+        """What is left to adjust, exact: the surplus the standing credits give past the
+        standing charges (never below nothing), less what take-backs adjusted already;
+        negative, a take-back to reverse."""
+        return max(-self.net, 0) - self.adjusted
+
+    @property
+    def first(self) -> datetime:
+        """The adjustment's first day: the standing credits', else the adjustments'."""
+        first = self.credited_from or self.adjusted_from
+        assert first is not None  # a period with no standing line is not read
+        return first
+
+
+def _invoices(numbers: Sequence[str]) -> str:
+    """``invoice INV-1`` or ``invoices INV-1, INV-2``."""
+    return f"invoice{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}"
+
+
+def _were(numbers: Sequence[str]) -> str:
+    """``was`` or, of several invoices, ``were``."""
+    return "were" if len(numbers) > 1 else "was"
 
 
 def taken_back_lines(
     held: Held, rule: Rule, invoice: BundleInvoice, found: Sequence[Overcredited]
 ) -> list[Line]:
-    """The charges that take back what the fee's periods were credited past what stands
-    billed of them: a credit of unused days (``fee_credit_lines``) given while the
-    period's charge stood, that charge voided since (the void gave it back whole). One
-    positive line per period, the exact surplus (so what stands of the period nets to
-    exactly nothing), rounded once, over the credits' days, naming the subscription bundle
-    and rule (a later invoice counts it in what the period was billed: it finds the period
-    settled and adds nothing) and the voided invoice."""
+    """The adjustments of the fee's periods, recomputed from what stands of them: a credit
+    of unused days (``fee_credit_lines``) given while the period's charge stood, that
+    charge voided since (the void gave it back whole), is taken back: one positive line,
+    the exact surplus (so what stands of the period nets to exactly nothing). A take-back
+    whose credit was voided since (nothing of the period to take back any more) is
+    reversed: one negative line of what it took back past what is due, naming the invoice
+    holding it and the void one that held the credit. Rounded once, over the credits' (or
+    the take-back's) days, naming the subscription bundle and rule: a later invoice finds
+    the period's adjustments equal to what it asks and adds nothing."""
     found_lines = []
     for over in found:
-        if over.position != rule.position:
+        if over.position != rule.position or over.due == 0:
             continue
-        surplus = -over.net
-        rounded = round_line(surplus, invoice.currency)
-        numbers = ", ".join(over.voided)
-        voided = f"invoice{'s' if len(over.voided) > 1 else ''} {numbers}"
-        were = "were" if len(over.voided) > 1 else "was"
+        rounded = round_line(abs(over.due), invoice.currency)
+        what = f"{held.name}: {rule.description} {_period_label(held, rule, invoice, over)}"
+        if over.due > 0:
+            voided = over.voided or over.voided_credits
+            text = (
+                f"Credit of {money(rounded, invoice.currency)} on {what} taken back:"
+                f" {_invoices(voided)} {_were(voided)} voided"
+            )
+        else:
+            voided = over.voided_credits or over.voided
+            text = (
+                f"Take-back of {money(rounded, invoice.currency)} on {what} reversed:"
+                f" taken back by {_invoices(over.adjusting)}, the credit's"
+                f" {_invoices(voided)} {_were(voided)} voided"
+            )
         found_lines.append(
             _line(
                 "bundle_fee",
-                f"Credit of {money(rounded, invoice.currency)} on {held.name}:"
-                f" {rule.description} {_period_label(held, rule, invoice, over)} taken back:"
-                f" {voided} {were} voided"[:200],
-                (over.credited_from, over.period_end),
+                text[:200],
+                (over.first, over.period_end),
                 1,
-                surplus,
+                over.due,
                 invoice.currency,
                 tax_code=held.tax_code,
                 bundle=held.id,
@@ -1028,15 +1097,15 @@ def taken_back_lines(
 
 def _period_label(held: Held, rule: Rule, invoice: BundleInvoice, over: Overcredited) -> str:
     """The label of the fee period ``over`` (``2026-02``): the rule's period holding its
-    credits' first day, when it ends where they do; else the credits' local days (the
-    bundle's start moved since)."""
+    adjustment's first day, when it ends where the adjustment does; else the adjustment's
+    local days (the bundle's start moved since)."""
     zone = invoice.which.advance.zone
     schedule = _fee_periods(held, rule, zone.key)
     if schedule is not None:
-        part = schedule.period_containing(over.credited_from)
+        part = schedule.period_containing(over.first)
         if part.end.timestamp() == over.period_end.timestamp():
             return part.label
-    first = over.credited_from.astimezone(zone).date()
+    first = over.first.astimezone(zone).date()
     return f"{first.isoformat()}..{over.period_end.astimezone(zone).date().isoformat()}"
 
 
@@ -1297,7 +1366,15 @@ async def _fees_overcredited(
     ):
         found[r["sb_id"]].append(
             Overcredited(
-                r["position"], r["period_end"], r["net"], r["credited_from"], tuple(r["numbers"])
+                r["position"],
+                r["period_end"],
+                r["base"],
+                r["adjusted"],
+                r["credited_from"],
+                r["adjusted_from"],
+                tuple(r["charged"]),
+                tuple(r["credited"]),
+                tuple(r["adjusting"]),
             )
         )
     return found
