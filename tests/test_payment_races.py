@@ -1,13 +1,16 @@
 """Payments and refunds that meet another step of billing at the same instant.
 
 Two refund events of one charge handled at once refund only what the gateway refunded;
-a payment stored while its account's invoice is being posted pays that invoice."""
+a payment stored while its account's invoice is being posted pays that invoice; a void
+and a gateway refund of the payment that paid the invoice both complete."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from ocs.billing import credit, payments, posting
 from ocs.billing.gateway import GatewayEvent
 from ocs.billing.payments import NewPayment
+from ocs.billing.void import void
 from ocs.services import Services
 from tests.billing_helpers import EUR, invoice_id, renting
 from tests.conftest import eventually
@@ -138,3 +141,59 @@ async def credit_open_invoices(services: Services) -> int:
     """``pay_open_invoices`` for ``pp`` in a transaction of its own."""
     async with services.pool.acquire() as conn, conn.transaction():
         return await credit.pay_open_invoices(conn, "pp")
+
+
+async def test_a_void_and_a_refund_of_its_payment_at_once_both_complete(
+    services: Services,
+) -> None:
+    # January (10.00) is paid by a gateway payment. The gateway then refunds it all while
+    # the operator voids January. The refund locks the payment, then January to take its
+    # 10.00 back; the void locked January, then the payment to give back what it paid:
+    # each waited for the other and PostgreSQL failed one (DeadlockDetectedError, a 500).
+    # A transaction holding the payment lines both up behind it, refund first.
+    await posting.post(services.pool, services.store, run_id=await renting(services))
+    january = await invoice_id(services, "pp", "2026-01")
+    paying = gateway_event("evt_pay_v", "payment", "pi_v", 10 * EUR)
+    await payments.apply_gateway_event(services.pool, services.store, paying)
+    before = (await services.store.get_account("pp")).balance
+    async with services.pool.acquire() as holder:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT id FROM payments WHERE external_id = 'pi_v' FOR UPDATE")
+
+        def waiting(count: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                found = await services.pool.fetchval(
+                    "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND pid <> $1",
+                    holder.get_server_pid(),
+                )
+                return bool(found >= count)
+
+            return check
+
+        refunding = asyncio.create_task(
+            payments.apply_gateway_event(
+                services.pool,
+                services.store,
+                gateway_event("evt_refund_v", "refund", "pi_v", 10 * EUR),
+            )
+        )
+        await eventually(waiting(1), what="the refund to wait for the payment")
+        voiding = asyncio.create_task(void(services.pool, services.store, january))
+        await eventually(waiting(2), what="the void to wait for the payment")
+        await held.commit()
+        refunded, voided = await asyncio.gather(refunding, voiding)
+    async with services.pool.acquire() as conn:
+        payment = await conn.fetchrow(
+            "SELECT amount, allocated, refunded FROM payments WHERE external_id = 'pi_v'"
+        )
+        invoice = await conn.fetchrow(
+            "SELECT state, amount_paid FROM invoices WHERE id = $1", january
+        )
+    after = (await services.store.get_account("pp")).balance
+    assert refunded.outcome == "refund"
+    assert voided.total == -10 * EUR
+    assert tuple(payment) == (10 * EUR, 0, 10 * EUR)
+    assert tuple(invoice) == ("void", 0)
+    # The refund took 10.00 of the balance, the credit note gave January's 10.00 back.
+    assert after - before == 0

@@ -36,8 +36,22 @@ log = logging.getLogger("ocs.billing.void")
 
 CREDIT_NOTE_ISSUER = "CN"
 
-# The invoice ($1) and its account's open invoices, locked oldest first, the order a
-# payment locks them in (``credit.allocate``): the void pays those from what it frees,
+# The payments that paid the invoice ($1), locked first, in id order: every writer of
+# payments locks a payment's row before its invoices' (a new payment, a refund reopening
+# the invoices it paid), and the void releases these payments' allocations and pays
+# other invoices from them. Locked after the invoices, as it was, a gateway refund of one
+# of them (holding its payment, waiting for the void's invoices) and the void (holding
+# the invoices, waiting for the payment) each waited for the other: PostgreSQL broke the
+# deadlock by failing one of them (a 500).
+_LOCK_PAYMENTS_SQL = """
+SELECT p.id FROM payments p JOIN payment_allocations a ON a.payment_id = p.id
+WHERE a.invoice_id = $1 AND a.amount > 0
+ORDER BY p.id
+FOR UPDATE OF p
+"""
+
+# Then the invoice ($1) and its account's open invoices, locked oldest first, the order
+# a payment locks them in (``credit.allocate``): the void pays those from what it frees,
 # and a payment paying them at the same time waits for the void, or the void for it,
 # never each for the other.
 _LOCK_SQL = f"""
@@ -137,6 +151,7 @@ async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Void
     rest is their credit."""
     await move_money(pool, store, [invoice_id])
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_LOCK_PAYMENTS_SQL, invoice_id)
         await conn.execute(_LOCK_SQL, invoice_id)
         row = await conn.fetchrow(
             "SELECT kind, state, account_id FROM invoices WHERE id = $1 FOR UPDATE", invoice_id
