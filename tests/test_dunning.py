@@ -22,6 +22,7 @@ from ocs.billing.document_data import load_facts
 from ocs.billing.dunning_store import DunningSettings, OpenInvoice
 from ocs.billing.gateway import GatewayEvent
 from ocs.billing.store import Subscription, add_charge, set_plan_billing, subscribe
+from ocs.billing.void import void
 from ocs.call_cutting import call_cutter, nas_disconnect
 from ocs.config import with_overrides
 from ocs.services import Services
@@ -732,3 +733,36 @@ async def test_paying_lifts_dunnings_suspension_but_not_an_operators_lock(
         if e["step"] == "reactivation"
     ]
     assert reactivations == [("fraud", "locked"), ("plain", "active")]
+
+
+async def test_voiding_the_unpaid_overdue_invoices_lifts_dunnings_suspension_at_once(
+    app: RunningApp,
+) -> None:
+    """March and April (10.00 each) unpaid; dunning suspends the account for March. The
+    operator voids March: April is still overdue, the account stays suspended. Voiding
+    April too leaves nothing owed: the account is active again in PostgreSQL and Redis
+    at once, not at the next dunning run (a void that freed no payment reactivated
+    nothing)."""
+    services = app.services
+    await one_notice_three_days_apart(app, "vd")
+    await post_march(services)
+    assert taken(await dun(app, at(4, 2))) == [("vd", "notice", 1, "sent")]
+    assert taken(await dun(app, at(4, 5))) == [("vd", "suspension", 0, "suspended")]
+    await post_on_time(services, await run(services, "2026-04", invoice_date=date(2026, 5, 1)))
+    assert taken(await dun(app, at(5, 2))) == [("vd", "notice", 1, "sent")]
+    async with services.pool.acquire() as conn:
+        ids = {
+            r["period_label"]: r["id"]
+            for r in await conn.fetch(
+                "SELECT id, period_label FROM invoices WHERE account_id = 'vd' AND kind = 'invoice'"
+            )
+        }
+
+    await void(services.pool, services.store, ids["2026-03"])
+    assert await status_of(services, "vd") == ("suspended", "suspended")
+    await void(services.pool, services.store, ids["2026-04"])
+    assert await status_of(services, "vd") == ("active", "active")
+    reactivations = [
+        e["subject"] for e in await events(services, "dunning.step") if e["step"] == "reactivation"
+    ]
+    assert reactivations == ["vd"]

@@ -178,13 +178,14 @@ async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Void
             invoice_id,
         )
         # Void first: it asks nothing now, and is not paid again.
-        paid = await _pay_other_invoices(conn, invoice_id, account_id, list(freed))
+        await _pay_other_invoices(conn, invoice_id, account_id, list(freed))
         total = int(await conn.fetchval("SELECT total FROM invoices WHERE id = $1", note_id))
     await move_money(pool, store, [note_id])
-    if paid:
-        # Invoices the freed money paid are not dunned any more; an account dunning
-        # suspended for them is active again, as after a payment.
-        await dunning.reactivate_paid(pool, store, [account_id], datetime.now(UTC))
+    # After every void, not only one whose freed money paid other invoices: the void
+    # invoice asks nothing any more, so an account dunning suspended for it alone (unpaid,
+    # overdue) owes nothing overdue now and is active again, as after a payment, not at
+    # the next dunning run. Dunning checks that nothing else is overdue.
+    await dunning.reactivate_paid(pool, store, [account_id], datetime.now(UTC))
     return Voided(note_id, numbers[note_id], total)
 
 
