@@ -288,6 +288,22 @@ async def test_a_bad_signature_or_a_replay_is_refused(app: RunningApp) -> None:
     assert await state(services, invoice) == (0, 1, 0, 10 * EUR)
 
 
+async def test_an_amount_larger_than_ocs_keeps_is_refused_naming_it(app: RunningApp) -> None:
+    # 10**15 cents is more micro-units than the payments table's bigint holds: it was
+    # refused only by PostgreSQL, naming the whole body. Refused now naming the amount,
+    # nothing stored.
+    services = app.services
+    invoice = await owing_account(services)
+    huge = event("evt_h", "payment_intent.succeeded", intent(10**15, account_id="pp"))
+    status, answer = await deliver(app, huge)
+    assert status == 400, answer
+    assert answer["error"]["field"] == "data.object.amount", answer
+    assert await state(services, invoice) == (-10 * EUR, 0, 0, 0)
+    refund = event("evt_r", "charge.refunded", charge(10**15, 10**15))
+    status, answer = await deliver(app, refund)
+    assert (status, answer["error"]["field"]) == (400, "data.object.amount"), answer
+
+
 def test_the_signature_scheme_matches_stripes() -> None:
     # Stripe's scheme: v1 = hex HMAC-SHA256 of "<t>.<body>" under the secret.
     import hashlib

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ocs.billing.currency import CurrencyError, minor_unit_exponent
-from ocs.money import MICRO_DIGITS
+from ocs.money import MAX_AMOUNT, MICRO_DIGITS
 
 PAYMENT_EVENTS = ("payment_intent.succeeded", "charge.succeeded")
 REFUND_EVENTS = ("charge.refunded",)
@@ -126,7 +126,11 @@ def to_micro(minor: int, currency: str, field: str) -> int:
         exponent = minor_unit_exponent(currency)
     except CurrencyError as exc:
         raise EventError(field, str(exc)) from None
-    return minor * int(10 ** (MICRO_DIGITS - exponent))
+    amount = minor * int(10 ** (MICRO_DIGITS - exponent))
+    if amount > MAX_AMOUNT:
+        # Beyond any amount ocs keeps (and a bigint column): refused, not a 500.
+        raise EventError(field.rpartition(".")[0] + ".amount", "an amount larger than ocs keeps")
+    return amount
 
 
 def _metadata(obj: dict[str, Any], field: str) -> tuple[str | None, str | None]:
