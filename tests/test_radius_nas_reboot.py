@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from ocs.balances import keys
 from ocs.charging.lifecycle import CallService
 from ocs.config import RadiusClientConfig, with_overrides
 from ocs.radius.server import RadiusServer
@@ -246,3 +247,130 @@ async def test_an_accounting_on_stamped_by_a_slow_clock_closes_the_calls_from_be
         return [row[1:] for row in await rig.cdrs("nr-5")] == [(0, "nas-reboot")]
 
     await eventually(recorded, within=10, what="the call closed by the restart")
+
+
+async def test_a_call_under_the_restarts_id_is_charged_by_a_process_that_knew_of_no_restart(
+    rig: Rig,
+) -> None:
+    # This process took the Accounting-On and granted session 00000042, new to the NAS,
+    # under the restart's id; its Start and Stop came to another process (another
+    # worker, or this one after an ocs restart), which knew of no restart, looked for
+    # the bare id only and answered unknown_call: the call held its funds and line until
+    # the janitor charged it its whole grant.
+    await new_account(rig.app, "nr-6")
+    await rig.accounting(rig.now, "Accounting-On", RESTART)
+    assert await rig.access(rig.now, "nr-6", "00000042") == "Access-Accept"
+    await rig.accounting(rig.other, "Start", session("nr-6", "00000042"))
+    await rig.accounting(rig.other, "Stop", session("nr-6", "00000042", 60))
+    view = await account(rig.app, "nr-6")
+    assert (view["balance"], view["lines_in_use"]) == ("0.988000", 0)  # 60 s: 0.012
+
+    async def recorded() -> bool:
+        cdrs = await rig.cdrs("nr-6")
+        return [row[1:] for row in cdrs] == [(60, "normal")] and "~" in cdrs[0][0]
+
+    await eventually(recorded, within=10, what="the call's CDR, under the restart's id")
+
+
+async def test_an_accounting_on_retransmitted_without_a_stamp_is_the_same_restart(
+    rig: Rig,
+) -> None:
+    # The NAS's Accounting-On came 10 s late; unanswered, it sent it again with
+    # Acct-Delay-Time 9, whole seconds: a cut-off a second later, taken for a restart
+    # of its own. The call granted between the two copies, under the first's id, was
+    # then looked for under the second's, its Stop answered unknown_call.
+    await new_account(rig.app, "nr-7")
+    await rig.accounting(rig.now, "Accounting-On", [("Acct-Delay-Time", "10")])
+    assert await rig.access(rig.now, "nr-7", "00000001") == "Access-Accept"
+    await rig.accounting(rig.now, "Start", session("nr-7", "00000001"))
+    await rig.accounting(rig.now, "Accounting-On", [("Acct-Delay-Time", "9")])
+    view = await account(rig.app, "nr-7")
+    assert view["lines_in_use"] == 1  # granted after the restart: not closed by its copy
+    await rig.accounting(rig.now, "Stop", session("nr-7", "00000001", 5))
+    view = await account(rig.app, "nr-7")
+    assert (view["balance"], view["lines_in_use"]) == ("0.999000", 0)  # 5 s: 0.001
+    # The NAS's calls since are of the same life: their ids carry the same restart.
+    await rig.call(rig.now, "nr-7", "00000002", 5)
+
+    async def recorded() -> bool:
+        cdrs = await rig.cdrs("nr-7")
+        restarts = {row[0].partition("~")[2] for row in cdrs}
+        return len(cdrs) == 2 and len(restarts) == 1 and "" not in restarts
+
+    await eventually(recorded, within=10, what="both calls' CDRs, under one restart's ids")
+
+
+async def test_a_call_of_a_restart_kept_twice_is_charged_under_the_id_it_was_granted(
+    rig: Rig,
+) -> None:
+    # The same restart kept twice, a second apart (two processes took two copies of its
+    # Accounting-On at once, or a copy came before decision 0059's amendment): the call
+    # granted under the first was looked for under the second's id and bare only, its
+    # Stop answered unknown_call.
+    await new_account(rig.app, "nr-10")
+    await rig.accounting(rig.now, "Accounting-On", [("Acct-Delay-Time", "10")])
+    assert await rig.access(rig.now, "nr-10", "00000001") == "Access-Accept"
+    await rig.accounting(rig.now, "Start", session("nr-10", "00000001"))
+    restarts = keys.nas_generations("gw-a", "10.0.0.1")
+    (first,) = [int(member) for member in await rig.app.services.redis.zrange(restarts, 0, -1)]
+    await rig.app.services.redis.zadd(restarts, {str(first + 1000): first + 1000})
+    await rig.accounting(rig.other, "Stop", session("nr-10", "00000001", 5))
+    view = await account(rig.app, "nr-10")
+    assert (view["balance"], view["lines_in_use"]) == ("0.999000", 0)  # 5 s: 0.001
+
+
+async def test_a_late_stop_of_the_life_before_a_graceful_reboot_settles_its_call(
+    rig: Rig,
+) -> None:
+    # The NAS restarted (an Accounting-On, taken here an hour back by ocs's clock) and
+    # granted 00000005 under that restart's id. It then rebooted gracefully: an
+    # Accounting-Off closed the call, an Accounting-On followed. The call's Stop, kept
+    # through the reboot, was placed by the latest two restarts only (the Off and the
+    # On): before both, looked for bare and answered unknown_call, its 1000 s never
+    # charged.
+    await new_account(rig.app, "nr-8", balance="10.00")
+    await rig.accounting(rig.before, "Accounting-On", [("Acct-Delay-Time", "4000")])
+    assert await rig.access(rig.before, "nr-8", "00000005") == "Access-Accept"
+    await rig.accounting(rig.before, "Start", session("nr-8", "00000005"))
+    await rig.accounting(rig.now, "Accounting-Off", [("Acct-Delay-Time", "1800")])
+    await rig.accounting(rig.now, "Accounting-On", [])
+    view = await account(rig.app, "nr-8")
+    assert (view["balance"], view["lines_in_use"]) == ("10.000000", 0)  # closed by the Off
+    # Answered 2900 s ago (its 1000 s ended 1900 s ago): before the Off, after the first On.
+    await rig.accounting(rig.now, "Stop", session("nr-8", "00000005", 1000, delay=1900))
+    view = await account(rig.app, "nr-8")
+    assert (view["balance"], view["lines_in_use"]) == ("9.800000", 0)  # 1000 s: 0.20
+
+    async def recorded() -> bool:
+        causes = sorted(row[1:] for row in await rig.cdrs("nr-8"))
+        return causes == [(0, "nas-reboot"), (1000, "late-stop")]
+
+    await eventually(recorded, within=10, what="the close and its late stop")
+
+
+async def test_a_nas_without_a_clock_stamping_each_boot_alike_restarts_each_time(
+    rig: Rig,
+) -> None:
+    # A NAS without a real-time clock stamps each boot's Accounting-On 30 s after
+    # 2000-01-01. Its second boot's was taken for a retransmission of the first's: the
+    # call of its first life stayed live, and the next call, of the same session id, was
+    # taken for it (its Start a repeat), so that call's real time was never charged.
+    await new_account(rig.app, "nr-9")
+    boot = [("Event-Timestamp", 946_684_830)]
+    # Its first boot's, 4000 s ago, and its call of an hour ago.
+    await rig.accounting(rig.before, "Accounting-On", [*boot, ("Acct-Delay-Time", "4000")])
+    assert await rig.access(rig.before, "nr-9", "00000001") == "Access-Accept"
+    await rig.accounting(rig.before, "Start", session("nr-9", "00000001"))
+    await rig.accounting(rig.now, "Accounting-On", [*boot, *RESTART])  # its next boot
+    view = await account(rig.app, "nr-9")
+    assert (view["balance"], view["lines_in_use"], view["reserved"]) == ("1.000000", 0, "0.000000")
+    await rig.call(rig.now, "nr-9", "00000001", 30)
+    view = await account(rig.app, "nr-9")
+    assert (view["balance"], view["lines_in_use"]) == ("0.994000", 0)  # 30 s: 0.006
+
+    async def recorded() -> bool:
+        cdrs = await rig.cdrs("nr-9")
+        causes = sorted(row[1:] for row in cdrs)
+        return causes == [(0, "nas-reboot"), (30, "normal")] and len({r[0] for r in cdrs}) == 2
+
+    await eventually(recorded, within=10, what="the first life's call closed, the next charged")

@@ -357,8 +357,14 @@ _CYCLE_RUN_TTL = 400 * 86_400
 # than a NAS goes on retransmitting one (RFC 2866 NASes give up within minutes or hours).
 _NAS_RESTART_TTL = 86_400
 # How many restarts of a NAS are kept: its ids are qualified by the latest, and a late
-# request of a call from before it by the one before (decision 0059).
+# request of a call from before it by the restart its call's life began with (decision
+# 0059). A graceful reboot (Accounting-Off, then -On) takes two.
 _NAS_GENERATIONS_KEPT = 4
+# A restart whose cut-off is this close (ms) to one kept is that restart again: the cut-off
+# of a copy without Event-Timestamp is its receipt less Acct-Delay-Time, whole seconds, so
+# a retransmission's differs from the first copy's by up to a second (and the network's
+# delay); no NAS boots again within a few seconds (decision 0059).
+_SAME_RESTART_MS = 5_000
 
 # A refused authorization's call reference lasts this long (seconds): enough for the
 # request's retransmissions, and nothing a loop of refused calls could pile up.
@@ -1247,20 +1253,30 @@ class BalanceStore:
         first = await self._pipe.execute("GET", key)
         return cutoff_ms if first is None else int(first)
 
-    async def nas_generations(self, client: str, node: str) -> tuple[int, int]:
-        """The cut-offs (epoch ms) of the latest two restarts of NAS ``node`` of client
-        ``client``, latest first, 0 for none (decision 0059)."""
-        found = await self._pipe.execute("ZREVRANGE", keys.nas_generations(client, node), 0, 1)
-        cutoffs = [int(member) for member in found or ()]
-        return (cutoffs[0] if cutoffs else 0, cutoffs[1] if len(cutoffs) > 1 else 0)
+    async def nas_generations(self, client: str, node: str) -> tuple[int, ...]:
+        """The cut-offs (epoch ms) of the kept restarts of NAS ``node`` of client
+        ``client`` (at most ``_NAS_GENERATIONS_KEPT``), latest first; () for none
+        (decision 0059)."""
+        key = keys.nas_generations(client, node)
+        found = await self._pipe.execute("ZREVRANGE", key, 0, _NAS_GENERATIONS_KEPT - 1)
+        return tuple(int(member) for member in found or ())
 
-    async def add_nas_generation(self, client: str, node: str, cutoff: int) -> tuple[int, int]:
-        """Keep a restart of NAS ``node`` of client ``client`` at ``cutoff`` (epoch ms; a
-        retransmission's is the same and changes nothing); ``nas_generations`` after it."""
+    async def add_nas_generation(
+        self, client: str, node: str, cutoff: int, near_is_same: bool = True
+    ) -> tuple[int, tuple[int, ...]]:
+        """Keep a restart of NAS ``node`` of client ``client`` at ``cutoff`` (epoch ms);
+        the cut-off it is kept by and ``nas_generations`` after it. With ``near_is_same``
+        (no Event-Timestamp told the request's copies apart), a cut-off within
+        ``_SAME_RESTART_MS`` of a kept one is that restart again (a retransmission): kept
+        by the first, nothing added; a kept one is added once."""
+        known = await self.nas_generations(client, node)
+        for kept in known:
+            if kept == cutoff or (near_is_same and abs(kept - cutoff) <= _SAME_RESTART_MS):
+                return kept, known
         key = keys.nas_generations(client, node)
         await self._pipe.execute("ZADD", key, cutoff, cutoff)
         await self._pipe.execute("ZREMRANGEBYRANK", key, 0, -_NAS_GENERATIONS_KEPT - 1)
-        return await self.nas_generations(client, node)
+        return cutoff, await self.nas_generations(client, node)
 
     async def reset_counters(
         self, account_id: str, cycle: list[tuple[str, int, bool, bool]], label: str, since: int

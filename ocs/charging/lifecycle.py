@@ -95,7 +95,7 @@ MAX_CALL_ID = 128
 _PLAN_CACHE_LIMIT = 200_000
 _LIVE_CACHE_LIMIT = 500_000
 # A NAS with no restart known (decision 0059).
-_NO_RESTARTS = (0, 0)
+_NO_RESTARTS: tuple[int, ...] = ()
 # A start whose expected entry changed under it computes its expiry again this often.
 _START_TRIES = 3
 # A start, report or stop whose record turned out not to be the live call's (a record
@@ -402,10 +402,11 @@ class CallService:
         # start), as the authorize wrote it, so that the start computes the expiry without
         # reading it first (start.lua checks the entry is still that one).
         self._unstarted: dict[str, LiveEntry] = {}
-        # (NAS client, NAS) -> the cut-offs (epoch ms) of its latest two restarts, as far
-        # as this process has learned them: from an Accounting-On it took, or read when a
-        # request met a stopped call (decision 0059). No read on the common path.
-        self._generations: dict[tuple[str, str], tuple[int, int]] = {}
+        # (NAS client, NAS) -> the cut-offs (epoch ms) of its kept restarts, latest first,
+        # as far as this process has learned them: from an Accounting-On it took, or read
+        # when a request met a stopped or unknown call (decision 0059). No read on the
+        # common path.
+        self._generations: dict[tuple[str, str], tuple[int, ...]] = {}
 
     def _bands(self, plan_id: str, rate: Rate, start: int, length: int) -> Segments | None:
         return call_bands(self._catalog.snapshot.plan(plan_id), rate, start, length)
@@ -1734,31 +1735,46 @@ class CallService:
         NAS authorized since it came back."""
         return await self._store.nas_restart_cutoff(nas, node, kind, stamp, cutoff_ms)
 
-    def nas_generation(self, nas: str, node: str) -> tuple[int, int]:
-        """The cut-offs (epoch ms) of the latest two restarts of NAS ``node`` of client
-        ``nas`` this process knows of, latest first; 0 for none (decision 0059)."""
+    def nas_generation(self, nas: str, node: str) -> tuple[int, ...]:
+        """The cut-offs (epoch ms) of the kept restarts of NAS ``node`` of client ``nas``
+        this process knows of, latest first; () for none (decision 0059)."""
         return self._generations.get((nas, node), _NO_RESTARTS)
 
-    async def read_nas_generation(self, nas: str, node: str) -> tuple[int, int]:
+    def latest_nas_restart(self, nas: str, node: str) -> int:
+        """The cut-off (epoch ms) of the latest restart of NAS ``node`` of client ``nas``
+        this process knows of, 0 for none: what its session ids are qualified by."""
+        known = self._generations.get((nas, node), _NO_RESTARTS)
+        return known[0] if known else 0
+
+    async def read_nas_generation(self, nas: str, node: str) -> tuple[int, ...]:
         """``nas_generation`` as Redis has it now (another process may have taken the
         NAS's latest Accounting-On), kept for this process's next requests."""
         found = await self._store.nas_generations(nas, node)
         self._keep_generation(nas, node, found)
         return found
 
-    async def nas_restarted(self, nas: str, nodes: list[str], cutoff: int) -> None:
+    async def nas_restarted(
+        self, nas: str, nodes: list[str], cutoff: int, *, near_is_same: bool = True
+    ) -> int:
         """Keep a restart of the NAS known as ``nodes`` within client ``nas`` at
-        ``cutoff`` (epoch ms): the session ids it numbers afresh since name new calls."""
-        for node in nodes:
-            known = await self._store.add_nas_generation(nas, node, cutoff)
+        ``cutoff`` (epoch ms): the session ids it numbers afresh since name new calls.
+        Returns the cut-off it closes calls by: that of the restart it repeats (with
+        ``near_is_same``, a request no stamp tells apart: a retransmission, within a few
+        seconds of one kept), else ``cutoff``."""
+        closing = cutoff
+        for n, node in enumerate(nodes):
+            kept, known = await self._store.add_nas_generation(nas, node, cutoff, near_is_same)
             if self._generations.get((nas, node)) != known:
                 log.info(
                     "a NAS restarted: the session ids it numbers from now name new calls",
-                    extra={"nas": nas, "nas_node": node, "restart_ms": cutoff},
+                    extra={"nas": nas, "nas_node": node, "restart_ms": kept},
                 )
             self._keep_generation(nas, node, known)
+            if n == 0:
+                closing = kept  # its first name is the one its calls' ids carry
+        return closing
 
-    def _keep_generation(self, nas: str, node: str, found: tuple[int, int]) -> None:
+    def _keep_generation(self, nas: str, node: str, found: tuple[int, ...]) -> None:
         """Remember a NAS's restarts for this process's next requests (bounded)."""
         if len(self._generations) >= _PLAN_CACHE_LIMIT:
             self._generations.clear()

@@ -170,7 +170,7 @@ async def answer_access_request(
         node = nas_node(packet)  # the NAS within its client (decision 0048)
         order = settings.radius_call_id_order
         # Qualified by the NAS's latest restart this process knows of (decision 0059).
-        generation = calls.nas_generation(client.name, node or "")[0]
+        generation = calls.latest_nas_restart(client.name, node or "")
         grant = await _authorize(
             calls,
             AuthorizeRequest(
@@ -246,7 +246,8 @@ async def _authorize(
     packet, client, order, node, generation = renaming
     if refused.reason is not Reason.CALL_ALREADY_STOPPED or not qualified_source(packet, order):
         raise refused
-    latest = (await calls.read_nas_generation(client.name, node or ""))[0]
+    restarts = await calls.read_nas_generation(client.name, node or "")
+    latest = restarts[0] if restarts else 0
     if latest == generation:
         raise refused
     call_id = radius_call_id(packet, order, client, node, latest)

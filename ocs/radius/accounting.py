@@ -85,6 +85,12 @@ def _status_type(packet: AcctPacket) -> int | None:
 
 # 2000-01-01 UTC: an earlier Event-Timestamp comes from a NAS whose clock is not set.
 _CLOCK_SET = 946_684_800
+# An Event-Timestamp further than this (seconds) from when the request says it was sent, by
+# ocs's clock, is not the time of day: a NAS without a real-time clock counts from a fixed
+# date at each boot, and stamps the Accounting-On of each boot alike. Such a stamp does not
+# tell a retransmission from the next boot's, so it is not used to (decision 0059). As long
+# as a stamp is kept for the copies of one Accounting-On (a day).
+_STAMP_TRUSTED_S = 86_400
 
 
 def _event_stamp(packet: AcctPacket) -> int | None:
@@ -107,9 +113,10 @@ def _event_stamp(packet: AcctPacket) -> int | None:
     return None
 
 
-async def _restart_time_ms(request: _Accounting) -> int:
+async def _restart_time_ms(request: _Accounting) -> tuple[int, bool]:
     """When the NAS restarted, by ocs's clock: the first copy's receipt less its
-    Acct-Delay-Time (decision 0005's addendum).
+    Acct-Delay-Time (decision 0005's addendum); and whether its stamp told which copy it
+    is (else a cut-off close to a kept restart's is taken for that restart).
 
     The calls it closes were authorized by ocs's clock, so the cut-off is taken from it:
     Event-Timestamp is the NAS's clock, and one running 10 minutes slow left every call
@@ -117,18 +124,22 @@ async def _restart_time_ms(request: _Accounting) -> int:
     tells the copies of one Accounting-On apart: a retransmission carries the same stamp
     and closes by the first copy's cut-off, remembered by it, so never the calls the NAS
     authorized since it came back. Without a usable stamp a retransmission updates
-    Acct-Delay-Time (RFC 2866 section 5.2), which keeps the time; an identical copy is
-    answered from the reply cache.
+    Acct-Delay-Time (RFC 2866 section 5.2), which keeps the time to the second; an
+    identical copy is answered from the reply cache. A stamp a day or more away from the
+    time is no clock's (a NAS without one repeats it at every boot): not used.
     """
     packet = request.packet
     cutoff_ms = int(time.time() * 1000) - _delay(packet) * 1000
     seconds = _event_stamp(packet)
-    if seconds is None:
-        return cutoff_ms
+    if seconds is None or abs(cutoff_ms // 1000 - seconds) > _STAMP_TRUSTED_S:
+        # Dated by its own receipt: a retransmission's cut-off, within a second of the
+        # first copy's, is taken for that restart (``CallService.nas_restarted``).
+        return cutoff_ms, False
     names = nas_names(packet)
-    return await request.calls.nas_restart_cutoff(
+    first_ms = await request.calls.nas_restart_cutoff(
         request.client.name, names[0] if names else "", request.kind, seconds, cutoff_ms
     )
+    return first_ms, True
 
 
 def _delay(packet: AcctPacket) -> int:
@@ -165,10 +176,13 @@ async def handle_accounting(
     status = _status_type(packet)
     kind = STATUS_TYPES.get(status or 0, "other")
     if kind in ("accounting-on", "accounting-off"):
-        before_ms = await _restart_time_ms(_Accounting(kind, packet, client, calls, settings))
+        request = _Accounting(kind, packet, client, calls, settings)
+        cutoff_ms, stamped = await _restart_time_ms(request)
         # Kept before its calls are closed: the session ids the NAS numbers afresh from
-        # now name new calls (decision 0059).
-        await calls.nas_restarted(client.name, nas_names(packet), before_ms)
+        # now name new calls (decision 0059). A retransmission closes by its first copy's.
+        before_ms = await calls.nas_restarted(
+            client.name, nas_names(packet), cutoff_ms, near_is_same=not stamped
+        )
         await calls.close_calls_of_nas(
             client.name, cause="nas-reboot", before_ms=before_ms, nodes=frozenset(nas_names(packet))
         )
@@ -202,17 +216,19 @@ class _Life(NamedTuple):
     """Which life of its NAS (the time between two restarts) a request's call is of: the
     restart that began it (its cut-off, epoch ms; 0: none known, or one from before those
     known), the window its call was authorized in (epoch ms, from and before; None:
-    any), and whether a call found closed may be settled (a repeat, a late stop): only
+    any), whether a call found closed may be settled (a repeat, a late stop): only
     once the NAS's restarts were read from Redis, as another process may have taken the
-    latest."""
+    latest; and the NAS's restarts known (latest first), whose ids the call may have
+    been authorized under too."""
 
     generation: int
     window: tuple[int, int] | None
     settle: bool
+    restarts: tuple[int, ...]
 
 
 # A global id's call, or one of a NAS not known to have restarted: any, settled as found.
-_ANY_LIFE = _Life(0, None, True)
+_ANY_LIFE = _Life(0, None, True, ())
 _FOREVER_MS = 1 << 62
 # The times a request gives are whole seconds, and a NAS may round its session time up:
 # a call answered up to this long before a restart's cut-off (ms) is still taken as one
@@ -221,18 +237,19 @@ _FOREVER_MS = 1 << 62
 _SLACK_MS = 2_000
 
 
-def _life_of(restarts: tuple[int, int], answered: int, settle: bool) -> _Life:
+def _life_of(restarts: tuple[int, ...], answered: int, settle: bool) -> _Life:
     """The life a call answered at ``answered`` (epoch s, ocs's clock) is of, given its
-    NAS's latest two restarts (cut-offs, epoch ms, latest first, 0 for none)."""
-    latest, before = restarts
+    NAS's kept restarts (cut-offs, epoch ms, latest first): every one of them, as a
+    graceful reboot (Accounting-Off, then -On) takes two."""
+    if not restarts:
+        return _Life(0, None, settle, ())
     answered_ms = answered * 1000 + _SLACK_MS
-    if not latest:
-        return _Life(0, None, settle)
-    if answered_ms >= latest:
-        return _Life(latest, (latest, _FOREVER_MS), settle)
-    if before and answered_ms >= before:
-        return _Life(before, (before, latest), settle)
-    return _Life(0, (0, before or latest), settle)
+    ends = _FOREVER_MS
+    for cutoff in restarts:
+        if answered_ms >= cutoff:
+            return _Life(cutoff, (cutoff, ends), settle, restarts)
+        ends = cutoff
+    return _Life(0, (0, ends), settle, restarts)
 
 
 def _answered_at(request: _Accounting) -> int:
@@ -248,32 +265,46 @@ async def _in_nas_life(request: _Accounting) -> "AccountingOutcome | OcsError":
     the NAS's life it is of (decision 0059): a NAS that numbers its sessions afresh
     after a restart names a new call by an old call's session id.
 
-    The life comes from the restarts this process knows of. When the call it finds is
-    closed, the restarts are read again (another process may have taken the NAS's latest
-    Accounting-On) before the request is taken as a repeat or a late stop of that call;
-    so only a request that meets a closed call reads them."""
+    The life comes from the restarts this process knows of. When the call is not found,
+    or found closed, the restarts are read again, once: another process (or this one
+    before it restarted) may have taken the NAS's latest Accounting-On and authorized
+    the call under its id; and a closed call is taken as a repeat or a late stop only
+    once they were read. So only a request that meets no call, or a closed one, reads
+    them."""
     packet, client, calls = request.packet, request.client, request.calls
     node = nas_node(packet) or ""
     answered = _answered_at(request)
     known = calls.nas_generation(client.name, node)
     result = await _attempt_life(request, node, _life_of(known, answered, settle=False))
-    if not (isinstance(result, OcsError) and result.reason is Reason.CALL_ALREADY_STOPPED):
+    stopped = isinstance(result, OcsError) and result.reason is Reason.CALL_ALREADY_STOPPED
+    if not (stopped or _not_found(result)):
         return result
     latest = await calls.read_nas_generation(client.name, node)
+    if not stopped and latest == known:
+        return result  # looked under every id those restarts give already
     return await _attempt_life(request, node, _life_of(latest, answered, settle=True))
 
 
 async def _attempt_life(
     request: _Accounting, node: str, life: _Life
 ) -> "AccountingOutcome | OcsError":
-    """Apply the request under its id in ``life``; one qualified by a restart is then
-    tried bare, for a call of that life authorized by a process that knew of no restart."""
+    """Apply the request under its id in ``life``; when no such call, bare (a call of
+    that life authorized by a process that knew of no restart), then under the id of
+    each other restart known, latest first (one authorized by a process that knew of
+    another: a restart taken twice, by two processes at once or before decision 0059's
+    amendment). A stop charges only a call authorized within ``life``'s window."""
     packet, client = request.packet, request.client
     order = request.settings.radius_call_id_order
     call_id = radius_call_id(packet, order, client, node, life.generation) or ""
     result = await _attempt(request, call_id, life)
     if life.generation and _not_found(result):
         result = await _attempt(request, radius_call_id(packet, order, client, node) or "", life)
+    for other in life.restarts:
+        if not _not_found(result):
+            break
+        if other != life.generation:
+            other_id = radius_call_id(packet, order, client, node, other) or ""
+            result = await _attempt(request, other_id, life)
     return result
 
 
