@@ -1,7 +1,8 @@
 """Events and webhooks on the `ocs` command line (issue 14, decision 0029).
 
-``ocs webhooks add|list|remove`` configure the endpoints events are POSTed
-to (``add`` prints the secret, the only time it is shown); ``ocs events list``
+``ocs webhooks add|list|remove|disable|enable`` configure the endpoints events
+are POSTed to (``add`` prints the secret, the only time it is shown; a disabled
+one's events wait for it to be enabled); ``ocs events list``
 shows the outbox with each event's deliveries (``--state dead``: what was
 dead-lettered), ``ocs events replay EVENT_ID [--webhook ID]`` sends an event
 again (what was not delivered; with ``--webhook``, that delivery even if it
@@ -57,6 +58,14 @@ def add_commands(commands: "Commands") -> None:
     add_command(hooks, "list", "list the endpoints (no secrets)", _webhooks_list)
     remove = add_command(hooks, "remove", "remove an endpoint", _webhooks_remove)
     remove.add_argument("id", help="the endpoint's id")
+    disable = add_command(
+        hooks, "disable", "stop sending to an endpoint (its events wait)", _webhooks_disable
+    )
+    disable.add_argument("id", help="the endpoint's id")
+    enable = add_command(
+        hooks, "enable", "send to an endpoint again (what waited first)", _webhooks_enable
+    )
+    enable.add_argument("id", help="the endpoint's id")
 
     events = add_group(commands, "events", "notification and provisioning events")
     listed = add_command(events, "list", "events, newest first, with deliveries", _events_list)
@@ -128,6 +137,29 @@ def _webhooks_remove(args: argparse.Namespace, settings: Settings) -> int:
     checked(lambda: webhooks.check_id(args.id, "id"))
     removed = with_services(settings, lambda s: webhooks.remove(s.pool, args.id))
     print_json({"removed": to_builtins(webhook_view(removed))})
+    return 0
+
+
+def _webhooks_disable(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs webhooks disable``: nothing more is sent to it; its events wait (exit 1:
+    there is no such endpoint)."""
+    return _webhooks_set_enabled(args.id, False, settings)
+
+
+def _webhooks_enable(args: argparse.Namespace, settings: Settings) -> int:
+    """``ocs webhooks enable``: its waiting events are sent, oldest first (exit 1: there
+    is no such endpoint)."""
+    return _webhooks_set_enabled(args.id, True, settings)
+
+
+def _webhooks_set_enabled(webhook_id: str, enabled: bool, settings: Settings) -> int:
+    """Disable or enable an endpoint; prints it as the API answers it."""
+    from ocs.events import webhooks
+    from ocs.http.event_handlers import webhook_view
+
+    checked(lambda: webhooks.check_id(webhook_id, "id"))
+    changed = with_services(settings, lambda s: webhooks.set_enabled(s.pool, webhook_id, enabled))
+    print_json(to_builtins(webhook_view(changed)))
     return 0
 
 

@@ -111,6 +111,8 @@ COMMANDS = [
     ("webhooks", "add"),
     ("webhooks", "list"),
     ("webhooks", "remove"),
+    ("webhooks", "disable"),
+    ("webhooks", "enable"),
     ("events", "list"),
     ("events", "replay"),
     ("events", "replay-skipped"),

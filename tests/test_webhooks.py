@@ -587,3 +587,95 @@ async def test_a_receiver_that_stops_answering_does_not_hold_back_the_other_webh
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_a_disabled_webhook_keeps_its_events_and_gets_them_in_order_once_enabled(
+    app: RunningApp, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ocs.events.webhooks")
+    services = app.services
+    settings = fast(services.settings, webhook_in_flight=1)  # one at a time: the order shows
+    port = free_port()
+    await receiver.start(port)
+    status, made = await app.post("/v1/webhooks", {"url": f"http://127.0.0.1:{port}/hook"})
+    assert status == 201, made
+    receiver.secret = made["secret"]
+    await billed_plan(services)
+    await customer(services, "1001", None, date(2026, 3, 1))  # waiting when it is disabled
+
+    status, disabled = await send(app, "PATCH", f"/v1/webhooks/{made['id']}", {"enabled": False})
+    assert status == 200, disabled
+    assert disabled == {**{k: v for k, v in made.items() if k != "secret"}, "enabled": False}
+    # Unchanged: the same answer, and no second log line.
+    assert await send(app, "PATCH", f"/v1/webhooks/{made['id']}", {"enabled": False}) == (
+        200,
+        disabled,
+    )
+    await customer(services, "1002", None, date(2026, 3, 1))  # stored while it is disabled
+
+    # Nothing is attempted, nothing goes dead, however often the deliverer looks.
+    for _ in range(3):
+        assert (await deliver_pending(services.pool, settings)).attempted == 0
+    assert receiver.taken == []
+    assert {(r["state"], r["attempts"]) for r in await deliveries(services)} == {("pending", 0)}
+    async with services.pool.acquire() as conn:
+        stored = [r["id"] for r in await conn.fetch("SELECT id FROM events ORDER BY id")]
+    assert len(stored) == 4  # created and activated, for each account
+    # A replay naming it is refused, naming the field.
+    status, refused = await app.post(f"/v1/events/{stored[-1]}/replay", {"webhook_id": made["id"]})
+    assert (status, refused["error"]["field"]) == (400, "webhook_id"), refused
+    assert "disabled" in refused["error"]["message"]
+
+    status, enabled = await send(app, "PATCH", f"/v1/webhooks/{made['id']}", {"enabled": True})
+    assert (status, enabled) == (200, {**disabled, "enabled": True})
+    while (await deliver_pending(services.pool, settings)).attempted:
+        pass
+
+    # Every event, in the order stored, each once.
+    assert [t["id"] for t in receiver.taken] == [f"evt_{i}" for i in stored]
+    assert {(r["state"], r["attempts"]) for r in await deliveries(services)} == {("delivered", 1)}
+    changes = [r for r in caplog.records if r.name == "ocs.events.webhooks"]
+    assert [(r.getMessage(), r.__dict__["webhook"]) for r in changes] == [
+        ("webhook disabled", made["id"]),
+        ("webhook enabled", made["id"]),
+    ]
+    assert made["secret"] not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "field_name"),
+    [
+        ("/v1/webhooks/crm", {}, 400, "enabled"),
+        ("/v1/webhooks/crm", {"enabled": "no"}, 400, "enabled"),
+        ("/v1/webhooks/crm", {"enabled": False, "url": "http://e.com/y"}, 400, "url"),
+        ("/v1/webhooks/a%20b", {"enabled": False}, 400, "webhook_id"),
+        ("/v1/webhooks/nope", {"enabled": False}, 404, "webhook_id"),
+    ],
+)
+async def test_a_bad_webhook_change_is_refused_naming_the_field(
+    app: RunningApp, path: str, payload: dict[str, Any], status: int, field_name: str
+) -> None:
+    assert (await app.post("/v1/webhooks", {"url": "http://e.com/x", "id": "crm"}))[0] == 201
+    got, body = await send(app, "PATCH", path, payload)
+    assert (got, body["error"]["field"]) == (status, field_name), body
+    _, listed = await app.get("/v1/webhooks")
+    assert [w["enabled"] for w in listed["webhooks"]] == [True]
+
+
+async def test_a_webhook_disabled_and_enabled_on_the_command_line(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    settings = app.services.settings
+    assert (await app.post("/v1/webhooks", {"url": "http://e.com/x", "id": "crm"}))[0] == 201
+    code, out, err = await ocs_cli(settings, tmp_path, "webhooks", "disable", "crm")
+    assert code == 0, err
+    assert (json.loads(out)["enabled"], "secret" in out) == (False, False)
+    _, listed = await app.get("/v1/webhooks")
+    assert [w["enabled"] for w in listed["webhooks"]] == [False]
+    code, out, err = await ocs_cli(settings, tmp_path, "webhooks", "enable", "crm")
+    assert code == 0, err
+    assert json.loads(out)["enabled"] is True
+    code, out, err = await ocs_cli(settings, tmp_path, "webhooks", "enable", "nope")
+    assert code == 1 and "nope" in err
+    code, out, err = await ocs_cli(settings, tmp_path, "webhooks", "disable", "a b")
+    assert code == 2 and "id" in err

@@ -1,9 +1,10 @@
 """Events and webhooks in the admin API (issue 14, decision 0029).
 
-``POST/GET /v1/webhooks`` and ``DELETE /v1/webhooks/{webhook_id}`` configure
-the endpoints events are POSTed to: the secret is answered once, by the POST,
-and never again. ``GET /v1/events`` lists the outbox with each event's
-deliveries; ``POST /v1/events/{event_id}/replay`` sends an event again (its
+``POST/GET /v1/webhooks`` and ``PATCH/DELETE /v1/webhooks/{webhook_id}``
+configure the endpoints events are POSTed to (``PATCH`` disables or enables
+one): the secret is answered once, by the POST, and never again.
+``GET /v1/events`` lists the outbox with each event's deliveries;
+``POST /v1/events/{event_id}/replay`` sends an event again (its
 deliveries not delivered re-queued, or the one to a named webhook, whatever its
 state); ``POST /v1/events/replay-skipped`` sends the emails skipped when no SMTP
 server was configured. A thin adapter over ``ocs.events``.
@@ -206,6 +207,20 @@ async def remove_webhook(request: web.Request, params: None) -> WebhookView:
     return webhook_view(await webhooks.remove(services_of(request).pool, webhook_id))
 
 
+class ChangeWebhook(Params):
+    """Whether the endpoint is enabled: disabled, its events wait for it."""
+
+    enabled: bool
+
+
+async def change_webhook(request: web.Request, params: ChangeWebhook) -> WebhookView:
+    """PATCH /v1/webhooks/{webhook_id}: disable an endpoint (its events wait) or enable it
+    (they are sent, oldest first)."""
+    webhook_id = webhooks.check_id(request.match_info["webhook_id"])
+    changed = await webhooks.set_enabled(services_of(request).pool, webhook_id, params.enabled)
+    return webhook_view(changed)
+
+
 # --- events ----------------------------------------------------------------------------
 
 
@@ -298,6 +313,24 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         list_webhooks,
         None,
         WebhookList,
+    ),
+    Endpoint(
+        "PATCH",
+        "/v1/webhooks/{webhook_id}",
+        Role.ADMIN,
+        "Disable an endpoint (its events wait for it) or enable it (they are sent)",
+        change_webhook,
+        ChangeWebhook,
+        WebhookView,
+        body_required=True,
+        errors=(404,),
+        description="Disabled, nothing is sent to it: its deliveries wait (an attempt"
+        " already under way ends as it does), none goes dead, and the events of its kinds"
+        " stored meanwhile are kept for it; a replay naming it is refused (400). Enabled"
+        " again, those events are sent, oldest first, each once. Enabling waits up to 5 s"
+        " for the transactions storing events (a billing run) to end: 503 if they do not,"
+        " to try again. Setting the state it has changes nothing.",
+        answer_description="the endpoint as it is now (no secret)",
     ),
     Endpoint(
         "DELETE",
