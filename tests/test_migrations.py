@@ -1108,3 +1108,52 @@ async def test_0065_names_the_cluster_of_posted_and_void_invoices_snapshots(
     ):
         with pytest.raises(asyncpg.CheckViolationError, match="void -> void"):
             await fresh_pool.execute(f"UPDATE invoices SET {change} WHERE id = $1", ids[1])
+
+
+async def webhook_rows(pool: asyncpg.Pool) -> list[tuple[int, str]]:
+    """Every webhook delivery row: (event id, webhook), in event then webhook order."""
+    rows = await pool.fetch(
+        "SELECT event_id, webhook_id FROM event_deliveries WHERE channel = 'webhook'"
+        " ORDER BY event_id, webhook_id"
+    )
+    return [(r["event_id"], r["webhook_id"]) for r in rows]
+
+
+async def store_event(pool: asyncpg.Pool, kind: str) -> int:
+    """An event of ``kind`` stored as ``outbox.emit`` stores it; its id."""
+    return int(
+        await pool.fetchval(
+            "INSERT INTO events (kind, subject, data) VALUES ($1, 'a1', '{}') RETURNING id", kind
+        )
+    )
+
+
+async def test_0070_makes_a_disabled_webhooks_deliveries_so_that_its_events_wait(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    """A database with a disabled webhook upgrades: the events stored after 0070 get a row
+    for it as for an enabled one (by its kinds), so enabling it needs no catch-up."""
+    await migrated_to(fresh_pool, 69)
+    await fresh_pool.execute(
+        "INSERT INTO webhooks (id, url, secret, kinds, enabled) VALUES"
+        " ('on', 'http://e.com/a', 'whsec_a', '{}', true),"
+        " ('off', 'http://e.com/b', 'whsec_b', '{}', false),"
+        " ('off-payments', 'http://e.com/c', 'whsec_c', '{payment.received}', false)"
+    )
+    before = await store_event(fresh_pool, "payment.received")
+    assert await webhook_rows(fresh_pool) == [(before, "on")]  # as released: enabled only
+
+    await migrate(fresh_pool)
+    assert 70 in await recorded(fresh_pool)
+    paid = await store_event(fresh_pool, "payment.received")
+    posted = await store_event(fresh_pool, "invoice.posted")
+    assert await webhook_rows(fresh_pool) == [
+        (before, "on"),
+        (paid, "off"),
+        (paid, "off-payments"),
+        (paid, "on"),
+        (posted, "off"),
+        (posted, "on"),
+    ]
+    # The email rows are made as 0039 made them: only for an account with a billing email.
+    assert await fresh_pool.fetchval("SELECT count(*) FROM event_deliveries") == 6

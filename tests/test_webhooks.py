@@ -351,13 +351,21 @@ async def test_kinds_filter_disabled_endpoints_and_removal(app: RunningApp) -> N
     await billed_plan(services)
     await customer(services, "1001", None, date(2026, 3, 1))
 
-    # created and activated, each to the endpoint taking every kind only.
+    # created and activated, each to the endpoints taking every kind: the disabled one's
+    # wait for it to be enabled (never claimed meanwhile).
     rows = await deliveries(services)
-    assert [(r["webhook_id"], r["state"]) for r in rows] == [("all", "pending")] * 2
+    assert sorted((r["webhook_id"], r["state"]) for r in rows) == [
+        ("all", "pending"),
+        ("all", "pending"),
+        ("off", "pending"),
+        ("off", "pending"),
+    ]
+    assert (await deliver_pending(services.pool, fast(services.settings))).attempted == 2
 
     status, removed = await send(app, "DELETE", "/v1/webhooks/all")
     assert (status, removed["id"]) == (200, "all")
-    assert await deliveries(services) == []  # nothing is sent to it after
+    # nothing is sent to it after
+    assert [r["webhook_id"] for r in await deliveries(services)] == ["off", "off"]
     status, body = await send(app, "DELETE", "/v1/webhooks/all")
     assert (status, body["error"]["reason"], body["error"]["field"]) == (
         404,
@@ -679,3 +687,28 @@ async def test_a_webhook_disabled_and_enabled_on_the_command_line(
     assert code == 1 and "nope" in err
     code, out, err = await ocs_cli(settings, tmp_path, "webhooks", "disable", "a b")
     assert code == 2 and "id" in err
+
+
+async def test_enabling_a_webhook_does_not_wait_for_a_transaction_storing_an_event(
+    app: RunningApp, receiver: Receiver
+) -> None:
+    """Enabling locks no table: a payment or a billing run storing events meanwhile
+    neither holds it up nor is held up, and its event is sent to the webhook."""
+    services = app.services
+    port = free_port()
+    await receiver.start(port)
+    status, made = await app.post(
+        "/v1/webhooks", {"url": f"http://127.0.0.1:{port}/hook", "enabled": False}
+    )
+    assert status == 201, made
+    receiver.secret = made["secret"]
+    async with services.pool.acquire() as conn, conn.transaction():
+        # Stored, not committed, while the webhook is disabled then enabled.
+        event_id = await emit(conn, "payment.received", "1001", {"account_id": "1001"})
+        status, enabled = await send(app, "PATCH", f"/v1/webhooks/{made['id']}", {"enabled": True})
+        assert status == 200, enabled  # not 503 after waiting for this transaction
+        assert enabled["enabled"] is True
+    while (await deliver_pending(services.pool, fast(services.settings))).attempted:
+        pass
+    assert [t["id"] for t in receiver.taken] == [f"evt_{event_id}"]
+    assert [(r["state"], r["attempts"]) for r in await deliveries(services)] == [("delivered", 1)]

@@ -1,16 +1,16 @@
 """Webhook endpoints as PostgreSQL stores them (migration 0037): URL, secret, kinds, enabled.
 
 An endpoint takes the events of the kinds it names (none named: every kind)
-while it is enabled, from its creation on: the outbox's trigger makes its
-deliveries in the transaction that stores each event. Its secret is made
+from its creation on: the outbox's trigger makes its deliveries in the
+transaction that stores each event, enabled or not (migration 0070). Its secret is made
 here, answered once by ``create`` (``Created.secret``) and never again: the
 list shows no secret, and ``Webhook``'s repr hides it, so no log line holds it.
 Its URL may carry a token too (a query, a user or password): ``check_url``
 takes only a URL the HTTP client can use, so that no attempt fails on the URL
 itself (aiohttp's error would quote it), and ``redact`` takes the URL out of
 what a failed attempt records and logs. A disabled endpoint is sent nothing:
-its deliveries wait, and ``set_enabled`` makes, when it is enabled again, the
-deliveries of the events stored meanwhile (the trigger made none).
+no deliverer claims its deliveries, which wait until ``set_enabled`` enables it
+again (a flag, and the deliverers woken: no scan of the outbox, no lock).
 """
 
 import ipaddress
@@ -36,8 +36,6 @@ MAX_HOST = 253
 MAX_URL = 2000
 MAX_WEBHOOKS = 1000
 MAX_DESCRIPTION = 200
-# How long enabling a webhook waits for the transactions storing events to end.
-ENABLE_WAIT_MS = 5000
 
 log = logging.getLogger("ocs.events.webhooks")
 
@@ -217,70 +215,33 @@ async def remove(pool: asyncpg.Pool, webhook_id: str) -> Webhook:
     return webhook_of(row)
 
 
-# The events a webhook did not get while it was disabled: those of the kinds it takes,
-# stored since its creation, with no delivery to it (the outbox's trigger makes rows for
-# enabled webhooks only), oldest first, so that they are sent in the order stored.
-_CATCH_UP_SQL = """
-INSERT INTO event_deliveries (event_id, channel, webhook_id)
-SELECT e.id, 'webhook', $1 FROM events e
-WHERE e.created_at >= $2 AND (cardinality($3::text[]) = 0 OR e.kind = ANY ($3::text[]))
-  AND NOT EXISTS (SELECT 1 FROM event_deliveries d
-                  WHERE d.event_id = e.id AND d.webhook_id = $1 AND d.channel = 'webhook')
-ORDER BY e.id
-ON CONFLICT DO NOTHING
-"""
-
-
 async def set_enabled(pool: asyncpg.Pool, webhook_id: str, enabled: bool) -> Webhook:
     """Disable or enable an endpoint; the endpoint as it is now. NOT_FOUND naming
     ``webhook_id`` when there is none; unchanged when it is so already (no log line).
 
     Disabled, its deliveries wait (no deliverer claims them; an attempt already under
-    way ends as it does) and the events stored meanwhile are kept for it: enabling it
-    makes their deliveries, oldest first, and the deliverers send them with its waiting
-    ones. Enabling waits up to ``ENABLE_WAIT_MS`` for the transactions writing events to
-    end (503 ``unavailable`` naming ``webhook_id`` if they do not: try again), so that
-    no event stored at that instant is missed by both the trigger and the catch-up."""
+    way ends as it does), and the trigger goes on making those of the events stored
+    meanwhile. Enabled again, the serving deliverers are woken at commit and send them
+    with the others, by due time then id: in the order stored."""
     check_id(webhook_id)
     async with pool.acquire() as conn, conn.transaction():
-        # NO KEY UPDATE: a delivery row being inserted for it (its foreign key's KEY
-        # SHARE) does not hold this up.
+        # Only a changed flag is written (and logged): the same state asked twice is
+        # no state change.
         row = await conn.fetchrow(
-            "SELECT * FROM webhooks WHERE id = $1 FOR NO KEY UPDATE", webhook_id
+            "UPDATE webhooks SET enabled = $2 WHERE id = $1 AND enabled <> $2 RETURNING *",
+            webhook_id,
+            enabled,
         )
         if row is None:
-            raise OcsError(Reason.NOT_FOUND, f"no webhook {webhook_id!r}", field="webhook_id")
-        if row["enabled"] == enabled:
-            return webhook_of(row)
-        changed = await conn.fetchrow(
-            "UPDATE webhooks SET enabled = $2 WHERE id = $1 RETURNING *", webhook_id, enabled
-        )
-        assert changed is not None
-        caught_up = await catch_up(conn, webhook_of(changed)) if enabled else 0
+            unchanged = await conn.fetchrow("SELECT * FROM webhooks WHERE id = $1", webhook_id)
+            if unchanged is None:
+                raise OcsError(Reason.NOT_FOUND, f"no webhook {webhook_id!r}", field="webhook_id")
+            return webhook_of(unchanged)
+        if enabled:
+            # Its waiting rows may be due already: the serving deliverers wake at commit.
+            await conn.execute("SELECT pg_notify('ocs_event_deliveries', '')")
     log.info(
         "webhook enabled" if enabled else "webhook disabled",
-        extra={"webhook": webhook_id, "enabled": enabled, "caught_up": caught_up},
+        extra={"webhook": webhook_id, "enabled": enabled},
     )
-    return webhook_of(changed)
-
-
-async def catch_up(conn: asyncpg.Connection, hook: Webhook) -> int:
-    """In the transaction enabling ``hook``: the deliveries of the events it missed while
-    disabled, made; how many. Holds the events table (SHARE) so that every transaction
-    that stored an event while it looked disabled has ended and is seen here, and one
-    storing an event after this commit sees it enabled (the trigger makes its row)."""
-    await conn.execute("SELECT set_config('lock_timeout', $1, true)", f"{ENABLE_WAIT_MS}ms")
-    try:
-        await conn.execute("LOCK TABLE events IN SHARE MODE")
-    except asyncpg.LockNotAvailableError:
-        raise OcsError(
-            Reason.UNAVAILABLE,
-            f"events are being stored (a billing run?): webhook {hook.id!r} can be enabled"
-            " once they are; try again",
-            field="webhook_id",
-        ) from None
-    status = await conn.execute(_CATCH_UP_SQL, hook.id, hook.created_at, hook.kinds)
-    made = int(status.split()[-1])
-    # Its waiting rows are due now or soon: the serving deliverers wake at commit.
-    await conn.execute("SELECT pg_notify('ocs_event_deliveries', '')")
-    return made
+    return webhook_of(row)

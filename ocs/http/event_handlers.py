@@ -327,9 +327,8 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         description="Disabled, nothing is sent to it: its deliveries wait (an attempt"
         " already under way ends as it does), none goes dead, and the events of its kinds"
         " stored meanwhile are kept for it; a replay naming it is refused (400). Enabled"
-        " again, those events are sent, oldest first, each once. Enabling waits up to 5 s"
-        " for the transactions storing events (a billing run) to end: 503 if they do not,"
-        " to try again. Setting the state it has changes nothing.",
+        " again, those events are sent, oldest first, each once. Setting the state it has"
+        " changes nothing.",
         answer_description="the endpoint as it is now (no secret)",
     ),
     Endpoint(
