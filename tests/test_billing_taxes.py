@@ -720,3 +720,23 @@ def test_a_flat_zone_surcharge_is_one_amount_taxed_as_the_largest_share() -> Non
         ("Pct 10% of 1.00 GBP", None, 100_000),
         ("Pct, roaming 10% of 3.00 GBP", "roaming", 300_000),
     ]
+
+
+def test_a_charge_surcharge_takes_the_period_of_the_lines_it_surcharges() -> None:
+    # rent: a proration for Mar 16 - Apr 1 (2.00) and April ahead (4.00). A 10% surcharge
+    # is a line per period, 0.20 over March's days and 0.40 over April's; a flat 1.50 is
+    # one line, over April's (the larger share).
+    march, april, may = (datetime(2026, m, d, tzinfo=UTC) for m, d in ((3, 16), (4, 1), (5, 1)))
+
+    def rent(kind: str, start: datetime, end: datetime, amount: int) -> Line:
+        return Line(kind, "Rent", start, end, 1, amount, amount, True, charge_id="rent")
+
+    lines = [rent("proration", march, april, 2 * UNIT), rent("recurring", april, may, 4 * UNIT)]
+    flat = Surcharge("fee", "Fee", "flat", "charge", "rent", amount=1_500_000)
+    percent = Surcharge("pct", "Pct", "percent", "charge", "rent", rate=10_000_000)
+    found = surcharge_lines(lines, [flat, percent], "GBP")
+    assert [(s.charge_id, s.period_start, s.period_end, s.amount) for s in found] == [
+        ("rent", april, may, 1_500_000),
+        ("rent", march, april, 200_000),
+        ("rent", april, may, 400_000),
+    ]

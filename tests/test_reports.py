@@ -36,6 +36,7 @@ from ocs.billing import posting, reports, taxes
 from ocs.billing.cycles import PlanBilling
 from ocs.billing.reports import DeferredRow, MrrRow, RevenueRow, month
 from ocs.billing.store import Charge, create_charge, set_plan_billing, set_status
+from ocs.billing.surcharges import Surcharge, create_surcharge
 from ocs.billing.taxes import Tax
 from ocs.billing.void import void
 from ocs.cli import main
@@ -488,3 +489,63 @@ async def test_the_api_answers_json_and_csv_to_viewers(app: RunningApp) -> None:
         status, body = await app.get(path)
         error = body["error"]
         assert (status, error["reason"], error.get("field")) == (400, "invalid_field", field), body
+
+
+async def test_a_surcharge_is_deferred_and_reported_as_the_charge_it_surcharges(
+    services: Services,
+) -> None:
+    """Plan ``retail`` (invoiced on the 1st) with ``adv`` 30.00 monthly in advance (G/L
+    4100, untaxed), 10% surcharges on ``adv`` and on UK Mobile; s1 has adv from Jan 1 and
+    one UK Mobile call (0.198 -> 0.20). March's invoice (Apr 1): adv [Apr 1, May 1)
+    30.00, its surcharge 3.00 over the same days, the call 0.20 and its surcharge 0.02."""
+    await add_plan(services, "retail")
+    await set_plan_billing(
+        services.pool,
+        services.store,
+        PlanBilling("retail", "fixed_date", date(2025, 4, 1), cycle_day=1),
+    )
+    await _charge(services, "adv", 30 * EUR, "monthly", "advance", "4100", "")
+    ten = 10_000_000  # 10%
+    for target_kind, target in (("charge", "adv"), ("zone", "UK Mobile")):
+        await create_surcharge(
+            services.pool,
+            "retail",
+            Surcharge(f"s-{target_kind}", "Levy", "percent", target_kind, target, rate=ten),
+        )
+    await customer(services, "s1", "adv", date(2026, 1, 1), balance=1000 * EUR)
+    await cdr(services, "c-1", "s1", datetime(2026, 3, 10, 12, tzinfo=UTC), charged=198_000)
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+
+    # End of Apr 1, 1 of 30 days: adv 1.00 and its surcharge 0.10 recognised, 31.90
+    # deferred (the usage and its surcharge have no days left).
+    assert await reports.deferred(services.pool, date(2026, 4, 1)) == [
+        DeferredRow("EUR", "4100", 2, 33 * EUR, 110 * CENT, 3190 * CENT),
+    ]
+    # End of Apr 15, 15 of 30: 15.00 + 1.50 recognised, 16.50 deferred.
+    assert await reports.deferred(services.pool, date(2026, 4, 15)) == [
+        DeferredRow("EUR", "4100", 2, 33 * EUR, 1650 * CENT, 1650 * CENT),
+    ]
+    april = month("2026-04")
+    # By G/L: the charge's surcharge is the charge's (4100); the call and its zone's
+    # surcharge have no charge. By zone: a zone's surcharge counts under its zone.
+    assert await reports.revenue(services.pool, "gl", april) == [
+        RevenueRow("EUR", "", 2, 22 * CENT, None),
+        RevenueRow("EUR", "4100", 2, 33 * EUR, None),
+    ]
+    assert await reports.revenue(services.pool, "zone", april) == [
+        RevenueRow("EUR", "", 2, 33 * EUR, None),
+        RevenueRow("EUR", "UK Mobile", 2, 22 * CENT, None),
+    ]
+    # A void's credit note reverses the surcharge over the same days, under adv.
+    await void(services.pool, services.store, await invoice_id(services, "s1", "2026-03"))
+    async with services.pool.acquire() as conn:
+        reversed_lines = await conn.fetch(
+            "SELECT l.charge_id, l.period_start::date AS first, l.period_end::date AS after,"
+            " l.amount FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id"
+            " WHERE i.kind = 'credit_note' AND l.charge_id IS NOT NULL ORDER BY l.position"
+        )
+    assert [tuple(r) for r in reversed_lines] == [
+        ("adv", date(2026, 4, 1), date(2026, 5, 1), -30 * EUR),
+        ("adv", date(2026, 4, 1), date(2026, 5, 1), -3 * EUR),
+    ]

@@ -33,10 +33,14 @@ are decision 0031's, stated here once:
   ending after D, its amount less the share recognised by D, recognised by
   local day of the plan's zone: ``amount x days of the period up to D /
   days of the period``, rounded **once per line** to the minor unit, half
-  away from zero. Deferred = billed - recognised, exactly.
+  away from zero. Deferred = billed - recognised, exactly. A surcharge on a
+  charge has the period of the charge lines it surcharges (``surcharges``), so
+  it is deferred with them.
 - **Revenue** of a period (a calendar month): the lines of the counted
-  documents dated in it, taxes excluded, by zone (usage lines; others under
-  ""), by the G/L code of the line's charge ("" for none), or, by tax code,
+  documents dated in it, taxes excluded, by zone (usage lines and the
+  surcharges on a zone, which name it; others under ""), by the G/L code of
+  the line's charge ("" for none; a surcharge on a charge names the charge),
+  or, by tax code,
   the tax lines: the tax collected and its basis. A credit note's reversal
   line counts as the kind of the line it reverses.
 """
