@@ -63,28 +63,31 @@ def show(table: "Table", title: str, as_csv: bool) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table as RichTable
+    from rich.text import Text
 
     # A fixed width and no colour: the same text on a terminal, in a pipe and in a test.
     console = Console(file=sys.stdout, width=160, color_system=None, highlight=False)
     if not table.rows:
-        console.print(f"{title}: nothing to report")
+        console.print(Text(f"{title}: nothing to report"))
         return
     keep = [n for n, column in enumerate(table.columns) if column not in ("period", "at")]
     columns = [table.columns[n] for n in keep]
-    rows = [[row[n] or "(none)" for n in keep] for row in table.rows]
-    shown = RichTable(title=title, box=box.SIMPLE, title_justify="left")
+    # Every cell and heading is plain text, never rich markup: a G/L code, a zone or a
+    # tax code may hold brackets ("[b]4000", "4000[/]"), shown exactly as written.
+    rows = [[Text(row[n] or "(none)") for n in keep] for row in table.rows]
+    shown = RichTable(title=Text(title), box=box.SIMPLE, title_justify="left")
     if len(columns) > WIDEST:
-        shown.add_column(columns[0], justify="left", no_wrap=True)
+        shown.add_column(Text(columns[0]), justify="left", no_wrap=True)
         for row in rows:
             shown.add_column(row[0], justify="right", no_wrap=True)
         for n, column in enumerate(columns[1:], start=1):
-            shown.add_row(column, *(row[n] for row in rows))
+            shown.add_row(Text(column), *(row[n] for row in rows))
     else:
         for column in columns:
             if column in TEXT_COLUMNS:
-                shown.add_column(column, justify="left", no_wrap=True)
+                shown.add_column(Text(column), justify="left", no_wrap=True)
             else:
-                shown.add_column(column, justify="right", no_wrap=True)
+                shown.add_column(Text(column), justify="right", no_wrap=True)
         for row in rows:
             shown.add_row(*row)
     console.print(shown)

@@ -100,6 +100,12 @@ def money_text(micro: int, currency: str) -> str:
     return f"{whole}.{fraction.rstrip('0').ljust(2, '0')} {currency}"
 
 
+def plain(*values: str) -> list[Text]:
+    """Cells shown exactly as written: rich reads a ``str`` cell as markup, so a value
+    holding brackets would be changed (``a[b]c`` shown ``ac``) or refused (MarkupError)."""
+    return [Text(value) for value in values]
+
+
 CALL_COLUMNS = (
     "account",
     "call",
@@ -118,9 +124,13 @@ def calls_table(
     """The live calls as a table, the first ``limit`` of them when given (a screen's
     worth), with the count and the funds all of them hold in its caption."""
     scope = f" of account {account}" if account else ""
+    # Every value is shown as plain text, never read as rich markup: a call id, an
+    # account or a zone may hold brackets ("abc[/x]def"), shown as they are.
     table = Table(
-        title=f"ocs: {len(calls)} live call{'' if len(calls) == 1 else 's'}{scope}"
-        f" at {time.strftime('%H:%M:%S', time.localtime(now))}",
+        title=Text(
+            f"ocs: {len(calls)} live call{'' if len(calls) == 1 else 's'}{scope}"
+            f" at {time.strftime('%H:%M:%S', time.localtime(now))}"
+        ),
         box=box.SIMPLE_HEAD,
     )
     for name in CALL_COLUMNS:
@@ -136,14 +146,16 @@ def calls_table(
         held[call.currency] += call.reserved
     for call in calls[:limit]:
         table.add_row(
-            call.account,
-            call.call_id,
-            call.member or "",
-            call.destination,
-            call.zone,
-            duration_text(now - call.started_at) if call.started_at else "ringing",
-            duration_text(call.granted),
-            money_text(call.reserved, call.currency),
+            *plain(
+                call.account,
+                call.call_id,
+                call.member or "",
+                call.destination,
+                call.zone,
+                duration_text(now - call.started_at) if call.started_at else "ringing",
+                duration_text(call.granted),
+                money_text(call.reserved, call.currency),
+            )
         )
     notes = []
     if limit is not None and len(calls) > limit:
@@ -153,7 +165,7 @@ def calls_table(
             "reserved: "
             + ", ".join(money_text(amount, currency) for currency, amount in sorted(held.items()))
         )
-    table.caption = "; ".join(notes) or None
+    table.caption = Text("; ".join(notes)) if notes else None
     return table
 
 
@@ -287,7 +299,7 @@ def top_view(
         )
         decided = rate[GRANTED] + rate[REFUSED] if rate else 0.0
         summary.add_row(
-            protocol,
+            Text(protocol),
             _rate_text(rate[GRANTED] if rate else None),
             _rate_text(rate[REFUSED] if rate else None),
             f"{100 * rate[REFUSED] / decided:.1f}" if rate and decided else "-",
@@ -301,8 +313,8 @@ def top_view(
     refused.sort(key=lambda k: (-(per_second or {}).get(k, 0.0), -current.counts[k], k))
     for key in refused:
         refusals.add_row(
-            key[2] or "(none)",
-            key[0],
+            Text(key[2] or "(none)"),
+            Text(key[0]),
             _rate_text(None if per_second is None else per_second[key]),
             f"{current.counts[key]:.0f}",
         )

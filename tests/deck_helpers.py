@@ -114,6 +114,12 @@ BAD_DECKS: dict[str, tuple[str, list[int], str]] = {
         [5],
         "price_per_minute",
     ),
+    # "²".isdigit() holds but int refuses it: refused naming the column, like any text.
+    "a superscript two for seconds": (
+        HEADER + "33,France,0.030,0.010,60,1\n" + "44,UK,0.1,0,\u00b2,60\n",
+        [3],
+        "first_block: expected whole seconds",
+    ),
     "every bad line is reported": (
         HEADER
         + "33,France,0.030,0.010,60,1\n"

@@ -9,6 +9,8 @@ Unicode spaces, CRLF, blank lines, wrong field counts, bad amounts,
 duplicates and zones with two rates.
 """
 
+from collections.abc import Callable
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -17,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ocs.decks import problems as deck_problems
+from ocs.decks.cost_deck import CARRIER_COLUMNS, parse_carrier_deck, parse_carrier_deck_rows
 from ocs.decks.problems import MAX_REPORTED, DeckError
 from ocs.decks.rate_deck import Deck, parse_deck, parse_deck_rows
 from tests.deck_helpers import BAD_DECKS, DECK_A, DECK_B, HEADER, outcome
@@ -46,6 +49,7 @@ ZONES += ['"A"\rB', "U\rK", "A\x7fB"]
 AMOUNTS = ["0.01", "0.0100000", "0.0100001", "-0.01", ".5", "5.", "1e3", "9999999999", "0", " 1 "]
 AMOUNTS += ["999999999.999999", "0.150", '"0.06"', "abc"]
 SECONDS = ["0", "00", "1", "60", " 6 ", "86400", "86401", "-1", "abc", "\u0661", ""]
+SECONDS += ["\u00b2", "\u2460", "6\u00b9"]  # digits to str.isdigit, not to int
 
 
 @st.composite
@@ -132,6 +136,28 @@ def test_bad_decks_are_refused_as_the_reference_refuses_them(name: str) -> None:
 )
 def test_edge_cases_read_as_the_reference_reads_them(text: str) -> None:
     same_as_reference(text)
+
+
+def refusal(parse: Callable[[Any], object], text: str | bytes) -> tuple[object, int]:
+    """The problems a parse refuses ``text`` with, and the count of the rest."""
+    with pytest.raises(DeckError) as refused:
+        parse(text)
+    return refused.value.problems, refused.value.more
+
+
+@pytest.mark.parametrize("digit", ["\u00b2", "\u2460", "6\u00b9"])
+def test_seconds_in_digits_int_cannot_read_are_refused_naming_the_column(digit: str) -> None:
+    # "²".isdigit() holds, int("²") raises: the row is refused as any other text is.
+    plan = HEADER + f"44,UK,0.1,0,{digit},60\n"
+    expected = ([(2, f"first_block: expected whole seconds, got {digit!r}")], 0)
+    for parse in (parse_deck_rows, parse_deck):
+        assert refusal(parse, plan) == expected, parse
+    assert refusal(parse_deck, plan.encode()) == expected
+    carrier = ",".join(CARRIER_COLUMNS) + f"\n44,0,60,{digit},0.1\n"
+    expected = ([(2, f"increment: expected whole seconds, got {digit!r}")], 0)
+    for parse in (parse_carrier_deck_rows, parse_carrier_deck):
+        assert refusal(parse, carrier) == expected, parse
+    assert refusal(parse_carrier_deck, carrier.encode()) == expected
 
 
 def test_a_large_deck_with_every_plain_form_reads_as_the_reference() -> None:

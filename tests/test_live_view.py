@@ -30,6 +30,7 @@ from ocs.live_view import (
     metrics_url,
     parse_decisions,
     rates,
+    top_view,
 )
 from tests.conftest import RunningApp, add_plan
 from tests.ports import free_port
@@ -196,6 +197,49 @@ def test_a_call_not_answered_yet_shows_as_ringing() -> None:
     assert "1 live call " in shown and "reserved: 1.25 EUR" in shown
 
 
+async def test_call_ids_holding_brackets_are_listed_exactly_as_given(
+    app: RunningApp, settings: Settings
+) -> None:
+    # Printable text is a valid call id, brackets too; rich would read them as markup.
+    await add_plan(app.services)
+    await funded(app, "1001")
+    await funded(app, "2002")
+    await authorize(app, "1001", "abc[/x]def")
+    await authorize(app, "2002", "call[bold]HIDDEN")
+
+    done = await asyncio.to_thread(
+        subprocess.run, [*OCS, "calls", "--once"], env=serve_env(settings),
+        capture_output=True, text=True, timeout=SCREEN_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert row_of(done.stdout, "abc[/x]def")[:2] == ["1001", "abc[/x]def"], done.stdout
+    assert row_of(done.stdout, "call[bold]HIDDEN")[:2] == ["2002", "call[bold]HIDDEN"]
+    assert "2 live calls" in done.stdout
+
+
+def test_every_value_of_a_call_is_shown_as_written_not_as_markup() -> None:
+    call = LiveCall(
+        account="a[/]",
+        call_id="[b]id",
+        member="m[i]x",
+        destination="[/red]4930",
+        zone="Zone [bold]B",
+        authorized_at=1_000.0,
+        started_at=0,
+        granted=60,
+        reserved=1_000_000,
+        currency="EUR",
+    )
+    console = Console(record=True, width=160)
+    console.print(calls_table([call], now=1_010.0, account="a[/]"))
+    shown = console.export_text()
+    assert row_of(shown, "[b]id") == [
+        "a[/]", "[b]id", "m[i]x", "[/red]4930", "Zone [bold]B", "ringing", "1:00", "1.00 EUR",
+    ]  # fmt: skip
+    assert "1 live call of account a[/] at" in shown
+
+
 def test_calls_refuses_an_interval_it_cannot_use(settings: Settings) -> None:
     done = subprocess.run(
         [*OCS, "calls", "--interval", "0"], env=serve_env(settings), capture_output=True,
@@ -321,6 +365,21 @@ def test_the_default_metrics_url_reaches_a_wildcard_listener_on_loopback() -> No
     assert metrics_url("0.0.0.0", 8080) == "http://127.0.0.1:8080/metrics"
     assert metrics_url("::", 9000) == "http://[::1]:9000/metrics"
     assert metrics_url("10.1.2.3", 8080) == "http://10.1.2.3:8080/metrics"
+
+
+def test_top_shows_reasons_and_protocols_as_written_not_as_markup() -> None:
+    text = """\
+# TYPE ocs_decisions_total counter
+ocs_decisions_total{protocol="[b]http",reason="",result="granted"} 2.0
+ocs_decisions_total{protocol="[b]http",reason="odd[/]",result="refused"} 1.0
+ocs_decisions_total{protocol="[b]http",reason="[bold]hidden",result="refused"} 1.0
+"""
+    console = Console(record=True, width=160)
+    console.print(top_view("http://x/metrics", None, _reading(1.0, text)))
+    shown = console.export_text()
+    assert row_of(shown, "odd[/]") == ["odd[/]", "[b]http", "-", "1"]
+    assert row_of(shown, "[bold]hidden") == ["[bold]hidden", "[b]http", "-", "1"]
+    assert row_of(shown, "[b]http")[0] == "[b]http"
 
 
 async def test_top_shows_decision_rates_and_refusals_by_reason(

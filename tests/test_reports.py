@@ -25,10 +25,12 @@ the day the test runs.
 import asyncio
 import csv
 import io
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from ocs import api_tokens
@@ -421,6 +423,38 @@ def test_the_cli_prints_the_reports_as_tables_and_as_csv(ocs: Any) -> None:
     code, out, err = ocs("reports", "deferred", "--at", "31/03/2026")
     assert (code, out) == (2, "")
     assert "--at: not a date (YYYY-MM-DD): '31/03/2026'" in err
+
+
+def _cells(out: str) -> list[list[str]]:
+    """The table's rows as cells (split on runs of spaces), title and rules left out."""
+    return [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()[4:] if line.strip()]
+
+
+def test_gl_codes_holding_brackets_are_printed_as_written(ocs: Any, settings: Settings) -> None:
+    # A G/L code is the ERP's text: rich must not read "[b]4000" or "4100[/]" as markup.
+    async def rename() -> None:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute("UPDATE charges SET gl_code = '[b]4000' WHERE gl_code = '4000'")
+            await conn.execute("UPDATE charges SET gl_code = '4100[/]' WHERE gl_code = '4100'")
+        finally:
+            await conn.close()
+
+    asyncio.run(rename())
+    code, out, err = ocs("reports", "revenue", "--by", "gl", "--period", "2026-04")
+    assert (code, err) == (0, "")
+    assert sorted(_cells(out)) == [
+        ["EUR", "(none)", "1", "0.20"],
+        ["EUR", "4100[/]", "2", "60.00"],
+        ["EUR", "4200", "1", "120.00"],
+        ["EUR", "[b]4000", "2", "20.00"],
+    ]
+    code, out, err = ocs("reports", "deferred", "--at", "2026-05-01")
+    assert (code, err) == (0, "")
+    assert sorted(_cells(out)) == [
+        ["EUR", "4100[/]", "1", "30.00", "0.97", "29.03"],
+        ["EUR", "4200", "1", "120.00", "10.19", "109.81"],
+    ]
 
 
 async def test_the_api_answers_json_and_csv_to_viewers(app: RunningApp) -> None:

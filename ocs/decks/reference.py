@@ -36,10 +36,12 @@ from ocs.rating.rates import Rate
 
 
 def _seconds(text: str, column: str, minimum: int, *, ascii_digits: bool = False) -> int:
-    """Whole seconds in [minimum, MAX_BLOCK_SECONDS]. A plan's deck takes any digits
-    ``str.isdigit`` does, a cost deck (``ascii_digits``) ASCII ones only."""
+    """Whole seconds in [minimum, MAX_BLOCK_SECONDS]. A plan's deck takes any decimal
+    digits (``str.isdecimal``: what ``int`` reads), a cost deck (``ascii_digits``) ASCII
+    ones only."""
     value = text.strip()
-    if not value.isdigit() or (ascii_digits and not value.isascii()):
+    # Not isdigit: it takes superscripts and circled digits ("²"), which int refuses.
+    if not value.isdecimal() or (ascii_digits and not value.isascii()):
         raise ValueError(f"{column}: expected whole seconds, got {text!r}")
     number = int(value)
     if not minimum <= number <= MAX_BLOCK_SECONDS:
