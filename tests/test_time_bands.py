@@ -250,6 +250,48 @@ async def test_a_call_answered_after_ringing_is_priced_from_its_answer(app: Runn
     assert body["balance"] == "0.100000"
 
 
+async def test_a_radius_call_that_may_ring_into_peak_is_granted_what_peak_pays(
+    app: RunningApp,
+) -> None:
+    """A RADIUS call is granted at its Access-Accept but priced from its answer, which
+    may come up to the start timeout later: its Session-Timeout is what its reservation
+    pays for whenever it is answered. Authorized 07:50 with 0.60 and 10 minutes to be
+    answered, it may be answered at 08:00 in peak: 0.60 pays 12 minutes there, not the 20
+    it paid off-peak from 07:50 (the NAS was told 20, and 0.40 of the call was lost)."""
+    from ocs.radius.access import granted
+
+    calls = await monday_0750_calls(app, start_timeout=600)
+    request = AuthorizeRequest("band", "442079460000", call_id="ring-peak")
+    grant = await calls.authorize(request, Origin(wait_for_start=True))
+    attributes = granted(grant).attributes
+    assert ("Session-Timeout", 720) in attributes
+    assert grant.reserved == 600_000
+    # A retransmitted Access-Request is answered the grant that stands.
+    again = await calls.authorize(request, Origin(wait_for_start=True))
+    assert (again.repeated, again.max_duration) == (True, 720)
+    # It rang 10 minutes into peak and the NAS cut it at its Session-Timeout.
+    answered = at(2026, 11, 23, 8, 0)
+    await app.services.store.start(
+        account_id="band", call_id="ring-peak", started_at=answered, expires_at=answered + 3600
+    )
+    charge = await calls.stop("ring-peak", 720)
+    assert (charge.rated, charge.charged) == (600_000, 600_000)  # no more than reserved
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.000000"
+
+
+async def test_a_radius_call_with_no_bands_is_granted_as_before(app: RunningApp) -> None:
+    """A banded tariff of a plan with no schedule: the answer changes no price, and a
+    RADIUS call is granted all its funds pay for (0.60 at 0.01 a minute: an hour)."""
+    from ocs.radius.access import granted
+
+    calls = await monday_0750_calls(app, peak=None)
+    grant = await calls.authorize(
+        AuthorizeRequest("band", "442079460000", call_id="no-bands"), Origin(wait_for_start=True)
+    )
+    assert ("Session-Timeout", 3600) in granted(grant).attributes
+
+
 async def test_a_call_answered_past_its_kept_bands_is_priced_by_the_schedule(
     app: RunningApp,
 ) -> None:

@@ -74,6 +74,7 @@ from ocs.decks.cells import DIRECTIONS
 from ocs.errors import OcsError, Reason, account_not_found, invalid
 from ocs.limits import MAX_CALL_DURATION
 from ocs.numbers.prefixes import normalize_number
+from ocs.rating.answer_window import least_grant, worst_cost
 from ocs.rating.bands import bands_from
 from ocs.rating.counter_rules import CounterDef
 from ocs.rating.rates import (
@@ -172,6 +173,32 @@ def call_bands(plan: Plan | None, rate: Rate, start: int, length: int) -> Segmen
     # Rounding may bill past the last second: cover the largest step too.
     slack = max([rate.first_block, rate.increment, *(t.increment for t in rate.tiers)])
     return plan.bands.segments(start, length + slack + 60)
+
+
+def _grant(
+    rate: Rate,
+    funds: int,
+    cap: int,
+    split: CounterSplit | None,
+    bands: Segments | None,
+    window: int,
+) -> int:
+    """The longest a call may be granted: what ``funds`` pay for, the least over the
+    ``window`` seconds it may still be answered in when its price depends on the answer
+    (banded, RADIUS before its Start); else, most calls, as ``max_duration_with_counter``."""
+    if window and bands:
+        return least_grant(rate, funds, cap, split, bands, window)
+    return max_duration_with_counter(rate, funds, cap, split, bands)
+
+
+def _cost_of(
+    rate: Rate, duration: int, split: CounterSplit | None, bands: Segments | None, window: int
+) -> int:
+    """What a call of ``duration`` costs: the most over the ``window`` seconds it may still
+    be answered in where that matters (see ``_grant``)."""
+    if window and bands:
+        return worst_cost(rate, duration, split, bands, window)
+    return cost_with_counter(rate, duration, split, bands)
 
 
 class TariffMatch(NamedTuple):
@@ -654,11 +681,24 @@ class CallService:
                 sliced = plan.slice_seconds
             granting = cap if sliced is None else min(cap, sliced)
             now = self._clock()
-            bands = self._bands(priced.rating_plan, rate, int(now), cap)
-            record = self._record_for(request, origin, priced, call_id, caller, now, sliced, bands)
             wait = origin.wait_for_start
+            # A call that waits for its Start may be answered until the start timeout:
+            # its bands (kept in its record) reach that far past its cap.
+            window = self._settings.start_timeout if wait else 0
+            bands = self._bands(priced.rating_plan, rate, int(now), cap + window)
+            window = window if bands else 0  # no bands: the answer changes no price
+            record = self._record_for(request, origin, priced, call_id, caller, now, sliced, bands)
             outcome = await self._reserve(
-                request, priced, record, digest, now, granting, bands, wait=wait, take_id=take_id
+                request,
+                priced,
+                record,
+                digest,
+                now,
+                granting,
+                bands,
+                wait=wait,
+                take_id=take_id,
+                window=window,
             )
             match outcome:
                 case Reserved(
@@ -676,7 +716,7 @@ class CallService:
                         if wait
                         else LiveEntry(reserved, int(now), 0, 0, b"", PROVISIONAL)
                     )
-                    granted = max_duration_with_counter(rate, reserved, granting, split, bands)
+                    granted = _grant(rate, reserved, granting, split, bands, window)
                     return Grant.of(
                         call_id,
                         account_id,
@@ -691,7 +731,7 @@ class CallService:
                         ceiling=(
                             max(
                                 granted,
-                                max_duration_with_counter(rate, available, cap, split, bands),
+                                _grant(rate, available, cap, split, bands, window),
                             )
                             if sliced is not None
                             else 0
@@ -733,11 +773,13 @@ class CallService:
         *,
         wait: bool,
         take_id: bool = False,
+        window: int = 0,
     ) -> AuthorizeOutcome:
         """Run the authorize script for a call priced ``priced`` granting at most
         ``granting`` seconds; ``wait``: its origin waits for a Start (RADIUS). An HTTP
         grant whose answer failed after the script may have run is given back before the
-        error is raised (``_release_unconfirmed``)."""
+        error is raised (``_release_unconfirmed``). ``window``: the seconds it may still be
+        answered in (its costs are the most over those answers)."""
         plan, rate, split = priced.plan, priced.rate, priced.split
         grace = self._settings.call_expiry_grace
         # A call that waits for its Start (RADIUS) expires at the start timeout; one that
@@ -754,9 +796,9 @@ class CallService:
                     account_id=request.account_id,
                     call_id=record.call_id,
                     plan_id=priced.plan_id,
-                    first_block_cost=cost_with_counter(rate, 1, split, bands),
+                    first_block_cost=_cost_of(rate, 1, split, bands, window),
                     min_balance=plan.min_balance,
-                    cap_cost=cost_with_counter(rate, granting, split, bands),
+                    cap_cost=_cost_of(rate, granting, split, bands, window),
                     record=record.pack(),
                     expires_at=int(now) + expires_in,
                     password_digest=digest,
@@ -861,9 +903,10 @@ class CallService:
             # (what it has been debited was in them then), never less than the grant.
             bands = self._bands_of(record, record.cap, entry.started)
             funds = available + entry.debited
+            window = self._settings.start_timeout if entry.started == 0 and bands else 0
             ceiling = max(
                 granted,
-                max_duration_with_counter(record.rate, funds, record.cap, record.split, bands),
+                _grant(record.rate, funds, record.cap, record.split, bands, window),
             )
             # Final as the new grant's (and an update's): the plan's longest call is
             # reached, or the funds pay for less than the slice asked for.
@@ -1097,9 +1140,15 @@ class CallService:
         pay for, at most the plan's longest call (quota mode: the slice reached), from
         ``started`` (None: its entry's start)."""
         limit = record.cap if not record.quota else min(record.cap, entry.used + record.quota)
+        funds = entry.held + entry.debited
+        if started is None and entry.started == 0 and record.bands:
+            # A RADIUS call still waiting for its Start: granted as its authorization
+            # granted it, the least over the answers it may still have.
+            window = self._settings.start_timeout
+            return least_grant(record.rate, funds, limit, record.split, record.bands, window)
         return max_duration_with_counter(
             record.rate,
-            entry.held + entry.debited,
+            funds,
             limit,
             record.split,
             self._bands_of(record, record.cap, entry.started if started is None else started),

@@ -46,6 +46,7 @@ __all__ = [
     "Rate",
     "Segments",
     "Tier",
+    "banded_seconds",
     "billed_seconds",
     "cost",
     "cost_with_counter",
@@ -77,6 +78,16 @@ def billed_seconds(rate: Rate, duration: int) -> int:
     if not rate.tiers:
         return _base_billed(rate, duration)
     return sum(billed for billed, _, _ in _tier_parts(rate, duration))
+
+
+def banded_seconds(rate: Rate, duration: int) -> int:
+    """Seconds of a call of ``duration`` priced at their band: the base tier's billed ones."""
+    if duration <= 0:
+        return 0
+    if not rate.tiers:
+        return _base_billed(rate, duration)
+    end = rate.tiers[0].start
+    return min(_base_billed(rate, min(duration, end)), end)
 
 
 def _tier_parts(rate: Rate, duration: int) -> list[tuple[int, int, int]]:
