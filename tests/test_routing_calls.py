@@ -1,6 +1,7 @@
 """Least-cost routing at authorize: carriers dearer than the price are dropped, a call
-with no carrier left is refused unless the plan allows negative margin, and the answer
-lists the carriers (HTTP ``carriers``, RADIUS Cisco-AVPair ``ocs-route``)."""
+with no carrier left is refused unless the plan allows negative margin, a call to the
+operator's own (on-net) numbers is not routed, and the answer lists the carriers (HTTP
+``carriers``, RADIUS Cisco-AVPair ``ocs-route``)."""
 
 import csv
 import io
@@ -158,6 +159,84 @@ async def test_radius_accept_lists_the_carriers_best_first(radius: RunningRadius
     assert reply.code == "Access-Accept", reply.output
     # A loses money, so only B is offered: margin first, then the route set's order.
     assert reply.attributes["Cisco-AVPair"] == ["ocs-route=1:B"]
+
+
+UK_MOBILE = "447700900123"
+ON_NET_NUMBER = "442071234567"  # in the operator's own range 4420
+
+
+async def _plan_with_on_net_range(app: RunningApp) -> None:
+    """Plan ``p``: UK at 0.10 a minute, the On-net zone free (its own prefix 999 covers
+    neither number: only the on-net range 4420 does); route set (A), A charging 0.05 for
+    all of 44, on-net range included."""
+    status, body = await app.post("/v1/plans", {"id": "p", "currency": "EUR", "max_lines": 5})
+    assert status == 201, body
+    deck = (
+        "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
+        "44,UK,0.100,0,1,1\n999,On-net,0.000,0,1,1\n"
+    )
+    response = await app.client.post(
+        "/v1/plans/p/tariffs", data=deck, headers={"Content-Type": "text/csv"}
+    )
+    assert response.status == 200, await response.text()
+    status, body = await app.post("/v1/carriers", {"id": "A", "name": "Carrier A"})
+    assert status in (200, 201), body
+    await _put(app, "/v1/carriers/A/rates", f"{COSTS}44,0,1,1,0.050\n")
+    await _put(app, "/v1/route-sets/rs", {"carriers": ["A"]})
+    await _put(app, "/v1/plans/p/routing", {"route_set": "rs", "allow_negative_margin": False})
+    await _put(app, "/v1/on-net", {"prefixes": ["4420"]})
+    status, body = await app.post("/v1/accounts", {"id": "sub", "plan": "p", "balance": "5.00"})
+    assert status == 201, body
+
+    async def loaded() -> bool:
+        snapshot = app.services.catalog.snapshot
+        plan = snapshot.plan("p")
+        on_net = snapshot.tariff_for("p", ON_NET_NUMBER)
+        return (
+            plan is not None
+            and plan.route_set_id == "rs"
+            and snapshot.routes.route_sets.get("rs") == ("A",)
+            and on_net is not None
+            and on_net[1].zone == "On-net"
+        )
+
+    await eventually(loaded, what="the plan's routing and on-net range in the catalog")
+
+
+async def test_a_call_to_an_on_net_number_is_granted_with_no_route(app: RunningApp) -> None:
+    # Carrier A costs 0.05 against the On-net price of 0: were the call routed, A would
+    # be dropped and the call refused no_profitable_route. The operator's own number
+    # goes to no carrier.
+    await _plan_with_on_net_range(app)
+    status, body = await app.post("/v1/calls", {"account": "sub", "destination": ON_NET_NUMBER})
+    assert status == 201, body
+    assert (body["zone"], body["carriers"]) == ("On-net", [])
+    # Off-net the route set still applies: A (0.05) keeps the margin on UK (0.10).
+    status, body = await app.post("/v1/calls", {"account": "sub", "destination": UK_MOBILE})
+    assert status == 201, body
+    assert (body["zone"], body["carriers"]) == ("UK", ["A"])
+
+
+async def test_radius_accepts_an_on_net_call_with_no_route(radius: RunningRadius) -> None:
+    await _plan_with_on_net_range(radius.app)
+
+    async def authorize(destination: str, conf_id: str) -> list[str]:
+        reply = await radclient(
+            "auth",
+            radius.auth_port,
+            RADIUS_SECRET,
+            [
+                ("User-Name", "sub"),
+                ("Called-Station-Id", destination),
+                ("Cisco-AVPair", f"h323-conf-id={conf_id}"),
+            ],
+        )
+        assert reply.code == "Access-Accept", reply.output
+        pairs = reply.attributes.get("Cisco-AVPair", [])
+        return [pair for pair in pairs if pair.startswith("ocs-route=")]
+
+    assert await authorize(ON_NET_NUMBER, "ONNET-1") == []
+    assert await authorize(UK_MOBILE, "ONNET-2") == ["ocs-route=1:A"]
 
 
 def test_a_long_route_set_keeps_the_access_accept_within_4096_octets() -> None:

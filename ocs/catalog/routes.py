@@ -25,6 +25,9 @@ The margin rule, stated once (``RouteBook.routes_for``):
 What a plan does with that (``RouteDecision.usable``): the kept carriers are
 offered, in order; when none is kept, a plan that allows negative margin is
 offered the dropped ones (in order) and any other plan's call is refused.
+
+A call rated in the plan's ``On-net`` zone (the operator's own numbers) is not routed
+at all (``CallService.price``): no carrier, never refused for margin.
 """
 
 from __future__ import annotations

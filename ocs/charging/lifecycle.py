@@ -52,7 +52,7 @@ from ocs.balances.store import (
     now_ms,
 )
 from ocs.catalog.routes import REFERENCE_SECONDS
-from ocs.catalog.snapshot import CatalogHolder, CatalogSnapshot, Plan, Tariff
+from ocs.catalog.snapshot import ON_NET, CatalogHolder, CatalogSnapshot, Plan, Tariff
 from ocs.charging.values import (
     ANY_NAS,
     TRUSTED,
@@ -595,9 +595,10 @@ class CallService:
     ) -> Priced:
         """Price a request against the current catalog snapshot: its tariff, its
         carriers (``routed``: an outbound call's route set, refused when no carrier
-        keeps the margin), the usage counter that pays first and the longest it may
-        last. Authorize and quote both price here, so what an IVR announces is what a
-        call is granted. ``translation``: a NAS's own, replacing the plan's.
+        keeps the margin; none for a call rated in the On-net zone), the usage counter
+        that pays first and the longest it may last. Authorize and quote both price
+        here, so what an IVR announces is what a call is granted. ``translation``: a
+        NAS's own, replacing the plan's.
         """
         snapshot = self._catalog.snapshot
         plan = snapshot.plan(plan_id)
@@ -609,7 +610,10 @@ class CallService:
             snapshot, plan_id, rules.apply(request.destination), request.access_number, direction
         )
         carriers: tuple[str, ...] = ()
-        if routed and direction == "outbound":
+        # A call rated in the On-net zone stays in the operator's own network: no
+        # carrier takes it, so its (usually free) price meets no carrier's cost: it is
+        # neither refused no_profitable_route nor handed to a paid carrier.
+        if routed and direction == "outbound" and tariff.zone != ON_NET:
             rate = tariff.rate
             # The margin rule prices the sell side as the call is charged: at the band
             # prices in effect from now, the authorize time.
