@@ -7,6 +7,7 @@ an open connection held without closing it (half-open: only the ``SELECT 1`` liv
 check can find it).
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +19,7 @@ from ocs.backend_health import BackendHealth
 from ocs.catalog import snapshot as catalog
 from ocs.catalog import store as catalog_store
 from ocs.catalog.snapshot import CatalogHolder
+from ocs.db import listener as listener_module
 from ocs.decks.rate_deck import parse_deck
 from ocs.radius.clients import ClientTable, add_client
 from ocs.radius.server import RadiusServer
@@ -232,3 +234,43 @@ async def _readyz_until(
 
     await eventually(named, what=f"/readyz to name the {listener} listener {state}")
     return answer
+
+
+async def test_stop_ends_a_watch_whose_cancellation_was_swallowed(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python 3.11's wait_for can swallow a cancellation that lands as its timeout fires;
+    # the catalog holder's stop then waited for ever on a watch that went on running
+    # (a CI run hung in a test's teardown, the watch still sending its SELECT 1). A call
+    # in the watch that swallows the first cancellation stands in for that race.
+    monkeypatch.setattr(listener_module, "CHECK_S", 0.01)  # the watch looks every 10 ms
+    holder = CatalogHolder(services.pool)
+    await holder.start()
+    listener = holder.listener
+    assert listener is not None
+    entered = swallowed = 0
+
+    async def alive_that_swallows_a_cancellation(*args: Any) -> bool:
+        nonlocal entered, swallowed
+        entered += 1
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed += 1
+            if swallowed > 1:
+                raise
+        return True
+
+    monkeypatch.setattr(listener, "_alive", alive_that_swallows_a_cancellation)
+
+    async def watching() -> bool:
+        return entered > 0
+
+    await eventually(watching, what="the watch to check its connection")
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    # Bounded here so that the old code fails instead of hanging the suite: cancelled at
+    # 10 s, its wait passed the cancellation on to the watch.
+    await asyncio.wait_for(holder.stop(), timeout=10)
+    assert loop.time() - began < 5
+    assert swallowed == 2

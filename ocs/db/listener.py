@@ -125,10 +125,14 @@ class ChannelListener:
     async def stop(self) -> None:
         """Stop watching, UNLISTEN and give the connection back to the pool."""
         if self._watcher is not None:
-            self._watcher.cancel()
+            watcher, self._watcher = self._watcher, None
+            # Cancelled until it ends: a cancellation swallowed by a library call in
+            # flight must not leave this stop waiting for ever.
+            while not watcher.done():
+                watcher.cancel()
+                await asyncio.wait({watcher}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+                watcher.result()
         await self._release()
 
     async def _listen(self) -> None:
@@ -159,8 +163,12 @@ class ChannelListener:
         """Check the connection every ``check_s`` seconds, or at once when it closes;
         replace a lost one."""
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the
+            # cancellation ``stop`` sends when it lands as the timeout fires, and the
+            # watch would then run on while its owner waits for it for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), self.check_s)
+                async with asyncio.timeout(self.check_s):
+                    await self._lost.wait()
             try:
                 if not await self._alive():
                     await self._replace()
@@ -176,7 +184,8 @@ class ChannelListener:
         if conn is None or self._lost.is_set() or not _open(conn):
             return False
         try:
-            await asyncio.wait_for(conn.execute("SELECT 1"), self.check_s)
+            async with asyncio.timeout(self.check_s):
+                await conn.execute("SELECT 1")
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning(
                 "postgresql listener connection does not answer",
