@@ -2,19 +2,23 @@
 a SIGTERM finishes the chunk in hand. And `ocs demo`'s finished billing cycle."""
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
 import signal
 import socket
 import sys
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from ocs import metrics
 from ocs.balances import keys
 from ocs.balances.accounts import AccountSpec
 from ocs.billing import runs
@@ -453,3 +457,33 @@ async def test_a_back_filled_period_starts_at_the_closing_balance_of_the_one_bef
         ("2026-01", "posted", 0, 0, 0, 0),
         ("2026-02", "posted", 0, -10 * EUR, 10 * EUR, 10 * EUR),
     ]
+
+
+async def test_a_worker_whose_first_pass_hangs_shows_a_heartbeat_from_its_start(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The heartbeat was set only when a pass ended: a worker whose first pass hung (a
+    # lock wait, a tax engine that never answers) exported 0, which the NOC's
+    # OcsBillingWorkerStalled rule reads as "no worker here", and never fired. It now
+    # counts from the worker's start.
+    metrics.BILLING_WORKER_PASS.set(0)
+    worker = BillingWorker(services.pool, WorkerSettings(run_delay=0))
+    hung = asyncio.Event()
+
+    async def first_pass_that_hangs(stopping: asyncio.Event) -> None:
+        hung.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(worker, "run_once", first_pass_that_hangs)
+    stopping = asyncio.Event()
+    began = time.time()
+    running = asyncio.create_task(worker.run(stopping))
+    try:
+        await asyncio.wait_for(hung.wait(), timeout=10)
+        heartbeat = REGISTRY.get_sample_value("ocs_billing_worker_last_pass_timestamp_seconds")
+        assert heartbeat is not None and began - 1 <= heartbeat <= time.time()
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        metrics.BILLING_WORKER_PASS.set(0)

@@ -726,6 +726,9 @@ class BillingWorker:
             "billing worker started",
             extra={"worker": self.name, "poll_interval_s": self.settings.poll_interval},
         )
+        # The heartbeat counts from the start: a worker whose first pass hangs (a lock
+        # wait, a tax engine that never answers) is stalled an hour later, not never.
+        metrics.BILLING_WORKER_PASS.set_to_current_time()
         while not stopping.is_set():
             await self.run_once(stopping)
             with contextlib.suppress(TimeoutError):
