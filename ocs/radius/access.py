@@ -171,38 +171,45 @@ async def answer_access_request(
         order = settings.radius_call_id_order
         # Qualified by the NAS's latest restart this process knows of (decision 0059).
         generation = calls.latest_nas_restart(client.name, node or "")
-        grant = await _authorize(
-            calls,
-            AuthorizeRequest(
-                account_id,
-                destination or "",
-                caller,
-                radius_call_id(packet, order, client, node, generation),
-                member=identity.member,
-                direction="inbound" if inbound else "outbound",
-                # The access number (DNIS) a card holder dialled in on, when the IVR says.
-                access_number=(
-                    (avpair(packet, "access-number") or "").strip().lstrip("+") or None
-                    if calls.access_numbers_in_use
-                    else None
-                ),
-                password=password,
+        request = AuthorizeRequest(
+            account_id,
+            destination or "",
+            caller,
+            radius_call_id(packet, order, client, node, generation),
+            member=identity.member,
+            direction="inbound" if inbound else "outbound",
+            # The access number (DNIS) a card holder dialled in on, when the IVR says.
+            access_number=(
+                (avpair(packet, "access-number") or "").strip().lstrip("+") or None
+                if calls.access_numbers_in_use
+                else None
             ),
-            Origin(
-                nas=client.name,
-                nas_node=node,
-                # Only a NAS that takes Disconnect-Requests needs to be found again: where
-                # the request came from, and the session id it knows the call by.
-                nas_address=getattr(packet, "source", (None,))[0] if disconnectable else None,
-                nas_session=first(packet, "Acct-Session-Id") if disconnectable else None,
-                translation=client.translation,
-                check_password=check_password,
-                wait_for_start=True,
-                # A plan granting slices needs a NAS ocs can cut when the funds run out.
-                slices=disconnectable,
-            ),
-            _Renaming(packet, client, order, node, generation),
+            password=password,
         )
+        origin = Origin(
+            nas=client.name,
+            nas_node=node,
+            # Only a NAS that takes Disconnect-Requests needs to be found again: where
+            # the request came from, and the session id it knows the call by.
+            nas_address=getattr(packet, "source", (None,))[0] if disconnectable else None,
+            nas_session=first(packet, "Acct-Session-Id") if disconnectable else None,
+            translation=client.translation,
+            check_password=check_password,
+            wait_for_start=True,
+            # A plan granting slices needs a NAS ocs can cut when the funds run out.
+            slices=disconnectable,
+        )
+        stopped: OcsError | None = None
+        try:
+            grant = await calls.authorize(request, origin)
+        except OcsError as error:
+            if error.reason is not Reason.CALL_ALREADY_STOPPED:
+                raise
+            stopped = error
+        if stopped is not None:
+            # Built only now: the common request pays nothing for the NAS's restarts.
+            renaming = _Renaming(packet, client, order, node, generation)
+            grant = await _authorize_renamed(calls, request, origin, stopped, renaming)
     except OcsError as error:
         if error.reason is Reason.UNAVAILABLE:
             raise
@@ -231,20 +238,19 @@ class _Renaming(NamedTuple):
     generation: int
 
 
-async def _authorize(
-    calls: CallService, request: AuthorizeRequest, origin: Origin, renaming: _Renaming
+async def _authorize_renamed(
+    calls: CallService,
+    request: AuthorizeRequest,
+    origin: Origin,
+    refused: OcsError,
+    renaming: _Renaming,
 ) -> Grant:
-    """``calls.authorize``; a call id found stopped is, once the NAS has restarted since
+    """A call id ``calls.authorize`` found stopped is, once the NAS has restarted since
     (its Accounting-On taken by another process), authorized again under the id of the
-    NAS's new life (decision 0059). Only a refusal reads the NAS's restarts: the common
-    request pays nothing for them."""
-    refused: OcsError | None = None
-    try:
-        return await calls.authorize(request, origin)
-    except OcsError as error:
-        refused = error
+    NAS's new life (decision 0059); otherwise the refusal stands. Only such a refusal
+    reads the NAS's restarts."""
     packet, client, order, node, generation = renaming
-    if refused.reason is not Reason.CALL_ALREADY_STOPPED or not qualified_source(packet, order):
+    if not qualified_source(packet, order):
         raise refused
     restarts = await calls.read_nas_generation(client.name, node or "")
     latest = restarts[0] if restarts else 0
