@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ocs.billing.store import Charge, create_charge
+from ocs.events.outbox import emit
 from tests.billing_helpers import EUR, billed_plan, customer
 from tests.conftest import RunningApp
 from tests.helpers import Raw, send
@@ -191,6 +192,44 @@ async def test_a_number_held_free_of_charge_bounds_its_next_holders_first_day(
     assert refusal(refused) == (404, "not_found", "number")
     assert (await take(app, "n3"))[1]["assigned_on"] == today.isoformat()
     assert await charge_rows(app) == []
+
+
+async def test_a_number_given_back_by_a_release_before_0068_still_bounds_the_next_take(
+    app: RunningApp,
+) -> None:
+    """A process of the release before migration 0068, still serving during an upgrade,
+    frees a number without writing its end (freed_on), only its event: the next holder's
+    take could then be back-dated over the days the last holder held it, free of
+    charge. The end is taken from the event (migration 0073)."""
+    await numbers_plan(app, "4420100", charged=False)
+    today = datetime.now(UTC).date()
+    start, back, freed = (today - timedelta(days=d) for d in (20, 10, 5))
+    status, body = await take(app, "n1", number="4420100", on=start.isoformat())
+    assert (status, body["charge"]) == (201, None)
+    # What that release wrote: the number free, no end, and its event.
+    async with app.services.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE number_set_numbers SET account_id = NULL, assigned_on = NULL WHERE number = $1",
+            "4420100",
+        )
+        await emit(
+            conn,
+            "number.released",
+            "n1",
+            {"account_id": "n1", "number": "4420100", "on": freed.isoformat()},
+        )
+    assert await number_row(app, "4420100") == (None, None, freed)
+    refused = await take(app, "n2", number="4420100", on=back.isoformat())
+    assert refusal(refused) == (400, "invalid_field", "on")
+    # An earlier event's day (a replay) moves no end back.
+    async with app.services.pool.acquire() as conn:
+        await emit(
+            conn,
+            "number.released",
+            "n1",
+            {"account_id": "n1", "number": "4420100", "on": start.isoformat()},
+        )
+    assert await number_row(app, "4420100") == (None, None, freed)
 
 
 async def test_a_repeated_take_takes_and_charges_nothing_more(app: RunningApp) -> None:
