@@ -742,7 +742,7 @@ async def test_voiding_the_unpaid_overdue_invoices_lifts_dunnings_suspension_at_
     operator voids March: April is still overdue, the account stays suspended. Voiding
     April too leaves nothing owed: the account is active again in PostgreSQL and Redis
     at once, not at the next dunning run (a void that freed no payment reactivated
-    nothing)."""
+    nothing), and the reactivation says a void made it (it said "payment")."""
     services = app.services
     await one_notice_three_days_apart(app, "vd")
     await post_march(services)
@@ -762,7 +762,15 @@ async def test_voiding_the_unpaid_overdue_invoices_lifts_dunnings_suspension_at_
     assert await status_of(services, "vd") == ("suspended", "suspended")
     await void(services.pool, services.store, ids["2026-04"])
     assert await status_of(services, "vd") == ("active", "active")
+    # Recorded as the void's doing, not a payment's: there is no payment to find.
     reactivations = [
-        e["subject"] for e in await events(services, "dunning.step") if e["step"] == "reactivation"
+        (e["subject"], e["by"])
+        for e in await events(services, "dunning.step")
+        if e["step"] == "reactivation"
     ]
-    assert reactivations == ["vd"]
+    assert reactivations == [("vd", "void")]
+    async with services.pool.acquire() as conn:
+        closed = await conn.fetch(
+            "SELECT reactivated_by FROM dunning_suspensions WHERE account_id = 'vd'"
+        )
+    assert [r["reactivated_by"] for r in closed] == ["void"]

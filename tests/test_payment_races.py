@@ -1,8 +1,8 @@
 """Payments and refunds that meet another step of billing at the same instant.
 
 Two refund events of one charge handled at once refund only what the gateway refunded;
-a payment stored while its account's invoice is being posted pays that invoice; a void
-and a gateway refund of the payment that paid the invoice both complete."""
+a payment stored while its account's invoice is being posted pays that invoice; a void,
+or the credit step, and a gateway refund of a payment they lock both complete."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -197,3 +197,78 @@ async def test_a_void_and_a_refund_of_its_payment_at_once_both_complete(
     assert tuple(invoice) == ("void", 0)
     # The refund took 10.00 of the balance, the credit note gave January's 10.00 back.
     assert after - before == 0
+
+
+async def test_credit_and_a_refund_of_a_payment_it_pays_from_at_once_both_complete(
+    services: Services,
+) -> None:
+    # January (10.00) is open for 6.00: P2, a gateway payment of 9.00, paid 4.00 of it
+    # and holds 5.00 of credit; P1 holds 3.00 of credit. Neither's credit was counted by
+    # January's statement (no ledger row), so the credit step pays January from both,
+    # P1 first. The gateway refunds all of P2 meanwhile: the refund locks P2, then
+    # January to take its 4.00 back. The credit step locked P1, then January, then
+    # waited for P2: each waited for the other and PostgreSQL failed one of them
+    # (DeadlockDetectedError: a failed posting or payment, or a 500 to the gateway). A
+    # transaction holding P2 lines both up behind it, refund first.
+    await posting.post(services.pool, services.store, run_id=await renting(services))
+    january = await invoice_id(services, "pp", "2026-01")
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO payments (account_id, source, external_id, amount, currency,"
+            " received_on) VALUES ('pp', 'manual', 'P1', $1, 'EUR', '2026-02-02')",
+            3 * EUR,
+        )
+        p2 = await conn.fetchval(
+            "INSERT INTO payments (account_id, source, external_id, amount, allocated,"
+            " currency, received_on) VALUES ('pp', 'stripe', 'pi_c', $1, $2, 'EUR',"
+            " '2026-02-02') RETURNING id",
+            9 * EUR,
+            4 * EUR,
+        )
+        await conn.execute(
+            "INSERT INTO payment_allocations (payment_id, invoice_id, amount) VALUES ($1, $2, $3)",
+            p2,
+            january,
+            4 * EUR,
+        )
+        await conn.execute("UPDATE invoices SET amount_paid = $2 WHERE id = $1", january, 4 * EUR)
+    async with services.pool.acquire() as holder:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT id FROM payments WHERE id = $1 FOR UPDATE", p2)
+
+        def waiting(count: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                found = await services.pool.fetchval(
+                    "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND pid <> $1",
+                    holder.get_server_pid(),
+                )
+                return bool(found >= count)
+
+            return check
+
+        refunding = asyncio.create_task(
+            payments.apply_gateway_event(
+                services.pool,
+                services.store,
+                gateway_event("evt_refund_c", "refund", "pi_c", 9 * EUR),
+            )
+        )
+        await eventually(waiting(1), what="the refund to wait for P2")
+        crediting = asyncio.create_task(credit_open_invoices(services))
+        await eventually(waiting(2), what="the credit step to wait for P2")
+        await held.commit()
+        refunded, credited = await asyncio.gather(refunding, crediting)
+    async with services.pool.acquire() as conn:
+        paid = await conn.fetchval("SELECT amount_paid FROM invoices WHERE id = $1", january)
+        held_by = {
+            r["external_id"]: (r["allocated"], r["refunded"])
+            for r in await conn.fetch(
+                "SELECT external_id, allocated, refunded FROM payments WHERE account_id = 'pp'"
+            )
+        }
+    # The refund took P2's 4.00 back from January first; then only P1's credit was left.
+    assert refunded.outcome == "refund"
+    assert credited == 3 * EUR
+    assert paid == 3 * EUR
+    assert held_by == {"P1": (3 * EUR, 0), "pi_c": (0, 9 * EUR)}

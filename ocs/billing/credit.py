@@ -19,20 +19,52 @@ import asyncpg
 
 from ocs.billing.owed import asks_sql
 
+# The payments with credit of the accounts (and currencies) of the posted invoices among
+# the ids ($1): locked first, in id order, before any invoice. Every other writer of
+# payments and invoices locks a payment's row before its invoices' (a new payment, a
+# gateway refund reopening the invoices it paid, a void releasing what its payments paid:
+# decision 0027, addendum 2026-12-07). Locked pair by pair with the invoices, as they were,
+# a credit step holding an invoice and waiting for a payment met a refund of that payment
+# waiting for the invoice: PostgreSQL failed one of them as a deadlock (a failed posting,
+# or a 500 to the gateway). A few more than the credit pays may be locked (those whose
+# credit a statement counted): payments with credit are few.
+_LOCK_PAYMENTS_SQL = """
+SELECT p.id FROM payments p
+WHERE p.allocated + p.refunded < p.amount
+  AND (p.account_id, p.currency) IN (
+    SELECT i.account_id, i.currency FROM invoices i
+    WHERE i.id = ANY($1::bigint[]) AND i.kind = 'invoice' AND i.state = 'posted')
+ORDER BY p.id
+FOR UPDATE OF p
+"""
+
+# Then the invoices among the ids ($1), in the order a new payment, a refund and a void
+# lock an account's invoices (oldest first: period start, then id; account by account):
+# one a payment is paying now is read once that commits, with what it paid (read before,
+# it was paid twice).
+_LOCK_INVOICES_SQL = """
+SELECT id FROM invoices
+WHERE id = ANY($1::bigint[]) AND kind = 'invoice' AND state = 'posted'
+ORDER BY account_id, period_start, id
+FOR UPDATE
+"""
+
 # Each posted invoice among the ids ($1) that asks more than it was paid, beside each
-# payment of its account with credit that the invoice's statement did not count: its
-# credit's ledger row not in PostgreSQL yet, or dated at or after the window's end. The
-# row is found by the reference the credit carries (``pay:<payment id>``, reserved for
-# payments), not by ``payments.ledger_entry``: that is the stream entry's id, and the
-# ledger writer keys the row ``<bucket>-<stream id>``, so a lookup by it found nothing
-# and every payment's credit paid invoices whose statements had counted it already; an
-# entry set aside and re-inserted by an operator gets a new id, but keeps its reference.
-# The literal LIKE lets PostgreSQL use the partial index of payment credits (migration
-# 0064). In the order credit pays them: each account's oldest invoice
-# first, each invoice by the oldest payment first. The payments are locked: concurrent
-# postings of an account queue here. The invoices too, in the order a new payment locks
-# them: one a payment is paying now is read once that commits, with what it paid (read
-# before, it was paid twice). Payments with credit are few, so are these pairs.
+# payment of its account with credit among those locked ($2) that the invoice's
+# statement did not count: its credit's ledger row not in PostgreSQL yet, or dated at or
+# after the window's end. The row is found by the reference the credit carries
+# (``pay:<payment id>``, reserved for payments), not by ``payments.ledger_entry``: that is
+# the stream entry's id, and the ledger writer keys the row ``<bucket>-<stream id>``, so a
+# lookup by it found nothing and every payment's credit paid invoices whose statements had
+# counted it already; an entry set aside and re-inserted by an operator gets a new id, but
+# keeps its reference. The literal LIKE lets PostgreSQL use the partial index of payment
+# credits (migration 0064). In the order credit pays them: each account's oldest invoice
+# first, each invoice by the oldest payment first. Read once both are locked (above), so
+# unlocked here. A payment that gained credit after the payments were locked (a void gave
+# back what it paid) is left out: the void pays the account's open invoices from it
+# itself, and what is left stays credit for the next credit step (a posting's second look
+# once it has committed, the next payment). Payments with credit are few, so are these
+# pairs.
 _CREDIT_SQL = f"""
 SELECT i.id AS invoice_id, {asks_sql("i")} - i.amount_paid AS open,
        p.id AS payment_id, p.amount - p.allocated - p.refunded AS credit
@@ -40,12 +72,11 @@ FROM invoices i
 JOIN payments p ON p.account_id = i.account_id AND p.currency = i.currency
 WHERE i.id = ANY($1::bigint[]) AND i.kind = 'invoice' AND i.state = 'posted'
   AND i.window_end IS NOT NULL AND i.amount_paid < {asks_sql("i")}
-  AND p.allocated + p.refunded < p.amount
+  AND p.id = ANY($2::bigint[]) AND p.allocated + p.refunded < p.amount
   AND NOT EXISTS (SELECT 1 FROM ledger e
                   WHERE e.reference LIKE 'pay:%' AND e.reference = 'pay:' || p.id
                     AND e.account_id = p.account_id AND e.occurred_at < i.window_end)
 ORDER BY i.account_id, i.period_start, i.id, p.id
-FOR UPDATE OF p, i
 """
 # An account's posted invoices that still ask for money.
 _OPEN_SQL = f"""
@@ -135,14 +166,23 @@ async def allocate(
 
 async def apply_credit(conn: asyncpg.Connection, invoice_ids: list[int]) -> int:
     """Pay these posted invoices from credit their statements did not count; what was
-    paid (micro-units). Runs in the posting's transaction, in one query, and for an
-    account by ``pay_open_invoices``."""
+    paid (micro-units). Runs in the posting's transaction, and for an account by
+    ``pay_open_invoices``.
+
+    The payments with credit are locked first (id order), then the invoices (oldest
+    first), the order every writer of both takes: a refund or a void of one of these
+    payments at the same time waits for this step, or it for them, never each for the
+    other."""
+    locked = [r["id"] for r in await conn.fetch(_LOCK_PAYMENTS_SQL, invoice_ids)]
+    if not locked:
+        return 0  # no credit to pay with: the invoices are left unlocked
+    await conn.execute(_LOCK_INVOICES_SQL, invoice_ids)
     open_of: dict[int, int] = {}
     credit_of: dict[int, int] = {}
     payments: list[int] = []
     invoices: list[int] = []
     takes: list[int] = []
-    for pair in await conn.fetch(_CREDIT_SQL, invoice_ids):
+    for pair in await conn.fetch(_CREDIT_SQL, invoice_ids, locked):
         invoice, payment = pair["invoice_id"], pair["payment_id"]
         # A payment may stand beside several invoices, and an invoice beside several
         # payments: each takes what the ones before it left.
@@ -170,7 +210,7 @@ async def pay_open_invoices(conn: asyncpg.Connection, account_id: str) -> int:
     accounts it posted that hold credit), so whichever commits last finds the other
     (decision 0027). In the caller's transaction: a lock of the account's own, held to
     its end, puts two of these in turn, so the second reads what the first paid; the
-    invoices and payments are locked as they are read.
+    payments, then the invoices, are locked before they are read (``apply_credit``).
     """
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"ocs-credit:{account_id}")
     ids = [r["id"] for r in await conn.fetch(_OPEN_SQL, account_id)]

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -438,12 +438,23 @@ async def _reactivate_settled(
     return reactivated
 
 
+# What settled the accounts ``reactivate_paid`` is given: a payment, or a void (the void
+# invoice asks nothing any more). Recorded as the suspension's ``reactivated_by`` and
+# the reactivation event's ``by`` (decision 0028, addendum 2026-12-07).
+Settler = Literal["payment", "void"]
+
+
 async def reactivate_paid(
-    pool: asyncpg.Pool, store: BalanceStore, account_ids: list[str], now: datetime
+    pool: asyncpg.Pool,
+    store: BalanceStore,
+    account_ids: list[str],
+    now: datetime,
+    *,
+    by: Settler = "payment",
 ) -> list[str]:
-    """After a payment: reactivate those of ``account_ids`` dunning suspended that now owe
-    nothing overdue (status back in both stores, subscriptions resumed,
-    ``subscription.resumed`` emitted); the accounts reactivated.
+    """After a payment (or a void, ``by="void"``): reactivate those of ``account_ids``
+    dunning suspended that now owe nothing overdue (status back in both stores,
+    subscriptions resumed, ``subscription.resumed`` emitted); the accounts reactivated.
 
     An account an operator suspended is not touched; calling it twice does nothing
     the second time.
@@ -451,7 +462,7 @@ async def reactivate_paid(
     _require_aware(now)
     if not account_ids:
         return []
-    return await _reactivate_settled(pool, store, sorted(set(account_ids)), now, "payment")
+    return await _reactivate_settled(pool, store, sorted(set(account_ids)), now, by)
 
 
 async def run_dunning(

@@ -184,8 +184,9 @@ async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Void
     # After every void, not only one whose freed money paid other invoices: the void
     # invoice asks nothing any more, so an account dunning suspended for it alone (unpaid,
     # overdue) owes nothing overdue now and is active again, as after a payment, not at
-    # the next dunning run. Dunning checks that nothing else is overdue.
-    await dunning.reactivate_paid(pool, store, [account_id], datetime.now(UTC))
+    # the next dunning run. Dunning checks that nothing else is overdue, and records that
+    # a void reactivated it, not a payment.
+    await dunning.reactivate_paid(pool, store, [account_id], datetime.now(UTC), by="void")
     return Voided(note_id, numbers[note_id], total)
 
 
