@@ -27,9 +27,9 @@ async def sql(services: Services, statement: str, *args: object) -> None:
         await conn.execute(statement, *args)
 
 
-async def pro_bundle(services: Services, subscription: int, start: date) -> None:
+async def pro_bundle(services: Services, subscription: int, start: date, name: str = "Pro") -> None:
     """The ``pro`` bundle (10.00 a month, upfront) on the subscription from ``start``."""
-    await sql(services, "INSERT INTO bundles (id, name, currency) VALUES ('pro', 'Pro', 'EUR')")
+    await sql(services, "INSERT INTO bundles (id, name, currency) VALUES ('pro', $1, 'EUR')", name)
     await sql(
         services,
         "INSERT INTO bundle_rules (bundle_id, position, kind, description, amount,"
@@ -366,3 +366,59 @@ async def test_a_take_back_whose_credit_is_voided_after_it_is_reversed_once(
         "2026-05": [],
     }
     assert net == 0
+
+
+async def test_a_take_back_of_a_bundle_with_a_name_as_long_as_allowed_is_reversed_once(
+    services: Services,
+) -> None:
+    """The take-back above, of a bundle whose name is as long as a bundle's name may be
+    (200 characters): its description, cut at 200 characters, ends inside the name,
+    before "taken back:". January's invoice is voided after February's credit (-3.21),
+    March's takes it back (+3.214286, +3.21) and is posted, then February's is voided:
+    April's reverses the take-back (-3.214286, -3.21), once (a re-run of April's draft,
+    then May's, add nothing), and what stands of February's fee nets 0. Read by its
+    description, the take-back counted as a charge of February's fee: nothing was
+    reversed and the customer paid 3.21 twice."""
+    name = "Professional unlimited calling bundle " * 5 + "x" * 10
+    assert len(name) == 200
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 1, 1))
+    await pro_bundle(services, sub, date(2026, 1, 1), name)
+    january = await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    await posting.post(services.pool, services.store, run_id=january)
+    await detach(services.pool, sub, "pro", date(2026, 2, 20))
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    async with services.pool.acquire() as conn:
+        ids = dict(await conn.fetch("SELECT period_label, id FROM invoices"))
+    await void(services.pool, services.store, ids["2026-01"])
+    await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))  # a re-run
+    await posting.post(services.pool, services.store, run_id=march)
+    await void(services.pool, services.store, ids["2026-02"])
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))  # a re-run
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
+
+    rows = await fee_rows(services)
+    assert {label: [line[1:] for line in lines] for label, lines in rows.items()} == {
+        "2026-03": [(3_214_286, 3_210_000, "2026-02-20", "2026-03-01")],
+        "2026-04": [(-3_214_286, -3_210_000, "2026-02-20", "2026-03-01")],
+        "2026-05": [],
+    }
+    assert rows["2026-03"][0][0] == f"Credit of 3.21 on {name}"[:200]
+    async with services.pool.acquire() as conn:
+        net = await conn.fetchval(
+            "SELECT sum(l.amount) FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id"
+            " WHERE i.kind = 'invoice' AND i.state <> 'void' AND l.kind = 'bundle_fee'"
+        )
+        marked = await conn.fetch(
+            "SELECT i.period_label, l.adjustment FROM invoices i"
+            " JOIN invoice_lines l ON l.invoice_id = i.id"
+            " WHERE i.kind = 'invoice' AND l.adjustment IS NOT NULL ORDER BY i.period_start"
+        )
+    assert net == 0
+    assert [tuple(r) for r in marked] == [
+        ("2026-03", "take_back"),
+        ("2026-04", "take_back_reversal"),
+    ]

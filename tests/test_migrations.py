@@ -646,8 +646,14 @@ async def test_0066_names_the_rule_of_the_fee_lines_posted_before_it(
         *((description, position) for description, _, position in FEE_LINES_BEFORE_0066),
         ("Pro: monthly fee calls", None),
     ]
-    unchanged = [{k: v for k, v in r.items() if k != "bundle_rule_position"} for r in rows]
-    assert unchanged == [dict(r) for r in before]
+    # A column a later migration adds (0071's adjustment) is not compared.
+    unchanged = [
+        {k: r[k] for k in dict(b) if k != "bundle_rule_position"}
+        for r, b in zip(rows, before, strict=True)
+    ]
+    assert unchanged == [
+        {k: v for k, v in b.items() if k != "bundle_rule_position"} for b in before
+    ]
     with pytest.raises(asyncpg.CheckViolationError):
         await fresh_pool.execute(
             "UPDATE invoice_lines SET bundle_rule_position = 2 WHERE invoice_id = $1"
@@ -1157,3 +1163,204 @@ async def test_0070_makes_a_disabled_webhooks_deliveries_so_that_its_events_wait
     ]
     # The email rows are made as 0039 made them: only for an account with a billing email.
     assert await fresh_pool.fetchval("SELECT count(*) FROM event_deliveries") == 6
+
+
+# A bundle name as long as one may be (200 characters): a take-back's or reversal's
+# description, cut at 200, ends inside it, before the words that said what it was.
+LONG_NAME = "Professional unlimited calling bundle " * 5 + "x" * 10
+# Fee lines as releases before 0071 wrote them: (bundle, description, exact amount, the
+# adjustment 0071 marks). Bundle ``odd`` is named like a take-back: its fee charge is none.
+ODD_NAME = "Credit of 1.00 on Pro taken back: promo"
+FEE_LINES_BEFORE_0071 = [
+    ("pro", "Pro: monthly fee 2026-02, 10.00 per monthly", 10_000_000, None),
+    ("pro", "Credit: Pro: monthly fee 2026-02 unused (9/28 days)", -3_214_286, None),
+    (
+        "pro",
+        "Credit of 3.21 on Pro: monthly fee 2026-02 taken back: invoice INV-1 was voided",
+        3_214_286,
+        "take_back",
+    ),
+    (
+        "pro",
+        "Take-back of 3.21 on Pro: monthly fee 2026-02 reversed: taken back by invoice"
+        " INV-3, the credit's invoice INV-2 was voided",
+        -3_214_286,
+        "take_back_reversal",
+    ),
+    ("long", f"Credit of 3.21 on {LONG_NAME}: monthly fee 2026-02"[:200], 3_214_286, "take_back"),
+    (
+        "long",
+        f"Take-back of 3.21 on {LONG_NAME}: monthly fee 2026-02"[:200],
+        -3_214_286,
+        "take_back_reversal",
+    ),
+    ("odd", f"{ODD_NAME}: monthly fee 2026-02, 10.00 per monthly", 10_000_000, None),
+]
+
+
+async def fee_adjustments_before_0071(pool: asyncpg.Pool) -> tuple[int, int]:
+    """A database at 0070 holding ``FEE_LINES_BEFORE_0071`` on a void invoice, each
+    reversed by its posted credit note's line; the two invoices' ids."""
+    await migrated_to(pool, 70)
+    await pool.execute("INSERT INTO plans (id, name, currency) VALUES ('p', 'p', 'EUR')")
+    await pool.execute(
+        "INSERT INTO accounts (id, plan_id, currency, credit_limit, max_lines, status)"
+        " VALUES ('a1', 'p', 'EUR', 0, 1, 'active')"
+    )
+    sub = await pool.fetchval(
+        "INSERT INTO subscriptions (account_id, plan_id, start_date, status)"
+        " VALUES ('a1', 'p', '2026-01-01', 'active') RETURNING id"
+    )
+    held = {}
+    for bundle, name in (("pro", "Pro"), ("long", LONG_NAME), ("odd", ODD_NAME)):
+        await pool.execute(
+            "INSERT INTO bundles (id, name, currency) VALUES ($1, $2, 'EUR')", bundle, name
+        )
+        await pool.execute(
+            "INSERT INTO bundle_rules (bundle_id, position, kind, description, amount,"
+            " periodicity, timing)"
+            " VALUES ($1, 1, 'flat_fee', 'monthly fee', 10000000, 'monthly', 'upfront')",
+            bundle,
+        )
+        held[bundle] = await pool.fetchval(
+            "INSERT INTO subscription_bundles (subscription_id, bundle_id, start_date)"
+            " VALUES ($1, $2, '2026-01-01') RETURNING id",
+            sub,
+            bundle,
+        )
+    invoice = await pool.fetchval(
+        "INSERT INTO invoices (account_id, plan_id, period_start, period_end, period_label,"
+        " currency, invoice_date, taxes_calculated) VALUES ('a1', 'p', '2026-03-01Z',"
+        " '2026-04-01Z', '2026-03', 'EUR', '2026-04-01', true) RETURNING id"
+    )
+    for position, (bundle, description, exact, _) in enumerate(FEE_LINES_BEFORE_0071, 1):
+        await pool.execute(
+            "INSERT INTO invoice_lines (invoice_id, position, kind, description, amount,"
+            " exact_amount, moves_money, subscription_bundle_id, bundle_rule_position)"
+            " VALUES ($1, $2, 'bundle_fee', $3, $4, $4, true, $5, 1)",
+            invoice,
+            position,
+            description,
+            exact,
+            held[bundle],
+        )
+    await pool.execute(
+        "UPDATE invoices SET state = 'posted', number = 'INV-3', amount_asked = 0 WHERE id = $1",
+        invoice,
+    )
+    note = await pool.fetchval(
+        "INSERT INTO invoices (account_id, plan_id, kind, period_start, period_end,"
+        " period_label, currency, invoice_date, taxes_calculated, voids_invoice_id)"
+        " VALUES ('a1', 'p', 'credit_note', '2026-03-01Z', '2026-04-01Z', '2026-03', 'EUR',"
+        " '2026-04-10', true, $1) RETURNING id",
+        invoice,
+    )
+    await pool.execute(
+        "INSERT INTO invoice_lines (invoice_id, position, kind, description, amount,"
+        " exact_amount, moves_money, reverses_line)"
+        " SELECT $2, position, 'reversal', 'Reversal: ' || description, -amount,"
+        " -exact_amount, true, id FROM invoice_lines WHERE invoice_id = $1",
+        invoice,
+        note,
+    )
+    await pool.execute(
+        "UPDATE invoices SET state = 'posted', number = 'CN-1', amount_asked = 0 WHERE id = $1",
+        note,
+    )
+    await pool.execute(
+        "UPDATE invoices SET state = 'void', voided_at = now(), amount_paid = 0 WHERE id = $1",
+        invoice,
+    )
+    return invoice, note
+
+
+async def adjustments(pool: asyncpg.Pool, invoice: int) -> list[tuple[str, str | None]]:
+    """The invoice's lines as (description, adjustment), in order."""
+    rows = await pool.fetch(
+        "SELECT description, adjustment FROM invoice_lines WHERE invoice_id = $1 ORDER BY position",
+        invoice,
+    )
+    return [(r["description"], r["adjustment"]) for r in rows]
+
+
+async def test_0071_marks_the_take_backs_and_reversals_written_before_it(
+    fresh_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database upgraded with take-backs and reversals on a void invoice and its posted
+    credit note: each is marked by what its description says, those cut inside a long
+    bundle name too, in ranges of two lines; a fee charge or credit stays unmarked (one of
+    a bundle named like a take-back too), the lines' other columns stay as they were, and
+    a mark once set is final. The CHECK is validated."""
+    invoice, note = await fee_adjustments_before_0071(fresh_pool)
+    monkeypatch.setattr(migration_steps, "BACKFILL_RANGE", 2)
+    before = await fresh_pool.fetch("SELECT * FROM invoice_lines ORDER BY invoice_id, position")
+    await migrate(fresh_pool)
+
+    assert await adjustments(fresh_pool, invoice) == [
+        (description, adjustment) for _, description, _, adjustment in FEE_LINES_BEFORE_0071
+    ]
+    assert await adjustments(fresh_pool, note) == [
+        (f"Reversal: {description}", adjustment)
+        for _, description, _, adjustment in FEE_LINES_BEFORE_0071
+    ]
+    rows = await fresh_pool.fetch("SELECT * FROM invoice_lines ORDER BY invoice_id, position")
+    assert [{k: v for k, v in r.items() if k != "adjustment"} for r in rows] == [
+        dict(r) for r in before
+    ]
+    assert await fresh_pool.fetchval("SELECT bool_and(finished) FROM schema_migrations")
+    assert await fresh_pool.fetchval(
+        "SELECT convalidated FROM pg_constraint WHERE conname = 'invoice_lines_adjustment'"
+    )
+    for change, state in (
+        ("adjustment = NULL WHERE adjustment = 'take_back'", "void"),
+        ("adjustment = 'take_back' WHERE position = 1 AND kind = 'bundle_fee'", "void"),
+        ("adjustment = 'take_back' WHERE position = 1 AND kind = 'reversal'", "posted"),
+    ):
+        with pytest.raises(asyncpg.CheckViolationError, match=f"{state} invoice are final"):
+            await fresh_pool.execute(f"UPDATE invoice_lines SET {change}")
+
+
+async def test_a_take_back_an_older_release_writes_after_0071_is_marked(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    """The old processes keep serving while the new release migrates: a take-back or
+    reversal they write after 0071's step is unmarked, and would be read as a fee charge
+    or credit. The database marks them, by the step's rule; a line written marked, and a
+    fee charge of a bundle named like a take-back, are left as written. A mark other than
+    a take-back's or a reversal's, or on a line that is no fee's, is refused."""
+    await fee_adjustments_before_0071(fresh_pool)
+    await migrate(fresh_pool)
+    draft = await fresh_pool.fetchval(
+        "INSERT INTO invoices (account_id, plan_id, period_start, period_end, period_label,"
+        " currency, invoice_date, taxes_calculated) VALUES ('a1', 'p', '2026-04-01Z',"
+        " '2026-05-01Z', '2026-04', 'EUR', '2026-05-01', true) RETURNING id"
+    )
+    held = dict(await fresh_pool.fetch("SELECT bundle_id, id FROM subscription_bundles"))
+    written = [
+        *FEE_LINES_BEFORE_0071,
+        ("pro", "Pro: monthly fee 2026-02, marked as this release would not", 1, "take_back"),
+    ]
+    for position, (bundle, description, exact, marked) in enumerate(written, 1):
+        # As the release before 0071 wrote them: no adjustment (but the last, marked).
+        await fresh_pool.execute(
+            "INSERT INTO invoice_lines (invoice_id, position, kind, description, amount,"
+            " exact_amount, moves_money, subscription_bundle_id, bundle_rule_position,"
+            " adjustment) VALUES ($1, $2, 'bundle_fee', $3, $4, $4, true, $5, 1, $6)",
+            draft,
+            position,
+            description,
+            exact,
+            held[bundle],
+            marked if position == len(written) else None,
+        )
+    assert await adjustments(fresh_pool, draft) == [
+        (description, marked) for _, description, _, marked in written
+    ]
+    for change in (
+        "adjustment = 'reversal' WHERE position = 1",
+        "kind = 'recurring' WHERE adjustment = 'take_back'",
+    ):
+        with pytest.raises(asyncpg.CheckViolationError, match="invoice_lines_adjustment"):
+            await fresh_pool.execute(
+                f"UPDATE invoice_lines SET {change} AND invoice_id = $1", draft
+            )

@@ -157,12 +157,15 @@ JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_fee'
 """
 
 # What marks a line as a take-back (``taken_back_lines``) or a take-back's reversal: an
-# adjustment, recomputed from the period's other lines, never counted among them. Both
-# descriptions are written by this module only, whatever the bundle's name.
-_ADJUSTS = (
-    "(l.description LIKE 'Credit of % taken back: %'"
-    " OR l.description LIKE 'Take-back of % reversed: %')"
-)
+# adjustment, recomputed from the period's other lines, never counted among them. The
+# line says so in its own column (migration 0071): its description, cut at 200
+# characters, loses the words that told it ("taken back:", "reversed:") behind a long
+# bundle or rule name, and a bundle may be named like them.
+_ADJUSTS = "(l.adjustment IS NOT NULL)"
+
+# ``Line.adjustment`` of a take-back and of a take-back's reversal (the column's CHECK).
+TAKE_BACK = "take_back"
+TAKE_BACK_REVERSAL = "take_back_reversal"
 
 # Of the subscription bundles ($1, of the accounts $2), the fee periods (rule position and
 # period end: a credit of unused days ends where the period it credits does) that a void
@@ -559,10 +562,11 @@ def _line(
     tax_code: str | None = None,
     bundle: int | None = None,
     rule: int | None = None,
+    adjustment: str | None = None,
 ) -> Line:
     """A bundle line, rounded once, naming what it is taxed as (and, ``bundle``, the
-    subscription bundle it bills; ``rule``, a fee rule's position); it moves money at
-    posting."""
+    subscription bundle it bills; ``rule``, a fee rule's position; ``adjustment``, a fee
+    period's take-back or its reversal); it moves money at posting."""
     return Line(
         kind,
         description,
@@ -577,6 +581,7 @@ def _line(
         rate_type=rate_type,
         subscription_bundle_id=bundle,
         bundle_rule_position=rule,
+        adjustment=adjustment,
     )
 
 
@@ -1059,7 +1064,9 @@ def taken_back_lines(
     reversed: one negative line of what it took back past what is due, naming the invoice
     holding it and the void one that held the credit. Rounded once, over the credits' (or
     the take-back's) days, naming the subscription bundle and rule: a later invoice finds
-    the period's adjustments equal to what it asks and adds nothing."""
+    the period's adjustments equal to what it asks and adds nothing. Each says what it
+    is in ``Line.adjustment``, which is how a later invoice tells it from the period's
+    other lines (its description may be cut before the words that say so)."""
     found_lines = []
     for over in found:
         if over.position != rule.position or over.due == 0:
@@ -1090,6 +1097,7 @@ def taken_back_lines(
                 tax_code=held.tax_code,
                 bundle=held.id,
                 rule=rule.position,
+                adjustment=TAKE_BACK if over.due > 0 else TAKE_BACK_REVERSAL,
             )
         )
     return found_lines

@@ -162,6 +162,7 @@ LINE_COLUMNS = (
     "account_number_id",
     "subscription_bundle_id",
     "bundle_rule_position",
+    "adjustment",
 )
 
 
@@ -546,6 +547,7 @@ def line_records(invoice_id: int, found: list[Line], first: int = 1) -> list[tup
             line.account_number_id,
             line.subscription_bundle_id,
             line.bundle_rule_position,
+            line.adjustment,
         )
         for position, line in enumerate(found, start=first)
     ]

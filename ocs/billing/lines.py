@@ -233,6 +233,12 @@ class Line(msgspec.Struct, frozen=True):
     # what an operator may rename (the bundle's name, the rule's description) is no key.
     subscription_bundle_id: int | None = None
     bundle_rule_position: int | None = None
+    # A flat fee line that adjusts a fee period rather than billing it (migration 0071,
+    # decision 0023): ``take_back`` (a credit of unused days taken back, its charge voided)
+    # or ``take_back_reversal`` (a take-back reversed, its credit voided). Stored, never
+    # told from the description, which the bundle's and rule's names may push past its
+    # 200 characters.
+    adjustment: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,19 +191,20 @@ async def void(pool: asyncpg.Pool, store: BalanceStore, invoice_id: int) -> Void
 
 
 async def _reverse_lines(conn: asyncpg.Connection, invoice_id: int, note_id: int) -> None:
-    """The credit note's lines: one reversal of each line of the invoice whose money moved."""
+    """The credit note's lines: one reversal of each line of the invoice whose money moved
+    (a take-back's or its reversal's keeps what it adjusted, migration 0071)."""
     await conn.execute(
         "INSERT INTO invoice_lines (invoice_id, position, kind, description, period_start,"
         " period_end, quantity, amount, exact_amount, moves_money, charge_id, item_id,"
         " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number,"
         " counter_id, bundle_seconds, paid_seconds, billed_quantity, source_entry,"
         " reverses_line, tax_code, basis, rate, rate_type, subscription_id,"
-        " account_number_id)"
+        " account_number_id, adjustment)"
         " SELECT $2, position, 'reversal', 'Reversal: ' || description, period_start,"
         " period_end, quantity, -amount, -exact_amount, moves_money, charge_id, item_id,"
         " zone, direction, calls, seconds, billed_seconds, first_cdr, last_cdr, number,"
         " counter_id, bundle_seconds, paid_seconds, billed_quantity, source_entry, id,"
-        " tax_code, -basis, rate, rate_type, subscription_id, account_number_id"
+        " tax_code, -basis, rate, rate_type, subscription_id, account_number_id, adjustment"
         " FROM invoice_lines WHERE invoice_id = $1 AND moves_money",
         invoice_id,
         note_id,

@@ -401,6 +401,69 @@ async def _step_0068(conn: asyncpg.Connection, progress: Progress | None) -> Non
     )
 
 
+# Migration 0071's rule (decision 0023, addendum 2026-12-07): what a flat fee line written
+# before it adjusts, told by its description as ``bundles.taken_back_lines`` wrote it (cut
+# at 200 characters), on the lines naming their subscription bundle and rule (every
+# take-back and reversal does). Charging: a take-back when it begins "Credit of " and says
+# "taken back: ", or is cut before saying it ("Credit of 3.21 on <a long name>..."),
+# unless it begins with its own rule's fee text (a fee charge of a bundle named "Credit
+# of ..."). Crediting: a reversal when it begins "Take-back of " (the only other credits
+# say "Credit: ..."). A line is done once marked: a resumed step leaves it. ``{where}``
+# picks the lines: $1 and $2 bound an id range.
+_ADJUSTMENT_0071 = """
+UPDATE invoice_lines l
+SET adjustment = CASE WHEN l.exact_amount > 0 THEN 'take_back' ELSE 'take_back_reversal' END
+WHERE l.kind = 'bundle_fee' AND l.adjustment IS NULL AND {where}
+  AND l.subscription_bundle_id IS NOT NULL AND l.bundle_rule_position IS NOT NULL
+  AND ((l.exact_amount < 0 AND l.description LIKE 'Take-back of %')
+       OR (l.exact_amount > 0
+           AND (l.description LIKE 'Credit of % taken back: %'
+                OR (length(l.description) = 200 AND l.description LIKE 'Credit of % on %'))
+           AND NOT EXISTS (
+               SELECT 1 FROM subscription_bundles sb
+               JOIN bundles b ON b.id = sb.bundle_id
+               JOIN bundle_rules r ON r.bundle_id = b.id
+               WHERE sb.id = l.subscription_bundle_id AND r.position = l.bundle_rule_position
+                 AND starts_with(l.description,
+                                 left(b.name || ': ' || r.description || ' ', 200)))))
+"""
+# A credit note's line is marked as the line it reverses (made after it: a lower id, its
+# range done first).
+_REVERSED_0071 = """
+UPDATE invoice_lines l SET adjustment = r.adjustment
+FROM invoice_lines r
+WHERE l.kind = 'reversal' AND l.adjustment IS NULL AND {where}
+  AND r.id = l.reverses_line AND r.adjustment IS NOT NULL
+"""
+
+
+async def _backfill_0071(conn: asyncpg.Connection, progress: Progress | None) -> None:
+    """Migration 0071's backfill: each take-back and reversal of a fee period, and their
+    credit notes' copies, marked in id ranges of invoice lines; then the column's CHECK,
+    added ``NOT VALID`` by the file, validated without blocking anyone."""
+    await _fill_in_ranges(
+        conn,
+        71,
+        "SELECT count(*) AS n, min(id) AS low, max(id) AS high FROM invoice_lines"
+        " WHERE adjustment IS NULL AND ("
+        "(kind = 'bundle_fee' AND (description LIKE 'Credit of %'"
+        " OR description LIKE 'Take-back of %'))"
+        " OR (kind = 'reversal' AND (description LIKE 'Reversal: Credit of %'"
+        " OR description LIKE 'Reversal: Take-back of %')))",
+        (
+            _ADJUSTMENT_0071.format(where=_LINES_IN_RANGE),
+            _REVERSED_0071.format(where=_LINES_IN_RANGE),
+        ),
+        progress,
+    )
+
+    async def validate() -> None:
+        """Checks every row under SHARE UPDATE EXCLUSIVE: reads and writes go on."""
+        await conn.execute("ALTER TABLE invoice_lines VALIDATE CONSTRAINT invoice_lines_adjustment")
+
+    await in_transaction(conn, validate, "0071 validate")
+
+
 # Version -> the step run after that version's SQL file, outside its transaction.
 STEPS: dict[int, Step] = {
     62: _backfill_0062,
@@ -408,4 +471,5 @@ STEPS: dict[int, Step] = {
     65: _backfill_0065,
     66: _backfill_0066,
     68: _step_0068,
+    71: _backfill_0071,
 }
