@@ -445,11 +445,15 @@ class Settings:
     )
     run_ledger_writer: bool = _setting(True, _parse_bool, "run the ledger writer in this process")
     # Long enough for a call to ring out: a stop that still comes later is charged
-    # ("late-stop"), but its funds were free for other calls meanwhile.
+    # ("late-stop"), but its funds were free for other calls meanwhile. Also how long
+    # after its authorization any call (an HTTP /start too) may be answered for its
+    # grant to hold (decision 0040): a longer timeout grants banded calls less.
     start_timeout: int = _setting(
         300,
         _parse_int(1, _DAY),
-        "an Access-Accept's reservation is released if no Accounting-Start binds it in time",
+        "an Access-Accept's reservation is released if no Accounting-Start binds it in time;"
+        " a call priced by time band (RADIUS or HTTP) is granted what its funds pay for"
+        " whenever in this time it is answered",
     )
     debit_on_interim: bool = _setting(
         False, _parse_bool, "Interim-Updates debit what a call has used so far"

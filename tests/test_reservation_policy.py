@@ -148,6 +148,29 @@ async def test_share_leaves_the_second_call_its_part(app: RunningApp) -> None:
     assert (await account(app, "shop"))["available"] == "8.000000"
 
 
+async def test_a_share_plans_quote_is_the_part_a_call_is_granted(app: RunningApp) -> None:
+    """An IVR's quote is what the call is granted: under ``share``, 10.00 over 10 free
+    lines is 1.00 a call, 100 minutes; it was quoted what all 10.00 pay (the plan's
+    four hours), and the call was cut after 100 minutes."""
+    await add_plan(
+        app.services,
+        deck=FLAT_DECK,
+        max_call_duration=14_400,
+        max_lines=10,
+        reservation_policy="share",
+    )
+    await app.post(
+        "/v1/accounts", {"id": "shop", "plan": "retail", "balance": "10.00", "max_lines": 10}
+    )
+    calls = app.services.calls
+    quoted = await calls.quote("shop", GERMANY)
+    status, first = await app.post("/v1/calls", {"account": "shop", "destination": GERMANY})
+    assert (status, first["reserved"]) == (201, "1.000000")
+    assert quoted.seconds == first["max_duration"] == 6000
+    # 9.00 over the 9 lines still free: 1.00 again.
+    assert (await calls.quote("shop", GERMANY)).seconds == 6000
+
+
 async def test_a_slice_is_extended_by_updates_until_the_funds_run_out(app: RunningApp) -> None:
     await add_plan(
         app.services,

@@ -186,7 +186,8 @@ def monday_0750_service(app: RunningApp, **settings: object) -> CallService:
 async def test_bands_reach_authorize_and_stop_through_the_catalog(app: RunningApp) -> None:
     calls = await monday_0750_calls(app)
     grant = await calls.authorize(AuthorizeRequest("band", "442079460000", call_id="band-1"))
-    assert grant.max_duration == 20 * 60
+    # It may be answered until 07:55: 0.60 pays 16 minutes from then (20 from 07:50).
+    assert grant.max_duration == 16 * 60
     charge = await calls.stop("band-1", 20 * 60)
     assert charge.charged == 600_000
     _, body = await app.get("/v1/accounts/band")
@@ -197,7 +198,7 @@ async def test_a_schedule_changed_during_a_call_does_not_reprice_it(app: Running
     """Stop charges by the bands the call was authorized in, not by an edit made since."""
     calls = await monday_0750_calls(app)
     grant = await calls.authorize(AuthorizeRequest("band", "442079460000", call_id="band-2"))
-    assert grant.max_duration == 20 * 60
+    assert grant.max_duration == 16 * 60  # the least over its answers until 07:55
     # During the call peak moves to 09:00: by the new schedule the call was all off-peak
     # (0.20). It was authorized as 10 minutes off-peak and 10 of peak: 0.60.
     await put_peak(app, "09:00")
@@ -278,6 +279,70 @@ async def test_a_radius_call_that_may_ring_into_peak_is_granted_what_peak_pays(
     assert (charge.rated, charge.charged) == (600_000, 600_000)  # no more than reserved
     _, body = await app.get("/v1/accounts/band")
     assert body["balance"] == "0.000000"
+
+
+@pytest.mark.replaces_hot_path_function
+async def test_an_http_call_that_may_ring_into_peak_is_granted_what_peak_pays(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HTTP call is granted at its authorization and priced from its /start (decision
+    0055), which may come up to the start timeout later, as a RADIUS call's Start may.
+    Authorized 07:50 with 0.60 and 10 minutes to be answered, it may be answered at 08:00
+    in peak: 0.60 pays 12 minutes there. It was told 20 (what 0.60 pays from 07:50), cut
+    at 20 from 08:00 it rated 1.00, and only 0.60 was charged."""
+    from types import SimpleNamespace
+
+    from ocs.charging import lifecycle
+
+    app.services.calls = await monday_0750_calls(app, start_timeout=600)
+    call = {"account": "band", "destination": "442079460000", "call_id": "http-peak"}
+    status, grant = await app.post("/v1/calls", call)
+    assert status == 201, grant
+    granted = grant["max_duration"]
+    # A retry of the authorization is answered the grant that stands.
+    status, again = await app.post("/v1/calls", call)
+    assert (status, again["max_duration"], again["repeated"]) == (200, granted, True)
+    # The switch reports the answer at 08:00, and cuts the call at its grant.
+    answered = at(2026, 11, 23, 8, 0)
+    monkeypatch.setattr(lifecycle, "time", SimpleNamespace(time=lambda: float(answered)))
+    status, started = await app.post("/v1/calls/http-peak/start", {})
+    assert (status, started["started_at"]) == (200, answered), started
+    status, charge = await app.post("/v1/calls/http-peak/stop", {"duration": granted})
+    assert status == 200, charge
+    # What it rated is what it was charged, all its funds and no more.
+    assert (charge["rated_cost"], charge["cost"]) == ("0.600000", "0.600000")
+    assert charge["balance"] == "0.000000"
+    assert (granted, grant["reserved"]) == (720, "0.600000")
+
+
+async def test_an_ivr_quote_is_never_more_than_the_grant(app: RunningApp) -> None:
+    """What an IVR announces before the call is what the call is granted. At 07:50 with
+    0.60 a call may be answered until 07:55 (the start timeout, 300 s): 0.60 pays 16
+    minutes from then (5 off-peak, 0.05; 11 of peak, 0.55). The quote said 20 (what 0.60
+    pays from 07:50); answered at 07:55 and run 20 minutes, such a call rates 0.80."""
+    calls = await monday_0750_calls(app)
+    quote = await calls.quote("band", "442079460000")
+    grant = await calls.authorize(AuthorizeRequest("band", "442079460000", call_id="quoted"))
+    assert grant.max_duration == quote.seconds
+    # Answered at the end of its window and run as long as announced: exactly its funds.
+    answered = at(2026, 11, 23, 7, 55)
+    await app.services.store.start(
+        account_id="band", call_id="quoted", started_at=answered, expires_at=answered + 3600
+    )
+    charge = await calls.stop("quoted", quote.seconds)
+    assert (charge.rated, charge.charged) == (600_000, 600_000)
+    _, body = await app.get("/v1/accounts/band")
+    assert body["balance"] == "0.000000"
+    assert (quote.seconds, quote.zone, grant.reserved) == (960, "UK", 600_000)
+
+
+async def test_a_quote_with_no_bands_is_what_the_funds_pay(app: RunningApp) -> None:
+    """A banded tariff of a plan with no schedule: the answer changes no price, and the
+    quote and the grant are all the funds pay for (0.60 at 0.01 a minute: an hour)."""
+    calls = await monday_0750_calls(app, peak=None)
+    assert (await calls.quote("band", "442079460000")).seconds == 3600
+    grant = await calls.authorize(AuthorizeRequest("band", "442079460000", call_id="flat"))
+    assert grant.max_duration == 3600
 
 
 async def test_a_radius_call_with_no_bands_is_granted_as_before(app: RunningApp) -> None:

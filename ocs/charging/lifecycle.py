@@ -470,14 +470,16 @@ class CallService:
         limit: int,
         split: CounterSplit | None,
         bands: Segments | None,
+        window: int = 0,
     ) -> Callable[[int], int]:
         """The expiry of a call started at ``started``, from the funds it holds: the
-        longest duration they pay for (at most ``limit``), plus grace."""
+        longest duration they pay for (at most ``limit``; the least over ``window``
+        seconds of answers, as ``_grant``), plus grace."""
         grace = self._settings.call_expiry_grace
 
         def expiry(funds: int) -> int:
             """The epoch second a call holding ``funds`` expires at."""
-            return started + max_duration_with_counter(rate, funds, limit, split, bands) + grace
+            return started + _grant(rate, funds, limit, split, bands, window) + grace
 
         return expiry
 
@@ -686,9 +688,11 @@ class CallService:
             granting = cap if sliced is None else min(cap, sliced)
             now = self._clock()
             wait = origin.wait_for_start
-            # A call that waits for its Start may be answered until the start timeout:
-            # its bands (kept in its record) reach that far past its cap.
-            window = self._settings.start_timeout if wait else 0
+            # A call may be answered until the start timeout after its authorization: a
+            # RADIUS call's Start, an HTTP call's /start (its start provisional until then,
+            # decision 0055). A banded one is granted the least over those answers, and its
+            # bands (kept in its record) reach that far past its cap.
+            window = self._settings.start_timeout
             bands = self._bands(priced.rating_plan, rate, int(now), cap + window)
             window = window if bands else 0  # no bands: the answer changes no price
             record = self._record_for(request, origin, priced, call_id, caller, now, sliced, bands)
@@ -788,8 +792,8 @@ class CallService:
         grace = self._settings.call_expiry_grace
         # A call that waits for its Start (RADIUS) expires at the start timeout; one that
         # does not (HTTP) starts provisionally now, until its /start reports the answer
-        # (decision 0055), and expires at its grant plus grace from now (the switch was
-        # told to cut it there).
+        # (decision 0055), and expires at its grant (the least over the answers it may
+        # have, as it was told) plus grace from now.
         expires_in = self._settings.start_timeout if wait else granting + grace
         # Kept and raised after the handler: compiled with mypyc (decision 0038), an await
         # inside an except block crashed.
@@ -820,7 +824,9 @@ class CallService:
                 + self._settings.start_timeout
                 + self._settings.stop_dedupe_ttl,
                 grant_expiry=(
-                    None if wait else self._expiry_of_grant(int(now), rate, granting, split, bands)
+                    None
+                    if wait
+                    else self._expiry_of_grant(int(now), rate, granting, split, bands, window)
                 ),
                 take_id=take_id,
             )
@@ -907,7 +913,7 @@ class CallService:
             # (what it has been debited was in them then), never less than the grant.
             bands = self._bands_of(record, record.cap, entry.started)
             funds = available + entry.debited
-            window = self._settings.start_timeout if entry.started == 0 and bands else 0
+            window = self._settings.start_timeout if entry.answered_at == 0 and bands else 0
             ceiling = max(
                 granted,
                 _grant(record.rate, funds, record.cap, record.split, bands, window),
@@ -1098,7 +1104,10 @@ class CallService:
         N minutes", reserving nothing. Priced as authorize prices (``price``); counters
         count first, with the free seconds the account's counters hold now. Routed as
         authorize routes: a destination no carrier reaches at a margin the plan allows
-        is refused ``no_profitable_route``, not quoted time no call would be granted."""
+        is refused ``no_profitable_route``, not quoted time no call would be granted.
+        Granted as authorize grants, so never more than a call authorized now: a banded
+        call's least over the answers it may have (decision 0040), a ``share`` plan's
+        part of the funds for the account's free lines."""
         plan_id = await self._plan_of(account_id)
         request = AuthorizeRequest(account_id, destination, access_number=access_number)
         priced = self.price(request, plan_id)
@@ -1132,9 +1141,21 @@ class CallService:
             counter, split, cap, _ = choose_counter(priced.candidates, plan_cap, guess)
             if counter is not None and split is None and counter.reject_on_threshold:
                 return Quote(0, priced.tariff.zone, digits, name)
-        funds = state.available if state.available >= state.min_balance else 0
-        bands = self._bands(priced.rating_plan, priced.rate, int(self._clock()), cap)
-        seconds = max_duration_with_counter(priced.rate, max(funds, 0), cap, split, bands)
+        rate = priced.rate
+        # Granted as authorize grants: a banded call the least over the answers it may
+        # have until the start timeout (it may ring into a dearer band), so the quote is
+        # never more than the grant.
+        window = self._settings.start_timeout
+        bands = self._bands(priced.rating_plan, rate, int(self._clock()), cap + window)
+        window = window if bands else 0
+        available = state.available
+        funds = available if available >= state.min_balance else 0
+        if funds > 0 and priced.plan.reservation_policy == "share":
+            # As authorize.lua reserves: the account's other free lines keep their part.
+            free_lines = max(state.max_lines - state.lines_in_use, 1)
+            first_block = _cost_of(rate, 1, split, bands, window)
+            funds = min(max(available // free_lines, first_block), funds)
+        seconds = _grant(rate, max(funds, 0), cap, split, bands, window)
         return Quote(seconds, priced.tariff.zone, digits, name)
 
     def granted_seconds(
@@ -1145,9 +1166,10 @@ class CallService:
         ``started`` (None: its entry's start)."""
         limit = record.cap if not record.quota else min(record.cap, entry.used + record.quota)
         funds = entry.held + entry.debited
-        if started is None and entry.started == 0 and record.bands:
-            # A RADIUS call still waiting for its Start: granted as its authorization
-            # granted it, the least over the answers it may still have.
+        if started is None and entry.answered_at == 0 and record.bands:
+            # A call still to be answered (a RADIUS call waiting for its Start, an HTTP
+            # call's provisional start): granted as its authorization granted it, the
+            # least over the answers it may still have.
             window = self._settings.start_timeout
             return least_grant(record.rate, funds, limit, record.split, record.bands, window)
         return max_duration_with_counter(
