@@ -47,7 +47,7 @@ from ocs.decks.rate_deck import parse_deck
 from ocs.demo_stores import other_redis_data
 from ocs.errors import OcsError, Reason
 from ocs.radius.radclient_hint import radclient_command
-from ocs.runtime import BackendUnreachable
+from ocs.runtime import postgresql_error, redis_error
 from ocs.server import Listening, serve
 from ocs.services import Services
 
@@ -251,7 +251,7 @@ async def _check_configured_database(settings: Settings, url: str) -> None:
     try:
         conn = await asyncpg.connect(url)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise BackendUnreachable("PostgreSQL", url, exc) from exc
+        raise postgresql_error(url, exc) from exc
     try:
         found = await other_data(conn)
     finally:
@@ -267,7 +267,7 @@ async def _check_configured_redis(settings: Settings, url: str) -> None:
         try:
             found = await other_redis_data(redis, DEMO_ACCOUNT_IDS, DEMO_PLAN_IDS)
         except (OSError, TimeoutError, RedisError) as exc:
-            raise BackendUnreachable("Redis", url, exc) from exc
+            raise redis_error(url, exc) from exc
     finally:
         await redis.aclose()
     if found:

@@ -6,9 +6,12 @@ workers as inherited file descriptors (as gunicorn and uvicorn do). No socket
 sets SO_REUSEPORT, so a second server on a taken port fails at start with
 "address in use" (``AddressInUse``, a ``ConfigError``: the CLI exits with code 2)
 instead of silently splitting the traffic between two sets of balances. A host
-that has no such address yet, or a name that does not resolve yet, is
+that has no such address yet, or a name the DNS did not answer for, is
 ``AddressNotReady`` instead (exit 1, which the systemd units restart): at boot the
-address or the DNS may come a little after ocs.
+address or the DNS may come a little after ocs. A host no restart can make usable
+is a ``ConfigError`` (exit 2, one line naming the setting and the value): one that is
+neither an IP address nor a host name (``0.0.0.O``), or a name the resolver answered
+does not exist.
 
 A worker also inherits the read end of a pipe whose write end only the parent
 holds: when the parent dies, even by SIGKILL, the pipe reads end-of-file and the
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import ipaddress
 import logging
 import os
 import signal
@@ -51,9 +55,20 @@ class AddressNotReady(OSError):
     Not a ``ConfigError``: at boot an address comes late (DHCP or NetworkManager, an
     IPv6 address still tentative during duplicate address detection, a keepalived
     VIP), and so does DNS; a later start binds it. The CLI prints it in one line and
-    exits 1, which the systemd units restart (a mistyped host restarts too, each time
-    saying so in that line). A port in use or a port not allowed (EACCES) stays exit 2.
+    exits 1, which the systemd units restart. A host that is no address at all, a name
+    the resolver says does not exist, a port in use or a port not allowed (EACCES) are
+    ``ConfigError``s instead: exit 2.
     """
+
+
+# getaddrinfo's answers that a name does not exist (the resolver was asked and said
+# so: NXDOMAIN, or a name with no address), as opposed to EAI_AGAIN (the DNS did not
+# answer: not up yet at boot) and the other failures, which a later start may not meet.
+_NO_SUCH_NAME = frozenset(
+    code
+    for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None
+)
 
 
 @dataclass(slots=True)
@@ -90,17 +105,54 @@ class ListenSockets:
 def _address(
     host: str, port: int, kind: socket.SocketKind, setting: str
 ) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
-    """(family, sockaddr) of the first address ``host`` resolves to, for listening."""
+    """(family, sockaddr) of the first address ``host`` resolves to, for listening.
+
+    ``ConfigError`` for a host no later start can use (not an address and not a host
+    name, or a name that does not exist); ``AddressNotReady`` for a name the DNS did
+    not answer for (yet).
+    """
+    name = _host_setting(setting)
+    if host and not _could_be_a_host(host):
+        raise ConfigError(f"{name}: {host!r} is neither an IP address nor a host name (mistyped?)")
     try:
         found = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        # DNS not answering yet at boot looks the same as a name that will never
-        # resolve: only a later try can tell them apart.
-        raise AddressNotReady(
-            f"{_host_setting(setting)}: cannot resolve {host!r} (yet): {exc.strerror}"
-        ) from None
+        if exc.errno in _NO_SUCH_NAME and "%" not in host:
+            # The resolver answered: no such name. A restart asks the same question and
+            # gets the same answer (an IPv6 scope names an interface, which may come late).
+            raise ConfigError(
+                f"{name}: {host!r} does not resolve: {exc.strerror} (mistyped? the"
+                " resolver says no such name exists)"
+            ) from None
+        # The DNS not answering (EAI_AGAIN): not up yet at boot; a later start resolves it.
+        raise AddressNotReady(f"{name}: cannot resolve {host!r} (yet): {exc.strerror}") from None
     family, _, _, _, sockaddr = found[0]
     return family, sockaddr
+
+
+def _could_be_a_host(host: str) -> bool:
+    """Whether ``host`` may be an IP address or a host name at all, asking no resolver.
+
+    Refused: a colon outside an IPv6 address (no host name has one), and a dotted form
+    the system does not take as an IPv4 address but no host name can have either: an
+    all-numeric last label (``300.1.1.1``, ``10.0.O.1``; RFC 3696 section 2), or four
+    labels of which three are numbers (``0.0.0.O``, ``192.168.1.1O``).
+    """
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    if ":" in host:
+        return False
+    try:
+        socket.inet_aton(host)  # the forms getaddrinfo takes too: 127.1, 0x7f.0.0.1
+        return True
+    except OSError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    numeric = [label.isascii() and label.isdigit() for label in labels]
+    return not (numeric[-1] or (len(labels) == 4 and sum(numeric) >= 3))
 
 
 def _host_setting(setting: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 
 from ocs.backend_health import describe as describe_error
 from ocs.balances.accounts import AccountService
@@ -44,11 +44,12 @@ StoresCheck = Callable[[Any, asyncpg.Pool], Awaitable[None]]
 
 
 class BackendUnreachable(Exception):
-    """Redis or PostgreSQL could not be connected to, or refused the connection (a wrong
-    password, a database that does not exist), when a process opened its runtime.
+    """Redis or PostgreSQL could not be connected to (down, not answering, too many
+    connections, starting up) when a process opened its runtime: a later start may do.
 
     Its text is one line naming the backend and where it is (host, port, database:
-    never a password) and what it answered; the CLI prints it instead of a traceback.
+    never a password) and what it answered; the CLI prints it instead of a traceback
+    and exits 1, which the units restart.
     """
 
     def __init__(self, backend: str, url: str, cause: BaseException) -> None:
@@ -58,33 +59,81 @@ class BackendUnreachable(Exception):
         super().__init__(f"cannot use {backend} at {describe_url(url)}: {describe_error(cause)}")
 
 
+class BackendRefused(ConfigError):
+    """Redis or PostgreSQL answered and refused this process's credentials or database:
+    a wrong password, a role or database that does not exist, no ``pg_hba.conf`` entry,
+    a Redis database index out of range. No restart changes that answer.
+
+    A ``ConfigError`` (exit 2, which the units do not restart): one line naming the
+    setting (``database_url``, ``redis_url``) and the server without the password.
+    """
+
+    def __init__(self, setting: str, backend: str, url: str, cause: BaseException) -> None:
+        from ocs.embedded import describe_url
+
+        self.backend = backend
+        super().__init__(
+            f"{setting}: {backend} at {describe_url(url)} refused it: {describe_error(cause)}"
+        )
+
+
 # What opening a connection raises when the server is not there or refuses us: socket
 # and TLS errors, timeouts, and the server's own refusals (a database or role that does
 # not exist, a wrong password, too many connections).
 _POSTGRESQL_REFUSALS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _REDIS_REFUSALS = (OSError, TimeoutError, RedisError)
+# The refusals among them that the same URL meets again on every start: SQLSTATE class
+# 28 (a wrong password, a role that does not exist or may not log in, no pg_hba.conf
+# entry) and 3D000 (no such database); Redis's WRONGPASS/NOAUTH, NOPERM, and SELECT of
+# a database it does not have. Not "too many connections" nor "starting up": those pass.
+_POSTGRESQL_CONFIG_REFUSALS = (
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+)
+_REDIS_CONFIG_REFUSALS = (AuthenticationError, AuthorizationError)
+
+
+def postgresql_error(url: str, exc: BaseException) -> BackendUnreachable | BackendRefused:
+    """The error of a PostgreSQL at ``url`` that could not be connected to with ``exc``:
+    ``BackendRefused`` (naming ``database_url``) when it refused the login, else
+    ``BackendUnreachable``."""
+    if isinstance(exc, _POSTGRESQL_CONFIG_REFUSALS):
+        return BackendRefused("database_url", "PostgreSQL", url, exc)
+    return BackendUnreachable("PostgreSQL", url, exc)
+
+
+def redis_error(url: str, exc: BaseException) -> BackendUnreachable | BackendRefused:
+    """``postgresql_error`` for Redis at ``url`` (naming ``redis_url``)."""
+    if isinstance(exc, _REDIS_CONFIG_REFUSALS) or (
+        isinstance(exc, ResponseError) and "DB index" in str(exc)
+    ):
+        return BackendRefused("redis_url", "Redis", url, exc)
+    return BackendUnreachable("Redis", url, exc)
 
 
 async def _open_pool(url: str, size: int) -> asyncpg.Pool:
-    """A connection pool on PostgreSQL at ``url``; ``BackendUnreachable`` if it cannot be."""
+    """A connection pool on PostgreSQL at ``url``; ``BackendUnreachable`` if it cannot be
+    connected to, ``BackendRefused`` if it refuses the login."""
     try:
         pool: asyncpg.Pool = await asyncpg.create_pool(url, min_size=1, max_size=size)
     except _POSTGRESQL_REFUSALS as exc:
-        raise BackendUnreachable("PostgreSQL", url, exc) from exc
+        raise postgresql_error(url, exc) from exc
     return pool
 
 
 async def _check_redis(redis: Any, url: str) -> None:
-    """PING Redis at ``url`` (connect, AUTH, SELECT); ``BackendUnreachable`` if it fails."""
+    """PING Redis at ``url`` (connect, AUTH, SELECT); ``BackendUnreachable`` if it fails,
+    ``BackendRefused`` if it refuses the credentials or the database."""
     try:
         await redis.ping()
     except _REDIS_REFUSALS as exc:
-        raise BackendUnreachable("Redis", url, exc) from exc
+        raise redis_error(url, exc) from exc
 
 
 async def check_backends(settings: Settings) -> None:
     """Connect once to the Redis and PostgreSQL of ``settings`` (URLs, not embedded)
-    and let go: ``BackendUnreachable`` names the one that cannot be used.
+    and let go: ``BackendUnreachable`` names the one that cannot be reached,
+    ``BackendRefused`` the setting of one that refused the credentials or database.
 
     A ``--workers`` parent calls it before it starts any worker, so that a backend that
     is down or refuses stops the start with one line instead of workers that exit and

@@ -89,9 +89,11 @@ async def serve(
     (``open_runtime``'s ``inspect``): what it raises stops the start.
 
     Raises ``listen_sockets.AddressInUse`` (a ``ConfigError``, exit 2) when a port is
-    taken, and ``listen_sockets.AddressNotReady`` (exit 1, retried by the unit) when an
-    address is not on the host or a name does not resolve yet, before anything else is
-    started. Any other failure to start raises too, once
+    taken, a ``ConfigError`` for a listen host that is no address or a name that does
+    not exist, and ``listen_sockets.AddressNotReady`` (exit 1, retried by the unit) when
+    an address is not on the host or the DNS did not answer yet, before anything else
+    is started; ``runtime.BackendRefused`` (a ``ConfigError``) when Redis or PostgreSQL
+    refuses its URL. Any other failure to start raises too, once
     every part already started has been stopped (in the order of the staged shutdown).
     """
     stopping = stopping or asyncio.Event()

@@ -180,8 +180,9 @@ def _signals_handled_by(handler: Callable[[int, FrameType | None], None]) -> Ite
 def run_workers(settings: Settings, argv: Sequence[str]) -> int:
     """Run ``settings.workers`` workers until SIGTERM/SIGINT; 0 once all have stopped.
 
-    Raises ``listen_sockets.AddressInUse`` (a ``ConfigError``) when a port is taken, and
-    ``listen_sockets.AddressNotReady`` when an address or a name is not ready yet.
+    Raises ``listen_sockets.AddressInUse`` (a ``ConfigError``) when a port is taken, a
+    ``ConfigError`` for a listen host no restart makes usable or a backend refusing its
+    URL, and ``listen_sockets.AddressNotReady`` when an address or a name is not ready yet.
     Any other failure raises too, once every part already started has been stopped.
     """
     # Stops run last registered first: the order of the registrations below is the

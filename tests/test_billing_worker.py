@@ -182,6 +182,47 @@ async def test_a_metrics_port_already_taken_is_named_as_the_setting_to_change(
     assert "Traceback" not in err.decode()
 
 
+async def _worker_once(env: dict[str, str]) -> tuple[int | None, list[str]]:
+    """``ocs billing-worker --once`` run to its end (bounded): exit code, log lines."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocs",
+        "billing-worker",
+        "--once",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    return process.returncode, out.decode().splitlines()
+
+
+async def test_a_fallback_font_file_not_on_the_machine_is_said_at_start(
+    services: Services, settings: Settings, tmp_path: Path
+) -> None:
+    """A listed font file that is not there was skipped in silence: its Chinese,
+    Japanese or Korean characters were blank in every invoice PDF and nothing said why.
+    The worker starts (invoices are still made) and says so once, naming the setting
+    and the path; a file that is there is not named, nor the default list's absent ones."""
+    from ocs.billing.document_fonts import FONTS_DIR
+
+    missing, present = tmp_path / "fonts" / "NoSuchFont.ttf", FONTS_DIR / "DejaVuSans.ttf"
+    env = _worker_env(settings, tmp_path)
+    env["OCS_INVOICE_FALLBACK_FONTS"] = f"{missing},{present}"
+    code, lines = await _worker_once(env)
+    assert code == 0, lines
+    said = [line for line in lines if "invoice_fallback_fonts" in line]
+    assert len(said) == 1, lines
+    assert f"invoice_fallback_fonts: no font file at {missing}: skipped" in said[0], said
+    assert '"level": "warning"' in said[0], said
+    assert str(present) not in said[0]
+
+    code, lines = await _worker_once(_worker_env(settings, tmp_path))  # the default list
+    assert code == 0, lines
+    assert not [line for line in lines if "invoice_fallback_fonts" in line], lines
+
+
 async def test_a_sigterm_finishes_the_chunk_in_hand_and_another_worker_takes_the_rest(
     services: Services, settings: Settings, tmp_path: Path
 ) -> None:

@@ -1,15 +1,21 @@
 """A bad argument value is a usage error (exit 2, "usage error: ..."), not a configuration one.
 
 "configuration error" stays for settings (--config files, OCS_* variables and the flags
-that set them); what a command is given to work on is usage. A backend that is down or
-refuses (no such database or role, a wrong password) is one line naming it, where it is
-(never its password) and what it answered, exit 1: never a traceback.
+that set them); what a command is given to work on is usage. A backend that is down is
+one line naming it, where it is (never its password) and what it answered, exit 1, which
+the units restart; one that refuses the URL's credentials or database (no such database
+or role, a wrong password, a Redis database out of range) is a configuration error naming
+the setting (`database_url`, `redis_url`), exit 2, which no restart mends: never a
+traceback.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -116,6 +122,7 @@ def _backend_cases(redis_url: str, database_url: str) -> dict[str, tuple[str, st
         other_db = redis_url.partition("?")[0] + "?db=999"  # unix:///path: no netloc
     else:
         other_db = _with(redis_url, path="/999")
+    redis_at = "" if redis.hostname is None else f"{redis.hostname}:{redis.port or 6379}"
     return {
         "redis down": (f"redis://127.0.0.1:{free_port()}/0", database_url, "Redis at redis://"),
         "no such database": (
@@ -134,14 +141,35 @@ def _backend_cases(redis_url: str, database_url: str) -> dict[str, tuple[str, st
             "PostgreSQL at postgresql://postgres:***@127.0.0.1:",
         ),
         "no such redis database": (other_db, database_url, f"Redis at {redis.scheme}://"),
+        "wrong redis password": (
+            _with(redis_url, netloc=f"nobody:s3cret-pw@{redis_at}"),
+            database_url,
+            "AuthenticationError",
+        ),
     }
 
 
-CASES = ["redis down", "no such database", "no such role", "postgresql down"]
+# Down: a later start may find it up (exit 1, restarted by the units).
+DOWN = ["redis down", "postgresql down"]
+# Refusing the URL (exit 2, not restarted), with the setting the line names.
+REFUSING = {
+    "no such database": "database_url",
+    "no such role": "database_url",
+    "no such redis database": "redis_url",
+    "wrong redis password": "redis_url",
+}
 
 
-@pytest.mark.parametrize("case", [*CASES, "no such redis database"])
-def test_a_backend_down_or_refusing_is_one_line_not_a_traceback(
+def _one_line(err: str) -> str:
+    """The one line of ``err``, asserting there is one and that no password is in it."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "s3cret-pw" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", DOWN)
+def test_a_backend_down_is_one_line_not_a_traceback(
     tmp_path: Path, redis_url: str, database_url: str, case: str
 ) -> None:
     redis, postgres, says = _backend_cases(redis_url, database_url)[case]
@@ -151,11 +179,36 @@ def test_a_backend_down_or_refusing_is_one_line_not_a_traceback(
     )  # fmt: skip
     assert code == 1, err
     assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ocs: cannot use "), err
-    assert says in lines[0], err
-    assert "s3cret-pw" not in err
+    line = _one_line(err)
+    assert line.startswith("ocs: cannot use "), err
+    assert says in line, err
+
+
+@pytest.mark.parametrize("case", list(REFUSING))
+def test_a_backend_refusing_the_url_is_a_configuration_error_naming_the_setting(
+    tmp_path: Path, redis_url: str, database_url: str, case: str
+) -> None:
+    """Exit 1 for a wrong password or database restarted the unit every few seconds for
+    ever, the same line each time: the URL is the setting to change."""
+    redis, postgres, says = _backend_cases(redis_url, database_url)[case]
+    code, out, err = _ocs(
+        tmp_path, "plans", "list", "--redis-url", redis, "--database-url", postgres,
+        "--log-level", "warning",
+    )  # fmt: skip
+    assert code == 2, err
+    assert out == ""
+    line = _one_line(err)
+    assert line.startswith(f"ocs: configuration error: {REFUSING[case]}: "), err
+    assert " refused it: " in line and says in line, err
+
+
+def _serve(tmp_path: Path, redis: str, postgres: str, *workers: str) -> tuple[int, str, str]:
+    """``ocs serve`` (``workers``: ``--workers N``) on these backends, to its end."""
+    return _ocs(
+        tmp_path, "serve", *workers, "--redis-url", redis, "--database-url", postgres,
+        "--http-host", "127.0.0.1", "--http-port", "0", "--radius-host", "127.0.0.1",
+        "--radius-auth-port", "0", "--radius-acct-port", "0", "--log-level", "warning",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("case", ["redis down", "no such database"])
@@ -165,16 +218,97 @@ def test_serve_with_workers_and_a_backend_down_says_so_once_and_exits(
     """The parent checks the backends before it starts a worker: no worker is started,
     fails, is restarted and fails again, each with a traceback."""
     redis, postgres, says = _backend_cases(redis_url, database_url)[case]
-    code, out, err = _ocs(
-        tmp_path, "serve", "--workers", "2", "--redis-url", redis, "--database-url", postgres,
-        "--http-host", "127.0.0.1", "--http-port", "0", "--radius-host", "127.0.0.1",
-        "--radius-auth-port", "0", "--radius-acct-port", "0", "--log-level", "warning",
-    )  # fmt: skip
-    assert code == 1, err
+    code, out, err = _serve(tmp_path, redis, postgres, "--workers", "2")
+    assert code == (2 if case in REFUSING else 1), err
     assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ocs: cannot use ") and says in lines[0], err
+    line = _one_line(err)
+    refused = "ocs: configuration error: database_url: "
+    assert line.startswith(refused if case in REFUSING else "ocs: cannot use "), err
+    assert says in line, err
+
+
+@pytest.mark.parametrize("case", ["no such role", "no such database", "postgresql down"])
+def test_serve_with_a_postgresql_url_it_cannot_use_exits_2_only_when_refused(
+    tmp_path: Path, redis_url: str, database_url: str, case: str
+) -> None:
+    """``ocs serve`` itself, as the unit runs it: a login PostgreSQL refuses stops it for
+    good (exit 2) naming ``database_url`` without its password; a PostgreSQL down keeps
+    exit 1, which the unit restarts until it is back."""
+    redis, postgres, says = _backend_cases(redis_url, database_url)[case]
+    code, out, err = _serve(tmp_path, redis, postgres)
+    line = _one_line(err)
+    assert says in line, err
+    if case in REFUSING:
+        assert code == 2, err
+        assert line.startswith("ocs: configuration error: database_url: PostgreSQL at "), err
+    else:
+        assert code == 1, err
+        assert line.startswith("ocs: cannot use PostgreSQL at "), err
+    assert "s3cret-pw" not in out
+
+
+class _RefusingPostgreSQL:
+    """A listener that answers every PostgreSQL start-up with one FATAL error, as a
+    server with password authentication does a wrong password (the session's server
+    trusts every login): ``code`` is the SQLSTATE, ``says`` the message."""
+
+    def __init__(self, code: str, says: str) -> None:
+        self.error = (
+            b"".join(
+                field + value.encode() + b"\0"
+                for field, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", code), (b"M", says))
+            )
+            + b"\0"
+        )
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with conn:
+                # The start-up message: its length (itself included), then the rest.
+                size = struct.unpack("!I", conn.recv(4, socket.MSG_WAITALL))[0]
+                conn.recv(size - 4, socket.MSG_WAITALL)
+                conn.sendall(b"E" + struct.pack("!I", len(self.error) + 4) + self.error)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "says", "exits"),
+    [
+        ("28P01", 'password authentication failed for user "ocs"', 2),
+        ("57P03", "the database system is starting up", 1),
+    ],
+    ids=["wrong password", "starting up"],
+)
+def test_serve_with_a_wrong_postgresql_password_exits_2_and_never_shows_it(
+    tmp_path: Path, redis_url: str, code: str, says: str, exits: int
+) -> None:
+    """A wrong password is named as ``database_url`` to change, exit 2, without the
+    password; a server still starting up keeps exit 1 (restarted until it is up)."""
+    server = _RefusingPostgreSQL(code, says)
+    try:
+        url = f"postgresql://ocs:s3cret-pw@127.0.0.1:{server.port}/ocs?sslmode=disable"
+        status, out, err = _serve(tmp_path, redis_url, url)
+    finally:
+        server.close()
+    line = _one_line(err)
+    assert "s3cret-pw" not in out
+    assert status == exits, err
+    at = f"PostgreSQL at postgresql://ocs:***@127.0.0.1:{server.port}/ocs?sslmode=disable"
+    if exits == 2:
+        assert line == (
+            f"ocs: configuration error: database_url: {at} refused it: InvalidPasswordError: {says}"
+        ), err
+    else:
+        assert line == f"ocs: cannot use {at}: CannotConnectNowError: {says}", err
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,14 @@ files (by default where Debian, Ubuntu and Fedora install Droid Sans Fallback,
 WenQuanYi, IPA Gothic and Nanum), and each run of characters DejaVu lacks is
 drawn with the first of them whose character map (cmap) has them all.
 
-A listed file that is not there is skipped in silence (the default list names
-several, a machine has one or none); one that is there but unusable (not a
-font, PostScript outlines as in Noto Sans CJK, which ReportLab cannot embed) is
-logged once per process. A character no font has is counted, and the document's
-renderer logs it once per document (``Glyphs.missing``).
+A listed file that is not there is skipped. The default list names several and a
+machine has one or none, so its absent files are skipped in silence; a list the
+operator set names files meant to be there, so ``check_fallback_fonts`` says at the
+billing worker's start, one warning line per absent file, which ones are not. A file
+that is there but unusable (not a font, PostScript outlines as in Noto Sans CJK,
+which ReportLab cannot embed) is logged once per process, when first used. A
+character no font has is counted, and the document's renderer logs it once per
+document (``Glyphs.missing``).
 """
 
 import functools
@@ -29,6 +32,8 @@ from xml.sax.saxutils import escape
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
+
+from ocs.config import INVOICE_FALLBACK_FONTS
 
 log = logging.getLogger("ocs.billing.documents")
 
@@ -87,6 +92,26 @@ def _fallback_face(path: str) -> Face | None:
                 )
         _fallbacks[path] = face
         return face
+
+
+def check_fallback_fonts(fallback_paths: tuple[str, ...]) -> list[str]:
+    """The files of ``invoice_fallback_fonts`` that are not on this machine, each said
+    in one warning line; none for the default list (a machine has one of it or none).
+
+    A warning, not a refusal (unlike an unknown ``invoice_locale``, on which every
+    invoice failed): without the file invoices are still made, only the characters
+    it alone has are drawn blank.
+    """
+    if fallback_paths == INVOICE_FALLBACK_FONTS:
+        return []
+    missing = [path for path in fallback_paths if not Path(path).is_file()]
+    for path in missing:
+        log.warning(
+            f"invoice_fallback_fonts: no font file at {path}: skipped (characters only it"
+            " has are drawn blank in invoice PDFs)",
+            extra={"setting": "invoice_fallback_fonts", "path": path},
+        )
+    return missing
 
 
 def register_fonts(fallback_paths: tuple[str, ...] = ()) -> "Glyphs":

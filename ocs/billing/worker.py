@@ -751,6 +751,10 @@ async def serve_worker(
     The signal sets the stop: the chunk in hand is finished, the worker then
     exits without claiming another.
     """
+    from ocs.billing.document_fonts import check_fallback_fonts  # reportlab: only here
+
+    # Said once at start, not at the first invoice PDF, maybe days later.
+    check_fallback_fonts(settings.invoice_fallback_fonts)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     worker = BillingWorker(
