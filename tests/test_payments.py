@@ -27,40 +27,16 @@ from ocs.errors import OcsError, Reason
 from ocs.services import Services
 from tests.billing_helpers import (
     EUR,
+    MID_MARCH,
     billed_plan,
     invoice_id,
     ledger_written,
     monthly,
-    post_on_time,
+    postpaid_with_two_invoices,
     run,
 )
 from tests.conftest import RunningApp, bearer
 from tests.helpers import ocs_cli
-
-# A day inside March's statement window.
-MID_MARCH = datetime(2026, 3, 15, 12, tzinfo=UTC)
-
-
-async def postpaid_with_two_invoices(
-    services: Services, account: str = "pp", *, on_time: bool = False
-) -> tuple[int, int]:
-    """A postpaid account (credit limit 100.00) billed 10.00 rent for January and
-    February, both posted (``on_time``: each on its date, 1 April, so that dunning
-    finds them overdue today): (January's invoice id, February's)."""
-    await billed_plan(services)
-    await monthly(services, "rent", 10 * EUR)
-    await services.accounts.create(AccountSpec(account, plan_id="retail", credit_limit=100 * EUR))
-    sub = await subscribe(services.pool, Subscription(account, "retail", date(2026, 1, 1)))
-    await add_charge(services.pool, sub, "rent")
-    for period in ("2026-01", "2026-02"):
-        run_id = await run(services, period)
-        if on_time:
-            await post_on_time(services, run_id)
-        else:
-            await posting.post(services.pool, services.store, run_id=run_id)
-    return await invoice_id(services, account, "2026-01"), await invoice_id(
-        services, account, "2026-02"
-    )
 
 
 async def balance(services: Services, account: str) -> int:

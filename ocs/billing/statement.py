@@ -14,13 +14,17 @@ micro-units for the statement window (the invoice's usage window):
   posting completes it in its own transaction with those posted since
   (``complete_statements``), so a period drafted before the one before it was
   posted still starts at that one's closing balance;
-- ``payments``: opening balance and top-ups in the window; the statement reads
-  the ledger from the end of the account's newest earlier invoice's window where
-  that ended before this window (an early run's, a usage cut-off's: decision 0021,
-  addendum 2026-12-07), so no money falls between two statements;
+- ``payments``: opening balance and top-ups in the window (payments' credits among
+  them), less what the window's refunds took back from invoices their payments had
+  paid (a gateway's refund reopens them, decision 0027): the reopened invoices ask that
+  money again, so it is payments given back, not a new charge of this invoice, which
+  would ask it a second time. The statement reads the ledger from the end of the
+  account's newest earlier invoice's window where that ended before this window (an
+  early run's, a usage cut-off's: decision 0021, addendum 2026-12-07), so no money
+  falls between two statements;
 - ``debited``: what the real-time path took in the window (calls, usage
-  events, counter fees, less any other credit), the invoice's own reporting
-  lines show it;
+  events, counter fees, refunds of a payment's credit, less any other credit), the
+  invoice's own reporting lines show it;
 - ``posting_charges``: what posting this invoice moves (its lines with
   ``moves_money``);
 - ``new_charges`` = ``debited + posting_charges``; ``closing_balance`` =
@@ -45,12 +49,19 @@ PAYMENT_KINDS = ("opening", "topup")
 
 # The ledger rows of accounts (``{accounts}``) before an instant (``{until}``), each
 # invoice line's row aside: that money is counted from the lines (``_EARLIER_MONEY``).
+# ``reopened``: of a refund's debit (a ``fee`` row ``refund:<id>``), what the refund took
+# back from invoices it had paid (``payment_refunds.reopened``), 0 for any other row. Those
+# invoices ask that money again, so a statement counts it as payments given back, not as
+# a new charge the statement's own invoice would ask a second time.
 _LEDGER = """
-SELECT e.account_id, e.kind, e.amount, e.occurred_at
+SELECT e.account_id, e.kind, e.amount, e.occurred_at, COALESCE(r.reopened, 0) AS reopened
 FROM ledger e
 LEFT JOIN invoice_lines l
   ON l.id = CASE WHEN e.reference ~ '^inv:[0-9]{{1,18}}$'
                  THEN substr(e.reference, 5)::bigint END
+LEFT JOIN payment_refunds r
+  ON r.id = CASE WHEN e.kind = 'fee' AND e.reference ~ '^refund:[0-9]{{1,18}}$'
+                 THEN substr(e.reference, 8)::bigint END
 WHERE e.account_id {accounts} AND e.occurred_at < {until} AND l.id IS NULL
 """
 
@@ -96,9 +107,11 @@ s AS (
     SELECT d.id, d.prepaid,
            COALESCE(sum(g.amount) FILTER (WHERE g.occurred_at < d.since), 0) AS ledger_before,
            COALESCE(sum(g.amount) FILTER (
-               WHERE g.occurred_at >= d.since AND g.kind = ANY($4::text[])), 0) AS payments,
+               WHERE g.occurred_at >= d.since AND g.kind = ANY($4::text[])), 0)
+           - COALESCE(sum(g.reopened) FILTER (WHERE g.occurred_at >= d.since), 0) AS payments,
            COALESCE(-sum(g.amount) FILTER (
-               WHERE g.occurred_at >= d.since AND g.kind <> ALL($4::text[])), 0) AS debited,
+               WHERE g.occurred_at >= d.since AND g.kind <> ALL($4::text[])), 0)
+           - COALESCE(sum(g.reopened) FILTER (WHERE g.occurred_at >= d.since), 0) AS debited,
            COALESCE((SELECT sum(l.amount) FROM invoice_lines l
                      WHERE l.invoice_id = d.id AND l.moves_money), 0) AS posting,
            COALESCE(min(m.money), 0) AS money
@@ -183,10 +196,14 @@ SELECT d.account_id, d.prepaid,
        COALESCE(sum(g.amount) FILTER (WHERE g.occurred_at < d.since), 0)::bigint
            AS ledger_before,
        COALESCE(min(m.money), 0)::bigint AS money,
-       COALESCE(sum(g.amount) FILTER (
-           WHERE g.occurred_at >= d.since AND g.kind = ANY($4::text[])), 0)::bigint AS payments,
-       COALESCE(-sum(g.amount) FILTER (
-           WHERE g.occurred_at >= d.since AND g.kind <> ALL($4::text[])), 0)::bigint AS debited
+       (COALESCE(sum(g.amount) FILTER (
+           WHERE g.occurred_at >= d.since AND g.kind = ANY($4::text[])), 0)
+        - COALESCE(sum(g.reopened) FILTER (WHERE g.occurred_at >= d.since), 0))::bigint
+           AS payments,
+       (COALESCE(-sum(g.amount) FILTER (
+           WHERE g.occurred_at >= d.since AND g.kind <> ALL($4::text[])), 0)
+        - COALESCE(sum(g.reopened) FILTER (WHERE g.occurred_at >= d.since), 0))::bigint
+           AS debited
 FROM d LEFT JOIN g ON g.account_id = d.account_id LEFT JOIN m ON m.id = d.account_id
 GROUP BY d.account_id, d.prepaid, d.since
 """
