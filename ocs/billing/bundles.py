@@ -27,7 +27,11 @@ subscription bundle and invoice:
   the indicator charged. An on-demand session is no cycle (it may last minutes):
   there the minimum is a monthly one, prorated by the session's real duration
   the bundle is active in over the month from the session's first day
-  (``session_minimum``);
+  (``session_minimum``). A bundle attached, detached or cancelled dated back into
+  periods already invoiced (recorded after the account's newest earlier invoice) has
+  those periods' shortfalls settled again by the next invoice, once: what its dates now
+  ask less what earlier invoices that stand charged, one line per period, a charge or a
+  credit (``_settled_shortfalls``);
 - **flat fee** (``bundle_fee``): per one-shot, monthly or yearly period from the
   bundle's start, prorated by its days in the period; billed upfront (the
   invoice billing advance charges of the period's start) or on the due date
@@ -79,11 +83,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from ocs.billing.currency import minor_unit_exponent, round_half_away, round_line
-from ocs.billing.lines import Line, Targets
+from ocs.billing.lines import Line, Targets, targets
 from ocs.billing.periods import Period, Unit, local_midnight, month_day
 from ocs.billing.periods import Schedule as PeriodSchedule
 from ocs.billing.proration import prorate
@@ -219,6 +224,38 @@ WITH b AS (
     GROUP BY sb_id, position, period_end, charged, credited
 )
 SELECT * FROM summed WHERE greatest(-base, 0) <> adjusted
+"""
+
+# The arrears periods, as invoices of earlier periods than the one being drafted ($3)
+# that stand billed them, that may hold a subscription bundle's ($1, of the accounts $2)
+# days from $4 on (``settled_shortfalls``): the invoices' own periods, ending after $4
+# (a start-of-cycle invoice's arrears period is the one before its own, ending before
+# it: the caller keeps those ending after $4). A void invoice's shortfall was given
+# back with it.
+_INVOICED_SQL = """
+SELECT b.id AS sb_id, i.period_start, i.period_end
+FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+     AS b(id, account_id, period_start, since)
+JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
+               AND i.state <> 'void' AND i.period_start < b.period_start
+               AND i.period_end > b.since
+"""
+
+# What invoices of earlier periods than the one being drafted ($3) that stand charged or
+# credited for the subscription bundles' ($1, of the accounts $2) commitments from $4 on:
+# their shortfall lines and the lines settling them again (``settled_shortfalls``), each
+# naming its subscription bundle and rule; a line from before they did names neither and
+# is matched by its description (``_standing_shortfall``).
+_SHORTFALLS_SQL = """
+SELECT b.id AS sb_id, l.subscription_bundle_id, l.bundle_rule_position, l.description,
+       l.period_start, l.exact_amount
+FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+     AS b(id, account_id, period_start, since)
+JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
+               AND i.state <> 'void' AND i.period_start < b.period_start
+JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_commitment'
+                    AND (l.subscription_bundle_id = b.id OR l.subscription_bundle_id IS NULL)
+                    AND l.period_start >= b.since
 """
 
 _RULES_SQL = """
@@ -424,6 +461,10 @@ class BundleInvoice:
     seen: datetime | None = None
     # The arrears period is an on-demand session [opened, closed), not a cycle.
     session: bool = False
+    # The plan's cycle and invoice timing (``lines.targets``), which give an earlier
+    # invoice's arrears period (``settled_shortfalls``; None: not looked for).
+    cycle: PeriodSchedule | None = None
+    timing: str = "end_of_cycle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,9 +628,15 @@ def _line(
 
 def _active_window(held: Held, invoice: BundleInvoice) -> tuple[datetime, datetime] | None:
     """The part of the usage window the bundle is active in (None: not at all)."""
-    zone = invoice.which.arrears.zone
-    start = max(invoice.window[0], local_midnight(held.start, zone), key=datetime.timestamp)
-    end = invoice.window[1]
+    return _active_in(held, invoice.window, invoice.which.arrears.zone)
+
+
+def _active_in(
+    held: Held, window: tuple[datetime, datetime], zone: ZoneInfo
+) -> tuple[datetime, datetime] | None:
+    """The part of ``window`` the bundle is active in, by its local days (None: none)."""
+    start = max(window[0], local_midnight(held.start, zone), key=datetime.timestamp)
+    end = window[1]
     if held.end is not None:
         end = min(end, local_midnight(held.end, zone), key=datetime.timestamp)
     return (start, end) if start.timestamp() < end.timestamp() else None
@@ -609,9 +656,16 @@ def commitment_minimum(held: Held, amount: int, invoice: BundleInvoice) -> tuple
     arrears = invoice.which.arrears
     if invoice.session:
         return session_minimum(held, amount, arrears)
-    days = _active_days(held, arrears)
-    share = "" if days == arrears.days else f" ({days}/{arrears.days} days)"
-    return prorate(amount, days, arrears.days), share
+    return period_minimum(held, amount, arrears)
+
+
+def period_minimum(held: Held, amount: int, period: Period) -> tuple[int, str]:
+    """A commitment's minimum over a cycle's ``period`` (exact micro-units), prorated by
+    the bundle's days in it (``proration.prorate``), and the share its text shows ("" when
+    whole)."""
+    days = _active_days(held, period)
+    share = "" if days == period.days else f" ({days}/{period.days} days)"
+    return prorate(amount, days, period.days), share
 
 
 def session_minimum(held: Held, amount: int, session: Period) -> tuple[int, str]:
@@ -734,6 +788,8 @@ def usage_rule_lines(
                 zone=rule.zone,
                 rate_type=rule.rate_type,
                 tax_code=None if on_usage else held.tax_code,
+                bundle=held.id,
+                rule=rule.position,
             )
         ]
     return []
@@ -1181,6 +1237,116 @@ def resiliation_line(held: Held, invoice: BundleInvoice, late: bool = False) -> 
     )
 
 
+def shortfall_reopened(held: Held, invoice: BundleInvoice) -> date | None:
+    """The first day from which the commitment shortfalls earlier invoices charged may no
+    longer be what the bundle's dates now ask: its start, when it was recorded after the
+    account's newest earlier invoice that stands was made (attached dated back), or its
+    end, when that was recorded after it (detached or cancelled dated back), as decision
+    0046 checks charges' ends. None when neither, when that day is not before this
+    invoice's arrears period, on a named period's invoice (manual, on-demand: it bills its
+    own days only) and where the plan's cycle is not known."""
+    newest = invoice.newest
+    if invoice.cycle is None or invoice.which.named or invoice.session or newest is None:
+        return None
+    days = []
+    if held.recorded is not None and held.recorded > newest:
+        days.append(held.start)
+    if held.end is not None and held.end_recorded is not None and held.end_recorded > newest:
+        days.append(held.end)
+    first = min(days, default=None)
+    if first is None or first >= invoice.which.arrears.first_day:
+        return None
+    return first
+
+
+def invoiced_arrears(
+    invoice: BundleInvoice, invoiced: Sequence[tuple[datetime, datetime]], first: date
+) -> list[Period]:
+    """The arrears periods (``lines.targets``) of the earlier invoices whose own periods
+    are ``invoiced`` that end after ``first`` and begin before this invoice's, in order,
+    each once."""
+    cycle = invoice.cycle
+    assert cycle is not None  # ``shortfall_reopened`` asks for it
+    zone = cycle.zone
+    found: dict[date, Period] = {}
+    for start, end in invoiced:
+        own = Period(start.astimezone(zone), end.astimezone(zone))
+        arrears = targets(cycle, own, invoice.timing).arrears
+        if first < arrears.end_day and arrears.first_day < invoice.which.arrears.first_day:
+            found[arrears.first_day] = arrears
+    return [found[day] for day in sorted(found)]
+
+
+# An earlier invoice's commitment line: its subscription bundle and rule position (None:
+# written before commitment lines named them), description, period start, exact amount.
+ShortfallBilled = tuple[int | None, int | None, str, datetime, int]
+
+
+def standing_shortfall(
+    held: Held, rule: Rule, period: Period, billed: Sequence[ShortfallBilled]
+) -> int | None:
+    """What earlier invoices that stand charged, net, for the commitment over ``period``
+    (its shortfall and the lines settling it again), exact. A line naming no subscription
+    bundle (written before they did) counts when its description begins as this rule's
+    shortfall does; None when such a line lies in the period and does not (another
+    bundle's, or this one renamed since): which it is cannot be told, and the period is
+    left as it stands rather than charged twice."""
+    prefix = f"{held.name}: {rule.description}: minimum "
+    net = 0
+    for sb_id, position, description, start, exact in billed:
+        if not period.contains(start):
+            continue
+        if sb_id is None:
+            if not description.startswith(prefix):
+                return None
+            net += exact
+        elif sb_id == held.id and position == rule.position:
+            net += exact
+    return net
+
+
+def settled_shortfall_line(
+    held: Held,
+    rule: Rule,
+    invoice: BundleInvoice,
+    period: Period,
+    figures: Indicator,
+    standing: int,
+) -> Line | None:
+    """The line settling the commitment's shortfall over an earlier invoice's arrears
+    ``period`` again: the shortfall its dates as now recorded ask (``period_minimum``
+    less what the indicator measures over the bundle's days in it, nothing at or over the
+    minimum, as ``usage_rule_lines`` charges it) less what earlier invoices that stand
+    charged for it (``standing``), exact; a credit when negative; rounded once. None when
+    they are equal: a re-draft gives the same line, and a later invoice finds the period
+    settled. It names its subscription bundle and rule and starts on the period's first
+    day, so that a later invoice counts it in what the period was charged."""
+    cur = invoice.currency
+    minimum, share = period_minimum(held, rule.amount or 0, period)
+    spent = figures.value(rule.function or "sum") or 0
+    due = minimum - spent if spent < minimum else 0
+    change = due - standing
+    if change == 0:
+        return None
+    on_usage = rule.zone is not None or rule.rate_type is not None
+    return _line(
+        "bundle_commitment",
+        f"{held.name}: {rule.description} {period.label} settled again: minimum"
+        f" {money(minimum, cur)}{share}, used {money(spent, cur)},"
+        f" {money(standing, cur)} charged before,"
+        f" {money(abs(change), cur)} {'credited' if change < 0 else 'charged'}"[:200],
+        (period.start, period.end),
+        spent,
+        change,
+        cur,
+        zone=rule.zone,
+        rate_type=rule.rate_type,
+        tax_code=None if on_usage else held.tax_code,
+        bundle=held.id,
+        rule=rule.position,
+    )
+
+
 async def _late_fees_unbilled(
     conn: asyncpg.Connection, held: Sequence[Held], by_account: Mapping[str, BundleInvoice]
 ) -> set[int]:
@@ -1388,6 +1554,105 @@ async def _fees_overcredited(
     return found
 
 
+async def _settled_shortfalls(
+    conn: asyncpg.Connection,
+    held: Sequence[Held],
+    rules: Mapping[str, Sequence[Rule]],
+    by_account: Mapping[str, BundleInvoice],
+) -> dict[tuple[int, int], list[Line]]:
+    """(Subscription bundle, rule position) -> the lines settling again the commitment's
+    shortfalls over earlier invoices' arrears periods (``settled_shortfall_line``), for
+    the bundles whose dates changed after those invoices were made
+    (``shortfall_reopened``; none, mostly: then nothing is read). Three queries for the
+    chunk: the periods invoiced, what they charged, and the indicators over the bundles'
+    days in them as now recorded."""
+    found: dict[tuple[int, int], list[Line]] = defaultdict(list)
+    asked: list[tuple[Held, date]] = []
+    for h in held:
+        committed = any(rule.kind == "commitment" for rule in rules.get(h.bundle_id, []))
+        if committed and (first := shortfall_reopened(h, by_account[h.account_id])):
+            asked.append((h, first))
+    if not asked:
+        return found
+    invoiced: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+    for r in await conn.fetch(
+        _INVOICED_SQL,
+        [h.id for h, _ in asked],
+        [h.account_id for h, _ in asked],
+        [by_account[h.account_id].which.invoice.start for h, _ in asked],
+        [local_midnight(first, by_account[h.account_id].which.arrears.zone) for h, first in asked],
+    ):
+        invoiced[r["sb_id"]].append((r["period_start"], r["period_end"]))
+    periods = {
+        h.id: invoiced_arrears(by_account[h.account_id], invoiced[h.id], first)
+        for h, first in asked
+    }
+    reopened = [h for h, _ in asked if periods[h.id]]
+    if not reopened:
+        return found
+    billed: dict[int, list[ShortfallBilled]] = defaultdict(list)
+    for r in await conn.fetch(
+        _SHORTFALLS_SQL,
+        [h.id for h in reopened],
+        [h.account_id for h in reopened],
+        [by_account[h.account_id].which.invoice.start for h in reopened],
+        [periods[h.id][0].start for h in reopened],
+    ):
+        billed[r["sb_id"]].append(
+            (
+                r["subscription_bundle_id"],
+                r["bundle_rule_position"],
+                r["description"],
+                r["period_start"],
+                r["exact_amount"],
+            )
+        )
+    # The indicators over each (bundle, period) the bundle is active in, keyed by its index
+    # here: one bundle has several periods, which the usage query keeps apart by that key.
+    measured: list[tuple[Held, Period, tuple[datetime, datetime]]] = []
+    for h in reopened:
+        for period in periods[h.id]:
+            if (window := _active_in(h, (period.start, period.end), period.zone)) is not None:
+                measured.append((h, period, window))
+    figures: dict[tuple[int, str], Indicator] = {}
+    if measured:
+        extremes = any(
+            rule.kind == "commitment" and rule.function in ("min", "max")
+            for h in reopened
+            for rule in rules.get(h.bundle_id, [])
+        )
+        for r in await conn.fetch(
+            _EXTREMES_SQL if extremes else _USAGE_SQL,
+            list(range(len(measured))),
+            [h.account_id for h, _, _ in measured],
+            [h.bundle_id for h, _, _ in measured],
+            [w[0] for _, _, w in measured],
+            [w[1] for _, _, w in measured],
+        ):
+            if r["what"] == "indicator":
+                figures[r["sb_id"], r["indicator"]] = Indicator(
+                    r["events"], r["total"] or 0, r["average"], r["low"], r["high"], r["net"] or 0
+                )
+    keys = {(h.id, period.first_day): n for n, (h, period, _) in enumerate(measured)}
+    for h in reopened:
+        invoice = by_account[h.account_id]
+        for rule in rules.get(h.bundle_id, []):
+            if rule.kind != "commitment":
+                continue
+            for period in periods[h.id]:
+                standing = standing_shortfall(h, rule, period, billed[h.id])
+                if standing is None:
+                    continue
+                key = keys.get((h.id, period.first_day))
+                measures = NO_EVENTS
+                if key is not None:
+                    measures = figures.get((key, rule.indicator or ""), NO_EVENTS)
+                line = settled_shortfall_line(h, rule, invoice, period, measures, standing)
+                if line is not None:
+                    found[h.id, rule.position].append(line)
+    return found
+
+
 async def bundle_lines(
     conn: asyncpg.Connection, invoices: Sequence[BundleInvoice]
 ) -> dict[str, list[Line]]:
@@ -1407,6 +1672,7 @@ async def bundle_lines(
     owed, fees_billed = await _owed_fees(conn, held, rules, by_account)
     credited, fees_net = await _fees_net(conn, held, rules, by_account)
     overcredited = await _fees_overcredited(conn, held, by_account)
+    settled = await _settled_shortfalls(conn, held, rules, by_account)
     spans = {h.id: _active_window(h, by_account[h.account_id]) for h in held}
     active = [h for h in held if spans[h.id] is not None]
     windows = [w for h in active if (w := spans[h.id]) is not None]
@@ -1458,6 +1724,8 @@ async def bundle_lines(
                 if over := overcredited.get(h.id):
                     lines[h.account_id] += taken_back_lines(h, rule, invoice, over)
                 continue
+            # Earlier periods' shortfalls settled again come before this period's.
+            lines[h.account_id] += settled.get((h.id, rule.position), [])
             if span is None and rule.kind != "commitment":
                 continue
             parts = (

@@ -475,6 +475,8 @@ async def compute_drafts(conn: asyncpg.Connection, group: Group, options: Option
                 earlier.began.get(a),
                 earlier.seen.get(a),
                 session=group.billing.cycle == "on_demand",
+                cycle=cycle,
+                timing=group.billing.invoice_timing,
             )
             for a, c in sorted(currencies.items())
         ],

@@ -1,0 +1,230 @@
+"""A bundle's minimum-spend shortfall settled again after its dates changed dated back:
+the next invoice charges or credits the difference for the periods already invoiced,
+once (decision 0023, addendum 2026-12-07, "a shortfall is settled again when the
+bundle's dates change dated back").
+
+The retail plan is invoiced monthly on the 1st at the end of the cycle (UTC): the
+invoice of month M bills M's usage and its commitments. Bundle ``min`` (EUR): a 30.00
+monthly minimum spend (SUM of the amount the calls were charged). A shortfall is the
+minimum prorated by the bundle's days in the month (``prorate``: 30.00 x days / month's
+days, rounded half away from zero to the micro-unit) less what was spent over those
+days; each line is rounded once to the cent. Every amount is worked out by hand.
+"""
+
+from datetime import UTC, date, datetime
+
+from ocs.billing import posting
+from ocs.billing.bundles import BundleInvoice, invoiced_arrears
+from ocs.billing.lines import targets
+from ocs.billing.periods import fixed_date
+from ocs.billing.rules_store import attach, detach
+from ocs.billing.void import void
+from ocs.services import Services
+from tests.billing_helpers import EUR, billed_plan, cdr, customer, run
+
+
+async def sql(services: Services, statement: str) -> None:
+    """One statement on the test database."""
+    async with services.pool.acquire() as conn:
+        await conn.execute(statement)
+
+
+async def min_bundle(services: Services) -> None:
+    """The ``min`` bundle: a 30.00 monthly minimum spend."""
+    await sql(services, "INSERT INTO bundles (id, name, currency) VALUES ('min', 'Min', 'EUR')")
+    await sql(
+        services,
+        "INSERT INTO bundle_indicators (bundle_id, name, function, measure)"
+        " VALUES ('min', 'spend', 'sum', 'amount')",
+    )
+    await sql(
+        services,
+        "INSERT INTO bundle_rules (bundle_id, position, kind, description, indicator, amount)"
+        " VALUES ('min', 1, 'commitment', 'minimum spend', 'spend', 30000000)",
+    )
+
+
+async def shortfalls(services: Services) -> dict[str, list[tuple[str, int, int, str]]]:
+    """The invoices that stand (not void, nor credit notes) by period: their commitment
+    lines as PostgreSQL holds them (description, exact amount, amount, first day)."""
+    async with services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT i.period_label, l.description, l.exact_amount, l.amount, l.period_start"
+            " FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id"
+            " AND l.kind = 'bundle_commitment'"
+            " WHERE i.kind = 'invoice' AND i.state <> 'void' ORDER BY i.period_start, l.position"
+        )
+    found: dict[str, list[tuple[str, int, int, str]]] = {}
+    for r in rows:
+        lines = found.setdefault(r["period_label"], [])
+        if r["description"] is not None:
+            first = r["period_start"].date().isoformat()
+            lines.append((r["description"], r["exact_amount"], r["amount"], first))
+    return found
+
+
+def whole(first: str) -> tuple[str, int, int, str]:
+    """A month's whole shortfall with nothing spent: 30.00."""
+    return (
+        "Min: minimum spend: minimum 30.00, used 0.00, shortfall charged",
+        30 * EUR,
+        30 * EUR,
+        first,
+    )
+
+
+# February's shortfall settled again after the bundle was detached from Feb 10: 9 of 28
+# days held, minimum 30.00 x 9/28 = 9.642857 (9.6428571...), nothing spent; 30.00 was
+# charged: 9.642857 - 30.00 = -20.357143, credited -20.36.
+FEBRUARY_CREDITED = (
+    "Min: minimum spend 2026-02 settled again: minimum 9.642857 (9/28 days), used 0.00,"
+    " 30.00 charged before, 20.357143 credited",
+    -20_357_143,
+    -20_360_000,
+    "2026-02-01",
+)
+
+
+async def test_a_bundle_detached_dated_back_has_its_shortfall_credited_once(
+    services: Services,
+) -> None:
+    """February's invoice charges the whole 30.00 shortfall (nothing spent). In March the
+    operator detaches the bundle from Feb 10: March's invoice credits February's 20.36
+    charged past the 9 days held (and charges no shortfall of March: no day held). A
+    re-run of March's draft credits the same, once; April's invoice adds nothing. What
+    stands of February's shortfall is then 30.00 - 20.36 = 9.64, the 9.642857 due."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 2, 1))
+    await min_bundle(services)
+    await attach(services.pool, sub, "min")
+    await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await detach(services.pool, sub, "min", date(2026, 2, 10))
+    await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await run(services, "2026-03", invoice_date=date(2026, 4, 1))  # a re-run
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    assert await shortfalls(services) == {
+        "2026-02": [whole("2026-02-01")],
+        "2026-03": [FEBRUARY_CREDITED],
+        "2026-04": [],
+    }
+
+
+async def test_a_void_of_the_settling_invoice_lets_the_next_settle_again(
+    services: Services,
+) -> None:
+    """As above, March's invoice (crediting 20.36 of February's shortfall) is posted and
+    then voided: its credit note charges the 20.36 back, so February stands charged 30.00
+    again. April's invoice credits the 20.36 again, once (a re-run of its draft the
+    same)."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 2, 1))
+    await min_bundle(services)
+    await attach(services.pool, sub, "min")
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    await detach(services.pool, sub, "min", date(2026, 2, 10))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+    async with services.pool.acquire() as conn:
+        voided = await conn.fetchval("SELECT id FROM invoices WHERE period_label = '2026-03'")
+    await void(services.pool, services.store, voided)
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))  # a re-run
+
+    assert await shortfalls(services) == {
+        "2026-02": [whole("2026-02-01")],
+        "2026-04": [FEBRUARY_CREDITED],
+    }
+
+
+async def test_a_bundle_attached_dated_back_has_its_shortfall_charged_once(
+    services: Services,
+) -> None:
+    """February is invoiced with no bundle. In March the operator attaches ``min`` from
+    Feb 10: 19 of February's 28 days held, minimum 30.00 x 19/28 = 20.357143
+    (20.3571428...); spent over them 5.00 (a call on Feb 20; the 1.00 call on Feb 5,
+    before the bundle's start, does not count): 15.357143, charged 15.36 by March's
+    invoice before March's own 30.00. A re-run of March's draft charges the same, once;
+    April's invoice charges only April's own shortfall."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 2, 1))
+    await min_bundle(services)
+    for entry, day, charged in (("c1", 5, 1 * EUR), ("c2", 20, 5 * EUR)):
+        await cdr(services, entry, "a1", datetime(2026, 2, day, 12, tzinfo=UTC), charged=charged)
+    await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await attach(services.pool, sub, "min", start_date=date(2026, 2, 10))
+    await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await run(services, "2026-03", invoice_date=date(2026, 4, 1))  # a re-run
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+
+    assert await shortfalls(services) == {
+        "2026-02": [],
+        "2026-03": [
+            (
+                "Min: minimum spend 2026-02 settled again: minimum 20.357143 (19/28 days),"
+                " used 5.00, 0.00 charged before, 15.357143 charged",
+                15_357_143,
+                15_360_000,
+                "2026-02-01",
+            ),
+            whole("2026-03-01"),
+        ],
+        "2026-04": [whole("2026-04-01")],
+    }
+
+
+async def test_a_shortfall_line_naming_no_bundle_is_matched_by_its_description(
+    services: Services,
+) -> None:
+    """A shortfall line written before commitment lines named their subscription bundle
+    and rule (both NULL) is this rule's when its description begins as the rule's does:
+    February's 30.00 so written, the bundle detached from Feb 10, March's invoice credits
+    the 20.36, once. After the bundle is renamed, such a line can no longer be told from
+    another bundle's: the period is left as it stands rather than charged twice (April's
+    invoice, with March's credit voided, settles nothing)."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 2, 1))
+    await min_bundle(services)
+    await attach(services.pool, sub, "min")
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await sql(
+        services,
+        "UPDATE invoice_lines SET subscription_bundle_id = NULL, bundle_rule_position = NULL"
+        " WHERE kind = 'bundle_commitment'",
+    )
+    await posting.post(services.pool, services.store, run_id=february)
+    await detach(services.pool, sub, "min", date(2026, 2, 10))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    assert (await shortfalls(services))["2026-03"] == [FEBRUARY_CREDITED]
+
+    await posting.post(services.pool, services.store, run_id=march)
+    async with services.pool.acquire() as conn:
+        voided = await conn.fetchval("SELECT id FROM invoices WHERE period_label = '2026-03'")
+    await void(services.pool, services.store, voided)
+    await sql(services, "UPDATE bundles SET name = 'Minimum' WHERE id = 'min'")
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    assert (await shortfalls(services))["2026-04"] == []
+
+
+def test_a_start_of_cycle_invoice_settles_the_period_before_its_own() -> None:
+    """On a plan invoiced at the start of the cycle, an invoice bills the arrears of the
+    period before its own: the April invoice's earlier invoices of February and March
+    billed January's and February's usage; from Feb 10, February's is the one to settle
+    (January's ended before), and April's own arrears period (March) is not earlier."""
+    cycle = fixed_date(1, date(2026, 1, 1), tz="UTC")
+    april = targets(cycle, cycle.period_named("2026-04"), "start_of_cycle")
+    invoice = BundleInvoice(
+        "a1",
+        "EUR",
+        april,
+        (april.arrears.start, april.arrears.end),
+        cycle=cycle,
+        timing="start_of_cycle",
+    )
+    invoiced = [
+        (cycle.period_named(label).start, cycle.period_named(label).end)
+        for label in ("2026-02", "2026-03")
+    ]
+    found = invoiced_arrears(invoice, invoiced, date(2026, 2, 10))
+    assert [p.label for p in found] == ["2026-02"]
