@@ -1,13 +1,17 @@
 """Re-rating CDRs with today's catalog: the rating function that rated each, no money moved."""
 
 import json
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from ocs.balances.accounts import AccountSpec
-from ocs.billing.rerate import rerate
+from ocs.billing.rerate import RerateReport, rerate
 from ocs.catalog import store as catalog_store
-from ocs.charging.values import AuthorizeRequest
+from ocs.charging.janitor import Janitor
+from ocs.charging.lifecycle import CallService
+from ocs.charging.values import AuthorizeRequest, Origin
 from ocs.decks.rate_deck import parse_deck
 from ocs.rating.rates import cost
 from tests.conftest import RETAIL_DECK, RunningApp, add_plan, eventually
@@ -130,3 +134,191 @@ async def test_usage_events_and_rate_typed_records_are_rated_as_they_were_rated(
     assert code == 0, err
     printed = json.loads(out)
     assert (printed["changed"], printed["usage_events"], printed["rate_typed"]) == (2, 1, 1)
+
+
+DECK_HEADER = "prefix,zone,price_per_minute,connect_fee,first_block,increment\n"
+
+
+async def cdrs_written(app: RunningApp, count: int) -> None:
+    """Wait until the ledger writer has written ``count`` CDRs to PostgreSQL."""
+
+    async def written() -> bool:
+        return await app.services.pool.fetchval("SELECT count(*) FROM cdrs") == count
+
+    await eventually(written, what=f"{count} CDRs in PostgreSQL")
+
+
+async def new_deck(app: RunningApp, plan_id: str, deck: str) -> None:
+    """Replace a plan's deck in the catalog and reload it (the catalog changes)."""
+    await catalog_store.import_deck(app.services.pool, plan_id, parse_deck(deck))
+    await app.services.catalog.reload()
+
+
+def changes(report: RerateReport) -> list[tuple[str, int, str | None, int | None]]:
+    """(zone then, rated then, zone now, rated now) of each changed call."""
+    return [(x.zone_then, x.rated_then, x.zone_now, x.rated_now) for x in report.lines]
+
+
+async def test_an_on_net_call_is_rated_again_in_the_on_net_zone(app: RunningApp) -> None:
+    # A 300 s call to the operator's own range is rated On-net (free) before the deck; it
+    # was re-rated by the deck's UK (0.05), reported changed with no catalog change.
+    on_net_deck = DECK_HEADER + "44,UK,0.010,0,1,1\n4477009,On-net,0.000,0,1,1\n"
+    await add_plan(app.services, "mobile", deck=on_net_deck)
+    await app.post("/v1/accounts", {"id": "sub", "plan": "mobile", "balance": "1.00"})
+    response = await app.client.put("/v1/on-net", json={"prefixes": ["+44207946"]})
+    assert response.status == 200, await response.text()
+
+    async def on_net() -> bool:
+        found = app.services.catalog.snapshot.tariff_for("mobile", "442079460000")
+        return found is not None and found[1].zone == "On-net"
+
+    await eventually(on_net, what="the on-net range in the catalog")
+    grant = await app.services.calls.authorize(AuthorizeRequest("sub", "442079460000"))
+    assert grant.zone == "On-net"
+    assert (await app.services.calls.stop(grant.call_id, 300)).charged == 0
+    await cdrs_written(app, 1)
+    same = await rerate(app.services.pool, app.services.catalog.snapshot, "mobile")
+    assert (same.cdrs, same.changed, same.total_then, same.total_now) == (1, 0, 0, 0), same
+
+    # On-net calls now cost 0.02 a minute: 300 s are 0.10 (UK's 0.05 was reported).
+    await new_deck(app, "mobile", DECK_HEADER + "44,UK,0.010,0,1,1\n4477009,On-net,0.020,0,1,1\n")
+    report = await rerate(app.services.pool, app.services.catalog.snapshot, "mobile")
+    assert changes(report) == [("On-net", 0, "On-net", 100_000)]
+
+
+async def test_a_call_on_an_access_number_is_rated_again_by_that_numbers_plan(
+    app: RunningApp,
+) -> None:
+    # A calling card's call that came in on a toll-free access number is rated by the
+    # number's plan (0.10 connect and 0.05 a minute: 0.20 for 120 s); it was re-rated by
+    # the card's own plan (0.02), reported changed with no catalog change.
+    await add_plan(app.services, "cards", deck=DECK_HEADER + "44,UK,0.010,0,1,1\n")
+    await add_plan(app.services, "tollfree", deck=DECK_HEADER + "44,UK,0.050,0.100,1,1\n")
+    await app.post("/v1/accounts", {"id": "card-1", "plan": "cards", "balance": "1.00"})
+    response = await app.client.put(
+        "/v1/plans/cards/access-numbers", json={"numbers": {"+18005550100": "tollfree"}}
+    )
+    assert response.status == 200, await response.text()
+
+    async def loaded() -> bool:
+        return app.services.catalog.snapshot.rating_plan("cards", "18005550100") == "tollfree"
+
+    await eventually(loaded, what="the access number in the catalog")
+    request = AuthorizeRequest("card-1", "442071234567", access_number="18005550100")
+    grant = await app.services.calls.authorize(request)
+    assert (await app.services.calls.stop(grant.call_id, 120)).charged == 200_000
+    await cdrs_written(app, 1)
+    stored = await app.services.pool.fetchrow("SELECT plan_id, rating_plan FROM cdrs")
+    assert tuple(stored) == ("cards", "tollfree")
+    same = await rerate(app.services.pool, app.services.catalog.snapshot, "cards")
+    assert (same.cdrs, same.changed, same.total_then, same.total_now) == (
+        1,
+        0,
+        200_000,
+        200_000,
+    ), same
+
+    # The access number's plan now charges 0.075 a minute: 0.10 + 0.15 = 0.25.
+    await new_deck(app, "tollfree", DECK_HEADER + "44,UK,0.075,0.100,1,1\n")
+    report = await rerate(app.services.pool, app.services.catalog.snapshot, "cards")
+    assert changes(report) == [("UK", 200_000, "UK", 250_000)]
+    # A CDR written before migration 0074 names no rating plan: rated by its own plan's
+    # deck, as before (120 s at 0.01 a minute).
+    await app.services.pool.execute("UPDATE cdrs SET rating_plan = NULL")
+    older = await rerate(app.services.pool, app.services.catalog.snapshot, "cards")
+    assert changes(older) == [("UK", 200_000, "UK", 20_000)]
+
+
+async def test_a_late_stop_is_rated_again_as_part_of_its_call(app: RunningApp) -> None:
+    # The janitor closed a started call at its whole grant (an hour, 3.75) and its Stop
+    # came later saying 60 s: the late stop gave back all but 0.21. Re-rating skipped
+    # the late stop's CDR and rated the call at 3600 s.
+    await add_plan(app.services, max_call_duration=3600)
+    await app.post("/v1/accounts", {"id": "lost", "plan": "retail", "balance": "10.00"})
+    calls = app.services.calls
+    grant = await calls.authorize(AuthorizeRequest("lost", "447700900123", call_id="lost-1"))
+    assert grant.max_duration == 3600
+    await calls.start("lost-1")
+    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 1
+    charge = await calls.stop("lost-1", 60)  # 0.15 connect + 60 s at 0.06 a minute
+    assert (charge.charged, charge.cause) == (210_000, "late-stop")
+    await cdrs_written(app, 2)
+    same = await rerate(app.services.pool, app.services.catalog.snapshot, "retail")
+    assert (same.cdrs, same.changed, same.total_then, same.total_now) == (
+        1,
+        0,
+        210_000,
+        210_000,
+    ), same
+
+    # UK Mobile doubles: the 60 s call is 0.15 + 0.12 (not 7.35, an hour of it).
+    await new_deck(app, "retail", DECK_HEADER + "447,UK Mobile,0.120,0.150,30,6\n")
+    report = await rerate(app.services.pool, app.services.catalog.snapshot, "retail")
+    assert changes(report) == [("UK Mobile", 210_000, "UK Mobile", 270_000)]
+    assert [line.duration for line in report.lines] == [60]
+
+
+LONDON = ZoneInfo("Europe/London")
+
+
+async def test_a_banded_call_is_rated_again_from_its_answer(app: RunningApp) -> None:
+    # UK is 0.01 a minute, 0.05 in peak (weekdays from 08:00). A call authorized Monday
+    # 07:50 rang until 08:00 and talked 10 minutes, all in peak: 0.50. Re-rating placed
+    # it from its authorization, 07:50-08:00 off-peak (0.10): changed, catalog unchanged.
+    await add_plan(app.services, deck=DECK_HEADER + "44,UK,0.010,0,1,1\n")
+    response = await app.client.put(
+        "/v1/plans/retail/bands",
+        json={
+            "time_zone": "Europe/London",
+            "rules": [{"band": "peak", "days": [0, 1, 2, 3, 4], "start": "08:00", "end": "18:00"}],
+        },
+    )
+    assert response.status == 200, await response.text()
+
+    async def peak_price(price: int) -> bool:
+        plan = app.services.catalog.snapshot.plan("retail")
+        found = app.services.catalog.snapshot.tariff_for("retail", "4420")
+        prices = dict(found[1].rate.band_prices) if found else {}
+        return bool(plan and plan.bands) and prices.get("peak") == price
+
+    async def set_peak(price: str) -> None:
+        response = await app.client.put(
+            f"/v1/plans/retail/tariffs/{quote('UK')}/shape", json={"band_prices": {"peak": price}}
+        )
+        assert response.status == 200, await response.text()
+
+    await set_peak("0.05")
+    await eventually(lambda: peak_price(50_000), what="peak at 0.05 in the snapshot")
+    await app.post("/v1/accounts", {"id": "band", "plan": "retail", "balance": "2.00"})
+    authorized = datetime(2026, 11, 23, 7, 50, tzinfo=LONDON).timestamp()
+    answered = int(datetime(2026, 11, 23, 8, 0, tzinfo=LONDON).timestamp())
+    calls = CallService(
+        app.services.catalog,
+        app.services.store,
+        app.services.settings,
+        app.services.digests,
+        clock=lambda: authorized,
+    )
+    await calls.authorize(
+        AuthorizeRequest("band", "442079460000", call_id="rang"), Origin(wait_for_start=True)
+    )
+    await app.services.store.start(
+        account_id="band", call_id="rang", started_at=answered, expires_at=answered + 3600
+    )
+    assert (await calls.stop("rang", 600)).charged == 500_000
+    await cdrs_written(app, 1)
+    stored = await app.services.pool.fetchval("SELECT answered_at FROM cdrs")
+    assert int(stored.timestamp()) == answered
+    same = await rerate(app.services.pool, app.services.catalog.snapshot, "retail")
+    assert (same.cdrs, same.changed, same.total_then, same.total_now) == (
+        1,
+        0,
+        500_000,
+        500_000,
+    ), same
+
+    # Peak now costs 0.10 a minute: the 10 minutes from 08:00 are 1.00.
+    await set_peak("0.10")
+    await eventually(lambda: peak_price(100_000), what="peak at 0.10 in the snapshot")
+    report = await rerate(app.services.pool, app.services.catalog.snapshot, "retail")
+    assert changes(report) == [("UK", 500_000, "UK", 1_000_000)]

@@ -71,9 +71,9 @@ _CDR_SQL = (
     " currency, authorized_at, stopped_at, duration, billed_seconds, connect_fee, first_block,"
     " increment, price_per_minute, rated_cost, charged, termination_cause, nas, member,"
     " direction, counter_id, counter_seconds, destination_name, rate_type, supplier, record_id,"
-    " usage_template)"
+    " usage_template, rating_plan, answered_at)"
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
-    " $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"
+    " $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
     " ON CONFLICT (entry_id) DO NOTHING"
 )
 _PROBE_TIMEOUT_S = 5.0
@@ -183,6 +183,7 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_R
         return ledger_row, None
     cdr = msgpack.unpackb(packed_cdr)
     fee, block, step, price = cdr["rate"]
+    authorized = _ts(cdr["authorized_at_ms"])
     cdr_row = (
         key,
         reference,
@@ -192,7 +193,7 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_R
         cdr["destination"],
         cdr["caller"],
         cdr["currency"],
-        _ts(cdr["authorized_at_ms"]),
+        authorized,
         # An imported record ended when the switch says, not when it was debited.
         _ts(cdr["stopped_at_ms"]) if "stopped_at_ms" in cdr else occurred,
         int(f[b"duration"]),
@@ -215,8 +216,22 @@ def rows_for(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[_R
         cdr.get("supplier"),
         cdr.get("record_id"),
         cdr.get("template"),
+        # The plan whose deck rated the call (an access number's); None: the account's.
+        cdr.get("rating_plan"),
+        _answered_at(f.get(b"answered"), authorized),
     )
     return ledger_row, cdr_row
+
+
+def _answered_at(answered: bytes | None, authorized: datetime) -> datetime | None:
+    """Where a call's price placed its start on the time bands, from its stop's entry
+    (stop.lua's ``answered``, epoch s): its answer, or its authorization when none was
+    reported (0, a provisional start), as the stop priced it. None: the entry has none
+    (an imported record, a usage event, an entry of a release before migration 0074)."""
+    if answered is None:
+        return None
+    second = int(answered)
+    return authorized if second <= 0 else datetime.fromtimestamp(second, tz=UTC)
 
 
 def _set_aside_command(

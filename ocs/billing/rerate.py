@@ -4,12 +4,18 @@ The same rating functions as the paths that rated them, so that a CDR whose cata
 did not change is rated the same (decision 0002, one rating function):
 
 * a call rated by its destination (a live call, or an imported call without a rate
-  type): ``cost_with_counter`` over a batch match of every destination at once
-  (``PrefixTable.match_many``) in the plan's deck, as authorize and stop rate it;
+  type): ``tariff_of``, authorize's lookup (the On-net zone for an on-net number, else
+  the deck), in the deck of the plan that rated it (an access number's, ``rating_plan``;
+  a CDR from before migration 0074 has none and is rated in its own plan's deck), and
+  ``cost_with_counter`` over the time bands placed from its answer, as stop prices it;
 * a usage event (MB, kWh: its destination is its service) and an imported record
   classified to a rate type: ``ocs.mediation.rating.rate_record``, the function the
   usage import and the usage event endpoint rate them by (the rate type's rate when
   the plan has one, else the service's tariff, else the called number's zone).
+
+A call ocs closed by policy whose switch reported it later is one call: its late stop's
+row (``late-stop``: what the report changed) is folded into the close's, and the call is
+rated at the duration reported, against what the report rated it at.
 
 It reports what each record would cost now beside what it was rated then, and how
 many of them were usage events and rate-typed records; it moves no money: an
@@ -20,10 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import numpy as np
 
 from ocs.catalog.snapshot import CatalogSnapshot
-from ocs.charging.lifecycle import call_bands
+from ocs.charging.lifecycle import call_bands, tariff_of
 from ocs.errors import OcsError
 from ocs.mediation.rating import rate_record
 from ocs.mediation.records import UsageRecord
@@ -81,20 +86,7 @@ async def rerate(
     """Re-rate the plan's CDRs stopped in [since, until) with today's catalog: its
     outbound calls, its usage events and its records imported with a rate type."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT call_id, account_id, destination, duration, zone, rated_cost, authorized_at,"
-            " counter_id, counter_seconds, direction, rate_type, termination_cause"
-            " FROM cdrs WHERE plan_id = $1"
-            " AND ($2::timestamptz IS NULL OR stopped_at >= $2)"
-            " AND ($3::timestamptz IS NULL OR stopped_at < $3)"
-            " AND termination_cause <> 'late-stop'"
-            " AND (direction = 'outbound' OR rate_type IS NOT NULL)"
-            " ORDER BY stopped_at",
-            plan_id,
-            since,
-            until,
-        )
-    plan = snapshot.plan(plan_id)
+        rows = await conn.fetch(_ROWS_SQL, plan_id, since, until)
     counters = {c.id: c for c in snapshot.counters_for(plan_id)}
     # (zone now, cost now) of each row; None: it has no price now.
     now: list[tuple[str, int] | None] = [None] * len(rows)
@@ -103,20 +95,9 @@ async def rerate(
         for n, row in enumerate(rows)
         if row["rate_type"] is None and row["termination_cause"] != USAGE_CAUSE
     ]
-    deck = snapshot.decks.get(plan_id)
-    if by_deck and plan is not None and deck is not None and len(deck) > 0:
-        slots, _ = deck.match_many(np.array([rows[n]["destination"] for n in by_deck]))
-        for n, slot in zip(by_deck, slots.tolist(), strict=True):
-            if slot >= 0:
-                row = rows[n]
-                tariff = deck.values[slot]
-                start = int(row["authorized_at"].timestamp())
-                bands = call_bands(plan, tariff.rate, start, row["duration"])
-                split = _split(row, counters)
-                now[n] = (
-                    tariff.zone,
-                    cost_with_counter(tariff.rate, row["duration"], split, bands),
-                )
+    if snapshot.plan(plan_id) is not None:
+        for n in by_deck:
+            now[n] = _rated_as_called(snapshot, plan_id, rows[n], counters)
     deck_rows = set(by_deck)
     usage_events = rate_typed = 0
     for n, row in enumerate(rows):
@@ -163,6 +144,56 @@ async def rerate(
         usage_events,
         rate_typed,
     )
+
+
+# A plan's CDRs stopped in [$2, $3): outbound calls and rate-typed records. A call's late
+# stop (migration 0009's cause ``late-stop``, stop.lua) is not a call of its own: its
+# row carries what the switch's report changed from the close's (seconds, counter
+# seconds; rated_cost is the whole call's at the reported duration), so it is folded
+# into its close, found by the call's account, id and authorization (an id may be used
+# again by a later call). At most one late stop settles a close.
+_ROWS_SQL = (
+    "SELECT c.call_id, c.account_id, c.destination, c.zone, c.authorized_at, c.direction,"
+    " c.rate_type, c.termination_cause, c.counter_id, c.rating_plan,"
+    " c.duration + COALESCE(l.duration, 0) AS duration,"
+    " c.counter_seconds + COALESCE(l.counter_seconds, 0) AS counter_seconds,"
+    " COALESCE(l.rated_cost, c.rated_cost) AS rated_cost,"
+    # Where the stop placed the call on the time bands (migration 0074); a CDR from
+    # before it: its end less its duration (the close's), never before its authorization.
+    " COALESCE(c.answered_at, GREATEST(c.authorized_at,"
+    " c.stopped_at - make_interval(secs => c.duration))) AS answered_at"
+    " FROM cdrs c LEFT JOIN LATERAL ("
+    " SELECT d.duration, d.counter_seconds, d.rated_cost FROM cdrs d"
+    " WHERE d.account_id = c.account_id AND d.call_id = c.call_id"
+    " AND d.authorized_at = c.authorized_at AND d.termination_cause = 'late-stop'"
+    " ORDER BY d.stopped_at DESC, d.entry_id DESC LIMIT 1) l ON true"
+    " WHERE c.plan_id = $1"
+    " AND ($2::timestamptz IS NULL OR c.stopped_at >= $2)"
+    " AND ($3::timestamptz IS NULL OR c.stopped_at < $3)"
+    " AND c.termination_cause <> 'late-stop'"
+    " AND (c.direction = 'outbound' OR c.rate_type IS NOT NULL)"
+    " ORDER BY c.stopped_at"
+)
+
+
+def _rated_as_called(
+    snapshot: CatalogSnapshot, plan_id: str, row: asyncpg.Record, counters: dict[str, CounterDef]
+) -> tuple[str, int] | None:
+    """(zone, cost) of a call rated by its destination as authorize and stop rated it:
+    ``tariff_of`` in the deck of the plan that rated it (an access number's, else the
+    account's), priced over the bands placed from its answer; None: no price now."""
+    rating_plan = row["rating_plan"] or plan_id
+    try:
+        match = tariff_of(snapshot, rating_plan, row["destination"], None, row["direction"])
+    except OcsError:
+        return None
+    authorized = int(row["authorized_at"].timestamp())
+    # As stop places it: from the answer, the authorization for a call that rang none.
+    start = max(int(row["answered_at"].timestamp()), authorized)
+    rate = match.tariff.rate
+    bands = call_bands(snapshot.plan(rating_plan), rate, start, row["duration"])
+    split = _split(row, counters)
+    return match.tariff.zone, cost_with_counter(rate, row["duration"], split, bands)
 
 
 def _split(row: asyncpg.Record, counters: dict[str, CounterDef]) -> CounterSplit | None:

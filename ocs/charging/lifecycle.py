@@ -1683,6 +1683,8 @@ class CallService:
                 "counter_seconds": counter_seconds,
                 # The area-code table's name of the destination (cdrs.destination_name).
                 "area": self._area_name(record),
+                # The plan whose deck rated it (cdrs.rating_plan): re-rating rates by it.
+                "rating_plan": record.rating_plan,
             }
         )
         args = StopArgs(

@@ -43,6 +43,10 @@
 -- close's, nothing is changed and {"AMEND", duration of the close, answer of the call
 -- (epoch s, 0: never answered)} answers: the caller builds that CDR, prices the call
 -- from that answer as the close did (a band-priced call), and runs this again.
+-- The ledger entry's 'answered' is the call's start as its live entry held it (epoch s:
+-- its answer; its authorization second for a provisional start; 0: never started), where
+-- the caller's price placed it on the time bands: its CDR keeps it (cdrs.answered_at),
+-- so that re-rating places it there too. A late stop's is the close's.
 -- Returns {"OK", result} on the first stop, {"DONE", result} on a repeated one,
 -- where result is msgpack {charged, rated, balance, duration, entry, cause, debited,
 -- started (the answer, epoch s; 0: never answered), and for a late stop added: what it
@@ -124,7 +128,7 @@ if done then
     'kind', 'call', 'account', ARGV[8], 'amount', int(-charge), 'balance', int(balance),
     'reference', ARGV[1], 'ts', ARGV[6], 'rated', int(rated), 'charged', int(charge),
     'duration', int(tonumber(ARGV[7]) - tonumber(first.duration)), 'cause', 'late-stop',
-    'cdr', ARGV[5])
+    'cdr', ARGV[5], 'answered', int(first.started or 0))
   local result = cmsgpack.pack({charged = first.charged + charge, rated = rated,
     balance = balance, duration = tonumber(ARGV[7]), entry = entry, cause = 'late-stop',
     debited = first.debited, added = charge, started = first.started})
@@ -187,7 +191,7 @@ local charged = debited + charge
 local entry = redis.call('XADD', KEYS[5], '*',
   'kind', 'call', 'account', ARGV[8], 'amount', int(-charge), 'balance', int(balance),
   'reference', ARGV[1], 'ts', ARGV[6], 'rated', int(rated), 'charged', int(charged),
-  'duration', ARGV[7], 'cause', ARGV[9], 'cdr', ARGV[5])
+  'duration', ARGV[7], 'cause', ARGV[9], 'cdr', ARGV[5], 'answered', int(tonumber(started)))
 -- started: the call's answer (epoch s, 0: never started), where a late stop's price
 -- places it on the time bands.
 local result = cmsgpack.pack({charged = charged, rated = rated, balance = balance,
