@@ -1292,7 +1292,7 @@ def _invoices_preview(args: argparse.Namespace, settings: Settings) -> int:
 
 def _subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs subscriptions create``: subscribe an account, with the charges named."""
-    from ocs.billing import queries, store
+    from ocs.billing import commitments, queries, store
 
     start = date_arg(args.start, "--start")
     assert start is not None  # a required argument
@@ -1318,6 +1318,8 @@ def _subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
         sub_id = await store.subscribe(services.pool, sub)
         for charge_id in args.charge:
             await store.add_charge(services.pool, sub_id, charge_id)
+        # Its next invoice now bills the plan's charges: a locking plan commits them.
+        await commitments.refresh_subscription(services.pool, services.store, sub_id)
         found = await queries.subscription(services.pool, sub_id)
         assert found is not None  # just stored
         [shown] = await _subscriptions_shown(services, [found])
@@ -1372,10 +1374,15 @@ async def _subscriptions_shown(
 
 def _subscriptions_status(args: argparse.Namespace, settings: Settings) -> int:
     """``ocs subscriptions status``: pending -> active -> suspended -> cancelled."""
-    from ocs.billing import store
+    from ocs.billing import commitments, store
 
     on = date_arg(args.on, "--on")
-    with_services(settings, lambda s: store.set_status(s.pool, args.id, args.status, on=on))
+
+    async def change(services: "Services") -> None:
+        await store.set_status(services.pool, args.id, args.status, on=on)
+        await commitments.refresh_subscription(services.pool, services.store, args.id)
+
+    with_services(settings, change)
     print_json({"subscription": args.id, "status": args.status})
     return 0
 

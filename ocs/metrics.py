@@ -430,11 +430,20 @@ BILLING_VOIDED = Counter(
 )
 BILLING_FAILURES = Counter(
     "ocs_billing_failures_total",
-    "Billing worker steps that failed and will be retried, by stage (counters, schedule,"
-    " chunk, post, payments, dunning, sessions).",
+    "Billing worker steps that failed and will be retried, by stage (commitments, counters,"
+    " schedule, chunk, post, payments, dunning, sessions).",
     ["stage"],
 )
-for _stage in ("counters", "schedule", "chunk", "post", "payments", "dunning", "sessions"):
+for _stage in (
+    "commitments",
+    "counters",
+    "schedule",
+    "chunk",
+    "post",
+    "payments",
+    "dunning",
+    "sessions",
+):
     BILLING_FAILURES.labels(_stage)
 BILLING_SESSIONS_GIVEN_UP = Gauge(
     "ocs_billing_sessions_given_up",

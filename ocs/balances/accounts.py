@@ -211,6 +211,21 @@ async def starting_state(conn: asyncpg.Connection, plan_id: str, status: str) ->
     return ("locked", SESSION_LOCK) if on_demand else ("active", "")
 
 
+async def starting_commitment(conn: asyncpg.Connection, plan: asyncpg.Record) -> int:
+    """What a new account on ``plan`` (its row) has committed (decision 0020, addendum
+    "the committed amount is kept current"): what its next invoice bills for the plan's
+    charges. A plan that does not lock, or is billed by hand or on demand, commits
+    nothing. On a plan with a billing cycle, a new account has no subscription yet, so
+    its next invoice bills none of the plan's charges: nothing either; subscribing it
+    (over the API or the CLI) commits what that invoice will then bill
+    (``commitments.refresh``), as the billing worker does at each cycle start. A plan
+    locking without billing settings has no invoice to dry-run: its fee is committed."""
+    if not plan["lock_prorated"]:
+        return 0
+    billed = await conn.fetchval("SELECT 1 FROM plan_billing WHERE plan_id = $1", plan["id"])
+    return 0 if billed else int(plan["recurring_fee"])
+
+
 async def _needs_session(conn: asyncpg.Connection, account_id: str) -> bool:
     """Under the account row's lock (taken here): whether it is billed on demand with no
     billing session open, so that only the session lock is its usable state."""
@@ -304,8 +319,8 @@ class AccountService:
             critical_balance: int | None = (
                 plan["critical_balance"] if spec.critical_balance is None else spec.critical_balance
             )
-            # Lock on prorated charges: the plan's next recurring charge stays put.
-            committed: int = plan["recurring_fee"] if plan["lock_prorated"] else 0
+            # Lock on prorated charges: what the next invoice bills for them stays put.
+            committed = await starting_commitment(conn, plan)
             member_max_lines: int = (
                 plan["member_max_lines"] if spec.member_max_lines is None else spec.member_max_lines
             )

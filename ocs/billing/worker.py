@@ -2,7 +2,12 @@
 
 Every ``billing_poll_interval`` seconds a worker:
 
-0. opens the counter cycle of each plan whose billing period has begun since it
+0. commits, on each plan locking accounts on its charges, what its accounts' next
+   invoices bill for them (``commitments.refresh_plans``; needs the real-time
+   balances): at each cycle start, and after the plan's charges or settings change;
+   an account whose plan no longer locks, or is billed by hand or on demand, has its
+   commitment set back to 0;
+   then opens the counter cycle of each plan whose billing period has begun since it
    last opened one (``counter_cycles.open_due_cycles``, ``billing_counter_cycles``,
    on by default; needs the real-time balances): the plan's counters are reset under
    the period's label, their recurring fees charged, once per period (and those of
@@ -61,6 +66,7 @@ import asyncpg
 from ocs import metrics, systemd_notify
 from ocs.balances.store import BalanceStore
 from ocs.billing import (
+    commitments,
     counter_cycles,
     dunning,
     notify_email,
@@ -391,6 +397,34 @@ class BillingWorker:
             )
         return created
 
+    async def refresh_commitments(
+        self, stopping: asyncio.Event | None = None
+    ) -> list[commitments.PlanRefreshed]:
+        """Commit the next invoice's plan charges of the accounts of every plan whose
+        cycle began, or whose charges or settings changed, since their last refresh
+        (``commitments.refresh_plans``); the plans refreshed, a log line for each that set
+        an account. None
+        without the real-time balances; a failure is logged and the next pass tries
+        again (a refresh sets the same amounts twice)."""
+        if self.store is None:
+            return []
+        try:
+            done = await commitments.refresh_plans(self.pool, self.store, self.clock(), stopping)
+        except Exception as error:
+            metrics.BILLING_FAILURES.labels("commitments").inc()
+            log.error(
+                "committed charges refresh failed", extra={"worker": self.name, "error": str(error)}
+            )
+            return []
+        for plan in done:
+            if not plan.accounts:
+                continue  # nothing set: a plan with no locking, no log line each cycle
+            log.info(
+                "committed charges refreshed",
+                extra={"worker": self.name, "plan": plan.plan_id, "accounts": plan.accounts},
+            )
+        return done
+
     async def open_counter_cycles(self) -> list[counter_cycles.OpenedCycle]:
         """Open the counter cycle of every plan whose period has begun since the last one
         opened (``counter_cycles.open_due_cycles``); the cycles opened. None without the
@@ -483,6 +517,7 @@ class BillingWorker:
     async def run_once(self, stopping: asyncio.Event | None = None) -> None:
         """One pass: create the due runs, then work on every unfinished run."""
         stopping = stopping or asyncio.Event()
+        await self.refresh_commitments(stopping)
         await self.open_counter_cycles()
         try:
             await self.create_due_runs()

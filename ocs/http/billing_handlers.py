@@ -18,6 +18,7 @@ from aiohttp import web
 from ocs import metrics
 from ocs.balances.accounts import validate_account_id
 from ocs.billing import (
+    commitments,
     drafts,
     itemised,
     posting,
@@ -675,6 +676,8 @@ async def create_subscription(
     )
     for charge_id in params.charges:
         await store.add_charge(services.pool, sub_id, charge_id)
+    # Its next invoice now bills the plan's charges: a locking plan commits them.
+    await commitments.refresh_subscription(services.pool, services.store, sub_id)
     return await _subscription(services, sub_id)
 
 
@@ -753,6 +756,7 @@ async def set_subscription_status(request: web.Request, params: SetStatus) -> Su
     sub_id = _id(request, "subscription_id")
     await _subscription(services, sub_id)  # 404 first
     await store.set_status(services.pool, sub_id, params.status, on=_day("on", params.on))
+    await commitments.refresh_subscription(services.pool, services.store, sub_id)
     return await _subscription(services, sub_id)
 
 
