@@ -216,3 +216,127 @@ def test_a_batch_booking_is_one_payment_per_transaction_and_pending_entries_wait
     bomb = b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaa">]><Document>&a;</Document>'
     with pytest.raises(OcsError, match="DOCTYPE"):
         bank_files.parse(bomb)
+
+
+def _statement(*entries: str) -> bytes:
+    """A camt.053.001.08 statement of the given ``Ntry`` elements."""
+    return (
+        '<?xml version="1.0"?><Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.053.001.08">'
+        "<BkToCstmrStmt><Stmt><Id>S9</Id>" + "".join(entries) + "</Stmt></BkToCstmrStmt></Document>"
+    ).encode()
+
+
+def _entry(amount: str, status: str, ref: str, inner: str) -> str:
+    """A credit ``Ntry`` of ``amount`` EUR with the ``Sts`` content and the rest given."""
+    return (
+        f'<Ntry><Amt Ccy="EUR">{amount}</Amt><CdtDbtInd>CRDT</CdtDbtInd><Sts>{status}</Sts>'
+        f"<BookgDt><Dt>2026-04-06</Dt></BookgDt><AcctSvcrRef>{ref}</AcctSvcrRef>{inner}</Ntry>"
+    )
+
+
+def _detail(ref: str, amount: str, indicator: str, text: str) -> str:
+    """A ``TxDtls`` of ``amount`` EUR; ``indicator`` "" leaves its CdtDbtInd out (001.02)."""
+    own = f"<CdtDbtInd>{indicator}</CdtDbtInd>" if indicator else ""
+    return (
+        f'<TxDtls><Refs><AcctSvcrRef>{ref}</AcctSvcrRef></Refs><Amt Ccy="EUR">{amount}</Amt>'
+        f"{own}<RmtInf><Ustrd>{text}</Ustrd></RmtInf></TxDtls>"
+    )
+
+
+# Entry 1: 90.00 booked, its transactions a credit of 100.00 and a return of 10.00 (the
+# bank nets them): the bank received 90.00. Entry 2: 50.00 pending, said in a bank's own
+# code. Entry 3: a 12.00 batch of 5.00 (its own CRDT) and 7.00 (no indicator: the
+# entry's). Entry 4: a proprietary "BOOK" is no ISO status. Entry 5: ISO PDNG.
+NETTED = _statement(
+    _entry(
+        "90.00",
+        "<Cd>BOOK</Cd>",
+        "E1",
+        "<NtryDtls>"
+        + _detail("T1", "100.00", "CRDT", "account pp")
+        + _detail("T2", "10.00", "DBIT", "return pp")
+        + "</NtryDtls>",
+    ),
+    _entry("50.00", "<Prtry>PDNG</Prtry>", "E2", "<RmtInf><Ustrd>pp</Ustrd></RmtInf>"),
+    _entry(
+        "12.00",
+        "<Cd>BOOK</Cd>",
+        "E3",
+        "<NtryDtls>"
+        + _detail("T3", "5.00", "CRDT", "INV-2026-000001")
+        + _detail("T4", "7.00", "", "INV-2026-000002")
+        + "</NtryDtls>",
+    ),
+    _entry("3.00", "<Prtry>BOOK</Prtry>", "E4", "<RmtInf><Ustrd>pp</Ustrd></RmtInf>"),
+    _entry("4.00", "<Cd>PDNG</Cd>", "E5", "<RmtInf><Ustrd>pp</Ustrd></RmtInf>"),
+)
+
+
+def test_a_transaction_is_credited_only_as_its_own_indicator_and_the_entry_booked_say() -> None:
+    parsed = bank_files.parse(NETTED)
+
+    assert [(e.position, e.external_id, e.amount) for e in parsed.entries] == [
+        ("entry 3, transaction 1", "T3", 5 * EUR),
+        ("entry 3, transaction 2", "T4", 7 * EUR),
+    ]
+    assert [(p.position, p.problem) for p in parsed.problems] == [
+        (
+            "entry 1",
+            "its credited transactions add up to 100.000000 EUR, the entry is 90.000000 EUR:"
+            " none of them is applied",
+        ),
+        ("entry 1, transaction 2", "a debit (CdtDbtInd DBIT): not a payment"),
+        ("entry 2", "status PDNG (proprietary): only booked entries are payments"),
+        ("entry 4", "status BOOK (proprietary): only booked entries are payments"),
+        ("entry 5", "status PDNG: only booked entries are payments"),
+    ]
+
+
+def test_a_single_transaction_claiming_more_or_another_currency_than_its_entry_is_refused() -> None:
+    more = _entry(
+        "5.00", "BOOK", "E1", "<NtryDtls>" + _detail("T1", "50.00", "", "pp") + "</NtryDtls>"
+    )
+    other = _entry(
+        "5.00",
+        "BOOK",
+        "E2",
+        '<NtryDtls><TxDtls><Refs><TxId>T2</TxId></Refs><Amt Ccy="USD">5.00</Amt></TxDtls>'
+        "</NtryDtls>",
+    )
+    parsed = bank_files.parse(_statement(more, other))
+
+    assert parsed.entries == ()
+    assert [(p.position, p.problem) for p in parsed.problems] == [
+        (
+            "entry 1",
+            "its credited transactions add up to 50.000000 EUR, the entry is 5.000000 EUR:"
+            " none of them is applied",
+        ),
+        ("entry 2", "its transactions are in USD, the entry in EUR: none of them is applied"),
+    ]
+
+
+async def test_an_import_credits_what_the_bank_booked_and_nothing_it_did_not(
+    app: RunningApp,
+) -> None:
+    services = app.services
+    january, february = await owing_account(services)
+
+    status, body = await send(app, "POST", "/v1/payments/import", Raw(NETTED, "application/xml"))
+
+    assert status == 200, body
+    # Only entry 3's 5.00 and 7.00, each paying the invoice it names.
+    assert [(a["position"], a["amount"]) for a in body["applied"]] == [
+        ("entry 3, transaction 1", "5.000000"),
+        ("entry 3, transaction 2", "7.000000"),
+    ]
+    assert [u["position"] for u in body["unmatched"]] == [
+        "entry 1",
+        "entry 1, transaction 2",
+        "entry 2",
+        "entry 4",
+        "entry 5",
+    ]
+    assert await payment_rows(services) == [("T3", 5 * EUR, 5 * EUR), ("T4", 7 * EUR, 7 * EUR)]
+    assert await amounts_paid(services, january, february) == [5 * EUR, 7 * EUR]
+    assert await balance(services) == -8 * EUR  # -20.00 + 12.00: not + 100 + 10 + 50 + 3 + 4

@@ -27,7 +27,7 @@ from datetime import date
 from lxml import etree
 
 from ocs.errors import invalid
-from ocs.money import MoneyError, parse_amount
+from ocs.money import MoneyError, format_amount, parse_amount
 
 CSV_REQUIRED = ("date", "amount", "currency", "transaction_id")
 CSV_OPTIONAL = ("reference", "account", "invoice")
@@ -217,65 +217,145 @@ def _booked_on(entry: etree._Element) -> date | None:
         return None
 
 
+def _status_problem(entry: etree._Element) -> str | None:
+    """Why the entry's ``Sts`` says it is not booked; None when it is BOOK (or absent).
+
+    001.02-001.07 write the code as the element's text (``<Sts>BOOK</Sts>``), 001.08+
+    as ``<Sts><Cd>BOOK</Cd></Sts>`` or a bank's own ``<Sts><Prtry>PDNG</Prtry></Sts>``.
+    Only the ISO code BOOK is booked: a proprietary status, even one spelt BOOK, is not
+    known to mean money received.
+    """
+    status = entry.find("{*}Sts")
+    if status is None:
+        return None
+    code = _first(status, "{*}Cd")
+    if code is None and len(status) == 0:
+        code = (status.text or "").strip() or None
+    if code == "BOOK":
+        return None
+    proprietary = _first(status, "{*}Prtry")
+    if code is not None:
+        shown = code
+    elif proprietary is not None:
+        shown = f"{proprietary} (proprietary)"
+    else:
+        shown = "without a code"
+    return f"status {shown[:40]}: only booked entries are payments"
+
+
+def _detail_money(
+    entry: etree._Element, detail: etree._Element, only: bool
+) -> tuple[int, str] | str:
+    """A transaction's (micro-units, currency): its ``Amt``, else ``AmtDtls/TxAmt``, else,
+    when it is the entry's ``only`` transaction, the entry's; or what is wrong."""
+    money = _camt_amount(detail.find("{*}Amt"))
+    if isinstance(money, str):
+        money = _camt_amount(detail.find("{*}AmtDtls/{*}TxAmt/{*}Amt"))
+    if isinstance(money, str) and only:
+        money = _camt_amount(entry.find("{*}Amt"))
+    return money
+
+
+def _credit(
+    here: str, detail: etree._Element, external_id: str, booked_on: date, money: tuple[int, str]
+) -> BankEntry:
+    """A credit of a ``TxDtls`` (or of an ``Ntry`` detailing none), with its references."""
+    end_to_end = _first(detail, "{*}Refs/{*}EndToEndId")
+    references = [
+        *_all_texts(detail, "{*}RmtInf/{*}Ustrd"),
+        *_all_texts(detail, "{*}RmtInf/{*}Strd/{*}CdtrRefInf/{*}Ref"),
+    ]
+    if end_to_end and end_to_end != "NOTPROVIDED":
+        references.append(end_to_end)
+    return BankEntry(
+        here,
+        external_id[:MAX_EXTERNAL_ID],
+        booked_on,
+        money[0],
+        money[1],
+        tuple(text[:MAX_REFERENCE] for text in references),
+    )
+
+
 def _camt_entries(
     statement_id: str, number: int, entry: etree._Element
 ) -> list[BankEntry | BankProblem]:
     """The credits of one ``Ntry``: one per transaction detail (a batch booking holds
-    several), or the entry itself when it details none."""
+    several), or the entry itself when it details none.
+
+    A transaction is credited only when its own ``CdtDbtInd`` (001.03+) is CRDT or
+    absent (it is then the entry's), and only when the entry's credited transactions
+    add up to the entry's amount, in its currency: the entry is what the bank booked,
+    so transactions claiming more (a return netted into a batch, a detail in another
+    currency) would credit money that never arrived. Such an entry credits nothing
+    and is reported whole.
+    """
     where = f"entry {number}"
     indicator = _first(entry, "{*}CdtDbtInd")
     if indicator != "CRDT":
         return [BankProblem(where, "a debit (CdtDbtInd DBIT): not a payment")]
-    status = _first(entry, "{*}Sts/{*}Cd", "{*}Sts")
-    if status is not None and status != "BOOK":
-        return [BankProblem(where, f"status {status}: only booked entries are payments")]
+    status = _status_problem(entry)
+    if status is not None:
+        return [BankProblem(where, status)]
     booked_on = _booked_on(entry)
     if booked_on is None:
         return [BankProblem(where, "BookgDt: missing or not a date")]
+    entry_money = _camt_amount(entry.find("{*}Amt"))
     details = entry.findall("{*}NtryDtls/{*}TxDtls")
     entry_ref = _first(entry, "{*}AcctSvcrRef", "{*}NtryRef")
-    found: list[BankEntry | BankProblem] = []
-    for part, detail in enumerate(details or [entry], start=1):
-        here = where if len(details) <= 1 else f"{where}, transaction {part}"
-        if detail is entry:
-            money = _camt_amount(entry.find("{*}Amt"))
-        else:
-            money = _camt_amount(detail.find("{*}Amt"))
-            if isinstance(money, str):
-                money = _camt_amount(detail.find("{*}AmtDtls/{*}TxAmt/{*}Amt"))
-            if isinstance(money, str) and len(details) == 1:
-                money = _camt_amount(entry.find("{*}Amt"))
-        if isinstance(money, str):
-            found.append(BankProblem(here, money))
+    if not details:
+        if isinstance(entry_money, str):
+            return [BankProblem(where, entry_money)]
+        external_id = entry_ref or f"{statement_id}:{number}:1"
+        return [_credit(where, entry, external_id, booked_on, entry_money)]
+    problems: list[BankEntry | BankProblem] = []
+    credits: list[BankEntry] = []
+    for part, detail in enumerate(details, start=1):
+        here = where if len(details) == 1 else f"{where}, transaction {part}"
+        detail_indicator = _first(detail, "{*}CdtDbtInd")
+        if detail_indicator is not None and detail_indicator != "CRDT":
+            problems.append(
+                BankProblem(here, f"a debit (CdtDbtInd {detail_indicator[:10]}): not a payment")
+            )
             continue
-        amount, currency = money
-        end_to_end = _first(detail, "{*}Refs/{*}EndToEndId")
-        if end_to_end == "NOTPROVIDED":
-            end_to_end = None
+        money = _detail_money(entry, detail, len(details) == 1)
+        if isinstance(money, str):
+            problems.append(BankProblem(here, money))
+            continue
         # The bank's own reference identifies the transaction; the statement's id and
         # the entry's place do when the bank gives none (stable for the same file).
-        external_id = _first(detail, "{*}Refs/{*}AcctSvcrRef", "{*}Refs/{*}TxId") or (
-            f"{entry_ref}/{part}" if entry_ref and len(details) > 1 else entry_ref
+        external_id = (
+            _first(detail, "{*}Refs/{*}AcctSvcrRef", "{*}Refs/{*}TxId")
+            or (f"{entry_ref}/{part}" if entry_ref and len(details) > 1 else entry_ref)
+            or f"{statement_id}:{number}:{part}"
         )
-        if external_id is None:
-            external_id = f"{statement_id}:{number}:{part}"
-        references = [
-            *_all_texts(detail, "{*}RmtInf/{*}Ustrd"),
-            *_all_texts(detail, "{*}RmtInf/{*}Strd/{*}CdtrRefInf/{*}Ref"),
-        ]
-        if end_to_end:
-            references.append(end_to_end)
-        found.append(
-            BankEntry(
-                here,
-                external_id[:MAX_EXTERNAL_ID],
-                booked_on,
-                amount,
-                currency,
-                tuple(text[:MAX_REFERENCE] for text in references),
-            )
+        credits.append(_credit(here, detail, external_id, booked_on, money))
+    if isinstance(entry_money, str):
+        return [BankProblem(where, f"{entry_money}: its transactions cannot be checked"), *problems]
+    mismatch = _sum_problem(entry_money, credits)
+    if mismatch is not None:
+        return [BankProblem(where, mismatch), *problems]
+    return [*problems, *credits]
+
+
+def _sum_problem(entry_money: tuple[int, str], credits: list[BankEntry]) -> str | None:
+    """Why an entry's credited transactions are not its amount; None when they are."""
+    if not credits:
+        return None
+    amount, currency = entry_money
+    other = sorted({c.currency for c in credits if c.currency != currency})
+    if other:
+        return (
+            f"its transactions are in {', '.join(other)}, the entry in {currency}:"
+            " none of them is applied"
         )
-    return found
+    credited = sum(c.amount for c in credits)
+    if credited != amount:
+        return (
+            f"its credited transactions add up to {format_amount(credited)} {currency},"
+            f" the entry is {format_amount(amount)} {currency}: none of them is applied"
+        )
+    return None
 
 
 def parse_camt053(data: bytes) -> BankFile:
