@@ -94,14 +94,20 @@ def show(table: "Table", title: str, as_csv: bool) -> None:
 
 
 def _mrr(args: argparse.Namespace, settings: Settings) -> int:
-    """``ocs reports mrr``: MRR, ARR and churn per currency; suspensions dated today."""
+    """``ocs reports mrr``: MRR, ARR and churn per currency; suspensions dated today.
+
+    A currency the report leaves out (no minor unit) is named on stderr; the exit code
+    stays 0, as every other currency was reported."""
     from ocs.billing import reports
     from ocs.billing.report_export import mrr_table
 
     period = checked(lambda: reports.month(args.period, "--period"))
     today = date.today()
-    rows = with_services(settings, lambda s: reports.mrr(s.pool, period, today))
-    show(mrr_table(period.label, rows), f"MRR {period.label}", args.csv)
+    found = with_services(settings, lambda s: reports.mrr(s.pool, period, today))
+    show(mrr_table(period.label, found.rows), f"MRR {period.label}", args.csv)
+    # On stderr: the table or the CSV on stdout stays what it was for the others.
+    for item in found.left_out:
+        print(f"ocs: MRR {period.label} leaves out {item.currency}: {item.reason}", file=sys.stderr)
     return 0
 
 

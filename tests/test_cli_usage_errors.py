@@ -52,6 +52,7 @@ def _ocs(tmp_path: Path, *args: str) -> tuple[int, str, str]:
         (("plans", "create", "p", "--currency", "EUR", "--credit-limit", "x"), "--credit-limit:"),
         (("plans", "create", "bad id!", "--currency", "EUR"), "id: expected 1 to 64"),
         (("plans", "create", "p", "--currency", "EURO"), "currency: expected an ISO 4217"),
+        (("plans", "create", "p", "--currency", "XTS"), "currency: currency 'XTS' has no minor"),
         # The bounds POST /v1/plans keeps: a call granted past a week could not be stopped.
         (
             ("plans", "create", "p", "--currency", "EUR", "--max-call-duration", "604801"),

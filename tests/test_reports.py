@@ -153,7 +153,9 @@ async def test_mrr_arr_and_churn_voluntary_and_involuntary(services: Services) -
     # = 90.00, 4 accounts. Closing (Apr 30): a1 40.00 + a2 10.00 = 50.00; ARR 600.00.
     # a3 (cancelled Apr 16) churned voluntarily with 30.00, a4 (suspended) involuntarily
     # with 10.00: 2 of 4 accounts = 50.00%, 40.00 of 90.00 = 44.444% -> 44.44%.
-    [row] = await reports.mrr(services.pool, april, date(2026, 4, 20))
+    report = await reports.mrr(services.pool, april, date(2026, 4, 20))
+    assert report.left_out == []
+    [row] = report.rows
     assert row == _mrr(mrr=50 * EUR, arr=600 * EUR, opening_mrr=90 * EUR, accounts=2,
                        opening_accounts=4, new_accounts=0, churned_voluntary=1,
                        churned_involuntary=1, churned_voluntary_mrr=30 * EUR,
@@ -162,14 +164,14 @@ async def test_mrr_arr_and_churn_voluntary_and_involuntary(services: Services) -
 
     # Suspended later (Dec 1): a4 is still in April's closing MRR: 60.00, 3 accounts; only
     # a3 churned: 1 of 4 = 25.00%, 30.00 of 90.00 = 33.33%.
-    [later] = await reports.mrr(services.pool, april, date(2026, 12, 1))
+    [later] = (await reports.mrr(services.pool, april, date(2026, 12, 1))).rows
     assert (later.mrr, later.arr, later.accounts) == (60 * EUR, 720 * EUR, 3)
     assert (later.churned_voluntary, later.churned_involuntary) == (1, 0)
     assert (later.account_churn, later.revenue_churn) == ("25.00", "33.33")
 
     # May (suspension Apr 20): opening 50.00 (a1, a2); a5's weekly 7.00 x 52 / 12 =
     # 30.3333 -> 30.33 is new: closing 80.33, ARR 963.96, no churn.
-    [may] = await reports.mrr(services.pool, month("2026-05"), date(2026, 4, 20))
+    [may] = (await reports.mrr(services.pool, month("2026-05"), date(2026, 4, 20))).rows
     assert may == _mrr(mrr=8033 * CENT, arr=96396 * CENT, opening_mrr=50 * EUR, accounts=3,
                        opening_accounts=2, new_accounts=1, churned_voluntary=0,
                        churned_involuntary=0, churned_voluntary_mrr=0,
@@ -179,7 +181,7 @@ async def test_mrr_arr_and_churn_voluntary_and_involuntary(services: Services) -
     # A suspended account (dunning's accounts.status) is involuntary churn too.
     await set_status(services.pool, subs["a4"], "active")
     await services.accounts.update_policy("a4", status="suspended")
-    assert await reports.mrr(services.pool, april, date(2026, 4, 20)) == [row]
+    assert (await reports.mrr(services.pool, april, date(2026, 4, 20))).rows == [row]
 
 
 async def test_deferred_revenue_is_recognised_by_day_and_rounded_once_per_line(
@@ -583,3 +585,74 @@ async def test_a_surcharge_is_deferred_and_reported_as_the_charge_it_surcharges(
         ("adv", date(2026, 4, 1), date(2026, 5, 1), -30 * EUR),
         ("adv", date(2026, 4, 1), date(2026, 5, 1), -3 * EUR),
     ]
+
+
+# What the reports say of a currency without a minor unit (ISO 4217 "N.A."), as
+# ``ocs.billing.currency`` words it.
+XTS_REASON = "currency 'XTS' has no minor unit in ISO 4217 (N.A.); ocs does not invoice in it"
+APRIL_EUR = {
+    "period": "2026-04", "currency": "EUR", "mrr": "60.00", "arr": "720.00",
+    "opening_mrr": "90.00", "accounts": "3", "opening_accounts": "4", "new_accounts": "0",
+    "churned_voluntary": "1", "churned_involuntary": "0", "churned_voluntary_mrr": "30.00",
+    "churned_involuntary_mrr": "0.00", "account_churn_pct": "25.00",
+    "revenue_churn_pct": "33.33",
+}  # fmt: skip
+
+
+async def test_a_plan_currency_without_a_minor_unit_is_refused_and_one_stored_is_left_out(
+    app: RunningApp,
+) -> None:
+    services = app.services
+    await book(services)
+
+    # No minor unit (the test code, gold), withdrawn (the kuna, euro since 2023), a typo.
+    for code in ("XTS", "XAU", "HRK", "EUX"):
+        status, body = await app.post("/v1/plans", {"id": "points", "currency": code})
+        error = body["error"]
+        assert (status, error["reason"], error["field"]) == (400, "invalid_field", "currency")
+        assert code in error["message"]
+    async with services.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM plans WHERE id = 'points'") == 0
+
+    # A plan stored before the check: "points" in XTS, p1 paying 5 of them a month.
+    await add_plan(services, "points")
+    await _charge(services, "pts", 5 * EUR, "monthly", "arrears", "", "")
+    async with services.pool.acquire() as conn:
+        await conn.execute("UPDATE plans SET currency = 'XTS' WHERE id = 'points'")
+        await conn.execute("UPDATE charges SET currency = 'XTS' WHERE id = 'pts'")
+    await customer(services, "p1", "pts", date(2026, 1, 1), plan_id="points")
+
+    # EUR is reported as before (test_the_api_answers_json_and_csv_to_viewers); XTS is
+    # named, not counted and not rounded by a rule ISO does not give.
+    status, body = await app.get("/v1/reports/mrr?period=2026-04")
+    assert status == 200, body
+    assert body["rows"] == [APRIL_EUR]
+    assert body["left_out"] == [{"currency": "XTS", "reason": XTS_REASON}]
+    response = await app.client.get("/v1/reports/mrr?period=2026-04&format=csv")
+    assert response.status == 200
+    assert response.headers["OCS-Left-Out-Currencies"] == "XTS"
+    assert list(csv.reader(io.StringIO(await response.text())))[1:] == [list(APRIL_EUR.values())]
+
+
+def test_the_cli_reports_mrr_and_names_a_currency_it_leaves_out(
+    ocs: Any, settings: Settings
+) -> None:
+    # a5's weekly charge, as stored before currencies were checked, in XTS. Suspensions
+    # dated today: May's MRR is a1's 40.00, a2's 10.00 and a4's 10.00, opening as
+    # closing, without a5's 30.33 (test_mrr_arr_and_churn_voluntary_and_involuntary),
+    # and the CLI says what it left out.
+    async def in_xts() -> None:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute("UPDATE charges SET currency = 'XTS' WHERE id = 'wk'")
+        finally:
+            await conn.close()
+
+    asyncio.run(in_xts())
+    code, out, err = ocs("reports", "mrr", "--period", "2026-05", "--csv")
+    assert code == 0, err
+    assert [row[:6] for row in csv.reader(io.StringIO(out))][1:] == [
+        ["2026-05", "EUR", "60.00", "720.00", "60.00", "3"]
+    ]
+    # (stderr holds the structured warning logged too.)
+    assert f"ocs: MRR 2026-05 leaves out XTS: {XTS_REASON}" in err.splitlines()

@@ -2,23 +2,19 @@
 
 ocs keeps money in integer micro-units (``ocs.money``). An invoice shows
 amounts in the currency's minor unit (JPY 0 decimals, EUR 2, BHD 3), taken
-from ISO 4217's own table as the ``iso4217`` package ships it. The one rule
+from ISO 4217's own table as the ``iso4217`` package ships it (looked up by
+``ocs.minor_units``, below the catalog, which refuses a plan currency without one;
+its names are re-exported here for billing's callers). The one rule
 (decision 0019): an invoice line is rounded **once**, half away from zero;
 totals are sums of rounded lines. Integer arithmetic only.
 """
 
-import functools
-
-from iso4217 import Currency
-
-from ocs.money import MICRO, MICRO_DIGITS
+from ocs.minor_units import CurrencyError as CurrencyError
+from ocs.minor_units import minor_unit_exponent as minor_unit_exponent
+from ocs.money import MICRO
 
 # 10**e for every exponent a micro-unit can hold (0..6), as plain ints.
 _TEN_TO: tuple[int, ...] = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
-
-
-class CurrencyError(ValueError):
-    """A currency code ocs cannot invoice in; the message names the code and why."""
 
 
 def round_half_away(numerator: int, denominator: int) -> int:
@@ -34,32 +30,6 @@ def round_half_away(numerator: int, denominator: int) -> int:
     if 2 * remainder >= denominator:
         quotient += 1
     return quotient if numerator >= 0 else -quotient
-
-
-@functools.cache
-def minor_unit_exponent(code: str) -> int:
-    """The ISO 4217 minor-unit exponent of ``code``: JPY 0, EUR 2, BHD 3, CLF 4.
-
-    Cached: an invoice run asks it for every line (the ISO table does not change while
-    a process runs; an unknown code raises each time, so nothing wrong is cached).
-
-    Raises CurrencyError (a ValueError) for a code ISO 4217 does not list, and
-    for the codes it lists without a minor unit ("N.A.": gold XAU, the SDR XDR,
-    the test code XTS, ...): no rounding rule exists for them, so ocs refuses
-    to invoice in them rather than invent one.
-    """
-    try:
-        currency = Currency(code)
-    except ValueError:
-        raise CurrencyError(f"unknown currency code {code!r}: not in ISO 4217") from None
-    exponent = currency.exponent
-    if exponent is None:
-        raise CurrencyError(
-            f"currency {code!r} has no minor unit in ISO 4217 (N.A.); ocs does not invoice in it"
-        )
-    if exponent > MICRO_DIGITS:  # pragma: no cover - ISO's largest is 4 (CLF, UYW)
-        raise CurrencyError(f"currency {code!r} has {exponent} decimals, finer than micro-units")
-    return exponent
 
 
 def minor_unit_micro(code: str) -> int:

@@ -1,8 +1,10 @@
 """Revenue reports: MRR, ARR and churn; deferred revenue; revenue by zone, G/L or tax code.
 
 Each report is one set-based SQL statement (no query per account), plus one
-small query for the minor units of the currencies in use. The definitions
-are decision 0031's, stated here once:
+small query for the minor units of the currencies in use; a currency without
+one (a plan stored before they were refused) is left out and named
+(``LeftOut``), never a failure of the whole report. The definitions are
+decision 0031's, stated here once:
 
 - **Documents that count**: every invoice or credit note that was posted
   (``state <> 'draft'``), on its own ``invoice_date``. A voided invoice keeps
@@ -46,14 +48,17 @@ are decision 0031's, stated here once:
 """
 
 import calendar
+import logging
 import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import asyncpg
 
-from ocs.billing.currency import minor_unit_micro
+from ocs.billing.currency import CurrencyError, minor_unit_micro
 from ocs.errors import invalid
+
+log = logging.getLogger("ocs.billing.reports")
 
 GROUPINGS = ("zone", "gl", "tax")
 
@@ -116,6 +121,27 @@ class MrrRow:
 
 
 @dataclass(frozen=True, slots=True)
+class LeftOut:
+    """A currency a report leaves out, and why: it has no minor unit to round to.
+
+    Plans are refused such a currency (``ocs.catalog.store.validate_currency``), but a
+    row stored before that check may hold one (XTS, XAU, a typo); the report leaves its
+    amounts out and says so, rather than failing for every currency.
+    """
+
+    currency: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MrrReport:
+    """The MRR report of a period: a row per currency, and the currencies left out."""
+
+    rows: list[MrrRow]
+    left_out: list[LeftOut]
+
+
+@dataclass(frozen=True, slots=True)
 class DeferredRow:
     """Deferred revenue of one currency and G/L code at a day (micro-units)."""
 
@@ -151,10 +177,26 @@ def percent(part: int, whole: int) -> str:
     return f"{sign}{scaled // 100}.{scaled % 100:02d}"
 
 
-async def _minor_units(conn: asyncpg.Connection, sql: str) -> tuple[list[str], list[int]]:
-    """The currencies ``sql`` lists and micro-units in one minor unit of each."""
-    codes = sorted({r[0] for r in await conn.fetch(sql)})
-    return codes, [minor_unit_micro(code) for code in codes]
+async def _minor_units(
+    conn: asyncpg.Connection, sql: str, report: str
+) -> tuple[list[str], list[int], list[LeftOut]]:
+    """The currencies ``sql`` lists that can be rounded, micro-units in one minor unit of
+    each, and those left out of ``report`` (no minor unit), each logged as a warning."""
+    codes: list[str] = []
+    units: list[int] = []
+    left_out: list[LeftOut] = []
+    for code in sorted({r[0] for r in await conn.fetch(sql)}):
+        try:
+            units.append(minor_unit_micro(code))
+        except CurrencyError as error:
+            left_out.append(LeftOut(code, str(error)))
+            log.warning(
+                "a currency left out of a report",
+                extra={"report": report, "currency": code, "reason": str(error)},
+            )
+            continue
+        codes.append(code)
+    return codes, units, left_out
 
 
 # Every recurring item an account has, with its days [first, after) and whether it is
@@ -234,29 +276,41 @@ GROUP BY 1 ORDER BY 1
 """
 
 
-async def mrr(pool: asyncpg.Pool, period: Month, today: date) -> list[MrrRow]:
-    """MRR, ARR and churn of ``period`` per currency; suspensions dated ``today``."""
+# The currencies of the charges MRR can read: recurring and triggered ones (a one-time
+# charge has no cadence; a counter's fee is not MRR, so its currency is not asked).
+_MRR_CURRENCIES = "SELECT DISTINCT currency FROM charges WHERE kind IN ('recurring', 'triggered')"
+
+
+async def mrr(pool: asyncpg.Pool, period: Month, today: date) -> MrrReport:
+    """MRR, ARR and churn of ``period`` per currency; suspensions dated ``today``.
+
+    A currency without a minor unit cannot be rounded: its items are left out and the
+    report names it (``left_out``), while every other currency is reported.
+    """
     async with pool.acquire() as conn:
-        codes, units = await _minor_units(conn, "SELECT DISTINCT currency FROM charges")
+        codes, units, left_out = await _minor_units(conn, _MRR_CURRENCIES, "mrr")
         rows = await conn.fetch(
             _MRR_SQL, period.first - timedelta(days=1), period.last, today, codes, units
         )
-    return [
-        MrrRow(
-            currency=r["currency"],
-            mrr=r["mrr"],
-            arr=12 * r["mrr"],
-            opening_mrr=r["opening_mrr"],
-            accounts=r["accounts"],
-            opening_accounts=r["opening_accounts"],
-            new_accounts=r["new_accounts"],
-            churned_voluntary=r["churned_voluntary"],
-            churned_involuntary=r["churned_involuntary"],
-            churned_voluntary_mrr=r["churned_voluntary_mrr"],
-            churned_involuntary_mrr=r["churned_involuntary_mrr"],
-        )
-        for r in rows
-    ]
+    return MrrReport(
+        [
+            MrrRow(
+                currency=r["currency"],
+                mrr=r["mrr"],
+                arr=12 * r["mrr"],
+                opening_mrr=r["opening_mrr"],
+                accounts=r["accounts"],
+                opening_accounts=r["opening_accounts"],
+                new_accounts=r["new_accounts"],
+                churned_voluntary=r["churned_voluntary"],
+                churned_involuntary=r["churned_involuntary"],
+                churned_voluntary_mrr=r["churned_voluntary_mrr"],
+                churned_involuntary_mrr=r["churned_involuntary_mrr"],
+            )
+            for r in rows
+        ],
+        left_out,
+    )
 
 
 # The lines of counted documents dated on or before $1 with days left after $1, in the
@@ -296,8 +350,10 @@ FROM shares GROUP BY currency, gl_code ORDER BY currency, gl_code
 async def deferred(pool: asyncpg.Pool, at: date) -> list[DeferredRow]:
     """Deferred revenue at the end of day ``at``, per currency and G/L code."""
     async with pool.acquire() as conn:
-        codes, units = await _minor_units(
-            conn, "SELECT DISTINCT currency FROM invoices WHERE state <> 'draft'"
+        # Invoicing refuses a currency without a minor unit, so no posted document has
+        # one; were one stored by hand, its lines are left out and the warning logged.
+        codes, units, _left_out = await _minor_units(
+            conn, "SELECT DISTINCT currency FROM invoices WHERE state <> 'draft'", "deferred"
         )
         rows = await conn.fetch(_DEFERRED_SQL, at, codes, units)
     return [

@@ -34,6 +34,7 @@ from ocs.decks.tariff_sets import (
 )
 from ocs.errors import OcsError, Reason, invalid
 from ocs.limits import MAX_CALL_DURATION, MAX_LINES
+from ocs.minor_units import CurrencyError, minor_unit_exponent
 from ocs.numbers.matcher import KEY_DIGITS, POW11, prefix_keys
 from ocs.rating.bands import BandSchedule
 from ocs.rating.rates import Rate, Tier
@@ -82,10 +83,20 @@ def validate_reservation_policy(policy: object, slice_seconds: object) -> tuple[
 
 
 def validate_currency(currency: str) -> str:
-    """The ISO 4217 code of ``currency``, upper-cased; refused unless three letters."""
+    """The ISO 4217 code of ``currency``, upper-cased; a 400 naming ``currency`` unless
+    it is a code ISO 4217 lists with a minor unit.
+
+    Three letters are not enough: a plan's amounts are invoiced and reported rounded to
+    its currency's minor unit, so a code with none (XTS, XAU, XDR), a withdrawn one
+    (HRK) or a typo would be stored and then fail every invoice and report that reads it.
+    """
     code = currency.strip().upper()
     if len(code) != CURRENCY_LEN or not code.isalpha() or not code.isascii():
         raise invalid("currency", f"expected an ISO 4217 code such as EUR, got {currency!r}")
+    try:
+        minor_unit_exponent(code)
+    except CurrencyError as error:
+        raise invalid("currency", str(error)) from None
     return code
 
 
@@ -108,6 +119,7 @@ def validate_plan_limits(max_lines: object, max_call_duration: object) -> None:
 
 async def create_plan(pool: asyncpg.Pool, plan: Plan) -> Plan:
     """Store a new plan and tell every process to load it; PLAN_EXISTS if the id is taken."""
+    validate_currency(plan.currency)
     validate_reservation_policy(plan.reservation_policy, plan.slice_seconds)
     validate_plan_limits(plan.max_lines, plan.max_call_duration)
     async with pool.acquire() as conn, conn.transaction():

@@ -7,6 +7,7 @@ the same text as ``ocs reports ... --csv``. Amounts are decimal strings in the
 currency's minor unit ("10.00"), every one already whole minor units.
 """
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Annotated, Any, Literal
 
@@ -54,36 +55,59 @@ class RevenueQuery(Params):
     format: Format = "json"
 
 
+class LeftOutView(Answer):
+    """A currency whose amounts a report leaves out, and why (it has no minor unit)."""
+
+    currency: str
+    reason: str
+
+
 class Report(Answer):
-    """A report: which one, what it covers, its column names and its rows."""
+    """A report: which one, what it covers, its column names and its rows; ``left_out``
+    names the currencies it could not report (empty when none)."""
 
     report: str
     covers: str
     columns: list[str]
     rows: list[dict[str, str]]
+    left_out: list[LeftOutView] = msgspec.field(default_factory=list)
 
 
-def _answer(name: str, covers: str, table: Table, form: str) -> Report | web.Response:
+# Names the currencies a CSV leaves out (the CSV itself is rows only, for an ERP).
+LEFT_OUT_HEADER = "OCS-Left-Out-Currencies"
+
+
+def _answer(
+    name: str,
+    covers: str,
+    table: Table,
+    form: str,
+    left_out: Sequence[reports.LeftOut] = (),
+) -> Report | web.Response:
     """A report as JSON, or as a CSV attachment."""
     if form == "csv":
-        return web.Response(
-            text=to_csv(table),
-            content_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{name}-{covers}.csv"'},
-        )
+        headers = {"Content-Disposition": f'attachment; filename="{name}-{covers}.csv"'}
+        if left_out:
+            headers[LEFT_OUT_HEADER] = ",".join(item.currency for item in left_out)
+        return web.Response(text=to_csv(table), content_type="text/csv", headers=headers)
     return Report(
         report=name,
         covers=covers,
         columns=list(table.columns),
         rows=[dict(zip(table.columns, row, strict=True)) for row in table.rows],
+        left_out=[LeftOutView(currency=i.currency, reason=i.reason) for i in left_out],
     )
 
 
 async def mrr_report(request: web.Request, params: MrrQuery) -> Report | web.Response:
-    """GET /v1/reports/mrr: MRR, ARR and churn per currency; suspensions dated today."""
+    """GET /v1/reports/mrr: MRR, ARR and churn per currency; suspensions dated today.
+
+    A currency without a minor unit (a plan stored before such currencies were refused)
+    is left out and named in ``left_out``; every other currency is still reported."""
     period = reports.month(params.period)
-    rows = await reports.mrr(services_of(request).pool, period, date.today())
-    return _answer("mrr", period.label, mrr_table(period.label, rows), params.format)
+    found = await reports.mrr(services_of(request).pool, period, date.today())
+    table = mrr_table(period.label, found.rows)
+    return _answer("mrr", period.label, table, params.format, found.left_out)
 
 
 async def deferred_report(request: web.Request, params: DeferredQuery) -> Report | web.Response:
