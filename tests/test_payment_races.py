@@ -2,7 +2,8 @@
 
 Two refund events of one charge handled at once refund only what the gateway refunded;
 a payment stored while its account's invoice is being posted pays that invoice; a void,
-or the credit step, and a gateway refund of a payment they lock both complete."""
+or the credit step, and a gateway refund of a payment they lock both complete; a payment
+naming a newer invoice and the credit step, or a void of an older one, both complete."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,7 @@ from ocs.billing.gateway import GatewayEvent
 from ocs.billing.payments import NewPayment
 from ocs.billing.void import void
 from ocs.services import Services
-from tests.billing_helpers import EUR, invoice_id, renting
+from tests.billing_helpers import EUR, invoice_id, renting, run
 from tests.conftest import eventually
 
 
@@ -272,3 +273,163 @@ async def test_credit_and_a_refund_of_a_payment_it_pays_from_at_once_both_comple
     assert credited == 3 * EUR
     assert paid == 3 * EUR
     assert held_by == {"P1": (3 * EUR, 0), "pi_c": (0, 9 * EUR)}
+
+
+def waiting_besides(
+    services: Services, holder_pid: int, count: int
+) -> Callable[[], Awaitable[bool]]:
+    """A check: at least ``count`` sessions other than the holder's wait for a lock."""
+
+    async def check() -> bool:
+        found = await services.pool.fetchval(
+            "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND pid <> $1",
+            holder_pid,
+        )
+        return bool(found >= count)
+
+    return check
+
+
+async def january_and_february_open(services: Services) -> tuple[int, int, str]:
+    """``pp`` with January and February posted, 10.00 each, unpaid: (January's id,
+    February's id, February's number)."""
+    await posting.post(services.pool, services.store, run_id=await renting(services))
+    await posting.post(services.pool, services.store, run_id=await run(services, "2026-02"))
+    january = await invoice_id(services, "pp", "2026-01")
+    february = await invoice_id(services, "pp", "2026-02")
+    number = await services.pool.fetchval("SELECT number FROM invoices WHERE id = $1", february)
+    return january, february, str(number)
+
+
+async def allocations(services: Services) -> dict[tuple[str, int], int]:
+    """What each payment (external id) paid of each invoice."""
+    rows = await services.pool.fetch(
+        "SELECT p.external_id, a.invoice_id, a.amount FROM payment_allocations a"
+        " JOIN payments p ON p.id = a.payment_id WHERE a.amount > 0"
+    )
+    return {(r["external_id"], r["invoice_id"]): r["amount"] for r in rows}
+
+
+async def test_a_payment_naming_february_and_the_credit_step_at_once_both_complete(
+    services: Services,
+) -> None:
+    # January and February ask 10.00 each. P1 holds 1.00 of credit no statement counted,
+    # so the credit step pays January from it. A payment of 12.00 naming February (the
+    # API's invoice_number) pays February first, then January. The credit step locked
+    # January, then February; the payment locked February (named) first, then January:
+    # each waited for the other and PostgreSQL failed one (DeadlockDetectedError, a 500).
+    # A transaction holding January lines both up behind it, the credit step first.
+    january, february, number = await january_and_february_open(services)
+    await services.pool.execute(
+        "INSERT INTO payments (account_id, source, external_id, amount, currency,"
+        " received_on) VALUES ('pp', 'manual', 'P1', $1, 'EUR', '2026-02-02')",
+        1 * EUR,
+    )
+    async with services.pool.acquire() as holder:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT id FROM invoices WHERE id = $1 FOR UPDATE", january)
+        crediting = asyncio.create_task(credit_open_invoices(services))
+        await eventually(
+            waiting_besides(services, holder.get_server_pid(), 1),
+            what="the credit step to wait for January",
+        )
+        paying = asyncio.create_task(
+            payments.record_payment(
+                services.pool,
+                services.store,
+                NewPayment("pp", 12 * EUR, "manual", "ref-feb", invoice_number=number),
+            )
+        )
+        await eventually(
+            waiting_besides(services, holder.get_server_pid(), 2),
+            what="the payment to wait for January",
+        )
+        await held.commit()
+        credited, paid = await asyncio.gather(crediting, paying)
+    invoices_paid = dict(
+        await services.pool.fetch("SELECT id, amount_paid FROM invoices WHERE account_id = 'pp'")
+    )
+    assert credited == 1 * EUR
+    # The named invoice first, all of it, then January (paid oldest first, it would
+    # have taken 9.00 and left February 3.00); P1's 1.00 was already in January.
+    assert {a.invoice_id: a.amount for a in paid.payment.allocations} == {
+        february: 10 * EUR,
+        january: 2 * EUR,
+    }
+    assert invoices_paid == {january: 3 * EUR, february: 10 * EUR}
+    assert await allocations(services) == {
+        ("P1", january): 1 * EUR,
+        ("ref-feb", february): 10 * EUR,
+        ("ref-feb", january): 2 * EUR,
+    }
+
+
+async def test_a_gateway_payment_naming_february_and_a_void_of_january_at_once_both_complete(
+    services: Services,
+) -> None:
+    # January and February ask 10.00 each; P1 paid 4.00 of January. The operator voids
+    # January while the gateway's payment of 8.00 naming February (metadata
+    # invoice_number) arrives. The void locked P1, January, then February (to pay it
+    # from P1's freed 4.00); the payment locked February (named) first, then January:
+    # each waited for the other and PostgreSQL failed one (DeadlockDetectedError, a 500
+    # to the gateway's webhook). A transaction holding January lines both up behind it,
+    # the void first.
+    january, february, number = await january_and_february_open(services)
+    p1 = await services.pool.fetchval(
+        "INSERT INTO payments (account_id, source, external_id, amount, allocated, currency,"
+        " received_on) VALUES ('pp', 'manual', 'P1', $1, $1, 'EUR', '2026-02-02') RETURNING id",
+        4 * EUR,
+    )
+    await services.pool.execute(
+        "INSERT INTO payment_allocations (payment_id, invoice_id, amount) VALUES ($1, $2, $3)",
+        p1,
+        january,
+        4 * EUR,
+    )
+    await services.pool.execute(
+        "UPDATE invoices SET amount_paid = $2 WHERE id = $1", january, 4 * EUR
+    )
+    event = GatewayEvent(
+        "evt_pay_feb",
+        "payment_intent.succeeded",
+        "payment",
+        1775000000,
+        "pi_feb",
+        8 * EUR,
+        "EUR",
+        None,
+        number,
+    )
+    async with services.pool.acquire() as holder:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT id FROM invoices WHERE id = $1 FOR UPDATE", january)
+        voiding = asyncio.create_task(void(services.pool, services.store, january))
+        await eventually(
+            waiting_besides(services, holder.get_server_pid(), 1),
+            what="the void to wait for January",
+        )
+        paying = asyncio.create_task(
+            payments.apply_gateway_event(services.pool, services.store, event)
+        )
+        await eventually(
+            waiting_besides(services, holder.get_server_pid(), 2),
+            what="the payment to wait for January",
+        )
+        await held.commit()
+        voided, paid = await asyncio.gather(voiding, paying)
+    invoices_paid = {
+        r["id"]: (r["state"], r["amount_paid"])
+        for r in await services.pool.fetch(
+            "SELECT id, state, amount_paid FROM invoices WHERE account_id = 'pp'"
+            " AND kind = 'invoice'"
+        )
+    }
+    assert voided.total == -10 * EUR
+    assert paid.outcome == "payment"
+    assert paid.payment is not None
+    # P1's 4.00, freed by the void, paid February; the named payment the 6.00 left.
+    assert (paid.payment.payment.allocated, paid.payment.payment.credit) == (6 * EUR, 2 * EUR)
+    assert invoices_paid == {january: ("void", 0), february: ("posted", 10 * EUR)}
+    assert await allocations(services) == {("P1", february): 4 * EUR, ("pi_feb", february): 6 * EUR}

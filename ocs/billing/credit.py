@@ -122,17 +122,19 @@ async def record_allocations(
     )
 
 
-# The account's ($1) open invoices in the currency ($2), locked in the order they are
-# paid: the one the payment names ($3: its number) first, then oldest first (period
-# start, then id). Every writer of an account's invoices that locks several locks them
-# in this order (a void, a gateway refund reopening them), so that none waits for
-# another in a circle; concurrent payments queue here, and each sees what the one
-# before it paid.
+# The account's ($1) open invoices in the currency ($2), locked oldest first (period
+# start, then id): the order every writer of an account's invoices that locks several
+# locks them in (the credit step, a void, a gateway refund reopening them), so that none
+# waits for another in a circle; concurrent payments queue here, and each sees what the
+# one before it paid. An invoice the payment names is paid first (``allocate``), but not
+# locked first: locked first, a payment naming February held it and waited for January
+# while the credit step or a void held January and waited for February, and PostgreSQL
+# failed one of them as a deadlock (a 500 to the API caller or the gateway's webhook).
 _ALLOCATE_SQL = f"""
-SELECT id, {asks_sql()} AS asks, amount_paid FROM invoices
+SELECT id, number, {asks_sql()} AS asks, amount_paid FROM invoices
 WHERE account_id = $1 AND currency = $2 AND state = 'posted' AND kind = 'invoice'
   AND amount_paid < {asks_sql()}
-ORDER BY (number IS NOT DISTINCT FROM $3) DESC, period_start, id
+ORDER BY period_start, id
 FOR UPDATE
 """
 
@@ -149,10 +151,14 @@ async def allocate(
     (``first_invoice`` before them); what was allocated. Runs in the caller's
     transaction: a new payment's, or a void's, which gives what the payments paid of
     the void invoice to the account's other open invoices (decision 0027)."""
+    locked = await conn.fetch(_ALLOCATE_SQL, account_id, currency)
+    # The named one put first here, once all are locked in the order every writer takes;
+    # the sort is stable, so the rest stay oldest first.
+    ordered = sorted(locked, key=lambda r: first_invoice is None or r["number"] != first_invoice)
     left = amount
     ids: list[int] = []
     takes: list[int] = []
-    for invoice in await conn.fetch(_ALLOCATE_SQL, account_id, currency, first_invoice):
+    for invoice in ordered:
         if left == 0:
             break
         take = min(left, invoice["asks"] - invoice["amount_paid"])
