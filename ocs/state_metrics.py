@@ -302,6 +302,9 @@ class StateSampler:
                 "plans": len(snapshot.plans),
                 "prefixes": sum(len(deck) for deck in snapshot.decks.values()),
                 "carriers": len(snapshot.routes.decks),
+                # A plan's route set's carriers in another currency (or none known):
+                # never offered to its calls. Alert on any.
+                "routes_in_other_currency": len(self._catalog.other_currency_routes),
             },
         )
 

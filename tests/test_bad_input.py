@@ -120,7 +120,7 @@ async def funded(app: RunningApp) -> RunningApp:
         "/v1/calls", {"account": ACCOUNT, "destination": UK_MOBILE, "call_id": LIVE_CALL}
     )
     assert status == 201, body
-    status, body = await app.post("/v1/carriers", {"id": "c1"})
+    status, body = await app.post("/v1/carriers", {"id": "c1", "currency": "EUR"})
     assert status == 201, body
     return app
 

@@ -192,7 +192,7 @@ async def test_a_bad_cost_deck_is_refused_by_the_import_function_and_nothing_is_
 ) -> None:
     async with services.pool.acquire() as conn:
         await conn.execute("TRUNCATE carriers, carrier_rates CASCADE")
-    await routes_store.create_carrier(services.pool, "A", "Carrier A")
+    await routes_store.create_carrier(services.pool, "A", "Carrier A", "EUR")
     await routes_store.import_carrier_rates(services.pool, "A", COST_HEADER + "44,0,1,1,0.01\n")
     with pytest.raises(DeckError) as refused:
         await routes_store.import_carrier_rates(

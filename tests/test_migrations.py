@@ -1364,3 +1364,64 @@ async def test_a_take_back_an_older_release_writes_after_0071_is_marked(
             await fresh_pool.execute(
                 f"UPDATE invoice_lines SET {change} AND invoice_id = $1", draft
             )
+
+
+async def carriers_before_0076(
+    pool: asyncpg.Pool, plans: dict[str, tuple[str, str | None]]
+) -> None:
+    """A database at the release before 0076 with ``plans`` (id -> currency, route set),
+    route sets rs1 (a, c), rs2 (b, c) and rs3 (d), and carriers a to e (e in none)."""
+    await migrated_to(pool, 75)
+    await pool.execute(
+        "INSERT INTO carriers (id, name) SELECT c, upper(c) FROM unnest($1::text[]) c",
+        ["a", "b", "c", "d", "e"],
+    )
+    await pool.execute("INSERT INTO route_sets (id) VALUES ('rs1'), ('rs2'), ('rs3')")
+    await pool.execute(
+        "INSERT INTO route_set_carriers (route_set_id, position, carrier_id) VALUES"
+        " ('rs1', 0, 'a'), ('rs1', 1, 'c'), ('rs2', 0, 'b'), ('rs2', 1, 'c'), ('rs3', 0, 'd')"
+    )
+    for plan_id, (currency, route_set) in plans.items():
+        await pool.execute(
+            "INSERT INTO plans (id, name, currency, route_set_id) VALUES ($1, $1, $2, $3)",
+            plan_id,
+            currency,
+            route_set,
+        )
+
+
+async def carrier_currencies(pool: asyncpg.Pool) -> dict[str, str | None]:
+    """Each carrier's currency."""
+    return dict(await pool.fetch("SELECT id, currency FROM carriers ORDER BY id"))
+
+
+async def test_0076_gives_a_carrier_the_currency_its_plans_agree_on(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    """A carrier every plan routed through it prices in one currency takes it; one shared
+    by a HUF plan and EUR plans (whose margins were compared across currencies), or one
+    no plan uses in a deployment of two currencies, stays unknown (NULL). A currency
+    that is no ISO 4217 code is refused after."""
+    await carriers_before_0076(
+        fresh_pool,
+        {"e1": ("EUR", "rs1"), "e2": ("EUR", "rs2"), "h1": ("HUF", "rs2"), "e3": ("EUR", None)},
+    )
+    await migrate(fresh_pool)
+    assert await carrier_currencies(fresh_pool) == {
+        "a": "EUR",  # rs1: e1 only
+        "b": None,  # rs2: e2 (EUR) and h1 (HUF)
+        "c": None,  # rs1 and rs2
+        "d": None,  # no plan routed through rs3; plans in EUR and HUF
+        "e": None,
+    }
+    with pytest.raises(asyncpg.CheckViolationError, match="carriers_currency_code"):
+        await fresh_pool.execute("UPDATE carriers SET currency = 'eu1' WHERE id = 'e'")
+
+
+async def test_0076_gives_a_one_currency_deployments_carriers_its_currency(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    """Every plan in EUR: every carrier, routed or not, was priced in EUR."""
+    await carriers_before_0076(fresh_pool, {"e1": ("EUR", "rs1"), "e2": ("EUR", None)})
+    await migrate(fresh_pool)
+    assert await carrier_currencies(fresh_pool) == dict.fromkeys("abcde", "EUR")

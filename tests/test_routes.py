@@ -44,6 +44,7 @@ def book(decks: dict[str, dict[str, Rate]], route_sets: dict[str, tuple[str, ...
         decks={carrier: PrefixTable(deck) for carrier, deck in decks.items()},
         names={carrier: carrier for carrier in decks},
         route_sets=route_sets,
+        currencies=dict.fromkeys(decks, "EUR"),
     )
 
 
@@ -55,7 +56,7 @@ def test_a_carrier_costing_more_than_the_price_is_dropped() -> None:
         {"A": {"44": per_minute(30_000)}, "B": {"44": per_minute(10_000)}},
         {"rs": ("A", "B")},
     )
-    decision = routes.routes_for("rs", "442071234567", SELL)
+    decision = routes.routes_for("rs", "442071234567", SELL, currency="EUR")
     assert decision.carriers == ("B",)
     assert decision.dropped == ("A",)
     assert decision.sell_cost == 20_000
@@ -74,9 +75,9 @@ def test_kept_and_dropped_carriers_keep_the_route_set_order() -> None:
         },
         {"first": ("C", "A", "D", "B", "E"), "second": ("E", "B", "D", "A", "C")},
     )
-    first = routes.routes_for("first", "4420", SELL)
+    first = routes.routes_for("first", "4420", SELL, currency="EUR")
     assert (first.carriers, first.dropped) == (("C", "D", "E"), ("A", "B"))
-    second = routes.routes_for("second", "4420", SELL)
+    second = routes.routes_for("second", "4420", SELL, currency="EUR")
     assert (second.carriers, second.dropped) == (("E", "D", "C"), ("B", "A"))
 
 
@@ -88,11 +89,11 @@ def test_each_carrier_prices_the_number_at_its_own_longest_prefix() -> None:
         },
         {"rs": ("A", "B")},
     )
-    mobile = routes.routes_for("rs", "447700900123", SELL)
+    mobile = routes.routes_for("rs", "447700900123", SELL, currency="EUR")
     assert (mobile.carriers, mobile.dropped) == ((), ("A", "B"))
-    london = routes.routes_for("rs", "442071234567", SELL)
+    london = routes.routes_for("rs", "442071234567", SELL, currency="EUR")
     assert (london.carriers, london.dropped) == (("A", "B"), ())
-    manchester = routes.routes_for("rs", "441611234567", SELL)
+    manchester = routes.routes_for("rs", "441611234567", SELL, currency="EUR")
     assert (manchester.carriers, manchester.dropped) == (("A",), ("B",))
 
 
@@ -102,10 +103,12 @@ def test_connect_fees_count_on_both_sides() -> None:
         {"A": {"44": per_minute(10_000, connect_fee=15_000)}, "B": {"44": per_minute(19_000)}},
         {"rs": ("A", "B")},
     )
-    decision = routes.routes_for("rs", "4420", SELL)
+    decision = routes.routes_for("rs", "4420", SELL, currency="EUR")
     assert (decision.carriers, decision.dropped) == (("B",), ("A",))
     # Sold with a connect fee of its own, the same carrier has margin again.
-    with_fee = routes.routes_for("rs", "4420", per_minute(20_000, connect_fee=10_000))
+    with_fee = routes.routes_for(
+        "rs", "4420", per_minute(20_000, connect_fee=10_000), currency="EUR"
+    )
     assert (with_fee.carriers, with_fee.dropped) == (("A", "B"), ())
     assert with_fee.sell_cost == 30_000
 
@@ -121,10 +124,12 @@ def test_billing_blocks_count_in_the_reference_call() -> None:
         },
         {"rs": ("A", "B", "C")},
     )
-    decision = routes.routes_for("rs", "12125550100", per_minute(18_000))
+    decision = routes.routes_for("rs", "12125550100", per_minute(18_000), currency="EUR")
     assert (decision.carriers, decision.dropped) == (("A", "B"), ("C",))
     # Over a two-minute reference call the long first blocks no longer cost extra.
-    longer = routes.routes_for("rs", "12125550100", per_minute(18_000), reference_seconds=120)
+    longer = routes.routes_for(
+        "rs", "12125550100", per_minute(18_000), reference_seconds=120, currency="EUR"
+    )
     assert longer.sell_cost == 36_000
     assert longer.costs == (("A", 36_000), ("B", 24_000), ("C", 24_000))
     assert (longer.carriers, longer.dropped) == (("A", "B", "C"), ())
@@ -136,20 +141,22 @@ def test_the_sell_side_is_priced_at_the_band_prices_of_the_call() -> None:
     routes = book(
         {"A": {"44": per_minute(10_000)}, "B": {"44": per_minute(25_000)}}, {"rs": ("A", "B")}
     )
-    at_night = routes.routes_for("rs", "4420", banded, bands=((0, "night"),))
+    at_night = routes.routes_for("rs", "4420", banded, bands=((0, "night"),), currency="EUR")
     assert (at_night.carriers, at_night.dropped, at_night.sell_cost) == ((), ("A", "B"), 5_000)
-    at_peak = routes.routes_for("rs", "4420", banded, bands=((0, "peak"),))
+    at_peak = routes.routes_for("rs", "4420", banded, bands=((0, "peak"),), currency="EUR")
     assert (at_peak.carriers, at_peak.dropped, at_peak.sell_cost) == (("A", "B"), (), 30_000)
     # Half the reference minute at night, half at peak: 0.0025 + 0.015.
-    split = routes.routes_for("rs", "4420", banded, bands=((0, "night"), (30, "peak")))
+    split = routes.routes_for(
+        "rs", "4420", banded, bands=((0, "night"), (30, "peak")), currency="EUR"
+    )
     assert (split.carriers, split.dropped, split.sell_cost) == (("A",), ("B",), 17_500)
     # No bands (a plan with no schedule): the base price.
-    assert routes.routes_for("rs", "4420", banded).sell_cost == 20_000
+    assert routes.routes_for("rs", "4420", banded, currency="EUR").sell_cost == 20_000
 
 
 def test_zero_margin_is_kept() -> None:
     routes = book({"A": {"44": per_minute(20_000)}}, {"rs": ("A",)})
-    assert routes.routes_for("rs", "4420", SELL).carriers == ("A",)
+    assert routes.routes_for("rs", "4420", SELL, currency="EUR").carriers == ("A",)
 
 
 def test_a_carrier_without_a_prefix_for_the_number_is_no_route_and_not_dropped() -> None:
@@ -157,11 +164,11 @@ def test_a_carrier_without_a_prefix_for_the_number_is_no_route_and_not_dropped()
         {"A": {"49": per_minute(1)}, "B": {"44": per_minute(30_000)}, "C": {}},
         {"rs": ("A", "B", "C")},
     )
-    decision = routes.routes_for("rs", "4420", SELL)
+    decision = routes.routes_for("rs", "4420", SELL, currency="EUR")
     assert decision == RouteDecision((), ("B",), 20_000, (("B", 30_000),))
-    nowhere = routes.routes_for("rs", "3312345", SELL)
+    nowhere = routes.routes_for("rs", "3312345", SELL, currency="EUR")
     assert (nowhere.carriers, nowhere.dropped, nowhere.costs) == ((), (), ())
-    assert routes.routes_for("unknown", "4420", SELL).carriers == ()
+    assert routes.routes_for("unknown", "4420", SELL, currency="EUR").carriers == ()
 
 
 def test_negative_margin_allowed_offers_the_dropped_carriers_only_when_none_is_kept() -> None:
@@ -342,8 +349,8 @@ async def served(
 
 async def two_carriers(services: Services) -> None:
     pool = services.pool
-    await routes_store.create_carrier(pool, "A", "Carrier A")
-    await routes_store.create_carrier(pool, "B", "Carrier B")
+    await routes_store.create_carrier(pool, "A", "Carrier A", "EUR")
+    await routes_store.create_carrier(pool, "B", "Carrier B", "EUR")
     await routes_store.import_carrier_rates(pool, "A", DECK_A)
     await routes_store.import_carrier_rates(pool, "B", cost_deck.parse_carrier_deck(DECK_B))
     await routes_store.set_route_set(pool, "rs", ["A", "B"])
@@ -430,7 +437,7 @@ async def test_a_route_set_change_reorders_without_rebuilding_a_deck(routing: Se
     await routes_store.set_plan_routing(routing.pool, "retail", "rs", False)
     before = await load_snapshot(routing.pool)
     assert decide(before, "retail", UK_MOBILE) == (("A", "B"), ())
-    await routes_store.create_carrier(routing.pool, "C", "Carrier C")  # no deck: no route
+    await routes_store.create_carrier(routing.pool, "C", "Carrier C", "EUR")  # no deck: no route
     assert await routes_store.set_route_set(routing.pool, "rs", ["B", "C", "A"]) == ("B", "C", "A")
     after = await load_snapshot(routing.pool, before, set(), {"C"})
     assert after.routes.route_sets["rs"] == ("B", "C", "A")
@@ -490,11 +497,13 @@ async def test_unknown_names_are_refused_naming_the_field(routing: Services) -> 
 
 
 async def test_a_carrier_is_created_once_and_renamed_after(routing: Services) -> None:
-    carrier, created = await routes_store.create_carrier(routing.pool, "A", "First")
+    carrier, created = await routes_store.create_carrier(routing.pool, "A", "First", "EUR")
     assert created and carrier.name == "First"
-    carrier, created = await routes_store.create_carrier(routing.pool, "A", "Second")
+    carrier, created = await routes_store.create_carrier(routing.pool, "A", "Second", "EUR")
     assert not created and carrier.name == "Second"
-    assert await routes_store.list_carriers(routing.pool) == [routes_store.Carrier("A", "Second")]
+    assert await routes_store.list_carriers(routing.pool) == [
+        routes_store.Carrier("A", "Second", "EUR")
+    ]
 
     async def renamed() -> bool:
         return routing.catalog.snapshot.routes.names.get("A") == "Second"
@@ -532,11 +541,14 @@ async def client(routing: Services) -> AsyncIterator[TestClient]:
 
 async def test_routing_set_up_over_http(client: TestClient, routing: Services) -> None:
     await add_plan(routing, "retail")
-    response = await client.post("/v1/carriers", json={"id": "A", "name": "Carrier A"})
-    assert response.status == 201 and await response.json() == {"id": "A", "name": "Carrier A"}
+    response = await client.post(
+        "/v1/carriers", json={"id": "A", "name": "Carrier A", "currency": "EUR"}
+    )
+    assert response.status == 201
+    assert await response.json() == {"id": "A", "name": "Carrier A", "currency": "EUR"}
     response = await client.post("/v1/carriers", json={"id": "A", "name": "Carrier A2"})
     assert response.status == 200
-    assert (await client.post("/v1/carriers", json={"id": "B"})).status == 201
+    assert (await client.post("/v1/carriers", json={"id": "B", "currency": "eur"})).status == 201
     for carrier, deck in (("A", DECK_A), ("B", DECK_B)):
         response = await client.put(
             f"/v1/carriers/{carrier}/rates", data=deck, headers={"Content-Type": "text/csv"}
@@ -566,6 +578,8 @@ async def test_routing_set_up_over_http(client: TestClient, routing: Services) -
         ("post", "/v1/carriers", {"name": "x"}, 400, "id"),
         ("post", "/v1/carriers", {"id": "a b"}, 400, "id"),
         ("post", "/v1/carriers", {"id": "A", "name": 7}, 400, "name"),
+        ("post", "/v1/carriers", {"id": "N"}, 400, "currency"),
+        ("post", "/v1/carriers", {"id": "N", "currency": "EU"}, 400, "currency"),
         ("put", "/v1/route-sets/rs", {}, 400, "carriers"),
         ("put", "/v1/route-sets/rs", {"carriers": "A"}, 400, "carriers"),
         ("put", "/v1/route-sets/rs", {"carriers": ["A", 7]}, 400, "carriers[1]"),
@@ -595,7 +609,7 @@ async def test_bad_routing_requests_are_answered_naming_the_field(
     field: str,
 ) -> None:
     await add_plan(routing, "retail")
-    await routes_store.create_carrier(routing.pool, "A", "A")
+    await routes_store.create_carrier(routing.pool, "A", "A", "EUR")
     await routes_store.set_route_set(routing.pool, "rs", ["A"])
     if isinstance(body, str):
         response = await client.put(path, data=body, headers={"Content-Type": "text/csv"})
@@ -618,7 +632,7 @@ async def test_bad_routing_requests_are_answered_naming_the_field(
 async def test_a_cost_deck_that_is_not_utf8_is_refused(
     client: TestClient, routing: Services
 ) -> None:
-    await routes_store.create_carrier(routing.pool, "A", "A")
+    await routes_store.create_carrier(routing.pool, "A", "A", "EUR")
     response = await client.put(
         "/v1/carriers/A/rates",
         data=(HEADER + "44,0,1,1,0.01 \xa3\n").encode("latin-1"),

@@ -40,7 +40,9 @@ async def _routed_plan(app: RunningApp, route_set: list[str], allow: bool = Fals
     )
     assert response.status == 200, await response.text()
     for carrier, price in (("A", "0.030"), ("B", "0.010")):
-        status, body = await app.post("/v1/carriers", {"id": carrier, "name": f"Carrier {carrier}"})
+        status, body = await app.post(
+            "/v1/carriers", {"id": carrier, "name": f"Carrier {carrier}", "currency": "EUR"}
+        )
         assert status in (200, 201), body
         await _put(app, f"/v1/carriers/{carrier}/rates", f"{COSTS}49,0,1,1,{price}\n")
     await _put(app, "/v1/route-sets/rs", {"carriers": route_set})
@@ -179,7 +181,9 @@ async def _plan_with_on_net_range(app: RunningApp) -> None:
         "/v1/plans/p/tariffs", data=deck, headers={"Content-Type": "text/csv"}
     )
     assert response.status == 200, await response.text()
-    status, body = await app.post("/v1/carriers", {"id": "A", "name": "Carrier A"})
+    status, body = await app.post(
+        "/v1/carriers", {"id": "A", "name": "Carrier A", "currency": "EUR"}
+    )
     assert status in (200, 201), body
     await _put(app, "/v1/carriers/A/rates", f"{COSTS}44,0,1,1,0.050\n")
     await _put(app, "/v1/route-sets/rs", {"carriers": ["A"]})

@@ -21,6 +21,12 @@ The margin rule, stated once (``RouteBook.routes_for``):
 * A carrier whose reference cost is at most the sell cost is kept (zero margin
   is kept); one whose cost is higher is *dropped* (negative margin).
 * Kept and dropped carriers keep the route set's order.
+* Costs are compared in one currency only: a carrier's deck is priced in its own
+  currency (``RouteBook.currencies``), and a carrier in another currency than the
+  plan's, or in none recorded (a carrier from before migration 0076 that it could
+  not tell), is no route for that plan: neither kept nor dropped, never offered
+  (``RouteDecision.other_currency`` lists it). The store refuses to give a plan such
+  a route set (ocs.catalog.routes_store); this is the rule for what is already there.
 
 What a plan does with that (``RouteDecision.usable``): the kept carriers are
 offered, in order; when none is kept, a plan that allows negative margin is
@@ -56,13 +62,16 @@ class RouteDecision:
     ``carriers``: those with a prefix for the number and a cost at most the sell
     price; ``dropped``: those with a prefix but a higher cost (negative margin).
     ``sell_cost`` and ``costs`` (carrier -> cost, for every carrier that matched)
-    are the reference-call costs the comparison used, in micro-units.
+    are the reference-call costs the comparison used, in micro-units of the plan's
+    currency. ``other_currency``: the route set's carriers priced in another currency
+    (or none known), never compared and never offered.
     """
 
     carriers: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     sell_cost: int = 0
     costs: tuple[tuple[str, int], ...] = ()
+    other_currency: tuple[str, ...] = ()
 
     def usable(self, allow_negative_margin: bool) -> tuple[str, ...]:
         """The carriers to offer: the kept ones; when none is kept and the plan allows
@@ -81,12 +90,15 @@ class RouteBook:
     """Carriers' cost decks and route sets, immutable; one per catalog snapshot.
 
     ``decks``: carrier id -> its cost deck (every carrier has one, maybe empty);
-    ``names``: carrier id -> name; ``route_sets``: route set id -> carrier ids in order.
+    ``names``: carrier id -> name; ``route_sets``: route set id -> carrier ids in order;
+    ``currencies``: carrier id -> the ISO 4217 code its deck is priced in (a carrier
+    missing, or None: not known, and no route for any plan).
     """
 
     decks: Mapping[str, PrefixTable[Rate]] = field(default_factory=dict)
     names: Mapping[str, str] = field(default_factory=dict)
     route_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    currencies: Mapping[str, str | None] = field(default_factory=dict)
 
     def carrier_rate(self, carrier_id: str, digits: str) -> tuple[str, Rate] | None:
         """(matched prefix, rate) of a normalised number in a carrier's cost deck."""
@@ -100,8 +112,11 @@ class RouteBook:
         sell_rate: Rate,
         reference_seconds: int = REFERENCE_SECONDS,
         bands: Segments | None = None,
+        *,
+        currency: str,
     ) -> RouteDecision:
-        """The route set's carriers for a normalised number sold at ``sell_rate``.
+        """The route set's carriers for a normalised number sold at ``sell_rate``, a
+        price in ``currency`` (the plan's).
 
         Margin is compared on the cost of a reference call of ``reference_seconds``
         (60 s) computed by ``rating.cost`` on both sides, connect fees, first
@@ -111,13 +126,21 @@ class RouteBook:
         prices, so that the sell side is what the call will be charged. A carrier
         with no prefix for the number is not a route: neither kept nor dropped.
         Both lists keep the route set's order. An unknown route set has no carriers.
+        A carrier priced in another currency than ``currency``, or in none known, is
+        never compared (its micro-units are not the plan's): it is listed in
+        ``other_currency`` and neither kept nor dropped.
         """
         sell_cost = cost(sell_rate, reference_seconds, bands)
         kept: list[str] = []
         dropped: list[str] = []
         costs: list[tuple[str, int]] = []
+        other: list[str] = []
         decks = self.decks
+        currencies = self.currencies
         for carrier_id in self.route_sets.get(route_set_id, ()):
+            if currencies.get(carrier_id) != currency:
+                other.append(carrier_id)
+                continue
             deck = decks.get(carrier_id)
             match = None if deck is None else deck.match(digits)
             if match is None:
@@ -125,7 +148,15 @@ class RouteBook:
             buy = cost(match[1], reference_seconds)
             costs.append((carrier_id, buy))
             (kept if buy <= sell_cost else dropped).append(carrier_id)
-        return RouteDecision(tuple(kept), tuple(dropped), sell_cost, tuple(costs))
+        return RouteDecision(tuple(kept), tuple(dropped), sell_cost, tuple(costs), tuple(other))
+
+    def other_currency(self, route_set_id: str, currency: str) -> tuple[str, ...]:
+        """The route set's carriers priced in another currency than ``currency`` or in
+        none known: those ``routes_for`` never offers a plan in ``currency``."""
+        currencies = self.currencies
+        return tuple(
+            c for c in self.route_sets.get(route_set_id, ()) if currencies.get(c) != currency
+        )
 
 
 EMPTY_DECK: PrefixTable[Rate] = PrefixTable()
@@ -201,6 +232,7 @@ class RouteRows:
     """What one catalog read found: everything but the carrier decks still to build."""
 
     names: dict[str, str]
+    currencies: dict[str, str | None]
     route_sets: dict[str, tuple[str, ...]]
     kept: dict[str, PrefixTable[Rate]]  # decks reused from the previous book
     load: dict[str, bytes]  # carrier -> its deck as COPY text, to build
@@ -211,13 +243,16 @@ async def read_routes(
     previous: RouteBook | None = None,
     changed: Set[str] | None = None,
 ) -> RouteRows:
-    """Read carriers and route sets (inside the catalog's read transaction).
+    """Read carriers (names, currencies) and route sets (inside the catalog's read
+    transaction).
 
     With ``previous`` and ``changed`` (carrier ids whose decks may have changed),
     every other carrier keeps its deck from ``previous``; ``changed=None``
-    reads every deck anew. Names and route sets are small and always read.
+    reads every deck anew. Names, currencies and route sets are small and always read.
     """
-    names = {r["id"]: r["name"] for r in await conn.fetch("SELECT id, name FROM carriers")}
+    carriers = await conn.fetch("SELECT id, name, currency FROM carriers")
+    names = {r["id"]: r["name"] for r in carriers}
+    currencies = {r["id"]: r["currency"] for r in carriers}
     route_sets: dict[str, list[str]] = {
         r["id"]: [] for r in await conn.fetch("SELECT id FROM route_sets")
     }
@@ -239,6 +274,7 @@ async def read_routes(
             load[carrier_id] = await copy_carrier_rates(conn, carrier_id)
     return RouteRows(
         names=names,
+        currencies=currencies,
         route_sets={k: tuple(v) for k, v in route_sets.items()},
         kept=kept,
         load=load,
@@ -250,7 +286,9 @@ async def build_route_book(rows: RouteRows) -> RouteBook:
     decks = dict(rows.kept)
     for carrier_id, data in rows.load.items():
         decks[carrier_id] = await asyncio.to_thread(build_carrier_deck, data)
-    return RouteBook(decks=decks, names=rows.names, route_sets=rows.route_sets)
+    return RouteBook(
+        decks=decks, names=rows.names, route_sets=rows.route_sets, currencies=rows.currencies
+    )
 
 
 def warm_up() -> None:

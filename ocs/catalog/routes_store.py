@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from ocs.catalog.snapshot import CATALOG_CHANNEL
-from ocs.catalog.store import validate_plan_id
+from ocs.catalog.store import validate_currency, validate_plan_id
 from ocs.decks.cost_deck import CARRIER_COLUMNS, RATE_FIELDS, CarrierDeck, parse_carrier_deck
 from ocs.errors import OcsError, Reason, invalid
 from ocs.numbers.matcher import prefix_keys
@@ -40,10 +40,13 @@ def validate_id(value: object, field: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Carrier:
-    """A carrier calls may be routed to."""
+    """A carrier calls may be routed to; ``currency``: the ISO 4217 code its cost deck is
+    priced in (None: not known, a carrier from before migration 0076 it could not tell:
+    no plan's calls are offered it until it is set)."""
 
     id: str
     name: str
+    currency: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,28 +65,72 @@ async def _notify(conn: asyncpg.Connection, payload: str) -> None:
     await conn.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, payload)
 
 
-async def create_carrier(pool: asyncpg.Pool, carrier_id: str, name: str) -> tuple[Carrier, bool]:
-    """Create a carrier, or rename an existing one; (carrier, whether it is new)."""
+async def create_carrier(
+    pool: asyncpg.Pool, carrier_id: str, name: str, currency: str | None = None
+) -> tuple[Carrier, bool]:
+    """Create a carrier, or rename an existing one; (carrier, whether it is new).
+
+    A new carrier needs its ``currency`` (its cost deck's prices are in it). An existing
+    one keeps its currency when ``currency`` is None or the same; one of unknown
+    currency (from before migration 0076) is given it; a known currency never changes
+    (the deck stored is priced in it): 400 naming ``currency``.
+    """
     validate_id(carrier_id, "id")
     if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
         raise invalid("name", f"expected 1 to {MAX_NAME_CHARS} printable characters")
+    if currency is not None:
+        currency = validate_currency(currency)
     async with pool.acquire() as conn, conn.transaction():
-        created = await conn.fetchval(
-            "INSERT INTO carriers (id, name) VALUES ($1, $2)"
-            " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name"
-            " RETURNING (xmax = 0)",
-            carrier_id,
-            name,
+        # Locked so that no route set or plan is checked against the carrier while its
+        # currency is set (set_route_set, set_plan_routing: FOR SHARE).
+        stored = await conn.fetchrow(
+            "SELECT currency FROM carriers WHERE id = $1 FOR UPDATE", carrier_id
+        )
+        if stored is None:
+            if currency is None:
+                raise invalid("currency", "a new carrier needs the currency its deck is priced in")
+            inserted = await conn.fetchval(
+                "INSERT INTO carriers (id, name, currency) VALUES ($1, $2, $3)"
+                " ON CONFLICT (id) DO NOTHING RETURNING true",
+                carrier_id,
+                name,
+                currency,
+            )
+            if inserted:
+                await _notify(conn, f"carrier:{carrier_id}")
+                return Carrier(carrier_id, name, currency), True
+            # Created meanwhile by another request: this one renames it, as if it came later.
+            stored = await conn.fetchrow(
+                "SELECT currency FROM carriers WHERE id = $1 FOR UPDATE", carrier_id
+            )
+            if stored is None:  # no API deletes a carrier: only by hand, meanwhile
+                raise OcsError(
+                    Reason.NOT_FOUND, f"carrier {carrier_id!r} does not exist", field="id"
+                )
+        known: str | None = stored["currency"]
+        if currency is not None and currency != known:
+            if known is not None:
+                raise invalid(
+                    "currency",
+                    f"carrier {carrier_id!r} is priced in {known}: its currency cannot"
+                    f" change (create another carrier for a deck in {currency})",
+                )
+            # Unknown until now (migration 0076 could not tell): offered from now on to
+            # the plans of this currency, never to others, whose route sets may still
+            # list it (logged and counted by the catalog, ocs.catalog.snapshot).
+            known = currency
+        await conn.execute(
+            "UPDATE carriers SET name = $2, currency = $3 WHERE id = $1", carrier_id, name, known
         )
         await _notify(conn, f"carrier:{carrier_id}")
-    return Carrier(carrier_id, name), bool(created)
+    return Carrier(carrier_id, name, known), False
 
 
 async def list_carriers(pool: asyncpg.Pool) -> list[Carrier]:
     """Every carrier, by id."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT id, name FROM carriers ORDER BY id")
-    return [Carrier(r["id"], r["name"]) for r in rows]
+        rows = await conn.fetch("SELECT id, name, currency FROM carriers ORDER BY id")
+    return [Carrier(r["id"], r["name"], r["currency"]) for r in rows]
 
 
 async def import_carrier_rates(
@@ -176,6 +223,26 @@ def _copy_lines(
     return out[:n]
 
 
+def refuse_other_currency(
+    field: str, carrier_id: str, carrier_currency: str | None, plan_id: str, plan_currency: str
+) -> None:
+    """A 400 naming ``field`` unless the carrier is priced in the plan's currency: its
+    costs are compared with the plan's prices (RouteBook.routes_for), so a carrier in
+    another currency, or in none known, must never be in a plan's route set."""
+    if carrier_currency is None:
+        raise invalid(
+            field,
+            f"carrier {carrier_id!r} has no currency, and plan {plan_id!r} is in"
+            f" {plan_currency}: give the carrier its currency (POST /v1/carriers)",
+        )
+    if carrier_currency != plan_currency:
+        raise invalid(
+            field,
+            f"carrier {carrier_id!r} is priced in {carrier_currency}, and plan {plan_id!r}"
+            f" is in {plan_currency}: a route set holds carriers of its plans' currency only",
+        )
+
+
 def validate_carrier_list(carriers: object, field: str = "carriers") -> tuple[str, ...]:
     """A route set's carriers: a list of distinct carrier ids, in the order to try them."""
     if not isinstance(carriers, list | tuple) or len(carriers) > MAX_ROUTE_SET_CARRIERS:
@@ -195,11 +262,13 @@ async def set_route_set(
     validate_id(route_set_id, "route_set_id")
     ids = validate_carrier_list(list(carriers))
     async with pool.acquire() as conn, conn.transaction():
-        # Locked so that a carrier cannot go between the check and the insert.
+        # Locked so that a carrier cannot go, nor change currency, between the check
+        # and the insert.
         existing = {
-            r["id"]
+            r["id"]: r["currency"]
             for r in await conn.fetch(
-                "SELECT id FROM carriers WHERE id = ANY($1::text[]) FOR SHARE", list(ids)
+                "SELECT id, currency FROM carriers WHERE id = ANY($1::text[]) FOR SHARE",
+                list(ids),
             )
         }
         for n, carrier_id in enumerate(ids):
@@ -212,6 +281,17 @@ async def set_route_set(
         await conn.execute(
             "INSERT INTO route_sets (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", route_set_id
         )
+        # Held until commit: a plan given this route set meanwhile (set_plan_routing,
+        # FOR SHARE) waits, and is then checked against the carriers written here.
+        await conn.execute("SELECT 1 FROM route_sets WHERE id = $1 FOR UPDATE", route_set_id)
+        plans = await conn.fetch(
+            "SELECT id, currency FROM plans WHERE route_set_id = $1 ORDER BY id", route_set_id
+        )
+        for n, carrier_id in enumerate(ids):
+            for plan in plans:
+                refuse_other_currency(
+                    f"carriers[{n}]", carrier_id, existing[carrier_id], plan["id"], plan["currency"]
+                )
         await conn.execute("DELETE FROM route_set_carriers WHERE route_set_id = $1", route_set_id)
         await conn.execute(
             "INSERT INTO route_set_carriers (route_set_id, position, carrier_id)"
@@ -230,6 +310,13 @@ async def set_plan_routing(
     if route_set_id is not None:
         validate_id(route_set_id, "route_set")
     async with pool.acquire() as conn, conn.transaction():
+        currency = await conn.fetchval(
+            "SELECT currency FROM plans WHERE id = $1 FOR UPDATE", plan_id
+        )
+        if currency is None:
+            raise OcsError(
+                Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan_id"
+            )
         if route_set_id is not None:
             found = await conn.fetchval(
                 "SELECT 1 FROM route_sets WHERE id = $1 FOR SHARE", route_set_id
@@ -240,15 +327,20 @@ async def set_plan_routing(
                     f"route_set: route set {route_set_id!r} does not exist",
                     field="route_set",
                 )
-        updated = await conn.fetchval(
-            "UPDATE plans SET route_set_id = $2, allow_negative_margin = $3"
-            " WHERE id = $1 RETURNING id",
+            # Its carriers held so that none changes currency before this commits.
+            for carrier in await conn.fetch(
+                "SELECT c.id, c.currency FROM route_set_carriers rsc"
+                " JOIN carriers c ON c.id = rsc.carrier_id"
+                " WHERE rsc.route_set_id = $1 ORDER BY rsc.position FOR SHARE OF c",
+                route_set_id,
+            ):
+                refuse_other_currency(
+                    "route_set", carrier["id"], carrier["currency"], plan_id, currency
+                )
+        await conn.execute(
+            "UPDATE plans SET route_set_id = $2, allow_negative_margin = $3 WHERE id = $1",
             plan_id,
             route_set_id,
             allow_negative_margin,
         )
-        if updated is None:
-            raise OcsError(
-                Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan_id"
-            )
         await _notify(conn, f"plan:{plan_id}")

@@ -232,13 +232,26 @@ class CatalogSnapshot:
     ) -> RouteDecision | None:
         """The plan's route set's carriers for a normalised number sold at ``sell_rate``
         (``RouteBook.routes_for``; ``bands``: the time bands from the call's start, for
-        a rate with band prices); None when the plan has no route set."""
+        a rate with band prices); None when the plan has no route set. Only carriers
+        priced in the plan's currency are compared and offered."""
         plan = self.plans.get(plan_id)
         if plan is None or plan.route_set_id is None:
             return None
         return self.routes.routes_for(
-            plan.route_set_id, digits, sell_rate, REFERENCE_SECONDS, bands
+            plan.route_set_id, digits, sell_rate, REFERENCE_SECONDS, bands, currency=plan.currency
         )
+
+    def routes_in_other_currency(self) -> frozenset[tuple[str, str, str | None]]:
+        """(plan, carrier, the carrier's currency or None) for each carrier of a plan's
+        route set that is priced in another currency than the plan's, or in none known:
+        a carrier the plan's calls are never offered (``RouteBook.routes_for``)."""
+        found: set[tuple[str, str, str | None]] = set()
+        for plan in self.plans.values():
+            if plan.route_set_id is None:
+                continue
+            for carrier_id in self.routes.other_currency(plan.route_set_id, plan.currency):
+                found.add((plan.id, carrier_id, self.routes.currencies.get(carrier_id)))
+        return frozenset(found)
 
 
 # --- prefixes out of PostgreSQL ------------------------------------------------------
@@ -584,6 +597,9 @@ class CatalogHolder:
         self.retry_max_s = RETRY_MAX_S
         self._failures = 0
         self._retry: asyncio.TimerHandle | None = None
+        # (plan, carrier, carrier's currency) of the snapshot served: carriers a plan's
+        # route set lists that its calls are never offered (another currency, or none).
+        self.other_currency_routes: frozenset[tuple[str, str, str | None]] = frozenset()
 
     @property
     def snapshot(self) -> CatalogSnapshot:
@@ -618,6 +634,7 @@ class CatalogHolder:
         snapshot = await load_snapshot(self._pool, self._snapshot, plans, carriers, code_lists)
         self._snapshot = snapshot
         self.version += 1
+        self._note_other_currency_routes(snapshot)
         if listener is not None and epoch is not None and plans is None:
             listener.reloaded(epoch)
         reloaded = [*sorted(plans or ()), *(f"carrier:{c}" for c in sorted(carriers or ()))]
@@ -632,6 +649,30 @@ class CatalogHolder:
                 "catalog_version": self.version,
             },
         )
+
+    def _note_other_currency_routes(self, snapshot: CatalogSnapshot) -> None:
+        """Warn once (per process, until it is fixed) of each carrier a plan's route
+        set lists in another currency than the plan's, or in none known: its calls are
+        never offered that carrier, so they may be refused no_profitable_route. The
+        sampler exports how many there are (``ocs_catalog_size{what=...}``)."""
+        found = snapshot.routes_in_other_currency()
+        for plan_id, carrier_id, currency in sorted(
+            found - self.other_currency_routes, key=lambda r: (r[0], r[1])
+        ):
+            plan = snapshot.plans[plan_id]
+            log.warning(
+                "carrier not offered: priced in another currency than the plan"
+                if currency is not None
+                else "carrier not offered: its currency is not known (set it)",
+                extra={
+                    "plan": plan_id,
+                    "plan_currency": plan.currency,
+                    "carrier": carrier_id,
+                    "carrier_currency": currency,
+                    "route_set": plan.route_set_id,
+                },
+            )
+        self.other_currency_routes = found
 
     @property
     def listener(self) -> ChannelListener | None:

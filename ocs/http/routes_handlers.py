@@ -31,27 +31,46 @@ CarrierName = Annotated[
 ]
 
 
+# Taken as a plan's currency is: any case, stored upper-cased.
+CarrierCurrency = Annotated[
+    str,
+    msgspec.Meta(
+        pattern="^[A-Za-z]{3}(?!\n)$",
+        description="ISO 4217 code its cost deck is priced in (stored upper-cased): needed"
+        " for a new carrier; an existing one keeps its own (one of unknown currency may be"
+        " given it once)",
+        examples=["EUR"],
+    ),
+]
+
+
 class CreateCarrier(Params):
     """A carrier to create, or to rename when its id exists."""
 
     id: ObjectId
     name: CarrierName | None = None
+    currency: CarrierCurrency | None = None
 
 
 class CarrierSaved(Answer):
-    """A carrier as stored."""
+    """A carrier as stored; ``currency`` null: not known (no plan is offered it)."""
 
     id: str
     name: str
+    currency: str | None
 
 
 async def create_carrier(request: web.Request, params: CreateCarrier) -> Reply[CarrierSaved]:
-    """POST /v1/carriers: 201 for a new carrier, 200 renaming an existing one."""
+    """POST /v1/carriers: 201 for a new carrier, 200 renaming an existing one (or giving
+    one of unknown currency its currency)."""
     carrier_id = routes_store.validate_id(params.id, "id")
     carrier, created = await routes_store.create_carrier(
-        services_of(request).pool, carrier_id, params.name or carrier_id
+        services_of(request).pool, carrier_id, params.name or carrier_id, params.currency
     )
-    return Reply(CarrierSaved(id=carrier.id, name=carrier.name), 201 if created else 200)
+    return Reply(
+        CarrierSaved(id=carrier.id, name=carrier.name, currency=carrier.currency),
+        201 if created else 200,
+    )
 
 
 class CarrierRatesImported(Answer):
@@ -169,7 +188,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         "POST",
         "/v1/carriers",
         Role.ADMIN,
-        "Create a carrier (or rename an existing one: 200)",
+        "Create a carrier priced in a currency (or rename an existing one: 200)",
         create_carrier,
         CreateCarrier,
         CarrierSaved,
