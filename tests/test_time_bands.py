@@ -357,6 +357,87 @@ async def test_a_radius_call_with_no_bands_is_granted_as_before(app: RunningApp)
     assert ("Session-Timeout", 3600) in granted(grant).attributes
 
 
+async def cut_at_030(app: RunningApp, **settings: object) -> CallService:
+    """``monday_0750_calls`` with UK's calls cut where they cost 0.30 (max cost, "cut")."""
+    from urllib.parse import quote
+
+    from tests.conftest import eventually
+
+    calls = await monday_0750_calls(app, **settings)
+    response = await app.client.put(
+        f"/v1/plans/retail/tariffs/{quote('UK')}/shape",
+        json={"band_prices": {"peak": "0.05"}, "max_cost": "0.30", "max_cost_mode": "cut"},
+    )
+    assert response.status == 200, await response.text()
+
+    async def shaped() -> bool:
+        found = app.services.catalog.snapshot.tariff_for("retail", "4420")
+        return bool(found and found[1].rate.cut_at_max_cost and found[1].rate.band_prices)
+
+    await eventually(shaped, what="the max cost in the snapshot")
+    return calls
+
+
+async def test_a_banded_call_cut_at_its_max_cost_is_granted_where_it_reaches_it(
+    app: RunningApp,
+) -> None:
+    """A banded tariff whose calls are cut at a max cost of 0.30. At 07:50 a call may be
+    answered until 07:55: there it reaches 0.30 after 10 minutes (5 off-peak, 0.05; 5 of
+    peak, 0.25), so it is granted 600 s and holds 0.30. Its grant, its quote and an HTTP
+    call's grant all raised TypeError, after the script had reserved: the account kept
+    0.30 and its one line held, and its next call was refused no_free_line."""
+    from ocs.radius.access import granted
+
+    calls = await cut_at_030(app)
+    assert (await calls.quote("band", "442079460000")).seconds == 600
+    request = AuthorizeRequest("band", "442079460000", call_id="cut-radius")
+    grant = await calls.authorize(request, Origin(wait_for_start=True))
+    assert ("Session-Timeout", 600) in granted(grant).attributes
+    assert grant.reserved == 300_000
+    answered = at(2026, 11, 23, 7, 55)
+    await app.services.store.start(
+        account_id="band", call_id="cut-radius", started_at=answered, expires_at=answered + 900
+    )
+    charge = await calls.stop("cut-radius", 600)
+    assert (charge.rated, charge.charged) == (300_000, 300_000)
+    # The line is free again: an HTTP call is granted the same, with the 0.30 left.
+    app.services.calls = monday_0750_service(app)
+    status, http = await app.post(
+        "/v1/calls", {"account": "band", "destination": "442079460000", "call_id": "cut-http"}
+    )
+    assert status == 201, http
+    assert (http["max_duration"], http["reserved"]) == (600, "0.300000")
+
+
+@pytest.mark.replaces_hot_path_function
+@pytest.mark.parametrize("wait_for_start", [True, False], ids=["radius", "http"])
+async def test_an_authorization_failing_after_its_script_gives_back_its_line_and_funds(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch, wait_for_start: bool
+) -> None:
+    """Whatever fails after the authorize script reserved answers the switch an error
+    (RADIUS: no Access-Accept; HTTP: a 500), so what the script reserved is given back at
+    once. It was kept: the account held 0.30 and its one line until the janitor expired
+    the call (an HTTP one at its grant plus grace, hours), and every call meanwhile was
+    refused no_free_line."""
+    from ocs.charging import lifecycle
+
+    calls = await cut_at_030(app)
+
+    def broken(*_: object) -> int:
+        raise RuntimeError("the grant could not be computed")
+
+    monkeypatch.setattr(lifecycle, "least_grant", broken)
+    request = AuthorizeRequest("band", "442079460000", call_id="failed")
+    with pytest.raises(RuntimeError):
+        await calls.authorize(request, Origin(wait_for_start=wait_for_start))
+    _, body = await app.get("/v1/accounts/band")
+    assert (body["balance"], body["reserved"], body["lines_in_use"]) == ("0.600000", "0.000000", 0)
+    monkeypatch.undo()
+    # Nothing of it is left: the same call id is granted afresh.
+    again = await calls.authorize(request, Origin(wait_for_start=wait_for_start))
+    assert (again.repeated, again.max_duration, again.reserved) == (False, 600, 300_000)
+
+
 async def test_a_call_answered_past_its_kept_bands_is_priced_by_the_schedule(
     app: RunningApp,
 ) -> None:

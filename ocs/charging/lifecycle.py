@@ -715,6 +715,44 @@ class CallService:
                     credit_limit=credit_limit,
                     ivr_override=ivr_override,
                 ):
+                    # The script has reserved: a failure from here on answers an error,
+                    # so what it reserved is given back at once, not held by a call no
+                    # switch was told of until the janitor expires it (its line with it).
+                    # Kept and raised after the handler: compiled with mypyc (decision
+                    # 0038), an await inside an except block crashed.
+                    grant: Grant | None = None
+                    failed: Exception | None = None
+                    try:
+                        granted = _grant(rate, reserved, granting, split, bands, window)
+                        grant = Grant.of(
+                            call_id,
+                            account_id,
+                            record,
+                            granted=granted,
+                            reserved=reserved,
+                            repeated=False,
+                            available=available,
+                            credit_limit=credit_limit,
+                            final=sliced is None or granting >= cap or granted < granting,
+                            ivr=effective(
+                                self._catalog.snapshot.ivr_default(plan_id), ivr_override
+                            ),
+                            ceiling=(
+                                max(
+                                    granted,
+                                    _grant(rate, available, cap, split, bands, window),
+                                )
+                                if sliced is not None
+                                else 0
+                            ),
+                            slice_seconds=sliced or 0,
+                        )
+                    except Exception as error:
+                        failed = error
+                    if failed is not None:
+                        await self._release_unconfirmed(record, waiting=wait)
+                        raise failed
+                    assert grant is not None
                     if len(self._live) >= _LIVE_CACHE_LIMIT:
                         self._live.clear()
                         self._unstarted.clear()
@@ -724,28 +762,7 @@ class CallService:
                         if wait
                         else LiveEntry(reserved, int(now), 0, 0, b"", PROVISIONAL)
                     )
-                    granted = _grant(rate, reserved, granting, split, bands, window)
-                    return Grant.of(
-                        call_id,
-                        account_id,
-                        record,
-                        granted=granted,
-                        reserved=reserved,
-                        repeated=False,
-                        available=available,
-                        credit_limit=credit_limit,
-                        final=sliced is None or granting >= cap or granted < granting,
-                        ivr=effective(self._catalog.snapshot.ivr_default(plan_id), ivr_override),
-                        ceiling=(
-                            max(
-                                granted,
-                                _grant(rate, available, cap, split, bands, window),
-                            )
-                            if sliced is not None
-                            else 0
-                        ),
-                        slice_seconds=sliced or 0,
-                    )
+                    return grant
                 case AlreadyLive():
                     return self._repeated(outcome, call_id, account_id, plan_id)
                 case AlreadyStopped():
@@ -853,11 +870,13 @@ class CallService:
             field="call_id",
         )
 
-    async def _release_unconfirmed(self, record: CallRecord) -> None:
+    async def _release_unconfirmed(self, record: CallRecord, *, waiting: bool = False) -> None:
         """Give back, free, the line and funds of the grant of ``record``'s authorization,
         answered with an error after its script may have run (its reply, or a command
         that followed it, failed): the switch was told the call was refused (decision
-        0055).
+        0055). ``waiting``: the failure came after the script's grant, in this process,
+        before any answer left, so a RADIUS call still waiting for its Start is released
+        too (decision 0040, addendum of 2026-12-07).
 
         One script, atomic: only while the live call is ``record``'s (its stamp) and its
         start is still provisional and unrepeated. A retry of the authorization that was
@@ -873,6 +892,7 @@ class CallService:
             record.stamp(),
             record.member,
             record.counter_use(0),
+            waiting,
         )
         try:
             released = await self._store.release_unconfirmed(args)

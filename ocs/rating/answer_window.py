@@ -23,7 +23,7 @@ an upper bound, not always the maximum (rounding, the max cost), so a counter's 
 be a second or so short of the exact least, never long.
 """
 
-from dataclasses import replace
+import msgspec
 
 from ocs.rating.bands import bands_from
 from ocs.rating.rates import (
@@ -79,7 +79,14 @@ def least_grant(
     reach ``window`` plus the call's billed seconds."""
     if window <= 0 or len(bands) < 2:
         return max_duration_with_counter(rate, funds, cap, split, bands)
-    uncapped = replace(rate, max_cost=0) if rate.max_cost and rate.cut_at_max_cost else None
+    # A call cut at its max cost stops where its cost without the cap reaches the cap
+    # (``max_duration``), whenever it is answered. ``Rate`` is a msgspec Struct, not a
+    # dataclass: ``dataclasses.replace`` raised TypeError on it.
+    uncapped = (
+        msgspec.structs.replace(rate, max_cost=0)
+        if rate.max_cost and rate.cut_at_max_cost
+        else None
+    )
 
     def fits(duration: int) -> bool:
         if worst_cost(rate, duration, split, bands, window) > funds:
