@@ -574,6 +574,81 @@ async def test_an_optional_counter_not_bought_does_not_hide_a_mandatory_one(
     assert (await stop(app, "m1-1", 100))["cost"] == "0.000000"
 
 
+async def test_an_add_on_bought_beside_a_used_up_bundle_pays_the_next_calls(
+    app: RunningApp,
+) -> None:
+    """Every account's 60 s to Germany ("a-main"), and a 600 s add-on to Germany the
+    account bought for 5.00 ("b-addon"). Once the 60 s are used, the add-on pays: a call
+    of 300 s costs nothing and takes 300 s of it. Authorize stopped at "a-main" with 0 s
+    free: the call was granted 0 counter seconds, charged 0.06 (300 s at 0.012 a minute),
+    and the add-on paid for stayed unused."""
+    await counter_plan(
+        app,
+        [
+            {"id": "a-main", "seconds": 60, "zones": ["Germany"]},
+            {
+                "id": "b-addon",
+                "seconds": 600,
+                "zones": ["Germany"],
+                "mandatory": False,
+                "recurring_fee": "5.00",
+            },
+        ],
+        {"c1": "10.00"},
+    )
+    await buy(app, "c1", "b-addon")
+    assert (await granted(app, "c1", GERMANY, "x1"))["counter_seconds"] == 60
+    assert (await stop(app, "x1", 60))["cost"] == "0.000000"
+    quote = await app.services.calls.quote("c1", GERMANY)
+    grant = await granted(app, "c1", GERMANY, "x2")
+    assert grant["counter_seconds"] == 600
+    assert (await counters_of(app, "c1"))["b-addon"]["held"] == 600
+    assert quote.seconds == grant["max_duration"]  # the IVR says what is granted
+    stopped = await stop(app, "x2", 300)
+    assert stopped["cost"] == "0.000000"
+    assert await counters_of(app, "c1") == {
+        "a-main": {"limit": 60, "used": 60, "held": 0, "left": 0},
+        "b-addon": {"limit": 600, "used": 300, "held": 0, "left": 300},
+    }
+    # Both used up: the tariff, at the first that applies (as before), 0.012 a minute.
+    assert (await granted(app, "c1", GERMANY, "x3"))["counter_seconds"] == 300
+    await stop(app, "x3", 300)
+    assert (await granted(app, "c1", GERMANY, "x4"))["counter_seconds"] == 0
+    assert (await stop(app, "x4", 60))["cost"] == "0.012000"
+    charged = await cdrs_of(app, "c1", 4)
+    assert [(charged[c]["counter_id"], charged[c]["counter_seconds"]) for c in sorted(charged)] == [
+        ("a-main", 60),
+        ("b-addon", 300),
+        ("b-addon", 300),
+        ("a-main", 0),
+    ]
+
+
+async def test_a_refusing_bundle_used_up_lets_a_bought_add_on_pay_then_refuses(
+    app: RunningApp,
+) -> None:
+    """A bundle that refuses calls once used up ("a-main", 60 s) and an add-on bought
+    beside it ("b-addon", 120 s): the add-on pays once the bundle is used up, and only
+    when both are is the call refused counter_exhausted (it was refused at once)."""
+    await counter_plan(
+        app,
+        [
+            {"id": "a-main", "seconds": 60, "zones": ["Germany"], "reject_on_threshold": True},
+            {"id": "b-addon", "seconds": 120, "zones": ["Germany"], "mandatory": False},
+        ],
+        {"c2": "10.00"},
+    )
+    await buy(app, "c2", "b-addon")
+    assert (await granted(app, "c2", GERMANY, "y1"))["max_duration"] == 60  # its bundle
+    await stop(app, "y1", 60)
+    assert (await granted(app, "c2", GERMANY, "y2"))["counter_seconds"] == 120
+    assert (await counters_of(app, "c2"))["b-addon"]["held"] == 120
+    assert (await stop(app, "y2", 200))["cost"] == "0.016000"  # 80 s past it, 0.012/min
+    status, refused = await authorize(app, "c2", GERMANY, "y3")
+    assert (status, refused["error"]["reason"]) == (403, "counter_exhausted"), refused
+    assert (await app.services.calls.quote("c2", GERMANY)).seconds == 0
+
+
 # -- the rating function with a counter --------------------------------------------------------
 
 # A zone's rate: these fields alone, or with a tier and a max cost too.

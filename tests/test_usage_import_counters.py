@@ -182,6 +182,31 @@ async def test_a_bundle_that_refuses_once_used_up_refuses_the_rows_past_it(
     assert await counters_of(app, "buyer") == [("uk-300", 300, 0)]
 
 
+async def test_imported_calls_draw_on_a_bought_add_on_once_the_bundle_is_used_up(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    """Every account's 60 s to the UK and a 600 s add-on the account bought: an imported
+    call past the 60 s draws on the add-on, as a live call does. It drew on the used-up
+    bundle (0 s): 120 s paid 0.04 and the add-on stayed unused."""
+    await uk_bundle_for(app, "c1", "a-uk", 60)
+    await add_counter(
+        app, id="b-uk", seconds=600, zones=["UK"], price_per_minute="0.00", mandatory=False
+    )
+    await buy(app, "c1", "b-uk")
+    path = usage_file(
+        tmp_path,
+        "add-on.csv",
+        # The bundle's 60 s, then 60 s at the tariff: cost(120) - cost(60) = 0.02.
+        f"u1,c1,{UK},2026-11-03 09:00:00,120,O,,\n",
+        # The bundle used up: 120 s from the add-on, free.
+        f"u2,c1,{UK},2026-11-03 10:00:00,120,O,,\n",
+    )
+    await imported(app, path, 2, 20_000)
+    assert await balance(app, "c1") == 10_000_000 - 20_000
+    assert await drawn(app, 2) == [("u1", "a-uk", 60, 20_000), ("u2", "b-uk", 120, 0)]
+    assert await counters_of(app, "c1") == [("a-uk", 60, 0), ("b-uk", 120, 480)]
+
+
 class _OvertakenRead(UsageImporter):
     """An importer whose first read of the counters is overtaken by ``meanwhile`` (a
     change to the bundle) before the import's debits reach Redis."""

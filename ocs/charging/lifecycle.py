@@ -76,7 +76,7 @@ from ocs.limits import MAX_CALL_DURATION
 from ocs.numbers.prefixes import normalize_number
 from ocs.rating.answer_window import least_grant, worst_cost
 from ocs.rating.bands import bands_from
-from ocs.rating.counter_rules import CounterDef
+from ocs.rating.counter_rules import CounterDef, counter_to_draw
 from ocs.rating.rates import (
     MAX_QUANTITY,
     CounterSplit,
@@ -1146,18 +1146,21 @@ class CallService:
         if priced.candidates:
             plan_cap = priced.plan.max_call_duration
             cycles = await self._store.counter_state(account_id)
-            # The first counter that applies, as the authorize script chooses it, with
-            # the free seconds its cycle holds now (a mandatory one not yet started: all).
-            first = next((c for c in priced.candidates if c.id in cycles or c.mandatory), None)
-            guess: tuple[str | None, int] = (None, 0)
-            if first is not None:
-                cycle = cycles.get(first.id)
-                free = (
-                    first.seconds
-                    if cycle is None
-                    else cycle["limit"] - cycle["used"] - cycle["held"]
-                )
-                guess = (first.id, max(min(free, plan_cap), 0))
+            # The counter the authorize script would choose (``counter_to_draw``), with
+            # the free seconds its cycle holds now (a mandatory one not yet started: all):
+            # of those that apply, the first with seconds free.
+            applicable: list[tuple[str, int]] = []
+            for candidate in priced.candidates:
+                cycle = cycles.get(candidate.id)
+                if cycle is not None:
+                    free = cycle["limit"] - cycle["used"] - cycle["held"]
+                elif candidate.mandatory:
+                    free = candidate.seconds
+                else:
+                    continue  # an optional counter the account has not bought
+                applicable.append((candidate.id, max(min(free, plan_cap), 0)))
+            chosen = counter_to_draw(applicable)
+            guess: tuple[str | None, int] = (None, 0) if chosen is None else chosen
             counter, split, cap, _ = choose_counter(priced.candidates, plan_cap, guess)
             if counter is not None and split is None and counter.reject_on_threshold:
                 return Quote(0, priced.tariff.zone, digits, name)

@@ -33,6 +33,7 @@ from ocs.mediation.seen_ids import SeenIds
 from ocs.mediation.summary import ImportSummary
 from ocs.mediation.supplier_lock import Progress, ProgressSaver, to_the_end
 from ocs.mediation.template import Template
+from ocs.rating.counter_rules import CounterDef, counter_to_draw
 
 log = logging.getLogger("ocs.mediation")
 
@@ -506,8 +507,9 @@ class ImportRun:
 
     def draw_on_counter(self, item: Prepared) -> bool:
         """Price a record with the counter that applies to its account now, as authorize
-        chooses it, and count its seconds used; False (and the row rejected) when the
-        counter refuses calls once used up and has nothing left.
+        chooses it (the first with seconds free, else the first that applies), and count
+        its seconds used; False (and the row rejected) when none that applies has seconds
+        free and the first refuses calls once used up.
 
         A record made before the account's current cycle began belongs to a closed cycle:
         it draws only on the seconds that cycle left free (carried over, or kept aside
@@ -524,23 +526,33 @@ class ImportRun:
         record = item.record
         late = account.began is not None and record.start_ms < account.began
         item.past_kept_cycle = not account.kept(record.start_ms)
-        for counter in () if item.past_kept_cycle else draw.rated.counters:
-            cycle = cycles.get(counter.id)
-            start = counter.seconds if counter.mandatory else 0
+        # The counters that apply, each with the seconds it has free for this record, up
+        # to the first with any: the one it draws on, as authorize chooses
+        # (``counter_to_draw``: else the first that applies, with none).
+        applicable: list[tuple[tuple[CounterDef, CounterCycle], int]] = []
+        for candidate in () if item.past_kept_cycle else draw.rated.counters:
+            found = cycles.get(candidate.id)
             if late:
-                if cycle is None:
+                if found is None:
                     continue  # nothing kept of the closed cycle: started now, it has none
-            elif (cycle is None or not cycle.started) and counter.mandatory:
+            elif (found is None or not found.started) and candidate.mandatory:
                 # Not used yet this cycle: charge_batch starts it, as authorize would
                 # (keeping what a closed cycle left).
-                closed = 0 if cycle is None else cycle.closed
-                cycle = CounterCycle(counter.seconds, 0, 0, False, None, closed)
-                cycles[counter.id] = cycle
-            elif cycle is None or cycle.gone or not cycle.started:
+                closed = 0 if found is None else found.closed
+                found = CounterCycle(candidate.seconds, 0, 0, False, None, closed)
+            elif found is None or found.gone or not found.started:
                 continue  # an optional counter the account has not bought, or cancelled
-            free = cycle.free_for(record.start_ms, account.began)
+            free = found.free_for(record.start_ms, account.began)
             if late and free == 0:
                 continue  # nothing left of the record's cycle: not this one's
+            applicable.append(((candidate, found), free))
+            if free > 0:
+                break
+        chosen = counter_to_draw(applicable)
+        if chosen is not None:
+            (counter, cycle), free = chosen
+            cycles[counter.id] = cycle  # a mandatory one started by this record
+            start = counter.seconds if counter.mandatory else 0
             if free == 0 and counter.reject_on_threshold:
                 self.rejects.add(
                     item.file,

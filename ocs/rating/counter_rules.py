@@ -9,10 +9,14 @@ accounts that bought them.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
 from ocs.rating.rates import Rate
+
+# A counter as the chooser's caller holds it (its definition, or more beside it).
+_Counter = TypeVar("_Counter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +44,25 @@ class CounterDef:
 
 def counters_for_zone(counters: Iterable[CounterDef], zone: str) -> tuple[CounterDef, ...]:
     """The active counters covering ``zone``, by id: a call uses the first of them that
-    applies to its account (a mandatory one, or an optional one the account bought)."""
+    applies to its account (a mandatory one, or an optional one the account bought) and
+    has seconds free (``counter_to_draw``)."""
     return tuple(c for c in counters if c.active and zone in c.zones)
+
+
+def counter_to_draw(applicable: Iterable[tuple[_Counter, int]]) -> tuple[_Counter, int] | None:
+    """The counter a call draws on, of those that apply to its account (in the order
+    ``counters_for_zone`` gives, each with its free seconds): the first with seconds free,
+    so an add-on bought beside a used-up bundle applies; when none has any, the first
+    (the call draws nothing on it, and is refused ``counter_exhausted`` if that counter
+    refuses calls once used up); None when none applies. authorize.lua chooses alike
+    (decision 0008, addendum of 2026-12-07)."""
+    first: tuple[_Counter, int] | None = None
+    for counter, free in applicable:
+        if free > 0:
+            return counter, free
+        if first is None:
+            first = (counter, 0)
+    return first
 
 
 def counter_from_row(row: asyncpg.Record) -> CounterDef:

@@ -23,7 +23,8 @@
 --          reports the answer (an HTTP call, decision 0055)
 -- ARGV[12] member placing or taking the call ("" none): its own line limit applies
 -- ARGV[13] usage counters covering the destination, comma-separated, in order of
---          preference ("" none); the first that applies to the account is used
+--          preference ("" none); the first that applies to the account and has seconds
+--          free is used, else the first that applies (with none)
 -- ARGV[14] counter seconds the caller priced the reservation with
 -- ARGV[15] longest call (seconds): the most counter seconds one call may hold
 -- ARGV[16] per candidate, comma-separated: "1" to refuse once it is used up
@@ -140,6 +141,11 @@ if (ARGV[13] or '') ~= '' then
   for flag in string.gmatch(ARGV[16], '[^,]+') do rejects[#rejects + 1] = flag end
   for seconds in string.gmatch(ARGV[17], '[^,]+') do mandatory[#mandatory + 1] = seconds end
   local n = 0
+  -- Of the counters that apply, the first with seconds free (an add-on bought beside a
+  -- used-up bundle applies); when none has any, the first that applies: the call draws
+  -- nothing on it, and is refused if it refuses once used up (counter_rules.py's
+  -- counter_to_draw chooses alike, decision 0008's addendum of 2026-12-07).
+  local spent, spent_rejects = nil, false
   for candidate in string.gmatch(ARGV[13], '[^,]+') do
     n = n + 1
     local c = redis.call('HMGET', KEYS[7], candidate .. ':limit', candidate .. ':used',
@@ -151,14 +157,23 @@ if (ARGV[13] or '') ~= '' then
       c = {mandatory[n], 0, 0, false}
     end
     if c[1] and not c[4] then
-      counter = candidate
       local free = tonumber(c[1]) - tonumber(c[2] or 0) - tonumber(c[3] or 0)
-      counter_seconds = math.max(math.min(free, tonumber(ARGV[15])), 0)
-      if counter_seconds == 0 and rejects[n] == '1' then
-        return {'REJ', 'counter_exhausted'}
+      free = math.max(math.min(free, tonumber(ARGV[15])), 0)
+      if free > 0 then
+        counter = candidate
+        counter_seconds = free
+        break
       end
-      break
+      if not spent then
+        spent, spent_rejects = candidate, rejects[n] == '1'
+      end
     end
+  end
+  if counter == '' and spent then
+    if spent_rejects then
+      return {'REJ', 'counter_exhausted'}
+    end
+    counter = spent
   end
 end
 if counter ~= (ARGV[18] or '') or counter_seconds ~= tonumber(ARGV[14] or 0) then
