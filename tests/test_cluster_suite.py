@@ -34,6 +34,7 @@ from ocs.balances.scripts import (
     ALL_SCRIPTS,
     AUTHORIZE,
     AUTHORIZE_WITH_REF,
+    CLAIM_CALL_REF,
     RELEASE_UNCONFIRMED,
     SNAPSHOT_BUCKET,
 )
@@ -266,6 +267,117 @@ async def test_call_references_of_refusals_and_grants_on_either_backend(
     )
     charge = await other.stop("r-1", 45)
     assert (charge.account_id, charge.charged) == ("rich", 198_000)
+
+
+async def two_accounts(app: RunningApp, *names: str) -> None:
+    """The retail plan, and an account of 1.00 for each of ``names``."""
+    await add_plan(app.services)
+    for account_id in names:
+        status, body = await app.post(
+            "/v1/accounts", {"id": account_id, "plan": "retail", "balance": "1.00"}
+        )
+        assert status == 201, body
+
+
+async def holds(app: RunningApp, account_id: str) -> tuple[str, str, int]:
+    """The account's balance, reserved funds and lines in use, as the API shows them."""
+    status, view = await app.get(f"/v1/accounts/{account_id}")
+    assert status == 200, view
+    return view["balance"], view["reserved"], view["lines_in_use"]
+
+
+async def test_an_http_call_id_another_accounts_live_call_holds_is_refused_on_either_backend(
+    backend_app: RunningApp,
+) -> None:
+    # Two switches' HTTP call ids collide (Asterisk UNIQUEIDs of two servers). On a
+    # cluster the second account's grant took the id's reference: the first call's stop
+    # charged the second account's call, and the first was left to the janitor, which
+    # charges its whole grant (decision 0052, addendum).
+    app = backend_app
+    await two_accounts(app, "first", "second")
+    status, grant = await app.post(
+        "/v1/calls", {"account": "first", "destination": GERMANY, "call_id": "uid-1"}
+    )
+    assert status == 201, grant
+    status, refused = await app.post(
+        "/v1/calls", {"account": "second", "destination": GERMANY, "call_id": "uid-1"}
+    )
+    assert status == 409, refused
+    assert (refused["error"]["reason"], refused["error"]["field"]) == ("call_id_in_use", "call_id")
+    assert await holds(app, "second") == ("1.000000", "0.000000", 0)
+    # A process that cached neither call stops the first by its id alone: 60 s of
+    # Germany at 0.012 a minute, charged to the first account.
+    elsewhere = CallService(
+        app.services.catalog, app.services.store, app.services.settings, app.services.digests
+    )
+    charge = await elsewhere.stop("uid-1", 60)
+    assert (charge.account_id, charge.charged) == ("first", 12_000)
+    assert await holds(app, "first") == ("0.988000", "0.000000", 0)
+    assert await holds(app, "second") == ("1.000000", "0.000000", 0)
+    # Once the first call is over, the second account may take the id; its stop charges it.
+    status, grant = await app.post(
+        "/v1/calls", {"account": "second", "destination": GERMANY, "call_id": "uid-1"}
+    )
+    assert status == 201, grant
+    status, stopped = await app.post("/v1/calls/uid-1/stop", {"duration": 30})
+    assert (status, stopped["account"], stopped["cost"]) == (200, "second", "0.006000"), stopped
+    assert await holds(app, "second") == ("0.994000", "0.000000", 0)
+    assert await holds(app, "first") == ("0.988000", "0.000000", 0)
+
+
+@pytest.mark.replaces_hot_path_function
+async def test_an_http_call_id_taken_after_it_was_read_free_is_refused_and_given_back(
+    backend_app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # West's authorization reads the id free, and east's grant takes it before west's
+    # grant writes its reference (on a cluster the read and the write are two round
+    # trips; on one Redis one script, so east's grant is run just before it). West is
+    # refused and keeps nothing; before, on a cluster, both were granted and the id's
+    # one reference named west's call: east's stop charged west.
+    app = backend_app
+    await two_accounts(app, "east", "west")
+    original = AutoPipeline.execute
+    reading = {CLAIM_CALL_REF.sha, AUTHORIZE_WITH_REF.sha, AUTHORIZE.sha}
+    east: list[tuple[int, dict[str, Any]]] = []
+
+    def west_read(args: tuple[Any, ...]) -> bool:
+        return any(b"west" in (a if isinstance(a, bytes) else str(a).encode()) for a in args)
+
+    def racing(self: AutoPipeline, *args: Any) -> "asyncio.Future[Any]":
+        if east or args[0] != "EVALSHA" or args[1] not in reading or not west_read(args):
+            return original(self, *args)
+        east.append((0, {}))  # once: east's own commands go through
+
+        async def east_granted() -> None:
+            east[0] = await app.post(
+                "/v1/calls", {"account": "east", "destination": GERMANY, "call_id": "uid-2"}
+            )
+
+        async def east_between() -> Any:
+            if args[1] == CLAIM_CALL_REF.sha:  # west's read of the id, then east's grant
+                answer = await original(self, *args)
+                await east_granted()
+                return answer
+            await east_granted()  # east's grant, then west's read-and-grant
+            return await original(self, *args)
+
+        return asyncio.ensure_future(east_between())
+
+    monkeypatch.setattr(AutoPipeline, "execute", racing)
+    status, refused = await app.post(
+        "/v1/calls", {"account": "west", "destination": GERMANY, "call_id": "uid-2"}
+    )
+    monkeypatch.setattr(AutoPipeline, "execute", original)
+    assert east[0][0] == 201, east
+    assert status == 409, refused
+    assert (refused["error"]["reason"], refused["error"]["field"]) == ("call_id_in_use", "call_id")
+    assert await holds(app, "west") == ("1.000000", "0.000000", 0)
+    packed = await app.services.redis.get(keys.call_ref("uid-2"))
+    assert packed is not None and CallRecord.unpack(packed).account_id == "east"
+    status, stopped = await app.post("/v1/calls/uid-2/stop", {"duration": 60})
+    assert (status, stopped["account"], stopped["cost"]) == (200, "east", "0.012000"), stopped
+    assert await holds(app, "east") == ("0.988000", "0.000000", 0)
+    assert await holds(app, "west") == ("1.000000", "0.000000", 0)
 
 
 async def two_clients_on_one_id(app: RunningApp, call_id: str, *, accounts: bool = True) -> None:

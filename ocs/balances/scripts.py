@@ -63,6 +63,7 @@ DROP_DID = _load("drop_did")
 DISCARD_CARD = _load("discard_card")
 RELEASE_UNCONFIRMED = _load("release_unconfirmed")
 REKEY_FIELD = _load("rekey_field")
+CLAIM_CALL_REF = _load("claim_call_ref")
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     AUTHORIZE,
@@ -89,4 +90,5 @@ ALL_SCRIPTS: tuple[Script, ...] = (
     DISCARD_CARD,
     RELEASE_UNCONFIRMED,
     REKEY_FIELD,
+    CLAIM_CALL_REF,
 )

@@ -109,17 +109,6 @@ async def _each_or_error(
     return answers, error, failed
 
 
-def _held_by_another_client(prior: bytes | None, ttl: int, record: bytes) -> bool:
-    """Whether the call reference ``prior`` (``ttl`` seconds left) is another NAS client's
-    granted call's, which a grant of ``record`` under the same id must leave as it is
-    (decision 0052); a refused attempt's lasts ``REF_WINDOW`` at most."""
-    return (
-        prior is not None
-        and ttl > REF_WINDOW
-        and RecordClient.of(prior).nas != RecordClient.of(record).nas
-    )
-
-
 def now_ms() -> int:
     """The time now in epoch milliseconds, as the ledger stamps entries."""
     return int(time.time() * 1000)
@@ -280,10 +269,13 @@ class OldPasswordForm:
 @dataclass(frozen=True, slots=True)
 class IdHeld:
     """An HTTP call's id is held by another account's HTTP call (its reference, granted
-    and unexpired): nothing was reserved. ``record``: that call's packed record, to tell
-    whether it is still live (a stopped call's reference outlives it)."""
+    and unexpired). ``record``: that call's packed record, to tell whether it is still
+    live (a stopped call's reference outlives it). ``granted``: nothing was reserved when
+    False; when True (a cluster, where another grant took the reference between this one's
+    read of it and its write), this call was granted and is to be given back."""
 
     record: bytes
+    granted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,9 +508,11 @@ class BalanceStore:
         ``args.expires_at`` is the expiry of a call granted all it asked for;
         ``grant_expiry`` turns the funds actually reserved into the expiry of the
         shorter grant they pay for (None: keep ``expires_at``); ``ref_ttl`` is how
-        long a granted call's reference lives. On one Redis, an HTTP call (no NAS client)
-        whose id another account's HTTP call's reference holds is answered ``IdHeld``,
-        nothing reserved, unless ``take_id`` (the caller found that call over).
+        long a granted call's reference lives. An HTTP call (no NAS client) whose id
+        another account's HTTP call's reference holds is answered ``IdHeld``, nothing
+        reserved, unless ``take_id`` (the caller found that call over); on a cluster also
+        ``IdHeld`` with ``granted`` when that reference was written after this call read
+        the id free and before its grant wrote its own: the grant is to be given back.
         """
         account_id, call_id = args.account_id, args.call_id
         expires_at, cap_cost = args.expires_at, args.cap_cost
@@ -529,7 +523,17 @@ class BalanceStore:
         ref_key = keys.call_ref(call_id)
         pending: list[asyncio.Future[Any]] = []
         if self._pipe.cluster:
-            reply, pending = await self._authorize_beside_ref(args, ref_key, ref_ttl)
+            # An HTTP call reads the reference first, in its slot (one more round trip,
+            # HTTP calls on a cluster only): another account's live HTTP call under the
+            # id refuses it before anything is reserved, as authorize_with_ref.lua does.
+            guard = not take_id and not RecordClient.of(args.record).nas
+            if guard:
+                _, holder = await self._claim_ref(ref_key, args.record, ref_ttl, guard, write=False)
+                if holder is not None:
+                    return IdHeld(holder)
+            reply, pending, holder = await self._authorize_beside_ref(args, ref_key, ref_ttl, guard)
+            if holder is not None:
+                return IdHeld(holder, granted=True)
         else:
             # Both lists are the call's own: extended in place, not copied.
             script_keys, script_args = args.keys(), args.argv()
@@ -583,18 +587,21 @@ class BalanceStore:
         return Refused(_text(reply[1]), int(reply[2]) if len(reply) > 2 else 0)
 
     async def _authorize_beside_ref(
-        self, args: AuthorizeArgs, ref_key: str, ref_ttl: int
-    ) -> tuple[list[Any], list[asyncio.Future[Any]]]:
+        self, args: AuthorizeArgs, ref_key: str, ref_ttl: int, guard: bool
+    ) -> tuple[list[Any], list[asyncio.Future[Any]], bytes | None]:
         """authorize.lua's reply, with the call reference SET in the same round trip (a
-        cluster's way: the reference is in another slot than the account's keys), and
-        the commands still to await with the grant's next round trip.
+        cluster's way: the reference is in another slot than the account's keys), the
+        commands still to await with the grant's next round trip, and the record of
+        another account's HTTP call that took the id's reference first (``guard``: this
+        is an HTTP call that may not take it), None if none did.
 
         Written NX for a granted call's whole life, so it never replaces the reference
         of another live call; a grant, the common case, then answers after this one
         round trip. A refused attempt's is cut to a short window at once, and a grant's
-        replaces one it found (a refused attempt's, a stale one's): the same keys as
-        authorize_with_ref.lua leaves. A repeat of a live call that has none (its grant's
-        SET failed) writes the live call's, for its life.
+        replaces one it found (a refused attempt's, a stale one's) by claim_call_ref.lua,
+        which leaves another client's granted call's and, ``guard``, another account's
+        HTTP call's: the same keys as authorize_with_ref.lua leaves. A repeat of a live
+        call that has none (its grant's SET failed) writes the live call's, for its life.
         """
         record = args.record
         outcome = self._pipe.run_script(scripts.AUTHORIZE, args.keys(), args.argv())
@@ -623,17 +630,36 @@ class BalanceStore:
                 await self._pipe.execute("SET", ref_key, live, "EX", ref_ttl)
             elif ref_written is not None:
                 await self._pipe.execute("EXPIRE", ref_key, REF_WINDOW)
-            return list(reply), []
+            return list(reply), [], None
         if ref_written is not None:
-            return list(reply), []
-        # A reference was there (a refused attempt's, a stale one's, another client's):
-        # replaced, unless another client's granted call holds it (decision 0052).
-        prior, ttl = await _all_or_first_error(
-            [self._pipe.execute("GET", ref_key), self._pipe.execute("TTL", ref_key)]
+            return list(reply), [], None
+        # A reference was there (a refused attempt's, a stale one's, another client's, or
+        # another account's HTTP call's granted since this one read none): replaced
+        # unless another client's granted call holds it (decision 0052) or, ``guard``,
+        # another account's HTTP call does (its addendum). One script in the reference's
+        # slot reads and writes it: of two grants that found the id free, the later sees
+        # the earlier's reference.
+        status, holder = await self._claim_ref(ref_key, record, ref_ttl, guard, write=True)
+        if status == "CLIENT":
+            return list(reply), [self._client_ref(args, ref_ttl)], None
+        return list(reply), [], holder
+
+    async def _claim_ref(
+        self, ref_key: str, record: bytes, ref_ttl: int, guard: bool, *, write: bool
+    ) -> tuple[str, bytes | None]:
+        """Read call reference ``ref_key`` for a call of ``record``, and ``write`` it for
+        the call's life where no other call keeps it (claim_call_ref.lua). Its answer:
+        ``HELD`` with the record of another account's HTTP call that holds it (only when
+        ``guard``), ``CLIENT`` when another NAS client's granted call does (not written),
+        ``OK`` otherwise; None beside the last two."""
+        reply = await self._pipe.run_script(
+            scripts.CLAIM_CALL_REF,
+            [ref_key],
+            [record, ref_ttl, REF_WINDOW, 1 if guard else 0, 1 if write else 0],
         )
-        if _held_by_another_client(prior, int(ttl), record):
-            return list(reply), [self._client_ref(args, ref_ttl)]
-        return list(reply), [self._pipe.execute("SET", ref_key, record, "EX", ref_ttl)]
+        status = _text(reply[0])
+        held: bytes | None = reply[1] if status == "HELD" else None
+        return status, held
 
     def _client_ref(self, args: AuthorizeArgs, ref_ttl: int) -> "asyncio.Future[Any]":
         """Write a granted call's reference under its id qualified by its NAS client."""

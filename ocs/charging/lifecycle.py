@@ -782,7 +782,13 @@ class CallService:
                     await self._check_password(account_id, request.password, digest)
                 case Refused():
                     raise self._refusal(account_id, outcome)
-                case IdHeld(record=holder):
+                case IdHeld(record=holder, granted=granted):
+                    if granted:
+                        # A cluster: another account's grant took the id's reference
+                        # between this one's read of it and its write. This grant is
+                        # given back (nothing charged) before the id is judged, as on one
+                        # Redis, where the script refuses before granting.
+                        await self._release_unconfirmed(record)
                     take_id = await self._id_taken_over(call_id, holder)
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
 

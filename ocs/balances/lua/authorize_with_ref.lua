@@ -1,6 +1,7 @@
 -- authorize_with_ref: authorize.lua, and the call's reference written by the same script,
 -- on a standalone Redis (decision 0044). On a Redis Cluster the reference lives in the
--- call id's slot, not the account's, so the caller SETs it beside authorize.lua instead.
+-- call id's slot, not the account's, so the caller SETs it beside authorize.lua instead
+-- and claim_call_ref.lua keeps this script's rules for it there.
 -- scripts.py puts authorize.lua's body above this as the local function authorize().
 --
 -- KEYS and ARGV as authorize.lua, each followed by:
