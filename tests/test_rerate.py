@@ -258,6 +258,81 @@ async def test_a_late_stop_is_rated_again_as_part_of_its_call(app: RunningApp) -
     assert [line.duration for line in report.lines] == [60]
 
 
+async def test_a_late_stop_of_either_form_is_rated_again_as_its_call(app: RunningApp) -> None:
+    # Two calls closed as expired at their hour's grant whose Stops said 3700 s: 0.15 +
+    # 3702 s (30/6) at 0.06 a minute, 3.852 each. A late stop written before 2ccb9c8 (the
+    # release of migration 0051) held the whole call's 3700 s; since, the 100 s it adds.
+    # The old form was added to the close: 7300 s, 7.452, changed with the catalog as it
+    # was.
+    await add_plan(app.services, max_call_duration=3600, max_lines=2)
+    await app.post("/v1/accounts", {"id": "lost", "plan": "retail", "balance": "100.00"})
+    calls = app.services.calls
+    for call_id in ("old-form", "new-form"):
+        await calls.authorize(AuthorizeRequest("lost", "447700900123", call_id=call_id))
+        await calls.start(call_id)
+    assert await Janitor(calls, app.services.store).sweep(now=2_000_000_000) == 2
+    for call_id in ("old-form", "new-form"):
+        charge = await calls.stop(call_id, 3700)
+        assert (charge.rated, charge.cause) == (3_852_000, "late-stop")
+    await cdrs_written(app, 4)
+    pool = app.services.pool
+    late = await pool.fetch(
+        "SELECT duration, billed_seconds FROM cdrs WHERE termination_cause = 'late-stop'"
+    )
+    assert [tuple(row) for row in late] == [(100, 102), (100, 102)]
+    # Both as a release before migration 0074 wrote them (no answer kept); old-form's
+    # late stop as releases before 0051 wrote it, the call moved to before the upgrade.
+    await pool.execute("UPDATE cdrs SET answered_at = NULL")
+    marker = await pool.fetchval("SELECT applied_at FROM schema_migrations WHERE version = 51")
+    await pool.execute(
+        "UPDATE cdrs SET duration = 3700, billed_seconds = 3702"
+        " WHERE call_id = 'old-form' AND termination_cause = 'late-stop'"
+    )
+    shift = await pool.fetchval(
+        "SELECT max(stopped_at) - $1::timestamptz + interval '1 hour' FROM cdrs"
+        " WHERE call_id = 'old-form'",
+        marker,
+    )
+    await pool.execute(
+        "UPDATE cdrs SET authorized_at = authorized_at - $1::interval,"
+        " stopped_at = stopped_at - $1::interval WHERE call_id = 'old-form'",
+        shift,
+    )
+    snapshot = app.services.catalog.snapshot
+    same = await rerate(pool, snapshot, "retail")
+    assert (same.cdrs, same.changed, same.total_then, same.total_now) == (
+        2,
+        0,
+        7_704_000,
+        7_704_000,
+    ), same
+
+    # An old-form late stop written after the upgrade's migrations (an old process not
+    # yet restarted) is read as the new form by its time; only the old form rates it as
+    # it was rated: read so, it is unchanged too.
+    await pool.execute(
+        "UPDATE cdrs SET stopped_at = now() WHERE call_id = 'old-form'"
+        " AND termination_cause = 'late-stop'"
+    )
+    during = await rerate(pool, snapshot, "retail")
+    assert (during.changed, during.total_now) == (0, 7_704_000), during
+    await pool.execute(
+        "UPDATE cdrs SET stopped_at = $1::timestamptz - interval '1 hour'"
+        " WHERE call_id = 'old-form' AND termination_cause = 'late-stop'",
+        marker,
+    )
+
+    # UK Mobile doubles: each call is 0.15 + 3702 s at 0.12 a minute, 7.554 (the old
+    # form's was reported as 7300 s, 14.754).
+    await new_deck(app, "retail", DECK_HEADER + "447,UK Mobile,0.120,0.150,30,6\n")
+    report = await rerate(pool, app.services.catalog.snapshot, "retail")
+    assert changes(report) == [("UK Mobile", 3_852_000, "UK Mobile", 7_554_000)] * 2
+    assert [(line.call_id, line.duration) for line in report.lines] == [
+        ("old-form", 3700),
+        ("new-form", 3700),
+    ]
+
+
 LONDON = ZoneInfo("Europe/London")
 
 

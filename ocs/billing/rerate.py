@@ -14,8 +14,11 @@ did not change is rated the same (decision 0002, one rating function):
   the plan has one, else the service's tariff, else the called number's zone).
 
 A call ocs closed by policy whose switch reported it later is one call: its late stop's
-row (``late-stop``: what the report changed) is folded into the close's, and the call is
-rated at the duration reported, against what the report rated it at.
+row (``late-stop``) is folded into the close's, and the call is rated at the duration
+reported, against what the report rated it at. The row holds what the report changed,
+or, written by a release before 2ccb9c8 (before migration 0051 was applied), the whole
+call (decision 0032, re-rating addendum); where the form is in doubt, the reading that
+rates the call as it was rated is taken, so no misread row shows a phantom change.
 
 It reports what each record would cost now beside what it was rated then, and how
 many of them were usage events and rate-typed records; it moves no money: an
@@ -90,6 +93,8 @@ async def rerate(
     counters = {c.id: c for c in snapshot.counters_for(plan_id)}
     # (zone now, cost now) of each row; None: it has no price now.
     now: list[tuple[str, int] | None] = [None] * len(rows)
+    # The seconds each row's call is rated at (a late stop's reading may change them).
+    durations: list[int] = [row["duration"] for row in rows]
     by_deck = [
         n
         for n, row in enumerate(rows)
@@ -97,7 +102,7 @@ async def rerate(
     ]
     if snapshot.plan(plan_id) is not None:
         for n in by_deck:
-            now[n] = _rated_as_called(snapshot, plan_id, rows[n], counters)
+            now[n], durations[n] = _rated_as_stopped(snapshot, plan_id, rows[n], counters)
     deck_rows = set(by_deck)
     usage_events = rate_typed = 0
     for n, row in enumerate(rows):
@@ -110,7 +115,7 @@ async def rerate(
         now[n] = _rated_as_imported(snapshot, plan_id, row, counters)
     changed = unrated = total_then = total_now = 0
     lines: list[RerateLine] = []
-    for row, found in zip(rows, now, strict=True):
+    for row, found, duration in zip(rows, now, durations, strict=True):
         total_then += row["rated_cost"]
         if found is None:
             unrated += 1
@@ -126,7 +131,7 @@ async def rerate(
                         call_id=row["call_id"],
                         account_id=row["account_id"],
                         destination=row["destination"],
-                        duration=row["duration"],
+                        duration=duration,
                         zone_then=row["zone"],
                         zone_now=zone,
                         rated_then=row["rated_cost"],
@@ -147,26 +152,47 @@ async def rerate(
 
 
 # A plan's CDRs stopped in [$2, $3): outbound calls and rate-typed records. A call's late
-# stop (migration 0009's cause ``late-stop``, stop.lua) is not a call of its own: its
-# row carries what the switch's report changed from the close's (seconds, counter
-# seconds; rated_cost is the whole call's at the reported duration), so it is folded
-# into its close, found by the call's account, id and authorization (an id may be used
-# again by a later call). At most one late stop settles a close.
+# stop (migration 0009's cause ``late-stop``, stop.lua) is not a call of its own, so it is
+# folded into its close, found by the call's account, id and authorization (an id may be
+# used again by a later call). At most one late stop settles a close. Its rated_cost is
+# the whole call's at the reported duration; its seconds and counter seconds come in two
+# forms: since 2ccb9c8 (the release that brought migration 0051) what the report changed
+# from the close's, so the call is the two rows' sum; before it the whole call's, so the
+# call is the late stop's. The forms agree for a close of no seconds (``start-timeout``);
+# a late stop of no or negative seconds, or with ``answered_at`` (migration 0074, written
+# by releases since), is the new form. Any other is read by when it was written: before
+# migration 0051 was applied, the old form (a release that lacks 0051 wrote it), else the
+# new. That reading is ``duration``; ``other_duration`` (NULL when there is no doubt) is
+# the other one, which ``rerate`` takes where it alone rates the call as it was rated
+# (an old process that wrote on during the upgrade, until it was restarted).
 _ROWS_SQL = (
-    "SELECT c.call_id, c.account_id, c.destination, c.zone, c.authorized_at, c.direction,"
+    "WITH marker AS (SELECT applied_at FROM schema_migrations WHERE version = 51)"
+    " SELECT c.call_id, c.account_id, c.destination, c.zone, c.authorized_at, c.direction,"
     " c.rate_type, c.termination_cause, c.counter_id, c.rating_plan,"
-    " c.duration + COALESCE(l.duration, 0) AS duration,"
-    " c.counter_seconds + COALESCE(l.counter_seconds, 0) AS counter_seconds,"
+    " CASE WHEN f.whole THEN l.duration ELSE c.duration + COALESCE(l.duration, 0) END"
+    " AS duration,"
+    " CASE WHEN f.whole THEN l.counter_seconds"
+    " ELSE c.counter_seconds + COALESCE(l.counter_seconds, 0) END AS counter_seconds,"
+    " CASE WHEN f.doubt AND f.whole THEN c.duration + l.duration"
+    " WHEN f.doubt THEN l.duration END AS other_duration,"
+    " CASE WHEN f.doubt AND f.whole THEN c.counter_seconds + l.counter_seconds"
+    " WHEN f.doubt THEN l.counter_seconds END AS other_counter_seconds,"
     " COALESCE(l.rated_cost, c.rated_cost) AS rated_cost,"
     # Where the stop placed the call on the time bands (migration 0074); a CDR from
     # before it: its end less its duration (the close's), never before its authorization.
     " COALESCE(c.answered_at, GREATEST(c.authorized_at,"
     " c.stopped_at - make_interval(secs => c.duration))) AS answered_at"
-    " FROM cdrs c LEFT JOIN LATERAL ("
-    " SELECT d.duration, d.counter_seconds, d.rated_cost FROM cdrs d"
+    " FROM cdrs c LEFT JOIN marker m ON true LEFT JOIN LATERAL ("
+    " SELECT d.duration, d.counter_seconds, d.rated_cost, d.stopped_at, d.answered_at"
+    " FROM cdrs d"
     " WHERE d.account_id = c.account_id AND d.call_id = c.call_id"
     " AND d.authorized_at = c.authorized_at AND d.termination_cause = 'late-stop'"
     " ORDER BY d.stopped_at DESC, d.entry_id DESC LIMIT 1) l ON true"
+    # doubt: the late stop may be of either form; whole: it is read as the old one.
+    " CROSS JOIN LATERAL (SELECT COALESCE(c.duration > 0 AND l.duration > 0"
+    " AND l.answered_at IS NULL, false) AS doubt) x"
+    " CROSS JOIN LATERAL (SELECT x.doubt,"
+    " x.doubt AND (l.stopped_at < m.applied_at) IS TRUE AS whole) f"
     " WHERE c.plan_id = $1"
     " AND ($2::timestamptz IS NULL OR c.stopped_at >= $2)"
     " AND ($3::timestamptz IS NULL OR c.stopped_at < $3)"
@@ -176,12 +202,39 @@ _ROWS_SQL = (
 )
 
 
-def _rated_as_called(
+def _rated_as_stopped(
     snapshot: CatalogSnapshot, plan_id: str, row: asyncpg.Record, counters: dict[str, CounterDef]
+) -> tuple[tuple[str, int] | None, int]:
+    """((zone, cost) or None, seconds) of a call rated by its destination: at the seconds
+    its late stop's reading gives (``duration``), or, where that reading is in doubt and
+    only the other one (``other_duration``) rates the call as it was rated, at those. An
+    unchanged catalog never shows an unchanged call as changed by a misread late stop."""
+    found = _rated_as_called(
+        snapshot, plan_id, row, counters, row["duration"], row["counter_seconds"]
+    )
+    other = row["other_duration"]
+    if other is None or (found is not None and found[1] == row["rated_cost"]):
+        return found, row["duration"]
+    alternative = _rated_as_called(
+        snapshot, plan_id, row, counters, other, row["other_counter_seconds"]
+    )
+    if alternative is not None and alternative[1] == row["rated_cost"]:
+        return alternative, other
+    return found, row["duration"]
+
+
+def _rated_as_called(
+    snapshot: CatalogSnapshot,
+    plan_id: str,
+    row: asyncpg.Record,
+    counters: dict[str, CounterDef],
+    duration: int,
+    counter_seconds: int,
 ) -> tuple[str, int] | None:
-    """(zone, cost) of a call rated by its destination as authorize and stop rated it:
-    ``tariff_of`` in the deck of the plan that rated it (an access number's, else the
-    account's), priced over the bands placed from its answer; None: no price now."""
+    """(zone, cost) of a call of ``duration`` seconds (``counter_seconds`` of them paid by
+    its counter) rated by its destination as authorize and stop rated it: ``tariff_of``
+    in the deck of the plan that rated it (an access number's, else the account's),
+    priced over the bands placed from its answer; None: no price now."""
     rating_plan = row["rating_plan"] or plan_id
     try:
         match = tariff_of(snapshot, rating_plan, row["destination"], None, row["direction"])
@@ -191,17 +244,19 @@ def _rated_as_called(
     # As stop places it: from the answer, the authorization for a call that rang none.
     start = max(int(row["answered_at"].timestamp()), authorized)
     rate = match.tariff.rate
-    bands = call_bands(snapshot.plan(rating_plan), rate, start, row["duration"])
-    split = _split(row, counters)
-    return match.tariff.zone, cost_with_counter(rate, row["duration"], split, bands)
+    bands = call_bands(snapshot.plan(rating_plan), rate, start, duration)
+    split = _split(row["counter_id"], counter_seconds, counters)
+    return match.tariff.zone, cost_with_counter(rate, duration, split, bands)
 
 
-def _split(row: asyncpg.Record, counters: dict[str, CounterDef]) -> CounterSplit | None:
+def _split(
+    counter_id: str | None, counter_seconds: int, counters: dict[str, CounterDef]
+) -> CounterSplit | None:
     """The usage counter part of a CDR's call, as it was charged (None: none)."""
-    counter = counters.get(row["counter_id"]) if row["counter_id"] else None
-    if counter is None or not row["counter_seconds"]:
+    counter = counters.get(counter_id) if counter_id else None
+    if counter is None or not counter_seconds:
         return None
-    return CounterSplit(counter.rate, row["counter_seconds"])
+    return CounterSplit(counter.rate, counter_seconds)
 
 
 def _rated_as_imported(
@@ -228,5 +283,5 @@ def _rated_as_imported(
         rated = rate_record(snapshot, plan_id, record, row["rate_type"])
     except OcsError:
         return None
-    split = _split(row, counters)
+    split = _split(row["counter_id"], row["counter_seconds"], counters)
     return rated.zone, cost_with_counter(rated.tariff.rate, row["duration"], split, rated.bands)
