@@ -138,6 +138,178 @@ async def test_a_void_of_the_settling_invoice_lets_the_next_settle_again(
     }
 
 
+async def void_period(services: Services, label: str) -> str:
+    """Voids the posted invoice of period ``label`` and gives its number."""
+    async with services.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT id, number FROM invoices WHERE kind = 'invoice' AND period_label = $1",
+            label,
+        )
+    await void(services.pool, services.store, row["id"])
+    return str(row["number"])
+
+
+async def february_net(services: Services) -> tuple[int, int]:
+    """What moved for February's commitment over every invoice and credit note, void ones
+    included (a void invoice's line moved, and its credit note's reversal moved it back):
+    exact and rounded."""
+    async with services.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT COALESCE(sum(l.exact_amount), 0)::bigint AS exact,"
+            " COALESCE(sum(l.amount), 0)::bigint AS amount"
+            " FROM invoice_lines l LEFT JOIN invoice_lines r ON r.id = l.reverses_line"
+            " WHERE (l.kind = 'bundle_commitment' OR r.kind = 'bundle_commitment')"
+            " AND l.period_start >= '2026-02-01' AND l.period_start < '2026-03-01'"
+        )
+    return row["exact"], row["amount"]
+
+
+async def test_a_void_of_the_period_s_own_invoice_after_its_credit_takes_the_credit_back(
+    services: Services,
+) -> None:
+    """February's invoice (30.00 shortfall) is posted; the bundle is detached from Feb 10;
+    March's invoice, posted, credits 20.36 of it. Then February's invoice is voided: its
+    credit note gives the whole 30.00 back, and the customer kept March's 20.36 credit on
+    top: February netted 30.00 - 30.00 - 20.36 = -20.36. A voided period's shortfall is
+    the operator's to bill again, so April's invoice charges the 20.357143 (20.36) back,
+    once: February nets 0.00 (exactly: 30.00 - 30.00 - 20.357143 + 20.357143). A re-run of
+    April's draft charges the same, once; May's invoice adds nothing."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 2, 1))
+    await min_bundle(services)
+    await attach(services.pool, sub, "min")
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    await detach(services.pool, sub, "min", date(2026, 2, 10))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+    number = await void_period(services, "2026-02")
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))  # a re-run
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
+
+    assert await shortfalls(services) == {
+        "2026-03": [FEBRUARY_CREDITED],
+        "2026-04": [
+            (
+                f"Min: minimum spend 2026-02 settled again: invoice {number} was voided,"
+                " -20.357143 charged since, 20.357143 charged back",
+                20_357_143,
+                20_360_000,
+                "2026-02-01",
+            )
+        ],
+        "2026-05": [],
+    }
+    assert await february_net(services) == (0, 0)
+
+
+async def test_a_take_back_voided_in_turn_is_charged_back_again_once(
+    services: Services,
+) -> None:
+    """As above (February voided after March credited 20.36 of it), April's invoice
+    charging the 20.36 back is posted and then voided: its credit note credits the 20.36
+    again, and February nets -20.36 once more. May's invoice charges it back again, once
+    (naming both void invoices); June's adds nothing; February nets 0.00."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 2, 1))
+    await min_bundle(services)
+    await attach(services.pool, sub, "min")
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    await detach(services.pool, sub, "min", date(2026, 2, 10))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+    first = await void_period(services, "2026-02")
+    april = await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await posting.post(services.pool, services.store, run_id=april)
+    second = await void_period(services, "2026-04")
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
+    await run(services, "2026-06", invoice_date=date(2026, 7, 1))
+
+    assert await shortfalls(services) == {
+        "2026-03": [FEBRUARY_CREDITED],
+        "2026-05": [
+            (
+                f"Min: minimum spend 2026-02 settled again: invoices {first}, {second} were"
+                " voided, -20.357143 charged since, 20.357143 charged back",
+                20_357_143,
+                20_360_000,
+                "2026-02-01",
+            )
+        ],
+        "2026-06": [],
+    }
+    assert await february_net(services) == (0, 0)
+
+
+async def test_a_void_of_the_period_s_own_invoice_gives_back_a_shortfall_charged_later(
+    services: Services,
+) -> None:
+    """February is invoiced (posted) with no bundle; ``min`` is attached from Feb 10 and
+    March's invoice charges February's 15.36 shortfall (19/28 of 30.00, nothing spent:
+    20.357143; with 5.00 spent on Feb 20: 15.357143). Then February's invoice is voided:
+    none of February's billing stands, so April's invoice credits the 15.36 back, once
+    (a re-run the same); February nets 0.00."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 2, 1))
+    await min_bundle(services)
+    await cdr(services, "c1", "a1", datetime(2026, 2, 20, 12, tzinfo=UTC), charged=5 * EUR)
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    await attach(services.pool, sub, "min", start_date=date(2026, 2, 10))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+    number = await void_period(services, "2026-02")
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))  # a re-run
+
+    assert (await shortfalls(services))["2026-04"] == [
+        (
+            f"Min: minimum spend 2026-02 settled again: invoice {number} was voided,"
+            " 15.357143 charged since, 15.357143 credited",
+            -15_357_143,
+            -15_360_000,
+            "2026-02-01",
+        ),
+        whole("2026-04-01"),
+    ]
+    assert await february_net(services) == (0, 0)
+
+
+async def test_a_void_of_the_settling_invoice_behind_a_later_one_settles_again(
+    services: Services,
+) -> None:
+    """March's invoice credits 20.36 of February's shortfall (detached from Feb 10) and is
+    posted; April's invoice is made (nothing to settle); then March's is voided: its credit
+    note charges the 20.36 back, so February stands charged 30.00 again. April's invoice,
+    made after the detach, used to hide it: May's invoice looked no further. Now May's
+    credits the 20.36 again, once (a re-run the same), June's adds nothing, and February
+    nets the 9.64 due (30.00 - 20.36)."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 2, 1))
+    await min_bundle(services)
+    await attach(services.pool, sub, "min")
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    await detach(services.pool, sub, "min", date(2026, 2, 10))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+    await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await void_period(services, "2026-03")
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))
+    await run(services, "2026-05", invoice_date=date(2026, 6, 1))  # a re-run
+    await run(services, "2026-06", invoice_date=date(2026, 7, 1))
+
+    assert await shortfalls(services) == {
+        "2026-02": [whole("2026-02-01")],
+        "2026-04": [],
+        "2026-05": [FEBRUARY_CREDITED],
+        "2026-06": [],
+    }
+    assert await february_net(services) == (30 * EUR - 20_357_143, 30 * EUR - 20_360_000)
+
+
 async def test_a_bundle_attached_dated_back_has_its_shortfall_charged_once(
     services: Services,
 ) -> None:

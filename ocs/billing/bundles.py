@@ -31,7 +31,10 @@ subscription bundle and invoice:
   periods already invoiced (recorded after the account's newest earlier invoice) has
   those periods' shortfalls settled again by the next invoice, once: what its dates now
   ask less what earlier invoices that stand charged, one line per period, a charge or a
-  credit (``_settled_shortfalls``);
+  credit (``_settled_shortfalls``); so is a period settled again that a void changed
+  since (``shortfall_voids.changed_by_void``): to what its dates ask where its own
+  invoice stands (the settling invoice voided), to nothing where that is void (the
+  credit settling it charged back, ``voided_shortfall_line``);
 - **flat fee** (``bundle_fee``): per one-shot, monthly or yearly period from the
   bundle's start, prorated by its days in the period; billed upfront (the
   invoice billing advance charges of the period's start) or on the due date
@@ -92,6 +95,12 @@ from ocs.billing.lines import Line, Targets, targets
 from ocs.billing.periods import Period, Unit, local_midnight, month_day
 from ocs.billing.periods import Schedule as PeriodSchedule
 from ocs.billing.proration import prorate
+from ocs.billing.shortfall_voids import (
+    CommitmentBilled,
+    VoidedInvoice,
+    changed_by_void,
+    voided_periods,
+)
 from ocs.money import MICRO
 
 # A rate in millionths of a percent (as taxes' rates): 100% is 100_000_000.
@@ -241,21 +250,44 @@ JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
                AND i.period_end > b.since
 """
 
-# What invoices of earlier periods than the one being drafted ($3) that stand charged or
-# credited for the subscription bundles' ($1, of the accounts $2) commitments from $4 on:
-# their shortfall lines and the lines settling them again (``settled_shortfalls``), each
-# naming its subscription bundle and rule; a line from before they did names neither and
-# is matched by its description (``_standing_shortfall``).
+# The commitment lines earlier invoices than the one being drafted ($3) hold for the
+# subscription bundles ($1, of the accounts $2) from $4 on: their shortfall lines and the
+# lines settling them again (``settled_shortfalls``), each naming its subscription bundle
+# and rule; a line from before they did names neither and is matched by its description
+# (``standing_shortfall``). Void invoices' too, with when they were voided: what stands
+# of a period leaves them out (a void invoice's line was given back with it), and a void
+# since the period was last settled again asks it settled again (``changed_by_void``).
 _SHORTFALLS_SQL = """
 SELECT b.id AS sb_id, l.subscription_bundle_id, l.bundle_rule_position, l.description,
-       l.period_start, l.exact_amount
+       l.period_start, l.exact_amount, i.number, i.period_start AS billed_start,
+       i.period_end AS billed_end, i.created_at,
+       CASE WHEN i.state = 'void' THEN COALESCE(i.voided_at, now()) END AS voided_at
 FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[])
      AS b(id, account_id, period_start, since)
 JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
-               AND i.state <> 'void' AND i.period_start < b.period_start
+               AND i.period_start < b.period_start
 JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_commitment'
                     AND (l.subscription_bundle_id = b.id OR l.subscription_bundle_id IS NULL)
                     AND l.period_start >= b.since
+"""
+
+# The void invoices of earlier periods than the one being drafted ($3) of the accounts ($2)
+# of subscription bundles with a commitment ($1) (``settled_shortfalls``): each with its
+# own period, when it was voided, and the first days of the bundle's commitment lines it
+# held that name their rule. Void invoices are few: they are read first, and a period's
+# lines only where one of them lies (``voided_periods``).
+_VOIDED_SQL = """
+SELECT b.id AS sb_id, i.number, i.period_start, i.period_end,
+       COALESCE(i.voided_at, now()) AS voided_at,
+       COALESCE(array_agg(l.period_start ORDER BY l.period_start)
+                FILTER (WHERE l.id IS NOT NULL), '{}') AS line_starts
+FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS b(id, account_id, period_start)
+JOIN invoices i ON i.account_id = b.account_id AND i.kind = 'invoice'
+               AND i.state = 'void' AND i.period_start < b.period_start
+LEFT JOIN invoice_lines l ON l.invoice_id = i.id AND l.kind = 'bundle_commitment'
+                         AND l.subscription_bundle_id = b.id
+                         AND l.bundle_rule_position IS NOT NULL
+GROUP BY b.id, i.id
 """
 
 _RULES_SQL = """
@@ -1277,31 +1309,27 @@ def invoiced_arrears(
     return [found[day] for day in sorted(found)]
 
 
-# An earlier invoice's commitment line: its subscription bundle and rule position (None:
-# written before commitment lines named them), description, period start, exact amount.
-ShortfallBilled = tuple[int | None, int | None, str, datetime, int]
-
-
 def standing_shortfall(
-    held: Held, rule: Rule, period: Period, billed: Sequence[ShortfallBilled]
+    held: Held, rule: Rule, period: Period, billed: Sequence[CommitmentBilled]
 ) -> int | None:
     """What earlier invoices that stand charged, net, for the commitment over ``period``
-    (its shortfall and the lines settling it again), exact. A line naming no subscription
-    bundle (written before they did) counts when its description begins as this rule's
-    shortfall does; None when such a line lies in the period and does not (another
-    bundle's, or this one renamed since): which it is cannot be told, and the period is
-    left as it stands rather than charged twice."""
+    (its shortfall and the lines settling it again), exact; a void invoice's line was
+    given back with it and does not count. A line naming no subscription bundle (written
+    before they did) counts when its description begins as this rule's shortfall does;
+    None when such a line lies in the period and does not (another bundle's, or this one
+    renamed since): which it is cannot be told, and the period is left as it stands
+    rather than charged twice."""
     prefix = f"{held.name}: {rule.description}: minimum "
     net = 0
-    for sb_id, position, description, start, exact in billed:
-        if not period.contains(start):
+    for line in billed:
+        if line.voided is not None or not period.contains(line.start):
             continue
-        if sb_id is None:
-            if not description.startswith(prefix):
+        if line.sb_id is None:
+            if not line.description.startswith(prefix):
                 return None
-            net += exact
-        elif sb_id == held.id and position == rule.position:
-            net += exact
+            net += line.exact
+        elif line.sb_id == held.id and line.position == rule.position:
+            net += line.exact
     return net
 
 
@@ -1337,6 +1365,46 @@ def settled_shortfall_line(
         f" {money(abs(change), cur)} {'credited' if change < 0 else 'charged'}"[:200],
         (period.start, period.end),
         spent,
+        change,
+        cur,
+        zone=rule.zone,
+        rate_type=rule.rate_type,
+        tax_code=None if on_usage else held.tax_code,
+        bundle=held.id,
+        rule=rule.position,
+    )
+
+
+def voided_shortfall_line(
+    held: Held,
+    rule: Rule,
+    invoice: BundleInvoice,
+    period: Period,
+    standing: int,
+    voided: Sequence[str],
+) -> Line | None:
+    """The line settling again the commitment over an earlier arrears ``period`` whose
+    own invoice is void (``voided``: the void invoices that changed it since it was last
+    settled, ``changed_by_void``): the shortfall that invoice charged was given back with
+    it and is the operator's to bill again, as a voided fee is (decision 0046), so nothing
+    of the period's commitment stands: what the lines that stand still charge for it, net
+    (``standing``: a credit settling it against the voided charge, mostly), is charged
+    back (or credited), exact, rounded once, so that the period nets to nothing. None
+    when nothing stands. It names its subscription bundle and rule and starts on the
+    period's first day, as ``settled_shortfall_line``'s does: a later invoice finds the
+    period at nothing and adds nothing."""
+    if standing == 0:
+        return None
+    cur = invoice.currency
+    change = -standing
+    on_usage = rule.zone is not None or rule.rate_type is not None
+    return _line(
+        "bundle_commitment",
+        f"{held.name}: {rule.description} {period.label} settled again:"
+        f" {_invoices(voided)} {_were(voided)} voided, {money(standing, cur)} charged"
+        f" since, {money(abs(change), cur)} {'charged back' if change > 0 else 'credited'}"[:200],
+        (period.start, period.end),
+        1,
         change,
         cur,
         zone=rule.zone,
@@ -1554,6 +1622,40 @@ async def _fees_overcredited(
     return found
 
 
+def _looks_back(invoice: BundleInvoice) -> bool:
+    """Whether the invoice may settle earlier periods' shortfalls again: a cycle's invoice
+    whose plan's cycle is known (a named period's bills its own days only)."""
+    return invoice.cycle is not None and not invoice.which.named and not invoice.session
+
+
+async def _voided(
+    conn: asyncpg.Connection,
+    held: Sequence[Held],
+    by_account: Mapping[str, BundleInvoice],
+) -> dict[int, list[VoidedInvoice]]:
+    """Subscription bundle -> the void invoices of earlier periods of its account, with
+    the commitment lines of it they held (``_VOIDED_SQL``): one query for the chunk's
+    bundles with a commitment on a cycle's invoice."""
+    found: dict[int, list[VoidedInvoice]] = defaultdict(list)
+    if not held:
+        return found
+    for r in await conn.fetch(
+        _VOIDED_SQL,
+        [h.id for h in held],
+        [h.account_id for h in held],
+        [by_account[h.account_id].which.invoice.start for h in held],
+    ):
+        found[r["sb_id"]].append(
+            VoidedInvoice(
+                r["number"] or "",
+                (r["period_start"], r["period_end"]),
+                r["voided_at"],
+                tuple(r["line_starts"]),
+            )
+        )
+    return found
+
+
 async def _settled_shortfalls(
     conn: asyncpg.Connection,
     held: Sequence[Held],
@@ -1561,58 +1663,106 @@ async def _settled_shortfalls(
     by_account: Mapping[str, BundleInvoice],
 ) -> dict[tuple[int, int], list[Line]]:
     """(Subscription bundle, rule position) -> the lines settling again the commitment's
-    shortfalls over earlier invoices' arrears periods (``settled_shortfall_line``), for
-    the bundles whose dates changed after those invoices were made
-    (``shortfall_reopened``; none, mostly: then nothing is read). Three queries for the
-    chunk: the periods invoiced, what they charged, and the indicators over the bundles'
+    shortfalls over earlier invoices' arrears periods: for the bundles whose dates changed
+    after those invoices were made (``shortfall_reopened``), each period from that day
+    (``settled_shortfall_line``); and for the periods a void changed since they were last
+    settled again (``changed_by_void``): settled to what the dates ask where the period's
+    own invoice stands (the settling invoice voided), to nothing where it is void
+    (``voided_shortfall_line``). The void invoices are read first, one query; then, only
+    for the bundles with a period to look at (none, mostly), three queries for the chunk:
+    the periods invoiced, their commitment lines, and the indicators over the bundles'
     days in them as now recorded."""
     found: dict[tuple[int, int], list[Line]] = defaultdict(list)
-    asked: list[tuple[Held, date]] = []
-    for h in held:
-        committed = any(rule.kind == "commitment" for rule in rules.get(h.bundle_id, []))
-        if committed and (first := shortfall_reopened(h, by_account[h.account_id])):
-            asked.append((h, first))
+    committed = [
+        h
+        for h in held
+        if any(rule.kind == "commitment" for rule in rules.get(h.bundle_id, []))
+        and _looks_back(by_account[h.account_id])
+    ]
+    reopened_from: dict[int, date] = {}
+    for h in committed:
+        if first := shortfall_reopened(h, by_account[h.account_id]):
+            reopened_from[h.id] = first
+    voided = await _voided(conn, committed, by_account)
+    candidates: dict[int, list[Period]] = {}
+    for h in committed:
+        invoice = by_account[h.account_id]
+        if voided.get(h.id) and invoice.cycle is not None:
+            before = invoice.which.arrears.first_day
+            if looked := voided_periods(invoice.cycle, invoice.timing, before, voided[h.id]):
+                candidates[h.id] = looked
+    asked = [h for h in committed if h.id in reopened_from or h.id in candidates]
     if not asked:
         return found
+    since: dict[int, date] = {}
+    for h in asked:
+        days = [p.first_day for p in candidates.get(h.id, [])]
+        if h.id in reopened_from:
+            days.append(reopened_from[h.id])
+        since[h.id] = min(days)
     invoiced: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
     for r in await conn.fetch(
         _INVOICED_SQL,
-        [h.id for h, _ in asked],
-        [h.account_id for h, _ in asked],
-        [by_account[h.account_id].which.invoice.start for h, _ in asked],
-        [local_midnight(first, by_account[h.account_id].which.arrears.zone) for h, first in asked],
+        [h.id for h in asked],
+        [h.account_id for h in asked],
+        [by_account[h.account_id].which.invoice.start for h in asked],
+        [local_midnight(since[h.id], by_account[h.account_id].which.arrears.zone) for h in asked],
     ):
         invoiced[r["sb_id"]].append((r["period_start"], r["period_end"]))
-    periods = {
-        h.id: invoiced_arrears(by_account[h.account_id], invoiced[h.id], first)
-        for h, first in asked
+    # Each bundle's periods to look at, by first day: whether a standing invoice billed it
+    # (settled to what the dates ask; else to nothing) and whether its dates changed since
+    # (``shortfall_reopened``: settled whatever the voids; else only where one changed it).
+    standing_periods = {
+        h.id: invoiced_arrears(by_account[h.account_id], invoiced[h.id], since[h.id]) for h in asked
     }
-    reopened = [h for h, _ in asked if periods[h.id]]
+    periods: dict[int, dict[date, tuple[Period, bool, bool]]] = {}
+    for h in asked:
+        billed_by = {p.first_day: p for p in standing_periods[h.id]}
+        chosen: dict[date, tuple[Period, bool, bool]] = {}
+        if (first := reopened_from.get(h.id)) is not None:
+            for p in standing_periods[h.id]:
+                if first < p.end_day:
+                    chosen[p.first_day] = (p, True, True)
+        for p in candidates.get(h.id, []):
+            if p.first_day not in chosen:
+                chosen[p.first_day] = (
+                    billed_by.get(p.first_day, p),
+                    p.first_day in billed_by,
+                    False,
+                )
+        if chosen:
+            periods[h.id] = chosen
+    reopened = [h for h in asked if h.id in periods]
     if not reopened:
         return found
-    billed: dict[int, list[ShortfallBilled]] = defaultdict(list)
+    billed: dict[int, list[CommitmentBilled]] = defaultdict(list)
     for r in await conn.fetch(
         _SHORTFALLS_SQL,
         [h.id for h in reopened],
         [h.account_id for h in reopened],
         [by_account[h.account_id].which.invoice.start for h in reopened],
-        [periods[h.id][0].start for h in reopened],
+        [periods[h.id][min(periods[h.id])][0].start for h in reopened],
     ):
         billed[r["sb_id"]].append(
-            (
+            CommitmentBilled(
                 r["subscription_bundle_id"],
                 r["bundle_rule_position"],
                 r["description"],
                 r["period_start"],
                 r["exact_amount"],
+                r["number"],
+                (r["billed_start"], r["billed_end"]),
+                r["created_at"],
+                r["voided_at"],
             )
         )
-    # The indicators over each (bundle, period) the bundle is active in, keyed by its index
-    # here: one bundle has several periods, which the usage query keeps apart by that key.
+    # The indicators over each (bundle, period) settled to what its dates ask that the
+    # bundle is active in, keyed by its index here: one bundle has several periods, which
+    # the usage query keeps apart by that key.
     measured: list[tuple[Held, Period, tuple[datetime, datetime]]] = []
     for h in reopened:
-        for period in periods[h.id]:
-            if (window := _active_in(h, (period.start, period.end), period.zone)) is not None:
+        for period, asks, _ in periods[h.id].values():
+            if asks and (window := _active_in(h, (period.start, period.end), period.zone)):
                 measured.append((h, period, window))
     figures: dict[tuple[int, str], Indicator] = {}
     if measured:
@@ -1636,18 +1786,36 @@ async def _settled_shortfalls(
     keys = {(h.id, period.first_day): n for n, (h, period, _) in enumerate(measured)}
     for h in reopened:
         invoice = by_account[h.account_id]
+        cycle = invoice.cycle
+        assert cycle is not None  # ``_looks_back``
         for rule in rules.get(h.bundle_id, []):
             if rule.kind != "commitment":
                 continue
-            for period in periods[h.id]:
+            for day in sorted(periods[h.id]):
+                period, asks, dated = periods[h.id][day]
+                changed: tuple[str, ...] = ()
+                if not dated:
+                    changed = changed_by_void(
+                        cycle,
+                        invoice.timing,
+                        (h.id, rule.position),
+                        period,
+                        billed[h.id],
+                        voided.get(h.id, []),
+                    )
+                    if not changed:
+                        continue
                 standing = standing_shortfall(h, rule, period, billed[h.id])
                 if standing is None:
                     continue
-                key = keys.get((h.id, period.first_day))
-                measures = NO_EVENTS
-                if key is not None:
-                    measures = figures.get((key, rule.indicator or ""), NO_EVENTS)
-                line = settled_shortfall_line(h, rule, invoice, period, measures, standing)
+                if not asks:
+                    line = voided_shortfall_line(h, rule, invoice, period, standing, changed)
+                else:
+                    key = keys.get((h.id, period.first_day))
+                    measures = NO_EVENTS
+                    if key is not None:
+                        measures = figures.get((key, rule.indicator or ""), NO_EVENTS)
+                    line = settled_shortfall_line(h, rule, invoice, period, measures, standing)
                 if line is not None:
                     found[h.id, rule.position].append(line)
     return found
