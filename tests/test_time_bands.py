@@ -410,15 +410,13 @@ async def test_a_banded_call_cut_at_its_max_cost_is_granted_where_it_reaches_it(
 
 
 @pytest.mark.replaces_hot_path_function
-@pytest.mark.parametrize("wait_for_start", [True, False], ids=["radius", "http"])
-async def test_an_authorization_failing_after_its_script_gives_back_its_line_and_funds(
-    app: RunningApp, monkeypatch: pytest.MonkeyPatch, wait_for_start: bool
+async def test_an_http_authorization_failing_after_its_script_gives_back_its_line_and_funds(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whatever fails after the authorize script reserved answers the switch an error
-    (RADIUS: no Access-Accept; HTTP: a 500), so what the script reserved is given back at
-    once. It was kept: the account held 0.30 and its one line until the janitor expired
-    the call (an HTTP one at its grant plus grace, hours), and every call meanwhile was
-    refused no_free_line."""
+    """Whatever fails after the authorize script reserved answers the switch an error (a
+    500), so what the script reserved for an HTTP call is given back at once. It was kept:
+    the account held 0.30 and its one line until the janitor expired the call (at its
+    grant plus grace, hours), and every call meanwhile was refused no_free_line."""
     from ocs.charging import lifecycle
 
     calls = await cut_at_030(app)
@@ -429,13 +427,52 @@ async def test_an_authorization_failing_after_its_script_gives_back_its_line_and
     monkeypatch.setattr(lifecycle, "least_grant", broken)
     request = AuthorizeRequest("band", "442079460000", call_id="failed")
     with pytest.raises(RuntimeError):
-        await calls.authorize(request, Origin(wait_for_start=wait_for_start))
+        await calls.authorize(request, Origin(wait_for_start=False))
     _, body = await app.get("/v1/accounts/band")
     assert (body["balance"], body["reserved"], body["lines_in_use"]) == ("0.600000", "0.000000", 0)
     monkeypatch.undo()
     # Nothing of it is left: the same call id is granted afresh.
-    again = await calls.authorize(request, Origin(wait_for_start=wait_for_start))
+    again = await calls.authorize(request, Origin(wait_for_start=False))
     assert (again.repeated, again.max_duration, again.reserved) == (False, 600, 300_000)
+
+
+@pytest.mark.replaces_hot_path_function
+async def test_a_radius_authorization_failing_after_its_script_keeps_a_grant_a_repeat_answered(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RADIUS grant waiting for its Start is not given back when this process fails
+    after the script: a retransmitted Access-Request may have reached another process
+    and been accepted meanwhile (the repeat leaves no mark on a waiting call), and the
+    NAS then makes the call. Released, that call ran free: its Start found no call and
+    its Stop charged nothing. Kept, it is charged; unanswered, the janitor closes it
+    free at start_timeout."""
+    from ocs.charging import lifecycle
+
+    calls = await cut_at_030(app)
+    request = AuthorizeRequest("band", "442079460000", call_id="dup")
+    real = lifecycle.least_grant
+
+    def broken(*_: object) -> int:
+        raise RuntimeError("the grant could not be computed")
+
+    monkeypatch.setattr(lifecycle, "least_grant", broken)
+    with pytest.raises(RuntimeError):
+        await calls.authorize(request, Origin(wait_for_start=True))
+    monkeypatch.setattr(lifecycle, "least_grant", real)
+    # The retransmission, answered by a process of its own (no cached calls).
+    repeat = await monday_0750_service(app).authorize(request, Origin(wait_for_start=True))
+    assert (repeat.repeated, repeat.max_duration, repeat.reserved) == (True, 600, 300_000)
+    _, body = await app.get("/v1/accounts/band")
+    assert (body["reserved"], body["lines_in_use"]) == ("0.300000", 1)
+    answered = at(2026, 11, 23, 7, 50)
+    await app.services.store.start(
+        account_id="band", call_id="dup", started_at=answered, expires_at=answered + 900
+    )
+    # Ten minutes off-peak at 0.01/min, charged (released, the call was charged nothing).
+    charge = await monday_0750_service(app).stop("dup", 600)
+    assert charge.charged == 100_000
+    _, body = await app.get("/v1/accounts/band")
+    assert (body["balance"], body["reserved"], body["lines_in_use"]) == ("0.500000", "0.000000", 0)
 
 
 async def test_a_call_answered_past_its_kept_bands_is_priced_by_the_schedule(

@@ -363,7 +363,6 @@ class ReleaseArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[4] member of the call ("" none)
     ARGV[5] usage counter of the call ("" none)
     ARGV[6] counter seconds the call holds
-    ARGV[7] "1": a grant still waiting for its RADIUS Start is released too (``waiting``)
     """
 
     account_id: str
@@ -371,9 +370,6 @@ class ReleaseArgs(msgspec.Struct, frozen=True, gc=False):
     stamp: bytes
     member: str | None = None
     counter: CounterUse | None = None
-    # The authorization failed in this process after its script granted, before any
-    # answer left: no NAS holds the call, though its start ("0") is still to come.
-    waiting: bool = False
 
     def keys(self) -> list[str]:
         """KEYS[1..5]."""
@@ -388,7 +384,7 @@ class ReleaseArgs(msgspec.Struct, frozen=True, gc=False):
         ]
 
     def argv(self) -> list[object]:
-        """ARGV[1..7]."""
+        """ARGV[1..6]."""
         counter = self.counter
         return [
             self.call_id,
@@ -397,7 +393,6 @@ class ReleaseArgs(msgspec.Struct, frozen=True, gc=False):
             self.member or "",
             "" if counter is None else counter.counter_id,
             0 if counter is None else counter.held,
-            1 if self.waiting else 0,
         ]
 
 

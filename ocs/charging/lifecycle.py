@@ -750,7 +750,13 @@ class CallService:
                     except Exception as error:
                         failed = error
                     if failed is not None:
-                        await self._release_unconfirmed(record, waiting=wait)
+                        # An HTTP grant is given back at once: its start is provisional
+                        # and a repeat marks it (decision 0055). A RADIUS grant waiting for
+                        # its Start is left to the janitor (start_timeout): a repeat of
+                        # its Access-Request answered by another process leaves no mark
+                        # on it, and the NAS may hold that Accept.
+                        if not wait:
+                            await self._release_unconfirmed(record)
                         raise failed
                     assert grant is not None
                     if len(self._live) >= _LIVE_CACHE_LIMIT:
@@ -876,13 +882,11 @@ class CallService:
             field="call_id",
         )
 
-    async def _release_unconfirmed(self, record: CallRecord, *, waiting: bool = False) -> None:
+    async def _release_unconfirmed(self, record: CallRecord) -> None:
         """Give back, free, the line and funds of the grant of ``record``'s authorization,
         answered with an error after its script may have run (its reply, or a command
-        that followed it, failed): the switch was told the call was refused (decision
-        0055). ``waiting``: the failure came after the script's grant, in this process,
-        before any answer left, so a RADIUS call still waiting for its Start is released
-        too (decision 0040, addendum of 2026-12-07).
+        that followed it, or the grant's own computation failed): the switch was told the
+        call was refused (decision 0055).
 
         One script, atomic: only while the live call is ``record``'s (its stamp) and its
         start is still provisional and unrepeated. A retry of the authorization that was
@@ -898,7 +902,6 @@ class CallService:
             record.stamp(),
             record.member,
             record.counter_use(0),
-            waiting,
         )
         try:
             released = await self._store.release_unconfirmed(args)

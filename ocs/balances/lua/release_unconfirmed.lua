@@ -15,25 +15,18 @@
 -- ARGV[4] member of the call ("" none): its line is released
 -- ARGV[5] usage counter of the call ("" none)
 -- ARGV[6] counter seconds the call holds
--- ARGV[7] "1": also release a grant still waiting for its RADIUS Accounting-Start ("0"):
---         its authorization failed in ocs after this script's grant, before any answer
---         left (CallService.authorize), so no NAS holds the call; "0" or absent: not
 --
 -- Returns 1 when the grant was released; 0 when it was left as it is: no call of the id
 -- is live, the live call is another grant's (not the stamped record's), or its start is
 -- no longer provisional "0<second>": answered (/start, an interim), waiting for a RADIUS
--- Accounting-Start ("0", unless ARGV[7] is "1"), or a repeat of its authorization was
--- granted ("00<second>", authorize.lua): that answer may have reached the switch, which
--- now holds the call.
+-- Accounting-Start ("0"), or a repeat of its authorization was granted ("00<second>",
+-- authorize.lua): that answer may have reached the switch, which now holds the call.
 
 local live = redis.call('HGET', KEYS[2], ARGV[1])
 if not live or not string.find(live, ARGV[2], 1, true) then
   return 0
 end
 local held = string.match(live, '^(%d+)|0[1-9]%d*|')
-if not held and ARGV[7] == '1' then
-  held = string.match(live, '^(%d+)|0|')
-end
 if not held then
   return 0
 end
