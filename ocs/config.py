@@ -518,6 +518,13 @@ class Settings:
         " charged) when the plan's billing period begins (false: the operator schedules"
         " `ocs counters reset`)",
     )
+    billing_commitments_budget: float = _setting(
+        10.0,
+        _parse_float,
+        "seconds a billing worker's pass spends at most, after its runs and dunning,"
+        " committing locking plans' charges (a batch of 500 accounts at least); a plan"
+        " not finished goes on at the next pass",
+    )
     billing_metrics_port: int = _setting(
         0, _parse_int(0, 65535), "port `ocs billing-worker` serves /metrics on (0: none)"
     )

@@ -693,33 +693,68 @@ def _invoice_settings(
     )
 
 
+# Each account's plan, creation and first subscription start on it, and whether the plan
+# has billing settings (``account_groups``).
+_ACCOUNT_GROUPS_SQL = """
+SELECT a.id, a.plan_id, a.created_at, b.plan_id AS billed,
+       (SELECT min(start_date) FROM subscriptions s
+         WHERE s.account_id = a.id AND s.plan_id = a.plan_id) AS start
+FROM accounts a LEFT JOIN plan_billing b ON b.plan_id = a.plan_id WHERE a.id = ANY($1::text[])
+"""
+
+
 async def account_group(
     conn: asyncpg.Connection, account_id: str, at: datetime
 ) -> tuple[Group, str]:
     """The one-account group of the period holding ``at`` (and the account's plan)."""
-    row = await conn.fetchrow(
-        "SELECT a.plan_id, a.created_at, b.plan_id AS billed,"
-        " (SELECT min(start_date) FROM subscriptions s"
-        "   WHERE s.account_id = a.id AND s.plan_id = a.plan_id) AS start"
-        " FROM accounts a LEFT JOIN plan_billing b ON b.plan_id = a.plan_id WHERE a.id = $1",
-        account_id,
-    )
-    if row is None:
-        raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
-    if row["billed"] is None:
-        raise OcsError(Reason.NOT_FOUND, f"plan {row['plan_id']!r} has no billing settings")
-    billing = PlanBilling.from_row(
-        await conn.fetchrow("SELECT * FROM plan_billing WHERE plan_id = $1", row["plan_id"])
-    )
-    anchor = None
-    if billing.cycle == "subscription_date":
-        invoiced = (await latest_invoices(conn, [account_id])).get(account_id)
-        anchor = account_anchor(invoiced, row["start"], row["created_at"], schedule(billing).zone)
-    try:
-        period = schedule(billing, anchor).period_containing(at)
-    except ValueError as error:
-        raise OcsError(Reason.INVALID_FIELD, str(error)) from None
-    return Group(billing, anchor, period, [account_id]), row["plan_id"]
+    return (await account_groups(conn, [account_id], at))[account_id]
+
+
+async def account_groups(
+    conn: asyncpg.Connection, account_ids: list[str], at: datetime
+) -> dict[str, tuple[Group, str]]:
+    """Account -> its one-account group of the period holding ``at`` (and its plan), for
+    each of the accounts: what ``account_group`` gives each, in a few reads for all (the
+    commitments refresh dry-runs a batch of accounts at once). Refused (``OcsError``) for
+    the first account that does not exist, or whose plan has no billing settings."""
+    rows = {r["id"]: r for r in await conn.fetch(_ACCOUNT_GROUPS_SQL, account_ids)}
+    for account_id in account_ids:
+        row = rows.get(account_id)
+        if row is None:
+            raise OcsError(Reason.ACCOUNT_NOT_FOUND, f"account {account_id!r} does not exist")
+        if row["billed"] is None:
+            raise OcsError(Reason.NOT_FOUND, f"plan {row['plan_id']!r} has no billing settings")
+    billings = {
+        r["plan_id"]: PlanBilling.from_row(r)
+        for r in await conn.fetch(
+            "SELECT * FROM plan_billing WHERE plan_id = ANY($1::text[])",
+            sorted({r["plan_id"] for r in rows.values()}),
+        )
+    }
+    dated = [a for a in rows if billings[rows[a]["plan_id"]].cycle == "subscription_date"]
+    invoiced = await latest_invoices(conn, dated)
+    # (plan, anchor) -> its period holding ``at``: a plan's accounts share one but on a
+    # subscription-date cycle, and a schedule is costly to make.
+    periods: dict[tuple[str, date | None], Period] = {}
+    found: dict[str, tuple[Group, str]] = {}
+    for account_id in account_ids:
+        row = rows[account_id]
+        plan_id: str = row["plan_id"]
+        billing = billings[plan_id]
+        anchor = None
+        if billing.cycle == "subscription_date":
+            anchor = account_anchor(
+                invoiced.get(account_id), row["start"], row["created_at"], schedule(billing).zone
+            )
+        period = periods.get((plan_id, anchor))
+        if period is None:
+            try:
+                period = schedule(billing, anchor).period_containing(at)
+            except ValueError as error:
+                raise OcsError(Reason.INVALID_FIELD, str(error)) from None
+            periods[(plan_id, anchor)] = period
+        found[account_id] = (Group(billing, anchor, period, [account_id]), plan_id)
+    return found
 
 
 async def preview(

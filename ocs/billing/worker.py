@@ -2,12 +2,7 @@
 
 Every ``billing_poll_interval`` seconds a worker:
 
-0. commits, on each plan locking accounts on its charges, what its accounts' next
-   invoices bill for them (``commitments.refresh_plans``; needs the real-time
-   balances): at each cycle start, and after the plan's charges or settings change;
-   an account whose plan no longer locks, or is billed by hand or on demand, has its
-   commitment set back to 0;
-   then opens the counter cycle of each plan whose billing period has begun since it
+0. opens the counter cycle of each plan whose billing period has begun since it
    last opened one (``counter_cycles.open_due_cycles``, ``billing_counter_cycles``,
    on by default; needs the real-time balances): the plan's counters are reset under
    the period's label, their recurring fees charged, once per period (and those of
@@ -45,7 +40,15 @@ failed step, stopping, stopped), never one per account.
    engine found unavailable is asked no more in the pass (``taxing.EngineOutage``):
    the external drafts left are held for a later pass, and the pass goes on;
 4. runs dunning (``dunning.run_dunning``): notices, suspensions and
-   reactivations due by now, each once.
+   reactivations due by now, each once;
+5. commits, on each plan locking accounts on its charges, what its accounts' next
+   invoices bill for them (``commitments.refresh_plans``; needs the real-time
+   balances): at each cycle start, and after the plan's charges or settings change;
+   an account whose plan no longer locks, or is billed by hand or on demand, has its
+   commitment set back to 0. Last in the pass, and for ``billing_commitments_budget``
+   seconds at most (a batch of accounts at least): a plan of 100k accounts takes
+   longer, and goes on at the next pass from where it was, while every plan's due
+   runs, posting and dunning go on before it.
 
 It also drafts the invoice of each on-demand session closed with none
 (``sessions.uninvoiced_sessions``: the close committed, its draft failed),
@@ -108,6 +111,9 @@ class WorkerSettings:
     run_delay: float = 300.0
     auto_post: bool = True
     counter_cycles: bool = True  # open each plan's counter cycle at its period's start
+    # Seconds a pass spends at most refreshing committed charges (one batch at least);
+    # a plan not finished goes on at the next pass.
+    commitments_budget: float = 10.0
 
     @classmethod
     def of(cls, settings: Settings) -> "WorkerSettings":
@@ -119,6 +125,7 @@ class WorkerSettings:
             run_delay=settings.billing_run_delay,
             auto_post=settings.billing_auto_post,
             counter_cycles=settings.billing_counter_cycles,
+            commitments_budget=settings.billing_commitments_budget,
         )
 
 
@@ -359,6 +366,8 @@ class BillingWorker:
         self._joined: set[int] = set()
         self._waiting_for_ledger = False
         self._held_for_ledger: set[int] = set()
+        # Plans whose committed charges refresh a pass's budget left unfinished.
+        self._refresh_left: dict[str, commitments.Unfinished] = {}
 
     async def create_due_runs(self) -> list[int]:
         """Create the run of every plan's due period that has none; the new runs' ids.
@@ -402,14 +411,21 @@ class BillingWorker:
     ) -> list[commitments.PlanRefreshed]:
         """Commit the next invoice's plan charges of the accounts of every plan whose
         cycle began, or whose charges or settings changed, since their last refresh
-        (``commitments.refresh_plans``); the plans refreshed, a log line for each that set
-        an account. None
-        without the real-time balances; a failure is logged and the next pass tries
-        again (a refresh sets the same amounts twice)."""
+        (``commitments.refresh_plans``), for ``commitments_budget`` seconds at most (a
+        plan left unfinished goes on at the next pass); the plans refreshed, a log line
+        for each that set an account. None without the real-time balances; a failure is
+        logged and the next pass tries again (a refresh sets the same amounts twice)."""
         if self.store is None:
             return []
         try:
-            done = await commitments.refresh_plans(self.pool, self.store, self.clock(), stopping)
+            done = await commitments.refresh_plans(
+                self.pool,
+                self.store,
+                self.clock(),
+                stopping,
+                budget_s=self.settings.commitments_budget,
+                left=self._refresh_left,
+            )
         except Exception as error:
             metrics.BILLING_FAILURES.labels("commitments").inc()
             log.error(
@@ -417,12 +433,17 @@ class BillingWorker:
             )
             return []
         for plan in done:
-            if not plan.accounts:
-                continue  # nothing set: a plan with no locking, no log line each cycle
-            log.info(
-                "committed charges refreshed",
-                extra={"worker": self.name, "plan": plan.plan_id, "accounts": plan.accounts},
-            )
+            if not plan.finished:
+                log.info(
+                    "committed charges refresh goes on next pass",
+                    extra={"worker": self.name, "plan": plan.plan_id, "accounts": plan.accounts},
+                )
+            elif plan.accounts:
+                # A plan with no locking sets nothing: no log line each cycle.
+                log.info(
+                    "committed charges refreshed",
+                    extra={"worker": self.name, "plan": plan.plan_id, "accounts": plan.accounts},
+                )
         return done
 
     async def open_counter_cycles(self) -> list[counter_cycles.OpenedCycle]:
@@ -517,7 +538,6 @@ class BillingWorker:
     async def run_once(self, stopping: asyncio.Event | None = None) -> None:
         """One pass: create the due runs, then work on every unfinished run."""
         stopping = stopping or asyncio.Event()
-        await self.refresh_commitments(stopping)
         await self.open_counter_cycles()
         try:
             await self.create_due_runs()
@@ -590,6 +610,10 @@ class BillingWorker:
             except Exception as error:
                 metrics.BILLING_FAILURES.labels("dunning").inc()
                 log.error("dunning run failed", extra={"worker": self.name, "error": str(error)})
+        if not stopping.is_set():
+            # Last, and within its budget: a plan of 100k accounts takes minutes, and the
+            # due runs, posting and dunning of every plan do not wait for it.
+            await self.refresh_commitments(stopping)
         await self.report_progress()
         # A pass finished: the NOC's "billing worker stalled" alert watches this.
         metrics.BILLING_WORKER_PASS.set_to_current_time()
