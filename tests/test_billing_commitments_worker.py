@@ -154,3 +154,33 @@ async def test_a_batch_of_accounts_commits_what_each_alone_would(services: Servi
         together = await commitments.prorated_commitments(conn, names, MID_MARCH)
     expected = {"mid": MARCH_FIRST_INVOICE, "whole": 23_100_000, "posted": APRIL_INVOICE}
     assert alone == together == expected
+
+
+async def test_a_worker_on_a_pool_of_one_connection_creates_drafts_and_posts_a_due_run(
+    services: Services, settings: Settings
+) -> None:
+    """``database_pool_size = 1`` with a run due: the period's advisory lock held the
+    pool's connection while the run was created on a second one, for good. Now March's
+    run is created, drafted and posted in one pass: 23.10 (March's fee and support,
+    April's fee ahead) paid from 40.00, 16.90 left, April's invoice (13.10) committed."""
+    await locking_plan(services)
+    await create_charge(services.pool, SUPPORT)
+    await customer(services, "due", None, date(2026, 3, 1), balance=40 * EUR)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        worker = BillingWorker(
+            pool,
+            WorkerSettings(counter_cycles=False),
+            store=services.store,
+            clock=lambda: APRIL_NOON,
+        )
+        await asyncio.wait_for(worker.run_once(), timeout=30)
+    finally:
+        pool.terminate()
+
+    async with services.pool.acquire() as conn:
+        states = await conn.fetch("SELECT state, total FROM invoices WHERE account_id = 'due'")
+    assert [(r["state"], r["total"]) for r in states] == [("posted", 23_100_000)]
+    assert await stored(services, "due") == (APRIL_INVOICE, False)
+    shown = await services.accounts.show("due")
+    assert (shown.balance, shown.available) == (16_900_000, 16_900_000 - APRIL_INVOICE)

@@ -17,11 +17,13 @@ database the drafts are written to, so a chunk is done exactly when its
 drafts are committed.
 """
 
+import contextlib
 import os
 import re
 import socket
 import uuid
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -279,6 +281,18 @@ def _early_cutoff(
     return (now if usage_cutoff is None else min(usage_cutoff.astimezone(UTC), now)), True
 
 
+@contextlib.asynccontextmanager
+async def _connection(
+    pool: asyncpg.Pool, conn: asyncpg.Connection | None
+) -> AsyncIterator[asyncpg.Connection]:
+    """``conn`` when given, else a connection of the pool for the block."""
+    if conn is not None:
+        yield conn
+        return
+    async with pool.acquire() as acquired:
+        yield acquired
+
+
 async def create_run(
     pool: asyncpg.Pool,
     period: str,
@@ -292,8 +306,13 @@ async def create_run(
     auto_post: bool = False,
     timing: Timing | None = None,
     uninvoiced_only: bool = False,
+    conn: asyncpg.Connection | None = None,
 ) -> int:
     """Store a run of ``period`` (``2026-12`` or a label) and its chunks; its id.
+
+    On ``conn`` when given (the billing worker's, holding the period's advisory lock:
+    it takes no second pool connection, which a pool of one would wait for forever),
+    else on a connection of the pool.
 
     ``auto_post``: a billing worker posts the run's drafts once they are all
     written (the worker's own runs); otherwise posting is an operator's step.
@@ -313,7 +332,7 @@ async def create_run(
     for name, instant in (("charge_cutoff", charge_cutoff), ("usage_cutoff", usage_cutoff)):
         if instant is not None and instant.tzinfo is None:
             raise invalid(name, "needs a time zone")
-    async with pool.acquire() as conn, conn.transaction():
+    async with _connection(pool, conn) as conn, conn.transaction():
         plans = [
             PlanBilling.from_row(r)
             for r in await conn.fetch(

@@ -305,8 +305,9 @@ async def ensure_run(
 
     The check and the creation hold an advisory lock of (plan, period), so two
     workers (or a restart) never create a second run of it. The lock is a
-    session lock on its own connection: ``create_run`` commits on another one
-    before the lock is let go, so the next holder sees the run.
+    session lock on its own connection: ``create_run`` commits on that same
+    connection (no second one: a pool of one connection would wait for itself) before
+    the lock is let go, so the next holder sees the run.
     """
     key = RUN_LOCK_PREFIX + f"{due.plan_id}:{due.start.astimezone(UTC).isoformat()}"
     async with pool.acquire() as conn:
@@ -331,6 +332,7 @@ async def ensure_run(
                 auto_post=auto_post,
                 timing=timing,
                 uninvoiced_only=running.follow_up,
+                conn=conn,
             )
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
