@@ -471,7 +471,7 @@ def radius_instructions(auth_port: int, acct_port: int) -> str:
                 DEMO_RADIUS_SECRET,
                 [("Acct-Status-Type", "Stop"), *accounting, ("Acct-Session-Time", "45")],
             ),
-            "  # balance query of a calling card (no Called-Station-Id): nothing reserved",
+            "  # balance query of account 1002 (no Called-Station-Id): nothing reserved",
             "  "
             + radclient_command("auth", auth_port, DEMO_RADIUS_SECRET, [("User-Name", "1002")]),
             "",
