@@ -7,11 +7,15 @@ Rates (tests/conftest.py RETAIL_DECK): UK Mobile 0.06 a minute, 0.15 connect fee
 """
 
 import asyncio
+import time
+from datetime import UTC, datetime
 
+from ocs.balances import keys
 from ocs.charging.lifecycle import CallService
 from ocs.charging.values import AuthorizeRequest
 from ocs.rating.rates import Rate, cost
 from tests.conftest import RunningApp, account, add_plan, eventually
+from tests.helpers import send
 
 UK_MOBILE = "447700900123"
 
@@ -179,3 +183,116 @@ async def test_two_quota_calls_share_one_balance(app: RunningApp) -> None:
     assert (ca.charged, cb.charged) == (546_000, 450_000)
     view = await account(app, "q4")
     assert (view["balance"], view["reserved"], view["lines_in_use"]) == ("0.004000", "0.000000", 0)
+
+
+async def test_a_call_of_an_account_suspended_mid_call_gets_no_new_slice(
+    app: RunningApp,
+) -> None:
+    """Suspended (or locked by an operator) during the call: the call keeps the slice it
+    holds and gets no other, and is charged for exactly what it used."""
+    await add_plan(app.services, max_lines=2)
+    rate = uk_mobile_rate(app)
+    for account_id, status_set in (("s1", "suspended"), ("s2", "locked")):
+        await app.post("/v1/accounts", {"id": account_id, "plan": "retail", "balance": "10.00"})
+        call_id = f"held-{account_id}"
+        status, grant = await app.post(
+            "/v1/calls",
+            {"account": account_id, "destination": UK_MOBILE, "call_id": call_id, "quota": 60},
+        )
+        assert (status, grant["max_duration"], grant["final"]) == (201, 60, False), grant
+        status, _ = await app.post(f"/v1/calls/{call_id}/start", {})
+        assert status == 200
+        status, changed = await send(
+            app, "PATCH", f"/v1/accounts/{account_id}", {"status": status_set}
+        )
+        assert (status, changed["status"]) == (200, status_set), changed
+
+        # Before, this report was granted a further 60 s (115, not final), and every
+        # later one as many again: the suspension reached only new calls.
+        status, progress = await app.post(f"/v1/calls/{call_id}/update", {"used": 55})
+        assert status == 200, progress
+        assert (progress["granted"], progress["final"], progress["remaining"]) == (60, True, 5)
+        assert progress["debited"] == "0.210000"  # 55 s billed as 60 (30/6)
+        view = await account(app, account_id)
+        # The first slice is debited whole and nothing more is held.
+        assert (view["balance"], view["reserved"]) == ("9.790000", "0.000000")
+
+        status, stopped = await app.post(f"/v1/calls/{call_id}/stop", {"duration": 60})
+        assert status == 200, stopped
+        assert micro(stopped["cost"]) == cost(rate, 60) == 210_000
+        view = await account(app, account_id)
+        assert (view["balance"], view["reserved"], view["lines_in_use"]) == (
+            "9.790000",
+            "0.000000",
+            0,
+        )
+        status, refused = await app.post(
+            "/v1/calls", {"account": account_id, "destination": UK_MOBILE}
+        )
+        assert (status, refused["error"]["reason"]) == (403, f"account_{status_set}")
+
+        async def charged(call_id: str = call_id) -> bool:
+            async with app.services.pool.acquire() as conn:
+                return (
+                    await conn.fetchval("SELECT count(*) FROM cdrs WHERE call_id = $1", call_id)
+                    == 1
+                )
+
+        await eventually(charged, what="the call's CDR in PostgreSQL")
+        async with app.services.pool.acquire() as conn:
+            debited = await conn.fetchval(
+                "SELECT sum(amount) FROM ledger WHERE reference = $1", call_id
+            )
+            billed = await conn.fetchval("SELECT charged FROM cdrs WHERE call_id = $1", call_id)
+        assert (debited, billed) == (-210_000, 210_000)
+
+
+async def test_a_card_expired_mid_call_gets_no_new_slice(app: RunningApp) -> None:
+    """A card whose expiry passes during a sliced call: the call ends at the slice it
+    holds, charged for what it used."""
+    await add_plan(app.services)
+    rate = uk_mobile_rate(app)
+    soon = datetime.fromtimestamp(time.time() + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await app.post(
+        "/v1/accounts", {"id": "card-x", "plan": "retail", "balance": "10.00", "expires_at": soon}
+    )
+    calls: CallService = app.services.calls
+    grant = await calls.authorize(AuthorizeRequest("card-x", UK_MOBILE, call_id="ex", quota=60))
+    assert (grant.max_duration, grant.final) == (60, False)
+    # Its expiry passes now, during the call (written rather than waited for).
+    await app.services.redis.hset(keys.account("card-x"), "expires", int(time.time()))
+
+    progress = await calls.update("ex", 30)
+    # Before: granted 90, not final.
+    assert (progress.debited, progress.granted, progress.final, progress.exhausted) == (
+        180_000,
+        60,
+        True,
+        True,
+    )
+    charge = await calls.stop("ex", 42)
+    assert (charge.rated, charge.charged) == (cost(rate, 42), 192_000)
+    view = await account(app, "card-x")
+    assert (view["balance"], view["reserved"]) == ("9.808000", "0.000000")
+
+
+async def test_a_critical_balance_lock_lets_a_live_call_go_on_slicing(app: RunningApp) -> None:
+    """A critical-balance lock refuses new calls only: a live sliced call keeps getting
+    slices while the funds last (the lock's documented rule, kept)."""
+    await add_plan(app.services, max_lines=2)
+    await app.post("/v1/accounts", {"id": "c1", "plan": "retail", "balance": "1.00"})
+    status, _ = await send(app, "PATCH", "/v1/accounts/c1", {"critical_balance": "0.90"})
+    assert status == 200
+    calls: CallService = app.services.calls
+    await calls.authorize(AuthorizeRequest("c1", UK_MOBILE, call_id="crit", quota=60))
+
+    # The report's debit (0.21) takes the balance to 0.79, under 0.90: the account locks,
+    # and the call is still granted its next slice.
+    progress = await calls.update("crit", 60)
+    assert (progress.debited, progress.granted, progress.final) == (210_000, 120, False)
+    status, refused = await app.post("/v1/calls", {"account": "c1", "destination": UK_MOBILE})
+    assert (status, refused["error"]["reason"]) == (403, "account_locked")
+    progress = await calls.update("crit", 120)
+    assert (progress.debited, progress.granted, progress.final) == (270_000, 180, False)
+    charge = await calls.stop("crit", 150)
+    assert charge.charged == 300_000

@@ -262,8 +262,9 @@ class CallProgress(msgspec.Struct, frozen=True, gc=False):
     debited: int
     granted: int = 0  # quota mode: the call may run to this many seconds in all
     final: bool = True
-    # Quota mode: the funds could not cover the next slice; the call must end at
-    # ``granted`` (a RADIUS NAS is sent a Disconnect-Request then).
+    # Quota mode: the funds could not cover the next slice, or the account may not
+    # extend the call (suspended, locked other than by its critical balance, expired);
+    # the call must end at ``granted`` (a RADIUS NAS is sent a Disconnect-Request then).
     exhausted: bool = False
 
 

@@ -16,7 +16,9 @@
 -- ARGV[8] expiry set member
 -- ARGV[9] quota mode: the cost (micro-units) the call's funds must cover after this
 --         report, i.e. of the used seconds plus the next slice; "" for no new slice.
---         The call's hold grows towards it as far as the free funds allow.
+--         The call's hold grows towards it as far as the free funds allow, and not at
+--         all while the account is not active (a critical-balance lock aside) or has
+--         expired (ARGV[5] at or past its 'expires'): the call keeps what it holds.
 -- ARGV[10] "1": a call already started keeps its expiry (its grant does not change);
 --          ARGV[7] then applies only to a call this report shows started (no Start came).
 --          "" or "0": ARGV[7] applies.
@@ -75,8 +77,18 @@ if ARGV[4] == '1' and tonumber(ARGV[3]) > debited then
   end
 end
 if ARGV[9] ~= '' and tonumber(ARGV[9]) > held + debited then
-  local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved', 'committed')
+  local a = redis.call('HMGET', KEYS[1], 'balance', 'credit_limit', 'reserved', 'committed',
+    'status', 'lock', 'expires')
   local free = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3]) - tonumber(a[4] or 0)
+  -- An account that may not start a call may not extend one either: suspended, locked
+  -- (by an operator, or on demand with no session open) or expired since the grant, it
+  -- gets no new slice, and the call ends at what it holds, as one the funds cannot
+  -- extend. A critical-balance lock refuses only new calls: live calls go on.
+  local expires = tonumber(a[7] or 0)
+  if (a[5] ~= 'active' and not (a[5] == 'locked' and a[6] == 'critical'))
+      or (expires > 0 and tonumber(ARGV[5]) >= expires * 1000) then
+    free = 0
+  end
   local extra = math.min(tonumber(ARGV[9]) - held - debited, math.max(free, 0))
   if extra > 0 then
     redis.call('HINCRBY', KEYS[1], 'reserved', int(extra))
