@@ -11,12 +11,16 @@ days, rounded half away from zero to the micro-unit) less what was spent over th
 days; each line is rounded once to the cent. Every amount is worked out by hand.
 """
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
-from ocs.billing import posting
-from ocs.billing.bundles import BundleInvoice, invoiced_arrears
+import pytest
+
+from ocs.billing import bundles, posting
+from ocs.billing.bundles import BundleInvoice, Held, invoiced_arrears
 from ocs.billing.lines import targets
-from ocs.billing.periods import fixed_date
+from ocs.billing.periods import Period, fixed_date
 from ocs.billing.rules_store import attach, detach
 from ocs.billing.void import void
 from ocs.services import Services
@@ -306,6 +310,114 @@ async def test_a_void_of_the_settling_invoice_behind_a_later_one_settles_again(
         "2026-04": [],
         "2026-05": [FEBRUARY_CREDITED],
         "2026-06": [],
+    }
+    assert await february_net(services) == (30 * EUR - 20_357_143, 30 * EUR - 20_360_000)
+
+
+class HistoryReads:
+    """Counts the reads of an account's invoiced history by ``_settled_shortfalls``: each
+    bundle it looks back for has its standing invoices read from a first day
+    (``invoiced_arrears`` is called once per such read), and the first days asked."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.since: list[date] = []
+        original = bundles.invoiced_arrears
+
+        def counted(
+            invoice: BundleInvoice, invoiced: Sequence[tuple[datetime, datetime]], first: date
+        ) -> list[Period]:
+            self.since.append(first)
+            return original(invoice, invoiced, first)
+
+        monkeypatch.setattr(bundles, "invoiced_arrears", counted)
+
+
+class UsageMeasured:
+    """Counts the windows of earlier periods whose CDR usage ``_settled_shortfalls``
+    aggregates again (each a window handed to the usage query), by first day."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, before: datetime) -> None:
+        self.windows: list[datetime] = []
+        original = bundles._active_in
+
+        def counted(
+            held: Held, window: tuple[datetime, datetime], zone: ZoneInfo
+        ) -> tuple[datetime, datetime] | None:
+            found = original(held, window, zone)
+            if found is not None and window[0] < before:
+                self.windows.append(window[0])
+            return found
+
+        monkeypatch.setattr(bundles, "_active_in", counted)
+
+
+async def test_an_unrelated_old_void_is_not_looked_at_again_by_every_later_invoice(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """January is invoiced (posted) with no bundle and voided; ``min`` is attached from
+    Feb 1. February's invoice, the first made after the void, looks at it once (nothing
+    to settle: January held no commitment); every invoice after it (March to July) was
+    made after an invoice that saw the void and reads no history at all (each used to
+    re-read every standing invoice back to January, more each month). Each month charges
+    its own whole 30.00 shortfall, nothing else."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 1, 1))
+    await min_bundle(services)
+    january = await run(services, "2026-01", invoice_date=date(2026, 2, 1))
+    await posting.post(services.pool, services.store, run_id=january)
+    await void_period(services, "2026-01")
+    await attach(services.pool, sub, "min", start_date=date(2026, 2, 1))
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    reads = HistoryReads(monkeypatch)
+    for month in range(3, 8):
+        made = await run(services, f"2026-{month:02d}", invoice_date=date(2026, month + 1, 1))
+        await posting.post(services.pool, services.store, run_id=made)
+
+    assert reads.since == []
+    assert await shortfalls(services) == {
+        f"2026-{month:02d}": [whole(f"2026-{month:02d}-01")] for month in range(2, 8)
+    }
+
+
+async def test_a_period_settled_again_after_a_void_is_not_measured_again(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """February (30.00 shortfall) posted, the bundle detached from Feb 10, March posted
+    crediting 20.36 of it, then March voided: April's invoice credits the 20.36 again,
+    aggregating February's usage once. May, June and July read no history and aggregate
+    February's usage no more (each used to re-read the history back to February and
+    aggregate its CDRs again, for good); they add nothing, and February nets the 9.64
+    due."""
+    await billed_plan(services)
+    sub = await customer(services, "a1", None, date(2026, 2, 1))
+    await min_bundle(services)
+    await attach(services.pool, sub, "min")
+    february = await run(services, "2026-02", invoice_date=date(2026, 3, 1))
+    await posting.post(services.pool, services.store, run_id=february)
+    await detach(services.pool, sub, "min", date(2026, 2, 10))
+    march = await run(services, "2026-03", invoice_date=date(2026, 4, 1))
+    await posting.post(services.pool, services.store, run_id=march)
+    await void_period(services, "2026-03")
+    measured = UsageMeasured(monkeypatch, datetime(2026, 3, 1, tzinfo=UTC))
+    april = await run(services, "2026-04", invoice_date=date(2026, 5, 1))
+    await posting.post(services.pool, services.store, run_id=april)
+    assert measured.windows == [datetime(2026, 2, 1, tzinfo=UTC)]
+
+    measured.windows.clear()
+    reads = HistoryReads(monkeypatch)
+    for month in range(5, 8):
+        made = await run(services, f"2026-{month:02d}", invoice_date=date(2026, month + 1, 1))
+        await posting.post(services.pool, services.store, run_id=made)
+
+    assert measured.windows == []
+    assert reads.since == []
+    assert await shortfalls(services) == {
+        "2026-02": [whole("2026-02-01")],
+        "2026-04": [FEBRUARY_CREDITED],
+        "2026-05": [],
+        "2026-06": [],
+        "2026-07": [],
     }
     assert await february_net(services) == (30 * EUR - 20_357_143, 30 * EUR - 20_360_000)
 

@@ -99,6 +99,7 @@ from ocs.billing.shortfall_voids import (
     CommitmentBilled,
     VoidedInvoice,
     changed_by_void,
+    unseen_voids,
     voided_periods,
 )
 from ocs.money import MICRO
@@ -1668,10 +1669,12 @@ async def _settled_shortfalls(
     (``settled_shortfall_line``); and for the periods a void changed since they were last
     settled again (``changed_by_void``): settled to what the dates ask where the period's
     own invoice stands (the settling invoice voided), to nothing where it is void
-    (``voided_shortfall_line``). The void invoices are read first, one query; then, only
-    for the bundles with a period to look at (none, mostly), three queries for the chunk:
-    the periods invoiced, their commitment lines, and the indicators over the bundles'
-    days in them as now recorded."""
+    (``voided_shortfall_line``). The void invoices are read first, one query, and only
+    those voided after the account's newest earlier invoice that stands was made count
+    (``unseen_voids``); then, only for the bundles with a period to look at (none,
+    mostly), three queries for the chunk: the periods invoiced, their commitment lines,
+    and the indicators over the bundles' days in the periods to settle again as now
+    recorded (none where no void changed them)."""
     found: dict[tuple[int, int], list[Line]] = defaultdict(list)
     committed = [
         h
@@ -1687,9 +1690,13 @@ async def _settled_shortfalls(
     candidates: dict[int, list[Period]] = {}
     for h in committed:
         invoice = by_account[h.account_id]
-        if voided.get(h.id) and invoice.cycle is not None:
+        # Only the voids no invoice since has seen: an older one was settled by the
+        # invoice made after it, and looking again would read the history back to its
+        # period on every run, for good.
+        unseen = unseen_voids(voided.get(h.id, []), invoice.newest)
+        if unseen and invoice.cycle is not None:
             before = invoice.which.arrears.first_day
-            if looked := voided_periods(invoice.cycle, invoice.timing, before, voided[h.id]):
+            if looked := voided_periods(invoice.cycle, invoice.timing, before, unseen):
                 candidates[h.id] = looked
     asked = [h for h in committed if h.id in reopened_from or h.id in candidates]
     if not asked:
@@ -1756,34 +1763,10 @@ async def _settled_shortfalls(
                 r["voided_at"],
             )
         )
-    # The indicators over each (bundle, period) settled to what its dates ask that the
-    # bundle is active in, keyed by its index here: one bundle has several periods, which
-    # the usage query keeps apart by that key.
-    measured: list[tuple[Held, Period, tuple[datetime, datetime]]] = []
-    for h in reopened:
-        for period, asks, _ in periods[h.id].values():
-            if asks and (window := _active_in(h, (period.start, period.end), period.zone)):
-                measured.append((h, period, window))
-    figures: dict[tuple[int, str], Indicator] = {}
-    if measured:
-        extremes = any(
-            rule.kind == "commitment" and rule.function in ("min", "max")
-            for h in reopened
-            for rule in rules.get(h.bundle_id, [])
-        )
-        for r in await conn.fetch(
-            _EXTREMES_SQL if extremes else _USAGE_SQL,
-            list(range(len(measured))),
-            [h.account_id for h, _, _ in measured],
-            [h.bundle_id for h, _, _ in measured],
-            [w[0] for _, _, w in measured],
-            [w[1] for _, _, w in measured],
-        ):
-            if r["what"] == "indicator":
-                figures[r["sb_id"], r["indicator"]] = Indicator(
-                    r["events"], r["total"] or 0, r["average"], r["low"], r["high"], r["net"] or 0
-                )
-    keys = {(h.id, period.first_day): n for n, (h, period, _) in enumerate(measured)}
+    # What each (bundle, rule, period) is settled to, decided before any usage is read:
+    # a period a void touched is settled again only where the void changed it since it
+    # was last settled (``changed_by_void``); the others add nothing and are not measured.
+    settle: list[tuple[Held, Rule, Period, bool, tuple[str, ...], int]] = []
     for h in reopened:
         invoice = by_account[h.account_id]
         cycle = invoice.cycle
@@ -1806,18 +1789,50 @@ async def _settled_shortfalls(
                     if not changed:
                         continue
                 standing = standing_shortfall(h, rule, period, billed[h.id])
-                if standing is None:
-                    continue
-                if not asks:
-                    line = voided_shortfall_line(h, rule, invoice, period, standing, changed)
-                else:
-                    key = keys.get((h.id, period.first_day))
-                    measures = NO_EVENTS
-                    if key is not None:
-                        measures = figures.get((key, rule.indicator or ""), NO_EVENTS)
-                    line = settled_shortfall_line(h, rule, invoice, period, measures, standing)
-                if line is not None:
-                    found[h.id, rule.position].append(line)
+                if standing is not None:
+                    settle.append((h, rule, period, asks, changed, standing))
+    # The indicators over each (bundle, period) settled to what its dates ask that the
+    # bundle is active in, keyed by its index here: one bundle has several periods, which
+    # the usage query keeps apart by that key.
+    measured: list[tuple[Held, Period, tuple[datetime, datetime]]] = []
+    keys: dict[tuple[int, date], int] = {}
+    for h, _, period, asks, _, _ in settle:
+        if not asks or (h.id, period.first_day) in keys:
+            continue
+        if window := _active_in(h, (period.start, period.end), period.zone):
+            keys[h.id, period.first_day] = len(measured)
+            measured.append((h, period, window))
+    figures: dict[tuple[int, str], Indicator] = {}
+    if measured:
+        extremes = any(
+            rule.kind == "commitment" and rule.function in ("min", "max")
+            for h in reopened
+            for rule in rules.get(h.bundle_id, [])
+        )
+        for r in await conn.fetch(
+            _EXTREMES_SQL if extremes else _USAGE_SQL,
+            list(range(len(measured))),
+            [h.account_id for h, _, _ in measured],
+            [h.bundle_id for h, _, _ in measured],
+            [w[0] for _, _, w in measured],
+            [w[1] for _, _, w in measured],
+        ):
+            if r["what"] == "indicator":
+                figures[r["sb_id"], r["indicator"]] = Indicator(
+                    r["events"], r["total"] or 0, r["average"], r["low"], r["high"], r["net"] or 0
+                )
+    for h, rule, period, asks, changed, standing in settle:
+        invoice = by_account[h.account_id]
+        if not asks:
+            line = voided_shortfall_line(h, rule, invoice, period, standing, changed)
+        else:
+            key = keys.get((h.id, period.first_day))
+            measures = NO_EVENTS
+            if key is not None:
+                measures = figures.get((key, rule.indicator or ""), NO_EVENTS)
+            line = settled_shortfall_line(h, rule, invoice, period, measures, standing)
+        if line is not None:
+            found[h.id, rule.position].append(line)
     return found
 
 

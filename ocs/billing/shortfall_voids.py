@@ -68,6 +68,15 @@ def _period_of(
     return arrears if arrears.contains(start) else cycle.period_containing(start)
 
 
+def unseen_voids(voided: Sequence[VoidedInvoice], newest: datetime | None) -> list[VoidedInvoice]:
+    """The void invoices of ``voided`` voided after ``newest`` (when the account's newest
+    earlier invoice that stands, a draft too, was made; None: none stands, every void).
+    An invoice made after a void already looked at it (and settled what it changed), so
+    an older void is not looked at again: one void, however old, would otherwise have
+    every later invoice read the account's history back to its period."""
+    return [invoice for invoice in voided if newest is None or invoice.voided > newest]
+
+
 def voided_periods(
     cycle: Schedule, timing: str, before: date, voided: Sequence[VoidedInvoice]
 ) -> list[Period]:
