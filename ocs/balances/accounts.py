@@ -24,6 +24,12 @@ import asyncpg
 
 from ocs.balances.card_ids import is_card_account, may_be_pin
 from ocs.balances.digests import Digests, legacy_pin_digest
+from ocs.balances.identity_names import (
+    hold_name,
+    refuse_member_as_account_id,
+    refuse_taken_caller,
+    refuse_taken_member,
+)
 from ocs.balances.store import AccountState, BalanceStore, TopupResult
 from ocs.errors import OcsError, Reason, account_not_found, invalid
 from ocs.limits import MAX_LINES
@@ -312,6 +318,9 @@ class AccountService:
                     Reason.PLAN_NOT_FOUND, f"plan {plan_id!r} does not exist", field="plan"
                 )
             await self._refuse_a_cards_pin(conn, account_id)
+            # A member by this name would be shadowed by the account (decision 0053).
+            await hold_name(conn, account_id)
+            await refuse_member_as_account_id(conn, account_id)
             status, lock = await starting_state(conn, plan_id, spec.status)
             limit: int = plan["credit_limit"] if spec.credit_limit is None else spec.credit_limit
             lines: int = plan["max_lines"] if spec.max_lines is None else spec.max_lines
@@ -505,6 +514,10 @@ class AccountService:
             )
             if limit is None:
                 raise account_not_found(account_id)
+            # Another account's id or caller id by this name would shadow the member,
+            # or be shadowed by it (decision 0053).
+            await hold_name(conn, member)
+            await refuse_taken_member(conn, account_id, member)
             owner = await conn.fetchval(
                 "SELECT account_id FROM account_members WHERE member = $1", member
             )
@@ -599,6 +612,9 @@ class AccountService:
         async with self._pool.acquire() as conn, conn.transaction():
             if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id) is None:
                 raise account_not_found(account_id)
+            # Another account's member by this number would take its calls (decision 0053).
+            await hold_name(conn, digits)
+            await refuse_taken_caller(conn, account_id, digits)
             owner = await conn.fetchval(
                 "INSERT INTO account_callers (caller, account_id) VALUES ($1, $2)"
                 " ON CONFLICT (caller) DO UPDATE SET caller = EXCLUDED.caller"
