@@ -19,6 +19,11 @@ janitor: ``ocs.demo_stores`` says which Redis keys are the demo's), unless
 ``--use-configured-stores`` asks for it; even then no billing worker runs beside
 it (it would draft and post the other plans' runs), and its invoice is numbered
 in its own ``DEMO`` sequence, never the real ``INV`` one.
+
+Embedded stores are the demo's only when the demo made them (``ocs.demo_data_dir``):
+a store ``ocs serve`` has just made holds nothing but a ``bootstrap`` token, as the
+demo's does, so the demo marks the data dir it finds empty, and refuses one without
+its mark that holds anything, or that a running ocs process (``ocs serve``) uses.
 """
 
 import asyncio
@@ -27,6 +32,7 @@ import os
 import secrets
 import sys
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -44,6 +50,14 @@ from ocs.catalog.snapshot import Plan
 from ocs.charging.values import AuthorizeRequest
 from ocs.config import RadiusClientConfig, Settings, default_data_dir, with_overrides
 from ocs.decks.rate_deck import parse_deck
+from ocs.demo_data_dir import (
+    MARKER_FILE,
+    has_marker,
+    in_use_by,
+    uses_embedded_stores,
+    what_it_holds,
+    write_marker,
+)
 from ocs.demo_stores import other_redis_data
 from ocs.errors import OcsError, Reason
 from ocs.radius.radclient_hint import radclient_command
@@ -274,6 +288,49 @@ async def _check_configured_redis(settings: Settings, url: str) -> None:
         raise redis_refusal(settings, found)
 
 
+def _resolved(data_dir: Path) -> Path:
+    """``data_dir`` as a refusal names it: absolute, links followed."""
+    return Path(data_dir).resolve()
+
+
+def check_data_dir_not_in_use(settings: Settings) -> None:
+    """Refuse (``DemoRefused``) a data dir whose embedded stores a running ocs process
+    (``ocs serve``, another demo) uses, before anything is started: the demo would
+    attach to them and write its data beside theirs. Reads only."""
+    if not uses_embedded_stores(settings):
+        return
+    user = in_use_by(settings.data_dir)
+    if user is not None:
+        raise DemoRefused(
+            f"the data dir {_resolved(settings.data_dir)} is in use by a running ocs"
+            f" process{user}; the demo would add plans, funded accounts 1001, 1002 and 2001"
+            f" and an admin token to its stores: stop it first, {_ELSEWHERE}"
+        )
+
+
+async def data_dir_is_the_demos(redis: Any, pool: asyncpg.Pool, settings: Settings) -> None:
+    """Refuse (``DemoRefused``) embedded stores the demo did not make: a data dir without
+    the demo's marker that holds anything (``what_it_holds``), made by ``ocs serve`` or
+    another command. Marks a data dir holding nothing as the demo's, before anything is
+    written to its stores; one the demo made before is the demo's."""
+    if not uses_embedded_stores(settings) or has_marker(settings.data_dir):
+        return
+    async with pool.acquire() as conn:
+        found = await what_it_holds(
+            settings,
+            redis if settings.redis_url is None else None,
+            conn if settings.database_url is None else None,
+        )
+    if found:
+        raise DemoRefused(
+            f"the data dir {_resolved(settings.data_dir)} holds stores the demo did not"
+            f" make ({', '.join(found)}; no {MARKER_FILE} file): `ocs serve` or another ocs"
+            " command made them, and the demo would add plans, funded accounts 1001, 1002"
+            f" and 2001 and an admin token to them: {_ELSEWHERE}"
+        )
+    write_marker(settings.data_dir)
+
+
 def _month_start(today: date) -> date:
     """The first day of ``today``'s month."""
     return today.replace(day=1)
@@ -502,6 +559,7 @@ async def run_demo(
     worker_task: asyncio.Task[None] | None = None
     if not use_configured_stores:
         await check_configured_stores(settings)
+        check_data_dir_not_in_use(settings)
 
     async def inspect(redis: Any, pool: asyncpg.Pool) -> None:
         # Before the runtime migrates PostgreSQL, makes a pepper or loads scripts, and
@@ -509,6 +567,7 @@ async def run_demo(
         nonlocal own_stores
         if not use_configured_stores:
             await stores_not_the_demos(redis, pool, settings)
+            await data_dir_is_the_demos(redis, pool, settings)
             own_stores = True
             return
         async with pool.acquire() as conn:
