@@ -439,10 +439,17 @@ class AccountService:
         member_max_lines: int | None = None,
         max_members: int | Unset | None = UNSET,
         status: str | None = None,
+        expires_at: datetime | Unset | None = UNSET,
     ) -> AccountState:
         """Override an account's limits; what is left out keeps its value.
 
         ``critical_balance`` and ``max_members`` take None to remove the limit.
+        A changed critical balance is judged at once (``set_policy.lua``): a
+        critical-balance lock it no longer holds is lifted, and an active account below
+        the new one is locked, as a charge would lock it.
+        ``expires_at`` (an aware time) moves the account's expiry, None removes it: how an
+        expired account is revived. A card whose life runs from its first use
+        (``expire_days``) starts a new life at its next use once its expiry is removed.
         A status set here is an operator's decision: it clears a critical-balance lock.
         ``active`` on an on-demand account with no billing session open gives it back
         its session lock (``locked``, lock ``session``) instead: lifting a suspension
@@ -459,6 +466,8 @@ class AccountService:
             member_max_lines=member_max_lines,
             max_members=None if isinstance(max_members, Unset) else max_members,
         )
+        if not isinstance(expires_at, Unset):
+            validate_expiry(expires_at)
         columns: dict[str, object] = {}
         redis_fields: dict[str, str | int] = {}
         for column, field, value in (
@@ -478,6 +487,10 @@ class AccountService:
             redis_fields["critical"] = "" if critical_balance is None else critical_balance
         if not isinstance(max_members, Unset):
             columns["max_members"] = max_members
+        if not isinstance(expires_at, Unset):
+            columns["expires_at"] = expires_at
+            # Redis keeps whole epoch seconds, 0 meaning "never" (as create writes it).
+            redis_fields["expires"] = 0 if expires_at is None else int(expires_at.timestamp())
         if not columns:
             return await self.show(account_id)
         assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
@@ -677,7 +690,12 @@ class AccountService:
         return state
 
     async def topup(self, account_id: str, amount: int, topup_id: str | None = None) -> TopupResult:
-        """Credit an account once per ``topup_id`` (a new id is made when none is given)."""
+        """Credit an account once per ``topup_id`` (a new id is made when none is given).
+
+        An account past its expiry is refused (403 ``account_expired``): it spends
+        nothing, so the money would be stuck. A repeat of a top-up made before it expired
+        is answered as a repeat; a refused one is not kept, so its id credits once the
+        account's ``expires_at`` is moved on (``update_policy``)."""
         if amount <= 0:
             raise invalid("amount", "a top-up must be greater than zero")
         if topup_id is not None and (not 1 <= len(topup_id) <= 128 or not topup_id.isprintable()):
@@ -690,8 +708,13 @@ class AccountService:
                 "ids starting with 'pay:' or 'inv:' are ocs's own (payment credits and"
                 " invoice credit lines)",
             )
+        # An expired account could spend none of it: refused, nothing credited.
         result = await self._store.topup(
-            account_id, amount, topup_id or uuid.uuid4().hex, TOPUP_DEDUPE_TTL
+            account_id,
+            amount,
+            topup_id or uuid.uuid4().hex,
+            TOPUP_DEDUPE_TTL,
+            refuse_expired=True,
         )
         if result is None:
             raise account_not_found(account_id)

@@ -530,6 +530,7 @@ class TopupArgs(msgspec.Struct, frozen=True, gc=False):
     ARGV[4] time (epoch milliseconds)
     ARGV[5] account id
     ARGV[6] ledger kind ("topup")
+    ARGV[7] "1": refuse an expired account (an operator's top-up); "": credit it anyway
     """
 
     account_id: str
@@ -538,6 +539,7 @@ class TopupArgs(msgspec.Struct, frozen=True, gc=False):
     result_ttl: int
     now_ms: int
     kind: str = "topup"
+    refuse_expired: bool = False
 
     def keys(self) -> list[str]:
         """KEYS[1..3]."""
@@ -548,7 +550,7 @@ class TopupArgs(msgspec.Struct, frozen=True, gc=False):
         ]
 
     def argv(self) -> list[object]:
-        """ARGV[1..6]."""
+        """ARGV[1..7]."""
         return [
             self.amount,
             self.topup_id,
@@ -556,6 +558,7 @@ class TopupArgs(msgspec.Struct, frozen=True, gc=False):
             self.now_ms,
             self.account_id,
             self.kind,
+            "1" if self.refuse_expired else "",
         ]
 
 

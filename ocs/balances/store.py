@@ -48,7 +48,7 @@ from ocs.balances.script_args import (
     UpdateArgs,
     UsageEvent,
 )
-from ocs.errors import invalid
+from ocs.errors import OcsError, Reason, invalid
 
 
 def _text(value: Any) -> str:
@@ -1369,16 +1369,33 @@ class BalanceStore:
         return True
 
     async def topup(
-        self, account_id: str, amount: int, topup_id: str, result_ttl: int, kind: str = "topup"
+        self,
+        account_id: str,
+        amount: int,
+        topup_id: str,
+        result_ttl: int,
+        kind: str = "topup",
+        *,
+        refuse_expired: bool = False,
     ) -> TopupResult | None:
-        """Credit the account once per ``topup_id``; None for an unknown account."""
-        args = TopupArgs(account_id, amount, topup_id, result_ttl, now_ms(), kind)
+        """Credit the account once per ``topup_id``; None for an unknown account.
+
+        ``refuse_expired``: an account past its expiry is refused (403
+        ``account_expired``, nothing credited), as an operator's top-up is: it could
+        spend none of it. A payment's or invoice's credit leaves it False."""
+        args = TopupArgs(account_id, amount, topup_id, result_ttl, now_ms(), kind, refuse_expired)
         reply = await self._pipe.run_script(scripts.TOPUP, args.keys(), args.argv())
         status = _text(reply[0])
         if status == "NOACCT":
             return None
         if status == "LIMIT":
             raise invalid("amount", "the balance would exceed 1000000000.000000")
+        if status == "EXPIRED":
+            raise OcsError(
+                Reason.ACCOUNT_EXPIRED,
+                f"account {account_id!r} has expired: it could spend no top-up"
+                " (PATCH its expires_at to revive it)",
+            )
         result = msgpack.unpackb(reply[1])
         return TopupResult(
             amount=int(result["amount"]),

@@ -154,7 +154,7 @@ class Topup(Answer):
 
 async def topup_account(request: web.Request, params: TopupAccount) -> Reply[Topup]:
     """POST /v1/accounts/{id}/topups: credit an account once per top-up id (201; 200 for
-    a repeat)."""
+    a repeat); 403 ``account_expired`` for an account past its expiry."""
     account_id = validate_account_id(request.match_info["account_id"], "account_id")
     result = await services_of(request).accounts.topup(
         account_id, int(params.amount), params.topup_id
@@ -379,6 +379,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         TopupAccount,
         Topup,
         status=201,
+        description="An account past its `expires_at` is refused 403 `account_expired` and"
+        " nothing is credited: it could spend none of it (`PATCH /v1/accounts/{id}` with a"
+        " later `expires_at` revives it, and the same `topup_id` then credits it).",
         answer_description="credited (200: a repeat of a top-up id, credited once)",
     ),
     Endpoint(

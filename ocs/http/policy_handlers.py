@@ -7,6 +7,7 @@ calls the service and shapes its result. The usage counters' endpoints are in
 ``ocs.http.counter_handlers``, the calling cards' in ``ocs.http.card_handlers``.
 """
 
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import msgspec
@@ -42,6 +43,15 @@ MemberLineLimit = Annotated[
     int, msgspec.Meta(ge=0, le=10_000, description="live calls per member; 0: no limit")
 ]
 MemberLimit = Annotated[int, msgspec.Meta(ge=0, le=1_000_000, description="members at most")]
+Expiry = Annotated[
+    datetime,
+    msgspec.Meta(
+        tz=True,
+        description="when the account stops working: ISO 8601 with a time zone;"
+        " null: never. A later time revives an expired account",
+        examples=["2027-01-31T23:59:59Z"],
+    ),
+]
 
 
 # --- an account's limits ----------------------------------------------------------------
@@ -49,7 +59,8 @@ MemberLimit = Annotated[int, msgspec.Meta(ge=0, le=1_000_000, description="membe
 
 class ChangeAccount(Params):
     """An account's limits to change; a field left out keeps its value. null removes
-    ``critical_balance`` (no lock) and ``max_members`` (no limit); no other limit can go."""
+    ``critical_balance`` (no lock), ``max_members`` (no limit) and ``expires_at`` (no
+    expiry); no other limit can go."""
 
     credit_limit: Amount | msgspec.UnsetType = msgspec.UNSET
     max_lines: LineLimit | msgspec.UnsetType = msgspec.UNSET
@@ -76,6 +87,7 @@ class ChangeAccount(Params):
         ]
         | msgspec.UnsetType
     ) = msgspec.UNSET
+    expires_at: Expiry | msgspec.UnsetType | None = msgspec.UNSET
 
 
 T = TypeVar("T")
@@ -110,6 +122,7 @@ async def update_account(request: web.Request, params: ChangeAccount) -> Account
         member_max_lines=_given(params.member_max_lines),
         max_members=_removable(params.max_members),
         status=_given(params.status),
+        expires_at=_removable(params.expires_at),
     )
     return account_view(state)
 
@@ -322,11 +335,15 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         "PATCH",
         "/v1/accounts/{account_id}",
         Role.OPERATOR,
-        "Change an account's limits (null removes critical_balance or max_members)",
+        "Change an account's limits (null removes critical_balance, max_members or expires_at)",
         update_account,
         ChangeAccount,
         AccountView,
-        description="A field left out keeps its value. A status set here is an operator's"
+        description="A field left out keeps its value. A changed `critical_balance` is"
+        " judged at once: a critical-balance lock it no longer holds (none now, or the"
+        " balance back to it) is lifted, and an active account below the new one is"
+        " locked by `critical`. A later `expires_at` revives an expired account (top-ups"
+        " and calls are refused `account_expired` past it). A status set here is an operator's"
         " decision: it clears a critical-balance lock. `active` on an account billed on"
         " demand with no billing session open leaves it locked by `session` (its calls wait"
         " for a session), as the answer shows.",

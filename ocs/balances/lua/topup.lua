@@ -9,10 +9,15 @@
 -- ARGV[4] time (epoch milliseconds)
 -- ARGV[5] account id
 -- ARGV[6] ledger kind ("topup")
+-- ARGV[7] "1": refuse an account past its expiry (an operator's top-up); "" or absent:
+--         credit it whatever its expiry (a payment's credit, an invoice's credit line:
+--         money already billed or paid, which settles the account's debt)
 --
 -- Returns {"OK", result} or {"DONE", result} (a repeat: nothing credited),
 -- result = msgpack {amount, balance, entry}; {"NOACCT"} for an unknown account;
--- {"LIMIT"} when the balance would pass 10^15 micro-units.
+-- {"LIMIT"} when the balance would pass 10^15 micro-units; {"EXPIRED"} when ARGV[7] is
+-- "1" and the account's expiry ('expires', epoch s; 0 or absent: never) is at or before
+-- ARGV[4]: nothing credited and nothing kept, so the same id credits once it is revived.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'NOACCT'}
@@ -20,6 +25,14 @@ end
 local done = redis.call('GET', KEYS[3])
 if done then
   return {'DONE', done}
+end
+-- An expired account spends nothing (authorize.lua, lib.lua's charge_event): money put
+-- on it would be stuck. A repeat of a top-up made before it expired is answered above.
+if ARGV[7] == '1' then
+  local expires = tonumber(redis.call('HGET', KEYS[1], 'expires') or 0)
+  if expires > 0 and tonumber(ARGV[4]) >= expires * 1000 then
+    return {'EXPIRED'}
+  end
 end
 -- Lua numbers are doubles: keep every balance far below 2^53 so the scripts'
 -- arithmetic stays exact (10^15 micro-units = one thousand million units).
