@@ -461,8 +461,13 @@ def _text(value: object) -> str:
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisClusterProcess]:
-    """A 3-master cluster (no replicas) for the session."""
-    cluster = RedisClusterProcess(masters=3)
+    """A 3-master cluster (no replicas) for the session.
+
+    Its AOF is fsynced every second, as deploy/ sets Redis up, not after every write: no
+    test kills a node of this cluster (those that do start a cluster of their own, with
+    ``appendfsync always``), and on a busy CI disk an fsync per write made every cluster
+    test wait for the disk."""
+    cluster = RedisClusterProcess(masters=3, appendfsync="everysec")
     cluster.start()
     try:
         yield cluster
