@@ -20,7 +20,14 @@ from ocs.config import Settings
 from ocs.errors import OcsError
 from ocs.http.app import create_app
 from ocs.services import Services
-from tests.conftest import RETAIL_DECK, TEST_TOKEN_NAME, RunningApp, add_plan, bearer
+from tests.conftest import (
+    RETAIL_DECK,
+    TEST_TOKEN_NAME,
+    RunningApp,
+    add_plan,
+    bearer,
+    caught_up,
+)
 from tests.helpers import ocs_cli
 
 
@@ -91,6 +98,9 @@ async def test_roles_decide_what_a_token_may_do_and_switches_need_none(
     )
     assert status == 403
     assert (await call(app, "POST", "/v1/plans/retail/tariffs", admin, data=RETAIL_DECK))[0] == 200
+    # The server rates by the deck once its catalog has reloaded it (PostgreSQL NOTIFY),
+    # not when the import answers: a call sent before that was refused no tariff.
+    await caught_up(app.services)
 
     # An operator works on accounts; a viewer only reads them.
     account = {"id": "a1", "plan": "retail", "balance": "2.00"}
