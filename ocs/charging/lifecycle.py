@@ -788,8 +788,10 @@ class CallService:
                     await self._check_password(account_id, request.password, digest)
                 case Refused():
                     raise self._refusal(account_id, outcome)
-                case IdHeld(record=holder, granted=granted):
-                    if granted:
+                # Its own name: ``granted`` above is an int, and mypyc keeps one type a
+                # local (a compiled build raised TypeError here).
+                case IdHeld(record=holder, granted=grant_left):
+                    if grant_left:
                         # A cluster: another account's grant took the id's reference
                         # between this one's read of it and its write. This grant is
                         # given back (nothing charged) before the id is judged, as on one
