@@ -1657,36 +1657,21 @@ async def _voided(
     return found
 
 
-async def _settled_shortfalls(
+async def _shortfall_periods(
     conn: asyncpg.Connection,
-    held: Sequence[Held],
-    rules: Mapping[str, Sequence[Rule]],
+    committed: Sequence[Held],
     by_account: Mapping[str, BundleInvoice],
-) -> dict[tuple[int, int], list[Line]]:
-    """(Subscription bundle, rule position) -> the lines settling again the commitment's
-    shortfalls over earlier invoices' arrears periods: for the bundles whose dates changed
-    after those invoices were made (``shortfall_reopened``), each period from that day
-    (``settled_shortfall_line``); and for the periods a void changed since they were last
-    settled again (``changed_by_void``): settled to what the dates ask where the period's
-    own invoice stands (the settling invoice voided), to nothing where it is void
-    (``voided_shortfall_line``). The void invoices are read first, one query, and only
-    those voided after the account's newest earlier invoice that stands was made count
-    (``unseen_voids``); then, only for the bundles with a period to look at (none,
-    mostly), three queries for the chunk: the periods invoiced, their commitment lines,
-    and the indicators over the bundles' days in the periods to settle again as now
-    recorded (none where no void changed them)."""
-    found: dict[tuple[int, int], list[Line]] = defaultdict(list)
-    committed = [
-        h
-        for h in held
-        if any(rule.kind == "commitment" for rule in rules.get(h.bundle_id, []))
-        and _looks_back(by_account[h.account_id])
-    ]
+    voided: Mapping[int, Sequence[VoidedInvoice]],
+) -> dict[int, dict[date, tuple[Period, bool, bool]]]:
+    """Subscription bundle -> its earlier arrears periods to look at for
+    ``_settled_shortfalls``, by first day: (the period, whether a standing invoice billed
+    it, whether its dates changed since, ``shortfall_reopened``). Only the bundles with a
+    period to look at appear; for them (none, mostly) one query reads the periods
+    invoiced from the earliest day asked (``_INVOICED_SQL``)."""
     reopened_from: dict[int, date] = {}
     for h in committed:
         if first := shortfall_reopened(h, by_account[h.account_id]):
             reopened_from[h.id] = first
-    voided = await _voided(conn, committed, by_account)
     candidates: dict[int, list[Period]] = {}
     for h in committed:
         invoice = by_account[h.account_id]
@@ -1700,7 +1685,7 @@ async def _settled_shortfalls(
                 candidates[h.id] = looked
     asked = [h for h in committed if h.id in reopened_from or h.id in candidates]
     if not asked:
-        return found
+        return {}
     since: dict[int, date] = {}
     for h in asked:
         days = [p.first_day for p in candidates.get(h.id, [])]
@@ -1739,9 +1724,21 @@ async def _settled_shortfalls(
                 )
         if chosen:
             periods[h.id] = chosen
-    reopened = [h for h in asked if h.id in periods]
-    if not reopened:
-        return found
+    return periods
+
+
+async def _shortfalls_to_settle(
+    conn: asyncpg.Connection,
+    reopened: Sequence[Held],
+    rules: Mapping[str, Sequence[Rule]],
+    by_account: Mapping[str, BundleInvoice],
+    periods: Mapping[int, Mapping[date, tuple[Period, bool, bool]]],
+    voided: Mapping[int, Sequence[VoidedInvoice]],
+) -> list[tuple[Held, Rule, Period, bool, tuple[str, ...], int]]:
+    """The (bundle, commitment rule, period) that ``_settled_shortfalls`` settles again,
+    in order, each with whether the period is settled to what its dates ask, the void
+    invoices that changed it and its standing shortfall: one query reads the periods'
+    commitment lines (``_SHORTFALLS_SQL``), and all is decided before any usage is read."""
     billed: dict[int, list[CommitmentBilled]] = defaultdict(list)
     for r in await conn.fetch(
         _SHORTFALLS_SQL,
@@ -1791,6 +1788,19 @@ async def _settled_shortfalls(
                 standing = standing_shortfall(h, rule, period, billed[h.id])
                 if standing is not None:
                     settle.append((h, rule, period, asks, changed, standing))
+    return settle
+
+
+async def _shortfall_usage(
+    conn: asyncpg.Connection,
+    reopened: Sequence[Held],
+    rules: Mapping[str, Sequence[Rule]],
+    settle: Sequence[tuple[Held, Rule, Period, bool, tuple[str, ...], int]],
+) -> tuple[dict[tuple[int, date], int], dict[tuple[int, str], Indicator]]:
+    """The usage ``_settled_shortfalls`` measures again: (bundle, period's first day) ->
+    its key, and (key, indicator) -> the indicator over the bundle's active days in that
+    period, for the periods settled to what their dates ask; one usage query, none where
+    no such period has active days."""
     # The indicators over each (bundle, period) settled to what its dates ask that the
     # bundle is active in, keyed by its index here: one bundle has several periods, which
     # the usage query keeps apart by that key.
@@ -1821,6 +1831,42 @@ async def _settled_shortfalls(
                 figures[r["sb_id"], r["indicator"]] = Indicator(
                     r["events"], r["total"] or 0, r["average"], r["low"], r["high"], r["net"] or 0
                 )
+    return keys, figures
+
+
+async def _settled_shortfalls(
+    conn: asyncpg.Connection,
+    held: Sequence[Held],
+    rules: Mapping[str, Sequence[Rule]],
+    by_account: Mapping[str, BundleInvoice],
+) -> dict[tuple[int, int], list[Line]]:
+    """(Subscription bundle, rule position) -> the lines settling again the commitment's
+    shortfalls over earlier invoices' arrears periods: for the bundles whose dates changed
+    after those invoices were made (``shortfall_reopened``), each period from that day
+    (``settled_shortfall_line``); and for the periods a void changed since they were last
+    settled again (``changed_by_void``): settled to what the dates ask where the period's
+    own invoice stands (the settling invoice voided), to nothing where it is void
+    (``voided_shortfall_line``). The void invoices are read first, one query, and only
+    those voided after the account's newest earlier invoice that stands was made count
+    (``unseen_voids``); then, only for the bundles with a period to look at (none,
+    mostly), three queries for the chunk: the periods invoiced (``_shortfall_periods``),
+    their commitment lines (``_shortfalls_to_settle``), and the indicators over the
+    bundles' days in the periods to settle again as now recorded (none where no void
+    changed them; ``_shortfall_usage``)."""
+    found: dict[tuple[int, int], list[Line]] = defaultdict(list)
+    committed = [
+        h
+        for h in held
+        if any(rule.kind == "commitment" for rule in rules.get(h.bundle_id, []))
+        and _looks_back(by_account[h.account_id])
+    ]
+    voided = await _voided(conn, committed, by_account)
+    periods = await _shortfall_periods(conn, committed, by_account, voided)
+    reopened = [h for h in committed if h.id in periods]
+    if not reopened:
+        return found
+    settle = await _shortfalls_to_settle(conn, reopened, rules, by_account, periods, voided)
+    keys, figures = await _shortfall_usage(conn, reopened, rules, settle)
     for h, rule, period, asks, changed, standing in settle:
         invoice = by_account[h.account_id]
         if not asks:
