@@ -681,7 +681,7 @@ class CallService:
         take_id = False  # another account's HTTP call held the id, and is over
         for _ in range(4):
             priced = self.price(request, plan_id, origin.translation, counter_guess)
-            plan, rate, cap, split = priced.plan, priced.rate, priced.cap, priced.split
+            plan, rate, cap = priced.plan, priced.rate, priced.cap
             sliced = quota
             if sliced is None and plan.reservation_policy == "slice" and origin.slices:
                 sliced = plan.slice_seconds
@@ -709,66 +709,10 @@ class CallService:
                 window=window,
             )
             match outcome:
-                case Reserved(
-                    reserved=reserved,
-                    available_before=available,
-                    credit_limit=credit_limit,
-                    ivr_override=ivr_override,
-                ):
-                    # The script has reserved: a failure from here on answers an error,
-                    # so what it reserved is given back at once, not held by a call no
-                    # switch was told of until the janitor expires it (its line with it).
-                    # Kept and raised after the handler: compiled with mypyc (decision
-                    # 0038), an await inside an except block crashed.
-                    grant: Grant | None = None
-                    failed: Exception | None = None
-                    try:
-                        granted = _grant(rate, reserved, granting, split, bands, window)
-                        grant = Grant.of(
-                            call_id,
-                            account_id,
-                            record,
-                            granted=granted,
-                            reserved=reserved,
-                            repeated=False,
-                            available=available,
-                            credit_limit=credit_limit,
-                            final=sliced is None or granting >= cap or granted < granting,
-                            ivr=effective(
-                                self._catalog.snapshot.ivr_default(plan_id), ivr_override
-                            ),
-                            ceiling=(
-                                max(
-                                    granted,
-                                    _grant(rate, available, cap, split, bands, window),
-                                )
-                                if sliced is not None
-                                else 0
-                            ),
-                            slice_seconds=sliced or 0,
-                        )
-                    except Exception as error:
-                        failed = error
-                    if failed is not None:
-                        # An HTTP grant is given back at once: its start is provisional
-                        # and a repeat marks it (decision 0055). A RADIUS grant waiting for
-                        # its Start is left to the janitor (start_timeout): a repeat of
-                        # its Access-Request answered by another process leaves no mark
-                        # on it, and the NAS may hold that Accept.
-                        if not wait:
-                            await self._release_unconfirmed(record)
-                        raise failed
-                    assert grant is not None
-                    if len(self._live) >= _LIVE_CACHE_LIMIT:
-                        self._live.clear()
-                        self._unstarted.clear()
-                    self._live[call_id] = record
-                    self._unstarted[call_id] = (
-                        LiveEntry(reserved, 0, 0, 0, b"")
-                        if wait
-                        else LiveEntry(reserved, int(now), 0, 0, b"", PROVISIONAL)
+                case Reserved():
+                    return await self._granted(
+                        outcome, priced, record, now, granting, sliced, bands, window, wait=wait
                     )
-                    return grant
                 case AlreadyLive():
                     return self._repeated(outcome, call_id, account_id, plan_id)
                 case AlreadyStopped():
@@ -788,8 +732,9 @@ class CallService:
                     await self._check_password(account_id, request.password, digest)
                 case Refused():
                     raise self._refusal(account_id, outcome)
-                # Its own name: ``granted`` above is an int, and mypyc keeps one type a
-                # local (a compiled build raised TypeError here).
+                # Not ``granted``: that is the grant's seconds (an int, in ``_granted``),
+                # and mypyc keeps one type a local (a compiled build raised TypeError
+                # when both were bound in one function).
                 case IdHeld(record=holder, granted=grant_left):
                     if grant_left:
                         # A cluster: another account's grant took the id's reference
@@ -799,6 +744,81 @@ class CallService:
                         await self._release_unconfirmed(record)
                     take_id = await self._id_taken_over(call_id, holder)
         raise OcsError(Reason.UNAVAILABLE, "the account's plan keeps changing; try again")
+
+    async def _granted(
+        self,
+        outcome: Reserved,
+        priced: Priced,
+        record: CallRecord,
+        now: float,
+        granting: int,
+        sliced: int | None,
+        bands: Segments | None,
+        window: int,
+        *,
+        wait: bool,
+    ) -> Grant:
+        """The grant of a call the authorize script reserved for (``outcome``), as
+        ``authorize`` answers it, its record kept as the live, unstarted call's.
+
+        ``granting``: the most seconds asked for (a slice, or the cap); ``sliced``: the
+        slice (None: not sliced); ``bands``/``window``: the time bands and the seconds it
+        may still be answered in; ``wait``: its origin waits for a Start (RADIUS). When
+        the grant cannot be computed, an HTTP grant is given back before the error is
+        raised (``_release_unconfirmed``)."""
+        rate, cap, split = priced.rate, priced.cap, priced.split
+        call_id = record.call_id
+        reserved = outcome.reserved
+        available = outcome.available_before
+        # The script has reserved: a failure from here on answers an error, so what it
+        # reserved is given back at once, not held by a call no switch was told of until
+        # the janitor expires it (its line with it). Kept and raised after the handler:
+        # compiled with mypyc (decision 0038), an await inside an except block crashed.
+        grant: Grant | None = None
+        failed: Exception | None = None
+        try:
+            granted = _grant(rate, reserved, granting, split, bands, window)
+            grant = Grant.of(
+                call_id,
+                record.account_id,
+                record,
+                granted=granted,
+                reserved=reserved,
+                repeated=False,
+                available=available,
+                credit_limit=outcome.credit_limit,
+                final=sliced is None or granting >= cap or granted < granting,
+                ivr=effective(
+                    self._catalog.snapshot.ivr_default(priced.plan_id), outcome.ivr_override
+                ),
+                ceiling=(
+                    max(granted, _grant(rate, available, cap, split, bands, window))
+                    if sliced is not None
+                    else 0
+                ),
+                slice_seconds=sliced or 0,
+            )
+        except Exception as error:
+            failed = error
+        if failed is not None:
+            # An HTTP grant is given back at once: its start is provisional and a repeat
+            # marks it (decision 0055). A RADIUS grant waiting for its Start is left to
+            # the janitor (start_timeout): a repeat of its Access-Request answered by
+            # another process leaves no mark on it, and the NAS may hold that Accept.
+            if not wait:
+                await self._release_unconfirmed(record)
+            raise failed
+        assert grant is not None
+        if len(self._live) >= _LIVE_CACHE_LIMIT:
+            self._live.clear()
+            self._unstarted.clear()
+        self._live[call_id] = record
+        self._unstarted[call_id] = (
+            LiveEntry(reserved, 0, 0, 0, b"")
+            if wait
+            else LiveEntry(reserved, int(now), 0, 0, b"", PROVISIONAL)
+        )
+        return grant
 
     async def _reserve(
         self,
