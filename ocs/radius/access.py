@@ -152,21 +152,7 @@ async def answer_access_request(
             identity = found
         account_id, check_password = identity.account_id, identity.check_password
         if not calling:
-            answer = await calls.balance(
-                account_id, password=password, check_password=check_password
-            )
-            return AccessAnswer(
-                accept=True,
-                attributes=[
-                    cisco("h323-return-code", 0),
-                    cisco("h323-credit-amount", _money(answer.available)),
-                    cisco("h323-currency", answer.currency),
-                    cisco("h323-billing-model", 0 if answer.credit_limit else 1),
-                    *ivr_attributes(await calls.ivr_of(account_id), voicemail=False),
-                ],
-                reason="balance",
-                return_code=0,
-            )
+            return await _balance_answer(calls, identity, password)
         node = nas_node(packet)  # the NAS within its client (decision 0048)
         order = settings.radius_call_id_order
         # Qualified by the NAS's latest restart this process knows of (decision 0059).
@@ -225,6 +211,29 @@ async def answer_access_request(
             await attempt.take_back()
     decision("radius", None)
     return granted(grant)
+
+
+async def _balance_answer(
+    calls: CallService, identity: Identity, password: str | None
+) -> AccessAnswer:
+    """The Access-Accept of a balance query (no Called-Station-Id): the funds, currency
+    and billing model an IVR announces, and its IVR settings; nothing reserved."""
+    account_id = identity.account_id
+    answer = await calls.balance(
+        account_id, password=password, check_password=identity.check_password
+    )
+    return AccessAnswer(
+        accept=True,
+        attributes=[
+            cisco("h323-return-code", 0),
+            cisco("h323-credit-amount", _money(answer.available)),
+            cisco("h323-currency", answer.currency),
+            cisco("h323-billing-model", 0 if answer.credit_limit else 1),
+            *ivr_attributes(await calls.ivr_of(account_id), voicemail=False),
+        ],
+        reason="balance",
+        return_code=0,
+    )
 
 
 class _Renaming(NamedTuple):
